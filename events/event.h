@@ -1,0 +1,63 @@
+// The event envelope and its stored encoding (see FORMAT.md).
+//
+//   stored value = prev_hash (32) || body || hash (32)
+//   body         = u8 format version (1) || u64 position || i64 time_us ||
+//                  lp(id) || lp(type) || lp(subject) || lp(data)
+//   hash         = SHA-256(prev_hash || body)
+//
+// `data` is the event's JSON payload as compact UTF-8 text, exactly as the decider produced it.
+// Encoding is canonical: the same event always encodes to the same bytes, so `ledgerctl verify`
+// can recompute every hash offline.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "events/status.h"
+#include "events/types.h"
+
+namespace ledger {
+
+inline constexpr uint8_t kEventFormatVersion = 1;
+
+struct Event {
+  Position position;
+  int64_t time_us = 0;   // append time (the writer's clock), Unix microseconds
+  std::string id;        // UUID (CloudEvents id); consumers dedupe on it
+  std::string type;      // e.g. "plan.created.v1"
+  std::string subject;   // e.g. a user id or "plan:starter"; the Kafka key
+  std::string data;      // compact JSON object
+  Hash prev_hash{};
+  Hash hash{};
+};
+
+// Serializes `event` (all fields, including both hashes) into `*out`.
+void EncodeEvent(const Event& event, std::string* out);
+
+// Computes event->hash from the other fields (including prev_hash).
+void SealEvent(Event* event);
+
+// Parses a stored value. Returns Corruption when the bytes are not a well-formed event. Does not
+// check the hash; see VerifyEventHash.
+Status DecodeEvent(std::string_view stored, Event* out);
+
+// True when `stored`'s trailing hash equals SHA-256 of everything before it.
+bool VerifyEventHash(std::string_view stored);
+
+// RFC 3339 UTC with microseconds, e.g. "2026-11-22T10:00:00.123456Z".
+std::string FormatRfc3339(int64_t time_us);
+
+// The event as a CloudEvents 1.0 structured-mode JSON document: specversion, id, source, type,
+// subject, time, datacontenttype, data, and the extensions `sequence` (position, decimal string),
+// `prevhash` and `hash` (lowercase hex).
+std::string ToCloudEventJson(const Event& event, std::string_view source);
+
+// The envelope as our own JSON (GET /api/v1/events): position, id, type, subject, time, data,
+// prev_hash, hash.
+std::string ToEnvelopeJson(const Event& event);
+
+// A random RFC 4122 version-4 UUID.
+std::string NewUuid();
+
+}  // namespace ledger

@@ -1,0 +1,48 @@
+// The fold interface: how projections turn events into rows, and how deciders read state.
+//
+// A Fold is pure. Apply() reads the current rows through a StateReader and writes row mutations
+// through a RowWriter; it performs no I/O of its own and never reads a clock (time comes from
+// event.time_us). The writer runs every registered fold inline, inside the same WriteBatch as the
+// event, so projections never disagree with the log, and `ledgerctl replay` gives identical rows.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include "events/event.h"
+#include "events/status.h"
+
+namespace ledger {
+
+// Read access to projection rows. During a group commit it sees the rows of the committed store
+// plus every mutation made earlier in the same group.
+class StateReader {
+ public:
+  virtual ~StateReader() = default;
+  // NotFound when the row is absent.
+  virtual Status Get(std::string_view family, std::string_view key, std::string* value) const = 0;
+  // Calls `fn(key, value)` for every row whose key starts with `prefix`, in key order, until it
+  // returns false.
+  virtual Status Scan(std::string_view family, std::string_view prefix,
+                      const std::function<bool(std::string_view, std::string_view)>& fn) const = 0;
+};
+
+class RowWriter {
+ public:
+  virtual ~RowWriter() = default;
+  virtual Status Put(std::string_view family, std::string_view key, std::string_view value) = 0;
+  virtual Status Delete(std::string_view family, std::string_view key) = 0;
+};
+
+class Fold {
+ public:
+  virtual ~Fold() = default;
+  // The fold's name; also the name of its column family. Lowercase, stable.
+  virtual std::string_view Name() const = 0;
+  // Applies one event. Events of types the fold does not know are ignored (return OK).
+  // An error here means the event is malformed for this fold; the command that produced it fails.
+  virtual Status Apply(const Event& event, const StateReader& state, RowWriter* rows) const = 0;
+};
+
+}  // namespace ledger

@@ -1,0 +1,811 @@
+// The RocksDB event store and its group-commit writer. Layout and encodings: FORMAT.md.
+#include "events/ledger.h"
+
+#include <openssl/sha.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <filesystem>
+#include <map>
+#include <mutex>
+
+#include <rocksdb/db.h>
+#include <rocksdb/options.h>
+#include <rocksdb/utilities/write_batch_with_index.h>
+#include <rocksdb/write_batch.h>
+#include <spdlog/spdlog.h>
+
+#include "events/coding.h"
+#include "events/limits.h"
+
+namespace ledger {
+
+namespace {
+
+constexpr char kEventsFamily[] = "events";
+constexpr char kStreamsFamily[] = "streams";
+constexpr char kIdempotencyFamily[] = "idempotency";
+constexpr char kCheckpointsFamily[] = "checkpoints";
+constexpr char kMetaFamily[] = "meta";
+constexpr char kHeadKey[] = "head";
+constexpr char kFoldCheckpointPrefix[] = "fold.";
+// Events applied per batch when a fold catches up at open.
+constexpr size_t kCatchUpBatchEvents = 1000;
+
+std::string_view ToView(const rocksdb::Slice& s) { return std::string_view(s.data(), s.size()); }
+rocksdb::Slice ToSlice(std::string_view s) { return rocksdb::Slice(s.data(), s.size()); }
+std::string_view HashView(const Hash& h) {
+  return std::string_view(reinterpret_cast<const char*>(h.data()), h.size());
+}
+
+Status FromRocks(const rocksdb::Status& s) {
+  if (s.ok()) return Status::OK();
+  if (s.IsNotFound()) return Status::NotFound(s.ToString());
+  if (s.IsCorruption()) return Status::Corruption(s.ToString());
+  return Status::IOError(s.ToString());
+}
+
+std::string EncodeHead(Position position, const Hash& hash) {
+  std::string value;
+  PutFixed64BE(&value, position.value());
+  value.append(HashView(hash));
+  return value;
+}
+
+bool DecodeHead(std::string_view value, Position* position, Hash* hash) {
+  if (value.size() != 8 + hash->size()) return false;
+  *position = Position(DecodeFixed64BE(value.data()));
+  std::copy(value.begin() + 8, value.end(), hash->begin());
+  return true;
+}
+
+// streams key: subject || 0x00 || BE position. Subjects never contain NUL (checked at append).
+std::string StreamKey(std::string_view subject, Position position) {
+  std::string key(subject);
+  key.push_back('\0');
+  PutFixed64BE(&key, position.value());
+  return key;
+}
+
+// Idempotency record: request_hash (32) || BE position || BE u32 http status || body.
+std::string EncodeIdempotencyRecord(const Hash& request_hash, Position position, int http_status,
+                                    std::string_view body) {
+  std::string value(HashView(request_hash));
+  PutFixed64BE(&value, position.value());
+  PutFixed32BE(&value, static_cast<uint32_t>(http_status));
+  value.append(body);
+  return value;
+}
+
+struct IdempotencyRecord {
+  Hash request_hash{};
+  Position position;
+  int http_status = 0;
+  std::string body;
+};
+
+bool DecodeIdempotencyRecord(std::string_view value, IdempotencyRecord* out) {
+  if (value.size() < 32 + 8 + 4) return false;
+  std::copy(value.begin(), value.begin() + 32, out->request_hash.begin());
+  out->position = Position(DecodeFixed64BE(value.data() + 32));
+  out->http_status = static_cast<int>(DecodeFixed32BE(value.data() + 40));
+  out->body.assign(value.substr(44));
+  return true;
+}
+
+Status ValidateNewEvent(const NewEvent& e) {
+  if (e.type.empty() || e.type.size() > limits::kEventTypeBytesMax) {
+    return Status::Internal("event type empty or too long");
+  }
+  if (e.subject.size() > limits::kSubjectBytesMax ||
+      e.subject.find('\0') != std::string::npos) {
+    return Status::InvalidArgument("invalid_subject", "subject too long or contains NUL");
+  }
+  if (e.data.size() > limits::kEventDataBytesMax) {
+    return Status::Make(Code::kPayloadTooLarge, "payload_too_large", "event data too large");
+  }
+  return Status::OK();
+}
+
+}  // namespace
+
+Hash IdempotencyRecordKey(std::string_view scope, std::string_view key) {
+  std::string joined(scope);
+  joined.push_back('\0');
+  joined.append(key);
+  return Sha256(joined);
+}
+
+namespace {
+
+class LedgerImpl;
+
+// Column family lookup by name. Built once at open; read-only afterwards.
+using FamilyMap = std::map<std::string, rocksdb::ColumnFamilyHandle*, std::less<>>;
+
+Status LookupFamily(const FamilyMap& families, std::string_view name,
+                    rocksdb::ColumnFamilyHandle** out) {
+  auto it = families.find(name);
+  if (it == families.end()) {
+    return Status::Internal("unknown column family " + std::string(name));
+  }
+  *out = it->second;
+  return Status::OK();
+}
+
+Status ScanFamily(rocksdb::Iterator* it, std::string_view prefix,
+                  const std::function<bool(std::string_view, std::string_view)>& fn) {
+  for (it->Seek(ToSlice(prefix)); it->Valid(); it->Next()) {
+    std::string_view key = ToView(it->key());
+    if (key.substr(0, prefix.size()) != prefix) break;
+    if (!fn(key, ToView(it->value()))) break;
+  }
+  return FromRocks(it->status());
+}
+
+// State seen by a group: the committed DB plus the group's own batch.
+class BatchStateReader final : public StateReader, public RowWriter {
+ public:
+  BatchStateReader(rocksdb::DB* db, const FamilyMap* families,
+                   rocksdb::WriteBatchWithIndex* batch)
+      : db_(db), families_(families), batch_(batch) {}
+
+  Status Get(std::string_view family, std::string_view key, std::string* value) const override {
+    rocksdb::ColumnFamilyHandle* cf = nullptr;
+    LEDGER_RETURN_IF_ERROR(LookupFamily(*families_, family, &cf));
+    return FromRocks(batch_->GetFromBatchAndDB(db_, rocksdb::ReadOptions(), cf, ToSlice(key),
+                                               value));
+  }
+
+  Status Scan(std::string_view family, std::string_view prefix,
+              const std::function<bool(std::string_view, std::string_view)>& fn) const override {
+    rocksdb::ColumnFamilyHandle* cf = nullptr;
+    LEDGER_RETURN_IF_ERROR(LookupFamily(*families_, family, &cf));
+    std::unique_ptr<rocksdb::Iterator> it(
+        batch_->NewIteratorWithBase(cf, db_->NewIterator(rocksdb::ReadOptions(), cf)));
+    return ScanFamily(it.get(), prefix, fn);
+  }
+
+  Status Put(std::string_view family, std::string_view key, std::string_view value) override {
+    rocksdb::ColumnFamilyHandle* cf = nullptr;
+    LEDGER_RETURN_IF_ERROR(LookupFamily(*families_, family, &cf));
+    return FromRocks(batch_->Put(cf, ToSlice(key), ToSlice(value)));
+  }
+
+  Status Delete(std::string_view family, std::string_view key) override {
+    rocksdb::ColumnFamilyHandle* cf = nullptr;
+    LEDGER_RETURN_IF_ERROR(LookupFamily(*families_, family, &cf));
+    return FromRocks(batch_->Delete(cf, ToSlice(key)));
+  }
+
+ private:
+  rocksdb::DB* db_;
+  const FamilyMap* families_;
+  rocksdb::WriteBatchWithIndex* batch_;
+};
+
+class SnapshotView final : public ReadView {
+ public:
+  SnapshotView(rocksdb::DB* db, const FamilyMap* families, Position position,
+               const rocksdb::Snapshot* snapshot)
+      : db_(db), families_(families), position_(position), snapshot_(snapshot) {}
+  ~SnapshotView() override { db_->ReleaseSnapshot(snapshot_); }
+
+  Position position() const override { return position_; }
+
+  Status Get(std::string_view family, std::string_view key, std::string* value) const override {
+    rocksdb::ColumnFamilyHandle* cf = nullptr;
+    LEDGER_RETURN_IF_ERROR(LookupFamily(*families_, family, &cf));
+    return FromRocks(db_->Get(Options(), cf, ToSlice(key), value));
+  }
+
+  Status Scan(std::string_view family, std::string_view prefix,
+              const std::function<bool(std::string_view, std::string_view)>& fn) const override {
+    rocksdb::ColumnFamilyHandle* cf = nullptr;
+    LEDGER_RETURN_IF_ERROR(LookupFamily(*families_, family, &cf));
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(Options(), cf));
+    return ScanFamily(it.get(), prefix, fn);
+  }
+
+ private:
+  rocksdb::ReadOptions Options() const {
+    rocksdb::ReadOptions options;
+    options.snapshot = snapshot_;
+    return options;
+  }
+
+  rocksdb::DB* db_;
+  const FamilyMap* families_;
+  Position position_;
+  const rocksdb::Snapshot* snapshot_;
+};
+
+// One queued Submit()/ImportEvents() call. Lives on the caller's stack; only the leader touches
+// `result` and `done` (under mu_ for `done`).
+struct Writer {
+  Command* command = nullptr;
+  const std::vector<Event>* import = nullptr;
+  CommandResult result;
+  bool done = false;
+  std::condition_variable cv;
+};
+
+class LedgerImpl final : public Ledger {
+ public:
+  LedgerImpl(const LedgerOptions& options) : options_(options) {
+    if (options_.clock == nullptr) options_.clock = SystemClock::Default();
+    if (options_.write_queue_max == 0) options_.write_queue_max = limits::kWriteQueueCommandsMax;
+  }
+
+  ~LedgerImpl() override {
+    if (db_ == nullptr) return;
+    for (auto& [name, handle] : families_) db_->DestroyColumnFamilyHandle(handle);
+    db_->Close().PermitUncheckedError();
+    delete db_;
+  }
+
+  Status OpenDb();
+  Status LoadHead();
+  Status CatchUpFolds();
+
+  CommandResult Submit(Command* command) override;
+  Position Head() const override { return Position(head_position_.load()); }
+  Hash HeadHash() const override {
+    std::lock_guard<std::mutex> l(head_mu_);
+    return head_hash_published_;
+  }
+  bool Degraded() const override { return degraded_.load(); }
+  std::unique_ptr<ReadView> Snapshot() const override;
+  Status ReadEvents(Position after, size_t limit, const EventFilter& filter,
+                    std::vector<Event>* out) const override;
+  Status ScanRaw(Position from, Position to,
+                 const std::function<bool(Position, std::string_view)>& fn) const override;
+  Status GetCheckpoint(std::string_view name, Position* out) const override;
+  Status PutCheckpoint(std::string_view name, Position position, bool sync) override;
+  Status ProjectionDigest(Hash* out) const override;
+  Status ImportEvents(const std::vector<Event>& events) override;
+  Status Flush() override;
+  LedgerMetrics& metrics() override { return metrics_; }
+  size_t QueueDepth() const override {
+    std::lock_guard<std::mutex> l(mu_);
+    return queue_.size();
+  }
+
+ private:
+  CommandResult Enqueue(Writer* w);
+  void ProcessGroup(const std::vector<Writer*>& group);
+  // Appends one sealed event (and its stream index row, and every fold's rows) to the batch.
+  Status AppendToBatch(const Event& event, BatchStateReader* state,
+                       rocksdb::WriteBatchWithIndex* batch);
+  Status DecideOne(Writer* w, int64_t now_us, BatchStateReader* state,
+                   rocksdb::WriteBatchWithIndex* batch);
+  Status ImportOne(Writer* w, BatchStateReader* state, rocksdb::WriteBatchWithIndex* batch);
+  rocksdb::ColumnFamilyHandle* Family(std::string_view name) const {
+    return families_.find(name)->second;
+  }
+  Status ReadEventsBySubject(Position after, size_t limit, const EventFilter& filter,
+                             std::vector<Event>* out) const;
+
+  LedgerOptions options_;
+  rocksdb::DB* db_ = nullptr;
+  FamilyMap families_;
+
+  // Writer queue (LevelDB's DBImpl::Write). The front writer is the leader.
+  mutable std::mutex mu_;
+  std::deque<Writer*> queue_;
+
+  // Chain state: touched only by the current leader (serialized by the queue protocol).
+  Position head_;
+  Hash head_hash_{};
+  int64_t last_time_us_ = 0;
+
+  // Published after each successful group write.
+  std::atomic<uint64_t> head_position_{0};
+  mutable std::mutex head_mu_;
+  Hash head_hash_published_{};
+  std::atomic<bool> degraded_{false};
+
+  LedgerMetrics metrics_;
+};
+
+Status LedgerImpl::OpenDb() {
+  rocksdb::DBOptions db_options;
+  db_options.create_if_missing = options_.create_if_missing;
+  db_options.create_missing_column_families = true;
+  // A torn final record can only be a write that was never acknowledged (every acknowledged
+  // write was synced); any corruption before the tail must stop the open instead of silently
+  // dropping acknowledged events (the default kPointInTimeRecovery would).
+  db_options.wal_recovery_mode = rocksdb::WALRecoveryMode::kTolerateCorruptedTailRecords;
+  db_options.paranoid_checks = true;
+  db_options.max_background_jobs = 2;
+  if (options_.env != nullptr) db_options.env = options_.env;
+
+  rocksdb::ColumnFamilyOptions cf_options;
+  rocksdb::ColumnFamilyOptions events_options;
+  // Stored events are not compressed: a flipped byte then surfaces as a hash-chain mismatch at
+  // its exact position when verify reads without block checksums.
+  events_options.compression = rocksdb::kNoCompression;
+  events_options.write_buffer_size = 64 << 20;
+
+  std::vector<std::string> names = {rocksdb::kDefaultColumnFamilyName, kEventsFamily,
+                                    kStreamsFamily, kIdempotencyFamily, kCheckpointsFamily,
+                                    kMetaFamily};
+  for (const Fold* fold : options_.folds) names.emplace_back(fold->Name());
+  if (std::filesystem::exists(options_.path)) {
+    std::vector<std::string> existing;
+    if (rocksdb::DB::ListColumnFamilies(rocksdb::Options(db_options, cf_options), options_.path,
+                                        &existing)
+            .ok()) {
+      for (auto& name : existing) {
+        if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
+      }
+    }
+  } else if (!options_.read_only) {
+    std::error_code ec;
+    std::filesystem::create_directories(options_.path, ec);
+    if (ec) return Status::IOError("cannot create " + options_.path + ": " + ec.message());
+  }
+
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+  for (auto& name : names) {
+    descriptors.emplace_back(name, name == kEventsFamily ? events_options : cf_options);
+  }
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::Options options(db_options, cf_options);
+  rocksdb::Status s =
+      options_.read_only
+          ? rocksdb::DB::OpenForReadOnly(db_options, options_.path, descriptors, &handles, &db_)
+          : rocksdb::DB::Open(db_options, options_.path, descriptors, &handles, &db_);
+  if (!s.ok()) return FromRocks(s);
+  for (size_t i = 0; i < handles.size(); ++i) families_[names[i]] = handles[i];
+  return Status::OK();
+}
+
+Status LedgerImpl::LoadHead() {
+  std::string value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), Family(kMetaFamily), kHeadKey, &value);
+  if (s.IsNotFound()) {
+    head_ = Position(0);
+    head_hash_ = Hash{};
+  } else if (!s.ok()) {
+    return FromRocks(s);
+  } else if (!DecodeHead(value, &head_, &head_hash_)) {
+    return Status::Corruption("malformed chain head record");
+  }
+  // The head record and the events are written in the same batch; they must agree.
+  std::unique_ptr<rocksdb::Iterator> it(
+      db_->NewIterator(rocksdb::ReadOptions(), Family(kEventsFamily)));
+  it->SeekToLast();
+  LEDGER_RETURN_IF_ERROR(FromRocks(it->status()));
+  uint64_t last = it->Valid() ? DecodeFixed64BE(it->key().data()) : 0;
+  if (last != head_.value()) {
+    return Status::Corruption("chain head " + std::to_string(head_.value()) +
+                              " disagrees with the last stored event " + std::to_string(last));
+  }
+  if (it->Valid()) {
+    Event event;
+    LEDGER_RETURN_IF_ERROR(DecodeEvent(ToView(it->value()), &event));
+    last_time_us_ = event.time_us;
+  }
+  head_position_.store(head_.value());
+  head_hash_published_ = head_hash_;
+  return Status::OK();
+}
+
+// The projection runner for folds that are behind the log (a fold added to an existing data
+// directory): applies the missing events in batches, each with the fold's checkpoint.
+Status LedgerImpl::CatchUpFolds() {
+  for (const Fold* fold : options_.folds) {
+    std::string checkpoint_name = kFoldCheckpointPrefix + std::string(fold->Name());
+    Position from;
+    LEDGER_RETURN_IF_ERROR(GetCheckpoint(checkpoint_name, &from));
+    if (from >= head_) continue;
+    spdlog::info("projection {} catching up from position {} to {}", fold->Name(), from.value(),
+                 head_.value());
+    Position next = Next(from);
+    while (next <= head_) {
+      rocksdb::WriteBatchWithIndex batch(rocksdb::BytewiseComparator(), 0, true);
+      BatchStateReader state(db_, &families_, &batch);
+      Status apply_status;
+      Position last = from;
+      LEDGER_RETURN_IF_ERROR(ScanRaw(next, head_, [&](Position p, std::string_view stored) {
+        Event event;
+        apply_status = DecodeEvent(stored, &event);
+        if (apply_status.ok()) apply_status = fold->Apply(event, state, &state);
+        last = p;
+        return apply_status.ok() && p.value() - next.value() + 1 < kCatchUpBatchEvents;
+      }));
+      LEDGER_RETURN_IF_ERROR(apply_status);
+      std::string value;
+      PutFixed64BE(&value, last.value());
+      batch.Put(Family(kCheckpointsFamily), checkpoint_name, value);
+      rocksdb::WriteOptions write_options;
+      write_options.sync = options_.sync;
+      LEDGER_RETURN_IF_ERROR(FromRocks(db_->Write(write_options, batch.GetWriteBatch())));
+      next = Next(last);
+    }
+  }
+  return Status::OK();
+}
+
+CommandResult LedgerImpl::Submit(Command* command) {
+  metrics_.commands_submitted.Add();
+  Writer w;
+  w.command = command;
+  return Enqueue(&w);
+}
+
+Status LedgerImpl::ImportEvents(const std::vector<Event>& events) {
+  Writer w;
+  w.import = &events;
+  return Enqueue(&w).status;
+}
+
+CommandResult LedgerImpl::Enqueue(Writer* w) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (options_.read_only) {
+    w->result.status = Status::Unavailable("read_only", "the ledger is open read-only");
+    return std::move(w->result);
+  }
+  if (degraded_.load()) {
+    w->result.status =
+        Status::Unavailable("storage_degraded", "storage failed; the ledger is read-only");
+    return std::move(w->result);
+  }
+  if (queue_.size() >= options_.write_queue_max) {
+    metrics_.commands_busy.Add();
+    w->result.status = Status::Busy("write queue full");
+    return std::move(w->result);
+  }
+  queue_.push_back(w);
+  while (!w->done && w != queue_.front()) w->cv.wait(lock);
+  if (w->done) return std::move(w->result);
+
+  // This writer leads: take a group from the front of the queue.
+  std::vector<Writer*> group;
+  size_t events_budget = 0;
+  for (Writer* next : queue_) {
+    if (group.size() >= limits::kGroupCommandsMax) break;
+    size_t weight = next->import != nullptr ? next->import->size() : 1;
+    if (!group.empty() && events_budget + weight > limits::kGroupEventsMax) break;
+    events_budget += weight;
+    group.push_back(next);
+  }
+  lock.unlock();
+  ProcessGroup(group);
+  lock.lock();
+  for (Writer* member : group) {
+    queue_.pop_front();
+    if (member != w) {
+      member->done = true;
+      member->cv.notify_one();
+    }
+  }
+  if (!queue_.empty()) queue_.front()->cv.notify_one();
+  return std::move(w->result);
+}
+
+Status LedgerImpl::AppendToBatch(const Event& event, BatchStateReader* state,
+                                 rocksdb::WriteBatchWithIndex* batch) {
+  std::string stored;
+  EncodeEvent(event, &stored);
+  std::string key = EncodePositionKey(event.position.value());
+  LEDGER_RETURN_IF_ERROR(FromRocks(batch->Put(Family(kEventsFamily), key, stored)));
+  LEDGER_RETURN_IF_ERROR(FromRocks(
+      batch->Put(Family(kStreamsFamily), StreamKey(event.subject, event.position), "")));
+  for (const Fold* fold : options_.folds) {
+    LEDGER_RETURN_IF_ERROR(fold->Apply(event, *state, state));
+  }
+  return Status::OK();
+}
+
+Status LedgerImpl::DecideOne(Writer* w, int64_t now_us, BatchStateReader* state,
+                             rocksdb::WriteBatchWithIndex* batch) {
+  Command* command = w->command;
+  CommandResult& result = w->result;
+  std::string idempotency_key;
+  if (!command->idempotency_key.empty()) {
+    if (command->idempotency_key.size() > limits::kIdempotencyKeyBytesMax ||
+        command->idempotency_scope.size() > limits::kIdempotencyScopeBytesMax) {
+      return Status::InvalidArgument("invalid_idempotency_key", "Idempotency-Key too long");
+    }
+    Hash record_key =
+        IdempotencyRecordKey(command->idempotency_scope, command->idempotency_key);
+    idempotency_key.assign(HashView(record_key));
+    std::string value;
+    Status s = state->Get(kIdempotencyFamily, idempotency_key, &value);
+    if (s.ok()) {
+      IdempotencyRecord record;
+      if (!DecodeIdempotencyRecord(value, &record)) {
+        return Status::Corruption("malformed idempotency record");
+      }
+      if (record.request_hash != command->request_hash) {
+        return Status::Conflict("idempotency_key_reused",
+                                "Idempotency-Key was used with a different request");
+      }
+      metrics_.idempotent_replays.Add();
+      result.http_status = record.http_status;
+      result.body = std::move(record.body);
+      result.position = record.position;
+      result.replayed = true;
+      return Status::OK();
+    }
+    if (!s.IsNotFound()) return s;
+  }
+
+  Decision decision;
+  DecideContext context{now_us, head_, state};
+  LEDGER_RETURN_IF_ERROR(command->Decide(context, &decision));
+  if (decision.events.size() > limits::kCommandEventsMax) {
+    return Status::Make(Code::kPayloadTooLarge, "too_many_events", "command appends too many");
+  }
+  for (NewEvent& ne : decision.events) {
+    LEDGER_RETURN_IF_ERROR(ValidateNewEvent(ne));
+    Event event;
+    event.position = Next(head_);
+    event.time_us = now_us;
+    event.id = NewUuid();
+    event.type = std::move(ne.type);
+    event.subject = std::move(ne.subject);
+    event.data = std::move(ne.data);
+    event.prev_hash = head_hash_;
+    SealEvent(&event);
+    LEDGER_RETURN_IF_ERROR(AppendToBatch(event, state, batch));
+    head_ = event.position;
+    head_hash_ = event.hash;
+  }
+  if (!idempotency_key.empty()) {
+    LEDGER_RETURN_IF_ERROR(FromRocks(batch->Put(
+        Family(kIdempotencyFamily), idempotency_key,
+        EncodeIdempotencyRecord(command->request_hash, head_, decision.http_status,
+                                decision.body))));
+  }
+  result.http_status = decision.http_status;
+  result.body = std::move(decision.body);
+  result.position = head_;
+  result.events_appended = static_cast<uint32_t>(decision.events.size());
+  return Status::OK();
+}
+
+Status LedgerImpl::ImportOne(Writer* w, BatchStateReader* state,
+                             rocksdb::WriteBatchWithIndex* batch) {
+  for (const Event& source : *w->import) {
+    if (source.position != Next(head_)) {
+      return Status::InvalidArgument("position_gap", "imported events must continue the head");
+    }
+    if (source.prev_hash != head_hash_) {
+      return Status::Corruption("imported event " + std::to_string(source.position.value()) +
+                                " does not link to the chain head");
+    }
+    Event event = source;
+    SealEvent(&event);
+    if (event.hash != source.hash) {
+      return Status::Corruption("imported event " + std::to_string(source.position.value()) +
+                                " fails its hash");
+    }
+    LEDGER_RETURN_IF_ERROR(AppendToBatch(event, state, batch));
+    head_ = event.position;
+    head_hash_ = event.hash;
+    last_time_us_ = std::max(last_time_us_, event.time_us);
+    w->result.events_appended++;
+  }
+  w->result.position = head_;
+  return Status::OK();
+}
+
+void LedgerImpl::ProcessGroup(const std::vector<Writer*>& group) {
+  rocksdb::WriteBatchWithIndex batch(rocksdb::BytewiseComparator(), 0, /*overwrite_key=*/true);
+  BatchStateReader state(db_, &families_, &batch);
+  const Position group_start = head_;
+  const Hash group_start_hash = head_hash_;
+  // Event time never goes backwards in the log, whatever the wall clock does.
+  const int64_t now_us = std::max(options_.clock->NowMicros(), last_time_us_);
+  size_t events = 0;
+
+  for (Writer* w : group) {
+    const Position command_start = head_;
+    const Hash command_start_hash = head_hash_;
+    batch.SetSavePoint();
+    Status s = w->import != nullptr ? ImportOne(w, &state, &batch)
+                                    : DecideOne(w, now_us, &state, &batch);
+    if (!s.ok()) {
+      batch.RollbackToSavePoint().PermitUncheckedError();
+      head_ = command_start;
+      head_hash_ = command_start_hash;
+      w->result = CommandResult{};
+      w->result.status = s;
+      w->result.position = head_;
+      metrics_.commands_rejected.Add();
+      continue;
+    }
+    batch.PopSavePoint().PermitUncheckedError();
+    events += w->result.events_appended;
+  }
+
+  if (batch.GetWriteBatch()->Count() == 0) return;  // only rejections and replays
+  std::string position_value;
+  PutFixed64BE(&position_value, head_.value());
+  batch.Put(Family(kMetaFamily), kHeadKey, EncodeHead(head_, head_hash_));
+  for (const Fold* fold : options_.folds) {
+    batch.Put(Family(kCheckpointsFamily), kFoldCheckpointPrefix + std::string(fold->Name()),
+              position_value);
+  }
+
+  rocksdb::WriteOptions write_options;
+  write_options.sync = options_.sync;
+  auto start = std::chrono::steady_clock::now();
+  rocksdb::Status s = db_->Write(write_options, batch.GetWriteBatch());
+  metrics_.write_seconds.Observe(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  if (!s.ok()) {
+    // The group is lost as a whole; nothing of it was acknowledged. Stop accepting writes: what
+    // RocksDB has on disk is recovered (and the tail decided) by the next open.
+    metrics_.write_failures.Add();
+    degraded_.store(true);
+    spdlog::error("group commit failed, ledger is now read-only: {}", s.ToString());
+    head_ = group_start;
+    head_hash_ = group_start_hash;
+    for (Writer* w : group) {
+      if (w->result.status.ok() && !w->result.replayed) {
+        w->result = CommandResult{};
+        w->result.status = Status::Unavailable("storage_degraded", "storage write failed");
+      }
+    }
+    return;
+  }
+  last_time_us_ = std::max(last_time_us_, now_us);
+  metrics_.groups_committed.Add();
+  metrics_.events_appended.Add(events);
+  metrics_.group_commands.Observe(static_cast<double>(group.size()));
+  metrics_.group_events.Observe(static_cast<double>(events));
+  {
+    std::lock_guard<std::mutex> l(head_mu_);
+    head_hash_published_ = head_hash_;
+  }
+  head_position_.store(head_.value());
+}
+
+std::unique_ptr<ReadView> LedgerImpl::Snapshot() const {
+  const rocksdb::Snapshot* snapshot = db_->GetSnapshot();
+  rocksdb::ReadOptions read_options;
+  read_options.snapshot = snapshot;
+  std::string value;
+  Position position(0);
+  Hash hash{};
+  if (db_->Get(read_options, Family(kMetaFamily), kHeadKey, &value).ok()) {
+    DecodeHead(value, &position, &hash);
+  }
+  return std::make_unique<SnapshotView>(db_, &families_, position, snapshot);
+}
+
+Status LedgerImpl::ReadEvents(Position after, size_t limit, const EventFilter& filter,
+                              std::vector<Event>* out) const {
+  out->clear();
+  limit = std::min(limit, limits::kReadEventsMax);
+  if (!filter.subject.empty()) return ReadEventsBySubject(after, limit, filter, out);
+  Status decode_status;
+  LEDGER_RETURN_IF_ERROR(ScanRaw(Next(after), Position(0), [&](Position, std::string_view v) {
+    Event event;
+    decode_status = DecodeEvent(v, &event);
+    if (!decode_status.ok()) return false;
+    if (!filter.type.empty() && event.type != filter.type) return true;
+    out->push_back(std::move(event));
+    return out->size() < limit;
+  }));
+  return decode_status;
+}
+
+Status LedgerImpl::ReadEventsBySubject(Position after, size_t limit, const EventFilter& filter,
+                                       std::vector<Event>* out) const {
+  std::string prefix = filter.subject;
+  prefix.push_back('\0');
+  std::unique_ptr<rocksdb::Iterator> it(
+      db_->NewIterator(rocksdb::ReadOptions(), Family(kStreamsFamily)));
+  std::string value;
+  for (it->Seek(StreamKey(filter.subject, Next(after))); it->Valid(); it->Next()) {
+    std::string_view key = ToView(it->key());
+    if (key.substr(0, prefix.size()) != prefix || key.size() != prefix.size() + 8) break;
+    uint64_t position = DecodeFixed64BE(key.data() + prefix.size());
+    LEDGER_RETURN_IF_ERROR(FromRocks(db_->Get(rocksdb::ReadOptions(), Family(kEventsFamily),
+                                              EncodePositionKey(position), &value)));
+    Event event;
+    LEDGER_RETURN_IF_ERROR(DecodeEvent(value, &event));
+    if (!filter.type.empty() && event.type != filter.type) continue;
+    out->push_back(std::move(event));
+    if (out->size() >= limit) break;
+  }
+  return FromRocks(it->status());
+}
+
+Status LedgerImpl::ScanRaw(Position from, Position to,
+                           const std::function<bool(Position, std::string_view)>& fn) const {
+  rocksdb::ReadOptions read_options;
+  std::string upper;
+  rocksdb::Slice upper_slice;
+  if (to.value() != 0) {
+    upper = EncodePositionKey(to.value() + 1);
+    upper_slice = upper;
+    read_options.iterate_upper_bound = &upper_slice;
+  }
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read_options, Family(kEventsFamily)));
+  for (it->Seek(EncodePositionKey(std::max<uint64_t>(from.value(), 1))); it->Valid();
+       it->Next()) {
+    if (it->key().size() != 8) return Status::Corruption("malformed event key");
+    if (!fn(Position(DecodeFixed64BE(it->key().data())), ToView(it->value()))) break;
+  }
+  return FromRocks(it->status());
+}
+
+Status LedgerImpl::GetCheckpoint(std::string_view name, Position* out) const {
+  std::string value;
+  rocksdb::Status s =
+      db_->Get(rocksdb::ReadOptions(), Family(kCheckpointsFamily), ToSlice(name), &value);
+  if (s.IsNotFound()) {
+    *out = Position(0);
+    return Status::OK();
+  }
+  LEDGER_RETURN_IF_ERROR(FromRocks(s));
+  if (value.size() != 8) return Status::Corruption("malformed checkpoint");
+  *out = Position(DecodeFixed64BE(value.data()));
+  return Status::OK();
+}
+
+Status LedgerImpl::PutCheckpoint(std::string_view name, Position position, bool sync) {
+  if (options_.read_only) return Status::Unavailable("read_only", "the ledger is read-only");
+  std::string value;
+  PutFixed64BE(&value, position.value());
+  rocksdb::WriteOptions write_options;
+  write_options.sync = sync && options_.sync;
+  return FromRocks(
+      db_->Put(write_options, Family(kCheckpointsFamily), ToSlice(name), value));
+}
+
+Status LedgerImpl::ProjectionDigest(Hash* out) const {
+  std::vector<std::string> names;
+  for (const Fold* fold : options_.folds) names.emplace_back(fold->Name());
+  std::sort(names.begin(), names.end());
+  SHA256_CTX ctx;
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+  SHA256_Init(&ctx);
+  for (const std::string& name : names) {
+    std::string framed;
+    PutLengthPrefixed(&framed, name);
+    SHA256_Update(&ctx, framed.data(), framed.size());
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), Family(name)));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      framed.clear();
+      PutLengthPrefixed(&framed, ToView(it->key()));
+      PutLengthPrefixed(&framed, ToView(it->value()));
+      SHA256_Update(&ctx, framed.data(), framed.size());
+    }
+    LEDGER_RETURN_IF_ERROR(FromRocks(it->status()));
+  }
+  SHA256_Final(out->data(), &ctx);
+#pragma GCC diagnostic pop
+  return Status::OK();
+}
+
+Status LedgerImpl::Flush() {
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  for (auto& [name, handle] : families_) handles.push_back(handle);
+  rocksdb::FlushOptions flush_options;
+  flush_options.wait = true;
+  return FromRocks(db_->Flush(flush_options, handles));
+}
+
+}  // namespace
+
+Status Ledger::Open(const LedgerOptions& options, std::unique_ptr<Ledger>* out) {
+  auto ledger = std::make_unique<LedgerImpl>(options);
+  LEDGER_RETURN_IF_ERROR(ledger->OpenDb());
+  LEDGER_RETURN_IF_ERROR(ledger->LoadHead());
+  if (!options.read_only) LEDGER_RETURN_IF_ERROR(ledger->CatchUpFolds());
+  *out = std::move(ledger);
+  return Status::OK();
+}
+
+}  // namespace ledger

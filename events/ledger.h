@@ -1,0 +1,166 @@
+// Ledger: the event store and its single writer.
+//
+// Owns the RocksDB database (column families `events`, `idempotency`, `checkpoints`, `meta`, and
+// one per registered fold) and the group-commit writer. Callers on any thread Submit() commands;
+// one of them at a time becomes the group leader (LevelDB's writer queue): it takes the queued
+// commands as one group, runs each command's Decide() against state that already includes the
+// earlier commands of the group, applies every fold to each new event, and writes the group's
+// events, chain head, idempotency records, fold rows and fold checkpoints as ONE WriteBatch with
+// sync=true. Every command of the group is answered only after that write returns.
+//
+// A Decide() error fails only its own command. A failed write fails the whole group and puts the
+// ledger in a degraded, read-only state (Degraded() == true; Submit answers kUnavailable) until
+// the process restarts and recovers from the log.
+//
+// Thread safety: every public method may be called from any thread.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "events/clock.h"
+#include "events/event.h"
+#include "events/fold.h"
+#include "events/metrics.h"
+#include "events/status.h"
+#include "events/types.h"
+
+namespace rocksdb {
+class Env;
+}
+
+namespace ledger {
+
+// An event a command wants appended. The writer assigns position, time, id and hashes.
+struct NewEvent {
+  std::string type;
+  std::string subject;
+  std::string data;  // compact JSON object
+};
+
+// What Decide() produced for a successful command.
+struct Decision {
+  std::vector<NewEvent> events;
+  int http_status = 200;
+  std::string body;  // JSON response body; stored with the idempotency record
+};
+
+struct DecideContext {
+  int64_t now_us = 0;        // the writer's clock for this group
+  Position head;             // position of the last event before this command
+  const StateReader* state;  // committed rows + earlier commands of this group
+};
+
+class Command {
+ public:
+  virtual ~Command() = default;
+  // Runs on the leader's thread, with no lock held. Must not block or do I/O. Returning an error
+  // rejects only this command; nothing it decided is appended.
+  virtual Status Decide(const DecideContext& context, Decision* decision) = 0;
+
+  // Idempotency: when `idempotency_key` is non-empty, the writer looks up (scope, key). Same
+  // request_hash: the stored result is returned and nothing is appended. Different request_hash:
+  // kConflict "idempotency_key_reused". Records are permanent.
+  std::string idempotency_scope;
+  std::string idempotency_key;
+  Hash request_hash{};
+};
+
+struct CommandResult {
+  Status status;
+  int http_status = 200;
+  std::string body;
+  // For an appended command: the position of its last event. For a command that appended nothing
+  // (including idempotent replays): the head it was decided at (or the original position).
+  Position position;
+  bool replayed = false;  // answered from the idempotency record
+  uint32_t events_appended = 0;
+};
+
+struct LedgerOptions {
+  std::string path;                 // directory; created if missing
+  std::vector<const Fold*> folds;   // inline projections; not owned, must outlive the Ledger
+  const Clock* clock = nullptr;     // default SystemClock
+  bool sync = true;                 // fsync every group. false ONLY for negative-control tests.
+  rocksdb::Env* env = nullptr;      // default Env; tests pass fault-injecting wrappers
+  bool read_only = false;           // open without writing (ledgerctl verify/export on a live DB)
+  bool create_if_missing = true;
+  size_t write_queue_max = 0;       // 0 = limits::kWriteQueueCommandsMax
+  // When true, a write that fails is retried never: the ledger degrades (see class comment).
+};
+
+struct EventFilter {
+  std::string subject;  // empty = any
+  std::string type;     // empty = any
+};
+
+struct LedgerMetrics {
+  Counter commands_submitted;
+  Counter commands_rejected;  // Decide() errors
+  Counter commands_busy;      // rejected because the queue was full
+  Counter idempotent_replays;
+  Counter events_appended;
+  Counter groups_committed;
+  Counter write_failures;
+  Histogram group_commands{Histogram::SizeBounds()};
+  Histogram group_events{Histogram::SizeBounds()};
+  Histogram write_seconds{Histogram::LatencySecondsBounds()};  // the synced WriteBatch
+};
+
+// A consistent read view: rows and head position from one RocksDB snapshot.
+class ReadView : public StateReader {
+ public:
+  virtual Position position() const = 0;
+};
+
+class Ledger {
+ public:
+  static Status Open(const LedgerOptions& options, std::unique_ptr<Ledger>* out);
+  virtual ~Ledger() = default;
+
+  // Blocks until the command is durably committed or rejected.
+  virtual CommandResult Submit(Command* command) = 0;
+
+  // The last committed position and chain hash.
+  virtual Position Head() const = 0;
+  virtual Hash HeadHash() const = 0;
+  virtual bool Degraded() const = 0;
+
+  virtual std::unique_ptr<ReadView> Snapshot() const = 0;
+
+  // Events with position > after, oldest first, at most `limit` (after filtering).
+  virtual Status ReadEvents(Position after, size_t limit, const EventFilter& filter,
+                            std::vector<Event>* out) const = 0;
+  // Streams raw stored values of positions [from, to] (to = 0: up to the head) to `fn`
+  // (position, stored bytes) until it returns false. For verify/export/replay and the outbox.
+  virtual Status ScanRaw(Position from, Position to,
+                         const std::function<bool(Position, std::string_view)>& fn) const = 0;
+
+  // Named consumer checkpoints ("last applied position"), e.g. "outbox.kafka".
+  virtual Status GetCheckpoint(std::string_view name, Position* out) const = 0;
+  virtual Status PutCheckpoint(std::string_view name, Position position, bool sync) = 0;
+
+  // Digest over every fold's rows (family name, key, value in order): replay compares it.
+  virtual Status ProjectionDigest(Hash* out) const = 0;
+
+  // Appends already-sealed events read from another log (replay into a fresh directory): checks
+  // the chain links, writes the events verbatim and applies the folds. Positions must continue
+  // the head.
+  virtual Status ImportEvents(const std::vector<Event>& events) = 0;
+
+  // Flushes memtables to table files (clean shutdown) so the data no longer lives only in the WAL.
+  virtual Status Flush() = 0;
+
+  virtual LedgerMetrics& metrics() = 0;
+  virtual size_t QueueDepth() const = 0;
+};
+
+// Key of an idempotency record: SHA-256(scope || 0x00 || key).
+Hash IdempotencyRecordKey(std::string_view scope, std::string_view key);
+
+}  // namespace ledger

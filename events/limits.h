@@ -1,0 +1,24 @@
+// Every queue, batch and string the events module accepts has a limit, here.
+#pragma once
+
+#include <cstddef>
+
+namespace ledger::limits {
+
+// Commands waiting for the writer. Full means Status::Busy (HTTP 503 + Retry-After).
+inline constexpr size_t kWriteQueueCommandsMax = 8192;
+// Commands and events one group commit takes at most.
+inline constexpr size_t kGroupCommandsMax = 1024;
+inline constexpr size_t kGroupEventsMax = 16384;
+// Events one command may append.
+inline constexpr size_t kCommandEventsMax = 10000;
+// Sizes of envelope fields.
+inline constexpr size_t kEventTypeBytesMax = 128;
+inline constexpr size_t kSubjectBytesMax = 256;
+inline constexpr size_t kEventDataBytesMax = 1 << 20;
+inline constexpr size_t kIdempotencyKeyBytesMax = 255;
+inline constexpr size_t kIdempotencyScopeBytesMax = 512;
+// GET /api/v1/events page size.
+inline constexpr size_t kReadEventsMax = 1000;
+
+}  // namespace ledger::limits

@@ -1,0 +1,61 @@
+// Routes, policies and identities. Every route declares exactly one Policy; the server
+// authenticates the caller and enforces the policy before the handler runs, so a handler only
+// ever sees identities its policy admits. The route table is enumerable so that the
+// authorization-matrix test can check every route.
+#pragma once
+
+#include <httplib.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace ledger::http {
+
+enum class Policy {
+  kPublic,         // anyone
+  kUser,           // a JWT (user or admin) acting on the caller's own data
+  kAdmin,          // a JWT carrying the admin role
+  kService,        // a service token (may act for any user_id in the request)
+  kUserOrService,  // either of the two above
+  kSignature,      // webhooks: the handler verifies the request signature itself
+};
+
+const char* PolicyName(Policy policy);
+
+struct Identity {
+  enum class Kind { kAnonymous, kUser, kService };
+  Kind kind = Kind::kAnonymous;
+  std::string subject;       // JWT `sub` (user id) or the service token's name
+  std::string email;         // JWT `email`, may be empty
+  bool admin = false;        // JWT carries the admin role
+  bool IsUser() const { return kind == Kind::kUser; }
+  bool IsService() const { return kind == Kind::kService; }
+};
+
+using Handler = std::function<void(const httplib::Request&, httplib::Response&, const Identity&)>;
+
+struct Route {
+  std::string method;   // "GET", "POST", "PUT", "PATCH", "DELETE"
+  std::string pattern;  // cpp-httplib regex pattern, e.g. R"(/api/v1/subscriptions/plans/([^/]+))"
+  std::string name;     // metrics label, e.g. "/api/v1/subscriptions/plans/{plan_id}"
+  Policy policy;
+  Handler handler;
+};
+
+// Collects routes; the server installs them. Resource files expose
+// `void Add<Resource>Routes(const AppContext&, RouteTable*)`.
+class RouteTable {
+ public:
+  void Add(std::string method, std::string pattern, std::string name, Policy policy,
+           Handler handler) {
+    routes_.push_back(Route{std::move(method), std::move(pattern), std::move(name), policy,
+                            std::move(handler)});
+  }
+  const std::vector<Route>& routes() const { return routes_; }
+
+ private:
+  std::vector<Route> routes_;
+};
+
+}  // namespace ledger::http

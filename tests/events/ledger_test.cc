@@ -1,0 +1,173 @@
+#include "events/ledger.h"
+
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "events/coding.h"
+#include "tests/support/test_ledger.h"
+
+namespace ledger {
+namespace {
+
+using testing::AppendCommand;
+using testing::RejectCommand;
+using testing::TempDir;
+
+std::unique_ptr<Ledger> OpenLedger(const std::string& path, const Clock* clock = nullptr) {
+  LedgerOptions options;
+  options.path = path;
+  options.clock = clock;
+  std::unique_ptr<Ledger> ledger;
+  Status s = Ledger::Open(options, &ledger);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  return ledger;
+}
+
+TEST(LedgerTest, AppendsAssignGapFreePositionsAndChainHashes) {
+  TempDir dir;
+  ManualClock clock(1'700'000'000'000'000);
+  auto ledger = OpenLedger(dir.path(), &clock);
+  AppendCommand one("alice", 1);
+  CommandResult r1 = ledger->Submit(&one);
+  ASSERT_TRUE(r1.status.ok()) << r1.status.ToString();
+  EXPECT_EQ(r1.position, Position(1));
+  AppendCommand three("bob", 3);
+  CommandResult r2 = ledger->Submit(&three);
+  ASSERT_TRUE(r2.status.ok());
+  EXPECT_EQ(r2.position, Position(4));
+  EXPECT_EQ(r2.events_appended, 3u);
+  EXPECT_EQ(ledger->Head(), Position(4));
+
+  std::vector<Event> events;
+  ASSERT_TRUE(ledger->ReadEvents(Position(0), 100, {}, &events).ok());
+  ASSERT_EQ(events.size(), 4u);
+  Hash prev{};
+  for (size_t i = 0; i < events.size(); ++i) {
+    EXPECT_EQ(events[i].position, Position(i + 1));
+    EXPECT_EQ(events[i].prev_hash, prev);
+    Event copy = events[i];
+    SealEvent(&copy);
+    EXPECT_EQ(copy.hash, events[i].hash);
+    EXPECT_EQ(events[i].time_us, 1'700'000'000'000'000);
+    prev = events[i].hash;
+  }
+  EXPECT_EQ(ledger->HeadHash(), prev);
+}
+
+TEST(LedgerTest, ReopenRecoversHeadAndContinuesTheChain) {
+  TempDir dir;
+  Hash head_hash;
+  {
+    auto ledger = OpenLedger(dir.path());
+    AppendCommand c("alice", 5);
+    ASSERT_TRUE(ledger->Submit(&c).status.ok());
+    head_hash = ledger->HeadHash();
+  }
+  auto ledger = OpenLedger(dir.path());
+  EXPECT_EQ(ledger->Head(), Position(5));
+  EXPECT_EQ(ledger->HeadHash(), head_hash);
+  AppendCommand c("alice", 1);
+  CommandResult r = ledger->Submit(&c);
+  ASSERT_TRUE(r.status.ok());
+  EXPECT_EQ(r.position, Position(6));
+  std::vector<Event> events;
+  ASSERT_TRUE(ledger->ReadEvents(Position(5), 10, {}, &events).ok());
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].prev_hash, head_hash);
+}
+
+TEST(LedgerTest, IdempotentRetryReturnsOriginalResultWithoutAppending) {
+  TempDir dir;
+  auto ledger = OpenLedger(dir.path());
+  AppendCommand first("alice", 2);
+  first.idempotency_scope = "alice|POST /x";
+  first.idempotency_key = "k1";
+  first.request_hash = Sha256("body-1");
+  CommandResult r1 = ledger->Submit(&first);
+  ASSERT_TRUE(r1.status.ok());
+  EXPECT_FALSE(r1.replayed);
+
+  AppendCommand retry("alice", 2);
+  retry.idempotency_scope = first.idempotency_scope;
+  retry.idempotency_key = "k1";
+  retry.request_hash = Sha256("body-1");
+  CommandResult r2 = ledger->Submit(&retry);
+  ASSERT_TRUE(r2.status.ok());
+  EXPECT_TRUE(r2.replayed);
+  EXPECT_EQ(r2.position, r1.position);
+  EXPECT_EQ(r2.body, r1.body);
+  EXPECT_EQ(ledger->Head(), Position(2));
+
+  AppendCommand other("alice", 1);
+  other.idempotency_scope = first.idempotency_scope;
+  other.idempotency_key = "k1";
+  other.request_hash = Sha256("body-2");
+  CommandResult r3 = ledger->Submit(&other);
+  EXPECT_EQ(r3.status.code(), Code::kConflict);
+  EXPECT_EQ(r3.status.problem(), "idempotency_key_reused");
+  EXPECT_EQ(ledger->Head(), Position(2));
+
+  // The same key in another scope is a different key.
+  AppendCommand scoped("bob", 1);
+  scoped.idempotency_scope = "bob|POST /x";
+  scoped.idempotency_key = "k1";
+  scoped.request_hash = Sha256("body-2");
+  EXPECT_TRUE(ledger->Submit(&scoped).status.ok());
+  EXPECT_EQ(ledger->Head(), Position(3));
+}
+
+TEST(LedgerTest, RejectionFailsOnlyItsOwnCommandUnderConcurrency) {
+  TempDir dir;
+  auto ledger = OpenLedger(dir.path());
+  constexpr int kThreads = 16, kPerThread = 200;
+  std::atomic<int> ok{0}, rejected{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        if ((t + i) % 3 == 0) {
+          RejectCommand c(Status::InvalidArgument("nope", "rejected"));
+          if (ledger->Submit(&c).status.problem() == "nope") rejected++;
+        } else {
+          AppendCommand c("user-" + std::to_string(t));
+          if (ledger->Submit(&c).status.ok()) ok++;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok + rejected, kThreads * kPerThread);
+  EXPECT_EQ(ledger->Head(), Position(ok.load()));
+  EXPECT_GT(ledger->metrics().groups_committed.Value(), 0u);
+  std::vector<Event> events;
+  ASSERT_TRUE(ledger->ReadEvents(Position(0), 1000, {"user-3", ""}, &events).ok());
+  EXPECT_FALSE(events.empty());
+  for (const Event& e : events) EXPECT_EQ(e.subject, "user-3");
+}
+
+TEST(LedgerTest, SnapshotCarriesTheCommittedPosition) {
+  TempDir dir;
+  auto ledger = OpenLedger(dir.path());
+  AppendCommand c("alice", 3);
+  ASSERT_TRUE(ledger->Submit(&c).status.ok());
+  auto view = ledger->Snapshot();
+  AppendCommand d("alice", 1);
+  ASSERT_TRUE(ledger->Submit(&d).status.ok());
+  EXPECT_EQ(view->position(), Position(3));
+  EXPECT_EQ(ledger->Snapshot()->position(), Position(4));
+}
+
+TEST(LedgerTest, CheckpointsRoundTrip) {
+  TempDir dir;
+  auto ledger = OpenLedger(dir.path());
+  Position p;
+  ASSERT_TRUE(ledger->GetCheckpoint("outbox.kafka", &p).ok());
+  EXPECT_EQ(p, Position(0));
+  ASSERT_TRUE(ledger->PutCheckpoint("outbox.kafka", Position(42), true).ok());
+  ASSERT_TRUE(ledger->GetCheckpoint("outbox.kafka", &p).ok());
+  EXPECT_EQ(p, Position(42));
+}
+
+}  // namespace
+}  // namespace ledger

@@ -1,0 +1,35 @@
+#include "tests/support/test_ledger.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <random>
+
+namespace ledger::testing {
+
+TempDir::TempDir() {
+  static std::atomic<int> counter{0};
+  std::random_device rd;
+  path_ = (std::filesystem::temp_directory_path() /
+           ("ledgerd-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + "-" +
+            std::to_string(rd())))
+              .string();
+  std::filesystem::create_directories(path_);
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+Status AppendCommand::Decide(const DecideContext& context, Decision* decision) {
+  for (size_t i = 0; i < count_; ++i) {
+    decision->events.push_back(NewEvent{
+        type_, subject_,
+        "{\"n\":" + std::to_string(context.head.value() + i + 1) + "}"});
+  }
+  decision->body = "{\"ok\":true}";
+  return Status::OK();
+}
+
+}  // namespace ledger::testing

@@ -1,0 +1,48 @@
+// Helpers for tests that need a real Ledger in a temporary directory.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "events/ledger.h"
+
+namespace ledger::testing {
+
+// A fresh, unique directory under the system temp dir, removed by the destructor.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  std::string Sub(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// A command that appends `count` events of `type` for `subject`, with optional idempotency.
+class AppendCommand : public Command {
+ public:
+  AppendCommand(std::string subject, size_t count = 1, std::string type = "test.appended.v1")
+      : subject_(std::move(subject)), count_(count), type_(std::move(type)) {}
+  Status Decide(const DecideContext& context, Decision* decision) override;
+
+ private:
+  std::string subject_;
+  size_t count_;
+  std::string type_;
+};
+
+// A command whose Decide always fails with `status`.
+class RejectCommand : public Command {
+ public:
+  explicit RejectCommand(Status status) : status_(std::move(status)) {}
+  Status Decide(const DecideContext&, Decision*) override { return status_; }
+
+ private:
+  Status status_;
+};
+
+}  // namespace ledger::testing
