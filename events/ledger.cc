@@ -269,6 +269,9 @@ class LedgerImpl final : public Ledger {
   Status ImportEvents(const std::vector<Event>& events) override;
   Status Flush() override;
   LedgerMetrics& metrics() override { return metrics_; }
+  void SetCommitListener(std::function<void(Position)> listener) override {
+    commit_listener_ = std::move(listener);
+  }
   size_t QueueDepth() const override {
     std::lock_guard<std::mutex> l(mu_);
     return queue_.size();
@@ -283,6 +286,12 @@ class LedgerImpl final : public Ledger {
   Status DecideOne(Writer* w, int64_t now_us, BatchStateReader* state,
                    rocksdb::WriteBatchWithIndex* batch);
   Status ImportOne(Writer* w, BatchStateReader* state, rocksdb::WriteBatchWithIndex* batch);
+  // Read options for the events family (see LedgerOptions::verify_checksums).
+  rocksdb::ReadOptions EventReadOptions() const {
+    rocksdb::ReadOptions read_options;
+    read_options.verify_checksums = options_.verify_checksums;
+    return read_options;
+  }
   rocksdb::ColumnFamilyHandle* Family(std::string_view name) const {
     return families_.find(name)->second;
   }
@@ -309,6 +318,7 @@ class LedgerImpl final : public Ledger {
   std::atomic<bool> degraded_{false};
 
   LedgerMetrics metrics_;
+  std::function<void(Position)> commit_listener_;
 };
 
 Status LedgerImpl::OpenDb() {
@@ -377,7 +387,7 @@ Status LedgerImpl::LoadHead() {
   }
   // The head record and the events are written in the same batch; they must agree.
   std::unique_ptr<rocksdb::Iterator> it(
-      db_->NewIterator(rocksdb::ReadOptions(), Family(kEventsFamily)));
+      db_->NewIterator(EventReadOptions(), Family(kEventsFamily)));
   it->SeekToLast();
   LEDGER_RETURN_IF_ERROR(FromRocks(it->status()));
   uint64_t last = it->Valid() ? DecodeFixed64BE(it->key().data()) : 0;
@@ -385,7 +395,9 @@ Status LedgerImpl::LoadHead() {
     return Status::Corruption("chain head " + std::to_string(head_.value()) +
                               " disagrees with the last stored event " + std::to_string(last));
   }
-  if (it->Valid()) {
+  // Only the writer needs the last event's time; a read-only open (verify) must not fail here on
+  // a damaged last event that verify is about to name.
+  if (it->Valid() && !options_.read_only) {
     Event event;
     LEDGER_RETURN_IF_ERROR(DecodeEvent(ToView(it->value()), &event));
     last_time_us_ = event.time_us;
@@ -666,6 +678,7 @@ void LedgerImpl::ProcessGroup(const std::vector<Writer*>& group) {
     head_hash_published_ = head_hash_;
   }
   head_position_.store(head_.value());
+  if (commit_listener_) commit_listener_(head_);
 }
 
 std::unique_ptr<ReadView> LedgerImpl::Snapshot() const {
@@ -709,7 +722,7 @@ Status LedgerImpl::ReadEventsBySubject(Position after, size_t limit, const Event
     std::string_view key = ToView(it->key());
     if (key.substr(0, prefix.size()) != prefix || key.size() != prefix.size() + 8) break;
     uint64_t position = DecodeFixed64BE(key.data() + prefix.size());
-    LEDGER_RETURN_IF_ERROR(FromRocks(db_->Get(rocksdb::ReadOptions(), Family(kEventsFamily),
+    LEDGER_RETURN_IF_ERROR(FromRocks(db_->Get(EventReadOptions(), Family(kEventsFamily),
                                               EncodePositionKey(position), &value)));
     Event event;
     LEDGER_RETURN_IF_ERROR(DecodeEvent(value, &event));
@@ -722,7 +735,7 @@ Status LedgerImpl::ReadEventsBySubject(Position after, size_t limit, const Event
 
 Status LedgerImpl::ScanRaw(Position from, Position to,
                            const std::function<bool(Position, std::string_view)>& fn) const {
-  rocksdb::ReadOptions read_options;
+  rocksdb::ReadOptions read_options = EventReadOptions();
   std::string upper;
   rocksdb::Slice upper_slice;
   if (to.value() != 0) {

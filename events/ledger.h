@@ -91,6 +91,12 @@ struct LedgerOptions {
   bool read_only = false;           // open without writing (ledgerctl verify/export on a live DB)
   bool create_if_missing = true;
   size_t write_queue_max = 0;       // 0 = limits::kWriteQueueCommandsMax
+  // RocksDB block checksums on reads of stored events (ScanRaw, ReadEvents, the head check at
+  // open). Default true. `ledgerctl verify` turns it off for its first pass so that a flipped byte
+  // inside an event (the events family is stored uncompressed) reaches the hash-chain check and
+  // is reported at its exact position, instead of failing the whole block with a Corruption
+  // status that names no position. Read-only use only; never affects what is written.
+  bool verify_checksums = true;
   // When true, a write that fails is retried never: the ledger degrades (see class comment).
 };
 
@@ -158,6 +164,11 @@ class Ledger {
 
   virtual LedgerMetrics& metrics() = 0;
   virtual size_t QueueDepth() const = 0;
+
+  // Called on the leader's thread after each committed group with the new head. Must be cheap and
+  // must not block or Submit (the outbox uses it to wake its publisher). Set before the first
+  // Submit; not thread-safe against concurrent submits.
+  virtual void SetCommitListener(std::function<void(Position)> listener) = 0;
 };
 
 // Key of an idempotency record: SHA-256(scope || 0x00 || key).

@@ -74,6 +74,9 @@ class [[nodiscard]] Status {
   bool IsIOError() const { return code_ == Code::kIOError; }
   bool IsCorruption() const { return code_ == Code::kCorruption; }
 
+  // Marks a Status as deliberately unchecked (best-effort cleanup paths).
+  void IgnoreError() const {}
+
   std::string ToString() const {
     if (ok()) return "OK";
     return problem_ + ": " + message_;

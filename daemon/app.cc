@@ -1,0 +1,233 @@
+#include "daemon/app.h"
+
+#include <fstream>
+#include <sstream>
+
+#include <spdlog/spdlog.h>
+
+#include "events/embedded_kafka.h"
+#include "events/ledger.h"
+#include "events/outbox.h"
+#include "http/auth.h"
+#include "http/routes.h"
+#include "http/server.h"
+#include "projections/plan_catalog.h"
+#include "projections/registry.h"
+
+namespace ledger::daemon {
+
+namespace {
+
+Status ReadFile(const std::string& path, std::string* out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::Make(Code::kUnprocessable, "bad_config", "cannot read " + path);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  *out = buffer.str();
+  return Status::OK();
+}
+
+Status AsConfigError(const std::string& setting, const Status& status) {
+  if (status.ok()) return status;
+  return Status::Make(Code::kUnprocessable, "bad_config", setting + ": " + status.message());
+}
+
+}  // namespace
+
+class App::Impl {
+ public:
+  Status Start(const Config& config, const Clock* clock);
+  Status Stop(std::chrono::milliseconds outbox_flush_timeout);
+
+  Config config_;
+  const Clock* clock_ = nullptr;
+  std::unique_ptr<Ledger> ledger_;
+  std::unique_ptr<EmbeddedKafka> embedded_kafka_;
+  std::unique_ptr<KafkaOutbox> outbox_;
+  std::string kafka_bootstrap_;
+  std::unique_ptr<http::Authenticator> authenticator_;
+  http::RequestMetrics request_metrics_;
+  http::AppContext context_;
+  std::unique_ptr<http::HttpServer> server_;
+  bool stopped_ = false;
+
+ private:
+  Status OpenLedger();
+  Status StartKafka();
+  Status BuildAuthenticator();
+  Status StartHttp();
+};
+
+Status App::Impl::OpenLedger() {
+  LedgerOptions options;
+  options.path = config_.data_dir;
+  options.folds = projections::AllFolds();
+  options.clock = clock_;
+  Status s = Ledger::Open(options, &ledger_);
+  if (!s.ok()) return s;
+  spdlog::info("ledger open at {}: head position {}", config_.data_dir, ledger_->Head().value());
+  bool seeded = false;
+  LEDGER_RETURN_IF_ERROR(projections::SeedPlanCatalog(ledger_.get(), &seeded));
+  if (seeded) spdlog::info("plan catalog seeded with the initial plans");
+  return Status::OK();
+}
+
+Status App::Impl::StartKafka() {
+  if (config_.kafka_brokers == "none") {
+    spdlog::info("kafka publishing disabled (LEDGER_KAFKA_BROKERS=none)");
+    return Status::OK();
+  }
+  if (config_.kafka_brokers == "embedded") {
+    EmbeddedKafkaOptions options;
+    options.topics = {config_.kafka_topic};
+    LEDGER_RETURN_IF_ERROR(EmbeddedKafka::Open(options, &embedded_kafka_));
+    kafka_bootstrap_ = embedded_kafka_->bootstrap_servers();
+    spdlog::info("embedded kafka (librdkafka mock cluster) bootstrap={} topic={}; read it with: "
+                 "kcat -C -b {} -t {}",
+                 kafka_bootstrap_, config_.kafka_topic, kafka_bootstrap_, config_.kafka_topic);
+  } else {
+    kafka_bootstrap_ = config_.kafka_brokers;
+    spdlog::info("kafka bootstrap={} topic={}", kafka_bootstrap_, config_.kafka_topic);
+  }
+  OutboxOptions options;
+  options.bootstrap_servers = kafka_bootstrap_;
+  options.topic = config_.kafka_topic;
+  LEDGER_RETURN_IF_ERROR(KafkaOutbox::Open(options, ledger_.get(), &outbox_));
+  KafkaOutbox* outbox = outbox_.get();
+  ledger_->SetCommitListener([outbox](Position) { outbox->Notify(); });
+  return outbox_->Start();
+}
+
+Status App::Impl::BuildAuthenticator() {
+  http::AuthOptions options;
+  for (const auto& [name, token] : config_.service_tokens) {
+    options.service_tokens.push_back(http::ServiceToken{name, token});
+  }
+  options.jwt.issuer = config_.jwt_issuer;
+  options.jwt.audience = config_.jwt_audience;
+  options.jwt.admin_role = config_.admin_role;
+  if (config_.DevMode()) {
+    LEDGER_RETURN_IF_ERROR(LoadOrCreateDevSecret(config_.data_dir, &options.jwt.hs256_secret));
+    spdlog::warn("auth: DEV MODE — HS256 secret in {}; mint tokens with `ledgerctl token "
+                 "--data-dir {} --sub alice --email alice@example.com [--admin]`. Set "
+                 "LEDGER_JWT_HS256_SECRET or LEDGER_JWT_JWKS_FILE in production.",
+                 DevJwtSecretPath(config_.data_dir), config_.data_dir);
+  } else {
+    options.jwt.hs256_secret = config_.jwt_hs256_secret;
+    if (!config_.jwt_jwks_file.empty()) {
+      LEDGER_RETURN_IF_ERROR(ReadFile(config_.jwt_jwks_file, &options.jwt.jwks_json));
+    }
+    spdlog::info("auth: production mode (HS256 {}, JWKS {})",
+                 config_.jwt_hs256_secret.empty() ? "off" : "on",
+                 config_.jwt_jwks_file.empty() ? "off" : config_.jwt_jwks_file);
+  }
+  return AsConfigError("LEDGER_JWT_JWKS_FILE / LEDGER_SERVICE_TOKENS",
+                       http::Authenticator::Create(options, clock_, &authenticator_));
+}
+
+Status App::Impl::StartHttp() {
+  context_.ledger = ledger_.get();
+  context_.clock = clock_;
+  context_.request_metrics = &request_metrics_;
+  if (outbox_ != nullptr) {
+    KafkaOutbox* outbox = outbox_.get();
+    context_.outbox_status = [outbox] {
+      OutboxStatus s = outbox->GetStatus();
+      http::OutboxStatus out;
+      out.enabled = true;
+      out.state = s.kafka_state;
+      out.published_position = s.checkpoint.value();
+      out.lag_events = s.lag;
+      return out;
+    };
+    context_.metrics_renderers.push_back([outbox](std::string* out) { outbox->RenderMetrics(out); });
+  }
+  http::RouteTable routes;
+  http::AddAllRoutes(context_, &routes);
+  http::HttpServerOptions options;
+  options.host = config_.listen_host;
+  options.port = config_.listen_port;
+  if (config_.http_threads != 0) options.threads = config_.http_threads;
+  LEDGER_RETURN_IF_ERROR(http::HttpServer::Create(options, std::move(routes),
+                                                  authenticator_.get(), &request_metrics_,
+                                                  &server_));
+  LEDGER_RETURN_IF_ERROR(server_->Start());
+  spdlog::info("listening on http://{}:{} ({} worker threads)", config_.listen_host,
+               server_->port(), options.threads);
+  return Status::OK();
+}
+
+Status App::Impl::Start(const Config& config, const Clock* clock) {
+  config_ = config;
+  clock_ = clock != nullptr ? clock : SystemClock::Default();
+  spdlog::info("ledgerd starting: {}", config_.Describe());
+  LEDGER_RETURN_IF_ERROR(BuildAuthenticator());
+  LEDGER_RETURN_IF_ERROR(OpenLedger());
+  LEDGER_RETURN_IF_ERROR(StartKafka());
+  return StartHttp();
+}
+
+Status App::Impl::Stop(std::chrono::milliseconds outbox_flush_timeout) {
+  if (stopped_) return Status::OK();
+  stopped_ = true;
+  if (server_ != nullptr) server_->Stop();
+  Status result;
+  if (outbox_ != nullptr) {
+    Status s = outbox_->Stop(outbox_flush_timeout);
+    if (!s.ok()) spdlog::warn("outbox stopped with events unpublished: {}", s.ToString());
+    OutboxStatus status = outbox_->GetStatus();
+    spdlog::info("outbox stopped at position {} (lag {})", status.checkpoint.value(), status.lag);
+    ledger_->SetCommitListener(nullptr);
+  }
+  if (ledger_ != nullptr) {
+    result = ledger_->Flush();
+    if (!result.ok()) spdlog::error("flush at shutdown failed: {}", result.ToString());
+  }
+  outbox_.reset();
+  embedded_kafka_.reset();
+  server_.reset();
+  ledger_.reset();
+  return result;
+}
+
+App::App(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+App::~App() {
+  if (impl_ != nullptr) impl_->Stop(std::chrono::milliseconds(0)).IgnoreError();
+}
+
+Status App::Start(const Config& config, const Clock* clock, std::unique_ptr<App>* out) {
+  auto impl = std::make_unique<Impl>();
+  Status s = impl->Start(config, clock);
+  if (!s.ok()) {
+    impl->Stop(std::chrono::milliseconds(0)).IgnoreError();
+    return s;
+  }
+  out->reset(new App(std::move(impl)));
+  return Status::OK();
+}
+
+Status App::Stop(std::chrono::milliseconds outbox_flush_timeout) {
+  return impl_->Stop(outbox_flush_timeout);
+}
+
+int App::http_port() const { return impl_->server_ != nullptr ? impl_->server_->port() : 0; }
+
+std::string App::kafka_bootstrap() const { return impl_->kafka_bootstrap_; }
+
+int ExitCodeFor(const Status& status) {
+  switch (status.code()) {
+    case Code::kOk:
+      return kExitOk;
+    case Code::kIOError:
+    case Code::kCorruption:
+      return kExitStorage;
+    case Code::kUnprocessable:
+    case Code::kInvalidArgument:
+      return kExitConfig;
+    default:
+      return kExitInternal;
+  }
+}
+
+}  // namespace ledger::daemon

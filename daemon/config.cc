@@ -1,0 +1,243 @@
+#include "daemon/config.h"
+
+#include <fcntl.h>
+#include <openssl/rand.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "events/types.h"
+
+namespace ledger::daemon {
+
+namespace {
+
+std::vector<std::string> SplitComma(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    size_t b = item.find_first_not_of(" \t");
+    size_t e = item.find_last_not_of(" \t");
+    if (b != std::string::npos) out.push_back(item.substr(b, e - b + 1));
+  }
+  return out;
+}
+
+Status Bad(const std::string& setting, const std::string& why) {
+  return Status::Make(Code::kUnprocessable, "bad_config", setting + ": " + why);
+}
+
+bool IsReadableFile(const std::string& path) {
+  std::ifstream f(path);
+  return f.good();
+}
+
+Status ParseListen(const std::string& listen, Config* config) {
+  size_t colon = listen.rfind(':');
+  if (colon == std::string::npos || colon == 0) {
+    return Bad("LEDGER_LISTEN", "expected host:port, got '" + listen + "'");
+  }
+  std::string host = listen.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  const std::string port = listen.substr(colon + 1);
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
+      std::stoi(port) > 65535) {
+    return Bad("LEDGER_LISTEN", "port must be 0..65535, got '" + port + "'");
+  }
+  config->listen_host = host;
+  config->listen_port = std::stoi(port);
+  return Status::OK();
+}
+
+Status ParseServiceTokens(const std::string& value, Config* config) {
+  for (const std::string& pair : SplitComma(value)) {
+    size_t eq = pair.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == pair.size()) {
+      return Bad("LEDGER_SERVICE_TOKENS", "expected comma-separated name=token pairs");
+    }
+    std::string name = pair.substr(0, eq), token = pair.substr(eq + 1);
+    if (token.size() < 16) {
+      return Bad("LEDGER_SERVICE_TOKENS", "token for '" + name + "' is shorter than 16 characters");
+    }
+    for (const auto& [existing, unused] : config->service_tokens) {
+      if (existing == name) return Bad("LEDGER_SERVICE_TOKENS", "duplicate name '" + name + "'");
+    }
+    config->service_tokens.emplace_back(name, token);
+  }
+  return Status::OK();
+}
+
+bool IsHttpUrl(const std::string& url) {
+  return url.rfind("http://", 0) == 0 || url.rfind("https://", 0) == 0;
+}
+
+bool IsValidTopic(const std::string& topic) {
+  if (topic.empty() || topic.size() > 249 || topic == "." || topic == "..") return false;
+  return topic.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") ==
+         std::string::npos;
+}
+
+Status Validate(Config* config, const std::string& listen, const std::string& service_tokens,
+                const std::string& webhook_secrets) {
+  LEDGER_RETURN_IF_ERROR(ParseListen(listen, config));
+  LEDGER_RETURN_IF_ERROR(ParseServiceTokens(service_tokens, config));
+  if (config->data_dir.empty()) return Bad("LEDGER_DATA_DIR", "must not be empty");
+  if (config->kafka_brokers.empty()) {
+    return Bad("LEDGER_KAFKA_BROKERS", "must be 'embedded', 'none' or bootstrap servers");
+  }
+  if (!IsValidTopic(config->kafka_topic)) {
+    return Bad("LEDGER_KAFKA_TOPIC", "not a valid Kafka topic name");
+  }
+  if (!config->jwt_hs256_secret.empty() && config->jwt_hs256_secret.size() < 32) {
+    return Bad("LEDGER_JWT_HS256_SECRET", "must be at least 32 bytes");
+  }
+  if (!config->jwt_jwks_file.empty() && !IsReadableFile(config->jwt_jwks_file)) {
+    return Bad("LEDGER_JWT_JWKS_FILE", "cannot read '" + config->jwt_jwks_file + "'");
+  }
+  if (config->admin_role.empty()) return Bad("LEDGER_ADMIN_ROLE", "must not be empty");
+  for (const std::string& secret : SplitComma(webhook_secrets)) {
+    if (secret.rfind("whsec_", 0) != 0) {
+      return Bad("STRIPE_WEBHOOK_SECRET", "every secret must start with whsec_");
+    }
+    config->stripe_webhook_secrets.push_back(secret);
+  }
+  if (!IsHttpUrl(config->stripe_api_base)) {
+    return Bad("STRIPE_API_BASE", "must be an http:// or https:// URL");
+  }
+  for (auto [name, value] : {std::pair{"STRIPE_SUCCESS_URL", &config->stripe_success_url},
+                             std::pair{"STRIPE_CANCEL_URL", &config->stripe_cancel_url},
+                             std::pair{"STRIPE_PORTAL_RETURN_URL",
+                                       &config->stripe_portal_return_url}}) {
+    if (!value->empty() && !IsHttpUrl(*value)) return Bad(name, "must be an http(s) URL");
+  }
+  if (!config->lago_webhook_public_key_file.empty() &&
+      !IsReadableFile(config->lago_webhook_public_key_file)) {
+    return Bad("LAGO_WEBHOOK_PUBLIC_KEY_FILE",
+               "cannot read '" + config->lago_webhook_public_key_file + "'");
+  }
+  if (config->master_key_file.empty()) {
+    config->master_key_file = config->data_dir + "/master.key";
+  }
+  static const std::vector<std::string> kLevels = {"trace", "debug", "info", "warn", "error"};
+  if (std::find(kLevels.begin(), kLevels.end(), config->log_level) == kLevels.end()) {
+    return Bad("LEDGER_LOG_LEVEL", "must be one of trace, debug, info, warn, error");
+  }
+  if (config->http_threads > 4096) return Bad("LEDGER_HTTP_THREADS", "at most 4096");
+  return Status::OK();
+}
+
+}  // namespace
+
+std::string DevJwtSecretPath(const std::string& data_dir) { return data_dir + "/jwt-dev.secret"; }
+
+std::string Config::Describe() const {
+  std::string auth = DevMode() ? "dev (HS256 secret in " + DevJwtSecretPath(data_dir) + ")"
+                               : std::string(jwt_hs256_secret.empty() ? "" : "HS256 ") +
+                                     (jwt_jwks_file.empty() ? "" : "JWKS " + jwt_jwks_file);
+  return "data_dir=" + data_dir + " listen=" + listen_host + ":" + std::to_string(listen_port) +
+         " kafka=" + kafka_brokers + " topic=" + kafka_topic + " auth=" + auth +
+         " service_tokens=" + std::to_string(service_tokens.size()) +
+         " stripe=" + (stripe_secret_key.empty() ? "off" : "on (" + stripe_api_base + ")") +
+         " stripe_webhook_secrets=" + std::to_string(stripe_webhook_secrets.size());
+}
+
+ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
+  ParseResult result;
+  CLI::App app{"ledgerd: event-sourced billing ledger daemon"};
+  app.set_version_flag("--version", "ledgerd 0.1.0");
+  std::string listen = "127.0.0.1:8084", service_tokens, webhook_secrets;
+
+  // Flags named in CONTRACT.md §1, each also an environment variable; the flag wins.
+  app.add_option("--data-dir", config->data_dir, "RocksDB directory")->envname("LEDGER_DATA_DIR");
+  app.add_option("--listen", listen, "HTTP host:port (port 0 = pick)")->envname("LEDGER_LISTEN");
+  app.add_option("--kafka-brokers", config->kafka_brokers, "embedded | none | bootstrap servers")
+      ->envname("LEDGER_KAFKA_BROKERS");
+  app.add_option("--kafka-topic", config->kafka_topic, "topic for the outbox")
+      ->envname("LEDGER_KAFKA_TOPIC");
+  app.add_option("--jwt-hs256-secret", config->jwt_hs256_secret, "HS256 secret")
+      ->envname("LEDGER_JWT_HS256_SECRET");
+  app.add_option("--jwt-jwks-file", config->jwt_jwks_file, "JWKS file (RS256/ES256)")
+      ->envname("LEDGER_JWT_JWKS_FILE");
+  app.add_option("--jwt-issuer", config->jwt_issuer, "required iss")->envname("LEDGER_JWT_ISSUER");
+  app.add_option("--jwt-audience", config->jwt_audience, "required aud")
+      ->envname("LEDGER_JWT_AUDIENCE");
+  app.add_option("--admin-role", config->admin_role, "admin role name")
+      ->envname("LEDGER_ADMIN_ROLE");
+  app.add_option("--service-tokens", service_tokens, "name=token,...")
+      ->envname("LEDGER_SERVICE_TOKENS");
+  app.add_option("--stripe-secret-key", config->stripe_secret_key, "Stripe API key")
+      ->envname("STRIPE_SECRET_KEY");
+  app.add_option("--stripe-webhook-secret", webhook_secrets, "whsec_...,whsec_...")
+      ->envname("STRIPE_WEBHOOK_SECRET");
+  app.add_option("--stripe-api-base", config->stripe_api_base, "Stripe API base URL")
+      ->envname("STRIPE_API_BASE");
+  app.add_option("--stripe-success-url", config->stripe_success_url)->envname("STRIPE_SUCCESS_URL");
+  app.add_option("--stripe-cancel-url", config->stripe_cancel_url)->envname("STRIPE_CANCEL_URL");
+  app.add_option("--stripe-portal-return-url", config->stripe_portal_return_url)
+      ->envname("STRIPE_PORTAL_RETURN_URL");
+  app.add_option("--lago-webhook-hmac-key", config->lago_webhook_hmac_key)
+      ->envname("LAGO_WEBHOOK_HMAC_KEY");
+  app.add_option("--lago-webhook-public-key-file", config->lago_webhook_public_key_file)
+      ->envname("LAGO_WEBHOOK_PUBLIC_KEY_FILE");
+  app.add_option("--master-key-file", config->master_key_file, "BYOK key-encryption key")
+      ->envname("LEDGER_MASTER_KEY_FILE");
+  app.add_option("--http-threads", config->http_threads, "HTTP worker threads (0 = auto)")
+      ->envname("LEDGER_HTTP_THREADS");
+  app.add_option("--log-level", config->log_level, "trace|debug|info|warn|error")
+      ->envname("LEDGER_LOG_LEVEL");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    result.exit_now = true;
+    result.output = app.help();
+    return result;
+  } catch (const CLI::CallForVersion&) {
+    result.exit_now = true;
+    result.output = app.version();
+    return result;
+  } catch (const CLI::ConversionError& e) {
+    result.status = Bad(e.get_name(), e.what());
+    result.exit_code = kExitConfig;
+    return result;
+  } catch (const CLI::ParseError& e) {
+    result.status = Status::InvalidArgument("bad_usage", e.what());
+    result.exit_code = kExitUsage;
+    return result;
+  }
+  result.status = Validate(config, listen, service_tokens, webhook_secrets);
+  if (!result.status.ok()) result.exit_code = kExitConfig;
+  return result;
+}
+
+Status LoadOrCreateDevSecret(const std::string& data_dir, std::string* secret) {
+  const std::string path = DevJwtSecretPath(data_dir);
+  std::ifstream in(path);
+  if (in.good()) {
+    std::getline(in, *secret);
+    if (secret->size() < 32) return Status::Corruption(path + " holds a short secret");
+    return Status::OK();
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(data_dir, ec);
+  unsigned char bytes[32];
+  if (RAND_bytes(bytes, sizeof(bytes)) != 1) return Status::Internal("RAND_bytes failed");
+  *secret = HexEncode(std::string_view(reinterpret_cast<const char*>(bytes), sizeof(bytes)));
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
+  if (fd < 0) return Status::IOError("cannot create " + path);
+  std::string line = *secret + "\n";
+  bool ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()) &&
+            ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok) return Status::IOError("cannot write " + path);
+  return Status::OK();
+}
+
+}  // namespace ledger::daemon

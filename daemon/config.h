@@ -1,0 +1,69 @@
+// ledgerd configuration: every option is a flag and an environment variable (the flag wins),
+// named as in CONTRACT.md §1. Parse() validates everything before anything starts; a bad setting
+// is reported by name and the daemon exits 78 (EX_CONFIG).
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "events/status.h"
+
+namespace ledger::daemon {
+
+// sysexits.h values used by ledgerd and ledgerctl.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitUsage = 64;
+inline constexpr int kExitDataError = 65;
+inline constexpr int kExitInternal = 70;
+inline constexpr int kExitStorage = 74;
+inline constexpr int kExitConfig = 78;
+
+// The dev-mode JWT secret lives here (hex text, mode 0600) when no JWT setting is given.
+std::string DevJwtSecretPath(const std::string& data_dir);
+
+struct Config {
+  std::string data_dir = "./data";                 // LEDGER_DATA_DIR
+  std::string listen_host = "127.0.0.1";           // LEDGER_LISTEN host part
+  int listen_port = 8084;                          // LEDGER_LISTEN port part; 0 = pick one
+  std::string kafka_brokers = "embedded";          // embedded | none | bootstrap servers
+  std::string kafka_topic = "ledger.events";
+  std::string jwt_hs256_secret;                    // secret: never logged
+  std::string jwt_jwks_file;
+  std::string jwt_issuer;
+  std::string jwt_audience;
+  std::string admin_role = "admin";
+  std::vector<std::pair<std::string, std::string>> service_tokens;  // name, token (secret)
+  std::string stripe_secret_key;                   // secret
+  std::vector<std::string> stripe_webhook_secrets; // secrets
+  std::string stripe_api_base = "https://api.stripe.com";
+  std::string stripe_success_url;
+  std::string stripe_cancel_url;
+  std::string stripe_portal_return_url;
+  std::string lago_webhook_hmac_key;               // secret
+  std::string lago_webhook_public_key_file;
+  std::string master_key_file;                     // default <data_dir>/master.key
+  size_t http_threads = 0;                         // 0 = automatic
+  std::string log_level = "info";
+
+  // True when neither an HS256 secret nor a JWKS file is configured: ledgerd then creates a
+  // random HS256 secret in the data directory and `ledgerctl token` mints tokens with it.
+  bool DevMode() const { return jwt_hs256_secret.empty() && jwt_jwks_file.empty(); }
+  // A one-line description of the active settings, without secrets.
+  std::string Describe() const;
+};
+
+struct ParseResult {
+  Status status;        // kInvalidArgument: bad usage (64); kUnprocessable: bad config (78)
+  int exit_code = kExitOk;
+  bool exit_now = false;  // --help / --version: print `output` and exit 0
+  std::string output;
+};
+
+// Parses flags and environment. Environment variables are read with getenv().
+ParseResult ParseConfig(int argc, const char* const* argv, Config* config);
+
+// Loads or creates (0600, random) the dev-mode HS256 secret. Returns it in `secret`.
+Status LoadOrCreateDevSecret(const std::string& data_dir, std::string* secret);
+
+}  // namespace ledger::daemon
