@@ -11,6 +11,7 @@
 #include "http/auth.h"
 #include "http/routes.h"
 #include "http/server.h"
+#include "http/stripe_client.h"
 #include "projections/plan_catalog.h"
 #include "projections/registry.h"
 
@@ -46,6 +47,7 @@ class App::Impl {
   std::unique_ptr<KafkaOutbox> outbox_;
   std::string kafka_bootstrap_;
   std::unique_ptr<http::Authenticator> authenticator_;
+  std::unique_ptr<http::HttpStripeClient> stripe_;  // outlives server_
   http::RequestMetrics request_metrics_;
   http::AppContext context_;
   std::unique_ptr<http::HttpServer> server_;
@@ -55,6 +57,7 @@ class App::Impl {
   Status OpenLedger();
   Status StartKafka();
   Status BuildAuthenticator();
+  Status BuildStripeClient();
   Status StartHttp();
 };
 
@@ -116,6 +119,11 @@ Status App::Impl::BuildAuthenticator() {
     options.jwt.hs256_secret = config_.jwt_hs256_secret;
     if (!config_.jwt_jwks_file.empty()) {
       LEDGER_RETURN_IF_ERROR(ReadFile(config_.jwt_jwks_file, &options.jwt.jwks_json));
+      // An empty JWKS would silently accept no token at all.
+      if (options.jwt.jwks_json.empty()) {
+        return AsConfigError("LEDGER_JWT_JWKS_FILE",
+                             Status::IOError(config_.jwt_jwks_file + " is empty"));
+      }
     }
     spdlog::info("auth: production mode (HS256 {}, JWKS {})",
                  config_.jwt_hs256_secret.empty() ? "off" : "on",
@@ -125,10 +133,30 @@ Status App::Impl::BuildAuthenticator() {
                        http::Authenticator::Create(options, clock_, &authenticator_));
 }
 
+Status App::Impl::BuildStripeClient() {
+  context_.stripe_webhook_secrets = config_.stripe_webhook_secrets;
+  context_.stripe_success_url = config_.stripe_success_url;
+  context_.stripe_cancel_url = config_.stripe_cancel_url;
+  context_.stripe_portal_return_url = config_.stripe_portal_return_url;
+  if (config_.stripe_secret_key.empty()) {
+    spdlog::info("stripe: STRIPE_SECRET_KEY unset; Stripe-calling routes answer 503");
+    return Status::OK();
+  }
+  http::StripeClientOptions options;
+  options.api_base = config_.stripe_api_base;
+  options.secret_key = config_.stripe_secret_key;
+  LEDGER_RETURN_IF_ERROR(
+      AsConfigError("STRIPE_API_BASE", http::HttpStripeClient::Create(options, &stripe_)));
+  context_.stripe = stripe_.get();
+  spdlog::info("stripe: API at {}", config_.stripe_api_base);
+  return Status::OK();
+}
+
 Status App::Impl::StartHttp() {
   context_.ledger = ledger_.get();
   context_.clock = clock_;
   context_.request_metrics = &request_metrics_;
+  LEDGER_RETURN_IF_ERROR(BuildStripeClient());
   if (outbox_ != nullptr) {
     KafkaOutbox* outbox = outbox_.get();
     context_.outbox_status = [outbox] {
@@ -151,7 +179,10 @@ Status App::Impl::StartHttp() {
   LEDGER_RETURN_IF_ERROR(http::HttpServer::Create(options, std::move(routes),
                                                   authenticator_.get(), &request_metrics_,
                                                   &server_));
-  LEDGER_RETURN_IF_ERROR(server_->Start());
+  // An address that cannot be bound (no such host, port in use) is a bad LEDGER_LISTEN: 78.
+  Status listening = server_->Start();
+  if (listening.problem() == "listen_failed") listening = AsConfigError("LEDGER_LISTEN", listening);
+  LEDGER_RETURN_IF_ERROR(listening);
   spdlog::info("listening on http://{}:{} ({} worker threads)", config_.listen_host,
                server_->port(), options.threads);
   return Status::OK();
@@ -186,6 +217,7 @@ Status App::Impl::Stop(std::chrono::milliseconds outbox_flush_timeout) {
   outbox_.reset();
   embedded_kafka_.reset();
   server_.reset();
+  stripe_.reset();
   ledger_.reset();
   return result;
 }

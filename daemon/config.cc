@@ -32,7 +32,11 @@ Status Bad(const std::string& setting, const std::string& why) {
   return Status::Make(Code::kUnprocessable, "bad_config", setting + ": " + why);
 }
 
+// A regular file we can open: opening a directory for reading succeeds on Linux and then reads
+// nothing.
 bool IsReadableFile(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) return false;
   std::ifstream f(path);
   return f.good();
 }
@@ -204,7 +208,14 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
     result.output = app.version();
     return result;
   } catch (const CLI::ConversionError& e) {
-    result.status = Bad(e.get_name(), e.what());
+    // e.what() is "Could not convert: --flag = value": name the setting by its variable.
+    std::string setting = "configuration";
+    for (const CLI::Option* option : app.get_options()) {
+      if (std::string(e.what()).find(option->get_name() + " =") != std::string::npos) {
+        setting = option->get_envname().empty() ? option->get_name() : option->get_envname();
+      }
+    }
+    result.status = Bad(setting, e.what());
     result.exit_code = kExitConfig;
     return result;
   } catch (const CLI::ParseError& e) {

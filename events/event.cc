@@ -76,7 +76,9 @@ Status DecodeEvent(std::string_view stored, Event* out) {
 bool VerifyEventHash(std::string_view stored) {
   if (stored.size() < 2 * kHashBytes) return false;
   Hash computed = Sha256(stored.substr(0, stored.size() - kHashBytes));
-  return std::equal(computed.begin(), computed.end(), stored.end() - kHashBytes);
+  // Compare bytes, not char with uint8_t: char is signed here, so any hash byte >= 0x80 would
+  // compare unequal and an intact event would fail verification.
+  return HashView(computed) == stored.substr(stored.size() - kHashBytes);
 }
 
 std::string FormatRfc3339(int64_t time_us) {

@@ -86,7 +86,8 @@ struct LedgerOptions {
   std::string path;                 // directory; created if missing
   std::vector<const Fold*> folds;   // inline projections; not owned, must outlive the Ledger
   const Clock* clock = nullptr;     // default SystemClock
-  bool sync = true;                 // fsync every group. false ONLY for negative-control tests.
+  bool sync = true;                 // fsync every group. false ONLY for negative-control tests
+                                    // and scratch stores (ledgerctl replay's rebuild, then Flush()).
   rocksdb::Env* env = nullptr;      // default Env; tests pass fault-injecting wrappers
   bool read_only = false;           // open without writing (ledgerctl verify/export on a live DB)
   bool create_if_missing = true;

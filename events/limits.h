@@ -21,4 +21,10 @@ inline constexpr size_t kIdempotencyScopeBytesMax = 512;
 // GET /api/v1/events page size.
 inline constexpr size_t kReadEventsMax = 1000;
 
+// Kafka outbox: events read ahead of the delivered checkpoint (produced, not yet acknowledged
+// by Kafka) at most, by count and by bytes; and events read from the log per scan.
+inline constexpr size_t kOutboxInFlightEventsMax = 10000;
+inline constexpr size_t kOutboxInFlightBytesMax = 64u << 20;
+inline constexpr size_t kOutboxScanEventsMax = 1000;
+
 }  // namespace ledger::limits

@@ -1,0 +1,731 @@
+#include "events/outbox.h"
+
+#include <librdkafka/rdkafka.h>
+#include <rapidjson/document.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "events/event.h"
+#include "events/ledger.h"
+
+namespace ledger {
+namespace {
+
+constexpr char kContentTypeHeader[] = "content-type";
+constexpr char kContentType[] = "application/cloudevents+json";
+
+int64_t SteadyMicros() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+int64_t WallMicros() { return SystemClock::Default()->NowMicros(); }
+
+// What the publisher knows about one position of the read-ahead window.
+enum class Slot : uint8_t {
+  kPending = 0,    // not produced, or produced and failed: (re-)produce it
+  kInFlight = 1,   // produced, awaiting its delivery report
+  kDelivered = 2,  // acknowledged, above the gap-free checkpoint
+};
+
+enum class KafkaState : int { kDown = 0, kUp = 1, kDisabled = 2 };
+
+const char* KafkaStateName(KafkaState state) {
+  switch (state) {
+    case KafkaState::kUp:
+      return "up";
+    case KafkaState::kDown:
+      return "down";
+    case KafkaState::kDisabled:
+      return "disabled";
+  }
+  return "down";
+}
+
+Status InvalidConfig(const std::string& message) {
+  return Status::InvalidArgument("invalid_config", "kafka outbox: " + message);
+}
+
+Status ValidateOptions(const OutboxOptions& o) {
+  if (o.topic.empty()) return InvalidConfig("topic is empty");
+  if (o.source.empty()) return InvalidConfig("CloudEvents source is empty");
+  if (o.checkpoint_name.empty()) return InvalidConfig("checkpoint name is empty");
+  if (o.in_flight_events_max < 1 || o.in_flight_events_max > 1'000'000) {
+    return InvalidConfig("in_flight_events_max must be 1..1000000");
+  }
+  if (o.in_flight_bytes_max < 1) return InvalidConfig("in_flight_bytes_max must be > 0");
+  if (o.scan_events_max < 1) return InvalidConfig("scan_events_max must be > 0");
+  if (o.linger_ms < 0 || o.message_timeout_ms < 0 || o.poll_interval_ms < 1 ||
+      o.checkpoint_interval_ms < 0 || o.retry_backoff_ms_min < 1 ||
+      o.retry_backoff_ms_max < o.retry_backoff_ms_min || o.stall_down_ms < 1) {
+    return InvalidConfig("timing options out of range");
+  }
+  return Status::OK();
+}
+
+}  // namespace
+
+// Everything behind KafkaOutbox. Fields below "publisher state" belong to the publisher thread
+// once Start() ran (Open() and Stop()/the destructor touch them only while no thread runs).
+class KafkaOutbox::Impl {
+ public:
+  Impl(const OutboxOptions& options, Ledger* ledger)
+      : options_(options),
+        ledger_(ledger),
+        window_(options.in_flight_events_max),
+        slots_(window_, Slot::kPending),
+        slot_bytes_(window_, 0),
+        slot_time_us_(window_, 0),
+        backoff_ms_(options.retry_backoff_ms_min) {}
+
+  ~Impl() {
+    if (thread_.joinable()) {
+      RequestStop(std::chrono::steady_clock::now(), /*persist=*/false);
+      thread_.join();
+    }
+    DestroyProducer();
+  }
+
+  Status Init();
+  Status Start();
+  void Notify();
+  Status Stop(std::chrono::steady_clock::time_point deadline);
+  OutboxStatus GetStatus() const;
+  void RenderMetrics(std::string* out) const;
+
+  OutboxMetrics metrics_;
+
+ private:
+  bool disabled() const { return options_.bootstrap_servers.empty(); }
+
+  // Producer lifecycle.
+  Status CreateProducer();
+  void DestroyProducer();
+  void RestartProducer();
+  static void OnDeliveryReport(rd_kafka_t*, const rd_kafka_message_t* message, void* opaque);
+  static void OnError(rd_kafka_t*, int err, const char* reason, void* opaque);
+  static int OnStats(rd_kafka_t*, char* json, size_t json_len, void* opaque);
+  static void OnLog(const rd_kafka_t*, int level, const char* facility, const char* message);
+  static void OnQueueEvent(rd_kafka_t*, void* opaque);
+
+  // The publisher thread.
+  void Run();
+  bool ProduceBatch();
+  rd_kafka_resp_err_t Produce(const Event& event, uint64_t position);
+  void HandleDelivery(const rd_kafka_message_t* message);
+  void AdvanceCheckpoint();
+  void ScheduleRewind(const std::string& reason);
+  void MaybeRewind(int64_t now_us);
+  void MaybePersistCheckpoint(int64_t now_us, bool force);
+  void PublishState(int64_t now_us);
+  bool ShouldExit();
+  void WaitForWork(int64_t now_us);
+  void RequestStop(std::chrono::steady_clock::time_point deadline, bool persist);
+  void SetLastError(const std::string& error);
+  size_t SlotOf(uint64_t position) const { return position % window_; }
+
+  const OutboxOptions options_;
+  Ledger* const ledger_;
+  const size_t window_;
+
+  // Published for GetStatus() (any thread).
+  std::atomic<uint64_t> published_{0};
+  std::atomic<uint64_t> checkpoint_{0};
+  std::atomic<uint64_t> persisted_{0};
+  std::atomic<uint64_t> in_flight_count_{0};
+  std::atomic<int> kafka_state_{static_cast<int>(KafkaState::kDown)};
+  std::atomic<bool> running_{false};
+  mutable std::mutex error_mu_;
+  std::string last_error_;  // guarded by error_mu_
+
+  // Wakeups and stop requests.
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool wake_ = false;            // guarded by mu_
+  bool stop_requested_ = false;  // guarded by mu_
+  bool persist_on_stop_ = true;  // guarded by mu_
+  std::chrono::steady_clock::time_point stop_deadline_;  // guarded by mu_
+  uint64_t stop_target_ = 0;     // guarded by mu_: the head when Stop() was called
+  bool started_ = false;         // owner thread only
+  bool stopped_ = false;         // owner thread only
+  std::thread thread_;
+
+  // Publisher state.
+  rd_kafka_t* producer_ = nullptr;
+  rd_kafka_topic_t* topic_ = nullptr;
+  rd_kafka_queue_t* main_queue_ = nullptr;
+  bool fatal_ = false;               // a fatal producer error is pending
+  uint64_t mark_ = 0;                // every position <= mark_ is delivered (the checkpoint)
+  uint64_t persisted_mark_ = 0;      // as last written to the ledger
+  uint64_t next_ = 1;                // next position to consider producing
+  uint64_t highest_produced_ = 0;    // highest position ever handed to the producer
+  std::vector<Slot> slots_;          // positions (mark_, mark_ + window_], by position % window_
+  std::vector<uint32_t> slot_bytes_;
+  std::vector<int64_t> slot_time_us_;  // append time, for the publish latency
+  uint64_t in_flight_ = 0;
+  uint64_t in_flight_bytes_ = 0;
+  bool rewind_pending_ = false;
+  int64_t rewind_at_us_ = 0;
+  uint64_t recovery_target_ = 0;     // backoff resets once the checkpoint passes this
+  int backoff_ms_;
+  bool broker_up_ = false;           // a broker connection is up (stats, deliveries)
+  int64_t last_progress_us_ = 0;     // last delivery, or when work became outstanding
+  int64_t last_persist_us_ = 0;
+};
+
+// ---- Setup -------------------------------------------------------------------------------------
+
+Status KafkaOutbox::Impl::Init() {
+  LEDGER_RETURN_IF_ERROR(ValidateOptions(options_));
+  Position checkpoint;
+  LEDGER_RETURN_IF_ERROR(ledger_->GetCheckpoint(options_.checkpoint_name, &checkpoint));
+  uint64_t head = ledger_->Head().value();
+  mark_ = checkpoint.value();
+  if (mark_ > head) {
+    spdlog::error("outbox: checkpoint {} is past the head {} (was the data directory replaced?); "
+                  "publishing from the head",
+                  mark_, head);
+    mark_ = head;
+  }
+  persisted_mark_ = checkpoint.value();
+  next_ = mark_ + 1;
+  highest_produced_ = mark_;
+  checkpoint_.store(mark_);
+  persisted_.store(persisted_mark_);
+  published_.store(mark_);
+  if (disabled()) {
+    kafka_state_.store(static_cast<int>(KafkaState::kDisabled));
+    return Status::OK();
+  }
+  return CreateProducer();
+}
+
+Status KafkaOutbox::Impl::CreateProducer() {
+  const size_t queue_messages = std::max<size_t>(100000, 2 * window_);
+  const size_t queue_kbytes = std::max<size_t>(1 << 20, 2 * options_.in_flight_bytes_max / 1024);
+  std::vector<std::pair<std::string, std::string>> config = {
+      {"bootstrap.servers", options_.bootstrap_servers},
+      {"client.id", "ledgerd-outbox"},
+      {"enable.idempotence", "true"},
+      {"acks", "all"},
+      {"enable.gapless.guarantee", "true"},
+      {"partitioner", "murmur2_random"},
+      {"linger.ms", std::to_string(options_.linger_ms)},
+      {"batch.num.messages", "10000"},
+      {"compression.codec", "lz4"},
+      {"message.timeout.ms", std::to_string(options_.message_timeout_ms)},
+      {"queue.buffering.max.messages", std::to_string(queue_messages)},
+      {"queue.buffering.max.kbytes", std::to_string(queue_kbytes)},
+      // Events carry up to 1 MiB of data; leave room for the envelope.
+      {"message.max.bytes", std::to_string(2 << 20)},
+      {"reconnect.backoff.ms", "100"},
+      {"reconnect.backoff.max.ms", "1000"},
+      {"statistics.interval.ms", "1000"},
+  };
+  for (const auto& [key, value] : options_.kafka_config) config.emplace_back(key, value);
+
+  char errstr[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  for (const auto& [key, value] : config) {
+    if (rd_kafka_conf_set(conf, key.c_str(), value.c_str(), errstr, sizeof(errstr)) !=
+        RD_KAFKA_CONF_OK) {
+      rd_kafka_conf_destroy(conf);
+      return InvalidConfig(key + ": " + errstr);
+    }
+  }
+  rd_kafka_conf_set_opaque(conf, this);
+  rd_kafka_conf_set_dr_msg_cb(conf, &Impl::OnDeliveryReport);
+  rd_kafka_conf_set_error_cb(conf, &Impl::OnError);
+  rd_kafka_conf_set_stats_cb(conf, &Impl::OnStats);
+  rd_kafka_conf_set_log_cb(conf, &Impl::OnLog);
+  rd_kafka_t* producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+  if (producer == nullptr) {
+    rd_kafka_conf_destroy(conf);
+    return InvalidConfig(std::string("producer: ") + errstr);
+  }
+  producer_ = producer;
+  topic_ = rd_kafka_topic_new(producer_, options_.topic.c_str(), nullptr);
+  if (topic_ == nullptr) {
+    DestroyProducer();
+    return InvalidConfig("topic " + options_.topic + ": " +
+                         rd_kafka_err2str(rd_kafka_last_error()));
+  }
+  main_queue_ = rd_kafka_queue_get_main(producer_);
+  rd_kafka_queue_cb_event_enable(main_queue_, &Impl::OnQueueEvent, this);
+  fatal_ = false;
+  return Status::OK();
+}
+
+// Drops whatever is still queued (its delivery reports, ERR__PURGE_*, come through the poll
+// below and leave those positions pending), then destroys the handle.
+void KafkaOutbox::Impl::DestroyProducer() {
+  if (producer_ == nullptr) return;
+  rd_kafka_purge(producer_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+  rd_kafka_flush(producer_, 200);
+  rd_kafka_poll(producer_, 0);
+  if (main_queue_ != nullptr) {
+    rd_kafka_queue_cb_event_enable(main_queue_, nullptr, nullptr);
+    rd_kafka_queue_destroy(main_queue_);
+    main_queue_ = nullptr;
+  }
+  if (topic_ != nullptr) {
+    rd_kafka_topic_destroy(topic_);
+    topic_ = nullptr;
+  }
+  rd_kafka_destroy(producer_);
+  producer_ = nullptr;
+  // Reports that never came (they cannot come any more) leave their positions pending.
+  for (size_t i = 0; i < window_; ++i) {
+    if (slots_[i] == Slot::kInFlight) slots_[i] = Slot::kPending;
+  }
+  in_flight_ = 0;
+  in_flight_bytes_ = 0;
+  in_flight_count_.store(0);
+}
+
+// A fatal error (e.g. the idempotent producer lost its sequence) makes the handle unusable: make
+// a new one and re-produce everything not acknowledged.
+void KafkaOutbox::Impl::RestartProducer() {
+  char reason[512] = "";
+  rd_kafka_resp_err_t err = rd_kafka_fatal_error(producer_, reason, sizeof(reason));
+  std::string what = std::string("fatal producer error ") + rd_kafka_err2name(err) + ": " + reason;
+  spdlog::error("outbox: {}; recreating the producer, re-publishing after position {}", what,
+                mark_);
+  DestroyProducer();
+  metrics_.producer_restarts.Add();
+  Status s = CreateProducer();
+  if (!s.ok()) {
+    spdlog::error("outbox: cannot recreate the producer: {}", s.ToString());
+    what += "; " + s.ToString();
+  }
+  ScheduleRewind(what);
+}
+
+// ---- librdkafka callbacks (publisher thread, from rd_kafka_poll; OnLog and OnQueueEvent from
+// librdkafka's threads) ---------------------------------------------------------------------------
+
+void KafkaOutbox::Impl::OnDeliveryReport(rd_kafka_t*, const rd_kafka_message_t* message,
+                                         void* opaque) {
+  static_cast<Impl*>(opaque)->HandleDelivery(message);
+}
+
+void KafkaOutbox::Impl::OnError(rd_kafka_t*, int err, const char* reason, void* opaque) {
+  Impl* self = static_cast<Impl*>(opaque);
+  auto code = static_cast<rd_kafka_resp_err_t>(err);
+  if (code == RD_KAFKA_RESP_ERR__FATAL) {
+    self->fatal_ = true;
+    return;
+  }
+  if (code == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
+    if (self->broker_up_) spdlog::warn("outbox: kafka is down: {}", reason);
+    self->broker_up_ = false;
+    self->SetLastError(std::string("kafka down: ") + reason);
+    return;
+  }
+  // Transport errors are retried by librdkafka; they show in the state, the lag and
+  // last_error, not in the log.
+  self->SetLastError(std::string(rd_kafka_err2name(code)) + ": " + reason);
+  spdlog::debug("outbox: kafka error {}: {}", rd_kafka_err2name(code), reason);
+}
+
+int KafkaOutbox::Impl::OnStats(rd_kafka_t*, char* json, size_t json_len, void* opaque) {
+  Impl* self = static_cast<Impl*>(opaque);
+  rapidjson::Document doc;
+  doc.Parse(json, json_len);
+  if (doc.HasParseError() || !doc.IsObject()) return 0;
+  auto brokers = doc.FindMember("brokers");
+  if (brokers == doc.MemberEnd() || !brokers->value.IsObject()) return 0;
+  bool any_up = false;
+  for (const auto& broker : brokers->value.GetObject()) {
+    auto state = broker.value.FindMember("state");
+    if (state != broker.value.MemberEnd() && state->value.IsString() &&
+        std::string_view(state->value.GetString()) == "UP") {
+      any_up = true;
+    }
+  }
+  if (any_up && !self->broker_up_) spdlog::info("outbox: kafka is up");
+  // Connections may be closed while idle; only ALL_BROKERS_DOWN says "down".
+  if (any_up) self->broker_up_ = true;
+  return 0;  // librdkafka frees `json`
+}
+
+void KafkaOutbox::Impl::OnLog(const rd_kafka_t*, int level, const char* facility,
+                              const char* message) {
+  // Connection failures also arrive through OnError and the state; configuration warnings
+  // deserve the operator's attention.
+  std::string_view text(message);
+  const bool expected_warning =
+      text.find("enable.gapless.guarantee is experimental") != std::string_view::npos;
+  if ((std::string_view(facility) == "CONFWARN" && !expected_warning) || level <= 2) {
+    spdlog::warn("outbox: librdkafka {}: {}", facility, message);
+  } else {
+    spdlog::debug("outbox: librdkafka {}: {}", facility, message);
+  }
+}
+
+void KafkaOutbox::Impl::OnQueueEvent(rd_kafka_t*, void* opaque) {
+  static_cast<Impl*>(opaque)->Notify();
+}
+
+// ---- Publishing --------------------------------------------------------------------------------
+
+void KafkaOutbox::Impl::HandleDelivery(const rd_kafka_message_t* message) {
+  const uint64_t position = reinterpret_cast<uintptr_t>(message->_private);
+  const size_t slot = SlotOf(position);
+  if (position <= mark_ || slots_[slot] != Slot::kInFlight) return;  // not ours to count
+  --in_flight_;
+  in_flight_bytes_ -= slot_bytes_[slot];
+  in_flight_count_.store(in_flight_);
+  if (message->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
+      message->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT) {
+    slots_[slot] = Slot::kPending;  // we dropped it (stop or producer restart): not a failure
+    return;
+  }
+  if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    slots_[slot] = Slot::kDelivered;
+    metrics_.delivered.Add();
+    metrics_.publish_latency_seconds.Observe(
+        static_cast<double>(WallMicros() - slot_time_us_[slot]) / 1e6);
+    last_progress_us_ = SteadyMicros();
+    broker_up_ = true;
+    AdvanceCheckpoint();
+    return;
+  }
+  slots_[slot] = Slot::kPending;
+  metrics_.failed.Add();
+  ScheduleRewind(std::string("delivery failed at position ") + std::to_string(position) + ": " +
+                 rd_kafka_err2name(message->err) + ": " + rd_kafka_err2str(message->err));
+}
+
+void KafkaOutbox::Impl::AdvanceCheckpoint() {
+  while (mark_ < highest_produced_ && slots_[SlotOf(mark_ + 1)] == Slot::kDelivered) {
+    slots_[SlotOf(mark_ + 1)] = Slot::kPending;
+    ++mark_;
+  }
+  checkpoint_.store(mark_);
+  if (mark_ >= recovery_target_) backoff_ms_ = options_.retry_backoff_ms_min;
+}
+
+// Stops producing new positions; once nothing is in flight (and the backoff passed), production
+// restarts from the checkpoint, skipping positions already delivered.
+void KafkaOutbox::Impl::ScheduleRewind(const std::string& reason) {
+  SetLastError(reason);
+  if (rewind_pending_) return;
+  rewind_pending_ = true;
+  rewind_at_us_ = SteadyMicros() + int64_t{backoff_ms_} * 1000;
+  recovery_target_ = highest_produced_;
+  spdlog::warn("outbox: {}; re-publishing after position {} in {} ms", reason, mark_,
+               backoff_ms_);
+  backoff_ms_ = std::min(backoff_ms_ * 2, options_.retry_backoff_ms_max);
+  metrics_.rewinds.Add();
+}
+
+void KafkaOutbox::Impl::MaybeRewind(int64_t now_us) {
+  if (!rewind_pending_ || in_flight_ > 0 || now_us < rewind_at_us_) return;
+  if (producer_ == nullptr) {
+    Status s = CreateProducer();
+    if (!s.ok()) {
+      rewind_pending_ = false;
+      ScheduleRewind("cannot recreate the producer: " + s.ToString());
+      return;
+    }
+  }
+  rewind_pending_ = false;
+  next_ = mark_ + 1;
+}
+
+rd_kafka_resp_err_t KafkaOutbox::Impl::Produce(const Event& event, uint64_t position) {
+  std::string value = ToCloudEventJson(event, options_.source);
+  const int64_t timestamp_ms = event.time_us > 0 ? event.time_us / 1000 : 0;
+  rd_kafka_resp_err_t err = rd_kafka_producev(
+      producer_, RD_KAFKA_V_RKT(topic_),
+      RD_KAFKA_V_KEY(event.subject.data(), event.subject.size()),
+      RD_KAFKA_V_VALUE(value.data(), value.size()), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+      RD_KAFKA_V_TIMESTAMP(timestamp_ms),
+      RD_KAFKA_V_HEADER(kContentTypeHeader, kContentType, -1),
+      RD_KAFKA_V_OPAQUE(reinterpret_cast<void*>(static_cast<uintptr_t>(position))),
+      RD_KAFKA_V_END);
+  if (err != RD_KAFKA_RESP_ERR_NO_ERROR) return err;
+  const size_t slot = SlotOf(position);
+  slots_[slot] = Slot::kInFlight;
+  slot_bytes_[slot] = static_cast<uint32_t>(value.size());
+  slot_time_us_[slot] = event.time_us;
+  if (in_flight_ == 0) last_progress_us_ = SteadyMicros();
+  ++in_flight_;
+  in_flight_bytes_ += value.size();
+  in_flight_count_.store(in_flight_);
+  metrics_.produced.Add();
+  if (position <= highest_produced_) metrics_.retried.Add();
+  highest_produced_ = std::max(highest_produced_, position);
+  published_.store(highest_produced_);
+  return RD_KAFKA_RESP_ERR_NO_ERROR;
+}
+
+// Produces the next events of the window, at most scan_events_max. Returns true when more can be
+// produced right away.
+bool KafkaOutbox::Impl::ProduceBatch() {
+  if (producer_ == nullptr || rewind_pending_ || fatal_) return false;
+  const uint64_t limit = std::min<uint64_t>(ledger_->Head().value(), mark_ + window_);
+  if (next_ > limit || in_flight_bytes_ >= options_.in_flight_bytes_max) return false;
+  const uint64_t to = std::min<uint64_t>(limit, next_ + options_.scan_events_max - 1);
+  bool blocked = false;
+  Status error;
+  Status s = ledger_->ScanRaw(Position(next_), Position(to), [&](Position p, std::string_view v) {
+    if (p.value() != next_) {
+      error = Status::Corruption("the log has no event at position " + std::to_string(next_));
+      return false;
+    }
+    if (slots_[SlotOf(next_)] == Slot::kDelivered) {
+      ++next_;
+      return true;
+    }
+    if (in_flight_bytes_ >= options_.in_flight_bytes_max) {
+      blocked = true;
+      return false;
+    }
+    Event event;
+    error = DecodeEvent(v, &event);
+    if (!error.ok()) return false;
+    rd_kafka_resp_err_t err = Produce(event, next_);
+    if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+      blocked = true;
+      return false;
+    }
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      error = Status::Unavailable("kafka_unavailable", "produce at position " +
+                                                           std::to_string(next_) + ": " +
+                                                           rd_kafka_err2str(err));
+      return false;
+    }
+    ++next_;
+    return true;
+  });
+  if (s.ok() && error.ok() && !blocked && next_ <= to) {
+    error = Status::Corruption("the log has no event at position " + std::to_string(next_));
+  }
+  if (!s.ok() || !error.ok()) {
+    ScheduleRewind("reading the log for the outbox: " + (s.ok() ? error : s).ToString());
+    return false;
+  }
+  return !blocked && next_ <= limit;
+}
+
+void KafkaOutbox::Impl::MaybePersistCheckpoint(int64_t now_us, bool force) {
+  if (mark_ == persisted_mark_) return;
+  if (!force && now_us - last_persist_us_ < int64_t{options_.checkpoint_interval_ms} * 1000) {
+    return;
+  }
+  last_persist_us_ = now_us;
+  Status s = ledger_->PutCheckpoint(options_.checkpoint_name, Position(mark_), /*sync=*/force);
+  if (!s.ok()) {
+    SetLastError("writing the checkpoint: " + s.ToString());
+    return;
+  }
+  persisted_mark_ = mark_;
+  persisted_.store(persisted_mark_);
+}
+
+void KafkaOutbox::Impl::PublishState(int64_t now_us) {
+  bool stalled = in_flight_ > 0 &&
+                 now_us - last_progress_us_ > int64_t{options_.stall_down_ms} * 1000;
+  bool up = producer_ != nullptr && !fatal_ && broker_up_ && !stalled;
+  kafka_state_.store(static_cast<int>(up ? KafkaState::kUp : KafkaState::kDown));
+}
+
+void KafkaOutbox::Impl::Run() {
+  while (true) {
+    if (producer_ != nullptr) rd_kafka_poll(producer_, 0);
+    if (fatal_ && producer_ != nullptr) RestartProducer();
+    int64_t now_us = SteadyMicros();
+    MaybeRewind(now_us);
+    bool more = ProduceBatch();
+    MaybePersistCheckpoint(now_us, /*force=*/false);
+    PublishState(now_us);
+    if (ShouldExit()) break;
+    if (!more) WaitForWork(now_us);
+  }
+  // Give what is already acknowledged a last chance to be counted, then drop the rest.
+  if (producer_ != nullptr) rd_kafka_poll(producer_, 0);
+  DestroyProducer();
+  bool persist;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    persist = persist_on_stop_;
+  }
+  if (persist) MaybePersistCheckpoint(SteadyMicros(), /*force=*/true);
+  kafka_state_.store(static_cast<int>(KafkaState::kDown));
+  running_.store(false);
+}
+
+bool KafkaOutbox::Impl::ShouldExit() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!stop_requested_) return false;
+  return mark_ >= stop_target_ || std::chrono::steady_clock::now() >= stop_deadline_;
+}
+
+void KafkaOutbox::Impl::WaitForWork(int64_t now_us) {
+  int64_t wait_us = int64_t{options_.poll_interval_ms} * 1000;
+  if (rewind_pending_ && in_flight_ == 0) wait_us = std::min(wait_us, rewind_at_us_ - now_us);
+  if (mark_ != persisted_mark_) {
+    wait_us = std::min(wait_us, last_persist_us_ +
+                                    int64_t{options_.checkpoint_interval_ms} * 1000 - now_us);
+  }
+  std::unique_lock<std::mutex> lock(mu_);
+  auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(std::max<int64_t>(
+                                                      wait_us, 0));
+  if (stop_requested_) until = std::min(until, stop_deadline_);
+  cv_.wait_until(lock, until, [this] { return wake_; });
+  wake_ = false;
+}
+
+// ---- Owner API ---------------------------------------------------------------------------------
+
+Status KafkaOutbox::Impl::Start() {
+  if (started_) return Status::Internal("kafka outbox: Start() called twice");
+  started_ = true;
+  if (disabled()) return Status::OK();
+  if (producer_ == nullptr) return Status::Internal("kafka outbox: no producer");
+  spdlog::info("outbox: publishing to {} topic {} after position {}", options_.bootstrap_servers,
+               options_.topic, mark_);
+  running_.store(true);
+  thread_ = std::thread([this] { Run(); });
+  return Status::OK();
+}
+
+void KafkaOutbox::Impl::Notify() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    wake_ = true;
+  }
+  cv_.notify_one();
+}
+
+void KafkaOutbox::Impl::RequestStop(std::chrono::steady_clock::time_point deadline,
+                                    bool persist) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_requested_ = true;
+    stop_deadline_ = deadline;
+    persist_on_stop_ = persist;
+    stop_target_ = ledger_->Head().value();
+    wake_ = true;
+  }
+  cv_.notify_one();
+}
+
+Status KafkaOutbox::Impl::Stop(std::chrono::steady_clock::time_point deadline) {
+  if (stopped_) return Status::OK();
+  stopped_ = true;
+  if (disabled()) return Status::OK();
+  if (!thread_.joinable()) {
+    DestroyProducer();
+    return Status::OK();
+  }
+  RequestStop(deadline, /*persist=*/true);
+  thread_.join();
+  uint64_t target;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    target = stop_target_;
+  }
+  if (mark_ >= target) {
+    spdlog::info("outbox: stopped; published through position {}", mark_);
+    return Status::OK();
+  }
+  return Status::Unavailable(
+      "kafka_unavailable",
+      "kafka outbox stopped with " + std::to_string(target - mark_) +
+          " events not acknowledged (published after the next start, from position " +
+          std::to_string(mark_ + 1) + ")");
+}
+
+void KafkaOutbox::Impl::SetLastError(const std::string& error) {
+  std::lock_guard<std::mutex> lock(error_mu_);
+  last_error_ = error;
+}
+
+OutboxStatus KafkaOutbox::Impl::GetStatus() const {
+  OutboxStatus status;
+  status.kafka_state = KafkaStateName(static_cast<KafkaState>(kafka_state_.load()));
+  status.checkpoint = Position(checkpoint_.load());
+  status.head = ledger_->Head();
+  status.published = Position(std::max(published_.load(), status.checkpoint.value()));
+  status.checkpoint_persisted = Position(persisted_.load());
+  status.lag = status.head.value() > status.checkpoint.value()
+                   ? status.head.value() - status.checkpoint.value()
+                   : 0;
+  status.in_flight = in_flight_count_.load();
+  status.running = running_.load();
+  std::lock_guard<std::mutex> lock(error_mu_);
+  status.last_error = last_error_;
+  return status;
+}
+
+void KafkaOutbox::Impl::RenderMetrics(std::string* out) const {
+  OutboxStatus status = GetStatus();
+  auto counter = [out](const char* name, const char* help, uint64_t value) {
+    *out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " counter\n" +
+            name + " " + std::to_string(value) + "\n";
+  };
+  auto gauge = [out](const char* name, const char* help, uint64_t value) {
+    *out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " gauge\n" + name +
+            " " + std::to_string(value) + "\n";
+  };
+  counter("ledger_outbox_produced_total", "Messages handed to the Kafka producer.",
+          metrics_.produced.Value());
+  counter("ledger_outbox_delivered_total", "Messages acknowledged by Kafka.",
+          metrics_.delivered.Value());
+  counter("ledger_outbox_failed_total", "Messages whose delivery failed (re-produced).",
+          metrics_.failed.Value());
+  counter("ledger_outbox_retried_total", "Messages produced again after a rewind.",
+          metrics_.retried.Value());
+  counter("ledger_outbox_rewinds_total", "Rewinds to the checkpoint after failures.",
+          metrics_.rewinds.Value());
+  counter("ledger_outbox_producer_restarts_total", "Producers recreated after fatal errors.",
+          metrics_.producer_restarts.Value());
+  gauge("ledger_outbox_lag_events", "Ledger head minus the outbox checkpoint.", status.lag);
+  gauge("ledger_outbox_checkpoint_position", "Highest gap-free delivered position.",
+        status.checkpoint.value());
+  gauge("ledger_outbox_published_position", "Highest position handed to the producer.",
+        status.published.value());
+  gauge("ledger_outbox_in_flight_events", "Messages awaiting a delivery report.",
+        status.in_flight);
+  gauge("ledger_outbox_kafka_up", "1 when Kafka is reachable and accepting messages.",
+        status.kafka_state == "up" ? 1 : 0);
+  *out += "# HELP ledger_outbox_publish_latency_seconds Append to Kafka acknowledgement.\n";
+  RenderHistogram("ledger_outbox_publish_latency_seconds", "",
+                  metrics_.publish_latency_seconds.Read(), /*with_type=*/true, out);
+}
+
+// ---- KafkaOutbox -------------------------------------------------------------------------------
+
+Status KafkaOutbox::Open(const OutboxOptions& options, Ledger* ledger,
+                         std::unique_ptr<KafkaOutbox>* out) {
+  if (ledger == nullptr) return InvalidConfig("no ledger");
+  LEDGER_RETURN_IF_ERROR(ValidateOptions(options));
+  auto impl = std::make_unique<Impl>(options, ledger);
+  LEDGER_RETURN_IF_ERROR(impl->Init());
+  out->reset(new KafkaOutbox(std::move(impl)));
+  return Status::OK();
+}
+
+KafkaOutbox::KafkaOutbox(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+KafkaOutbox::~KafkaOutbox() = default;
+Status KafkaOutbox::Start() { return impl_->Start(); }
+void KafkaOutbox::Notify() { impl_->Notify(); }
+Status KafkaOutbox::Stop(std::chrono::steady_clock::time_point deadline) {
+  return impl_->Stop(deadline);
+}
+OutboxStatus KafkaOutbox::GetStatus() const { return impl_->GetStatus(); }
+OutboxMetrics& KafkaOutbox::metrics() { return impl_->metrics_; }
+const OutboxMetrics& KafkaOutbox::metrics() const { return impl_->metrics_; }
+void KafkaOutbox::RenderMetrics(std::string* out) const { impl_->RenderMetrics(out); }
+
+}  // namespace ledger

@@ -1,0 +1,155 @@
+// KafkaOutbox: publishes the log to Kafka, one CloudEvent per event, at least once.
+//
+// The log is the outbox. A publisher thread reads events after the checkpoint `outbox.kafka`
+// (Ledger::ScanRaw), turns each into a CloudEvents 1.0 structured-mode JSON document
+// (ToCloudEventJson) and produces it with:
+//   key = subject (one subject's events land on one partition, in position order),
+//   value = the CloudEvent, header `content-type: application/cloudevents+json`,
+//   record timestamp = the event's append time (ms),
+// on an idempotent producer (enable.idempotence, acks=all, murmur2_random partitioner, so a key
+// lands where the Java client and kafkajs would put it).
+//
+// Checkpoint: advances ONLY from delivery reports, to the highest position P such that every
+// position <= P was acknowledged by Kafka ("gap-free"). It is persisted with
+// Ledger::PutCheckpoint(sync=false) every `checkpoint_interval_ms` and synced by Stop(). After a
+// crash the outbox re-publishes from the persisted checkpoint: consumers see duplicates (dedupe on
+// the CloudEvents `id`), never gaps.
+//
+// Outages: the outbox only reads the log, so a Kafka outage never blocks or fails appends; it
+// grows the lag. At most `in_flight_events_max` events (and `in_flight_bytes_max` bytes) are read
+// ahead of the checkpoint; librdkafka keeps retrying them (message_timeout_ms = 0: never give
+// up). A delivery error or a fatal producer error (the producer is then recreated) rewinds: once
+// nothing is in flight, every undelivered position after the checkpoint is produced again, with
+// exponential backoff between rewinds. With the default message_timeout_ms = 0 and
+// enable.gapless.guarantee, one subject's events reach the topic in position order (counting
+// first occurrences); a finite message timeout trades that for bounded buffering.
+//
+// Lifecycle: Open() validates the options, reads the checkpoint and creates the producer;
+// Start() starts the publisher thread; Stop() flushes as far as Kafka allows before a deadline,
+// syncs the checkpoint and joins. The destructor does no disk I/O (it stops the thread without
+// writing the checkpoint, which only costs duplicates).
+//
+// Thread safety: Start/Stop from the owning thread; Notify, GetStatus, metrics and
+// RenderMetrics from any thread. Kafka callbacks run on the publisher thread (rd_kafka_poll).
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "events/limits.h"
+#include "events/metrics.h"
+#include "events/status.h"
+#include "events/types.h"
+
+namespace ledger {
+
+class Ledger;
+
+struct OutboxOptions {
+  // Kafka bootstrap servers, "host:port[,host:port]". Empty: publishing is disabled (Start()
+  // starts nothing; GetStatus() reports "disabled"; the checkpoint does not move).
+  std::string bootstrap_servers;
+  // Topic to produce to. Must exist (or the cluster must auto-create it).
+  std::string topic = "ledger.events";
+  // CloudEvents `source` of every event, e.g. "urn:ledgerd:<node>". Default "/ledgerd".
+  std::string source = "/ledgerd";
+  // Name of the consumer checkpoint in the ledger ("last published position").
+  std::string checkpoint_name = "outbox.kafka";
+
+  // Read-ahead window: events (and their bytes) produced but not yet covered by the checkpoint.
+  size_t in_flight_events_max = limits::kOutboxInFlightEventsMax;
+  size_t in_flight_bytes_max = limits::kOutboxInFlightBytesMax;
+  // Events read from the log per scan (between two polls of the producer).
+  size_t scan_events_max = limits::kOutboxScanEventsMax;
+
+  // librdkafka linger.ms: how long a batch may wait for more messages. Default 5 ms.
+  int linger_ms = 5;
+  // librdkafka message.timeout.ms. 0 (default) = retry until delivered or Stop(); keeps per-key
+  // order through outages. A finite value fails messages after that long; they are re-produced
+  // after a rewind, possibly after later events of the same subject.
+  int message_timeout_ms = 0;
+  // The publisher wakes on Notify() and on delivery reports; without either it still looks for
+  // new events every poll_interval_ms. Default 100 ms.
+  int poll_interval_ms = 100;
+  // How often the checkpoint is written (sync=false) while it moves. Default 1000 ms. A crash
+  // re-publishes at most the events delivered during the last interval.
+  int checkpoint_interval_ms = 1000;
+  // Backoff between rewinds after delivery failures: min, doubled per failed rewind, max.
+  int retry_backoff_ms_min = 100;
+  int retry_backoff_ms_max = 10000;
+  // Kafka is reported "down" when all brokers are unreachable, or when events have been in
+  // flight for this long without any delivery. Default 10000 ms.
+  int stall_down_ms = 10000;
+  // Extra librdkafka properties (e.g. security.protocol, sasl.*), applied after ours and
+  // overriding them. Setting enable.idempotence=false or a non-`all` acks voids the guarantees.
+  std::map<std::string, std::string> kafka_config;
+};
+
+// Counters for /metrics. Monotonic over the outbox's lifetime.
+struct OutboxMetrics {
+  Counter produced;           // messages handed to the producer (including re-produced ones)
+  Counter delivered;          // delivery reports: acknowledged
+  Counter failed;             // delivery reports: failed (they are re-produced)
+  Counter retried;            // messages produced again after a rewind
+  Counter rewinds;            // rewinds after failures
+  Counter producer_restarts;  // producers recreated after a fatal error
+  // Append time -> Kafka acknowledgement (by the event's append clock).
+  Histogram publish_latency_seconds{Histogram::LatencySecondsBounds()};
+};
+
+// A consistent-enough view for /readyz (fields are read one by one, without a lock).
+struct OutboxStatus {
+  std::string kafka_state;     // "up" | "down" | "disabled"
+  Position head;               // the ledger's head when the snapshot was taken
+  Position published;          // highest position handed to the producer
+  Position checkpoint;         // highest gap-free delivered position (in memory)
+  Position checkpoint_persisted;  // as last written to the ledger
+  uint64_t lag = 0;            // head - checkpoint
+  uint64_t in_flight = 0;      // produced, awaiting a delivery report
+  bool running = false;        // the publisher thread is running
+  std::string last_error;      // last delivery/producer error, empty if none since start
+};
+
+class KafkaOutbox {
+ public:
+  // `ledger` is not owned and must outlive the outbox. Bad options or librdkafka properties
+  // answer kInvalidArgument ("invalid_config").
+  static Status Open(const OutboxOptions& options, Ledger* ledger,
+                     std::unique_ptr<KafkaOutbox>* out);
+  ~KafkaOutbox();
+  KafkaOutbox(const KafkaOutbox&) = delete;
+  KafkaOutbox& operator=(const KafkaOutbox&) = delete;
+
+  // Starts the publisher thread. OK and a no-op when disabled. Call at most once.
+  Status Start();
+
+  // Wakes the publisher: call after appends (cheap: a mutex and a condition variable). Optional;
+  // without it new events are found within poll_interval_ms.
+  void Notify();
+
+  // Publishes what the log holds at the time of the call and waits for its delivery, until
+  // `deadline`; then drops what is still queued (at most ~0.2 s more), writes the checkpoint
+  // (sync=true) and joins the thread. OK when everything up to the head was delivered; kUnavailable ("kafka_unavailable")
+  // otherwise (the rest is published after the next start). Idempotent.
+  Status Stop(std::chrono::steady_clock::time_point deadline);
+  Status Stop(std::chrono::milliseconds timeout) {
+    return Stop(std::chrono::steady_clock::now() + timeout);
+  }
+
+  OutboxStatus GetStatus() const;
+  OutboxMetrics& metrics();
+  const OutboxMetrics& metrics() const;
+  // Appends the outbox's metrics in Prometheus text format (ledger_outbox_*).
+  void RenderMetrics(std::string* out) const;
+
+ private:
+  class Impl;
+  explicit KafkaOutbox(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ledger

@@ -1,0 +1,53 @@
+// AppContext: what route handlers may use, filled in by the daemon before the routes are built.
+//
+// A plain struct of non-owning pointers and callbacks: the daemon owns every object and keeps it
+// alive until the HttpServer has stopped. Route files copy the struct into their handlers. Add a
+// field when a route needs a new collaborator (plan catalog reader, Stripe client, ...); a field
+// left empty must mean "not configured", and the routes that need it answer 503 with a stable
+// problem code instead of crashing.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "events/clock.h"
+#include "events/ledger.h"
+#include "http/request_metrics.h"
+
+namespace ledger::http {
+
+class StripeApi;  // http/stripe_client.h
+
+// The Kafka outbox as /readyz and /metrics report it. Filled by the outbox owner.
+struct OutboxStatus {
+  bool enabled = false;            // false: LEDGER_KAFKA_BROKERS=none
+  std::string state = "disabled";  // e.g. "disabled", "connecting", "up", "down"
+  uint64_t published_position = 0;  // the outbox checkpoint: last position Kafka acknowledged
+  uint64_t lag_events = 0;          // head - published_position
+};
+
+struct AppContext {
+  Ledger* ledger = nullptr;               // required
+  const Clock* clock = nullptr;           // "now" for handlers that decide with time
+  const RequestMetrics* request_metrics = nullptr;  // rendered by GET /metrics when set
+  // Current outbox state; empty = publishing disabled ("disabled", lag 0). Called on /readyz and
+  // /metrics requests: must be cheap and thread-safe.
+  std::function<OutboxStatus()> outbox_status;
+  // Extra Prometheus text appended to GET /metrics by other modules (each appends complete
+  // `# TYPE` blocks to the string). Must be thread-safe.
+  std::vector<std::function<void(std::string*)>> metrics_renderers;
+  // Stripe API client for the Stripe-calling billing routes (http/billing_routes.cc); not owned.
+  // Null = STRIPE_SECRET_KEY unset: those routes answer 503 "stripe_not_configured".
+  StripeApi* stripe = nullptr;
+  std::string stripe_success_url;        // STRIPE_SUCCESS_URL: checkout answers 503 without it
+  std::string stripe_cancel_url;         // STRIPE_CANCEL_URL (optional)
+  std::string stripe_portal_return_url;  // STRIPE_PORTAL_RETURN_URL (optional)
+  // STRIPE_WEBHOOK_SECRET: the endpoint secrets (`whsec_...`, several during rotation) that
+  // POST /api/v1/billing/webhooks/stripe verifies against, with `clock` as "now" (nullptr =
+  // system clock). Empty = the webhook answers 503 "stripe_webhook_not_configured".
+  std::vector<std::string> stripe_webhook_secrets;
+};
+
+}  // namespace ledger::http

@@ -1,0 +1,173 @@
+#include "http/auth.h"
+
+#include <cctype>
+#include <set>
+
+#include "events/types.h"
+#include "http/limits.h"
+#include "http/problem.h"
+
+namespace ledger::http {
+
+namespace {
+
+constexpr char kBearerPrefix[] = "Bearer ";
+
+std::string_view Trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+Status Unauthenticated(std::string problem, std::string message) {
+  return Status::Make(Code::kUnauthenticated, std::move(problem), std::move(message));
+}
+
+Status Forbidden(std::string message) {
+  return Status::Make(Code::kPermissionDenied, "forbidden", std::move(message));
+}
+
+bool CaseInsensitivePrefix(std::string_view text, std::string_view prefix) {
+  if (text.size() < prefix.size()) return false;
+  for (size_t i = 0; i < prefix.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(text[i])) !=
+        std::tolower(static_cast<unsigned char>(prefix[i]))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+Status ParseServiceTokens(std::string_view spec, std::vector<ServiceToken>* out) {
+  out->clear();
+  std::set<std::string> names, tokens;
+  while (!Trim(spec).empty()) {
+    size_t comma = spec.find(',');
+    std::string_view item = Trim(spec.substr(0, comma));
+    spec = comma == std::string_view::npos ? std::string_view() : spec.substr(comma + 1);
+    if (item.empty()) continue;
+    size_t eq = item.find('=');
+    if (eq == std::string_view::npos) {
+      return Status::InvalidArgument("bad_service_tokens", "service token item without '=' (name=token)");
+    }
+    std::string name(Trim(item.substr(0, eq)));
+    std::string token(Trim(item.substr(eq + 1)));
+    if (name.empty() || token.empty()) {
+      return Status::InvalidArgument("bad_service_tokens", "empty service token name or token");
+    }
+    if (!names.insert(name).second) {
+      return Status::InvalidArgument("bad_service_tokens", "duplicate service token name '" + name + "'");
+    }
+    if (!tokens.insert(token).second) {
+      return Status::InvalidArgument("bad_service_tokens",
+                                     "service token of '" + name + "' is used by another name");
+    }
+    if (out->size() >= limits::kServiceTokensMax) {
+      return Status::InvalidArgument("bad_service_tokens", "too many service tokens");
+    }
+    out->push_back(ServiceToken{std::move(name), std::move(token)});
+  }
+  return Status::OK();
+}
+
+Status Authenticator::Create(const AuthOptions& options, const Clock* clock,
+                             std::unique_ptr<Authenticator>* out) {
+  std::unique_ptr<Authenticator> auth(new Authenticator());
+  for (const auto& service : options.service_tokens) {
+    if (service.name.empty() || service.token.empty()) {
+      return Status::InvalidArgument("bad_service_tokens", "empty service token name or token");
+    }
+    auth->service_tokens_.push_back(HashedServiceToken{service.name, Sha256(service.token)});
+  }
+  LEDGER_RETURN_IF_ERROR(JwtVerifier::Create(options.jwt, clock, &auth->jwt_));
+  *out = std::move(auth);
+  return Status::OK();
+}
+
+Status Authenticator::Authenticate(const httplib::Request& req, Identity* identity) const {
+  *identity = Identity{};
+  if (!req.has_header("Authorization")) return Status::OK();
+  if (req.get_header_value_count("Authorization") != 1) {
+    return Unauthenticated("unauthenticated", "more than one Authorization header");
+  }
+  const std::string& header = req.get_header_value("Authorization");
+  if (header.size() > limits::kAuthorizationBytesMax) {
+    return Unauthenticated("invalid_token", "Authorization header too long");
+  }
+  if (!CaseInsensitivePrefix(header, kBearerPrefix)) {
+    return Unauthenticated("unauthenticated", "Authorization must be 'Bearer <token>'");
+  }
+  std::string_view token = Trim(std::string_view(header).substr(sizeof(kBearerPrefix) - 1));
+  if (token.empty()) return Unauthenticated("unauthenticated", "empty bearer token");
+
+  // Every configured token is compared, so the time taken does not say which one matched.
+  Hash presented = Sha256(token);
+  const std::string_view presented_view(reinterpret_cast<const char*>(presented.data()), presented.size());
+  const HashedServiceToken* match = nullptr;
+  for (const auto& service : service_tokens_) {
+    std::string_view configured(reinterpret_cast<const char*>(service.token_hash.data()),
+                                service.token_hash.size());
+    if (ConstantTimeEquals(presented_view, configured)) match = &service;
+  }
+  if (match != nullptr) {
+    identity->kind = Identity::Kind::kService;
+    identity->subject = match->name;
+    return Status::OK();
+  }
+
+  if (!jwt_->enabled()) return Unauthenticated("invalid_token", "unknown bearer token");
+  JwtClaims claims;
+  Status s = jwt_->Verify(token, &claims);
+  if (!s.ok()) return s;
+  identity->kind = Identity::Kind::kUser;
+  identity->subject = std::move(claims.subject);
+  identity->email = std::move(claims.email);
+  identity->admin = claims.admin;
+  return Status::OK();
+}
+
+Status Authenticator::Admit(Policy policy, const httplib::Request& req, Identity* identity) const {
+  *identity = Identity{};
+  if (policy == Policy::kPublic || policy == Policy::kSignature) return Status::OK();
+  Status s = Authenticate(req, identity);
+  if (!s.ok()) {
+    *identity = Identity{};
+    // One client-facing code for every 401; the reason stays in the detail.
+    return Unauthenticated("unauthenticated", s.message());
+  }
+  if (identity->kind == Identity::Kind::kAnonymous) {
+    return Unauthenticated("unauthenticated", "this route needs a bearer token");
+  }
+  switch (policy) {
+    case Policy::kUser:
+      if (!identity->IsUser()) return Forbidden("this route is for users, not service tokens");
+      return Status::OK();
+    case Policy::kAdmin:
+      if (!identity->IsUser() || !identity->admin) return Forbidden("this route needs the admin role");
+      return Status::OK();
+    case Policy::kService:
+      if (!identity->IsService()) return Forbidden("this route is for service tokens");
+      return Status::OK();
+    case Policy::kUserOrService:
+      return Status::OK();
+    case Policy::kPublic:
+    case Policy::kSignature:
+      break;
+  }
+  return Status::OK();
+}
+
+void Authenticator::WriteAdmitFailure(const Status& status, const httplib::Request& req,
+                                      httplib::Response* res) {
+  WriteStatusProblem(status, res);
+  if (status.code() == Code::kUnauthenticated) {
+    // RFC 6750 §3.1: a presented but rejected token is "invalid_token".
+    res->set_header("WWW-Authenticate", req.has_header("Authorization")
+                                            ? R"(Bearer realm="ledgerd", error="invalid_token")"
+                                            : R"(Bearer realm="ledgerd")");
+  }
+}
+
+}  // namespace ledger::http

@@ -1,0 +1,629 @@
+// The Stripe-calling billing routes (CONTRACT.md §3 "Stripe payments"), policy `user`:
+//   POST /api/v1/billing/checkout/create      {plan_id, billing_cycle} -> {session_id, url}
+//                                              + stripe.checkout_session_created.v1
+//   POST /api/v1/billing/portal/create        -> {url} + stripe.portal_session_created.v1
+//   GET  /api/v1/billing/payment-methods      -> {payment_methods:[...], has_more} (a read: no event)
+//   POST /api/v1/billing/subscription/cancel  {at_period_end} -> the subscription's state
+//                                              + stripe.subscription_cancel_requested.v1
+//   POST /api/v1/billing/subscription/upgrade {plan_id, billing_cycle} -> the new plan/price
+//                                              + stripe.subscription_change_requested.v1
+// (GET /subscription-status and the webhook are answered from projections elsewhere.)
+//
+// Order of work for a mutating route:
+//   1. Stripe configured? (503 stripe_not_configured), body valid? (400/422), state allows it?
+//      (409/422 from the snapshot: plan, customer, subscription). Nothing appended on any error.
+//   2. With a client Idempotency-Key: a probe through the writer answers a retry from its stored
+//      result (or 409 idempotency_key_reused) *before* Stripe is called again.
+//   3. Stripe's Idempotency-Key is derived from our command: from (user, route, client key,
+//      request hash) when the client sent a key, else from a fresh command id (UUID).
+//   4. Call Stripe (the client retries network errors/429/5xx with that same key). A failure is a
+//      502/503 problem and appends nothing.
+//   5. ONE command appends the event (what was asked, Stripe's ids in the answer; never a secret or
+//      a session URL) and stores the response under the client's Idempotency-Key.
+//
+// Crash window: between 4 and 5 Stripe has acted and the log does not know yet. A client that
+// retries with its Idempotency-Key sends Stripe the same key, so Stripe replays the same object
+// (for 24 h) and step 5 records it then. Without a client key, the effect is still reported by
+// Stripe's webhooks (the source of truth for subscription state); an unrecorded Checkout or portal
+// session simply expires unused. Recording an intent event before the call would not close the
+// window (the call can still happen or not after a crash) and would double the fsyncs.
+//
+// Thread safety: handlers run on server threads; they share only the AppContext (read-only) and
+// the thread-safe Ledger and StripeApi.
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include <algorithm>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "http/idempotency.h"
+#include "http/problem.h"
+#include "http/routes.h"
+#include "http/stripe_client.h"
+#include "http/stripe_plans.h"
+#include "projections/json_util.h"
+#include "projections/plan_catalog.h"
+#include "projections/subscriptions.h"
+
+namespace ledger::http {
+
+namespace {
+
+namespace pc = ledger::projections;
+
+constexpr char kCheckoutPath[] = "/api/v1/billing/checkout/create";
+constexpr char kPortalPath[] = "/api/v1/billing/portal/create";
+constexpr char kPaymentMethodsPath[] = "/api/v1/billing/payment-methods";
+constexpr char kCancelPath[] = "/api/v1/billing/subscription/cancel";
+constexpr char kUpgradePath[] = "/api/v1/billing/subscription/upgrade";
+
+constexpr char kCheckoutSessionCreatedV1[] = "stripe.checkout_session_created.v1";
+constexpr char kPortalSessionCreatedV1[] = "stripe.portal_session_created.v1";
+constexpr char kSubscriptionCancelRequestedV1[] = "stripe.subscription_cancel_requested.v1";
+constexpr char kSubscriptionChangeRequestedV1[] = "stripe.subscription_change_requested.v1";
+
+// Stripe's bound on client_reference_id; our user ids go there and into row keys.
+constexpr size_t kUserIdBytesMax = 200;
+constexpr size_t kBillingBodyBytesMax = 4096;
+
+using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
+
+void Str(JsonWriter& w, const char* key, std::string_view value) {
+  w.Key(key);
+  w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
+}
+
+void StrOrNull(JsonWriter& w, const char* key, std::string_view value) {
+  w.Key(key);
+  if (value.empty()) {
+    w.Null();
+  } else {
+    w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
+  }
+}
+
+void IntOrNull(JsonWriter& w, const char* key, const std::optional<int64_t>& value) {
+  w.Key(key);
+  if (value.has_value()) {
+    w.Int64(*value);
+  } else {
+    w.Null();
+  }
+}
+
+// Appends the prepared events and answers the prepared body: the record of a Stripe call that
+// already succeeded. Decide() does no checks on purpose — the call happened; the log must say so.
+class RecordStripeCall final : public Command {
+ public:
+  Status Decide(const DecideContext&, Decision* decision) override {
+    decision->events = std::move(events);
+    decision->http_status = http_status;
+    decision->body = std::move(body);
+    return Status::OK();
+  }
+
+  std::vector<NewEvent> events;
+  int http_status = 200;
+  std::string body;
+};
+
+// Asks the writer whether (scope, key) already has a stored result: a hit is answered from the
+// idempotency record (Decide() is not called); a miss reaches Decide(), which appends nothing.
+class IdempotencyProbe final : public Command {
+ public:
+  static constexpr char kMiss[] = "idempotency_probe_miss";
+  Status Decide(const DecideContext&, Decision*) override {
+    return Status::Make(Code::kNotFound, kMiss, "no stored result");
+  }
+};
+
+bool RequireStripe(const AppContext& context, httplib::Response& res) {
+  if (context.ledger == nullptr) {
+    WriteProblem(503, "storage_unavailable", "the event store is not open", &res);
+    return false;
+  }
+  if (context.stripe == nullptr) {
+    WriteProblem(503, "stripe_not_configured",
+                 "Stripe is not configured on this server (STRIPE_SECRET_KEY is not set)", &res);
+    return false;
+  }
+  return true;
+}
+
+bool RequireUsableUserId(const Identity& identity, httplib::Response& res) {
+  if (!identity.subject.empty() && identity.subject.size() <= kUserIdBytesMax &&
+      identity.subject.find('/') == std::string::npos) {
+    return true;
+  }
+  WriteProblem(422, "invalid_user_id",
+               "the token's subject cannot be used as a Stripe client_reference_id (1 to 200 "
+               "bytes, no '/')",
+               &res);
+  return false;
+}
+
+// Parses an optional JSON object body whose members must be among `allowed`. An empty body is an
+// empty object when `empty_ok`.
+Status ParseBody(std::string_view body, std::initializer_list<std::string_view> allowed,
+                 bool empty_ok, rapidjson::Document* doc) {
+  if (body.size() > kBillingBodyBytesMax) {
+    return Status::Make(Code::kPayloadTooLarge, "payload_too_large", "the body is too large");
+  }
+  if (body.find_first_not_of(" \t\r\n") == std::string_view::npos) {
+    if (!empty_ok) return Status::InvalidArgument("invalid_json", "a JSON object body is required");
+    doc->SetObject();
+    return Status::OK();
+  }
+  LEDGER_RETURN_IF_ERROR(pc::ParseJsonObject(body, doc));
+  for (const auto& member : doc->GetObject()) {
+    std::string_view name(member.name.GetString(), member.name.GetStringLength());
+    if (std::find(allowed.begin(), allowed.end(), name) == allowed.end()) {
+      return Status::Make(Code::kUnprocessable, "unknown_field",
+                          "unknown field '" + pc::Truncated(name) + "'");
+    }
+  }
+  return Status::OK();
+}
+
+// {plan_id, billing_cycle?}: billing_cycle defaults to "monthly".
+Status ParsePlanChoice(const rapidjson::Document& doc, std::string* plan_id, BillingCycle* cycle) {
+  pc::ObjectReader reader(doc);
+  LEDGER_RETURN_IF_ERROR(reader.String("plan_id", true, plan_id));
+  std::string cycle_text = "monthly";
+  LEDGER_RETURN_IF_ERROR(reader.String("billing_cycle", false, &cycle_text));
+  if (!ParseBillingCycle(cycle_text, cycle)) {
+    return Status::Make(Code::kUnprocessable, "validation_failed",
+                        "billing_cycle: must be \"monthly\" or \"yearly\"");
+  }
+  return Status::OK();
+}
+
+// Loads a plan named in a request body: 422 unknown_plan when the catalog has none.
+Status LoadPlan(const StateReader& state, const std::string& plan_id, pc::Plan* plan) {
+  Status s = pc::GetPlan(state, plan_id, plan);
+  if (s.IsNotFound()) {
+    return Status::Make(Code::kUnprocessable, "unknown_plan",
+                        "no plan '" + pc::Truncated(plan_id) + "' in the catalog");
+  }
+  return s;
+}
+
+void WriteProblemAt(const Status& status, Position position, httplib::Response& res) {
+  WriteStatusProblem(status, &res);
+  SetPositionHeader(position, &res);
+}
+
+// Steps 2 and 3 of the file comment. Returns false when the response is written (a bad
+// Idempotency-Key, a stored result, a reused key, the ledger unavailable).
+bool BeginStripeCall(const AppContext& context, const httplib::Request& req,
+                     const Identity& identity, const char* route_name, std::string_view operation,
+                     RecordStripeCall* command, std::string* stripe_key, httplib::Response& res) {
+  if (!ApplyIdempotencyKey(req, route_name, identity, command, &res)) return false;
+  if (command->idempotency_key.empty()) {
+    *stripe_key = StripeIdempotencyKey(operation, identity.subject, "command:" + NewUuid());
+    return true;
+  }
+  IdempotencyProbe probe;
+  probe.idempotency_scope = command->idempotency_scope;
+  probe.idempotency_key = command->idempotency_key;
+  probe.request_hash = command->request_hash;
+  CommandResult result = context.ledger->Submit(&probe);
+  if (result.status.ok() || result.status.problem() != IdempotencyProbe::kMiss) {
+    WriteCommandResult(result, &res);
+    return false;
+  }
+  *stripe_key = StripeIdempotencyKey(
+      operation, identity.subject,
+      "client:" + command->idempotency_key + ":" + HexEncode(command->request_hash));
+  return true;
+}
+
+// Step 5: appends `event` and answers `body`.
+void FinishStripeCall(const AppContext& context, RecordStripeCall* command, NewEvent event,
+                      std::string body, httplib::Response& res) {
+  command->events.push_back(std::move(event));
+  command->body = std::move(body);
+  CommandResult result = context.ledger->Submit(command);
+  WriteCommandResult(result, &res);
+}
+
+// ---- POST /checkout/create --------------------------------------------------------------------
+
+StripeCheckoutParams CheckoutParamsFor(const AppContext& context, const Identity& identity,
+                                       const pc::Plan& plan, BillingCycle cycle,
+                                       const CheckoutPrices& prices, const std::string& customer) {
+  StripeCheckoutParams params;
+  params.recurring_price_id = prices.recurring_price_id;
+  params.one_time_price_id = prices.one_time_price_id;
+  params.trial_period_days = prices.trial_period_days;
+  params.success_url = context.stripe_success_url;
+  params.cancel_url = context.stripe_cancel_url;
+  params.client_reference_id = identity.subject;
+  // A known customer keeps one customer per user at Stripe; otherwise Checkout creates one.
+  params.customer = customer;
+  if (customer.empty()) params.customer_email = identity.email;
+  params.metadata = {{"user_id", identity.subject},
+                     {"plan_id", plan.id},
+                     {"billing_cycle", std::string(BillingCycleName(cycle))}};
+  return params;
+}
+
+// stripe.checkout_session_created.v1 (no URL: it is a bearer link to the payment page).
+std::string CheckoutEventData(const StripeCheckoutParams& params, const pc::Plan& plan,
+                              BillingCycle cycle, const StripeCheckoutSession& session,
+                              const std::string& stripe_key) {
+  rapidjson::StringBuffer data;
+  JsonWriter w(data);
+  w.StartObject();
+  Str(w, "user_id", params.client_reference_id);
+  Str(w, "plan_id", plan.id);
+  Str(w, "billing_cycle", BillingCycleName(cycle));
+  Str(w, "session_id", session.id);
+  StrOrNull(w, "customer", params.customer);
+  Str(w, "price_id", params.recurring_price_id);
+  StrOrNull(w, "one_time_price_id", params.one_time_price_id);
+  IntOrNull(w, "trial_period_days", params.trial_period_days > 0
+                                        ? std::optional<int64_t>(params.trial_period_days)
+                                        : std::nullopt);
+  Str(w, "stripe_idempotency_key", stripe_key);
+  w.EndObject();
+  return data.GetString();
+}
+
+void CreateCheckout(const AppContext& context, const httplib::Request& req,
+                    const Identity& identity, httplib::Response& res) {
+  if (!RequireStripe(context, res)) return;
+  if (context.stripe_success_url.empty()) {
+    WriteProblem(503, "stripe_not_configured",
+                 "Stripe Checkout is not configured on this server (STRIPE_SUCCESS_URL is not set)",
+                 &res);
+    return;
+  }
+  if (!RequireUsableUserId(identity, res)) return;
+  rapidjson::Document doc;
+  std::string plan_id;
+  BillingCycle cycle = BillingCycle::kMonthly;
+  Status s = ParseBody(req.body, {"plan_id", "billing_cycle"}, false, &doc);
+  if (s.ok()) s = ParsePlanChoice(doc, &plan_id, &cycle);
+  if (!s.ok()) return WriteStatusProblem(s, &res);
+
+  std::unique_ptr<ReadView> view = context.ledger->Snapshot();
+  pc::Plan plan;
+  CheckoutPrices prices;
+  pc::UserSubscription current;
+  s = LoadPlan(*view, plan_id, &plan);
+  if (s.ok()) s = ResolveCheckoutPrices(*view, plan, cycle, &prices);
+  if (s.ok()) s = pc::GetUserSubscription(*view, identity.subject, &current);
+  if (s.ok() && current.access() != pc::AccessLevel::kNone) {
+    s = Status::Conflict("subscription_exists",
+                         "you already have a subscription (" + std::string(current.status_name()) +
+                             "); change it with /api/v1/billing/subscription/upgrade or the portal");
+  }
+  if (!s.ok()) return WriteProblemAt(s, view->position(), res);
+
+  RecordStripeCall command;
+  std::string stripe_key;
+  if (!BeginStripeCall(context, req, identity, kCheckoutPath, "checkout", &command, &stripe_key,
+                       res)) {
+    return;
+  }
+  const StripeCheckoutParams params =
+      CheckoutParamsFor(context, identity, plan, cycle, prices, current.customer_id);
+  StripeCheckoutSession session;
+  s = context.stripe->CreateCheckoutSession(params, stripe_key, &session);
+  if (!s.ok()) return WriteStatusProblem(s, &res);
+  rapidjson::StringBuffer body;
+  JsonWriter b(body);
+  b.StartObject();
+  Str(b, "session_id", session.id);
+  Str(b, "url", session.url);
+  b.EndObject();
+  FinishStripeCall(context, &command,
+                   NewEvent{kCheckoutSessionCreatedV1, identity.subject,
+                            CheckoutEventData(params, plan, cycle, session, stripe_key)},
+                   body.GetString(), res);
+}
+
+// ---- POST /portal/create ----------------------------------------------------------------------
+
+void CreatePortal(const AppContext& context, const httplib::Request& req,
+                  const Identity& identity, httplib::Response& res) {
+  if (!RequireStripe(context, res)) return;
+  rapidjson::Document doc;
+  Status s = ParseBody(req.body, {}, true, &doc);
+  if (!s.ok()) return WriteStatusProblem(s, &res);
+  std::unique_ptr<ReadView> view = context.ledger->Snapshot();
+  pc::UserSubscription current;
+  s = pc::GetUserSubscription(*view, identity.subject, &current);
+  if (s.ok() && current.customer_id.empty()) {
+    s = Status::Conflict("no_stripe_customer",
+                         "there is no Stripe customer for you yet: subscribe through checkout first");
+  }
+  if (!s.ok()) return WriteProblemAt(s, view->position(), res);
+
+  RecordStripeCall command;
+  std::string stripe_key;
+  if (!BeginStripeCall(context, req, identity, kPortalPath, "portal", &command, &stripe_key, res)) {
+    return;
+  }
+  StripePortalSession session;
+  s = context.stripe->CreatePortalSession(current.customer_id, context.stripe_portal_return_url,
+                                          stripe_key, &session);
+  if (!s.ok()) return WriteStatusProblem(s, &res);
+
+  rapidjson::StringBuffer data;
+  JsonWriter w(data);
+  w.StartObject();
+  Str(w, "user_id", identity.subject);
+  Str(w, "customer", current.customer_id);
+  StrOrNull(w, "session_id", session.id);
+  Str(w, "stripe_idempotency_key", stripe_key);
+  w.EndObject();
+  FinishStripeCall(context, &command,
+                   NewEvent{kPortalSessionCreatedV1, identity.subject, data.GetString()},
+                   "{\"url\":" + JsonQuote(session.url) + "}", res);
+}
+
+// ---- GET /payment-methods ---------------------------------------------------------------------
+
+void ListPaymentMethods(const AppContext& context, const Identity& identity,
+                        httplib::Response& res) {
+  if (!RequireStripe(context, res)) return;
+  std::unique_ptr<ReadView> view = context.ledger->Snapshot();
+  pc::UserSubscription current;
+  Status s = pc::GetUserSubscription(*view, identity.subject, &current);
+  if (!s.ok()) return WriteProblemAt(s, view->position(), res);
+  std::vector<StripeCard> cards;
+  bool has_more = false;
+  // No customer yet: no cards (Stripe is not asked).
+  if (!current.customer_id.empty()) {
+    s = context.stripe->ListCards(current.customer_id, &cards, &has_more);
+    if (!s.ok()) return WriteStatusProblem(s, &res);
+  }
+  rapidjson::StringBuffer body;
+  JsonWriter w(body);
+  w.StartObject();
+  w.Key("payment_methods");
+  w.StartArray();
+  for (const StripeCard& card : cards) {
+    w.StartObject();
+    Str(w, "id", card.id);
+    Str(w, "type", "card");
+    Str(w, "brand", card.brand);
+    Str(w, "last4", card.last4);
+    w.Key("exp_month");
+    w.Int64(card.exp_month);
+    w.Key("exp_year");
+    w.Int64(card.exp_year);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.Key("has_more");
+  w.Bool(has_more);
+  w.EndObject();
+  WriteJsonAt(200, body.GetString(), view->position(), &res);
+}
+
+// ---- Subscription changes ---------------------------------------------------------------------
+
+// The caller's current subscription, when it can still be changed: 409 no_active_subscription
+// otherwise.
+Status ChangeableSubscription(const StateReader& state, const Identity& identity,
+                              pc::UserSubscription* current) {
+  LEDGER_RETURN_IF_ERROR(pc::GetUserSubscription(state, identity.subject, current));
+  if (!current->has_subscription || pc::IsTerminal(current->subscription.status) ||
+      current->subscription_id().empty()) {
+    return Status::Conflict("no_active_subscription", "you have no subscription to change");
+  }
+  return Status::OK();
+}
+
+std::string SubscriptionStateJson(const StripeSubscription& sub, bool at_period_end) {
+  rapidjson::StringBuffer body;
+  JsonWriter w(body);
+  w.StartObject();
+  Str(w, "subscription_id", sub.id);
+  Str(w, "status", sub.status);
+  w.Key("at_period_end");
+  w.Bool(at_period_end);
+  w.Key("cancel_at_period_end");
+  w.Bool(sub.cancel_at_period_end);
+  IntOrNull(w, "cancel_at", sub.cancel_at);
+  IntOrNull(w, "current_period_end", sub.current_period_end);
+  w.EndObject();
+  return body.GetString();
+}
+
+void CancelSubscription(const AppContext& context, const httplib::Request& req,
+                        const Identity& identity, httplib::Response& res) {
+  if (!RequireStripe(context, res)) return;
+  rapidjson::Document doc;
+  bool at_period_end = true;
+  Status s = ParseBody(req.body, {"at_period_end"}, true, &doc);
+  if (s.ok()) s = pc::ObjectReader(doc).Bool("at_period_end", false, &at_period_end);
+  if (!s.ok()) return WriteStatusProblem(s, &res);
+  std::unique_ptr<ReadView> view = context.ledger->Snapshot();
+  pc::UserSubscription current;
+  s = ChangeableSubscription(*view, identity, &current);
+  if (!s.ok()) return WriteProblemAt(s, view->position(), res);
+
+  RecordStripeCall command;
+  std::string stripe_key;
+  if (!BeginStripeCall(context, req, identity, kCancelPath,
+                       at_period_end ? "cancel_at_period_end" : "cancel_now", &command,
+                       &stripe_key, res)) {
+    return;
+  }
+  StripeSubscription sub;
+  if (at_period_end) {
+    s = context.stripe->SetCancelAtPeriodEnd(current.subscription_id(), true, stripe_key, &sub);
+  } else {
+    // DELETE carries no Idempotency-Key at Stripe (it is idempotent by itself).
+    stripe_key.clear();
+    s = context.stripe->CancelSubscriptionNow(current.subscription_id(), &sub);
+  }
+  if (!s.ok()) return WriteStatusProblem(s, &res);
+
+  rapidjson::StringBuffer data;
+  JsonWriter w(data);
+  w.StartObject();
+  Str(w, "user_id", identity.subject);
+  Str(w, "subscription_id", sub.id);
+  StrOrNull(w, "customer", sub.customer.empty() ? current.customer_id : sub.customer);
+  w.Key("at_period_end");
+  w.Bool(at_period_end);
+  Str(w, "status", sub.status);
+  w.Key("cancel_at_period_end");
+  w.Bool(sub.cancel_at_period_end);
+  IntOrNull(w, "cancel_at", sub.cancel_at);
+  IntOrNull(w, "current_period_end", sub.current_period_end);
+  StrOrNull(w, "stripe_idempotency_key", stripe_key);
+  w.EndObject();
+  FinishStripeCall(context, &command,
+                   NewEvent{kSubscriptionCancelRequestedV1, identity.subject, data.GetString()},
+                   SubscriptionStateJson(sub, at_period_end), res);
+}
+
+// The recurring item of Stripe's subscription that a change to `price_id` replaces. 409
+// no_active_subscription when it ended at Stripe, 409 already_on_plan when nothing would change,
+// 502 when Stripe shows no recurring item.
+Status ItemToChange(const StripeSubscription& before, const pc::Plan& plan, BillingCycle cycle,
+                    const std::string& price_id, const StripeSubscriptionItem** item) {
+  pc::SubscriptionStatus status;
+  if (pc::ParseSubscriptionStatus(before.status, &status) && pc::IsTerminal(status)) {
+    return Status::Conflict("no_active_subscription", "the subscription has ended at Stripe");
+  }
+  *item = nullptr;
+  for (const StripeSubscriptionItem& candidate : before.items) {
+    if (!candidate.interval.empty() && !candidate.id.empty()) {
+      *item = &candidate;
+      break;
+    }
+  }
+  if (*item == nullptr) {
+    return Status::Make(Code::kBadGateway, "stripe_error",
+                        "the subscription at Stripe has no recurring item");
+  }
+  // Same price and already tagged with the plan: nothing to do. (Same price with another tag is
+  // the trial -> Starter case: only the plan tag changes.)
+  auto tagged = before.metadata.find("plan_id");
+  if ((*item)->price_id == price_id && tagged != before.metadata.end() &&
+      tagged->second == plan.id) {
+    return Status::Conflict("already_on_plan", "the subscription is already on plan '" + plan.id +
+                                                   "' (" + std::string(BillingCycleName(cycle)) +
+                                                   ")");
+  }
+  return Status::OK();
+}
+
+// stripe.subscription_change_requested.v1.
+std::string ChangeEventData(const Identity& identity, const pc::UserSubscription& current,
+                            const StripeSubscriptionItem& item,
+                            const StripePriceChangeParams& change, const StripeSubscription& after,
+                            const pc::Plan& plan, BillingCycle cycle,
+                            const std::string& stripe_key) {
+  rapidjson::StringBuffer data;
+  JsonWriter w(data);
+  w.StartObject();
+  Str(w, "user_id", identity.subject);
+  Str(w, "subscription_id", after.id);
+  StrOrNull(w, "customer", after.customer.empty() ? current.customer_id : after.customer);
+  Str(w, "item_id", item.id);
+  Str(w, "from_price_id", item.price_id);
+  StrOrNull(w, "from_plan_id", current.plan_id().value_or(""));
+  Str(w, "to_plan_id", plan.id);
+  Str(w, "billing_cycle", BillingCycleName(cycle));
+  Str(w, "price_id", change.price_id);
+  Str(w, "proration_behavior", change.proration_behavior);
+  Str(w, "status", after.status);
+  Str(w, "stripe_idempotency_key", stripe_key);
+  w.EndObject();
+  return data.GetString();
+}
+
+void UpgradeSubscription(const AppContext& context, const httplib::Request& req,
+                         const Identity& identity, httplib::Response& res) {
+  if (!RequireStripe(context, res)) return;
+  rapidjson::Document doc;
+  std::string plan_id;
+  BillingCycle cycle = BillingCycle::kMonthly;
+  Status s = ParseBody(req.body, {"plan_id", "billing_cycle"}, false, &doc);
+  if (s.ok()) s = ParsePlanChoice(doc, &plan_id, &cycle);
+  if (!s.ok()) return WriteStatusProblem(s, &res);
+
+  std::unique_ptr<ReadView> view = context.ledger->Snapshot();
+  pc::Plan plan;
+  std::string price_id;
+  pc::UserSubscription current;
+  s = LoadPlan(*view, plan_id, &plan);
+  if (s.ok()) s = ResolveChangePrice(plan, cycle, &price_id);
+  if (s.ok()) s = ChangeableSubscription(*view, identity, &current);
+  if (!s.ok()) return WriteProblemAt(s, view->position(), res);
+
+  RecordStripeCall command;
+  std::string stripe_key;
+  if (!BeginStripeCall(context, req, identity, kUpgradePath, "change_plan", &command, &stripe_key,
+                       res)) {
+    return;
+  }
+  // Stripe's own view of the subscription: the item to change and its current price (the
+  // projection can lag behind a webhook).
+  StripeSubscription before;
+  s = context.stripe->GetSubscription(current.subscription_id(), &before);
+  if (!s.ok()) return WriteStatusProblem(s, &res);
+  const StripeSubscriptionItem* item = nullptr;
+  s = ItemToChange(before, plan, cycle, price_id, &item);
+  if (!s.ok()) return WriteStatusProblem(s, &res);
+  StripePriceChangeParams change;
+  change.subscription_id = before.id;
+  change.item_id = item->id;
+  change.price_id = price_id;
+  change.metadata = {{"plan_id", plan.id}, {"billing_cycle", std::string(BillingCycleName(cycle))}};
+  StripeSubscription after;
+  s = context.stripe->ChangeSubscriptionPrice(change, stripe_key, &after);
+  if (!s.ok()) return WriteStatusProblem(s, &res);
+
+  rapidjson::StringBuffer body;
+  JsonWriter b(body);
+  b.StartObject();
+  Str(b, "subscription_id", after.id);
+  Str(b, "plan_id", plan.id);
+  Str(b, "billing_cycle", BillingCycleName(cycle));
+  Str(b, "price_id", price_id);
+  Str(b, "status", after.status);
+  Str(b, "proration_behavior", change.proration_behavior);
+  b.EndObject();
+  FinishStripeCall(context, &command,
+                   NewEvent{kSubscriptionChangeRequestedV1, identity.subject,
+                            ChangeEventData(identity, current, *item, change, after, plan, cycle,
+                                            stripe_key)},
+                   body.GetString(), res);
+}
+
+}  // namespace
+
+void AddBillingRoutes(const AppContext& context, RouteTable* routes) {
+  routes->Add("POST", kCheckoutPath, kCheckoutPath, Policy::kUser,
+              [context](const httplib::Request& req, httplib::Response& res,
+                        const Identity& identity) { CreateCheckout(context, req, identity, res); });
+  routes->Add("POST", kPortalPath, kPortalPath, Policy::kUser,
+              [context](const httplib::Request& req, httplib::Response& res,
+                        const Identity& identity) { CreatePortal(context, req, identity, res); });
+  routes->Add("GET", kPaymentMethodsPath, kPaymentMethodsPath, Policy::kUser,
+              [context](const httplib::Request&, httplib::Response& res,
+                        const Identity& identity) { ListPaymentMethods(context, identity, res); });
+  routes->Add("POST", kCancelPath, kCancelPath, Policy::kUser,
+              [context](const httplib::Request& req, httplib::Response& res,
+                        const Identity& identity) {
+                CancelSubscription(context, req, identity, res);
+              });
+  routes->Add("POST", kUpgradePath, kUpgradePath, Policy::kUser,
+              [context](const httplib::Request& req, httplib::Response& res,
+                        const Identity& identity) {
+                UpgradeSubscription(context, req, identity, res);
+              });
+}
+
+}  // namespace ledger::http

@@ -1,0 +1,130 @@
+// GET /api/v1/events and GET /api/v1/audit/head: the log and its chain head, for admins.
+#include <cstdio>
+
+#include "events/limits.h"
+#include "http/limits.h"
+#include "http/problem.h"
+#include "http/routes.h"
+
+namespace ledger::http {
+
+namespace {
+
+constexpr size_t kDefaultEventsLimit = 100;
+
+bool ParseUint64(const std::string& text, uint64_t* out) {
+  if (text.empty() || text.size() > 20) return false;
+  uint64_t value = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return false;
+    uint64_t digit = static_cast<uint64_t>(c - '0');
+    if (value > (UINT64_MAX - digit) / 10) return false;
+    value = value * 10 + digit;
+  }
+  *out = value;
+  return true;
+}
+
+// Reads an optional query parameter. Repeating it or exceeding `bytes_max` is a 400.
+bool QueryParam(const httplib::Request& req, const char* name, size_t bytes_max, std::string* value,
+                httplib::Response& res) {
+  size_t count = req.get_param_value_count(name);
+  if (count == 0) return true;
+  if (count > 1) {
+    WriteProblem(400, "invalid_parameter", std::string("'") + name + "' given more than once", &res);
+    return false;
+  }
+  *value = req.get_param_value(name);
+  if (value->size() > bytes_max) {
+    WriteProblem(400, "invalid_parameter", std::string("'") + name + "' is too long", &res);
+    return false;
+  }
+  return true;
+}
+
+bool RequireLedger(const AppContext& context, httplib::Response& res) {
+  if (context.ledger != nullptr) return true;
+  WriteProblem(503, "storage_unavailable", "the event store is not open", &res);
+  return false;
+}
+
+void ListEvents(const AppContext& context, const httplib::Request& req, httplib::Response& res) {
+  if (!RequireLedger(context, res)) return;
+  std::string after_text, limit_text;
+  EventFilter filter;
+  if (!QueryParam(req, "after", limits::kQueryValueBytesMax, &after_text, res) ||
+      !QueryParam(req, "limit", limits::kQueryValueBytesMax, &limit_text, res) ||
+      !QueryParam(req, "subject", ledger::limits::kSubjectBytesMax, &filter.subject, res) ||
+      !QueryParam(req, "type", ledger::limits::kEventTypeBytesMax, &filter.type, res)) {
+    return;
+  }
+  uint64_t after = 0;
+  if (!after_text.empty() && !ParseUint64(after_text, &after)) {
+    WriteProblem(400, "invalid_parameter", "'after' must be a non-negative integer position", &res);
+    return;
+  }
+  uint64_t limit = kDefaultEventsLimit;
+  if (!limit_text.empty() &&
+      (!ParseUint64(limit_text, &limit) || limit == 0 || limit > ledger::limits::kReadEventsMax)) {
+    WriteProblem(400, "invalid_parameter",
+                 "'limit' must be an integer in 1.." + std::to_string(ledger::limits::kReadEventsMax), &res);
+    return;
+  }
+  // Every event at or below `head` is readable once Head() returned it.
+  const Position head = context.ledger->Head();
+  std::vector<Event> events;
+  Status s = context.ledger->ReadEvents(Position(after), static_cast<size_t>(limit), filter, &events);
+  if (!s.ok()) {
+    WriteStatusProblem(s, &res);
+    return;
+  }
+  // A short page means every match up to `head` was returned, so the next page can start at
+  // `head` even when the filter skipped the events before it.
+  uint64_t last = events.empty() ? after : events.back().position.value();
+  uint64_t next_after = events.size() < limit ? std::max(last, std::max(after, head.value())) : last;
+  std::string body = "{\"events\":[";
+  for (size_t i = 0; i < events.size(); ++i) {
+    if (i > 0) body += ',';
+    body += ToEnvelopeJson(events[i]);
+  }
+  body += "],\"next_after\":" + std::to_string(next_after) + "}";
+  WriteJsonAt(200, std::move(body), Position(std::max(head.value(), last)), &res);
+}
+
+void AuditHead(const AppContext& context, httplib::Response& res) {
+  if (!RequireLedger(context, res)) return;
+  // Head() and HeadHash() are two reads; take the hash from the stored event at the head
+  // position instead, so that the pair is always consistent.
+  const Position head = context.ledger->Head();
+  Hash hash{};  // genesis: all zeroes
+  if (head.value() > 0) {
+    std::vector<Event> events;
+    Status s = context.ledger->ReadEvents(Position(head.value() - 1), 1, EventFilter{}, &events);
+    if (!s.ok()) {
+      WriteStatusProblem(s, &res);
+      return;
+    }
+    if (events.empty() || events.front().position != head) {
+      WriteProblem(500, "internal", "the head event is not readable", &res);
+      return;
+    }
+    hash = events.front().hash;
+  }
+  std::string body = "{\"position\":" + std::to_string(head.value()) + ",\"hash\":\"" + HexEncode(hash) + "\"}";
+  WriteJsonAt(200, std::move(body), head, &res);
+}
+
+}  // namespace
+
+void AddEventsRoutes(const AppContext& context, RouteTable* routes) {
+  routes->Add("GET", "/api/v1/events", "/api/v1/events", Policy::kAdmin,
+              [context](const httplib::Request& req, httplib::Response& res, const Identity&) {
+                ListEvents(context, req, res);
+              });
+  routes->Add("GET", "/api/v1/audit/head", "/api/v1/audit/head", Policy::kAdmin,
+              [context](const httplib::Request&, httplib::Response& res, const Identity&) {
+                AuditHead(context, res);
+              });
+}
+
+}  // namespace ledger::http

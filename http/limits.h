@@ -1,0 +1,31 @@
+// Every request, header and buffer the http module accepts has a limit, here.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace ledger::http::limits {
+
+// Request bodies (Content-Length and chunked alike). Larger bodies get 413.
+inline constexpr size_t kRequestBodyBytesMax = 1 << 20;
+// The `Authorization` header value. A longer bearer token is rejected (401) unparsed.
+inline constexpr size_t kAuthorizationBytesMax = 16 * 1024;
+// JWKS file read at start.
+inline constexpr size_t kJwksFileBytesMax = 1 << 20;
+// Keys taken from a JWKS file.
+inline constexpr size_t kJwksKeysMax = 64;
+// Roles read from one token.
+inline constexpr size_t kTokenRolesMax = 256;
+// Configured service tokens.
+inline constexpr size_t kServiceTokensMax = 256;
+// Connections accepted but not yet picked up by a worker thread. When full, the accept loop
+// waits (connections then queue in the kernel's listen backlog).
+inline constexpr size_t kPendingConnectionsMax = 4096;
+// Listen backlog requested from the kernel (capped by net.core.somaxconn).
+inline constexpr int kListenBacklog = 1024;
+// Worker threads of the server: a kept-alive connection holds one.
+inline constexpr size_t kServerThreadsMax = 4096;
+// Query parameters of GET /api/v1/events.
+inline constexpr size_t kQueryValueBytesMax = 512;
+
+}  // namespace ledger::http::limits

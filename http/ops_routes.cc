@@ -1,0 +1,141 @@
+// GET /livez, /readyz, /metrics: public operational endpoints.
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include "http/problem.h"
+#include "http/routes.h"
+
+namespace ledger::http {
+
+namespace {
+
+constexpr char kPrometheusContentType[] = "text/plain; version=0.0.4; charset=utf-8";
+
+OutboxStatus CurrentOutbox(const AppContext& context) {
+  if (!context.outbox_status) return OutboxStatus{};
+  return context.outbox_status();
+}
+
+// 200 when the store is open and writable; 503 otherwise. A Kafka outage does not make the
+// service unready: appends go on and the outbox catches up (ARCHITECTURE.md), so the outbox is
+// reported, not judged.
+void Readyz(const AppContext& context, httplib::Response& res) {
+  const bool open = context.ledger != nullptr;
+  const bool degraded = open && context.ledger->Degraded();
+  const bool ready = open && !degraded;
+  const OutboxStatus outbox = CurrentOutbox(context);
+  rapidjson::StringBuffer buf;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+  w.StartObject();
+  w.Key("status");
+  w.String(ready ? "ready" : "not_ready");
+  w.Key("storage");
+  w.StartObject();
+  w.Key("state");
+  w.String(!open ? "closed" : degraded ? "degraded" : "open");
+  w.Key("head_position");
+  w.Uint64(open ? context.ledger->Head().value() : 0);
+  w.Key("queue_depth");
+  w.Uint64(open ? context.ledger->QueueDepth() : 0);
+  w.EndObject();
+  w.Key("outbox");
+  w.StartObject();
+  w.Key("enabled");
+  w.Bool(outbox.enabled);
+  w.Key("state");
+  w.String(outbox.state);
+  w.Key("published_position");
+  w.Uint64(outbox.published_position);
+  w.Key("lag");
+  w.Uint64(outbox.lag_events);
+  w.EndObject();
+  w.EndObject();
+  std::string body(buf.GetString(), buf.GetSize());
+  if (open) {
+    WriteJsonAt(ready ? 200 : 503, std::move(body), context.ledger->Head(), &res);
+  } else {
+    WriteJson(503, std::move(body), &res);
+  }
+}
+
+void Gauge(const char* name, const char* help, double value, std::string* out) {
+  *out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " gauge\n";
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.17g", value);
+  *out += std::string(name) + " " + buf + "\n";
+}
+
+void CounterLine(const char* name, const char* help, uint64_t value, std::string* out) {
+  *out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " counter\n";
+  *out += std::string(name) + " " + std::to_string(value) + "\n";
+}
+
+void HistogramBlock(const char* name, const char* help, const Histogram& histogram, std::string* out) {
+  *out += std::string("# HELP ") + name + " " + help + "\n";
+  RenderHistogram(name, "", histogram.Read(), true, out);
+}
+
+void RenderOutboxMetrics(const OutboxStatus& outbox, std::string* out) {
+  Gauge("ledger_outbox_enabled", "1 when the Kafka outbox publishes.", outbox.enabled ? 1 : 0, out);
+  Gauge("ledger_outbox_published_position", "Last log position Kafka acknowledged.",
+        static_cast<double>(outbox.published_position), out);
+  Gauge("ledger_outbox_lag_events", "Events appended but not yet acknowledged by Kafka.",
+        static_cast<double>(outbox.lag_events), out);
+}
+
+void Metrics(const AppContext& context, httplib::Response& res) {
+  std::string text;
+  text.reserve(16 * 1024);
+  if (context.request_metrics != nullptr) context.request_metrics->Render(&text);
+  if (context.ledger != nullptr) RenderLedgerMetrics(*context.ledger, &text);
+  RenderOutboxMetrics(CurrentOutbox(context), &text);
+  for (const auto& render : context.metrics_renderers) {
+    if (render) render(&text);
+  }
+  res.status = 200;
+  res.set_content(std::move(text), kPrometheusContentType);
+}
+
+}  // namespace
+
+void RenderLedgerMetrics(Ledger& ledger, std::string* out) {
+  LedgerMetrics& m = ledger.metrics();
+  Gauge("ledger_head_position", "Position of the last committed event.",
+        static_cast<double>(ledger.Head().value()), out);
+  Gauge("ledger_degraded", "1 when a failed write made the store read-only.", ledger.Degraded() ? 1 : 0, out);
+  Gauge("ledger_write_queue_depth", "Commands waiting for the writer.",
+        static_cast<double>(ledger.QueueDepth()), out);
+  CounterLine("ledger_commands_submitted_total", "Commands submitted to the writer.",
+              m.commands_submitted.Value(), out);
+  CounterLine("ledger_commands_rejected_total", "Commands whose decision was an error.",
+              m.commands_rejected.Value(), out);
+  CounterLine("ledger_commands_busy_total", "Commands refused because the write queue was full.",
+              m.commands_busy.Value(), out);
+  CounterLine("ledger_idempotent_replays_total", "Commands answered from an idempotency record.",
+              m.idempotent_replays.Value(), out);
+  CounterLine("ledger_events_appended_total", "Events appended to the log.", m.events_appended.Value(), out);
+  CounterLine("ledger_groups_committed_total", "Group commits (one synced WriteBatch each).",
+              m.groups_committed.Value(), out);
+  CounterLine("ledger_write_failures_total", "Group writes that failed.", m.write_failures.Value(), out);
+  HistogramBlock("ledger_append_group_commands", "Commands per group commit.", m.group_commands, out);
+  HistogramBlock("ledger_append_group_events", "Events per group commit.", m.group_events, out);
+  HistogramBlock("ledger_write_seconds", "Latency of the synced WriteBatch of a group (write + fsync).",
+                 m.write_seconds, out);
+}
+
+void AddOpsRoutes(const AppContext& context, RouteTable* routes) {
+  routes->Add("GET", "/livez", "/livez", Policy::kPublic,
+              [](const httplib::Request&, httplib::Response& res, const Identity&) {
+                WriteJson(200, R"({"status":"ok"})", &res);
+              });
+  routes->Add("GET", "/readyz", "/readyz", Policy::kPublic,
+              [context](const httplib::Request&, httplib::Response& res, const Identity&) {
+                Readyz(context, res);
+              });
+  routes->Add("GET", "/metrics", "/metrics", Policy::kPublic,
+              [context](const httplib::Request&, httplib::Response& res, const Identity&) {
+                Metrics(context, res);
+              });
+}
+
+}  // namespace ledger::http

@@ -1,0 +1,69 @@
+// RFC 9457 problem details and the JSON response helpers every route uses.
+//
+// A problem is `application/problem+json`:
+//   {"type":"urn:ledgerd:problem:<code>","title":"<reason phrase>","status":N,
+//    "detail":"<human text>","code":"<stable snake_case id>"}
+// `code` is what clients switch on (CONTRACT.md §2); `detail` is for humans and never carries a
+// secret or a token.
+//
+// Thread safety: free functions, no shared state.
+#pragma once
+
+#include <httplib.h>
+
+#include <string>
+#include <string_view>
+
+#include "events/ledger.h"
+#include "events/status.h"
+#include "events/types.h"
+
+namespace ledger::http {
+
+inline constexpr char kJsonContentType[] = "application/json";
+inline constexpr char kProblemContentType[] = "application/problem+json";
+inline constexpr char kPositionHeader[] = "X-Ledger-Position";
+// Seconds a client should wait after a 503 "overloaded" (full write queue).
+inline constexpr int kBusyRetryAfterSeconds = 1;
+
+// The one mapping from ledger::Code to an HTTP status (see events/status.h). kOk maps to 200.
+int HttpStatusFor(Code code);
+
+// The HTTP reason phrase for `http_status` ("Not Found"); "Error" for unknown statuses.
+const char* ReasonPhrase(int http_status);
+
+// A generic problem code for an HTTP status ("not_found", "payload_too_large", ...), for answers
+// that have no more specific one (e.g. errors cpp-httplib raises itself).
+const char* DefaultProblemCode(int http_status);
+
+// The problem document for the given fields, as compact JSON.
+std::string ProblemJson(int http_status, std::string_view code, std::string_view detail);
+
+// Replaces the response with a problem. Sets status, body and content type.
+void WriteProblem(int http_status, std::string_view code, std::string_view detail,
+                  httplib::Response* res);
+
+// Writes `status` (must not be OK) as a problem: the HTTP status from HttpStatusFor(), `code` =
+// status.problem() (or a generic code when empty), `detail` = status.message(). A kBusy status also
+// sets `Retry-After: 1`.
+void WriteStatusProblem(const Status& status, httplib::Response* res);
+
+// Writes a JSON body with `http_status`.
+void WriteJson(int http_status, std::string body, httplib::Response* res);
+
+// Writes a JSON body with `http_status` and `X-Ledger-Position: <position>`.
+void WriteJsonAt(int http_status, std::string body, Position position, httplib::Response* res);
+
+// Sets (replaces) `X-Ledger-Position`.
+void SetPositionHeader(Position position, httplib::Response* res);
+
+// Writes the outcome of Ledger::Submit(): on success the decided status and body with
+// `X-Ledger-Position` = result.position, plus `Idempotent-Replayed: true` when the answer came from
+// an idempotency record; on failure a problem (and `X-Ledger-Position` when the failure reflects a
+// position, i.e. result.position > 0).
+void WriteCommandResult(const CommandResult& result, httplib::Response* res);
+
+// Escapes `text` as a JSON string literal, quotes included.
+std::string JsonQuote(std::string_view text);
+
+}  // namespace ledger::http

@@ -1,0 +1,14 @@
+#include "http/routes.h"
+
+namespace ledger::http {
+
+void AddAllRoutes(const AppContext& context, RouteTable* routes) {
+  AddOpsRoutes(context, routes);
+  AddEventsRoutes(context, routes);
+  AddPlanRoutes(context, routes);
+  AddBillingRoutes(context, routes);
+  AddStripeWebhookRoutes(context, routes);
+  AddSubscriptionAccessRoutes(context, routes);
+}
+
+}  // namespace ledger::http

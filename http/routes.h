@@ -1,0 +1,44 @@
+// The route files. Each `Add<Resource>Routes` appends its routes (method, pattern, metrics name,
+// policy, handler) to the table; the daemon builds one table with AddAllRoutes() and hands it to
+// the HttpServer. Handlers copy the AppContext; everything it points to must outlive the server.
+#pragma once
+
+#include "http/app_context.h"
+#include "http/route.h"
+
+namespace ledger::http {
+
+// GET /livez, GET /readyz, GET /metrics (all public). ops_routes.cc.
+void AddOpsRoutes(const AppContext& context, RouteTable* routes);
+
+// GET /api/v1/events, GET /api/v1/audit/head (admin). events_routes.cc.
+void AddEventsRoutes(const AppContext& context, RouteTable* routes);
+
+// GET/POST /api/v1/subscriptions/plans, GET/PUT/DELETE /api/v1/subscriptions/plans/{plan_id},
+// GET /api/v1/subscriptions/services. plans_routes.cc.
+void AddPlanRoutes(const AppContext& context, RouteTable* routes);
+
+// The Stripe-calling billing routes (policy user): POST /api/v1/billing/checkout/create,
+// POST /api/v1/billing/portal/create, GET /api/v1/billing/payment-methods,
+// POST /api/v1/billing/subscription/cancel, POST /api/v1/billing/subscription/upgrade.
+// billing_routes.cc. Needs context.stripe (else 503 stripe_not_configured).
+void AddBillingRoutes(const AppContext& context, RouteTable* routes);
+
+// POST /api/v1/billing/webhooks/stripe (policy signature): verified over the raw body with
+// context.stripe_webhook_secrets, deduplicated on the Stripe event id, appended with the events
+// derived from it (projections/stripe_webhook.h). stripe_webhook_routes.cc.
+void AddStripeWebhookRoutes(const AppContext& context, RouteTable* routes);
+
+// Access answered from the subscription projection, never from Stripe:
+// GET /api/v1/subscriptions/my-access (user), POST /api/v1/subscriptions/check-access/{service}
+// (user for itself, or service with ?user_id=), GET /api/v1/subscriptions/admin/user-access/
+// {user_id} (admin), GET /api/v1/billing/subscription-status (user). subscription_access_routes.cc.
+void AddSubscriptionAccessRoutes(const AppContext& context, RouteTable* routes);
+
+// Every route of the service. routes.cc: add your resource's call there.
+void AddAllRoutes(const AppContext& context, RouteTable* routes);
+
+// Prometheus text of the ledger's own metrics (group sizes, write latency, queue depth, ...).
+void RenderLedgerMetrics(Ledger& ledger, std::string* out);
+
+}  // namespace ledger::http

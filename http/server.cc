@@ -1,0 +1,737 @@
+#include "http/server.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cctype>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <regex>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "http/problem.h"
+
+namespace ledger::http {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr size_t kReadBufferBytes = 16 * 1024;
+constexpr size_t kHeaderBytesAllowance = 64 * 1024;
+// How long and how much a closing connection is drained so that the client sees our answer
+// instead of a reset (the "lingering close" of Apache and nginx).
+constexpr int kLingerMs = 1000;
+constexpr size_t kLingerBytesMax = 1 << 20;
+constexpr int kKeepAlivePollSliceMs = 100;
+constexpr size_t kDetailPathBytesMax = 256;
+constexpr char kUnmatchedRoute[] = "(unmatched)";
+constexpr char kRejectedRoute[] = "(rejected)";
+
+bool IsKnownMethod(const std::string& method) {
+  return method == "GET" || method == "HEAD" || method == "POST" || method == "PUT" ||
+         method == "PATCH" || method == "DELETE" || method == "OPTIONS";
+}
+
+bool IsRouteMethod(const std::string& method) {
+  return method == "GET" || method == "POST" || method == "PUT" || method == "PATCH" ||
+         method == "DELETE";
+}
+
+// Metrics label for a request method: bounded cardinality whatever clients send.
+std::string MethodLabel(const std::string& method) { return IsKnownMethod(method) ? method : "OTHER"; }
+
+bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool ParseContentLength(const std::string& text, uint64_t* out) {
+  if (text.empty() || text.size() > 19) return false;
+  uint64_t value = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return false;
+    value = value * 10 + static_cast<uint64_t>(c - '0');
+  }
+  *out = value;
+  return true;
+}
+
+bool IsChunked(const httplib::Request& req) {
+  return EqualsIgnoreCase(req.get_header_value("Transfer-Encoding"), "chunked");
+}
+
+// True when the request announces a body (the pre-routing handler has already rejected any other
+// framing).
+bool HasBody(const httplib::Request& req) {
+  if (IsChunked(req)) return true;
+  uint64_t length = 0;
+  return ParseContentLength(req.get_header_value("Content-Length"), &length) && length > 0;
+}
+
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Waits for `events` on `sock` for up to `timeout_ms`. EINTR-safe.
+bool PollFor(int sock, short events, int64_t timeout_ms) {
+  pollfd pfd{sock, events, 0};
+  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    int rc = ::poll(&pfd, 1, static_cast<int>(std::max<int64_t>(left, 0)));
+    if (rc > 0) return true;
+    if (rc == 0) return false;
+    if (errno != EINTR) return false;
+  }
+}
+
+void SockaddrToIpPort(const sockaddr_storage& addr, std::string* ip, int* port) {
+  char buf[INET6_ADDRSTRLEN] = {0};
+  if (addr.ss_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(&addr);
+    ::inet_ntop(AF_INET, &in->sin_addr, buf, sizeof(buf));
+    *port = ntohs(in->sin_port);
+  } else if (addr.ss_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&addr);
+    ::inet_ntop(AF_INET6, &in6->sin6_addr, buf, sizeof(buf));
+    *port = ntohs(in6->sin6_port);
+  }
+  *ip = buf;
+}
+
+// One accepted TCP connection as an httplib::Stream: buffered reads, poll()-based timeouts, and a
+// cap on the bytes one request may make us read.
+class ConnectionStream final : public httplib::Stream {
+ public:
+  ConnectionStream(int sock, int64_t read_timeout_ms, int64_t write_timeout_ms, size_t request_bytes_max)
+      : sock_(sock),
+        read_timeout_ms_(read_timeout_ms),
+        write_timeout_ms_(write_timeout_ms),
+        request_bytes_max_(request_bytes_max) {}
+
+  bool is_readable() const override {
+    return begin_ < end_ || PollFor(sock_, POLLIN, read_timeout_ms_);
+  }
+  bool is_writable() const override { return PollFor(sock_, POLLOUT, write_timeout_ms_); }
+
+  ssize_t read(char* ptr, size_t size) override {
+    if (request_bytes_ >= request_bytes_max_) {
+      cap_hit_ = true;
+      return -1;
+    }
+    size = std::min(size, request_bytes_max_ - request_bytes_);
+    if (begin_ == end_) {
+      if (!PollFor(sock_, POLLIN, read_timeout_ms_)) return -1;
+      ssize_t n = Receive(buffer_.data(), buffer_.size());
+      if (n <= 0) return n;
+      begin_ = 0;
+      end_ = static_cast<size_t>(n);
+    }
+    size_t take = std::min(size, end_ - begin_);
+    std::memcpy(ptr, buffer_.data() + begin_, take);
+    begin_ += take;
+    request_bytes_ += take;
+    return static_cast<ssize_t>(take);
+  }
+
+  ssize_t write(const char* ptr, size_t size) override {
+    if (!PollFor(sock_, POLLOUT, write_timeout_ms_)) return -1;
+    for (;;) {
+      ssize_t n = ::send(sock_, ptr, size, MSG_NOSIGNAL);
+      if (n >= 0 || errno != EINTR) return n;
+    }
+  }
+
+  void get_remote_ip_and_port(std::string& ip, int& port) const override {
+    sockaddr_storage addr{};
+    socklen_t len = sizeof(addr);
+    if (::getpeername(sock_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) SockaddrToIpPort(addr, &ip, &port);
+  }
+  void get_local_ip_and_port(std::string& ip, int& port) const override {
+    sockaddr_storage addr{};
+    socklen_t len = sizeof(addr);
+    if (::getsockname(sock_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) SockaddrToIpPort(addr, &ip, &port);
+  }
+  socket_t socket() const override { return sock_; }
+
+  void BeginRequest() {
+    request_bytes_ = 0;
+    cap_hit_ = false;
+  }
+  bool cap_hit() const { return cap_hit_; }
+  bool HasBufferedInput() const { return begin_ < end_; }
+
+ private:
+  ssize_t Receive(char* ptr, size_t size) {
+    for (;;) {
+      ssize_t n = ::recv(sock_, ptr, size, 0);
+      if (n >= 0 || errno != EINTR) return n;
+    }
+  }
+
+  const int sock_;
+  const int64_t read_timeout_ms_;
+  const int64_t write_timeout_ms_;
+  const size_t request_bytes_max_;
+  size_t request_bytes_ = 0;
+  bool cap_hit_ = false;
+  std::array<char, kReadBufferBytes> buffer_;
+  size_t begin_ = 0;
+  size_t end_ = 0;
+};
+
+// What a handler on this thread may ask of the connection it serves.
+struct ConnectionState {
+  ConnectionStream* stream = nullptr;
+  bool close_requested = false;
+};
+thread_local ConnectionState* t_connection = nullptr;
+
+// Asks the connection loop to close the connection after this response. Used whenever the server
+// answers without reading an announced body: the unread bytes must never be parsed as a request.
+void CloseAfterResponse(const httplib::Request& req) {
+  if (t_connection != nullptr) t_connection->close_requested = true;
+  // The Request object is the connection loop's own non-const local; cpp-httplib writes
+  // `Connection: close` (and no Keep-Alive) when the request carries it.
+  auto& mutable_req = const_cast<httplib::Request&>(req);
+  mutable_req.headers.erase("Connection");
+  mutable_req.set_header("Connection", "close");
+}
+
+bool StreamCapHit() { return t_connection != nullptr && t_connection->stream->cap_hit(); }
+
+// The worker pool: `threads` workers and a bounded queue of accepted connections. When the queue
+// is full the accept loop waits here, and new connections wait in the kernel's listen backlog.
+class WorkerPool final : public httplib::TaskQueue {
+ public:
+  WorkerPool(size_t threads, size_t pending_max, RequestMetrics* metrics)
+      : pending_max_(pending_max), metrics_(metrics) {
+    metrics_->workers.store(static_cast<int64_t>(threads));
+    for (size_t i = 0; i < threads; ++i) threads_.emplace_back([this] { Work(); });
+  }
+  ~WorkerPool() override = default;
+
+  void enqueue(std::function<void()> fn) override {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      not_full_.wait(lock, [this] { return jobs_.size() < pending_max_ || shutdown_; });
+      jobs_.push_back(std::move(fn));
+    }
+    metrics_->connections_accepted.Add();
+    metrics_->connections_queued.fetch_add(1);
+    not_empty_.notify_one();
+  }
+
+  // Runs every queued job, then joins the workers.
+  void shutdown() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      shutdown_ = true;
+    }
+    not_empty_.notify_all();
+    not_full_.notify_all();
+    for (auto& t : threads_) t.join();
+    metrics_->workers.store(0);
+  }
+
+ private:
+  void Work() {
+    for (;;) {
+      std::function<void()> job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        not_empty_.wait(lock, [this] { return !jobs_.empty() || shutdown_; });
+        if (jobs_.empty()) return;
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      not_full_.notify_one();
+      metrics_->connections_queued.fetch_sub(1);
+      metrics_->workers_busy.fetch_add(1);
+      job();
+      metrics_->workers_busy.fetch_sub(1);
+    }
+  }
+
+  const size_t pending_max_;
+  RequestMetrics* const metrics_;
+  std::mutex mu_;
+  std::condition_variable not_empty_;
+  std::condition_variable not_full_;
+  std::deque<std::function<void()>> jobs_;  // GUARDED_BY(mu_)
+  bool shutdown_ = false;                   // GUARDED_BY(mu_)
+  std::vector<std::thread> threads_;
+};
+
+// httplib::Server with our connection loop (process_and_close_socket is a private virtual of
+// httplib::Server; overriding it is allowed and is the library's only hook for this).
+class CoreServer final : public httplib::Server {
+ public:
+  explicit CoreServer(const HttpServerOptions& options) : options_(options) {
+    request_bytes_max_ = options.request_bytes_max != 0
+                             ? options.request_bytes_max
+                             : 2 * options.body_bytes_max + kHeaderBytesAllowance;
+  }
+
+  // cpp-httplib 0.11.4 listens with a backlog of 5; listen() again on the bound socket raises it.
+  bool Relisten(int backlog) {
+    socket_t sock = svr_sock_;
+    return sock != INVALID_SOCKET && ::listen(sock, backlog) == 0;
+  }
+
+  // Closes the listening socket if stop() did not (the accept loop never reached its running
+  // state, or Start() failed half-way); a blocked accept() then returns.
+  void ShutdownListener() {
+    socket_t sock = svr_sock_.exchange(INVALID_SOCKET);
+    if (sock == INVALID_SOCKET) return;
+    ::shutdown(sock, SHUT_RDWR);
+    ::close(sock);
+  }
+
+ private:
+  bool process_and_close_socket(socket_t sock) override {
+    int one = 1;
+    ::setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    ConnectionStream stream(sock, options_.read_timeout_ms, options_.write_timeout_ms, request_bytes_max_);
+    ConnectionState state;
+    state.stream = &stream;
+    t_connection = &state;
+    bool ret = false;
+    size_t remaining = std::max<size_t>(options_.keep_alive_max_count, 1);
+    while (remaining > 0 && WaitForRequest(sock, stream)) {
+      stream.BeginRequest();
+      state.close_requested = false;
+      bool connection_closed = false;
+      const bool close_connection = remaining == 1 || svr_sock_ == INVALID_SOCKET;
+      ret = process_request(stream, close_connection, connection_closed, {});
+      if (!ret || connection_closed || state.close_requested || stream.cap_hit()) break;
+      --remaining;
+    }
+    t_connection = nullptr;
+    if (state.close_requested || stream.cap_hit()) {
+      LingeringClose(sock);
+    } else {
+      ::shutdown(sock, SHUT_RDWR);
+      ::close(sock);
+    }
+    return ret;
+  }
+
+  // Waits for the next request on a kept-alive connection; false on timeout or server stop.
+  bool WaitForRequest(int sock, const ConnectionStream& stream) const {
+    if (stream.HasBufferedInput()) return true;
+    const auto deadline = Clock::now() + std::chrono::milliseconds(options_.keep_alive_timeout_ms);
+    while (svr_sock_ != INVALID_SOCKET) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      if (left <= 0) return false;
+      if (PollFor(sock, POLLIN, std::min<int64_t>(left, kKeepAlivePollSliceMs))) return true;
+    }
+    return false;
+  }
+
+  // Half-closes, drains what the client is still sending for a bounded time, then closes.
+  static void LingeringClose(int sock) {
+    ::shutdown(sock, SHUT_WR);
+    std::array<char, 16 * 1024> scratch;
+    size_t drained = 0;
+    const auto deadline = Clock::now() + std::chrono::milliseconds(kLingerMs);
+    while (drained < kLingerBytesMax) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      if (left <= 0 || !PollFor(sock, POLLIN, left)) break;
+      ssize_t n = ::recv(sock, scratch.data(), scratch.size(), 0);
+      if (n <= 0) break;
+      drained += static_cast<size_t>(n);
+    }
+    ::close(sock);
+  }
+
+  const HttpServerOptions options_;
+  size_t request_bytes_max_ = 0;
+};
+
+}  // namespace
+
+size_t DefaultServerThreads() {
+  size_t hw = std::thread::hardware_concurrency();
+  return std::max<size_t>(128, 4 * hw);
+}
+
+class HttpServer::Impl {
+ public:
+  struct InstalledRoute {
+    Route route;
+    std::regex regex;
+    RequestMetrics::Series* series = nullptr;
+  };
+
+  Impl(const HttpServerOptions& options, const Authenticator* authenticator, RequestMetrics* metrics)
+      : options_(options), authenticator_(authenticator), metrics_(metrics), server_(options) {}
+
+  Status AddRoutes(RouteTable table);
+  void Configure();
+  void Listen();
+  CoreServer& server() { return server_; }
+  std::atomic<bool> stopping{false};
+  std::atomic<bool> failed{false};
+
+ private:
+  void Serve(const InstalledRoute& route, const httplib::Request& req, httplib::Response& res,
+             const httplib::ContentReader* reader);
+  void Dispatch(const InstalledRoute& route, const httplib::Request& req, httplib::Response& res,
+                const httplib::ContentReader* reader);
+  bool ReadBody(const httplib::Request& req, const httplib::ContentReader& reader, std::string* body,
+                httplib::Response& res);
+  void Fallback(const httplib::Request& req, httplib::Response& res);
+  httplib::Server::HandlerResponse PreRoute(const httplib::Request& req, httplib::Response& res);
+  int ExpectContinue(const httplib::Request& req, httplib::Response& res);
+  void Reject(int http_status, std::string_view code, std::string_view detail, const httplib::Request& req,
+              httplib::Response& res);
+  std::string AllowedMethods(const std::string& path) const;
+
+  const HttpServerOptions options_;
+  const Authenticator* const authenticator_;
+  RequestMetrics* const metrics_;
+  std::vector<InstalledRoute> routes_;  // fixed after AddRoutes(): handlers point into it
+  CoreServer server_;
+};
+
+Status HttpServer::Impl::AddRoutes(RouteTable table) {
+  for (const Route& route : table.routes()) {
+    if (!IsRouteMethod(route.method)) {
+      return Status::InvalidArgument("bad_route", "unsupported method '" + route.method + "' for " + route.name);
+    }
+    if (route.name.empty() || !route.handler) {
+      return Status::InvalidArgument("bad_route", "route " + route.pattern + " has no name or handler");
+    }
+    for (const auto& existing : routes_) {
+      if (existing.route.method == route.method && existing.route.pattern == route.pattern) {
+        return Status::InvalidArgument("bad_route", "duplicate route " + route.method + " " + route.pattern);
+      }
+    }
+    InstalledRoute installed;
+    try {
+      installed.regex = std::regex(route.pattern);
+    } catch (const std::regex_error& e) {
+      return Status::InvalidArgument("bad_route", "route pattern " + route.pattern + ": " + e.what());
+    }
+    installed.route = route;
+    installed.series = metrics_->Register(route.method, route.name);
+    routes_.push_back(std::move(installed));
+  }
+  return Status::OK();
+}
+
+void HttpServer::Impl::Configure() {
+  const HttpServerOptions& o = options_;
+  server_.new_task_queue = [this] {
+    return new WorkerPool(options_.threads, options_.pending_connections_max, metrics_);
+  };
+  server_.set_tcp_nodelay(true);
+  // SO_REUSEADDR (restart while old connections sit in TIME_WAIT) but not httplib's default
+  // SO_REUSEPORT, which would let a second daemon bind the same port and split the traffic.
+  server_.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
+  server_.set_keep_alive_max_count(std::max<size_t>(o.keep_alive_max_count, 1));
+  server_.set_keep_alive_timeout(std::max<int64_t>(o.keep_alive_timeout_ms / 1000, 1));
+  server_.set_read_timeout(o.read_timeout_ms / 1000, (o.read_timeout_ms % 1000) * 1000);
+  server_.set_write_timeout(o.write_timeout_ms / 1000, (o.write_timeout_ms % 1000) * 1000);
+  server_.set_payload_max_length(o.body_bytes_max);
+  server_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    return PreRoute(req, res);
+  });
+  server_.set_expect_100_continue_handler([this](const httplib::Request& req, httplib::Response& res) {
+    return ExpectContinue(req, res);
+  });
+  // Any error answer without a body (cpp-httplib's own 400/414, a handler's bare status) becomes
+  // a problem document.
+  server_.set_error_handler(httplib::Server::HandlerWithResponse(
+      [](const httplib::Request&, httplib::Response& res) {
+        if (!res.body.empty() || res.content_length_ > 0 || res.is_chunked_content_provider_) {
+          return httplib::Server::HandlerResponse::Unhandled;
+        }
+        WriteProblem(res.status, DefaultProblemCode(res.status), ReasonPhrase(res.status), &res);
+        return httplib::Server::HandlerResponse::Handled;
+      }));
+  server_.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+    res.headers.clear();
+    WriteProblem(500, "internal", "internal error", &res);
+  });
+
+  for (const InstalledRoute& installed : routes_) {
+    const InstalledRoute* route = &installed;
+    const std::string& pattern = route->route.pattern;
+    auto with_body = [this, route](const httplib::Request& req, httplib::Response& res,
+                                   const httplib::ContentReader& reader) { Serve(*route, req, res, &reader); };
+    const std::string& method = route->route.method;
+    if (method == "GET") {
+      server_.Get(pattern, [this, route](const httplib::Request& req, httplib::Response& res) {
+        Serve(*route, req, res, nullptr);
+      });
+    } else if (method == "POST") {
+      server_.Post(pattern, with_body);
+    } else if (method == "PUT") {
+      server_.Put(pattern, with_body);
+    } else if (method == "PATCH") {
+      server_.Patch(pattern, with_body);
+    } else if (method == "DELETE") {
+      server_.Delete(pattern, with_body);
+    }
+  }
+  // Catch-alls, registered last: 404/405 without ever reading an unknown route's body.
+  auto fallback = [this](const httplib::Request& req, httplib::Response& res) { Fallback(req, res); };
+  auto fallback_with_body = [this](const httplib::Request& req, httplib::Response& res,
+                                   const httplib::ContentReader&) { Fallback(req, res); };
+  server_.Get(".*", fallback);
+  server_.Options(".*", fallback);
+  server_.Post(".*", fallback_with_body);
+  server_.Put(".*", fallback_with_body);
+  server_.Patch(".*", fallback_with_body);
+  server_.Delete(".*", fallback_with_body);
+}
+
+void HttpServer::Impl::Listen() {
+  server_.listen_after_bind();
+  if (!stopping.load()) {
+    failed.store(true);
+    spdlog::critical("http: the accept loop ended unexpectedly; no new connections are accepted");
+  }
+}
+
+void HttpServer::Impl::Serve(const InstalledRoute& route, const httplib::Request& req,
+                             httplib::Response& res, const httplib::ContentReader* reader) {
+  const auto start = Clock::now();
+  Dispatch(route, req, res, reader);
+  route.series->Record(res.status == -1 ? 200 : res.status, SecondsSince(start));
+}
+
+void HttpServer::Impl::Dispatch(const InstalledRoute& route, const httplib::Request& req,
+                                httplib::Response& res, const httplib::ContentReader* reader) {
+  Identity identity;
+  Status admitted = authenticator_->Admit(route.route.policy, req, &identity);
+  if (!admitted.ok()) {
+    Authenticator::WriteAdmitFailure(admitted, req, &res);
+    if (HasBody(req)) CloseAfterResponse(req);
+    return;
+  }
+  if (reader != nullptr) {
+    std::string body;
+    if (!ReadBody(req, *reader, &body, res)) return;
+    // cpp-httplib hands content-reader handlers a const Request; it is the connection loop's own
+    // local object, and the route handlers expect the body in req.body.
+    const_cast<httplib::Request&>(req).body = std::move(body);
+  }
+  try {
+    route.route.handler(req, res, identity);
+  } catch (const std::exception& e) {
+    spdlog::error("http: {} {} threw: {}", route.route.method, route.route.name, e.what());
+    res.headers.clear();
+    WriteProblem(500, "internal", "internal error", &res);
+  } catch (...) {
+    spdlog::error("http: {} {} threw a non-standard exception", route.route.method, route.route.name);
+    res.headers.clear();
+    WriteProblem(500, "internal", "internal error", &res);
+  }
+}
+
+bool HttpServer::Impl::ReadBody(const httplib::Request& req, const httplib::ContentReader& reader,
+                                std::string* body, httplib::Response& res) {
+  if (!HasBody(req)) return true;
+  const size_t max = options_.body_bytes_max;
+  bool too_large = false;
+  bool ok = reader([&](const char* data, size_t length) {
+    if (length > max - body->size()) {
+      too_large = true;
+      return false;
+    }
+    body->append(data, length);
+    return true;
+  });
+  if (ok) return true;
+  if (too_large || StreamCapHit()) {
+    WriteProblem(413, "payload_too_large",
+                 "the request body exceeds " + std::to_string(max) + " bytes", &res);
+  } else {
+    WriteProblem(400, "unreadable_body", "the request body could not be read", &res);
+  }
+  CloseAfterResponse(req);
+  return false;
+}
+
+std::string HttpServer::Impl::AllowedMethods(const std::string& path) const {
+  std::string allow;
+  for (const auto& route : routes_) {
+    if (!std::regex_match(path, route.regex)) continue;
+    std::string method = route.route.method == "GET" ? "GET, HEAD" : route.route.method;
+    if (allow.find(route.route.method) != std::string::npos) continue;
+    if (!allow.empty()) allow += ", ";
+    allow += method;
+  }
+  return allow;
+}
+
+void HttpServer::Impl::Fallback(const httplib::Request& req, httplib::Response& res) {
+  const auto start = Clock::now();
+  std::string path = req.path.substr(0, kDetailPathBytesMax);
+  std::string allow = AllowedMethods(req.path);
+  if (allow.empty()) {
+    WriteProblem(404, "not_found", "no route for " + req.method + " " + path, &res);
+  } else {
+    WriteProblem(405, "method_not_allowed", req.method + " is not allowed on " + path, &res);
+    res.set_header("Allow", allow);
+  }
+  if (HasBody(req)) CloseAfterResponse(req);
+  metrics_->Register(MethodLabel(req.method), kUnmatchedRoute)->Record(res.status, SecondsSince(start));
+}
+
+void HttpServer::Impl::Reject(int http_status, std::string_view code, std::string_view detail,
+                              const httplib::Request& req, httplib::Response& res) {
+  WriteProblem(http_status, code, detail, &res);
+  CloseAfterResponse(req);
+  metrics_->Register(MethodLabel(req.method), kRejectedRoute)->Record(http_status, 0);
+}
+
+// Runs after the headers, before any body byte is read.
+httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Request& req,
+                                                            httplib::Response& res) {
+  using R = httplib::Server::HandlerResponse;
+  if (!IsKnownMethod(req.method)) {
+    Reject(501, "not_implemented", "method not implemented", req, res);
+    return R::Handled;
+  }
+  const bool has_length = req.has_header("Content-Length");
+  if (req.has_header("Transfer-Encoding")) {
+    // Only plain chunked framing; anything else would make cpp-httplib read until EOF.
+    if (req.get_header_value_count("Transfer-Encoding") != 1 || !IsChunked(req)) {
+      Reject(501, "unsupported_transfer_encoding", "only 'Transfer-Encoding: chunked' is supported", req, res);
+      return R::Handled;
+    }
+    if (has_length) {  // RFC 9112 §6.3: a request smuggling vector
+      Reject(400, "bad_framing", "both Content-Length and Transfer-Encoding", req, res);
+      return R::Handled;
+    }
+  }
+  if (has_length) {
+    uint64_t length = 0;
+    if (req.get_header_value_count("Content-Length") != 1 ||
+        !ParseContentLength(req.get_header_value("Content-Length"), &length)) {
+      Reject(400, "bad_content_length", "malformed Content-Length", req, res);
+      return R::Handled;
+    }
+    if (length > options_.body_bytes_max) {
+      Reject(413, "payload_too_large",
+             "the request body exceeds " + std::to_string(options_.body_bytes_max) + " bytes", req, res);
+      return R::Handled;
+    }
+  }
+  // cpp-httplib never reads the body of a GET/HEAD/OPTIONS: answer, then close, so that the
+  // unread bytes can never be taken for a next request (request smuggling).
+  if ((req.method == "GET" || req.method == "HEAD" || req.method == "OPTIONS") && HasBody(req)) {
+    CloseAfterResponse(req);
+  }
+  return R::Unhandled;
+}
+
+// `Expect: 100-continue`: refuse an oversized body before the client sends it.
+int HttpServer::Impl::ExpectContinue(const httplib::Request& req, httplib::Response& res) {
+  uint64_t length = 0;
+  if (ParseContentLength(req.get_header_value("Content-Length"), &length) &&
+      length > options_.body_bytes_max) {
+    Reject(413, "payload_too_large",
+           "the request body exceeds " + std::to_string(options_.body_bytes_max) + " bytes", req, res);
+    return 413;
+  }
+  return 100;
+}
+
+Status HttpServer::Create(const HttpServerOptions& options, RouteTable routes,
+                          const Authenticator* authenticator, RequestMetrics* metrics,
+                          std::unique_ptr<HttpServer>* out) {
+  if (authenticator == nullptr || metrics == nullptr) {
+    return Status::InvalidArgument("bad_http_options", "authenticator and metrics are required");
+  }
+  if (options.threads == 0 || options.threads > limits::kServerThreadsMax) {
+    return Status::InvalidArgument("bad_http_options", "threads must be in 1.." +
+                                                           std::to_string(limits::kServerThreadsMax));
+  }
+  if (options.body_bytes_max == 0 || options.pending_connections_max == 0 || options.port < 0 ||
+      options.port > 65535 || options.read_timeout_ms <= 0 || options.write_timeout_ms <= 0 ||
+      options.keep_alive_timeout_ms <= 0 || options.listen_backlog <= 0) {
+    return Status::InvalidArgument("bad_http_options", "invalid HTTP server option");
+  }
+  std::unique_ptr<HttpServer> server(new HttpServer());
+  server->options_ = options;
+  server->impl_ = std::make_unique<Impl>(options, authenticator, metrics);
+  LEDGER_RETURN_IF_ERROR(server->impl_->AddRoutes(std::move(routes)));
+  server->impl_->Configure();
+  *out = std::move(server);
+  return Status::OK();
+}
+
+HttpServer::~HttpServer() { Stop(); }
+
+Status HttpServer::Start() {
+  if (started_) return Status::Internal("HttpServer::Start called twice");
+  CoreServer& core = impl_->server();
+  int port = options_.port;
+  if (port == 0) {
+    port = core.bind_to_any_port(options_.host);
+    if (port <= 0) port = -1;
+  } else if (!core.bind_to_port(options_.host, port)) {
+    port = -1;
+  }
+  if (port < 0) {
+    return Status::Unavailable("listen_failed", "cannot listen on " + options_.host + ":" +
+                                                    std::to_string(options_.port));
+  }
+  if (!core.Relisten(options_.listen_backlog)) {
+    spdlog::warn("http: could not raise the listen backlog to {}", options_.listen_backlog);
+  }
+  listen_thread_ = std::thread([this] { impl_->Listen(); });
+  // stop() only acts on a running server: wait until the accept loop runs.
+  const auto deadline = Clock::now() + std::chrono::seconds(10);
+  while (!core.is_running() && !impl_->failed.load() && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  started_ = true;
+  port_ = port;
+  if (!core.is_running()) {
+    Stop();
+    return Status::Unavailable("listen_failed", "the HTTP accept loop did not start");
+  }
+  return Status::OK();
+}
+
+void HttpServer::Stop() {
+  if (!started_ || stopped_) return;
+  stopped_ = true;
+  impl_->stopping.store(true);
+  CoreServer& core = impl_->server();
+  core.stop();
+  core.ShutdownListener();
+  if (listen_thread_.joinable()) listen_thread_.join();
+}
+
+bool HttpServer::serving() const { return started_ && !stopped_ && !impl_->failed.load(); }
+
+}  // namespace ledger::http

@@ -1,0 +1,92 @@
+// HttpServer: cpp-httplib configured for throughput and safety, serving a RouteTable.
+//
+// Per request: the route's Policy is enforced by the Authenticator *before* the body is read, then
+// the body is read with a hard limit (Content-Length and chunked alike), then the handler runs.
+// Every answer is counted per route by status class, with a latency histogram (RequestMetrics).
+// Unknown paths get a 404 problem, known paths with another method a 405 with `Allow`. Errors are
+// RFC 9457 problems (http/problem.h); no exception escapes a handler.
+//
+// cpp-httplib 0.11.4 is a compiled library, so everything is configured at run time (see
+// ../shared/design/PLATFORM.md): TCP_NODELAY on every connection; a worker pool of
+// `threads` (a kept-alive connection holds a worker, so size it above the number of concurrent
+// keep-alive clients) with a bounded queue of accepted connections; keep-alive count and timeout;
+// read/write timeouts; SO_REUSEADDR without SO_REUSEPORT (two daemons can never share a port);
+// a listen backlog of `listen_backlog` (the library's own is 5). The per-connection loop is ours
+// (it replaces httplib's) so that the server can close a connection whose request body it refused
+// to read, and so that one request can never make the server read more than a bounded number of
+// bytes (the library's request-line and header reader has no limit of its own).
+//
+// Lifecycle: Create() validates the routes; Start() binds (port 0 picks a free port, see port())
+// and serves on its own thread; Stop() stops accepting, lets in-flight requests finish (and tells
+// kept-alive clients to close), and joins every thread. The destructor calls Stop().
+// Thread safety: Start()/Stop() from one owning thread; port() from any thread after Start().
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "events/status.h"
+#include "http/auth.h"
+#include "http/limits.h"
+#include "http/request_metrics.h"
+#include "http/route.h"
+
+namespace ledger::http {
+
+// max(128, 4 × hardware threads): 64+ concurrent keep-alive clients must not queue.
+size_t DefaultServerThreads();
+
+struct HttpServerOptions {
+  std::string host = "127.0.0.1";
+  int port = 0;  // 0 = let the kernel pick; read it back with HttpServer::port()
+  size_t threads = DefaultServerThreads();
+  // Request bodies above this get 413 (chunked ones too, as soon as they cross it).
+  size_t body_bytes_max = limits::kRequestBodyBytesMax;
+  // Bytes one request (request line + headers + body framing) may make the server read; above it
+  // the connection is closed. 0 = 2 × body_bytes_max + 64 KiB.
+  size_t request_bytes_max = 0;
+  int64_t read_timeout_ms = 5000;   // one blocking read; also bounds a slow request line
+  int64_t write_timeout_ms = 5000;  // one blocking write
+  int64_t keep_alive_timeout_ms = 5000;  // idle time before a kept-alive connection is closed
+  size_t keep_alive_max_count = 1000;    // requests per connection
+  int listen_backlog = limits::kListenBacklog;
+  size_t pending_connections_max = limits::kPendingConnectionsMax;
+};
+
+class HttpServer {
+ public:
+  // `authenticator` and `metrics` are not owned and must outlive the server. Returns
+  // InvalidArgument for a bad option, an unknown method or a route pattern that does not compile.
+  static Status Create(const HttpServerOptions& options, RouteTable routes,
+                       const Authenticator* authenticator, RequestMetrics* metrics,
+                       std::unique_ptr<HttpServer>* out);
+  ~HttpServer();
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // Binds and starts serving. Unavailable ("listen_failed") when the address cannot be bound.
+  Status Start();
+  // Idempotent. Returns when every worker has finished.
+  void Stop();
+
+  // The bound port (the picked one when options.port was 0). 0 before Start().
+  int port() const { return port_; }
+  const std::string& host() const { return options_.host; }
+  // False when the accept loop ended on its own (an accept() failure): the daemon should exit.
+  bool serving() const;
+
+ private:
+  class Impl;
+  HttpServer() = default;
+  HttpServerOptions options_;
+  std::unique_ptr<Impl> impl_;
+  std::thread listen_thread_;
+  int port_ = 0;
+  bool started_ = false;
+  bool stopped_ = false;
+};
+
+}  // namespace ledger::http

@@ -1,0 +1,804 @@
+#include "http/stripe_client.h"
+
+#include <httplib.h>
+#include <rapidjson/document.h>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <random>
+#include <thread>
+
+#include "events/types.h"
+#include "projections/json_util.h"
+
+namespace ledger::http {
+
+// ---- Form encoding ----------------------------------------------------------------------------
+
+namespace {
+
+bool IsUnreserved(unsigned char c) {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+         c == '.' || c == '_' || c == '~';
+}
+
+void AppendEncoded(std::string_view text, bool keep_brackets, std::string* out) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  for (unsigned char c : text) {
+    if (IsUnreserved(c) || (keep_brackets && (c == '[' || c == ']'))) {
+      out->push_back(static_cast<char>(c));
+    } else {
+      out->push_back('%');
+      out->push_back(kHex[c >> 4]);
+      out->push_back(kHex[c & 0xF]);
+    }
+  }
+}
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+Status Decode(std::string_view text, std::string* out) {
+  out->clear();
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (c == '+') {
+      out->push_back(' ');
+    } else if (c == '%') {
+      int hi = i + 1 < text.size() ? HexValue(text[i + 1]) : -1;
+      int lo = i + 2 < text.size() ? HexValue(text[i + 2]) : -1;
+      if (hi < 0 || lo < 0) return Status::InvalidArgument("invalid_form", "bad % escape");
+      out->push_back(static_cast<char>(hi * 16 + lo));
+      i += 2;
+    } else {
+      out->push_back(c);
+    }
+  }
+  return Status::OK();
+}
+
+}  // namespace
+
+std::string PercentEncode(std::string_view text) {
+  std::string out;
+  AppendEncoded(text, /*keep_brackets=*/false, &out);
+  return out;
+}
+
+std::string FormUrlEncode(const FormParams& params) {
+  std::string out;
+  for (const auto& [key, value] : params) {
+    if (!out.empty()) out.push_back('&');
+    AppendEncoded(key, /*keep_brackets=*/true, &out);
+    out.push_back('=');
+    AppendEncoded(value, /*keep_brackets=*/false, &out);
+  }
+  return out;
+}
+
+Status FormUrlDecode(std::string_view body, FormParams* out) {
+  out->clear();
+  size_t start = 0;
+  while (start <= body.size()) {
+    size_t end = body.find('&', start);
+    if (end == std::string_view::npos) end = body.size();
+    std::string_view pair = body.substr(start, end - start);
+    if (!pair.empty()) {
+      size_t eq = pair.find('=');
+      std::string key;
+      std::string value;
+      LEDGER_RETURN_IF_ERROR(Decode(pair.substr(0, eq), &key));
+      if (eq != std::string_view::npos) LEDGER_RETURN_IF_ERROR(Decode(pair.substr(eq + 1), &value));
+      out->emplace_back(std::move(key), std::move(value));
+    }
+    start = end + 1;
+  }
+  return Status::OK();
+}
+
+bool IsStripeId(std::string_view id) {
+  if (id.empty() || id.size() > 255) return false;
+  for (unsigned char c : id) {
+    bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+// ---- Secrets and keys -------------------------------------------------------------------------
+
+std::string RedactStripeSecrets(std::string_view text, std::string_view secret) {
+  std::string s(text);
+  if (!secret.empty()) {
+    for (size_t at = s.find(secret); at != std::string::npos; at = s.find(secret, at)) {
+      s.replace(at, secret.size(), "[redacted]");
+      at += 10;
+    }
+  }
+  // sk_live_..., sk_test_..., rk_..., whsec_..., and redacted forms such as sk_test_****1234.
+  static constexpr std::string_view kPrefixes[] = {"sk_live_", "sk_test_", "rk_live_", "rk_test_",
+                                                   "whsec_"};
+  for (std::string_view prefix : kPrefixes) {
+    for (size_t at = s.find(prefix); at != std::string::npos; at = s.find(prefix, at)) {
+      size_t end = at + prefix.size();
+      while (end < s.size() && (std::isalnum(static_cast<unsigned char>(s[end])) ||
+                                s[end] == '*' || s[end] == '_')) {
+        ++end;
+      }
+      s.replace(at, end - at, "[redacted]");
+      at += 10;
+    }
+  }
+  return projections::Truncated(s, 300);
+}
+
+std::string StripeIdempotencyKey(std::string_view operation, std::string_view user_id,
+                                 std::string_view seed) {
+  std::string material;
+  for (std::string_view part : {operation, user_id, seed}) {
+    material.append(std::to_string(part.size()));
+    material.push_back(':');
+    material.append(part);
+  }
+  Hash digest = Sha256(material);
+  std::string key = "ledgerd-";
+  key.append(operation.substr(0, 64));
+  key.push_back('-');
+  key.append(HexEncode(digest));
+  return key;  // <= 8 + 64 + 1 + 64 bytes
+}
+
+// ---- The client -------------------------------------------------------------------------------
+
+namespace {
+
+constexpr std::string_view kFormContentType = "application/x-www-form-urlencoded";
+constexpr size_t kLookupKeysPerCall = 10;
+
+struct ParsedBase {
+  std::string scheme_host_port;  // for httplib::Client
+  std::string prefix;            // path prefix without trailing '/'
+  bool https = false;
+};
+
+Status ParseBase(std::string_view base, ParsedBase* out) {
+  size_t sep = base.find("://");
+  if (sep == std::string_view::npos) {
+    return Status::InvalidArgument("invalid_argument", "Stripe API base must be an http(s) URL");
+  }
+  std::string_view scheme = base.substr(0, sep);
+  if (scheme != "http" && scheme != "https") {
+    return Status::InvalidArgument("invalid_argument", "Stripe API base must be http or https");
+  }
+  std::string_view rest = base.substr(sep + 3);
+  size_t slash = rest.find('/');
+  std::string_view host_port = rest.substr(0, slash);
+  std::string_view prefix = slash == std::string_view::npos ? "" : rest.substr(slash);
+  while (!prefix.empty() && prefix.back() == '/') prefix.remove_suffix(1);
+  if (host_port.empty() || host_port.find_first_of("?#@ ") != std::string_view::npos ||
+      prefix.find_first_of("?# ") != std::string_view::npos) {
+    return Status::InvalidArgument("invalid_argument", "Stripe API base has no usable host");
+  }
+  out->https = scheme == "https";
+  out->scheme_host_port = std::string(scheme) + "://" + std::string(host_port);
+  out->prefix = std::string(prefix);
+  return Status::OK();
+}
+
+// The outcome of one HTTP exchange with Stripe, after retries.
+struct Exchange {
+  int http_status = 0;  // 0: no answer
+  std::string body;
+};
+
+std::string_view StringMember(const rapidjson::Value& object, const char* name) {
+  if (!object.IsObject()) return {};
+  auto it = object.FindMember(name);
+  if (it == object.MemberEnd() || !it->value.IsString()) return {};
+  return std::string_view(it->value.GetString(), it->value.GetStringLength());
+}
+
+std::optional<int64_t> IntMember(const rapidjson::Value& object, const char* name) {
+  if (!object.IsObject()) return std::nullopt;
+  auto it = object.FindMember(name);
+  if (it == object.MemberEnd() || !it->value.IsInt64()) return std::nullopt;
+  return it->value.GetInt64();
+}
+
+bool BoolMember(const rapidjson::Value& object, const char* name) {
+  if (!object.IsObject()) return false;
+  auto it = object.FindMember(name);
+  return it != object.MemberEnd() && it->value.IsBool() && it->value.GetBool();
+}
+
+const rapidjson::Value* ObjectMember(const rapidjson::Value& object, const char* name) {
+  if (!object.IsObject()) return nullptr;
+  auto it = object.FindMember(name);
+  if (it == object.MemberEnd() || !it->value.IsObject()) return nullptr;
+  return &it->value;
+}
+
+// The "data" array of a Stripe list, or nullptr.
+const rapidjson::Value* ListData(const rapidjson::Value& list) {
+  if (!list.IsObject()) return nullptr;
+  auto it = list.FindMember("data");
+  if (it == list.MemberEnd() || !it->value.IsArray()) return nullptr;
+  return &it->value;
+}
+
+Status Malformed(std::string_view what) {
+  return Status::Make(Code::kBadGateway, "stripe_error",
+                      "Stripe answered with an unexpected " + std::string(what));
+}
+
+Status ParseSubscription(const rapidjson::Value& doc, StripeSubscription* out) {
+  *out = StripeSubscription{};
+  out->id = std::string(StringMember(doc, "id"));
+  if (out->id.empty()) return Malformed("subscription object");
+  // `customer` is an id, or an object when expanded.
+  out->customer = std::string(StringMember(doc, "customer"));
+  if (out->customer.empty()) {
+    if (const rapidjson::Value* c = ObjectMember(doc, "customer")) {
+      out->customer = std::string(StringMember(*c, "id"));
+    }
+  }
+  out->status = std::string(StringMember(doc, "status"));
+  out->cancel_at_period_end = BoolMember(doc, "cancel_at_period_end");
+  out->cancel_at = IntMember(doc, "cancel_at");
+  out->current_period_end = IntMember(doc, "current_period_end");
+  if (const rapidjson::Value* metadata = ObjectMember(doc, "metadata")) {
+    for (const auto& member : metadata->GetObject()) {
+      if (member.value.IsString()) {
+        out->metadata[member.name.GetString()] = member.value.GetString();
+      }
+    }
+  }
+  if (const rapidjson::Value* items = ObjectMember(doc, "items")) {
+    if (const rapidjson::Value* data = ListData(*items)) {
+      for (const rapidjson::Value& item : data->GetArray()) {
+        StripeSubscriptionItem parsed;
+        parsed.id = std::string(StringMember(item, "id"));
+        if (const rapidjson::Value* price = ObjectMember(item, "price")) {
+          parsed.price_id = std::string(StringMember(*price, "id"));
+          if (const rapidjson::Value* recurring = ObjectMember(*price, "recurring")) {
+            parsed.interval = std::string(StringMember(*recurring, "interval"));
+          }
+        }
+        // Since API version 2025-03-31 the billing period lives on the items.
+        if (!out->current_period_end.has_value()) {
+          out->current_period_end = IntMember(item, "current_period_end");
+        }
+        out->items.push_back(std::move(parsed));
+      }
+    }
+  }
+  return Status::OK();
+}
+
+Status ParsePrice(const rapidjson::Value& doc, StripePrice* out) {
+  *out = StripePrice{};
+  out->id = std::string(StringMember(doc, "id"));
+  if (out->id.empty()) return Malformed("price object");
+  out->product = std::string(StringMember(doc, "product"));
+  if (out->product.empty()) {
+    if (const rapidjson::Value* p = ObjectMember(doc, "product")) {
+      out->product = std::string(StringMember(*p, "id"));
+    }
+  }
+  out->currency = std::string(StringMember(doc, "currency"));
+  out->lookup_key = std::string(StringMember(doc, "lookup_key"));
+  if (const rapidjson::Value* recurring = ObjectMember(doc, "recurring")) {
+    out->interval = std::string(StringMember(*recurring, "interval"));
+  }
+  out->unit_amount = IntMember(doc, "unit_amount").value_or(0);
+  out->active = BoolMember(doc, "active");
+  return Status::OK();
+}
+
+void AppendMetadata(std::string_view prefix,
+                    const std::vector<std::pair<std::string, std::string>>& metadata,
+                    FormParams* form) {
+  for (const auto& [key, value] : metadata) {
+    form->emplace_back(std::string(prefix) + "[" + key + "]", value);
+  }
+}
+
+Status CheckId(std::string_view what, std::string_view id) {
+  if (IsStripeId(id)) return Status::OK();
+  return Status::InvalidArgument("invalid_argument", std::string(what) + " is not a Stripe id");
+}
+
+}  // namespace
+
+struct HttpStripeClient::Impl {
+  StripeClientOptions options;
+  ParsedBase base;
+
+  // Sends one request with retries. `form` is null for GET/DELETE. On OK, `*exchange` holds
+  // Stripe's answer (any status); the error statuses of StripeApi are derived by Check().
+  Status Send(const char* method, const std::string& path, const FormParams* form,
+              std::string_view idempotency_key, Exchange* exchange) const;
+  // One attempt. Returns false with `*error` set when there was no HTTP answer.
+  bool Attempt(const char* method, const std::string& path, const std::string& body,
+               std::string_view idempotency_key, int64_t read_timeout_ms,
+               httplib::Response* response, std::string* response_body,
+               httplib::Error* error) const;
+  // Maps a non-2xx answer to a Status; OK for 2xx, with the parsed JSON in *doc.
+  Status Check(const Exchange& exchange, rapidjson::Document* doc) const;
+  // Send + Check.
+  Status Call(const char* method, const std::string& path, const FormParams* form,
+              std::string_view idempotency_key, rapidjson::Document* doc,
+              int* http_status = nullptr) const;
+};
+
+namespace {
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+double Jitter() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  return std::uniform_real_distribution<double>(0.5, 1.0)(rng);
+}
+
+void SetTimeout(int64_t ms, const std::function<void(time_t, time_t)>& set) {
+  ms = std::max<int64_t>(ms, 1);
+  set(static_cast<time_t>(ms / 1000), static_cast<time_t>((ms % 1000) * 1000));
+}
+
+const char* NetworkErrorText(httplib::Error error) {
+  switch (error) {
+    case httplib::Error::Connection:
+      return "connection failed";
+    case httplib::Error::ConnectionTimeout:
+      return "connect timed out";
+    case httplib::Error::Read:
+      return "no complete answer (read timed out or connection lost)";
+    case httplib::Error::Write:
+      return "sending the request failed";
+    case httplib::Error::SSLConnection:
+      return "TLS handshake failed";
+    case httplib::Error::SSLLoadingCerts:
+      return "loading the CA certificates failed";
+    case httplib::Error::SSLServerVerification:
+      return "the server's TLS certificate was not trusted";
+    case httplib::Error::Canceled:
+      return "the answer was too large";
+    default:
+      return "request failed";
+  }
+}
+
+bool RetryableNetworkError(httplib::Error error) {
+  switch (error) {
+    case httplib::Error::SSLLoadingCerts:
+    case httplib::Error::SSLServerVerification:
+    case httplib::Error::Canceled:
+      return false;
+    default:
+      return true;
+  }
+}
+
+}  // namespace
+
+bool HttpStripeClient::Impl::Attempt(const char* method, const std::string& path,
+                                     const std::string& body, std::string_view idempotency_key,
+                                     int64_t read_timeout_ms, httplib::Response* response,
+                                     std::string* response_body, httplib::Error* error) const {
+  httplib::Client client(base.scheme_host_port);
+  SetTimeout(options.connect_timeout_ms,
+             [&](time_t s, time_t us) { client.set_connection_timeout(s, us); });
+  SetTimeout(read_timeout_ms, [&](time_t s, time_t us) { client.set_read_timeout(s, us); });
+  SetTimeout(options.write_timeout_ms,
+             [&](time_t s, time_t us) { client.set_write_timeout(s, us); });
+  client.set_keep_alive(false);
+  client.set_follow_location(false);
+  client.set_url_encode(false);  // paths and queries are encoded here
+  client.set_tcp_nodelay(true);
+  if (base.https) {
+    client.enable_server_certificate_verification(true);
+    if (!options.ca_cert_file.empty()) client.set_ca_cert_path(options.ca_cert_file);
+  }
+
+  httplib::Request request;
+  request.method = method;
+  request.path = base.prefix + path;
+  request.set_header("Authorization", "Bearer " + options.secret_key);
+  request.set_header("Accept", "application/json");
+  request.set_header("User-Agent", "ledgerd");
+  if (!options.api_version.empty()) request.set_header("Stripe-Version", options.api_version);
+  if (std::string_view(method) == "POST") {
+    request.set_header("Idempotency-Key", std::string(idempotency_key));
+    request.set_header("Content-Type", std::string(kFormContentType));
+    request.body = body;
+  }
+  response_body->clear();
+  const size_t bytes_max = options.response_bytes_max;
+  request.content_receiver = [response_body, bytes_max](const char* data, size_t length,
+                                                        uint64_t, uint64_t) {
+    if (response_body->size() + length > bytes_max) return false;
+    response_body->append(data, length);
+    return true;
+  };
+  *error = httplib::Error::Success;
+  bool ok = client.send(request, *response, *error);
+  if (ok && *error == httplib::Error::Success) return true;
+  if (*error == httplib::Error::Success) *error = httplib::Error::Unknown;
+  return false;
+}
+
+Status HttpStripeClient::Impl::Send(const char* method, const std::string& path,
+                                    const FormParams* form, std::string_view idempotency_key,
+                                    Exchange* exchange) const {
+  const bool post = std::string_view(method) == "POST";
+  if (post && (idempotency_key.empty() || idempotency_key.size() > 255)) {
+    return Status::InvalidArgument("invalid_argument",
+                                   "every POST to Stripe needs an Idempotency-Key of 1..255 bytes");
+  }
+  const std::string body = form != nullptr ? FormUrlEncode(*form) : std::string();
+  const int64_t deadline = NowMs() + options.deadline_ms;
+  const int attempts_max = std::max(1, options.max_attempts);
+  std::string last_failure;
+  bool last_was_network = false;
+  int last_status = 0;
+
+  for (int attempt = 1;; ++attempt) {
+    int64_t remaining = deadline - NowMs();
+    httplib::Response response;
+    httplib::Error error = httplib::Error::Success;
+    std::string response_body;
+    bool answered =
+        remaining > 0 && Attempt(method, path, body, idempotency_key,
+                                 std::min(options.read_timeout_ms, remaining), &response,
+                                 &response_body, &error);
+    bool retry = false;
+    int64_t retry_after_ms = -1;
+    if (!answered) {
+      if (remaining <= 0) error = httplib::Error::Read;
+      last_was_network = true;
+      last_failure = NetworkErrorText(error);
+      retry = RetryableNetworkError(error);
+    } else {
+      last_was_network = false;
+      last_status = response.status;
+      exchange->http_status = response.status;
+      exchange->body = std::move(response_body);
+      std::string should_retry = response.get_header_value("Stripe-Should-Retry");
+      if (should_retry == "false") {
+        retry = false;
+      } else if (should_retry == "true") {
+        retry = true;
+      } else {
+        retry = response.status == 429 || response.status >= 500;
+      }
+      if (!retry) return Status::OK();
+      std::string retry_after = response.get_header_value("Retry-After");
+      if (!retry_after.empty() && retry_after.size() < 6 &&
+          std::all_of(retry_after.begin(), retry_after.end(),
+                      [](char c) { return c >= '0' && c <= '9'; })) {
+        retry_after_ms = std::stoll(retry_after) * 1000;
+      }
+    }
+    if (!retry || attempt >= attempts_max) break;
+    int64_t delay = std::min(options.backoff_max_ms,
+                             options.backoff_initial_ms * (int64_t{1} << std::min(attempt - 1, 20)));
+    delay = static_cast<int64_t>(static_cast<double>(delay) * Jitter());
+    if (retry_after_ms >= 0 && retry_after_ms <= options.backoff_max_ms) delay = retry_after_ms;
+    if (NowMs() + delay >= deadline) break;
+    if (options.sleep) {
+      options.sleep(delay);
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(delay));
+    }
+  }
+
+  if (last_was_network) {
+    return Status::Unavailable("stripe_unavailable",
+                               "Stripe could not be reached: " + last_failure);
+  }
+  // Out of attempts on a retryable answer: the caller maps it (429 / 5xx).
+  exchange->http_status = last_status;
+  return Status::OK();
+}
+
+Status HttpStripeClient::Impl::Check(const Exchange& exchange, rapidjson::Document* doc) const {
+  const int status = exchange.http_status;
+  Status parsed = projections::ParseJsonObject(exchange.body, doc);
+  if (status >= 200 && status < 300) {
+    if (!parsed.ok()) return Malformed("answer (not a JSON object)");
+    return Status::OK();
+  }
+  std::string message;
+  std::string type;
+  std::string code;
+  if (parsed.ok()) {
+    if (const rapidjson::Value* error = ObjectMember(*doc, "error")) {
+      message = RedactStripeSecrets(StringMember(*error, "message"), options.secret_key);
+      type = std::string(StringMember(*error, "type"));
+      code = std::string(StringMember(*error, "code"));
+    }
+  }
+  const std::string suffix = message.empty() ? "" : ": " + message;
+  const std::string answered = "Stripe answered " + std::to_string(status);
+  if (status == 401 || status == 403) {
+    // Stripe's 401 message quotes part of the key; say nothing of it.
+    return Status::Make(Code::kBadGateway, "stripe_auth_failed",
+                        answered + ": the configured Stripe API key was refused");
+  }
+  if (status == 429) {
+    return Status::Unavailable("stripe_rate_limited", answered + " (rate limited)" + suffix);
+  }
+  if (status >= 500) {
+    return Status::Make(Code::kBadGateway, "stripe_error", answered + suffix);
+  }
+  if (type == "idempotency_error") {
+    return Status::Make(Code::kBadGateway, "stripe_idempotency_error", answered + suffix);
+  }
+  if (status == 404 && code == "resource_missing") {
+    return Status::Make(Code::kBadGateway, "stripe_resource_missing", answered + suffix);
+  }
+  return Status::Make(Code::kBadGateway, "stripe_request_failed", answered + suffix);
+}
+
+Status HttpStripeClient::Impl::Call(const char* method, const std::string& path,
+                                    const FormParams* form, std::string_view idempotency_key,
+                                    rapidjson::Document* doc, int* http_status) const {
+  Exchange exchange;
+  LEDGER_RETURN_IF_ERROR(Send(method, path, form, idempotency_key, &exchange));
+  if (http_status != nullptr) *http_status = exchange.http_status;
+  return Check(exchange, doc);
+}
+
+// ---- Construction -----------------------------------------------------------------------------
+
+HttpStripeClient::HttpStripeClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+HttpStripeClient::~HttpStripeClient() = default;
+
+Status HttpStripeClient::Create(StripeClientOptions options,
+                                std::unique_ptr<HttpStripeClient>* out) {
+  if (options.secret_key.empty()) {
+    return Status::InvalidArgument("invalid_argument", "no Stripe secret key");
+  }
+  for (char c : options.secret_key) {
+    if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f) {
+      return Status::InvalidArgument("invalid_argument",
+                                     "the Stripe secret key contains whitespace or control bytes");
+    }
+  }
+  auto impl = std::make_unique<Impl>();
+  LEDGER_RETURN_IF_ERROR(ParseBase(options.api_base, &impl->base));
+  impl->options = std::move(options);
+  out->reset(new HttpStripeClient(std::move(impl)));
+  return Status::OK();
+}
+
+// ---- Forms ------------------------------------------------------------------------------------
+
+FormParams HttpStripeClient::CheckoutForm(const StripeCheckoutParams& params) {
+  FormParams form = {{"mode", "subscription"},
+                     {"line_items[0][price]", params.recurring_price_id},
+                     {"line_items[0][quantity]", "1"}};
+  if (!params.one_time_price_id.empty()) {
+    form.emplace_back("line_items[1][price]", params.one_time_price_id);
+    form.emplace_back("line_items[1][quantity]", "1");
+  }
+  form.emplace_back("success_url", params.success_url);
+  if (!params.cancel_url.empty()) form.emplace_back("cancel_url", params.cancel_url);
+  form.emplace_back("client_reference_id", params.client_reference_id);
+  if (!params.customer.empty()) {
+    form.emplace_back("customer", params.customer);
+  } else if (!params.customer_email.empty()) {
+    form.emplace_back("customer_email", params.customer_email);
+  }
+  AppendMetadata("metadata", params.metadata, &form);
+  AppendMetadata("subscription_data[metadata]", params.metadata, &form);
+  if (params.trial_period_days > 0) {
+    form.emplace_back("subscription_data[trial_period_days]",
+                      std::to_string(params.trial_period_days));
+  }
+  return form;
+}
+
+FormParams HttpStripeClient::PriceChangeForm(const StripePriceChangeParams& params) {
+  FormParams form = {{"items[0][id]", params.item_id},
+                     {"items[0][price]", params.price_id},
+                     {"proration_behavior", params.proration_behavior}};
+  AppendMetadata("metadata", params.metadata, &form);
+  return form;
+}
+
+FormParams HttpStripeClient::ProductForm(const StripeProductParams& params) {
+  FormParams form = {{"id", params.id}, {"name", params.name}};
+  if (!params.description.empty()) form.emplace_back("description", params.description);
+  AppendMetadata("metadata", params.metadata, &form);
+  return form;
+}
+
+FormParams HttpStripeClient::PriceForm(const StripePriceParams& params) {
+  FormParams form = {{"product", params.product},
+                     {"unit_amount", std::to_string(params.unit_amount)},
+                     {"currency", params.currency}};
+  if (!params.interval.empty()) form.emplace_back("recurring[interval]", params.interval);
+  if (!params.lookup_key.empty()) form.emplace_back("lookup_key", params.lookup_key);
+  if (params.transfer_lookup_key) form.emplace_back("transfer_lookup_key", "true");
+  if (!params.nickname.empty()) form.emplace_back("nickname", params.nickname);
+  AppendMetadata("metadata", params.metadata, &form);
+  return form;
+}
+
+// ---- Calls ------------------------------------------------------------------------------------
+
+Status HttpStripeClient::CreateCheckoutSession(const StripeCheckoutParams& params,
+                                               std::string_view idempotency_key,
+                                               StripeCheckoutSession* out) {
+  FormParams form = CheckoutForm(params);
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(impl_->Call("POST", "/v1/checkout/sessions", &form, idempotency_key, &doc));
+  out->id = std::string(StringMember(doc, "id"));
+  out->url = std::string(StringMember(doc, "url"));
+  if (out->id.empty() || out->url.empty()) return Malformed("checkout session");
+  return Status::OK();
+}
+
+Status HttpStripeClient::CreatePortalSession(std::string_view customer,
+                                             std::string_view return_url,
+                                             std::string_view idempotency_key,
+                                             StripePortalSession* out) {
+  LEDGER_RETURN_IF_ERROR(CheckId("customer", customer));
+  FormParams form = {{"customer", std::string(customer)}};
+  if (!return_url.empty()) form.emplace_back("return_url", std::string(return_url));
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(
+      impl_->Call("POST", "/v1/billing_portal/sessions", &form, idempotency_key, &doc));
+  out->id = std::string(StringMember(doc, "id"));
+  out->url = std::string(StringMember(doc, "url"));
+  if (out->url.empty()) return Malformed("portal session");
+  return Status::OK();
+}
+
+Status HttpStripeClient::ListCards(std::string_view customer, std::vector<StripeCard>* out,
+                                   bool* has_more) {
+  LEDGER_RETURN_IF_ERROR(CheckId("customer", customer));
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(impl_->Call(
+      "GET", "/v1/customers/" + std::string(customer) + "/payment_methods?type=card", nullptr, "",
+      &doc));
+  const rapidjson::Value* data = ListData(doc);
+  if (data == nullptr) return Malformed("payment method list");
+  out->clear();
+  for (const rapidjson::Value& pm : data->GetArray()) {
+    StripeCard card;
+    card.id = std::string(StringMember(pm, "id"));
+    if (const rapidjson::Value* c = ObjectMember(pm, "card")) {
+      card.brand = std::string(StringMember(*c, "brand"));
+      card.last4 = std::string(StringMember(*c, "last4"));
+      card.exp_month = IntMember(*c, "exp_month").value_or(0);
+      card.exp_year = IntMember(*c, "exp_year").value_or(0);
+    }
+    out->push_back(std::move(card));
+  }
+  if (has_more != nullptr) *has_more = BoolMember(doc, "has_more");
+  return Status::OK();
+}
+
+Status HttpStripeClient::GetSubscription(std::string_view subscription_id,
+                                         StripeSubscription* out) {
+  LEDGER_RETURN_IF_ERROR(CheckId("subscription", subscription_id));
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(
+      impl_->Call("GET", "/v1/subscriptions/" + std::string(subscription_id), nullptr, "", &doc));
+  return ParseSubscription(doc, out);
+}
+
+Status HttpStripeClient::CancelSubscriptionNow(std::string_view subscription_id,
+                                               StripeSubscription* out) {
+  LEDGER_RETURN_IF_ERROR(CheckId("subscription", subscription_id));
+  rapidjson::Document doc;
+  Status s =
+      impl_->Call("DELETE", "/v1/subscriptions/" + std::string(subscription_id), nullptr, "", &doc);
+  if (s.ok()) return ParseSubscription(doc, out);
+  // DELETE carries no idempotency key: when an earlier attempt's answer was lost, Stripe refuses
+  // the repeat. A subscription that is canceled now is what was asked for.
+  if (s.problem() != "stripe_request_failed" && s.problem() != "stripe_resource_missing") return s;
+  StripeSubscription current;
+  if (GetSubscription(subscription_id, &current).ok() && current.status == "canceled") {
+    *out = std::move(current);
+    return Status::OK();
+  }
+  return s;
+}
+
+Status HttpStripeClient::SetCancelAtPeriodEnd(std::string_view subscription_id, bool cancel,
+                                              std::string_view idempotency_key,
+                                              StripeSubscription* out) {
+  LEDGER_RETURN_IF_ERROR(CheckId("subscription", subscription_id));
+  FormParams form = {{"cancel_at_period_end", cancel ? "true" : "false"}};
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(impl_->Call("POST", "/v1/subscriptions/" + std::string(subscription_id),
+                                     &form, idempotency_key, &doc));
+  return ParseSubscription(doc, out);
+}
+
+Status HttpStripeClient::ChangeSubscriptionPrice(const StripePriceChangeParams& params,
+                                                 std::string_view idempotency_key,
+                                                 StripeSubscription* out) {
+  LEDGER_RETURN_IF_ERROR(CheckId("subscription", params.subscription_id));
+  LEDGER_RETURN_IF_ERROR(CheckId("subscription item", params.item_id));
+  LEDGER_RETURN_IF_ERROR(CheckId("price", params.price_id));
+  FormParams form = PriceChangeForm(params);
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(impl_->Call("POST", "/v1/subscriptions/" + params.subscription_id,
+                                     &form, idempotency_key, &doc));
+  return ParseSubscription(doc, out);
+}
+
+Status HttpStripeClient::GetProduct(std::string_view product_id, StripeProduct* out) {
+  LEDGER_RETURN_IF_ERROR(CheckId("product", product_id));
+  rapidjson::Document doc;
+  Status s = impl_->Call("GET", "/v1/products/" + std::string(product_id), nullptr, "", &doc);
+  if (s.problem() == "stripe_resource_missing") {
+    return Status::NotFound("Stripe has no product " + std::string(product_id));
+  }
+  LEDGER_RETURN_IF_ERROR(s);
+  out->id = std::string(StringMember(doc, "id"));
+  out->name = std::string(StringMember(doc, "name"));
+  out->active = BoolMember(doc, "active");
+  if (out->id.empty()) return Malformed("product object");
+  return Status::OK();
+}
+
+Status HttpStripeClient::CreateProduct(const StripeProductParams& params,
+                                       std::string_view idempotency_key, StripeProduct* out) {
+  LEDGER_RETURN_IF_ERROR(CheckId("product", params.id));
+  FormParams form = ProductForm(params);
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(impl_->Call("POST", "/v1/products", &form, idempotency_key, &doc));
+  out->id = std::string(StringMember(doc, "id"));
+  out->name = std::string(StringMember(doc, "name"));
+  out->active = BoolMember(doc, "active");
+  if (out->id.empty()) return Malformed("product object");
+  return Status::OK();
+}
+
+Status HttpStripeClient::FindPricesByLookupKeys(const std::vector<std::string>& lookup_keys,
+                                                std::vector<StripePrice>* out) {
+  out->clear();
+  for (size_t start = 0; start < lookup_keys.size(); start += kLookupKeysPerCall) {
+    std::string path = "/v1/prices?limit=100";
+    size_t end = std::min(lookup_keys.size(), start + kLookupKeysPerCall);
+    for (size_t i = start; i < end; ++i) {
+      path += "&lookup_keys%5B%5D=" + PercentEncode(lookup_keys[i]);
+    }
+    rapidjson::Document doc;
+    LEDGER_RETURN_IF_ERROR(impl_->Call("GET", path, nullptr, "", &doc));
+    const rapidjson::Value* data = ListData(doc);
+    if (data == nullptr) return Malformed("price list");
+    for (const rapidjson::Value& item : data->GetArray()) {
+      StripePrice price;
+      LEDGER_RETURN_IF_ERROR(ParsePrice(item, &price));
+      out->push_back(std::move(price));
+    }
+  }
+  return Status::OK();
+}
+
+Status HttpStripeClient::CreatePrice(const StripePriceParams& params,
+                                     std::string_view idempotency_key, StripePrice* out) {
+  LEDGER_RETURN_IF_ERROR(CheckId("product", params.product));
+  FormParams form = PriceForm(params);
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(impl_->Call("POST", "/v1/prices", &form, idempotency_key, &doc));
+  return ParsePrice(doc, out);
+}
+
+}  // namespace ledger::http

@@ -1,0 +1,361 @@
+// Access, answered from the subscription projection (projections/subscriptions.h) and the plan
+// catalog at one Ledger::Snapshot(); never from Stripe. Every answer carries X-Ledger-Position.
+//
+//   GET  /api/v1/subscriptions/my-access                      user
+//   POST /api/v1/subscriptions/check-access/{service}         user (itself) or service (?user_id=)
+//   GET  /api/v1/subscriptions/admin/user-access/{user_id}    admin: my-access for that user
+//   GET  /api/v1/billing/subscription-status                  user
+//
+// A user without a subscription gets ordinary answers ("status":"none", no plan, no services);
+// check-access then says {"allowed":false,"reason":"no_subscription"}. A user naming another
+// user's id on check-access gets 404 (CONTRACT.md §2: another user's objects are not found).
+//
+// my-access reports the plan's quota as {"limit","window"} only: usage counters belong to the
+// metering routes (/api/v1/usage), which report used/remaining themselves.
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include <memory>
+#include <string>
+
+#include "http/problem.h"
+#include "http/routes.h"
+#include "projections/limits.h"
+#include "projections/subscriptions.h"
+
+namespace ledger::http {
+
+namespace {
+
+namespace pj = ledger::projections;
+using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
+
+constexpr char kMyAccessPath[] = "/api/v1/subscriptions/my-access";
+constexpr char kCheckAccessPattern[] = R"(/api/v1/subscriptions/check-access/([^/]+))";
+constexpr char kCheckAccessName[] = "/api/v1/subscriptions/check-access/{service}";
+constexpr char kUserAccessPattern[] = R"(/api/v1/subscriptions/admin/user-access/([^/]+))";
+constexpr char kUserAccessName[] = "/api/v1/subscriptions/admin/user-access/{user_id}";
+constexpr char kStatusPath[] = "/api/v1/billing/subscription-status";
+constexpr size_t kServiceIdBytesMax = 64;
+
+void Str(JsonWriter* w, std::string_view s) {
+  w->String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
+}
+void OptStr(JsonWriter* w, const std::optional<std::string>& s) {
+  if (s) {
+    Str(w, *s);
+  } else {
+    w->Null();
+  }
+}
+void OptInt(JsonWriter* w, const std::optional<int64_t>& v) {
+  if (v) {
+    w->Int64(*v);
+  } else {
+    w->Null();
+  }
+}
+void NonEmptyOrNull(JsonWriter* w, const std::string& s) {
+  if (s.empty()) {
+    w->Null();
+  } else {
+    Str(w, s);
+  }
+}
+
+// The subscription's public fields (no Stripe event bookkeeping).
+void WriteSubscription(JsonWriter* w, const pj::SubscriptionRecord& r) {
+  w->StartObject();
+  w->Key("id");
+  Str(w, r.subscription_id);
+  w->Key("status");
+  Str(w, pj::SubscriptionStatusName(r.status));
+  w->Key("plan_id");
+  OptStr(w, r.plan_id);
+  w->Key("price_id");
+  OptStr(w, r.price_id);
+  w->Key("interval");
+  OptStr(w, r.interval);
+  w->Key("current_period_start");
+  OptInt(w, r.current_period_start);
+  w->Key("current_period_end");
+  OptInt(w, r.current_period_end);
+  w->Key("cancel_at_period_end");
+  w->Bool(r.cancel_at_period_end);
+  w->Key("cancel_at");
+  OptInt(w, r.cancel_at);
+  w->Key("canceled_at");
+  OptInt(w, r.canceled_at);
+  w->Key("ended_at");
+  OptInt(w, r.ended_at);
+  w->Key("trial_start");
+  OptInt(w, r.trial_start);
+  w->Key("trial_end");
+  OptInt(w, r.trial_end);
+  w->Key("created");
+  OptInt(w, r.created);
+  w->Key("updated_by_event_created");
+  w->Int64(r.event_created);
+  w->EndObject();
+}
+
+void WriteInvoice(JsonWriter* w, const std::optional<pj::InvoiceRecord>& invoice) {
+  if (!invoice) {
+    w->Null();
+    return;
+  }
+  w->StartObject();
+  w->Key("id");
+  Str(w, invoice->invoice_id);
+  w->Key("status");
+  Str(w, invoice->paid ? "paid" : "payment_failed");
+  w->Key("amount_due");
+  OptInt(w, invoice->amount_due);
+  w->Key("amount_paid");
+  OptInt(w, invoice->amount_paid);
+  w->Key("currency");
+  OptStr(w, invoice->currency);
+  w->Key("attempt_count");
+  OptInt(w, invoice->attempt_count);
+  w->Key("next_payment_attempt");
+  OptInt(w, invoice->next_payment_attempt);
+  w->Key("created");
+  w->Int64(invoice->event_created);
+  w->EndObject();
+}
+
+// What my-access (and admin user-access) says about a user.
+std::string AccessJson(const pj::UserAccess& access) {
+  const pj::UserSubscription& sub = access.subscription;
+  const bool usable = access.access != pj::AccessLevel::kNone;
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("user_id");
+  Str(&w, sub.user_id);
+  w.Key("email");
+  NonEmptyOrNull(&w, sub.email);
+  w.Key("has_access");
+  w.Bool(usable);
+  w.Key("access");
+  Str(&w, pj::AccessLevelName(access.access));
+  w.Key("status");
+  Str(&w, sub.status_name());
+  w.Key("plan_id");
+  OptStr(&w, sub.plan_id());
+  w.Key("plan");
+  if (access.plan) {
+    w.StartObject();
+    w.Key("id");
+    Str(&w, access.plan->id);
+    w.Key("display_name");
+    Str(&w, access.plan->display_name);
+    w.Key("active");
+    w.Bool(access.plan->active);
+    w.EndObject();
+  } else {
+    w.Null();
+  }
+  // Only what the user may use now: nothing while the subscription grants no access.
+  w.Key("services");
+  w.StartArray();
+  if (usable) {
+    for (const std::string& service : access.plan->services) Str(&w, service);
+  }
+  w.EndArray();
+  w.Key("quota");
+  if (usable) {
+    w.StartObject();
+    w.Key("limit");
+    OptInt(&w, access.plan->api_calls_limit);
+    w.Key("window");
+    if (access.plan->limit_window == pj::LimitWindow::kNone) {
+      w.Null();
+    } else {
+      Str(&w, pj::LimitWindowName(access.plan->limit_window));
+    }
+    w.EndObject();
+  } else {
+    w.Null();
+  }
+  w.Key("byok_enabled");
+  w.Bool(usable && access.plan->byok_enabled);
+  w.Key("team_seats");
+  if (usable) {
+    w.Int64(access.plan->team_seats);
+  } else {
+    w.Null();
+  }
+  w.Key("subscription");
+  if (sub.has_subscription) {
+    WriteSubscription(&w, sub.subscription);
+  } else {
+    w.Null();
+  }
+  w.EndObject();
+  return std::string(buf.GetString(), buf.GetSize());
+}
+
+std::string StatusJson(const pj::UserSubscription& sub) {
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("user_id");
+  Str(&w, sub.user_id);
+  w.Key("has_subscription");
+  w.Bool(sub.has_subscription);
+  w.Key("status");
+  Str(&w, sub.status_name());
+  w.Key("access");
+  Str(&w, pj::AccessLevelName(sub.access()));
+  w.Key("plan_id");
+  OptStr(&w, sub.plan_id());
+  w.Key("customer_id");
+  NonEmptyOrNull(&w, sub.customer_id);
+  w.Key("subscription");
+  if (sub.has_subscription) {
+    WriteSubscription(&w, sub.subscription);
+  } else {
+    w.Null();
+  }
+  w.Key("latest_invoice");
+  WriteInvoice(&w, sub.latest_invoice);
+  w.EndObject();
+  return std::string(buf.GetString(), buf.GetSize());
+}
+
+bool RequireLedger(Ledger* ledger, httplib::Response& res) {
+  if (ledger != nullptr) return true;
+  WriteProblem(503, "storage_unavailable", "the event store is not open", &res);
+  return false;
+}
+
+bool ValidUserId(std::string_view id) {
+  return !id.empty() && id.size() <= pj::limits::kUserIdBytesMax &&
+         id.find('/') == std::string_view::npos;
+}
+
+void WriteAccess(Ledger* ledger, std::string_view user_id, httplib::Response& res) {
+  std::unique_ptr<ReadView> view = ledger->Snapshot();
+  pj::UserAccess access;
+  Status s = pj::GetUserAccess(*view, user_id, &access);
+  if (!s.ok()) {
+    WriteStatusProblem(s, &res);
+    return;
+  }
+  WriteJsonAt(200, AccessJson(access), view->position(), &res);
+}
+
+void MyAccess(Ledger* ledger, const httplib::Request&, httplib::Response& res,
+              const Identity& identity) {
+  if (!RequireLedger(ledger, res)) return;
+  WriteAccess(ledger, identity.subject, res);
+}
+
+void AdminUserAccess(Ledger* ledger, const httplib::Request& req, httplib::Response& res,
+                     const Identity&) {
+  if (!RequireLedger(ledger, res)) return;
+  const std::string user_id = req.matches[1].str();
+  if (!ValidUserId(user_id)) {
+    WriteProblem(400, "invalid_parameter", "user_id: 1 to 255 characters without '/'", &res);
+    return;
+  }
+  WriteAccess(ledger, user_id, res);
+}
+
+// Whose access check-access answers: a service names the user; a user is always itself.
+bool CheckAccessUser(const httplib::Request& req, const Identity& identity, std::string* user_id,
+                     httplib::Response& res) {
+  const size_t count = req.get_param_value_count("user_id");
+  if (count > 1) {
+    WriteProblem(400, "invalid_parameter", "user_id: given more than once", &res);
+    return false;
+  }
+  const std::string requested = count == 1 ? req.get_param_value("user_id") : std::string();
+  if (identity.IsService()) {
+    if (!ValidUserId(requested)) {
+      WriteProblem(400, "invalid_parameter",
+                   "user_id: a service token must name the user (?user_id=, 1 to 255 "
+                   "characters without '/')",
+                   &res);
+      return false;
+    }
+    *user_id = requested;
+    return true;
+  }
+  if (count == 1 && requested != identity.subject) {
+    WriteProblem(404, "not_found", "no such user", &res);
+    return false;
+  }
+  *user_id = identity.subject;
+  return true;
+}
+
+void CheckAccess(Ledger* ledger, const httplib::Request& req, httplib::Response& res,
+                 const Identity& identity) {
+  if (!RequireLedger(ledger, res)) return;
+  const std::string service = req.matches[1].str();
+  if (service.size() > kServiceIdBytesMax) {
+    WriteProblem(400, "invalid_parameter", "service: too long", &res);
+    return;
+  }
+  std::string user_id;
+  if (!CheckAccessUser(req, identity, &user_id, res)) return;
+  std::unique_ptr<ReadView> view = ledger->Snapshot();
+  pj::UserAccess access;
+  Status s = pj::GetUserAccess(*view, user_id, &access);
+  if (!s.ok()) {
+    WriteStatusProblem(s, &res);
+    return;
+  }
+  pj::ServiceAccess decision = pj::CheckServiceAccess(access, service);
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("allowed");
+  w.Bool(decision.allowed);
+  w.Key("reason");
+  Str(&w, decision.reason);
+  w.Key("service");
+  Str(&w, service);
+  w.Key("user_id");
+  Str(&w, user_id);
+  w.Key("status");
+  Str(&w, access.subscription.status_name());
+  w.Key("access");
+  Str(&w, pj::AccessLevelName(access.access));
+  w.Key("plan_id");
+  OptStr(&w, access.subscription.plan_id());
+  w.EndObject();
+  WriteJsonAt(200, std::string(buf.GetString(), buf.GetSize()), view->position(), &res);
+}
+
+void GetSubscriptionStatus(Ledger* ledger, const httplib::Request&, httplib::Response& res,
+                        const Identity& identity) {
+  if (!RequireLedger(ledger, res)) return;
+  std::unique_ptr<ReadView> view = ledger->Snapshot();
+  pj::UserSubscription sub;
+  Status s = pj::GetUserSubscription(*view, identity.subject, &sub);
+  if (!s.ok()) {
+    WriteStatusProblem(s, &res);
+    return;
+  }
+  WriteJsonAt(200, StatusJson(sub), view->position(), &res);
+}
+
+}  // namespace
+
+void AddSubscriptionAccessRoutes(const AppContext& context, RouteTable* routes) {
+  Ledger* ledger = context.ledger;
+  auto bind = [ledger](auto handler) {
+    return [ledger, handler](const httplib::Request& req, httplib::Response& res,
+                             const Identity& identity) { handler(ledger, req, res, identity); };
+  };
+  routes->Add("GET", kMyAccessPath, kMyAccessPath, Policy::kUser, bind(MyAccess));
+  routes->Add("POST", kCheckAccessPattern, kCheckAccessName, Policy::kUserOrService,
+              bind(CheckAccess));
+  routes->Add("GET", kUserAccessPattern, kUserAccessName, Policy::kAdmin, bind(AdminUserAccess));
+  routes->Add("GET", kStatusPath, kStatusPath, Policy::kUser, bind(GetSubscriptionStatus));
+}
+
+}  // namespace ledger::http

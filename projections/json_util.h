@@ -1,0 +1,60 @@
+// Small JSON helpers shared by the projections' parsers: strict parsing of untrusted JSON
+// (bounded nesting, UTF-8 validated, duplicate member names rejected) and typed field access that
+// turns every mismatch into a Status naming the field.
+//
+// Thread safety: free functions are pure; an ObjectReader is used by one thread.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <rapidjson/document.h>
+
+#include "events/status.h"
+
+namespace ledger::projections {
+
+// Nesting deeper than this is rejected before anything walks the document.
+inline constexpr int kJsonDepthMax = 32;
+
+// True when `s` is well-formed UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF).
+bool IsValidUtf8(std::string_view s);
+
+// `s` shortened to at most `bytes_max` bytes (at a character boundary) with invalid UTF-8 bytes
+// replaced by '?', for quoting untrusted input in error messages.
+std::string Truncated(std::string_view s, size_t bytes_max = 64);
+
+// Parses `text` as one JSON object. kInvalidArgument "invalid_json" when it is not JSON, not an
+// object, not valid UTF-8, nested deeper than kJsonDepthMax or has an object with a duplicate
+// member name.
+Status ParseJsonObject(std::string_view text, rapidjson::Document* doc);
+
+// Typed access to the members of one JSON object. `required` means the member must be present
+// (for the Nullable forms: present, possibly null). Absent optional members leave `*out`
+// untouched. `*given` (optional) tells whether the member was present. Errors are
+// kUnprocessable "validation_failed" with "<name>: ..." messages.
+class ObjectReader {
+ public:
+  explicit ObjectReader(const rapidjson::Value& object) : object_(object) {}
+
+  Status String(std::string_view name, bool required, std::string* out, bool* given = nullptr);
+  Status NullableString(std::string_view name, bool required, std::optional<std::string>* out,
+                        bool* given = nullptr);
+  Status Int(std::string_view name, bool required, int64_t* out, bool* given = nullptr);
+  Status NullableInt(std::string_view name, bool required, std::optional<int64_t>* out,
+                     bool* given = nullptr);
+  Status Bool(std::string_view name, bool required, bool* out, bool* given = nullptr);
+  Status StringArray(std::string_view name, bool required, std::vector<std::string>* out,
+                     bool* given = nullptr);
+
+ private:
+  // Null when absent; then an error if required.
+  Status Find(std::string_view name, bool required, const rapidjson::Value** value, bool* given);
+
+  const rapidjson::Value& object_;
+};
+
+}  // namespace ledger::projections

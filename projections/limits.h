@@ -1,0 +1,40 @@
+// Every string, array and collection the projections module accepts has a limit, here. The JSON
+// Schemas under schemas/ state the same bounds (maxLength counts code points there, bytes here;
+// a string within the byte bound is always within the schema's bound).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace ledger::projections::limits {
+
+// Plan catalog (projections/plan_catalog.h).
+inline constexpr size_t kPlansMax = 256;                   // plans in the catalog, retired included
+inline constexpr size_t kPlanIdBytesMax = 64;              // [a-z0-9][a-z0-9-]*
+inline constexpr size_t kPlanDisplayNameBytesMax = 128;
+inline constexpr size_t kPlanDescriptionBytesMax = 2048;
+inline constexpr size_t kPlanFeaturesMax = 32;
+inline constexpr size_t kPlanFeatureBytesMax = 256;
+inline constexpr size_t kStripePriceIdBytesMax = 255;
+inline constexpr int64_t kPriceCentsMax = 10'000'000'000;  // $100M: far above any real price
+inline constexpr int64_t kApiCallsLimitMax = 1'000'000'000'000;
+inline constexpr int64_t kTrialDaysMax = 365;
+inline constexpr int64_t kTeamSeatsMax = 100'000;
+// A plan request body (POST/PUT). The server's global body limit is larger.
+inline constexpr size_t kPlanRequestBytesMax = 64 * 1024;
+// Actor fields recorded with admin changes.
+inline constexpr size_t kActorSubjectBytesMax = 255;
+inline constexpr size_t kActorEmailBytesMax = 320;
+
+// Subscriptions and Stripe webhooks (projections/subscriptions.h, projections/stripe_webhook.h).
+inline constexpr size_t kStripeWebhookBytesMax = 512 * 1024;  // a delivery's raw body
+inline constexpr size_t kStripeIdBytesMax = 200;          // evt_/cus_/sub_/in_/si_/price_ ids
+inline constexpr size_t kStripeEventTypeBytesMax = 128;
+inline constexpr size_t kUserIdBytesMax = 255;            // our user ids (JWT sub)
+inline constexpr size_t kEmailBytesMax = 320;
+inline constexpr size_t kStripeTextBytesMax = 255;        // other short strings copied from Stripe
+// Subscriptions and customers one user query looks at (a user with more is served from the first
+// ones in id order; real users have one or two).
+inline constexpr size_t kUserSubscriptionsMax = 256;
+
+}  // namespace ledger::projections::limits

@@ -1,0 +1,665 @@
+#include "projections/plan_catalog.h"
+
+#include <algorithm>
+#include <utility>
+
+#include <rapidjson/document.h>
+#include <rapidjson/error/en.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include "projections/json_util.h"
+#include "projections/limits.h"
+
+namespace ledger::projections {
+
+namespace {
+
+using rapidjson::Value;
+using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
+
+constexpr std::array<ServiceInfo, 7> kServices = {{
+    {"ops-center", "Ops Center", "Account, billing and service management console"},
+    {"chat", "Chat", "Open-WebUI chat with hosted AI models"},
+    {"search", "Search", "Private AI-assisted web search"},
+    {"tts", "Text to Speech", "Speech synthesis API"},
+    {"stt", "Speech to Text", "Speech recognition and transcription API"},
+    {"litellm", "LiteLLM", "OpenAI-compatible gateway to many model providers"},
+    {"bolt-diy", "Bolt.DIY", "AI app builder in the browser"},
+}};
+
+constexpr std::array<std::string_view, 16> kPlanFields = {
+    "id",           "display_name",         "description",         "currency",
+    "price_monthly_cents", "price_yearly_cents", "api_calls_limit", "limit_window",
+    "trial_days",   "services",             "features",            "byok_enabled",
+    "team_seats",   "stripe_price_monthly", "stripe_price_yearly", "active"};
+
+Status Invalid(std::string message) {
+  return Status::Make(Code::kUnprocessable, "validation_failed", std::move(message));
+}
+
+bool IsIdChar(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'; }
+
+bool IsStripePriceIdChar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+         c == '-' || c == '.';
+}
+
+Status ValidatePlanId(std::string_view id) {
+  if (id.empty() || id.size() > limits::kPlanIdBytesMax) {
+    return Invalid("id: must be 1 to " + std::to_string(limits::kPlanIdBytesMax) + " characters");
+  }
+  if (id[0] == '-' || !std::all_of(id.begin(), id.end(), IsIdChar)) {
+    return Invalid("id: only lowercase letters, digits and '-' (not first) are allowed");
+  }
+  return Status::OK();
+}
+
+Status ValidateText(std::string_view field, std::string_view value, size_t min_bytes,
+                    size_t max_bytes) {
+  if (value.size() < min_bytes || value.size() > max_bytes) {
+    return Invalid(std::string(field) + ": must be " + std::to_string(min_bytes) + " to " +
+                   std::to_string(max_bytes) + " bytes");
+  }
+  if (!IsValidUtf8(value)) return Invalid(std::string(field) + ": not valid UTF-8");
+  return Status::OK();
+}
+
+Status ValidateRange(std::string_view field, int64_t value, int64_t min, int64_t max) {
+  if (value < min || value > max) {
+    return Invalid(std::string(field) + ": must be between " + std::to_string(min) + " and " +
+                   std::to_string(max));
+  }
+  return Status::OK();
+}
+
+Status ValidateStripePriceId(std::string_view field, const std::optional<std::string>& value) {
+  if (!value) return Status::OK();
+  if (value->empty() || value->size() > limits::kStripePriceIdBytesMax ||
+      !std::all_of(value->begin(), value->end(), IsStripePriceIdChar)) {
+    return Invalid(std::string(field) + ": a Stripe price id ([A-Za-z0-9_.-], 1 to " +
+                   std::to_string(limits::kStripePriceIdBytesMax) + " characters) or null");
+  }
+  return Status::OK();
+}
+
+Status ValidateServices(const std::vector<std::string>& services) {
+  if (services.size() > kServices.size()) return Invalid("services: too many entries");
+  for (size_t i = 0; i < services.size(); ++i) {
+    if (!IsKnownService(services[i])) {
+      return Status::Make(Code::kUnprocessable, "unknown_service",
+                          "services[" + std::to_string(i) + "]: unknown service '" +
+                              Truncated(services[i]) + "'");
+    }
+    if (std::find(services.begin(), services.begin() + i, services[i]) != services.begin() + i) {
+      return Invalid("services[" + std::to_string(i) + "]: duplicate '" + services[i] + "'");
+    }
+  }
+  return Status::OK();
+}
+
+Status ValidateFeatures(const std::vector<std::string>& features) {
+  if (features.size() > limits::kPlanFeaturesMax) {
+    return Invalid("features: at most " + std::to_string(limits::kPlanFeaturesMax) + " entries");
+  }
+  for (size_t i = 0; i < features.size(); ++i) {
+    LEDGER_RETURN_IF_ERROR(ValidateText("features[" + std::to_string(i) + "]", features[i], 1,
+                                        limits::kPlanFeatureBytesMax));
+  }
+  return Status::OK();
+}
+
+// ---- JSON → Plan ------------------------------------------------------------------------------
+
+enum class ParseMode { kStored, kInput };
+
+Status ParsePlanObject(const Value& object, ParseMode mode, std::string_view path_id,
+                       PlanInput* out) {
+  if (!object.IsObject()) return Invalid("a plan must be a JSON object");
+  for (auto it = object.MemberBegin(); it != object.MemberEnd(); ++it) {
+    std::string_view name(it->name.GetString(), it->name.GetStringLength());
+    if (std::find(kPlanFields.begin(), kPlanFields.end(), name) == kPlanFields.end()) {
+      return Status::Make(Code::kUnprocessable, "unknown_field",
+                          "unknown field '" + Truncated(name) + "'");
+    }
+  }
+  const bool all = mode == ParseMode::kStored;
+  ObjectReader reader(object);
+  Plan& plan = out->plan;
+  plan = Plan();
+
+  bool id_given = false;
+  LEDGER_RETURN_IF_ERROR(reader.String("id", all || path_id.empty(), &plan.id, &id_given));
+  if (!path_id.empty()) {
+    if (id_given && plan.id != path_id) {
+      return Status::Make(Code::kUnprocessable, "plan_id_mismatch",
+                          "id: a plan's id cannot change (the body says '" + Truncated(plan.id) +
+                              "', the path '" + Truncated(path_id) + "')");
+    }
+    plan.id.assign(path_id);
+  }
+  LEDGER_RETURN_IF_ERROR(reader.String("display_name", true, &plan.display_name));
+  LEDGER_RETURN_IF_ERROR(reader.String("description", all, &plan.description));
+  LEDGER_RETURN_IF_ERROR(reader.String("currency", all, &plan.currency));
+  LEDGER_RETURN_IF_ERROR(reader.Int("price_monthly_cents", true, &plan.price_monthly_cents));
+  LEDGER_RETURN_IF_ERROR(reader.NullableInt("price_yearly_cents", all, &plan.price_yearly_cents));
+  bool limit_given = false;
+  LEDGER_RETURN_IF_ERROR(
+      reader.NullableInt("api_calls_limit", true, &plan.api_calls_limit, &limit_given));
+  std::optional<std::string> window;
+  bool window_given = false;
+  LEDGER_RETURN_IF_ERROR(reader.NullableString("limit_window", all, &window, &window_given));
+  if (window) {
+    if (*window == "day") {
+      plan.limit_window = LimitWindow::kDay;
+    } else if (*window == "month") {
+      plan.limit_window = LimitWindow::kMonth;
+    } else {
+      return Invalid("limit_window: must be \"day\", \"month\" or null");
+    }
+  } else if (!window_given && plan.api_calls_limit) {
+    plan.limit_window = LimitWindow::kMonth;
+  }
+  LEDGER_RETURN_IF_ERROR(reader.Int("trial_days", all, &plan.trial_days));
+  LEDGER_RETURN_IF_ERROR(reader.StringArray("services", true, &plan.services));
+  LEDGER_RETURN_IF_ERROR(reader.StringArray("features", all, &plan.features));
+  LEDGER_RETURN_IF_ERROR(reader.Bool("byok_enabled", all, &plan.byok_enabled));
+  LEDGER_RETURN_IF_ERROR(reader.Int("team_seats", all, &plan.team_seats));
+  LEDGER_RETURN_IF_ERROR(reader.NullableString("stripe_price_monthly", all,
+                                               &plan.stripe_price_monthly,
+                                               &out->stripe_price_monthly_given));
+  LEDGER_RETURN_IF_ERROR(reader.NullableString("stripe_price_yearly", all,
+                                               &plan.stripe_price_yearly,
+                                               &out->stripe_price_yearly_given));
+  LEDGER_RETURN_IF_ERROR(reader.Bool("active", all, &plan.active, &out->active_given));
+  return ValidatePlan(plan);
+}
+
+// ---- Plan → JSON ------------------------------------------------------------------------------
+
+void WriteNullableString(JsonWriter* w, const std::optional<std::string>& value) {
+  if (value) {
+    w->String(*value);
+  } else {
+    w->Null();
+  }
+}
+
+void WriteNullableInt(JsonWriter* w, const std::optional<int64_t>& value) {
+  if (value) {
+    w->Int64(*value);
+  } else {
+    w->Null();
+  }
+}
+
+void WriteStrings(JsonWriter* w, const std::vector<std::string>& values) {
+  w->StartArray();
+  for (const std::string& v : values) w->String(v);
+  w->EndArray();
+}
+
+void WritePlan(JsonWriter* w, const Plan& plan) {
+  w->StartObject();
+  w->Key("id");
+  w->String(plan.id);
+  w->Key("display_name");
+  w->String(plan.display_name);
+  w->Key("description");
+  w->String(plan.description);
+  w->Key("currency");
+  w->String(plan.currency);
+  w->Key("price_monthly_cents");
+  w->Int64(plan.price_monthly_cents);
+  w->Key("price_yearly_cents");
+  WriteNullableInt(w, plan.price_yearly_cents);
+  w->Key("api_calls_limit");
+  WriteNullableInt(w, plan.api_calls_limit);
+  w->Key("limit_window");
+  if (plan.limit_window == LimitWindow::kNone) {
+    w->Null();
+  } else {
+    w->String(std::string(LimitWindowName(plan.limit_window)));
+  }
+  w->Key("trial_days");
+  w->Int64(plan.trial_days);
+  w->Key("services");
+  WriteStrings(w, plan.services);
+  w->Key("features");
+  WriteStrings(w, plan.features);
+  w->Key("byok_enabled");
+  w->Bool(plan.byok_enabled);
+  w->Key("team_seats");
+  w->Int64(plan.team_seats);
+  w->Key("stripe_price_monthly");
+  WriteNullableString(w, plan.stripe_price_monthly);
+  w->Key("stripe_price_yearly");
+  WriteNullableString(w, plan.stripe_price_yearly);
+  w->Key("active");
+  w->Bool(plan.active);
+  w->EndObject();
+}
+
+void WriteActor(JsonWriter* w, const Actor& actor) {
+  w->StartObject();
+  w->Key("kind");
+  w->String(actor.kind == Actor::Kind::kAdmin ? "admin" : "system");
+  w->Key("sub");
+  w->String(actor.subject);
+  w->Key("email");
+  if (actor.email.empty()) {
+    w->Null();
+  } else {
+    w->String(actor.email);
+  }
+  w->EndObject();
+}
+
+Status ValidateActor(const Actor& actor) {
+  if (actor.subject.empty() || actor.subject.size() > limits::kActorSubjectBytesMax ||
+      !IsValidUtf8(actor.subject)) {
+    return Status::InvalidArgument("invalid_actor", "the caller's subject is empty or too long");
+  }
+  if (actor.email.size() > limits::kActorEmailBytesMax || !IsValidUtf8(actor.email)) {
+    return Status::InvalidArgument("invalid_actor", "the caller's email is too long");
+  }
+  return Status::OK();
+}
+
+// {"plan": <plan>, "actor": <actor>}
+std::string PlanEventData(const Plan& plan, const Actor& actor) {
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("plan");
+  WritePlan(&w, plan);
+  w.Key("actor");
+  WriteActor(&w, actor);
+  w.EndObject();
+  return std::string(buf.GetString(), buf.GetSize());
+}
+
+// {"plan_id": "<id>", "actor": <actor>}
+std::string RetiredEventData(std::string_view plan_id, const Actor& actor) {
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("plan_id");
+  w.String(plan_id.data(), static_cast<rapidjson::SizeType>(plan_id.size()));
+  w.Key("actor");
+  WriteActor(&w, actor);
+  w.EndObject();
+  return std::string(buf.GetString(), buf.GetSize());
+}
+
+Status CountPlans(const StateReader& state, size_t* count) {
+  *count = 0;
+  return state.Scan(kPlansFamily, "", [count](std::string_view, std::string_view) {
+    ++*count;
+    return true;
+  });
+}
+
+}  // namespace
+
+// ---- Services ---------------------------------------------------------------------------------
+
+const std::array<ServiceInfo, 7>& ServiceCatalog() { return kServices; }
+
+bool IsKnownService(std::string_view id) {
+  return std::any_of(kServices.begin(), kServices.end(),
+                     [id](const ServiceInfo& s) { return s.id == id; });
+}
+
+std::string ServiceCatalogJson() {
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("services");
+  w.StartArray();
+  for (const ServiceInfo& s : kServices) {
+    w.StartObject();
+    w.Key("id");
+    w.String(s.id.data(), static_cast<rapidjson::SizeType>(s.id.size()));
+    w.Key("display_name");
+    w.String(s.display_name.data(), static_cast<rapidjson::SizeType>(s.display_name.size()));
+    w.Key("description");
+    w.String(s.description.data(), static_cast<rapidjson::SizeType>(s.description.size()));
+    w.EndObject();
+  }
+  w.EndArray();
+  w.EndObject();
+  return std::string(buf.GetString(), buf.GetSize());
+}
+
+// ---- Plans ------------------------------------------------------------------------------------
+
+std::string_view LimitWindowName(LimitWindow window) {
+  switch (window) {
+    case LimitWindow::kDay:
+      return "day";
+    case LimitWindow::kMonth:
+      return "month";
+    case LimitWindow::kNone:
+      break;
+  }
+  return "";
+}
+
+bool Plan::HasService(std::string_view service) const {
+  return std::find(services.begin(), services.end(), service) != services.end();
+}
+
+Status ValidatePlan(const Plan& plan) {
+  LEDGER_RETURN_IF_ERROR(ValidatePlanId(plan.id));
+  LEDGER_RETURN_IF_ERROR(
+      ValidateText("display_name", plan.display_name, 1, limits::kPlanDisplayNameBytesMax));
+  LEDGER_RETURN_IF_ERROR(
+      ValidateText("description", plan.description, 0, limits::kPlanDescriptionBytesMax));
+  if (plan.currency != "usd") return Invalid("currency: only \"usd\" is supported");
+  LEDGER_RETURN_IF_ERROR(
+      ValidateRange("price_monthly_cents", plan.price_monthly_cents, 0, limits::kPriceCentsMax));
+  if (plan.price_yearly_cents) {
+    LEDGER_RETURN_IF_ERROR(ValidateRange("price_yearly_cents", *plan.price_yearly_cents, 0,
+                                         limits::kPriceCentsMax));
+  }
+  if (plan.api_calls_limit) {
+    LEDGER_RETURN_IF_ERROR(
+        ValidateRange("api_calls_limit", *plan.api_calls_limit, 0, limits::kApiCallsLimitMax));
+    if (plan.limit_window == LimitWindow::kNone) {
+      return Invalid("limit_window: must be \"day\" or \"month\" when api_calls_limit is set");
+    }
+  } else if (plan.limit_window != LimitWindow::kNone) {
+    return Invalid("limit_window: must be null when api_calls_limit is null (unlimited)");
+  }
+  LEDGER_RETURN_IF_ERROR(ValidateRange("trial_days", plan.trial_days, 0, limits::kTrialDaysMax));
+  LEDGER_RETURN_IF_ERROR(ValidateServices(plan.services));
+  LEDGER_RETURN_IF_ERROR(ValidateFeatures(plan.features));
+  LEDGER_RETURN_IF_ERROR(ValidateRange("team_seats", plan.team_seats, 1, limits::kTeamSeatsMax));
+  LEDGER_RETURN_IF_ERROR(ValidateStripePriceId("stripe_price_monthly", plan.stripe_price_monthly));
+  LEDGER_RETURN_IF_ERROR(ValidateStripePriceId("stripe_price_yearly", plan.stripe_price_yearly));
+  return Status::OK();
+}
+
+std::string PlanToJson(const Plan& plan) {
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  WritePlan(&w, plan);
+  return std::string(buf.GetString(), buf.GetSize());
+}
+
+std::string PlanListToJson(const std::vector<Plan>& plans) {
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("plans");
+  w.StartArray();
+  for (const Plan& plan : plans) WritePlan(&w, plan);
+  w.EndArray();
+  w.EndObject();
+  return std::string(buf.GetString(), buf.GetSize());
+}
+
+Status ParsePlanJson(std::string_view json, Plan* out) {
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(ParseJsonObject(json, &doc));
+  PlanInput input;
+  LEDGER_RETURN_IF_ERROR(ParsePlanObject(doc, ParseMode::kStored, "", &input));
+  *out = std::move(input.plan);
+  return Status::OK();
+}
+
+Status ParsePlanInput(std::string_view body, std::string_view path_id, PlanInput* out) {
+  if (body.size() > limits::kPlanRequestBytesMax) {
+    return Status::Make(Code::kPayloadTooLarge, "payload_too_large",
+                        "a plan body is at most " + std::to_string(limits::kPlanRequestBytesMax) +
+                            " bytes");
+  }
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(ParseJsonObject(body, &doc));
+  *out = PlanInput();
+  return ParsePlanObject(doc, ParseMode::kInput, path_id, out);
+}
+
+std::vector<Plan> InitialPlans() {
+  std::vector<Plan> plans(4);
+  Plan& trial = plans[0];
+  trial.id = "trial";
+  trial.display_name = "Trial";
+  trial.description = "Try the platform for 7 days for a one-time $1.00.";
+  trial.price_monthly_cents = 100;
+  trial.api_calls_limit = 100;
+  trial.limit_window = LimitWindow::kDay;
+  trial.trial_days = 7;
+  trial.services = {"ops-center", "chat"};
+  trial.features = {"7-day trial period", "Open-WebUI chat", "Basic AI models",
+                    "100 API calls per day (700 in total)"};
+  trial.byok_enabled = false;
+  trial.team_seats = 1;
+
+  Plan& starter = plans[1];
+  starter.id = "starter";
+  starter.display_name = "Starter";
+  starter.description = "Chat and search for individuals, with your own API keys.";
+  starter.price_monthly_cents = 1900;
+  starter.price_yearly_cents = 19000;
+  starter.api_calls_limit = 1000;
+  starter.limit_window = LimitWindow::kMonth;
+  starter.services = {"ops-center", "chat", "search"};
+  starter.features = {"Open-WebUI chat", "AI-assisted search", "1,000 API calls per month",
+                      "Bring your own API keys (BYOK)"};
+  starter.byok_enabled = true;
+
+  Plan& professional = plans[2];
+  professional.id = "professional";
+  professional.display_name = "Professional";
+  professional.description = "Everything in Starter plus voice and the LiteLLM gateway.";
+  professional.price_monthly_cents = 4900;
+  professional.price_yearly_cents = 49000;
+  professional.api_calls_limit = 10000;
+  professional.limit_window = LimitWindow::kMonth;
+  professional.services = {"ops-center", "chat", "search", "tts", "stt", "litellm"};
+  professional.features = {"Everything in Starter", "Text to speech and speech to text",
+                           "LiteLLM model gateway", "10,000 API calls per month",
+                           "Priority support"};
+  professional.byok_enabled = true;
+
+  Plan& enterprise = plans[3];
+  enterprise.id = "enterprise";
+  enterprise.display_name = "Enterprise";
+  enterprise.description = "Everything in Professional plus Bolt.DIY, for teams.";
+  enterprise.price_monthly_cents = 9900;
+  enterprise.price_yearly_cents = 99000;
+  enterprise.services = {"ops-center", "chat", "search", "tts", "stt", "litellm", "bolt-diy"};
+  enterprise.features = {"Everything in Professional", "Bolt.DIY app builder",
+                         "Unlimited API calls", "Team management (10 seats)",
+                         "Dedicated support"};
+  enterprise.byok_enabled = true;
+  enterprise.team_seats = 10;
+  return plans;
+}
+
+std::string PlanSubject(std::string_view plan_id) { return "plan:" + std::string(plan_id); }
+
+// ---- Fold -------------------------------------------------------------------------------------
+
+Status PlanCatalogFold::Apply(const Event& event, const StateReader& state,
+                              RowWriter* rows) const {
+  const bool created = event.type == kPlanCreatedV1;
+  const bool updated = event.type == kPlanUpdatedV1;
+  const bool retired = event.type == kPlanRetiredV1;
+  if (!created && !updated && !retired) return Status::OK();
+
+  rapidjson::Document data;
+  LEDGER_RETURN_IF_ERROR(ParseJsonObject(event.data, &data));
+  Plan plan;
+  if (retired) {
+    auto it = data.FindMember("plan_id");
+    if (it == data.MemberEnd() || !it->value.IsString()) {
+      return Status::InvalidArgument("malformed_event", "plan.retired.v1 without plan_id");
+    }
+    std::string_view id(it->value.GetString(), it->value.GetStringLength());
+    Status s = GetPlan(state, id, &plan);
+    if (s.IsNotFound()) {
+      return Status::InvalidArgument("malformed_event", "plan.retired.v1 for an unknown plan");
+    }
+    LEDGER_RETURN_IF_ERROR(s);
+    plan.active = false;
+  } else {
+    auto it = data.FindMember("plan");
+    if (it == data.MemberEnd()) {
+      return Status::InvalidArgument("malformed_event", event.type + " without plan");
+    }
+    PlanInput input;
+    Status s = ParsePlanObject(it->value, ParseMode::kStored, "", &input);
+    if (!s.ok()) return Status::InvalidArgument("malformed_event", s.message());
+    plan = std::move(input.plan);
+  }
+  if (event.subject != PlanSubject(plan.id)) {
+    return Status::InvalidArgument("malformed_event", "subject does not match the plan id");
+  }
+  return rows->Put(kPlansFamily, plan.id, PlanToJson(plan));
+}
+
+// ---- Queries ----------------------------------------------------------------------------------
+
+Status GetPlan(const StateReader& state, std::string_view plan_id, Plan* out) {
+  std::string row;
+  Status s = state.Get(kPlansFamily, plan_id, &row);
+  if (s.IsNotFound()) return Status::NotFound("no plan '" + Truncated(plan_id) + "'");
+  LEDGER_RETURN_IF_ERROR(s);
+  s = ParsePlanJson(row, out);
+  if (!s.ok()) return Status::Corruption("plans row '" + Truncated(plan_id) + "': " + s.message());
+  return Status::OK();
+}
+
+Status ListPlans(const StateReader& state, bool include_inactive, std::vector<Plan>* out) {
+  out->clear();
+  Status parse_status;
+  Status s = state.Scan(kPlansFamily, "", [&](std::string_view key, std::string_view value) {
+    Plan plan;
+    Status p = ParsePlanJson(value, &plan);
+    if (!p.ok()) {
+      parse_status = Status::Corruption("plans row '" + Truncated(key) + "': " + p.message());
+      return false;
+    }
+    if (include_inactive || plan.active) out->push_back(std::move(plan));
+    return true;
+  });
+  LEDGER_RETURN_IF_ERROR(s);
+  LEDGER_RETURN_IF_ERROR(parse_status);
+  std::stable_sort(out->begin(), out->end(), [](const Plan& a, const Plan& b) {
+    if (a.price_monthly_cents != b.price_monthly_cents) {
+      return a.price_monthly_cents < b.price_monthly_cents;
+    }
+    return a.id < b.id;
+  });
+  return Status::OK();
+}
+
+// ---- Commands ---------------------------------------------------------------------------------
+
+Status CreatePlan::Decide(const DecideContext& context, Decision* decision) {
+  LEDGER_RETURN_IF_ERROR(ValidatePlan(plan_));
+  LEDGER_RETURN_IF_ERROR(ValidateActor(actor_));
+  std::string row;
+  Status s = context.state->Get(kPlansFamily, plan_.id, &row);
+  if (s.ok()) return Status::Conflict("plan_exists", "plan '" + plan_.id + "' already exists");
+  if (!s.IsNotFound()) return s;
+  size_t count = 0;
+  LEDGER_RETURN_IF_ERROR(CountPlans(*context.state, &count));
+  if (count >= limits::kPlansMax) {
+    return Status::Make(Code::kUnprocessable, "plan_catalog_full",
+                        "the catalog holds at most " + std::to_string(limits::kPlansMax) +
+                            " plans (retired ones included)");
+  }
+  decision->events.push_back(
+      NewEvent{std::string(kPlanCreatedV1), PlanSubject(plan_.id), PlanEventData(plan_, actor_)});
+  decision->http_status = 201;
+  decision->body = PlanToJson(plan_);
+  return Status::OK();
+}
+
+Status UpdatePlan::Decide(const DecideContext& context, Decision* decision) {
+  LEDGER_RETURN_IF_ERROR(ValidateActor(actor_));
+  Plan current;
+  LEDGER_RETURN_IF_ERROR(GetPlan(*context.state, input_.plan.id, &current));
+  Plan next = input_.plan;
+  if (!input_.active_given) next.active = current.active;
+  if (!input_.stripe_price_monthly_given) next.stripe_price_monthly = current.stripe_price_monthly;
+  if (!input_.stripe_price_yearly_given) next.stripe_price_yearly = current.stripe_price_yearly;
+  LEDGER_RETURN_IF_ERROR(ValidatePlan(next));
+  decision->http_status = 200;
+  decision->body = PlanToJson(next);
+  if (next == current) return Status::OK();
+  decision->events.push_back(
+      NewEvent{std::string(kPlanUpdatedV1), PlanSubject(next.id), PlanEventData(next, actor_)});
+  return Status::OK();
+}
+
+Status RetirePlan::Decide(const DecideContext& context, Decision* decision) {
+  LEDGER_RETURN_IF_ERROR(ValidateActor(actor_));
+  Plan plan;
+  LEDGER_RETURN_IF_ERROR(GetPlan(*context.state, plan_id_, &plan));
+  const bool was_active = plan.active;
+  plan.active = false;
+  decision->http_status = 200;
+  decision->body = PlanToJson(plan);
+  if (!was_active) return Status::OK();
+  decision->events.push_back(NewEvent{std::string(kPlanRetiredV1), PlanSubject(plan.id),
+                                      RetiredEventData(plan.id, actor_)});
+  return Status::OK();
+}
+
+Status SetPlanStripePrices::Decide(const DecideContext& context, Decision* decision) {
+  LEDGER_RETURN_IF_ERROR(ValidateActor(actor_));
+  Plan current;
+  LEDGER_RETURN_IF_ERROR(GetPlan(*context.state, plan_id_, &current));
+  Plan next = current;
+  auto apply = [](const std::optional<std::string>& given, std::optional<std::string>* field) {
+    if (!given) return;
+    if (given->empty()) {
+      field->reset();
+    } else {
+      *field = *given;
+    }
+  };
+  apply(monthly_, &next.stripe_price_monthly);
+  apply(yearly_, &next.stripe_price_yearly);
+  LEDGER_RETURN_IF_ERROR(ValidatePlan(next));
+  decision->http_status = 200;
+  decision->body = PlanToJson(next);
+  if (next == current) return Status::OK();
+  decision->events.push_back(
+      NewEvent{std::string(kPlanUpdatedV1), PlanSubject(next.id), PlanEventData(next, actor_)});
+  return Status::OK();
+}
+
+Status SeedCatalog::Decide(const DecideContext& context, Decision* decision) {
+  size_t count = 0;
+  LEDGER_RETURN_IF_ERROR(CountPlans(*context.state, &count));
+  bool seed = count == 0;
+  if (seed) {
+    const Actor actor = Actor::System("seed");
+    for (const Plan& plan : InitialPlans()) {
+      LEDGER_RETURN_IF_ERROR(ValidatePlan(plan));
+      decision->events.push_back(NewEvent{std::string(kPlanCreatedV1), PlanSubject(plan.id),
+                                          PlanEventData(plan, actor)});
+    }
+    count = decision->events.size();
+  }
+  decision->http_status = 200;
+  decision->body = std::string("{\"seeded\":") + (seed ? "true" : "false") +
+                   ",\"plans\":" + std::to_string(count) + "}";
+  return Status::OK();
+}
+
+Status SeedPlanCatalog(Ledger* ledger, bool* seeded) {
+  SeedCatalog command;
+  CommandResult result = ledger->Submit(&command);
+  LEDGER_RETURN_IF_ERROR(result.status);
+  if (seeded != nullptr) *seeded = result.events_appended > 0;
+  return Status::OK();
+}
+
+}  // namespace ledger::projections

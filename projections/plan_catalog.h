@@ -1,0 +1,225 @@
+// The plan catalog: the plans users can subscribe to (CONTRACT.md §4) and the fixed service
+// catalog they grant access to.
+//
+// Every catalog change is an event with subject "plan:<id>":
+//   plan.created.v1  {"plan": <plan>, "actor": <actor>}
+//   plan.updated.v1  {"plan": <plan>, "actor": <actor>}   the full plan after the change
+//   plan.retired.v1  {"plan_id": "<id>", "actor": <actor>}
+// where <actor> is {"kind": "admin"|"system", "sub": "...", "email": "..."|null}: the admin whose
+// JWT made the change, or the component (e.g. "seed", "ledgerctl") that made it.
+// Schemas: schemas/events/plan.*.schema.json.
+//
+// PlanCatalogFold keeps one row per plan in the column family "plans": key = plan id, value = the
+// plan's canonical JSON (PlanToJson). Retired plans keep their row with "active": false, so
+// existing subscribers can still resolve them.
+//
+// Deciders (CreatePlan, UpdatePlan, RetirePlan, SetPlanStripePrices, SeedCatalog) run on the
+// ledger's writer thread against the fold's rows; everything else here is pure and thread-safe.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "events/fold.h"
+#include "events/ledger.h"
+#include "events/status.h"
+
+namespace ledger::projections {
+
+inline constexpr std::string_view kPlansFamily = "plans";
+inline constexpr std::string_view kPlanCreatedV1 = "plan.created.v1";
+inline constexpr std::string_view kPlanUpdatedV1 = "plan.updated.v1";
+inline constexpr std::string_view kPlanRetiredV1 = "plan.retired.v1";
+
+// ---------------------------------------------------------------------------------------------
+// Services
+
+struct ServiceInfo {
+  std::string_view id;
+  std::string_view display_name;
+  std::string_view description;
+};
+
+// The seven services, in the order the plans page shows them.
+const std::array<ServiceInfo, 7>& ServiceCatalog();
+bool IsKnownService(std::string_view id);
+// {"services":[{"id","display_name","description"}, ...]}
+std::string ServiceCatalogJson();
+
+// ---------------------------------------------------------------------------------------------
+// Plans
+
+enum class LimitWindow { kNone, kDay, kMonth };  // kNone <=> "limit_window": null
+std::string_view LimitWindowName(LimitWindow window);  // "day", "month", "" for kNone
+
+struct Plan {
+  std::string id;                           // [a-z0-9][a-z0-9-]*, immutable
+  std::string display_name;                 // non-empty
+  std::string description;
+  std::string currency = "usd";             // only "usd" today
+  int64_t price_monthly_cents = 0;          // the trial's one-time $1 fee is 100 here
+  std::optional<int64_t> price_yearly_cents;  // nullopt: not sold yearly
+  std::optional<int64_t> api_calls_limit;     // nullopt: unlimited
+  LimitWindow limit_window = LimitWindow::kNone;  // set iff api_calls_limit is set
+  int64_t trial_days = 0;
+  std::vector<std::string> services;        // ids from ServiceCatalog(), no duplicates
+  std::vector<std::string> features;        // lines for the plans page
+  bool byok_enabled = false;
+  int64_t team_seats = 1;                   // >= 1
+  std::optional<std::string> stripe_price_monthly;  // Stripe price ids (set by admins/stripe-setup)
+  std::optional<std::string> stripe_price_yearly;
+  bool active = true;                       // false: retired, not offered to new subscribers
+
+  bool operator==(const Plan&) const = default;
+  bool HasService(std::string_view service) const;
+};
+
+// Checks every field against CONTRACT.md §4 and projections/limits.h. Returns kUnprocessable
+// ("validation_failed" or "unknown_service") naming the first bad field.
+Status ValidatePlan(const Plan& plan);
+
+// The plan's canonical JSON: every field, in a fixed order, nulls written out.
+std::string PlanToJson(const Plan& plan);
+// {"plans":[<plan>, ...]}
+std::string PlanListToJson(const std::vector<Plan>& plans);
+
+// Parses a canonical plan (a fold row or the "plan" of an event): every field must be present,
+// no others. Validates.
+Status ParsePlanJson(std::string_view json, Plan* out);
+
+// A plan as an admin sends it (POST body, or PUT body with the id from the path).
+//
+// Required: id (POST; on PUT optional and must equal the path's), display_name,
+// price_monthly_cents, api_calls_limit (null = unlimited, said explicitly), services.
+// Defaults: description "", currency "usd", price_yearly_cents null, limit_window "month" when
+// api_calls_limit is a number (else null), trial_days 0, features [], byok_enabled false,
+// team_seats 1, stripe_price_* null, active true. Unknown fields are rejected.
+//
+// On PUT, fields that are absent and marked below keep the stored plan's value: `active` (retire
+// with DELETE, reactivate with "active": true) and the Stripe price ids (normally written by
+// `ledgerctl stripe-setup`, not by whoever edits the plans page). Explicit null clears a price id.
+struct PlanInput {
+  Plan plan;
+  bool active_given = false;
+  bool stripe_price_monthly_given = false;
+  bool stripe_price_yearly_given = false;
+};
+
+// `path_id` empty: a POST body. Errors: kInvalidArgument "invalid_json" (not a JSON object,
+// invalid UTF-8, duplicate member names); kUnprocessable "validation_failed", "unknown_field",
+// "unknown_service", "plan_id_mismatch".
+Status ParsePlanInput(std::string_view body, std::string_view path_id, PlanInput* out);
+
+// The four plans of CONTRACT.md §4, as seeded on first start.
+std::vector<Plan> InitialPlans();
+
+std::string PlanSubject(std::string_view plan_id);  // "plan:<id>"
+
+// ---------------------------------------------------------------------------------------------
+// Who made a catalog change.
+
+struct Actor {
+  enum class Kind { kAdmin, kSystem };
+  Kind kind = Kind::kSystem;
+  std::string subject;  // JWT sub, or the component's name ("seed", "ledgerctl")
+  std::string email;    // empty is written as null
+
+  static Actor Admin(std::string subject, std::string email) {
+    return Actor{Kind::kAdmin, std::move(subject), std::move(email)};
+  }
+  static Actor System(std::string name) { return Actor{Kind::kSystem, std::move(name), ""}; }
+};
+
+// ---------------------------------------------------------------------------------------------
+// The fold
+
+class PlanCatalogFold final : public Fold {
+ public:
+  std::string_view Name() const override { return kPlansFamily; }
+  Status Apply(const Event& event, const StateReader& state, RowWriter* rows) const override;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Queries (any thread; pass a ReadView from Ledger::Snapshot() or a DecideContext's state).
+
+// Plans ordered by price_monthly_cents, then id (trial, starter, professional, enterprise).
+Status ListPlans(const StateReader& state, bool include_inactive, std::vector<Plan>* out);
+// NotFound ("not_found") when there is no such plan. Retired plans are found.
+Status GetPlan(const StateReader& state, std::string_view plan_id, Plan* out);
+
+// ---------------------------------------------------------------------------------------------
+// Commands. Each answers Decision.body = the plan's JSON (SeedCatalog: a summary).
+
+// 201 + plan.created.v1. 409 "plan_exists" when the id exists (retired plans included);
+// 422 "plan_catalog_full" beyond limits::kPlansMax.
+class CreatePlan final : public Command {
+ public:
+  CreatePlan(Plan plan, Actor actor) : plan_(std::move(plan)), actor_(std::move(actor)) {}
+  Status Decide(const DecideContext& context, Decision* decision) override;
+
+ private:
+  Plan plan_;
+  Actor actor_;
+};
+
+// 200 + plan.updated.v1 (full replacement, see PlanInput). 404 when missing. A replacement equal
+// to the stored plan appends nothing.
+class UpdatePlan final : public Command {
+ public:
+  UpdatePlan(PlanInput input, Actor actor) : input_(std::move(input)), actor_(std::move(actor)) {}
+  Status Decide(const DecideContext& context, Decision* decision) override;
+
+ private:
+  PlanInput input_;
+  Actor actor_;
+};
+
+// 200 + plan.retired.v1 (the plan stays, "active": false). 404 when missing. Retiring a retired
+// plan appends nothing.
+class RetirePlan final : public Command {
+ public:
+  RetirePlan(std::string plan_id, Actor actor)
+      : plan_id_(std::move(plan_id)), actor_(std::move(actor)) {}
+  Status Decide(const DecideContext& context, Decision* decision) override;
+
+ private:
+  std::string plan_id_;
+  Actor actor_;
+};
+
+// Sets the Stripe price ids of one plan (for `ledgerctl stripe-setup`): a read-modify-write done
+// on the writer thread, so it cannot lose a concurrent admin edit. nullopt leaves a price id as it
+// is; an empty string clears it. 200 + plan.updated.v1, or nothing when unchanged. 404 when missing.
+class SetPlanStripePrices final : public Command {
+ public:
+  SetPlanStripePrices(std::string plan_id, std::optional<std::string> monthly,
+                      std::optional<std::string> yearly, Actor actor)
+      : plan_id_(std::move(plan_id)),
+        monthly_(std::move(monthly)),
+        yearly_(std::move(yearly)),
+        actor_(std::move(actor)) {}
+  Status Decide(const DecideContext& context, Decision* decision) override;
+
+ private:
+  std::string plan_id_;
+  std::optional<std::string> monthly_;
+  std::optional<std::string> yearly_;
+  Actor actor_;
+};
+
+// Creates InitialPlans() (actor system "seed") when the catalog has no plan at all; otherwise
+// appends nothing. Body: {"seeded": true|false, "plans": <count after>}.
+class SeedCatalog final : public Command {
+ public:
+  Status Decide(const DecideContext& context, Decision* decision) override;
+};
+
+// Submits SeedCatalog. The daemon calls it once at startup, after Ledger::Open and before it
+// serves HTTP. `*seeded` (optional) tells whether plans were created.
+Status SeedPlanCatalog(Ledger* ledger, bool* seeded);
+
+}  // namespace ledger::projections

@@ -1,0 +1,670 @@
+#include "projections/stripe_webhook.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include <rapidjson/error/en.h>
+#include <rapidjson/reader.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include "events/types.h"
+#include "projections/json_util.h"
+#include "projections/limits.h"
+#include "projections/plan_catalog.h"
+#include "projections/subscriptions.h"
+
+namespace ledger::projections {
+
+namespace {
+
+using rapidjson::Value;
+using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
+
+Status Malformed(std::string message) {
+  return Status::InvalidArgument("malformed_event", std::move(message));
+}
+
+bool IsSecretMemberName(std::string_view name) {
+  return name == "client_secret" || name == "secret";
+}
+
+// SAX filter: copies the document to a Writer, numbers as their source text, and writes
+// "[redacted]" in place of the value (scalar or whole subtree) of any secret-named member.
+class RedactingHandler {
+ public:
+  explicit RedactingHandler(JsonWriter* writer) : w_(writer) {}
+
+  bool Null() { return Scalar([&] { return w_->Null(); }, /*is_null=*/true); }
+  bool Bool(bool b) { return Scalar([&] { return w_->Bool(b); }); }
+  bool Int(int) { return false; }  // numbers arrive as RawNumber (kParseNumbersAsStringsFlag)
+  bool Uint(unsigned) { return false; }
+  bool Int64(int64_t) { return false; }
+  bool Uint64(uint64_t) { return false; }
+  bool Double(double) { return false; }
+  bool RawNumber(const char* str, rapidjson::SizeType length, bool) {
+    return Scalar([&] { return w_->RawValue(str, length, rapidjson::kNumberType); });
+  }
+  bool String(const char* str, rapidjson::SizeType length, bool) {
+    return Scalar([&] { return w_->String(str, length); });
+  }
+  bool StartObject() { return Open([&] { return w_->StartObject(); }); }
+  bool Key(const char* str, rapidjson::SizeType length, bool) {
+    if (skip_depth_ > 0) return true;
+    redact_next_ = IsSecretMemberName(std::string_view(str, length));
+    return w_->Key(str, length);
+  }
+  bool EndObject(rapidjson::SizeType) { return Close([&] { return w_->EndObject(); }); }
+  bool StartArray() { return Open([&] { return w_->StartArray(); }); }
+  bool EndArray(rapidjson::SizeType) { return Close([&] { return w_->EndArray(); }); }
+
+ private:
+  bool Redacted() {
+    redact_next_ = false;
+    return w_->String(kRedacted.data(), static_cast<rapidjson::SizeType>(kRedacted.size()));
+  }
+  template <typename F>
+  bool Scalar(F write, bool is_null = false) {
+    if (skip_depth_ > 0) return true;
+    if (redact_next_ && !is_null) return Redacted();
+    redact_next_ = false;
+    return write();
+  }
+  template <typename F>
+  bool Open(F write) {
+    if (skip_depth_ > 0) {
+      ++skip_depth_;
+      return true;
+    }
+    if (redact_next_) {
+      skip_depth_ = 1;
+      return Redacted();
+    }
+    return write();
+  }
+  template <typename F>
+  bool Close(F write) {
+    if (skip_depth_ > 0) {
+      --skip_depth_;
+      return true;
+    }
+    return write();
+  }
+
+  JsonWriter* w_;
+  bool redact_next_ = false;
+  int skip_depth_ = 0;
+};
+
+Status RedactPayload(std::string_view raw, std::string* out) {
+  rapidjson::StringBuffer buf;
+  JsonWriter writer(buf);
+  RedactingHandler handler(&writer);
+  rapidjson::Reader reader;
+  rapidjson::MemoryStream stream(raw.data(), raw.size());
+  constexpr unsigned kFlags = rapidjson::kParseValidateEncodingFlag |
+                              rapidjson::kParseIterativeFlag |
+                              rapidjson::kParseNumbersAsStringsFlag;
+  rapidjson::ParseResult result = reader.Parse<kFlags>(stream, handler);
+  if (!result) {
+    return Malformed(std::string("not JSON at offset ") + std::to_string(result.Offset()) + ": " +
+                     rapidjson::GetParseError_En(result.Code()));
+  }
+  out->assign(buf.GetString(), buf.GetSize());
+  return Status::OK();
+}
+
+bool IsEventTypeChar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.';
+}
+
+// ---- reading Stripe objects ---------------------------------------------------------------------
+
+const Value* Member(const Value* object, std::string_view name) {
+  if (object == nullptr || !object->IsObject()) return nullptr;
+  auto it = object->FindMember(Value(rapidjson::StringRef(name.data(), name.size())));
+  return it == object->MemberEnd() ? nullptr : &it->value;
+}
+
+const Value* Path(const Value* object, std::initializer_list<std::string_view> names) {
+  for (std::string_view name : names) object = Member(object, name);
+  return object;
+}
+
+std::optional<std::string> Text(const Value* v, size_t bytes_max = limits::kStripeTextBytesMax) {
+  if (v == nullptr || !v->IsString() || v->GetStringLength() == 0 ||
+      v->GetStringLength() > bytes_max) {
+    return std::nullopt;
+  }
+  return std::string(v->GetString(), v->GetStringLength());
+}
+
+std::optional<int64_t> Integer(const Value* v) {
+  if (v == nullptr || !v->IsInt64()) return std::nullopt;
+  return v->GetInt64();
+}
+
+// A Stripe id field: the id string, or an expanded object's "id".
+std::optional<std::string> IdOf(const Value* v) {
+  if (v != nullptr && v->IsObject()) v = Member(v, "id");
+  std::optional<std::string> id = Text(v, limits::kStripeIdBytesMax);
+  if (id && !IsStripeId(*id)) return std::nullopt;
+  return id;
+}
+
+// Our user ids as Stripe echoes them (client_reference_id, metadata.user_id): non-empty UTF-8
+// without '/' or control characters.
+std::optional<std::string> UserIdOf(const Value* v) {
+  std::optional<std::string> id = Text(v, limits::kUserIdBytesMax);
+  if (!id || !IsValidUtf8(*id)) return std::nullopt;
+  for (char c : *id) {
+    if (c == '/' || static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return std::nullopt;
+  }
+  return id;
+}
+
+std::optional<std::string> EmailOf(const Value* v) {
+  std::optional<std::string> email = Text(v, limits::kEmailBytesMax);
+  if (!email || !IsValidUtf8(*email) || email->find('/') != std::string::npos ||
+      email->find('@') == std::string::npos) {
+    return std::nullopt;
+  }
+  return email;
+}
+
+std::optional<std::string> ShortText(const Value* v) {
+  std::optional<std::string> s = Text(v);
+  if (s && !IsValidUtf8(*s)) return std::nullopt;
+  return s;
+}
+
+// ---- writing events -----------------------------------------------------------------------------
+
+void WriteString(JsonWriter* w, std::string_view s) {
+  w->String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
+}
+void WriteOptString(JsonWriter* w, const std::optional<std::string>& s) {
+  if (s) {
+    WriteString(w, *s);
+  } else {
+    w->Null();
+  }
+}
+
+std::string Finish(const rapidjson::StringBuffer& buf) {
+  return std::string(buf.GetString(), buf.GetSize());
+}
+
+// What one delivery derives, and whom it concerns.
+struct Derivation {
+  std::vector<NewEvent> events;          // derived events, subject filled in at the end
+  std::optional<std::string> user_id;    // resolved user, when known
+  std::optional<std::string> customer_id;
+};
+
+class Decider {
+ public:
+  Decider(const StripeWebhook& webhook, const StateReader& state)
+      : webhook_(webhook), state_(state) {}
+
+  Status Run(Derivation* out);
+
+ private:
+  const Value* Object() const { return Path(webhook_.payload.get(), {"data", "object"}); }
+  Status LinkCustomer(const std::string& customer_id, const std::string& user_id,
+                      const std::optional<std::string>& email, std::string_view source,
+                      Derivation* out);
+  Status ResolveByCustomer(const std::optional<std::string>& customer_id,
+                           std::optional<std::string>* user_id);
+  Status CheckoutCompleted(Derivation* out);
+  Status SubscriptionChanged(Derivation* out);
+  Status InvoiceSettled(bool paid, Derivation* out);
+  Status ReadSubscription(const Value* object, SubscriptionRecord* out);
+
+  const StripeWebhook& webhook_;
+  const StateReader& state_;
+};
+
+Status Decider::Run(Derivation* out) {
+  const std::string& type = webhook_.type;
+  const Value* object = Object();
+  if (object == nullptr || !object->IsObject()) return Status::OK();
+  if (type == "checkout.session.completed") return CheckoutCompleted(out);
+  if (type.rfind("customer.subscription.", 0) == 0) {
+    // customer.subscription.* events carry a subscription (checked when the payload says).
+    const Value* kind = Member(object, "object");
+    if (kind == nullptr || Text(kind) == "subscription") return SubscriptionChanged(out);
+    return Status::OK();
+  }
+  if (type == "invoice.paid") return InvoiceSettled(true, out);
+  if (type == "invoice.payment_failed") return InvoiceSettled(false, out);
+  // Anything else derives nothing; whom it concerns is still resolved for the subject.
+  out->customer_id = type.rfind("customer.", 0) == 0 && Text(Member(object, "object")) == "customer"
+                         ? IdOf(Member(object, "id"))
+                         : IdOf(Member(object, "customer"));
+  return ResolveByCustomer(out->customer_id, &out->user_id);
+}
+
+// Emits customer.linked.v1 when the customer has no link yet, or the link gains a newer email.
+// A customer already linked to another user keeps its link (the claim stays in the log).
+Status Decider::LinkCustomer(const std::string& customer_id, const std::string& user_id,
+                             const std::optional<std::string>& email, std::string_view source,
+                             Derivation* out) {
+  std::string value;
+  Status s = state_.Get(kSubscriptionsFamily, "cus/" + customer_id, &value);
+  if (s.ok()) {
+    rapidjson::Document row;
+    LEDGER_RETURN_IF_ERROR(ParseJsonObject(value, &row));
+    std::optional<std::string> linked_user = Text(Member(&row, "user_id"), SIZE_MAX);
+    if (linked_user != user_id || !email) return Status::OK();
+    std::string stored_email = Text(Member(&row, "email"), SIZE_MAX).value_or("");
+    int64_t stored_created = Integer(Member(&row, "email_created")).value_or(0);
+    if (std::tie(webhook_.created, *email) <= std::tie(stored_created, stored_email)) {
+      return Status::OK();
+    }
+  } else if (!s.IsNotFound()) {
+    return s;
+  }
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("customer_id");
+  WriteString(&w, customer_id);
+  w.Key("user_id");
+  WriteString(&w, user_id);
+  w.Key("email");
+  WriteOptString(&w, email);
+  w.Key("source");
+  WriteString(&w, source);
+  w.Key("stripe_event_id");
+  WriteString(&w, webhook_.event_id);
+  w.Key("created");
+  w.Int64(webhook_.created);
+  w.EndObject();
+  out->events.push_back(NewEvent{std::string(kCustomerLinkedV1), "", Finish(buf)});
+  return Status::OK();
+}
+
+Status Decider::ResolveByCustomer(const std::optional<std::string>& customer_id,
+                                  std::optional<std::string>* user_id) {
+  if (*user_id || !customer_id) return Status::OK();
+  std::string linked;
+  Status s = GetCustomerUser(state_, *customer_id, &linked);
+  if (s.ok()) *user_id = std::move(linked);
+  return s.IsNotFound() ? Status::OK() : s;
+}
+
+Status Decider::CheckoutCompleted(Derivation* out) {
+  const Value* session = Object();
+  std::optional<std::string> session_id = IdOf(Member(session, "id"));
+  if (!session_id) return Status::OK();
+  std::optional<std::string> user_id = UserIdOf(Member(session, "client_reference_id"));
+  if (!user_id) user_id = UserIdOf(Path(session, {"metadata", "user_id"}));
+  if (!user_id) {
+    std::string opened_by;
+    Status s = GetCheckoutSessionUser(state_, *session_id, &opened_by);
+    if (s.ok()) {
+      user_id = std::move(opened_by);
+    } else if (!s.IsNotFound()) {
+      return s;
+    }
+  }
+  std::optional<std::string> customer_id = IdOf(Member(session, "customer"));
+  std::optional<std::string> subscription_id = IdOf(Member(session, "subscription"));
+  std::optional<std::string> email = EmailOf(Path(session, {"customer_details", "email"}));
+  if (!email) email = EmailOf(Member(session, "customer_email"));
+  LEDGER_RETURN_IF_ERROR(ResolveByCustomer(customer_id, &user_id));
+  if (user_id && customer_id) {
+    LEDGER_RETURN_IF_ERROR(LinkCustomer(*customer_id, *user_id, email, "checkout_session", out));
+  }
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("session_id");
+  WriteString(&w, *session_id);
+  w.Key("user_id");
+  WriteOptString(&w, user_id);
+  w.Key("customer_id");
+  WriteOptString(&w, customer_id);
+  w.Key("subscription_id");
+  WriteOptString(&w, subscription_id);
+  w.Key("email");
+  WriteOptString(&w, email);
+  w.Key("mode");
+  WriteOptString(&w, ShortText(Member(session, "mode")));
+  w.Key("payment_status");
+  WriteOptString(&w, ShortText(Member(session, "payment_status")));
+  w.Key("plan_id");
+  WriteOptString(&w, ShortText(Path(session, {"metadata", "plan_id"})));
+  w.Key("stripe_event_id");
+  WriteString(&w, webhook_.event_id);
+  w.Key("created");
+  w.Int64(webhook_.created);
+  w.EndObject();
+  out->events.push_back(NewEvent{std::string(kSubscriptionCheckoutCompletedV1), "", Finish(buf)});
+  out->user_id = user_id;
+  out->customer_id = customer_id;
+  return Status::OK();
+}
+
+// The subscription item that decides the plan: the first whose price maps to a catalog plan,
+// else the first.
+const Value* PlanItem(const Value* subscription, const std::vector<Plan>& plans) {
+  const Value* items = Path(subscription, {"items", "data"});
+  if (items == nullptr || !items->IsArray() || items->Empty()) return nullptr;
+  for (const Value& item : items->GetArray()) {
+    std::optional<std::string> price = IdOf(Member(&item, "price"));
+    for (const Plan& plan : plans) {
+      if (price && (plan.stripe_price_monthly == price || plan.stripe_price_yearly == price)) {
+        return &item;
+      }
+    }
+  }
+  return &(*items)[0];
+}
+
+Status Decider::ReadSubscription(const Value* object, SubscriptionRecord* out) {
+  SubscriptionRecord& r = *out;
+  std::optional<std::string> id = IdOf(Member(object, "id"));
+  std::optional<std::string> customer = IdOf(Member(object, "customer"));
+  std::optional<std::string> status = Text(Member(object, "status"));
+  if (!id || !customer || !status || !ParseSubscriptionStatus(*status, &r.status)) {
+    return Status::NotFound("not a subscription this projection can key");
+  }
+  r.subscription_id = *id;
+  r.customer_id = *customer;
+  std::vector<Plan> plans;
+  LEDGER_RETURN_IF_ERROR(ListPlans(state_, /*include_inactive=*/true, &plans));
+  const Value* item = PlanItem(object, plans);
+  r.item_id = IdOf(Member(item, "id"));
+  r.price_id = IdOf(Member(item, "price"));
+  r.interval = ShortText(Path(item, {"price", "recurring", "interval"}));
+  if (!r.interval) r.interval = ShortText(Path(item, {"plan", "interval"}));
+  // API >= 2025-03-31 moved the billing period onto the items; older versions have it on top.
+  r.current_period_start = Integer(Member(item, "current_period_start"));
+  r.current_period_end = Integer(Member(item, "current_period_end"));
+  if (!r.current_period_start) r.current_period_start = Integer(Member(object, "current_period_start"));
+  if (!r.current_period_end) r.current_period_end = Integer(Member(object, "current_period_end"));
+  const Value* cancel_at_period_end = Member(object, "cancel_at_period_end");
+  r.cancel_at_period_end = cancel_at_period_end != nullptr && cancel_at_period_end->IsBool() &&
+                           cancel_at_period_end->GetBool();
+  r.cancel_at = Integer(Member(object, "cancel_at"));
+  r.canceled_at = Integer(Member(object, "canceled_at"));
+  r.ended_at = Integer(Member(object, "ended_at"));
+  r.trial_start = Integer(Member(object, "trial_start"));
+  r.trial_end = Integer(Member(object, "trial_end"));
+  r.created = Integer(Member(object, "created"));
+  r.metadata_user_id = UserIdOf(Path(object, {"metadata", "user_id"}));
+  r.metadata_plan_id = ShortText(Path(object, {"metadata", "plan_id"}));
+  r.deleted = webhook_.type == "customer.subscription.deleted";
+  // A deleted subscription has ended whatever status the object shows.
+  if (r.deleted && !IsTerminal(r.status)) r.status = SubscriptionStatus::kCanceled;
+  r.event_id = webhook_.event_id;
+  r.event_type = webhook_.type;
+  r.event_created = webhook_.created;
+  const Plan* tagged = nullptr;
+  for (const Plan& plan : plans) {
+    if (r.metadata_plan_id == plan.id) tagged = &plan;
+  }
+  if (r.status == SubscriptionStatus::kTrialing && tagged != nullptr && tagged->trial_days > 0) {
+    r.plan_id = tagged->id;
+  } else {
+    for (const Plan& plan : plans) {
+      if (r.price_id && (plan.stripe_price_monthly == r.price_id ||
+                         plan.stripe_price_yearly == r.price_id)) {
+        r.plan_id = plan.id;
+        break;
+      }
+    }
+    if (!r.plan_id && tagged != nullptr) r.plan_id = tagged->id;
+  }
+  return Status::OK();
+}
+
+Status Decider::SubscriptionChanged(Derivation* out) {
+  SubscriptionRecord candidate;
+  Status s = ReadSubscription(Object(), &candidate);
+  if (s.IsNotFound()) return Status::OK();  // stored, nothing derived
+  LEDGER_RETURN_IF_ERROR(s);
+  out->customer_id = candidate.customer_id;
+  out->user_id = candidate.metadata_user_id;
+  LEDGER_RETURN_IF_ERROR(ResolveByCustomer(out->customer_id, &out->user_id));
+  if (candidate.metadata_user_id) {
+    LEDGER_RETURN_IF_ERROR(LinkCustomer(candidate.customer_id, *candidate.metadata_user_id,
+                                        std::nullopt, "subscription_metadata", out));
+  }
+  SubscriptionRecord current;
+  s = GetSubscription(state_, candidate.subscription_id, &current);
+  std::optional<std::string> previous_status;
+  if (s.ok()) {
+    if (!SupersedesSubscription(candidate, current)) return Status::OK();  // stale: no rollback
+    previous_status = std::string(SubscriptionStatusName(current.status));
+  } else if (!s.IsNotFound()) {
+    return s;
+  }
+  std::string record = SubscriptionRecordToJson(candidate);
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("user_id");
+  WriteOptString(&w, out->user_id);
+  w.Key("previous_status");
+  WriteOptString(&w, previous_status);
+  w.Key("subscription");
+  w.RawValue(record.data(), record.size(), rapidjson::kObjectType);
+  w.EndObject();
+  out->events.push_back(NewEvent{std::string(kSubscriptionStateChangedV1), "", Finish(buf)});
+  return Status::OK();
+}
+
+Status Decider::InvoiceSettled(bool paid, Derivation* out) {
+  const Value* invoice = Object();
+  InvoiceRecord r;
+  std::optional<std::string> id = IdOf(Member(invoice, "id"));
+  if (!id) return Status::OK();
+  r.invoice_id = *id;
+  r.customer_id = IdOf(Member(invoice, "customer"));
+  // Older API versions: top-level `subscription`; newer: parent.subscription_details.subscription.
+  r.subscription_id = IdOf(Member(invoice, "subscription"));
+  if (!r.subscription_id) {
+    r.subscription_id = IdOf(Path(invoice, {"parent", "subscription_details", "subscription"}));
+  }
+  r.paid = paid;
+  r.amount_due = Integer(Member(invoice, "amount_due"));
+  r.amount_paid = Integer(Member(invoice, "amount_paid"));
+  r.currency = ShortText(Member(invoice, "currency"));
+  r.attempt_count = Integer(Member(invoice, "attempt_count"));
+  r.billing_reason = ShortText(Member(invoice, "billing_reason"));
+  r.next_payment_attempt = Integer(Member(invoice, "next_payment_attempt"));
+  r.event_id = webhook_.event_id;
+  r.event_created = webhook_.created;
+
+  std::optional<std::string> metadata_user =
+      UserIdOf(Path(invoice, {"parent", "subscription_details", "metadata", "user_id"}));
+  if (!metadata_user) {
+    metadata_user = UserIdOf(Path(invoice, {"subscription_details", "metadata", "user_id"}));
+  }
+  out->customer_id = r.customer_id;
+  out->user_id = metadata_user;
+  LEDGER_RETURN_IF_ERROR(ResolveByCustomer(out->customer_id, &out->user_id));
+  if (!out->user_id && r.subscription_id) {
+    SubscriptionRecord sub;
+    Status s = GetSubscription(state_, *r.subscription_id, &sub);
+    if (s.ok()) {
+      out->user_id = sub.metadata_user_id;
+    } else if (!s.IsNotFound()) {
+      return s;
+    }
+  }
+  if (metadata_user && r.customer_id) {
+    LEDGER_RETURN_IF_ERROR(
+        LinkCustomer(*r.customer_id, *metadata_user, std::nullopt, "invoice_metadata", out));
+  }
+
+  std::string value;
+  Status s = state_.Get(kSubscriptionsFamily, InvoiceRowKey(r.invoice_id), &value);
+  if (s.ok()) {
+    InvoiceRecord current;
+    LEDGER_RETURN_IF_ERROR(ParseInvoiceRecord(value, &current));
+    if (!SupersedesInvoice(r, current)) return Status::OK();
+  } else if (!s.IsNotFound()) {
+    return s;
+  }
+  std::string record = InvoiceRecordToJson(r);
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("user_id");
+  WriteOptString(&w, out->user_id);
+  w.Key("invoice");
+  w.RawValue(record.data(), record.size(), rapidjson::kObjectType);
+  w.EndObject();
+  out->events.push_back(
+      NewEvent{std::string(paid ? kInvoicePaidV1 : kInvoicePaymentFailedV1), "", Finish(buf)});
+  return Status::OK();
+}
+
+std::string ReceivedEventData(const StripeWebhook& webhook, const Derivation& derived) {
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("stripe_event_id");
+  WriteString(&w, webhook.event_id);
+  w.Key("type");
+  WriteString(&w, webhook.type);
+  w.Key("created");
+  w.Int64(webhook.created);
+  w.Key("api_version");
+  WriteOptString(&w, webhook.api_version);
+  w.Key("livemode");
+  w.Bool(webhook.livemode);
+  w.Key("raw_sha256");
+  WriteString(&w, webhook.raw_sha256);
+  w.Key("raw_bytes");
+  w.Uint64(webhook.raw_bytes);
+  w.Key("user_id");
+  WriteOptString(&w, derived.user_id);
+  w.Key("customer_id");
+  WriteOptString(&w, derived.customer_id);
+  w.Key("derived");
+  w.StartArray();
+  for (const NewEvent& e : derived.events) WriteString(&w, e.type);
+  w.EndArray();
+  w.Key("payload");
+  w.RawValue(webhook.redacted_payload.data(), webhook.redacted_payload.size(),
+             rapidjson::kObjectType);
+  w.EndObject();
+  return Finish(buf);
+}
+
+std::string ResponseBody(const StripeWebhook& webhook, const Derivation& derived,
+                         bool duplicate) {
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("received");
+  w.Bool(true);
+  w.Key("event_id");
+  WriteString(&w, webhook.event_id);
+  w.Key("type");
+  WriteString(&w, webhook.type);
+  w.Key("duplicate");
+  w.Bool(duplicate);
+  w.Key("derived");
+  w.StartArray();
+  for (const NewEvent& e : derived.events) WriteString(&w, e.type);
+  w.EndArray();
+  w.EndObject();
+  return Finish(buf);
+}
+
+}  // namespace
+
+bool IsStripeId(std::string_view id) {
+  if (id.empty() || id.size() > limits::kStripeIdBytesMax) return false;
+  // Stripe's ids are [A-Za-z0-9_]; anything visible but '/' (our row-key separator) is taken, so
+  // that hand-made test fixtures ("evt_test-1") are not refused.
+  return std::all_of(id.begin(), id.end(), [](char c) { return c > ' ' && c < 0x7f && c != '/'; });
+}
+
+Status ParseStripeWebhook(std::string_view raw_body, StripeWebhook* out) {
+  *out = StripeWebhook();
+  if (raw_body.size() > limits::kStripeWebhookBytesMax) {
+    return Status::Make(Code::kPayloadTooLarge, "payload_too_large",
+                        "a Stripe event is at most " +
+                            std::to_string(limits::kStripeWebhookBytesMax) + " bytes");
+  }
+  LEDGER_RETURN_IF_ERROR(RedactPayload(raw_body, &out->redacted_payload));
+  auto doc = std::make_shared<rapidjson::Document>();
+  Status s = ParseJsonObject(out->redacted_payload, doc.get());
+  if (!s.ok()) return Malformed(s.message());
+
+  std::optional<std::string> id = Text(Member(doc.get(), "id"), limits::kStripeIdBytesMax);
+  if (!id || !IsStripeId(*id)) return Malformed("id: a Stripe event id is required");
+  std::optional<std::string> type =
+      Text(Member(doc.get(), "type"), limits::kStripeEventTypeBytesMax);
+  if (!type || !std::all_of(type->begin(), type->end(), IsEventTypeChar)) {
+    return Malformed("type: a Stripe event type is required");
+  }
+  std::optional<int64_t> created = Integer(Member(doc.get(), "created"));
+  if (!created || *created < 0) return Malformed("created: Unix seconds are required");
+  const Value* api_version = Member(doc.get(), "api_version");
+  if (api_version != nullptr && !api_version->IsNull()) {
+    out->api_version = ShortText(api_version);
+    if (!out->api_version) return Malformed("api_version: must be a string or null");
+  }
+  const Value* livemode = Member(doc.get(), "livemode");
+  if (livemode != nullptr && !livemode->IsBool()) return Malformed("livemode: must be a boolean");
+  out->livemode = livemode != nullptr && livemode->GetBool();
+  out->event_id = std::move(*id);
+  out->type = std::move(*type);
+  out->created = *created;
+  out->raw_sha256 = HexEncode(Sha256(raw_body));
+  out->raw_bytes = raw_body.size();
+  out->payload = std::move(doc);
+  return Status::OK();
+}
+
+IngestStripeWebhook::IngestStripeWebhook(StripeWebhook webhook) : webhook_(std::move(webhook)) {
+  idempotency_scope = std::string(kStripeWebhookIdempotencyScope);
+  idempotency_key = webhook_.event_id;
+  // The event id alone: a redelivery is a duplicate whatever its body.
+  request_hash = Sha256(kStripeWebhookIdempotencyScope, webhook_.event_id);
+}
+
+Status IngestStripeWebhook::Decide(const DecideContext& context, Decision* decision) {
+  Derivation derived;
+  Decider decider(webhook_, *context.state);
+  LEDGER_RETURN_IF_ERROR(decider.Run(&derived));
+  std::string subject;
+  if (derived.user_id) {
+    subject = *derived.user_id;
+  } else if (derived.customer_id) {
+    subject = "stripe_customer:" + *derived.customer_id;
+  } else {
+    subject = "stripe_event:" + webhook_.event_id;
+  }
+  decision->http_status = 200;
+  decision->body = ResponseBody(webhook_, derived, /*duplicate=*/false);
+  decision->events.clear();
+  decision->events.push_back(NewEvent{std::string(kStripeWebhookReceivedV1), subject,
+                                      ReceivedEventData(webhook_, derived)});
+  for (NewEvent& e : derived.events) {
+    e.subject = subject;
+    decision->events.push_back(std::move(e));
+  }
+  return Status::OK();
+}
+
+std::string DuplicateWebhookBody(std::string_view stored_body) {
+  std::string body(stored_body);
+  constexpr std::string_view kFresh = "\"duplicate\":false";
+  size_t at = body.find(kFresh);
+  if (at != std::string::npos) body.replace(at, kFresh.size(), "\"duplicate\":true");
+  return body;
+}
+
+}  // namespace ledger::projections

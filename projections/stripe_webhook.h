@@ -1,0 +1,87 @@
+// Stripe webhook ingestion: from a verified delivery (http/stripe_webhook_routes.cc checks the
+// signature over the raw body first) to ONE command that appends the delivery and the domain
+// events derived from it.
+//
+//   ParseStripeWebhook(raw body)  -> StripeWebhook (envelope fields, redacted copy, parsed doc)
+//   IngestStripeWebhook(webhook)  -> Command: dedupe on the Stripe event id, then append
+//       stripe.webhook_received.v1                      always (the delivery, secrets redacted)
+//       customer.linked.v1                              a new user <-> customer link / email
+//       subscription.checkout_completed.v1              checkout.session.completed
+//       subscription.state_changed.v1                   customer.subscription.* (a subscription
+//                                                       object) newer than the stored state
+//       invoice.paid.v1 / invoice.payment_failed.v1     invoice.paid / invoice.payment_failed
+//   Other types (and stale subscription/invoice states) append only the delivery.
+//
+// Dedupe: the command's idempotency record is (scope "stripe.webhook", key = the event id) with a
+// request hash of the event id alone, so a redelivery -- even one whose body differs, which
+// Stripe never sends but a replaying attacker with a leaked secret might -- is answered from the
+// record with nothing appended.
+//
+// Secrets never enter an event: the stored payload is the delivery's JSON re-serialized
+// compactly (numbers and strings exactly as received) with the value of every member named
+// `client_secret` or `secret` replaced by "[redacted]"; `raw_sha256` is the SHA-256 of the exact
+// bytes received, so the original delivery can still be matched against Stripe's copy.
+//
+// Thread safety: ParseStripeWebhook is pure; the command is used by one request thread and then
+// decided on the ledger's writer thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include <rapidjson/document.h>
+
+#include "events/ledger.h"
+#include "events/status.h"
+
+namespace ledger::projections {
+
+inline constexpr std::string_view kStripeWebhookReceivedV1 = "stripe.webhook_received.v1";
+inline constexpr std::string_view kStripeWebhookIdempotencyScope = "stripe.webhook";
+// Value written in place of a redacted secret.
+inline constexpr std::string_view kRedacted = "[redacted]";
+
+struct StripeWebhook {
+  std::string event_id;                    // evt_...
+  std::string type;                        // e.g. "customer.subscription.updated"
+  int64_t created = 0;                     // Unix seconds
+  std::optional<std::string> api_version;  // e.g. "2025-03-31.basil"; null for some events
+  bool livemode = false;
+  std::string raw_sha256;                  // lowercase hex of SHA-256(raw body)
+  size_t raw_bytes = 0;
+  std::string redacted_payload;            // compact JSON, secrets redacted
+  std::shared_ptr<const rapidjson::Document> payload;  // the parsed (redacted) payload
+};
+
+// Parses a delivery's raw body. InvalidArgument "malformed_event" when it is not a JSON object
+// (UTF-8, bounded nesting, no duplicate names), or `id` (a Stripe id), `type` (lowercase dotted
+// name) or `created` (integer >= 0) is missing or wrong; `api_version` must be a string or null
+// and `livemode` a boolean when present. PayloadTooLarge "payload_too_large" beyond
+// limits::kStripeWebhookBytesMax.
+Status ParseStripeWebhook(std::string_view raw_body, StripeWebhook* out);
+
+// The decided response body: {"received":true,"event_id":...,"type":...,"duplicate":<bool>,
+// "derived":[<types>]} ("derived" lists what this delivery appended besides itself; a duplicate
+// answers with the original delivery's list).
+class IngestStripeWebhook final : public Command {
+ public:
+  explicit IngestStripeWebhook(StripeWebhook webhook);
+  Status Decide(const DecideContext& context, Decision* decision) override;
+
+  const StripeWebhook& webhook() const { return webhook_; }
+
+ private:
+  StripeWebhook webhook_;
+};
+
+// The response body for a duplicate delivery, given the original's stored body.
+std::string DuplicateWebhookBody(std::string_view stored_body);
+
+// True for ids like Stripe's (`evt_...`, `cus_...`, `sub_...`): 1 to limits::kStripeIdBytesMax
+// visible ASCII characters other than '/'.
+bool IsStripeId(std::string_view id);
+
+}  // namespace ledger::projections

@@ -1,0 +1,847 @@
+#include "projections/subscriptions.h"
+
+#include <algorithm>
+#include <array>
+#include <set>
+#include <tuple>
+#include <utility>
+
+#include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include "projections/json_util.h"
+#include "projections/limits.h"
+
+namespace ledger::projections {
+
+namespace {
+
+using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
+
+constexpr std::array<std::string_view, 8> kStatusNames = {
+    "incomplete", "incomplete_expired", "trialing", "active",
+    "past_due",   "canceled",           "unpaid",   "paused"};
+
+// Tie-break rank of a status within one second (see the ordering key in the header). Arbitrary
+// but fixed, so that equal-second events converge whatever their delivery order.
+int StatusRank(SubscriptionStatus status) {
+  switch (status) {
+    case SubscriptionStatus::kIncomplete: return 0;
+    case SubscriptionStatus::kTrialing: return 1;
+    case SubscriptionStatus::kActive: return 2;
+    case SubscriptionStatus::kPastDue: return 3;
+    case SubscriptionStatus::kUnpaid: return 4;
+    case SubscriptionStatus::kPaused: return 5;
+    case SubscriptionStatus::kIncompleteExpired: return 6;
+    case SubscriptionStatus::kCanceled: return 7;
+  }
+  return 0;
+}
+
+int EventKindRank(std::string_view event_type) {
+  if (event_type == "customer.subscription.created") return 0;
+  if (event_type == "customer.subscription.deleted") return 2;
+  return 1;
+}
+
+Status Corrupt(std::string_view what, const Status& s) {
+  return Status::Corruption(std::string(what) + ": " + s.message());
+}
+
+// ---- keys ---------------------------------------------------------------------------------------
+
+std::string Key(std::string_view prefix, std::string_view a) {
+  std::string key(prefix);
+  key.append(a);
+  return key;
+}
+std::string Key(std::string_view prefix, std::string_view a, std::string_view b) {
+  std::string key = Key(prefix, a);
+  key.push_back('/');
+  key.append(b);
+  return key;
+}
+
+constexpr std::string_view kSubPrefix = "sub/";
+constexpr std::string_view kCustomerPrefix = "cus/";
+constexpr std::string_view kUserPrefix = "user/";
+constexpr std::string_view kInvoicePrefix = "inv/";
+constexpr std::string_view kUserCustomerPrefix = "user_cus/";
+constexpr std::string_view kUserSubPrefix = "user_sub/";
+constexpr std::string_view kCustomerSubPrefix = "cus_sub/";
+constexpr std::string_view kSubInvoicePrefix = "sub_inv/";
+constexpr std::string_view kStatusPrefix = "status/";
+constexpr std::string_view kEmailPrefix = "email/";
+constexpr std::string_view kSessionPrefix = "session/";
+constexpr std::string_view kCheckoutSessionCreatedV1 = "stripe.checkout_session_created.v1";
+
+std::string LowercaseAscii(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  return out;
+}
+
+// Calls `fn` with the last key component of every row under `prefix` + "/" whose remainder has
+// no further '/', at most `limit` of them.
+Status ScanChildren(const StateReader& state, std::string_view prefix, size_t limit,
+                    std::vector<std::string>* out) {
+  out->clear();
+  std::string full(prefix);
+  full.push_back('/');
+  return state.Scan(kSubscriptionsFamily, full, [&](std::string_view key, std::string_view) {
+    std::string_view rest = key.substr(full.size());
+    if (!rest.empty() && rest.find('/') == std::string_view::npos) out->emplace_back(rest);
+    return out->size() < limit;
+  });
+}
+
+// ---- JSON writing -------------------------------------------------------------------------------
+
+void WriteString(JsonWriter* w, std::string_view s) {
+  w->String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
+}
+void WriteOptString(JsonWriter* w, const std::optional<std::string>& s) {
+  if (s) {
+    WriteString(w, *s);
+  } else {
+    w->Null();
+  }
+}
+void WriteOptInt(JsonWriter* w, const std::optional<int64_t>& v) {
+  if (v) {
+    w->Int64(*v);
+  } else {
+    w->Null();
+  }
+}
+void WriteOptionalEmail(JsonWriter* w, std::string_view email) {
+  if (email.empty()) {
+    w->Null();
+  } else {
+    WriteString(w, email);
+  }
+}
+
+// ---- link rows ------------------------------------------------------------------------------------
+
+// cus/<id> and user/<id> rows share the email part.
+struct EmailPart {
+  std::string email;  // empty = none known
+  int64_t email_created = 0;
+  // (created, email) ordering: a later (or, within a second, greater) email wins.
+  bool Superseded(std::string_view email_candidate, int64_t created) const {
+    return std::tie(created, email_candidate) >
+           std::tie(email_created, static_cast<const std::string&>(email));
+  }
+};
+
+struct CustomerRow {
+  std::string customer_id;
+  std::string user_id;
+  EmailPart email;
+};
+
+struct UserRow {
+  std::string user_id;
+  EmailPart email;
+};
+
+std::string CustomerRowJson(const CustomerRow& row) {
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("customer_id");
+  WriteString(&w, row.customer_id);
+  w.Key("user_id");
+  WriteString(&w, row.user_id);
+  w.Key("email");
+  WriteOptionalEmail(&w, row.email.email);
+  w.Key("email_created");
+  w.Int64(row.email.email_created);
+  w.EndObject();
+  return std::string(buf.GetString(), buf.GetSize());
+}
+
+std::string UserRowJson(const UserRow& row) {
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("user_id");
+  WriteString(&w, row.user_id);
+  w.Key("email");
+  WriteOptionalEmail(&w, row.email.email);
+  w.Key("email_created");
+  w.Int64(row.email.email_created);
+  w.EndObject();
+  return std::string(buf.GetString(), buf.GetSize());
+}
+
+Status ParseEmailPart(ObjectReader* reader, EmailPart* out) {
+  std::optional<std::string> email;
+  LEDGER_RETURN_IF_ERROR(reader->NullableString("email", true, &email));
+  out->email = email.value_or("");
+  return reader->Int("email_created", true, &out->email_created);
+}
+
+Status ReadCustomerRow(const StateReader& state, std::string_view customer_id, CustomerRow* out) {
+  std::string value;
+  LEDGER_RETURN_IF_ERROR(state.Get(kSubscriptionsFamily, Key(kCustomerPrefix, customer_id), &value));
+  rapidjson::Document doc;
+  Status s = ParseJsonObject(value, &doc);
+  ObjectReader reader(doc);
+  if (s.ok()) s = reader.String("customer_id", true, &out->customer_id);
+  if (s.ok()) s = reader.String("user_id", true, &out->user_id);
+  if (s.ok()) s = ParseEmailPart(&reader, &out->email);
+  if (!s.ok()) return Corrupt("subscriptions row cus/" + Truncated(customer_id), s);
+  return Status::OK();
+}
+
+Status ReadUserRow(const StateReader& state, std::string_view user_id, UserRow* out) {
+  std::string value;
+  LEDGER_RETURN_IF_ERROR(state.Get(kSubscriptionsFamily, Key(kUserPrefix, user_id), &value));
+  rapidjson::Document doc;
+  Status s = ParseJsonObject(value, &doc);
+  ObjectReader reader(doc);
+  if (s.ok()) s = reader.String("user_id", true, &out->user_id);
+  if (s.ok()) s = ParseEmailPart(&reader, &out->email);
+  if (!s.ok()) return Corrupt("subscriptions row user/" + Truncated(user_id), s);
+  return Status::OK();
+}
+
+// ---- applying events ------------------------------------------------------------------------------
+
+Status ParseEventData(const Event& event, rapidjson::Document* doc) {
+  Status s = ParseJsonObject(event.data, doc);
+  if (!s.ok()) return Status::InvalidArgument("malformed_event", event.type + ": " + s.message());
+  return Status::OK();
+}
+
+Status Malformed(const Event& event, const Status& s) {
+  return Status::InvalidArgument("malformed_event", event.type + ": " + s.message());
+}
+
+Status ApplyUserEmail(const StateReader& state, RowWriter* rows, std::string_view user_id,
+                      std::string_view email, int64_t created) {
+  UserRow row;
+  Status s = ReadUserRow(state, user_id, &row);
+  if (s.IsNotFound()) {
+    row = UserRow{std::string(user_id), {}};
+  } else {
+    LEDGER_RETURN_IF_ERROR(s);
+  }
+  bool changed = s.IsNotFound();
+  if (!email.empty() && row.email.Superseded(email, created)) {
+    if (!row.email.email.empty() && LowercaseAscii(row.email.email) != LowercaseAscii(email)) {
+      LEDGER_RETURN_IF_ERROR(rows->Delete(
+          kSubscriptionsFamily, Key(kEmailPrefix, LowercaseAscii(row.email.email), user_id)));
+    }
+    row.email = EmailPart{std::string(email), created};
+    LEDGER_RETURN_IF_ERROR(
+        rows->Put(kSubscriptionsFamily, Key(kEmailPrefix, LowercaseAscii(email), user_id), ""));
+    changed = true;
+  }
+  if (!changed) return Status::OK();
+  return rows->Put(kSubscriptionsFamily, Key(kUserPrefix, user_id), UserRowJson(row));
+}
+
+// customer.linked.v1 {"customer_id","user_id","email","source","stripe_event_id","created"}
+Status ApplyCustomerLinked(const Event& event, const StateReader& state, RowWriter* rows) {
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(ParseEventData(event, &doc));
+  ObjectReader reader(doc);
+  std::string customer_id, user_id;
+  std::optional<std::string> email;
+  int64_t created = 0;
+  Status s = reader.String("customer_id", true, &customer_id);
+  if (s.ok()) s = reader.String("user_id", true, &user_id);
+  if (s.ok()) s = reader.NullableString("email", true, &email);
+  if (s.ok()) s = reader.Int("created", true, &created);
+  if (!s.ok()) return Malformed(event, s);
+
+  CustomerRow row;
+  s = ReadCustomerRow(state, customer_id, &row);
+  if (s.IsNotFound()) {
+    row = CustomerRow{customer_id, user_id, {}};
+  } else {
+    LEDGER_RETURN_IF_ERROR(s);
+    // The first link of a customer stands; another user's claim is kept only in the log.
+    if (row.user_id != user_id) return Status::OK();
+  }
+  const std::string new_email = email.value_or("");
+  if (!new_email.empty() && row.email.Superseded(new_email, created)) {
+    row.email = EmailPart{new_email, created};
+  }
+  LEDGER_RETURN_IF_ERROR(
+      rows->Put(kSubscriptionsFamily, Key(kCustomerPrefix, customer_id), CustomerRowJson(row)));
+  LEDGER_RETURN_IF_ERROR(
+      rows->Put(kSubscriptionsFamily, Key(kUserCustomerPrefix, user_id, customer_id), ""));
+  return ApplyUserEmail(state, rows, user_id, new_email, created);
+}
+
+// subscription.checkout_completed.v1: the session's user and customer name its subscription.
+Status ApplyCheckoutCompleted(const Event& event, RowWriter* rows) {
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(ParseEventData(event, &doc));
+  ObjectReader reader(doc);
+  std::optional<std::string> user_id, customer_id, subscription_id;
+  Status s = reader.NullableString("user_id", true, &user_id);
+  if (s.ok()) s = reader.NullableString("customer_id", true, &customer_id);
+  if (s.ok()) s = reader.NullableString("subscription_id", true, &subscription_id);
+  if (!s.ok()) return Malformed(event, s);
+  if (!subscription_id) return Status::OK();
+  if (user_id) {
+    LEDGER_RETURN_IF_ERROR(
+        rows->Put(kSubscriptionsFamily, Key(kUserSubPrefix, *user_id, *subscription_id), ""));
+  }
+  if (customer_id) {
+    LEDGER_RETURN_IF_ERROR(rows->Put(kSubscriptionsFamily,
+                                     Key(kCustomerSubPrefix, *customer_id, *subscription_id), ""));
+  }
+  return Status::OK();
+}
+
+// subscription.state_changed.v1 {"user_id","previous_status","subscription":{...}}
+Status ApplyStateChanged(const Event& event, const StateReader& state, RowWriter* rows) {
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(ParseEventData(event, &doc));
+  auto it = doc.FindMember("subscription");
+  if (it == doc.MemberEnd() || !it->value.IsObject()) {
+    return Status::InvalidArgument("malformed_event", event.type + ": subscription: required");
+  }
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  it->value.Accept(w);
+  SubscriptionRecord candidate;
+  Status s = ParseSubscriptionRecord(std::string_view(buf.GetString(), buf.GetSize()), &candidate);
+  if (!s.ok()) return Malformed(event, s);
+
+  // Links are set unions: applied even when the state itself is stale.
+  const std::string& sub_id = candidate.subscription_id;
+  LEDGER_RETURN_IF_ERROR(rows->Put(kSubscriptionsFamily,
+                                   Key(kCustomerSubPrefix, candidate.customer_id, sub_id), ""));
+  if (candidate.metadata_user_id && !candidate.metadata_user_id->empty() &&
+      candidate.metadata_user_id->find('/') == std::string::npos) {
+    LEDGER_RETURN_IF_ERROR(rows->Put(
+        kSubscriptionsFamily, Key(kUserSubPrefix, *candidate.metadata_user_id, sub_id), ""));
+  }
+
+  SubscriptionRecord current;
+  s = GetSubscription(state, sub_id, &current);
+  if (s.ok()) {
+    if (!SupersedesSubscription(candidate, current)) return Status::OK();
+    if (current.status != candidate.status) {
+      LEDGER_RETURN_IF_ERROR(rows->Delete(
+          kSubscriptionsFamily, Key(kStatusPrefix, SubscriptionStatusName(current.status), sub_id)));
+    }
+  } else if (!s.IsNotFound()) {
+    return s;
+  }
+  LEDGER_RETURN_IF_ERROR(rows->Put(kSubscriptionsFamily, SubscriptionRowKey(sub_id),
+                                   SubscriptionRecordToJson(candidate)));
+  return rows->Put(kSubscriptionsFamily,
+                   Key(kStatusPrefix, SubscriptionStatusName(candidate.status), sub_id), "");
+}
+
+// invoice.paid.v1 / invoice.payment_failed.v1 {"user_id","invoice":{...}}
+Status ApplyInvoice(const Event& event, const StateReader& state, RowWriter* rows) {
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(ParseEventData(event, &doc));
+  auto it = doc.FindMember("invoice");
+  if (it == doc.MemberEnd() || !it->value.IsObject()) {
+    return Status::InvalidArgument("malformed_event", event.type + ": invoice: required");
+  }
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  it->value.Accept(w);
+  InvoiceRecord candidate;
+  Status s = ParseInvoiceRecord(std::string_view(buf.GetString(), buf.GetSize()), &candidate);
+  if (!s.ok()) return Malformed(event, s);
+  if (candidate.subscription_id) {
+    LEDGER_RETURN_IF_ERROR(rows->Put(
+        kSubscriptionsFamily,
+        Key(kSubInvoicePrefix, *candidate.subscription_id, candidate.invoice_id), ""));
+  }
+  std::string value;
+  s = state.Get(kSubscriptionsFamily, InvoiceRowKey(candidate.invoice_id), &value);
+  if (s.ok()) {
+    InvoiceRecord current;
+    s = ParseInvoiceRecord(value, &current);
+    if (!s.ok()) return Corrupt("subscriptions row inv/" + Truncated(candidate.invoice_id), s);
+    if (!SupersedesInvoice(candidate, current)) return Status::OK();
+  } else if (!s.IsNotFound()) {
+    return s;
+  }
+  return rows->Put(kSubscriptionsFamily, InvoiceRowKey(candidate.invoice_id),
+                   InvoiceRecordToJson(candidate));
+}
+
+// stripe.checkout_session_created.v1 (http/billing_routes.cc): our own record that a user opened
+// a Checkout Session. Kept as session -> user, the fallback when Stripe's
+// checkout.session.completed names no user. Not this fold's event: anything unusable is ignored
+// rather than failing the command that appended it.
+Status ApplyCheckoutSessionCreated(const Event& event, RowWriter* rows) {
+  rapidjson::Document doc;
+  if (!ParseJsonObject(event.data, &doc).ok()) return Status::OK();
+  ObjectReader reader(doc);
+  std::string session_id, user_id;
+  if (!reader.String("session_id", true, &session_id).ok() ||
+      !reader.String("user_id", true, &user_id).ok() || session_id.empty() || user_id.empty() ||
+      session_id.find('/') != std::string::npos || user_id.find('/') != std::string::npos) {
+    return Status::OK();
+  }
+  return rows->Put(kSubscriptionsFamily, Key(kSessionPrefix, session_id), user_id);
+}
+
+// ---- choosing a user's subscription ---------------------------------------------------------------
+
+int AccessPreference(const SubscriptionRecord& r) {
+  if (r.deleted) return 0;
+  switch (AccessFor(r.status)) {
+    case AccessLevel::kGranted: return 3;
+    case AccessLevel::kGrace: return 2;
+    case AccessLevel::kNone: return IsTerminal(r.status) ? 0 : 1;
+  }
+  return 0;
+}
+
+// True when `a` should be shown rather than `b`.
+bool Preferred(const SubscriptionRecord& a, const SubscriptionRecord& b) {
+  return std::make_tuple(AccessPreference(a), a.created.value_or(0), a.subscription_id) >
+         std::make_tuple(AccessPreference(b), b.created.value_or(0), b.subscription_id);
+}
+
+Status LatestInvoice(const StateReader& state, std::string_view subscription_id,
+                     std::optional<InvoiceRecord>* out) {
+  out->reset();
+  std::vector<std::string> invoice_ids;
+  LEDGER_RETURN_IF_ERROR(ScanChildren(state, Key(kSubInvoicePrefix, subscription_id),
+                                      limits::kUserSubscriptionsMax, &invoice_ids));
+  for (const std::string& id : invoice_ids) {
+    std::string value;
+    Status s = state.Get(kSubscriptionsFamily, InvoiceRowKey(id), &value);
+    if (s.IsNotFound()) continue;
+    LEDGER_RETURN_IF_ERROR(s);
+    InvoiceRecord invoice;
+    s = ParseInvoiceRecord(value, &invoice);
+    if (!s.ok()) return Corrupt("subscriptions row inv/" + Truncated(id), s);
+    if (!*out || std::tie(invoice.event_created, invoice.invoice_id) >
+                     std::tie((*out)->event_created, (*out)->invoice_id)) {
+      *out = std::move(invoice);
+    }
+  }
+  return Status::OK();
+}
+
+std::optional<std::string> PlanForPrice(const std::vector<Plan>& plans,
+                                        const std::optional<std::string>& price_id) {
+  if (!price_id) return std::nullopt;
+  for (const Plan& plan : plans) {
+    if (plan.stripe_price_monthly == price_id || plan.stripe_price_yearly == price_id) {
+      return plan.id;
+    }
+  }
+  return std::nullopt;
+}
+
+const Plan* FindPlan(const std::vector<Plan>& plans, const std::optional<std::string>& id) {
+  if (!id) return nullptr;
+  for (const Plan& plan : plans) {
+    if (plan.id == *id) return &plan;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+// ---- status -------------------------------------------------------------------------------------
+
+std::string_view SubscriptionStatusName(SubscriptionStatus status) {
+  return kStatusNames[static_cast<size_t>(status)];
+}
+
+bool ParseSubscriptionStatus(std::string_view name, SubscriptionStatus* out) {
+  for (size_t i = 0; i < kStatusNames.size(); ++i) {
+    if (kStatusNames[i] == name) {
+      *out = static_cast<SubscriptionStatus>(i);
+      return true;
+    }
+  }
+  return false;
+}
+
+AccessLevel AccessFor(SubscriptionStatus status) {
+  switch (status) {
+    case SubscriptionStatus::kTrialing:
+    case SubscriptionStatus::kActive:
+      return AccessLevel::kGranted;
+    case SubscriptionStatus::kPastDue:
+      return AccessLevel::kGrace;
+    case SubscriptionStatus::kIncomplete:
+    case SubscriptionStatus::kIncompleteExpired:
+    case SubscriptionStatus::kCanceled:
+    case SubscriptionStatus::kUnpaid:
+    case SubscriptionStatus::kPaused:
+      return AccessLevel::kNone;
+  }
+  return AccessLevel::kNone;
+}
+
+std::string_view AccessLevelName(AccessLevel level) {
+  switch (level) {
+    case AccessLevel::kNone: return "none";
+    case AccessLevel::kGranted: return "granted";
+    case AccessLevel::kGrace: return "grace";
+  }
+  return "none";
+}
+
+bool IsTerminal(SubscriptionStatus status) {
+  return status == SubscriptionStatus::kCanceled ||
+         status == SubscriptionStatus::kIncompleteExpired;
+}
+
+// ---- ordering -----------------------------------------------------------------------------------
+
+bool SupersedesSubscription(const SubscriptionRecord& candidate,
+                            const SubscriptionRecord& current) {
+  auto key = [](const SubscriptionRecord& r) {
+    return std::make_tuple(r.deleted || IsTerminal(r.status), r.event_created,
+                           EventKindRank(r.event_type), StatusRank(r.status),
+                           std::string_view(r.event_id));
+  };
+  return key(candidate) > key(current);
+}
+
+bool SupersedesInvoice(const InvoiceRecord& candidate, const InvoiceRecord& current) {
+  return std::make_tuple(candidate.paid, candidate.event_created,
+                         std::string_view(candidate.event_id)) >
+         std::make_tuple(current.paid, current.event_created, std::string_view(current.event_id));
+}
+
+// ---- rows ---------------------------------------------------------------------------------------
+
+std::string SubscriptionRowKey(std::string_view subscription_id) {
+  return Key(kSubPrefix, subscription_id);
+}
+
+std::string InvoiceRowKey(std::string_view invoice_id) { return Key(kInvoicePrefix, invoice_id); }
+
+std::string SubscriptionRecordToJson(const SubscriptionRecord& r) {
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("subscription_id");
+  WriteString(&w, r.subscription_id);
+  w.Key("customer_id");
+  WriteString(&w, r.customer_id);
+  w.Key("status");
+  WriteString(&w, SubscriptionStatusName(r.status));
+  w.Key("plan_id");
+  WriteOptString(&w, r.plan_id);
+  w.Key("price_id");
+  WriteOptString(&w, r.price_id);
+  w.Key("item_id");
+  WriteOptString(&w, r.item_id);
+  w.Key("interval");
+  WriteOptString(&w, r.interval);
+  w.Key("current_period_start");
+  WriteOptInt(&w, r.current_period_start);
+  w.Key("current_period_end");
+  WriteOptInt(&w, r.current_period_end);
+  w.Key("cancel_at_period_end");
+  w.Bool(r.cancel_at_period_end);
+  w.Key("cancel_at");
+  WriteOptInt(&w, r.cancel_at);
+  w.Key("canceled_at");
+  WriteOptInt(&w, r.canceled_at);
+  w.Key("ended_at");
+  WriteOptInt(&w, r.ended_at);
+  w.Key("trial_start");
+  WriteOptInt(&w, r.trial_start);
+  w.Key("trial_end");
+  WriteOptInt(&w, r.trial_end);
+  w.Key("created");
+  WriteOptInt(&w, r.created);
+  w.Key("metadata_user_id");
+  WriteOptString(&w, r.metadata_user_id);
+  w.Key("metadata_plan_id");
+  WriteOptString(&w, r.metadata_plan_id);
+  w.Key("deleted");
+  w.Bool(r.deleted);
+  w.Key("event_id");
+  WriteString(&w, r.event_id);
+  w.Key("event_type");
+  WriteString(&w, r.event_type);
+  w.Key("event_created");
+  w.Int64(r.event_created);
+  w.EndObject();
+  return std::string(buf.GetString(), buf.GetSize());
+}
+
+Status ParseSubscriptionRecord(std::string_view json, SubscriptionRecord* out) {
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(ParseJsonObject(json, &doc));
+  ObjectReader r(doc);
+  SubscriptionRecord rec;
+  std::string status;
+  LEDGER_RETURN_IF_ERROR(r.String("subscription_id", true, &rec.subscription_id));
+  LEDGER_RETURN_IF_ERROR(r.String("customer_id", true, &rec.customer_id));
+  LEDGER_RETURN_IF_ERROR(r.String("status", true, &status));
+  if (!ParseSubscriptionStatus(status, &rec.status)) {
+    return Status::Make(Code::kUnprocessable, "validation_failed", "status: unknown value");
+  }
+  LEDGER_RETURN_IF_ERROR(r.NullableString("plan_id", true, &rec.plan_id));
+  LEDGER_RETURN_IF_ERROR(r.NullableString("price_id", true, &rec.price_id));
+  LEDGER_RETURN_IF_ERROR(r.NullableString("item_id", true, &rec.item_id));
+  LEDGER_RETURN_IF_ERROR(r.NullableString("interval", true, &rec.interval));
+  LEDGER_RETURN_IF_ERROR(r.NullableInt("current_period_start", true, &rec.current_period_start));
+  LEDGER_RETURN_IF_ERROR(r.NullableInt("current_period_end", true, &rec.current_period_end));
+  LEDGER_RETURN_IF_ERROR(r.Bool("cancel_at_period_end", true, &rec.cancel_at_period_end));
+  LEDGER_RETURN_IF_ERROR(r.NullableInt("cancel_at", true, &rec.cancel_at));
+  LEDGER_RETURN_IF_ERROR(r.NullableInt("canceled_at", true, &rec.canceled_at));
+  LEDGER_RETURN_IF_ERROR(r.NullableInt("ended_at", true, &rec.ended_at));
+  LEDGER_RETURN_IF_ERROR(r.NullableInt("trial_start", true, &rec.trial_start));
+  LEDGER_RETURN_IF_ERROR(r.NullableInt("trial_end", true, &rec.trial_end));
+  LEDGER_RETURN_IF_ERROR(r.NullableInt("created", true, &rec.created));
+  LEDGER_RETURN_IF_ERROR(r.NullableString("metadata_user_id", true, &rec.metadata_user_id));
+  LEDGER_RETURN_IF_ERROR(r.NullableString("metadata_plan_id", true, &rec.metadata_plan_id));
+  LEDGER_RETURN_IF_ERROR(r.Bool("deleted", true, &rec.deleted));
+  LEDGER_RETURN_IF_ERROR(r.String("event_id", true, &rec.event_id));
+  LEDGER_RETURN_IF_ERROR(r.String("event_type", true, &rec.event_type));
+  LEDGER_RETURN_IF_ERROR(r.Int("event_created", true, &rec.event_created));
+  if (rec.subscription_id.empty() || rec.customer_id.empty() || rec.event_id.empty()) {
+    return Status::Make(Code::kUnprocessable, "validation_failed",
+                        "subscription_id, customer_id and event_id must not be empty");
+  }
+  *out = std::move(rec);
+  return Status::OK();
+}
+
+std::string InvoiceRecordToJson(const InvoiceRecord& r) {
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("invoice_id");
+  WriteString(&w, r.invoice_id);
+  w.Key("customer_id");
+  WriteOptString(&w, r.customer_id);
+  w.Key("subscription_id");
+  WriteOptString(&w, r.subscription_id);
+  w.Key("paid");
+  w.Bool(r.paid);
+  w.Key("amount_due");
+  WriteOptInt(&w, r.amount_due);
+  w.Key("amount_paid");
+  WriteOptInt(&w, r.amount_paid);
+  w.Key("currency");
+  WriteOptString(&w, r.currency);
+  w.Key("attempt_count");
+  WriteOptInt(&w, r.attempt_count);
+  w.Key("billing_reason");
+  WriteOptString(&w, r.billing_reason);
+  w.Key("next_payment_attempt");
+  WriteOptInt(&w, r.next_payment_attempt);
+  w.Key("event_id");
+  WriteString(&w, r.event_id);
+  w.Key("event_created");
+  w.Int64(r.event_created);
+  w.EndObject();
+  return std::string(buf.GetString(), buf.GetSize());
+}
+
+Status ParseInvoiceRecord(std::string_view json, InvoiceRecord* out) {
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(ParseJsonObject(json, &doc));
+  ObjectReader r(doc);
+  InvoiceRecord rec;
+  LEDGER_RETURN_IF_ERROR(r.String("invoice_id", true, &rec.invoice_id));
+  LEDGER_RETURN_IF_ERROR(r.NullableString("customer_id", true, &rec.customer_id));
+  LEDGER_RETURN_IF_ERROR(r.NullableString("subscription_id", true, &rec.subscription_id));
+  LEDGER_RETURN_IF_ERROR(r.Bool("paid", true, &rec.paid));
+  LEDGER_RETURN_IF_ERROR(r.NullableInt("amount_due", true, &rec.amount_due));
+  LEDGER_RETURN_IF_ERROR(r.NullableInt("amount_paid", true, &rec.amount_paid));
+  LEDGER_RETURN_IF_ERROR(r.NullableString("currency", true, &rec.currency));
+  LEDGER_RETURN_IF_ERROR(r.NullableInt("attempt_count", true, &rec.attempt_count));
+  LEDGER_RETURN_IF_ERROR(r.NullableString("billing_reason", true, &rec.billing_reason));
+  LEDGER_RETURN_IF_ERROR(r.NullableInt("next_payment_attempt", true, &rec.next_payment_attempt));
+  LEDGER_RETURN_IF_ERROR(r.String("event_id", true, &rec.event_id));
+  LEDGER_RETURN_IF_ERROR(r.Int("event_created", true, &rec.event_created));
+  if (rec.invoice_id.empty() || rec.event_id.empty()) {
+    return Status::Make(Code::kUnprocessable, "validation_failed",
+                        "invoice_id and event_id must not be empty");
+  }
+  *out = std::move(rec);
+  return Status::OK();
+}
+
+// ---- fold ---------------------------------------------------------------------------------------
+
+Status SubscriptionFold::Apply(const Event& event, const StateReader& state,
+                               RowWriter* rows) const {
+  if (event.type == kCustomerLinkedV1) return ApplyCustomerLinked(event, state, rows);
+  if (event.type == kSubscriptionCheckoutCompletedV1) return ApplyCheckoutCompleted(event, rows);
+  if (event.type == kSubscriptionStateChangedV1) return ApplyStateChanged(event, state, rows);
+  if (event.type == kInvoicePaidV1 || event.type == kInvoicePaymentFailedV1) {
+    return ApplyInvoice(event, state, rows);
+  }
+  if (event.type == kCheckoutSessionCreatedV1) return ApplyCheckoutSessionCreated(event, rows);
+  return Status::OK();
+}
+
+// ---- queries ------------------------------------------------------------------------------------
+
+Status GetSubscription(const StateReader& state, std::string_view subscription_id,
+                       SubscriptionRecord* out) {
+  std::string value;
+  Status s = state.Get(kSubscriptionsFamily, SubscriptionRowKey(subscription_id), &value);
+  if (s.IsNotFound()) return Status::NotFound("no subscription '" + Truncated(subscription_id) + "'");
+  LEDGER_RETURN_IF_ERROR(s);
+  s = ParseSubscriptionRecord(value, out);
+  if (!s.ok()) return Corrupt("subscriptions row sub/" + Truncated(subscription_id), s);
+  return Status::OK();
+}
+
+Status GetCustomerUser(const StateReader& state, std::string_view customer_id,
+                       std::string* user_id) {
+  CustomerRow row;
+  Status s = ReadCustomerRow(state, customer_id, &row);
+  if (s.IsNotFound()) return Status::NotFound("customer not linked");
+  LEDGER_RETURN_IF_ERROR(s);
+  *user_id = row.user_id;
+  return Status::OK();
+}
+
+Status GetUserSubscription(const StateReader& state, std::string_view user_id,
+                           UserSubscription* out) {
+  *out = UserSubscription();
+  out->user_id.assign(user_id);
+  if (user_id.empty() || user_id.find('/') != std::string_view::npos) return Status::OK();
+
+  UserRow user_row;
+  Status s = ReadUserRow(state, user_id, &user_row);
+  if (s.ok()) {
+    out->email = user_row.email.email;
+  } else if (!s.IsNotFound()) {
+    return s;
+  }
+
+  std::vector<std::string> customers;
+  LEDGER_RETURN_IF_ERROR(ScanChildren(state, Key(kUserCustomerPrefix, user_id),
+                                      limits::kUserSubscriptionsMax, &customers));
+  std::set<std::string> subscription_ids;
+  std::vector<std::string> children;
+  LEDGER_RETURN_IF_ERROR(ScanChildren(state, Key(kUserSubPrefix, user_id),
+                                      limits::kUserSubscriptionsMax, &children));
+  subscription_ids.insert(children.begin(), children.end());
+  for (const std::string& customer : customers) {
+    LEDGER_RETURN_IF_ERROR(ScanChildren(state, Key(kCustomerSubPrefix, customer),
+                                        limits::kUserSubscriptionsMax, &children));
+    subscription_ids.insert(children.begin(), children.end());
+  }
+
+  for (const std::string& id : subscription_ids) {
+    SubscriptionRecord record;
+    s = GetSubscription(state, id, &record);
+    if (s.IsNotFound()) continue;  // named by a checkout; no subscription event yet
+    LEDGER_RETURN_IF_ERROR(s);
+    // A subscription Stripe tagged for another user is never shown to this one.
+    if (record.metadata_user_id && *record.metadata_user_id != user_id) continue;
+    if (!out->has_subscription || Preferred(record, out->subscription)) {
+      out->subscription = std::move(record);
+      out->has_subscription = true;
+    }
+  }
+
+  if (out->has_subscription) {
+    out->customer_id = out->subscription.customer_id;
+    if (!out->subscription.plan_id) {
+      LEDGER_RETURN_IF_ERROR(PlanForSubscription(state, out->subscription.status,
+                                                 out->subscription.price_id,
+                                                 out->subscription.metadata_plan_id,
+                                                 &out->subscription.plan_id));
+    }
+    LEDGER_RETURN_IF_ERROR(
+        LatestInvoice(state, out->subscription.subscription_id, &out->latest_invoice));
+  } else if (!customers.empty()) {
+    out->customer_id = customers.back();  // the greatest id: deterministic
+  }
+  return Status::OK();
+}
+
+Status ListSubscriptionsByStatus(const StateReader& state, SubscriptionStatus status,
+                                 size_t limit, std::vector<std::string>* subscription_ids) {
+  subscription_ids->clear();
+  if (limit == 0) return Status::OK();
+  return ScanChildren(state, Key(kStatusPrefix, SubscriptionStatusName(status)), limit,
+                      subscription_ids);
+}
+
+Status GetCheckoutSessionUser(const StateReader& state, std::string_view session_id,
+                             std::string* user_id) {
+  if (session_id.empty() || session_id.find('/') != std::string_view::npos) {
+    return Status::NotFound("no such checkout session");
+  }
+  Status s = state.Get(kSubscriptionsFamily, Key(kSessionPrefix, session_id), user_id);
+  if (s.IsNotFound()) return Status::NotFound("no such checkout session");
+  return s;
+}
+
+Status FindUsersByEmail(const StateReader& state, std::string_view email,
+                        std::vector<std::string>* user_ids) {
+  user_ids->clear();
+  if (email.empty()) return Status::OK();
+  return ScanChildren(state, Key(kEmailPrefix, LowercaseAscii(email)),
+                      limits::kUserSubscriptionsMax, user_ids);
+}
+
+Status PlanForSubscription(const StateReader& state, SubscriptionStatus status,
+                           const std::optional<std::string>& price_id,
+                           const std::optional<std::string>& metadata_plan_id,
+                           std::optional<std::string>* plan_id) {
+  std::vector<Plan> plans;
+  LEDGER_RETURN_IF_ERROR(ListPlans(state, /*include_inactive=*/true, &plans));
+  plan_id->reset();
+  const Plan* tagged = FindPlan(plans, metadata_plan_id);
+  if (status == SubscriptionStatus::kTrialing && tagged != nullptr && tagged->trial_days > 0) {
+    *plan_id = tagged->id;
+    return Status::OK();
+  }
+  *plan_id = PlanForPrice(plans, price_id);
+  if (!*plan_id && tagged != nullptr) *plan_id = tagged->id;
+  return Status::OK();
+}
+
+// ---- access -------------------------------------------------------------------------------------
+
+Status GetUserAccess(const StateReader& state, std::string_view user_id, UserAccess* out) {
+  *out = UserAccess();
+  LEDGER_RETURN_IF_ERROR(GetUserSubscription(state, user_id, &out->subscription));
+  const UserSubscription& sub = out->subscription;
+  if (!sub.has_subscription) return Status::OK();
+  if (sub.subscription.plan_id) {
+    Plan plan;
+    Status s = GetPlan(state, *sub.subscription.plan_id, &plan);
+    if (s.ok()) {
+      out->plan = std::move(plan);
+    } else if (!s.IsNotFound()) {
+      return s;
+    }
+  }
+  out->access = out->plan ? sub.access() : AccessLevel::kNone;
+  return Status::OK();
+}
+
+ServiceAccess CheckServiceAccess(const UserAccess& access, std::string_view service) {
+  if (!IsKnownService(service)) return {false, "unknown_service"};
+  const UserSubscription& sub = access.subscription;
+  if (!sub.has_subscription) return {false, "no_subscription"};
+  if (sub.access() == AccessLevel::kNone) return {false, "subscription_inactive"};
+  if (!access.plan) return {false, "unknown_plan"};
+  if (!access.plan->HasService(service)) return {false, "service_not_in_plan"};
+  return {true, "ok"};
+}
+
+}  // namespace ledger::projections

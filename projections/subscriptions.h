@@ -1,0 +1,264 @@
+// The subscription projection: what ledgerd knows about each user's Stripe subscription, derived
+// only from Stripe-signed webhook deliveries (projections/stripe_webhook.h decides the events).
+//
+// Events this fold applies (schemas in schemas/events/<type>.schema.json):
+//   customer.linked.v1                 a user id <-> Stripe customer link (and the email)
+//   subscription.checkout_completed.v1 a Checkout Session completed (user, customer, subscription)
+//   subscription.state_changed.v1      a subscription's state as of one Stripe event
+//   invoice.paid.v1, invoice.payment_failed.v1
+// (stripe.webhook_received.v1 is the verbatim delivery; this fold does not read it.)
+//
+// Out of order and duplicates. Stripe delivers at least once and in no order. Each Stripe object
+// row keeps the ordering key of the event it was last set from; an event whose key is not
+// greater never changes the row. For a subscription the key is
+//   (terminal, event created, event kind (created < updated < deleted), status rank, event id)
+// where terminal = a `deleted` event or a status of canceled/incomplete_expired (Stripe never
+// revives those), so a cancellation wins over any update, even a later-stamped one, and ties
+// within one second converge. Every row is a max (or a set union) over the events applied, so
+// the rows after a set of events are the same bytes whatever order they arrived in.
+//
+// Links. A subscription is attached to a user when any of these is known, in any order:
+// the subscription's metadata.user_id; a Checkout Session naming it (client_reference_id or
+// metadata.user_id); or a link of its customer to the user. Until then it is kept under its
+// own id and its customer's, and queries pick it up as soon as a link arrives.
+//
+// Rows (column family "subscriptions"; all keys are ASCII, ids are Stripe's or our user ids):
+//   sub/<subscription_id>            subscription JSON (SubscriptionRecord)
+//   cus/<customer_id>                {"customer_id","user_id","email","email_created"}
+//   user/<user_id>                   {"user_id","email","email_created"}
+//   inv/<invoice_id>                 invoice JSON (InvoiceRecord)
+//   user_cus/<user_id>/<customer_id> ""   index: a user's customers
+//   user_sub/<user_id>/<sub_id>      ""   index: subscriptions named for a user
+//   cus_sub/<customer_id>/<sub_id>   ""   index: a customer's subscriptions
+//   sub_inv/<sub_id>/<invoice_id>    ""   index: a subscription's invoices
+//   status/<status>/<sub_id>         ""   index: subscriptions by status (admin listing)
+//   email/<lowercased email>/<user>  ""   index: users by email (admin lookup)
+//   session/<checkout_session_id>    <user_id>: from stripe.checkout_session_created.v1 (our own
+//                                    record of POST /checkout/create), the fallback owner of a
+//                                    completed session that names no user
+// User ids must not contain '/' (the webhook decider refuses such links).
+//
+// Thread safety: the fold and the queries are pure functions of the StateReader they are given;
+// call them from any thread with a ReadView from Ledger::Snapshot() (or a DecideContext's state).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "events/fold.h"
+#include "events/status.h"
+#include "projections/plan_catalog.h"
+
+namespace ledger::projections {
+
+inline constexpr std::string_view kSubscriptionsFamily = "subscriptions";
+
+inline constexpr std::string_view kCustomerLinkedV1 = "customer.linked.v1";
+inline constexpr std::string_view kSubscriptionCheckoutCompletedV1 =
+    "subscription.checkout_completed.v1";
+inline constexpr std::string_view kSubscriptionStateChangedV1 = "subscription.state_changed.v1";
+inline constexpr std::string_view kInvoicePaidV1 = "invoice.paid.v1";
+inline constexpr std::string_view kInvoicePaymentFailedV1 = "invoice.payment_failed.v1";
+
+// ---------------------------------------------------------------------------------------------
+// Status and access
+
+// Stripe's eight subscription statuses.
+enum class SubscriptionStatus {
+  kIncomplete,
+  kIncompleteExpired,
+  kTrialing,
+  kActive,
+  kPastDue,
+  kCanceled,
+  kUnpaid,
+  kPaused,
+};
+
+// Stripe's spelling: "incomplete", "incomplete_expired", "trialing", "active", "past_due",
+// "canceled", "unpaid", "paused".
+std::string_view SubscriptionStatusName(SubscriptionStatus status);
+// False for anything that is not one of the eight names.
+bool ParseSubscriptionStatus(std::string_view name, SubscriptionStatus* out);
+
+// What a status means for access (PROTOCOLS.md): trialing/active grant; past_due is a grace
+// period (access kept); incomplete has not started yet; canceled/unpaid/incomplete_expired
+// revoke; paused (a trial ended without a payment method) grants nothing.
+enum class AccessLevel { kNone, kGranted, kGrace };
+AccessLevel AccessFor(SubscriptionStatus status);
+std::string_view AccessLevelName(AccessLevel level);  // "none", "granted", "grace"
+// canceled and incomplete_expired: the subscription can never become active again.
+bool IsTerminal(SubscriptionStatus status);
+
+// ---------------------------------------------------------------------------------------------
+// Rows
+
+// One Stripe subscription as of the last Stripe event applied to it. Times are Unix seconds,
+// as Stripe sends them; nullopt where Stripe sent null or nothing.
+struct SubscriptionRecord {
+  std::string subscription_id;           // sub_...
+  std::string customer_id;               // cus_...
+  SubscriptionStatus status = SubscriptionStatus::kIncomplete;
+  std::optional<std::string> plan_id;    // our plan (from the price, see PlanForSubscription)
+  std::optional<std::string> price_id;   // the recurring price of the subscription's item
+  std::optional<std::string> item_id;    // si_...: what POST /v1/subscriptions/{id} items[0][id] needs
+  std::optional<std::string> interval;   // price.recurring.interval: "month", "year", ...
+  std::optional<int64_t> current_period_start;  // items.data[].current_period_* or top-level
+  std::optional<int64_t> current_period_end;
+  bool cancel_at_period_end = false;
+  std::optional<int64_t> cancel_at;
+  std::optional<int64_t> canceled_at;
+  std::optional<int64_t> ended_at;
+  std::optional<int64_t> trial_start;
+  std::optional<int64_t> trial_end;
+  std::optional<int64_t> created;        // the subscription object's own `created`
+  std::optional<std::string> metadata_user_id;  // metadata.user_id, as sent
+  std::optional<std::string> metadata_plan_id;  // metadata.plan_id, as sent
+  bool deleted = false;                  // a customer.subscription.deleted was applied
+  // The Stripe event this state comes from (the ordering key, see the file comment).
+  std::string event_id;                  // evt_...
+  std::string event_type;                // e.g. "customer.subscription.updated"
+  int64_t event_created = 0;
+
+  bool operator==(const SubscriptionRecord&) const = default;
+};
+
+// One invoice, as of its last applied event. `paid` is final: a failure never undoes it.
+struct InvoiceRecord {
+  std::string invoice_id;                   // in_...
+  std::optional<std::string> customer_id;
+  std::optional<std::string> subscription_id;  // top-level `subscription` or
+                                               // parent.subscription_details.subscription
+  bool paid = false;                        // invoice.paid applied; else payment failed
+  std::optional<int64_t> amount_due;        // cents
+  std::optional<int64_t> amount_paid;
+  std::optional<std::string> currency;
+  std::optional<int64_t> attempt_count;
+  std::optional<std::string> billing_reason;
+  std::optional<int64_t> next_payment_attempt;
+  std::string event_id;
+  int64_t event_created = 0;
+
+  bool operator==(const InvoiceRecord&) const = default;
+};
+
+// ---------------------------------------------------------------------------------------------
+// The fold
+
+class SubscriptionFold final : public Fold {
+ public:
+  std::string_view Name() const override { return kSubscriptionsFamily; }
+  Status Apply(const Event& event, const StateReader& state, RowWriter* rows) const override;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Queries (any thread)
+
+// Everything the projection knows about one user's billing relationship. Always answered: a user
+// ledgerd knows nothing about gets OK with has_subscription == false and empty ids.
+struct UserSubscription {
+  std::string user_id;
+  std::string email;          // from the Checkout Session / customer link; may be empty
+  // The Stripe customer to use for this user (portal, payment methods, the next checkout):
+  // the chosen subscription's customer, else the user's most recently linked customer; empty
+  // when none is known.
+  std::string customer_id;
+  bool has_subscription = false;
+  // The user's current subscription when has_subscription: among every subscription attached to
+  // the user, the one that grants access (granted, then grace), else the one not terminal, else
+  // the most recently created (ties: the greater id). Its plan_id is filled from the catalog when
+  // the row has none but its price maps to a plan now.
+  SubscriptionRecord subscription;
+  std::optional<InvoiceRecord> latest_invoice;  // of that subscription, by (created, id)
+
+  // Shortcuts into `subscription` (empty / kNone when !has_subscription).
+  const std::string& subscription_id() const { return subscription.subscription_id; }
+  std::optional<std::string> plan_id() const {
+    return has_subscription ? subscription.plan_id : std::nullopt;
+  }
+  AccessLevel access() const {
+    return has_subscription ? AccessFor(subscription.status) : AccessLevel::kNone;
+  }
+  // Stripe's status name, or "none".
+  std::string_view status_name() const {
+    return has_subscription ? SubscriptionStatusName(subscription.status) : "none";
+  }
+};
+
+// The user's subscription (see UserSubscription). Errors only for storage/corruption.
+Status GetUserSubscription(const StateReader& state, std::string_view user_id,
+                           UserSubscription* out);
+
+// One subscription by Stripe id; NotFound when unknown.
+Status GetSubscription(const StateReader& state, std::string_view subscription_id,
+                       SubscriptionRecord* out);
+
+// The user linked to a Stripe customer; NotFound when the customer is not linked.
+Status GetCustomerUser(const StateReader& state, std::string_view customer_id,
+                       std::string* user_id);
+
+// Subscription ids with a given status, in id order, at most `limit` (admin listing).
+Status ListSubscriptionsByStatus(const StateReader& state, SubscriptionStatus status,
+                                 size_t limit, std::vector<std::string>* subscription_ids);
+
+// The user who opened a Checkout Session through POST /api/v1/billing/checkout/create;
+// NotFound when ledgerd did not create it.
+Status GetCheckoutSessionUser(const StateReader& state, std::string_view session_id,
+                              std::string* user_id);
+
+// User ids whose linked email equals `email` (case-insensitive), in id order.
+Status FindUsersByEmail(const StateReader& state, std::string_view email,
+                        std::vector<std::string>* user_ids);
+
+// ---------------------------------------------------------------------------------------------
+// Access (for my-access, check-access, usage metering)
+
+struct UserAccess {
+  UserSubscription subscription;
+  std::optional<Plan> plan;   // the subscription's plan from the catalog (retired plans too)
+  AccessLevel access = AccessLevel::kNone;  // kNone also when the plan is unknown
+};
+
+Status GetUserAccess(const StateReader& state, std::string_view user_id, UserAccess* out);
+
+// Why a service is or is not available to a user. Reasons (stable, snake_case):
+//   "ok", "unknown_service", "no_subscription", "subscription_inactive", "unknown_plan",
+//   "service_not_in_plan".
+struct ServiceAccess {
+  bool allowed = false;
+  std::string_view reason;
+};
+ServiceAccess CheckServiceAccess(const UserAccess& access, std::string_view service);
+
+// The plan a subscription's state maps to, from the catalog in `state`:
+//   1. while trialing, metadata.plan_id when it names a plan with trial_days > 0 (the trial plan
+//      is Starter's recurring price plus a trial, tagged plan_id=trial at checkout);
+//   2. the plan whose stripe_price_monthly or stripe_price_yearly equals `price_id`;
+//   3. metadata.plan_id when it names a catalog plan;
+//   4. nullopt.
+Status PlanForSubscription(const StateReader& state, SubscriptionStatus status,
+                           const std::optional<std::string>& price_id,
+                           const std::optional<std::string>& metadata_plan_id,
+                           std::optional<std::string>* plan_id);
+
+// ---------------------------------------------------------------------------------------------
+// Row encoding (shared with the webhook decider; exposed for tests)
+
+std::string SubscriptionRowKey(std::string_view subscription_id);
+std::string SubscriptionRecordToJson(const SubscriptionRecord& record);
+Status ParseSubscriptionRecord(std::string_view json, SubscriptionRecord* out);
+std::string InvoiceRowKey(std::string_view invoice_id);
+std::string InvoiceRecordToJson(const InvoiceRecord& record);
+Status ParseInvoiceRecord(std::string_view json, InvoiceRecord* out);
+
+// True when a subscription state from event (`candidate`) must replace `current` (the ordering
+// key above is strictly greater).
+bool SupersedesSubscription(const SubscriptionRecord& candidate,
+                            const SubscriptionRecord& current);
+// Same for invoices: key (paid, event created, event id).
+bool SupersedesInvoice(const InvoiceRecord& candidate, const InvoiceRecord& current);
+
+}  // namespace ledger::projections

@@ -1,0 +1,224 @@
+// The assembled daemon in-process (daemon/app.h): start on port 0 with Kafka off, serve, stop,
+// restart on the same directory; the dev-mode JWT secret; startup failures and their exit codes.
+#include "daemon/app.h"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "daemon/config.h"
+#include "tests/daemon/daemon_test_util.h"
+#include "tests/support/daemon_process.h"
+#include "tests/support/http_client.h"
+#include "tests/support/test_ledger.h"
+#include "tests/support/tokens.h"
+
+namespace ledger::testing {
+namespace {
+
+using daemon::App;
+using daemon::Config;
+using daemon::ExitCodeFor;
+using daemon::kExitConfig;
+using daemon::kExitInternal;
+using daemon::kExitOk;
+using daemon::kExitStorage;
+
+Config TestConfig(const std::string& data_dir) {
+  Config config;
+  config.data_dir = data_dir;
+  config.listen_host = "127.0.0.1";
+  config.listen_port = 0;
+  config.kafka_brokers = "none";
+  config.master_key_file = data_dir + "/master.key";
+  config.http_threads = 16;
+  return config;
+}
+
+mode_t FileMode(const std::string& path) {
+  struct stat st {};
+  EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
+  return st.st_mode & 07777;
+}
+
+TEST(AppTest, StartsOnPortZeroServesAndStops) {
+  TempDir dir;
+  std::unique_ptr<App> app;
+  Status s = App::Start(TestConfig(dir.Sub("data")), nullptr, &app);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  ASSERT_GT(app->http_port(), 0);
+  EXPECT_EQ(app->kafka_bootstrap(), "");
+
+  TestHttpClient client("127.0.0.1", app->http_port());
+  EXPECT_EQ(client.Get("/livez").status, 200);
+  HttpReply ready = client.Get("/readyz");
+  EXPECT_EQ(ready.status, 200) << ready.body;
+  HttpReply plans = client.Get("/api/v1/subscriptions/plans");
+  ASSERT_EQ(plans.status, 200) << plans.body;
+  ASSERT_TRUE(plans.Json()["plans"].IsArray());
+  EXPECT_EQ(plans.Json()["plans"].Size(), 4u) << plans.body;
+  EXPECT_EQ(plans.Header("X-Ledger-Position"), "4");
+
+  // Dev mode: the secret the daemon created signs admin tokens it accepts.
+  const std::string secret = ReadDevSecret(dir.Sub("data"));
+  ASSERT_EQ(secret.size(), 64u);
+  client.set_bearer(MintAdminToken(secret));
+  HttpReply created = client.Post("/api/v1/subscriptions/plans",
+                                  R"({"id":"in-process","display_name":"In process",)"
+                                  R"("price_monthly_cents":100,"api_calls_limit":10,)"
+                                  R"("services":["chat"]})");
+  ASSERT_EQ(created.status, 201) << created.body;
+  EXPECT_EQ(created.Header("X-Ledger-Position"), "5");
+  const int64_t now_s = 2'000'000'000;
+  client.set_bearer(
+      MintHs256(TokenClaims::Admin("forger", now_s), "another-secret-0123456789abcdef"));
+  EXPECT_EQ(client.Get("/api/v1/audit/head").status, 401);
+
+  const int port = app->http_port();
+  ASSERT_TRUE(app->Stop(std::chrono::milliseconds(0)).ok());
+  ASSERT_TRUE(app->Stop(std::chrono::milliseconds(0)).ok());  // idempotent
+  TestHttpClient after("127.0.0.1", port);
+  EXPECT_EQ(after.Get("/livez").status, 0) << "still serving after Stop()";
+  app.reset();
+
+  // Restart on the same directory: same head, same secret, the plan is still there.
+  s = App::Start(TestConfig(dir.Sub("data")), nullptr, &app);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  TestHttpClient again("127.0.0.1", app->http_port());
+  HttpReply plan = again.Get("/api/v1/subscriptions/plans/in-process");
+  EXPECT_EQ(plan.status, 200) << plan.body;
+  EXPECT_EQ(plan.Header("X-Ledger-Position"), "5");
+  EXPECT_EQ(ReadDevSecret(dir.Sub("data")), secret);
+  EXPECT_TRUE(app->Stop(std::chrono::milliseconds(0)).ok());
+}
+
+TEST(AppTest, DevSecretIsCreatedWithMode0600AndReused) {
+  TempDir dir;
+  const std::string data_dir = dir.Sub("not/yet/there");
+  const mode_t old_umask = ::umask(0);  // the file's mode must not depend on the umask
+  std::string first;
+  Status s = daemon::LoadOrCreateDevSecret(data_dir, &first);
+  ::umask(old_umask);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  const std::string path = daemon::DevJwtSecretPath(data_dir);
+  EXPECT_EQ(path, data_dir + "/jwt-dev.secret");
+  EXPECT_EQ(FileMode(path), 0600u);
+  EXPECT_EQ(first.size(), 64u);
+  EXPECT_EQ(first.find_first_not_of("0123456789abcdef"), std::string::npos) << first;
+  std::string second;
+  ASSERT_TRUE(daemon::LoadOrCreateDevSecret(data_dir, &second).ok());
+  EXPECT_EQ(second, first);
+  EXPECT_EQ(ReadDevSecret(data_dir), first);
+
+  // Another directory gets another secret.
+  std::string other;
+  ASSERT_TRUE(daemon::LoadOrCreateDevSecret(dir.Sub("other"), &other).ok());
+  EXPECT_NE(other, first);
+}
+
+TEST(AppTest, ATruncatedDevSecretIsAStorageError) {
+  TempDir dir;
+  WriteTextFile(dir.Sub("jwt-dev.secret"), "abc\n");
+  std::string secret;
+  Status s = daemon::LoadOrCreateDevSecret(dir.path(), &secret);
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(ExitCodeFor(s), kExitStorage) << s.ToString();
+}
+
+TEST(AppTest, NoDevSecretWhenJwtIsConfigured) {
+  TempDir dir;
+  Config config = TestConfig(dir.Sub("data"));
+  config.jwt_hs256_secret = kTestHs256Secret;
+  ASSERT_FALSE(config.DevMode());
+  std::unique_ptr<App> app;
+  Status s = App::Start(config, nullptr, &app);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_FALSE(std::filesystem::exists(daemon::DevJwtSecretPath(config.data_dir)));
+  TestHttpClient client("127.0.0.1", app->http_port());
+  client.set_bearer(MintAdminToken(kTestHs256Secret));
+  EXPECT_EQ(client.Get("/api/v1/audit/head").status, 200);
+  EXPECT_TRUE(app->Stop(std::chrono::milliseconds(0)).ok());
+}
+
+TEST(AppTest, ExitCodes) {
+  EXPECT_EQ(ExitCodeFor(Status::OK()), kExitOk);
+  EXPECT_EQ(ExitCodeFor(Status::IOError("disk")), kExitStorage);
+  EXPECT_EQ(ExitCodeFor(Status::Corruption("bad block")), kExitStorage);
+  EXPECT_EQ(ExitCodeFor(Status::Make(Code::kUnprocessable, "bad_config", "x")), kExitConfig);
+  EXPECT_EQ(ExitCodeFor(Status::InvalidArgument("bad_jwt_config", "x")), kExitConfig);
+  EXPECT_EQ(ExitCodeFor(Status::Internal("bug")), kExitInternal);
+}
+
+TEST(AppTest, DataDirThatIsARegularFileIsAStorageError) {
+  TempDir dir;
+  WriteTextFile(dir.Sub("file"), "not a directory");
+  for (bool dev_mode : {true, false}) {
+    SCOPED_TRACE(dev_mode ? "dev mode" : "HS256 configured");
+    Config config = TestConfig(dir.Sub("file"));
+    if (!dev_mode) config.jwt_hs256_secret = kTestHs256Secret;
+    std::unique_ptr<App> app;
+    Status s = App::Start(config, nullptr, &app);
+    EXPECT_FALSE(s.ok());
+    EXPECT_EQ(app, nullptr);
+    EXPECT_EQ(ExitCodeFor(s), kExitStorage) << s.ToString();
+  }
+}
+
+TEST(AppTest, ACorruptCurrentFileIsAStorageError) {
+  TempDir dir;
+  std::unique_ptr<App> app;
+  ASSERT_TRUE(App::Start(TestConfig(dir.Sub("data")), nullptr, &app).ok());
+  ASSERT_TRUE(app->Stop(std::chrono::milliseconds(0)).ok());
+  app.reset();
+  WriteTextFile(dir.Sub("data/CURRENT"), "MANIFEST-999999\n");
+  Status s = App::Start(TestConfig(dir.Sub("data")), nullptr, &app);
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(ExitCodeFor(s), kExitStorage) << s.ToString();
+  WriteTextFile(dir.Sub("data/CURRENT"), "garbage without newline");
+  s = App::Start(TestConfig(dir.Sub("data")), nullptr, &app);
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(ExitCodeFor(s), kExitStorage) << s.ToString();
+}
+
+TEST(AppTest, ASecondDaemonOnTheSameDirectoryIsAStorageError) {
+  TempDir dir;
+  std::unique_ptr<App> first;
+  ASSERT_TRUE(App::Start(TestConfig(dir.Sub("data")), nullptr, &first).ok());
+  std::unique_ptr<App> second;
+  Status s = App::Start(TestConfig(dir.Sub("data")), nullptr, &second);
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(ExitCodeFor(s), kExitStorage) << s.ToString();
+  // The first one is unharmed.
+  TestHttpClient client("127.0.0.1", first->http_port());
+  EXPECT_EQ(client.Get("/readyz").status, 200);
+  EXPECT_TRUE(first->Stop(std::chrono::milliseconds(0)).ok());
+}
+
+TEST(AppTest, AnUnparsableJwksFileIsAConfigError) {
+  TempDir dir;
+  WriteTextFile(dir.Sub("jwks.json"), "{not json");
+  Config config = TestConfig(dir.Sub("data"));
+  config.jwt_jwks_file = dir.Sub("jwks.json");
+  std::unique_ptr<App> app;
+  Status s = App::Start(config, nullptr, &app);
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(ExitCodeFor(s), kExitConfig) << s.ToString();
+  EXPECT_NE(s.message().find("LEDGER_JWT_JWKS_FILE"), std::string::npos) << s.ToString();
+}
+
+TEST(AppTest, AnEmptyJwksFileIsAConfigError) {
+  TempDir dir;
+  WriteTextFile(dir.Sub("jwks.json"), "");
+  Config config = TestConfig(dir.Sub("data"));
+  config.jwt_jwks_file = dir.Sub("jwks.json");
+  std::unique_ptr<App> app;
+  Status s = App::Start(config, nullptr, &app);
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(ExitCodeFor(s), kExitConfig) << s.ToString();
+  EXPECT_NE(s.message().find("LEDGER_JWT_JWKS_FILE"), std::string::npos) << s.ToString();
+}
+
+}  // namespace
+}  // namespace ledger::testing

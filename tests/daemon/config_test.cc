@@ -1,0 +1,313 @@
+// ledgerd configuration (CONTRACT.md §1): defaults, flag-over-environment precedence, and every
+// bad setting rejected at start with exit code 78 naming the setting; bad usage is 64.
+#include "daemon/config.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <functional>
+
+#include "tests/daemon/daemon_test_util.h"
+#include "tests/support/test_ledger.h"
+#include "tests/support/tokens.h"
+
+namespace ledger::testing {
+namespace {
+
+using daemon::Config;
+using daemon::kExitConfig;
+using daemon::kExitOk;
+using daemon::kExitUsage;
+using daemon::ParseResult;
+
+constexpr char kLongSecret[] = "0123456789abcdef0123456789abcdef";  // 32 bytes
+
+TEST(ConfigTest, DefaultsMatchTheContract) {
+  ScopedCleanEnvironment env;
+  Config config;
+  ParseResult r = Parse({}, &config);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(r.exit_code, kExitOk);
+  EXPECT_FALSE(r.exit_now);
+  EXPECT_EQ(config.data_dir, "./data");
+  EXPECT_EQ(config.listen_host, "127.0.0.1");
+  EXPECT_EQ(config.listen_port, 8084);
+  EXPECT_EQ(config.kafka_brokers, "embedded");
+  EXPECT_EQ(config.kafka_topic, "ledger.events");
+  EXPECT_EQ(config.jwt_hs256_secret, "");
+  EXPECT_EQ(config.jwt_jwks_file, "");
+  EXPECT_EQ(config.jwt_issuer, "");
+  EXPECT_EQ(config.jwt_audience, "");
+  EXPECT_EQ(config.admin_role, "admin");
+  EXPECT_TRUE(config.service_tokens.empty());
+  EXPECT_EQ(config.stripe_secret_key, "");
+  EXPECT_TRUE(config.stripe_webhook_secrets.empty());
+  EXPECT_EQ(config.stripe_api_base, "https://api.stripe.com");
+  EXPECT_EQ(config.master_key_file, "./data/master.key");
+  EXPECT_EQ(config.log_level, "info");
+  EXPECT_TRUE(config.DevMode());
+}
+
+TEST(ConfigTest, MasterKeyDefaultFollowsTheDataDirectory) {
+  ScopedCleanEnvironment env;
+  env.Set("LEDGER_DATA_DIR", "/srv/ledger");
+  Config config;
+  ASSERT_TRUE(Parse({}, &config).status.ok());
+  EXPECT_EQ(config.master_key_file, "/srv/ledger/master.key");
+}
+
+TEST(ConfigTest, EveryContractVariableIsRead) {
+  ScopedCleanEnvironment env;
+  TempDir dir;
+  WriteTextFile(dir.Sub("jwks.json"), R"({"keys":[]})");
+  WriteTextFile(dir.Sub("lago.pem"), "pem");
+  env.Set("LEDGER_DATA_DIR", dir.Sub("data"));
+  env.Set("LEDGER_LISTEN", "0.0.0.0:0");
+  env.Set("LEDGER_KAFKA_BROKERS", "kafka-1:9092,kafka-2:9092");
+  env.Set("LEDGER_KAFKA_TOPIC", "billing.events-v2");
+  env.Set("LEDGER_JWT_HS256_SECRET", kLongSecret);
+  env.Set("LEDGER_JWT_JWKS_FILE", dir.Sub("jwks.json"));
+  env.Set("LEDGER_JWT_ISSUER", "https://sso.example.com/realms/x");
+  env.Set("LEDGER_JWT_AUDIENCE", "ledgerd");
+  env.Set("LEDGER_ADMIN_ROLE", "billing-admin");
+  env.Set("LEDGER_SERVICE_TOKENS", "gateway=0123456789abcdef01, litellm=fedcba9876543210fe");
+  env.Set("STRIPE_SECRET_KEY", "sk_test_x");
+  env.Set("STRIPE_WEBHOOK_SECRET", "whsec_new,whsec_old");
+  env.Set("STRIPE_API_BASE", "http://127.0.0.1:12111");
+  env.Set("STRIPE_SUCCESS_URL", "https://app.example.com/ok");
+  env.Set("STRIPE_CANCEL_URL", "https://app.example.com/cancel");
+  env.Set("STRIPE_PORTAL_RETURN_URL", "https://app.example.com/account");
+  env.Set("LAGO_WEBHOOK_HMAC_KEY", "lago-key");
+  env.Set("LAGO_WEBHOOK_PUBLIC_KEY_FILE", dir.Sub("lago.pem"));
+  env.Set("LEDGER_MASTER_KEY_FILE", dir.Sub("kek"));
+  env.Set("LEDGER_LOG_LEVEL", "debug");
+  Config config;
+  ParseResult r = Parse({}, &config);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(config.data_dir, dir.Sub("data"));
+  EXPECT_EQ(config.listen_host, "0.0.0.0");
+  EXPECT_EQ(config.listen_port, 0);
+  EXPECT_EQ(config.kafka_brokers, "kafka-1:9092,kafka-2:9092");
+  EXPECT_EQ(config.kafka_topic, "billing.events-v2");
+  EXPECT_EQ(config.jwt_hs256_secret, kLongSecret);
+  EXPECT_EQ(config.jwt_jwks_file, dir.Sub("jwks.json"));
+  EXPECT_EQ(config.jwt_issuer, "https://sso.example.com/realms/x");
+  EXPECT_EQ(config.jwt_audience, "ledgerd");
+  EXPECT_EQ(config.admin_role, "billing-admin");
+  ASSERT_EQ(config.service_tokens.size(), 2u);
+  EXPECT_EQ(config.service_tokens[0],
+            std::make_pair(std::string("gateway"), std::string("0123456789abcdef01")));
+  EXPECT_EQ(config.service_tokens[1],
+            std::make_pair(std::string("litellm"), std::string("fedcba9876543210fe")));
+  EXPECT_EQ(config.stripe_secret_key, "sk_test_x");
+  EXPECT_EQ(config.stripe_webhook_secrets, (std::vector<std::string>{"whsec_new", "whsec_old"}));
+  EXPECT_EQ(config.stripe_api_base, "http://127.0.0.1:12111");
+  EXPECT_EQ(config.stripe_success_url, "https://app.example.com/ok");
+  EXPECT_EQ(config.stripe_cancel_url, "https://app.example.com/cancel");
+  EXPECT_EQ(config.stripe_portal_return_url, "https://app.example.com/account");
+  EXPECT_EQ(config.lago_webhook_hmac_key, "lago-key");
+  EXPECT_EQ(config.lago_webhook_public_key_file, dir.Sub("lago.pem"));
+  EXPECT_EQ(config.master_key_file, dir.Sub("kek"));
+  EXPECT_EQ(config.log_level, "debug");
+  EXPECT_FALSE(config.DevMode());
+  // Secrets never appear in the startup description.
+  const std::string described = config.Describe();
+  EXPECT_EQ(described.find(kLongSecret), std::string::npos) << described;
+  EXPECT_EQ(described.find("0123456789abcdef01"), std::string::npos) << described;
+  EXPECT_EQ(described.find("sk_test_x"), std::string::npos) << described;
+  EXPECT_EQ(described.find("whsec_new"), std::string::npos) << described;
+}
+
+struct Precedence {
+  const char* env_name;
+  const char* flag;
+  const char* env_value;
+  const char* flag_value;
+  std::function<std::string(const Config&)> read;
+  const char* from_env;   // what `read` gives with only the environment set
+  const char* from_flag;  // ... with both set
+};
+
+TEST(ConfigTest, FlagWinsOverEnvironment) {
+  const std::vector<Precedence> cases = {
+      {"LEDGER_DATA_DIR", "--data-dir", "/from/env", "/from/flag",
+       [](const Config& c) { return c.data_dir; }, "/from/env", "/from/flag"},
+      {"LEDGER_LISTEN", "--listen", "127.0.0.1:9001", "127.0.0.2:9002",
+       [](const Config& c) { return c.listen_host + ":" + std::to_string(c.listen_port); },
+       "127.0.0.1:9001", "127.0.0.2:9002"},
+      {"LEDGER_KAFKA_BROKERS", "--kafka-brokers", "none", "embedded",
+       [](const Config& c) { return c.kafka_brokers; }, "none", "embedded"},
+      {"LEDGER_KAFKA_TOPIC", "--kafka-topic", "env.topic", "flag.topic",
+       [](const Config& c) { return c.kafka_topic; }, "env.topic", "flag.topic"},
+      {"LEDGER_ADMIN_ROLE", "--admin-role", "env-admin", "flag-admin",
+       [](const Config& c) { return c.admin_role; }, "env-admin", "flag-admin"},
+      {"STRIPE_API_BASE", "--stripe-api-base", "http://env.invalid", "http://flag.invalid",
+       [](const Config& c) { return c.stripe_api_base; }, "http://env.invalid",
+       "http://flag.invalid"},
+      {"LEDGER_LOG_LEVEL", "--log-level", "warn", "error",
+       [](const Config& c) { return c.log_level; }, "warn", "error"},
+      {"LEDGER_SERVICE_TOKENS", "--service-tokens", "env=0123456789abcdefXX",
+       "flag=0123456789abcdefYY",
+       [](const Config& c) {
+         return c.service_tokens.size() == 1 ? c.service_tokens[0].first : "";
+       },
+       "env", "flag"},
+      {"LEDGER_JWT_HS256_SECRET", "--jwt-hs256-secret", "env-secret-0123456789abcdef0123456",
+       "flag-secret-0123456789abcdef012345", [](const Config& c) { return c.jwt_hs256_secret; },
+       "env-secret-0123456789abcdef0123456", "flag-secret-0123456789abcdef012345"},
+      {"STRIPE_WEBHOOK_SECRET", "--stripe-webhook-secret", "whsec_env", "whsec_flag",
+       [](const Config& c) {
+         return c.stripe_webhook_secrets.size() == 1 ? c.stripe_webhook_secrets[0] : "";
+       },
+       "whsec_env", "whsec_flag"},
+      {"LEDGER_MASTER_KEY_FILE", "--master-key-file", "/env/kek", "/flag/kek",
+       [](const Config& c) { return c.master_key_file; }, "/env/kek", "/flag/kek"},
+  };
+  for (const Precedence& p : cases) {
+    SCOPED_TRACE(p.env_name);
+    ScopedCleanEnvironment env;
+    env.Set(p.env_name, p.env_value);
+    Config from_env;
+    ParseResult r = Parse({}, &from_env);
+    ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+    EXPECT_EQ(p.read(from_env), p.from_env);
+    Config from_flag;
+    r = Parse({p.flag, p.flag_value}, &from_flag);
+    ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+    EXPECT_EQ(p.read(from_flag), p.from_flag);
+  }
+}
+
+TEST(ConfigTest, FlagWinsEvenOverABadEnvironmentValue) {
+  ScopedCleanEnvironment env;
+  env.Set("LEDGER_LISTEN", "not-an-address");
+  env.Set("LEDGER_LOG_LEVEL", "loud");
+  Config config;
+  ParseResult r = Parse({"--listen", "127.0.0.1:0", "--log-level", "warn"}, &config);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(config.listen_port, 0);
+  EXPECT_EQ(config.log_level, "warn");
+}
+
+TEST(ConfigTest, ListenAcceptsHostnamesAndBracketedIpv6) {
+  ScopedCleanEnvironment env;
+  Config config;
+  ASSERT_TRUE(Parse({"--listen", "localhost:65535"}, &config).status.ok());
+  EXPECT_EQ(config.listen_host, "localhost");
+  EXPECT_EQ(config.listen_port, 65535);
+  Config v6;
+  ASSERT_TRUE(Parse({"--listen", "[::1]:8084"}, &v6).status.ok());
+  EXPECT_EQ(v6.listen_host, "::1");
+  EXPECT_EQ(v6.listen_port, 8084);
+}
+
+// One bad setting: through the environment (env != "") or a flag (args).
+struct BadSetting {
+  std::string setting;  // the name the error must mention
+  std::string env;
+  std::string value;
+  std::vector<std::string> args;
+};
+
+std::vector<BadSetting> BadSettings(const TempDir& dir) {
+  const std::string missing = dir.Sub("does-not-exist.json");
+  return {
+      {"LEDGER_LISTEN", "LEDGER_LISTEN", "8084", {}},
+      {"LEDGER_LISTEN", "LEDGER_LISTEN", "127.0.0.1:65536", {}},
+      {"LEDGER_LISTEN", "LEDGER_LISTEN", "127.0.0.1:http", {}},
+      {"LEDGER_LISTEN", "LEDGER_LISTEN", ":8084", {}},
+      {"LEDGER_LISTEN", "LEDGER_LISTEN", "127.0.0.1:", {}},
+      {"LEDGER_LISTEN", "", "", {"--listen", "127.0.0.1:-1"}},
+      {"LEDGER_KAFKA_TOPIC", "LEDGER_KAFKA_TOPIC", "bad topic", {}},
+      {"LEDGER_KAFKA_TOPIC", "LEDGER_KAFKA_TOPIC", "ledger/events", {}},
+      {"LEDGER_KAFKA_TOPIC", "LEDGER_KAFKA_TOPIC", "..", {}},
+      {"LEDGER_KAFKA_TOPIC", "LEDGER_KAFKA_TOPIC", std::string(250, 't'), {}},
+      {"LEDGER_KAFKA_TOPIC", "", "", {"--kafka-topic", ""}},
+      {"LEDGER_KAFKA_BROKERS", "", "", {"--kafka-brokers", ""}},
+      {"LEDGER_DATA_DIR", "", "", {"--data-dir", ""}},
+      {"LEDGER_JWT_HS256_SECRET", "LEDGER_JWT_HS256_SECRET", "too-short", {}},
+      {"LEDGER_JWT_HS256_SECRET", "LEDGER_JWT_HS256_SECRET", std::string(31, 's'), {}},
+      {"LEDGER_JWT_JWKS_FILE", "LEDGER_JWT_JWKS_FILE", missing, {}},
+      {"LEDGER_ADMIN_ROLE", "", "", {"--admin-role", ""}},
+      {"LEDGER_SERVICE_TOKENS", "LEDGER_SERVICE_TOKENS", "gateway", {}},
+      {"LEDGER_SERVICE_TOKENS", "LEDGER_SERVICE_TOKENS", "=0123456789abcdef01", {}},
+      {"LEDGER_SERVICE_TOKENS", "LEDGER_SERVICE_TOKENS", "gateway=", {}},
+      {"LEDGER_SERVICE_TOKENS", "LEDGER_SERVICE_TOKENS", "gateway=short", {}},
+      {"LEDGER_SERVICE_TOKENS",
+       "LEDGER_SERVICE_TOKENS",
+       "gw=0123456789abcdef01,gw=0123456789abcdef02",
+       {}},
+      {"STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET", "sk_live_abc", {}},
+      {"STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET", "whsec_good,not-whsec", {}},
+      {"STRIPE_API_BASE", "STRIPE_API_BASE", "api.stripe.com", {}},
+      {"STRIPE_API_BASE", "STRIPE_API_BASE", "ftp://api.stripe.com", {}},
+      {"STRIPE_SUCCESS_URL", "STRIPE_SUCCESS_URL", "javascript:alert(1)", {}},
+      {"STRIPE_CANCEL_URL", "STRIPE_CANCEL_URL", "/relative", {}},
+      {"STRIPE_PORTAL_RETURN_URL", "STRIPE_PORTAL_RETURN_URL", "app.example.com", {}},
+      {"LAGO_WEBHOOK_PUBLIC_KEY_FILE", "LAGO_WEBHOOK_PUBLIC_KEY_FILE", missing, {}},
+      {"LEDGER_LOG_LEVEL", "LEDGER_LOG_LEVEL", "loud", {}},
+      {"LEDGER_LOG_LEVEL", "", "", {"--log-level", "INFO "}},
+      {"LEDGER_HTTP_THREADS", "LEDGER_HTTP_THREADS", "100000", {}},
+      {"LEDGER_HTTP_THREADS", "LEDGER_HTTP_THREADS", "many", {}},
+      {"LEDGER_HTTP_THREADS", "", "", {"--http-threads=-3"}},
+  };
+}
+
+TEST(ConfigTest, EveryBadSettingExits78NamingIt) {
+  TempDir dir;
+  for (const BadSetting& bad : BadSettings(dir)) {
+    SCOPED_TRACE(bad.setting + " env=" + bad.env + " value='" + bad.value + "'");
+    ScopedCleanEnvironment env;
+    if (!bad.env.empty()) env.Set(bad.env, bad.value);
+    Config config;
+    ParseResult r = Parse(bad.args, &config);
+    EXPECT_FALSE(r.status.ok());
+    EXPECT_EQ(r.exit_code, kExitConfig) << r.status.ToString();
+    EXPECT_NE(r.status.message().find(bad.setting), std::string::npos) << r.status.message();
+  }
+}
+
+TEST(ConfigTest, AJwksPathThatIsADirectoryIsRejected) {
+  ScopedCleanEnvironment env;
+  TempDir dir;
+  env.Set("LEDGER_JWT_JWKS_FILE", dir.path());
+  Config config;
+  ParseResult r = Parse({}, &config);
+  EXPECT_EQ(r.exit_code, kExitConfig) << r.status.ToString();
+  EXPECT_NE(r.status.message().find("LEDGER_JWT_JWKS_FILE"), std::string::npos)
+      << r.status.message();
+}
+
+TEST(ConfigTest, BadUsageExits64) {
+  const std::vector<std::vector<std::string>> cases = {
+      {"--no-such-flag"},
+      {"--listen"},  // missing value
+      {"positional"},
+      {"--data-dir", "a", "--data-dir", "b"},
+  };
+  for (const auto& args : cases) {
+    SCOPED_TRACE(args.front());
+    ScopedCleanEnvironment env;
+    Config config;
+    ParseResult r = Parse(args, &config);
+    EXPECT_FALSE(r.status.ok());
+    EXPECT_EQ(r.exit_code, kExitUsage) << r.status.ToString();
+    EXPECT_FALSE(r.exit_now);
+  }
+}
+
+TEST(ConfigTest, HelpAndVersionExitZeroWithOutput) {
+  ScopedCleanEnvironment env;
+  Config config;
+  ParseResult help = Parse({"--help"}, &config);
+  EXPECT_TRUE(help.exit_now);
+  EXPECT_EQ(help.exit_code, kExitOk);
+  EXPECT_NE(help.output.find("--kafka-brokers"), std::string::npos) << help.output;
+  EXPECT_NE(help.output.find("LEDGER_KAFKA_BROKERS"), std::string::npos) << help.output;
+  ParseResult version = Parse({"--version"}, &config);
+  EXPECT_TRUE(version.exit_now);
+  EXPECT_NE(version.output.find("ledgerd"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace ledger::testing

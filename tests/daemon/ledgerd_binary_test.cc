@@ -1,0 +1,189 @@
+// The real ledgerd binary: exit codes (78 bad configuration, 64 bad usage, 74 storage error, 0
+// after SIGTERM/SIGINT), dev mode, and that a clean shutdown leaves data that reopens at the same
+// chain head.
+#include <gtest/gtest.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "tests/support/daemon_process.h"
+#include "tests/support/http_client.h"
+#include "tests/support/test_ledger.h"
+#include "tests/support/tokens.h"
+
+namespace ledger::testing {
+namespace {
+
+constexpr int kExitUsage = 64;
+constexpr int kExitStorage = 74;
+constexpr int kExitConfig = 78;
+
+ProcessOutput RunLedgerd(const std::vector<std::string>& args, const EnvList& env = {}) {
+  std::vector<std::string> argv = {LedgerdPath()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return RunProcess(argv, env, std::chrono::seconds(60));
+}
+
+TEST(LedgerdBinaryTest, BadConfigurationExits78NamingTheSettingBeforeTouchingDisk) {
+  TempDir dir;
+  const std::string data_dir = dir.Sub("data");
+  struct Case {
+    EnvList env;
+    std::string setting;
+  };
+  const std::vector<Case> cases = {
+      {{{"LEDGER_LISTEN", "localhost"}}, "LEDGER_LISTEN"},
+      {{{"LEDGER_JWT_HS256_SECRET", "short"}}, "LEDGER_JWT_HS256_SECRET"},
+      {{{"STRIPE_WEBHOOK_SECRET", "not-whsec"}}, "STRIPE_WEBHOOK_SECRET"},
+      {{{"LEDGER_KAFKA_TOPIC", "a topic"}}, "LEDGER_KAFKA_TOPIC"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.setting);
+    EnvList env = c.env;
+    env.emplace_back("LEDGER_DATA_DIR", data_dir);
+    ProcessOutput out = RunLedgerd({}, env);
+    EXPECT_EQ(out.exit_code, kExitConfig) << out.out << out.err;
+    EXPECT_NE(out.err.find(c.setting), std::string::npos) << out.err;
+    EXPECT_FALSE(std::filesystem::exists(data_dir)) << "configuration is checked before the store";
+  }
+}
+
+TEST(LedgerdBinaryTest, AListenAddressThatCannotBeBoundExits78) {
+  TempDir dir;
+  // Occupy a port.
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(::listen(fd, 1), 0);
+  socklen_t length = sizeof(addr);
+  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &length), 0);
+  const std::string taken = "127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
+  for (const std::string& listen : {taken, std::string("999.0.0.1:0")}) {
+    SCOPED_TRACE(listen);
+    ProcessOutput out = RunLedgerd(
+        {"--data-dir", dir.Sub("data"), "--listen", listen, "--kafka-brokers", "none"});
+    EXPECT_EQ(out.exit_code, kExitConfig) << out.out << out.err;
+    EXPECT_NE((out.out + out.err).find("LEDGER_LISTEN"), std::string::npos) << out.out << out.err;
+  }
+  ::close(fd);
+}
+
+TEST(LedgerdBinaryTest, BadUsageExits64AndHelpExits0) {
+  ProcessOutput unknown = RunLedgerd({"--no-such-flag"});
+  EXPECT_EQ(unknown.exit_code, kExitUsage) << unknown.out << unknown.err;
+  EXPECT_NE(unknown.err.find("no-such-flag"), std::string::npos) << unknown.err;
+  ProcessOutput help = RunLedgerd({"--help"});
+  EXPECT_EQ(help.exit_code, 0) << help.err;
+  EXPECT_NE(help.out.find("--data-dir"), std::string::npos) << help.out;
+}
+
+TEST(LedgerdBinaryTest, StorageErrorsAtStartupExit74) {
+  TempDir dir;
+  WriteTextFile(dir.Sub("file"), "a regular file, not a directory");
+  ProcessOutput file = RunLedgerd(
+      {"--data-dir", dir.Sub("file"), "--listen", "127.0.0.1:0", "--kafka-brokers", "none"});
+  EXPECT_EQ(file.exit_code, kExitStorage) << file.out << file.err;
+
+  // A store whose CURRENT file is corrupt.
+  DaemonOptions options;
+  options.data_dir = dir.Sub("data");
+  options.log_path = dir.Sub("ledgerd.log");
+  DaemonProcess daemon(options);
+  ASSERT_TRUE(daemon.Start().ok()) << daemon.Log();
+  ASSERT_EQ(daemon.Terminate(), 0) << daemon.Log();
+  WriteTextFile(dir.Sub("data/CURRENT"), "garbage");
+  ProcessOutput corrupt = RunLedgerd(
+      {"--data-dir", dir.Sub("data"), "--listen", "127.0.0.1:0", "--kafka-brokers", "none"});
+  EXPECT_EQ(corrupt.exit_code, kExitStorage) << corrupt.out << corrupt.err;
+  EXPECT_NE((corrupt.out + corrupt.err).find("startup failed"), std::string::npos)
+      << corrupt.out << corrupt.err;
+}
+
+struct Head {
+  std::string position;
+  std::string hash;
+};
+
+Head AuditHead(int port, const std::string& token) {
+  TestHttpClient client("127.0.0.1", port);
+  client.set_bearer(token);
+  HttpReply r = client.Get("/api/v1/audit/head");
+  EXPECT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  if (!doc.IsObject() || !doc.HasMember("position") || !doc.HasMember("hash")) return {};
+  return {std::to_string(doc["position"].GetUint64()), doc["hash"].GetString()};
+}
+
+TEST(LedgerdBinaryTest, SigtermExitsZeroAndTheDataReopensAtTheSameHead) {
+  TempDir dir;
+  DaemonOptions options;
+  options.data_dir = dir.Sub("data");
+  options.log_path = dir.Sub("ledgerd.log");
+  DaemonProcess daemon(options);
+  ASSERT_TRUE(daemon.Start().ok()) << daemon.Log();
+  EXPECT_NE(daemon.Log().find("DEV MODE"), std::string::npos) << daemon.Log();
+
+  // Dev mode: a 0600 secret in the data directory.
+  const std::string secret_path = options.data_dir + "/jwt-dev.secret";
+  struct stat st {};
+  ASSERT_EQ(::stat(secret_path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  const std::string secret = ReadDevSecret(options.data_dir);
+  const std::string token = MintAdminToken(secret);
+
+  TestHttpClient client("127.0.0.1", daemon.port());
+  client.set_bearer(token);
+  HttpReply created = client.Post("/api/v1/subscriptions/plans",
+                                  R"({"id":"sigterm","display_name":"Sigterm",)"
+                                  R"("price_monthly_cents":500,"api_calls_limit":null,)"
+                                  R"("services":["chat"]})");
+  ASSERT_EQ(created.status, 201) << created.body;
+  const Head before = AuditHead(daemon.port(), token);
+  EXPECT_EQ(before.position, created.Header("X-Ledger-Position"));
+
+  EXPECT_EQ(daemon.Terminate(), 0) << daemon.Log();
+  EXPECT_NE(daemon.Log().find("stopped cleanly"), std::string::npos) << daemon.Log();
+
+  // Restart: same head and hash, same secret (tokens minted before still work), plan present.
+  ASSERT_TRUE(daemon.Start().ok()) << daemon.Log();
+  EXPECT_EQ(ReadDevSecret(options.data_dir), secret);
+  const Head after = AuditHead(daemon.port(), token);
+  EXPECT_EQ(after.position, before.position);
+  EXPECT_EQ(after.hash, before.hash);
+  TestHttpClient again("127.0.0.1", daemon.port());
+  EXPECT_EQ(again.Get("/api/v1/subscriptions/plans/sigterm").status, 200);
+  EXPECT_EQ(daemon.Log().find("plan catalog seeded"), std::string::npos)
+      << "the catalog must be seeded only once";
+
+  // SIGINT is a clean shutdown too.
+  EXPECT_EQ(daemon.Terminate(std::chrono::seconds(60), SIGINT), 0) << daemon.Log();
+  ProcessOutput verify = RunLedgerctlBinary({"verify", "--data-dir", options.data_dir});
+  EXPECT_EQ(verify.exit_code, 0) << verify.out << verify.err;
+}
+
+TEST(LedgerdBinaryTest, ProductionModeCreatesNoDevSecret) {
+  TempDir dir;
+  DaemonOptions options;
+  options.data_dir = dir.Sub("data");
+  options.log_path = dir.Sub("ledgerd.log");
+  options.env = {{"LEDGER_JWT_HS256_SECRET", kTestHs256Secret}};
+  DaemonProcess daemon(options);
+  ASSERT_TRUE(daemon.Start().ok()) << daemon.Log();
+  EXPECT_FALSE(std::filesystem::exists(options.data_dir + "/jwt-dev.secret"));
+  EXPECT_NE(daemon.Log().find("production mode"), std::string::npos) << daemon.Log();
+  EXPECT_EQ(daemon.Log().find(kTestHs256Secret), std::string::npos) << "the secret was logged";
+  TestHttpClient client("127.0.0.1", daemon.port());
+  client.set_bearer(MintAdminToken(kTestHs256Secret));
+  EXPECT_EQ(client.Get("/api/v1/audit/head").status, 200);
+  EXPECT_EQ(daemon.Terminate(), 0) << daemon.Log();
+}
+
+}  // namespace
+}  // namespace ledger::testing

@@ -1,0 +1,255 @@
+// Degraded-state tests: an I/O failure of the group commit fails every command of the group,
+// puts the ledger in a read-only degraded state (later Submits fail fast without touching the
+// disk) and loses nothing acknowledged.
+//
+// Semantics of a failed group, which these tests pin down: the group is IN DOUBT. Its WriteBatch
+// is one WAL record, so after a restart it is either entirely present or entirely absent:
+//   - the append reached the OS but the fsync failed, and the machine kept running: the record is
+//     in the page cache and the next open replays it (the group appears although every command
+//     of it was answered storage_degraded);
+//   - the append failed, or the power went out before the data was synced: the group is gone.
+// A client that got storage_degraded therefore retries with its Idempotency-Key: it gets the
+// original result if the group survived and a fresh append if not — exactly once either way.
+// Without a key a retry may duplicate the in-doubt events, as with any 503.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <set>
+#include <thread>
+
+#include "events/ledger.h"
+#include "tests/support/durability.h"
+#include "tests/support/fault_fs.h"
+#include "tests/support/gate_command.h"
+#include "tests/support/test_ledger.h"
+
+namespace ledger {
+namespace {
+
+using testing::AppendCommand;
+using testing::CheckDurability;
+using testing::CommandSpec;
+using testing::ConcurrentLoad;
+using testing::DurabilityReport;
+using testing::FaultEnv;
+using testing::FaultFs;
+using testing::GateCommand;
+using testing::LoadOptions;
+using testing::Outcome;
+using testing::RejectCommand;
+using testing::TempDir;
+
+std::unique_ptr<Ledger> Open(const std::string& path, rocksdb::Env* env) {
+  LedgerOptions options;
+  options.path = path;
+  options.env = env;
+  std::unique_ptr<Ledger> ledger;
+  Status s = Ledger::Open(options, &ledger);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  return ledger;
+}
+
+bool IsStorageDegraded(const Status& s) {
+  return s.code() == Code::kUnavailable && s.problem() == "storage_degraded";
+}
+
+// A degraded ledger answers at once and writes nothing.
+void ExpectFailsFast(Ledger* ledger, FaultFs* fs) {
+  uint64_t appends = fs->appends();
+  Position head = ledger->Head();
+  AppendCommand command("after-degraded");
+  auto start = std::chrono::steady_clock::now();
+  CommandResult r = ledger->Submit(&command);
+  auto elapsed = std::chrono::steady_clock::now() - start;
+  EXPECT_TRUE(IsStorageDegraded(r.status)) << r.status.ToString();
+  EXPECT_EQ(fs->appends(), appends);
+  EXPECT_EQ(ledger->Head(), head);
+  EXPECT_LT(elapsed, std::chrono::seconds(1));  // generous: the machine may be loaded
+}
+
+CommandSpec Keyed(std::string subject, size_t events) {
+  CommandSpec spec;
+  spec.subject = std::move(subject);
+  spec.events = events;
+  spec.idempotency_scope = "degraded-test";
+  spec.idempotency_key = spec.subject;
+  spec.request_hash = Sha256(spec.subject);
+  return spec;
+}
+
+// Syncs start failing in the middle of a concurrent load.
+TEST(DegradedTest, SyncFailureMidLoadDegradesLosesNothingAndKeyedRetriesAreExactlyOnce) {
+  for (uint64_t seed = 1; seed <= 2; ++seed) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    std::mt19937_64 random(seed);
+    TempDir dir;
+    FaultEnv fault;
+    std::vector<Outcome> acknowledged, failed;
+    {
+      auto ledger = Open(dir.path(), fault.env());
+      ASSERT_NE(ledger, nullptr);
+      LoadOptions load_options;
+      load_options.seed = seed;
+      load_options.tag = "d" + std::to_string(seed);
+      load_options.keyed_percent = 100;  // every failed command can be retried exactly once
+      load_options.reject_percent = 0;
+      ConcurrentLoad load(ledger.get(), load_options);
+      load.WaitForAcknowledged(50 + random() % 200);
+      fault.fs()->SetFailSyncs(true);
+      load.Join();
+      acknowledged = load.outcomes().Acknowledged();
+      failed = load.outcomes().Failed();
+
+      ASSERT_FALSE(failed.empty());
+      for (const Outcome& o : failed) EXPECT_TRUE(IsStorageDegraded(o.result.status));
+      EXPECT_TRUE(ledger->Degraded());
+      EXPECT_GE(ledger->metrics().write_failures.Value(), 1u);
+      // The published head never includes a failed group.
+      EXPECT_EQ(ledger->Head(), load.outcomes().MaxAcknowledgedPosition());
+      ExpectFailsFast(ledger.get(), fault.fs());
+    }  // closed while syncs still fail
+
+    auto ledger = Open(dir.path(), nullptr);  // a healthy disk
+    ASSERT_NE(ledger, nullptr);
+    DurabilityReport report = CheckDurability(ledger.get(), acknowledged);
+    EXPECT_TRUE(report.ok()) << report.Summary();
+    // Anything after the last acknowledged position is whole failed (in-doubt) commands.
+    std::set<std::string> failed_subjects;
+    for (const Outcome& o : failed) failed_subjects.insert(o.spec.subject);
+    std::vector<Event> tail;
+    ASSERT_TRUE(ledger->ReadEvents(report.max_acknowledged, 1000, {}, &tail).ok());
+    for (const Event& e : tail) EXPECT_EQ(failed_subjects.count(e.subject), 1u) << e.subject;
+
+    // Clients retry what failed, with the same key: every command then took effect once.
+    std::vector<Outcome> all = acknowledged;
+    for (const Outcome& o : failed) {
+      auto retry = o.spec.Make();
+      CommandResult r = ledger->Submit(retry.get());
+      ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+      all.push_back(Outcome{o.spec, r});
+    }
+    report = CheckDurability(ledger.get(), all);
+    EXPECT_TRUE(report.ok()) << report.Summary();
+    for (const Outcome& o : all) {
+      EXPECT_EQ(report.events_per_subject[o.spec.subject], o.spec.events) << o.spec.subject;
+    }
+  }
+}
+
+// Pins one failing group with GateCommands: [gate-2, keyed, the same keyed request again (an
+// in-group retry), plain, rejected]. Appends fail, so nothing of the group reaches the disk.
+TEST(DegradedTest, AFailedGroupFailsEveryCommandInItIncludingInGroupReplays) {
+  TempDir dir;
+  FaultEnv fault;
+  CommandSpec keyed = Keyed("keyed", 2);
+  {
+    auto ledger = Open(dir.path(), fault.env());
+    ASSERT_NE(ledger, nullptr);
+    GateCommand gate1("gate-1"), gate2("gate-2");
+    CommandResult gate1_result, gate2_result;
+    std::thread leader1([&] { gate1_result = ledger->Submit(&gate1); });
+    gate1.WaitUntilDeciding();  // leads a group of one, held open
+    std::thread leader2([&] { gate2_result = ledger->Submit(&gate2); });
+    while (ledger->QueueDepth() < 2) std::this_thread::yield();
+
+    auto first = keyed.Make();
+    auto retry = keyed.Make();
+    AppendCommand plain("plain", 1);
+    RejectCommand rejected(Status::Make(Code::kUnprocessable, "test_rejected", "no"));
+    std::vector<Command*> members = {first.get(), retry.get(), &plain, &rejected};
+    std::vector<CommandResult> results(members.size());
+    std::vector<std::thread> submitters;
+    for (size_t i = 0; i < members.size(); ++i) {
+      submitters.emplace_back([&, i] { results[i] = ledger->Submit(members[i]); });
+      while (ledger->QueueDepth() < 3 + i) std::this_thread::yield();  // keep the order
+    }
+    gate1.Open();
+    leader1.join();
+    ASSERT_TRUE(gate1_result.status.ok()) << gate1_result.status.ToString();
+    gate2.WaitUntilDeciding();  // gate-2 now leads the five queued commands
+    fault.fs()->FailWritesAfter(0);
+    gate2.Open();
+    leader2.join();
+    for (auto& t : submitters) t.join();
+
+    EXPECT_TRUE(IsStorageDegraded(gate2_result.status)) << gate2_result.status.ToString();
+    EXPECT_TRUE(IsStorageDegraded(results[0].status)) << results[0].status.ToString();
+    // The retry was answered from the group's own (never written) idempotency record: it must
+    // fail with its group, not report the original's position as committed.
+    EXPECT_TRUE(IsStorageDegraded(results[1].status))
+        << results[1].status.ToString() << " replayed=" << results[1].replayed << " position "
+        << results[1].position.value();
+    EXPECT_TRUE(IsStorageDegraded(results[2].status)) << results[2].status.ToString();
+    EXPECT_EQ(results[3].status.problem(), "test_rejected");  // its own rejection stands
+    EXPECT_TRUE(ledger->Degraded());
+    EXPECT_EQ(ledger->Head(), Position(1));
+    EXPECT_EQ(ledger->metrics().write_failures.Value(), 1u);
+    ExpectFailsFast(ledger.get(), fault.fs());
+  }
+  auto ledger = Open(dir.path(), nullptr);
+  ASSERT_NE(ledger, nullptr);
+  EXPECT_EQ(ledger->Head(), Position(1));  // the failed group never reached the disk
+  auto again = keyed.Make();
+  CommandResult r = ledger->Submit(again.get());
+  ASSERT_TRUE(r.status.ok());
+  EXPECT_FALSE(r.replayed);
+  EXPECT_EQ(r.position, Position(3));
+}
+
+// The two ways an in-doubt group resolves, one command at a time.
+void RunInDoubtGroup(bool power_loss, Position* head_after, CommandResult* retry_result) {
+  TempDir dir;
+  FaultEnv fault;
+  CommandSpec doubtful = Keyed("doubtful", 3);
+  {
+    auto ledger = Open(dir.path(), fault.env());
+    ASSERT_NE(ledger, nullptr);
+    for (int i = 0; i < 5; ++i) {
+      AppendCommand c("before-" + std::to_string(i));
+      ASSERT_TRUE(ledger->Submit(&c).status.ok());
+    }
+    fault.fs()->SetFailSyncs(true);
+    auto command = doubtful.Make();
+    CommandResult r = ledger->Submit(command.get());
+    EXPECT_TRUE(IsStorageDegraded(r.status)) << r.status.ToString();
+    EXPECT_TRUE(ledger->Degraded());
+    EXPECT_GT(fault.fs()->UnsyncedBytes(), 0u);  // the record reached the OS, not the disk
+    if (power_loss) fault.fs()->CutPower();
+  }
+  if (power_loss) {
+    FaultFs::DropReport drop;
+    ASSERT_TRUE(fault.fs()->DropUnsyncedData(FaultFs::DropMode::kDropAll, 1, &drop).ok());
+  }
+  auto ledger = Open(dir.path(), nullptr);
+  ASSERT_NE(ledger, nullptr);
+  *head_after = ledger->Head();
+  auto retry = doubtful.Make();
+  *retry_result = ledger->Submit(retry.get());
+  ASSERT_TRUE(retry_result->status.ok());
+  std::vector<Event> events;
+  ASSERT_TRUE(ledger->ReadEvents(Position(0), 100, {"doubtful", ""}, &events).ok());
+  EXPECT_EQ(events.size(), 3u);  // exactly once
+  DurabilityReport report = CheckDurability(ledger.get(), {});
+  EXPECT_TRUE(report.ok()) << report.Summary();
+}
+
+TEST(DegradedTest, AFailedSyncWithoutPowerLossRecoversTheInDoubtGroupAndTheRetryReplays) {
+  Position head;
+  CommandResult retry;
+  RunInDoubtGroup(/*power_loss=*/false, &head, &retry);
+  EXPECT_EQ(head, Position(8));  // the unacknowledged group came back from the page cache
+  EXPECT_TRUE(retry.replayed);
+  EXPECT_EQ(retry.position, Position(8));
+}
+
+TEST(DegradedTest, AFailedSyncFollowedByPowerLossDropsTheGroupAndTheRetryAppends) {
+  Position head;
+  CommandResult retry;
+  RunInDoubtGroup(/*power_loss=*/true, &head, &retry);
+  EXPECT_EQ(head, Position(5));
+  EXPECT_FALSE(retry.replayed);
+  EXPECT_EQ(retry.position, Position(8));
+}
+
+}  // namespace
+}  // namespace ledger

@@ -1,0 +1,174 @@
+// Group-commit semantics: concurrent submitters are batched into groups of more than one command
+// (one synced WriteBatch each), each command decides against state that includes the earlier
+// commands of its group, and a command rejected inside a group changes nothing for the others:
+// their positions stay gap-free and their events intact.
+#include <gtest/gtest.h>
+
+#include <iostream>
+#include <thread>
+
+#include "events/ledger.h"
+#include "tests/support/durability.h"
+#include "tests/support/gate_command.h"
+#include "tests/support/test_ledger.h"
+
+namespace ledger {
+namespace {
+
+using testing::AppendCommand;
+using testing::CheckDurability;
+using testing::CommandSpec;
+using testing::ConcurrentLoad;
+using testing::DurabilityReport;
+using testing::GateCommand;
+using testing::LoadOptions;
+using testing::Outcome;
+using testing::RejectCommand;
+using testing::TempDir;
+
+std::unique_ptr<Ledger> Open(const std::string& path) {
+  LedgerOptions options;
+  options.path = path;
+  std::unique_ptr<Ledger> ledger;
+  Status s = Ledger::Open(options, &ledger);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  return ledger;
+}
+
+// Appends a valid event, then one with a NUL in its subject: the writer must roll back the
+// first one too.
+class HalfInvalidCommand final : public Command {
+ public:
+  Status Decide(const DecideContext&, Decision* decision) override {
+    decision->events.push_back(NewEvent{"test.appended.v1", "half-valid", "{}"});
+    decision->events.push_back(NewEvent{"test.appended.v1", std::string("bad\0subject", 11), "{}"});
+    return Status::OK();
+  }
+};
+
+TEST(GroupCommitTest, ConcurrentSubmittersAreBatchedAndRejectionsLeaveNoGaps) {
+  TempDir dir;
+  auto ledger = Open(dir.path());
+  ASSERT_NE(ledger, nullptr);
+  LoadOptions load_options;
+  load_options.threads = 32;
+  load_options.commands_per_thread = 40;
+  load_options.reject_percent = 20;
+  load_options.keyed_percent = 20;
+  load_options.tag = "group";
+  ConcurrentLoad load(ledger.get(), load_options);
+  load.Join();
+  ASSERT_TRUE(load.outcomes().Failed().empty());
+  EXPECT_GT(load.rejected(), 0u);
+  EXPECT_EQ(ledger->metrics().commands_rejected.Value(), load.rejected());
+
+  // Batching happened: fewer groups than commands, and at least one group of two or more.
+  Histogram::Snapshot groups = ledger->metrics().group_commands.Read();
+  EXPECT_EQ(groups.count, ledger->metrics().groups_committed.Value());
+  ASSERT_GT(groups.count, 0u);
+  EXPECT_LT(groups.cumulative[0], groups.count) << "every group had a single command";
+  double mean = groups.sum / static_cast<double>(groups.count);
+  EXPECT_GT(mean, 1.0);
+  std::cout << "[ group commit ] " << groups.count << " groups, " << mean
+            << " commands per group on average" << std::endl;
+
+  // Gap-free, chained, every acknowledged result at its position, every command exactly once.
+  std::vector<Outcome> acknowledged = load.outcomes().Acknowledged();
+  DurabilityReport report = CheckDurability(ledger.get(), acknowledged);
+  EXPECT_TRUE(report.ok()) << report.Summary();
+  EXPECT_EQ(report.head, ledger->Head());
+  EXPECT_EQ(report.head, report.max_acknowledged);
+  for (const Outcome& o : acknowledged) {
+    EXPECT_EQ(report.events_per_subject[o.spec.subject], o.spec.events) << o.spec.subject;
+  }
+}
+
+TEST(GroupCommitTest, ARejectionInsideAGroupDoesNotAffectTheOthers) {
+  TempDir dir;
+  auto ledger = Open(dir.path());
+  ASSERT_NE(ledger, nullptr);
+  GateCommand gate("gate");
+  CommandResult gate_result;
+  std::thread leader([&] { gate_result = ledger->Submit(&gate); });
+  gate.WaitUntilDeciding();  // the leader holds a group of one; everything below queues
+
+  CommandSpec keyed{"keyed", 1, "scope", "key", Sha256("request")};
+  CommandSpec reused_key{"reused", 1, "scope", "key", Sha256("another request")};
+  AppendCommand a("a", 2);
+  RejectCommand rejected(Status::Make(Code::kUnprocessable, "test_rejected", "no"));
+  auto b = keyed.Make();
+  auto b_retry = keyed.Make();  // same key, same request: replayed from this very group
+  auto conflict = reused_key.Make();
+  AppendCommand e("e", 3);
+  HalfInvalidCommand half_invalid;
+  AppendCommand g("g", 1);
+  std::vector<Command*> members = {&a, b.get(),       &rejected, b_retry.get(), conflict.get(),
+                                   &e, &half_invalid, &g};
+  std::vector<CommandResult> results(members.size());
+  std::vector<std::thread> submitters;
+  for (size_t i = 0; i < members.size(); ++i) {
+    submitters.emplace_back([&, i] { results[i] = ledger->Submit(members[i]); });
+    while (ledger->QueueDepth() < 2 + i) std::this_thread::yield();  // keep the queue order
+  }
+  gate.Open();
+  leader.join();
+  for (auto& t : submitters) t.join();
+
+  ASSERT_TRUE(gate_result.status.ok());
+  EXPECT_EQ(gate_result.position, Position(1));
+  EXPECT_TRUE(results[0].status.ok());
+  EXPECT_EQ(results[0].position, Position(3));  // a: 2..3
+  EXPECT_TRUE(results[1].status.ok());
+  EXPECT_EQ(results[1].position, Position(4));  // keyed
+  EXPECT_EQ(results[2].status.problem(), "test_rejected");
+  EXPECT_TRUE(results[3].status.ok());
+  EXPECT_TRUE(results[3].replayed);
+  EXPECT_EQ(results[3].position, Position(4));
+  EXPECT_EQ(results[4].status.problem(), "idempotency_key_reused");
+  EXPECT_TRUE(results[5].status.ok());
+  EXPECT_EQ(results[5].position, Position(7));  // e: 5..7
+  EXPECT_EQ(results[6].status.problem(), "invalid_subject");
+  EXPECT_EQ(results[6].position, Position(7));  // nothing of it was kept
+  EXPECT_TRUE(results[7].status.ok());
+  EXPECT_EQ(results[7].position, Position(8));
+
+  // Exactly two groups: the gate alone, then all eight queued commands in one synced batch.
+  EXPECT_EQ(ledger->metrics().groups_committed.Value(), 2u);
+  Histogram::Snapshot groups = ledger->metrics().group_commands.Read();
+  EXPECT_EQ(groups.count, 2u);
+  EXPECT_DOUBLE_EQ(groups.sum, 1.0 + static_cast<double>(members.size()));
+
+  // Each command decided against the head left by the earlier commands of its group
+  // (AppendCommand writes its event's expected position into the data).
+  std::vector<Event> events;
+  ASSERT_TRUE(ledger->ReadEvents(Position(0), 100, {}, &events).ok());
+  std::vector<std::string> subjects;
+  for (const Event& event : events) {
+    subjects.push_back(event.subject);
+    EXPECT_EQ(event.data, "{\"n\":" + std::to_string(event.position.value()) + "}");
+  }
+  EXPECT_EQ(subjects, (std::vector<std::string>{"gate", "a", "a", "keyed", "e", "e", "e", "g"}));
+
+  auto plain = [](std::string subject, size_t count) {
+    CommandSpec spec;
+    spec.subject = std::move(subject);
+    spec.events = count;
+    return spec;
+  };
+  std::vector<Outcome> acknowledged = {{plain("gate", 1), gate_result},
+                                       {plain("a", 2), results[0]},
+                                       {keyed, results[1]},
+                                       {keyed, results[3]},
+                                       {plain("e", 3), results[5]},
+                                       {plain("g", 1), results[7]}};
+  DurabilityReport report = CheckDurability(ledger.get(), acknowledged);
+  EXPECT_TRUE(report.ok()) << report.Summary();
+  ledger.reset();
+  ledger = Open(dir.path());
+  ASSERT_NE(ledger, nullptr);
+  report = CheckDurability(ledger.get(), acknowledged);
+  EXPECT_TRUE(report.ok()) << report.Summary();
+}
+
+}  // namespace
+}  // namespace ledger

@@ -1,0 +1,624 @@
+#include "events/outbox.h"
+
+#include <gtest/gtest.h>
+#include <librdkafka/rdkafka.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "events/embedded_kafka.h"
+#include "events/ledger.h"
+#include "tests/support/kafka_test_consumer.h"
+#include "tests/support/test_ledger.h"
+
+namespace ledger {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+using testing::AppendCommand;
+using testing::CheckDelivery;
+using testing::ConsumedRecord;
+using testing::DeliveryCheckOptions;
+using testing::DeliveryReport;
+using testing::KafkaTestConsumer;
+using testing::TempDir;
+
+constexpr char kTopic[] = "ledger.events";
+constexpr char kSource[] = "urn:ledgerd:test";
+
+bool WaitFor(const std::function<bool()>& condition, milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!condition()) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+  return true;
+}
+
+// The Java client's default partitioner: toPositive(murmur2(key)) % partitions
+// (org.apache.kafka.common.utils.Utils.murmur2).
+int32_t JavaPartition(const std::string& key, int32_t partitions) {
+  const uint32_t m = 0x5bd1e995;
+  const size_t length = key.size();
+  uint32_t h = 0x9747b28c ^ static_cast<uint32_t>(length);
+  auto byte = [&](size_t i) { return static_cast<uint32_t>(static_cast<uint8_t>(key[i])); };
+  for (size_t i = 0; i + 4 <= length; i += 4) {
+    uint32_t k = byte(i) | (byte(i + 1) << 8) | (byte(i + 2) << 16) | (byte(i + 3) << 24);
+    k *= m;
+    k ^= k >> 24;
+    k *= m;
+    h *= m;
+    h ^= k;
+  }
+  const size_t tail = length & ~size_t{3};
+  switch (length % 4) {
+    case 3:
+      h ^= byte(tail + 2) << 16;
+      [[fallthrough]];
+    case 2:
+      h ^= byte(tail + 1) << 8;
+      [[fallthrough]];
+    case 1:
+      h ^= byte(tail);
+      h *= m;
+  }
+  h ^= h >> 13;
+  h *= m;
+  h ^= h >> 15;
+  return static_cast<int32_t>((h & 0x7fffffff) % static_cast<uint32_t>(partitions));
+}
+
+class OutboxTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(EmbeddedKafka::Open({}, &kafka_).ok());
+    LedgerOptions options;
+    options.path = dir_.path();
+    Status s = Ledger::Open(options, &ledger_);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+  }
+
+  OutboxOptions Options() const {
+    OutboxOptions options;
+    options.bootstrap_servers = kafka_->bootstrap_servers();
+    options.topic = kTopic;
+    options.source = kSource;
+    options.checkpoint_interval_ms = 100;
+    options.poll_interval_ms = 20;
+    return options;
+  }
+
+  std::unique_ptr<KafkaOutbox> OpenOutbox(const OutboxOptions& options) {
+    std::unique_ptr<KafkaOutbox> outbox;
+    Status s = KafkaOutbox::Open(options, ledger_.get(), &outbox);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    return outbox;
+  }
+
+  // Appends `commands` commands of `per_command` events each, cycling over `subjects` subjects.
+  void Append(int commands, int per_command = 1, int subjects = 7, KafkaOutbox* notify = nullptr) {
+    for (int i = 0; i < commands; ++i) {
+      AppendCommand command("user-" + std::to_string(next_subject_++ % subjects), per_command);
+      CommandResult result = ledger_->Submit(&command);
+      ASSERT_TRUE(result.status.ok()) << result.status.ToString();
+      if (notify != nullptr) notify->Notify();
+    }
+  }
+
+  uint64_t Head() const { return ledger_->Head().value(); }
+
+  uint64_t StoredCheckpoint() const {
+    Position p;
+    EXPECT_TRUE(ledger_->GetCheckpoint("outbox.kafka", &p).ok());
+    return p.value();
+  }
+
+  bool WaitCaughtUp(KafkaOutbox* outbox, milliseconds timeout = seconds(20)) {
+    return WaitFor([&] { return outbox->GetStatus().lag == 0; }, timeout);
+  }
+
+  std::unique_ptr<KafkaTestConsumer> Consumer() {
+    std::unique_ptr<KafkaTestConsumer> consumer;
+    Status s = KafkaTestConsumer::Open(kafka_->bootstrap_servers(), kTopic, &consumer);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    return consumer;
+  }
+
+  // Consumes until every position 1..Head() was seen, then checks the whole topic.
+  DeliveryReport ConsumeAndCheck(bool check_key_order = true) {
+    auto consumer = Consumer();
+    if (consumer == nullptr) return {};
+    consumer->ConsumeDistinct(Head(), seconds(20));
+    DeliveryCheckOptions options;
+    options.expected_source = kSource;
+    options.check_key_order = check_key_order;
+    DeliveryReport report = CheckDelivery(consumer->records(), 1, Head(), options);
+    records_ = consumer->records();
+    return report;
+  }
+
+  TempDir dir_;
+  std::unique_ptr<EmbeddedKafka> kafka_;
+  std::unique_ptr<Ledger> ledger_;
+  std::vector<ConsumedRecord> records_;
+  int next_subject_ = 0;
+};
+
+TEST_F(OutboxTest, PublishesEveryEventAsACloudEventKeyedBySubject) {
+  Append(40, 3);  // 120 events written before the outbox starts
+  auto outbox = OpenOutbox(Options());
+  ASSERT_NE(outbox, nullptr);
+  ASSERT_TRUE(outbox->Start().ok());
+  Append(80, 1, 7, outbox.get());
+  ASSERT_EQ(Head(), 200u);
+  ASSERT_TRUE(WaitCaughtUp(outbox.get())) << outbox->GetStatus().lag;
+
+  DeliveryReport report = ConsumeAndCheck();
+  EXPECT_TRUE(report.ok()) << report.Summary();
+  EXPECT_EQ(report.distinct, 200u);
+  EXPECT_EQ(report.duplicates, 0u) << "no faults were injected";
+
+  // The value is exactly the ledger's CloudEvent rendering of the stored event.
+  std::vector<Event> events;
+  ASSERT_TRUE(ledger_->ReadEvents(Position(0), 200, {}, &events).ok());
+  std::map<std::string, std::string> value_of_id;
+  for (const ConsumedRecord& record : records_) {
+    testing::CloudEventFields fields;
+    ASSERT_TRUE(testing::ValidateCloudEventRecord(record, kSource, &fields).empty());
+    value_of_id[fields.id] = record.value;
+  }
+  for (const Event& event : events) {
+    EXPECT_EQ(value_of_id[event.id], ToCloudEventJson(event, kSource));
+  }
+  // murmur2_random: each key sits on the partition the Java client (and kafkajs) would pick.
+  std::set<int32_t> partitions_used;
+  for (const ConsumedRecord& record : records_) {
+    EXPECT_EQ(record.partition, JavaPartition(record.key, 3)) << record.key;
+    partitions_used.insert(record.partition);
+  }
+  EXPECT_GT(partitions_used.size(), 1u);
+
+  OutboxStatus status = outbox->GetStatus();
+  EXPECT_EQ(status.kafka_state, "up");
+  EXPECT_EQ(status.checkpoint, Position(200));
+  EXPECT_EQ(status.published, Position(200));
+  EXPECT_EQ(status.in_flight, 0u);
+  EXPECT_EQ(outbox->metrics().delivered.Value(), 200u);
+  EXPECT_EQ(outbox->metrics().failed.Value(), 0u);
+  std::string metrics;
+  outbox->RenderMetrics(&metrics);
+  EXPECT_NE(metrics.find("ledger_outbox_delivered_total 200"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("ledger_outbox_lag_events 0"), std::string::npos);
+
+  EXPECT_TRUE(outbox->Stop(seconds(5)).ok());
+  EXPECT_EQ(StoredCheckpoint(), 200u);
+  EXPECT_TRUE(outbox->Stop(seconds(5)).ok()) << "Stop is idempotent";
+}
+
+TEST_F(OutboxTest, CheckpointAdvancesOnlyFromDeliveryReportsAndTheWindowIsBounded) {
+  ASSERT_TRUE(kafka_->SetBrokerDown(-1).ok());
+  Append(50);
+  OutboxOptions options = Options();
+  options.in_flight_events_max = 20;
+  auto outbox = OpenOutbox(options);
+  ASSERT_TRUE(outbox->Start().ok());
+
+  // Produced into the client as far as the window allows, but nothing acknowledged.
+  ASSERT_TRUE(WaitFor([&] { return outbox->GetStatus().published == Position(20); }, seconds(5)));
+  std::this_thread::sleep_for(milliseconds(500));
+  OutboxStatus status = outbox->GetStatus();
+  EXPECT_EQ(status.published, Position(20)) << "the read-ahead window is 20 events";
+  EXPECT_EQ(status.checkpoint, Position(0));
+  EXPECT_EQ(status.lag, 50u);
+  EXPECT_EQ(status.in_flight, 20u);
+  EXPECT_EQ(status.kafka_state, "down");
+  EXPECT_EQ(StoredCheckpoint(), 0u);
+  EXPECT_EQ(outbox->metrics().delivered.Value(), 0u);
+
+  ASSERT_TRUE(kafka_->SetBrokerUp(-1).ok());
+  ASSERT_TRUE(WaitCaughtUp(outbox.get()));
+  EXPECT_EQ(outbox->GetStatus().checkpoint, Position(50));
+  ASSERT_TRUE(WaitFor([&] { return StoredCheckpoint() == 50; }, seconds(5)))
+      << "persisted within checkpoint_interval_ms";
+  ASSERT_TRUE(WaitFor([&] { return outbox->GetStatus().kafka_state == "up"; }, seconds(5)));
+  EXPECT_TRUE(outbox->Stop(seconds(5)).ok());
+  DeliveryReport report = ConsumeAndCheck();
+  EXPECT_TRUE(report.ok()) << report.Summary();
+}
+
+// Kafka outage while the ledger keeps appending: appends neither block nor fail, nothing is
+// lost, the lag returns to 0. Duplicates are counted, not asserted absent.
+TEST_F(OutboxTest, BrokersDownWhileAppendingLosesNothing) {
+  auto outbox = OpenOutbox(Options());
+  ASSERT_TRUE(outbox->Start().ok());
+
+  std::atomic<bool> appending{true};
+  std::atomic<int> append_failures{0};
+  std::atomic<int64_t> slowest_append_us{0};
+  std::thread appender([&] {
+    int i = 0;
+    while (appending.load()) {
+      AppendCommand command("user-" + std::to_string(i++ % 11), 2);
+      auto start = std::chrono::steady_clock::now();
+      CommandResult result = ledger_->Submit(&command);
+      int64_t us = std::chrono::duration_cast<std::chrono::microseconds>(
+                       std::chrono::steady_clock::now() - start)
+                       .count();
+      if (!result.status.ok()) append_failures.fetch_add(1);
+      if (us > slowest_append_us.load()) slowest_append_us.store(us);
+      outbox->Notify();
+      std::this_thread::sleep_for(milliseconds(2));
+    }
+  });
+
+  std::this_thread::sleep_for(milliseconds(700));
+  ASSERT_TRUE(kafka_->SetBrokerDown(-1).ok());
+  const uint64_t head_at_outage = Head();
+  bool saw_down = WaitFor([&] { return outbox->GetStatus().kafka_state == "down"; }, seconds(3));
+  std::this_thread::sleep_for(milliseconds(1500));
+  const uint64_t appended_during_outage = Head() - head_at_outage;
+  const uint64_t lag_during_outage = outbox->GetStatus().lag;
+  ASSERT_TRUE(kafka_->SetBrokerUp(-1).ok());
+  std::this_thread::sleep_for(milliseconds(700));
+  appending.store(false);
+  appender.join();
+
+  EXPECT_TRUE(saw_down) << "the outage should be visible as kafka_state=down";
+  EXPECT_EQ(append_failures.load(), 0);
+  EXPECT_LT(slowest_append_us.load(), 1'000'000) << "an outage must not block appends";
+  EXPECT_GT(appended_during_outage, 50u) << "appends continued during the outage";
+  EXPECT_GT(lag_during_outage, 0u);
+
+  ASSERT_TRUE(WaitCaughtUp(outbox.get())) << outbox->GetStatus().last_error;
+  EXPECT_EQ(outbox->GetStatus().kafka_state, "up");
+  DeliveryReport report = ConsumeAndCheck();
+  EXPECT_TRUE(report.ok()) << report.Summary();
+  EXPECT_EQ(report.distinct, Head());
+  ::testing::Test::RecordProperty("events", static_cast<int>(Head()));
+  ::testing::Test::RecordProperty("duplicates", static_cast<int>(report.duplicates));
+  std::printf("outage: %llu events appended during it, %llu duplicates after recovery\n",
+              static_cast<unsigned long long>(appended_during_outage),
+              static_cast<unsigned long long>(report.duplicates));
+  EXPECT_TRUE(outbox->Stop(seconds(5)).ok());
+  EXPECT_EQ(StoredCheckpoint(), Head());
+}
+
+// With a finite message timeout the outage makes deliveries fail: the outbox rewinds to its
+// checkpoint and re-produces what was not acknowledged.
+TEST_F(OutboxTest, DeliveryTimeoutsRewindToTheCheckpoint) {
+  OutboxOptions options = Options();
+  options.message_timeout_ms = 600;
+  options.retry_backoff_ms_min = 50;
+  options.retry_backoff_ms_max = 400;
+  auto outbox = OpenOutbox(options);
+  ASSERT_TRUE(outbox->Start().ok());
+  Append(30, 2, 5, outbox.get());
+  ASSERT_TRUE(WaitCaughtUp(outbox.get()));
+
+  ASSERT_TRUE(kafka_->SetBrokerDown(-1).ok());
+  Append(60, 2, 5, outbox.get());
+  ASSERT_TRUE(WaitFor([&] { return outbox->metrics().failed.Value() > 0; }, seconds(10)));
+  std::this_thread::sleep_for(milliseconds(800));  // at least one more failed rewind
+  EXPECT_GT(outbox->GetStatus().lag, 0u);
+  EXPECT_FALSE(outbox->GetStatus().last_error.empty());
+  ASSERT_TRUE(kafka_->SetBrokerUp(-1).ok());
+
+  ASSERT_TRUE(WaitCaughtUp(outbox.get())) << outbox->GetStatus().last_error;
+  EXPECT_GT(outbox->metrics().rewinds.Value(), 0u);
+  EXPECT_GT(outbox->metrics().retried.Value(), 0u);
+  // Timed-out messages may reach the topic after later ones: only loss is checked here.
+  DeliveryReport report = ConsumeAndCheck(/*check_key_order=*/false);
+  EXPECT_TRUE(report.ok()) << report.Summary();
+  std::printf("timeouts: failed=%llu retried=%llu rewinds=%llu duplicates=%llu\n",
+              static_cast<unsigned long long>(outbox->metrics().failed.Value()),
+              static_cast<unsigned long long>(outbox->metrics().retried.Value()),
+              static_cast<unsigned long long>(outbox->metrics().rewinds.Value()),
+              static_cast<unsigned long long>(report.duplicates));
+  EXPECT_TRUE(outbox->Stop(seconds(5)).ok());
+}
+
+// A permanent produce error (here injected by the mock broker) fails a batch; with the gapless
+// guarantee the producer is recreated and everything after the checkpoint is re-produced.
+TEST_F(OutboxTest, PermanentProduceErrorsRepublishFromTheCheckpoint) {
+  auto outbox = OpenOutbox(Options());
+  ASSERT_TRUE(outbox->Start().ok());
+  Append(10, 1, 3, outbox.get());
+  ASSERT_TRUE(WaitCaughtUp(outbox.get()));
+  kafka_->PushRequestErrors(EmbeddedKafka::kProduceApiKey,
+                            {RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+                             RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED});
+  Append(40, 2, 3, outbox.get());
+  ASSERT_TRUE(WaitCaughtUp(outbox.get())) << outbox->GetStatus().last_error;
+  EXPECT_GT(outbox->metrics().failed.Value() + outbox->metrics().producer_restarts.Value(), 0u);
+  EXPECT_GT(outbox->metrics().rewinds.Value(), 0u);
+  DeliveryReport report = ConsumeAndCheck();
+  EXPECT_TRUE(report.ok()) << report.Summary();
+  std::printf("permanent errors: failed=%llu restarts=%llu retried=%llu duplicates=%llu\n",
+              static_cast<unsigned long long>(outbox->metrics().failed.Value()),
+              static_cast<unsigned long long>(outbox->metrics().producer_restarts.Value()),
+              static_cast<unsigned long long>(outbox->metrics().retried.Value()),
+              static_cast<unsigned long long>(report.duplicates));
+  EXPECT_TRUE(outbox->Stop(seconds(5)).ok());
+}
+
+TEST_F(OutboxTest, RestartRepublishesOnlyAfterTheCheckpoint) {
+  Append(100);
+  {
+    auto outbox = OpenOutbox(Options());
+    ASSERT_TRUE(outbox->Start().ok());
+    ASSERT_TRUE(WaitCaughtUp(outbox.get()));
+    ASSERT_TRUE(outbox->Stop(seconds(5)).ok());
+  }
+  ASSERT_EQ(StoredCheckpoint(), 100u);
+  Append(50);
+  {
+    auto outbox = OpenOutbox(Options());
+    EXPECT_EQ(outbox->GetStatus().checkpoint, Position(100));
+    ASSERT_TRUE(outbox->Start().ok());
+    ASSERT_TRUE(WaitCaughtUp(outbox.get()));
+    ASSERT_TRUE(outbox->Stop(seconds(5)).ok());
+  }
+  // A checkpoint moved back (as after a crash between two checkpoint writes) re-publishes
+  // exactly the positions after it.
+  ASSERT_TRUE(ledger_->PutCheckpoint("outbox.kafka", Position(120), /*sync=*/true).ok());
+  {
+    auto outbox = OpenOutbox(Options());
+    ASSERT_TRUE(outbox->Start().ok());
+    ASSERT_TRUE(WaitCaughtUp(outbox.get()));
+    ASSERT_TRUE(outbox->Stop(seconds(5)).ok());
+  }
+  auto consumer = Consumer();
+  ASSERT_TRUE(consumer->ConsumeUntil(
+      [](const std::vector<ConsumedRecord>& r) { return r.size() >= 180; }, seconds(20)));
+  consumer->ConsumeUntil([](const std::vector<ConsumedRecord>&) { return false; },
+                         milliseconds(300));  // anything extra would show up here
+  std::map<uint64_t, int> copies;
+  for (const ConsumedRecord& record : consumer->records()) {
+    testing::CloudEventFields fields;
+    ASSERT_TRUE(testing::ValidateCloudEventRecord(record, kSource, &fields).empty());
+    ++copies[fields.position];
+  }
+  ASSERT_EQ(copies.size(), 150u);
+  for (uint64_t p = 1; p <= 150; ++p) {
+    EXPECT_EQ(copies[p], p <= 120 ? 1 : 2) << "position " << p;
+  }
+  DeliveryReport report = CheckDelivery(consumer->records(), 1, 150, {kSource, true});
+  EXPECT_TRUE(report.ok()) << report.Summary();
+  EXPECT_EQ(report.duplicates, 30u);
+}
+
+TEST_F(OutboxTest, StopWithKafkaDownKeepsTheDeadlineAndTheCheckpoint) {
+  Append(10);
+  {
+    auto outbox = OpenOutbox(Options());
+    ASSERT_TRUE(outbox->Start().ok());
+    ASSERT_TRUE(WaitCaughtUp(outbox.get()));
+    ASSERT_TRUE(kafka_->SetBrokerDown(-1).ok());
+    Append(20, 1, 7, outbox.get());
+    ASSERT_TRUE(WaitFor([&] { return outbox->GetStatus().published == Position(30); },
+                        seconds(5)));
+    auto start = std::chrono::steady_clock::now();
+    Status s = outbox->Stop(milliseconds(300));
+    auto took = std::chrono::steady_clock::now() - start;
+    EXPECT_EQ(s.code(), Code::kUnavailable) << s.ToString();
+    EXPECT_LT(took, seconds(3));
+    EXPECT_FALSE(outbox->GetStatus().running);
+  }
+  EXPECT_EQ(StoredCheckpoint(), 10u);
+  ASSERT_TRUE(kafka_->SetBrokerUp(-1).ok());
+  auto outbox = OpenOutbox(Options());
+  ASSERT_TRUE(outbox->Start().ok());
+  ASSERT_TRUE(WaitCaughtUp(outbox.get()));
+  EXPECT_TRUE(outbox->Stop(seconds(5)).ok());
+  DeliveryReport report = ConsumeAndCheck();
+  EXPECT_TRUE(report.ok()) << report.Summary();
+}
+
+TEST_F(OutboxTest, KafkaStateFollowsTheBrokersWhileIdle) {
+  auto outbox = OpenOutbox(Options());
+  EXPECT_EQ(outbox->GetStatus().kafka_state, "down") << "not connected yet";
+  ASSERT_TRUE(outbox->Start().ok());
+  ASSERT_TRUE(WaitFor([&] { return outbox->GetStatus().kafka_state == "up"; }, seconds(5)));
+  std::this_thread::sleep_for(milliseconds(1500));  // idle: still up
+  EXPECT_EQ(outbox->GetStatus().kafka_state, "up");
+  ASSERT_TRUE(kafka_->SetBrokerDown(-1).ok());
+  ASSERT_TRUE(WaitFor([&] { return outbox->GetStatus().kafka_state == "down"; }, seconds(5)));
+  ASSERT_TRUE(kafka_->SetBrokerUp(-1).ok());
+  ASSERT_TRUE(WaitFor([&] { return outbox->GetStatus().kafka_state == "up"; }, seconds(5)));
+  EXPECT_TRUE(outbox->Stop(seconds(5)).ok());
+}
+
+TEST_F(OutboxTest, PublishesABacklogQuickly) {
+  for (int i = 0; i < 100; ++i) Append(1, 100, 50);  // 10,000 events
+  auto outbox = OpenOutbox(Options());
+  auto start = std::chrono::steady_clock::now();
+  ASSERT_TRUE(outbox->Start().ok());
+  ASSERT_TRUE(WaitCaughtUp(outbox.get(), seconds(25)));
+  double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("backlog: %llu events published in %.2f s (%.0f events/s)\n",
+              static_cast<unsigned long long>(Head()), took, Head() / took);
+  EXPECT_EQ(outbox->metrics().delivered.Value(), Head());
+  EXPECT_TRUE(outbox->Stop(seconds(5)).ok());
+  auto consumer = Consumer();
+  EXPECT_TRUE(consumer->ConsumeDistinct(Head(), seconds(20)));
+}
+
+TEST_F(OutboxTest, DestructorWithoutStopWritesNothing) {
+  Append(5);
+  {
+    auto outbox = OpenOutbox(Options());
+    ASSERT_TRUE(outbox->Start().ok());
+    ASSERT_TRUE(WaitFor([&] { return outbox->GetStatus().checkpoint == Position(5); },
+                        seconds(10)));
+    // Destroyed right away, before checkpoint_interval_ms could persist anything.
+  }
+  EXPECT_LE(StoredCheckpoint(), 5u);
+}
+
+TEST_F(OutboxTest, DisabledOutboxPublishesNothing) {
+  Append(3);
+  OutboxOptions options = Options();
+  options.bootstrap_servers.clear();
+  auto outbox = OpenOutbox(options);
+  ASSERT_TRUE(outbox->Start().ok());
+  OutboxStatus status = outbox->GetStatus();
+  EXPECT_EQ(status.kafka_state, "disabled");
+  EXPECT_FALSE(status.running);
+  EXPECT_TRUE(outbox->Stop(seconds(1)).ok());
+  EXPECT_EQ(StoredCheckpoint(), 0u);
+}
+
+TEST_F(OutboxTest, RejectsBadOptions) {
+  std::unique_ptr<KafkaOutbox> outbox;
+  OutboxOptions options = Options();
+  options.topic.clear();
+  EXPECT_EQ(KafkaOutbox::Open(options, ledger_.get(), &outbox).code(), Code::kInvalidArgument);
+  options = Options();
+  options.in_flight_events_max = 0;
+  EXPECT_EQ(KafkaOutbox::Open(options, ledger_.get(), &outbox).code(), Code::kInvalidArgument);
+  options = Options();
+  options.kafka_config["no.such.property"] = "1";
+  Status s = KafkaOutbox::Open(options, ledger_.get(), &outbox);
+  EXPECT_EQ(s.code(), Code::kInvalidArgument);
+  EXPECT_EQ(s.problem(), "invalid_config");
+}
+
+// What an operator runs against the address `ledgerd` logs (CONTRACT.md, issue 2 item 5).
+TEST_F(OutboxTest, KcatReadsThePublishedCloudEvents) {
+  if (access("/usr/bin/kcat", X_OK) != 0) GTEST_SKIP() << "kcat is not installed";
+  Append(20);
+  auto outbox = OpenOutbox(Options());
+  ASSERT_TRUE(outbox->Start().ok());
+  ASSERT_TRUE(WaitCaughtUp(outbox.get()));
+  ASSERT_TRUE(outbox->Stop(seconds(5)).ok());
+  std::string command = "timeout 30 kcat -C -b " + kafka_->bootstrap_servers() + " -t " +
+                        kTopic + " -e 2>/dev/null";
+  FILE* pipe = popen(command.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  char line[8192];
+  int cloud_events = 0;
+  while (fgets(line, sizeof(line), pipe) != nullptr) {
+    if (std::string_view(line).find("\"specversion\":\"1.0\"") != std::string_view::npos) {
+      ++cloud_events;
+    }
+  }
+  EXPECT_EQ(pclose(pipe), 0) << command;
+  EXPECT_EQ(cloud_events, 20) << command;
+}
+
+// ---- The checker itself: it must be able to fail ---------------------------------------------
+
+// Negative control on a real pipeline: a consumer that drops one event must be caught.
+TEST_F(OutboxTest, LossCheckDetectsAConsumerThatSkipsAnEvent) {
+  Append(30);
+  auto outbox = OpenOutbox(Options());
+  ASSERT_TRUE(outbox->Start().ok());
+  ASSERT_TRUE(WaitCaughtUp(outbox.get()));
+  ASSERT_TRUE(outbox->Stop(seconds(5)).ok());
+
+  auto lossy = Consumer();
+  lossy->SkipPosition(17);
+  lossy->ConsumeDistinct(30, milliseconds(1500));  // cannot reach 30: times out
+  DeliveryReport report = CheckDelivery(lossy->records(), 1, 30, {kSource, true});
+  EXPECT_FALSE(report.ok());
+  EXPECT_EQ(report.missing, std::vector<uint64_t>{17});
+}
+
+// Negative control for the checkpoint rule: a checkpoint that runs ahead of delivery (as if it
+// advanced on produce and the process then crashed) loses events, and the check sees it.
+TEST_F(OutboxTest, LossCheckDetectsACheckpointAheadOfDelivery) {
+  Append(30);
+  ASSERT_TRUE(ledger_->PutCheckpoint("outbox.kafka", Position(10), /*sync=*/true).ok());
+  auto outbox = OpenOutbox(Options());
+  ASSERT_TRUE(outbox->Start().ok());
+  ASSERT_TRUE(WaitCaughtUp(outbox.get()));
+  ASSERT_TRUE(outbox->Stop(seconds(5)).ok());
+  auto consumer = Consumer();
+  consumer->ConsumeDistinct(20, seconds(10));
+  DeliveryReport report = CheckDelivery(consumer->records(), 1, 30, {kSource, true});
+  EXPECT_FALSE(report.ok());
+  EXPECT_EQ(report.missing.size(), 10u);
+  EXPECT_EQ(report.missing.front(), 1u);
+  EXPECT_EQ(report.missing.back(), 10u);
+}
+
+TEST(DeliveryCheckTest, DetectsLossCorruptionAndReordering) {
+  // Three valid records for positions 1..3 of one key.
+  auto make = [](uint64_t position, const std::string& key, const std::string& id,
+                 const std::string& prev, const std::string& hash) {
+    ConsumedRecord r;
+    r.partition = 0;
+    r.offset = static_cast<int64_t>(position);
+    r.key = key;
+    r.timestamp_ms = 1700000000123;
+    r.has_content_type = true;
+    r.content_type = "application/cloudevents+json";
+    r.value = "{\"specversion\":\"1.0\",\"id\":\"" + id +
+              "\",\"source\":\"urn:ledgerd:test\",\"type\":\"test.appended.v1\",\"subject\":\"" +
+              key +
+              "\",\"time\":\"2023-11-14T22:13:20.123456Z\",\"datacontenttype\":"
+              "\"application/json\",\"sequence\":\"" +
+              std::to_string(position) + "\",\"prevhash\":\"" + prev + "\",\"hash\":\"" + hash +
+              "\",\"data\":{\"n\":1}}";
+    return r;
+  };
+  const std::string h0(64, '0'), h1(64, '1'), h2(64, '2'), h3(64, '3');
+  std::vector<ConsumedRecord> good = {make(1, "a", "id-1", h0, h1), make(2, "a", "id-2", h1, h2),
+                                      make(3, "a", "id-3", h2, h3)};
+  DeliveryCheckOptions options{"urn:ledgerd:test", true};
+  DeliveryReport report = CheckDelivery(good, 1, 3, options);
+  EXPECT_TRUE(report.ok()) << report.Summary();
+
+  // Duplicates are counted, not errors.
+  auto with_duplicate = good;
+  with_duplicate.push_back(good[1]);
+  report = CheckDelivery(with_duplicate, 1, 3, options);
+  EXPECT_TRUE(report.ok()) << report.Summary();
+  EXPECT_EQ(report.duplicates, 1u);
+
+  // A lost record.
+  auto lost = good;
+  lost.erase(lost.begin() + 1);
+  report = CheckDelivery(lost, 1, 3, options);
+  EXPECT_FALSE(report.ok());
+  EXPECT_EQ(report.missing, std::vector<uint64_t>{2});
+
+  // A reordered key.
+  auto reordered = good;
+  std::swap(reordered[0], reordered[2]);
+  report = CheckDelivery(reordered, 1, 3, options);
+  EXPECT_FALSE(report.ok());
+  options.check_key_order = false;
+  EXPECT_TRUE(CheckDelivery(reordered, 1, 3, options).ok());
+  options.check_key_order = true;
+
+  // A key that is not the subject, a broken hash link, a bad time, a missing header.
+  auto bad = good;
+  bad[0].key = "b";
+  EXPECT_FALSE(CheckDelivery(bad, 1, 3, options).ok());
+  bad = good;
+  bad[2] = make(3, "a", "id-3", h1, h3);
+  EXPECT_FALSE(CheckDelivery(bad, 1, 3, options).ok());
+  bad = good;
+  bad[0].timestamp_ms += 5;
+  EXPECT_FALSE(CheckDelivery(bad, 1, 3, options).ok());
+  bad = good;
+  bad[0].has_content_type = false;
+  EXPECT_FALSE(CheckDelivery(bad, 1, 3, options).ok());
+  bad = good;
+  bad[0].value = "not json";
+  EXPECT_FALSE(CheckDelivery(bad, 1, 3, options).ok());
+  // The same id for two positions.
+  bad = good;
+  bad.push_back(make(2, "a", "id-1", h1, h2));
+  EXPECT_FALSE(CheckDelivery(bad, 1, 3, options).ok());
+}
+
+}  // namespace
+}  // namespace ledger

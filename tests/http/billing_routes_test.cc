@@ -1,0 +1,569 @@
+// The Stripe-calling billing routes over real HTTP on loopback, against a real Ledger and the
+// fake Stripe: request shapes at Stripe, events appended (and validated against their schemas),
+// idempotency (ours and Stripe's), retries, timeouts and configuration errors.
+#include <gtest/gtest.h>
+
+#include <ctime>
+
+#include "events/ledger.h"
+#include "http/app_context.h"
+#include "http/routes.h"
+#include "http/stripe_client.h"
+#include "projections/plan_catalog.h"
+#include "projections/registry.h"
+#include "tests/support/billing_fixtures.h"
+#include "tests/support/fake_stripe.h"
+#include "tests/support/http_client.h"
+#include "tests/support/http_stack.h"
+#include "tests/support/schema_check.h"
+#include "tests/support/stripe_events.h"
+#include "tests/support/test_ledger.h"
+#include "tests/support/tokens.h"
+
+namespace ledger::http {
+namespace {
+
+using ledger::testing::FakeStripe;
+using ledger::testing::HttpReply;
+using ledger::testing::kFakeStripeSecretKey;
+using ledger::testing::TestHttpClient;
+using ledger::testing::TokenClaims;
+
+constexpr char kCheckout[] = "/api/v1/billing/checkout/create";
+constexpr char kPortal[] = "/api/v1/billing/portal/create";
+constexpr char kPaymentMethods[] = "/api/v1/billing/payment-methods";
+constexpr char kCancel[] = "/api/v1/billing/subscription/cancel";
+constexpr char kUpgrade[] = "/api/v1/billing/subscription/upgrade";
+
+constexpr char kSuccessUrl[] = "https://app.example.com/billing/success?session={CHECKOUT_SESSION_ID}";
+constexpr char kCancelUrl[] = "https://app.example.com/billing/canceled";
+constexpr char kReturnUrl[] = "https://app.example.com/account";
+
+class BillingRoutesTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    LedgerOptions options;
+    options.path = dir_.path();
+    options.folds = projections::AllFolds();
+    ASSERT_TRUE(Ledger::Open(options, &ledger_).ok());
+    ASSERT_TRUE(ledger::testing::SeedCatalogWithPrices(ledger_.get()).ok());
+
+    ASSERT_TRUE(fake_.Start().ok());
+    for (const auto& p : ledger::testing::TestStripePrices()) {
+      fake_.AddProduct(std::string("prod_") + p.plan_id, p.plan_id);
+      FakeStripe::Price monthly;
+      monthly.id = p.monthly;
+      monthly.product = std::string("prod_") + p.plan_id;
+      monthly.unit_amount = std::string(p.plan_id) == "trial" ? 100 : 1900;
+      monthly.interval = std::string(p.plan_id) == "trial" ? "" : "month";
+      fake_.AddPrice(monthly);
+      if (p.yearly != nullptr) {
+        FakeStripe::Price yearly = monthly;
+        yearly.id = p.yearly;
+        yearly.interval = "year";
+        fake_.AddPrice(yearly);
+      }
+    }
+    StripeClientOptions stripe_options;
+    stripe_options.api_base = fake_.base_url();
+    stripe_options.secret_key = kFakeStripeSecretKey;
+    stripe_options.read_timeout_ms = 1000;  // generous: 2 shared cores under ASan
+    stripe_options.connect_timeout_ms = 1000;
+    stripe_options.backoff_initial_ms = 1;
+    stripe_options.backoff_max_ms = 2;
+    stripe_options.sleep = [](int64_t) {};
+    ASSERT_TRUE(HttpStripeClient::Create(stripe_options, &stripe_).ok());
+    fake_.set_hang_ms(5000);
+
+    StartServer(/*configured=*/true);
+    const int64_t now_s = static_cast<int64_t>(std::time(nullptr));
+    alice_token_ = ledger::testing::MintHs256(TokenClaims::User("alice", now_s),
+                                              ledger::testing::kTestHs256Secret);
+    bob_token_ = ledger::testing::MintHs256(TokenClaims::User("bob", now_s),
+                                            ledger::testing::kTestHs256Secret);
+    head_after_setup_ = Head();
+  }
+
+  void StartServer(bool configured) {
+    stack_.Stop();
+    stack_.server.reset();
+    AppContext context;
+    context.ledger = ledger_.get();
+    if (configured) {
+      context.stripe = stripe_.get();
+      context.stripe_success_url = kSuccessUrl;
+      context.stripe_cancel_url = kCancelUrl;
+      context.stripe_portal_return_url = kReturnUrl;
+    }
+    RouteTable routes;
+    AddBillingRoutes(context, &routes);
+    AuthOptions auth;
+    auth.jwt.hs256_secret = ledger::testing::kTestHs256Secret;
+    Status s = stack_.Start(std::move(routes), auth, nullptr);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+  }
+
+  void TearDown() override {
+    stack_.Stop();
+    std::vector<Event> events;
+    ASSERT_TRUE(ledger_->ReadEvents(Position(0), 1000, EventFilter{}, &events).ok());
+    for (const Event& e : events) {
+      EXPECT_TRUE(ledger::testing::EnvelopeMatchesSchema(e)) << e.type << " " << e.data;
+      // No secret and no session URL ever enters the log.
+      EXPECT_EQ(e.data.find(kFakeStripeSecretKey), std::string::npos) << e.data;
+      EXPECT_EQ(e.data.find("sk_test_"), std::string::npos) << e.data;
+      EXPECT_EQ(e.data.find("checkout.stripe.com"), std::string::npos) << e.data;
+      EXPECT_EQ(e.data.find("billing.stripe.com"), std::string::npos) << e.data;
+    }
+  }
+
+  TestHttpClient As(const std::string& token) {
+    TestHttpClient client("127.0.0.1", stack_.port());
+    client.set_bearer(token);
+    return client;
+  }
+  TestHttpClient Alice() { return As(alice_token_); }
+  uint64_t Head() const { return ledger_->Head().value(); }
+
+  // Links alice to a Stripe customer and subscription through the webhook command, and creates
+  // them at the fake.
+  void GiveAliceASubscription(const std::string& status = "active",
+                              const std::string& price = "price_starter_monthly",
+                              std::optional<std::string> plan_tag = "starter") {
+    ledger::testing::StripeCheckoutSpec checkout;
+    checkout.client_reference_id = "alice";
+    checkout.metadata_user_id = "alice";
+    checkout.customer_id = "cus_alice";
+    checkout.subscription_id = "sub_alice";
+    checkout.email = "alice@example.com";
+    checkout.metadata_plan_id = plan_tag;
+    ASSERT_TRUE(ledger::testing::SubmitWebhook(
+                    ledger_.get(), ledger::testing::StripeCheckoutCompletedJson(checkout))
+                    .status.ok());
+    ledger::testing::StripeSubscriptionSpec sub;
+    sub.event_id = "evt_sub_alice";
+    sub.event_type = "customer.subscription.created";
+    sub.subscription_id = "sub_alice";
+    sub.customer_id = "cus_alice";
+    sub.status = status;
+    sub.item_id = "si_alice";
+    sub.price_id = price;
+    sub.metadata_user_id = "alice";
+    sub.metadata_plan_id = plan_tag;
+    ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                               ledger::testing::StripeSubscriptionEventJson(sub))
+                    .status.ok());
+    fake_.AddCustomer("cus_alice", "alice@example.com");
+    FakeStripe::Subscription at_stripe;
+    at_stripe.id = "sub_alice";
+    at_stripe.customer = "cus_alice";
+    at_stripe.status = status;
+    at_stripe.item_id = "si_alice";
+    at_stripe.price_id = price;
+    if (plan_tag) at_stripe.metadata = {{"plan_id", *plan_tag}, {"user_id", "alice"}};
+    fake_.AddSubscription(at_stripe);
+    head_after_setup_ = Head();
+  }
+
+  std::vector<Event> EventsOfType(const std::string& type) {
+    std::vector<Event> events;
+    EventFilter filter;
+    filter.type = type;
+    EXPECT_TRUE(ledger_->ReadEvents(Position(0), 1000, filter, &events).ok());
+    return events;
+  }
+
+  static void ExpectProblem(const HttpReply& reply, int status, const std::string& code) {
+    EXPECT_EQ(reply.status, status) << reply.body;
+    EXPECT_EQ(reply.Header("Content-Type"), "application/problem+json") << reply.body;
+    rapidjson::Document doc = reply.Json();
+    ASSERT_TRUE(doc.IsObject()) << reply.body;
+    ASSERT_TRUE(doc.HasMember("code")) << reply.body;
+    EXPECT_EQ(std::string(doc["code"].GetString()), code) << reply.body;
+  }
+
+  ledger::testing::TempDir dir_;
+  std::unique_ptr<Ledger> ledger_;
+  FakeStripe fake_;
+  std::unique_ptr<HttpStripeClient> stripe_;
+  ledger::testing::TestHttpStack stack_;
+  std::string alice_token_;
+  std::string bob_token_;
+  uint64_t head_after_setup_ = 0;
+};
+
+// ---- Configuration and policy ----------------------------------------------------------------
+
+TEST_F(BillingRoutesTest, WithoutAStripeKeyEveryRouteIs503) {
+  StartServer(/*configured=*/false);
+  ExpectProblem(Alice().Post(kCheckout, R"({"plan_id":"starter"})"), 503, "stripe_not_configured");
+  ExpectProblem(Alice().Post(kPortal, ""), 503, "stripe_not_configured");
+  ExpectProblem(Alice().Get(kPaymentMethods), 503, "stripe_not_configured");
+  ExpectProblem(Alice().Post(kCancel, R"({"at_period_end":true})"), 503, "stripe_not_configured");
+  ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"professional"})"), 503,
+                "stripe_not_configured");
+  EXPECT_EQ(Head(), head_after_setup_);
+  EXPECT_TRUE(fake_.requests().empty());
+}
+
+TEST_F(BillingRoutesTest, CheckoutWithoutASuccessUrlIs503) {
+  AppContext context;
+  context.ledger = ledger_.get();
+  context.stripe = stripe_.get();
+  stack_.Stop();
+  stack_.server.reset();
+  RouteTable routes;
+  AddBillingRoutes(context, &routes);
+  AuthOptions auth;
+  auth.jwt.hs256_secret = ledger::testing::kTestHs256Secret;
+  ASSERT_TRUE(stack_.Start(std::move(routes), auth, nullptr).ok());
+  ExpectProblem(Alice().Post(kCheckout, R"({"plan_id":"starter"})"), 503, "stripe_not_configured");
+  EXPECT_TRUE(fake_.requests().empty());
+}
+
+TEST_F(BillingRoutesTest, EveryRouteNeedsAUser) {
+  TestHttpClient anonymous("127.0.0.1", stack_.port());
+  ExpectProblem(anonymous.Post(kCheckout, R"({"plan_id":"starter"})"), 401, "unauthenticated");
+  ExpectProblem(anonymous.Post(kPortal, ""), 401, "unauthenticated");
+  ExpectProblem(anonymous.Get(kPaymentMethods), 401, "unauthenticated");
+  ExpectProblem(anonymous.Post(kCancel, "{}"), 401, "unauthenticated");
+  ExpectProblem(anonymous.Post(kUpgrade, R"({"plan_id":"starter"})"), 401, "unauthenticated");
+  EXPECT_TRUE(fake_.requests().empty());
+}
+
+// ---- Checkout ---------------------------------------------------------------------------------
+
+TEST_F(BillingRoutesTest, CheckoutForANewUser) {
+  HttpReply r = Alice().Post(kCheckout, R"({"plan_id":"starter","billing_cycle":"monthly"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  ASSERT_TRUE(doc.IsObject());
+  const std::string session_id = doc["session_id"].GetString();
+  EXPECT_EQ(session_id.rfind("cs_test_", 0), 0u);
+  EXPECT_NE(std::string(doc["url"].GetString()).find(session_id), std::string::npos);
+  EXPECT_EQ(r.Header("X-Ledger-Position"), std::to_string(head_after_setup_ + 1));
+
+  auto requests = fake_.RequestsTo("POST", "/v1/checkout/sessions");
+  ASSERT_EQ(requests.size(), 1u);
+  const FakeStripe::Request& q = requests[0];
+  EXPECT_EQ(q.authorization, std::string("Bearer ") + kFakeStripeSecretKey);
+  EXPECT_EQ(q.idempotency_key.rfind("ledgerd-checkout-", 0), 0u);
+  EXPECT_EQ(q.params,
+            (FormParams{{"mode", "subscription"},
+                        {"line_items[0][price]", "price_starter_monthly"},
+                        {"line_items[0][quantity]", "1"},
+                        {"success_url", kSuccessUrl},
+                        {"cancel_url", kCancelUrl},
+                        {"client_reference_id", "alice"},
+                        {"customer_email", "alice@example.com"},
+                        {"metadata[user_id]", "alice"},
+                        {"metadata[plan_id]", "starter"},
+                        {"metadata[billing_cycle]", "monthly"},
+                        {"subscription_data[metadata][user_id]", "alice"},
+                        {"subscription_data[metadata][plan_id]", "starter"},
+                        {"subscription_data[metadata][billing_cycle]", "monthly"}}));
+
+  auto events = EventsOfType("stripe.checkout_session_created.v1");
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].subject, "alice");
+  rapidjson::Document data;
+  data.Parse(events[0].data.c_str());
+  EXPECT_EQ(std::string(data["session_id"].GetString()), session_id);
+  EXPECT_EQ(std::string(data["price_id"].GetString()), "price_starter_monthly");
+  EXPECT_TRUE(data["customer"].IsNull());
+  EXPECT_TRUE(data["trial_period_days"].IsNull());
+  EXPECT_EQ(std::string(data["stripe_idempotency_key"].GetString()), q.idempotency_key);
+}
+
+TEST_F(BillingRoutesTest, CheckoutYearly) {
+  HttpReply r = Alice().Post(kCheckout, R"({"plan_id":"professional","billing_cycle":"yearly"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  auto q = fake_.RequestsTo("POST", "/v1/checkout/sessions").at(0);
+  EXPECT_EQ(q.Param("line_items[0][price]"), "price_professional_yearly");
+  EXPECT_EQ(q.Param("metadata[plan_id]"), "professional");
+}
+
+TEST_F(BillingRoutesTest, TheTrialIsStarterWithASevenDayTrialAndAOneTimeFee) {
+  HttpReply r = Alice().Post(kCheckout, R"({"plan_id":"trial"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  auto q = fake_.RequestsTo("POST", "/v1/checkout/sessions").at(0);
+  EXPECT_EQ(q.Param("line_items[0][price]"), "price_starter_monthly");
+  EXPECT_EQ(q.Param("line_items[0][quantity]"), "1");
+  EXPECT_EQ(q.Param("line_items[1][price]"), "price_trial_fee");
+  EXPECT_EQ(q.Param("line_items[1][quantity]"), "1");
+  EXPECT_EQ(q.Param("subscription_data[trial_period_days]"), "7");
+  EXPECT_EQ(q.Param("metadata[plan_id]"), "trial");
+  EXPECT_EQ(q.Param("subscription_data[metadata][plan_id]"), "trial");
+  auto events = EventsOfType("stripe.checkout_session_created.v1");
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_NE(events[0].data.find(R"("one_time_price_id":"price_trial_fee","trial_period_days":7)"),
+            std::string::npos)
+      << events[0].data;
+
+  ExpectProblem(Alice().Post(kCheckout, R"({"plan_id":"trial","billing_cycle":"yearly"})"), 422,
+                "plan_not_purchasable");
+}
+
+TEST_F(BillingRoutesTest, CheckoutReusesAKnownCustomerAndRefusesASecondSubscription) {
+  GiveAliceASubscription("canceled");
+  HttpReply r = Alice().Post(kCheckout, R"({"plan_id":"starter"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  auto q = fake_.RequestsTo("POST", "/v1/checkout/sessions").at(0);
+  EXPECT_EQ(q.Param("customer"), "cus_alice");
+  EXPECT_FALSE(q.HasParam("customer_email"));
+
+  // bob has nothing; alice with a live subscription must change it instead.
+  ledger::testing::StripeSubscriptionSpec live;
+  live.event_id = "evt_live";
+  live.event_created = ledger::testing::kStripeT0 + 100;
+  live.subscription_id = "sub_alice2";
+  live.customer_id = "cus_alice";
+  live.metadata_user_id = "alice";
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeSubscriptionEventJson(live))
+                  .status.ok());
+  const uint64_t head = Head();
+  ExpectProblem(Alice().Post(kCheckout, R"({"plan_id":"professional"})"), 409,
+                "subscription_exists");
+  EXPECT_EQ(Head(), head);
+  EXPECT_EQ(fake_.RequestsTo("POST", "/v1/checkout/sessions").size(), 1u);
+}
+
+TEST_F(BillingRoutesTest, BadCheckoutBodiesAppendNothingAndCallNobody) {
+  auto alice = Alice();
+  ExpectProblem(alice.Post(kCheckout, "not json"), 400, "invalid_json");
+  ExpectProblem(alice.Post(kCheckout, ""), 400, "invalid_json");
+  ExpectProblem(alice.Post(kCheckout, "[]"), 400, "invalid_json");
+  ExpectProblem(alice.Post(kCheckout, R"({"billing_cycle":"monthly"})"), 422, "validation_failed");
+  ExpectProblem(alice.Post(kCheckout, R"({"plan_id":7})"), 422, "validation_failed");
+  ExpectProblem(alice.Post(kCheckout, R"({"plan_id":"starter","billing_cycle":"weekly"})"), 422,
+                "validation_failed");
+  ExpectProblem(alice.Post(kCheckout, R"({"plan_id":"starter","coupon":"x"})"), 422,
+                "unknown_field");
+  ExpectProblem(alice.Post(kCheckout, R"({"plan_id":"platinum"})"), 422, "unknown_plan");
+
+  // A plan without Stripe prices yet, and a retired one.
+  projections::Plan team = projections::InitialPlans()[1];
+  team.id = "team";
+  projections::CreatePlan create(team, projections::Actor::System("test"));
+  ASSERT_TRUE(ledger_->Submit(&create).status.ok());
+  projections::RetirePlan retire("enterprise", projections::Actor::System("test"));
+  ASSERT_TRUE(ledger_->Submit(&retire).status.ok());
+  const uint64_t head = Head();
+  HttpReply r = alice.Post(kCheckout, R"({"plan_id":"team"})");
+  ExpectProblem(r, 409, "plan_not_purchasable");
+  EXPECT_NE(r.body.find("stripe-setup"), std::string::npos);
+  ExpectProblem(alice.Post(kCheckout, R"({"plan_id":"enterprise"})"), 422, "plan_not_purchasable");
+  EXPECT_EQ(Head(), head);
+  EXPECT_TRUE(fake_.requests().empty());
+}
+
+TEST_F(BillingRoutesTest, StripeServerErrorsAreRetriedWithTheSameKey) {
+  fake_.InjectFault(FakeStripe::Fault::kServerError, 2, "POST", "/v1/checkout/sessions");
+  HttpReply r = Alice().Post(kCheckout, R"({"plan_id":"starter"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  auto requests = fake_.RequestsTo("POST", "/v1/checkout/sessions");
+  ASSERT_EQ(requests.size(), 3u);
+  EXPECT_EQ(requests[0].idempotency_key, requests[1].idempotency_key);
+  EXPECT_EQ(requests[1].idempotency_key, requests[2].idempotency_key);
+  EXPECT_EQ(Head(), head_after_setup_ + 1);
+  EXPECT_EQ(fake_.checkout_sessions().size(), 1u);
+}
+
+TEST_F(BillingRoutesTest, AStripeTimeoutIs503AndAppendsNothing) {
+  fake_.InjectFault(FakeStripe::Fault::kHang, 3, "POST", "/v1/checkout/sessions");
+  HttpReply r = Alice().Post(kCheckout, R"({"plan_id":"starter"})");
+  ExpectProblem(r, 503, "stripe_unavailable");
+  EXPECT_EQ(Head(), head_after_setup_);
+  auto requests = fake_.RequestsTo("POST", "/v1/checkout/sessions");
+  ASSERT_EQ(requests.size(), 3u);
+  EXPECT_EQ(requests[0].idempotency_key, requests[2].idempotency_key);
+}
+
+TEST_F(BillingRoutesTest, StripeErrorsAre502AndAppendNothing) {
+  fake_.InjectFault(FakeStripe::Fault::kServerError, 3);
+  ExpectProblem(Alice().Post(kCheckout, R"({"plan_id":"starter"})"), 502, "stripe_error");
+  fake_.InjectError(400, "invalid_request_error", "No such price: 'price_starter_monthly'", 1);
+  HttpReply r = Alice().Post(kCheckout, R"({"plan_id":"starter"})");
+  ExpectProblem(r, 502, "stripe_request_failed");
+  EXPECT_NE(r.body.find("No such price"), std::string::npos);
+  EXPECT_EQ(Head(), head_after_setup_);
+}
+
+TEST_F(BillingRoutesTest, AClientIdempotencyKeyReplaysWithoutCallingStripeAgain) {
+  const std::string body = R"({"plan_id":"starter"})";
+  HttpReply first = Alice().Post(kCheckout, body, {{"Idempotency-Key", "client-key-1"}});
+  ASSERT_EQ(first.status, 200) << first.body;
+  HttpReply second = Alice().Post(kCheckout, body, {{"Idempotency-Key", "client-key-1"}});
+  ASSERT_EQ(second.status, 200) << second.body;
+  EXPECT_EQ(second.body, first.body);
+  EXPECT_EQ(second.Header("Idempotent-Replayed"), "true");
+  EXPECT_EQ(second.Header("X-Ledger-Position"), first.Header("X-Ledger-Position"));
+  EXPECT_EQ(fake_.RequestsTo("POST", "/v1/checkout/sessions").size(), 1u);
+  EXPECT_EQ(Head(), head_after_setup_ + 1);
+
+  // The same key with another body: 409, and Stripe is not asked.
+  ExpectProblem(Alice().Post(kCheckout, R"({"plan_id":"professional"})",
+                             {{"Idempotency-Key", "client-key-1"}}),
+                409, "idempotency_key_reused");
+  EXPECT_EQ(fake_.RequestsTo("POST", "/v1/checkout/sessions").size(), 1u);
+  // Keys are per user: bob's identical key is his own.
+  HttpReply bob = As(bob_token_).Post(kCheckout, body, {{"Idempotency-Key", "client-key-1"}});
+  ASSERT_EQ(bob.status, 200) << bob.body;
+  EXPECT_NE(bob.body, first.body);
+  EXPECT_EQ(Head(), head_after_setup_ + 2);
+}
+
+TEST_F(BillingRoutesTest, AClientRetryAfterAFailureReusesStripesIdempotency) {
+  // The first try fails at Stripe (nothing appended); the client retries with its key and Stripe
+  // sees the same Idempotency-Key, as it would after a crash between Stripe's answer and our log.
+  const std::string body = R"({"plan_id":"starter"})";
+  fake_.InjectFault(FakeStripe::Fault::kServerError, 3);
+  ExpectProblem(Alice().Post(kCheckout, body, {{"Idempotency-Key", "retry-me"}}), 502,
+                "stripe_error");
+  HttpReply ok = Alice().Post(kCheckout, body, {{"Idempotency-Key", "retry-me"}});
+  ASSERT_EQ(ok.status, 200) << ok.body;
+  auto requests = fake_.RequestsTo("POST", "/v1/checkout/sessions");
+  ASSERT_EQ(requests.size(), 4u);
+  for (const auto& q : requests) EXPECT_EQ(q.idempotency_key, requests[0].idempotency_key);
+  // Without a client key every request is a new command with its own key.
+  ASSERT_EQ(Alice().Post(kCheckout, body).status, 200);
+  ASSERT_EQ(Alice().Post(kCheckout, body).status, 200);
+  requests = fake_.RequestsTo("POST", "/v1/checkout/sessions");
+  ASSERT_EQ(requests.size(), 6u);
+  EXPECT_NE(requests[4].idempotency_key, requests[5].idempotency_key);
+  EXPECT_NE(requests[4].idempotency_key, requests[0].idempotency_key);
+}
+
+// ---- Portal and payment methods ---------------------------------------------------------------
+
+TEST_F(BillingRoutesTest, PortalNeedsACustomer) {
+  HttpReply r = Alice().Post(kPortal, "");
+  ExpectProblem(r, 409, "no_stripe_customer");
+  EXPECT_FALSE(r.Header("X-Ledger-Position").empty());
+  EXPECT_TRUE(fake_.requests().empty());
+
+  GiveAliceASubscription();
+  r = Alice().Post(kPortal, "{}");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  EXPECT_EQ(std::string(doc["url"].GetString()).rfind("https://billing.stripe.com/", 0), 0u);
+  auto q = fake_.RequestsTo("POST", "/v1/billing_portal/sessions").at(0);
+  EXPECT_EQ(q.params, (FormParams{{"customer", "cus_alice"}, {"return_url", kReturnUrl}}));
+  EXPECT_EQ(q.idempotency_key.rfind("ledgerd-portal-", 0), 0u);
+  auto events = EventsOfType("stripe.portal_session_created.v1");
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_NE(events[0].data.find(R"("customer":"cus_alice")"), std::string::npos);
+  ExpectProblem(Alice().Post(kPortal, R"({"return_url":"https://evil.example"})"), 422,
+                "unknown_field");
+}
+
+TEST_F(BillingRoutesTest, PaymentMethods) {
+  HttpReply none = Alice().Get(kPaymentMethods);
+  ASSERT_EQ(none.status, 200) << none.body;
+  EXPECT_EQ(none.body, R"({"payment_methods":[],"has_more":false})");
+  EXPECT_TRUE(fake_.requests().empty());
+
+  GiveAliceASubscription();
+  fake_.AddCard("cus_alice", "pm_1", "visa", "4242", 4, 2031);
+  const uint64_t head = Head();
+  HttpReply r = Alice().Get(kPaymentMethods);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.body,
+            R"({"payment_methods":[{"id":"pm_1","type":"card","brand":"visa","last4":"4242",)"
+            R"("exp_month":4,"exp_year":2031}],"has_more":false})");
+  EXPECT_EQ(r.Header("X-Ledger-Position"), std::to_string(head));
+  auto q = fake_.RequestsTo("GET", "/v1/customers/cus_alice/payment_methods").at(0);
+  EXPECT_EQ(q.params, (FormParams{{"type", "card"}}));
+  EXPECT_FALSE(q.has_idempotency_key);
+  EXPECT_EQ(Head(), head);  // a read appends nothing
+
+  fake_.InjectFault(FakeStripe::Fault::kHang, 3);
+  ExpectProblem(Alice().Get(kPaymentMethods), 503, "stripe_unavailable");
+}
+
+// ---- Cancel and upgrade -----------------------------------------------------------------------
+
+TEST_F(BillingRoutesTest, CancelAtPeriodEnd) {
+  ExpectProblem(Alice().Post(kCancel, R"({"at_period_end":true})"), 409, "no_active_subscription");
+  GiveAliceASubscription();
+  HttpReply r = Alice().Post(kCancel, R"({"at_period_end":true})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  EXPECT_EQ(std::string(doc["subscription_id"].GetString()), "sub_alice");
+  EXPECT_EQ(std::string(doc["status"].GetString()), "active");
+  EXPECT_TRUE(doc["cancel_at_period_end"].GetBool());
+  EXPECT_TRUE(doc["cancel_at"].IsInt64());
+  auto q = fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice").at(0);
+  EXPECT_EQ(q.params, (FormParams{{"cancel_at_period_end", "true"}}));
+  EXPECT_EQ(q.idempotency_key.rfind("ledgerd-cancel_at_period_end-", 0), 0u);
+  EXPECT_TRUE(fake_.GetSubscription("sub_alice")->cancel_at_period_end);
+  auto events = EventsOfType("stripe.subscription_cancel_requested.v1");
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_NE(events[0].data.find(R"("at_period_end":true)"), std::string::npos);
+  // The default is at the period end.
+  ASSERT_EQ(Alice().Post(kCancel, "").status, 200);
+  EXPECT_EQ(fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice").size(), 2u);
+}
+
+TEST_F(BillingRoutesTest, CancelNow) {
+  GiveAliceASubscription();
+  HttpReply r = Alice().Post(kCancel, R"({"at_period_end":false})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(std::string(r.Json()["status"].GetString()), "canceled");
+  auto q = fake_.RequestsTo("DELETE", "/v1/subscriptions/sub_alice");
+  ASSERT_EQ(q.size(), 1u);
+  EXPECT_FALSE(q[0].has_idempotency_key);
+  auto events = EventsOfType("stripe.subscription_cancel_requested.v1");
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_NE(events[0].data.find(R"("stripe_idempotency_key":null)"), std::string::npos);
+  ExpectProblem(Alice().Post(kCancel, R"({"at_period_end":"yes"})"), 422, "validation_failed");
+}
+
+TEST_F(BillingRoutesTest, UpgradeIsAProratedPriceChangeOfTheItem) {
+  ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"professional"})"), 409,
+                "no_active_subscription");
+  GiveAliceASubscription();
+  HttpReply r = Alice().Post(kUpgrade, R"({"plan_id":"professional","billing_cycle":"monthly"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.body,
+            R"({"subscription_id":"sub_alice","plan_id":"professional","billing_cycle":"monthly",)"
+            R"("price_id":"price_professional_monthly","status":"active",)"
+            R"("proration_behavior":"create_prorations"})");
+  auto q = fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice").at(0);
+  EXPECT_EQ(q.params, (FormParams{{"items[0][id]", "si_alice"},
+                                  {"items[0][price]", "price_professional_monthly"},
+                                  {"proration_behavior", "create_prorations"},
+                                  {"metadata[plan_id]", "professional"},
+                                  {"metadata[billing_cycle]", "monthly"}}));
+  EXPECT_EQ(q.idempotency_key.rfind("ledgerd-change_plan-", 0), 0u);
+  auto at_stripe = fake_.GetSubscription("sub_alice");
+  EXPECT_EQ(at_stripe->price_id, "price_professional_monthly");
+  EXPECT_EQ(at_stripe->last_proration_behavior, "create_prorations");
+  auto events = EventsOfType("stripe.subscription_change_requested.v1");
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_NE(events[0].data.find(R"("from_price_id":"price_starter_monthly")"), std::string::npos);
+  EXPECT_NE(events[0].data.find(R"("from_plan_id":"starter")"), std::string::npos);
+
+  // Again: Stripe already has it.
+  const uint64_t head = Head();
+  ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"professional"})"), 409, "already_on_plan");
+  ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"trial"})"), 422, "plan_not_purchasable");
+  ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"nope"})"), 422, "unknown_plan");
+  EXPECT_EQ(Head(), head);
+}
+
+TEST_F(BillingRoutesTest, UpgradeFailureAtStripeAppendsNothing) {
+  GiveAliceASubscription();
+  fake_.InjectFault(FakeStripe::Fault::kReset, 3, "POST", "/v1/subscriptions/");
+  ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"professional"})"), 503,
+                "stripe_unavailable");
+  EXPECT_EQ(Head(), head_after_setup_);
+  auto posts = fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice");
+  ASSERT_EQ(posts.size(), 3u);
+  EXPECT_EQ(posts[0].idempotency_key, posts[2].idempotency_key);
+  EXPECT_EQ(fake_.GetSubscription("sub_alice")->price_id, "price_starter_monthly");
+}
+
+}  // namespace
+}  // namespace ledger::http

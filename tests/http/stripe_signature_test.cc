@@ -1,0 +1,212 @@
+#include "http/stripe_signature.h"
+
+#include <gtest/gtest.h>
+
+#include <cctype>
+#include <string>
+#include <vector>
+
+namespace ledger::http {
+namespace {
+
+constexpr int64_t kSecond = 1'000'000;
+
+// Vectors made by Stripe's own library, not by the code under test: stripe-node 23.1.0
+// (`npm install stripe` in a scratch directory), with
+//   stripe.webhooks.generateTestHeaderString({payload, secret, timestamp})
+// and each header checked by the same library's stripe.webhooks.constructEvent(payload, header,
+// secret, 300, undefined, timestamp * 1000) before it was copied here.
+struct ReferenceVector {
+  std::string payload;
+  std::string secret;
+  int64_t timestamp;
+  std::string header;
+};
+
+const std::vector<ReferenceVector>& StripeNodeVectors() {
+  static const std::vector<ReferenceVector> vectors = {
+      {R"({"id":"evt_1NodeVector","object":"event","type":"customer.subscription.updated","created":1700000000,"data":{"object":{"id":"sub_1"}}})",
+       "whsec_test_secret_one", 1700000000,
+       "t=1700000000,v1=7c0f94cd33215c871989725d1095ba5e449a500f1de77d5977685d5baf592bc4"},
+      // Pretty-printed, with non-ASCII text: the signed bytes are the body's UTF-8 bytes as sent.
+      {"{\n  \"id\": \"evt_2NodeVector\",\n  \"object\": \"event\",\n  \"type\": \"invoice.paid\",\n"
+       "  \"note\": \"caf\xc3\xa9 \xe2\x98\x83\"\n}",
+       "whsec_5c1bdb2a7f9e4d3c8b6a", 1731000000,
+       "t=1731000000,v1=a893b81b4ed46bfe3dac0b277ee51684514590a1b9a21f81765b2d6767e90e60"},
+      // A secret that looks like base64: it is used as plain bytes, never decoded.
+      {R"({"id":"evt_3NodeVector","type":"checkout.session.completed","created":1600000000})",
+       "whsec_rotated+/=base64looking", 1600000123,
+       "t=1600000123,v1=70a6bd63a79d20985a9387ea7f346099f7c204131b2c8bc109e9d06fa29f4c40"},
+  };
+  return vectors;
+}
+
+constexpr char kSecret[] = "whsec_primary";
+constexpr char kOtherSecret[] = "whsec_rotated";
+constexpr char kPayload[] = R"({"id":"evt_1","type":"invoice.paid","created":1700000000})";
+constexpr int64_t kT = 1'700'000'000;
+
+std::string V1(std::string_view secret, int64_t t, std::string_view payload) {
+  return ComputeStripeSignature(secret, t, payload);
+}
+
+TEST(StripeSignatureTest, MatchesStripeNodeReferenceVectors) {
+  for (const ReferenceVector& v : StripeNodeVectors()) {
+    EXPECT_EQ(MakeStripeSignatureHeader({v.secret}, v.timestamp, v.payload), v.header);
+    ManualClock clock(v.timestamp * kSecond);
+    StripeSignatureVerifier verifier({v.secret}, &clock);
+    Status s = verifier.Verify(v.header, v.payload);
+    EXPECT_TRUE(s.ok()) << s.ToString() << " for " << v.header;
+    // One flipped byte of the body breaks it.
+    std::string tampered = v.payload;
+    tampered[tampered.size() / 2] ^= 1;
+    EXPECT_EQ(verifier.Verify(v.header, tampered).problem(), "invalid_signature");
+  }
+}
+
+TEST(StripeSignatureTest, AcceptsValidSignature) {
+  ManualClock clock(kT * kSecond);
+  StripeSignatureVerifier verifier({kSecret}, &clock);
+  std::string header = "t=" + std::to_string(kT) + ",v1=" + V1(kSecret, kT, kPayload);
+  EXPECT_TRUE(verifier.Verify(header, kPayload).ok());
+}
+
+TEST(StripeSignatureTest, AcceptsWhenOnlyTheSecondV1Matches) {
+  ManualClock clock(kT * kSecond);
+  StripeSignatureVerifier verifier({kSecret}, &clock);
+  std::string header = "t=" + std::to_string(kT) + ",v1=" + V1("whsec_unknown", kT, kPayload) +
+                       ",v1=" + V1(kSecret, kT, kPayload);
+  EXPECT_TRUE(verifier.Verify(header, kPayload).ok());
+  // And with v0 and unknown schemes mixed in, which are ignored.
+  header = "t=" + std::to_string(kT) + ",v0=" + V1(kSecret, kT, kPayload) +
+           ",v1=deadbeef,x9=whatever,v1=" + V1(kSecret, kT, kPayload);
+  EXPECT_TRUE(verifier.Verify(header, kPayload).ok());
+}
+
+TEST(StripeSignatureTest, RejectsOnlyV0) {
+  ManualClock clock(kT * kSecond);
+  StripeSignatureVerifier verifier({kSecret}, &clock);
+  // v0 carries a *correct* v1-style HMAC: it must still not count.
+  std::string header = "t=" + std::to_string(kT) + ",v0=" + V1(kSecret, kT, kPayload);
+  Status s = verifier.Verify(header, kPayload);
+  EXPECT_EQ(s.problem(), "invalid_signature");
+  EXPECT_NE(s.message().find("no v1"), std::string::npos) << s.message();
+}
+
+TEST(StripeSignatureTest, RejectsTamperedBody) {
+  ManualClock clock(kT * kSecond);
+  StripeSignatureVerifier verifier({kSecret}, &clock);
+  std::string header = MakeStripeSignatureHeader({kSecret}, kT, kPayload);
+  std::string tampered = kPayload;
+  tampered.replace(tampered.find("invoice.paid"), 12, "invoice.void");
+  EXPECT_EQ(verifier.Verify(header, tampered).problem(), "invalid_signature");
+  // Whitespace counts: the raw body is signed, not its JSON value.
+  EXPECT_EQ(verifier.Verify(header, std::string(kPayload) + "\n").problem(), "invalid_signature");
+  // A signature over the same body at another timestamp does not transfer.
+  std::string moved = "t=" + std::to_string(kT + 1) + ",v1=" + V1(kSecret, kT, kPayload);
+  EXPECT_EQ(verifier.Verify(moved, kPayload).problem(), "invalid_signature");
+}
+
+TEST(StripeSignatureTest, EnforcesToleranceBothWays) {
+  ManualClock clock(kT * kSecond);
+  StripeSignatureVerifier verifier({kSecret}, &clock);
+  auto header_at = [](int64_t t) { return MakeStripeSignatureHeader({kSecret}, t, kPayload); };
+  EXPECT_TRUE(verifier.Verify(header_at(kT - 300), kPayload).ok());
+  EXPECT_TRUE(verifier.Verify(header_at(kT + 300), kPayload).ok());
+  Status old = verifier.Verify(header_at(kT - 301), kPayload);
+  EXPECT_EQ(old.problem(), "invalid_signature");
+  EXPECT_NE(old.message().find("tolerance"), std::string::npos);
+  EXPECT_EQ(verifier.Verify(header_at(kT + 301), kPayload).problem(), "invalid_signature");
+  EXPECT_EQ(verifier.Verify(header_at(0), kPayload).problem(), "invalid_signature");
+  // The clock moving is what makes a once-valid delivery stale.
+  std::string header = header_at(kT);
+  clock.Advance(300 * kSecond);
+  EXPECT_TRUE(verifier.Verify(header, kPayload).ok());
+  clock.Advance(1 * kSecond);
+  EXPECT_EQ(verifier.Verify(header, kPayload).problem(), "invalid_signature");
+}
+
+TEST(StripeSignatureTest, AcceptsAnyConfiguredSecretForRotation) {
+  ManualClock clock(kT * kSecond);
+  StripeSignatureVerifier verifier({kSecret, kOtherSecret}, &clock);
+  // Signed with the second configured secret only.
+  EXPECT_TRUE(verifier.Verify(MakeStripeSignatureHeader({kOtherSecret}, kT, kPayload), kPayload)
+                  .ok());
+  // Stripe during rotation: one v1 per active secret.
+  EXPECT_TRUE(verifier
+                  .Verify(MakeStripeSignatureHeader({"whsec_old_gone", kOtherSecret}, kT,
+                                                    kPayload),
+                          kPayload)
+                  .ok());
+  StripeSignatureVerifier only_first({kSecret}, &clock);
+  EXPECT_EQ(only_first.Verify(MakeStripeSignatureHeader({kOtherSecret}, kT, kPayload), kPayload)
+                .problem(),
+            "invalid_signature");
+}
+
+TEST(StripeSignatureTest, RejectsMalformedHeaders) {
+  ManualClock clock(kT * kSecond);
+  StripeSignatureVerifier verifier({kSecret}, &clock);
+  const std::string good = V1(kSecret, kT, kPayload);
+  const std::string t = std::to_string(kT);
+  const std::vector<std::string> malformed = {
+      "",
+      ",,,",
+      "garbage",
+      "v1=" + good,                                // no t
+      "t=" + t,                                    // no v1
+      "t=" + t + ",v1",                            // item without '='
+      "t=,v1=" + good,                             // empty t
+      "t=abc,v1=" + good,                          // t not a number
+      "t=-" + t + ",v1=" + good,                   // signed t
+      "t=" + t + "5,v1=" + good,                   // another t (outside tolerance)
+      "t=" + t + ",t=" + t + ",v1=" + good,        // two t
+      "t=1e9,v1=" + good,                          // t not decimal digits
+      "t=" + t + ",v1=" + good.substr(0, 63),      // truncated signature
+      "t=" + t + ",v1=" + std::string(good.size(), '0'),
+      "T=" + t + ",V1=" + good,                    // keys are case-sensitive
+      std::string(kStripeSignatureHeaderBytesMax + 1, 'a'),
+  };
+  for (const std::string& header : malformed) {
+    Status s = verifier.Verify(header, kPayload);
+    EXPECT_EQ(s.problem(), "invalid_signature") << "header: " << header.substr(0, 80);
+  }
+  // Uppercase hex is not what Stripe sends; the SDKs compare strings, so neither do we accept it.
+  std::string upper = good;
+  for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  EXPECT_EQ(verifier.Verify("t=" + t + ",v1=" + upper, kPayload).problem(), "invalid_signature");
+  // Too many v1 items.
+  std::string many = "t=" + t;
+  for (size_t i = 0; i <= kStripeSignatureV1Max; ++i) many += ",v1=" + good;
+  EXPECT_EQ(verifier.Verify(many, kPayload).problem(), "invalid_signature");
+  // Spaces around items are tolerated.
+  EXPECT_TRUE(verifier.Verify(" t=" + t + " , v1=" + good + " ", kPayload).ok());
+}
+
+TEST(StripeSignatureTest, ParsesEveryV1InOrder) {
+  StripeSignatureHeader parsed;
+  ASSERT_TRUE(ParseStripeSignatureHeader("t=12,v1=aa,v0=bb,v1=cc,scheme=dd", &parsed).ok());
+  EXPECT_EQ(parsed.timestamp, 12);
+  EXPECT_EQ(parsed.v1, (std::vector<std::string>{"aa", "cc"}));
+}
+
+TEST(StripeSignatureTest, UnconfiguredIsUnavailableNotInvalid) {
+  ManualClock clock(kT * kSecond);
+  StripeSignatureVerifier verifier({}, &clock);
+  EXPECT_FALSE(verifier.configured());
+  Status s = verifier.Verify(MakeStripeSignatureHeader({kSecret}, kT, kPayload), kPayload);
+  EXPECT_EQ(s.code(), Code::kUnavailable);
+  EXPECT_EQ(s.problem(), "stripe_webhook_not_configured");
+}
+
+TEST(StripeSignatureTest, MessagesNeverEchoSecretsOrSignatures) {
+  ManualClock clock(kT * kSecond);
+  StripeSignatureVerifier verifier({kSecret}, &clock);
+  std::string v1 = V1(kSecret, kT, "other body");
+  Status s = verifier.Verify("t=" + std::to_string(kT) + ",v1=" + v1, kPayload);
+  EXPECT_EQ(s.message().find(v1), std::string::npos);
+  EXPECT_EQ(s.message().find(kSecret), std::string::npos);
+}
+
+}  // namespace
+}  // namespace ledger::http

@@ -1,0 +1,494 @@
+// Stripe webhook ingestion and the access routes over real HTTP on loopback, against a real
+// Ledger: signed deliveries (the signature made as Stripe makes it), duplicates, tampering,
+// the lifecycle in shuffled orders, my-access / check-access per plan, and isolation between
+// users.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <ctime>
+#include <numeric>
+#include <random>
+
+#include "events/ledger.h"
+#include "http/app_context.h"
+#include "http/routes.h"
+#include "http/stripe_signature.h"
+#include "projections/plan_catalog.h"
+#include "projections/registry.h"
+#include "tests/support/billing_fixtures.h"
+#include "tests/support/http_client.h"
+#include "tests/support/http_stack.h"
+#include "tests/support/schema_check.h"
+#include "tests/support/stripe_events.h"
+#include "tests/support/test_ledger.h"
+#include "tests/support/tokens.h"
+
+namespace ledger::http {
+namespace {
+
+using ledger::testing::HttpReply;
+using ledger::testing::StripeLifecycle;
+using ledger::testing::StripeLifecycleSpec;
+using ledger::testing::StripeSubscriptionEventJson;
+using ledger::testing::StripeSubscriptionSpec;
+using ledger::testing::TestHttpClient;
+using ledger::testing::TokenClaims;
+
+constexpr char kWebhook[] = "/api/v1/billing/webhooks/stripe";
+constexpr char kMyAccess[] = "/api/v1/subscriptions/my-access";
+constexpr char kCheckAccess[] = "/api/v1/subscriptions/check-access/";
+constexpr char kUserAccess[] = "/api/v1/subscriptions/admin/user-access/";
+constexpr char kStatus[] = "/api/v1/billing/subscription-status";
+constexpr char kSecret[] = "whsec_test_primary";
+constexpr char kRotatedSecret[] = "whsec_test_rotated";
+constexpr char kServiceToken[] = "svc-gateway-token-0123456789";
+
+constexpr int64_t kSecondUs = 1'000'000;
+
+class SubscriptionsHttpTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Start({kSecret, kRotatedSecret}, dir_.path()); }
+
+  void Start(std::vector<std::string> secrets, const std::string& path) {
+    LedgerOptions options;
+    options.path = path;
+    options.folds = projections::AllFolds();
+    options.clock = &clock_;
+    ASSERT_TRUE(Ledger::Open(options, &ledger_).ok());
+    ASSERT_TRUE(ledger::testing::SeedCatalogWithPrices(ledger_.get()).ok());
+    AppContext context;
+    context.ledger = ledger_.get();
+    context.clock = &clock_;
+    context.stripe_webhook_secrets = std::move(secrets);
+    RouteTable routes;
+    AddStripeWebhookRoutes(context, &routes);
+    AddSubscriptionAccessRoutes(context, &routes);
+    AddEventsRoutes(context, &routes);
+    AuthOptions auth;
+    auth.jwt.hs256_secret = ledger::testing::kTestHs256Secret;
+    auth.service_tokens = {ServiceToken{"gateway", kServiceToken}};
+    Status s = stack_.Start(std::move(routes), auth, &clock_);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+  }
+
+  void TearDown() override {
+    stack_.Stop();
+    if (!ledger_) return;
+    std::vector<Event> events;
+    ASSERT_TRUE(ledger_->ReadEvents(Position(0), 10000, EventFilter{}, &events).ok());
+    for (const Event& e : events) EXPECT_TRUE(ledger::testing::EnvelopeMatchesSchema(e)) << e.type;
+  }
+
+  int64_t NowSeconds() const { return clock_.NowMicros() / kSecondUs; }
+
+  std::string Token(const std::string& user, bool admin = false) const {
+    TokenClaims claims = admin ? TokenClaims::Admin(user, NowSeconds())
+                               : TokenClaims::User(user, NowSeconds());
+    return ledger::testing::MintHs256(claims, ledger::testing::kTestHs256Secret);
+  }
+  TestHttpClient Client(const std::string& bearer = "") {
+    TestHttpClient client("127.0.0.1", stack_.port());
+    client.set_bearer(bearer);
+    return client;
+  }
+  TestHttpClient As(const std::string& user) { return Client(Token(user)); }
+
+  // A delivery as Stripe makes it: Stripe-Signature over the exact body at time `t`.
+  HttpReply Post(const std::string& body, const std::string& signature) {
+    httplib::Headers headers;
+    if (!signature.empty()) headers.emplace("Stripe-Signature", signature);
+    return Client().Post(kWebhook, body, headers);
+  }
+  HttpReply Deliver(const std::string& body, const std::string& secret = kSecret) {
+    return Post(body, MakeStripeSignatureHeader({secret}, NowSeconds(), body));
+  }
+  void DeliverOk(const std::string& body) {
+    HttpReply r = Deliver(body);
+    ASSERT_EQ(r.status, 200) << r.body;
+  }
+
+  uint64_t Head() const { return ledger_->Head().value(); }
+  std::string AuditHead() {
+    HttpReply r = Client(Token("root", true)).Get("/api/v1/audit/head");
+    EXPECT_EQ(r.status, 200) << r.body;
+    return r.body;
+  }
+
+  static void ExpectProblem(const HttpReply& reply, int status, const std::string& code) {
+    EXPECT_EQ(reply.status, status) << reply.body;
+    EXPECT_EQ(reply.Header("Content-Type"), "application/problem+json") << reply.body;
+    rapidjson::Document doc = reply.Json();
+    ASSERT_TRUE(doc.IsObject()) << reply.body;
+    EXPECT_EQ(std::string(doc["code"].GetString()), code) << reply.body;
+  }
+
+  static std::vector<std::string> Strings(const rapidjson::Value& array) {
+    std::vector<std::string> out;
+    for (const auto& v : array.GetArray()) out.emplace_back(v.GetString());
+    return out;
+  }
+
+  // Gives `user` an active subscription to the plan with `price`.
+  void Subscribe(const std::string& user, const std::string& price, const std::string& status,
+                 const std::string& plan_tag = "") {
+    StripeLifecycleSpec spec;
+    spec.prefix = "evt_" + user;
+    spec.user_id = user;
+    spec.customer_id = "cus_" + user;
+    spec.subscription_id = "sub_" + user;
+    spec.price_id = price;
+    spec.plan_id = plan_tag;
+    std::vector<std::string> lifecycle = StripeLifecycle(spec);
+    DeliverOk(lifecycle[0]);  // the checkout links user and customer
+    StripeSubscriptionSpec sub;
+    sub.event_id = "evt_state_" + user;
+    sub.subscription_id = spec.subscription_id;
+    sub.customer_id = spec.customer_id;
+    sub.price_id = price;
+    sub.status = status;
+    sub.metadata_user_id = user;
+    if (!plan_tag.empty()) sub.metadata_plan_id = plan_tag;
+    sub.event_created = ledger::testing::kStripeT0 + 100;
+    DeliverOk(StripeSubscriptionEventJson(sub));
+  }
+
+  ledger::testing::TempDir dir_;
+  ManualClock clock_{static_cast<int64_t>(std::time(nullptr)) * kSecondUs};
+  std::unique_ptr<Ledger> ledger_;
+  ledger::testing::TestHttpStack stack_;
+};
+
+// ---- the webhook ---------------------------------------------------------------------------------
+
+TEST_F(SubscriptionsHttpTest, SignedDeliveryIsAppendedAndAcknowledged) {
+  const uint64_t before = Head();
+  std::string body = StripeLifecycle({})[0];
+  HttpReply r = Deliver(body);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.Header("Content-Type"), "application/json");
+  rapidjson::Document doc = r.Json();
+  EXPECT_TRUE(doc["received"].GetBool());
+  EXPECT_FALSE(doc["duplicate"].GetBool());
+  EXPECT_STREQ(doc["event_id"].GetString(), "evt_lc_0");
+  EXPECT_EQ(Strings(doc["derived"]), (std::vector<std::string>{
+                                          "customer.linked.v1", "subscription.checkout_completed.v1"}));
+  EXPECT_EQ(Head(), before + 3);
+  EXPECT_EQ(r.Header("X-Ledger-Position"), std::to_string(Head()));
+
+  std::vector<Event> events;
+  ASSERT_TRUE(ledger_->ReadEvents(Position(before), 10, EventFilter{}, &events).ok());
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[0].type, "stripe.webhook_received.v1");
+  EXPECT_EQ(events[0].subject, "user-1");
+  rapidjson::Document data;
+  data.Parse(events[0].data.c_str());
+  EXPECT_EQ(std::string(data["raw_sha256"].GetString()), HexEncode(Sha256(body)));
+  for (const Event& e : events) {
+    EXPECT_EQ(e.data.find("cs_test_secret_must_not_be_stored"), std::string::npos) << e.type;
+  }
+}
+
+TEST_F(SubscriptionsHttpTest, DuplicatesAnswer200AndAppendNothing) {
+  std::vector<std::string> lifecycle = StripeLifecycle({});
+  for (const std::string& body : lifecycle) DeliverOk(body);
+  const uint64_t head = Head();
+  const std::string audit = AuditHead();
+  for (const std::string& body : lifecycle) {
+    clock_.Advance(5 * kSecondUs);  // Stripe's retry: a new signature, the same event
+    HttpReply again = Deliver(body);
+    ASSERT_EQ(again.status, 200) << again.body;
+    EXPECT_TRUE(again.Json()["duplicate"].GetBool()) << again.body;
+    EXPECT_TRUE(again.Json()["received"].GetBool());
+    // The same event id with a different (validly signed) body is the same delivery.
+    std::string altered = body;
+    altered.insert(altered.size() - 1, R"(,"replayed_with":"another body")");
+    HttpReply altered_reply = Deliver(altered);
+    ASSERT_EQ(altered_reply.status, 200) << altered_reply.body;
+    EXPECT_TRUE(altered_reply.Json()["duplicate"].GetBool());
+  }
+  EXPECT_EQ(Head(), head);
+  EXPECT_EQ(AuditHead(), audit);
+}
+
+TEST_F(SubscriptionsHttpTest, UnsignedTamperedStaleAndMalformedGet400AndAppendNothing) {
+  DeliverOk(StripeLifecycle({})[0]);
+  const std::string audit = AuditHead();
+  const uint64_t head = Head();
+  const std::string body = StripeLifecycle({})[1];
+  const int64_t now = NowSeconds();
+  const std::string good = MakeStripeSignatureHeader({kSecret}, now, body);
+
+  ExpectProblem(Post(body, ""), 400, "invalid_signature");                  // unsigned
+  std::string tampered = body;
+  tampered.replace(tampered.find("trialing"), 8, "canceled");
+  ExpectProblem(Post(tampered, good), 400, "invalid_signature");            // tampered body
+  ExpectProblem(Post(body + " ", good), 400, "invalid_signature");          // one byte more
+  ExpectProblem(Post(body, MakeStripeSignatureHeader({kSecret}, now - 301, body)), 400,
+                "invalid_signature");                                       // stale
+  ExpectProblem(Post(body, MakeStripeSignatureHeader({kSecret}, now + 301, body)), 400,
+                "invalid_signature");                                       // future
+  ExpectProblem(Post(body, MakeStripeSignatureHeader({"whsec_unknown"}, now, body)), 400,
+                "invalid_signature");                                       // wrong secret
+  ExpectProblem(Post(body, "t=" + std::to_string(now) + ",v0=" +
+                               ComputeStripeSignature(kSecret, now, body)),
+                400, "invalid_signature");                                  // only v0
+  ExpectProblem(Post(body, "garbage"), 400, "invalid_signature");
+  {
+    httplib::Headers two = {{"Stripe-Signature", good}, {"Stripe-Signature", good}};
+    ExpectProblem(Client().Post(kWebhook, body, two), 400, "invalid_signature");
+  }
+  // Signed, but not a Stripe event.
+  for (const std::string& bad : {std::string("not json"), std::string(R"({"id":"evt_x"})"),
+                                 std::string(R"([1,2])")}) {
+    ExpectProblem(Deliver(bad), 400, "malformed_event");
+  }
+  EXPECT_EQ(Head(), head);
+  EXPECT_EQ(AuditHead(), audit);
+  // The genuine delivery still goes through afterwards.
+  EXPECT_EQ(Post(body, good).status, 200);
+}
+
+TEST_F(SubscriptionsHttpTest, RotatedSecretIsAccepted) {
+  HttpReply r = Deliver(StripeLifecycle({})[0], kRotatedSecret);
+  EXPECT_EQ(r.status, 200) << r.body;
+  // Stripe during a rotation: one v1 per secret, an expired one first.
+  const std::string body = StripeLifecycle({})[1];
+  r = Post(body, MakeStripeSignatureHeader({"whsec_expired", kSecret}, NowSeconds(), body));
+  EXPECT_EQ(r.status, 200) << r.body;
+}
+
+TEST_F(SubscriptionsHttpTest, StripeNodeGeneratedHeadersAreAccepted) {
+  // Made with stripe-node 23.1.0's webhooks.generateTestHeaderString({payload, secret,
+  // timestamp}); see tests/http/stripe_signature_test.cc. The clock is set to each timestamp.
+  struct Vector {
+    const char* payload;
+    const char* secret;
+    int64_t t;
+    const char* header;
+  };
+  const Vector vectors[] = {
+      {R"({"id":"evt_1NodeVector","object":"event","type":"customer.subscription.updated","created":1700000000,"data":{"object":{"id":"sub_1"}}})",
+       "whsec_test_secret_one", 1700000000,
+       "t=1700000000,v1=7c0f94cd33215c871989725d1095ba5e449a500f1de77d5977685d5baf592bc4"},
+      {R"({"id":"evt_3NodeVector","type":"checkout.session.completed","created":1600000000})",
+       "whsec_rotated+/=base64looking", 1600000123,
+       "t=1600000123,v1=70a6bd63a79d20985a9387ea7f346099f7c204131b2c8bc109e9d06fa29f4c40"},
+  };
+  stack_.Stop();
+  stack_.server.reset();
+  ledger_.reset();
+  ledger::testing::TempDir other;
+  for (const Vector& v : vectors) {
+    clock_.Set(v.t * kSecondUs);
+    AppContext context;
+    LedgerOptions options;
+    options.path = other.Sub(std::to_string(v.t));
+    options.folds = projections::AllFolds();
+    ASSERT_TRUE(Ledger::Open(options, &ledger_).ok());
+    context.ledger = ledger_.get();
+    context.clock = &clock_;
+    context.stripe_webhook_secrets = {v.secret};
+    RouteTable routes;
+    AddStripeWebhookRoutes(context, &routes);
+    ledger::testing::TestHttpStack stack;
+    ASSERT_TRUE(stack.Start(std::move(routes), AuthOptions{}, &clock_).ok());
+    TestHttpClient client("127.0.0.1", stack.port());
+    HttpReply r = client.Post(kWebhook, v.payload, {{"Stripe-Signature", v.header}});
+    EXPECT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(ledger_->Head().value(), 1u);  // stored; nothing derivable from these objects
+    clock_.Advance(301 * kSecondUs);
+    HttpReply stale = client.Post(kWebhook, v.payload, {{"Stripe-Signature", v.header}});
+    EXPECT_EQ(stale.status, 400) << stale.body;
+    stack.Stop();
+    ledger_.reset();  // before `other` goes
+  }
+}
+
+TEST_F(SubscriptionsHttpTest, NotConfiguredAnswers503) {
+  stack_.Stop();
+  stack_.server.reset();
+  ledger_.reset();
+  ledger::testing::TempDir other;
+  Start({}, other.path());
+  const std::string body = StripeLifecycle({})[0];
+  const uint64_t head = Head();
+  ExpectProblem(Deliver(body), 503, "stripe_webhook_not_configured");
+  EXPECT_EQ(Head(), head);
+  stack_.Stop();
+  ledger_.reset();  // before `other` goes
+}
+
+TEST_F(SubscriptionsHttpTest, LifecycleInShuffledOrdersEndsCanceledAndGraceKeepsAccess) {
+  std::vector<std::string> lifecycle = StripeLifecycle({});
+  // In order first: watch the access at each step.
+  const std::vector<std::pair<std::string, bool>> expected = {
+      {"none", false},     {"trialing", true}, {"active", true}, {"active", true},
+      {"past_due", true},  {"active", true},   {"canceled", false}};
+  for (size_t i = 0; i < lifecycle.size(); ++i) {
+    DeliverOk(lifecycle[i]);
+    HttpReply r = As("user-1").Get(kMyAccess);
+    ASSERT_EQ(r.status, 200) << r.body;
+    rapidjson::Document doc = r.Json();
+    EXPECT_EQ(std::string(doc["status"].GetString()), expected[i].first) << i;
+    EXPECT_EQ(doc["has_access"].GetBool(), expected[i].second) << i;
+    EXPECT_EQ(r.Header("X-Ledger-Position"), std::to_string(Head()));
+  }
+  EXPECT_EQ(std::string(As("user-1").Get(kMyAccess).Json()["access"].GetString()), "none");
+
+  // Then a seeded sample of shuffled orders, each for a fresh user/customer/subscription.
+  std::mt19937 rng(3);
+  std::vector<size_t> order(lifecycle.size());
+  std::iota(order.begin(), order.end(), 0);
+  for (int run = 0; run < 12; ++run) {
+    std::shuffle(order.begin(), order.end(), rng);
+    StripeLifecycleSpec spec;
+    spec.prefix = "evt_run" + std::to_string(run);
+    spec.user_id = "shuffled-" + std::to_string(run);
+    spec.customer_id = "cus_run" + std::to_string(run);
+    spec.subscription_id = "sub_run" + std::to_string(run);
+    std::vector<std::string> deliveries = StripeLifecycle(spec);
+    for (size_t i : order) DeliverOk(deliveries[i]);
+    HttpReply r = As(spec.user_id).Get(kStatus);
+    ASSERT_EQ(r.status, 200);
+    rapidjson::Document doc = r.Json();
+    EXPECT_STREQ(doc["status"].GetString(), "canceled") << r.body;
+    EXPECT_STREQ(doc["subscription"]["id"].GetString(), spec.subscription_id.c_str());
+    EXPECT_STREQ(doc["latest_invoice"]["status"].GetString(), "payment_failed");
+    EXPECT_STREQ(doc["customer_id"].GetString(), spec.customer_id.c_str());
+  }
+}
+
+// ---- access ------------------------------------------------------------------------------------
+
+TEST_F(SubscriptionsHttpTest, MyAccessAndCheckAccessPerPlan) {
+  struct Case {
+    const char* user;
+    const char* price;
+    const char* status;
+    const char* plan_tag;
+    const char* plan;
+    std::vector<std::string> services;
+    int64_t limit;  // -1: unlimited
+    const char* window;
+    bool byok;
+  };
+  const std::vector<Case> cases = {
+      {"trialuser", "price_starter_monthly", "trialing", "trial", "trial", {"ops-center", "chat"},
+       100, "day", false},
+      {"starteruser", "price_starter_yearly", "active", "", "starter",
+       {"ops-center", "chat", "search"}, 1000, "month", true},
+      {"prouser", "price_professional_monthly", "past_due", "", "professional",
+       {"ops-center", "chat", "search", "tts", "stt", "litellm"}, 10000, "month", true},
+      {"entuser", "price_enterprise_yearly", "active", "", "enterprise",
+       {"ops-center", "chat", "search", "tts", "stt", "litellm", "bolt-diy"}, -1, nullptr, true},
+  };
+  for (const Case& c : cases) Subscribe(c.user, c.price, c.status, c.plan_tag);
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.user);
+    HttpReply r = As(c.user).Get(kMyAccess);
+    ASSERT_EQ(r.status, 200) << r.body;
+    rapidjson::Document doc = r.Json();
+    EXPECT_STREQ(doc["plan_id"].GetString(), c.plan);
+    EXPECT_STREQ(doc["plan"]["id"].GetString(), c.plan);
+    EXPECT_STREQ(doc["status"].GetString(), c.status);
+    EXPECT_TRUE(doc["has_access"].GetBool());
+    EXPECT_EQ(Strings(doc["services"]), c.services);
+    EXPECT_EQ(doc["byok_enabled"].GetBool(), c.byok);
+    if (c.limit < 0) {
+      EXPECT_TRUE(doc["quota"]["limit"].IsNull());
+      EXPECT_TRUE(doc["quota"]["window"].IsNull());
+    } else {
+      EXPECT_EQ(doc["quota"]["limit"].GetInt64(), c.limit);
+      EXPECT_STREQ(doc["quota"]["window"].GetString(), c.window);
+    }
+    EXPECT_FALSE(doc["quota"].HasMember("used"));
+    EXPECT_STREQ(doc["user_id"].GetString(), c.user);
+    EXPECT_STREQ(doc["email"].GetString(), (std::string(c.user) + "@example.com").c_str());
+
+    for (const projections::ServiceInfo& service : projections::ServiceCatalog()) {
+      const std::string id(service.id);
+      const bool in_plan = std::find(c.services.begin(), c.services.end(), id) != c.services.end();
+      HttpReply check = As(c.user).Post(kCheckAccess + id, "");
+      ASSERT_EQ(check.status, 200) << check.body;
+      rapidjson::Document answer = check.Json();
+      EXPECT_EQ(answer["allowed"].GetBool(), in_plan) << id;
+      EXPECT_STREQ(answer["reason"].GetString(), in_plan ? "ok" : "service_not_in_plan");
+      // The service token asks for the same user and gets the same answer.
+      HttpReply as_service =
+          Client(kServiceToken).Post(kCheckAccess + id + "?user_id=" + c.user, "");
+      ASSERT_EQ(as_service.status, 200) << as_service.body;
+      EXPECT_EQ(as_service.Json()["allowed"].GetBool(), in_plan) << id;
+    }
+    // Admins see what my-access says.
+    HttpReply admin = Client(Token("root", true)).Get(kUserAccess + std::string(c.user));
+    ASSERT_EQ(admin.status, 200);
+    EXPECT_EQ(admin.body, r.body);
+  }
+  HttpReply unknown = As("starteruser").Post(std::string(kCheckAccess) + "teleport", "");
+  ASSERT_EQ(unknown.status, 200);
+  EXPECT_FALSE(unknown.Json()["allowed"].GetBool());
+  EXPECT_STREQ(unknown.Json()["reason"].GetString(), "unknown_service");
+}
+
+TEST_F(SubscriptionsHttpTest, NoSubscriptionIsAnOrdinaryAnswer) {
+  HttpReply r = As("newcomer").Get(kMyAccess);
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  EXPECT_STREQ(doc["status"].GetString(), "none");
+  EXPECT_FALSE(doc["has_access"].GetBool());
+  EXPECT_TRUE(doc["plan"].IsNull());
+  EXPECT_TRUE(doc["plan_id"].IsNull());
+  EXPECT_TRUE(doc["services"].Empty());
+  EXPECT_TRUE(doc["quota"].IsNull());
+  EXPECT_FALSE(doc["byok_enabled"].GetBool());
+  EXPECT_TRUE(doc["subscription"].IsNull());
+
+  HttpReply status = As("newcomer").Get(kStatus);
+  ASSERT_EQ(status.status, 200);
+  EXPECT_FALSE(status.Json()["has_subscription"].GetBool());
+  EXPECT_STREQ(status.Json()["status"].GetString(), "none");
+
+  HttpReply check = As("newcomer").Post(std::string(kCheckAccess) + "chat", "");
+  ASSERT_EQ(check.status, 200);
+  EXPECT_FALSE(check.Json()["allowed"].GetBool());
+  EXPECT_STREQ(check.Json()["reason"].GetString(), "no_subscription");
+
+  // A canceled subscription keeps its plan in the answer but grants nothing.
+  for (const std::string& body : StripeLifecycle({})) DeliverOk(body);
+  doc = As("user-1").Get(kMyAccess).Json();
+  EXPECT_STREQ(doc["status"].GetString(), "canceled");
+  EXPECT_STREQ(doc["plan_id"].GetString(), "starter");
+  EXPECT_TRUE(doc["services"].Empty());
+  EXPECT_STREQ(As("user-1").Post(std::string(kCheckAccess) + "chat", "").Json()["reason"].GetString(),
+               "subscription_inactive");
+}
+
+TEST_F(SubscriptionsHttpTest, OneUserCannotSeeAnothersSubscription) {
+  Subscribe("alice", "price_professional_monthly", "active");
+  // bob sees his own (empty) state, never alice's.
+  rapidjson::Document bob = As("bob").Get(kMyAccess).Json();
+  EXPECT_STREQ(bob["status"].GetString(), "none");
+  EXPECT_STREQ(bob["user_id"].GetString(), "bob");
+  rapidjson::Document bob_status = As("bob").Get(kStatus).Json();
+  EXPECT_TRUE(bob_status["subscription"].IsNull());
+  EXPECT_TRUE(bob_status["customer_id"].IsNull());
+  // Naming alice on check-access is "not found" for bob; naming himself is fine.
+  ExpectProblem(As("bob").Post(std::string(kCheckAccess) + "chat?user_id=alice", ""), 404,
+                "not_found");
+  HttpReply self = As("bob").Post(std::string(kCheckAccess) + "chat?user_id=bob", "");
+  ASSERT_EQ(self.status, 200);
+  EXPECT_STREQ(self.Json()["reason"].GetString(), "no_subscription");
+  // alice herself is allowed; a service token must name the user.
+  EXPECT_TRUE(As("alice").Post(std::string(kCheckAccess) + "tts", "").Json()["allowed"].GetBool());
+  ExpectProblem(Client(kServiceToken).Post(std::string(kCheckAccess) + "tts", ""), 400,
+                "invalid_parameter");
+  // Policies: admin route for non-admins, user routes for services and anonymous callers.
+  ExpectProblem(As("bob").Get(kUserAccess + std::string("alice")), 403, "forbidden");
+  ExpectProblem(Client(kServiceToken).Get(kMyAccess), 403, "forbidden");
+  ExpectProblem(Client().Get(kMyAccess), 401, "unauthenticated");
+  ExpectProblem(Client().Post(std::string(kCheckAccess) + "chat", ""), 401, "unauthenticated");
+  ExpectProblem(Client().Get(kStatus), 401, "unauthenticated");
+}
+
+}  // namespace
+}  // namespace ledger::http

@@ -1,0 +1,777 @@
+// The plan catalog: model, validation, deciders and fold, without a Ledger (in-memory rows).
+#include "projections/plan_catalog.h"
+
+#include <gtest/gtest.h>
+
+#include <rapidjson/document.h>
+
+#include "projections/limits.h"
+#include "tests/support/memory_state.h"
+#include "tests/support/schema_check.h"
+
+namespace ledger::projections {
+namespace {
+
+using ledger::testing::EnvelopeMatchesSchema;
+using ledger::testing::EventMatchesSchema;
+using ledger::testing::MemoryState;
+using ledger::testing::RunCommand;
+
+constexpr int64_t kNow = 1'790'000'000'000'000;  // 2026-09-21
+
+const PlanCatalogFold kFold;
+const std::vector<const Fold*> kFolds = {&kFold};
+
+Actor TestAdmin() { return Actor::Admin("admin-1", "admin@example.com"); }
+
+// A valid POST body; `extra` is spliced in before the closing brace.
+std::string Body(std::string_view extra = "") {
+  std::string body =
+      R"({"id":"team","display_name":"Team","price_monthly_cents":2900,"api_calls_limit":5000,)"
+      R"("services":["ops-center","chat"])";
+  if (!extra.empty()) body += "," + std::string(extra);
+  return body + "}";
+}
+
+Plan ParsedBody(std::string_view extra = "") {
+  PlanInput input;
+  Status s = ParsePlanInput(Body(extra), "", &input);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  return input.plan;
+}
+
+// Runs `command` against `state` and checks each appended event against its schema.
+class Harness {
+ public:
+  Status Run(Command* command, Decision* decision) {
+    std::vector<Event> applied;
+    Status s = RunCommand(command, kFolds, &state_, &head_, kNow, decision, &applied);
+    for (const Event& e : applied) {
+      EXPECT_TRUE(EventMatchesSchema(e));
+      events_.push_back(e);
+    }
+    return s;
+  }
+  Decision MustRun(Command* command) {
+    Decision decision;
+    Status s = Run(command, &decision);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    return decision;
+  }
+  MemoryState& state() { return state_; }
+  const std::vector<Event>& events() const { return events_; }
+
+ private:
+  MemoryState state_;
+  Position head_;
+  std::vector<Event> events_;
+};
+
+// ---- Services ---------------------------------------------------------------------------------
+
+TEST(ServiceCatalogTest, HasTheSevenContractServices) {
+  std::vector<std::string> ids;
+  for (const ServiceInfo& s : ServiceCatalog()) {
+    ids.emplace_back(s.id);
+    EXPECT_FALSE(s.display_name.empty());
+    EXPECT_FALSE(s.description.empty());
+  }
+  EXPECT_EQ(ids, (std::vector<std::string>{"ops-center", "chat", "search", "tts", "stt",
+                                           "litellm", "bolt-diy"}));
+  EXPECT_TRUE(IsKnownService("bolt-diy"));
+  EXPECT_FALSE(IsKnownService("Bolt-DIY"));
+  EXPECT_FALSE(IsKnownService(""));
+
+  rapidjson::Document doc;
+  doc.Parse(ServiceCatalogJson().c_str());
+  ASSERT_TRUE(doc.IsObject());
+  ASSERT_TRUE(doc["services"].IsArray());
+  EXPECT_EQ(doc["services"].Size(), 7u);
+  EXPECT_STREQ(doc["services"][0]["id"].GetString(), "ops-center");
+  EXPECT_TRUE(doc["services"][6].HasMember("display_name"));
+}
+
+// ---- The initial catalog ----------------------------------------------------------------------
+
+TEST(InitialPlansTest, MatchTheContractTable) {
+  std::vector<Plan> plans = InitialPlans();
+  ASSERT_EQ(plans.size(), 4u);
+  for (const Plan& p : plans) {
+    EXPECT_TRUE(ValidatePlan(p).ok()) << p.id;
+    EXPECT_TRUE(p.active);
+    EXPECT_EQ(p.currency, "usd");
+    EXPECT_FALSE(p.features.empty());
+    EXPECT_FALSE(p.stripe_price_monthly.has_value());
+  }
+  const Plan& trial = plans[0];
+  EXPECT_EQ(trial.id, "trial");
+  EXPECT_EQ(trial.display_name, "Trial");
+  EXPECT_EQ(trial.price_monthly_cents, 100);
+  EXPECT_EQ(trial.price_yearly_cents, std::nullopt);
+  EXPECT_EQ(trial.api_calls_limit, 100);
+  EXPECT_EQ(trial.limit_window, LimitWindow::kDay);
+  EXPECT_EQ(trial.trial_days, 7);
+  EXPECT_EQ(trial.services, (std::vector<std::string>{"ops-center", "chat"}));
+  EXPECT_FALSE(trial.byok_enabled);
+  EXPECT_EQ(trial.team_seats, 1);
+
+  const Plan& starter = plans[1];
+  EXPECT_EQ(starter.id, "starter");
+  EXPECT_EQ(starter.price_monthly_cents, 1900);
+  EXPECT_EQ(starter.price_yearly_cents, 19000);
+  EXPECT_EQ(starter.api_calls_limit, 1000);
+  EXPECT_EQ(starter.limit_window, LimitWindow::kMonth);
+  EXPECT_EQ(starter.services, (std::vector<std::string>{"ops-center", "chat", "search"}));
+  EXPECT_TRUE(starter.byok_enabled);
+  EXPECT_EQ(starter.team_seats, 1);
+
+  const Plan& professional = plans[2];
+  EXPECT_EQ(professional.id, "professional");
+  EXPECT_EQ(professional.price_monthly_cents, 4900);
+  EXPECT_EQ(professional.price_yearly_cents, 49000);
+  EXPECT_EQ(professional.api_calls_limit, 10000);
+  EXPECT_EQ(professional.limit_window, LimitWindow::kMonth);
+  EXPECT_EQ(professional.services,
+            (std::vector<std::string>{"ops-center", "chat", "search", "tts", "stt", "litellm"}));
+  EXPECT_TRUE(professional.byok_enabled);
+
+  const Plan& enterprise = plans[3];
+  EXPECT_EQ(enterprise.id, "enterprise");
+  EXPECT_EQ(enterprise.price_monthly_cents, 9900);
+  EXPECT_EQ(enterprise.price_yearly_cents, 99000);
+  EXPECT_EQ(enterprise.api_calls_limit, std::nullopt);
+  EXPECT_EQ(enterprise.limit_window, LimitWindow::kNone);
+  EXPECT_EQ(enterprise.services.size(), 7u);
+  EXPECT_TRUE(enterprise.HasService("bolt-diy"));
+  EXPECT_TRUE(enterprise.byok_enabled);
+  EXPECT_EQ(enterprise.team_seats, 10);
+}
+
+TEST(PlanJsonTest, CanonicalJsonRoundTrips) {
+  for (Plan plan : InitialPlans()) {
+    plan.stripe_price_monthly = "price_123";
+    std::string json = PlanToJson(plan);
+    Plan parsed;
+    ASSERT_TRUE(ParsePlanJson(json, &parsed).ok()) << json;
+    EXPECT_EQ(parsed, plan);
+    EXPECT_EQ(PlanToJson(parsed), json);
+  }
+}
+
+TEST(PlanJsonTest, CanonicalJsonWritesEveryFieldWithNulls) {
+  EXPECT_EQ(PlanToJson(InitialPlans()[3]),
+            R"json({"id":"enterprise","display_name":"Enterprise","description":"Everything in )json"
+            R"json(Professional plus Bolt.DIY, for teams.","currency":"usd",)json"
+            R"json("price_monthly_cents":9900,"price_yearly_cents":99000,"api_calls_limit":null,)json"
+            R"json("limit_window":null,"trial_days":0,"services":["ops-center","chat","search",)json"
+            R"json("tts","stt","litellm","bolt-diy"],"features":["Everything in Professional",)json"
+            R"json("Bolt.DIY app builder","Unlimited API calls","Team management (10 seats)",)json"
+            R"json("Dedicated support"],"byok_enabled":true,"team_seats":10,)json"
+            R"json("stripe_price_monthly":null,"stripe_price_yearly":null,"active":true})json");
+}
+
+TEST(PlanJsonTest, StoredFormRequiresEveryField) {
+  std::string json = PlanToJson(InitialPlans()[1]);
+  std::string without_features = json;
+  size_t at = without_features.find(R"("features":)");
+  size_t end = without_features.find(']', at);
+  without_features.erase(at, end - at + 2);
+  Plan plan;
+  Status s = ParsePlanJson(without_features, &plan);
+  EXPECT_EQ(s.code(), Code::kUnprocessable) << without_features;
+}
+
+// ---- Input parsing and validation -------------------------------------------------------------
+
+TEST(PlanInputTest, AppliesDefaults) {
+  PlanInput input;
+  ASSERT_TRUE(ParsePlanInput(Body(), "", &input).ok());
+  const Plan& p = input.plan;
+  EXPECT_EQ(p.id, "team");
+  EXPECT_EQ(p.description, "");
+  EXPECT_EQ(p.currency, "usd");
+  EXPECT_EQ(p.price_yearly_cents, std::nullopt);
+  EXPECT_EQ(p.api_calls_limit, 5000);
+  EXPECT_EQ(p.limit_window, LimitWindow::kMonth);
+  EXPECT_EQ(p.trial_days, 0);
+  EXPECT_TRUE(p.features.empty());
+  EXPECT_FALSE(p.byok_enabled);
+  EXPECT_EQ(p.team_seats, 1);
+  EXPECT_TRUE(p.active);
+  EXPECT_FALSE(input.active_given);
+  EXPECT_FALSE(input.stripe_price_monthly_given);
+}
+
+TEST(PlanInputTest, UnlimitedPlanHasNoWindow) {
+  PlanInput input;
+  std::string body = R"({"id":"x","display_name":"X","price_monthly_cents":0,)"
+                     R"("api_calls_limit":null,"services":[]})";
+  ASSERT_TRUE(ParsePlanInput(body, "", &input).ok());
+  EXPECT_EQ(input.plan.api_calls_limit, std::nullopt);
+  EXPECT_EQ(input.plan.limit_window, LimitWindow::kNone);
+}
+
+TEST(PlanInputTest, PutTakesTheIdFromThePath) {
+  PlanInput input;
+  std::string body = R"({"display_name":"X","price_monthly_cents":1,"api_calls_limit":null,)"
+                     R"("services":["chat"],"active":false,"stripe_price_yearly":null})";
+  ASSERT_TRUE(ParsePlanInput(body, "starter", &input).ok());
+  EXPECT_EQ(input.plan.id, "starter");
+  EXPECT_TRUE(input.active_given);
+  EXPECT_FALSE(input.plan.active);
+  EXPECT_TRUE(input.stripe_price_yearly_given);
+  EXPECT_FALSE(input.stripe_price_monthly_given);
+
+  Status s = ParsePlanInput(Body(), "starter", &input);  // body says "team"
+  EXPECT_EQ(s.code(), Code::kUnprocessable);
+  EXPECT_EQ(s.problem(), "plan_id_mismatch");
+  EXPECT_TRUE(ParsePlanInput(Body(), "team", &input).ok());
+}
+
+struct BadInput {
+  const char* name;
+  std::string body;
+  Code code;
+  const char* problem;
+};
+
+class PlanInputRejects : public ::testing::TestWithParam<BadInput> {};
+
+TEST_P(PlanInputRejects, WithAProblem) {
+  PlanInput input;
+  Status s = ParsePlanInput(GetParam().body, "", &input);
+  EXPECT_EQ(s.code(), GetParam().code) << GetParam().body << " -> " << s.ToString();
+  EXPECT_EQ(s.problem(), GetParam().problem) << s.ToString();
+  EXPECT_FALSE(s.message().empty());
+}
+
+std::string Replace(std::string body, std::string_view from, std::string_view to) {
+  size_t at = body.find(from);
+  EXPECT_NE(at, std::string::npos) << from;
+  return body.replace(at, from.size(), to);
+}
+
+const Code k400 = Code::kInvalidArgument;
+const Code k422 = Code::kUnprocessable;
+
+INSTANTIATE_TEST_SUITE_P(
+    PlanCatalog, PlanInputRejects,
+    ::testing::Values(
+        BadInput{"NotJson", "{", k400, "invalid_json"},
+        BadInput{"Empty", "", k400, "invalid_json"},
+        BadInput{"Array", "[]", k400, "invalid_json"},
+        BadInput{"TrailingGarbage", Body() + "x", k400, "invalid_json"},
+        BadInput{"DuplicateMember", Body(R"("id":"other")"), k400, "invalid_json"},
+        BadInput{"InvalidUtf8", Body("\"description\":\"\xff\xfe\""), k400, "invalid_json"},
+        BadInput{"DeepNesting", Body("\"features\":" + std::string(100, '[') +
+                                     std::string(100, ']')),
+                 k400, "invalid_json"},
+        BadInput{"UnknownField", Body(R"("colour":"red")"), k422, "unknown_field"},
+        BadInput{"MissingId", Replace(Body(), R"("id":"team",)", ""), k422, "validation_failed"},
+        BadInput{"MissingDisplayName", Replace(Body(), R"("display_name":"Team",)", ""), k422,
+                 "validation_failed"},
+        BadInput{"MissingLimit", Replace(Body(), R"("api_calls_limit":5000,)", ""), k422,
+                 "validation_failed"},
+        BadInput{"MissingServices", Replace(Body(), R"(,"services":["ops-center","chat"])", ""),
+                 k422, "validation_failed"},
+        BadInput{"UppercaseId", Replace(Body(), "\"team\"", "\"Team\""), k422,
+                 "validation_failed"},
+        BadInput{"IdWithSlash", Replace(Body(), "\"team\"", "\"a/b\""), k422,
+                 "validation_failed"},
+        BadInput{"IdLeadingDash", Replace(Body(), "\"team\"", "\"-team\""), k422,
+                 "validation_failed"},
+        BadInput{"IdEmpty", Replace(Body(), "\"team\"", "\"\""), k422, "validation_failed"},
+        BadInput{"IdTooLong", Replace(Body(), "\"team\"", "\"" + std::string(65, 'a') + "\""),
+                 k422, "validation_failed"},
+        BadInput{"IdNotString", Replace(Body(), "\"team\"", "7"), k422, "validation_failed"},
+        BadInput{"EmptyDisplayName", Replace(Body(), "\"Team\"", "\"\""), k422,
+                 "validation_failed"},
+        BadInput{"LongDisplayName",
+                 Replace(Body(), "\"Team\"", "\"" + std::string(129, 'x') + "\""), k422,
+                 "validation_failed"},
+        BadInput{"LongDescription",
+                 Body("\"description\":\"" + std::string(2049, 'x') + "\""), k422,
+                 "validation_failed"},
+        BadInput{"Euro", Body(R"("currency":"eur")"), k422, "validation_failed"},
+        BadInput{"FractionalPrice", Replace(Body(), "2900", "29.5"), k422,
+                 "validation_failed"},
+        BadInput{"PriceAsDouble", Replace(Body(), "2900", "2900.0"), k422,
+                 "validation_failed"},
+        BadInput{"PriceAsString", Replace(Body(), "2900", "\"2900\""), k422,
+                 "validation_failed"},
+        BadInput{"NegativePrice", Replace(Body(), "2900", "-1"), k422, "validation_failed"},
+        BadInput{"HugePrice", Replace(Body(), "2900", "10000000001"), k422,
+                 "validation_failed"},
+        BadInput{"PriceBeyondInt64", Replace(Body(), "2900", "99999999999999999999"), k422,
+                 "validation_failed"},
+        BadInput{"NegativeYearly", Body(R"("price_yearly_cents":-5)"), k422,
+                 "validation_failed"},
+        BadInput{"NegativeLimit", Replace(Body(), "5000", "-1"), k422, "validation_failed"},
+        BadInput{"WindowWithoutLimit",
+                 Replace(Body(R"("limit_window":"day")"), "5000", "null"), k422,
+                 "validation_failed"},
+        BadInput{"LimitWithNullWindow", Body(R"("limit_window":null)"), k422,
+                 "validation_failed"},
+        BadInput{"WeeklyWindow", Body(R"("limit_window":"week")"), k422, "validation_failed"},
+        BadInput{"NegativeTrial", Body(R"("trial_days":-1)"), k422, "validation_failed"},
+        BadInput{"LongTrial", Body(R"("trial_days":366)"), k422, "validation_failed"},
+        BadInput{"UnknownService", Replace(Body(), "\"chat\"", "\"email\""), k422,
+                 "unknown_service"},
+        BadInput{"DuplicateService", Replace(Body(), "\"chat\"", "\"ops-center\""), k422,
+                 "validation_failed"},
+        BadInput{"ServicesNotArray", Replace(Body(), R"(["ops-center","chat"])", "\"chat\""),
+                 k422, "validation_failed"},
+        BadInput{"ServiceNotString", Replace(Body(), "\"chat\"", "1"), k422,
+                 "validation_failed"},
+        BadInput{"EmptyFeature", Body(R"("features":[""])"), k422, "validation_failed"},
+        BadInput{"LongFeature", Body("\"features\":[\"" + std::string(257, 'f') + "\"]"), k422,
+                 "validation_failed"},
+        BadInput{"TooManyFeatures",
+                 Body("\"features\":[" + [] {
+                   std::string s;
+                   for (int i = 0; i < 33; ++i) s += (i ? ",\"f\"" : "\"f\"");
+                   return s;
+                 }() + "]"),
+                 k422, "validation_failed"},
+        BadInput{"ByokNotBool", Body(R"("byok_enabled":1)"), k422, "validation_failed"},
+        BadInput{"ZeroSeats", Body(R"("team_seats":0)"), k422, "validation_failed"},
+        BadInput{"EmptyStripePrice", Body(R"("stripe_price_monthly":"")"), k422,
+                 "validation_failed"},
+        BadInput{"StripePriceWithSpace", Body(R"("stripe_price_yearly":"price 1")"), k422,
+                 "validation_failed"},
+        BadInput{"ActiveNull", Body(R"("active":null)"), k422, "validation_failed"},
+        BadInput{"TooLarge", Body("\"description\":\"" + std::string(70000, 'x') + "\""),
+                 Code::kPayloadTooLarge, "payload_too_large"}),
+    [](const ::testing::TestParamInfo<BadInput>& info) { return info.param.name; });
+
+// ---- Deciders and fold ------------------------------------------------------------------------
+
+TEST(PlanCommandsTest, CreateAppendsOneEventAndAnswers201) {
+  Harness h;
+  CreatePlan create(ParsedBody(), TestAdmin());
+  Decision d = h.MustRun(&create);
+  ASSERT_EQ(d.events.size(), 1u);
+  EXPECT_EQ(d.events[0].type, kPlanCreatedV1);
+  EXPECT_EQ(d.events[0].subject, "plan:team");
+  EXPECT_EQ(d.http_status, 201);
+  EXPECT_EQ(d.body, PlanToJson(ParsedBody()));
+
+  rapidjson::Document data;
+  data.Parse(d.events[0].data.c_str());
+  EXPECT_STREQ(data["actor"]["kind"].GetString(), "admin");
+  EXPECT_STREQ(data["actor"]["sub"].GetString(), "admin-1");
+  EXPECT_STREQ(data["actor"]["email"].GetString(), "admin@example.com");
+  EXPECT_STREQ(data["plan"]["id"].GetString(), "team");
+
+  Plan stored;
+  ASSERT_TRUE(GetPlan(h.state(), "team", &stored).ok());
+  EXPECT_EQ(stored, ParsedBody());
+  EXPECT_TRUE(GetPlan(h.state(), "nope", &stored).IsNotFound());
+}
+
+TEST(PlanCommandsTest, CreatingAnExistingPlanIs409AndAppendsNothing) {
+  Harness h;
+  CreatePlan first(ParsedBody(), TestAdmin());
+  h.MustRun(&first);
+  Plan other = ParsedBody();
+  other.display_name = "Other";
+  CreatePlan again(other, TestAdmin());
+  Decision d;
+  Status s = h.Run(&again, &d);
+  EXPECT_EQ(s.code(), Code::kConflict);
+  EXPECT_EQ(s.problem(), "plan_exists");
+  EXPECT_TRUE(d.events.empty());
+  EXPECT_EQ(h.events().size(), 1u);
+  Plan stored;
+  ASSERT_TRUE(GetPlan(h.state(), "team", &stored).ok());
+  EXPECT_EQ(stored.display_name, "Team");
+}
+
+TEST(PlanCommandsTest, RetiredPlansStillBlockTheirId) {
+  Harness h;
+  CreatePlan first(ParsedBody(), TestAdmin());
+  h.MustRun(&first);
+  RetirePlan retire("team", TestAdmin());
+  h.MustRun(&retire);
+  CreatePlan again(ParsedBody(), TestAdmin());
+  Decision d;
+  EXPECT_EQ(h.Run(&again, &d).problem(), "plan_exists");
+}
+
+TEST(PlanCommandsTest, CreateRejectsAnInvalidPlanOrActor) {
+  Harness h;
+  Plan bad = ParsedBody();
+  bad.services.push_back("nope");
+  CreatePlan create(bad, TestAdmin());
+  Decision d;
+  EXPECT_EQ(h.Run(&create, &d).problem(), "unknown_service");
+  CreatePlan anonymous(ParsedBody(), Actor::Admin("", ""));
+  EXPECT_EQ(h.Run(&anonymous, &d).problem(), "invalid_actor");
+  EXPECT_TRUE(h.events().empty());
+}
+
+TEST(PlanCommandsTest, CatalogSizeIsBounded) {
+  Harness h;
+  for (size_t i = 0; i < limits::kPlansMax; ++i) {
+    Plan p = ParsedBody();
+    p.id = "p" + std::to_string(i);
+    CreatePlan create(p, TestAdmin());
+    h.MustRun(&create);
+  }
+  Plan p = ParsedBody();
+  p.id = "one-too-many";
+  CreatePlan create(p, TestAdmin());
+  Decision d;
+  Status s = h.Run(&create, &d);
+  EXPECT_EQ(s.code(), Code::kUnprocessable);
+  EXPECT_EQ(s.problem(), "plan_catalog_full");
+}
+
+TEST(PlanCommandsTest, UpdateReplacesEditableFields) {
+  Harness h;
+  CreatePlan create(ParsedBody(R"("features":["a"],"byok_enabled":true)"), TestAdmin());
+  h.MustRun(&create);
+
+  PlanInput input;
+  ASSERT_TRUE(ParsePlanInput(R"({"display_name":"Team+","price_monthly_cents":3900,)"
+                             R"("api_calls_limit":100,"limit_window":"day","services":["chat"]})",
+                             "team", &input)
+                  .ok());
+  UpdatePlan update(input, TestAdmin());
+  Decision d = h.MustRun(&update);
+  ASSERT_EQ(d.events.size(), 1u);
+  EXPECT_EQ(d.events[0].type, kPlanUpdatedV1);
+  EXPECT_EQ(d.http_status, 200);
+
+  Plan stored;
+  ASSERT_TRUE(GetPlan(h.state(), "team", &stored).ok());
+  EXPECT_EQ(stored.display_name, "Team+");
+  EXPECT_EQ(stored.price_monthly_cents, 3900);
+  EXPECT_EQ(stored.limit_window, LimitWindow::kDay);
+  EXPECT_EQ(stored.services, std::vector<std::string>{"chat"});
+  EXPECT_TRUE(stored.features.empty());  // replaced, not merged
+  EXPECT_FALSE(stored.byok_enabled);
+  EXPECT_EQ(d.body, PlanToJson(stored));
+}
+
+TEST(PlanCommandsTest, UpdateKeepsActiveAndStripePricesWhenAbsent) {
+  Harness h;
+  CreatePlan create(ParsedBody(R"("stripe_price_monthly":"price_m","stripe_price_yearly":"price_y")"),
+                    TestAdmin());
+  h.MustRun(&create);
+  RetirePlan retire("team", TestAdmin());
+  h.MustRun(&retire);
+
+  PlanInput input;
+  ASSERT_TRUE(ParsePlanInput(Body(R"("description":"new")"), "team", &input).ok());
+  UpdatePlan update(input, TestAdmin());
+  h.MustRun(&update);
+  Plan stored;
+  ASSERT_TRUE(GetPlan(h.state(), "team", &stored).ok());
+  EXPECT_EQ(stored.description, "new");
+  EXPECT_FALSE(stored.active);
+  EXPECT_EQ(stored.stripe_price_monthly, "price_m");
+  EXPECT_EQ(stored.stripe_price_yearly, "price_y");
+
+  ASSERT_TRUE(
+      ParsePlanInput(Body(R"("active":true,"stripe_price_yearly":null)"), "team", &input).ok());
+  UpdatePlan reactivate(input, TestAdmin());
+  h.MustRun(&reactivate);
+  ASSERT_TRUE(GetPlan(h.state(), "team", &stored).ok());
+  EXPECT_TRUE(stored.active);
+  EXPECT_EQ(stored.description, "");
+  EXPECT_EQ(stored.stripe_price_monthly, "price_m");
+  EXPECT_EQ(stored.stripe_price_yearly, std::nullopt);
+}
+
+TEST(PlanCommandsTest, UpdateThatChangesNothingAppendsNothing) {
+  Harness h;
+  CreatePlan create(ParsedBody(), TestAdmin());
+  h.MustRun(&create);
+  PlanInput input;
+  ASSERT_TRUE(ParsePlanInput(Body(), "team", &input).ok());
+  UpdatePlan update(input, TestAdmin());
+  Decision d = h.MustRun(&update);
+  EXPECT_TRUE(d.events.empty());
+  EXPECT_EQ(d.http_status, 200);
+  EXPECT_EQ(d.body, PlanToJson(ParsedBody()));
+}
+
+TEST(PlanCommandsTest, UpdateOrRetireOfAMissingPlanIs404) {
+  Harness h;
+  PlanInput input;
+  ASSERT_TRUE(ParsePlanInput(Body(), "team", &input).ok());
+  UpdatePlan update(input, TestAdmin());
+  Decision d;
+  Status s = h.Run(&update, &d);
+  EXPECT_TRUE(s.IsNotFound());
+  EXPECT_EQ(s.problem(), "not_found");
+  RetirePlan retire("team", TestAdmin());
+  EXPECT_TRUE(h.Run(&retire, &d).IsNotFound());
+  SetPlanStripePrices prices("team", "price_1", std::nullopt, Actor::System("ledgerctl"));
+  EXPECT_TRUE(h.Run(&prices, &d).IsNotFound());
+  EXPECT_TRUE(h.events().empty());
+}
+
+TEST(PlanCommandsTest, RetireKeepsThePlanInactiveAndIsIdempotent) {
+  Harness h;
+  CreatePlan create(ParsedBody(), TestAdmin());
+  h.MustRun(&create);
+  RetirePlan retire("team", TestAdmin());
+  Decision d = h.MustRun(&retire);
+  ASSERT_EQ(d.events.size(), 1u);
+  EXPECT_EQ(d.events[0].type, kPlanRetiredV1);
+  EXPECT_EQ(d.events[0].subject, "plan:team");
+  Plan stored;
+  ASSERT_TRUE(GetPlan(h.state(), "team", &stored).ok());
+  EXPECT_FALSE(stored.active);
+  EXPECT_EQ(d.body, PlanToJson(stored));
+
+  RetirePlan again("team", TestAdmin());
+  Decision d2 = h.MustRun(&again);
+  EXPECT_TRUE(d2.events.empty());
+  EXPECT_EQ(d2.body, d.body);
+
+  std::vector<Plan> active, all;
+  ASSERT_TRUE(ListPlans(h.state(), false, &active).ok());
+  ASSERT_TRUE(ListPlans(h.state(), true, &all).ok());
+  EXPECT_TRUE(active.empty());
+  ASSERT_EQ(all.size(), 1u);
+  EXPECT_EQ(all[0].id, "team");
+}
+
+TEST(PlanCommandsTest, SetStripePricesIsAReadModifyWrite) {
+  Harness h;
+  CreatePlan create(ParsedBody(R"("stripe_price_yearly":"price_y")"), TestAdmin());
+  h.MustRun(&create);
+  SetPlanStripePrices set("team", "price_m", std::nullopt, Actor::System("ledgerctl"));
+  Decision d = h.MustRun(&set);
+  ASSERT_EQ(d.events.size(), 1u);
+  EXPECT_EQ(d.events[0].type, kPlanUpdatedV1);
+  Plan stored;
+  ASSERT_TRUE(GetPlan(h.state(), "team", &stored).ok());
+  EXPECT_EQ(stored.stripe_price_monthly, "price_m");
+  EXPECT_EQ(stored.stripe_price_yearly, "price_y");
+
+  SetPlanStripePrices same("team", "price_m", "price_y", Actor::System("ledgerctl"));
+  EXPECT_TRUE(h.MustRun(&same).events.empty());
+  SetPlanStripePrices clear("team", std::nullopt, "", Actor::System("ledgerctl"));
+  EXPECT_EQ(h.MustRun(&clear).events.size(), 1u);
+  ASSERT_TRUE(GetPlan(h.state(), "team", &stored).ok());
+  EXPECT_EQ(stored.stripe_price_yearly, std::nullopt);
+  SetPlanStripePrices bad("team", "price with space", std::nullopt, Actor::System("ledgerctl"));
+  Decision bad_decision;
+  EXPECT_EQ(h.Run(&bad, &bad_decision).code(), Code::kUnprocessable);
+}
+
+TEST(SeedCatalogTest, SeedsTheFourPlansOnlyWhenEmpty) {
+  Harness h;
+  SeedCatalog seed;
+  Decision d = h.MustRun(&seed);
+  ASSERT_EQ(d.events.size(), 4u);
+  EXPECT_EQ(d.body, R"({"seeded":true,"plans":4})");
+  for (const NewEvent& e : d.events) {
+    EXPECT_EQ(e.type, kPlanCreatedV1);
+    EXPECT_NE(e.data.find(R"("actor":{"kind":"system","sub":"seed","email":null})"),
+              std::string::npos);
+  }
+  std::vector<Plan> plans;
+  ASSERT_TRUE(ListPlans(h.state(), false, &plans).ok());
+  EXPECT_EQ(plans, InitialPlans());  // ordered by price: trial, starter, professional, enterprise
+
+  SeedCatalog again;
+  Decision d2 = h.MustRun(&again);
+  EXPECT_TRUE(d2.events.empty());
+  EXPECT_EQ(d2.body, R"({"seeded":false,"plans":4})");
+}
+
+TEST(SeedCatalogTest, DoesNotReseedAfterEveryPlanWasRetired) {
+  Harness h;
+  SeedCatalog seed;
+  h.MustRun(&seed);
+  for (const Plan& p : InitialPlans()) {
+    RetirePlan retire(p.id, TestAdmin());
+    h.MustRun(&retire);
+  }
+  SeedCatalog again;
+  EXPECT_TRUE(h.MustRun(&again).events.empty());
+}
+
+TEST(SeedCatalogTest, DoesNotSeedNextToAnAdminPlan) {
+  Harness h;
+  CreatePlan create(ParsedBody(), TestAdmin());
+  h.MustRun(&create);
+  SeedCatalog seed;
+  EXPECT_TRUE(h.MustRun(&seed).events.empty());
+}
+
+TEST(PlanQueriesTest, ListOrdersByPriceThenId) {
+  Harness h;
+  for (auto [id, price] : std::vector<std::pair<std::string, int64_t>>{
+           {"b", 500}, {"a", 500}, {"c", 100}, {"d", 0}}) {
+    Plan p = ParsedBody();
+    p.id = id;
+    p.price_monthly_cents = price;
+    CreatePlan create(p, TestAdmin());
+    h.MustRun(&create);
+  }
+  std::vector<Plan> plans;
+  ASSERT_TRUE(ListPlans(h.state(), false, &plans).ok());
+  std::vector<std::string> ids;
+  for (const Plan& p : plans) ids.push_back(p.id);
+  EXPECT_EQ(ids, (std::vector<std::string>{"d", "c", "a", "b"}));
+  rapidjson::Document doc;
+  doc.Parse(PlanListToJson(plans).c_str());
+  ASSERT_TRUE(doc["plans"].IsArray());
+  EXPECT_EQ(doc["plans"].Size(), 4u);
+}
+
+TEST(PlanQueriesTest, CorruptRowIsReported) {
+  MemoryState state;
+  ASSERT_TRUE(state.Put(kPlansFamily, "x", "{not json").ok());
+  Plan plan;
+  EXPECT_TRUE(GetPlan(state, "x", &plan).IsCorruption());
+  std::vector<Plan> plans;
+  EXPECT_TRUE(ListPlans(state, true, &plans).IsCorruption());
+}
+
+// ---- Fold purity ------------------------------------------------------------------------------
+
+// A history touching every event type.
+std::vector<Event> History() {
+  Harness h;
+  SeedCatalog seed;
+  h.MustRun(&seed);
+  CreatePlan create(ParsedBody(), TestAdmin());
+  h.MustRun(&create);
+  PlanInput input;
+  EXPECT_TRUE(ParsePlanInput(Body(R"("features":["x"])"), "team", &input).ok());
+  UpdatePlan update(input, TestAdmin());
+  h.MustRun(&update);
+  RetirePlan retire("trial", TestAdmin());
+  h.MustRun(&retire);
+  SetPlanStripePrices prices("starter", "price_s", "price_sy", Actor::System("ledgerctl"));
+  h.MustRun(&prices);
+  return h.events();
+}
+
+MemoryState::Rows Replay(const std::vector<Event>& events) {
+  MemoryState state;
+  for (const Event& e : events) {
+    Status s = kFold.Apply(e, state, &state);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+  }
+  return state.rows();
+}
+
+TEST(PlanCatalogFoldTest, SameEventsGiveTheSameRows) {
+  std::vector<Event> events = History();
+  ASSERT_EQ(events.size(), 8u);
+  MemoryState::Rows first = Replay(events);
+  EXPECT_EQ(Replay(events), first);
+  // Rows depend only on the events: another history with other ids and times gives equal rows.
+  EXPECT_EQ(Replay(History()), first);
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_EQ(first.at("plans").size(), 5u);
+  EXPECT_NE(first.at("plans").at("trial").find(R"("active":false)"), std::string::npos);
+  EXPECT_NE(first.at("plans").at("starter").find(R"("stripe_price_monthly":"price_s")"),
+            std::string::npos);
+}
+
+TEST(PlanCatalogFoldTest, RowsAreCanonicalWhateverTheEventsMemberOrder) {
+  Event e;
+  e.type = std::string(kPlanCreatedV1);
+  e.subject = "plan:team";
+  Plan plan = ParsedBody();
+  // Members in another order and with whitespace: the row is still the canonical JSON.
+  e.data = R"({ "actor": {"email": null, "sub": "x", "kind": "system"}, "plan": )" +
+           PlanToJson(plan) + "}";
+  MemoryState state;
+  ASSERT_TRUE(kFold.Apply(e, state, &state).ok());
+  std::string row;
+  ASSERT_TRUE(state.Get(kPlansFamily, "team", &row).ok());
+  EXPECT_EQ(row, PlanToJson(plan));
+}
+
+TEST(PlanCatalogFoldTest, IgnoresOtherEventTypes) {
+  Event e;
+  e.type = "usage.recorded.v1";
+  e.subject = "plan:x";
+  e.data = "not even json";
+  MemoryState state;
+  EXPECT_TRUE(kFold.Apply(e, state, &state).ok());
+  EXPECT_TRUE(state.rows().empty());
+}
+
+TEST(PlanCatalogFoldTest, RejectsMalformedPlanEvents) {
+  MemoryState state;
+  Event e;
+  e.type = std::string(kPlanCreatedV1);
+  e.subject = "plan:team";
+  for (std::string data : {std::string("{"), std::string("{}"), std::string(R"({"plan":{}})"),
+                           R"({"plan":)" + Replace(PlanToJson(ParsedBody()), "\"team\"", "\"TEAM\"") +
+                               "}"}) {
+    e.data = data;
+    Status s = kFold.Apply(e, state, &state);
+    EXPECT_FALSE(s.ok()) << data;
+  }
+  e.subject = "plan:other";  // subject must name the plan
+  e.data = R"({"plan":)" + PlanToJson(ParsedBody()) + "}";
+  EXPECT_FALSE(kFold.Apply(e, state, &state).ok());
+  e.type = std::string(kPlanRetiredV1);
+  e.subject = "plan:team";
+  e.data = R"({"plan_id":"team"})";  // unknown plan
+  EXPECT_FALSE(kFold.Apply(e, state, &state).ok());
+  EXPECT_TRUE(state.rows().empty());
+}
+
+// ---- Schemas of the events this module produces ----------------------------------------------
+
+TEST(PlanEventSchemasTest, EveryProducedEventValidates) {
+  std::vector<Event> events = History();
+  for (Event& e : events) {
+    e.prev_hash.fill(0);
+    SealEvent(&e);
+    EXPECT_TRUE(EnvelopeMatchesSchema(e)) << e.type;
+  }
+  // An admin without an email is written as null.
+  Harness h;
+  CreatePlan create(ParsedBody(), Actor::Admin("sub-only", ""));
+  Decision d = h.MustRun(&create);
+  ASSERT_EQ(d.events.size(), 1u);
+  EXPECT_TRUE(EventMatchesSchema(d.events[0]));
+}
+
+TEST(PlanEventSchemasTest, SchemasRejectWhatTheValidatorRejects) {
+  // The schema is not a rubber stamp: documents ValidatePlan() refuses are refused by it too.
+  std::string plan = PlanToJson(ParsedBody());
+  auto event = [](const std::string& plan_json) {
+    return R"({"plan":)" + plan_json + R"(,"actor":{"kind":"admin","sub":"a","email":null}})";
+  };
+  EXPECT_TRUE(ledger::testing::EventDataMatchesSchema(kPlanCreatedV1, event(plan)));
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {R"("id":"team")", R"("id":"Team")"},
+      {R"("limit_window":"month")", R"("limit_window":null)"},
+      {R"("api_calls_limit":5000)", R"("api_calls_limit":null)"},
+      {R"("limit_window":"month")", R"("limit_window":"week")"},
+      {R"("currency":"usd")", R"("currency":"eur")"},
+      {R"("services":["ops-center","chat"])", R"("services":["chat","chat"])"},
+      {R"("services":["ops-center","chat"])", R"("services":["email"])"},
+      {R"("team_seats":1)", R"("team_seats":0)"},
+      {R"("price_monthly_cents":2900)", R"("price_monthly_cents":29.5)"},
+      {R"("active":true)", R"("active":true,"extra":1)"},
+      {R"("stripe_price_monthly":null)", R"("stripe_price_monthly":"")"},
+  };
+  for (const auto& [from, to] : bad) {
+    EXPECT_FALSE(
+        ledger::testing::EventDataMatchesSchema(kPlanCreatedV1, event(Replace(plan, from, to))))
+        << to;
+  }
+  EXPECT_FALSE(ledger::testing::EventDataMatchesSchema(
+      kPlanCreatedV1, R"({"plan":)" + plan + R"(,"actor":{"kind":"root","sub":"a","email":null}})"));
+  EXPECT_FALSE(ledger::testing::EventDataMatchesSchema(kPlanRetiredV1, R"({"plan_id":"x"})"));
+  EXPECT_FALSE(ledger::testing::EventDataMatchesSchema("plan.unknown.v1", "{}"));
+}
+
+}  // namespace
+}  // namespace ledger::projections

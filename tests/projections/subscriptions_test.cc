@@ -1,0 +1,783 @@
+// The subscription projection and the Stripe webhook decider, on in-memory rows (every delivery
+// order of the lifecycle) and on a real Ledger (duplicates, replay).
+#include "projections/subscriptions.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <map>
+#include <numeric>
+#include <random>
+#include <thread>
+
+#include <rapidjson/document.h>
+
+#include "projections/limits.h"
+#include "projections/registry.h"
+#include "projections/stripe_webhook.h"
+#include "tests/support/billing_fixtures.h"
+#include "tests/support/memory_state.h"
+#include "tests/support/schema_check.h"
+#include "tests/support/stripe_events.h"
+#include "tests/support/test_ledger.h"
+
+namespace ledger::projections {
+namespace {
+
+using ledger::testing::EventMatchesSchema;
+using ledger::testing::MemoryState;
+using ledger::testing::StripeCheckoutCompletedJson;
+using ledger::testing::StripeCheckoutSpec;
+using ledger::testing::StripeInvoiceEventJson;
+using ledger::testing::StripeInvoiceSpec;
+using ledger::testing::StripeLifecycle;
+using ledger::testing::StripeLifecycleSpec;
+using ledger::testing::StripeSubscriptionEventJson;
+using ledger::testing::StripeSubscriptionSpec;
+using ledger::testing::kStripeT0;
+
+constexpr int64_t kNowUs = (kStripeT0 + 100) * 1'000'000;
+
+using Rows = std::map<std::string, std::string>;
+
+class SubscriptionsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(ledger::testing::SeedCatalogWithPrices(&base_, &base_head_, kNowUs).ok());
+  }
+
+  // A fresh copy of the seeded catalog.
+  struct World {
+    MemoryState state;
+    Position head;
+    std::vector<Event> events;
+  };
+  World Fresh() const { return World{base_, base_head_, {}}; }
+
+  Decision Deliver(World* world, const std::string& raw) {
+    Decision decision;
+    Status s = ledger::testing::DeliverWebhook(&world->state, &world->head, raw, kNowUs,
+                                               &decision, &world->events);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    return decision;
+  }
+
+  static Rows SubscriptionRows(const World& world) {
+    auto it = world.state.rows().find(std::string(kSubscriptionsFamily));
+    return it == world.state.rows().end() ? Rows() : it->second;
+  }
+
+  static UserSubscription Query(const World& world, std::string_view user) {
+    UserSubscription out;
+    Status s = GetUserSubscription(world.state, user, &out);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    return out;
+  }
+
+  static UserAccess Access(const World& world, std::string_view user) {
+    UserAccess out;
+    Status s = GetUserAccess(world.state, user, &out);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    return out;
+  }
+
+  static std::vector<std::string> Types(const Decision& d) {
+    std::vector<std::string> types;
+    for (const NewEvent& e : d.events) types.push_back(e.type);
+    return types;
+  }
+
+  MemoryState base_;
+  Position base_head_;
+};
+
+// ---- the lifecycle --------------------------------------------------------------------------------
+
+TEST_F(SubscriptionsTest, LifecycleInOrderWalksTheStatuses) {
+  World w = Fresh();
+  std::vector<std::string> deliveries = StripeLifecycle({});
+
+  Decision d = Deliver(&w, deliveries[0]);
+  EXPECT_EQ(Types(d), (std::vector<std::string>{"stripe.webhook_received.v1",
+                                                "customer.linked.v1",
+                                                "subscription.checkout_completed.v1"}));
+  UserSubscription sub = Query(w, "user-1");
+  EXPECT_FALSE(sub.has_subscription);  // linked, but no subscription event yet
+  EXPECT_EQ(sub.customer_id, "cus_1");
+  EXPECT_EQ(sub.email, "user-1@example.com");
+  EXPECT_EQ(sub.status_name(), "none");
+
+  d = Deliver(&w, deliveries[1]);
+  EXPECT_EQ(Types(d), (std::vector<std::string>{"stripe.webhook_received.v1",
+                                                "subscription.state_changed.v1"}));
+  EXPECT_EQ(d.events[0].subject, "user-1");
+  sub = Query(w, "user-1");
+  ASSERT_TRUE(sub.has_subscription);
+  EXPECT_EQ(sub.subscription.status, SubscriptionStatus::kTrialing);
+  EXPECT_EQ(sub.subscription.plan_id, "starter");
+  EXPECT_EQ(sub.subscription.item_id, "si_sub_1");
+  EXPECT_EQ(sub.subscription.trial_end, kStripeT0 + 7 * 86400);
+  EXPECT_EQ(sub.access(), AccessLevel::kGranted);
+
+  Deliver(&w, deliveries[2]);
+  EXPECT_EQ(Query(w, "user-1").subscription.status, SubscriptionStatus::kActive);
+  EXPECT_EQ(Query(w, "user-1").subscription.current_period_end,
+            kStripeT0 + 37 * 86400);
+
+  d = Deliver(&w, deliveries[3]);
+  EXPECT_EQ(Types(d), (std::vector<std::string>{"stripe.webhook_received.v1",
+                                                "invoice.payment_failed.v1"}));
+  sub = Query(w, "user-1");
+  EXPECT_EQ(sub.subscription.status, SubscriptionStatus::kActive);  // Stripe's update decides
+  ASSERT_TRUE(sub.latest_invoice);
+  EXPECT_FALSE(sub.latest_invoice->paid);
+  EXPECT_EQ(sub.latest_invoice->subscription_id, "sub_1");
+
+  Deliver(&w, deliveries[4]);
+  sub = Query(w, "user-1");
+  EXPECT_EQ(sub.subscription.status, SubscriptionStatus::kPastDue);
+  EXPECT_EQ(sub.access(), AccessLevel::kGrace);
+  EXPECT_TRUE(CheckServiceAccess(Access(w, "user-1"), "chat").allowed);
+
+  Deliver(&w, deliveries[5]);
+  EXPECT_EQ(Query(w, "user-1").access(), AccessLevel::kGranted);
+
+  Deliver(&w, deliveries[6]);
+  sub = Query(w, "user-1");
+  EXPECT_EQ(sub.subscription.status, SubscriptionStatus::kCanceled);
+  EXPECT_TRUE(sub.subscription.deleted);
+  EXPECT_EQ(sub.subscription.ended_at, kStripeT0 + 6);
+  EXPECT_EQ(sub.access(), AccessLevel::kNone);
+  ServiceAccess chat = CheckServiceAccess(Access(w, "user-1"), "chat");
+  EXPECT_FALSE(chat.allowed);
+  EXPECT_EQ(chat.reason, "subscription_inactive");
+
+  for (const Event& e : w.events) EXPECT_TRUE(EventMatchesSchema(e)) << e.type;
+}
+
+class LifecycleOrderTest : public SubscriptionsTest {
+ protected:
+  World Run(const std::vector<std::string>& deliveries, const std::vector<size_t>& order) {
+    World w = Fresh();
+    for (size_t i : order) Deliver(&w, deliveries[i]);
+    return w;
+  }
+
+  // Every permutation of `deliveries` ends in rows byte-identical to the in-order run, and every
+  // event decided along the way validates against its schema. The orders are walked as a tree
+  // (depth-first, the state after a shared prefix computed once), with deliveries parsed once.
+  void ExpectEveryOrderConverges(const std::vector<std::string>& deliveries, Rows* reference) {
+    std::vector<size_t> in_order(deliveries.size());
+    std::iota(in_order.begin(), in_order.end(), 0);
+    *reference = SubscriptionRows(Run(deliveries, in_order));
+    std::vector<StripeWebhook> parsed(deliveries.size());
+    for (size_t i = 0; i < deliveries.size(); ++i) {
+      ASSERT_TRUE(ParseStripeWebhook(deliveries[i], &parsed[i]).ok());
+    }
+    Walk walk{parsed, *reference, std::vector<bool>(parsed.size()), {}, 0};
+    Explore(Fresh(), &walk);
+    size_t expected = 1;
+    for (size_t n = 2; n <= deliveries.size(); ++n) expected *= n;
+    EXPECT_EQ(walk.leaves, expected);
+  }
+
+ private:
+  struct Walk {
+    const std::vector<StripeWebhook>& parsed;
+    const Rows& reference;
+    std::vector<bool> used;
+    std::vector<size_t> order;
+    size_t leaves;
+  };
+
+  void Explore(const World& world, Walk* walk) {
+    if (HasFailure()) return;
+    if (walk->order.size() == walk->parsed.size()) {
+      ++walk->leaves;
+      Rows rows = SubscriptionRows(world);
+      if (rows == walk->reference) return;
+      std::string o;
+      for (size_t i : walk->order) o += std::to_string(i) + " ";
+      ADD_FAILURE() << "delivery order " << o << "diverged";
+      for (const auto& [k, v] : rows) {
+        auto it = walk->reference.find(k);
+        if (it == walk->reference.end() || it->second != v) ADD_FAILURE() << k << " = " << v;
+      }
+      return;
+    }
+    for (size_t i = 0; i < walk->parsed.size(); ++i) {
+      if (walk->used[i]) continue;
+      World next{world.state, world.head, {}};
+      IngestStripeWebhook command(walk->parsed[i]);
+      Decision decision;
+      Status s = ledger::testing::RunCommand(&command, AllFolds(), &next.state, &next.head,
+                                             kNowUs, &decision);
+      ASSERT_TRUE(s.ok()) << s.ToString();
+      for (const NewEvent& e : decision.events) ASSERT_TRUE(EventMatchesSchema(e)) << e.type;
+      walk->used[i] = true;
+      walk->order.push_back(i);
+      Explore(next, walk);
+      walk->order.pop_back();
+      walk->used[i] = false;
+    }
+  }
+};
+
+TEST_F(LifecycleOrderTest, EveryOrderOfTheFullLifecycleEndsCanceled) {
+  std::vector<std::string> deliveries = StripeLifecycle({});
+  Rows reference;
+  ExpectEveryOrderConverges(deliveries, &reference);  // 7! = 5040 orders
+  World w = Run(deliveries, {6, 5, 4, 3, 2, 1, 0});
+  UserSubscription sub = Query(w, "user-1");
+  ASSERT_TRUE(sub.has_subscription);
+  EXPECT_EQ(sub.subscription.status, SubscriptionStatus::kCanceled);
+  EXPECT_EQ(sub.subscription.event_id, "evt_lc_6");
+  EXPECT_EQ(sub.subscription.plan_id, "starter");
+  EXPECT_EQ(sub.customer_id, "cus_1");
+  EXPECT_EQ(sub.email, "user-1@example.com");
+  EXPECT_EQ(SubscriptionRows(w), reference);
+}
+
+TEST_F(LifecycleOrderTest, EveryOrderWithoutTheCancellationEndsActive) {
+  std::vector<std::string> deliveries = StripeLifecycle({});
+  deliveries.pop_back();
+  Rows reference;
+  ExpectEveryOrderConverges(deliveries, &reference);  // 6! = 720 orders
+  World w = Run(deliveries, {5, 4, 3, 2, 1, 0});
+  UserSubscription sub = Query(w, "user-1");
+  EXPECT_EQ(sub.subscription.status, SubscriptionStatus::kActive);
+  EXPECT_EQ(sub.subscription.event_id, "evt_lc_5");
+  EXPECT_EQ(sub.access(), AccessLevel::kGranted);
+  EXPECT_TRUE(CheckServiceAccess(Access(w, "user-1"), "search").allowed);
+}
+
+TEST_F(LifecycleOrderTest, OldApiLayoutConvergesToTheSameState) {
+  StripeLifecycleSpec spec;
+  spec.new_layout = false;
+  std::vector<std::string> old_layout = StripeLifecycle(spec);
+  std::vector<std::string> new_layout = StripeLifecycle({});
+  // The old layout really has no item-level period, the new one no top-level period.
+  EXPECT_EQ(old_layout[2].find("\"items\":{\"object\":\"list\",\"data\":[{\"id\":\"si_sub_1\","
+                               "\"object\":\"subscription_item\",\"current_period_start\""),
+            std::string::npos);
+  EXPECT_NE(new_layout[2].find("\"object\":\"subscription_item\",\"current_period_start\""),
+            std::string::npos);
+  EXPECT_NE(old_layout[3].find("\"subscription\":\"sub_1\""), std::string::npos);
+  EXPECT_EQ(old_layout[3].find("\"parent\""), std::string::npos);
+
+  std::mt19937 rng(20250331);
+  std::vector<size_t> order(old_layout.size());
+  std::iota(order.begin(), order.end(), 0);
+  World reference_new = Run(new_layout, order);
+  UserSubscription expected = Query(reference_new, "user-1");
+  for (int i = 0; i < 200; ++i) {
+    std::shuffle(order.begin(), order.end(), rng);
+    World w = Run(old_layout, order);
+    UserSubscription got = Query(w, "user-1");
+    EXPECT_EQ(got.subscription.current_period_start, expected.subscription.current_period_start);
+    EXPECT_EQ(got.subscription.current_period_end, expected.subscription.current_period_end);
+    EXPECT_EQ(got.subscription.status, SubscriptionStatus::kCanceled);
+    ASSERT_TRUE(got.latest_invoice);
+    EXPECT_EQ(got.latest_invoice->subscription_id, "sub_1");
+  }
+  // Without the cancellation the billing period is the active one in both layouts.
+  old_layout.pop_back();
+  order.resize(old_layout.size());
+  std::iota(order.begin(), order.end(), 0);
+  World w = Run(old_layout, order);
+  EXPECT_EQ(Query(w, "user-1").subscription.current_period_start, kStripeT0 + 7 * 86400);
+  EXPECT_EQ(Query(w, "user-1").subscription.current_period_end, kStripeT0 + 37 * 86400);
+}
+
+// ---- out of order, ties, terminal states ------------------------------------------------------------
+
+TEST_F(SubscriptionsTest, CancellationBeforeAnOlderUpdateStaysCanceled) {
+  World w = Fresh();
+  std::vector<std::string> lifecycle = StripeLifecycle({});
+  Deliver(&w, lifecycle[6]);  // deleted (t0+6)
+  Decision stale = Deliver(&w, lifecycle[5]);  // updated active (t0+5)
+  EXPECT_EQ(Types(stale), (std::vector<std::string>{"stripe.webhook_received.v1"}));
+  EXPECT_EQ(Query(w, "user-1").subscription.status, SubscriptionStatus::kCanceled);
+
+  // Even an update stamped LATER than the deletion cannot revive a deleted subscription.
+  StripeSubscriptionSpec revive;
+  revive.event_id = "evt_late_update";
+  revive.event_created = kStripeT0 + 1000;
+  revive.status = "active";
+  revive.item_id = "si_sub_1";
+  Decision late = Deliver(&w, StripeSubscriptionEventJson(revive));
+  EXPECT_EQ(Types(late), (std::vector<std::string>{"stripe.webhook_received.v1"}));
+  EXPECT_EQ(Query(w, "user-1").subscription.status, SubscriptionStatus::kCanceled);
+}
+
+TEST_F(SubscriptionsTest, EqualSecondTiesConvergeInBothOrders) {
+  StripeSubscriptionSpec active;
+  active.event_id = "evt_b_active";
+  active.event_created = kStripeT0 + 50;
+  active.status = "active";
+  StripeSubscriptionSpec past_due = active;
+  past_due.event_id = "evt_a_past_due";
+  past_due.status = "past_due";
+  StripeSubscriptionSpec deleted = active;
+  deleted.event_id = "evt_0_deleted";
+  deleted.event_type = "customer.subscription.deleted";
+  deleted.status = "canceled";
+  const std::vector<std::string> all = {StripeSubscriptionEventJson(active),
+                                        StripeSubscriptionEventJson(past_due),
+                                        StripeSubscriptionEventJson(deleted)};
+  std::vector<size_t> order = {0, 1, 2};
+  std::optional<Rows> reference;
+  do {
+    World w = Fresh();
+    for (size_t i : order) Deliver(&w, all[i]);
+    EXPECT_EQ(Query(w, "user-1").subscription.status, SubscriptionStatus::kCanceled);
+    if (!reference) reference = SubscriptionRows(w);
+    EXPECT_EQ(SubscriptionRows(w), *reference);
+  } while (std::next_permutation(order.begin(), order.end()));
+
+  // Two updates in the same second, without a cancellation: one fixed winner.
+  std::optional<SubscriptionStatus> winner;
+  for (auto pair : {std::vector<size_t>{0, 1}, std::vector<size_t>{1, 0}}) {
+    World w = Fresh();
+    for (size_t i : pair) Deliver(&w, all[i]);
+    SubscriptionStatus status = Query(w, "user-1").subscription.status;
+    if (!winner) winner = status;
+    EXPECT_EQ(status, *winner);
+  }
+}
+
+TEST_F(SubscriptionsTest, IncompleteExpiredIsTerminal) {
+  World w = Fresh();
+  StripeSubscriptionSpec expired;
+  expired.event_id = "evt_expired";
+  expired.event_created = kStripeT0 + 10;
+  expired.status = "incomplete_expired";
+  Deliver(&w, StripeSubscriptionEventJson(expired));
+  StripeSubscriptionSpec later = expired;
+  later.event_id = "evt_later";
+  later.event_created = kStripeT0 + 20;
+  later.status = "active";
+  Deliver(&w, StripeSubscriptionEventJson(later));
+  EXPECT_EQ(Query(w, "user-1").subscription.status, SubscriptionStatus::kIncompleteExpired);
+}
+
+// ---- links --------------------------------------------------------------------------------------
+
+TEST_F(SubscriptionsTest, SubscriptionForAnUnlinkedCustomerAttachesWhenTheLinkArrives) {
+  StripeSubscriptionSpec sub;
+  sub.event_id = "evt_sub_first";
+  sub.subscription_id = "sub_orphan";
+  sub.customer_id = "cus_later";
+  sub.metadata_user_id.reset();  // no metadata: only the checkout can link it
+  sub.event_created = kStripeT0 + 5;
+  StripeCheckoutSpec checkout;
+  checkout.event_id = "evt_checkout_late";
+  checkout.event_created = kStripeT0 + 1;
+  checkout.client_reference_id = "user-late";
+  checkout.metadata_user_id.reset();
+  checkout.customer_id = "cus_later";
+  checkout.subscription_id.reset();  // the link comes through the customer alone
+  checkout.email = "Late@Example.com";
+
+  for (bool subscription_first : {true, false}) {
+    World w = Fresh();
+    if (subscription_first) {
+      Decision d = Deliver(&w, StripeSubscriptionEventJson(sub));
+      EXPECT_EQ(d.events[0].subject, "stripe_customer:cus_later");
+      EXPECT_FALSE(Query(w, "user-late").has_subscription);
+    }
+    Deliver(&w, StripeCheckoutCompletedJson(checkout));
+    if (!subscription_first) Deliver(&w, StripeSubscriptionEventJson(sub));
+    UserSubscription got = Query(w, "user-late");
+    ASSERT_TRUE(got.has_subscription) << subscription_first;
+    EXPECT_EQ(got.subscription.subscription_id, "sub_orphan");
+    EXPECT_EQ(got.email, "Late@Example.com");
+    std::vector<std::string> users;
+    ASSERT_TRUE(FindUsersByEmail(w.state, "late@example.COM", &users).ok());
+    EXPECT_EQ(users, std::vector<std::string>{"user-late"});
+    std::string user;
+    ASSERT_TRUE(GetCustomerUser(w.state, "cus_later", &user).ok());
+    EXPECT_EQ(user, "user-late");
+  }
+}
+
+TEST_F(SubscriptionsTest, CompletedSessionWithoutAUserFallsBackToWhoOpenedIt) {
+  World w = Fresh();
+  // What POST /api/v1/billing/checkout/create records (http/billing_routes.cc).
+  Event opened;
+  opened.position = Next(w.head);
+  opened.type = "stripe.checkout_session_created.v1";
+  opened.subject = "user-opener";
+  opened.data =
+      R"({"user_id":"user-opener","plan_id":"starter","billing_cycle":"monthly",)"
+      R"("session_id":"cs_opened","customer":null,"price_id":"price_starter_monthly",)"
+      R"("one_time_price_id":null,"trial_period_days":null,"stripe_idempotency_key":"k"})";
+  for (const Fold* fold : AllFolds()) ASSERT_TRUE(fold->Apply(opened, w.state, &w.state).ok());
+  w.head = opened.position;
+  // Another engineer's event with fields this fold cannot use is ignored, not an error.
+  Event odd = opened;
+  odd.data = R"({"session_id":7})";
+  for (const Fold* fold : AllFolds()) EXPECT_TRUE(fold->Apply(odd, w.state, &w.state).ok());
+
+  StripeCheckoutSpec checkout;
+  checkout.event_id = "evt_anonymous_checkout";
+  checkout.session_id = "cs_opened";
+  checkout.client_reference_id.reset();
+  checkout.metadata_user_id.reset();
+  checkout.customer_id = "cus_opener";
+  checkout.subscription_id = "sub_opener";
+  Decision d = Deliver(&w, StripeCheckoutCompletedJson(checkout));
+  EXPECT_EQ(d.events[0].subject, "user-opener");
+  std::string user;
+  ASSERT_TRUE(GetCustomerUser(w.state, "cus_opener", &user).ok());
+  EXPECT_EQ(user, "user-opener");
+  for (const NewEvent& e : d.events) EXPECT_TRUE(EventMatchesSchema(e)) << e.type;
+}
+
+TEST_F(SubscriptionsTest, OneUserNeverSeesAnothersSubscription) {
+  World w = Fresh();
+  for (const std::string& raw : StripeLifecycle({})) Deliver(&w, raw);
+  StripeLifecycleSpec two;
+  two.prefix = "evt_two";
+  two.user_id = "user-2";
+  two.customer_id = "cus_2";
+  two.subscription_id = "sub_2";
+  two.price_id = "price_professional_monthly";
+  two.plan_id = "professional";
+  std::vector<std::string> second = StripeLifecycle(two);
+  second.pop_back();  // user-2 stays active
+  for (const std::string& raw : second) Deliver(&w, raw);
+
+  EXPECT_EQ(Query(w, "user-1").subscription.subscription_id, "sub_1");
+  EXPECT_EQ(Query(w, "user-2").subscription.subscription_id, "sub_2");
+  EXPECT_EQ(Query(w, "user-2").subscription.plan_id, "professional");
+  EXPECT_FALSE(Query(w, "user-3").has_subscription);
+  EXPECT_TRUE(Query(w, "user-3").customer_id.empty());
+
+  // A subscription Stripe tags for user-1 but on user-2's customer is shown to neither user-2
+  // (it is tagged for someone else) ... and user-1 sees it only through the tag.
+  StripeSubscriptionSpec odd;
+  odd.event_id = "evt_odd";
+  odd.subscription_id = "sub_odd";
+  odd.customer_id = "cus_2";
+  odd.metadata_user_id = "user-1";
+  odd.created = kStripeT0 + 500;
+  odd.event_created = kStripeT0 + 500;
+  Deliver(&w, StripeSubscriptionEventJson(odd));
+  EXPECT_EQ(Query(w, "user-2").subscription.subscription_id, "sub_2");
+  EXPECT_EQ(Query(w, "user-1").subscription.subscription_id, "sub_odd");
+  // ... and cus_2 stays user-2's.
+  std::string owner;
+  ASSERT_TRUE(GetCustomerUser(w.state, "cus_2", &owner).ok());
+  EXPECT_EQ(owner, "user-2");
+  // Empty and '/'-containing user ids match nothing.
+  EXPECT_FALSE(Query(w, "").has_subscription);
+  EXPECT_FALSE(Query(w, "user-1/..").has_subscription);
+}
+
+TEST_F(SubscriptionsTest, PrefersTheSubscriptionThatGrantsAccess) {
+  World w = Fresh();
+  for (const std::string& raw : StripeLifecycle({})) Deliver(&w, raw);  // sub_1 canceled
+  StripeSubscriptionSpec renewed;
+  renewed.event_id = "evt_renewed";
+  renewed.subscription_id = "sub_new";
+  renewed.item_id = "si_new";
+  renewed.price_id = "price_enterprise_yearly";
+  renewed.interval = "year";
+  renewed.created = kStripeT0 - 100;  // even an older object wins by granting access
+  renewed.event_created = kStripeT0 + 100;
+  Deliver(&w, StripeSubscriptionEventJson(renewed));
+  UserSubscription sub = Query(w, "user-1");
+  EXPECT_EQ(sub.subscription.subscription_id, "sub_new");
+  EXPECT_EQ(sub.subscription.plan_id, "enterprise");
+  EXPECT_EQ(sub.subscription.interval, "year");
+  EXPECT_FALSE(sub.latest_invoice);  // sub_1's invoice belongs to sub_1
+  std::vector<std::string> canceled;
+  ASSERT_TRUE(ListSubscriptionsByStatus(w.state, SubscriptionStatus::kCanceled, 10, &canceled).ok());
+  EXPECT_EQ(canceled, std::vector<std::string>{"sub_1"});
+  std::vector<std::string> active;
+  ASSERT_TRUE(ListSubscriptionsByStatus(w.state, SubscriptionStatus::kActive, 10, &active).ok());
+  EXPECT_EQ(active, std::vector<std::string>{"sub_new"});
+}
+
+// ---- plans and access -----------------------------------------------------------------------------
+
+TEST_F(SubscriptionsTest, TrialPlanWhileTrialingThenStarter) {
+  World w = Fresh();
+  StripeSubscriptionSpec trial;
+  trial.event_id = "evt_trial";
+  trial.event_type = "customer.subscription.created";
+  trial.status = "trialing";
+  trial.price_id = "price_starter_monthly";  // the trial converts to Starter
+  trial.metadata_plan_id = "trial";
+  trial.event_created = kStripeT0 + 1;
+  Deliver(&w, StripeSubscriptionEventJson(trial));
+  UserAccess access = Access(w, "user-1");
+  ASSERT_TRUE(access.plan);
+  EXPECT_EQ(access.plan->id, "trial");
+  EXPECT_TRUE(CheckServiceAccess(access, "chat").allowed);
+  EXPECT_EQ(CheckServiceAccess(access, "search").reason, "service_not_in_plan");
+
+  StripeSubscriptionSpec converted = trial;
+  converted.event_id = "evt_converted";
+  converted.event_type = "customer.subscription.updated";
+  converted.status = "active";
+  converted.event_created = kStripeT0 + 2;
+  Deliver(&w, StripeSubscriptionEventJson(converted));
+  access = Access(w, "user-1");
+  ASSERT_TRUE(access.plan);
+  EXPECT_EQ(access.plan->id, "starter");
+  EXPECT_TRUE(CheckServiceAccess(access, "search").allowed);
+}
+
+TEST_F(SubscriptionsTest, CheckServiceAccessPerPlanAndStatus) {
+  struct Case {
+    const char* price;
+    const char* status;
+    const char* service;
+    bool allowed;
+    const char* reason;
+  };
+  const std::vector<Case> cases = {
+      {"price_starter_monthly", "active", "search", true, "ok"},
+      {"price_starter_yearly", "active", "tts", false, "service_not_in_plan"},
+      {"price_professional_monthly", "active", "litellm", true, "ok"},
+      {"price_professional_yearly", "active", "bolt-diy", false, "service_not_in_plan"},
+      {"price_enterprise_monthly", "active", "bolt-diy", true, "ok"},
+      {"price_enterprise_monthly", "trialing", "chat", true, "ok"},
+      {"price_enterprise_monthly", "past_due", "chat", true, "ok"},
+      {"price_enterprise_monthly", "unpaid", "chat", false, "subscription_inactive"},
+      {"price_enterprise_monthly", "incomplete", "chat", false, "subscription_inactive"},
+      {"price_enterprise_monthly", "paused", "chat", false, "subscription_inactive"},
+      {"price_enterprise_monthly", "canceled", "chat", false, "subscription_inactive"},
+      {"price_enterprise_monthly", "active", "no-such-service", false, "unknown_service"},
+      {"price_unknown", "active", "chat", false, "unknown_plan"},
+  };
+  for (const Case& c : cases) {
+    World w = Fresh();
+    StripeSubscriptionSpec spec;
+    spec.event_id = "evt_case";
+    spec.price_id = c.price;
+    spec.status = c.status;
+    Deliver(&w, StripeSubscriptionEventJson(spec));
+    ServiceAccess got = CheckServiceAccess(Access(w, "user-1"), c.service);
+    EXPECT_EQ(got.allowed, c.allowed) << c.price << " " << c.status << " " << c.service;
+    EXPECT_EQ(got.reason, c.reason) << c.price << " " << c.status << " " << c.service;
+  }
+  World empty = Fresh();
+  EXPECT_EQ(CheckServiceAccess(Access(empty, "nobody"), "chat").reason, "no_subscription");
+  EXPECT_EQ(CheckServiceAccess(Access(empty, "nobody"), "nope").reason, "unknown_service");
+}
+
+TEST(SubscriptionStatusTest, NamesAndAccess) {
+  const std::vector<std::pair<const char*, AccessLevel>> expected = {
+      {"incomplete", AccessLevel::kNone},        {"incomplete_expired", AccessLevel::kNone},
+      {"trialing", AccessLevel::kGranted},       {"active", AccessLevel::kGranted},
+      {"past_due", AccessLevel::kGrace},         {"canceled", AccessLevel::kNone},
+      {"unpaid", AccessLevel::kNone},            {"paused", AccessLevel::kNone}};
+  for (const auto& [name, access] : expected) {
+    SubscriptionStatus status;
+    ASSERT_TRUE(ParseSubscriptionStatus(name, &status)) << name;
+    EXPECT_EQ(SubscriptionStatusName(status), name);
+    EXPECT_EQ(AccessFor(status), access) << name;
+  }
+  SubscriptionStatus status;
+  EXPECT_FALSE(ParseSubscriptionStatus("none", &status));
+  EXPECT_FALSE(ParseSubscriptionStatus("Active", &status));
+}
+
+// ---- deliveries that change nothing ------------------------------------------------------------
+
+TEST_F(SubscriptionsTest, UnknownTypeIsStoredWithoutStateChangeAndSecretsRedacted) {
+  World w = Fresh();
+  for (const std::string& raw : StripeLifecycle({})) Deliver(&w, raw);
+  Rows before = SubscriptionRows(w);
+  const std::string raw =
+      R"({"id":"evt_pi","object":"event","api_version":"2025-03-31.basil","created":1750000999,)"
+      R"("data":{"object":{"id":"pi_1","object":"payment_intent","amount":1.50,"big":12345678901234567890,)"
+      R"("exp":1e2,"client_secret":"pi_1_secret_abc","nested":[{"secret":{"k":"v"}},{"client_secret":null}],)"
+      R"("customer":"cus_1","note":"caf\u00e9 \/ \"q\""}},"livemode":true,"type":"payment_intent.succeeded"})";
+  Decision d = Deliver(&w, raw);
+  ASSERT_EQ(d.events.size(), 1u);
+  EXPECT_EQ(d.events[0].type, "stripe.webhook_received.v1");
+  EXPECT_TRUE(EventMatchesSchema(d.events[0]));
+  EXPECT_EQ(SubscriptionRows(w), before);
+  const std::string& data = d.events[0].data;
+  EXPECT_EQ(data.find("pi_1_secret_abc"), std::string::npos);
+  EXPECT_NE(data.find(R"("client_secret":"[redacted]")"), std::string::npos);
+  EXPECT_NE(data.find(R"({"secret":"[redacted]"})"), std::string::npos);
+  EXPECT_NE(data.find(R"({"client_secret":null})"), std::string::npos);
+  // Numbers exactly as sent.
+  EXPECT_NE(data.find(R"("amount":1.50,"big":12345678901234567890,"exp":1e2)"), std::string::npos)
+      << data;
+  rapidjson::Document doc;
+  doc.Parse(data.c_str());
+  ASSERT_FALSE(doc.HasParseError());
+  EXPECT_STREQ(doc["type"].GetString(), "payment_intent.succeeded");
+  EXPECT_TRUE(doc["livemode"].GetBool());
+  EXPECT_EQ(doc["created"].GetInt64(), 1750000999);
+  EXPECT_EQ(doc["raw_bytes"].GetUint64(), raw.size());
+  EXPECT_EQ(std::string(doc["raw_sha256"].GetString()), HexEncode(Sha256(raw)));
+  EXPECT_STREQ(doc["payload"]["data"]["object"]["note"].GetString(), "caf\xc3\xa9 / \"q\"");
+  // Whom it concerns is still resolved through the customer link, for the subject.
+  EXPECT_STREQ(doc["user_id"].GetString(), "user-1");
+  EXPECT_EQ(d.events[0].subject, "user-1");
+
+  // A known type whose object is unusable (no subscription id) is stored only.
+  Decision odd = Deliver(
+      &w, R"({"id":"evt_odd","type":"customer.subscription.updated","created":1750001000,)"
+          R"("data":{"object":{"object":"subscription","status":"active"}}})");
+  EXPECT_EQ(Types(odd), (std::vector<std::string>{"stripe.webhook_received.v1"}));
+  EXPECT_EQ(odd.events[0].subject, "stripe_event:evt_odd");
+  EXPECT_EQ(SubscriptionRows(w), before);
+}
+
+TEST_F(SubscriptionsTest, CheckoutClientSecretNeverReachesAnEvent) {
+  World w = Fresh();
+  Decision d = Deliver(&w, StripeLifecycle({})[0]);
+  for (const NewEvent& e : d.events) {
+    EXPECT_EQ(e.data.find("cs_test_secret_must_not_be_stored"), std::string::npos) << e.type;
+    EXPECT_TRUE(EventMatchesSchema(e));
+  }
+}
+
+TEST(StripeWebhookParseTest, RejectsMalformedDeliveries) {
+  const std::vector<std::string> malformed = {
+      "",
+      "not json",
+      "[]",
+      R"({"type":"invoice.paid","created":1})",                        // no id
+      R"({"id":"evt_1","created":1})",                                 // no type
+      R"({"id":"evt_1","type":"invoice.paid"})",                       // no created
+      R"({"id":"evt_1","type":"invoice.paid","created":-1})",
+      R"({"id":"evt_1","type":"invoice.paid","created":"1"})",
+      R"({"id":"evt 1","type":"invoice.paid","created":1})",           // not a Stripe id
+      R"({"id":"evt/1","type":"invoice.paid","created":1})",
+      R"({"id":"","type":"invoice.paid","created":1})",
+      R"({"id":"evt_1","type":"Invoice Paid","created":1})",
+      R"({"id":"evt_1","type":"invoice.paid","created":1,"livemode":"no"})",
+      R"({"id":"evt_1","type":"invoice.paid","created":1,"api_version":7})",
+      R"({"id":"evt_1","id":"evt_2","type":"invoice.paid","created":1})",  // duplicate name
+      "{\"id\":\"evt_1\",\"type\":\"invoice.paid\",\"created\":1,\"x\":\"\xff\"}",
+      R"({"id":"evt_1","type":"invoice.paid","created":1} trailing)",
+      R"({"id":"evt_1","type":"invoice.paid","created":1,"d":)" + std::string(40, '[') +
+          std::string(40, ']') + "}",
+  };
+  for (const std::string& raw : malformed) {
+    StripeWebhook webhook;
+    Status s = ParseStripeWebhook(raw, &webhook);
+    EXPECT_EQ(s.problem(), "malformed_event") << raw;
+    EXPECT_EQ(s.code(), Code::kInvalidArgument) << raw;
+  }
+  StripeWebhook webhook;
+  std::string huge = R"({"id":"evt_1","type":"x","created":1,"pad":")" +
+                     std::string(limits::kStripeWebhookBytesMax, 'a') + "\"}";
+  EXPECT_EQ(ParseStripeWebhook(huge, &webhook).code(), Code::kPayloadTooLarge);
+  ASSERT_TRUE(ParseStripeWebhook(R"({"id":"evt_1","type":"ping","created":0})", &webhook).ok());
+  EXPECT_FALSE(webhook.api_version);
+  EXPECT_FALSE(webhook.livemode);
+}
+
+// ---- on a real Ledger: duplicates and replay --------------------------------------------------------
+
+std::unique_ptr<Ledger> OpenLedger(const std::string& path, const Clock* clock) {
+  LedgerOptions options;
+  options.path = path;
+  options.folds = AllFolds();
+  options.clock = clock;
+  std::unique_ptr<Ledger> ledger;
+  Status s = Ledger::Open(options, &ledger);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  return ledger;
+}
+
+TEST(SubscriptionsLedgerTest, RegisteredInAllFolds) {
+  bool found = false;
+  for (const Fold* fold : AllFolds()) found |= fold->Name() == kSubscriptionsFamily;
+  EXPECT_TRUE(found);
+}
+
+TEST(SubscriptionsLedgerTest, DuplicatesAppendNothingAndReplayIsIdentical) {
+  ledger::testing::TempDir dir;
+  ManualClock clock(kNowUs);
+  auto ledger = OpenLedger(dir.Sub("a"), &clock);
+  ASSERT_TRUE(ledger);
+  ASSERT_TRUE(ledger::testing::SeedCatalogWithPrices(ledger.get()).ok());
+  std::vector<std::string> lifecycle = StripeLifecycle({});
+  std::vector<CommandResult> first;
+  for (const std::string& raw : lifecycle) {
+    first.push_back(ledger::testing::SubmitWebhook(ledger.get(), raw));
+    ASSERT_TRUE(first.back().status.ok()) << first.back().status.ToString();
+    EXPECT_FALSE(first.back().replayed);
+    clock.Advance(1000);
+  }
+  const Position head = ledger->Head();
+  const Hash head_hash = ledger->HeadHash();
+  Hash digest;
+  ASSERT_TRUE(ledger->ProjectionDigest(&digest).ok());
+
+  for (size_t i = 0; i < lifecycle.size(); ++i) {
+    CommandResult again = ledger::testing::SubmitWebhook(ledger.get(), lifecycle[i]);
+    ASSERT_TRUE(again.status.ok());
+    EXPECT_TRUE(again.replayed);
+    EXPECT_EQ(again.body, first[i].body);
+    EXPECT_EQ(again.position, first[i].position);
+    EXPECT_NE(DuplicateWebhookBody(again.body).find("\"duplicate\":true"), std::string::npos);
+    // The same event id with another body is still the same delivery.
+    std::string altered = lifecycle[i];
+    altered.insert(altered.size() - 1, R"(,"extra":"changed")");
+    CommandResult altered_result = ledger::testing::SubmitWebhook(ledger.get(), altered);
+    ASSERT_TRUE(altered_result.status.ok()) << altered_result.status.ToString();
+    EXPECT_TRUE(altered_result.replayed);
+  }
+  EXPECT_EQ(ledger->Head(), head);
+  EXPECT_EQ(ledger->HeadHash(), head_hash);
+  Hash digest_after;
+  ASSERT_TRUE(ledger->ProjectionDigest(&digest_after).ok());
+  EXPECT_EQ(digest_after, digest);
+
+  // Every appended event validates; replaying the log into a new directory gives the same rows.
+  std::vector<Event> events;
+  ASSERT_TRUE(ledger->ReadEvents(Position(0), 10000, EventFilter{}, &events).ok());
+  for (const Event& e : events) EXPECT_TRUE(ledger::testing::EnvelopeMatchesSchema(e)) << e.type;
+  auto replica = OpenLedger(dir.Sub("b"), &clock);
+  ASSERT_TRUE(replica);
+  ASSERT_TRUE(replica->ImportEvents(events).ok());
+  Hash replica_digest;
+  ASSERT_TRUE(replica->ProjectionDigest(&replica_digest).ok());
+  EXPECT_EQ(replica_digest, digest);
+  auto view = replica->Snapshot();
+  UserSubscription sub;
+  ASSERT_TRUE(GetUserSubscription(*view, "user-1", &sub).ok());
+  EXPECT_EQ(sub.subscription.status, SubscriptionStatus::kCanceled);
+}
+
+TEST(SubscriptionsLedgerTest, ConcurrentDuplicatesInOneGroupAppendOnce) {
+  ledger::testing::TempDir dir;
+  ManualClock clock(kNowUs);
+  auto ledger = OpenLedger(dir.path(), &clock);
+  ASSERT_TRUE(ledger::testing::SeedCatalogWithPrices(ledger.get()).ok());
+  const Position before = ledger->Head();
+  const std::string raw = StripeLifecycle({})[1];
+  std::vector<std::thread> threads;
+  std::atomic<int> fresh{0};
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&] {
+      CommandResult r = ledger::testing::SubmitWebhook(ledger.get(), raw);
+      EXPECT_TRUE(r.status.ok());
+      if (!r.replayed) fresh.fetch_add(1);
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(fresh.load(), 1);
+  // The delivery, the customer link from its metadata and the state: once.
+  EXPECT_EQ(ledger->Head().value(), before.value() + 3);
+  std::vector<Event> received;
+  ASSERT_TRUE(ledger->ReadEvents(before, 100, EventFilter{"", "stripe.webhook_received.v1"},
+                                 &received).ok());
+  EXPECT_EQ(received.size(), 1u);
+}
+
+}  // namespace
+}  // namespace ledger::projections

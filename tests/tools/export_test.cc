@@ -1,0 +1,104 @@
+#include "tools/export.h"
+
+#include <gtest/gtest.h>
+
+#include <sstream>
+
+#include <rapidjson/document.h>
+
+#include "tests/support/schema_check.h"
+#include "tests/support/test_ledger.h"
+#include "tests/tools/tools_test_util.h"
+#include "tools/store.h"
+
+namespace ledger::tools {
+namespace {
+
+using testing::MarkerFor;
+using testing::OpenTestLedger;
+using testing::RunLedgerctl;
+using testing::TempDir;
+using testing::WriteMarkedLog;
+
+std::vector<std::string> Lines(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+TEST(ExportTest, WritesOneValidCloudEventPerLine) {
+  TempDir dir;
+  { WriteMarkedLog(OpenTestLedger(dir.path()).get(), 10, 3); }
+  std::unique_ptr<Ledger> ledger;
+  ASSERT_TRUE(OpenReadOnly({dir.path(), {}, true}, &ledger).ok());
+
+  std::ostringstream out;
+  uint64_t exported = 0;
+  ExportOptions options;
+  ASSERT_TRUE(ExportCloudEvents(*ledger, options, out, &exported).ok());
+  EXPECT_EQ(exported, 30u);
+  std::vector<std::string> lines = Lines(out.str());
+  ASSERT_EQ(lines.size(), 30u);
+  std::string prev_hash(64, '0');
+  for (size_t i = 0; i < lines.size(); ++i) {
+    EXPECT_TRUE(testing::JsonMatchesSchemaFile("cloudevent.schema.json", lines[i]));
+    rapidjson::Document doc;
+    ASSERT_FALSE(doc.Parse(lines[i].c_str()).HasParseError()) << lines[i];
+    EXPECT_STREQ(doc["specversion"].GetString(), "1.0");
+    EXPECT_STREQ(doc["source"].GetString(), "/ledgerd");
+    EXPECT_STREQ(doc["type"].GetString(), "test.marked.v1");
+    EXPECT_STREQ(doc["datacontenttype"].GetString(), "application/json");
+    EXPECT_EQ(doc["sequence"].GetString(), std::to_string(i + 1));
+    EXPECT_EQ(doc["prevhash"].GetString(), prev_hash);
+    EXPECT_EQ(doc["data"]["m"].GetString(), MarkerFor(i + 1));
+    prev_hash = doc["hash"].GetString();
+  }
+  EXPECT_EQ(prev_hash, HexEncode(ledger->HeadHash()));
+}
+
+TEST(ExportTest, AfterAndLimitSelectARange) {
+  TempDir dir;
+  { WriteMarkedLog(OpenTestLedger(dir.path()).get(), 5, 2); }
+  std::unique_ptr<Ledger> ledger;
+  ASSERT_TRUE(OpenReadOnly({dir.path(), {}, true}, &ledger).ok());
+  ExportOptions options;
+  options.after = Position(4);
+  options.limit = 3;
+  options.source = "urn:ledgerd:test";
+  std::ostringstream out;
+  uint64_t exported = 0;
+  ASSERT_TRUE(ExportCloudEvents(*ledger, options, out, &exported).ok());
+  std::vector<std::string> lines = Lines(out.str());
+  ASSERT_EQ(lines.size(), 3u);
+  rapidjson::Document first;
+  first.Parse(lines[0].c_str());
+  EXPECT_EQ(std::string(first["sequence"].GetString()), "5");
+  EXPECT_EQ(std::string(first["source"].GetString()), "urn:ledgerd:test");
+
+  options.after = Position(10);  // the head: nothing after it
+  std::ostringstream none;
+  ASSERT_TRUE(ExportCloudEvents(*ledger, options, none, &exported).ok());
+  EXPECT_EQ(exported, 0u);
+  EXPECT_TRUE(none.str().empty());
+}
+
+TEST(ExportCliTest, WritesNdjsonToStdout) {
+  TempDir dir;
+  { WriteMarkedLog(OpenTestLedger(dir.path()).get(), 4, 2); }
+  testing::ProcessResult all = RunLedgerctl("export --data-dir " + dir.path());
+  EXPECT_EQ(all.exit_code, 0);
+  EXPECT_EQ(Lines(all.out).size(), 8u);
+  testing::ProcessResult some =
+      RunLedgerctl("export --data-dir " + dir.path() + " --after 2 --limit 3");
+  EXPECT_EQ(some.exit_code, 0);
+  std::vector<std::string> lines = Lines(some.out);
+  ASSERT_EQ(lines.size(), 3u);
+  for (const std::string& line : lines) {
+    EXPECT_TRUE(testing::JsonMatchesSchemaFile("cloudevent.schema.json", line));
+  }
+  EXPECT_EQ(RunLedgerctl("export --data-dir " + dir.Sub("missing")).exit_code, 74);
+}
+
+}  // namespace
+}  // namespace ledger::tools

@@ -1,0 +1,154 @@
+#include "tools/replay.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "projections/registry.h"
+#include "tests/support/test_ledger.h"
+#include "tests/tools/tools_test_util.h"
+
+namespace ledger::tools {
+namespace {
+
+using testing::EditRaw;
+using testing::FindFamily;
+using testing::OpenTestLedger;
+using testing::TempDir;
+using testing::WriteMarkedLog;
+
+// Counts events per subject: row subject -> decimal count.
+class SubjectCountFold final : public Fold {
+ public:
+  std::string_view Name() const override { return "test_subject_counts"; }
+  Status Apply(const Event& event, const StateReader& state, RowWriter* rows) const override {
+    std::string value;
+    Status s = state.Get(Name(), event.subject, &value);
+    if (!s.ok() && !s.IsNotFound()) return s;
+    uint64_t count = s.ok() ? std::stoull(value) : 0;
+    return rows->Put(Name(), event.subject, std::to_string(count + 1));
+  }
+};
+
+// Remembers the last event type: row "last" -> type.
+class LastTypeFold final : public Fold {
+ public:
+  std::string_view Name() const override { return "test_last_type"; }
+  Status Apply(const Event& event, const StateReader&, RowWriter* rows) const override {
+    return rows->Put(Name(), "last", event.type);
+  }
+};
+
+const SubjectCountFold kCounts;
+const LastTypeFold kLastType;
+
+std::vector<const Fold*> Folds() { return {&kCounts, &kLastType}; }
+
+ReplayOptions Options(const std::string& data_dir) {
+  ReplayOptions options;
+  options.data_dir = data_dir;
+  options.folds = Folds();
+  options.chunk_events = 7;  // several chunks, one partial
+  return options;
+}
+
+TEST(ReplayTest, RebuiltProjectionsEqualTheLiveOnes) {
+  TempDir dir;
+  {
+    auto ledger = OpenTestLedger(dir.path(), Folds());
+    WriteMarkedLog(ledger.get(), 20, 3);
+  }
+  ReplayReport report;
+  Status s = ReplayProjections(Options(dir.path()), &report);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_TRUE(report.equal);
+  EXPECT_EQ(report.position, Position(60));
+  EXPECT_EQ(report.events, 60u);
+  EXPECT_EQ(report.live_digest, report.rebuilt_digest);
+  EXPECT_TRUE(report.differing_folds.empty());
+  // The temporary rebuild is removed.
+  EXPECT_FALSE(std::filesystem::exists(report.rebuilt_path));
+}
+
+TEST(ReplayTest, ModifiedProjectionRowIsReported) {
+  TempDir dir;
+  {
+    auto ledger = OpenTestLedger(dir.path(), Folds());
+    WriteMarkedLog(ledger.get(), 20, 3);
+  }
+  // Negative control: change one projection row behind the ledger's back.
+  EditRaw(dir.path(), [](rocksdb::DB* db, const auto& names, const auto& handles) {
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(),
+                        FindFamily(names, handles, "test_subject_counts"), "alice", "999")
+                    .ok());
+  });
+  ReplayReport report;
+  Status s = ReplayProjections(Options(dir.path()), &report);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_FALSE(report.equal);
+  EXPECT_NE(report.live_digest, report.rebuilt_digest);
+  EXPECT_EQ(report.differing_folds, std::vector<std::string>{"test_subject_counts"});
+}
+
+TEST(ReplayTest, IntoKeepsTheRebuiltStoreAndMustBeEmpty) {
+  TempDir dir;
+  {
+    auto ledger = OpenTestLedger(dir.Sub("live"), Folds());
+    WriteMarkedLog(ledger.get(), 5, 2);
+  }
+  ReplayOptions options = Options(dir.Sub("live"));
+  options.into = dir.Sub("rebuilt");
+  ReplayReport report;
+  ASSERT_TRUE(ReplayProjections(options, &report).ok());
+  EXPECT_TRUE(report.equal);
+  {
+    // The kept copy is a complete ledger: same head.
+    auto rebuilt = OpenTestLedger(dir.Sub("rebuilt"), Folds());
+    EXPECT_EQ(rebuilt->Head(), Position(10));
+  }
+  Status s = ReplayProjections(options, &report);  // not empty any more
+  EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.ToString();
+}
+
+TEST(ReplayTest, FoldUnknownToTheLiveStoreIsReported) {
+  TempDir dir;
+  {
+    auto ledger = OpenTestLedger(dir.path(), {&kCounts});
+    WriteMarkedLog(ledger.get(), 2, 2);
+  }
+  ReplayReport report;
+  Status s = ReplayProjections(Options(dir.path()), &report);
+  EXPECT_EQ(s.code(), Code::kUnprocessable) << s.ToString();
+  EXPECT_EQ(s.problem(), "projection_missing");
+}
+
+TEST(ReplayCliTest, ExitCodesWithTheRegisteredProjections) {
+  // The binary registers projections::AllFolds(); a store written with the same folds replays
+  // equal, and a changed row of one of them is a difference (exit 65).
+  const std::vector<const Fold*>& folds = projections::AllFolds();
+  ASSERT_FALSE(folds.empty());
+  TempDir dir;
+  {
+    auto ledger = OpenTestLedger(dir.path(), folds);
+    WriteMarkedLog(ledger.get(), 5, 2);
+  }
+  testing::ProcessResult ok = testing::RunLedgerctl("replay --data-dir " + dir.path());
+  EXPECT_EQ(ok.exit_code, 0) << ok.out;
+  EXPECT_NE(ok.out.find("replay: OK"), std::string::npos) << ok.out;
+
+  const std::string family(folds.front()->Name());
+  EditRaw(dir.path(), [&](rocksdb::DB* db, const auto& names, const auto& handles) {
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), FindFamily(names, handles, family),
+                        "zz-tampered", "x")
+                    .ok());
+  });
+  testing::ProcessResult bad = testing::RunLedgerctl("replay --data-dir " + dir.path());
+  EXPECT_EQ(bad.exit_code, 65) << bad.out;
+  EXPECT_NE(bad.out.find("replay: DIFFERENT projections: " + family), std::string::npos)
+      << bad.out;
+
+  EXPECT_EQ(testing::RunLedgerctl("replay --data-dir " + dir.Sub("none")).exit_code, 74);
+}
+
+}  // namespace
+}  // namespace ledger::tools

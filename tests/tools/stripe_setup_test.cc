@@ -1,0 +1,299 @@
+// ledgerctl stripe-setup against the fake Stripe: what it creates, that a second run creates and
+// appends nothing, price changes, retries, dry runs, the lock of a running daemon, and the binary.
+#include "tools/stripe_setup.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <map>
+#include <tuple>
+
+#include "projections/plan_catalog.h"
+#include "projections/registry.h"
+#include "tests/support/fake_stripe.h"
+#include "tests/support/schema_check.h"
+#include "tests/support/test_ledger.h"
+#include "tests/tools/tools_test_util.h"
+
+namespace ledger::tools {
+namespace {
+
+using ledger::testing::FakeStripe;
+using ledger::testing::kFakeStripeSecretKey;
+namespace pc = ledger::projections;
+
+class StripeSetupTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(fake_.Start().ok());
+    http::StripeClientOptions options;
+    options.api_base = fake_.base_url();
+    options.secret_key = kFakeStripeSecretKey;
+    options.read_timeout_ms = 1000;
+    options.backoff_initial_ms = 1;
+    options.backoff_max_ms = 2;
+    options.sleep = [](int64_t) {};
+    ASSERT_TRUE(http::HttpStripeClient::Create(options, &client_).ok());
+    OpenLedger();
+  }
+
+  void OpenLedger() {
+    LedgerOptions options;
+    options.path = dir_.Sub("data");
+    options.folds = pc::AllFolds();
+    ASSERT_TRUE(Ledger::Open(options, &ledger_).ok());
+  }
+
+  void TearDown() override {
+    if (!ledger_) return;
+    std::vector<Event> events;
+    ASSERT_TRUE(ledger_->ReadEvents(Position(0), 1000, EventFilter{}, &events).ok());
+    for (const Event& e : events) {
+      EXPECT_TRUE(ledger::testing::EnvelopeMatchesSchema(e)) << e.type << " " << e.data;
+      EXPECT_EQ(e.data.find(kFakeStripeSecretKey), std::string::npos) << e.data;
+      EXPECT_EQ(e.data.find("sk_test_"), std::string::npos) << e.data;
+    }
+  }
+
+  Status Run(StripeSetupReport* report, bool dry_run = false) {
+    StripeSetupOptions options;
+    options.dry_run = dry_run;
+    return SetUpStripeCatalog(ledger_.get(), client_.get(), options, report);
+  }
+
+  pc::Plan Plan(const std::string& id) {
+    pc::Plan plan;
+    auto view = ledger_->Snapshot();
+    EXPECT_TRUE(pc::GetPlan(*view, id, &plan).ok()) << id;
+    return plan;
+  }
+
+  std::map<std::string, FakeStripe::Price> PricesById() {
+    std::map<std::string, FakeStripe::Price> out;
+    for (const auto& p : fake_.prices()) out[p.id] = p;
+    return out;
+  }
+
+  ledger::testing::TempDir dir_;
+  FakeStripe fake_;
+  std::unique_ptr<http::HttpStripeClient> client_;
+  std::unique_ptr<Ledger> ledger_;
+};
+
+TEST_F(StripeSetupTest, CreatesProductsAndPricesAndRecordsThem) {
+  StripeSetupReport report;
+  Status s = Run(&report);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(report.products_created, 4u);
+  EXPECT_EQ(report.prices_created, 7u);  // trial fee + 3 × (monthly, yearly)
+  EXPECT_EQ(report.plans_updated, 4u);
+  EXPECT_EQ(fake_.product_ids(), (std::vector<std::string>{"ledgerd_enterprise",
+                                                           "ledgerd_professional",
+                                                           "ledgerd_starter", "ledgerd_trial"}));
+  auto prices = PricesById();
+  ASSERT_EQ(prices.size(), 7u);
+
+  pc::Plan trial = Plan("trial");
+  ASSERT_TRUE(trial.stripe_price_monthly.has_value());
+  EXPECT_FALSE(trial.stripe_price_yearly.has_value());
+  const FakeStripe::Price& fee = prices.at(*trial.stripe_price_monthly);
+  EXPECT_EQ(fee.unit_amount, 100);
+  EXPECT_EQ(fee.interval, "");  // one-time
+  EXPECT_EQ(fee.lookup_key, "ledgerd_trial_fee");
+  EXPECT_EQ(fee.product, "ledgerd_trial");
+
+  for (const auto& [id, monthly_cents, yearly_cents] :
+       std::vector<std::tuple<std::string, int64_t, int64_t>>{
+           {"starter", 1900, 19000}, {"professional", 4900, 49000}, {"enterprise", 9900, 99000}}) {
+    pc::Plan plan = Plan(id);
+    ASSERT_TRUE(plan.stripe_price_monthly && plan.stripe_price_yearly) << id;
+    const FakeStripe::Price& m = prices.at(*plan.stripe_price_monthly);
+    const FakeStripe::Price& y = prices.at(*plan.stripe_price_yearly);
+    EXPECT_EQ(m.unit_amount, monthly_cents);
+    EXPECT_EQ(m.interval, "month");
+    EXPECT_EQ(m.currency, "usd");
+    EXPECT_EQ(m.lookup_key, "ledgerd_" + id + "_monthly");
+    EXPECT_EQ(m.product, "ledgerd_" + id);
+    EXPECT_EQ(m.metadata.at("ledgerd_plan_id"), id);
+    EXPECT_EQ(y.unit_amount, yearly_cents);
+    EXPECT_EQ(y.interval, "year");
+    EXPECT_EQ(y.lookup_key, "ledgerd_" + id + "_yearly");
+  }
+
+  // Every POST carried an Idempotency-Key; the catalog changes are plan.updated.v1 by ledgerctl.
+  for (const auto& r : fake_.requests()) {
+    if (r.method == "POST") {
+      EXPECT_FALSE(r.idempotency_key.empty()) << r.path;
+    }
+  }
+  std::vector<Event> updates;
+  EventFilter filter;
+  filter.type = "plan.updated.v1";
+  ASSERT_TRUE(ledger_->ReadEvents(Position(0), 100, filter, &updates).ok());
+  ASSERT_EQ(updates.size(), 4u);
+  for (const Event& e : updates) {
+    EXPECT_NE(e.data.find(R"("actor":{"kind":"system","sub":"ledgerctl")"), std::string::npos)
+        << e.data;
+  }
+}
+
+TEST_F(StripeSetupTest, ASecondRunCreatesAndAppendsNothing) {
+  StripeSetupReport first;
+  ASSERT_TRUE(Run(&first).ok());
+  const uint64_t head = ledger_->Head().value();
+  fake_.ClearRequests();
+  StripeSetupReport second;
+  ASSERT_TRUE(Run(&second).ok());
+  EXPECT_EQ(second.products_created, 0u);
+  EXPECT_EQ(second.prices_created, 0u);
+  EXPECT_EQ(second.plans_updated, 0u);
+  EXPECT_EQ(ledger_->Head().value(), head);
+  EXPECT_EQ(fake_.RequestsTo("POST", "/").size(), 0u);
+  EXPECT_EQ(fake_.product_count(), 4u);
+  EXPECT_EQ(fake_.prices().size(), 7u);
+  for (size_t i = 0; i < first.plans.size(); ++i) {
+    EXPECT_EQ(second.plans[i].monthly_price, first.plans[i].monthly_price);
+    EXPECT_EQ(second.plans[i].yearly_price, first.plans[i].yearly_price);
+  }
+  std::string text = FormatStripeSetupReport(second, false);
+  EXPECT_NE(text.find("OK created 0 product(s), 0 price(s); 0 plan(s) updated"), std::string::npos)
+      << text;
+}
+
+TEST_F(StripeSetupTest, AChangedPriceGetsANewStripePriceAndTheLookupKey) {
+  StripeSetupReport first;
+  ASSERT_TRUE(Run(&first).ok());
+  const std::string old_monthly = *Plan("starter").stripe_price_monthly;
+  const std::string old_yearly = *Plan("starter").stripe_price_yearly;
+
+  pc::PlanInput input;
+  input.plan = Plan("starter");
+  input.plan.price_monthly_cents = 2900;
+  pc::UpdatePlan update(input, pc::Actor::Admin("root", ""));
+  ASSERT_TRUE(ledger_->Submit(&update).status.ok());
+
+  fake_.ClearRequests();
+  StripeSetupReport second;
+  ASSERT_TRUE(Run(&second).ok());
+  EXPECT_EQ(second.prices_created, 1u);
+  EXPECT_EQ(second.plans_updated, 1u);
+  pc::Plan starter = Plan("starter");
+  EXPECT_NE(*starter.stripe_price_monthly, old_monthly);
+  EXPECT_EQ(*starter.stripe_price_yearly, old_yearly);
+  auto prices = PricesById();
+  EXPECT_EQ(prices.at(*starter.stripe_price_monthly).unit_amount, 2900);
+  EXPECT_EQ(prices.at(*starter.stripe_price_monthly).lookup_key, "ledgerd_starter_monthly");
+  EXPECT_EQ(prices.at(old_monthly).lookup_key, "");  // moved
+  auto posts = fake_.RequestsTo("POST", "/v1/prices");
+  ASSERT_EQ(posts.size(), 1u);
+  EXPECT_EQ(posts[0].Param("transfer_lookup_key"), "true");
+}
+
+TEST_F(StripeSetupTest, StripeFailuresAreRetriedWithTheSameKeyAndARerunFinishes) {
+  fake_.InjectFault(FakeStripe::Fault::kServerError, 1, "POST", "/v1/prices");
+  StripeSetupReport report;
+  ASSERT_TRUE(Run(&report).ok());
+  auto posts = fake_.RequestsTo("POST", "/v1/prices");
+  ASSERT_GE(posts.size(), 2u);
+  EXPECT_TRUE(posts[0].faulted);
+  EXPECT_EQ(posts[0].idempotency_key, posts[1].idempotency_key);
+  EXPECT_EQ(fake_.prices().size(), 7u);
+
+  // A run that fails half-way leaves a state a rerun completes without duplicates.
+  testing::TempDir other;
+  LedgerOptions options;
+  options.path = other.Sub("data");
+  options.folds = pc::AllFolds();
+  std::unique_ptr<Ledger> second;
+  ASSERT_TRUE(Ledger::Open(options, &second).ok());
+  FakeStripe fresh;
+  ASSERT_TRUE(fresh.Start().ok());
+  http::StripeClientOptions client_options;
+  client_options.api_base = fresh.base_url();
+  client_options.secret_key = kFakeStripeSecretKey;
+  client_options.backoff_initial_ms = 1;
+  client_options.backoff_max_ms = 2;
+  client_options.sleep = [](int64_t) {};
+  std::unique_ptr<http::HttpStripeClient> client;
+  ASSERT_TRUE(http::HttpStripeClient::Create(client_options, &client).ok());
+  fresh.InjectFault(FakeStripe::Fault::kServerError, 3, "POST", "/v1/prices");  // one call's attempts
+  StripeSetupReport failed;
+  Status s = SetUpStripeCatalog(second.get(), client.get(), {}, &failed);
+  EXPECT_EQ(s.problem(), "stripe_error");
+  StripeSetupReport finished;
+  ASSERT_TRUE(SetUpStripeCatalog(second.get(), client.get(), {}, &finished).ok());
+  EXPECT_EQ(fresh.product_count(), 4u);
+  EXPECT_EQ(fresh.prices().size(), 7u);
+}
+
+TEST_F(StripeSetupTest, ADryRunCreatesAndRecordsNothing) {
+  StripeSetupReport report;
+  ASSERT_TRUE(Run(&report, /*dry_run=*/true).ok());
+  EXPECT_EQ(report.products_created, 4u);
+  EXPECT_EQ(report.prices_created, 7u);
+  EXPECT_EQ(fake_.RequestsTo("POST", "/").size(), 0u);
+  EXPECT_EQ(ledger_->Head().value(), 0u);
+  EXPECT_NE(FormatStripeSetupReport(report, true).find("dry run: would create 4 product(s)"),
+            std::string::npos);
+}
+
+TEST_F(StripeSetupTest, RetiredAndFreePlansAreSkipped) {
+  ASSERT_TRUE(pc::SeedPlanCatalog(ledger_.get(), nullptr).ok());
+  pc::RetirePlan retire("enterprise", pc::Actor::System("test"));
+  ASSERT_TRUE(ledger_->Submit(&retire).status.ok());
+  pc::Plan free = pc::InitialPlans()[1];
+  free.id = "free";
+  free.price_monthly_cents = 0;
+  free.price_yearly_cents.reset();
+  pc::CreatePlan create(free, pc::Actor::System("test"));
+  ASSERT_TRUE(ledger_->Submit(&create).status.ok());
+  StripeSetupReport report;
+  ASSERT_TRUE(Run(&report).ok());
+  EXPECT_EQ(report.products_created, 3u);
+  EXPECT_EQ(report.skipped, (std::vector<std::string>{"free: free", "enterprise: retired"}));
+}
+
+TEST_F(StripeSetupTest, RefusesADataDirectoryARunningDaemonHolds) {
+  StripeSetupRunOptions options;
+  options.data_dir = dir_.Sub("data");  // ledger_ holds its lock, as ledgerd would
+  options.stripe.api_base = fake_.base_url();
+  options.stripe.secret_key = kFakeStripeSecretKey;
+  StripeSetupReport report;
+  Status s = RunStripeSetup(options, &report);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("ledgerd must be stopped"), std::string::npos) << s.ToString();
+  EXPECT_TRUE(fake_.requests().empty());  // nothing was created at Stripe
+
+  options.stripe.secret_key.clear();
+  EXPECT_EQ(RunStripeSetup(options, &report).code(), Code::kInvalidArgument);
+}
+
+TEST_F(StripeSetupTest, TheLedgerctlSubcommand) {
+  ledger_.reset();  // "stop the daemon"
+  const std::string args = "stripe-setup --data-dir " + dir_.Sub("data") + " --api-base " +
+                           fake_.base_url();
+  ::unsetenv("STRIPE_SECRET_KEY");
+  EXPECT_EQ(ledger::testing::RunLedgerctl(args).exit_code, 78);
+  ::setenv("STRIPE_SECRET_KEY", kFakeStripeSecretKey, 1);
+  auto first = ledger::testing::RunLedgerctl(args + " -q");
+  EXPECT_EQ(first.exit_code, 0) << first.out;
+  EXPECT_NE(first.out.find("OK created 4 product(s), 7 price(s); 4 plan(s) updated"),
+            std::string::npos)
+      << first.out;
+  auto second = ledger::testing::RunLedgerctl(args + " -q");
+  EXPECT_EQ(second.exit_code, 0) << second.out;
+  EXPECT_NE(second.out.find("OK created 0 product(s), 0 price(s); 0 plan(s) updated"),
+            std::string::npos)
+      << second.out;
+  // A refused key: 69 (EX_UNAVAILABLE), and the key is not printed.
+  ::setenv("STRIPE_SECRET_KEY", "sk_test_51WrongWrongWrong", 1);
+  auto refused = ledger::testing::RunLedgerctl(args, /*keep_stderr=*/true);
+  EXPECT_EQ(refused.exit_code, 69) << refused.out;
+  EXPECT_EQ(refused.out.find("sk_test"), std::string::npos) << refused.out;
+  EXPECT_EQ(refused.out.find("Wrong"), std::string::npos) << refused.out;
+  ::unsetenv("STRIPE_SECRET_KEY");
+  OpenLedger();  // for TearDown's schema and secret checks
+}
+
+}  // namespace
+}  // namespace ledger::tools

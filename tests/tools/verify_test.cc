@@ -1,0 +1,239 @@
+#include "tools/verify.h"
+
+#include <gtest/gtest.h>
+
+#include "events/coding.h"
+#include "tests/support/test_ledger.h"
+#include "tests/tools/tools_test_util.h"
+
+namespace ledger::tools {
+namespace {
+
+using testing::EditRaw;
+using testing::FindFamily;
+using testing::FlipByteInFile;
+using testing::MarkerFor;
+using testing::OpenTestLedger;
+using testing::RunLedgerctl;
+using testing::TempDir;
+using testing::WriteMarkedLog;
+
+constexpr uint64_t kEvents = 200;  // 40 commands of 5 events
+constexpr uint64_t kTampered = 137;
+
+// Writes the marked log; returns the chain head hash. With `flush` the events end up in table
+// files, otherwise only in the write-ahead log.
+Hash WriteLog(const std::string& path, bool flush) {
+  auto ledger = OpenTestLedger(path);
+  WriteMarkedLog(ledger.get(), kEvents / 5, 5);
+  if (flush) {
+    EXPECT_TRUE(ledger->Flush().ok());
+  }
+  return ledger->HeadHash();
+}
+
+VerifyReport Verify(const std::string& path, uint64_t from = 1, uint64_t to = 0,
+                    Status* status = nullptr, bool block_checksums = true) {
+  VerifyOptions options;
+  options.data_dir = path;
+  options.block_checksums = block_checksums;
+  options.from = Position(from);
+  options.to = Position(to);
+  VerifyReport report;
+  Status s = VerifyLog(options, &report);
+  if (status != nullptr) *status = s;
+  return report;
+}
+
+TEST(VerifyTest, IntactLogVerifies) {
+  TempDir dir;
+  Hash head = WriteLog(dir.path(), /*flush=*/true);
+  Status s;
+  VerifyReport report = Verify(dir.path(), 1, 0, &s);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(report.from, Position(1));
+  EXPECT_EQ(report.to, Position(kEvents));
+  EXPECT_EQ(report.events_checked, kEvents);
+  EXPECT_EQ(report.head_hash, head);
+  EXPECT_EQ(report.last_hash, head);
+}
+
+TEST(VerifyTest, UnflushedLogVerifiesFromTheWal) {
+  TempDir dir;
+  WriteLog(dir.path(), /*flush=*/false);
+  Status s;
+  VerifyReport report = Verify(dir.path(), 1, 0, &s);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(report.events_checked, kEvents);
+}
+
+TEST(VerifyTest, RangeVerifyLinksToThePreviousPosition) {
+  TempDir dir;
+  WriteLog(dir.path(), true);
+  Status s;
+  VerifyReport report = Verify(dir.path(), 50, 120, &s);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(report.events_checked, 71u);
+  EXPECT_EQ(report.to, Position(120));
+
+  // A range past the head names the first missing position.
+  report = Verify(dir.path(), 190, kEvents + 5, &s);
+  EXPECT_TRUE(s.IsCorruption());
+  EXPECT_EQ(report.failed_position, Position(kEvents + 1));
+
+  report = Verify(dir.path(), 150, 100, &s);
+  EXPECT_EQ(s.code(), Code::kInvalidArgument);
+}
+
+TEST(VerifyTest, FlippedByteInTableFileFailsAtItsPosition) {
+  TempDir dir;
+  WriteLog(dir.path(), /*flush=*/true);
+  ASSERT_FALSE(FlipByteInFile(dir.path(), ".sst", MarkerFor(kTampered), 9).empty());
+
+  Status s;
+  VerifyReport report = Verify(dir.path(), 1, 0, &s);
+  ASSERT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_EQ(report.failed_position, Position(kTampered));
+  EXPECT_NE(report.reason.find("hash mismatch"), std::string::npos) << report.reason;
+  EXPECT_EQ(report.events_checked, kTampered - 1);
+
+  // Ranges around the damage: the events before it and after it verify (the link into 138 uses
+  // the hash stored with 137, which the flip did not touch); a range covering it fails at it.
+  report = Verify(dir.path(), 1, kTampered - 1, &s, /*block_checksums=*/false);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(report.events_checked, kTampered - 1);
+  Verify(dir.path(), kTampered + 1, 0, &s, false);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  report = Verify(dir.path(), 130, 140, &s);
+  EXPECT_TRUE(s.IsCorruption());
+  EXPECT_EQ(report.failed_position, Position(kTampered));
+  // Pass 2 still reports the damaged table block when a range shares it with the damaged event.
+  report = Verify(dir.path(), 1, kTampered - 1, &s);
+  EXPECT_TRUE(s.IsCorruption());
+  EXPECT_NE(report.reason.find("block checksum mismatch"), std::string::npos) << report.reason;
+  EXPECT_LE(report.failed_position, Position(kTampered - 1));
+  EXPECT_GT(report.failed_position, Position(kTampered - 40));  // a 4 KiB block: ~20 events
+
+  // Negative control of the knob: with block checksums on, RocksDB rejects the whole block and
+  // the failure can only name the first position it could not read, not the damaged one.
+  std::unique_ptr<Ledger> ledger;
+  LedgerOptions options;
+  options.path = dir.path();
+  options.read_only = true;
+  Status open = Ledger::Open(options, &ledger);
+  if (open.ok()) {
+    VerifyReport checked;
+    Status chain = VerifyChain(*ledger, Position(1), Position(0), nullptr, &checked);
+    EXPECT_TRUE(chain.IsCorruption());
+    EXPECT_NE(checked.reason.find("RocksDB cannot read it"), std::string::npos) << checked.reason;
+    EXPECT_LE(checked.failed_position, Position(kTampered));
+  } else {
+    EXPECT_TRUE(open.IsCorruption()) << open.ToString();  // the damaged block holds the head
+  }
+}
+
+TEST(VerifyTest, FlippedByteInWalFailsAtItsPosition) {
+  TempDir dir;
+  WriteLog(dir.path(), /*flush=*/false);
+  ASSERT_FALSE(FlipByteInFile(dir.path(), ".log", MarkerFor(kTampered), 9).empty());
+
+  // The ledger refuses to open: the damaged record is not a torn tail, and RocksDB's
+  // kTolerateCorruptedTailRecords stops instead of dropping acknowledged events.
+  std::unique_ptr<Ledger> ledger;
+  LedgerOptions options;
+  options.path = dir.path();
+  Status open = Ledger::Open(options, &ledger);
+  EXPECT_TRUE(open.IsCorruption()) << open.ToString();
+
+  Status s;
+  VerifyReport report = Verify(dir.path(), 1, 0, &s);
+  ASSERT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_EQ(report.failed_position, Position(kTampered));
+  EXPECT_NE(report.reason.find("write-ahead log"), std::string::npos) << report.reason;
+}
+
+TEST(VerifyTest, MissingEventIsAGap) {
+  TempDir dir;
+  WriteLog(dir.path(), true);
+  EditRaw(dir.path(), [](rocksdb::DB* db, const auto& names, const auto& handles) {
+    ASSERT_TRUE(db->Delete(rocksdb::WriteOptions(), FindFamily(names, handles, "events"),
+                           EncodePositionKey(42))
+                    .ok());
+  });
+  Status s;
+  VerifyReport report = Verify(dir.path(), 1, 0, &s);
+  ASSERT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_EQ(report.failed_position, Position(42));
+  EXPECT_NE(report.reason.find("missing"), std::string::npos) << report.reason;
+}
+
+TEST(VerifyTest, ReplacedEventWithValidHashBreaksTheLink) {
+  TempDir dir;
+  WriteLog(dir.path(), true);
+  // A forger rewrites event 60 and re-seals it: its own hash verifies, the next link does not.
+  EditRaw(dir.path(), [](rocksdb::DB* db, const auto& names, const auto& handles) {
+    rocksdb::ColumnFamilyHandle* events = FindFamily(names, handles, "events");
+    std::string stored;
+    ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), events, EncodePositionKey(60), &stored).ok());
+    Event event;
+    ASSERT_TRUE(DecodeEvent(stored, &event).ok());
+    event.data = "{\"m\":\"forged\"}";
+    SealEvent(&event);
+    EncodeEvent(event, &stored);
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), events, EncodePositionKey(60), stored).ok());
+  });
+  Status s;
+  VerifyReport report = Verify(dir.path(), 1, 0, &s);
+  ASSERT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_EQ(report.failed_position, Position(61));
+  EXPECT_NE(report.reason.find("does not link"), std::string::npos) << report.reason;
+}
+
+TEST(VerifyTest, EmptyAndMissingStores) {
+  TempDir dir;
+  { auto ledger = OpenTestLedger(dir.Sub("empty")); }
+  Status s;
+  VerifyReport report = Verify(dir.Sub("empty"), 1, 0, &s);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(report.events_checked, 0u);
+  Verify(dir.Sub("nothing-here"), 1, 0, &s);
+  EXPECT_TRUE(s.IsNotFound()) << s.ToString();
+}
+
+// The binary: output lines and exit codes.
+TEST(VerifyCliTest, ExitCodes) {
+  TempDir dir;
+  Hash head = WriteLog(dir.path(), true);
+  testing::ProcessResult ok = RunLedgerctl("verify --data-dir " + dir.path());
+  EXPECT_EQ(ok.exit_code, 0) << ok.out;
+  EXPECT_EQ(ok.out, "verify: OK positions 1.." + std::to_string(kEvents) + " head " +
+                        HexEncode(head) + "\n");
+
+  testing::ProcessResult range = RunLedgerctl("verify --data-dir " + dir.path() + " --from 10 --to 20");
+  EXPECT_EQ(range.exit_code, 0) << range.out;
+  EXPECT_EQ(range.out.rfind("verify: OK positions 10..20 hash ", 0), 0u) << range.out;
+
+  EXPECT_EQ(RunLedgerctl("verify --data-dir " + dir.path() + " --from x").exit_code, 64);
+  EXPECT_EQ(RunLedgerctl("verify --data-dir " + dir.Sub("missing")).exit_code, 74);
+
+  ASSERT_FALSE(FlipByteInFile(dir.path(), ".sst", MarkerFor(kTampered), 9).empty());
+  testing::ProcessResult bad = RunLedgerctl("verify --data-dir " + dir.path());
+  EXPECT_EQ(bad.exit_code, 65) << bad.out;
+  EXPECT_EQ(bad.out.rfind("verify: FAILED at position " + std::to_string(kTampered) + ": ", 0),
+            0u)
+      << bad.out;
+}
+
+TEST(VerifyCliTest, WalDamageExitsWithThePosition) {
+  TempDir dir;
+  WriteLog(dir.path(), /*flush=*/false);
+  ASSERT_FALSE(FlipByteInFile(dir.path(), ".log", MarkerFor(kTampered), 9).empty());
+  testing::ProcessResult bad = RunLedgerctl("verify --data-dir " + dir.path());
+  EXPECT_EQ(bad.exit_code, 65) << bad.out;
+  EXPECT_EQ(bad.out.rfind("verify: FAILED at position " + std::to_string(kTampered) + ": ", 0),
+            0u)
+      << bad.out;
+}
+
+}  // namespace
+}  // namespace ledger::tools

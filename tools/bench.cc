@@ -1,0 +1,388 @@
+#include "tools/bench.h"
+
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <thread>
+
+#include "events/ledger.h"
+
+namespace ledger::tools {
+
+namespace {
+
+using SteadyClock = std::chrono::steady_clock;
+using Nanos = std::chrono::nanoseconds;
+
+constexpr char kBenchEventType[] = "bench.appended.v1";
+
+// Appends `events` copies of one event. Decide() copies the payload, as a real decider builds one.
+class BenchCommand final : public Command {
+ public:
+  BenchCommand(const std::string* subject, const std::string* data, size_t events)
+      : subject_(subject), data_(data), events_(events) {}
+  Status Decide(const DecideContext&, Decision* decision) override {
+    decision->events.reserve(events_);
+    for (size_t i = 0; i < events_; ++i) {
+      decision->events.push_back(NewEvent{kBenchEventType, *subject_, *data_});
+    }
+    return Status::OK();
+  }
+
+ private:
+  const std::string* subject_;
+  const std::string* data_;
+  size_t events_;
+};
+
+std::string MakeEventData(size_t bytes, int caller) {
+  std::string head = "{\"user_id\":\"bench-" + std::to_string(caller) +
+                     "\",\"service\":\"chat\",\"quantity\":1,\"pad\":\"";
+  std::string tail = "\"}";
+  size_t pad = bytes > head.size() + tail.size() ? bytes - head.size() - tail.size() : 0;
+  return head + std::string(pad, 'x') + tail;
+}
+
+// A fresh store in a new directory, removed (after the ledger closes) by the destructor.
+class BenchStore {
+ public:
+  ~BenchStore() {
+    ledger_.reset();
+    if (path_.empty()) return;
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  Status Open(const BenchOptions& options) {
+    std::filesystem::path base = options.base_dir.empty()
+                                     ? std::filesystem::temp_directory_path()
+                                     : std::filesystem::path(options.base_dir);
+    std::error_code ec;
+    std::filesystem::create_directories(base, ec);
+    std::string pattern = (base / "ledgerctl-bench-XXXXXX").string();
+    if (::mkdtemp(pattern.data()) == nullptr) {
+      return Status::IOError("cannot create a directory " + pattern);
+    }
+    path_ = pattern;
+    LedgerOptions ledger_options;
+    ledger_options.path = path_;
+    ledger_options.folds = options.folds;
+    ledger_options.sync = true;
+    return Ledger::Open(ledger_options, &ledger_);
+  }
+  Ledger* ledger() { return ledger_.get(); }
+
+ private:
+  std::string path_;
+  std::unique_ptr<Ledger> ledger_;
+};
+
+double CpuSeconds() {
+  struct rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& tv) { return tv.tv_sec + tv.tv_usec / 1e6; };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
+struct MetricsSample {
+  SteadyClock::time_point at;
+  double cpu_seconds = 0;
+  uint64_t events = 0;
+  uint64_t groups = 0;
+  Histogram::Snapshot group_commands, group_events, write_seconds;
+
+  static MetricsSample Take(Ledger* ledger) {
+    MetricsSample s;
+    LedgerMetrics& m = ledger->metrics();
+    s.at = SteadyClock::now();
+    s.cpu_seconds = CpuSeconds();
+    s.events = m.events_appended.Value();
+    s.groups = m.groups_committed.Value();
+    s.group_commands = m.group_commands.Read();
+    s.group_events = m.group_events.Read();
+    s.write_seconds = m.write_seconds.Read();
+    return s;
+  }
+};
+
+double Ratio(double a, double b) { return b > 0 ? a / b : 0; }
+
+// Fills the throughput and group columns of `r` from two samples.
+void FillFromMetrics(const MetricsSample& a, const MetricsSample& b, BenchPhaseResult* r) {
+  double seconds = std::chrono::duration<double>(b.at - a.at).count();
+  r->seconds = seconds;
+  r->events = b.events - a.events;
+  r->events_per_second = Ratio(static_cast<double>(r->events), seconds);
+  double groups = static_cast<double>(b.groups - a.groups);
+  r->groups_per_second = Ratio(groups, seconds);
+  r->commands_per_group = Ratio(b.group_commands.sum - a.group_commands.sum,
+                                static_cast<double>(b.group_commands.count - a.group_commands.count));
+  r->events_per_group = Ratio(b.group_events.sum - a.group_events.sum,
+                              static_cast<double>(b.group_events.count - a.group_events.count));
+  r->write_ms_mean = 1000 * Ratio(b.write_seconds.sum - a.write_seconds.sum,
+                                  static_cast<double>(b.write_seconds.count - a.write_seconds.count));
+  r->cpu_cores = Ratio(b.cpu_seconds - a.cpu_seconds, seconds);
+}
+
+// Per-thread latency samples (nanoseconds) and counts of the measured window.
+struct CallerStats {
+  std::vector<uint64_t> latencies_ns;
+  uint64_t commands = 0;
+  uint64_t errors = 0;
+};
+
+void FillLatencies(std::vector<CallerStats>& stats, BenchPhaseResult* r) {
+  std::vector<uint64_t> all;
+  for (CallerStats& s : stats) {
+    all.insert(all.end(), s.latencies_ns.begin(), s.latencies_ns.end());
+    r->commands += s.commands;
+    r->errors += s.errors;
+    s.latencies_ns = {};
+  }
+  if (all.empty()) return;
+  std::sort(all.begin(), all.end());
+  auto at = [&](double q) {
+    size_t i = std::min(all.size() - 1, static_cast<size_t>(q * static_cast<double>(all.size())));
+    return static_cast<double>(all[i]) / 1e6;
+  };
+  r->p50_ms = at(0.50);
+  r->p90_ms = at(0.90);
+  r->p99_ms = at(0.99);
+  r->p999_ms = at(0.999);
+  r->max_ms = static_cast<double>(all.back()) / 1e6;
+}
+
+// Sleeps `seconds`, printing the append rate once a second.
+void Watch(Ledger* ledger, const std::string& name, double seconds, std::ostream* progress) {
+  auto end = SteadyClock::now() + std::chrono::duration_cast<Nanos>(
+                                      std::chrono::duration<double>(seconds));
+  uint64_t last_events = ledger->metrics().events_appended.Value();
+  auto last = SteadyClock::now();
+  while (SteadyClock::now() < end) {
+    std::this_thread::sleep_until(std::min(end, last + std::chrono::seconds(1)));
+    auto now = SteadyClock::now();
+    uint64_t events = ledger->metrics().events_appended.Value();
+    if (progress != nullptr) {
+      char line[128];
+      std::snprintf(line, sizeof(line), "bench %s: %.0f events/s\n", name.c_str(),
+                    (events - last_events) / std::chrono::duration<double>(now - last).count());
+      *progress << line << std::flush;
+    }
+    last_events = events;
+    last = now;
+  }
+}
+
+// Closed loop: `callers` threads submit commands of `events_per_command` events back to back.
+Status RunClosedLoop(const BenchOptions& options, const std::string& name, int callers,
+                     size_t events_per_command, BenchPhaseResult* result) {
+  BenchStore store;
+  LEDGER_RETURN_IF_ERROR(store.Open(options));
+  Ledger* ledger = store.ledger();
+  enum : int { kWarmUp, kMeasure, kStop };
+  std::atomic<int> phase{kWarmUp};
+  std::vector<CallerStats> stats(callers);
+  std::vector<std::thread> threads;
+  for (int c = 0; c < callers; ++c) {
+    threads.emplace_back([&, c] {
+      const std::string subject = "bench-" + std::to_string(c);
+      const std::string data = MakeEventData(options.event_bytes, c);
+      CallerStats& s = stats[c];
+      for (int p; (p = phase.load(std::memory_order_relaxed)) != kStop;) {
+        BenchCommand command(&subject, &data, events_per_command);
+        auto start = SteadyClock::now();
+        CommandResult r = ledger->Submit(&command);
+        if (p != kMeasure) continue;
+        if (!r.status.ok()) {
+          s.errors++;
+          continue;
+        }
+        s.commands++;
+        s.latencies_ns.push_back(static_cast<uint64_t>(
+            std::chrono::duration_cast<Nanos>(SteadyClock::now() - start).count()));
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::duration<double>(options.warmup_seconds));
+  MetricsSample before = MetricsSample::Take(ledger);
+  phase.store(kMeasure);
+  Watch(ledger, name, options.seconds, options.progress);
+  MetricsSample after = MetricsSample::Take(ledger);
+  phase.store(kStop);
+  for (std::thread& t : threads) t.join();
+  result->name = name;
+  result->callers = callers;
+  FillFromMetrics(before, after, result);
+  FillLatencies(stats, result);
+  return Status::OK();
+}
+
+// Open loop: single-event commands due every 1/rate s, taken by `callers` threads.
+Status RunOpenLoop(const BenchOptions& options, double rate, BenchPhaseResult* result) {
+  BenchStore store;
+  LEDGER_RETURN_IF_ERROR(store.Open(options));
+  Ledger* ledger = store.ledger();
+  const auto start = SteadyClock::now() + std::chrono::milliseconds(10);
+  const auto measure_from =
+      start + std::chrono::duration_cast<Nanos>(std::chrono::duration<double>(options.warmup_seconds));
+  const double period_ns = 1e9 / rate;
+  const uint64_t tickets =
+      static_cast<uint64_t>((options.warmup_seconds + options.seconds) * rate);
+  std::atomic<uint64_t> next{0};
+  std::vector<CallerStats> stats(options.callers);
+  std::vector<std::thread> threads;
+  for (int c = 0; c < options.callers; ++c) {
+    threads.emplace_back([&, c] {
+      const std::string subject = "bench-" + std::to_string(c);
+      const std::string data = MakeEventData(options.event_bytes, c);
+      CallerStats& s = stats[c];
+      for (uint64_t i; (i = next.fetch_add(1)) < tickets;) {
+        auto due = start + Nanos(static_cast<int64_t>(static_cast<double>(i) * period_ns));
+        std::this_thread::sleep_until(due);
+        BenchCommand command(&subject, &data, 1);
+        CommandResult r = ledger->Submit(&command);
+        if (due < measure_from) continue;
+        if (!r.status.ok()) {
+          s.errors++;
+          continue;
+        }
+        s.commands++;
+        s.latencies_ns.push_back(static_cast<uint64_t>(
+            std::chrono::duration_cast<Nanos>(SteadyClock::now() - due).count()));
+      }
+    });
+  }
+  std::this_thread::sleep_until(measure_from);
+  MetricsSample before = MetricsSample::Take(ledger);
+  char name[64];
+  std::snprintf(name, sizeof(name), "open loop @ %.0f/s", rate);
+  Watch(ledger, name, options.seconds, options.progress);
+  for (std::thread& t : threads) t.join();
+  MetricsSample after = MetricsSample::Take(ledger);
+  result->name = name;
+  result->callers = options.callers;
+  result->offered_rate = rate;
+  FillFromMetrics(before, after, result);
+  FillLatencies(stats, result);
+  return Status::OK();
+}
+
+}  // namespace
+
+Status RunBench(const BenchOptions& options, std::vector<BenchPhaseResult>* results) {
+  results->clear();
+  if (options.callers <= 0 || options.batch_callers <= 0 || options.seconds <= 0 ||
+      options.batch == 0 || options.warmup_seconds < 0 || options.rate < 0) {
+    return Status::InvalidArgument("bad_bench", "callers, seconds and batch must be positive");
+  }
+  double single_rate = 0;
+  if (options.single || (options.latency && options.rate == 0)) {
+    BenchPhaseResult r;
+    LEDGER_RETURN_IF_ERROR(RunClosedLoop(options, "single-event commands", options.callers, 1, &r));
+    single_rate = r.events_per_second;
+    results->push_back(std::move(r));
+  }
+  if (options.batched) {
+    BenchPhaseResult r;
+    std::string name = "commands of " + std::to_string(options.batch) + " events";
+    LEDGER_RETURN_IF_ERROR(
+        RunClosedLoop(options, name, options.batch_callers, options.batch, &r));
+    results->push_back(std::move(r));
+  }
+  if (options.latency) {
+    double rate = options.rate > 0 ? options.rate : single_rate / 2;
+    if (rate <= 0) return Status::Internal("the single-event phase measured no rate");
+    BenchPhaseResult r;
+    LEDGER_RETURN_IF_ERROR(RunOpenLoop(options, rate, &r));
+    results->push_back(std::move(r));
+  }
+  return Status::OK();
+}
+
+}  // namespace ledger::tools
+
+namespace ledger::tools {
+
+namespace {
+
+std::string Thousands(double value) {
+  std::string digits = std::to_string(static_cast<uint64_t>(value + 0.5));
+  std::string out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out.push_back(',');
+    out.push_back(digits[i]);
+  }
+  return out;
+}
+
+const char* Verdict(bool pass) { return pass ? "PASS" : "FAIL"; }
+
+}  // namespace
+
+std::string FormatBenchReport(const BenchOptions& options,
+                              const std::vector<BenchPhaseResult>& results) {
+  std::string out;
+  char line[512];
+  std::snprintf(line, sizeof(line),
+                "ledgerctl bench: %u cores, sync=true, %zu-byte event data, %zu folds, %.0f s per "
+                "phase (+%.1f s warm-up)\n\n",
+                std::thread::hardware_concurrency(), options.event_bytes, options.folds.size(),
+                options.seconds, options.warmup_seconds);
+  out += line;
+  std::snprintf(line, sizeof(line), "%-26s %7s %11s %7s %7s %7s %7s %7s %8s %8s %9s %8s %5s\n",
+                "phase", "callers", "events/s", "p50 ms", "p90 ms", "p99 ms", "p999 ms", "max ms",
+                "cmds/grp", "evts/grp", "fsyncs/s", "write ms", "cpu");
+  out += line;
+  for (const BenchPhaseResult& r : results) {
+    std::snprintf(line, sizeof(line),
+                  "%-26s %7d %11s %7.2f %7.2f %7.2f %7.2f %7.1f %8.1f %8.1f %9s %8.2f %5.2f\n",
+                  r.name.c_str(), r.callers, Thousands(r.events_per_second).c_str(), r.p50_ms,
+                  r.p90_ms, r.p99_ms, r.p999_ms, r.max_ms, r.commands_per_group,
+                  r.events_per_group, Thousands(r.groups_per_second).c_str(), r.write_ms_mean,
+                  r.cpu_cores);
+    out += line;
+    if (r.errors > 0) out += "  (" + std::to_string(r.errors) + " commands failed)\n";
+  }
+  out += "\n";
+  const BenchPhaseResult* single = nullptr;
+  const BenchPhaseResult* batched = nullptr;
+  const BenchPhaseResult* open_loop = nullptr;
+  for (const BenchPhaseResult& r : results) {
+    if (r.name == "single-event commands") single = &r;
+    else if (r.offered_rate > 0) open_loop = &r;
+    else batched = &r;
+  }
+  if (single != nullptr) {
+    std::snprintf(line, sizeof(line),
+                  "target: single-event commands, 64 callers >= 100,000 events/s: %s events/s "
+                  "with %d callers -> %s\n",
+                  Thousands(single->events_per_second).c_str(), single->callers,
+                  Verdict(single->events_per_second >= 100000 && single->callers >= 64));
+    out += line;
+  }
+  if (batched != nullptr) {
+    std::snprintf(line, sizeof(line), "target: batched >= 300,000 events/s: %s events/s -> %s\n",
+                  Thousands(batched->events_per_second).c_str(),
+                  Verdict(batched->events_per_second >= 300000));
+    out += line;
+  }
+  if (open_loop != nullptr) {
+    std::snprintf(line, sizeof(line),
+                  "target: p99 <= 5 ms at half the single-event rate: p99 %.2f ms at %s/s "
+                  "(achieved %s/s)%s -> %s\n",
+                  open_loop->p99_ms, Thousands(open_loop->offered_rate).c_str(),
+                  Thousands(open_loop->events_per_second).c_str(),
+                  options.rate > 0 ? " [rate given by --rate]" : "",
+                  Verdict(open_loop->p99_ms <= 5.0));
+    out += line;
+  }
+  return out;
+}
+
+}  // namespace ledger::tools

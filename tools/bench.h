@@ -1,0 +1,62 @@
+// ledgerctl bench: the append path, in-process, against a fresh Ledger with sync=true (every
+// group commit is one fsync'd WriteBatch) and the registered folds.
+//
+// Phases (each on its own fresh store, after a short warm-up that is not counted):
+//   single   `callers` threads each submit one-event commands back to back (closed loop):
+//            durable events/s, command latency percentiles, mean commands and events per group,
+//            group commits (= fsyncs) per second.
+//   batch    `batch_callers` threads submit commands of `batch` events each: events/s.
+//   latency  open loop: commands are due at a fixed rate (`rate`, or half the single-phase rate)
+//            and are taken by `callers` threads; latency counts from the due time, so a stalled
+//            writer shows up as latency instead of a lower offered rate (no coordinated omission).
+#pragma once
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "events/fold.h"
+#include "events/status.h"
+
+namespace ledger::tools {
+
+struct BenchOptions {
+  std::string base_dir;             // stores are created in fresh subdirectories of it (removed
+                                    // afterwards); empty = the system temp directory
+  std::vector<const Fold*> folds;   // applied inline, as in ledgerd
+  int callers = 64;
+  int batch_callers = 4;
+  double seconds = 10;              // measured time per phase
+  double warmup_seconds = 1;        // not counted
+  size_t batch = 1000;              // events per command in the batch phase
+  size_t event_bytes = 300;         // size of each event's JSON data
+  bool single = true, batched = true, latency = true;
+  double rate = 0;                  // latency phase target; 0 = half the single-phase rate
+  std::ostream* progress = nullptr;  // one line per second per phase
+};
+
+struct BenchPhaseResult {
+  std::string name;
+  int callers = 0;
+  double seconds = 0;
+  double offered_rate = 0;          // latency phase: commands/s offered
+  uint64_t commands = 0;            // committed in the measured window
+  uint64_t events = 0;
+  uint64_t errors = 0;
+  double events_per_second = 0;
+  double p50_ms = 0, p90_ms = 0, p99_ms = 0, p999_ms = 0, max_ms = 0;  // command latency
+  double commands_per_group = 0;
+  double events_per_group = 0;
+  double groups_per_second = 0;     // = fsyncs/s
+  double write_ms_mean = 0;         // the synced WriteBatch, per group
+  double cpu_cores = 0;             // process CPU time / wall time
+};
+
+Status RunBench(const BenchOptions& options, std::vector<BenchPhaseResult>* results);
+
+// A table of the results, with the targets marked.
+std::string FormatBenchReport(const BenchOptions& options,
+                              const std::vector<BenchPhaseResult>& results);
+
+}  // namespace ledger::tools

@@ -1,0 +1,30 @@
+// ledgerctl export: the log as NDJSON, one CloudEvents 1.0 structured-mode document per line
+// (ToCloudEventJson: the same shape the Kafka outbox publishes), oldest first.
+#pragma once
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+
+#include "events/ledger.h"
+#include "events/status.h"
+#include "events/types.h"
+
+namespace ledger::tools {
+
+// The CloudEvents `source` the Kafka outbox uses by default (OutboxOptions::source).
+inline constexpr char kDefaultCloudEventSource[] = "/ledgerd";
+
+struct ExportOptions {
+  Position after{0};   // export positions > after
+  uint64_t limit = 0;  // at most this many events; 0 = all
+  std::string source = kDefaultCloudEventSource;
+  std::ostream* progress = nullptr;
+};
+
+// Writes the events to `out`, one JSON document and '\n' per event. `*exported` counts them.
+// kCorruption when a stored record does not decode; kIOError when `out` fails.
+Status ExportCloudEvents(const Ledger& ledger, const ExportOptions& options, std::ostream& out,
+                         uint64_t* exported);
+
+}  // namespace ledger::tools

@@ -1,0 +1,365 @@
+// ledgerctl: operator tool for ledgerd. Each subcommand is a thin main over a library function in
+// tools/ that returns a Status (RocksDB's tools/ldb.cc style); exit codes follow sysexits.h:
+// 0 ok, 64 usage, 65 data error (verify failure, replay difference), 70 internal, 74 storage.
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "daemon/config.h"
+#include "events/ledger.h"
+#include "projections/registry.h"
+#include "tools/bench.h"
+#include "tools/export.h"
+#include "tools/replay.h"
+#include "tools/store.h"
+#include "tools/stripe_setup.h"
+#include "tools/token.h"
+#include "tools/verify.h"
+
+namespace ledger::tools {
+namespace {
+
+using daemon::kExitDataError;
+using daemon::kExitInternal;
+using daemon::kExitOk;
+using daemon::kExitStorage;
+using daemon::kExitUsage;
+
+int ExitCodeFor(const Status& s) {
+  switch (s.code()) {
+    case Code::kOk:
+      return kExitOk;
+    case Code::kInvalidArgument:
+      return kExitUsage;
+    case Code::kCorruption:
+    case Code::kUnprocessable:
+      return kExitDataError;
+    case Code::kNotFound:
+    case Code::kIOError:
+    case Code::kUnavailable:
+    case Code::kBusy:
+      return kExitStorage;
+    default:
+      return kExitInternal;
+  }
+}
+
+int Fail(const char* command, const Status& s) {
+  std::cerr << "ledgerctl " << command << ": " << s.ToString() << "\n";
+  return ExitCodeFor(s);
+}
+
+std::string Str(Position p) { return std::to_string(p.value()); }
+
+struct Globals {
+  std::string data_dir = "./data";
+  bool quiet = false;
+  std::ostream* progress() const { return quiet ? nullptr : &std::cerr; }
+};
+
+// --- token -------------------------------------------------------------------------------------
+
+struct TokenArgs {
+  TokenOptions token;
+  std::string secret;
+};
+
+void AddToken(CLI::App& app, TokenArgs* args) {
+  CLI::App* sub = app.add_subcommand(
+      "token", "Mint an HS256 JWT with the dev secret (<data-dir>/jwt-dev.secret) or --secret");
+  sub->add_option("--sub", args->token.subject, "user id (sub claim)")->required();
+  sub->add_option("--email", args->token.email, "email claim");
+  sub->add_flag("--admin", args->token.admin, "add the admin role");
+  sub->add_option("--admin-role", args->token.admin_role, "name of the admin role")
+      ->envname("LEDGER_ADMIN_ROLE")
+      ->capture_default_str();
+  sub->add_option("--role", args->token.roles, "extra realm role (repeatable)");
+  sub->add_option("--ttl", args->token.ttl_seconds, "lifetime in seconds")->capture_default_str();
+  sub->add_option("--issuer,--iss", args->token.issuer, "iss claim")->envname("LEDGER_JWT_ISSUER");
+  sub->add_option("--audience,--aud", args->token.audience, "aud claim")
+      ->envname("LEDGER_JWT_AUDIENCE");
+  sub->add_option("--secret", args->secret, "HS256 secret (default: the dev secret file)")
+      ->envname("LEDGER_JWT_HS256_SECRET");
+}
+
+int RunToken(const Globals& globals, TokenArgs* args) {
+  if (args->secret.empty()) {
+    Status s = ReadSecretFile(daemon::DevJwtSecretPath(globals.data_dir), &args->secret);
+    if (!s.ok()) return Fail("token", s);
+  }
+  args->token.issued_at_s = std::chrono::duration_cast<std::chrono::seconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count();
+  std::string token;
+  Status s = MintHs256Token(args->token, args->secret, &token);
+  if (!s.ok()) return Fail("token", s);
+  std::cout << token << "\n";
+  return kExitOk;
+}
+
+// --- verify ------------------------------------------------------------------------------------
+
+struct VerifyArgs {
+  uint64_t from = 1;
+  uint64_t to = 0;
+  bool skip_block_checksums = false;
+};
+
+void AddVerify(CLI::App& app, VerifyArgs* args) {
+  CLI::App* sub = app.add_subcommand(
+      "verify", "Verify the hash chain of the log (read-only; works while ledgerd runs)");
+  sub->add_option("--from", args->from, "first position")->capture_default_str();
+  sub->add_option("--to", args->to, "last position (0 = the chain head)")->capture_default_str();
+  sub->add_flag("--skip-block-checksums", args->skip_block_checksums,
+                "skip the second pass that re-reads the range with RocksDB block checksums");
+}
+
+int RunVerify(const Globals& globals, const VerifyArgs& args) {
+  VerifyOptions options;
+  options.data_dir = globals.data_dir;
+  options.from = Position(args.from);
+  options.to = Position(args.to);
+  options.block_checksums = !args.skip_block_checksums;
+  options.progress = globals.progress();
+  VerifyReport report;
+  Status s = VerifyLog(options, &report);
+  if (s.IsCorruption() && report.failed_position.value() != 0) {
+    std::cout << "verify: FAILED at position " << Str(report.failed_position) << ": "
+              << report.reason << "\n";
+    return kExitDataError;
+  }
+  if (!s.ok()) return Fail("verify", s);
+  if (report.to.value() == 0) {
+    std::cout << "verify: OK empty log\n";
+  } else if (report.to == report.head) {
+    std::cout << "verify: OK positions " << Str(report.from) << ".." << Str(report.to) << " head "
+              << HexEncode(report.head_hash) << "\n";
+  } else {
+    std::cout << "verify: OK positions " << Str(report.from) << ".." << Str(report.to) << " hash "
+              << HexEncode(report.last_hash) << " (chain head at position " << Str(report.head)
+              << ")\n";
+  }
+  return kExitOk;
+}
+
+// --- export ------------------------------------------------------------------------------------
+
+struct ExportArgs {
+  uint64_t after = 0;
+  uint64_t limit = 0;
+  std::string source = kDefaultCloudEventSource;
+};
+
+void AddExport(CLI::App& app, ExportArgs* args) {
+  CLI::App* sub =
+      app.add_subcommand("export", "Write the log as NDJSON CloudEvents to stdout (read-only)");
+  sub->add_option("--after", args->after, "export positions after this one")
+      ->capture_default_str();
+  sub->add_option("--limit", args->limit, "at most this many events (0 = all)")
+      ->capture_default_str();
+  sub->add_option("--source", args->source, "CloudEvents source")->capture_default_str();
+}
+
+int RunExport(const Globals& globals, const ExportArgs& args) {
+  std::unique_ptr<Ledger> ledger;
+  Status s = OpenReadOnly({globals.data_dir, {}, true}, &ledger);
+  if (!s.ok()) return Fail("export", s);
+  ExportOptions options;
+  options.after = Position(args.after);
+  options.limit = args.limit;
+  options.source = args.source;
+  options.progress = globals.progress();
+  uint64_t exported = 0;
+  std::ios::sync_with_stdio(false);
+  s = ExportCloudEvents(*ledger, options, std::cout, &exported);
+  if (!s.ok()) return Fail("export", s);
+  if (!globals.quiet) std::cerr << "export: " << exported << " events\n";
+  return kExitOk;
+}
+
+// --- replay ------------------------------------------------------------------------------------
+
+struct ReplayArgs {
+  std::string into;
+};
+
+void AddReplay(CLI::App& app, ReplayArgs* args) {
+  CLI::App* sub = app.add_subcommand(
+      "replay",
+      "Rebuild every projection from position 0 into a fresh directory and compare digests");
+  sub->add_option("--into", args->into,
+                  "rebuild here and keep it (must not exist or be empty; default: a temporary "
+                  "directory, removed afterwards)");
+}
+
+int RunReplay(const Globals& globals, const ReplayArgs& args) {
+  ReplayOptions options;
+  options.data_dir = globals.data_dir;
+  options.into = args.into;
+  options.folds = projections::AllFolds();
+  options.progress = globals.progress();
+  ReplayReport report;
+  Status s = ReplayProjections(options, &report);
+  if (!s.ok()) return Fail("replay", s);
+  std::cout << "replay: live digest    " << HexEncode(report.live_digest) << " at position "
+            << Str(report.position) << "\n"
+            << "replay: rebuilt digest " << HexEncode(report.rebuilt_digest) << " ("
+            << report.events << " events, " << options.folds.size() << " projections"
+            << (args.into.empty() ? "" : ", kept in " + args.into) << ")\n";
+  if (report.equal) {
+    std::cout << "replay: OK projections equal a replay of the log\n";
+    return kExitOk;
+  }
+  std::cout << "replay: DIFFERENT projections:";
+  for (const std::string& name : report.differing_folds) std::cout << " " << name;
+  std::cout << "\n";
+  return kExitDataError;
+}
+
+// --- bench -------------------------------------------------------------------------------------
+
+struct BenchArgs {
+  BenchOptions bench;
+  std::string mode = "all";
+};
+
+void AddBench(CLI::App& app, BenchArgs* args) {
+  CLI::App* sub = app.add_subcommand(
+      "bench", "Benchmark the append path in-process on fresh stores (sync=true)");
+  // Not bound to LEDGER_DATA_DIR: bench never writes into a live store's directory.
+  sub->add_option("--data-dir", args->bench.base_dir,
+                  "create the benchmark stores under this directory (default: system temp)");
+  sub->add_option("--callers", args->bench.callers, "concurrent callers")->capture_default_str();
+  sub->add_option("--batch-callers", args->bench.batch_callers, "callers in the batch phase")
+      ->capture_default_str();
+  sub->add_option("--seconds", args->bench.seconds, "measured seconds per phase")
+      ->capture_default_str();
+  sub->add_option("--warmup", args->bench.warmup_seconds, "warm-up seconds per phase")
+      ->capture_default_str();
+  sub->add_option("--batch", args->bench.batch, "events per command in the batch phase")
+      ->capture_default_str();
+  sub->add_option("--event-bytes", args->bench.event_bytes, "bytes of JSON data per event")
+      ->capture_default_str();
+  sub->add_option("--mode", args->mode, "phases to run")
+      ->check(CLI::IsMember({"single", "batch", "latency", "all"}))
+      ->capture_default_str();
+  sub->add_option("--rate", args->bench.rate,
+                  "open-loop rate for the latency phase (default: half the single-event rate)");
+}
+
+int RunBenchCommand(const Globals& globals, BenchArgs* args) {
+  BenchOptions& options = args->bench;
+  options.single = args->mode == "single" || args->mode == "all";
+  options.batched = args->mode == "batch" || args->mode == "all";
+  options.latency = args->mode == "latency" || args->mode == "all";
+  options.folds = projections::AllFolds();
+  options.progress = globals.progress();
+  std::vector<BenchPhaseResult> results;
+  Status s = RunBench(options, &results);
+  if (!s.ok()) return Fail("bench", s);
+  std::cout << FormatBenchReport(options, results) << std::flush;
+  return kExitOk;
+}
+
+// --- stripe-setup ------------------------------------------------------------------------------
+
+// sysexits.h EX_UNAVAILABLE: Stripe failed or refused (nothing is recorded for what failed).
+constexpr int kExitServiceUnavailable = 69;
+
+struct StripeSetupArgs {
+  std::string api_base = "https://api.stripe.com";
+  bool dry_run = false;
+};
+
+void AddStripeSetup(CLI::App& app, StripeSetupArgs* args) {
+  CLI::App* sub = app.add_subcommand(
+      "stripe-setup",
+      "Create the plan catalog's Stripe products and prices (idempotent) and record their ids; "
+      "the key comes from STRIPE_SECRET_KEY; ledgerd must be stopped");
+  sub->add_option("--api-base", args->api_base, "Stripe API base URL")
+      ->envname("STRIPE_API_BASE")
+      ->capture_default_str();
+  sub->add_flag("--dry-run", args->dry_run, "only report what would be created");
+}
+
+int RunStripeSetupCommand(const Globals& globals, const StripeSetupArgs& args) {
+  StripeSetupRunOptions options;
+  options.data_dir = globals.data_dir;
+  options.stripe.api_base = args.api_base;
+  // The key is never a flag: argv is visible to every user of the machine.
+  const char* key = std::getenv("STRIPE_SECRET_KEY");
+  if (key == nullptr || *key == '\0') {
+    std::cerr << "ledgerctl stripe-setup: STRIPE_SECRET_KEY is not set\n";
+    return daemon::kExitConfig;
+  }
+  options.stripe.secret_key = key;
+  options.setup.dry_run = args.dry_run;
+  options.setup.progress = globals.progress();
+  StripeSetupReport report;
+  Status s = RunStripeSetup(options, &report);
+  if (!s.ok()) {
+    Fail("stripe-setup", s);
+    if (s.problem().rfind("stripe_", 0) == 0) return kExitServiceUnavailable;
+    return ExitCodeFor(s);
+  }
+  std::cout << FormatStripeSetupReport(report, args.dry_run);
+  return kExitOk;
+}
+
+int Main(int argc, char** argv) {
+  CLI::App app{"ledgerctl: tokens, verify, export, replay and bench for ledgerd"};
+  app.require_subcommand(1);
+  Globals globals;
+  app.add_option("--data-dir", globals.data_dir, "ledgerd's data directory")
+      ->envname("LEDGER_DATA_DIR")
+      ->capture_default_str();
+  app.add_flag("-q,--quiet", globals.quiet, "no progress lines on stderr");
+  TokenArgs token;
+  VerifyArgs verify;
+  ExportArgs export_args;
+  ReplayArgs replay;
+  BenchArgs bench;
+  StripeSetupArgs stripe_setup;
+  AddToken(app, &token);
+  AddVerify(app, &verify);
+  AddExport(app, &export_args);
+  AddReplay(app, &replay);
+  AddBench(app, &bench);
+  AddStripeSetup(app, &stripe_setup);
+  // `ledgerctl verify --data-dir D` as well as `ledgerctl --data-dir D verify`.
+  for (CLI::App* sub : app.get_subcommands({})) {
+    sub->add_flag("-q,--quiet", globals.quiet, "no progress lines on stderr");
+    if (sub->get_name() == "bench") continue;  // bench has its own --data-dir
+    sub->add_option("--data-dir", globals.data_dir, "ledgerd's data directory")
+        ->envname("LEDGER_DATA_DIR");
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = app.exit(e);
+    return code == 0 ? kExitOk : kExitUsage;
+  }
+  try {
+    if (app.got_subcommand("token")) return RunToken(globals, &token);
+    if (app.got_subcommand("verify")) return RunVerify(globals, verify);
+    if (app.got_subcommand("export")) return RunExport(globals, export_args);
+    if (app.got_subcommand("replay")) return RunReplay(globals, replay);
+    if (app.got_subcommand("bench")) return RunBenchCommand(globals, &bench);
+    if (app.got_subcommand("stripe-setup")) return RunStripeSetupCommand(globals, stripe_setup);
+  } catch (const std::exception& e) {
+    std::cerr << "ledgerctl: internal error: " << e.what() << "\n";
+    return kExitInternal;
+  }
+  return kExitUsage;
+}
+
+}  // namespace
+}  // namespace ledger::tools
+
+int main(int argc, char** argv) { return ledger::tools::Main(argc, argv); }

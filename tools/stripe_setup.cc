@@ -1,0 +1,229 @@
+#include "tools/stripe_setup.h"
+
+#include <memory>
+#include <optional>
+#include <sstream>
+
+#include "http/stripe_plans.h"
+#include "projections/plan_catalog.h"
+#include "projections/registry.h"
+
+namespace ledger::tools {
+
+namespace {
+
+namespace pc = ledger::projections;
+
+constexpr char kActorName[] = "ledgerctl";
+// Stripe metadata key naming our plan on products and prices.
+constexpr char kPlanMetadataKey[] = "ledgerd_plan_id";
+
+// One price the catalog needs at Stripe.
+struct WantedPrice {
+  std::string kind;      // "monthly", "yearly", "fee"
+  std::string interval;  // "month", "year", "" (one-time)
+  int64_t unit_amount = 0;
+  std::string lookup_key;
+};
+
+std::vector<WantedPrice> WantedPrices(const pc::Plan& plan) {
+  std::vector<WantedPrice> wanted;
+  if (http::IsTrialFeePlan(plan)) {
+    if (plan.price_monthly_cents > 0) {
+      wanted.push_back({"fee", "", plan.price_monthly_cents,
+                        http::StripeLookupKeyForPlan(plan.id, "fee")});
+    }
+    return wanted;
+  }
+  if (plan.price_monthly_cents > 0) {
+    wanted.push_back({"monthly", "month", plan.price_monthly_cents,
+                      http::StripeLookupKeyForPlan(plan.id, "monthly")});
+  }
+  if (plan.price_yearly_cents.value_or(0) > 0) {
+    wanted.push_back({"yearly", "year", *plan.price_yearly_cents,
+                      http::StripeLookupKeyForPlan(plan.id, "yearly")});
+  }
+  return wanted;
+}
+
+// The idempotency key of a set-up POST: a digest of its exact parameters, so the same request
+// always reuses its key and a different one never collides with it.
+std::string SetupKey(std::string_view operation, const http::FormParams& form) {
+  return http::StripeIdempotencyKey(operation, kActorName, http::FormUrlEncode(form));
+}
+
+void Progress(const StripeSetupOptions& options, const std::string& line) {
+  if (options.progress != nullptr) *options.progress << "stripe-setup: " << line << "\n";
+}
+
+Status EnsureProduct(const pc::Plan& plan, http::StripeApi* stripe,
+                     const StripeSetupOptions& options, StripeSetupPlanResult* result) {
+  result->product_id = http::StripeProductIdForPlan(plan.id);
+  http::StripeProduct product;
+  Status s = stripe->GetProduct(result->product_id, &product);
+  if (s.ok()) {
+    if (!product.active) {
+      result->warnings.push_back("product " + product.id +
+                                 " is archived at Stripe: Checkout refuses its prices until it "
+                                 "is reactivated");
+    }
+    return Status::OK();
+  }
+  if (!s.IsNotFound()) return s;
+  result->product_created = true;
+  if (options.dry_run) return Status::OK();
+  http::StripeProductParams params;
+  params.id = result->product_id;
+  params.name = plan.display_name;
+  params.description = plan.description;
+  params.metadata = {{kPlanMetadataKey, plan.id}};
+  return stripe->CreateProduct(params, SetupKey("setup_product", http::HttpStripeClient::ProductForm(params)),
+                               &product);
+}
+
+Status EnsurePrices(const pc::Plan& plan, http::StripeApi* stripe,
+                    const StripeSetupOptions& options, StripeSetupPlanResult* result) {
+  std::vector<WantedPrice> wanted = WantedPrices(plan);
+  std::vector<std::string> keys;
+  for (const WantedPrice& w : wanted) keys.push_back(w.lookup_key);
+  // Looked up even for a new product: a key may still sit on a price of an older product.
+  std::vector<http::StripePrice> found;
+  LEDGER_RETURN_IF_ERROR(stripe->FindPricesByLookupKeys(keys, &found));
+  for (const WantedPrice& w : wanted) {
+    const http::StripePrice* existing = nullptr;
+    for (const http::StripePrice& p : found) {
+      if (p.lookup_key == w.lookup_key) existing = &p;
+    }
+    std::string price_id;
+    if (existing != nullptr && existing->active && existing->product == result->product_id &&
+        existing->unit_amount == w.unit_amount && existing->currency == plan.currency &&
+        existing->interval == w.interval) {
+      price_id = existing->id;
+    } else if (options.dry_run) {
+      price_id = "(new " + w.lookup_key + ")";
+      result->prices_created.push_back(price_id);
+    } else {
+      http::StripePriceParams params;
+      params.product = result->product_id;
+      params.unit_amount = w.unit_amount;
+      params.currency = plan.currency;
+      params.interval = w.interval;
+      params.lookup_key = w.lookup_key;
+      params.transfer_lookup_key = existing != nullptr;
+      params.nickname = plan.display_name + " " + w.kind;
+      params.metadata = {{kPlanMetadataKey, plan.id}};
+      http::StripePrice created;
+      LEDGER_RETURN_IF_ERROR(stripe->CreatePrice(
+          params, SetupKey("setup_price", http::HttpStripeClient::PriceForm(params)), &created));
+      price_id = created.id;
+      result->prices_created.push_back(price_id);
+    }
+    (w.kind == "yearly" ? result->yearly_price : result->monthly_price) = price_id;
+  }
+  return Status::OK();
+}
+
+Status RecordPrices(Ledger* ledger, const pc::Plan& plan, StripeSetupPlanResult* result) {
+  auto wanted = [](const std::string& id, const std::optional<std::string>& current)
+      -> std::optional<std::string> {
+    if (id.empty() || (current.has_value() && *current == id)) return std::nullopt;
+    return id;
+  };
+  std::optional<std::string> monthly = wanted(result->monthly_price, plan.stripe_price_monthly);
+  std::optional<std::string> yearly = wanted(result->yearly_price, plan.stripe_price_yearly);
+  if (!monthly.has_value() && !yearly.has_value()) return Status::OK();
+  pc::SetPlanStripePrices command(plan.id, monthly, yearly, pc::Actor::System(kActorName));
+  CommandResult r = ledger->Submit(&command);
+  LEDGER_RETURN_IF_ERROR(r.status);
+  result->catalog_updated = r.events_appended > 0;
+  return Status::OK();
+}
+
+}  // namespace
+
+Status SetUpStripeCatalog(Ledger* ledger, http::StripeApi* stripe,
+                          const StripeSetupOptions& options, StripeSetupReport* report) {
+  *report = StripeSetupReport{};
+  if (!options.dry_run) LEDGER_RETURN_IF_ERROR(pc::SeedPlanCatalog(ledger, nullptr));
+  std::vector<pc::Plan> plans;
+  {
+    std::unique_ptr<ReadView> view = ledger->Snapshot();
+    LEDGER_RETURN_IF_ERROR(pc::ListPlans(*view, /*include_inactive=*/true, &plans));
+    if (plans.empty() && options.dry_run) plans = pc::InitialPlans();
+  }
+  for (const pc::Plan& plan : plans) {
+    if (!plan.active) {
+      report->skipped.push_back(plan.id + ": retired");
+      continue;
+    }
+    if (WantedPrices(plan).empty()) {
+      report->skipped.push_back(plan.id + ": free");
+      continue;
+    }
+    StripeSetupPlanResult result;
+    result.plan_id = plan.id;
+    LEDGER_RETURN_IF_ERROR(EnsureProduct(plan, stripe, options, &result));
+    LEDGER_RETURN_IF_ERROR(EnsurePrices(plan, stripe, options, &result));
+    if (!options.dry_run) LEDGER_RETURN_IF_ERROR(RecordPrices(ledger, plan, &result));
+    report->products_created += result.product_created ? 1 : 0;
+    report->prices_created += result.prices_created.size();
+    report->plans_updated += result.catalog_updated ? 1 : 0;
+    Progress(options, plan.id + " done");
+    report->plans.push_back(std::move(result));
+  }
+  return Status::OK();
+}
+
+Status RunStripeSetup(const StripeSetupRunOptions& options, StripeSetupReport* report) {
+  if (options.stripe.secret_key.empty()) {
+    return Status::InvalidArgument("stripe_not_configured",
+                                   "STRIPE_SECRET_KEY is not set (the key is read from the "
+                                   "environment only)");
+  }
+  std::unique_ptr<http::HttpStripeClient> client;
+  LEDGER_RETURN_IF_ERROR(http::HttpStripeClient::Create(options.stripe, &client));
+
+  LedgerOptions ledger_options;
+  ledger_options.path = options.data_dir;
+  ledger_options.folds = projections::AllFolds();
+  ledger_options.create_if_missing = true;
+  std::unique_ptr<Ledger> ledger;
+  Status s = Ledger::Open(ledger_options, &ledger);
+  if (!s.ok()) {
+    return Status::Make(s.code(), s.problem(),
+                        "cannot open " + options.data_dir + " for writing (" + s.message() +
+                            "); stripe-setup records the price ids in the log itself, so "
+                            "ledgerd must be stopped while it runs");
+  }
+  s = SetUpStripeCatalog(ledger.get(), client.get(), options.setup, report);
+  Status flushed = ledger->Flush();
+  LEDGER_RETURN_IF_ERROR(s);
+  return flushed;
+}
+
+std::string FormatStripeSetupReport(const StripeSetupReport& report, bool dry_run) {
+  std::ostringstream out;
+  const char* create = dry_run ? "would create" : "created";
+  for (const StripeSetupPlanResult& plan : report.plans) {
+    out << "stripe-setup: " << plan.plan_id << ": product " << plan.product_id
+        << (plan.product_created ? std::string(" (") + create + ")" : " (exists)");
+    if (!plan.monthly_price.empty()) out << ", monthly/fee price " << plan.monthly_price;
+    if (!plan.yearly_price.empty()) out << ", yearly price " << plan.yearly_price;
+    out << ", " << plan.prices_created.size() << " price(s) " << create;
+    if (!dry_run) out << (plan.catalog_updated ? ", catalog updated" : ", catalog unchanged");
+    out << "\n";
+    for (const std::string& warning : plan.warnings) {
+      out << "stripe-setup: " << plan.plan_id << ": WARNING " << warning << "\n";
+    }
+  }
+  for (const std::string& skipped : report.skipped) {
+    out << "stripe-setup: skipped " << skipped << "\n";
+  }
+  out << "stripe-setup: " << (dry_run ? "dry run: would create " : "OK created ")
+      << report.products_created << " product(s), " << report.prices_created << " price(s)";
+  if (!dry_run) out << "; " << report.plans_updated << " plan(s) updated in the catalog";
+  out << "\n";
+  return out.str();
+}
+
+}  // namespace ledger::tools

@@ -1,0 +1,81 @@
+// ledgerctl stripe-setup: creates the Stripe products and prices of the plan catalog and records
+// their price ids in the catalog (plan.updated.v1, actor {"kind":"system","sub":"ledgerctl"}).
+//
+// Idempotent: a second run creates nothing at Stripe and appends nothing.
+//   - One product per paid, active plan, with OUR id "ledgerd_<plan>" (http/stripe_plans.h), so
+//     "does it exist" is an exact GET /v1/products/{id} (product search is eventually consistent
+//     and unavailable in some regions).
+//   - Prices are found by lookup key ("ledgerd_<plan>_monthly|yearly|fee"). A price that exists
+//     with the right product, amount, currency and interval and is active is used as is; otherwise
+//     a new price is created with `transfer_lookup_key=true`, which moves the key to it (the old
+//     price keeps billing its existing subscribers — Stripe prices are immutable).
+//   - Every POST carries an Idempotency-Key derived from its exact parameters, so a rerun after a
+//     crash or a network error cannot create duplicates.
+//   - The trial plan (trial_days > 0) gets a ONE-TIME price of its price_monthly_cents (the $1
+//     fee), recorded as its stripe_price_monthly; see http/stripe_plans.h for how checkout uses it.
+//   - SetPlanStripePrices appends plan.updated.v1 only when an id changes.
+//
+// Storage: it opens the data directory for writing, so ledgerd must be stopped (RocksDB's lock
+// refuses a second writer; the error says so). The directory is created and the catalog seeded
+// when they do not exist yet, exactly as ledgerd does at start. Stripe is called only after the
+// ledger is open, so a running daemon makes it fail before anything is created at Stripe.
+//
+// Thread safety: one call at a time; it uses the ledger and the client from the calling thread.
+#pragma once
+
+#include <cstddef>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "events/ledger.h"
+#include "events/status.h"
+#include "http/stripe_client.h"
+
+namespace ledger::tools {
+
+struct StripeSetupOptions {
+  // Read the catalog and Stripe only: report what would be created; create and record nothing.
+  bool dry_run = false;
+  std::ostream* progress = nullptr;  // one line per plan; nullptr = quiet
+};
+
+struct StripeSetupPlanResult {
+  std::string plan_id;
+  std::string product_id;
+  bool product_created = false;
+  std::string monthly_price;  // for the trial: the one-time fee price
+  std::string yearly_price;   // "" when the plan is not sold yearly
+  std::vector<std::string> prices_created;
+  bool catalog_updated = false;
+  std::vector<std::string> warnings;
+};
+
+struct StripeSetupReport {
+  std::vector<StripeSetupPlanResult> plans;
+  std::vector<std::string> skipped;  // "<plan>: <reason>" (free, retired)
+  size_t products_created = 0;
+  size_t prices_created = 0;
+  size_t plans_updated = 0;
+};
+
+// Runs the set-up against an open ledger (seeding the catalog first when it is empty).
+Status SetUpStripeCatalog(Ledger* ledger, http::StripeApi* stripe,
+                          const StripeSetupOptions& options, StripeSetupReport* report);
+
+struct StripeSetupRunOptions {
+  std::string data_dir;
+  http::StripeClientOptions stripe;  // api_base, secret_key (from STRIPE_SECRET_KEY)
+  StripeSetupOptions setup;
+};
+
+// Opens `data_dir` for writing (created if missing), builds the HTTP client and runs
+// SetUpStripeCatalog. Errors: kInvalidArgument (no key, bad base URL), kIOError/kUnavailable
+// (the directory is locked by a running ledgerd, or storage failed), Stripe's errors
+// (kBadGateway, kUnavailable; see http/stripe_client.h).
+Status RunStripeSetup(const StripeSetupRunOptions& options, StripeSetupReport* report);
+
+// Human-readable summary, one line per plan and a total line.
+std::string FormatStripeSetupReport(const StripeSetupReport& report, bool dry_run);
+
+}  // namespace ledger::tools

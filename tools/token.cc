@@ -1,0 +1,72 @@
+#include "tools/token.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include "http/jwt.h"
+
+namespace ledger::tools {
+
+std::string TokenClaimsJson(const TokenOptions& options) {
+  rapidjson::StringBuffer buf;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+  w.StartObject();
+  w.Key("sub");
+  w.String(options.subject);
+  if (!options.email.empty()) {
+    w.Key("email");
+    w.String(options.email);
+  }
+  if (!options.issuer.empty()) {
+    w.Key("iss");
+    w.String(options.issuer);
+  }
+  if (!options.audience.empty()) {
+    w.Key("aud");
+    w.String(options.audience);
+  }
+  w.Key("iat");
+  w.Int64(options.issued_at_s);
+  w.Key("exp");
+  w.Int64(options.issued_at_s + options.ttl_seconds);
+  w.Key("realm_access");
+  w.StartObject();
+  w.Key("roles");
+  w.StartArray();
+  for (const std::string& role : options.roles) w.String(role);
+  if (options.admin) w.String(options.admin_role);
+  w.EndArray();
+  w.EndObject();
+  w.EndObject();
+  return std::string(buf.GetString(), buf.GetSize());
+}
+
+Status MintHs256Token(const TokenOptions& options, const std::string& secret, std::string* token) {
+  if (options.subject.empty()) return Status::InvalidArgument("bad_token", "--sub is required");
+  if (secret.empty()) return Status::InvalidArgument("bad_token", "the HS256 secret is empty");
+  if (options.ttl_seconds <= 0) return Status::InvalidArgument("bad_token", "--ttl must be > 0");
+  if (options.admin && options.admin_role.empty()) {
+    return Status::InvalidArgument("bad_token", "the admin role name is empty");
+  }
+  *token = http::SignHs256(TokenClaimsJson(options), secret);
+  return Status::OK();
+}
+
+Status ReadSecretFile(const std::string& path, std::string* secret) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) {
+    return Status::NotFound(path + " does not exist (start ledgerd in dev mode once, or pass "
+                                   "--secret / LEDGER_JWT_HS256_SECRET)");
+  }
+  std::ifstream in(path);
+  if (!in) return Status::IOError("cannot read " + path);
+  std::getline(in, *secret);
+  if (!secret->empty() && secret->back() == '\r') secret->pop_back();
+  if (secret->empty()) return Status::Make(Code::kCorruption, "corruption", path + " is empty");
+  return Status::OK();
+}
+
+}  // namespace ledger::tools

@@ -1,0 +1,188 @@
+#include "tools/verify.h"
+
+#include <algorithm>
+#include <memory>
+#include <string_view>
+
+#include "events/event.h"
+#include "tools/progress.h"
+#include "tools/store.h"
+#include "tools/wal_scan.h"
+
+namespace ledger::tools {
+
+namespace {
+
+constexpr size_t kHashBytes = 32;
+
+std::string Str(Position p) { return std::to_string(p.value()); }
+
+std::string ShortHex(const Hash& hash) { return HexEncode(hash).substr(0, 16); }
+
+Hash StoredHash(std::string_view stored) {
+  Hash hash{};
+  std::copy(stored.end() - kHashBytes, stored.end(), hash.begin());
+  return hash;
+}
+
+Status Fail(VerifyReport* report, Position position, std::string reason) {
+  report->failed_position = position;
+  report->reason = std::move(reason);
+  return Status::Corruption("position " + Str(position) + ": " + report->reason);
+}
+
+// The hash stored with position `p` (the link target of p + 1).
+Status ReadStoredHash(const Ledger& ledger, Position p, VerifyReport* report, Hash* out) {
+  bool found = false;
+  Status scan = ledger.ScanRaw(p, p, [&](Position key, std::string_view stored) {
+    if (key == p && stored.size() >= 2 * kHashBytes) {
+      *out = StoredHash(stored);
+      found = true;
+    }
+    return false;
+  });
+  if (scan.IsCorruption()) return Fail(report, p, "RocksDB cannot read it: " + scan.message());
+  LEDGER_RETURN_IF_ERROR(scan);
+  if (!found) return Fail(report, p, "missing (needed to link position " + Str(Next(p)) + ")");
+  return Status::OK();
+}
+
+// Checks one stored record at key position `key`, expected to link to `prev`. Returns the reason
+// it fails, or an empty string.
+std::string CheckRecord(Position key, std::string_view stored, const Hash& prev, Event* event) {
+  Status decoded = DecodeEvent(stored, event);
+  if (!decoded.ok()) return "undecodable record (" + decoded.message() + ")";
+  if (event->position != key) {
+    return "the record says position " + Str(event->position) + " under key " + Str(key);
+  }
+  if (!VerifyEventHash(stored)) {
+    Hash computed = Sha256(stored.substr(0, stored.size() - kHashBytes));
+    return "hash mismatch: the stored bytes were altered (stored hash " + ShortHex(event->hash) +
+           "..., computed " + ShortHex(computed) + "...)";
+  }
+  if (event->prev_hash != prev) {
+    return "prev_hash " + ShortHex(event->prev_hash) + "... does not link to position " +
+           Str(Position(key.value() - 1)) + " (hash " + ShortHex(prev) + "...)";
+  }
+  return {};
+}
+
+// Pass 2: re-read [from, to] with RocksDB block checksums on.
+Status CheckBlockChecksums(const VerifyOptions& options, VerifyReport* report) {
+  std::unique_ptr<Ledger> ledger;
+  Status s = OpenReadOnly({options.data_dir, {}, /*verify_checksums=*/true}, &ledger);
+  if (s.IsCorruption()) {
+    // The open reads the last table block of the events to check the head.
+    return Fail(report, report->head,
+                "RocksDB block checksum mismatch in the table block holding the chain head (the "
+                "events' own hashes verify): " +
+                    s.message());
+  }
+  LEDGER_RETURN_IF_ERROR(s);
+  Progress meter(options.progress, "verify (block checksums)",
+                 report->to.value() - report->from.value() + 1);
+  Position expected = report->from;
+  uint64_t done = 0;
+  Status scan = ledger->ScanRaw(report->from, report->to, [&](Position key, std::string_view) {
+    expected = Next(key);
+    meter.Update(++done);
+    return true;
+  });
+  meter.Finish(done);
+  if (scan.IsCorruption()) {
+    return Fail(report, expected,
+                "RocksDB block checksum mismatch in the table block holding it (the events' own "
+                "hashes verify): " +
+                    scan.message());
+  }
+  return scan;
+}
+
+// The store did not open. A damaged write-ahead log record stops RocksDB's recovery (the ledger
+// opens with kTolerateCorruptedTailRecords); look for the damaged event ourselves.
+Status ExplainOpenFailure(const VerifyOptions& options, const Status& open_status,
+                          VerifyReport* report) {
+  if (!open_status.IsCorruption()) return open_status;
+  WalFinding finding;
+  Status scan = FindDamagedEventInWal(options.data_dir, &finding);
+  if (scan.ok() && finding.found) {
+    return Fail(report, finding.position,
+                finding.reason + " in write-ahead log " + finding.file +
+                    "; RocksDB refuses to open the store: " + open_status.message());
+  }
+  return Status::IOError("RocksDB cannot open the store: " + open_status.message());
+}
+
+}  // namespace
+
+Status VerifyChain(const Ledger& ledger, Position from, Position to, std::ostream* progress,
+                   VerifyReport* report) {
+  report->head = ledger.Head();
+  report->head_hash = ledger.HeadHash();
+  if (from.value() == 0) from = Position(1);
+  if (to.value() == 0) to = report->head;
+  report->from = from;
+  report->to = to;
+  if (to.value() == 0) return Status::OK();  // an empty log verifies
+  if (from > to) {
+    return Status::InvalidArgument(
+        "bad_range", "range " + Str(from) + ".." + Str(to) + " is empty (the chain head is " +
+                         Str(report->head) + ")");
+  }
+
+  Hash prev{};
+  if (from.value() > 1) {
+    LEDGER_RETURN_IF_ERROR(ReadStoredHash(ledger, Position(from.value() - 1), report, &prev));
+  }
+  Progress meter(progress, "verify", to.value() - from.value() + 1);
+  Position expected = from;
+  Status failure;
+  Event event;
+  Status scan = ledger.ScanRaw(from, to, [&](Position key, std::string_view stored) {
+    if (key != expected) {
+      failure = Fail(report, expected, "missing: the next stored position is " + Str(key));
+      return false;
+    }
+    std::string reason = CheckRecord(key, stored, prev, &event);
+    if (!reason.empty()) {
+      failure = Fail(report, key, std::move(reason));
+      return false;
+    }
+    prev = event.hash;
+    expected = Next(expected);
+    meter.Update(++report->events_checked);
+    return true;
+  });
+  meter.Finish(report->events_checked);
+  LEDGER_RETURN_IF_ERROR(failure);
+  if (scan.IsCorruption()) {
+    return Fail(report, expected, "RocksDB cannot read it: " + scan.message());
+  }
+  LEDGER_RETURN_IF_ERROR(scan);
+  if (expected <= to) {
+    return Fail(report, expected,
+                expected > report->head
+                    ? "missing: the log ends at position " + Str(report->head)
+                    : "missing");
+  }
+  report->last_hash = prev;
+  if (to == report->head && prev != report->head_hash) {
+    return Fail(report, to,
+                "its hash " + ShortHex(prev) + "... differs from the chain head record " +
+                    ShortHex(report->head_hash) + "...");
+  }
+  return Status::OK();
+}
+
+Status VerifyLog(const VerifyOptions& options, VerifyReport* report) {
+  *report = VerifyReport{};
+  std::unique_ptr<Ledger> ledger;
+  Status s = OpenReadOnly({options.data_dir, {}, /*verify_checksums=*/false}, &ledger);
+  if (!s.ok()) return ExplainOpenFailure(options, s, report);
+  LEDGER_RETURN_IF_ERROR(VerifyChain(*ledger, options.from, options.to, options.progress, report));
+  ledger.reset();
+  if (!options.block_checksums || report->events_checked == 0) return Status::OK();
+  return CheckBlockChecksums(options, report);
+}
+
+}  // namespace ledger::tools
