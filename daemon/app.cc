@@ -9,11 +9,15 @@
 #include "events/ledger.h"
 #include "events/outbox.h"
 #include "http/auth.h"
+#include "http/lago_client.h"
+#include "http/lago_signature.h"
+#include "http/lago_sink.h"
 #include "http/routes.h"
 #include "http/server.h"
 #include "http/stripe_client.h"
 #include "projections/plan_catalog.h"
 #include "projections/registry.h"
+#include "projections/usage.h"
 
 namespace ledger::daemon {
 
@@ -45,10 +49,15 @@ class App::Impl {
   std::unique_ptr<Ledger> ledger_;
   std::unique_ptr<EmbeddedKafka> embedded_kafka_;
   std::unique_ptr<KafkaOutbox> outbox_;
+  uint64_t outbox_listener_ = 0;  // Ledger::AddCommitListener id
   std::string kafka_bootstrap_;
   std::unique_ptr<http::Authenticator> authenticator_;
   std::unique_ptr<http::HttpStripeClient> stripe_;  // outlives server_
+  std::unique_ptr<http::HttpLagoClient> lago_client_;  // outlives lago_sink_
+  std::unique_ptr<http::LagoSink> lago_sink_;
+  uint64_t lago_listener_ = 0;  // Ledger::AddCommitListener id
   http::RequestMetrics request_metrics_;
+  projections::UsageMeter usage_meter_;  // the usage routes' access cache and counters
   http::AppContext context_;
   std::unique_ptr<http::HttpServer> server_;
   bool stopped_ = false;
@@ -58,6 +67,7 @@ class App::Impl {
   Status StartKafka();
   Status BuildAuthenticator();
   Status BuildStripeClient();
+  Status ConfigureLago();
   Status StartHttp();
 };
 
@@ -97,7 +107,7 @@ Status App::Impl::StartKafka() {
   options.topic = config_.kafka_topic;
   LEDGER_RETURN_IF_ERROR(KafkaOutbox::Open(options, ledger_.get(), &outbox_));
   KafkaOutbox* outbox = outbox_.get();
-  ledger_->SetCommitListener([outbox](Position) { outbox->Notify(); });
+  outbox_listener_ = ledger_->AddCommitListener([outbox](Position) { outbox->Notify(); });
   return outbox_->Start();
 }
 
@@ -152,10 +162,72 @@ Status App::Impl::BuildStripeClient() {
   return Status::OK();
 }
 
+// Lago: the webhook keys for POST /api/v1/webhooks/lago, and the sink (started here, after the
+// ledger and before HTTP; stopped after HTTP and before the ledger closes) when LAGO_API_URL and
+// LAGO_API_KEY are both set.
+Status App::Impl::ConfigureLago() {
+  context_.lago_webhook_hmac_key = config_.lago_webhook_hmac_key;
+  context_.lago_webhook_issuer =
+      config_.lago_webhook_issuer.empty() ? config_.lago_api_url : config_.lago_webhook_issuer;
+  if (!config_.lago_webhook_public_key_file.empty()) {
+    std::string contents;
+    LEDGER_RETURN_IF_ERROR(ReadFile(config_.lago_webhook_public_key_file, &contents));
+    LEDGER_RETURN_IF_ERROR(AsConfigError(
+        "LAGO_WEBHOOK_PUBLIC_KEY_FILE",
+        http::LoadLagoPublicKey(contents, &context_.lago_webhook_public_key_pem)));
+  }
+  spdlog::info("lago webhooks: hmac {}, jwt {} (iss checked: {})",
+               config_.lago_webhook_hmac_key.empty() ? "off" : "on",
+               config_.lago_webhook_public_key_file.empty() ? "off" : "on",
+               context_.lago_webhook_issuer.empty() ? "no" : context_.lago_webhook_issuer);
+  if (!config_.LagoSinkEnabled()) {
+    if (!config_.lago_api_url.empty()) {
+      spdlog::warn("lago sink: LAGO_API_URL is set but LAGO_API_KEY is not; usage is not sent "
+                   "to Lago");
+    }
+    context_.sink_statuses.push_back([] {
+      http::SinkStatus status;
+      status.name = "lago";
+      return status;
+    });
+    return Status::OK();
+  }
+  http::LagoClientOptions client_options;
+  client_options.api_url = config_.lago_api_url;
+  client_options.api_key = config_.lago_api_key;
+  LEDGER_RETURN_IF_ERROR(
+      AsConfigError("LAGO_API_URL", http::HttpLagoClient::Create(client_options, &lago_client_)));
+  http::LagoSinkOptions options;
+  options.billable_metric_code = config_.lago_billable_metric_code;
+  LEDGER_RETURN_IF_ERROR(
+      http::LagoSink::Open(options, ledger_.get(), lago_client_.get(), &lago_sink_));
+  http::LagoSink* sink = lago_sink_.get();
+  lago_listener_ = ledger_->AddCommitListener([sink](Position) { sink->Notify(); });
+  LEDGER_RETURN_IF_ERROR(lago_sink_->Start());
+  context_.sink_statuses.push_back([sink] {
+    http::LagoSinkStatus s = sink->GetStatus();
+    http::SinkStatus status;
+    status.name = "lago";
+    status.enabled = true;
+    status.state = s.state;
+    status.checkpoint_position = s.checkpoint.value();
+    status.lag_events = s.lag;
+    status.last_error = s.last_error;
+    return status;
+  });
+  context_.metrics_renderers.push_back([sink](std::string* out) { sink->RenderMetrics(out); });
+  spdlog::info("lago sink: sending usage to {} as billable metric {}", config_.lago_api_url,
+               config_.lago_billable_metric_code);
+  return Status::OK();
+}
+
 Status App::Impl::StartHttp() {
   context_.ledger = ledger_.get();
   context_.clock = clock_;
   context_.request_metrics = &request_metrics_;
+  context_.usage_meter = &usage_meter_;
+  context_.metrics_renderers.push_back(
+      [meter = &usage_meter_](std::string* out) { meter->RenderMetrics(out); });
   LEDGER_RETURN_IF_ERROR(BuildStripeClient());
   if (outbox_ != nullptr) {
     KafkaOutbox* outbox = outbox_.get();
@@ -195,6 +267,7 @@ Status App::Impl::Start(const Config& config, const Clock* clock) {
   LEDGER_RETURN_IF_ERROR(BuildAuthenticator());
   LEDGER_RETURN_IF_ERROR(OpenLedger());
   LEDGER_RETURN_IF_ERROR(StartKafka());
+  LEDGER_RETURN_IF_ERROR(ConfigureLago());
   return StartHttp();
 }
 
@@ -203,18 +276,25 @@ Status App::Impl::Stop(std::chrono::milliseconds outbox_flush_timeout) {
   stopped_ = true;
   if (server_ != nullptr) server_->Stop();
   Status result;
+  if (lago_sink_ != nullptr) {
+    Status s = lago_sink_->Stop(outbox_flush_timeout);
+    if (!s.ok()) spdlog::warn("lago sink stopped with usage unsent: {}", s.ToString());
+    ledger_->RemoveCommitListener(lago_listener_);
+  }
   if (outbox_ != nullptr) {
     Status s = outbox_->Stop(outbox_flush_timeout);
     if (!s.ok()) spdlog::warn("outbox stopped with events unpublished: {}", s.ToString());
     OutboxStatus status = outbox_->GetStatus();
     spdlog::info("outbox stopped at position {} (lag {})", status.checkpoint.value(), status.lag);
-    ledger_->SetCommitListener(nullptr);
+    ledger_->RemoveCommitListener(outbox_listener_);
   }
   if (ledger_ != nullptr) {
     result = ledger_->Flush();
     if (!result.ok()) spdlog::error("flush at shutdown failed: {}", result.ToString());
   }
   outbox_.reset();
+  lago_sink_.reset();
+  lago_client_.reset();
   embedded_kafka_.reset();
   server_.reset();
   stripe_.reset();

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -88,6 +89,31 @@ bool IsValidTopic(const std::string& topic) {
          std::string::npos;
 }
 
+// A URL with a host: scheme://host[:port][/path], nothing after '?' or '#'.
+bool IsHttpUrlWithHost(const std::string& url) {
+  if (!IsHttpUrl(url)) return false;
+  const std::string rest = url.substr(url.find("://") + 3);
+  const std::string host = rest.substr(0, rest.find('/'));
+  return !host.empty() && host.find_first_of("?#@ ") == std::string::npos &&
+         rest.find_first_of("?# ") == std::string::npos;
+}
+
+Status ValidateLago(const Config& config) {
+  if (!config.lago_api_url.empty() && !IsHttpUrlWithHost(config.lago_api_url)) {
+    return Bad("LAGO_API_URL", "must be an http:// or https:// URL with a host");
+  }
+  if (!config.lago_api_key.empty() && config.lago_api_url.empty()) {
+    return Bad("LAGO_API_KEY", "is set but LAGO_API_URL is not: the Lago sink needs both");
+  }
+  const std::string& code = config.lago_billable_metric_code;
+  if (code.empty() || code.size() > 255 ||
+      std::any_of(code.begin(), code.end(),
+                  [](char c) { return static_cast<unsigned char>(c) <= ' ' || c == 0x7f; })) {
+    return Bad("LAGO_BILLABLE_METRIC_CODE", "must be 1..255 visible characters");
+  }
+  return Status::OK();
+}
+
 Status Validate(Config* config, const std::string& listen, const std::string& service_tokens,
                 const std::string& webhook_secrets) {
   LEDGER_RETURN_IF_ERROR(ParseListen(listen, config));
@@ -126,6 +152,7 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
     return Bad("LAGO_WEBHOOK_PUBLIC_KEY_FILE",
                "cannot read '" + config->lago_webhook_public_key_file + "'");
   }
+  LEDGER_RETURN_IF_ERROR(ValidateLago(*config));
   if (config->master_key_file.empty()) {
     config->master_key_file = config->data_dir + "/master.key";
   }
@@ -149,7 +176,15 @@ std::string Config::Describe() const {
          " kafka=" + kafka_brokers + " topic=" + kafka_topic + " auth=" + auth +
          " service_tokens=" + std::to_string(service_tokens.size()) +
          " stripe=" + (stripe_secret_key.empty() ? "off" : "on (" + stripe_api_base + ")") +
-         " stripe_webhook_secrets=" + std::to_string(stripe_webhook_secrets.size());
+         " stripe_webhook_secrets=" + std::to_string(stripe_webhook_secrets.size()) +
+         " lago_sink=" +
+         (LagoSinkEnabled() ? "on (" + lago_api_url + ", code " + lago_billable_metric_code + ")"
+                            : "off") +
+         " lago_webhook=" +
+         (lago_webhook_hmac_key.empty() && lago_webhook_public_key_file.empty()
+              ? std::string("off")
+              : std::string(lago_webhook_hmac_key.empty() ? "" : "hmac ") +
+                    (lago_webhook_public_key_file.empty() ? "" : "jwt"));
 }
 
 ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
@@ -190,6 +225,15 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
       ->envname("LAGO_WEBHOOK_HMAC_KEY");
   app.add_option("--lago-webhook-public-key-file", config->lago_webhook_public_key_file)
       ->envname("LAGO_WEBHOOK_PUBLIC_KEY_FILE");
+  app.add_option("--lago-webhook-issuer", config->lago_webhook_issuer,
+                 "iss of jwt-signed Lago webhooks (default LAGO_API_URL)")
+      ->envname("LAGO_WEBHOOK_ISSUER");
+  app.add_option("--lago-api-url", config->lago_api_url, "Lago API URL (enables the Lago sink)")
+      ->envname("LAGO_API_URL");
+  app.add_option("--lago-api-key", config->lago_api_key, "Lago API key")->envname("LAGO_API_KEY");
+  app.add_option("--lago-billable-metric-code", config->lago_billable_metric_code,
+                 "Lago billable metric code for usage events")
+      ->envname("LAGO_BILLABLE_METRIC_CODE");
   app.add_option("--master-key-file", config->master_key_file, "BYOK key-encryption key")
       ->envname("LEDGER_MASTER_KEY_FILE");
   app.add_option("--http-threads", config->http_threads, "HTTP worker threads (0 = auto)")

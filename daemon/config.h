@@ -42,6 +42,12 @@ struct Config {
   std::string stripe_portal_return_url;
   std::string lago_webhook_hmac_key;               // secret
   std::string lago_webhook_public_key_file;
+  // Optional `iss` that jwt-signed Lago webhooks must carry; default: lago_api_url. Lago signs
+  // with ITS OWN LAGO_API_URL, which may be a public URL other than the one ledgerd calls.
+  std::string lago_webhook_issuer;
+  std::string lago_api_url;                        // LAGO_API_URL: the sink calls it; "" = off
+  std::string lago_api_key;                        // LAGO_API_KEY (secret); "" = sink off
+  std::string lago_billable_metric_code = "api_calls";  // LAGO_BILLABLE_METRIC_CODE
   std::string master_key_file;                     // default <data_dir>/master.key
   size_t http_threads = 0;                         // 0 = automatic
   std::string log_level = "info";
@@ -49,6 +55,8 @@ struct Config {
   // True when neither an HS256 secret nor a JWKS file is configured: ledgerd then creates a
   // random HS256 secret in the data directory and `ledgerctl token` mints tokens with it.
   bool DevMode() const { return jwt_hs256_secret.empty() && jwt_jwks_file.empty(); }
+  // True when the Lago sink runs: both LAGO_API_URL and LAGO_API_KEY are set.
+  bool LagoSinkEnabled() const { return !lago_api_url.empty() && !lago_api_key.empty(); }
   // A one-line description of the active settings, without secrets.
   std::string Describe() const;
 };

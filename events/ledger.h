@@ -166,10 +166,15 @@ class Ledger {
   virtual LedgerMetrics& metrics() = 0;
   virtual size_t QueueDepth() const = 0;
 
-  // Called on the leader's thread after each committed group with the new head. Must be cheap and
-  // must not block or Submit (the outbox uses it to wake its publisher). Set before the first
-  // Submit; not thread-safe against concurrent submits.
-  virtual void SetCommitListener(std::function<void(Position)> listener) = 0;
+  // Commit listeners: each is called on the leader's thread after each committed group with the
+  // new head, in the order added. A listener must be cheap and must not block, Submit, or add or
+  // remove listeners (log consumers -- the Kafka outbox, the Lago sink -- use one to wake their
+  // thread). Add/Remove may be called from any thread at any time; once RemoveCommitListener()
+  // returns, that listener is not running and is never called again, so its captures may be
+  // destroyed. Returns an id for RemoveCommitListener (never 0).
+  virtual uint64_t AddCommitListener(std::function<void(Position)> listener) = 0;
+  // Unknown ids are ignored.
+  virtual void RemoveCommitListener(uint64_t id) = 0;
 };
 
 // Key of an idempotency record: SHA-256(scope || 0x00 || key).

@@ -19,6 +19,13 @@
 namespace ledger::http {
 
 class StripeApi;  // http/stripe_client.h
+}  // namespace ledger::http
+
+namespace ledger::projections {
+class UsageMeter;  // projections/usage.h
+}  // namespace ledger::projections
+
+namespace ledger::http {
 
 // The Kafka outbox as /readyz and /metrics report it. Filled by the outbox owner.
 struct OutboxStatus {
@@ -26,6 +33,17 @@ struct OutboxStatus {
   std::string state = "disabled";  // e.g. "disabled", "connecting", "up", "down"
   uint64_t published_position = 0;  // the outbox checkpoint: last position Kafka acknowledged
   uint64_t lag_events = 0;          // head - published_position
+};
+
+// A log consumer other than the Kafka outbox (e.g. the Lago sink), as /readyz and /metrics
+// report it. Filled by the consumer's owner.
+struct SinkStatus {
+  std::string name;                 // e.g. "lago"
+  bool enabled = false;             // false: not configured (e.g. no LAGO_API_URL/LAGO_API_KEY)
+  std::string state = "disabled";   // e.g. "disabled", "up", "down", "unauthorized", "stopped"
+  uint64_t checkpoint_position = 0;  // the consumer's checkpoint: last position fully handled
+  uint64_t lag_events = 0;          // head - checkpoint_position
+  std::string last_error;           // last failure, "" if none since start; never a secret
 };
 
 struct AppContext {
@@ -48,6 +66,19 @@ struct AppContext {
   // POST /api/v1/billing/webhooks/stripe verifies against, with `clock` as "now" (nullptr =
   // system clock). Empty = the webhook answers 503 "stripe_webhook_not_configured".
   std::vector<std::string> stripe_webhook_secrets;
+  // POST /api/v1/webhooks/lago (http/lago_webhook_routes.cc): LAGO_WEBHOOK_HMAC_KEY (hmac mode),
+  // Lago's RSA public key as SubjectPublicKeyInfo PEM (jwt mode; LoadLagoPublicKey() of
+  // LAGO_WEBHOOK_PUBLIC_KEY_FILE), and the `iss` jwt deliveries must carry (LAGO_WEBHOOK_ISSUER,
+  // else LAGO_API_URL; empty = not checked). No key at all = 503 "lago_webhook_not_configured".
+  std::string lago_webhook_hmac_key;
+  std::string lago_webhook_public_key_pem;
+  std::string lago_webhook_issuer;
+  // Log consumers besides the outbox (the Lago sink), reported under "sinks" by /readyz. Called
+  // on /readyz requests: must be cheap and thread-safe. Their counters go to metrics_renderers.
+  std::vector<std::function<SinkStatus()>> sink_statuses;
+  // Usage metering's shared state (the writer's access cache and the ledger_usage_* counters);
+  // not owned. Null: the usage routes make their own, and its counters are not on /metrics.
+  projections::UsageMeter* usage_meter = nullptr;
 };
 
 }  // namespace ledger::http

@@ -28,4 +28,10 @@ inline constexpr size_t kServerThreadsMax = 4096;
 // Query parameters of GET /api/v1/events.
 inline constexpr size_t kQueryValueBytesMax = 512;
 
+// X-Lago-Signature in jwt mode: the token embeds the whole webhook payload (a JSON string claim,
+// then base64url), so it is bounded by the payload limit, not by kAuthorizationBytesMax.
+inline constexpr size_t kLagoSignatureBytesMax = 2 << 20;
+// LAGO_WEBHOOK_PUBLIC_KEY_FILE read at start.
+inline constexpr size_t kLagoPublicKeyFileBytesMax = 64 * 1024;
+
 }  // namespace ledger::http::limits

@@ -16,6 +16,36 @@ OutboxStatus CurrentOutbox(const AppContext& context) {
   return context.outbox_status();
 }
 
+// "sinks": {"<name>": {enabled, state, checkpoint_position, lag, last_error}} for every log
+// consumer besides the outbox (the Lago sink). Like the outbox, reported, not judged.
+void WriteSinks(const AppContext& context, rapidjson::Writer<rapidjson::StringBuffer>* w) {
+  w->Key("sinks");
+  w->StartObject();
+  for (const auto& current : context.sink_statuses) {
+    if (!current) continue;
+    const SinkStatus sink = current();
+    w->Key(sink.name.c_str(), static_cast<rapidjson::SizeType>(sink.name.size()));
+    w->StartObject();
+    w->Key("enabled");
+    w->Bool(sink.enabled);
+    w->Key("state");
+    w->String(sink.state.c_str(), static_cast<rapidjson::SizeType>(sink.state.size()));
+    w->Key("checkpoint_position");
+    w->Uint64(sink.checkpoint_position);
+    w->Key("lag");
+    w->Uint64(sink.lag_events);
+    w->Key("last_error");
+    if (sink.last_error.empty()) {
+      w->Null();
+    } else {
+      w->String(sink.last_error.c_str(),
+                static_cast<rapidjson::SizeType>(sink.last_error.size()));
+    }
+    w->EndObject();
+  }
+  w->EndObject();
+}
+
 // 200 when the store is open and writable; 503 otherwise. A Kafka outage does not make the
 // service unready: appends go on and the outbox catches up (ARCHITECTURE.md), so the outbox is
 // reported, not judged.
@@ -49,6 +79,7 @@ void Readyz(const AppContext& context, httplib::Response& res) {
   w.Key("lag");
   w.Uint64(outbox.lag_events);
   w.EndObject();
+  WriteSinks(context, &w);
   w.EndObject();
   std::string body(buf.GetString(), buf.GetSize());
   if (open) {

@@ -8,7 +8,9 @@ void AddAllRoutes(const AppContext& context, RouteTable* routes) {
   AddPlanRoutes(context, routes);
   AddBillingRoutes(context, routes);
   AddStripeWebhookRoutes(context, routes);
+  AddLagoWebhookRoutes(context, routes);
   AddSubscriptionAccessRoutes(context, routes);
+  AddUsageRoutes(context, routes);
 }
 
 }  // namespace ledger::http

@@ -35,6 +35,17 @@ void AddStripeWebhookRoutes(const AppContext& context, RouteTable* routes);
 // {user_id} (admin), GET /api/v1/billing/subscription-status (user). subscription_access_routes.cc.
 void AddSubscriptionAccessRoutes(const AppContext& context, RouteTable* routes);
 
+// POST /api/v1/webhooks/lago (policy signature): X-Lago-Signature verified over the raw body in
+// hmac or jwt mode with context.lago_webhook_*, deduplicated on X-Lago-Unique-Key, appended with
+// the invoice/subscription state derived from it (projections/lago.h). lago_webhook_routes.cc.
+void AddLagoWebhookRoutes(const AppContext& context, RouteTable* routes);
+
+// Usage metering (projections/usage.h): POST /api/v1/usage/consume (user for itself, or
+// service), POST /api/v1/usage/events (service), GET /api/v1/usage/summary (user),
+// POST /api/v1/admin/subscriptions/{email}/reset-usage (admin). usage_routes.cc. Uses
+// context.usage_meter when set (else a meter of its own, not on /metrics).
+void AddUsageRoutes(const AppContext& context, RouteTable* routes);
+
 // Every route of the service. routes.cc: add your resource's call there.
 void AddAllRoutes(const AppContext& context, RouteTable* routes);
 

@@ -10,8 +10,10 @@
 // check-access then says {"allowed":false,"reason":"no_subscription"}. A user naming another
 // user's id on check-access gets 404 (CONTRACT.md §2: another user's objects are not found).
 //
-// my-access reports the plan's quota as {"limit","window"} only: usage counters belong to the
-// metering routes (/api/v1/usage), which report used/remaining themselves.
+// my-access (and admin user-access) report the plan's quota with the current window's usage
+// (projections/usage.h GetCurrentUsage): "quota": {"limit", "window", "used", "remaining",
+// "window_start", "window_end", "window_kind"} — limit/remaining null when unlimited; remaining
+// includes a trial's total cap and is 0 once the trial has ended.
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
@@ -22,6 +24,7 @@
 #include "http/routes.h"
 #include "projections/limits.h"
 #include "projections/subscriptions.h"
+#include "projections/usage.h"
 
 namespace ledger::http {
 
@@ -125,7 +128,7 @@ void WriteInvoice(JsonWriter* w, const std::optional<pj::InvoiceRecord>& invoice
 }
 
 // What my-access (and admin user-access) says about a user.
-std::string AccessJson(const pj::UserAccess& access) {
+std::string AccessJson(const pj::UserAccess& access, const pj::CurrentUsage& usage) {
   const pj::UserSubscription& sub = access.subscription;
   const bool usable = access.access != pj::AccessLevel::kNone;
   rapidjson::StringBuffer buf;
@@ -174,6 +177,16 @@ std::string AccessJson(const pj::UserAccess& access) {
     } else {
       Str(&w, pj::LimitWindowName(access.plan->limit_window));
     }
+    w.Key("used");
+    w.Int64(usage.used);
+    w.Key("remaining");
+    OptInt(&w, usage.remaining);
+    w.Key("window_start");
+    Str(&w, pj::FormatRfc3339Seconds(usage.terms.window.start_s));
+    w.Key("window_end");
+    Str(&w, pj::FormatRfc3339Seconds(usage.terms.window.end_s));
+    w.Key("window_kind");
+    Str(&w, pj::WindowKindName(usage.terms.window.kind));
     w.EndObject();
   } else {
     w.Null();
@@ -235,32 +248,38 @@ bool ValidUserId(std::string_view id) {
          id.find('/') == std::string_view::npos;
 }
 
-void WriteAccess(Ledger* ledger, std::string_view user_id, httplib::Response& res) {
+void WriteAccess(Ledger* ledger, const Clock* clock, std::string_view user_id,
+                 httplib::Response& res) {
   std::unique_ptr<ReadView> view = ledger->Snapshot();
-  pj::UserAccess access;
-  Status s = pj::GetUserAccess(*view, user_id, &access);
+  pj::MeteringSubject subject;
+  Status s = pj::GetUserAccess(*view, user_id, &subject.access);
+  pj::CurrentUsage usage;
+  if (s.ok()) {
+    const int64_t now_us = (clock != nullptr ? clock : SystemClock::Default())->NowMicros();
+    s = pj::GetCurrentUsage(*view, subject, user_id, now_us / 1'000'000, &usage);
+  }
   if (!s.ok()) {
     WriteStatusProblem(s, &res);
     return;
   }
-  WriteJsonAt(200, AccessJson(access), view->position(), &res);
+  WriteJsonAt(200, AccessJson(subject.access, usage), view->position(), &res);
 }
 
-void MyAccess(Ledger* ledger, const httplib::Request&, httplib::Response& res,
+void MyAccess(Ledger* ledger, const Clock* clock, const httplib::Request&, httplib::Response& res,
               const Identity& identity) {
   if (!RequireLedger(ledger, res)) return;
-  WriteAccess(ledger, identity.subject, res);
+  WriteAccess(ledger, clock, identity.subject, res);
 }
 
-void AdminUserAccess(Ledger* ledger, const httplib::Request& req, httplib::Response& res,
-                     const Identity&) {
+void AdminUserAccess(Ledger* ledger, const Clock* clock, const httplib::Request& req,
+                     httplib::Response& res, const Identity&) {
   if (!RequireLedger(ledger, res)) return;
   const std::string user_id = req.matches[1].str();
   if (!ValidUserId(user_id)) {
     WriteProblem(400, "invalid_parameter", "user_id: 1 to 255 characters without '/'", &res);
     return;
   }
-  WriteAccess(ledger, user_id, res);
+  WriteAccess(ledger, clock, user_id, res);
 }
 
 // Whose access check-access answers: a service names the user; a user is always itself.
@@ -351,10 +370,18 @@ void AddSubscriptionAccessRoutes(const AppContext& context, RouteTable* routes) 
     return [ledger, handler](const httplib::Request& req, httplib::Response& res,
                              const Identity& identity) { handler(ledger, req, res, identity); };
   };
-  routes->Add("GET", kMyAccessPath, kMyAccessPath, Policy::kUser, bind(MyAccess));
+  const Clock* clock = context.clock;
+  auto bind_clock = [ledger, clock](auto handler) {
+    return [ledger, clock, handler](const httplib::Request& req, httplib::Response& res,
+                                    const Identity& identity) {
+      handler(ledger, clock, req, res, identity);
+    };
+  };
+  routes->Add("GET", kMyAccessPath, kMyAccessPath, Policy::kUser, bind_clock(MyAccess));
   routes->Add("POST", kCheckAccessPattern, kCheckAccessName, Policy::kUserOrService,
               bind(CheckAccess));
-  routes->Add("GET", kUserAccessPattern, kUserAccessName, Policy::kAdmin, bind(AdminUserAccess));
+  routes->Add("GET", kUserAccessPattern, kUserAccessName, Policy::kAdmin,
+              bind_clock(AdminUserAccess));
   routes->Add("GET", kStatusPath, kStatusPath, Policy::kUser, bind(GetSubscriptionStatus));
 }
 

@@ -3,6 +3,9 @@
 #include <unordered_set>
 
 #include <rapidjson/error/en.h>
+#include <rapidjson/reader.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
 
 namespace ledger::projections {
 
@@ -60,7 +63,101 @@ Status CheckMembers(const rapidjson::Value& v, int depth) {
   return Status::OK();
 }
 
+using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
+
+// SAX filter: copies the document to a Writer, numbers as their source text, and writes
+// "[redacted]" in place of the value (scalar or whole subtree) of any secret-named member.
+class RedactingHandler {
+ public:
+  RedactingHandler(JsonWriter* writer, const std::function<bool(std::string_view)>& is_secret)
+      : w_(writer), is_secret_(is_secret) {}
+
+  bool Null() { return Scalar([&] { return w_->Null(); }, /*is_null=*/true); }
+  bool Bool(bool b) { return Scalar([&] { return w_->Bool(b); }); }
+  bool Int(int) { return false; }  // numbers arrive as RawNumber (kParseNumbersAsStringsFlag)
+  bool Uint(unsigned) { return false; }
+  bool Int64(int64_t) { return false; }
+  bool Uint64(uint64_t) { return false; }
+  bool Double(double) { return false; }
+  bool RawNumber(const char* str, rapidjson::SizeType length, bool) {
+    return Scalar([&] { return w_->RawValue(str, length, rapidjson::kNumberType); });
+  }
+  bool String(const char* str, rapidjson::SizeType length, bool) {
+    return Scalar([&] { return w_->String(str, length); });
+  }
+  bool StartObject() { return Open([&] { return w_->StartObject(); }); }
+  bool Key(const char* str, rapidjson::SizeType length, bool) {
+    if (skip_depth_ > 0) return true;
+    redact_next_ = is_secret_(std::string_view(str, length));
+    return w_->Key(str, length);
+  }
+  bool EndObject(rapidjson::SizeType) { return Close([&] { return w_->EndObject(); }); }
+  bool StartArray() { return Open([&] { return w_->StartArray(); }); }
+  bool EndArray(rapidjson::SizeType) { return Close([&] { return w_->EndArray(); }); }
+
+ private:
+  bool Redacted() {
+    redact_next_ = false;
+    return w_->String(kRedactedValue.data(),
+                      static_cast<rapidjson::SizeType>(kRedactedValue.size()));
+  }
+  template <typename F>
+  bool Scalar(F write, bool is_null = false) {
+    if (skip_depth_ > 0) return true;
+    if (redact_next_ && !is_null) return Redacted();
+    redact_next_ = false;
+    return write();
+  }
+  template <typename F>
+  bool Open(F write) {
+    if (skip_depth_ > 0) {
+      ++skip_depth_;
+      return true;
+    }
+    if (redact_next_) {
+      skip_depth_ = 1;
+      return Redacted();
+    }
+    return write();
+  }
+  template <typename F>
+  bool Close(F write) {
+    if (skip_depth_ > 0) {
+      --skip_depth_;
+      return true;
+    }
+    return write();
+  }
+
+  JsonWriter* w_;
+  const std::function<bool(std::string_view)>& is_secret_;
+  bool redact_next_ = false;
+  int skip_depth_ = 0;
+};
+
 }  // namespace
+
+Status RedactJsonSecrets(std::string_view raw,
+                         const std::function<bool(std::string_view)>& is_secret,
+                         std::string* out) {
+  rapidjson::StringBuffer buf;
+  JsonWriter writer(buf);
+  RedactingHandler handler(&writer, is_secret);
+  rapidjson::Reader reader;
+  rapidjson::MemoryStream stream(raw.data(), raw.size());
+  constexpr unsigned kFlags = rapidjson::kParseValidateEncodingFlag |
+                              rapidjson::kParseIterativeFlag |
+                              rapidjson::kParseNumbersAsStringsFlag;
+  rapidjson::ParseResult result = reader.Parse<kFlags>(stream, handler);
+  if (!result) {
+    return Status::InvalidArgument("malformed_event",
+                                   std::string("not JSON at offset ") +
+                                       std::to_string(result.Offset()) + ": " +
+                                       rapidjson::GetParseError_En(result.Code()));
+  }
+  out->assign(buf.GetString(), buf.GetSize());
+  return Status::OK();
+}
 
 bool IsValidUtf8(std::string_view s) {
   for (size_t i = 0; i < s.size();) {

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -31,6 +32,18 @@ std::string Truncated(std::string_view s, size_t bytes_max = 64);
 // object, not valid UTF-8, nested deeper than kJsonDepthMax or has an object with a duplicate
 // member name.
 Status ParseJsonObject(std::string_view text, rapidjson::Document* doc);
+
+// Written in place of a redacted secret by RedactJsonSecrets.
+inline constexpr std::string_view kRedactedValue = "[redacted]";
+
+// Re-serializes the JSON text `raw` compactly, numbers and strings exactly as received, except
+// that the value (a scalar or a whole subtree) of every object member whose name `is_secret`
+// accepts, at any depth, becomes "[redacted]" (a null stays null). Used to store webhook
+// deliveries verbatim without the secrets they may carry. InvalidArgument "malformed_event" when
+// `raw` is not well-formed UTF-8 JSON.
+Status RedactJsonSecrets(std::string_view raw,
+                         const std::function<bool(std::string_view)>& is_secret,
+                         std::string* out);
 
 // Typed access to the members of one JSON object. `required` means the member must be present
 // (for the Nullable forms: present, possibly null). Absent optional members leave `*out`

@@ -37,4 +37,31 @@ inline constexpr size_t kStripeTextBytesMax = 255;        // other short strings
 // ones in id order; real users have one or two).
 inline constexpr size_t kUserSubscriptionsMax = 256;
 
+// Lago webhooks and the Lago projection (projections/lago.h).
+inline constexpr size_t kLagoWebhookBytesMax = 512 * 1024;  // a delivery's raw body
+inline constexpr size_t kLagoUniqueKeyBytesMax = 255;       // X-Lago-Unique-Key (a UUID)
+inline constexpr size_t kLagoTypeBytesMax = 128;            // webhook_type, object_type
+inline constexpr size_t kLagoIdBytesMax = 255;              // lago_id, external ids, codes copied
+inline constexpr size_t kLagoTextBytesMax = 255;            // other short strings copied
+inline constexpr size_t kLagoInvoiceSubscriptionsMax = 64;  // subscription ids kept per invoice
+// Subscriptions (lago_ids) one query looks at under one external_id; plan changes add one each.
+inline constexpr size_t kLagoSubscriptionsPerExternalIdMax = 256;
+
+// Usage metering (projections/usage.h, http/usage_routes.cc).
+inline constexpr size_t kUsageBatchItemsMax = 1000;        // items of one POST /usage/events
+inline constexpr int64_t kUsageConsumeQuantityMax = 10'000;  // one consume
+inline constexpr int64_t kUsageBatchQuantityMax = 1'000'000;  // one batch item
+inline constexpr size_t kServiceIdBytesMax = 64;
+inline constexpr size_t kUsageMetadataPropertiesMax = 32;  // flat object members
+inline constexpr size_t kUsageMetadataNameBytesMax = 128;
+inline constexpr size_t kUsageMetadataValueBytesMax = 1024;  // a string value
+// A batch item's timestamp may be at most this far ahead of the writer's clock ...
+inline constexpr int64_t kUsageFutureSkewSeconds = 300;
+// ... and not before 2000-01-01.
+inline constexpr int64_t kUsageTimestampMinSeconds = 946'684'800;
+// Windows GET /api/v1/usage/summary lists (newest first).
+inline constexpr size_t kUsageSummaryWindowsMax = 100;
+// Users one reset-usage request resets (users sharing the email).
+inline constexpr size_t kUsageResetUsersMax = kUserSubscriptionsMax;
+
 }  // namespace ledger::projections::limits

@@ -1,14 +1,18 @@
 #include "projections/registry.h"
 
+#include "projections/lago.h"
 #include "projections/plan_catalog.h"
 #include "projections/subscriptions.h"
+#include "projections/usage.h"
 
 namespace ledger::projections {
 
 const std::vector<const Fold*>& AllFolds() {
   static const PlanCatalogFold plan_catalog;
   static const SubscriptionFold subscriptions;
-  static const std::vector<const Fold*> folds = {&plan_catalog, &subscriptions};
+  static const LagoFold lago;
+  static const UsageCountersFold usage;
+  static const std::vector<const Fold*> folds = {&plan_catalog, &subscriptions, &lago, &usage};
   return folds;
 }
 

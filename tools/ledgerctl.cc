@@ -15,6 +15,7 @@
 #include "events/ledger.h"
 #include "projections/registry.h"
 #include "tools/bench.h"
+#include "tools/bench_http.h"
 #include "tools/export.h"
 #include "tools/replay.h"
 #include "tools/store.h"
@@ -227,6 +228,8 @@ int RunReplay(const Globals& globals, const ReplayArgs& args) {
 struct BenchArgs {
   BenchOptions bench;
   std::string mode = "all";
+  HttpBenchOptions http;
+  CLI::App* http_command = nullptr;
 };
 
 void AddBench(CLI::App& app, BenchArgs* args) {
@@ -251,6 +254,31 @@ void AddBench(CLI::App& app, BenchArgs* args) {
       ->capture_default_str();
   sub->add_option("--rate", args->bench.rate,
                   "open-loop rate for the latency phase (default: half the single-event rate)");
+  // `ledgerctl bench http`: against a running ledgerd (tools/bench_http.h).
+  CLI::App* http = sub->add_subcommand(
+      "http", "Load a running ledgerd's POST /api/v1/usage/consume (fresh key per request)");
+  http->add_option("--url", args->http.url, "ledgerd's base URL, e.g. http://127.0.0.1:8084")
+      ->required();
+  http->add_option("--token", args->http.token, "service token (or a user's JWT)")
+      ->envname("LEDGER_BENCH_TOKEN");
+  http->add_option("--user", args->http.user_id, "user_id to consume for")->capture_default_str();
+  http->add_option("--service", args->http.service, "service to consume")->capture_default_str();
+  http->add_option("--rate", args->http.rate, "open-loop requests/s (0 = closed loop)")
+      ->capture_default_str();
+  http->add_option("--connections", args->http.connections, "keep-alive connections")
+      ->capture_default_str();
+  http->add_option("--seconds", args->http.seconds, "measured seconds")->capture_default_str();
+  http->add_option("--warmup", args->http.warmup_seconds, "warm-up seconds (not measured)")
+      ->capture_default_str();
+  args->http_command = http;
+}
+
+int RunHttpBenchCommand(const BenchArgs& args) {
+  HttpBenchResult result;
+  Status s = RunHttpBench(args.http, &result);
+  if (!s.ok()) return Fail("bench http", s);
+  std::cout << FormatHttpBenchReport(args.http, result) << std::flush;
+  return kExitOk;
 }
 
 int RunBenchCommand(const Globals& globals, BenchArgs* args) {
@@ -350,7 +378,10 @@ int Main(int argc, char** argv) {
     if (app.got_subcommand("verify")) return RunVerify(globals, verify);
     if (app.got_subcommand("export")) return RunExport(globals, export_args);
     if (app.got_subcommand("replay")) return RunReplay(globals, replay);
-    if (app.got_subcommand("bench")) return RunBenchCommand(globals, &bench);
+    if (app.got_subcommand("bench")) {
+      if (bench.http_command->parsed()) return RunHttpBenchCommand(bench);
+      return RunBenchCommand(globals, &bench);
+    }
     if (app.got_subcommand("stripe-setup")) return RunStripeSetupCommand(globals, stripe_setup);
   } catch (const std::exception& e) {
     std::cerr << "ledgerctl: internal error: " << e.what() << "\n";

@@ -17,8 +17,10 @@ class Progress {
   Progress(std::ostream* out, std::string label, uint64_t total);
 
   // Records that `done` units are finished; prints when a second has passed since the last line.
+  // Reads the clock at most once per kClockStride units, so per-event callers stay cheap.
   void Update(uint64_t done) {
-    if (out_ == nullptr || (++calls_ & 1023) != 0) return;
+    if (out_ == nullptr || done < next_clock_check_) return;
+    next_clock_check_ = done + kClockStride;
     MaybePrint(done, /*force=*/false);
   }
   // Prints a final line when anything was printed before (so short runs stay quiet).
@@ -30,7 +32,8 @@ class Progress {
   std::ostream* out_;
   std::string label_;
   uint64_t total_;
-  uint64_t calls_ = 0;
+  static constexpr uint64_t kClockStride = 256;
+  uint64_t next_clock_check_ = 0;
   bool printed_ = false;
   std::chrono::steady_clock::time_point start_;
   std::chrono::steady_clock::time_point last_;

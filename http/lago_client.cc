@@ -1,0 +1,128 @@
+#include "http/lago_client.h"
+
+#include <httplib.h>
+
+#include <algorithm>
+#include <functional>
+#include <string_view>
+
+namespace ledger::http {
+
+namespace {
+
+constexpr char kBatchPath[] = "/api/v1/events/batch";
+
+Status BadConfig(const std::string& message) {
+  return Status::InvalidArgument("bad_config", message);
+}
+
+void SetTimeout(int64_t ms, const std::function<void(time_t, time_t)>& set) {
+  ms = std::max<int64_t>(ms, 1);
+  set(static_cast<time_t>(ms / 1000), static_cast<time_t>((ms % 1000) * 1000));
+}
+
+std::string NetworkError(httplib::Error error) {
+  switch (error) {
+    case httplib::Error::Connection:
+      return "connection failed";
+    case httplib::Error::ConnectionTimeout:
+      return "connect timed out";
+    case httplib::Error::Read:
+      return "no complete answer (read timed out or connection lost)";
+    case httplib::Error::Write:
+      return "sending the request failed";
+    case httplib::Error::SSLConnection:
+      return "TLS handshake failed";
+    case httplib::Error::SSLLoadingCerts:
+      return "loading the CA certificates failed";
+    case httplib::Error::SSLServerVerification:
+      return "the server's TLS certificate was not trusted";
+    default:
+      return "request failed (" + httplib::to_string(error) + ")";
+  }
+}
+
+int64_t RetryAfterMs(const httplib::Response& response) {
+  std::string value = response.get_header_value("Retry-After");
+  if (value.empty() || value.size() > 5 ||
+      !std::all_of(value.begin(), value.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    return -1;
+  }
+  return std::stoll(value) * 1000;
+}
+
+}  // namespace
+
+Status HttpLagoClient::Create(const LagoClientOptions& options,
+                              std::unique_ptr<HttpLagoClient>* out) {
+  std::string_view url = options.api_url;
+  size_t sep = url.find("://");
+  std::string_view scheme = sep == std::string_view::npos ? "" : url.substr(0, sep);
+  if (scheme != "http" && scheme != "https") {
+    return BadConfig("LAGO_API_URL must be an http:// or https:// URL");
+  }
+  std::string_view rest = url.substr(sep + 3);
+  size_t slash = rest.find('/');
+  std::string_view host_port = rest.substr(0, slash);
+  std::string_view prefix = slash == std::string_view::npos ? "" : rest.substr(slash);
+  while (!prefix.empty() && prefix.back() == '/') prefix.remove_suffix(1);
+  if (host_port.empty() || host_port.find_first_of("?#@ ") != std::string_view::npos ||
+      prefix.find_first_of("?# ") != std::string_view::npos) {
+    return BadConfig("LAGO_API_URL has no usable host");
+  }
+  if (options.api_key.empty()) return BadConfig("LAGO_API_KEY is empty");
+  std::unique_ptr<HttpLagoClient> client(new HttpLagoClient());
+  client->options_ = options;
+  client->path_prefix_ = std::string(prefix);
+  client->client_ =
+      std::make_unique<httplib::Client>(std::string(scheme) + "://" + std::string(host_port));
+  httplib::Client& c = *client->client_;
+  SetTimeout(options.connect_timeout_ms,
+             [&](time_t s, time_t us) { c.set_connection_timeout(s, us); });
+  SetTimeout(options.read_timeout_ms, [&](time_t s, time_t us) { c.set_read_timeout(s, us); });
+  SetTimeout(options.write_timeout_ms, [&](time_t s, time_t us) { c.set_write_timeout(s, us); });
+  c.set_keep_alive(true);
+  c.set_follow_location(false);
+  c.set_tcp_nodelay(true);
+  if (scheme == "https") {
+    c.enable_server_certificate_verification(true);
+    if (!options.ca_cert_file.empty()) c.set_ca_cert_path(options.ca_cert_file);
+  }
+  *out = std::move(client);
+  return Status::OK();
+}
+
+HttpLagoClient::~HttpLagoClient() = default;
+
+LagoAnswer HttpLagoClient::SendEventsBatch(const std::string& body) {
+  std::lock_guard<std::mutex> lock(mu_);
+  LagoAnswer answer;
+  httplib::Request request;
+  request.method = "POST";
+  request.path = path_prefix_ + kBatchPath;
+  request.set_header("Authorization", "Bearer " + options_.api_key);
+  request.set_header("Accept", "application/json");
+  request.set_header("Content-Type", "application/json");
+  request.set_header("User-Agent", "ledgerd");
+  request.body = body;
+  const size_t bytes_max = options_.response_bytes_max;
+  std::string* kept = &answer.body;
+  request.content_receiver = [kept, bytes_max](const char* data, size_t length, uint64_t,
+                                               uint64_t) {
+    if (kept->size() < bytes_max) kept->append(data, std::min(length, bytes_max - kept->size()));
+    return true;
+  };
+  httplib::Response response;
+  httplib::Error error = httplib::Error::Success;
+  const bool sent = client_->send(request, response, error);
+  if (!sent || error != httplib::Error::Success) {
+    answer.body.clear();
+    answer.error = NetworkError(error == httplib::Error::Success ? httplib::Error::Unknown : error);
+    return answer;
+  }
+  answer.http_status = response.status;
+  answer.retry_after_ms = RetryAfterMs(response);
+  return answer;
+}
+
+}  // namespace ledger::http

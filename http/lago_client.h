@@ -1,0 +1,77 @@
+// The Lago events API as ledgerd uses it (PROTOCOLS.md "Lago"): POST
+// <LAGO_API_URL>/api/v1/events/batch {"events":[...]} with `Authorization: Bearer <LAGO_API_KEY>`,
+// behind the LagoEventsApi interface so that the Lago sink (http/lago_sink.h) runs against fakes
+// in tests.
+//
+// One call is ONE attempt: the sink owns retries, backoff, batch splitting and what a 4xx means,
+// because only it knows which events a batch carried and where its checkpoint is.
+//
+// HttpLagoClient speaks HTTP/1.1 with cpp-httplib (Debian builds it with OpenSSL: http:// and
+// https:// bases both work), keeps one connection alive between batches, and bounds every attempt
+// with connect/read/write timeouts. The API key never appears in an answer's error text.
+//
+// Thread safety: HttpLagoClient serializes calls with a mutex (the sink calls from one thread).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "events/status.h"
+
+namespace httplib {
+class Client;
+}
+
+namespace ledger::http {
+
+// Lago's answer to one attempt.
+struct LagoAnswer {
+  int http_status = 0;          // 0: no HTTP answer (connection refused, timeout, reset, TLS)
+  std::string body;             // the answer's body, at most response_bytes_max bytes
+  std::string error;            // what went wrong when http_status == 0
+  int64_t retry_after_ms = -1;  // `Retry-After` in seconds (429/503), as ms; -1 when absent
+};
+
+class LagoEventsApi {
+ public:
+  virtual ~LagoEventsApi() = default;
+  // POST /api/v1/events/batch with `body` ({"events":[...]}, compact JSON).
+  virtual LagoAnswer SendEventsBatch(const std::string& body) = 0;
+};
+
+struct LagoClientOptions {
+  // LAGO_API_URL: scheme://host[:port][/prefix], http or https; "/api/v1/..." is appended.
+  std::string api_url;
+  // LAGO_API_KEY: the organization's API key. Secret: never logged, never in a Status.
+  std::string api_key;
+  // PEM file of trusted CAs for https; "" = the system trust store.
+  std::string ca_cert_file;
+  // Per attempt. Crash semantics: none (nothing is persisted here).
+  int64_t connect_timeout_ms = 3'000;
+  int64_t read_timeout_ms = 10'000;
+  int64_t write_timeout_ms = 10'000;
+  // Largest answer body kept; the rest is dropped (the status still counts).
+  size_t response_bytes_max = 64 * 1024;
+};
+
+class HttpLagoClient final : public LagoEventsApi {
+ public:
+  // InvalidArgument "bad_config" when the URL is not http(s)://host[:port][/prefix] or the key is
+  // empty.
+  static Status Create(const LagoClientOptions& options, std::unique_ptr<HttpLagoClient>* out);
+  ~HttpLagoClient() override;
+
+  LagoAnswer SendEventsBatch(const std::string& body) override;
+
+ private:
+  HttpLagoClient() = default;
+
+  LagoClientOptions options_;
+  std::string path_prefix_;  // without trailing '/'
+  std::mutex mu_;
+  std::unique_ptr<httplib::Client> client_;  // guarded by mu_
+};
+
+}  // namespace ledger::http

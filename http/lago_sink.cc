@@ -1,0 +1,832 @@
+#include "http/lago_sink.h"
+
+#include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "events/ledger.h"
+#include "projections/json_util.h"
+#include "projections/lago.h"
+
+namespace ledger::http {
+
+namespace {
+
+using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
+
+// projections/usage.h names it too; the sink only needs the type and the schema's fields.
+constexpr std::string_view kUsageRecordedV1 = "usage.recorded.v1";
+// Lago's answer text kept in a dead letter.
+constexpr size_t kErrorTextBytesMax = 2048;
+// Successful batches in a row after which a halved batch size doubles again.
+constexpr int kSuccessesBeforeGrowing = 8;
+
+int64_t SteadyMicros() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+double Jitter() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  return std::uniform_real_distribution<double>(0.5, 1.0)(rng);
+}
+
+Status InvalidConfig(const std::string& message) {
+  return Status::InvalidArgument("invalid_config", "lago sink: " + message);
+}
+
+Status ValidateOptions(const LagoSinkOptions& o) {
+  if (o.checkpoint_name.empty()) return InvalidConfig("checkpoint name is empty");
+  if (o.billable_metric_code.empty() || o.billable_metric_code.size() > 255) {
+    return InvalidConfig("billable metric code must be 1..255 bytes");
+  }
+  if (o.batch_events_max < 1 || o.batch_events_max > kLagoBatchEventsMax) {
+    return InvalidConfig("batch_events_max must be 1..100");
+  }
+  if (o.scan_events_max < 1) return InvalidConfig("scan_events_max must be > 0");
+  if (o.poll_interval_ms < 1 || o.retry_backoff_ms_min < 1 ||
+      o.retry_backoff_ms_max < o.retry_backoff_ms_min || o.server_errors_before_split < 1 ||
+      o.checkpoint_interval_ms < 0) {
+    return InvalidConfig("timing options out of range");
+  }
+  return Status::OK();
+}
+
+void WriteString(JsonWriter* w, std::string_view s) {
+  w->String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
+}
+
+std::string Compact(const rapidjson::Value& v) {
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  v.Accept(w);
+  return std::string(buf.GetString(), buf.GetSize());
+}
+
+// One usage event read from the log and not yet handled.
+struct PendingEvent {
+  uint64_t position = 0;
+  std::string event_id;  // the Lago transaction_id
+  std::string source_type;
+  std::string subject;
+  std::string user_id;
+  std::string lago_event;  // the mapped Lago event; empty = unmappable
+  std::string unmappable;  // why it could not be mapped
+};
+
+// What Lago said about one event of a refused batch.
+struct ItemError {
+  bool already_present = false;  // transaction_id: value_already_exist
+  std::string text;              // the event's error details, compact JSON
+};
+
+// Reads {"error_details":{"<index>":...}} of a 4xx answer. False when the answer names no event
+// index below `sent` (a batch-level refusal such as too_many_events).
+bool ParseItemErrors(const std::string& body, size_t sent, std::map<size_t, ItemError>* out) {
+  rapidjson::Document doc;
+  doc.Parse(body.data(), body.size());
+  if (doc.HasParseError() || !doc.IsObject()) return false;
+  auto details = doc.FindMember("error_details");
+  if (details == doc.MemberEnd() || !details->value.IsObject()) return false;
+  for (auto it = details->value.MemberBegin(); it != details->value.MemberEnd(); ++it) {
+    std::string_view name(it->name.GetString(), it->name.GetStringLength());
+    if (name.empty() || name.size() > 6 ||
+        !std::all_of(name.begin(), name.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      return false;
+    }
+    size_t index = std::stoul(std::string(name));
+    if (index >= sent) return false;
+    ItemError error;
+    error.text = projections::Truncated(Compact(it->value), kErrorTextBytesMax);
+    if (it->value.IsObject()) {
+      auto tx = it->value.FindMember("transaction_id");
+      if (tx != it->value.MemberEnd() && tx->value.IsArray()) {
+        for (const auto& code : tx->value.GetArray()) {
+          if (code.IsString() && std::string_view(code.GetString()) == "value_already_exist") {
+            error.already_present = true;
+          }
+        }
+      }
+    }
+    (*out)[index] = std::move(error);
+  }
+  return !out->empty();
+}
+
+// The stable reason of a refusal: Lago's `code` (e.g. "validation_errors") or "http_<status>".
+std::string RefusalReason(const LagoAnswer& answer) {
+  rapidjson::Document doc;
+  doc.Parse(answer.body.data(), answer.body.size());
+  if (!doc.HasParseError() && doc.IsObject()) {
+    auto code = doc.FindMember("code");
+    if (code != doc.MemberEnd() && code->value.IsString() && code->value.GetStringLength() > 0 &&
+        code->value.GetStringLength() <= 128) {
+      return std::string(code->value.GetString(), code->value.GetStringLength());
+    }
+  }
+  return "http_" + std::to_string(answer.http_status);
+}
+
+// A dead letter: lago.sink_rejected.v1, at most once per transaction_id.
+class RecordSinkRejection final : public Command {
+ public:
+  RecordSinkRejection(const PendingEvent& event, int http_status, std::string reason,
+                      std::string error)
+      : event_(event),
+        http_status_(http_status),
+        reason_(std::move(reason)),
+        error_(std::move(error)) {
+    idempotency_scope = std::string(kLagoSinkRejectedScope);
+    idempotency_key = event_.event_id;
+    request_hash = Sha256(kLagoSinkRejectedScope, event_.event_id);
+  }
+
+  Status Decide(const DecideContext&, Decision* decision) override {
+    rapidjson::StringBuffer buf;
+    JsonWriter w(buf);
+    w.StartObject();
+    w.Key("transaction_id");
+    WriteString(&w, event_.event_id);
+    w.Key("source_position");
+    w.Uint64(event_.position);
+    w.Key("source_type");
+    WriteString(&w, event_.source_type);
+    w.Key("user_id");
+    if (event_.user_id.empty()) {
+      w.Null();
+    } else {
+      WriteString(&w, event_.user_id);
+    }
+    w.Key("http_status");
+    w.Int(http_status_);
+    w.Key("reason");
+    WriteString(&w, reason_);
+    w.Key("error");
+    if (error_.empty()) {
+      w.Null();
+    } else {
+      WriteString(&w, error_);
+    }
+    w.Key("lago_event");
+    if (event_.lago_event.empty()) {
+      w.Null();
+    } else {
+      w.RawValue(event_.lago_event.data(), event_.lago_event.size(), rapidjson::kObjectType);
+    }
+    w.EndObject();
+    const std::string subject = event_.user_id.empty() ? event_.subject : event_.user_id;
+    decision->events.push_back(NewEvent{std::string(kLagoSinkRejectedV1), subject,
+                                        std::string(buf.GetString(), buf.GetSize())});
+    decision->body = "{}";
+    return Status::OK();
+  }
+
+ private:
+  const PendingEvent& event_;
+  int http_status_;
+  std::string reason_;
+  std::string error_;
+};
+
+enum class SinkState : int { kUnknown = 0, kUp = 1, kDown = 2, kUnauthorized = 3, kStopped = 4 };
+
+const char* SinkStateName(SinkState state) {
+  switch (state) {
+    case SinkState::kUnknown:
+      return "unknown";
+    case SinkState::kUp:
+      return "up";
+    case SinkState::kDown:
+      return "down";
+    case SinkState::kUnauthorized:
+      return "unauthorized";
+    case SinkState::kStopped:
+      return "stopped";
+  }
+  return "unknown";
+}
+
+}  // namespace
+
+Status UsageToLagoEvent(const Event& event, const LagoSinkOptions& options, std::string* json,
+                        std::string* user_id) {
+  if (event.type != kUsageRecordedV1) return Status::NotFound("not a usage event");
+  user_id->clear();
+  rapidjson::Document data;
+  Status s = projections::ParseJsonObject(event.data, &data);
+  if (!s.ok()) return Status::InvalidArgument("unmappable", "data: " + s.message());
+  auto text = [&](const char* name) -> std::string {
+    auto it = data.FindMember(name);
+    if (it == data.MemberEnd() || !it->value.IsString()) return "";
+    return std::string(it->value.GetString(), it->value.GetStringLength());
+  };
+  *user_id = text("user_id");
+  const std::string service = text("service");
+  auto quantity = data.FindMember("quantity");
+  if (user_id->empty() || service.empty() || quantity == data.MemberEnd() ||
+      !quantity->value.IsInt64() || quantity->value.GetInt64() < 0) {
+    return Status::InvalidArgument("unmappable",
+                                   "usage.recorded.v1 needs user_id, service and quantity");
+  }
+  int64_t timestamp_s = event.time_us / 1'000'000;
+  if (std::optional<int64_t> ms = projections::ParseLagoTimeMs(text("occurred_at"))) {
+    timestamp_s = *ms >= 0 ? *ms / 1000 : (*ms - 999) / 1000;
+  }
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("transaction_id");
+  WriteString(&w, event.id);
+  w.Key("external_subscription_id");
+  WriteString(&w, options.external_subscription_id_prefix + *user_id);
+  w.Key("code");
+  WriteString(&w, options.billable_metric_code);
+  w.Key("timestamp");
+  w.Int64(timestamp_s);
+  w.Key("properties");
+  w.StartObject();
+  w.Key("service");
+  WriteString(&w, service);
+  w.Key("quantity");
+  w.Int64(quantity->value.GetInt64());
+  auto metadata = data.FindMember("metadata");
+  if (metadata != data.MemberEnd() && metadata->value.IsObject()) {
+    for (auto it = metadata->value.MemberBegin(); it != metadata->value.MemberEnd(); ++it) {
+      std::string_view name(it->name.GetString(), it->name.GetStringLength());
+      if (name == "service" || name == "quantity" || it->value.IsObject() || it->value.IsArray()) {
+        continue;
+      }
+      w.Key(it->name.GetString(), it->name.GetStringLength());
+      it->value.Accept(w);
+    }
+  }
+  w.EndObject();
+  w.EndObject();
+  json->assign(buf.GetString(), buf.GetSize());
+  return Status::OK();
+}
+
+// Everything behind LagoSink. Fields under "sink state" belong to the sink's thread once Start()
+// ran (Init() and Stop()/the destructor touch them only while no thread runs).
+class LagoSink::Impl {
+ public:
+  Impl(const LagoSinkOptions& options, Ledger* ledger, LagoEventsApi* api)
+      : options_(options),
+        ledger_(ledger),
+        api_(api),
+        batch_limit_(options.batch_events_max),
+        backoff_ms_(options.retry_backoff_ms_min) {}
+
+  ~Impl() {
+    if (thread_.joinable()) {
+      RequestStop(std::chrono::steady_clock::now(), /*persist=*/false);
+      thread_.join();
+    }
+  }
+
+  Status Init();
+  Status Start();
+  void Notify();
+  Status Stop(std::chrono::steady_clock::time_point deadline);
+  LagoSinkStatus GetStatus() const;
+  void RenderMetrics(std::string* out) const;
+
+  LagoSinkMetrics metrics_;
+
+ private:
+  void Run();
+  Status Fill(bool* more);
+  bool Step(int64_t now_us);
+  bool HandleAnswer(const LagoAnswer& answer, size_t sent, int64_t now_us);
+  bool HandleRefusal(const LagoAnswer& answer, size_t sent, int64_t now_us);
+  Status DeadLetter(const PendingEvent& event, int http_status, const std::string& reason,
+                    const std::string& error);
+  void Delivered(size_t count);
+  void Split(size_t sent);
+  void Fail(const std::string& reason, int http_status, int64_t retry_after_ms, int64_t now_us);
+  void AdvanceMark();
+  void MaybePersist(int64_t now_us, bool force);
+  bool ShouldExit();
+  void WaitForWork(int64_t now_us);
+  void RequestStop(std::chrono::steady_clock::time_point deadline, bool persist);
+  void SetLastError(const std::string& error);
+  void SetState(SinkState state) { state_.store(static_cast<int>(state)); }
+
+  const LagoSinkOptions options_;
+  Ledger* const ledger_;
+  LagoEventsApi* const api_;
+
+  // Published for GetStatus() (any thread).
+  std::atomic<uint64_t> checkpoint_{0};
+  std::atomic<uint64_t> persisted_{0};
+  std::atomic<uint64_t> pending_count_{0};
+  std::atomic<uint64_t> batch_limit_published_{0};
+  std::atomic<int> state_{static_cast<int>(SinkState::kUnknown)};
+  std::atomic<bool> running_{false};
+  mutable std::mutex error_mu_;
+  std::string last_error_;  // guarded by error_mu_
+
+  // Wakeups and stop requests.
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool wake_ = false;                                    // guarded by mu_
+  bool stop_requested_ = false;                          // guarded by mu_
+  bool persist_on_stop_ = true;                          // guarded by mu_
+  bool failed_since_stop_ = false;                       // guarded by mu_
+  std::chrono::steady_clock::time_point stop_deadline_;  // guarded by mu_
+  uint64_t stop_target_ = 0;  // guarded by mu_: the head when Stop() was called
+  bool started_ = false;      // owner thread only
+  bool stopped_ = false;      // owner thread only
+  std::thread thread_;
+
+  // Sink state.
+  std::deque<PendingEvent> pending_;  // usage events in (mark_, scanned_to_], by position
+  uint64_t mark_ = 0;                 // every position <= mark_ is handled (the checkpoint)
+  uint64_t persisted_mark_ = 0;       // as last written to the ledger
+  uint64_t scanned_to_ = 0;           // last position read from the log
+  size_t batch_limit_;                // events per request now (halved by splits)
+  int successes_ = 0;                 // 2xx batches in a row
+  int server_errors_ = 0;             // 5xx answers in a row
+  int backoff_ms_;
+  int64_t retry_at_us_ = 0;   // no request before this (backoff)
+  bool persist_now_ = false;  // an acknowledged batch moved the checkpoint
+  int64_t last_persist_us_ = 0;
+};
+
+// ---- Setup -------------------------------------------------------------------------------------
+
+Status LagoSink::Impl::Init() {
+  LEDGER_RETURN_IF_ERROR(ValidateOptions(options_));
+  Position checkpoint;
+  LEDGER_RETURN_IF_ERROR(ledger_->GetCheckpoint(options_.checkpoint_name, &checkpoint));
+  uint64_t head = ledger_->Head().value();
+  mark_ = checkpoint.value();
+  if (mark_ > head) {
+    spdlog::error("lago sink: checkpoint {} is beyond the log head {}; continuing from the head",
+                  mark_, head);
+    mark_ = head;
+  }
+  persisted_mark_ = scanned_to_ = mark_;
+  checkpoint_.store(mark_);
+  persisted_.store(persisted_mark_);
+  batch_limit_published_.store(batch_limit_);
+  return Status::OK();
+}
+
+// ---- The sink's thread -------------------------------------------------------------------------
+
+// Reads the log after scanned_to_ until pending_ holds a full batch, the head, or
+// scan_events_max events were read. `*more`: the log holds events after scanned_to_.
+Status LagoSink::Impl::Fill(bool* more) {
+  const uint64_t head = ledger_->Head().value();
+  *more = false;
+  if (pending_.size() >= options_.batch_events_max) return Status::OK();
+  if (scanned_to_ < head) {
+    const uint64_t to = std::min<uint64_t>(head, scanned_to_ + options_.scan_events_max);
+    bool full = false;
+    Status error;
+    Status s = ledger_->ScanRaw(
+        Position(scanned_to_ + 1), Position(to), [&](Position p, std::string_view stored) {
+          if (p.value() != scanned_to_ + 1) {
+            error = Status::Corruption("the log has no event at position " +
+                                       std::to_string(scanned_to_ + 1));
+            return false;
+          }
+          Event event;
+          error = DecodeEvent(stored, &event);
+          if (!error.ok()) return false;
+          if (event.type == kUsageRecordedV1) {
+            PendingEvent pending;
+            pending.position = p.value();
+            pending.event_id = event.id;
+            pending.source_type = event.type;
+            pending.subject = event.subject;
+            Status mapped =
+                UsageToLagoEvent(event, options_, &pending.lago_event, &pending.user_id);
+            if (!mapped.ok()) {
+              pending.lago_event.clear();
+              pending.unmappable = mapped.message();
+            }
+            pending_.push_back(std::move(pending));
+          } else {
+            metrics_.events_skipped.Add();
+          }
+          scanned_to_ = p.value();
+          full = pending_.size() >= options_.batch_events_max;
+          return !full;
+        });
+    LEDGER_RETURN_IF_ERROR(s);
+    LEDGER_RETURN_IF_ERROR(error);
+    if (!full && scanned_to_ < to) {
+      return Status::Corruption("the log has no event at position " +
+                                std::to_string(scanned_to_ + 1));
+    }
+  }
+  *more = scanned_to_ < head;
+  AdvanceMark();
+  return Status::OK();
+}
+
+// Sends one batch (or dead-letters one unmappable event). True when the sink should go on at
+// once.
+bool LagoSink::Impl::Step(int64_t now_us) {
+  if (pending_.empty()) return false;
+  if (pending_.front().lago_event.empty()) {
+    const PendingEvent& front = pending_.front();
+    Status s = DeadLetter(front, 0, "unmappable", front.unmappable);
+    if (!s.ok()) {
+      Fail("recording a dead letter: " + s.ToString(), 0, -1, now_us);
+      return false;
+    }
+    spdlog::warn("lago sink: usage event {} at position {} cannot be sent ({}); recorded as {}",
+                 front.event_id, front.position, front.unmappable, kLagoSinkRejectedV1);
+    pending_.pop_front();
+    AdvanceMark();
+    persist_now_ = true;
+    return true;
+  }
+  size_t sent = 0;
+  std::string body = "{\"events\":[";
+  while (sent < batch_limit_ && sent < pending_.size() && !pending_[sent].lago_event.empty()) {
+    if (sent > 0) body.push_back(',');
+    body += pending_[sent].lago_event;
+    ++sent;
+  }
+  body += "]}";
+  metrics_.requests.Add();
+  const int64_t start_us = SteadyMicros();
+  LagoAnswer answer = api_->SendEventsBatch(body);
+  metrics_.request_seconds.Observe(static_cast<double>(SteadyMicros() - start_us) / 1e6);
+  return HandleAnswer(answer, sent, now_us);
+}
+
+bool LagoSink::Impl::HandleAnswer(const LagoAnswer& answer, size_t sent, int64_t now_us) {
+  const int status = answer.http_status;
+  if (status >= 200 && status < 300) {
+    metrics_.batches_accepted.Add();
+    metrics_.events_delivered.Add(sent);
+    Delivered(sent);
+    server_errors_ = 0;
+    backoff_ms_ = options_.retry_backoff_ms_min;
+    if (++successes_ >= kSuccessesBeforeGrowing && batch_limit_ < options_.batch_events_max) {
+      batch_limit_ = std::min(options_.batch_events_max, batch_limit_ * 2);
+      batch_limit_published_.store(batch_limit_);
+      successes_ = 0;
+    }
+    SetState(SinkState::kUp);
+    return true;
+  }
+  successes_ = 0;
+  if (status == 0) {
+    Fail("Lago could not be reached: " + answer.error, 0, -1, now_us);
+    return false;
+  }
+  if (status >= 500) {
+    if (++server_errors_ >= options_.server_errors_before_split && sent > 1) {
+      Split(sent);
+      backoff_ms_ = options_.retry_backoff_ms_min;
+    }
+    Fail("Lago answered " + std::to_string(status), status, answer.retry_after_ms, now_us);
+    return false;
+  }
+  server_errors_ = 0;
+  if (status == 408 || status == 429) {
+    Fail("Lago answered " + std::to_string(status), status, answer.retry_after_ms, now_us);
+    return false;
+  }
+  if (status == 401 || status == 403) {
+    Fail("Lago refused LAGO_API_KEY (" + std::to_string(status) + ")", status, -1, now_us);
+    return false;
+  }
+  if (status == 404 || status == 405) {
+    Fail(
+        "Lago answered " + std::to_string(status) + " for /api/v1/events/batch: check LAGO_API_URL",
+        status, -1, now_us);
+    return false;
+  }
+  return HandleRefusal(answer, sent, now_us);
+}
+
+// A 4xx that a retry cannot fix: settle the events Lago named, split, or dead-letter.
+bool LagoSink::Impl::HandleRefusal(const LagoAnswer& answer, size_t sent, int64_t now_us) {
+  SetState(SinkState::kUp);  // Lago answered
+  backoff_ms_ = options_.retry_backoff_ms_min;
+  const std::string reason = RefusalReason(answer);
+  std::map<size_t, ItemError> items;
+  if (answer.http_status != 413 && ParseItemErrors(answer.body, sent, &items)) {
+    size_t rejected = 0;
+    for (const auto& [index, item] : items) {
+      if (item.already_present) continue;
+      Status s = DeadLetter(pending_[index], answer.http_status, reason, item.text);
+      if (!s.ok()) {
+        Fail("recording a dead letter: " + s.ToString(), 0, -1, now_us);
+        return false;
+      }
+      if (rejected++ == 0) {
+        spdlog::warn(
+            "lago sink: Lago refused usage event {} at position {} ({} {}); recorded "
+            "as {}",
+            pending_[index].event_id, pending_[index].position, answer.http_status, reason,
+            kLagoSinkRejectedV1);
+      }
+    }
+    if (rejected > 1) {
+      spdlog::warn("lago sink: {} usage events of one batch refused ({} {})", rejected,
+                   answer.http_status, reason);
+    }
+    for (auto it = items.rbegin(); it != items.rend(); ++it) {
+      if (it->second.already_present) metrics_.events_already_present.Add();
+      pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(it->first));
+    }
+    // Lago saved none of the batch: the events it did not name are sent again.
+    AdvanceMark();
+    persist_now_ = true;
+    return true;
+  }
+  if (sent > 1) {
+    Split(sent);
+    return true;
+  }
+  Status s = DeadLetter(pending_.front(), answer.http_status, reason,
+                        projections::Truncated(answer.body, kErrorTextBytesMax));
+  if (!s.ok()) {
+    Fail("recording a dead letter: " + s.ToString(), 0, -1, now_us);
+    return false;
+  }
+  spdlog::warn("lago sink: Lago refused usage event {} at position {} ({} {}); recorded as {}",
+               pending_.front().event_id, pending_.front().position, answer.http_status, reason,
+               kLagoSinkRejectedV1);
+  pending_.pop_front();
+  AdvanceMark();
+  persist_now_ = true;
+  return true;
+}
+
+Status LagoSink::Impl::DeadLetter(const PendingEvent& event, int http_status,
+                                  const std::string& reason, const std::string& error) {
+  RecordSinkRejection command(event, http_status, reason, error);
+  CommandResult result = ledger_->Submit(&command);
+  if (!result.status.ok()) return result.status;
+  metrics_.events_rejected.Add();
+  return Status::OK();
+}
+
+void LagoSink::Impl::Delivered(size_t count) {
+  pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(count));
+  AdvanceMark();
+  persist_now_ = true;
+}
+
+void LagoSink::Impl::Split(size_t sent) {
+  batch_limit_ = std::max<size_t>(1, sent / 2);
+  batch_limit_published_.store(batch_limit_);
+  server_errors_ = 0;
+  metrics_.batch_splits.Add();
+}
+
+void LagoSink::Impl::Fail(const std::string& reason, int http_status, int64_t retry_after_ms,
+                          int64_t now_us) {
+  metrics_.request_failures.Add();
+  int64_t delay_ms = static_cast<int64_t>(static_cast<double>(backoff_ms_) * Jitter());
+  if (retry_after_ms >= 0) {
+    delay_ms = std::min<int64_t>(std::max(delay_ms, retry_after_ms), options_.retry_backoff_ms_max);
+  }
+  retry_at_us_ = now_us + delay_ms * 1000;
+  backoff_ms_ = std::min(backoff_ms_ * 2, options_.retry_backoff_ms_max);
+  SetState(http_status == 401 || http_status == 403 ? SinkState::kUnauthorized : SinkState::kDown);
+  SetLastError(reason);
+  spdlog::warn("lago sink: {}; {} events pending after position {}, retrying in {} ms", reason,
+               pending_.size(), mark_, delay_ms);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stop_requested_) failed_since_stop_ = true;
+}
+
+void LagoSink::Impl::AdvanceMark() {
+  mark_ = pending_.empty() ? scanned_to_ : pending_.front().position - 1;
+  checkpoint_.store(mark_);
+  pending_count_.store(pending_.size());
+}
+
+void LagoSink::Impl::MaybePersist(int64_t now_us, bool force) {
+  if (mark_ == persisted_mark_) return;
+  if (!force && !persist_now_ &&
+      now_us - last_persist_us_ < int64_t{options_.checkpoint_interval_ms} * 1000) {
+    return;
+  }
+  persist_now_ = false;
+  last_persist_us_ = now_us;
+  Status s = ledger_->PutCheckpoint(options_.checkpoint_name, Position(mark_), /*sync=*/force);
+  if (!s.ok()) {
+    SetLastError("writing the checkpoint: " + s.ToString());
+    return;
+  }
+  persisted_mark_ = mark_;
+  persisted_.store(persisted_mark_);
+}
+
+void LagoSink::Impl::Run() {
+  while (true) {
+    const int64_t now_us = SteadyMicros();
+    bool more = false;
+    if (now_us >= retry_at_us_) {
+      bool unread = false;
+      Status s = Fill(&unread);
+      if (s.ok()) {
+        more = Step(now_us) || (unread && pending_.empty());
+      } else {
+        Fail("reading the log: " + s.ToString(), 0, -1, now_us);
+      }
+    }
+    MaybePersist(now_us, /*force=*/false);
+    if (ShouldExit()) break;
+    if (!more) WaitForWork(now_us);
+  }
+  bool persist;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    persist = persist_on_stop_;
+  }
+  if (persist) MaybePersist(SteadyMicros(), /*force=*/true);
+  SetState(SinkState::kStopped);
+  running_.store(false);
+}
+
+// Once stopping: done when the log as of Stop() is handled, or Lago is failing (a failure since
+// the stop request, or a backoff still running: shutdown does not wait for Lago), or at the
+// deadline.
+bool LagoSink::Impl::ShouldExit() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!stop_requested_) return false;
+  return mark_ >= stop_target_ || failed_since_stop_ || retry_at_us_ > SteadyMicros() ||
+         std::chrono::steady_clock::now() >= stop_deadline_;
+}
+
+void LagoSink::Impl::WaitForWork(int64_t now_us) {
+  int64_t wait_us = int64_t{options_.poll_interval_ms} * 1000;
+  if (retry_at_us_ > now_us) wait_us = std::min(wait_us, retry_at_us_ - now_us);
+  if (mark_ != persisted_mark_) {
+    wait_us = std::min(wait_us,
+                       last_persist_us_ + int64_t{options_.checkpoint_interval_ms} * 1000 - now_us);
+  }
+  std::unique_lock<std::mutex> lock(mu_);
+  auto until =
+      std::chrono::steady_clock::now() + std::chrono::microseconds(std::max<int64_t>(wait_us, 0));
+  if (stop_requested_) until = std::min(until, stop_deadline_);
+  cv_.wait_until(lock, until, [this] { return wake_; });
+  wake_ = false;
+}
+
+// ---- Owner API ---------------------------------------------------------------------------------
+
+Status LagoSink::Impl::Start() {
+  if (started_) return Status::Internal("lago sink: Start() called twice");
+  started_ = true;
+  spdlog::info("lago sink: forwarding usage after position {} (metric code {}, batches of {})",
+               mark_, options_.billable_metric_code, options_.batch_events_max);
+  running_.store(true);
+  thread_ = std::thread([this] { Run(); });
+  return Status::OK();
+}
+
+void LagoSink::Impl::Notify() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    wake_ = true;
+  }
+  cv_.notify_one();
+}
+
+void LagoSink::Impl::RequestStop(std::chrono::steady_clock::time_point deadline, bool persist) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_requested_ = true;
+    stop_deadline_ = deadline;
+    persist_on_stop_ = persist;
+    stop_target_ = ledger_->Head().value();
+    wake_ = true;
+  }
+  cv_.notify_one();
+}
+
+Status LagoSink::Impl::Stop(std::chrono::steady_clock::time_point deadline) {
+  if (stopped_) return Status::OK();
+  stopped_ = true;
+  if (!thread_.joinable()) return Status::OK();
+  RequestStop(deadline, /*persist=*/true);
+  thread_.join();
+  uint64_t target;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    target = stop_target_;
+  }
+  if (mark_ >= target) {
+    spdlog::info("lago sink: stopped; handled through position {}", mark_);
+    return Status::OK();
+  }
+  return Status::Unavailable("lago_unavailable",
+                             "lago sink stopped " + std::to_string(target - mark_) +
+                                 " positions short of the head (sent after the next start, from "
+                                 "position " +
+                                 std::to_string(mark_ + 1) + ")");
+}
+
+void LagoSink::Impl::SetLastError(const std::string& error) {
+  std::lock_guard<std::mutex> lock(error_mu_);
+  last_error_ = error;
+}
+
+LagoSinkStatus LagoSink::Impl::GetStatus() const {
+  LagoSinkStatus status;
+  status.state = SinkStateName(static_cast<SinkState>(state_.load()));
+  status.checkpoint = Position(checkpoint_.load());
+  status.head = ledger_->Head();
+  status.checkpoint_persisted = Position(persisted_.load());
+  status.lag = status.head.value() > status.checkpoint.value()
+                   ? status.head.value() - status.checkpoint.value()
+                   : 0;
+  status.pending = pending_count_.load();
+  status.batch_events_max = batch_limit_published_.load();
+  status.running = running_.load();
+  std::lock_guard<std::mutex> lock(error_mu_);
+  status.last_error = last_error_;
+  return status;
+}
+
+void LagoSink::Impl::RenderMetrics(std::string* out) const {
+  LagoSinkStatus status = GetStatus();
+  auto counter = [out](const char* name, const char* help, uint64_t value) {
+    *out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " counter\n" + name +
+            " " + std::to_string(value) + "\n";
+  };
+  auto gauge = [out](const char* name, const char* help, uint64_t value) {
+    *out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " gauge\n" + name +
+            " " + std::to_string(value) + "\n";
+  };
+  counter("ledger_lago_sink_requests_total", "Batch requests sent to Lago.",
+          metrics_.requests.Value());
+  counter("ledger_lago_sink_batches_accepted_total", "Batch requests Lago answered with 2xx.",
+          metrics_.batches_accepted.Value());
+  counter("ledger_lago_sink_request_failures_total",
+          "Batch requests retried (network, timeout, 408/429/5xx, 401/403/404).",
+          metrics_.request_failures.Value());
+  counter("ledger_lago_sink_events_delivered_total", "Usage events in acknowledged batches.",
+          metrics_.events_delivered.Value());
+  counter("ledger_lago_sink_events_already_present_total",
+          "Usage events Lago already had (value_already_exist on a re-send).",
+          metrics_.events_already_present.Value());
+  counter("ledger_lago_sink_events_rejected_total",
+          "Usage events dead-lettered as lago.sink_rejected.v1.", metrics_.events_rejected.Value());
+  counter("ledger_lago_sink_events_skipped_total", "Non-usage events passed over.",
+          metrics_.events_skipped.Value());
+  counter("ledger_lago_sink_batch_splits_total", "Batches halved after failures.",
+          metrics_.batch_splits.Value());
+  gauge("ledger_lago_sink_lag_events", "Ledger head minus the Lago sink checkpoint.", status.lag);
+  gauge("ledger_lago_sink_checkpoint_position", "Last position the Lago sink fully handled.",
+        status.checkpoint.value());
+  gauge("ledger_lago_sink_pending_events", "Usage events read and not yet acknowledged.",
+        status.pending);
+  gauge("ledger_lago_sink_batch_events_max", "Events per batch request now.",
+        status.batch_events_max);
+  gauge("ledger_lago_sink_up", "1 when Lago acknowledged the last request.",
+        status.state == "up" ? 1 : 0);
+  *out += "# HELP ledger_lago_sink_request_seconds Latency of one batch request to Lago.\n";
+  RenderHistogram("ledger_lago_sink_request_seconds", "", metrics_.request_seconds.Read(),
+                  /*with_type=*/true, out);
+}
+
+// ---- LagoSink ----------------------------------------------------------------------------------
+
+Status LagoSink::Open(const LagoSinkOptions& options, Ledger* ledger, LagoEventsApi* api,
+                      std::unique_ptr<LagoSink>* out) {
+  if (ledger == nullptr || api == nullptr) return InvalidConfig("no ledger or no Lago client");
+  LEDGER_RETURN_IF_ERROR(ValidateOptions(options));
+  auto impl = std::make_unique<Impl>(options, ledger, api);
+  LEDGER_RETURN_IF_ERROR(impl->Init());
+  out->reset(new LagoSink(std::move(impl)));
+  return Status::OK();
+}
+
+LagoSink::LagoSink(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+LagoSink::~LagoSink() = default;
+Status LagoSink::Start() { return impl_->Start(); }
+void LagoSink::Notify() { impl_->Notify(); }
+Status LagoSink::Stop(std::chrono::steady_clock::time_point deadline) {
+  return impl_->Stop(deadline);
+}
+LagoSinkStatus LagoSink::GetStatus() const { return impl_->GetStatus(); }
+LagoSinkMetrics& LagoSink::metrics() { return impl_->metrics_; }
+void LagoSink::RenderMetrics(std::string* out) const { impl_->RenderMetrics(out); }
+
+}  // namespace ledger::http

@@ -1,0 +1,176 @@
+// LagoSink: forwards metered usage from the log to Lago's batch events API, exactly once as Lago
+// counts it.
+//
+// A log consumer like the Kafka outbox ("the log is the outbox"): its own thread reads events
+// after its checkpoint `sink.lago` (Ledger::ScanRaw), maps every `usage.recorded.v1` to a Lago
+// event (UsageToLagoEvent) and sends them in order, at most `batch_events_max` (<= 100, Lago's
+// limit) per POST /api/v1/events/batch. Other event types are skipped; the checkpoint still moves
+// past them.
+//
+// Mapping (usage.recorded.v1 -> Lago event):
+//   transaction_id           = our event id (the CloudEvents id): a re-send is the same event
+//   external_subscription_id = external_subscription_id_prefix + user_id. Create each user's
+//                              Lago subscription with external_id = the user id (the JWT sub);
+//                              a prefix ("ledgerd-" ...) can be configured but must then be used
+//                              for every Lago subscription. The mapping never depends on state,
+//                              so a re-send after a crash carries the same
+//                              (external_subscription_id, transaction_id), Lago's dedupe key.
+//   code                     = billable_metric_code (LAGO_BILLABLE_METRIC_CODE, "api_calls")
+//   timestamp                = occurred_at in Unix seconds (when the usage happened)
+//   properties               = {service, quantity} plus the usage's flat `metadata` members
+//                              (service and quantity win over metadata of the same name)
+//
+// Checkpoint and delivery. The checkpoint ("last position fully handled") advances only past
+// events Lago acknowledged with a 2xx for the whole batch that carried them (or that were dead-
+// lettered, below), and past the skipped events around them. It is written with
+// PutCheckpoint(sync=false) after every acknowledged batch (skip-only progress at most every
+// checkpoint_interval_ms) and synced by Stop(). After a crash, or when an acknowledgement is
+// lost, events after the persisted checkpoint are sent again with the same transaction ids; Lago
+// counts each transaction_id once:
+//   - Lago's ClickHouse event store deduplicates silently (2xx);
+//   - its Postgres store (the self-hosted default) refuses the WHOLE batch with 422
+//     {"error_details":{"<index>":{"transaction_id":["value_already_exist"]}}} and saves none of
+//     it. The sink then counts the named events as delivered ("already present") and re-sends
+//     the rest of the batch, so nothing is lost and nothing counted twice.
+//
+// Failures:
+//   network errors, timeouts, 408, 429, 5xx  retried with exponential backoff (doubling from
+//       retry_backoff_ms_min to retry_backoff_ms_max, `Retry-After` honoured within that bound)
+//       for as long as it takes: a Lago outage only grows the lag. After
+//       server_errors_before_split consecutive 5xx answers the batch is halved (down to one
+//       event, doubling back after successes): Lago's Postgres store answers 500 when a
+//       duplicate is not the last event of a batch (the aborted transaction), and single events
+//       get a clean 422 instead.
+//   401, 403, 404, 405  retried with backoff as well (state "unauthorized" / "down"): a wrong
+//       LAGO_API_KEY or LAGO_API_URL is fixed by the operator; dead-lettering every event for it
+//       would lose the usage.
+//   400, 413, 422 and other 4xx  a refusal a retry cannot fix. With per-event error_details the
+//       named events are dead-lettered and the rest re-sent; without them (or 413) the batch is
+//       halved until the refused event is alone, then it is dead-lettered. A dead letter is an
+//       appended `lago.sink_rejected.v1` (the event, the Lago event sent, Lago's answer;
+//       idempotent per transaction_id) plus a counter and a log line; nothing is skipped
+//       silently and the sink never stalls on one bad event. A usage event that cannot be mapped
+//       (malformed data) is dead-lettered the same way, with http_status 0.
+//
+// Lifecycle: Open() reads the checkpoint; Start() starts the thread; Notify() (wired to
+// Ledger::AddCommitListener) wakes it after appends, otherwise it polls every poll_interval_ms.
+// Stop(deadline) keeps sending what the log held when it was called until it is all delivered,
+// a send fails (or is backing off after one), or the deadline passes (an attempt in progress
+// finishes, bounded by the client's timeouts), then syncs the checkpoint and joins. The
+// destructor does no disk I/O.
+//
+// Thread safety: Start/Stop from the owning thread; Notify, GetStatus, metrics and RenderMetrics
+// from any thread. The LagoEventsApi is called from the sink's thread only.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "events/event.h"
+#include "events/metrics.h"
+#include "events/status.h"
+#include "events/types.h"
+#include "http/lago_client.h"
+
+namespace ledger {
+class Ledger;
+}
+
+namespace ledger::http {
+
+inline constexpr std::string_view kLagoSinkRejectedV1 = "lago.sink_rejected.v1";
+inline constexpr std::string_view kLagoSinkRejectedScope = "lago.sink_rejected";
+// Lago's LAGO_EVENTS_BATCH_MAX_LENGTH default: the most events one batch request may carry.
+inline constexpr size_t kLagoBatchEventsMax = 100;
+
+struct LagoSinkOptions {
+  // Name of the consumer checkpoint in the ledger.
+  std::string checkpoint_name = "sink.lago";
+  // Lago billable metric code every usage event is sent under (a "sum" metric over the
+  // `quantity` property, filtered by `service`, bills per service).
+  std::string billable_metric_code = "api_calls";
+  // Prepended to the user id to form external_subscription_id. Default "" (the user id itself).
+  std::string external_subscription_id_prefix;
+  // Events per batch request: 1..kLagoBatchEventsMax. Default 100.
+  size_t batch_events_max = kLagoBatchEventsMax;
+  // Log events read per scan (skipped ones included) before the sink sends what it has.
+  size_t scan_events_max = 10'000;
+  // Without a Notify(), the sink looks for new events this often. Default 500 ms.
+  int poll_interval_ms = 500;
+  // Backoff between failed attempts: min, doubled per consecutive failure, max.
+  int retry_backoff_ms_min = 200;
+  int retry_backoff_ms_max = 30'000;
+  // Consecutive 5xx answers after which the batch is halved. Default 3.
+  int server_errors_before_split = 3;
+  // How often skip-only checkpoint progress is written (acknowledged batches are written at
+  // once). A crash re-reads at most that much of the log; nothing is sent twice for it.
+  int checkpoint_interval_ms = 1'000;
+};
+
+struct LagoSinkMetrics {
+  Counter requests;                // batch requests made (any outcome)
+  Counter batches_accepted;        // 2xx answers
+  Counter request_failures;        // retried: network errors, timeouts, 408/429/5xx, 401/403/404
+  Counter events_delivered;        // usage events in 2xx batches
+  Counter events_already_present;  // usage events Lago already had (value_already_exist)
+  Counter events_rejected;         // usage events dead-lettered (lago.sink_rejected.v1)
+  Counter events_skipped;          // non-usage events passed over
+  Counter batch_splits;            // batches halved after 5xx/4xx without event details
+  Histogram request_seconds{Histogram::LatencySecondsBounds()};
+};
+
+struct LagoSinkStatus {
+  std::string state;              // "unknown" (nothing sent yet), "up", "down", "unauthorized",
+                                  // "stopped"
+  Position head;                  // the ledger's head when the snapshot was taken
+  Position checkpoint;            // last position fully handled (in memory)
+  Position checkpoint_persisted;  // as last written to the ledger
+  uint64_t lag = 0;               // head - checkpoint
+  uint64_t pending = 0;           // usage events read and not yet acknowledged
+  uint64_t batch_events_max = 0;  // the current batch size (smaller after splits)
+  bool running = false;
+  std::string last_error;  // last failure, "" if none since start
+};
+
+// Maps one usage.recorded.v1 event (see the header comment). NotFound for other event types;
+// InvalidArgument "unmappable" when its data lacks user_id, service or quantity. `*user_id`
+// receives the usage's user id (empty when unknown).
+Status UsageToLagoEvent(const Event& event, const LagoSinkOptions& options, std::string* json,
+                        std::string* user_id);
+
+class LagoSink {
+ public:
+  // `ledger` and `api` are not owned and must outlive the sink. Bad options answer
+  // InvalidArgument "invalid_config".
+  static Status Open(const LagoSinkOptions& options, Ledger* ledger, LagoEventsApi* api,
+                     std::unique_ptr<LagoSink>* out);
+  ~LagoSink();
+  LagoSink(const LagoSink&) = delete;
+  LagoSink& operator=(const LagoSink&) = delete;
+
+  // Starts the sink's thread. Call at most once.
+  Status Start();
+  // Wakes the thread (cheap: a mutex and a condition variable).
+  void Notify();
+  // See the header comment. OK when everything up to the head at the call was handled;
+  // Unavailable "lago_unavailable" otherwise (the rest is sent after the next start). Idempotent.
+  Status Stop(std::chrono::steady_clock::time_point deadline);
+  Status Stop(std::chrono::milliseconds timeout) {
+    return Stop(std::chrono::steady_clock::now() + timeout);
+  }
+
+  LagoSinkStatus GetStatus() const;
+  LagoSinkMetrics& metrics();
+  // Appends the sink's metrics in Prometheus text format (ledger_lago_sink_*).
+  void RenderMetrics(std::string* out) const;
+
+ private:
+  class Impl;
+  explicit LagoSink(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ledger::http

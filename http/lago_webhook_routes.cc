@@ -1,0 +1,110 @@
+// POST /api/v1/webhooks/lago (policy signature).
+//
+//   1. 503 "lago_webhook_not_configured" when neither LAGO_WEBHOOK_HMAC_KEY nor
+//      LAGO_WEBHOOK_PUBLIC_KEY_FILE is set (and when the delivery's mode has no key).
+//   2. X-Lago-Signature is verified over req.body exactly as received, in the mode named by
+//      X-Lago-Signature-Algorithm (http/lago_signature.h): 400 "invalid_signature" for a missing,
+//      repeated, malformed or non-matching signature, a jwt whose `data` is not the body or whose
+//      `iss` is not the configured Lago API URL.
+//   3. X-Lago-Unique-Key is required (400 "missing_unique_key"; "invalid_unique_key" when not
+//      1..255 visible ASCII characters). The body must be a Lago webhook (`webhook_type`,
+//      `object_type`): else 400 "malformed_event"; 413 beyond
+//      projections::limits::kLagoWebhookBytesMax.
+//   4. One IngestLagoWebhook command (projections/lago.h): dedupe on the unique key (and on the
+//      body), then lago.webhook_received.v1 + the derived state change in one synced write. 200
+//      {"received":true,"unique_key","webhook_type","duplicate","derived"} only after that write;
+//      a duplicate answers 200 with "duplicate":true and appends nothing.
+// Nothing is appended on any 4xx/5xx. Lago retries non-2xx answers (LAGO_WEBHOOK_ATTEMPTS, 3 by
+// default) with the same unique key.
+#include <spdlog/spdlog.h>
+
+#include <memory>
+#include <string>
+
+#include "http/lago_signature.h"
+#include "http/problem.h"
+#include "http/routes.h"
+#include "projections/lago.h"
+
+namespace ledger::http {
+
+namespace {
+
+constexpr char kWebhookPath[] = "/api/v1/webhooks/lago";
+constexpr char kSignatureHeader[] = "X-Lago-Signature";
+constexpr char kAlgorithmHeader[] = "X-Lago-Signature-Algorithm";
+constexpr char kUniqueKeyHeader[] = "X-Lago-Unique-Key";
+
+void HandleWebhook(Ledger* ledger, const LagoSignatureVerifier* verifier,
+                   const httplib::Request& req, httplib::Response& res) {
+  if (ledger == nullptr) {
+    WriteProblem(503, "storage_unavailable", "the event store is not open", &res);
+    return;
+  }
+  if (verifier == nullptr || !verifier->configured()) {
+    WriteProblem(
+        503, "lago_webhook_not_configured",
+        "set LAGO_WEBHOOK_HMAC_KEY or LAGO_WEBHOOK_PUBLIC_KEY_FILE to accept Lago webhooks", &res);
+    return;
+  }
+  if (req.get_header_value_count(kSignatureHeader) > 1 ||
+      req.get_header_value_count(kAlgorithmHeader) > 1) {
+    WriteProblem(400, "invalid_signature", "repeated X-Lago-Signature(-Algorithm) header", &res);
+    return;
+  }
+  std::string mode;
+  Status s = verifier->Verify(req.get_header_value(kAlgorithmHeader),
+                              req.get_header_value(kSignatureHeader), req.body, &mode);
+  if (!s.ok()) {
+    WriteStatusProblem(s, &res);
+    return;
+  }
+  if (!req.has_header(kUniqueKeyHeader)) {
+    WriteProblem(400, "missing_unique_key", "X-Lago-Unique-Key is required", &res);
+    return;
+  }
+  if (req.get_header_value_count(kUniqueKeyHeader) > 1) {
+    WriteProblem(400, "invalid_unique_key", "repeated X-Lago-Unique-Key header", &res);
+    return;
+  }
+  projections::LagoWebhook webhook;
+  s = projections::ParseLagoWebhook(req.body, req.get_header_value(kUniqueKeyHeader), mode,
+                                    &webhook);
+  if (!s.ok()) {
+    WriteStatusProblem(s, &res);
+    return;
+  }
+  projections::IngestLagoWebhook command(std::move(webhook));
+  CommandResult result = ledger->Submit(&command);
+  if (!result.status.ok()) {
+    WriteCommandResult(result, &res);
+    return;
+  }
+  std::string body =
+      result.replayed ? projections::DuplicateLagoWebhookBody(result.body) : std::move(result.body);
+  WriteJsonAt(200, std::move(body), result.position, &res);
+}
+
+}  // namespace
+
+void AddLagoWebhookRoutes(const AppContext& context, RouteTable* routes) {
+  LagoWebhookKeys keys;
+  keys.hmac_key = context.lago_webhook_hmac_key;
+  keys.public_key_pem = context.lago_webhook_public_key_pem;
+  keys.issuer = context.lago_webhook_issuer;
+  std::unique_ptr<LagoSignatureVerifier> created;
+  Status s = LagoSignatureVerifier::Create(keys, &created);
+  if (!s.ok()) {
+    // The daemon validates the key at start (exit 78); a caller that did not answers 503.
+    spdlog::error("lago webhooks disabled: {}", s.ToString());
+  }
+  std::shared_ptr<const LagoSignatureVerifier> verifier(std::move(created));
+  Ledger* ledger = context.ledger;
+  routes->Add(
+      "POST", kWebhookPath, kWebhookPath, Policy::kSignature,
+      [ledger, verifier](const httplib::Request& req, httplib::Response& res, const Identity&) {
+        HandleWebhook(ledger, verifier.get(), req, res);
+      });
+}
+
+}  // namespace ledger::http

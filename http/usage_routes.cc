@@ -1,0 +1,596 @@
+// Usage metering (CONTRACT.md §3 "Usage", projections/usage.h):
+//
+//   POST /api/v1/usage/consume                              user (for itself) or service
+//   POST /api/v1/usage/events                               service
+//   GET  /api/v1/usage/summary                              user
+//   POST /api/v1/admin/subscriptions/{email}/reset-usage    admin
+//
+// consume: body {"user_id", "service", "quantity" (default 1, 1..10000), "idempotency_key"
+// (required, 1..255 bytes; an `Idempotency-Key` header may carry it instead, and must then agree),
+// "metadata" (optional flat object)}. A service token must name the user; a user may omit
+// user_id, and naming another user is 404 "not_found" (CONTRACT §2: another user's objects are
+// reported as 404, as check-access does).
+// The check and the record are one decision in the writer (ConsumeUsage). Answers:
+//   200 {"allowed":true,"user_id","service","quantity","used","limit","remaining",
+//        "window_start","window_end","window_kind","plan_id"}  (limit/remaining null: unlimited)
+//   429 quota_exceeded, 402 subscription_required | trial_expired, 403 service_not_in_plan,
+//   409 idempotency_key_reused (same key, other body; or the key was used by /usage/events),
+//   400 invalid_json, 422 validation_failed | unknown_field | unknown_service.
+// A retry with the same key and body gets the first answer again (status and body, with
+// `Idempotent-Replayed: true`), counted once. Refusals store nothing: a retry is decided again.
+// Rate-limit headers on 200 and 429 when the window has a limit: X-RateLimit-Limit (calls per
+// window), X-RateLimit-Remaining, X-RateLimit-Reset (seconds until the window ends, like
+// Retry-After; GitHub's variant uses epoch seconds, the IETF draft uses delta seconds, as here).
+// The 429 problem also carries "used", "limit", "remaining", "window_start", "window_end",
+// "window_kind" and "retry_after", and a `Retry-After` header (seconds until the window ends).
+//
+// events: body {"events":[{user_id, service, quantity, idempotency_key, timestamp?, metadata?}]}
+// with 1..1000 items (more: 413 "too_many_items"), one command, one group commit. 200 with a
+// result per item ("accepted", "duplicate", or "invalid" + "reason"); a malformed envelope is a
+// 400/422 problem. `timestamp`: Unix seconds (number) or an RFC 3339 string. Item reasons:
+// not_an_object, unknown_field, invalid_user_id, invalid_service, unknown_service,
+// invalid_quantity, invalid_idempotency_key, invalid_timestamp, timestamp_out_of_range,
+// invalid_metadata.
+//
+// summary: {"user_id","plan_id","status","has_access","current":{window + used, limit,
+// remaining, services}, "windows":[{window, used, limit, recorded, resets, services}, newest
+// first, at most 100]}.
+//
+// reset-usage: optional body {"reason"}; `Idempotency-Key` honoured. 404 when no user has the
+// email. 200 {"email","users":[{"user_id","window_start","window_end","window_kind",
+// "used_before"}]}.
+#include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <string>
+
+#include "events/limits.h"
+#include "http/idempotency.h"
+#include "http/problem.h"
+#include "http/routes.h"
+#include "projections/json_util.h"
+#include "projections/limits.h"
+#include "projections/usage.h"
+
+namespace ledger::http {
+
+namespace {
+
+namespace pj = ledger::projections;
+namespace pl = ledger::projections::limits;
+using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
+
+constexpr char kConsumePath[] = "/api/v1/usage/consume";
+constexpr char kEventsPath[] = "/api/v1/usage/events";
+constexpr char kSummaryPath[] = "/api/v1/usage/summary";
+constexpr char kResetPattern[] = R"(/api/v1/admin/subscriptions/([^/]+)/reset-usage)";
+constexpr char kResetName[] = "/api/v1/admin/subscriptions/{email}/reset-usage";
+constexpr int64_t kMicrosPerSecond = 1'000'000;
+constexpr size_t kResetReasonBytesMax = 1024;
+
+struct UsageRouteContext {
+  Ledger* ledger = nullptr;
+  const Clock* clock = nullptr;
+  pj::UsageMeter* meter = nullptr;
+  std::shared_ptr<pj::UsageMeter> owned_meter;  // when the AppContext brought none
+};
+
+void Str(JsonWriter* w, std::string_view s) {
+  w->String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
+}
+void Key(JsonWriter* w, std::string_view s) {
+  w->Key(s.data(), static_cast<rapidjson::SizeType>(s.size()));
+}
+void OptInt(JsonWriter* w, const std::optional<int64_t>& v) {
+  if (v) {
+    w->Int64(*v);
+  } else {
+    w->Null();
+  }
+}
+void WriteWindow(JsonWriter* w, const pj::UsageWindow& window) {
+  Key(w, "window_start");
+  Str(w, pj::FormatRfc3339Seconds(window.start_s));
+  Key(w, "window_end");
+  Str(w, pj::FormatRfc3339Seconds(window.end_s));
+  Key(w, "window_kind");
+  Str(w, pj::WindowKindName(window.kind));
+}
+void WriteServices(JsonWriter* w, const std::map<std::string, int64_t, std::less<>>& services) {
+  w->StartObject();
+  for (const auto& [service, count] : services) {
+    Key(w, service);
+    w->Int64(count);
+  }
+  w->EndObject();
+}
+
+bool RequireLedger(Ledger* ledger, httplib::Response& res) {
+  if (ledger != nullptr) return true;
+  WriteProblem(503, "storage_unavailable", "the event store is not open", &res);
+  return false;
+}
+
+int64_t NowMicros(const UsageRouteContext& c) {
+  return (c.clock != nullptr ? c.clock : SystemClock::Default())->NowMicros();
+}
+
+bool ValidUserId(std::string_view id) {
+  if (id.empty() || id.size() > pl::kUserIdBytesMax) return false;
+  for (char ch : id) {
+    const auto u = static_cast<unsigned char>(ch);
+    if (ch == '/' || u < 0x20 || u == 0x7f) return false;
+  }
+  return pj::IsValidUtf8(id);
+}
+
+bool ValidIdempotencyKey(std::string_view key) {
+  if (key.empty() || key.size() > ledger::limits::kIdempotencyKeyBytesMax) return false;
+  for (char ch : key) {
+    const auto u = static_cast<unsigned char>(ch);
+    if (u < 0x20 || u == 0x7f) return false;
+  }
+  return true;
+}
+
+std::string_view View(const rapidjson::Value& v) {
+  return std::string_view(v.GetString(), v.GetStringLength());
+}
+
+// A flat object of scalars (CONTRACT: forwarded to Lago as properties), re-serialized compactly.
+bool CompactMetadata(const rapidjson::Value& v, std::string* out) {
+  if (!v.IsObject() || v.MemberCount() > pl::kUsageMetadataPropertiesMax) return false;
+  for (const auto& m : v.GetObject()) {
+    if (m.name.GetStringLength() == 0 || m.name.GetStringLength() > pl::kUsageMetadataNameBytesMax) {
+      return false;
+    }
+    const rapidjson::Value& value = m.value;
+    if (value.IsObject() || value.IsArray()) return false;
+    if (value.IsString() && value.GetStringLength() > pl::kUsageMetadataValueBytesMax) return false;
+  }
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  v.Accept(w);
+  out->assign(buf.GetString(), buf.GetSize());
+  return true;
+}
+
+// ---- consume -------------------------------------------------------------------------------------
+
+Status ParseConsume(const httplib::Request& req, const Identity& identity,
+                    pj::ConsumeRequest* out) {
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(pj::ParseJsonObject(req.body, &doc));
+  auto invalid = [](std::string message) {
+    return Status::Make(Code::kUnprocessable, "validation_failed", std::move(message));
+  };
+  bool has_user = false, has_key = false;
+  for (const auto& m : doc.GetObject()) {
+    const std::string_view name = View(m.name);
+    const rapidjson::Value& v = m.value;
+    if (name == "user_id") {
+      if (!v.IsString() || !ValidUserId(View(v))) {
+        return invalid("user_id: 1 to 255 characters without '/' or control characters");
+      }
+      out->user_id.assign(View(v));
+      has_user = true;
+    } else if (name == "service") {
+      if (!v.IsString() || v.GetStringLength() == 0 ||
+          v.GetStringLength() > pl::kServiceIdBytesMax) {
+        return invalid("service: a service id");
+      }
+      out->service.assign(View(v));
+    } else if (name == "quantity") {
+      if (!v.IsInt64() || v.GetInt64() < 1 || v.GetInt64() > pl::kUsageConsumeQuantityMax) {
+        return invalid("quantity: an integer from 1 to " +
+                       std::to_string(pl::kUsageConsumeQuantityMax));
+      }
+      out->quantity = v.GetInt64();
+    } else if (name == "idempotency_key") {
+      if (!v.IsString() || !ValidIdempotencyKey(View(v))) {
+        return invalid("idempotency_key: 1 to 255 bytes without control characters");
+      }
+      out->idempotency_key.assign(View(v));
+      has_key = true;
+    } else if (name == "metadata") {
+      if (!v.IsNull() && !CompactMetadata(v, &out->metadata_json)) {
+        return invalid("metadata: a flat object of at most 32 scalar members");
+      }
+    } else {
+      return Status::Make(Code::kUnprocessable, "unknown_field",
+                          "unknown field '" + pj::Truncated(name) + "'");
+    }
+  }
+  if (out->service.empty()) return invalid("service: required");
+  if (!pj::IsKnownService(out->service)) {
+    return Status::Make(Code::kUnprocessable, "unknown_service",
+                        "unknown service '" + pj::Truncated(out->service) + "'");
+  }
+  const size_t headers = req.get_header_value_count(kIdempotencyKeyHeader);
+  if (headers > 0) {
+    const std::string header = req.get_header_value(kIdempotencyKeyHeader);
+    if (headers > 1 || !ValidIdempotencyKey(header) || (has_key && header != out->idempotency_key)) {
+      return Status::InvalidArgument(
+          "invalid_idempotency_key",
+          "Idempotency-Key must be one header of 1 to 255 bytes, equal to idempotency_key");
+    }
+    out->idempotency_key = header;
+    has_key = true;
+  }
+  if (!has_key) return invalid("idempotency_key: required");
+  if (identity.IsService()) {
+    if (!has_user) return invalid("user_id: a service token must name the user");
+  } else if (!has_user) {
+    out->user_id = identity.subject;
+  } else if (out->user_id != identity.subject) {
+    // CONTRACT §2: another user's objects are reported as 404, as check-access does.
+    return Status::NotFound("no such user");
+  }
+  if (!ValidUserId(out->user_id)) return invalid("user_id: not a valid user id");
+  return Status::OK();
+}
+
+int64_t SecondsUntil(int64_t end_s, int64_t now_us) {
+  const int64_t left_us = end_s * kMicrosPerSecond - now_us;
+  return std::max<int64_t>(1, (left_us + kMicrosPerSecond - 1) / kMicrosPerSecond);
+}
+
+void SetRateLimitHeaders(int64_t limit, int64_t remaining, int64_t reset_s,
+                         httplib::Response* res) {
+  res->set_header("X-RateLimit-Limit", std::to_string(limit));
+  res->set_header("X-RateLimit-Remaining", std::to_string(std::max<int64_t>(0, remaining)));
+  res->set_header("X-RateLimit-Reset", std::to_string(reset_s));
+}
+
+// Headers of an admitted consume, from the answer's body (decided now or replayed).
+void SetAdmittedHeaders(const std::string& body, int64_t now_us, httplib::Response* res) {
+  rapidjson::Document doc;
+  doc.Parse(body.data(), body.size());
+  if (doc.HasParseError() || !doc.IsObject()) return;
+  auto limit = doc.FindMember("limit");
+  auto remaining = doc.FindMember("remaining");
+  auto end = doc.FindMember("window_end");
+  if (limit == doc.MemberEnd() || !limit->value.IsInt64() || remaining == doc.MemberEnd() ||
+      !remaining->value.IsInt64() || end == doc.MemberEnd() || !end->value.IsString()) {
+    return;
+  }
+  int64_t end_us = 0;
+  if (!pj::ParseRfc3339(View(end->value), &end_us)) return;
+  SetRateLimitHeaders(limit->value.GetInt64(), remaining->value.GetInt64(),
+                      SecondsUntil(end_us / kMicrosPerSecond, now_us), res);
+}
+
+void WriteQuotaExceeded(const Status& status, const pj::ConsumeOutcome& outcome,
+                        httplib::Response* res) {
+  const int64_t limit = outcome.limit.value_or(0);
+  const int64_t retry_after = SecondsUntil(outcome.window.end_s, outcome.now_us);
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  Key(&w, "type");
+  Str(&w, "urn:ledgerd:problem:quota_exceeded");
+  Key(&w, "title");
+  Str(&w, ReasonPhrase(429));
+  Key(&w, "status");
+  w.Int(429);
+  Key(&w, "detail");
+  Str(&w, status.message());
+  Key(&w, "code");
+  Str(&w, "quota_exceeded");
+  Key(&w, "used");
+  w.Int64(outcome.used);
+  Key(&w, "limit");
+  w.Int64(limit);
+  Key(&w, "remaining");
+  w.Int64(std::max<int64_t>(0, limit - outcome.used));
+  WriteWindow(&w, outcome.window);
+  Key(&w, "retry_after");
+  w.Int64(retry_after);
+  w.EndObject();
+  res->status = 429;
+  res->set_content(std::string(buf.GetString(), buf.GetSize()), kProblemContentType);
+  res->set_header("Retry-After", std::to_string(retry_after));
+  SetRateLimitHeaders(limit, limit - outcome.used, retry_after, res);
+}
+
+void CountRefusal(const Status& status, pj::UsageMeter* meter) {
+  const std::string& p = status.problem();
+  if (p == "quota_exceeded") {
+    meter->denied_quota_exceeded.Add();
+  } else if (p == "subscription_required") {
+    meter->denied_subscription_required.Add();
+  } else if (p == "trial_expired") {
+    meter->denied_trial_expired.Add();
+  } else if (p == "service_not_in_plan") {
+    meter->denied_service_not_in_plan.Add();
+  }
+}
+
+void Consume(const UsageRouteContext& c, const httplib::Request& req, httplib::Response& res,
+             const Identity& identity) {
+  if (!RequireLedger(c.ledger, res)) return;
+  pj::ConsumeRequest request;
+  Status parsed = ParseConsume(req, identity, &request);
+  if (!parsed.ok()) {
+    WriteStatusProblem(parsed, &res);
+    return;
+  }
+  pj::ConsumeUsage command(std::move(request), c.meter->cache());
+  CommandResult result = c.ledger->Submit(&command);
+  const int64_t now_us = command.outcome().decided ? command.outcome().now_us : NowMicros(c);
+  if (!result.status.ok()) {
+    CountRefusal(result.status, c.meter);
+    if (result.status.problem() == "quota_exceeded") {
+      WriteQuotaExceeded(result.status, command.outcome(), &res);
+      SetPositionHeader(result.position, &res);
+      return;
+    }
+    WriteCommandResult(result, &res);
+    return;
+  }
+  if (result.replayed) {
+    c.meter->consume_replayed.Add();
+  } else {
+    c.meter->consume_allowed.Add();
+    if (result.events_appended > 1) c.meter->threshold_events.Add(result.events_appended - 1);
+  }
+  const pj::ConsumeOutcome& o = command.outcome();
+  if (o.decided && !result.replayed) {
+    if (o.limit && o.remaining) {
+      SetRateLimitHeaders(*o.limit, *o.remaining, SecondsUntil(o.window.end_s, now_us), &res);
+    }
+  } else {
+    SetAdmittedHeaders(result.body, now_us, &res);  // the first answer's figures
+  }
+  WriteCommandResult(result, &res);
+}
+
+// ---- batch ---------------------------------------------------------------------------------------
+
+// Fills `item` from one element of "events"; sets item->invalid_reason when it is not valid.
+void ParseBatchItem(const rapidjson::Value& v, pj::UsageBatchItem* item) {
+  auto invalid = [item](const char* reason) { item->invalid_reason = reason; };
+  if (!v.IsObject()) return invalid("not_an_object");
+  bool has_user = false, has_service = false, has_quantity = false;
+  for (const auto& m : v.GetObject()) {
+    const std::string_view name = View(m.name);
+    const rapidjson::Value& f = m.value;
+    if (name == "user_id") {
+      if (!f.IsString() || !ValidUserId(View(f))) return invalid("invalid_user_id");
+      item->user_id.assign(View(f));
+      has_user = true;
+    } else if (name == "service") {
+      if (!f.IsString() || f.GetStringLength() == 0 ||
+          f.GetStringLength() > pl::kServiceIdBytesMax) {
+        return invalid("invalid_service");
+      }
+      item->service.assign(View(f));
+      has_service = true;
+    } else if (name == "quantity") {
+      if (!f.IsInt64() || f.GetInt64() < 1 || f.GetInt64() > pl::kUsageBatchQuantityMax) {
+        return invalid("invalid_quantity");
+      }
+      item->quantity = f.GetInt64();
+      has_quantity = true;
+    } else if (name == "idempotency_key") {
+      if (!f.IsString() || !ValidIdempotencyKey(View(f))) return invalid("invalid_idempotency_key");
+      item->idempotency_key.assign(View(f));
+    } else if (name == "timestamp") {
+      int64_t us = 0;
+      if (f.IsString()) {
+        if (!pj::ParseRfc3339(View(f), &us)) return invalid("invalid_timestamp");
+      } else if (f.IsNumber()) {
+        const double seconds = f.GetDouble();
+        if (!std::isfinite(seconds) || seconds < 0 || seconds > 1e11) {
+          return invalid("invalid_timestamp");
+        }
+        us = static_cast<int64_t>(std::floor(seconds * 1e6));
+      } else if (!f.IsNull()) {
+        return invalid("invalid_timestamp");
+      }
+      if (!f.IsNull()) item->timestamp_us = us;
+    } else if (name == "metadata") {
+      if (!f.IsNull() && !CompactMetadata(f, &item->metadata_json)) {
+        return invalid("invalid_metadata");
+      }
+    } else {
+      return invalid("unknown_field");
+    }
+  }
+  if (!has_user) return invalid("invalid_user_id");
+  if (!has_service) return invalid("invalid_service");
+  if (!pj::IsKnownService(item->service)) return invalid("unknown_service");
+  if (!has_quantity) item->quantity = 1;
+  if (item->idempotency_key.empty()) return invalid("invalid_idempotency_key");
+}
+
+Status ParseBatch(const std::string& body, std::vector<pj::UsageBatchItem>* items) {
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(pj::ParseJsonObject(body, &doc));
+  const rapidjson::Value* events = nullptr;
+  for (const auto& m : doc.GetObject()) {
+    if (View(m.name) != "events") {
+      return Status::Make(Code::kUnprocessable, "unknown_field",
+                          "unknown field '" + pj::Truncated(View(m.name)) + "'");
+    }
+    events = &m.value;
+  }
+  if (events == nullptr || !events->IsArray() || events->Empty()) {
+    return Status::Make(Code::kUnprocessable, "validation_failed",
+                        "events: an array of 1 to 1000 usage events");
+  }
+  if (events->Size() > pl::kUsageBatchItemsMax) {
+    return Status::Make(Code::kPayloadTooLarge, "too_many_items",
+                        "events: at most " + std::to_string(pl::kUsageBatchItemsMax) + " per request");
+  }
+  items->resize(events->Size());
+  for (rapidjson::SizeType i = 0; i < events->Size(); ++i) ParseBatchItem((*events)[i], &(*items)[i]);
+  return Status::OK();
+}
+
+void RecordEvents(const UsageRouteContext& c, const httplib::Request& req, httplib::Response& res,
+                  const Identity& identity) {
+  if (!RequireLedger(c.ledger, res)) return;
+  std::vector<pj::UsageBatchItem> items;
+  Status parsed = ParseBatch(req.body, &items);
+  if (!parsed.ok()) {
+    WriteStatusProblem(parsed, &res);
+    return;
+  }
+  pj::RecordUsageBatch command(std::move(items), c.meter->cache());
+  if (!ApplyIdempotencyKey(req, kEventsPath, identity, &command, &res)) return;
+  CommandResult result = c.ledger->Submit(&command);
+  if (result.status.ok() && !result.replayed) {
+    const auto& counts = command.counts();
+    c.meter->batch_requests.Add();
+    c.meter->batch_accepted.Add(counts.accepted);
+    c.meter->batch_duplicates.Add(counts.duplicates);
+    c.meter->batch_invalid.Add(counts.invalid);
+    c.meter->threshold_events.Add(counts.thresholds);
+  }
+  WriteCommandResult(result, &res);
+}
+
+// ---- summary -------------------------------------------------------------------------------------
+
+void Summary(const UsageRouteContext& c, const httplib::Request&, httplib::Response& res,
+             const Identity& identity) {
+  if (!RequireLedger(c.ledger, res)) return;
+  const std::string& user_id = identity.subject;
+  std::unique_ptr<ReadView> view = c.ledger->Snapshot();
+  std::shared_ptr<const pj::MeteringSubject> subject;
+  pj::CurrentUsage current;
+  std::vector<pj::UsageWindowRow> windows;
+  Status s = pj::LoadMeteringSubject(*view, user_id, nullptr, &subject);
+  if (s.ok()) {
+    s = pj::GetCurrentUsage(*view, *subject, user_id, NowMicros(c) / kMicrosPerSecond, &current);
+  }
+  if (s.ok()) s = pj::ListUserUsage(*view, user_id, pl::kUsageSummaryWindowsMax, &windows);
+  if (!s.ok()) {
+    WriteStatusProblem(s, &res);
+    return;
+  }
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  Key(&w, "user_id");
+  Str(&w, user_id);
+  Key(&w, "plan_id");
+  if (subject->plan() != nullptr) {
+    Str(&w, subject->plan()->id);
+  } else {
+    w.Null();
+  }
+  Key(&w, "status");
+  Str(&w, subject->access.subscription.status_name());
+  Key(&w, "has_access");
+  w.Bool(current.has_plan && current.error.ok());
+  Key(&w, "reason");
+  if (current.error.ok()) {
+    w.Null();
+  } else {
+    Str(&w, current.error.problem());
+  }
+  Key(&w, "current");
+  w.StartObject();
+  WriteWindow(&w, current.terms.window);
+  Key(&w, "used");
+  w.Int64(current.used);
+  Key(&w, "limit");
+  OptInt(&w, current.has_plan ? current.terms.limit : std::nullopt);
+  Key(&w, "remaining");
+  OptInt(&w, current.remaining);
+  Key(&w, "services");
+  WriteServices(&w, current.services);
+  w.EndObject();
+  Key(&w, "windows");
+  w.StartArray();
+  for (const pj::UsageWindowRow& row : windows) {
+    w.StartObject();
+    WriteWindow(&w, pj::UsageWindow{row.window_start_s, row.counter.window_end_s, row.counter.kind});
+    Key(&w, "used");
+    w.Int64(row.counter.used);
+    Key(&w, "limit");
+    OptInt(&w, row.counter.limit);
+    Key(&w, "recorded");
+    w.Int64(row.counter.recorded);
+    Key(&w, "resets");
+    w.Int64(row.counter.resets);
+    Key(&w, "services");
+    WriteServices(&w, row.counter.services);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.EndObject();
+  WriteJsonAt(200, std::string(buf.GetString(), buf.GetSize()), view->position(), &res);
+}
+
+// ---- reset ---------------------------------------------------------------------------------------
+
+Status ParseResetBody(const std::string& body, std::optional<std::string>* reason) {
+  if (body.empty()) return Status::OK();
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(pj::ParseJsonObject(body, &doc));
+  for (const auto& m : doc.GetObject()) {
+    if (View(m.name) != "reason") {
+      return Status::Make(Code::kUnprocessable, "unknown_field",
+                          "unknown field '" + pj::Truncated(View(m.name)) + "'");
+    }
+    if (m.value.IsNull()) continue;
+    if (!m.value.IsString() || m.value.GetStringLength() > kResetReasonBytesMax) {
+      return Status::Make(Code::kUnprocessable, "validation_failed",
+                          "reason: a string of at most 1024 bytes");
+    }
+    *reason = std::string(View(m.value));
+  }
+  return Status::OK();
+}
+
+void ResetUsage(const UsageRouteContext& c, const httplib::Request& req, httplib::Response& res,
+                const Identity& identity) {
+  if (!RequireLedger(c.ledger, res)) return;
+  const std::string email = req.matches[1].str();
+  if (email.empty() || email.size() > pl::kEmailBytesMax || !pj::IsValidUtf8(email)) {
+    WriteProblem(400, "invalid_parameter", "email: 1 to 320 bytes", &res);
+    return;
+  }
+  std::optional<std::string> reason;
+  Status parsed = ParseResetBody(req.body, &reason);
+  if (!parsed.ok()) {
+    WriteStatusProblem(parsed, &res);
+    return;
+  }
+  pj::UsageWindowReset command(email, pj::Actor::Admin(identity.subject, identity.email),
+                               std::move(reason), c.meter->cache());
+  if (!ApplyIdempotencyKey(req, kResetName, identity, &command, &res)) return;
+  CommandResult result = c.ledger->Submit(&command);
+  if (result.status.ok() && !result.replayed) c.meter->window_resets.Add(result.events_appended);
+  WriteCommandResult(result, &res);
+}
+
+}  // namespace
+
+void AddUsageRoutes(const AppContext& context, RouteTable* routes) {
+  auto c = std::make_shared<UsageRouteContext>();
+  c->ledger = context.ledger;
+  c->clock = context.clock;
+  c->meter = context.usage_meter;
+  if (c->meter == nullptr) {
+    c->owned_meter = std::make_shared<pj::UsageMeter>();
+    c->meter = c->owned_meter.get();
+  }
+  auto bind = [c](auto handler) {
+    return [c, handler](const httplib::Request& req, httplib::Response& res,
+                        const Identity& identity) { handler(*c, req, res, identity); };
+  };
+  routes->Add("POST", kConsumePath, kConsumePath, Policy::kUserOrService, bind(Consume));
+  routes->Add("POST", kEventsPath, kEventsPath, Policy::kService, bind(RecordEvents));
+  routes->Add("GET", kSummaryPath, kSummaryPath, Policy::kUser, bind(Summary));
+  routes->Add("POST", kResetPattern, kResetName, Policy::kAdmin, bind(ResetUsage));
+}
+
+}  // namespace ledger::http

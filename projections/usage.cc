@@ -1,0 +1,1334 @@
+#include "projections/usage.h"
+
+#include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <unordered_set>
+
+#include "events/coding.h"
+#include "events/event.h"
+#include "projections/limits.h"
+
+namespace ledger::projections {
+
+namespace {
+
+using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
+
+constexpr char kCounterPrefix[] = "c/";
+constexpr char kTimeIndexPrefix[] = "t/";
+constexpr char kDedupePrefix[] = "k/";
+constexpr char kEpochKey[] = "e";
+constexpr uint8_t kCounterFormatVersion = 1;
+constexpr int64_t kMicrosPerSecond = 1'000'000;
+constexpr int64_t kBillingPeriodOneWindowMaxSeconds = 32 * kSecondsPerDay;
+
+// ---- civil time (Howard Hinnant's algorithms, proleptic Gregorian, UTC) --------------------------
+
+int64_t DaysFromCivil(int64_t y, unsigned m, unsigned d) {
+  y -= m <= 2;
+  const int64_t era = (y >= 0 ? y : y - 399) / 400;
+  const unsigned yoe = static_cast<unsigned>(y - era * 400);
+  const unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + static_cast<int64_t>(doe) - 719468;
+}
+
+void CivilFromDays(int64_t z, int64_t* y, unsigned* m, unsigned* d) {
+  z += 719468;
+  const int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+  const unsigned doe = static_cast<unsigned>(z - era * 146097);
+  const unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+  const unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+  const unsigned mp = (5 * doy + 2) / 153;
+  *d = doy - (153 * mp + 2) / 5 + 1;
+  *m = mp < 10 ? mp + 3 : mp - 9;
+  *y = static_cast<int64_t>(yoe) + era * 400 + (*m <= 2);
+}
+
+int64_t FloorDiv(int64_t a, int64_t b) {
+  int64_t q = a / b;
+  if ((a % b != 0) && ((a < 0) != (b < 0))) --q;
+  return q;
+}
+
+unsigned DaysInMonth(int64_t y, unsigned m) {
+  static constexpr unsigned kDays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  if (m == 2) {
+    const bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    return leap ? 29 : 28;
+  }
+  return kDays[m - 1];
+}
+
+int64_t FloorSeconds(int64_t t_us) { return FloorDiv(t_us, kMicrosPerSecond); }
+
+// ---- JSON helpers --------------------------------------------------------------------------------
+
+void Str(JsonWriter* w, std::string_view s) {
+  w->String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
+}
+void Key(JsonWriter* w, std::string_view s) {
+  w->Key(s.data(), static_cast<rapidjson::SizeType>(s.size()));
+}
+void OptInt(JsonWriter* w, const std::optional<int64_t>& v) {
+  if (v) {
+    w->Int64(*v);
+  } else {
+    w->Null();
+  }
+}
+void NonEmptyOrNull(JsonWriter* w, std::string_view s) {
+  if (s.empty()) {
+    w->Null();
+  } else {
+    Str(w, s);
+  }
+}
+void TimeSeconds(JsonWriter* w, int64_t t_s) { Str(w, FormatRfc3339Seconds(t_s)); }
+std::string Done(const rapidjson::StringBuffer& buf) {
+  return std::string(buf.GetString(), buf.GetSize());
+}
+
+// A window's three JSON strings, formatted once per decision.
+struct WindowText {
+  explicit WindowText(const UsageWindow& window)
+      : start(FormatRfc3339Seconds(window.start_s)),
+        end(FormatRfc3339Seconds(window.end_s)),
+        kind(WindowKindName(window.kind)) {}
+  std::string start, end;
+  std::string_view kind;
+};
+
+void WriteWindowStrings(JsonWriter* w, const WindowText& text) {
+  Key(w, "window_start");
+  Str(w, text.start);
+  Key(w, "window_end");
+  Str(w, text.end);
+  Key(w, "window_kind");
+  Str(w, text.kind);
+}
+
+void WriteWindow(JsonWriter* w, const UsageWindow& window) {
+  Key(w, "window_start");
+  TimeSeconds(w, window.start_s);
+  Key(w, "window_end");
+  TimeSeconds(w, window.end_s);
+  Key(w, "window_kind");
+  Str(w, WindowKindName(window.kind));
+}
+
+void WriteActor(JsonWriter* w, const Actor& actor) {
+  w->StartObject();
+  Key(w, "kind");
+  Str(w, actor.kind == Actor::Kind::kAdmin ? "admin" : "system");
+  Key(w, "sub");
+  Str(w, actor.subject);
+  Key(w, "email");
+  NonEmptyOrNull(w, actor.email);
+  w->EndObject();
+}
+
+const rapidjson::Value* Member(const rapidjson::Value& object, const char* name) {
+  auto it = object.FindMember(name);
+  return it == object.MemberEnd() ? nullptr : &it->value;
+}
+
+Status Malformed(std::string_view type, std::string_view what) {
+  return Status::InvalidArgument("malformed_event",
+                                 std::string(type) + ": " + std::string(what));
+}
+
+Status ReadString(const rapidjson::Value& object, const char* name, std::string_view type,
+                  std::string_view* out) {
+  const rapidjson::Value* v = Member(object, name);
+  if (v == nullptr || !v->IsString()) return Malformed(type, std::string(name) + " missing");
+  *out = std::string_view(v->GetString(), v->GetStringLength());
+  return Status::OK();
+}
+
+Status ReadInt(const rapidjson::Value& object, const char* name, std::string_view type,
+               int64_t* out) {
+  const rapidjson::Value* v = Member(object, name);
+  if (v == nullptr || !v->IsInt64()) return Malformed(type, std::string(name) + " missing");
+  *out = v->GetInt64();
+  return Status::OK();
+}
+
+Status ReadNullableInt(const rapidjson::Value& object, const char* name, std::string_view type,
+                       std::optional<int64_t>* out) {
+  const rapidjson::Value* v = Member(object, name);
+  if (v == nullptr || !(v->IsNull() || v->IsInt64())) {
+    return Malformed(type, std::string(name) + " missing");
+  }
+  if (v->IsNull()) {
+    out->reset();
+  } else {
+    *out = v->GetInt64();
+  }
+  return Status::OK();
+}
+
+Status ReadTime(const rapidjson::Value& object, const char* name, std::string_view type,
+                int64_t* out_s) {
+  std::string_view text;
+  LEDGER_RETURN_IF_ERROR(ReadString(object, name, type, &text));
+  int64_t us = 0;
+  if (!ParseRfc3339(text, &us)) return Malformed(type, std::string(name) + " is not a time");
+  *out_s = FloorSeconds(us);
+  return Status::OK();
+}
+
+// The fields every usage.* event names its window with.
+struct EventWindow {
+  std::string_view user_id;
+  UsageWindow window;
+};
+
+Status ReadEventWindow(const rapidjson::Value& data, std::string_view type, EventWindow* out) {
+  LEDGER_RETURN_IF_ERROR(ReadString(data, "user_id", type, &out->user_id));
+  if (out->user_id.empty()) return Malformed(type, "user_id empty");
+  LEDGER_RETURN_IF_ERROR(ReadTime(data, "window_start", type, &out->window.start_s));
+  LEDGER_RETURN_IF_ERROR(ReadTime(data, "window_end", type, &out->window.end_s));
+  std::string_view kind;
+  LEDGER_RETURN_IF_ERROR(ReadString(data, "window_kind", type, &kind));
+  if (!ParseWindowKind(kind, &out->window.kind)) return Malformed(type, "unknown window_kind");
+  if (out->window.start_s < 0) return Malformed(type, "window_start before 1970");
+  return Status::OK();
+}
+
+// ---- rows ----------------------------------------------------------------------------------------
+
+void PutI64(std::string* dst, int64_t v) { PutFixed64BE(dst, static_cast<uint64_t>(v)); }
+bool GetI64(std::string_view* in, int64_t* v) {
+  uint64_t u = 0;
+  if (!GetFixed64BE(in, &u)) return false;
+  *v = static_cast<int64_t>(u);
+  return true;
+}
+bool GetU8(std::string_view* in, uint8_t* v) {
+  if (in->empty()) return false;
+  *v = static_cast<uint8_t>((*in)[0]);
+  in->remove_prefix(1);
+  return true;
+}
+
+std::string TimeIndexKey(int64_t window_start_s, std::string_view user_id) {
+  std::string key(kTimeIndexPrefix);
+  PutFixed64BE(&key, static_cast<uint64_t>(window_start_s));
+  key.append(user_id);
+  return key;
+}
+
+std::string CounterPrefix(std::string_view user_id) {
+  std::string key(kCounterPrefix);
+  key.append(user_id);
+  key.push_back('\0');
+  return key;
+}
+
+// Reads the counter, or a fresh one for `window` (`*existed` false).
+Status LoadCounter(const StateReader& state, std::string_view user_id, const UsageWindow& window,
+                   UsageCounter* out, bool* existed) {
+  Status s = GetUsageCounter(state, user_id, window.start_s, out);
+  *existed = s.ok();
+  if (s.IsNotFound()) {
+    *out = UsageCounter();
+    out->window_end_s = window.end_s;
+    out->kind = window.kind;
+    return Status::OK();
+  }
+  return s;
+}
+
+Status StoreCounter(std::string_view user_id, const UsageWindow& window, bool existed,
+                    const UsageCounter& counter, RowWriter* rows) {
+  if (!existed) {
+    LEDGER_RETURN_IF_ERROR(rows->Put(kUsageFamily, TimeIndexKey(window.start_s, user_id), ""));
+  }
+  return rows->Put(kUsageFamily, UsageCounterKey(user_id, window.start_s),
+                   EncodeUsageCounter(counter));
+}
+
+// ---- fold ----------------------------------------------------------------------------------------
+
+Status ApplyRecorded(const Event& event, const rapidjson::Value& data, const StateReader& state,
+                     RowWriter* rows) {
+  const std::string_view type = kUsageRecordedV1;
+  EventWindow w;
+  LEDGER_RETURN_IF_ERROR(ReadEventWindow(data, type, &w));
+  std::string_view service, key;
+  LEDGER_RETURN_IF_ERROR(ReadString(data, "service", type, &service));
+  LEDGER_RETURN_IF_ERROR(ReadString(data, "idempotency_key", type, &key));
+  int64_t quantity = 0;
+  LEDGER_RETURN_IF_ERROR(ReadInt(data, "quantity", type, &quantity));
+  if (quantity <= 0) return Malformed(type, "quantity must be positive");
+  std::optional<int64_t> limit;
+  LEDGER_RETURN_IF_ERROR(ReadNullableInt(data, "limit", type, &limit));
+
+  UsageCounter counter;
+  bool existed = false;
+  LEDGER_RETURN_IF_ERROR(LoadCounter(state, w.user_id, w.window, &counter, &existed));
+  counter.window_end_s = w.window.end_s;
+  counter.kind = w.window.kind;
+  counter.used += quantity;
+  counter.recorded += quantity;
+  counter.limit = limit;
+  auto it = counter.services.find(service);
+  if (it == counter.services.end()) {
+    counter.services.emplace(std::string(service), quantity);
+  } else {
+    it->second += quantity;
+  }
+  LEDGER_RETURN_IF_ERROR(StoreCounter(w.user_id, w.window, existed, counter, rows));
+  std::string position;
+  PutFixed64BE(&position, event.position.value());
+  return rows->Put(kUsageFamily, UsageDedupeKey(w.user_id, key), position);
+}
+
+Status ApplyThreshold(const rapidjson::Value& data, const StateReader& state, RowWriter* rows) {
+  const std::string_view type = kUsageThresholdReachedV1;
+  EventWindow w;
+  LEDGER_RETURN_IF_ERROR(ReadEventWindow(data, type, &w));
+  int64_t percent = 0, limit = 0;
+  LEDGER_RETURN_IF_ERROR(ReadInt(data, "threshold_percent", type, &percent));
+  LEDGER_RETURN_IF_ERROR(ReadInt(data, "limit", type, &limit));
+  if (percent != 80 && percent != 100) return Malformed(type, "threshold_percent");
+  UsageCounter counter;
+  bool existed = false;
+  LEDGER_RETURN_IF_ERROR(LoadCounter(state, w.user_id, w.window, &counter, &existed));
+  if (counter.thresholds_limit != limit) {
+    counter.thresholds = 0;
+    counter.thresholds_limit = limit;
+  }
+  counter.thresholds |= percent == 80 ? kThreshold80 : kThreshold100;
+  return StoreCounter(w.user_id, w.window, existed, counter, rows);
+}
+
+Status ApplyReset(const rapidjson::Value& data, const StateReader& state, RowWriter* rows) {
+  EventWindow w;
+  LEDGER_RETURN_IF_ERROR(ReadEventWindow(data, kUsageWindowResetV1, &w));
+  UsageCounter counter;
+  bool existed = false;
+  LEDGER_RETURN_IF_ERROR(LoadCounter(state, w.user_id, w.window, &counter, &existed));
+  counter.used = 0;
+  counter.services.clear();
+  counter.thresholds = 0;
+  counter.thresholds_limit = 0;
+  counter.resets += 1;
+  return StoreCounter(w.user_id, w.window, existed, counter, rows);
+}
+
+bool StartsWith(std::string_view s, std::string_view prefix) {
+  return s.substr(0, prefix.size()) == prefix;
+}
+
+// ---- deciding ------------------------------------------------------------------------------------
+
+// ceil(limit × percent / 100), at least 1.
+int64_t ThresholdCalls(int64_t limit, int percent) {
+  return std::max<int64_t>(1, (limit * percent + 99) / 100);
+}
+
+struct RecordFields {
+  std::string_view user_id;
+  std::string_view service;
+  int64_t quantity = 0;
+  std::string_view source;
+  std::string_view idempotency_key;
+  int64_t occurred_at_us = 0;
+  UsageWindow window;
+  const WindowText* window_text = nullptr;  // of `window`
+  const Plan* plan = nullptr;
+  std::string_view subscription_id;
+  std::optional<int64_t> limit;
+  int64_t used_after = 0;
+  std::string_view metadata_json;
+};
+
+NewEvent RecordedEvent(const RecordFields& f) {
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  Key(&w, "user_id");
+  Str(&w, f.user_id);
+  Key(&w, "service");
+  Str(&w, f.service);
+  Key(&w, "quantity");
+  w.Int64(f.quantity);
+  Key(&w, "source");
+  Str(&w, f.source);
+  Key(&w, "idempotency_key");
+  Str(&w, f.idempotency_key);
+  Key(&w, "occurred_at");
+  Str(&w, FormatRfc3339Micros(f.occurred_at_us));
+  WriteWindowStrings(&w, *f.window_text);
+  Key(&w, "plan_id");
+  if (f.plan != nullptr) {
+    Str(&w, f.plan->id);
+  } else {
+    w.Null();
+  }
+  Key(&w, "subscription_id");
+  NonEmptyOrNull(&w, f.subscription_id);
+  Key(&w, "limit");
+  OptInt(&w, f.limit);
+  Key(&w, "used_after");
+  w.Int64(f.used_after);
+  if (!f.metadata_json.empty()) {
+    Key(&w, "metadata");
+    w.RawValue(f.metadata_json.data(), f.metadata_json.size(), rapidjson::kObjectType);
+  }
+  w.EndObject();
+  return NewEvent{std::string(kUsageRecordedV1), std::string(f.user_id), Done(buf)};
+}
+
+// Appends the threshold events `used_after` reaches in `counter`'s window (for `limit`), and
+// marks them in `counter` the way the fold will.
+size_t AppendThresholdEvents(const RecordFields& f, UsageCounter* counter,
+                             std::vector<NewEvent>* events) {
+  if (!f.limit) return 0;
+  const int64_t limit = *f.limit;
+  if (counter->thresholds_limit != limit) {
+    counter->thresholds = 0;
+    counter->thresholds_limit = limit;
+  }
+  size_t appended = 0;
+  for (int percent : {80, 100}) {
+    const uint8_t bit = percent == 80 ? kThreshold80 : kThreshold100;
+    if ((counter->thresholds & bit) != 0 || f.used_after < ThresholdCalls(limit, percent)) continue;
+    counter->thresholds |= bit;
+    rapidjson::StringBuffer buf;
+    JsonWriter w(buf);
+    w.StartObject();
+    Key(&w, "user_id");
+    Str(&w, f.user_id);
+    Key(&w, "threshold_percent");
+    w.Int(percent);
+    WriteWindowStrings(&w, *f.window_text);
+    Key(&w, "plan_id");
+    if (f.plan != nullptr) {
+      Str(&w, f.plan->id);
+    } else {
+      w.Null();
+    }
+    Key(&w, "limit");
+    w.Int64(limit);
+    Key(&w, "used");
+    w.Int64(f.used_after);
+    Key(&w, "service");
+    Str(&w, f.service);
+    Key(&w, "idempotency_key");
+    Str(&w, f.idempotency_key);
+    w.EndObject();
+    events->push_back(
+        NewEvent{std::string(kUsageThresholdReachedV1), std::string(f.user_id), Done(buf)});
+    ++appended;
+  }
+  return appended;
+}
+
+// The 200 answer of an admitted consume (stored with its idempotency record).
+std::string AdmittedAnswer(const RecordFields& f, const std::optional<int64_t>& remaining) {
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  Key(&w, "allowed");
+  w.Bool(true);
+  Key(&w, "user_id");
+  Str(&w, f.user_id);
+  Key(&w, "service");
+  Str(&w, f.service);
+  Key(&w, "quantity");
+  w.Int64(f.quantity);
+  Key(&w, "used");
+  w.Int64(f.used_after);
+  Key(&w, "limit");
+  OptInt(&w, f.limit);
+  Key(&w, "remaining");
+  OptInt(&w, remaining);
+  WriteWindowStrings(&w, *f.window_text);
+  Key(&w, "plan_id");
+  Str(&w, f.plan->id);
+  w.EndObject();
+  return Done(buf);
+}
+
+Status PaymentRequired(std::string problem, std::string message) {
+  return Status::Make(Code::kPaymentRequired, std::move(problem), std::move(message));
+}
+
+// The terms for recording (batch): the plan's window when the user has a plan that grants
+// access and the trial (if any) has not ended; otherwise the calendar month without a limit.
+void RecordingTerms(const MeteringSubject& subject, int64_t at_s, UsageTerms* terms,
+                    const Plan** plan) {
+  *plan = nullptr;
+  if (subject.access.access != AccessLevel::kNone && subject.plan() != nullptr) {
+    if (ComputeUsageTerms(subject.plan(), subject.subscription(), at_s, terms).ok()) {
+      *plan = subject.plan();
+      return;
+    }
+  }
+  ComputeUsageTerms(nullptr, nullptr, at_s, terms).IgnoreError();
+  if (subject.plan() != nullptr) *plan = subject.plan();
+  terms->limit.reset();
+}
+
+std::string_view SubscriptionIdOf(const MeteringSubject& subject) {
+  const SubscriptionRecord* sub = subject.subscription();
+  return sub != nullptr ? std::string_view(sub->subscription_id) : std::string_view();
+}
+
+}  // namespace
+
+// ---- time ----------------------------------------------------------------------------------------
+
+int64_t UtcDayStart(int64_t t_s) { return FloorDiv(t_s, kSecondsPerDay) * kSecondsPerDay; }
+
+int64_t UtcMonthStart(int64_t t_s) {
+  int64_t y = 0;
+  unsigned m = 0, d = 0;
+  CivilFromDays(FloorDiv(t_s, kSecondsPerDay), &y, &m, &d);
+  return DaysFromCivil(y, m, 1) * kSecondsPerDay;
+}
+
+int64_t AddUtcMonths(int64_t t_s, int64_t months) {
+  const int64_t days = FloorDiv(t_s, kSecondsPerDay);
+  const int64_t second_of_day = t_s - days * kSecondsPerDay;
+  int64_t y = 0;
+  unsigned m = 0, d = 0;
+  CivilFromDays(days, &y, &m, &d);
+  int64_t month_index = y * 12 + (m - 1) + months;
+  int64_t ny = FloorDiv(month_index, 12);
+  unsigned nm = static_cast<unsigned>(month_index - ny * 12) + 1;
+  unsigned nd = std::min(d, DaysInMonth(ny, nm));
+  return DaysFromCivil(ny, nm, nd) * kSecondsPerDay + second_of_day;
+}
+
+namespace {
+
+// "YYYY-MM-DDTHH:MM:SS" into buf[0..19) (years 0..9999), without snprintf: the usage deciders
+// format several times per event on the writer thread.
+void FormatCivilSeconds(int64_t t_s, char* buf) {
+  const int64_t days = FloorDiv(t_s, kSecondsPerDay);
+  const int64_t sod = t_s - days * kSecondsPerDay;
+  int64_t y = 0;
+  unsigned m = 0, d = 0;
+  CivilFromDays(days, &y, &m, &d);
+  y = std::clamp<int64_t>(y, 0, 9999);
+  auto two = [](char* p, unsigned v) {
+    p[0] = static_cast<char>('0' + v / 10);
+    p[1] = static_cast<char>('0' + v % 10);
+  };
+  two(buf, static_cast<unsigned>(y / 100));
+  two(buf + 2, static_cast<unsigned>(y % 100));
+  buf[4] = '-';
+  two(buf + 5, m);
+  buf[7] = '-';
+  two(buf + 8, d);
+  buf[10] = 'T';
+  two(buf + 11, static_cast<unsigned>(sod / 3600));
+  buf[13] = ':';
+  two(buf + 14, static_cast<unsigned>(sod / 60 % 60));
+  buf[16] = ':';
+  two(buf + 17, static_cast<unsigned>(sod % 60));
+}
+
+}  // namespace
+
+std::string FormatRfc3339Seconds(int64_t t_s) {
+  char buf[20];
+  FormatCivilSeconds(t_s, buf);
+  buf[19] = 'Z';
+  return std::string(buf, 20);
+}
+
+std::string FormatRfc3339Micros(int64_t t_us) {
+  const int64_t t_s = FloorDiv(t_us, kMicrosPerSecond);
+  int64_t micros = t_us - t_s * kMicrosPerSecond;
+  char buf[27];
+  FormatCivilSeconds(t_s, buf);
+  buf[19] = '.';
+  for (int i = 25; i >= 20; --i) {
+    buf[i] = static_cast<char>('0' + micros % 10);
+    micros /= 10;
+  }
+  buf[26] = 'Z';
+  return std::string(buf, 27);
+}
+
+bool ParseRfc3339(std::string_view s, int64_t* out_us) {
+  auto digits = [&](size_t pos, size_t n, int64_t* v) {
+    if (pos + n > s.size()) return false;
+    int64_t r = 0;
+    for (size_t i = pos; i < pos + n; ++i) {
+      if (s[i] < '0' || s[i] > '9') return false;
+      r = r * 10 + (s[i] - '0');
+    }
+    *v = r;
+    return true;
+  };
+  int64_t y, mo, d, h, mi, sec;
+  if (!digits(0, 4, &y) || s.size() < 20 || s[4] != '-' || !digits(5, 2, &mo) || s[7] != '-' ||
+      !digits(8, 2, &d) || (s[10] != 'T' && s[10] != 't') || !digits(11, 2, &h) || s[13] != ':' ||
+      !digits(14, 2, &mi) || s[16] != ':' || !digits(17, 2, &sec)) {
+    return false;
+  }
+  if (mo < 1 || mo > 12 || d < 1 || d > DaysInMonth(y, static_cast<unsigned>(mo)) || h > 23 ||
+      mi > 59 || sec > 60) {
+    return false;
+  }
+  size_t pos = 19;
+  int64_t micros = 0;
+  if (pos < s.size() && s[pos] == '.') {
+    ++pos;
+    size_t start = pos;
+    int64_t scale = 100000;
+    while (pos < s.size() && s[pos] >= '0' && s[pos] <= '9') {
+      micros += (s[pos] - '0') * scale;
+      scale /= 10;
+      ++pos;
+    }
+    if (pos == start || pos - start > 9) return false;
+  }
+  int64_t offset_s = 0;
+  if (pos < s.size() && (s[pos] == 'Z' || s[pos] == 'z')) {
+    ++pos;
+  } else if (pos < s.size() && (s[pos] == '+' || s[pos] == '-')) {
+    int64_t oh, om;
+    if (!digits(pos + 1, 2, &oh) || pos + 3 >= s.size() || s[pos + 3] != ':' ||
+        !digits(pos + 4, 2, &om) || oh > 23 || om > 59) {
+      return false;
+    }
+    offset_s = (oh * 3600 + om * 60) * (s[pos] == '+' ? 1 : -1);
+    pos += 6;
+  } else {
+    return false;
+  }
+  if (pos != s.size()) return false;
+  const int64_t t_s = DaysFromCivil(y, static_cast<unsigned>(mo), static_cast<unsigned>(d)) *
+                          kSecondsPerDay +
+                      h * 3600 + mi * 60 + std::min<int64_t>(sec, 59) - offset_s;
+  if (t_s < 0) return false;
+  *out_us = t_s * kMicrosPerSecond + micros;
+  return true;
+}
+
+// ---- windows -------------------------------------------------------------------------------------
+
+std::string_view WindowKindName(WindowKind kind) {
+  switch (kind) {
+    case WindowKind::kTrialDay:
+      return "trial_day";
+    case WindowKind::kDay:
+      return "day";
+    case WindowKind::kBillingMonth:
+      return "billing_month";
+    case WindowKind::kCalendarMonth:
+      return "calendar_month";
+  }
+  return "calendar_month";
+}
+
+bool ParseWindowKind(std::string_view name, WindowKind* out) {
+  for (WindowKind kind : {WindowKind::kTrialDay, WindowKind::kDay, WindowKind::kBillingMonth,
+                          WindowKind::kCalendarMonth}) {
+    if (WindowKindName(kind) == name) {
+      *out = kind;
+      return true;
+    }
+  }
+  return false;
+}
+
+bool IsTrialPlan(const Plan& plan) { return plan.trial_days > 0; }
+
+namespace {
+
+UsageWindow CalendarMonth(int64_t at_s) {
+  const int64_t start = UtcMonthStart(at_s);
+  return UsageWindow{start, AddUtcMonths(start, 1), WindowKind::kCalendarMonth};
+}
+
+// The month [anchor + k months, anchor + k+1 months) containing at_s, its end clipped to `clip`
+// (0 = none).
+UsageWindow MonthFromAnchor(int64_t anchor_s, int64_t at_s, int64_t clip_s) {
+  int64_t ay = 0, ty = 0;
+  unsigned am = 0, ad = 0, tm = 0, td = 0;
+  CivilFromDays(FloorDiv(anchor_s, kSecondsPerDay), &ay, &am, &ad);
+  CivilFromDays(FloorDiv(at_s, kSecondsPerDay), &ty, &tm, &td);
+  int64_t k = (ty - ay) * 12 + (static_cast<int64_t>(tm) - static_cast<int64_t>(am));
+  while (AddUtcMonths(anchor_s, k) > at_s) --k;
+  while (AddUtcMonths(anchor_s, k + 1) <= at_s) ++k;
+  UsageWindow window{AddUtcMonths(anchor_s, k), AddUtcMonths(anchor_s, k + 1),
+                     WindowKind::kBillingMonth};
+  if (clip_s > 0 && window.end_s > clip_s && window.start_s < clip_s) window.end_s = clip_s;
+  return window;
+}
+
+UsageWindow BillingMonth(const SubscriptionRecord* sub, int64_t at_s) {
+  if (sub == nullptr || !sub->current_period_start || !sub->current_period_end ||
+      *sub->current_period_end <= *sub->current_period_start || *sub->current_period_start < 0) {
+    return CalendarMonth(at_s);
+  }
+  const int64_t start = *sub->current_period_start;
+  const int64_t end = *sub->current_period_end;
+  if (at_s >= start && at_s < end) {
+    if (end - start <= kBillingPeriodOneWindowMaxSeconds) {
+      return UsageWindow{start, end, WindowKind::kBillingMonth};
+    }
+    return MonthFromAnchor(start, at_s, end);
+  }
+  // After the period (renewal not seen yet): months continue from its end. Before it (a batch
+  // item from an earlier period): months back from its start.
+  return MonthFromAnchor(at_s >= end ? end : start, at_s, 0);
+}
+
+std::optional<int64_t> TrialStart(const SubscriptionRecord* sub) {
+  if (sub == nullptr) return std::nullopt;
+  if (sub->trial_start) return sub->trial_start;
+  if (sub->created) return sub->created;
+  return sub->current_period_start;
+}
+
+}  // namespace
+
+Status ComputeUsageTerms(const Plan* plan, const SubscriptionRecord* subscription, int64_t at_s,
+                         UsageTerms* out) {
+  *out = UsageTerms();
+  if (plan == nullptr) {
+    out->window = CalendarMonth(at_s);
+    return Status::OK();
+  }
+  out->limit = plan->api_calls_limit;
+  const int64_t day = UtcDayStart(at_s);
+  if (IsTrialPlan(*plan)) {
+    out->window = UsageWindow{day, day + kSecondsPerDay, WindowKind::kTrialDay};
+    std::optional<int64_t> start = TrialStart(subscription);
+    if (!start) return Status::OK();  // no anchor known: plain UTC days
+    int64_t end = *start + plan->trial_days * kSecondsPerDay;
+    if (subscription->trial_end && *subscription->trial_end > *start &&
+        *subscription->trial_end < end) {
+      end = *subscription->trial_end;
+    }
+    out->trial = UsageWindow{*start, end, WindowKind::kTrialDay};
+    if (plan->api_calls_limit) out->trial_limit = *plan->api_calls_limit * plan->trial_days;
+    if (at_s >= end) {
+      return PaymentRequired("trial_expired",
+                             "the trial ended at " + FormatRfc3339Seconds(end) +
+                                 "; subscribe to a paid plan to continue");
+    }
+    if (at_s >= *start) out->window.start_s = std::max(day, *start);
+    out->window.end_s = std::min(out->window.end_s, end);
+    return Status::OK();
+  }
+  if (plan->limit_window == LimitWindow::kDay) {
+    out->window = UsageWindow{day, day + kSecondsPerDay, WindowKind::kDay};
+    return Status::OK();
+  }
+  out->window = BillingMonth(subscription, at_s);
+  return Status::OK();
+}
+
+Status ResolveConsumeTerms(const MeteringSubject& subject, int64_t now_s, UsageTerms* out) {
+  const UserAccess& access = subject.access;
+  if (!access.subscription.has_subscription) {
+    return PaymentRequired("subscription_required", "no subscription: subscribe to a plan");
+  }
+  if (access.access == AccessLevel::kNone || !access.plan) {
+    return PaymentRequired("subscription_required",
+                           "the subscription (" + std::string(access.subscription.status_name()) +
+                               ") grants no access");
+  }
+  return ComputeUsageTerms(subject.plan(), subject.subscription(), now_s, out);
+}
+
+// ---- rows ----------------------------------------------------------------------------------------
+
+std::string UsageCounterKey(std::string_view user_id, int64_t window_start_s) {
+  std::string key = CounterPrefix(user_id);
+  PutFixed64BE(&key, static_cast<uint64_t>(window_start_s));
+  return key;
+}
+
+std::string UsageDedupeKey(std::string_view user_id, std::string_view idempotency_key) {
+  std::string key(kDedupePrefix);
+  key.append(user_id);
+  key.push_back('\0');
+  key.append(idempotency_key);
+  return key;
+}
+
+std::string EncodeUsageCounter(const UsageCounter& c) {
+  std::string v;
+  v.reserve(64 + c.services.size() * 24);
+  v.push_back(static_cast<char>(kCounterFormatVersion));
+  PutI64(&v, c.window_end_s);
+  v.push_back(static_cast<char>(c.kind));
+  PutI64(&v, c.used);
+  v.push_back(c.limit ? 1 : 0);
+  PutI64(&v, c.limit.value_or(0));
+  v.push_back(static_cast<char>(c.thresholds));
+  PutI64(&v, c.thresholds_limit);
+  PutI64(&v, c.resets);
+  PutI64(&v, c.recorded);
+  PutFixed32BE(&v, static_cast<uint32_t>(c.services.size()));
+  for (const auto& [service, count] : c.services) {
+    PutLengthPrefixed(&v, service);
+    PutI64(&v, count);
+  }
+  return v;
+}
+
+Status DecodeUsageCounter(std::string_view in, UsageCounter* out) {
+  *out = UsageCounter();
+  uint8_t version = 0, kind = 0, has_limit = 0, thresholds = 0;
+  int64_t limit = 0;
+  if (!GetU8(&in, &version) || version != kCounterFormatVersion ||
+      !GetI64(&in, &out->window_end_s) || !GetU8(&in, &kind) ||
+      kind > static_cast<uint8_t>(WindowKind::kCalendarMonth) || !GetI64(&in, &out->used) ||
+      !GetU8(&in, &has_limit) || !GetI64(&in, &limit) || !GetU8(&in, &thresholds) ||
+      !GetI64(&in, &out->thresholds_limit) || !GetI64(&in, &out->resets) ||
+      !GetI64(&in, &out->recorded) || in.size() < 4) {
+    return Status::Corruption("malformed usage counter row");
+  }
+  out->kind = static_cast<WindowKind>(kind);
+  if (has_limit != 0) out->limit = limit;
+  out->thresholds = thresholds;
+  uint32_t n = DecodeFixed32BE(in.data());
+  in.remove_prefix(4);
+  for (uint32_t i = 0; i < n; ++i) {
+    std::string_view service;
+    int64_t count = 0;
+    if (!GetLengthPrefixed(&in, &service) || !GetI64(&in, &count)) {
+      return Status::Corruption("malformed usage counter row");
+    }
+    out->services.emplace(std::string(service), count);
+  }
+  if (!in.empty()) return Status::Corruption("malformed usage counter row");
+  return Status::OK();
+}
+
+Status GetUsageCounter(const StateReader& state, std::string_view user_id, int64_t window_start_s,
+                       UsageCounter* out) {
+  std::string value;
+  LEDGER_RETURN_IF_ERROR(state.Get(kUsageFamily, UsageCounterKey(user_id, window_start_s), &value));
+  return DecodeUsageCounter(value, out);
+}
+
+Status ListUserUsage(const StateReader& state, std::string_view user_id, size_t limit,
+                     std::vector<UsageWindowRow>* out) {
+  out->clear();
+  const std::string prefix = CounterPrefix(user_id);
+  Status decode;
+  LEDGER_RETURN_IF_ERROR(state.Scan(kUsageFamily, prefix, [&](std::string_view key,
+                                                              std::string_view value) {
+    if (key.size() != prefix.size() + 8) return true;
+    UsageWindowRow row;
+    row.window_start_s = static_cast<int64_t>(DecodeFixed64BE(key.data() + prefix.size()));
+    decode = DecodeUsageCounter(value, &row.counter);
+    if (!decode.ok()) return false;
+    out->push_back(std::move(row));
+    return true;
+  }));
+  LEDGER_RETURN_IF_ERROR(decode);
+  std::reverse(out->begin(), out->end());
+  if (out->size() > limit) out->resize(limit);
+  return Status::OK();
+}
+
+Status SumUserUsage(const StateReader& state, std::string_view user_id, int64_t from_s,
+                    int64_t to_s, int64_t* out) {
+  *out = 0;
+  const std::string prefix = CounterPrefix(user_id);
+  Status decode;
+  LEDGER_RETURN_IF_ERROR(state.Scan(kUsageFamily, prefix, [&](std::string_view key,
+                                                              std::string_view value) {
+    if (key.size() != prefix.size() + 8) return true;
+    const int64_t start = static_cast<int64_t>(DecodeFixed64BE(key.data() + prefix.size()));
+    if (start >= to_s) return false;
+    if (start < from_s) return true;
+    UsageCounter counter;
+    decode = DecodeUsageCounter(value, &counter);
+    if (!decode.ok()) return false;
+    *out += counter.used;
+    return true;
+  }));
+  return decode;
+}
+
+Status ScanUsageWindows(const StateReader& state, int64_t from_s, int64_t to_s,
+                        const std::function<bool(int64_t, std::string_view)>& fn) {
+  return state.Scan(kUsageFamily, kTimeIndexPrefix, [&](std::string_view key, std::string_view) {
+    const size_t head = sizeof(kTimeIndexPrefix) - 1;
+    if (key.size() < head + 8) return true;
+    const int64_t start = static_cast<int64_t>(DecodeFixed64BE(key.data() + head));
+    if (start >= to_s) return false;
+    if (start < from_s) return true;
+    return fn(start, key.substr(head + 8));
+  });
+}
+
+Status HasUsageKey(const StateReader& state, std::string_view user_id,
+                   std::string_view idempotency_key, bool* found) {
+  std::string value;
+  Status s = state.Get(kUsageFamily, UsageDedupeKey(user_id, idempotency_key), &value);
+  *found = s.ok();
+  return s.IsNotFound() ? Status::OK() : s;
+}
+
+Status UsageCountersFold::Apply(const Event& event, const StateReader& state,
+                                RowWriter* rows) const {
+  if (!StartsWith(event.type, "usage.") && !StartsWith(event.type, "bench.")) {
+    // The access epoch: anything but usage (and `ledgerctl bench`'s synthetic events) may change
+    // what GetUserAccess answers.
+    std::string value;
+    PutFixed64BE(&value, event.position.value());
+    value.append(reinterpret_cast<const char*>(event.hash.data()), event.hash.size());
+    return rows->Put(kUsageFamily, kEpochKey, value);
+  }
+  const bool recorded = event.type == kUsageRecordedV1;
+  const bool threshold = event.type == kUsageThresholdReachedV1;
+  const bool reset = event.type == kUsageWindowResetV1;
+  if (!recorded && !threshold && !reset) return Status::OK();
+  rapidjson::Document data;
+  data.Parse(event.data.data(), event.data.size());
+  if (data.HasParseError() || !data.IsObject()) return Malformed(event.type, "data is not JSON");
+  if (recorded) return ApplyRecorded(event, data, state, rows);
+  if (threshold) return ApplyThreshold(data, state, rows);
+  return ApplyReset(data, state, rows);
+}
+
+// ---- cache ---------------------------------------------------------------------------------------
+
+Status UsageAccessCache::Get(const StateReader& state, std::string_view user_id,
+                             std::shared_ptr<const MeteringSubject>* out) {
+  std::string epoch;
+  Status s = state.Get(kUsageFamily, kEpochKey, &epoch);
+  if (!s.ok() && !s.IsNotFound()) return s;
+  std::string key(user_id);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (epoch != epoch_) {
+      entries_.clear();
+      epoch_ = epoch;
+    }
+    auto it = entries_.find(key);
+    if (it != entries_.end()) {
+      hits_.Add();
+      *out = it->second;
+      return Status::OK();
+    }
+  }
+  misses_.Add();
+  auto subject = std::make_shared<MeteringSubject>();
+  LEDGER_RETURN_IF_ERROR(GetUserAccess(state, user_id, &subject->access));
+  std::lock_guard<std::mutex> lock(mu_);
+  if (epoch == epoch_) {
+    if (entries_.size() >= kEntriesMax) entries_.clear();
+    entries_[key] = subject;
+  }
+  *out = std::move(subject);
+  return Status::OK();
+}
+
+Status LoadMeteringSubject(const StateReader& state, std::string_view user_id,
+                           UsageAccessCache* cache, std::shared_ptr<const MeteringSubject>* out) {
+  if (cache != nullptr) return cache->Get(state, user_id, out);
+  auto subject = std::make_shared<MeteringSubject>();
+  LEDGER_RETURN_IF_ERROR(GetUserAccess(state, user_id, &subject->access));
+  *out = std::move(subject);
+  return Status::OK();
+}
+
+// ---- meter ---------------------------------------------------------------------------------------
+
+void UsageMeter::RenderMetrics(std::string* out) const {
+  auto counter = [out](const char* name, const char* help, const char* labels, uint64_t value,
+                       bool header) {
+    if (header) {
+      *out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " counter\n";
+    }
+    *out += std::string(name) + labels + " " + std::to_string(value) + "\n";
+  };
+  counter("ledger_usage_consume_allowed_total", "Consumes admitted and recorded.", "",
+          consume_allowed.Value(), true);
+  counter("ledger_usage_consume_replayed_total",
+          "Consumes answered from their idempotency record (not counted again).", "",
+          consume_replayed.Value(), true);
+  const char* denied = "ledger_usage_consume_denied_total";
+  const char* denied_help = "Consumes refused (not appended), by reason.";
+  counter(denied, denied_help, "{reason=\"quota_exceeded\"}", denied_quota_exceeded.Value(), true);
+  counter(denied, denied_help, "{reason=\"subscription_required\"}",
+          denied_subscription_required.Value(), false);
+  counter(denied, denied_help, "{reason=\"trial_expired\"}", denied_trial_expired.Value(), false);
+  counter(denied, denied_help, "{reason=\"service_not_in_plan\"}",
+          denied_service_not_in_plan.Value(), false);
+  counter("ledger_usage_batch_requests_total", "POST /api/v1/usage/events requests decided.", "",
+          batch_requests.Value(), true);
+  const char* items = "ledger_usage_batch_items_total";
+  const char* items_help = "Batch items, by result.";
+  counter(items, items_help, "{result=\"accepted\"}", batch_accepted.Value(), true);
+  counter(items, items_help, "{result=\"duplicate\"}", batch_duplicates.Value(), false);
+  counter(items, items_help, "{result=\"invalid\"}", batch_invalid.Value(), false);
+  counter("ledger_usage_threshold_events_total", "usage.threshold_reached.v1 events appended.", "",
+          threshold_events.Value(), true);
+  counter("ledger_usage_window_resets_total", "usage.window_reset.v1 events appended.", "",
+          window_resets.Value(), true);
+  const char* cache = "ledger_usage_access_cache_lookups_total";
+  counter(cache, "Access lookups of the metering deciders, by cache result.", "{result=\"hit\"}",
+          cache_.hits(), true);
+  counter(cache, "", "{result=\"miss\"}", cache_.misses(), false);
+}
+
+// ---- consume -------------------------------------------------------------------------------------
+
+ConsumeUsage::ConsumeUsage(ConsumeRequest request, UsageAccessCache* cache)
+    : request_(std::move(request)), cache_(cache) {
+  idempotency_scope = IdempotencyScope(request_.user_id);
+  idempotency_key = request_.idempotency_key;
+  request_hash = CanonicalHash(request_);
+}
+
+std::string ConsumeUsage::IdempotencyScope(std::string_view user_id) {
+  std::string scope = "usage.consume|";
+  scope.append(user_id);
+  return scope;
+}
+
+Hash ConsumeUsage::CanonicalHash(const ConsumeRequest& r) {
+  std::string canonical = "usage.consume.v1";
+  for (std::string_view part : {std::string_view(r.user_id), std::string_view(r.service),
+                                std::string_view(r.metadata_json)}) {
+    canonical.push_back('\0');
+    canonical.append(part);
+  }
+  canonical.push_back('\0');
+  canonical.append(std::to_string(r.quantity));
+  return Sha256(canonical);
+}
+
+Status ConsumeUsage::Decide(const DecideContext& context, Decision* decision) {
+  const ConsumeRequest& r = request_;
+  outcome_ = ConsumeOutcome();
+  outcome_.decided = true;
+  outcome_.now_us = context.now_us;
+  const int64_t now_s = FloorSeconds(context.now_us);
+  if (r.quantity < 1 || r.quantity > limits::kUsageConsumeQuantityMax || r.user_id.empty() ||
+      r.idempotency_key.empty()) {
+    return Status::Make(Code::kUnprocessable, "invalid_request", "malformed consume");
+  }
+  bool key_used = false;
+  LEDGER_RETURN_IF_ERROR(HasUsageKey(*context.state, r.user_id, r.idempotency_key, &key_used));
+  if (key_used) {
+    return Status::Conflict("idempotency_key_reused",
+                            "idempotency_key was already used for usage recorded by "
+                            "POST /api/v1/usage/events");
+  }
+  std::shared_ptr<const MeteringSubject> subject;
+  LEDGER_RETURN_IF_ERROR(LoadMeteringSubject(*context.state, r.user_id, cache_, &subject));
+  UsageTerms terms;
+  Status access = ResolveConsumeTerms(*subject, now_s, &terms);
+  outcome_.window = terms.window;
+  outcome_.limit = terms.limit;
+  LEDGER_RETURN_IF_ERROR(access);
+  const Plan& plan = *subject->plan();
+  if (!plan.HasService(r.service)) {
+    return Status::Make(Code::kPermissionDenied, "service_not_in_plan",
+                        "the " + plan.id + " plan does not include " + r.service);
+  }
+  UsageCounter counter;
+  bool existed = false;
+  LEDGER_RETURN_IF_ERROR(LoadCounter(*context.state, r.user_id, terms.window, &counter, &existed));
+  outcome_.used = counter.used;
+  if (terms.limit && counter.used + r.quantity > *terms.limit) {
+    return Status::Make(Code::kResourceExhausted, "quota_exceeded",
+                        "the quota of " + std::to_string(*terms.limit) + " calls for this " +
+                            std::string(WindowKindName(terms.window.kind)) + " is used up");
+  }
+  std::optional<int64_t> trial_remaining;
+  if (terms.trial && terms.trial_limit) {
+    int64_t trial_used = 0;
+    LEDGER_RETURN_IF_ERROR(SumUserUsage(*context.state, r.user_id, terms.trial->start_s,
+                                        terms.trial->end_s, &trial_used));
+    if (trial_used + r.quantity > *terms.trial_limit) {
+      outcome_.window = *terms.trial;
+      outcome_.limit = terms.trial_limit;
+      outcome_.used = trial_used;
+      return Status::Make(Code::kResourceExhausted, "quota_exceeded",
+                          "the trial's " + std::to_string(*terms.trial_limit) +
+                              " calls are used up");
+    }
+    trial_remaining = *terms.trial_limit - trial_used - r.quantity;
+  }
+
+  RecordFields f;
+  f.user_id = r.user_id;
+  f.service = r.service;
+  f.quantity = r.quantity;
+  f.source = "consume";
+  f.idempotency_key = r.idempotency_key;
+  f.occurred_at_us = context.now_us;
+  f.window = terms.window;
+  const WindowText window_text(terms.window);
+  f.window_text = &window_text;
+  f.plan = &plan;
+  f.subscription_id = SubscriptionIdOf(*subject);
+  f.limit = terms.limit;
+  f.used_after = counter.used + r.quantity;
+  f.metadata_json = r.metadata_json;
+  decision->events.reserve(3);
+  decision->events.push_back(RecordedEvent(f));
+  AppendThresholdEvents(f, &counter, &decision->events);
+  outcome_.used = f.used_after;
+
+  std::optional<int64_t> remaining;
+  if (terms.limit) remaining = *terms.limit - f.used_after;
+  if (trial_remaining) remaining = std::min(remaining.value_or(*trial_remaining), *trial_remaining);
+  outcome_.remaining = remaining;
+  decision->http_status = 200;
+  decision->body = AdmittedAnswer(f, remaining);
+  return Status::OK();
+}
+
+// ---- batch ---------------------------------------------------------------------------------------
+
+RecordUsageBatch::RecordUsageBatch(std::vector<UsageBatchItem> items, UsageAccessCache* cache)
+    : items_(std::move(items)), cache_(cache) {}
+
+namespace {
+
+// What one RecordUsageBatch decision keeps across its items: the keys it accepted, the users'
+// access, and the counters as its own earlier items left them (the fold will apply the items'
+// events in the same order and arrive at the same figures).
+class BatchRecorder {
+ public:
+  BatchRecorder(const StateReader& state, UsageAccessCache* cache, int64_t now_us)
+      : state_(state),
+        cache_(cache),
+        min_us_(limits::kUsageTimestampMinSeconds * kMicrosPerSecond),
+        max_us_(now_us + limits::kUsageFutureSkewSeconds * kMicrosPerSecond) {}
+
+  // "accepted", "duplicate" or "invalid" (with `*reason`).
+  Status Classify(const UsageBatchItem& item, int64_t at_us, std::string_view* status,
+                  std::string_view* reason) {
+    *reason = item.invalid_reason;
+    if (reason->empty() && (at_us < min_us_ || at_us > max_us_)) *reason = "timestamp_out_of_range";
+    if (!reason->empty()) {
+      *status = "invalid";
+      return Status::OK();
+    }
+    bool known = !seen_.insert(UsageDedupeKey(item.user_id, item.idempotency_key)).second;
+    if (!known) LEDGER_RETURN_IF_ERROR(HasUsageKey(state_, item.user_id, item.idempotency_key, &known));
+    *status = known ? "duplicate" : "accepted";
+    return Status::OK();
+  }
+
+  // Appends the item's usage.recorded.v1 and the thresholds it reaches; counts the latter.
+  Status Record(const UsageBatchItem& item, int64_t at_us, std::vector<NewEvent>* events,
+                size_t* thresholds) {
+    std::shared_ptr<const MeteringSubject>& subject = subjects_[item.user_id];
+    if (subject == nullptr) {
+      LEDGER_RETURN_IF_ERROR(LoadMeteringSubject(state_, item.user_id, cache_, &subject));
+    }
+    UsageTerms terms;
+    const Plan* plan = nullptr;
+    RecordingTerms(*subject, FloorSeconds(at_us), &terms, &plan);
+    auto [it, inserted] = counters_.try_emplace(UsageCounterKey(item.user_id, terms.window.start_s));
+    if (inserted) {
+      bool existed = false;
+      LEDGER_RETURN_IF_ERROR(
+          LoadCounter(state_, item.user_id, terms.window, &it->second.counter, &existed));
+      it->second.window_text.emplace(terms.window);
+    }
+    UsageCounter& counter = it->second.counter;
+    counter.used += item.quantity;
+    RecordFields f;
+    f.user_id = item.user_id;
+    f.service = item.service;
+    f.quantity = item.quantity;
+    f.source = "batch";
+    f.idempotency_key = item.idempotency_key;
+    f.occurred_at_us = at_us;
+    f.window = terms.window;
+    f.window_text = &*it->second.window_text;
+    f.plan = plan;
+    f.subscription_id = SubscriptionIdOf(*subject);
+    f.limit = terms.limit;
+    f.used_after = counter.used;
+    f.metadata_json = item.metadata_json;
+    events->push_back(RecordedEvent(f));
+    *thresholds += AppendThresholdEvents(f, &counter, events);
+    return Status::OK();
+  }
+
+ private:
+  struct LocalCounter {
+    UsageCounter counter;
+    std::optional<WindowText> window_text;
+  };
+  const StateReader& state_;
+  UsageAccessCache* const cache_;
+  const int64_t min_us_, max_us_;
+  std::unordered_set<std::string> seen_;                 // dedupe keys of this batch
+  std::unordered_map<std::string, LocalCounter> counters_;  // by counter row key
+  std::unordered_map<std::string, std::shared_ptr<const MeteringSubject>> subjects_;
+};
+
+}  // namespace
+
+Status RecordUsageBatch::Decide(const DecideContext& context, Decision* decision) {
+  counts_ = Counts();
+  BatchRecorder recorder(*context.state, cache_, context.now_us);
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  Key(&w, "results");
+  w.StartArray();
+  decision->events.reserve(items_.size());
+  for (size_t i = 0; i < items_.size(); ++i) {
+    const UsageBatchItem& item = items_[i];
+    const int64_t at_us = item.timestamp_us.value_or(context.now_us);
+    std::string_view status, reason;
+    LEDGER_RETURN_IF_ERROR(recorder.Classify(item, at_us, &status, &reason));
+    if (status == "accepted") {
+      LEDGER_RETURN_IF_ERROR(recorder.Record(item, at_us, &decision->events, &counts_.thresholds));
+      ++counts_.accepted;
+    } else if (status == "duplicate") {
+      ++counts_.duplicates;
+    } else {
+      ++counts_.invalid;
+    }
+    w.StartObject();
+    Key(&w, "index");
+    w.Uint64(i);
+    Key(&w, "status");
+    Str(&w, status);
+    Key(&w, "idempotency_key");
+    Str(&w, item.idempotency_key);
+    if (status == "invalid") {
+      Key(&w, "reason");
+      Str(&w, reason);
+    }
+    w.EndObject();
+  }
+  w.EndArray();
+  Key(&w, "accepted");
+  w.Uint64(counts_.accepted);
+  Key(&w, "duplicates");
+  w.Uint64(counts_.duplicates);
+  Key(&w, "invalid");
+  w.Uint64(counts_.invalid);
+  w.EndObject();
+  decision->http_status = 200;
+  decision->body = Done(buf);
+  return Status::OK();
+}
+
+// ---- reset ---------------------------------------------------------------------------------------
+
+UsageWindowReset::UsageWindowReset(std::string email, Actor actor,
+                                   std::optional<std::string> reason, UsageAccessCache* cache)
+    : email_(std::move(email)), actor_(std::move(actor)), reason_(std::move(reason)), cache_(cache) {}
+
+Status UsageWindowReset::Decide(const DecideContext& context, Decision* decision) {
+  users_reset_ = 0;
+  std::vector<std::string> user_ids;
+  LEDGER_RETURN_IF_ERROR(FindUsersByEmail(*context.state, email_, &user_ids));
+  if (user_ids.empty()) return Status::NotFound("no subscriber with that email");
+  if (user_ids.size() > limits::kUsageResetUsersMax) user_ids.resize(limits::kUsageResetUsersMax);
+  users_reset_ = user_ids.size();
+  const int64_t now_s = FloorSeconds(context.now_us);
+  rapidjson::StringBuffer out;
+  JsonWriter body(out);
+  body.StartObject();
+  Key(&body, "email");
+  Str(&body, email_);
+  Key(&body, "users");
+  body.StartArray();
+  for (const std::string& user_id : user_ids) {
+    std::shared_ptr<const MeteringSubject> subject;
+    LEDGER_RETURN_IF_ERROR(LoadMeteringSubject(*context.state, user_id, cache_, &subject));
+    CurrentUsage current;
+    LEDGER_RETURN_IF_ERROR(GetCurrentUsage(*context.state, *subject, user_id, now_s, &current));
+    const UsageWindow& window = current.terms.window;
+    rapidjson::StringBuffer buf;
+    JsonWriter w(buf);
+    w.StartObject();
+    Key(&w, "user_id");
+    Str(&w, user_id);
+    Key(&w, "email");
+    Str(&w, email_);
+    WriteWindow(&w, window);
+    Key(&w, "used_before");
+    w.Int64(current.used);
+    Key(&w, "reason");
+    if (reason_) {
+      Str(&w, *reason_);
+    } else {
+      w.Null();
+    }
+    Key(&w, "actor");
+    WriteActor(&w, actor_);
+    w.EndObject();
+    decision->events.push_back(NewEvent{std::string(kUsageWindowResetV1), user_id, Done(buf)});
+
+    body.StartObject();
+    Key(&body, "user_id");
+    Str(&body, user_id);
+    WriteWindow(&body, window);
+    Key(&body, "used_before");
+    body.Int64(current.used);
+    body.EndObject();
+  }
+  body.EndArray();
+  body.EndObject();
+  decision->http_status = 200;
+  decision->body = Done(out);
+  return Status::OK();
+}
+
+// ---- queries -------------------------------------------------------------------------------------
+
+Status GetCurrentUsage(const StateReader& state, const MeteringSubject& subject,
+                       std::string_view user_id, int64_t now_s, CurrentUsage* out) {
+  *out = CurrentUsage();
+  out->has_plan = subject.access.access != AccessLevel::kNone && subject.plan() != nullptr;
+  out->error = ResolveConsumeTerms(subject, now_s, &out->terms);
+  if (!out->has_plan) {
+    ComputeUsageTerms(nullptr, nullptr, now_s, &out->terms).IgnoreError();
+  } else if (!out->error.ok()) {
+    // An ended trial: its last day is the window to show (and to reset).
+    const UsageWindow trial = out->terms.trial.value_or(out->terms.window);
+    const int64_t last_day = UtcDayStart(trial.end_s - 1);
+    out->terms.window = UsageWindow{std::max(last_day, trial.start_s), trial.end_s,
+                                    WindowKind::kTrialDay};
+  }
+  UsageCounter counter;
+  Status s = GetUsageCounter(state, user_id, out->terms.window.start_s, &counter);
+  if (s.ok()) {
+    out->used = counter.used;
+    out->services = counter.services;
+  } else if (!s.IsNotFound()) {
+    return s;
+  }
+  if (!out->has_plan) return Status::OK();
+  if (!out->error.ok()) {
+    out->remaining = 0;
+    return Status::OK();
+  }
+  if (out->terms.limit) out->remaining = std::max<int64_t>(0, *out->terms.limit - out->used);
+  if (out->terms.trial && out->terms.trial_limit) {
+    int64_t trial_used = 0;
+    LEDGER_RETURN_IF_ERROR(SumUserUsage(state, user_id, out->terms.trial->start_s,
+                                        out->terms.trial->end_s, &trial_used));
+    const int64_t trial_left = std::max<int64_t>(0, *out->terms.trial_limit - trial_used);
+    out->remaining = std::min(out->remaining.value_or(trial_left), trial_left);
+  }
+  return Status::OK();
+}
+
+}  // namespace ledger::projections

@@ -1,0 +1,363 @@
+// Usage metering: quota windows, the usage counters projection, and the commands that record
+// usage (with or without enforcement) and reset a window.
+//
+// Windows (ComputeUsageTerms, pure: plan + subscription + time):
+//   trial plan (trial_days > 0, e.g. `trial`): the UTC day, clipped to the trial period
+//     [trial start, trial start + trial_days days) (the trial start is Stripe's trial_start, else
+//     the subscription's created, else its period start; Stripe's trial_end shortens the period
+//     when earlier). `api_calls_limit` calls per window AND limit × trial_days over the whole
+//     trial (700 for the catalog's trial: a trial that starts mid-day touches 8 UTC days). After
+//     the period: 402 "trial_expired", whatever the Stripe status says, until a paid plan.
+//   limit_window "day" (no trial): the UTC day.
+//   limit_window "month", and unlimited plans (recorded, never refused for quota): a month of the
+//     subscription's Stripe billing period. A period of up to 32 days is one window; a longer one
+//     (yearly prices) is cut into months from its start (day clamped to the month's end, anchored
+//     on the start so it never drifts). When the period is over but no renewal has arrived yet,
+//     months continue from its end (the renewal normally starts exactly there, so the counter
+//     carries on). No known period: the UTC calendar month.
+//   No plan (batch only): the UTC calendar month, no limit.
+//
+// Consume (ConsumeUsage, inside the writer's group commit): access (402 "subscription_required"
+// without a subscription that grants access: no subscription, canceled/unpaid/paused/incomplete
+// statuses, unknown plan; past_due keeps access), trial expiry (402 "trial_expired"), the service
+// (403 "service_not_in_plan"), then the quota: the counter for (user, window) is read from the
+// group's state, which includes every earlier command of the same group, so the limit is exact
+// whatever the concurrency: used + quantity > limit is 429 "quota_exceeded". A denial appends
+// nothing and stores no idempotency record (a retry is evaluated again). An admitted consume
+// appends usage.recorded.v1 and, when the window's total reaches ceil(limit × 80 / 100) or the
+// limit, usage.threshold_reached.v1 — once per (window, limit, threshold): the counter row keeps
+// which thresholds were announced for which limit; an admin reset (usage.window_reset.v1) clears
+// them, so they can be announced again in the same window, and so does a change of the window's
+// limit (plan change within one window).
+//
+// Batch (RecordUsageBatch): up to limits::kUsageBatchItemsMax items for any users, recorded
+// without enforcement (no access, service or quota check) into the window each item's time falls
+// in (for the user's current plan and subscription), each answered accepted / duplicate /
+// invalid + reason. Threshold events are decided the same way as for consume.
+//
+// Deduplication. Every usage.recorded.v1 carries the client's idempotency_key; the fold keeps a
+// row per (user, key), so a key is recorded at most once per user whichever route brings it:
+// a batch item whose key is known (from an earlier batch, an earlier item of the same batch, or a
+// consume) is "duplicate"; a consume whose key a batch already recorded is 409
+// "idempotency_key_reused". A consume retried with its own key is answered by the Ledger's
+// idempotency record (scope "usage.consume|<user_id>"), status and body as first answered.
+//
+// Rows (column family "usage"; integers big-endian, times Unix seconds):
+//   c/<user>\0<u64 window_start>   counter (EncodeUsageCounter): window end and kind, used, limit,
+//                                  thresholds announced, resets, recorded total, per service
+//   t/<u64 window_start><user>     ""  index: every (window, user) by window start (admin stats:
+//                                  scan a time range, then read the counters)
+//   k/<user>\0<idempotency key>    u64 position of the usage.recorded.v1 that used the key
+//   e                              u64 position || 32-byte hash of the last event that was not
+//                                  usage.* or bench.* (the "access epoch", see UsageAccessCache)
+// User ids never contain '/' or NUL (the routes refuse them), so the prefixes are unambiguous.
+//
+// Invariant the cache relies on: what GetUserAccess() answers changes only with events whose type
+// does not start with "usage." (subscription, plan, admin events). Keep it so.
+//
+// Thread safety: the pure functions and the fold are thread-safe; commands run on the ledger's
+// writer thread; UsageAccessCache and UsageMeter are thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "events/fold.h"
+#include "events/ledger.h"
+#include "events/metrics.h"
+#include "events/status.h"
+#include "projections/plan_catalog.h"
+#include "projections/subscriptions.h"
+
+namespace ledger::projections {
+
+inline constexpr std::string_view kUsageFamily = "usage";
+inline constexpr std::string_view kUsageRecordedV1 = "usage.recorded.v1";
+inline constexpr std::string_view kUsageThresholdReachedV1 = "usage.threshold_reached.v1";
+inline constexpr std::string_view kUsageWindowResetV1 = "usage.window_reset.v1";
+
+inline constexpr int64_t kSecondsPerDay = 86400;
+
+// ---------------------------------------------------------------------------------------------
+// Time helpers (UTC, Unix seconds)
+
+int64_t UtcDayStart(int64_t t_s);
+int64_t UtcMonthStart(int64_t t_s);
+// `t_s` moved by `months` calendar months, the day clamped to the target month's last day.
+int64_t AddUtcMonths(int64_t t_s, int64_t months);
+// "2026-01-31T00:00:00Z".
+std::string FormatRfc3339Seconds(int64_t t_s);
+// "2026-01-31T00:00:00.000000Z" (what events/event.h FormatRfc3339 writes, without snprintf).
+std::string FormatRfc3339Micros(int64_t t_us);
+// RFC 3339 "YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)" (also lowercase t/z) to Unix
+// microseconds. False when malformed or before 1970.
+bool ParseRfc3339(std::string_view text, int64_t* out_us);
+
+// ---------------------------------------------------------------------------------------------
+// Windows
+
+enum class WindowKind : uint8_t { kTrialDay = 0, kDay = 1, kBillingMonth = 2, kCalendarMonth = 3 };
+std::string_view WindowKindName(WindowKind kind);  // "trial_day", "day", ...
+bool ParseWindowKind(std::string_view name, WindowKind* out);
+
+struct UsageWindow {
+  int64_t start_s = 0;  // inclusive
+  int64_t end_s = 0;    // exclusive
+  WindowKind kind = WindowKind::kCalendarMonth;
+  bool operator==(const UsageWindow&) const = default;
+};
+
+// The quota a piece of usage at one moment counts against.
+struct UsageTerms {
+  UsageWindow window;
+  std::optional<int64_t> limit;  // calls per window; nullopt = unlimited / no plan
+  // Trial plans only: the trial period and its total cap (limit × trial_days).
+  std::optional<UsageWindow> trial;
+  std::optional<int64_t> trial_limit;
+};
+
+bool IsTrialPlan(const Plan& plan);
+
+// The window containing `at_s` for a user on `plan` (nullptr: no plan) with `subscription`
+// (nullptr: none known). Pure. Error only for a trial plan when `at_s` is at or after the end of
+// the trial: kPaymentRequired "trial_expired" (`*out` then still names the expired trial).
+Status ComputeUsageTerms(const Plan* plan, const SubscriptionRecord* subscription, int64_t at_s,
+                         UsageTerms* out);
+
+// ---------------------------------------------------------------------------------------------
+// Counters (the fold's rows)
+
+struct UsageCounter {
+  int64_t window_end_s = 0;
+  WindowKind kind = WindowKind::kCalendarMonth;
+  int64_t used = 0;                    // since the window started or was last reset
+  std::optional<int64_t> limit;        // of the last record
+  uint8_t thresholds = 0;              // bit 0: 80% announced, bit 1: 100% announced ...
+  int64_t thresholds_limit = 0;        // ... for this limit (another limit: none announced)
+  int64_t resets = 0;
+  int64_t recorded = 0;                // everything ever recorded in the window (resets ignored)
+  std::map<std::string, int64_t, std::less<>> services;  // used per service (reset with `used`)
+  bool operator==(const UsageCounter&) const = default;
+};
+
+inline constexpr uint8_t kThreshold80 = 1;
+inline constexpr uint8_t kThreshold100 = 2;
+
+std::string UsageCounterKey(std::string_view user_id, int64_t window_start_s);
+std::string UsageDedupeKey(std::string_view user_id, std::string_view idempotency_key);
+std::string EncodeUsageCounter(const UsageCounter& counter);
+Status DecodeUsageCounter(std::string_view value, UsageCounter* out);
+
+// NotFound when the user has no row for that window.
+Status GetUsageCounter(const StateReader& state, std::string_view user_id, int64_t window_start_s,
+                       UsageCounter* out);
+
+struct UsageWindowRow {
+  int64_t window_start_s = 0;
+  UsageCounter counter;
+};
+// The user's windows, newest first, at most `limit`.
+Status ListUserUsage(const StateReader& state, std::string_view user_id, size_t limit,
+                     std::vector<UsageWindowRow>* out);
+// Sum of `used` over the user's windows starting in [from_s, to_s).
+Status SumUserUsage(const StateReader& state, std::string_view user_id, int64_t from_s,
+                    int64_t to_s, int64_t* out);
+// Calls fn(window_start_s, user_id) for every window starting in [from_s, to_s), oldest first,
+// until it returns false (admin statistics).
+Status ScanUsageWindows(const StateReader& state, int64_t from_s, int64_t to_s,
+                        const std::function<bool(int64_t, std::string_view)>& fn);
+
+// True when the user already recorded usage with this idempotency key.
+Status HasUsageKey(const StateReader& state, std::string_view user_id,
+                   std::string_view idempotency_key, bool* found);
+
+class UsageCountersFold final : public Fold {
+ public:
+  std::string_view Name() const override { return kUsageFamily; }
+  Status Apply(const Event& event, const StateReader& state, RowWriter* rows) const override;
+};
+
+// ---------------------------------------------------------------------------------------------
+// What metering needs to know about a user (from GetUserAccess)
+
+struct MeteringSubject {
+  UserAccess access;
+  // Convenience: the subscription row when there is one.
+  const SubscriptionRecord* subscription() const {
+    return access.subscription.has_subscription ? &access.subscription.subscription : nullptr;
+  }
+  const Plan* plan() const { return access.plan ? &*access.plan : nullptr; }
+};
+
+// Caches MeteringSubjects for the writer thread, valid for one "access epoch" (the fold's `e`
+// row): any event that is not usage.* changes the epoch and empties the cache, so a cached answer
+// is always what GetUserAccess would say against the same state. Bounded (cleared when full).
+// Thread-safe; meant for the writer (deciders), whose state moves forward.
+class UsageAccessCache {
+ public:
+  static constexpr size_t kEntriesMax = 100'000;
+  Status Get(const StateReader& state, std::string_view user_id,
+             std::shared_ptr<const MeteringSubject>* out);
+  uint64_t hits() const { return hits_.Value(); }
+  uint64_t misses() const { return misses_.Value(); }
+
+ private:
+  std::mutex mu_;
+  std::string epoch_;  // GUARDED_BY(mu_)
+  std::unordered_map<std::string, std::shared_ptr<const MeteringSubject>> entries_;  // GUARDED_BY(mu_)
+  Counter hits_;
+  Counter misses_;
+};
+
+// Loads (no cache) or gets through `cache` when non-null.
+Status LoadMeteringSubject(const StateReader& state, std::string_view user_id,
+                           UsageAccessCache* cache, std::shared_ptr<const MeteringSubject>* out);
+
+// Process-wide metering state the daemon owns and the usage routes share: the access cache and
+// the counters rendered on /metrics. Thread-safe.
+class UsageMeter {
+ public:
+  UsageAccessCache* cache() { return &cache_; }
+  Counter consume_allowed;
+  Counter consume_replayed;             // answered from the idempotency record
+  Counter denied_quota_exceeded;        // 429
+  Counter denied_subscription_required; // 402
+  Counter denied_trial_expired;         // 402
+  Counter denied_service_not_in_plan;   // 403
+  Counter batch_requests;
+  Counter batch_accepted;
+  Counter batch_duplicates;
+  Counter batch_invalid;
+  Counter threshold_events;
+  Counter window_resets;
+  // Prometheus text (`ledger_usage_*`).
+  void RenderMetrics(std::string* out) const;
+
+ private:
+  UsageAccessCache cache_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Commands
+
+// One consume. Decision: 200 + the JSON answer (ConsumeAnswer), usage.recorded.v1 and threshold
+// events. Errors: 402 subscription_required / trial_expired, 403 service_not_in_plan, 429
+// quota_exceeded (see `outcome()` for the figures), 409 idempotency_key_reused (key recorded by a
+// batch), 422 invalid_request.
+struct ConsumeRequest {
+  std::string user_id;
+  std::string service;
+  int64_t quantity = 1;
+  std::string idempotency_key;
+  std::string metadata_json;  // "" or a compact JSON object (validated by the caller)
+};
+
+// What a consume decided, for the HTTP answer (headers, 429 body) and metrics.
+struct ConsumeOutcome {
+  bool decided = false;              // Decide() ran (false: replayed or never reached the writer)
+  UsageWindow window;                // the window refused or admitted against
+  std::optional<int64_t> limit;      // of `window` (the trial cap when the trial total refused)
+  int64_t used = 0;                  // after (admitted) or before (refused)
+  std::optional<int64_t> remaining;  // admitted: what the answer says (trial cap included)
+  int64_t now_us = 0;
+};
+
+class ConsumeUsage final : public Command {
+ public:
+  // `cache` may be null.
+  ConsumeUsage(ConsumeRequest request, UsageAccessCache* cache);
+  Status Decide(const DecideContext& context, Decision* decision) override;
+  const ConsumeOutcome& outcome() const { return outcome_; }
+  const ConsumeRequest& request() const { return request_; }
+
+  // SHA-256 over the canonical request (what Command::request_hash is set to).
+  static Hash CanonicalHash(const ConsumeRequest& request);
+  // "usage.consume|<user_id>".
+  static std::string IdempotencyScope(std::string_view user_id);
+
+ private:
+  ConsumeRequest request_;
+  UsageAccessCache* cache_;
+  ConsumeOutcome outcome_;
+};
+
+// One metered item of a batch. `invalid_reason` non-empty: refused by the caller's validation
+// (answered "invalid" in order, never recorded).
+struct UsageBatchItem {
+  std::string user_id;
+  std::string service;
+  int64_t quantity = 0;
+  std::string idempotency_key;
+  std::optional<int64_t> timestamp_us;  // when it happened; default: the append time
+  std::string metadata_json;            // "" or a compact JSON object
+  std::string invalid_reason;
+};
+
+// Records a batch without enforcement. Decision: 200 + {"accepted","duplicates","invalid",
+// "results":[{"index","status","idempotency_key"[,"reason"]}]}. Items whose timestamp is more
+// than limits::kUsageFutureSkewSeconds ahead of the writer's clock, or before
+// limits::kUsageTimestampMinSeconds, are invalid ("timestamp_out_of_range").
+class RecordUsageBatch final : public Command {
+ public:
+  RecordUsageBatch(std::vector<UsageBatchItem> items, UsageAccessCache* cache);
+  Status Decide(const DecideContext& context, Decision* decision) override;
+  struct Counts {
+    size_t accepted = 0, duplicates = 0, invalid = 0, thresholds = 0;
+  };
+  const Counts& counts() const { return counts_; }
+
+ private:
+  std::vector<UsageBatchItem> items_;
+  UsageAccessCache* cache_;
+  Counts counts_;
+};
+
+// Resets the current window (GetCurrentUsage) of every user linked to `email`
+// (FindUsersByEmail, decided in the writer): one usage.window_reset.v1 each, appended even when
+// the window is empty (it is an audit fact). 404 "not_found" when no user has that email.
+// Decision body: {"email","users":[{"user_id","window_start","window_end","window_kind",
+// "used_before"}]}.
+class UsageWindowReset final : public Command {
+ public:
+  UsageWindowReset(std::string email, Actor actor, std::optional<std::string> reason,
+                   UsageAccessCache* cache);
+  Status Decide(const DecideContext& context, Decision* decision) override;
+  size_t users_reset() const { return users_reset_; }
+
+ private:
+  std::string email_;
+  size_t users_reset_ = 0;
+  Actor actor_;
+  std::optional<std::string> reason_;
+  UsageAccessCache* cache_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Queries for the HTTP answers
+
+// The window usage at `now_s` counts against for this user, with its counter (zero when absent).
+// `error` is the consume refusal that would apply now (402 codes), OK otherwise.
+struct CurrentUsage {
+  bool has_plan = false;             // a plan that grants access (the trial may have ended)
+  UsageTerms terms;
+  Status error;
+  int64_t used = 0;                  // in terms.window
+  std::optional<int64_t> remaining;  // calls a consume could still take now (trial cap included);
+                                     // nullopt = unlimited / no plan
+  std::map<std::string, int64_t, std::less<>> services;
+};
+Status GetCurrentUsage(const StateReader& state, const MeteringSubject& subject,
+                       std::string_view user_id, int64_t now_s, CurrentUsage* out);
+
+// The terms a consume would be checked against (the errors ConsumeUsage answers for access and
+// trial expiry, not for the service or the quota). Exposed for tests and my-access.
+Status ResolveConsumeTerms(const MeteringSubject& subject, int64_t now_s, UsageTerms* out);
+
+}  // namespace ledger::projections

@@ -1,0 +1,164 @@
+// Lago in the assembled daemon (daemon/app.h): with LAGO_API_URL and LAGO_API_KEY the sink runs,
+// forwards metered usage to a local fake Lago exactly once, reports itself on /readyz and
+// /metrics, and resumes from its checkpoint after a restart; the webhook route verifies with
+// the configured keys; a bad LAGO_WEBHOOK_PUBLIC_KEY_FILE stops the start with exit code 78.
+#include <gtest/gtest.h>
+#include <rapidjson/document.h>
+
+#include <thread>
+
+#include "daemon/app.h"
+#include "daemon/config.h"
+#include "http/lago_signature.h"
+#include "tests/daemon/daemon_test_util.h"
+#include "tests/support/fake_lago.h"
+#include "tests/support/http_client.h"
+#include "tests/support/lago_webhooks.h"
+#include "tests/support/test_ledger.h"
+#include "tests/support/tokens.h"
+
+namespace ledger::testing {
+namespace {
+
+using daemon::App;
+using daemon::Config;
+
+constexpr char kServiceToken[] = "gateway-token-0123456789abcdef";
+constexpr char kHmacKey[] = "lago-hmac-key";
+
+Config LagoConfig(const std::string& data_dir, const FakeLago& lago) {
+  Config config;
+  config.data_dir = data_dir;
+  config.listen_host = "127.0.0.1";
+  config.listen_port = 0;
+  config.kafka_brokers = "none";
+  config.master_key_file = data_dir + "/master.key";
+  config.http_threads = 16;
+  config.jwt_hs256_secret = kTestHs256Secret;
+  config.service_tokens = {{"gateway", kServiceToken}};
+  config.lago_api_url = lago.url();
+  config.lago_api_key = kFakeLagoApiKey;
+  config.lago_webhook_hmac_key = kHmacKey;
+  return config;
+}
+
+bool WaitFor(const std::function<bool()>& condition) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return condition();
+}
+
+std::vector<std::string> UsageIds(TestHttpClient* admin) {
+  HttpReply r = admin->Get("/api/v1/events?type=usage.recorded.v1&limit=1000");
+  EXPECT_EQ(r.status, 200) << r.body;
+  std::vector<std::string> ids;
+  rapidjson::Document doc = r.Json();
+  if (!doc.IsObject() || !doc.HasMember("events")) return ids;
+  for (const auto& e : doc["events"].GetArray()) ids.emplace_back(e["id"].GetString());
+  return ids;
+}
+
+TEST(LagoAppTest, TheSinkForwardsUsageAndResumesAfterARestart) {
+  ScopedCleanEnvironment env;
+  TempDir dir;
+  FakeLago lago;
+  std::unique_ptr<App> app;
+  Status s = App::Start(LagoConfig(dir.Sub("data"), lago), nullptr, &app);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  TestHttpClient client("127.0.0.1", app->http_port());
+  client.set_bearer(kServiceToken);
+  HttpReply r = client.Post(
+      "/api/v1/usage/events",
+      R"({"events":[{"user_id":"alice","service":"chat","quantity":2,"idempotency_key":"a1"},)"
+      R"({"user_id":"bob","service":"search","quantity":5,"idempotency_key":"b1"},)"
+      R"({"user_id":"alice","service":"tts","quantity":1,"idempotency_key":"a2"}]})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  ASSERT_TRUE(lago.WaitForStored(3, std::chrono::seconds(30)));
+
+  TestHttpClient admin("127.0.0.1", app->http_port());
+  admin.set_bearer(MintHs256(TokenClaims::Admin("root", std::time(nullptr)), kTestHs256Secret));
+  const std::vector<std::string> first = UsageIds(&admin);
+  ASSERT_EQ(first.size(), 3u);
+  EXPECT_TRUE(CountedExactlyOnce(lago, first));
+  for (const FakeLago::StoredEvent& e : lago.stored()) EXPECT_EQ(e.code, "api_calls");
+
+  // /readyz and /metrics report the sink.
+  ASSERT_TRUE(WaitFor([&] {
+    rapidjson::Document ready = client.Get("/readyz").Json();
+    return ready.IsObject() && ready["sinks"]["lago"]["lag"].GetUint64() == 0;
+  }));
+  rapidjson::Document ready = client.Get("/readyz").Json();
+  const auto& sink = ready["sinks"]["lago"];
+  EXPECT_TRUE(sink["enabled"].GetBool());
+  EXPECT_EQ(std::string(sink["state"].GetString()), "up");
+  EXPECT_TRUE(sink["last_error"].IsNull());
+  const std::string metrics = client.Get("/metrics").body;
+  EXPECT_NE(metrics.find("ledger_lago_sink_events_delivered_total 3\n"), std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("ledger_lago_sink_lag_events 0\n"), std::string::npos);
+
+  // The webhook route verifies with LAGO_WEBHOOK_HMAC_KEY.
+  const std::string body = LagoInvoiceWebhookJson(LagoInvoiceSpec{});
+  r = client.Post("/api/v1/webhooks/lago", body,
+                  {{"X-Lago-Signature", http::LagoHmacSignature(kHmacKey, body)},
+                   {"X-Lago-Signature-Algorithm", "hmac"},
+                   {"X-Lago-Unique-Key", "wh-app-1"}});
+  ASSERT_EQ(r.status, 200) << r.body;
+
+  ASSERT_TRUE(app->Stop(std::chrono::seconds(5)).ok());
+  app.reset();
+  const size_t requests = lago.requests().size();
+
+  // Restart: nothing is sent again; new usage is.
+  ASSERT_TRUE(App::Start(LagoConfig(dir.Sub("data"), lago), nullptr, &app).ok());
+  TestHttpClient again("127.0.0.1", app->http_port());
+  again.set_bearer(kServiceToken);
+  r = again.Post("/api/v1/usage/events",
+                 R"({"events":[{"user_id":"carol","service":"chat","quantity":1,)"
+                 R"("idempotency_key":"c1"}]})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  ASSERT_TRUE(lago.WaitForStored(4, std::chrono::seconds(30)));
+  TestHttpClient admin2("127.0.0.1", app->http_port());
+  admin2.set_bearer(MintHs256(TokenClaims::Admin("root", std::time(nullptr)), kTestHs256Secret));
+  EXPECT_TRUE(CountedExactlyOnce(lago, UsageIds(&admin2)));
+  size_t resent = 0;
+  const auto all = lago.requests();
+  for (size_t i = requests; i < all.size(); ++i) resent += all[i].events;
+  EXPECT_EQ(resent, 1u);
+  ASSERT_TRUE(app->Stop(std::chrono::seconds(5)).ok());
+}
+
+TEST(LagoAppTest, WithoutAnApiKeyTheSinkIsReportedDisabled) {
+  ScopedCleanEnvironment env;
+  TempDir dir;
+  FakeLago lago;
+  Config config = LagoConfig(dir.Sub("data"), lago);
+  config.lago_api_key.clear();
+  std::unique_ptr<App> app;
+  ASSERT_TRUE(App::Start(config, nullptr, &app).ok());
+  TestHttpClient client("127.0.0.1", app->http_port());
+  rapidjson::Document ready = client.Get("/readyz").Json();
+  ASSERT_TRUE(ready.IsObject());
+  EXPECT_FALSE(ready["sinks"]["lago"]["enabled"].GetBool());
+  EXPECT_EQ(std::string(ready["sinks"]["lago"]["state"].GetString()), "disabled");
+  ASSERT_TRUE(app->Stop(std::chrono::seconds(1)).ok());
+}
+
+TEST(LagoAppTest, ABadLagoPublicKeyFileIsAConfigError) {
+  ScopedCleanEnvironment env;
+  TempDir dir;
+  FakeLago lago;
+  WriteTextFile(dir.Sub("lago.pem"), "not a key");
+  Config config = LagoConfig(dir.Sub("data"), lago);
+  config.lago_webhook_public_key_file = dir.Sub("lago.pem");
+  std::unique_ptr<App> app;
+  Status s = App::Start(config, nullptr, &app);
+  EXPECT_EQ(daemon::ExitCodeFor(s), daemon::kExitConfig) << s.ToString();
+  EXPECT_NE(s.message().find("LAGO_WEBHOOK_PUBLIC_KEY_FILE"), std::string::npos) << s.ToString();
+}
+
+}  // namespace
+}  // namespace ledger::testing

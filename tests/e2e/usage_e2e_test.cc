@@ -1,0 +1,210 @@
+// kill -9 during consume load (issue 4, item 7), against the real ledgerd binary (Kafka off).
+//
+// One user on a plan with a limit of kLimit calls; 24 keep-alive service clients consume with fresh
+// idempotency keys; after a random 150–500 ms the daemon is SIGKILLed and restarted on the same
+// directory. After each restart:
+//   - every acknowledged consume is in the log: retrying its key answers the same body, replayed;
+//   - the usage counter equals the number of usage.recorded.v1 events in the log, never above the
+//     limit (projections never disagree with the log);
+//   - `ledgerctl replay` rebuilds the projections from the log and finds them equal;
+// and after three cycles the remaining load stops at exactly kLimit calls in total.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cinttypes>
+#include <cstdio>
+#include <ctime>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "http/problem.h"
+#include "http/stripe_signature.h"
+#include "tests/support/daemon_process.h"
+#include "tests/support/http_client.h"
+#include "tests/support/test_ledger.h"
+#include "tests/support/usage_fixtures.h"
+
+namespace ledger::testing {
+namespace {
+
+constexpr int kCycles = 3;
+constexpr int kThreads = 24;
+constexpr int64_t kLimit = 1500;
+constexpr char kServiceToken[] = "e2e-gateway-token-0123456789";
+constexpr char kWebhookSecret[] = "whsec_e2e_usage";
+constexpr char kUser[] = "e2e-user";
+constexpr char kConsume[] = "/api/v1/usage/consume";
+
+struct Acked {
+  std::string body_sent;
+  std::string answer;
+};
+
+std::string ConsumeBody(const std::string& key) {
+  return std::string(R"({"user_id":")") + kUser + R"(","service":"chat","idempotency_key":")" +
+         key + R"("})";
+}
+
+class UsageE2eTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    options_.data_dir = dir_.Sub("data");
+    options_.log_path = dir_.Sub("ledgerd.log");
+    options_.kafka_brokers = "none";
+    options_.env = {{"LEDGER_SERVICE_TOKENS", std::string("gateway=") + kServiceToken},
+                    {"STRIPE_WEBHOOK_SECRET", kWebhookSecret}};
+    daemon_ = std::make_unique<DaemonProcess>(options_);
+    ASSERT_TRUE(daemon_->Start().ok()) << daemon_->Log();
+    admin_token_ = MintAdminToken(ReadDevSecret(options_.data_dir), "usage-admin");
+  }
+
+  TestHttpClient Admin() {
+    TestHttpClient c("127.0.0.1", daemon_->port());
+    c.set_bearer(admin_token_);
+    return c;
+  }
+  TestHttpClient Service() {
+    TestHttpClient c("127.0.0.1", daemon_->port());
+    c.set_bearer(kServiceToken);
+    return c;
+  }
+
+  // The plan, and the user on it through a signed Stripe delivery, as Stripe would send it.
+  void Subscribe() {
+    HttpReply plan = Admin().Post(
+        "/api/v1/subscriptions/plans",
+        R"({"id":"e2e","display_name":"E2E","price_monthly_cents":100,"api_calls_limit":)" +
+            std::to_string(kLimit) + R"(,"services":["chat"]})");
+    ASSERT_EQ(plan.status, 201) << plan.body;
+    const int64_t now = static_cast<int64_t>(std::time(nullptr));
+    const std::string body =
+        SubscriptionDelivery(OnPlan(kUser, "e2e", now - 86400, now + 29 * 86400));
+    HttpReply r = Service().Post(
+        "/api/v1/billing/webhooks/stripe", body,
+        {{"Stripe-Signature", http::MakeStripeSignatureHeader({kWebhookSecret}, now, body)}});
+    ASSERT_EQ(r.status, 200) << r.body;
+  }
+
+  // Runs the consume load; SIGKILLs the daemon after `kill_after_ms` (0: runs until every
+  // client is refused). Returns the acknowledged consumes.
+  std::map<std::string, Acked> Load(const std::string& tag, int kill_after_ms) {
+    std::mutex mu;
+    std::map<std::string, Acked> acked;
+    std::atomic<int> unexpected{0};
+    std::vector<std::thread> clients;
+    for (int t = 0; t < kThreads; ++t) {
+      clients.emplace_back([&, t] {
+        TestHttpClient client = Service();
+        for (int i = 0;; ++i) {
+          const std::string key = tag + "-" + std::to_string(t) + "-" + std::to_string(i);
+          const std::string body = ConsumeBody(key);
+          HttpReply r = client.Post(kConsume, body);
+          if (r.status == 200) {
+            std::lock_guard<std::mutex> lock(mu);
+            acked[key] = Acked{body, r.body};
+          } else if (r.status == 429 || r.status == 0) {
+            return;  // quota used up, or the daemon is gone
+          } else {
+            unexpected.fetch_add(1);
+            ADD_FAILURE() << "unexpected answer " << r.status << " " << r.body;
+            return;
+          }
+        }
+      });
+    }
+    if (kill_after_ms > 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(kill_after_ms));
+      daemon_->Kill();
+    }
+    for (auto& c : clients) c.join();
+    EXPECT_EQ(unexpected.load(), 0);
+    return acked;
+  }
+
+  // The user's usage.recorded.v1 events in the log: their idempotency keys.
+  std::set<std::string> LoggedKeys() {
+    std::set<std::string> keys;
+    TestHttpClient admin = Admin();
+    uint64_t after = 0;
+    for (;;) {
+      HttpReply r = admin.Get("/api/v1/events?subject=" + std::string(kUser) +
+                              "&type=usage.recorded.v1&limit=1000&after=" + std::to_string(after));
+      EXPECT_EQ(r.status, 200) << r.body;
+      rapidjson::Document doc = r.Json();
+      if (!doc.IsObject() || !doc.HasMember("events")) {
+        ADD_FAILURE() << r.body;
+        return keys;
+      }
+      const auto& events = doc["events"];
+      if (events.Empty()) return keys;
+      for (const auto& e : events.GetArray()) {
+        const bool fresh = keys.insert(e["data"]["idempotency_key"].GetString()).second;
+        EXPECT_TRUE(fresh) << "a key was recorded twice: " << e["data"]["idempotency_key"].GetString();
+      }
+      after = doc["next_after"].GetUint64();
+    }
+  }
+
+  int64_t CounterUsed() {
+    HttpReply r = Admin().Get(std::string("/api/v1/subscriptions/admin/user-access/") + kUser);
+    EXPECT_EQ(r.status, 200) << r.body;
+    return r.Json()["quota"]["used"].GetInt64();
+  }
+
+  void CheckAfterRestart(const std::map<std::string, Acked>& acked) {
+    const std::set<std::string> logged = LoggedKeys();
+    const int64_t used = CounterUsed();
+    EXPECT_EQ(used, static_cast<int64_t>(logged.size()))
+        << "the counter disagrees with the log";
+    EXPECT_LE(used, kLimit);
+    size_t missing = 0;
+    TestHttpClient client = Service();
+    for (const auto& [key, a] : acked) {
+      if (logged.count(key) == 0) ++missing;
+      HttpReply again = client.Post(kConsume, a.body_sent);
+      EXPECT_EQ(again.status, 200) << again.body;
+      EXPECT_EQ(again.body, a.answer) << key;
+      EXPECT_EQ(again.Header("Idempotent-Replayed"), "true") << key;
+    }
+    EXPECT_EQ(missing, 0u) << "acknowledged consumes missing from the log";
+    ProcessOutput replay = RunLedgerctlBinary({"replay", "--data-dir", options_.data_dir});
+    EXPECT_EQ(replay.exit_code, 0) << replay.out << replay.err;
+  }
+
+  TempDir dir_;
+  DaemonOptions options_;
+  std::unique_ptr<DaemonProcess> daemon_;
+  std::string admin_token_;
+};
+
+TEST_F(UsageE2eTest, KillNineDuringConsumeLoadKeepsCountersEqualToTheLog) {
+  Subscribe();
+  const uint64_t seed = std::random_device{}();
+  std::printf("usage e2e seed %" PRIu64 "\n", seed);
+  std::mt19937_64 rng(seed);
+  std::map<std::string, Acked> acked;
+  for (int cycle = 1; cycle <= kCycles; ++cycle) {
+    const int kill_after_ms = std::uniform_int_distribution<int>(150, 500)(rng);
+    std::map<std::string, Acked> cycle_acked = Load("c" + std::to_string(cycle), kill_after_ms);
+    std::printf("cycle %d: SIGKILL after %d ms, %zu consumes acknowledged\n", cycle,
+                kill_after_ms, cycle_acked.size());
+    acked.insert(cycle_acked.begin(), cycle_acked.end());
+    ASSERT_TRUE(daemon_->Start().ok()) << daemon_->Log();
+    CheckAfterRestart(acked);
+  }
+  // The rest of the quota, then refusals: exactly kLimit in total.
+  std::map<std::string, Acked> rest = Load("drain", 0);
+  acked.insert(rest.begin(), rest.end());
+  EXPECT_EQ(CounterUsed(), kLimit);
+  EXPECT_EQ(static_cast<int64_t>(LoggedKeys().size()), kLimit);
+  EXPECT_GE(static_cast<int64_t>(acked.size()), kLimit - 2 * kThreads * kCycles);
+  HttpReply refused = Service().Post(kConsume, ConsumeBody("after-drain"));
+  EXPECT_EQ(refused.status, 429) << refused.body;
+  EXPECT_FALSE(refused.Header("Retry-After").empty());
+  EXPECT_EQ(daemon_->Terminate(), 0);
+}
+
+}  // namespace
+}  // namespace ledger::testing

@@ -1,0 +1,525 @@
+// The Lago sink (http/lago_sink.h) against a real Ledger and a local fake Lago over loopback:
+// every usage event counted exactly once (by transaction_id) in batches of at most 100; Lago
+// outages (down, 500, 429, slow answers, lost acknowledgements) followed by recovery with no
+// loss, no double counting and the lag back to 0; restarts from the checkpoint, also after the
+// checkpoint write was lost (Lago's value_already_exist answers); refused events dead-lettered
+// without stalling; and negative controls showing the exactly-once check fails when the
+// guarantee is broken.
+#include "http/lago_sink.h"
+
+#include <gtest/gtest.h>
+#include <rapidjson/document.h>
+
+#include <functional>
+#include <set>
+#include <thread>
+
+#include "events/ledger.h"
+#include "http/lago_client.h"
+#include "projections/lago.h"
+#include "tests/support/fake_lago.h"
+#include "tests/support/schema_check.h"
+#include "tests/support/test_ledger.h"
+
+namespace ledger::http {
+namespace {
+
+using ledger::testing::CountedExactlyOnce;
+using ledger::testing::FakeLago;
+using ledger::testing::kFakeLagoApiKey;
+using ledger::testing::TempDir;
+
+constexpr std::string_view kUsageType = "usage.recorded.v1";
+const std::vector<std::string> kUsers = {"alice", "bob", "carol", "dave", "erin", "frank", "gus"};
+const std::vector<std::string> kServices = {"chat", "search", "tts", "litellm"};
+
+// Appends `count` usage.recorded.v1 events (schema-valid) round-robin over kUsers, and, when
+// `noise` is set, a non-usage event after every third one.
+class AppendUsage final : public Command {
+ public:
+  AppendUsage(size_t count, bool noise, size_t first = 0)
+      : count_(count), noise_(noise), first_(first) {}
+  Status Decide(const DecideContext& context, Decision* decision) override {
+    for (size_t i = first_; i < first_ + count_; ++i) {
+      const std::string& user = kUsers[i % kUsers.size()];
+      const std::string data =
+          R"({"user_id":")" + user + R"(","service":")" + kServices[i % kServices.size()] +
+          R"(","quantity":)" + std::to_string(1 + i % 5) +
+          R"(,"source":"batch","idempotency_key":"k-)" + std::to_string(i) +
+          R"(","occurred_at":"2026-11-22T10:00:0)" + std::to_string(i % 10) +
+          R"(.250000Z","window_start":"2026-11-01T00:00:00Z","window_end":"2026-12-01T00:00:00Z",)"
+          R"("window_kind":"calendar_month","plan_id":null,"subscription_id":null,"limit":null,)"
+          R"("used_after":)" +
+          std::to_string(i + 1) + R"(,"metadata":{"model":"m)" + std::to_string(i % 3) +
+          R"(","tokens":)" + std::to_string(10 * i) + "}}";
+      decision->events.push_back(NewEvent{std::string(kUsageType), user, data});
+      if (noise_ && i % 3 == 2) {
+        decision->events.push_back(
+            NewEvent{"test.noise.v1", "noise", R"({"i":)" + std::to_string(i) + "}"});
+      }
+    }
+    decision->body = "{}";
+    return Status::OK();
+  }
+
+ private:
+  size_t count_;
+  bool noise_;
+  size_t first_;
+};
+
+bool WaitFor(const std::function<bool()>& condition,
+             std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return condition();
+}
+
+class LagoSinkTest : public ::testing::Test {
+ protected:
+  void SetUp() override { OpenLedger(); }
+
+  void OpenLedger() {
+    LedgerOptions options;
+    options.path = dir_.Sub("ledger");
+    ASSERT_TRUE(Ledger::Open(options, &ledger_).ok());
+  }
+
+  void TearDown() override {
+    StopSink().IgnoreError();
+    if (!ledger_ || !check_schemas_) return;
+    for (std::string_view type : {kUsageType, kLagoSinkRejectedV1}) {
+      for (const Event& e : Events(type)) {
+        EXPECT_TRUE(ledger::testing::EventMatchesSchema(e)) << e.type;
+      }
+    }
+  }
+
+  static LagoSinkOptions FastOptions() {
+    LagoSinkOptions options;
+    options.poll_interval_ms = 20;
+    options.retry_backoff_ms_min = 10;
+    options.retry_backoff_ms_max = 200;
+    options.checkpoint_interval_ms = 50;
+    return options;
+  }
+
+  void StartSink(const std::string& url, const LagoSinkOptions& options = FastOptions(),
+                 const std::string& key = kFakeLagoApiKey, int64_t read_timeout_ms = 10'000) {
+    LagoClientOptions client_options;
+    client_options.api_url = url;
+    client_options.api_key = key;
+    client_options.read_timeout_ms = read_timeout_ms;
+    Status s = HttpLagoClient::Create(client_options, &client_);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    s = LagoSink::Open(options, ledger_.get(), client_.get(), &sink_);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    LagoSink* sink = sink_.get();
+    listener_ = ledger_->AddCommitListener([sink](Position) { sink->Notify(); });
+    ASSERT_TRUE(sink_->Start().ok());
+  }
+
+  Status StopSink(std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+    Status s;
+    if (sink_) {
+      s = sink_->Stop(timeout);
+      ledger_->RemoveCommitListener(listener_);
+      sink_.reset();
+    }
+    client_.reset();
+    return s;
+  }
+
+  void Append(size_t count, bool noise = true) {
+    AppendUsage command(count, noise, appended_);
+    appended_ += count;
+    CommandResult r = ledger_->Submit(&command);
+    ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  }
+
+  std::vector<Event> Events(std::string_view type) {
+    std::vector<Event> out;
+    EventFilter filter;
+    filter.type = std::string(type);
+    Position after(0);
+    while (true) {
+      std::vector<Event> page;
+      EXPECT_TRUE(ledger_->ReadEvents(after, 1000, filter, &page).ok());
+      if (page.empty()) return out;
+      after = page.back().position;
+      for (Event& e : page) out.push_back(std::move(e));
+    }
+  }
+  std::vector<std::string> UsageIds() {
+    std::vector<std::string> ids;
+    for (const Event& e : Events(kUsageType)) ids.push_back(e.id);
+    return ids;
+  }
+
+  bool CaughtUp(std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+    return WaitFor([&] { return sink_->GetStatus().lag == 0; }, timeout);
+  }
+
+  Position Checkpoint() {
+    Position p;
+    EXPECT_TRUE(ledger_->GetCheckpoint("sink.lago", &p).ok());
+    return p;
+  }
+
+  static void ExpectBatchesWithinLimit(const FakeLago& lago, size_t limit = kLagoBatchEventsMax) {
+    for (const FakeLago::Request& r : lago.requests()) {
+      EXPECT_LE(r.events, limit);
+      EXPECT_GT(r.events, 0u);
+    }
+  }
+
+  TempDir dir_;
+  std::unique_ptr<Ledger> ledger_;
+  std::unique_ptr<HttpLagoClient> client_;
+  std::unique_ptr<LagoSink> sink_;
+  uint64_t listener_ = 0;
+  size_t appended_ = 0;
+  bool check_schemas_ = true;
+};
+
+TEST(LagoSinkMappingTest, UsageBecomesALagoEvent) {
+  Event event;
+  event.id = "0f8fad5b-d9cb-469f-a165-70867728950e";
+  event.type = "usage.recorded.v1";
+  event.subject = "alice";
+  event.time_us = 1'800'000'000'000'000;
+  event.data =
+      R"({"user_id":"alice","service":"chat","quantity":7,"source":"consume",)"
+      R"("idempotency_key":"k1","occurred_at":"2026-11-22T10:00:05.999999Z",)"
+      R"("window_start":"2026-11-22T00:00:00Z","window_end":"2026-11-23T00:00:00Z",)"
+      R"("window_kind":"day","plan_id":"trial","subscription_id":null,"limit":100,)"
+      R"("used_after":7,"metadata":{"model":"gpt-x","tokens":12,"service":"spoofed","ok":true}})";
+  LagoSinkOptions options;
+  options.billable_metric_code = "llm_calls";
+  options.external_subscription_id_prefix = "sub-";
+  std::string json, user;
+  ASSERT_TRUE(UsageToLagoEvent(event, options, &json, &user).ok());
+  EXPECT_EQ(user, "alice");
+  EXPECT_EQ(
+      json,
+      R"({"transaction_id":"0f8fad5b-d9cb-469f-a165-70867728950e",)"
+      R"("external_subscription_id":"sub-alice","code":"llm_calls","timestamp":1795341605,)"
+      R"("properties":{"service":"chat","quantity":7,"model":"gpt-x","tokens":12,"ok":true}})");
+
+  // Without occurred_at the append time is the usage time.
+  event.data = R"({"user_id":"bob","service":"tts","quantity":1})";
+  ASSERT_TRUE(UsageToLagoEvent(event, LagoSinkOptions(), &json, &user).ok());
+  EXPECT_NE(
+      json.find(R"("external_subscription_id":"bob","code":"api_calls","timestamp":1800000000,)"),
+      std::string::npos)
+      << json;
+
+  event.data = R"({"user_id":"bob","quantity":1})";
+  Status s = UsageToLagoEvent(event, LagoSinkOptions(), &json, &user);
+  EXPECT_EQ(s.problem(), "unmappable") << s.ToString();
+  event.type = "plan.created.v1";
+  EXPECT_TRUE(UsageToLagoEvent(event, LagoSinkOptions(), &json, &user).IsNotFound());
+}
+
+TEST(LagoSinkOptionsTest, BadOptionsAreRefused) {
+  TempDir dir;
+  LedgerOptions ledger_options;
+  ledger_options.path = dir.Sub("ledger");
+  std::unique_ptr<Ledger> ledger;
+  ASSERT_TRUE(Ledger::Open(ledger_options, &ledger).ok());
+  FakeLago lago;
+  LagoClientOptions client_options;
+  client_options.api_url = lago.url();
+  client_options.api_key = kFakeLagoApiKey;
+  std::unique_ptr<HttpLagoClient> client;
+  ASSERT_TRUE(HttpLagoClient::Create(client_options, &client).ok());
+  for (size_t batch : {size_t{0}, size_t{101}}) {
+    LagoSinkOptions options;
+    options.batch_events_max = batch;
+    std::unique_ptr<LagoSink> sink;
+    EXPECT_EQ(LagoSink::Open(options, ledger.get(), client.get(), &sink).problem(),
+              "invalid_config");
+  }
+  client_options.api_url = "ftp://lago";
+  EXPECT_FALSE(HttpLagoClient::Create(client_options, &client).ok());
+  client_options.api_url = lago.url();
+  client_options.api_key = "";
+  EXPECT_FALSE(HttpLagoClient::Create(client_options, &client).ok());
+}
+
+TEST_F(LagoSinkTest, DeliversEveryUsageEventExactlyOnceInBatchesOfAtMost100) {
+  FakeLago lago;
+  for (int i = 0; i < 7; ++i) Append(150);  // 1050 usage events, 350 other events between them
+  StartSink(lago.url());
+  ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
+  EXPECT_TRUE(CountedExactlyOnce(lago, UsageIds()));
+  ExpectBatchesWithinLimit(lago);
+  EXPECT_GE(lago.requests().size(), 11u);
+  for (const FakeLago::Request& r : lago.requests()) EXPECT_EQ(r.status, 200);
+
+  // The Lago events carry what the log says, in log order.
+  std::vector<Event> usage = Events(kUsageType);
+  std::vector<FakeLago::StoredEvent> stored = lago.stored();
+  ASSERT_EQ(stored.size(), usage.size());
+  for (size_t i = 0; i < usage.size(); ++i) {
+    rapidjson::Document data;
+    data.Parse(usage[i].data.c_str());
+    EXPECT_EQ(stored[i].transaction_id, usage[i].id);
+    EXPECT_EQ(stored[i].external_subscription_id, data["user_id"].GetString());
+    EXPECT_EQ(stored[i].code, "api_calls");
+    EXPECT_EQ(stored[i].service, data["service"].GetString());
+    EXPECT_EQ(stored[i].quantity, data["quantity"].GetInt64());
+    EXPECT_EQ(stored[i].timestamp, 1795341600 + static_cast<int64_t>(i % 10));
+  }
+
+  // New usage is sent as it is appended (the commit listener wakes the sink).
+  Append(30, /*noise=*/false);
+  ASSERT_TRUE(CaughtUp());
+  EXPECT_TRUE(CountedExactlyOnce(lago, UsageIds()));
+  LagoSinkStatus status = sink_->GetStatus();
+  EXPECT_EQ(status.state, "up");
+  EXPECT_EQ(status.checkpoint, ledger_->Head());
+  EXPECT_EQ(sink_->metrics().events_delivered.Value(), 1080u);
+  EXPECT_EQ(sink_->metrics().events_skipped.Value(), 350u);
+  std::string metrics;
+  sink_->RenderMetrics(&metrics);
+  EXPECT_NE(metrics.find("ledger_lago_sink_events_delivered_total 1080\n"), std::string::npos);
+  EXPECT_NE(metrics.find("ledger_lago_sink_lag_events 0\n"), std::string::npos);
+  ASSERT_TRUE(StopSink().ok());
+  EXPECT_EQ(Checkpoint(), ledger_->Head());  // synced by Stop()
+}
+
+TEST_F(LagoSinkTest, CatchesUpAfterAnOutageWithoutLossOrDoubleCounting) {
+  FakeLago lago;
+  lago.SetDown(true);
+  Append(250);
+  StartSink(lago.url());
+  ASSERT_TRUE(WaitFor([&] { return sink_->metrics().request_failures.Value() >= 3; }));
+  LagoSinkStatus down = sink_->GetStatus();
+  EXPECT_EQ(down.state, "down");
+  EXPECT_GT(down.lag, 0u);
+  EXPECT_NE(down.last_error.find("could not be reached"), std::string::npos) << down.last_error;
+  EXPECT_EQ(down.checkpoint.value(), 0u);
+  Append(120);  // appends go on during the outage
+  EXPECT_EQ(lago.stored_count(), 0u);
+
+  lago.SetDown(false);
+  ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
+  EXPECT_TRUE(CountedExactlyOnce(lago, UsageIds()));
+  EXPECT_EQ(sink_->GetStatus().state, "up");
+
+  // Errors answered by Lago: 500s, 429s, a slow answer (the client times out while Lago stores
+  // the batch) and an acknowledgement lost after storing. Every re-send reuses the ids.
+  ASSERT_TRUE(StopSink().ok());
+  lago.InjectFault(FakeLago::Fault::kServerError, 2);
+  lago.InjectFault(FakeLago::Fault::kRateLimited, 1);
+  lago.InjectFault(FakeLago::Fault::kSlow, 1);
+  lago.InjectFault(FakeLago::Fault::kAckLost, 1);
+  Append(400);
+  StartSink(lago.url(), FastOptions(), kFakeLagoApiKey, /*read_timeout_ms=*/300);
+  ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
+  EXPECT_TRUE(CountedExactlyOnce(lago, UsageIds()));
+  EXPECT_GE(sink_->metrics().request_failures.Value(), 5u);
+  EXPECT_GE(sink_->metrics().events_already_present.Value(), 1u);  // the lost acknowledgements
+  EXPECT_EQ(sink_->metrics().events_rejected.Value(), 0u);
+  ExpectBatchesWithinLimit(lago);
+  EXPECT_TRUE(Events(projections::kLagoWebhookReceivedV1).empty());
+  EXPECT_TRUE(Events(kLagoSinkRejectedV1).empty());
+}
+
+TEST_F(LagoSinkTest, RestartsFromItsCheckpoint) {
+  FakeLago lago;
+  Append(300);
+  StartSink(lago.url());
+  ASSERT_TRUE(CaughtUp());
+  ASSERT_TRUE(StopSink().ok());
+  const Position stopped_at = Checkpoint();
+  EXPECT_EQ(stopped_at, ledger_->Head());
+  const size_t requests_before = lago.requests().size();
+
+  // Reopen the ledger (a daemon restart) and append more: only the new usage is sent.
+  ledger_.reset();
+  OpenLedger();
+  Append(200);
+  StartSink(lago.url());
+  EXPECT_EQ(sink_->GetStatus().checkpoint, stopped_at);
+  ASSERT_TRUE(CaughtUp());
+  EXPECT_TRUE(CountedExactlyOnce(lago, UsageIds()));
+  size_t resent = 0;
+  const std::vector<FakeLago::Request> requests = lago.requests();
+  for (size_t i = requests_before; i < requests.size(); ++i) resent += requests[i].events;
+  EXPECT_EQ(resent, 200u);
+  EXPECT_EQ(sink_->metrics().events_already_present.Value(), 0u);
+}
+
+// A crash after Lago stored batches but before the checkpoint reached the disk: the next sink
+// sends them again. Lago's Postgres store refuses known transaction ids (whole batch, 422
+// value_already_exist, or a 500 when the known id is not the batch's last event); the sink
+// settles them and sends the rest, so Lago still counts each event once.
+TEST_F(LagoSinkTest, ResendsAfterALostCheckpointAreCountedOnce) {
+  struct Mode {
+    const char* name;
+    FakeLago::Dedupe dedupe;
+    bool server_error_on_inner_duplicate;
+  };
+  for (const Mode& mode : {Mode{"reject-batch", FakeLago::Dedupe::kRejectBatch, false},
+                           Mode{"reject-batch-500", FakeLago::Dedupe::kRejectBatch, true},
+                           Mode{"store-rest", FakeLago::Dedupe::kStoreRest, false},
+                           Mode{"clickhouse", FakeLago::Dedupe::kSilent, false}}) {
+    SCOPED_TRACE(mode.name);
+    FakeLago::Options lago_options;
+    lago_options.dedupe = mode.dedupe;
+    lago_options.server_error_on_inner_duplicate = mode.server_error_on_inner_duplicate;
+    FakeLago lago(lago_options);
+    const Position start = ledger_->Head();
+    ASSERT_TRUE(ledger_->PutCheckpoint("sink.lago", start, true).ok());
+    Append(260);
+    const uint64_t half = (ledger_->Head().value() + start.value()) / 2;
+    StartSink(lago.url());
+    ASSERT_TRUE(CaughtUp());
+    ASSERT_TRUE(StopSink().ok());
+    // The lost write: the checkpoint is back in the middle of what Lago already has, and more
+    // usage arrived meanwhile.
+    ASSERT_TRUE(ledger_->PutCheckpoint("sink.lago", Position(half), true).ok());
+    Append(90);
+    StartSink(lago.url());
+    ASSERT_TRUE(CaughtUp(std::chrono::seconds(60))) << sink_->GetStatus().last_error;
+    std::vector<std::string> ids;
+    for (const Event& e : Events(kUsageType)) {
+      if (e.position > start) ids.push_back(e.id);
+    }
+    EXPECT_TRUE(CountedExactlyOnce(lago, ids));
+    if (mode.dedupe != FakeLago::Dedupe::kSilent) {
+      EXPECT_GT(sink_->metrics().events_already_present.Value(), 0u);
+    }
+    if (mode.server_error_on_inner_duplicate) {
+      EXPECT_GT(sink_->metrics().batch_splits.Value(), 0u);
+    }
+    EXPECT_EQ(sink_->metrics().events_rejected.Value(), 0u);
+    ExpectBatchesWithinLimit(lago);
+    ASSERT_TRUE(StopSink().ok());
+  }
+}
+
+TEST_F(LagoSinkTest, ARefusedEventIsDeadLetteredAndTheRestDelivered) {
+  FakeLago lago;
+  Append(120);
+  std::vector<std::string> ids = UsageIds();
+  const std::string poisoned = ids[37];
+  lago.RejectTransaction(poisoned);
+  StartSink(lago.url());
+  ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
+  std::vector<std::string> delivered;
+  for (const std::string& id : ids) {
+    if (id != poisoned) delivered.push_back(id);
+  }
+  EXPECT_TRUE(CountedExactlyOnce(lago, delivered));
+  EXPECT_EQ(sink_->metrics().events_rejected.Value(), 1u);
+  std::vector<Event> rejected = Events(kLagoSinkRejectedV1);
+  ASSERT_EQ(rejected.size(), 1u);
+  rapidjson::Document data;
+  data.Parse(rejected[0].data.c_str());
+  EXPECT_EQ(std::string(data["transaction_id"].GetString()), poisoned);
+  EXPECT_EQ(data["http_status"].GetInt(), 422);
+  EXPECT_EQ(std::string(data["reason"].GetString()), "validation_errors");
+  EXPECT_NE(std::string(data["error"].GetString()).find("billable_metric_not_found"),
+            std::string::npos);
+  EXPECT_EQ(std::string(data["lago_event"]["transaction_id"].GetString()), poisoned);
+  EXPECT_EQ(rejected[0].subject, std::string(data["user_id"].GetString()));
+  // The sink's own dead letter is behind its checkpoint too.
+  EXPECT_EQ(sink_->GetStatus().checkpoint, ledger_->Head());
+}
+
+TEST_F(LagoSinkTest, AnUnmappableUsageEventIsDeadLetteredWithoutSending) {
+  FakeLago lago;
+  class Malformed final : public Command {
+   public:
+    Status Decide(const DecideContext&, Decision* decision) override {
+      decision->events.push_back(NewEvent{"usage.recorded.v1", "x", R"({"user_id":"x"})"});
+      decision->body = "{}";
+      return Status::OK();
+    }
+  } malformed;
+  ASSERT_TRUE(ledger_->Submit(&malformed).status.ok());
+  Append(5, false);
+  StartSink(lago.url());
+  ASSERT_TRUE(CaughtUp());
+  std::vector<Event> rejected = Events(kLagoSinkRejectedV1);
+  ASSERT_EQ(rejected.size(), 1u);
+  EXPECT_NE(rejected[0].data.find(R"("http_status":0,"reason":"unmappable")"), std::string::npos)
+      << rejected[0].data;
+  EXPECT_EQ(lago.stored_count(), 5u);
+  check_schemas_ = false;  // the malformed usage event is malformed on purpose
+}
+
+TEST_F(LagoSinkTest, ARefusedApiKeyStallsWithoutLosingUsage) {
+  FakeLago lago;
+  lago.SetApiKey("another-key");
+  Append(50);
+  StartSink(lago.url());
+  ASSERT_TRUE(WaitFor([&] { return sink_->GetStatus().state == "unauthorized"; }));
+  EXPECT_GT(sink_->GetStatus().lag, 0u);
+  EXPECT_EQ(sink_->metrics().events_rejected.Value(), 0u);
+  const std::string error = sink_->GetStatus().last_error;
+  EXPECT_NE(error.find("LAGO_API_KEY"), std::string::npos) << error;
+  EXPECT_EQ(error.find(kFakeLagoApiKey), std::string::npos) << error;
+  lago.SetApiKey(kFakeLagoApiKey);  // the operator fixes the key on Lago's side
+  ASSERT_TRUE(CaughtUp());
+  EXPECT_TRUE(CountedExactlyOnce(lago, UsageIds()));
+}
+
+TEST_F(LagoSinkTest, StopIsBoundedWhileLagoIsDown) {
+  FakeLago lago;
+  lago.SetDown(true);
+  Append(20);
+  LagoSinkOptions options = FastOptions();
+  options.retry_backoff_ms_min = 20'000;  // a long backoff is running when Stop() comes
+  options.retry_backoff_ms_max = 30'000;
+  StartSink(lago.url(), options);
+  ASSERT_TRUE(WaitFor([&] { return sink_->metrics().request_failures.Value() >= 1; }));
+  const auto start = std::chrono::steady_clock::now();
+  Status s = StopSink(std::chrono::seconds(10));
+  EXPECT_EQ(s.problem(), "lago_unavailable") << s.ToString();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+  EXPECT_EQ(Checkpoint().value(), 0u);
+  lago.SetDown(false);
+  StartSink(lago.url());
+  ASSERT_TRUE(CaughtUp());
+  EXPECT_TRUE(CountedExactlyOnce(lago, UsageIds()));
+}
+
+// Negative controls: the exactly-once check catches loss and double counting.
+TEST_F(LagoSinkTest, NegativeControlTheCheckDetectsLoss) {
+  FakeLago lago;
+  Append(100, /*noise=*/false);
+  // A broken sink: its checkpoint moved past five events Lago never acknowledged.
+  ASSERT_TRUE(ledger_->PutCheckpoint("sink.lago", Position(5), true).ok());
+  StartSink(lago.url());
+  ASSERT_TRUE(CaughtUp());
+  ::testing::AssertionResult result = CountedExactlyOnce(lago, UsageIds());
+  EXPECT_FALSE(result);
+  EXPECT_NE(std::string(result.message()).find("missing 5"), std::string::npos) << result.message();
+}
+
+TEST_F(LagoSinkTest, NegativeControlTheCheckDetectsDoubleCounting) {
+  FakeLago::Options options;
+  options.dedupe = FakeLago::Dedupe::kNoDedupe;  // a Lago that does not dedupe
+  FakeLago lago(options);
+  Append(60, /*noise=*/false);
+  StartSink(lago.url());
+  ASSERT_TRUE(CaughtUp());
+  ASSERT_TRUE(StopSink().ok());
+  ASSERT_TRUE(ledger_->PutCheckpoint("sink.lago", Position(30), true).ok());  // a lost write
+  StartSink(lago.url());
+  ASSERT_TRUE(CaughtUp());
+  ::testing::AssertionResult result = CountedExactlyOnce(lago, UsageIds());
+  EXPECT_FALSE(result);
+  EXPECT_NE(std::string(result.message()).find("counted more than once 30"), std::string::npos)
+      << result.message();
+}
+
+}  // namespace
+}  // namespace ledger::http

@@ -1,0 +1,510 @@
+// The usage routes over real HTTP on loopback against a real Ledger (http/usage_routes.cc):
+// consume answers and headers, refusals, idempotent retries, batch ingest, summary, admin reset,
+// my-access, /metrics, 50 racing clients across a restart, and window rollover on an injected
+// clock. Every event the tests append is checked against its schema at the end.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "events/ledger.h"
+#include "http/app_context.h"
+#include "http/problem.h"
+#include "http/routes.h"
+#include "projections/registry.h"
+#include "projections/usage.h"
+#include "tests/support/billing_fixtures.h"
+#include "tests/support/http_client.h"
+#include "tests/support/http_stack.h"
+#include "tests/support/schema_check.h"
+#include "tests/support/test_ledger.h"
+#include "tests/support/tokens.h"
+#include "tests/support/usage_fixtures.h"
+
+namespace ledger::http {
+namespace {
+
+using ledger::testing::HttpReply;
+using ledger::testing::kStripeT0;
+using ledger::testing::OnPlan;
+using ledger::testing::TestHttpClient;
+using ledger::testing::TokenClaims;
+namespace pj = ledger::projections;
+
+constexpr char kConsume[] = "/api/v1/usage/consume";
+constexpr char kEvents[] = "/api/v1/usage/events";
+constexpr char kSummary[] = "/api/v1/usage/summary";
+constexpr char kServiceToken[] = "svc-gateway-token-0123456789";
+constexpr int64_t kUs = 1'000'000;
+constexpr int64_t kDay = 86400;
+
+std::string ConsumeBody(const std::string& user, const std::string& service,
+                        const std::string& key, int64_t quantity = 1) {
+  std::string body = "{";
+  if (!user.empty()) body += "\"user_id\":" + JsonQuote(user) + ",";
+  body += "\"service\":" + JsonQuote(service) + ",\"quantity\":" + std::to_string(quantity) +
+          ",\"idempotency_key\":" + JsonQuote(key) + "}";
+  return body;
+}
+
+class UsageRoutesTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    Open();
+    ASSERT_TRUE(ledger::testing::SeedCatalogWithPrices(ledger_.get()).ok());
+    ASSERT_TRUE(ledger::testing::AddPlanOnLedger(ledger_.get(), ledger::testing::SmallPlan("tiny", 10)).ok());
+    StartHttp();
+  }
+
+  void Open() {
+    LedgerOptions options;
+    options.path = dir_.path();
+    options.folds = pj::AllFolds();
+    options.clock = &clock_;
+    Status s = Ledger::Open(options, &ledger_);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+  }
+
+  void StartHttp(size_t threads = 16) {
+    AppContext context;
+    context.ledger = ledger_.get();
+    context.clock = &clock_;
+    context.usage_meter = meter_.get();
+    pj::UsageMeter* meter = meter_.get();
+    context.metrics_renderers.push_back([meter](std::string* out) { meter->RenderMetrics(out); });
+    RouteTable routes;
+    AddOpsRoutes(context, &routes);
+    AddEventsRoutes(context, &routes);
+    AddSubscriptionAccessRoutes(context, &routes);
+    AddUsageRoutes(context, &routes);
+    AuthOptions auth;
+    auth.jwt.hs256_secret = ledger::testing::kTestHs256Secret;
+    auth.service_tokens = {ServiceToken{"gateway", kServiceToken}};
+    HttpServerOptions options = ledger::testing::TestHttpStack::DefaultOptions();
+    options.threads = threads;
+    stack_ = std::make_unique<ledger::testing::TestHttpStack>();
+    Status s = stack_->Start(std::move(routes), auth, &clock_, options);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+  }
+
+  void TearDown() override {
+    if (stack_) stack_->Stop();
+    if (!ledger_) return;
+    std::vector<Event> events;
+    Position after(0);
+    for (;;) {
+      ASSERT_TRUE(ledger_->ReadEvents(after, 1000, EventFilter{}, &events).ok());
+      if (events.empty()) break;
+      for (const Event& e : events) {
+        EXPECT_TRUE(ledger::testing::EnvelopeMatchesSchema(e)) << e.type << " " << e.data;
+      }
+      after = events.back().position;
+    }
+  }
+
+  int64_t NowSeconds() const { return clock_.NowMicros() / kUs; }
+  std::string Token(const std::string& user, bool admin = false,
+                    const std::string& email = "") const {
+    TokenClaims claims = admin ? TokenClaims::Admin(user, NowSeconds())
+                               : TokenClaims::User(user, NowSeconds());
+    if (!email.empty()) claims.email = email;
+    return ledger::testing::MintHs256(claims, ledger::testing::kTestHs256Secret);
+  }
+  TestHttpClient Client(const std::string& bearer) {
+    TestHttpClient client("127.0.0.1", stack_->port());
+    client.set_bearer(bearer);
+    return client;
+  }
+  TestHttpClient Service() { return Client(kServiceToken); }
+
+  HttpReply Consume(const std::string& user, const std::string& service, const std::string& key,
+                    int64_t quantity = 1) {
+    return Service().Post(kConsume, ConsumeBody(user, service, key, quantity));
+  }
+
+  static void ExpectProblem(const HttpReply& reply, int status, const std::string& code) {
+    EXPECT_EQ(reply.status, status) << reply.body;
+    EXPECT_EQ(reply.Header("Content-Type"), "application/problem+json") << reply.body;
+    rapidjson::Document doc = reply.Json();
+    ASSERT_TRUE(doc.IsObject()) << reply.body;
+    ASSERT_TRUE(doc.HasMember("code")) << reply.body;
+    EXPECT_EQ(std::string(doc["code"].GetString()), code) << reply.body;
+  }
+
+  uint64_t Head() const { return ledger_->Head().value(); }
+
+  int64_t Used(const std::string& user, int64_t window_start) {
+    auto view = ledger_->Snapshot();
+    pj::UsageCounter c;
+    return pj::GetUsageCounter(*view, user, window_start, &c).ok() ? c.used : 0;
+  }
+
+  void LinkEmail(const std::string& user, const std::string& email) {
+    ledger::testing::StripeCheckoutSpec checkout;
+    checkout.event_id = "evt_checkout_" + user;
+    checkout.session_id = "cs_" + user;
+    checkout.client_reference_id = user;
+    checkout.metadata_user_id = user;
+    checkout.customer_id = "cus_" + user;
+    checkout.subscription_id = "sub_" + user;
+    checkout.email = email;
+    ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                               ledger::testing::StripeCheckoutCompletedJson(checkout))
+                    .status.ok());
+  }
+
+  ledger::testing::TempDir dir_;
+  ManualClock clock_{(kStripeT0 + 1000) * kUs};
+  std::unique_ptr<Ledger> ledger_;
+  std::unique_ptr<pj::UsageMeter> meter_ = std::make_unique<pj::UsageMeter>();
+  std::unique_ptr<ledger::testing::TestHttpStack> stack_;
+};
+
+TEST_F(UsageRoutesTest, ConsumeAnswersWithRateLimitHeadersThen429WithRetryAfter) {
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
+  const int64_t window_end = kStripeT0 + 30 * kDay;
+  for (int i = 1; i <= 10; ++i) {
+    HttpReply r = Consume("u1", "chat", "key-" + std::to_string(i));
+    ASSERT_EQ(r.status, 200) << r.body;
+    rapidjson::Document doc = r.Json();
+    EXPECT_TRUE(doc["allowed"].GetBool());
+    EXPECT_EQ(doc["used"].GetInt64(), i);
+    EXPECT_EQ(doc["limit"].GetInt64(), 10);
+    EXPECT_EQ(doc["remaining"].GetInt64(), 10 - i);
+    EXPECT_EQ(std::string(doc["window_start"].GetString()), "2025-06-15T15:06:40Z");
+    EXPECT_EQ(std::string(doc["window_end"].GetString()), "2025-07-15T15:06:40Z");
+    EXPECT_EQ(r.Header("X-RateLimit-Limit"), "10");
+    EXPECT_EQ(r.Header("X-RateLimit-Remaining"), std::to_string(10 - i));
+    EXPECT_EQ(r.Header("X-RateLimit-Reset"), std::to_string(window_end - NowSeconds()));
+    EXPECT_EQ(r.Header("X-Ledger-Position"), std::to_string(Head()));
+  }
+  const uint64_t head = Head();
+  HttpReply r = Consume("u1", "chat", "key-11");
+  ExpectProblem(r, 429, "quota_exceeded");
+  EXPECT_EQ(r.Header("Retry-After"), std::to_string(window_end - NowSeconds()));
+  EXPECT_EQ(r.Header("X-RateLimit-Remaining"), "0");
+  rapidjson::Document doc = r.Json();
+  EXPECT_EQ(doc["used"].GetInt64(), 10);
+  EXPECT_EQ(doc["limit"].GetInt64(), 10);
+  EXPECT_EQ(doc["remaining"].GetInt64(), 0);
+  EXPECT_EQ(doc["retry_after"].GetInt64(), window_end - NowSeconds());
+  EXPECT_EQ(std::string(doc["window_end"].GetString()), "2025-07-15T15:06:40Z");
+  EXPECT_EQ(Head(), head);  // a denial appends nothing
+  // Denials are counted on /metrics.
+  HttpReply metrics = Client("").Get("/metrics");
+  EXPECT_NE(metrics.body.find("ledger_usage_consume_denied_total{reason=\"quota_exceeded\"} 1"),
+            std::string::npos);
+  EXPECT_NE(metrics.body.find("ledger_usage_consume_allowed_total 10"), std::string::npos);
+}
+
+TEST_F(UsageRoutesTest, StarterAllowsOneThousandAndRefusesTheNext) {
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("s1", "starter")).ok());
+  std::atomic<int> ok{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 125; ++i) {
+        HttpReply r = Consume("s1", "search", "t" + std::to_string(t) + "-" + std::to_string(i));
+        if (r.status == 200) ok.fetch_add(1);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 1000);
+  HttpReply r = Consume("s1", "search", "one-more");
+  ExpectProblem(r, 429, "quota_exceeded");
+  EXPECT_FALSE(r.Header("Retry-After").empty());
+  EXPECT_EQ(Used("s1", kStripeT0), 1000);
+}
+
+TEST_F(UsageRoutesTest, RefusalsAndBadInputAppendNothing) {
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "starter")).ok());
+  const uint64_t head = Head();
+  ExpectProblem(Consume("nobody", "chat", "k"), 402, "subscription_required");
+  ExpectProblem(Consume("u1", "tts", "k"), 403, "service_not_in_plan");
+  ExpectProblem(Consume("u1", "no-such-service", "k"), 422, "unknown_service");
+  ExpectProblem(Service().Post(kConsume, "{not json"), 400, "invalid_json");
+  ExpectProblem(Service().Post(kConsume, R"({"service":"chat","idempotency_key":"k"})"), 422,
+                "validation_failed");  // a service must name the user
+  ExpectProblem(Service().Post(kConsume, R"({"user_id":"u1","service":"chat"})"), 422,
+                "validation_failed");  // no idempotency key
+  ExpectProblem(Consume("u1", "chat", "k", 0), 422, "validation_failed");
+  ExpectProblem(Consume("u1", "chat", "k", 10001), 422, "validation_failed");
+  ExpectProblem(Consume("u1", "chat", std::string(256, 'k')), 422, "validation_failed");
+  ExpectProblem(Consume("a/b", "chat", "k"), 422, "validation_failed");
+  ExpectProblem(
+      Service().Post(kConsume, R"({"user_id":"u1","service":"chat","idempotency_key":"k","qty":2})"),
+      422, "unknown_field");
+  ExpectProblem(Service().Post(kConsume, ConsumeBody("u1", "chat", "k"),
+                               {{"Idempotency-Key", "other"}}),
+                400, "invalid_idempotency_key");
+  // A user acts only for itself.
+  ExpectProblem(Client(Token("u2")).Post(kConsume, ConsumeBody("u1", "chat", "k")), 404,
+                "not_found");
+  ExpectProblem(Client("").Post(kConsume, ConsumeBody("u1", "chat", "k")), 401,
+                "unauthenticated");
+  EXPECT_EQ(Head(), head);
+  // A user may name itself or nobody; the header may carry the key.
+  HttpReply r = Client(Token("u1")).Post(kConsume, R"({"service":"chat","idempotency_key":"self"})");
+  EXPECT_EQ(r.status, 200) << r.body;
+  r = Client(Token("u1")).Post(kConsume, R"({"user_id":"u1","service":"chat"})",
+                               {{"Idempotency-Key", "self-2"}});
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.Json()["used"].GetInt64(), 2);
+}
+
+TEST_F(UsageRoutesTest, IdempotentRetryReturnsTheOriginalAnswerAndCountsOnce) {
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
+  HttpReply first = Consume("u1", "chat", "retry", 3);
+  ASSERT_EQ(first.status, 200) << first.body;
+  ASSERT_EQ(Consume("u1", "chat", "other", 1).status, 200);
+  clock_.Advance(10 * kUs);
+  HttpReply again = Consume("u1", "chat", "retry", 3);
+  ASSERT_EQ(again.status, 200) << again.body;
+  EXPECT_EQ(again.body, first.body);  // used 3, not 4 or 7
+  EXPECT_EQ(again.Header("Idempotent-Replayed"), "true");
+  EXPECT_EQ(again.Header("X-Ledger-Position"), first.Header("X-Ledger-Position"));
+  EXPECT_EQ(again.Header("X-RateLimit-Remaining"), "7");
+  EXPECT_EQ(Used("u1", kStripeT0), 4);
+  // The same key with another body: 409, nothing counted.
+  ExpectProblem(Consume("u1", "chat", "retry", 2), 409, "idempotency_key_reused");
+  ExpectProblem(Consume("u1", "search", "retry", 3), 409, "idempotency_key_reused");
+  EXPECT_EQ(Used("u1", kStripeT0), 4);
+  // A user retrying through its own token hits the same record (scope = the user, not the caller).
+  HttpReply as_user = Client(Token("u1")).Post(kConsume, ConsumeBody("u1", "chat", "retry", 3));
+  EXPECT_EQ(as_user.status, 200);
+  EXPECT_EQ(as_user.body, first.body);
+}
+
+TEST_F(UsageRoutesTest, BatchIngestReportsEachItem) {
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
+  ASSERT_EQ(Consume("u1", "chat", "c1").status, 200);
+  const std::string body = R"({"events":[
+    {"user_id":"u1","service":"chat","quantity":2,"idempotency_key":"b1","metadata":{"model":"m","tokens":5}},
+    {"user_id":"u1","service":"chat","quantity":2,"idempotency_key":"b1"},
+    {"user_id":"u1","service":"chat","idempotency_key":"c1"},
+    {"user_id":"u2","service":"search","quantity":4,"idempotency_key":"b1","timestamp":1750000500},
+    {"user_id":"u3","service":"tts","quantity":1,"idempotency_key":"x","timestamp":"2025-06-15T15:10:00Z"},
+    {"user_id":"u1","service":"nope","idempotency_key":"b2"},
+    {"user_id":"u1","service":"chat","quantity":-1,"idempotency_key":"b3"},
+    {"user_id":"u1","service":"chat"},
+    {"user_id":"u1","service":"chat","idempotency_key":"b4","colour":"red"},
+    {"user_id":"u1","service":"chat","idempotency_key":"b5","timestamp":"yesterday"},
+    {"user_id":"u1","service":"chat","idempotency_key":"b6","timestamp":4102444800},
+    {"user_id":"u1","service":"chat","idempotency_key":"b7","metadata":{"nested":{"a":1}}},
+    42
+  ]})";
+  const uint64_t head = Head();
+  HttpReply r = Service().Post(kEvents, body);
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  EXPECT_EQ(doc["accepted"].GetInt(), 3);
+  EXPECT_EQ(doc["duplicates"].GetInt(), 2);
+  EXPECT_EQ(doc["invalid"].GetInt(), 8);
+  const char* status[] = {"accepted", "duplicate", "duplicate", "accepted", "accepted",
+                          "invalid",  "invalid",   "invalid",   "invalid",  "invalid",
+                          "invalid",  "invalid",   "invalid"};
+  const char* reasons[] = {nullptr, nullptr, nullptr, nullptr, nullptr,
+                           "unknown_service", "invalid_quantity", "invalid_idempotency_key",
+                           "unknown_field", "invalid_timestamp", "timestamp_out_of_range",
+                           "invalid_metadata", "not_an_object"};
+  const auto& results = doc["results"];
+  ASSERT_EQ(results.Size(), 13u);
+  for (rapidjson::SizeType i = 0; i < results.Size(); ++i) {
+    EXPECT_EQ(std::string(results[i]["status"].GetString()), status[i]) << i;
+    if (reasons[i] != nullptr) {
+      EXPECT_EQ(std::string(results[i]["reason"].GetString()), reasons[i]) << i;
+    }
+  }
+  EXPECT_EQ(Head(), head + 3);  // one command: three usage events, no thresholds (1 + 2 of 10)
+  EXPECT_EQ(Used("u1", kStripeT0), 3);
+  EXPECT_EQ(Used("u2", pj::UtcMonthStart(kStripeT0)), 4);
+  // Envelope problems.
+  ExpectProblem(Service().Post(kEvents, R"({"events":[]})"), 422, "validation_failed");
+  ExpectProblem(Service().Post(kEvents, R"({"items":[]})"), 422, "unknown_field");
+  ExpectProblem(Service().Post(kEvents, "[]"), 400, "invalid_json");
+  std::string big = R"({"events":[)";
+  for (int i = 0; i < 1001; ++i) {
+    big += std::string(i ? "," : "") + R"({"user_id":"u1","service":"chat","idempotency_key":"big)" +
+           std::to_string(i) + "\"}";
+  }
+  big += "]}";
+  ExpectProblem(Service().Post(kEvents, big), 413, "too_many_items");
+  ExpectProblem(Client(Token("u1")).Post(kEvents, body), 403, "forbidden");
+  EXPECT_EQ(Head(), head + 3);
+}
+
+TEST_F(UsageRoutesTest, BatchOfAThousandIsOneCommand) {
+  std::string body = R"({"events":[)";
+  for (int i = 0; i < 1000; ++i) {
+    body += std::string(i ? "," : "") + R"({"user_id":"user-)" + std::to_string(i % 37) +
+            R"(","service":"chat","quantity":1,"idempotency_key":"k)" + std::to_string(i) + "\"}";
+  }
+  body += "]}";
+  const uint64_t groups = ledger_->metrics().groups_committed.Value();
+  HttpReply r = Service().Post(kEvents, body, {{"Idempotency-Key", "batch-1"}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.Json()["accepted"].GetInt(), 1000);
+  EXPECT_EQ(ledger_->metrics().groups_committed.Value(), groups + 1);
+  // The same request again is answered from the request's idempotency record.
+  HttpReply again = Service().Post(kEvents, body, {{"Idempotency-Key", "batch-1"}});
+  EXPECT_EQ(again.body, r.body);
+  EXPECT_EQ(again.Header("Idempotent-Replayed"), "true");
+  // Without the header, every item is a duplicate.
+  HttpReply dup = Service().Post(kEvents, body);
+  EXPECT_EQ(dup.Json()["duplicates"].GetInt(), 1000);
+}
+
+TEST_F(UsageRoutesTest, SummaryAndMyAccessShowTheCurrentWindow) {
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
+  ASSERT_EQ(Consume("u1", "chat", "a", 3).status, 200);
+  ASSERT_EQ(Consume("u1", "search", "b", 2).status, 200);
+  HttpReply r = Client(Token("u1")).Get(kSummary);
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  EXPECT_EQ(std::string(doc["plan_id"].GetString()), "tiny");
+  EXPECT_TRUE(doc["has_access"].GetBool());
+  EXPECT_EQ(doc["current"]["used"].GetInt64(), 5);
+  EXPECT_EQ(doc["current"]["limit"].GetInt64(), 10);
+  EXPECT_EQ(doc["current"]["remaining"].GetInt64(), 5);
+  EXPECT_EQ(doc["current"]["services"]["chat"].GetInt64(), 3);
+  ASSERT_EQ(doc["windows"].Size(), 1u);
+  EXPECT_EQ(doc["windows"][0]["used"].GetInt64(), 5);
+  EXPECT_FALSE(r.Header("X-Ledger-Position").empty());
+  ExpectProblem(Service().Get(kSummary), 403, "forbidden");
+
+  r = Client(Token("u1")).Get("/api/v1/subscriptions/my-access");
+  ASSERT_EQ(r.status, 200) << r.body;
+  doc = r.Json();
+  EXPECT_EQ(doc["quota"]["limit"].GetInt64(), 10);
+  EXPECT_EQ(doc["quota"]["used"].GetInt64(), 5);
+  EXPECT_EQ(doc["quota"]["remaining"].GetInt64(), 5);
+  EXPECT_EQ(std::string(doc["quota"]["window_end"].GetString()), "2025-07-15T15:06:40Z");
+
+  // Another user sees only its own (empty) usage.
+  r = Client(Token("u2")).Get(kSummary);
+  ASSERT_EQ(r.status, 200);
+  doc = r.Json();
+  EXPECT_EQ(doc["current"]["used"].GetInt64(), 0);
+  EXPECT_FALSE(doc["has_access"].GetBool());
+  EXPECT_EQ(std::string(doc["reason"].GetString()), "subscription_required");
+  EXPECT_EQ(doc["windows"].Size(), 0u);
+}
+
+TEST_F(UsageRoutesTest, AdminResetRestartsTheCurrentWindow) {
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
+  LinkEmail("u1", "Ada@Example.com");
+  ASSERT_EQ(Consume("u1", "chat", "a", 10).status, 200);
+  ExpectProblem(Consume("u1", "chat", "b"), 429, "quota_exceeded");
+  const std::string path = "/api/v1/admin/subscriptions/ada@example.com/reset-usage";
+  ExpectProblem(Client(Token("u1")).Post(path, ""), 403, "forbidden");
+  ExpectProblem(Client(Token("root", true)).Post(
+                    "/api/v1/admin/subscriptions/nobody@example.com/reset-usage", ""),
+                404, "not_found");
+  HttpReply r = Client(Token("root", true, "root@example.com"))
+                    .Post(path, R"({"reason":"goodwill"})", {{"Idempotency-Key", "reset-1"}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  ASSERT_EQ(doc["users"].Size(), 1u);
+  EXPECT_EQ(std::string(doc["users"][0]["user_id"].GetString()), "u1");
+  EXPECT_EQ(doc["users"][0]["used_before"].GetInt64(), 10);
+  EXPECT_EQ(Used("u1", kStripeT0), 0);
+  std::vector<Event> events;
+  ASSERT_TRUE(ledger_->ReadEvents(Position(0), 1000,
+                                  EventFilter{"u1", std::string(pj::kUsageWindowResetV1)}, &events)
+                  .ok());
+  ASSERT_EQ(events.size(), 1u);
+  rapidjson::Document data;
+  data.Parse(events[0].data.c_str());
+  EXPECT_EQ(std::string(data["actor"]["sub"].GetString()), "root");
+  EXPECT_EQ(std::string(data["actor"]["email"].GetString()), "root@example.com");
+  EXPECT_EQ(std::string(data["reason"].GetString()), "goodwill");
+  // Replayed reset: same answer, no second event.
+  HttpReply again = Client(Token("root", true, "root@example.com"))
+                        .Post(path, R"({"reason":"goodwill"})", {{"Idempotency-Key", "reset-1"}});
+  EXPECT_EQ(again.body, r.body);
+  EXPECT_EQ(Consume("u1", "chat", "b").status, 200);
+}
+
+TEST_F(UsageRoutesTest, FiftyConcurrentClientsGetExactlyTheLimitAcrossARestart) {
+  constexpr int kClients = 50;
+  constexpr int64_t kLimit = 200;
+  stack_->Stop();
+  StartHttp(/*threads=*/kClients + 8);
+  ASSERT_TRUE(ledger::testing::AddPlanOnLedger(ledger_.get(), ledger::testing::SmallPlan("race", kLimit)).ok());
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("racer", "race")).ok());
+  std::atomic<int64_t> allowed{0};
+  std::atomic<int> unexpected{0};
+  auto run = [&](int phase, int64_t stop_at) {
+    std::vector<std::thread> clients;
+    for (int t = 0; t < kClients; ++t) {
+      clients.emplace_back([&, t] {
+        TestHttpClient client = Service();
+        for (int i = 0;; ++i) {
+          if (stop_at > 0 && allowed.load() >= stop_at) return;
+          HttpReply r = client.Post(kConsume, ConsumeBody("racer", "chat",
+                                                          std::to_string(phase) + "/" +
+                                                              std::to_string(t) + "/" +
+                                                              std::to_string(i)));
+          if (r.status == 200) {
+            allowed.fetch_add(1);
+          } else if (r.status == 429) {
+            if (stop_at == 0) return;
+          } else {
+            unexpected.fetch_add(1);
+            return;
+          }
+        }
+      });
+    }
+    for (auto& c : clients) c.join();
+  };
+  run(1, kLimit / 2);
+  // Restart the whole stack on the same directory.
+  stack_->Stop();
+  stack_.reset();
+  ledger_.reset();
+  meter_ = std::make_unique<pj::UsageMeter>();
+  Open();
+  StartHttp(kClients + 8);
+  run(2, 0);
+  EXPECT_EQ(unexpected.load(), 0);
+  EXPECT_EQ(allowed.load(), kLimit);
+  EXPECT_EQ(Used("racer", kStripeT0), kLimit);
+}
+
+TEST_F(UsageRoutesTest, TrialWindowRollsOverAtUtcMidnightAndExpiresAfterSevenDays) {
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("t1", "trial", "trialing")).ok());
+  ASSERT_EQ(Consume("t1", "chat", "d0", 100).status, 200);
+  HttpReply r = Consume("t1", "chat", "d0-over");
+  ExpectProblem(r, 429, "quota_exceeded");
+  const int64_t midnight = pj::UtcDayStart(kStripeT0) + kDay;
+  EXPECT_EQ(r.Header("Retry-After"), std::to_string(midnight - NowSeconds()));
+  EXPECT_EQ(r.Header("X-RateLimit-Limit"), "100");
+  clock_.Set(midnight * kUs);
+  r = Consume("t1", "chat", "d1");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.Json()["used"].GetInt64(), 1);
+  EXPECT_EQ(std::string(r.Json()["window_kind"].GetString()), "trial_day");
+  clock_.Set((kStripeT0 + 7 * kDay) * kUs);
+  ExpectProblem(Consume("t1", "chat", "d7"), 402, "trial_expired");
+  // my-access says the trial has no calls left.
+  r = Client(Token("t1")).Get("/api/v1/subscriptions/my-access");
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(r.Json()["quota"]["remaining"].GetInt64(), 0);
+}
+
+TEST_F(UsageRoutesTest, MonthlyWindowRollsOverAtTheBillingPeriod) {
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
+  ASSERT_EQ(Consume("u1", "chat", "a", 10).status, 200);
+  ExpectProblem(Consume("u1", "chat", "b"), 429, "quota_exceeded");
+  clock_.Set((kStripeT0 + 30 * kDay) * kUs);
+  HttpReply r = Consume("u1", "chat", "b");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.Json()["used"].GetInt64(), 1);
+  EXPECT_EQ(std::string(r.Json()["window_start"].GetString()), "2025-07-15T15:06:40Z");
+}
+
+}  // namespace
+}  // namespace ledger::http

@@ -1,0 +1,141 @@
+// Putting users on plans for the usage-metering tests: Stripe subscription deliveries (as the
+// webhook route would ingest them) naming a plan, a status and a billing period, and a custom
+// plan with a small quota.
+//
+//   UsageWorld world;                                   // MemoryState + seeded catalog
+//   ASSERT_TRUE(world.Subscribe(OnPlan("u1", "starter")).ok());
+//   world.Run(&command, now_us, &decision);
+//
+//   SubscribeOnLedger(ledger, OnPlan("u1", "tiny"));     // through a Ledger
+#pragma once
+
+#include <atomic>
+#include <optional>
+#include <string>
+
+#include "events/ledger.h"
+#include "projections/plan_catalog.h"
+#include "projections/registry.h"
+#include "tests/support/billing_fixtures.h"
+#include "tests/support/memory_state.h"
+#include "tests/support/stripe_events.h"
+
+namespace ledger::testing {
+
+struct TestSubscription {
+  std::string user_id = "user-1";
+  std::string plan_id = "starter";  // a catalog plan, "trial", or a custom plan (by metadata)
+  std::string status = "active";
+  int64_t period_start = kStripeT0;
+  int64_t period_end = kStripeT0 + 30 * 86400;
+  std::optional<int64_t> trial_start;  // trial: defaults to period_start
+  std::optional<int64_t> trial_end;
+  std::string interval = "month";
+  // Defaults derived from user_id: "sub_<user>", "cus_<user>".
+  std::string subscription_id;
+  std::string customer_id;
+};
+
+inline TestSubscription OnPlan(std::string user_id, std::string plan_id,
+                               std::string status = "active") {
+  TestSubscription t;
+  t.user_id = std::move(user_id);
+  t.plan_id = std::move(plan_id);
+  t.status = std::move(status);
+  return t;
+}
+
+inline TestSubscription OnPlan(std::string user_id, std::string plan_id, int64_t period_start,
+                               int64_t period_end) {
+  TestSubscription t = OnPlan(std::move(user_id), std::move(plan_id));
+  t.period_start = period_start;
+  t.period_end = period_end;
+  return t;
+}
+
+// A unique Stripe event id and a strictly increasing `created`, so each delivery supersedes the
+// previous state of its subscription.
+inline int64_t NextStripeSequence() {
+  static std::atomic<int64_t> sequence{0};
+  return ++sequence;
+}
+
+inline std::string SubscriptionDelivery(const TestSubscription& t) {
+  const int64_t n = NextStripeSequence();
+  StripeSubscriptionSpec spec;
+  spec.event_id = "evt_usage_" + std::to_string(n);
+  spec.event_type = "customer.subscription.updated";
+  spec.event_created = kStripeT0 + n;
+  spec.subscription_id = t.subscription_id.empty() ? "sub_" + t.user_id : t.subscription_id;
+  spec.customer_id = t.customer_id.empty() ? "cus_" + t.user_id : t.customer_id;
+  spec.item_id = "si_" + t.user_id;
+  spec.status = t.status;
+  spec.metadata_user_id = t.user_id;
+  spec.created = t.period_start;
+  spec.period_start = t.period_start;
+  spec.period_end = t.period_end;
+  spec.interval = t.interval;
+  spec.price_id = "price_unknown";
+  for (const TestPlanPrices& p : TestStripePrices()) {
+    if (t.plan_id == p.plan_id && t.plan_id != "trial") {
+      spec.price_id = t.interval == "year" && p.yearly != nullptr ? p.yearly : p.monthly;
+    }
+  }
+  spec.metadata_plan_id = t.plan_id;
+  if (t.plan_id == "trial") {
+    spec.price_id = "price_starter_monthly";
+    spec.trial_start = t.trial_start.value_or(t.period_start);
+    spec.trial_end = t.trial_end;
+  } else {
+    spec.trial_start = t.trial_start;
+    spec.trial_end = t.trial_end;
+  }
+  return StripeSubscriptionEventJson(spec);
+}
+
+// A plan "<id>" with `limit` calls per billing month (nullopt: unlimited) and the given services.
+inline projections::Plan SmallPlan(std::string id, std::optional<int64_t> limit,
+                                   std::vector<std::string> services = {"chat", "search"}) {
+  projections::Plan plan;
+  plan.id = std::move(id);
+  plan.display_name = "Test " + plan.id;
+  plan.price_monthly_cents = 500;
+  plan.api_calls_limit = limit;
+  plan.limit_window = limit ? projections::LimitWindow::kMonth : projections::LimitWindow::kNone;
+  plan.services = std::move(services);
+  return plan;
+}
+
+// Rows + head for running commands without a Ledger.
+struct UsageWorld {
+  MemoryState state;
+  Position head;
+  int64_t setup_us = kStripeT0 * 1'000'000;
+
+  UsageWorld() { SeedCatalogWithPrices(&state, &head, setup_us).IgnoreError(); }
+
+  Status Run(Command* command, int64_t now_us, Decision* decision,
+             std::vector<Event>* applied = nullptr) {
+    return RunCommand(command, projections::AllFolds(), &state, &head, now_us, decision, applied);
+  }
+  Status Subscribe(const TestSubscription& t) {
+    Decision decision;
+    return DeliverWebhook(&state, &head, SubscriptionDelivery(t), setup_us, &decision);
+  }
+  Status AddPlan(const projections::Plan& plan) {
+    projections::CreatePlan command(plan, projections::Actor::System("test"));
+    Decision decision;
+    return Run(&command, setup_us, &decision);
+  }
+};
+
+inline Status SubscribeOnLedger(Ledger* ledger, const TestSubscription& t) {
+  return SubmitWebhook(ledger, SubscriptionDelivery(t)).status;
+}
+
+inline Status AddPlanOnLedger(Ledger* ledger, const projections::Plan& plan) {
+  projections::CreatePlan command(plan, projections::Actor::System("test"));
+  return ledger->Submit(&command).status;
+}
+
+}  // namespace ledger::testing

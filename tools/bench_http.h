@@ -1,0 +1,42 @@
+// ledgerctl bench http: load against a running ledgerd's POST /api/v1/usage/consume over HTTP.
+//
+// `connections` threads each hold one keep-alive connection. Open loop (rate > 0): request i is
+// due at start + i / rate whatever happened before, a free connection takes the next due request
+// (sleeping until it is due), and latency counts from the due time — a stalled server shows up as
+// latency instead of as a lower offered rate (no coordinated omission; what wrk2 does). Closed loop
+// (rate = 0): every connection sends back to back. Each request carries a fresh idempotency key,
+// so each is a new unit of usage: put the user on an unlimited (or high-limit) plan first.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "events/status.h"
+
+namespace ledger::tools {
+
+struct HttpBenchOptions {
+  std::string url;                  // "http://127.0.0.1:8084"
+  std::string token;                // a service token (or the user's JWT)
+  std::string user_id = "bench-user";
+  std::string service = "chat";
+  double rate = 0;                  // requests/s offered; 0 = closed loop
+  int connections = 64;
+  double seconds = 10;              // measured
+  double warmup_seconds = 1;        // sent, not measured
+};
+
+struct HttpBenchResult {
+  double offered_rate = 0;          // 0 for a closed loop
+  double achieved_rate = 0;         // answered requests/s in the measured window
+  uint64_t requests = 0;            // measured
+  uint64_t ok = 0;                  // 200
+  uint64_t refused = 0;             // any other HTTP status
+  uint64_t transport_errors = 0;
+  double p50_ms = 0, p90_ms = 0, p99_ms = 0, p999_ms = 0, max_ms = 0;
+};
+
+Status RunHttpBench(const HttpBenchOptions& options, HttpBenchResult* result);
+std::string FormatHttpBenchReport(const HttpBenchOptions& options, const HttpBenchResult& result);
+
+}  // namespace ledger::tools
