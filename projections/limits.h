@@ -61,6 +61,8 @@ inline constexpr int64_t kUsageFutureSkewSeconds = 300;
 inline constexpr int64_t kUsageTimestampMinSeconds = 946'684'800;
 // Windows GET /api/v1/usage/summary lists (newest first).
 inline constexpr size_t kUsageSummaryWindowsMax = 100;
+// Users whose access the usage deciders keep cached (UsageAccessCache; ~1-2 KiB each).
+inline constexpr size_t kUsageAccessCacheEntriesMax = 16384;
 // Users one reset-usage request resets (users sharing the email).
 inline constexpr size_t kUsageResetUsersMax = kUserSubscriptionsMax;
 

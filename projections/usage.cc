@@ -928,7 +928,7 @@ Status UsageAccessCache::Get(const StateReader& state, std::string_view user_id,
   LEDGER_RETURN_IF_ERROR(GetUserAccess(state, user_id, &subject->access));
   std::lock_guard<std::mutex> lock(mu_);
   if (epoch == epoch_) {
-    if (entries_.size() >= kEntriesMax) entries_.clear();
+    if (entries_.size() >= limits::kUsageAccessCacheEntriesMax) entries_.clear();
     entries_[key] = subject;
   }
   *out = std::move(subject);

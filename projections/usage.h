@@ -198,11 +198,11 @@ struct MeteringSubject {
 
 // Caches MeteringSubjects for the writer thread, valid for one "access epoch" (the fold's `e`
 // row): any event that is not usage.* changes the epoch and empties the cache, so a cached answer
-// is always what GetUserAccess would say against the same state. Bounded (cleared when full).
+// is always what GetUserAccess would say against the same state. Bounded: cleared when it holds
+// limits::kUsageAccessCacheEntriesMax users.
 // Thread-safe; meant for the writer (deciders), whose state moves forward.
 class UsageAccessCache {
  public:
-  static constexpr size_t kEntriesMax = 100'000;
   Status Get(const StateReader& state, std::string_view user_id,
              std::shared_ptr<const MeteringSubject>* out);
   uint64_t hits() const { return hits_.Value(); }
