@@ -1,7 +1,10 @@
 // The RocksDB event store and its group-commit writer. Layout and encodings: FORMAT.md.
 #include "events/ledger.h"
 
+#include <linux/futex.h>
 #include <openssl/sha.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -12,10 +15,12 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <thread>
 
 #include <rocksdb/db.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/options.h>
+#include <rocksdb/slice_transform.h>
 #include <rocksdb/table.h>
 #include <rocksdb/utilities/write_batch_with_index.h>
 #include <rocksdb/write_batch.h>
@@ -72,6 +77,18 @@ std::string StreamKey(std::string_view subject, Position position) {
   PutFixed64BE(&key, position.value());
   return key;
 }
+
+// The subject part of a streams key (through its NUL), for memtable insert hints.
+class StreamSubjectPrefix final : public rocksdb::SliceTransform {
+ public:
+  const char* Name() const override { return "ledger.StreamSubjectPrefix"; }
+  rocksdb::Slice Transform(const rocksdb::Slice& key) const override {
+    return rocksdb::Slice(key.data(), ToView(key).find('\0') + 1);
+  }
+  bool InDomain(const rocksdb::Slice& key) const override {
+    return ToView(key).find('\0') != std::string_view::npos;
+  }
+};
 
 // Idempotency record: request_hash (32) || BE position || BE u32 http status || body.
 std::string EncodeIdempotencyRecord(const Hash& request_hash, Position position, int http_status,
@@ -286,12 +303,19 @@ class BatchStateReader final : public StateReader, public RowWriter {
   rocksdb::WriteBatchWithIndex* batch_;
 };
 
+// A RocksDB snapshot shared by the read views that use it; released with the last of them.
+using SharedSnapshot = std::shared_ptr<const rocksdb::Snapshot>;
+
+SharedSnapshot MakeSharedSnapshot(rocksdb::DB* db) {
+  return SharedSnapshot(db->GetSnapshot(),
+                        [db](const rocksdb::Snapshot* s) { db->ReleaseSnapshot(s); });
+}
+
 class SnapshotView final : public ReadView {
  public:
   SnapshotView(rocksdb::DB* db, const FamilyMap* families, Position position,
-               const rocksdb::Snapshot* snapshot)
-      : db_(db), families_(families), position_(position), snapshot_(snapshot) {}
-  ~SnapshotView() override { db_->ReleaseSnapshot(snapshot_); }
+               SharedSnapshot snapshot)
+      : db_(db), families_(families), position_(position), snapshot_(std::move(snapshot)) {}
 
   Position position() const override { return position_; }
 
@@ -312,14 +336,14 @@ class SnapshotView final : public ReadView {
  private:
   rocksdb::ReadOptions Options() const {
     rocksdb::ReadOptions options;
-    options.snapshot = snapshot_;
+    options.snapshot = snapshot_.get();
     return options;
   }
 
   rocksdb::DB* db_;
   const FamilyMap* families_;
   Position position_;
-  const rocksdb::Snapshot* snapshot_;
+  SharedSnapshot snapshot_;
 };
 
 // One queued Submit()/ImportEvents() call. Lives on the caller's stack. While it waits, only the
@@ -331,33 +355,34 @@ class SnapshotView final : public ReadView {
 // which on a group of 64 costs a second context switch per caller), and the leader wakes the next
 // leader first, so the next group is decided while the old leader is still waking its callers.
 struct Writer {
-  enum class State { kWaiting, kLeader, kDone };
+  enum State : uint32_t { kWaiting, kDone };
 
   Command* command = nullptr;
   const std::vector<Event>* import = nullptr;
   CommandResult result;
-  // The replay was answered from a record written earlier in this same group: it is only true
-  // if the group's write succeeds.
-  bool replayed_from_group = false;
+  // SubmitAsync: called with the result instead of Signal(), and the writer is deleted.
+  std::function<void(CommandResult)> done;
 
-  // Blocks until a leader signals; returns the new state.
+  // Blocks until the sync thread signals; returns the new state.
   State Wait() {
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [this] { return state != State::kWaiting; });
-    return state;
+    uint32_t s;
+    while ((s = state.load(std::memory_order_acquire)) == kWaiting) {
+      syscall(SYS_futex, &state, FUTEX_WAIT_PRIVATE, kWaiting, nullptr, nullptr, 0);
+    }
+    return static_cast<State>(s);
   }
-  // Notifies under `mu`: the caller may return and destroy *this as soon as `mu` is released, so
-  // the signaller must not touch the writer afterwards.
+  // A futex rather than a mutex and condition variable: the woken caller runs straight on instead
+  // of waking only to block on the mutex its signaller still holds (a second context switch per
+  // command; context switches are the largest cost of the write path at 64 blocking callers). The caller may return and destroy
+  // *this as soon as the store is visible; the wake after it is still safe, because a private
+  // FUTEX_WAKE only names the address (it never reads the memory) and the stack stays mapped.
   void Signal(State new_state) {
-    std::lock_guard<std::mutex> lock(mu);
-    state = new_state;
-    cv.notify_one();
+    state.store(new_state, std::memory_order_release);
+    syscall(SYS_futex, &state, FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
   }
 
  private:
-  std::mutex mu;
-  std::condition_variable cv;
-  State state = State::kWaiting;  // guarded by mu
+  std::atomic<uint32_t> state{kWaiting};
 };
 
 class LedgerImpl final : public Ledger {
@@ -368,7 +393,9 @@ class LedgerImpl final : public Ledger {
   }
 
   ~LedgerImpl() override {
+    Stop();
     if (db_ == nullptr) return;
+    published_snapshot_.reset();  // released while the DB is still open
     for (auto& [name, handle] : families_) db_->DestroyColumnFamilyHandle(handle);
     db_->Close().PermitUncheckedError();
     delete db_;
@@ -377,12 +404,19 @@ class LedgerImpl final : public Ledger {
   Status OpenDb();
   Status LoadHead();
   Status CatchUpFolds();
+  void Start();  // the two writer threads (not for read-only ledgers)
+  // The state readers see until the first group is published.
+  void PublishOpenState() {
+    std::lock_guard<std::mutex> l(published_mu_);
+    published_snapshot_ = MakeSharedSnapshot(db_);
+  }
 
   CommandResult Submit(Command* command) override;
+  void SubmitAsync(Command* command, std::function<void(CommandResult)> done) override;
   Position Head() const override { return Position(head_position_.load()); }
   Hash HeadHash() const override {
-    std::lock_guard<std::mutex> l(head_mu_);
-    return head_hash_published_;
+    std::lock_guard<std::mutex> l(published_mu_);
+    return published_hash_;
   }
   bool Degraded() const override { return degraded_.load(); }
   std::unique_ptr<ReadView> Snapshot() const override;
@@ -408,12 +442,34 @@ class LedgerImpl final : public Ledger {
   }
   size_t QueueDepth() const override {
     std::lock_guard<std::mutex> l(mu_);
-    return queue_.size();
+    return queue_.size() + deciding_.load();
   }
 
  private:
+  // A group on its way from the committer to the sync thread.
+  struct GroupCommit {
+    std::vector<Writer*> members;
+    rocksdb::Status status;  // of the write
+    bool wrote = false;      // a WriteBatch was written (not only rejections and replays)
+    size_t events = 0;
+    Position head;             // the chain head after the group
+    Hash head_hash{};
+    SharedSnapshot snapshot;   // the store as of the group: what readers see once it is durable
+    std::chrono::steady_clock::time_point started;
+  };
+
+  void Stop();  // drains both queues, then joins the threads
   CommandResult Enqueue(Writer* w);
-  void ProcessGroup(const std::vector<Writer*>& group);
+  // Refuses `w` (read-only, degraded, queue full): returns false with w->result set.
+  bool Admit(Writer* w);
+  // The committer thread: takes the queued commands as groups and decides and writes each one.
+  void CommitLoop();
+  // Decides the group and writes its batch without sync (committer thread).
+  void WriteGroup(GroupCommit* commit);
+  // The sync thread: makes the written groups durable with one WAL sync, publishes them and
+  // answers their commands, in order.
+  void SyncLoop();
+  void Answer(GroupCommit* commit, const Status& durable);
   // Appends one sealed event (and its stream index row, and every fold's rows) to the batch.
   Status AppendToBatch(const Event& event, BatchStateReader* state,
                        rocksdb::WriteBatchWithIndex* batch);
@@ -436,19 +492,41 @@ class LedgerImpl final : public Ledger {
   rocksdb::DB* db_ = nullptr;
   FamilyMap families_;
 
-  // Writer queue (LevelDB's DBImpl::Write). The front writer is the leader.
+  // Submitted commands waiting for the committer.
   mutable std::mutex mu_;
-  std::deque<Writer*> queue_;
+  std::condition_variable queue_cv_;
+  std::deque<Writer*> queue_;          // guarded by mu_
+  bool committer_waiting_ = false;     // guarded by mu_
+  bool stopping_ = false;              // guarded by mu_
+  std::atomic<size_t> deciding_{0};    // commands of the group the committer is deciding
+  std::thread committer_, syncer_;
 
-  // Chain state: touched only by the current leader (serialized by the queue protocol).
+  // Chain state: touched only by the current leader (serialized by the queue protocol). It runs
+  // ahead of what is published while groups are being synced.
   Position head_;
   Hash head_hash_{};
   int64_t last_time_us_ = 0;
 
-  // Published after each successful group write.
+  // Serializes WAL writes (the committer's DB::Write) with WAL syncs: RocksDB's WAL writer must
+  // not be synced after a failed append, which only a check under the same lock can rule out. The
+  // committer decides the next group while a sync runs; only its write waits for the sync.
+  std::mutex wal_mu_;
+  bool wal_write_failed_ = false;  // guarded by wal_mu_
+
+  // Written groups waiting for the sync thread.
+  std::mutex sync_mu_;
+  std::condition_variable sync_cv_;
+  std::vector<GroupCommit> written_;  // guarded by sync_mu_, in commit order
+  bool sync_waiting_ = false;         // guarded by sync_mu_
+  bool sync_stopping_ = false;        // guarded by sync_mu_
+  Status sync_failure_;  // sync thread only; sticky: an fsync error is reported once, so no later
+                         // sync can be trusted
+
+  // Published after each durable group: what readers see.
   std::atomic<uint64_t> head_position_{0};
-  mutable std::mutex head_mu_;
-  Hash head_hash_published_{};
+  mutable std::mutex published_mu_;
+  Hash published_hash_{};             // guarded by published_mu_
+  SharedSnapshot published_snapshot_;  // guarded by published_mu_; null when read-only
   std::atomic<bool> degraded_{false};
 
   LedgerMetrics metrics_;
@@ -485,6 +563,14 @@ Status LedgerImpl::OpenDb() {
   // its exact position when verify reads without block checksums.
   events_options.compression = rocksdb::kNoCompression;
   events_options.write_buffer_size = 64 << 20;
+  // Keys only ever grow (positions; and per subject in the streams family): an insert hint that
+  // remembers where the previous key of the same prefix went turns each memtable insert from a
+  // skiplist search from the top into a short step, the largest cost of writing a large group.
+  events_options.memtable_insert_with_hint_prefix_extractor.reset(
+      rocksdb::NewFixedPrefixTransform(0));
+  rocksdb::ColumnFamilyOptions streams_options = cf_options;
+  streams_options.memtable_insert_with_hint_prefix_extractor =
+      std::make_shared<StreamSubjectPrefix>();
 
   std::vector<std::string> names = {rocksdb::kDefaultColumnFamilyName, kEventsFamily,
                                     kStreamsFamily, kIdempotencyFamily, kCheckpointsFamily,
@@ -507,7 +593,9 @@ Status LedgerImpl::OpenDb() {
 
   std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
   for (auto& name : names) {
-    descriptors.emplace_back(name, name == kEventsFamily ? events_options : cf_options);
+    descriptors.emplace_back(name, name == kEventsFamily    ? events_options
+                                   : name == kStreamsFamily ? streams_options
+                                                            : cf_options);
   }
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::Options options(db_options, cf_options);
@@ -549,7 +637,7 @@ Status LedgerImpl::LoadHead() {
     last_time_us_ = event.time_us;
   }
   head_position_.store(head_.value());
-  head_hash_published_ = head_hash_;
+  published_hash_ = head_hash_;
   return Status::OK();
 }
 
@@ -596,6 +684,18 @@ CommandResult LedgerImpl::Submit(Command* command) {
   return Enqueue(&w);
 }
 
+void LedgerImpl::SubmitAsync(Command* command, std::function<void(CommandResult)> done) {
+  metrics_.commands_submitted.Add();
+  auto w = std::make_unique<Writer>();
+  w->command = command;
+  w->done = std::move(done);
+  if (!Admit(w.get())) {
+    w->done(std::move(w->result));
+    return;
+  }
+  w.release();  // owned by the queue until answered
+}
+
 Status LedgerImpl::ImportEvents(const std::vector<Event>& events) {
   Writer w;
   w.import = &events;
@@ -603,54 +703,173 @@ Status LedgerImpl::ImportEvents(const std::vector<Event>& events) {
 }
 
 CommandResult LedgerImpl::Enqueue(Writer* w) {
-  bool lead = false;
+  if (Admit(w)) w->Wait();
+  return std::move(w->result);
+}
+
+bool LedgerImpl::Admit(Writer* w) {
+  bool wake = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (options_.read_only) {
       w->result.status = Status::Unavailable("read_only", "the ledger is open read-only");
-      return std::move(w->result);
+      return false;
     }
-    if (degraded_.load()) {
+    if (degraded_.load() || stopping_) {
       w->result.status =
           Status::Unavailable("storage_degraded", "storage failed; the ledger is read-only");
-      return std::move(w->result);
+      return false;
     }
     if (queue_.size() >= options_.write_queue_max) {
       metrics_.commands_busy.Add();
       w->result.status = Status::Busy("write queue full");
-      return std::move(w->result);
+      return false;
     }
-    // The front of the queue is the leader; an empty queue means no leader is active.
     queue_.push_back(w);
-    lead = queue_.size() == 1;
+    wake = committer_waiting_;
   }
-  if (!lead && w->Wait() == Writer::State::kDone) return std::move(w->result);
+  if (wake) queue_cv_.notify_one();
+  return true;
+}
 
-  // This writer leads: take a group from the front of the queue (w is the front).
-  std::vector<Writer*> group;
+void LedgerImpl::Start() {
+  committer_ = std::thread([this] { CommitLoop(); });
+  syncer_ = std::thread([this] { SyncLoop(); });
+}
+
+void LedgerImpl::Stop() {
+  if (!committer_.joinable()) return;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    size_t events_budget = 0;
-    for (Writer* next : queue_) {
-      if (group.size() >= limits::kGroupCommandsMax) break;
-      size_t weight = next->import != nullptr ? next->import->size() : 1;
-      if (!group.empty() && events_budget + weight > limits::kGroupEventsMax) break;
-      events_budget += weight;
-      group.push_back(next);
+    stopping_ = true;
+  }
+  queue_cv_.notify_one();
+  committer_.join();  // it hands over every queued command first
+  {
+    std::lock_guard<std::mutex> lock(sync_mu_);
+    sync_stopping_ = true;
+  }
+  sync_cv_.notify_one();
+  syncer_.join();
+}
+
+void LedgerImpl::CommitLoop() {
+  for (;;) {
+    GroupCommit commit;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      while (queue_.empty() && !stopping_) {
+        committer_waiting_ = true;
+        queue_cv_.wait(lock);
+        committer_waiting_ = false;
+      }
+      if (queue_.empty()) return;  // stopping, and everything queued was handed over
+      // The group: every queued command that fits the limits, in submission order.
+      size_t events_budget = 0;
+      while (!queue_.empty() && commit.members.size() < limits::kGroupCommandsMax) {
+        Writer* next = queue_.front();
+        size_t weight = next->import != nullptr ? next->import->size() : 1;
+        if (!commit.members.empty() && events_budget + weight > limits::kGroupEventsMax) break;
+        events_budget += weight;
+        commit.members.push_back(next);
+        queue_.pop_front();
+      }
+      deciding_.store(commit.members.size());
+    }
+    WriteGroup(&commit);
+    bool wake = false;
+    {
+      std::lock_guard<std::mutex> lock(sync_mu_);
+      written_.push_back(std::move(commit));
+      wake = sync_waiting_;
+    }
+    deciding_.store(0);
+    if (wake) sync_cv_.notify_one();
+  }
+}
+
+void LedgerImpl::SyncLoop() {
+  std::vector<GroupCommit> groups;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(sync_mu_);
+      while (written_.empty() && !sync_stopping_) {
+        sync_waiting_ = true;
+        sync_cv_.wait(lock);
+        sync_waiting_ = false;
+      }
+      if (written_.empty()) return;
+      groups.clear();
+      groups.swap(written_);  // every group written so far: one sync covers them all
+    }
+    const GroupCommit* last_written = nullptr;
+    for (const GroupCommit& g : groups) {
+      if (g.wrote && g.status.ok()) last_written = &g;
+    }
+    if (last_written != nullptr && sync_failure_.ok()) {
+      rocksdb::Status s;
+      {
+        std::lock_guard<std::mutex> l(wal_mu_);
+        if (wal_write_failed_) {
+          // Groups written before the failed one are in doubt: RocksDB's WAL writer is in its
+          // error state, and syncing it then is a usage error (an assertion in RocksDB).
+          s = rocksdb::Status::IOError("a later WAL write failed before the sync");
+        } else if (options_.sync) {
+          s = db_->SyncWAL();
+        }
+      }
+      if (s.ok()) {
+        metrics_.syncs.Add();
+        {
+          std::lock_guard<std::mutex> l(published_mu_);
+          published_hash_ = last_written->head_hash;
+          published_snapshot_ = last_written->snapshot;
+        }
+        head_position_.store(last_written->head.value());
+        std::lock_guard<std::mutex> l(listeners_mu_);
+        for (const auto& [id, listener] : listeners_) listener(last_written->head);
+      } else {
+        sync_failure_ = FromRocks(s);
+        metrics_.write_failures.Add();
+        degraded_.store(true);
+        spdlog::error("WAL sync failed, the ledger is now read-only: {}", s.ToString());
+      }
+    }
+    // A group that wrote nothing only read state: it is answerable now, unless a sync failed
+    // (its replays or decisions may rest on a group that is not durable).
+    for (GroupCommit& g : groups) Answer(&g, sync_failure_);
+  }
+}
+
+void LedgerImpl::Answer(GroupCommit* commit, const Status& durable) {
+  if (!commit->status.ok()) {
+    metrics_.write_failures.Add();
+    spdlog::error("group commit failed, the ledger is now read-only: {}",
+                  commit->status.ToString());
+  } else if (durable.ok() && commit->wrote) {
+    metrics_.write_seconds.Observe(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - commit->started)
+            .count());
+    metrics_.groups_committed.Add();
+    metrics_.events_appended.Add(commit->events);
+    metrics_.group_commands.Observe(static_cast<double>(commit->members.size()));
+    metrics_.group_events.Observe(static_cast<double>(commit->events));
+  }
+  const bool failed = !commit->status.ok() || !durable.ok();
+  for (Writer* w : commit->members) {
+    // Every answer of a failed group depends on state that is not durable (its own writes, or a
+    // replay or a decision read from a group whose sync failed): none of it is given.
+    if (failed && w->result.status.ok()) {
+      w->result = CommandResult{};
+      w->result.status = Status::Unavailable("storage_degraded", "storage write failed");
+    }
+    if (w->done) {
+      std::unique_ptr<Writer> owned(w);
+      owned->done(std::move(owned->result));
+    } else {
+      w->Signal(Writer::kDone);
     }
   }
-  ProcessGroup(group);
-  Writer* next_leader = nullptr;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (size_t i = 0; i < group.size(); ++i) queue_.pop_front();
-    if (!queue_.empty()) next_leader = queue_.front();
-  }
-  if (next_leader != nullptr) next_leader->Signal(Writer::State::kLeader);
-  for (Writer* member : group) {
-    if (member != w) member->Signal(Writer::State::kDone);
-  }
-  return std::move(w->result);
 }
 
 Status LedgerImpl::AppendToBatch(const Event& event, BatchStateReader* state,
@@ -697,11 +916,6 @@ Status LedgerImpl::DecideOne(Writer* w, int64_t now_us, BatchStateReader* state,
         return Status::Conflict("idempotency_key_reused",
                                 "Idempotency-Key was used with a different request");
       }
-      std::string in_batch;
-      w->replayed_from_group =
-          batch->GetFromBatch(Family(kIdempotencyFamily), rocksdb::DBOptions(), idempotency_key,
-                              &in_batch)
-              .ok();
       metrics_.idempotent_replays.Add();
       result.http_status = record.http_status;
       result.body = std::move(record.body);
@@ -772,7 +986,8 @@ Status LedgerImpl::ImportOne(Writer* w, BatchStateReader* state,
   return Status::OK();
 }
 
-void LedgerImpl::ProcessGroup(const std::vector<Writer*>& group) {
+void LedgerImpl::WriteGroup(GroupCommit* commit) {
+  const std::vector<Writer*>& group = commit->members;
   // Commands queued behind a failed group must not run: the store is read-only from then on.
   if (degraded_.load()) {
     for (Writer* w : group) {
@@ -788,7 +1003,6 @@ void LedgerImpl::ProcessGroup(const std::vector<Writer*>& group) {
   const Hash group_start_hash = head_hash_;
   // Event time never goes backwards in the log, whatever the wall clock does.
   const int64_t now_us = std::max(options_.clock->NowMicros(), last_time_us_);
-  size_t events = 0;
 
   for (Writer* w : group) {
     const Position command_start = head_;
@@ -807,7 +1021,7 @@ void LedgerImpl::ProcessGroup(const std::vector<Writer*>& group) {
       continue;
     }
     batch.PopSavePoint().PermitUncheckedError();
-    events += w->result.events_appended;
+    commit->events += w->result.events_appended;
   }
 
   if (batch.GetWriteBatch()->Count() == 0) return;  // only rejections and replays
@@ -825,53 +1039,49 @@ void LedgerImpl::ProcessGroup(const std::vector<Writer*>& group) {
                             &sorted)) {
     to_write = &sorted;
   }
-  rocksdb::WriteOptions write_options;
-  write_options.sync = options_.sync;
-  auto start = std::chrono::steady_clock::now();
-  rocksdb::Status s = db_->Write(write_options, to_write);
-  metrics_.write_seconds.Observe(
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  // Written without sync: the WAL record reaches the OS and the memtables here, and the sync
+  // thread syncs it while the next group is decided. Readers never see it before then: they read
+  // the snapshot published with the sync, and the log up to the published head.
+  commit->wrote = true;
+  commit->started = std::chrono::steady_clock::now();
+  rocksdb::Status s;
+  {
+    std::lock_guard<std::mutex> l(wal_mu_);
+    s = db_->Write(rocksdb::WriteOptions(), to_write);
+    if (!s.ok()) wal_write_failed_ = true;
+  }
   if (!s.ok()) {
-    // The group is lost as a whole; nothing of it was acknowledged. Stop accepting writes: what
-    // RocksDB has on disk is recovered (and the tail decided) by the next open.
-    metrics_.write_failures.Add();
+    // The group is lost as a whole; nothing of it was acknowledged. Stop accepting writes at once
+    // (the next group must not be decided on top of it): what RocksDB has on disk is recovered (and
+    // the tail decided) by the next open.
+    commit->status = s;
     degraded_.store(true);
-    spdlog::error("group commit failed, ledger is now read-only: {}", s.ToString());
     head_ = group_start;
     head_hash_ = group_start_hash;
-    for (Writer* w : group) {
-      if (w->result.status.ok() && (!w->result.replayed || w->replayed_from_group)) {
-        w->result = CommandResult{};
-        w->result.status = Status::Unavailable("storage_degraded", "storage write failed");
-      }
-    }
     return;
   }
   last_time_us_ = std::max(last_time_us_, now_us);
-  metrics_.groups_committed.Add();
-  metrics_.events_appended.Add(events);
-  metrics_.group_commands.Observe(static_cast<double>(group.size()));
-  metrics_.group_events.Observe(static_cast<double>(events));
-  {
-    std::lock_guard<std::mutex> l(head_mu_);
-    head_hash_published_ = head_hash_;
-  }
-  head_position_.store(head_.value());
-  std::lock_guard<std::mutex> l(listeners_mu_);
-  for (const auto& [id, listener] : listeners_) listener(head_);
+  commit->head = head_;
+  commit->head_hash = head_hash_;
+  commit->snapshot = MakeSharedSnapshot(db_);
 }
 
 std::unique_ptr<ReadView> LedgerImpl::Snapshot() const {
-  const rocksdb::Snapshot* snapshot = db_->GetSnapshot();
+  SharedSnapshot snapshot;
+  {
+    std::lock_guard<std::mutex> l(published_mu_);
+    snapshot = published_snapshot_;
+  }
+  if (snapshot == nullptr) snapshot = MakeSharedSnapshot(db_);  // read-only: nothing in flight
   rocksdb::ReadOptions read_options;
-  read_options.snapshot = snapshot;
+  read_options.snapshot = snapshot.get();
   std::string value;
   Position position(0);
   Hash hash{};
   if (db_->Get(read_options, Family(kMetaFamily), kHeadKey, &value).ok()) {
     DecodeHead(value, &position, &hash);
   }
-  return std::make_unique<SnapshotView>(db_, &families_, position, snapshot);
+  return std::make_unique<SnapshotView>(db_, &families_, position, std::move(snapshot));
 }
 
 Status LedgerImpl::ReadEvents(Position after, size_t limit, const EventFilter& filter,
@@ -902,6 +1112,7 @@ Status LedgerImpl::ReadEventsBySubject(Position after, size_t limit, const Event
     std::string_view key = ToView(it->key());
     if (key.substr(0, prefix.size()) != prefix || key.size() != prefix.size() + 8) break;
     uint64_t position = DecodeFixed64BE(key.data() + prefix.size());
+    if (position > head_position_.load()) break;  // being synced: not published yet
     LEDGER_RETURN_IF_ERROR(FromRocks(db_->Get(EventReadOptions(), Family(kEventsFamily),
                                               EncodePositionKey(position), &value)));
     Event event;
@@ -916,13 +1127,12 @@ Status LedgerImpl::ReadEventsBySubject(Position after, size_t limit, const Event
 Status LedgerImpl::ScanRaw(Position from, Position to,
                            const std::function<bool(Position, std::string_view)>& fn) const {
   rocksdb::ReadOptions read_options = EventReadOptions();
-  std::string upper;
-  rocksdb::Slice upper_slice;
-  if (to.value() != 0) {
-    upper = EncodePositionKey(to.value() + 1);
-    upper_slice = upper;
-    read_options.iterate_upper_bound = &upper_slice;
-  }
+  // Never past the published head: a group being synced is not there yet.
+  const uint64_t head = head_position_.load();
+  const uint64_t last = to.value() == 0 ? head : std::min(to.value(), head);
+  std::string upper = EncodePositionKey(last + 1);
+  rocksdb::Slice upper_slice = upper;
+  read_options.iterate_upper_bound = &upper_slice;
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read_options, Family(kEventsFamily)));
   for (it->Seek(EncodePositionKey(std::max<uint64_t>(from.value(), 1))); it->Valid();
        it->Next()) {
@@ -996,7 +1206,11 @@ Status Ledger::Open(const LedgerOptions& options, std::unique_ptr<Ledger>* out) 
   auto ledger = std::make_unique<LedgerImpl>(options);
   LEDGER_RETURN_IF_ERROR(ledger->OpenDb());
   LEDGER_RETURN_IF_ERROR(ledger->LoadHead());
-  if (!options.read_only) LEDGER_RETURN_IF_ERROR(ledger->CatchUpFolds());
+  if (!options.read_only) {
+    LEDGER_RETURN_IF_ERROR(ledger->CatchUpFolds());
+    ledger->PublishOpenState();
+    ledger->Start();
+  }
   *out = std::move(ledger);
   return Status::OK();
 }

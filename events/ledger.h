@@ -1,16 +1,22 @@
 // Ledger: the event store and its single writer.
 //
 // Owns the RocksDB database (column families `events`, `idempotency`, `checkpoints`, `meta`, and
-// one per registered fold) and the group-commit writer. Callers on any thread Submit() commands;
-// one of them at a time becomes the group leader (LevelDB's writer queue): it takes the queued
-// commands as one group, runs each command's Decide() against state that already includes the
-// earlier commands of the group, applies every fold to each new event, and writes the group's
-// events, chain head, idempotency records, fold rows and fold checkpoints as ONE WriteBatch with
-// sync=true. Every command of the group is answered only after that write returns.
+// one per registered fold) and the group-commit writer: a two-stage pipeline of two threads.
 //
-// A Decide() error fails only its own command. A failed write fails the whole group and puts the
-// ledger in a degraded, read-only state (Degraded() == true; Submit answers kUnavailable) until
-// the process restarts and recovers from the log.
+// The committer takes the queued commands as one group (one leader at a time: LevelDB's writer
+// queue, with the leader being a thread of its own), runs each command's Decide() against state
+// that already includes the earlier commands of the group, applies every fold to each new event,
+// and writes the group's events, chain head, idempotency records, fold rows and fold checkpoints
+// as ONE WriteBatch -- one WAL record, all or nothing -- without sync, and goes on to the next
+// group. The sync thread meanwhile syncs the WAL once for every group written so far (group
+// fsync), publishes them (head, read snapshot, commit listeners) and only then answers their
+// commands, in order. So the next group is decided while the previous one is being synced, and one
+// fsync makes many groups durable; nothing is answered, published, readable or sent to Kafka
+// before it is durable.
+//
+// A Decide() error fails only its own command. A failed write or sync fails its group (and every
+// group written after it) and puts the ledger in a degraded, read-only state (Degraded() == true;
+// Submit answers kUnavailable) until the process restarts and recovers from the log.
 //
 // Thread safety: every public method may be called from any thread.
 #pragma once
@@ -59,7 +65,7 @@ struct DecideContext {
 class Command {
  public:
   virtual ~Command() = default;
-  // Runs on the leader's thread, with no lock held. Must not block or do I/O. Returning an error
+  // Runs on the committer thread, with no lock held. Must not block or do I/O. Returning an error
   // rejects only this command; nothing it decided is appended.
   virtual Status Decide(const DecideContext& context, Decision* decision) = 0;
 
@@ -113,10 +119,12 @@ struct LedgerMetrics {
   Counter idempotent_replays;
   Counter events_appended;
   Counter groups_committed;
+  Counter syncs;  // WAL fsyncs: one covers every group written while the previous one ran
   Counter write_failures;
   Histogram group_commands{Histogram::SizeBounds()};
   Histogram group_events{Histogram::SizeBounds()};
-  Histogram write_seconds{Histogram::LatencySecondsBounds()};  // the synced WriteBatch
+  // A group's WriteBatch from the start of its write until it is durable (its WAL sync).
+  Histogram write_seconds{Histogram::LatencySecondsBounds()};
 };
 
 // A consistent read view: rows and head position from one RocksDB snapshot.
@@ -132,6 +140,12 @@ class Ledger {
 
   // Blocks until the command is durably committed or rejected.
   virtual CommandResult Submit(Command* command) = 0;
+  // The same without a blocked thread per command (for callers that keep many commands in flight
+  // from a few threads: an event loop, the benchmark): `done` gets the result on the ledger's sync
+  // thread (or at once on the calling thread when the command is refused before queueing). It
+  // must be quick and must not block or call Submit(); it may call SubmitAsync(). `command` must
+  // stay alive until `done` is called.
+  virtual void SubmitAsync(Command* command, std::function<void(CommandResult)> done) = 0;
 
   // The last committed position and chain hash.
   virtual Position Head() const = 0;
@@ -166,8 +180,8 @@ class Ledger {
   virtual LedgerMetrics& metrics() = 0;
   virtual size_t QueueDepth() const = 0;
 
-  // Commit listeners: each is called on the leader's thread after each committed group with the
-  // new head, in the order added. A listener must be cheap and must not block, Submit, or add or
+  // Commit listeners: each is called on the sync thread after each sync with the new durable
+  // head, in the order added. A listener must be cheap and must not block, Submit, or add or
   // remove listeners (log consumers -- the Kafka outbox, the Lago sink -- use one to wake their
   // thread). Add/Remove may be called from any thread at any time; once RemoveCommitListener()
   // returns, that listener is not running and is never called again, so its captures may be

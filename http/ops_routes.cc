@@ -145,8 +145,11 @@ void RenderLedgerMetrics(Ledger& ledger, std::string* out) {
   CounterLine("ledger_idempotent_replays_total", "Commands answered from an idempotency record.",
               m.idempotent_replays.Value(), out);
   CounterLine("ledger_events_appended_total", "Events appended to the log.", m.events_appended.Value(), out);
-  CounterLine("ledger_groups_committed_total", "Group commits (one synced WriteBatch each).",
+  CounterLine("ledger_groups_committed_total", "Group commits (one WriteBatch each).",
               m.groups_committed.Value(), out);
+  CounterLine("ledger_wal_syncs_total",
+              "WAL fsyncs; one makes every group written before it durable.", m.syncs.Value(),
+              out);
   CounterLine("ledger_write_failures_total", "Group writes that failed.", m.write_failures.Value(), out);
   HistogramBlock("ledger_append_group_commands", "Commands per group commit.", m.group_commands, out);
   HistogramBlock("ledger_append_group_events", "Events per group commit.", m.group_events, out);

@@ -22,6 +22,8 @@ using SteadyClock = std::chrono::steady_clock;
 using Nanos = std::chrono::nanoseconds;
 
 constexpr char kBenchEventType[] = "bench.appended.v1";
+constexpr char kSingleThreads[] = "single-event, threads";
+constexpr char kSingleAsync[] = "single-event, async";
 
 // Appends `events` copies of one event. Decide() copies the payload, as a real decider builds one.
 class BenchCommand final : public Command {
@@ -95,6 +97,7 @@ struct MetricsSample {
   double cpu_seconds = 0;
   uint64_t events = 0;
   uint64_t groups = 0;
+  uint64_t syncs = 0;
   Histogram::Snapshot group_commands, group_events, write_seconds;
 
   static MetricsSample Take(Ledger* ledger) {
@@ -104,6 +107,7 @@ struct MetricsSample {
     s.cpu_seconds = CpuSeconds();
     s.events = m.events_appended.Value();
     s.groups = m.groups_committed.Value();
+    s.syncs = m.syncs.Value();
     s.group_commands = m.group_commands.Read();
     s.group_events = m.group_events.Read();
     s.write_seconds = m.write_seconds.Read();
@@ -121,6 +125,7 @@ void FillFromMetrics(const MetricsSample& a, const MetricsSample& b, BenchPhaseR
   r->events_per_second = Ratio(static_cast<double>(r->events), seconds);
   double groups = static_cast<double>(b.groups - a.groups);
   r->groups_per_second = Ratio(groups, seconds);
+  r->syncs_per_second = Ratio(static_cast<double>(b.syncs - a.syncs), seconds);
   r->commands_per_group = Ratio(b.group_commands.sum - a.group_commands.sum,
                                 static_cast<double>(b.group_commands.count - a.group_commands.count));
   r->events_per_group = Ratio(b.group_events.sum - a.group_events.sum,
@@ -223,7 +228,70 @@ Status RunClosedLoop(const BenchOptions& options, const std::string& name, int c
   return Status::OK();
 }
 
-// Open loop: single-event commands due every 1/rate s, taken by `callers` threads.
+// Closed loop without a thread per caller: `callers` logical callers each keep one single-event
+// command in flight through Ledger::SubmitAsync and submit the next one from the completion of
+// the previous one (as an event loop serving many connections would). Completions run on the
+// ledger's sync thread, which is the only thread touching `stats` until the phase is over.
+Status RunAsyncClosedLoop(const BenchOptions& options, const std::string& name, int callers,
+                          BenchPhaseResult* result) {
+  BenchStore store;
+  LEDGER_RETURN_IF_ERROR(store.Open(options));
+  Ledger* ledger = store.ledger();
+  enum : int { kWarmUp, kMeasure, kStop };
+  std::atomic<int> phase{kWarmUp};
+  std::atomic<int> in_flight{0};
+  struct Caller {
+    std::string subject, data;
+    std::unique_ptr<BenchCommand> command;
+    SteadyClock::time_point start;
+  };
+  std::vector<Caller> state(callers);
+  std::vector<CallerStats> stats(callers);
+  std::function<void(int)> submit = [&](int c) {
+    Caller& caller = state[c];
+    caller.command = std::make_unique<BenchCommand>(&caller.subject, &caller.data, 1);
+    caller.start = SteadyClock::now();
+    const int p = phase.load(std::memory_order_relaxed);
+    ledger->SubmitAsync(caller.command.get(), [&, c, p](CommandResult r) {
+      CallerStats& s = stats[c];
+      if (p == kMeasure) {
+        if (r.status.ok()) {
+          s.commands++;
+          s.latencies_ns.push_back(static_cast<uint64_t>(
+              std::chrono::duration_cast<Nanos>(SteadyClock::now() - state[c].start).count()));
+        } else {
+          s.errors++;
+        }
+      }
+      if (phase.load(std::memory_order_relaxed) == kStop || !r.status.ok()) {
+        in_flight.fetch_sub(1);
+        return;
+      }
+      submit(c);
+    });
+  };
+  for (int c = 0; c < callers; ++c) {
+    state[c].subject = "bench-" + std::to_string(c);
+    state[c].data = MakeEventData(options.event_bytes, c);
+  }
+  in_flight.store(callers);
+  for (int c = 0; c < callers; ++c) submit(c);
+  std::this_thread::sleep_for(std::chrono::duration<double>(options.warmup_seconds));
+  MetricsSample before = MetricsSample::Take(ledger);
+  phase.store(kMeasure);
+  Watch(ledger, name, options.seconds, options.progress);
+  MetricsSample after = MetricsSample::Take(ledger);
+  phase.store(kStop);
+  while (in_flight.load() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  result->name = name;
+  result->callers = callers;
+  FillFromMetrics(before, after, result);
+  FillLatencies(stats, result);
+  return Status::OK();
+}
+
+// Open loop: single-event commands due every 1/rate s, submitted by one pacing thread through
+// SubmitAsync, so any rate can be offered whatever the latency (no thread per command in flight).
 Status RunOpenLoop(const BenchOptions& options, double rate, BenchPhaseResult* result) {
   BenchStore store;
   LEDGER_RETURN_IF_ERROR(store.Open(options));
@@ -234,39 +302,51 @@ Status RunOpenLoop(const BenchOptions& options, double rate, BenchPhaseResult* r
   const double period_ns = 1e9 / rate;
   const uint64_t tickets =
       static_cast<uint64_t>((options.warmup_seconds + options.seconds) * rate);
-  std::atomic<uint64_t> next{0};
-  std::vector<CallerStats> stats(options.callers);
-  std::vector<std::thread> threads;
+  std::vector<std::string> subjects, data;
   for (int c = 0; c < options.callers; ++c) {
-    threads.emplace_back([&, c] {
-      const std::string subject = "bench-" + std::to_string(c);
-      const std::string data = MakeEventData(options.event_bytes, c);
-      CallerStats& s = stats[c];
-      for (uint64_t i; (i = next.fetch_add(1)) < tickets;) {
-        auto due = start + Nanos(static_cast<int64_t>(static_cast<double>(i) * period_ns));
-        std::this_thread::sleep_until(due);
-        BenchCommand command(&subject, &data, 1);
-        CommandResult r = ledger->Submit(&command);
-        if (due < measure_from) continue;
-        if (!r.status.ok()) {
-          s.errors++;
-          continue;
-        }
-        s.commands++;
-        s.latencies_ns.push_back(static_cast<uint64_t>(
-            std::chrono::duration_cast<Nanos>(SteadyClock::now() - due).count()));
-      }
-    });
+    subjects.push_back("bench-" + std::to_string(c));
+    data.push_back(MakeEventData(options.event_bytes, c));
   }
+  // Completions run on the ledger's sync thread (or, for a refused command, on the pacer): the
+  // mutex is uncontended in practice.
+  std::mutex stats_mu;
+  std::vector<CallerStats> stats(1);
+  std::atomic<uint64_t> outstanding{0};
+  std::thread pacer([&] {
+    for (uint64_t i = 0; i < tickets; ++i) {
+      auto due = start + Nanos(static_cast<int64_t>(static_cast<double>(i) * period_ns));
+      if (SteadyClock::now() < due) std::this_thread::sleep_until(due);
+      const size_t c = i % subjects.size();
+      auto command = std::make_shared<BenchCommand>(&subjects[c], &data[c], 1);
+      outstanding.fetch_add(1);
+      ledger->SubmitAsync(command.get(), [&, command, due](CommandResult r) {
+        if (due >= measure_from) {
+          std::lock_guard<std::mutex> l(stats_mu);
+          CallerStats& s = stats[0];
+          if (r.status.ok()) {
+            s.commands++;
+            s.latencies_ns.push_back(static_cast<uint64_t>(
+                std::chrono::duration_cast<Nanos>(SteadyClock::now() - due).count()));
+          } else {
+            s.errors++;
+          }
+        }
+        outstanding.fetch_sub(1);
+      });
+    }
+  });
+  std::vector<std::thread> threads;
+  threads.push_back(std::move(pacer));
   std::this_thread::sleep_until(measure_from);
   MetricsSample before = MetricsSample::Take(ledger);
   char name[64];
   std::snprintf(name, sizeof(name), "open loop @ %.0f/s", rate);
   Watch(ledger, name, options.seconds, options.progress);
   for (std::thread& t : threads) t.join();
+  while (outstanding.load() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   MetricsSample after = MetricsSample::Take(ledger);
   result->name = name;
-  result->callers = options.callers;
+  result->callers = 1;
   result->offered_rate = rate;
   FillFromMetrics(before, after, result);
   FillLatencies(stats, result);
@@ -284,9 +364,13 @@ Status RunBench(const BenchOptions& options, std::vector<BenchPhaseResult>* resu
   double single_rate = 0;
   if (options.single || (options.latency && options.rate == 0)) {
     BenchPhaseResult r;
-    LEDGER_RETURN_IF_ERROR(RunClosedLoop(options, "single-event commands", options.callers, 1, &r));
+    LEDGER_RETURN_IF_ERROR(RunClosedLoop(options, kSingleThreads, options.callers, 1, &r));
     single_rate = r.events_per_second;
     results->push_back(std::move(r));
+    BenchPhaseResult a;
+    LEDGER_RETURN_IF_ERROR(RunAsyncClosedLoop(options, kSingleAsync, options.callers, &a));
+    single_rate = std::max(single_rate, a.events_per_second);
+    results->push_back(std::move(a));
   }
   if (options.batched) {
     BenchPhaseResult r;
@@ -335,36 +419,39 @@ std::string FormatBenchReport(const BenchOptions& options,
                 std::thread::hardware_concurrency(), options.event_bytes, options.folds.size(),
                 options.seconds, options.warmup_seconds);
   out += line;
-  std::snprintf(line, sizeof(line), "%-26s %7s %11s %7s %7s %7s %7s %7s %8s %8s %9s %8s %5s\n",
-                "phase", "callers", "events/s", "p50 ms", "p90 ms", "p99 ms", "p999 ms", "max ms",
-                "cmds/grp", "evts/grp", "fsyncs/s", "write ms", "cpu");
+  std::snprintf(line, sizeof(line),
+                "%-26s %7s %11s %7s %7s %7s %7s %7s %8s %8s %8s %8s %8s %5s\n", "phase",
+                "callers", "events/s", "p50 ms", "p90 ms", "p99 ms", "p999 ms", "max ms",
+                "cmds/grp", "evts/grp", "groups/s", "fsyncs/s", "write ms", "cpu");
   out += line;
   for (const BenchPhaseResult& r : results) {
     std::snprintf(line, sizeof(line),
-                  "%-26s %7d %11s %7.2f %7.2f %7.2f %7.2f %7.1f %8.1f %8.1f %9s %8.2f %5.2f\n",
+                  "%-26s %7d %11s %7.2f %7.2f %7.2f %7.2f %7.1f %8.1f %8.1f %8s %8s %8.2f %5.2f\n",
                   r.name.c_str(), r.callers, Thousands(r.events_per_second).c_str(), r.p50_ms,
                   r.p90_ms, r.p99_ms, r.p999_ms, r.max_ms, r.commands_per_group,
-                  r.events_per_group, Thousands(r.groups_per_second).c_str(), r.write_ms_mean,
-                  r.cpu_cores);
+                  r.events_per_group, Thousands(r.groups_per_second).c_str(),
+                  Thousands(r.syncs_per_second).c_str(), r.write_ms_mean, r.cpu_cores);
     out += line;
     if (r.errors > 0) out += "  (" + std::to_string(r.errors) + " commands failed)\n";
   }
   out += "\n";
-  const BenchPhaseResult* single = nullptr;
   const BenchPhaseResult* batched = nullptr;
   const BenchPhaseResult* open_loop = nullptr;
   for (const BenchPhaseResult& r : results) {
-    if (r.name == "single-event commands") single = &r;
-    else if (r.offered_rate > 0) open_loop = &r;
-    else batched = &r;
-  }
-  if (single != nullptr) {
-    std::snprintf(line, sizeof(line),
-                  "target: single-event commands, 64 callers >= 100,000 events/s: %s events/s "
-                  "with %d callers -> %s\n",
-                  Thousands(single->events_per_second).c_str(), single->callers,
-                  Verdict(single->events_per_second >= 100000 && single->callers >= 64));
-    out += line;
+    if (r.name == kSingleThreads || r.name == kSingleAsync) {
+      std::snprintf(line, sizeof(line),
+                    "target: single-event commands, 64 callers >= 100,000 events/s: %s events/s "
+                    "with %d callers (%s) -> %s\n",
+                    Thousands(r.events_per_second).c_str(), r.callers,
+                    r.name == kSingleThreads ? "a blocked thread each"
+                                             : "SubmitAsync, one command in flight each",
+                    Verdict(r.events_per_second >= 100000 && r.callers >= 64));
+      out += line;
+    } else if (r.offered_rate > 0) {
+      open_loop = &r;
+    } else {
+      batched = &r;
+    }
   }
   if (batched != nullptr) {
     std::snprintf(line, sizeof(line), "target: batched >= 300,000 events/s: %s events/s -> %s\n",

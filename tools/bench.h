@@ -2,13 +2,16 @@
 // group commit is one fsync'd WriteBatch) and the registered folds.
 //
 // Phases (each on its own fresh store, after a short warm-up that is not counted):
-//   single   `callers` threads each submit one-event commands back to back (closed loop):
-//            durable events/s, command latency percentiles, mean commands and events per group,
-//            group commits (= fsyncs) per second.
+//   single   closed loop of one-event commands from `callers` callers, twice: as `callers`
+//            threads blocked in Submit() ("threads"), and as `callers` logical callers each keeping
+//            one command in flight through SubmitAsync() and submitting the next from its
+//            completion ("async": no thread per caller, as an event loop would). Durable events/s,
+//            command latency percentiles, commands and events per group, groups/s and fsyncs/s.
 //   batch    `batch_callers` threads submit commands of `batch` events each: events/s.
-//   latency  open loop: commands are due at a fixed rate (`rate`, or half the single-phase rate)
-//            and are taken by `callers` threads; latency counts from the due time, so a stalled
-//            writer shows up as latency instead of a lower offered rate (no coordinated omission).
+//   latency  open loop: commands are due at a fixed rate (`rate`, or half the best single-event
+//            rate) and one pacing thread submits each at its due time (SubmitAsync); latency
+//            counts from the due time, so a stalled writer shows up as latency instead of a lower
+//            offered rate (no coordinated omission).
 #pragma once
 
 #include <cstdint>
@@ -48,7 +51,8 @@ struct BenchPhaseResult {
   double p50_ms = 0, p90_ms = 0, p99_ms = 0, p999_ms = 0, max_ms = 0;  // command latency
   double commands_per_group = 0;
   double events_per_group = 0;
-  double groups_per_second = 0;     // = fsyncs/s
+  double groups_per_second = 0;
+  double syncs_per_second = 0;      // WAL fsyncs/s (one covers every group written meanwhile)
   double write_ms_mean = 0;         // the synced WriteBatch, per group
   double cpu_cores = 0;             // process CPU time / wall time
 };

@@ -178,7 +178,33 @@ void FaultFs::AfterPositionedAppend(FileState* state, uint64_t end_offset) {
   CountAppend();
 }
 
+void FaultFs::HoldSyncs() {
+  std::lock_guard<std::mutex> l(hold_mu_);
+  holding_ = true;
+}
+
+void FaultFs::ReleaseSyncs() {
+  std::lock_guard<std::mutex> l(hold_mu_);
+  holding_ = false;
+  hold_cv_.notify_all();
+}
+
+void FaultFs::WaitUntilASyncIsHeld() {
+  std::unique_lock<std::mutex> l(hold_mu_);
+  hold_cv_.wait(l, [this] { return held_ > 0; });
+}
+
+void FaultFs::WaitWhileHeld() {
+  std::unique_lock<std::mutex> l(hold_mu_);
+  if (!holding_) return;
+  ++held_;
+  hold_cv_.notify_all();
+  hold_cv_.wait(l, [this] { return !holding_; });
+  --held_;
+}
+
 IOStatus FaultFs::BeforeSync() {
+  WaitWhileHeld();
   if (!powered()) return PowerOffError();
   if (fail_syncs_.load()) return IOStatus::IOError("fault_fs: injected sync failure");
   return IOStatus::OK();

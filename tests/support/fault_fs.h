@@ -38,6 +38,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -92,6 +93,14 @@ class FaultFs final : public rocksdb::FileSystemWrapper {
   // While true, every file and directory sync fails (nothing synced).
   void SetFailSyncs(bool fail) { fail_syncs_.store(fail); }
 
+  // --- Pausing ----------------------------------------------------------------------------------
+  // While held, every file and directory sync waits, before it syncs anything, until
+  // ReleaseSyncs(): a test can look at a store whose latest writes are not durable yet.
+  void HoldSyncs();
+  void ReleaseSyncs();
+  // Blocks until at least one sync is waiting on the hold.
+  void WaitUntilASyncIsHeld();
+
   // --- Observation ------------------------------------------------------------------------------
   uint64_t appends() const { return appends_.load(); }  // successful appends
   uint64_t syncs() const { return syncs_.load(); }      // successful file syncs
@@ -144,6 +153,7 @@ class FaultFs final : public rocksdb::FileSystemWrapper {
   void AfterPositionedAppend(FileState* state, uint64_t end_offset);
   void CountAppend();
   rocksdb::IOStatus BeforeSync();
+  void WaitWhileHeld();
   uint64_t SizeOf(FileState* state);
   void AfterSync(FileState* state, uint64_t synced_size);
   void AfterTruncate(FileState* state, uint64_t size);
@@ -164,6 +174,10 @@ class FaultFs final : public rocksdb::FileSystemWrapper {
 
   std::atomic<bool> powered_{true};
   std::atomic<bool> fail_syncs_{false};
+  std::mutex hold_mu_;
+  std::condition_variable hold_cv_;
+  bool holding_ = false;  // guarded by hold_mu_
+  int held_ = 0;          // syncs waiting; guarded by hold_mu_
   std::atomic<int64_t> appends_until_failure_{-1};
   std::atomic<int64_t> appends_until_power_cut_{-1};
   std::atomic<uint64_t> appends_{0};

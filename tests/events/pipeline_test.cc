@@ -1,0 +1,212 @@
+// The writer pipeline (events/ledger.h): the committer writes a group without sync and goes on;
+// the sync thread makes it durable, and only then is it answered, published and readable.
+// SubmitAsync answers through a callback instead of a blocked thread.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "events/ledger.h"
+#include "tests/support/fault_fs.h"
+#include "tests/support/test_ledger.h"
+
+namespace ledger {
+namespace {
+
+using testing::AppendCommand;
+using testing::FaultEnv;
+using testing::RejectCommand;
+using testing::TempDir;
+
+std::unique_ptr<Ledger> Open(const std::string& path, rocksdb::Env* env = nullptr,
+                             bool read_only = false) {
+  LedgerOptions options;
+  options.path = path;
+  options.env = env;
+  options.read_only = read_only;
+  std::unique_ptr<Ledger> ledger;
+  Status s = Ledger::Open(options, &ledger);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  return ledger;
+}
+
+// Waits (bounded) for `done`; the machine may be loaded.
+bool WaitFor(const std::function<bool()>& done) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
+}
+
+TEST(WriterPipelineTest, AGroupIsNeitherAnsweredNorReadableBeforeItsSync) {
+  TempDir dir;
+  FaultEnv fault;
+  auto ledger = Open(dir.Sub("ledger"), fault.env());
+  ASSERT_NE(ledger, nullptr);
+  AppendCommand first("first");
+  ASSERT_TRUE(ledger->Submit(&first).status.ok());
+  const Hash first_hash = ledger->HeadHash();
+  std::atomic<int> heard{0};
+  ledger->AddCommitListener([&](Position) { ++heard; });
+
+  fault.fs()->HoldSyncs();
+  const uint64_t appends = fault.fs()->appends();
+  AppendCommand second("second", 2);
+  std::atomic<bool> answered{false};
+  CommandResult result;
+  ledger->SubmitAsync(&second, [&](CommandResult r) {
+    result = std::move(r);
+    answered = true;
+  });
+  fault.fs()->WaitUntilASyncIsHeld();  // the group is written; its WAL sync waits
+
+  EXPECT_GT(fault.fs()->appends(), appends) << "the group was not written before its sync";
+  EXPECT_FALSE(answered.load());
+  EXPECT_EQ(heard.load(), 0);
+  EXPECT_EQ(ledger->Head(), Position(1));
+  EXPECT_EQ(ledger->HeadHash(), first_hash);
+  EXPECT_EQ(ledger->Snapshot()->position(), Position(1));
+  std::vector<Event> events;
+  ASSERT_TRUE(ledger->ReadEvents(Position(0), 10, {}, &events).ok());
+  EXPECT_EQ(events.size(), 1u);
+  ASSERT_TRUE(ledger->ReadEvents(Position(0), 10, {"second", ""}, &events).ok());
+  EXPECT_TRUE(events.empty());
+  size_t scanned = 0;
+  ASSERT_TRUE(ledger->ScanRaw(Position(1), Position(0), [&](Position, std::string_view) {
+    ++scanned;
+    return true;
+  }).ok());
+  EXPECT_EQ(scanned, 1u);
+
+  fault.fs()->ReleaseSyncs();
+  ASSERT_TRUE(WaitFor([&] { return answered.load(); }));
+  ASSERT_TRUE(result.status.ok()) << result.status.ToString();
+  EXPECT_EQ(result.position, Position(3));
+  EXPECT_EQ(ledger->Head(), Position(3));
+  EXPECT_EQ(ledger->Snapshot()->position(), Position(3));
+  EXPECT_GE(heard.load(), 1);
+  ASSERT_TRUE(ledger->ReadEvents(Position(0), 10, {}, &events).ok());
+  EXPECT_EQ(events.size(), 3u);
+}
+
+// A failed sync fails the group that waited for it, and degrades the ledger; nothing of the
+// group becomes readable.
+TEST(WriterPipelineTest, AFailedSyncFailsItsGroupAndPublishesNothing) {
+  TempDir dir;
+  FaultEnv fault;
+  auto ledger = Open(dir.Sub("ledger"), fault.env());
+  ASSERT_NE(ledger, nullptr);
+  AppendCommand first("first");
+  ASSERT_TRUE(ledger->Submit(&first).status.ok());
+  fault.fs()->HoldSyncs();
+  AppendCommand second("second");
+  std::atomic<bool> answered{false};
+  CommandResult result;
+  ledger->SubmitAsync(&second, [&](CommandResult r) {
+    result = std::move(r);
+    answered = true;
+  });
+  fault.fs()->WaitUntilASyncIsHeld();
+  fault.fs()->SetFailSyncs(true);
+  fault.fs()->ReleaseSyncs();
+  ASSERT_TRUE(WaitFor([&] { return answered.load(); }));
+  EXPECT_EQ(result.status.problem(), "storage_degraded") << result.status.ToString();
+  EXPECT_TRUE(ledger->Degraded());
+  EXPECT_EQ(ledger->Head(), Position(1));
+  std::vector<Event> events;
+  ASSERT_TRUE(ledger->ReadEvents(Position(0), 10, {}, &events).ok());
+  EXPECT_EQ(events.size(), 1u);
+}
+
+// 64 logical callers on no thread of their own: each submits its next command from the
+// completion of the previous one. Every command is answered exactly once, successfully, at a
+// position of its own, and each caller's positions increase.
+TEST(WriterPipelineTest, SubmitAsyncFromCompletionsAnswersEveryCommandOnce) {
+  TempDir dir;
+  auto ledger = Open(dir.Sub("ledger"));
+  ASSERT_NE(ledger, nullptr);
+  constexpr int kCallers = 64;
+  constexpr int kCommandsEach = 40;
+  struct Caller {
+    std::unique_ptr<AppendCommand> command;
+    std::vector<uint64_t> positions;
+    int failures = 0;
+  };
+  std::vector<Caller> callers(kCallers);
+  std::atomic<int> finished{0};
+  std::function<void(int)> submit = [&](int c) {
+    callers[c].command = std::make_unique<AppendCommand>("caller-" + std::to_string(c));
+    ledger->SubmitAsync(callers[c].command.get(), [&, c](CommandResult r) {
+      Caller& caller = callers[c];
+      if (r.status.ok()) {
+        caller.positions.push_back(r.position.value());
+      } else {
+        caller.failures++;
+      }
+      if (caller.positions.size() + caller.failures < kCommandsEach) {
+        submit(c);
+      } else {
+        ++finished;
+      }
+    });
+  };
+  for (int c = 0; c < kCallers; ++c) submit(c);
+  ASSERT_TRUE(WaitFor([&] { return finished.load() == kCallers; }));
+
+  std::set<uint64_t> all;
+  for (const Caller& caller : callers) {
+    EXPECT_EQ(caller.failures, 0);
+    EXPECT_EQ(caller.positions.size(), static_cast<size_t>(kCommandsEach));
+    for (size_t i = 1; i < caller.positions.size(); ++i) {
+      EXPECT_LT(caller.positions[i - 1], caller.positions[i]);
+    }
+    all.insert(caller.positions.begin(), caller.positions.end());
+  }
+  EXPECT_EQ(all.size(), static_cast<size_t>(kCallers * kCommandsEach));
+  EXPECT_EQ(ledger->Head(), Position(kCallers * kCommandsEach));
+  // Grouping happened, and one sync covered more than one command.
+  EXPECT_LT(ledger->metrics().groups_committed.Value(),
+            static_cast<uint64_t>(kCallers * kCommandsEach));
+  EXPECT_LE(ledger->metrics().syncs.Value(), ledger->metrics().groups_committed.Value());
+}
+
+TEST(WriterPipelineTest, SubmitAsyncAnswersRejectionsAndRefusals) {
+  TempDir dir;
+  {
+    auto ledger = Open(dir.Sub("ledger"));
+    ASSERT_NE(ledger, nullptr);
+    RejectCommand reject(Status::Make(Code::kUnprocessable, "test_rejected", "no"));
+    std::atomic<bool> answered{false};
+    CommandResult result;
+    ledger->SubmitAsync(&reject, [&](CommandResult r) {
+      result = std::move(r);
+      answered = true;
+    });
+    ASSERT_TRUE(WaitFor([&] { return answered.load(); }));
+    EXPECT_EQ(result.status.problem(), "test_rejected");
+    EXPECT_EQ(ledger->Head(), Position(0));
+  }
+  // A read-only ledger refuses at once, on the calling thread.
+  auto read_only = Open(dir.Sub("ledger"), nullptr, /*read_only=*/true);
+  ASSERT_NE(read_only, nullptr);
+  AppendCommand append("x");
+  const std::thread::id caller = std::this_thread::get_id();
+  bool answered = false;
+  read_only->SubmitAsync(&append, [&](CommandResult r) {
+    answered = true;
+    EXPECT_EQ(std::this_thread::get_id(), caller);
+    EXPECT_EQ(r.status.problem(), "read_only");
+  });
+  EXPECT_TRUE(answered);
+}
+
+}  // namespace
+}  // namespace ledger
