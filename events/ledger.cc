@@ -546,6 +546,10 @@ Status LedgerImpl::OpenDb() {
   db_options.wal_recovery_mode = rocksdb::WALRecoveryMode::kTolerateCorruptedTailRecords;
   db_options.paranoid_checks = true;
   db_options.max_background_jobs = 2;
+  // Table files written by flushes and compactions are handed to the disk 1 MiB at a time
+  // (sync_file_range) instead of as one burst at the end: a burst of tens of MiB sits in front of
+  // the WAL's fdatasync in the device queue and shows up as commit latency.
+  db_options.bytes_per_sync = 1 << 20;
   if (options_.env != nullptr) db_options.env = options_.env;
 
   rocksdb::ColumnFamilyOptions cf_options;

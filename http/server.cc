@@ -16,6 +16,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <regex>
 #include <vector>
@@ -32,6 +33,9 @@ using Clock = std::chrono::steady_clock;
 
 constexpr size_t kReadBufferBytes = 16 * 1024;
 constexpr size_t kHeaderBytesAllowance = 64 * 1024;
+// Header lines longer than this are taken out of cpp-httplib's sight (its limit is 8192).
+constexpr size_t kHeaderLineBytesMax = 4096;
+constexpr size_t kLongHeadersMax = 8;
 // How long and how much a closing connection is drained so that the client sees our answer
 // instead of a reset (the "lingering close" of Apache and nginx).
 constexpr int kLingerMs = 1000;
@@ -129,7 +133,7 @@ class ConnectionStream final : public httplib::Stream {
         request_bytes_max_(request_bytes_max) {}
 
   bool is_readable() const override {
-    return begin_ < end_ || PollFor(sock_, POLLIN, read_timeout_ms_);
+    return HasBufferedInput() || PollFor(sock_, POLLIN, read_timeout_ms_);
   }
   bool is_writable() const override { return PollFor(sock_, POLLOUT, write_timeout_ms_); }
 
@@ -139,6 +143,17 @@ class ConnectionStream final : public httplib::Stream {
       return -1;
     }
     size = std::min(size, request_bytes_max_ - request_bytes_);
+    if (head_pending_) {
+      head_pending_ = false;
+      if (!TakeHead()) return -1;
+    }
+    if (pending_begin_ < pending_.size()) {
+      size_t take = std::min(size, pending_.size() - pending_begin_);
+      std::memcpy(ptr, pending_.data() + pending_begin_, take);
+      pending_begin_ += take;
+      request_bytes_ += take;
+      return static_cast<ssize_t>(take);
+    }
     if (begin_ == end_) {
       if (!PollFor(sock_, POLLIN, read_timeout_ms_)) return -1;
       ssize_t n = Receive(buffer_.data(), buffer_.size());
@@ -176,11 +191,75 @@ class ConnectionStream final : public httplib::Stream {
   void BeginRequest() {
     request_bytes_ = 0;
     cap_hit_ = false;
+    head_pending_ = true;
+    long_headers_.clear();
   }
   bool cap_hit() const { return cap_hit_; }
-  bool HasBufferedInput() const { return begin_ < end_; }
+  bool HasBufferedInput() const { return pending_begin_ < pending_.size() || begin_ < end_; }
+
+  // Header lines too long for cpp-httplib, taken out of this request's head (see TakeHead):
+  // marker value -> the real value.
+  const std::map<std::string, std::string, std::less<>>& long_headers() const {
+    return long_headers_;
+  }
 
  private:
+  // cpp-httplib 0.11.4 refuses a header line over 8 KiB (CPPHTTPLIB_HEADER_MAX_LENGTH, fixed when
+  // Debian built it) with a 400. Real requests have longer ones: a Lago webhook in jwt mode
+  // carries the whole payload as a JWT in X-Lago-Signature; a Keycloak access token with many
+  // roles in Authorization. So the stream reads the request head itself first (up to the server's
+  // head allowance), replaces the value of every header line over kHeaderLineBytesMax with a short
+  // marker that cpp-httplib parses, and keeps the value; the server puts it back into the request
+  // before anything looks at the headers (RestoreLongHeaders). False when the socket failed.
+  bool TakeHead() {
+    std::string head = pending_.substr(pending_begin_);
+    pending_.clear();
+    pending_begin_ = 0;
+    size_t end = std::string::npos;
+    for (;;) {
+      head.append(buffer_.data() + begin_, end_ - begin_);
+      begin_ = end_ = 0;
+      end = head.find("\r\n\r\n");
+      if (end != std::string::npos || head.size() > kHeaderBytesAllowance) break;
+      if (!PollFor(sock_, POLLIN, read_timeout_ms_)) break;  // cpp-httplib reports the timeout
+      ssize_t n = Receive(buffer_.data(), buffer_.size());
+      if (n < 0) return false;
+      if (n == 0) break;
+      end_ = static_cast<size_t>(n);
+    }
+    if (end == std::string::npos || end > kHeaderBytesAllowance) {
+      // Incomplete or over the allowance: cpp-httplib answers it as it is (400, 414, timeout).
+      pending_ = std::move(head);
+      return true;
+    }
+    std::string out;
+    out.reserve(head.size());
+    size_t line_start = 0;
+    const size_t head_end = end + 2;  // through the CRLF of the last header line
+    while (line_start < head_end) {
+      size_t line_end = head.find("\r\n", line_start);
+      std::string_view line(head.data() + line_start, line_end - line_start);
+      size_t colon = line.find(':');
+      if (line.size() > kHeaderLineBytesMax && line_start > 0 && colon != std::string_view::npos &&
+          long_headers_.size() < kLongHeadersMax) {
+        std::string_view value = line.substr(colon + 1);
+        while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) {
+          value.remove_prefix(1);
+        }
+        std::string marker = "ledger-long-header-" + std::to_string(long_headers_.size());
+        out.append(line.substr(0, colon + 1)).append(" ").append(marker);
+        long_headers_.emplace(std::move(marker), std::string(value));
+      } else {
+        out.append(line);
+      }
+      out.append("\r\n");
+      line_start = line_end + 2;
+    }
+    out.append(head, head_end, std::string::npos);  // the blank line, then body bytes
+    pending_ = std::move(out);
+    return true;
+  }
+
   ssize_t Receive(char* ptr, size_t size) {
     for (;;) {
       ssize_t n = ::recv(sock_, ptr, size, 0);
@@ -197,6 +276,11 @@ class ConnectionStream final : public httplib::Stream {
   std::array<char, kReadBufferBytes> buffer_;
   size_t begin_ = 0;
   size_t end_ = 0;
+  // Bytes read ahead by TakeHead (the rewritten head, then whatever followed it), served first.
+  std::string pending_;
+  size_t pending_begin_ = 0;
+  bool head_pending_ = false;
+  std::map<std::string, std::string, std::less<>> long_headers_;
 };
 
 // What a handler on this thread may ask of the connection it serves.
@@ -218,6 +302,17 @@ void CloseAfterResponse(const httplib::Request& req) {
 }
 
 bool StreamCapHit() { return t_connection != nullptr && t_connection->stream->cap_hit(); }
+
+// Puts the values of over-long header lines (ConnectionStream::TakeHead) back into the request.
+// Idempotent; runs before anything reads the headers.
+void RestoreLongHeaders(const httplib::Request& req) {
+  if (t_connection == nullptr || t_connection->stream->long_headers().empty()) return;
+  auto& mutable_req = const_cast<httplib::Request&>(req);  // the connection loop's own local
+  for (auto& [name, value] : mutable_req.headers) {
+    auto it = t_connection->stream->long_headers().find(value);
+    if (it != t_connection->stream->long_headers().end()) value = it->second;
+  }
+}
 
 // The worker pool: `threads` workers and a bounded queue of accepted connections. When the queue
 // is full the accept loop waits here, and new connections wait in the kernel's listen backlog.
@@ -615,6 +710,7 @@ void HttpServer::Impl::Reject(int http_status, std::string_view code, std::strin
 httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Request& req,
                                                             httplib::Response& res) {
   using R = httplib::Server::HandlerResponse;
+  RestoreLongHeaders(req);
   if (!IsKnownMethod(req.method)) {
     Reject(501, "not_implemented", "method not implemented", req, res);
     return R::Handled;
@@ -654,6 +750,7 @@ httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Reque
 
 // `Expect: 100-continue`: refuse an oversized body before the client sends it.
 int HttpServer::Impl::ExpectContinue(const httplib::Request& req, httplib::Response& res) {
+  RestoreLongHeaders(req);
   uint64_t length = 0;
   if (ParseContentLength(req.get_header_value("Content-Length"), &length) &&
       length > options_.body_bytes_max) {

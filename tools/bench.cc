@@ -60,6 +60,9 @@ class BenchStore {
     if (path_.empty()) return;
     std::error_code ec;
     std::filesystem::remove_all(path_, ec);
+    // The phase left hundreds of MiB of table files in the page cache that the kernel would write
+    // back (and discard) during the next phase, inflating its fsync latencies: write them now.
+    ::sync();
   }
   Status Open(const BenchOptions& options) {
     std::filesystem::path base = options.base_dir.empty()
