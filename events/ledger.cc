@@ -3,6 +3,7 @@
 
 #include <linux/futex.h>
 #include <openssl/sha.h>
+#include <pthread.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -40,6 +41,8 @@ constexpr char kCheckpointsFamily[] = "checkpoints";
 constexpr char kMetaFamily[] = "meta";
 constexpr char kHeadKey[] = "head";
 constexpr char kFoldCheckpointPrefix[] = "fold.";
+// How long the sync thread waits at most for admitted commands to be written before it syncs.
+constexpr auto kSyncCoalesceMax = std::chrono::microseconds(300);
 // Events applied per batch when a fold catches up at open.
 constexpr size_t kCatchUpBatchEvents = 1000;
 
@@ -499,6 +502,7 @@ class LedgerImpl final : public Ledger {
   bool committer_waiting_ = false;     // guarded by mu_
   bool stopping_ = false;              // guarded by mu_
   std::atomic<size_t> deciding_{0};    // commands of the group the committer is deciding
+  std::atomic<size_t> unwritten_{0};   // admitted, not yet handed to the sync thread
   std::thread committer_, syncer_;
 
   // Chain state: touched only by the current leader (serialized by the queue protocol). It runs
@@ -730,6 +734,7 @@ bool LedgerImpl::Admit(Writer* w) {
       return false;
     }
     queue_.push_back(w);
+    unwritten_.fetch_add(1);
     wake = committer_waiting_;
   }
   if (wake) queue_cv_.notify_one();
@@ -737,8 +742,14 @@ bool LedgerImpl::Admit(Writer* w) {
 }
 
 void LedgerImpl::Start() {
-  committer_ = std::thread([this] { CommitLoop(); });
-  syncer_ = std::thread([this] { SyncLoop(); });
+  committer_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "ledger-commit");  // for top -H, perf, gdb
+    CommitLoop();
+  });
+  syncer_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "ledger-sync");
+    SyncLoop();
+  });
 }
 
 void LedgerImpl::Stop() {
@@ -784,6 +795,7 @@ void LedgerImpl::CommitLoop() {
     bool wake = false;
     {
       std::lock_guard<std::mutex> lock(sync_mu_);
+      unwritten_.fetch_sub(commit.members.size());
       written_.push_back(std::move(commit));
       wake = sync_waiting_;
     }
@@ -803,6 +815,17 @@ void LedgerImpl::SyncLoop() {
         sync_waiting_ = false;
       }
       if (written_.empty()) return;
+      // Commands already admitted but not yet written would miss this sync and wait a whole
+      // extra one: give the committer a moment to write them, so that the callers answered by
+      // one sync come back as one group instead of splitting into two alternating half-size
+      // groups. Bounded, so a committer that never runs dry cannot hold a sync back.
+      const auto deadline = std::chrono::steady_clock::now() + kSyncCoalesceMax;
+      while (unwritten_.load() > 0 && !sync_stopping_) {
+        sync_waiting_ = true;
+        const bool timed_out = sync_cv_.wait_until(lock, deadline) == std::cv_status::timeout;
+        sync_waiting_ = false;
+        if (timed_out) break;
+      }
       groups.clear();
       groups.swap(written_);  // every group written so far: one sync covers them all
     }
