@@ -74,12 +74,76 @@ bool DecodeHead(std::string_view value, Position* position, Hash* hash) {
 }
 
 // streams key: subject || 0x00 || BE position. Subjects never contain NUL (checked at append).
+// One row per run of a subject's events within one command (FORMAT.md): the key holds the run's
+// first position, the value the gaps to each following one as varints (empty for a run of one).
 std::string StreamKey(std::string_view subject, Position position) {
   std::string key(subject);
   key.push_back('\0');
   PutFixed64BE(&key, position.value());
   return key;
 }
+
+void PutVarint64(std::string* out, uint64_t v) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>(v | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+// The positions of a streams row (key's first position, then the value's gaps); false when
+// malformed.
+bool DecodeStreamRun(uint64_t first, std::string_view gaps, std::vector<uint64_t>* out) {
+  out->clear();
+  out->push_back(first);
+  uint64_t position = first;
+  size_t i = 0;
+  while (i < gaps.size()) {
+    uint64_t gap = 0;
+    int shift = 0;
+    for (;;) {
+      if (i >= gaps.size() || shift > 63) return false;
+      uint8_t byte = static_cast<uint8_t>(gaps[i++]);
+      gap |= static_cast<uint64_t>(byte & 0x7f) << shift;
+      if ((byte & 0x80) == 0) break;
+      shift += 7;
+    }
+    if (gap == 0) return false;
+    position += gap;
+    out->push_back(position);
+  }
+  return true;
+}
+
+// The streams rows of one command's events, written when its events are all appended.
+class StreamRuns {
+ public:
+  void Add(const std::string& subject, Position position) {
+    auto [it, inserted] = runs_.try_emplace(subject);
+    if (inserted) {
+      it->second.first = position.value();
+    } else {
+      PutVarint64(&it->second.gaps, position.value() - it->second.last);
+    }
+    it->second.last = position.value();
+  }
+  // Into the batch without an index entry (see AppendToBatch).
+  rocksdb::Status WriteTo(rocksdb::WriteBatch* batch, rocksdb::ColumnFamilyHandle* streams) {
+    for (const auto& [subject, run] : runs_) {
+      rocksdb::Status s = batch->Put(streams, StreamKey(subject, Position(run.first)), run.gaps);
+      if (!s.ok()) return s;
+    }
+    runs_.clear();
+    return rocksdb::Status::OK();
+  }
+
+ private:
+  struct Run {
+    uint64_t first = 0, last = 0;
+    std::string gaps;
+  };
+  std::map<std::string, Run, std::less<>> runs_;
+};
 
 // The subject part of a streams key (through its NUL), for memtable insert hints.
 class StreamSubjectPrefix final : public rocksdb::SliceTransform {
@@ -473,9 +537,9 @@ class LedgerImpl final : public Ledger {
   // answers their commands, in order.
   void SyncLoop();
   void Answer(GroupCommit* commit, const Status& durable);
-  // Appends one sealed event (and its stream index row, and every fold's rows) to the batch.
+  // Appends one sealed event (and every fold's rows) to the batch, and its position to `runs`.
   Status AppendToBatch(const Event& event, BatchStateReader* state,
-                       rocksdb::WriteBatchWithIndex* batch);
+                       rocksdb::WriteBatchWithIndex* batch, StreamRuns* runs);
   Status DecideOne(Writer* w, int64_t now_us, BatchStateReader* state,
                    rocksdb::WriteBatchWithIndex* batch);
   Status ImportOne(Writer* w, BatchStateReader* state, rocksdb::WriteBatchWithIndex* batch);
@@ -900,7 +964,7 @@ void LedgerImpl::Answer(GroupCommit* commit, const Status& durable) {
 }
 
 Status LedgerImpl::AppendToBatch(const Event& event, BatchStateReader* state,
-                                 rocksdb::WriteBatchWithIndex* batch) {
+                                 rocksdb::WriteBatchWithIndex* batch, StreamRuns* runs) {
   std::string stored;
   EncodeEvent(event, &stored);
   std::string key = EncodePositionKey(event.position.value());
@@ -911,8 +975,7 @@ Status LedgerImpl::AppendToBatch(const Event& event, BatchStateReader* state,
   // cost. Save points cover them (they truncate the WriteBatch; the index is rebuilt from it).
   rocksdb::WriteBatch* unindexed = batch->GetWriteBatch();
   LEDGER_RETURN_IF_ERROR(FromRocks(unindexed->Put(Family(kEventsFamily), key, stored)));
-  LEDGER_RETURN_IF_ERROR(FromRocks(
-      unindexed->Put(Family(kStreamsFamily), StreamKey(event.subject, event.position), "")));
+  runs->Add(event.subject, event.position);
   for (const Fold* fold : options_.folds) {
     LEDGER_RETURN_IF_ERROR(fold->Apply(event, *state, state));
   }
@@ -959,6 +1022,7 @@ Status LedgerImpl::DecideOne(Writer* w, int64_t now_us, BatchStateReader* state,
   if (decision.events.size() > limits::kCommandEventsMax) {
     return Status::Make(Code::kPayloadTooLarge, "too_many_events", "command appends too many");
   }
+  StreamRuns runs;
   for (NewEvent& ne : decision.events) {
     LEDGER_RETURN_IF_ERROR(ValidateNewEvent(ne));
     Event event;
@@ -970,10 +1034,12 @@ Status LedgerImpl::DecideOne(Writer* w, int64_t now_us, BatchStateReader* state,
     event.data = std::move(ne.data);
     event.prev_hash = head_hash_;
     SealEvent(&event);
-    LEDGER_RETURN_IF_ERROR(AppendToBatch(event, state, batch));
+    LEDGER_RETURN_IF_ERROR(AppendToBatch(event, state, batch, &runs));
     head_ = event.position;
     head_hash_ = event.hash;
   }
+  LEDGER_RETURN_IF_ERROR(
+      FromRocks(runs.WriteTo(batch->GetWriteBatch(), Family(kStreamsFamily))));
   if (!idempotency_key.empty()) {
     LEDGER_RETURN_IF_ERROR(FromRocks(batch->Put(
         Family(kIdempotencyFamily), idempotency_key,
@@ -989,6 +1055,7 @@ Status LedgerImpl::DecideOne(Writer* w, int64_t now_us, BatchStateReader* state,
 
 Status LedgerImpl::ImportOne(Writer* w, BatchStateReader* state,
                              rocksdb::WriteBatchWithIndex* batch) {
+  StreamRuns runs;
   for (const Event& source : *w->import) {
     if (source.position != Next(head_)) {
       return Status::InvalidArgument("position_gap", "imported events must continue the head");
@@ -1003,12 +1070,14 @@ Status LedgerImpl::ImportOne(Writer* w, BatchStateReader* state,
       return Status::Corruption("imported event " + std::to_string(source.position.value()) +
                                 " fails its hash");
     }
-    LEDGER_RETURN_IF_ERROR(AppendToBatch(event, state, batch));
+    LEDGER_RETURN_IF_ERROR(AppendToBatch(event, state, batch, &runs));
     head_ = event.position;
     head_hash_ = event.hash;
     last_time_us_ = std::max(last_time_us_, event.time_us);
     w->result.events_appended++;
   }
+  LEDGER_RETURN_IF_ERROR(
+      FromRocks(runs.WriteTo(batch->GetWriteBatch(), Family(kStreamsFamily))));
   w->result.position = head_;
   return Status::OK();
 }
@@ -1132,21 +1201,36 @@ Status LedgerImpl::ReadEventsBySubject(Position after, size_t limit, const Event
                                        std::vector<Event>* out) const {
   std::string prefix = filter.subject;
   prefix.push_back('\0');
+  const uint64_t head = head_position_.load();  // a group being synced is not published yet
   std::unique_ptr<rocksdb::Iterator> it(
       db_->NewIterator(rocksdb::ReadOptions(), Family(kStreamsFamily)));
+  // A run that starts at or before `after` may go on past it: start at the last run starting at
+  // or before it, if there is one for this subject.
+  it->SeekForPrev(StreamKey(filter.subject, after));
+  if (!it->Valid() || !ToView(it->key()).starts_with(prefix)) {
+    LEDGER_RETURN_IF_ERROR(FromRocks(it->status()));
+    it->Seek(StreamKey(filter.subject, Next(after)));
+  }
   std::string value;
-  for (it->Seek(StreamKey(filter.subject, Next(after))); it->Valid(); it->Next()) {
+  std::vector<uint64_t> positions;
+  for (; it->Valid(); it->Next()) {
     std::string_view key = ToView(it->key());
-    if (key.substr(0, prefix.size()) != prefix || key.size() != prefix.size() + 8) break;
-    uint64_t position = DecodeFixed64BE(key.data() + prefix.size());
-    if (position > head_position_.load()) break;  // being synced: not published yet
-    LEDGER_RETURN_IF_ERROR(FromRocks(db_->Get(EventReadOptions(), Family(kEventsFamily),
-                                              EncodePositionKey(position), &value)));
-    Event event;
-    LEDGER_RETURN_IF_ERROR(DecodeEvent(value, &event));
-    if (!filter.type.empty() && event.type != filter.type) continue;
-    out->push_back(std::move(event));
-    if (out->size() >= limit) break;
+    if (!key.starts_with(prefix) || key.size() != prefix.size() + 8) break;
+    if (!DecodeStreamRun(DecodeFixed64BE(key.data() + prefix.size()), ToView(it->value()),
+                         &positions)) {
+      return Status::Corruption("malformed streams row");
+    }
+    for (uint64_t position : positions) {
+      if (position <= after.value()) continue;
+      if (position > head) return FromRocks(it->status());
+      LEDGER_RETURN_IF_ERROR(FromRocks(db_->Get(EventReadOptions(), Family(kEventsFamily),
+                                                EncodePositionKey(position), &value)));
+      Event event;
+      LEDGER_RETURN_IF_ERROR(DecodeEvent(value, &event));
+      if (!filter.type.empty() && event.type != filter.type) continue;
+      out->push_back(std::move(event));
+      if (out->size() >= limit) return Status::OK();
+    }
   }
   return FromRocks(it->status());
 }
