@@ -25,8 +25,9 @@ namespace {
 
 using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
 
-// projections/usage.h names it too; the sink only needs the type and the schema's fields.
+// projections/usage.h names them too; the sink only needs the types and the schemas' fields.
 constexpr std::string_view kUsageRecordedV1 = "usage.recorded.v1";
+constexpr std::string_view kUsageBatchRecordedV1 = "usage.batch_recorded.v1";
 // Lago's answer text kept in a dead letter.
 constexpr size_t kErrorTextBytesMax = 2048;
 // Successful batches in a row after which a halved batch size doubles again.
@@ -75,10 +76,11 @@ std::string Compact(const rapidjson::Value& v) {
   return std::string(buf.GetString(), buf.GetSize());
 }
 
-// One usage event read from the log and not yet handled.
+// One Lago event read from the log (a usage.recorded.v1, or one item of a
+// usage.batch_recorded.v1) and not yet handled.
 struct PendingEvent {
-  uint64_t position = 0;
-  std::string event_id;  // the Lago transaction_id
+  uint64_t position = 0;        // of the log event that carries it
+  std::string transaction_id;   // the event id, or "<event id>:<item index>"
   std::string source_type;
   std::string subject;
   std::string user_id;
@@ -149,8 +151,8 @@ class RecordSinkRejection final : public Command {
         reason_(std::move(reason)),
         error_(std::move(error)) {
     idempotency_scope = std::string(kLagoSinkRejectedScope);
-    idempotency_key = event_.event_id;
-    request_hash = Sha256(kLagoSinkRejectedScope, event_.event_id);
+    idempotency_key = event_.transaction_id;
+    request_hash = Sha256(kLagoSinkRejectedScope, event_.transaction_id);
   }
 
   Status Decide(const DecideContext&, Decision* decision) override {
@@ -158,7 +160,7 @@ class RecordSinkRejection final : public Command {
     JsonWriter w(buf);
     w.StartObject();
     w.Key("transaction_id");
-    WriteString(&w, event_.event_id);
+    WriteString(&w, event_.transaction_id);
     w.Key("source_position");
     w.Uint64(event_.position);
     w.Key("source_type");
@@ -220,37 +222,39 @@ const char* SinkStateName(SinkState state) {
 
 }  // namespace
 
-Status UsageToLagoEvent(const Event& event, const LagoSinkOptions& options, std::string* json,
-                        std::string* user_id) {
-  if (event.type != kUsageRecordedV1) return Status::NotFound("not a usage event");
-  user_id->clear();
-  rapidjson::Document data;
-  Status s = projections::ParseJsonObject(event.data, &data);
-  if (!s.ok()) return Status::InvalidArgument("unmappable", "data: " + s.message());
-  auto text = [&](const char* name) -> std::string {
-    auto it = data.FindMember(name);
-    if (it == data.MemberEnd() || !it->value.IsString()) return "";
-    return std::string(it->value.GetString(), it->value.GetStringLength());
-  };
-  *user_id = text("user_id");
-  const std::string service = text("service");
-  auto quantity = data.FindMember("quantity");
-  if (user_id->empty() || service.empty() || quantity == data.MemberEnd() ||
-      !quantity->value.IsInt64() || quantity->value.GetInt64() < 0) {
-    return Status::InvalidArgument("unmappable",
-                                   "usage.recorded.v1 needs user_id, service and quantity");
+namespace {
+
+std::string_view TextMember(const rapidjson::Value& object, const char* name) {
+  auto it = object.FindMember(name);
+  if (it == object.MemberEnd() || !it->value.IsString()) return {};
+  return std::string_view(it->value.GetString(), it->value.GetStringLength());
+}
+
+// The Lago event of one piece of usage: `usage` is a usage.recorded.v1's data or a
+// usage.batch_recorded.v1 item (same field names). Empty `*json` and `*why` set when it lacks
+// service or quantity.
+void WriteLagoEvent(std::string_view transaction_id, std::string_view user_id,
+                    const rapidjson::Value& usage, int64_t append_time_us,
+                    const LagoSinkOptions& options, std::string* json, std::string* why) {
+  json->clear();
+  const std::string_view service = TextMember(usage, "service");
+  auto quantity = usage.FindMember("quantity");
+  if (service.empty() || quantity == usage.MemberEnd() || !quantity->value.IsInt64() ||
+      quantity->value.GetInt64() < 0) {
+    *why = "usage needs a service and a quantity";
+    return;
   }
-  int64_t timestamp_s = event.time_us / 1'000'000;
-  if (std::optional<int64_t> ms = projections::ParseLagoTimeMs(text("occurred_at"))) {
+  int64_t timestamp_s = append_time_us / 1'000'000;
+  if (std::optional<int64_t> ms = projections::ParseLagoTimeMs(TextMember(usage, "occurred_at"))) {
     timestamp_s = *ms >= 0 ? *ms / 1000 : (*ms - 999) / 1000;
   }
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);
   w.StartObject();
   w.Key("transaction_id");
-  WriteString(&w, event.id);
+  WriteString(&w, transaction_id);
   w.Key("external_subscription_id");
-  WriteString(&w, options.external_subscription_id_prefix + *user_id);
+  WriteString(&w, options.external_subscription_id_prefix + std::string(user_id));
   w.Key("code");
   WriteString(&w, options.billable_metric_code);
   w.Key("timestamp");
@@ -261,8 +265,8 @@ Status UsageToLagoEvent(const Event& event, const LagoSinkOptions& options, std:
   WriteString(&w, service);
   w.Key("quantity");
   w.Int64(quantity->value.GetInt64());
-  auto metadata = data.FindMember("metadata");
-  if (metadata != data.MemberEnd() && metadata->value.IsObject()) {
+  auto metadata = usage.FindMember("metadata");
+  if (metadata != usage.MemberEnd() && metadata->value.IsObject()) {
     for (auto it = metadata->value.MemberBegin(); it != metadata->value.MemberEnd(); ++it) {
       std::string_view name(it->name.GetString(), it->name.GetStringLength());
       if (name == "service" || name == "quantity" || it->value.IsObject() || it->value.IsArray()) {
@@ -275,6 +279,76 @@ Status UsageToLagoEvent(const Event& event, const LagoSinkOptions& options, std:
   w.EndObject();
   w.EndObject();
   json->assign(buf.GetString(), buf.GetSize());
+}
+
+}  // namespace
+
+Status UsageToLagoEvent(const Event& event, const LagoSinkOptions& options, std::string* json,
+                        std::string* user_id) {
+  if (event.type != kUsageRecordedV1) return Status::NotFound("not a usage.recorded.v1 event");
+  user_id->clear();
+  rapidjson::Document data;
+  Status s = projections::ParseJsonObject(event.data, &data);
+  if (!s.ok()) return Status::InvalidArgument("unmappable", "data: " + s.message());
+  user_id->assign(TextMember(data, "user_id"));
+  std::string why;
+  if (!user_id->empty()) {
+    WriteLagoEvent(event.id, *user_id, data, event.time_us, options, json, &why);
+  }
+  if (user_id->empty() || json->empty()) {
+    return Status::InvalidArgument("unmappable",
+                                   "usage.recorded.v1 needs user_id, service and quantity");
+  }
+  return Status::OK();
+}
+
+Status UsageToLagoEvents(const Event& event, const LagoSinkOptions& options,
+                         std::vector<LagoUsageEvent>* out) {
+  out->clear();
+  if (event.type == kUsageRecordedV1) {
+    LagoUsageEvent mapped;
+    mapped.transaction_id = event.id;
+    Status s = UsageToLagoEvent(event, options, &mapped.json, &mapped.user_id);
+    if (!s.ok()) {
+      mapped.json.clear();
+      mapped.unmappable = s.message();
+    }
+    out->push_back(std::move(mapped));
+    return Status::OK();
+  }
+  if (event.type != kUsageBatchRecordedV1) return Status::NotFound("not a usage event");
+  // A batch event that cannot be read at all is one unmappable entry under the event id (one
+  // dead letter); a bad item is its own entry, and the other items are sent.
+  auto unmappable = [&](std::string why) {
+    LagoUsageEvent whole;
+    whole.transaction_id = event.id;
+    whole.unmappable = std::move(why);
+    out->push_back(std::move(whole));
+    return Status::OK();
+  };
+  rapidjson::Document data;
+  Status s = projections::ParseJsonObject(event.data, &data);
+  if (!s.ok()) return unmappable("data: " + s.message());
+  const std::string_view user_id = TextMember(data, "user_id");
+  auto items = data.FindMember("items");
+  if (user_id.empty() || items == data.MemberEnd() || !items->value.IsArray()) {
+    return unmappable("usage.batch_recorded.v1 needs user_id and items");
+  }
+  out->reserve(items->value.Size());
+  for (rapidjson::SizeType i = 0; i < items->value.Size(); ++i) {
+    const rapidjson::Value& item = items->value[i];
+    LagoUsageEvent mapped;
+    mapped.transaction_id = event.id + ":" + std::to_string(i);
+    mapped.user_id.assign(user_id);
+    if (item.IsObject()) {
+      WriteLagoEvent(mapped.transaction_id, user_id, item, event.time_us, options, &mapped.json,
+                     &mapped.unmappable);
+    } else {
+      mapped.unmappable = "item is not an object";
+    }
+    if (!mapped.json.empty()) mapped.unmappable.clear();
+    out->push_back(std::move(mapped));
+  }
   return Status::OK();
 }
 
@@ -352,7 +426,7 @@ class LagoSink::Impl {
   std::thread thread_;
 
   // Sink state.
-  std::deque<PendingEvent> pending_;  // usage events in (mark_, scanned_to_], by position
+  std::deque<PendingEvent> pending_;  // Lago events of (mark_, scanned_to_], by position
   uint64_t mark_ = 0;                 // every position <= mark_ is handled (the checkpoint)
   uint64_t persisted_mark_ = 0;       // as last written to the ledger
   uint64_t scanned_to_ = 0;           // last position read from the log
@@ -397,6 +471,7 @@ Status LagoSink::Impl::Fill(bool* more) {
     const uint64_t to = std::min<uint64_t>(head, scanned_to_ + options_.scan_events_max);
     bool full = false;
     Status error;
+    std::vector<LagoUsageEvent> mapped;
     Status s = ledger_->ScanRaw(
         Position(scanned_to_ + 1), Position(to), [&](Position p, std::string_view stored) {
           if (p.value() != scanned_to_ + 1) {
@@ -407,19 +482,20 @@ Status LagoSink::Impl::Fill(bool* more) {
           Event event;
           error = DecodeEvent(stored, &event);
           if (!error.ok()) return false;
-          if (event.type == kUsageRecordedV1) {
-            PendingEvent pending;
-            pending.position = p.value();
-            pending.event_id = event.id;
-            pending.source_type = event.type;
-            pending.subject = event.subject;
-            Status mapped =
-                UsageToLagoEvent(event, options_, &pending.lago_event, &pending.user_id);
-            if (!mapped.ok()) {
-              pending.lago_event.clear();
-              pending.unmappable = mapped.message();
+          if (UsageToLagoEvents(event, options_, &mapped).ok()) {
+            // All of a batch event's items are queued at once: the checkpoint stays before the
+            // event until the last of them is delivered or dead-lettered (AdvanceMark).
+            for (LagoUsageEvent& m : mapped) {
+              PendingEvent pending;
+              pending.position = p.value();
+              pending.transaction_id = std::move(m.transaction_id);
+              pending.source_type = event.type;
+              pending.subject = event.subject;
+              pending.user_id = std::move(m.user_id);
+              pending.lago_event = std::move(m.json);
+              pending.unmappable = std::move(m.unmappable);
+              pending_.push_back(std::move(pending));
             }
-            pending_.push_back(std::move(pending));
           } else {
             metrics_.events_skipped.Add();
           }
@@ -451,7 +527,7 @@ bool LagoSink::Impl::Step(int64_t now_us) {
       return false;
     }
     spdlog::warn("lago sink: usage event {} at position {} cannot be sent ({}); recorded as {}",
-                 front.event_id, front.position, front.unmappable, kLagoSinkRejectedV1);
+                 front.transaction_id, front.position, front.unmappable, kLagoSinkRejectedV1);
     pending_.pop_front();
     AdvanceMark();
     persist_now_ = true;
@@ -538,7 +614,7 @@ bool LagoSink::Impl::HandleRefusal(const LagoAnswer& answer, size_t sent, int64_
         spdlog::warn(
             "lago sink: Lago refused usage event {} at position {} ({} {}); recorded "
             "as {}",
-            pending_[index].event_id, pending_[index].position, answer.http_status, reason,
+            pending_[index].transaction_id, pending_[index].position, answer.http_status, reason,
             kLagoSinkRejectedV1);
       }
     }
@@ -566,8 +642,8 @@ bool LagoSink::Impl::HandleRefusal(const LagoAnswer& answer, size_t sent, int64_
     return false;
   }
   spdlog::warn("lago sink: Lago refused usage event {} at position {} ({} {}); recorded as {}",
-               pending_.front().event_id, pending_.front().position, answer.http_status, reason,
-               kLagoSinkRejectedV1);
+               pending_.front().transaction_id, pending_.front().position, answer.http_status,
+               reason, kLagoSinkRejectedV1);
   pending_.pop_front();
   AdvanceMark();
   persist_now_ = true;
@@ -781,13 +857,14 @@ void LagoSink::Impl::RenderMetrics(std::string* out) const {
   counter("ledger_lago_sink_request_failures_total",
           "Batch requests retried (network, timeout, 408/429/5xx, 401/403/404).",
           metrics_.request_failures.Value());
-  counter("ledger_lago_sink_events_delivered_total", "Usage events in acknowledged batches.",
+  counter("ledger_lago_sink_events_delivered_total",
+          "Lago events in acknowledged batches (one per usage.recorded.v1 or batch item).",
           metrics_.events_delivered.Value());
   counter("ledger_lago_sink_events_already_present_total",
-          "Usage events Lago already had (value_already_exist on a re-send).",
+          "Lago events Lago already had (value_already_exist on a re-send).",
           metrics_.events_already_present.Value());
   counter("ledger_lago_sink_events_rejected_total",
-          "Usage events dead-lettered as lago.sink_rejected.v1.", metrics_.events_rejected.Value());
+          "Lago events dead-lettered as lago.sink_rejected.v1.", metrics_.events_rejected.Value());
   counter("ledger_lago_sink_events_skipped_total", "Non-usage events passed over.",
           metrics_.events_skipped.Value());
   counter("ledger_lago_sink_batch_splits_total", "Batches halved after failures.",
@@ -795,7 +872,7 @@ void LagoSink::Impl::RenderMetrics(std::string* out) const {
   gauge("ledger_lago_sink_lag_events", "Ledger head minus the Lago sink checkpoint.", status.lag);
   gauge("ledger_lago_sink_checkpoint_position", "Last position the Lago sink fully handled.",
         status.checkpoint.value());
-  gauge("ledger_lago_sink_pending_events", "Usage events read and not yet acknowledged.",
+  gauge("ledger_lago_sink_pending_events", "Lago events read and not yet acknowledged.",
         status.pending);
   gauge("ledger_lago_sink_batch_events_max", "Events per batch request now.",
         status.batch_events_max);

@@ -3,12 +3,17 @@
 //
 // A log consumer like the Kafka outbox ("the log is the outbox"): its own thread reads events
 // after its checkpoint `sink.lago` (Ledger::ScanRaw), maps every `usage.recorded.v1` to a Lago
-// event (UsageToLagoEvent) and sends them in order, at most `batch_events_max` (<= 100, Lago's
-// limit) per POST /api/v1/events/batch. Other event types are skipped; the checkpoint still moves
-// past them.
+// event and every item of a `usage.batch_recorded.v1` to one Lago event each (UsageToLagoEvents),
+// and sends them in order, at most `batch_events_max` (<= 100, Lago's limit) per
+// POST /api/v1/events/batch (a batch event's items may span several requests, and a request may
+// carry items of several events). Other event types are skipped; the checkpoint still moves past
+// them.
 //
-// Mapping (usage.recorded.v1 -> Lago event):
-//   transaction_id           = our event id (the CloudEvents id): a re-send is the same event
+// Mapping (usage.recorded.v1, or one item of usage.batch_recorded.v1 -> Lago event):
+//   transaction_id           = our event id (the CloudEvents id) for usage.recorded.v1;
+//                              "<event id>:<item index>" (zero-based, in the event's items order)
+//                              for a batch item. Derived from the log alone, so a re-send is the
+//                              same Lago event
 //   external_subscription_id = external_subscription_id_prefix + user_id. Create each user's
 //                              Lago subscription with external_id = the user id (the JWT sub);
 //                              a prefix ("ledgerd-" ...) can be configured but must then be used
@@ -16,17 +21,20 @@
 //                              so a re-send after a crash carries the same
 //                              (external_subscription_id, transaction_id), Lago's dedupe key.
 //   code                     = billable_metric_code (LAGO_BILLABLE_METRIC_CODE, "api_calls")
-//   timestamp                = occurred_at in Unix seconds (when the usage happened)
-//   properties               = {service, quantity} plus the usage's flat `metadata` members
-//                              (service and quantity win over metadata of the same name)
+//   timestamp                = occurred_at in Unix seconds (when the usage happened; the
+//                              item's own occurred_at for a batch item)
+//   properties               = {service, quantity} plus the usage's (item's) flat `metadata`
+//                              members (service and quantity win over metadata of the same name)
+//   (user_id comes from the event's data; a batch item's other fields from the item.)
 //
 // Checkpoint and delivery. The checkpoint ("last position fully handled") advances only past
 // events Lago acknowledged with a 2xx for the whole batch that carried them (or that were dead-
-// lettered, below), and past the skipped events around them. It is written with
+// lettered, below), and past the skipped events around them; a usage.batch_recorded.v1 counts as
+// handled only once every one of its items is (delivered or dead-lettered). It is written with
 // PutCheckpoint(sync=false) after every acknowledged batch (skip-only progress at most every
 // checkpoint_interval_ms) and synced by Stop(). After a crash, or when an acknowledgement is
-// lost, events after the persisted checkpoint are sent again with the same transaction ids; Lago
-// counts each transaction_id once:
+// lost, events after the persisted checkpoint are sent again with the same transaction ids (all
+// items of a partly delivered batch event included); Lago counts each transaction_id once:
 //   - Lago's ClickHouse event store deduplicates silently (2xx);
 //   - its Postgres store (the self-hosted default) refuses the WHOLE batch with 422
 //     {"error_details":{"<index>":{"transaction_id":["value_already_exist"]}}} and saves none of
@@ -48,9 +56,10 @@
 //       named events are dead-lettered and the rest re-sent; without them (or 413) the batch is
 //       halved until the refused event is alone, then it is dead-lettered. A dead letter is an
 //       appended `lago.sink_rejected.v1` (the event, the Lago event sent, Lago's answer;
-//       idempotent per transaction_id) plus a counter and a log line; nothing is skipped
-//       silently and the sink never stalls on one bad event. A usage event that cannot be mapped
-//       (malformed data) is dead-lettered the same way, with http_status 0.
+//       idempotent per transaction_id, so per batch item) plus a counter and a log line; nothing
+//       is skipped silently and the sink never stalls on one bad event. A usage event or batch
+//       item that cannot be mapped (malformed data) is dead-lettered the same way, with
+//       http_status 0 (a batch event whose data cannot be read at all: once, under its event id).
 //
 // Lifecycle: Open() reads the checkpoint; Start() starts the thread; Notify() (wired to
 // Ledger::AddCommitListener) wakes it after appends, otherwise it polls every poll_interval_ms.
@@ -68,6 +77,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "events/event.h"
 #include "events/metrics.h"
@@ -114,9 +124,10 @@ struct LagoSinkMetrics {
   Counter requests;                // batch requests made (any outcome)
   Counter batches_accepted;        // 2xx answers
   Counter request_failures;        // retried: network errors, timeouts, 408/429/5xx, 401/403/404
-  Counter events_delivered;        // usage events in 2xx batches
-  Counter events_already_present;  // usage events Lago already had (value_already_exist)
-  Counter events_rejected;         // usage events dead-lettered (lago.sink_rejected.v1)
+  // Lago events: one per usage.recorded.v1, one per item of a usage.batch_recorded.v1.
+  Counter events_delivered;        // Lago events in 2xx batches
+  Counter events_already_present;  // Lago events Lago already had (value_already_exist)
+  Counter events_rejected;         // Lago events dead-lettered (lago.sink_rejected.v1)
   Counter events_skipped;          // non-usage events passed over
   Counter batch_splits;            // batches halved after 5xx/4xx without event details
   Histogram request_seconds{Histogram::LatencySecondsBounds()};
@@ -129,7 +140,7 @@ struct LagoSinkStatus {
   Position checkpoint;            // last position fully handled (in memory)
   Position checkpoint_persisted;  // as last written to the ledger
   uint64_t lag = 0;               // head - checkpoint
-  uint64_t pending = 0;           // usage events read and not yet acknowledged
+  uint64_t pending = 0;           // Lago events read and not yet acknowledged
   uint64_t batch_events_max = 0;  // the current batch size (smaller after splits)
   bool running = false;
   std::string last_error;  // last failure, "" if none since start
@@ -140,6 +151,21 @@ struct LagoSinkStatus {
 // receives the usage's user id (empty when unknown).
 Status UsageToLagoEvent(const Event& event, const LagoSinkOptions& options, std::string* json,
                         std::string* user_id);
+
+// One Lago event a usage event of the log maps to.
+struct LagoUsageEvent {
+  std::string transaction_id;  // the event id, or "<event id>:<item index>" for a batch item
+  std::string user_id;         // empty when unknown
+  std::string json;            // the Lago event; empty when it cannot be mapped ...
+  std::string unmappable;      // ... and why
+};
+
+// The Lago events of one log event, in order: one for a usage.recorded.v1, one per item for a
+// usage.batch_recorded.v1 (see the header comment). An entry that cannot be mapped has an empty
+// `json` (a batch event whose data is unreadable: a single entry under the event id). NotFound
+// for other event types.
+Status UsageToLagoEvents(const Event& event, const LagoSinkOptions& options,
+                         std::vector<LagoUsageEvent>* out);
 
 class LagoSink {
  public:

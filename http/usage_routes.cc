@@ -25,9 +25,11 @@
 // "window_kind" and "retry_after", and a `Retry-After` header (seconds until the window ends).
 //
 // events: body {"events":[{user_id, service, quantity, idempotency_key, timestamp?, metadata?}]}
-// with 1..1000 items (more: 413 "too_many_items"), one command, one group commit. 200 with a
-// result per item ("accepted", "duplicate", or "invalid" + "reason"); a malformed envelope is a
-// 400/422 problem. `timestamp`: Unix seconds (number) or an RFC 3339 string. Item reasons:
+// with 1..1000 items (more: 413 "too_many_items"), one command, one group commit, one
+// usage.batch_recorded.v1 per user with accepted items (projections/usage.h). 200 with a result
+// per item ("accepted", "duplicate", or "invalid" + "reason"); a malformed envelope is a 400/422
+// problem. The body is parsed in place (a 1000-item body is the route's main cost).
+// `timestamp`: Unix seconds (number) or an RFC 3339 string. Item reasons:
 // not_an_object, unknown_field, invalid_user_id, invalid_service, unknown_service,
 // invalid_quantity, invalid_idempotency_key, invalid_timestamp, timestamp_out_of_range,
 // invalid_metadata.
@@ -142,7 +144,9 @@ std::string_view View(const rapidjson::Value& v) {
 }
 
 // A flat object of scalars (CONTRACT: forwarded to Lago as properties), re-serialized compactly.
-bool CompactMetadata(const rapidjson::Value& v, std::string* out) {
+// `buf` (optional) is reused across calls instead of a fresh buffer each time.
+bool CompactMetadata(const rapidjson::Value& v, std::string* out,
+                     rapidjson::StringBuffer* buf = nullptr) {
   if (!v.IsObject() || v.MemberCount() > pl::kUsageMetadataPropertiesMax) return false;
   for (const auto& m : v.GetObject()) {
     if (m.name.GetStringLength() == 0 || m.name.GetStringLength() > pl::kUsageMetadataNameBytesMax) {
@@ -152,10 +156,12 @@ bool CompactMetadata(const rapidjson::Value& v, std::string* out) {
     if (value.IsObject() || value.IsArray()) return false;
     if (value.IsString() && value.GetStringLength() > pl::kUsageMetadataValueBytesMax) return false;
   }
-  rapidjson::StringBuffer buf;
-  JsonWriter w(buf);
+  rapidjson::StringBuffer own;
+  if (buf == nullptr) buf = &own;
+  buf->Clear();
+  JsonWriter w(*buf);
   v.Accept(w);
-  out->assign(buf.GetString(), buf.GetSize());
+  out->assign(buf->GetString(), buf->GetSize());
   return true;
 }
 
@@ -352,7 +358,9 @@ void Consume(const UsageRouteContext& c, const httplib::Request& req, httplib::R
 // ---- batch ---------------------------------------------------------------------------------------
 
 // Fills `item` from one element of "events"; sets item->invalid_reason when it is not valid.
-void ParseBatchItem(const rapidjson::Value& v, pj::UsageBatchItem* item) {
+// `metadata_buf` is scratch space shared by the items of one body.
+void ParseBatchItem(const rapidjson::Value& v, pj::UsageBatchItem* item,
+                    rapidjson::StringBuffer* metadata_buf) {
   auto invalid = [item](const char* reason) { item->invalid_reason = reason; };
   if (!v.IsObject()) return invalid("not_an_object");
   bool has_user = false, has_service = false, has_quantity = false;
@@ -394,7 +402,7 @@ void ParseBatchItem(const rapidjson::Value& v, pj::UsageBatchItem* item) {
       }
       if (!f.IsNull()) item->timestamp_us = us;
     } else if (name == "metadata") {
-      if (!f.IsNull() && !CompactMetadata(f, &item->metadata_json)) {
+      if (!f.IsNull() && !CompactMetadata(f, &item->metadata_json, metadata_buf)) {
         return invalid("invalid_metadata");
       }
     } else {
@@ -409,8 +417,10 @@ void ParseBatchItem(const rapidjson::Value& v, pj::UsageBatchItem* item) {
 }
 
 Status ParseBatch(const std::string& body, std::vector<pj::UsageBatchItem>* items) {
+  // Parsed in place, in a copy: a 1000-item body's strings are not copied into the document.
+  std::string text(body);
   rapidjson::Document doc;
-  LEDGER_RETURN_IF_ERROR(pj::ParseJsonObject(body, &doc));
+  LEDGER_RETURN_IF_ERROR(pj::ParseJsonObjectInsitu(&text, &doc));
   const rapidjson::Value* events = nullptr;
   for (const auto& m : doc.GetObject()) {
     if (View(m.name) != "events") {
@@ -428,7 +438,10 @@ Status ParseBatch(const std::string& body, std::vector<pj::UsageBatchItem>* item
                         "events: at most " + std::to_string(pl::kUsageBatchItemsMax) + " per request");
   }
   items->resize(events->Size());
-  for (rapidjson::SizeType i = 0; i < events->Size(); ++i) ParseBatchItem((*events)[i], &(*items)[i]);
+  rapidjson::StringBuffer metadata_buf;
+  for (rapidjson::SizeType i = 0; i < events->Size(); ++i) {
+    ParseBatchItem((*events)[i], &(*items)[i], &metadata_buf);
+  }
   return Status::OK();
 }
 

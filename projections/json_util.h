@@ -28,10 +28,13 @@ bool IsValidUtf8(std::string_view s);
 // replaced by '?', for quoting untrusted input in error messages.
 std::string Truncated(std::string_view s, size_t bytes_max = 64);
 
-// Parses `text` as one JSON object. kInvalidArgument "invalid_json" when it is not JSON, not an
-// object, not valid UTF-8, nested deeper than kJsonDepthMax or has an object with a duplicate
-// member name.
+// Parses `text` as one JSON object. kInvalidArgument "invalid_json" when it is not JSON (a raw NUL
+// byte included), not an object, not valid UTF-8, nested deeper than kJsonDepthMax or has an
+// object with a duplicate member name.
 Status ParseJsonObject(std::string_view text, rapidjson::Document* doc);
+// The same, parsing `*text` in place (it is modified, and the document's strings point into it:
+// it must outlive `*doc`). Saves copying every string of a large body into the document.
+Status ParseJsonObjectInsitu(std::string* text, rapidjson::Document* doc);
 
 // Written in place of a redacted secret by RedactJsonSecrets.
 inline constexpr std::string_view kRedactedValue = "[redacted]";

@@ -49,6 +49,11 @@ inline constexpr size_t kLagoSubscriptionsPerExternalIdMax = 256;
 
 // Usage metering (projections/usage.h, http/usage_routes.cc).
 inline constexpr size_t kUsageBatchItemsMax = 1000;        // items of one POST /usage/events
+// A usage.batch_recorded.v1 holds one user's items of one request; once its data reaches this
+// many bytes the user's further items go into a next event. A request body is at most 1 MiB, but
+// each item grows by its window fields in the event, so one user's 1000 items could otherwise pass
+// events' kEventDataBytesMax (and a GET /api/v1/events page would hold up to 1000 such events).
+inline constexpr size_t kUsageBatchEventDataBytesSoftMax = 256 * 1024;
 inline constexpr int64_t kUsageConsumeQuantityMax = 10'000;  // one consume
 inline constexpr int64_t kUsageBatchQuantityMax = 1'000'000;  // one batch item
 inline constexpr size_t kServiceIdBytesMax = 64;

@@ -1,10 +1,12 @@
 #include "projections/usage.h"
 
 #include <rapidjson/document.h>
+#include <rapidjson/reader.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstdio>
 #include <unordered_set>
 
@@ -289,6 +291,363 @@ Status ApplyRecorded(const Event& event, const rapidjson::Value& data, const Sta
   return rows->Put(kUsageFamily, UsageDedupeKey(w.user_id, key), position);
 }
 
+// One item of a usage.batch_recorded.v1 as the fold reads it: views into the event's data.
+struct BatchItemFields {
+  enum : uint8_t {
+    kKey = 1,
+    kService = 2,
+    kQuantity = 4,
+    kWindowStart = 8,
+    kWindowEnd = 16,
+    kWindowKind = 32,
+    kLimit = 64,
+    kAll = 127
+  };
+  std::string_view key, service, window_start, window_end, window_kind;
+  int64_t quantity = 0;
+  std::optional<int64_t> limit;
+  uint8_t seen = 0;  // the fields above that were read
+};
+
+// Reads a usage.batch_recorded.v1's data with rapidjson's SAX reader, in situ: a batch event
+// holds up to 1000 items, and a DOM of them (built and then searched member by member) was most
+// of the fold's cost per item. Keeps user_id and the fields the fold needs of every item; skips
+// the rest (source, plan_id, occurred_at, used_after, metadata ...). Type errors stop the parse
+// with `error` set.
+class BatchEventReader
+    : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, BatchEventReader> {
+ public:
+  explicit BatchEventReader(size_t items_hint) { items.reserve(items_hint); }
+
+  std::string_view user_id;
+  bool has_user = false;
+  bool has_items = false;
+  std::vector<BatchItemFields> items;
+  std::string error;
+
+  bool Null() { return Scalar(kNullValue, 0); }
+  bool Bool(bool) { return Scalar(kOtherValue, 0); }
+  bool Int(int v) { return Scalar(kIntValue, v); }
+  bool Uint(unsigned v) { return Scalar(kIntValue, v); }
+  bool Int64(int64_t v) { return Scalar(kIntValue, v); }
+  bool Uint64(uint64_t) { return Scalar(kOtherValue, 0); }  // beyond int64
+  bool Double(double) { return Scalar(kOtherValue, 0); }
+  bool RawNumber(const char*, rapidjson::SizeType, bool) { return Scalar(kOtherValue, 0); }
+  bool String(const char* s, rapidjson::SizeType n, bool) {
+    if (skipping_ > 0) return true;
+    const std::string_view text(s, n);
+    if (state_ == State::kRoot) {
+      if (field_ == Field::kUserId) {
+        user_id = text;
+        has_user = true;
+      } else if (field_ == Field::kItems) {
+        return Fail("items is not an array");
+      }
+      return true;
+    }
+    if (state_ == State::kItem) {
+      BatchItemFields& item = items.back();
+      switch (field_) {
+        case Field::kKey:
+          return Set(&item, &item.key, BatchItemFields::kKey, text);
+        case Field::kService:
+          return Set(&item, &item.service, BatchItemFields::kService, text);
+        case Field::kWindowStart:
+          return Set(&item, &item.window_start, BatchItemFields::kWindowStart, text);
+        case Field::kWindowEnd:
+          return Set(&item, &item.window_end, BatchItemFields::kWindowEnd, text);
+        case Field::kWindowKind:
+          return Set(&item, &item.window_kind, BatchItemFields::kWindowKind, text);
+        case Field::kQuantity:
+        case Field::kLimit:
+          return Fail(FieldName() + " is not an integer");
+        default:
+          return true;
+      }
+    }
+    return Scalar(kOtherValue, 0);
+  }
+  bool Key(const char* s, rapidjson::SizeType n, bool) {
+    if (skipping_ > 0) return true;
+    const std::string_view name(s, n);
+    field_ = Field::kOther;
+    if (state_ == State::kRoot) {
+      if (name == "user_id") field_ = Field::kUserId;
+      if (name == "items") field_ = Field::kItems;
+    } else if (state_ == State::kItem) {
+      if (name == "idempotency_key") {
+        field_ = Field::kKey;
+      } else if (name == "service") {
+        field_ = Field::kService;
+      } else if (name == "quantity") {
+        field_ = Field::kQuantity;
+      } else if (name == "window_start") {
+        field_ = Field::kWindowStart;
+      } else if (name == "window_end") {
+        field_ = Field::kWindowEnd;
+      } else if (name == "window_kind") {
+        field_ = Field::kWindowKind;
+      } else if (name == "limit") {
+        field_ = Field::kLimit;
+      }
+    }
+    return true;
+  }
+  bool StartObject() { return Start(/*object=*/true); }
+  bool StartArray() { return Start(/*object=*/false); }
+  bool EndObject(rapidjson::SizeType) {
+    if (skipping_ > 0) {
+      --skipping_;
+    } else if (state_ == State::kItem) {
+      state_ = State::kItems;
+    } else if (state_ == State::kRoot) {
+      state_ = State::kDone;
+    }
+    return true;
+  }
+  bool EndArray(rapidjson::SizeType) {
+    if (skipping_ > 0) {
+      --skipping_;
+    } else if (state_ == State::kItems) {
+      state_ = State::kRoot;
+    }
+    return true;
+  }
+
+ private:
+  enum class State { kStart, kRoot, kItems, kItem, kDone };
+  enum class Field {
+    kOther,
+    kUserId,
+    kItems,
+    kKey,
+    kService,
+    kQuantity,
+    kWindowStart,
+    kWindowEnd,
+    kWindowKind,
+    kLimit
+  };
+  enum ValueKind { kNullValue, kIntValue, kOtherValue };
+
+  std::string FieldName() const {
+    switch (field_) {
+      case Field::kUserId:
+        return "user_id";
+      case Field::kItems:
+        return "items";
+      case Field::kKey:
+        return "idempotency_key";
+      case Field::kService:
+        return "service";
+      case Field::kQuantity:
+        return "quantity";
+      case Field::kWindowStart:
+        return "window_start";
+      case Field::kWindowEnd:
+        return "window_end";
+      case Field::kWindowKind:
+        return "window_kind";
+      case Field::kLimit:
+        return "limit";
+      case Field::kOther:
+        break;
+    }
+    return "a member";
+  }
+  bool Fail(std::string why) {
+    error = std::move(why);
+    return false;
+  }
+  bool Set(BatchItemFields* item, std::string_view* field, uint8_t bit, std::string_view text) {
+    *field = text;
+    item->seen |= bit;
+    return true;
+  }
+  bool Scalar(ValueKind kind, int64_t value) {
+    if (skipping_ > 0) return true;
+    switch (state_) {
+      case State::kStart:
+        return Fail("data is not an object");
+      case State::kRoot:
+        if (field_ == Field::kUserId) return Fail("user_id is not a string");
+        if (field_ == Field::kItems) return Fail("items is not an array");
+        return true;
+      case State::kItems:
+        return Fail("item is not an object");
+      case State::kItem: {
+        BatchItemFields& item = items.back();
+        if (field_ == Field::kQuantity) {
+          if (kind != kIntValue) return Fail("quantity is not an integer");
+          item.quantity = value;
+          item.seen |= BatchItemFields::kQuantity;
+        } else if (field_ == Field::kLimit) {
+          if (kind == kOtherValue) return Fail("limit is not an integer or null");
+          if (kind == kIntValue) {
+            item.limit = value;
+          } else {
+            item.limit.reset();
+          }
+          item.seen |= BatchItemFields::kLimit;
+        } else if (field_ != Field::kOther) {
+          return Fail(FieldName() + " is not a string");
+        }
+        return true;
+      }
+      case State::kDone:
+        return true;
+    }
+    return true;
+  }
+  bool Start(bool object) {
+    if (skipping_ > 0) {
+      ++skipping_;
+      return true;
+    }
+    switch (state_) {
+      case State::kStart:
+        if (!object) return Fail("data is not an object");
+        state_ = State::kRoot;
+        return true;
+      case State::kRoot:
+        if (field_ == Field::kItems) {
+          if (object) return Fail("items is not an array");
+          state_ = State::kItems;
+          has_items = true;
+          return true;
+        }
+        if (field_ == Field::kUserId) return Fail("user_id is not a string");
+        skipping_ = 1;
+        return true;
+      case State::kItems:
+        if (!object) return Fail("item is not an object");
+        items.emplace_back();
+        state_ = State::kItem;
+        return true;
+      case State::kItem:
+        if (field_ != Field::kOther) return Fail(FieldName() + " has the wrong type");
+        skipping_ = 1;  // metadata, or anything else the fold does not read
+        return true;
+      case State::kDone:
+        return true;
+    }
+    return true;
+  }
+
+  State state_ = State::kStart;
+  Field field_ = Field::kOther;
+  int skipping_ = 0;  // containers open inside a value that is skipped
+};
+
+// An item's window, parsed once per run of items that name the same three strings (a request's
+// items mostly share one window, and RFC 3339 parsing would otherwise be a good part of an
+// item's fold cost).
+class ItemWindowReader {
+ public:
+  Status Read(const BatchItemFields& item, UsageWindow* out) {
+    const std::string_view type = kUsageBatchRecordedV1;
+    if (!valid_ || item.window_start != start_ || item.window_end != end_ ||
+        item.window_kind != kind_) {
+      valid_ = false;
+      int64_t us = 0;
+      if (!ParseRfc3339(item.window_start, &us)) {
+        return Malformed(type, "window_start is not a time");
+      }
+      window_.start_s = FloorSeconds(us);
+      if (!ParseRfc3339(item.window_end, &us)) return Malformed(type, "window_end is not a time");
+      window_.end_s = FloorSeconds(us);
+      if (!ParseWindowKind(item.window_kind, &window_.kind)) {
+        return Malformed(type, "unknown window_kind");
+      }
+      if (window_.start_s < 0) return Malformed(type, "window_start before 1970");
+      start_ = item.window_start;
+      end_ = item.window_end;
+      kind_ = item.window_kind;
+      valid_ = true;
+    }
+    *out = window_;
+    return Status::OK();
+  }
+
+ private:
+  bool valid_ = false;
+  std::string_view start_, end_, kind_;  // into the event's parsed data
+  UsageWindow window_;
+};
+
+// usage.batch_recorded.v1: every item has exactly the effect its usage.recorded.v1 would have
+// (ApplyRecorded), in item order; only the counter rows are read once and written once per
+// window instead of once per item. Windows are distinct rows, so grouping the items by window
+// changes nothing: within a window the items still apply in order (the last one's end, kind and
+// limit win, as they would).
+Status ApplyBatchRecorded(const Event& event, const StateReader& state, RowWriter* rows) {
+  const std::string_view type = kUsageBatchRecordedV1;
+  std::string text(event.data);  // parsed in situ: the reader's views point into it
+  BatchEventReader data(event.data.size() / 192 + 1);  // an item is ~200+ bytes of data
+  rapidjson::Reader reader;
+  rapidjson::InsituStringStream stream(text.data());
+  if (!reader.Parse<rapidjson::kParseInsituFlag>(stream, data)) {
+    return Malformed(type, data.error.empty() ? std::string("data is not JSON") : data.error);
+  }
+  if (!data.has_user) return Malformed(type, "user_id missing");
+  if (data.user_id.empty()) return Malformed(type, "user_id empty");
+  if (!data.has_items || data.items.empty()) return Malformed(type, "items missing or empty");
+  const std::string_view user_id = data.user_id;
+  struct Touched {
+    UsageWindow window;
+    UsageCounter counter;
+    bool existed = false;
+  };
+  std::vector<Touched> touched;  // the windows the items fall in: one or a few
+  size_t last = 0;               // index into `touched` of the previous item's window
+  ItemWindowReader windows;
+  std::string position;
+  PutFixed64BE(&position, event.position.value());
+  std::string dedupe_key = UsageDedupeKey(user_id, "");
+  const size_t dedupe_prefix = dedupe_key.size();
+  for (const BatchItemFields& item : data.items) {
+    if (item.seen != BatchItemFields::kAll) {
+      return Malformed(type, "an item lacks one of idempotency_key, service, quantity, "
+                             "window_start, window_end, window_kind, limit");
+    }
+    if (item.quantity <= 0) return Malformed(type, "quantity must be positive");
+    UsageWindow window;
+    LEDGER_RETURN_IF_ERROR(windows.Read(item, &window));
+    if (touched.empty() || touched[last].window.start_s != window.start_s) {
+      last = touched.size();
+      for (size_t i = 0; i < touched.size(); ++i) {
+        if (touched[i].window.start_s == window.start_s) last = i;
+      }
+      if (last == touched.size()) {
+        touched.emplace_back();
+        LEDGER_RETURN_IF_ERROR(
+            LoadCounter(state, user_id, window, &touched[last].counter, &touched[last].existed));
+      }
+    }
+    Touched& t = touched[last];
+    t.window = window;
+    UsageCounter& counter = t.counter;
+    counter.window_end_s = window.end_s;
+    counter.kind = window.kind;
+    counter.used += item.quantity;
+    counter.recorded += item.quantity;
+    counter.limit = item.limit;
+    auto it = counter.services.find(item.service);
+    if (it == counter.services.end()) {
+      counter.services.emplace(std::string(item.service), item.quantity);
+    } else {
+      it->second += item.quantity;
+    }
+    dedupe_key.resize(dedupe_prefix);
+    dedupe_key.append(item.key);
+    LEDGER_RETURN_IF_ERROR(rows->Put(kUsageFamily, dedupe_key, position));
+  }
+  for (const Touched& t : touched) {
+    LEDGER_RETURN_IF_ERROR(StoreCounter(user_id, t.window, t.existed, t.counter, rows));
+  }
+  return Status::OK();
+}
+
 Status ApplyThreshold(const rapidjson::Value& data, const StateReader& state, RowWriter* rows) {
   const std::string_view type = kUsageThresholdReachedV1;
   EventWindow w;
@@ -463,6 +822,7 @@ Status PaymentRequired(std::string problem, std::string message) {
 
 // The terms for recording (batch): the plan's window when the user has a plan that grants
 // access and the trial (if any) has not ended; otherwise the calendar month without a limit.
+// `*plan` is the user's plan (null: none) either way.
 void RecordingTerms(const MeteringSubject& subject, int64_t at_s, UsageTerms* terms,
                     const Plan** plan) {
   *plan = nullptr;
@@ -890,6 +1250,7 @@ Status UsageCountersFold::Apply(const Event& event, const StateReader& state,
     value.append(reinterpret_cast<const char*>(event.hash.data()), event.hash.size());
     return rows->Put(kUsageFamily, kEpochKey, value);
   }
+  if (event.type == kUsageBatchRecordedV1) return ApplyBatchRecorded(event, state, rows);
   const bool recorded = event.type == kUsageRecordedV1;
   const bool threshold = event.type == kUsageThresholdReachedV1;
   const bool reset = event.type == kUsageWindowResetV1;
@@ -904,19 +1265,29 @@ Status UsageCountersFold::Apply(const Event& event, const StateReader& state,
 
 // ---- cache ---------------------------------------------------------------------------------------
 
+Status UsageAccessCache::ReadEpoch(const StateReader& state, std::string* epoch) {
+  epoch->clear();
+  Status s = state.Get(kUsageFamily, kEpochKey, epoch);
+  return s.IsNotFound() ? Status::OK() : s;
+}
+
 Status UsageAccessCache::Get(const StateReader& state, std::string_view user_id,
                              std::shared_ptr<const MeteringSubject>* out) {
   std::string epoch;
-  Status s = state.Get(kUsageFamily, kEpochKey, &epoch);
-  if (!s.ok() && !s.IsNotFound()) return s;
-  std::string key(user_id);
+  LEDGER_RETURN_IF_ERROR(ReadEpoch(state, &epoch));
+  return Get(state, epoch, user_id, out);
+}
+
+Status UsageAccessCache::Get(const StateReader& state, std::string_view epoch,
+                             std::string_view user_id,
+                             std::shared_ptr<const MeteringSubject>* out) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (epoch != epoch_) {
       entries_.clear();
       epoch_ = epoch;
     }
-    auto it = entries_.find(key);
+    auto it = entries_.find(user_id);
     if (it != entries_.end()) {
       hits_.Add();
       *out = it->second;
@@ -929,7 +1300,7 @@ Status UsageAccessCache::Get(const StateReader& state, std::string_view user_id,
   std::lock_guard<std::mutex> lock(mu_);
   if (epoch == epoch_) {
     if (entries_.size() >= limits::kUsageAccessCacheEntriesMax) entries_.clear();
-    entries_[key] = subject;
+    entries_.insert_or_assign(std::string(user_id), subject);
   }
   *out = std::move(subject);
   return Status::OK();
@@ -1101,16 +1472,81 @@ RecordUsageBatch::RecordUsageBatch(std::vector<UsageBatchItem> items, UsageAcces
 
 namespace {
 
-// What one RecordUsageBatch decision keeps across its items: the keys it accepted, the users'
-// access, and the counters as its own earlier items left them (the fold will apply the items'
-// events in the same order and arrive at the same figures).
+// Appends `s` as a JSON string, escaped as rapidjson::Writer escapes (quote, backslash, control
+// characters); the batch decider writes its JSON by hand, as rapidjson's Writer was a large part
+// of the writer's per-item cost.
+void AppendJsonString(std::string* out, std::string_view s) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  out->push_back('"');
+  size_t run = 0;  // start of the part not yet copied
+  for (size_t i = 0; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    out->append(s.data() + run, i - run);
+    run = i + 1;
+    switch (c) {
+      case '"':
+        out->append("\\\"");
+        break;
+      case '\\':
+        out->append("\\\\");
+        break;
+      case '\b':
+        out->append("\\b");
+        break;
+      case '\f':
+        out->append("\\f");
+        break;
+      case '\n':
+        out->append("\\n");
+        break;
+      case '\r':
+        out->append("\\r");
+        break;
+      case '\t':
+        out->append("\\t");
+        break;
+      default: {
+        const char u[6] = {'\\', 'u', '0', '0', kHex[c >> 4], kHex[c & 15]};
+        out->append(u, sizeof(u));
+      }
+    }
+  }
+  out->append(s.data() + run, s.size() - run);
+  out->push_back('"');
+}
+
+void AppendJsonInt(std::string* out, int64_t v) {
+  char buf[24];
+  const auto end = std::to_chars(buf, buf + sizeof(buf), v).ptr;
+  out->append(buf, static_cast<size_t>(end - buf));
+}
+
+struct ViewPairHash {
+  size_t operator()(const std::pair<std::string_view, std::string_view>& p) const {
+    const size_t a = std::hash<std::string_view>()(p.first);
+    return a ^ (std::hash<std::string_view>()(p.second) + 0x9e3779b97f4a7c15ULL + (a << 6) +
+                (a >> 2));
+  }
+};
+
+// What one RecordUsageBatch decision keeps across its items: the (user, key) pairs it classified
+// and, per user, its access, the counters as its own earlier items left them (the fold applies the
+// items in the same order and arrives at the same figures) and the usage.batch_recorded.v1 being
+// written. The writer's cost per item is what batching is for, so per item there is one dedupe
+// lookup and one JSON object appended to its user's event; a (user, window) counter row is read
+// once per decision, the access epoch once, and the terms and the occurred_at text are computed
+// again only when an item's time differs from its user's previous item (the items of a request
+// mostly share it). Everything here refers into the command's items, which outlive the decision.
 class BatchRecorder {
  public:
-  BatchRecorder(const StateReader& state, UsageAccessCache* cache, int64_t now_us)
+  BatchRecorder(const StateReader& state, UsageAccessCache* cache, int64_t now_us, size_t items)
       : state_(state),
         cache_(cache),
         min_us_(limits::kUsageTimestampMinSeconds * kMicrosPerSecond),
-        max_us_(now_us + limits::kUsageFutureSkewSeconds * kMicrosPerSecond) {}
+        max_us_(now_us + limits::kUsageFutureSkewSeconds * kMicrosPerSecond) {
+    seen_.reserve(items);
+  }
 
   // "accepted", "duplicate" or "invalid" (with `*reason`).
   Status Classify(const UsageBatchItem& item, int64_t at_us, std::string_view* status,
@@ -1121,110 +1557,254 @@ class BatchRecorder {
       *status = "invalid";
       return Status::OK();
     }
-    bool known = !seen_.insert(UsageDedupeKey(item.user_id, item.idempotency_key)).second;
-    if (!known) LEDGER_RETURN_IF_ERROR(HasUsageKey(state_, item.user_id, item.idempotency_key, &known));
+    bool known = !seen_.emplace(item.user_id, item.idempotency_key).second;
+    if (!known) {
+      // HasUsageKey without its two allocations per call.
+      key_.assign(kDedupePrefix);
+      key_.append(item.user_id);
+      key_.push_back('\0');
+      key_.append(item.idempotency_key);
+      Status s = state_.Get(kUsageFamily, key_, &value_);
+      if (!s.ok() && !s.IsNotFound()) return s;
+      known = s.ok();
+    }
     *status = known ? "duplicate" : "accepted";
     return Status::OK();
   }
 
-  // Appends the item's usage.recorded.v1 and the thresholds it reaches; counts the latter.
-  Status Record(const UsageBatchItem& item, int64_t at_us, std::vector<NewEvent>* events,
-                size_t* thresholds) {
-    std::shared_ptr<const MeteringSubject>& subject = subjects_[item.user_id];
-    if (subject == nullptr) {
-      LEDGER_RETURN_IF_ERROR(LoadMeteringSubject(state_, item.user_id, cache_, &subject));
+  // Adds the item to its user's usage.batch_recorded.v1 and decides the thresholds it reaches;
+  // counts the latter.
+  Status Record(const UsageBatchItem& item, int64_t at_us, size_t* thresholds) {
+    UserBatch* u = nullptr;
+    LEDGER_RETURN_IF_ERROR(User(item.user_id, &u));
+    const int64_t at_s = FloorSeconds(at_us);
+    if (u->counter == nullptr || at_s != u->at_s) {
+      const Plan* plan = nullptr;
+      RecordingTerms(*u->subject, at_s, &u->terms, &plan);
+      u->at_s = at_s;
+      u->counter = nullptr;
+      for (const std::unique_ptr<LocalCounter>& c : u->counters) {
+        if (c->window.start_s == u->terms.window.start_s) u->counter = c.get();
+      }
+      if (u->counter == nullptr) {
+        auto c = std::make_unique<LocalCounter>(u->terms.window);
+        bool existed = false;
+        LEDGER_RETURN_IF_ERROR(
+            LoadCounter(state_, item.user_id, u->terms.window, &c->counter, &existed));
+        u->counter = c.get();
+        u->counters.push_back(std::move(c));
+      }
+      u->limit_json.assign(",\"limit\":");
+      if (u->terms.limit) {
+        AppendJsonInt(&u->limit_json, *u->terms.limit);
+      } else {
+        u->limit_json.append("null");
+      }
+      u->limit_json.append(",\"used_after\":");
     }
-    UsageTerms terms;
-    const Plan* plan = nullptr;
-    RecordingTerms(*subject, FloorSeconds(at_us), &terms, &plan);
-    auto [it, inserted] = counters_.try_emplace(UsageCounterKey(item.user_id, terms.window.start_s));
-    if (inserted) {
-      bool existed = false;
-      LEDGER_RETURN_IF_ERROR(
-          LoadCounter(state_, item.user_id, terms.window, &it->second.counter, &existed));
-      it->second.window_text.emplace(terms.window);
+    if (u->occurred.empty() || at_us != u->occurred_us) {
+      u->occurred = FormatRfc3339Micros(at_us);
+      u->occurred_us = at_us;
     }
-    UsageCounter& counter = it->second.counter;
+    UsageCounter& counter = u->counter->counter;
     counter.used += item.quantity;
+
+    // The per-item fields of usage.recorded.v1, same names and formats.
+    std::string& out = u->data;
+    if (u->open_items == 0) {
+      out.append(u->header);
+    } else {
+      out.push_back(',');
+    }
+    out.append("{\"idempotency_key\":");
+    AppendJsonString(&out, item.idempotency_key);
+    out.append(",\"service\":");
+    AppendJsonString(&out, item.service);
+    out.append(",\"quantity\":");
+    AppendJsonInt(&out, item.quantity);
+    out.append(",\"occurred_at\":\"");
+    out.append(u->occurred);
+    out.push_back('"');
+    out.append(u->counter->window_json);
+    out.append(u->limit_json);
+    AppendJsonInt(&out, counter.used);
+    if (!item.metadata_json.empty()) {  // a compact JSON object (the route re-serialized it)
+      out.append(",\"metadata\":");
+      out.append(item.metadata_json);
+    }
+    out.push_back('}');
+    ++u->open_items;
+
     RecordFields f;
     f.user_id = item.user_id;
     f.service = item.service;
-    f.quantity = item.quantity;
-    f.source = "batch";
     f.idempotency_key = item.idempotency_key;
-    f.occurred_at_us = at_us;
-    f.window = terms.window;
-    f.window_text = &*it->second.window_text;
-    f.plan = plan;
-    f.subscription_id = SubscriptionIdOf(*subject);
-    f.limit = terms.limit;
+    f.window_text = &u->counter->text;
+    f.plan = u->plan;
+    f.limit = u->terms.limit;
     f.used_after = counter.used;
-    f.metadata_json = item.metadata_json;
-    events->push_back(RecordedEvent(f));
-    *thresholds += AppendThresholdEvents(f, &counter, events);
+    *thresholds += AppendThresholdEvents(f, &counter, &u->thresholds);
+    if (u->open_items >= limits::kUsageBatchItemsMax ||
+        out.size() >= limits::kUsageBatchEventDataBytesSoftMax) {
+      Close(u);
+    }
     return Status::OK();
+  }
+
+  // Closes the open events and appends every user's events, users in the order of their first
+  // accepted item.
+  void Finish(std::vector<NewEvent>* events) {
+    size_t count = events->size();
+    for (UserBatch* u : order_) {
+      if (u->open_items > 0) Close(u);
+      count += u->events.size();
+    }
+    events->reserve(count);
+    for (UserBatch* u : order_) {
+      for (NewEvent& e : u->events) events->push_back(std::move(e));
+    }
   }
 
  private:
   struct LocalCounter {
+    explicit LocalCounter(const UsageWindow& w) : window(w), text(w) {
+      window_json.append(",\"window_start\":\"").append(text.start);
+      window_json.append("\",\"window_end\":\"").append(text.end);
+      window_json.append("\",\"window_kind\":\"").append(text.kind).append("\"");
+    }
+    UsageWindow window;
     UsageCounter counter;
-    std::optional<WindowText> window_text;
+    WindowText text;
+    std::string window_json;  // ,"window_start":...,"window_kind":"..."
   };
+  struct UserBatch {
+    std::string_view user_id;
+    std::shared_ptr<const MeteringSubject> subject;
+    const Plan* plan = nullptr;  // of `subject`
+    std::string header;          // {"user_id":...,"items":[
+    std::vector<std::unique_ptr<LocalCounter>> counters;  // the windows its items fall in
+    // The previous item's second, terms, counter and "limit" text, and its occurred_at text.
+    int64_t at_s = 0;
+    UsageTerms terms;
+    LocalCounter* counter = nullptr;
+    std::string limit_json;  // ,"limit":...,"used_after":
+    int64_t occurred_us = 0;
+    std::string occurred;
+    // The usage.batch_recorded.v1 being written (`open_items` items so far).
+    std::string data;
+    size_t open_items = 0;
+    std::vector<NewEvent> thresholds;  // reached by items of the open event
+    std::vector<NewEvent> events;      // closed events, each followed by its thresholds
+  };
+
+  Status User(std::string_view user_id, UserBatch** out) {
+    std::unique_ptr<UserBatch>& u = users_[user_id];
+    if (u == nullptr) {
+      auto fresh = std::make_unique<UserBatch>();
+      fresh->user_id = user_id;
+      if (cache_ != nullptr) {
+        if (!epoch_read_) {
+          LEDGER_RETURN_IF_ERROR(UsageAccessCache::ReadEpoch(state_, &epoch_));
+          epoch_read_ = true;
+        }
+        LEDGER_RETURN_IF_ERROR(cache_->Get(state_, epoch_, user_id, &fresh->subject));
+      } else {
+        LEDGER_RETURN_IF_ERROR(LoadMeteringSubject(state_, user_id, nullptr, &fresh->subject));
+      }
+      // What RecordingTerms names for every item: the user's plan, also when the item counts
+      // against the calendar month (no access, or after the trial).
+      fresh->plan = fresh->subject->plan();
+      // The fields common to the items (usage.recorded.v1's names), then the items array.
+      std::string& h = fresh->header;
+      h.append("{\"user_id\":");
+      AppendJsonString(&h, user_id);
+      h.append(",\"source\":\"batch\",\"plan_id\":");
+      if (fresh->plan != nullptr) {
+        AppendJsonString(&h, fresh->plan->id);
+      } else {
+        h.append("null");
+      }
+      h.append(",\"subscription_id\":");
+      const std::string_view subscription_id = SubscriptionIdOf(*fresh->subject);
+      if (subscription_id.empty()) {
+        h.append("null");
+      } else {
+        AppendJsonString(&h, subscription_id);
+      }
+      h.append(",\"items\":[");
+      u = std::move(fresh);
+      order_.push_back(u.get());
+    }
+    *out = u.get();
+    return Status::OK();
+  }
+
+  static void Close(UserBatch* u) {
+    u->data.append("]}");
+    u->events.push_back(NewEvent{std::string(kUsageBatchRecordedV1), std::string(u->user_id),
+                                 std::move(u->data)});
+    for (NewEvent& e : u->thresholds) u->events.push_back(std::move(e));
+    u->thresholds.clear();
+    u->data = std::string();
+    u->open_items = 0;
+  }
+
   const StateReader& state_;
   UsageAccessCache* const cache_;
   const int64_t min_us_, max_us_;
-  std::unordered_set<std::string> seen_;                 // dedupe keys of this batch
-  std::unordered_map<std::string, LocalCounter> counters_;  // by counter row key
-  std::unordered_map<std::string, std::shared_ptr<const MeteringSubject>> subjects_;
+  bool epoch_read_ = false;
+  std::string epoch_;       // the access epoch, read at the first user
+  std::string key_, value_;  // Classify's lookup buffers
+  // (user, key) of the items classified so far.
+  std::unordered_set<std::pair<std::string_view, std::string_view>, ViewPairHash> seen_;
+  std::unordered_map<std::string_view, std::unique_ptr<UserBatch>> users_;
+  std::vector<UserBatch*> order_;  // users_ by first accepted item
 };
 
 }  // namespace
 
 Status RecordUsageBatch::Decide(const DecideContext& context, Decision* decision) {
   counts_ = Counts();
-  BatchRecorder recorder(*context.state, cache_, context.now_us);
-  rapidjson::StringBuffer buf;
-  JsonWriter w(buf);
-  w.StartObject();
-  Key(&w, "results");
-  w.StartArray();
-  decision->events.reserve(items_.size());
+  BatchRecorder recorder(*context.state, cache_, context.now_us, items_.size());
+  std::string body;
+  body.reserve(64 + items_.size() * 80);
+  body.append("{\"results\":[");
   for (size_t i = 0; i < items_.size(); ++i) {
     const UsageBatchItem& item = items_[i];
     const int64_t at_us = item.timestamp_us.value_or(context.now_us);
     std::string_view status, reason;
     LEDGER_RETURN_IF_ERROR(recorder.Classify(item, at_us, &status, &reason));
     if (status == "accepted") {
-      LEDGER_RETURN_IF_ERROR(recorder.Record(item, at_us, &decision->events, &counts_.thresholds));
+      LEDGER_RETURN_IF_ERROR(recorder.Record(item, at_us, &counts_.thresholds));
       ++counts_.accepted;
     } else if (status == "duplicate") {
       ++counts_.duplicates;
     } else {
       ++counts_.invalid;
     }
-    w.StartObject();
-    Key(&w, "index");
-    w.Uint64(i);
-    Key(&w, "status");
-    Str(&w, status);
-    Key(&w, "idempotency_key");
-    Str(&w, item.idempotency_key);
+    if (i > 0) body.push_back(',');
+    body.append("{\"index\":");
+    AppendJsonInt(&body, static_cast<int64_t>(i));
+    body.append(",\"status\":\"");
+    body.append(status);
+    body.append("\",\"idempotency_key\":");
+    AppendJsonString(&body, item.idempotency_key);
     if (status == "invalid") {
-      Key(&w, "reason");
-      Str(&w, reason);
+      body.append(",\"reason\":");
+      AppendJsonString(&body, reason);
     }
-    w.EndObject();
+    body.push_back('}');
   }
-  w.EndArray();
-  Key(&w, "accepted");
-  w.Uint64(counts_.accepted);
-  Key(&w, "duplicates");
-  w.Uint64(counts_.duplicates);
-  Key(&w, "invalid");
-  w.Uint64(counts_.invalid);
-  w.EndObject();
+  recorder.Finish(&decision->events);
+  body.append("],\"accepted\":");
+  AppendJsonInt(&body, static_cast<int64_t>(counts_.accepted));
+  body.append(",\"duplicates\":");
+  AppendJsonInt(&body, static_cast<int64_t>(counts_.duplicates));
+  body.append(",\"invalid\":");
+  AppendJsonInt(&body, static_cast<int64_t>(counts_.invalid));
+  body.push_back('}');
   decision->http_status = 200;
-  decision->body = Done(buf);
+  decision->body = std::move(body);
   return Status::OK();
 }
 

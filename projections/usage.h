@@ -33,21 +33,36 @@
 // Batch (RecordUsageBatch): up to limits::kUsageBatchItemsMax items for any users, recorded
 // without enforcement (no access, service or quota check) into the window each item's time falls
 // in (for the user's current plan and subscription), each answered accepted / duplicate /
-// invalid + reason. Threshold events are decided the same way as for consume.
+// invalid + reason. The accepted items of one user become ONE usage.batch_recorded.v1 (subject =
+// the user id; items in request order, each with the per-item fields of usage.recorded.v1: key,
+// service, quantity, occurred_at, window, limit, used_after, metadata), not one event per item:
+// sealing, storing and folding an event costs far more than an item, and a user's history stays
+// under one subject. A user's items spill into a next event only past
+// limits::kUsageBatchEventDataBytesSoftMax bytes of data. Users' events come in the order of their
+// first accepted item. Threshold events are decided the same way as for consume, once per (window,
+// limit, threshold), and appended right after the batch event holding the item that crossed it.
+// (Logs written before usage.batch_recorded.v1 hold batch items as usage.recorded.v1 with source
+// "batch"; the fold applies both.)
 //
-// Deduplication. Every usage.recorded.v1 carries the client's idempotency_key; the fold keeps a
-// row per (user, key), so a key is recorded at most once per user whichever route brings it:
-// a batch item whose key is known (from an earlier batch, an earlier item of the same batch, or a
-// consume) is "duplicate"; a consume whose key a batch already recorded is 409
-// "idempotency_key_reused". A consume retried with its own key is answered by the Ledger's
-// idempotency record (scope "usage.consume|<user_id>"), status and body as first answered.
+// Deduplication. Every usage.recorded.v1 and every usage.batch_recorded.v1 item carries the
+// client's idempotency_key; the fold keeps a row per (user, key), so a key is recorded at most once
+// per user whichever route brings it: a batch item whose key is known (from an earlier batch, an
+// earlier item of the same batch, or a consume) is "duplicate"; a consume whose key a batch already
+// recorded is 409 "idempotency_key_reused". A consume retried with its own key is answered by the
+// Ledger's idempotency record (scope "usage.consume|<user_id>"), status and body as first answered.
+//
+// The fold applies a usage.batch_recorded.v1 item by item with exactly the effect of the
+// usage.recorded.v1 events it stands for (counters, per-service counts, dedupe rows), reading and
+// writing each window's counter row once per event; so /usage/summary, consume's quota, the
+// thresholds and `ledgerctl replay` agree whichever form the log holds.
 //
 // Rows (column family "usage"; integers big-endian, times Unix seconds):
 //   c/<user>\0<u64 window_start>   counter (EncodeUsageCounter): window end and kind, used, limit,
 //                                  thresholds announced, resets, recorded total, per service
 //   t/<u64 window_start><user>     ""  index: every (window, user) by window start (admin stats:
 //                                  scan a time range, then read the counters)
-//   k/<user>\0<idempotency key>    u64 position of the usage.recorded.v1 that used the key
+//   k/<user>\0<idempotency key>    u64 position of the usage.recorded.v1 or usage.batch_recorded.v1
+//                                  that recorded the key
 //   e                              u64 position || 32-byte hash of the last event that was not
 //                                  usage.* or bench.* (the "access epoch", see UsageAccessCache)
 // User ids never contain '/' or NUL (the routes refuse them), so the prefixes are unambiguous.
@@ -80,6 +95,7 @@ namespace ledger::projections {
 
 inline constexpr std::string_view kUsageFamily = "usage";
 inline constexpr std::string_view kUsageRecordedV1 = "usage.recorded.v1";
+inline constexpr std::string_view kUsageBatchRecordedV1 = "usage.batch_recorded.v1";
 inline constexpr std::string_view kUsageThresholdReachedV1 = "usage.threshold_reached.v1";
 inline constexpr std::string_view kUsageWindowResetV1 = "usage.window_reset.v1";
 
@@ -205,13 +221,25 @@ class UsageAccessCache {
  public:
   Status Get(const StateReader& state, std::string_view user_id,
              std::shared_ptr<const MeteringSubject>* out);
+  // The same with the epoch already read (ReadEpoch) from the same `state`: a decider that looks
+  // up many users reads the epoch row once, as it cannot change while the decider runs (the
+  // command's own events are applied after Decide()).
+  Status Get(const StateReader& state, std::string_view epoch, std::string_view user_id,
+             std::shared_ptr<const MeteringSubject>* out);
+  static Status ReadEpoch(const StateReader& state, std::string* epoch);
   uint64_t hits() const { return hits_.Value(); }
   uint64_t misses() const { return misses_.Value(); }
 
  private:
+  // Heterogeneous lookup: find() by string_view without building a std::string.
+  struct Hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>()(s); }
+  };
   std::mutex mu_;
   std::string epoch_;  // GUARDED_BY(mu_)
-  std::unordered_map<std::string, std::shared_ptr<const MeteringSubject>> entries_;  // GUARDED_BY(mu_)
+  std::unordered_map<std::string, std::shared_ptr<const MeteringSubject>, Hash, std::equal_to<>>
+      entries_;  // GUARDED_BY(mu_)
   Counter hits_;
   Counter misses_;
 };
@@ -301,8 +329,9 @@ struct UsageBatchItem {
 };
 
 // Records a batch without enforcement. Decision: 200 + {"accepted","duplicates","invalid",
-// "results":[{"index","status","idempotency_key"[,"reason"]}]}. Items whose timestamp is more
-// than limits::kUsageFutureSkewSeconds ahead of the writer's clock, or before
+// "results":[{"index","status","idempotency_key"[,"reason"]}]}; events: a usage.batch_recorded.v1
+// per user with accepted items (see the header comment) and the thresholds. Items whose timestamp
+// is more than limits::kUsageFutureSkewSeconds ahead of the writer's clock, or before
 // limits::kUsageTimestampMinSeconds, are invalid ("timestamp_out_of_range").
 class RecordUsageBatch final : public Command {
  public:

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <rapidjson/document.h>
 
+#include <map>
 #include <thread>
 
 #include "daemon/app.h"
@@ -51,13 +52,19 @@ bool WaitFor(const std::function<bool()>& condition) {
   return condition();
 }
 
+// The Lago transaction ids of the batched usage in the log: "<event id>:<item index>" per item of
+// every usage.batch_recorded.v1 (what POST /api/v1/usage/events appends).
 std::vector<std::string> UsageIds(TestHttpClient* admin) {
-  HttpReply r = admin->Get("/api/v1/events?type=usage.recorded.v1&limit=1000");
+  HttpReply r = admin->Get("/api/v1/events?type=usage.batch_recorded.v1&limit=1000");
   EXPECT_EQ(r.status, 200) << r.body;
   std::vector<std::string> ids;
   rapidjson::Document doc = r.Json();
   if (!doc.IsObject() || !doc.HasMember("events")) return ids;
-  for (const auto& e : doc["events"].GetArray()) ids.emplace_back(e["id"].GetString());
+  for (const auto& e : doc["events"].GetArray()) {
+    for (rapidjson::SizeType i = 0; i < e["data"]["items"].Size(); ++i) {
+      ids.push_back(std::string(e["id"].GetString()) + ":" + std::to_string(i));
+    }
+  }
   return ids;
 }
 
@@ -81,9 +88,14 @@ TEST(LagoAppTest, TheSinkForwardsUsageAndResumesAfterARestart) {
   TestHttpClient admin("127.0.0.1", app->http_port());
   admin.set_bearer(MintHs256(TokenClaims::Admin("root", std::time(nullptr)), kTestHs256Secret));
   const std::vector<std::string> first = UsageIds(&admin);
-  ASSERT_EQ(first.size(), 3u);
+  ASSERT_EQ(first.size(), 3u);  // alice's two items in one event, bob's one
   EXPECT_TRUE(CountedExactlyOnce(lago, first));
   for (const FakeLago::StoredEvent& e : lago.stored()) EXPECT_EQ(e.code, "api_calls");
+  std::map<std::string, int64_t> quantity;
+  for (const FakeLago::StoredEvent& e : lago.stored()) {
+    quantity[e.external_subscription_id] += e.quantity;
+  }
+  EXPECT_EQ(quantity, (std::map<std::string, int64_t>{{"alice", 3}, {"bob", 5}}));
 
   // /readyz and /metrics report the sink.
   ASSERT_TRUE(WaitFor([&] {

@@ -8,22 +8,29 @@
 //     limit (projections never disagree with the log);
 //   - `ledgerctl replay` rebuilds the projections from the log and finds them equal;
 // and after three cycles the remaining load stops at exactly kLimit calls in total.
+//
+// The same for batched ingest (POST /api/v1/usage/events, one usage.batch_recorded.v1 per user
+// and request): every acknowledged item is in the log exactly once, the counters equal the items
+// the log holds, `ledgerctl replay` agrees, and a re-sent body is all duplicates.
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <cinttypes>
 #include <cstdio>
 #include <ctime>
+#include <map>
 #include <mutex>
 #include <random>
 #include <set>
 #include <thread>
+#include <vector>
 
 #include "http/problem.h"
 #include "http/stripe_signature.h"
 #include "tests/support/daemon_process.h"
 #include "tests/support/http_client.h"
 #include "tests/support/test_ledger.h"
+#include "tests/support/tokens.h"
 #include "tests/support/usage_fixtures.h"
 
 namespace ledger::testing {
@@ -36,6 +43,9 @@ constexpr char kServiceToken[] = "e2e-gateway-token-0123456789";
 constexpr char kWebhookSecret[] = "whsec_e2e_usage";
 constexpr char kUser[] = "e2e-user";
 constexpr char kConsume[] = "/api/v1/usage/consume";
+constexpr char kEvents[] = "/api/v1/usage/events";
+constexpr char kBatchUser[] = "e2e-batch-user";  // no subscription: the calendar month
+constexpr int kBatchItems = 100;
 
 struct Acked {
   std::string body_sent;
@@ -173,6 +183,87 @@ class UsageE2eTest : public ::testing::Test {
     EXPECT_EQ(replay.exit_code, 0) << replay.out << replay.err;
   }
 
+  // Posts batches of kBatchItems items (alternating kUser and kBatchUser, fresh keys) from four
+  // clients; SIGKILLs the daemon after `kill_after_ms`. Returns the acknowledged bodies and, per
+  // user, the keys they had accepted.
+  std::vector<std::string> BatchLoad(const std::string& tag, int kill_after_ms,
+                                     std::map<std::string, std::set<std::string>>* accepted) {
+    std::mutex mu;
+    std::vector<std::string> bodies;
+    std::vector<std::thread> clients;
+    for (int t = 0; t < 4; ++t) {
+      clients.emplace_back([&, t] {
+        TestHttpClient client = Service();
+        for (int i = 0;; ++i) {
+          std::string body = R"({"events":[)";
+          std::vector<std::pair<std::string, std::string>> items;
+          for (int j = 0; j < kBatchItems; ++j) {
+            const std::string user = j % 2 ? kBatchUser : kUser;
+            const std::string key = tag + "-" + std::to_string(t) + "-" + std::to_string(i) +
+                                    "-" + std::to_string(j);
+            body += std::string(j ? "," : "") + R"({"user_id":")" + user +
+                    R"(","service":"chat","idempotency_key":")" + key + R"("})";
+            items.emplace_back(user, key);
+          }
+          body += "]}";
+          HttpReply r = client.Post(kEvents, body);
+          if (r.status == 0) return;  // the daemon is gone
+          if (r.status != 200) {
+            ADD_FAILURE() << "unexpected answer " << r.status << " " << r.body;
+            return;
+          }
+          rapidjson::Document doc = r.Json();
+          EXPECT_EQ(doc["accepted"].GetInt(), kBatchItems) << r.body;
+          std::lock_guard<std::mutex> lock(mu);
+          bodies.push_back(body);
+          for (const auto& [user, key] : items) (*accepted)[user].insert(key);
+        }
+      });
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(kill_after_ms));
+    daemon_->Kill();
+    for (auto& c : clients) c.join();
+    return bodies;
+  }
+
+  // The keys of the user's usage.batch_recorded.v1 items in the log (each must be there once).
+  std::set<std::string> LoggedBatchKeys(const std::string& user) {
+    std::set<std::string> keys;
+    TestHttpClient admin = Admin();
+    uint64_t after = 0;
+    for (;;) {
+      HttpReply r = admin.Get("/api/v1/events?subject=" + user +
+                              "&type=usage.batch_recorded.v1&limit=1000&after=" +
+                              std::to_string(after));
+      EXPECT_EQ(r.status, 200) << r.body;
+      rapidjson::Document doc = r.Json();
+      if (!doc.IsObject() || !doc.HasMember("events")) {
+        ADD_FAILURE() << r.body;
+        return keys;
+      }
+      const auto& events = doc["events"];
+      if (events.Empty()) return keys;
+      for (const auto& e : events.GetArray()) {
+        EXPECT_EQ(std::string(e["data"]["user_id"].GetString()), user);
+        for (const auto& item : e["data"]["items"].GetArray()) {
+          const bool fresh = keys.insert(item["idempotency_key"].GetString()).second;
+          EXPECT_TRUE(fresh) << "a key was recorded twice: " << item["idempotency_key"].GetString();
+        }
+      }
+      after = doc["next_after"].GetUint64();
+    }
+  }
+
+  // GET /api/v1/usage/summary as `user`: the current window's `used`.
+  int64_t SummaryUsed(const std::string& user) {
+    TestHttpClient client("127.0.0.1", daemon_->port());
+    client.set_bearer(MintHs256(TokenClaims::User(user, std::time(nullptr)),
+                                ReadDevSecret(options_.data_dir)));
+    HttpReply r = client.Get("/api/v1/usage/summary");
+    EXPECT_EQ(r.status, 200) << r.body;
+    return r.Json()["current"]["used"].GetInt64();
+  }
+
   TempDir dir_;
   DaemonOptions options_;
   std::unique_ptr<DaemonProcess> daemon_;
@@ -203,6 +294,39 @@ TEST_F(UsageE2eTest, KillNineDuringConsumeLoadKeepsCountersEqualToTheLog) {
   HttpReply refused = Service().Post(kConsume, ConsumeBody("after-drain"));
   EXPECT_EQ(refused.status, 429) << refused.body;
   EXPECT_FALSE(refused.Header("Retry-After").empty());
+  EXPECT_EQ(daemon_->Terminate(), 0);
+}
+
+TEST_F(UsageE2eTest, KillNineDuringBatchIngestKeepsCountersEqualToTheLog) {
+  Subscribe();
+  const uint64_t seed = std::random_device{}();
+  std::printf("usage e2e batch seed %" PRIu64 "\n", seed);
+  std::mt19937_64 rng(seed);
+  std::map<std::string, std::set<std::string>> accepted;
+  std::vector<std::string> bodies;
+  for (int cycle = 1; cycle <= 2; ++cycle) {
+    const int kill_after_ms = std::uniform_int_distribution<int>(150, 400)(rng);
+    std::vector<std::string> acked =
+        BatchLoad("b" + std::to_string(cycle), kill_after_ms, &accepted);
+    std::printf("batch cycle %d: SIGKILL after %d ms, %zu batches acknowledged\n", cycle,
+                kill_after_ms, acked.size());
+    bodies.insert(bodies.end(), acked.begin(), acked.end());
+    ASSERT_TRUE(daemon_->Start().ok()) << daemon_->Log();
+    for (const std::string& user : {std::string(kUser), std::string(kBatchUser)}) {
+      const std::set<std::string> logged = LoggedBatchKeys(user);
+      size_t missing = 0;
+      for (const std::string& key : accepted[user]) missing += logged.count(key) == 0;
+      EXPECT_EQ(missing, 0u) << "acknowledged items missing from the log for " << user;
+      EXPECT_EQ(SummaryUsed(user), static_cast<int64_t>(logged.size()))
+          << "the counter disagrees with the log for " << user;
+    }
+    ProcessOutput replay = RunLedgerctlBinary({"replay", "--data-dir", options_.data_dir});
+    EXPECT_EQ(replay.exit_code, 0) << replay.out << replay.err;
+  }
+  ASSERT_FALSE(bodies.empty());
+  HttpReply again = Service().Post(kEvents, bodies.front());
+  ASSERT_EQ(again.status, 200) << again.body;
+  EXPECT_EQ(again.Json()["duplicates"].GetInt(), kBatchItems);
   EXPECT_EQ(daemon_->Terminate(), 0);
 }
 

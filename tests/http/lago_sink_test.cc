@@ -30,6 +30,7 @@ using ledger::testing::kFakeLagoApiKey;
 using ledger::testing::TempDir;
 
 constexpr std::string_view kUsageType = "usage.recorded.v1";
+constexpr std::string_view kBatchType = "usage.batch_recorded.v1";
 const std::vector<std::string> kUsers = {"alice", "bob", "carol", "dave", "erin", "frank", "gus"};
 const std::vector<std::string> kServices = {"chat", "search", "tts", "litellm"};
 
@@ -68,6 +69,40 @@ class AppendUsage final : public Command {
   size_t first_;
 };
 
+// Appends one usage.batch_recorded.v1 (schema-valid) of `items` items for `user`; items with an
+// even index carry metadata.
+class AppendBatchUsage final : public Command {
+ public:
+  AppendBatchUsage(std::string user, size_t items, size_t first)
+      : user_(std::move(user)), items_(items), first_(first) {}
+  Status Decide(const DecideContext& context, Decision* decision) override {
+    std::string data = R"({"user_id":")" + user_ +
+                       R"(","source":"batch","plan_id":null,"subscription_id":null,"items":[)";
+    for (size_t i = 0; i < items_; ++i) {
+      const size_t n = first_ + i;
+      if (i > 0) data += ",";
+      data +=
+          R"({"idempotency_key":"b-)" + std::to_string(n) + R"(","service":")" +
+          kServices[n % kServices.size()] + R"(","quantity":)" + std::to_string(1 + n % 5) +
+          R"(,"occurred_at":"2026-11-22T11:00:0)" + std::to_string(n % 10) +
+          R"(.500000Z","window_start":"2026-11-01T00:00:00Z","window_end":"2026-12-01T00:00:00Z",)"
+          R"("window_kind":"calendar_month","limit":null,"used_after":)" +
+          std::to_string(i + 1);
+      if (n % 2 == 0) data += R"(,"metadata":{"model":"b)" + std::to_string(n % 3) + R"("})";
+      data += "}";
+    }
+    data += "]}";
+    decision->events.push_back(NewEvent{std::string(kBatchType), user_, data});
+    decision->body = "{}";
+    return Status::OK();
+  }
+
+ private:
+  std::string user_;
+  size_t items_;
+  size_t first_;
+};
+
 bool WaitFor(const std::function<bool()>& condition,
              std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -91,7 +126,7 @@ class LagoSinkTest : public ::testing::Test {
   void TearDown() override {
     StopSink().IgnoreError();
     if (!ledger_ || !check_schemas_) return;
-    for (std::string_view type : {kUsageType, kLagoSinkRejectedV1}) {
+    for (std::string_view type : {kUsageType, kBatchType, kLagoSinkRejectedV1}) {
       for (const Event& e : Events(type)) {
         EXPECT_TRUE(ledger::testing::EventMatchesSchema(e)) << e.type;
       }
@@ -140,6 +175,15 @@ class LagoSinkTest : public ::testing::Test {
     ASSERT_TRUE(r.status.ok()) << r.status.ToString();
   }
 
+  // Appends a usage.batch_recorded.v1 of `items` items for `user`.
+  void AppendBatch(const std::string& user, size_t items) {
+    AppendBatchUsage command(user, items, batch_items_appended_);
+    batch_items_appended_ += items;
+    CommandResult r = ledger_->Submit(&command);
+    ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  }
+
+  // Every event of `type` ("": all), in log order.
   std::vector<Event> Events(std::string_view type) {
     std::vector<Event> out;
     EventFilter filter;
@@ -153,9 +197,20 @@ class LagoSinkTest : public ::testing::Test {
       for (Event& e : page) out.push_back(std::move(e));
     }
   }
-  std::vector<std::string> UsageIds() {
+  // The Lago transaction ids the log's usage maps to, in log order: a usage.recorded.v1's id, and
+  // "<id>:<index>" per item of a usage.batch_recorded.v1 (after position `after`).
+  std::vector<std::string> UsageIds(Position after = Position(0)) {
     std::vector<std::string> ids;
-    for (const Event& e : Events(kUsageType)) ids.push_back(e.id);
+    for (const Event& e : Events("")) {
+      if (e.position <= after) continue;
+      if (e.type == kUsageType) ids.push_back(e.id);
+      if (e.type != kBatchType) continue;
+      rapidjson::Document data;
+      data.Parse(e.data.c_str());
+      for (rapidjson::SizeType i = 0; i < data["items"].Size(); ++i) {
+        ids.push_back(e.id + ":" + std::to_string(i));
+      }
+    }
     return ids;
   }
 
@@ -182,6 +237,7 @@ class LagoSinkTest : public ::testing::Test {
   std::unique_ptr<LagoSink> sink_;
   uint64_t listener_ = 0;
   size_t appended_ = 0;
+  size_t batch_items_appended_ = 0;
   bool check_schemas_ = true;
 };
 
@@ -222,6 +278,63 @@ TEST(LagoSinkMappingTest, UsageBecomesALagoEvent) {
   EXPECT_EQ(s.problem(), "unmappable") << s.ToString();
   event.type = "plan.created.v1";
   EXPECT_TRUE(UsageToLagoEvent(event, LagoSinkOptions(), &json, &user).IsNotFound());
+}
+
+TEST(LagoSinkMappingTest, EveryBatchItemBecomesALagoEventWithItsIndexInTheTransactionId) {
+  Event event;
+  event.id = "0f8fad5b-d9cb-469f-a165-70867728950e";
+  event.type = "usage.batch_recorded.v1";
+  event.subject = "alice";
+  event.time_us = 1'800'000'000'000'000;
+  const std::string window =
+      R"("window_start":"2026-11-01T00:00:00Z","window_end":"2026-12-01T00:00:00Z",)"
+      R"("window_kind":"calendar_month","limit":null)";
+  event.data =
+      R"({"user_id":"alice","source":"batch","plan_id":"enterprise","subscription_id":"sub_1",)"
+      R"("items":[{"idempotency_key":"k1","service":"chat","quantity":7,)"
+      R"("occurred_at":"2026-11-22T10:00:05.999999Z",)" + window +
+      R"(,"used_after":7,"metadata":{"model":"gpt-x","quantity":99}},)"
+      R"({"idempotency_key":"k2","service":"tts","quantity":2,)"
+      R"("occurred_at":"2026-11-22T10:00:09.000000Z",)" + window + R"(,"used_after":9},)"
+      R"({"idempotency_key":"k3","quantity":2,"used_after":11}]})";
+  LagoSinkOptions options;
+  options.external_subscription_id_prefix = "sub-";
+  std::vector<LagoUsageEvent> mapped;
+  ASSERT_TRUE(UsageToLagoEvents(event, options, &mapped).ok());
+  ASSERT_EQ(mapped.size(), 3u);
+  EXPECT_EQ(mapped[0].transaction_id, "0f8fad5b-d9cb-469f-a165-70867728950e:0");
+  EXPECT_EQ(mapped[0].user_id, "alice");
+  EXPECT_EQ(mapped[0].json,
+            R"({"transaction_id":"0f8fad5b-d9cb-469f-a165-70867728950e:0",)"
+            R"("external_subscription_id":"sub-alice","code":"api_calls","timestamp":1795341605,)"
+            R"("properties":{"service":"chat","quantity":7,"model":"gpt-x"}})");
+  EXPECT_EQ(mapped[1].json,
+            R"({"transaction_id":"0f8fad5b-d9cb-469f-a165-70867728950e:1",)"
+            R"("external_subscription_id":"sub-alice","code":"api_calls","timestamp":1795341609,)"
+            R"("properties":{"service":"tts","quantity":2}})");
+  // An item without a service cannot be sent; the others can.
+  EXPECT_EQ(mapped[2].transaction_id, "0f8fad5b-d9cb-469f-a165-70867728950e:2");
+  EXPECT_TRUE(mapped[2].json.empty());
+  EXPECT_FALSE(mapped[2].unmappable.empty());
+
+  // A usage.recorded.v1 is one Lago event under the event id, as UsageToLagoEvent maps it.
+  Event single = event;
+  single.type = "usage.recorded.v1";
+  single.data = R"({"user_id":"bob","service":"tts","quantity":1})";
+  ASSERT_TRUE(UsageToLagoEvents(single, options, &mapped).ok());
+  ASSERT_EQ(mapped.size(), 1u);
+  std::string json, user;
+  ASSERT_TRUE(UsageToLagoEvent(single, options, &json, &user).ok());
+  EXPECT_EQ(mapped[0].transaction_id, single.id);
+  EXPECT_EQ(mapped[0].json, json);
+  // A batch event whose data is unreadable: one unmappable entry under the event id.
+  event.data = R"({"user_id":"alice","items":"none"})";
+  ASSERT_TRUE(UsageToLagoEvents(event, options, &mapped).ok());
+  ASSERT_EQ(mapped.size(), 1u);
+  EXPECT_EQ(mapped[0].transaction_id, event.id);
+  EXPECT_TRUE(mapped[0].json.empty());
+  event.type = "usage.threshold_reached.v1";
+  EXPECT_TRUE(UsageToLagoEvents(event, options, &mapped).IsNotFound());
 }
 
 TEST(LagoSinkOptionsTest, BadOptionsAreRefused) {
@@ -489,6 +602,136 @@ TEST_F(LagoSinkTest, StopIsBoundedWhileLagoIsDown) {
   StartSink(lago.url());
   ASSERT_TRUE(CaughtUp());
   EXPECT_TRUE(CountedExactlyOnce(lago, UsageIds()));
+}
+
+// usage.batch_recorded.v1: one Lago event per item (transaction_id "<event id>:<index>"), sent in
+// log order in batches of at most 100 that cut across events, each counted once.
+TEST_F(LagoSinkTest, DeliversEveryItemOfBatchEventsExactlyOnce) {
+  FakeLago lago;
+  Append(30);
+  AppendBatch("alice", 250);
+  AppendBatch("bob", 7);
+  Append(10, /*noise=*/false);
+  AppendBatch("carol", 1);
+  StartSink(lago.url());
+  ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
+  const std::vector<std::string> ids = UsageIds();
+  ASSERT_EQ(ids.size(), 40u + 250 + 7 + 1);
+  EXPECT_TRUE(CountedExactlyOnce(lago, ids));
+  ExpectBatchesWithinLimit(lago);
+  // In log order, with each item's own fields.
+  std::vector<FakeLago::StoredEvent> stored = lago.stored();
+  ASSERT_EQ(stored.size(), ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) EXPECT_EQ(stored[i].transaction_id, ids[i]) << i;
+  const std::vector<Event> batches = Events(kBatchType);
+  ASSERT_EQ(batches.size(), 3u);
+  rapidjson::Document data;
+  data.Parse(batches[0].data.c_str());
+  size_t at = 0;
+  while (stored[at].transaction_id != batches[0].id + ":0") ++at;
+  for (rapidjson::SizeType i = 0; i < data["items"].Size(); ++i) {
+    const FakeLago::StoredEvent& s = stored[at + i];
+    const rapidjson::Value& item = data["items"][i];
+    EXPECT_EQ(s.external_subscription_id, "alice");
+    EXPECT_EQ(s.service, item["service"].GetString());
+    EXPECT_EQ(s.quantity, item["quantity"].GetInt64());
+    EXPECT_EQ(s.timestamp, 1795345200 + static_cast<int64_t>(i % 10));
+    EXPECT_EQ(s.properties.find("\"model\"") != std::string::npos, item.HasMember("metadata"));
+  }
+  EXPECT_EQ(sink_->metrics().events_delivered.Value(), ids.size());
+  EXPECT_EQ(sink_->GetStatus().checkpoint, ledger_->Head());
+}
+
+// The checkpoint passes a batch event only once all its items are handled: Lago takes the first
+// 100 items of 150, then fails; the sink stops with its checkpoint before the event, and the next
+// sink sends all 150 again under the same ids (Lago settles the 100 it has).
+TEST_F(LagoSinkTest, APartlyDeliveredBatchEventIsSentAgainWholeAndCountedOnce) {
+  FakeLago lago;
+  Append(5, /*noise=*/false);
+  AppendBatch("alice", 150);
+  const Position batch_at = ledger_->Head();
+  lago.InjectFault(FakeLago::Fault::kNone, 1);
+  lago.InjectFault(FakeLago::Fault::kServerError, 1000);
+  StartSink(lago.url());
+  ASSERT_TRUE(WaitFor([&] { return sink_->metrics().request_failures.Value() >= 2; }));
+  EXPECT_EQ(lago.stored_count(), 100u);  // 5 + the first 95 items
+  LagoSinkStatus status = sink_->GetStatus();
+  EXPECT_EQ(status.checkpoint.value(), batch_at.value() - 1);
+  EXPECT_EQ(status.pending, 55u);
+  EXPECT_EQ(StopSink(std::chrono::seconds(1)).problem(), "lago_unavailable");
+  EXPECT_EQ(Checkpoint().value(), batch_at.value() - 1);
+
+  lago.ClearFaults();
+  StartSink(lago.url());
+  ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
+  EXPECT_TRUE(CountedExactlyOnce(lago, UsageIds()));
+  EXPECT_EQ(lago.stored_count(), 155u);
+  EXPECT_EQ(sink_->metrics().events_already_present.Value(), 95u);
+  EXPECT_EQ(sink_->GetStatus().checkpoint, ledger_->Head());
+}
+
+// A crash after Lago stored batch items but before the checkpoint reached the disk, in every
+// dedupe mode of Lago's stores: each item counted once.
+TEST_F(LagoSinkTest, BatchItemsResentAfterALostCheckpointAreCountedOnce) {
+  for (FakeLago::Dedupe dedupe : {FakeLago::Dedupe::kRejectBatch, FakeLago::Dedupe::kStoreRest,
+                                  FakeLago::Dedupe::kSilent}) {
+    SCOPED_TRACE(static_cast<int>(dedupe));
+    FakeLago::Options lago_options;
+    lago_options.dedupe = dedupe;
+    FakeLago lago(lago_options);
+    const Position start = ledger_->Head();
+    ASSERT_TRUE(ledger_->PutCheckpoint("sink.lago", start, true).ok());
+    AppendBatch("alice", 120);
+    Append(20);
+    AppendBatch("bob", 130);
+    const Position second_batch = ledger_->Head();
+    AppendBatch("carol", 40);
+    StartSink(lago.url());
+    ASSERT_TRUE(CaughtUp());
+    ASSERT_TRUE(StopSink().ok());
+    // The lost write: the checkpoint is back before bob's event; more usage meanwhile.
+    ASSERT_TRUE(ledger_->PutCheckpoint("sink.lago", Position(second_batch.value() - 1), true).ok());
+    AppendBatch("dave", 60);
+    StartSink(lago.url());
+    ASSERT_TRUE(CaughtUp(std::chrono::seconds(60))) << sink_->GetStatus().last_error;
+    EXPECT_TRUE(CountedExactlyOnce(lago, UsageIds(start)));
+    // Bob's and carol's items again. (Lago's kStoreRest also stores the new items of a batch it
+    // refuses, so their re-send is "already present" too.)
+    if (dedupe == FakeLago::Dedupe::kRejectBatch) {
+      EXPECT_EQ(sink_->metrics().events_already_present.Value(), 130u + 40u);
+    } else if (dedupe == FakeLago::Dedupe::kStoreRest) {
+      EXPECT_GE(sink_->metrics().events_already_present.Value(), 130u + 40u);
+    }
+    EXPECT_EQ(sink_->metrics().events_rejected.Value(), 0u);
+    ExpectBatchesWithinLimit(lago);
+    ASSERT_TRUE(StopSink().ok());
+  }
+}
+
+TEST_F(LagoSinkTest, ARefusedBatchItemIsDeadLetteredAloneAndTheEventCompleted) {
+  FakeLago lago;
+  AppendBatch("alice", 120);
+  const std::string batch_id = Events(kBatchType).at(0).id;
+  const std::string poisoned = batch_id + ":37";
+  lago.RejectTransaction(poisoned);
+  StartSink(lago.url());
+  ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
+  std::vector<std::string> delivered;
+  for (const std::string& id : UsageIds()) {
+    if (id != poisoned) delivered.push_back(id);
+  }
+  EXPECT_EQ(delivered.size(), 119u);
+  EXPECT_TRUE(CountedExactlyOnce(lago, delivered));
+  std::vector<Event> rejected = Events(kLagoSinkRejectedV1);
+  ASSERT_EQ(rejected.size(), 1u);
+  rapidjson::Document data;
+  data.Parse(rejected[0].data.c_str());
+  EXPECT_EQ(std::string(data["transaction_id"].GetString()), poisoned);
+  EXPECT_EQ(std::string(data["source_type"].GetString()), "usage.batch_recorded.v1");
+  EXPECT_EQ(data["source_position"].GetUint64(), Events(kBatchType).at(0).position.value());
+  EXPECT_EQ(std::string(data["lago_event"]["transaction_id"].GetString()), poisoned);
+  EXPECT_EQ(std::string(data["user_id"].GetString()), "alice");
+  EXPECT_EQ(sink_->GetStatus().checkpoint, ledger_->Head());
 }
 
 // Negative controls: the exactly-once check catches loss and double counting.

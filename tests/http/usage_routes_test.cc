@@ -317,7 +317,26 @@ TEST_F(UsageRoutesTest, BatchIngestReportsEachItem) {
       EXPECT_EQ(std::string(results[i]["reason"].GetString()), reasons[i]) << i;
     }
   }
-  EXPECT_EQ(Head(), head + 3);  // one command: three usage events, no thresholds (1 + 2 of 10)
+  // One command: a usage.batch_recorded.v1 for each of u1, u2 and u3 (one accepted item each),
+  // no thresholds (1 + 2 of 10).
+  EXPECT_EQ(Head(), head + 3);
+  std::vector<Event> appended;
+  ASSERT_TRUE(ledger_->ReadEvents(Position(head), 10, EventFilter{}, &appended).ok());
+  ASSERT_EQ(appended.size(), 3u);
+  const char* users[] = {"u1", "u2", "u3"};
+  const char* keys[] = {"b1", "b1", "x"};
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(appended[i].type, pj::kUsageBatchRecordedV1);
+    EXPECT_EQ(appended[i].subject, users[i]);
+    rapidjson::Document data;
+    data.Parse(appended[i].data.c_str());
+    ASSERT_EQ(data["items"].Size(), 1u);
+    EXPECT_STREQ(data["items"][0]["idempotency_key"].GetString(), keys[i]);
+  }
+  rapidjson::Document u1;
+  u1.Parse(appended[0].data.c_str());
+  EXPECT_STREQ(u1["items"][0]["metadata"]["model"].GetString(), "m");
+  EXPECT_EQ(u1["items"][0]["used_after"].GetInt64(), 3);
   EXPECT_EQ(Used("u1", kStripeT0), 3);
   EXPECT_EQ(Used("u2", pj::UtcMonthStart(kStripeT0)), 4);
   // Envelope problems.
@@ -343,10 +362,30 @@ TEST_F(UsageRoutesTest, BatchOfAThousandIsOneCommand) {
   }
   body += "]}";
   const uint64_t groups = ledger_->metrics().groups_committed.Value();
+  const uint64_t head = Head();
   HttpReply r = Service().Post(kEvents, body, {{"Idempotency-Key", "batch-1"}});
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(r.Json()["accepted"].GetInt(), 1000);
   EXPECT_EQ(ledger_->metrics().groups_committed.Value(), groups + 1);
+  // One usage.batch_recorded.v1 per user (in the order of their first item), with the user's
+  // items in request order.
+  std::vector<Event> appended;
+  ASSERT_TRUE(ledger_->ReadEvents(Position(head), 1000, EventFilter{}, &appended).ok());
+  ASSERT_EQ(appended.size(), 37u);
+  EXPECT_EQ(Head(), head + 37);
+  for (size_t u = 0; u < appended.size(); ++u) {
+    EXPECT_EQ(appended[u].type, pj::kUsageBatchRecordedV1);
+    EXPECT_EQ(appended[u].subject, "user-" + std::to_string(u));
+    rapidjson::Document data;
+    data.Parse(appended[u].data.c_str());
+    size_t n = 0;
+    for (const auto& item : data["items"].GetArray()) {
+      EXPECT_EQ(item["idempotency_key"].GetString(), "k" + std::to_string(u + 37 * n));
+      ++n;
+      EXPECT_EQ(item["used_after"].GetInt64(), static_cast<int64_t>(n));
+    }
+    EXPECT_EQ(n, (1000 - u + 36) / 37);
+  }
   // The same request again is answered from the request's idempotency record.
   HttpReply again = Service().Post(kEvents, body, {{"Idempotency-Key", "batch-1"}});
   EXPECT_EQ(again.body, r.body);

@@ -9,8 +9,12 @@
 #include <vector>
 
 #include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
 
 #include "events/clock.h"
+#include "events/coding.h"
+#include "projections/limits.h"
 #include "projections/registry.h"
 #include "tests/support/schema_check.h"
 #include "tests/support/test_ledger.h"
@@ -177,6 +181,152 @@ TEST(UsageCounterTest, EncodingRoundTripsAndRejectsGarbage) {
   EXPECT_TRUE(DecodeUsageCounter(bytes.substr(0, bytes.size() - 1), &back).IsCorruption());
   EXPECT_TRUE(DecodeUsageCounter(bytes + "x", &back).IsCorruption());
   EXPECT_TRUE(DecodeUsageCounter("", &back).IsCorruption());
+}
+
+// ---- the fold: usage.batch_recorded.v1 ----------------------------------------------------------
+
+// A usage.recorded.v1 with the batch event's common fields and one item's fields.
+std::string RecordedFromItem(const std::string& user, const std::string& item_json) {
+  rapidjson::Document item;
+  item.Parse(item_json.c_str());
+  rapidjson::Document out;
+  out.SetObject();
+  auto& a = out.GetAllocator();
+  out.AddMember("user_id", rapidjson::Value(user.c_str(), a), a);
+  out.AddMember("source", "batch", a);
+  out.AddMember("plan_id", "tiny", a);
+  out.AddMember("subscription_id", rapidjson::Value(rapidjson::kNullType), a);
+  for (auto& m : item.GetObject()) {
+    out.AddMember(rapidjson::Value(m.name, a), rapidjson::Value(m.value, a), a);
+  }
+  rapidjson::StringBuffer buf;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+  out.Accept(w);
+  return std::string(buf.GetString(), buf.GetSize());
+}
+
+Event UsageEvent(std::string_view type, const std::string& user, std::string data,
+                 uint64_t position) {
+  Event e;
+  e.type = std::string(type);
+  e.subject = user;
+  e.data = std::move(data);
+  e.position = Position(position);
+  e.id = "id-" + std::to_string(position);
+  e.time_us = kStripeT0 * kUs;
+  return e;
+}
+
+TEST(UsageFoldTest, ABatchEventHasExactlyTheEffectOfItsItemsAsRecordedEvents) {
+  const std::string w1 =
+      R"("window_start":"2025-06-15T15:06:40Z","window_end":"2025-07-15T15:06:40Z",)"
+      R"("window_kind":"billing_month")";
+  const std::string w2 =
+      R"("window_start":"2025-07-15T15:06:40Z","window_end":"2025-08-15T15:06:40Z",)"
+      R"("window_kind":"billing_month")";
+  // Two windows, interleaved; a limit change within W1; metadata on one item.
+  const std::vector<std::string> items = {
+      R"({"idempotency_key":"k1","service":"chat","quantity":2,)"
+      R"("occurred_at":"2025-06-16T00:00:00.000001Z",)" + w1 + R"(,"limit":10,"used_after":7})",
+      R"({"idempotency_key":"k2","service":"search","quantity":3,)"
+      R"("occurred_at":"2025-07-16T00:00:00.000000Z",)" + w2 + R"(,"limit":null,"used_after":3})",
+      R"({"idempotency_key":"k3","service":"chat","quantity":5,)"
+      R"("occurred_at":"2025-06-17T00:00:00.000000Z",)" + w1 +
+          R"(,"limit":20,"used_after":12,"metadata":{"model":"m"}})",
+      R"({"idempotency_key":"k4","service":"tts","quantity":1,)"
+      R"("occurred_at":"2025-06-17T00:00:00.000000Z",)" + w1 + R"(,"limit":20,"used_after":13})",
+  };
+  std::string batch_data =
+      R"({"user_id":"u","source":"batch","plan_id":"tiny","subscription_id":null,"items":[)";
+  for (size_t i = 0; i < items.size(); ++i) batch_data += (i ? "," : "") + items[i];
+  batch_data += "]}";
+  ASSERT_TRUE(ledger::testing::EventDataMatchesSchema(kUsageBatchRecordedV1, batch_data));
+
+  // The same history before: a consume of 5 in W1 and its 80% threshold... of another limit.
+  auto seed = [&](ledger::testing::MemoryState* state) {
+    UsageCountersFold fold;
+    const std::string before =
+        RecordedFromItem("u", R"({"idempotency_key":"c0","service":"chat","quantity":5,)"
+                              R"("occurred_at":"2025-06-15T16:00:00.000000Z",)" +
+                                  w1 + R"(,"limit":10,"used_after":5})");
+    ASSERT_TRUE(fold.Apply(UsageEvent(kUsageRecordedV1, "u", before, 3), *state, state).ok());
+    const std::string threshold =
+        R"({"user_id":"u","threshold_percent":80,)" + w1 +
+        R"(,"plan_id":"tiny","limit":10,"used":8,"service":"chat","idempotency_key":"c0"})";
+    ASSERT_TRUE(
+        fold.Apply(UsageEvent(kUsageThresholdReachedV1, "u", threshold, 4), *state, state).ok());
+  };
+  UsageCountersFold fold;
+  ledger::testing::MemoryState batched, expanded, short_of_one;
+  seed(&batched);
+  seed(&expanded);
+  seed(&short_of_one);
+  ASSERT_TRUE(fold.Apply(UsageEvent(kUsageBatchRecordedV1, "u", batch_data, 9), batched, &batched)
+                  .ok());
+  for (size_t i = 0; i < items.size(); ++i) {
+    const std::string data = RecordedFromItem("u", items[i]);
+    ASSERT_TRUE(ledger::testing::EventDataMatchesSchema(kUsageRecordedV1, data)) << data;
+    // At the batch event's position: the dedupe rows then hold the same value.
+    const Event e = UsageEvent(kUsageRecordedV1, "u", data, 9);
+    ASSERT_TRUE(fold.Apply(e, expanded, &expanded).ok());
+    if (i + 1 < items.size()) {
+      ASSERT_TRUE(fold.Apply(e, short_of_one, &short_of_one).ok());
+    }
+  }
+  EXPECT_EQ(batched.rows(), expanded.rows());
+  EXPECT_NE(batched.rows(), short_of_one.rows());  // negative control: the comparison can fail
+
+  UsageCounter c1, c2;
+  ASSERT_TRUE(GetUsageCounter(batched, "u", At("2025-06-15T15:06:40Z"), &c1).ok());
+  EXPECT_EQ(c1.used, 13);
+  EXPECT_EQ(c1.recorded, 13);
+  EXPECT_EQ(c1.limit, 20);
+  EXPECT_EQ(c1.services, (std::map<std::string, int64_t, std::less<>>{{"chat", 12}, {"tts", 1}}));
+  EXPECT_EQ(c1.thresholds, kThreshold80);  // announced for limit 10; the fold only records that
+  ASSERT_TRUE(GetUsageCounter(batched, "u", At("2025-07-15T15:06:40Z"), &c2).ok());
+  EXPECT_EQ(c2.used, 3);
+  EXPECT_FALSE(c2.limit);
+  bool found = false;
+  for (const char* key : {"k1", "k2", "k3", "k4", "c0"}) {
+    ASSERT_TRUE(HasUsageKey(batched, "u", key, &found).ok());
+    EXPECT_TRUE(found) << key;
+  }
+  ASSERT_TRUE(HasUsageKey(batched, "u", "k5", &found).ok());
+  EXPECT_FALSE(found);
+  std::vector<UsageWindowRow> windows;
+  ASSERT_TRUE(ListUserUsage(batched, "u", 10, &windows).ok());
+  EXPECT_EQ(windows.size(), 2u);
+}
+
+TEST(UsageFoldTest, MalformedBatchEventsAreRefused) {
+  UsageCountersFold fold;
+  ledger::testing::MemoryState state;
+  const std::string item =
+      R"({"idempotency_key":"k","service":"chat","quantity":1,)"
+      R"("occurred_at":"2025-06-16T00:00:00.000000Z","window_start":"2025-06-01T00:00:00Z",)"
+      R"("window_end":"2025-07-01T00:00:00Z","window_kind":"calendar_month","limit":null,)"
+      R"("used_after":1})";
+  const std::string head =
+      R"({"user_id":"u","source":"batch","plan_id":null,"subscription_id":null,)";
+  ASSERT_TRUE(
+      fold.Apply(UsageEvent(kUsageBatchRecordedV1, "u", head + R"("items":[)" + item + "]}", 1),
+                 state, &state)
+          .ok());
+  for (const std::string& bad :
+       {head + R"("items":[]})", head + R"("items":{}})", head + R"("items":[1]})",
+        std::string(R"({"source":"batch","items":[)") + item + "]}",
+        head + R"("items":[)" + item + "," +
+            std::string(item).replace(item.find(R"("quantity":1)"), 12, R"("quantity":0)") + "]}",
+        head + R"("items":[)" +
+            std::string(item).replace(item.find("calendar_month"), 14, "fortnight") + "]}",
+        head + R"("items":[)" +
+            std::string(item).replace(item.find(R"("limit":null)"), 12, R"("limit":"10")") + "]}",
+        head + R"("items":[)" +
+            std::string(item).replace(item.find(R"("limit":null,)"), 13, "") + "]}",
+        head + R"("items":[)" + item + "]} trailing", std::string("[]"), std::string("{")}) {
+    Status s = fold.Apply(UsageEvent(kUsageBatchRecordedV1, "u", bad, 2), state, &state);
+    EXPECT_EQ(s.problem(), "malformed_event") << bad;
+  }
 }
 
 // ---- deciders on in-memory rows ------------------------------------------------------------------
@@ -415,14 +565,60 @@ TEST_F(UsageDeciderTest, BatchRecordsValidItemsAndReportsInvalidAndDuplicates) {
   }
   EXPECT_STREQ(results[3]["reason"].GetString(), "invalid_quantity");
   EXPECT_STREQ(results[6]["reason"].GetString(), "timestamp_out_of_range");
-  int recorded = 0, thresholds = 0;
-  for (const Event& e : applied) {
-    EXPECT_TRUE(ledger::testing::EventMatchesSchema(e)) << e.data;
-    recorded += e.type == kUsageRecordedV1;
-    thresholds += e.type == kUsageThresholdReachedV1;
+  for (const Event& e : applied) EXPECT_TRUE(ledger::testing::EventMatchesSchema(e)) << e.data;
+  // One usage.batch_recorded.v1 per user (u1's first: its item came first), u1's with its two
+  // accepted items in order, and the two thresholds right after it: 1 + 3 + 9 = 13 crosses both
+  // 8 and 10 with item "b".
+  ASSERT_EQ(applied.size(), 4u);
+  EXPECT_EQ(applied[0].type, kUsageBatchRecordedV1);
+  EXPECT_EQ(applied[0].subject, "u1");
+  EXPECT_EQ(applied[1].type, kUsageThresholdReachedV1);
+  EXPECT_EQ(applied[2].type, kUsageThresholdReachedV1);
+  EXPECT_EQ(applied[3].type, kUsageBatchRecordedV1);
+  EXPECT_EQ(applied[3].subject, "u2");
+  rapidjson::Document u1;
+  u1.Parse(applied[0].data.c_str());
+  EXPECT_STREQ(u1["user_id"].GetString(), "u1");
+  EXPECT_STREQ(u1["source"].GetString(), "batch");
+  EXPECT_STREQ(u1["plan_id"].GetString(), "tiny");
+  EXPECT_STREQ(u1["subscription_id"].GetString(), "sub_u1");
+  const auto& u1_items = u1["items"];
+  ASSERT_EQ(u1_items.Size(), 2u);
+  EXPECT_STREQ(u1_items[0]["idempotency_key"].GetString(), "a");
+  EXPECT_STREQ(u1_items[0]["service"].GetString(), "chat");
+  EXPECT_EQ(u1_items[0]["quantity"].GetInt64(), 3);
+  EXPECT_EQ(u1_items[0]["used_after"].GetInt64(), 4);
+  EXPECT_EQ(u1_items[0]["limit"].GetInt64(), 10);
+  EXPECT_STREQ(u1_items[0]["occurred_at"].GetString(), FormatRfc3339Micros(now_us).c_str());
+  EXPECT_STREQ(u1_items[0]["window_start"].GetString(), "2025-06-15T15:06:40Z");
+  EXPECT_STREQ(u1_items[0]["window_end"].GetString(), "2025-07-15T15:06:40Z");
+  EXPECT_STREQ(u1_items[0]["window_kind"].GetString(), "billing_month");
+  EXPECT_EQ(u1_items[0]["metadata"]["tokens"].GetInt(), 12);
+  EXPECT_STREQ(u1_items[1]["idempotency_key"].GetString(), "b");
+  EXPECT_STREQ(u1_items[1]["service"].GetString(), "tts");
+  EXPECT_EQ(u1_items[1]["used_after"].GetInt64(), 13);
+  EXPECT_STREQ(u1_items[1]["occurred_at"].GetString(),
+               FormatRfc3339Micros((kStripeT0 + 3) * kUs).c_str());
+  EXPECT_FALSE(u1_items[1].HasMember("metadata"));
+  for (int t : {1, 2}) {
+    rapidjson::Document d;
+    d.Parse(applied[t].data.c_str());
+    EXPECT_EQ(d["threshold_percent"].GetInt(), t == 1 ? 80 : 100);
+    EXPECT_EQ(d["used"].GetInt64(), 13);
+    EXPECT_STREQ(d["idempotency_key"].GetString(), "b");
+    EXPECT_STREQ(d["service"].GetString(), "tts");
   }
-  EXPECT_EQ(recorded, 3);
-  EXPECT_EQ(thresholds, 2);  // 1 + 3 + 9 = 13 crosses both 8 and 10
+  rapidjson::Document u2;
+  u2.Parse(applied[3].data.c_str());
+  EXPECT_TRUE(u2["plan_id"].IsNull());
+  EXPECT_TRUE(u2["subscription_id"].IsNull());
+  ASSERT_EQ(u2["items"].Size(), 1u);
+  EXPECT_STREQ(u2["items"][0]["window_kind"].GetString(), "calendar_month");
+  EXPECT_TRUE(u2["items"][0]["limit"].IsNull());
+  // The dedupe rows name the batch event.
+  std::string position;
+  ASSERT_TRUE(world_.state.Get(kUsageFamily, UsageDedupeKey("u1", "b"), &position).ok());
+  EXPECT_EQ(DecodeFixed64BE(position.data()), applied[0].position.value());
   UsageCounter c = Counter("u1", kStripeT0);
   EXPECT_EQ(c.used, 13);
   EXPECT_EQ(c.services.at("tts"), 9);
@@ -438,6 +634,166 @@ TEST_F(UsageDeciderTest, BatchRecordsValidItemsAndReportsInvalidAndDuplicates) {
   EXPECT_EQ(body["accepted"].GetInt(), 0);
   EXPECT_EQ(body["duplicates"].GetInt(), 5);
   EXPECT_TRUE(applied.empty());
+}
+
+TEST_F(UsageDeciderTest, BatchAcrossUsersIsOneEventPerUserWithItsAcceptedItemsInOrder) {
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "tiny")).ok());
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u2", "enterprise")).ok());
+  ASSERT_TRUE(Consume("u1", "chat", "consumed", kStripeT0 + 5).ok());
+  const int64_t now_us = (kStripeT0 + 10) * kUs;
+  // 40 items over three users (u3 has no plan), interleaved: every 7th invalid, a repeated key
+  // per user, and u1's consume key.
+  std::vector<UsageBatchItem> items;
+  std::map<std::string, std::vector<std::string>> accepted;  // per user, in order
+  std::vector<std::string> expected_status;
+  for (int i = 0; i < 40; ++i) {
+    const std::string user = "u" + std::to_string(i % 3 + 1);
+    UsageBatchItem item{user, i % 2 ? "chat" : "search", 1 + i % 4, "k" + std::to_string(i),
+                        std::nullopt, "", ""};
+    if (i % 7 == 6) {
+      item.invalid_reason = "invalid_quantity";
+      expected_status.push_back("invalid");
+    } else if (i == 22 || i == 31) {
+      item.idempotency_key = "k" + std::to_string(i - 12);  // an earlier item of the same user
+      expected_status.push_back("duplicate");
+    } else if (i == 33) {
+      item.idempotency_key = "consumed";
+      expected_status.push_back("duplicate");
+    } else {
+      accepted[user].push_back(item.idempotency_key);
+      expected_status.push_back("accepted");
+    }
+    items.push_back(item);
+  }
+  ASSERT_EQ(items[22].user_id, items[10].user_id);
+  ASSERT_EQ(items[31].user_id, items[19].user_id);
+  ASSERT_EQ(items[33].user_id, "u1");
+  RecordUsageBatch batch(items, cache_);
+  Decision decision;
+  std::vector<Event> applied;
+  ASSERT_TRUE(world_.Run(&batch, now_us, &decision, &applied).ok());
+  rapidjson::Document body;
+  body.Parse(decision.body.c_str());
+  ASSERT_EQ(body["results"].Size(), 40u);
+  for (rapidjson::SizeType i = 0; i < 40; ++i) {
+    EXPECT_EQ(body["results"][i]["status"].GetString(), expected_status[i]) << i;
+  }
+  EXPECT_EQ(batch.counts().accepted, 32u);
+  EXPECT_EQ(batch.counts().duplicates, 3u);
+  EXPECT_EQ(batch.counts().invalid, 5u);
+
+  std::vector<std::string> subjects;
+  std::map<std::string, int64_t> quantities;
+  for (const Event& e : applied) {
+    EXPECT_TRUE(ledger::testing::EventMatchesSchema(e)) << e.data;
+    if (e.type != kUsageBatchRecordedV1) continue;
+    subjects.push_back(e.subject);
+    rapidjson::Document data;
+    data.Parse(e.data.c_str());
+    std::vector<std::string> keys;
+    int64_t previous_used = 0;
+    for (const auto& item : data["items"].GetArray()) {
+      keys.emplace_back(item["idempotency_key"].GetString());
+      quantities[e.subject] += item["quantity"].GetInt64();
+      EXPECT_GT(item["used_after"].GetInt64(), previous_used);
+      previous_used = item["used_after"].GetInt64();
+    }
+    EXPECT_EQ(keys, accepted[e.subject]) << e.subject;
+  }
+  EXPECT_EQ(subjects, (std::vector<std::string>{"u1", "u2", "u3"}));
+  // No enforcement: u1 went past its limit of 10 (with one consume before), and both thresholds
+  // were announced once.
+  int thresholds = 0;
+  for (const Event& e : applied) thresholds += e.type == kUsageThresholdReachedV1;
+  EXPECT_EQ(thresholds, 2);
+  EXPECT_EQ(Counter("u1", kStripeT0).used, 1 + quantities["u1"]);
+  EXPECT_GT(Counter("u1", kStripeT0).used, 10);
+  EXPECT_EQ(Counter("u2", kStripeT0).used, quantities["u2"]);
+  EXPECT_EQ(Counter("u3", UtcMonthStart(kStripeT0)).used, quantities["u3"]);
+  // A batch key is a recorded key for consume too, and a consume's key for a later batch.
+  Status s = Consume("u2", "chat", "k1", kStripeT0 + 11);
+  EXPECT_EQ(s.problem(), "idempotency_key_reused");
+  ASSERT_TRUE(Consume("u2", "chat", "fresh", kStripeT0 + 11).ok());
+  RecordUsageBatch later({UsageBatchItem{"u2", "chat", 1, "fresh", std::nullopt, "", ""},
+                          UsageBatchItem{"u2", "chat", 1, "k1", std::nullopt, "", ""},
+                          UsageBatchItem{"u2", "chat", 1, "k1", std::nullopt, "", ""}},
+                         cache_);
+  applied.clear();
+  ASSERT_TRUE(world_.Run(&later, now_us, &decision, &applied).ok());
+  EXPECT_EQ(later.counts().duplicates, 3u);
+  EXPECT_TRUE(applied.empty());
+}
+
+TEST_F(UsageDeciderTest, BatchEventsEscapeWhatTheyCopy) {
+  // The decider writes the event's JSON itself: user ids, keys and services that need escaping
+  // come back out of the event (and its results) unchanged.
+  const std::string user = "u\"q\\1 ключ";
+  const std::string key = "key \"with\" \\ quotes\tand\x01 control, ключ 🔑";
+  RecordUsageBatch batch(
+      {UsageBatchItem{user, "chat", 2, key, std::nullopt, R"({"a":"x\"y"})", ""}}, cache_);
+  Decision decision;
+  std::vector<Event> applied;
+  ASSERT_TRUE(world_.Run(&batch, (kStripeT0 + 10) * kUs, &decision, &applied).ok());
+  ASSERT_EQ(applied.size(), 1u);
+  EXPECT_TRUE(ledger::testing::EventMatchesSchema(applied[0])) << applied[0].data;
+  rapidjson::Document data;
+  data.Parse(applied[0].data.c_str());
+  ASSERT_FALSE(data.HasParseError()) << applied[0].data;
+  EXPECT_EQ(std::string(data["user_id"].GetString()), user);
+  EXPECT_EQ(std::string(data["items"][0]["idempotency_key"].GetString()), key);
+  EXPECT_EQ(std::string(data["items"][0]["metadata"]["a"].GetString()), "x\"y");
+  rapidjson::Document body;
+  body.Parse(decision.body.c_str());
+  ASSERT_FALSE(body.HasParseError()) << decision.body;
+  EXPECT_EQ(std::string(body["results"][0]["idempotency_key"].GetString()), key);
+  bool found = false;
+  ASSERT_TRUE(HasUsageKey(world_.state, user, key, &found).ok());
+  EXPECT_TRUE(found);
+}
+
+TEST_F(UsageDeciderTest, OneUsersItemsSpillIntoAnotherEventOnlyPastTheSizeBudget) {
+  ASSERT_TRUE(world_.Subscribe(OnPlan("e1", "enterprise")).ok());
+  const int64_t now_us = (kStripeT0 + 10) * kUs;
+  // 1000 items of ~1.1 KB: more than fits one event's budget.
+  const std::string metadata = R"({"blob":")" + std::string(1000, 'x') + R"("})";
+  std::vector<UsageBatchItem> items;
+  for (int i = 0; i < 1000; ++i) {
+    items.push_back({"e1", "chat", 1, "big" + std::to_string(i), std::nullopt, metadata, ""});
+  }
+  RecordUsageBatch batch(items, cache_);
+  Decision decision;
+  std::vector<Event> applied;
+  ASSERT_TRUE(world_.Run(&batch, now_us, &decision, &applied).ok());
+  ASSERT_GE(applied.size(), 4u);
+  std::vector<std::string> keys;
+  for (const Event& e : applied) {
+    ASSERT_EQ(e.type, kUsageBatchRecordedV1);
+    EXPECT_LE(e.data.size(), limits::kUsageBatchEventDataBytesSoftMax + 2048);
+    EXPECT_TRUE(ledger::testing::EventMatchesSchema(e));
+    rapidjson::Document data;
+    data.Parse(e.data.c_str());
+    for (const auto& item : data["items"].GetArray()) {
+      keys.emplace_back(item["idempotency_key"].GetString());
+      EXPECT_EQ(item["used_after"].GetInt64(), static_cast<int64_t>(keys.size()));
+    }
+  }
+  ASSERT_EQ(keys.size(), 1000u);
+  for (int i = 0; i < 1000; ++i) EXPECT_EQ(keys[i], "big" + std::to_string(i));
+  EXPECT_EQ(Counter("e1", kStripeT0).used, 1000);
+
+  // Small items: all 1000 in one event.
+  items.clear();
+  for (int i = 0; i < 1000; ++i) {
+    items.push_back({"e1", "chat", 1, "small" + std::to_string(i), std::nullopt, "", ""});
+  }
+  RecordUsageBatch small(items, cache_);
+  applied.clear();
+  ASSERT_TRUE(world_.Run(&small, now_us, &decision, &applied).ok());
+  ASSERT_EQ(applied.size(), 1u);
+  rapidjson::Document data;
+  data.Parse(applied[0].data.c_str());
+  EXPECT_EQ(data["items"].Size(), 1000u);
+  EXPECT_EQ(Counter("e1", kStripeT0).used, 2000);
 }
 
 TEST_F(UsageDeciderTest, ResetRestartsTheWindowAndThresholdsMayFireAgain) {
@@ -657,7 +1013,7 @@ TEST_F(UsageLedgerTest, CountersEqualAReplayOfTheLog) {
   std::unique_ptr<Ledger> short_replay;
   ASSERT_TRUE(Ledger::Open(options, &short_replay).ok());
   size_t last_usage = events.size();
-  while (last_usage > 0 && events[last_usage - 1].type != kUsageRecordedV1) --last_usage;
+  while (last_usage > 0 && events[last_usage - 1].type != kUsageBatchRecordedV1) --last_usage;
   ASSERT_GT(last_usage, 0u);
   std::vector<Event> prefix(events.begin(), events.begin() + static_cast<long>(last_usage) - 1);
   ASSERT_TRUE(short_replay->ImportEvents(prefix).ok());

@@ -127,6 +127,7 @@ void FakeLago::Listen() {
         faults_.pop_front();
       }
     }
+    if (fault == Fault::kNone) fault.reset();
     Request record;
     record.faulted = fault.has_value();
     {
@@ -208,6 +209,11 @@ void FakeLago::SetDown(bool down) {
 void FakeLago::InjectFault(Fault fault, int times) {
   std::lock_guard<std::mutex> lock(mu_);
   for (int i = 0; i < times; ++i) faults_.push_back(fault);
+}
+
+void FakeLago::ClearFaults() {
+  std::lock_guard<std::mutex> lock(mu_);
+  faults_.clear();
 }
 
 void FakeLago::SetApiKey(std::string key) {

@@ -5,7 +5,8 @@
 // checked the way Lago checks it, in this order, answering with Lago-shaped JSON
 // ({"status","error","code","error_details"}):
 //   1. the fake being down (SetDown: the port refuses connections) and injected faults
-//      (InjectFault: 500, 429 + Retry-After, a slow answer, or "stored but the answer is lost");
+//      (InjectFault: 500, 429 + Retry-After, a slow answer, "stored but the answer is lost", or
+//      none for this request);
 //   2. `Authorization: Bearer <the key>` (401 otherwise) and `Content-Type: application/json`;
 //   3. the body: a JSON object with `events`, 1..100 of them (422 no_events / too_many_events);
 //      every event needs transaction_id, external_subscription_id, code (non-empty strings),
@@ -61,6 +62,7 @@ class FakeLago {
     kRateLimited,  // 429 with Retry-After: 1, nothing stored
     kSlow,         // answers normally after slow_ms (longer than the client's read timeout)
     kAckLost,      // stores the batch, then answers 500 (the acknowledgement is lost)
+    kNone,         // answered normally (puts a later fault on a chosen request)
   };
 
   struct Options {
@@ -100,6 +102,8 @@ class FakeLago {
   void SetDown(bool down);
   // The next `times` requests get `fault` (queued after earlier injections).
   void InjectFault(Fault fault, int times = 1);
+  // Drops the injected faults not yet used.
+  void ClearFaults();
   void SetApiKey(std::string key);
   void SetDedupe(Dedupe dedupe);
   // Every batch holding this transaction id is refused with 422 validation_errors naming it.

@@ -9,12 +9,15 @@
 #   4. open-loop latency: `ledgerctl bench http` offers consume at a fixed rate (default half the
 #      measured consume rate) and reports latency from each request's due time (no coordinated
 #      omission);
-#   5. batched ingest: wrk POST /api/v1/usage/events with 1000-item bodies;
+#   5. batched ingest: wrk POST /api/v1/usage/events with 1000-item bodies (one
+#      usage.batch_recorded.v1 per user and request; events/s counts the items);
 #   6. prints the figures and stops ledgerd (SIGTERM).
 #
 # Usage: tools/bench/run_http_bench.sh [--build DIR] [--kafka none|embedded] [--connections C]
-#                                      [--seconds S] [--rate R] [--keep] [--serve]
+#                                      [--seconds S] [--rate R] [--phases LIST] [--keep] [--serve]
 # --serve: start and seed only, print the URL and token, and keep serving until interrupted.
+# --phases: comma-separated subset of livez,consume,latency,events (default: all four);
+#           latency without consume needs --rate (default then 4000).
 # Defaults: --build build-release, --kafka none, --connections 64, --seconds 20.
 set -euo pipefail
 
@@ -27,6 +30,7 @@ seconds=20
 rate=""
 keep=0
 serve=0
+phases="livez,consume,latency,events"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --build) build="$(cd "$2" && pwd)"; shift 2 ;;
@@ -34,11 +38,19 @@ while [[ $# -gt 0 ]]; do
     --connections) connections="$2"; shift 2 ;;
     --seconds) seconds="$2"; shift 2 ;;
     --rate) rate="$2"; shift 2 ;;
+    --phases) phases="$2"; shift 2 ;;
     --keep) keep=1; shift ;;
     --serve) serve=1; shift ;;
     *) echo "unknown argument $1" >&2; exit 64 ;;
   esac
 done
+for phase in ${phases//,/ }; do
+  case "$phase" in
+    livez|consume|latency|events) ;;
+    *) echo "unknown phase $phase (livez, consume, latency, events)" >&2; exit 64 ;;
+  esac
+done
+phase() { [[ ",$phases," == *",$1,"* ]]; }
 ledgerd="$build/bin/ledgerd"
 ledgerctl="$build/bin/ledgerctl"
 for tool in "$ledgerd" "$ledgerctl"; do
@@ -108,30 +120,43 @@ settle() {
 }
 
 echo "ledgerd $(basename "$build") at $url, kafka=$kafka, $(nproc) cores; wrk -t2 -c$connections -d${seconds}s"
-echo
-wrk -t2 -c"$connections" -d"${seconds}s" -s "$here/livez.lua" "$url/livez" | tee "$work/livez.txt"
-settle
-echo
-wrk -t2 -c"$connections" -d"${seconds}s" -s "$here/consume.lua" "$url" -- "$token" bench-user chat \
-  | tee "$work/consume.txt"
-livez_rps="$(sed -n 's/^livez: [0-9]* requests, \([0-9]*\) req\/s.*/\1/p' "$work/livez.txt")"
-consume_rps="$(sed -n 's/^consume: [0-9]* requests, \([0-9]*\) req\/s.*/\1/p' "$work/consume.txt")"
-[[ -n "$rate" ]] || rate=$((consume_rps / 2))
-settle
-echo
-"$ledgerctl" bench http --url "$url" --token "$token" --user bench-user --rate "$rate" \
-  --connections "$connections" --seconds "$seconds" | tee "$work/latency.txt"
-settle
-echo
-wrk -t2 -c4 -d"${seconds}s" -s "$here/events.lua" "$url" -- "$token" 1000 100 | tee "$work/events.txt"
-events_rate="$(sed -n 's/.* = \([0-9]*\) events\/s.*/\1/p' "$work/events.txt")"
-p99="$(sed -n 's/^  p99 *\([0-9.]*\) ms.*/\1/p' "$work/latency.txt" | head -1)"
+livez_rps="" consume_rps="" events_rate="" p99=""
+if phase livez; then
+  echo
+  wrk -t2 -c"$connections" -d"${seconds}s" -s "$here/livez.lua" "$url/livez" | tee "$work/livez.txt"
+  livez_rps="$(sed -n 's/^livez: [0-9]* requests, \([0-9]*\) req\/s.*/\1/p' "$work/livez.txt")"
+  settle
+fi
+if phase consume; then
+  echo
+  wrk -t2 -c"$connections" -d"${seconds}s" -s "$here/consume.lua" "$url" -- "$token" bench-user chat \
+    | tee "$work/consume.txt"
+  consume_rps="$(sed -n 's/^consume: [0-9]* requests, \([0-9]*\) req\/s.*/\1/p' "$work/consume.txt")"
+  settle
+fi
+if phase latency; then
+  [[ -n "$rate" ]] || rate=$(( ${consume_rps:-8000} / 2 ))
+  echo
+  "$ledgerctl" bench http --url "$url" --token "$token" --user bench-user --rate "$rate" \
+    --connections "$connections" --seconds "$seconds" | tee "$work/latency.txt"
+  p99="$(sed -n 's/^  p99 *\([0-9.]*\) ms.*/\1/p' "$work/latency.txt" | head -1)"
+  settle
+fi
+if phase events; then
+  echo
+  wrk -t2 -c4 -d"${seconds}s" -s "$here/events.lua" "$url" -- "$token" 1000 100 | tee "$work/events.txt"
+  events_rate="$(sed -n 's/.* = \([0-9]*\) events\/s.*/\1/p' "$work/events.txt")"
+fi
 
 echo
 echo "== summary (kafka=$kafka, $connections connections) =="
-echo "GET /livez               $livez_rps req/s"
-echo "POST /usage/consume      $consume_rps req/s ($(awk -v a="$consume_rps" -v b="$livez_rps" 'BEGIN{printf "%.0f", 100*a/b}')% of /livez; target >= 8000 and >= 80%)"
-echo "consume p99 at $rate/s   ${p99:-?} ms (target <= 10 ms at half the max rate)"
-echo "POST /usage/events       $events_rate events/s (1000-item bodies; target >= 200000)"
+phase livez && echo "GET /livez               $livez_rps req/s"
+if phase consume; then
+  share="?"
+  [[ -n "$livez_rps" ]] && share="$(awk -v a="$consume_rps" -v b="$livez_rps" 'BEGIN{printf "%.0f", 100*a/b}')"
+  echo "POST /usage/consume      $consume_rps req/s (${share}% of /livez; target >= 8000 and >= 80%)"
+fi
+phase latency && echo "consume p99 at $rate/s   ${p99:-?} ms (target <= 10 ms at half the max rate)"
+phase events && echo "POST /usage/events       $events_rate events/s (1000-item bodies; target >= 200000)"
 grep -E "^ledger_(groups_committed|events_appended|append_group_commands_(sum|count))" \
   <(curl -s "$url/metrics") || true

@@ -1,0 +1,77 @@
+// Strict parsing of untrusted JSON (projections/json_util.h): both the copying and the in-situ
+// parser accept the same documents and refuse the same ones (not JSON, not an object, invalid
+// UTF-8, too deep, duplicate member names in small and in large objects).
+#include "projections/json_util.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace ledger::projections {
+namespace {
+
+// Both parsers on `text`: the same status. `*doc` is the in-situ one: its strings point into
+// `*buffer`.
+Status ParseBoth(const std::string& text, std::string* buffer, rapidjson::Document* doc) {
+  rapidjson::Document copied;
+  Status a = ParseJsonObject(text, &copied);
+  *buffer = text;
+  Status b = ParseJsonObjectInsitu(buffer, doc);
+  EXPECT_EQ(a.ok(), b.ok()) << text;
+  EXPECT_EQ(a.problem(), b.problem()) << text;
+  return b;
+}
+
+std::string ObjectWithMembers(int n, bool duplicate_last) {
+  std::string text = "{";
+  for (int i = 0; i < n; ++i) {
+    if (i > 0) text += ",";
+    const int name = duplicate_last && i == n - 1 ? 0 : i;
+    text += "\"m" + std::to_string(name) + "\":" + std::to_string(i);
+  }
+  return text + "}";
+}
+
+TEST(JsonUtilTest, BothParsersAcceptTheSameObjects) {
+  rapidjson::Document doc;
+  std::string buffer;
+  ASSERT_TRUE(
+      ParseBoth(R"({"events":[{"a":"x\"y","b":[1,2,{"c":null}]}],"k":"ключ"})", &buffer, &doc)
+          .ok());
+  EXPECT_STREQ(doc["events"][0]["a"].GetString(), "x\"y");
+  EXPECT_EQ(std::string(doc["k"].GetString()), "ключ");
+  ASSERT_TRUE(ParseBoth(ObjectWithMembers(40, false), &buffer, &doc).ok());
+  EXPECT_EQ(doc["m39"].GetInt(), 39);
+}
+
+TEST(JsonUtilTest, BothParsersRefuseTheSameDocuments) {
+  rapidjson::Document doc;
+  std::string buffer;
+  std::string deep = "{\"a\":";
+  for (int i = 0; i < kJsonDepthMax + 2; ++i) deep += "[";
+  for (int i = 0; i < kJsonDepthMax + 2; ++i) deep += "]";
+  deep += "}";
+  const std::vector<std::string> bad = {
+      "",
+      "{",
+      "[]",
+      "\"text\"",
+      "{\"a\":1} trailing",
+      std::string("{\"a\":1}\0{\"b\":2}", 15),    // a NUL, then more
+      "{\"a\":\"\xff\"}",                         // invalid UTF-8
+      R"({"a":1,"a":2})",                         // duplicate, small object
+      R"({"x":{"a":1,"b":2,"a":3}})",             // duplicate, nested
+      ObjectWithMembers(3, true),                 // duplicate (pairwise check)
+      ObjectWithMembers(17, true),                // duplicate (hash set check)
+      "{\"list\":[" + ObjectWithMembers(30, true) + "]}",
+      deep,
+  };
+  for (const std::string& text : bad) {
+    Status s = ParseBoth(text, &buffer, &doc);
+    EXPECT_EQ(s.problem(), "invalid_json") << text;
+  }
+}
+
+}  // namespace
+}  // namespace ledger::projections
