@@ -1,24 +1,30 @@
 #!/usr/bin/env bash
-# The HTTP benchmark of issue 4 item 6, load generator and daemon on the same machine:
-#   1. starts ledgerd (Release build) on a fresh data directory, Kafka `none` or `embedded`;
-#   2. puts the user `bench-user` on the Enterprise plan (unlimited) with a signed Stripe
+# The HTTP benchmark of issue 4 item 6, load generator and servers on the same machine, all in
+# one run so the figures are comparable:
+#   1. trivial: a stock cpp-httplib server (`trivial_httpd`, tools/bench/trivial_httpd.cc) whose
+#      POST /api/v1/usage/consume answers a constant; wrk with the same script as consume below;
+#   2. starts ledgerd (Release build) on a fresh data directory, Kafka `none` or `embedded`, and
+#      puts the user `bench-user` on the Enterprise plan (unlimited) with a signed Stripe
 #      `customer.subscription.updated` delivery to POST /api/v1/billing/webhooks/stripe;
-#   3. wrk, 2 threads x C connections: GET /livez (trivial cpp-httplib route, the baseline), then
-#      POST /api/v1/usage/consume with a fresh idempotency key per request (durable: each answer
-#      comes after the fsync of its group);
-#   4. open-loop latency: `ledgerctl bench http` offers consume at a fixed rate (default half the
-#      measured consume rate) and reports latency from each request's due time (no coordinated
-#      omission);
-#   5. batched ingest: wrk POST /api/v1/usage/events with 1000-item bodies (one
+#   3. livez: wrk GET /livez (a trivial route on ledgerd's own server);
+#   4. consume: wrk POST /api/v1/usage/consume with a fresh idempotency key per request (durable:
+#      each answer comes after the fsync of its group);
+#   5. latency: `ledgerctl bench http` offers consume at a fixed rate (default half the measured
+#      consume rate) and reports latency from each request's due time (no coordinated omission);
+#   6. events: batched ingest, wrk POST /api/v1/usage/events with 1000-item bodies (one
 #      usage.batch_recorded.v1 per user and request; events/s counts the items);
-#   6. prints the figures and stops ledgerd (SIGTERM).
+#   7. seed: the seed's stack (tools/bench/seed_stack/app.py: FastAPI on uvicorn over a private
+#      PostgreSQL 15 cluster, fsync and synchronous_commit on) with the same consume script;
+#   8. prints the figures side by side and stops everything.
 #
 # Usage: tools/bench/run_http_bench.sh [--build DIR] [--kafka none|embedded] [--connections C]
 #                                      [--seconds S] [--rate R] [--phases LIST] [--keep] [--serve]
-# --serve: start and seed only, print the URL and token, and keep serving until interrupted.
-# --phases: comma-separated subset of livez,consume,latency,events (default: all four);
+# --serve: start and seed ledgerd only, print the URL and token, and keep serving until interrupted.
+# --phases: comma-separated subset of trivial,livez,consume,latency,events,seed (default: all);
 #           latency without consume needs --rate (default then 4000).
-# Defaults: --build build-release, --kafka none, --connections 64, --seconds 20.
+# The seed phase needs root (PostgreSQL runs as the `postgres` user) and the Debian packages
+# postgresql python3-fastapi python3-uvicorn python3-asyncpg; run as root, it installs the missing
+# ones. Defaults: --build build-release, --kafka none, --connections 64, --seconds 20.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -30,7 +36,7 @@ seconds=20
 rate=""
 keep=0
 serve=0
-phases="livez,consume,latency,events"
+phases="trivial,livez,consume,latency,events,seed"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --build) build="$(cd "$2" && pwd)"; shift 2 ;;
@@ -46,15 +52,19 @@ while [[ $# -gt 0 ]]; do
 done
 for phase in ${phases//,/ }; do
   case "$phase" in
-    livez|consume|latency|events) ;;
-    *) echo "unknown phase $phase (livez, consume, latency, events)" >&2; exit 64 ;;
+    trivial|livez|consume|latency|events|seed) ;;
+    *) echo "unknown phase $phase (trivial, livez, consume, latency, events, seed)" >&2; exit 64 ;;
   esac
 done
 phase() { [[ ",$phases," == *",$1,"* ]]; }
 ledgerd="$build/bin/ledgerd"
 ledgerctl="$build/bin/ledgerctl"
-for tool in "$ledgerd" "$ledgerctl"; do
-  [[ -x "$tool" ]] || { echo "missing $tool: cmake --build $build --target ledgerd ledgerctl" >&2; exit 64; }
+trivial_httpd="$build/bin/trivial_httpd"
+for tool in "$ledgerd" "$ledgerctl" "$trivial_httpd"; do
+  [[ -x "$tool" ]] || {
+    echo "missing $tool: cmake --build $build --target ledgerd ledgerctl trivial_httpd" >&2
+    exit 64
+  }
 done
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 64; }
 
@@ -62,27 +72,72 @@ work="$(mktemp -d /tmp/ledgerd-bench-XXXXXX)"
 token="bench-token-$RANDOM$RANDOM"
 secret="whsec_bench_$RANDOM$RANDOM"
 pid=""
-cleanup() {
-  if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
+other_pid=""  # trivial_httpd or the seed app, while its phase runs
+pg_dir=""     # the seed phase's PostgreSQL cluster (owned by the postgres user)
+pg_ctl=""
+stop() {  # stop <pid>: SIGTERM and wait
+  if [[ -n "$1" ]] && kill -0 "$1" 2>/dev/null; then
+    kill -TERM "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
   fi
-  if [[ $keep -eq 0 ]]; then rm -rf "$work"; else echo "kept $work"; fi
+}
+stop_pg() {
+  if [[ -n "$pg_dir" && -f "$pg_dir/data/postmaster.pid" ]]; then
+    runuser -u postgres -- "$pg_ctl" -D "$pg_dir/data" -m fast -w stop >/dev/null 2>&1 || true
+  fi
+}
+cleanup() {
+  stop "$pid"
+  stop "$other_pid"
+  stop_pg
+  if [[ $keep -eq 0 ]]; then
+    rm -rf "$work"
+    [[ -z "$pg_dir" ]] || rm -rf "$pg_dir"
+  else
+    echo "kept $work $pg_dir"
+  fi
 }
 trap cleanup EXIT
+
+# wait_listening <log> <pid>: the port from the first "listening on http://host:port" line.
+wait_listening() {
+  local port=""
+  for _ in $(seq 1 400); do
+    port="$(sed -n 's/.*listening on http:\/\/[^:]*:\([0-9]*\).*/\1/p' "$1" | head -1)"
+    [[ -n "$port" ]] && break
+    kill -0 "$2" 2>/dev/null || { cat "$1" >&2; return 70; }
+    sleep 0.05
+  done
+  [[ -n "$port" ]] || { echo "no listening line in $1" >&2; cat "$1" >&2; return 70; }
+  echo "$port"
+}
+
+# consume_wrk <url> <label>: the consume script against <url>; sets wrk_rps.
+consume_wrk() {
+  wrk -t2 -c"$connections" -d"${seconds}s" -s "$here/consume.lua" "$1" -- "$token" bench-user chat \
+    | sed "s/^consume:/$2:/" | tee "$work/$2.txt"
+  wrk_rps="$(sed -n "s/^$2: [0-9]* requests, \([0-9]*\) req\/s.*/\1/p" "$work/$2.txt")"
+}
+
+echo "$(nproc) cores; wrk -t2 -c$connections -d${seconds}s; kafka=$kafka"
+trivial_rps=""
+if phase trivial && [[ $serve -eq 0 ]]; then
+  echo
+  echo "== trivial cpp-httplib server (trivial_httpd, $connections threads) =="
+  "$trivial_httpd" 0 "$connections" >"$work/trivial.log" 2>&1 &
+  other_pid=$!
+  tport="$(wait_listening "$work/trivial.log" "$other_pid")"
+  consume_wrk "http://127.0.0.1:$tport" trivial
+  trivial_rps="$wrk_rps"
+  stop "$other_pid"
+  other_pid=""
+fi
 
 LEDGER_SERVICE_TOKENS="bench=$token" STRIPE_WEBHOOK_SECRET="$secret" \
   "$ledgerd" --data-dir "$work/data" --listen 127.0.0.1:0 --kafka-brokers "$kafka" \
   >"$work/ledgerd.log" 2>&1 &
 pid=$!
-port=""
-for _ in $(seq 1 200); do
-  port="$(sed -n 's/.*listening on http:\/\/[^:]*:\([0-9]*\).*/\1/p' "$work/ledgerd.log" | head -1)"
-  [[ -n "$port" ]] && break
-  kill -0 "$pid" 2>/dev/null || { cat "$work/ledgerd.log" >&2; exit 70; }
-  sleep 0.05
-done
-[[ -n "$port" ]] || { echo "ledgerd did not start" >&2; cat "$work/ledgerd.log" >&2; exit 70; }
+port="$(wait_listening "$work/ledgerd.log" "$pid")" || { echo "ledgerd did not start" >&2; exit 70; }
 url="http://127.0.0.1:$port"
 
 # Enterprise for bench-user: a signed Stripe delivery, exactly as Stripe would send it.
@@ -119,7 +174,8 @@ settle() {
   echo "(outbox lag ${lag:-?} after $(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN{printf "%.1f", e-s}') s)"
 }
 
-echo "ledgerd $(basename "$build") at $url, kafka=$kafka, $(nproc) cores; wrk -t2 -c$connections -d${seconds}s"
+echo
+echo "== ledgerd ($(basename "$build")) at $url, kafka=$kafka =="
 livez_rps="" consume_rps="" events_rate="" p99=""
 if phase livez; then
   echo
@@ -129,9 +185,8 @@ if phase livez; then
 fi
 if phase consume; then
   echo
-  wrk -t2 -c"$connections" -d"${seconds}s" -s "$here/consume.lua" "$url" -- "$token" bench-user chat \
-    | tee "$work/consume.txt"
-  consume_rps="$(sed -n 's/^consume: [0-9]* requests, \([0-9]*\) req\/s.*/\1/p' "$work/consume.txt")"
+  consume_wrk "$url" consume
+  consume_rps="$wrk_rps"
   settle
 fi
 if phase latency; then
@@ -148,15 +203,79 @@ if phase events; then
   events_rate="$(sed -n 's/.* = \([0-9]*\) events\/s.*/\1/p' "$work/events.txt")"
 fi
 
-echo
-echo "== summary (kafka=$kafka, $connections connections) =="
-phase livez && echo "GET /livez               $livez_rps req/s"
-if phase consume; then
-  share="?"
-  [[ -n "$livez_rps" ]] && share="$(awk -v a="$consume_rps" -v b="$livez_rps" 'BEGIN{printf "%.0f", 100*a/b}')"
-  echo "POST /usage/consume      $consume_rps req/s (${share}% of /livez; target >= 8000 and >= 80%)"
+metrics="$(curl -s "$url/metrics" | grep -E "^ledger_(groups_committed|events_appended|append_group_commands_(sum|count)|wal_syncs_total)" || true)"
+stop "$pid"
+pid=""
+
+seed_rps="" seed_note=""
+if phase seed; then
+  echo
+  echo "== the seed's stack: FastAPI $(/usr/bin/python3 -c 'import fastapi; print(fastapi.__version__)' 2>/dev/null || echo '?') on uvicorn (1 worker) over PostgreSQL 15 =="
+  pg_bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
+  missing=()
+  [[ -n "$pg_bin" ]] || missing+=(postgresql)
+  for m in fastapi:python3-fastapi uvicorn:python3-uvicorn asyncpg:python3-asyncpg; do
+    /usr/bin/python3 -c "import ${m%%:*}" 2>/dev/null || missing+=("${m#*:}")
+  done
+  if [[ ${#missing[@]} -gt 0 && $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+      >"$work/apt.log" 2>&1 || { cat "$work/apt.log" >&2; }
+    pg_bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
+    missing=()
+  fi
+  if [[ ${#missing[@]} -gt 0 || $(id -u) -ne 0 ]] || ! id postgres >/dev/null 2>&1; then
+    seed_note="skipped: needs root and ${missing[*]:-the postgres user}"
+    echo "$seed_note"
+  else
+    pg_dir="$(mktemp -d /tmp/ledgerd-bench-pg-XXXXXX)"
+    pg_ctl="$pg_bin/pg_ctl"
+    chown postgres: "$pg_dir"
+    runuser -u postgres -- "$pg_bin/initdb" -D "$pg_dir/data" -A trust -U postgres >"$work/initdb.log" 2>&1 \
+      || { cat "$work/initdb.log" >&2; exit 70; }
+    # Durable as ledgerd is: fsync, synchronous_commit and full_page_writes keep their defaults (on).
+    runuser -u postgres -- "$pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w \
+      -o "-c listen_addresses='' -k $pg_dir -c max_connections=100" start >/dev/null \
+      || { cat "$pg_dir/server.log" >&2; exit 70; }
+    runuser -u postgres -- "$pg_bin/createdb" -h "$pg_dir" bench
+    sport="$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    /usr/bin/python3 "$here/seed_stack/app.py" --dsn "postgresql://postgres@/bench?host=$pg_dir" \
+      --token "$token" --port "$sport" >"$work/seed.log" 2>&1 &
+    other_pid=$!
+    wait_listening "$work/seed.log" "$other_pid" >/dev/null
+    check="$(curl -s --retry 20 --retry-connrefused --retry-delay 0 -X POST \
+      "http://127.0.0.1:$sport/api/v1/usage/consume" -H "Authorization: Bearer $token" \
+      -H "Content-Type: application/json" \
+      --data '{"user_id":"bench-user","service":"chat","idempotency_key":"seed-check"}')"
+    [[ "$check" == *'"allowed":true'* ]] || { echo "seed consume check failed: $check" >&2; cat "$work/seed.log" >&2; exit 70; }
+    consume_wrk "http://127.0.0.1:$sport" seed
+    seed_rps="$wrk_rps"
+    stop "$other_pid"
+    other_pid=""
+    stop_pg
+  fi
 fi
-phase latency && echo "consume p99 at $rate/s   ${p99:-?} ms (target <= 10 ms at half the max rate)"
-phase events && echo "POST /usage/events       $events_rate events/s (1000-item bodies; target >= 200000)"
-grep -E "^ledger_(groups_committed|events_appended|append_group_commands_(sum|count))" \
-  <(curl -s "$url/metrics") || true
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.0f", 100*a/b; else printf "?" }'; }
+echo
+echo "== summary (kafka=$kafka, $connections connections, $(nproc) cores, ${seconds} s per phase) =="
+phase trivial && echo "trivial cpp-httplib POST consume   ${trivial_rps:-?} req/s (baseline)"
+phase livez && echo "ledgerd GET /livez                 ${livez_rps:-?} req/s"
+if phase consume; then
+  line="ledgerd POST /usage/consume        ${consume_rps:-?} req/s (target >= 8000)"
+  [[ -n "$trivial_rps" ]] && line+="; $(ratio "$consume_rps" "$trivial_rps")% of trivial cpp-httplib (target >= 80%)"
+  [[ -n "$livez_rps" ]] && line+="; $(ratio "$consume_rps" "$livez_rps")% of ledgerd /livez"
+  echo "$line"
+fi
+phase latency && echo "ledgerd consume p99 at $rate/s     ${p99:-?} ms (target <= 10 ms at half the max rate)"
+phase events && echo "ledgerd POST /usage/events         ${events_rate:-?} events/s (1000-item bodies; target >= 200000)"
+if phase seed; then
+  if [[ -n "$seed_rps" ]]; then
+    line="seed FastAPI + PostgreSQL consume  $seed_rps req/s"
+    [[ -n "$consume_rps" ]] && line+=" (ledgerd consume = $(awk -v a="$consume_rps" -v b="$seed_rps" 'BEGIN{ if (b > 0) printf "%.1f", a/b; else printf "?" }')x)"
+    echo "$line"
+  else
+    echo "seed FastAPI + PostgreSQL consume  $seed_note"
+  fi
+fi
+echo "$metrics"

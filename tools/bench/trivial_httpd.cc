@@ -4,7 +4,10 @@
 // pool large enough for the benchmark's connections, keep-alive). Nothing of ledgerd is in it.
 //
 //   trivial_httpd [port] [threads]     (defaults 0 = any free port, 64 threads)
-// Prints "listening on http://127.0.0.1:<port>" and serves GET /livez until killed.
+// Prints "listening on http://127.0.0.1:<port>" and serves until killed:
+//   GET /livez                   {"status":"ok"}
+//   POST /api/v1/usage/consume   a constant answer of consume's shape, body read and ignored (the
+//                                same wrk script, tools/bench/consume.lua, runs against both)
 #include <httplib.h>
 
 #include <cstdio>
@@ -24,6 +27,10 @@ int main(int argc, char** argv) {
   server.set_keep_alive_max_count(1000000);
   server.Get("/livez", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("{\"status\":\"ok\"}", "application/json");
+  });
+  server.Post("/api/v1/usage/consume", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content("{\"allowed\":true,\"used\":1,\"limit\":null,\"remaining\":null}",
+                    "application/json");
   });
   const int bound = port == 0 ? server.bind_to_any_port("127.0.0.1") : port;
   if (port != 0 && !server.bind_to_port("127.0.0.1", port)) {
