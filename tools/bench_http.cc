@@ -1,14 +1,24 @@
 #include "tools/bench_http.h"
 
-#include <httplib.h>
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
+#include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
-#include <mutex>
+#include <cstring>
+#include <deque>
 #include <random>
-#include <thread>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 namespace ledger::tools {
@@ -17,97 +27,385 @@ namespace {
 
 using SteadyClock = std::chrono::steady_clock;
 
+// Answers bigger than this are a protocol error for this client (consume answers are < 1 KiB).
+constexpr size_t kResponseBytesMax = 64 * 1024;
+// How long the client waits for the answers still outstanding when the measured window ends.
+constexpr auto kDrainMax = std::chrono::seconds(30);
+
 double Percentile(const std::vector<double>& sorted, double p) {
   if (sorted.empty()) return 0;
   size_t index = static_cast<size_t>(p / 100.0 * static_cast<double>(sorted.size() - 1) + 0.5);
   return sorted[std::min(index, sorted.size() - 1)];
 }
 
-struct WorkerTotals {
-  std::vector<double> latencies_ms;
-  uint64_t ok = 0, refused = 0, transport_errors = 0;
+bool ParseUrl(const std::string& url, std::string* host, std::string* port) {
+  constexpr std::string_view kScheme = "http://";
+  std::string_view rest(url);
+  if (rest.substr(0, kScheme.size()) != kScheme) return false;
+  rest.remove_prefix(kScheme.size());
+  while (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
+  if (rest.empty() || rest.find('/') != std::string_view::npos) return false;
+  const size_t colon = rest.rfind(':');
+  if (colon == std::string_view::npos) {
+    *host = std::string(rest);
+    *port = "80";
+  } else {
+    *host = std::string(rest.substr(0, colon));
+    *port = std::string(rest.substr(colon + 1));
+  }
+  return !host->empty() && !port->empty();
+}
+
+// One keep-alive connection: at most one request in flight (HTTP/1.1 without pipelining).
+struct Connection {
+  int fd = -1;
+  bool connecting = false;       // a non-blocking connect() not yet complete
+  bool queued = false;           // in Client::idle_
+  bool busy = false;             // a request in flight
+  SteadyClock::time_point due;  // of the request in flight
+  std::string out;              // unsent bytes of the request in flight
+  size_t out_sent = 0;
+  std::string in;               // bytes of the answer so far
+};
+
+// The length of a complete answer at the front of `in` and its status; 0 while incomplete,
+// SIZE_MAX when it cannot be read (no Content-Length, malformed).
+size_t CompleteResponse(const std::string& in, int* status) {
+  const size_t head_end = in.find("\r\n\r\n");
+  if (head_end == std::string::npos) return in.size() > kResponseBytesMax ? SIZE_MAX : 0;
+  // "HTTP/1.1 200 OK"
+  if (in.size() < 12 || in.compare(0, 5, "HTTP/") != 0) return SIZE_MAX;
+  const size_t sp = in.find(' ');
+  if (sp == std::string::npos || sp + 4 > head_end) return SIZE_MAX;
+  if (std::from_chars(in.data() + sp + 1, in.data() + sp + 4, *status).ec != std::errc()) {
+    return SIZE_MAX;
+  }
+  size_t length = SIZE_MAX;
+  size_t line = in.find("\r\n") + 2;
+  while (line < head_end) {
+    const size_t next = in.find("\r\n", line);
+    constexpr std::string_view kName = "content-length:";
+    if (next - line > kName.size()) {
+      bool match = true;
+      for (size_t i = 0; i < kName.size() && match; ++i) {
+        match = static_cast<char>(std::tolower(static_cast<unsigned char>(in[line + i]))) ==
+                kName[i];
+      }
+      if (match) {
+        size_t v = line + kName.size();
+        while (v < next && in[v] == ' ') ++v;
+        size_t parsed = 0;
+        if (std::from_chars(in.data() + v, in.data() + next, parsed).ec != std::errc()) {
+          return SIZE_MAX;
+        }
+        length = parsed;
+      }
+    }
+    line = next + 2;
+  }
+  if (length == SIZE_MAX || length > kResponseBytesMax) return SIZE_MAX;
+  const size_t total = head_end + 4 + length;
+  return in.size() >= total ? total : 0;
+}
+
+class Client {
+ public:
+  Client(const HttpBenchOptions& o, const addrinfo* address, std::string host_header)
+      : o_(o), address_(address), host_header_(std::move(host_header)) {}
+  ~Client() {
+    for (Connection& c : connections_) {
+      if (c.fd >= 0) ::close(c.fd);
+    }
+    if (timer_ >= 0) ::close(timer_);
+    if (epoll_ >= 0) ::close(epoll_);
+  }
+
+  Status Run(HttpBenchResult* result) {
+    epoll_ = ::epoll_create1(EPOLL_CLOEXEC);
+    timer_ = ::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (epoll_ < 0 || timer_ < 0) return Status::IOError("epoll/timerfd: " + Errno());
+    epoll_event tev{};
+    tev.events = EPOLLIN;
+    tev.data.u64 = kTimerToken;
+    if (::epoll_ctl(epoll_, EPOLL_CTL_ADD, timer_, &tev) != 0) {
+      return Status::IOError("epoll_ctl: " + Errno());
+    }
+    connections_.resize(static_cast<size_t>(o_.connections));
+    for (size_t i = 0; i < connections_.size(); ++i) {
+      LEDGER_RETURN_IF_ERROR(Connect(i));
+    }
+    prefix_ = "bench-" + std::to_string(std::random_device{}()) + "-" +
+              std::to_string(SteadyClock::now().time_since_epoch().count()) + "-";
+    start_ = SteadyClock::now() + std::chrono::milliseconds(100);
+    measure_from_ = start_ + std::chrono::duration_cast<SteadyClock::duration>(
+                                 std::chrono::duration<double>(o_.warmup_seconds));
+    end_ = measure_from_ + std::chrono::duration_cast<SteadyClock::duration>(
+                               std::chrono::duration<double>(o_.seconds));
+    open_loop_ = o_.rate > 0;
+    std::vector<epoll_event> events(connections_.size() + 1);
+    for (;;) {
+      const auto now = SteadyClock::now();
+      LEDGER_RETURN_IF_ERROR(SendDue(now));
+      const SteadyClock::time_point due = DueTime(next_, now);
+      const bool sending = due < end_;
+      if (!sending && in_flight_ == 0) break;
+      if (!sending && now > end_ + kDrainMax) {
+        transport_errors_ += in_flight_;
+        break;
+      }
+      // Wake for the next due request, unless no connection is free: a connection's answer
+      // wakes the loop then (arming for a past due time would spin).
+      if (!sending) {
+        ArmTimer(end_ + kDrainMax);
+      } else if (idle_.empty()) {
+        ArmTimer(end_);
+      } else {
+        ArmTimer(due);
+      }
+      const int n = ::epoll_wait(epoll_, events.data(), static_cast<int>(events.size()), -1);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return Status::IOError("epoll_wait: " + Errno());
+      }
+      for (int i = 0; i < n; ++i) {
+        if (events[static_cast<size_t>(i)].data.u64 == kTimerToken) {
+          uint64_t expirations = 0;
+          [[maybe_unused]] ssize_t r = ::read(timer_, &expirations, sizeof(expirations));
+          continue;
+        }
+        LEDGER_RETURN_IF_ERROR(OnReady(static_cast<size_t>(events[static_cast<size_t>(i)].data.u64),
+                                       events[static_cast<size_t>(i)].events));
+      }
+    }
+    std::sort(latencies_ms_.begin(), latencies_ms_.end());
+    result->offered_rate = o_.rate;
+    result->requests = latencies_ms_.size();
+    result->achieved_rate = static_cast<double>(latencies_ms_.size()) / o_.seconds;
+    result->ok = ok_;
+    result->refused = refused_;
+    result->transport_errors = transport_errors_;
+    result->p50_ms = Percentile(latencies_ms_, 50);
+    result->p90_ms = Percentile(latencies_ms_, 90);
+    result->p99_ms = Percentile(latencies_ms_, 99);
+    result->p999_ms = Percentile(latencies_ms_, 99.9);
+    result->max_ms = latencies_ms_.empty() ? 0 : latencies_ms_.back();
+    return Status::OK();
+  }
+
+ private:
+  static constexpr uint64_t kTimerToken = UINT64_MAX;
+
+  static std::string Errno() { return std::strerror(errno); }
+
+  // Open loop: request i is due at start + i / rate. Closed loop: as soon as a connection is
+  // free (`now`), but not before the start.
+  SteadyClock::time_point DueTime(uint64_t i, SteadyClock::time_point now) const {
+    if (!open_loop_) return std::max(start_, now);
+    return start_ + std::chrono::duration_cast<SteadyClock::duration>(
+                        std::chrono::duration<double>(static_cast<double>(i) / o_.rate));
+  }
+
+  void ArmTimer(SteadyClock::time_point at) {
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(at.time_since_epoch());
+    itimerspec spec{};
+    spec.it_value.tv_sec = static_cast<time_t>(ns.count() / 1'000'000'000);
+    spec.it_value.tv_nsec = static_cast<long>(ns.count() % 1'000'000'000);
+    if (spec.it_value.tv_sec == 0 && spec.it_value.tv_nsec == 0) spec.it_value.tv_nsec = 1;
+    // steady_clock is CLOCK_MONOTONIC in libstdc++.
+    ::timerfd_settime(timer_, TFD_TIMER_ABSTIME, &spec, nullptr);
+  }
+
+  // (Re)opens connection i without blocking (a blocking connect() stalls the whole loop for a
+  // SYN retransmit, a second, when a server's accept backlog is full); it joins `idle_` once
+  // connected.
+  Status Connect(size_t i) {
+    Connection& c = connections_[i];
+    if (c.fd >= 0) {
+      ::epoll_ctl(epoll_, EPOLL_CTL_DEL, c.fd, nullptr);
+      ::close(c.fd);
+    }
+    const bool queued = c.queued;
+    c = Connection();
+    c.queued = queued;
+    c.fd = ::socket(address_->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c.fd < 0) return Status::IOError("socket: " + Errno());
+    int one = 1;
+    ::setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (::connect(c.fd, address_->ai_addr, address_->ai_addrlen) != 0) {
+      if (errno != EINPROGRESS) return Status::IOError("connect " + o_.url + ": " + Errno());
+      c.connecting = true;
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLRDHUP;
+    if (c.connecting) ev.events |= EPOLLOUT;
+    ev.data.u64 = i;
+    if (::epoll_ctl(epoll_, EPOLL_CTL_ADD, c.fd, &ev) != 0) {
+      return Status::IOError("epoll_ctl: " + Errno());
+    }
+    if (!c.connecting) MakeIdle(i);
+    return Status::OK();
+  }
+
+  void MakeIdle(size_t i) {
+    if (connections_[i].queued) return;
+    connections_[i].queued = true;
+    idle_.push_back(i);
+  }
+
+  // Gives every due request a free connection; due requests without one wait (their latency
+  // keeps counting from the due time).
+  Status SendDue(SteadyClock::time_point now) {
+    while (!idle_.empty()) {
+      const SteadyClock::time_point due = DueTime(next_, now);
+      if (due >= end_ || due > now) return Status::OK();
+      const size_t i = idle_.front();
+      idle_.pop_front();
+      Connection& c = connections_[i];
+      c.queued = false;
+      const std::string body = "{\"user_id\":\"" + o_.user_id + "\",\"service\":\"" +
+                               o_.service + "\",\"quantity\":1,\"idempotency_key\":\"" + prefix_ +
+                               std::to_string(next_) + "\"}";
+      ++next_;
+      c.out = "POST /api/v1/usage/consume HTTP/1.1\r\nHost: " + host_header_ +
+              "\r\nAuthorization: Bearer " + o_.token +
+              "\r\nContent-Type: application/json\r\nContent-Length: " +
+              std::to_string(body.size()) + "\r\n\r\n" + body;
+      c.out_sent = 0;
+      c.in.clear();
+      c.busy = true;
+      c.due = due;
+      ++in_flight_;
+      LEDGER_RETURN_IF_ERROR(Flush(i));
+    }
+    return Status::OK();
+  }
+
+  Status Flush(size_t i) {
+    Connection& c = connections_[i];
+    while (c.out_sent < c.out.size()) {
+      const ssize_t n =
+          ::send(c.fd, c.out.data() + c.out_sent, c.out.size() - c.out_sent, MSG_NOSIGNAL);
+      if (n > 0) {
+        c.out_sent += static_cast<size_t>(n);
+        continue;
+      }
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+        epoll_event ev{};
+        ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP;
+        ev.data.u64 = i;
+        ::epoll_ctl(epoll_, EPOLL_CTL_MOD, c.fd, &ev);
+        return Status::OK();
+      }
+      return Fail(i);
+    }
+    return Status::OK();
+  }
+
+  // Connection i failed or was closed: the request in flight on it (if any) counts as a
+  // transport error; reconnect.
+  Status Fail(size_t i) {
+    const bool busy = connections_[i].busy;
+    if (busy) {
+      --in_flight_;
+      if (connections_[i].due >= measure_from_) ++transport_errors_;
+    }
+    return Connect(i);
+  }
+
+  Status OnReady(size_t i, uint32_t events) {
+    Connection& c = connections_[i];
+    if (c.connecting) {
+      if ((events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) == 0) return Status::OK();
+      int error = 0;
+      socklen_t length = sizeof(error);
+      ::getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &error, &length);
+      if (error != 0) return Status::IOError("connect " + o_.url + ": " + std::strerror(error));
+      c.connecting = false;
+      epoll_event ev{};
+      ev.events = EPOLLIN | EPOLLRDHUP;
+      ev.data.u64 = i;
+      ::epoll_ctl(epoll_, EPOLL_CTL_MOD, c.fd, &ev);
+      MakeIdle(i);
+      return Status::OK();
+    }
+    if ((events & EPOLLOUT) != 0 && c.out_sent < c.out.size()) {
+      LEDGER_RETURN_IF_ERROR(Flush(i));
+      if (c.out_sent == c.out.size()) {
+        epoll_event ev{};
+        ev.events = EPOLLIN | EPOLLRDHUP;
+        ev.data.u64 = i;
+        ::epoll_ctl(epoll_, EPOLL_CTL_MOD, c.fd, &ev);
+      }
+    }
+    if ((events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) == 0) return Status::OK();
+    char buf[16 * 1024];
+    bool closed = false;  // by the server (after an answer with "Connection: close") or an error
+    for (;;) {
+      const ssize_t n = ::recv(c.fd, buf, sizeof(buf), 0);
+      if (n > 0) {
+        c.in.append(buf, static_cast<size_t>(n));
+        continue;
+      }
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) break;
+      closed = true;
+      break;
+    }
+    if (!c.busy) return c.in.empty() && !closed ? Status::OK() : Fail(i);
+    int status = 0;
+    const size_t complete = CompleteResponse(c.in, &status);
+    if (complete == SIZE_MAX || (complete != 0 && complete != c.in.size())) return Fail(i);
+    if (complete == 0) return closed ? Fail(i) : Status::OK();
+    const auto done = SteadyClock::now();
+    c.busy = false;
+    c.in.clear();
+    --in_flight_;
+    if (c.due >= measure_from_) {
+      (status == 200 ? ok_ : refused_)++;
+      latencies_ms_.push_back(std::chrono::duration<double, std::milli>(done - c.due).count());
+    }
+    if (closed) return Connect(i);
+    MakeIdle(i);
+    return Status::OK();
+  }
+
+  const HttpBenchOptions& o_;
+  const addrinfo* address_;
+  const std::string host_header_;
+  int epoll_ = -1;
+  int timer_ = -1;
+  std::vector<Connection> connections_;
+  std::deque<size_t> idle_;
+  std::string prefix_;
+  SteadyClock::time_point start_, measure_from_, end_;
+  bool open_loop_ = false;
+  uint64_t next_ = 0;  // index of the next request to send
+  uint64_t in_flight_ = 0;
+  uint64_t ok_ = 0, refused_ = 0, transport_errors_ = 0;
+  std::vector<double> latencies_ms_;
 };
 
 }  // namespace
 
 Status RunHttpBench(const HttpBenchOptions& o, HttpBenchResult* result) {
   *result = HttpBenchResult();
+  std::string host, port;
   if (o.url.empty() || o.connections < 1 || o.connections > 4096 || o.seconds <= 0 ||
-      o.rate < 0 || o.warmup_seconds < 0) {
+      o.rate < 0 || o.warmup_seconds < 0 || !ParseUrl(o.url, &host, &port)) {
     return Status::InvalidArgument("bad_bench_options",
-                                   "need --url, 1..4096 connections, seconds > 0, rate >= 0");
+                                   "need --url http://host:port, 1..4096 connections, "
+                                   "seconds > 0, rate >= 0");
   }
-  {
-    httplib::Client probe(o.url);
-    if (!probe.is_valid()) return Status::InvalidArgument("bad_bench_options", "bad --url");
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* addresses = nullptr;
+  if (::getaddrinfo(host.c_str(), port.c_str(), &hints, &addresses) != 0 || addresses == nullptr) {
+    return Status::InvalidArgument("bad_bench_options", "cannot resolve " + o.url);
   }
-  const std::string prefix = "bench-" + std::to_string(std::random_device{}()) + "-" +
-                             std::to_string(SteadyClock::now().time_since_epoch().count()) + "-";
-  const auto start = SteadyClock::now() + std::chrono::milliseconds(100);
-  const auto measure_from =
-      start + std::chrono::duration_cast<SteadyClock::duration>(
-                  std::chrono::duration<double>(o.warmup_seconds));
-  const auto end = measure_from + std::chrono::duration_cast<SteadyClock::duration>(
-                                      std::chrono::duration<double>(o.seconds));
-  const bool open_loop = o.rate > 0;
-  const double interval_s = open_loop ? 1.0 / o.rate : 0;
-  std::atomic<uint64_t> next{0};
-  std::vector<WorkerTotals> totals(static_cast<size_t>(o.connections));
-  std::vector<std::thread> workers;
-  const httplib::Headers headers = {{"Authorization", "Bearer " + o.token}};
-  for (int c = 0; c < o.connections; ++c) {
-    workers.emplace_back([&, c] {
-      WorkerTotals& t = totals[static_cast<size_t>(c)];
-      httplib::Client client(o.url);
-      client.set_keep_alive(true);
-      client.set_tcp_nodelay(true);
-      client.set_connection_timeout(std::chrono::seconds(5));
-      client.set_read_timeout(std::chrono::seconds(30));
-      std::this_thread::sleep_until(start);
-      for (;;) {
-        const uint64_t i = next.fetch_add(1);
-        SteadyClock::time_point due = SteadyClock::now();
-        if (open_loop) {
-          due = start + std::chrono::duration_cast<SteadyClock::duration>(
-                            std::chrono::duration<double>(static_cast<double>(i) * interval_s));
-          if (due >= end) return;
-          std::this_thread::sleep_until(due);
-        } else if (due >= end) {
-          return;
-        }
-        const std::string body = "{\"user_id\":\"" + o.user_id + "\",\"service\":\"" + o.service +
-                                 "\",\"quantity\":1,\"idempotency_key\":\"" + prefix +
-                                 std::to_string(i) + "\"}";
-        auto response = client.Post("/api/v1/usage/consume", headers, body, "application/json");
-        const auto done = SteadyClock::now();
-        if (due < measure_from) continue;
-        if (!response) {
-          ++t.transport_errors;
-          continue;
-        }
-        (response->status == 200 ? t.ok : t.refused)++;
-        t.latencies_ms.push_back(std::chrono::duration<double, std::milli>(done - due).count());
-      }
-    });
-  }
-  for (auto& w : workers) w.join();
-  std::vector<double> all;
-  for (const WorkerTotals& t : totals) {
-    all.insert(all.end(), t.latencies_ms.begin(), t.latencies_ms.end());
-    result->ok += t.ok;
-    result->refused += t.refused;
-    result->transport_errors += t.transport_errors;
-  }
-  std::sort(all.begin(), all.end());
-  result->offered_rate = o.rate;
-  result->requests = all.size();
-  result->achieved_rate = static_cast<double>(all.size()) / o.seconds;
-  result->p50_ms = Percentile(all, 50);
-  result->p90_ms = Percentile(all, 90);
-  result->p99_ms = Percentile(all, 99);
-  result->p999_ms = Percentile(all, 99.9);
-  result->max_ms = all.empty() ? 0 : all.back();
-  return Status::OK();
+  Client client(o, addresses, host + ":" + port);
+  Status s = client.Run(result);
+  ::freeaddrinfo(addresses);
+  return s;
 }
 
 std::string FormatHttpBenchReport(const HttpBenchOptions& o, const HttpBenchResult& r) {

@@ -1,10 +1,15 @@
 // ledgerctl bench http: load against a running ledgerd's POST /api/v1/usage/consume over HTTP.
 //
-// `connections` threads each hold one keep-alive connection. Open loop (rate > 0): request i is
-// due at start + i / rate whatever happened before, a free connection takes the next due request
-// (sleeping until it is due), and latency counts from the due time — a stalled server shows up as
-// latency instead of as a lower offered rate (no coordinated omission; what wrk2 does). Closed loop
-// (rate = 0): every connection sends back to back. Each request carries a fresh idempotency key,
+// One thread drives `connections` keep-alive connections with epoll (non-blocking sockets, a
+// timerfd for due times, requests written and answers read by hand: Content-Length bodies only),
+// so that the load generator takes a small share of the CPU it shares with ledgerd — a thread per
+// connection with cpp-httplib's client cost ~90 µs of CPU per request and, at half the consume
+// rate, starved the server and dominated its tail. Open loop (rate > 0): request i is due at
+// start + i / rate whatever happened before, a free connection takes the next due request, and
+// latency counts from the due time — a stalled server shows up as latency instead of as a lower
+// offered rate (no coordinated omission; what wrk2 does). Closed loop (rate = 0): every
+// connection sends back to back. A transport failure counts the request as a transport error
+// and reconnects. Each request carries a fresh idempotency key,
 // so each is a new unit of usage: put the user on an unlimited (or high-limit) plan first.
 #pragma once
 

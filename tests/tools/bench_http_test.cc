@@ -1,0 +1,143 @@
+// `ledgerctl bench http`'s load generator (tools/bench_http.h) against a local cpp-httplib server
+// that records what it receives: the requests are well-formed consume calls with fresh keys, the
+// open loop offers the rate asked for, answers are counted by status, and a server that closes
+// connections costs reconnects, not the run.
+#include "tools/bench_http.h"
+
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+
+namespace ledger::tools {
+namespace {
+
+class FakeConsumeServer {
+ public:
+  explicit FakeConsumeServer(bool close_every_third = false) {
+    server_.Post("/api/v1/usage/consume", [this, close_every_third](const httplib::Request& req,
+                                                                     httplib::Response& res) {
+      const uint64_t n = ++requests_;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (req.get_header_value("Authorization") != "Bearer tok") ++bad_auth_;
+        if (req.get_header_value("Content-Type") != "application/json") ++bad_type_;
+        const std::string marker = "\"idempotency_key\":\"";
+        const size_t at = req.body.find(marker);
+        if (at == std::string::npos ||
+            req.body.find("\"user_id\":\"u1\"") == std::string::npos ||
+            req.body.find("\"service\":\"chat\"") == std::string::npos) {
+          ++bad_body_;
+        } else {
+          const size_t from = at + marker.size();
+          keys_.insert(req.body.substr(from, req.body.find('"', from) - from));
+        }
+      }
+      if (close_every_third && n % 3 == 0) res.set_header("Connection", "close");
+      // Every fifth answer is a refusal, as quota_exceeded would be.
+      res.status = n % 5 == 0 ? 429 : 200;
+      res.set_content("{\"allowed\":true}", "application/json");
+    });
+    server_.new_task_queue = [] { return new httplib::ThreadPool(32); };
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+    for (int i = 0; i < 5000 && !server_.is_running(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  ~FakeConsumeServer() {
+    server_.stop();
+    thread_.join();
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  uint64_t requests() const { return requests_.load(); }
+  size_t distinct_keys() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return keys_.size();
+  }
+  int bad() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return bad_auth_ + bad_type_ + bad_body_;
+  }
+
+ private:
+  httplib::Server server_;
+  int port_ = 0;
+  std::thread thread_;
+  std::atomic<uint64_t> requests_{0};
+  std::mutex mu_;
+  std::set<std::string> keys_;  // guarded by mu_
+  int bad_auth_ = 0, bad_type_ = 0, bad_body_ = 0;  // guarded by mu_
+};
+
+HttpBenchOptions Options(const std::string& url) {
+  HttpBenchOptions o;
+  o.url = url;
+  o.token = "tok";
+  o.user_id = "u1";
+  o.service = "chat";
+  o.connections = 8;
+  o.seconds = 1;
+  o.warmup_seconds = 0.2;
+  return o;
+}
+
+TEST(HttpBenchTest, OpenLoopOffersTheRateWithWellFormedRequestsAndFreshKeys) {
+  FakeConsumeServer server;
+  HttpBenchOptions o = Options(server.url());
+  o.rate = 400;
+  HttpBenchResult r;
+  Status s = RunHttpBench(o, &r);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  // 1 s measured at 400/s (due times are exact, so the count is too, give or take the edges).
+  EXPECT_NEAR(static_cast<double>(r.requests), 400, 2);
+  EXPECT_NEAR(r.achieved_rate, 400, 2);
+  EXPECT_EQ(r.ok + r.refused, r.requests);
+  EXPECT_NEAR(static_cast<double>(r.refused), static_cast<double>(r.requests) / 5, 6);
+  EXPECT_EQ(r.transport_errors, 0u);
+  // Warm-up requests were sent too (0.2 s at 400/s), just not measured.
+  EXPECT_NEAR(static_cast<double>(server.requests()), 480, 3);
+  EXPECT_EQ(server.distinct_keys(), server.requests());
+  EXPECT_EQ(server.bad(), 0);
+  EXPECT_GT(r.p50_ms, 0);
+  EXPECT_LE(r.p50_ms, r.p99_ms);
+  EXPECT_LE(r.p99_ms, r.max_ms);
+  EXPECT_EQ(r.offered_rate, 400);
+}
+
+TEST(HttpBenchTest, ClosedLoopSendsBackToBackAndSurvivesClosedConnections) {
+  FakeConsumeServer server(/*close_every_third=*/true);
+  HttpBenchOptions o = Options(server.url());
+  o.rate = 0;
+  o.seconds = 0.5;
+  HttpBenchResult r;
+  Status s = RunHttpBench(o, &r);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_GT(r.requests, 100u)  // loopback answers take well under a millisecond each
+      << "server saw " << server.requests() << ", transport errors " << r.transport_errors;
+  EXPECT_EQ(r.ok + r.refused, r.requests);
+  EXPECT_EQ(r.transport_errors, 0u);
+  EXPECT_EQ(server.distinct_keys(), server.requests());
+  EXPECT_EQ(server.bad(), 0);
+}
+
+TEST(HttpBenchTest, UnreachableServerAndBadOptionsAreErrors) {
+  HttpBenchResult r;
+  HttpBenchOptions o = Options("http://127.0.0.1:1");
+  EXPECT_FALSE(RunHttpBench(o, &r).ok());
+  o = Options("127.0.0.1:8084");  // no scheme
+  EXPECT_TRUE(RunHttpBench(o, &r).problem() == "bad_bench_options");
+  o = Options("http://127.0.0.1:8084/api");  // a path
+  EXPECT_TRUE(RunHttpBench(o, &r).problem() == "bad_bench_options");
+  o = Options("http://127.0.0.1:8084");
+  o.connections = 0;
+  EXPECT_TRUE(RunHttpBench(o, &r).problem() == "bad_bench_options");
+}
+
+}  // namespace
+}  // namespace ledger::tools
