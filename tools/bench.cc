@@ -187,13 +187,27 @@ void Watch(Ledger* ledger, const std::string& name, double seconds, std::ostream
   }
 }
 
+// What the callers of a closed-loop phase do: warm up (sent, not measured), measure, stop.
+enum ClosedLoopPhase : int { kWarmUp, kMeasure, kStop };
+
+// With the callers running: lets them warm up, then measures `options.seconds` between the
+// metrics samples `before` and `after`, moving `phase` to kMeasure and then to kStop.
+void MeasureWindow(Ledger* ledger, const std::string& name, const BenchOptions& options,
+                   std::atomic<int>* phase, MetricsSample* before, MetricsSample* after) {
+  std::this_thread::sleep_for(std::chrono::duration<double>(options.warmup_seconds));
+  *before = MetricsSample::Take(ledger);
+  phase->store(kMeasure);
+  Watch(ledger, name, options.seconds, options.progress);
+  *after = MetricsSample::Take(ledger);
+  phase->store(kStop);
+}
+
 // Closed loop: `callers` threads submit commands of `events_per_command` events back to back.
 Status RunClosedLoop(const BenchOptions& options, const std::string& name, int callers,
                      size_t events_per_command, BenchPhaseResult* result) {
   BenchStore store;
   LEDGER_RETURN_IF_ERROR(store.Open(options));
   Ledger* ledger = store.ledger();
-  enum : int { kWarmUp, kMeasure, kStop };
   std::atomic<int> phase{kWarmUp};
   std::vector<CallerStats> stats(callers);
   std::vector<std::thread> threads;
@@ -217,12 +231,8 @@ Status RunClosedLoop(const BenchOptions& options, const std::string& name, int c
       }
     });
   }
-  std::this_thread::sleep_for(std::chrono::duration<double>(options.warmup_seconds));
-  MetricsSample before = MetricsSample::Take(ledger);
-  phase.store(kMeasure);
-  Watch(ledger, name, options.seconds, options.progress);
-  MetricsSample after = MetricsSample::Take(ledger);
-  phase.store(kStop);
+  MetricsSample before, after;
+  MeasureWindow(ledger, name, options, &phase, &before, &after);
   for (std::thread& t : threads) t.join();
   result->name = name;
   result->callers = callers;
@@ -240,7 +250,6 @@ Status RunAsyncClosedLoop(const BenchOptions& options, const std::string& name, 
   BenchStore store;
   LEDGER_RETURN_IF_ERROR(store.Open(options));
   Ledger* ledger = store.ledger();
-  enum : int { kWarmUp, kMeasure, kStop };
   std::atomic<int> phase{kWarmUp};
   std::atomic<int> in_flight{0};
   struct Caller {
@@ -279,12 +288,8 @@ Status RunAsyncClosedLoop(const BenchOptions& options, const std::string& name, 
   }
   in_flight.store(callers);
   for (int c = 0; c < callers; ++c) submit(c);
-  std::this_thread::sleep_for(std::chrono::duration<double>(options.warmup_seconds));
-  MetricsSample before = MetricsSample::Take(ledger);
-  phase.store(kMeasure);
-  Watch(ledger, name, options.seconds, options.progress);
-  MetricsSample after = MetricsSample::Take(ledger);
-  phase.store(kStop);
+  MetricsSample before, after;
+  MeasureWindow(ledger, name, options, &phase, &before, &after);
   while (in_flight.load() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   result->name = name;
   result->callers = callers;

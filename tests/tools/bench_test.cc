@@ -26,7 +26,13 @@ TEST(BenchTest, ShortRunOfEveryPhaseReportsFigures) {
     EXPECT_GT(r.events, 0u) << r.name;
     EXPECT_GT(r.events_per_second, 0) << r.name;
     EXPECT_GT(r.commands, 0u) << r.name;
-    EXPECT_EQ(r.errors, 0u) << r.name;
+    if (r.offered_rate == 0) {
+      EXPECT_EQ(r.errors, 0u) << r.name;
+    } else {
+      // The open loop offers its rate whatever the latency: a stall of the disk or of a loaded
+      // CI machine can fill the writer's bounded queue, and those commands are refused.
+      EXPECT_LT(r.errors, r.commands) << r.name;
+    }
     EXPECT_GT(r.groups_per_second, 0) << r.name;
     EXPECT_GE(r.events_per_group, 1) << r.name;
     EXPECT_LE(r.p50_ms, r.p99_ms) << r.name;
