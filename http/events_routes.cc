@@ -1,4 +1,5 @@
 // GET /api/v1/events and GET /api/v1/audit/head: the log and its chain head, for admins.
+#include <algorithm>
 #include <cstdio>
 
 #include "events/limits.h"
@@ -72,21 +73,35 @@ void ListEvents(const AppContext& context, const httplib::Request& req, httplib:
   }
   // Every event at or below `head` is readable once Head() returned it.
   const Position head = context.ledger->Head();
-  std::vector<Event> events;
-  Status s = context.ledger->ReadEvents(Position(after), static_cast<size_t>(limit), filter, &events);
-  if (!s.ok()) {
-    WriteStatusProblem(s, &res);
-    return;
-  }
-  // A short page means every match up to `head` was returned, so the next page can start at
-  // `head` even when the filter skipped the events before it.
-  uint64_t last = events.empty() ? after : events.back().position.value();
-  uint64_t next_after = events.size() < limit ? std::max(last, std::max(after, head.value())) : last;
   std::string body = "{\"events\":[";
-  for (size_t i = 0; i < events.size(); ++i) {
-    if (i > 0) body += ',';
-    body += ToEnvelopeJson(events[i]);
+  uint64_t last = after;  // position of the last event in the page
+  size_t count = 0;
+  bool exhausted = false;  // a read came back short: every match up to `head` is in the page
+  bool full = false;       // the next event would pass limits::kEventsPageBytesMax
+  while (count < limit && !exhausted && !full) {
+    const size_t chunk = std::min<size_t>(limit - count, limits::kEventsPageReadChunk);
+    std::vector<Event> events;
+    Status s = context.ledger->ReadEvents(Position(last), chunk, filter, &events);
+    if (!s.ok()) {
+      WriteStatusProblem(s, &res);
+      return;
+    }
+    exhausted = events.size() < chunk;
+    for (const Event& event : events) {
+      std::string json = ToEnvelopeJson(event);
+      if (count > 0 && body.size() + 1 + json.size() > limits::kEventsPageBytesMax) {
+        full = true;
+        break;
+      }
+      if (count > 0) body += ',';
+      body += json;
+      ++count;
+      last = event.position.value();
+    }
   }
+  // After a short read the next page can start at `head` even when the filter skipped the
+  // events before it; after a full page (by count or by bytes) it starts after the last event.
+  const uint64_t next_after = exhausted && !full ? std::max(last, head.value()) : last;
   body += "],\"next_after\":" + std::to_string(next_after) + "}";
   WriteJsonAt(200, std::move(body), Position(std::max(head.value(), last)), &res);
 }

@@ -27,6 +27,11 @@ inline constexpr int kListenBacklog = 1024;
 inline constexpr size_t kServerThreadsMax = 4096;
 // Query parameters of GET /api/v1/events.
 inline constexpr size_t kQueryValueBytesMax = 512;
+// GET /api/v1/events: a page stops before the event that would take its body past this many
+// bytes (it always holds at least one event), and reads the log this many events at a time, so
+// that `limit` (up to 1000) events of up to 1 MiB each never become one 1 GiB answer.
+inline constexpr size_t kEventsPageBytesMax = 4 << 20;
+inline constexpr size_t kEventsPageReadChunk = 64;
 
 // X-Lago-Signature in jwt mode: the token embeds the whole webhook payload (a JSON string claim,
 // then base64url), so it is bounded by the payload limit, not by kAuthorizationBytesMax.

@@ -2,6 +2,7 @@
 // real Ledger in a temporary directory.
 #include <gtest/gtest.h>
 
+#include "http/limits.h"
 #include "http/routes.h"
 #include "tests/support/http_client.h"
 #include "tests/support/http_stack.h"
@@ -64,6 +65,61 @@ class LedgerRoutesTest : public ::testing::Test {
   TestHttpStack stack_;
   std::unique_ptr<TestHttpClient> admin_;
 };
+
+// Appends `count` events of about `bytes` bytes of data each.
+class BigEventsCommand : public Command {
+ public:
+  BigEventsCommand(size_t count, size_t bytes) : count_(count), bytes_(bytes) {}
+  Status Decide(const DecideContext&, Decision* decision) override {
+    for (size_t i = 0; i < count_; ++i) {
+      decision->events.push_back(
+          NewEvent{"test.big.v1", "big", "{\"pad\":\"" + std::string(bytes_, 'x') + "\"}"});
+    }
+    decision->body = "{}";
+    return Status::OK();
+  }
+
+ private:
+  size_t count_, bytes_;
+};
+
+// limit=1000 of events of up to 1 MiB would be a 1 GiB answer: a page stops at
+// limits::kEventsPageBytesMax (at least one event), and next_after continues where it stopped.
+TEST_F(LedgerRoutesTest, EventsPagesAreBoundedInBytes) {
+  const size_t kBytes = 900 * 1024;
+  const size_t kCount = 2 * limits::kEventsPageBytesMax / kBytes + 2;  // over two pages' worth
+  for (size_t i = 0; i < kCount; ++i) {
+    BigEventsCommand command(1, kBytes);
+    ASSERT_TRUE(ledger_->Submit(&command).status.ok());
+  }
+  Append("alice", 2);
+  StartServer();
+  std::vector<uint64_t> seen;
+  uint64_t after = 0;
+  int pages = 0;
+  for (; pages < 20; ++pages) {
+    HttpReply r = admin_->Get("/api/v1/events?limit=1000&after=" + std::to_string(after));
+    ASSERT_EQ(r.status, 200) << r.body.substr(0, 200);
+    EXPECT_LE(r.body.size(), limits::kEventsPageBytesMax);
+    std::vector<uint64_t> positions = Positions(r);
+    seen.insert(seen.end(), positions.begin(), positions.end());
+    const uint64_t next = r.Json()["next_after"].GetUint64();
+    if (positions.empty()) {
+      EXPECT_EQ(next, after);
+      break;
+    }
+    EXPECT_EQ(next, positions.back());
+    after = next;
+  }
+  EXPECT_GE(pages, 3);  // the big events took at least three pages
+  std::vector<uint64_t> all(kCount + 2);
+  for (size_t i = 0; i < all.size(); ++i) all[i] = i + 1;
+  EXPECT_EQ(seen, all);  // every event exactly once, in order
+  // One event bigger than what is left of a page still comes alone rather than not at all.
+  HttpReply one = admin_->Get("/api/v1/events?limit=1000&after=" + std::to_string(kCount - 1));
+  ASSERT_EQ(one.status, 200);
+  EXPECT_EQ(Positions(one), (std::vector<uint64_t>{kCount, kCount + 1, kCount + 2}));
+}
 
 TEST_F(LedgerRoutesTest, EventsOldestFirstWithPaging) {
   Append("alice", 3);
