@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <chrono>
@@ -68,9 +69,21 @@ struct Connection {
   std::string in;               // bytes of the answer so far
 };
 
-// The length of a complete answer at the front of `in` and its status; 0 while incomplete,
-// SIZE_MAX when it cannot be read (no Content-Length, malformed).
-size_t CompleteResponse(const std::string& in, int* status) {
+// Whether `text` starts with `prefix` (lower case), ignoring the case of `text`.
+bool StartsWithNoCase(std::string_view text, std::string_view prefix) {
+  if (text.size() < prefix.size()) return false;
+  for (size_t i = 0; i < prefix.size(); ++i) {
+    if (static_cast<char>(std::tolower(static_cast<unsigned char>(text[i]))) != prefix[i]) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// The length of a complete answer at the front of `in`, its status and whether the server
+// closes the connection after it ("Connection: close"); 0 while incomplete, SIZE_MAX when it
+// cannot be read (no Content-Length, malformed).
+size_t CompleteResponse(const std::string& in, int* status, bool* closes) {
   const size_t head_end = in.find("\r\n\r\n");
   if (head_end == std::string::npos) return in.size() > kResponseBytesMax ? SIZE_MAX : 0;
   // "HTTP/1.1 200 OK"
@@ -84,22 +97,21 @@ size_t CompleteResponse(const std::string& in, int* status) {
   size_t line = in.find("\r\n") + 2;
   while (line < head_end) {
     const size_t next = in.find("\r\n", line);
-    constexpr std::string_view kName = "content-length:";
-    if (next - line > kName.size()) {
-      bool match = true;
-      for (size_t i = 0; i < kName.size() && match; ++i) {
-        match = static_cast<char>(std::tolower(static_cast<unsigned char>(in[line + i]))) ==
-                kName[i];
+    constexpr std::string_view kLength = "content-length:";
+    constexpr std::string_view kConnection = "connection:";
+    const std::string_view header(in.data() + line, next - line);
+    if (StartsWithNoCase(header, kLength)) {
+      std::string_view value = header.substr(kLength.size());
+      while (!value.empty() && value.front() == ' ') value.remove_prefix(1);
+      size_t parsed = 0;
+      if (std::from_chars(value.data(), value.data() + value.size(), parsed).ec != std::errc()) {
+        return SIZE_MAX;
       }
-      if (match) {
-        size_t v = line + kName.size();
-        while (v < next && in[v] == ' ') ++v;
-        size_t parsed = 0;
-        if (std::from_chars(in.data() + v, in.data() + next, parsed).ec != std::errc()) {
-          return SIZE_MAX;
-        }
-        length = parsed;
-      }
+      length = parsed;
+    } else if (StartsWithNoCase(header, kConnection)) {
+      std::string_view value = header.substr(kConnection.size());
+      while (!value.empty() && value.front() == ' ') value.remove_prefix(1);
+      *closes = value.size() == 5 && StartsWithNoCase(value, "close");
     }
     line = next + 2;
   }
@@ -352,7 +364,8 @@ class Client {
     }
     if (!c.busy) return c.in.empty() && !closed ? Status::OK() : Fail(i);
     int status = 0;
-    const size_t complete = CompleteResponse(c.in, &status);
+    bool closes = false;
+    const size_t complete = CompleteResponse(c.in, &status, &closes);
     if (complete == SIZE_MAX || (complete != 0 && complete != c.in.size())) return Fail(i);
     if (complete == 0) return closed ? Fail(i) : Status::OK();
     const auto done = SteadyClock::now();
@@ -363,7 +376,8 @@ class Client {
       (status == 200 ? ok_ : refused_)++;
       latencies_ms_.push_back(std::chrono::duration<double, std::milli>(done - c.due).count());
     }
-    if (closed) return Connect(i);
+    // Reconnect before the next request rather than send it into a connection being closed.
+    if (closed || closes) return Connect(i);
     MakeIdle(i);
     return Status::OK();
   }
