@@ -133,28 +133,35 @@ class UsageE2eTest : public ::testing::Test {
     return acked;
   }
 
-  // The user's usage.recorded.v1 events in the log: their idempotency keys.
-  std::set<std::string> LoggedKeys() {
-    std::set<std::string> keys;
+  // Calls `fn` for every event of `subject` and `type` in the log, page by page.
+  template <typename Fn>
+  void ForEachLoggedEvent(const std::string& subject, const std::string& type, Fn fn) {
     TestHttpClient admin = Admin();
     uint64_t after = 0;
     for (;;) {
-      HttpReply r = admin.Get("/api/v1/events?subject=" + std::string(kUser) +
-                              "&type=usage.recorded.v1&limit=1000&after=" + std::to_string(after));
+      HttpReply r = admin.Get("/api/v1/events?subject=" + subject + "&type=" + type +
+                              "&limit=1000&after=" + std::to_string(after));
       EXPECT_EQ(r.status, 200) << r.body;
       rapidjson::Document doc = r.Json();
       if (!doc.IsObject() || !doc.HasMember("events")) {
         ADD_FAILURE() << r.body;
-        return keys;
+        return;
       }
       const auto& events = doc["events"];
-      if (events.Empty()) return keys;
-      for (const auto& e : events.GetArray()) {
-        const bool fresh = keys.insert(e["data"]["idempotency_key"].GetString()).second;
-        EXPECT_TRUE(fresh) << "a key was recorded twice: " << e["data"]["idempotency_key"].GetString();
-      }
+      if (events.Empty()) return;
+      for (const auto& e : events.GetArray()) fn(e);
       after = doc["next_after"].GetUint64();
     }
+  }
+
+  // The user's usage.recorded.v1 events in the log: their idempotency keys.
+  std::set<std::string> LoggedKeys() {
+    std::set<std::string> keys;
+    ForEachLoggedEvent(kUser, "usage.recorded.v1", [&](const rapidjson::Value& e) {
+      const bool fresh = keys.insert(e["data"]["idempotency_key"].GetString()).second;
+      EXPECT_TRUE(fresh) << "a key was recorded twice: " << e["data"]["idempotency_key"].GetString();
+    });
+    return keys;
   }
 
   int64_t CounterUsed() {
@@ -229,29 +236,14 @@ class UsageE2eTest : public ::testing::Test {
   // The keys of the user's usage.batch_recorded.v1 items in the log (each must be there once).
   std::set<std::string> LoggedBatchKeys(const std::string& user) {
     std::set<std::string> keys;
-    TestHttpClient admin = Admin();
-    uint64_t after = 0;
-    for (;;) {
-      HttpReply r = admin.Get("/api/v1/events?subject=" + user +
-                              "&type=usage.batch_recorded.v1&limit=1000&after=" +
-                              std::to_string(after));
-      EXPECT_EQ(r.status, 200) << r.body;
-      rapidjson::Document doc = r.Json();
-      if (!doc.IsObject() || !doc.HasMember("events")) {
-        ADD_FAILURE() << r.body;
-        return keys;
+    ForEachLoggedEvent(user, "usage.batch_recorded.v1", [&](const rapidjson::Value& e) {
+      EXPECT_EQ(std::string(e["data"]["user_id"].GetString()), user);
+      for (const auto& item : e["data"]["items"].GetArray()) {
+        const bool fresh = keys.insert(item["idempotency_key"].GetString()).second;
+        EXPECT_TRUE(fresh) << "a key was recorded twice: " << item["idempotency_key"].GetString();
       }
-      const auto& events = doc["events"];
-      if (events.Empty()) return keys;
-      for (const auto& e : events.GetArray()) {
-        EXPECT_EQ(std::string(e["data"]["user_id"].GetString()), user);
-        for (const auto& item : e["data"]["items"].GetArray()) {
-          const bool fresh = keys.insert(item["idempotency_key"].GetString()).second;
-          EXPECT_TRUE(fresh) << "a key was recorded twice: " << item["idempotency_key"].GetString();
-        }
-      }
-      after = doc["next_after"].GetUint64();
-    }
+    });
+    return keys;
   }
 
   // GET /api/v1/usage/summary as `user`: the current window's `used`.
