@@ -906,7 +906,11 @@ void LedgerImpl::SyncLoop() {
           // error state, and syncing it then is a usage error (an assertion in RocksDB).
           s = rocksdb::Status::IOError("a later WAL write failed before the sync");
         } else if (options_.sync) {
+          const auto sync_started = std::chrono::steady_clock::now();
           s = db_->SyncWAL();
+          metrics_.sync_seconds.Observe(
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - sync_started)
+                  .count());
         }
       }
       if (s.ok()) {

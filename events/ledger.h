@@ -125,6 +125,9 @@ struct LedgerMetrics {
   Histogram group_events{Histogram::SizeBounds()};
   // A group's WriteBatch from the start of its write until it is durable (its WAL sync).
   Histogram write_seconds{Histogram::LatencySecondsBounds()};
+  // One WAL fsync (SyncWAL): the disk's part of every durable answer. Its slow tail (disk
+  // stalls) shows up one for one in the tail latency of commands.
+  Histogram sync_seconds{Histogram::LatencySecondsBounds()};
 };
 
 // A consistent read view: rows and head position from one RocksDB snapshot.

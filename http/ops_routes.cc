@@ -155,6 +155,8 @@ void RenderLedgerMetrics(Ledger& ledger, std::string* out) {
   HistogramBlock("ledger_append_group_events", "Events per group commit.", m.group_events, out);
   HistogramBlock("ledger_write_seconds", "Latency of the synced WriteBatch of a group (write + fsync).",
                  m.write_seconds, out);
+  HistogramBlock("ledger_wal_sync_seconds", "Latency of one WAL fsync (SyncWAL).", m.sync_seconds,
+                 out);
 }
 
 void AddOpsRoutes(const AppContext& context, RouteTable* routes) {

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -24,6 +25,8 @@ using Nanos = std::chrono::nanoseconds;
 constexpr char kBenchEventType[] = "bench.appended.v1";
 constexpr char kSingleThreads[] = "single-event, threads";
 constexpr char kSingleAsync[] = "single-event, async";
+// A WAL fsync slower than this is a disk stall (a bound of Histogram::LatencySecondsBounds).
+constexpr double kSlowSyncSeconds = 0.025;
 
 // Appends `events` copies of one event. Decide() copies the payload, as a real decider builds one.
 class BenchCommand final : public Command {
@@ -101,7 +104,7 @@ struct MetricsSample {
   uint64_t events = 0;
   uint64_t groups = 0;
   uint64_t syncs = 0;
-  Histogram::Snapshot group_commands, group_events, write_seconds;
+  Histogram::Snapshot group_commands, group_events, write_seconds, sync_seconds;
 
   static MetricsSample Take(Ledger* ledger) {
     MetricsSample s;
@@ -114,6 +117,7 @@ struct MetricsSample {
     s.group_commands = m.group_commands.Read();
     s.group_events = m.group_events.Read();
     s.write_seconds = m.write_seconds.Read();
+    s.sync_seconds = m.sync_seconds.Read();
     return s;
   }
 };
@@ -136,6 +140,20 @@ void FillFromMetrics(const MetricsSample& a, const MetricsSample& b, BenchPhaseR
   r->write_ms_mean = 1000 * Ratio(b.write_seconds.sum - a.write_seconds.sum,
                                   static_cast<double>(b.write_seconds.count - a.write_seconds.count));
   r->cpu_cores = Ratio(b.cpu_seconds - a.cpu_seconds, seconds);
+  const Histogram::Snapshot& sa = a.sync_seconds;
+  const Histogram::Snapshot& sb = b.sync_seconds;
+  r->sync_ms_mean = 1000 * Ratio(sb.sum - sa.sum, static_cast<double>(sb.count - sa.count));
+  // cumulative[i] counts observations <= bounds[i]; the last entry is +Inf (= count).
+  r->slow_syncs = 0;
+  r->slowest_sync_ms = 0;
+  for (size_t i = 0; i < sb.cumulative.size(); ++i) {
+    const uint64_t in_bucket = (sb.cumulative[i] - (i > 0 ? sb.cumulative[i - 1] : 0)) -
+                               (sa.cumulative[i] - (i > 0 ? sa.cumulative[i - 1] : 0));
+    if (in_bucket == 0) continue;
+    const double upper = i < sb.bounds.size() ? sb.bounds[i] : HUGE_VAL;
+    r->slowest_sync_ms = 1000 * upper;
+    if (i > 0 && sb.bounds[i - 1] >= kSlowSyncSeconds) r->slow_syncs += in_bucket;
+  }
 }
 
 // Per-thread latency samples (nanoseconds) and counts of the measured window.
@@ -428,19 +446,29 @@ std::string FormatBenchReport(const BenchOptions& options,
                 options.seconds, options.warmup_seconds);
   out += line;
   std::snprintf(line, sizeof(line),
-                "%-26s %7s %11s %7s %7s %7s %7s %7s %8s %8s %8s %8s %8s %5s\n", "phase",
+                "%-26s %7s %11s %7s %7s %7s %7s %7s %8s %8s %8s %8s %8s %8s %5s\n", "phase",
                 "callers", "events/s", "p50 ms", "p90 ms", "p99 ms", "p999 ms", "max ms",
-                "cmds/grp", "evts/grp", "groups/s", "fsyncs/s", "write ms", "cpu");
+                "cmds/grp", "evts/grp", "groups/s", "fsyncs/s", "write ms", "fsync ms", "cpu");
   out += line;
   for (const BenchPhaseResult& r : results) {
     std::snprintf(line, sizeof(line),
-                  "%-26s %7d %11s %7.2f %7.2f %7.2f %7.2f %7.1f %8.1f %8.1f %8s %8s %8.2f %5.2f\n",
+                  "%-26s %7d %11s %7.2f %7.2f %7.2f %7.2f %7.1f %8.1f %8.1f %8s %8s %8.2f %8.2f "
+                  "%5.2f\n",
                   r.name.c_str(), r.callers, Thousands(r.events_per_second).c_str(), r.p50_ms,
                   r.p90_ms, r.p99_ms, r.p999_ms, r.max_ms, r.commands_per_group,
                   r.events_per_group, Thousands(r.groups_per_second).c_str(),
-                  Thousands(r.syncs_per_second).c_str(), r.write_ms_mean, r.cpu_cores);
+                  Thousands(r.syncs_per_second).c_str(), r.write_ms_mean, r.sync_ms_mean,
+                  r.cpu_cores);
     out += line;
     if (r.errors > 0) out += "  (" + std::to_string(r.errors) + " commands failed)\n";
+    if (r.slow_syncs > 0) {
+      std::snprintf(line, sizeof(line),
+                    "  (%llu fsyncs took over %.0f ms, the slowest up to %.0f ms: the disk "
+                    "stalled, and the tail latency above includes it)\n",
+                    static_cast<unsigned long long>(r.slow_syncs), 1000 * kSlowSyncSeconds,
+                    r.slowest_sync_ms);
+      out += line;
+    }
   }
   out += "\n";
   const BenchPhaseResult* batched = nullptr;

@@ -36,6 +36,8 @@ TEST(BenchTest, ShortRunOfEveryPhaseReportsFigures) {
     EXPECT_GT(r.groups_per_second, 0) << r.name;
     EXPECT_GE(r.events_per_group, 1) << r.name;
     EXPECT_LE(r.p50_ms, r.p99_ms) << r.name;
+    EXPECT_GT(r.sync_ms_mean, 0) << r.name;  // every phase synced
+    EXPECT_GT(r.slowest_sync_ms, 0) << r.name;
   }
   EXPECT_EQ(results[0].name, "single-event, threads");
   EXPECT_EQ(results[1].name, "single-event, async");
@@ -47,6 +49,7 @@ TEST(BenchTest, ShortRunOfEveryPhaseReportsFigures) {
   std::string report = FormatBenchReport(options, results);
   EXPECT_NE(report.find("single-event, async"), std::string::npos) << report;
   EXPECT_NE(report.find("fsyncs/s"), std::string::npos) << report;
+  EXPECT_NE(report.find("fsync ms"), std::string::npos) << report;
   EXPECT_NE(report.find("target: batched"), std::string::npos) << report;
   // Every store was removed.
   EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
