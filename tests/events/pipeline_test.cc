@@ -46,30 +46,48 @@ bool WaitFor(const std::function<bool()>& done) {
   return true;
 }
 
-TEST(WriterPipelineTest, AGroupIsNeitherAnsweredNorReadableBeforeItsSync) {
-  TempDir dir;
-  FaultEnv fault;
-  auto ledger = Open(dir.Sub("ledger"), fault.env());
-  ASSERT_NE(ledger, nullptr);
-  AppendCommand first("first");
-  ASSERT_TRUE(ledger->Submit(&first).status.ok());
+// A ledger on a FaultFs with one command committed; the tests hold the WAL sync of the next.
+class HeldSyncTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ledger_ = Open(dir_.Sub("ledger"), fault_.env());
+    ASSERT_NE(ledger_, nullptr);
+    AppendCommand first("first");
+    ASSERT_TRUE(ledger_->Submit(&first).status.ok());
+  }
+  // Holds WAL syncs and submits `command` through SubmitAsync; returns once its group is
+  // written and its sync waits. The completion sets result_, then answered_.
+  void SubmitWithSyncHeld(Command* command) {
+    fault_.fs()->HoldSyncs();
+    ledger_->SubmitAsync(command, [this](CommandResult r) {
+      result_ = std::move(r);
+      answered_ = true;
+    });
+    fault_.fs()->WaitUntilASyncIsHeld();
+  }
+  bool WaitAnswered() {
+    return WaitFor([this] { return answered_.load(); });
+  }
+
+  TempDir dir_;
+  FaultEnv fault_;
+  std::unique_ptr<Ledger> ledger_;
+  std::atomic<bool> answered_{false};
+  CommandResult result_;
+};
+
+TEST_F(HeldSyncTest, AGroupIsNeitherAnsweredNorReadableBeforeItsSync) {
+  Ledger* ledger = ledger_.get();
   const Hash first_hash = ledger->HeadHash();
   std::atomic<int> heard{0};
   ledger->AddCommitListener([&](Position) { ++heard; });
 
-  fault.fs()->HoldSyncs();
-  const uint64_t appends = fault.fs()->appends();
+  const uint64_t appends = fault_.fs()->appends();
   AppendCommand second("second", 2);
-  std::atomic<bool> answered{false};
-  CommandResult result;
-  ledger->SubmitAsync(&second, [&](CommandResult r) {
-    result = std::move(r);
-    answered = true;
-  });
-  fault.fs()->WaitUntilASyncIsHeld();  // the group is written; its WAL sync waits
+  SubmitWithSyncHeld(&second);  // the group is written; its WAL sync waits
 
-  EXPECT_GT(fault.fs()->appends(), appends) << "the group was not written before its sync";
-  EXPECT_FALSE(answered.load());
+  EXPECT_GT(fault_.fs()->appends(), appends) << "the group was not written before its sync";
+  EXPECT_FALSE(answered_.load());
   EXPECT_EQ(heard.load(), 0);
   EXPECT_EQ(ledger->Head(), Position(1));
   EXPECT_EQ(ledger->HeadHash(), first_hash);
@@ -86,10 +104,10 @@ TEST(WriterPipelineTest, AGroupIsNeitherAnsweredNorReadableBeforeItsSync) {
   }).ok());
   EXPECT_EQ(scanned, 1u);
 
-  fault.fs()->ReleaseSyncs();
-  ASSERT_TRUE(WaitFor([&] { return answered.load(); }));
-  ASSERT_TRUE(result.status.ok()) << result.status.ToString();
-  EXPECT_EQ(result.position, Position(3));
+  fault_.fs()->ReleaseSyncs();
+  ASSERT_TRUE(WaitAnswered());
+  ASSERT_TRUE(result_.status.ok()) << result_.status.ToString();
+  EXPECT_EQ(result_.position, Position(3));
   EXPECT_EQ(ledger->Head(), Position(3));
   EXPECT_EQ(ledger->Snapshot()->position(), Position(3));
   EXPECT_GE(heard.load(), 1);
@@ -99,24 +117,15 @@ TEST(WriterPipelineTest, AGroupIsNeitherAnsweredNorReadableBeforeItsSync) {
 
 // Every WAL fsync is timed (ledger_wal_sync_seconds; `ledgerctl bench` reports the slow ones as
 // disk stalls): a sync held for 40 ms shows up above 25 ms, once.
-TEST(WriterPipelineTest, WalSyncLatencyIsMeasured) {
-  TempDir dir;
-  FaultEnv fault;
-  auto ledger = Open(dir.Sub("ledger"), fault.env());
-  ASSERT_NE(ledger, nullptr);
-  AppendCommand first("first");
-  ASSERT_TRUE(ledger->Submit(&first).status.ok());
-  fault.fs()->HoldSyncs();
+TEST_F(HeldSyncTest, WalSyncLatencyIsMeasured) {
   AppendCommand second("second");
-  std::atomic<bool> answered{false};
-  ledger->SubmitAsync(&second, [&](CommandResult) { answered = true; });
-  fault.fs()->WaitUntilASyncIsHeld();
+  SubmitWithSyncHeld(&second);
   std::this_thread::sleep_for(std::chrono::milliseconds(40));
-  fault.fs()->ReleaseSyncs();
-  ASSERT_TRUE(WaitFor([&] { return answered.load(); }));
+  fault_.fs()->ReleaseSyncs();
+  ASSERT_TRUE(WaitAnswered());
 
-  const Histogram::Snapshot syncs = ledger->metrics().sync_seconds.Read();
-  EXPECT_EQ(syncs.count, ledger->metrics().syncs.Value());
+  const Histogram::Snapshot syncs = ledger_->metrics().sync_seconds.Read();
+  EXPECT_EQ(syncs.count, ledger_->metrics().syncs.Value());
   EXPECT_GE(syncs.count, 2u);
   EXPECT_GE(syncs.sum, 0.040);
   uint64_t at_most_25ms = 0;
@@ -128,30 +137,17 @@ TEST(WriterPipelineTest, WalSyncLatencyIsMeasured) {
 
 // A failed sync fails the group that waited for it, and degrades the ledger; nothing of the
 // group becomes readable.
-TEST(WriterPipelineTest, AFailedSyncFailsItsGroupAndPublishesNothing) {
-  TempDir dir;
-  FaultEnv fault;
-  auto ledger = Open(dir.Sub("ledger"), fault.env());
-  ASSERT_NE(ledger, nullptr);
-  AppendCommand first("first");
-  ASSERT_TRUE(ledger->Submit(&first).status.ok());
-  fault.fs()->HoldSyncs();
+TEST_F(HeldSyncTest, AFailedSyncFailsItsGroupAndPublishesNothing) {
   AppendCommand second("second");
-  std::atomic<bool> answered{false};
-  CommandResult result;
-  ledger->SubmitAsync(&second, [&](CommandResult r) {
-    result = std::move(r);
-    answered = true;
-  });
-  fault.fs()->WaitUntilASyncIsHeld();
-  fault.fs()->SetFailSyncs(true);
-  fault.fs()->ReleaseSyncs();
-  ASSERT_TRUE(WaitFor([&] { return answered.load(); }));
-  EXPECT_EQ(result.status.problem(), "storage_degraded") << result.status.ToString();
-  EXPECT_TRUE(ledger->Degraded());
-  EXPECT_EQ(ledger->Head(), Position(1));
+  SubmitWithSyncHeld(&second);
+  fault_.fs()->SetFailSyncs(true);
+  fault_.fs()->ReleaseSyncs();
+  ASSERT_TRUE(WaitAnswered());
+  EXPECT_EQ(result_.status.problem(), "storage_degraded") << result_.status.ToString();
+  EXPECT_TRUE(ledger_->Degraded());
+  EXPECT_EQ(ledger_->Head(), Position(1));
   std::vector<Event> events;
-  ASSERT_TRUE(ledger->ReadEvents(Position(0), 10, {}, &events).ok());
+  ASSERT_TRUE(ledger_->ReadEvents(Position(0), 10, {}, &events).ok());
   EXPECT_EQ(events.size(), 1u);
 }
 
