@@ -1,6 +1,7 @@
 #include "events/metrics.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 
 namespace ledger {
@@ -38,6 +39,26 @@ std::vector<double> Histogram::LatencySecondsBounds() {
 
 std::vector<double> Histogram::SizeBounds() {
   return {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096};
+}
+
+double QuantileUpperBound(const Histogram::Snapshot& before, const Histogram::Snapshot& after,
+                          double q) {
+  auto cumulative = [](const Histogram::Snapshot& s, size_t i) -> uint64_t {
+    return i < s.cumulative.size() ? s.cumulative[i] : 0;
+  };
+  const size_t buckets = after.cumulative.size();
+  if (buckets == 0) return 0;
+  const uint64_t total = cumulative(after, buckets - 1) - cumulative(before, buckets - 1);
+  if (total == 0) return 0;
+  // The smallest bucket whose cumulative count reaches ceil(q * total).
+  const uint64_t rank = std::max<uint64_t>(
+      1, static_cast<uint64_t>(std::ceil(std::clamp(q, 0.0, 1.0) * static_cast<double>(total) - 1e-9)));
+  for (size_t i = 0; i < buckets; ++i) {
+    if (cumulative(after, i) - cumulative(before, i) >= rank) {
+      return i < after.bounds.size() ? after.bounds[i] : HUGE_VAL;
+    }
+  }
+  return HUGE_VAL;
 }
 
 void RenderHistogram(const std::string& name, const std::string& labels,

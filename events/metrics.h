@@ -44,6 +44,13 @@ class Histogram {
   std::atomic<uint64_t> sum_micros_{0};  // sum scaled by 1e6 to stay integral
 };
 
+// The upper bound of the bucket that holds the q-quantile (0 < q <= 1) of the observations made
+// between two snapshots of one histogram (`before` may be an empty Snapshot: since the start):
+// "at most this much" for that share of them. Infinity when it falls in the +Inf bucket; 0 when
+// nothing was observed in between.
+double QuantileUpperBound(const Histogram::Snapshot& before, const Histogram::Snapshot& after,
+                          double q);
+
 // Appends `name` histogram in Prometheus text format (with optional label string like
 // `route="/x"`) to `out`. Writes # TYPE only when `with_type` is true.
 void RenderHistogram(const std::string& name, const std::string& labels,

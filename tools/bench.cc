@@ -124,6 +124,17 @@ struct MetricsSample {
 
 double Ratio(double a, double b) { return b > 0 ? a / b : 0; }
 
+// A histogram bound in ms as the report prints it: "<= 2.5" (or "> 10000" past the last bound).
+std::string FsyncBound(double ms) {
+  char buf[32];
+  if (std::isinf(ms)) {
+    std::snprintf(buf, sizeof(buf), ">%.0f", 1000 * Histogram::LatencySecondsBounds().back());
+  } else {
+    std::snprintf(buf, sizeof(buf), "<=%g", ms);
+  }
+  return buf;
+}
+
 // Fills the throughput and group columns of `r` from two samples.
 void FillFromMetrics(const MetricsSample& a, const MetricsSample& b, BenchPhaseResult* r) {
   double seconds = std::chrono::duration<double>(b.at - a.at).count();
@@ -143,6 +154,7 @@ void FillFromMetrics(const MetricsSample& a, const MetricsSample& b, BenchPhaseR
   const Histogram::Snapshot& sa = a.sync_seconds;
   const Histogram::Snapshot& sb = b.sync_seconds;
   r->sync_ms_mean = 1000 * Ratio(sb.sum - sa.sum, static_cast<double>(sb.count - sa.count));
+  r->sync_p99_ms = 1000 * QuantileUpperBound(sa, sb, 0.99);
   // cumulative[i] counts observations <= bounds[i]; the last entry is +Inf (= count).
   r->slow_syncs = 0;
   r->slowest_sync_ms = 0;
@@ -446,19 +458,20 @@ std::string FormatBenchReport(const BenchOptions& options,
                 options.seconds, options.warmup_seconds);
   out += line;
   std::snprintf(line, sizeof(line),
-                "%-26s %7s %11s %7s %7s %7s %7s %7s %8s %8s %8s %8s %8s %8s %5s\n", "phase",
+                "%-26s %7s %11s %7s %7s %7s %7s %7s %8s %8s %8s %8s %8s %8s %9s %5s\n", "phase",
                 "callers", "events/s", "p50 ms", "p90 ms", "p99 ms", "p999 ms", "max ms",
-                "cmds/grp", "evts/grp", "groups/s", "fsyncs/s", "write ms", "fsync ms", "cpu");
+                "cmds/grp", "evts/grp", "groups/s", "fsyncs/s", "write ms", "fsync ms",
+                "fsync p99", "cpu");
   out += line;
   for (const BenchPhaseResult& r : results) {
     std::snprintf(line, sizeof(line),
                   "%-26s %7d %11s %7.2f %7.2f %7.2f %7.2f %7.1f %8.1f %8.1f %8s %8s %8.2f %8.2f "
-                  "%5.2f\n",
+                  "%9s %5.2f\n",
                   r.name.c_str(), r.callers, Thousands(r.events_per_second).c_str(), r.p50_ms,
                   r.p90_ms, r.p99_ms, r.p999_ms, r.max_ms, r.commands_per_group,
                   r.events_per_group, Thousands(r.groups_per_second).c_str(),
                   Thousands(r.syncs_per_second).c_str(), r.write_ms_mean, r.sync_ms_mean,
-                  r.cpu_cores);
+                  FsyncBound(r.sync_p99_ms).c_str(), r.cpu_cores);
     out += line;
     if (r.errors > 0) out += "  (" + std::to_string(r.errors) + " commands failed)\n";
     if (r.slow_syncs > 0) {

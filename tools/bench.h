@@ -55,6 +55,9 @@ struct BenchPhaseResult {
   double syncs_per_second = 0;      // WAL fsyncs/s (one covers every group written meanwhile)
   double write_ms_mean = 0;         // the synced WriteBatch, per group
   double sync_ms_mean = 0;          // one WAL fsync
+  // At most this long for 99% of the phase's fsyncs (a histogram bucket's bound). Every command
+  // waits for one fsync or two, so the command p99 cannot be much below it.
+  double sync_p99_ms = 0;
   uint64_t slow_syncs = 0;          // WAL fsyncs over kSlowSyncSeconds: the disk stalled
   double slowest_sync_ms = 0;       // upper bound of the slowest fsync's histogram bucket
   double cpu_cores = 0;             // process CPU time / wall time

@@ -38,6 +38,8 @@ TEST(BenchTest, ShortRunOfEveryPhaseReportsFigures) {
     EXPECT_LE(r.p50_ms, r.p99_ms) << r.name;
     EXPECT_GT(r.sync_ms_mean, 0) << r.name;  // every phase synced
     EXPECT_GT(r.slowest_sync_ms, 0) << r.name;
+    EXPECT_GT(r.sync_p99_ms, 0) << r.name;
+    EXPECT_LE(r.sync_p99_ms, r.slowest_sync_ms) << r.name;
   }
   EXPECT_EQ(results[0].name, "single-event, threads");
   EXPECT_EQ(results[1].name, "single-event, async");
@@ -50,6 +52,7 @@ TEST(BenchTest, ShortRunOfEveryPhaseReportsFigures) {
   EXPECT_NE(report.find("single-event, async"), std::string::npos) << report;
   EXPECT_NE(report.find("fsyncs/s"), std::string::npos) << report;
   EXPECT_NE(report.find("fsync ms"), std::string::npos) << report;
+  EXPECT_NE(report.find("fsync p99"), std::string::npos) << report;
   EXPECT_NE(report.find("target: batched"), std::string::npos) << report;
   // Every store was removed.
   EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
