@@ -29,6 +29,7 @@
 
 #include "events/coding.h"
 #include "events/limits.h"
+#include "events/wal_log.h"
 
 namespace ledger {
 
@@ -675,6 +676,22 @@ Status LedgerImpl::OpenDb() {
       options_.read_only
           ? rocksdb::DB::OpenForReadOnly(db_options, options_.path, descriptors, &handles, &db_)
           : rocksdb::DB::Open(db_options, options_.path, descriptors, &handles, &db_);
+  if (s.IsCorruption() && !options_.read_only) {
+    // A crash can tear the last, never-synced WriteBatch of the newest log (wal_log.h). Cut that
+    // one shape off (the file is saved first) and open once more; anything else stays an error.
+    wal::TornTailRepair repair;
+    Status repaired = wal::RepairTornWalTail(options_.path, &repair);
+    if (!repaired.ok()) {
+      spdlog::error("could not repair the write-ahead log: {}", repaired.ToString());
+    } else if (repair.repaired) {
+      spdlog::warn(
+          "{}: its last write was torn by a crash before its sync (never acknowledged): cut {} "
+          "bytes at offset {}; the file as it was is saved as {}",
+          repair.file, repair.cut_bytes, repair.cut_at, repair.copy);
+      handles.clear();
+      s = rocksdb::DB::Open(db_options, options_.path, descriptors, &handles, &db_);
+    }
+  }
   if (!s.ok()) return FromRocks(s);
   for (size_t i = 0; i < handles.size(); ++i) families_[names[i]] = handles[i];
   return Status::OK();

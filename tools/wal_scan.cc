@@ -1,6 +1,5 @@
 #include "tools/wal_scan.h"
 
-#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -10,24 +9,12 @@
 
 #include "events/coding.h"
 #include "events/event.h"
+#include "events/wal_log.h"
 
 namespace ledger::tools {
 
 namespace {
 
-// RocksDB's log format (db/log_format.h).
-constexpr size_t kBlockBytes = 32768;
-constexpr size_t kHeaderBytes = 7;            // crc32c (4) | length (2) | type (1)
-constexpr size_t kRecyclableHeaderBytes = 11;  // ... | log number (4)
-enum RecordType : uint8_t {
-  kZeroType = 0,
-  kFullType = 1,
-  kFirstType = 2,
-  kMiddleType = 3,
-  kLastType = 4,
-  kRecyclableFullType = 5,
-  kRecyclableLastType = 8,
-};
 // The WriteBatch header: sequence (8) | count (4).
 constexpr size_t kWriteBatchHeaderBytes = 12;
 
@@ -87,43 +74,24 @@ void CheckRecord(const std::string& record, WalFinding* out) {
 void ScanLogFile(const std::string& contents, WalFinding* out) {
   std::string record;
   bool in_fragmented_record = false;
-  size_t offset = 0;
-  while (offset < contents.size() && !out->found) {
-    size_t block_left = kBlockBytes - offset % kBlockBytes;
-    if (block_left < kHeaderBytes) {  // trailer padding
-      offset += block_left;
-      continue;
-    }
-    if (contents.size() - offset < kHeaderBytes) return;
-    const auto* header = reinterpret_cast<const uint8_t*>(contents.data() + offset);
-    size_t length = header[4] | (static_cast<size_t>(header[5]) << 8);
-    uint8_t type = header[6];
-    if (type == kZeroType && length == 0) return;  // preallocated, never written
-    size_t header_bytes = type >= kRecyclableFullType && type <= kRecyclableLastType
-                              ? kRecyclableHeaderBytes
-                              : kHeaderBytes;
-    if (header_bytes + length > block_left || offset + header_bytes + length > contents.size()) {
-      return;  // a damaged header or a torn tail: nothing reliable follows
-    }
-    std::string_view payload(contents.data() + offset + header_bytes, length);
-    offset += header_bytes + length;
-    uint8_t base = type >= kRecyclableFullType ? type - (kRecyclableFullType - kFullType) : type;
-    switch (base) {
-      case kFullType:
-        record.assign(payload);
+  // Stops at a damaged header or a torn tail (nothing reliable follows) or at preallocated space.
+  wal::WalkFragments(contents, [&](const wal::Fragment& f) {
+    switch (f.base_type) {
+      case wal::kFullType:
+        record.assign(f.payload);
         in_fragmented_record = false;
         CheckRecord(record, out);
         break;
-      case kFirstType:
-        record.assign(payload);
+      case wal::kFirstType:
+        record.assign(f.payload);
         in_fragmented_record = true;
         break;
-      case kMiddleType:
-        if (in_fragmented_record) record.append(payload);
+      case wal::kMiddleType:
+        if (in_fragmented_record) record.append(f.payload);
         break;
-      case kLastType:
+      case wal::kLastType:
         if (in_fragmented_record) {
-          record.append(payload);
+          record.append(f.payload);
           CheckRecord(record, out);
         }
         in_fragmented_record = false;
@@ -131,7 +99,8 @@ void ScanLogFile(const std::string& contents, WalFinding* out) {
       default:  // metadata records (e.g. WAL compression type): not a WriteBatch
         break;
     }
-  }
+    return !out->found;
+  });
 }
 
 }  // namespace
@@ -139,18 +108,7 @@ void ScanLogFile(const std::string& contents, WalFinding* out) {
 Status FindDamagedEventInWal(const std::string& data_dir, WalFinding* out) {
   *out = WalFinding{};
   std::vector<std::pair<uint64_t, std::filesystem::path>> logs;
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(data_dir, ec)) {
-    const std::filesystem::path& path = entry.path();
-    std::string stem = path.stem().string();
-    if (path.extension() != ".log" || stem.empty() ||
-        !std::all_of(stem.begin(), stem.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-      continue;
-    }
-    logs.emplace_back(std::stoull(stem), path);
-  }
-  if (ec) return Status::IOError("cannot list " + data_dir + ": " + ec.message());
-  std::sort(logs.begin(), logs.end());
+  LEDGER_RETURN_IF_ERROR(wal::ListLogFiles(data_dir, &logs));
   for (const auto& [number, path] : logs) {
     std::ifstream in(path, std::ios::binary);
     if (!in) return Status::IOError("cannot read " + path.string());

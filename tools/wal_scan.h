@@ -3,9 +3,8 @@
 // The ledger opens with WALRecoveryMode::kTolerateCorruptedTailRecords, so a damaged record
 // (a byte flipped on disk in an event that was acknowledged but not yet flushed to a table file)
 // stops the open with "Corruption: checksum mismatch": correct, but it names no position. This
-// reads the `*.log` files directly (RocksDB's log format: 32 KiB blocks of records with 7-byte
-// headers, or 11-byte headers for recycled logs; each record is one WriteBatch), ignores the
-// record checksums, decodes every WriteBatch with rocksdb::WriteBatch::Iterate and checks the
+// reads the `*.log` files directly (events/wal_log.h: the log format, each record one
+// WriteBatch), ignores the record checksums, decodes every WriteBatch with rocksdb::WriteBatch::Iterate and checks the
 // hash of every stored event found in it (an 8-byte big-endian position key whose value decodes
 // as an event of that position). The first event whose hash fails is reported.
 #pragma once

@@ -13,8 +13,10 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 
 #include "events/ledger.h"
+#include "events/wal_log.h"
 #include "tests/support/durability.h"
 #include "tests/support/test_ledger.h"
 
@@ -29,8 +31,6 @@ using testing::LoadOptions;
 using testing::Outcome;
 using testing::TempDir;
 
-constexpr uint64_t kWalBlockBytes = 32768;  // RocksDB log format: 32 KiB blocks
-constexpr uint64_t kWalHeaderBytes = 7;     // checksum (4), length (2), type (1)
 
 std::unique_ptr<Ledger> Open(const std::string& path) {
   LedgerOptions options;
@@ -154,6 +154,167 @@ TEST(RecoveryTest, ATornWalTailOpensAndLosesOnlyTheTornGroup) {
   EXPECT_TRUE(report.ok()) << report.Summary();
 }
 
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// Where the last WriteBatch of a log file begins: its kFull or kFirst fragment.
+uint64_t LastBatchStart(const std::string& contents) {
+  uint64_t start = 0;
+  wal::WalkFragments(contents, [&](const wal::Fragment& f) {
+    if (f.base_type == wal::kFullType || f.base_type == wal::kFirstType) start = f.offset;
+    return true;
+  });
+  return start;
+}
+
+void ZeroTail(const std::string& file, uint64_t bytes) {
+  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+  const uint64_t size = std::filesystem::file_size(file);
+  f.seekp(static_cast<std::streamoff>(size - bytes));
+  f << std::string(bytes, '\0');
+}
+
+// The log reader agrees with RocksDB's writer: every fragment RocksDB wrote passes our checksum.
+TEST(WalLogTest, EveryFragmentRocksDbWritesPassesTheChecksum) {
+  EXPECT_EQ(wal::Crc32c("123456789"), 0xe3069283u);  // the CRC-32C check value
+  TempDir dir;
+  std::vector<Outcome> acknowledged;
+  {
+    auto ledger = Open(dir.path());
+    ASSERT_NE(ledger, nullptr);
+    AppendSequentially(ledger.get(), "crc", 30, &acknowledged);
+  }
+  const std::string contents = ReadFile(LastWal(dir.path()));
+  size_t fragments = 0, good = 0;
+  EXPECT_EQ(wal::WalkFragments(contents,
+                               [&](const wal::Fragment& f) {
+                                 ++fragments;
+                                 good += f.checksum_ok ? 1 : 0;
+                                 return true;
+                               }),
+            wal::WalkEnd::kEndOfFile);
+  EXPECT_GE(fragments, 30u);
+  EXPECT_EQ(good, fragments);
+  FlipByte(LastWal(dir.path()), contents.size() - 1);  // and a changed byte fails it
+  good = 0;
+  wal::WalkFragments(ReadFile(LastWal(dir.path())), [&](const wal::Fragment& f) {
+    good += f.checksum_ok ? 1 : 0;
+    return true;
+  });
+  EXPECT_EQ(good, fragments - 1);
+}
+
+// A crash can leave the last, never-synced WriteBatch with its size on disk but its bytes not:
+// they read back as zeros. RocksDB alone refuses that store (negative control: the read-only
+// open, which does not repair); the ledger's open cuts the torn batch — a WriteBatch spanning
+// three blocks here, torn in its last fragment, so the cut is at its first — after saving the
+// file, and loses exactly that one unacknowledged command.
+TEST(RecoveryTest, AZeroFilledTornTailIsCutAtItsBatchAndOnlyThatGroupIsLost) {
+  TempDir dir;
+  std::vector<Outcome> acknowledged;
+  {
+    auto ledger = Open(dir.path());
+    ASSERT_NE(ledger, nullptr);
+    AppendSequentially(ledger.get(), "zero", 20, &acknowledged);
+    CommandSpec big;
+    big.subject = "zero-big";
+    big.events = 400;  // ~100 KiB: one WriteBatch over several 32 KiB blocks
+    auto command = big.Make();
+    CommandResult r = ledger->Submit(command.get());
+    ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+    acknowledged.push_back(Outcome{big, r});
+  }
+  const std::string wal_file = LastWal(dir.path());
+  const std::string intact = ReadFile(wal_file);
+  const uint64_t batch_start = LastBatchStart(intact);
+  ASSERT_GT(intact.size() - batch_start, 2 * wal::kBlockBytes);
+  ZeroTail(wal_file, 100);
+  const std::string torn_bytes = ReadFile(wal_file);
+  Outcome torn = acknowledged.back();
+  acknowledged.pop_back();  // in a real crash this write could not have been acknowledged
+
+  // The repair itself, on a copy of the store: the cut is where the torn WriteBatch began.
+  const std::string copy = dir.Sub("copy");
+  std::filesystem::create_directories(copy);
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path())) {
+    if (entry.is_regular_file()) {
+      std::filesystem::copy_file(entry.path(), copy + "/" + entry.path().filename().string());
+    }
+  }
+  wal::TornTailRepair repair;
+  ASSERT_TRUE(wal::RepairTornWalTail(copy, &repair).ok());
+  ASSERT_TRUE(repair.repaired);
+  EXPECT_EQ(repair.cut_at, batch_start);
+  EXPECT_EQ(repair.cut_bytes, intact.size() - batch_start);
+  EXPECT_EQ(std::filesystem::file_size(copy + "/" + repair.file), batch_start);
+  EXPECT_EQ(ReadFile(repair.copy), torn_bytes);  // the file as the crash left it
+
+  LedgerOptions read_only;
+  read_only.path = dir.path();
+  read_only.read_only = true;
+  std::unique_ptr<Ledger> ledger;
+  Status s = Ledger::Open(read_only, &ledger);
+  EXPECT_EQ(s.code(), Code::kCorruption) << s.ToString();
+
+  ledger = Open(dir.path());
+  ASSERT_NE(ledger, nullptr);
+  DurabilityReport report = CheckDurability(ledger.get(), acknowledged);
+  EXPECT_TRUE(report.ok()) << report.Summary();
+  EXPECT_EQ(report.head, acknowledged.back().result.position);
+  EXPECT_EQ(report.events_per_subject.count(torn.spec.subject), 0u);
+  const std::string saved =
+      dir.Sub("torn-wal/" + std::filesystem::path(wal_file).filename().string());
+  EXPECT_EQ(ReadFile(saved), torn_bytes);
+}
+
+// Damage that is not a zero tail is never cut: a changed byte in the last record (a torn write
+// cannot change a byte to another non-zero value) keeps the store closed, untouched.
+TEST(RecoveryTest, ABadLastRecordWithoutAZeroTailIsNotCut) {
+  TempDir dir;
+  std::vector<Outcome> acknowledged;
+  {
+    auto ledger = Open(dir.path());
+    ASSERT_NE(ledger, nullptr);
+    AppendSequentially(ledger.get(), "flip", 20, &acknowledged);
+  }
+  const std::string wal_file = LastWal(dir.path());
+  const uint64_t size = std::filesystem::file_size(wal_file);
+  FlipByte(wal_file, size - 10);
+  const std::string damaged = ReadFile(wal_file);
+  wal::TornTailRepair repair;
+  ASSERT_TRUE(wal::RepairTornWalTail(dir.path(), &repair).ok());
+  EXPECT_FALSE(repair.repaired);
+  LedgerOptions options;
+  options.path = dir.path();
+  std::unique_ptr<Ledger> ledger;
+  Status s = Ledger::Open(options, &ledger);
+  EXPECT_EQ(s.code(), Code::kCorruption) << s.ToString();
+  EXPECT_EQ(ReadFile(wal_file), damaged);
+  EXPECT_FALSE(std::filesystem::exists(dir.Sub("torn-wal")));
+}
+
+// Zeros too few to be a tear (a payload can end in a few zero bytes) are damage as well.
+TEST(RecoveryTest, AShortZeroTailInTheLastRecordIsNotCut) {
+  TempDir dir;
+  std::vector<Outcome> acknowledged;
+  {
+    auto ledger = Open(dir.path());
+    ASSERT_NE(ledger, nullptr);
+    AppendSequentially(ledger.get(), "short", 20, &acknowledged);
+  }
+  const std::string wal_file = LastWal(dir.path());
+  ZeroTail(wal_file, 16);
+  wal::TornTailRepair repair;
+  ASSERT_TRUE(wal::RepairTornWalTail(dir.path(), &repair).ok());
+  EXPECT_FALSE(repair.repaired);
+  LedgerOptions options;
+  options.path = dir.path();
+  std::unique_ptr<Ledger> ledger;
+  EXPECT_EQ(Ledger::Open(options, &ledger).code(), Code::kCorruption);
+}
+
 // Counts the events a RocksDB default-mode (kPointInTimeRecovery) open recovers from `path`.
 uint64_t EventsRecoveredByPointInTimeRecovery(const std::string& path) {
   rocksdb::DBOptions db_options;
@@ -192,7 +353,9 @@ TEST(RecoveryTest, CorruptionInTheMiddleOfTheWalRefusesToOpenInsteadOfDroppingEv
   std::string wal = LastWal(dir.path());
   ASSERT_FALSE(wal.empty());
   uint64_t offset = std::filesystem::file_size(wal) / 2;
-  if (offset % kWalBlockBytes >= kWalBlockBytes - kWalHeaderBytes) offset -= 2 * kWalHeaderBytes;
+  if (offset % wal::kBlockBytes >= wal::kBlockBytes - wal::kHeaderBytes) {
+    offset -= 2 * wal::kHeaderBytes;
+  }
   FlipByte(wal, offset);  // inside a record in the middle: acknowledged events follow it
   std::string copy = dir.Sub("point-in-time");
   std::filesystem::create_directories(copy);

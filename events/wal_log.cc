@@ -1,0 +1,197 @@
+#include "events/wal_log.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <optional>
+
+namespace ledger::wal {
+
+namespace {
+
+constexpr uint32_t kMaskDelta = 0xa282ead8u;
+// Zero bytes a torn fragment must end with (RepairTornWalTail).
+constexpr size_t kTornZerosMin = 32;
+
+uint32_t Unmask(uint32_t masked) {
+  const uint32_t rot = masked - kMaskDelta;
+  return (rot >> 17) | (rot << 15);
+}
+
+std::array<uint32_t, 256> MakeCrcTable() {
+  std::array<uint32_t, 256> table{};
+  for (uint32_t i = 0; i < 256; ++i) {
+    uint32_t c = i;
+    for (int k = 0; k < 8; ++k) c = (c & 1) != 0 ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+    table[i] = c;
+  }
+  return table;
+}
+
+// Writes, syncs and closes; false with errno-based `*error` on failure.
+bool SyncPath(const std::filesystem::path& path, int flags, std::string* error) {
+  int fd = ::open(path.c_str(), flags);
+  if (fd < 0 || ::fsync(fd) != 0) {
+    *error = path.string() + ": " + std::strerror(errno);
+    if (fd >= 0) ::close(fd);
+    return false;
+  }
+  ::close(fd);
+  return true;
+}
+
+}  // namespace
+
+uint32_t Crc32c(std::string_view data) {
+  static const std::array<uint32_t, 256> table = MakeCrcTable();
+  uint32_t c = 0xffffffffu;
+  for (unsigned char byte : data) c = table[(c ^ byte) & 0xff] ^ (c >> 8);
+  return c ^ 0xffffffffu;
+}
+
+WalkEnd WalkFragments(std::string_view contents, const std::function<bool(const Fragment&)>& fn,
+                      size_t* stop_offset) {
+  size_t offset = 0;
+  auto end = [&](WalkEnd how) {
+    if (stop_offset != nullptr) *stop_offset = offset;
+    return how;
+  };
+  while (offset < contents.size()) {
+    const size_t block_left = kBlockBytes - offset % kBlockBytes;
+    if (block_left < kHeaderBytes) {  // block padding
+      offset += std::min(block_left, contents.size() - offset);
+      continue;
+    }
+    if (contents.size() - offset < kHeaderBytes) return end(WalkEnd::kIncomplete);
+    const auto* header = reinterpret_cast<const uint8_t*>(contents.data() + offset);
+    const size_t length = header[4] | (static_cast<size_t>(header[5]) << 8);
+    const uint8_t type = header[6];
+    if (type == kZeroType && length == 0) return end(WalkEnd::kZeroHeader);
+    Fragment f;
+    f.offset = offset;
+    f.type = type;
+    const bool recyclable = type >= kRecyclableFullType && type <= kRecyclableLastType;
+    f.header_bytes = recyclable ? kRecyclableHeaderBytes : kHeaderBytes;
+    f.base_type = recyclable ? static_cast<uint8_t>(type - (kRecyclableFullType - kFullType)) : type;
+    if (f.header_bytes + length > block_left || offset + f.header_bytes + length > contents.size()) {
+      return end(WalkEnd::kIncomplete);
+    }
+    f.payload = contents.substr(offset + f.header_bytes, length);
+    const uint32_t stored = header[0] | (static_cast<uint32_t>(header[1]) << 8) |
+                            (static_cast<uint32_t>(header[2]) << 16) |
+                            (static_cast<uint32_t>(header[3]) << 24);
+    // Covered: the type byte, the log number of a recyclable header, the payload — contiguous.
+    f.checksum_ok = Unmask(stored) == Crc32c(contents.substr(offset + 6, f.header_bytes - 6 + length));
+    if (!fn(f)) return end(WalkEnd::kStopped);
+    offset = f.end();
+  }
+  return end(WalkEnd::kEndOfFile);
+}
+
+Status ListLogFiles(const std::string& dir,
+                    std::vector<std::pair<uint64_t, std::filesystem::path>>* out) {
+  out->clear();
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::filesystem::path& path = entry.path();
+    const std::string stem = path.stem().string();
+    if (path.extension() != ".log" || stem.empty() || stem.size() > 19 ||
+        !std::all_of(stem.begin(), stem.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      continue;
+    }
+    out->emplace_back(std::stoull(stem), path);
+  }
+  if (ec) return Status::IOError("cannot list " + dir + ": " + ec.message());
+  std::sort(out->begin(), out->end());
+  return Status::OK();
+}
+
+Status RepairTornWalTail(const std::string& dir, TornTailRepair* out) {
+  *out = TornTailRepair{};
+  std::vector<std::pair<uint64_t, std::filesystem::path>> logs;
+  LEDGER_RETURN_IF_ERROR(ListLogFiles(dir, &logs));
+  if (logs.empty()) return Status::OK();
+  const std::filesystem::path path = logs.back().second;
+  std::string contents;
+  {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return Status::IOError("cannot read " + path.string());
+    contents.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  // The zero tail: [zeros_from, end of file).
+  size_t zeros_from = contents.size();
+  while (zeros_from > 0 && contents[zeros_from - 1] == '\0') --zeros_from;
+  if (zeros_from == contents.size()) return Status::OK();  // no zeros at the end: not torn
+
+  // Walk the intact fragments up to the first anomaly: a fragment whose checksum fails, a header
+  // with non-zero bytes but type and length 0, or a fragment running past its block or the file.
+  size_t batch_start = 0;  // offset of the fragment that began the WriteBatch being read
+  bool in_batch = false;   // between a kFirst fragment and its kLast
+  std::optional<size_t> bad_fragment_end;
+  size_t stop = 0;
+  const WalkEnd how = WalkFragments(contents, [&](const Fragment& f) {
+    if (!f.checksum_ok) {
+      bad_fragment_end = f.end();
+      return false;
+    }
+    if (f.base_type == kFullType || f.base_type == kFirstType) batch_start = f.offset;
+    if (f.base_type == kFirstType) in_batch = true;
+    if (f.base_type == kFullType || f.base_type == kLastType) in_batch = false;
+    return true;
+  }, &stop);
+  bool torn = false;
+  switch (how) {
+    case WalkEnd::kStopped:
+      // The zero tail must reach into the bad fragment, by more than the few zero bytes a
+      // payload can end with (a big-endian position): else it is damage, not a tear.
+      torn = *bad_fragment_end >= zeros_from + kTornZerosMin;
+      break;
+    case WalkEnd::kZeroHeader:  // a torn header, or a WriteBatch cut off by the zero tail
+      torn = stop < zeros_from || in_batch;
+      break;
+    case WalkEnd::kIncomplete:
+      torn = stop < zeros_from;
+      break;
+    case WalkEnd::kEndOfFile:
+      break;
+  }
+  if (!torn) return Status::OK();
+  // The fragment types of a WriteBatch before the anomaly were intact: cut where it began.
+  const size_t cut = in_batch ? batch_start : stop;
+
+  const std::filesystem::path saved_dir = std::filesystem::path(dir) / "torn-wal";
+  std::error_code ec;
+  std::filesystem::create_directories(saved_dir, ec);
+  if (ec) return Status::IOError("cannot create " + saved_dir.string() + ": " + ec.message());
+  std::filesystem::path copy = saved_dir / path.filename();
+  for (int n = 1; std::filesystem::exists(copy); ++n) {
+    copy = saved_dir / (path.filename().string() + "." + std::to_string(n));
+  }
+  std::filesystem::copy_file(path, copy, ec);
+  if (ec) return Status::IOError("cannot copy " + path.string() + ": " + ec.message());
+  std::string error;
+  if (!SyncPath(copy, O_RDONLY, &error) || !SyncPath(saved_dir, O_RDONLY | O_DIRECTORY, &error)) {
+    return Status::IOError("cannot sync the copy of the torn log: " + error);
+  }
+  int fd = ::open(path.c_str(), O_WRONLY);
+  if (fd < 0 || ::ftruncate(fd, static_cast<off_t>(cut)) != 0 || ::fsync(fd) != 0) {
+    error = path.string() + ": " + std::strerror(errno);
+    if (fd >= 0) ::close(fd);
+    return Status::IOError("cannot cut the torn log: " + error);
+  }
+  ::close(fd);
+  out->repaired = true;
+  out->file = path.filename().string();
+  out->cut_at = cut;
+  out->cut_bytes = contents.size() - cut;
+  out->copy = copy.string();
+  return Status::OK();
+}
+
+}  // namespace ledger::wal

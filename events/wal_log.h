@@ -1,0 +1,91 @@
+// RocksDB's write-ahead log files read without RocksDB (its format, db/log_format.h, is stable
+// and documented; the reader itself is not installed by Debian's librocksdb-dev).
+//
+// A log file is a sequence of 32 KiB blocks. Each block holds fragments: a header — masked
+// crc32c (4, little-endian) | payload length (2, little-endian) | type (1), plus the log number
+// (4) for the "recyclable" types — then the payload. A WriteBatch (one per group commit) is one
+// kFull fragment, or kFirst, kMiddle..., kLast across blocks. Fewer than 7 bytes left in a block
+// are zero padding. The checksum covers the type byte, the log number if any, and the payload.
+//
+// Two users: `ledgerctl verify` reads the logs to name a damaged event (tools/wal_scan.h), and
+// the ledger's open cuts a torn tail off the newest log (RepairTornWalTail).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "events/status.h"
+
+namespace ledger::wal {
+
+inline constexpr size_t kBlockBytes = 32768;
+inline constexpr size_t kHeaderBytes = 7;
+inline constexpr size_t kRecyclableHeaderBytes = 11;
+enum FragmentType : uint8_t {
+  kZeroType = 0,  // preallocated space, never written
+  kFullType = 1,
+  kFirstType = 2,
+  kMiddleType = 3,
+  kLastType = 4,
+  kRecyclableFullType = 5,
+  kRecyclableLastType = 8,
+};
+
+struct Fragment {
+  size_t offset = 0;        // of the header in the file
+  size_t header_bytes = 0;  // 7, or 11 for the recyclable types
+  uint8_t type = 0;         // as stored
+  uint8_t base_type = 0;    // kFull..kLast (recyclable types mapped onto them); other values as is
+  std::string_view payload;
+  bool checksum_ok = false;
+  size_t end() const { return offset + header_bytes + payload.size(); }
+};
+
+enum class WalkEnd {
+  kEndOfFile,    // every byte was a fragment or block padding
+  kZeroHeader,   // a header of type 0 and length 0: preallocated space from here on
+  kIncomplete,   // a fragment runs past its block or past the end of the file
+  kStopped,      // the callback returned false
+};
+
+// Calls `fn` with every complete fragment in file order. `*stop_offset` (optional) receives the
+// offset where the walk ended.
+WalkEnd WalkFragments(std::string_view contents, const std::function<bool(const Fragment&)>& fn,
+                      size_t* stop_offset = nullptr);
+
+// The `<number>.log` files of `dir`, by number.
+Status ListLogFiles(const std::string& dir,
+                    std::vector<std::pair<uint64_t, std::filesystem::path>>* out);
+
+// CRC-32C (Castagnoli), as RocksDB computes it before masking.
+uint32_t Crc32c(std::string_view data);
+
+// What RepairTornWalTail did.
+struct TornTailRepair {
+  bool repaired = false;
+  std::string file;        // the log file's name
+  uint64_t cut_at = 0;     // its new size
+  uint64_t cut_bytes = 0;  // bytes removed (the torn WriteBatch and the zeros after it)
+  std::string copy;        // where the file was saved, as it was, before the cut
+};
+
+// A crash can leave the newest log's last WriteBatch torn: its later bytes were never written
+// and read back as zeros (the file's size reached the disk before its data did; ext4 shows
+// unwritten preallocated space as zeros). RocksDB's kTolerateCorruptedTailRecords then refuses
+// to open the store ("checksum mismatch"): it cannot tell a torn record from a damaged one.
+// This can, for exactly one shape: a fragment whose checksum fails and whose last 32 bytes or
+// more, and everything after it to the end of the file, are zero bytes (or a header torn the
+// same way), with every fragment before it intact. That
+// WriteBatch was never synced — a synced one was fully on disk — so it was never acknowledged,
+// and the file is cut at the start of the WriteBatch it belongs to. The whole file is first
+// copied to `<dir>/torn-wal/`. Anything else (a bad checksum before the tail, non-zero bytes
+// after the bad fragment, an older log) is left alone: OK with `repaired == false`.
+Status RepairTornWalTail(const std::string& dir, TornTailRepair* out);
+
+}  // namespace ledger::wal
