@@ -9,6 +9,7 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "events/event.h"
 #include "events/status.h"
@@ -26,6 +27,19 @@ class StateReader {
   // returns false.
   virtual Status Scan(std::string_view family, std::string_view prefix,
                       const std::function<bool(std::string_view, std::string_view)>& fn) const = 0;
+  // Which of `keys` exist: (*found)[i] for keys[i]. One call for many keys is cheaper than a Get
+  // each where the store can batch the lookups (the writer's group state does).
+  virtual Status Contains(std::string_view family, const std::vector<std::string>& keys,
+                          std::vector<bool>* found) const {
+    found->assign(keys.size(), false);
+    std::string value;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      Status s = Get(family, keys[i], &value);
+      if (!s.ok() && !s.IsNotFound()) return s;
+      (*found)[i] = s.ok();
+    }
+    return Status::OK();
+  }
 };
 
 class RowWriter {

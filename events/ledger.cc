@@ -344,6 +344,25 @@ class BatchStateReader final : public StateReader, public RowWriter {
     return ScanFamily(it.get(), prefix, fn);
   }
 
+  // The batch index first, then one MultiGet for the rest: blooms, memtable and table files are
+  // searched for all keys together instead of one descent per key.
+  Status Contains(std::string_view family, const std::vector<std::string>& keys,
+                  std::vector<bool>* found) const override {
+    rocksdb::ColumnFamilyHandle* cf = nullptr;
+    LEDGER_RETURN_IF_ERROR(LookupGroupFamily(family, &cf));
+    std::vector<rocksdb::Slice> slices(keys.begin(), keys.end());
+    std::vector<rocksdb::PinnableSlice> values(keys.size());
+    std::vector<rocksdb::Status> statuses(keys.size());
+    batch_->MultiGetFromBatchAndDB(db_, rocksdb::ReadOptions(), cf, keys.size(), slices.data(),
+                                   values.data(), statuses.data(), /*sorted_input=*/false);
+    found->assign(keys.size(), false);
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (!statuses[i].ok() && !statuses[i].IsNotFound()) return FromRocks(statuses[i]);
+      (*found)[i] = statuses[i].ok();
+    }
+    return Status::OK();
+  }
+
   Status Put(std::string_view family, std::string_view key, std::string_view value) override {
     rocksdb::ColumnFamilyHandle* cf = nullptr;
     LEDGER_RETURN_IF_ERROR(LookupGroupFamily(family, &cf));

@@ -1548,26 +1548,33 @@ class BatchRecorder {
     seen_.reserve(items);
   }
 
-  // "accepted", "duplicate" or "invalid" (with `*reason`).
-  Status Classify(const UsageBatchItem& item, int64_t at_us, std::string_view* status,
-                  std::string_view* reason) {
+  // Looks up the dedupe rows of every item at once (StateReader::Contains), before Classify.
+  Status Prefetch(const std::vector<UsageBatchItem>& items) {
+    std::vector<std::string> keys(items.size());
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (!items[i].invalid_reason.empty()) continue;  // (an empty key: never a dedupe row)
+      std::string& key = keys[i];
+      key.reserve(sizeof(kDedupePrefix) + items[i].user_id.size() + 1 +
+                  items[i].idempotency_key.size());
+      key.assign(kDedupePrefix);
+      key.append(items[i].user_id);
+      key.push_back('\0');
+      key.append(items[i].idempotency_key);
+    }
+    return state_.Contains(kUsageFamily, keys, &recorded_);
+  }
+
+  // "accepted", "duplicate" or "invalid" (with `*reason`) for items[index] (after Prefetch).
+  Status Classify(const UsageBatchItem& item, size_t index, int64_t at_us,
+                  std::string_view* status, std::string_view* reason) {
     *reason = item.invalid_reason;
     if (reason->empty() && (at_us < min_us_ || at_us > max_us_)) *reason = "timestamp_out_of_range";
     if (!reason->empty()) {
       *status = "invalid";
       return Status::OK();
     }
-    bool known = !seen_.emplace(item.user_id, item.idempotency_key).second;
-    if (!known) {
-      // HasUsageKey without its two allocations per call.
-      key_.assign(kDedupePrefix);
-      key_.append(item.user_id);
-      key_.push_back('\0');
-      key_.append(item.idempotency_key);
-      Status s = state_.Get(kUsageFamily, key_, &value_);
-      if (!s.ok() && !s.IsNotFound()) return s;
-      known = s.ok();
-    }
+    if (index >= recorded_.size()) return Status::Internal("usage batch classified before Prefetch");
+    const bool known = !seen_.emplace(item.user_id, item.idempotency_key).second || recorded_[index];
     *status = known ? "duplicate" : "accepted";
     return Status::OK();
   }
@@ -1754,7 +1761,7 @@ class BatchRecorder {
   const int64_t min_us_, max_us_;
   bool epoch_read_ = false;
   std::string epoch_;       // the access epoch, read at the first user
-  std::string key_, value_;  // Classify's lookup buffers
+  std::vector<bool> recorded_;  // Prefetch: whether each item's dedupe row exists
   // (user, key) of the items classified so far.
   std::unordered_set<std::pair<std::string_view, std::string_view>, ViewPairHash> seen_;
   std::unordered_map<std::string_view, std::unique_ptr<UserBatch>> users_;
@@ -1769,11 +1776,12 @@ Status RecordUsageBatch::Decide(const DecideContext& context, Decision* decision
   std::string body;
   body.reserve(64 + items_.size() * 80);
   body.append("{\"results\":[");
+  LEDGER_RETURN_IF_ERROR(recorder.Prefetch(items_));
   for (size_t i = 0; i < items_.size(); ++i) {
     const UsageBatchItem& item = items_[i];
     const int64_t at_us = item.timestamp_us.value_or(context.now_us);
     std::string_view status, reason;
-    LEDGER_RETURN_IF_ERROR(recorder.Classify(item, at_us, &status, &reason));
+    LEDGER_RETURN_IF_ERROR(recorder.Classify(item, i, at_us, &status, &reason));
     if (status == "accepted") {
       LEDGER_RETURN_IF_ERROR(recorder.Record(item, at_us, &counts_.thresholds));
       ++counts_.accepted;

@@ -7,6 +7,7 @@
 #include <iostream>
 #include <thread>
 
+#include "events/fold.h"
 #include "events/ledger.h"
 #include "tests/support/durability.h"
 #include "tests/support/gate_command.h"
@@ -168,6 +169,69 @@ TEST(GroupCommitTest, ARejectionInsideAGroupDoesNotAffectTheOthers) {
   ASSERT_NE(ledger, nullptr);
   report = CheckDurability(ledger.get(), acknowledged);
   EXPECT_TRUE(report.ok()) << report.Summary();
+}
+
+// A fold that marks every subject it sees: row `subject` in the family "marks".
+class MarkFold final : public Fold {
+ public:
+  std::string_view Name() const override { return "marks"; }
+  Status Apply(const Event& event, const StateReader&, RowWriter* rows) const override {
+    return rows->Put("marks", event.subject, "1");
+  }
+};
+
+// Looks up the marks of `keys` with one Contains and with one Get each.
+class ProbeCommand final : public Command {
+ public:
+  explicit ProbeCommand(std::vector<std::string> keys) : keys_(std::move(keys)) {}
+  Status Decide(const DecideContext& context, Decision* decision) override {
+    LEDGER_RETURN_IF_ERROR(context.state->Contains("marks", keys_, &contained));
+    std::string value;
+    for (const std::string& key : keys_) {
+      Status s = context.state->Get("marks", key, &value);
+      if (!s.ok() && !s.IsNotFound()) return s;
+      got.push_back(s.ok());
+    }
+    decision->body = "{}";
+    return Status::OK();
+  }
+  std::vector<bool> contained, got;
+
+ private:
+  std::vector<std::string> keys_;
+};
+
+// The batched lookup of group state (StateReader::Contains) sees what Get sees: rows in the
+// store (earlier groups) and rows of earlier commands of the same group, and nothing else.
+TEST(GroupCommitTest, ContainsSeesTheStoreAndTheEarlierCommandsOfItsGroup) {
+  TempDir dir;
+  MarkFold marks;
+  LedgerOptions options;
+  options.path = dir.path();
+  options.folds = {&marks};
+  std::unique_ptr<Ledger> ledger;
+  ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
+  AppendCommand stored("stored");
+  ASSERT_TRUE(ledger->Submit(&stored).status.ok());
+
+  GateCommand gate("gate");
+  std::thread leader([&] { EXPECT_TRUE(ledger->Submit(&gate).status.ok()); });
+  gate.WaitUntilDeciding();
+  AppendCommand same_group("same-group");
+  ProbeCommand probe({"stored", "same-group", "gate", "absent", "later"});
+  AppendCommand later("later");
+  std::vector<Command*> members = {&same_group, &probe, &later};
+  std::vector<std::thread> submitters;
+  for (size_t i = 0; i < members.size(); ++i) {
+    submitters.emplace_back([&, i] { EXPECT_TRUE(ledger->Submit(members[i]).status.ok()); });
+    while (ledger->QueueDepth() < 2 + i) std::this_thread::yield();  // keep the queue order
+  }
+  gate.Open();
+  leader.join();
+  for (auto& t : submitters) t.join();
+  EXPECT_EQ(probe.contained, (std::vector<bool>{true, true, true, false, false}));
+  EXPECT_EQ(probe.contained, probe.got);
+  EXPECT_EQ(ledger->metrics().groups_committed.Value(), 3u);  // stored; gate; the three
 }
 
 }  // namespace
