@@ -6,13 +6,11 @@
 
 #include <algorithm>
 #include <atomic>
-#include <condition_variable>
-#include <mutex>
-#include <thread>
 #include <vector>
 
 #include "events/event.h"
 #include "events/ledger.h"
+#include "events/log_consumer.h"
 
 namespace ledger {
 namespace {
@@ -83,13 +81,11 @@ class KafkaOutbox::Impl {
         slots_(window_, Slot::kPending),
         slot_bytes_(window_, 0),
         slot_time_us_(window_, 0),
-        backoff_ms_(options.retry_backoff_ms_min) {}
+        backoff_ms_(options.retry_backoff_ms_min),
+        core_(ledger, "outbox", options.checkpoint_name, options.checkpoint_interval_ms) {}
 
   ~Impl() {
-    if (thread_.joinable()) {
-      RequestStop(std::chrono::steady_clock::now(), /*persist=*/false);
-      thread_.join();
-    }
+    core_.StopWithoutPersisting();
     DestroyProducer();
   }
 
@@ -123,12 +119,9 @@ class KafkaOutbox::Impl {
   void AdvanceCheckpoint();
   void ScheduleRewind(const std::string& reason);
   void MaybeRewind(int64_t now_us);
-  void MaybePersistCheckpoint(int64_t now_us, bool force);
   void PublishState(int64_t now_us);
-  bool ShouldExit();
   void WaitForWork(int64_t now_us);
-  void RequestStop(std::chrono::steady_clock::time_point deadline, bool persist);
-  void SetLastError(const std::string& error);
+  void SetLastError(std::string error) { core_.SetLastError(std::move(error)); }
   size_t SlotOf(uint64_t position) const { return position % window_; }
 
   const OutboxOptions options_;
@@ -138,24 +131,10 @@ class KafkaOutbox::Impl {
   // Published for GetStatus() (any thread).
   std::atomic<uint64_t> published_{0};
   std::atomic<uint64_t> checkpoint_{0};
-  std::atomic<uint64_t> persisted_{0};
   std::atomic<uint64_t> in_flight_count_{0};
   std::atomic<int> kafka_state_{static_cast<int>(KafkaState::kDown)};
-  std::atomic<bool> running_{false};
-  mutable std::mutex error_mu_;
-  std::string last_error_;  // guarded by error_mu_
-
-  // Wakeups and stop requests.
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool wake_ = false;            // guarded by mu_
-  bool stop_requested_ = false;  // guarded by mu_
-  bool persist_on_stop_ = true;  // guarded by mu_
-  std::chrono::steady_clock::time_point stop_deadline_;  // guarded by mu_
-  uint64_t stop_target_ = 0;     // guarded by mu_: the head when Stop() was called
   bool started_ = false;         // owner thread only
   bool stopped_ = false;         // owner thread only
-  std::thread thread_;
 
   // Publisher state.
   rd_kafka_t* producer_ = nullptr;
@@ -163,7 +142,6 @@ class KafkaOutbox::Impl {
   rd_kafka_queue_t* main_queue_ = nullptr;
   bool fatal_ = false;               // a fatal producer error is pending
   uint64_t mark_ = 0;                // every position <= mark_ is delivered (the checkpoint)
-  uint64_t persisted_mark_ = 0;      // as last written to the ledger
   uint64_t next_ = 1;                // next position to consider producing
   uint64_t highest_produced_ = 0;    // highest position ever handed to the producer
   std::vector<Slot> slots_;          // positions (mark_, mark_ + window_], by position % window_
@@ -177,28 +155,20 @@ class KafkaOutbox::Impl {
   int backoff_ms_;
   bool broker_up_ = false;           // a broker connection is up (stats, deliveries)
   int64_t last_progress_us_ = 0;     // last delivery, or when work became outstanding
-  int64_t last_persist_us_ = 0;
+
+  // The thread, wake-ups, stop requests, the checkpoint and the last error. Last: it joins the
+  // thread before the fields above go.
+  LogConsumerCore core_;
 };
 
 // ---- Setup -------------------------------------------------------------------------------------
 
 Status KafkaOutbox::Impl::Init() {
   LEDGER_RETURN_IF_ERROR(ValidateOptions(options_));
-  Position checkpoint;
-  LEDGER_RETURN_IF_ERROR(ledger_->GetCheckpoint(options_.checkpoint_name, &checkpoint));
-  uint64_t head = ledger_->Head().value();
-  mark_ = checkpoint.value();
-  if (mark_ > head) {
-    spdlog::error("outbox: checkpoint {} is past the head {} (was the data directory replaced?); "
-                  "publishing from the head",
-                  mark_, head);
-    mark_ = head;
-  }
-  persisted_mark_ = checkpoint.value();
+  LEDGER_RETURN_IF_ERROR(core_.Load(&mark_));
   next_ = mark_ + 1;
   highest_produced_ = mark_;
   checkpoint_.store(mark_);
-  persisted_.store(persisted_mark_);
   published_.store(mark_);
   if (disabled()) {
     kafka_state_.store(static_cast<int>(KafkaState::kDisabled));
@@ -517,21 +487,6 @@ bool KafkaOutbox::Impl::ProduceBatch() {
   return !blocked && next_ <= limit;
 }
 
-void KafkaOutbox::Impl::MaybePersistCheckpoint(int64_t now_us, bool force) {
-  if (mark_ == persisted_mark_) return;
-  if (!force && now_us - last_persist_us_ < int64_t{options_.checkpoint_interval_ms} * 1000) {
-    return;
-  }
-  last_persist_us_ = now_us;
-  Status s = ledger_->PutCheckpoint(options_.checkpoint_name, Position(mark_), /*sync=*/force);
-  if (!s.ok()) {
-    SetLastError("writing the checkpoint: " + s.ToString());
-    return;
-  }
-  persisted_mark_ = mark_;
-  persisted_.store(persisted_mark_);
-}
-
 void KafkaOutbox::Impl::PublishState(int64_t now_us) {
   bool stalled = in_flight_ > 0 &&
                  now_us - last_progress_us_ > int64_t{options_.stall_down_ms} * 1000;
@@ -546,43 +501,23 @@ void KafkaOutbox::Impl::Run() {
     int64_t now_us = SteadyMicros();
     MaybeRewind(now_us);
     bool more = ProduceBatch();
-    MaybePersistCheckpoint(now_us, /*force=*/false);
+    core_.Persist(mark_, now_us, /*force=*/false);
     PublishState(now_us);
-    if (ShouldExit()) break;
+    if (core_.StopDue(mark_)) break;
     if (!more) WaitForWork(now_us);
   }
   // Give what is already acknowledged a last chance to be counted, then drop the rest.
   if (producer_ != nullptr) rd_kafka_poll(producer_, 0);
   DestroyProducer();
-  bool persist;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    persist = persist_on_stop_;
-  }
-  if (persist) MaybePersistCheckpoint(SteadyMicros(), /*force=*/true);
+  if (core_.persist_on_stop()) core_.Persist(mark_, SteadyMicros(), /*force=*/true);
   kafka_state_.store(static_cast<int>(KafkaState::kDown));
-  running_.store(false);
-}
-
-bool KafkaOutbox::Impl::ShouldExit() {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!stop_requested_) return false;
-  return mark_ >= stop_target_ || std::chrono::steady_clock::now() >= stop_deadline_;
+  core_.set_running(false);
 }
 
 void KafkaOutbox::Impl::WaitForWork(int64_t now_us) {
   int64_t wait_us = int64_t{options_.poll_interval_ms} * 1000;
   if (rewind_pending_ && in_flight_ == 0) wait_us = std::min(wait_us, rewind_at_us_ - now_us);
-  if (mark_ != persisted_mark_) {
-    wait_us = std::min(wait_us, last_persist_us_ +
-                                    int64_t{options_.checkpoint_interval_ms} * 1000 - now_us);
-  }
-  std::unique_lock<std::mutex> lock(mu_);
-  auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(std::max<int64_t>(
-                                                      wait_us, 0));
-  if (stop_requested_) until = std::min(until, stop_deadline_);
-  cv_.wait_until(lock, until, [this] { return wake_; });
-  wake_ = false;
+  core_.WaitForWork(std::min(wait_us, core_.PersistDueInUs(mark_, now_us)));
 }
 
 // ---- Owner API ---------------------------------------------------------------------------------
@@ -594,47 +529,21 @@ Status KafkaOutbox::Impl::Start() {
   if (producer_ == nullptr) return Status::Internal("kafka outbox: no producer");
   spdlog::info("outbox: publishing to {} topic {} after position {}", options_.bootstrap_servers,
                options_.topic, mark_);
-  running_.store(true);
-  thread_ = std::thread([this] { Run(); });
+  core_.StartThread([this] { Run(); });
   return Status::OK();
 }
 
-void KafkaOutbox::Impl::Notify() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    wake_ = true;
-  }
-  cv_.notify_one();
-}
-
-void KafkaOutbox::Impl::RequestStop(std::chrono::steady_clock::time_point deadline,
-                                    bool persist) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_requested_ = true;
-    stop_deadline_ = deadline;
-    persist_on_stop_ = persist;
-    stop_target_ = ledger_->Head().value();
-    wake_ = true;
-  }
-  cv_.notify_one();
-}
+void KafkaOutbox::Impl::Notify() { core_.Notify(); }
 
 Status KafkaOutbox::Impl::Stop(std::chrono::steady_clock::time_point deadline) {
   if (stopped_) return Status::OK();
   stopped_ = true;
   if (disabled()) return Status::OK();
-  if (!thread_.joinable()) {
+  if (!core_.thread_started()) {
     DestroyProducer();
     return Status::OK();
   }
-  RequestStop(deadline, /*persist=*/true);
-  thread_.join();
-  uint64_t target;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    target = stop_target_;
-  }
+  const uint64_t target = core_.StopAndJoin(deadline);
   if (mark_ >= target) {
     spdlog::info("outbox: stopped; published through position {}", mark_);
     return Status::OK();
@@ -646,25 +555,19 @@ Status KafkaOutbox::Impl::Stop(std::chrono::steady_clock::time_point deadline) {
           std::to_string(mark_ + 1) + ")");
 }
 
-void KafkaOutbox::Impl::SetLastError(const std::string& error) {
-  std::lock_guard<std::mutex> lock(error_mu_);
-  last_error_ = error;
-}
-
 OutboxStatus KafkaOutbox::Impl::GetStatus() const {
   OutboxStatus status;
   status.kafka_state = KafkaStateName(static_cast<KafkaState>(kafka_state_.load()));
   status.checkpoint = Position(checkpoint_.load());
   status.head = ledger_->Head();
   status.published = Position(std::max(published_.load(), status.checkpoint.value()));
-  status.checkpoint_persisted = Position(persisted_.load());
+  status.checkpoint_persisted = Position(core_.persisted());
   status.lag = status.head.value() > status.checkpoint.value()
                    ? status.head.value() - status.checkpoint.value()
                    : 0;
   status.in_flight = in_flight_count_.load();
-  status.running = running_.load();
-  std::lock_guard<std::mutex> lock(error_mu_);
-  status.last_error = last_error_;
+  status.running = core_.running();
+  status.last_error = core_.last_error();
   return status;
 }
 

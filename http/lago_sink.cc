@@ -7,15 +7,13 @@
 
 #include <algorithm>
 #include <atomic>
-#include <condition_variable>
 #include <deque>
 #include <map>
-#include <mutex>
 #include <random>
-#include <thread>
 #include <vector>
 
 #include "events/ledger.h"
+#include "events/log_consumer.h"
 #include "projections/json_util.h"
 #include "projections/lago.h"
 
@@ -361,14 +359,10 @@ class LagoSink::Impl {
         ledger_(ledger),
         api_(api),
         batch_limit_(options.batch_events_max),
-        backoff_ms_(options.retry_backoff_ms_min) {}
+        backoff_ms_(options.retry_backoff_ms_min),
+        core_(ledger, "lago sink", options.checkpoint_name, options.checkpoint_interval_ms) {}
 
-  ~Impl() {
-    if (thread_.joinable()) {
-      RequestStop(std::chrono::steady_clock::now(), /*persist=*/false);
-      thread_.join();
-    }
-  }
+  ~Impl() { core_.StopWithoutPersisting(); }
 
   Status Init();
   Status Start();
@@ -394,8 +388,7 @@ class LagoSink::Impl {
   void MaybePersist(int64_t now_us, bool force);
   bool ShouldExit();
   void WaitForWork(int64_t now_us);
-  void RequestStop(std::chrono::steady_clock::time_point deadline, bool persist);
-  void SetLastError(const std::string& error);
+  void SetLastError(std::string error) { core_.SetLastError(std::move(error)); }
   void SetState(SinkState state) { state_.store(static_cast<int>(state)); }
 
   const LagoSinkOptions options_;
@@ -404,31 +397,15 @@ class LagoSink::Impl {
 
   // Published for GetStatus() (any thread).
   std::atomic<uint64_t> checkpoint_{0};
-  std::atomic<uint64_t> persisted_{0};
   std::atomic<uint64_t> pending_count_{0};
   std::atomic<uint64_t> batch_limit_published_{0};
   std::atomic<int> state_{static_cast<int>(SinkState::kUnknown)};
-  std::atomic<bool> running_{false};
-  mutable std::mutex error_mu_;
-  std::string last_error_;  // guarded by error_mu_
-
-  // Wakeups and stop requests.
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool wake_ = false;                                    // guarded by mu_
-  bool stop_requested_ = false;                          // guarded by mu_
-  bool persist_on_stop_ = true;                          // guarded by mu_
-  bool failed_since_stop_ = false;                       // guarded by mu_
-  std::chrono::steady_clock::time_point stop_deadline_;  // guarded by mu_
-  uint64_t stop_target_ = 0;  // guarded by mu_: the head when Stop() was called
   bool started_ = false;      // owner thread only
   bool stopped_ = false;      // owner thread only
-  std::thread thread_;
 
   // Sink state.
   std::deque<PendingEvent> pending_;  // Lago events of (mark_, scanned_to_], by position
   uint64_t mark_ = 0;                 // every position <= mark_ is handled (the checkpoint)
-  uint64_t persisted_mark_ = 0;       // as last written to the ledger
   uint64_t scanned_to_ = 0;           // last position read from the log
   size_t batch_limit_;                // events per request now (halved by splits)
   int successes_ = 0;                 // 2xx batches in a row
@@ -436,25 +413,20 @@ class LagoSink::Impl {
   int backoff_ms_;
   int64_t retry_at_us_ = 0;   // no request before this (backoff)
   bool persist_now_ = false;  // an acknowledged batch moved the checkpoint
-  int64_t last_persist_us_ = 0;
+  bool failed_since_stop_ = false;  // a request failed after the stop request
+
+  // The thread, wake-ups, stop requests, the checkpoint and the last error. Last: it joins the
+  // thread before the fields above go.
+  LogConsumerCore core_;
 };
 
 // ---- Setup -------------------------------------------------------------------------------------
 
 Status LagoSink::Impl::Init() {
   LEDGER_RETURN_IF_ERROR(ValidateOptions(options_));
-  Position checkpoint;
-  LEDGER_RETURN_IF_ERROR(ledger_->GetCheckpoint(options_.checkpoint_name, &checkpoint));
-  uint64_t head = ledger_->Head().value();
-  mark_ = checkpoint.value();
-  if (mark_ > head) {
-    spdlog::error("lago sink: checkpoint {} is beyond the log head {}; continuing from the head",
-                  mark_, head);
-    mark_ = head;
-  }
-  persisted_mark_ = scanned_to_ = mark_;
+  LEDGER_RETURN_IF_ERROR(core_.Load(&mark_));
+  scanned_to_ = mark_;
   checkpoint_.store(mark_);
-  persisted_.store(persisted_mark_);
   batch_limit_published_.store(batch_limit_);
   return Status::OK();
 }
@@ -685,8 +657,7 @@ void LagoSink::Impl::Fail(const std::string& reason, int http_status, int64_t re
   SetLastError(reason);
   spdlog::warn("lago sink: {}; {} events pending after position {}, retrying in {} ms", reason,
                pending_.size(), mark_, delay_ms);
-  std::lock_guard<std::mutex> lock(mu_);
-  if (stop_requested_) failed_since_stop_ = true;
+  if (core_.stop_requested()) failed_since_stop_ = true;
 }
 
 void LagoSink::Impl::AdvanceMark() {
@@ -696,20 +667,9 @@ void LagoSink::Impl::AdvanceMark() {
 }
 
 void LagoSink::Impl::MaybePersist(int64_t now_us, bool force) {
-  if (mark_ == persisted_mark_) return;
-  if (!force && !persist_now_ &&
-      now_us - last_persist_us_ < int64_t{options_.checkpoint_interval_ms} * 1000) {
-    return;
-  }
+  if (mark_ == core_.persisted()) return;
+  core_.Persist(mark_, now_us, force, /*now=*/persist_now_);
   persist_now_ = false;
-  last_persist_us_ = now_us;
-  Status s = ledger_->PutCheckpoint(options_.checkpoint_name, Position(mark_), /*sync=*/force);
-  if (!s.ok()) {
-    SetLastError("writing the checkpoint: " + s.ToString());
-    return;
-  }
-  persisted_mark_ = mark_;
-  persisted_.store(persisted_mark_);
 }
 
 void LagoSink::Impl::Run() {
@@ -729,39 +689,23 @@ void LagoSink::Impl::Run() {
     if (ShouldExit()) break;
     if (!more) WaitForWork(now_us);
   }
-  bool persist;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    persist = persist_on_stop_;
-  }
-  if (persist) MaybePersist(SteadyMicros(), /*force=*/true);
+  if (core_.persist_on_stop()) MaybePersist(SteadyMicros(), /*force=*/true);
   SetState(SinkState::kStopped);
-  running_.store(false);
+  core_.set_running(false);
 }
 
 // Once stopping: done when the log as of Stop() is handled, or Lago is failing (a failure since
 // the stop request, or a backoff still running: shutdown does not wait for Lago), or at the
 // deadline.
 bool LagoSink::Impl::ShouldExit() {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!stop_requested_) return false;
-  return mark_ >= stop_target_ || failed_since_stop_ || retry_at_us_ > SteadyMicros() ||
-         std::chrono::steady_clock::now() >= stop_deadline_;
+  return core_.StopDue(mark_) ||
+         (core_.stop_requested() && (failed_since_stop_ || retry_at_us_ > SteadyMicros()));
 }
 
 void LagoSink::Impl::WaitForWork(int64_t now_us) {
   int64_t wait_us = int64_t{options_.poll_interval_ms} * 1000;
   if (retry_at_us_ > now_us) wait_us = std::min(wait_us, retry_at_us_ - now_us);
-  if (mark_ != persisted_mark_) {
-    wait_us = std::min(wait_us,
-                       last_persist_us_ + int64_t{options_.checkpoint_interval_ms} * 1000 - now_us);
-  }
-  std::unique_lock<std::mutex> lock(mu_);
-  auto until =
-      std::chrono::steady_clock::now() + std::chrono::microseconds(std::max<int64_t>(wait_us, 0));
-  if (stop_requested_) until = std::min(until, stop_deadline_);
-  cv_.wait_until(lock, until, [this] { return wake_; });
-  wake_ = false;
+  core_.WaitForWork(std::min(wait_us, core_.PersistDueInUs(mark_, now_us)));
 }
 
 // ---- Owner API ---------------------------------------------------------------------------------
@@ -771,42 +715,17 @@ Status LagoSink::Impl::Start() {
   started_ = true;
   spdlog::info("lago sink: forwarding usage after position {} (metric code {}, batches of {})",
                mark_, options_.billable_metric_code, options_.batch_events_max);
-  running_.store(true);
-  thread_ = std::thread([this] { Run(); });
+  core_.StartThread([this] { Run(); });
   return Status::OK();
 }
 
-void LagoSink::Impl::Notify() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    wake_ = true;
-  }
-  cv_.notify_one();
-}
-
-void LagoSink::Impl::RequestStop(std::chrono::steady_clock::time_point deadline, bool persist) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_requested_ = true;
-    stop_deadline_ = deadline;
-    persist_on_stop_ = persist;
-    stop_target_ = ledger_->Head().value();
-    wake_ = true;
-  }
-  cv_.notify_one();
-}
+void LagoSink::Impl::Notify() { core_.Notify(); }
 
 Status LagoSink::Impl::Stop(std::chrono::steady_clock::time_point deadline) {
   if (stopped_) return Status::OK();
   stopped_ = true;
-  if (!thread_.joinable()) return Status::OK();
-  RequestStop(deadline, /*persist=*/true);
-  thread_.join();
-  uint64_t target;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    target = stop_target_;
-  }
+  if (!core_.thread_started()) return Status::OK();
+  const uint64_t target = core_.StopAndJoin(deadline);
   if (mark_ >= target) {
     spdlog::info("lago sink: stopped; handled through position {}", mark_);
     return Status::OK();
@@ -818,25 +737,19 @@ Status LagoSink::Impl::Stop(std::chrono::steady_clock::time_point deadline) {
                                  std::to_string(mark_ + 1) + ")");
 }
 
-void LagoSink::Impl::SetLastError(const std::string& error) {
-  std::lock_guard<std::mutex> lock(error_mu_);
-  last_error_ = error;
-}
-
 LagoSinkStatus LagoSink::Impl::GetStatus() const {
   LagoSinkStatus status;
   status.state = SinkStateName(static_cast<SinkState>(state_.load()));
   status.checkpoint = Position(checkpoint_.load());
   status.head = ledger_->Head();
-  status.checkpoint_persisted = Position(persisted_.load());
+  status.checkpoint_persisted = Position(core_.persisted());
   status.lag = status.head.value() > status.checkpoint.value()
                    ? status.head.value() - status.checkpoint.value()
                    : 0;
   status.pending = pending_count_.load();
   status.batch_events_max = batch_limit_published_.load();
-  status.running = running_.load();
-  std::lock_guard<std::mutex> lock(error_mu_);
-  status.last_error = last_error_;
+  status.running = core_.running();
+  status.last_error = core_.last_error();
   return status;
 }
 
