@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <iterator>
 
@@ -58,6 +59,15 @@ void AppendSequentially(Ledger* ledger, const std::string& tag, int count,
     ASSERT_TRUE(r.status.ok()) << r.status.ToString();
     acknowledged->push_back(Outcome{spec, r});
   }
+}
+
+// Opens a store at `path`, appends `count` commands one by one and closes it (RocksDB does not
+// flush a WAL-backed memtable on close: the commands live in the newest log).
+void WriteAndClose(const std::string& path, const std::string& tag, int count,
+                   std::vector<Outcome>* acknowledged) {
+  auto ledger = Open(path);
+  ASSERT_NE(ledger, nullptr);
+  AppendSequentially(ledger.get(), tag, count, acknowledged);
 }
 
 // The newest write-ahead log file of a closed database.
@@ -181,11 +191,7 @@ TEST(WalLogTest, EveryFragmentRocksDbWritesPassesTheChecksum) {
   EXPECT_EQ(wal::Crc32c("123456789"), 0xe3069283u);  // the CRC-32C check value
   TempDir dir;
   std::vector<Outcome> acknowledged;
-  {
-    auto ledger = Open(dir.path());
-    ASSERT_NE(ledger, nullptr);
-    AppendSequentially(ledger.get(), "crc", 30, &acknowledged);
-  }
+  WriteAndClose(dir.path(), "crc", 30, &acknowledged);
   const std::string contents = ReadFile(LastWal(dir.path()));
   size_t fragments = 0, good = 0;
   EXPECT_EQ(wal::WalkFragments(contents,
@@ -269,19 +275,15 @@ TEST(RecoveryTest, AZeroFilledTornTailIsCutAtItsBatchAndOnlyThatGroupIsLost) {
   EXPECT_EQ(ReadFile(saved), torn_bytes);
 }
 
-// Damage that is not a zero tail is never cut: a changed byte in the last record (a torn write
-// cannot change a byte to another non-zero value) keeps the store closed, untouched.
-TEST(RecoveryTest, ABadLastRecordWithoutAZeroTailIsNotCut) {
+// Writes a store, damages its newest log with `damage`, and expects the repair to leave it alone
+// and the open to refuse it.
+void ExpectDamageIsNotCut(const std::string& tag,
+                          const std::function<void(const std::string& wal_file)>& damage) {
   TempDir dir;
   std::vector<Outcome> acknowledged;
-  {
-    auto ledger = Open(dir.path());
-    ASSERT_NE(ledger, nullptr);
-    AppendSequentially(ledger.get(), "flip", 20, &acknowledged);
-  }
+  WriteAndClose(dir.path(), tag, 20, &acknowledged);
   const std::string wal_file = LastWal(dir.path());
-  const uint64_t size = std::filesystem::file_size(wal_file);
-  FlipByte(wal_file, size - 10);
+  damage(wal_file);
   const std::string damaged = ReadFile(wal_file);
   wal::TornTailRepair repair;
   ASSERT_TRUE(wal::RepairTornWalTail(dir.path(), &repair).ok());
@@ -295,24 +297,17 @@ TEST(RecoveryTest, ABadLastRecordWithoutAZeroTailIsNotCut) {
   EXPECT_FALSE(std::filesystem::exists(dir.Sub("torn-wal")));
 }
 
+// Damage that is not a zero tail is never cut: a changed byte in the last record (a torn write
+// cannot change a byte to another non-zero value) keeps the store closed, untouched.
+TEST(RecoveryTest, ABadLastRecordWithoutAZeroTailIsNotCut) {
+  ExpectDamageIsNotCut("flip", [](const std::string& wal_file) {
+    FlipByte(wal_file, std::filesystem::file_size(wal_file) - 10);
+  });
+}
+
 // Zeros too few to be a tear (a payload can end in a few zero bytes) are damage as well.
 TEST(RecoveryTest, AShortZeroTailInTheLastRecordIsNotCut) {
-  TempDir dir;
-  std::vector<Outcome> acknowledged;
-  {
-    auto ledger = Open(dir.path());
-    ASSERT_NE(ledger, nullptr);
-    AppendSequentially(ledger.get(), "short", 20, &acknowledged);
-  }
-  const std::string wal_file = LastWal(dir.path());
-  ZeroTail(wal_file, 16);
-  wal::TornTailRepair repair;
-  ASSERT_TRUE(wal::RepairTornWalTail(dir.path(), &repair).ok());
-  EXPECT_FALSE(repair.repaired);
-  LedgerOptions options;
-  options.path = dir.path();
-  std::unique_ptr<Ledger> ledger;
-  EXPECT_EQ(Ledger::Open(options, &ledger).code(), Code::kCorruption);
+  ExpectDamageIsNotCut("short", [](const std::string& wal_file) { ZeroTail(wal_file, 16); });
 }
 
 // Counts the events a RocksDB default-mode (kPointInTimeRecovery) open recovers from `path`.
