@@ -35,6 +35,16 @@ struct Identity {
 
 using Handler = std::function<void(const httplib::Request&, httplib::Response&, const Identity&)>;
 
+// Answering later. A handler that would otherwise block until another thread finishes its work
+// (consume waits for its group's fsync) may take a Responder, return at once, and call it exactly
+// once, from any thread, with the finished response: the server writes it on the connection, and
+// the connection's thread goes back to waiting for the next request instead of sleeping until
+// then (one thread wake-up per request instead of two). What the handler leaves in its `res` is
+// not sent. Returns null when the request is not served by HttpServer's connection loop (or was
+// deferred already): then answer in `res` as usual. Defined in server.cc.
+using Responder = std::function<void(httplib::Response&&)>;
+Responder DeferResponse(const httplib::Request& req);
+
 struct Route {
   std::string method;   // "GET", "POST", "PUT", "PATCH", "DELETE"
   std::string pattern;  // cpp-httplib regex pattern, e.g. R"(/api/v1/subscriptions/plans/([^/]+))"

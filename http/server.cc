@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -24,6 +25,7 @@
 #include <spdlog/spdlog.h>
 
 #include "http/problem.h"
+#include "http/route.h"
 
 namespace ledger::http {
 
@@ -169,6 +171,7 @@ class ConnectionStream final : public httplib::Stream {
   }
 
   ssize_t write(const char* ptr, size_t size) override {
+    if (discard_writes_) return static_cast<ssize_t>(size);  // a deferred response's stand-in
     if (!PollFor(sock_, POLLOUT, write_timeout_ms_)) return -1;
     for (;;) {
       ssize_t n = ::send(sock_, ptr, size, MSG_NOSIGNAL);
@@ -195,6 +198,8 @@ class ConnectionStream final : public httplib::Stream {
     long_headers_.clear();
   }
   bool cap_hit() const { return cap_hit_; }
+  // While set, what cpp-httplib writes is dropped (DeferResponse: the real answer comes later).
+  void DiscardWrites(bool discard) { discard_writes_ = discard; }
   bool HasBufferedInput() const { return pending_begin_ < pending_.size() || begin_ < end_; }
 
   // Header lines too long for cpp-httplib, taken out of this request's head (see TakeHead):
@@ -273,6 +278,7 @@ class ConnectionStream final : public httplib::Stream {
   const size_t request_bytes_max_;
   size_t request_bytes_ = 0;
   bool cap_hit_ = false;
+  bool discard_writes_ = false;
   std::array<char, kReadBufferBytes> buffer_;
   size_t begin_ = 0;
   size_t end_ = 0;
@@ -283,12 +289,78 @@ class ConnectionStream final : public httplib::Stream {
   std::map<std::string, std::string, std::less<>> long_headers_;
 };
 
+// A response finished on another thread (DeferResponse) and written from there.
+struct DeferredResponse {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;    // guarded by mu
+  bool failed = false;  // guarded by mu: the connection broke while it was written
+  std::string unsent;   // guarded by mu: what a full socket buffer did not take
+};
+
 // What a handler on this thread may ask of the connection it serves.
 struct ConnectionState {
   ConnectionStream* stream = nullptr;
   bool close_requested = false;
+  bool closing = false;  // the loop closes the connection after this request
+  int64_t keep_alive_timeout_s = 0;
+  size_t keep_alive_max_count = 0;
+  // The request being served: its route's metrics (set by Serve) and, once deferred, its answer.
+  RequestMetrics::Series* series = nullptr;
+  Clock::time_point started;
+  std::shared_ptr<DeferredResponse> deferred;
+  // Written by a deferred answer that the socket did not take whole: the connection's thread,
+  // waiting for the next request, then writes the rest (an eventfd, made at the first deferral).
+  int wake_fd = -1;
 };
 thread_local ConnectionState* t_connection = nullptr;
+
+// The response as cpp-httplib 0.11.4 writes it (write_response_core): status line, the handler's
+// headers, Content-Length, and either `Connection: close` or the Keep-Alive parameters.
+std::string SerializeResponse(const httplib::Response& res, bool close, int64_t keep_alive_timeout_s,
+                              size_t keep_alive_max_count) {
+  std::string out;
+  out.reserve(256 + res.body.size());
+  out.append("HTTP/1.1 ").append(std::to_string(res.status)).append(" ");
+  out.append(ReasonPhrase(res.status)).append("\r\n");
+  bool has_length = false;
+  for (const auto& [name, value] : res.headers) {
+    if (EqualsIgnoreCase(name, "Connection") || EqualsIgnoreCase(name, "Keep-Alive")) continue;
+    if (EqualsIgnoreCase(name, "Content-Length")) has_length = true;
+    out.append(name).append(": ").append(value).append("\r\n");
+  }
+  if (close) {
+    out.append("Connection: close\r\n");
+  } else {
+    out.append("Keep-Alive: timeout=").append(std::to_string(keep_alive_timeout_s));
+    out.append(", max=").append(std::to_string(keep_alive_max_count)).append("\r\n");
+  }
+  if (!has_length) out.append("Content-Length: ").append(std::to_string(res.body.size())).append("\r\n");
+  out.append("\r\n").append(res.body);
+  return out;
+}
+
+// Waits for the deferred answer of the previous request, if any, and writes what the socket did
+// not take then. False when the connection broke.
+bool FinishDeferred(ConnectionState* state) {
+  if (state->deferred == nullptr) return true;
+  std::string unsent;
+  bool failed = false;
+  {
+    std::unique_lock<std::mutex> lock(state->deferred->mu);
+    state->deferred->cv.wait(lock, [&] { return state->deferred->done; });
+    unsent = std::move(state->deferred->unsent);
+    failed = state->deferred->failed;
+  }
+  state->deferred = nullptr;
+  size_t written = 0;
+  while (!failed && written < unsent.size()) {
+    ssize_t n = state->stream->write(unsent.data() + written, unsent.size() - written);
+    if (n <= 0) failed = true;
+    written += n > 0 ? static_cast<size_t>(n) : 0;
+  }
+  return !failed;
+}
 
 // Asks the connection loop to close the connection after this response. Used whenever the server
 // answers without reading an announced body: the unread bytes must never be parsed as a request.
@@ -313,6 +385,59 @@ void RestoreLongHeaders(const httplib::Request& req) {
     if (it != t_connection->stream->long_headers().end()) value = it->second;
   }
 }
+
+}  // namespace
+
+Responder DeferResponse(const httplib::Request& req) {
+  ConnectionState* c = t_connection;
+  if (c == nullptr || c->deferred != nullptr || c->series == nullptr) return nullptr;
+  if (c->wake_fd < 0) {
+    c->wake_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (c->wake_fd < 0) return nullptr;
+  }
+  auto deferred = std::make_shared<DeferredResponse>();
+  c->deferred = deferred;
+  c->stream->DiscardWrites(true);
+  // cpp-httplib's rule for closing after this response (process_request).
+  const std::string connection = req.get_header_value("Connection");
+  const bool close = c->closing || c->close_requested || EqualsIgnoreCase(connection, "close") ||
+                     (req.version == "HTTP/1.0" && !EqualsIgnoreCase(connection, "keep-alive"));
+  return [deferred, sock = c->stream->socket(), wake_fd = c->wake_fd, close,
+          timeout = c->keep_alive_timeout_s,
+          max = c->keep_alive_max_count, series = c->series,
+          started = c->started](httplib::Response&& res) {
+    if (res.status == -1) res.status = 200;  // as cpp-httplib answers a handled request
+    const std::string out = SerializeResponse(res, close, timeout, max);
+    series->Record(res.status, SecondsSince(started));
+    // Without blocking: a client that does not read must not stall the calling thread (the
+    // ledger's sync thread); the connection's own thread writes the rest.
+    size_t sent = 0;
+    bool failed = false;
+    while (sent < out.size()) {
+      ssize_t n = ::send(sock, out.data() + sent, out.size() - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n > 0) {
+        sent += static_cast<size_t>(n);
+      } else if (n < 0 && errno == EINTR) {
+        continue;
+      } else {
+        failed = !(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+        break;
+      }
+    }
+    std::lock_guard<std::mutex> lock(deferred->mu);
+    if (!failed) deferred->unsent.assign(out, sent, std::string::npos);
+    if (!deferred->unsent.empty()) {
+      // Before `done`, under the lock: once the connection's thread sees `done` it may close it.
+      const uint64_t one = 1;
+      if (::write(wake_fd, &one, sizeof(one)) < 0) { /* a wake-up is pending already */ }
+    }
+    deferred->failed = failed;
+    deferred->done = true;
+    deferred->cv.notify_all();
+  };
+}
+
+namespace {
 
 // The worker pool: `threads` workers and a bounded queue of accepted connections. When the queue
 // is full the accept loop waits here, and new connections wait in the kernel's listen backlog.
@@ -409,18 +534,29 @@ class CoreServer final : public httplib::Server {
     ConnectionStream stream(sock, options_.read_timeout_ms, options_.write_timeout_ms, request_bytes_max_);
     ConnectionState state;
     state.stream = &stream;
+    state.keep_alive_timeout_s = std::max<int64_t>(options_.keep_alive_timeout_ms / 1000, 1);
+    state.keep_alive_max_count = std::max<size_t>(options_.keep_alive_max_count, 1);
     t_connection = &state;
     bool ret = false;
     size_t remaining = std::max<size_t>(options_.keep_alive_max_count, 1);
-    while (remaining > 0 && WaitForRequest(sock, stream)) {
+    while (remaining > 0 && WaitForRequest(sock, &state)) {
+      // A pipelined request waits for the deferred answer before it: answers stay in order.
+      if (!FinishDeferred(&state)) break;
       stream.BeginRequest();
       state.close_requested = false;
+      state.series = nullptr;
       bool connection_closed = false;
       const bool close_connection = remaining == 1 || svr_sock_ == INVALID_SOCKET;
+      state.closing = close_connection;
       ret = process_request(stream, close_connection, connection_closed, {});
+      stream.DiscardWrites(false);
       if (!ret || connection_closed || state.close_requested || stream.cap_hit()) break;
       --remaining;
     }
+    // Never close under a deferred answer still being written (or about to be); a connection
+    // that broke meanwhile is closed all the same.
+    FinishDeferred(&state);
+    if (state.wake_fd >= 0) ::close(state.wake_fd);
     t_connection = nullptr;
     if (state.close_requested || stream.cap_hit()) {
       LingeringClose(sock);
@@ -432,13 +568,24 @@ class CoreServer final : public httplib::Server {
   }
 
   // Waits for the next request on a kept-alive connection; false on timeout or server stop.
-  bool WaitForRequest(int sock, const ConnectionStream& stream) const {
-    if (stream.HasBufferedInput()) return true;
+  // Meanwhile writes the rest of a deferred answer that the socket did not take at once.
+  bool WaitForRequest(int sock, ConnectionState* state) const {
+    if (state->stream->HasBufferedInput()) return true;
     const auto deadline = Clock::now() + std::chrono::milliseconds(options_.keep_alive_timeout_ms);
     while (svr_sock_ != INVALID_SOCKET) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
       if (left <= 0) return false;
-      if (PollFor(sock, POLLIN, std::min<int64_t>(left, kKeepAlivePollSliceMs))) return true;
+      std::array<pollfd, 2> fds{pollfd{sock, POLLIN, 0}, pollfd{state->wake_fd, POLLIN, 0}};
+      const nfds_t count = state->wake_fd >= 0 ? 2 : 1;
+      int rc = ::poll(fds.data(), count, static_cast<int>(std::min<int64_t>(left, kKeepAlivePollSliceMs)));
+      if (rc < 0 && errno != EINTR) return false;
+      if (rc <= 0) continue;
+      if (count == 2 && (fds[1].revents & POLLIN) != 0) {
+        uint64_t ignored = 0;
+        if (::read(state->wake_fd, &ignored, sizeof(ignored)) < 0) { /* drained already */ }
+        if (!FinishDeferred(state)) return false;
+      }
+      if (fds[0].revents != 0) return true;
     }
     return false;
   }
@@ -616,7 +763,13 @@ void HttpServer::Impl::Listen() {
 void HttpServer::Impl::Serve(const InstalledRoute& route, const httplib::Request& req,
                              httplib::Response& res, const httplib::ContentReader* reader) {
   const auto start = Clock::now();
+  if (t_connection != nullptr) {
+    t_connection->series = route.series;
+    t_connection->started = start;
+  }
   Dispatch(route, req, res, reader);
+  // A deferred answer is counted when it is written (DeferResponse).
+  if (t_connection != nullptr && t_connection->deferred != nullptr) return;
   route.series->Record(res.status == -1 ? 200 : res.status, SecondsSince(start));
 }
 

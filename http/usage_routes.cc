@@ -44,6 +44,7 @@
 #include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cmath>
@@ -316,26 +317,18 @@ void CountRefusal(const Status& status, pj::UsageMeter* meter) {
   }
 }
 
-void Consume(const UsageRouteContext& c, const httplib::Request& req, httplib::Response& res,
-             const Identity& identity) {
-  if (!RequireLedger(c.ledger, res)) return;
-  pj::ConsumeRequest request;
-  Status parsed = ParseConsume(req, identity, &request);
-  if (!parsed.ok()) {
-    WriteStatusProblem(parsed, &res);
-    return;
-  }
-  pj::ConsumeUsage command(std::move(request), c.meter->cache());
-  CommandResult result = c.ledger->Submit(&command);
+// The answer to a decided (or refused) consume.
+void AnswerConsume(const UsageRouteContext& c, const pj::ConsumeUsage& command,
+                   const CommandResult& result, httplib::Response* res) {
   const int64_t now_us = command.outcome().decided ? command.outcome().now_us : NowMicros(c);
   if (!result.status.ok()) {
     CountRefusal(result.status, c.meter);
     if (result.status.problem() == "quota_exceeded") {
-      WriteQuotaExceeded(result.status, command.outcome(), &res);
-      SetPositionHeader(result.position, &res);
+      WriteQuotaExceeded(result.status, command.outcome(), res);
+      SetPositionHeader(result.position, res);
       return;
     }
-    WriteCommandResult(result, &res);
+    WriteCommandResult(result, res);
     return;
   }
   if (result.replayed) {
@@ -347,12 +340,44 @@ void Consume(const UsageRouteContext& c, const httplib::Request& req, httplib::R
   const pj::ConsumeOutcome& o = command.outcome();
   if (o.decided && !result.replayed) {
     if (o.limit && o.remaining) {
-      SetRateLimitHeaders(*o.limit, *o.remaining, SecondsUntil(o.window.end_s, now_us), &res);
+      SetRateLimitHeaders(*o.limit, *o.remaining, SecondsUntil(o.window.end_s, now_us), res);
     }
   } else {
-    SetAdmittedHeaders(result.body, now_us, &res);  // the first answer's figures
+    SetAdmittedHeaders(result.body, now_us, res);  // the first answer's figures
   }
-  WriteCommandResult(result, &res);
+  WriteCommandResult(result, res);
+}
+
+// The request's thread does not wait for the group's fsync: the answer is written from the
+// ledger's completion (DeferResponse), or, outside the server's connection loop, after Submit.
+void Consume(const UsageRouteContext& c, const httplib::Request& req, httplib::Response& res,
+             const Identity& identity) {
+  if (!RequireLedger(c.ledger, res)) return;
+  pj::ConsumeRequest request;
+  Status parsed = ParseConsume(req, identity, &request);
+  if (!parsed.ok()) {
+    WriteStatusProblem(parsed, &res);
+    return;
+  }
+  auto command = std::make_shared<pj::ConsumeUsage>(std::move(request), c.meter->cache());
+  Responder respond = DeferResponse(req);
+  if (!respond) {
+    AnswerConsume(c, *command, c.ledger->Submit(command.get()), &res);
+    return;
+  }
+  Command* submitted = command.get();
+  c.ledger->SubmitAsync(submitted, [c, command = std::move(command),
+                                    respond = std::move(respond)](CommandResult result) {
+    httplib::Response answer;
+    try {
+      AnswerConsume(c, *command, result, &answer);
+    } catch (const std::exception& e) {
+      spdlog::error("http: consume answer failed: {}", e.what());
+      answer = httplib::Response();
+      WriteProblem(500, "internal", "internal error", &answer);
+    }
+    respond(std::move(answer));
+  });
 }
 
 // ---- batch ---------------------------------------------------------------------------------------

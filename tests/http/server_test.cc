@@ -1,6 +1,11 @@
 #include "http/server.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <numeric>
 
@@ -9,6 +14,7 @@
 #include <condition_variable>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "http/problem.h"
 #include "tests/support/http_client.h"
@@ -70,6 +76,31 @@ class ServerTest : public ::testing::Test {
                  std::this_thread::sleep_for(std::chrono::milliseconds(500));
                  WriteJson(200, R"({"slow":true})", &res);
                });
+    // Answers later, from another thread (DeferResponse): after ?delay_ms, with ?bytes of body
+    // (else a 202 naming the request body's size). The `res` left behind is never sent.
+    routes.Add("POST", "/later", "/later", Policy::kPublic,
+               [this](const httplib::Request& req, httplib::Response& res, const Identity&) {
+                 const int delay_ms =
+                     req.has_param("delay_ms") ? std::stoi(req.get_param_value("delay_ms")) : 0;
+                 const size_t bytes =
+                     req.has_param("bytes") ? std::stoul(req.get_param_value("bytes")) : 0;
+                 Responder respond = DeferResponse(req);
+                 WriteJson(500, R"({"stand-in":"never sent"})", &res);
+                 if (!respond) return;
+                 std::lock_guard<std::mutex> lock(responders_mu_);
+                 responders_.emplace_back([respond = std::move(respond), delay_ms, bytes,
+                                           received = req.body.size()] {
+                   std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+                   httplib::Response answer;
+                   if (bytes > 0) {
+                     answer.set_content(std::string(bytes, 'z'), "text/plain");
+                   } else {
+                     WriteJson(202, R"({"later":)" + std::to_string(received) + "}", &answer);
+                   }
+                   answer.set_header("X-Later", "yes");
+                   respond(std::move(answer));
+                 });
+               });
     AuthOptions auth;
     auth.jwt.hs256_secret = testing::kTestHs256Secret;
     Status s = stack_.Start(std::move(routes), auth, &clock_, options);
@@ -93,10 +124,23 @@ class ServerTest : public ::testing::Test {
     EXPECT_TRUE(doc["detail"].IsString());
   }
 
+  void TearDown() override {
+    std::lock_guard<std::mutex> lock(responders_mu_);
+    for (std::thread& t : responders_) t.join();
+  }
+
   ManualClock clock_{1'800'000'000LL * 1000000};
   TestHttpStack stack_;
   std::atomic<bool> slow_entered_{false};
+  std::mutex responders_mu_;
+  std::vector<std::thread> responders_;  // guarded by responders_mu_
 };
+
+size_t CountOf(const std::string& text, const std::string& what) {
+  size_t count = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++count;
+  return count;
+}
 
 TEST_F(ServerTest, ServesRoutesAndCapturesPathParameters) {
   Start();
@@ -443,6 +487,87 @@ TEST_F(ServerTest, CountsRequestsPerRoute) {
             std::string::npos);
   EXPECT_NE(text.find("# TYPE ledger_http_request_duration_seconds histogram"), std::string::npos);
   EXPECT_NE(text.find("ledger_http_workers 16"), std::string::npos);
+}
+
+// A deferred answer is written by the thread that finishes it; pipelined requests behind it on
+// the same kept-alive connection are answered after it, in order, and each is counted once.
+TEST_F(ServerTest, DeferredAnswersKeepTheirOrderOnAKeptAliveConnection) {
+  Start();
+  const std::string request =
+      "POST /later?delay_ms=150 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+      "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+      "POST /later HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+  const std::string response = RawHttpExchange(stack_.port(), request, 1500);
+  const size_t first = response.find("HTTP/1.1 202");
+  const size_t hello = response.find("HTTP/1.1 200");
+  const size_t second = response.find("HTTP/1.1 202", first + 1);
+  EXPECT_EQ(first, 0u) << response;
+  ASSERT_NE(hello, std::string::npos) << response;
+  ASSERT_NE(second, std::string::npos) << response;
+  EXPECT_LT(hello, second) << response;
+  EXPECT_LT(response.find(R"({"later":3})"), hello) << response;
+  EXPECT_GT(response.find(R"({"later":0})"), second) << response;
+  EXPECT_EQ(CountOf(response, "X-Later: yes"), 2u) << response;
+  EXPECT_EQ(CountOf(response, "Keep-Alive: timeout=1, max="), 3u) << response;
+  EXPECT_EQ(response.find("stand-in"), std::string::npos) << response;
+  std::string text;
+  stack_.metrics.Render(&text);
+  EXPECT_NE(text.find(R"(ledger_http_requests_total{method="POST",route="/later",class="2xx"} 2)"),
+            std::string::npos)
+      << text;
+}
+
+// `Connection: close` holds for a deferred answer: it says so, and nothing after it is served.
+TEST_F(ServerTest, ADeferredAnswerHonoursConnectionClose) {
+  Start();
+  const std::string response = RawHttpExchange(
+      stack_.port(),
+      "POST /later?delay_ms=50 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+      "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_EQ(response.rfind("HTTP/1.1 202", 0), 0u) << response;
+  EXPECT_NE(response.find("Connection: close"), std::string::npos) << response;
+  EXPECT_EQ(response.find("HTTP/1.1", 5), std::string::npos) << "served after close: " << response;
+}
+
+// An answer larger than the socket takes at once, to a client that reads late: the finishing
+// thread never blocks on it; the connection's thread writes the rest while it waits for the next
+// request — not when the (here 60 s) keep-alive timeout ends the connection.
+TEST_F(ServerTest, ALargeDeferredAnswerReachesALateReaderWhole) {
+  HttpServerOptions options = TestHttpStack::DefaultOptions();
+  options.keep_alive_timeout_ms = 60'000;
+  Start(options);
+  constexpr size_t kBytes = 8 << 20;
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(stack_.port()));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  const std::string request = "POST /later?bytes=" + std::to_string(kBytes) +
+                              " HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+  ASSERT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(request.size()));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the answer fills the socket
+  std::string response;
+  std::vector<char> buf(1 << 16);
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  size_t body_at = std::string::npos;
+  while (std::chrono::steady_clock::now() < give_up) {
+    if (body_at == std::string::npos) body_at = response.find("\r\n\r\n");
+    if (body_at != std::string::npos && response.size() >= body_at + 4 + kBytes) break;
+    pollfd pfd{fd, POLLIN, 0};
+    if (::poll(&pfd, 1, 1000) <= 0) continue;
+    ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
+    if (n <= 0) break;
+    response.append(buf.data(), static_cast<size_t>(n));
+  }
+  ::close(fd);
+  ASSERT_NE(body_at, std::string::npos) << response.substr(0, 300);
+  EXPECT_EQ(response.rfind("HTTP/1.1 200", 0), 0u) << response.substr(0, 300);
+  EXPECT_NE(response.find("Content-Length: " + std::to_string(kBytes)), std::string::npos);
+  EXPECT_EQ(response.size() - (body_at + 4), kBytes);
+  EXPECT_EQ(response.find_first_not_of('z', body_at + 4), std::string::npos);
 }
 
 }  // namespace
