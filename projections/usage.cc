@@ -1548,20 +1548,29 @@ class BatchRecorder {
     seen_.reserve(items);
   }
 
-  // Looks up the dedupe rows of every item at once (StateReader::Contains), before Classify.
+  // Looks up the dedupe rows of every valid item at once (StateReader::Contains), before
+  // Classify.
   Status Prefetch(const std::vector<UsageBatchItem>& items) {
-    std::vector<std::string> keys(items.size());
+    std::vector<std::string> keys;
+    std::vector<size_t> of_item;  // keys[k] belongs to items[of_item[k]]
+    keys.reserve(items.size());
+    of_item.reserve(items.size());
     for (size_t i = 0; i < items.size(); ++i) {
-      if (!items[i].invalid_reason.empty()) continue;  // (an empty key: never a dedupe row)
-      std::string& key = keys[i];
+      if (!items[i].invalid_reason.empty()) continue;
+      std::string& key = keys.emplace_back();
       key.reserve(sizeof(kDedupePrefix) + items[i].user_id.size() + 1 +
                   items[i].idempotency_key.size());
       key.assign(kDedupePrefix);
       key.append(items[i].user_id);
       key.push_back('\0');
       key.append(items[i].idempotency_key);
+      of_item.push_back(i);
     }
-    return state_.Contains(kUsageFamily, keys, &recorded_);
+    std::vector<bool> found;
+    LEDGER_RETURN_IF_ERROR(state_.Contains(kUsageFamily, keys, &found));
+    recorded_.assign(items.size(), false);
+    for (size_t k = 0; k < keys.size(); ++k) recorded_[of_item[k]] = found[k];
+    return Status::OK();
   }
 
   // "accepted", "duplicate" or "invalid" (with `*reason`) for items[index] (after Prefetch).
