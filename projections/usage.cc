@@ -1557,13 +1557,7 @@ class BatchRecorder {
     of_item.reserve(items.size());
     for (size_t i = 0; i < items.size(); ++i) {
       if (!items[i].invalid_reason.empty()) continue;
-      std::string& key = keys.emplace_back();
-      key.reserve(sizeof(kDedupePrefix) + items[i].user_id.size() + 1 +
-                  items[i].idempotency_key.size());
-      key.assign(kDedupePrefix);
-      key.append(items[i].user_id);
-      key.push_back('\0');
-      key.append(items[i].idempotency_key);
+      keys.push_back(UsageDedupeKey(items[i].user_id, items[i].idempotency_key));
       of_item.push_back(i);
     }
     std::vector<bool> found;
