@@ -104,6 +104,9 @@ struct LedgerOptions {
   // is reported at its exact position, instead of failing the whole block with a Corruption
   // status that names no position. Read-only use only; never affects what is written.
   bool verify_checksums = true;
+  // The write-ahead log files kept for recovery, in bytes, before families are flushed to free
+  // the oldest (RocksDB's max_total_wal_size; 0 = RocksDB's default of 4x the memtables).
+  uint64_t max_total_wal_bytes = 256ull << 20;
   // When true, a write that fails is retried never: the ledger degrades (see class comment).
 };
 

@@ -15,6 +15,7 @@
 #include <functional>
 #include <iostream>
 #include <iterator>
+#include <thread>
 
 #include "events/ledger.h"
 #include "events/wal_log.h"
@@ -124,6 +125,76 @@ TEST(RecoveryTest, ReopenAfterManySmallGroupsKeepsEveryEventAndContinuesTheChain
   DurabilityReport report = CheckDurability(ledger.get(), acknowledged);
   EXPECT_TRUE(report.ok()) << report.Summary();
   EXPECT_EQ(report.head, report.max_acknowledged);
+}
+
+// `events` events of `bytes` of data each, for one subject.
+class PaddedAppend : public Command {
+ public:
+  PaddedAppend(size_t events, size_t bytes) : events_(events), bytes_(bytes) {}
+  Status Decide(const DecideContext& context, Decision* decision) override {
+    for (size_t i = 0; i < events_; ++i) {
+      decision->events.push_back(NewEvent{"test.padded.v1", "padded",
+                                          "{\"pad\":\"" + std::string(bytes_, 'p') + "\"}"});
+    }
+    decision->body = "{}";
+    return Status::OK();
+  }
+
+ private:
+  const size_t events_, bytes_;
+};
+
+uint64_t WalBytes(const std::string& path) {
+  uint64_t total = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(path)) {
+    if (entry.path().extension() == ".log") total += entry.file_size();
+  }
+  return total;
+}
+
+// Writes 24 MiB of events (12 commands of 2 MiB) into a store whose logs are limited to
+// `max_total_wal_bytes`, then returns the bytes its log files hold once the flushes the limit
+// asked for are done (waits up to 20 s for them to get under `wait_for_at_most`; 0: no wait).
+uint64_t LogBytesAfterWriting(uint64_t max_total_wal_bytes, uint64_t wait_for_at_most,
+                              Position* head) {
+  TempDir dir;
+  LedgerOptions options;
+  options.path = dir.path();
+  options.max_total_wal_bytes = max_total_wal_bytes;
+  std::unique_ptr<Ledger> ledger;
+  Status s = Ledger::Open(options, &ledger);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  if (!s.ok()) return 0;
+  for (int i = 0; i < 12; ++i) {
+    PaddedAppend command(256, 8 << 10);
+    CommandResult r = ledger->Submit(&command);
+    EXPECT_TRUE(r.status.ok()) << r.status.ToString();
+  }
+  uint64_t bytes = WalBytes(dir.path());
+  for (int i = 0; i < 200 && wait_for_at_most > 0 && bytes > wait_for_at_most; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    bytes = WalBytes(dir.path());
+  }
+  ledger.reset();
+  // Whatever the logs hold, a reopen has every event.
+  EXPECT_TRUE(Ledger::Open(options, &ledger).ok());
+  if (ledger != nullptr) *head = ledger->Head();
+  return bytes;
+}
+
+// A family written with every group (the head row) never fills its memtable, so without a limit
+// every log since the open stays live and a restart replays all of them. With the limit RocksDB
+// flushes the families that hold the oldest log, and the logs shrink back under it.
+TEST(RecoveryTest, LiveLogsStayUnderTheLimitInsteadOfHoldingEverythingSinceTheOpen) {
+  constexpr uint64_t kMiB = 1 << 20;
+  Position head(0);
+  const uint64_t limited = LogBytesAfterWriting(4 * kMiB, 8 * kMiB, &head);
+  EXPECT_LE(limited, 8 * kMiB);
+  EXPECT_EQ(head.value(), 12u * 256u);
+  // Negative control: RocksDB's default (0: 4x the memtables) keeps all 24 MiB.
+  const uint64_t unlimited = LogBytesAfterWriting(0, 0, &head);
+  EXPECT_GE(unlimited, 24 * kMiB);
+  EXPECT_EQ(head.value(), 12u * 256u);
 }
 
 // A crash in the middle of the last WAL append leaves a partial record. Here the record of the
