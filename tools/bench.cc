@@ -100,7 +100,8 @@ class BenchStore {
     // The disk goes on digesting the phase (writeback, the discards of its deleted files) for
     // seconds after that; the next phase would measure it as its own tail (the open loop right
     // after the batch phase: p99 119 ms, 20 ms after waiting). Wait until syncs are quick again.
-    const double waited = SettleDisk(base_, 30);
+    if (settle_seconds_ <= 0) return;
+    const double waited = SettleDisk(base_, settle_seconds_);
     if (progress_ != nullptr) {
       *progress_ << "(waited " << static_cast<int>(waited + 0.5)
                  << " s for the disk to settle after the phase)\n"
@@ -120,6 +121,7 @@ class BenchStore {
     path_ = pattern;
     base_ = base.string();
     progress_ = options.progress;
+    settle_seconds_ = options.settle_seconds;
     LedgerOptions ledger_options;
     ledger_options.path = path_;
     ledger_options.folds = options.folds;
@@ -132,6 +134,7 @@ class BenchStore {
   std::string path_;
   std::string base_;
   std::ostream* progress_ = nullptr;
+  double settle_seconds_ = 0;
   std::unique_ptr<Ledger> ledger_;
 };
 

@@ -254,6 +254,10 @@ void AddBench(CLI::App& app, BenchArgs* args) {
       ->capture_default_str();
   sub->add_option("--rate", args->bench.rate,
                   "open-loop rate for the latency phase (default: half the single-event rate)");
+  sub->add_option("--settle", args->bench.settle_seconds,
+                  "after each phase, wait at most this long for the disk to settle (0 = no wait)")
+      ->check(CLI::Range(0.0, 600.0))
+      ->capture_default_str();
   // `ledgerctl bench http`: against a running ledgerd (tools/bench_http.h).
   CLI::App* http = sub->add_subcommand(
       "http", "Load a running ledgerd's POST /api/v1/usage/consume (fresh key per request)");

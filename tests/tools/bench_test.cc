@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <filesystem>
+#include <sstream>
 
 #include "tests/support/test_ledger.h"
 
@@ -18,6 +20,7 @@ TEST(BenchTest, ShortRunOfEveryPhaseReportsFigures) {
   options.batch = 50;
   options.seconds = 0.5;
   options.warmup_seconds = 0.1;
+  options.settle_seconds = 0;  // the figures are not the point here
   std::vector<BenchPhaseResult> results;
   Status s = RunBench(options, &results);
   ASSERT_TRUE(s.ok()) << s.ToString();
@@ -56,6 +59,34 @@ TEST(BenchTest, ShortRunOfEveryPhaseReportsFigures) {
   EXPECT_NE(report.find("target: batched"), std::string::npos) << report;
   // Every store was removed.
   EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
+}
+
+// After each phase the bench waits for the disk (here: for at most 1 s, less than the 5 s it
+// always watches the disk for) and says so on the progress stream.
+TEST(BenchTest, WaitsForTheDiskAfterEachPhaseAndSaysSo) {
+  testing::TempDir dir;
+  BenchOptions options;
+  options.base_dir = dir.path();
+  options.callers = 4;
+  options.seconds = 0.3;
+  options.warmup_seconds = 0.1;
+  options.batched = false;
+  options.latency = false;
+  options.settle_seconds = 1;
+  std::ostringstream progress;
+  options.progress = &progress;
+  std::vector<BenchPhaseResult> results;
+  Status s = RunBench(options, &results);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  ASSERT_EQ(results.size(), 2u);
+  const std::string text = progress.str();
+  size_t waits = 0;
+  for (size_t at = text.find("(waited 1 s for the disk to settle"); at != std::string::npos;
+       at = text.find("(waited 1 s for the disk to settle", at + 1)) {
+    ++waits;
+  }
+  EXPECT_EQ(waits, 2u) << text;
+  EXPECT_TRUE(std::filesystem::is_empty(dir.path()));  // the probe file is gone too
 }
 
 }  // namespace
