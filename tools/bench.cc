@@ -97,16 +97,6 @@ class BenchStore {
     // The phase left hundreds of MiB of table files in the page cache that the kernel would write
     // back (and discard) during the next phase, inflating its fsync latencies: write them now.
     ::sync();
-    // The disk goes on digesting the phase (writeback, the discards of its deleted files) for
-    // seconds after that; the next phase would measure it as its own tail (the open loop right
-    // after the batch phase: p99 119 ms, 20 ms after waiting). Wait until syncs are quick again.
-    if (settle_seconds_ <= 0) return;
-    const double waited = SettleDisk(base_, settle_seconds_);
-    if (progress_ != nullptr) {
-      *progress_ << "(waited " << static_cast<int>(waited + 0.5)
-                 << " s for the disk to settle after the phase)\n"
-                 << std::flush;
-    }
   }
   Status Open(const BenchOptions& options) {
     std::filesystem::path base = options.base_dir.empty()
@@ -114,14 +104,22 @@ class BenchStore {
                                      : std::filesystem::path(options.base_dir);
     std::error_code ec;
     std::filesystem::create_directories(base, ec);
+    // The disk goes on digesting a previous phase (writeback, the discards of its deleted files)
+    // for seconds after it; this phase would measure that as its own tail (the open loop right
+    // after the batch phase: p99 119 ms, 20 ms after waiting). Wait until syncs are quick again.
+    if (options.settle_seconds > 0) {
+      const double waited = SettleDisk(base.string(), options.settle_seconds);
+      if (options.progress != nullptr) {
+        *options.progress << "(waited " << static_cast<int>(waited + 0.5)
+                          << " s for the disk to settle before the phase)\n"
+                          << std::flush;
+      }
+    }
     std::string pattern = (base / "ledgerctl-bench-XXXXXX").string();
     if (::mkdtemp(pattern.data()) == nullptr) {
       return Status::IOError("cannot create a directory " + pattern);
     }
     path_ = pattern;
-    base_ = base.string();
-    progress_ = options.progress;
-    settle_seconds_ = options.settle_seconds;
     LedgerOptions ledger_options;
     ledger_options.path = path_;
     ledger_options.folds = options.folds;
@@ -132,9 +130,6 @@ class BenchStore {
 
  private:
   std::string path_;
-  std::string base_;
-  std::ostream* progress_ = nullptr;
-  double settle_seconds_ = 0;
   std::unique_ptr<Ledger> ledger_;
 };
 

@@ -36,8 +36,8 @@ struct BenchOptions {
   size_t event_bytes = 300;         // size of each event's JSON data
   bool single = true, batched = true, latency = true;
   double rate = 0;                  // latency phase target; 0 = half the single-phase rate
-  // After each phase, wait up to this long for the disk to answer fdatasync quickly again (3 s in
-  // a row under 2 ms) before the next phase; 0 = do not wait.
+  // Before each phase, wait up to this long for the disk to answer fdatasync quickly (3 s in a
+  // row under 2 ms; at least 5 s); 0 = do not wait.
   double settle_seconds = 30;
   std::ostream* progress = nullptr;  // one line per second per phase
 };

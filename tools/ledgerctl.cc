@@ -255,7 +255,7 @@ void AddBench(CLI::App& app, BenchArgs* args) {
   sub->add_option("--rate", args->bench.rate,
                   "open-loop rate for the latency phase (default: half the single-event rate)");
   sub->add_option("--settle", args->bench.settle_seconds,
-                  "after each phase, wait at most this long for the disk to settle (0 = no wait)")
+                  "before each phase, wait at most this long for the disk to settle (0 = no wait)")
       ->check(CLI::Range(0.0, 600.0))
       ->capture_default_str();
   // `ledgerctl bench http`: against a running ledgerd (tools/bench_http.h).

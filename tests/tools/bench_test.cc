@@ -61,9 +61,9 @@ TEST(BenchTest, ShortRunOfEveryPhaseReportsFigures) {
   EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
 }
 
-// After each phase the bench waits for the disk (here: for at most 1 s, less than the 5 s it
+// Before each phase the bench waits for the disk (here: for at most 1 s, less than the 5 s it
 // always watches the disk for) and says so on the progress stream.
-TEST(BenchTest, WaitsForTheDiskAfterEachPhaseAndSaysSo) {
+TEST(BenchTest, WaitsForTheDiskBeforeEachPhaseAndSaysSo) {
   testing::TempDir dir;
   BenchOptions options;
   options.base_dir = dir.path();
