@@ -11,8 +11,8 @@
 namespace ledger::tools {
 namespace {
 
-TEST(BenchTest, ShortRunOfEveryPhaseReportsFigures) {
-  testing::TempDir dir;
+// Short phases with few callers in `dir`, without waiting for the disk between them.
+BenchOptions ShortRun(const testing::TempDir& dir) {
   BenchOptions options;
   options.base_dir = dir.path();
   options.callers = 8;
@@ -21,6 +21,12 @@ TEST(BenchTest, ShortRunOfEveryPhaseReportsFigures) {
   options.seconds = 0.5;
   options.warmup_seconds = 0.1;
   options.settle_seconds = 0;  // the figures are not the point here
+  return options;
+}
+
+TEST(BenchTest, ShortRunOfEveryPhaseReportsFigures) {
+  testing::TempDir dir;
+  BenchOptions options = ShortRun(dir);
   std::vector<BenchPhaseResult> results;
   Status s = RunBench(options, &results);
   ASSERT_TRUE(s.ok()) << s.ToString();
@@ -65,11 +71,8 @@ TEST(BenchTest, ShortRunOfEveryPhaseReportsFigures) {
 // always watches the disk for) and says so on the progress stream.
 TEST(BenchTest, WaitsForTheDiskBeforeEachPhaseAndSaysSo) {
   testing::TempDir dir;
-  BenchOptions options;
-  options.base_dir = dir.path();
-  options.callers = 4;
+  BenchOptions options = ShortRun(dir);
   options.seconds = 0.3;
-  options.warmup_seconds = 0.1;
   options.batched = false;
   options.latency = false;
   options.settle_seconds = 1;
