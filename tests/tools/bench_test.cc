@@ -3,8 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <sstream>
+#include <string_view>
 
 #include "tests/support/test_ledger.h"
 
@@ -82,10 +84,15 @@ TEST(BenchTest, WaitsForTheDiskBeforeEachPhaseAndSaysSo) {
   Status s = RunBench(options, &results);
   ASSERT_TRUE(s.ok()) << s.ToString();
   ASSERT_EQ(results.size(), 2u);
+  // "(waited <n> s for the disk to settle before the phase)", n >= 1 (more if a sync stalled).
   const std::string text = progress.str();
+  constexpr std::string_view kWaited = "(waited ";
   size_t waits = 0;
-  for (size_t at = text.find("(waited 1 s for the disk to settle"); at != std::string::npos;
-       at = text.find("(waited 1 s for the disk to settle", at + 1)) {
+  for (size_t at = text.find(kWaited); at != std::string::npos; at = text.find(kWaited, at + 1)) {
+    const size_t end = text.find('\n', at);
+    const std::string line = text.substr(at, end - at);
+    EXPECT_NE(line.find(" s for the disk to settle before the phase)"), std::string::npos) << line;
+    EXPECT_GE(std::atoi(line.c_str() + kWaited.size()), 1) << line;
     ++waits;
   }
   EXPECT_EQ(waits, 2u) << text;
