@@ -27,6 +27,14 @@ class StateReader {
   // returns false.
   virtual Status Scan(std::string_view family, std::string_view prefix,
                       const std::function<bool(std::string_view, std::string_view)>& fn) const = 0;
+  // The same, from the first row whose key is at or after `start` (cursor pagination). This
+  // default walks the prefix from its start; stores with a seek override it.
+  virtual Status ScanFrom(std::string_view family, std::string_view prefix, std::string_view start,
+                          const std::function<bool(std::string_view, std::string_view)>& fn) const {
+    return Scan(family, prefix, [&](std::string_view key, std::string_view value) {
+      return key < start || fn(key, value);
+    });
+  }
   // Which of `keys` exist: (*found)[i] for keys[i]. One call for many keys is cheaper than a Get
   // each where the store can batch the lookups (the writer's group state does).
   virtual Status Contains(std::string_view family, const std::vector<std::string>& keys,

@@ -229,9 +229,10 @@ Status LookupFamily(const FamilyMap& families, std::string_view name,
   return Status::OK();
 }
 
-Status ScanFamily(rocksdb::Iterator* it, std::string_view prefix,
+// Rows under `prefix` from `start` on (start = prefix: all of them).
+Status ScanFamily(rocksdb::Iterator* it, std::string_view prefix, std::string_view start,
                   const std::function<bool(std::string_view, std::string_view)>& fn) {
-  for (it->Seek(ToSlice(prefix)); it->Valid(); it->Next()) {
+  for (it->Seek(ToSlice(std::max(prefix, start))); it->Valid(); it->Next()) {
     std::string_view key = ToView(it->key());
     if (key.substr(0, prefix.size()) != prefix) break;
     if (!fn(key, ToView(it->value()))) break;
@@ -337,11 +338,16 @@ class BatchStateReader final : public StateReader, public RowWriter {
 
   Status Scan(std::string_view family, std::string_view prefix,
               const std::function<bool(std::string_view, std::string_view)>& fn) const override {
+    return ScanFrom(family, prefix, prefix, fn);
+  }
+
+  Status ScanFrom(std::string_view family, std::string_view prefix, std::string_view start,
+                  const std::function<bool(std::string_view, std::string_view)>& fn) const override {
     rocksdb::ColumnFamilyHandle* cf = nullptr;
     LEDGER_RETURN_IF_ERROR(LookupGroupFamily(family, &cf));
     std::unique_ptr<rocksdb::Iterator> it(
         batch_->NewIteratorWithBase(cf, db_->NewIterator(rocksdb::ReadOptions(), cf)));
-    return ScanFamily(it.get(), prefix, fn);
+    return ScanFamily(it.get(), prefix, start, fn);
   }
 
   // The batch index first, then one MultiGet for the rest: blooms, memtable and table files are
@@ -414,10 +420,15 @@ class SnapshotView final : public ReadView {
 
   Status Scan(std::string_view family, std::string_view prefix,
               const std::function<bool(std::string_view, std::string_view)>& fn) const override {
+    return ScanFrom(family, prefix, prefix, fn);
+  }
+
+  Status ScanFrom(std::string_view family, std::string_view prefix, std::string_view start,
+                  const std::function<bool(std::string_view, std::string_view)>& fn) const override {
     rocksdb::ColumnFamilyHandle* cf = nullptr;
     LEDGER_RETURN_IF_ERROR(LookupFamily(*families_, family, &cf));
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(Options(), cf));
-    return ScanFamily(it.get(), prefix, fn);
+    return ScanFamily(it.get(), prefix, start, fn);
   }
 
  private:

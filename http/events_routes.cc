@@ -27,30 +27,8 @@ bool ParseUint64(const std::string& text, uint64_t* out) {
 }
 
 // Reads an optional query parameter. Repeating it or exceeding `bytes_max` is a 400.
-bool QueryParam(const httplib::Request& req, const char* name, size_t bytes_max, std::string* value,
-                httplib::Response& res) {
-  size_t count = req.get_param_value_count(name);
-  if (count == 0) return true;
-  if (count > 1) {
-    WriteProblem(400, "invalid_parameter", std::string("'") + name + "' given more than once", &res);
-    return false;
-  }
-  *value = req.get_param_value(name);
-  if (value->size() > bytes_max) {
-    WriteProblem(400, "invalid_parameter", std::string("'") + name + "' is too long", &res);
-    return false;
-  }
-  return true;
-}
-
-bool RequireLedger(const AppContext& context, httplib::Response& res) {
-  if (context.ledger != nullptr) return true;
-  WriteProblem(503, "storage_unavailable", "the event store is not open", &res);
-  return false;
-}
-
 void ListEvents(const AppContext& context, const httplib::Request& req, httplib::Response& res) {
-  if (!RequireLedger(context, res)) return;
+  if (!RequireLedger(context.ledger, res)) return;
   std::string after_text, limit_text;
   EventFilter filter;
   if (!QueryParam(req, "after", limits::kQueryValueBytesMax, &after_text, res) ||
@@ -107,7 +85,7 @@ void ListEvents(const AppContext& context, const httplib::Request& req, httplib:
 }
 
 void AuditHead(const AppContext& context, httplib::Response& res) {
-  if (!RequireLedger(context, res)) return;
+  if (!RequireLedger(context.ledger, res)) return;
   // Head() and HeadHash() are two reads; take the hash from the stored event at the head
   // position instead, so that the pair is always consistent.
   const Position head = context.ledger->Head();

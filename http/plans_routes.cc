@@ -27,12 +27,6 @@ constexpr char kPlanPattern[] = R"(/api/v1/subscriptions/plans/([^/]+))";
 constexpr char kPlanName[] = "/api/v1/subscriptions/plans/{plan_id}";
 constexpr char kServicesPath[] = "/api/v1/subscriptions/services";
 
-bool RequireLedger(const AppContext& context, httplib::Response& res) {
-  if (context.ledger != nullptr) return true;
-  WriteProblem(503, "storage_unavailable", "the event store is not open", &res);
-  return false;
-}
-
 // ?include_inactive=true|false|1|0 (absent: false).
 bool ParseIncludeInactive(const httplib::Request& req, bool* include, httplib::Response& res) {
   *include = false;
@@ -49,7 +43,7 @@ bool ParseIncludeInactive(const httplib::Request& req, bool* include, httplib::R
 }
 
 void ListPlans(const AppContext& context, const httplib::Request& req, httplib::Response& res) {
-  if (!RequireLedger(context, res)) return;
+  if (!RequireLedger(context.ledger, res)) return;
   bool include_inactive = false;
   if (!ParseIncludeInactive(req, &include_inactive, res)) return;
   std::unique_ptr<ReadView> view = context.ledger->Snapshot();
@@ -63,7 +57,7 @@ void ListPlans(const AppContext& context, const httplib::Request& req, httplib::
 }
 
 void GetPlan(const AppContext& context, const httplib::Request& req, httplib::Response& res) {
-  if (!RequireLedger(context, res)) return;
+  if (!RequireLedger(context.ledger, res)) return;
   std::unique_ptr<ReadView> view = context.ledger->Snapshot();
   pc::Plan plan;
   Status s = pc::GetPlan(*view, req.matches[1].str(), &plan);
@@ -89,7 +83,7 @@ void Submit(const AppContext& context, const httplib::Request& req, const Identi
 
 void CreatePlan(const AppContext& context, const httplib::Request& req, const Identity& identity,
                 httplib::Response& res) {
-  if (!RequireLedger(context, res)) return;
+  if (!RequireLedger(context.ledger, res)) return;
   pc::PlanInput input;
   Status s = pc::ParsePlanInput(req.body, "", &input);
   if (!s.ok()) {
@@ -104,7 +98,7 @@ void CreatePlan(const AppContext& context, const httplib::Request& req, const Id
 
 void UpdatePlan(const AppContext& context, const httplib::Request& req, const Identity& identity,
                 httplib::Response& res) {
-  if (!RequireLedger(context, res)) return;
+  if (!RequireLedger(context.ledger, res)) return;
   pc::PlanInput input;
   Status s = pc::ParsePlanInput(req.body, req.matches[1].str(), &input);
   if (!s.ok()) {
@@ -117,7 +111,7 @@ void UpdatePlan(const AppContext& context, const httplib::Request& req, const Id
 
 void RetirePlan(const AppContext& context, const httplib::Request& req, const Identity& identity,
                 httplib::Response& res) {
-  if (!RequireLedger(context, res)) return;
+  if (!RequireLedger(context.ledger, res)) return;
   pc::RetirePlan command(req.matches[1].str(), AdminActor(identity));
   Submit(context, req, identity, kPlanName, &command, res);
 }

@@ -170,4 +170,26 @@ std::string JsonQuote(std::string_view text) {
   return std::string(buf.GetString(), buf.GetSize());
 }
 
+bool RequireLedger(const Ledger* ledger, httplib::Response& res) {
+  if (ledger != nullptr) return true;
+  WriteProblem(503, "storage_unavailable", "the event store is not open", &res);
+  return false;
+}
+
+bool QueryParam(const httplib::Request& req, const char* name, size_t bytes_max, std::string* value,
+                httplib::Response& res) {
+  size_t count = req.get_param_value_count(name);
+  if (count == 0) return true;
+  if (count > 1) {
+    WriteProblem(400, "invalid_parameter", std::string("'") + name + "' given more than once", &res);
+    return false;
+  }
+  *value = req.get_param_value(name);
+  if (value->size() > bytes_max) {
+    WriteProblem(400, "invalid_parameter", std::string("'") + name + "' is too long", &res);
+    return false;
+  }
+  return true;
+}
+
 }  // namespace ledger::http

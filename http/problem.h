@@ -63,6 +63,15 @@ void SetPositionHeader(Position position, httplib::Response* res);
 // position, i.e. result.position > 0).
 void WriteCommandResult(const CommandResult& result, httplib::Response* res);
 
+// False after writing 503 "storage_unavailable" when `ledger` is null (the store is not open).
+bool RequireLedger(const Ledger* ledger, httplib::Response& res);
+
+// Reads the optional query parameter `name` into `*value` (left untouched when absent). False
+// after writing a 400 "invalid_parameter" problem when it is given more than once or is longer
+// than `bytes_max`.
+bool QueryParam(const httplib::Request& req, const char* name, size_t bytes_max, std::string* value,
+                httplib::Response& res);
+
 // Escapes `text` as a JSON string literal, quotes included.
 std::string JsonQuote(std::string_view text);
 

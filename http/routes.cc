@@ -11,6 +11,7 @@ void AddAllRoutes(const AppContext& context, RouteTable* routes) {
   AddLagoWebhookRoutes(context, routes);
   AddSubscriptionAccessRoutes(context, routes);
   AddUsageRoutes(context, routes);
+  AddAdminRoutes(context, routes);
 }
 
 }  // namespace ledger::http

@@ -46,6 +46,10 @@ void AddLagoWebhookRoutes(const AppContext& context, RouteTable* routes);
 // context.usage_meter when set (else a meter of its own, not on /metrics).
 void AddUsageRoutes(const AppContext& context, RouteTable* routes);
 
+// Admin subscription management and analytics (policy admin): GET /api/v1/admin/subscriptions/
+// list, GET and PATCH /api/v1/admin/subscriptions/{email}, GET /api/v1/admin/subscriptions/
+// analytics/{overview,revenue-by-tier,usage-stats} (projections/admin.h). admin_routes.cc.
+void AddAdminRoutes(const AppContext& context, RouteTable* routes);
 // Every route of the service. routes.cc: add your resource's call there.
 void AddAllRoutes(const AppContext& context, RouteTable* routes);
 

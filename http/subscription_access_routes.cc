@@ -143,9 +143,11 @@ std::string AccessJson(const pj::UserAccess& access, const pj::CurrentUsage& usa
   w.Key("access");
   Str(&w, pj::AccessLevelName(access.access));
   w.Key("status");
-  Str(&w, sub.status_name());
+  Str(&w, access.status_name());
   w.Key("plan_id");
-  OptStr(&w, sub.plan_id());
+  OptStr(&w, access.plan ? std::optional<std::string>(access.plan->id) : sub.plan_id());
+  w.Key("overridden");
+  w.Bool(access.override && (access.override->plan_id || access.override->status));
   w.Key("plan");
   if (access.plan) {
     w.StartObject();
@@ -235,12 +237,6 @@ std::string StatusJson(const pj::UserSubscription& sub) {
   WriteInvoice(&w, sub.latest_invoice);
   w.EndObject();
   return std::string(buf.GetString(), buf.GetSize());
-}
-
-bool RequireLedger(Ledger* ledger, httplib::Response& res) {
-  if (ledger != nullptr) return true;
-  WriteProblem(503, "storage_unavailable", "the event store is not open", &res);
-  return false;
 }
 
 bool ValidUserId(std::string_view id) {
@@ -340,11 +336,12 @@ void CheckAccess(Ledger* ledger, const httplib::Request& req, httplib::Response&
   w.Key("user_id");
   Str(&w, user_id);
   w.Key("status");
-  Str(&w, access.subscription.status_name());
+  Str(&w, access.status_name());
   w.Key("access");
   Str(&w, pj::AccessLevelName(access.access));
   w.Key("plan_id");
-  OptStr(&w, access.subscription.plan_id());
+  OptStr(&w, access.plan ? std::optional<std::string>(access.plan->id)
+                         : access.subscription.plan_id());
   w.EndObject();
   WriteJsonAt(200, std::string(buf.GetString(), buf.GetSize()), view->position(), &res);
 }

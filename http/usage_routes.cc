@@ -112,12 +112,6 @@ void WriteServices(JsonWriter* w, const std::map<std::string, int64_t, std::less
   w->EndObject();
 }
 
-bool RequireLedger(Ledger* ledger, httplib::Response& res) {
-  if (ledger != nullptr) return true;
-  WriteProblem(503, "storage_unavailable", "the event store is not open", &res);
-  return false;
-}
-
 int64_t NowMicros(const UsageRouteContext& c) {
   return (c.clock != nullptr ? c.clock : SystemClock::Default())->NowMicros();
 }
@@ -524,7 +518,7 @@ void Summary(const UsageRouteContext& c, const httplib::Request&, httplib::Respo
     w.Null();
   }
   Key(&w, "status");
-  Str(&w, subject->access.subscription.status_name());
+  Str(&w, subject->access.status_name());
   Key(&w, "has_access");
   w.Bool(current.has_plan && current.error.ok());
   Key(&w, "reason");

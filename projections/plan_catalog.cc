@@ -255,6 +255,8 @@ void WriteActor(JsonWriter* w, const Actor& actor) {
   w->EndObject();
 }
 
+}  // namespace
+
 Status ValidateActor(const Actor& actor) {
   if (actor.subject.empty() || actor.subject.size() > limits::kActorSubjectBytesMax ||
       !IsValidUtf8(actor.subject)) {
@@ -265,6 +267,15 @@ Status ValidateActor(const Actor& actor) {
   }
   return Status::OK();
 }
+
+std::string ActorJson(const Actor& actor) {
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  WriteActor(&w, actor);
+  return std::string(buf.GetString(), buf.GetSize());
+}
+
+namespace {
 
 // {"plan": <plan>, "actor": <actor>}
 std::string PlanEventData(const Plan& plan, const Actor& actor) {

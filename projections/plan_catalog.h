@@ -134,6 +134,11 @@ struct Actor {
   static Actor System(std::string name) { return Actor{Kind::kSystem, std::move(name), ""}; }
 };
 
+// {"kind":"admin"|"system","sub","email"} as the events that name an actor carry it.
+std::string ActorJson(const Actor& actor);
+// InvalidArgument unless the subject is 1..255 bytes and the email at most 320, both UTF-8.
+Status ValidateActor(const Actor& actor);
+
 // ---------------------------------------------------------------------------------------------
 // The fold
 

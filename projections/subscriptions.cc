@@ -74,6 +74,7 @@ constexpr std::string_view kSubInvoicePrefix = "sub_inv/";
 constexpr std::string_view kStatusPrefix = "status/";
 constexpr std::string_view kEmailPrefix = "email/";
 constexpr std::string_view kSessionPrefix = "session/";
+constexpr std::string_view kOverridePrefix = "override/";
 constexpr std::string_view kCheckoutSessionCreatedV1 = "stripe.checkout_session_created.v1";
 
 std::string LowercaseAscii(std::string_view s) {
@@ -382,6 +383,39 @@ Status ApplyInvoice(const Event& event, const StateReader& state, RowWriter* row
 // a Checkout Session. Kept as session -> user, the fallback when Stripe's
 // checkout.session.completed names no user. Not this fold's event: anything unusable is ignored
 // rather than failing the command that appended it.
+// subscription.override_set.v1 {"user_id","email","plan_id","status","notes","actor"}: the
+// override as it is after the change (null = not set).
+Status ApplyOverrideSet(const Event& event, RowWriter* rows) {
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(ParseEventData(event, &doc));
+  ObjectReader reader(doc);
+  std::string user_id, status;
+  AdminOverride value;
+  std::optional<std::string> status_name;
+  Status s = reader.String("user_id", true, &user_id);
+  if (s.ok()) s = reader.NullableString("plan_id", true, &value.plan_id);
+  if (s.ok()) s = reader.NullableString("status", true, &status_name);
+  if (s.ok()) s = reader.NullableString("notes", true, &value.notes);
+  if (s.ok() && (!doc.HasMember("actor") || !doc["actor"].IsObject())) {
+    s = Status::InvalidArgument("malformed_event", "actor: an object");
+  }
+  if (s.ok()) s = ObjectReader(doc["actor"]).String("sub", true, &value.admin);
+  if (s.ok() && status_name) {
+    SubscriptionStatus parsed;
+    if (!ParseSubscriptionStatus(*status_name, &parsed)) {
+      s = Status::InvalidArgument("malformed_event", "status: not a subscription status");
+    }
+    value.status = parsed;
+  }
+  if (s.ok() && (user_id.empty() || user_id.find('/') != std::string::npos)) {
+    s = Status::InvalidArgument("malformed_event", "user_id: empty or with '/'");
+  }
+  if (!s.ok()) return Malformed(event, s);
+  value.set_at_us = event.time_us;
+  if (value.empty()) return rows->Delete(kSubscriptionsFamily, Key(kOverridePrefix, user_id));
+  return rows->Put(kSubscriptionsFamily, Key(kOverridePrefix, user_id), AdminOverrideToJson(value));
+}
+
 Status ApplyCheckoutSessionCreated(const Event& event, RowWriter* rows) {
   rapidjson::Document doc;
   if (!ParseJsonObject(event.data, &doc).ok()) return Status::OK();
@@ -688,6 +722,7 @@ Status SubscriptionFold::Apply(const Event& event, const StateReader& state,
     return ApplyInvoice(event, state, rows);
   }
   if (event.type == kCheckoutSessionCreatedV1) return ApplyCheckoutSessionCreated(event, rows);
+  if (event.type == kSubscriptionOverrideSetV1) return ApplyOverrideSet(event, rows);
   return Status::OK();
 }
 
@@ -816,29 +851,121 @@ Status PlanForSubscription(const StateReader& state, SubscriptionStatus status,
 
 // ---- access -------------------------------------------------------------------------------------
 
+std::string AdminOverrideToJson(const AdminOverride& value) {
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("plan_id");
+  WriteOptString(&w, value.plan_id);
+  w.Key("status");
+  if (value.status) {
+    WriteString(&w, SubscriptionStatusName(*value.status));
+  } else {
+    w.Null();
+  }
+  w.Key("notes");
+  WriteOptString(&w, value.notes);
+  w.Key("admin");
+  WriteString(&w, value.admin);
+  w.Key("set_at_us");
+  w.Int64(value.set_at_us);
+  w.EndObject();
+  return std::string(buf.GetString(), buf.GetSize());
+}
+
+Status ParseAdminOverride(std::string_view json, AdminOverride* out) {
+  *out = AdminOverride();
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(ParseJsonObject(json, &doc));
+  ObjectReader reader(doc);
+  std::optional<std::string> status;
+  Status s = reader.NullableString("plan_id", true, &out->plan_id);
+  if (s.ok()) s = reader.NullableString("status", true, &status);
+  if (s.ok()) s = reader.NullableString("notes", true, &out->notes);
+  if (s.ok()) s = reader.String("admin", true, &out->admin);
+  if (s.ok()) s = reader.Int("set_at_us", true, &out->set_at_us);
+  if (s.ok() && status) {
+    SubscriptionStatus parsed;
+    if (!ParseSubscriptionStatus(*status, &parsed)) {
+      return Status::InvalidArgument("validation_failed", "status: not a subscription status");
+    }
+    out->status = parsed;
+  }
+  return s;
+}
+
+Status GetAdminOverride(const StateReader& state, std::string_view user_id,
+                        std::optional<AdminOverride>* out) {
+  out->reset();
+  if (user_id.empty() || user_id.find('/') != std::string_view::npos) return Status::OK();
+  std::string value;
+  Status s = state.Get(kSubscriptionsFamily, Key(kOverridePrefix, user_id), &value);
+  if (s.IsNotFound()) return Status::OK();
+  LEDGER_RETURN_IF_ERROR(s);
+  AdminOverride parsed;
+  s = ParseAdminOverride(value, &parsed);
+  if (!s.ok()) return Corrupt("subscriptions row override/" + Truncated(user_id), s);
+  *out = std::move(parsed);
+  return Status::OK();
+}
+
+Status ScanUsers(const StateReader& state, std::string_view after,
+                 const std::function<bool(std::string_view, std::string_view)>& fn) {
+  Status parse_error;
+  // The first key after `after`: "user/<after>\x00" (user ids contain no NUL).
+  std::string start = Key(kUserPrefix, after);
+  if (!after.empty()) start.push_back('\0');
+  Status s = state.ScanFrom(kSubscriptionsFamily, kUserPrefix, start,
+                            [&](std::string_view key, std::string_view value) {
+    std::string_view user_id = key.substr(kUserPrefix.size());
+    rapidjson::Document doc;
+    std::string email;
+    Status row = ParseJsonObject(value, &doc);
+    if (row.ok()) {
+      ObjectReader reader(doc);
+      EmailPart part;
+      row = ParseEmailPart(&reader, &part);
+      email = std::move(part.email);
+    }
+    if (!row.ok()) {
+      parse_error = Corrupt("subscriptions row user/" + Truncated(user_id), row);
+      return false;
+    }
+    return fn(user_id, email);
+  });
+  LEDGER_RETURN_IF_ERROR(s);
+  return parse_error;
+}
+
 Status GetUserAccess(const StateReader& state, std::string_view user_id, UserAccess* out) {
   *out = UserAccess();
   LEDGER_RETURN_IF_ERROR(GetUserSubscription(state, user_id, &out->subscription));
+  LEDGER_RETURN_IF_ERROR(GetAdminOverride(state, user_id, &out->override));
   const UserSubscription& sub = out->subscription;
-  if (!sub.has_subscription) return Status::OK();
-  if (sub.subscription.plan_id) {
+  std::optional<std::string> plan_id = sub.plan_id();
+  if (sub.has_subscription) out->status = sub.subscription.status;
+  if (out->override) {
+    if (out->override->plan_id) plan_id = out->override->plan_id;
+    if (out->override->status) out->status = out->override->status;
+  }
+  if (!out->status) return Status::OK();
+  if (plan_id) {
     Plan plan;
-    Status s = GetPlan(state, *sub.subscription.plan_id, &plan);
+    Status s = GetPlan(state, *plan_id, &plan);
     if (s.ok()) {
       out->plan = std::move(plan);
     } else if (!s.IsNotFound()) {
       return s;
     }
   }
-  out->access = out->plan ? sub.access() : AccessLevel::kNone;
+  out->access = out->plan ? AccessFor(*out->status) : AccessLevel::kNone;
   return Status::OK();
 }
 
 ServiceAccess CheckServiceAccess(const UserAccess& access, std::string_view service) {
   if (!IsKnownService(service)) return {false, "unknown_service"};
-  const UserSubscription& sub = access.subscription;
-  if (!sub.has_subscription) return {false, "no_subscription"};
-  if (sub.access() == AccessLevel::kNone) return {false, "subscription_inactive"};
+  if (!access.status) return {false, "no_subscription"};
+  if (AccessFor(*access.status) == AccessLevel::kNone) return {false, "subscription_inactive"};
   if (!access.plan) return {false, "unknown_plan"};
   if (!access.plan->HasService(service)) return {false, "service_not_in_plan"};
   return {true, "ok"};

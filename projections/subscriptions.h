@@ -33,6 +33,8 @@
 //   sub_inv/<sub_id>/<invoice_id>    ""   index: a subscription's invoices
 //   status/<status>/<sub_id>         ""   index: subscriptions by status (admin listing)
 //   email/<lowercased email>/<user>  ""   index: users by email (admin lookup)
+//   override/<user_id>               an admin's tier/status override and notes (AdminOverride JSON),
+//                                    from subscription.override_set.v1; deleted when all are unset
 //   session/<checkout_session_id>    <user_id>: from stripe.checkout_session_created.v1 (our own
 //                                    record of POST /checkout/create), the fallback owner of a
 //                                    completed session that names no user
@@ -43,6 +45,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -62,6 +65,7 @@ inline constexpr std::string_view kSubscriptionCheckoutCompletedV1 =
 inline constexpr std::string_view kSubscriptionStateChangedV1 = "subscription.state_changed.v1";
 inline constexpr std::string_view kInvoicePaidV1 = "invoice.paid.v1";
 inline constexpr std::string_view kInvoicePaymentFailedV1 = "invoice.payment_failed.v1";
+inline constexpr std::string_view kSubscriptionOverrideSetV1 = "subscription.override_set.v1";
 
 // ---------------------------------------------------------------------------------------------
 // Status and access
@@ -214,12 +218,54 @@ Status FindUsersByEmail(const StateReader& state, std::string_view email,
                         std::vector<std::string>* user_ids);
 
 // ---------------------------------------------------------------------------------------------
+// Admin overrides (PATCH /api/v1/admin/subscriptions/{email}, projections/admin.h)
+
+// What an admin set for one user. The tier and status replace the Stripe subscription's plan and
+// status wherever access is decided (GetUserAccess): a comped account (no Stripe subscription,
+// tier + status set), a suspension (status "canceled"), a tier granted by hand. The Stripe
+// subscription row itself is never changed: billing routes and analytics of revenue still see
+// what Stripe says. Every field is optional; a row with none set is deleted.
+struct AdminOverride {
+  std::optional<std::string> plan_id;
+  std::optional<SubscriptionStatus> status;
+  std::optional<std::string> notes;
+  std::string admin;   // JWT subject of the admin who made the last change
+  int64_t set_at_us = 0;  // the time of that change's event
+
+  bool empty() const { return !plan_id && !status && !notes; }
+  bool operator==(const AdminOverride&) const = default;
+};
+
+// The override of a user, nullopt when none is set.
+Status GetAdminOverride(const StateReader& state, std::string_view user_id,
+                        std::optional<AdminOverride>* out);
+std::string AdminOverrideToJson(const AdminOverride& value);
+Status ParseAdminOverride(std::string_view json, AdminOverride* out);
+
+// Calls fn(user_id, email) for every user the projection knows (a `user/` row: linked by a
+// checkout or a Stripe customer), in user id order, starting after `after` ("" = from the
+// first), until fn returns false.
+Status ScanUsers(const StateReader& state, std::string_view after,
+                 const std::function<bool(std::string_view, std::string_view)>& fn);
+
+// ---------------------------------------------------------------------------------------------
 // Access (for my-access, check-access, usage metering)
 
 struct UserAccess {
-  UserSubscription subscription;
-  std::optional<Plan> plan;   // the subscription's plan from the catalog (retired plans too)
+  UserSubscription subscription;  // what Stripe says (never changed by an override)
+  std::optional<AdminOverride> override;  // an admin's override, when one is set
+  // The status access is decided on: the override's, else the subscription's; nullopt when there
+  // is neither (no subscription).
+  std::optional<SubscriptionStatus> status;
+  // The plan access is decided on (the override's tier, else the subscription's plan) from the
+  // catalog (retired plans too).
+  std::optional<Plan> plan;
   AccessLevel access = AccessLevel::kNone;  // kNone also when the plan is unknown
+
+  // Stripe's name of `status`, or "none".
+  std::string_view status_name() const {
+    return status ? SubscriptionStatusName(*status) : "none";
+  }
 };
 
 Status GetUserAccess(const StateReader& state, std::string_view user_id, UserAccess* out);

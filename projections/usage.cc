@@ -123,17 +123,6 @@ void WriteWindow(JsonWriter* w, const UsageWindow& window) {
   Str(w, WindowKindName(window.kind));
 }
 
-void WriteActor(JsonWriter* w, const Actor& actor) {
-  w->StartObject();
-  Key(w, "kind");
-  Str(w, actor.kind == Actor::Kind::kAdmin ? "admin" : "system");
-  Key(w, "sub");
-  Str(w, actor.subject);
-  Key(w, "email");
-  NonEmptyOrNull(w, actor.email);
-  w->EndObject();
-}
-
 const rapidjson::Value* Member(const rapidjson::Value& object, const char* name) {
   auto it = object.FindMember(name);
   return it == object.MemberEnd() ? nullptr : &it->value;
@@ -1095,12 +1084,12 @@ Status ComputeUsageTerms(const Plan* plan, const SubscriptionRecord* subscriptio
 
 Status ResolveConsumeTerms(const MeteringSubject& subject, int64_t now_s, UsageTerms* out) {
   const UserAccess& access = subject.access;
-  if (!access.subscription.has_subscription) {
+  if (!access.status) {
     return PaymentRequired("subscription_required", "no subscription: subscribe to a plan");
   }
   if (access.access == AccessLevel::kNone || !access.plan) {
     return PaymentRequired("subscription_required",
-                           "the subscription (" + std::string(access.subscription.status_name()) +
+                           "the subscription (" + std::string(access.status_name()) +
                                ") grants no access");
   }
   return ComputeUsageTerms(subject.plan(), subject.subscription(), now_s, out);
@@ -1863,7 +1852,8 @@ Status UsageWindowReset::Decide(const DecideContext& context, Decision* decision
       w.Null();
     }
     Key(&w, "actor");
-    WriteActor(&w, actor_);
+    const std::string actor = ActorJson(actor_);
+    w.RawValue(actor.data(), actor.size(), rapidjson::kObjectType);
     w.EndObject();
     decision->events.push_back(NewEvent{std::string(kUsageWindowResetV1), user_id, Done(buf)});
 

@@ -30,6 +30,7 @@ struct TestSubscription {
   int64_t period_end = kStripeT0 + 30 * 86400;
   std::optional<int64_t> trial_start;  // trial: defaults to period_start
   std::optional<int64_t> trial_end;
+  std::optional<int64_t> canceled_at;
   std::string interval = "month";
   // Defaults derived from user_id: "sub_<user>", "cus_<user>".
   std::string subscription_id;
@@ -82,6 +83,7 @@ inline std::string SubscriptionDelivery(const TestSubscription& t) {
     }
   }
   spec.metadata_plan_id = t.plan_id;
+  spec.canceled_at = t.canceled_at;
   if (t.plan_id == "trial") {
     spec.price_id = "price_starter_monthly";
     spec.trial_start = t.trial_start.value_or(t.period_start);

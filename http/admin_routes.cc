@@ -1,0 +1,395 @@
+// Admin subscription management and analytics (policy admin; projections/admin.h defines every
+// number):
+//   GET   /api/v1/admin/subscriptions/list?status=&tier=&q=&limit=&cursor=
+//         {"subscribers":[subscriber...], "next_cursor": string|null, "examined": n}: users in
+//         user id order; `status` is an effective status name or "none", `tier` a plan id, `q` a
+//         case-insensitive substring of the email or the user id; `limit` 1..200 (default 50).
+//         A page examines at most 5,000 users, so a selective filter may return a short page with
+//         a next_cursor: follow it until it is null.
+//   GET   /api/v1/admin/subscriptions/{email}
+//         {"email","users":[{"subscriber":{...},"usage":{window, used, limit, remaining}}]}; 404
+//         when no user has that email.
+//   PATCH /api/v1/admin/subscriptions/{email}   body {"tier","status","notes"} (each optional;
+//         null clears it): the admin override (projections/subscriptions.h AdminOverride),
+//         one subscription.override_set.v1 per user whose override changes, naming the admin.
+//         `Idempotency-Key` honoured.
+//   GET   /api/v1/admin/subscriptions/analytics/overview?churn_days=   (1..365, default 30)
+//   GET   /api/v1/admin/subscriptions/analytics/revenue-by-tier
+//   GET   /api/v1/admin/subscriptions/analytics/usage-stats?from=&to=
+//         windows starting in [from, to): RFC 3339 or Unix seconds; default the current UTC
+//         calendar month up to now; at most 400 days. {"usage": {...}, "denials_since_start"} (refused
+//         consumes since the daemon started, from the usage meter: refusals are not events).
+// {email} must contain '@' (so that `list` and `analytics` are never taken for one).
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include <memory>
+#include <string>
+
+#include "http/base64.h"
+#include "http/limits.h"
+#include "http/idempotency.h"
+#include "http/problem.h"
+#include "http/routes.h"
+#include "projections/admin.h"
+#include "projections/json_util.h"
+#include "projections/limits.h"
+#include "projections/usage.h"
+
+namespace ledger::http {
+
+namespace {
+
+namespace pj = ledger::projections;
+using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
+
+constexpr char kListPath[] = "/api/v1/admin/subscriptions/list";
+constexpr char kOverviewPath[] = "/api/v1/admin/subscriptions/analytics/overview";
+constexpr char kRevenuePath[] = "/api/v1/admin/subscriptions/analytics/revenue-by-tier";
+constexpr char kUsageStatsPath[] = "/api/v1/admin/subscriptions/analytics/usage-stats";
+constexpr char kSubscriberPattern[] = R"(/api/v1/admin/subscriptions/([^/]*@[^/]*))";
+constexpr char kSubscriberName[] = "/api/v1/admin/subscriptions/{email}";
+constexpr int64_t kChurnDaysDefault = 30;
+constexpr int64_t kChurnDaysMax = 365;
+constexpr size_t kPatchBodyBytesMax = 8 * 1024;
+
+struct AdminRouteContext {
+  Ledger* ledger = nullptr;
+  const Clock* clock = nullptr;
+  pj::UsageMeter* meter = nullptr;  // may be null: no denial counts
+};
+
+int64_t NowSeconds(const AdminRouteContext& c) {
+  return (c.clock != nullptr ? c.clock : SystemClock::Default())->NowMicros() / 1'000'000;
+}
+
+void Str(JsonWriter* w, std::string_view s) {
+  w->String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
+}
+void Raw(JsonWriter* w, const std::string& json) {
+  w->RawValue(json.data(), json.size(), rapidjson::kObjectType);
+}
+
+// A decimal integer in [min, max]; false (and a 400) otherwise.
+bool ParseIntParam(const std::string& text, const char* name, int64_t min, int64_t max,
+                   int64_t* out, httplib::Response& res) {
+  int64_t value = 0;
+  bool ok = !text.empty() && text.size() <= 18;
+  for (char ch : text) {
+    if (ch < '0' || ch > '9') ok = false;
+    if (ok) value = value * 10 + (ch - '0');
+  }
+  if (!ok || value < min || value > max) {
+    WriteProblem(400, "invalid_parameter",
+                 std::string(name) + ": an integer from " + std::to_string(min) + " to " +
+                     std::to_string(max),
+                 &res);
+    return false;
+  }
+  *out = value;
+  return true;
+}
+
+// RFC 3339 or Unix seconds.
+bool ParseTimeParam(const std::string& text, const char* name, int64_t* out_s,
+                    httplib::Response& res) {
+  int64_t us = 0;
+  if (pj::ParseRfc3339(text, &us)) {
+    *out_s = us / 1'000'000;
+    return true;
+  }
+  return ParseIntParam(text, name, 0, 253'402'300'799, out_s, res);  // through 9999-12-31
+}
+
+bool EmailParam(const httplib::Request& req, std::string* email, httplib::Response& res) {
+  *email = req.matches[1].str();
+  if (email->size() < 3 || email->size() > pj::limits::kEmailBytesMax || !pj::IsValidUtf8(*email)) {
+    WriteProblem(400, "invalid_parameter", "email: 3 to 320 bytes of UTF-8 with an '@'", &res);
+    return false;
+  }
+  return true;
+}
+
+void List(const AdminRouteContext& c, const httplib::Request& req, httplib::Response& res,
+          const Identity&) {
+  if (!RequireLedger(c.ledger, res)) return;
+  std::string status, tier, q, limit_text, cursor;
+  if (!QueryParam(req, "status", pj::kAdminQueryBytesMax, &status, res) ||
+      !QueryParam(req, "tier", pj::kAdminQueryBytesMax, &tier, res) ||
+      !QueryParam(req, "q", pj::kAdminQueryBytesMax, &q, res) ||
+      !QueryParam(req, "limit", limits::kQueryValueBytesMax, &limit_text, res) ||
+      !QueryParam(req, "cursor", limits::kQueryValueBytesMax, &cursor, res)) {
+    return;
+  }
+  pj::SubscriberFilter filter;
+  if (req.has_param("status")) {
+    pj::SubscriptionStatus parsed;
+    if (status != "none" && !pj::ParseSubscriptionStatus(status, &parsed)) {
+      WriteProblem(400, "invalid_parameter",
+                   "status: none or one of Stripe's subscription statuses", &res);
+      return;
+    }
+    filter.status = status;
+  }
+  if (req.has_param("tier")) filter.tier = tier;
+  if (req.has_param("q")) {
+    if (q.empty() || !pj::IsValidUtf8(q)) {
+      WriteProblem(400, "invalid_parameter", "q: 1 to 320 bytes of UTF-8", &res);
+      return;
+    }
+    filter.q = q;
+  }
+  int64_t limit = static_cast<int64_t>(pj::kSubscriberPageDefault);
+  if (req.has_param("limit") &&
+      !ParseIntParam(limit_text, "limit", 1, static_cast<int64_t>(pj::kSubscriberPageMax), &limit,
+                     res)) {
+    return;
+  }
+  std::string after;
+  if (req.has_param("cursor") && (!Base64UrlDecode(cursor, &after) || after.empty())) {
+    WriteProblem(400, "invalid_parameter", "cursor: not a cursor this route returned", &res);
+    return;
+  }
+  std::unique_ptr<ReadView> view = c.ledger->Snapshot();
+  pj::SubscriberPage page;
+  Status s = pj::ListSubscribers(*view, filter, after, static_cast<size_t>(limit), &page);
+  if (!s.ok()) {
+    WriteStatusProblem(s, &res);
+    return;
+  }
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("subscribers");
+  w.StartArray();
+  for (const std::string& json : page.json) Raw(&w, json);
+  w.EndArray();
+  w.Key("next_cursor");
+  if (page.next_after) {
+    Str(&w, Base64UrlEncode(*page.next_after));
+  } else {
+    w.Null();
+  }
+  w.Key("examined");
+  w.Uint64(page.examined);
+  w.EndObject();
+  WriteJsonAt(200, std::string(buf.GetString(), buf.GetSize()), view->position(), &res);
+}
+
+void GetSubscriber(const AdminRouteContext& c, const httplib::Request& req, httplib::Response& res,
+                   const Identity&) {
+  if (!RequireLedger(c.ledger, res)) return;
+  std::string email;
+  if (!EmailParam(req, &email, res)) return;
+  std::unique_ptr<ReadView> view = c.ledger->Snapshot();
+  std::vector<std::string> user_ids;
+  Status s = pj::FindUsersByEmail(*view, email, &user_ids);
+  if (s.ok() && user_ids.empty()) s = Status::NotFound("no subscriber with that email");
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("email");
+  Str(&w, email);
+  w.Key("users");
+  w.StartArray();
+  const int64_t now_s = NowSeconds(c);
+  for (size_t i = 0; s.ok() && i < user_ids.size(); ++i) {
+    pj::MeteringSubject subject;
+    s = pj::GetUserAccess(*view, user_ids[i], &subject.access);
+    pj::CurrentUsage usage;
+    if (s.ok()) s = pj::GetCurrentUsage(*view, subject, user_ids[i], now_s, &usage);
+    if (!s.ok()) break;
+    w.StartObject();
+    w.Key("subscriber");
+    Raw(&w, pj::SubscriberJson(subject.access));
+    w.Key("usage");
+    w.StartObject();
+    w.Key("window_start");
+    Str(&w, pj::FormatRfc3339Seconds(usage.terms.window.start_s));
+    w.Key("window_end");
+    Str(&w, pj::FormatRfc3339Seconds(usage.terms.window.end_s));
+    w.Key("window_kind");
+    Str(&w, pj::WindowKindName(usage.terms.window.kind));
+    w.Key("used");
+    w.Int64(usage.used);
+    w.Key("limit");
+    if (usage.terms.limit) {
+      w.Int64(*usage.terms.limit);
+    } else {
+      w.Null();
+    }
+    w.Key("remaining");
+    if (usage.remaining) {
+      w.Int64(*usage.remaining);
+    } else {
+      w.Null();
+    }
+    w.EndObject();
+    w.EndObject();
+  }
+  if (!s.ok()) {
+    WriteStatusProblem(s, &res);
+    return;
+  }
+  w.EndArray();
+  w.EndObject();
+  WriteJsonAt(200, std::string(buf.GetString(), buf.GetSize()), view->position(), &res);
+}
+
+// {"tier","status","notes"}: each optional, null clears. Unknown members are refused.
+Status ParseOverrideChange(const std::string& body, pj::OverrideChange* out) {
+  if (body.size() > kPatchBodyBytesMax) {
+    return Status::Make(Code::kUnprocessable, "validation_failed", "the body is over 8 KiB");
+  }
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(pj::ParseJsonObject(body, &doc));
+  for (const auto& m : doc.GetObject()) {
+    const std::string_view name(m.name.GetString(), m.name.GetStringLength());
+    const bool null = m.value.IsNull();
+    if (!null && !m.value.IsString()) {
+      return Status::Make(Code::kUnprocessable, "validation_failed",
+                          std::string(name) + ": a string or null");
+    }
+    const std::string value = null ? "" : std::string(m.value.GetString(), m.value.GetStringLength());
+    if (name == "tier") {
+      if (!null && (value.empty() || value.size() > pj::limits::kPlanIdBytesMax)) {
+        return Status::Make(Code::kUnprocessable, "validation_failed", "tier: a plan id");
+      }
+      out->plan_id = null ? std::optional<std::string>() : value;
+    } else if (name == "status") {
+      pj::SubscriptionStatus status;
+      if (!null && !pj::ParseSubscriptionStatus(value, &status)) {
+        return Status::Make(Code::kUnprocessable, "validation_failed",
+                            "status: one of Stripe's subscription statuses");
+      }
+      out->status = null ? std::optional<pj::SubscriptionStatus>() : status;
+    } else if (name == "notes") {
+      if (value.size() > pj::kOverrideNotesBytesMax) {
+        return Status::Make(Code::kUnprocessable, "validation_failed",
+                            "notes: at most 2000 bytes");
+      }
+      out->notes = null ? std::optional<std::string>() : value;
+    } else {
+      return Status::Make(Code::kUnprocessable, "unknown_field",
+                          "unknown field '" + pj::Truncated(name) + "'");
+    }
+  }
+  return Status::OK();
+}
+
+void PatchSubscriber(const AdminRouteContext& c, const httplib::Request& req,
+                     httplib::Response& res, const Identity& identity) {
+  if (!RequireLedger(c.ledger, res)) return;
+  std::string email;
+  if (!EmailParam(req, &email, res)) return;
+  pj::OverrideChange change;
+  Status parsed = ParseOverrideChange(req.body, &change);
+  if (!parsed.ok()) {
+    WriteStatusProblem(parsed, &res);
+    return;
+  }
+  pj::SetAdminOverride command(email, std::move(change),
+                               pj::Actor::Admin(identity.subject, identity.email));
+  if (!ApplyIdempotencyKey(req, kSubscriberName, identity, &command, &res)) return;
+  WriteCommandResult(c.ledger->Submit(&command), &res);
+}
+
+void Overview(const AdminRouteContext& c, const httplib::Request& req, httplib::Response& res,
+              const Identity&) {
+  if (!RequireLedger(c.ledger, res)) return;
+  std::string text;
+  if (!QueryParam(req, "churn_days", limits::kQueryValueBytesMax, &text, res)) return;
+  int64_t churn_days = kChurnDaysDefault;
+  if (req.has_param("churn_days") &&
+      !ParseIntParam(text, "churn_days", 1, kChurnDaysMax, &churn_days, res)) {
+    return;
+  }
+  std::unique_ptr<ReadView> view = c.ledger->Snapshot();
+  std::string body;
+  Status s = pj::AnalyticsOverviewJson(*view, NowSeconds(c), churn_days, &body);
+  if (!s.ok()) {
+    WriteStatusProblem(s, &res);
+    return;
+  }
+  WriteJsonAt(200, std::move(body), view->position(), &res);
+}
+
+void RevenueByTier(const AdminRouteContext& c, const httplib::Request&, httplib::Response& res,
+                   const Identity&) {
+  if (!RequireLedger(c.ledger, res)) return;
+  std::unique_ptr<ReadView> view = c.ledger->Snapshot();
+  std::string body;
+  Status s = pj::RevenueByTierJson(*view, &body);
+  if (!s.ok()) {
+    WriteStatusProblem(s, &res);
+    return;
+  }
+  WriteJsonAt(200, std::move(body), view->position(), &res);
+}
+
+void UsageStats(const AdminRouteContext& c, const httplib::Request& req, httplib::Response& res,
+                const Identity&) {
+  if (!RequireLedger(c.ledger, res)) return;
+  std::string from_text, to_text;
+  if (!QueryParam(req, "from", limits::kQueryValueBytesMax, &from_text, res) ||
+      !QueryParam(req, "to", limits::kQueryValueBytesMax, &to_text, res)) {
+    return;
+  }
+  const int64_t now_s = NowSeconds(c);
+  int64_t from_s = pj::UtcMonthStart(now_s);
+  int64_t to_s = now_s + 1;
+  if (req.has_param("from") && !ParseTimeParam(from_text, "from", &from_s, res)) return;
+  if (req.has_param("to") && !ParseTimeParam(to_text, "to", &to_s, res)) return;
+  if (to_s <= from_s || to_s - from_s > pj::kUsageStatsRangeSecondsMax) {
+    WriteProblem(400, "invalid_parameter", "from must be before to, at most 400 days apart", &res);
+    return;
+  }
+  std::unique_ptr<ReadView> view = c.ledger->Snapshot();
+  std::string stats;
+  Status s = pj::UsageStatsJson(*view, from_s, to_s, &stats);
+  if (!s.ok()) {
+    WriteStatusProblem(s, &res);
+    return;
+  }
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("usage");
+  Raw(&w, stats);
+  w.Key("denials_since_start");
+  w.StartObject();
+  const pj::UsageMeter* m = c.meter;
+  for (const auto& [name, counter] :
+       {std::pair<const char*, const Counter*>{"quota_exceeded",
+                                               m ? &m->denied_quota_exceeded : nullptr},
+        {"subscription_required", m ? &m->denied_subscription_required : nullptr},
+        {"trial_expired", m ? &m->denied_trial_expired : nullptr},
+        {"service_not_in_plan", m ? &m->denied_service_not_in_plan : nullptr}}) {
+    w.Key(name);
+    w.Uint64(counter != nullptr ? counter->Value() : 0);
+  }
+  w.EndObject();
+  w.EndObject();
+  WriteJsonAt(200, std::string(buf.GetString(), buf.GetSize()), view->position(), &res);
+}
+
+}  // namespace
+
+void AddAdminRoutes(const AppContext& context, RouteTable* routes) {
+  auto c = std::make_shared<AdminRouteContext>();
+  c->ledger = context.ledger;
+  c->clock = context.clock;
+  c->meter = context.usage_meter;
+  auto bind = [c](auto handler) {
+    return [c, handler](const httplib::Request& req, httplib::Response& res,
+                        const Identity& identity) { handler(*c, req, res, identity); };
+  };
+  routes->Add("GET", kListPath, kListPath, Policy::kAdmin, bind(List));
+  routes->Add("GET", kOverviewPath, kOverviewPath, Policy::kAdmin, bind(Overview));
+  routes->Add("GET", kRevenuePath, kRevenuePath, Policy::kAdmin, bind(RevenueByTier));
+  routes->Add("GET", kUsageStatsPath, kUsageStatsPath, Policy::kAdmin, bind(UsageStats));
+  routes->Add("GET", kSubscriberPattern, kSubscriberName, Policy::kAdmin, bind(GetSubscriber));
+  routes->Add("PATCH", kSubscriberPattern, kSubscriberName, Policy::kAdmin, bind(PatchSubscriber));
+}
+
+}  // namespace ledger::http

@@ -1,0 +1,602 @@
+#include "projections/admin.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <unordered_map>
+#include <utility>
+
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include "projections/json_util.h"
+#include "projections/limits.h"
+#include "projections/usage.h"
+
+namespace ledger::projections {
+
+namespace {
+
+using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
+
+void Str(JsonWriter* w, std::string_view s) {
+  w->String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
+}
+void OptStr(JsonWriter* w, const std::optional<std::string>& s) {
+  if (s) {
+    Str(w, *s);
+  } else {
+    w->Null();
+  }
+}
+void OptTime(JsonWriter* w, const std::optional<int64_t>& t_s) {
+  if (t_s) {
+    Str(w, FormatRfc3339Seconds(*t_s));
+  } else {
+    w->Null();
+  }
+}
+void OptStatus(JsonWriter* w, const std::optional<SubscriptionStatus>& status) {
+  if (status) {
+    Str(w, SubscriptionStatusName(*status));
+  } else {
+    w->Null();
+  }
+}
+std::string Done(const rapidjson::StringBuffer& buf) {
+  return std::string(buf.GetString(), buf.GetSize());
+}
+// Cents as dollars with two decimals ("1234.50"), for the human-facing members.
+std::string Dollars(int64_t cents) {
+  std::string out = std::to_string(cents / 100);
+  const int64_t rest = std::abs(cents % 100);
+  out.push_back('.');
+  out.push_back(static_cast<char>('0' + rest / 10));
+  out.push_back(static_cast<char>('0' + rest % 10));
+  return out;
+}
+double Ratio(int64_t part, int64_t whole) {
+  if (whole <= 0) return 0.0;
+  return std::round(static_cast<double>(part) * 10000.0 / static_cast<double>(whole)) / 10000.0;
+}
+
+std::string LowerAscii(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  return out;
+}
+
+bool IsPaying(const UserSubscription& sub) {
+  return sub.has_subscription && sub.subscription.plan_id &&
+         (sub.subscription.status == SubscriptionStatus::kActive ||
+          sub.subscription.status == SubscriptionStatus::kPastDue);
+}
+
+bool IsYearly(const SubscriptionRecord& record) {
+  return record.interval && *record.interval == "year";
+}
+
+// The monthly revenue of one paying subscription on `plan`, × 12 (exact in cents).
+int64_t MonthlyRevenueTimes12(const Plan& plan, const SubscriptionRecord& record) {
+  if (IsYearly(record) && plan.price_yearly_cents) return *plan.price_yearly_cents;
+  return plan.price_monthly_cents * 12;
+}
+
+// MRR in cents from a sum of (monthly revenue × 12), rounded half up once.
+int64_t MrrCents(int64_t times12) { return (times12 + 6) / 12; }
+
+// Catalog plans by id (retired included), read once per view.
+Status LoadPlans(const StateReader& state, std::vector<Plan>* plans,
+                 std::unordered_map<std::string, const Plan*>* by_id) {
+  LEDGER_RETURN_IF_ERROR(ListPlans(state, /*include_inactive=*/true, plans));
+  by_id->clear();
+  for (const Plan& plan : *plans) by_id->emplace(plan.id, &plan);
+  return Status::OK();
+}
+
+// Calls fn(access) for every user the projection knows, in user id order.
+Status ForEachSubscriber(const StateReader& state,
+                         const std::function<Status(const UserAccess&)>& fn) {
+  Status inner;
+  Status s = ScanUsers(state, "", [&](std::string_view user_id, std::string_view) {
+    UserAccess access;
+    inner = GetUserAccess(state, user_id, &access);
+    if (inner.ok()) inner = fn(access);
+    return inner.ok();
+  });
+  LEDGER_RETURN_IF_ERROR(s);
+  return inner;
+}
+
+bool Matches(const SubscriberFilter& filter, const UserAccess& access) {
+  if (filter.status && access.status_name() != *filter.status) return false;
+  if (filter.tier && (!access.plan || access.plan->id != *filter.tier)) return false;
+  if (filter.q) {
+    const std::string q = LowerAscii(*filter.q);
+    if (LowerAscii(access.subscription.email).find(q) == std::string::npos &&
+        LowerAscii(access.subscription.user_id).find(q) == std::string::npos) {
+      return false;
+    }
+  }
+  return true;
+}
+
+void WriteOverride(JsonWriter* w, const std::optional<AdminOverride>& value, bool with_audit) {
+  if (!value) {
+    w->Null();
+    return;
+  }
+  w->StartObject();
+  w->Key("plan_id");
+  OptStr(w, value->plan_id);
+  w->Key("status");
+  OptStatus(w, value->status);
+  w->Key("notes");
+  OptStr(w, value->notes);
+  if (with_audit) {
+    w->Key("admin");
+    Str(w, value->admin);
+    w->Key("set_at");
+    Str(w, FormatRfc3339Micros(value->set_at_us));
+  }
+  w->EndObject();
+}
+
+}  // namespace
+
+// ---- the list ----------------------------------------------------------------------------------
+
+std::string SubscriberJson(const UserAccess& access) {
+  const UserSubscription& sub = access.subscription;
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("user_id");
+  Str(&w, sub.user_id);
+  w.Key("email");
+  if (sub.email.empty()) {
+    w.Null();
+  } else {
+    Str(&w, sub.email);
+  }
+  w.Key("status");
+  Str(&w, access.status_name());
+  w.Key("access");
+  Str(&w, AccessLevelName(access.access));
+  w.Key("plan_id");
+  OptStr(&w, access.plan ? std::optional<std::string>(access.plan->id) : sub.plan_id());
+  w.Key("overridden");
+  w.Bool(access.override && (access.override->plan_id || access.override->status));
+  w.Key("stripe");
+  if (sub.has_subscription) {
+    const SubscriptionRecord& r = sub.subscription;
+    w.StartObject();
+    w.Key("subscription_id");
+    Str(&w, r.subscription_id);
+    w.Key("customer_id");
+    Str(&w, r.customer_id);
+    w.Key("status");
+    Str(&w, SubscriptionStatusName(r.status));
+    w.Key("plan_id");
+    OptStr(&w, r.plan_id);
+    w.Key("interval");
+    OptStr(&w, r.interval);
+    w.Key("current_period_start");
+    OptTime(&w, r.current_period_start);
+    w.Key("current_period_end");
+    OptTime(&w, r.current_period_end);
+    w.Key("cancel_at_period_end");
+    w.Bool(r.cancel_at_period_end);
+    w.Key("trial_start");
+    OptTime(&w, r.trial_start);
+    w.Key("trial_end");
+    OptTime(&w, r.trial_end);
+    w.Key("canceled_at");
+    OptTime(&w, r.canceled_at);
+    w.EndObject();
+  } else {
+    w.Null();
+  }
+  w.Key("override");
+  WriteOverride(&w, access.override, /*with_audit=*/true);
+  w.EndObject();
+  return Done(buf);
+}
+
+Status ListSubscribers(const StateReader& state, const SubscriberFilter& filter,
+                       std::string_view after, size_t limit, SubscriberPage* out) {
+  *out = SubscriberPage();
+  limit = std::clamp<size_t>(limit, 1, kSubscriberPageMax);
+  Status inner;
+  std::string last;
+  bool stopped = false;
+  Status s = ScanUsers(state, after, [&](std::string_view user_id, std::string_view) {
+    if (out->json.size() >= limit || out->examined >= kSubscriberScanMax) {
+      stopped = true;  // there is at least one more user: the page continues after `last`
+      return false;
+    }
+    ++out->examined;
+    last.assign(user_id);
+    UserAccess access;
+    inner = GetUserAccess(state, user_id, &access);
+    if (!inner.ok()) return false;
+    if (Matches(filter, access)) out->json.push_back(SubscriberJson(access));
+    return true;
+  });
+  LEDGER_RETURN_IF_ERROR(s);
+  LEDGER_RETURN_IF_ERROR(inner);
+  if (stopped) out->next_after = last;
+  return Status::OK();
+}
+
+// ---- overrides ----------------------------------------------------------------------------------
+
+SetAdminOverride::SetAdminOverride(std::string email, OverrideChange change, Actor actor)
+    : email_(std::move(email)), change_(std::move(change)), actor_(std::move(actor)) {}
+
+Status SetAdminOverride::Decide(const DecideContext& context, Decision* decision) {
+  LEDGER_RETURN_IF_ERROR(ValidateActor(actor_));
+  if (change_.empty()) {
+    return Status::Make(Code::kUnprocessable, "validation_failed",
+                        "nothing to change: give tier, status or notes");
+  }
+  if (change_.plan_id && *change_.plan_id) {
+    Plan plan;
+    Status s = GetPlan(*context.state, **change_.plan_id, &plan);
+    if (s.IsNotFound()) {
+      return Status::Make(Code::kUnprocessable, "unknown_plan",
+                          "tier: no plan '" + Truncated(**change_.plan_id) + "' in the catalog");
+    }
+    LEDGER_RETURN_IF_ERROR(s);
+  }
+  std::vector<std::string> user_ids;
+  LEDGER_RETURN_IF_ERROR(FindUsersByEmail(*context.state, email_, &user_ids));
+  if (user_ids.empty()) return Status::NotFound("no subscriber with that email");
+
+  const std::string actor = ActorJson(actor_);
+  rapidjson::StringBuffer out;
+  JsonWriter body(out);
+  body.StartObject();
+  body.Key("email");
+  Str(&body, email_);
+  body.Key("users");
+  body.StartArray();
+  for (const std::string& user_id : user_ids) {
+    std::optional<AdminOverride> current;
+    LEDGER_RETURN_IF_ERROR(GetAdminOverride(*context.state, user_id, &current));
+    AdminOverride next = current.value_or(AdminOverride());
+    if (change_.plan_id) next.plan_id = *change_.plan_id;
+    if (change_.status) next.status = *change_.status;
+    if (change_.notes) next.notes = *change_.notes;
+    const bool changed = !current ? !next.empty()
+                                  : (next.plan_id != current->plan_id ||
+                                     next.status != current->status || next.notes != current->notes);
+    std::optional<AdminOverride> after;
+    if (!next.empty()) after = next;
+    if (changed) {
+      rapidjson::StringBuffer buf;
+      JsonWriter w(buf);
+      w.StartObject();
+      w.Key("user_id");
+      Str(&w, user_id);
+      w.Key("email");
+      Str(&w, email_);
+      w.Key("plan_id");
+      OptStr(&w, next.plan_id);
+      w.Key("status");
+      OptStatus(&w, next.status);
+      w.Key("notes");
+      OptStr(&w, next.notes);
+      w.Key("actor");
+      w.RawValue(actor.data(), actor.size(), rapidjson::kObjectType);
+      w.EndObject();
+      decision->events.push_back(
+          NewEvent{std::string(kSubscriptionOverrideSetV1), user_id, Done(buf)});
+    } else {
+      after = current;
+    }
+    body.StartObject();
+    body.Key("user_id");
+    Str(&body, user_id);
+    body.Key("changed");
+    body.Bool(changed);
+    body.Key("override");
+    WriteOverride(&body, after, /*with_audit=*/false);
+    body.EndObject();
+  }
+  body.EndArray();
+  body.EndObject();
+  decision->http_status = 200;
+  decision->body = Done(out);
+  return Status::OK();
+}
+
+// ---- analytics ----------------------------------------------------------------------------------
+
+Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t churn_days,
+                             std::string* out) {
+  std::vector<Plan> plans;
+  std::unordered_map<std::string, const Plan*> by_id;
+  LEDGER_RETURN_IF_ERROR(LoadPlans(state, &plans, &by_id));
+  std::map<std::string, int64_t> by_status;
+  for (std::string_view name : {"none", "incomplete", "incomplete_expired", "trialing", "active",
+                                "past_due", "canceled", "unpaid", "paused"}) {
+    by_status[std::string(name)] = 0;
+  }
+  int64_t total = 0, paying = 0, trialing = 0, comped = 0, revenue12 = 0, churned = 0;
+  int64_t trials = 0, converted = 0, lost = 0, in_trial = 0;
+  const int64_t churn_from = now_s - churn_days * kSecondsPerDay;
+  LEDGER_RETURN_IF_ERROR(ForEachSubscriber(state, [&](const UserAccess& access) {
+    ++total;
+    ++by_status[std::string(access.status_name())];
+    const UserSubscription& sub = access.subscription;
+    const Plan* plan = nullptr;
+    if (sub.has_subscription && sub.subscription.plan_id) {
+      auto it = by_id.find(*sub.subscription.plan_id);
+      if (it != by_id.end()) plan = it->second;
+    }
+    const bool pays = IsPaying(sub) && plan != nullptr;
+    if (pays) {
+      ++paying;
+      revenue12 += MonthlyRevenueTimes12(*plan, sub.subscription);
+    }
+    if (access.status == SubscriptionStatus::kTrialing) ++trialing;
+    if (!pays && access.access != AccessLevel::kNone && access.override &&
+        (access.override->plan_id || access.override->status)) {
+      ++comped;
+    }
+    if (!sub.has_subscription) return Status::OK();
+    const SubscriptionRecord& r = sub.subscription;
+    if (IsTerminal(r.status)) {
+      const std::optional<int64_t> ended = r.canceled_at ? r.canceled_at : r.ended_at;
+      if (ended && *ended >= churn_from && *ended < now_s) ++churned;
+    }
+    const bool trial_plan = plan != nullptr && IsTrialPlan(*plan);
+    if (r.trial_start || trial_plan) {
+      ++trials;
+      if (pays && !trial_plan) {
+        ++converted;
+      } else if (r.status == SubscriptionStatus::kTrialing) {
+        ++in_trial;
+      } else {
+        ++lost;
+      }
+    }
+    return Status::OK();
+  }));
+
+  const int64_t mrr = MrrCents(revenue12);
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("as_of");
+  Str(&w, FormatRfc3339Seconds(now_s));
+  w.Key("subscribers");
+  w.StartObject();
+  w.Key("total");
+  w.Int64(total);
+  w.Key("by_status");
+  w.StartObject();
+  for (const auto& [name, count] : by_status) {
+    Str(&w, name);
+    w.Int64(count);
+  }
+  w.EndObject();
+  w.Key("paying");
+  w.Int64(paying);
+  w.Key("trialing");
+  w.Int64(trialing);
+  w.Key("comped");
+  w.Int64(comped);
+  w.EndObject();
+  w.Key("revenue");
+  w.StartObject();
+  w.Key("currency");
+  w.String("usd");
+  w.Key("mrr_cents");
+  w.Int64(mrr);
+  w.Key("arr_cents");
+  w.Int64(revenue12);
+  w.Key("mrr");
+  Str(&w, Dollars(mrr));
+  w.Key("arr");
+  Str(&w, Dollars(revenue12));
+  w.EndObject();
+  w.Key("churn");
+  w.StartObject();
+  w.Key("window_days");
+  w.Int64(churn_days);
+  w.Key("churned");
+  w.Int64(churned);
+  w.Key("rate");
+  w.Double(Ratio(churned, paying + churned));
+  w.EndObject();
+  w.Key("trial_conversion");
+  w.StartObject();
+  w.Key("trials");
+  w.Int64(trials);
+  w.Key("converted");
+  w.Int64(converted);
+  w.Key("lost");
+  w.Int64(lost);
+  w.Key("in_trial");
+  w.Int64(in_trial);
+  w.Key("rate");
+  w.Double(Ratio(converted, converted + lost));
+  w.EndObject();
+  w.EndObject();
+  *out = Done(buf);
+  return Status::OK();
+}
+
+Status RevenueByTierJson(const StateReader& state, std::string* out) {
+  std::vector<Plan> plans;
+  std::unordered_map<std::string, const Plan*> by_id;
+  LEDGER_RETURN_IF_ERROR(LoadPlans(state, &plans, &by_id));
+  struct Tier {
+    int64_t subscribers = 0, paying = 0, monthly = 0, yearly = 0, revenue12 = 0;
+  };
+  std::unordered_map<std::string, Tier> tiers;
+  LEDGER_RETURN_IF_ERROR(ForEachSubscriber(state, [&](const UserAccess& access) {
+    if (access.plan && access.access != AccessLevel::kNone) ++tiers[access.plan->id].subscribers;
+    const UserSubscription& sub = access.subscription;
+    if (!IsPaying(sub)) return Status::OK();
+    auto it = by_id.find(*sub.subscription.plan_id);
+    if (it == by_id.end()) return Status::OK();
+    Tier& tier = tiers[it->first];
+    ++tier.paying;
+    ++(IsYearly(sub.subscription) ? tier.yearly : tier.monthly);
+    tier.revenue12 += MonthlyRevenueTimes12(*it->second, sub.subscription);
+    return Status::OK();
+  }));
+  int64_t total_paying = 0, total_revenue12 = 0;
+  for (const auto& [id, tier] : tiers) {
+    total_paying += tier.paying;
+    total_revenue12 += tier.revenue12;
+  }
+  const int64_t total_mrr = MrrCents(total_revenue12);
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("currency");
+  w.String("usd");
+  w.Key("tiers");
+  w.StartArray();
+  for (const Plan& plan : plans) {
+    const Tier tier = tiers.count(plan.id) != 0 ? tiers[plan.id] : Tier();
+    const int64_t mrr = MrrCents(tier.revenue12);
+    w.StartObject();
+    w.Key("plan_id");
+    Str(&w, plan.id);
+    w.Key("display_name");
+    Str(&w, plan.display_name);
+    w.Key("active");
+    w.Bool(plan.active);
+    w.Key("price_monthly_cents");
+    w.Int64(plan.price_monthly_cents);
+    w.Key("price_yearly_cents");
+    if (plan.price_yearly_cents) {
+      w.Int64(*plan.price_yearly_cents);
+    } else {
+      w.Null();
+    }
+    w.Key("subscribers");
+    w.Int64(tier.subscribers);
+    w.Key("paying");
+    w.Int64(tier.paying);
+    w.Key("paying_monthly");
+    w.Int64(tier.monthly);
+    w.Key("paying_yearly");
+    w.Int64(tier.yearly);
+    w.Key("mrr_cents");
+    w.Int64(mrr);
+    w.Key("arr_cents");
+    w.Int64(tier.revenue12);
+    w.Key("mrr_share");
+    w.Double(Ratio(mrr, total_mrr));
+    w.EndObject();
+  }
+  w.EndArray();
+  w.Key("total");
+  w.StartObject();
+  w.Key("paying");
+  w.Int64(total_paying);
+  w.Key("mrr_cents");
+  w.Int64(total_mrr);
+  w.Key("arr_cents");
+  w.Int64(total_revenue12);
+  w.EndObject();
+  w.EndObject();
+  *out = Done(buf);
+  return Status::OK();
+}
+
+Status UsageStatsJson(const StateReader& state, int64_t from_s, int64_t to_s, std::string* out) {
+  int64_t windows = 0, calls = 0, recorded = 0, resets = 0;
+  std::map<std::string, int64_t, std::less<>> by_service;
+  std::map<std::string, int64_t, std::less<>> by_plan;
+  std::map<std::string, int64_t, std::less<>> per_user;
+  std::unordered_map<std::string, std::string> plan_of;  // user -> effective plan id or "none"
+  Status inner;
+  Status s = ScanUsageWindows(state, from_s, to_s, [&](int64_t window_start, std::string_view user) {
+    UsageCounter counter;
+    inner = GetUsageCounter(state, user, window_start, &counter);
+    if (inner.IsNotFound()) {
+      inner = Status::OK();  // an index row without its counter: nothing to count
+      return true;
+    }
+    if (!inner.ok()) return false;
+    ++windows;
+    calls += counter.used;
+    recorded += counter.recorded;
+    resets += counter.resets;
+    for (const auto& [service, used] : counter.services) by_service[service] += used;
+    per_user[std::string(user)] += counter.used;
+    auto it = plan_of.find(std::string(user));
+    if (it == plan_of.end()) {
+      UserAccess access;
+      inner = GetUserAccess(state, user, &access);
+      if (!inner.ok()) return false;
+      it = plan_of.emplace(std::string(user), access.plan ? access.plan->id : "none").first;
+    }
+    by_plan[it->second] += counter.used;
+    return true;
+  });
+  LEDGER_RETURN_IF_ERROR(s);
+  LEDGER_RETURN_IF_ERROR(inner);
+
+  std::vector<std::pair<std::string, int64_t>> top(per_user.begin(), per_user.end());
+  const size_t top_n = std::min(top.size(), kUsageStatsTopUsers);
+  std::partial_sort(top.begin(), top.begin() + static_cast<std::ptrdiff_t>(top_n), top.end(),
+                    [](const auto& a, const auto& b) {
+                      return a.second != b.second ? a.second > b.second : a.first < b.first;
+                    });
+  top.resize(top_n);
+
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("from");
+  Str(&w, FormatRfc3339Seconds(from_s));
+  w.Key("to");
+  Str(&w, FormatRfc3339Seconds(to_s));
+  w.Key("windows");
+  w.Int64(windows);
+  w.Key("users");
+  w.Int64(static_cast<int64_t>(per_user.size()));
+  w.Key("calls");
+  w.Int64(calls);
+  w.Key("recorded");
+  w.Int64(recorded);
+  w.Key("resets");
+  w.Int64(resets);
+  for (const auto& [key, map] : {std::pair<const char*, const std::map<std::string, int64_t, std::less<>>*>{
+                                     "by_service", &by_service},
+                                 {"by_plan", &by_plan}}) {
+    w.Key(key);
+    w.StartObject();
+    for (const auto& [name, value] : *map) {
+      Str(&w, name);
+      w.Int64(value);
+    }
+    w.EndObject();
+  }
+  w.Key("top_users");
+  w.StartArray();
+  for (const auto& [user, used] : top) {
+    w.StartObject();
+    w.Key("user_id");
+    Str(&w, user);
+    w.Key("calls");
+    w.Int64(used);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.EndObject();
+  *out = Done(buf);
+  return Status::OK();
+}
+
+}  // namespace ledger::projections

@@ -1,0 +1,131 @@
+// Admin views of subscribers and the business (the routes under /api/v1/admin/subscriptions,
+// http/admin_routes.cc), and the admin override command.
+//
+// Everything here is a pure function of a StateReader (a Ledger::Snapshot() view) and of the
+// `now_s` the caller passes: nothing reads a clock or does I/O. The views are computed at query
+// time from the subscriptions, plans and usage projections instead of from aggregate rows kept by
+// a fold, so that they are always what the rows say (a plan's price edited by an admin changes
+// MRR at once, with no aggregate to correct), at the cost of a scan: O(users) for the list's
+// filters (bounded per page by kSubscriberScanMax) and for the overview and revenue views,
+// O(usage windows in the range) for usage statistics.
+//
+// Definitions (what the numbers mean):
+//   effective status / plan   what access is decided on: an admin override's, else Stripe's
+//                             (GetUserAccess); "none" when there is neither.
+//   paying subscriber         a user whose Stripe subscription is `active` or `past_due` on a plan
+//                             of the catalog. Overrides do not make revenue: Stripe bills what
+//                             Stripe has.
+//   MRR                       the sum over paying subscribers of the plan's monthly price, or its
+//                             yearly price / 12 for a yearly subscription (interval "year"), in
+//                             cents, rounded to the cent; ARR = the sum of 12 × monthly price or
+//                             the yearly price (exact, so ARR may differ from 12 × MRR by cents).
+//   churned (window)          a user whose Stripe subscription is canceled or incomplete_expired
+//                             with `canceled_at` (else `ended_at`) inside the last `churn_days`;
+//                             churn rate = churned / (paying + churned).
+//   trial conversion          among users whose subscription had a trial (`trial_start`) or is on
+//                             a trial plan: converted = now paying on a non-trial plan; lost =
+//                             neither trialing nor converted; rate = converted / (converted +
+//                             lost).
+//   comped                    effective access granted by an override with no paying subscription.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "events/fold.h"
+#include "events/ledger.h"
+#include "events/status.h"
+#include "projections/plan_catalog.h"
+#include "projections/subscriptions.h"
+
+namespace ledger::projections {
+
+inline constexpr size_t kSubscriberPageMax = 200;      // users per page of the list
+inline constexpr size_t kSubscriberPageDefault = 50;
+inline constexpr size_t kSubscriberScanMax = 5000;     // users examined per list request
+inline constexpr size_t kAdminQueryBytesMax = 320;     // `q`, `tier`, `status` filters
+inline constexpr size_t kOverrideNotesBytesMax = 2000;
+inline constexpr int64_t kUsageStatsRangeSecondsMax = 400 * 86400;
+inline constexpr size_t kUsageStatsTopUsers = 10;
+
+// ---- the list --------------------------------------------------------------------------------
+
+struct SubscriberFilter {
+  std::optional<std::string> status;  // effective status name, or "none"
+  std::optional<std::string> tier;    // effective plan id
+  std::optional<std::string> q;       // case-insensitive substring of the email or the user id
+};
+
+struct SubscriberPage {
+  std::vector<std::string> json;  // one SubscriberJson per user, in user id order
+  // The last user id examined when the page stopped before the end (the page is full, or
+  // kSubscriberScanMax users were examined): pass it back as `after` for the next page.
+  std::optional<std::string> next_after;
+  size_t examined = 0;
+};
+
+// Users the subscriptions projection knows, after `after` (a user id; "" = from the first).
+Status ListSubscribers(const StateReader& state, const SubscriberFilter& filter,
+                       std::string_view after, size_t limit, SubscriberPage* out);
+
+// One subscriber as the admin views show it:
+// {"user_id","email","status","access","plan_id","overridden",
+//  "stripe":{"subscription_id","customer_id","status","plan_id","interval",
+//            "current_period_start","current_period_end","cancel_at_period_end","trial_start",
+//            "trial_end","canceled_at"} | null,
+//  "override":{"plan_id","status","notes","admin","set_at"} | null}
+std::string SubscriberJson(const UserAccess& access);
+
+// ---- overrides --------------------------------------------------------------------------------
+
+// A PATCH: each member absent = unchanged, present = set, present with nullopt = cleared.
+struct OverrideChange {
+  std::optional<std::optional<std::string>> plan_id;
+  std::optional<std::optional<SubscriptionStatus>> status;
+  std::optional<std::optional<std::string>> notes;
+  bool empty() const { return !plan_id && !status && !notes; }
+};
+
+// Applies `change` to the override of every user linked to `email` (FindUsersByEmail, at most
+// limits::kUserSubscriptionsMax): one subscription.override_set.v1 per user whose override
+// changes (subject = the user id; data: the override after the change and the actor). A change
+// that changes nothing appends nothing. 404 "not_found" when no user has the email; 422
+// "unknown_plan" when the tier is not a catalog plan. Body: {"email","users":[{"user_id",
+// "changed","override":{"plan_id","status","notes"}|null}]}.
+class SetAdminOverride final : public Command {
+ public:
+  SetAdminOverride(std::string email, OverrideChange change, Actor actor);
+  Status Decide(const DecideContext& context, Decision* decision) override;
+
+ private:
+  std::string email_;
+  OverrideChange change_;
+  Actor actor_;
+};
+
+// ---- analytics ----------------------------------------------------------------------------------
+
+// {"as_of","subscribers":{"total","by_status":{...},"paying","trialing","comped"},
+//  "revenue":{"currency":"usd","mrr_cents","arr_cents","mrr","arr"},
+//  "churn":{"window_days","churned","rate"},
+//  "trial_conversion":{"trials","converted","lost","in_trial","rate"}}
+Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t churn_days,
+                             std::string* out);
+
+// {"currency":"usd","tiers":[{"plan_id","display_name","active","price_monthly_cents",
+//  "price_yearly_cents","subscribers","paying","paying_monthly","paying_yearly","mrr_cents",
+//  "arr_cents","mrr_share"}], "total":{"paying","mrr_cents","arr_cents"}}: every catalog plan
+// (retired ones too), in catalog order; `subscribers` counts effective access on the plan.
+Status RevenueByTierJson(const StateReader& state, std::string* out);
+
+// Usage recorded in windows starting in [from_s, to_s):
+// {"from","to","windows","users","calls","recorded","resets","by_service":{...},
+//  "by_plan":{...},"top_users":[{"user_id","calls"}]} — `calls` is what counts against quotas
+// (after resets), `recorded` everything recorded; by_plan keys are effective plan ids now
+// ("none" without one); top_users by calls, at most kUsageStatsTopUsers.
+Status UsageStatsJson(const StateReader& state, int64_t from_s, int64_t to_s, std::string* out);
+
+}  // namespace ledger::projections

@@ -1,0 +1,441 @@
+// The admin subscription routes over real HTTP on loopback against a real Ledger
+// (http/admin_routes.cc, projections/admin.h): the subscriber list with filters and cursor
+// pages, one subscriber by email, overrides (and what they do to access and metering), and the
+// three analytics views, with figures worked out by hand from Stripe deliveries. Bad input is a
+// problem that appends nothing. Every event appended is checked against its schema.
+#include <gtest/gtest.h>
+
+#include <set>
+#include <string>
+#include <vector>
+
+#include "events/ledger.h"
+#include "http/app_context.h"
+#include "http/problem.h"
+#include "http/routes.h"
+#include "projections/registry.h"
+#include "projections/subscriptions.h"
+#include "projections/usage.h"
+#include "tests/support/billing_fixtures.h"
+#include "tests/support/http_client.h"
+#include "tests/support/http_stack.h"
+#include "tests/support/schema_check.h"
+#include "tests/support/test_ledger.h"
+#include "tests/support/tokens.h"
+#include "tests/support/usage_fixtures.h"
+
+namespace ledger::http {
+namespace {
+
+using ledger::testing::HttpReply;
+using ledger::testing::kStripeT0;
+using ledger::testing::OnPlan;
+using ledger::testing::TestHttpClient;
+using ledger::testing::TestSubscription;
+using ledger::testing::TokenClaims;
+namespace pj = ledger::projections;
+
+constexpr char kAdminBase[] = "/api/v1/admin/subscriptions/";
+constexpr char kServiceToken[] = "svc-admin-test-token-0123456789";
+constexpr int64_t kUs = 1'000'000;
+constexpr int64_t kDay = 86400;
+constexpr int64_t kNow = kStripeT0 + 40 * kDay;
+
+class AdminRoutesTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    LedgerOptions options;
+    options.path = dir_.path();
+    options.folds = pj::AllFolds();
+    options.clock = &clock_;
+    Status s = Ledger::Open(options, &ledger_);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    ASSERT_TRUE(ledger::testing::SeedCatalogWithPrices(ledger_.get()).ok());
+
+    AppContext context;
+    context.ledger = ledger_.get();
+    context.clock = &clock_;
+    context.usage_meter = &meter_;
+    RouteTable routes;
+    AddSubscriptionAccessRoutes(context, &routes);
+    AddUsageRoutes(context, &routes);
+    AddAdminRoutes(context, &routes);
+    AuthOptions auth;
+    auth.jwt.hs256_secret = ledger::testing::kTestHs256Secret;
+    auth.service_tokens = {ServiceToken{"gateway", kServiceToken}};
+    stack_ = std::make_unique<ledger::testing::TestHttpStack>();
+    s = stack_->Start(std::move(routes), auth, &clock_,
+                      ledger::testing::TestHttpStack::DefaultOptions());
+    ASSERT_TRUE(s.ok()) << s.ToString();
+  }
+
+  void TearDown() override {
+    if (stack_) stack_->Stop();
+    std::vector<Event> events;
+    Position after(0);
+    for (;;) {
+      ASSERT_TRUE(ledger_->ReadEvents(after, 1000, EventFilter{}, &events).ok());
+      if (events.empty()) break;
+      for (const Event& e : events) {
+        EXPECT_TRUE(ledger::testing::EnvelopeMatchesSchema(e)) << e.type << " " << e.data;
+      }
+      after = events.back().position;
+    }
+  }
+
+  // A subscriber: a completed checkout (links the user, the customer and the email), then the
+  // subscription's state.
+  void AddSubscriber(TestSubscription t, const std::string& email) {
+    ledger::testing::StripeCheckoutSpec checkout;
+    checkout.event_id = "evt_checkout_" + t.user_id;
+    checkout.session_id = "cs_" + t.user_id;
+    checkout.client_reference_id = t.user_id;
+    checkout.metadata_user_id = t.user_id;
+    checkout.customer_id = "cus_" + t.user_id;
+    checkout.subscription_id = "sub_" + t.user_id;
+    checkout.email = email;
+    ASSERT_TRUE(ledger::testing::SubmitWebhook(
+                    ledger_.get(), ledger::testing::StripeCheckoutCompletedJson(checkout))
+                    .status.ok());
+    if (t.plan_id.empty()) return;  // linked, never subscribed
+    ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), t).ok());
+  }
+
+  // Seven users with every kind of figure the views compute (see each test for the arithmetic).
+  void AddCustomerBase() {
+    const int64_t start = kNow - 10 * kDay, end = kNow + 20 * kDay;
+    AddSubscriber(OnPlan("u-a", "starter", start, end), "a@x.com");
+    TestSubscription b = OnPlan("u-b", "professional", start, end);
+    b.interval = "year";
+    AddSubscriber(b, "b@x.com");
+    AddSubscriber(OnPlan("u-c", "enterprise", "past_due"), "c@x.com");
+    TestSubscription d = OnPlan("u-d", "trial", "trialing");
+    d.period_start = kNow - 2 * kDay;
+    d.period_end = kNow + 5 * kDay;
+    d.trial_end = kNow + 5 * kDay;
+    AddSubscriber(d, "d@x.com");
+    TestSubscription e = OnPlan("u-e", "starter", "canceled");
+    e.trial_start = kNow - 20 * kDay;
+    e.canceled_at = kNow - 5 * kDay;
+    AddSubscriber(e, "e@x.com");
+    TestSubscription f = OnPlan("u-f", "professional", start, end);
+    f.trial_start = kNow - 17 * kDay;
+    AddSubscriber(f, "f@x.com");
+    AddSubscriber(OnPlan("u-g", ""), "g@x.com");
+  }
+
+  TestHttpClient Admin() {
+    TestHttpClient client("127.0.0.1", stack_->port());
+    client.set_bearer(ledger::testing::MintHs256(TokenClaims::Admin("root", kNow),
+                                                 ledger::testing::kTestHs256Secret));
+    return client;
+  }
+  TestHttpClient User(const std::string& user) {
+    TestHttpClient client("127.0.0.1", stack_->port());
+    client.set_bearer(ledger::testing::MintHs256(TokenClaims::User(user, kNow),
+                                                 ledger::testing::kTestHs256Secret));
+    return client;
+  }
+  HttpReply Consume(const std::string& user, const std::string& service, const std::string& key) {
+    TestHttpClient client("127.0.0.1", stack_->port());
+    client.set_bearer(kServiceToken);
+    return client.Post("/api/v1/usage/consume",
+                       "{\"user_id\":" + JsonQuote(user) + ",\"service\":" + JsonQuote(service) +
+                           ",\"idempotency_key\":" + JsonQuote(key) + "}");
+  }
+  HttpReply Patch(const std::string& email, const std::string& body) {
+    return Admin().Patch(std::string(kAdminBase) + email, body);
+  }
+
+  uint64_t Head() const { return ledger_->Head().value(); }
+
+  static void ExpectProblem(const HttpReply& reply, int status, const std::string& code) {
+    EXPECT_EQ(reply.status, status) << reply.body;
+    EXPECT_EQ(reply.Header("Content-Type"), "application/problem+json") << reply.body;
+    rapidjson::Document doc = reply.Json();
+    ASSERT_TRUE(doc.IsObject() && doc.HasMember("code")) << reply.body;
+    EXPECT_EQ(std::string(doc["code"].GetString()), code) << reply.body;
+  }
+
+  // The user ids of every page of /list with `query` ("" or "&status=..."), following the cursor.
+  std::vector<std::string> ListAll(const std::string& query, int limit, int* pages) {
+    std::vector<std::string> users;
+    std::string cursor;
+    *pages = 0;
+    for (;;) {
+      std::string path = std::string(kAdminBase) + "list?limit=" + std::to_string(limit) + query;
+      if (!cursor.empty()) path += "&cursor=" + cursor;
+      HttpReply r = Admin().Get(path);
+      EXPECT_EQ(r.status, 200) << r.body;
+      if (r.status != 200) break;
+      ++*pages;
+      rapidjson::Document doc = r.Json();
+      for (const auto& s : doc["subscribers"].GetArray()) users.emplace_back(s["user_id"].GetString());
+      if (doc["next_cursor"].IsNull()) break;
+      cursor = doc["next_cursor"].GetString();
+      if (*pages > 20) {
+        ADD_FAILURE() << "the cursor does not end";
+        break;
+      }
+    }
+    return users;
+  }
+
+  ledger::testing::TempDir dir_;
+  ManualClock clock_{kNow * kUs};
+  std::unique_ptr<Ledger> ledger_;
+  pj::UsageMeter meter_;
+  std::unique_ptr<ledger::testing::TestHttpStack> stack_;
+};
+
+TEST_F(AdminRoutesTest, ListPagesThroughEveryUserAndFilters) {
+  AddCustomerBase();
+  int pages = 0;
+  EXPECT_EQ(ListAll("", 2, &pages),
+            (std::vector<std::string>{"u-a", "u-b", "u-c", "u-d", "u-e", "u-f", "u-g"}));
+  EXPECT_EQ(pages, 4);
+  EXPECT_EQ(ListAll("&status=active", 50, &pages), (std::vector<std::string>{"u-a", "u-b", "u-f"}));
+  EXPECT_EQ(ListAll("&status=none", 50, &pages), (std::vector<std::string>{"u-g"}));
+  EXPECT_EQ(ListAll("&tier=professional", 50, &pages), (std::vector<std::string>{"u-b", "u-f"}));
+  EXPECT_EQ(ListAll("&q=B%40X.C", 50, &pages), (std::vector<std::string>{"u-b"}));
+  EXPECT_EQ(ListAll("&status=active&tier=starter", 1, &pages), (std::vector<std::string>{"u-a"}));
+
+  HttpReply r = Admin().Get(std::string(kAdminBase) + "list?limit=1");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  const auto& a = doc["subscribers"][0];
+  EXPECT_STREQ(a["email"].GetString(), "a@x.com");
+  EXPECT_STREQ(a["status"].GetString(), "active");
+  EXPECT_STREQ(a["plan_id"].GetString(), "starter");
+  EXPECT_STREQ(a["stripe"]["subscription_id"].GetString(), "sub_u-a");
+  EXPECT_TRUE(a["override"].IsNull());
+  EXPECT_FALSE(r.Header("X-Ledger-Position").empty());
+
+  ExpectProblem(Admin().Get(std::string(kAdminBase) + "list?status=bogus"), 400, "invalid_parameter");
+  ExpectProblem(Admin().Get(std::string(kAdminBase) + "list?limit=0"), 400, "invalid_parameter");
+  ExpectProblem(Admin().Get(std::string(kAdminBase) + "list?limit=201"), 400, "invalid_parameter");
+  ExpectProblem(Admin().Get(std::string(kAdminBase) + "list?cursor=%21%21"), 400, "invalid_parameter");
+  ExpectProblem(Admin().Get(std::string(kAdminBase) + "list?q=" + std::string(400, 'q')), 400,
+                "invalid_parameter");
+  EXPECT_EQ(Admin().Get(std::string(kAdminBase) + "list").status, 200);
+  EXPECT_EQ(User("u-a").Get(std::string(kAdminBase) + "list").status, 403);
+}
+
+TEST_F(AdminRoutesTest, OneSubscriberByEmailWithTheCurrentWindow) {
+  AddCustomerBase();
+  ASSERT_EQ(Consume("u-a", "chat", "k1").status, 200);
+  ASSERT_EQ(Consume("u-a", "search", "k2").status, 200);
+  HttpReply r = Admin().Get(std::string(kAdminBase) + "A@x.com");  // emails match in any case
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  ASSERT_EQ(doc["users"].Size(), 1u);
+  EXPECT_STREQ(doc["users"][0]["subscriber"]["user_id"].GetString(), "u-a");
+  const auto& usage = doc["users"][0]["usage"];
+  EXPECT_EQ(usage["used"].GetInt64(), 2);
+  EXPECT_EQ(usage["limit"].GetInt64(), 1000);
+  EXPECT_EQ(usage["remaining"].GetInt64(), 998);
+  EXPECT_STREQ(usage["window_kind"].GetString(), "billing_month");
+  ExpectProblem(Admin().Get(std::string(kAdminBase) + "nobody@x.com"), 404, "not_found");
+}
+
+TEST_F(AdminRoutesTest, OverviewFiguresFromTheSubscriptions) {
+  AddCustomerBase();
+  HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  const auto& subs = doc["subscribers"];
+  EXPECT_EQ(subs["total"].GetInt64(), 7);
+  EXPECT_EQ(subs["by_status"]["active"].GetInt64(), 3);     // a, b, f
+  EXPECT_EQ(subs["by_status"]["past_due"].GetInt64(), 1);   // c
+  EXPECT_EQ(subs["by_status"]["trialing"].GetInt64(), 1);   // d
+  EXPECT_EQ(subs["by_status"]["canceled"].GetInt64(), 1);   // e
+  EXPECT_EQ(subs["by_status"]["none"].GetInt64(), 1);       // g
+  EXPECT_EQ(subs["paying"].GetInt64(), 4);                  // a, b, c, f
+  EXPECT_EQ(subs["comped"].GetInt64(), 0);
+  // ARR = 12 × 1900 (a) + 49000 (b, yearly) + 12 × 9900 (c) + 12 × 4900 (f) = 249,400 cents;
+  // MRR = 249,400 / 12 = 20,783.33 -> 20,783.
+  EXPECT_EQ(doc["revenue"]["arr_cents"].GetInt64(), 249400);
+  EXPECT_EQ(doc["revenue"]["mrr_cents"].GetInt64(), 20783);
+  EXPECT_STREQ(doc["revenue"]["mrr"].GetString(), "207.83");
+  // e was canceled 5 days ago: 1 / (4 paying + 1).
+  EXPECT_EQ(doc["churn"]["churned"].GetInt64(), 1);
+  EXPECT_DOUBLE_EQ(doc["churn"]["rate"].GetDouble(), 0.2);
+  // Trials: d (still trialing), e (lost), f (converted to Professional).
+  const auto& trials = doc["trial_conversion"];
+  EXPECT_EQ(trials["trials"].GetInt64(), 3);
+  EXPECT_EQ(trials["converted"].GetInt64(), 1);
+  EXPECT_EQ(trials["lost"].GetInt64(), 1);
+  EXPECT_EQ(trials["in_trial"].GetInt64(), 1);
+  EXPECT_DOUBLE_EQ(trials["rate"].GetDouble(), 0.5);
+
+  // Outside a 3-day churn window the cancellation does not count.
+  r = Admin().Get(std::string(kAdminBase) + "analytics/overview?churn_days=3");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.Json()["churn"]["churned"].GetInt64(), 0);
+  ExpectProblem(Admin().Get(std::string(kAdminBase) + "analytics/overview?churn_days=0"), 400,
+                "invalid_parameter");
+}
+
+TEST_F(AdminRoutesTest, RevenueByTierSplitsMonthlyAndYearly) {
+  AddCustomerBase();
+  HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/revenue-by-tier");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  std::map<std::string, const rapidjson::Value*> tiers;
+  for (const auto& t : doc["tiers"].GetArray()) tiers[t["plan_id"].GetString()] = &t;
+  ASSERT_EQ(tiers.size(), 4u);
+  EXPECT_EQ((*tiers["starter"])["paying"].GetInt64(), 1);
+  EXPECT_EQ((*tiers["starter"])["mrr_cents"].GetInt64(), 1900);
+  // b yearly (49,000) + f monthly (12 × 4,900): ARR 107,800, MRR 8,983.33 -> 8,983.
+  EXPECT_EQ((*tiers["professional"])["paying"].GetInt64(), 2);
+  EXPECT_EQ((*tiers["professional"])["paying_yearly"].GetInt64(), 1);
+  EXPECT_EQ((*tiers["professional"])["paying_monthly"].GetInt64(), 1);
+  EXPECT_EQ((*tiers["professional"])["arr_cents"].GetInt64(), 107800);
+  EXPECT_EQ((*tiers["professional"])["mrr_cents"].GetInt64(), 8983);
+  EXPECT_EQ((*tiers["enterprise"])["mrr_cents"].GetInt64(), 9900);
+  // d is on the trial plan with access, but pays nothing yet.
+  EXPECT_EQ((*tiers["trial"])["subscribers"].GetInt64(), 1);
+  EXPECT_EQ((*tiers["trial"])["paying"].GetInt64(), 0);
+  EXPECT_EQ(doc["total"]["paying"].GetInt64(), 4);
+  EXPECT_EQ(doc["total"]["arr_cents"].GetInt64(), 249400);
+}
+
+TEST_F(AdminRoutesTest, UsageStatsCountWhatWasRecordedInTheRange) {
+  AddCustomerBase();
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(Consume("u-a", "chat", "a" + std::to_string(i)).status, 200);
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_EQ(Consume("u-b", "search", "b" + std::to_string(i)).status, 200);
+  }
+  ASSERT_EQ(Consume("u-g", "chat", "g0").status, 402);  // refused: counted, not recorded
+  const std::string range = "?from=" + std::to_string(kNow - 30 * kDay) +
+                            "&to=" + std::to_string(kNow + 1);
+  HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/usage-stats" + range);
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  const auto& usage = doc["usage"];
+  EXPECT_EQ(usage["calls"].GetInt64(), 5);
+  EXPECT_EQ(usage["users"].GetInt64(), 2);
+  EXPECT_EQ(usage["by_service"]["chat"].GetInt64(), 3);
+  EXPECT_EQ(usage["by_service"]["search"].GetInt64(), 2);
+  EXPECT_EQ(usage["by_plan"]["starter"].GetInt64(), 3);
+  EXPECT_EQ(usage["by_plan"]["professional"].GetInt64(), 2);
+  ASSERT_EQ(usage["top_users"].Size(), 2u);
+  EXPECT_STREQ(usage["top_users"][0]["user_id"].GetString(), "u-a");
+  EXPECT_EQ(doc["denials_since_start"]["subscription_required"].GetUint64(), 1u);
+
+  // A range that ends before the windows started counts nothing.
+  r = Admin().Get(std::string(kAdminBase) + "analytics/usage-stats?from=2020-01-01T00:00:00Z&to=" +
+                  "2020-02-01T00:00:00Z");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.Json()["usage"]["calls"].GetInt64(), 0);
+  ExpectProblem(Admin().Get(std::string(kAdminBase) + "analytics/usage-stats?from=10&to=5"), 400,
+                "invalid_parameter");
+  ExpectProblem(Admin().Get(std::string(kAdminBase) + "analytics/usage-stats?from=0&to=" +
+                            std::to_string(401 * kDay)),
+                400, "invalid_parameter");
+  ExpectProblem(Admin().Get(std::string(kAdminBase) + "analytics/usage-stats?from=yesterday"), 400,
+                "invalid_parameter");
+}
+
+TEST_F(AdminRoutesTest, AnOverrideCompsAnAccountAndIsAnEventNamingTheAdmin) {
+  AddCustomerBase();
+  ASSERT_EQ(Consume("u-g", "chat", "before").status, 402);
+  const uint64_t before = Head();
+  HttpReply r = Patch("g@x.com", R"({"tier":"enterprise","status":"active","notes":"partner"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(Head(), before + 1);
+  rapidjson::Document doc = r.Json();
+  EXPECT_TRUE(doc["users"][0]["changed"].GetBool());
+  EXPECT_STREQ(doc["users"][0]["override"]["plan_id"].GetString(), "enterprise");
+
+  std::vector<Event> events;
+  ASSERT_TRUE(ledger_->ReadEvents(Position(before), 10, EventFilter{}, &events).ok());
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].type, pj::kSubscriptionOverrideSetV1);
+  EXPECT_EQ(events[0].subject, "u-g");
+  EXPECT_NE(events[0].data.find(R"("sub":"root")"), std::string::npos) << events[0].data;
+
+  // Access follows the override: my-access, consume (Enterprise: bolt-diy, unlimited).
+  HttpReply access = User("u-g").Get("/api/v1/subscriptions/my-access");
+  ASSERT_EQ(access.status, 200) << access.body;
+  EXPECT_STREQ(access.Json()["plan_id"].GetString(), "enterprise");
+  EXPECT_TRUE(access.Json()["overridden"].GetBool());
+  EXPECT_EQ(Consume("u-g", "bolt-diy", "after").status, 200);
+
+  // Revenue is what Stripe bills: a comped account adds none.
+  doc = Admin().Get(std::string(kAdminBase) + "analytics/overview").Json();
+  EXPECT_EQ(doc["subscribers"]["comped"].GetInt64(), 1);
+  EXPECT_EQ(doc["subscribers"]["by_status"]["active"].GetInt64(), 4);
+  EXPECT_EQ(doc["revenue"]["arr_cents"].GetInt64(), 249400);
+
+  // The same change again changes nothing and appends nothing.
+  const uint64_t head = Head();
+  r = Patch("g@x.com", R"({"tier":"enterprise","status":"active","notes":"partner"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_FALSE(r.Json()["users"][0]["changed"].GetBool());
+  EXPECT_EQ(Head(), head);
+
+  // Clearing tier and status leaves the notes and takes the access away again.
+  r = Patch("g@x.com", R"({"tier":null,"status":null})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(Consume("u-g", "chat", "cleared").status, 402);
+  r = Admin().Get(std::string(kAdminBase) + "g@x.com");
+  ASSERT_EQ(r.status, 200) << r.body;
+  doc = r.Json();
+  const auto& override = doc["users"][0]["subscriber"]["override"];
+  ASSERT_TRUE(override.IsObject()) << r.body;
+  EXPECT_STREQ(override["notes"].GetString(), "partner");
+  EXPECT_TRUE(override["plan_id"].IsNull());
+  EXPECT_STREQ(override["admin"].GetString(), "root");
+}
+
+TEST_F(AdminRoutesTest, ASuspensionRefusesMeteringButLeavesStripeAlone) {
+  AddCustomerBase();
+  ASSERT_EQ(Consume("u-a", "chat", "before").status, 200);
+  ASSERT_EQ(Patch("a@x.com", R"({"status":"canceled","notes":"abuse"})").status, 200);
+  EXPECT_EQ(Consume("u-a", "chat", "after").status, 402);
+  HttpReply status = User("u-a").Get("/api/v1/billing/subscription-status");
+  ASSERT_EQ(status.status, 200) << status.body;
+  EXPECT_NE(status.body.find(R"("status":"active")"), std::string::npos) << status.body;
+  rapidjson::Document doc = Admin().Get(std::string(kAdminBase) + "analytics/overview").Json();
+  EXPECT_EQ(doc["subscribers"]["paying"].GetInt64(), 4);
+  EXPECT_EQ(doc["subscribers"]["by_status"]["canceled"].GetInt64(), 2);
+  int pages = 0;
+  EXPECT_EQ(ListAll("&status=canceled", 50, &pages), (std::vector<std::string>{"u-a", "u-e"}));
+  // Lifting it restores access in the same window.
+  ASSERT_EQ(Patch("a@x.com", R"({"status":null})").status, 200);
+  EXPECT_EQ(Consume("u-a", "chat", "lifted").status, 200);
+}
+
+TEST_F(AdminRoutesTest, BadPatchesAreProblemsAndAppendNothing) {
+  AddCustomerBase();
+  const uint64_t head = Head();
+  ExpectProblem(Patch("a@x.com", R"({"tier":"platinum"})"), 422, "unknown_plan");
+  ExpectProblem(Patch("a@x.com", R"({"status":"bogus"})"), 422, "validation_failed");
+  ExpectProblem(Patch("a@x.com", R"({"colour":"red"})"), 422, "unknown_field");
+  ExpectProblem(Patch("a@x.com", R"({"notes":7})"), 422, "validation_failed");
+  ExpectProblem(Patch("a@x.com", "{}"), 422, "validation_failed");
+  ExpectProblem(Patch("a@x.com", "not json"), 400, "invalid_json");
+  ExpectProblem(Patch("a@x.com", "{\"notes\":\"" + std::string(2001, 'n') + "\"}"), 422,
+                "validation_failed");
+  ExpectProblem(Patch("nobody@x.com", R"({"notes":"x"})"), 404, "not_found");
+  EXPECT_EQ(User("u-a").Patch(std::string(kAdminBase) + "a@x.com", R"({"notes":"x"})").status, 403);
+  EXPECT_EQ(Head(), head);
+
+  // An Idempotency-Key makes a retry return the first answer without appending.
+  HttpReply first = Admin().Patch(std::string(kAdminBase) + "a@x.com", R"({"notes":"once"})",
+                                  {{"Idempotency-Key", "patch-1"}});
+  ASSERT_EQ(first.status, 200) << first.body;
+  const uint64_t after = Head();
+  HttpReply retry = Admin().Patch(std::string(kAdminBase) + "a@x.com", R"({"notes":"once"})",
+                                  {{"Idempotency-Key", "patch-1"}});
+  EXPECT_EQ(retry.status, 200);
+  EXPECT_EQ(retry.body, first.body);
+  EXPECT_EQ(Head(), after);
+  ExpectProblem(Admin().Patch(std::string(kAdminBase) + "a@x.com", R"({"notes":"twice"})",
+                              {{"Idempotency-Key", "patch-1"}}),
+                409, "idempotency_key_reused");
+}
+
+}  // namespace
+}  // namespace ledger::http
