@@ -13,6 +13,7 @@
 #include "http/lago_signature.h"
 #include "http/lago_sink.h"
 #include "http/routes.h"
+#include "http/secret_box.h"
 #include "http/server.h"
 #include "http/stripe_client.h"
 #include "projections/plan_catalog.h"
@@ -53,6 +54,7 @@ class App::Impl {
   std::string kafka_bootstrap_;
   std::unique_ptr<http::Authenticator> authenticator_;
   std::unique_ptr<http::HttpStripeClient> stripe_;  // outlives server_
+  std::unique_ptr<http::SecretBox> byok_box_;        // outlives server_
   std::unique_ptr<http::HttpLagoClient> lago_client_;  // outlives lago_sink_
   std::unique_ptr<http::LagoSink> lago_sink_;
   uint64_t lago_listener_ = 0;  // Ledger::AddCommitListener id
@@ -67,6 +69,7 @@ class App::Impl {
   Status StartKafka();
   Status BuildAuthenticator();
   Status BuildStripeClient();
+  Status LoadByokKey();
   Status ConfigureLago();
   Status StartHttp();
 };
@@ -221,6 +224,29 @@ Status App::Impl::ConfigureLago() {
   return Status::OK();
 }
 
+// The BYOK key-encryption key: created in dev mode, required to exist otherwise (without it the
+// BYOK routes that seal or open a key answer 503).
+Status App::Impl::LoadByokKey() {
+  context_.byok_base_urls = config_.byok_base_urls;
+  std::string key;
+  bool found = false;
+  LEDGER_RETURN_IF_ERROR(
+      LoadOrCreateMasterKey(config_.master_key_file, config_.DevMode(), &key, &found));
+  if (!found) {
+    spdlog::warn("byok: no key-encryption key at {} (LEDGER_MASTER_KEY_FILE); adding and testing "
+                 "BYOK keys answers 503 until one is configured",
+                 config_.master_key_file);
+    return Status::OK();
+  }
+  Status s = http::SecretBox::Create(key, &byok_box_);
+  http::WipeSecret(&key);
+  LEDGER_RETURN_IF_ERROR(s);
+  context_.byok_box = byok_box_.get();
+  spdlog::info("byok: key-encryption key {} from {}", byok_box_->key_id(),
+               config_.master_key_file);
+  return Status::OK();
+}
+
 Status App::Impl::StartHttp() {
   context_.ledger = ledger_.get();
   context_.clock = clock_;
@@ -229,6 +255,7 @@ Status App::Impl::StartHttp() {
   context_.metrics_renderers.push_back(
       [meter = &usage_meter_](std::string* out) { meter->RenderMetrics(out); });
   LEDGER_RETURN_IF_ERROR(BuildStripeClient());
+  LEDGER_RETURN_IF_ERROR(LoadByokKey());
   if (outbox_ != nullptr) {
     KafkaOutbox* outbox = outbox_.get();
     context_.outbox_status = [outbox] {

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "events/types.h"
+#include "http/byok_providers.h"
 
 namespace ledger::daemon {
 
@@ -115,7 +116,7 @@ Status ValidateLago(const Config& config) {
 }
 
 Status Validate(Config* config, const std::string& listen, const std::string& service_tokens,
-                const std::string& webhook_secrets) {
+                const std::string& webhook_secrets, const std::string& byok_base_urls) {
   LEDGER_RETURN_IF_ERROR(ParseListen(listen, config));
   LEDGER_RETURN_IF_ERROR(ParseServiceTokens(service_tokens, config));
   if (config->data_dir.empty()) return Bad("LEDGER_DATA_DIR", "must not be empty");
@@ -156,6 +157,8 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
   if (config->master_key_file.empty()) {
     config->master_key_file = config->data_dir + "/master.key";
   }
+  Status urls = http::ParseByokBaseUrls(byok_base_urls, &config->byok_base_urls);
+  if (!urls.ok()) return Bad("LEDGER_BYOK_BASE_URLS", urls.message());
   static const std::vector<std::string> kLevels = {"trace", "debug", "info", "warn", "error"};
   if (std::find(kLevels.begin(), kLevels.end(), config->log_level) == kLevels.end()) {
     return Bad("LEDGER_LOG_LEVEL", "must be one of trace, debug, info, warn, error");
@@ -191,7 +194,7 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
   ParseResult result;
   CLI::App app{"ledgerd: event-sourced billing ledger daemon"};
   app.set_version_flag("--version", "ledgerd 0.1.0");
-  std::string listen = "127.0.0.1:8084", service_tokens, webhook_secrets;
+  std::string listen = "127.0.0.1:8084", service_tokens, webhook_secrets, byok_base_urls;
 
   // Flags named in CONTRACT.md §1, each also an environment variable; the flag wins.
   app.add_option("--data-dir", config->data_dir, "RocksDB directory")->envname("LEDGER_DATA_DIR");
@@ -236,6 +239,9 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
       ->envname("LAGO_BILLABLE_METRIC_CODE");
   app.add_option("--master-key-file", config->master_key_file, "BYOK key-encryption key")
       ->envname("LEDGER_MASTER_KEY_FILE");
+  app.add_option("--byok-base-urls", byok_base_urls,
+                 "provider=url,... base URLs of the BYOK providers' APIs")
+      ->envname("LEDGER_BYOK_BASE_URLS");
   app.add_option("--http-threads", config->http_threads, "HTTP worker threads (0 = auto)")
       ->envname("LEDGER_HTTP_THREADS");
   app.add_option("--log-level", config->log_level, "trace|debug|info|warn|error")
@@ -267,10 +273,33 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
     result.exit_code = kExitUsage;
     return result;
   }
-  result.status = Validate(config, listen, service_tokens, webhook_secrets);
+  result.status = Validate(config, listen, service_tokens, webhook_secrets, byok_base_urls);
   if (!result.status.ok()) result.exit_code = kExitConfig;
   return result;
 }
+
+namespace {
+
+// Creates `path` (0600, O_EXCL) holding `bytes` random bytes as hex and a newline.
+Status CreateHexSecretFile(const std::string& path, size_t bytes, std::string* hex) {
+  std::string random(bytes, '\0');
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(random.data()), static_cast<int>(bytes)) != 1) {
+    return Status::Internal("RAND_bytes failed");
+  }
+  *hex = HexEncode(random);
+  std::fill(random.begin(), random.end(), '\0');
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
+  if (fd < 0) return Status::IOError("cannot create " + path);
+  std::string line = *hex + "\n";
+  bool ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()) &&
+            ::fsync(fd) == 0;
+  ::close(fd);
+  std::fill(line.begin(), line.end(), '\0');
+  if (!ok) return Status::IOError("cannot write " + path);
+  return Status::OK();
+}
+
+}  // namespace
 
 Status LoadOrCreateDevSecret(const std::string& data_dir, std::string* secret) {
   const std::string path = DevJwtSecretPath(data_dir);
@@ -282,16 +311,41 @@ Status LoadOrCreateDevSecret(const std::string& data_dir, std::string* secret) {
   }
   std::error_code ec;
   std::filesystem::create_directories(data_dir, ec);
-  unsigned char bytes[32];
-  if (RAND_bytes(bytes, sizeof(bytes)) != 1) return Status::Internal("RAND_bytes failed");
-  *secret = HexEncode(std::string_view(reinterpret_cast<const char*>(bytes), sizeof(bytes)));
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
-  if (fd < 0) return Status::IOError("cannot create " + path);
-  std::string line = *secret + "\n";
-  bool ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()) &&
-            ::fsync(fd) == 0;
-  ::close(fd);
-  if (!ok) return Status::IOError("cannot write " + path);
+  return CreateHexSecretFile(path, 32, secret);
+}
+
+Status LoadOrCreateMasterKey(const std::string& path, bool create, std::string* key, bool* found) {
+  *found = false;
+  struct stat st {};
+  std::string hex;
+  if (::stat(path.c_str(), &st) != 0) {
+    if (!create) return Status::OK();
+    std::error_code ec;
+    std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
+    LEDGER_RETURN_IF_ERROR(CreateHexSecretFile(path, 32, &hex));
+  } else {
+    if ((st.st_mode & 077) != 0) {
+      return Status::Make(Code::kUnprocessable, "bad_config",
+                          "LEDGER_MASTER_KEY_FILE: " + path +
+                              " is readable by group or others (chmod 600 it)");
+    }
+    std::ifstream in(path);
+    if (!in.good()) {
+      return Status::Make(Code::kUnprocessable, "bad_config",
+                          "LEDGER_MASTER_KEY_FILE: cannot read " + path);
+    }
+    std::getline(in, hex);
+  }
+  Hash bytes;
+  const bool ok = HexDecodeHash(hex, &bytes);
+  std::fill(hex.begin(), hex.end(), '\0');
+  if (!ok) {
+    return Status::Make(Code::kUnprocessable, "bad_config",
+                        "LEDGER_MASTER_KEY_FILE: " + path + " must hold 64 hex digits (32 bytes)");
+  }
+  key->assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  bytes.fill(0);
+  *found = true;
   return Status::OK();
 }
 

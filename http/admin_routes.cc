@@ -27,12 +27,13 @@
 #include <string>
 
 #include "http/base64.h"
-#include "http/limits.h"
 #include "http/idempotency.h"
+#include "http/limits.h"
 #include "http/problem.h"
 #include "http/routes.h"
 #include "projections/admin.h"
 #include "projections/json_util.h"
+#include "projections/json_write.h"
 #include "projections/limits.h"
 #include "projections/usage.h"
 
@@ -41,7 +42,7 @@ namespace ledger::http {
 namespace {
 
 namespace pj = ledger::projections;
-using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
+using JsonWriter = json::Writer;
 
 constexpr char kListPath[] = "/api/v1/admin/subscriptions/list";
 constexpr char kOverviewPath[] = "/api/v1/admin/subscriptions/analytics/overview";
@@ -61,13 +62,6 @@ struct AdminRouteContext {
 
 int64_t NowSeconds(const AdminRouteContext& c) {
   return (c.clock != nullptr ? c.clock : SystemClock::Default())->NowMicros() / 1'000'000;
-}
-
-void Str(JsonWriter* w, std::string_view s) {
-  w->String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
-}
-void Raw(JsonWriter* w, const std::string& json) {
-  w->RawValue(json.data(), json.size(), rapidjson::kObjectType);
 }
 
 // A decimal integer in [min, max]; false (and a 400) otherwise.
@@ -162,11 +156,11 @@ void List(const AdminRouteContext& c, const httplib::Request& req, httplib::Resp
   w.StartObject();
   w.Key("subscribers");
   w.StartArray();
-  for (const std::string& json : page.json) Raw(&w, json);
+  for (const std::string& json : page.json) json::RawObject(&w, json);
   w.EndArray();
   w.Key("next_cursor");
   if (page.next_after) {
-    Str(&w, Base64UrlEncode(*page.next_after));
+    json::String(&w, Base64UrlEncode(*page.next_after));
   } else {
     w.Null();
   }
@@ -189,7 +183,7 @@ void GetSubscriber(const AdminRouteContext& c, const httplib::Request& req, http
   JsonWriter w(buf);
   w.StartObject();
   w.Key("email");
-  Str(&w, email);
+  json::String(&w, email);
   w.Key("users");
   w.StartArray();
   const int64_t now_s = NowSeconds(c);
@@ -201,15 +195,15 @@ void GetSubscriber(const AdminRouteContext& c, const httplib::Request& req, http
     if (!s.ok()) break;
     w.StartObject();
     w.Key("subscriber");
-    Raw(&w, pj::SubscriberJson(subject.access));
+    json::RawObject(&w, pj::SubscriberJson(subject.access));
     w.Key("usage");
     w.StartObject();
     w.Key("window_start");
-    Str(&w, pj::FormatRfc3339Seconds(usage.terms.window.start_s));
+    json::String(&w, pj::FormatRfc3339Seconds(usage.terms.window.start_s));
     w.Key("window_end");
-    Str(&w, pj::FormatRfc3339Seconds(usage.terms.window.end_s));
+    json::String(&w, pj::FormatRfc3339Seconds(usage.terms.window.end_s));
     w.Key("window_kind");
-    Str(&w, pj::WindowKindName(usage.terms.window.kind));
+    json::String(&w, pj::WindowKindName(usage.terms.window.kind));
     w.Key("used");
     w.Int64(usage.used);
     w.Key("limit");
@@ -355,7 +349,7 @@ void UsageStats(const AdminRouteContext& c, const httplib::Request& req, httplib
   JsonWriter w(buf);
   w.StartObject();
   w.Key("usage");
-  Raw(&w, stats);
+  json::RawObject(&w, stats);
   w.Key("denials_since_start");
   w.StartObject();
   const pj::UsageMeter* m = c.meter;

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,7 @@
 namespace ledger::http {
 
 class StripeApi;  // http/stripe_client.h
+class SecretBox;  // http/secret_box.h
 }  // namespace ledger::http
 
 namespace ledger::projections {
@@ -79,6 +81,12 @@ struct AppContext {
   // Usage metering's shared state (the writer's access cache and the ledger_usage_* counters);
   // not owned. Null: the usage routes make their own, and its counters are not on /metrics.
   projections::UsageMeter* usage_meter = nullptr;
+  // BYOK (http/byok_routes.cc): the key-encryption key from LEDGER_MASTER_KEY_FILE; null = none
+  // configured, and the routes that seal or open a key answer 503 "byok_not_configured".
+  const SecretBox* byok_box = nullptr;
+  // LEDGER_BYOK_BASE_URLS: provider id -> base URL of its API (absent: the provider's own).
+  std::map<std::string, std::string> byok_base_urls;
+  int byok_test_timeout_ms = 5000;  // one provider test call
 };
 
 }  // namespace ledger::http

@@ -1,5 +1,7 @@
 #include "http/lago_client.h"
 
+#include "http/base_url.h"
+
 #include <httplib.h>
 
 #include <algorithm>
@@ -55,27 +57,13 @@ int64_t RetryAfterMs(const httplib::Response& response) {
 
 Status HttpLagoClient::Create(const LagoClientOptions& options,
                               std::unique_ptr<HttpLagoClient>* out) {
-  std::string_view url = options.api_url;
-  size_t sep = url.find("://");
-  std::string_view scheme = sep == std::string_view::npos ? "" : url.substr(0, sep);
-  if (scheme != "http" && scheme != "https") {
-    return BadConfig("LAGO_API_URL must be an http:// or https:// URL");
-  }
-  std::string_view rest = url.substr(sep + 3);
-  size_t slash = rest.find('/');
-  std::string_view host_port = rest.substr(0, slash);
-  std::string_view prefix = slash == std::string_view::npos ? "" : rest.substr(slash);
-  while (!prefix.empty() && prefix.back() == '/') prefix.remove_suffix(1);
-  if (host_port.empty() || host_port.find_first_of("?#@ ") != std::string_view::npos ||
-      prefix.find_first_of("?# ") != std::string_view::npos) {
-    return BadConfig("LAGO_API_URL has no usable host");
-  }
+  BaseUrl base;
+  LEDGER_RETURN_IF_ERROR(ParseBaseUrl(options.api_url, "LAGO_API_URL", "bad_config", &base));
   if (options.api_key.empty()) return BadConfig("LAGO_API_KEY is empty");
   std::unique_ptr<HttpLagoClient> client(new HttpLagoClient());
   client->options_ = options;
-  client->path_prefix_ = std::string(prefix);
-  client->client_ =
-      std::make_unique<httplib::Client>(std::string(scheme) + "://" + std::string(host_port));
+  client->path_prefix_ = base.prefix;
+  client->client_ = std::make_unique<httplib::Client>(base.scheme_host_port);
   httplib::Client& c = *client->client_;
   SetTimeout(options.connect_timeout_ms,
              [&](time_t s, time_t us) { c.set_connection_timeout(s, us); });
@@ -84,7 +72,7 @@ Status HttpLagoClient::Create(const LagoClientOptions& options,
   c.set_keep_alive(true);
   c.set_follow_location(false);
   c.set_tcp_nodelay(true);
-  if (scheme == "https") {
+  if (base.https) {
     c.enable_server_certificate_verification(true);
     if (!options.ca_cert_file.empty()) c.set_ca_cert_path(options.ca_cert_file);
   }

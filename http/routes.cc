@@ -12,6 +12,7 @@ void AddAllRoutes(const AppContext& context, RouteTable* routes) {
   AddSubscriptionAccessRoutes(context, routes);
   AddUsageRoutes(context, routes);
   AddAdminRoutes(context, routes);
+  AddByokRoutes(context, routes);
 }
 
 }  // namespace ledger::http

@@ -50,6 +50,11 @@ void AddUsageRoutes(const AppContext& context, RouteTable* routes);
 // list, GET and PATCH /api/v1/admin/subscriptions/{email}, GET /api/v1/admin/subscriptions/
 // analytics/{overview,revenue-by-tier,usage-stats} (projections/admin.h). admin_routes.cc.
 void AddAdminRoutes(const AppContext& context, RouteTable* routes);
+// BYOK (policy user): GET /api/v1/byok/providers, GET /api/v1/byok/keys, POST /api/v1/byok/
+// keys/add, DELETE /api/v1/byok/keys/{provider}, POST /api/v1/byok/keys/test/{provider},
+// GET /api/v1/byok/stats (projections/byok.h). byok_routes.cc. Needs context.byok_box to seal
+// and open keys (else 503 "byok_not_configured").
+void AddByokRoutes(const AppContext& context, RouteTable* routes);
 // Every route of the service. routes.cc: add your resource's call there.
 void AddAllRoutes(const AppContext& context, RouteTable* routes);
 

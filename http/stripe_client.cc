@@ -1,5 +1,7 @@
 #include "http/stripe_client.h"
 
+#include "http/base_url.h"
+
 #include <httplib.h>
 #include <rapidjson/document.h>
 
@@ -161,36 +163,6 @@ namespace {
 constexpr std::string_view kFormContentType = "application/x-www-form-urlencoded";
 constexpr size_t kLookupKeysPerCall = 10;
 
-struct ParsedBase {
-  std::string scheme_host_port;  // for httplib::Client
-  std::string prefix;            // path prefix without trailing '/'
-  bool https = false;
-};
-
-Status ParseBase(std::string_view base, ParsedBase* out) {
-  size_t sep = base.find("://");
-  if (sep == std::string_view::npos) {
-    return Status::InvalidArgument("invalid_argument", "Stripe API base must be an http(s) URL");
-  }
-  std::string_view scheme = base.substr(0, sep);
-  if (scheme != "http" && scheme != "https") {
-    return Status::InvalidArgument("invalid_argument", "Stripe API base must be http or https");
-  }
-  std::string_view rest = base.substr(sep + 3);
-  size_t slash = rest.find('/');
-  std::string_view host_port = rest.substr(0, slash);
-  std::string_view prefix = slash == std::string_view::npos ? "" : rest.substr(slash);
-  while (!prefix.empty() && prefix.back() == '/') prefix.remove_suffix(1);
-  if (host_port.empty() || host_port.find_first_of("?#@ ") != std::string_view::npos ||
-      prefix.find_first_of("?# ") != std::string_view::npos) {
-    return Status::InvalidArgument("invalid_argument", "Stripe API base has no usable host");
-  }
-  out->https = scheme == "https";
-  out->scheme_host_port = std::string(scheme) + "://" + std::string(host_port);
-  out->prefix = std::string(prefix);
-  return Status::OK();
-}
-
 // The outcome of one HTTP exchange with Stripe, after retries.
 struct Exchange {
   int http_status = 0;  // 0: no answer
@@ -318,7 +290,7 @@ Status CheckId(std::string_view what, std::string_view id) {
 
 struct HttpStripeClient::Impl {
   StripeClientOptions options;
-  ParsedBase base;
+  BaseUrl base;
 
   // Sends one request with retries. `form` is null for GET/DELETE. On OK, `*exchange` holds
   // Stripe's answer (any status); the error statuses of StripeApi are derived by Check().
@@ -576,7 +548,8 @@ Status HttpStripeClient::Create(StripeClientOptions options,
     }
   }
   auto impl = std::make_unique<Impl>();
-  LEDGER_RETURN_IF_ERROR(ParseBase(options.api_base, &impl->base));
+  LEDGER_RETURN_IF_ERROR(
+      ParseBaseUrl(options.api_base, "the Stripe API base", "invalid_argument", &impl->base));
   impl->options = std::move(options);
   out->reset(new HttpStripeClient(std::move(impl)));
   return Status::OK();

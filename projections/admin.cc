@@ -10,6 +10,7 @@
 #include <rapidjson/writer.h>
 
 #include "projections/json_util.h"
+#include "projections/json_write.h"
 #include "projections/limits.h"
 #include "projections/usage.h"
 
@@ -17,34 +18,21 @@ namespace ledger::projections {
 
 namespace {
 
-using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
+using JsonWriter = json::Writer;
 
-void Str(JsonWriter* w, std::string_view s) {
-  w->String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
-}
-void OptStr(JsonWriter* w, const std::optional<std::string>& s) {
-  if (s) {
-    Str(w, *s);
-  } else {
-    w->Null();
-  }
-}
 void OptTime(JsonWriter* w, const std::optional<int64_t>& t_s) {
   if (t_s) {
-    Str(w, FormatRfc3339Seconds(*t_s));
+    json::String(w, FormatRfc3339Seconds(*t_s));
   } else {
     w->Null();
   }
 }
 void OptStatus(JsonWriter* w, const std::optional<SubscriptionStatus>& status) {
   if (status) {
-    Str(w, SubscriptionStatusName(*status));
+    json::String(w, SubscriptionStatusName(*status));
   } else {
     w->Null();
   }
-}
-std::string Done(const rapidjson::StringBuffer& buf) {
-  return std::string(buf.GetString(), buf.GetSize());
 }
 // Cents as dollars with two decimals ("1234.50"), for the human-facing members.
 std::string Dollars(int64_t cents) {
@@ -130,16 +118,16 @@ void WriteOverride(JsonWriter* w, const std::optional<AdminOverride>& value, boo
   }
   w->StartObject();
   w->Key("plan_id");
-  OptStr(w, value->plan_id);
+  json::OptString(w, value->plan_id);
   w->Key("status");
   OptStatus(w, value->status);
   w->Key("notes");
-  OptStr(w, value->notes);
+  json::OptString(w, value->notes);
   if (with_audit) {
     w->Key("admin");
-    Str(w, value->admin);
+    json::String(w, value->admin);
     w->Key("set_at");
-    Str(w, FormatRfc3339Micros(value->set_at_us));
+    json::String(w, FormatRfc3339Micros(value->set_at_us));
   }
   w->EndObject();
 }
@@ -154,19 +142,19 @@ std::string SubscriberJson(const UserAccess& access) {
   JsonWriter w(buf);
   w.StartObject();
   w.Key("user_id");
-  Str(&w, sub.user_id);
+  json::String(&w, sub.user_id);
   w.Key("email");
   if (sub.email.empty()) {
     w.Null();
   } else {
-    Str(&w, sub.email);
+    json::String(&w, sub.email);
   }
   w.Key("status");
-  Str(&w, access.status_name());
+  json::String(&w, access.status_name());
   w.Key("access");
-  Str(&w, AccessLevelName(access.access));
+  json::String(&w, AccessLevelName(access.access));
   w.Key("plan_id");
-  OptStr(&w, access.plan ? std::optional<std::string>(access.plan->id) : sub.plan_id());
+  json::OptString(&w, access.plan ? std::optional<std::string>(access.plan->id) : sub.plan_id());
   w.Key("overridden");
   w.Bool(access.override && (access.override->plan_id || access.override->status));
   w.Key("stripe");
@@ -174,15 +162,15 @@ std::string SubscriberJson(const UserAccess& access) {
     const SubscriptionRecord& r = sub.subscription;
     w.StartObject();
     w.Key("subscription_id");
-    Str(&w, r.subscription_id);
+    json::String(&w, r.subscription_id);
     w.Key("customer_id");
-    Str(&w, r.customer_id);
+    json::String(&w, r.customer_id);
     w.Key("status");
-    Str(&w, SubscriptionStatusName(r.status));
+    json::String(&w, SubscriptionStatusName(r.status));
     w.Key("plan_id");
-    OptStr(&w, r.plan_id);
+    json::OptString(&w, r.plan_id);
     w.Key("interval");
-    OptStr(&w, r.interval);
+    json::OptString(&w, r.interval);
     w.Key("current_period_start");
     OptTime(&w, r.current_period_start);
     w.Key("current_period_end");
@@ -202,7 +190,7 @@ std::string SubscriberJson(const UserAccess& access) {
   w.Key("override");
   WriteOverride(&w, access.override, /*with_audit=*/true);
   w.EndObject();
-  return Done(buf);
+  return json::Text(buf);
 }
 
 Status ListSubscribers(const StateReader& state, const SubscriberFilter& filter,
@@ -260,7 +248,7 @@ Status SetAdminOverride::Decide(const DecideContext& context, Decision* decision
   JsonWriter body(out);
   body.StartObject();
   body.Key("email");
-  Str(&body, email_);
+  json::String(&body, email_);
   body.Key("users");
   body.StartArray();
   for (const std::string& user_id : user_ids) {
@@ -280,26 +268,26 @@ Status SetAdminOverride::Decide(const DecideContext& context, Decision* decision
       JsonWriter w(buf);
       w.StartObject();
       w.Key("user_id");
-      Str(&w, user_id);
+      json::String(&w, user_id);
       w.Key("email");
-      Str(&w, email_);
+      json::String(&w, email_);
       w.Key("plan_id");
-      OptStr(&w, next.plan_id);
+      json::OptString(&w, next.plan_id);
       w.Key("status");
       OptStatus(&w, next.status);
       w.Key("notes");
-      OptStr(&w, next.notes);
+      json::OptString(&w, next.notes);
       w.Key("actor");
       w.RawValue(actor.data(), actor.size(), rapidjson::kObjectType);
       w.EndObject();
       decision->events.push_back(
-          NewEvent{std::string(kSubscriptionOverrideSetV1), user_id, Done(buf)});
+          NewEvent{std::string(kSubscriptionOverrideSetV1), user_id, json::Text(buf)});
     } else {
       after = current;
     }
     body.StartObject();
     body.Key("user_id");
-    Str(&body, user_id);
+    json::String(&body, user_id);
     body.Key("changed");
     body.Bool(changed);
     body.Key("override");
@@ -309,7 +297,7 @@ Status SetAdminOverride::Decide(const DecideContext& context, Decision* decision
   body.EndArray();
   body.EndObject();
   decision->http_status = 200;
-  decision->body = Done(out);
+  decision->body = json::Text(out);
   return Status::OK();
 }
 
@@ -372,7 +360,7 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
   JsonWriter w(buf);
   w.StartObject();
   w.Key("as_of");
-  Str(&w, FormatRfc3339Seconds(now_s));
+  json::String(&w, FormatRfc3339Seconds(now_s));
   w.Key("subscribers");
   w.StartObject();
   w.Key("total");
@@ -380,7 +368,7 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
   w.Key("by_status");
   w.StartObject();
   for (const auto& [name, count] : by_status) {
-    Str(&w, name);
+    json::String(&w, name);
     w.Int64(count);
   }
   w.EndObject();
@@ -400,9 +388,9 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
   w.Key("arr_cents");
   w.Int64(revenue12);
   w.Key("mrr");
-  Str(&w, Dollars(mrr));
+  json::String(&w, Dollars(mrr));
   w.Key("arr");
-  Str(&w, Dollars(revenue12));
+  json::String(&w, Dollars(revenue12));
   w.EndObject();
   w.Key("churn");
   w.StartObject();
@@ -427,7 +415,7 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
   w.Double(Ratio(converted, converted + lost));
   w.EndObject();
   w.EndObject();
-  *out = Done(buf);
+  *out = json::Text(buf);
   return Status::OK();
 }
 
@@ -469,9 +457,9 @@ Status RevenueByTierJson(const StateReader& state, std::string* out) {
     const int64_t mrr = MrrCents(tier.revenue12);
     w.StartObject();
     w.Key("plan_id");
-    Str(&w, plan.id);
+    json::String(&w, plan.id);
     w.Key("display_name");
-    Str(&w, plan.display_name);
+    json::String(&w, plan.display_name);
     w.Key("active");
     w.Bool(plan.active);
     w.Key("price_monthly_cents");
@@ -509,7 +497,7 @@ Status RevenueByTierJson(const StateReader& state, std::string* out) {
   w.Int64(total_revenue12);
   w.EndObject();
   w.EndObject();
-  *out = Done(buf);
+  *out = json::Text(buf);
   return Status::OK();
 }
 
@@ -559,9 +547,9 @@ Status UsageStatsJson(const StateReader& state, int64_t from_s, int64_t to_s, st
   JsonWriter w(buf);
   w.StartObject();
   w.Key("from");
-  Str(&w, FormatRfc3339Seconds(from_s));
+  json::String(&w, FormatRfc3339Seconds(from_s));
   w.Key("to");
-  Str(&w, FormatRfc3339Seconds(to_s));
+  json::String(&w, FormatRfc3339Seconds(to_s));
   w.Key("windows");
   w.Int64(windows);
   w.Key("users");
@@ -578,7 +566,7 @@ Status UsageStatsJson(const StateReader& state, int64_t from_s, int64_t to_s, st
     w.Key(key);
     w.StartObject();
     for (const auto& [name, value] : *map) {
-      Str(&w, name);
+      json::String(&w, name);
       w.Int64(value);
     }
     w.EndObject();
@@ -588,14 +576,14 @@ Status UsageStatsJson(const StateReader& state, int64_t from_s, int64_t to_s, st
   for (const auto& [user, used] : top) {
     w.StartObject();
     w.Key("user_id");
-    Str(&w, user);
+    json::String(&w, user);
     w.Key("calls");
     w.Int64(used);
     w.EndObject();
   }
   w.EndArray();
   w.EndObject();
-  *out = Done(buf);
+  *out = json::Text(buf);
   return Status::OK();
 }
 

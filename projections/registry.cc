@@ -1,5 +1,6 @@
 #include "projections/registry.h"
 
+#include "projections/byok.h"
 #include "projections/lago.h"
 #include "projections/plan_catalog.h"
 #include "projections/subscriptions.h"
@@ -12,7 +13,9 @@ const std::vector<const Fold*>& AllFolds() {
   static const SubscriptionFold subscriptions;
   static const LagoFold lago;
   static const UsageCountersFold usage;
-  static const std::vector<const Fold*> folds = {&plan_catalog, &subscriptions, &lago, &usage};
+  static const ByokFold byok;
+  static const std::vector<const Fold*> folds = {&plan_catalog, &subscriptions, &lago, &usage,
+                                                 &byok};
   return folds;
 }
 

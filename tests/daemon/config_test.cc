@@ -2,9 +2,12 @@
 // bad setting rejected at start with exit code 78 naming the setting; bad usage is 64.
 #include "daemon/config.h"
 
+#include "daemon/app.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <functional>
 
 #include "tests/daemon/daemon_test_util.h"
@@ -250,6 +253,9 @@ std::vector<BadSetting> BadSettings(const TempDir& dir) {
       {"LEDGER_HTTP_THREADS", "LEDGER_HTTP_THREADS", "100000", {}},
       {"LEDGER_HTTP_THREADS", "LEDGER_HTTP_THREADS", "many", {}},
       {"LEDGER_HTTP_THREADS", "", "", {"--http-threads=-3"}},
+      {"LEDGER_BYOK_BASE_URLS", "LEDGER_BYOK_BASE_URLS", "mistral=http://127.0.0.1:1", {}},
+      {"LEDGER_BYOK_BASE_URLS", "LEDGER_BYOK_BASE_URLS", "openai=ftp://x", {}},
+      {"LEDGER_BYOK_BASE_URLS", "", "", {"--byok-base-urls", "openai"}},
   };
 }
 
@@ -265,6 +271,45 @@ TEST(ConfigTest, EveryBadSettingExits78NamingIt) {
     EXPECT_EQ(r.exit_code, kExitConfig) << r.status.ToString();
     EXPECT_NE(r.status.message().find(bad.setting), std::string::npos) << r.status.message();
   }
+}
+
+TEST(ConfigTest, ByokBaseUrlsArePerProvider) {
+  ScopedCleanEnvironment env;
+  env.Set("LEDGER_BYOK_BASE_URLS", "openai=http://127.0.0.1:7001,anthropic=https://a.example");
+  Config config;
+  ParseResult r = Parse({}, &config);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(config.byok_base_urls.size(), 2u);
+  EXPECT_EQ(config.byok_base_urls["openai"], "http://127.0.0.1:7001");
+}
+
+TEST(ConfigTest, MasterKeyIsCreatedPrivateInDevAndRefusedWhenOthersCanReadIt) {
+  TempDir dir;
+  const std::string path = dir.path() + "/keys/master.key";
+  std::string key, again;
+  bool found = true;
+  ASSERT_TRUE(daemon::LoadOrCreateMasterKey(path, /*create=*/false, &key, &found).ok());
+  EXPECT_FALSE(found);  // outside dev mode a missing key is not made up
+  EXPECT_FALSE(std::filesystem::exists(path));
+  ASSERT_TRUE(daemon::LoadOrCreateMasterKey(path, /*create=*/true, &key, &found).ok());
+  EXPECT_TRUE(found);
+  EXPECT_EQ(key.size(), 32u);
+  EXPECT_EQ(std::filesystem::status(path).permissions() & std::filesystem::perms::all,
+            std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+  ASSERT_TRUE(daemon::LoadOrCreateMasterKey(path, /*create=*/false, &again, &found).ok());
+  EXPECT_EQ(again, key);  // the same key on the next start
+
+  std::filesystem::permissions(path, std::filesystem::perms::group_read,
+                               std::filesystem::perm_options::add);
+  Status s = daemon::LoadOrCreateMasterKey(path, false, &again, &found);
+  EXPECT_EQ(daemon::ExitCodeFor(s), kExitConfig) << s.ToString();
+  EXPECT_NE(s.message().find("LEDGER_MASTER_KEY_FILE"), std::string::npos);
+
+  std::filesystem::permissions(path, std::filesystem::perms::group_read,
+                               std::filesystem::perm_options::remove);
+  { std::ofstream(path) << "not-hex\n"; }
+  s = daemon::LoadOrCreateMasterKey(path, false, &again, &found);
+  EXPECT_EQ(daemon::ExitCodeFor(s), kExitConfig) << s.ToString();
 }
 
 TEST(ConfigTest, AJwksPathThatIsADirectoryIsRejected) {

@@ -1,0 +1,22 @@
+// The base URL of an outside API (Stripe, Lago, an LLM provider): "http(s)://host[:port][/prefix]".
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "events/status.h"
+
+namespace ledger::http {
+
+struct BaseUrl {
+  std::string scheme_host_port;  // what httplib::Client takes, e.g. "https://api.stripe.com"
+  std::string prefix;            // path prefix without a trailing '/', "" for none
+  bool https = false;
+};
+
+// InvalidArgument `code` naming `setting` when `url` is not an http or https URL with a host (no
+// userinfo, query or fragment).
+Status ParseBaseUrl(std::string_view url, std::string_view setting, std::string_view code,
+                    BaseUrl* out);
+
+}  // namespace ledger::http

@@ -1,0 +1,107 @@
+#include "http/byok_providers.h"
+
+#include <httplib.h>
+
+#include <algorithm>
+
+#include "http/base_url.h"
+
+namespace ledger::http {
+
+const std::vector<ByokProvider>& ByokProviders() {
+  static const std::vector<ByokProvider> providers = {
+      {"openai", "OpenAI", "sk-", "https://api.openai.com", "/v1/models", false},
+      {"anthropic", "Anthropic", "sk-ant-", "https://api.anthropic.com", "/v1/models", true},
+      {"huggingface", "Hugging Face", "hf_", "https://huggingface.co", "/api/whoami-v2", false},
+      {"openrouter", "OpenRouter", "sk-or-", "https://openrouter.ai", "/api/v1/key", false},
+  };
+  return providers;
+}
+
+const ByokProvider* FindByokProvider(std::string_view id) {
+  for (const ByokProvider& p : ByokProviders()) {
+    if (p.id == id) return &p;
+  }
+  return nullptr;
+}
+
+Status ParseByokBaseUrls(std::string_view text, std::map<std::string, std::string>* out) {
+  out->clear();
+  while (!text.empty()) {
+    const size_t comma = text.find(',');
+    const std::string_view entry = text.substr(0, comma);
+    text = comma == std::string_view::npos ? "" : text.substr(comma + 1);
+    if (entry.empty()) continue;
+    const size_t eq = entry.find('=');
+    const std::string_view id = entry.substr(0, eq);
+    if (eq == std::string_view::npos || FindByokProvider(id) == nullptr) {
+      return Status::InvalidArgument("bad_config", "LEDGER_BYOK_BASE_URLS: '" + std::string(id) +
+                                                       "' is not provider=url of a known provider");
+    }
+    BaseUrl parsed;
+    LEDGER_RETURN_IF_ERROR(ParseBaseUrl(entry.substr(eq + 1), "LEDGER_BYOK_BASE_URLS " +
+                                        std::string(id), "bad_config", &parsed));
+    (*out)[std::string(id)] = std::string(entry.substr(eq + 1));
+  }
+  return Status::OK();
+}
+
+std::string_view KeyVerdictName(KeyVerdict verdict) {
+  switch (verdict) {
+    case KeyVerdict::kValid: return "valid";
+    case KeyVerdict::kInvalid: return "invalid";
+    case KeyVerdict::kError: return "error";
+  }
+  return "error";
+}
+
+KeyTestResult TestProviderKey(const ByokProvider& provider, const std::string& base_url,
+                              const std::string& api_key, int timeout_ms) {
+  KeyTestResult result;
+  BaseUrl base;
+  if (!ParseBaseUrl(base_url, "the provider base URL", "bad_config", &base).ok()) {
+    result.detail = "the provider's base URL is not usable";
+    return result;
+  }
+  httplib::Client client(base.scheme_host_port);
+  const time_t seconds = timeout_ms / 1000;
+  const time_t micros = (timeout_ms % 1000) * 1000;
+  client.set_connection_timeout(seconds, micros);
+  client.set_read_timeout(seconds, micros);
+  client.set_write_timeout(seconds, micros);
+  client.set_follow_location(false);
+  if (base.https) client.enable_server_certificate_verification(true);
+  httplib::Headers headers = {{"Accept", "application/json"}};
+  if (provider.anthropic_headers) {
+    headers.emplace("x-api-key", api_key);
+    headers.emplace("anthropic-version", "2023-06-01");
+  } else {
+    headers.emplace("Authorization", "Bearer " + api_key);
+  }
+  httplib::Result answer = client.Get(base.prefix + std::string(provider.test_path), headers);
+  for (auto& [name, value] : headers) {
+    if (name == "x-api-key" || name == "Authorization") {
+      // The copies the request held; the caller wipes its own.
+      std::fill(value.begin(), value.end(), '\0');
+    }
+  }
+  if (!answer) {
+    result.detail = "no answer from " + std::string(provider.display_name) + " (" +
+                    httplib::to_string(answer.error()) + ")";
+    return result;
+  }
+  result.provider_status = answer->status;
+  if (answer->status >= 200 && answer->status < 300) {
+    result.verdict = KeyVerdict::kValid;
+    result.detail = "the key was accepted";
+  } else if (answer->status == 401 || answer->status == 403) {
+    result.verdict = KeyVerdict::kInvalid;
+    result.detail = "the key was refused";
+  } else {
+    result.detail = std::string(provider.display_name) + " answered " +
+                    std::to_string(answer->status);
+  }
+  return result;
+}
+
+}  // namespace ledger::http

@@ -1,0 +1,372 @@
+// BYOK routes (policy user: every route acts on the caller's own keys; another user's keys are
+// invisible and a DELETE of them is 404):
+//   GET    /api/v1/byok/providers          {"byok_enabled", "providers":[{"id","display_name",
+//                                          "key_prefix","configured"}]}
+//   GET    /api/v1/byok/keys               {"keys":[{"provider","key_id","label","hint",
+//                                          "added_at","last_tested_at","last_test_result"}]}
+//   POST   /api/v1/byok/keys/add           {"provider","api_key","label"?} -> 201 (the key is
+//                                          sealed here, before the command: only the sealed form
+//                                          reaches the writer, the log and Kafka)
+//   DELETE /api/v1/byok/keys/{provider}    200 {"provider","key_id","removed":true}; 404
+//   POST   /api/v1/byok/keys/test/{provider}  opens the key, asks the provider (byok_providers.h),
+//                                          records byok.key_tested.v1; 200 {"result","valid",...}
+//   GET    /api/v1/byok/stats              {"byok_enabled","providers_available","keys_configured",
+//                                          "keys_valid","keys_invalid","keys_untested"}
+// A plaintext key is never logged, never in an answer, and wiped from our own buffers after use.
+#include <openssl/rand.h>
+
+#include <memory>
+#include <string>
+
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include "events/types.h"
+#include "http/byok_providers.h"
+#include "http/idempotency.h"
+#include "http/problem.h"
+#include "http/routes.h"
+#include "http/secret_box.h"
+#include "projections/byok.h"
+#include "projections/json_util.h"
+#include "projections/json_write.h"
+#include "projections/subscriptions.h"
+#include "projections/usage.h"
+
+namespace ledger::http {
+
+namespace {
+
+namespace pj = ledger::projections;
+using JsonWriter = json::Writer;
+
+constexpr char kProvidersPath[] = "/api/v1/byok/providers";
+constexpr char kKeysPath[] = "/api/v1/byok/keys";
+constexpr char kAddPath[] = "/api/v1/byok/keys/add";
+constexpr char kKeyPattern[] = R"(/api/v1/byok/keys/([^/]+))";
+constexpr char kKeyName[] = "/api/v1/byok/keys/{provider}";
+constexpr char kTestPattern[] = R"(/api/v1/byok/keys/test/([^/]+))";
+constexpr char kTestName[] = "/api/v1/byok/keys/test/{provider}";
+constexpr char kStatsPath[] = "/api/v1/byok/stats";
+constexpr size_t kAddBodyBytesMax = 4 * 1024;
+
+struct ByokRouteContext {
+  Ledger* ledger = nullptr;
+  const SecretBox* box = nullptr;
+  std::map<std::string, std::string> base_urls;
+  int timeout_ms = 5000;
+};
+
+void OptTimeUs(JsonWriter* w, const std::optional<int64_t>& t_us) {
+  if (t_us) {
+    json::String(w, pj::FormatRfc3339Micros(*t_us));
+  } else {
+    w->Null();
+  }
+}
+
+bool RequireBox(const ByokRouteContext& c, httplib::Response& res) {
+  if (c.box != nullptr) return true;
+  WriteProblem(503, "byok_not_configured",
+               "no key-encryption key is configured (LEDGER_MASTER_KEY_FILE)", &res);
+  return false;
+}
+
+bool ByokEnabled(const ReadView& view, const std::string& user_id, bool* enabled,
+                 httplib::Response& res) {
+  pj::UserAccess access;
+  Status s = pj::GetUserAccess(view, user_id, &access);
+  if (!s.ok()) {
+    WriteStatusProblem(s, &res);
+    return false;
+  }
+  *enabled = access.access != pj::AccessLevel::kNone && access.plan && access.plan->byok_enabled;
+  return true;
+}
+
+bool LoadKeys(const ReadView& view, const std::string& user_id, std::vector<pj::ByokKeyRow>* keys,
+              httplib::Response& res) {
+  Status s = pj::ListByokKeys(view, user_id, keys);
+  if (!s.ok()) WriteStatusProblem(s, &res);
+  return s.ok();
+}
+
+void Providers(const ByokRouteContext& c, const httplib::Request&, httplib::Response& res,
+               const Identity& identity) {
+  if (!RequireLedger(c.ledger, res)) return;
+  std::unique_ptr<ReadView> view = c.ledger->Snapshot();
+  bool enabled = false;
+  std::vector<pj::ByokKeyRow> keys;
+  if (!ByokEnabled(*view, identity.subject, &enabled, res) ||
+      !LoadKeys(*view, identity.subject, &keys, res)) {
+    return;
+  }
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("byok_enabled");
+  w.Bool(enabled);
+  w.Key("providers");
+  w.StartArray();
+  for (const ByokProvider& p : ByokProviders()) {
+    bool configured = false;
+    for (const auto& k : keys) configured = configured || k.provider == p.id;
+    w.StartObject();
+    w.Key("id");
+    json::String(&w, p.id);
+    w.Key("display_name");
+    json::String(&w, p.display_name);
+    w.Key("key_prefix");
+    json::String(&w, p.key_prefix);
+    w.Key("configured");
+    w.Bool(configured);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.EndObject();
+  WriteJsonAt(200, std::string(buf.GetString(), buf.GetSize()), view->position(), &res);
+}
+
+void Keys(const ByokRouteContext& c, const httplib::Request&, httplib::Response& res,
+          const Identity& identity) {
+  if (!RequireLedger(c.ledger, res)) return;
+  std::unique_ptr<ReadView> view = c.ledger->Snapshot();
+  std::vector<pj::ByokKeyRow> keys;
+  if (!LoadKeys(*view, identity.subject, &keys, res)) return;
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("keys");
+  w.StartArray();
+  for (const pj::ByokKeyRow& k : keys) {
+    w.StartObject();
+    w.Key("provider");
+    json::String(&w, k.provider);
+    w.Key("key_id");
+    json::String(&w, k.key_id);
+    w.Key("label");
+    if (k.label) {
+      json::String(&w, *k.label);
+    } else {
+      w.Null();
+    }
+    w.Key("hint");
+    json::String(&w, k.hint);
+    w.Key("added_at");
+    json::String(&w, pj::FormatRfc3339Micros(k.added_at_us));
+    w.Key("last_tested_at");
+    OptTimeUs(&w, k.tested_at_us);
+    w.Key("last_test_result");
+    if (k.test_result) {
+      json::String(&w, *k.test_result);
+    } else {
+      w.Null();
+    }
+    w.EndObject();
+  }
+  w.EndArray();
+  w.EndObject();
+  WriteJsonAt(200, std::string(buf.GetString(), buf.GetSize()), view->position(), &res);
+}
+
+bool PrintableKey(std::string_view key) {
+  for (char ch : key) {
+    if (ch <= ' ' || ch > '~') return false;
+  }
+  return true;
+}
+
+// {"provider","api_key","label"?}. Problems never quote the key.
+Status ParseAddBody(const std::string& body, std::string* provider, std::string* api_key,
+                    std::optional<std::string>* label) {
+  if (body.size() > kAddBodyBytesMax) {
+    return Status::Make(Code::kUnprocessable, "validation_failed", "the body is over 4 KiB");
+  }
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(pj::ParseJsonObject(body, &doc));
+  for (const auto& m : doc.GetObject()) {
+    const std::string_view name(m.name.GetString(), m.name.GetStringLength());
+    if (name != "provider" && name != "api_key" && name != "label") {
+      return Status::Make(Code::kUnprocessable, "unknown_field",
+                          "unknown field '" + pj::Truncated(name) + "'");
+    }
+  }
+  pj::ObjectReader reader(doc);
+  LEDGER_RETURN_IF_ERROR(reader.String("provider", true, provider));
+  Status s = reader.String("api_key", true, api_key);
+  if (!s.ok()) {
+    return Status::Make(Code::kUnprocessable, "validation_failed", "api_key: a string is required");
+  }
+  LEDGER_RETURN_IF_ERROR(reader.NullableString("label", false, label));
+  const ByokProvider* p = FindByokProvider(*provider);
+  if (p == nullptr) {
+    return Status::Make(Code::kUnprocessable, "unknown_provider",
+                        "provider: not one of GET /api/v1/byok/providers");
+  }
+  if (api_key->size() < pj::kByokKeyBytesMin || api_key->size() > pj::kByokKeyBytesMax ||
+      !PrintableKey(*api_key)) {
+    return Status::Make(Code::kUnprocessable, "validation_failed",
+                        "api_key: 16 to 512 printable characters without spaces");
+  }
+  if (api_key->compare(0, p->key_prefix.size(), p->key_prefix) != 0) {
+    return Status::Make(Code::kUnprocessable, "validation_failed",
+                        "api_key: " + std::string(p->display_name) + " keys start with '" +
+                            std::string(p->key_prefix) + "'");
+  }
+  if (*label && (label->value().size() > pj::kByokLabelBytesMax || !pj::IsValidUtf8(**label))) {
+    return Status::Make(Code::kUnprocessable, "validation_failed", "label: at most 100 bytes");
+  }
+  return Status::OK();
+}
+
+void AddKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Response& res,
+            const Identity& identity) {
+  if (!RequireLedger(c.ledger, res) || !RequireBox(c, res)) return;
+  std::string provider, api_key;
+  std::optional<std::string> label;
+  Status s = ParseAddBody(req.body, &provider, &api_key, &label);
+  if (!s.ok()) {
+    WipeSecret(&api_key);
+    WriteStatusProblem(s, &res);
+    return;
+  }
+  unsigned char id_bytes[16];
+  if (RAND_bytes(id_bytes, sizeof(id_bytes)) != 1) {
+    WipeSecret(&api_key);
+    WriteProblem(500, "internal", "no randomness for a key id", &res);
+    return;
+  }
+  pj::ByokKeyRow key;
+  key.provider = provider;
+  key.key_id = "key_" + HexEncode(std::string_view(reinterpret_cast<const char*>(id_bytes),
+                                                   sizeof(id_bytes)));
+  key.label = std::move(label);
+  key.hint = pj::ByokKeyHint(api_key);
+  key.kek_id = c.box->key_id();
+  s = c.box->Seal(api_key, pj::ByokAssociatedData(identity.subject, provider, key.key_id),
+                  &key.encrypted_key);
+  WipeSecret(&api_key);
+  if (!s.ok()) {
+    WriteStatusProblem(s, &res);
+    return;
+  }
+  pj::AddByokKey command(identity.subject, std::move(key));
+  if (!ApplyIdempotencyKey(req, kAddPath, identity, &command, &res)) return;
+  WriteCommandResult(c.ledger->Submit(&command), &res);
+}
+
+void RemoveKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Response& res,
+               const Identity& identity) {
+  if (!RequireLedger(c.ledger, res)) return;
+  const std::string provider = req.matches[1].str();
+  if (FindByokProvider(provider) == nullptr) {
+    WriteProblem(404, "not_found", "no such provider", &res);
+    return;
+  }
+  pj::RemoveByokKey command(identity.subject, provider);
+  if (!ApplyIdempotencyKey(req, kKeyName, identity, &command, &res)) return;
+  WriteCommandResult(c.ledger->Submit(&command), &res);
+}
+
+void TestKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Response& res,
+             const Identity& identity) {
+  if (!RequireLedger(c.ledger, res) || !RequireBox(c, res)) return;
+  const std::string provider_id = req.matches[1].str();
+  const ByokProvider* provider = FindByokProvider(provider_id);
+  if (provider == nullptr) {
+    WriteProblem(404, "not_found", "no such provider", &res);
+    return;
+  }
+  pj::ByokKeyRow key;
+  {
+    std::unique_ptr<ReadView> view = c.ledger->Snapshot();
+    Status s = pj::GetByokKey(*view, identity.subject, provider_id, &key);
+    if (!s.ok()) {
+      WriteStatusProblem(s, &res);
+      return;
+    }
+  }
+  if (key.kek_id != c.box->key_id()) {
+    WriteProblem(409, "key_unreadable",
+                 "the key was sealed under another key-encryption key; add it again", &res);
+    return;
+  }
+  std::string api_key;
+  Status s = c.box->Open(key.encrypted_key,
+                         pj::ByokAssociatedData(identity.subject, provider_id, key.key_id),
+                         &api_key);
+  if (!s.ok()) {
+    WriteProblem(409, "key_unreadable", "the stored key does not open; add it again", &res);
+    return;
+  }
+  auto url = c.base_urls.find(provider_id);
+  const std::string base =
+      url != c.base_urls.end() ? url->second : std::string(provider->default_base_url);
+  KeyTestResult result = TestProviderKey(*provider, base, api_key, c.timeout_ms);
+  WipeSecret(&api_key);
+  pj::RecordByokKeyTest command(identity.subject, provider_id, key.key_id,
+                                std::string(KeyVerdictName(result.verdict)),
+                                result.provider_status, result.detail);
+  WriteCommandResult(c.ledger->Submit(&command), &res);
+}
+
+void Stats(const ByokRouteContext& c, const httplib::Request&, httplib::Response& res,
+           const Identity& identity) {
+  if (!RequireLedger(c.ledger, res)) return;
+  std::unique_ptr<ReadView> view = c.ledger->Snapshot();
+  bool enabled = false;
+  std::vector<pj::ByokKeyRow> keys;
+  if (!ByokEnabled(*view, identity.subject, &enabled, res) ||
+      !LoadKeys(*view, identity.subject, &keys, res)) {
+    return;
+  }
+  int64_t valid = 0, invalid = 0, untested = 0;
+  for (const auto& k : keys) {
+    if (!k.test_result) {
+      ++untested;
+    } else if (*k.test_result == "valid") {
+      ++valid;
+    } else if (*k.test_result == "invalid") {
+      ++invalid;
+    }
+  }
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("byok_enabled");
+  w.Bool(enabled);
+  w.Key("providers_available");
+  w.Uint64(ByokProviders().size());
+  w.Key("keys_configured");
+  w.Uint64(keys.size());
+  w.Key("keys_valid");
+  w.Int64(valid);
+  w.Key("keys_invalid");
+  w.Int64(invalid);
+  w.Key("keys_untested");
+  w.Int64(untested);
+  w.EndObject();
+  WriteJsonAt(200, std::string(buf.GetString(), buf.GetSize()), view->position(), &res);
+}
+
+}  // namespace
+
+void AddByokRoutes(const AppContext& context, RouteTable* routes) {
+  auto c = std::make_shared<ByokRouteContext>();
+  c->ledger = context.ledger;
+  c->box = context.byok_box;
+  c->base_urls = context.byok_base_urls;
+  c->timeout_ms = context.byok_test_timeout_ms;
+  auto bind = [c](auto handler) {
+    return [c, handler](const httplib::Request& req, httplib::Response& res,
+                        const Identity& identity) { handler(*c, req, res, identity); };
+  };
+  routes->Add("GET", kProvidersPath, kProvidersPath, Policy::kUser, bind(Providers));
+  routes->Add("GET", kKeysPath, kKeysPath, Policy::kUser, bind(Keys));
+  routes->Add("POST", kAddPath, kAddPath, Policy::kUser, bind(AddKey));
+  routes->Add("POST", kTestPattern, kTestName, Policy::kUser, bind(TestKey));
+  routes->Add("DELETE", kKeyPattern, kKeyName, Policy::kUser, bind(RemoveKey));
+  routes->Add("GET", kStatsPath, kStatsPath, Policy::kUser, bind(Stats));
+}
+
+}  // namespace ledger::http

@@ -1,0 +1,106 @@
+#include "http/secret_box.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include "events/types.h"
+#include "http/base64.h"
+
+namespace ledger::http {
+
+namespace {
+
+constexpr std::string_view kVersionPrefix = "v1:";
+constexpr size_t kNonceBytes = 12;
+constexpr size_t kTagBytes = 16;
+
+struct CipherCtx {
+  EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
+  ~CipherCtx() { EVP_CIPHER_CTX_free(ctx); }
+};
+
+const unsigned char* Bytes(std::string_view s) {
+  return reinterpret_cast<const unsigned char*>(s.data());
+}
+unsigned char* Bytes(std::string* s) { return reinterpret_cast<unsigned char*>(s->data()); }
+
+Status Unsealable() {
+  return Status::InvalidArgument("unsealable", "the sealed value does not open under this key");
+}
+
+}  // namespace
+
+void WipeSecret(std::string* secret) {
+  if (!secret->empty()) OPENSSL_cleanse(secret->data(), secret->size());
+  secret->clear();
+}
+
+Status SecretBox::Create(std::string_view key, std::unique_ptr<SecretBox>* out) {
+  if (key.size() != kKeyBytes) {
+    return Status::InvalidArgument("bad_master_key", "the master key must be 32 bytes");
+  }
+  std::unique_ptr<SecretBox> box(new SecretBox());
+  box->key_.assign(key);
+  box->key_id_ = HexEncode(Sha256("ledger-kek-v1", key)).substr(0, 16);
+  *out = std::move(box);
+  return Status::OK();
+}
+
+SecretBox::~SecretBox() { WipeSecret(&key_); }
+
+Status SecretBox::Seal(std::string_view plaintext, std::string_view associated_data,
+                       std::string* sealed) const {
+  std::string raw(kNonceBytes + plaintext.size() + kTagBytes, '\0');
+  if (RAND_bytes(Bytes(&raw), kNonceBytes) != 1) return Status::Internal("RAND_bytes failed");
+  CipherCtx c;
+  int len = 0;
+  unsigned char* ct = Bytes(&raw) + kNonceBytes;
+  bool ok = c.ctx != nullptr &&
+            EVP_EncryptInit_ex(c.ctx, EVP_aes_256_gcm(), nullptr, nullptr, nullptr) == 1 &&
+            EVP_CIPHER_CTX_ctrl(c.ctx, EVP_CTRL_GCM_SET_IVLEN, kNonceBytes, nullptr) == 1 &&
+            EVP_EncryptInit_ex(c.ctx, nullptr, nullptr, Bytes(key_), Bytes(&raw)) == 1 &&
+            EVP_EncryptUpdate(c.ctx, nullptr, &len, Bytes(associated_data),
+                              static_cast<int>(associated_data.size())) == 1 &&
+            EVP_EncryptUpdate(c.ctx, ct, &len, Bytes(plaintext),
+                              static_cast<int>(plaintext.size())) == 1 &&
+            EVP_EncryptFinal_ex(c.ctx, ct + len, &len) == 1 &&
+            EVP_CIPHER_CTX_ctrl(c.ctx, EVP_CTRL_GCM_GET_TAG, kTagBytes,
+                                ct + plaintext.size()) == 1;
+  if (!ok) return Status::Internal("AES-256-GCM encryption failed");
+  *sealed = std::string(kVersionPrefix) + Base64Encode(raw);
+  return Status::OK();
+}
+
+Status SecretBox::Open(std::string_view sealed, std::string_view associated_data,
+                       std::string* plaintext) const {
+  std::string raw;
+  if (sealed.substr(0, kVersionPrefix.size()) != kVersionPrefix ||
+      !Base64Decode(sealed.substr(kVersionPrefix.size()), &raw) ||
+      raw.size() < kNonceBytes + kTagBytes) {
+    return Unsealable();
+  }
+  const size_t ct_bytes = raw.size() - kNonceBytes - kTagBytes;
+  std::string out(ct_bytes, '\0');
+  std::string tag = raw.substr(kNonceBytes + ct_bytes);
+  CipherCtx c;
+  int len = 0;
+  bool ok = c.ctx != nullptr &&
+            EVP_DecryptInit_ex(c.ctx, EVP_aes_256_gcm(), nullptr, nullptr, nullptr) == 1 &&
+            EVP_CIPHER_CTX_ctrl(c.ctx, EVP_CTRL_GCM_SET_IVLEN, kNonceBytes, nullptr) == 1 &&
+            EVP_DecryptInit_ex(c.ctx, nullptr, nullptr, Bytes(key_), Bytes(raw)) == 1 &&
+            EVP_DecryptUpdate(c.ctx, nullptr, &len, Bytes(associated_data),
+                              static_cast<int>(associated_data.size())) == 1 &&
+            EVP_DecryptUpdate(c.ctx, Bytes(&out), &len, Bytes(raw) + kNonceBytes,
+                              static_cast<int>(ct_bytes)) == 1 &&
+            EVP_CIPHER_CTX_ctrl(c.ctx, EVP_CTRL_GCM_SET_TAG, kTagBytes, tag.data()) == 1 &&
+            EVP_DecryptFinal_ex(c.ctx, Bytes(&out) + len, &len) == 1;
+  if (!ok) {
+    WipeSecret(&out);
+    return Unsealable();
+  }
+  *plaintext = std::move(out);
+  return Status::OK();
+}
+
+}  // namespace ledger::http

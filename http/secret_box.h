@@ -1,0 +1,51 @@
+// SecretBox: authenticated encryption of small secrets (BYOK provider API keys) under the
+// key-encryption key of LEDGER_MASTER_KEY_FILE, with OpenSSL's AES-256-GCM.
+//
+// Sealed form: "v1:" + base64(nonce (12 random bytes) ‖ ciphertext ‖ tag (16 bytes)). The
+// associated data binds a sealed value to its owner (user, provider, key id), so a sealed key
+// copied into another user's row does not open. A fresh random nonce per Seal; with 96-bit random
+// nonces one key stays far inside GCM's limits for the number of keys users will ever add.
+//
+// key_id(): the first 16 hex digits of SHA-256("ledger-kek-v1" ‖ key): names the key a value was
+// sealed under (stored next to it) without revealing anything about the key.
+//
+// Thread safety: immutable after Create(); Seal/Open from any thread.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "events/status.h"
+
+namespace ledger::http {
+
+class SecretBox {
+ public:
+  static constexpr size_t kKeyBytes = 32;
+
+  // InvalidArgument unless `key` is exactly 32 bytes.
+  static Status Create(std::string_view key, std::unique_ptr<SecretBox>* out);
+  ~SecretBox();
+  SecretBox(const SecretBox&) = delete;
+  SecretBox& operator=(const SecretBox&) = delete;
+
+  Status Seal(std::string_view plaintext, std::string_view associated_data,
+              std::string* sealed) const;
+  // InvalidArgument "unsealable" when `sealed` is malformed, was sealed under another key or with
+  // other associated data, or was changed.
+  Status Open(std::string_view sealed, std::string_view associated_data,
+              std::string* plaintext) const;
+
+  const std::string& key_id() const { return key_id_; }
+
+ private:
+  SecretBox() = default;
+  std::string key_;
+  std::string key_id_;
+};
+
+// Overwrites `secret` with zeros (OPENSSL_cleanse) and empties it.
+void WipeSecret(std::string* secret);
+
+}  // namespace ledger::http

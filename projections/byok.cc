@@ -1,0 +1,341 @@
+#include "projections/byok.h"
+
+#include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include "projections/json_util.h"
+#include "projections/json_write.h"
+#include "projections/subscriptions.h"
+#include "projections/usage.h"
+
+namespace ledger::projections {
+
+namespace {
+
+using JsonWriter = json::Writer;
+
+constexpr std::string_view kKeyPrefix = "key/";
+
+std::string RowKey(std::string_view user_id, std::string_view provider) {
+  std::string key(kKeyPrefix);
+  key.append(user_id).push_back('/');
+  key.append(provider);
+  return key;
+}
+
+std::string RowJson(const ByokKeyRow& row) {
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("provider");
+  json::String(&w, row.provider);
+  w.Key("key_id");
+  json::String(&w, row.key_id);
+  w.Key("label");
+  json::OptString(&w, row.label);
+  w.Key("hint");
+  json::String(&w, row.hint);
+  w.Key("encrypted_key");
+  json::String(&w, row.encrypted_key);
+  w.Key("kek_id");
+  json::String(&w, row.kek_id);
+  w.Key("added_at_us");
+  w.Int64(row.added_at_us);
+  w.Key("tested_at_us");
+  json::OptInt(&w, row.tested_at_us);
+  w.Key("test_result");
+  json::OptString(&w, row.test_result);
+  w.Key("test_provider_status");
+  json::OptInt(&w, row.test_provider_status);
+  w.EndObject();
+  return json::Text(buf);
+}
+
+Status ParseRow(std::string_view json, ByokKeyRow* out) {
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(ParseJsonObject(json, &doc));
+  ObjectReader r(doc);
+  Status s = r.String("provider", true, &out->provider);
+  if (s.ok()) s = r.String("key_id", true, &out->key_id);
+  if (s.ok()) s = r.NullableString("label", true, &out->label);
+  if (s.ok()) s = r.String("hint", true, &out->hint);
+  if (s.ok()) s = r.String("encrypted_key", true, &out->encrypted_key);
+  if (s.ok()) s = r.String("kek_id", true, &out->kek_id);
+  if (s.ok()) s = r.Int("added_at_us", true, &out->added_at_us);
+  if (s.ok()) s = r.NullableInt("tested_at_us", true, &out->tested_at_us);
+  if (s.ok()) s = r.NullableString("test_result", true, &out->test_result);
+  if (s.ok()) s = r.NullableInt("test_provider_status", true, &out->test_provider_status);
+  if (!s.ok()) return Status::Corruption("byok row: " + s.message());
+  return Status::OK();
+}
+
+Status Malformed(const Event& event, const Status& s) {
+  return Status::InvalidArgument("malformed_event", event.type + ": " + s.message());
+}
+
+bool UsableId(std::string_view id) {
+  return !id.empty() && id.find('/') == std::string_view::npos;
+}
+
+}  // namespace
+
+std::string ByokAssociatedData(std::string_view user_id, std::string_view provider,
+                               std::string_view key_id) {
+  std::string aad = "ledger-byok-v1";
+  for (std::string_view part : {user_id, provider, key_id}) {
+    aad.push_back('\0');
+    aad.append(part);
+  }
+  return aad;
+}
+
+std::string ByokKeyHint(std::string_view api_key) {
+  if (api_key.size() < kByokKeyBytesMin) return "…";
+  return std::string(api_key.substr(0, 3)) + "…" + std::string(api_key.substr(api_key.size() - 4));
+}
+
+// ---- the fold ------------------------------------------------------------------------------------
+
+Status ByokFold::Apply(const Event& event, const StateReader& state, RowWriter* rows) const {
+  const bool added = event.type == kByokKeyAddedV1;
+  const bool removed = event.type == kByokKeyRemovedV1;
+  const bool tested = event.type == kByokKeyTestedV1;
+  if (!added && !removed && !tested) return Status::OK();
+  rapidjson::Document doc;
+  Status s = ParseJsonObject(event.data, &doc);
+  if (!s.ok()) return Malformed(event, s);
+  ObjectReader r(doc);
+  std::string user_id, provider, key_id;
+  s = r.String("user_id", true, &user_id);
+  if (s.ok()) s = r.String("provider", true, &provider);
+  if (s.ok()) s = r.String("key_id", true, &key_id);
+  if (s.ok() && (!UsableId(user_id) || !UsableId(provider))) {
+    s = Status::InvalidArgument("malformed_event", "user_id/provider: empty or with '/'");
+  }
+  if (!s.ok()) return Malformed(event, s);
+  const std::string key = RowKey(user_id, provider);
+
+  if (added) {
+    ByokKeyRow row;
+    row.provider = provider;
+    row.key_id = key_id;
+    row.added_at_us = event.time_us;
+    s = r.NullableString("label", true, &row.label);
+    if (s.ok()) s = r.String("hint", true, &row.hint);
+    if (s.ok()) s = r.String("encrypted_key", true, &row.encrypted_key);
+    if (s.ok()) s = r.String("kek_id", true, &row.kek_id);
+    if (!s.ok()) return Malformed(event, s);
+    return rows->Put(kByokFamily, key, RowJson(row));
+  }
+  // Removal and test results apply to the key they name only (a later key for the same provider
+  // is another key).
+  ByokKeyRow row;
+  s = GetByokKey(state, user_id, provider, &row);
+  if (s.IsNotFound()) return Status::OK();
+  LEDGER_RETURN_IF_ERROR(s);
+  if (row.key_id != key_id) return Status::OK();
+  if (removed) return rows->Delete(kByokFamily, key);
+  std::string result;
+  std::optional<int64_t> provider_status;
+  s = r.String("result", true, &result);
+  if (s.ok()) s = r.NullableInt("provider_status", true, &provider_status);
+  if (!s.ok()) return Malformed(event, s);
+  row.tested_at_us = event.time_us;
+  row.test_result = result;
+  row.test_provider_status = provider_status;
+  return rows->Put(kByokFamily, key, RowJson(row));
+}
+
+// ---- queries -------------------------------------------------------------------------------------
+
+Status ListByokKeys(const StateReader& state, std::string_view user_id,
+                    std::vector<ByokKeyRow>* out) {
+  out->clear();
+  if (!UsableId(user_id)) return Status::OK();
+  std::string prefix(kKeyPrefix);
+  prefix.append(user_id).push_back('/');
+  Status parse;
+  LEDGER_RETURN_IF_ERROR(state.Scan(kByokFamily, prefix, [&](std::string_view, std::string_view v) {
+    ByokKeyRow row;
+    parse = ParseRow(v, &row);
+    if (!parse.ok()) return false;
+    out->push_back(std::move(row));
+    return true;
+  }));
+  return parse;
+}
+
+Status GetByokKey(const StateReader& state, std::string_view user_id, std::string_view provider,
+                  ByokKeyRow* out) {
+  if (!UsableId(user_id) || !UsableId(provider)) return Status::NotFound("no such key");
+  std::string value;
+  Status s = state.Get(kByokFamily, RowKey(user_id, provider), &value);
+  if (s.IsNotFound()) return Status::NotFound("no " + std::string(provider) + " key");
+  LEDGER_RETURN_IF_ERROR(s);
+  return ParseRow(value, out);
+}
+
+// ---- commands ------------------------------------------------------------------------------------
+
+AddByokKey::AddByokKey(std::string user_id, ByokKeyRow key)
+    : user_id_(std::move(user_id)), key_(std::move(key)) {}
+
+Status AddByokKey::Decide(const DecideContext& context, Decision* decision) {
+  if (!UsableId(user_id_) || !UsableId(key_.provider) || key_.key_id.empty() ||
+      key_.encrypted_key.empty()) {
+    return Status::Make(Code::kUnprocessable, "invalid_request", "malformed key");
+  }
+  UserAccess access;
+  LEDGER_RETURN_IF_ERROR(GetUserAccess(*context.state, user_id_, &access));
+  if (access.access == AccessLevel::kNone || !access.plan || !access.plan->byok_enabled) {
+    return Status::Make(Code::kPermissionDenied, "byok_not_in_plan",
+                        "bringing your own key needs an active plan with BYOK (Starter or above)");
+  }
+  std::optional<std::string> replaced;
+  ByokKeyRow current;
+  Status s = GetByokKey(*context.state, user_id_, key_.provider, &current);
+  if (s.ok()) {
+    replaced = current.key_id;
+  } else if (!s.IsNotFound()) {
+    return s;
+  }
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("user_id");
+  json::String(&w, user_id_);
+  w.Key("provider");
+  json::String(&w, key_.provider);
+  w.Key("key_id");
+  json::String(&w, key_.key_id);
+  w.Key("label");
+  json::OptString(&w, key_.label);
+  w.Key("hint");
+  json::String(&w, key_.hint);
+  w.Key("encrypted_key");
+  json::String(&w, key_.encrypted_key);
+  w.Key("kek_id");
+  json::String(&w, key_.kek_id);
+  w.Key("replaced_key_id");
+  json::OptString(&w, replaced);
+  w.EndObject();
+  decision->events.push_back(NewEvent{std::string(kByokKeyAddedV1), user_id_, json::Text(buf)});
+
+  rapidjson::StringBuffer body_buf;
+  JsonWriter body(body_buf);
+  body.StartObject();
+  body.Key("provider");
+  json::String(&body, key_.provider);
+  body.Key("key_id");
+  json::String(&body, key_.key_id);
+  body.Key("label");
+  json::OptString(&body, key_.label);
+  body.Key("hint");
+  json::String(&body, key_.hint);
+  body.Key("added_at");
+  json::String(&body, FormatRfc3339Micros(context.now_us));
+  body.Key("replaced_key_id");
+  json::OptString(&body, replaced);
+  body.EndObject();
+  decision->http_status = 201;
+  decision->body = json::Text(body_buf);
+  return Status::OK();
+}
+
+RemoveByokKey::RemoveByokKey(std::string user_id, std::string provider)
+    : user_id_(std::move(user_id)), provider_(std::move(provider)) {}
+
+Status RemoveByokKey::Decide(const DecideContext& context, Decision* decision) {
+  ByokKeyRow current;
+  LEDGER_RETURN_IF_ERROR(GetByokKey(*context.state, user_id_, provider_, &current));
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("user_id");
+  json::String(&w, user_id_);
+  w.Key("provider");
+  json::String(&w, provider_);
+  w.Key("key_id");
+  json::String(&w, current.key_id);
+  w.EndObject();
+  decision->events.push_back(NewEvent{std::string(kByokKeyRemovedV1), user_id_, json::Text(buf)});
+  decision->http_status = 200;
+  rapidjson::StringBuffer body_buf;
+  JsonWriter body(body_buf);
+  body.StartObject();
+  body.Key("provider");
+  json::String(&body, provider_);
+  body.Key("key_id");
+  json::String(&body, current.key_id);
+  body.Key("removed");
+  body.Bool(true);
+  body.EndObject();
+  decision->body = json::Text(body_buf);
+  return Status::OK();
+}
+
+RecordByokKeyTest::RecordByokKeyTest(std::string user_id, std::string provider,
+                                     std::string key_id, std::string result, int provider_status,
+                                     std::string detail)
+    : user_id_(std::move(user_id)),
+      provider_(std::move(provider)),
+      key_id_(std::move(key_id)),
+      result_(std::move(result)),
+      provider_status_(provider_status),
+      detail_(std::move(detail)) {}
+
+Status RecordByokKeyTest::Decide(const DecideContext& context, Decision* decision) {
+  ByokKeyRow current;
+  LEDGER_RETURN_IF_ERROR(GetByokKey(*context.state, user_id_, provider_, &current));
+  if (current.key_id != key_id_) {
+    return Status::Conflict("key_changed", "the key was replaced while it was being tested");
+  }
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("user_id");
+  json::String(&w, user_id_);
+  w.Key("provider");
+  json::String(&w, provider_);
+  w.Key("key_id");
+  json::String(&w, key_id_);
+  w.Key("result");
+  json::String(&w, result_);
+  w.Key("provider_status");
+  if (provider_status_ > 0) {
+    w.Int(provider_status_);
+  } else {
+    w.Null();
+  }
+  w.EndObject();
+  decision->events.push_back(NewEvent{std::string(kByokKeyTestedV1), user_id_, json::Text(buf)});
+
+  rapidjson::StringBuffer body_buf;
+  JsonWriter body(body_buf);
+  body.StartObject();
+  body.Key("provider");
+  json::String(&body, provider_);
+  body.Key("key_id");
+  json::String(&body, key_id_);
+  body.Key("result");
+  json::String(&body, result_);
+  body.Key("valid");
+  body.Bool(result_ == "valid");
+  body.Key("provider_status");
+  if (provider_status_ > 0) {
+    body.Int(provider_status_);
+  } else {
+    body.Null();
+  }
+  body.Key("detail");
+  json::String(&body, detail_);
+  body.Key("tested_at");
+  json::String(&body, FormatRfc3339Micros(context.now_us));
+  body.EndObject();
+  decision->http_status = 200;
+  decision->body = json::Text(body_buf);
+  return Status::OK();
+}
+
+}  // namespace ledger::projections

@@ -1,0 +1,392 @@
+// BYOK over real HTTP on loopback against a real Ledger (http/byok_routes.cc,
+// projections/byok.h, http/secret_box.h): keys are sealed before they reach the log, masked in
+// every answer, replaced and removed per provider, gated by the plan, and tested against a fake
+// provider that checks each provider's own authentication headers. The plaintext key is looked
+// for everywhere it must not be: answers, event data, and every byte of the data directory.
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "events/ledger.h"
+#include "http/app_context.h"
+#include "http/byok_providers.h"
+#include "http/problem.h"
+#include "http/routes.h"
+#include "http/secret_box.h"
+#include "projections/byok.h"
+#include "projections/registry.h"
+#include "tests/support/billing_fixtures.h"
+#include "tests/support/http_client.h"
+#include "tests/support/http_stack.h"
+#include "tests/support/schema_check.h"
+#include "tests/support/test_ledger.h"
+#include "tests/support/tokens.h"
+#include "tests/support/usage_fixtures.h"
+
+namespace ledger::http {
+namespace {
+
+using ledger::testing::HttpReply;
+using ledger::testing::kStripeT0;
+using ledger::testing::OnPlan;
+using ledger::testing::TestHttpClient;
+using ledger::testing::TokenClaims;
+namespace pj = ledger::projections;
+
+constexpr int64_t kUs = 1'000'000;
+constexpr int64_t kNow = kStripeT0 + 1000;
+constexpr char kOpenAiKey[] = "sk-proj-alice-0123456789abcdefghijklmnopqrstuv";
+constexpr char kAnthropicKey[] = "sk-ant-api03-alice-zyxwvutsrqponmlkjihgfedcba";
+
+// A provider API on loopback: GET /v1/models (OpenAI: Bearer; Anthropic: x-api-key and
+// anthropic-version) answers 200 for the keys it knows and 401 otherwise; a request without the
+// provider's own headers is 400 and counted as malformed.
+class FakeProvider {
+ public:
+  FakeProvider() {
+    server_.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++calls_;
+      std::string key;
+      if (req.has_header("x-api-key")) {
+        if (req.get_header_value("anthropic-version") != "2023-06-01" ||
+            req.has_header("Authorization")) {
+          ++malformed_;
+          res.status = 400;
+          return;
+        }
+        key = req.get_header_value("x-api-key");
+      } else {
+        const std::string auth = req.get_header_value("Authorization");
+        if (auth.rfind("Bearer ", 0) != 0) {
+          ++malformed_;
+          res.status = 400;
+          return;
+        }
+        key = auth.substr(7);
+      }
+      res.status = valid_.count(key) != 0 ? 200 : 401;
+      res.set_content(R"({"data":[]})", "application/json");
+    });
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+    for (int i = 0; i < 5000 && !server_.is_running(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  ~FakeProvider() {
+    server_.stop();
+    thread_.join();
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  void Accept(const std::string& key) {
+    std::lock_guard<std::mutex> lock(mu_);
+    valid_.insert(key);
+  }
+  int calls() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return calls_;
+  }
+  int malformed() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return malformed_;
+  }
+
+ private:
+  httplib::Server server_;
+  std::thread thread_;
+  int port_ = 0;
+  std::mutex mu_;
+  std::set<std::string> valid_;
+  int calls_ = 0;
+  int malformed_ = 0;
+};
+
+class ByokRoutesTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    LedgerOptions options;
+    options.path = dir_.path();
+    options.folds = pj::AllFolds();
+    options.clock = &clock_;
+    Status s = Ledger::Open(options, &ledger_);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    ASSERT_TRUE(ledger::testing::SeedCatalogWithPrices(ledger_.get()).ok());
+    ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("alice", "starter")).ok());
+    ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("bob", "starter")).ok());
+    ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("tina", "trial", "trialing")).ok());
+    ASSERT_TRUE(SecretBox::Create(std::string(32, '\x5a'), &box_).ok());
+    Start(box_.get());
+  }
+
+  void Start(const SecretBox* box) {
+    if (stack_) stack_->Stop();
+    AppContext context;
+    context.ledger = ledger_.get();
+    context.clock = &clock_;
+    context.byok_box = box;
+    context.byok_base_urls = {{"openai", provider_.url()}, {"anthropic", provider_.url() + "/"},
+                              {"huggingface", "http://127.0.0.1:9"}};
+    context.byok_test_timeout_ms = 2000;
+    RouteTable routes;
+    AddByokRoutes(context, &routes);
+    AuthOptions auth;
+    auth.jwt.hs256_secret = ledger::testing::kTestHs256Secret;
+    stack_ = std::make_unique<ledger::testing::TestHttpStack>();
+    Status s = stack_->Start(std::move(routes), auth, &clock_,
+                             ledger::testing::TestHttpStack::DefaultOptions());
+    ASSERT_TRUE(s.ok()) << s.ToString();
+  }
+
+  void TearDown() override {
+    if (stack_) stack_->Stop();
+    for (const Event& e : AllEvents()) {
+      EXPECT_TRUE(ledger::testing::EnvelopeMatchesSchema(e)) << e.type << " " << e.data;
+    }
+  }
+
+  std::vector<Event> AllEvents() {
+    std::vector<Event> all, page;
+    Position after(0);
+    for (;;) {
+      EXPECT_TRUE(ledger_->ReadEvents(after, 1000, EventFilter{}, &page).ok());
+      if (page.empty()) break;
+      all.insert(all.end(), page.begin(), page.end());
+      after = page.back().position;
+    }
+    return all;
+  }
+
+  TestHttpClient As(const std::string& user) {
+    TestHttpClient client("127.0.0.1", stack_->port());
+    client.set_bearer(ledger::testing::MintHs256(TokenClaims::User(user, kNow),
+                                                 ledger::testing::kTestHs256Secret));
+    return client;
+  }
+  HttpReply Add(const std::string& user, const std::string& provider, const std::string& key,
+                const std::string& label = "main") {
+    return As(user).Post("/api/v1/byok/keys/add",
+                         "{\"provider\":" + JsonQuote(provider) + ",\"api_key\":" + JsonQuote(key) +
+                             ",\"label\":" + JsonQuote(label) + "}");
+  }
+  uint64_t Head() const { return ledger_->Head().value(); }
+
+  static void ExpectProblem(const HttpReply& reply, int status, const std::string& code) {
+    EXPECT_EQ(reply.status, status) << reply.body;
+    rapidjson::Document doc = reply.Json();
+    ASSERT_TRUE(doc.IsObject() && doc.HasMember("code")) << reply.body;
+    EXPECT_EQ(std::string(doc["code"].GetString()), code) << reply.body;
+  }
+
+  // True when `needle` occurs in any file under the data directory.
+  bool DataDirContains(const std::string& needle) {
+    for (const auto& entry : std::filesystem::recursive_directory_iterator(dir_.path())) {
+      if (!entry.is_regular_file()) continue;
+      std::ifstream in(entry.path(), std::ios::binary);
+      std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      if (bytes.find(needle) != std::string::npos) return true;
+    }
+    return false;
+  }
+
+  ledger::testing::TempDir dir_;
+  ManualClock clock_{kNow * kUs};
+  std::unique_ptr<Ledger> ledger_;
+  std::unique_ptr<SecretBox> box_;
+  FakeProvider provider_;
+  std::unique_ptr<ledger::testing::TestHttpStack> stack_;
+};
+
+TEST_F(ByokRoutesTest, AKeyIsSealedMaskedAndNeverStoredInPlaintext) {
+  HttpReply added = Add("alice", "openai", kOpenAiKey);
+  ASSERT_EQ(added.status, 201) << added.body;
+  EXPECT_EQ(added.body.find(kOpenAiKey), std::string::npos) << added.body;
+  rapidjson::Document doc = added.Json();
+  EXPECT_EQ(std::string(doc["hint"].GetString()), "sk-…stuv");
+  EXPECT_TRUE(doc["replaced_key_id"].IsNull());
+
+  HttpReply keys = As("alice").Get("/api/v1/byok/keys");
+  ASSERT_EQ(keys.status, 200) << keys.body;
+  EXPECT_EQ(keys.body.find(kOpenAiKey), std::string::npos) << keys.body;
+  doc = keys.Json();
+  ASSERT_EQ(doc["keys"].Size(), 1u);
+  EXPECT_STREQ(doc["keys"][0]["provider"].GetString(), "openai");
+  EXPECT_STREQ(doc["keys"][0]["label"].GetString(), "main");
+  EXPECT_TRUE(doc["keys"][0]["last_test_result"].IsNull());
+
+  // The event holds the sealed key, which opens to the key under the daemon's key-encryption key
+  // and the owner's associated data only.
+  std::vector<Event> events = AllEvents();
+  const Event& event = events.back();
+  ASSERT_EQ(event.type, pj::kByokKeyAddedV1);
+  EXPECT_EQ(event.data.find(kOpenAiKey), std::string::npos) << event.data;
+  rapidjson::Document data;
+  data.Parse(event.data.c_str());
+  const std::string key_id = data["key_id"].GetString();
+  const std::string sealed = data["encrypted_key"].GetString();
+  EXPECT_EQ(std::string(data["kek_id"].GetString()), box_->key_id());
+  std::string opened;
+  ASSERT_TRUE(box_->Open(sealed, pj::ByokAssociatedData("alice", "openai", key_id), &opened).ok());
+  EXPECT_EQ(opened, kOpenAiKey);
+  EXPECT_FALSE(box_->Open(sealed, pj::ByokAssociatedData("bob", "openai", key_id), &opened).ok());
+
+  // Not one byte of the data directory (WAL, tables) holds the key after a flush.
+  ASSERT_TRUE(ledger_->Flush().ok());
+  EXPECT_FALSE(DataDirContains(kOpenAiKey));
+  // Negative control: the hint and the label are there, so the search does see stored text.
+  EXPECT_TRUE(DataDirContains(R"("label":"main")"));
+}
+
+TEST_F(ByokRoutesTest, AddingAgainReplacesAndRemovingForgets) {
+  HttpReply first = Add("alice", "openai", kOpenAiKey, "first");
+  ASSERT_EQ(first.status, 201) << first.body;
+  const std::string first_id = first.Json()["key_id"].GetString();
+  HttpReply second = Add("alice", "openai", std::string(kOpenAiKey) + "X", "second");
+  ASSERT_EQ(second.status, 201) << second.body;
+  EXPECT_EQ(std::string(second.Json()["replaced_key_id"].GetString()), first_id);
+  ASSERT_EQ(Add("alice", "anthropic", kAnthropicKey).status, 201);
+
+  rapidjson::Document doc = As("alice").Get("/api/v1/byok/keys").Json();
+  ASSERT_EQ(doc["keys"].Size(), 2u);
+  EXPECT_STREQ(doc["keys"][0]["provider"].GetString(), "anthropic");
+  EXPECT_STREQ(doc["keys"][1]["label"].GetString(), "second");
+  doc = As("alice").Get("/api/v1/byok/providers").Json();
+  EXPECT_TRUE(doc["byok_enabled"].GetBool());
+  int configured = 0;
+  for (const auto& p : doc["providers"].GetArray()) configured += p["configured"].GetBool() ? 1 : 0;
+  EXPECT_EQ(configured, 2);
+
+  HttpReply removed = As("alice").Delete("/api/v1/byok/keys/openai");
+  ASSERT_EQ(removed.status, 200) << removed.body;
+  EXPECT_TRUE(removed.Json()["removed"].GetBool());
+  ExpectProblem(As("alice").Delete("/api/v1/byok/keys/openai"), 404, "not_found");
+  ExpectProblem(As("alice").Delete("/api/v1/byok/keys/nosuch"), 404, "not_found");
+  doc = As("alice").Get("/api/v1/byok/stats").Json();
+  EXPECT_EQ(doc["keys_configured"].GetUint64(), 1u);
+  EXPECT_EQ(doc["providers_available"].GetUint64(), ByokProviders().size());
+  // Bob sees none of it.
+  EXPECT_EQ(As("bob").Get("/api/v1/byok/keys").Json()["keys"].Size(), 0u);
+}
+
+TEST_F(ByokRoutesTest, TestingAKeyAsksTheProviderTheWayItAuthenticates) {
+  provider_.Accept(kOpenAiKey);
+  provider_.Accept(kAnthropicKey);
+  ASSERT_EQ(Add("alice", "openai", kOpenAiKey).status, 201);
+  ASSERT_EQ(Add("alice", "anthropic", kAnthropicKey).status, 201);
+  ASSERT_EQ(Add("bob", "openai", "sk-bob-not-a-real-key-0000000000").status, 201);
+  ASSERT_EQ(Add("bob", "huggingface", "hf_bob_0123456789abcdef").status, 201);
+
+  HttpReply r = As("alice").Post("/api/v1/byok/keys/test/openai", "");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_STREQ(r.Json()["result"].GetString(), "valid");
+  EXPECT_EQ(r.Json()["provider_status"].GetInt(), 200);
+  r = As("alice").Post("/api/v1/byok/keys/test/anthropic", "");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_TRUE(r.Json()["valid"].GetBool());
+  r = As("bob").Post("/api/v1/byok/keys/test/openai", "");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_STREQ(r.Json()["result"].GetString(), "invalid");
+  EXPECT_EQ(r.Json()["provider_status"].GetInt(), 401);
+  r = As("bob").Post("/api/v1/byok/keys/test/huggingface", "");  // nothing listens there
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_STREQ(r.Json()["result"].GetString(), "error");
+  EXPECT_TRUE(r.Json()["provider_status"].IsNull());
+  EXPECT_EQ(provider_.calls(), 3);
+  EXPECT_EQ(provider_.malformed(), 0);
+
+  rapidjson::Document doc = As("alice").Get("/api/v1/byok/keys").Json();
+  EXPECT_STREQ(doc["keys"][0]["last_test_result"].GetString(), "valid");
+  doc = As("bob").Get("/api/v1/byok/stats").Json();
+  EXPECT_EQ(doc["keys_invalid"].GetInt64(), 1);
+  EXPECT_EQ(doc["keys_untested"].GetInt64(), 0);
+  ExpectProblem(As("bob").Post("/api/v1/byok/keys/test/anthropic", ""), 404, "not_found");
+  for (const Event& e : AllEvents()) {
+    EXPECT_EQ(e.data.find(kOpenAiKey), std::string::npos) << e.data;
+    EXPECT_EQ(e.data.find(kAnthropicKey), std::string::npos) << e.data;
+  }
+}
+
+TEST_F(ByokRoutesTest, BadInputAndPlansWithoutByokAppendNothing) {
+  const uint64_t head = Head();
+  ExpectProblem(Add("tina", "openai", kOpenAiKey), 403, "byok_not_in_plan");
+  ExpectProblem(Add("nobody", "openai", kOpenAiKey), 403, "byok_not_in_plan");
+  ExpectProblem(Add("alice", "mistral", "sk-0123456789abcdef"), 422, "unknown_provider");
+  ExpectProblem(Add("alice", "openai", "sk-short"), 422, "validation_failed");
+  ExpectProblem(Add("alice", "openai", "pk-0123456789abcdefghij"), 422, "validation_failed");
+  ExpectProblem(Add("alice", "openai", "sk-0123456789 abcdefghij"), 422, "validation_failed");
+  ExpectProblem(Add("alice", "openai", kOpenAiKey, std::string(101, 'l')), 422, "validation_failed");
+  ExpectProblem(As("alice").Post("/api/v1/byok/keys/add", R"({"provider":"openai"})"), 422,
+                "validation_failed");
+  ExpectProblem(As("alice").Post("/api/v1/byok/keys/add",
+                                 R"({"provider":"openai","api_key":"sk-0123456789abcdef","x":1})"),
+                422, "unknown_field");
+  ExpectProblem(As("alice").Post("/api/v1/byok/keys/add", "nope"), 400, "invalid_json");
+  EXPECT_EQ(Head(), head);
+  // No problem quotes the key it refused.
+  HttpReply refused = Add("alice", "openai", "pk-secret-looking-value-123456");
+  EXPECT_EQ(refused.body.find("pk-secret-looking-value-123456"), std::string::npos) << refused.body;
+
+  // Without a key-encryption key nothing is sealed or opened.
+  Start(nullptr);
+  ExpectProblem(Add("alice", "openai", kOpenAiKey), 503, "byok_not_configured");
+  ExpectProblem(As("alice").Post("/api/v1/byok/keys/test/openai", ""), 503, "byok_not_configured");
+  EXPECT_EQ(As("alice").Get("/api/v1/byok/keys").status, 200);
+  EXPECT_EQ(Head(), head);
+}
+
+TEST_F(ByokRoutesTest, AKeySealedUnderAnotherKekIsReportedNotSent) {
+  ASSERT_EQ(Add("alice", "openai", kOpenAiKey).status, 201);
+  std::unique_ptr<SecretBox> other;
+  ASSERT_TRUE(SecretBox::Create(std::string(32, '\x11'), &other).ok());
+  Start(other.get());
+  ExpectProblem(As("alice").Post("/api/v1/byok/keys/test/openai", ""), 409, "key_unreadable");
+  EXPECT_EQ(provider_.calls(), 0);
+  Start(box_.get());
+}
+
+TEST(SecretBoxTest, SealsAndOpensOnlyWithTheSameKeyAndAssociatedData) {
+  std::unique_ptr<SecretBox> box, other;
+  ASSERT_TRUE(SecretBox::Create(std::string(32, 'a'), &box).ok());
+  ASSERT_TRUE(SecretBox::Create(std::string(32, 'b'), &other).ok());
+  EXPECT_FALSE(SecretBox::Create(std::string(31, 'a'), &other).ok());
+  EXPECT_NE(box->key_id(), other->key_id());
+  std::string a, b, opened;
+  ASSERT_TRUE(box->Seal("secret-value", "aad", &a).ok());
+  ASSERT_TRUE(box->Seal("secret-value", "aad", &b).ok());
+  EXPECT_NE(a, b);  // a fresh nonce each time
+  EXPECT_EQ(a.find("secret-value"), std::string::npos);
+  ASSERT_TRUE(box->Open(a, "aad", &opened).ok());
+  EXPECT_EQ(opened, "secret-value");
+  EXPECT_FALSE(box->Open(a, "other aad", &opened).ok());
+  EXPECT_FALSE(other->Open(a, "aad", &opened).ok());
+  std::string tampered = a;
+  tampered[tampered.size() / 2] = tampered[tampered.size() / 2] == 'A' ? 'B' : 'A';
+  EXPECT_FALSE(box->Open(tampered, "aad", &opened).ok());
+  EXPECT_FALSE(box->Open("v2:" + a.substr(3), "aad", &opened).ok());
+  EXPECT_FALSE(box->Open("v1:", "aad", &opened).ok());
+  ASSERT_TRUE(box->Seal("", "aad", &a).ok());
+  ASSERT_TRUE(box->Open(a, "aad", &opened).ok());
+  EXPECT_EQ(opened, "");
+}
+
+TEST(ByokProvidersTest, BaseUrlOverridesNameKnownProvidersAndHttpUrls) {
+  std::map<std::string, std::string> urls;
+  ASSERT_TRUE(ParseByokBaseUrls("openai=http://127.0.0.1:1,anthropic=https://a.example/v", &urls).ok());
+  EXPECT_EQ(urls.size(), 2u);
+  EXPECT_EQ(urls["anthropic"], "https://a.example/v");
+  EXPECT_TRUE(ParseByokBaseUrls("", &urls).ok());
+  EXPECT_TRUE(urls.empty());
+  EXPECT_FALSE(ParseByokBaseUrls("mistral=http://x", &urls).ok());
+  EXPECT_FALSE(ParseByokBaseUrls("openai=ftp://x", &urls).ok());
+  EXPECT_FALSE(ParseByokBaseUrls("openai", &urls).ok());
+}
+
+}  // namespace
+}  // namespace ledger::http
