@@ -291,43 +291,34 @@ Status RecordByokKeyTest::Decide(const DecideContext& context, Decision* decisio
   if (current.key_id != key_id_) {
     return Status::Conflict("key_changed", "the key was replaced while it was being tested");
   }
+  const std::optional<int64_t> provider_status =
+      provider_status_ > 0 ? std::optional<int64_t>(provider_status_) : std::nullopt;
+  // The event and the answer share provider, key_id, result and provider_status.
+  auto outcome = [&](JsonWriter* w) {
+    w->Key("provider");
+    json::String(w, provider_);
+    w->Key("key_id");
+    json::String(w, key_id_);
+    w->Key("result");
+    json::String(w, result_);
+    w->Key("provider_status");
+    json::OptInt(w, provider_status);
+  };
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);
   w.StartObject();
   w.Key("user_id");
   json::String(&w, user_id_);
-  w.Key("provider");
-  json::String(&w, provider_);
-  w.Key("key_id");
-  json::String(&w, key_id_);
-  w.Key("result");
-  json::String(&w, result_);
-  w.Key("provider_status");
-  if (provider_status_ > 0) {
-    w.Int(provider_status_);
-  } else {
-    w.Null();
-  }
+  outcome(&w);
   w.EndObject();
   decision->events.push_back(NewEvent{std::string(kByokKeyTestedV1), user_id_, json::Text(buf)});
 
   rapidjson::StringBuffer body_buf;
   JsonWriter body(body_buf);
   body.StartObject();
-  body.Key("provider");
-  json::String(&body, provider_);
-  body.Key("key_id");
-  json::String(&body, key_id_);
-  body.Key("result");
-  json::String(&body, result_);
+  outcome(&body);
   body.Key("valid");
   body.Bool(result_ == "valid");
-  body.Key("provider_status");
-  if (provider_status_ > 0) {
-    body.Int(provider_status_);
-  } else {
-    body.Null();
-  }
   body.Key("detail");
   json::String(&body, detail_);
   body.Key("tested_at");
