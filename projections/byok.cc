@@ -291,8 +291,6 @@ Status RecordByokKeyTest::Decide(const DecideContext& context, Decision* decisio
   if (current.key_id != key_id_) {
     return Status::Conflict("key_changed", "the key was replaced while it was being tested");
   }
-  const std::optional<int64_t> provider_status =
-      provider_status_ > 0 ? std::optional<int64_t>(provider_status_) : std::nullopt;
   // The event and the answer share provider, key_id, result and provider_status.
   auto outcome = [&](JsonWriter* w) {
     w->Key("provider");
@@ -302,7 +300,11 @@ Status RecordByokKeyTest::Decide(const DecideContext& context, Decision* decisio
     w->Key("result");
     json::String(w, result_);
     w->Key("provider_status");
-    json::OptInt(w, provider_status);
+    if (provider_status_ > 0) {
+      w->Int(provider_status_);
+    } else {
+      w->Null();
+    }
   };
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);
