@@ -379,17 +379,13 @@ Status ApplyInvoice(const Event& event, const StateReader& state, RowWriter* row
                    InvoiceRecordToJson(candidate));
 }
 
-// stripe.checkout_session_created.v1 (http/billing_routes.cc): our own record that a user opened
-// a Checkout Session. Kept as session -> user, the fallback when Stripe's
-// checkout.session.completed names no user. Not this fold's event: anything unusable is ignored
-// rather than failing the command that appended it.
 // subscription.override_set.v1 {"user_id","email","plan_id","status","notes","actor"}: the
 // override as it is after the change (null = not set).
 Status ApplyOverrideSet(const Event& event, RowWriter* rows) {
   rapidjson::Document doc;
   LEDGER_RETURN_IF_ERROR(ParseEventData(event, &doc));
   ObjectReader reader(doc);
-  std::string user_id, status;
+  std::string user_id;
   AdminOverride value;
   std::optional<std::string> status_name;
   Status s = reader.String("user_id", true, &user_id);
@@ -402,10 +398,11 @@ Status ApplyOverrideSet(const Event& event, RowWriter* rows) {
   if (s.ok()) s = ObjectReader(doc["actor"]).String("sub", true, &value.admin);
   if (s.ok() && status_name) {
     SubscriptionStatus parsed;
-    if (!ParseSubscriptionStatus(*status_name, &parsed)) {
+    if (ParseSubscriptionStatus(*status_name, &parsed)) {
+      value.status = parsed;
+    } else {
       s = Status::InvalidArgument("malformed_event", "status: not a subscription status");
     }
-    value.status = parsed;
   }
   if (s.ok() && (user_id.empty() || user_id.find('/') != std::string::npos)) {
     s = Status::InvalidArgument("malformed_event", "user_id: empty or with '/'");
@@ -416,6 +413,10 @@ Status ApplyOverrideSet(const Event& event, RowWriter* rows) {
   return rows->Put(kSubscriptionsFamily, Key(kOverridePrefix, user_id), AdminOverrideToJson(value));
 }
 
+// stripe.checkout_session_created.v1 (http/billing_routes.cc): our own record that a user opened
+// a Checkout Session. Kept as session -> user, the fallback when Stripe's
+// checkout.session.completed names no user. Not this fold's event: anything unusable is ignored
+// rather than failing the command that appended it.
 Status ApplyCheckoutSessionCreated(const Event& event, RowWriter* rows) {
   rapidjson::Document doc;
   if (!ParseJsonObject(event.data, &doc).ok()) return Status::OK();
