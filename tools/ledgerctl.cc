@@ -15,6 +15,7 @@
 #include "events/ledger.h"
 #include "projections/registry.h"
 #include "tools/bench.h"
+#include "tools/bench_admin.h"
 #include "tools/bench_http.h"
 #include "tools/export.h"
 #include "tools/replay.h"
@@ -230,6 +231,8 @@ struct BenchArgs {
   std::string mode = "all";
   HttpBenchOptions http;
   CLI::App* http_command = nullptr;
+  AdminBenchOptions admin;
+  CLI::App* admin_command = nullptr;
 };
 
 void AddBench(CLI::App& app, BenchArgs* args) {
@@ -275,6 +278,26 @@ void AddBench(CLI::App& app, BenchArgs* args) {
   http->add_option("--warmup", args->http.warmup_seconds, "warm-up seconds (not measured)")
       ->capture_default_str();
   args->http_command = http;
+  // `ledgerctl bench admin`: the admin views over seeded subscribers (tools/bench_admin.h).
+  CLI::App* admin = sub->add_subcommand(
+      "admin", "Time the admin analytics and list views over seeded subscribers");
+  admin->add_option("--subscribers", args->admin.subscribers, "subscribers to seed")
+      ->check(CLI::Range(1, 10'000'000))
+      ->capture_default_str();
+  admin->add_option("--rounds", args->admin.rounds, "runs of each view")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  args->admin_command = admin;
+}
+
+int RunAdminBenchCommand(const Globals& globals, BenchArgs* args) {
+  args->admin.base_dir = args->bench.base_dir;
+  args->admin.progress = globals.progress();
+  AdminBenchResult result;
+  Status s = RunAdminBench(args->admin, &result);
+  if (!s.ok()) return Fail("bench admin", s);
+  std::cout << FormatAdminBenchReport(args->admin, result) << std::flush;
+  return kExitOk;
 }
 
 int RunHttpBenchCommand(const BenchArgs& args) {
@@ -384,6 +407,7 @@ int Main(int argc, char** argv) {
     if (app.got_subcommand("replay")) return RunReplay(globals, replay);
     if (app.got_subcommand("bench")) {
       if (bench.http_command->parsed()) return RunHttpBenchCommand(bench);
+      if (bench.admin_command->parsed()) return RunAdminBenchCommand(globals, &bench);
       return RunBenchCommand(globals, &bench);
     }
     if (app.got_subcommand("stripe-setup")) return RunStripeSetupCommand(globals, stripe_setup);
