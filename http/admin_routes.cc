@@ -17,8 +17,9 @@
 //   GET   /api/v1/admin/subscriptions/analytics/revenue-by-tier
 //   GET   /api/v1/admin/subscriptions/analytics/usage-stats?from=&to=
 //         windows starting in [from, to): RFC 3339 or Unix seconds; default the current UTC
-//         calendar month up to now; at most 400 days. {"usage": {...}, "denials_since_start"} (refused
-//         consumes since the daemon started, from the usage meter: refusals are not events).
+//         calendar month up to now; at most 400 days. {"usage": {...}, "denials_since_start"}
+//         (refused consumes since the daemon started, from the usage meter: refusals are not
+//         events).
 // {email} must contain '@' (so that `list` and `analytics` are never taken for one).
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
@@ -244,7 +245,8 @@ Status ParseOverrideChange(const std::string& body, pj::OverrideChange* out) {
       return Status::Make(Code::kUnprocessable, "validation_failed",
                           std::string(name) + ": a string or null");
     }
-    const std::string value = null ? "" : std::string(m.value.GetString(), m.value.GetStringLength());
+    const std::string value =
+        null ? "" : std::string(m.value.GetString(), m.value.GetStringLength());
     if (name == "tier") {
       if (!null && (value.empty() || value.size() > pj::limits::kPlanIdBytesMax)) {
         return Status::Make(Code::kUnprocessable, "validation_failed", "tier: a plan id");
@@ -374,16 +376,14 @@ void AddAdminRoutes(const AppContext& context, RouteTable* routes) {
   c->ledger = context.ledger;
   c->clock = context.clock;
   c->meter = context.usage_meter;
-  auto bind = [c](auto handler) {
-    return [c, handler](const httplib::Request& req, httplib::Response& res,
-                        const Identity& identity) { handler(*c, req, res, identity); };
-  };
-  routes->Add("GET", kListPath, kListPath, Policy::kAdmin, bind(List));
-  routes->Add("GET", kOverviewPath, kOverviewPath, Policy::kAdmin, bind(Overview));
-  routes->Add("GET", kRevenuePath, kRevenuePath, Policy::kAdmin, bind(RevenueByTier));
-  routes->Add("GET", kUsageStatsPath, kUsageStatsPath, Policy::kAdmin, bind(UsageStats));
-  routes->Add("GET", kSubscriberPattern, kSubscriberName, Policy::kAdmin, bind(GetSubscriber));
-  routes->Add("PATCH", kSubscriberPattern, kSubscriberName, Policy::kAdmin, bind(PatchSubscriber));
+  routes->Add("GET", kListPath, kListPath, Policy::kAdmin, WithContext(c, List));
+  routes->Add("GET", kOverviewPath, kOverviewPath, Policy::kAdmin, WithContext(c, Overview));
+  routes->Add("GET", kRevenuePath, kRevenuePath, Policy::kAdmin, WithContext(c, RevenueByTier));
+  routes->Add("GET", kUsageStatsPath, kUsageStatsPath, Policy::kAdmin, WithContext(c, UsageStats));
+  routes->Add("GET", kSubscriberPattern, kSubscriberName, Policy::kAdmin,
+              WithContext(c, GetSubscriber));
+  routes->Add("PATCH", kSubscriberPattern, kSubscriberName, Policy::kAdmin,
+              WithContext(c, PatchSubscriber));
 }
 
 }  // namespace ledger::http

@@ -72,45 +72,41 @@ bool RequireBox(const ByokRouteContext& c, httplib::Response& res) {
   return false;
 }
 
-bool ByokEnabled(const ReadView& view, const std::string& user_id, bool* enabled,
-                 httplib::Response& res) {
-  pj::UserAccess access;
-  Status s = pj::GetUserAccess(view, user_id, &access);
-  if (!s.ok()) {
-    WriteStatusProblem(s, &res);
-    return false;
+// What the caller's BYOK answers start from: one snapshot, whether the caller's plan allows BYOK
+// (only when `with_access`), and the caller's keys. False after writing a problem.
+struct CallerKeys {
+  std::unique_ptr<ReadView> view;
+  bool byok_enabled = false;
+  std::vector<pj::ByokKeyRow> keys;
+};
+bool LoadCallerKeys(const ByokRouteContext& c, const Identity& identity, bool with_access,
+                    CallerKeys* out, httplib::Response& res) {
+  out->view = c.ledger->Snapshot();
+  Status s;
+  if (with_access) {
+    pj::UserAccess access;
+    s = pj::GetUserAccess(*out->view, identity.subject, &access);
+    out->byok_enabled = s.ok() && pj::ByokAllowed(access);
   }
-  *enabled = access.access != pj::AccessLevel::kNone && access.plan && access.plan->byok_enabled;
-  return true;
-}
-
-bool LoadKeys(const ReadView& view, const std::string& user_id, std::vector<pj::ByokKeyRow>* keys,
-              httplib::Response& res) {
-  Status s = pj::ListByokKeys(view, user_id, keys);
+  if (s.ok()) s = pj::ListByokKeys(*out->view, identity.subject, &out->keys);
   if (!s.ok()) WriteStatusProblem(s, &res);
   return s.ok();
 }
 
 void Providers(const ByokRouteContext& c, const httplib::Request&, httplib::Response& res,
                const Identity& identity) {
-  if (!RequireLedger(c.ledger, res)) return;
-  std::unique_ptr<ReadView> view = c.ledger->Snapshot();
-  bool enabled = false;
-  std::vector<pj::ByokKeyRow> keys;
-  if (!ByokEnabled(*view, identity.subject, &enabled, res) ||
-      !LoadKeys(*view, identity.subject, &keys, res)) {
-    return;
-  }
+  CallerKeys caller;
+  if (!RequireLedger(c.ledger, res) || !LoadCallerKeys(c, identity, true, &caller, res)) return;
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);
   w.StartObject();
   w.Key("byok_enabled");
-  w.Bool(enabled);
+  w.Bool(caller.byok_enabled);
   w.Key("providers");
   w.StartArray();
   for (const ByokProvider& p : ByokProviders()) {
     bool configured = false;
-    for (const auto& k : keys) configured = configured || k.provider == p.id;
+    for (const auto& k : caller.keys) configured = configured || k.provider == p.id;
     w.StartObject();
     w.Key("id");
     json::String(&w, p.id);
@@ -124,21 +120,19 @@ void Providers(const ByokRouteContext& c, const httplib::Request&, httplib::Resp
   }
   w.EndArray();
   w.EndObject();
-  WriteJsonAt(200, std::string(buf.GetString(), buf.GetSize()), view->position(), &res);
+  WriteJsonAt(200, json::Text(buf), caller.view->position(), &res);
 }
 
 void Keys(const ByokRouteContext& c, const httplib::Request&, httplib::Response& res,
           const Identity& identity) {
-  if (!RequireLedger(c.ledger, res)) return;
-  std::unique_ptr<ReadView> view = c.ledger->Snapshot();
-  std::vector<pj::ByokKeyRow> keys;
-  if (!LoadKeys(*view, identity.subject, &keys, res)) return;
+  CallerKeys caller;
+  if (!RequireLedger(c.ledger, res) || !LoadCallerKeys(c, identity, false, &caller, res)) return;
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);
   w.StartObject();
   w.Key("keys");
   w.StartArray();
-  for (const pj::ByokKeyRow& k : keys) {
+  for (const pj::ByokKeyRow& k : caller.keys) {
     w.StartObject();
     w.Key("provider");
     json::String(&w, k.provider);
@@ -166,7 +160,7 @@ void Keys(const ByokRouteContext& c, const httplib::Request&, httplib::Response&
   }
   w.EndArray();
   w.EndObject();
-  WriteJsonAt(200, std::string(buf.GetString(), buf.GetSize()), view->position(), &res);
+  WriteJsonAt(200, json::Text(buf), caller.view->position(), &res);
 }
 
 bool PrintableKey(std::string_view key) {
@@ -312,16 +306,10 @@ void TestKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Re
 
 void Stats(const ByokRouteContext& c, const httplib::Request&, httplib::Response& res,
            const Identity& identity) {
-  if (!RequireLedger(c.ledger, res)) return;
-  std::unique_ptr<ReadView> view = c.ledger->Snapshot();
-  bool enabled = false;
-  std::vector<pj::ByokKeyRow> keys;
-  if (!ByokEnabled(*view, identity.subject, &enabled, res) ||
-      !LoadKeys(*view, identity.subject, &keys, res)) {
-    return;
-  }
+  CallerKeys caller;
+  if (!RequireLedger(c.ledger, res) || !LoadCallerKeys(c, identity, true, &caller, res)) return;
   int64_t valid = 0, invalid = 0, untested = 0;
-  for (const auto& k : keys) {
+  for (const auto& k : caller.keys) {
     if (!k.test_result) {
       ++untested;
     } else if (*k.test_result == "valid") {
@@ -334,11 +322,11 @@ void Stats(const ByokRouteContext& c, const httplib::Request&, httplib::Response
   JsonWriter w(buf);
   w.StartObject();
   w.Key("byok_enabled");
-  w.Bool(enabled);
+  w.Bool(caller.byok_enabled);
   w.Key("providers_available");
   w.Uint64(ByokProviders().size());
   w.Key("keys_configured");
-  w.Uint64(keys.size());
+  w.Uint64(caller.keys.size());
   w.Key("keys_valid");
   w.Int64(valid);
   w.Key("keys_invalid");
@@ -346,7 +334,7 @@ void Stats(const ByokRouteContext& c, const httplib::Request&, httplib::Response
   w.Key("keys_untested");
   w.Int64(untested);
   w.EndObject();
-  WriteJsonAt(200, std::string(buf.GetString(), buf.GetSize()), view->position(), &res);
+  WriteJsonAt(200, json::Text(buf), caller.view->position(), &res);
 }
 
 }  // namespace
@@ -357,16 +345,12 @@ void AddByokRoutes(const AppContext& context, RouteTable* routes) {
   c->box = context.byok_box;
   c->base_urls = context.byok_base_urls;
   c->timeout_ms = context.byok_test_timeout_ms;
-  auto bind = [c](auto handler) {
-    return [c, handler](const httplib::Request& req, httplib::Response& res,
-                        const Identity& identity) { handler(*c, req, res, identity); };
-  };
-  routes->Add("GET", kProvidersPath, kProvidersPath, Policy::kUser, bind(Providers));
-  routes->Add("GET", kKeysPath, kKeysPath, Policy::kUser, bind(Keys));
-  routes->Add("POST", kAddPath, kAddPath, Policy::kUser, bind(AddKey));
-  routes->Add("POST", kTestPattern, kTestName, Policy::kUser, bind(TestKey));
-  routes->Add("DELETE", kKeyPattern, kKeyName, Policy::kUser, bind(RemoveKey));
-  routes->Add("GET", kStatsPath, kStatsPath, Policy::kUser, bind(Stats));
+  routes->Add("GET", kProvidersPath, kProvidersPath, Policy::kUser, WithContext(c, Providers));
+  routes->Add("GET", kKeysPath, kKeysPath, Policy::kUser, WithContext(c, Keys));
+  routes->Add("POST", kAddPath, kAddPath, Policy::kUser, WithContext(c, AddKey));
+  routes->Add("POST", kTestPattern, kTestName, Policy::kUser, WithContext(c, TestKey));
+  routes->Add("DELETE", kKeyPattern, kKeyName, Policy::kUser, WithContext(c, RemoveKey));
+  routes->Add("GET", kStatsPath, kStatsPath, Policy::kUser, WithContext(c, Stats));
 }
 
 }  // namespace ledger::http

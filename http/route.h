@@ -7,6 +7,7 @@
 #include <httplib.h>
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,16 @@ struct Identity {
 };
 
 using Handler = std::function<void(const httplib::Request&, httplib::Response&, const Identity&)>;
+
+// A Handler that calls `fn(*context, req, res, identity)`: route files keep their collaborators
+// in one shared context object.
+template <typename Context, typename Fn>
+Handler WithContext(std::shared_ptr<Context> context, Fn fn) {
+  return [context = std::move(context), fn](const httplib::Request& req, httplib::Response& res,
+                                            const Identity& identity) {
+    fn(*context, req, res, identity);
+  };
+}
 
 // Answering later. A handler that would otherwise block until another thread finishes its work
 // (consume waits for its group's fsync) may take a Responder, return at once, and call it exactly

@@ -615,14 +615,10 @@ void AddUsageRoutes(const AppContext& context, RouteTable* routes) {
     c->owned_meter = std::make_shared<pj::UsageMeter>();
     c->meter = c->owned_meter.get();
   }
-  auto bind = [c](auto handler) {
-    return [c, handler](const httplib::Request& req, httplib::Response& res,
-                        const Identity& identity) { handler(*c, req, res, identity); };
-  };
-  routes->Add("POST", kConsumePath, kConsumePath, Policy::kUserOrService, bind(Consume));
-  routes->Add("POST", kEventsPath, kEventsPath, Policy::kService, bind(RecordEvents));
-  routes->Add("GET", kSummaryPath, kSummaryPath, Policy::kUser, bind(Summary));
-  routes->Add("POST", kResetPattern, kResetName, Policy::kAdmin, bind(ResetUsage));
+  routes->Add("POST", kConsumePath, kConsumePath, Policy::kUserOrService, WithContext(c, Consume));
+  routes->Add("POST", kEventsPath, kEventsPath, Policy::kService, WithContext(c, RecordEvents));
+  routes->Add("GET", kSummaryPath, kSummaryPath, Policy::kUser, WithContext(c, Summary));
+  routes->Add("POST", kResetPattern, kResetName, Policy::kAdmin, WithContext(c, ResetUsage));
 }
 
 }  // namespace ledger::http

@@ -95,6 +95,10 @@ std::string ByokKeyHint(std::string_view api_key) {
   return std::string(api_key.substr(0, 3)) + "…" + std::string(api_key.substr(api_key.size() - 4));
 }
 
+bool ByokAllowed(const UserAccess& access) {
+  return access.access != AccessLevel::kNone && access.plan && access.plan->byok_enabled;
+}
+
 // ---- the fold ------------------------------------------------------------------------------------
 
 Status ByokFold::Apply(const Event& event, const StateReader& state, RowWriter* rows) const {
@@ -188,7 +192,7 @@ Status AddByokKey::Decide(const DecideContext& context, Decision* decision) {
   }
   UserAccess access;
   LEDGER_RETURN_IF_ERROR(GetUserAccess(*context.state, user_id_, &access));
-  if (access.access == AccessLevel::kNone || !access.plan || !access.plan->byok_enabled) {
+  if (!ByokAllowed(access)) {
     return Status::Make(Code::kPermissionDenied, "byok_not_in_plan",
                         "bringing your own key needs an active plan with BYOK (Starter or above)");
   }

@@ -29,6 +29,7 @@
 #include "events/fold.h"
 #include "events/ledger.h"
 #include "events/status.h"
+#include "projections/subscriptions.h"
 
 namespace ledger::projections {
 
@@ -47,6 +48,9 @@ std::string ByokAssociatedData(std::string_view user_id, std::string_view provid
                                std::string_view key_id);
 // "sk-…wxyz": the first 3 and the last 4 characters (keys have at least kByokKeyBytesMin).
 std::string ByokKeyHint(std::string_view api_key);
+
+// Whether a user may add keys: access on a plan with byok_enabled.
+bool ByokAllowed(const UserAccess& access);
 
 struct ByokKeyRow {
   std::string provider;
