@@ -157,7 +157,7 @@ void List(const AdminRouteContext& c, const httplib::Request& req, httplib::Resp
   w.StartObject();
   w.Key("subscribers");
   w.StartArray();
-  for (const std::string& json : page.json) json::RawObject(&w, json);
+  for (const std::string& subscriber : page.json) json::RawObject(&w, subscriber);
   w.EndArray();
   w.Key("next_cursor");
   if (page.next_after) {
@@ -168,7 +168,7 @@ void List(const AdminRouteContext& c, const httplib::Request& req, httplib::Resp
   w.Key("examined");
   w.Uint64(page.examined);
   w.EndObject();
-  WriteJsonAt(200, std::string(buf.GetString(), buf.GetSize()), view->position(), &res);
+  WriteJsonAt(200, json::Text(buf), view->position(), &res);
 }
 
 void GetSubscriber(const AdminRouteContext& c, const httplib::Request& req, httplib::Response& res,
@@ -228,7 +228,7 @@ void GetSubscriber(const AdminRouteContext& c, const httplib::Request& req, http
   }
   w.EndArray();
   w.EndObject();
-  WriteJsonAt(200, std::string(buf.GetString(), buf.GetSize()), view->position(), &res);
+  WriteJsonAt(200, json::Text(buf), view->position(), &res);
 }
 
 // {"tier","status","notes"}: each optional, null clears. Unknown members are refused.
@@ -366,7 +366,7 @@ void UsageStats(const AdminRouteContext& c, const httplib::Request& req, httplib
   }
   w.EndObject();
   w.EndObject();
-  WriteJsonAt(200, std::string(buf.GetString(), buf.GetSize()), view->position(), &res);
+  WriteJsonAt(200, json::Text(buf), view->position(), &res);
 }
 
 }  // namespace

@@ -145,9 +145,9 @@ std::string AccessJson(const pj::UserAccess& access, const pj::CurrentUsage& usa
   w.Key("status");
   Str(&w, access.status_name());
   w.Key("plan_id");
-  OptStr(&w, access.plan ? std::optional<std::string>(access.plan->id) : sub.plan_id());
+  OptStr(&w, access.plan_id());
   w.Key("overridden");
-  w.Bool(access.override && (access.override->plan_id || access.override->status));
+  w.Bool(access.overridden());
   w.Key("plan");
   if (access.plan) {
     w.StartObject();
@@ -340,8 +340,7 @@ void CheckAccess(Ledger* ledger, const httplib::Request& req, httplib::Response&
   w.Key("access");
   Str(&w, pj::AccessLevelName(access.access));
   w.Key("plan_id");
-  OptStr(&w, access.plan ? std::optional<std::string>(access.plan->id)
-                         : access.subscription.plan_id());
+  OptStr(&w, access.plan_id());
   w.EndObject();
   WriteJsonAt(200, std::string(buf.GetString(), buf.GetSize()), view->position(), &res);
 }

@@ -154,9 +154,9 @@ std::string SubscriberJson(const UserAccess& access) {
   w.Key("access");
   json::String(&w, AccessLevelName(access.access));
   w.Key("plan_id");
-  json::OptString(&w, access.plan ? std::optional<std::string>(access.plan->id) : sub.plan_id());
+  json::OptString(&w, access.plan_id());
   w.Key("overridden");
-  w.Bool(access.override && (access.override->plan_id || access.override->status));
+  w.Bool(access.overridden());
   w.Key("stripe");
   if (sub.has_subscription) {
     const SubscriptionRecord& r = sub.subscription;
@@ -331,8 +331,7 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
       revenue12 += MonthlyRevenueTimes12(*plan, sub.subscription);
     }
     if (access.status == SubscriptionStatus::kTrialing) ++trialing;
-    if (!pays && access.access != AccessLevel::kNone && access.override &&
-        (access.override->plan_id || access.override->status)) {
+    if (!pays && access.access != AccessLevel::kNone && access.overridden()) {
       ++comped;
     }
     if (!sub.has_subscription) return Status::OK();

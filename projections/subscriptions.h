@@ -266,6 +266,12 @@ struct UserAccess {
   std::string_view status_name() const {
     return status ? SubscriptionStatusName(*status) : "none";
   }
+  // The id of `plan`, else the subscription's plan id (one the catalog does not know).
+  std::optional<std::string> plan_id() const {
+    return plan ? std::optional<std::string>(plan->id) : subscription.plan_id();
+  }
+  // An override sets the tier or the status (notes alone change nothing).
+  bool overridden() const { return override && (override->plan_id || override->status); }
 };
 
 Status GetUserAccess(const StateReader& state, std::string_view user_id, UserAccess* out);
