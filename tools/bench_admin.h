@@ -6,9 +6,10 @@
 // commands of 500: a customer link (with an email) and a subscription state per user, on the four
 // plans in turn (the trial plan trialing; on paid plans every fifth yearly, 10 % converted
 // trials, 10 % past_due, 10 % canceled within the last 30 days, the rest active), and one unit of
-// usage or more per user through the batch metering command. Then each view runs `rounds` times against one snapshot: the overview, revenue by
-// tier, usage statistics for the month, a list page of 50, and a filtered list page (tier and
-// status; examines up to 5,000 users).
+// usage or more per user through the batch metering command. Then it flushes the memtables (a
+// live store holds most rows in table files) and runs each view `rounds` times against one
+// snapshot: the overview, revenue by tier, usage statistics for the month, a list page of 50,
+// and a filtered list page (tier and status; examines up to 5,000 users).
 #pragma once
 
 #include <cstddef>
