@@ -24,18 +24,23 @@ std::string RowKey(std::string_view user_id, std::string_view provider) {
   return key;
 }
 
+// The members a key is shown by: in its row, its byok.key_added.v1 and the add's answer.
+void WriteKeyShown(JsonWriter* w, const ByokKeyRow& key) {
+  w->Key("provider");
+  json::String(w, key.provider);
+  w->Key("key_id");
+  json::String(w, key.key_id);
+  w->Key("label");
+  json::OptString(w, key.label);
+  w->Key("hint");
+  json::String(w, key.hint);
+}
+
 std::string RowJson(const ByokKeyRow& row) {
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);
   w.StartObject();
-  w.Key("provider");
-  json::String(&w, row.provider);
-  w.Key("key_id");
-  json::String(&w, row.key_id);
-  w.Key("label");
-  json::OptString(&w, row.label);
-  w.Key("hint");
-  json::String(&w, row.hint);
+  WriteKeyShown(&w, row);
   w.Key("encrypted_key");
   json::String(&w, row.encrypted_key);
   w.Key("kek_id");
@@ -209,14 +214,7 @@ Status AddByokKey::Decide(const DecideContext& context, Decision* decision) {
   w.StartObject();
   w.Key("user_id");
   json::String(&w, user_id_);
-  w.Key("provider");
-  json::String(&w, key_.provider);
-  w.Key("key_id");
-  json::String(&w, key_.key_id);
-  w.Key("label");
-  json::OptString(&w, key_.label);
-  w.Key("hint");
-  json::String(&w, key_.hint);
+  WriteKeyShown(&w, key_);
   w.Key("encrypted_key");
   json::String(&w, key_.encrypted_key);
   w.Key("kek_id");
@@ -229,14 +227,7 @@ Status AddByokKey::Decide(const DecideContext& context, Decision* decision) {
   rapidjson::StringBuffer body_buf;
   JsonWriter body(body_buf);
   body.StartObject();
-  body.Key("provider");
-  json::String(&body, key_.provider);
-  body.Key("key_id");
-  json::String(&body, key_.key_id);
-  body.Key("label");
-  json::OptString(&body, key_.label);
-  body.Key("hint");
-  json::String(&body, key_.hint);
+  WriteKeyShown(&body, key_);
   body.Key("added_at");
   json::String(&body, FormatRfc3339Micros(context.now_us));
   body.Key("replaced_key_id");
