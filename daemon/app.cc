@@ -224,8 +224,8 @@ Status App::Impl::ConfigureLago() {
   return Status::OK();
 }
 
-// The BYOK key-encryption key: created in dev mode, required to exist otherwise (without it the
-// BYOK routes that seal or open a key answer 503).
+// The BYOK key-encryption key: created in dev mode; otherwise, when the file is missing, the
+// BYOK routes that seal or open a key answer 503 (a bad file is an error: exit 78).
 Status App::Impl::LoadByokKey() {
   context_.byok_base_urls = config_.byok_base_urls;
   std::string key;
