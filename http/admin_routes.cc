@@ -24,6 +24,7 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -290,6 +291,19 @@ void PatchSubscriber(const AdminRouteContext& c, const httplib::Request& req,
   WriteCommandResult(c.ledger->Submit(&command), &res);
 }
 
+// 200 with what `view_json` computes on a fresh snapshot (and its position), else its problem.
+void WriteViewJson(const AdminRouteContext& c, httplib::Response& res,
+                   const std::function<Status(const ReadView&, std::string*)>& view_json) {
+  std::unique_ptr<ReadView> view = c.ledger->Snapshot();
+  std::string body;
+  Status s = view_json(*view, &body);
+  if (!s.ok()) {
+    WriteStatusProblem(s, &res);
+    return;
+  }
+  WriteJsonAt(200, std::move(body), view->position(), &res);
+}
+
 void Overview(const AdminRouteContext& c, const httplib::Request& req, httplib::Response& res,
               const Identity&) {
   if (!RequireLedger(c.ledger, res)) return;
@@ -300,27 +314,18 @@ void Overview(const AdminRouteContext& c, const httplib::Request& req, httplib::
       !ParseIntParam(text, "churn_days", 1, kChurnDaysMax, &churn_days, res)) {
     return;
   }
-  std::unique_ptr<ReadView> view = c.ledger->Snapshot();
-  std::string body;
-  Status s = pj::AnalyticsOverviewJson(*view, NowSeconds(c), churn_days, &body);
-  if (!s.ok()) {
-    WriteStatusProblem(s, &res);
-    return;
-  }
-  WriteJsonAt(200, std::move(body), view->position(), &res);
+  const int64_t now_s = NowSeconds(c);
+  WriteViewJson(c, res, [&](const ReadView& view, std::string* body) {
+    return pj::AnalyticsOverviewJson(view, now_s, churn_days, body);
+  });
 }
 
 void RevenueByTier(const AdminRouteContext& c, const httplib::Request&, httplib::Response& res,
                    const Identity&) {
   if (!RequireLedger(c.ledger, res)) return;
-  std::unique_ptr<ReadView> view = c.ledger->Snapshot();
-  std::string body;
-  Status s = pj::RevenueByTierJson(*view, &body);
-  if (!s.ok()) {
-    WriteStatusProblem(s, &res);
-    return;
-  }
-  WriteJsonAt(200, std::move(body), view->position(), &res);
+  WriteViewJson(c, res, [](const ReadView& view, std::string* body) {
+    return pj::RevenueByTierJson(view, body);
+  });
 }
 
 void UsageStats(const AdminRouteContext& c, const httplib::Request& req, httplib::Response& res,
