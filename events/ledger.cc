@@ -23,11 +23,11 @@
 #include <rocksdb/options.h>
 #include <rocksdb/slice_transform.h>
 #include <rocksdb/table.h>
-#include <rocksdb/utilities/write_batch_with_index.h>
 #include <rocksdb/write_batch.h>
 #include <spdlog/spdlog.h>
 
 #include "events/coding.h"
+#include "events/group_rows.h"
 #include "events/limits.h"
 #include "events/wal_log.h"
 
@@ -128,14 +128,12 @@ class StreamRuns {
     }
     it->second.last = position.value();
   }
-  // Into the batch without an index entry (see AppendToBatch).
-  rocksdb::Status WriteTo(rocksdb::WriteBatch* batch, rocksdb::ColumnFamilyHandle* streams) {
+  template <typename State>
+  void WriteTo(State* state, rocksdb::ColumnFamilyHandle* streams) {
     for (const auto& [subject, run] : runs_) {
-      rocksdb::Status s = batch->Put(streams, StreamKey(subject, Position(run.first)), run.gaps);
-      if (!s.ok()) return s;
+      state->PutRow(streams, StreamKey(subject, Position(run.first)), run.gaps);
     }
     runs_.clear();
-    return rocksdb::Status::OK();
   }
 
  private:
@@ -214,7 +212,7 @@ class LedgerImpl;
 // Column family lookup by name. Built once at open; read-only afterwards.
 using FamilyMap = std::map<std::string, rocksdb::ColumnFamilyHandle*, std::less<>>;
 
-// The log's own families: written by the writer only, and not through the batch index.
+// The log's own families: written by the writer only, never read back within a group.
 bool IsLogFamily(std::string_view name) {
   return name == kEventsFamily || name == kStreamsFamily;
 }
@@ -240,100 +238,38 @@ Status ScanFamily(rocksdb::Iterator* it, std::string_view prefix, std::string_vi
   return FromRocks(it->status());
 }
 
-// The group's batch as it is written: per column family, in key order, one entry per key.
+// State seen by a group: the store plus the group's own rows, and the batch the group writes.
 //
-// The WriteBatchWithIndex holds every mutation of the group in the order made: a row a fold
-// rewrites on every event (a usage counter) is in it once per event, and consecutive entries jump
-// between families and across each family's key space. Written like that, every entry is one
-// memtable skiplist insert searched from the top (the insert splice of the previous key is of no
-// use), which on a large memtable was most of the cost of a group commit (and of a 1000-event
-// batch). What is written instead is the same final state: the log families' rows (events already
-// in position order, stream rows sorted), then for every other family the batch index's entries
-// in key order — the index holds only the last mutation of each key (overwrite_key). One WAL
-// record either way, so a group is still all-or-nothing; only intermediate values no reader can
-// ever see are left out. Returns false (and the caller writes the batch as it is) for an entry
-// type the folds never produce.
-class LogRowCollector final : public rocksdb::WriteBatch::Handler {
+// The group's events go straight into the batch in position order (they are never read back
+// within a group: folds get the event itself, and reads of the log families are refused). Every
+// other row goes into GroupRows, which answers the group's reads and, once the group is decided,
+// is appended to the batch per column family in key order with one entry per key: written in
+// mutation order (a usage counter rewritten on every event, consecutive entries jumping between
+// families), each entry was one memtable skiplist insert searched from the top, most of the cost
+// of a large group. One WAL record either way, so a group is still all-or-nothing; only
+// intermediate values no reader can ever see are left out.
+class GroupState final : public StateReader, public RowWriter {
  public:
-  LogRowCollector(uint32_t events_id, uint32_t streams_id)
-      : events_id_(events_id), streams_id_(streams_id) {}
-  rocksdb::Status PutCF(uint32_t cf, const rocksdb::Slice& key,
-                        const rocksdb::Slice& value) override {
-    if (cf == events_id_) events.emplace_back(key, value);
-    if (cf == streams_id_) streams.emplace_back(key, value);
-    return rocksdb::Status::OK();
-  }
-  // Everything else is taken from the batch index.
-  rocksdb::Status DeleteCF(uint32_t, const rocksdb::Slice&) override {
-    return rocksdb::Status::OK();
-  }
-  rocksdb::Status SingleDeleteCF(uint32_t, const rocksdb::Slice&) override {
-    return rocksdb::Status::OK();
-  }
-  rocksdb::Status DeleteRangeCF(uint32_t, const rocksdb::Slice&, const rocksdb::Slice&) override {
-    return rocksdb::Status::OK();
-  }
-  rocksdb::Status MergeCF(uint32_t, const rocksdb::Slice&, const rocksdb::Slice&) override {
-    return rocksdb::Status::OK();
-  }
-  void LogData(const rocksdb::Slice&) override {}
-
-  std::vector<std::pair<rocksdb::Slice, rocksdb::Slice>> events, streams;  // into the batch
-
- private:
-  const uint32_t events_id_;
-  const uint32_t streams_id_;
-};
-
-bool BuildSortedWriteBatch(rocksdb::WriteBatchWithIndex* batch, const FamilyMap& families,
-                           rocksdb::ColumnFamilyHandle* events_cf,
-                           rocksdb::ColumnFamilyHandle* streams_cf, rocksdb::WriteBatch* out) {
-  LogRowCollector log_rows(events_cf->GetID(), streams_cf->GetID());
-  if (!batch->GetWriteBatch()->Iterate(&log_rows).ok()) return false;
-  std::sort(log_rows.streams.begin(), log_rows.streams.end(),
-            [](const auto& a, const auto& b) { return a.first.compare(b.first) < 0; });
-  for (const auto& [key, value] : log_rows.events) {
-    if (!out->Put(events_cf, key, value).ok()) return false;
-  }
-  for (const auto& [key, value] : log_rows.streams) {
-    if (!out->Put(streams_cf, key, value).ok()) return false;
-  }
-  for (const auto& [name, cf] : families) {
-    if (IsLogFamily(name)) continue;
-    std::unique_ptr<rocksdb::WBWIIterator> it(batch->NewIterator(cf));
-    std::optional<rocksdb::WriteEntry> pending;  // emitted once the next key differs
-    auto emit = [&](const rocksdb::WriteEntry& e) {
-      switch (e.type) {
-        case rocksdb::kPutRecord:
-          return out->Put(cf, e.key, e.value).ok();
-        case rocksdb::kDeleteRecord:
-          return out->Delete(cf, e.key).ok();
-        default:
-          return false;
-      }
-    };
-    for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      rocksdb::WriteEntry entry = it->Entry();
-      if (pending && pending->key.compare(entry.key) != 0 && !emit(*pending)) return false;
-      pending = entry;  // equal keys come oldest first: the last one wins
-    }
-    if (!it->status().ok() || (pending && !emit(*pending))) return false;
-  }
-  return true;
-}
-
-// State seen by a group: the committed DB plus the group's own batch.
-class BatchStateReader final : public StateReader, public RowWriter {
- public:
-  BatchStateReader(rocksdb::DB* db, const FamilyMap* families,
-                   rocksdb::WriteBatchWithIndex* batch)
-      : db_(db), families_(families), batch_(batch) {}
+  // `by_id`: the column families by id; `rows` and `batch` are empty.
+  GroupState(rocksdb::DB* db, const FamilyMap* families,
+             const std::vector<rocksdb::ColumnFamilyHandle*>* by_id, GroupRows* rows,
+             rocksdb::WriteBatch* batch)
+      : db_(db), families_(families), by_id_(by_id), rows_(rows), batch_(batch) {}
 
   Status Get(std::string_view family, std::string_view key, std::string* value) const override {
     rocksdb::ColumnFamilyHandle* cf = nullptr;
     LEDGER_RETURN_IF_ERROR(LookupGroupFamily(family, &cf));
-    return FromRocks(batch_->GetFromBatchAndDB(db_, rocksdb::ReadOptions(), cf, ToSlice(key),
-                                               value));
+    std::string_view mine;
+    switch (rows_->Find(cf->GetID(), key, &mine)) {
+      case GroupRows::Found::kPut:
+        value->assign(mine);
+        return Status::OK();
+      case GroupRows::Found::kDeleted:
+        return Status::NotFound(std::string(family));
+      case GroupRows::Found::kAbsent:
+        break;
+    }
+    return FromRocks(db_->Get(rocksdb::ReadOptions(), cf, ToSlice(key), value));
   }
 
   Status Scan(std::string_view family, std::string_view prefix,
@@ -341,30 +277,62 @@ class BatchStateReader final : public StateReader, public RowWriter {
     return ScanFrom(family, prefix, prefix, fn);
   }
 
+  // The store's rows merged with the group's (which win on equal keys; deletions hide rows).
   Status ScanFrom(std::string_view family, std::string_view prefix, std::string_view start,
                   const std::function<bool(std::string_view, std::string_view)>& fn) const override {
     rocksdb::ColumnFamilyHandle* cf = nullptr;
     LEDGER_RETURN_IF_ERROR(LookupGroupFamily(family, &cf));
-    std::unique_ptr<rocksdb::Iterator> it(
-        batch_->NewIteratorWithBase(cf, db_->NewIterator(rocksdb::ReadOptions(), cf)));
-    return ScanFamily(it.get(), prefix, start, fn);
+    std::vector<GroupRows::Row> mine;
+    rows_->Range(cf->GetID(), prefix, start, &mine);
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf));
+    it->Seek(ToSlice(std::max(prefix, start)));
+    size_t i = 0;
+    for (;;) {
+      const bool stored = it->Valid() && ToView(it->key()).starts_with(prefix);
+      if (!stored && i == mine.size()) break;
+      if (i < mine.size() && (!stored || mine[i].key <= ToView(it->key()))) {
+        if (stored && mine[i].key == ToView(it->key())) it->Next();
+        const GroupRows::Row& row = mine[i++];
+        if (!row.deleted && !fn(row.key, row.value)) break;
+      } else {
+        if (!fn(ToView(it->key()), ToView(it->value()))) break;
+        it->Next();
+      }
+    }
+    return FromRocks(it->status());
   }
 
-  // The batch index first, then one MultiGet for the rest: blooms, memtable and table files are
+  // The group's rows first, then one MultiGet for the rest: blooms, memtable and table files are
   // searched for all keys together instead of one descent per key.
   Status Contains(std::string_view family, const std::vector<std::string>& keys,
                   std::vector<bool>* found) const override {
     rocksdb::ColumnFamilyHandle* cf = nullptr;
     LEDGER_RETURN_IF_ERROR(LookupGroupFamily(family, &cf));
-    std::vector<rocksdb::Slice> slices(keys.begin(), keys.end());
-    std::vector<rocksdb::PinnableSlice> values(keys.size());
-    std::vector<rocksdb::Status> statuses(keys.size());
-    batch_->MultiGetFromBatchAndDB(db_, rocksdb::ReadOptions(), cf, keys.size(), slices.data(),
-                                   values.data(), statuses.data(), /*sorted_input=*/false);
     found->assign(keys.size(), false);
+    std::vector<size_t> ask;  // indexes into keys of the rows the group has not written
+    std::vector<rocksdb::Slice> slices;
+    std::string_view mine;
     for (size_t i = 0; i < keys.size(); ++i) {
-      if (!statuses[i].ok() && !statuses[i].IsNotFound()) return FromRocks(statuses[i]);
-      (*found)[i] = statuses[i].ok();
+      switch (rows_->Find(cf->GetID(), keys[i], &mine)) {
+        case GroupRows::Found::kPut:
+          (*found)[i] = true;
+          break;
+        case GroupRows::Found::kDeleted:
+          break;
+        case GroupRows::Found::kAbsent:
+          ask.push_back(i);
+          slices.push_back(ToSlice(keys[i]));
+          break;
+      }
+    }
+    if (ask.empty()) return Status::OK();
+    std::vector<rocksdb::PinnableSlice> values(ask.size());
+    std::vector<rocksdb::Status> statuses(ask.size());
+    db_->MultiGet(rocksdb::ReadOptions(), cf, ask.size(), slices.data(), values.data(),
+                  statuses.data(), /*sorted_input=*/false);
+    for (size_t j = 0; j < ask.size(); ++j) {
+      if (!statuses[j].ok() && !statuses[j].IsNotFound()) return FromRocks(statuses[j]);
+      (*found)[ask[j]] = statuses[j].ok();
     }
     return Status::OK();
   }
@@ -372,18 +340,60 @@ class BatchStateReader final : public StateReader, public RowWriter {
   Status Put(std::string_view family, std::string_view key, std::string_view value) override {
     rocksdb::ColumnFamilyHandle* cf = nullptr;
     LEDGER_RETURN_IF_ERROR(LookupGroupFamily(family, &cf));
-    return FromRocks(batch_->Put(cf, ToSlice(key), ToSlice(value)));
+    rows_->Put(cf->GetID(), key, value);
+    return Status::OK();
   }
 
   Status Delete(std::string_view family, std::string_view key) override {
     rocksdb::ColumnFamilyHandle* cf = nullptr;
     LEDGER_RETURN_IF_ERROR(LookupGroupFamily(family, &cf));
-    return FromRocks(batch_->Delete(cf, ToSlice(key)));
+    rows_->Delete(cf->GetID(), key);
+    return Status::OK();
+  }
+
+  // The writer's own rows: the event at its position, and rows of any family (stream rows,
+  // idempotency records, the head, checkpoints).
+  Status AppendEvent(rocksdb::ColumnFamilyHandle* events, std::string_view key,
+                     std::string_view stored) {
+    return FromRocks(batch_->Put(events, ToSlice(key), ToSlice(stored)));
+  }
+  void PutRow(rocksdb::ColumnFamilyHandle* cf, std::string_view key, std::string_view value) {
+    rows_->Put(cf->GetID(), key, value);
+  }
+
+  void SetSavePoint() {
+    rows_->SetSavePoint();
+    batch_->SetSavePoint();
+  }
+  void RollbackToSavePoint() {
+    rows_->RollbackToSavePoint();
+    batch_->RollbackToSavePoint().PermitUncheckedError();
+  }
+  void PopSavePoint() {
+    rows_->PopSavePoint();
+    batch_->PopSavePoint().PermitUncheckedError();
+  }
+  bool empty() const { return batch_->Count() == 0 && rows_->mutations() == 0; }
+
+  // Appends the group's rows to the batch, after its events: the batch is then what to write.
+  Status Finish() {
+    std::vector<GroupRows::Row> sorted;
+    for (uint32_t id : rows_->Families()) {
+      rocksdb::ColumnFamilyHandle* cf = id < by_id_->size() ? (*by_id_)[id] : nullptr;
+      if (cf == nullptr) return Status::Internal("no column family with id " + std::to_string(id));
+      rows_->Sorted(id, &sorted);
+      for (const GroupRows::Row& row : sorted) {
+        rocksdb::Status s = row.deleted ? batch_->Delete(cf, ToSlice(row.key))
+                                        : batch_->Put(cf, ToSlice(row.key), ToSlice(row.value));
+        if (!s.ok()) return FromRocks(s);
+      }
+    }
+    return Status::OK();
   }
 
  private:
-  // Folds neither read nor write the log families: their rows are in the batch but not in its
-  // index (AppendToBatch), so a read here would miss the group's own events.
+  // Folds neither read nor write the log families: the group's events are not in GroupRows, so a
+  // read here would miss them.
   Status LookupGroupFamily(std::string_view family, rocksdb::ColumnFamilyHandle** cf) const {
     if (IsLogFamily(family)) {
       return Status::Internal("folds cannot read or write the log families");
@@ -393,7 +403,9 @@ class BatchStateReader final : public StateReader, public RowWriter {
 
   rocksdb::DB* db_;
   const FamilyMap* families_;
-  rocksdb::WriteBatchWithIndex* batch_;
+  const std::vector<rocksdb::ColumnFamilyHandle*>* by_id_;
+  GroupRows* rows_;
+  rocksdb::WriteBatch* batch_;
 };
 
 // A RocksDB snapshot shared by the read views that use it; released with the last of them.
@@ -569,11 +581,9 @@ class LedgerImpl final : public Ledger {
   void SyncLoop();
   void Answer(GroupCommit* commit, const Status& durable);
   // Appends one sealed event (and every fold's rows) to the batch, and its position to `runs`.
-  Status AppendToBatch(const Event& event, BatchStateReader* state,
-                       rocksdb::WriteBatchWithIndex* batch, StreamRuns* runs);
-  Status DecideOne(Writer* w, int64_t now_us, BatchStateReader* state,
-                   rocksdb::WriteBatchWithIndex* batch);
-  Status ImportOne(Writer* w, BatchStateReader* state, rocksdb::WriteBatchWithIndex* batch);
+  Status AppendToBatch(const Event& event, GroupState* state, StreamRuns* runs);
+  Status DecideOne(Writer* w, int64_t now_us, GroupState* state);
+  Status ImportOne(Writer* w, GroupState* state);
   // Read options for the events family (see LedgerOptions::verify_checksums).
   rocksdb::ReadOptions EventReadOptions() const {
     rocksdb::ReadOptions read_options;
@@ -589,6 +599,10 @@ class LedgerImpl final : public Ledger {
   LedgerOptions options_;
   rocksdb::DB* db_ = nullptr;
   FamilyMap families_;
+  std::vector<rocksdb::ColumnFamilyHandle*> families_by_id_;  // by column family id
+  // The committer's group state, kept between groups for its memory (WriteGroup only).
+  GroupRows group_rows_;
+  rocksdb::WriteBatch group_batch_;
 
   // Submitted commands waiting for the committer.
   mutable std::mutex mu_;
@@ -733,7 +747,12 @@ Status LedgerImpl::OpenDb() {
     }
   }
   if (!s.ok()) return FromRocks(s);
-  for (size_t i = 0; i < handles.size(); ++i) families_[names[i]] = handles[i];
+  for (size_t i = 0; i < handles.size(); ++i) {
+    families_[names[i]] = handles[i];
+    const uint32_t id = handles[i]->GetID();
+    if (id >= families_by_id_.size()) families_by_id_.resize(id + 1, nullptr);
+    families_by_id_[id] = handles[i];
+  }
   return Status::OK();
 }
 
@@ -782,8 +801,9 @@ Status LedgerImpl::CatchUpFolds() {
                  head_.value());
     Position next = Next(from);
     while (next <= head_) {
-      rocksdb::WriteBatchWithIndex batch(rocksdb::BytewiseComparator(), 0, true);
-      BatchStateReader state(db_, &families_, &batch);
+      GroupRows rows;
+      rocksdb::WriteBatch batch;
+      GroupState state(db_, &families_, &families_by_id_, &rows, &batch);
       Status apply_status;
       Position last = from;
       LEDGER_RETURN_IF_ERROR(ScanRaw(next, head_, [&](Position p, std::string_view stored) {
@@ -796,10 +816,11 @@ Status LedgerImpl::CatchUpFolds() {
       LEDGER_RETURN_IF_ERROR(apply_status);
       std::string value;
       PutFixed64BE(&value, last.value());
-      batch.Put(Family(kCheckpointsFamily), checkpoint_name, value);
+      state.PutRow(Family(kCheckpointsFamily), checkpoint_name, value);
+      LEDGER_RETURN_IF_ERROR(state.Finish());
       rocksdb::WriteOptions write_options;
       write_options.sync = options_.sync;
-      LEDGER_RETURN_IF_ERROR(FromRocks(db_->Write(write_options, batch.GetWriteBatch())));
+      LEDGER_RETURN_IF_ERROR(FromRocks(db_->Write(write_options, &batch)));
       next = Next(last);
     }
   }
@@ -1024,18 +1045,11 @@ void LedgerImpl::Answer(GroupCommit* commit, const Status& durable) {
   }
 }
 
-Status LedgerImpl::AppendToBatch(const Event& event, BatchStateReader* state,
-                                 rocksdb::WriteBatchWithIndex* batch, StreamRuns* runs) {
+Status LedgerImpl::AppendToBatch(const Event& event, GroupState* state, StreamRuns* runs) {
   std::string stored;
   EncodeEvent(event, &stored);
   std::string key = EncodePositionKey(event.position.value());
-  // The event and its stream row are never read back within a group (folds get the event
-  // itself; BatchStateReader refuses the log families), so they go into the underlying
-  // WriteBatch without an index entry: that skips two index skiplist inserts (with
-  // overwrite_key, each a search plus an insert) per event, about two thirds of the batch-building
-  // cost. Save points cover them (they truncate the WriteBatch; the index is rebuilt from it).
-  rocksdb::WriteBatch* unindexed = batch->GetWriteBatch();
-  LEDGER_RETURN_IF_ERROR(FromRocks(unindexed->Put(Family(kEventsFamily), key, stored)));
+  LEDGER_RETURN_IF_ERROR(state->AppendEvent(Family(kEventsFamily), key, stored));
   runs->Add(event.subject, event.position);
   for (const Fold* fold : options_.folds) {
     LEDGER_RETURN_IF_ERROR(fold->Apply(event, *state, state));
@@ -1043,8 +1057,7 @@ Status LedgerImpl::AppendToBatch(const Event& event, BatchStateReader* state,
   return Status::OK();
 }
 
-Status LedgerImpl::DecideOne(Writer* w, int64_t now_us, BatchStateReader* state,
-                             rocksdb::WriteBatchWithIndex* batch) {
+Status LedgerImpl::DecideOne(Writer* w, int64_t now_us, GroupState* state) {
   Command* command = w->command;
   CommandResult& result = w->result;
   std::string idempotency_key;
@@ -1095,17 +1108,15 @@ Status LedgerImpl::DecideOne(Writer* w, int64_t now_us, BatchStateReader* state,
     event.data = std::move(ne.data);
     event.prev_hash = head_hash_;
     SealEvent(&event);
-    LEDGER_RETURN_IF_ERROR(AppendToBatch(event, state, batch, &runs));
+    LEDGER_RETURN_IF_ERROR(AppendToBatch(event, state, &runs));
     head_ = event.position;
     head_hash_ = event.hash;
   }
-  LEDGER_RETURN_IF_ERROR(
-      FromRocks(runs.WriteTo(batch->GetWriteBatch(), Family(kStreamsFamily))));
+  runs.WriteTo(state, Family(kStreamsFamily));
   if (!idempotency_key.empty()) {
-    LEDGER_RETURN_IF_ERROR(FromRocks(batch->Put(
-        Family(kIdempotencyFamily), idempotency_key,
-        EncodeIdempotencyRecord(command->request_hash, head_, decision.http_status,
-                                decision.body))));
+    state->PutRow(Family(kIdempotencyFamily), idempotency_key,
+                  EncodeIdempotencyRecord(command->request_hash, head_, decision.http_status,
+                                          decision.body));
   }
   result.http_status = decision.http_status;
   result.body = std::move(decision.body);
@@ -1114,8 +1125,7 @@ Status LedgerImpl::DecideOne(Writer* w, int64_t now_us, BatchStateReader* state,
   return Status::OK();
 }
 
-Status LedgerImpl::ImportOne(Writer* w, BatchStateReader* state,
-                             rocksdb::WriteBatchWithIndex* batch) {
+Status LedgerImpl::ImportOne(Writer* w, GroupState* state) {
   StreamRuns runs;
   for (const Event& source : *w->import) {
     if (source.position != Next(head_)) {
@@ -1131,14 +1141,13 @@ Status LedgerImpl::ImportOne(Writer* w, BatchStateReader* state,
       return Status::Corruption("imported event " + std::to_string(source.position.value()) +
                                 " fails its hash");
     }
-    LEDGER_RETURN_IF_ERROR(AppendToBatch(event, state, batch, &runs));
+    LEDGER_RETURN_IF_ERROR(AppendToBatch(event, state, &runs));
     head_ = event.position;
     head_hash_ = event.hash;
     last_time_us_ = std::max(last_time_us_, event.time_us);
     w->result.events_appended++;
   }
-  LEDGER_RETURN_IF_ERROR(
-      FromRocks(runs.WriteTo(batch->GetWriteBatch(), Family(kStreamsFamily))));
+  runs.WriteTo(state, Family(kStreamsFamily));
   w->result.position = head_;
   return Status::OK();
 }
@@ -1154,8 +1163,9 @@ void LedgerImpl::WriteGroup(GroupCommit* commit) {
     }
     return;
   }
-  rocksdb::WriteBatchWithIndex batch(rocksdb::BytewiseComparator(), 0, /*overwrite_key=*/true);
-  BatchStateReader state(db_, &families_, &batch);
+  group_rows_.Clear();
+  group_batch_.Clear();
+  GroupState state(db_, &families_, &families_by_id_, &group_rows_, &group_batch_);
   const Position group_start = head_;
   const Hash group_start_hash = head_hash_;
   // Event time never goes backwards in the log, whatever the wall clock does.
@@ -1164,11 +1174,10 @@ void LedgerImpl::WriteGroup(GroupCommit* commit) {
   for (Writer* w : group) {
     const Position command_start = head_;
     const Hash command_start_hash = head_hash_;
-    batch.SetSavePoint();
-    Status s = w->import != nullptr ? ImportOne(w, &state, &batch)
-                                    : DecideOne(w, now_us, &state, &batch);
+    state.SetSavePoint();
+    Status s = w->import != nullptr ? ImportOne(w, &state) : DecideOne(w, now_us, &state);
     if (!s.ok()) {
-      batch.RollbackToSavePoint().PermitUncheckedError();
+      state.RollbackToSavePoint();
       head_ = command_start;
       head_hash_ = command_start_hash;
       w->result = CommandResult{};
@@ -1177,24 +1186,30 @@ void LedgerImpl::WriteGroup(GroupCommit* commit) {
       metrics_.commands_rejected.Add();
       continue;
     }
-    batch.PopSavePoint().PermitUncheckedError();
+    state.PopSavePoint();
     commit->events += w->result.events_appended;
   }
 
-  if (batch.GetWriteBatch()->Count() == 0) return;  // only rejections and replays
+  if (state.empty()) return;  // only rejections and replays
   std::string position_value;
   PutFixed64BE(&position_value, head_.value());
-  batch.Put(Family(kMetaFamily), kHeadKey, EncodeHead(head_, head_hash_));
+  state.PutRow(Family(kMetaFamily), kHeadKey, EncodeHead(head_, head_hash_));
   for (const Fold* fold : options_.folds) {
-    batch.Put(Family(kCheckpointsFamily), kFoldCheckpointPrefix + std::string(fold->Name()),
-              position_value);
+    state.PutRow(Family(kCheckpointsFamily), kFoldCheckpointPrefix + std::string(fold->Name()),
+                 position_value);
   }
-
-  rocksdb::WriteBatch sorted;
-  rocksdb::WriteBatch* to_write = batch.GetWriteBatch();
-  if (BuildSortedWriteBatch(&batch, families_, Family(kEventsFamily), Family(kStreamsFamily),
-                            &sorted)) {
-    to_write = &sorted;
+  if (Status finish = state.Finish(); !finish.ok()) {
+    // Nothing was written: the group's commands fail, the next group decides on the old head.
+    spdlog::error("could not build the group's batch: {}", finish.ToString());
+    for (Writer* w : group) {
+      if (w->result.status.ok()) {
+        w->result = CommandResult{};
+        w->result.status = finish;
+      }
+    }
+    head_ = group_start;
+    head_hash_ = group_start_hash;
+    return;
   }
   // Written without sync: the WAL record reaches the OS and the memtables here, and the sync
   // thread syncs it while the next group is decided. Readers never see it before then: they read
@@ -1204,7 +1219,7 @@ void LedgerImpl::WriteGroup(GroupCommit* commit) {
   rocksdb::Status s;
   {
     std::lock_guard<std::mutex> l(wal_mu_);
-    s = db_->Write(rocksdb::WriteOptions(), to_write);
+    s = db_->Write(rocksdb::WriteOptions(), &group_batch_);
     if (!s.ok()) wal_write_failed_ = true;
   }
   if (!s.ok()) {

@@ -171,16 +171,19 @@ TEST(GroupCommitTest, ARejectionInsideAGroupDoesNotAffectTheOthers) {
   EXPECT_TRUE(report.ok()) << report.Summary();
 }
 
-// A fold that marks every subject it sees: row `subject` in the family "marks".
+// A fold that marks every subject it sees: row `subject` in the family "marks"; a subject
+// "unmark-<x>" deletes the mark of <x> instead.
 class MarkFold final : public Fold {
  public:
   std::string_view Name() const override { return "marks"; }
   Status Apply(const Event& event, const StateReader&, RowWriter* rows) const override {
+    if (event.subject.starts_with("unmark-")) return rows->Delete("marks", event.subject.substr(7));
     return rows->Put("marks", event.subject, "1");
   }
 };
 
-// Looks up the marks of `keys` with one Contains and with one Get each.
+// Looks up the marks of `keys` with one Contains and with one Get each, and lists every mark
+// with a Scan and with a ScanFrom("h").
 class ProbeCommand final : public Command {
  public:
   explicit ProbeCommand(std::vector<std::string> keys) : keys_(std::move(keys)) {}
@@ -192,18 +195,29 @@ class ProbeCommand final : public Command {
       if (!s.ok() && !s.IsNotFound()) return s;
       got.push_back(s.ok());
     }
+    auto collect = [](std::vector<std::string>* out) {
+      return [out](std::string_view key, std::string_view) {
+        out->emplace_back(key);
+        return true;
+      };
+    };
+    LEDGER_RETURN_IF_ERROR(context.state->Scan("marks", "", collect(&scanned)));
+    LEDGER_RETURN_IF_ERROR(context.state->ScanFrom("marks", "", "h", collect(&scanned_from_h)));
     decision->body = "{}";
     return Status::OK();
   }
   std::vector<bool> contained, got;
+  std::vector<std::string> scanned, scanned_from_h;
 
  private:
   std::vector<std::string> keys_;
 };
 
-// The batched lookup of group state (StateReader::Contains) sees what Get sees: rows in the
-// store (earlier groups) and rows of earlier commands of the same group, and nothing else.
-TEST(GroupCommitTest, ContainsSeesTheStoreAndTheEarlierCommandsOfItsGroup) {
+// The group state's reads (Get, the batched Contains, Scan, ScanFrom) see the rows in the store
+// (earlier groups) merged with the rows of earlier commands of the same group — a deletion in the
+// group hides a stored row — and nothing else: not the rows of a command rolled back inside the
+// group, nor those of later commands.
+TEST(GroupCommitTest, GroupStateReadsSeeTheStoreAndTheEarlierCommandsOfItsGroup) {
   TempDir dir;
   MarkFold marks;
   LedgerOptions options;
@@ -213,25 +227,45 @@ TEST(GroupCommitTest, ContainsSeesTheStoreAndTheEarlierCommandsOfItsGroup) {
   ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
   AppendCommand stored("stored");
   ASSERT_TRUE(ledger->Submit(&stored).status.ok());
+  AppendCommand gone("gone");
+  ASSERT_TRUE(ledger->Submit(&gone).status.ok());
 
   GateCommand gate("gate");
   std::thread leader([&] { EXPECT_TRUE(ledger->Submit(&gate).status.ok()); });
   gate.WaitUntilDeciding();
   AppendCommand same_group("same-group");
-  ProbeCommand probe({"stored", "same-group", "gate", "absent", "later"});
+  AppendCommand unmark("unmark-gone");
+  HalfInvalidCommand rolled_back;  // marks "half-valid", then fails: the mark is undone
+  ProbeCommand probe({"stored", "same-group", "gate", "absent", "later", "gone", "half-valid"});
   AppendCommand later("later");
-  std::vector<Command*> members = {&same_group, &probe, &later};
+  std::vector<Command*> members = {&same_group, &unmark, &rolled_back, &probe, &later};
   std::vector<std::thread> submitters;
   for (size_t i = 0; i < members.size(); ++i) {
-    submitters.emplace_back([&, i] { EXPECT_TRUE(ledger->Submit(members[i]).status.ok()); });
+    submitters.emplace_back([&, i] {
+      Status s = ledger->Submit(members[i]).status;
+      EXPECT_EQ(s.ok(), members[i] != &rolled_back) << s.ToString();
+    });
     while (ledger->QueueDepth() < 2 + i) std::this_thread::yield();  // keep the queue order
   }
   gate.Open();
   leader.join();
   for (auto& t : submitters) t.join();
-  EXPECT_EQ(probe.contained, (std::vector<bool>{true, true, true, false, false}));
+  EXPECT_EQ(probe.contained, (std::vector<bool>{true, true, true, false, false, false, false}));
   EXPECT_EQ(probe.contained, probe.got);
-  EXPECT_EQ(ledger->metrics().groups_committed.Value(), 3u);  // stored; gate; the three
+  EXPECT_EQ(probe.scanned, (std::vector<std::string>{"gate", "same-group", "stored"}));
+  EXPECT_EQ(probe.scanned_from_h, (std::vector<std::string>{"same-group", "stored"}));
+  EXPECT_EQ(ledger->metrics().groups_committed.Value(), 4u);  // stored; gone; gate; the five
+
+  // What the group wrote is what a snapshot reads afterwards.
+  std::vector<std::string> after;
+  ASSERT_TRUE(ledger->Snapshot()
+                  ->Scan("marks", "",
+                         [&](std::string_view key, std::string_view) {
+                           after.emplace_back(key);
+                           return true;
+                         })
+                  .ok());
+  EXPECT_EQ(after, (std::vector<std::string>{"gate", "later", "same-group", "stored"}));
 }
 
 }  // namespace
