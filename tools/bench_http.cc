@@ -28,8 +28,9 @@ namespace {
 
 using SteadyClock = std::chrono::steady_clock;
 
-// Answers bigger than this are a protocol error for this client (consume answers are < 1 KiB).
-constexpr size_t kResponseBytesMax = 64 * 1024;
+// Answers bigger than this are a protocol error for this client (consume answers are < 1 KiB;
+// a batch answer has ~100 bytes per item).
+constexpr size_t kResponseBytesMax = 4 << 20;
 // How long the client waits for the answers still outstanding when the measured window ends.
 constexpr auto kDrainMax = std::chrono::seconds(30);
 
@@ -196,6 +197,8 @@ class Client {
     result->ok = ok_;
     result->refused = refused_;
     result->transport_errors = transport_errors_;
+    result->items_accepted = items_accepted_;
+    result->items_rate = static_cast<double>(items_accepted_) / o_.seconds;
     result->p50_ms = Percentile(latencies_ms_, 50);
     result->p90_ms = Percentile(latencies_ms_, 90);
     result->p99_ms = Percentile(latencies_ms_, 99);
@@ -274,12 +277,10 @@ class Client {
       idle_.pop_front();
       Connection& c = connections_[i];
       c.queued = false;
-      const std::string body = "{\"user_id\":\"" + o_.user_id + "\",\"service\":\"" +
-                               o_.service + "\",\"quantity\":1,\"idempotency_key\":\"" + prefix_ +
-                               std::to_string(next_) + "\"}";
+      const std::string body = o_.batch > 0 ? BatchBody(next_) : ConsumeBody(next_);
       ++next_;
-      c.out = "POST /api/v1/usage/consume HTTP/1.1\r\nHost: " + host_header_ +
-              "\r\nAuthorization: Bearer " + o_.token +
+      c.out = std::string(o_.batch > 0 ? "POST /api/v1/usage/events" : "POST /api/v1/usage/consume") +
+              " HTTP/1.1\r\nHost: " + host_header_ + "\r\nAuthorization: Bearer " + o_.token +
               "\r\nContent-Type: application/json\r\nContent-Length: " +
               std::to_string(body.size()) + "\r\n\r\n" + body;
       c.out_sent = 0;
@@ -290,6 +291,46 @@ class Client {
       LEDGER_RETURN_IF_ERROR(Flush(i));
     }
     return Status::OK();
+  }
+
+  std::string ConsumeBody(uint64_t n) const {
+    return "{\"user_id\":\"" + o_.user_id + "\",\"service\":\"" + o_.service +
+           "\",\"quantity\":1,\"idempotency_key\":\"" + prefix_ + std::to_string(n) + "\"}";
+  }
+
+  // Item i of request n: user "<user_id>-<i mod users>", key "<prefix><n>-<i>".
+  std::string BatchBody(uint64_t n) const {
+    std::string body;
+    body.reserve(static_cast<size_t>(o_.batch) * 112 + 16);
+    body += "{\"events\":[";
+    const std::string request_prefix = prefix_ + std::to_string(n) + "-";
+    char digits[24];
+    for (int i = 0; i < o_.batch; ++i) {
+      if (i > 0) body += ',';
+      body += "{\"user_id\":\"";
+      body += o_.user_id;
+      body += '-';
+      body.append(digits, std::to_chars(digits, digits + sizeof(digits), i % o_.batch_users).ptr);
+      body += "\",\"service\":\"";
+      body += o_.service;
+      body += "\",\"quantity\":1,\"idempotency_key\":\"";
+      body += request_prefix;
+      body.append(digits, std::to_chars(digits, digits + sizeof(digits), i).ptr);
+      body += "\",\"metadata\":{\"model\":\"bench\"}}";
+    }
+    body += "]}";
+    return body;
+  }
+
+  // The accepted items of a batch answer: its top-level "accepted" count, after the results.
+  static uint64_t CountAccepted(std::string_view response) {
+    constexpr std::string_view kAccepted = "],\"accepted\":";
+    const size_t at = response.rfind(kAccepted);
+    if (at == std::string_view::npos) return 0;
+    uint64_t count = 0;
+    const char* from = response.data() + at + kAccepted.size();
+    std::from_chars(from, response.data() + response.size(), count);
+    return count;
   }
 
   Status Flush(size_t i) {
@@ -370,8 +411,11 @@ class Client {
     if (complete == 0) return closed ? Fail(i) : Status::OK();
     const auto done = SteadyClock::now();
     c.busy = false;
-    c.in.clear();
     --in_flight_;
+    if (c.due >= measure_from_ && o_.batch > 0 && status == 200) {
+      items_accepted_ += CountAccepted(c.in);
+    }
+    c.in.clear();
     if (c.due >= measure_from_) {
       (status == 200 ? ok_ : refused_)++;
       latencies_ms_.push_back(std::chrono::duration<double, std::milli>(done - c.due).count());
@@ -394,7 +438,7 @@ class Client {
   bool open_loop_ = false;
   uint64_t next_ = 0;  // index of the next request to send
   uint64_t in_flight_ = 0;
-  uint64_t ok_ = 0, refused_ = 0, transport_errors_ = 0;
+  uint64_t ok_ = 0, refused_ = 0, transport_errors_ = 0, items_accepted_ = 0;
   std::vector<double> latencies_ms_;
 };
 
@@ -404,10 +448,11 @@ Status RunHttpBench(const HttpBenchOptions& o, HttpBenchResult* result) {
   *result = HttpBenchResult();
   std::string host, port;
   if (o.url.empty() || o.connections < 1 || o.connections > 4096 || o.seconds <= 0 ||
-      o.rate < 0 || o.warmup_seconds < 0 || !ParseUrl(o.url, &host, &port)) {
+      o.rate < 0 || o.warmup_seconds < 0 || o.batch < 0 || o.batch > 1000 ||
+      o.batch_users < 1 || !ParseUrl(o.url, &host, &port)) {
     return Status::InvalidArgument("bad_bench_options",
                                    "need --url http://host:port, 1..4096 connections, "
-                                   "seconds > 0, rate >= 0");
+                                   "seconds > 0, rate >= 0, batch 0..1000, batch users >= 1");
   }
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -423,21 +468,30 @@ Status RunHttpBench(const HttpBenchOptions& o, HttpBenchResult* result) {
 }
 
 std::string FormatHttpBenchReport(const HttpBenchOptions& o, const HttpBenchResult& r) {
+  std::string items;
+  if (o.batch > 0) {
+    char line[256];
+    std::snprintf(line, sizeof(line),
+                  "  accepted   %.0f events/s (%llu items in %d-item bodies for %d users)\n",
+                  r.items_rate, static_cast<unsigned long long>(r.items_accepted), o.batch,
+                  o.batch_users);
+    items = line;
+  }
   char buf[1024];
   std::snprintf(buf, sizeof(buf),
-                "bench http: POST %s/api/v1/usage/consume, %d connections, %s, %.0f s measured\n"
+                "bench http: POST %s/api/v1/usage/%s, %d connections, %s, %.0f s measured\n"
                 "  answered   %.0f req/s (%llu requests: %llu 200, %llu other status, %llu "
-                "transport errors)\n"
+                "transport errors)\n%s"
                 "  p50 %8.2f ms\n  p90 %8.2f ms\n  p99 %8.2f ms\n  p99.9 %6.2f ms\n"
                 "  max %8.2f ms\n",
-                o.url.c_str(), o.connections,
+                o.url.c_str(), o.batch > 0 ? "events" : "consume", o.connections,
                 o.rate > 0 ? ("open loop at " + std::to_string(static_cast<long long>(o.rate)) +
                               " req/s (latency from each request's due time)")
                                  .c_str()
                            : "closed loop",
                 o.seconds, r.achieved_rate, static_cast<unsigned long long>(r.requests),
                 static_cast<unsigned long long>(r.ok), static_cast<unsigned long long>(r.refused),
-                static_cast<unsigned long long>(r.transport_errors), r.p50_ms, r.p90_ms, r.p99_ms,
+                static_cast<unsigned long long>(r.transport_errors), items.c_str(), r.p50_ms, r.p90_ms, r.p99_ms,
                 r.p999_ms, r.max_ms);
   return buf;
 }

@@ -263,7 +263,9 @@ void AddBench(CLI::App& app, BenchArgs* args) {
       ->capture_default_str();
   // `ledgerctl bench http`: against a running ledgerd (tools/bench_http.h).
   CLI::App* http = sub->add_subcommand(
-      "http", "Load a running ledgerd's POST /api/v1/usage/consume (fresh key per request)");
+      "http",
+      "Load a running ledgerd's POST /api/v1/usage/consume (fresh key per request), or with "
+      "--batch N its POST /api/v1/usage/events (N fresh items per body)");
   http->add_option("--url", args->http.url, "ledgerd's base URL, e.g. http://127.0.0.1:8084")
       ->required();
   http->add_option("--token", args->http.token, "service token (or a user's JWT)")
@@ -276,6 +278,14 @@ void AddBench(CLI::App& app, BenchArgs* args) {
       ->capture_default_str();
   http->add_option("--seconds", args->http.seconds, "measured seconds")->capture_default_str();
   http->add_option("--warmup", args->http.warmup_seconds, "warm-up seconds (not measured)")
+      ->capture_default_str();
+  http->add_option("--batch", args->http.batch,
+                   "items per POST /api/v1/usage/events body (0 = consume instead)")
+      ->check(CLI::Range(0, 1000))
+      ->capture_default_str();
+  http->add_option("--batch-users", args->http.batch_users,
+                   "users per batch body (<user>-0 ... <user>-<N-1>)")
+      ->check(CLI::Range(1, 1000))
       ->capture_default_str();
   args->http_command = http;
   // `ledgerctl bench admin`: the admin views over seeded subscribers (tools/bench_admin.h).

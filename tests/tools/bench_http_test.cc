@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <rapidjson/document.h>
 
 #include <atomic>
 #include <chrono>
@@ -126,6 +127,89 @@ TEST(HttpBenchTest, ClosedLoopSendsBackToBackAndSurvivesClosedConnections) {
   EXPECT_EQ(server.bad(), 0);
 }
 
+// Records POST /api/v1/usage/events bodies; answers each with every item but the last accepted.
+class FakeBatchServer {
+ public:
+  FakeBatchServer() {
+    server_.Post("/api/v1/usage/events", [this](const httplib::Request& req,
+                                                httplib::Response& res) {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++requests_;
+      rapidjson::Document doc;
+      doc.Parse(req.body.c_str());
+      if (req.get_header_value("Authorization") != "Bearer tok" || doc.HasParseError() ||
+          !doc.IsObject() || !doc.HasMember("events") || !doc["events"].IsArray()) {
+        ++bad_;
+        res.status = 400;
+        return;
+      }
+      const auto& events = doc["events"].GetArray();
+      sizes_.insert(events.Size());
+      for (const auto& item : events) {
+        if (!item.IsObject() || !item.HasMember("user_id") || !item.HasMember("idempotency_key") ||
+            !item.HasMember("service") || !item["service"].IsString() ||
+            std::string_view(item["service"].GetString()) != "chat" ||
+            !item.HasMember("quantity") || !item["quantity"].IsInt() ||
+            item["quantity"].GetInt() != 1) {
+          ++bad_;
+          continue;
+        }
+        users_.insert(item["user_id"].GetString());
+        keys_.insert(item["idempotency_key"].GetString());
+        ++items_;
+      }
+      const size_t accepted = events.Size() - 1;
+      res.set_content("{\"results\":[{\"index\":0,\"status\":\"accepted\"}],\"accepted\":" +
+                          std::to_string(accepted) + ",\"duplicates\":1,\"invalid\":0}",
+                      "application/json");
+    });
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+    for (int i = 0; i < 5000 && !server_.is_running(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  ~FakeBatchServer() {
+    server_.stop();
+    thread_.join();
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+  httplib::Server server_;
+  int port_ = 0;
+  std::thread thread_;
+  std::mutex mu_;
+  uint64_t requests_ = 0, items_ = 0, bad_ = 0;  // guarded by mu_
+  std::set<size_t> sizes_;                       // guarded by mu_
+  std::set<std::string> users_, keys_;           // guarded by mu_
+};
+
+TEST(HttpBenchTest, BatchModeSendsFreshItemsForEveryUserAndCountsWhatTheAnswersAccepted) {
+  FakeBatchServer server;
+  HttpBenchOptions o = Options(server.url());
+  o.batch = 50;
+  o.batch_users = 7;
+  o.connections = 2;
+  o.seconds = 0.5;
+  HttpBenchResult r;
+  Status s = RunHttpBench(o, &r);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  ASSERT_GT(r.requests, 10u);
+  EXPECT_EQ(r.ok, r.requests);
+  // The answers' "accepted" counts (49 of 50 items each), not the items sent.
+  EXPECT_EQ(r.items_accepted, r.ok * 49);
+  EXPECT_DOUBLE_EQ(r.items_rate, static_cast<double>(r.items_accepted) / o.seconds);
+  std::lock_guard<std::mutex> lock(server.mu_);
+  EXPECT_EQ(server.bad_, 0u);
+  EXPECT_EQ(server.sizes_, (std::set<size_t>{50}));
+  EXPECT_EQ(server.items_, server.requests_ * 50);
+  EXPECT_EQ(server.keys_.size(), server.items_);  // every key fresh, across requests too
+  std::set<std::string> users;
+  for (int u = 0; u < 7; ++u) users.insert("u1-" + std::to_string(u));
+  EXPECT_EQ(server.users_, users);
+  EXPECT_NE(FormatHttpBenchReport(o, r).find("accepted"), std::string::npos);
+}
+
 TEST(HttpBenchTest, UnreachableServerAndBadOptionsAreErrors) {
   HttpBenchResult r;
   HttpBenchOptions o = Options("http://127.0.0.1:1");
@@ -136,6 +220,13 @@ TEST(HttpBenchTest, UnreachableServerAndBadOptionsAreErrors) {
   EXPECT_TRUE(RunHttpBench(o, &r).problem() == "bad_bench_options");
   o = Options("http://127.0.0.1:8084");
   o.connections = 0;
+  EXPECT_TRUE(RunHttpBench(o, &r).problem() == "bad_bench_options");
+  o = Options("http://127.0.0.1:8084");
+  o.batch = 1001;  // more than a batch request may hold
+  EXPECT_TRUE(RunHttpBench(o, &r).problem() == "bad_bench_options");
+  o = Options("http://127.0.0.1:8084");
+  o.batch = 10;
+  o.batch_users = 0;
   EXPECT_TRUE(RunHttpBench(o, &r).problem() == "bad_bench_options");
 }
 

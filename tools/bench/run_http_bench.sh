@@ -11,20 +11,26 @@
 #      each answer comes after the fsync of its group);
 #   5. latency: `ledgerctl bench http` offers consume at a fixed rate (default half the measured
 #      consume rate) and reports latency from each request's due time (no coordinated omission);
-#   6. events: batched ingest, wrk POST /api/v1/usage/events with 1000-item bodies (one
-#      usage.batch_recorded.v1 per user and request; events/s counts the items);
+#   6. events: batched ingest, `ledgerctl bench http --batch 1000`: POST /api/v1/usage/events
+#      with 1000-item bodies for 100 users (one usage.batch_recorded.v1 per user and request;
+#      events/s counts the items the answers accepted), closed loop on --events-connections;
+#      events-wrk: the same load from wrk's Lua script (events.lua), whose body building costs
+#      the shared two cores ~0.4 of a core at this rate;
 #   7. seed: the seed's stack (tools/bench/seed_stack/app.py: FastAPI on uvicorn over a private
 #      PostgreSQL 15 cluster, fsync and synchronous_commit on) with the same consume script;
 #   8. prints the figures side by side and stops everything.
 #
 # Usage: tools/bench/run_http_bench.sh [--build DIR] [--kafka none|embedded] [--connections C]
-#                                      [--seconds S] [--rate R] [--phases LIST] [--keep] [--serve]
+#                                      [--events-connections E] [--seconds S] [--rate R]
+#                                      [--phases LIST] [--keep] [--serve]
 # --serve: start and seed ledgerd only, print the URL and token, and keep serving until interrupted.
-# --phases: comma-separated subset of trivial,livez,consume,latency,events,seed (default: all);
+# --phases: comma-separated subset of trivial,livez,consume,latency,events,events-wrk,seed
+#           (default: all);
 #           latency without consume needs --rate (default then 4000).
 # The seed phase needs root (PostgreSQL runs as the `postgres` user) and the Debian packages
 # postgresql python3-fastapi python3-uvicorn python3-asyncpg; run as root, it installs the missing
-# ones. Defaults: --build build-release, --kafka none, --connections 64, --seconds 20.
+# ones. Defaults: --build build-release, --kafka none, --connections 64, --events-connections 16,
+# --seconds 20.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -32,16 +38,18 @@ root="$(cd "$here/../.." && pwd)"
 build="$root/build-release"
 kafka="none"
 connections=64
+events_connections=16
 seconds=20
 rate=""
 keep=0
 serve=0
-phases="trivial,livez,consume,latency,events,seed"
+phases="trivial,livez,consume,latency,events,events-wrk,seed"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --build) build="$(cd "$2" && pwd)"; shift 2 ;;
     --kafka) kafka="$2"; shift 2 ;;
     --connections) connections="$2"; shift 2 ;;
+    --events-connections) events_connections="$2"; shift 2 ;;
     --seconds) seconds="$2"; shift 2 ;;
     --rate) rate="$2"; shift 2 ;;
     --phases) phases="$2"; shift 2 ;;
@@ -52,8 +60,9 @@ while [[ $# -gt 0 ]]; do
 done
 for phase in ${phases//,/ }; do
   case "$phase" in
-    trivial|livez|consume|latency|events|seed) ;;
-    *) echo "unknown phase $phase (trivial, livez, consume, latency, events, seed)" >&2; exit 64 ;;
+    trivial|livez|consume|latency|events|events-wrk|seed) ;;
+    *) echo "unknown phase $phase (trivial, livez, consume, latency, events, events-wrk, seed)" >&2
+       exit 64 ;;
   esac
 done
 phase() { [[ ",$phases," == *",$1,"* ]]; }
@@ -176,7 +185,7 @@ settle() {
 
 echo
 echo "== ledgerd ($(basename "$build")) at $url, kafka=$kafka =="
-livez_rps="" consume_rps="" events_rate="" p99=""
+livez_rps="" consume_rps="" events_rate="" events_wrk_rate="" p99=""
 if phase livez; then
   echo
   wrk -t2 -c"$connections" -d"${seconds}s" -s "$here/livez.lua" "$url/livez" | tee "$work/livez.txt"
@@ -199,8 +208,15 @@ if phase latency; then
 fi
 if phase events; then
   echo
-  wrk -t2 -c4 -d"${seconds}s" -s "$here/events.lua" "$url" -- "$token" 1000 100 | tee "$work/events.txt"
-  events_rate="$(sed -n 's/.* = \([0-9]*\) events\/s.*/\1/p' "$work/events.txt")"
+  "$ledgerctl" bench http --url "$url" --token "$token" --user bench-batch --batch 1000 \
+    --batch-users 100 --connections "$events_connections" --seconds "$seconds" | tee "$work/events.txt"
+  events_rate="$(sed -n 's/^  accepted *\([0-9]*\) events\/s.*/\1/p' "$work/events.txt")"
+  settle
+fi
+if phase events-wrk; then
+  echo
+  wrk -t2 -c"$events_connections" -d"${seconds}s" -s "$here/events.lua" "$url" -- "$token" 1000 100 | tee "$work/events-wrk.txt"
+  events_wrk_rate="$(sed -n 's/.* = \([0-9]*\) events\/s.*/\1/p' "$work/events-wrk.txt")"
 fi
 
 metrics="$(curl -s "$url/metrics" | grep -E "^ledger_(groups_committed|events_appended|append_group_commands_(sum|count)|wal_syncs_total)" || true)"
@@ -268,7 +284,8 @@ if phase consume; then
   echo "$line"
 fi
 phase latency && echo "ledgerd consume p99 at $rate/s     ${p99:-?} ms (target <= 10 ms at half the max rate)"
-phase events && echo "ledgerd POST /usage/events         ${events_rate:-?} events/s (1000-item bodies; target >= 200000)"
+phase events && echo "ledgerd POST /usage/events         ${events_rate:-?} events/s (ledgerctl bench http, 1000-item bodies, $events_connections connections; target >= 200000)"
+phase events-wrk && echo "ledgerd POST /usage/events (wrk)   ${events_wrk_rate:-?} events/s (wrk events.lua, 1000-item bodies, $events_connections connections)"
 if phase seed; then
   if [[ -n "$seed_rps" ]]; then
     line="seed FastAPI + PostgreSQL consume  $seed_rps req/s"
