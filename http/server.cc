@@ -97,6 +97,11 @@ double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+int64_t MillisecondsUntil(Clock::time_point deadline) {
+  return std::max<int64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count(), 0);
+}
+
 // Waits for `events` on `sock` for up to `timeout_ms`. EINTR-safe.
 bool PollFor(int sock, short events, int64_t timeout_ms) {
   pollfd pfd{sock, events, 0};
@@ -157,9 +162,9 @@ class ConnectionStream final : public httplib::Stream {
       return static_cast<ssize_t>(take);
     }
     if (begin_ == end_) {
-      if (!PollFor(sock_, POLLIN, read_timeout_ms_)) return -1;
-      ssize_t n = Receive(buffer_.data(), buffer_.size());
-      if (n <= 0) return n;
+      bool timed_out = false;
+      ssize_t n = Receive(buffer_.data(), buffer_.size(), &timed_out);
+      if (n <= 0) return timed_out ? -1 : n;
       begin_ = 0;
       end_ = static_cast<size_t>(n);
     }
@@ -170,24 +175,45 @@ class ConnectionStream final : public httplib::Stream {
     return static_cast<ssize_t>(take);
   }
 
+  // Sends without waiting first; waits (up to the write timeout) only when the socket buffer is
+  // full: the usual answer then costs one send() instead of a poll() and a send().
   ssize_t write(const char* ptr, size_t size) override {
     if (discard_writes_) return static_cast<ssize_t>(size);  // a deferred response's stand-in
-    if (!PollFor(sock_, POLLOUT, write_timeout_ms_)) return -1;
+    const auto deadline = Clock::now() + std::chrono::milliseconds(write_timeout_ms_);
     for (;;) {
-      ssize_t n = ::send(sock_, ptr, size, MSG_NOSIGNAL);
-      if (n >= 0 || errno != EINTR) return n;
+      ssize_t n = ::send(sock_, ptr, size, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n >= 0) return n;
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
+      if (!PollFor(sock_, POLLOUT, MillisecondsUntil(deadline))) return -1;
     }
   }
 
+  // cpp-httplib asks for both addresses on every request; they are the connection's, so the
+  // system calls are made once per connection.
   void get_remote_ip_and_port(std::string& ip, int& port) const override {
-    sockaddr_storage addr{};
-    socklen_t len = sizeof(addr);
-    if (::getpeername(sock_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) SockaddrToIpPort(addr, &ip, &port);
+    if (!remote_.known) {
+      sockaddr_storage addr{};
+      socklen_t len = sizeof(addr);
+      if (::getpeername(sock_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+        SockaddrToIpPort(addr, &remote_.ip, &remote_.port);
+      }
+      remote_.known = true;
+    }
+    ip = remote_.ip;
+    port = remote_.port;
   }
   void get_local_ip_and_port(std::string& ip, int& port) const override {
-    sockaddr_storage addr{};
-    socklen_t len = sizeof(addr);
-    if (::getsockname(sock_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) SockaddrToIpPort(addr, &ip, &port);
+    if (!local_.known) {
+      sockaddr_storage addr{};
+      socklen_t len = sizeof(addr);
+      if (::getsockname(sock_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+        SockaddrToIpPort(addr, &local_.ip, &local_.port);
+      }
+      local_.known = true;
+    }
+    ip = local_.ip;
+    port = local_.port;
   }
   socket_t socket() const override { return sock_; }
 
@@ -226,8 +252,9 @@ class ConnectionStream final : public httplib::Stream {
       begin_ = end_ = 0;
       end = head.find("\r\n\r\n");
       if (end != std::string::npos || head.size() > kHeaderBytesAllowance) break;
-      if (!PollFor(sock_, POLLIN, read_timeout_ms_)) break;  // cpp-httplib reports the timeout
-      ssize_t n = Receive(buffer_.data(), buffer_.size());
+      bool timed_out = false;
+      ssize_t n = Receive(buffer_.data(), buffer_.size(), &timed_out);
+      if (timed_out) break;  // cpp-httplib reports the timeout
       if (n < 0) return false;
       if (n == 0) break;
       end_ = static_cast<size_t>(n);
@@ -265,12 +292,29 @@ class ConnectionStream final : public httplib::Stream {
     return true;
   }
 
-  ssize_t Receive(char* ptr, size_t size) {
+  // Reads what is there; waits (up to the read timeout) only when nothing is: after the
+  // connection loop saw the socket readable, one recv() instead of a poll() and a recv().
+  // *timed_out: -1 because the wait ran out.
+  ssize_t Receive(char* ptr, size_t size, bool* timed_out) {
+    *timed_out = false;
+    const auto deadline = Clock::now() + std::chrono::milliseconds(read_timeout_ms_);
     for (;;) {
-      ssize_t n = ::recv(sock_, ptr, size, 0);
-      if (n >= 0 || errno != EINTR) return n;
+      ssize_t n = ::recv(sock_, ptr, size, MSG_DONTWAIT);
+      if (n >= 0) return n;
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
+      if (!PollFor(sock_, POLLIN, MillisecondsUntil(deadline))) {
+        *timed_out = true;
+        return -1;
+      }
     }
   }
+
+  struct Address {
+    bool known = false;
+    std::string ip;
+    int port = 0;
+  };
 
   const int sock_;
   const int64_t read_timeout_ms_;
@@ -287,6 +331,7 @@ class ConnectionStream final : public httplib::Stream {
   size_t pending_begin_ = 0;
   bool head_pending_ = false;
   std::map<std::string, std::string, std::less<>> long_headers_;
+  mutable Address remote_, local_;
 };
 
 // A response finished on another thread (DeferResponse) and written from there.
