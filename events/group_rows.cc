@@ -71,6 +71,8 @@ void GroupRows::Clear() {
   blocks_used_ = 0;
   block_offset_ = kBlockBytes;
   big_.clear();
+  // One huge group must not pin its arena for the life of the process.
+  if (blocks_.size() > kBlocksKept) blocks_.resize(kBlocksKept);
 }
 
 void GroupRows::Record(uint32_t family, std::string_view key, std::string_view value,

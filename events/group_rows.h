@@ -60,7 +60,8 @@ class GroupRows {
 
   // Mutations recorded (a key written twice counts twice).
   size_t mutations() const { return log_.size(); }
-  // Forgets everything; keeps allocated memory for the next group.
+  // Forgets everything; keeps allocated memory (up to kBlocksKept arena blocks) for the next
+  // group.
   void Clear();
 
  private:
@@ -83,6 +84,7 @@ class GroupRows {
   std::vector<size_t> save_points_;
   // Arena: blocks of kBlockBytes (bigger values get a block of their own).
   static constexpr size_t kBlockBytes = 64 << 10;
+  static constexpr size_t kBlocksKept = 64;  // by Clear(): 4 MiB, what a large group uses
   std::vector<std::unique_ptr<char[]>> blocks_;
   size_t blocks_used_ = 0;  // blocks_[0 .. blocks_used_) hold data; the last one is current
   size_t block_offset_ = kBlockBytes;
