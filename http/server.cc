@@ -192,28 +192,10 @@ class ConnectionStream final : public httplib::Stream {
   // cpp-httplib asks for both addresses on every request; they are the connection's, so the
   // system calls are made once per connection.
   void get_remote_ip_and_port(std::string& ip, int& port) const override {
-    if (!remote_.known) {
-      sockaddr_storage addr{};
-      socklen_t len = sizeof(addr);
-      if (::getpeername(sock_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-        SockaddrToIpPort(addr, &remote_.ip, &remote_.port);
-      }
-      remote_.known = true;
-    }
-    ip = remote_.ip;
-    port = remote_.port;
+    CachedAddress(::getpeername, &remote_, &ip, &port);
   }
   void get_local_ip_and_port(std::string& ip, int& port) const override {
-    if (!local_.known) {
-      sockaddr_storage addr{};
-      socklen_t len = sizeof(addr);
-      if (::getsockname(sock_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-        SockaddrToIpPort(addr, &local_.ip, &local_.port);
-      }
-      local_.known = true;
-    }
-    ip = local_.ip;
-    port = local_.port;
+    CachedAddress(::getsockname, &local_, &ip, &port);
   }
   socket_t socket() const override { return sock_; }
 
@@ -315,6 +297,20 @@ class ConnectionStream final : public httplib::Stream {
     std::string ip;
     int port = 0;
   };
+  // getpeername or getsockname, once.
+  void CachedAddress(int (*call)(int, sockaddr*, socklen_t*), Address* cache, std::string* ip,
+                     int* port) const {
+    if (!cache->known) {
+      sockaddr_storage addr{};
+      socklen_t len = sizeof(addr);
+      if (call(sock_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+        SockaddrToIpPort(addr, &cache->ip, &cache->port);
+      }
+      cache->known = true;
+    }
+    *ip = cache->ip;
+    *port = cache->port;
+  }
 
   const int sock_;
   const int64_t read_timeout_ms_;

@@ -10,10 +10,13 @@
 
 #include <atomic>
 #include <chrono>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <string>
 #include <thread>
+
+#include "tests/support/local_server.h"
 
 namespace ledger::tools {
 namespace {
@@ -45,17 +48,9 @@ class FakeConsumeServer {
       res.set_content("{\"allowed\":true}", "application/json");
     });
     server_.new_task_queue = [] { return new httplib::ThreadPool(32); };
-    port_ = server_.bind_to_any_port("127.0.0.1");
-    thread_ = std::thread([this] { server_.listen_after_bind(); });
-    for (int i = 0; i < 5000 && !server_.is_running(); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
+    local_ = std::make_unique<testing::LocalServer>(&server_);
   }
-  ~FakeConsumeServer() {
-    server_.stop();
-    thread_.join();
-  }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  std::string url() const { return local_->url(); }
   uint64_t requests() const { return requests_.load(); }
   size_t distinct_keys() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -68,12 +63,11 @@ class FakeConsumeServer {
 
  private:
   httplib::Server server_;
-  int port_ = 0;
-  std::thread thread_;
   std::atomic<uint64_t> requests_{0};
   std::mutex mu_;
   std::set<std::string> keys_;  // guarded by mu_
   int bad_auth_ = 0, bad_type_ = 0, bad_body_ = 0;  // guarded by mu_
+  std::unique_ptr<testing::LocalServer> local_;  // last: stopped before the rest goes
 };
 
 HttpBenchOptions Options(const std::string& url) {
@@ -163,25 +157,16 @@ class FakeBatchServer {
                           std::to_string(accepted) + ",\"duplicates\":1,\"invalid\":0}",
                       "application/json");
     });
-    port_ = server_.bind_to_any_port("127.0.0.1");
-    thread_ = std::thread([this] { server_.listen_after_bind(); });
-    for (int i = 0; i < 5000 && !server_.is_running(); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
+    local_ = std::make_unique<testing::LocalServer>(&server_);
   }
-  ~FakeBatchServer() {
-    server_.stop();
-    thread_.join();
-  }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  std::string url() const { return local_->url(); }
 
   httplib::Server server_;
-  int port_ = 0;
-  std::thread thread_;
   std::mutex mu_;
   uint64_t requests_ = 0, items_ = 0, bad_ = 0;  // guarded by mu_
   std::set<size_t> sizes_;                       // guarded by mu_
   std::set<std::string> users_, keys_;           // guarded by mu_
+  std::unique_ptr<testing::LocalServer> local_;  // last: stopped before the rest goes
 };
 
 TEST(HttpBenchTest, BatchModeSendsFreshItemsForEveryUserAndCountsWhatTheAnswersAccepted) {
