@@ -5,6 +5,10 @@
 #include <gtest/gtest.h>
 
 #include <iostream>
+#include <map>
+#include <mutex>
+#include <random>
+#include <sstream>
 #include <thread>
 
 #include "events/fold.h"
@@ -266,6 +270,171 @@ TEST(GroupCommitTest, GroupStateReadsSeeTheStoreAndTheEarlierCommandsOfItsGroup)
                          })
                   .ok());
   EXPECT_EQ(after, (std::vector<std::string>{"gate", "later", "same-group", "stored"}));
+}
+
+// A fold over "kv" rows: an event's data {"ops":"p:<key>:<value>;d:<key>;..."} puts and deletes.
+class KvFold final : public Fold {
+ public:
+  std::string_view Name() const override { return "kv"; }
+  Status Apply(const Event& event, const StateReader&, RowWriter* rows) const override {
+    constexpr std::string_view kOps = "{\"ops\":\"";
+    if (!event.data.starts_with(kOps)) return Status::OK();
+    std::stringstream ops(event.data.substr(kOps.size(), event.data.size() - kOps.size() - 2));
+    std::string op;
+    while (std::getline(ops, op, ';')) {
+      const size_t colon = op.find(':', 2);
+      Status s = op[0] == 'p' ? rows->Put("kv", op.substr(2, colon - 2), op.substr(colon + 1))
+                              : rows->Delete("kv", op.substr(2));
+      if (!s.ok()) return s;
+    }
+    return Status::OK();
+  }
+};
+
+// Checks what the group state shows of "kv" (Get, Contains, Scan, ScanFrom) against a model of
+// every command the writer committed before it, then appends random puts and deletes and, for
+// a failing command, an invalid event after them (the writer rolls the command back). Decide runs
+// on the committer thread only, in commit order, so the model is updated there too.
+struct KvModel {
+  std::map<std::string, std::string> rows;
+  std::vector<std::string> mismatches;
+  uint64_t checks = 0;
+};
+
+class KvCommand final : public Command {
+ public:
+  KvCommand(KvModel* model, uint32_t seed, bool fail) : model_(model), rng_(seed), fail_(fail) {}
+
+  Status Decide(const DecideContext& context, Decision* decision) override {
+    Check(*context.state);
+    std::map<std::string, std::string> after = model_->rows;
+    const int events = 1 + static_cast<int>(rng_() % 3);
+    for (int e = 0; e < events; ++e) {
+      std::string ops;
+      const int count = 1 + static_cast<int>(rng_() % 4);
+      for (int i = 0; i < count; ++i) {
+        const std::string key = Key();
+        if (!ops.empty()) ops += ';';
+        if (rng_() % 3 == 0) {
+          ops += "d:" + key;
+          after.erase(key);
+        } else {
+          const std::string value = "v" + std::to_string(rng_() % 1000000);
+          ops += "p:" + key + ":" + value;
+          after[key] = value;
+        }
+      }
+      decision->events.push_back(NewEvent{"test.kv.v1", "kv", "{\"ops\":\"" + ops + "\"}"});
+    }
+    if (fail_) {
+      decision->events.push_back(NewEvent{"test.kv.v1", std::string("bad\0subject", 11), "{}"});
+    } else {
+      model_->rows = std::move(after);
+    }
+    decision->body = "{}";
+    return Status::OK();
+  }
+
+ private:
+  std::string Key() { return "k" + std::to_string(rng_() % 40); }
+
+  void Mismatch(const std::string& what) {
+    if (model_->mismatches.size() < 20) model_->mismatches.push_back(what);
+  }
+
+  void Check(const StateReader& state) {
+    ++model_->checks;
+    const auto& rows = model_->rows;
+    std::string value;
+    const std::string key = Key();
+    Status s = state.Get("kv", key, &value);
+    auto it = rows.find(key);
+    if (it == rows.end() ? !s.IsNotFound() : (!s.ok() || value != it->second)) {
+      Mismatch("Get " + key + ": " + s.ToString() + " " + value);
+    }
+    std::vector<std::string> keys = {Key(), Key(), Key(), Key()};
+    std::vector<bool> found;
+    if (!state.Contains("kv", keys, &found).ok()) Mismatch("Contains failed");
+    for (size_t i = 0; i < keys.size() && i < found.size(); ++i) {
+      if (found[i] != (rows.count(keys[i]) > 0)) Mismatch("Contains " + keys[i]);
+    }
+    // The keys under a random one-digit prefix ("k1" holds k1, k10..k19), from a random start.
+    const std::string prefix = "k" + std::to_string(rng_() % 4);
+    const std::string start = prefix + std::to_string(rng_() % 10);
+    std::vector<std::pair<std::string, std::string>> scanned, scanned_from, expected,
+        expected_from;
+    auto into = [](auto* out) {
+      return [out](std::string_view k, std::string_view v) {
+        out->emplace_back(std::string(k), std::string(v));
+        return true;
+      };
+    };
+    if (!state.Scan("kv", prefix, into(&scanned)).ok()) Mismatch("Scan failed");
+    if (!state.ScanFrom("kv", prefix, start, into(&scanned_from)).ok()) Mismatch("ScanFrom failed");
+    for (const auto& [k, v] : rows) {
+      if (!k.starts_with(prefix)) continue;
+      expected.emplace_back(k, v);
+      if (k >= start) expected_from.emplace_back(k, v);
+    }
+    if (scanned != expected) Mismatch("Scan " + prefix);
+    if (scanned_from != expected_from) Mismatch("ScanFrom " + start);
+  }
+
+  KvModel* model_;
+  std::mt19937 rng_;
+  const bool fail_;
+};
+
+// The group state against a model: many concurrent submitters (so groups hold many commands),
+// random puts and deletes of a small key set (so later commands of a group read, overwrite and
+// delete the rows of earlier ones), one command in five rolled back after its rows were written.
+// What every command read, what a snapshot reads afterwards and what a reopened store reads all
+// equal the model.
+TEST(GroupCommitTest, GroupStateMatchesAModelAcrossGroupsAndRollbacks) {
+  TempDir dir;
+  KvFold kv;
+  LedgerOptions options;
+  options.path = dir.path();
+  options.folds = {&kv};
+  std::unique_ptr<Ledger> ledger;
+  ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
+  KvModel model;
+  std::atomic<int> failed{0}, unexpected{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 150; ++i) {
+        const bool fail = (t * 150 + i) % 5 == 0;
+        KvCommand command(&model, static_cast<uint32_t>(t * 1000 + i), fail);
+        const bool ok = ledger->Submit(&command).status.ok();
+        if (ok == fail) ++unexpected;
+        if (!ok) ++failed;
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(unexpected.load(), 0);
+  EXPECT_EQ(failed.load(), 8 * 150 / 5);
+  EXPECT_EQ(model.checks, 8u * 150u);
+  EXPECT_TRUE(model.mismatches.empty()) << model.mismatches.front();
+  // Groups of more than one command, or the test proves little.
+  EXPECT_LT(ledger->metrics().groups_committed.Value(), 8u * 150u * 4 / 5);
+
+  auto stored = [](Ledger* l) {
+    std::map<std::string, std::string> out;
+    EXPECT_TRUE(l->Snapshot()
+                    ->Scan("kv", "",
+                           [&](std::string_view k, std::string_view v) {
+                             out.emplace(k, v);
+                             return true;
+                           })
+                    .ok());
+    return out;
+  };
+  EXPECT_EQ(stored(ledger.get()), model.rows);
+  ledger.reset();
+  ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
+  EXPECT_EQ(stored(ledger.get()), model.rows);
 }
 
 }  // namespace
