@@ -176,17 +176,23 @@ class ConnectionStream final : public httplib::Stream {
   }
 
   // Sends without waiting first; waits (up to the write timeout) only when the socket buffer is
-  // full: the usual answer then costs one send() instead of a poll() and a send().
+  // full: the usual answer then costs one send() instead of a poll() and a send(). Writes all of
+  // `size` (as the blocking send did): some cpp-httplib writes (100 Continue) ignore a short count.
   ssize_t write(const char* ptr, size_t size) override {
     if (discard_writes_) return static_cast<ssize_t>(size);  // a deferred response's stand-in
     const auto deadline = Clock::now() + std::chrono::milliseconds(write_timeout_ms_);
-    for (;;) {
-      ssize_t n = ::send(sock_, ptr, size, MSG_NOSIGNAL | MSG_DONTWAIT);
-      if (n >= 0) return n;
+    size_t sent = 0;
+    while (sent < size) {
+      ssize_t n = ::send(sock_, ptr + sent, size - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n >= 0) {
+        sent += static_cast<size_t>(n);
+        continue;
+      }
       if (errno == EINTR) continue;
       if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
       if (!PollFor(sock_, POLLOUT, MillisecondsUntil(deadline))) return -1;
     }
+    return static_cast<ssize_t>(sent);
   }
 
   // cpp-httplib asks for both addresses on every request; they are the connection's, so the

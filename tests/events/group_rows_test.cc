@@ -103,10 +103,14 @@ TEST(GroupRowsTest, ValuesOutliveLaterWritesAndClearForgetsEverything) {
   GroupRows rows;
   const std::string big(100 << 10, 'b');  // bigger than an arena block
   rows.Put(1, "big", big);
-  std::string_view first;
+  rows.Put(1, "small", "in a shared arena block");
+  std::string_view first, small;
   ASSERT_EQ(rows.Find(1, "big", &first), Found::kPut);
+  ASSERT_EQ(rows.Find(1, "small", &small), Found::kPut);
   for (int i = 0; i < 5000; ++i) rows.Put(1, "k" + std::to_string(i), std::string(50, 'v'));
-  EXPECT_EQ(first, big);  // still readable after many arena blocks and rehashes
+  // Still readable after many arena blocks and rehashes.
+  EXPECT_EQ(first, big);
+  EXPECT_EQ(small, "in a shared arena block");
   rows.Clear();
   EXPECT_EQ(Value(rows, 1, "big"), "absent");
   EXPECT_EQ(rows.mutations(), 0u);
