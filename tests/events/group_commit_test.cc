@@ -175,6 +175,17 @@ TEST(GroupCommitTest, ARejectionInsideAGroupDoesNotAffectTheOthers) {
   EXPECT_TRUE(report.ok()) << report.Summary();
 }
 
+// The store at `path` with one fold.
+std::unique_ptr<Ledger> OpenWithFold(const std::string& path, const Fold* fold) {
+  LedgerOptions options;
+  options.path = path;
+  options.folds = {fold};
+  std::unique_ptr<Ledger> ledger;
+  Status s = Ledger::Open(options, &ledger);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  return ledger;
+}
+
 // A fold that marks every subject it sees: row `subject` in the family "marks"; a subject
 // "unmark-<x>" deletes the mark of <x> instead.
 class MarkFold final : public Fold {
@@ -224,11 +235,8 @@ class ProbeCommand final : public Command {
 TEST(GroupCommitTest, GroupStateReadsSeeTheStoreAndTheEarlierCommandsOfItsGroup) {
   TempDir dir;
   MarkFold marks;
-  LedgerOptions options;
-  options.path = dir.path();
-  options.folds = {&marks};
-  std::unique_ptr<Ledger> ledger;
-  ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
+  std::unique_ptr<Ledger> ledger = OpenWithFold(dir.path(), &marks);
+  ASSERT_NE(ledger, nullptr);
   AppendCommand stored("stored");
   ASSERT_TRUE(ledger->Submit(&stored).status.ok());
   AppendCommand gone("gone");
@@ -393,11 +401,8 @@ class KvCommand final : public Command {
 TEST(GroupCommitTest, GroupStateMatchesAModelAcrossGroupsAndRollbacks) {
   TempDir dir;
   KvFold kv;
-  LedgerOptions options;
-  options.path = dir.path();
-  options.folds = {&kv};
-  std::unique_ptr<Ledger> ledger;
-  ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
+  std::unique_ptr<Ledger> ledger = OpenWithFold(dir.path(), &kv);
+  ASSERT_NE(ledger, nullptr);
   KvModel model;
   std::atomic<int> failed{0}, unexpected{0};
   std::vector<std::thread> threads;
@@ -433,7 +438,8 @@ TEST(GroupCommitTest, GroupStateMatchesAModelAcrossGroupsAndRollbacks) {
   };
   EXPECT_EQ(stored(ledger.get()), model.rows);
   ledger.reset();
-  ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
+  ledger = OpenWithFold(dir.path(), &kv);
+  ASSERT_NE(ledger, nullptr);
   EXPECT_EQ(stored(ledger.get()), model.rows);
 }
 
