@@ -107,8 +107,7 @@ bool PollFor(int sock, short events, int64_t timeout_ms) {
   pollfd pfd{sock, events, 0};
   const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
   for (;;) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    int rc = ::poll(&pfd, 1, static_cast<int>(std::max<int64_t>(left, 0)));
+    int rc = ::poll(&pfd, 1, static_cast<int>(MillisecondsUntil(deadline)));
     if (rc > 0) return true;
     if (rc == 0) return false;
     if (errno != EINTR) return false;

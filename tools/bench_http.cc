@@ -22,6 +22,8 @@
 #include <utility>
 #include <vector>
 
+#include "projections/limits.h"
+
 namespace ledger::tools {
 
 namespace {
@@ -448,7 +450,8 @@ Status RunHttpBench(const HttpBenchOptions& o, HttpBenchResult* result) {
   *result = HttpBenchResult();
   std::string host, port;
   if (o.url.empty() || o.connections < 1 || o.connections > 4096 || o.seconds <= 0 ||
-      o.rate < 0 || o.warmup_seconds < 0 || o.batch < 0 || o.batch > 1000 ||
+      o.rate < 0 || o.warmup_seconds < 0 || o.batch < 0 ||
+      static_cast<size_t>(o.batch) > projections::limits::kUsageBatchItemsMax ||
       o.batch_users < 1 || !ParseUrl(o.url, &host, &port)) {
     return Status::InvalidArgument("bad_bench_options",
                                    "need --url http://host:port, 1..4096 connections, "

@@ -13,6 +13,7 @@
 
 #include "daemon/config.h"
 #include "events/ledger.h"
+#include "projections/limits.h"
 #include "projections/registry.h"
 #include "tools/bench.h"
 #include "tools/bench_admin.h"
@@ -281,7 +282,7 @@ void AddBench(CLI::App& app, BenchArgs* args) {
       ->capture_default_str();
   http->add_option("--batch", args->http.batch,
                    "items per POST /api/v1/usage/events body (0 = consume instead)")
-      ->check(CLI::Range(0, 1000))
+      ->check(CLI::Range(size_t{0}, projections::limits::kUsageBatchItemsMax))
       ->capture_default_str();
   http->add_option("--batch-users", args->http.batch_users,
                    "users per batch body (<user>-0 ... <user>-<N-1>)")
