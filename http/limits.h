@@ -23,8 +23,10 @@ inline constexpr size_t kServiceTokensMax = 256;
 inline constexpr size_t kPendingConnectionsMax = 4096;
 // Listen backlog requested from the kernel (capped by net.core.somaxconn).
 inline constexpr int kListenBacklog = 1024;
-// Worker threads of the server: a kept-alive connection holds one.
+// Worker threads of the server (they serve the requests that may block).
 inline constexpr size_t kServerThreadsMax = 4096;
+// Open client connections (each holds a 16 KiB read buffer); one more is closed at once.
+inline constexpr size_t kOpenConnectionsMax = 16384;
 // Query parameters of GET /api/v1/events.
 inline constexpr size_t kQueryValueBytesMax = 512;
 // GET /api/v1/events: a page stops before the event that would take its body past this many

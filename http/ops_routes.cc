@@ -163,7 +163,8 @@ void AddOpsRoutes(const AppContext& context, RouteTable* routes) {
   routes->Add("GET", "/livez", "/livez", Policy::kPublic,
               [](const httplib::Request&, httplib::Response& res, const Identity&) {
                 WriteJson(200, R"({"status":"ok"})", &res);
-              });
+              },
+              Threading::kEventLoop);
   routes->Add("GET", "/readyz", "/readyz", Policy::kPublic,
               [context](const httplib::Request&, httplib::Response& res, const Identity&) {
                 Readyz(context, res);

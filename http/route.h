@@ -49,12 +49,18 @@ Handler WithContext(std::shared_ptr<Context> context, Fn fn) {
 // Answering later. A handler that would otherwise block until another thread finishes its work
 // (consume waits for its group's fsync) may take a Responder, return at once, and call it exactly
 // once, from any thread, with the finished response: the server writes it on the connection, and
-// the connection's thread goes back to waiting for the next request instead of sleeping until
-// then (one thread wake-up per request instead of two). What the handler leaves in its `res` is
+// the request's thread goes back to other work instead of sleeping until then (no thread sleeps
+// and wakes per request). What the handler leaves in its `res` is
 // not sent. Returns null when the request is not served by HttpServer's connection loop (or was
 // deferred already): then answer in `res` as usual. Defined in server.cc.
 using Responder = std::function<void(httplib::Response&&)>;
 Responder DeferResponse(const httplib::Request& req);
+
+// Where a route's handler runs. kEventLoop: on the server's event loop thread, which serves
+// every parked connection — for handlers that never block (no Submit, no outbound call, no
+// lock held by a slow path); they answer at once or through DeferResponse. The pattern must be
+// a literal path. kWorker: on a worker thread, which may block.
+enum class Threading { kWorker, kEventLoop };
 
 struct Route {
   std::string method;   // "GET", "POST", "PUT", "PATCH", "DELETE"
@@ -62,6 +68,7 @@ struct Route {
   std::string name;     // metrics label, e.g. "/api/v1/subscriptions/plans/{plan_id}"
   Policy policy;
   Handler handler;
+  Threading threading = Threading::kWorker;
 };
 
 // Collects routes; the server installs them. Resource files expose
@@ -69,9 +76,9 @@ struct Route {
 class RouteTable {
  public:
   void Add(std::string method, std::string pattern, std::string name, Policy policy,
-           Handler handler) {
+           Handler handler, Threading threading = Threading::kWorker) {
     routes_.push_back(Route{std::move(method), std::move(pattern), std::move(name), policy,
-                            std::move(handler)});
+                            std::move(handler), threading});
   }
   const std::vector<Route>& routes() const { return routes_; }
 

@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -20,6 +21,9 @@
 #include <map>
 #include <mutex>
 #include <regex>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include <spdlog/spdlog.h>
@@ -139,7 +143,7 @@ class ConnectionStream final : public httplib::Stream {
         request_bytes_max_(request_bytes_max) {}
 
   bool is_readable() const override {
-    return HasBufferedInput() || PollFor(sock_, POLLIN, read_timeout_ms_);
+    return HasBufferedInput() || (!nonblocking_ && PollFor(sock_, POLLIN, read_timeout_ms_));
   }
   bool is_writable() const override { return PollFor(sock_, POLLOUT, write_timeout_ms_); }
 
@@ -179,6 +183,10 @@ class ConnectionStream final : public httplib::Stream {
   // `size` (as the blocking send did): some cpp-httplib writes (100 Continue) ignore a short count.
   ssize_t write(const char* ptr, size_t size) override {
     if (discard_writes_) return static_cast<ssize_t>(size);  // a deferred response's stand-in
+    if (!overflow_.empty()) {  // keep the order behind what is already waiting
+      overflow_.append(ptr, size);
+      return static_cast<ssize_t>(size);
+    }
     const auto deadline = Clock::now() + std::chrono::milliseconds(write_timeout_ms_);
     size_t sent = 0;
     while (sent < size) {
@@ -189,9 +197,13 @@ class ConnectionStream final : public httplib::Stream {
       }
       if (errno == EINTR) continue;
       if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
+      if (nonblocking_) {  // the event loop never waits: a worker writes the rest (TakeOverflow)
+        overflow_.append(ptr + sent, size - sent);
+        break;
+      }
       if (!PollFor(sock_, POLLOUT, MillisecondsUntil(deadline))) return -1;
     }
-    return static_cast<ssize_t>(sent);
+    return static_cast<ssize_t>(size);
   }
 
   // cpp-httplib asks for both addresses on every request; they are the connection's, so the
@@ -214,6 +226,38 @@ class ConnectionStream final : public httplib::Stream {
   // While set, what cpp-httplib writes is dropped (DeferResponse: the real answer comes later).
   void DiscardWrites(bool discard) { discard_writes_ = discard; }
   bool HasBufferedInput() const { return pending_begin_ < pending_.size() || begin_ < end_; }
+
+  // For the event loop, which must never wait: reads fail instead of polling, and what a full
+  // socket buffer does not take is kept (TakeOverflow) instead of waited for.
+  void SetNonBlocking(bool nonblocking) { nonblocking_ = nonblocking; }
+  bool HasOverflow() const { return !overflow_.empty(); }
+  std::string TakeOverflow() { return std::exchange(overflow_, {}); }
+
+  // The bytes read but not yet consumed, when they are one contiguous run (what the event loop
+  // inspects for a complete request); empty otherwise.
+  std::string_view Unread() const {
+    if (pending_begin_ < pending_.size()) {
+      if (begin_ < end_) return {};
+      return std::string_view(pending_).substr(pending_begin_);
+    }
+    return std::string_view(buffer_.data() + begin_, end_ - begin_);
+  }
+
+  // One recv() without waiting into the empty buffer: > 0 bytes read, 0 end of stream, -1 with
+  // errno (EAGAIN: nothing there yet).
+  ssize_t ReceiveNow() {
+    ssize_t n;
+    do {
+      n = ::recv(sock_, buffer_.data(), buffer_.size(), MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    if (n > 0) {
+      pending_.clear();
+      pending_begin_ = 0;
+      begin_ = 0;
+      end_ = static_cast<size_t>(n);
+    }
+    return n;
+  }
 
   // Header lines too long for cpp-httplib, taken out of this request's head (see TakeHead):
   // marker value -> the real value.
@@ -290,6 +334,7 @@ class ConnectionStream final : public httplib::Stream {
       if (n >= 0) return n;
       if (errno == EINTR) continue;
       if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
+      if (nonblocking_) return -1;
       if (!PollFor(sock_, POLLIN, MillisecondsUntil(deadline))) {
         *timed_out = true;
         return -1;
@@ -324,6 +369,8 @@ class ConnectionStream final : public httplib::Stream {
   size_t request_bytes_ = 0;
   bool cap_hit_ = false;
   bool discard_writes_ = false;
+  bool nonblocking_ = false;
+  std::string overflow_;  // written in non-blocking mode, not yet taken by the socket
   std::array<char, kReadBufferBytes> buffer_;
   size_t begin_ = 0;
   size_t end_ = 0;
@@ -342,6 +389,7 @@ struct DeferredResponse {
   bool done = false;    // guarded by mu
   bool failed = false;  // guarded by mu: the connection broke while it was written
   std::string unsent;   // guarded by mu: what a full socket buffer did not take
+  bool loop_waiting = false;  // guarded by mu: the event loop waits for it to be done
 };
 
 // What a handler on this thread may ask of the connection it serves.
@@ -355,9 +403,9 @@ struct ConnectionState {
   RequestMetrics::Series* series = nullptr;
   Clock::time_point started;
   std::shared_ptr<DeferredResponse> deferred;
-  // Written by a deferred answer that the socket did not take whole: the connection's thread,
-  // waiting for the next request, then writes the rest (an eventfd, made at the first deferral).
-  int wake_fd = -1;
+  // Called by a deferred answer, once done, that the socket did not take whole or that the event
+  // loop waits for (LoopMailbox::Post).
+  std::function<void()> notify_unsent;
 };
 thread_local ConnectionState* t_connection = nullptr;
 
@@ -437,10 +485,6 @@ void RestoreLongHeaders(const httplib::Request& req) {
 Responder DeferResponse(const httplib::Request& req) {
   ConnectionState* c = t_connection;
   if (c == nullptr || c->deferred != nullptr || c->series == nullptr) return nullptr;
-  if (c->wake_fd < 0) {
-    c->wake_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (c->wake_fd < 0) return nullptr;
-  }
   auto deferred = std::make_shared<DeferredResponse>();
   c->deferred = deferred;
   c->stream->DiscardWrites(true);
@@ -448,7 +492,7 @@ Responder DeferResponse(const httplib::Request& req) {
   const std::string connection = req.get_header_value("Connection");
   const bool close = c->closing || c->close_requested || EqualsIgnoreCase(connection, "close") ||
                      (req.version == "HTTP/1.0" && !EqualsIgnoreCase(connection, "keep-alive"));
-  return [deferred, sock = c->stream->socket(), wake_fd = c->wake_fd, close,
+  return [deferred, sock = c->stream->socket(), notify = c->notify_unsent, close,
           timeout = c->keep_alive_timeout_s,
           max = c->keep_alive_max_count, series = c->series,
           started = c->started](httplib::Response&& res) {
@@ -470,16 +514,18 @@ Responder DeferResponse(const httplib::Request& req) {
         break;
       }
     }
-    std::lock_guard<std::mutex> lock(deferred->mu);
-    if (!failed) deferred->unsent.assign(out, sent, std::string::npos);
-    if (!deferred->unsent.empty()) {
-      // Before `done`, under the lock: once the connection's thread sees `done` it may close it.
-      const uint64_t one = 1;
-      if (::write(wake_fd, &one, sizeof(one)) < 0) { /* a wake-up is pending already */ }
+    bool tell_loop = false;
+    {
+      std::lock_guard<std::mutex> lock(deferred->mu);
+      if (!failed) deferred->unsent.assign(out, sent, std::string::npos);
+      tell_loop = !deferred->unsent.empty() || deferred->loop_waiting;
+      deferred->failed = failed;
+      deferred->done = true;
+      deferred->cv.notify_all();
     }
-    deferred->failed = failed;
-    deferred->done = true;
-    deferred->cv.notify_all();
+    // After `done`: from then on the connection may be closed, so only through the loop, which
+    // finds the connection by its id if it still exists.
+    if (tell_loop && notify) notify();
   };
 }
 
@@ -503,6 +549,16 @@ class WorkerPool final : public httplib::TaskQueue {
       jobs_.push_back(std::move(fn));
     }
     metrics_->connections_accepted.Add();
+    metrics_->connections_queued.fetch_add(1);
+    not_empty_.notify_one();
+  }
+
+  // A connection the event loop hands over. Never waits: the connection was accepted already.
+  void Dispatch(std::function<void()> fn) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      jobs_.push_back(std::move(fn));
+    }
     metrics_->connections_queued.fetch_add(1);
     not_empty_.notify_one();
   }
@@ -548,8 +604,82 @@ class WorkerPool final : public httplib::TaskQueue {
   std::vector<std::thread> threads_;
 };
 
-// httplib::Server with our connection loop (process_and_close_socket is a private virtual of
+// Where a deferred answer that the socket did not take whole reports its connection to the
+// event loop. Shared with the answers still in flight, so that a late one never touches a
+// stopped loop.
+struct LoopMailbox {
+  std::mutex mu;
+  std::vector<uint64_t> woken;  // guarded by mu: connection ids
+  int event_fd = -1;            // guarded by mu; -1 once the loop has stopped
+
+  void Post(uint64_t id) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (event_fd < 0) return;
+    woken.push_back(id);
+    const uint64_t one = 1;
+    if (::write(event_fd, &one, sizeof(one)) < 0) { /* a wake-up is pending already */ }
+  }
+};
+
+// An accepted connection: parked in the event loop between requests, or owned by the one thread
+// (the loop's or a worker) serving it.
+struct Connection {
+  Connection(int fd, uint64_t connection_id, const HttpServerOptions& options,
+             size_t request_bytes_max)
+      : sock(fd),
+        id(connection_id),
+        stream(fd, options.read_timeout_ms, options.write_timeout_ms, request_bytes_max),
+        remaining(std::max<size_t>(options.keep_alive_max_count, 1)) {
+    state.stream = &stream;
+    state.keep_alive_timeout_s = std::max<int64_t>(options.keep_alive_timeout_ms / 1000, 1);
+    state.keep_alive_max_count = remaining;
+  }
+  const int sock;
+  const uint64_t id;
+  ConnectionStream stream;
+  ConnectionState state;
+  size_t remaining;  // requests this connection may still make
+  // Guarded by the loop's mutex.
+  enum class Where {
+    kOwned,     // being served by one thread (the loop's or a worker)
+    kParked,    // armed in epoll, owned by nobody
+    kAwaiting,  // the loop has its next request and waits for the answer to the previous one
+  };
+  Where where = Where::kOwned;
+  Clock::time_point parked_at;  // when it was last parked
+};
+
+// How a served request leaves its connection.
+enum class After { kKeepAlive, kClose, kLingeringClose };
+
+// What a worker does with a connection the event loop hands it.
+enum class WorkerJob {
+  kServe,  // serve requests, reading with the blocking timeouts, then park it again
+  kFlush,  // write what the socket did not take, then park it again
+  kClose,  // close it (after its deferred answer, if any)
+};
+
+// A non-blocking route's request line, for the event loop's check (HttpServer::Impl fills it).
+struct LoopRoute {
+  std::string method;
+  std::string path;
+};
+
+// Requests served on the loop per wake-up of one connection before a worker takes the rest.
+constexpr int kLoopRequestsPerTurn = 8;
+constexpr int kLoopEventsMax = 128;
+constexpr int kLoopTickMs = 100;
+
+// httplib::Server with our connection handling (process_and_close_socket is a private virtual of
 // httplib::Server; overriding it is allowed and is the library's only hook for this).
+//
+// Connections wait between requests in one epoll set watched by the event loop thread instead of
+// in a blocked thread each. When one becomes readable, the loop reads what is there; a complete
+// request for a route that never blocks (Threading::kEventLoop: consume, /livez) is served right
+// there, on the loop thread; anything else — other routes, incomplete or chunked requests,
+// `Expect`, long header lines, a socket that does not take the answer — goes to a worker of the
+// pool with everything already read, and the worker parks the connection again afterwards. Under
+// load one loop wake-up serves many connections: no thread is woken per request.
 class CoreServer final : public httplib::Server {
  public:
   explicit CoreServer(const HttpServerOptions& options) : options_(options) {
@@ -557,6 +687,7 @@ class CoreServer final : public httplib::Server {
                              ? options.request_bytes_max
                              : 2 * options.body_bytes_max + kHeaderBytesAllowance;
   }
+  ~CoreServer() override { StopLoop(); }
 
   // cpp-httplib 0.11.4 listens with a backlog of 5; listen() again on the bound socket raises it.
   bool Relisten(int backlog) {
@@ -573,67 +704,339 @@ class CoreServer final : public httplib::Server {
     ::close(sock);
   }
 
+  void SetLoopRoutes(std::vector<LoopRoute> routes) { loop_routes_ = std::move(routes); }
+  void SetPool(WorkerPool* pool) { pool_.store(pool); }
+
+  // Starts the event loop thread. False when epoll or eventfd cannot be had.
+  bool StartLoop() {
+    epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
+    const int event_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (epoll_fd_ < 0 || event_fd < 0) {
+      if (event_fd >= 0) ::close(event_fd);
+      return false;
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = 0;  // connection ids start at 1
+    if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, event_fd, &ev) != 0) {
+      ::close(event_fd);
+      return false;
+    }
+    mailbox_->event_fd = event_fd;
+    loop_thread_ = std::thread([this] { RunLoop(); });
+    return true;
+  }
+
+  // Stops the loop and closes every parked connection (after its deferred answer). Connections
+  // being served are closed by their worker when it would park them. Idempotent.
+  void StopLoop() {
+    {
+      std::lock_guard<std::mutex> lock(loop_mu_);
+      if (loop_stopping_) return;
+      loop_stopping_ = true;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mailbox_->mu);
+      if (mailbox_->event_fd >= 0) {
+        const uint64_t one = 1;
+        if (::write(mailbox_->event_fd, &one, sizeof(one)) < 0) { /* pending already */ }
+      }
+    }
+    if (loop_thread_.joinable()) loop_thread_.join();
+    std::vector<std::shared_ptr<Connection>> parked;
+    {
+      std::lock_guard<std::mutex> lock(loop_mu_);
+      for (auto& [id, c] : connections_) {
+        if (c->where != Connection::Where::kOwned) {
+          c->where = Connection::Where::kOwned;
+          parked.push_back(c);
+        }
+      }
+    }
+    for (auto& c : parked) Close(c, false);
+    std::lock_guard<std::mutex> lock(mailbox_->mu);
+    if (mailbox_->event_fd >= 0) ::close(mailbox_->event_fd);
+    mailbox_->event_fd = -1;
+    if (epoll_fd_ >= 0) ::close(epoll_fd_);
+    epoll_fd_ = -1;
+  }
+
  private:
+  // Runs on a worker for every accepted connection: hands it to the event loop.
   bool process_and_close_socket(socket_t sock) override {
     int one = 1;
     ::setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    ConnectionStream stream(sock, options_.read_timeout_ms, options_.write_timeout_ms, request_bytes_max_);
-    ConnectionState state;
-    state.stream = &stream;
-    state.keep_alive_timeout_s = std::max<int64_t>(options_.keep_alive_timeout_ms / 1000, 1);
-    state.keep_alive_max_count = std::max<size_t>(options_.keep_alive_max_count, 1);
-    t_connection = &state;
-    bool ret = false;
-    size_t remaining = std::max<size_t>(options_.keep_alive_max_count, 1);
-    while (remaining > 0 && WaitForRequest(sock, &state)) {
-      // A pipelined request waits for the deferred answer before it: answers stay in order.
-      if (!FinishDeferred(&state)) break;
-      stream.BeginRequest();
-      state.close_requested = false;
-      state.series = nullptr;
-      bool connection_closed = false;
-      const bool close_connection = remaining == 1 || svr_sock_ == INVALID_SOCKET;
-      state.closing = close_connection;
-      ret = process_request(stream, close_connection, connection_closed, {});
-      stream.DiscardWrites(false);
-      if (!ret || connection_closed || state.close_requested || stream.cap_hit()) break;
-      --remaining;
+    std::shared_ptr<Connection> c;
+    {
+      std::lock_guard<std::mutex> lock(loop_mu_);
+      if (!loop_stopping_ && connections_.size() < options_.open_connections_max) {
+        c = std::make_shared<Connection>(sock, ++last_connection_id_, options_, request_bytes_max_);
+        connections_.emplace(c->id, c);
+      }
     }
-    // Never close under a deferred answer still being written (or about to be); a connection
-    // that broke meanwhile is closed all the same.
-    FinishDeferred(&state);
-    if (state.wake_fd >= 0) ::close(state.wake_fd);
-    t_connection = nullptr;
-    if (state.close_requested || stream.cap_hit()) {
-      LingeringClose(sock);
-    } else {
+    if (c == nullptr) {
       ::shutdown(sock, SHUT_RDWR);
       ::close(sock);
+      return false;
     }
-    return ret;
+    std::weak_ptr<LoopMailbox> mailbox = mailbox_;
+    c->state.notify_unsent = [mailbox, id = c->id] {
+      if (auto m = mailbox.lock()) m->Post(id);
+    };
+    epoll_event ev{};
+    ev.events = 0;  // armed by Park
+    ev.data.u64 = c->id;
+    if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, sock, &ev) != 0) {
+      Close(c, false);
+      return false;
+    }
+    Park(c, /*on_loop=*/false);
+    return true;
   }
 
-  // Waits for the next request on a kept-alive connection; false on timeout or server stop.
-  // Meanwhile writes the rest of a deferred answer that the socket did not take at once.
-  bool WaitForRequest(int sock, ConnectionState* state) const {
-    if (state->stream->HasBufferedInput()) return true;
-    const auto deadline = Clock::now() + std::chrono::milliseconds(options_.keep_alive_timeout_ms);
-    while (svr_sock_ != INVALID_SOCKET) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-      if (left <= 0) return false;
-      std::array<pollfd, 2> fds{pollfd{sock, POLLIN, 0}, pollfd{state->wake_fd, POLLIN, 0}};
-      const nfds_t count = state->wake_fd >= 0 ? 2 : 1;
-      int rc = ::poll(fds.data(), count, static_cast<int>(std::min<int64_t>(left, kKeepAlivePollSliceMs)));
-      if (rc < 0 && errno != EINTR) return false;
-      if (rc <= 0) continue;
-      if (count == 2 && (fds[1].revents & POLLIN) != 0) {
-        uint64_t ignored = 0;
-        if (::read(state->wake_fd, &ignored, sizeof(ignored)) < 0) { /* drained already */ }
-        if (!FinishDeferred(state)) return false;
+  // Arms the connection in epoll and gives up ownership; if the loop has stopped, closes it. On
+  // a worker, an answer that left bytes unsent is written first (the loop's notice may have come
+  // while the worker owned the connection).
+  void Park(const std::shared_ptr<Connection>& c, bool on_loop) {
+    for (;;) {
+      bool stopping = false;
+      bool unsent = false;
+      {
+        std::lock_guard<std::mutex> lock(loop_mu_);
+        stopping = loop_stopping_;
+        if (!stopping) {
+          if (c->state.deferred != nullptr) {
+            std::lock_guard<std::mutex> dlock(c->state.deferred->mu);
+            unsent = c->state.deferred->done &&
+                     (!c->state.deferred->unsent.empty() || c->state.deferred->failed);
+          }
+          if (!unsent) {
+            c->where = Connection::Where::kParked;
+            c->parked_at = Clock::now();
+            epoll_event ev{};
+            ev.events = EPOLLIN | EPOLLONESHOT;
+            ev.data.u64 = c->id;
+            if (::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, c->sock, &ev) == 0) return;
+            c->where = Connection::Where::kOwned;
+            stopping = true;  // cannot watch it: close it
+          }
+        }
       }
-      if (fds[0].revents != 0) return true;
+      if (stopping) {
+        if (on_loop) return ToWorker(c, WorkerJob::kClose);
+        return Close(c, false);
+      }
+      if (on_loop) return ToWorker(c, WorkerJob::kFlush);
+      if (!FinishDeferred(&c->state)) return Close(c, false);
     }
-    return false;
+  }
+
+  void RunLoop() {
+    std::array<epoll_event, kLoopEventsMax> events;
+    auto last_tick = Clock::now();
+    std::vector<std::shared_ptr<Connection>> ready, flush, answered, expired;
+    for (;;) {
+      const int n = ::epoll_wait(epoll_fd_, events.data(), kLoopEventsMax, kLoopTickMs);
+      if (n < 0 && errno != EINTR) {
+        spdlog::critical("http: epoll_wait failed: {}", std::strerror(errno));
+        break;
+      }
+      ready.clear();
+      flush.clear();
+      answered.clear();
+      expired.clear();
+      std::vector<uint64_t> woken;
+      {
+        std::lock_guard<std::mutex> lock(mailbox_->mu);
+        woken.swap(mailbox_->woken);
+      }
+      {
+        std::lock_guard<std::mutex> lock(loop_mu_);
+        if (loop_stopping_) break;
+        for (int i = 0; i < n; ++i) {
+          if (events[i].data.u64 == 0) {
+            uint64_t ignored = 0;
+            if (::read(mailbox_->event_fd, &ignored, sizeof(ignored)) < 0) { /* drained */ }
+            continue;
+          }
+          auto it = connections_.find(events[i].data.u64);
+          // A stale event: the connection is gone, or its owner already took it back.
+          if (it == connections_.end() || it->second->where != Connection::Where::kParked) continue;
+          it->second->where = Connection::Where::kOwned;
+          ready.push_back(it->second);
+        }
+        for (uint64_t id : woken) {
+          auto it = connections_.find(id);
+          if (it == connections_.end() || it->second->where == Connection::Where::kOwned) continue;
+          // Parked: an answer left bytes unsent. Awaiting: the answer is out, go on.
+          (it->second->where == Connection::Where::kParked ? flush : answered).push_back(it->second);
+          it->second->where = Connection::Where::kOwned;
+        }
+        const auto now = Clock::now();
+        if (now - last_tick >= std::chrono::milliseconds(kLoopTickMs)) {
+          last_tick = now;
+          const auto idle_max = std::chrono::milliseconds(options_.keep_alive_timeout_ms);
+          const bool closing = svr_sock_ == INVALID_SOCKET;
+          for (auto& [id, c] : connections_) {
+            if (c->where == Connection::Where::kParked &&
+                (closing || now - c->parked_at >= idle_max)) {
+              c->where = Connection::Where::kOwned;
+              expired.push_back(c);
+            }
+          }
+        }
+      }
+      for (auto& c : flush) ToWorker(c, WorkerJob::kFlush);
+      for (auto& c : expired) ToWorker(c, WorkerJob::kClose);
+      for (auto& c : answered) ServeOnLoop(c);
+      for (auto& c : ready) ServeOnLoop(c);
+    }
+  }
+
+  // A parked connection became readable: serve what can be served without waiting.
+  void ServeOnLoop(const std::shared_ptr<Connection>& c) {
+    for (int turn = 0; turn < kLoopRequestsPerTurn; ++turn) {
+      if (c->state.deferred != nullptr) {
+        // Bytes before the previous answer is done (the client saw the answer before its
+        // writer marked it done, pipelining, or the peer closing): answers stay in order, so
+        // the loop sets the connection aside until the answer's notice (LoopMailbox::Post).
+        DeferredResponse& d = *c->state.deferred;
+        std::unique_lock<std::mutex> dlock(d.mu);
+        if (!d.done) {
+          d.loop_waiting = true;
+          dlock.unlock();
+          std::lock_guard<std::mutex> lock(loop_mu_);
+          c->where = Connection::Where::kAwaiting;
+          return;
+        }
+        if (!d.unsent.empty() || d.failed) {
+          dlock.unlock();
+          return ToWorker(c, WorkerJob::kFlush);
+        }
+        dlock.unlock();
+        c->state.deferred = nullptr;
+      }
+      if (!c->stream.HasBufferedInput()) {
+        const ssize_t n = c->stream.ReceiveNow();
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return Park(c, true);
+        if (n <= 0) return ToWorker(c, WorkerJob::kClose);
+      }
+      if (!CanServeOnLoop(c->stream.Unread())) return ToWorker(c, WorkerJob::kServe);
+      c->stream.SetNonBlocking(true);
+      const After after = ServeRequest(c.get());
+      c->stream.SetNonBlocking(false);
+      if (after != After::kKeepAlive) return ToWorker(c, WorkerJob::kClose);
+      if (c->stream.HasOverflow()) return ToWorker(c, WorkerJob::kFlush);
+      if (!c->stream.HasBufferedInput()) return Park(c, true);
+    }
+    ToWorker(c, WorkerJob::kServe);  // more pipelined requests than one turn serves
+  }
+
+  // True when `unread` starts with a whole request (head and Content-Length body) for a route
+  // that never blocks, framed so plainly that serving it cannot need another read.
+  bool CanServeOnLoop(std::string_view unread) const {
+    const size_t head_end = unread.find("\r\n\r\n");
+    if (head_end == std::string_view::npos || head_end > kHeaderBytesAllowance) return false;
+    const std::string_view head = unread.substr(0, head_end + 2);
+    size_t line_end = head.find("\r\n");
+    const std::string_view request_line = head.substr(0, line_end);
+    const size_t sp1 = request_line.find(' ');
+    const size_t sp2 = request_line.rfind(' ');
+    if (sp1 == std::string_view::npos || sp2 <= sp1) return false;
+    const std::string_view method = request_line.substr(0, sp1);
+    std::string_view path = request_line.substr(sp1 + 1, sp2 - sp1 - 1);
+    path = path.substr(0, path.find('?'));
+    const bool known = std::any_of(loop_routes_.begin(), loop_routes_.end(), [&](const LoopRoute& r) {
+      return r.method == method && r.path == path;
+    });
+    if (!known) return false;
+    uint64_t content_length = 0;
+    int length_headers = 0;
+    for (size_t pos = line_end + 2; pos < head.size(); pos = line_end + 2) {
+      line_end = head.find("\r\n", pos);
+      const std::string_view line = head.substr(pos, line_end - pos);
+      if (line.size() > kHeaderLineBytesMax) return false;
+      const size_t colon = line.find(':');
+      if (colon == std::string_view::npos) return false;
+      const std::string_view name = line.substr(0, colon);
+      if (EqualsIgnoreCase(name, "Transfer-Encoding") || EqualsIgnoreCase(name, "Expect")) {
+        return false;
+      }
+      if (EqualsIgnoreCase(name, "Content-Length")) {
+        std::string_view value = line.substr(colon + 1);
+        while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
+        while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) value.remove_suffix(1);
+        if (++length_headers > 1 || !ParseContentLength(std::string(value), &content_length)) {
+          return false;
+        }
+      }
+    }
+    return content_length <= options_.body_bytes_max &&
+           unread.size() - (head_end + 4) >= content_length;
+  }
+
+  void ToWorker(const std::shared_ptr<Connection>& c, WorkerJob job) {
+    WorkerPool* pool = pool_.load();
+    if (pool == nullptr) return Close(c, false);
+    pool->Dispatch([this, c, job] { RunWorkerJob(c, job); });
+  }
+
+  void RunWorkerJob(const std::shared_ptr<Connection>& c, WorkerJob job) {
+    if (job == WorkerJob::kClose) return Close(c, false);
+    if (c->stream.HasOverflow()) {
+      const std::string rest = c->stream.TakeOverflow();
+      if (c->stream.write(rest.data(), rest.size()) != static_cast<ssize_t>(rest.size())) {
+        return Close(c, false);
+      }
+    }
+    if (job == WorkerJob::kFlush && !c->stream.HasBufferedInput()) return Park(c, false);
+    for (;;) {
+      const After after = ServeRequest(c.get());
+      if (after != After::kKeepAlive) return Close(c, after == After::kLingeringClose);
+      if (!c->stream.HasBufferedInput()) return Park(c, false);
+    }
+  }
+
+  // Serves the next request of `c` (on the loop or on a worker; its bytes are read or readable).
+  After ServeRequest(Connection* c) {
+    ConnectionState& state = c->state;
+    t_connection = &state;
+    // A pipelined request waits for the deferred answer before it: answers stay in order.
+    if (!FinishDeferred(&state)) {
+      t_connection = nullptr;
+      return After::kClose;
+    }
+    c->stream.BeginRequest();
+    state.close_requested = false;
+    state.series = nullptr;
+    bool connection_closed = false;
+    const bool close_connection = c->remaining <= 1 || svr_sock_ == INVALID_SOCKET;
+    state.closing = close_connection;
+    const bool ret = process_request(c->stream, close_connection, connection_closed, {});
+    c->stream.DiscardWrites(false);
+    t_connection = nullptr;
+    if (state.close_requested || c->stream.cap_hit()) return After::kLingeringClose;
+    if (!ret || connection_closed || close_connection) return After::kClose;
+    --c->remaining;
+    return After::kKeepAlive;
+  }
+
+  // On a worker (it may wait for a deferred answer and linger). Never under a deferred answer
+  // still being written; a connection that broke meanwhile is closed all the same.
+  void Close(const std::shared_ptr<Connection>& c, bool lingering) {
+    FinishDeferred(&c->state);
+    c->state.deferred = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(loop_mu_);
+      connections_.erase(c->id);
+      if (epoll_fd_ >= 0) ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, c->sock, nullptr);
+    }
+    if (lingering) {
+      LingeringClose(c->sock);
+    } else {
+      ::shutdown(c->sock, SHUT_RDWR);
+      ::close(c->sock);
+    }
   }
 
   // Half-closes, drains what the client is still sending for a bounded time, then closes.
@@ -654,6 +1057,16 @@ class CoreServer final : public httplib::Server {
 
   const HttpServerOptions options_;
   size_t request_bytes_max_ = 0;
+  std::vector<LoopRoute> loop_routes_;  // fixed before the loop starts
+  std::atomic<WorkerPool*> pool_{nullptr};
+  int epoll_fd_ = -1;
+  std::shared_ptr<LoopMailbox> mailbox_ = std::make_shared<LoopMailbox>();
+  std::thread loop_thread_;
+  std::mutex loop_mu_;
+  bool loop_stopping_ = false;  // guarded by loop_mu_
+  uint64_t last_connection_id_ = 0;  // guarded by loop_mu_
+  // Every open connection, parked or being served; guarded by loop_mu_.
+  std::unordered_map<uint64_t, std::shared_ptr<Connection>> connections_;
 };
 
 }  // namespace
@@ -721,6 +1134,13 @@ Status HttpServer::Impl::AddRoutes(RouteTable table) {
     } catch (const std::regex_error& e) {
       return Status::InvalidArgument("bad_route", "route pattern " + route.pattern + ": " + e.what());
     }
+    if (route.threading == Threading::kEventLoop) {
+      const bool literal = route.pattern.find_first_of(R"(\^$.|?*+()[]{})") == std::string::npos;
+      if (!literal || (route.method != "GET" && route.method != "POST")) {
+        return Status::InvalidArgument("bad_route", "event-loop route " + route.pattern +
+                                                        " must be a literal GET or POST path");
+      }
+    }
     installed.route = route;
     installed.series = metrics_->Register(route.method, route.name);
     routes_.push_back(std::move(installed));
@@ -731,7 +1151,9 @@ Status HttpServer::Impl::AddRoutes(RouteTable table) {
 void HttpServer::Impl::Configure() {
   const HttpServerOptions& o = options_;
   server_.new_task_queue = [this] {
-    return new WorkerPool(options_.threads, options_.pending_connections_max, metrics_);
+    auto* pool = new WorkerPool(options_.threads, options_.pending_connections_max, metrics_);
+    server_.SetPool(pool);
+    return pool;
   };
   server_.set_tcp_nodelay(true);
   // SO_REUSEADDR (restart while old connections sit in TIME_WAIT) but not httplib's default
@@ -766,6 +1188,13 @@ void HttpServer::Impl::Configure() {
     WriteProblem(500, "internal", "internal error", &res);
   });
 
+  std::vector<LoopRoute> loop_routes;
+  for (const InstalledRoute& installed : routes_) {
+    if (installed.route.threading == Threading::kEventLoop) {
+      loop_routes.push_back(LoopRoute{installed.route.method, installed.route.pattern});
+    }
+  }
+  server_.SetLoopRoutes(std::move(loop_routes));
   for (const InstalledRoute& installed : routes_) {
     const InstalledRoute* route = &installed;
     const std::string& pattern = route->route.pattern;
@@ -970,7 +1399,8 @@ Status HttpServer::Create(const HttpServerOptions& options, RouteTable routes,
     return Status::InvalidArgument("bad_http_options", "threads must be in 1.." +
                                                            std::to_string(limits::kServerThreadsMax));
   }
-  if (options.body_bytes_max == 0 || options.pending_connections_max == 0 || options.port < 0 ||
+  if (options.body_bytes_max == 0 || options.pending_connections_max == 0 ||
+      options.open_connections_max == 0 || options.port < 0 ||
       options.port > 65535 || options.read_timeout_ms <= 0 || options.write_timeout_ms <= 0 ||
       options.keep_alive_timeout_ms <= 0 || options.listen_backlog <= 0) {
     return Status::InvalidArgument("bad_http_options", "invalid HTTP server option");
@@ -1003,6 +1433,11 @@ Status HttpServer::Start() {
   if (!core.Relisten(options_.listen_backlog)) {
     spdlog::warn("http: could not raise the listen backlog to {}", options_.listen_backlog);
   }
+  if (!core.StartLoop()) {
+    core.ShutdownListener();
+    return Status::Unavailable("listen_failed", std::string("cannot start the event loop: ") +
+                                                    std::strerror(errno));
+  }
   listen_thread_ = std::thread([this] { impl_->Listen(); });
   // stop() only acts on a running server: wait until the accept loop runs.
   const auto deadline = Clock::now() + std::chrono::seconds(10);
@@ -1023,9 +1458,13 @@ void HttpServer::Stop() {
   stopped_ = true;
   impl_->stopping.store(true);
   CoreServer& core = impl_->server();
+  // The loop first: it closes the parked connections and never hands a worker another job;
+  // the workers then finish the requests they serve and close their connections.
+  core.StopLoop();
   core.stop();
   core.ShutdownListener();
   if (listen_thread_.joinable()) listen_thread_.join();
+  core.SetPool(nullptr);
 }
 
 bool HttpServer::serving() const { return started_ && !stopped_ && !impl_->failed.load(); }

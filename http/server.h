@@ -8,13 +8,19 @@
 //
 // cpp-httplib 0.11.4 is a compiled library, so everything is configured at run time (see
 // ../shared/design/PLATFORM.md): TCP_NODELAY on every connection; a worker pool of
-// `threads` (a kept-alive connection holds a worker, so size it above the number of concurrent
-// keep-alive clients) with a bounded queue of accepted connections; keep-alive count and timeout;
+// `threads` with a bounded queue of accepted connections; keep-alive count and timeout;
 // read/write timeouts; SO_REUSEADDR without SO_REUSEPORT (two daemons can never share a port);
-// a listen backlog of `listen_backlog` (the library's own is 5). The per-connection loop is ours
+// a listen backlog of `listen_backlog` (the library's own is 5). The connection handling is ours
 // (it replaces httplib's) so that the server can close a connection whose request body it refused
 // to read, and so that one request can never make the server read more than a bounded number of
 // bytes (the library's request-line and header reader has no limit of its own).
+//
+// Between requests connections wait in one epoll set, watched by an event loop thread, not in a
+// worker each. A complete, plainly framed request (Content-Length, no `Expect`, no over-long
+// header line) for a route declared Threading::kEventLoop is parsed and served on the loop
+// thread itself; every other request is handed, with what was already read, to a worker, which
+// may block (reading the rest, calling Stripe, waiting for a sync) and parks the connection again
+// afterwards. Under load one wake-up of the loop serves many connections.
 //
 // Lifecycle: Create() validates the routes; Start() binds (port 0 picks a free port, see port())
 // and serves on its own thread; Stop() stops accepting, lets in-flight requests finish (and tells
@@ -36,7 +42,8 @@
 
 namespace ledger::http {
 
-// max(128, 4 × hardware threads): 64+ concurrent keep-alive clients must not queue.
+// max(128, 4 × hardware threads): workers serve the requests that may block (and, for a
+// moment, each accepted connection); kept-alive connections do not hold one.
 size_t DefaultServerThreads();
 
 struct HttpServerOptions {
@@ -54,6 +61,7 @@ struct HttpServerOptions {
   size_t keep_alive_max_count = 1000;    // requests per connection
   int listen_backlog = limits::kListenBacklog;
   size_t pending_connections_max = limits::kPendingConnectionsMax;
+  size_t open_connections_max = limits::kOpenConnectionsMax;
 };
 
 class HttpServer {

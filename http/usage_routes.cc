@@ -615,7 +615,8 @@ void AddUsageRoutes(const AppContext& context, RouteTable* routes) {
     c->owned_meter = std::make_shared<pj::UsageMeter>();
     c->meter = c->owned_meter.get();
   }
-  routes->Add("POST", kConsumePath, kConsumePath, Policy::kUserOrService, WithContext(c, Consume));
+  routes->Add("POST", kConsumePath, kConsumePath, Policy::kUserOrService, WithContext(c, Consume),
+              Threading::kEventLoop);
   routes->Add("POST", kEventsPath, kEventsPath, Policy::kService, WithContext(c, RecordEvents));
   routes->Add("GET", kSummaryPath, kSummaryPath, Policy::kUser, WithContext(c, Summary));
   routes->Add("POST", kResetPattern, kResetName, Policy::kAdmin, WithContext(c, ResetUsage));

@@ -76,10 +76,21 @@ class ServerTest : public ::testing::Test {
                  std::this_thread::sleep_for(std::chrono::milliseconds(500));
                  WriteJson(200, R"({"slow":true})", &res);
                });
+    // Served on the event loop thread (Threading::kEventLoop).
+    routes.Add("GET", "/loop-hello", "/loop-hello", Policy::kPublic,
+               [](const httplib::Request&, httplib::Response& res, const Identity&) {
+                 WriteJson(200, R"({"loop":"hello"})", &res);
+               },
+               Threading::kEventLoop);
+    routes.Add("POST", "/loop-echo", "/loop-echo", Policy::kPublic,
+               [](const httplib::Request& req, httplib::Response& res, const Identity&) {
+                 WriteJson(200, R"({"loop-bytes":)" + std::to_string(req.body.size()) + "}", &res);
+               },
+               Threading::kEventLoop);
     // Answers later, from another thread (DeferResponse): after ?delay_ms, with ?bytes of body
-    // (else a 202 naming the request body's size). The `res` left behind is never sent.
-    routes.Add("POST", "/later", "/later", Policy::kPublic,
-               [this](const httplib::Request& req, httplib::Response& res, const Identity&) {
+    // (else a 202 naming the request body's size). The `res` left behind is never sent. The
+    // same on a worker (/later) and on the event loop (/loop-later).
+    auto later = [this](const httplib::Request& req, httplib::Response& res, const Identity&) {
                  const int delay_ms =
                      req.has_param("delay_ms") ? std::stoi(req.get_param_value("delay_ms")) : 0;
                  const size_t bytes =
@@ -100,7 +111,9 @@ class ServerTest : public ::testing::Test {
                    answer.set_header("X-Later", "yes");
                    respond(std::move(answer));
                  });
-               });
+               };
+    routes.Add("POST", "/later", "/later", Policy::kPublic, later);
+    routes.Add("POST", "/loop-later", "/loop-later", Policy::kPublic, later, Threading::kEventLoop);
     AuthOptions auth;
     auth.jwt.hs256_secret = testing::kTestHs256Secret;
     Status s = stack_.Start(std::move(routes), auth, &clock_, options);
@@ -394,15 +407,191 @@ TEST_F(ServerTest, ManyConcurrentKeepAliveClients) {
   EXPECT_LT(elapsed, std::chrono::seconds(4));
 }
 
-// Negative control: a pool smaller than the number of kept-alive clients makes clients wait.
-TEST_F(ServerTest, SmallPoolMakesKeptAliveClientsWait) {
+// Kept-alive connections wait for their next request in the event loop, not in a worker each:
+// a pool far smaller than the number of open connections serves them all without anyone waiting
+// for another's keep-alive timeout (with a thread per connection, as before the event loop, the
+// last clients waited for it: this test took ≥ 1.4 s and failed).
+TEST_F(ServerTest, KeptAliveClientsDoNotHoldAWorkerEach) {
   HttpServerOptions options = TestHttpStack::DefaultOptions();
-  options.threads = 4;
-  options.keep_alive_timeout_ms = 1500;
+  options.threads = 2;
+  options.keep_alive_timeout_ms = 3000;
   Start(options);
   std::atomic<int> ok{0};
-  auto elapsed = RunKeptAliveClients(stack_.port(), 8, &ok);
-  EXPECT_GE(elapsed, std::chrono::milliseconds(1400));
+  auto elapsed = RunKeptAliveClients(stack_.port(), 16, &ok);
+  EXPECT_EQ(ok.load(), 16 * 5);
+  EXPECT_LT(elapsed, std::chrono::milliseconds(2500));
+}
+
+// Open connections are bounded: one over the limit is closed unanswered; once one closes, a new
+// one is served again.
+TEST_F(ServerTest, OpenConnectionsAreBounded) {
+  HttpServerOptions options = TestHttpStack::DefaultOptions();
+  options.open_connections_max = 2;
+  Start(options);
+  const std::string hello = "GET /loop-hello HTTP/1.1\r\nHost: x\r\n\r\n";
+  int first = testing::ConnectLoopback(stack_.port());
+  int second = testing::ConnectLoopback(stack_.port());
+  ASSERT_GE(first, 0);
+  ASSERT_GE(second, 0);
+  for (int fd : {first, second}) {  // both served, and kept open
+    ASSERT_EQ(::send(fd, hello.data(), hello.size(), MSG_NOSIGNAL), static_cast<ssize_t>(hello.size()));
+    char buf[1024];
+    pollfd pfd{fd, POLLIN, 0};
+    ASSERT_EQ(::poll(&pfd, 1, 5000), 1);
+    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    ASSERT_GT(n, 0);
+    EXPECT_EQ(std::string(buf, static_cast<size_t>(n)).rfind("HTTP/1.1 200", 0), 0u);
+  }
+  EXPECT_EQ(RawHttpExchange(stack_.port(), hello, 1000), "") << "a third connection is refused";
+  ::close(first);
+  std::string answer;
+  for (int i = 0; i < 20 && answer.empty(); ++i) {  // the close reaches the server
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    answer = RawHttpExchange(stack_.port(), "GET /loop-hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 1000);
+  }
+  EXPECT_EQ(answer.rfind("HTTP/1.1 200", 0), 0u) << answer;
+  ::close(second);
+}
+
+// A connection idle for the keep-alive timeout is closed by the event loop.
+TEST_F(ServerTest, IdleKeptAliveConnectionsAreClosedAfterTheTimeout) {
+  HttpServerOptions options = TestHttpStack::DefaultOptions();
+  options.keep_alive_timeout_ms = 1000;
+  Start(options);
+  int fd = testing::ConnectLoopback(stack_.port());
+  ASSERT_GE(fd, 0);
+  const std::string request = "GET /loop-hello HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL), static_cast<ssize_t>(request.size()));
+  std::string response;
+  char buf[4096];
+  const auto start = std::chrono::steady_clock::now();
+  bool closed = false;
+  while (std::chrono::steady_clock::now() - start < std::chrono::seconds(5)) {
+    pollfd pfd{fd, POLLIN, 0};
+    if (::poll(&pfd, 1, 100) <= 0) continue;
+    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) {
+      closed = true;
+      break;
+    }
+    response.append(buf, static_cast<size_t>(n));
+  }
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  ::close(fd);
+  EXPECT_EQ(response.rfind("HTTP/1.1 200", 0), 0u) << response;
+  EXPECT_TRUE(closed);
+  EXPECT_GE(elapsed, std::chrono::milliseconds(900));
+  EXPECT_LT(elapsed, std::chrono::milliseconds(3000));
+}
+
+// Requests for event-loop routes pipelined with worker routes and with deferred answers of both
+// kinds, in one write: every answer comes back, in request order.
+TEST_F(ServerTest, EventLoopRoutesKeepPipelinedAnswersInOrder) {
+  Start();
+  const std::string request =
+      "POST /loop-later?delay_ms=150 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+      "GET /loop-hello HTTP/1.1\r\nHost: x\r\n\r\n"
+      "POST /later?delay_ms=50 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nxy"
+      "POST /loop-echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nwxyz"
+      "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+      "POST /loop-later HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+      "GET /loop-hello HTTP/1.1\r\nHost: x\r\n\r\n";
+  const std::string response = RawHttpExchange(stack_.port(), request, 2000);
+  const std::vector<std::string> bodies = {R"({"later":3})",      R"({"loop":"hello"})",
+                                           R"({"later":2})",      R"({"loop-bytes":4})",
+                                           R"({"hello":"world"})", R"({"later":0})",
+                                           R"({"loop":"hello"})"};
+  size_t at = 0;
+  for (size_t i = 0; i < bodies.size(); ++i) {
+    const size_t found = response.find(bodies[i], at);
+    ASSERT_NE(found, std::string::npos) << "answer " << i << " missing or out of order: " << response;
+    at = found + bodies[i].size();
+  }
+  EXPECT_EQ(CountOf(response, "HTTP/1.1 "), bodies.size()) << response;
+  EXPECT_EQ(response.find("stand-in"), std::string::npos) << response;
+  std::string text;
+  stack_.metrics.Render(&text);
+  EXPECT_NE(text.find(R"(ledger_http_requests_total{method="POST",route="/loop-later",class="2xx"} 2)"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find(R"(ledger_http_requests_total{method="GET",route="/loop-hello",class="2xx"} 2)"),
+            std::string::npos)
+      << text;
+}
+
+// What the event loop cannot serve without waiting — a head or body arriving in pieces, a chunked
+// body, `Expect: 100-continue` — a worker serves, on the same connection.
+TEST_F(ServerTest, EventLoopRoutesAreServedWhateverTheFraming) {
+  Start();
+  int fd = testing::ConnectLoopback(stack_.port());
+  ASSERT_GE(fd, 0);
+  auto send_all = [fd](const std::string& bytes) {
+    return ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size());
+  };
+  auto read_answer = [fd](const std::string& expect) {
+    std::string got;
+    char buf[4096];
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (got.find(expect) == std::string::npos && std::chrono::steady_clock::now() < give_up) {
+      pollfd pfd{fd, POLLIN, 0};
+      if (::poll(&pfd, 1, 100) <= 0) continue;
+      ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+      if (n <= 0) break;
+      got.append(buf, static_cast<size_t>(n));
+    }
+    return got;
+  };
+  // The head in two pieces.
+  ASSERT_TRUE(send_all("POST /loop-echo HTTP/1.1\r\nHo"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_TRUE(send_all("st: x\r\nContent-Length: 5\r\n\r\n12"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // and the body too
+  ASSERT_TRUE(send_all("345"));
+  std::string got = read_answer(R"({"loop-bytes":5})");
+  EXPECT_NE(got.find(R"({"loop-bytes":5})"), std::string::npos) << got;
+  // Chunked.
+  ASSERT_TRUE(send_all("POST /loop-echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       "3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n"));
+  got = read_answer(R"({"loop-bytes":7})");
+  EXPECT_NE(got.find(R"({"loop-bytes":7})"), std::string::npos) << got;
+  // Expect: 100-continue.
+  ASSERT_TRUE(send_all("POST /loop-echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                       "Content-Length: 2\r\n\r\n"));
+  got = read_answer("100 Continue");
+  EXPECT_NE(got.find("HTTP/1.1 100 Continue"), std::string::npos) << got;
+  ASSERT_TRUE(send_all("ok"));
+  got += read_answer(R"({"loop-bytes":2})");
+  EXPECT_NE(got.find(R"({"loop-bytes":2})"), std::string::npos) << got;
+  // And plainly again, on the loop.
+  ASSERT_TRUE(send_all("GET /loop-hello HTTP/1.1\r\nHost: x\r\n\r\n"));
+  got = read_answer(R"({"loop":"hello"})");
+  EXPECT_NE(got.find(R"({"loop":"hello"})"), std::string::npos) << got;
+  ::close(fd);
+}
+
+// Stopping the server with a deferred answer still on its way to a parked connection: the stop
+// waits for the answer, and the client gets it.
+TEST_F(ServerTest, StopDeliversADeferredAnswerBeforeClosing) {
+  Start();
+  int fd = testing::ConnectLoopback(stack_.port());
+  ASSERT_GE(fd, 0);
+  const std::string request =
+      "POST /loop-later?delay_ms=300 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+  ASSERT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL), static_cast<ssize_t>(request.size()));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // served and parked
+  stack_.Stop();
+  std::string response;
+  char buf[4096];
+  for (;;) {
+    pollfd pfd{fd, POLLIN, 0};
+    if (::poll(&pfd, 1, 2000) <= 0) break;
+    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) break;
+    response.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  EXPECT_EQ(response.rfind("HTTP/1.1 202", 0), 0u) << response;
+  EXPECT_NE(response.find(R"({"later":0})"), std::string::npos) << response;
 }
 
 TEST_F(ServerTest, StopFinishesInFlightRequests) {
@@ -462,6 +651,16 @@ TEST_F(ServerTest, RejectsBadRouteTables) {
   duplicate.Add("GET", "/x", "/x", Policy::kPublic, noop);
   duplicate.Add("GET", "/x", "/x2", Policy::kPublic, noop);
   EXPECT_FALSE(HttpServer::Create(HttpServerOptions(), duplicate, auth.get(), &metrics, &server).ok());
+  // The event loop matches its routes by their literal path.
+  RouteTable loop_regex;
+  loop_regex.Add("GET", "/x/([a-z]+)", "/x/{id}", Policy::kPublic, noop, Threading::kEventLoop);
+  EXPECT_FALSE(HttpServer::Create(HttpServerOptions(), loop_regex, auth.get(), &metrics, &server).ok());
+  RouteTable loop_put;
+  loop_put.Add("PUT", "/x", "/x", Policy::kPublic, noop, Threading::kEventLoop);
+  EXPECT_FALSE(HttpServer::Create(HttpServerOptions(), loop_put, auth.get(), &metrics, &server).ok());
+  RouteTable loop_literal;
+  loop_literal.Add("POST", "/x-y_z", "/x", Policy::kPublic, noop, Threading::kEventLoop);
+  EXPECT_TRUE(HttpServer::Create(HttpServerOptions(), loop_literal, auth.get(), &metrics, &server).ok());
 }
 
 TEST_F(ServerTest, CountsRequestsPerRoute) {
@@ -530,21 +729,19 @@ TEST_F(ServerTest, ADeferredAnswerHonoursConnectionClose) {
 }
 
 // An answer larger than the socket takes at once, to a client that reads late: the finishing
-// thread never blocks on it; the connection's thread writes the rest while it waits for the next
-// request — not when the (here 60 s) keep-alive timeout ends the connection.
-TEST_F(ServerTest, ALargeDeferredAnswerReachesALateReaderWhole) {
+// thread never blocks on it; a worker writes the rest while the connection waits for its next
+// request — not when the (here 60 s) keep-alive timeout ends the connection. For a route served
+// on a worker and for one served on the event loop.
+class LargeDeferredAnswerTest : public ServerTest, public ::testing::WithParamInterface<const char*> {};
+
+TEST_P(LargeDeferredAnswerTest, ReachesALateReaderWhole) {
   HttpServerOptions options = TestHttpStack::DefaultOptions();
   options.keep_alive_timeout_ms = 60'000;
   Start(options);
   constexpr size_t kBytes = 8 << 20;
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  int fd = testing::ConnectLoopback(stack_.port());
   ASSERT_GE(fd, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(stack_.port()));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  const std::string request = "POST /later?bytes=" + std::to_string(kBytes) +
+  const std::string request = std::string("POST ") + GetParam() + "?bytes=" + std::to_string(kBytes) +
                               " HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
   ASSERT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL),
             static_cast<ssize_t>(request.size()));
@@ -569,6 +766,9 @@ TEST_F(ServerTest, ALargeDeferredAnswerReachesALateReaderWhole) {
   EXPECT_EQ(response.size() - (body_at + 4), kBytes);
   EXPECT_EQ(response.find_first_not_of('z', body_at + 4), std::string::npos);
 }
+
+INSTANTIATE_TEST_SUITE_P(WorkerAndEventLoop, LargeDeferredAnswerTest,
+                         ::testing::Values("/later", "/loop-later"));
 
 }  // namespace
 }  // namespace ledger::http

@@ -112,6 +112,21 @@ class TestHttpClient {
   std::string bearer_;
 };
 
+// A blocking TCP connection to 127.0.0.1:`port`; -1 when it failed.
+inline int ConnectLoopback(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
 // Connects to 127.0.0.1:`port`, writes `request` while reading whatever the server answers (so an
 // early answer to a large body is seen), stops writing quietly if the server closes, and returns
 // everything read until the server closes the connection or `quiet_ms` pass without progress.
