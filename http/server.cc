@@ -488,14 +488,15 @@ Responder DeferResponse(const httplib::Request& req) {
   auto deferred = std::make_shared<DeferredResponse>();
   c->deferred = deferred;
   c->stream->DiscardWrites(true);
-  // cpp-httplib's rule for closing after this response (process_request).
+  // cpp-httplib 0.11.4's rule for closing after this response (process_request), comparisons
+  // as exact as its own: the answer must say what the connection then does.
   const std::string connection = req.get_header_value("Connection");
-  const bool close = c->closing || c->close_requested || EqualsIgnoreCase(connection, "close") ||
-                     (req.version == "HTTP/1.0" && !EqualsIgnoreCase(connection, "keep-alive"));
-  return [deferred, sock = c->stream->socket(), notify = c->notify_unsent, close,
-          timeout = c->keep_alive_timeout_s,
-          max = c->keep_alive_max_count, series = c->series,
-          started = c->started](httplib::Response&& res) {
+  const bool close = c->closing || c->close_requested || connection == "close" ||
+                     (req.version == "HTTP/1.0" && connection != "Keep-Alive");
+  auto write_answer = [deferred, sock = c->stream->socket(), notify = c->notify_unsent, close,
+               timeout = c->keep_alive_timeout_s,
+               max = c->keep_alive_max_count, series = c->series,
+               started = c->started](httplib::Response&& res) {
     if (res.status == -1) res.status = 200;  // as cpp-httplib answers a handled request
     const std::string out = SerializeResponse(res, close, timeout, max);
     series->Record(res.status, SecondsSince(started));
@@ -527,6 +528,25 @@ Responder DeferResponse(const httplib::Request& req) {
     // finds the connection by its id if it still exists.
     if (tell_loop && notify) notify();
   };
+  // A handler that took a Responder and then threw, or dropped it, must not leave the connection
+  // waiting forever (and Stop() with it): the last copy of an unused Responder answers 500.
+  using WriteAnswer = decltype(write_answer);
+  struct AnswerOnce {
+    explicit AnswerOnce(WriteAnswer w) : write(std::move(w)) {}
+    ~AnswerOnce() {
+      if (answered.load()) return;
+      httplib::Response res;
+      WriteProblem(500, "internal", "internal error", &res);
+      write(std::move(res));
+    }
+    WriteAnswer write;
+    std::atomic<bool> answered{false};
+  };
+  auto once = std::make_shared<AnswerOnce>(std::move(write_answer));
+  return [once](httplib::Response&& res) {
+    if (once->answered.exchange(true)) return;  // called exactly once, as route.h says
+    once->write(std::move(res));
+  };
 }
 
 namespace {
@@ -547,24 +567,31 @@ class WorkerPool final : public httplib::TaskQueue {
       std::unique_lock<std::mutex> lock(mu_);
       not_full_.wait(lock, [this] { return jobs_.size() < pending_max_ || shutdown_; });
       jobs_.push_back(std::move(fn));
+      metrics_->connections_queued.fetch_add(1);
     }
     metrics_->connections_accepted.Add();
-    metrics_->connections_queued.fetch_add(1);
     not_empty_.notify_one();
   }
 
   // A connection the event loop hands over. Never waits: the connection was accepted already.
-  void Dispatch(std::function<void()> fn) {
+  // False once the pool has shut down (the job is then not run).
+  bool Dispatch(std::function<void()> fn) {
     {
       std::lock_guard<std::mutex> lock(mu_);
+      if (shutdown_) return false;
       jobs_.push_back(std::move(fn));
+      metrics_->connections_queued.fetch_add(1);
     }
-    metrics_->connections_queued.fetch_add(1);
     not_empty_.notify_one();
+    return true;
   }
+
+  // Runs first in shutdown(): the event loop stops handing over connections before the pool goes.
+  void SetBeforeShutdown(std::function<void()> fn) { before_shutdown_ = std::move(fn); }
 
   // Runs every queued job, then joins the workers.
   void shutdown() override {
+    if (before_shutdown_) before_shutdown_();
     {
       std::lock_guard<std::mutex> lock(mu_);
       shutdown_ = true;
@@ -585,9 +612,9 @@ class WorkerPool final : public httplib::TaskQueue {
         if (jobs_.empty()) return;
         job = std::move(jobs_.front());
         jobs_.pop_front();
+        metrics_->connections_queued.fetch_sub(1);
       }
       not_full_.notify_one();
-      metrics_->connections_queued.fetch_sub(1);
       metrics_->workers_busy.fetch_add(1);
       job();
       metrics_->workers_busy.fetch_sub(1);
@@ -602,6 +629,7 @@ class WorkerPool final : public httplib::TaskQueue {
   std::deque<std::function<void()>> jobs_;  // GUARDED_BY(mu_)
   bool shutdown_ = false;                   // GUARDED_BY(mu_)
   std::vector<std::thread> threads_;
+  std::function<void()> before_shutdown_;
 };
 
 // Where a deferred answer that the socket did not take whole reports its connection to the
@@ -657,6 +685,7 @@ enum class WorkerJob {
   kServe,  // serve requests, reading with the blocking timeouts, then park it again
   kFlush,  // write what the socket did not take, then park it again
   kClose,  // close it (after its deferred answer, if any)
+  kLingeringClose,  // the same, draining what the client still sends (a refused body)
 };
 
 // A non-blocking route's request line, for the event loop's check (HttpServer::Impl fills it).
@@ -735,6 +764,7 @@ class CoreServer final : public httplib::Server {
       if (loop_stopping_) return;
       loop_stopping_ = true;
     }
+    loop_stopped_.store(true);
     {
       std::lock_guard<std::mutex> lock(mailbox_->mu);
       if (mailbox_->event_fd >= 0) {
@@ -754,9 +784,12 @@ class CoreServer final : public httplib::Server {
       }
     }
     for (auto& c : parked) Close(c, false);
-    std::lock_guard<std::mutex> lock(mailbox_->mu);
-    if (mailbox_->event_fd >= 0) ::close(mailbox_->event_fd);
-    mailbox_->event_fd = -1;
+    {
+      std::lock_guard<std::mutex> lock(mailbox_->mu);
+      if (mailbox_->event_fd >= 0) ::close(mailbox_->event_fd);
+      mailbox_->event_fd = -1;
+    }
+    std::lock_guard<std::mutex> lock(loop_mu_);
     if (epoll_fd_ >= 0) ::close(epoll_fd_);
     epoll_fd_ = -1;
   }
@@ -771,7 +804,14 @@ class CoreServer final : public httplib::Server {
       std::lock_guard<std::mutex> lock(loop_mu_);
       if (!loop_stopping_ && connections_.size() < options_.open_connections_max) {
         c = std::make_shared<Connection>(sock, ++last_connection_id_, options_, request_bytes_max_);
-        connections_.emplace(c->id, c);
+        epoll_event ev{};
+        ev.events = 0;  // armed by Park
+        ev.data.u64 = c->id;
+        if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, sock, &ev) == 0) {
+          connections_.emplace(c->id, c);
+        } else {
+          c = nullptr;
+        }
       }
     }
     if (c == nullptr) {
@@ -783,13 +823,6 @@ class CoreServer final : public httplib::Server {
     c->state.notify_unsent = [mailbox, id = c->id] {
       if (auto m = mailbox.lock()) m->Post(id);
     };
-    epoll_event ev{};
-    ev.events = 0;  // armed by Park
-    ev.data.u64 = c->id;
-    if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, sock, &ev) != 0) {
-      Close(c, false);
-      return false;
-    }
     Park(c, /*on_loop=*/false);
     return true;
   }
@@ -847,18 +880,18 @@ class CoreServer final : public httplib::Server {
       expired.clear();
       std::vector<uint64_t> woken;
       {
+        // The eventfd is drained with the swap, under the mailbox's lock: a Post between the
+        // two would otherwise leave its id waiting for the next tick.
         std::lock_guard<std::mutex> lock(mailbox_->mu);
+        uint64_t ignored = 0;
+        if (::read(mailbox_->event_fd, &ignored, sizeof(ignored)) < 0) { /* nothing posted */ }
         woken.swap(mailbox_->woken);
       }
       {
         std::lock_guard<std::mutex> lock(loop_mu_);
         if (loop_stopping_) break;
         for (int i = 0; i < n; ++i) {
-          if (events[i].data.u64 == 0) {
-            uint64_t ignored = 0;
-            if (::read(mailbox_->event_fd, &ignored, sizeof(ignored)) < 0) { /* drained */ }
-            continue;
-          }
+          if (events[i].data.u64 == 0) continue;  // the mailbox, drained above
           auto it = connections_.find(events[i].data.u64);
           // A stale event: the connection is gone, or its owner already took it back.
           if (it == connections_.end() || it->second->where != Connection::Where::kParked) continue;
@@ -876,10 +909,8 @@ class CoreServer final : public httplib::Server {
         if (now - last_tick >= std::chrono::milliseconds(kLoopTickMs)) {
           last_tick = now;
           const auto idle_max = std::chrono::milliseconds(options_.keep_alive_timeout_ms);
-          const bool closing = svr_sock_ == INVALID_SOCKET;
           for (auto& [id, c] : connections_) {
-            if (c->where == Connection::Where::kParked &&
-                (closing || now - c->parked_at >= idle_max)) {
+            if (c->where == Connection::Where::kParked && now - c->parked_at >= idle_max) {
               c->where = Connection::Where::kOwned;
               expired.push_back(c);
             }
@@ -925,7 +956,10 @@ class CoreServer final : public httplib::Server {
       c->stream.SetNonBlocking(true);
       const After after = ServeRequest(c.get());
       c->stream.SetNonBlocking(false);
-      if (after != After::kKeepAlive) return ToWorker(c, WorkerJob::kClose);
+      if (after != After::kKeepAlive) {
+        return ToWorker(c, after == After::kLingeringClose ? WorkerJob::kLingeringClose
+                                                           : WorkerJob::kClose);
+      }
       if (c->stream.HasOverflow()) return ToWorker(c, WorkerJob::kFlush);
       if (!c->stream.HasBufferedInput()) return Park(c, true);
     }
@@ -977,18 +1011,21 @@ class CoreServer final : public httplib::Server {
 
   void ToWorker(const std::shared_ptr<Connection>& c, WorkerJob job) {
     WorkerPool* pool = pool_.load();
-    if (pool == nullptr) return Close(c, false);
-    pool->Dispatch([this, c, job] { RunWorkerJob(c, job); });
+    if (pool != nullptr && pool->Dispatch([this, c, job] { RunWorkerJob(c, job); })) return;
+    // Not reached: the pool's shutdown stops this loop before it refuses jobs. Should it ever
+    // be, closing here (possibly waiting for an answer) beats leaking the connection.
+    Close(c, false);
   }
 
   void RunWorkerJob(const std::shared_ptr<Connection>& c, WorkerJob job) {
-    if (job == WorkerJob::kClose) return Close(c, false);
-    if (c->stream.HasOverflow()) {
+    if (c->stream.HasOverflow()) {  // the end of an answer written on the loop
       const std::string rest = c->stream.TakeOverflow();
       if (c->stream.write(rest.data(), rest.size()) != static_cast<ssize_t>(rest.size())) {
         return Close(c, false);
       }
     }
+    if (job == WorkerJob::kClose) return Close(c, false);
+    if (job == WorkerJob::kLingeringClose) return Close(c, true);
     if (job == WorkerJob::kFlush && !c->stream.HasBufferedInput()) return Park(c, false);
     for (;;) {
       const After after = ServeRequest(c.get());
@@ -1010,7 +1047,8 @@ class CoreServer final : public httplib::Server {
     state.close_requested = false;
     state.series = nullptr;
     bool connection_closed = false;
-    const bool close_connection = c->remaining <= 1 || svr_sock_ == INVALID_SOCKET;
+    const bool close_connection =
+        c->remaining <= 1 || svr_sock_ == INVALID_SOCKET || loop_stopped_.load();
     state.closing = close_connection;
     const bool ret = process_request(c->stream, close_connection, connection_closed, {});
     c->stream.DiscardWrites(false);
@@ -1064,6 +1102,7 @@ class CoreServer final : public httplib::Server {
   std::thread loop_thread_;
   std::mutex loop_mu_;
   bool loop_stopping_ = false;  // guarded by loop_mu_
+  std::atomic<bool> loop_stopped_{false};  // the same, for answers: say `Connection: close`
   uint64_t last_connection_id_ = 0;  // guarded by loop_mu_
   // Every open connection, parked or being served; guarded by loop_mu_.
   std::unordered_map<uint64_t, std::shared_ptr<Connection>> connections_;
@@ -1152,6 +1191,12 @@ void HttpServer::Impl::Configure() {
   const HttpServerOptions& o = options_;
   server_.new_task_queue = [this] {
     auto* pool = new WorkerPool(options_.threads, options_.pending_connections_max, metrics_);
+    // httplib shuts the pool down (and deletes it) whenever its accept loop ends, also on an
+    // accept() error: the loop, which hands connections to the pool, stops first.
+    pool->SetBeforeShutdown([this] {
+      server_.StopLoop();
+      server_.SetPool(nullptr);
+    });
     server_.SetPool(pool);
     return pool;
   };

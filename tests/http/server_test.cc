@@ -87,6 +87,19 @@ class ServerTest : public ::testing::Test {
                  WriteJson(200, R"({"loop-bytes":)" + std::to_string(req.body.size()) + "}", &res);
                },
                Threading::kEventLoop);
+    routes.Add("GET", "/loop-big", "/loop-big", Policy::kPublic,
+               [](const httplib::Request& req, httplib::Response& res, const Identity&) {
+                 res.set_content(std::string(std::stoul(req.get_param_value("bytes")), 'y'),
+                                 "text/plain");
+               },
+               Threading::kEventLoop);
+    // Takes a Responder, then throws without calling it.
+    routes.Add("GET", "/loop-defer-throws", "/loop-defer-throws", Policy::kPublic,
+               [](const httplib::Request& req, httplib::Response&, const Identity&) {
+                 Responder respond = DeferResponse(req);
+                 if (respond) throw std::runtime_error("after deferring");
+               },
+               Threading::kEventLoop);
     // Answers later, from another thread (DeferResponse): after ?delay_ms, with ?bytes of body
     // (else a 202 naming the request body's size). The `res` left behind is never sent. The
     // same on a worker (/later) and on the event loop (/loop-later).
@@ -567,6 +580,46 @@ TEST_F(ServerTest, EventLoopRoutesAreServedWhateverTheFraming) {
   got = read_answer(R"({"loop":"hello"})");
   EXPECT_NE(got.find(R"({"loop":"hello"})"), std::string::npos) << got;
   ::close(fd);
+}
+
+// A handler that took a Responder and threw before calling it: the client gets a 500 problem
+// (not a connection that waits forever), and the connection serves the next request.
+TEST_F(ServerTest, ADroppedResponderAnswers500) {
+  Start();
+  const std::string response = RawHttpExchange(
+      stack_.port(),
+      "GET /loop-defer-throws HTTP/1.1\r\nHost: x\r\n\r\nGET /loop-hello HTTP/1.1\r\nHost: x\r\n\r\n",
+      1000);
+  EXPECT_EQ(response.rfind("HTTP/1.1 500", 0), 0u) << response;
+  EXPECT_NE(response.find("application/problem+json"), std::string::npos) << response;
+  EXPECT_NE(response.find(R"({"loop":"hello"})"), std::string::npos) << response;
+}
+
+// A last answer (`Connection: close`) larger than the socket takes, written on the event loop to
+// a client that reads late: it arrives whole before the connection closes.
+TEST_F(ServerTest, AClosingAnswerFromTheLoopArrivesWhole) {
+  Start();
+  constexpr size_t kBytes = 8 << 20;
+  int fd = testing::ConnectLoopback(stack_.port());
+  ASSERT_GE(fd, 0);
+  const std::string request = "GET /loop-big?bytes=" + std::to_string(kBytes) +
+                              " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  ASSERT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL), static_cast<ssize_t>(request.size()));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the answer fills the socket
+  std::string response;
+  std::vector<char> buf(1 << 16);
+  for (;;) {
+    pollfd pfd{fd, POLLIN, 0};
+    if (::poll(&pfd, 1, 3000) <= 0) break;
+    ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
+    if (n <= 0) break;
+    response.append(buf.data(), static_cast<size_t>(n));
+  }
+  ::close(fd);
+  const size_t body_at = response.find("\r\n\r\n");
+  ASSERT_NE(body_at, std::string::npos) << response.substr(0, 300);
+  EXPECT_NE(response.find("Connection: close"), std::string::npos) << response.substr(0, 300);
+  EXPECT_EQ(response.size() - (body_at + 4), kBytes);
 }
 
 // Stopping the server with a deferred answer still on its way to a parked connection: the stop
