@@ -168,6 +168,31 @@ size_t CountOf(const std::string& text, const std::string& what) {
   return count;
 }
 
+// Sends `request` on `fd`, then reads until the server closes the connection (*closed = true) or
+// `quiet_ms` pass without a byte; closes `fd`. Returns what was read.
+std::string SendAndReadUntilClosed(int fd, const std::string& request, int quiet_ms,
+                                   bool* closed = nullptr) {
+  std::string response;
+  if (closed != nullptr) *closed = false;
+  if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size())) {
+    ::close(fd);
+    return response;
+  }
+  std::vector<char> buf(1 << 16);
+  for (;;) {
+    pollfd pfd{fd, POLLIN, 0};
+    if (::poll(&pfd, 1, quiet_ms) <= 0) break;
+    ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
+    if (n <= 0) {
+      if (closed != nullptr) *closed = true;
+      break;
+    }
+    response.append(buf.data(), static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return response;
+}
+
 TEST_F(ServerTest, ServesRoutesAndCapturesPathParameters) {
   Start();
   TestHttpClient client("127.0.0.1", stack_.port());
@@ -473,24 +498,11 @@ TEST_F(ServerTest, IdleKeptAliveConnectionsAreClosedAfterTheTimeout) {
   Start(options);
   int fd = testing::ConnectLoopback(stack_.port());
   ASSERT_GE(fd, 0);
-  const std::string request = "GET /loop-hello HTTP/1.1\r\nHost: x\r\n\r\n";
-  ASSERT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL), static_cast<ssize_t>(request.size()));
-  std::string response;
-  char buf[4096];
   const auto start = std::chrono::steady_clock::now();
   bool closed = false;
-  while (std::chrono::steady_clock::now() - start < std::chrono::seconds(5)) {
-    pollfd pfd{fd, POLLIN, 0};
-    if (::poll(&pfd, 1, 100) <= 0) continue;
-    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-    if (n <= 0) {
-      closed = true;
-      break;
-    }
-    response.append(buf, static_cast<size_t>(n));
-  }
+  const std::string response =
+      SendAndReadUntilClosed(fd, "GET /loop-hello HTTP/1.1\r\nHost: x\r\n\r\n", 5000, &closed);
   const auto elapsed = std::chrono::steady_clock::now() - start;
-  ::close(fd);
   EXPECT_EQ(response.rfind("HTTP/1.1 200", 0), 0u) << response;
   EXPECT_TRUE(closed);
   EXPECT_GE(elapsed, std::chrono::milliseconds(900));
@@ -606,16 +618,7 @@ TEST_F(ServerTest, AClosingAnswerFromTheLoopArrivesWhole) {
                               " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
   ASSERT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL), static_cast<ssize_t>(request.size()));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the answer fills the socket
-  std::string response;
-  std::vector<char> buf(1 << 16);
-  for (;;) {
-    pollfd pfd{fd, POLLIN, 0};
-    if (::poll(&pfd, 1, 3000) <= 0) break;
-    ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
-    if (n <= 0) break;
-    response.append(buf.data(), static_cast<size_t>(n));
-  }
-  ::close(fd);
+  const std::string response = SendAndReadUntilClosed(fd, "", 3000);
   const size_t body_at = response.find("\r\n\r\n");
   ASSERT_NE(body_at, std::string::npos) << response.substr(0, 300);
   EXPECT_NE(response.find("Connection: close"), std::string::npos) << response.substr(0, 300);
@@ -628,21 +631,14 @@ TEST_F(ServerTest, StopDeliversADeferredAnswerBeforeClosing) {
   Start();
   int fd = testing::ConnectLoopback(stack_.port());
   ASSERT_GE(fd, 0);
-  const std::string request =
-      "POST /loop-later?delay_ms=300 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
-  ASSERT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL), static_cast<ssize_t>(request.size()));
+  std::string response;
+  std::thread reader([&] {
+    response = SendAndReadUntilClosed(
+        fd, "POST /loop-later?delay_ms=300 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 3000);
+  });
   std::this_thread::sleep_for(std::chrono::milliseconds(50));  // served and parked
   stack_.Stop();
-  std::string response;
-  char buf[4096];
-  for (;;) {
-    pollfd pfd{fd, POLLIN, 0};
-    if (::poll(&pfd, 1, 2000) <= 0) break;
-    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-    if (n <= 0) break;
-    response.append(buf, static_cast<size_t>(n));
-  }
-  ::close(fd);
+  reader.join();
   EXPECT_EQ(response.rfind("HTTP/1.1 202", 0), 0u) << response;
   EXPECT_NE(response.find(R"({"later":0})"), std::string::npos) << response;
 }
