@@ -19,6 +19,7 @@
 #include <thread>
 
 #include <rocksdb/db.h>
+#include <rocksdb/memtablerep.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/options.h>
 #include <rocksdb/slice_transform.h>
@@ -718,11 +719,24 @@ Status LedgerImpl::OpenDb() {
     if (ec) return Status::IOError("cannot create " + options_.path + ": " + ec.message());
   }
 
+  // Idempotency records are keyed by a SHA-256 (IdempotencyRecordKey) and only ever looked up
+  // whole, never scanned: a hash memtable (buckets by the first 8 bytes, a tiny skiplist each)
+  // inserts one without the search from the top of a skiplist of every record that a random
+  // key costs. Flushes build the sorted order once, on a background thread. Measured at a fixed
+  // 10,000 consumes/s, per thread over 6 s, three alternating pairs: committer 60.2 / 62.2 /
+  // 63.8 µs per consume before, 53.2 / 58.0 / 47.5 after (tools/bench/README.md). Hash memtables
+  // take their inserts from one thread at a time: RocksDB's own writer group does that (the
+  // committer is the only writer of groups anyway).
+  db_options.allow_concurrent_memtable_write = false;
+  rocksdb::ColumnFamilyOptions idempotency_options = cf_options;
+  idempotency_options.prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(8));
+  idempotency_options.memtable_factory.reset(rocksdb::NewHashSkipListRepFactory(1 << 18, 4, 4));
   std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
   for (auto& name : names) {
     descriptors.emplace_back(name, name == kEventsFamily    ? events_options
                                    : name == kStreamsFamily ? streams_options
-                                                            : cf_options);
+                                   : name == kIdempotencyFamily ? idempotency_options
+                                                                : cf_options);
   }
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::Options options(db_options, cf_options);

@@ -81,6 +81,48 @@ TEST(LedgerTest, ReopenRecoversHeadAndContinuesTheChain) {
   EXPECT_EQ(events[0].prev_hash, head_hash);
 }
 
+// Idempotency records live in a hash memtable (events/ledger.cc): records flushed to table files,
+// records still in the memtable and records recovered from the log on reopen are all found.
+TEST(LedgerTest, IdempotencyRecordsAreFoundAfterFlushAndReopen) {
+  TempDir dir;
+  constexpr int kFlushed = 300, kUnflushed = 300;
+  std::vector<Position> positions;
+  auto submit = [](Ledger* ledger, int i, bool expect_replay, Position* position) {
+    AppendCommand c("user-" + std::to_string(i % 7), 1);
+    c.idempotency_scope = "scope|POST /x";
+    c.idempotency_key = "key-" + std::to_string(i);
+    c.request_hash = Sha256("body-" + std::to_string(i));
+    CommandResult r = ledger->Submit(&c);
+    ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+    EXPECT_EQ(r.replayed, expect_replay) << i;
+    *position = r.position;
+  };
+  {
+    auto ledger = OpenLedger(dir.path());
+    for (int i = 0; i < kFlushed + kUnflushed; ++i) {
+      if (i == kFlushed) {
+        ASSERT_TRUE(ledger->Flush().ok());
+      }
+      Position p;
+      submit(ledger.get(), i, false, &p);
+      positions.push_back(p);
+    }
+    for (int i = 0; i < kFlushed + kUnflushed; i += 37) {  // before the reopen too
+      Position p;
+      submit(ledger.get(), i, true, &p);
+      EXPECT_EQ(p, positions[i]);
+    }
+  }
+  auto ledger = OpenLedger(dir.path());
+  const Position head = ledger->Head();
+  for (int i = 0; i < kFlushed + kUnflushed; ++i) {
+    Position p;
+    submit(ledger.get(), i, true, &p);
+    EXPECT_EQ(p, positions[i]) << i;
+  }
+  EXPECT_EQ(ledger->Head(), head) << "a retry appended";
+}
+
 TEST(LedgerTest, IdempotentRetryReturnsOriginalResultWithoutAppending) {
   TempDir dir;
   auto ledger = OpenLedger(dir.path());
