@@ -46,7 +46,6 @@ constexpr size_t kLongHeadersMax = 8;
 // instead of a reset (the "lingering close" of Apache and nginx).
 constexpr int kLingerMs = 1000;
 constexpr size_t kLingerBytesMax = 1 << 20;
-constexpr int kKeepAlivePollSliceMs = 100;
 constexpr size_t kDetailPathBytesMax = 256;
 constexpr char kUnmatchedRoute[] = "(unmatched)";
 constexpr char kRejectedRoute[] = "(rejected)";
@@ -881,10 +880,13 @@ class CoreServer final : public httplib::Server {
       std::vector<uint64_t> woken;
       {
         // The eventfd is drained with the swap, under the mailbox's lock: a Post between the
-        // two would otherwise leave its id waiting for the next tick.
+        // two would otherwise leave its id waiting for the next tick. (A Post after epoll_wait
+        // returned leaves the eventfd set: one more turn finds the mailbox empty.)
+        const bool posted = std::any_of(events.begin(), events.begin() + std::max(n, 0),
+                                        [](const epoll_event& e) { return e.data.u64 == 0; });
         std::lock_guard<std::mutex> lock(mailbox_->mu);
         uint64_t ignored = 0;
-        if (::read(mailbox_->event_fd, &ignored, sizeof(ignored)) < 0) { /* nothing posted */ }
+        if (posted && ::read(mailbox_->event_fd, &ignored, sizeof(ignored)) < 0) { /* drained */ }
         woken.swap(mailbox_->woken);
       }
       {
