@@ -73,7 +73,7 @@ bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
   return true;
 }
 
-bool ParseContentLength(const std::string& text, uint64_t* out) {
+bool ParseContentLength(std::string_view text, uint64_t* out) {
   if (text.empty() || text.size() > 19) return false;
   uint64_t value = 0;
   for (char c : text) {
@@ -1002,7 +1002,7 @@ class CoreServer final : public httplib::Server {
         std::string_view value = line.substr(colon + 1);
         while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
         while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) value.remove_suffix(1);
-        if (++length_headers > 1 || !ParseContentLength(std::string(value), &content_length)) {
+        if (++length_headers > 1 || !ParseContentLength(value, &content_length)) {
           return false;
         }
       }
