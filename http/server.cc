@@ -220,8 +220,14 @@ class ConnectionStream final : public httplib::Stream {
     cap_hit_ = false;
     head_pending_ = true;
     long_headers_.clear();
+    malformed_header_ = false;
   }
   bool cap_hit() const { return cap_hit_; }
+  // The head had a header line that RFC 9112 says to refuse with 400 (TakeHead): whitespace
+  // between the field name and the colon (§5.1), or a line folded onto the previous one (§5.2).
+  // cpp-httplib would drop such a line silently, and a proxy in front that honoured it (a
+  // `Content-Length : 5`) would frame the request differently from us.
+  bool malformed_header() const { return malformed_header_; }
   // While set, what cpp-httplib writes is dropped (DeferResponse: the real answer comes later).
   void DiscardWrites(bool discard) { discard_writes_ = discard; }
   bool HasBufferedInput() const { return pending_begin_ < pending_.size() || begin_ < end_; }
@@ -302,6 +308,12 @@ class ConnectionStream final : public httplib::Stream {
       size_t line_end = head.find("\r\n", line_start);
       std::string_view line(head.data() + line_start, line_end - line_start);
       size_t colon = line.find(':');
+      if (line_start > 0 && !line.empty() &&
+          (line.front() == ' ' || line.front() == '\t' ||
+           (colon != std::string_view::npos && colon > 0 &&
+            (line[colon - 1] == ' ' || line[colon - 1] == '\t')))) {
+        malformed_header_ = true;
+      }
       if (line.size() > kHeaderLineBytesMax && line_start > 0 && colon != std::string_view::npos &&
           long_headers_.size() < kLongHeadersMax) {
         std::string_view value = line.substr(colon + 1);
@@ -369,6 +381,7 @@ class ConnectionStream final : public httplib::Stream {
   bool cap_hit_ = false;
   bool discard_writes_ = false;
   bool nonblocking_ = false;
+  bool malformed_header_ = false;
   std::string overflow_;  // written in non-blocking mode, not yet taken by the socket
   std::array<char, kReadBufferBytes> buffer_;
   size_t begin_ = 0;
@@ -1386,6 +1399,12 @@ httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Reque
                                                             httplib::Response& res) {
   using R = httplib::Server::HandlerResponse;
   RestoreLongHeaders(req);
+  if (t_connection != nullptr && t_connection->stream->malformed_header()) {
+    Reject(400, "bad_header_line",
+           "a header line has whitespace before its colon or is folded onto the previous one",
+           req, res);
+    return R::Handled;
+  }
   if (!IsKnownMethod(req.method)) {
     Reject(501, "not_implemented", "method not implemented", req, res);
     return R::Handled;
