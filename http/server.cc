@@ -402,6 +402,10 @@ struct DeferredResponse {
   bool failed = false;  // guarded by mu: the connection broke while it was written
   std::string unsent;   // guarded by mu: what a full socket buffer did not take
   bool loop_waiting = false;  // guarded by mu: the event loop waits for it to be done
+
+  // Under mu: written as far as the socket took it, and a worker still has to finish it (write
+  // the rest, or close the broken connection).
+  bool LeftForAWorker() const { return done && (!unsent.empty() || failed); }
 };
 
 // What a handler on this thread may ask of the connection it serves.
@@ -777,13 +781,7 @@ class CoreServer final : public httplib::Server {
       loop_stopping_ = true;
     }
     loop_stopped_.store(true);
-    {
-      std::lock_guard<std::mutex> lock(mailbox_->mu);
-      if (mailbox_->event_fd >= 0) {
-        const uint64_t one = 1;
-        if (::write(mailbox_->event_fd, &one, sizeof(one)) < 0) { /* pending already */ }
-      }
-    }
+    mailbox_->Post(0);  // wakes the loop (no connection has id 0)
     if (loop_thread_.joinable()) loop_thread_.join();
     std::vector<std::shared_ptr<Connection>> parked;
     {
@@ -852,8 +850,7 @@ class CoreServer final : public httplib::Server {
         if (!stopping) {
           if (c->state.deferred != nullptr) {
             std::lock_guard<std::mutex> dlock(c->state.deferred->mu);
-            unsent = c->state.deferred->done &&
-                     (!c->state.deferred->unsent.empty() || c->state.deferred->failed);
+            unsent = c->state.deferred->LeftForAWorker();
           }
           if (!unsent) {
             c->where = Connection::Where::kParked;
@@ -955,7 +952,7 @@ class CoreServer final : public httplib::Server {
           c->where = Connection::Where::kAwaiting;
           return;
         }
-        if (!d.unsent.empty() || d.failed) {
+        if (d.LeftForAWorker()) {
           dlock.unlock();
           return ToWorker(c, WorkerJob::kFlush);
         }
@@ -1530,7 +1527,6 @@ void HttpServer::Stop() {
   core.stop();
   core.ShutdownListener();
   if (listen_thread_.joinable()) listen_thread_.join();
-  core.SetPool(nullptr);
 }
 
 bool HttpServer::serving() const { return started_ && !stopped_ && !impl_->failed.load(); }
