@@ -1,8 +1,8 @@
 #include "events/types.h"
 
+#include <cstring>
+
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/sha.h>
 
 namespace ledger {
@@ -39,17 +39,14 @@ bool HexDecodeHash(std::string_view hex, Hash* out) {
   return true;
 }
 
-Hash Sha256(std::string_view bytes) {
-  Hash out;
-  SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), out.data());
-  return out;
-}
+// The low-level API is deprecated in OpenSSL 3, but its one-shot and EVP forms look the digest up
+// in the provider store on every call (a lock and a search): for the small inputs here that is
+// about two thirds of the cost (0.47 µs against 0.15 µs for 200 bytes, tools/bench/README.md).
+Hash Sha256(std::string_view bytes) { return Sha256(bytes, std::string_view()); }
 
 Hash Sha256(std::string_view a, std::string_view b) {
   Hash out;
   SHA256_CTX ctx;
-  // The low-level API is deprecated in OpenSSL 3 but several times faster than EVP for the small
-  // inputs of the append path.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
   SHA256_Init(&ctx);
@@ -60,12 +57,32 @@ Hash Sha256(std::string_view a, std::string_view b) {
   return out;
 }
 
+// RFC 2104 over the same low-level SHA-256 (HMAC() fetches the digest and builds a MAC context per
+// call: 1.34 µs against 0.20 µs for a 200-byte message).
 std::string HmacSha256(std::string_view key, std::string_view message) {
-  unsigned char out[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
-       reinterpret_cast<const unsigned char*>(message.data()), message.size(), out, &len);
-  return std::string(reinterpret_cast<const char*>(out), len);
+  constexpr size_t kBlock = 64;
+  unsigned char padded[kBlock] = {};
+  if (key.size() > kBlock) {
+    const Hash digest = Sha256(key);
+    std::memcpy(padded, digest.data(), digest.size());
+  } else if (!key.empty()) {
+    std::memcpy(padded, key.data(), key.size());
+  }
+  unsigned char inner_pad[kBlock];
+  unsigned char outer_pad[kBlock];
+  for (size_t i = 0; i < kBlock; ++i) {
+    inner_pad[i] = padded[i] ^ 0x36;
+    outer_pad[i] = padded[i] ^ 0x5c;
+  }
+  const auto pad = [](const unsigned char* bytes) {
+    return std::string_view(reinterpret_cast<const char*>(bytes), kBlock);
+  };
+  const Hash inner = Sha256(pad(inner_pad), message);
+  const Hash outer = Sha256(pad(outer_pad), std::string_view(reinterpret_cast<const char*>(inner.data()), inner.size()));
+  OPENSSL_cleanse(padded, sizeof(padded));
+  OPENSSL_cleanse(inner_pad, sizeof(inner_pad));
+  OPENSSL_cleanse(outer_pad, sizeof(outer_pad));
+  return std::string(reinterpret_cast<const char*>(outer.data()), outer.size());
 }
 
 bool ConstantTimeEquals(std::string_view a, std::string_view b) {
