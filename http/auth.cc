@@ -88,11 +88,13 @@ Status Authenticator::Create(const AuthOptions& options, const Clock* clock,
 
 Status Authenticator::Authenticate(const httplib::Request& req, Identity* identity) const {
   *identity = Identity{};
-  if (!req.has_header("Authorization")) return Status::OK();
-  if (req.get_header_value_count("Authorization") != 1) {
+  static const std::string kAuthorization = "Authorization";
+  std::string_view header;
+  const size_t count = HeaderValue(req, kAuthorization, &header);
+  if (count == 0) return Status::OK();
+  if (count != 1) {
     return Unauthenticated("unauthenticated", "more than one Authorization header");
   }
-  const std::string& header = req.get_header_value("Authorization");
   if (header.size() > limits::kAuthorizationBytesMax) {
     return Unauthenticated("invalid_token", "Authorization header too long");
   }

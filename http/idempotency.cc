@@ -15,9 +15,9 @@ Hash RequestHash(const httplib::Request& req) {
 
 bool ApplyIdempotencyKey(const httplib::Request& req, std::string_view route_name,
                          const Identity& identity, Command* command, httplib::Response* res) {
-  const size_t count = req.get_header_value_count(kIdempotencyKeyHeader);
+  std::string_view key;
+  const size_t count = HeaderValue(req, kIdempotencyKeyHeader, &key);
   if (count == 0) return true;
-  const std::string key = req.get_header_value(kIdempotencyKeyHeader);
   const bool printable = std::all_of(key.begin(), key.end(), [](char c) {
     return static_cast<unsigned char>(c) >= 0x20 && static_cast<unsigned char>(c) < 0x7f;
   });

@@ -11,6 +11,7 @@
 
 #include <httplib.h>
 
+#include <string>
 #include <string_view>
 
 #include "events/ledger.h"
@@ -18,7 +19,7 @@
 
 namespace ledger::http {
 
-inline constexpr char kIdempotencyKeyHeader[] = "Idempotency-Key";
+inline const std::string kIdempotencyKeyHeader = "Idempotency-Key";
 
 // Fills command->idempotency_scope/key/request_hash from the request's `Idempotency-Key` header
 // (no header: leaves the command without idempotency). Returns false after writing a 400 problem

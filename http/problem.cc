@@ -1,5 +1,7 @@
 #include "http/problem.h"
 
+#include <iterator>
+
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
@@ -174,6 +176,13 @@ bool RequireLedger(const Ledger* ledger, httplib::Response& res) {
   if (ledger != nullptr) return true;
   WriteProblem(503, "storage_unavailable", "the event store is not open", &res);
   return false;
+}
+
+size_t HeaderValue(const httplib::Request& req, const std::string& name, std::string_view* value) {
+  const auto [first, last] = req.headers.equal_range(name);
+  if (first == last) return 0;
+  *value = first->second;
+  return static_cast<size_t>(std::distance(first, last));
 }
 
 bool QueryParam(const httplib::Request& req, const char* name, size_t bytes_max, std::string* value,

@@ -72,6 +72,12 @@ bool RequireLedger(const Ledger* ledger, httplib::Response& res);
 bool QueryParam(const httplib::Request& req, const char* name, size_t bytes_max, std::string* value,
                 httplib::Response& res);
 
+// How many `name` headers the request has; the first one's value goes to `*value` (left untouched
+// when there is none). One search of cpp-httplib's case-insensitive header map (a libc tolower()
+// per character compared) where has_header, get_header_value_count and get_header_value are one
+// search each.
+size_t HeaderValue(const httplib::Request& req, const std::string& name, std::string_view* value);
+
 // Escapes `text` as a JSON string literal, quotes included.
 std::string JsonQuote(std::string_view text);
 

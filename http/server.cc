@@ -1406,10 +1406,14 @@ httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Reque
     Reject(501, "not_implemented", "method not implemented", req, res);
     return R::Handled;
   }
-  const bool has_length = req.has_header("Content-Length");
-  if (req.has_header("Transfer-Encoding")) {
+  static const std::string kContentLength = "Content-Length";
+  static const std::string kTransferEncoding = "Transfer-Encoding";
+  std::string_view length_value, encoding;
+  const size_t lengths = HeaderValue(req, kContentLength, &length_value);
+  const bool has_length = lengths > 0;
+  if (const size_t encodings = HeaderValue(req, kTransferEncoding, &encoding); encodings > 0) {
     // Only plain chunked framing; anything else would make cpp-httplib read until EOF.
-    if (req.get_header_value_count("Transfer-Encoding") != 1 || !IsChunked(req)) {
+    if (encodings != 1 || !EqualsIgnoreCase(encoding, "chunked")) {
       Reject(501, "unsupported_transfer_encoding", "only 'Transfer-Encoding: chunked' is supported", req, res);
       return R::Handled;
     }
@@ -1420,8 +1424,7 @@ httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Reque
   }
   if (has_length) {
     uint64_t length = 0;
-    if (req.get_header_value_count("Content-Length") != 1 ||
-        !ParseContentLength(req.get_header_value("Content-Length"), &length)) {
+    if (lengths != 1 || !ParseContentLength(length_value, &length)) {
       Reject(400, "bad_content_length", "malformed Content-Length", req, res);
       return R::Handled;
     }

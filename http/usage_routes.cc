@@ -211,9 +211,8 @@ Status ParseConsume(const httplib::Request& req, const Identity& identity,
     return Status::Make(Code::kUnprocessable, "unknown_service",
                         "unknown service '" + pj::Truncated(out->service) + "'");
   }
-  const size_t headers = req.get_header_value_count(kIdempotencyKeyHeader);
-  if (headers > 0) {
-    const std::string header = req.get_header_value(kIdempotencyKeyHeader);
+  std::string_view header;
+  if (const size_t headers = HeaderValue(req, kIdempotencyKeyHeader, &header); headers > 0) {
     if (headers > 1 || !ValidIdempotencyKey(header) || (has_key && header != out->idempotency_key)) {
       return Status::InvalidArgument(
           "invalid_idempotency_key",
