@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -880,8 +881,13 @@ class CoreServer final : public httplib::Server {
     for (;;) {
       const int n = ::epoll_wait(epoll_fd_, events.data(), kLoopEventsMax, kLoopTickMs);
       if (n < 0 && errno != EINTR) {
-        spdlog::critical("http: epoll_wait failed: {}", std::strerror(errno));
-        break;
+        // Only our bug can make it fail (EBADF, EFAULT, EINVAL). Going on without the loop would
+        // leave every parked connection unanswered and park each new one for good, behind a
+        // /livez that no longer answers kept-alive clients: stop instead, and let the supervisor
+        // restart the daemon (every acknowledged write is durable already).
+        spdlog::critical("http: epoll_wait failed: {}; aborting", std::strerror(errno));
+        spdlog::default_logger()->flush();
+        std::abort();
       }
       ready.clear();
       flush.clear();

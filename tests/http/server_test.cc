@@ -4,9 +4,12 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <numeric>
 
 #include <atomic>
@@ -684,6 +687,39 @@ TEST_F(ServerTest, StopIsPromptWithIdleKeptAliveConnections) {
   auto start = std::chrono::steady_clock::now();
   stack_.Stop();
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+}
+
+// The event loop's epoll set, by its file descriptors in this process.
+std::vector<int> EventPollFds() {
+  std::vector<int> fds;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    const auto target = std::filesystem::read_symlink(entry.path(), ec);
+    if (!ec && target.string() == "anon_inode:[eventpoll]") {
+      fds.push_back(std::stoi(entry.path().filename().string()));
+    }
+  }
+  return fds;
+}
+
+// Only a bug can make epoll_wait fail; when it does (here: the epoll set closed under the loop)
+// the process stops instead of going on with connections that can never be served again.
+TEST_F(ServerTest, ALostEpollSetStopsTheProcess) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        const std::vector<int> before = EventPollFds();
+        Start();
+        TestHttpClient client("127.0.0.1", stack_.port());
+        client.set_keep_alive(true);
+        if (client.Get("/hello").status != 200) std::_Exit(3);
+        for (int fd : EventPollFds()) {
+          if (std::find(before.begin(), before.end(), fd) == before.end()) ::close(fd);
+        }
+        std::this_thread::sleep_for(std::chrono::seconds(3));
+        std::_Exit(0);  // still running: the loop went on without its epoll set
+      },
+      ::testing::KilledBySignal(SIGABRT), "");
 }
 
 TEST_F(ServerTest, PortIsExclusive) {
