@@ -74,11 +74,11 @@ std::string HmacSha256(std::string_view key, std::string_view message) {
     inner_pad[i] = padded[i] ^ 0x36;
     outer_pad[i] = padded[i] ^ 0x5c;
   }
-  const auto pad = [](const unsigned char* bytes) {
-    return std::string_view(reinterpret_cast<const char*>(bytes), kBlock);
+  const auto view = [](const unsigned char* bytes, size_t size) {
+    return std::string_view(reinterpret_cast<const char*>(bytes), size);
   };
-  const Hash inner = Sha256(pad(inner_pad), message);
-  const Hash outer = Sha256(pad(outer_pad), std::string_view(reinterpret_cast<const char*>(inner.data()), inner.size()));
+  const Hash inner = Sha256(view(inner_pad, kBlock), message);
+  const Hash outer = Sha256(view(outer_pad, kBlock), view(inner.data(), inner.size()));
   OPENSSL_cleanse(padded, sizeof(padded));
   OPENSSL_cleanse(inner_pad, sizeof(inner_pad));
   OPENSSL_cleanse(outer_pad, sizeof(outer_pad));
