@@ -13,12 +13,6 @@ namespace {
 
 constexpr char kBearerPrefix[] = "Bearer ";
 
-std::string_view Trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
-}
-
 Status Unauthenticated(std::string problem, std::string message) {
   return Status::Make(Code::kUnauthenticated, std::move(problem), std::move(message));
 }
@@ -43,17 +37,17 @@ bool CaseInsensitivePrefix(std::string_view text, std::string_view prefix) {
 Status ParseServiceTokens(std::string_view spec, std::vector<ServiceToken>* out) {
   out->clear();
   std::set<std::string> names, tokens;
-  while (!Trim(spec).empty()) {
+  while (!TrimBlanks(spec).empty()) {
     size_t comma = spec.find(',');
-    std::string_view item = Trim(spec.substr(0, comma));
+    std::string_view item = TrimBlanks(spec.substr(0, comma));
     spec = comma == std::string_view::npos ? std::string_view() : spec.substr(comma + 1);
     if (item.empty()) continue;
     size_t eq = item.find('=');
     if (eq == std::string_view::npos) {
       return Status::InvalidArgument("bad_service_tokens", "service token item without '=' (name=token)");
     }
-    std::string name(Trim(item.substr(0, eq)));
-    std::string token(Trim(item.substr(eq + 1)));
+    std::string name(TrimBlanks(item.substr(0, eq)));
+    std::string token(TrimBlanks(item.substr(eq + 1)));
     if (name.empty() || token.empty()) {
       return Status::InvalidArgument("bad_service_tokens", "empty service token name or token");
     }
@@ -101,7 +95,7 @@ Status Authenticator::Authenticate(const httplib::Request& req, Identity* identi
   if (!CaseInsensitivePrefix(header, kBearerPrefix)) {
     return Unauthenticated("unauthenticated", "Authorization must be 'Bearer <token>'");
   }
-  std::string_view token = Trim(std::string_view(header).substr(sizeof(kBearerPrefix) - 1));
+  std::string_view token = TrimBlanks(std::string_view(header).substr(sizeof(kBearerPrefix) - 1));
   if (token.empty()) return Unauthenticated("unauthenticated", "empty bearer token");
 
   // Every configured token is compared, so the time taken does not say which one matched.

@@ -178,6 +178,12 @@ bool RequireLedger(const Ledger* ledger, httplib::Response& res) {
   return false;
 }
 
+std::string_view TrimBlanks(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
 size_t HeaderValue(const httplib::Request& req, const std::string& name, std::string_view* value) {
   const auto [first, last] = req.headers.equal_range(name);
   if (first == last) return 0;

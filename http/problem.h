@@ -72,6 +72,9 @@ bool RequireLedger(const Ledger* ledger, httplib::Response& res);
 bool QueryParam(const httplib::Request& req, const char* name, size_t bytes_max, std::string* value,
                 httplib::Response& res);
 
+// `s` without leading and trailing spaces and tabs (RFC 9110's optional whitespace).
+std::string_view TrimBlanks(std::string_view s);
+
 // How many `name` headers the request has; the first one's value goes to `*value` (left untouched
 // when there is none). One search of cpp-httplib's case-insensitive header map (a libc tolower()
 // per character compared) where has_header, get_header_value_count and get_header_value are one

@@ -1015,10 +1015,8 @@ class CoreServer final : public httplib::Server {
         return false;
       }
       if (EqualsIgnoreCase(name, "Content-Length")) {
-        std::string_view value = line.substr(colon + 1);
-        while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
-        while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) value.remove_suffix(1);
-        if (++length_headers > 1 || !ParseContentLength(value, &content_length)) {
+        if (++length_headers > 1 ||
+            !ParseContentLength(TrimBlanks(line.substr(colon + 1)), &content_length)) {
           return false;
         }
       }
