@@ -249,6 +249,18 @@ class ConnectionStream final : public httplib::Stream {
     return std::string_view(buffer_.data() + begin_, end_ - begin_);
   }
 
+  // Takes the first `n` bytes of Unread() (n <= its size) as one request read by the server
+  // itself (HttpServer's own parser for loop routes); the next request starts after them.
+  void Consume(size_t n) {
+    if (pending_begin_ < pending_.size()) {
+      pending_begin_ += n;
+    } else {
+      begin_ += n;
+    }
+    request_bytes_ += n;
+    head_pending_ = false;
+  }
+
   // One recv() without waiting into the empty buffer: > 0 bytes read, 0 end of stream, -1 with
   // errno (EAGAIN: nothing there yet).
   ssize_t ReceiveNow() {
@@ -426,6 +438,19 @@ struct ConnectionState {
 };
 thread_local ConnectionState* t_connection = nullptr;
 
+// What cpp-httplib 0.11.4 adds to every answer it writes (its error handler, then
+// write_response_core): a problem for an error status without a body, and a content type for a
+// body without one.
+void ApplyResponseDefaults(httplib::Response* res) {
+  if (res->status >= 400 && res->body.empty() && res->content_length_ == 0 &&
+      !res->is_chunked_content_provider_) {
+    WriteProblem(res->status, DefaultProblemCode(res->status), ReasonPhrase(res->status), res);
+  }
+  if (!res->body.empty() && !res->has_header("Content-Type")) {
+    res->set_header("Content-Type", "text/plain");
+  }
+}
+
 // The response as cpp-httplib 0.11.4 writes it (write_response_core): status line, the handler's
 // headers, Content-Length, and either `Connection: close` or the Keep-Alive parameters.
 std::string SerializeResponse(const httplib::Response& res, bool close, int64_t keep_alive_timeout_s,
@@ -515,6 +540,7 @@ Responder DeferResponse(const httplib::Request& req) {
                max = c->keep_alive_max_count, series = c->series,
                started = c->started](httplib::Response&& res) {
     if (res.status == -1) res.status = 200;  // as cpp-httplib answers a handled request
+    ApplyResponseDefaults(&res);
     const std::string out = SerializeResponse(res, close, timeout, max);
     series->Record(res.status, SecondsSince(started));
     // Without blocking: a client that does not read must not stall the calling thread (the
@@ -705,11 +731,28 @@ enum class WorkerJob {
   kLingeringClose,  // the same, draining what the client still sends (a refused body)
 };
 
-// A non-blocking route's request line, for the event loop's check (HttpServer::Impl fills it).
+// A non-blocking route, for the event loop (HttpServer::Impl fills it): its request line, and
+// how to serve a request of it that the loop parsed itself (the pre-routing checks, the route).
 struct LoopRoute {
   std::string method;
   std::string path;
+  std::function<void(const httplib::Request&, httplib::Response&)> serve;
 };
+
+// A whole request for a loop route at the start of a connection's unread bytes, as views into
+// them (CoreServer::ParseLoopRequest).
+struct LoopRequest {
+  static constexpr size_t kHeadersMax = 32;
+  const LoopRoute* route = nullptr;
+  // Plain enough for the server's own reading (ServeParsed); otherwise cpp-httplib reads it.
+  bool plain = false;
+  std::string_view version;
+  std::array<std::pair<std::string_view, std::string_view>, kHeadersMax> headers;
+  size_t header_count = 0;
+  std::string_view body;
+  size_t size = 0;  // head and body
+};
+
 
 // Requests served on the loop per wake-up of one connection before a worker takes the rest.
 constexpr int kLoopRequestsPerTurn = 8;
@@ -970,9 +1013,11 @@ class CoreServer final : public httplib::Server {
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return Park(c, true);
         if (n <= 0) return ToWorker(c, WorkerJob::kClose);
       }
-      if (!CanServeOnLoop(c->stream.Unread())) return ToWorker(c, WorkerJob::kServe);
+      LoopRequest parsed;
+      if (!ParseLoopRequest(c->stream.Unread(), &parsed)) return ToWorker(c, WorkerJob::kServe);
       c->stream.SetNonBlocking(true);
-      const After after = ServeRequest(c.get());
+      const After after = parsed.plain && options_.loop_own_parser ? ServeParsed(c.get(), parsed)
+                                                                   : ServeRequest(c.get());
       c->stream.SetNonBlocking(false);
       if (after != After::kKeepAlive) {
         return ToWorker(c, after == After::kLingeringClose ? WorkerJob::kLingeringClose
@@ -986,7 +1031,18 @@ class CoreServer final : public httplib::Server {
 
   // True when `unread` starts with a whole request (head and Content-Length body) for a route
   // that never blocks, framed so plainly that serving it cannot need another read.
-  bool CanServeOnLoop(std::string_view unread) const {
+  //
+  // out->plain when, besides, a plain reading of it is what cpp-httplib 0.11.4 would read, so
+  // that the server can parse it itself (ServeParsed) instead of running cpp-httplib's request
+  // processing (its line reader, header map, routing by regex and an answer formatted even when
+  // deferred: a third of the loop thread's time under consume): the request line is
+  // `METHOD SP path SP HTTP/1.x` with the route's literal path (no query, no escape); every line
+  // ends with CRLF and the head has no NUL; header lines are `name:value` with a non-empty name
+  // and a non-empty value without '%' (cpp-httplib percent-decodes header values), none folded
+  // and none with blanks before the colon (those get a 400 from cpp-httplib's path); no `Range`
+  // (cpp-httplib applies ranges to any answer); at most LoopRequest::kHeadersMax header lines;
+  // and the request fits the per-request byte cap.
+  bool ParseLoopRequest(std::string_view unread, LoopRequest* out) const {
     const size_t head_end = unread.find("\r\n\r\n");
     if (head_end == std::string_view::npos || head_end > kHeaderBytesAllowance) return false;
     const std::string_view head = unread.substr(0, head_end + 2);
@@ -996,12 +1052,22 @@ class CoreServer final : public httplib::Server {
     const size_t sp2 = request_line.rfind(' ');
     if (sp1 == std::string_view::npos || sp2 <= sp1) return false;
     const std::string_view method = request_line.substr(0, sp1);
-    std::string_view path = request_line.substr(sp1 + 1, sp2 - sp1 - 1);
-    path = path.substr(0, path.find('?'));
-    const bool known = std::any_of(loop_routes_.begin(), loop_routes_.end(), [&](const LoopRoute& r) {
-      return r.method == method && r.path == path;
-    });
-    if (!known) return false;
+    const std::string_view target = request_line.substr(sp1 + 1, sp2 - sp1 - 1);
+    const std::string_view path = target.substr(0, target.find('?'));
+    out->route = nullptr;
+    for (const LoopRoute& r : loop_routes_) {
+      if (r.method == method && r.path == path) out->route = &r;
+    }
+    if (out->route == nullptr) return false;
+    out->version = request_line.substr(sp2 + 1);
+    bool plain = target == path && path.find('%') == std::string_view::npos &&
+                 (out->version == "HTTP/1.1" || out->version == "HTTP/1.0");
+    for (size_t i = 0; plain && i < head.size(); ++i) {
+      const char ch = head[i];
+      plain = ch != '\0' && (ch != '\r' || (i + 1 < head.size() && head[i + 1] == '\n')) &&
+              (ch != '\n' || (i > 0 && head[i - 1] == '\r'));
+    }
+    out->header_count = 0;
     uint64_t content_length = 0;
     int length_headers = 0;
     for (size_t pos = line_end + 2; pos < head.size(); pos = line_end + 2) {
@@ -1020,9 +1086,22 @@ class CoreServer final : public httplib::Server {
           return false;
         }
       }
+      if (!plain) continue;
+      const std::string_view value = TrimBlanks(line.substr(colon + 1));
+      plain = !name.empty() && name.front() != ' ' && name.front() != '\t' &&
+              name.back() != ' ' && name.back() != '\t' && !value.empty() &&
+              value.find('%') == std::string_view::npos && !EqualsIgnoreCase(name, "Range") &&
+              out->header_count < LoopRequest::kHeadersMax;
+      if (plain) out->headers[out->header_count++] = {name, value};
     }
-    return content_length <= options_.body_bytes_max &&
-           unread.size() - (head_end + 4) >= content_length;
+    if (content_length > options_.body_bytes_max ||
+        unread.size() - (head_end + 4) < content_length) {
+      return false;
+    }
+    out->body = unread.substr(head_end + 4, content_length);
+    out->size = head_end + 4 + content_length;
+    out->plain = plain && out->size <= request_bytes_max_;
+    return true;
   }
 
   void ToWorker(const std::shared_ptr<Connection>& c, WorkerJob job) {
@@ -1071,6 +1150,66 @@ class CoreServer final : public httplib::Server {
     t_connection = nullptr;
     if (state.close_requested || c->stream.cap_hit()) return After::kLingeringClose;
     if (!ret || connection_closed || close_connection) return After::kClose;
+    --c->remaining;
+    return After::kKeepAlive;
+  }
+
+  // Serves a request that ParseLoopRequest read itself (LoopRequest::plain) as cpp-httplib's
+  // process_request would: the pre-routing checks and the route (LoopRoute::serve), then the
+  // answer, written here unless the handler deferred it. Two differences, for loop routes only:
+  // no `REMOTE_ADDR`-style pseudo headers in the request (no loop route reads them), and answers
+  // are never compressed (deferred ones never were).
+  After ServeParsed(Connection* c, const LoopRequest& parsed) {
+    ConnectionState& state = c->state;
+    t_connection = &state;
+    if (!FinishDeferred(&state)) {
+      t_connection = nullptr;
+      return After::kClose;
+    }
+    c->stream.BeginRequest();
+    state.close_requested = false;
+    state.series = nullptr;
+    const bool close_connection =
+        c->remaining <= 1 || svr_sock_ == INVALID_SOCKET || loop_stopped_.load();
+    state.closing = close_connection;
+    httplib::Request req;
+    req.method = parsed.route->method;
+    req.target = parsed.route->path;
+    req.path = parsed.route->path;
+    req.version.assign(parsed.version);
+    for (size_t i = 0; i < parsed.header_count; ++i) {
+      req.headers.emplace(std::string(parsed.headers[i].first),
+                          std::string(parsed.headers[i].second));
+    }
+    req.body.assign(parsed.body);
+    c->stream.Consume(parsed.size);
+    static const std::string kConnection = "Connection";
+    std::string_view connection;
+    HeaderValue(req, kConnection, &connection);
+    const bool connection_closed =
+        connection == "close" || (req.version == "HTTP/1.0" && connection != "Keep-Alive");
+    httplib::Response res;
+    res.version = "HTTP/1.1";
+    try {
+      parsed.route->serve(req, res);
+    } catch (...) {
+      res.headers.clear();
+      WriteProblem(500, "internal", "internal error", &res);
+    }
+    bool written = true;
+    if (state.deferred == nullptr) {
+      if (res.status == -1) res.status = 200;
+      ApplyResponseDefaults(&res);
+      HeaderValue(req, kConnection, &connection);  // CloseAfterResponse may have set it
+      const std::string out = SerializeResponse(res, close_connection || connection == "close",
+                                                state.keep_alive_timeout_s,
+                                                state.keep_alive_max_count);
+      written = c->stream.write(out.data(), out.size()) == static_cast<ssize_t>(out.size());
+    }
+    c->stream.DiscardWrites(false);
+    t_connection = nullptr;
+    if (state.close_requested || c->stream.cap_hit()) return After::kLingeringClose;
+    if (!written || connection_closed || close_connection) return After::kClose;
     --c->remaining;
     return After::kKeepAlive;
   }
@@ -1241,7 +1380,7 @@ void HttpServer::Impl::Configure() {
         if (!res.body.empty() || res.content_length_ > 0 || res.is_chunked_content_provider_) {
           return httplib::Server::HandlerResponse::Unhandled;
         }
-        WriteProblem(res.status, DefaultProblemCode(res.status), ReasonPhrase(res.status), &res);
+        ApplyResponseDefaults(&res);
         return httplib::Server::HandlerResponse::Handled;
       }));
   server_.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
@@ -1252,7 +1391,13 @@ void HttpServer::Impl::Configure() {
   std::vector<LoopRoute> loop_routes;
   for (const InstalledRoute& installed : routes_) {
     if (installed.route.threading == Threading::kEventLoop) {
-      loop_routes.push_back(LoopRoute{installed.route.method, installed.route.pattern});
+      const InstalledRoute* route = &installed;
+      loop_routes.push_back(LoopRoute{
+          route->route.method, route->route.pattern,
+          [this, route](const httplib::Request& req, httplib::Response& res) {
+            if (PreRoute(req, res) == httplib::Server::HandlerResponse::Handled) return;
+            Serve(*route, req, res, nullptr);  // the body is in req.body already
+          }});
     }
   }
   server_.SetLoopRoutes(std::move(loop_routes));

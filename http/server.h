@@ -62,6 +62,10 @@ struct HttpServerOptions {
   int listen_backlog = limits::kListenBacklog;
   size_t pending_connections_max = limits::kPendingConnectionsMax;
   size_t open_connections_max = limits::kOpenConnectionsMax;
+  // Plainly framed requests for Threading::kEventLoop routes are parsed by the server itself
+  // instead of by cpp-httplib's request processing (same answers, less CPU per request). false:
+  // cpp-httplib reads them too (for tests that compare the two, and for A/B measurements).
+  bool loop_own_parser = true;
 };
 
 class HttpServer {

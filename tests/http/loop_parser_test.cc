@@ -1,0 +1,257 @@
+// The event loop's own request parser (HttpServerOptions::loop_own_parser) against cpp-httplib's
+// request processing: the same raw bytes sent to two servers with the same routes, one with each,
+// must get the same answers (status, headers, body, and whether the connection stays open), and
+// the handlers must see the same request. Which of the two parsed a request is visible to the
+// handler: cpp-httplib adds `REMOTE_ADDR` pseudo headers, the server's own parser does not; the
+// tests check that the plain requests really took the own parser and that the rest did not.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cctype>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "http/problem.h"
+#include "http/server.h"
+#include "tests/support/http_client.h"
+#include "tests/support/http_stack.h"
+#include "tests/support/tokens.h"
+
+namespace ledger::http {
+namespace {
+
+using testing::RawHttpExchange;
+using testing::TestHttpStack;
+
+bool IsPseudoHeader(const std::string& name) {
+  return name == "REMOTE_ADDR" || name == "REMOTE_PORT" || name == "LOCAL_ADDR" ||
+         name == "LOCAL_PORT";
+}
+
+// What the handler saw, as text; which parser read the request goes into `X-Parsed-By`.
+void Mirror(const httplib::Request& req, httplib::Response* res) {
+  std::string text = "method=" + req.method + "\ntarget=" + req.target + "\npath=" + req.path +
+                     "\nversion=" + req.version + "\n";
+  for (const auto& [name, value] : req.headers) {
+    if (!IsPseudoHeader(name)) text += "header " + name + "=" + value + "\n";
+  }
+  for (const auto& [name, value] : req.params) text += "param " + name + "=" + value + "\n";
+  text += "body=" + req.body + "\n";
+  res->status = 200;
+  res->set_header("X-Parsed-By", req.has_header("REMOTE_ADDR") ? "httplib" : "own");
+  res->set_content(text, "text/plain");
+}
+
+class LoopParserTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_NO_FATAL_FAILURE(StartOne(&own_, true));
+    ASSERT_NO_FATAL_FAILURE(StartOne(&library_, false));
+  }
+  void TearDown() override {
+    own_.Stop();
+    library_.Stop();
+    std::lock_guard<std::mutex> lock(mu_);
+    for (std::thread& t : answerers_) t.join();
+  }
+
+  void StartOne(TestHttpStack* stack, bool own_parser) {
+    RouteTable routes;
+    auto mirror = [](const httplib::Request& req, httplib::Response& res, const Identity&) {
+      Mirror(req, &res);
+    };
+    routes.Add("GET", "/loop-mirror", "/loop-mirror", Policy::kPublic, mirror,
+               Threading::kEventLoop);
+    routes.Add("POST", "/loop-mirror", "/loop-mirror", Policy::kPublic, mirror,
+               Threading::kEventLoop);
+    // Answered later, from another thread (as consume answers after its group's sync).
+    routes.Add("POST", "/loop-mirror-later", "/loop-mirror-later", Policy::kPublic,
+               [this](const httplib::Request& req, httplib::Response&, const Identity&) {
+                 Responder respond = DeferResponse(req);
+                 ASSERT_TRUE(respond != nullptr);
+                 httplib::Response later;
+                 Mirror(req, &later);
+                 std::lock_guard<std::mutex> lock(mu_);
+                 answerers_.emplace_back([respond, later]() mutable {
+                   std::this_thread::sleep_for(std::chrono::milliseconds(2));
+                   respond(std::move(later));
+                 });
+               },
+               Threading::kEventLoop);
+    routes.Add("GET", "/loop-bare-404", "/loop-bare-404", Policy::kPublic,
+               [](const httplib::Request&, httplib::Response& res, const Identity&) {
+                 res.status = 404;
+               },
+               Threading::kEventLoop);
+    routes.Add("GET", "/loop-untyped", "/loop-untyped", Policy::kPublic,
+               [](const httplib::Request&, httplib::Response& res, const Identity&) {
+                 res.body = "no content type";
+               },
+               Threading::kEventLoop);
+    routes.Add("GET", "/loop-throws", "/loop-throws", Policy::kPublic,
+               [](const httplib::Request&, httplib::Response&, const Identity&) {
+                 throw std::runtime_error("boom");
+               },
+               Threading::kEventLoop);
+    routes.Add("POST", "/loop-admin", "/loop-admin", Policy::kAdmin, mirror,
+               Threading::kEventLoop);
+    AuthOptions auth;
+    auth.jwt.hs256_secret = testing::kTestHs256Secret;
+    HttpServerOptions options = TestHttpStack::DefaultOptions();
+    options.body_bytes_max = 1024;
+    options.loop_own_parser = own_parser;
+    Status s = stack->Start(std::move(routes), auth, &clock_, options);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+  }
+
+  // The answers to `request` followed by a plain request that closes the connection, with each
+  // answer's headers in a canonical order (the two servers write them in different orders) and
+  // `X-Parsed-By` taken out into *parsed_by.
+  static std::string Exchange(int port, const std::string& request,
+                              std::vector<std::string>* parsed_by) {
+    const std::string raw = RawHttpExchange(
+        port, request + "GET /loop-mirror HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 1500);
+    std::string out;
+    size_t pos = 0;
+    while (pos < raw.size()) {
+      const size_t head_end = raw.find("\r\n\r\n", pos);
+      if (head_end == std::string::npos) {
+        out += "unparsed: " + raw.substr(pos);
+        break;
+      }
+      std::vector<std::string> lines;
+      for (size_t at = pos; at < head_end + 2;) {
+        const size_t end = raw.find("\r\n", at);
+        lines.push_back(raw.substr(at, end - at));
+        at = end + 2;
+      }
+      size_t length = 0;
+      std::vector<std::string> headers;
+      for (size_t i = 1; i < lines.size(); ++i) {
+        const size_t colon = lines[i].find(':');
+        std::string name = lines[i].substr(0, colon);
+        std::transform(name.begin(), name.end(), name.begin(),
+                       [](unsigned char c) { return std::tolower(c); });
+        const std::string value =
+            colon == std::string::npos ? "" : std::string(TrimBlanks(lines[i].substr(colon + 1)));
+        if (name == "content-length") length = std::stoul(value);
+        if (name == "x-parsed-by") {
+          parsed_by->push_back(value);
+        } else {
+          headers.push_back(name + ": " + value);
+        }
+      }
+      std::sort(headers.begin(), headers.end());
+      out += lines[0] + "\n";
+      for (const std::string& h : headers) out += h + "\n";
+      out += "\n" + raw.substr(head_end + 4, length) + "\n----\n";
+      pos = head_end + 4 + length;
+    }
+    return out;
+  }
+
+  // Sends `request` to both servers: same answers, and `first_parsed_by` ("own" or "httplib")
+  // on the own-parser server for the first answer that names its parser (none when empty: the
+  // connection is closed after an error answer).
+  void ExpectSame(const std::string& request, const std::string& first_parsed_by) {
+    SCOPED_TRACE(request);
+    std::vector<std::string> own_parsers, library_parsers;
+    const std::string own = Exchange(own_.port(), request, &own_parsers);
+    const std::string library = Exchange(library_.port(), request, &library_parsers);
+    EXPECT_EQ(own, library);
+    EXPECT_FALSE(own.empty());
+    for (const std::string& p : library_parsers) EXPECT_EQ(p, "httplib");
+    if (first_parsed_by.empty()) {
+      EXPECT_TRUE(own_parsers.empty()) << own;
+    } else {
+      ASSERT_FALSE(own_parsers.empty()) << own;
+      EXPECT_EQ(own_parsers.front(), first_parsed_by);
+    }
+  }
+
+  ManualClock clock_{1'800'000'000LL * 1000000};
+  TestHttpStack own_;
+  TestHttpStack library_;
+  std::mutex mu_;
+  std::vector<std::thread> answerers_;  // guarded by mu_
+};
+
+TEST_F(LoopParserTest, PlainRequestsGetTheSameAnswersFromTheOwnParser) {
+  ExpectSame("POST /loop-mirror HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer abc\r\n"
+             "Content-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"a\":\"b c\"}",
+             "own");
+  ExpectSame("GET /loop-mirror HTTP/1.1\r\nHost: x\r\n\r\n", "own");
+  // Blanks around values, none after the colon, repeated and differently cased names.
+  ExpectSame("GET /loop-mirror HTTP/1.1\r\nhost:x\r\nX-A:   spaced value \t\r\nX-B:tight\r\n"
+             "x-c: 1\r\nX-C: 2\r\nCONTENT-length: 0\r\n\r\n",
+             "own");
+  ExpectSame("POST /loop-mirror HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", "own");
+  // Two pipelined in one send.
+  ExpectSame("POST /loop-mirror HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+             "POST /loop-mirror HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nwxyz",
+             "own");
+  // Deferred answers, alone and pipelined behind an immediate one.
+  ExpectSame("POST /loop-mirror-later HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi", "own");
+  ExpectSame("GET /loop-mirror HTTP/1.1\r\nHost: x\r\n\r\n"
+             "POST /loop-mirror-later HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",
+             "own");
+}
+
+TEST_F(LoopParserTest, ConnectionHandlingIsTheSame) {
+  ExpectSame("GET /loop-mirror HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "own");
+  ExpectSame("POST /loop-mirror-later HTTP/1.1\r\nConnection: close\r\nContent-Length: 1\r\n\r\nz",
+             "own");
+  // HTTP/1.0 closes unless it asks for keep-alive.
+  ExpectSame("GET /loop-mirror HTTP/1.0\r\nHost: x\r\n\r\n", "own");
+  ExpectSame("GET /loop-mirror HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", "own");
+  ExpectSame("POST /loop-mirror-later HTTP/1.0\r\nContent-Length: 1\r\n\r\nz", "own");
+  // A refused policy: answered, then the connection is closed (lingering).
+  ExpectSame("POST /loop-admin HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", "");
+}
+
+TEST_F(LoopParserTest, ImmediateAnswersGetTheLibrarysDefaults) {
+  // A bare error status becomes a problem; a body without a type is text/plain; a throwing
+  // handler answers 500.
+  ExpectSame("GET /loop-bare-404 HTTP/1.1\r\nHost: x\r\n\r\n", "own");
+  ExpectSame("GET /loop-untyped HTTP/1.1\r\nHost: x\r\n\r\n", "own");
+  ExpectSame("GET /loop-throws HTTP/1.1\r\nHost: x\r\n\r\n", "own");
+}
+
+TEST_F(LoopParserTest, WhatIsNotPlainIsLeftToTheLibrary) {
+  // Percent-escapes in a value (cpp-httplib 0.11.4 decodes them), an empty value, a range.
+  ExpectSame("GET /loop-mirror HTTP/1.1\r\nHost: x\r\nX-Escaped: a%41b\r\n\r\n", "httplib");
+  ExpectSame("GET /loop-mirror HTTP/1.1\r\nHost: x\r\nX-Empty:\r\n\r\n", "httplib");
+  ExpectSame("GET /loop-mirror HTTP/1.1\r\nHost: x\r\nRange: bytes=0-3\r\n\r\n", "httplib");
+  // A query, an escape in the path, another version.
+  ExpectSame("GET /loop-mirror?x=1&y=%41 HTTP/1.1\r\nHost: x\r\n\r\n", "httplib");
+  // (cpp-httplib answers 400 without reading the head: the next "request" starts at `Host`.)
+  ExpectSame("GET /loop-mirror HTTP/1.2\r\nHost: x\r\n\r\n", "httplib");
+  // A bare LF, a NUL.
+  ExpectSame("GET /loop-mirror HTTP/1.1\r\nHost: x\nX-Hidden: 1\r\nX-B: 2\r\n\r\n", "httplib");
+  ExpectSame(std::string("GET /loop-mirror HTTP/1.1\r\nHost: x\r\nX-Nul: a\0b\r\n\r\n", 50),
+             "httplib");
+  // More header lines than the own parser keeps.
+  std::string many = "GET /loop-mirror HTTP/1.1\r\n";
+  for (int i = 0; i < 40; ++i) many += "X-H" + std::to_string(i) + ": " + std::to_string(i) + "\r\n";
+  ExpectSame(many + "\r\n", "httplib");
+  // Refused with 400 by the library's path: blanks before a colon, a folded line.
+  ExpectSame("GET /loop-mirror HTTP/1.1\r\nHost: x\r\nX-A : 1\r\n\r\n", "");
+  ExpectSame("GET /loop-mirror HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n\r\n", "");
+}
+
+// The one difference: the own parser's answers are never compressed (deferred answers never
+// were); cpp-httplib compresses an immediate text answer for a client that accepts gzip.
+TEST_F(LoopParserTest, OwnParserAnswersAreNotCompressed) {
+  const std::string request =
+      "GET /loop-mirror HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n";
+  const std::string own = RawHttpExchange(own_.port(), request, 1500);
+  const std::string library = RawHttpExchange(library_.port(), request, 1500);
+  EXPECT_NE(own.find("header Accept-Encoding=gzip"), std::string::npos) << own;
+  EXPECT_EQ(own.find("Content-Encoding"), std::string::npos) << own;
+  EXPECT_NE(library.find("Content-Encoding: gzip"), std::string::npos) << library;
+}
+
+}  // namespace
+}  // namespace ledger::http
