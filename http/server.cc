@@ -717,6 +717,10 @@ struct Connection {
     kAwaiting,  // the loop has its next request and waits for the answer to the previous one
   };
   Where where = Where::kOwned;
+  // Watched for EPOLLIN (level-triggered) by the epoll set. Parked connections are; a connection
+  // the loop serves stays so (no epoll_ctl per request served on the loop); one a worker owns or
+  // one awaiting an answer is not.
+  bool armed = false;
   Clock::time_point parked_at;  // when it was last parked
 };
 
@@ -859,7 +863,7 @@ class CoreServer final : public httplib::Server {
       if (!loop_stopping_ && connections_.size() < options_.open_connections_max) {
         c = std::make_shared<Connection>(sock, ++last_connection_id_, options_, request_bytes_max_);
         epoll_event ev{};
-        ev.events = 0;  // armed by Park
+        ev.events = EPOLLONESHOT;  // nothing until Park arms it (errors at most once)
         ev.data.u64 = c->id;
         if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, sock, &ev) == 0) {
           connections_.emplace(c->id, c);
@@ -899,10 +903,14 @@ class CoreServer final : public httplib::Server {
           if (!unsent) {
             c->where = Connection::Where::kParked;
             c->parked_at = Clock::now();
+            if (c->armed) return;
             epoll_event ev{};
-            ev.events = EPOLLIN | EPOLLONESHOT;
+            ev.events = EPOLLIN;
             ev.data.u64 = c->id;
-            if (::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, c->sock, &ev) == 0) return;
+            if (::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, c->sock, &ev) == 0) {
+              c->armed = true;
+              return;
+            }
             c->where = Connection::Where::kOwned;
             stopping = true;  // cannot watch it: close it
           }
@@ -998,6 +1006,7 @@ class CoreServer final : public httplib::Server {
           d.loop_waiting = true;
           dlock.unlock();
           std::lock_guard<std::mutex> lock(loop_mu_);
+          Disarm(c.get());  // its unread request would wake the loop again and again
           c->where = Connection::Where::kAwaiting;
           return;
         }
@@ -1104,7 +1113,23 @@ class CoreServer final : public httplib::Server {
     return true;
   }
 
+  // Stops watching the connection (its owner reads it, or it waits for an answer). Level-triggered
+  // events would otherwise wake the loop for it over and over. EPOLLONESHOT: an error or hang-up,
+  // which epoll reports whatever the mask, is reported once at most. Requires loop_mu_.
+  void Disarm(Connection* c) {
+    if (!c->armed) return;
+    epoll_event ev{};
+    ev.events = EPOLLONESHOT;
+    ev.data.u64 = c->id;
+    ::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, c->sock, &ev);
+    c->armed = false;
+  }
+
   void ToWorker(const std::shared_ptr<Connection>& c, WorkerJob job) {
+    {
+      std::lock_guard<std::mutex> lock(loop_mu_);
+      Disarm(c.get());
+    }
     WorkerPool* pool = pool_.load();
     if (pool != nullptr && pool->Dispatch([this, c, job] { RunWorkerJob(c, job); })) return;
     // Not reached: the pool's shutdown stops this loop before it refuses jobs. Should it ever
