@@ -18,9 +18,11 @@
 // Between requests connections wait in one epoll set, watched by an event loop thread, not in a
 // worker each. A complete, plainly framed request (Content-Length, no `Expect`, no over-long
 // header line) for a route declared Threading::kEventLoop is parsed and served on the loop
-// thread itself; every other request is handed, with what was already read, to a worker, which
-// may block (reading the rest, calling Stripe, waiting for a sync) and parks the connection again
-// afterwards. Under load one wake-up of the loop serves many connections.
+// thread itself (by the server's own parser when it is plain enough that cpp-httplib would read
+// it the same way: HttpServerOptions::loop_own_parser); every other request is handed, with what
+// was already read, to a worker, which may block (reading the rest, calling Stripe, waiting for a
+// sync) and parks the connection again afterwards. Under load one wake-up of the loop serves
+// many connections.
 //
 // Lifecycle: Create() validates the routes; Start() binds (port 0 picks a free port, see port())
 // and serves on its own thread; Stop() stops accepting, lets in-flight requests finish (and tells
