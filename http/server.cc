@@ -1156,25 +1156,37 @@ class CoreServer final : public httplib::Server {
 
   // Serves the next request of `c` (on the loop or on a worker; its bytes are read or readable).
   After ServeRequest(Connection* c) {
+    if (!BeginServing(c)) return After::kClose;
+    bool connection_closed = false;
+    const bool ret = process_request(c->stream, c->state.closing, connection_closed, {});
+    return EndServing(c, ret, connection_closed);
+  }
+
+  // The request's connection state, once the answer before it is out (a pipelined request waits
+  // for the deferred answer before it: answers stay in order). False when the connection broke.
+  bool BeginServing(Connection* c) {
     ConnectionState& state = c->state;
     t_connection = &state;
-    // A pipelined request waits for the deferred answer before it: answers stay in order.
     if (!FinishDeferred(&state)) {
       t_connection = nullptr;
-      return After::kClose;
+      return false;
     }
     c->stream.BeginRequest();
     state.close_requested = false;
     state.series = nullptr;
-    bool connection_closed = false;
-    const bool close_connection =
-        c->remaining <= 1 || svr_sock_ == INVALID_SOCKET || loop_stopped_.load();
-    state.closing = close_connection;
-    const bool ret = process_request(c->stream, close_connection, connection_closed, {});
+    // After this answer the connection closes (cpp-httplib's `close_connection`).
+    state.closing = c->remaining <= 1 || svr_sock_ == INVALID_SOCKET || loop_stopped_.load();
+    return true;
+  }
+
+  // How the connection goes on after a request: `written`, the answer was (or is deferred);
+  // `connection_closed`, the request asked for the connection to close.
+  After EndServing(Connection* c, bool written, bool connection_closed) {
+    ConnectionState& state = c->state;
     c->stream.DiscardWrites(false);
     t_connection = nullptr;
     if (state.close_requested || c->stream.cap_hit()) return After::kLingeringClose;
-    if (!ret || connection_closed || close_connection) return After::kClose;
+    if (!written || connection_closed || state.closing) return After::kClose;
     --c->remaining;
     return After::kKeepAlive;
   }
@@ -1185,18 +1197,8 @@ class CoreServer final : public httplib::Server {
   // no `REMOTE_ADDR`-style pseudo headers in the request (no loop route reads them), and answers
   // are never compressed (deferred ones never were).
   After ServeParsed(Connection* c, const LoopRequest& parsed) {
-    ConnectionState& state = c->state;
-    t_connection = &state;
-    if (!FinishDeferred(&state)) {
-      t_connection = nullptr;
-      return After::kClose;
-    }
-    c->stream.BeginRequest();
-    state.close_requested = false;
-    state.series = nullptr;
-    const bool close_connection =
-        c->remaining <= 1 || svr_sock_ == INVALID_SOCKET || loop_stopped_.load();
-    state.closing = close_connection;
+    if (!BeginServing(c)) return After::kClose;
+    const ConnectionState& state = c->state;
     httplib::Request req;
     req.method = parsed.route->method;
     req.target = parsed.route->path;
@@ -1226,17 +1228,12 @@ class CoreServer final : public httplib::Server {
       if (res.status == -1) res.status = 200;
       ApplyResponseDefaults(&res);
       HeaderValue(req, kConnection, &connection);  // CloseAfterResponse may have set it
-      const std::string out = SerializeResponse(res, close_connection || connection == "close",
+      const std::string out = SerializeResponse(res, state.closing || connection == "close",
                                                 state.keep_alive_timeout_s,
                                                 state.keep_alive_max_count);
       written = c->stream.write(out.data(), out.size()) == static_cast<ssize_t>(out.size());
     }
-    c->stream.DiscardWrites(false);
-    t_connection = nullptr;
-    if (state.close_requested || c->stream.cap_hit()) return After::kLingeringClose;
-    if (!written || connection_closed || close_connection) return After::kClose;
-    --c->remaining;
-    return After::kKeepAlive;
+    return EndServing(c, written, connection_closed);
   }
 
   // On a worker (it may wait for a deferred answer and linger). Never under a deferred answer

@@ -632,19 +632,7 @@ TEST_F(ServerTest, EventLoopRoutesAreServedWhateverTheFraming) {
   auto send_all = [fd](const std::string& bytes) {
     return ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size());
   };
-  auto read_answer = [fd](const std::string& expect) {
-    std::string got;
-    char buf[4096];
-    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    while (got.find(expect) == std::string::npos && std::chrono::steady_clock::now() < give_up) {
-      pollfd pfd{fd, POLLIN, 0};
-      if (::poll(&pfd, 1, 100) <= 0) continue;
-      ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-      if (n <= 0) break;
-      got.append(buf, static_cast<size_t>(n));
-    }
-    return got;
-  };
+  auto read_answer = [fd](const std::string& expect) { return ReadUntil(fd, expect); };
   // The head in two pieces.
   ASSERT_TRUE(send_all("POST /loop-echo HTTP/1.1\r\nHo"));
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
