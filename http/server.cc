@@ -757,7 +757,6 @@ struct LoopRequest {
   size_t size = 0;  // head and body
 };
 
-
 // Requests served on the loop per wake-up of one connection before a worker takes the rest.
 constexpr int kLoopRequestsPerTurn = 8;
 constexpr int kLoopEventsMax = 128;
