@@ -50,6 +50,7 @@ constexpr size_t kLingerBytesMax = 1 << 20;
 constexpr size_t kDetailPathBytesMax = 256;
 constexpr char kUnmatchedRoute[] = "(unmatched)";
 constexpr char kRejectedRoute[] = "(rejected)";
+const std::string kConnectionHeader = "Connection";
 
 bool IsKnownMethod(const std::string& method) {
   return method == "GET" || method == "HEAD" || method == "POST" || method == "PUT" ||
@@ -532,7 +533,8 @@ Responder DeferResponse(const httplib::Request& req) {
   c->stream->DiscardWrites(true);
   // cpp-httplib 0.11.4's rule for closing after this response (process_request), comparisons
   // as exact as its own: the answer must say what the connection then does.
-  const std::string connection = req.get_header_value("Connection");
+  std::string_view connection;
+  HeaderValue(req, kConnectionHeader, &connection);
   const bool close = c->closing || c->close_requested || connection == "close" ||
                      (req.version == "HTTP/1.0" && connection != "Keep-Alive");
   auto write_answer = [deferred, sock = c->stream->socket(), notify = c->notify_unsent, close,
@@ -1209,9 +1211,8 @@ class CoreServer final : public httplib::Server {
     }
     req.body.assign(parsed.body);
     c->stream.Consume(parsed.size);
-    static const std::string kConnection = "Connection";
     std::string_view connection;
-    HeaderValue(req, kConnection, &connection);
+    HeaderValue(req, kConnectionHeader, &connection);
     const bool connection_closed =
         connection == "close" || (req.version == "HTTP/1.0" && connection != "Keep-Alive");
     httplib::Response res;
@@ -1226,7 +1227,7 @@ class CoreServer final : public httplib::Server {
     if (state.deferred == nullptr) {
       if (res.status == -1) res.status = 200;
       ApplyResponseDefaults(&res);
-      HeaderValue(req, kConnection, &connection);  // CloseAfterResponse may have set it
+      HeaderValue(req, kConnectionHeader, &connection);  // CloseAfterResponse may have set it
       const std::string out = SerializeResponse(res, state.closing || connection == "close",
                                                 state.keep_alive_timeout_s,
                                                 state.keep_alive_max_count);
