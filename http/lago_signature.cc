@@ -5,12 +5,12 @@
 #include <openssl/pem.h>
 #include <rapidjson/document.h>
 
-#include <algorithm>
 #include <cctype>
 
 #include "events/types.h"
 #include "http/base64.h"
 #include "http/limits.h"
+#include "http/problem.h"
 
 namespace ledger::http {
 
@@ -35,13 +35,6 @@ std::string_view Trim(std::string_view s) {
 std::string_view WithoutTrailingSlash(std::string_view s) {
   if (!s.empty() && s.back() == '/') s.remove_suffix(1);
   return s;
-}
-
-bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) ==
-                  std::tolower(static_cast<unsigned char>(y));
-         });
 }
 
 // An RSA public key from PEM: SubjectPublicKeyInfo ("PUBLIC KEY") or PKCS#1 ("RSA PUBLIC KEY").

@@ -184,6 +184,15 @@ std::string_view TrimBlanks(std::string_view s) {
   return s;
 }
 
+bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
+  auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; };
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i] != b[i] && lower(a[i]) != lower(b[i])) return false;
+  }
+  return true;
+}
+
 size_t HeaderValue(const httplib::Request& req, const std::string& name, std::string_view* value) {
   const auto [first, last] = req.headers.equal_range(name);
   if (first == last) return 0;

@@ -75,6 +75,10 @@ bool QueryParam(const httplib::Request& req, const char* name, size_t bytes_max,
 // `s` without leading and trailing spaces and tabs (RFC 9110's optional whitespace).
 std::string_view TrimBlanks(std::string_view s);
 
+// Whether `a` and `b` are equal with ASCII letters compared case-insensitively (header names,
+// tokens such as `chunked`); no locale.
+bool EqualsIgnoreCase(std::string_view a, std::string_view b);
+
 // How many `name` headers the request has; the first one's value goes to `*value` (left untouched
 // when there is none). One search of cpp-httplib's case-insensitive header map (a libc tolower()
 // per character compared) where has_header, get_header_value_count and get_header_value are one

@@ -12,7 +12,6 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -64,16 +63,6 @@ bool IsRouteMethod(const std::string& method) {
 
 // Metrics label for a request method: bounded cardinality whatever clients send.
 std::string MethodLabel(const std::string& method) { return IsKnownMethod(method) ? method : "OTHER"; }
-
-bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) {
-      return false;
-    }
-  }
-  return true;
-}
 
 bool ParseContentLength(std::string_view text, uint64_t* out) {
   if (text.empty() || text.size() > 19) return false;

@@ -94,5 +94,18 @@ TEST(ProblemTest, JsonQuoteEscapes) {
   EXPECT_EQ(JsonQuote("a\"b\\c\n"), R"("a\"b\\c\n")");
 }
 
+TEST(ProblemTest, EqualsIgnoreCaseFoldsAsciiLettersOnly) {
+  EXPECT_TRUE(EqualsIgnoreCase("Transfer-Encoding", "transfer-ENCODING"));
+  EXPECT_TRUE(EqualsIgnoreCase("", ""));
+  EXPECT_FALSE(EqualsIgnoreCase("chunked", "chunke"));
+  EXPECT_FALSE(EqualsIgnoreCase("chunked", "chunkee"));
+  // Only A-Z fold: '@' and '`' are 0x20 apart like 'A' and 'a', and bytes above 0x7f stay as
+  // they are.
+  EXPECT_FALSE(EqualsIgnoreCase("@", "`"));
+  EXPECT_FALSE(EqualsIgnoreCase("[", "{"));
+  EXPECT_FALSE(EqualsIgnoreCase("\xc4", "\xe4"));
+  EXPECT_TRUE(EqualsIgnoreCase("\xc4", "\xc4"));
+}
+
 }  // namespace
 }  // namespace ledger::http
