@@ -25,7 +25,7 @@
 #                                      [--events-connections E] [--seconds S] [--rate R]
 #                                      [--phases LIST] [--keep] [--serve]
 # Connections: issue 4 asks for 32 or more; the trivial server gets one thread per connection
-# (cpp-httplib's model), which is at its fastest around 64 here: at 128 it does 15 % less, so a
+# (cpp-httplib's model), which is at its fastest around 64 here: at 128 it did 11-17 % less, so a
 # consume ÷ trivial ratio at 128 flatters ledgerd (tools/bench/README.md, "128 connections").
 # --serve: start and seed ledgerd only, print the URL and token, and keep serving until interrupted.
 # --phases: comma-separated subset of trivial,livez,consume,latency,events,events-wrk,seed
