@@ -1,6 +1,5 @@
 #include "http/auth.h"
 
-#include <cctype>
 #include <set>
 
 #include "events/types.h"
@@ -19,17 +18,6 @@ Status Unauthenticated(std::string problem, std::string message) {
 
 Status Forbidden(std::string message) {
   return Status::Make(Code::kPermissionDenied, "forbidden", std::move(message));
-}
-
-bool CaseInsensitivePrefix(std::string_view text, std::string_view prefix) {
-  if (text.size() < prefix.size()) return false;
-  for (size_t i = 0; i < prefix.size(); ++i) {
-    if (std::tolower(static_cast<unsigned char>(text[i])) !=
-        std::tolower(static_cast<unsigned char>(prefix[i]))) {
-      return false;
-    }
-  }
-  return true;
 }
 
 }  // namespace
@@ -92,7 +80,7 @@ Status Authenticator::Authenticate(const httplib::Request& req, Identity* identi
   if (header.size() > limits::kAuthorizationBytesMax) {
     return Unauthenticated("invalid_token", "Authorization header too long");
   }
-  if (!CaseInsensitivePrefix(header, kBearerPrefix)) {
+  if (!StartsWithIgnoreCase(header, kBearerPrefix)) {
     return Unauthenticated("unauthenticated", "Authorization must be 'Bearer <token>'");
   }
   std::string_view token = TrimBlanks(std::string_view(header).substr(sizeof(kBearerPrefix) - 1));

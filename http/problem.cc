@@ -193,6 +193,10 @@ bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
   return true;
 }
 
+bool StartsWithIgnoreCase(std::string_view text, std::string_view prefix) {
+  return text.size() >= prefix.size() && EqualsIgnoreCase(text.substr(0, prefix.size()), prefix);
+}
+
 size_t HeaderValue(const httplib::Request& req, const std::string& name, std::string_view* value) {
   const auto [first, last] = req.headers.equal_range(name);
   if (first == last) return 0;

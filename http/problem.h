@@ -79,6 +79,9 @@ std::string_view TrimBlanks(std::string_view s);
 // tokens such as `chunked`); no locale.
 bool EqualsIgnoreCase(std::string_view a, std::string_view b);
 
+// Whether `text` begins with `prefix`, compared as EqualsIgnoreCase does.
+bool StartsWithIgnoreCase(std::string_view text, std::string_view prefix);
+
 // How many `name` headers the request has; the first one's value goes to `*value` (left untouched
 // when there is none). One search of cpp-httplib's case-insensitive header map (a libc tolower()
 // per character compared) where has_header, get_header_value_count and get_header_value are one

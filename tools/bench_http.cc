@@ -10,7 +10,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <chrono>
@@ -22,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "http/problem.h"
 #include "projections/limits.h"
 
 namespace ledger::tools {
@@ -72,17 +72,6 @@ struct Connection {
   std::string in;               // bytes of the answer so far
 };
 
-// Whether `text` starts with `prefix` (lower case), ignoring the case of `text`.
-bool StartsWithNoCase(std::string_view text, std::string_view prefix) {
-  if (text.size() < prefix.size()) return false;
-  for (size_t i = 0; i < prefix.size(); ++i) {
-    if (static_cast<char>(std::tolower(static_cast<unsigned char>(text[i]))) != prefix[i]) {
-      return false;
-    }
-  }
-  return true;
-}
-
 // The length of a complete answer at the front of `in`, its status and whether the server
 // closes the connection after it ("Connection: close"); 0 while incomplete, SIZE_MAX when it
 // cannot be read (no Content-Length, malformed).
@@ -103,7 +92,7 @@ size_t CompleteResponse(const std::string& in, int* status, bool* closes) {
     constexpr std::string_view kLength = "content-length:";
     constexpr std::string_view kConnection = "connection:";
     const std::string_view header(in.data() + line, next - line);
-    if (StartsWithNoCase(header, kLength)) {
+    if (http::StartsWithIgnoreCase(header, kLength)) {
       std::string_view value = header.substr(kLength.size());
       while (!value.empty() && value.front() == ' ') value.remove_prefix(1);
       size_t parsed = 0;
@@ -111,10 +100,10 @@ size_t CompleteResponse(const std::string& in, int* status, bool* closes) {
         return SIZE_MAX;
       }
       length = parsed;
-    } else if (StartsWithNoCase(header, kConnection)) {
+    } else if (http::StartsWithIgnoreCase(header, kConnection)) {
       std::string_view value = header.substr(kConnection.size());
       while (!value.empty() && value.front() == ' ') value.remove_prefix(1);
-      *closes = value.size() == 5 && StartsWithNoCase(value, "close");
+      *closes = http::EqualsIgnoreCase(value, "close");
     }
     line = next + 2;
   }

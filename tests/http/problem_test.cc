@@ -107,5 +107,13 @@ TEST(ProblemTest, EqualsIgnoreCaseFoldsAsciiLettersOnly) {
   EXPECT_TRUE(EqualsIgnoreCase("\xc4", "\xc4"));
 }
 
+TEST(ProblemTest, StartsWithIgnoreCase) {
+  EXPECT_TRUE(StartsWithIgnoreCase("bEARER abc", "Bearer "));
+  EXPECT_TRUE(StartsWithIgnoreCase("Content-Length: 5", "content-length:"));
+  EXPECT_TRUE(StartsWithIgnoreCase("x", ""));
+  EXPECT_FALSE(StartsWithIgnoreCase("Bear", "Bearer "));
+  EXPECT_FALSE(StartsWithIgnoreCase("Basic abc", "Bearer "));
+}
+
 }  // namespace
 }  // namespace ledger::http
