@@ -783,9 +783,14 @@ Status LedgerImpl::LoadHead() {
   } else if (!DecodeHead(value, &head_, &head_hash_)) {
     return Status::Corruption("malformed chain head record");
   }
-  // The head record and the events are written in the same batch; they must agree.
-  std::unique_ptr<rocksdb::Iterator> it(
-      db_->NewIterator(EventReadOptions(), Family(kEventsFamily)));
+  // The head record and the events are written in the same batch; they must agree. SeekToLast
+  // reads the last block of every level-0 table file (and of the newest file of each other
+  // level), not only the head's. A read-only open (verify, export) reads them without block
+  // checksums: a damaged block in an older file is then reported, at its own position, by the
+  // reads that cover it, instead of failing this open in the head's name.
+  rocksdb::ReadOptions head_read = EventReadOptions();
+  if (options_.read_only) head_read.verify_checksums = false;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(head_read, Family(kEventsFamily)));
   it->SeekToLast();
   LEDGER_RETURN_IF_ERROR(FromRocks(it->status()));
   uint64_t last = it->Valid() ? DecodeFixed64BE(it->key().data()) : 0;

@@ -98,11 +98,12 @@ struct LedgerOptions {
   bool read_only = false;           // open without writing (ledgerctl verify/export on a live DB)
   bool create_if_missing = true;
   size_t write_queue_max = 0;       // 0 = limits::kWriteQueueCommandsMax
-  // RocksDB block checksums on reads of stored events (ScanRaw, ReadEvents, the head check at
-  // open). Default true. `ledgerctl verify` turns it off for its first pass so that a flipped byte
-  // inside an event (the events family is stored uncompressed) reaches the hash-chain check and
-  // is reported at its exact position, instead of failing the whole block with a Corruption
-  // status that names no position. Read-only use only; never affects what is written.
+  // RocksDB block checksums on reads of stored events (ScanRaw, ReadEvents, and the head check
+  // at open unless read_only). Default true. `ledgerctl verify` turns it off for its first pass
+  // so that a flipped byte inside an event (the events family is stored uncompressed) reaches
+  // the hash-chain check and is reported at its exact position, instead of failing the whole
+  // block with a Corruption status that names no position. Read-only use only; never affects
+  // what is written.
   bool verify_checksums = true;
   // The write-ahead log files kept for recovery, in bytes, before families are flushed to free
   // the oldest (RocksDB's max_total_wal_size; 0 = RocksDB's default of 4x the memtables).

@@ -72,10 +72,11 @@ Status CheckBlockChecksums(const VerifyOptions& options, VerifyReport* report) {
   std::unique_ptr<Ledger> ledger;
   Status s = OpenReadOnly({options.data_dir, {}, /*verify_checksums=*/true}, &ledger);
   if (s.IsCorruption()) {
-    // The open reads the last table block of the events to check the head.
+    // A read-only open reads the events without checksums (LedgerOptions::verify_checksums):
+    // what failed is the head record of the meta family.
     return Fail(report, report->head,
-                "RocksDB block checksum mismatch in the table block holding the chain head (the "
-                "events' own hashes verify): " +
+                "RocksDB block checksum mismatch in the table block holding the chain head record "
+                "(the events' own hashes verify): " +
                     s.message());
   }
   LEDGER_RETURN_IF_ERROR(s);
