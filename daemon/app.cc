@@ -1,5 +1,6 @@
 #include "daemon/app.h"
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -230,6 +231,8 @@ Status App::Impl::LoadByokKey() {
   context_.byok_base_urls = config_.byok_base_urls;
   std::string key;
   bool found = false;
+  std::error_code ec;
+  const bool existed = std::filesystem::exists(config_.master_key_file, ec);
   LEDGER_RETURN_IF_ERROR(
       LoadOrCreateMasterKey(config_.master_key_file, config_.DevMode(), &key, &found));
   if (!found) {
@@ -242,8 +245,8 @@ Status App::Impl::LoadByokKey() {
   http::WipeSecret(&key);
   LEDGER_RETURN_IF_ERROR(s);
   context_.byok_box = byok_box_.get();
-  spdlog::info("byok: key-encryption key {} from {}", byok_box_->key_id(),
-               config_.master_key_file);
+  spdlog::info("byok: key-encryption key {} {} {}", byok_box_->key_id(),
+               existed ? "from" : "created (dev mode) in", config_.master_key_file);
   return Status::OK();
 }
 

@@ -34,6 +34,11 @@ int main(int argc, char** argv) {
   ledger::Status s = App::Start(config, nullptr, &app);
   if (!s.ok()) {
     spdlog::critical("startup failed: {}", s.ToString());
+    if (s.IsCorruption()) {
+      spdlog::critical("the store in {} is damaged: `ledgerctl verify --data-dir {}` names the "
+                       "first damaged position",
+                       config.data_dir, config.data_dir);
+    }
     return ExitCodeFor(s);
   }
   spdlog::info("ready");

@@ -98,12 +98,21 @@ TEST(LedgerdBinaryTest, StorageErrorsAtStartupExit74) {
   DaemonProcess daemon(options);
   ASSERT_TRUE(daemon.Start().ok()) << daemon.Log();
   ASSERT_EQ(daemon.Terminate(), 0) << daemon.Log();
+  // Dev mode (no JWT configuration) created the BYOK key-encryption key and said so.
+  EXPECT_NE(daemon.Log().find("created (dev mode) in " + dir.Sub("data/master.key")),
+            std::string::npos)
+      << daemon.Log();
   WriteTextFile(dir.Sub("data/CURRENT"), "garbage");
   ProcessOutput corrupt = RunLedgerd(
       {"--data-dir", dir.Sub("data"), "--listen", "127.0.0.1:0", "--kafka-brokers", "none"});
   EXPECT_EQ(corrupt.exit_code, kExitStorage) << corrupt.out << corrupt.err;
   EXPECT_NE((corrupt.out + corrupt.err).find("startup failed"), std::string::npos)
       << corrupt.out << corrupt.err;
+  // A damaged store points at the tool that names the damage; an I/O error does not.
+  EXPECT_NE((corrupt.out + corrupt.err).find("ledgerctl verify --data-dir"), std::string::npos)
+      << corrupt.out << corrupt.err;
+  EXPECT_EQ((file.out + file.err).find("ledgerctl verify"), std::string::npos)
+      << file.out << file.err;
 }
 
 struct Head {
