@@ -1198,7 +1198,12 @@ class CoreServer final : public httplib::Server {
       req.headers.emplace(std::string(parsed.headers[i].first),
                           std::string(parsed.headers[i].second));
     }
-    req.body.assign(parsed.body);
+    // cpp-httplib reads a body only for these methods (its expect_content); a GET's body is
+    // consumed here but not shown to the handler, and PreRoute closes the connection after it.
+    if (req.method == "POST" || req.method == "PUT" || req.method == "PATCH" ||
+        req.method == "DELETE") {
+      req.body.assign(parsed.body);
+    }
     c->stream.Consume(parsed.size);
     std::string_view connection;
     HeaderValue(req, kConnectionHeader, &connection);
