@@ -21,21 +21,33 @@
 //   3. Another user's objects are 404 and one user's data never appears in another's answers.
 //   4. Authentication comes first: before the body is read (a huge declared Content-Length still
 //      gets 401) and before any "not configured" 503.
+//   5. Bad input: seeded mutations of every route's sample body, sent as its canonical caller,
+//      get a 2xx or an RFC 9457 problem (4xx) and never a server error; a 4xx appends nothing and
+//      no answer echoes the BYOK key of the sample.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <cstdlib>
 #include <ctime>
 #include <iostream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <optional>
+#include <random>
 #include <regex>
 #include <set>
 #include <sstream>
 #include <string>
 #include <tuple>
 #include <vector>
+
+#include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
 
 #include "events/ledger.h"
 #include "http/app_context.h"
@@ -999,6 +1011,183 @@ TEST_F(AuthorizationMatrixTest, UsageOfAnotherUserIsNotFound) {
     EXPECT_EQ(bob_summary.body.find("alice"), std::string::npos) << bob_summary.body;
     EXPECT_NE(bob_summary.body, alice_summary.body);
   }
+}
+
+// ---- 5. Bad input ------------------------------------------------------------------------------
+
+// Seeded mutations of a JSON body: a value swapped for one of another type or size, a member
+// dropped, added or repeated, the text cut short or garbled, or another document altogether.
+class BodyMutator {
+ public:
+  explicit BodyMutator(uint64_t seed) : rng_(seed) {}
+
+  std::string Mutate(const std::string& body) {
+    switch (Pick(12)) {
+      case 0:
+        return body.substr(0, Pick(body.size()));  // cut short
+      case 1: {
+        static const char* const kGarbage[] = {",}", "}", "\"", "\\", "\xff", " x", "\0"};
+        const char* garbage = kGarbage[Pick(std::size(kGarbage))];
+        std::string out = body;
+        out.insert(Pick(out.size() + 1), garbage, garbage[0] == '\0' ? 1 : std::strlen(garbage));
+        return out;
+      }
+      case 2:
+        return OtherDocument();
+      default:
+        return MutateValue(body);
+    }
+  }
+
+ private:
+  size_t Pick(size_t n) { return n == 0 ? 0 : std::uniform_int_distribution<size_t>(0, n - 1)(rng_); }
+
+  std::string OtherDocument() {
+    switch (Pick(8)) {
+      case 0: return "";
+      case 1: return "null";
+      case 2: return "[]";
+      case 3: return "\"a string\"";
+      case 4: return "12345678901234567890123";
+      case 5: return std::string(20000, '[') + std::string(20000, ']');  // deep nesting
+      case 6: return "\xef\xbb\xbf{}";                                   // a byte order mark
+      default: return "{\"a\":" + std::string(3000, '{');
+    }
+  }
+
+  // A value of another type or size (allocated in `doc`).
+  rapidjson::Value Replacement(rapidjson::Document* doc) {
+    auto& a = doc->GetAllocator();
+    rapidjson::Value v;
+    switch (Pick(16)) {
+      case 0: v.SetNull(); break;
+      case 1: v.SetBool(true); break;
+      case 2: v.SetInt(0); break;
+      case 3: v.SetInt(-1); break;
+      case 4: v.SetDouble(1.5); break;
+      case 5: v.SetDouble(1e308); break;
+      case 6: v.SetInt64(INT64_MIN); break;
+      case 7: v.SetUint64(UINT64_MAX); break;
+      case 8: v.SetString("", a); break;
+      case 9: v.SetString(std::string(300, 'x').c_str(), a); break;
+      case 10: v.SetString(std::string(70000, 'y').c_str(), a); break;
+      case 11: v.SetString("\xff\xfe\xc3", a); break;  // not UTF-8
+      case 12: v.SetString("a\0b", 3, a); break;       // a NUL inside
+      case 13: v.SetArray(); break;
+      case 14: v.SetObject(); break;
+      default: {
+        v.SetArray();
+        v.PushBack(rapidjson::Value("x", a), a);
+        v.PushBack(rapidjson::Value(7), a);
+        break;
+      }
+    }
+    return v;
+  }
+
+  static void Collect(rapidjson::Value* v, std::vector<rapidjson::Value*>* out) {
+    if (v->IsObject()) {
+      out->push_back(v);
+      for (auto& m : v->GetObject()) Collect(&m.value, out);
+    } else if (v->IsArray()) {
+      for (auto& e : v->GetArray()) Collect(&e, out);
+    }
+  }
+
+  std::string MutateValue(const std::string& body) {
+    rapidjson::Document doc;
+    doc.Parse(body.data(), body.size());
+    if (doc.HasParseError()) return OtherDocument();
+    std::vector<rapidjson::Value*> objects;
+    Collect(&doc, &objects);
+    if (objects.empty()) return OtherDocument();
+    rapidjson::Value* object = objects[Pick(objects.size())];
+    auto& a = doc.GetAllocator();
+    const size_t members = object->MemberCount();
+    const size_t what = Pick(4);
+    if (members == 0 || what == 0) {
+      object->AddMember(rapidjson::Value("zz_unknown", a), Replacement(&doc), a);
+    } else {
+      auto member = object->MemberBegin() + static_cast<std::ptrdiff_t>(Pick(members));
+      if (what == 1) {
+        object->EraseMember(member);
+      } else if (what == 2) {
+        // The same name again, with another value: which one counts must not matter to safety.
+        rapidjson::Value name(member->name, a);
+        object->AddMember(name, Replacement(&doc), a);
+      } else {
+        member->value = Replacement(&doc);
+      }
+    }
+    rapidjson::StringBuffer out;
+    rapidjson::Writer<rapidjson::StringBuffer> writer(out);
+    doc.Accept(writer);
+    return std::string(out.GetString(), out.GetSize());
+  }
+
+  std::mt19937_64 rng_;
+};
+
+// What is wrong with an answer to a bad body (empty: nothing).
+std::string JudgeBadBodyAnswer(const HttpReply& reply, bool appended) {
+  if (reply.status == 0) return "transport error " + reply.error;
+  if (reply.status >= 500) return "a server error";
+  if (reply.status < 400) return "";
+  if (appended) return "a " + std::to_string(reply.status) + " that appended events";
+  if (reply.Header("Content-Type").rfind("application/problem+json", 0) != 0) {
+    return "a " + std::to_string(reply.status) + " that is not application/problem+json";
+  }
+  rapidjson::Document doc = reply.Json();
+  if (!doc.IsObject() || !doc.HasMember("status") || !doc["status"].IsInt() ||
+      doc["status"].GetInt() != reply.status || !doc.HasMember("title") || !doc["title"].IsString() ||
+      !doc.HasMember("type") || !doc["type"].IsString()) {
+    return "a problem without type, title and a matching status";
+  }
+  return "";
+}
+
+TEST_F(AuthorizationMatrixTest, MutatedBodiesGetProblemsAndAppendNothing) {
+  // LEDGER_FUZZ_SEED / LEDGER_FUZZ_CASES (mutations per route) run others or more.
+  const char* seed_text = std::getenv("LEDGER_FUZZ_SEED");
+  const char* cases_text = std::getenv("LEDGER_FUZZ_CASES");
+  const uint64_t seed = seed_text != nullptr ? std::strtoull(seed_text, nullptr, 10) : 20261204;
+  const uint64_t mutations = cases_text != nullptr ? std::strtoull(cases_text, nullptr, 10) : 40;
+  constexpr char kSampleKey[] = "sk-authz-probe-000000000000000000000000";
+  BodyMutator mutator(seed);
+  std::vector<std::string> failures;
+  size_t problems = 0, accepted = 0, n = 0;
+  for (const Probe& probe : Probes(RealTable())) {
+    if (!probe.has_body) continue;
+    const Caller* caller = nullptr;
+    for (const Caller& c : callers_) {
+      if (caller == nullptr && IsCanonicalCaller(probe.policy, c)) caller = &c;
+    }
+    ASSERT_NE(caller, nullptr) << probe.method << " " << probe.name;
+    for (uint64_t i = 0; i < mutations; ++i) {
+      const std::string tag = "bad-" + std::to_string(++n);
+      const std::string path = ReplaceAll(ReplaceAll(probe.path, "{self}", caller->self), "{n}", tag);
+      const std::string body =
+          mutator.Mutate(ReplaceAll(ReplaceAll(probe.body, "{self}", caller->self), "{n}", tag));
+      const uint64_t head_before = ledger_->Head().value();
+      HttpReply reply = Send(stack_.port(), probe.method, path, &body, caller->bearer);
+      std::string wrong = JudgeBadBodyAnswer(reply, ledger_->Head().value() != head_before);
+      if (wrong.empty() && reply.body.find(kSampleKey) != std::string::npos) {
+        wrong = "the answer echoes the BYOK key";
+      }
+      (reply.status >= 400 ? problems : accepted)++;
+      if (!wrong.empty()) {
+        failures.push_back(probe.method + " " + path + " as " + caller->label + " with " +
+                           Shorten(body, 160) + ": " + std::to_string(reply.status) + " — " +
+                           wrong + "; body: " + Shorten(reply.body));
+      }
+    }
+  }
+  std::string report;
+  for (const std::string& f : failures) report += f + "\n";
+  EXPECT_TRUE(failures.empty()) << failures.size() << " answers to bad bodies were wrong:\n" << report;
+  // Most mutations break the request; some (an unknown member, a dropped optional one) do not.
+  EXPECT_GT(problems, n / 2) << problems << " problems, " << accepted << " accepted of " << n;
+  EXPECT_GT(accepted, 0u) << "every mutation was refused: is the sample still valid?";
 }
 
 // BYOK, once it exists: keys are per user; another user neither sees nor deletes them.
