@@ -21,9 +21,9 @@
 //   3. Another user's objects are 404 and one user's data never appears in another's answers.
 //   4. Authentication comes first: before the body is read (a huge declared Content-Length still
 //      gets 401) and before any "not configured" 503.
-//   5. Bad input: seeded mutations of every route's sample body, sent as its canonical caller,
-//      get a 2xx or an RFC 9457 problem (4xx) and never a server error; a 4xx appends nothing and
-//      no answer echoes the BYOK key of the sample.
+//   5. Bad input: seeded mutations of every route's sample body, sent as its canonical caller
+//      (webhook deliveries correctly signed), get a 2xx or an RFC 9457 problem (4xx) and never a
+//      server error; a 4xx appends nothing and no answer echoes the BYOK key of the sample.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -52,9 +52,11 @@
 #include "events/ledger.h"
 #include "http/app_context.h"
 #include "http/byok_providers.h"
+#include "http/lago_signature.h"
 #include "http/secret_box.h"
 #include "http/route.h"
 #include "http/routes.h"
+#include "http/stripe_signature.h"
 #include "http/stripe_client.h"
 #include "projections/registry.h"
 #include "projections/usage.h"
@@ -1166,10 +1168,28 @@ TEST_F(AuthorizationMatrixTest, MutatedBodiesGetProblemsAndAppendNothing) {
     for (uint64_t i = 0; i < mutations; ++i) {
       const std::string tag = "bad-" + std::to_string(++n);
       const std::string path = ReplaceAll(ReplaceAll(probe.path, "{self}", caller->self), "{n}", tag);
-      const std::string body =
-          mutator.Mutate(ReplaceAll(ReplaceAll(probe.body, "{self}", caller->self), "{n}", tag));
+      // Webhook deliveries are signed as their senders sign them (a fresh event id and unique
+      // key each), so that the mutated payload itself is judged, not only its signature.
+      const std::string sample = ReplaceAll(
+          ReplaceAll(ReplaceAll(probe.body, "{self}", caller->self), "{n}", tag),
+          "evt_authz_unsigned", "evt_authz_" + tag);
+      const std::string body = mutator.Mutate(sample);
+      httplib::Headers signed_headers;
+      if (probe.name == "/api/v1/billing/webhooks/stripe") {
+        signed_headers.emplace("Stripe-Signature",
+                               MakeStripeSignatureHeader({kWebhookSecret}, NowSeconds(), body));
+      } else if (probe.name == "/api/v1/webhooks/lago") {
+        signed_headers = {{"X-Lago-Signature", LagoHmacSignature(kLagoWebhookSecret, body)},
+                          {"X-Lago-Signature-Algorithm", "hmac"},
+                          {"X-Lago-Unique-Key", tag}};
+      }
+      if (probe.policy == Policy::kSignature) {
+        ASSERT_FALSE(signed_headers.empty()) << "no signer for " << probe.name;
+      }
       const uint64_t head_before = ledger_->Head().value();
-      HttpReply reply = Send(stack_.port(), probe.method, path, &body, caller->bearer);
+      HttpReply reply = signed_headers.empty()
+                            ? Send(stack_.port(), probe.method, path, &body, caller->bearer)
+                            : TestHttpClient("127.0.0.1", stack_.port()).Post(path, body, signed_headers);
       std::string wrong = JudgeBadBodyAnswer(reply, ledger_->Head().value() != head_before);
       if (wrong.empty() && reply.body.find(kSampleKey) != std::string::npos) {
         wrong = "the answer echoes the BYOK key";
