@@ -46,6 +46,20 @@ bool SyncPath(const std::filesystem::path& path, int flags, std::string* error) 
   return true;
 }
 
+// Whether the fragment header at `offset` announces more bytes than the file has left, without
+// running past its block (the writer never writes a fragment that does: that is damage).
+bool RunsPastTheFile(std::string_view contents, size_t offset) {
+  if (contents.size() - offset < kHeaderBytes) return false;
+  const auto* header = reinterpret_cast<const uint8_t*>(contents.data() + offset);
+  const size_t length = header[4] | (static_cast<size_t>(header[5]) << 8);
+  const uint8_t type = header[6];
+  const size_t header_bytes = type >= kRecyclableFullType && type <= kRecyclableLastType
+                                  ? kRecyclableHeaderBytes
+                                  : kHeaderBytes;
+  return header_bytes + length <= kBlockBytes - offset % kBlockBytes &&
+         offset + header_bytes + length > contents.size();
+}
+
 }  // namespace
 
 uint32_t Crc32c(std::string_view data) {
@@ -145,6 +159,8 @@ Status RepairTornWalTail(const std::string& dir, TornTailRepair* out) {
     if (f.base_type == kFullType || f.base_type == kLastType) in_batch = false;
     return true;
   }, &stop);
+  // In every torn shape the zero tail begins inside the first anomaly (or before it): written
+  // bytes after the anomaly mean damage, however the file happens to end.
   bool torn = false;
   switch (how) {
     case WalkEnd::kStopped:
@@ -152,11 +168,17 @@ Status RepairTornWalTail(const std::string& dir, TornTailRepair* out) {
       // payload can end with (a big-endian position): else it is damage, not a tear.
       torn = *bad_fragment_end >= zeros_from + kTornZerosMin;
       break;
-    case WalkEnd::kZeroHeader:  // a torn header, or a WriteBatch cut off by the zero tail
-      torn = stop < zeros_from || in_batch;
+    case WalkEnd::kZeroHeader:
+      // A header whose checksum bytes were written and the rest not, or a zero header inside the
+      // zero tail that cuts a WriteBatch short. (Zeros starting at a batch boundary are what
+      // RocksDB reads as preallocated space: nothing to repair.)
+      torn = zeros_from <= stop + kHeaderBytes && (zeros_from > stop || in_batch);
       break;
     case WalkEnd::kIncomplete:
-      torn = stop < zeros_from;
+      // A fragment running past the end of the file whose written part ends in a zero tail too
+      // long to be the end of a payload.
+      torn = zeros_from > stop && contents.size() - zeros_from >= kTornZerosMin &&
+             RunsPastTheFile(contents, stop);
       break;
     case WalkEnd::kEndOfFile:
       break;

@@ -15,6 +15,7 @@
 #include <functional>
 #include <iostream>
 #include <iterator>
+#include <random>
 #include <thread>
 
 #include "events/ledger.h"
@@ -294,6 +295,107 @@ TEST(WalLogTest, EveryFragmentRocksDbWritesPassesTheChecksum) {
     return true;
   });
   EXPECT_EQ(good, fragments - 1);
+}
+
+void WriteFile(const std::string& path, const std::string& contents) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(contents.data(), static_cast<std::streamsize>(contents.size()));
+}
+
+// Seeded random damage to a log of many acknowledged groups, repaired in a directory of its own:
+// only the torn shapes (the last WriteBatch — several blocks long here — zeroed from some point
+// to the end: inside a fragment by at least 32 bytes, at a later fragment's header, or after that
+// header's checksum bytes) are ever cut, and where that batch began. Flipped bytes and zeroed ranges with intact bytes after them
+// are left alone — also when the file happens to end in a zero byte (emulated by zeroing its last
+// byte as well), where a zeroed header must not pass for a torn one. Fragments carry positions
+// and counters, so a store's log can end in a zero byte on its own.
+TEST(WalLogTest, RandomDamageIsCutOnlyWhenItIsATornTail) {
+  TempDir dir;
+  std::vector<Outcome> acknowledged;
+  {
+    auto ledger = Open(dir.path());
+    ASSERT_NE(ledger, nullptr);
+    AppendSequentially(ledger.get(), "dmg", 60, &acknowledged);
+    CommandSpec big;  // the last WriteBatch spans several 32 KiB blocks
+    big.subject = "dmg-big";
+    big.events = 400;
+    auto command = big.Make();
+    ASSERT_TRUE(ledger->Submit(command.get()).status.ok());
+  }
+  const std::string wal_file = LastWal(dir.path());
+  const std::string intact = ReadFile(wal_file);
+  const uint64_t last_batch = LastBatchStart(intact);
+  std::vector<size_t> headers, last_batch_headers;  // fragment offsets: all, the last batch's
+  wal::WalkFragments(intact, [&](const wal::Fragment& f) {
+    (f.offset < last_batch ? headers : last_batch_headers).push_back(f.offset);
+    return true;
+  });
+  ASSERT_GT(headers.size(), 50u);
+  ASSERT_GE(last_batch_headers.size(), 3u);
+  const std::string name = std::filesystem::path(wal_file).filename().string();
+
+  std::mt19937_64 rng(20261205);
+  auto pick = [&](size_t n) { return std::uniform_int_distribution<size_t>(0, n - 1)(rng); };
+  int torn_cases = 0, damage_cases = 0;
+  for (int i = 0; i < 300; ++i) {
+    std::string damaged = intact;
+    const size_t kind = pick(3);
+    std::string what;
+    if (kind == 0) {  // one to three flipped bytes anywhere
+      const size_t flips = 1 + pick(3);
+      for (size_t k = 0; k < flips; ++k) {
+        const size_t at = pick(damaged.size());
+        damaged[at] = static_cast<char>(damaged[at] ^ static_cast<char>(1 + pick(255)));
+        what += "flip@" + std::to_string(at) + " ";
+      }
+    } else if (kind == 1) {  // a zeroed range, at a header or anywhere, with intact bytes after it
+      const size_t at = pick(2) == 0 ? headers[pick(headers.size() - 1)] : pick(last_batch);
+      const size_t length = std::min<size_t>(7 + pick(200), last_batch - at);
+      std::fill(damaged.begin() + at, damaged.begin() + at + length, '\0');
+      what = "zeros@" + std::to_string(at) + "+" + std::to_string(length);
+    } else {  // a torn tail: the last batch's end never reached the disk
+      size_t from = 0;
+      switch (pick(3)) {
+        case 0:  // anywhere in its last 64 KiB
+          from = intact.size() - 32 - pick(std::min<size_t>(intact.size() - last_batch - 32, 65536));
+          break;
+        case 1:  // at one of its later fragments' headers
+          from = last_batch_headers[1 + pick(last_batch_headers.size() - 1)];
+          break;
+        default:  // in such a header, after its checksum bytes
+          from = last_batch_headers[1 + pick(last_batch_headers.size() - 1)] + 4;
+          break;
+      }
+      std::fill(damaged.begin() + from, damaged.end(), '\0');
+      what = "torn tail from " + std::to_string(from);
+    }
+    if (kind != 2 && pick(2) == 0) {
+      damaged.back() = '\0';
+      what += " and a zero last byte";
+    }
+    if (damaged == intact) continue;
+    SCOPED_TRACE("case " + std::to_string(i) + ": " + what);
+    const std::string case_dir = dir.Sub("case-" + std::to_string(i));
+    std::filesystem::create_directories(case_dir);
+    WriteFile(case_dir + "/" + name, damaged);
+    wal::TornTailRepair repair;
+    ASSERT_TRUE(wal::RepairTornWalTail(case_dir, &repair).ok());
+    if (kind == 2) {
+      ++torn_cases;
+      ASSERT_TRUE(repair.repaired);
+      EXPECT_EQ(repair.cut_at, last_batch);
+      EXPECT_EQ(ReadFile(case_dir + "/" + name), intact.substr(0, last_batch));
+      EXPECT_EQ(ReadFile(repair.copy), damaged);
+    } else {
+      ++damage_cases;
+      ASSERT_FALSE(repair.repaired) << "cut at " << repair.cut_at << " of " << damaged.size()
+                                    << " bytes (the last batch begins at " << last_batch << ")";
+      EXPECT_EQ(ReadFile(case_dir + "/" + name), damaged);
+    }
+    std::filesystem::remove_all(case_dir);
+  }
+  EXPECT_GT(torn_cases, 50);
+  EXPECT_GT(damage_cases, 100);
 }
 
 // A crash can leave the last, never-synced WriteBatch with its size on disk but its bytes not:
