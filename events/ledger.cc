@@ -740,6 +740,10 @@ Status LedgerImpl::OpenDb() {
                                    : name == kIdempotencyFamily ? idempotency_options
                                                                 : cf_options);
   }
+  if (!options_.read_only && std::filesystem::exists(options_.path)) {
+    // RocksDB would open past a zeroed header and drop the rest of its block (wal_log.h).
+    LEDGER_RETURN_IF_ERROR(wal::FindZeroedHeaders(options_.path));
+  }
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::Options options(db_options, cf_options);
   rocksdb::Status s =

@@ -126,6 +126,48 @@ Status ListLogFiles(const std::string& dir,
   return Status::OK();
 }
 
+namespace {
+
+Status ReadWhole(const std::filesystem::path& path, std::string* contents) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::IOError("cannot read " + path.string());
+  contents->assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  if (in.bad()) return Status::IOError("cannot read " + path.string());
+  return Status::OK();
+}
+
+// Where the run of zero bytes that ends the file begins (contents.size() when it ends otherwise).
+size_t ZeroTailStart(std::string_view contents) {
+  size_t from = contents.size();
+  while (from > 0 && contents[from - 1] == '\0') --from;
+  return from;
+}
+
+}  // namespace
+
+std::optional<size_t> ZeroedHeaderOffset(std::string_view contents) {
+  size_t stop = 0;
+  const WalkEnd how = WalkFragments(contents, [](const Fragment&) { return true; }, &stop);
+  if (how == WalkEnd::kZeroHeader && ZeroTailStart(contents) > stop + kHeaderBytes) return stop;
+  return std::nullopt;
+}
+
+Status FindZeroedHeaders(const std::string& dir) {
+  std::vector<std::pair<uint64_t, std::filesystem::path>> logs;
+  LEDGER_RETURN_IF_ERROR(ListLogFiles(dir, &logs));
+  for (const auto& [number, path] : logs) {
+    std::string contents;
+    LEDGER_RETURN_IF_ERROR(ReadWhole(path, &contents));
+    if (const std::optional<size_t> at = ZeroedHeaderOffset(contents)) {
+      return Status::Corruption(path.filename().string() + ": a zeroed record header at offset " +
+                                std::to_string(*at) +
+                                " with written bytes after it (damage: RocksDB would skip the "
+                                "rest of its block without a word)");
+    }
+  }
+  return Status::OK();
+}
+
 Status RepairTornWalTail(const std::string& dir, TornTailRepair* out) {
   *out = TornTailRepair{};
   std::vector<std::pair<uint64_t, std::filesystem::path>> logs;
@@ -133,14 +175,9 @@ Status RepairTornWalTail(const std::string& dir, TornTailRepair* out) {
   if (logs.empty()) return Status::OK();
   const std::filesystem::path path = logs.back().second;
   std::string contents;
-  {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return Status::IOError("cannot read " + path.string());
-    contents.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  }
+  LEDGER_RETURN_IF_ERROR(ReadWhole(path, &contents));
   // The zero tail: [zeros_from, end of file).
-  size_t zeros_from = contents.size();
-  while (zeros_from > 0 && contents[zeros_from - 1] == '\0') --zeros_from;
+  const size_t zeros_from = ZeroTailStart(contents);
   if (zeros_from == contents.size()) return Status::OK();  // no zeros at the end: not torn
 
   // Walk the intact fragments up to the first anomaly: a fragment whose checksum fails, a header

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -65,6 +66,18 @@ Status ListLogFiles(const std::string& dir,
 
 // CRC-32C (Castagnoli), as RocksDB computes it before masking.
 uint32_t Crc32c(std::string_view data);
+
+// RocksDB's log reader takes a fragment header of type 0 and length 0 for preallocated space
+// and skips the rest of its 32 KiB block without reporting anything, in every recovery mode. A
+// zeroed range that begins at a header — a zeroed page at the start of a block, say — would make
+// an open drop the groups in the rest of that block silently, and the flush after recovery then
+// deletes the log. Returns kCorruption naming the file and offset of the first such header with
+// written (non-zero) bytes after it in any log of `dir`; OK when there is none. Zeros that run to
+// the end of the file are not a hole: that is a torn tail or preallocated space.
+Status FindZeroedHeaders(const std::string& dir);
+
+// The offset of such a header in one log's contents, if it has one.
+std::optional<size_t> ZeroedHeaderOffset(std::string_view contents);
 
 // What RepairTornWalTail did.
 struct TornTailRepair {

@@ -1,8 +1,10 @@
 #include "tools/wal_scan.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <optional>
 #include <vector>
 
 #include <rocksdb/write_batch.h>
@@ -20,7 +22,8 @@ constexpr size_t kWriteBatchHeaderBytes = 12;
 
 class EventFinder final : public rocksdb::WriteBatch::Handler {
  public:
-  explicit EventFinder(WalFinding* finding) : finding_(finding) {}
+  EventFinder(WalFinding* finding, uint64_t* last_position)
+      : finding_(finding), last_position_(last_position) {}
 
   rocksdb::Status PutCF(uint32_t, const rocksdb::Slice& key,
                         const rocksdb::Slice& value) override {
@@ -38,6 +41,8 @@ class EventFinder final : public rocksdb::WriteBatch::Handler {
       Report(position, "undecodable record (" + decoded.message() + ")");
     } else if (!VerifyEventHash(stored)) {
       Report(position, "hash mismatch: the stored bytes were altered");
+    } else {
+      *last_position_ = std::max(*last_position_, position);
     }
     return rocksdb::Status::OK();
   }
@@ -60,18 +65,21 @@ class EventFinder final : public rocksdb::WriteBatch::Handler {
     finding_->reason = std::move(reason);
   }
   WalFinding* finding_;
+  uint64_t* last_position_;  // the highest position of an intact event seen so far
 };
 
-void CheckRecord(const std::string& record, WalFinding* out) {
+void CheckRecord(const std::string& record, WalFinding* out, uint64_t* last_position) {
   if (record.size() < kWriteBatchHeaderBytes) return;
   rocksdb::WriteBatch batch(record);
-  EventFinder finder(out);
+  EventFinder finder(out, last_position);
   // A damaged batch may stop Iterate with Corruption; events before the damage were checked.
   batch.Iterate(&finder).PermitUncheckedError();
 }
 
-// Splits one log file into records (ignoring record checksums) and checks each.
-void ScanLogFile(const std::string& contents, WalFinding* out) {
+// Splits one log file into records (ignoring record checksums) and checks each; a zeroed header
+// with records after it (wal::ZeroedHeaderOffset) is reported at the position after the last
+// intact event before it: RocksDB skips the rest of that block.
+void ScanLogFile(const std::string& contents, WalFinding* out, uint64_t* last_position) {
   std::string record;
   bool in_fragmented_record = false;
   // Stops at a damaged header or a torn tail (nothing reliable follows) or at preallocated space.
@@ -80,7 +88,7 @@ void ScanLogFile(const std::string& contents, WalFinding* out) {
       case wal::kFullType:
         record.assign(f.payload);
         in_fragmented_record = false;
-        CheckRecord(record, out);
+        CheckRecord(record, out, last_position);
         break;
       case wal::kFirstType:
         record.assign(f.payload);
@@ -92,7 +100,7 @@ void ScanLogFile(const std::string& contents, WalFinding* out) {
       case wal::kLastType:
         if (in_fragmented_record) {
           record.append(f.payload);
-          CheckRecord(record, out);
+          CheckRecord(record, out, last_position);
         }
         in_fragmented_record = false;
         break;
@@ -101,6 +109,14 @@ void ScanLogFile(const std::string& contents, WalFinding* out) {
     }
     return !out->found;
   });
+  if (out->found) return;
+  if (const std::optional<size_t> at = wal::ZeroedHeaderOffset(contents)) {
+    out->found = true;
+    out->position = Position(*last_position + 1);
+    out->reason = "a zeroed record header at offset " + std::to_string(*at) +
+                  " with records after it: the events from here to the end of its 32 KiB block "
+                  "cannot be read";
+  }
 }
 
 }  // namespace
@@ -109,11 +125,12 @@ Status FindDamagedEventInWal(const std::string& data_dir, WalFinding* out) {
   *out = WalFinding{};
   std::vector<std::pair<uint64_t, std::filesystem::path>> logs;
   LEDGER_RETURN_IF_ERROR(wal::ListLogFiles(data_dir, &logs));
+  uint64_t last_position = 0;
   for (const auto& [number, path] : logs) {
     std::ifstream in(path, std::ios::binary);
     if (!in) return Status::IOError("cannot read " + path.string());
     std::string contents((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    ScanLogFile(contents, out);
+    ScanLogFile(contents, out, &last_position);
     if (out->found) {
       out->file = path.filename().string();
       return Status::OK();

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <algorithm>
 #include <fstream>
 #include <random>
 #include <utility>
@@ -239,6 +240,44 @@ TEST(VerifyTest, RandomDamageInTheWalNeverVerifies) {
     std::filesystem::remove_all(case_dir);
   }
   EXPECT_GT(failed, 30);
+}
+
+// A zeroed record header in the WAL (what a zeroed page at a block's start looks like): ledgerd
+// refuses to open the store (RocksDB alone would skip the rest of the block), and verify names
+// the first event the skipped records held.
+TEST(VerifyTest, ZeroedHeaderInTheWalIsNamed) {
+  TempDir dir;
+  WriteLog(dir.path(), /*flush=*/false);
+  std::filesystem::path wal_file;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path())) {
+    if (entry.path().extension() == ".log" && entry.file_size() > 0) wal_file = entry.path();
+  }
+  ASSERT_FALSE(wal_file.empty());
+  std::string contents = testing::ReadFileBytes(wal_file);
+  std::vector<size_t> headers;
+  wal::WalkFragments(contents, [&](const wal::Fragment& f) {
+    headers.push_back(f.offset);
+    return true;
+  });
+  ASSERT_GT(headers.size(), 10u);
+  std::fill(contents.begin() + static_cast<std::ptrdiff_t>(headers[5]),
+            contents.begin() + static_cast<std::ptrdiff_t>(headers[5] + wal::kHeaderBytes), '\0');
+  std::ofstream(wal_file, std::ios::binary)
+      .write(contents.data(), static_cast<std::streamsize>(contents.size()));
+
+  std::unique_ptr<Ledger> ledger;
+  LedgerOptions options;
+  options.path = dir.path();
+  Status open = Ledger::Open(options, &ledger);
+  EXPECT_TRUE(open.IsCorruption()) << open.ToString();
+  EXPECT_NE(open.ToString().find("zeroed record header"), std::string::npos) << open.ToString();
+
+  Status s;
+  VerifyReport report = Verify(dir.path(), 1, 0, &s);
+  ASSERT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_GT(report.failed_position.value(), 0u) << report.reason;
+  EXPECT_LE(report.failed_position.value(), kEvents) << report.reason;
+  EXPECT_NE(report.reason.find("zeroed record header"), std::string::npos) << report.reason;
 }
 
 TEST(VerifyTest, MissingEventIsAGap) {
