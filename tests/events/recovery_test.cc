@@ -271,6 +271,22 @@ void ZeroTail(const std::string& file, uint64_t bytes) {
   f << std::string(bytes, '\0');
 }
 
+// Like WriteAndClose, with one more command of 400 events last: a WriteBatch of ~100 KiB, over
+// several 32 KiB blocks of the log.
+void WriteWithABigLastBatch(const std::string& path, const std::string& tag, int count,
+                            std::vector<Outcome>* acknowledged) {
+  auto ledger = Open(path);
+  ASSERT_NE(ledger, nullptr);
+  AppendSequentially(ledger.get(), tag, count, acknowledged);
+  CommandSpec big;
+  big.subject = tag + "-big";
+  big.events = 400;
+  auto command = big.Make();
+  CommandResult r = ledger->Submit(command.get());
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  acknowledged->push_back(Outcome{big, r});
+}
+
 // The log reader agrees with RocksDB's writer: every fragment RocksDB wrote passes our checksum.
 TEST(WalLogTest, EveryFragmentRocksDbWritesPassesTheChecksum) {
   EXPECT_EQ(wal::Crc32c("123456789"), 0xe3069283u);  // the CRC-32C check value
@@ -305,23 +321,14 @@ void WriteFile(const std::string& path, const std::string& contents) {
 // Seeded random damage to a log of many acknowledged groups, repaired in a directory of its own:
 // only the torn shapes (the last WriteBatch — several blocks long here — zeroed from some point
 // to the end: inside a fragment by at least 32 bytes, at a later fragment's header, or after that
-// header's checksum bytes) are ever cut, and where that batch began. Flipped bytes and zeroed ranges with intact bytes after them
-// are left alone — also when the file happens to end in a zero byte (emulated by zeroing its last
-// byte as well), where a zeroed header must not pass for a torn one. Fragments carry positions
-// and counters, so a store's log can end in a zero byte on its own.
+// header's checksum bytes) are ever cut, and where that batch began. Flipped bytes and zeroed
+// ranges with intact bytes after them are left alone — also when the file happens to end in a
+// zero byte (emulated by zeroing its last byte as well), where a zeroed header must not pass for
+// a torn one. Fragments carry positions and counters, so a log can end in a zero byte on its own.
 TEST(WalLogTest, RandomDamageIsCutOnlyWhenItIsATornTail) {
   TempDir dir;
   std::vector<Outcome> acknowledged;
-  {
-    auto ledger = Open(dir.path());
-    ASSERT_NE(ledger, nullptr);
-    AppendSequentially(ledger.get(), "dmg", 60, &acknowledged);
-    CommandSpec big;  // the last WriteBatch spans several 32 KiB blocks
-    big.subject = "dmg-big";
-    big.events = 400;
-    auto command = big.Make();
-    ASSERT_TRUE(ledger->Submit(command.get()).status.ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(WriteWithABigLastBatch(dir.path(), "dmg", 60, &acknowledged));
   const std::string wal_file = LastWal(dir.path());
   const std::string intact = ReadFile(wal_file);
   const uint64_t last_batch = LastBatchStart(intact);
@@ -406,18 +413,7 @@ TEST(WalLogTest, RandomDamageIsCutOnlyWhenItIsATornTail) {
 TEST(RecoveryTest, AZeroFilledTornTailIsCutAtItsBatchAndOnlyThatGroupIsLost) {
   TempDir dir;
   std::vector<Outcome> acknowledged;
-  {
-    auto ledger = Open(dir.path());
-    ASSERT_NE(ledger, nullptr);
-    AppendSequentially(ledger.get(), "zero", 20, &acknowledged);
-    CommandSpec big;
-    big.subject = "zero-big";
-    big.events = 400;  // ~100 KiB: one WriteBatch over several 32 KiB blocks
-    auto command = big.Make();
-    CommandResult r = ledger->Submit(command.get());
-    ASSERT_TRUE(r.status.ok()) << r.status.ToString();
-    acknowledged.push_back(Outcome{big, r});
-  }
+  ASSERT_NO_FATAL_FAILURE(WriteWithABigLastBatch(dir.path(), "zero", 20, &acknowledged));
   const std::string wal_file = LastWal(dir.path());
   const std::string intact = ReadFile(wal_file);
   const uint64_t batch_start = LastBatchStart(intact);

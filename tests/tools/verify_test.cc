@@ -186,6 +186,15 @@ TEST(VerifyTest, FlippedByteInWalFailsAtItsPosition) {
   EXPECT_NE(report.reason.find("write-ahead log"), std::string::npos) << report.reason;
 }
 
+// The write-ahead log file that holds the records of a closed, unflushed store.
+std::filesystem::path LogWithData(const std::string& dir) {
+  std::filesystem::path found;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    if (entry.path().extension() == ".log" && entry.file_size() > 0) found = entry.path();
+  }
+  return found;
+}
+
 // Seeded random single-byte damage to the write-ahead log of an unflushed store: every changed
 // byte inside a fragment (header or payload, all covered by its checksum) fails verify — never a
 // pass, never a crash — and a named position lies in the log; a changed byte of block padding
@@ -193,10 +202,7 @@ TEST(VerifyTest, FlippedByteInWalFailsAtItsPosition) {
 TEST(VerifyTest, RandomDamageInTheWalNeverVerifies) {
   TempDir dir;
   WriteLog(dir.path(), /*flush=*/false);
-  std::filesystem::path wal_file;
-  for (const auto& entry : std::filesystem::directory_iterator(dir.path())) {
-    if (entry.path().extension() == ".log" && entry.file_size() > 0) wal_file = entry.path();
-  }
+  const std::filesystem::path wal_file = LogWithData(dir.path());
   ASSERT_FALSE(wal_file.empty());
   const std::string intact = testing::ReadFileBytes(wal_file);
   std::vector<std::pair<size_t, size_t>> fragments;  // [begin, end) of every fragment
@@ -248,10 +254,7 @@ TEST(VerifyTest, RandomDamageInTheWalNeverVerifies) {
 TEST(VerifyTest, ZeroedHeaderInTheWalIsNamed) {
   TempDir dir;
   WriteLog(dir.path(), /*flush=*/false);
-  std::filesystem::path wal_file;
-  for (const auto& entry : std::filesystem::directory_iterator(dir.path())) {
-    if (entry.path().extension() == ".log" && entry.file_size() > 0) wal_file = entry.path();
-  }
+  const std::filesystem::path wal_file = LogWithData(dir.path());
   ASSERT_FALSE(wal_file.empty());
   std::string contents = testing::ReadFileBytes(wal_file);
   std::vector<size_t> headers;
