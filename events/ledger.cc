@@ -740,8 +740,9 @@ Status LedgerImpl::OpenDb() {
                                    : name == kIdempotencyFamily ? idempotency_options
                                                                 : cf_options);
   }
-  if (!options_.read_only && std::filesystem::exists(options_.path)) {
-    // RocksDB would open past a zeroed header and drop the rest of its block (wal_log.h).
+  if (std::filesystem::exists(options_.path)) {
+    // RocksDB would open past a zeroed header and drop the rest of its block (wal_log.h); a
+    // read-only open (verify, export, replay) too, and then see a shorter, intact-looking chain.
     LEDGER_RETURN_IF_ERROR(wal::FindZeroedHeaders(options_.path));
   }
   std::vector<rocksdb::ColumnFamilyHandle*> handles;

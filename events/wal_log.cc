@@ -70,7 +70,7 @@ uint32_t Crc32c(std::string_view data) {
 }
 
 WalkEnd WalkFragments(std::string_view contents, const std::function<bool(const Fragment&)>& fn,
-                      size_t* stop_offset) {
+                      size_t* stop_offset, bool checksums) {
   size_t offset = 0;
   auto end = [&](WalkEnd how) {
     if (stop_offset != nullptr) *stop_offset = offset;
@@ -101,7 +101,8 @@ WalkEnd WalkFragments(std::string_view contents, const std::function<bool(const 
                             (static_cast<uint32_t>(header[2]) << 16) |
                             (static_cast<uint32_t>(header[3]) << 24);
     // Covered: the type byte, the log number of a recyclable header, the payload — contiguous.
-    f.checksum_ok = Unmask(stored) == Crc32c(contents.substr(offset + 6, f.header_bytes - 6 + length));
+    f.checksum_ok = checksums && Unmask(stored) == Crc32c(contents.substr(
+                                                       offset + 6, f.header_bytes - 6 + length));
     if (!fn(f)) return end(WalkEnd::kStopped);
     offset = f.end();
   }
@@ -147,7 +148,8 @@ size_t ZeroTailStart(std::string_view contents) {
 
 std::optional<size_t> ZeroedHeaderOffset(std::string_view contents) {
   size_t stop = 0;
-  const WalkEnd how = WalkFragments(contents, [](const Fragment&) { return true; }, &stop);
+  const WalkEnd how =
+      WalkFragments(contents, [](const Fragment&) { return true; }, &stop, /*checksums=*/false);
   if (how == WalkEnd::kZeroHeader && ZeroTailStart(contents) > stop + kHeaderBytes) return stop;
   return std::nullopt;
 }
@@ -201,9 +203,10 @@ Status RepairTornWalTail(const std::string& dir, TornTailRepair* out) {
   bool torn = false;
   switch (how) {
     case WalkEnd::kStopped:
-      // The zero tail must reach into the bad fragment, by more than the few zero bytes a
-      // payload can end with (a big-endian position): else it is damage, not a tear.
-      torn = *bad_fragment_end >= zeros_from + kTornZerosMin;
+      // The zero tail must begin inside the bad fragment and be longer than the few zero bytes a
+      // payload can end with (a big-endian position): else it is damage, not a tear. It may run
+      // on through later fragments (two groups written, neither synced, torn near their border).
+      torn = zeros_from < *bad_fragment_end && contents.size() - zeros_from >= kTornZerosMin;
       break;
     case WalkEnd::kZeroHeader:
       // A header whose checksum bytes were written and the rest not, or a zero header inside the

@@ -56,9 +56,9 @@ enum class WalkEnd {
 };
 
 // Calls `fn` with every complete fragment in file order. `*stop_offset` (optional) receives the
-// offset where the walk ended.
+// offset where the walk ended. Without `checksums`, Fragment::checksum_ok is left false.
 WalkEnd WalkFragments(std::string_view contents, const std::function<bool(const Fragment&)>& fn,
-                      size_t* stop_offset = nullptr);
+                      size_t* stop_offset = nullptr, bool checksums = true);
 
 // The `<number>.log` files of `dir`, by number.
 Status ListLogFiles(const std::string& dir,

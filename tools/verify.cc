@@ -106,6 +106,10 @@ Status ExplainOpenFailure(const VerifyOptions& options, const Status& open_statu
   if (!open_status.IsCorruption()) return open_status;
   WalFinding finding;
   Status scan = FindDamagedEventInWal(options.data_dir, &finding);
+  if (scan.ok() && finding.found && finding.position.value() == 0) {
+    report->reason = finding.reason + " in write-ahead log " + finding.file;
+    return Status::Corruption(report->reason);
+  }
   if (scan.ok() && finding.found) {
     return Fail(report, finding.position,
                 finding.reason + " in write-ahead log " + finding.file +

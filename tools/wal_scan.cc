@@ -112,9 +112,11 @@ void ScanLogFile(const std::string& contents, WalFinding* out, uint64_t* last_po
   if (out->found) return;
   if (const std::optional<size_t> at = wal::ZeroedHeaderOffset(contents)) {
     out->found = true;
-    out->position = Position(*last_position + 1);
+    // The events after the last intact one these logs hold; unknown (0) when none precedes the
+    // hole here (events before it may be in table files, which this scan does not read).
+    out->position = Position(*last_position == 0 ? 0 : *last_position + 1);
     out->reason = "a zeroed record header at offset " + std::to_string(*at) +
-                  " with records after it: the events from here to the end of its 32 KiB block "
+                  " with records after it: the events from there to the end of its 32 KiB block "
                   "cannot be read";
   }
 }

@@ -18,7 +18,7 @@ namespace ledger::tools {
 
 struct WalFinding {
   bool found = false;
-  Position position;
+  Position position;   // 0 when the damage cannot be placed (a zeroed header before any event)
   std::string file;    // the log file's name
   std::string reason;  // e.g. "hash mismatch: the stored bytes were altered"
 };

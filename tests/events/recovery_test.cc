@@ -320,8 +320,8 @@ void WriteFile(const std::string& path, const std::string& contents) {
 
 // Seeded random damage to a log of many acknowledged groups, repaired in a directory of its own:
 // only the torn shapes (the last WriteBatch — several blocks long here — zeroed from some point
-// to the end: inside a fragment by at least 32 bytes, at a later fragment's header, or after that
-// header's checksum bytes) are ever cut, and where that batch began. Flipped bytes and zeroed
+// to the end: inside a fragment, at a later fragment's header, after that header's checksum
+// bytes, or a few bytes before a block's end and on through the next) are ever cut, and where that batch began. Flipped bytes and zeroed
 // ranges with intact bytes after them are left alone — also when the file happens to end in a
 // zero byte (emulated by zeroing its last byte as well), where a zeroed header must not pass for
 // a torn one. Fragments carry positions and counters, so a log can end in a zero byte on its own.
@@ -362,7 +362,13 @@ TEST(WalLogTest, RandomDamageIsCutOnlyWhenItIsATornTail) {
       what = "zeros@" + std::to_string(at) + "+" + std::to_string(length);
     } else {  // a torn tail: the last batch's end never reached the disk
       size_t from = 0;
-      switch (pick(3)) {
+      switch (pick(4)) {
+        case 3: {  // up to 31 bytes before one of its inner block boundaries, and on to the end
+          const size_t first_block = last_batch / wal::kBlockBytes + 1;
+          const size_t blocks = (intact.size() - 1) / wal::kBlockBytes - first_block + 1;
+          from = (first_block + pick(blocks)) * wal::kBlockBytes - 1 - pick(31);
+          break;
+        }
         case 0:  // anywhere in its last 64 KiB
           from = intact.size() - 32 - pick(std::min<size_t>(intact.size() - last_batch - 32, 65536));
           break;

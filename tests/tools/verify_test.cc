@@ -198,7 +198,10 @@ std::filesystem::path LogWithData(const std::string& dir) {
 // Seeded random single-byte damage to the write-ahead log of an unflushed store: every changed
 // byte inside a fragment (header or payload, all covered by its checksum) fails verify — never a
 // pass, never a crash — and a named position lies in the log; a changed byte of block padding
-// changes nothing a reader sees and verifies.
+// changes nothing a reader sees and verifies. Except the last fragment's length and type bytes:
+// a last record that runs past the end of the file, or a first fragment there without its last,
+// is what a crash in the middle of an append leaves, and kTolerateCorruptedTailRecords drops it
+// by design — such damage to a synced last record cannot be told from that (not asserted).
 TEST(VerifyTest, RandomDamageInTheWalNeverVerifies) {
   TempDir dir;
   WriteLog(dir.path(), /*flush=*/false);
@@ -217,6 +220,8 @@ TEST(VerifyTest, RandomDamageInTheWalNeverVerifies) {
     }
     return false;
   };
+  const size_t last_header = fragments.back().first;
+  auto tolerated_tail = [&](size_t at) { return at >= last_header + 4 && at < last_header + 7; };
 
   std::mt19937_64 rng(20261205);
   int failed = 0;
@@ -234,7 +239,9 @@ TEST(VerifyTest, RandomDamageInTheWalNeverVerifies) {
         .write(damaged.data(), static_cast<std::streamsize>(damaged.size()));
     Status s;
     VerifyReport report = Verify(case_dir, 1, 0, &s);
-    if (in_fragment(at)) {
+    if (tolerated_tail(at)) {
+      // Either answer is RocksDB's documented behaviour (see above).
+    } else if (in_fragment(at)) {
       ++failed;
       EXPECT_FALSE(s.ok()) << "verified " << report.events_checked << " events";
       if (s.IsCorruption() && report.failed_position.value() != 0) {
@@ -250,7 +257,7 @@ TEST(VerifyTest, RandomDamageInTheWalNeverVerifies) {
 
 // A zeroed record header in the WAL (what a zeroed page at a block's start looks like): ledgerd
 // refuses to open the store (RocksDB alone would skip the rest of the block), and verify names
-// the first event the skipped records held.
+// the first event the skipped records held instead of verifying the shorter chain RocksDB reads.
 TEST(VerifyTest, ZeroedHeaderInTheWalIsNamed) {
   TempDir dir;
   WriteLog(dir.path(), /*flush=*/false);
@@ -263,8 +270,19 @@ TEST(VerifyTest, ZeroedHeaderInTheWalIsNamed) {
     return true;
   });
   ASSERT_GT(headers.size(), 10u);
-  std::fill(contents.begin() + static_cast<std::ptrdiff_t>(headers[5]),
-            contents.begin() + static_cast<std::ptrdiff_t>(headers[5] + wal::kHeaderBytes), '\0');
+  // A header in the log's last block (not its last): RocksDB would skip the rest of the block to
+  // the end of the file, and a read-only open would see a shorter chain that looks intact.
+  const size_t last_block = (contents.size() - 1) / wal::kBlockBytes * wal::kBlockBytes;
+  size_t zeroed = 0;
+  for (size_t i = 0; i + 2 < headers.size(); ++i) {
+    if (headers[i] >= last_block) {
+      zeroed = headers[i];
+      break;
+    }
+  }
+  ASSERT_GT(zeroed, last_block - 1);
+  std::fill(contents.begin() + static_cast<std::ptrdiff_t>(zeroed),
+            contents.begin() + static_cast<std::ptrdiff_t>(zeroed + wal::kHeaderBytes), '\0');
   std::ofstream(wal_file, std::ios::binary)
       .write(contents.data(), static_cast<std::streamsize>(contents.size()));
 
@@ -281,6 +299,31 @@ TEST(VerifyTest, ZeroedHeaderInTheWalIsNamed) {
   EXPECT_GT(report.failed_position.value(), 0u) << report.reason;
   EXPECT_LE(report.failed_position.value(), kEvents) << report.reason;
   EXPECT_NE(report.reason.find("zeroed record header"), std::string::npos) << report.reason;
+}
+
+// The same in a log that holds no event before the hole (the store was flushed, then written
+// again): verify cannot place it and says so — the file and offset, no position.
+TEST(VerifyTest, ZeroedFirstHeaderOfANewerLogIsNamedByFileAndOffset) {
+  TempDir dir;
+  WriteLog(dir.path(), /*flush=*/true);
+  {
+    auto ledger = OpenTestLedger(dir.path());
+    WriteMarkedLog(ledger.get(), 10, 5);
+  }
+  const std::filesystem::path wal_file = LogWithData(dir.path());
+  ASSERT_FALSE(wal_file.empty());
+  std::string contents = testing::ReadFileBytes(wal_file);
+  std::fill(contents.begin(), contents.begin() + wal::kHeaderBytes, '\0');
+  std::ofstream(wal_file, std::ios::binary)
+      .write(contents.data(), static_cast<std::streamsize>(contents.size()));
+
+  Status s;
+  VerifyReport report = Verify(dir.path(), 1, 0, &s);
+  ASSERT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_EQ(report.failed_position.value(), 0u) << report.reason;
+  EXPECT_NE(report.reason.find("zeroed record header at offset 0"), std::string::npos)
+      << report.reason;
+  EXPECT_NE(report.reason.find(wal_file.filename().string()), std::string::npos) << report.reason;
 }
 
 TEST(VerifyTest, MissingEventIsAGap) {
