@@ -2,6 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
+#include <string>
+#include <vector>
+
 #include "http/base64.h"
 #include "tests/support/tokens.h"
 
@@ -303,6 +307,51 @@ TEST_F(JwtTest, VerifyRs256WithPem) {
   EXPECT_FALSE(VerifyRs256WithPem(SignWithHmac(R"({"alg":"HS256"})", "{}", rsa_->PublicKeyPem()),
                                   rsa_->PublicKeyPem(), &payload).ok());
   EXPECT_FALSE(VerifyRs256WithPem(token, ec_->PublicKeyPem(), &payload).ok());
+}
+
+// Seeded random edits of valid HS256, RS256 and ES256 tokens — a character replaced, dropped or
+// added anywhere, segments swapped, cut short or extended — are all refused (base64url decoding is
+// strict, so no edit can decode to the same bytes), and a refusal never echoes the token.
+TEST_F(JwtTest, RandomlyEditedTokensAreRefused) {
+  auto verifier = Make(Both());
+  static constexpr char kChars[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ ";
+  std::mt19937_64 rng(20261205);
+  auto pick = [&](size_t n) { return std::uniform_int_distribution<size_t>(0, n - 1)(rng); };
+  const std::vector<std::string> tokens = {
+      MintHs256(TokenClaims::User("alice", kNowS), testing::kTestHs256Secret),
+      rsa_->Mint(TokenClaims::Admin("root", kNowS)), ec_->Mint(TokenClaims::User("bob", kNowS))};
+  int refused = 0;
+  for (const std::string& token : tokens) {
+    JwtClaims claims;
+    ASSERT_TRUE(verifier->Verify(token, &claims).ok());
+    const size_t dot1 = token.find('.');
+    const size_t dot2 = token.find('.', dot1 + 1);
+    for (int i = 0; i < 300; ++i) {
+      std::string edited = token;
+      switch (pick(6)) {
+        case 0: edited[pick(edited.size())] = kChars[pick(sizeof(kChars) - 1)]; break;
+        case 1: edited.erase(pick(edited.size()), 1); break;
+        case 2: edited.insert(pick(edited.size() + 1), 1, kChars[pick(sizeof(kChars) - 1)]); break;
+        case 3:  // payload and header swapped, the signature kept
+          edited = token.substr(dot1 + 1, dot2 - dot1 - 1) + "." + token.substr(0, dot1) +
+                   token.substr(dot2);
+          break;
+        case 4: edited.resize(pick(edited.size())); break;
+        default: edited += pick(2) == 0 ? "." : ".e30"; break;
+      }
+      if (edited == token) continue;
+      Status s = verifier->Verify(edited, &claims);
+      ASSERT_FALSE(s.ok()) << "accepted an edited token: " << edited;
+      EXPECT_EQ(s.code(), Code::kUnauthenticated) << edited;
+      if (edited.size() > 24) {
+        EXPECT_EQ(s.message().find(edited.substr(edited.size() - 24)), std::string::npos)
+            << "the token is echoed: " << s.message();
+      }
+      ++refused;
+    }
+  }
+  EXPECT_GT(refused, 800);
 }
 
 }  // namespace
