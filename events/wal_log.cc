@@ -127,15 +127,15 @@ Status ListLogFiles(const std::string& dir,
   return Status::OK();
 }
 
-namespace {
-
-Status ReadWhole(const std::filesystem::path& path, std::string* contents) {
+Status ReadLogFile(const std::filesystem::path& path, std::string* contents) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return Status::IOError("cannot read " + path.string());
   contents->assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   if (in.bad()) return Status::IOError("cannot read " + path.string());
   return Status::OK();
 }
+
+namespace {
 
 // Where the run of zero bytes that ends the file begins (contents.size() when it ends otherwise).
 size_t ZeroTailStart(std::string_view contents) {
@@ -159,7 +159,7 @@ Status FindZeroedHeaders(const std::string& dir) {
   LEDGER_RETURN_IF_ERROR(ListLogFiles(dir, &logs));
   for (const auto& [number, path] : logs) {
     std::string contents;
-    LEDGER_RETURN_IF_ERROR(ReadWhole(path, &contents));
+    LEDGER_RETURN_IF_ERROR(ReadLogFile(path, &contents));
     if (const std::optional<size_t> at = ZeroedHeaderOffset(contents)) {
       return Status::Corruption(path.filename().string() + ": a zeroed record header at offset " +
                                 std::to_string(*at) +
@@ -177,7 +177,7 @@ Status RepairTornWalTail(const std::string& dir, TornTailRepair* out) {
   if (logs.empty()) return Status::OK();
   const std::filesystem::path path = logs.back().second;
   std::string contents;
-  LEDGER_RETURN_IF_ERROR(ReadWhole(path, &contents));
+  LEDGER_RETURN_IF_ERROR(ReadLogFile(path, &contents));
   // The zero tail: [zeros_from, end of file).
   const size_t zeros_from = ZeroTailStart(contents);
   if (zeros_from == contents.size()) return Status::OK();  // no zeros at the end: not torn

@@ -64,6 +64,9 @@ WalkEnd WalkFragments(std::string_view contents, const std::function<bool(const 
 Status ListLogFiles(const std::string& dir,
                     std::vector<std::pair<uint64_t, std::filesystem::path>>* out);
 
+// The whole of one log file.
+Status ReadLogFile(const std::filesystem::path& path, std::string* contents);
+
 // CRC-32C (Castagnoli), as RocksDB computes it before masking.
 uint32_t Crc32c(std::string_view data);
 

@@ -2,8 +2,6 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <optional>
 #include <vector>
 
@@ -129,9 +127,8 @@ Status FindDamagedEventInWal(const std::string& data_dir, WalFinding* out) {
   LEDGER_RETURN_IF_ERROR(wal::ListLogFiles(data_dir, &logs));
   uint64_t last_position = 0;
   for (const auto& [number, path] : logs) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return Status::IOError("cannot read " + path.string());
-    std::string contents((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::string contents;
+    LEDGER_RETURN_IF_ERROR(wal::ReadLogFile(path, &contents));
     ScanLogFile(contents, out, &last_position);
     if (out->found) {
       out->file = path.filename().string();

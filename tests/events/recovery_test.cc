@@ -313,6 +313,16 @@ TEST(WalLogTest, EveryFragmentRocksDbWritesPassesTheChecksum) {
   EXPECT_EQ(good, fragments - 1);
 }
 
+// Copies the files of a closed store (not its subdirectories) into a new directory `to`.
+void CopyStore(const std::string& from, const std::string& to) {
+  std::filesystem::create_directories(to);
+  for (const auto& entry : std::filesystem::directory_iterator(from)) {
+    if (entry.is_regular_file()) {
+      std::filesystem::copy_file(entry.path(), to + "/" + entry.path().filename().string());
+    }
+  }
+}
+
 void WriteFile(const std::string& path, const std::string& contents) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out.write(contents.data(), static_cast<std::streamsize>(contents.size()));
@@ -431,12 +441,7 @@ TEST(RecoveryTest, AZeroFilledTornTailIsCutAtItsBatchAndOnlyThatGroupIsLost) {
 
   // The repair itself, on a copy of the store: the cut is where the torn WriteBatch began.
   const std::string copy = dir.Sub("copy");
-  std::filesystem::create_directories(copy);
-  for (const auto& entry : std::filesystem::directory_iterator(dir.path())) {
-    if (entry.is_regular_file()) {
-      std::filesystem::copy_file(entry.path(), copy + "/" + entry.path().filename().string());
-    }
-  }
+  CopyStore(dir.path(), copy);
   wal::TornTailRepair repair;
   ASSERT_TRUE(wal::RepairTornWalTail(copy, &repair).ok());
   ASSERT_TRUE(repair.repaired);
@@ -549,12 +554,7 @@ TEST(RecoveryTest, ZeroedRangesNeverOpenWithoutAcknowledgedWrites) {
         i % 2 == 0 ? headers[pick(headers.size())] : pick(intact.size() / kPage - 1) * kPage;
     SCOPED_TRACE("zeros at " + std::to_string(from) + " of " + std::to_string(intact.size()));
     const std::string copy = dir.Sub("copy-" + std::to_string(i));
-    std::filesystem::create_directories(copy);
-    for (const auto& entry : std::filesystem::directory_iterator(dir.path())) {
-      if (entry.is_regular_file()) {
-        std::filesystem::copy_file(entry.path(), copy + "/" + entry.path().filename().string());
-      }
-    }
+    CopyStore(dir.path(), copy);
     std::string damaged = intact;
     const size_t length = std::min(kPage, intact.size() - 512 - from);  // never the end
     std::fill(damaged.begin() + static_cast<std::ptrdiff_t>(from),
