@@ -108,7 +108,9 @@ struct LedgerOptions {
   // The write-ahead log files kept for recovery, in bytes, before families are flushed to free
   // the oldest (RocksDB's max_total_wal_size; 0 = RocksDB's default of 4x the memtables).
   uint64_t max_total_wal_bytes = 256ull << 20;
-  // When true, a write that fails is retried never: the ledger degrades (see class comment).
+  // The events family's memtable (RocksDB write_buffer_size): each flush writes one table file of
+  // about this size. Tests make it small to get many table files from few events.
+  size_t events_memtable_bytes = 64 << 20;
 };
 
 struct EventFilter {
@@ -132,6 +134,12 @@ struct LedgerMetrics {
   // One WAL fsync (SyncWAL): the disk's part of every durable answer. Its slow tail (disk
   // stalls) shows up one for one in the tail latency of commands.
   Histogram sync_seconds{Histogram::LatencySecondsBounds()};
+  // Table files written, in bytes: by memtable flushes (and WAL recovery at open), and by
+  // compactions, which rewrite rows already in table files. The events family's share of the
+  // latter stays 0: its files are only ever moved between levels (see OpenDb).
+  Counter table_bytes_flushed;
+  Counter table_bytes_compacted;
+  Counter event_table_bytes_compacted;
 };
 
 // A consistent read view: rows and head position from one RocksDB snapshot.
@@ -183,6 +191,9 @@ class Ledger {
 
   // Flushes memtables to table files (clean shutdown) so the data no longer lives only in the WAL.
   virtual Status Flush() = 0;
+  // Waits until no flush or compaction is running or due in any family (tests, benchmarks);
+  // Busy when background work is still going on after `timeout_ms`.
+  virtual Status WaitForBackgroundWork(int64_t timeout_ms) = 0;
 
   virtual LedgerMetrics& metrics() = 0;
   virtual size_t QueueDepth() const = 0;

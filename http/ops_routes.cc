@@ -151,6 +151,15 @@ void RenderLedgerMetrics(Ledger& ledger, std::string* out) {
               "WAL fsyncs; one makes every group written before it durable.", m.syncs.Value(),
               out);
   CounterLine("ledger_write_failures_total", "Group writes that failed.", m.write_failures.Value(), out);
+  CounterLine("ledger_table_bytes_flushed_total",
+              "Bytes of table files written by memtable flushes (and WAL recovery).",
+              m.table_bytes_flushed.Value(), out);
+  CounterLine("ledger_table_bytes_compacted_total",
+              "Bytes of table files written by compactions (rows rewritten).",
+              m.table_bytes_compacted.Value(), out);
+  CounterLine("ledger_event_table_bytes_compacted_total",
+              "Of those, the events family's (0: its files are only moved, never rewritten).",
+              m.event_table_bytes_compacted.Value(), out);
   HistogramBlock("ledger_append_group_commands", "Commands per group commit.", m.group_commands, out);
   HistogramBlock("ledger_append_group_events", "Events per group commit.", m.group_events, out);
   HistogramBlock("ledger_write_seconds", "Latency of the synced WriteBatch of a group (write + fsync).",
