@@ -729,8 +729,6 @@ Status LedgerImpl::OpenDb() {
   // family once every 30 days.
   events_options.ttl = 0;
   events_options.periodic_compaction_seconds = 0;
-  events_options.compaction_style = rocksdb::kCompactionStyleUniversal;
-  events_options.compaction_options_universal.allow_trivial_move = true;
   // Keys only ever grow (positions; and per subject in the streams family): an insert hint that
   // remembers where the previous key of the same prefix went turns each memtable insert from a
   // skiplist search from the top into a short step, the largest cost of writing a large group.
@@ -817,26 +815,22 @@ Status LedgerImpl::OpenDb() {
   return options_.read_only ? Status::OK() : MoveEventsToUniversalLayout();
 }
 
-// Universal compaction keeps its sorted runs at the bottom of the tree: a new run goes just above
-// the next older one, so the levels in use below L0 always reach down to the last level without a
-// gap. A store written before the events family moved to universal compaction has its files in a
-// leveled tree instead (L1, L2, ... from the top); there every merge of new files would have to be
-// written to L0, which is never a trivial move, and the newest run would be rewritten at every
-// flush. One full compaction of the family to the last level (a single rewrite, once per store)
-// puts it in universal's layout; from then on its files are only ever moved.
+// Universal compaction writes its first run below L0 to the last level and later runs above the
+// next older one, so in a universal tree the last level is in use whenever any level below L0 is.
+// A store written before the events family moved to universal compaction has its files in a
+// leveled tree instead (L1, L2, ... from the top, the last level empty); there the runs of new
+// files soon fill the levels above the old ones, every merge after that has to be written to L0,
+// which is never a trivial move, and the newest run is rewritten at every flush. One full
+// compaction of the family to the last level (a single rewrite, once per store) puts it in
+// universal's layout; from then on its files are only ever moved.
 Status LedgerImpl::MoveEventsToUniversalLayout() {
   rocksdb::ColumnFamilyHandle* events = families_.at(kEventsFamily);
   rocksdb::ColumnFamilyMetaData meta;
   db_->GetColumnFamilyMetaData(events, &meta);
-  bool in_use = false, gap = false;
+  if (meta.levels.size() < 2 || !meta.levels.back().files.empty()) return Status::OK();
   uint64_t bytes = 0;
-  for (size_t level = 1; level < meta.levels.size(); ++level) {
-    const bool has_files = !meta.levels[level].files.empty();
-    if (in_use && !has_files) gap = true;
-    in_use = in_use || has_files;
-    bytes += meta.levels[level].size;
-  }
-  if (!gap) return Status::OK();
+  for (size_t level = 1; level < meta.levels.size(); ++level) bytes += meta.levels[level].size;
+  if (bytes == 0) return Status::OK();
   spdlog::info("moving the events family's table files to universal compaction's layout: one "
                "rewrite of {} MiB, once for this store",
                bytes >> 20);

@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cctype>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -206,6 +208,112 @@ TEST(StripeSignatureTest, MessagesNeverEchoSecretsOrSignatures) {
   Status s = verifier.Verify("t=" + std::to_string(kT) + ",v1=" + v1, kPayload);
   EXPECT_EQ(s.message().find(v1), std::string::npos);
   EXPECT_EQ(s.message().find(kSecret), std::string::npos);
+}
+
+// A strict reading of a delivery: the body as signed, exactly one `t` item whose decimal digits
+// are the signed timestamp (leading zeros allowed: Stripe's SDKs sign the parsed number), and a
+// `v1` item equal to the expected signature, byte for byte (items split at ',', spaces and tabs
+// around them trimmed). The verifier may accept an edited delivery only when this does.
+bool StrictlyValid(std::string_view header, std::string_view body, std::string_view expected_v1) {
+  if (body != kPayload) return false;
+  int t_items = 0;
+  bool t_ok = false, v1_ok = false;
+  size_t at = 0;
+  while (at <= header.size()) {
+    size_t comma = header.find(',', at);
+    if (comma == std::string_view::npos) comma = header.size();
+    std::string_view item = header.substr(at, comma - at);
+    while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
+    while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+    if (item.substr(0, 2) == "t=") {
+      ++t_items;
+      std::string_view digits = item.substr(2);
+      t_ok = !digits.empty() &&
+             std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; });
+      while (digits.size() > 1 && digits.front() == '0') digits.remove_prefix(1);
+      t_ok = t_ok && digits == std::to_string(kT);
+    }
+    if (item.substr(0, 3) == "v1=" && item.substr(3) == expected_v1) v1_ok = true;
+    at = comma + 1;
+  }
+  return t_items == 1 && t_ok && v1_ok;
+}
+
+// Seeded random edits of a valid delivery: a byte of the header or the body replaced, dropped or
+// added, items dropped, repeated or swapped, the timestamp moved. None is accepted unless the
+// strict reading above accepts it too, and no answer echoes the signature. Edits that keep the
+// signature — spaces around items, `v0`, unknown and other `v1` items, any order — are accepted.
+TEST(StripeSignatureTest, RandomEditsAreAcceptedOnlyWhenTheSignatureStillHolds) {
+  ManualClock clock(kT * kSecond);
+  StripeSignatureVerifier verifier({kSecret, kOtherSecret}, &clock);
+  const std::string good = V1(kSecret, kT, kPayload);
+  const std::string t_item = "t=" + std::to_string(kT);
+  std::mt19937_64 rng(20261205);
+  auto pick = [&](size_t n) { return std::uniform_int_distribution<size_t>(0, n - 1)(rng); };
+  static constexpr char kChars[] = "tv01=, abcdef0123456789x-\t\"{}";
+  auto join = [&](std::vector<std::string> items) {
+    std::string header;
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (i > 0) header += ',';
+      header += std::string(pick(3), ' ') + items[i] + std::string(pick(3), ' ');
+    }
+    return header;
+  };
+  int accepted_neutral = 0, refused = 0;
+  for (int i = 0; i < 1500; ++i) {
+    std::vector<std::string> items = {t_item, "v1=" + good};
+    // Neutral additions.
+    if (pick(2) == 0) items.push_back("v0=" + V1("whsec_legacy", kT, kPayload));
+    if (pick(2) == 0) items.push_back("x" + std::to_string(pick(9)) + "=ignored");
+    if (pick(2) == 0) items.push_back("v1=" + V1(kSecret, kT + 1, kPayload));
+    std::shuffle(items.begin(), items.end(), rng);
+    std::string header = join(items);
+    std::string body = kPayload;
+    if (i % 3 == 0) {
+      Status s = verifier.Verify(header, body);
+      EXPECT_TRUE(s.ok()) << s.ToString() << " for " << header;
+      accepted_neutral += s.ok();
+      continue;
+    }
+    const size_t edits = 1 + pick(3);
+    for (size_t e = 0; e < edits; ++e) {
+      std::string& target = pick(4) == 0 ? body : header;
+      switch (pick(7)) {
+        case 0:
+          if (!target.empty()) target[pick(target.size())] = kChars[pick(sizeof(kChars) - 1)];
+          break;
+        case 1:
+          if (!target.empty()) target.erase(pick(target.size()), 1);
+          break;
+        case 2: target.insert(pick(target.size() + 1), 1, kChars[pick(sizeof(kChars) - 1)]); break;
+        case 3: {  // an item dropped
+          std::vector<std::string> fewer = items;
+          fewer.erase(fewer.begin() + static_cast<long>(pick(fewer.size())));
+          header = join(fewer);
+          break;
+        }
+        case 4: header += "," + t_item; break;  // `t` twice
+        case 5: {  // the timestamp moved, the signature kept
+          items[0] = "t=" + std::to_string(kT + 1 + static_cast<int64_t>(pick(100)));
+          header = join(items);
+          break;
+        }
+        default: header = join({t_item, "v1=" + good.substr(0, 1 + pick(good.size() - 1))}); break;
+      }
+    }
+    Status s = verifier.Verify(header, body);
+    if (s.ok()) {
+      EXPECT_TRUE(StrictlyValid(header, body, good))
+          << "accepted an edited delivery: header " << header << " body " << body;
+      continue;
+    }
+    ++refused;
+    EXPECT_EQ(s.problem(), "invalid_signature") << header;
+    EXPECT_EQ(s.message().find(good), std::string::npos) << "the signature is echoed: " << s.message();
+    EXPECT_EQ(s.message().find(kSecret), std::string::npos) << s.message();
+  }
+  EXPECT_EQ(accepted_neutral, 500);
+  EXPECT_GT(refused, 800);
 }
 
 }  // namespace
