@@ -362,7 +362,8 @@ TEST(LedgerTest, CompactionsNeverRewriteTheEventsTableFiles) {
 }
 
 // A store whose events family was compacted by levels (as every store was before the family
-// moved to universal compaction): its table files sit at any level, and it opens as it is.
+// moved to universal compaction; here its files are put at L2): it opens with every event, is
+// moved into universal compaction's layout once, and from then on its files are only moved.
 TEST(LedgerTest, AStoreWhoseEventsWereCompactedByLevelsOpens) {
   TempDir dir;
   LedgerOptions options;
