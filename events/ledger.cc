@@ -828,12 +828,12 @@ Status LedgerImpl::MoveEventsToUniversalLayout() {
   rocksdb::ColumnFamilyMetaData meta;
   db_->GetColumnFamilyMetaData(events, &meta);
   if (meta.levels.size() < 2 || !meta.levels.back().files.empty()) return Status::OK();
-  uint64_t bytes = 0;
-  for (size_t level = 1; level < meta.levels.size(); ++level) bytes += meta.levels[level].size;
-  if (bytes == 0) return Status::OK();
+  uint64_t below_l0 = 0;
+  for (size_t level = 1; level < meta.levels.size(); ++level) below_l0 += meta.levels[level].size;
+  if (below_l0 == 0) return Status::OK();
   spdlog::info("moving the events family's table files to universal compaction's layout: one "
                "rewrite of {} MiB, once for this store",
-               bytes >> 20);
+               meta.size >> 20);
   const auto start = std::chrono::steady_clock::now();
   LEDGER_RETURN_IF_ERROR(
       FromRocks(db_->CompactRange(rocksdb::CompactRangeOptions(), events, nullptr, nullptr)));
