@@ -11,6 +11,7 @@
 
 #include "events/coding.h"
 #include "events/event.h"
+#include "tests/support/durability.h"
 #include "tests/support/test_ledger.h"
 
 namespace ledger {
@@ -291,41 +292,18 @@ TEST(LedgerTest, EventIdsAreVersion4UuidsAndUnique) {
   EXPECT_EQ(seen.size(), 10000u);
 }
 
-// Appends `count` events of about `bytes` of data each.
-class PaddedAppend : public Command {
- public:
-  PaddedAppend(size_t count, size_t bytes) : count_(count), padding_(bytes, 'x') {}
-  Status Decide(const DecideContext& context, Decision* decision) override {
-    for (size_t i = 0; i < count_; ++i) {
-      decision->events.push_back(NewEvent{
-          "test.appended.v1", "padded",
-          "{\"n\":" + std::to_string(context.head.value() + i + 1) + ",\"pad\":\"" + padding_ +
-              "\"}"});
-    }
-    decision->body = "{\"ok\":true}";
-    return Status::OK();
-  }
+// kPaddedEvents events of about 2 KB of data each.
+constexpr size_t kPaddedEvents = 50;
+AppendCommand PaddedAppend() {
+  return AppendCommand("padded", kPaddedEvents, "test.appended.v1", 2000);
+}
 
- private:
-  size_t count_;
-  std::string padding_;
-};
-
-// Checks positions 1..head for gaps and chain links; returns how many events it read.
-uint64_t CountChainedEvents(const Ledger& ledger) {
-  uint64_t expected = 1;
-  Hash prev{};
-  Status scan = ledger.ScanRaw(Position(1), Position(0), [&](Position p, std::string_view v) {
-    Event event;
-    EXPECT_TRUE(DecodeEvent(v, &event).ok());
-    EXPECT_EQ(p.value(), expected++);
-    EXPECT_EQ(event.prev_hash, prev);
-    prev = event.hash;
-    return true;
-  });
-  EXPECT_TRUE(scan.ok()) << scan.ToString();
-  EXPECT_EQ(ledger.HeadHash(), prev);
-  return expected - 1;
+// Walks the whole log (gaps, hashes, links, head) as the durability tests do; returns how many
+// events it read.
+uint64_t CountChainedEvents(Ledger* ledger) {
+  testing::DurabilityReport report = testing::CheckDurability(ledger, {});
+  EXPECT_TRUE(report.ok()) << report.Summary();
+  return report.events_scanned;
 }
 
 // The events family's table files are written once, by the flush of its memtable, and never
@@ -337,12 +315,12 @@ TEST(LedgerTest, CompactionsNeverRewriteTheEventsTableFiles) {
   LedgerOptions options;
   options.path = dir.path();
   options.events_memtable_bytes = 256 << 10;
-  constexpr size_t kCommands = 80, kEventsPerCommand = 50;  // 4000 events, ~8 MB: ~30 flushes
+  constexpr size_t kCommands = 80, kEventsPerCommand = kPaddedEvents;  // 4000 events, ~8 MB
   {
     std::unique_ptr<Ledger> ledger;
     ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
     for (size_t c = 0; c < kCommands; ++c) {
-      PaddedAppend append(kEventsPerCommand, 2000);
+      AppendCommand append = PaddedAppend();
       CommandResult r = ledger->Submit(&append);
       ASSERT_TRUE(r.status.ok()) << r.status.ToString();
     }
@@ -357,7 +335,7 @@ TEST(LedgerTest, CompactionsNeverRewriteTheEventsTableFiles) {
   std::unique_ptr<Ledger> reopened;
   ASSERT_TRUE(Ledger::Open(options, &reopened).ok());
   ASSERT_EQ(reopened->Head(), Position(kCommands * kEventsPerCommand));
-  EXPECT_EQ(CountChainedEvents(*reopened), kCommands * kEventsPerCommand);
+  EXPECT_EQ(CountChainedEvents(reopened.get()), kCommands * kEventsPerCommand);
   EXPECT_EQ(reopened->metrics().event_table_bytes_compacted.Value(), 0u);
 }
 
@@ -373,7 +351,7 @@ TEST(LedgerTest, AStoreWhoseEventsWereCompactedByLevelsOpens) {
     std::unique_ptr<Ledger> ledger;
     ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
     for (int c = 0; c < 60; ++c) {
-      PaddedAppend append(50, 2000);
+      AppendCommand append = PaddedAppend();
       ASSERT_TRUE(ledger->Submit(&append).status.ok());
     }
     ASSERT_TRUE(ledger->Flush().ok());
@@ -412,13 +390,13 @@ TEST(LedgerTest, AStoreWhoseEventsWereCompactedByLevelsOpens) {
   const uint64_t moved = reopened->metrics().event_table_bytes_compacted.Value();
   EXPECT_GT(moved, 0u);
   for (int c = 0; c < 40; ++c) {
-    PaddedAppend append(50, 2000);
+    AppendCommand append = PaddedAppend();
     ASSERT_TRUE(reopened->Submit(&append).status.ok());
   }
   ASSERT_TRUE(reopened->Flush().ok());
   ASSERT_TRUE(reopened->WaitForBackgroundWork(60'000).ok());
   EXPECT_EQ(reopened->metrics().event_table_bytes_compacted.Value(), moved);
-  EXPECT_EQ(CountChainedEvents(*reopened), 5000u);
+  EXPECT_EQ(CountChainedEvents(reopened.get()), 5000u);
   reopened.reset();
   // Once is enough: the next open finds the layout as universal compaction left it.
   ASSERT_TRUE(Ledger::Open(options, &reopened).ok());

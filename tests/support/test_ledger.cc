@@ -24,9 +24,9 @@ TempDir::~TempDir() {
 
 Status AppendCommand::Decide(const DecideContext& context, Decision* decision) {
   for (size_t i = 0; i < count_; ++i) {
-    decision->events.push_back(NewEvent{
-        type_, subject_,
-        "{\"n\":" + std::to_string(context.head.value() + i + 1) + "}"});
+    std::string data = "{\"n\":" + std::to_string(context.head.value() + i + 1);
+    if (!pad_.empty()) data += ",\"pad\":\"" + pad_ + "\"";
+    decision->events.push_back(NewEvent{type_, subject_, data + "}"});
   }
   decision->body = "{\"ok\":true}";
   return Status::OK();

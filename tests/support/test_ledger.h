@@ -25,14 +25,17 @@ class TempDir {
 // A command that appends `count` events of `type` for `subject`, with optional idempotency.
 class AppendCommand : public Command {
  public:
-  AppendCommand(std::string subject, size_t count = 1, std::string type = "test.appended.v1")
-      : subject_(std::move(subject)), count_(count), type_(std::move(type)) {}
+  // `pad_bytes` > 0 adds a "pad" member of that many bytes to each event's data.
+  AppendCommand(std::string subject, size_t count = 1, std::string type = "test.appended.v1",
+                size_t pad_bytes = 0)
+      : subject_(std::move(subject)), count_(count), type_(std::move(type)), pad_(pad_bytes, 'x') {}
   Status Decide(const DecideContext& context, Decision* decision) override;
 
  private:
   std::string subject_;
   size_t count_;
   std::string type_;
+  std::string pad_;
 };
 
 // A command whose Decide always fails with `status`.
