@@ -46,6 +46,9 @@ constexpr char kHeadKey[] = "head";
 constexpr char kFoldCheckpointPrefix[] = "fold.";
 // How long the sync thread waits at most for admitted commands to be written before it syncs.
 constexpr auto kSyncCoalesceMax = std::chrono::microseconds(300);
+// Decided groups waiting for the write thread, at most (each holds its rows in memory, and the
+// committer's reads look through every one of them before the store).
+constexpr size_t kWriteQueueGroupsMax = 2;
 // Events applied per batch when a fold catches up at open.
 constexpr size_t kCatchUpBatchEvents = 1000;
 
@@ -252,17 +255,19 @@ Status ScanFamily(rocksdb::Iterator* it, std::string_view prefix, std::string_vi
 // intermediate values no reader can ever see are left out.
 class GroupState final : public StateReader, public RowWriter {
  public:
-  // `by_id`: the column families by id; `rows` and `batch` are empty.
-  GroupState(rocksdb::DB* db, const FamilyMap* families,
-             const std::vector<rocksdb::ColumnFamilyHandle*>* by_id, GroupRows* rows,
-             rocksdb::WriteBatch* batch)
-      : db_(db), families_(families), by_id_(by_id), rows_(rows), batch_(batch) {}
+  // `rows` and `batch` are empty. `unwritten`: the rows of the groups decided before this one
+  // whose batches are not written yet, oldest first (the write thread may write them while this
+  // group reads: their rows are read before the store's, and say the same as the store once
+  // written). Not owned; none of them changes meanwhile.
+  GroupState(rocksdb::DB* db, const FamilyMap* families, GroupRows* rows,
+             rocksdb::WriteBatch* batch, const std::vector<const GroupRows*>* unwritten)
+      : db_(db), families_(families), rows_(rows), batch_(batch), unwritten_(unwritten) {}
 
   Status Get(std::string_view family, std::string_view key, std::string* value) const override {
     rocksdb::ColumnFamilyHandle* cf = nullptr;
     LEDGER_RETURN_IF_ERROR(LookupGroupFamily(family, &cf));
     std::string_view mine;
-    switch (rows_->Find(cf->GetID(), key, &mine)) {
+    switch (FindUnstored(cf->GetID(), key, &mine)) {
       case GroupRows::Found::kPut:
         value->assign(mine);
         return Status::OK();
@@ -285,7 +290,7 @@ class GroupState final : public StateReader, public RowWriter {
     rocksdb::ColumnFamilyHandle* cf = nullptr;
     LEDGER_RETURN_IF_ERROR(LookupGroupFamily(family, &cf));
     std::vector<GroupRows::Row> mine;
-    rows_->Range(cf->GetID(), prefix, start, &mine);
+    RangeUnstored(cf->GetID(), prefix, start, &mine);
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf));
     it->Seek(ToSlice(std::max(prefix, start)));
     size_t i = 0;
@@ -315,7 +320,7 @@ class GroupState final : public StateReader, public RowWriter {
     std::vector<rocksdb::Slice> slices;
     std::string_view mine;
     for (size_t i = 0; i < keys.size(); ++i) {
-      switch (rows_->Find(cf->GetID(), keys[i], &mine)) {
+      switch (FindUnstored(cf->GetID(), keys[i], &mine)) {
         case GroupRows::Found::kPut:
           (*found)[i] = true;
           break;
@@ -377,23 +382,42 @@ class GroupState final : public StateReader, public RowWriter {
   }
   bool empty() const { return batch_->Count() == 0 && rows_->mutations() == 0; }
 
-  // Appends the group's rows to the batch, after its events: the batch is then what to write.
-  Status Finish() {
-    std::vector<GroupRows::Row> sorted;
-    for (uint32_t id : rows_->Families()) {
-      rocksdb::ColumnFamilyHandle* cf = id < by_id_->size() ? (*by_id_)[id] : nullptr;
-      if (cf == nullptr) return Status::Internal("no column family with id " + std::to_string(id));
-      rows_->Sorted(id, &sorted);
-      for (const GroupRows::Row& row : sorted) {
-        rocksdb::Status s = row.deleted ? batch_->Delete(cf, ToSlice(row.key))
-                                        : batch_->Put(cf, ToSlice(row.key), ToSlice(row.value));
-        if (!s.ok()) return FromRocks(s);
-      }
+ private:
+  // The latest mutation of `key` that is not (or may not yet be) in the store: this group's,
+  // else that of the newest unwritten group before it that has one.
+  GroupRows::Found FindUnstored(uint32_t family, std::string_view key,
+                                std::string_view* value) const {
+    GroupRows::Found found = rows_->Find(family, key, value);
+    for (auto it = unwritten_->rbegin(); found == GroupRows::Found::kAbsent &&
+                                         it != unwritten_->rend(); ++it) {
+      found = (*it)->Find(family, key, value);
     }
-    return Status::OK();
+    return found;
   }
 
- private:
+  // GroupRows::Range over this group's rows and the unwritten groups' (the newest mutation of a
+  // key wins), in key order.
+  void RangeUnstored(uint32_t family, std::string_view prefix, std::string_view start,
+                     std::vector<GroupRows::Row>* out) const {
+    rows_->Range(family, prefix, start, out);
+    std::vector<GroupRows::Row> older, merged;
+    for (auto it = unwritten_->rbegin(); it != unwritten_->rend(); ++it) {
+      (*it)->Range(family, prefix, start, &older);
+      if (older.empty()) continue;
+      merged.clear();
+      size_t i = 0, j = 0;
+      while (i < out->size() || j < older.size()) {
+        if (j == older.size() || (i < out->size() && (*out)[i].key <= older[j].key)) {
+          if (j < older.size() && (*out)[i].key == older[j].key) ++j;  // the newer one wins
+          merged.push_back((*out)[i++]);
+        } else {
+          merged.push_back(older[j++]);
+        }
+      }
+      out->swap(merged);
+    }
+  }
+
   // Folds neither read nor write the log families: the group's events are not in GroupRows, so a
   // read here would miss them.
   Status LookupGroupFamily(std::string_view family, rocksdb::ColumnFamilyHandle** cf) const {
@@ -405,10 +429,29 @@ class GroupState final : public StateReader, public RowWriter {
 
   rocksdb::DB* db_;
   const FamilyMap* families_;
-  const std::vector<rocksdb::ColumnFamilyHandle*>* by_id_;
   GroupRows* rows_;
   rocksdb::WriteBatch* batch_;
+  const std::vector<const GroupRows*>* unwritten_;
 };
+
+// Appends a decided group's rows to its batch, after its events: the batch is then what to write.
+// `by_id`: the column families by id.
+Status AppendRowsToBatch(const GroupRows& rows,
+                         const std::vector<rocksdb::ColumnFamilyHandle*>& by_id,
+                         rocksdb::WriteBatch* batch) {
+  std::vector<GroupRows::Row> sorted;
+  for (uint32_t id : rows.Families()) {
+    rocksdb::ColumnFamilyHandle* cf = id < by_id.size() ? by_id[id] : nullptr;
+    if (cf == nullptr) return Status::Internal("no column family with id " + std::to_string(id));
+    rows.Sorted(id, &sorted);
+    for (const GroupRows::Row& row : sorted) {
+      rocksdb::Status s = row.deleted ? batch->Delete(cf, ToSlice(row.key))
+                                      : batch->Put(cf, ToSlice(row.key), ToSlice(row.value));
+      if (!s.ok()) return FromRocks(s);
+    }
+  }
+  return Status::OK();
+}
 
 // A RocksDB snapshot shared by the read views that use it; released with the last of them.
 using SharedSnapshot = std::shared_ptr<const rocksdb::Snapshot>;
@@ -535,7 +578,7 @@ class LedgerImpl final : public Ledger {
   Status MoveEventsToUniversalLayout();
   Status LoadHead();
   Status CatchUpFolds();
-  void Start();  // the two writer threads (not for read-only ledgers)
+  void Start();  // the writer's three threads (not for read-only ledgers)
   // The state readers see until the first group is published.
   void PublishOpenState() {
     std::lock_guard<std::mutex> l(published_mu_);
@@ -578,12 +621,19 @@ class LedgerImpl final : public Ledger {
   }
 
  private:
-  // A group on its way from the committer to the sync thread.
+  // A decided group's rows and batch (its events, then at the write its rows), until written.
+  // Kept for reuse: the committer takes a spare one for each group that writes.
+  struct DecidedRows {
+    GroupRows rows;
+    rocksdb::WriteBatch batch;
+  };
+  // A group on its way from the committer (through the write thread) to the sync thread.
   struct GroupCommit {
     std::vector<Writer*> members;
-    rocksdb::Status status;  // of the write
-    bool wrote = false;      // a WriteBatch was written (not only rejections and replays)
+    Status status;        // of the write
+    bool wrote = false;   // a WriteBatch was written (not only rejections and replays)
     size_t events = 0;
+    std::unique_ptr<DecidedRows> decided;  // what to write; null if nothing or once written
     Position head;             // the chain head after the group
     Hash head_hash{};
     SharedSnapshot snapshot;   // the store as of the group: what readers see once it is durable
@@ -594,10 +644,17 @@ class LedgerImpl final : public Ledger {
   CommandResult Enqueue(Writer* w);
   // Refuses `w` (read-only, degraded, queue full): returns false with w->result set.
   bool Admit(Writer* w);
-  // The committer thread: takes the queued commands as groups and decides and writes each one.
+  // The committer thread: takes the queued commands as groups and decides each one; writes it
+  // itself or hands it to the write thread.
   void CommitLoop();
-  // Decides the group and writes its batch without sync (committer thread).
-  void WriteGroup(GroupCommit* commit);
+  // Decides the group into commit->decided (left null when it has nothing to write).
+  void DecideGroup(GroupCommit* commit, const std::vector<const GroupRows*>& unwritten);
+  // The write thread: writes the groups handed over, in order.
+  void WriteLoop();
+  // Writes a decided group's batch without sync (the committer or the write thread).
+  void WriteDecided(GroupCommit* commit);
+  // Passes a group that is decided and, if it writes, written on to the sync thread.
+  void HandToSync(GroupCommit commit);
   // The sync thread: makes the written groups durable with one WAL sync, publishes them and
   // answers their commands, in order.
   void SyncLoop();
@@ -622,9 +679,8 @@ class LedgerImpl final : public Ledger {
   rocksdb::DB* db_ = nullptr;
   FamilyMap families_;
   std::vector<rocksdb::ColumnFamilyHandle*> families_by_id_;  // by column family id
-  // The committer's group state, kept between groups for its memory (WriteGroup only).
-  GroupRows group_rows_;
-  rocksdb::WriteBatch group_batch_;
+  // Decided groups' rows no longer in use, kept for their memory (committer thread only).
+  std::vector<std::unique_ptr<DecidedRows>> spare_rows_;
 
   // Submitted commands waiting for the committer.
   mutable std::mutex mu_;
@@ -634,7 +690,20 @@ class LedgerImpl final : public Ledger {
   bool stopping_ = false;              // guarded by mu_
   std::atomic<size_t> deciding_{0};    // commands of the group the committer is deciding
   std::atomic<size_t> unwritten_{0};   // admitted, not yet handed to the sync thread
-  std::thread committer_, syncer_;
+  std::thread committer_, writer_, syncer_;
+
+  // Decided groups handed to the write thread. The committer decides the next group while one is
+  // written, reading the rows of those not yet written before the store's (GroupState).
+  std::mutex write_mu_;
+  std::condition_variable write_cv_;    // the write thread waits for a group, the committer for room
+  std::deque<GroupCommit> to_write_;    // guarded by write_mu_, in commit order
+  // The rows of every group handed over and not yet written (to_write_ and the one being
+  // written), in commit order; and those written since the committer last took them back.
+  std::vector<const GroupRows*> unwritten_rows_;              // guarded by write_mu_
+  std::vector<std::unique_ptr<DecidedRows>> written_rows_;    // guarded by write_mu_
+  size_t write_thread_groups_ = 0;  // guarded by write_mu_: handed over, not yet passed on
+  bool write_waiting_ = false;    // guarded by write_mu_: a thread waits on write_cv_
+  bool write_stopping_ = false;   // guarded by write_mu_
 
   // Chain state: touched only by the current leader (serialized by the queue protocol). It runs
   // ahead of what is published while groups are being synced.
@@ -642,9 +711,9 @@ class LedgerImpl final : public Ledger {
   Hash head_hash_{};
   int64_t last_time_us_ = 0;
 
-  // Serializes WAL writes (the committer's DB::Write) with WAL syncs: RocksDB's WAL writer must
-  // not be synced after a failed append, which only a check under the same lock can rule out. The
-  // committer decides the next group while a sync runs; only its write waits for the sync.
+  // Serializes WAL writes (DB::Write) with WAL syncs: RocksDB's WAL writer must not be synced
+  // after a failed append, which only a check under the same lock can rule out. The committer
+  // decides the next group while a sync runs; only the write waits for the sync.
   std::mutex wal_mu_;
   bool wal_write_failed_ = false;  // guarded by wal_mu_
 
@@ -894,7 +963,8 @@ Status LedgerImpl::CatchUpFolds() {
     while (next <= head_) {
       GroupRows rows;
       rocksdb::WriteBatch batch;
-      GroupState state(db_, &families_, &families_by_id_, &rows, &batch);
+      const std::vector<const GroupRows*> none;
+      GroupState state(db_, &families_, &rows, &batch, &none);
       Status apply_status;
       Position last = from;
       LEDGER_RETURN_IF_ERROR(ScanRaw(next, head_, [&](Position p, std::string_view stored) {
@@ -908,7 +978,7 @@ Status LedgerImpl::CatchUpFolds() {
       std::string value;
       PutFixed64BE(&value, last.value());
       state.PutRow(Family(kCheckpointsFamily), checkpoint_name, value);
-      LEDGER_RETURN_IF_ERROR(state.Finish());
+      LEDGER_RETURN_IF_ERROR(AppendRowsToBatch(rows, families_by_id_, &batch));
       rocksdb::WriteOptions write_options;
       write_options.sync = options_.sync;
       LEDGER_RETURN_IF_ERROR(FromRocks(db_->Write(write_options, &batch)));
@@ -979,6 +1049,10 @@ void LedgerImpl::Start() {
     pthread_setname_np(pthread_self(), "ledger-commit");  // for top -H, perf, gdb
     CommitLoop();
   });
+  writer_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "ledger-write");
+    WriteLoop();
+  });
   syncer_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "ledger-sync");
     SyncLoop();
@@ -994,6 +1068,12 @@ void LedgerImpl::Stop() {
   queue_cv_.notify_one();
   committer_.join();  // it hands over every queued command first
   {
+    std::lock_guard<std::mutex> lock(write_mu_);
+    write_stopping_ = true;
+  }
+  write_cv_.notify_all();
+  writer_.join();  // it writes every group handed over first
+  {
     std::lock_guard<std::mutex> lock(sync_mu_);
     sync_stopping_ = true;
   }
@@ -1002,6 +1082,7 @@ void LedgerImpl::Stop() {
 }
 
 void LedgerImpl::CommitLoop() {
+  std::vector<const GroupRows*> unwritten;
   for (;;) {
     GroupCommit commit;
     {
@@ -1024,17 +1105,101 @@ void LedgerImpl::CommitLoop() {
       }
       deciding_.store(commit.members.size());
     }
-    WriteGroup(&commit);
-    bool wake = false;
     {
-      std::lock_guard<std::mutex> lock(sync_mu_);
-      unwritten_.fetch_sub(commit.members.size());
-      written_.push_back(std::move(commit));
-      wake = sync_waiting_;
+      // The groups still to be written, and back the rows of those written meanwhile: the
+      // previous group's `unwritten` was the last reference to them.
+      std::lock_guard<std::mutex> lock(write_mu_);
+      unwritten = unwritten_rows_;
+      for (auto& rows : written_rows_) spare_rows_.push_back(std::move(rows));
+      written_rows_.clear();
+    }
+    DecideGroup(&commit, unwritten);
+    // A group goes to the write thread when it is large and more commands are queued: the next
+    // group is then decided while this one is written. Otherwise, when nothing waits to be
+    // written, it is written here -- a hand-off costs a thread wake-up, about what writing a small
+    // group takes, and gains nothing when there is no next group to decide meanwhile. Behind a
+    // group not yet written every group goes there, even one that writes nothing: it may have
+    // read that group's rows (an idempotent replay of it, say) and must not be answered before
+    // that group is durable.
+    bool hand_off = false;
+    if (commit.decided != nullptr) {
+      const size_t min = options_.write_thread_entries_min;
+      const size_t entries = commit.decided->batch.Count() + commit.decided->rows.mutations();
+      if (min == 0) {
+        hand_off = true;
+      } else if (entries >= min) {
+        std::lock_guard<std::mutex> lock(mu_);
+        hand_off = !queue_.empty();
+      }
+    }
+    std::unique_lock<std::mutex> lock(write_mu_);
+    if (write_thread_groups_ == 0 && !hand_off) {
+      lock.unlock();
+      if (commit.decided != nullptr) {
+        WriteDecided(&commit);
+        spare_rows_.push_back(std::move(commit.decided));
+      }
+      HandToSync(std::move(commit));
+    } else {
+      while (to_write_.size() >= kWriteQueueGroupsMax) {
+        write_waiting_ = true;
+        write_cv_.wait(lock);
+      }
+      if (commit.decided != nullptr) unwritten_rows_.push_back(&commit.decided->rows);
+      to_write_.push_back(std::move(commit));
+      ++write_thread_groups_;
+      const bool wake = write_waiting_;
+      write_waiting_ = false;
+      lock.unlock();
+      if (wake) write_cv_.notify_all();
     }
     deciding_.store(0);
-    if (wake) sync_cv_.notify_one();
   }
+}
+
+void LedgerImpl::WriteLoop() {
+  for (;;) {
+    GroupCommit commit;
+    {
+      std::unique_lock<std::mutex> lock(write_mu_);
+      while (to_write_.empty() && !write_stopping_) {
+        write_waiting_ = true;
+        write_cv_.wait(lock);
+      }
+      if (to_write_.empty()) return;  // stopping, and every group handed over was written
+      commit = std::move(to_write_.front());
+      to_write_.pop_front();
+    }
+    std::unique_ptr<DecidedRows> rows;
+    if (commit.decided != nullptr) {
+      WriteDecided(&commit);
+      rows = std::move(commit.decided);
+    }
+    HandToSync(std::move(commit));
+    bool wake = false;
+    {
+      std::lock_guard<std::mutex> lock(write_mu_);
+      if (rows != nullptr) {
+        unwritten_rows_.erase(unwritten_rows_.begin());  // this group's: the oldest
+        written_rows_.push_back(std::move(rows));
+      }
+      --write_thread_groups_;  // only now may the committer pass a later group on itself
+      wake = write_waiting_;
+      write_waiting_ = false;
+    }
+    if (wake) write_cv_.notify_all();
+  }
+}
+
+void LedgerImpl::HandToSync(GroupCommit commit) {
+  bool wake = false;
+  {
+    std::lock_guard<std::mutex> lock(sync_mu_);
+    unwritten_.fetch_sub(commit.members.size());
+    written_.push_back(std::move(commit));
+    wake = sync_waiting_;
+  }
+  if (wake) sync_cv_.notify_one();
 }
 
 void LedgerImpl::SyncLoop() {
@@ -1243,7 +1408,8 @@ Status LedgerImpl::ImportOne(Writer* w, GroupState* state) {
   return Status::OK();
 }
 
-void LedgerImpl::WriteGroup(GroupCommit* commit) {
+void LedgerImpl::DecideGroup(GroupCommit* commit,
+                             const std::vector<const GroupRows*>& unwritten) {
   const std::vector<Writer*>& group = commit->members;
   // Commands queued behind a failed group must not run: the store is read-only from then on.
   if (degraded_.load()) {
@@ -1254,11 +1420,16 @@ void LedgerImpl::WriteGroup(GroupCommit* commit) {
     }
     return;
   }
-  group_rows_.Clear();
-  group_batch_.Clear();
-  GroupState state(db_, &families_, &families_by_id_, &group_rows_, &group_batch_);
-  const Position group_start = head_;
-  const Hash group_start_hash = head_hash_;
+  std::unique_ptr<DecidedRows> decided;
+  if (spare_rows_.empty()) {
+    decided = std::make_unique<DecidedRows>();
+  } else {
+    decided = std::move(spare_rows_.back());
+    spare_rows_.pop_back();
+    decided->rows.Clear();
+    decided->batch.Clear();
+  }
+  GroupState state(db_, &families_, &decided->rows, &decided->batch, &unwritten);
   // Event time never goes backwards in the log, whatever the wall clock does.
   const int64_t now_us = std::max(options_.clock->NowMicros(), last_time_us_);
 
@@ -1281,7 +1452,10 @@ void LedgerImpl::WriteGroup(GroupCommit* commit) {
     commit->events += w->result.events_appended;
   }
 
-  if (state.empty()) return;  // only rejections and replays
+  if (state.empty()) {  // only rejections and replays
+    spare_rows_.push_back(std::move(decided));
+    return;
+  }
   std::string position_value;
   PutFixed64BE(&position_value, head_.value());
   state.PutRow(Family(kMetaFamily), kHeadKey, EncodeHead(head_, head_hash_));
@@ -1289,43 +1463,40 @@ void LedgerImpl::WriteGroup(GroupCommit* commit) {
     state.PutRow(Family(kCheckpointsFamily), kFoldCheckpointPrefix + std::string(fold->Name()),
                  position_value);
   }
-  if (Status finish = state.Finish(); !finish.ok()) {
-    // Nothing was written: the group's commands fail, the next group decides on the old head.
-    spdlog::error("could not build the group's batch: {}", finish.ToString());
-    for (Writer* w : group) {
-      if (w->result.status.ok()) {
-        w->result = CommandResult{};
-        w->result.status = finish;
-      }
-    }
-    head_ = group_start;
-    head_hash_ = group_start_hash;
-    return;
-  }
+  // The next group is decided on top of this one from here on, written or not: if its write
+  // fails, the ledger is degraded and every group after it fails as well.
+  last_time_us_ = std::max(last_time_us_, now_us);
+  commit->head = head_;
+  commit->head_hash = head_hash_;
+  commit->decided = std::move(decided);
+}
+
+void LedgerImpl::WriteDecided(GroupCommit* commit) {
   // Written without sync: the WAL record reaches the OS and the memtables here, and the sync
-  // thread syncs it while the next group is decided. Readers never see it before then: they read
-  // the snapshot published with the sync, and the log up to the published head.
+  // thread syncs it while later groups are decided and written. Readers never see it before
+  // then: they read the snapshot published with the sync, and the log up to the published head.
+  DecidedRows& decided = *commit->decided;
   commit->wrote = true;
   commit->started = std::chrono::steady_clock::now();
-  rocksdb::Status s;
+  Status s = AppendRowsToBatch(decided.rows, families_by_id_, &decided.batch);
   {
     std::lock_guard<std::mutex> l(wal_mu_);
-    s = db_->Write(rocksdb::WriteOptions(), &group_batch_);
+    if (s.ok() && wal_write_failed_) {
+      // The groups after a failed one were decided on top of it.
+      s = Status::Unavailable("storage_degraded", "an earlier group's write failed");
+    } else if (s.ok()) {
+      s = FromRocks(db_->Write(rocksdb::WriteOptions(), &decided.batch));
+    }
     if (!s.ok()) wal_write_failed_ = true;
   }
   if (!s.ok()) {
     // The group is lost as a whole; nothing of it was acknowledged. Stop accepting writes at once
-    // (the next group must not be decided on top of it): what RocksDB has on disk is recovered (and
-    // the tail decided) by the next open.
+    // (no later group may be written on top of it): what RocksDB has on disk is recovered (and the
+    // tail decided) by the next open.
     commit->status = s;
     degraded_.store(true);
-    head_ = group_start;
-    head_hash_ = group_start_hash;
     return;
   }
-  last_time_us_ = std::max(last_time_us_, now_us);
-  commit->head = head_;
-  commit->head_hash = head_hash_;
   commit->snapshot = MakeSharedSnapshot(db_);
 }
 

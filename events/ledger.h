@@ -1,18 +1,20 @@
 // Ledger: the event store and its single writer.
 //
 // Owns the RocksDB database (column families `events`, `idempotency`, `checkpoints`, `meta`, and
-// one per registered fold) and the group-commit writer: a two-stage pipeline of two threads.
+// one per registered fold) and the group-commit writer: a pipeline of three threads.
 //
 // The committer takes the queued commands as one group (one leader at a time: LevelDB's writer
 // queue, with the leader being a thread of its own), runs each command's Decide() against state
 // that already includes the earlier commands of the group, applies every fold to each new event,
-// and writes the group's events, chain head, idempotency records, fold rows and fold checkpoints
-// as ONE WriteBatch -- one WAL record, all or nothing -- without sync, and goes on to the next
-// group. The sync thread meanwhile syncs the WAL once for every group written so far (group
-// fsync), publishes them (head, read snapshot, commit listeners) and only then answers their
-// commands, in order. So the next group is decided while the previous one is being synced, and one
-// fsync makes many groups durable; nothing is answered, published, readable or sent to Kafka
-// before it is durable.
+// and so builds the group's events, chain head, idempotency records, fold rows and fold
+// checkpoints as ONE WriteBatch -- one WAL record, all or nothing. A large group goes to the
+// write thread, which writes it without sync while the committer decides the next group on top
+// of it (reading the rows of the groups not yet written before the store's); a small one the
+// committer writes itself when nothing waits to be written. The sync thread meanwhile syncs the
+// WAL once for every group written so far (group fsync), publishes them (head, read snapshot,
+// commit listeners) and only then answers their commands, in order. So the next group is decided
+// while the previous ones are written and synced, and one fsync makes many groups durable;
+// nothing is answered, published, readable or sent to Kafka before it is durable.
 //
 // A Decide() error fails only its own command. A failed write or sync fails its group (and every
 // group written after it) and puts the ledger in a degraded, read-only state (Degraded() == true;
@@ -111,6 +113,12 @@ struct LedgerOptions {
   // The events family's memtable (RocksDB write_buffer_size): each flush writes one table file of
   // about this size. Tests make it small to get many table files from few events.
   size_t events_memtable_bytes = 64 << 20;
+  // A group of at least this many entries (events and rows) with more commands queued behind it
+  // is written by the write thread while the committer decides the next group; other groups,
+  // when no group waits to be written, by the committer itself (a hand-off costs a thread
+  // wake-up, about what writing a small group takes). 0: every group goes through the write
+  // thread (tests).
+  size_t write_thread_entries_min = 1024;
 };
 
 struct EventFilter {

@@ -39,10 +39,13 @@ using testing::Outcome;
 using testing::RejectCommand;
 using testing::TempDir;
 
-std::unique_ptr<Ledger> Open(const std::string& path, rocksdb::Env* env) {
+// `write_thread_entries_min`: LedgerOptions' (0: every group through the write thread).
+std::unique_ptr<Ledger> Open(const std::string& path, rocksdb::Env* env,
+                             size_t write_thread_entries_min = 1024) {
   LedgerOptions options;
   options.path = path;
   options.env = env;
+  options.write_thread_entries_min = write_thread_entries_min;
   std::unique_ptr<Ledger> ledger;
   Status s = Ledger::Open(options, &ledger);
   EXPECT_TRUE(s.ok()) << s.ToString();
@@ -77,8 +80,8 @@ CommandSpec Keyed(std::string subject, size_t events) {
   return spec;
 }
 
-// Syncs start failing in the middle of a concurrent load.
-TEST(DegradedTest, SyncFailureMidLoadDegradesLosesNothingAndKeyedRetriesAreExactlyOnce) {
+// Syncs (or WAL appends) start failing in the middle of a concurrent load.
+void FailMidLoad(bool fail_writes, size_t write_thread_entries_min) {
   for (uint64_t seed = 1; seed <= 2; ++seed) {
     SCOPED_TRACE("seed " + std::to_string(seed));
     std::mt19937_64 random(seed);
@@ -86,7 +89,7 @@ TEST(DegradedTest, SyncFailureMidLoadDegradesLosesNothingAndKeyedRetriesAreExact
     FaultEnv fault;
     std::vector<Outcome> acknowledged, failed;
     {
-      auto ledger = Open(dir.path(), fault.env());
+      auto ledger = Open(dir.path(), fault.env(), write_thread_entries_min);
       ASSERT_NE(ledger, nullptr);
       LoadOptions load_options;
       load_options.seed = seed;
@@ -95,7 +98,11 @@ TEST(DegradedTest, SyncFailureMidLoadDegradesLosesNothingAndKeyedRetriesAreExact
       load_options.reject_percent = 0;
       ConcurrentLoad load(ledger.get(), load_options);
       load.WaitForAcknowledged(50 + random() % 200);
-      fault.fs()->SetFailSyncs(true);
+      if (fail_writes) {
+        fault.fs()->FailWritesAfter(0);
+      } else {
+        fault.fs()->SetFailSyncs(true);
+      }
       load.Join();
       acknowledged = load.outcomes().Acknowledged();
       failed = load.outcomes().Failed();
@@ -134,6 +141,20 @@ TEST(DegradedTest, SyncFailureMidLoadDegradesLosesNothingAndKeyedRetriesAreExact
       EXPECT_EQ(report.events_per_subject[o.spec.subject], o.spec.events) << o.spec.subject;
     }
   }
+}
+
+TEST(DegradedTest, SyncFailureMidLoadDegradesLosesNothingAndKeyedRetriesAreExactlyOnce) {
+  FailMidLoad(/*fail_writes=*/false, 1024);
+}
+
+// Through the write thread, groups are decided on top of groups not yet written: when a write
+// fails, those behind it in the write thread's queue fail as well, unwritten.
+TEST(DegradedTest, WriteFailureMidLoadThroughTheWriteThreadLosesNothingAndRetriesAreExactlyOnce) {
+  FailMidLoad(/*fail_writes=*/true, 0);
+}
+
+TEST(DegradedTest, SyncFailureMidLoadThroughTheWriteThreadLosesNothing) {
+  FailMidLoad(/*fail_writes=*/false, 0);
 }
 
 // Pins one failing group with GateCommands: [gate-2, keyed, the same keyed request again (an

@@ -14,6 +14,7 @@
 #include "events/fold.h"
 #include "events/ledger.h"
 #include "tests/support/durability.h"
+#include "tests/support/fault_fs.h"
 #include "tests/support/gate_command.h"
 #include "tests/support/test_ledger.h"
 
@@ -25,6 +26,7 @@ using testing::CheckDurability;
 using testing::CommandSpec;
 using testing::ConcurrentLoad;
 using testing::DurabilityReport;
+using testing::FaultEnv;
 using testing::GateCommand;
 using testing::LoadOptions;
 using testing::Outcome;
@@ -175,11 +177,15 @@ TEST(GroupCommitTest, ARejectionInsideAGroupDoesNotAffectTheOthers) {
   EXPECT_TRUE(report.ok()) << report.Summary();
 }
 
-// The store at `path` with one fold.
-std::unique_ptr<Ledger> OpenWithFold(const std::string& path, const Fold* fold) {
+// The store at `path` with one fold. `write_thread_entries_min`: LedgerOptions'.
+std::unique_ptr<Ledger> OpenWithFold(const std::string& path, const Fold* fold,
+                                     size_t write_thread_entries_min = 1024,
+                                     rocksdb::Env* env = nullptr) {
   LedgerOptions options;
   options.path = path;
   options.folds = {fold};
+  options.write_thread_entries_min = write_thread_entries_min;
+  options.env = env;
   std::unique_ptr<Ledger> ledger;
   Status s = Ledger::Open(options, &ledger);
   EXPECT_TRUE(s.ok()) << s.ToString();
@@ -398,10 +404,10 @@ class KvCommand final : public Command {
 // delete the rows of earlier ones), one command in five rolled back after its rows were written.
 // What every command read, what a snapshot reads afterwards and what a reopened store reads all
 // equal the model.
-TEST(GroupCommitTest, GroupStateMatchesAModelAcrossGroupsAndRollbacks) {
+void CheckGroupStateAgainstAModel(size_t write_thread_entries_min) {
   TempDir dir;
   KvFold kv;
-  std::unique_ptr<Ledger> ledger = OpenWithFold(dir.path(), &kv);
+  std::unique_ptr<Ledger> ledger = OpenWithFold(dir.path(), &kv, write_thread_entries_min);
   ASSERT_NE(ledger, nullptr);
   KvModel model;
   std::atomic<int> failed{0}, unexpected{0};
@@ -441,6 +447,119 @@ TEST(GroupCommitTest, GroupStateMatchesAModelAcrossGroupsAndRollbacks) {
   ledger = OpenWithFold(dir.path(), &kv);
   ASSERT_NE(ledger, nullptr);
   EXPECT_EQ(stored(ledger.get()), model.rows);
+}
+
+// Small groups, written by the committer itself (the default threshold).
+TEST(GroupCommitTest, GroupStateMatchesAModelAcrossGroupsAndRollbacks) {
+  CheckGroupStateAgainstAModel(1024);
+}
+
+// Every group through the write thread: a group is decided while the ones before it are still
+// being written, on top of their rows.
+TEST(GroupCommitTest, GroupStateMatchesAModelWhenEveryGroupGoesThroughTheWriteThread) {
+  CheckGroupStateAgainstAModel(0);
+}
+
+// The same, made certain: the first group's write (its WAL append) is held while the next groups
+// are decided. They read its rows (Get, Contains, Scan, ScanFrom; a deletion of a stored row
+// hides it) and its idempotency record -- a retry is a replay, not a second append -- and none
+// of them is answered before the held group is written and synced.
+TEST(GroupCommitTest, GroupsDecidedBehindAnUnwrittenGroupReadItsRows) {
+  TempDir dir;
+  FaultEnv fault;
+  MarkFold marks;
+  std::unique_ptr<Ledger> ledger = OpenWithFold(dir.path(), &marks, 0, fault.env());
+  ASSERT_NE(ledger, nullptr);
+  AppendCommand stored("stored"), gone("gone");
+  ASSERT_TRUE(ledger->Submit(&stored).status.ok());
+  ASSERT_TRUE(ledger->Submit(&gone).status.ok());
+
+  std::mutex mu;
+  std::map<std::string, CommandResult> answers;  // guarded by mu
+  std::vector<std::string> answer_order;         // guarded by mu
+  auto submit = [&](Command* command, const std::string& name) {
+    ledger->SubmitAsync(command, [&, name](CommandResult result) {
+      std::lock_guard<std::mutex> l(mu);
+      answers.emplace(name, std::move(result));
+      answer_order.push_back(name);
+    });
+  };
+  auto answered = [&] {
+    std::lock_guard<std::mutex> l(mu);
+    return answers.size();
+  };
+  auto make_append = [](std::string subject) {
+    auto command = std::make_unique<AppendCommand>(std::move(subject));
+    command->idempotency_scope = "test";
+    command->idempotency_key = "key-1";
+    command->request_hash = Sha256("the same request");
+    return command;
+  };
+
+  // The first group (`held`) is handed to the write thread and held in its WAL append. The
+  // second (`gate`) is decided behind it and waits to be written; the third (`unmark`, `probe`)
+  // is decided behind both; the fourth (`retry`, which only reads) is decided and waits for room
+  // in the write thread's queue.
+  fault.fs()->HoldAppends();
+  std::unique_ptr<AppendCommand> held = make_append("held");
+  submit(held.get(), "held");
+  fault.fs()->WaitUntilAnAppendIsHeld();
+  GateCommand gate("gate");
+  submit(&gate, "gate");
+  gate.WaitUntilDeciding();
+  AppendCommand unmark("unmark-gone");
+  ProbeCommand probe({"stored", "held", "gate", "gone", "absent"});
+  std::unique_ptr<AppendCommand> retry = make_append("held");
+  std::vector<std::pair<Command*, std::string>> members = {{&unmark, "unmark"},
+                                                           {&probe, "probe"}};
+  for (size_t i = 0; i < members.size(); ++i) {
+    submit(members[i].first, members[i].second);
+    while (ledger->QueueDepth() < 2 + i) std::this_thread::yield();  // keep the queue order
+  }
+  gate.Open();
+  while (ledger->QueueDepth() > 0) std::this_thread::yield();  // decided, waiting to be written
+
+  EXPECT_EQ(probe.contained, (std::vector<bool>{true, true, true, false, false}));
+  EXPECT_EQ(probe.got, probe.contained);
+  EXPECT_EQ(probe.scanned, (std::vector<std::string>{"gate", "held", "stored"}));
+  EXPECT_EQ(probe.scanned_from_h, (std::vector<std::string>{"held", "stored"}));
+  // A group that writes nothing is not answered before the groups it read are durable either
+  // (it waits behind them). Given time to go wrong: a wrong answer would come at once.
+  submit(retry.get(), "retry");
+  for (int i = 0; i < 200 && answered() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(answered(), 0u);  // nothing is answered before it is durable
+  EXPECT_EQ(ledger->Head(), Position(2));
+
+  fault.fs()->ReleaseAppends();
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (answered() < 5 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_EQ(answered(), 5u);
+  std::lock_guard<std::mutex> l(mu);
+  for (const auto& [name, result] : answers) {
+    EXPECT_TRUE(result.status.ok()) << name << ": " << result.status.ToString();
+  }
+  EXPECT_EQ(answers["held"].position, Position(3));
+  EXPECT_FALSE(answers["held"].replayed);
+  EXPECT_EQ(answers["gate"].position, Position(4));
+  EXPECT_EQ(answers["unmark"].position, Position(5));
+  EXPECT_TRUE(answers["retry"].replayed);
+  EXPECT_EQ(answers["retry"].position, Position(3));
+  EXPECT_EQ(ledger->Head(), Position(5));  // the retry appended nothing
+  EXPECT_EQ(answer_order,
+            (std::vector<std::string>{"held", "gate", "unmark", "probe", "retry"}));
+  std::vector<std::string> after;
+  ASSERT_TRUE(ledger->Snapshot()
+                  ->Scan("marks", "",
+                         [&](std::string_view key, std::string_view) {
+                           after.emplace_back(key);
+                           return true;
+                         })
+                  .ok());
+  EXPECT_EQ(after, (std::vector<std::string>{"gate", "held", "stored"}));
 }
 
 }  // namespace

@@ -142,6 +142,7 @@ FaultFs::FaultFs() : FileSystemWrapper(rocksdb::FileSystem::Default()) {}
 IOStatus FaultFs::PowerOffError() const { return IOStatus::IOError("fault_fs: the power is off"); }
 
 IOStatus FaultFs::BeforeAppend() {
+  WaitWhileHeld(&append_hold_);
   if (!powered()) return PowerOffError();
   int64_t left = appends_until_failure_.load();
   while (left >= 0) {
@@ -178,33 +179,35 @@ void FaultFs::AfterPositionedAppend(FileState* state, uint64_t end_offset) {
   CountAppend();
 }
 
-void FaultFs::HoldSyncs() {
-  std::lock_guard<std::mutex> l(hold_mu_);
-  holding_ = true;
-}
+void FaultFs::HoldSyncs() { SetHolding(&sync_hold_, true); }
+void FaultFs::ReleaseSyncs() { SetHolding(&sync_hold_, false); }
+void FaultFs::WaitUntilASyncIsHeld() { WaitUntilHeld(&sync_hold_); }
+void FaultFs::HoldAppends() { SetHolding(&append_hold_, true); }
+void FaultFs::ReleaseAppends() { SetHolding(&append_hold_, false); }
+void FaultFs::WaitUntilAnAppendIsHeld() { WaitUntilHeld(&append_hold_); }
 
-void FaultFs::ReleaseSyncs() {
+void FaultFs::SetHolding(Hold* hold, bool holding) {
   std::lock_guard<std::mutex> l(hold_mu_);
-  holding_ = false;
+  hold->holding = holding;
   hold_cv_.notify_all();
 }
 
-void FaultFs::WaitUntilASyncIsHeld() {
+void FaultFs::WaitUntilHeld(Hold* hold) {
   std::unique_lock<std::mutex> l(hold_mu_);
-  hold_cv_.wait(l, [this] { return held_ > 0; });
+  hold_cv_.wait(l, [hold] { return hold->held > 0; });
 }
 
-void FaultFs::WaitWhileHeld() {
+void FaultFs::WaitWhileHeld(Hold* hold) {
   std::unique_lock<std::mutex> l(hold_mu_);
-  if (!holding_) return;
-  ++held_;
+  if (!hold->holding) return;
+  ++hold->held;
   hold_cv_.notify_all();
-  hold_cv_.wait(l, [this] { return !holding_; });
-  --held_;
+  hold_cv_.wait(l, [hold] { return !hold->holding; });
+  --hold->held;
 }
 
 IOStatus FaultFs::BeforeSync() {
-  WaitWhileHeld();
+  WaitWhileHeld(&sync_hold_);
   if (!powered()) return PowerOffError();
   if (fail_syncs_.load()) return IOStatus::IOError("fault_fs: injected sync failure");
   return IOStatus::OK();

@@ -100,6 +100,11 @@ class FaultFs final : public rocksdb::FileSystemWrapper {
   void ReleaseSyncs();
   // Blocks until at least one sync is waiting on the hold.
   void WaitUntilASyncIsHeld();
+  // The same for appends (of any file): a test can hold the write of a group's WAL record while
+  // the ledger decides the next groups.
+  void HoldAppends();
+  void ReleaseAppends();
+  void WaitUntilAnAppendIsHeld();
 
   // --- Observation ------------------------------------------------------------------------------
   uint64_t appends() const { return appends_.load(); }  // successful appends
@@ -153,7 +158,6 @@ class FaultFs final : public rocksdb::FileSystemWrapper {
   void AfterPositionedAppend(FileState* state, uint64_t end_offset);
   void CountAppend();
   rocksdb::IOStatus BeforeSync();
-  void WaitWhileHeld();
   uint64_t SizeOf(FileState* state);
   void AfterSync(FileState* state, uint64_t synced_size);
   void AfterTruncate(FileState* state, uint64_t size);
@@ -174,10 +178,17 @@ class FaultFs final : public rocksdb::FileSystemWrapper {
 
   std::atomic<bool> powered_{true};
   std::atomic<bool> fail_syncs_{false};
+  // HoldSyncs(), HoldAppends().
+  struct Hold {
+    bool holding = false;  // guarded by hold_mu_
+    int held = 0;          // calls waiting; guarded by hold_mu_
+  };
+  void SetHolding(Hold* hold, bool holding);
+  void WaitUntilHeld(Hold* hold);
+  void WaitWhileHeld(Hold* hold);
   std::mutex hold_mu_;
   std::condition_variable hold_cv_;
-  bool holding_ = false;  // guarded by hold_mu_
-  int held_ = 0;          // syncs waiting; guarded by hold_mu_
+  Hold sync_hold_, append_hold_;
   std::atomic<int64_t> appends_until_failure_{-1};
   std::atomic<int64_t> appends_until_power_cut_{-1};
   std::atomic<uint64_t> appends_{0};
