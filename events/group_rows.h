@@ -14,7 +14,9 @@
 // Save points nest: RollbackToSavePoint() undoes every Put and Delete since the matching
 // SetSavePoint() (one command of a group failing undoes only its own rows).
 //
-// Not thread-safe: one committer thread owns it.
+// Not thread-safe: the committer thread fills it. Once filled it is only read (const methods),
+// and then several threads may read it at once (the write thread and the committer deciding the
+// next group).
 #pragma once
 
 #include <cstddef>

@@ -501,14 +501,13 @@ class SnapshotView final : public ReadView {
   SharedSnapshot snapshot_;
 };
 
-// One queued Submit()/ImportEvents() call. Lives on the caller's stack. While it waits, only the
-// leader of its group touches it: it fills `result`, then Signal(kDone). The previous leader hands
-// leadership over with Signal(kLeader) when this writer reaches the front of the queue.
+// One queued Submit()/ImportEvents() call. Lives on the caller's stack (SubmitAsync: on the heap).
+// While it waits, only the writer's threads touch it, one at a time: the committer fills
+// `result`, the sync thread Signal(kDone)s it (or calls `done`) once its group is durable.
 //
-// Waking goes through the writer's own mutex, not the queue mutex: a woken caller does not
-// contend with the leader and the other callers for mu_ (LevelDB notifies under its one mutex,
-// which on a group of 64 costs a second context switch per caller), and the leader wakes the next
-// leader first, so the next group is decided while the old leader is still waking its callers.
+// Waking goes through the writer's own futex, not the queue mutex: a woken caller does not
+// contend with the committer and the other callers for mu_ (LevelDB notifies under its one mutex,
+// which on a group of 64 costs a second context switch per caller).
 struct Writer {
   enum State : uint32_t { kWaiting, kDone };
 
@@ -622,7 +621,7 @@ class LedgerImpl final : public Ledger {
 
  private:
   // A decided group's rows and batch (its events, then at the write its rows), until written.
-  // Kept for reuse: the committer takes a spare one for each group that writes.
+  // Kept for reuse: the committer takes a spare one for each group it decides.
   struct DecidedRows {
     GroupRows rows;
     rocksdb::WriteBatch batch;
@@ -640,7 +639,7 @@ class LedgerImpl final : public Ledger {
     std::chrono::steady_clock::time_point started;
   };
 
-  void Stop();  // drains both queues, then joins the threads
+  void Stop();  // drains the queues, then joins the threads
   CommandResult Enqueue(Writer* w);
   // Refuses `w` (read-only, degraded, queue full): returns false with w->result set.
   bool Admit(Writer* w);
@@ -705,8 +704,8 @@ class LedgerImpl final : public Ledger {
   bool write_waiting_ = false;    // guarded by write_mu_: a thread waits on write_cv_
   bool write_stopping_ = false;   // guarded by write_mu_
 
-  // Chain state: touched only by the current leader (serialized by the queue protocol). It runs
-  // ahead of what is published while groups are being synced.
+  // Chain state: committer thread only. It runs ahead of what is published while groups are
+  // being written and synced.
   Position head_;
   Hash head_hash_{};
   int64_t last_time_us_ = 0;
@@ -716,6 +715,8 @@ class LedgerImpl final : public Ledger {
   // decides the next group while a sync runs; only the write waits for the sync.
   std::mutex wal_mu_;
   bool wal_write_failed_ = false;  // guarded by wal_mu_
+  // A group failed to be written: those decided after it rest on it, and none may be written.
+  bool group_failed_ = false;      // guarded by wal_mu_
 
   // Written groups waiting for the sync thread.
   std::mutex sync_mu_;
@@ -724,7 +725,7 @@ class LedgerImpl final : public Ledger {
   bool sync_waiting_ = false;         // guarded by sync_mu_
   bool sync_stopping_ = false;        // guarded by sync_mu_
   Status sync_failure_;  // sync thread only; sticky: an fsync error is reported once, so no later
-                         // sync can be trusted
+                         // sync can be trusted (and a failed group's write: see SyncLoop)
 
   // Published after each durable group: what readers see.
   std::atomic<uint64_t> head_position_{0};
@@ -834,8 +835,8 @@ Status LedgerImpl::OpenDb() {
   // 63.8 µs per consume before, 53.2 / 58.0 / 47.5 after; the flush thread pays about as much
   // back when it sorts the buckets (≈ 6 µs per consume), so the gain is the committer's — the
   // serial part — not the machine's (tools/bench/README.md). Hash memtables
-  // take their inserts from one thread at a time: RocksDB's own writer group does that (the
-  // committer is the only writer of groups anyway).
+  // take their inserts from one thread at a time: RocksDB's own writer group does that (groups
+  // are written one at a time anyway, under wal_mu_).
   db_options.allow_concurrent_memtable_write = false;
   rocksdb::ColumnFamilyOptions idempotency_options = cf_options;
   idempotency_options.prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(8));
@@ -1113,6 +1114,7 @@ void LedgerImpl::CommitLoop() {
       for (auto& rows : written_rows_) spare_rows_.push_back(std::move(rows));
       written_rows_.clear();
     }
+    if (!unwritten.empty()) metrics_.groups_pipelined.Add();
     DecideGroup(&commit, unwritten);
     // A group goes to the write thread when it is large and more commands are queued: the next
     // group is then decided while this one is written. Otherwise, when nothing waits to be
@@ -1214,9 +1216,10 @@ void LedgerImpl::SyncLoop() {
       }
       if (written_.empty()) return;
       // Commands already admitted but not yet written would miss this sync and wait a whole
-      // extra one: give the committer a moment to write them, so that the callers answered by
-      // one sync come back as one group instead of splitting into two alternating half-size
-      // groups. Bounded, so a committer that never runs dry cannot hold a sync back.
+      // extra one: give the committer (or the write thread) a moment to write them, so that the
+      // callers answered by one sync come back as one group instead of splitting into two
+      // alternating half-size groups. Bounded, so a writer that never runs dry cannot hold a
+      // sync back.
       const auto deadline = std::chrono::steady_clock::now() + kSyncCoalesceMax;
       while (unwritten_.load() > 0 && !sync_stopping_) {
         sync_waiting_ = true;
@@ -1264,9 +1267,14 @@ void LedgerImpl::SyncLoop() {
         spdlog::error("WAL sync failed, the ledger is now read-only: {}", s.ToString());
       }
     }
-    // A group that wrote nothing only read state: it is answerable now, unless a sync failed
-    // (its replays or decisions may rest on a group that is not durable).
-    for (GroupCommit& g : groups) Answer(&g, sync_failure_);
+    // A group that wrote nothing only read state: it is answerable now, unless a sync or an
+    // earlier group's write failed (its replays or decisions may rest on a group that is not
+    // durable: the committer may have decided it on top of the failed group before that one
+    // was written). Both failures are sticky.
+    for (GroupCommit& g : groups) {
+      if (!g.status.ok() && sync_failure_.ok()) sync_failure_ = g.status;
+      Answer(&g, sync_failure_);
+    }
   }
 }
 
@@ -1479,15 +1487,17 @@ void LedgerImpl::WriteDecided(GroupCommit* commit) {
   commit->wrote = true;
   commit->started = std::chrono::steady_clock::now();
   Status s = AppendRowsToBatch(decided.rows, families_by_id_, &decided.batch);
+  if (!s.ok()) spdlog::error("could not build the group's batch: {}", s.ToString());
   {
     std::lock_guard<std::mutex> l(wal_mu_);
-    if (s.ok() && wal_write_failed_) {
+    if (s.ok() && group_failed_) {
       // The groups after a failed one were decided on top of it.
       s = Status::Unavailable("storage_degraded", "an earlier group's write failed");
     } else if (s.ok()) {
       s = FromRocks(db_->Write(rocksdb::WriteOptions(), &decided.batch));
+      if (!s.ok()) wal_write_failed_ = true;
     }
-    if (!s.ok()) wal_write_failed_ = true;
+    if (!s.ok()) group_failed_ = true;
   }
   if (!s.ok()) {
     // The group is lost as a whole; nothing of it was acknowledged. Stop accepting writes at once

@@ -116,8 +116,9 @@ struct LedgerOptions {
   // A group of at least this many entries (events and rows) with more commands queued behind it
   // is written by the write thread while the committer decides the next group; other groups,
   // when no group waits to be written, by the committer itself (a hand-off costs a thread
-  // wake-up, about what writing a small group takes). 0: every group goes through the write
-  // thread (tests).
+  // wake-up, about what writing a small group takes). Entries: events plus row mutations. Every
+  // group decided behind one not yet written also goes through the write thread, to keep
+  // commit order. 0: every group goes through the write thread (tests).
   size_t write_thread_entries_min = 1024;
 };
 
@@ -133,6 +134,9 @@ struct LedgerMetrics {
   Counter idempotent_replays;
   Counter events_appended;
   Counter groups_committed;
+  // Groups decided while an earlier group was still being written by the write thread
+  // (LedgerOptions::write_thread_entries_min).
+  Counter groups_pipelined;
   Counter syncs;  // WAL fsyncs: one covers every group written while the previous one ran
   Counter write_failures;
   Histogram group_commands{Histogram::SizeBounds()};
@@ -204,6 +208,7 @@ class Ledger {
   virtual Status WaitForBackgroundWork(int64_t timeout_ms) = 0;
 
   virtual LedgerMetrics& metrics() = 0;
+  // Commands queued or being decided (not those decided and waiting to be written or synced).
   virtual size_t QueueDepth() const = 0;
 
   // Commit listeners: each is called on the sync thread after each sync with the new durable

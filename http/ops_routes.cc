@@ -147,6 +147,9 @@ void RenderLedgerMetrics(Ledger& ledger, std::string* out) {
   CounterLine("ledger_events_appended_total", "Events appended to the log.", m.events_appended.Value(), out);
   CounterLine("ledger_groups_committed_total", "Group commits (one WriteBatch each).",
               m.groups_committed.Value(), out);
+  CounterLine("ledger_groups_pipelined_total",
+              "Groups decided while an earlier group was still being written.",
+              m.groups_pipelined.Value(), out);
   CounterLine("ledger_wal_syncs_total",
               "WAL fsyncs; one makes every group written before it durable.", m.syncs.Value(),
               out);

@@ -13,6 +13,7 @@
 // Without a key a retry may duplicate the in-doubt events, as with any 503.
 #include <gtest/gtest.h>
 
+#include <mutex>
 #include <random>
 #include <set>
 #include <thread>
@@ -215,6 +216,65 @@ TEST(DegradedTest, AFailedGroupFailsEveryCommandInItIncludingInGroupReplays) {
   ASSERT_TRUE(r.status.ok());
   EXPECT_FALSE(r.replayed);
   EXPECT_EQ(r.position, Position(3));
+}
+
+// A group decided behind one whose write then fails rests on a group that does not exist: it is
+// failed too -- also when it writes nothing itself (here an idempotent replay of the failed
+// group, which would otherwise be answered "replayed at position 3" for a position never written).
+TEST(DegradedTest, AReplayDecidedBehindAGroupWhoseWriteFailsIsNotAcknowledged) {
+  TempDir dir;
+  FaultEnv fault;
+  CommandSpec keyed = Keyed("keyed", 1);
+  {
+    auto ledger = Open(dir.path(), fault.env(), /*write_thread_entries_min=*/0);
+    ASSERT_NE(ledger, nullptr);
+    AppendCommand before("before");
+    ASSERT_TRUE(ledger->Submit(&before).status.ok());
+
+    std::mutex mu;
+    std::vector<CommandResult> answers;  // guarded by mu
+    auto answered = [&] {
+      std::lock_guard<std::mutex> l(mu);
+      return answers.size();
+    };
+    auto submit = [&](Command* command) {
+      ledger->SubmitAsync(command, [&](CommandResult result) {
+        std::lock_guard<std::mutex> l(mu);
+        answers.push_back(std::move(result));
+      });
+    };
+    fault.fs()->HoldAppends();
+    auto first = keyed.Make();
+    submit(first.get());
+    fault.fs()->WaitUntilAnAppendIsHeld();  // the first group, in the write thread
+    auto retry = keyed.Make();
+    submit(retry.get());
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (ledger->QueueDepth() > 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::yield();
+    }
+    ASSERT_EQ(ledger->QueueDepth(), 0u);  // the retry is decided: a replay of the held group
+    fault.fs()->FailWritesAfter(0);
+    fault.fs()->ReleaseAppends();
+    while (answered() < 2 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    ASSERT_EQ(answered(), 2u);
+    std::lock_guard<std::mutex> l(mu);
+    for (const CommandResult& r : answers) {
+      EXPECT_TRUE(IsStorageDegraded(r.status)) << r.status.ToString() << " replayed " << r.replayed;
+    }
+    EXPECT_TRUE(ledger->Degraded());
+    EXPECT_EQ(ledger->Head(), Position(1));
+  }
+  auto ledger = Open(dir.path(), nullptr);
+  ASSERT_NE(ledger, nullptr);
+  EXPECT_EQ(ledger->Head(), Position(1));  // the failed group never reached the log
+  auto retry = keyed.Make();
+  CommandResult r = ledger->Submit(retry.get());
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_FALSE(r.replayed);
+  EXPECT_EQ(r.position, Position(2));
 }
 
 // The two ways an in-doubt group resolves, one command at a time.

@@ -1,5 +1,5 @@
-// The writer pipeline (events/ledger.h): the committer writes a group without sync and goes on;
-// the sync thread makes it durable, and only then is it answered, published and readable.
+// The writer pipeline (events/ledger.h): a group is written without sync and the committer goes
+// on; the sync thread makes it durable, and only then is it answered, published and readable.
 // SubmitAsync answers through a callback instead of a blocked thread.
 #include <gtest/gtest.h>
 
