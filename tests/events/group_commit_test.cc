@@ -204,6 +204,19 @@ class MarkFold final : public Fold {
   }
 };
 
+// The marks a snapshot reads, in key order.
+std::vector<std::string> StoredMarks(Ledger* ledger) {
+  std::vector<std::string> marks;
+  EXPECT_TRUE(ledger->Snapshot()
+                  ->Scan("marks", "",
+                         [&](std::string_view key, std::string_view) {
+                           marks.emplace_back(key);
+                           return true;
+                         })
+                  .ok());
+  return marks;
+}
+
 // Looks up the marks of `keys` with one Contains and with one Get each, and lists every mark
 // with a Scan and with a ScanFrom("h").
 class ProbeCommand final : public Command {
@@ -276,15 +289,8 @@ TEST(GroupCommitTest, GroupStateReadsSeeTheStoreAndTheEarlierCommandsOfItsGroup)
   EXPECT_EQ(ledger->metrics().groups_committed.Value(), 4u);  // stored; gone; gate; the five
 
   // What the group wrote is what a snapshot reads afterwards.
-  std::vector<std::string> after;
-  ASSERT_TRUE(ledger->Snapshot()
-                  ->Scan("marks", "",
-                         [&](std::string_view key, std::string_view) {
-                           after.emplace_back(key);
-                           return true;
-                         })
-                  .ok());
-  EXPECT_EQ(after, (std::vector<std::string>{"gate", "later", "same-group", "stored"}));
+  EXPECT_EQ(StoredMarks(ledger.get()),
+            (std::vector<std::string>{"gate", "later", "same-group", "stored"}));
 }
 
 // A fold over "kv" rows: an event's data {"ops":"p:<key>:<value>;d:<key>;..."} puts and deletes.
@@ -576,15 +582,7 @@ TEST(GroupCommitTest, GroupsDecidedBehindUnwrittenGroupsReadTheirRows) {
   EXPECT_EQ(answers["retry"].position, Position(5));
   EXPECT_EQ(ledger->Head(), Position(6));  // the retry appended nothing
   EXPECT_EQ(answer_order, (std::vector<std::string>{"first", "gate", "probe", "retry"}));
-  std::vector<std::string> after;
-  ASSERT_TRUE(ledger->Snapshot()
-                  ->Scan("marks", "",
-                         [&](std::string_view key, std::string_view) {
-                           after.emplace_back(key);
-                           return true;
-                         })
-                  .ok());
-  EXPECT_EQ(after, (std::vector<std::string>{"held", "stored"}));
+  EXPECT_EQ(StoredMarks(ledger.get()), (std::vector<std::string>{"held", "stored"}));
 }
 
 }  // namespace
