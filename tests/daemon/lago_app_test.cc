@@ -17,6 +17,7 @@
 #include "tests/support/lago_webhooks.h"
 #include "tests/support/test_ledger.h"
 #include "tests/support/tokens.h"
+#include "tests/support/wait.h"
 
 namespace ledger::testing {
 namespace {
@@ -41,15 +42,6 @@ Config LagoConfig(const std::string& data_dir, const FakeLago& lago) {
   config.lago_api_key = kFakeLagoApiKey;
   config.lago_webhook_hmac_key = kHmacKey;
   return config;
-}
-
-bool WaitFor(const std::function<bool()>& condition) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return condition();
 }
 
 // The Lago transaction ids of the batched usage in the log: "<event id>:<item index>" per item of
@@ -101,7 +93,7 @@ TEST(LagoAppTest, TheSinkForwardsUsageAndResumesAfterARestart) {
   ASSERT_TRUE(WaitFor([&] {
     rapidjson::Document ready = client.Get("/readyz").Json();
     return ready.IsObject() && ready["sinks"]["lago"]["lag"].GetUint64() == 0;
-  }));
+  }, std::chrono::seconds(30), std::chrono::milliseconds(20)));
   rapidjson::Document ready = client.Get("/readyz").Json();
   const auto& sink = ready["sinks"]["lago"];
   EXPECT_TRUE(sink["enabled"].GetBool());

@@ -18,6 +18,7 @@
 #include "tests/support/fault_fs.h"
 #include "tests/support/gate_command.h"
 #include "tests/support/test_ledger.h"
+#include "tests/support/wait.h"
 
 namespace ledger {
 namespace {
@@ -33,6 +34,7 @@ using testing::LoadOptions;
 using testing::Outcome;
 using testing::RejectCommand;
 using testing::TempDir;
+using testing::WaitFor;
 
 std::unique_ptr<Ledger> Open(const std::string& path) {
   LedgerOptions options;
@@ -487,16 +489,6 @@ class SubjectsCommand final : public Command {
   std::vector<std::string> subjects_;
 };
 
-// Waits (bounded) until `done`; false if it never was.
-bool WaitUntil(const std::function<bool()>& done) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::yield();
-  }
-  return true;
-}
-
 // The same, made certain: the first group's write (its WAL append) is held while the next groups
 // are decided on top of it and of each other. They read the rows of every group not yet written,
 // the newest mutation of a key winning (Get, Contains, Scan, ScanFrom; a deletion hides a stored
@@ -549,9 +541,9 @@ TEST(GroupCommitTest, GroupsDecidedBehindUnwrittenGroupsReadTheirRows) {
   gate.WaitUntilDeciding();
   ProbeCommand probe({"stored", "held", "gone", "twice", "absent"});
   submit(&probe, "probe");
-  ASSERT_TRUE(WaitUntil([&] { return ledger->QueueDepth() == 2; }));  // gate deciding, probe
+  ASSERT_TRUE(WaitFor([&] { return ledger->QueueDepth() == 2; }));  // gate deciding, probe
   gate.Open();
-  ASSERT_TRUE(WaitUntil([&] { return ledger->QueueDepth() == 0; }));  // both decided
+  ASSERT_TRUE(WaitFor([&] { return ledger->QueueDepth() == 0; }));  // both decided
 
   EXPECT_EQ(probe.contained, (std::vector<bool>{true, true, false, false, false}));
   EXPECT_EQ(probe.got, probe.contained);
@@ -570,7 +562,7 @@ TEST(GroupCommitTest, GroupsDecidedBehindUnwrittenGroupsReadTheirRows) {
   EXPECT_EQ(ledger->Head(), Position(2));
 
   fault.fs()->ReleaseAppends();
-  ASSERT_TRUE(WaitUntil([&] { return answered() == 4; }));
+  ASSERT_TRUE(WaitFor([&] { return answered() == 4; }));
   std::lock_guard<std::mutex> l(mu);
   for (const auto& [name, result] : answers) {
     EXPECT_TRUE(result.status.ok()) << name << ": " << result.status.ToString();

@@ -15,6 +15,7 @@
 #include "events/ledger.h"
 #include "tests/support/kafka_test_consumer.h"
 #include "tests/support/test_ledger.h"
+#include "tests/support/wait.h"
 
 namespace ledger {
 namespace {
@@ -26,20 +27,12 @@ using testing::CheckDelivery;
 using testing::ConsumedRecord;
 using testing::DeliveryCheckOptions;
 using testing::DeliveryReport;
+using testing::WaitFor;
 using testing::KafkaTestConsumer;
 using testing::TempDir;
 
 constexpr char kTopic[] = "ledger.events";
 constexpr char kSource[] = "urn:ledgerd:test";
-
-bool WaitFor(const std::function<bool()>& condition, milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!condition()) {
-    if (std::chrono::steady_clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(milliseconds(10));
-  }
-  return true;
-}
 
 // The Java client's default partitioner: toPositive(murmur2(key)) % partitions
 // (org.apache.kafka.common.utils.Utils.murmur2).

@@ -15,6 +15,7 @@
 #include "events/ledger.h"
 #include "tests/support/fault_fs.h"
 #include "tests/support/test_ledger.h"
+#include "tests/support/wait.h"
 
 namespace ledger {
 namespace {
@@ -23,6 +24,7 @@ using testing::AppendCommand;
 using testing::FaultEnv;
 using testing::RejectCommand;
 using testing::TempDir;
+using testing::WaitFor;
 
 std::unique_ptr<Ledger> Open(const std::string& path, rocksdb::Env* env = nullptr,
                              bool read_only = false) {
@@ -34,16 +36,6 @@ std::unique_ptr<Ledger> Open(const std::string& path, rocksdb::Env* env = nullpt
   Status s = Ledger::Open(options, &ledger);
   EXPECT_TRUE(s.ok()) << s.ToString();
   return ledger;
-}
-
-// Waits (bounded) for `done`; the machine may be loaded.
-bool WaitFor(const std::function<bool()>& done) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  return true;
 }
 
 // A ledger on a FaultFs with one command committed; the tests hold the WAL sync of the next.

@@ -20,6 +20,7 @@
 #include "tests/support/fake_lago.h"
 #include "tests/support/schema_check.h"
 #include "tests/support/test_ledger.h"
+#include "tests/support/wait.h"
 
 namespace ledger::http {
 namespace {
@@ -28,6 +29,7 @@ using ledger::testing::CountedExactlyOnce;
 using ledger::testing::FakeLago;
 using ledger::testing::kFakeLagoApiKey;
 using ledger::testing::TempDir;
+using ledger::testing::WaitFor;
 
 constexpr std::string_view kUsageType = "usage.recorded.v1";
 constexpr std::string_view kBatchType = "usage.batch_recorded.v1";
@@ -102,16 +104,6 @@ class AppendBatchUsage final : public Command {
   size_t items_;
   size_t first_;
 };
-
-bool WaitFor(const std::function<bool()>& condition,
-             std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return condition();
-}
 
 class LagoSinkTest : public ::testing::Test {
  protected:
