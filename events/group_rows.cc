@@ -3,8 +3,14 @@
 #include <algorithm>
 #include <cassert>
 #include <cstring>
+#include <functional>
 
 namespace ledger {
+
+uint64_t GroupRows::HashOf(uint32_t family, std::string_view key) {
+  // The family is mixed in so that one key in two families takes two probe sequences.
+  return std::hash<std::string_view>{}(key) ^ ((uint64_t{family} + 1) * 0x9E3779B97F4A7C15ULL);
+}
 
 void GroupRows::Put(uint32_t family, std::string_view key, std::string_view value) {
   Record(family, key, value, /*deleted=*/false);
@@ -14,13 +20,33 @@ void GroupRows::Delete(uint32_t family, std::string_view key) {
   Record(family, key, {}, /*deleted=*/true);
 }
 
-GroupRows::Found GroupRows::Find(uint32_t family, std::string_view key,
+size_t GroupRows::FindSlot(uint32_t family, std::string_view key, uint64_t hash,
+                           size_t* insert) const {
+  if (insert != nullptr) *insert = kNoSlot;
+  if (slots_.empty()) return kNoSlot;
+  const size_t mask = slots_.size() - 1;
+  // At most half the slots are in use, so the probe reaches an empty one.
+  for (size_t i = hash & mask;; i = (i + 1) & mask) {
+    const Slot& slot = slots_[i];
+    if (slot.generation != generation_) {
+      if (insert != nullptr && *insert == kNoSlot) *insert = i;
+      return kNoSlot;
+    }
+    if (slot.latest == kNone) {
+      if (insert != nullptr && *insert == kNoSlot) *insert = i;  // reuse the first tombstone
+      continue;
+    }
+    if (slot.hash != hash) continue;
+    const Mutation& m = log_[slot.latest];
+    if (m.family == family && m.key == key) return i;
+  }
+}
+
+GroupRows::Found GroupRows::Find(uint32_t family, std::string_view key, uint64_t hash,
                                  std::string_view* value) const {
-  if (family >= families_.size()) return Found::kAbsent;
-  const Index& index = families_[family];
-  auto it = index.find(key);
-  if (it == index.end()) return Found::kAbsent;
-  const Mutation& m = log_[it->second];
+  const size_t i = FindSlot(family, key, hash, nullptr);
+  if (i == kNoSlot) return Found::kAbsent;
+  const Mutation& m = log_[slots_[i].latest];
   if (m.deleted) return Found::kDeleted;
   *value = m.value;
   return Found::kPut;
@@ -29,11 +55,10 @@ GroupRows::Found GroupRows::Find(uint32_t family, std::string_view key,
 void GroupRows::Range(uint32_t family, std::string_view prefix, std::string_view start,
                       std::vector<Row>* out) const {
   out->clear();
-  if (family >= families_.size()) return;
+  if (family >= family_keys_.size() || family_keys_[family] == 0) return;
   const std::string_view from = std::max(prefix, start);
-  for (const auto& [key, latest] : families_[family]) {
-    if (!key.starts_with(prefix) || key < from) continue;
-    const Mutation& m = log_[latest];
+  for (const Mutation& m : log_) {
+    if (m.superseded || m.family != family || !m.key.starts_with(prefix) || m.key < from) continue;
     out->push_back(Row{m.key, m.value, m.deleted});
   }
   std::sort(out->begin(), out->end(), [](const Row& a, const Row& b) { return a.key < b.key; });
@@ -41,8 +66,8 @@ void GroupRows::Range(uint32_t family, std::string_view prefix, std::string_view
 
 std::vector<uint32_t> GroupRows::Families() const {
   std::vector<uint32_t> out;
-  for (uint32_t f = 0; f < families_.size(); ++f) {
-    if (!families_[f].empty()) out.push_back(f);
+  for (uint32_t f = 0; f < family_keys_.size(); ++f) {
+    if (family_keys_[f] != 0) out.push_back(f);
   }
   return out;
 }
@@ -53,11 +78,13 @@ void GroupRows::RollbackToSavePoint() {
   save_points_.pop_back();
   while (log_.size() > keep) {
     const Mutation& m = log_.back();
-    Index& index = families_[m.family];
+    const size_t i = FindSlot(m.family, m.key, m.hash, nullptr);
+    assert(i != kNoSlot && slots_[i].latest == log_.size() - 1);
+    slots_[i].latest = m.previous;  // kNone leaves a tombstone
     if (m.previous == kNone) {
-      index.erase(m.key);
+      --family_keys_[m.family];
     } else {
-      index.find(m.key)->second = m.previous;
+      log_[m.previous].superseded = false;
     }
     log_.pop_back();
   }
@@ -66,32 +93,67 @@ void GroupRows::RollbackToSavePoint() {
 
 void GroupRows::Clear() {
   log_.clear();
-  for (Index& index : families_) index.clear();
+  std::fill(family_keys_.begin(), family_keys_.end(), 0);
   save_points_.clear();
+  slots_used_ = 0;
+  if (slots_.size() > kSlotsKept) {
+    slots_ = std::vector<Slot>();  // one huge group must not pin its table for good
+  } else if (++generation_ == 0) {  // wrapped: no slot may still carry the new generation
+    std::fill(slots_.begin(), slots_.end(), Slot());
+    generation_ = 1;
+  }
   blocks_used_ = 0;
   block_offset_ = kBlockBytes;
   big_.clear();
-  // One huge group must not pin its arena for the life of the process.
   if (blocks_.size() > kBlocksKept) blocks_.resize(kBlocksKept);
+}
+
+void GroupRows::Reserve() {
+  if ((slots_used_ + 1) * 2 <= slots_.size()) return;
+  // Grow (or, when tombstones fill it, just rebuild): room for twice the keys in use.
+  size_t keys = 0;
+  for (uint32_t n : family_keys_) keys += n;
+  size_t size = std::max(kSlotsMin, slots_.size());
+  while ((keys + 1) * 4 > size) size *= 2;
+  slots_.assign(size, Slot());
+  generation_ = 1;
+  slots_used_ = 0;
+  const size_t mask = size - 1;
+  for (uint32_t index = 0; index < log_.size(); ++index) {
+    const Mutation& m = log_[index];
+    if (m.superseded) continue;
+    size_t i = m.hash & mask;
+    while (slots_[i].generation == generation_) i = (i + 1) & mask;
+    slots_[i] = Slot{m.hash, generation_, index};
+    ++slots_used_;
+  }
 }
 
 void GroupRows::Record(uint32_t family, std::string_view key, std::string_view value,
                        bool deleted) {
-  Index& index = FamilyIndex(family);
+  Reserve();
+  const uint64_t hash = HashOf(family, key);
   const auto next = static_cast<uint32_t>(log_.size());
-  auto it = index.find(key);
+  size_t insert = kNoSlot;
+  const size_t i = FindSlot(family, key, hash, &insert);
   uint32_t previous = kNone;
   std::string_view stored_key;
-  if (it == index.end()) {
+  if (i == kNoSlot) {
     stored_key = Copy(key);
-    index.emplace(stored_key, next);
+    Slot& slot = slots_[insert];
+    if (slot.generation != generation_) ++slots_used_;  // not a reused tombstone
+    slot = Slot{hash, generation_, next};
+    if (family >= family_keys_.size()) family_keys_.resize(family + 1, 0);
+    ++family_keys_[family];
   } else {
-    previous = it->second;
-    stored_key = it->first;  // the copy made by the key's first mutation
-    it->second = next;
+    previous = slots_[i].latest;
+    stored_key = log_[previous].key;  // the copy made by the key's first mutation
+    log_[previous].superseded = true;
+    slots_[i].latest = next;
   }
-  log_.push_back(Mutation{family, previous, stored_key, deleted ? std::string_view() : Copy(value),
-                          deleted});
+  log_.push_back(Mutation{hash, family, previous, stored_key,
+                          deleted ? std::string_view() : Copy(value), deleted,
+                          /*superseded=*/false});
 }
 
 std::string_view GroupRows::Copy(std::string_view bytes) {
@@ -111,11 +173,6 @@ std::string_view GroupRows::Copy(std::string_view bytes) {
   }
   std::memcpy(dest, bytes.data(), bytes.size());
   return std::string_view(dest, bytes.size());
-}
-
-GroupRows::Index& GroupRows::FamilyIndex(uint32_t family) {
-  if (family >= families_.size()) families_.resize(family + 1);
-  return families_[family];
 }
 
 }  // namespace ledger

@@ -119,47 +119,72 @@ TEST(GroupRowsTest, ValuesOutliveLaterWritesAndClearForgetsEverything) {
   EXPECT_EQ(Value(rows, 1, "again"), "put:1");
 }
 
-// Random puts, deletes and save points against a std::map model.
+// Random puts, deletes, save points and clears against a std::map model. Enough keys that the
+// hash table grows several times, with tombstones (keys whose only mutations were rolled back)
+// along the probe sequences and the table reused across clears.
 TEST(GroupRowsTest, MatchesAModelUnderRandomOperations) {
   std::mt19937 rng(20261204);
   using Model = std::map<std::pair<uint32_t, std::string>, std::optional<std::string>>;
   GroupRows rows;
   Model model;
   std::vector<Model> saved;
-  for (int step = 0; step < 20000; ++step) {
+  size_t mutations = 0;
+  std::vector<size_t> saved_mutations;
+  const auto check = [&] {
+    ASSERT_EQ(rows.mutations(), mutations);
+    for (uint32_t family = 0; family < 3; ++family) {
+      std::vector<std::string> expected, expected_k1;
+      for (const auto& [fk, value] : model) {
+        if (fk.first != family) continue;
+        expected.push_back(fk.second + (value ? "" : "-"));
+        if (fk.second.starts_with("k1")) expected_k1.push_back(expected.back());
+        ASSERT_EQ(Value(rows, family, fk.second), value ? "put:" + *value : "deleted");
+      }
+      std::vector<GroupRows::Row> out;
+      rows.Sorted(family, &out);
+      EXPECT_EQ(Keys(out), expected);
+      rows.Range(family, "k1", "k1", &out);
+      EXPECT_EQ(Keys(out), expected_k1);
+    }
+    EXPECT_EQ(Value(rows, 0, "never written"), "absent");
+  };
+  for (int step = 0; step < 60000; ++step) {
     const uint32_t family = rng() % 3;
-    const std::string key = "k" + std::to_string(rng() % 200);
-    const int op = static_cast<int>(rng() % 100);
-    if (op < 60) {
+    const std::string key = "k" + std::to_string(rng() % (step < 30000 ? 200 : 3000));
+    const int op = static_cast<int>(rng() % 1000);
+    if (op < 600) {
       const std::string value = "v" + std::to_string(step);
       rows.Put(family, key, value);
       model[{family, key}] = value;
-    } else if (op < 80) {
+      ++mutations;
+    } else if (op < 800) {
       rows.Delete(family, key);
       model[{family, key}] = std::nullopt;
-    } else if (op < 88) {
+      ++mutations;
+    } else if (op < 880) {
       rows.SetSavePoint();
       saved.push_back(model);
-    } else if (op < 94 && !saved.empty()) {
+      saved_mutations.push_back(mutations);
+    } else if (op < 940 && !saved.empty()) {
       rows.RollbackToSavePoint();
       model = saved.back();
+      mutations = saved_mutations.back();
       saved.pop_back();
-    } else if (!saved.empty()) {
+      saved_mutations.pop_back();
+    } else if (op < 999 && !saved.empty()) {
       rows.PopSavePoint();
       saved.pop_back();
+      saved_mutations.pop_back();
+    } else if (op == 999) {
+      check();
+      rows.Clear();
+      model.clear();
+      saved.clear();
+      saved_mutations.clear();
+      mutations = 0;
     }
   }
-  for (uint32_t family = 0; family < 3; ++family) {
-    std::vector<std::string> expected;
-    for (const auto& [fk, value] : model) {
-      if (fk.first != family) continue;
-      expected.push_back(fk.second + (value ? "" : "-"));
-      EXPECT_EQ(Value(rows, family, fk.second), value ? "put:" + *value : "deleted");
-    }
-    std::vector<GroupRows::Row> out;
-    rows.Sorted(family, &out);
-    EXPECT_EQ(Keys(out), expected);
-  }
+  check();
 }
 
 }  // namespace
