@@ -80,6 +80,7 @@ Status App::Impl::OpenLedger() {
   options.path = config_.data_dir;
   options.folds = projections::AllFolds();
   options.clock = clock_;
+  options.sync_interval_min = std::chrono::microseconds(config_.sync_interval_min_us);
   Status s = Ledger::Open(options, &ledger_);
   if (!s.ok()) return s;
   spdlog::info("ledger open at {}: head position {}", config_.data_dir, ledger_->Head().value());

@@ -164,6 +164,9 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
     return Bad("LEDGER_LOG_LEVEL", "must be one of trace, debug, info, warn, error");
   }
   if (config->http_threads > 4096) return Bad("LEDGER_HTTP_THREADS", "at most 4096");
+  if (config->sync_interval_min_us < 0 || config->sync_interval_min_us > 100'000) {
+    return Bad("LEDGER_SYNC_INTERVAL_MIN_US", "must be 0..100000 microseconds");
+  }
   return Status::OK();
 }
 
@@ -187,7 +190,8 @@ std::string Config::Describe() const {
          (lago_webhook_hmac_key.empty() && lago_webhook_public_key_file.empty()
               ? std::string("off")
               : std::string(lago_webhook_hmac_key.empty() ? "" : "hmac ") +
-                    (lago_webhook_public_key_file.empty() ? "" : "jwt"));
+                    (lago_webhook_public_key_file.empty() ? "" : "jwt")) +
+         " sync_interval_min_us=" + std::to_string(sync_interval_min_us);
 }
 
 ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
@@ -244,6 +248,9 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
       ->envname("LEDGER_BYOK_BASE_URLS");
   app.add_option("--http-threads", config->http_threads, "HTTP worker threads (0 = auto)")
       ->envname("LEDGER_HTTP_THREADS");
+  app.add_option("--sync-interval-min-us", config->sync_interval_min_us,
+                 "least microseconds between the starts of two WAL syncs (0 = no pacing)")
+      ->envname("LEDGER_SYNC_INTERVAL_MIN_US");
   app.add_option("--log-level", config->log_level, "trace|debug|info|warn|error")
       ->envname("LEDGER_LOG_LEVEL");
 

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "events/ledger.h"
 #include "events/status.h"
 
 namespace ledger::daemon {
@@ -53,6 +54,8 @@ struct Config {
   // LEDGER_BYOK_BASE_URLS "provider=url,...": provider API base URLs (default: the providers').
   std::map<std::string, std::string> byok_base_urls;
   size_t http_threads = 0;                         // 0 = automatic
+  // LEDGER_SYNC_INTERVAL_MIN_US: LedgerOptions::sync_interval_min, in microseconds.
+  int64_t sync_interval_min_us = kSyncIntervalMinDefault.count();
   std::string log_level = "info";
 
   // True when neither an HS256 secret nor a JWKS file is configured: ledgerd then creates a

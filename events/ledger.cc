@@ -387,10 +387,11 @@ class GroupState final : public StateReader, public RowWriter {
   // else that of the newest unwritten group before it that has one.
   GroupRows::Found FindUnstored(uint32_t family, std::string_view key,
                                 std::string_view* value) const {
-    GroupRows::Found found = rows_->Find(family, key, value);
+    const uint64_t hash = GroupRows::HashOf(family, key);
+    GroupRows::Found found = rows_->Find(family, key, hash, value);
     for (auto it = unwritten_->rbegin(); found == GroupRows::Found::kAbsent &&
                                          it != unwritten_->rend(); ++it) {
-      found = (*it)->Find(family, key, value);
+      found = (*it)->Find(family, key, hash, value);
     }
     return found;
   }
@@ -724,6 +725,8 @@ class LedgerImpl final : public Ledger {
   std::vector<GroupCommit> written_;  // guarded by sync_mu_, in commit order
   bool sync_waiting_ = false;         // guarded by sync_mu_
   bool sync_stopping_ = false;        // guarded by sync_mu_
+  size_t written_commands_ = 0;       // guarded by sync_mu_: the commands of written_
+  std::chrono::steady_clock::time_point last_sync_start_{};  // sync thread only
   Status sync_failure_;  // sync thread only; sticky: an fsync error is reported once, so no later
                          // sync can be trusted (and a failed group's write: see SyncLoop)
 
@@ -1198,6 +1201,7 @@ void LedgerImpl::HandToSync(GroupCommit commit) {
   {
     std::lock_guard<std::mutex> lock(sync_mu_);
     unwritten_.fetch_sub(commit.members.size());
+    written_commands_ += commit.members.size();
     written_.push_back(std::move(commit));
     wake = sync_waiting_;
   }
@@ -1215,6 +1219,20 @@ void LedgerImpl::SyncLoop() {
         sync_waiting_ = false;
       }
       if (written_.empty()) return;
+      // Pacing (LedgerOptions::sync_interval_min): too soon after the last sync, and too few
+      // commands waiting to be worth a sync of their own: gather the groups written meanwhile.
+      if (options_.sync_interval_min.count() > 0) {
+        const auto due = last_sync_start_ + options_.sync_interval_min;
+        bool paced = false;
+        while (written_commands_ < kPacedSyncCommandsEnough && !sync_stopping_ &&
+               std::chrono::steady_clock::now() < due) {
+          if (!paced) metrics_.syncs_paced.Add();
+          paced = true;
+          sync_waiting_ = true;
+          sync_cv_.wait_until(lock, due);
+          sync_waiting_ = false;
+        }
+      }
       // Commands already admitted but not yet written would miss this sync and wait a whole
       // extra one: give the committer (or the write thread) a moment to write them, so that the
       // callers answered by one sync come back as one group instead of splitting into two
@@ -1229,6 +1247,7 @@ void LedgerImpl::SyncLoop() {
       }
       groups.clear();
       groups.swap(written_);  // every group written so far: one sync covers them all
+      written_commands_ = 0;
     }
     const GroupCommit* last_written = nullptr;
     for (const GroupCommit& g : groups) {
@@ -1244,6 +1263,7 @@ void LedgerImpl::SyncLoop() {
           s = rocksdb::Status::IOError("a later WAL write failed before the sync");
         } else if (options_.sync) {
           const auto sync_started = std::chrono::steady_clock::now();
+          last_sync_start_ = sync_started;
           s = db_->SyncWAL();
           metrics_.sync_seconds.Observe(
               std::chrono::duration<double>(std::chrono::steady_clock::now() - sync_started)

@@ -124,6 +124,7 @@ class BenchStore {
     ledger_options.path = path_;
     ledger_options.folds = options.folds;
     ledger_options.sync = true;
+    ledger_options.sync_interval_min = std::chrono::microseconds(options.sync_interval_min_us);
     return Ledger::Open(ledger_options, &ledger_);
   }
   Ledger* ledger() { return ledger_.get(); }
@@ -494,10 +495,11 @@ std::string FormatBenchReport(const BenchOptions& options,
   std::string out;
   char line[512];
   std::snprintf(line, sizeof(line),
-                "ledgerctl bench: %u cores, sync=true, %zu-byte event data, %zu folds, %.0f s per "
-                "phase (+%.1f s warm-up)\n\n",
-                std::thread::hardware_concurrency(), options.event_bytes, options.folds.size(),
-                options.seconds, options.warmup_seconds);
+                "ledgerctl bench: %u cores, sync=true, syncs at least %lld us apart, %zu-byte "
+                "event data, %zu folds, %.0f s per phase (+%.1f s warm-up)\n\n",
+                std::thread::hardware_concurrency(),
+                static_cast<long long>(options.sync_interval_min_us), options.event_bytes,
+                options.folds.size(), options.seconds, options.warmup_seconds);
   out += line;
   std::snprintf(line, sizeof(line),
                 "%-26s %7s %11s %7s %7s %7s %7s %7s %8s %8s %8s %8s %8s %8s %9s %5s\n", "phase",

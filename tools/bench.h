@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "events/fold.h"
+#include "events/ledger.h"
 #include "events/status.h"
 
 namespace ledger::tools {
@@ -39,6 +40,8 @@ struct BenchOptions {
   // Before each phase, wait up to this long for the disk to answer fdatasync quickly (3 s in a
   // row under 2 ms; at least 5 s); 0 = do not wait.
   double settle_seconds = 30;
+  // LedgerOptions::sync_interval_min, by default ledgerd's.
+  int64_t sync_interval_min_us = kSyncIntervalMinDefault.count();
   std::ostream* progress = nullptr;  // one line per second per phase
 };
 

@@ -258,6 +258,11 @@ void AddBench(CLI::App& app, BenchArgs* args) {
       ->capture_default_str();
   sub->add_option("--rate", args->bench.rate,
                   "open-loop rate for the latency phase (default: half the single-event rate)");
+  sub->add_option("--sync-interval-min-us", args->bench.sync_interval_min_us,
+                  "least microseconds between the starts of two WAL syncs, as ledgerd's "
+                  "--sync-interval-min-us (0 = no pacing)")
+      ->check(CLI::Range(int64_t{0}, int64_t{100'000}))
+      ->capture_default_str();
   sub->add_option("--settle", args->bench.settle_seconds,
                   "before each phase, wait at most this long for the disk to settle (0 = no wait)")
       ->check(CLI::Range(0.0, 600.0))

@@ -48,6 +48,7 @@ TEST(ConfigTest, DefaultsMatchTheContract) {
   EXPECT_EQ(config.stripe_api_base, "https://api.stripe.com");
   EXPECT_EQ(config.master_key_file, "./data/master.key");
   EXPECT_EQ(config.log_level, "info");
+  EXPECT_EQ(config.sync_interval_min_us, 1000);
   EXPECT_TRUE(config.DevMode());
 }
 
@@ -165,6 +166,8 @@ TEST(ConfigTest, FlagWinsOverEnvironment) {
        "whsec_env", "whsec_flag"},
       {"LEDGER_MASTER_KEY_FILE", "--master-key-file", "/env/kek", "/flag/kek",
        [](const Config& c) { return c.master_key_file; }, "/env/kek", "/flag/kek"},
+      {"LEDGER_SYNC_INTERVAL_MIN_US", "--sync-interval-min-us", "0", "2500",
+       [](const Config& c) { return std::to_string(c.sync_interval_min_us); }, "0", "2500"},
   };
   for (const Precedence& p : cases) {
     SCOPED_TRACE(p.env_name);
@@ -253,6 +256,9 @@ std::vector<BadSetting> BadSettings(const TempDir& dir) {
       {"LEDGER_HTTP_THREADS", "LEDGER_HTTP_THREADS", "100000", {}},
       {"LEDGER_HTTP_THREADS", "LEDGER_HTTP_THREADS", "many", {}},
       {"LEDGER_HTTP_THREADS", "", "", {"--http-threads=-3"}},
+      {"LEDGER_SYNC_INTERVAL_MIN_US", "LEDGER_SYNC_INTERVAL_MIN_US", "100001", {}},
+      {"LEDGER_SYNC_INTERVAL_MIN_US", "LEDGER_SYNC_INTERVAL_MIN_US", "soon", {}},
+      {"LEDGER_SYNC_INTERVAL_MIN_US", "", "", {"--sync-interval-min-us=-1"}},
       {"LEDGER_BYOK_BASE_URLS", "LEDGER_BYOK_BASE_URLS", "mistral=http://127.0.0.1:1", {}},
       {"LEDGER_BYOK_BASE_URLS", "LEDGER_BYOK_BASE_URLS", "openai=ftp://x", {}},
       {"LEDGER_BYOK_BASE_URLS", "", "", {"--byok-base-urls", "openai"}},

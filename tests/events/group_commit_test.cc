@@ -495,6 +495,116 @@ class SubjectsCommand final : public Command {
 // row or an older unwritten group's row), and the first group's idempotency record -- a retry is
 // a replay, not a second append. None of them is answered before the groups it read are written
 // and synced, and the answers come in commit order.
+std::unique_ptr<Ledger> OpenPaced(const std::string& path, std::chrono::milliseconds interval) {
+  LedgerOptions options;
+  options.path = path;
+  options.sync_interval_min = interval;
+  std::unique_ptr<Ledger> ledger;
+  Status s = Ledger::Open(options, &ledger);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  return ledger;
+}
+
+// LedgerOptions::sync_interval_min: a sync that follows the last one too soon waits, and takes
+// every group written meanwhile with it; one that enough commands wait for does not wait.
+TEST(GroupCommitTest, SyncsArePacedUnlessEnoughCommandsWait) {
+  using Clock = std::chrono::steady_clock;
+  constexpr auto kInterval = std::chrono::milliseconds(400);
+  TempDir dir;
+  auto ledger = OpenPaced(dir.path(), kInterval);
+  ASSERT_NE(ledger, nullptr);
+  const Counter& paced = ledger->metrics().syncs_paced;
+
+  // The first sync follows none: not paced.
+  const Clock::time_point before_first = Clock::now();
+  AppendCommand first("paced");
+  ASSERT_TRUE(ledger->Submit(&first).status.ok());
+  EXPECT_EQ(paced.Value(), 0u);
+
+  // A lone command right after it waits out the interval, counted from the first sync's start
+  // (which was after before_first).
+  AppendCommand second("paced");
+  ASSERT_TRUE(ledger->Submit(&second).status.ok());
+  EXPECT_GE(Clock::now() - before_first, kInterval);
+  EXPECT_EQ(paced.Value(), 1u);
+
+  // Commands submitted while a paced sync waits ride on it: one sync for all of them.
+  const uint64_t syncs_before = ledger->metrics().syncs.Value();
+  constexpr int kRiders = 8;  // fewer than kPacedSyncCommandsEnough
+  static_assert(kRiders < static_cast<int>(kPacedSyncCommandsEnough));
+  std::vector<std::unique_ptr<AppendCommand>> riders;
+  std::atomic<int> answered{0}, failed{0};
+  for (int i = 0; i < kRiders; ++i) {
+    riders.push_back(std::make_unique<AppendCommand>("rider"));
+    ledger->SubmitAsync(riders.back().get(), [&](CommandResult r) {
+      if (!r.status.ok()) failed++;
+      answered++;
+    });
+  }
+  ASSERT_TRUE(WaitFor([&] { return answered.load() == kRiders; }));
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(ledger->metrics().syncs.Value() - syncs_before, 1u);
+  EXPECT_EQ(paced.Value(), 2u);
+  EXPECT_EQ(ledger->Head(), Position(2 + kRiders));
+}
+
+TEST(GroupCommitTest, ASyncThatEnoughCommandsWaitForIsNotPaced) {
+  using Clock = std::chrono::steady_clock;
+  constexpr auto kInterval = std::chrono::seconds(20);  // the test would time out waiting it out
+  TempDir dir;
+  auto ledger = OpenPaced(dir.path(), kInterval);
+  ASSERT_NE(ledger, nullptr);
+  AppendCommand first("full");
+  ASSERT_TRUE(ledger->Submit(&first).status.ok());
+  const Clock::time_point start = Clock::now();
+  const int commands = static_cast<int>(kPacedSyncCommandsEnough);
+  std::vector<std::unique_ptr<AppendCommand>> batch;
+  std::atomic<int> answered{0}, failed{0};
+  for (int i = 0; i < commands; ++i) {
+    batch.push_back(std::make_unique<AppendCommand>("full"));
+    ledger->SubmitAsync(batch.back().get(), [&](CommandResult r) {
+      if (!r.status.ok()) failed++;
+      answered++;
+    });
+  }
+  ASSERT_TRUE(WaitFor([&] { return answered.load() == commands; }, std::chrono::seconds(10)))
+      << answered.load() << " of " << commands << " answered: the sync waited for the interval";
+  EXPECT_LT(Clock::now() - start, kInterval / 2);
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(ledger->Head(), Position(1 + commands));
+}
+
+// Closing the ledger while a sync is being paced syncs and answers at once: nothing answered
+// is lost, and the close does not wait out the interval.
+TEST(GroupCommitTest, ClosingDuringAPacedSyncAnswersDurably) {
+  using Clock = std::chrono::steady_clock;
+  constexpr auto kInterval = std::chrono::seconds(20);
+  TempDir dir;
+  auto ledger = OpenPaced(dir.path(), kInterval);
+  ASSERT_NE(ledger, nullptr);
+  AppendCommand first("closing");
+  ASSERT_TRUE(ledger->Submit(&first).status.ok());
+  AppendCommand second("closing");
+  std::atomic<bool> answered{false};
+  CommandResult result;
+  ledger->SubmitAsync(&second, [&](CommandResult r) {
+    result = std::move(r);
+    answered = true;
+  });
+  // The second command is written and its sync waits for the interval.
+  ASSERT_TRUE(WaitFor([&] { return ledger->metrics().syncs_paced.Value() == 1 || answered; }));
+  EXPECT_FALSE(answered.load());
+  const Clock::time_point closing = Clock::now();
+  ledger.reset();
+  EXPECT_LT(Clock::now() - closing, kInterval / 2);
+  ASSERT_TRUE(answered.load());
+  ASSERT_TRUE(result.status.ok()) << result.status.ToString();
+  EXPECT_EQ(result.position, Position(2));
+  auto reopened = Open(dir.path());
+  ASSERT_NE(reopened, nullptr);
+  EXPECT_EQ(reopened->Head(), Position(2));
+}
+
 TEST(GroupCommitTest, GroupsDecidedBehindUnwrittenGroupsReadTheirRows) {
   TempDir dir;
   FaultEnv fault;
