@@ -55,10 +55,12 @@ GroupRows::Found GroupRows::Find(uint32_t family, std::string_view key, uint64_t
 void GroupRows::Range(uint32_t family, std::string_view prefix, std::string_view start,
                       std::vector<Row>* out) const {
   out->clear();
-  if (family >= family_keys_.size() || family_keys_[family] == 0) return;
+  if (family >= family_keys_.size()) return;
   const std::string_view from = std::max(prefix, start);
-  for (const Mutation& m : log_) {
-    if (m.superseded || m.family != family || !m.key.starts_with(prefix) || m.key < from) continue;
+  for (uint32_t first : family_keys_[family]) {
+    const Mutation& key = log_[first];
+    if (!key.key.starts_with(prefix) || key.key < from) continue;
+    const Mutation& m = log_[slots_[FindSlot(family, key.key, key.hash, nullptr)].latest];
     out->push_back(Row{m.key, m.value, m.deleted});
   }
   std::sort(out->begin(), out->end(), [](const Row& a, const Row& b) { return a.key < b.key; });
@@ -67,7 +69,7 @@ void GroupRows::Range(uint32_t family, std::string_view prefix, std::string_view
 std::vector<uint32_t> GroupRows::Families() const {
   std::vector<uint32_t> out;
   for (uint32_t f = 0; f < family_keys_.size(); ++f) {
-    if (family_keys_[f] != 0) out.push_back(f);
+    if (!family_keys_[f].empty()) out.push_back(f);
   }
   return out;
 }
@@ -82,7 +84,8 @@ void GroupRows::RollbackToSavePoint() {
     assert(i != kNoSlot && slots_[i].latest == log_.size() - 1);
     slots_[i].latest = m.previous;  // kNone leaves a tombstone
     if (m.previous == kNone) {
-      --family_keys_[m.family];
+      assert(family_keys_[m.family].back() == log_.size() - 1);
+      family_keys_[m.family].pop_back();
     } else {
       log_[m.previous].superseded = false;
     }
@@ -93,7 +96,7 @@ void GroupRows::RollbackToSavePoint() {
 
 void GroupRows::Clear() {
   log_.clear();
-  std::fill(family_keys_.begin(), family_keys_.end(), 0);
+  for (std::vector<uint32_t>& keys : family_keys_) keys.clear();
   save_points_.clear();
   slots_used_ = 0;
   if (slots_.size() > kSlotsKept) {
@@ -110,11 +113,12 @@ void GroupRows::Clear() {
 
 void GroupRows::Reserve() {
   if ((slots_used_ + 1) * 2 <= slots_.size()) return;
-  // Grow (or, when tombstones fill it, just rebuild): room for twice the keys in use.
+  // Grow (or, when tombstones fill it, just rebuild) to at most a third full: the next rebuild
+  // is then a sixth of the table's inserts away.
   size_t keys = 0;
-  for (uint32_t n : family_keys_) keys += n;
+  for (const std::vector<uint32_t>& first : family_keys_) keys += first.size();
   size_t size = std::max(kSlotsMin, slots_.size());
-  while ((keys + 1) * 4 > size) size *= 2;
+  while ((keys + 1) * 3 > size) size *= 2;
   slots_.assign(size, Slot());
   generation_ = 1;
   slots_used_ = 0;
@@ -143,8 +147,8 @@ void GroupRows::Record(uint32_t family, std::string_view key, std::string_view v
     Slot& slot = slots_[insert];
     if (slot.generation != generation_) ++slots_used_;  // not a reused tombstone
     slot = Slot{hash, generation_, next};
-    if (family >= family_keys_.size()) family_keys_.resize(family + 1, 0);
-    ++family_keys_[family];
+    if (family >= family_keys_.size()) family_keys_.resize(family + 1);
+    family_keys_[family].push_back(next);
   } else {
     previous = slots_[i].latest;
     stored_key = log_[previous].key;  // the copy made by the key's first mutation

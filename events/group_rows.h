@@ -58,8 +58,8 @@ class GroupRows {
   static uint64_t HashOf(uint32_t family, std::string_view key);
 
   // The latest mutation of every key of `family` that starts with `prefix` and is >= `start`, in
-  // key order (deletions included, so a scan can hide the store's row). Cost: one pass over the
-  // family's rows in this group, then a sort of the matches.
+  // key order (deletions included, so a scan can hide the store's row). Cost: one probe per key
+  // of the family in this group, then a sort of the matches.
   void Range(uint32_t family, std::string_view prefix, std::string_view start,
              std::vector<Row>* out) const;
   // The latest mutation of every key of `family`, in key order.
@@ -96,7 +96,7 @@ class GroupRows {
     uint32_t generation = 0;
     uint32_t latest = kNone;
   };
-  static constexpr size_t kSlotsMin = 256;
+  static constexpr size_t kSlotsMin = 256;  // a rebuilt table is at most a third full
   static constexpr size_t kSlotsKept = size_t{1} << 17;  // by Clear(): 2 MiB, a large group's
 
   void Record(uint32_t family, std::string_view key, std::string_view value, bool deleted);
@@ -111,7 +111,9 @@ class GroupRows {
   std::vector<Slot> slots_;       // size a power of two, or 0 before the first write
   uint32_t generation_ = 1;       // slots of other generations are empty
   size_t slots_used_ = 0;         // of this generation, tombstones included
-  std::vector<uint32_t> family_keys_;  // by family id: keys with a mutation in this group
+  // By family id: the index in log_ of each key's first mutation in this group, in log order
+  // (a rollback removes the newest ones, so it pops from the back).
+  std::vector<std::vector<uint32_t>> family_keys_;
   std::vector<size_t> save_points_;
   // Arena: blocks of kBlockBytes (bigger values get a block of their own).
   static constexpr size_t kBlockBytes = 64 << 10;

@@ -658,6 +658,13 @@ class LedgerImpl final : public Ledger {
   // The sync thread: makes the written groups durable with one WAL sync, publishes them and
   // answers their commands, in order.
   void SyncLoop();
+  // Whether a group in written_ wrote a batch (needs a sync); sync_mu_ held.
+  bool WrittenGroupsNeedSync() const {
+    for (const GroupCommit& g : written_) {
+      if (g.wrote && g.status.ok()) return true;
+    }
+    return false;
+  }
   void Answer(GroupCommit* commit, const Status& durable);
   // Appends one sealed event (and every fold's rows) to the batch, and its position to `runs`.
   Status AppendToBatch(const Event& event, GroupState* state, StreamRuns* runs);
@@ -726,7 +733,9 @@ class LedgerImpl final : public Ledger {
   bool sync_waiting_ = false;         // guarded by sync_mu_
   bool sync_stopping_ = false;        // guarded by sync_mu_
   size_t written_commands_ = 0;       // guarded by sync_mu_: the commands of written_
-  std::chrono::steady_clock::time_point last_sync_start_{};  // sync thread only
+  // Sync thread only: when the last WAL sync started (LedgerOptions::sync_interval_min).
+  std::chrono::steady_clock::time_point last_sync_start_ =
+      std::chrono::steady_clock::time_point::min();
   Status sync_failure_;  // sync thread only; sticky: an fsync error is reported once, so no later
                          // sync can be trusted (and a failed group's write: see SyncLoop)
 
@@ -1221,11 +1230,12 @@ void LedgerImpl::SyncLoop() {
       if (written_.empty()) return;
       // Pacing (LedgerOptions::sync_interval_min): too soon after the last sync, and too few
       // commands waiting to be worth a sync of their own: gather the groups written meanwhile.
-      if (options_.sync_interval_min.count() > 0) {
+      // Groups that wrote nothing (rejections, replays) need no sync and are not held back.
+      if (options_.sync_interval_min.count() > 0 && options_.sync && sync_failure_.ok()) {
         const auto due = last_sync_start_ + options_.sync_interval_min;
         bool paced = false;
         while (written_commands_ < kPacedSyncCommandsEnough && !sync_stopping_ &&
-               std::chrono::steady_clock::now() < due) {
+               WrittenGroupsNeedSync() && std::chrono::steady_clock::now() < due) {
           if (!paced) metrics_.syncs_paced.Add();
           paced = true;
           sync_waiting_ = true;

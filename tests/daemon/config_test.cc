@@ -52,6 +52,18 @@ TEST(ConfigTest, DefaultsMatchTheContract) {
   EXPECT_TRUE(config.DevMode());
 }
 
+TEST(ConfigTest, SyncIntervalAcceptsItsWholeRange) {
+  for (const char* value : {"0", "1", "100000"}) {
+    SCOPED_TRACE(value);
+    ScopedCleanEnvironment env;
+    env.Set("LEDGER_SYNC_INTERVAL_MIN_US", value);
+    Config config;
+    ParseResult r = Parse({}, &config);
+    ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+    EXPECT_EQ(config.sync_interval_min_us, std::stoll(value));
+  }
+}
+
 TEST(ConfigTest, MasterKeyDefaultFollowsTheDataDirectory) {
   ScopedCleanEnvironment env;
   env.Set("LEDGER_DATA_DIR", "/srv/ledger");

@@ -489,12 +489,6 @@ class SubjectsCommand final : public Command {
   std::vector<std::string> subjects_;
 };
 
-// The same, made certain: the first group's write (its WAL append) is held while the next groups
-// are decided on top of it and of each other. They read the rows of every group not yet written,
-// the newest mutation of a key winning (Get, Contains, Scan, ScanFrom; a deletion hides a stored
-// row or an older unwritten group's row), and the first group's idempotency record -- a retry is
-// a replay, not a second append. None of them is answered before the groups it read are written
-// and synced, and the answers come in commit order.
 std::unique_ptr<Ledger> OpenPaced(const std::string& path, std::chrono::milliseconds interval) {
   LedgerOptions options;
   options.path = path;
@@ -505,72 +499,90 @@ std::unique_ptr<Ledger> OpenPaced(const std::string& path, std::chrono::millisec
   return ledger;
 }
 
+// Answers of commands submitted with SubmitAsync. Declared before the ledger in each test, so a
+// failed assertion closes the ledger (which answers what is in flight) before this goes away.
+struct AsyncAnswers {
+  std::atomic<int> answered{0};
+  std::atomic<int> failed{0};
+  std::function<void(CommandResult)> Callback() {
+    return [this](CommandResult r) {
+      if (!r.status.ok()) failed++;
+      answered++;
+    };
+  }
+};
+
 // LedgerOptions::sync_interval_min: a sync that follows the last one too soon waits, and takes
-// every group written meanwhile with it; one that enough commands wait for does not wait.
-TEST(GroupCommitTest, SyncsArePacedUnlessEnoughCommandsWait) {
+// every group written meanwhile with it. (The interval is long so that a slow CI machine still
+// fits a submit-and-answer round trip well inside it.)
+TEST(GroupCommitTest, SyncsArePacedAndTakeEveryGroupWrittenMeanwhile) {
   using Clock = std::chrono::steady_clock;
-  constexpr auto kInterval = std::chrono::milliseconds(400);
+  constexpr auto kInterval = std::chrono::seconds(2);
+  constexpr int kRiders = 8;  // fewer than kPacedSyncCommandsEnough
+  static_assert(kRiders < static_cast<int>(kPacedSyncCommandsEnough));
   TempDir dir;
+  AppendCommand first("paced"), second("paced");
+  std::vector<std::unique_ptr<AppendCommand>> riders;
+  AsyncAnswers answers;
   auto ledger = OpenPaced(dir.path(), kInterval);
   ASSERT_NE(ledger, nullptr);
   const Counter& paced = ledger->metrics().syncs_paced;
 
   // The first sync follows none: not paced.
   const Clock::time_point before_first = Clock::now();
-  AppendCommand first("paced");
   ASSERT_TRUE(ledger->Submit(&first).status.ok());
   EXPECT_EQ(paced.Value(), 0u);
 
   // A lone command right after it waits out the interval, counted from the first sync's start
   // (which was after before_first).
-  AppendCommand second("paced");
   ASSERT_TRUE(ledger->Submit(&second).status.ok());
   EXPECT_GE(Clock::now() - before_first, kInterval);
   EXPECT_EQ(paced.Value(), 1u);
 
   // Commands submitted while a paced sync waits ride on it: one sync for all of them.
   const uint64_t syncs_before = ledger->metrics().syncs.Value();
-  constexpr int kRiders = 8;  // fewer than kPacedSyncCommandsEnough
-  static_assert(kRiders < static_cast<int>(kPacedSyncCommandsEnough));
-  std::vector<std::unique_ptr<AppendCommand>> riders;
-  std::atomic<int> answered{0}, failed{0};
   for (int i = 0; i < kRiders; ++i) {
     riders.push_back(std::make_unique<AppendCommand>("rider"));
-    ledger->SubmitAsync(riders.back().get(), [&](CommandResult r) {
-      if (!r.status.ok()) failed++;
-      answered++;
-    });
+    ledger->SubmitAsync(riders.back().get(), answers.Callback());
   }
-  ASSERT_TRUE(WaitFor([&] { return answered.load() == kRiders; }));
-  EXPECT_EQ(failed.load(), 0);
+  ASSERT_TRUE(WaitFor([&] { return answers.answered.load() == kRiders; }));
+  EXPECT_EQ(answers.failed.load(), 0);
   EXPECT_EQ(ledger->metrics().syncs.Value() - syncs_before, 1u);
   EXPECT_EQ(paced.Value(), 2u);
   EXPECT_EQ(ledger->Head(), Position(2 + kRiders));
 }
 
-TEST(GroupCommitTest, ASyncThatEnoughCommandsWaitForIsNotPaced) {
+// A sync that enough commands wait for is not paced, nor is an answer that needs no sync.
+TEST(GroupCommitTest, FullSyncsAndAnswersWithoutWritesAreNotPaced) {
   using Clock = std::chrono::steady_clock;
   constexpr auto kInterval = std::chrono::seconds(20);  // the test would time out waiting it out
+  const int commands = static_cast<int>(kPacedSyncCommandsEnough);
   TempDir dir;
+  AppendCommand first("full");
+  RejectCommand rejected(Status::Conflict("nope", "rejected by the test"));
+  std::vector<std::unique_ptr<AppendCommand>> batch;
+  AsyncAnswers answers;
   auto ledger = OpenPaced(dir.path(), kInterval);
   ASSERT_NE(ledger, nullptr);
-  AppendCommand first("full");
   ASSERT_TRUE(ledger->Submit(&first).status.ok());
-  const Clock::time_point start = Clock::now();
-  const int commands = static_cast<int>(kPacedSyncCommandsEnough);
-  std::vector<std::unique_ptr<AppendCommand>> batch;
-  std::atomic<int> answered{0}, failed{0};
+
+  // A rejection writes nothing: answered at once, though a sync would be paced now.
+  Clock::time_point start = Clock::now();
+  EXPECT_EQ(ledger->Submit(&rejected).status.code(), Code::kConflict);
+  EXPECT_LT(Clock::now() - start, kInterval / 2);
+  EXPECT_EQ(ledger->metrics().syncs_paced.Value(), 0u);
+
+  start = Clock::now();
   for (int i = 0; i < commands; ++i) {
     batch.push_back(std::make_unique<AppendCommand>("full"));
-    ledger->SubmitAsync(batch.back().get(), [&](CommandResult r) {
-      if (!r.status.ok()) failed++;
-      answered++;
-    });
+    ledger->SubmitAsync(batch.back().get(), answers.Callback());
   }
-  ASSERT_TRUE(WaitFor([&] { return answered.load() == commands; }, std::chrono::seconds(10)))
-      << answered.load() << " of " << commands << " answered: the sync waited for the interval";
+  ASSERT_TRUE(WaitFor([&] { return answers.answered.load() == commands; },
+                      std::chrono::seconds(10)))
+      << answers.answered.load() << " of " << commands
+      << " answered: the sync waited for the interval";
   EXPECT_LT(Clock::now() - start, kInterval / 2);
-  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(answers.failed.load(), 0);
   EXPECT_EQ(ledger->Head(), Position(1 + commands));
 }
 
@@ -580,13 +592,12 @@ TEST(GroupCommitTest, ClosingDuringAPacedSyncAnswersDurably) {
   using Clock = std::chrono::steady_clock;
   constexpr auto kInterval = std::chrono::seconds(20);
   TempDir dir;
-  auto ledger = OpenPaced(dir.path(), kInterval);
-  ASSERT_NE(ledger, nullptr);
-  AppendCommand first("closing");
-  ASSERT_TRUE(ledger->Submit(&first).status.ok());
-  AppendCommand second("closing");
+  AppendCommand first("closing"), second("closing");
   std::atomic<bool> answered{false};
   CommandResult result;
+  auto ledger = OpenPaced(dir.path(), kInterval);
+  ASSERT_NE(ledger, nullptr);
+  ASSERT_TRUE(ledger->Submit(&first).status.ok());
   ledger->SubmitAsync(&second, [&](CommandResult r) {
     result = std::move(r);
     answered = true;
@@ -605,6 +616,12 @@ TEST(GroupCommitTest, ClosingDuringAPacedSyncAnswersDurably) {
   EXPECT_EQ(reopened->Head(), Position(2));
 }
 
+// The same, made certain: the first group's write (its WAL append) is held while the next groups
+// are decided on top of it and of each other. They read the rows of every group not yet written,
+// the newest mutation of a key winning (Get, Contains, Scan, ScanFrom; a deletion hides a stored
+// row or an older unwritten group's row), and the first group's idempotency record -- a retry is
+// a replay, not a second append. None of them is answered before the groups it read are written
+// and synced, and the answers come in commit order.
 TEST(GroupCommitTest, GroupsDecidedBehindUnwrittenGroupsReadTheirRows) {
   TempDir dir;
   FaultEnv fault;

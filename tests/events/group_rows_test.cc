@@ -133,11 +133,14 @@ TEST(GroupRowsTest, MatchesAModelUnderRandomOperations) {
   const auto check = [&] {
     ASSERT_EQ(rows.mutations(), mutations);
     for (uint32_t family = 0; family < 3; ++family) {
-      std::vector<std::string> expected, expected_k1;
+      std::vector<std::string> expected, expected_k1, expected_from_k15;
       for (const auto& [fk, value] : model) {
         if (fk.first != family) continue;
         expected.push_back(fk.second + (value ? "" : "-"));
         if (fk.second.starts_with("k1")) expected_k1.push_back(expected.back());
+        if (fk.second.starts_with("k1") && fk.second >= "k15") {
+          expected_from_k15.push_back(expected.back());
+        }
         ASSERT_EQ(Value(rows, family, fk.second), value ? "put:" + *value : "deleted");
       }
       std::vector<GroupRows::Row> out;
@@ -145,6 +148,8 @@ TEST(GroupRowsTest, MatchesAModelUnderRandomOperations) {
       EXPECT_EQ(Keys(out), expected);
       rows.Range(family, "k1", "k1", &out);
       EXPECT_EQ(Keys(out), expected_k1);
+      rows.Range(family, "k1", "k15", &out);
+      EXPECT_EQ(Keys(out), expected_from_k15);
     }
     EXPECT_EQ(Value(rows, 0, "never written"), "absent");
   };

@@ -164,6 +164,10 @@ int main(int argc, char** argv) {
   std::stringstream list(intervals);
   for (std::string item; std::getline(list, item, ',');) {
     const long us = std::atol(item.c_str());
+    if (us < 0 || us > 1'000'000) {
+      std::fprintf(stderr, "--interval-us: 0 to 1000000 each, got %s\n", item.c_str());
+      return 64;
+    }
     print(us == 0 ? "back to back" : "at most one per " + std::to_string(us) + " us",
           Run(dir, seconds, us, /*syncing=*/true));
   }
