@@ -47,10 +47,7 @@ std::unique_ptr<Ledger> Open(const std::string& path, rocksdb::Env* env,
   options.path = path;
   options.env = env;
   options.write_thread_entries_min = write_thread_entries_min;
-  std::unique_ptr<Ledger> ledger;
-  Status s = Ledger::Open(options, &ledger);
-  EXPECT_TRUE(s.ok()) << s.ToString();
-  return ledger;
+  return testing::OpenTestLedger(options);
 }
 
 bool IsStorageDegraded(const Status& s) {

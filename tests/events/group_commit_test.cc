@@ -39,10 +39,7 @@ using testing::WaitFor;
 std::unique_ptr<Ledger> Open(const std::string& path) {
   LedgerOptions options;
   options.path = path;
-  std::unique_ptr<Ledger> ledger;
-  Status s = Ledger::Open(options, &ledger);
-  EXPECT_TRUE(s.ok()) << s.ToString();
-  return ledger;
+  return testing::OpenTestLedger(options);
 }
 
 // Appends a valid event, then one with a NUL in its subject: the writer must roll back the
@@ -189,10 +186,7 @@ std::unique_ptr<Ledger> OpenWithFold(const std::string& path, const Fold* fold,
   options.folds = {fold};
   options.write_thread_entries_min = write_thread_entries_min;
   options.env = env;
-  std::unique_ptr<Ledger> ledger;
-  Status s = Ledger::Open(options, &ledger);
-  EXPECT_TRUE(s.ok()) << s.ToString();
-  return ledger;
+  return testing::OpenTestLedger(options);
 }
 
 // A fold that marks every subject it sees: row `subject` in the family "marks"; a subject
@@ -493,10 +487,7 @@ std::unique_ptr<Ledger> OpenPaced(const std::string& path, std::chrono::millisec
   LedgerOptions options;
   options.path = path;
   options.sync_interval_min = interval;
-  std::unique_ptr<Ledger> ledger;
-  Status s = Ledger::Open(options, &ledger);
-  EXPECT_TRUE(s.ok()) << s.ToString();
-  return ledger;
+  return testing::OpenTestLedger(options);
 }
 
 // Answers of commands submitted with SubmitAsync. Declared before the ledger in each test, so a

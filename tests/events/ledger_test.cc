@@ -25,10 +25,7 @@ std::unique_ptr<Ledger> OpenLedger(const std::string& path, const Clock* clock =
   LedgerOptions options;
   options.path = path;
   options.clock = clock;
-  std::unique_ptr<Ledger> ledger;
-  Status s = Ledger::Open(options, &ledger);
-  EXPECT_TRUE(s.ok()) << s.ToString();
-  return ledger;
+  return testing::OpenTestLedger(options);
 }
 
 TEST(LedgerTest, AppendsAssignGapFreePositionsAndChainHashes) {

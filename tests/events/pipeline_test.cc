@@ -32,10 +32,7 @@ std::unique_ptr<Ledger> Open(const std::string& path, rocksdb::Env* env = nullpt
   options.path = path;
   options.env = env;
   options.read_only = read_only;
-  std::unique_ptr<Ledger> ledger;
-  Status s = Ledger::Open(options, &ledger);
-  EXPECT_TRUE(s.ok()) << s.ToString();
-  return ledger;
+  return testing::OpenTestLedger(options);
 }
 
 // A ledger on a FaultFs with one command committed; the tests hold the WAL sync of the next.

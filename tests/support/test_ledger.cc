@@ -1,5 +1,6 @@
 #include "tests/support/test_ledger.h"
 
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -20,6 +21,13 @@ TempDir::TempDir() {
 TempDir::~TempDir() {
   std::error_code ec;
   std::filesystem::remove_all(path_, ec);
+}
+
+std::unique_ptr<Ledger> OpenTestLedger(const LedgerOptions& options) {
+  std::unique_ptr<Ledger> ledger;
+  Status s = Ledger::Open(options, &ledger);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  return ledger;
 }
 
 Status AppendCommand::Decide(const DecideContext& context, Decision* decision) {

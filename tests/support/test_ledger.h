@@ -22,6 +22,9 @@ class TempDir {
   std::string path_;
 };
 
+// Ledger::Open(options); when it fails, fails the current test (EXPECT) and returns null.
+std::unique_ptr<Ledger> OpenTestLedger(const LedgerOptions& options);
+
 // A command that appends `count` events of `type` for `subject`, with optional idempotency.
 class AppendCommand : public Command {
  public:
