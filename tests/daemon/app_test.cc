@@ -94,6 +94,49 @@ TEST(AppTest, StartsOnPortZeroServesAndStops) {
   EXPECT_TRUE(app->Stop(std::chrono::milliseconds(0)).ok());
 }
 
+// The value of a counter line "name N" on /metrics, or -1 when it is missing.
+long long MetricValue(const std::string& metrics, const std::string& name) {
+  const std::string needle = "\n" + name + " ";
+  const size_t at = metrics.find(needle);
+  if (at == std::string::npos) return -1;
+  return std::stoll(metrics.substr(at + needle.size()));
+}
+
+// --sync-interval-min-us reaches the ledger: admin writes in quick succession wait for their
+// syncs with a 100 ms interval (ledger_wal_syncs_paced_total counts them), not with 0.
+TEST(AppTest, TheSyncIntervalReachesTheLedger) {
+  for (const int64_t interval_us : {int64_t{100'000}, int64_t{0}}) {
+    SCOPED_TRACE("sync_interval_min_us=" + std::to_string(interval_us));
+    TempDir dir;
+    Config config = TestConfig(dir.Sub("data"));
+    config.sync_interval_min_us = interval_us;
+    std::unique_ptr<App> app;
+    Status s = App::Start(config, nullptr, &app);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    TestHttpClient client("127.0.0.1", app->http_port());
+    client.set_bearer(MintAdminToken(ReadDevSecret(dir.Sub("data"))));
+    for (int i = 0; i < 5; ++i) {
+      HttpReply created = client.Post(
+          "/api/v1/subscriptions/plans",
+          R"({"id":"paced-)" + std::to_string(i) +
+              R"(","display_name":"Paced","price_monthly_cents":100,"api_calls_limit":10,)"
+              R"("services":["chat"]})");
+      ASSERT_EQ(created.status, 201) << created.body;
+    }
+    HttpReply metrics = client.Get("/metrics");
+    ASSERT_EQ(metrics.status, 200);
+    const long long paced = MetricValue(metrics.body, "ledger_wal_syncs_paced_total");
+    if (interval_us > 0) {
+      // Each write after the first follows a sync at once; one of them is enough (a sync that
+      // itself takes over 100 ms, a disk stall, leaves the next write unpaced).
+      EXPECT_GE(paced, 1) << metrics.body;
+    } else {
+      EXPECT_EQ(paced, 0) << metrics.body;
+    }
+    EXPECT_TRUE(app->Stop(std::chrono::milliseconds(0)).ok());
+  }
+}
+
 TEST(AppTest, DevSecretIsCreatedWithMode0600AndReused) {
   TempDir dir;
   const std::string data_dir = dir.Sub("not/yet/there");
