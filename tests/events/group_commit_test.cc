@@ -33,6 +33,7 @@ using testing::GateCommand;
 using testing::LoadOptions;
 using testing::Outcome;
 using testing::RejectCommand;
+using testing::SubjectsCommand;
 using testing::TempDir;
 using testing::WaitFor;
 
@@ -466,22 +467,6 @@ TEST(GroupCommitTest, GroupStateMatchesAModelAcrossGroupsAndRollbacks) {
 TEST(GroupCommitTest, GroupStateMatchesAModelWhenEveryGroupGoesThroughTheWriteThread) {
   CheckGroupStateAgainstAModel(0);
 }
-
-// Appends one event for each of `subjects` (MarkFold: marks them, or unmarks "unmark-<x>").
-class SubjectsCommand final : public Command {
- public:
-  explicit SubjectsCommand(std::vector<std::string> subjects) : subjects_(std::move(subjects)) {}
-  Status Decide(const DecideContext&, Decision* decision) override {
-    for (const std::string& subject : subjects_) {
-      decision->events.push_back(NewEvent{"test.appended.v1", subject, "{}"});
-    }
-    decision->body = "{}";
-    return Status::OK();
-  }
-
- private:
-  std::vector<std::string> subjects_;
-};
 
 std::unique_ptr<Ledger> OpenPaced(const std::string& path, std::chrono::milliseconds interval) {
   LedgerOptions options;

@@ -19,6 +19,7 @@ namespace {
 
 using testing::AppendCommand;
 using testing::RejectCommand;
+using testing::SubjectsCommand;
 using testing::TempDir;
 
 std::unique_ptr<Ledger> OpenLedger(const std::string& path, const Clock* clock = nullptr) {
@@ -215,21 +216,6 @@ TEST(LedgerTest, CheckpointsRoundTrip) {
   EXPECT_EQ(p, Position(42));
 }
 
-// A command appending events of several subjects, in any order.
-class MixedCommand final : public Command {
- public:
-  explicit MixedCommand(std::vector<std::string> subjects) : subjects_(std::move(subjects)) {}
-  Status Decide(const DecideContext&, Decision* decision) override {
-    for (const std::string& subject : subjects_) {
-      decision->events.push_back(NewEvent{"test.appended.v1", subject, "{}"});
-    }
-    return Status::OK();
-  }
-
- private:
-  std::vector<std::string> subjects_;
-};
-
 // The streams index keeps one row per run of a subject's events in a command (FORMAT.md). Reading
 // a subject's events after any position must give exactly what filtering the whole log gives,
 // whether the position falls before, inside or after a run.
@@ -245,7 +231,7 @@ TEST(LedgerTest, ReadingBySubjectAgreesWithFilteringTheLog) {
     std::vector<std::string> picked;
     const int n = 1 + static_cast<int>(random() % (c % 10 == 0 ? 300 : 6));
     for (int i = 0; i < n; ++i) picked.push_back(subjects[random() % subjects.size()]);
-    MixedCommand command(picked);
+    SubjectsCommand command(picked);
     ASSERT_TRUE(ledger->Submit(&command).status.ok());
     if (c % 7 == 0) {  // a rejected command in between leaves no streams row behind
       testing::RejectCommand reject(Status::Make(Code::kUnprocessable, "no", "no"));

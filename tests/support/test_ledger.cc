@@ -40,4 +40,12 @@ Status AppendCommand::Decide(const DecideContext& context, Decision* decision) {
   return Status::OK();
 }
 
+Status SubjectsCommand::Decide(const DecideContext&, Decision* decision) {
+  for (const std::string& subject : subjects_) {
+    decision->events.push_back(NewEvent{"test.appended.v1", subject, "{}"});
+  }
+  decision->body = "{}";
+  return Status::OK();
+}
+
 }  // namespace ledger::testing

@@ -41,6 +41,16 @@ class AppendCommand : public Command {
   std::string pad_;
 };
 
+// A command that appends one "test.appended.v1" event (data {}) for each of `subjects`, in order.
+class SubjectsCommand : public Command {
+ public:
+  explicit SubjectsCommand(std::vector<std::string> subjects) : subjects_(std::move(subjects)) {}
+  Status Decide(const DecideContext& context, Decision* decision) override;
+
+ private:
+  std::vector<std::string> subjects_;
+};
+
 // A command whose Decide always fails with `status`.
 class RejectCommand : public Command {
  public:
