@@ -24,6 +24,7 @@
 #include <rocksdb/listener.h>
 #include <rocksdb/options.h>
 #include <rocksdb/slice_transform.h>
+#include <rocksdb/sst_file_manager.h>
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
 #include <spdlog/spdlog.h>
@@ -32,6 +33,7 @@
 #include "events/group_rows.h"
 #include "events/limits.h"
 #include "events/wal_log.h"
+#include "events/write_pacer.h"
 
 namespace ledger {
 
@@ -684,6 +686,8 @@ class LedgerImpl final : public Ledger {
 
   LedgerOptions options_;
   rocksdb::DB* db_ = nullptr;
+  // RocksDB's rate limiter; told what each group writes (LedgerOptions::background_write_pace).
+  std::shared_ptr<BackgroundWritePacer> pacer_;
   FamilyMap families_;
   std::vector<rocksdb::ColumnFamilyHandle*> families_by_id_;  // by column family id
   // Decided groups' rows no longer in use, kept for their memory (committer thread only).
@@ -753,6 +757,18 @@ class LedgerImpl final : public Ledger {
   std::vector<std::pair<uint64_t, std::function<void(Position)>>> listeners_;  // listeners_mu_
 };
 
+// Obsolete write-ahead logs and table files are deleted by RocksDB's delete scheduler on a thread
+// of its own (renamed to *.trash first), a MiB at a time (ftruncate) at up to 256 MiB/s, instead of
+// unlinked whole. Why: this machine's file system is ext4 mounted with `discard`, and freeing a
+// 64 MiB file at once makes the next journal commit discard all of it: every fdatasync issued
+// meanwhile -- the WAL syncs acknowledged writes wait for -- took 30-40 ms, once for each log
+// deleted (`tools/bench/fsync_probe.py --delete-mb 64`; 1 MiB steps: at most 7 ms). The rate is
+// twice what batched ingest writes, so the trash never builds up; past 8 times the live table
+// files' size RocksDB deletes at once again.
+constexpr int64_t kObsoleteFileDeleteBytesPerSecond = 256 << 20;
+constexpr uint64_t kObsoleteFileDeleteChunkBytes = 1 << 20;
+constexpr double kObsoleteFileTrashRatioMax = 8.0;
+
 Status LedgerImpl::OpenDb() {
   rocksdb::DBOptions db_options;
   db_options.create_if_missing = options_.create_if_missing;
@@ -778,6 +794,21 @@ Status LedgerImpl::OpenDb() {
   // the oldest log.
   db_options.max_total_wal_size = options_.max_total_wal_bytes;
   if (options_.env != nullptr) db_options.env = options_.env;
+  if (options_.background_write_pace > 0 && !options_.read_only) {
+    BackgroundWritePacer::Options pacer_options;
+    pacer_options.ingest_multiple = options_.background_write_pace;
+    pacer_options.waited_us = &metrics_.background_write_waited_us;
+    pacer_ = std::make_shared<BackgroundWritePacer>(pacer_options);
+    db_options.rate_limiter = pacer_;
+    // RocksDB would take its rate for delayed writes from the limiter's rate at open (0 here,
+    // where nothing has been written yet); its own default instead.
+    db_options.delayed_write_rate = 16 << 20;
+  }
+  if (!options_.read_only) {
+    db_options.sst_file_manager.reset(rocksdb::NewSstFileManager(
+        db_options.env, nullptr, "", kObsoleteFileDeleteBytesPerSecond, true, nullptr,
+        kObsoleteFileTrashRatioMax, kObsoleteFileDeleteChunkBytes));
+  }
   db_options.listeners.push_back(std::make_shared<TableFileCounter>(&metrics_));
 
   rocksdb::ColumnFamilyOptions cf_options;
@@ -1526,6 +1557,9 @@ void LedgerImpl::WriteDecided(GroupCommit* commit) {
     } else if (s.ok()) {
       s = FromRocks(db_->Write(rocksdb::WriteOptions(), &decided.batch));
       if (!s.ok()) wal_write_failed_ = true;
+      if (s.ok() && pacer_ != nullptr) {
+        pacer_->NoteIngest(static_cast<int64_t>(decided.batch.GetDataSize()), commit->started);
+      }
     }
     if (!s.ok()) group_failed_ = true;
   }

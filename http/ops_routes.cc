@@ -166,6 +166,11 @@ void RenderLedgerMetrics(Ledger& ledger, std::string* out) {
   CounterLine("ledger_event_table_bytes_compacted_total",
               "Of those, the events family's (0: its files are only moved, never rewritten).",
               m.event_table_bytes_compacted.Value(), out);
+  *out += "# HELP ledger_background_write_wait_seconds_total Time RocksDB's flushes and "
+          "compactions waited to keep to a multiple of the ledger's write rate.\n"
+          "# TYPE ledger_background_write_wait_seconds_total counter\n"
+          "ledger_background_write_wait_seconds_total " +
+          std::to_string(static_cast<double>(m.background_write_waited_us.Value()) / 1e6) + "\n";
   HistogramBlock("ledger_append_group_commands", "Commands per group commit.", m.group_commands, out);
   HistogramBlock("ledger_append_group_events", "Events per group commit.", m.group_events, out);
   HistogramBlock("ledger_write_seconds", "Latency of the synced WriteBatch of a group (write + fsync).",

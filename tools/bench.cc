@@ -125,6 +125,7 @@ class BenchStore {
     ledger_options.folds = options.folds;
     ledger_options.sync = true;
     ledger_options.sync_interval_min = std::chrono::microseconds(options.sync_interval_min_us);
+    ledger_options.background_write_pace = options.background_write_pace;
     return Ledger::Open(ledger_options, &ledger_);
   }
   Ledger* ledger() { return ledger_.get(); }
@@ -495,10 +496,12 @@ std::string FormatBenchReport(const BenchOptions& options,
   std::string out;
   char line[512];
   std::snprintf(line, sizeof(line),
-                "ledgerctl bench: %u cores, sync=true, syncs at least %lld us apart, %zu-byte "
-                "event data, %zu folds, %.0f s per phase (+%.1f s warm-up)\n\n",
+                "ledgerctl bench: %u cores, sync=true, syncs at least %lld us apart, flushes at "
+                "%gx the write rate, %zu-byte event data, %zu folds, %.0f s per phase (+%.1f s "
+                "warm-up)\n\n",
                 std::thread::hardware_concurrency(),
-                static_cast<long long>(options.sync_interval_min_us), options.event_bytes,
+                static_cast<long long>(options.sync_interval_min_us),
+                options.background_write_pace, options.event_bytes,
                 options.folds.size(), options.seconds, options.warmup_seconds);
   out += line;
   std::snprintf(line, sizeof(line),

@@ -42,6 +42,8 @@ struct BenchOptions {
   double settle_seconds = 30;
   // LedgerOptions::sync_interval_min, by default ledgerd's.
   int64_t sync_interval_min_us = kSyncIntervalMinDefault.count();
+  // LedgerOptions::background_write_pace (0 = flushes and compactions unpaced).
+  double background_write_pace = LedgerOptions().background_write_pace;
   std::ostream* progress = nullptr;  // one line per second per phase
 };
 

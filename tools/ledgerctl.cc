@@ -263,6 +263,11 @@ void AddBench(CLI::App& app, BenchArgs* args) {
                   "--sync-interval-min-us (0 = no pacing)")
       ->check(CLI::Range(int64_t{0}, int64_t{100'000}))
       ->capture_default_str();
+  sub->add_option("--background-write-pace", args->bench.background_write_pace,
+                  "RocksDB's flushes and compactions write at most this multiple of the "
+                  "ledger's write rate, as ledgerd (0 = as fast as the disk takes them)")
+      ->check(CLI::Range(0.0, 100.0))
+      ->capture_default_str();
   sub->add_option("--settle", args->bench.settle_seconds,
                   "before each phase, wait at most this long for the disk to settle (0 = no wait)")
       ->check(CLI::Range(0.0, 600.0))
