@@ -20,6 +20,7 @@
 
 #include <rocksdb/db.h>
 #include <rocksdb/memtablerep.h>
+#include <rocksdb/file_system.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/listener.h>
 #include <rocksdb/options.h>
@@ -688,6 +689,9 @@ class LedgerImpl final : public Ledger {
   rocksdb::DB* db_ = nullptr;
   // RocksDB's rate limiter; told what each group writes (LedgerOptions::background_write_pace).
   std::shared_ptr<BackgroundWritePacer> pacer_;
+  // Read-only opens: the file system without *.trash files (see OpenDb).
+  std::shared_ptr<rocksdb::FileSystem> read_only_fs_;
+  std::unique_ptr<rocksdb::Env> read_only_env_;
   FamilyMap families_;
   std::vector<rocksdb::ColumnFamilyHandle*> families_by_id_;  // by column family id
   // Decided groups' rows no longer in use, kept for their memory (committer thread only).
@@ -757,16 +761,33 @@ class LedgerImpl final : public Ledger {
   std::vector<std::pair<uint64_t, std::function<void(Position)>>> listeners_;  // listeners_mu_
 };
 
+// A file system on which *.trash files (RocksDB's delete scheduler: files being deleted a MiB at
+// a time) are not listed.
+class TrashHidingFileSystem final : public rocksdb::FileSystemWrapper {
+ public:
+  explicit TrashHidingFileSystem(const std::shared_ptr<rocksdb::FileSystem>& base)
+      : rocksdb::FileSystemWrapper(base) {}
+  const char* Name() const override { return "TrashHidingFileSystem"; }
+  rocksdb::IOStatus GetChildren(const std::string& dir, const rocksdb::IOOptions& options,
+                                std::vector<std::string>* result,
+                                rocksdb::IODebugContext* dbg) override {
+    rocksdb::IOStatus s = rocksdb::FileSystemWrapper::GetChildren(dir, options, result, dbg);
+    std::erase_if(*result, [](const std::string& name) { return name.ends_with(".trash"); });
+    return s;
+  }
+};
+
 // Obsolete write-ahead logs and table files are deleted by RocksDB's delete scheduler on a thread
-// of its own (renamed to *.trash first), a MiB at a time (ftruncate) at up to 256 MiB/s, instead of
-// unlinked whole. Why: this machine's file system is ext4 mounted with `discard`, and freeing a
-// 64 MiB file at once makes the next journal commit discard all of it: every fdatasync issued
-// meanwhile -- the WAL syncs acknowledged writes wait for -- took 30-40 ms, once for each log
-// deleted (`tools/bench/fsync_probe.py --delete-mb 64`; 1 MiB steps: at most 7 ms). The rate is
-// twice what batched ingest writes, so the trash never builds up; past 8 times the live table
-// files' size RocksDB deletes at once again.
+// of its own (renamed *.trash first), cut 2 MiB at a time (ftruncate + fsync) at up to 256 MiB/s,
+// instead of unlinked whole. Why: this machine's file system is ext4 mounted with `discard`, and
+// freeing a 64 MiB file at once makes the next journal commit discard all of it: every fdatasync
+// issued meanwhile -- the WAL syncs acknowledged writes wait for -- took 35-50 ms, once for each
+// log deleted; cut 2 MiB at a time, at most 3 ms (`tools/bench/fsync_probe.py --delete-mb 64
+// --delete-chunk-mb 2`; 1 MiB cuts make twice the fsyncs and were no better). The rate is twice
+// what batched ingest writes, so the trash does not build up; past 8 times the live table files'
+// size RocksDB deletes at once again.
 constexpr int64_t kObsoleteFileDeleteBytesPerSecond = 256 << 20;
-constexpr uint64_t kObsoleteFileDeleteChunkBytes = 1 << 20;
+constexpr uint64_t kObsoleteFileDeleteChunkBytes = 2 << 20;
 constexpr double kObsoleteFileTrashRatioMax = 8.0;
 
 Status LedgerImpl::OpenDb() {
@@ -800,14 +821,20 @@ Status LedgerImpl::OpenDb() {
     pacer_options.waited_us = &metrics_.background_write_waited_us;
     pacer_ = std::make_shared<BackgroundWritePacer>(pacer_options);
     db_options.rate_limiter = pacer_;
-    // RocksDB would take its rate for delayed writes from the limiter's rate at open (0 here,
-    // where nothing has been written yet); its own default instead.
-    db_options.delayed_write_rate = 16 << 20;
   }
   if (!options_.read_only) {
     db_options.sst_file_manager.reset(rocksdb::NewSstFileManager(
         db_options.env, nullptr, "", kObsoleteFileDeleteBytesPerSecond, true, nullptr,
         kObsoleteFileTrashRatioMax, kObsoleteFileDeleteChunkBytes));
+  } else {
+    // RocksDB deletes every *.trash file it finds at open, read-only opens too: `ledgerctl
+    // verify` beside a running ledgerd would unlink the files its delete scheduler is cutting
+    // down (whole, with the stall that avoids) and leave the scheduler counting them forever.
+    // Read-only opens do not see them.
+    read_only_fs_ = std::make_shared<TrashHidingFileSystem>(
+        db_options.env->GetFileSystem());
+    read_only_env_ = rocksdb::NewCompositeEnv(read_only_fs_);
+    db_options.env = read_only_env_.get();
   }
   db_options.listeners.push_back(std::make_shared<TableFileCounter>(&metrics_));
 
@@ -1558,7 +1585,8 @@ void LedgerImpl::WriteDecided(GroupCommit* commit) {
       s = FromRocks(db_->Write(rocksdb::WriteOptions(), &decided.batch));
       if (!s.ok()) wal_write_failed_ = true;
       if (s.ok() && pacer_ != nullptr) {
-        pacer_->NoteIngest(static_cast<int64_t>(decided.batch.GetDataSize()), commit->started);
+        pacer_->NoteIngest(static_cast<int64_t>(decided.batch.GetDataSize()),
+                           std::chrono::steady_clock::now());
       }
     }
     if (!s.ok()) group_failed_ = true;

@@ -10,43 +10,54 @@ int64_t SinceEpochNs(BackgroundWritePacer::Clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
 }
 
-// RocksDB asks with IO_HIGH for flushes and IO_LOW for compactions; anything else (IO_MID,
-// IO_USER) is counted with compactions.
-int Slot(rocksdb::Env::IOPriority pri) { return pri == rocksdb::Env::IO_HIGH ? 1 : 0; }
+// RocksDB asks with IO_LOW for compactions and IO_HIGH for flushes, and with IO_USER for either
+// while it delays or stops writers (then they must go as fast as they can).
+int Slot(rocksdb::Env::IOPriority pri) {
+  switch (pri) {
+    case rocksdb::Env::IO_LOW: return 0;
+    case rocksdb::Env::IO_HIGH: return 1;
+    default: return 2;
+  }
+}
 
 }  // namespace
 
-BackgroundWritePacer::BackgroundWritePacer(const Options& options, Clock::time_point start)
-    : options_(options),
-      anchor_time_(start),
-      recent_time_(start) {}
-
 void BackgroundWritePacer::NoteIngest(int64_t bytes, Clock::time_point now) {
-  ingested_.fetch_add(bytes, std::memory_order_relaxed);
-  last_ingest_ns_.store(SinceEpochNs(now), std::memory_order_relaxed);
+  const int64_t ns = SinceEpochNs(now);
+  const int64_t last = last_ingest_ns_.load();
+  if (last == 0 || ns - last > options_.idle_after.count()) active_since_ns_.store(ns);
+  last_ingest_ns_.store(ns);
+  const int64_t index = ns / kBucketNs;
+  Bucket& bucket = buckets_[index % kBuckets];
+  if (bucket.index.load() != index) {
+    // A new 100 ms: the bucket held bytes of a second ago or more. Readers skip it while it is
+    // being reset (they compare its index before and after reading the bytes).
+    bucket.index.store(-1);
+    bucket.bytes.store(0);
+    bucket.index.store(index);
+  }
+  bucket.bytes.fetch_add(bytes);
 }
 
 int64_t BackgroundWritePacer::PaceAt(Clock::time_point now) {
-  std::lock_guard<std::mutex> l(mu_);
-  return PaceLocked(now);
-}
-
-int64_t BackgroundWritePacer::PaceLocked(Clock::time_point now) {
+  const int64_t ns = SinceEpochNs(now);
+  const int64_t last = last_ingest_ns_.load();
   int64_t pace = 0;
-  const int64_t last_ingest = last_ingest_ns_.load(std::memory_order_relaxed);
-  const int64_t total = ingested_.load(std::memory_order_relaxed);
-  if (now - recent_time_ >= options_.window) {
-    anchor_time_ = recent_time_;
-    anchor_bytes_ = recent_bytes_;
-    recent_time_ = now;
-    recent_bytes_ = total;
-  }
-  if (last_ingest != 0 && SinceEpochNs(now) - last_ingest <= options_.idle_after.count()) {
-    const double seconds =
-        std::max(std::chrono::duration<double>(now - anchor_time_).count(), 0.01);
-    const double rate = static_cast<double>(total - anchor_bytes_) / seconds;
+  if (last != 0 && ns - last <= options_.idle_after.count()) {
+    const int64_t current = ns / kBucketNs;
+    int64_t bytes = 0;
+    for (const Bucket& bucket : buckets_) {
+      const int64_t index = bucket.index.load();
+      if (index <= current - kBuckets || index > current) continue;
+      const int64_t value = bucket.bytes.load();
+      if (bucket.index.load() == index) bytes += value;
+    }
+    // Over the buckets counted, or since the ledger started writing after a pause if that is
+    // later (a burst after a quiet spell is not averaged with the quiet).
+    const int64_t from = std::max((current - kBuckets + 1) * kBucketNs, active_since_ns_.load());
+    const double seconds = std::max(static_cast<double>(ns - from) / 1e9, 0.01);
     pace = std::max(options_.floor_bytes_per_second,
-                    static_cast<int64_t>(options_.ingest_multiple * rate));
+                    static_cast<int64_t>(options_.ingest_multiple * bytes / seconds));
   }
   last_pace_.store(pace, std::memory_order_relaxed);
   return pace;
@@ -57,11 +68,12 @@ void BackgroundWritePacer::Request(int64_t bytes, rocksdb::Env::IOPriority pri,
   const int slot = Slot(pri);
   bytes_through_[slot].fetch_add(bytes, std::memory_order_relaxed);
   requests_[slot].fetch_add(1, std::memory_order_relaxed);
+  if (slot >= 2) return;
   const Clock::time_point now = Clock::now();
+  const int64_t pace = PaceAt(now);
   Clock::time_point start;
   {
     std::lock_guard<std::mutex> l(mu_);
-    const int64_t pace = PaceLocked(now);
     if (pace == 0) {
       next_free_[slot] = now;
       return;
@@ -82,19 +94,21 @@ void BackgroundWritePacer::Request(int64_t bytes, rocksdb::Env::IOPriority pri,
 }
 
 int64_t BackgroundWritePacer::GetTotalBytesThrough(rocksdb::Env::IOPriority pri) const {
-  if (pri == rocksdb::Env::IO_TOTAL) {
-    return bytes_through_[0].load(std::memory_order_relaxed) +
-           bytes_through_[1].load(std::memory_order_relaxed);
+  if (pri != rocksdb::Env::IO_TOTAL) {
+    return bytes_through_[Slot(pri)].load(std::memory_order_relaxed);
   }
-  return bytes_through_[Slot(pri)].load(std::memory_order_relaxed);
+  int64_t total = 0;
+  for (const auto& slot : bytes_through_) total += slot.load(std::memory_order_relaxed);
+  return total;
 }
 
 int64_t BackgroundWritePacer::GetTotalRequests(rocksdb::Env::IOPriority pri) const {
-  if (pri == rocksdb::Env::IO_TOTAL) {
-    return requests_[0].load(std::memory_order_relaxed) +
-           requests_[1].load(std::memory_order_relaxed);
+  if (pri != rocksdb::Env::IO_TOTAL) {
+    return requests_[Slot(pri)].load(std::memory_order_relaxed);
   }
-  return requests_[Slot(pri)].load(std::memory_order_relaxed);
+  int64_t total = 0;
+  for (const auto& slot : requests_) total += slot.load(std::memory_order_relaxed);
+  return total;
 }
 
 }  // namespace ledger

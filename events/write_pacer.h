@@ -8,15 +8,15 @@
 // fixed rate cannot serve both kinds of load: 32 MB/s took that tail from 21 to 8.5 ms, but
 // batched ingest writes ~125 MB/s into the events family and its flushes would fall behind and
 // stall every writer. A flush only has to finish before the next memtable fills, so its pace can
-// follow the ingest: `ingest_multiple` times the ledger's own write rate (measured over about a
-// second), never under `floor_bytes_per_second`, and not paced at all while the ledger writes
-// nothing (a flush at shutdown, the one-off compaction at open, tests) -- there is no sync to
-// protect then.
+// follow the ingest: `ingest_multiple` times what the ledger wrote over the last second (or since
+// it started writing after a pause, when that is shorter), never under `floor_bytes_per_second`,
+// and not paced at all while the ledger writes nothing (a flush at shutdown, the one-off
+// compaction at open, tests) -- there is no sync to protect then.
 //
-// Flushes and compactions are paced separately (RocksDB asks with IO_HIGH and IO_LOW), each at
-// the full rate: a compaction running beside a flush never takes the flush's budget, which
-// would let memtables pile up until RocksDB stalls writers. WAL writes are never paced (RocksDB
-// does not ask for them).
+// Flushes (IO_HIGH) and compactions (IO_LOW) are paced apart, each at the full pace: a compaction
+// running beside a flush never takes the flush's budget, which would let memtables pile up until
+// RocksDB stalls writers. Writes RocksDB asks for at IO_USER -- flushes and compactions while it
+// delays or stops writers -- are not paced, nor are WAL writes (RocksDB does not ask for those).
 #pragma once
 
 #include <atomic>
@@ -37,20 +37,18 @@ class BackgroundWritePacer final : public rocksdb::RateLimiter {
     int64_t floor_bytes_per_second = 16 << 20;
     // With nothing written for this long, background writes go unpaced.
     std::chrono::nanoseconds idle_after = std::chrono::milliseconds(100);
-    // The ingest rate is averaged over at least this long (and over the whole time since the
-    // last background write, when that is longer: the memtable being flushed filled over it).
-    std::chrono::nanoseconds window = std::chrono::seconds(1);
     // Microseconds background writes waited for the pace are added here (may be null).
     Counter* waited_us = nullptr;
   };
   using Clock = std::chrono::steady_clock;
 
-  explicit BackgroundWritePacer(const Options& options, Clock::time_point start = Clock::now());
+  explicit BackgroundWritePacer(const Options& options) : options_(options) {}
 
-  // The ledger wrote `bytes` to its WAL and memtables (one group). Called by the writing thread.
-  void NoteIngest(int64_t bytes, Clock::time_point now = Clock::now());
+  // The ledger wrote `bytes` to its WAL and memtables (one group) at `now`. One thread at a time
+  // (the ledger calls it under its WAL mutex); any thread may read the pace meanwhile.
+  void NoteIngest(int64_t bytes, Clock::time_point now);
 
-  // The pace background writes get now, in bytes per second; 0 = unpaced.
+  // The pace background writes get at `now`, in bytes per second; 0 = unpaced.
   int64_t PaceAt(Clock::time_point now);
 
   // rocksdb::RateLimiter.
@@ -65,29 +63,31 @@ class BackgroundWritePacer final : public rocksdb::RateLimiter {
   }
 
  private:
-  int64_t PaceLocked(Clock::time_point now);
-
   // Background writes ask for at most this much at a time, so a change of pace (the ingest
   // stopping, say) takes effect within one burst.
   static constexpr int64_t kBurstBytes = 256 << 10;
-  static constexpr int kPriorities = 2;  // IO_LOW (compactions), IO_HIGH (flushes)
+  // The ingest is counted in 100 ms buckets, the last second's worth.
+  static constexpr int64_t kBucketNs = 100'000'000;
+  static constexpr int kBuckets = 10;
+  // Per priority: compactions (IO_LOW), flushes (IO_HIGH), anything else (unpaced).
+  static constexpr int kSlots = 3;
+
+  struct Bucket {
+    std::atomic<int64_t> index{-1};  // since the clock's epoch, in kBucketNs
+    std::atomic<int64_t> bytes{0};
+  };
 
   const Options options_;
-  std::atomic<int64_t> ingested_{0};
-  std::atomic<int64_t> last_ingest_ns_{0};  // Clock epoch; 0 = never
+  Bucket buckets_[kBuckets];
+  std::atomic<int64_t> last_ingest_ns_{0};   // Clock's epoch; 0 = never
+  std::atomic<int64_t> active_since_ns_{0};  // the first write after a pause
   std::atomic<int64_t> last_pace_{0};
-  std::atomic<int64_t> bytes_through_[kPriorities] = {};
-  std::atomic<int64_t> requests_[kPriorities] = {};
+  std::atomic<int64_t> bytes_through_[kSlots] = {};
+  std::atomic<int64_t> requests_[kSlots] = {};
 
   std::mutex mu_;
-  // Two samples of (time, ingested): the rate is measured from `anchor_` to now; `recent_`
-  // becomes the anchor once it is a window old, so the anchor stays one to two windows back.
-  Clock::time_point anchor_time_{};  // guarded by mu_
-  int64_t anchor_bytes_ = 0;          // guarded by mu_
-  Clock::time_point recent_time_{};  // guarded by mu_
-  int64_t recent_bytes_ = 0;          // guarded by mu_
-  // Per priority: when the bytes granted so far will have been written at the pace.
-  Clock::time_point next_free_[kPriorities] = {};  // guarded by mu_
+  // Per paced priority: when the bytes granted so far will have been written at the pace.
+  Clock::time_point next_free_[2] = {};  // guarded by mu_
 };
 
 }  // namespace ledger

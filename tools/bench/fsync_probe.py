@@ -9,11 +9,13 @@ With `--delete-mb N`, another thread meanwhile writes a file of N MiB every `--d
 seconds, syncs it, waits a second and deletes it -- as RocksDB deletes an obsolete write-ahead
 log or table file -- and the probe also reports the slowest fdatasync in the second after each
 deletion. `--delete-chunk-mb C` deletes it the way ledgerd does (RocksDB's delete scheduler): cut
-C MiB off its end at a time (ftruncate), 4 ms apart, then unlink what is left. On a file system
+C MiB off its end at a time (ftruncate, fsync), at `--delete-rate-mb` MiB/s (default 256, as
+ledgerd), then unlink the last chunk. On a file system
 mounted with `discard` a whole-file unlink makes the next journal commit discard all of it.
 
   tools/bench/fsync_probe.py [--dir DIR] [--seconds 10] [--bytes 8192]
-                             [--delete-mb N [--delete-every 2] [--delete-chunk-mb C]]
+                             [--delete-mb N [--delete-every 2] [--delete-chunk-mb C]
+                              [--delete-rate-mb R]]
 """
 import argparse
 import os
@@ -22,12 +24,17 @@ import threading
 import time
 
 
-def delete_file(path, size, chunk):
+def delete_file(path, size, chunk, pause):
     if chunk > 0:
-        while size > 0:
-            size = max(0, size - chunk)
-            os.truncate(path, size)
-            time.sleep(0.004)
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            while size > chunk:
+                size -= chunk
+                os.ftruncate(fd, size)
+                os.fsync(fd)  # as RocksDB's delete scheduler does after each cut
+                time.sleep(pause)
+        finally:
+            os.close(fd)
     os.unlink(path)
 
 
@@ -45,7 +52,8 @@ def deleter(a, stop, deletions):
             os.unlink(path)
             return
         deletions.append(time.monotonic())
-        delete_file(path, a.delete_mb << 20, a.delete_chunk_mb << 20)
+        delete_file(path, a.delete_mb << 20, a.delete_chunk_mb << 20,
+                    a.delete_chunk_mb / a.delete_rate_mb if a.delete_rate_mb > 0 else 0)
 
 
 def main():
@@ -56,6 +64,7 @@ def main():
     ap.add_argument("--delete-mb", type=int, default=0)
     ap.add_argument("--delete-every", type=float, default=2)
     ap.add_argument("--delete-chunk-mb", type=int, default=0)
+    ap.add_argument("--delete-rate-mb", type=float, default=256)
     a = ap.parse_args()
     stop = threading.Event()
     deletions = []
