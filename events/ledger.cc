@@ -761,7 +761,7 @@ class LedgerImpl final : public Ledger {
   std::vector<std::pair<uint64_t, std::function<void(Position)>>> listeners_;  // listeners_mu_
 };
 
-// A file system on which *.trash files (RocksDB's delete scheduler: files being deleted a MiB at
+// A file system on which *.trash files (RocksDB's delete scheduler: files being cut down 2 MiB at
 // a time) are not listed.
 class TrashHidingFileSystem final : public rocksdb::FileSystemWrapper {
  public:
@@ -831,8 +831,7 @@ Status LedgerImpl::OpenDb() {
     // verify` beside a running ledgerd would unlink the files its delete scheduler is cutting
     // down (whole, with the stall that avoids) and leave the scheduler counting them forever.
     // Read-only opens do not see them.
-    read_only_fs_ = std::make_shared<TrashHidingFileSystem>(
-        db_options.env->GetFileSystem());
+    read_only_fs_ = std::make_shared<TrashHidingFileSystem>(db_options.env->GetFileSystem());
     read_only_env_ = rocksdb::NewCompositeEnv(read_only_fs_);
     db_options.env = read_only_env_.get();
   }

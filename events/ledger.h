@@ -133,10 +133,11 @@ struct LedgerOptions {
   // default is kSyncIntervalMinDefault; the library's is 0 (tests answer sequential commands at
   // disk speed).
   std::chrono::microseconds sync_interval_min{0};
-  // RocksDB's memtable flushes and compactions write at most this multiple of the ledger's own
-  // write rate over the last second or two, and at least 16 MB/s; unpaced while the ledger
-  // writes nothing. 0 = as fast as the disk takes them. Why: a 64 MiB flush at the disk's full
-  // speed made every WAL sync in the ~300 ms it took 4-12 ms slow (events/write_pacer.h).
+  // RocksDB's memtable flushes and compactions write at most this multiple of what the ledger
+  // wrote over the last second, and at least 16 MB/s; unpaced while the ledger writes nothing and
+  // while RocksDB holds writers back. 0 = as fast as the disk takes them. Why: a 64 MiB flush at
+  // the disk's full speed made every WAL sync in the ~300 ms it took 4-12 ms slow
+  // (events/write_pacer.h).
   double background_write_pace = 2.0;
 };
 

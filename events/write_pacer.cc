@@ -94,20 +94,18 @@ void BackgroundWritePacer::Request(int64_t bytes, rocksdb::Env::IOPriority pri,
 }
 
 int64_t BackgroundWritePacer::GetTotalBytesThrough(rocksdb::Env::IOPriority pri) const {
-  if (pri != rocksdb::Env::IO_TOTAL) {
-    return bytes_through_[Slot(pri)].load(std::memory_order_relaxed);
-  }
-  int64_t total = 0;
-  for (const auto& slot : bytes_through_) total += slot.load(std::memory_order_relaxed);
-  return total;
+  return Total(bytes_through_, pri);
 }
 
 int64_t BackgroundWritePacer::GetTotalRequests(rocksdb::Env::IOPriority pri) const {
-  if (pri != rocksdb::Env::IO_TOTAL) {
-    return requests_[Slot(pri)].load(std::memory_order_relaxed);
-  }
+  return Total(requests_, pri);
+}
+
+int64_t BackgroundWritePacer::Total(const std::atomic<int64_t> (&slots)[kSlots],
+                                    rocksdb::Env::IOPriority pri) {
+  if (pri != rocksdb::Env::IO_TOTAL) return slots[Slot(pri)].load(std::memory_order_relaxed);
   int64_t total = 0;
-  for (const auto& slot : requests_) total += slot.load(std::memory_order_relaxed);
+  for (const auto& slot : slots) total += slot.load(std::memory_order_relaxed);
   return total;
 }
 

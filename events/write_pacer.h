@@ -72,6 +72,9 @@ class BackgroundWritePacer final : public rocksdb::RateLimiter {
   // Per priority: compactions (IO_LOW), flushes (IO_HIGH), anything else (unpaced).
   static constexpr int kSlots = 3;
 
+  // One priority's count (IO_TOTAL: all of them).
+  static int64_t Total(const std::atomic<int64_t> (&slots)[kSlots], rocksdb::Env::IOPriority pri);
+
   struct Bucket {
     std::atomic<int64_t> index{-1};  // since the clock's epoch, in kBucketNs
     std::atomic<int64_t> bytes{0};

@@ -127,6 +127,15 @@ TEST(BackgroundWritePacerTest, FlushesAndCompactionsArePacedApartAndStallsNotAtA
   EXPECT_GT(waited_us.Value(), 0u);
 }
 
+// A ledger's options for a store in `dir`.
+LedgerOptions StoreOptions(const testing::TempDir& dir,
+                           size_t events_memtable_bytes = LedgerOptions().events_memtable_bytes) {
+  LedgerOptions options;
+  options.path = dir.path();
+  options.events_memtable_bytes = events_memtable_bytes;
+  return options;
+}
+
 // Through the ledger: RocksDB's flushes of memtables filled by groups written meanwhile wait for
 // the pace; a flush once the writes have stopped does not.
 testing::AppendCommand HundredKiBCommand(int i) {
@@ -135,10 +144,8 @@ testing::AppendCommand HundredKiBCommand(int i) {
 
 TEST(BackgroundWritePaceTest, FlushesDuringWritesWaitForThePace) {
   testing::TempDir dir;
-  LedgerOptions options;
-  options.path = dir.path();
-  options.events_memtable_bytes = 1 << 20;  // a flush per ~1 MiB of events
-  std::unique_ptr<Ledger> ledger = testing::OpenTestLedger(options);
+  // A flush per ~1 MiB of events.
+  std::unique_ptr<Ledger> ledger = testing::OpenTestLedger(StoreOptions(dir, 1 << 20));
   ASSERT_NE(ledger, nullptr);
   for (int i = 0; i < 60; ++i) {  // ~6 MiB: several flushes while the writes go on
     testing::AppendCommand command = HundredKiBCommand(i);
@@ -151,9 +158,7 @@ TEST(BackgroundWritePaceTest, FlushesDuringWritesWaitForThePace) {
 
 TEST(BackgroundWritePaceTest, AFlushAfterTheWritesStoppedIsNotPaced) {
   testing::TempDir dir;
-  LedgerOptions options;
-  options.path = dir.path();
-  std::unique_ptr<Ledger> ledger = testing::OpenTestLedger(options);
+  std::unique_ptr<Ledger> ledger = testing::OpenTestLedger(StoreOptions(dir));
   ASSERT_NE(ledger, nullptr);
   for (int i = 0; i < 20; ++i) {  // ~2 MiB, under the memtable's 64 MiB: no flush yet
     testing::AppendCommand command = HundredKiBCommand(i);
@@ -211,10 +216,8 @@ TEST(ObsoleteFileDeletionTest, LogsAreCutDownInTheTrashAndNoneIsLeft) {
   auto fs = std::make_shared<DeletionRecordingFs>();
   std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(fs);
   testing::TempDir dir;
-  LedgerOptions options;
-  options.path = dir.path();
+  LedgerOptions options = StoreOptions(dir, 6 << 20);  // logs of ~6 MiB: three cuts each
   options.env = env.get();
-  options.events_memtable_bytes = 6 << 20;  // logs of ~6 MiB: three cuts each
   std::unique_ptr<Ledger> ledger = testing::OpenTestLedger(options);
   ASSERT_NE(ledger, nullptr);
   for (int i = 0; i < 100; ++i) {  // ~20 MiB: three flushes, each starting a new log
@@ -239,8 +242,7 @@ TEST(ObsoleteFileDeletionTest, LogsAreCutDownInTheTrashAndNoneIsLeft) {
 // running ledgerd) must not take the files the live ledger's scheduler is cutting down.
 TEST(ObsoleteFileDeletionTest, AReadOnlyOpenLeavesTheTrashAlone) {
   testing::TempDir dir;
-  LedgerOptions options;
-  options.path = dir.path();
+  const LedgerOptions options = StoreOptions(dir);
   std::unique_ptr<Ledger> writer = testing::OpenTestLedger(options);
   ASSERT_NE(writer, nullptr);
   const std::string trash = dir.Sub("000999.log.trash");
