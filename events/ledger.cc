@@ -775,6 +775,17 @@ class TrashHidingFileSystem final : public rocksdb::FileSystemWrapper {
     std::erase_if(*result, [](const std::string& name) { return name.ends_with(".trash"); });
     return s;
   }
+  rocksdb::IOStatus GetChildrenFileAttributes(const std::string& dir,
+                                              const rocksdb::IOOptions& options,
+                                              std::vector<rocksdb::FileAttributes>* result,
+                                              rocksdb::IODebugContext* dbg) override {
+    rocksdb::IOStatus s =
+        rocksdb::FileSystemWrapper::GetChildrenFileAttributes(dir, options, result, dbg);
+    std::erase_if(*result, [](const rocksdb::FileAttributes& file) {
+      return file.name.ends_with(".trash");
+    });
+    return s;
+  }
 };
 
 // Obsolete write-ahead logs and table files are deleted by RocksDB's delete scheduler on a thread
@@ -821,6 +832,8 @@ Status LedgerImpl::OpenDb() {
     pacer_options.waited_us = &metrics_.background_write_waited_us;
     pacer_ = std::make_shared<BackgroundWritePacer>(pacer_options);
     db_options.rate_limiter = pacer_;
+    db_options.listeners.push_back(
+        std::make_shared<BackgroundWritePacer::StallListener>(pacer_.get()));
   }
   if (!options_.read_only) {
     db_options.sst_file_manager.reset(rocksdb::NewSstFileManager(

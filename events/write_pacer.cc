@@ -43,21 +43,29 @@ int64_t BackgroundWritePacer::PaceAt(Clock::time_point now) {
   const int64_t ns = SinceEpochNs(now);
   const int64_t last = last_ingest_ns_.load();
   int64_t pace = 0;
-  if (last != 0 && ns - last <= options_.idle_after.count()) {
+  if (last != 0 && ns - last <= options_.idle_after.count() && stalled_families_.load() == 0) {
     const int64_t current = ns / kBucketNs;
-    int64_t bytes = 0;
+    int64_t bytes = 0, recent_bytes = 0;  // the last second's, the last two buckets'
     for (const Bucket& bucket : buckets_) {
       const int64_t index = bucket.index.load();
       if (index <= current - kBuckets || index > current) continue;
       const int64_t value = bucket.bytes.load();
-      if (bucket.index.load() == index) bytes += value;
+      if (bucket.index.load() != index) continue;
+      bytes += value;
+      if (index >= current - 1) recent_bytes += value;
     }
     // Over the buckets counted, or since the ledger started writing after a pause if that is
-    // later (a burst after a quiet spell is not averaged with the quiet).
-    const int64_t from = std::max((current - kBuckets + 1) * kBucketNs, active_since_ns_.load());
-    const double seconds = std::max(static_cast<double>(ns - from) / 1e9, 0.01);
+    // later (a burst after a quiet spell is not averaged with the quiet); and the faster of that
+    // and the last two buckets' rate (a burst after a trickle).
+    const int64_t active_since = active_since_ns_.load();
+    auto rate = [&](int64_t bytes_counted, int64_t buckets_counted) {
+      const int64_t from = std::max((current - buckets_counted + 1) * kBucketNs, active_since);
+      const double seconds = std::max(static_cast<double>(ns - from) / 1e9, 0.01);
+      return static_cast<double>(bytes_counted) / seconds;
+    };
+    const double fastest = std::max(rate(bytes, kBuckets), rate(recent_bytes, 2));
     pace = std::max(options_.floor_bytes_per_second,
-                    static_cast<int64_t>(options_.ingest_multiple * bytes / seconds));
+                    static_cast<int64_t>(options_.ingest_multiple * fastest));
   }
   last_pace_.store(pace, std::memory_order_relaxed);
   return pace;

@@ -11,12 +11,15 @@
 // follow the ingest: `ingest_multiple` times what the ledger wrote over the last second (or since
 // it started writing after a pause, when that is shorter), never under `floor_bytes_per_second`,
 // and not paced at all while the ledger writes nothing (a flush at shutdown, the one-off
-// compaction at open, tests) -- there is no sync to protect then.
+// compaction at open, tests) -- there is no sync to protect then -- nor while RocksDB delays or
+// stops writers in any column family (StallListener): then the flushes and compactions are what
+// the writers wait for.
 //
 // Flushes (IO_HIGH) and compactions (IO_LOW) are paced apart, each at the full pace: a compaction
 // running beside a flush never takes the flush's budget, which would let memtables pile up until
-// RocksDB stalls writers. Writes RocksDB asks for at IO_USER -- flushes and compactions while it
-// delays or stops writers -- are not paced, nor are WAL writes (RocksDB does not ask for those).
+// RocksDB stalls writers. Writes RocksDB asks for at IO_USER -- flushes and compaction outputs
+// started while it delays or stops writers -- are not paced, nor are WAL writes (RocksDB does not
+// ask for those).
 #pragma once
 
 #include <atomic>
@@ -24,6 +27,7 @@
 #include <cstdint>
 #include <mutex>
 
+#include <rocksdb/listener.h>
 #include <rocksdb/rate_limiter.h>
 
 #include "events/metrics.h"
@@ -50,6 +54,24 @@ class BackgroundWritePacer final : public rocksdb::RateLimiter {
 
   // The pace background writes get at `now`, in bytes per second; 0 = unpaced.
   int64_t PaceAt(Clock::time_point now);
+
+  // A column family's writers went from stalled (delayed or stopped) or not to stalled or not.
+  void NoteStallChange(bool was_stalled, bool is_stalled) {
+    stalled_families_.fetch_add(static_cast<int>(is_stalled) - static_cast<int>(was_stalled));
+  }
+
+  // Tells the pacer when RocksDB stalls writers (DBOptions::listeners).
+  class StallListener final : public rocksdb::EventListener {
+   public:
+    explicit StallListener(BackgroundWritePacer* pacer) : pacer_(pacer) {}
+    void OnStallConditionsChanged(const rocksdb::WriteStallInfo& info) override {
+      pacer_->NoteStallChange(info.condition.prev != rocksdb::WriteStallCondition::kNormal,
+                              info.condition.cur != rocksdb::WriteStallCondition::kNormal);
+    }
+
+   private:
+    BackgroundWritePacer* pacer_;
+  };
 
   // rocksdb::RateLimiter.
   void SetBytesPerSecond(int64_t) override {}  // the pace follows the ingest
@@ -85,6 +107,7 @@ class BackgroundWritePacer final : public rocksdb::RateLimiter {
   std::atomic<int64_t> last_ingest_ns_{0};   // Clock's epoch; 0 = never
   std::atomic<int64_t> active_since_ns_{0};  // the first write after a pause
   std::atomic<int64_t> last_pace_{0};
+  std::atomic<int> stalled_families_{0};
   std::atomic<int64_t> bytes_through_[kSlots] = {};
   std::atomic<int64_t> requests_[kSlots] = {};
 

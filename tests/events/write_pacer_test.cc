@@ -48,32 +48,67 @@ TEST(BackgroundWritePacerTest, UnpacedUntilTheLedgerWritesAndOnceItStops) {
 TEST(BackgroundWritePacerTest, FollowsTheWriteRateOverTheLastSecond) {
   const Clock::time_point t0 = Clock::now();
   BackgroundWritePacer pacer(PacerOptions(kMiB));
-  // 4 MiB every 100 ms (40 MiB/s) for two seconds: twice that.
+  // 40 MiB/s (0.2 MiB every 5 ms) for two seconds: twice that.
   int64_t pace = 0;
-  for (int i = 1; i <= 20; ++i) {
-    const Clock::time_point t = t0 + milliseconds(100 * i);
-    pacer.NoteIngest(4 * kMiB, t);
-    pace = pacer.PaceAt(t + milliseconds(50));
+  for (int i = 1; i <= 400; ++i) {
+    const Clock::time_point t = t0 + milliseconds(5 * i);
+    pacer.NoteIngest(kMiB / 5, t);
+    pace = pacer.PaceAt(t);
   }
-  EXPECT_NEAR(pace, 2 * 40 * kMiB, 2 * 40 * kMiB / 10);
-  // Then 1 MiB/s: within a second, twice that.
-  for (int i = 1; i <= 15; ++i) {
-    const Clock::time_point t = t0 + milliseconds(2000 + 100 * i);
-    pacer.NoteIngest(kMiB / 10, t);
-    pace = pacer.PaceAt(t + milliseconds(50));
+  EXPECT_NEAR(pace, 2 * 40 * kMiB, 2 * 40 * kMiB * 0.15);
+  // Then 1 MiB/s: within a second and a half, twice that.
+  for (int i = 1; i <= 300; ++i) {
+    const Clock::time_point t = t0 + milliseconds(2000 + 5 * i);
+    pacer.NoteIngest(kMiB / 200, t);
+    pace = pacer.PaceAt(t);
   }
-  EXPECT_NEAR(pace, 2 * kMiB, 2 * kMiB / 10);
+  EXPECT_NEAR(pace, 2 * kMiB, 2 * kMiB * 0.15);
+}
+
+// Ten writes of 8 MiB, `step` apart from `start` (400 MiB/s at 20 ms): a memtable filled in well
+// under a second, whose flush must keep up from the start. The pace right after them.
+int64_t PaceAfterABurst(BackgroundWritePacer* pacer, Clock::time_point start, milliseconds step) {
+  for (int i = 0; i < 10; ++i) pacer->NoteIngest(8 * kMiB, start + step * i);
+  return pacer->PaceAt(start + step * 10);
 }
 
 TEST(BackgroundWritePacerTest, ABurstAfterAPauseIsNotAveragedWithThePause) {
   const Clock::time_point t0 = Clock::now();
   BackgroundWritePacer pacer(PacerOptions(kMiB));
   pacer.NoteIngest(kMiB, t0);
-  // Half a second later (a pause), 200 ms of 8 MiB per 20 ms (400 MiB/s): the memtable fills in
-  // well under a second, and its flush must keep up from the start.
-  const Clock::time_point burst = t0 + milliseconds(500);
-  for (int i = 0; i < 10; ++i) pacer.NoteIngest(8 * kMiB, burst + milliseconds(20 * i));
-  EXPECT_GE(pacer.PaceAt(burst + milliseconds(200)), 2 * 300 * kMiB);
+  // Half a second later (a pause), 400 MiB/s.
+  EXPECT_GE(PaceAfterABurst(&pacer, t0 + milliseconds(500), milliseconds(20)), 2 * 300 * kMiB);
+}
+
+TEST(BackgroundWritePacerTest, ABurstAfterATrickleIsPacedByTheLastBuckets) {
+  const Clock::time_point t0 = Clock::now();
+  BackgroundWritePacer pacer(PacerOptions(kMiB));
+  // 10 KiB every 50 ms for two seconds: never a pause, and a second's average of ~0.2 MiB/s.
+  for (int i = 0; i < 40; ++i) pacer.NoteIngest(10 << 10, t0 + milliseconds(50 * i));
+  // Then 800 MiB/s for 100 ms.
+  EXPECT_GE(PaceAfterABurst(&pacer, t0 + milliseconds(2000), milliseconds(10)), 2 * 300 * kMiB);
+}
+
+TEST(BackgroundWritePacerTest, UnpacedWhileRocksDbStallsWriters) {
+  const Clock::time_point t0 = Clock::now();
+  BackgroundWritePacer pacer(PacerOptions(kMiB));
+  BackgroundWritePacer::StallListener listener(&pacer);
+  pacer.NoteIngest(kMiB, t0);
+  EXPECT_GT(pacer.PaceAt(t0), 0);
+  rocksdb::WriteStallInfo info;
+  info.cf_name = "usage";
+  info.condition.prev = rocksdb::WriteStallCondition::kNormal;
+  info.condition.cur = rocksdb::WriteStallCondition::kDelayed;
+  listener.OnStallConditionsChanged(info);
+  EXPECT_EQ(pacer.PaceAt(t0), 0);
+  info.condition.prev = rocksdb::WriteStallCondition::kDelayed;
+  info.condition.cur = rocksdb::WriteStallCondition::kStopped;
+  listener.OnStallConditionsChanged(info);
+  EXPECT_EQ(pacer.PaceAt(t0), 0);
+  info.condition.prev = rocksdb::WriteStallCondition::kStopped;
+  info.condition.cur = rocksdb::WriteStallCondition::kNormal;
+  listener.OnStallConditionsChanged(info);
+  EXPECT_GT(pacer.PaceAt(t0), 0);
 }
 
 TEST(BackgroundWritePacerTest, RequestsWaitForThePace) {
@@ -117,13 +152,14 @@ TEST(BackgroundWritePacerTest, FlushesAndCompactionsArePacedApartAndStallsNotAtA
   BackgroundWritePacer pacer(options);
   pacer.NoteIngest(1, Clock::now());
   const int64_t burst = pacer.GetSingleBurstBytes();
-  pacer.Request(burst, rocksdb::Env::IO_HIGH, nullptr);  // a flush: at once
-  pacer.Request(burst, rocksdb::Env::IO_LOW, nullptr);   // a compaction: not behind the flush
+  // A flush: at once, and the next one a second later at 1 MiB/s.
+  pacer.Request(4 * burst, rocksdb::Env::IO_HIGH, nullptr);
+  pacer.Request(burst, rocksdb::Env::IO_LOW, nullptr);  // a compaction: not behind the flush
   // RocksDB asks at IO_USER while writers are delayed or stopped: never paced.
   for (int i = 0; i < 8; ++i) pacer.Request(burst, rocksdb::Env::IO_USER, nullptr);
   EXPECT_EQ(waited_us.Value(), 0u);
   EXPECT_EQ(pacer.GetTotalRequests(rocksdb::Env::IO_USER), 8);
-  pacer.Request(1, rocksdb::Env::IO_HIGH, nullptr);  // the flush's next: a burst's time later
+  pacer.Request(1, rocksdb::Env::IO_HIGH, nullptr);  // the flush's next: waits
   EXPECT_GT(waited_us.Value(), 0u);
 }
 
@@ -142,18 +178,28 @@ testing::AppendCommand HundredKiBCommand(int i) {
   return testing::AppendCommand("subject-" + std::to_string(i), 100, "test.appended.v1", 1000);
 }
 
-TEST(BackgroundWritePaceTest, FlushesDuringWritesWaitForThePace) {
+// Microseconds flushes waited while ~6 MiB of events were written, a flush per ~1 MiB.
+uint64_t FlushWaitWhileWriting(double pace) {
   testing::TempDir dir;
-  // A flush per ~1 MiB of events.
-  std::unique_ptr<Ledger> ledger = testing::OpenTestLedger(StoreOptions(dir, 1 << 20));
-  ASSERT_NE(ledger, nullptr);
-  for (int i = 0; i < 60; ++i) {  // ~6 MiB: several flushes while the writes go on
+  LedgerOptions options = StoreOptions(dir, 1 << 20);
+  options.background_write_pace = pace;
+  std::unique_ptr<Ledger> ledger = testing::OpenTestLedger(options);
+  if (ledger == nullptr) return 0;
+  for (int i = 0; i < 60; ++i) {
     testing::AppendCommand command = HundredKiBCommand(i);
-    ASSERT_TRUE(ledger->Submit(&command).status.ok());
+    EXPECT_TRUE(ledger->Submit(&command).status.ok());
   }
-  ASSERT_TRUE(ledger->WaitForBackgroundWork(60'000).ok());
+  EXPECT_TRUE(ledger->WaitForBackgroundWork(60'000).ok());
   EXPECT_GT(ledger->metrics().table_bytes_flushed.Value(), 2u << 20);
-  EXPECT_GT(ledger->metrics().background_write_waited_us.Value(), 0u);
+  return ledger->metrics().background_write_waited_us.Value();
+}
+
+TEST(BackgroundWritePaceTest, FlushesDuringWritesWaitForThePace) {
+  EXPECT_GT(FlushWaitWhileWriting(2.0), 0u);
+}
+
+TEST(BackgroundWritePaceTest, PaceZeroLeavesFlushesUnpaced) {
+  EXPECT_EQ(FlushWaitWhileWriting(0.0), 0u);
 }
 
 TEST(BackgroundWritePaceTest, AFlushAfterTheWritesStoppedIsNotPaced) {
