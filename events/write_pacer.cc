@@ -76,7 +76,7 @@ void BackgroundWritePacer::Request(int64_t bytes, rocksdb::Env::IOPriority pri,
   const int slot = Slot(pri);
   bytes_through_[slot].fetch_add(bytes, std::memory_order_relaxed);
   requests_[slot].fetch_add(1, std::memory_order_relaxed);
-  if (slot >= 2) return;
+  if (slot >= kPacedSlots) return;
   const Clock::time_point now = Clock::now();
   const int64_t pace = PaceAt(now);
   Clock::time_point start;

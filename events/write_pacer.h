@@ -93,6 +93,7 @@ class BackgroundWritePacer final : public rocksdb::RateLimiter {
   static constexpr int kBuckets = 10;
   // Per priority: compactions (IO_LOW), flushes (IO_HIGH), anything else (unpaced).
   static constexpr int kSlots = 3;
+  static constexpr int kPacedSlots = 2;
 
   // One priority's count (IO_TOTAL: all of them).
   static int64_t Total(const std::atomic<int64_t> (&slots)[kSlots], rocksdb::Env::IOPriority pri);
@@ -113,7 +114,7 @@ class BackgroundWritePacer final : public rocksdb::RateLimiter {
 
   std::mutex mu_;
   // Per paced priority: when the bytes granted so far will have been written at the pace.
-  Clock::time_point next_free_[2] = {};  // guarded by mu_
+  Clock::time_point next_free_[kPacedSlots] = {};  // guarded by mu_
 };
 
 }  // namespace ledger

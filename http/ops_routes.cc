@@ -101,6 +101,14 @@ void CounterLine(const char* name, const char* help, uint64_t value, std::string
   *out += std::string(name) + " " + std::to_string(value) + "\n";
 }
 
+// A counter kept in microseconds, rendered in seconds.
+void CounterSecondsLine(const char* name, const char* help, uint64_t micros, std::string* out) {
+  *out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " counter\n";
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.6f", static_cast<double>(micros) / 1e6);
+  *out += std::string(name) + " " + buf + "\n";
+}
+
 void HistogramBlock(const char* name, const char* help, const Histogram& histogram, std::string* out) {
   *out += std::string("# HELP ") + name + " " + help + "\n";
   RenderHistogram(name, "", histogram.Read(), true, out);
@@ -166,11 +174,10 @@ void RenderLedgerMetrics(Ledger& ledger, std::string* out) {
   CounterLine("ledger_event_table_bytes_compacted_total",
               "Of those, the events family's (0: its files are only moved, never rewritten).",
               m.event_table_bytes_compacted.Value(), out);
-  *out += "# HELP ledger_background_write_wait_seconds_total Time RocksDB's flushes and "
-          "compactions waited to keep to a multiple of the ledger's write rate.\n"
-          "# TYPE ledger_background_write_wait_seconds_total counter\n"
-          "ledger_background_write_wait_seconds_total " +
-          std::to_string(static_cast<double>(m.background_write_waited_us.Value()) / 1e6) + "\n";
+  CounterSecondsLine("ledger_background_write_wait_seconds_total",
+                     "Time RocksDB's flushes and compactions waited to keep to a multiple of the "
+                     "ledger's write rate.",
+                     m.background_write_waited_us.Value(), out);
   HistogramBlock("ledger_append_group_commands", "Commands per group commit.", m.group_commands, out);
   HistogramBlock("ledger_append_group_events", "Events per group commit.", m.group_events, out);
   HistogramBlock("ledger_write_seconds", "Latency of the synced WriteBatch of a group (write + fsync).",
