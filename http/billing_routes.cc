@@ -10,20 +10,25 @@
 // (GET /subscription-status and the webhook are answered from projections elsewhere.)
 //
 // Order of work for a mutating route:
-//   1. Stripe configured? (503 stripe_not_configured), body valid? (400/422), state allows it?
-//      (409/422 from the snapshot: plan, customer, subscription). Nothing appended on any error.
+//   1. Stripe configured? (503 stripe_not_configured), body valid? (400/422).
 //   2. With a client Idempotency-Key: a probe through the writer answers a retry from its stored
-//      result (or 409 idempotency_key_reused) *before* Stripe is called again.
-//   3. Stripe's Idempotency-Key is derived from our command: from (user, route, client key,
+//      result (or 409 idempotency_key_reused) *before* anything else -- before the state checks
+//      too, which the request's own effect may have changed since (a cancel's webhook ends the
+//      subscription: the retry must still get the stored 200, not 409).
+//   3. State allows it? (409/422 from the snapshot: plan, customer, subscription). Nothing
+//      appended on any error.
+//   4. Stripe's Idempotency-Key is derived from our command: from (user, route, client key,
 //      request hash) when the client sent a key, else from a fresh command id (UUID).
-//   4. Call Stripe (the client retries network errors/429/5xx with that same key). A failure is a
+//   5. Call Stripe (the client retries network errors/429/5xx with that same key). A failure is a
 //      502/503 problem and appends nothing.
-//   5. ONE command appends the event (what was asked, Stripe's ids in the answer; never a secret or
+//   6. ONE command appends the event (what was asked, Stripe's ids in the answer; never a secret or
 //      a session URL) and stores the response under the client's Idempotency-Key.
 //
-// Crash window: between 4 and 5 Stripe has acted and the log does not know yet. A client that
-// retries with its Idempotency-Key sends Stripe the same key, so Stripe replays the same object
-// (for 24 h) and step 5 records it then. Without a client key, the effect is still reported by
+// Crash window: between 5 and 6 Stripe has acted and the log does not know yet (a crash, or step 6
+// refused: a full write queue's 503). A client that retries with its Idempotency-Key sends Stripe
+// the same key, so Stripe replays the same object (for 24 h) and step 6 records it then. (An
+// upgrade's retry finds the subscription already on the plan: the change's metadata names the
+// request, so the route knows it for its own and re-sends it instead of answering 409.) Without a client key, the effect is still reported by
 // Stripe's webhooks (the source of truth for subscription state); an unrecorded Checkout or portal
 // session simply expires unused. Recording an intent event before the call would not close the
 // window (the call can still happen or not after a crash) and would double the fsyncs.
@@ -109,16 +114,6 @@ class RecordStripeCall final : public Command {
   std::string body;
 };
 
-// Asks the writer whether (scope, key) already has a stored result: a hit is answered from the
-// idempotency record (Decide() is not called); a miss reaches Decide(), which appends nothing.
-class IdempotencyProbe final : public Command {
- public:
-  static constexpr char kMiss[] = "idempotency_probe_miss";
-  Status Decide(const DecideContext&, Decision*) override {
-    return Status::Make(Code::kNotFound, kMiss, "no stored result");
-  }
-};
-
 bool RequireStripe(const AppContext& context, httplib::Response& res) {
   if (context.ledger == nullptr) {
     WriteProblem(503, "storage_unavailable", "the event store is not open", &res);
@@ -195,7 +190,7 @@ void WriteProblemAt(const Status& status, Position position, httplib::Response& 
   SetPositionHeader(position, &res);
 }
 
-// Steps 2 and 3 of the file comment. Returns false when the response is written (a bad
+// Steps 2 and 4 of the file comment. Returns false when the response is written (a bad
 // Idempotency-Key, a stored result, a reused key, the ledger unavailable).
 bool BeginStripeCall(const AppContext& context, const httplib::Request& req,
                      const Identity& identity, const char* route_name, std::string_view operation,
@@ -205,15 +200,7 @@ bool BeginStripeCall(const AppContext& context, const httplib::Request& req,
     *stripe_key = StripeIdempotencyKey(operation, identity.subject, "command:" + NewUuid());
     return true;
   }
-  IdempotencyProbe probe;
-  probe.idempotency_scope = command->idempotency_scope;
-  probe.idempotency_key = command->idempotency_key;
-  probe.request_hash = command->request_hash;
-  CommandResult result = context.ledger->Submit(&probe);
-  if (result.status.ok() || result.status.problem() != IdempotencyProbe::kMiss) {
-    WriteCommandResult(result, &res);
-    return false;
-  }
+  if (AnswerStoredRetry(context.ledger, *command, &res)) return false;
   *stripe_key = StripeIdempotencyKey(
       operation, identity.subject,
       "client:" + command->idempotency_key + ":" + HexEncode(command->request_hash));
@@ -288,6 +275,12 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
   Status s = ParseBody(req.body, {"plan_id", "billing_cycle"}, false, &doc);
   if (s.ok()) s = ParsePlanChoice(doc, &plan_id, &cycle);
   if (!s.ok()) return WriteStatusProblem(s, &res);
+  RecordStripeCall command;
+  std::string stripe_key;
+  if (!BeginStripeCall(context, req, identity, kCheckoutPath, "checkout", &command, &stripe_key,
+                       res)) {
+    return;
+  }
 
   std::unique_ptr<ReadView> view = context.ledger->Snapshot();
   pc::Plan plan;
@@ -302,13 +295,6 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
                              "); change it with /api/v1/billing/subscription/upgrade or the portal");
   }
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
-
-  RecordStripeCall command;
-  std::string stripe_key;
-  if (!BeginStripeCall(context, req, identity, kCheckoutPath, "checkout", &command, &stripe_key,
-                       res)) {
-    return;
-  }
   const StripeCheckoutParams params =
       CheckoutParamsFor(context, identity, plan, cycle, prices, current.customer_id);
   StripeCheckoutSession session;
@@ -334,6 +320,11 @@ void CreatePortal(const AppContext& context, const httplib::Request& req,
   rapidjson::Document doc;
   Status s = ParseBody(req.body, {}, true, &doc);
   if (!s.ok()) return WriteStatusProblem(s, &res);
+  RecordStripeCall command;
+  std::string stripe_key;
+  if (!BeginStripeCall(context, req, identity, kPortalPath, "portal", &command, &stripe_key, res)) {
+    return;
+  }
   std::unique_ptr<ReadView> view = context.ledger->Snapshot();
   pc::UserSubscription current;
   s = pc::GetUserSubscription(*view, identity.subject, &current);
@@ -342,12 +333,6 @@ void CreatePortal(const AppContext& context, const httplib::Request& req,
                          "there is no Stripe customer for you yet: subscribe through checkout first");
   }
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
-
-  RecordStripeCall command;
-  std::string stripe_key;
-  if (!BeginStripeCall(context, req, identity, kPortalPath, "portal", &command, &stripe_key, res)) {
-    return;
-  }
   StripePortalSession session;
   s = context.stripe->CreatePortalSession(current.customer_id, context.stripe_portal_return_url,
                                           stripe_key, &session);
@@ -444,11 +429,6 @@ void CancelSubscription(const AppContext& context, const httplib::Request& req,
   Status s = ParseBody(req.body, {"at_period_end"}, true, &doc);
   if (s.ok()) s = pc::ObjectReader(doc).Bool("at_period_end", false, &at_period_end);
   if (!s.ok()) return WriteStatusProblem(s, &res);
-  std::unique_ptr<ReadView> view = context.ledger->Snapshot();
-  pc::UserSubscription current;
-  s = ChangeableSubscription(*view, identity, &current);
-  if (!s.ok()) return WriteProblemAt(s, view->position(), res);
-
   RecordStripeCall command;
   std::string stripe_key;
   if (!BeginStripeCall(context, req, identity, kCancelPath,
@@ -456,6 +436,10 @@ void CancelSubscription(const AppContext& context, const httplib::Request& req,
                        &stripe_key, res)) {
     return;
   }
+  std::unique_ptr<ReadView> view = context.ledger->Snapshot();
+  pc::UserSubscription current;
+  s = ChangeableSubscription(*view, identity, &current);
+  if (!s.ok()) return WriteProblemAt(s, view->position(), res);
   StripeSubscription sub;
   if (at_period_end) {
     s = context.stripe->SetCancelAtPeriodEnd(current.subscription_id(), true, stripe_key, &sub);
@@ -486,11 +470,20 @@ void CancelSubscription(const AppContext& context, const httplib::Request& req,
                    SubscriptionStateJson(sub, at_period_end), res);
 }
 
-// The recurring item of Stripe's subscription that a change to `price_id` replaces. 409
-// no_active_subscription when it ended at Stripe, 409 already_on_plan when nothing would change,
-// 502 when Stripe shows no recurring item.
+// Metadata the change leaves on Stripe's subscription: the request (its Stripe Idempotency-Key)
+// and the price it replaced, so that a client's retry of a change Stripe made but the log never
+// recorded (a crash, a full write queue) is known for what it is.
+constexpr char kChangeRequestMetadata[] = "ledgerd_request";
+constexpr char kChangeFromPriceMetadata[] = "ledgerd_from_price";
+
+// The recurring item of Stripe's subscription that a change to `price_id` replaces, and the price
+// the change replaces (`*from_price`). 409 no_active_subscription when it ended at Stripe, 409
+// already_on_plan when nothing would change -- unless this very request (`stripe_key`) made that
+// change: then it is sent again (Stripe replays it) and recorded. 502 when Stripe shows no
+// recurring item.
 Status ItemToChange(const StripeSubscription& before, const pc::Plan& plan, BillingCycle cycle,
-                    const std::string& price_id, const StripeSubscriptionItem** item) {
+                    const std::string& price_id, const std::string& stripe_key,
+                    const StripeSubscriptionItem** item, std::string* from_price) {
   pc::SubscriptionStatus status;
   if (pc::ParseSubscriptionStatus(before.status, &status) && pc::IsTerminal(status)) {
     return Status::Conflict("no_active_subscription", "the subscription has ended at Stripe");
@@ -508,9 +501,17 @@ Status ItemToChange(const StripeSubscription& before, const pc::Plan& plan, Bill
   }
   // Same price and already tagged with the plan: nothing to do. (Same price with another tag is
   // the trial -> Starter case: only the plan tag changes.)
+  *from_price = (*item)->price_id;
   auto tagged = before.metadata.find("plan_id");
   if ((*item)->price_id == price_id && tagged != before.metadata.end() &&
       tagged->second == plan.id) {
+    auto request = before.metadata.find(kChangeRequestMetadata);
+    auto from = before.metadata.find(kChangeFromPriceMetadata);
+    if (request != before.metadata.end() && request->second == stripe_key &&
+        from != before.metadata.end()) {
+      *from_price = from->second;
+      return Status::OK();
+    }
     return Status::Conflict("already_on_plan", "the subscription is already on plan '" + plan.id +
                                                    "' (" + std::string(BillingCycleName(cycle)) +
                                                    ")");
@@ -520,7 +521,7 @@ Status ItemToChange(const StripeSubscription& before, const pc::Plan& plan, Bill
 
 // stripe.subscription_change_requested.v1.
 std::string ChangeEventData(const Identity& identity, const pc::UserSubscription& current,
-                            const StripeSubscriptionItem& item,
+                            const StripeSubscriptionItem& item, const std::string& from_price,
                             const StripePriceChangeParams& change, const StripeSubscription& after,
                             const pc::Plan& plan, BillingCycle cycle,
                             const std::string& stripe_key) {
@@ -531,7 +532,7 @@ std::string ChangeEventData(const Identity& identity, const pc::UserSubscription
   Str(w, "subscription_id", after.id);
   StrOrNull(w, "customer", after.customer.empty() ? current.customer_id : after.customer);
   Str(w, "item_id", item.id);
-  Str(w, "from_price_id", item.price_id);
+  Str(w, "from_price_id", from_price);
   StrOrNull(w, "from_plan_id", current.plan_id().value_or(""));
   Str(w, "to_plan_id", plan.id);
   Str(w, "billing_cycle", BillingCycleName(cycle));
@@ -552,6 +553,12 @@ void UpgradeSubscription(const AppContext& context, const httplib::Request& req,
   Status s = ParseBody(req.body, {"plan_id", "billing_cycle"}, false, &doc);
   if (s.ok()) s = ParsePlanChoice(doc, &plan_id, &cycle);
   if (!s.ok()) return WriteStatusProblem(s, &res);
+  RecordStripeCall command;
+  std::string stripe_key;
+  if (!BeginStripeCall(context, req, identity, kUpgradePath, "change_plan", &command, &stripe_key,
+                       res)) {
+    return;
+  }
 
   std::unique_ptr<ReadView> view = context.ledger->Snapshot();
   pc::Plan plan;
@@ -561,26 +568,23 @@ void UpgradeSubscription(const AppContext& context, const httplib::Request& req,
   if (s.ok()) s = ResolveChangePrice(plan, cycle, &price_id);
   if (s.ok()) s = ChangeableSubscription(*view, identity, &current);
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
-
-  RecordStripeCall command;
-  std::string stripe_key;
-  if (!BeginStripeCall(context, req, identity, kUpgradePath, "change_plan", &command, &stripe_key,
-                       res)) {
-    return;
-  }
   // Stripe's own view of the subscription: the item to change and its current price (the
   // projection can lag behind a webhook).
   StripeSubscription before;
   s = context.stripe->GetSubscription(current.subscription_id(), &before);
   if (!s.ok()) return WriteStatusProblem(s, &res);
   const StripeSubscriptionItem* item = nullptr;
-  s = ItemToChange(before, plan, cycle, price_id, &item);
+  std::string from_price;
+  s = ItemToChange(before, plan, cycle, price_id, stripe_key, &item, &from_price);
   if (!s.ok()) return WriteStatusProblem(s, &res);
   StripePriceChangeParams change;
   change.subscription_id = before.id;
   change.item_id = item->id;
   change.price_id = price_id;
-  change.metadata = {{"plan_id", plan.id}, {"billing_cycle", std::string(BillingCycleName(cycle))}};
+  change.metadata = {{"plan_id", plan.id},
+                     {"billing_cycle", std::string(BillingCycleName(cycle))},
+                     {kChangeRequestMetadata, stripe_key},
+                     {kChangeFromPriceMetadata, from_price}};
   StripeSubscription after;
   s = context.stripe->ChangeSubscriptionPrice(change, stripe_key, &after);
   if (!s.ok()) return WriteStatusProblem(s, &res);
@@ -597,8 +601,8 @@ void UpgradeSubscription(const AppContext& context, const httplib::Request& req,
   b.EndObject();
   FinishStripeCall(context, &command,
                    NewEvent{kSubscriptionChangeRequestedV1, identity.subject,
-                            ChangeEventData(identity, current, *item, change, after, plan, cycle,
-                                            stripe_key)},
+                            ChangeEventData(identity, current, *item, from_price, change, after,
+                                            plan, cycle, stripe_key)},
                    body.GetString(), res);
 }
 

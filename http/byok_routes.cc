@@ -271,6 +271,8 @@ void TestKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Re
     WriteProblem(404, "not_found", "no such provider", &res);
     return;
   }
+  // A retry with its Idempotency-Key gets the first answer without asking the provider again.
+  if (AnswerStoredRetry(c.ledger, req, kTestName, identity, &res)) return;
   pj::ByokKeyRow key;
   {
     std::unique_ptr<ReadView> view = c.ledger->Snapshot();
@@ -301,6 +303,7 @@ void TestKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Re
   pj::RecordByokKeyTest command(identity.subject, provider_id, key.key_id,
                                 std::string(KeyVerdictName(result.verdict)),
                                 result.provider_status, result.detail);
+  if (!ApplyIdempotencyKey(req, kTestName, identity, &command, &res)) return;
   WriteCommandResult(c.ledger->Submit(&command), &res);
 }
 

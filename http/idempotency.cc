@@ -40,4 +40,37 @@ bool ApplyIdempotencyKey(const httplib::Request& req, std::string_view route_nam
   return true;
 }
 
+namespace {
+
+// Asks the writer whether (scope, key) already has a stored result: a hit is answered from the
+// idempotency record (Decide() is not called); a miss reaches Decide(), which appends nothing.
+class IdempotencyProbe final : public Command {
+ public:
+  static constexpr char kMiss[] = "idempotency_probe_miss";
+  Status Decide(const DecideContext&, Decision*) override {
+    return Status::Make(Code::kNotFound, kMiss, "no stored result");
+  }
+};
+
+}  // namespace
+
+bool AnswerStoredRetry(Ledger* ledger, const Command& command, httplib::Response* res) {
+  if (command.idempotency_key.empty()) return false;
+  IdempotencyProbe probe;
+  probe.idempotency_scope = command.idempotency_scope;
+  probe.idempotency_key = command.idempotency_key;
+  probe.request_hash = command.request_hash;
+  CommandResult result = ledger->Submit(&probe);
+  if (!result.status.ok() && result.status.problem() == IdempotencyProbe::kMiss) return false;
+  WriteCommandResult(result, res);
+  return true;
+}
+
+bool AnswerStoredRetry(Ledger* ledger, const httplib::Request& req, std::string_view route_name,
+                       const Identity& identity, httplib::Response* res) {
+  IdempotencyProbe probe;
+  if (!ApplyIdempotencyKey(req, route_name, identity, &probe, res)) return true;
+  return AnswerStoredRetry(ledger, probe, res);
+}
+
 }  // namespace ledger::http

@@ -32,4 +32,20 @@ inline const std::string kIdempotencyKeyHeader = "Idempotency-Key";
 // SHA-256 over "<METHOD> <path>\n<body>".
 Hash RequestHash(const httplib::Request& req);
 
+// For a route whose work has an effect outside the log that must not be repeated on a retry (a
+// Stripe call, a request to an LLM provider): when `command` carries an Idempotency-Key (after
+// ApplyIdempotencyKey), asks the writer whether that key already has a stored result and, if so,
+// writes it -- or 409 "idempotency_key_reused" for another request -- to `res` and returns true.
+// Returns false, with nothing written or appended, when the route should go on. Call it before the
+// route's state checks: the retried request's own effect may have changed that state since.
+[[nodiscard]] bool AnswerStoredRetry(Ledger* ledger, const Command& command,
+                                     httplib::Response* res);
+
+// The same for a route that builds its command only after the outside call: reads the request's
+// Idempotency-Key itself (true after a 400 for a bad one, as ApplyIdempotencyKey would write);
+// the command then gets the key from ApplyIdempotencyKey as usual.
+[[nodiscard]] bool AnswerStoredRetry(Ledger* ledger, const httplib::Request& req,
+                                     std::string_view route_name, const Identity& identity,
+                                     httplib::Response* res);
+
 }  // namespace ledger::http

@@ -156,6 +156,9 @@ Status LagoSignatureVerifier::Verify(std::string_view algorithm, std::string_vie
   if (!hmac && !algorithm.empty() && !EqualsIgnoreCase(algorithm, "jwt")) {
     return Invalid("X-Lago-Signature-Algorithm must be hmac or jwt");
   }
+  // An unsigned delivery is the sender's fault whatever this server is configured for; a mode it
+  // is not configured for is the operator's (503: Lago retries until the key is set).
+  if (signature.empty()) return Invalid("X-Lago-Signature is missing");
   if (hmac && hmac_key_.empty()) {
     return Status::Unavailable(kNotConfigured,
                                "hmac-signed Lago webhooks need LAGO_WEBHOOK_HMAC_KEY");
@@ -164,7 +167,6 @@ Status LagoSignatureVerifier::Verify(std::string_view algorithm, std::string_vie
     return Status::Unavailable(kNotConfigured,
                                "jwt-signed Lago webhooks need LAGO_WEBHOOK_PUBLIC_KEY_FILE");
   }
-  if (signature.empty()) return Invalid("X-Lago-Signature is missing");
   *mode = hmac ? "hmac" : "jwt";
   return hmac ? VerifyHmac(signature, raw_body) : VerifyJwt(signature, raw_body);
 }

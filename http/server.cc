@@ -30,6 +30,7 @@
 
 #include "http/problem.h"
 #include "http/route.h"
+#include "projections/json_util.h"
 
 namespace ledger::http {
 
@@ -1537,12 +1538,15 @@ std::string HttpServer::Impl::AllowedMethods(const std::string& path) const {
 
 void HttpServer::Impl::Fallback(const httplib::Request& req, httplib::Response& res) {
   const auto start = Clock::now();
-  std::string path = req.path.substr(0, kDetailPathBytesMax);
+  // The path is percent-decoded (any bytes) and the detail is JSON: cut at a character boundary,
+  // anything not UTF-8 shown as '?'.
+  std::string path = projections::Truncated(req.path, kDetailPathBytesMax);
+  const std::string method = projections::Truncated(req.method, 32);
   std::string allow = AllowedMethods(req.path);
   if (allow.empty()) {
-    WriteProblem(404, "not_found", "no route for " + req.method + " " + path, &res);
+    WriteProblem(404, "not_found", "no route for " + method + " " + path, &res);
   } else {
-    WriteProblem(405, "method_not_allowed", req.method + " is not allowed on " + path, &res);
+    WriteProblem(405, "method_not_allowed", method + " is not allowed on " + path, &res);
     res.set_header("Allow", allow);
   }
   if (HasBody(req)) CloseAfterResponse(req);

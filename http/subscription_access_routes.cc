@@ -22,6 +22,7 @@
 
 #include "http/problem.h"
 #include "http/routes.h"
+#include "projections/json_util.h"
 #include "projections/limits.h"
 #include "projections/subscriptions.h"
 #include "projections/usage.h"
@@ -239,9 +240,10 @@ std::string StatusJson(const pj::UserSubscription& sub) {
   return std::string(buf.GetString(), buf.GetSize());
 }
 
+// Echoed in the answer's JSON: it must be UTF-8 (a path or query is percent-decoded to any bytes).
 bool ValidUserId(std::string_view id) {
   return !id.empty() && id.size() <= pj::limits::kUserIdBytesMax &&
-         id.find('/') == std::string_view::npos;
+         id.find('/') == std::string_view::npos && pj::IsValidUtf8(id);
 }
 
 void WriteAccess(Ledger* ledger, const Clock* clock, std::string_view user_id,
@@ -272,7 +274,7 @@ void AdminUserAccess(Ledger* ledger, const Clock* clock, const httplib::Request&
   if (!RequireLedger(ledger, res)) return;
   const std::string user_id = req.matches[1].str();
   if (!ValidUserId(user_id)) {
-    WriteProblem(400, "invalid_parameter", "user_id: 1 to 255 characters without '/'", &res);
+    WriteProblem(400, "invalid_parameter", "user_id: 1 to 255 bytes of UTF-8 without '/'", &res);
     return;
   }
   WriteAccess(ledger, clock, user_id, res);
@@ -291,7 +293,7 @@ bool CheckAccessUser(const httplib::Request& req, const Identity& identity, std:
     if (!ValidUserId(requested)) {
       WriteProblem(400, "invalid_parameter",
                    "user_id: a service token must name the user (?user_id=, 1 to 255 "
-                   "characters without '/')",
+                   "bytes of UTF-8 without '/')",
                    &res);
       return false;
     }
@@ -310,8 +312,8 @@ void CheckAccess(Ledger* ledger, const httplib::Request& req, httplib::Response&
                  const Identity& identity) {
   if (!RequireLedger(ledger, res)) return;
   const std::string service = req.matches[1].str();
-  if (service.size() > kServiceIdBytesMax) {
-    WriteProblem(400, "invalid_parameter", "service: too long", &res);
+  if (service.size() > kServiceIdBytesMax || !pj::IsValidUtf8(service)) {
+    WriteProblem(400, "invalid_parameter", "service: too long or not UTF-8", &res);
     return;
   }
   std::string user_id;

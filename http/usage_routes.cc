@@ -125,13 +125,15 @@ bool ValidUserId(std::string_view id) {
   return pj::IsValidUtf8(id);
 }
 
+// The key is copied into the usage event's JSON: a body's key is valid UTF-8 already (the parser
+// checks), an Idempotency-Key header's bytes are not (cpp-httplib also percent-decodes them).
 bool ValidIdempotencyKey(std::string_view key) {
   if (key.empty() || key.size() > ledger::limits::kIdempotencyKeyBytesMax) return false;
   for (char ch : key) {
     const auto u = static_cast<unsigned char>(ch);
     if (u < 0x20 || u == 0x7f) return false;
   }
-  return true;
+  return pj::IsValidUtf8(key);
 }
 
 std::string_view View(const rapidjson::Value& v) {

@@ -28,8 +28,11 @@ Status Malformed(std::string message) {
   return Status::InvalidArgument("malformed_event", std::move(message));
 }
 
+// Secrets, and links that work for whoever holds them: an invoice's payment page and PDF, a
+// charge's receipt (the Lago side redacts its checkout and payment URLs the same way).
 bool IsSecretMemberName(std::string_view name) {
-  return name == "client_secret" || name == "secret";
+  return name == "client_secret" || name == "secret" || name == "hosted_invoice_url" ||
+         name == "invoice_pdf" || name == "receipt_url";
 }
 
 Status RedactPayload(std::string_view raw, std::string* out) {

@@ -129,7 +129,8 @@ class BillingRoutesTest : public ::testing::Test {
   // them at the fake.
   void GiveAliceASubscription(const std::string& status = "active",
                               const std::string& price = "price_starter_monthly",
-                              std::optional<std::string> plan_tag = "starter") {
+                              std::optional<std::string> plan_tag = "starter",
+                              bool at_stripe_too = true) {
     ledger::testing::StripeCheckoutSpec checkout;
     checkout.client_reference_id = "alice";
     checkout.metadata_user_id = "alice";
@@ -153,6 +154,8 @@ class BillingRoutesTest : public ::testing::Test {
     ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
                                                ledger::testing::StripeSubscriptionEventJson(sub))
                     .status.ok());
+    head_after_setup_ = Head();
+    if (!at_stripe_too) return;
     fake_.AddCustomer("cus_alice", "alice@example.com");
     FakeStripe::Subscription at_stripe;
     at_stripe.id = "sub_alice";
@@ -162,6 +165,20 @@ class BillingRoutesTest : public ::testing::Test {
     at_stripe.price_id = price;
     if (plan_tag) at_stripe.metadata = {{"plan_id", *plan_tag}, {"user_id", "alice"}};
     fake_.AddSubscription(at_stripe);
+    head_after_setup_ = Head();
+  }
+
+  // A fresh, empty log behind the same routes and the same fake Stripe: what a crash between
+  // Stripe's answer and the append leaves (Stripe acted; the log never heard of it).
+  void LoseTheLog() {
+    stack_.Stop();
+    ledger_.reset();
+    LedgerOptions options;
+    options.path = other_dir_.path();
+    options.folds = projections::AllFolds();
+    ASSERT_TRUE(Ledger::Open(options, &ledger_).ok());
+    ASSERT_TRUE(ledger::testing::SeedCatalogWithPrices(ledger_.get()).ok());
+    StartServer(/*configured=*/true);
     head_after_setup_ = Head();
   }
 
@@ -183,6 +200,7 @@ class BillingRoutesTest : public ::testing::Test {
   }
 
   ledger::testing::TempDir dir_;
+  ledger::testing::TempDir other_dir_;  // LoseTheLog's
   std::unique_ptr<Ledger> ledger_;
   FakeStripe fake_;
   std::unique_ptr<HttpStripeClient> stripe_;
@@ -535,7 +553,9 @@ TEST_F(BillingRoutesTest, UpgradeIsAProratedPriceChangeOfTheItem) {
                                   {"items[0][price]", "price_professional_monthly"},
                                   {"proration_behavior", "create_prorations"},
                                   {"metadata[plan_id]", "professional"},
-                                  {"metadata[billing_cycle]", "monthly"}}));
+                                  {"metadata[billing_cycle]", "monthly"},
+                                  {"metadata[ledgerd_request]", q.idempotency_key},
+                                  {"metadata[ledgerd_from_price]", "price_starter_monthly"}}));
   EXPECT_EQ(q.idempotency_key.rfind("ledgerd-change_plan-", 0), 0u);
   auto at_stripe = fake_.GetSubscription("sub_alice");
   EXPECT_EQ(at_stripe->price_id, "price_professional_monthly");
@@ -551,6 +571,62 @@ TEST_F(BillingRoutesTest, UpgradeIsAProratedPriceChangeOfTheItem) {
   ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"trial"})"), 422, "plan_not_purchasable");
   ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"nope"})"), 422, "unknown_plan");
   EXPECT_EQ(Head(), head);
+}
+
+TEST_F(BillingRoutesTest, AnUpgradeRetriedAfterItsRecordWasLostIsRecordedNotRefused) {
+  GiveAliceASubscription();
+  const std::string body = R"({"plan_id":"professional"})";
+  ASSERT_EQ(Alice().Post(kUpgrade, body, {{"Idempotency-Key", "up-1"}}).status, 200);
+  LoseTheLog();
+  GiveAliceASubscription("active", "price_starter_monthly", "starter", /*at_stripe_too=*/false);
+  // Stripe already shows the subscription on Professional; the retry is known by the change's
+  // metadata, sent again with the same key (Stripe replays it) and recorded.
+  HttpReply retry = Alice().Post(kUpgrade, body, {{"Idempotency-Key", "up-1"}});
+  ASSERT_EQ(retry.status, 200) << retry.body;
+  auto posts = fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice");
+  ASSERT_EQ(posts.size(), 2u);
+  EXPECT_EQ(posts[1].idempotency_key, posts[0].idempotency_key);
+  EXPECT_EQ(posts[1].params, posts[0].params);
+  auto events = EventsOfType("stripe.subscription_change_requested.v1");
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_NE(events[0].data.find(R"("from_price_id":"price_starter_monthly")"), std::string::npos)
+      << events[0].data;
+  // Any other request for the plan the subscription is on is refused, with or without a key.
+  const uint64_t head = Head();
+  ExpectProblem(Alice().Post(kUpgrade, body, {{"Idempotency-Key", "up-2"}}), 409,
+                "already_on_plan");
+  ExpectProblem(Alice().Post(kUpgrade, body), 409, "already_on_plan");
+  EXPECT_EQ(Head(), head);
+  EXPECT_EQ(fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice").size(), 2u);
+}
+
+TEST_F(BillingRoutesTest, ARetryGetsTheStoredAnswerAfterTheSubscriptionEnded) {
+  GiveAliceASubscription();
+  const std::string body = R"({"at_period_end":false})";
+  HttpReply first = Alice().Post(kCancel, body, {{"Idempotency-Key", "cancel-1"}});
+  ASSERT_EQ(first.status, 200) << first.body;
+  // Stripe's webhook ends the subscription before the client's retry arrives.
+  ledger::testing::StripeSubscriptionSpec deleted;
+  deleted.event_id = "evt_sub_alice_deleted";
+  deleted.event_type = "customer.subscription.deleted";
+  deleted.subscription_id = "sub_alice";
+  deleted.customer_id = "cus_alice";
+  deleted.status = "canceled";
+  deleted.item_id = "si_alice";
+  deleted.price_id = "price_starter_monthly";
+  deleted.metadata_user_id = "alice";
+  deleted.metadata_plan_id = "starter";
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(
+                  ledger_.get(), ledger::testing::StripeSubscriptionEventJson(deleted))
+                  .status.ok());
+  HttpReply again = Alice().Post(kCancel, body, {{"Idempotency-Key", "cancel-1"}});
+  ASSERT_EQ(again.status, 200) << again.body;
+  EXPECT_EQ(again.body, first.body);
+  EXPECT_EQ(again.Header("Idempotent-Replayed"), "true");
+  EXPECT_EQ(fake_.RequestsTo("DELETE", "/v1/subscriptions/sub_alice").size(), 1u);
+  // A new request is refused: there is nothing left to cancel.
+  ExpectProblem(Alice().Post(kCancel, body, {{"Idempotency-Key", "cancel-2"}}), 409,
+                "no_active_subscription");
 }
 
 TEST_F(BillingRoutesTest, UpgradeFailureAtStripeAppendsNothing) {

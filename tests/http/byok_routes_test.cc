@@ -313,6 +313,27 @@ TEST_F(ByokRoutesTest, TestingAKeyAsksTheProviderTheWayItAuthenticates) {
   }
 }
 
+TEST_F(ByokRoutesTest, ARetriedTestIsAnsweredOnceWithoutAskingTheProviderAgain) {
+  provider_.Accept(kOpenAiKey);
+  ASSERT_EQ(Add("alice", "openai", kOpenAiKey).status, 201);
+  const std::string path = "/api/v1/byok/keys/test/openai";
+  const size_t events = AllEvents().size();
+  HttpReply first = As("alice").Post(path, "", {{"Idempotency-Key", "test-1"}});
+  ASSERT_EQ(first.status, 200) << first.body;
+  HttpReply again = As("alice").Post(path, "", {{"Idempotency-Key", "test-1"}});
+  ASSERT_EQ(again.status, 200) << again.body;
+  EXPECT_EQ(again.body, first.body);
+  EXPECT_EQ(again.Header("Idempotent-Replayed"), "true");
+  EXPECT_EQ(provider_.calls(), 1);
+  EXPECT_EQ(AllEvents().size(), events + 1);
+  ExpectProblem(As("alice").Post(path, "", {{"Idempotency-Key", std::string(256, 'k')}}), 400,
+                "invalid_idempotency_key");
+  // Another key is another test.
+  ASSERT_EQ(As("alice").Post(path, "", {{"Idempotency-Key", "test-2"}}).status, 200);
+  EXPECT_EQ(provider_.calls(), 2);
+  EXPECT_EQ(AllEvents().size(), events + 2);
+}
+
 TEST_F(ByokRoutesTest, BadInputAndPlansWithoutByokAppendNothing) {
   const uint64_t head = Head();
   ExpectProblem(Add("tina", "openai", kOpenAiKey), 403, "byok_not_in_plan");

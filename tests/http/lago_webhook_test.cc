@@ -402,6 +402,10 @@ TEST_F(LagoWebhookTest, UnconfiguredModesAnswer503) {
   Start(kHmacKey, "", "");  // hmac only: a jwt delivery cannot be verified
   ExpectProblem(PostJwt(body, "k", LagoJwtSignature(*lago_key_, body, kIssuer)), 503,
                 "lago_webhook_not_configured");
+  // An unsigned delivery is refused as such, in any configuration.
+  ExpectProblem(Post(body, {{"X-Lago-Unique-Key", "k"}}), 400, "invalid_signature");
+  ExpectProblem(Post(body, {{"X-Lago-Unique-Key", "k"}, {"X-Lago-Signature-Algorithm", "jwt"}}),
+                400, "invalid_signature");
   std::string pem;
   ASSERT_TRUE(LoadLagoPublicKey(lago_key_->PublicKeyPem(), &pem).ok());
   Start("", pem, "");  // jwt only, no issuer configured: iss is not checked

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "http/problem.h"
+#include "projections/json_util.h"
 #include "tests/support/http_client.h"
 #include "tests/support/http_stack.h"
 #include "tests/support/tokens.h"
@@ -221,6 +222,17 @@ TEST_F(ServerTest, UnknownRouteIs404AndWrongMethodIs405) {
   ExpectProblem(r, 405, "method_not_allowed");
   EXPECT_EQ(r.Header("Allow"), "GET, HEAD");
   ExpectProblem(client.Delete("/things/ABC"), 404, "not_found");
+}
+
+TEST_F(ServerTest, AProblemNamingAPathThatIsNotUtf8IsStillUtf8) {
+  Start();
+  TestHttpClient client("127.0.0.1", stack_.port());
+  // Percent-decoded to bytes that are not UTF-8; and a path cut inside a two-byte character.
+  for (const std::string& path : {std::string("/%FF%FE"), "/" + std::string(255, 'x') + "%C3%A9"}) {
+    HttpReply r = client.Get(path);
+    ExpectProblem(r, 404, "not_found");
+    EXPECT_TRUE(projections::IsValidUtf8(r.body)) << r.body;
+  }
 }
 
 TEST_F(ServerTest, HandlerFailuresBecomeProblems) {

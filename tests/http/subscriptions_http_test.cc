@@ -491,5 +491,15 @@ TEST_F(SubscriptionsHttpTest, OneUserCannotSeeAnothersSubscription) {
   ExpectProblem(Client().Get(kStatus), 401, "unauthenticated");
 }
 
+TEST_F(SubscriptionsHttpTest, CheckAccessRefusesNamesThatAreNotUtf8) {
+  // The path and the query are percent-decoded to any bytes; the answer echoes both in JSON.
+  ExpectProblem(As("bob").Post(std::string(kCheckAccess) + "%FF", ""), 400, "invalid_parameter");
+  ExpectProblem(Client(kServiceToken).Post(std::string(kCheckAccess) + "chat?user_id=%FF%FE", ""),
+                400, "invalid_parameter");
+  HttpReply ok = Client(kServiceToken).Post(std::string(kCheckAccess) + "chat?user_id=%C3%A9", "");
+  ASSERT_EQ(ok.status, 200) << ok.body;
+  EXPECT_STREQ(ok.Json()["user_id"].GetString(), "\xc3\xa9");
+}
+
 }  // namespace
 }  // namespace ledger::http

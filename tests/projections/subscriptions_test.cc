@@ -597,7 +597,10 @@ TEST_F(SubscriptionsTest, UnknownTypeIsStoredWithoutStateChangeAndSecretsRedacte
       R"({"id":"evt_pi","object":"event","api_version":"2025-03-31.basil","created":1750000999,)"
       R"("data":{"object":{"id":"pi_1","object":"payment_intent","amount":1.50,"big":12345678901234567890,)"
       R"("exp":1e2,"client_secret":"pi_1_secret_abc","nested":[{"secret":{"k":"v"}},{"client_secret":null}],)"
-      R"("customer":"cus_1","note":"caf\u00e9 \/ \"q\""}},"livemode":true,"type":"payment_intent.succeeded"})";
+      R"("customer":"cus_1","note":"caf\u00e9 \/ \"q\"","latest_invoice":{"hosted_invoice_url":)"
+      R"("https://invoice.stripe.com/i/acct_1/live_abc","invoice_pdf":"https://pay.stripe.com/)"
+      R"(invoice/acct_1/live_abc/pdf"},"receipt_url":"https://pay.stripe.com/receipts/r_1"}},)"
+      R"("livemode":true,"type":"payment_intent.succeeded"})";
   Decision d = Deliver(&w, raw);
   ASSERT_EQ(d.events.size(), 1u);
   EXPECT_EQ(d.events[0].type, "stripe.webhook_received.v1");
@@ -608,6 +611,10 @@ TEST_F(SubscriptionsTest, UnknownTypeIsStoredWithoutStateChangeAndSecretsRedacte
   EXPECT_NE(data.find(R"("client_secret":"[redacted]")"), std::string::npos);
   EXPECT_NE(data.find(R"({"secret":"[redacted]"})"), std::string::npos);
   EXPECT_NE(data.find(R"({"client_secret":null})"), std::string::npos);
+  // Bearer links to an invoice's payment page, its PDF and a receipt.
+  EXPECT_EQ(data.find("stripe.com/"), std::string::npos) << data;
+  EXPECT_NE(data.find(R"("hosted_invoice_url":"[redacted]","invoice_pdf":"[redacted]")"),
+            std::string::npos) << data;
   // Numbers exactly as sent.
   EXPECT_NE(data.find(R"("amount":1.50,"big":12345678901234567890,"exp":1e2)"), std::string::npos)
       << data;
