@@ -15,7 +15,8 @@
 //        "window_start","window_end","window_kind","plan_id"}  (limit/remaining null: unlimited)
 //   429 quota_exceeded, 402 subscription_required | trial_expired, 403 service_not_in_plan,
 //   409 idempotency_key_reused (same key, other body; or the key was used by /usage/events),
-//   400 invalid_json, 422 validation_failed | unknown_field | unknown_service.
+//   400 invalid_json, 422 validation_failed | unknown_field | unknown_service |
+//   quantity_exceeds_quota (more than a whole window allows: never a 429 to retry).
 // A retry with the same key and body gets the first answer again (status and body, with
 // `Idempotent-Replayed: true`), counted once. Refusals store nothing: a retry is decided again.
 // Rate-limit headers on 200 and 429 when the window has a limit: X-RateLimit-Limit (calls per

@@ -62,13 +62,16 @@ bool IsPaying(const UserSubscription& sub) {
           sub.subscription.status == SubscriptionStatus::kPastDue);
 }
 
-bool IsYearly(const SubscriptionRecord& record) {
-  return record.interval && *record.interval == "year";
+// Billed yearly: Stripe's interval says so, or (when a webhook left it out) the item's price is
+// the plan's yearly price.
+bool IsYearly(const Plan& plan, const SubscriptionRecord& record) {
+  if (record.interval) return *record.interval == "year";
+  return record.price_id && plan.stripe_price_yearly && *record.price_id == *plan.stripe_price_yearly;
 }
 
 // The monthly revenue of one paying subscription on `plan`, × 12 (exact in cents).
 int64_t MonthlyRevenueTimes12(const Plan& plan, const SubscriptionRecord& record) {
-  if (IsYearly(record) && plan.price_yearly_cents) return *plan.price_yearly_cents;
+  if (IsYearly(plan, record) && plan.price_yearly_cents) return *plan.price_yearly_cents;
   return plan.price_monthly_cents * 12;
 }
 
@@ -336,9 +339,13 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
     }
     if (!sub.has_subscription) return Status::OK();
     const SubscriptionRecord& r = sub.subscription;
-    if (IsTerminal(r.status)) {
-      const std::optional<int64_t> ended = r.canceled_at ? r.canceled_at : r.ended_at;
-      if (ended && *ended >= churn_from && *ended < now_s) ++churned;
+    // Churn is paying customers lost, dated by when the subscription ended (a cancellation at the
+    // period's end is asked for weeks before): not a checkout that never completed
+    // (incomplete_expired), nor a trial ended within its trial (trial conversion counts those).
+    if (IsTerminal(r.status) && r.status != SubscriptionStatus::kIncompleteExpired) {
+      const std::optional<int64_t> ended = r.ended_at ? r.ended_at : r.canceled_at;
+      const bool within_trial = ended && r.trial_end && *ended <= *r.trial_end;
+      if (ended && !within_trial && *ended >= churn_from && *ended < now_s) ++churned;
     }
     const bool trial_plan = plan != nullptr && IsTrialPlan(*plan);
     if (r.trial_start || trial_plan) {
@@ -434,7 +441,7 @@ Status RevenueByTierJson(const StateReader& state, std::string* out) {
     if (it == by_id.end()) return Status::OK();
     Tier& tier = tiers[it->first];
     ++tier.paying;
-    ++(IsYearly(sub.subscription) ? tier.yearly : tier.monthly);
+    ++(IsYearly(*it->second, sub.subscription) ? tier.yearly : tier.monthly);
     tier.revenue12 += MonthlyRevenueTimes12(*it->second, sub.subscription);
     return Status::OK();
   }));

@@ -16,12 +16,14 @@
 //                             of the catalog. Overrides do not make revenue: Stripe bills what
 //                             Stripe has.
 //   MRR                       the sum over paying subscribers of the plan's monthly price, or its
-//                             yearly price / 12 for a yearly subscription (interval "year"), in
+//                             yearly price / 12 for a yearly subscription (interval "year", or
+//                             without an interval the plan's yearly Stripe price), in
 //                             cents, rounded to the cent; ARR = the sum of 12 × monthly price or
 //                             the yearly price (exact, so ARR may differ from 12 × MRR by cents).
-//   churned (window)          a user whose Stripe subscription is canceled or incomplete_expired
-//                             with `canceled_at` (else `ended_at`) inside the last `churn_days`;
-//                             churn rate = churned / (paying + churned).
+//   churned (window)          a user whose Stripe subscription ended (canceled, unpaid, ...;
+//                             not incomplete_expired: it never started) at `ended_at` (else
+//                             `canceled_at`) inside the last `churn_days`, after its trial if it
+//                             had one (`trial_end`); churn rate = churned / (paying + churned).
 //   trial conversion          among users whose subscription had a trial (`trial_start`) or is on
 //                             a trial plan: converted = now paying on a non-trial plan; lost =
 //                             neither trialing nor converted; rate = converted / (converted +

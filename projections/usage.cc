@@ -1400,6 +1400,14 @@ Status ConsumeUsage::Decide(const DecideContext& context, Decision* decision) {
     return Status::Make(Code::kPermissionDenied, "service_not_in_plan",
                         "the " + plan.id + " plan does not include " + r.service);
   }
+  // More than a whole window allows can never be consumed: a 429 with Retry-After would have the
+  // caller retry forever.
+  if (terms.limit && r.quantity > *terms.limit) {
+    return Status::Make(Code::kUnprocessable, "quantity_exceeds_quota",
+                        "quantity " + std::to_string(r.quantity) + " is more than the " +
+                            std::to_string(*terms.limit) + " calls a whole " +
+                            std::string(WindowKindName(terms.window.kind)) + " allows");
+  }
   UsageCounter counter;
   bool existed = false;
   LEDGER_RETURN_IF_ERROR(LoadCounter(*context.state, r.user_id, terms.window, &counter, &existed));

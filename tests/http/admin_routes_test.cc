@@ -276,6 +276,51 @@ TEST_F(AdminRoutesTest, OverviewFiguresFromTheSubscriptions) {
                 "invalid_parameter");
 }
 
+TEST_F(AdminRoutesTest, ChurnIsPaidSubscriptionsDatedByTheirEnd) {
+  const int64_t start = kNow - 10 * kDay, end = kNow + 20 * kDay;
+  AddSubscriber(OnPlan("u-a", "starter", start, end), "a@x.com");
+  // Asked 40 days ago to cancel at the end of its (yearly) period, which came 2 days ago.
+  TestSubscription h = OnPlan("u-h", "starter", "canceled");
+  h.canceled_at = kNow - 40 * kDay;
+  h.ended_at = kNow - 2 * kDay;
+  AddSubscriber(h, "h@x.com");
+  // Canceled within its trial: a lost trial, not a paying customer lost.
+  TestSubscription i = OnPlan("u-i", "starter", "canceled");
+  i.trial_start = kNow - 6 * kDay;
+  i.trial_end = kNow + 1 * kDay;
+  i.canceled_at = kNow - 3 * kDay;
+  i.ended_at = kNow - 3 * kDay;
+  AddSubscriber(i, "i@x.com");
+  // A checkout whose first payment never went through.
+  TestSubscription j = OnPlan("u-j", "starter", "incomplete_expired");
+  j.ended_at = kNow - 1 * kDay;
+  AddSubscriber(j, "j@x.com");
+  // Yearly, from a delivery without the price's interval: known by the plan's yearly price.
+  TestSubscription k = OnPlan("u-k", "professional", start, end);
+  k.interval = "year";
+  k.interval_in_event = false;
+  AddSubscriber(k, "k@x.com");
+
+  HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  EXPECT_EQ(doc["subscribers"]["paying"].GetInt64(), 2);  // a, k
+  EXPECT_EQ(doc["churn"]["churned"].GetInt64(), 1);       // h
+  EXPECT_DOUBLE_EQ(doc["churn"]["rate"].GetDouble(), 0.3333);  // 1 / 3, to 4 places
+  EXPECT_EQ(doc["revenue"]["arr_cents"].GetInt64(), 12 * 1900 + 49000);
+  r = Admin().Get(std::string(kAdminBase) + "analytics/revenue-by-tier");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document tiers = r.Json();
+  int professional = 0;
+  for (const auto& t : tiers["tiers"].GetArray()) {
+    if (std::string(t["plan_id"].GetString()) != "professional") continue;
+    ++professional;
+    EXPECT_EQ(t["paying_yearly"].GetInt64(), 1);
+    EXPECT_EQ(t["arr_cents"].GetInt64(), 49000);
+  }
+  EXPECT_EQ(professional, 1);
+}
+
 TEST_F(AdminRoutesTest, RevenueByTierSplitsMonthlyAndYearly) {
   AddCustomerBase();
   HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/revenue-by-tier");

@@ -233,6 +233,10 @@ TEST_F(UsageRoutesTest, RefusalsAndBadInputAppendNothing) {
   ExpectProblem(Consume("u1", "chat", "k", 10001), 422, "validation_failed");
   ExpectProblem(Consume("u1", "chat", std::string(256, 'k')), 422, "validation_failed");
   ExpectProblem(Consume("a/b", "chat", "k"), 422, "validation_failed");
+  // More than the whole window's 1,000 at once can never be allowed: not a 429 to retry.
+  HttpReply too_many = Consume("u1", "chat", "k", 1001);
+  ExpectProblem(too_many, 422, "quantity_exceeds_quota");
+  EXPECT_FALSE(too_many.HasHeader("Retry-After"));
   ExpectProblem(
       Service().Post(kConsume, R"({"user_id":"u1","service":"chat","idempotency_key":"k","qty":2})"),
       422, "unknown_field");

@@ -148,11 +148,15 @@ inline std::string StripeSubscriptionEventJson(const StripeSubscriptionSpec& s) 
   Str(&w, "id", s.price_id);
   Str(&w, "object", "price");
   w.Key("recurring");
-  w.StartObject();
-  Str(&w, "interval", s.interval);
-  w.Key("interval_count");
-  w.Int(1);
-  w.EndObject();
+  if (s.interval.empty()) {
+    w.Null();
+  } else {
+    w.StartObject();
+    Str(&w, "interval", s.interval);
+    w.Key("interval_count");
+    w.Int(1);
+    w.EndObject();
+  }
   w.Key("unit_amount");
   w.Int(1900);
   w.EndObject();

@@ -31,7 +31,9 @@ struct TestSubscription {
   std::optional<int64_t> trial_start;  // trial: defaults to period_start
   std::optional<int64_t> trial_end;
   std::optional<int64_t> canceled_at;
+  std::optional<int64_t> ended_at;
   std::string interval = "month";
+  bool interval_in_event = true;  // false: the price's `recurring` is null in the delivery
   // Defaults derived from user_id: "sub_<user>", "cus_<user>".
   std::string subscription_id;
   std::string customer_id;
@@ -84,6 +86,8 @@ inline std::string SubscriptionDelivery(const TestSubscription& t) {
   }
   spec.metadata_plan_id = t.plan_id;
   spec.canceled_at = t.canceled_at;
+  spec.ended_at = t.ended_at;
+  if (!t.interval_in_event) spec.interval.clear();
   if (t.plan_id == "trial") {
     spec.price_id = "price_starter_monthly";
     spec.trial_start = t.trial_start.value_or(t.period_start);
