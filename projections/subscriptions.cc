@@ -381,7 +381,7 @@ Status ApplyInvoice(const Event& event, const StateReader& state, RowWriter* row
 
 // subscription.override_set.v1 {"user_id","email","plan_id","status","notes","actor"}: the
 // override as it is after the change (null = not set).
-Status ApplyOverrideSet(const Event& event, RowWriter* rows) {
+Status ApplyOverrideSet(const Event& event, const StateReader& state, RowWriter* rows) {
   rapidjson::Document doc;
   LEDGER_RETURN_IF_ERROR(ParseEventData(event, &doc));
   ObjectReader reader(doc);
@@ -409,6 +409,12 @@ Status ApplyOverrideSet(const Event& event, RowWriter* rows) {
   }
   if (!s.ok()) return Malformed(event, s);
   value.set_at_us = event.time_us;
+  value.tier_set_at_us = event.time_us;
+  std::optional<AdminOverride> previous;
+  LEDGER_RETURN_IF_ERROR(GetAdminOverride(state, user_id, &previous));
+  if (previous && previous->plan_id && previous->plan_id == value.plan_id) {
+    value.tier_set_at_us = previous->tier_set_at_us;
+  }
   if (value.empty()) return rows->Delete(kSubscriptionsFamily, Key(kOverridePrefix, user_id));
   return rows->Put(kSubscriptionsFamily, Key(kOverridePrefix, user_id), AdminOverrideToJson(value));
 }
@@ -723,7 +729,7 @@ Status SubscriptionFold::Apply(const Event& event, const StateReader& state,
     return ApplyInvoice(event, state, rows);
   }
   if (event.type == kCheckoutSessionCreatedV1) return ApplyCheckoutSessionCreated(event, rows);
-  if (event.type == kSubscriptionOverrideSetV1) return ApplyOverrideSet(event, rows);
+  if (event.type == kSubscriptionOverrideSetV1) return ApplyOverrideSet(event, state, rows);
   return Status::OK();
 }
 
@@ -870,6 +876,8 @@ std::string AdminOverrideToJson(const AdminOverride& value) {
   WriteString(&w, value.admin);
   w.Key("set_at_us");
   w.Int64(value.set_at_us);
+  w.Key("tier_set_at_us");
+  w.Int64(value.tier_set_at_us);
   w.EndObject();
   return std::string(buf.GetString(), buf.GetSize());
 }
@@ -885,6 +893,8 @@ Status ParseAdminOverride(std::string_view json, AdminOverride* out) {
   if (s.ok()) s = reader.NullableString("notes", true, &out->notes);
   if (s.ok()) s = reader.String("admin", true, &out->admin);
   if (s.ok()) s = reader.Int("set_at_us", true, &out->set_at_us);
+  out->tier_set_at_us = out->set_at_us;
+  if (s.ok()) s = reader.Int("tier_set_at_us", false, &out->tier_set_at_us);
   if (s.ok() && status) {
     SubscriptionStatus parsed;
     if (!ParseSubscriptionStatus(*status, &parsed)) {

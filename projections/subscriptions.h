@@ -231,6 +231,10 @@ struct AdminOverride {
   std::optional<std::string> notes;
   std::string admin;   // JWT subject of the admin who made the last change
   int64_t set_at_us = 0;  // the time of that change's event
+  // The time of the event that set `plan_id` to its value (an admin's trial runs from then; a
+  // later change of the notes or the status does not move it). Rows written before this field
+  // existed read it as set_at_us.
+  int64_t tier_set_at_us = 0;
 
   bool empty() const { return !plan_id && !status && !notes; }
   bool operator==(const AdminOverride&) const = default;

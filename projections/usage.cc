@@ -809,6 +809,21 @@ Status PaymentRequired(std::string problem, std::string message) {
   return Status::Make(Code::kPaymentRequired, std::move(problem), std::move(message));
 }
 
+// The record a subject's windows and trial are computed from: Stripe's subscription, except for a
+// trial tier set by an admin's override, whose Stripe dates (none, or an older subscription's)
+// say nothing about it: that trial runs the plan's trial days from when the admin set the tier.
+const SubscriptionRecord* TermsRecord(const MeteringSubject& subject,
+                                      SubscriptionRecord* scratch) {
+  const UserAccess& access = subject.access;
+  if (!access.override || !access.override->plan_id || !access.plan ||
+      !IsTrialPlan(*access.plan)) {
+    return subject.subscription();
+  }
+  *scratch = SubscriptionRecord();
+  scratch->trial_start = FloorSeconds(access.override->tier_set_at_us);
+  return scratch;
+}
+
 // The terms for recording (batch): the plan's window when the user has a plan that grants
 // access and the trial (if any) has not ended; otherwise the calendar month without a limit.
 // `*plan` is the user's plan (null: none) either way.
@@ -816,7 +831,8 @@ void RecordingTerms(const MeteringSubject& subject, int64_t at_s, UsageTerms* te
                     const Plan** plan) {
   *plan = nullptr;
   if (subject.access.access != AccessLevel::kNone && subject.plan() != nullptr) {
-    if (ComputeUsageTerms(subject.plan(), subject.subscription(), at_s, terms).ok()) {
+    SubscriptionRecord scratch;
+    if (ComputeUsageTerms(subject.plan(), TermsRecord(subject, &scratch), at_s, terms).ok()) {
       *plan = subject.plan();
       return;
     }
@@ -1092,7 +1108,8 @@ Status ResolveConsumeTerms(const MeteringSubject& subject, int64_t now_s, UsageT
                            "the subscription (" + std::string(access.status_name()) +
                                ") grants no access");
   }
-  return ComputeUsageTerms(subject.plan(), subject.subscription(), now_s, out);
+  SubscriptionRecord scratch;
+  return ComputeUsageTerms(subject.plan(), TermsRecord(subject, &scratch), now_s, out);
 }
 
 // ---- rows ----------------------------------------------------------------------------------------

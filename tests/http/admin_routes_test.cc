@@ -124,15 +124,17 @@ class AdminRoutesTest : public ::testing::Test {
     AddSubscriber(OnPlan("u-g", ""), "g@x.com");
   }
 
+  int64_t NowSeconds() const { return clock_.NowMicros() / kUs; }
   TestHttpClient Admin() {
     TestHttpClient client("127.0.0.1", stack_->port());
-    client.set_bearer(ledger::testing::MintHs256(TokenClaims::Admin("root", kNow),
+    // Minted at the test clock's now: tests move it forward by days.
+    client.set_bearer(ledger::testing::MintHs256(TokenClaims::Admin("root", NowSeconds()),
                                                  ledger::testing::kTestHs256Secret));
     return client;
   }
   TestHttpClient User(const std::string& user) {
     TestHttpClient client("127.0.0.1", stack_->port());
-    client.set_bearer(ledger::testing::MintHs256(TokenClaims::User(user, kNow),
+    client.set_bearer(ledger::testing::MintHs256(TokenClaims::User(user, NowSeconds()),
                                                  ledger::testing::kTestHs256Secret));
     return client;
   }
@@ -432,6 +434,24 @@ TEST_F(AdminRoutesTest, AnOverrideCompsAnAccountAndIsAnEventNamingTheAdmin) {
   EXPECT_STREQ(override["notes"].GetString(), "partner");
   EXPECT_TRUE(override["plan_id"].IsNull());
   EXPECT_STREQ(override["admin"].GetString(), "root");
+}
+
+TEST_F(AdminRoutesTest, ATrialGrantedByAnAdminEndsAfterItsTrialDays) {
+  AddCustomerBase();
+  ASSERT_EQ(Patch("g@x.com", R"({"tier":"trial","status":"trialing"})").status, 200);
+  EXPECT_EQ(Consume("u-g", "chat", "day-1").status, 200);
+  // A later change of the notes does not move the trial's start.
+  clock_.Advance(3 * kDay * kUs);
+  ASSERT_EQ(Patch("g@x.com", R"({"notes":"asked for more time"})").status, 200);
+  EXPECT_EQ(Consume("u-g", "chat", "day-4").status, 200);
+  clock_.Advance(4 * kDay * kUs);  // seven days after the tier was set
+  HttpReply r = Consume("u-g", "chat", "day-8");
+  ASSERT_EQ(r.status, 402) << r.body;
+  EXPECT_NE(r.body.find("trial_expired"), std::string::npos) << r.body;
+  // Granting the tier again starts a new trial.
+  ASSERT_EQ(Patch("g@x.com", R"({"tier":"starter"})").status, 200);
+  ASSERT_EQ(Patch("g@x.com", R"({"tier":"trial"})").status, 200);
+  EXPECT_EQ(Consume("u-g", "chat", "again").status, 200);
 }
 
 TEST_F(AdminRoutesTest, ASuspensionRefusesMeteringButLeavesStripeAlone) {
