@@ -1638,7 +1638,7 @@ Status LedgerImpl::ReadEvents(Position after, size_t limit, const EventFilter& f
   limit = std::min(limit, limits::kReadEventsMax);
   if (!filter.subject.empty()) return ReadEventsBySubject(after, limit, filter, out);
   Status decode_status;
-  LEDGER_RETURN_IF_ERROR(ScanRaw(Next(after), Position(0), [&](Position, std::string_view v) {
+  LEDGER_RETURN_IF_ERROR(ScanRaw(Next(after), filter.up_to, [&](Position, std::string_view v) {
     Event event;
     decode_status = DecodeEvent(v, &event);
     if (!decode_status.ok()) return false;
@@ -1653,7 +1653,8 @@ Status LedgerImpl::ReadEventsBySubject(Position after, size_t limit, const Event
                                        std::vector<Event>* out) const {
   std::string prefix = filter.subject;
   prefix.push_back('\0');
-  const uint64_t head = head_position_.load();  // a group being synced is not published yet
+  uint64_t head = head_position_.load();  // a group being synced is not published yet
+  if (filter.up_to.value() != 0) head = std::min(head, filter.up_to.value());
   std::unique_ptr<rocksdb::Iterator> it(
       db_->NewIterator(rocksdb::ReadOptions(), Family(kStreamsFamily)));
   // A run that starts at or before `after` may go on past it: start at the last run starting at

@@ -151,6 +151,9 @@ inline constexpr size_t kPacedSyncCommandsEnough = 32;
 struct EventFilter {
   std::string subject;  // empty = any
   std::string type;     // empty = any
+  // Only events at or before this position (0 = up to the head): bounds how much of the log a
+  // filtered read examines when few events match.
+  Position up_to{};
 };
 
 struct LedgerMetrics {

@@ -51,10 +51,17 @@ void ListEvents(const AppContext& context, const httplib::Request& req, httplib:
   }
   // Every event at or below `head` is readable once Head() returned it.
   const Position head = context.ledger->Head();
+  // A type filter may match few events: the page looks at most kEventsExaminedMax positions past
+  // `after` (a subject alone is read through its own index, where every event read matches).
+  uint64_t until = head.value();
+  if (!filter.type.empty() && until > after && until - after > limits::kEventsExaminedMax) {
+    until = after + limits::kEventsExaminedMax;
+  }
+  filter.up_to = Position(until);
   std::string body = "{\"events\":[";
   uint64_t last = after;  // position of the last event in the page
   size_t count = 0;
-  bool exhausted = false;  // a read came back short: every match up to `head` is in the page
+  bool exhausted = false;  // a read came back short: every match up to `until` is in the page
   bool full = false;       // the next event would pass limits::kEventsPageBytesMax
   while (count < limit && !exhausted && !full) {
     const size_t chunk = std::min<size_t>(limit - count, limits::kEventsPageReadChunk);
@@ -77,9 +84,10 @@ void ListEvents(const AppContext& context, const httplib::Request& req, httplib:
       last = event.position.value();
     }
   }
-  // After a short read the next page can start at `head` even when the filter skipped the
-  // events before it; after a full page (by count or by bytes) it starts after the last event.
-  const uint64_t next_after = exhausted && !full ? std::max(last, head.value()) : last;
+  // After a short read the next page can start at `until` (the head, unless the type filter's
+  // bound came first) even when the filter skipped the events before it; after a full page (by
+  // count or by bytes) it starts after the last event.
+  const uint64_t next_after = exhausted && !full ? std::max(last, until) : last;
   body += "],\"next_after\":" + std::to_string(next_after) + "}";
   WriteJsonAt(200, std::move(body), Position(std::max(head.value(), last)), &res);
 }

@@ -34,6 +34,9 @@ inline constexpr size_t kQueryValueBytesMax = 512;
 // that `limit` (up to 1000) events of up to 1 MiB each never become one 1 GiB answer.
 inline constexpr size_t kEventsPageBytesMax = 4 << 20;
 inline constexpr size_t kEventsPageReadChunk = 64;
+// GET /api/v1/events with a `type` filter examines at most this many positions of the log per
+// page (≈ 0.1 s): a rare type ends the page early, and next_after says where the next one starts.
+inline constexpr uint64_t kEventsExaminedMax = 100'000;
 
 // X-Lago-Signature in jwt mode: the token embeds the whole webhook payload (a JSON string claim,
 // then base64url), so it is bounded by the payload limit, not by kAuthorizationBytesMax.

@@ -174,6 +174,27 @@ TEST_F(LedgerRoutesTest, EventsFilters) {
   EXPECT_EQ(r.Json()["next_after"].GetUint64(), 4u);
 }
 
+TEST_F(LedgerRoutesTest, ARareTypeEndsThePageAfterTheExaminedBound) {
+  const uint64_t bound = limits::kEventsExaminedMax;
+  for (uint64_t appended = 0; appended < bound + 10; appended += 10000) Append("alice", 10000);
+  Append("bob", 1, "test.rare.v1");
+  const uint64_t rare = (bound + 10 + 9999) / 10000 * 10000 + 1;
+  StartServer();
+  // The first page examines `bound` positions, finds nothing and says where to go on.
+  HttpReply r = admin_->Get("/api/v1/events?type=test.rare.v1");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_TRUE(Positions(r).empty());
+  EXPECT_EQ(r.Json()["next_after"].GetUint64(), bound);
+  r = admin_->Get("/api/v1/events?type=test.rare.v1&after=" + std::to_string(bound));
+  EXPECT_EQ(Positions(r), (std::vector<uint64_t>{rare}));
+  EXPECT_EQ(r.Json()["next_after"].GetUint64(), rare);
+  // Unfiltered, and by subject alone, pages are bounded by `limit` only.
+  r = admin_->Get("/api/v1/events?subject=bob");
+  EXPECT_EQ(Positions(r), (std::vector<uint64_t>{rare}));
+  r = admin_->Get("/api/v1/events?after=" + std::to_string(rare - 2));
+  EXPECT_EQ(Positions(r), (std::vector<uint64_t>{rare - 1, rare}));
+}
+
 TEST_F(LedgerRoutesTest, EventsBadParametersAre400) {
   StartServer();
   for (const char* query : {"?after=-1", "?after=abc", "?after=1.5", "?after=99999999999999999999999",
