@@ -365,7 +365,8 @@ void UsageStats(const AdminRouteContext& c, const httplib::Request& req, httplib
                                                m ? &m->denied_quota_exceeded : nullptr},
         {"subscription_required", m ? &m->denied_subscription_required : nullptr},
         {"trial_expired", m ? &m->denied_trial_expired : nullptr},
-        {"service_not_in_plan", m ? &m->denied_service_not_in_plan : nullptr}}) {
+        {"service_not_in_plan", m ? &m->denied_service_not_in_plan : nullptr},
+        {"quantity_exceeds_quota", m ? &m->denied_quantity_exceeds_quota : nullptr}}) {
     w.Key(name);
     w.Uint64(counter != nullptr ? counter->Value() : 0);
   }

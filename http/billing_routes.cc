@@ -28,10 +28,11 @@
 // refused: a full write queue's 503). A client that retries with its Idempotency-Key sends Stripe
 // the same key, so Stripe replays the same object (for 24 h) and step 6 records it then. (An
 // upgrade's retry finds the subscription already on the plan: the change's metadata names the
-// request, so the route knows it for its own and re-sends it instead of answering 409.) Without a client key, the effect is still reported by
-// Stripe's webhooks (the source of truth for subscription state); an unrecorded Checkout or portal
-// session simply expires unused. Recording an intent event before the call would not close the
-// window (the call can still happen or not after a crash) and would double the fsyncs.
+// request, so the route knows it for its own and re-sends it instead of answering 409.) Without
+// a client key, the effect is still reported by Stripe's webhooks (the source of truth for
+// subscription state); an unrecorded Checkout or portal session simply expires unused. Recording
+// an intent event before the call would not close the window (the call can still happen or not
+// after a crash) and would double the fsyncs.
 //
 // Thread safety: handlers run on server threads; they share only the AppContext (read-only) and
 // the thread-safe Ledger and StripeApi.

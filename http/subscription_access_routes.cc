@@ -240,12 +240,6 @@ std::string StatusJson(const pj::UserSubscription& sub) {
   return std::string(buf.GetString(), buf.GetSize());
 }
 
-// Echoed in the answer's JSON: it must be UTF-8 (a path or query is percent-decoded to any bytes).
-bool ValidUserId(std::string_view id) {
-  return !id.empty() && id.size() <= pj::limits::kUserIdBytesMax &&
-         id.find('/') == std::string_view::npos && pj::IsValidUtf8(id);
-}
-
 void WriteAccess(Ledger* ledger, const Clock* clock, std::string_view user_id,
                  httplib::Response& res) {
   std::unique_ptr<ReadView> view = ledger->Snapshot();
@@ -273,8 +267,9 @@ void AdminUserAccess(Ledger* ledger, const Clock* clock, const httplib::Request&
                      httplib::Response& res, const Identity&) {
   if (!RequireLedger(ledger, res)) return;
   const std::string user_id = req.matches[1].str();
-  if (!ValidUserId(user_id)) {
-    WriteProblem(400, "invalid_parameter", "user_id: 1 to 255 bytes of UTF-8 without '/'", &res);
+  if (!pj::IsValidUserId(user_id)) {
+    WriteProblem(400, "invalid_parameter",
+                 "user_id: 1 to 255 bytes of UTF-8 without '/' or control characters", &res);
     return;
   }
   WriteAccess(ledger, clock, user_id, res);
@@ -290,10 +285,10 @@ bool CheckAccessUser(const httplib::Request& req, const Identity& identity, std:
   }
   const std::string requested = count == 1 ? req.get_param_value("user_id") : std::string();
   if (identity.IsService()) {
-    if (!ValidUserId(requested)) {
+    if (!pj::IsValidUserId(requested)) {
       WriteProblem(400, "invalid_parameter",
                    "user_id: a service token must name the user (?user_id=, 1 to 255 "
-                   "bytes of UTF-8 without '/')",
+                   "bytes of UTF-8 without '/' or control characters)",
                    &res);
       return false;
     }

@@ -117,15 +117,6 @@ int64_t NowMicros(const UsageRouteContext& c) {
   return (c.clock != nullptr ? c.clock : SystemClock::Default())->NowMicros();
 }
 
-bool ValidUserId(std::string_view id) {
-  if (id.empty() || id.size() > pl::kUserIdBytesMax) return false;
-  for (char ch : id) {
-    const auto u = static_cast<unsigned char>(ch);
-    if (ch == '/' || u < 0x20 || u == 0x7f) return false;
-  }
-  return pj::IsValidUtf8(id);
-}
-
 // The key is copied into the usage event's JSON: a body's key is valid UTF-8 already (the parser
 // checks), an Idempotency-Key header's bytes are not (cpp-httplib also percent-decodes them).
 bool ValidIdempotencyKey(std::string_view key) {
@@ -177,7 +168,7 @@ Status ParseConsume(const httplib::Request& req, const Identity& identity,
     const std::string_view name = View(m.name);
     const rapidjson::Value& v = m.value;
     if (name == "user_id") {
-      if (!v.IsString() || !ValidUserId(View(v))) {
+      if (!v.IsString() || !pj::IsValidUserId(View(v))) {
         return invalid("user_id: 1 to 255 characters without '/' or control characters");
       }
       out->user_id.assign(View(v));
@@ -233,7 +224,7 @@ Status ParseConsume(const httplib::Request& req, const Identity& identity,
     // CONTRACT §2: another user's objects are reported as 404, as check-access does.
     return Status::NotFound("no such user");
   }
-  if (!ValidUserId(out->user_id)) return invalid("user_id: not a valid user id");
+  if (!pj::IsValidUserId(out->user_id)) return invalid("user_id: not a valid user id");
   return Status::OK();
 }
 
@@ -310,6 +301,8 @@ void CountRefusal(const Status& status, pj::UsageMeter* meter) {
     meter->denied_trial_expired.Add();
   } else if (p == "service_not_in_plan") {
     meter->denied_service_not_in_plan.Add();
+  } else if (p == "quantity_exceeds_quota") {
+    meter->denied_quantity_exceeds_quota.Add();
   }
 }
 
@@ -389,7 +382,7 @@ void ParseBatchItem(const rapidjson::Value& v, pj::UsageBatchItem* item,
     const std::string_view name = View(m.name);
     const rapidjson::Value& f = m.value;
     if (name == "user_id") {
-      if (!f.IsString() || !ValidUserId(View(f))) return invalid("invalid_user_id");
+      if (!f.IsString() || !pj::IsValidUserId(View(f))) return invalid("invalid_user_id");
       item->user_id.assign(View(f));
       has_user = true;
     } else if (name == "service") {

@@ -66,7 +66,8 @@ bool IsPaying(const UserSubscription& sub) {
 // the plan's yearly price.
 bool IsYearly(const Plan& plan, const SubscriptionRecord& record) {
   if (record.interval) return *record.interval == "year";
-  return record.price_id && plan.stripe_price_yearly && *record.price_id == *plan.stripe_price_yearly;
+  return record.price_id && plan.stripe_price_yearly &&
+         *record.price_id == *plan.stripe_price_yearly;
 }
 
 // The monthly revenue of one paying subscription on `plan`, × 12 (exact in cents).
@@ -342,7 +343,7 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
     // Churn is paying customers lost, dated by when the subscription ended (a cancellation at the
     // period's end is asked for weeks before): not a checkout that never completed
     // (incomplete_expired), nor a trial ended within its trial (trial conversion counts those).
-    if (IsTerminal(r.status) && r.status != SubscriptionStatus::kIncompleteExpired) {
+    if (r.status == SubscriptionStatus::kCanceled) {
       const std::optional<int64_t> ended = r.ended_at ? r.ended_at : r.canceled_at;
       const bool within_trial = ended && r.trial_end && *ended <= *r.trial_end;
       if (ended && !within_trial && *ended >= churn_from && *ended < now_s) ++churned;

@@ -20,8 +20,8 @@
 //                             without an interval the plan's yearly Stripe price), in
 //                             cents, rounded to the cent; ARR = the sum of 12 × monthly price or
 //                             the yearly price (exact, so ARR may differ from 12 × MRR by cents).
-//   churned (window)          a user whose Stripe subscription ended (canceled, unpaid, ...;
-//                             not incomplete_expired: it never started) at `ended_at` (else
+//   churned (window)          a user whose Stripe subscription was canceled (not
+//                             incomplete_expired: that one never started) at `ended_at` (else
 //                             `canceled_at`) inside the last `churn_days`, after its trial if it
 //                             had one (`trial_end`); churn rate = churned / (paying + churned).
 //   trial conversion          among users whose subscription had a trial (`trial_start`) or is on

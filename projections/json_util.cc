@@ -7,6 +7,8 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include "projections/limits.h"
+
 namespace ledger::projections {
 
 namespace {
@@ -179,6 +181,15 @@ bool IsValidUtf8(std::string_view s) {
     i += n;
   }
   return true;
+}
+
+bool IsValidUserId(std::string_view id) {
+  if (id.empty() || id.size() > limits::kUserIdBytesMax) return false;
+  for (char ch : id) {
+    const auto u = static_cast<unsigned char>(ch);
+    if (ch == '/' || u < 0x20 || u == 0x7f) return false;
+  }
+  return IsValidUtf8(id);
 }
 
 std::string Truncated(std::string_view s, size_t bytes_max) {

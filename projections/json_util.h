@@ -24,6 +24,11 @@ inline constexpr int kJsonDepthMax = 32;
 // True when `s` is well-formed UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF).
 bool IsValidUtf8(std::string_view s);
 
+// A user id as ledgerd takes one (a JWT `sub`, a Lago external customer id): 1 to
+// limits::kUserIdBytesMax bytes of UTF-8 without '/' or control characters -- it is an event
+// subject, a part of row keys and quoted in answers.
+bool IsValidUserId(std::string_view id);
+
 // `s` shortened to at most `bytes_max` bytes (at a character boundary) with invalid UTF-8 bytes
 // replaced by '?', for quoting untrusted input in error messages.
 std::string Truncated(std::string_view s, size_t bytes_max = 64);

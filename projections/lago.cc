@@ -61,14 +61,6 @@ bool IsLagoTypeName(std::string_view s) {
   });
 }
 
-// An external customer id usable as an event subject (our user ids are Lago external ids).
-bool IsSubjectId(std::string_view id) {
-  if (id.empty() || id.size() > limits::kUserIdBytesMax || !IsValidUtf8(id)) return false;
-  return std::none_of(id.begin(), id.end(), [](char c) {
-    return c == '/' || static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
-  });
-}
-
 std::string EscapeKeyPart(std::string_view part) {
   std::string out;
   out.reserve(part.size());
@@ -352,10 +344,10 @@ void ResolveCustomer(const LagoWebhook& webhook, Derivation* out) {
 }
 
 std::string SubjectOf(const LagoWebhook& webhook, const Derivation& derived) {
-  if (derived.external_customer_id && IsSubjectId(*derived.external_customer_id)) {
+  if (derived.external_customer_id && IsValidUserId(*derived.external_customer_id)) {
     return *derived.external_customer_id;
   }
-  if (derived.lago_customer_id && IsSubjectId(*derived.lago_customer_id)) {
+  if (derived.lago_customer_id && IsValidUserId(*derived.lago_customer_id)) {
     return "lago_customer:" + *derived.lago_customer_id;
   }
   return "lago_webhook:" + webhook.unique_key;

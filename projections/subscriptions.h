@@ -233,7 +233,9 @@ struct AdminOverride {
   int64_t set_at_us = 0;  // the time of that change's event
   // The time of the event that set `plan_id` to its value (an admin's trial runs from then; a
   // later change of the notes or the status does not move it). Rows written before this field
-  // existed read it as set_at_us.
+  // existed read it as set_at_us, which is later when the notes or status changed after the tier:
+  // such a store's live rows then differ from a replay's (`ledgerctl replay` reports it) until
+  // the subscriptions projection is rebuilt from the log.
   int64_t tier_set_at_us = 0;
 
   bool empty() const { return !plan_id && !status && !notes; }

@@ -1344,6 +1344,8 @@ void UsageMeter::RenderMetrics(std::string* out) const {
   counter(denied, denied_help, "{reason=\"trial_expired\"}", denied_trial_expired.Value(), false);
   counter(denied, denied_help, "{reason=\"service_not_in_plan\"}",
           denied_service_not_in_plan.Value(), false);
+  counter(denied, denied_help, "{reason=\"quantity_exceeds_quota\"}",
+          denied_quantity_exceeds_quota.Value(), false);
   counter("ledger_usage_batch_requests_total", "POST /api/v1/usage/events requests decided.", "",
           batch_requests.Value(), true);
   const char* items = "ledger_usage_batch_items_total";

@@ -5,7 +5,8 @@
 //   trial plan (trial_days > 0, e.g. `trial`): the UTC day, clipped to the trial period
 //     [trial start, trial start + trial_days days) (the trial start is Stripe's trial_start, else
 //     the subscription's created, else its period start; Stripe's trial_end shortens the period
-//     when earlier). `api_calls_limit` calls per window AND limit × trial_days over the whole
+//     when earlier; a trial tier granted by an admin's override starts when the admin set it).
+//     `api_calls_limit` calls per window AND limit × trial_days over the whole
 //     trial (700 for the catalog's trial: a trial that starts mid-day touches 8 UTC days). After
 //     the period: 402 "trial_expired", whatever the Stripe status says, until a paid plan.
 //   limit_window "day" (no trial): the UTC day.
@@ -22,7 +23,8 @@
 // statuses, unknown plan; past_due keeps access), trial expiry (402 "trial_expired"), the service
 // (403 "service_not_in_plan"), then the quota: the counter for (user, window) is read from the
 // group's state, which includes every earlier command of the same group, so the limit is exact
-// whatever the concurrency: used + quantity > limit is 429 "quota_exceeded". A denial appends
+// whatever the concurrency: used + quantity > limit is 429 "quota_exceeded" (a quantity over the
+// whole limit, which no window could take, is 422 "quantity_exceeds_quota"). A denial appends
 // nothing and stores no idempotency record (a retry is evaluated again). An admitted consume
 // appends usage.recorded.v1 and, when the window's total reaches ceil(limit × 80 / 100) or the
 // limit, usage.threshold_reached.v1 — once per (window, limit, threshold): the counter row keeps
@@ -259,6 +261,7 @@ class UsageMeter {
   Counter denied_subscription_required; // 402
   Counter denied_trial_expired;         // 402
   Counter denied_service_not_in_plan;   // 403
+  Counter denied_quantity_exceeds_quota; // 422
   Counter batch_requests;
   Counter batch_accepted;
   Counter batch_duplicates;
@@ -278,7 +281,7 @@ class UsageMeter {
 // One consume. Decision: 200 + the JSON answer (ConsumeAnswer), usage.recorded.v1 and threshold
 // events. Errors: 402 subscription_required / trial_expired, 403 service_not_in_plan, 429
 // quota_exceeded (see `outcome()` for the figures), 409 idempotency_key_reused (key recorded by a
-// batch), 422 invalid_request.
+// batch), 422 invalid_request / quantity_exceeds_quota.
 struct ConsumeRequest {
   std::string user_id;
   std::string service;

@@ -141,19 +141,8 @@ class BillingRoutesTest : public ::testing::Test {
     ASSERT_TRUE(ledger::testing::SubmitWebhook(
                     ledger_.get(), ledger::testing::StripeCheckoutCompletedJson(checkout))
                     .status.ok());
-    ledger::testing::StripeSubscriptionSpec sub;
-    sub.event_id = "evt_sub_alice";
-    sub.event_type = "customer.subscription.created";
-    sub.subscription_id = "sub_alice";
-    sub.customer_id = "cus_alice";
-    sub.status = status;
-    sub.item_id = "si_alice";
-    sub.price_id = price;
-    sub.metadata_user_id = "alice";
-    sub.metadata_plan_id = plan_tag;
-    ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
-                                               ledger::testing::StripeSubscriptionEventJson(sub))
-                    .status.ok());
+    DeliverAlicesSubscription("evt_sub_alice", "customer.subscription.created", status, price,
+                              plan_tag);
     head_after_setup_ = Head();
     if (!at_stripe_too) return;
     fake_.AddCustomer("cus_alice", "alice@example.com");
@@ -166,6 +155,25 @@ class BillingRoutesTest : public ::testing::Test {
     if (plan_tag) at_stripe.metadata = {{"plan_id", *plan_tag}, {"user_id", "alice"}};
     fake_.AddSubscription(at_stripe);
     head_after_setup_ = Head();
+  }
+
+  // Stripe's webhook about alice's subscription sub_alice (item si_alice), through the ledger.
+  void DeliverAlicesSubscription(const std::string& event_id, const std::string& event_type,
+                                 const std::string& status, const std::string& price,
+                                 std::optional<std::string> plan_tag) {
+    ledger::testing::StripeSubscriptionSpec sub;
+    sub.event_id = event_id;
+    sub.event_type = event_type;
+    sub.subscription_id = "sub_alice";
+    sub.customer_id = "cus_alice";
+    sub.status = status;
+    sub.item_id = "si_alice";
+    sub.price_id = price;
+    sub.metadata_user_id = "alice";
+    sub.metadata_plan_id = std::move(plan_tag);
+    ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                               ledger::testing::StripeSubscriptionEventJson(sub))
+                    .status.ok());
   }
 
   // A fresh, empty log behind the same routes and the same fake Stripe: what a crash between
@@ -606,19 +614,8 @@ TEST_F(BillingRoutesTest, ARetryGetsTheStoredAnswerAfterTheSubscriptionEnded) {
   HttpReply first = Alice().Post(kCancel, body, {{"Idempotency-Key", "cancel-1"}});
   ASSERT_EQ(first.status, 200) << first.body;
   // Stripe's webhook ends the subscription before the client's retry arrives.
-  ledger::testing::StripeSubscriptionSpec deleted;
-  deleted.event_id = "evt_sub_alice_deleted";
-  deleted.event_type = "customer.subscription.deleted";
-  deleted.subscription_id = "sub_alice";
-  deleted.customer_id = "cus_alice";
-  deleted.status = "canceled";
-  deleted.item_id = "si_alice";
-  deleted.price_id = "price_starter_monthly";
-  deleted.metadata_user_id = "alice";
-  deleted.metadata_plan_id = "starter";
-  ASSERT_TRUE(ledger::testing::SubmitWebhook(
-                  ledger_.get(), ledger::testing::StripeSubscriptionEventJson(deleted))
-                  .status.ok());
+  DeliverAlicesSubscription("evt_sub_alice_deleted", "customer.subscription.deleted", "canceled",
+                            "price_starter_monthly", "starter");
   HttpReply again = Alice().Post(kCancel, body, {{"Idempotency-Key", "cancel-1"}});
   ASSERT_EQ(again.status, 200) << again.body;
   EXPECT_EQ(again.body, first.body);

@@ -237,6 +237,9 @@ TEST_F(UsageRoutesTest, RefusalsAndBadInputAppendNothing) {
   HttpReply too_many = Consume("u1", "chat", "k", 1001);
   ExpectProblem(too_many, 422, "quantity_exceeds_quota");
   EXPECT_FALSE(too_many.HasHeader("Retry-After"));
+  EXPECT_NE(Client("").Get("/metrics").body.find(
+                "ledger_usage_consume_denied_total{reason=\"quantity_exceeds_quota\"} 1"),
+            std::string::npos);
   ExpectProblem(
       Service().Post(kConsume, R"({"user_id":"u1","service":"chat","idempotency_key":"k","qty":2})"),
       422, "unknown_field");
