@@ -1,5 +1,7 @@
 #include "daemon/app.h"
 
+#include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -305,15 +307,22 @@ Status App::Impl::Start(const Config& config, const Clock* clock) {
 Status App::Impl::Stop(std::chrono::milliseconds outbox_flush_timeout) {
   if (stopped_) return Status::OK();
   stopped_ = true;
+  // One deadline for the Lago sink and the outbox together (the README's "at most" is the sum).
+  const auto deadline = std::chrono::steady_clock::now() + outbox_flush_timeout;
+  auto remaining = [deadline] {
+    return std::max(std::chrono::milliseconds(0),
+                    std::chrono::duration_cast<std::chrono::milliseconds>(
+                        deadline - std::chrono::steady_clock::now()));
+  };
   if (server_ != nullptr) server_->Stop();
   Status result;
   if (lago_sink_ != nullptr) {
-    Status s = lago_sink_->Stop(outbox_flush_timeout);
+    Status s = lago_sink_->Stop(remaining());
     if (!s.ok()) spdlog::warn("lago sink stopped with usage unsent: {}", s.ToString());
     ledger_->RemoveCommitListener(lago_listener_);
   }
   if (outbox_ != nullptr) {
-    Status s = outbox_->Stop(outbox_flush_timeout);
+    Status s = outbox_->Stop(remaining());
     if (!s.ok()) spdlog::warn("outbox stopped with events unpublished: {}", s.ToString());
     OutboxStatus status = outbox_->GetStatus();
     spdlog::info("outbox stopped at position {} (lag {})", status.checkpoint.value(), status.lag);

@@ -134,13 +134,17 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
   }
   if (config->admin_role.empty()) return Bad("LEDGER_ADMIN_ROLE", "must not be empty");
   for (const std::string& secret : SplitComma(webhook_secrets)) {
-    if (secret.rfind("whsec_", 0) != 0) {
-      return Bad("STRIPE_WEBHOOK_SECRET", "every secret must start with whsec_");
+    if (secret.rfind("whsec_", 0) != 0 || secret.size() == 6) {
+      return Bad("STRIPE_WEBHOOK_SECRET", "every secret must be whsec_ followed by the secret");
     }
     config->stripe_webhook_secrets.push_back(secret);
   }
   if (!IsHttpUrl(config->stripe_api_base)) {
     return Bad("STRIPE_API_BASE", "must be an http:// or https:// URL");
+  }
+  if (std::any_of(config->stripe_secret_key.begin(), config->stripe_secret_key.end(),
+                  [](char c) { return static_cast<unsigned char>(c) <= ' ' || c == 0x7f; })) {
+    return Bad("STRIPE_SECRET_KEY", "must not contain whitespace or control characters");
   }
   for (auto [name, value] : {std::pair{"STRIPE_SUCCESS_URL", &config->stripe_success_url},
                              std::pair{"STRIPE_CANCEL_URL", &config->stripe_cancel_url},

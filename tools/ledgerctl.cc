@@ -408,12 +408,14 @@ int Main(int argc, char** argv) {
   AddReplay(app, &replay);
   AddBench(app, &bench);
   AddStripeSetup(app, &stripe_setup);
-  // `ledgerctl verify --data-dir D` as well as `ledgerctl --data-dir D verify`.
+  // `ledgerctl verify --data-dir D` as well as `ledgerctl --data-dir D verify`. LEDGER_DATA_DIR is
+  // read by the root's option only: CLI11 fills an option from its environment variable in every
+  // subcommand, used or not, and runs their callbacks after the root's, so a copy with the
+  // variable would overwrite the flag the user gave.
   for (CLI::App* sub : app.get_subcommands({})) {
     sub->add_flag("-q,--quiet", globals.quiet, "no progress lines on stderr");
     if (sub->get_name() == "bench") continue;  // bench has its own --data-dir
-    sub->add_option("--data-dir", globals.data_dir, "ledgerd's data directory")
-        ->envname("LEDGER_DATA_DIR");
+    sub->add_option("--data-dir", globals.data_dir, "ledgerd's data directory");
   }
   try {
     app.parse(argc, argv);

@@ -7,6 +7,7 @@
 #include "http/stripe_plans.h"
 #include "projections/plan_catalog.h"
 #include "projections/registry.h"
+#include "tools/store.h"
 
 namespace ledger::tools {
 
@@ -144,13 +145,16 @@ Status RecordPrices(Ledger* ledger, const pc::Plan& plan, StripeSetupPlanResult*
 Status SetUpStripeCatalog(Ledger* ledger, http::StripeApi* stripe,
                           const StripeSetupOptions& options, StripeSetupReport* report) {
   *report = StripeSetupReport{};
+  if (ledger == nullptr && !options.dry_run) {
+    return Status::InvalidArgument("invalid_argument", "stripe-setup needs an open ledger");
+  }
   if (!options.dry_run) LEDGER_RETURN_IF_ERROR(pc::SeedPlanCatalog(ledger, nullptr));
   std::vector<pc::Plan> plans;
-  {
+  if (ledger != nullptr) {
     std::unique_ptr<ReadView> view = ledger->Snapshot();
     LEDGER_RETURN_IF_ERROR(pc::ListPlans(*view, /*include_inactive=*/true, &plans));
-    if (plans.empty() && options.dry_run) plans = pc::InitialPlans();
   }
+  if (plans.empty() && options.dry_run) plans = pc::InitialPlans();
   for (const pc::Plan& plan : plans) {
     if (!plan.active) {
       report->skipped.push_back(plan.id + ": retired");
@@ -183,6 +187,16 @@ Status RunStripeSetup(const StripeSetupRunOptions& options, StripeSetupReport* r
   std::unique_ptr<http::HttpStripeClient> client;
   LEDGER_RETURN_IF_ERROR(http::HttpStripeClient::Create(options.stripe, &client));
 
+  if (options.setup.dry_run) {
+    std::unique_ptr<Ledger> reader;
+    if (CheckStoreExists(options.data_dir).ok()) {
+      ReadOnlyOpenOptions read_only;
+      read_only.data_dir = options.data_dir;
+      read_only.folds = projections::AllFolds();
+      LEDGER_RETURN_IF_ERROR(OpenReadOnly(read_only, &reader));
+    }
+    return SetUpStripeCatalog(reader.get(), client.get(), options.setup, report);
+  }
   LedgerOptions ledger_options;
   ledger_options.path = options.data_dir;
   ledger_options.folds = projections::AllFolds();

@@ -59,7 +59,8 @@ struct StripeSetupReport {
   size_t plans_updated = 0;
 };
 
-// Runs the set-up against an open ledger (seeding the catalog first when it is empty).
+// Runs the set-up against an open ledger (seeding the catalog first when it is empty). A dry run
+// only reads it, and takes a null `ledger` (no store yet) for the catalog a first start seeds.
 Status SetUpStripeCatalog(Ledger* ledger, http::StripeApi* stripe,
                           const StripeSetupOptions& options, StripeSetupReport* report);
 
@@ -69,8 +70,8 @@ struct StripeSetupRunOptions {
   StripeSetupOptions setup;
 };
 
-// Opens `data_dir` for writing (created if missing), builds the HTTP client and runs
-// SetUpStripeCatalog. Errors: kInvalidArgument (no key, bad base URL), kIOError/kUnavailable
+// Opens `data_dir` for writing (created if missing) -- a dry run only reads it, beside a running
+// ledgerd too, and creates nothing -- builds the HTTP client and runs SetUpStripeCatalog. Errors: kInvalidArgument (no key, bad base URL), kIOError/kUnavailable
 // (the directory is locked by a running ledgerd, or storage failed), Stripe's errors
 // (kBadGateway, kUnavailable; see http/stripe_client.h).
 Status RunStripeSetup(const StripeSetupRunOptions& options, StripeSetupReport* report);

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <sstream>
 
 #include <rapidjson/document.h>
@@ -98,6 +99,25 @@ TEST(ExportCliTest, WritesNdjsonToStdout) {
     EXPECT_TRUE(testing::JsonMatchesSchemaFile("cloudevent.schema.json", line));
   }
   EXPECT_EQ(RunLedgerctl("export --data-dir " + dir.Sub("missing")).exit_code, 74);
+}
+
+TEST(ExportCliTest, TheDataDirFlagWinsOverTheEnvironment) {
+  TempDir dir;
+  { WriteMarkedLog(OpenTestLedger(dir.path()).get(), 4, 2); }
+  ::setenv("LEDGER_DATA_DIR", dir.Sub("missing").c_str(), 1);
+  testing::ProcessResult flag_after = RunLedgerctl("export --data-dir " + dir.path());
+  testing::ProcessResult flag_before = RunLedgerctl("--data-dir " + dir.path() + " export");
+  testing::ProcessResult env_only = RunLedgerctl("export");
+  ::setenv("LEDGER_DATA_DIR", dir.path().c_str(), 1);
+  testing::ProcessResult env_store = RunLedgerctl("export");
+  ::unsetenv("LEDGER_DATA_DIR");
+  EXPECT_EQ(flag_after.exit_code, 0);
+  EXPECT_EQ(Lines(flag_after.out).size(), 8u);
+  EXPECT_EQ(flag_before.exit_code, 0);
+  EXPECT_EQ(Lines(flag_before.out).size(), 8u);
+  EXPECT_EQ(env_only.exit_code, 74);  // without a flag the variable is used
+  EXPECT_EQ(env_store.exit_code, 0);
+  EXPECT_EQ(Lines(env_store.out).size(), 8u);
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <tuple>
 
@@ -235,6 +236,28 @@ TEST_F(StripeSetupTest, ADryRunCreatesAndRecordsNothing) {
   EXPECT_EQ(ledger_->Head().value(), 0u);
   EXPECT_NE(FormatStripeSetupReport(report, true).find("dry run: would create 4 product(s)"),
             std::string::npos);
+}
+
+TEST_F(StripeSetupTest, ADryRunOnlyReadsTheStore) {
+  ASSERT_TRUE(pc::SeedPlanCatalog(ledger_.get(), nullptr).ok());
+  const uint64_t head = ledger_->Head().value();
+  StripeSetupRunOptions options;
+  options.data_dir = dir_.Sub("data");  // ledger_ holds its lock, as a running ledgerd would
+  options.stripe.api_base = fake_.base_url();
+  options.stripe.secret_key = kFakeStripeSecretKey;
+  options.setup.dry_run = true;
+  StripeSetupReport report;
+  Status s = RunStripeSetup(options, &report);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(report.products_created, 4u);
+  EXPECT_EQ(ledger_->Head().value(), head);
+  // A directory without a store stays without one.
+  options.data_dir = dir_.Sub("typo");
+  s = RunStripeSetup(options, &report);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(report.products_created, 4u);
+  EXPECT_FALSE(std::filesystem::exists(dir_.Sub("typo")));
+  EXPECT_EQ(fake_.RequestsTo("POST", "/").size(), 0u);
 }
 
 TEST_F(StripeSetupTest, RetiredAndFreePlansAreSkipped) {
