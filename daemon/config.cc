@@ -198,6 +198,30 @@ std::string Config::Describe() const {
          " sync_interval_min_us=" + std::to_string(sync_interval_min_us);
 }
 
+// CLI11 converts integers with strtoll's base 0, so "0100" would be 64 and "0x3e8" 1000: the
+// numeric settings take decimal digits only, without a leading zero.
+const CLI::Validator kDecimal(
+    [](std::string& value) -> std::string {
+      const bool digits = !value.empty() && std::all_of(value.begin(), value.end(), [](char c) {
+        return c >= '0' && c <= '9';
+      });
+      return digits && (value.size() == 1 || value[0] != '0')
+                 ? std::string()
+                 : "must be a non-negative decimal number without leading zeros";
+    },
+    "DECIMAL");
+
+// The setting (its environment variable, else its flag) whose flag `what` names, followed by
+// `after`.
+std::string SettingNamed(const CLI::App& app, const std::string& what, const std::string& after) {
+  for (const CLI::Option* option : app.get_options()) {
+    if (what.find(option->get_name() + after) != std::string::npos) {
+      return option->get_envname().empty() ? option->get_name() : option->get_envname();
+    }
+  }
+  return "configuration";
+}
+
 ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
   ParseResult result;
   CLI::App app{"ledgerd: event-sourced billing ledger daemon"};
@@ -251,10 +275,12 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
                  "provider=url,... base URLs of the BYOK providers' APIs")
       ->envname("LEDGER_BYOK_BASE_URLS");
   app.add_option("--http-threads", config->http_threads, "HTTP worker threads (0 = auto)")
-      ->envname("LEDGER_HTTP_THREADS");
+      ->envname("LEDGER_HTTP_THREADS")
+      ->check(kDecimal);
   app.add_option("--sync-interval-min-us", config->sync_interval_min_us,
                  "least microseconds between the starts of two WAL syncs (0 = no pacing)")
-      ->envname("LEDGER_SYNC_INTERVAL_MIN_US");
+      ->envname("LEDGER_SYNC_INTERVAL_MIN_US")
+      ->check(kDecimal);
   app.add_option("--log-level", config->log_level, "trace|debug|info|warn|error")
       ->envname("LEDGER_LOG_LEVEL");
 
@@ -270,13 +296,12 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
     return result;
   } catch (const CLI::ConversionError& e) {
     // e.what() is "Could not convert: --flag = value": name the setting by its variable.
-    std::string setting = "configuration";
-    for (const CLI::Option* option : app.get_options()) {
-      if (std::string(e.what()).find(option->get_name() + " =") != std::string::npos) {
-        setting = option->get_envname().empty() ? option->get_name() : option->get_envname();
-      }
-    }
-    result.status = Bad(setting, e.what());
+    result.status = Bad(SettingNamed(app, e.what(), " ="), e.what());
+    result.exit_code = kExitConfig;
+    return result;
+  } catch (const CLI::ValidationError& e) {
+    // A failed check (kDecimal): "--flag: message".
+    result.status = Bad(SettingNamed(app, e.what(), ":"), e.what());
     result.exit_code = kExitConfig;
     return result;
   } catch (const CLI::ParseError& e) {

@@ -274,6 +274,10 @@ std::vector<BadSetting> BadSettings(const TempDir& dir) {
       {"LEDGER_SYNC_INTERVAL_MIN_US", "LEDGER_SYNC_INTERVAL_MIN_US", "100001", {}},
       {"LEDGER_SYNC_INTERVAL_MIN_US", "LEDGER_SYNC_INTERVAL_MIN_US", "soon", {}},
       {"LEDGER_SYNC_INTERVAL_MIN_US", "", "", {"--sync-interval-min-us=-1"}},
+      // strtoll's base 0 would read these as 64 and 1000.
+      {"LEDGER_SYNC_INTERVAL_MIN_US", "LEDGER_SYNC_INTERVAL_MIN_US", "0100", {}},
+      {"LEDGER_SYNC_INTERVAL_MIN_US", "LEDGER_SYNC_INTERVAL_MIN_US", "0x3e8", {}},
+      {"LEDGER_HTTP_THREADS", "", "", {"--http-threads", "0x10"}},
       {"LEDGER_BYOK_BASE_URLS", "LEDGER_BYOK_BASE_URLS", "mistral=http://127.0.0.1:1", {}},
       {"LEDGER_BYOK_BASE_URLS", "LEDGER_BYOK_BASE_URLS", "openai=ftp://x", {}},
       {"LEDGER_BYOK_BASE_URLS", "", "", {"--byok-base-urls", "openai"}},
