@@ -142,7 +142,9 @@ Status ParsePlanObject(const Value& object, ParseMode mode, std::string_view pat
   LEDGER_RETURN_IF_ERROR(reader.String("description", all, &plan.description));
   LEDGER_RETURN_IF_ERROR(reader.String("currency", all, &plan.currency));
   LEDGER_RETURN_IF_ERROR(reader.Int("price_monthly_cents", true, &plan.price_monthly_cents));
-  LEDGER_RETURN_IF_ERROR(reader.NullableInt("price_yearly_cents", all, &plan.price_yearly_cents));
+  bool yearly_given = false;
+  LEDGER_RETURN_IF_ERROR(
+      reader.NullableInt("price_yearly_cents", all, &plan.price_yearly_cents, &yearly_given));
   bool limit_given = false;
   LEDGER_RETURN_IF_ERROR(
       reader.NullableInt("api_calls_limit", true, &plan.api_calls_limit, &limit_given));
@@ -161,6 +163,12 @@ Status ParsePlanObject(const Value& object, ParseMode mode, std::string_view pat
     plan.limit_window = LimitWindow::kMonth;
   }
   LEDGER_RETURN_IF_ERROR(reader.Int("trial_days", all, &plan.trial_days));
+  // An admin's plan is sold yearly at ten months' price unless it says otherwise (null: monthly
+  // only); a free plan or a trial (its fee is one-time) has no yearly price.
+  if (!all && !yearly_given && plan.price_monthly_cents > 0 && plan.trial_days == 0 &&
+      plan.price_monthly_cents <= limits::kPriceCentsMax / 10) {
+    plan.price_yearly_cents = 10 * plan.price_monthly_cents;
+  }
   LEDGER_RETURN_IF_ERROR(reader.StringArray("services", true, &plan.services));
   LEDGER_RETURN_IF_ERROR(reader.StringArray("features", all, &plan.features));
   LEDGER_RETURN_IF_ERROR(reader.Bool("byok_enabled", all, &plan.byok_enabled));

@@ -95,7 +95,8 @@ Status ParsePlanJson(std::string_view json, Plan* out);
 //
 // Required: id (POST; on PUT optional and must equal the path's), display_name,
 // price_monthly_cents, api_calls_limit (null = unlimited, said explicitly), services.
-// Defaults: description "", currency "usd", price_yearly_cents null, limit_window "month" when
+// Defaults: description "", currency "usd", price_yearly_cents 10 × price_monthly_cents (null for
+// a free plan or one with trial_days; explicit null: not sold yearly), limit_window "month" when
 // api_calls_limit is a number (else null), trial_days 0, features [], byok_enabled false,
 // team_seats 1, stripe_price_* null, active true. Unknown fields are rejected.
 //

@@ -190,7 +190,7 @@ TEST(PlanInputTest, AppliesDefaults) {
   EXPECT_EQ(p.id, "team");
   EXPECT_EQ(p.description, "");
   EXPECT_EQ(p.currency, "usd");
-  EXPECT_EQ(p.price_yearly_cents, std::nullopt);
+  EXPECT_EQ(p.price_yearly_cents, 10 * p.price_monthly_cents);  // yearly = 10 × monthly
   EXPECT_EQ(p.api_calls_limit, 5000);
   EXPECT_EQ(p.limit_window, LimitWindow::kMonth);
   EXPECT_EQ(p.trial_days, 0);
@@ -200,6 +200,30 @@ TEST(PlanInputTest, AppliesDefaults) {
   EXPECT_TRUE(p.active);
   EXPECT_FALSE(input.active_given);
   EXPECT_FALSE(input.stripe_price_monthly_given);
+}
+
+TEST(PlanInputTest, NoDefaultYearlyPriceForAFreePlanATrialOrAnExplicitNull) {
+  PlanInput input;
+  ASSERT_TRUE(ParsePlanInput(R"({"id":"x","display_name":"X","price_monthly_cents":0,)"
+                             R"("api_calls_limit":10,"services":[]})",
+                             "", &input)
+                  .ok());
+  EXPECT_EQ(input.plan.price_yearly_cents, std::nullopt);
+  ASSERT_TRUE(ParsePlanInput(R"({"id":"x","display_name":"X","price_monthly_cents":100,)"
+                             R"("trial_days":7,"api_calls_limit":10,"services":[]})",
+                             "", &input)
+                  .ok());
+  EXPECT_EQ(input.plan.price_yearly_cents, std::nullopt);
+  ASSERT_TRUE(ParsePlanInput(R"({"id":"x","display_name":"X","price_monthly_cents":2900,)"
+                             R"("price_yearly_cents":null,"api_calls_limit":10,"services":[]})",
+                             "", &input)
+                  .ok());
+  EXPECT_EQ(input.plan.price_yearly_cents, std::nullopt);
+  ASSERT_TRUE(ParsePlanInput(R"({"id":"x","display_name":"X","price_monthly_cents":2900,)"
+                             R"("price_yearly_cents":25000,"api_calls_limit":10,"services":[]})",
+                             "", &input)
+                  .ok());
+  EXPECT_EQ(input.plan.price_yearly_cents, 25000);
 }
 
 TEST(PlanInputTest, UnlimitedPlanHasNoWindow) {
