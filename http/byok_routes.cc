@@ -246,6 +246,13 @@ void AddKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Res
   }
   pj::AddByokKey command(identity.subject, std::move(key));
   if (!ApplyIdempotencyKey(req, kAddPath, identity, &command, &res)) return;
+  // The body holds the plaintext key: its stored request hash is keyed (SecretBox::Digest).
+  if (!command.idempotency_key.empty()) {
+    std::string request = req.method + " " + req.path + "\n";
+    request += req.body;
+    command.request_hash = c.box->Digest(request);
+    WipeSecret(&request);
+  }
   WriteCommandResult(c.ledger->Submit(&command), &res);
 }
 

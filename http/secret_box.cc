@@ -4,6 +4,8 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include <algorithm>
+
 #include "events/types.h"
 #include "http/base64.h"
 
@@ -42,12 +44,23 @@ Status SecretBox::Create(std::string_view key, std::unique_ptr<SecretBox>* out) 
   }
   std::unique_ptr<SecretBox> box(new SecretBox());
   box->key_.assign(key);
+  box->digest_key_ = HmacSha256(key, "ledger-byok-request-digest-v1");
   box->key_id_ = HexEncode(Sha256("ledger-kek-v1", key)).substr(0, 16);
   *out = std::move(box);
   return Status::OK();
 }
 
-SecretBox::~SecretBox() { WipeSecret(&key_); }
+SecretBox::~SecretBox() {
+  WipeSecret(&key_);
+  WipeSecret(&digest_key_);
+}
+
+Hash SecretBox::Digest(std::string_view data) const {
+  const std::string mac = HmacSha256(digest_key_, data);
+  Hash out{};
+  std::copy(mac.begin(), mac.end(), out.begin());
+  return out;
+}
 
 Status SecretBox::Seal(std::string_view plaintext, std::string_view associated_data,
                        std::string* sealed) const {

@@ -17,6 +17,7 @@
 #include <string_view>
 
 #include "events/status.h"
+#include "events/types.h"
 
 namespace ledger::http {
 
@@ -39,9 +40,15 @@ class SecretBox {
 
   const std::string& key_id() const { return key_id_; }
 
+  // HMAC-SHA256 of `data` under a key derived from the master key: the request hash stored with
+  // an idempotency record of a body that carries a plaintext key, which a plain SHA-256 would let
+  // anyone holding the data directory confirm a guessed key against.
+  Hash Digest(std::string_view data) const;
+
  private:
   SecretBox() = default;
   std::string key_;
+  std::string digest_key_;
   std::string key_id_;
 };
 

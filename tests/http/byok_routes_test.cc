@@ -244,6 +244,23 @@ TEST_F(ByokRoutesTest, AKeyIsSealedMaskedAndNeverStoredInPlaintext) {
   EXPECT_TRUE(DataDirContains(R"("label":"main")"));
 }
 
+TEST_F(ByokRoutesTest, TheStoredRequestHashOfAnAddIsKeyed) {
+  const std::string body = "{\"provider\":\"openai\",\"api_key\":" + JsonQuote(kOpenAiKey) + "}";
+  HttpReply added = As("alice").Post("/api/v1/byok/keys/add", body, {{"Idempotency-Key", "add-1"}});
+  ASSERT_EQ(added.status, 201) << added.body;
+  HttpReply again = As("alice").Post("/api/v1/byok/keys/add", body, {{"Idempotency-Key", "add-1"}});
+  EXPECT_EQ(again.status, 201) << again.body;
+  EXPECT_EQ(again.Header("Idempotent-Replayed"), "true");
+  EXPECT_EQ(again.body, added.body);
+  ASSERT_TRUE(ledger_->Flush().ok());
+  // SHA-256 of the request would confirm a guessed key to anyone with the data directory.
+  const std::string request = "POST /api/v1/byok/keys/add\n" + body;
+  const Hash plain = Sha256(request);
+  const Hash keyed = box_->Digest(request);
+  EXPECT_FALSE(DataDirContains(std::string(plain.begin(), plain.end())));
+  EXPECT_TRUE(DataDirContains(std::string(keyed.begin(), keyed.end())));  // the search sees it
+}
+
 TEST_F(ByokRoutesTest, AddingAgainReplacesAndRemovingForgets) {
   HttpReply first = Add("alice", "openai", kOpenAiKey, "first");
   ASSERT_EQ(first.status, 201) << first.body;
