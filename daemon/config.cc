@@ -174,30 +174,6 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
   return Status::OK();
 }
 
-}  // namespace
-
-std::string DevJwtSecretPath(const std::string& data_dir) { return data_dir + "/jwt-dev.secret"; }
-
-std::string Config::Describe() const {
-  std::string auth = DevMode() ? "dev (HS256 secret in " + DevJwtSecretPath(data_dir) + ")"
-                               : std::string(jwt_hs256_secret.empty() ? "" : "HS256 ") +
-                                     (jwt_jwks_file.empty() ? "" : "JWKS " + jwt_jwks_file);
-  return "data_dir=" + data_dir + " listen=" + listen_host + ":" + std::to_string(listen_port) +
-         " kafka=" + kafka_brokers + " topic=" + kafka_topic + " auth=" + auth +
-         " service_tokens=" + std::to_string(service_tokens.size()) +
-         " stripe=" + (stripe_secret_key.empty() ? "off" : "on (" + stripe_api_base + ")") +
-         " stripe_webhook_secrets=" + std::to_string(stripe_webhook_secrets.size()) +
-         " lago_sink=" +
-         (LagoSinkEnabled() ? "on (" + lago_api_url + ", code " + lago_billable_metric_code + ")"
-                            : "off") +
-         " lago_webhook=" +
-         (lago_webhook_hmac_key.empty() && lago_webhook_public_key_file.empty()
-              ? std::string("off")
-              : std::string(lago_webhook_hmac_key.empty() ? "" : "hmac ") +
-                    (lago_webhook_public_key_file.empty() ? "" : "jwt")) +
-         " sync_interval_min_us=" + std::to_string(sync_interval_min_us);
-}
-
 // CLI11 converts integers with strtoll's base 0, so "0100" would be 64 and "0x3e8" 1000: the
 // numeric settings take decimal digits only, without a leading zero.
 const CLI::Validator kDecimal(
@@ -220,6 +196,30 @@ std::string SettingNamed(const CLI::App& app, const std::string& what, const std
     }
   }
   return "configuration";
+}
+
+}  // namespace
+
+std::string DevJwtSecretPath(const std::string& data_dir) { return data_dir + "/jwt-dev.secret"; }
+
+std::string Config::Describe() const {
+  std::string auth = DevMode() ? "dev (HS256 secret in " + DevJwtSecretPath(data_dir) + ")"
+                               : std::string(jwt_hs256_secret.empty() ? "" : "HS256 ") +
+                                     (jwt_jwks_file.empty() ? "" : "JWKS " + jwt_jwks_file);
+  return "data_dir=" + data_dir + " listen=" + listen_host + ":" + std::to_string(listen_port) +
+         " kafka=" + kafka_brokers + " topic=" + kafka_topic + " auth=" + auth +
+         " service_tokens=" + std::to_string(service_tokens.size()) +
+         " stripe=" + (stripe_secret_key.empty() ? "off" : "on (" + stripe_api_base + ")") +
+         " stripe_webhook_secrets=" + std::to_string(stripe_webhook_secrets.size()) +
+         " lago_sink=" +
+         (LagoSinkEnabled() ? "on (" + lago_api_url + ", code " + lago_billable_metric_code + ")"
+                            : "off") +
+         " lago_webhook=" +
+         (lago_webhook_hmac_key.empty() && lago_webhook_public_key_file.empty()
+              ? std::string("off")
+              : std::string(lago_webhook_hmac_key.empty() ? "" : "hmac ") +
+                    (lago_webhook_public_key_file.empty() ? "" : "jwt")) +
+         " sync_interval_min_us=" + std::to_string(sync_interval_min_us);
 }
 
 ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
