@@ -203,27 +203,19 @@ TEST(PlanInputTest, AppliesDefaults) {
 }
 
 TEST(PlanInputTest, NoDefaultYearlyPriceForAFreePlanATrialOrAnExplicitNull) {
-  PlanInput input;
-  ASSERT_TRUE(ParsePlanInput(R"({"id":"x","display_name":"X","price_monthly_cents":0,)"
-                             R"("api_calls_limit":10,"services":[]})",
-                             "", &input)
-                  .ok());
-  EXPECT_EQ(input.plan.price_yearly_cents, std::nullopt);
-  ASSERT_TRUE(ParsePlanInput(R"({"id":"x","display_name":"X","price_monthly_cents":100,)"
-                             R"("trial_days":7,"api_calls_limit":10,"services":[]})",
-                             "", &input)
-                  .ok());
-  EXPECT_EQ(input.plan.price_yearly_cents, std::nullopt);
-  ASSERT_TRUE(ParsePlanInput(R"({"id":"x","display_name":"X","price_monthly_cents":2900,)"
-                             R"("price_yearly_cents":null,"api_calls_limit":10,"services":[]})",
-                             "", &input)
-                  .ok());
-  EXPECT_EQ(input.plan.price_yearly_cents, std::nullopt);
-  ASSERT_TRUE(ParsePlanInput(R"({"id":"x","display_name":"X","price_monthly_cents":2900,)"
-                             R"("price_yearly_cents":25000,"api_calls_limit":10,"services":[]})",
-                             "", &input)
-                  .ok());
-  EXPECT_EQ(input.plan.price_yearly_cents, 25000);
+  auto yearly = [](const std::string& fields) {
+    PlanInput input;
+    Status s = ParsePlanInput(R"({"id":"x","display_name":"X","api_calls_limit":10,"services":[],)" +
+                                  fields + "}",
+                              "", &input);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    return input.plan.price_yearly_cents;
+  };
+  EXPECT_EQ(yearly(R"("price_monthly_cents":0)"), std::nullopt);
+  EXPECT_EQ(yearly(R"("price_monthly_cents":100,"trial_days":7)"), std::nullopt);
+  EXPECT_EQ(yearly(R"("price_monthly_cents":2900,"price_yearly_cents":null)"), std::nullopt);
+  EXPECT_EQ(yearly(R"("price_monthly_cents":2900,"price_yearly_cents":25000)"), 25000);
+  EXPECT_EQ(yearly(R"("price_monthly_cents":2900)"), 29000);
 }
 
 TEST(PlanInputTest, UnlimitedPlanHasNoWindow) {
