@@ -427,7 +427,9 @@ rd_kafka_resp_err_t KafkaOutbox::Impl::Produce(const Event& event, uint64_t posi
   slots_[slot] = Slot::kInFlight;
   slot_bytes_[slot] = static_cast<uint32_t>(value.size());
   slot_time_us_[slot] = event.time_us;
-  if (in_flight_ == 0) last_progress_us_ = SteadyMicros();
+  // New work becoming outstanding starts the stall clock; re-producing positions already produced
+  // (a rewind) does not: a message Kafka refuses every time must not look like fresh work.
+  if (in_flight_ == 0 && position > highest_produced_) last_progress_us_ = SteadyMicros();
   ++in_flight_;
   in_flight_bytes_ += value.size();
   in_flight_count_.store(in_flight_);
@@ -488,8 +490,10 @@ bool KafkaOutbox::Impl::ProduceBatch() {
 }
 
 void KafkaOutbox::Impl::PublishState(int64_t now_us) {
-  bool stalled = in_flight_ > 0 &&
-                 now_us - last_progress_us_ > int64_t{options_.stall_down_ms} * 1000;
+  // Stalled: nothing delivered for stall_down_ms while messages are in flight or while rewinds
+  // keep re-publishing from the checkpoint (between them nothing is in flight).
+  const bool waiting = in_flight_ > 0 || rewind_pending_;
+  bool stalled = waiting && now_us - last_progress_us_ > int64_t{options_.stall_down_ms} * 1000;
   bool up = producer_ != nullptr && !fatal_ && broker_up_ && !stalled;
   kafka_state_.store(static_cast<int>(up ? KafkaState::kUp : KafkaState::kDown));
 }

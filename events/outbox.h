@@ -82,7 +82,8 @@ struct OutboxOptions {
   int retry_backoff_ms_min = 100;
   int retry_backoff_ms_max = 10000;
   // Kafka is reported "down" when all brokers are unreachable, or when events have been in
-  // flight for this long without any delivery. Default 10000 ms.
+  // flight, or re-published after failed deliveries, for this long without any delivery (a
+  // message Kafka refuses every time stalls the outbox at it). Default 10000 ms.
   int stall_down_ms = 10000;
   // Extra librdkafka properties (e.g. security.protocol, sasl.*), applied after ours and
   // overriding them. Setting enable.idempotence=false or a non-`all` acks voids the guarantees.

@@ -340,6 +340,31 @@ TEST_F(OutboxTest, PermanentProduceErrorsRepublishFromTheCheckpoint) {
   EXPECT_TRUE(outbox->Stop(seconds(5)).ok());
 }
 
+// Kafka refusing the same messages on every rewind is a stall: the state says "down" while the
+// outbox keeps re-publishing from the checkpoint (nothing is in flight between the rewinds), and
+// "up" again once deliveries go through.
+TEST_F(OutboxTest, RepeatedRefusalsShowAsDown) {
+  OutboxOptions options = Options();
+  options.stall_down_ms = 300;
+  options.retry_backoff_ms_min = 50;
+  options.retry_backoff_ms_max = 200;
+  auto outbox = OpenOutbox(options);
+  ASSERT_TRUE(outbox->Start().ok());
+  Append(5, 1, 1, outbox.get());
+  ASSERT_TRUE(WaitCaughtUp(outbox.get()));
+  ASSERT_TRUE(WaitFor([&] { return outbox->GetStatus().kafka_state == "up"; }, seconds(5)));
+  kafka_->PushRequestErrors(EmbeddedKafka::kProduceApiKey,
+                            std::vector<int>(40, RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED));
+  Append(5, 1, 1, outbox.get());
+  EXPECT_TRUE(WaitFor(
+      [&] { return outbox->GetStatus().kafka_state == "down" && outbox->GetStatus().lag > 0; },
+      seconds(10)))
+      << outbox->GetStatus().last_error;
+  ASSERT_TRUE(WaitCaughtUp(outbox.get(), seconds(60))) << outbox->GetStatus().last_error;
+  EXPECT_TRUE(WaitFor([&] { return outbox->GetStatus().kafka_state == "up"; }, seconds(5)));
+  EXPECT_TRUE(outbox->Stop(seconds(5)).ok());
+}
+
 TEST_F(OutboxTest, RestartRepublishesOnlyAfterTheCheckpoint) {
   Append(100);
   {
