@@ -116,6 +116,19 @@ class OutboxTest : public ::testing::Test {
     return WaitFor([&] { return outbox->GetStatus().lag == 0; }, timeout);
   }
 
+  // An outbox started with rewinds backing off from 50 ms to `backoff_max_ms`, after publishing
+  // `commands` appended commands.
+  std::unique_ptr<KafkaOutbox> StartCaughtUp(OutboxOptions options, int backoff_max_ms,
+                                             int commands, int per_command, int subjects) {
+    options.retry_backoff_ms_min = 50;
+    options.retry_backoff_ms_max = backoff_max_ms;
+    auto outbox = OpenOutbox(options);
+    EXPECT_TRUE(outbox->Start().ok());
+    Append(commands, per_command, subjects, outbox.get());
+    EXPECT_TRUE(WaitCaughtUp(outbox.get()));
+    return outbox;
+  }
+
   std::unique_ptr<KafkaTestConsumer> Consumer() {
     std::unique_ptr<KafkaTestConsumer> consumer;
     Status s = KafkaTestConsumer::Open(kafka_->bootstrap_servers(), kTopic, &consumer);
@@ -287,12 +300,7 @@ TEST_F(OutboxTest, BrokersDownWhileAppendingLosesNothing) {
 TEST_F(OutboxTest, DeliveryTimeoutsRewindToTheCheckpoint) {
   OutboxOptions options = Options();
   options.message_timeout_ms = 600;
-  options.retry_backoff_ms_min = 50;
-  options.retry_backoff_ms_max = 400;
-  auto outbox = OpenOutbox(options);
-  ASSERT_TRUE(outbox->Start().ok());
-  Append(30, 2, 5, outbox.get());
-  ASSERT_TRUE(WaitCaughtUp(outbox.get()));
+  auto outbox = StartCaughtUp(options, /*backoff_max_ms=*/400, 30, 2, 5);
 
   ASSERT_TRUE(kafka_->SetBrokerDown(-1).ok());
   Append(60, 2, 5, outbox.get());
@@ -346,12 +354,7 @@ TEST_F(OutboxTest, PermanentProduceErrorsRepublishFromTheCheckpoint) {
 TEST_F(OutboxTest, RepeatedRefusalsShowAsDown) {
   OutboxOptions options = Options();
   options.stall_down_ms = 300;
-  options.retry_backoff_ms_min = 50;
-  options.retry_backoff_ms_max = 200;
-  auto outbox = OpenOutbox(options);
-  ASSERT_TRUE(outbox->Start().ok());
-  Append(5, 1, 1, outbox.get());
-  ASSERT_TRUE(WaitCaughtUp(outbox.get()));
+  auto outbox = StartCaughtUp(options, /*backoff_max_ms=*/200, 5, 1, 1);
   ASSERT_TRUE(WaitFor([&] { return outbox->GetStatus().kafka_state == "up"; }, seconds(5)));
   kafka_->PushRequestErrors(EmbeddedKafka::kProduceApiKey,
                             std::vector<int>(40, RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED));
