@@ -809,19 +809,17 @@ Status PaymentRequired(std::string problem, std::string message) {
   return Status::Make(Code::kPaymentRequired, std::move(problem), std::move(message));
 }
 
-// The record a subject's windows and trial are computed from: Stripe's subscription, except for a
-// trial tier set by an admin's override, whose Stripe dates (none, or an older subscription's)
-// say nothing about it: that trial runs the plan's trial days from when the admin set the tier.
-const SubscriptionRecord* TermsRecord(const MeteringSubject& subject,
-                                      SubscriptionRecord* scratch) {
+// ComputeUsageTerms for `subject`: with Stripe's subscription, except for a trial tier set by an
+// admin's override, whose Stripe dates (none, or an older subscription's) say nothing about it:
+// that trial runs the plan's trial days from when the admin set the tier.
+Status SubjectUsageTerms(const MeteringSubject& subject, int64_t at_s, UsageTerms* out) {
   const UserAccess& access = subject.access;
-  if (!access.override || !access.override->plan_id || !access.plan ||
-      !IsTrialPlan(*access.plan)) {
-    return subject.subscription();
+  if (access.override && access.override->plan_id && access.plan && IsTrialPlan(*access.plan)) {
+    SubscriptionRecord granted;
+    granted.trial_start = FloorSeconds(access.override->tier_set_at_us);
+    return ComputeUsageTerms(subject.plan(), &granted, at_s, out);
   }
-  *scratch = SubscriptionRecord();
-  scratch->trial_start = FloorSeconds(access.override->tier_set_at_us);
-  return scratch;
+  return ComputeUsageTerms(subject.plan(), subject.subscription(), at_s, out);
 }
 
 // The terms for recording (batch): the plan's window when the user has a plan that grants
@@ -831,8 +829,7 @@ void RecordingTerms(const MeteringSubject& subject, int64_t at_s, UsageTerms* te
                     const Plan** plan) {
   *plan = nullptr;
   if (subject.access.access != AccessLevel::kNone && subject.plan() != nullptr) {
-    SubscriptionRecord scratch;
-    if (ComputeUsageTerms(subject.plan(), TermsRecord(subject, &scratch), at_s, terms).ok()) {
+    if (SubjectUsageTerms(subject, at_s, terms).ok()) {
       *plan = subject.plan();
       return;
     }
@@ -1108,8 +1105,7 @@ Status ResolveConsumeTerms(const MeteringSubject& subject, int64_t now_s, UsageT
                            "the subscription (" + std::string(access.status_name()) +
                                ") grants no access");
   }
-  SubscriptionRecord scratch;
-  return ComputeUsageTerms(subject.plan(), TermsRecord(subject, &scratch), now_s, out);
+  return SubjectUsageTerms(subject, now_s, out);
 }
 
 // ---- rows ----------------------------------------------------------------------------------------
