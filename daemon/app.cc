@@ -112,6 +112,7 @@ Status App::Impl::StartKafka() {
   OutboxOptions options;
   options.bootstrap_servers = kafka_bootstrap_;
   options.topic = config_.kafka_topic;
+  options.message_bytes_max = config_.kafka_message_max_bytes;
   LEDGER_RETURN_IF_ERROR(KafkaOutbox::Open(options, ledger_.get(), &outbox_));
   KafkaOutbox* outbox = outbox_.get();
   outbox_listener_ = ledger_->AddCommitListener([outbox](Position) { outbox->Notify(); });

@@ -126,6 +126,12 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
   if (!IsValidTopic(config->kafka_topic)) {
     return Bad("LEDGER_KAFKA_TOPIC", "not a valid Kafka topic name");
   }
+  if (config->kafka_message_max_bytes < limits::kOutboxMessageBytesMaxLowest ||
+      config->kafka_message_max_bytes > limits::kOutboxMessageBytesMaxHighest) {
+    return Bad("LEDGER_KAFKA_MESSAGE_MAX_BYTES",
+               "must be " + std::to_string(limits::kOutboxMessageBytesMaxLowest) + ".." +
+                   std::to_string(limits::kOutboxMessageBytesMaxHighest) + " bytes");
+  }
   if (!config->jwt_hs256_secret.empty() && config->jwt_hs256_secret.size() < 32) {
     return Bad("LEDGER_JWT_HS256_SECRET", "must be at least 32 bytes");
   }
@@ -207,7 +213,8 @@ std::string Config::Describe() const {
                                : std::string(jwt_hs256_secret.empty() ? "" : "HS256 ") +
                                      (jwt_jwks_file.empty() ? "" : "JWKS " + jwt_jwks_file);
   return "data_dir=" + data_dir + " listen=" + listen_host + ":" + std::to_string(listen_port) +
-         " kafka=" + kafka_brokers + " topic=" + kafka_topic + " auth=" + auth +
+         " kafka=" + kafka_brokers + " topic=" + kafka_topic +
+         " kafka_message_max_bytes=" + std::to_string(kafka_message_max_bytes) + " auth=" + auth +
          " service_tokens=" + std::to_string(service_tokens.size()) +
          " stripe=" + (stripe_secret_key.empty() ? "off" : "on (" + stripe_api_base + ")") +
          " stripe_webhook_secrets=" + std::to_string(stripe_webhook_secrets.size()) +
@@ -235,6 +242,11 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
       ->envname("LEDGER_KAFKA_BROKERS");
   app.add_option("--kafka-topic", config->kafka_topic, "topic for the outbox")
       ->envname("LEDGER_KAFKA_TOPIC");
+  app.add_option("--kafka-message-max-bytes", config->kafka_message_max_bytes,
+                 "largest CloudEvent published with its data (keep below the topic's "
+                 "max.message.bytes); larger ones carry dataref instead")
+      ->envname("LEDGER_KAFKA_MESSAGE_MAX_BYTES")
+      ->check(kDecimal);
   app.add_option("--jwt-hs256-secret", config->jwt_hs256_secret, "HS256 secret")
       ->envname("LEDGER_JWT_HS256_SECRET");
   app.add_option("--jwt-jwks-file", config->jwt_jwks_file, "JWKS file (RS256/ES256)")

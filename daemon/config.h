@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "events/ledger.h"
+#include "events/limits.h"
 #include "events/status.h"
 
 namespace ledger::daemon {
@@ -30,6 +31,8 @@ struct Config {
   int listen_port = 8084;                          // LEDGER_LISTEN port part; 0 = pick one
   std::string kafka_brokers = "embedded";          // embedded | none | bootstrap servers
   std::string kafka_topic = "ledger.events";
+  // LEDGER_KAFKA_MESSAGE_MAX_BYTES: larger CloudEvents are published with `dataref`, not `data`.
+  size_t kafka_message_max_bytes = limits::kOutboxMessageBytesMax;
   std::string jwt_hs256_secret;                    // secret: never logged
   std::string jwt_jwks_file;
   std::string jwt_issuer;

@@ -109,34 +109,50 @@ void WriteData(Writer* w, const std::string& data) {
   }
 }
 
+// Everything of the CloudEvent but its payload; `w` is left inside the object.
+void WriteCloudEventAttributes(const Event& event, std::string_view source,
+                               rapidjson::Writer<rapidjson::StringBuffer>* w) {
+  w->StartObject();
+  w->Key("specversion");
+  w->String("1.0");
+  w->Key("id");
+  w->String(event.id);
+  w->Key("source");
+  w->String(source.data(), static_cast<rapidjson::SizeType>(source.size()));
+  w->Key("type");
+  w->String(event.type);
+  w->Key("subject");
+  w->String(event.subject);
+  w->Key("time");
+  w->String(FormatRfc3339(event.time_us));
+  w->Key("datacontenttype");
+  w->String("application/json");
+  w->Key("sequence");
+  w->String(std::to_string(event.position.value()));
+  w->Key("prevhash");
+  w->String(HexEncode(event.prev_hash));
+  w->Key("hash");
+  w->String(HexEncode(event.hash));
+}
+
 }  // namespace
 
 std::string ToCloudEventJson(const Event& event, std::string_view source) {
   rapidjson::StringBuffer buf;
   rapidjson::Writer<rapidjson::StringBuffer> w(buf);
-  w.StartObject();
-  w.Key("specversion");
-  w.String("1.0");
-  w.Key("id");
-  w.String(event.id);
-  w.Key("source");
-  w.String(source.data(), static_cast<rapidjson::SizeType>(source.size()));
-  w.Key("type");
-  w.String(event.type);
-  w.Key("subject");
-  w.String(event.subject);
-  w.Key("time");
-  w.String(FormatRfc3339(event.time_us));
-  w.Key("datacontenttype");
-  w.String("application/json");
-  w.Key("sequence");
-  w.String(std::to_string(event.position.value()));
-  w.Key("prevhash");
-  w.String(HexEncode(event.prev_hash));
-  w.Key("hash");
-  w.String(HexEncode(event.hash));
+  WriteCloudEventAttributes(event, source, &w);
   w.Key("data");
   WriteData(&w, event.data);
+  w.EndObject();
+  return std::string(buf.GetString(), buf.GetSize());
+}
+
+std::string ToCloudEventJsonWithDataRef(const Event& event, std::string_view source) {
+  rapidjson::StringBuffer buf;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+  WriteCloudEventAttributes(event, source, &w);
+  w.Key("dataref");
+  w.String("/api/v1/events?after=" + std::to_string(event.position.value() - 1) + "&limit=1");
   w.EndObject();
   return std::string(buf.GetString(), buf.GetSize());
 }

@@ -53,6 +53,12 @@ std::string FormatRfc3339(int64_t time_us);
 // `prevhash` and `hash` (lowercase hex).
 std::string ToCloudEventJson(const Event& event, std::string_view source);
 
+// The same document without `data`, carrying instead the CloudEvents `dataref` extension (the
+// claim-check pattern): where the payload can be read, here `/api/v1/events?after=<position - 1>
+// &limit=1`. The outbox publishes this for an event whose document exceeds the topic's message
+// size; the hash chain still holds (a consumer fetches the payload to check `hash`).
+std::string ToCloudEventJsonWithDataRef(const Event& event, std::string_view source);
+
 // The envelope as our own JSON (GET /api/v1/events): position, id, type, subject, time, data,
 // prev_hash, hash.
 std::string ToEnvelopeJson(const Event& event);

@@ -26,5 +26,10 @@ inline constexpr size_t kReadEventsMax = 1000;
 inline constexpr size_t kOutboxInFlightEventsMax = 10000;
 inline constexpr size_t kOutboxInFlightBytesMax = 64u << 20;
 inline constexpr size_t kOutboxScanEventsMax = 1000;
+// Largest CloudEvent the outbox publishes whole (below Kafka's default max.message.bytes,
+// 1,048,588, with room for the record batch's overhead); the bounds of the setting.
+inline constexpr size_t kOutboxMessageBytesMax = 1'000'000;
+inline constexpr size_t kOutboxMessageBytesMaxLowest = 1024;
+inline constexpr size_t kOutboxMessageBytesMaxHighest = 16u << 20;
 
 }  // namespace ledger::limits

@@ -17,6 +17,9 @@ namespace {
 
 constexpr char kContentTypeHeader[] = "content-type";
 constexpr char kContentType[] = "application/cloudevents+json";
+// What to do about a record Kafka refused for its size.
+constexpr char kSizeHint[] =
+    "; lower LEDGER_KAFKA_MESSAGE_MAX_BYTES below the topic's max.message.bytes";
 
 int64_t SteadyMicros() {
   return std::chrono::duration_cast<std::chrono::microseconds>(
@@ -60,6 +63,12 @@ Status ValidateOptions(const OutboxOptions& o) {
   }
   if (o.in_flight_bytes_max < 1) return InvalidConfig("in_flight_bytes_max must be > 0");
   if (o.scan_events_max < 1) return InvalidConfig("scan_events_max must be > 0");
+  if (o.message_bytes_max < limits::kOutboxMessageBytesMaxLowest ||
+      o.message_bytes_max > limits::kOutboxMessageBytesMaxHighest) {
+    return InvalidConfig("message_bytes_max must be " +
+                         std::to_string(limits::kOutboxMessageBytesMaxLowest) + ".." +
+                         std::to_string(limits::kOutboxMessageBytesMaxHighest));
+  }
   if (o.linger_ms < 0 || o.message_timeout_ms < 0 || o.poll_interval_ms < 1 ||
       o.checkpoint_interval_ms < 0 || o.retry_backoff_ms_min < 1 ||
       o.retry_backoff_ms_max < o.retry_backoff_ms_min || o.stall_down_ms < 1) {
@@ -141,6 +150,7 @@ class KafkaOutbox::Impl {
   rd_kafka_topic_t* topic_ = nullptr;
   rd_kafka_queue_t* main_queue_ = nullptr;
   bool fatal_ = false;               // a fatal producer error is pending
+  bool size_refused_ = false;        // a delivery failed for the record's size (since the restart)
   uint64_t mark_ = 0;                // every position <= mark_ is delivered (the checkpoint)
   uint64_t next_ = 1;                // next position to consider producing
   uint64_t highest_produced_ = 0;    // highest position ever handed to the producer
@@ -193,8 +203,9 @@ Status KafkaOutbox::Impl::CreateProducer() {
       {"message.timeout.ms", std::to_string(options_.message_timeout_ms)},
       {"queue.buffering.max.messages", std::to_string(queue_messages)},
       {"queue.buffering.max.kbytes", std::to_string(queue_kbytes)},
-      // Events carry up to 1 MiB of data; leave room for the envelope.
-      {"message.max.bytes", std::to_string(2 << 20)},
+      // The producer's own ceiling stays above ours, which decides what is published whole.
+      {"message.max.bytes",
+       std::to_string(std::max<size_t>(2 << 20, options_.message_bytes_max + (64 << 10)))},
       {"reconnect.backoff.ms", "100"},
       {"reconnect.backoff.max.ms", "1000"},
       {"statistics.interval.ms", "1000"},
@@ -266,9 +277,13 @@ void KafkaOutbox::Impl::RestartProducer() {
   char reason[512] = "";
   rd_kafka_resp_err_t err = rd_kafka_fatal_error(producer_, reason, sizeof(reason));
   std::string what = std::string("fatal producer error ") + rd_kafka_err2name(err) + ": " + reason;
+  DestroyProducer();
+  // With enable.gapless.guarantee a record refused for its size is fatal; its delivery report
+  // came before the fatal error or while the producer was destroyed.
+  if (size_refused_) what += kSizeHint;
+  size_refused_ = false;
   spdlog::error("outbox: {}; recreating the producer, re-publishing after position {}", what,
                 mark_);
-  DestroyProducer();
   metrics_.producer_restarts.Add();
   Status s = CreateProducer();
   if (!s.ok()) {
@@ -370,8 +385,14 @@ void KafkaOutbox::Impl::HandleDelivery(const rd_kafka_message_t* message) {
   }
   slots_[slot] = Slot::kPending;
   metrics_.failed.Add();
-  ScheduleRewind(std::string("delivery failed at position ") + std::to_string(position) + ": " +
-                 rd_kafka_err2name(message->err) + ": " + rd_kafka_err2str(message->err));
+  std::string reason = std::string("delivery failed at position ") + std::to_string(position) +
+                       ": " + rd_kafka_err2name(message->err) + ": " +
+                       rd_kafka_err2str(message->err);
+  if (message->err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
+    size_refused_ = true;
+    reason += " (a " + std::to_string(message->len) + "-byte record)" + kSizeHint;
+  }
+  ScheduleRewind(reason);
 }
 
 void KafkaOutbox::Impl::AdvanceCheckpoint() {
@@ -413,6 +434,17 @@ void KafkaOutbox::Impl::MaybeRewind(int64_t now_us) {
 
 rd_kafka_resp_err_t KafkaOutbox::Impl::Produce(const Event& event, uint64_t position) {
   std::string value = ToCloudEventJson(event, options_.source);
+  if (value.size() > options_.message_bytes_max) {
+    // Too big for the topic: publish the attributes and where to read the data (counted and
+    // logged once, not on every re-publish).
+    if (position > highest_produced_) {
+      metrics_.data_omitted.Add();
+      spdlog::warn("outbox: position {} ({}) is a {}-byte CloudEvent, over {}; published with "
+                   "dataref instead of data",
+                   position, event.type, value.size(), options_.message_bytes_max);
+    }
+    value = ToCloudEventJsonWithDataRef(event, options_.source);
+  }
   const int64_t timestamp_ms = event.time_us > 0 ? event.time_us / 1000 : 0;
   rd_kafka_resp_err_t err = rd_kafka_producev(
       producer_, RD_KAFKA_V_RKT(topic_),
@@ -593,6 +625,9 @@ void KafkaOutbox::Impl::RenderMetrics(std::string* out) const {
           metrics_.failed.Value());
   counter("ledger_outbox_retried_total", "Messages produced again after a rewind.",
           metrics_.retried.Value());
+  counter("ledger_outbox_data_omitted_total",
+          "Events published with dataref instead of data (over the message size).",
+          metrics_.data_omitted.Value());
   counter("ledger_outbox_rewinds_total", "Rewinds to the checkpoint after failures.",
           metrics_.rewinds.Value());
   counter("ledger_outbox_producer_restarts_total", "Producers recreated after fatal errors.",

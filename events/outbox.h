@@ -15,6 +15,12 @@
 // crash the outbox re-publishes from the persisted checkpoint: consumers see duplicates (dedupe on
 // the CloudEvents `id`), never gaps.
 //
+// Size: Kafka refuses a record bigger than the topic's max.message.bytes (1,048,588 by default),
+// and an event's data alone may be 1 MiB. An event whose CloudEvent exceeds `message_bytes_max`
+// is published without `data`, with the `dataref` extension naming where to read it
+// (ToCloudEventJsonWithDataRef), so that one big event cannot stall the outbox. A refusal for size
+// anyway (a topic configured smaller) is retried like any failure and names the setting to lower.
+//
 // Outages: the outbox only reads the log, so a Kafka outage never blocks or fails appends; it
 // grows the lag. At most `in_flight_events_max` events (and `in_flight_bytes_max` bytes) are read
 // ahead of the checkpoint; librdkafka keeps retrying them (message_timeout_ms = 0: never give
@@ -66,6 +72,11 @@ struct OutboxOptions {
   // Events read from the log per scan (between two polls of the producer).
   size_t scan_events_max = limits::kOutboxScanEventsMax;
 
+  // Largest CloudEvent published whole; bigger ones go out with `dataref` instead of `data`. Keep it
+  // below the topic's max.message.bytes minus ~100 bytes of record overhead. Default 1,000,000
+  // (librdkafka's batch.size); 1024..16 MiB.
+  size_t message_bytes_max = limits::kOutboxMessageBytesMax;
+
   // librdkafka linger.ms: how long a batch may wait for more messages. Default 5 ms.
   int linger_ms = 5;
   // librdkafka message.timeout.ms. 0 (default) = retry until delivered or Stop(); keeps per-key
@@ -98,6 +109,7 @@ struct OutboxMetrics {
   Counter retried;            // messages produced again after a rewind
   Counter rewinds;            // rewinds after failures
   Counter producer_restarts;  // producers recreated after a fatal error
+  Counter data_omitted;       // events published with `dataref` instead of `data` (too large)
   // Append time -> Kafka acknowledgement (by the event's append clock).
   Histogram publish_latency_seconds{Histogram::LatencySecondsBounds()};
 };

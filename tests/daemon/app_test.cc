@@ -12,6 +12,7 @@
 #include "tests/daemon/daemon_test_util.h"
 #include "tests/support/daemon_process.h"
 #include "tests/support/http_client.h"
+#include "tests/support/kafka_test_consumer.h"
 #include "tests/support/test_ledger.h"
 #include "tests/support/tokens.h"
 
@@ -135,6 +136,49 @@ TEST(AppTest, TheSyncIntervalReachesTheLedger) {
     }
     EXPECT_TRUE(app->Stop(std::chrono::milliseconds(0)).ok());
   }
+}
+
+// --kafka-message-max-bytes reaches the outbox: with 1024, a plan whose CloudEvent is longer goes
+// to the embedded Kafka with `dataref` instead of `data`; the shorter events keep their data.
+TEST(AppTest, TheKafkaMessageSizeReachesTheOutbox) {
+  TempDir dir;
+  Config config = TestConfig(dir.Sub("data"));
+  config.kafka_brokers = "embedded";
+  config.kafka_message_max_bytes = 1024;
+  std::unique_ptr<App> app;
+  Status s = App::Start(config, nullptr, &app);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  TestHttpClient client("127.0.0.1", app->http_port());
+  client.set_bearer(MintAdminToken(ReadDevSecret(dir.Sub("data"))));
+  HttpReply created = client.Post("/api/v1/subscriptions/plans",
+                                  R"({"id":"wordy","display_name":"Wordy","description":")" +
+                                      std::string(1500, 'w') +
+                                      R"(","price_monthly_cents":100,"api_calls_limit":10,)"
+                                      R"("services":["chat"]})");
+  ASSERT_EQ(created.status, 201) << created.body;
+  const uint64_t position = std::stoull(created.Header("X-Ledger-Position"));
+
+  std::unique_ptr<KafkaTestConsumer> consumer;
+  ASSERT_TRUE(KafkaTestConsumer::Open(app->kafka_bootstrap(), "ledger.events", &consumer).ok());
+  ASSERT_TRUE(consumer->ConsumeDistinct(position, std::chrono::seconds(20)));
+  size_t with_data = 0, with_dataref = 0;
+  for (const ConsumedRecord& record : consumer->records()) {
+    CloudEventFields fields;
+    ASSERT_TRUE(ValidateCloudEventRecord(record, "", &fields).empty()) << record.value;
+    EXPECT_LE(record.value.size(), 1024u) << fields.type;
+    if (fields.position == position) {
+      EXPECT_EQ(fields.type, "plan.created.v1");
+      EXPECT_FALSE(fields.dataref.empty()) << record.value;
+      ++with_dataref;
+    } else if (fields.dataref.empty()) {
+      ++with_data;
+    }
+  }
+  EXPECT_GE(with_dataref, 1u);
+  EXPECT_GT(with_data, 0u) << "the starting plans fit";
+  HttpReply metrics = client.Get("/metrics");
+  EXPECT_GE(MetricValue(metrics.body, "ledger_outbox_data_omitted_total"), 1) << metrics.body;
+  EXPECT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
 }
 
 TEST(AppTest, DevSecretIsCreatedWithMode0600AndReused) {

@@ -368,6 +368,65 @@ TEST_F(OutboxTest, RepeatedRefusalsShowAsDown) {
   EXPECT_TRUE(outbox->Stop(seconds(5)).ok());
 }
 
+// An event whose CloudEvent is over the topic's message size (Kafka's default max.message.bytes is
+// 1,048,588; an event's data alone may be 1 MiB) goes out without its data, with the `dataref`
+// extension naming where to read it; the events around it go out whole and nothing stalls.
+TEST_F(OutboxTest, AnEventTooLargeForTheTopicIsPublishedWithADataRef) {
+  auto outbox = OpenOutbox(Options());  // message_bytes_max: the default, 1,000,000
+  ASSERT_TRUE(outbox->Start().ok());
+  Append(3, 1, 2, outbox.get());
+  AppendCommand big("user-big", 1, "test.appended.v1", /*pad_bytes=*/1'040'000);
+  CommandResult result = ledger_->Submit(&big);
+  ASSERT_TRUE(result.status.ok()) << result.status.ToString();
+  outbox->Notify();
+  Append(3, 1, 2, outbox.get());
+  ASSERT_TRUE(WaitCaughtUp(outbox.get())) << outbox->GetStatus().last_error;
+
+  DeliveryReport report = ConsumeAndCheck();
+  EXPECT_TRUE(report.ok()) << report.Summary();
+  std::vector<Event> events;
+  ASSERT_TRUE(ledger_->ReadEvents(Position(0), 7, {}, &events).ok());
+  ASSERT_EQ(events.size(), 7u);
+  ASSERT_GT(ToCloudEventJson(events[3], kSource).size(), limits::kOutboxMessageBytesMax);
+  size_t with_dataref = 0;
+  for (const ConsumedRecord& record : records_) {
+    testing::CloudEventFields fields;
+    ASSERT_TRUE(testing::ValidateCloudEventRecord(record, kSource, &fields).empty());
+    const Event& event = events[fields.position - 1];
+    if (fields.position == 4) {
+      ++with_dataref;
+      EXPECT_EQ(record.value, ToCloudEventJsonWithDataRef(event, kSource));
+      EXPECT_EQ(fields.dataref, "/api/v1/events?after=3&limit=1");
+      EXPECT_LT(record.value.size(), 1024u);
+    } else {
+      EXPECT_EQ(record.value, ToCloudEventJson(event, kSource));
+    }
+  }
+  EXPECT_GE(with_dataref, 1u);
+  EXPECT_EQ(outbox->metrics().data_omitted.Value(), 1u);
+  std::string metrics;
+  outbox->RenderMetrics(&metrics);
+  EXPECT_NE(metrics.find("ledger_outbox_data_omitted_total 1\n"), std::string::npos);
+  EXPECT_TRUE(outbox->Stop(seconds(5)).ok());
+}
+
+// A topic whose max.message.bytes is below the outbox's setting refuses the record for size; the
+// outbox retries it like any refusal and its error names the setting to lower.
+TEST_F(OutboxTest, ASizeRefusalNamesTheSettingToLower) {
+  auto outbox = StartCaughtUp(Options(), /*backoff_max_ms=*/200, 2, 1, 1);
+  kafka_->PushRequestErrors(EmbeddedKafka::kProduceApiKey,
+                            {RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE});
+  Append(1, 1, 1, outbox.get());
+  ASSERT_TRUE(WaitCaughtUp(outbox.get())) << outbox->GetStatus().last_error;
+  EXPECT_GT(outbox->metrics().failed.Value(), 0u);
+  // With enable.gapless.guarantee the refusal is also a fatal producer error (the producer is
+  // recreated); whichever came last, the error names the setting.
+  EXPECT_NE(outbox->GetStatus().last_error.find("LEDGER_KAFKA_MESSAGE_MAX_BYTES"),
+            std::string::npos)
+      << outbox->GetStatus().last_error;
+  EXPECT_TRUE(outbox->Stop(seconds(5)).ok());
+}
+
 TEST_F(OutboxTest, RestartRepublishesOnlyAfterTheCheckpoint) {
   Append(100);
   {
@@ -503,6 +562,12 @@ TEST_F(OutboxTest, RejectsBadOptions) {
   options = Options();
   options.in_flight_events_max = 0;
   EXPECT_EQ(KafkaOutbox::Open(options, ledger_.get(), &outbox).code(), Code::kInvalidArgument);
+  for (size_t size : {limits::kOutboxMessageBytesMaxLowest - 1,
+                      limits::kOutboxMessageBytesMaxHighest + 1}) {
+    options = Options();
+    options.message_bytes_max = size;
+    EXPECT_EQ(KafkaOutbox::Open(options, ledger_.get(), &outbox).code(), Code::kInvalidArgument);
+  }
   options = Options();
   options.kafka_config["no.such.property"] = "1";
   Status s = KafkaOutbox::Open(options, ledger_.get(), &outbox);

@@ -70,11 +70,13 @@ struct CloudEventFields {
   uint64_t position = 0;  // the `sequence` extension
   std::string prevhash;
   std::string hash;
-  std::string data;       // compact JSON
+  std::string data;       // compact JSON; empty when the record carries `dataref` instead
+  std::string dataref;    // the claim-check extension of an event too large for the topic
 };
 
 // Checks one record: structured-mode CloudEvents 1.0 (specversion, id, source, type, subject,
-// time as RFC 3339, datacontenttype, data object, sequence/prevhash/hash extensions with valid
+// time as RFC 3339, datacontenttype, data object (or the dataref of GET /api/v1/events for that
+// position, instead), sequence/prevhash/hash extensions with valid
 // names), key == subject, header content-type == application/cloudevents+json, record timestamp
 // == `time` in ms. Returns the problems (empty when valid).
 std::vector<std::string> ValidateCloudEventRecord(const ConsumedRecord& record,

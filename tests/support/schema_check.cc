@@ -106,6 +106,9 @@ std::string SchemasDir() { return std::string(LEDGER_SOURCE_DIR) + "/schemas"; }
   ::testing::AssertionResult cloudevent =
       JsonMatchesSchemaFile("cloudevent.schema.json", ToCloudEventJson(event, source));
   if (!cloudevent) return cloudevent;
+  ::testing::AssertionResult claim_check = JsonMatchesSchemaFile(
+      "cloudevent.schema.json", ToCloudEventJsonWithDataRef(event, source));
+  if (!claim_check) return claim_check;
   return EventMatchesSchema(event);
 }
 

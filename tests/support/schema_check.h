@@ -35,8 +35,8 @@ std::string SchemasDir();
 ::testing::AssertionResult EventMatchesSchema(const Event& event);
 ::testing::AssertionResult EventMatchesSchema(const NewEvent& event);
 
-// ToEnvelopeJson(event) against envelope.schema.json, ToCloudEventJson(event, source) against
-// cloudevent.schema.json, and event.data against its type's schema.
+// ToEnvelopeJson(event) against envelope.schema.json, ToCloudEventJson(event, source) and
+// ToCloudEventJsonWithDataRef(event, source) against cloudevent.schema.json, and event.data against its type's schema.
 ::testing::AssertionResult EnvelopeMatchesSchema(const Event& event,
                                                  std::string_view source = "urn:ledgerd:test");
 
