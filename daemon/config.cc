@@ -11,6 +11,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "daemon/cli_decimal.h"
 #include "events/types.h"
 #include "http/byok_providers.h"
 
@@ -180,19 +181,6 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
   return Status::OK();
 }
 
-// CLI11 converts integers with strtoll's base 0, so "0100" would be 64 and "0x3e8" 1000: the
-// numeric settings take decimal digits only, without a leading zero.
-const CLI::Validator kDecimal(
-    [](std::string& value) -> std::string {
-      const bool digits = !value.empty() && std::all_of(value.begin(), value.end(), [](char c) {
-        return c >= '0' && c <= '9';
-      });
-      return digits && (value.size() == 1 || value[0] != '0')
-                 ? std::string()
-                 : "must be a non-negative decimal number without leading zeros";
-    },
-    "DECIMAL");
-
 // The setting (its environment variable, else its flag) whose flag `what` names, followed by
 // `after`.
 std::string SettingNamed(const CLI::App& app, const std::string& what, const std::string& after) {
@@ -205,6 +193,17 @@ std::string SettingNamed(const CLI::App& app, const std::string& what, const std
 }
 
 }  // namespace
+
+const CLI::Validator kDecimal(
+    [](std::string& value) -> std::string {
+      const bool digits = !value.empty() && std::all_of(value.begin(), value.end(), [](char c) {
+        return c >= '0' && c <= '9';
+      });
+      return digits && (value.size() == 1 || value[0] != '0')
+                 ? std::string()
+                 : "must be a non-negative decimal number without leading zeros";
+    },
+    "DECIMAL");
 
 std::string DevJwtSecretPath(const std::string& data_dir) { return data_dir + "/jwt-dev.secret"; }
 

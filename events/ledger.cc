@@ -591,6 +591,7 @@ class LedgerImpl final : public Ledger {
   CommandResult Submit(Command* command) override;
   void SubmitAsync(Command* command, std::function<void(CommandResult)> done) override;
   Position Head() const override { return Position(head_position_.load()); }
+  std::string HeadRecordProblem() const override { return head_record_problem_; }
   Hash HeadHash() const override {
     std::lock_guard<std::mutex> l(published_mu_);
     return published_hash_;
@@ -723,6 +724,7 @@ class LedgerImpl final : public Ledger {
   // Chain state: committer thread only. It runs ahead of what is published while groups are
   // being written and synced.
   Position head_;
+  std::string head_record_problem_;  // set at open only (LedgerOptions::tolerate_head_mismatch)
   Hash head_hash_{};
   int64_t last_time_us_ = 0;
 
@@ -995,15 +997,25 @@ Status LedgerImpl::MoveEventsToUniversalLayout() {
 }
 
 Status LedgerImpl::LoadHead() {
+  const bool tolerate = options_.read_only && options_.tolerate_head_mismatch;
   std::string value;
   rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), Family(kMetaFamily), kHeadKey, &value);
+  bool record_read = true;
   if (s.IsNotFound()) {
     head_ = Position(0);
     head_hash_ = Hash{};
   } else if (!s.ok()) {
-    return FromRocks(s);
+    if (!tolerate || !s.IsCorruption()) return FromRocks(s);
+    head_record_problem_ = "the chain head record cannot be read: " + s.ToString();
+    record_read = false;
   } else if (!DecodeHead(value, &head_, &head_hash_)) {
-    return Status::Corruption("malformed chain head record");
+    if (!tolerate) return Status::Corruption("malformed chain head record");
+    head_record_problem_ = "the chain head record is malformed";
+    record_read = false;
+  }
+  if (!record_read) {
+    head_ = Position(0);
+    head_hash_ = Hash{};
   }
   // The head record and the events are written in the same batch; they must agree. SeekToLast
   // reads the last block of every level-0 table file (and of the newest file of each other
@@ -1016,10 +1028,13 @@ Status LedgerImpl::LoadHead() {
   it->SeekToLast();
   LEDGER_RETURN_IF_ERROR(FromRocks(it->status()));
   uint64_t last = it->Valid() ? DecodeFixed64BE(it->key().data()) : 0;
-  if (last != head_.value()) {
-    return Status::Corruption("chain head " + std::to_string(head_.value()) +
-                              " disagrees with the last stored event " + std::to_string(last));
+  if (last != head_.value() && (!tolerate || record_read)) {
+    std::string problem = "chain head " + std::to_string(head_.value()) +
+                          " disagrees with the last stored event " + std::to_string(last);
+    if (!tolerate) return Status::Corruption(problem);
+    head_record_problem_ = std::move(problem);
   }
+  if (tolerate) head_ = Position(std::max(last, head_.value()));
   // Only the writer needs the last event's time; a read-only open (verify) must not fail here on
   // a damaged last event that verify is about to name.
   if (it->Valid() && !options_.read_only) {

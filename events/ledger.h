@@ -108,6 +108,12 @@ struct LedgerOptions {
   // block with a Corruption status that names no position. Read-only use only; never affects
   // what is written.
   bool verify_checksums = true;
+  // Read-only use only (`ledgerctl verify`): open even when the chain head record disagrees with
+  // the last stored event, or cannot be read, instead of failing the open with a Corruption that
+  // names no position. Head() is then the larger of the two positions (the last stored event when
+  // the record is unreadable), so that reading the log up to it meets the missing or extra event,
+  // and HeadRecordProblem() says what is wrong.
+  bool tolerate_head_mismatch = false;
   // The write-ahead log files kept for recovery, in bytes, before families are flushed to free
   // the oldest (RocksDB's max_total_wal_size; 0 = RocksDB's default of 4x the memtables).
   uint64_t max_total_wal_bytes = 256ull << 20;
@@ -210,6 +216,9 @@ class Ledger {
   virtual Position Head() const = 0;
   virtual Hash HeadHash() const = 0;
   virtual bool Degraded() const = 0;
+  // Empty unless the store was opened with LedgerOptions::tolerate_head_mismatch and its chain
+  // head record disagrees with the stored events (or cannot be read): then what is wrong.
+  virtual std::string HeadRecordProblem() const = 0;
 
   virtual std::unique_ptr<ReadView> Snapshot() const = 0;
 

@@ -11,6 +11,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "daemon/cli_decimal.h"
 #include "daemon/config.h"
 #include "events/ledger.h"
 #include "projections/limits.h"
@@ -83,7 +84,9 @@ void AddToken(CLI::App& app, TokenArgs* args) {
       ->envname("LEDGER_ADMIN_ROLE")
       ->capture_default_str();
   sub->add_option("--role", args->token.roles, "extra realm role (repeatable)");
-  sub->add_option("--ttl", args->token.ttl_seconds, "lifetime in seconds")->capture_default_str();
+  sub->add_option("--ttl", args->token.ttl_seconds, "lifetime in seconds")
+      ->capture_default_str()
+      ->check(daemon::kDecimal);
   sub->add_option("--issuer,--iss", args->token.issuer, "iss claim")->envname("LEDGER_JWT_ISSUER");
   sub->add_option("--audience,--aud", args->token.audience, "aud claim")
       ->envname("LEDGER_JWT_AUDIENCE");
@@ -117,8 +120,12 @@ struct VerifyArgs {
 void AddVerify(CLI::App& app, VerifyArgs* args) {
   CLI::App* sub = app.add_subcommand(
       "verify", "Verify the hash chain of the log (read-only; works while ledgerd runs)");
-  sub->add_option("--from", args->from, "first position")->capture_default_str();
-  sub->add_option("--to", args->to, "last position (0 = the chain head)")->capture_default_str();
+  sub->add_option("--from", args->from, "first position")
+      ->capture_default_str()
+      ->check(daemon::kDecimal);
+  sub->add_option("--to", args->to, "last position (0 = the chain head)")
+      ->capture_default_str()
+      ->check(daemon::kDecimal);
   sub->add_flag("--skip-block-checksums", args->skip_block_checksums,
                 "skip the second pass that re-reads the range with RocksDB block checksums");
 }
@@ -163,10 +170,18 @@ void AddExport(CLI::App& app, ExportArgs* args) {
   CLI::App* sub =
       app.add_subcommand("export", "Write the log as NDJSON CloudEvents to stdout (read-only)");
   sub->add_option("--after", args->after, "export positions after this one")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(daemon::kDecimal);
   sub->add_option("--limit", args->limit, "at most this many events (0 = all)")
-      ->capture_default_str();
-  sub->add_option("--source", args->source, "CloudEvents source")->capture_default_str();
+      ->capture_default_str()
+      ->check(daemon::kDecimal);
+  sub->add_option("--source", args->source, "CloudEvents source (1..1024 bytes)")
+      ->capture_default_str()
+      ->check(CLI::Validator(
+          [](std::string& value) -> std::string {
+            return value.empty() || value.size() > 1024 ? "must be 1..1024 bytes" : "";
+          },
+          "SOURCE"));
 }
 
 int RunExport(const Globals& globals, const ExportArgs& args) {

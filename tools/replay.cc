@@ -75,12 +75,24 @@ Status Rebuild(const Ledger& live, Ledger* rebuilt, const ReplayOptions& options
   Status failure;
   auto import_chunk = [&]() {
     failure = rebuilt->ImportEvents(chunk);
+    // The rebuilt store refuses what does not continue its chain: the live log's data is bad.
+    if (failure.code() == Code::kInvalidArgument) {
+      failure = Status::Corruption("the live log does not import: " + failure.message());
+    }
     if (failure.ok()) report->events += chunk.size();
     chunk.clear();
     meter.Update(report->events);
     return failure.ok();
   };
+  uint64_t expected = 1;
   Status scan = live.ScanRaw(Position(1), report->position, [&](Position p, std::string_view v) {
+    if (p.value() != expected) {
+      failure = Status::Corruption("position " + std::to_string(expected) +
+                                   ": missing (the next stored position is " +
+                                   std::to_string(p.value()) + ")");
+      return false;
+    }
+    ++expected;
     Event event;
     failure = DecodeEvent(v, &event);
     if (!failure.ok()) {

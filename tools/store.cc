@@ -34,6 +34,7 @@ Status OpenReadOnly(const ReadOnlyOpenOptions& options, std::unique_ptr<Ledger>*
   ledger_options.read_only = true;
   ledger_options.create_if_missing = false;
   ledger_options.verify_checksums = options.verify_checksums;
+  ledger_options.tolerate_head_mismatch = options.tolerate_head_mismatch;
   Status s;
   for (int attempt = 1; attempt <= kOpenAttemptsMax; ++attempt) {
     s = Ledger::Open(ledger_options, out);

@@ -16,6 +16,7 @@ struct ReadOnlyOpenOptions {
   // Folds whose column families must exist (replay's digest); empty for verify and export.
   std::vector<const Fold*> folds;
   bool verify_checksums = true;  // see LedgerOptions::verify_checksums
+  bool tolerate_head_mismatch = false;  // see LedgerOptions::tolerate_head_mismatch (verify)
 };
 
 // NotFound unless `data_dir` holds a RocksDB store (a CURRENT file).

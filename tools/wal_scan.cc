@@ -17,33 +17,52 @@ namespace {
 
 // The WriteBatch header: sequence (8) | count (4).
 constexpr size_t kWriteBatchHeaderBytes = 12;
+// The events family's id in every store: it is created right after `default`, in the first open
+// (events/ledger.cc).
+constexpr uint32_t kEventsFamilyId = 1;
 
 class EventFinder final : public rocksdb::WriteBatch::Handler {
  public:
   EventFinder(WalFinding* finding, uint64_t* last_position)
       : finding_(finding), last_position_(last_position) {}
 
-  rocksdb::Status PutCF(uint32_t, const rocksdb::Slice& key,
+  // Every put into the events family is an event, and the log holds them in position order: the
+  // next one is the position after the last intact event (unknown before the first).
+  rocksdb::Status PutCF(uint32_t family, const rocksdb::Slice& key,
                         const rocksdb::Slice& value) override {
-    if (finding_->found || key.size() != 8) return rocksdb::Status::OK();
-    std::string_view stored(value.data(), value.size());
-    // An event value: prev_hash (32) | version (1) | BE position (8) | ... (events/FORMAT.md).
-    if (stored.size() < 32 + 1 + 8 + 32 || static_cast<uint8_t>(stored[32]) != kEventFormatVersion) {
+    if (finding_->found || family != kEventsFamilyId) return rocksdb::Status::OK();
+    const uint64_t expected = *last_position_ == 0 ? 0 : *last_position_ + 1;
+    ++puts_;
+    if (key.size() != 8) {
+      Report(expected, "a damaged key (" + std::to_string(key.size()) + " bytes, not 8)");
       return rocksdb::Status::OK();
     }
-    uint64_t position = DecodeFixed64BE(key.data());
-    if (DecodeFixed64BE(stored.data() + 33) != position) return rocksdb::Status::OK();
+    const uint64_t position = DecodeFixed64BE(key.data());
+    std::string_view stored(value.data(), value.size());
     Event event;
     Status decoded = DecodeEvent(stored, &event);
-    if (!decoded.ok()) {
+    const bool intact = decoded.ok() && VerifyEventHash(stored);
+    if (intact && event.position.value() != position) {
+      // The value is intact (its hash covers the position inside it): the key was damaged.
+      Report(event.position.value(), "a damaged key: it says position " +
+                                         std::to_string(position));
+    } else if (expected != 0 && position != expected) {
+      Report(expected, "a damaged key or record: the next event is stored under position " +
+                           std::to_string(position));
+    } else if (!decoded.ok()) {
       Report(position, "undecodable record (" + decoded.message() + ")");
-    } else if (!VerifyEventHash(stored)) {
+    } else if (event.position.value() != position) {
+      Report(position, "the record says position " + std::to_string(event.position.value()));
+    } else if (!intact) {
       Report(position, "hash mismatch: the stored bytes were altered");
     } else {
-      *last_position_ = std::max(*last_position_, position);
+      *last_position_ = position;
+      if (first_position_ == 0) first_position_ = position - (puts_ - 1);
     }
     return rocksdb::Status::OK();
   }
+  // The position of this record's first event, known once one of its events is intact; else 0.
+  uint64_t first_position() const { return first_position_; }
   // Everything else in a batch (deletes, merges, markers) is not an event.
   rocksdb::Status DeleteCF(uint32_t, const rocksdb::Slice&) override {
     return rocksdb::Status::OK();
@@ -64,41 +83,63 @@ class EventFinder final : public rocksdb::WriteBatch::Handler {
   }
   WalFinding* finding_;
   uint64_t* last_position_;  // the highest position of an intact event seen so far
+  uint64_t puts_ = 0;        // puts into the events family in this record so far
+  uint64_t first_position_ = 0;
 };
 
-void CheckRecord(const std::string& record, WalFinding* out, uint64_t* last_position) {
-  if (record.size() < kWriteBatchHeaderBytes) return;
-  rocksdb::WriteBatch batch(record);
-  EventFinder finder(out, last_position);
-  // A damaged batch may stop Iterate with Corruption; events before the damage were checked.
-  batch.Iterate(&finder).PermitUncheckedError();
+// Checks the events of one record. A record whose checksum failed and whose events all verify
+// (the damage is in the batch's framing or in a row beside the events) is reported at the
+// position after the last intact event before it: its group's first event.
+void CheckRecord(const std::string& record, bool checksum_ok, size_t offset, WalFinding* out,
+                 uint64_t* last_position) {
+  const uint64_t before = *last_position;
+  uint64_t first = before == 0 ? 0 : before + 1;
+  if (record.size() >= kWriteBatchHeaderBytes) {
+    rocksdb::WriteBatch batch(record);
+    EventFinder finder(out, last_position);
+    // A damaged batch may stop Iterate with Corruption; events before the damage were checked.
+    batch.Iterate(&finder).PermitUncheckedError();
+    if (first == 0) first = finder.first_position();
+  }
+  if (out->found || checksum_ok) return;
+  out->found = true;
+  out->position = Position(first);
+  out->reason = "the record at offset " + std::to_string(offset) +
+                " fails its checksum (the events' own hashes in it verify: the damage is in the "
+                "group's framing or in a row written with it)";
 }
 
-// Splits one log file into records (ignoring record checksums) and checks each; a zeroed header
-// with records after it (wal::ZeroedHeaderOffset) is reported at the position after the last
-// intact event before it: RocksDB skips the rest of that block.
+// Splits one log file into records and checks each; a zeroed header with records after it
+// (wal::ZeroedHeaderOffset) is reported at the position after the last intact event before it:
+// RocksDB skips the rest of that block.
 void ScanLogFile(const std::string& contents, WalFinding* out, uint64_t* last_position) {
   std::string record;
   bool in_fragmented_record = false;
+  bool record_checksum_ok = true;
+  size_t record_offset = 0;
   // Stops at a damaged header or a torn tail (nothing reliable follows) or at preallocated space.
   wal::WalkFragments(contents, [&](const wal::Fragment& f) {
     switch (f.base_type) {
       case wal::kFullType:
         record.assign(f.payload);
         in_fragmented_record = false;
-        CheckRecord(record, out, last_position);
+        CheckRecord(record, f.checksum_ok, f.offset, out, last_position);
         break;
       case wal::kFirstType:
         record.assign(f.payload);
         in_fragmented_record = true;
+        record_checksum_ok = f.checksum_ok;
+        record_offset = f.offset;
         break;
       case wal::kMiddleType:
         if (in_fragmented_record) record.append(f.payload);
+        record_checksum_ok = record_checksum_ok && f.checksum_ok;
         break;
       case wal::kLastType:
         if (in_fragmented_record) {
           record.append(f.payload);
-          CheckRecord(record, out, last_position);
+          CheckRecord(record, record_checksum_ok && f.checksum_ok, record_offset, out,
+                      last_position);
         }
         in_fragmented_record = false;
         break;

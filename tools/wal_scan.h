@@ -4,9 +4,11 @@
 // (a byte flipped on disk in an event that was acknowledged but not yet flushed to a table file)
 // stops the open with "Corruption: checksum mismatch": correct, but it names no position. This
 // reads the `*.log` files directly (events/wal_log.h: the log format, each record one
-// WriteBatch), ignores the record checksums, decodes every WriteBatch with rocksdb::WriteBatch::Iterate and checks the
-// hash of every stored event found in it (an 8-byte big-endian position key whose value decodes
-// as an event of that position). The first event whose hash fails is reported.
+// WriteBatch), decodes every WriteBatch with rocksdb::WriteBatch::Iterate and checks every put
+// into the events family: an 8-byte big-endian key of the position after the previous event,
+// whose value decodes as an intact event of that position. The first one that is not is
+// reported, by the position it should have had; failing that, the first record whose checksum
+// fails, by the position of its group's first event.
 #pragma once
 
 #include <string>
@@ -24,7 +26,7 @@ struct WalFinding {
 };
 
 // Scans every write-ahead log file of `data_dir` in file-number order. OK with found == false
-// when no damaged event is found (the damage is elsewhere, e.g. in a record header).
+// when no damage is found (it is elsewhere, e.g. in a table file or a fragment header).
 Status FindDamagedEventInWal(const std::string& data_dir, WalFinding* out);
 
 }  // namespace ledger::tools

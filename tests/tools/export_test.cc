@@ -101,6 +101,30 @@ TEST(ExportCliTest, WritesNdjsonToStdout) {
   EXPECT_EQ(RunLedgerctl("export --data-dir " + dir.Sub("missing")).exit_code, 74);
 }
 
+// Positions are decimal: CLI11 alone would read "-1" as 2^64 - 1 (an empty export, exit 0) and
+// "010" as 8. An empty CloudEvents source would make every line invalid.
+TEST(ExportCliTest, BadNumbersAndAnEmptySourceAreUsageErrors) {
+  TempDir dir;
+  { WriteMarkedLog(OpenTestLedger(dir.path()).get(), 4, 2); }
+  for (const std::string args : {"--after -1", "--after 010", "--after 0x2", "--limit -1",
+                                 "--limit 1e3", "--source ''"}) {
+    SCOPED_TRACE(args);
+    testing::ProcessResult r = RunLedgerctl("export --data-dir " + dir.path() + " " + args);
+    EXPECT_EQ(r.exit_code, 64) << r.out;
+    EXPECT_TRUE(r.out.empty()) << r.out;
+  }
+  for (const std::string args : {"--from -1", "--from 010 --to 012", "--to -1"}) {
+    SCOPED_TRACE(args);
+    EXPECT_EQ(RunLedgerctl("verify --data-dir " + dir.path() + " " + args).exit_code, 64);
+  }
+  EXPECT_EQ(RunLedgerctl("token --sub u1 --secret 0123456789abcdef0123456789abcdef --ttl -5")
+                .exit_code,
+            64);
+  testing::ProcessResult ok = RunLedgerctl("export --data-dir " + dir.path() + " --after 7");
+  EXPECT_EQ(ok.exit_code, 0);
+  EXPECT_EQ(Lines(ok.out).size(), 1u);
+}
+
 TEST(ExportCliTest, TheDataDirFlagWinsOverTheEnvironment) {
   TempDir dir;
   { WriteMarkedLog(OpenTestLedger(dir.path()).get(), 4, 2); }

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 
+#include "events/coding.h"
 #include "projections/registry.h"
 #include "tests/support/test_ledger.h"
 #include "tests/tools/tools_test_util.h"
@@ -148,6 +149,25 @@ TEST(ReplayCliTest, ExitCodesWithTheRegisteredProjections) {
       << bad.out;
 
   EXPECT_EQ(testing::RunLedgerctl("replay --data-dir " + dir.Sub("none")).exit_code, 74);
+}
+
+// A live log with a missing event is a data error (65) naming the position, not a usage error.
+TEST(ReplayCliTest, AGapInTheLiveLogIsADataError) {
+  const std::vector<const Fold*>& folds = projections::AllFolds();
+  TempDir dir;
+  {
+    auto ledger = OpenTestLedger(dir.path(), folds);
+    WriteMarkedLog(ledger.get(), 5, 2);
+  }
+  EditRaw(dir.path(), [&](rocksdb::DB* db, const auto& names, const auto& handles) {
+    ASSERT_TRUE(db->Delete(rocksdb::WriteOptions(), FindFamily(names, handles, "events"),
+                           EncodePositionKey(4))
+                    .ok());
+  });
+  testing::ProcessResult bad =
+      testing::RunLedgerctl("replay --data-dir " + dir.path(), /*keep_stderr=*/true);
+  EXPECT_EQ(bad.exit_code, 65) << bad.out;
+  EXPECT_NE(bad.out.find("position 4: missing"), std::string::npos) << bad.out;
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "events/wal_log.h"
 #include "tests/support/test_ledger.h"
 #include "tests/tools/tools_test_util.h"
+#include "tools/store.h"
 
 namespace ledger::tools {
 namespace {
@@ -51,6 +52,25 @@ VerifyReport Verify(const std::string& path, uint64_t from = 1, uint64_t to = 0,
   Status s = VerifyLog(options, &report);
   if (status != nullptr) *status = s;
   return report;
+}
+
+// The stored bytes of event `position`, read without writing to the store (an unflushed one
+// stays unflushed).
+std::string StoredBytes(const std::string& path, uint64_t position) {
+  std::unique_ptr<Ledger> ledger;
+  Status s = OpenReadOnly({path, {}, true}, &ledger);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  std::string stored;
+  if (ledger == nullptr) return stored;
+  EXPECT_TRUE(ledger
+                  ->ScanRaw(Position(position), Position(position),
+                            [&](Position, std::string_view v) {
+                              stored.assign(v);
+                              return false;
+                            })
+                  .ok());
+  EXPECT_FALSE(stored.empty());
+  return stored;
 }
 
 TEST(VerifyTest, IntactLogVerifies) {
@@ -186,6 +206,43 @@ TEST(VerifyTest, FlippedByteInWalFailsAtItsPosition) {
   EXPECT_NE(report.reason.find("write-ahead log"), std::string::npos) << report.reason;
 }
 
+// One changed byte in the framing of an event in the write-ahead log — its key, or its value's
+// format version — is named at the event's position (the record checksum fails, so the store
+// does not open; the event's own hash cannot be checked).
+TEST(VerifyTest, DamageToAnEventsKeyOrHeaderInTheWalIsNamed) {
+  TempDir dir;
+  WriteLog(dir.path(), /*flush=*/false);
+  const std::string stored = StoredBytes(dir.path(), kTampered);
+  // In the WriteBatch: key (8 bytes) | varint value length | value.
+  std::string length;
+  for (uint32_t n = static_cast<uint32_t>(stored.size()); ; n >>= 7) {
+    if (n < 0x80) {
+      length.push_back(static_cast<char>(n));
+      break;
+    }
+    length.push_back(static_cast<char>((n & 0x7f) | 0x80));
+  }
+  const std::string framed = EncodePositionKey(kTampered) + length + stored;
+  struct Case {
+    const char* what;
+    size_t offset;  // in `framed`
+  };
+  for (const Case& c : {Case{"the key's low byte", 7}, Case{"the key's high byte", 0},
+                        Case{"the format version", 8 + length.size() + 32},
+                        Case{"the position inside the value", 8 + length.size() + 40}}) {
+    SCOPED_TRACE(c.what);
+    const std::string case_dir = dir.path() + "-case";
+    std::filesystem::remove_all(case_dir);
+    std::filesystem::copy(dir.path(), case_dir);
+    ASSERT_FALSE(FlipByteInFile(case_dir, ".log", framed, c.offset).empty());
+    Status s;
+    VerifyReport report = Verify(case_dir, 1, 0, &s);
+    ASSERT_TRUE(s.IsCorruption()) << s.ToString();
+    EXPECT_EQ(report.failed_position, Position(kTampered)) << report.reason;
+    std::filesystem::remove_all(case_dir);
+  }
+}
+
 // The write-ahead log file that holds the records of a closed, unflushed store.
 std::filesystem::path LogWithData(const std::string& dir) {
   std::filesystem::path found;
@@ -209,22 +266,26 @@ TEST(VerifyTest, RandomDamageInTheWalNeverVerifies) {
   ASSERT_FALSE(wal_file.empty());
   const std::string intact = testing::ReadFileBytes(wal_file);
   std::vector<std::pair<size_t, size_t>> fragments;  // [begin, end) of every fragment
+  std::vector<std::pair<size_t, size_t>> payloads;   // [begin, end) of every fragment's payload
   wal::WalkFragments(intact, [&](const wal::Fragment& f) {
     fragments.emplace_back(f.offset, f.end());
+    payloads.emplace_back(f.offset + f.header_bytes, f.end());
     return true;
   });
   ASSERT_GT(fragments.size(), 10u);
-  auto in_fragment = [&](size_t at) {
-    for (const auto& [begin, end] : fragments) {
+  auto in = [](const std::vector<std::pair<size_t, size_t>>& ranges, size_t at) {
+    for (const auto& [begin, end] : ranges) {
       if (at >= begin && at < end) return true;
     }
     return false;
   };
+  auto in_fragment = [&](size_t at) { return in(fragments, at); };
   const size_t last_header = fragments.back().first;
   auto tolerated_tail = [&](size_t at) { return at >= last_header + 4 && at < last_header + 7; };
 
   std::mt19937_64 rng(20261205);
   int failed = 0;
+  int in_payload = 0;
   for (int i = 0; i < 40; ++i) {
     const size_t at = std::uniform_int_distribution<size_t>(0, intact.size() - 1)(rng);
     const char mask = static_cast<char>(std::uniform_int_distribution<int>(1, 255)(rng));
@@ -247,12 +308,20 @@ TEST(VerifyTest, RandomDamageInTheWalNeverVerifies) {
       if (s.IsCorruption() && report.failed_position.value() != 0) {
         EXPECT_LE(report.failed_position.value(), kEvents) << report.reason;
       }
+      if (in(payloads, at)) {
+        // Inside a record (events, their keys, the batch's framing, the rows written with
+        // them): always placed at an event.
+        ++in_payload;
+        EXPECT_TRUE(s.IsCorruption() && report.failed_position.value() != 0)
+            << s.ToString() << " " << report.reason;
+      }
     } else {
       EXPECT_TRUE(s.ok()) << s.ToString() << " " << report.reason;
     }
     std::filesystem::remove_all(case_dir);
   }
   EXPECT_GT(failed, 30);
+  EXPECT_GT(in_payload, 25);
 }
 
 // A zeroed record header in the WAL (what a zeroed page at a block's start looks like): ledgerd
@@ -339,6 +408,66 @@ TEST(VerifyTest, MissingEventIsAGap) {
   ASSERT_TRUE(s.IsCorruption()) << s.ToString();
   EXPECT_EQ(report.failed_position, Position(42));
   EXPECT_NE(report.reason.find("missing"), std::string::npos) << report.reason;
+}
+
+// The chain head record and the events disagree (the last event deleted; the record rewritten
+// with garbage): verify names the position instead of failing to open the store.
+TEST(VerifyTest, AHeadRecordThatDisagreesWithTheEventsIsNamedAtItsPosition) {
+  TempDir dir;
+  WriteLog(dir.path(), true);
+  const std::string copy = dir.path() + "-malformed";
+  std::filesystem::copy(dir.path(), copy);
+  EditRaw(dir.path(), [](rocksdb::DB* db, const auto& names, const auto& handles) {
+    ASSERT_TRUE(db->Delete(rocksdb::WriteOptions(), FindFamily(names, handles, "events"),
+                           EncodePositionKey(kEvents))
+                    .ok());
+  });
+  Status s;
+  VerifyReport report = Verify(dir.path(), 1, 0, &s);
+  ASSERT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_EQ(report.failed_position, Position(kEvents));
+  EXPECT_NE(report.reason.find("missing"), std::string::npos) << report.reason;
+  EXPECT_NE(report.reason.find("chain head"), std::string::npos) << report.reason;
+  // A range before the damage still verifies.
+  Verify(dir.path(), 1, 150, &s);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+
+  EditRaw(copy, [](rocksdb::DB* db, const auto& names, const auto& handles) {
+    ASSERT_TRUE(
+        db->Put(rocksdb::WriteOptions(), FindFamily(names, handles, "meta"), "head", "garbage")
+            .ok());
+  });
+  report = Verify(copy, 1, 0, &s);
+  ASSERT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_EQ(report.failed_position, Position(kEvents));
+  EXPECT_NE(report.reason.find("malformed"), std::string::npos) << report.reason;
+  std::filesystem::remove_all(copy);
+
+  // Only verify tolerates it: any other open still refuses the store.
+  std::unique_ptr<Ledger> ledger;
+  LedgerOptions options;
+  options.path = dir.path();
+  options.read_only = true;
+  EXPECT_TRUE(Ledger::Open(options, &ledger).IsCorruption());
+}
+
+// A byte of a range's previous event changed (here its stored hash, in a table file): the range
+// fails at that event, as a verify of the whole log does, not at the range's first position.
+TEST(VerifyTest, ARangeBlamesTheAlteredEventBeforeIt) {
+  TempDir dir;
+  WriteLog(dir.path(), /*flush=*/true);
+  const std::string stored = StoredBytes(dir.path(), kTampered - 1);
+  ASSERT_FALSE(FlipByteInFile(dir.path(), ".sst", stored, stored.size() - 1).empty());
+  Status s;
+  VerifyReport report = Verify(dir.path(), kTampered, 0, &s);
+  ASSERT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_EQ(report.failed_position, Position(kTampered - 1)) << report.reason;
+  report = Verify(dir.path(), 1, 0, &s);
+  EXPECT_EQ(report.failed_position, Position(kTampered - 1)) << report.reason;
+  // A range that starts after it links to intact bytes and verifies (without the second pass:
+  // the table block holding the change may hold the range's first events too).
+  Verify(dir.path(), kTampered + 1, 0, &s, /*block_checksums=*/false);
+  EXPECT_TRUE(s.ok()) << s.ToString();
 }
 
 TEST(VerifyTest, ReplacedEventWithValidHashBreaksTheLink) {
