@@ -697,6 +697,7 @@ class LedgerImpl final : public Ledger {
   std::vector<rocksdb::ColumnFamilyHandle*> families_by_id_;  // by column family id
   // Decided groups' rows no longer in use, kept for their memory (committer thread only).
   std::vector<std::unique_ptr<DecidedRows>> spare_rows_;
+  void KeepSpare(std::unique_ptr<DecidedRows> rows);
 
   // Submitted commands waiting for the committer.
   mutable std::mutex mu_;
@@ -1208,7 +1209,7 @@ void LedgerImpl::CommitLoop() {
       // previous group's `unwritten` was the last reference to them.
       std::lock_guard<std::mutex> lock(write_mu_);
       unwritten = unwritten_rows_;
-      for (auto& rows : written_rows_) spare_rows_.push_back(std::move(rows));
+      for (auto& rows : written_rows_) KeepSpare(std::move(rows));
       written_rows_.clear();
     }
     if (!unwritten.empty()) metrics_.groups_pipelined.Add();
@@ -1236,7 +1237,7 @@ void LedgerImpl::CommitLoop() {
       lock.unlock();
       if (commit.decided != nullptr) {
         WriteDecided(&commit);
-        spare_rows_.push_back(std::move(commit.decided));
+        KeepSpare(std::move(commit.decided));
       }
       HandToSync(std::move(commit));
     } else {
@@ -1410,8 +1411,9 @@ void LedgerImpl::Answer(GroupCommit* commit, const Status& durable) {
   const bool failed = !commit->status.ok() || !durable.ok();
   for (Writer* w : commit->members) {
     // Every answer of a failed group depends on state that is not durable (its own writes, or a
-    // replay or a decision read from a group whose sync failed): none of it is given.
-    if (failed && w->result.status.ok()) {
+    // replay or a decision read from a group whose sync failed): none of it is given — not even a
+    // rejection, which may rest on that state (a 429 for usage the failed group admitted).
+    if (failed) {
       w->result = CommandResult{};
       w->result.status = Status::Unavailable("storage_degraded", "storage write failed");
     }
@@ -1531,6 +1533,16 @@ Status LedgerImpl::ImportOne(Writer* w, GroupState* state) {
   return Status::OK();
 }
 
+// Clearing keeps a batch's and a row log's capacity: one burst of large groups would otherwise
+// hold their memory for good.
+void LedgerImpl::KeepSpare(std::unique_ptr<DecidedRows> rows) {
+  if (rows->batch.GetDataSize() > limits::kSpareBatchBytesMax ||
+      rows->rows.mutations() > limits::kSpareRowMutationsMax) {
+    return;
+  }
+  spare_rows_.push_back(std::move(rows));
+}
+
 void LedgerImpl::DecideGroup(GroupCommit* commit,
                              const std::vector<const GroupRows*>& unwritten) {
   const std::vector<Writer*>& group = commit->members;
@@ -1556,7 +1568,17 @@ void LedgerImpl::DecideGroup(GroupCommit* commit,
   // Event time never goes backwards in the log, whatever the wall clock does.
   const int64_t now_us = std::max(options_.clock->NowMicros(), last_time_us_);
 
-  for (Writer* w : group) {
+  for (size_t i = 0; i < group.size(); ++i) {
+    if (i > 0 && (commit->events >= limits::kGroupEventsMax ||
+                  decided->batch.GetDataSize() >= limits::kGroupBytesMax)) {
+      // Full: the rest wait, in order, at the head of the queue for the next group.
+      std::lock_guard<std::mutex> lock(mu_);
+      for (size_t j = group.size(); j-- > i;) queue_.push_front(group[j]);
+      commit->members.resize(i);
+      deciding_.store(i);
+      break;
+    }
+    Writer* w = group[i];
     const Position command_start = head_;
     const Hash command_start_hash = head_hash_;
     state.SetSavePoint();
@@ -1576,7 +1598,7 @@ void LedgerImpl::DecideGroup(GroupCommit* commit,
   }
 
   if (state.empty()) {  // only rejections and replays
-    spare_rows_.push_back(std::move(decided));
+    KeepSpare(std::move(decided));
     return;
   }
   std::string position_value;

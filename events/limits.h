@@ -10,6 +10,13 @@ inline constexpr size_t kWriteQueueCommandsMax = 8192;
 // Commands and events one group commit takes at most.
 inline constexpr size_t kGroupCommandsMax = 1024;
 inline constexpr size_t kGroupEventsMax = 16384;
+// A group stops taking commands once its decided events reach kGroupEventsMax or its batch this
+// many bytes (a command's events are known only after its decide step); the rest wait for the
+// next group.
+inline constexpr size_t kGroupBytesMax = 64u << 20;
+// A decided group's buffers are kept for the next group only below these sizes.
+inline constexpr size_t kSpareBatchBytesMax = 16u << 20;
+inline constexpr size_t kSpareRowMutationsMax = 1u << 16;
 // Events one command may append.
 inline constexpr size_t kCommandEventsMax = 10000;
 // Sizes of envelope fields.

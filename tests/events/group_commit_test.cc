@@ -4,6 +4,7 @@
 // their positions stay gap-free and their events intact.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <functional>
 #include <iostream>
 #include <map>
@@ -14,6 +15,7 @@
 
 #include "events/fold.h"
 #include "events/ledger.h"
+#include "events/limits.h"
 #include "tests/support/durability.h"
 #include "tests/support/fault_fs.h"
 #include "tests/support/gate_command.h"
@@ -89,6 +91,46 @@ TEST(GroupCommitTest, ConcurrentSubmittersAreBatchedAndRejectionsLeaveNoGaps) {
   for (const Outcome& o : acknowledged) {
     EXPECT_EQ(report.events_per_subject[o.spec.subject], o.spec.events) << o.spec.subject;
   }
+}
+
+// A command's events are known only once it is decided, so a group stops taking commands when
+// its events reach the limit (kGroupEventsMax): 40 queued commands of 1,000 events each are not
+// one group of 40,000 events (one WAL record, its memory kept afterwards), and keep their order.
+TEST(GroupCommitTest, AGroupStopsTakingCommandsAtTheEventLimit) {
+  TempDir dir;
+  auto ledger = Open(dir.path());
+  ASSERT_NE(ledger, nullptr);
+  GateCommand gate("gate");
+  CommandResult gate_result;
+  std::thread leader([&] { gate_result = ledger->Submit(&gate); });
+  gate.WaitUntilDeciding();
+
+  constexpr size_t kCommands = 40;
+  constexpr size_t kPerCommand = 1000;
+  static_assert(kCommands * kPerCommand > 2 * limits::kGroupEventsMax);
+  std::vector<std::unique_ptr<AppendCommand>> commands;
+  std::vector<CommandResult> results(kCommands);
+  std::atomic<size_t> done{0};
+  for (size_t i = 0; i < kCommands; ++i) {
+    commands.push_back(std::make_unique<AppendCommand>("s" + std::to_string(i), kPerCommand));
+    ledger->SubmitAsync(commands.back().get(), [&, i](CommandResult r) {
+      results[i] = std::move(r);
+      done.fetch_add(1);
+    });
+  }
+  const uint64_t groups_before = ledger->metrics().groups_committed.Value();
+  gate.Open();
+  leader.join();
+  ASSERT_TRUE(gate_result.status.ok());
+  while (done.load() < kCommands) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  for (size_t i = 0; i < kCommands; ++i) {
+    ASSERT_TRUE(results[i].status.ok()) << i << " " << results[i].status.ToString();
+    EXPECT_EQ(results[i].position, Position(1 + (i + 1) * kPerCommand)) << i;  // in order
+  }
+  // The gate's group, then groups of at most 17 commands (16,384 events, plus the command that
+  // crossed it): at least three more (one without the limit).
+  EXPECT_GE(ledger->metrics().groups_committed.Value() - groups_before, 4u);
+  EXPECT_EQ(ledger->Head(), Position(1 + kCommands * kPerCommand));
 }
 
 TEST(GroupCommitTest, ARejectionInsideAGroupDoesNotAffectTheOthers) {
