@@ -126,6 +126,20 @@ bool ParseItemErrors(const std::string& body, size_t sent, std::map<size_t, Item
 }
 
 // The stable reason of a refusal: Lago's `code` (e.g. "validation_errors") or "http_<status>".
+// Lago's own error answers are JSON objects {"status": <code>, "error": "...", ...}; a 4xx in
+// another shape comes from something in front of Lago (a proxy, a load balancer) and says nothing
+// about the events.
+bool IsLagoError(const LagoAnswer& answer) {
+  rapidjson::Document doc;
+  doc.Parse(answer.body.data(), answer.body.size());
+  if (doc.HasParseError() || !doc.IsObject()) return false;
+  auto status = doc.FindMember("status");
+  auto error = doc.FindMember("error");
+  return status != doc.MemberEnd() && status->value.IsInt() &&
+         status->value.GetInt() == answer.http_status && error != doc.MemberEnd() &&
+         error->value.IsString();
+}
+
 std::string RefusalReason(const LagoAnswer& answer) {
   rapidjson::Document doc;
   doc.Parse(answer.body.data(), answer.body.size());
@@ -558,10 +572,19 @@ bool LagoSink::Impl::HandleAnswer(const LagoAnswer& answer, size_t sent, int64_t
     Fail("Lago refused LAGO_API_KEY (" + std::to_string(status) + ")", status, -1, now_us);
     return false;
   }
-  if (status == 404 || status == 405) {
-    Fail(
-        "Lago answered " + std::to_string(status) + " for /api/v1/events/batch: check LAGO_API_URL",
-        status, -1, now_us);
+  if (status == 404 || status == 405 || status < 400) {
+    Fail("Lago answered " + std::to_string(status) +
+             " for /api/v1/events/batch: check LAGO_API_URL (redirects are not followed)",
+         status, -1, now_us);
+    return false;
+  }
+  // A refusal that is not Lago's (a proxy's HTML page) is retried like an outage: dead-lettering
+  // on it would drop every event while the proxy is misconfigured. A 413 splits the batch
+  // whoever sent it.
+  if (status != 413 && !IsLagoError(answer)) {
+    Fail("Lago answered " + std::to_string(status) +
+             " without Lago's JSON error (a proxy in front of it?): check LAGO_API_URL",
+         status, -1, now_us);
     return false;
   }
   return HandleRefusal(answer, sent, now_us);
@@ -607,8 +630,11 @@ bool LagoSink::Impl::HandleRefusal(const LagoAnswer& answer, size_t sent, int64_
     Split(sent);
     return true;
   }
+  // Only Lago's own answer is kept (a proxy's 413 page may echo the request's headers).
   Status s = DeadLetter(pending_.front(), answer.http_status, reason,
-                        projections::Truncated(answer.body, kErrorTextBytesMax));
+                        IsLagoError(answer)
+                            ? projections::Truncated(answer.body, kErrorTextBytesMax)
+                            : std::string());
   if (!s.ok()) {
     Fail("recording a dead letter: " + s.ToString(), 0, -1, now_us);
     return false;

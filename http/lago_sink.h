@@ -49,10 +49,12 @@
 //       event, doubling back after successes): Lago's Postgres store answers 500 when a
 //       duplicate is not the last event of a batch (the aborted transaction), and single events
 //       get a clean 422 instead.
-//   401, 403, 404, 405  retried with backoff as well (state "unauthorized" / "down"): a wrong
-//       LAGO_API_KEY or LAGO_API_URL is fixed by the operator; dead-lettering every event for it
-//       would lose the usage.
-//   400, 413, 422 and other 4xx  a refusal a retry cannot fix. With per-event error_details the
+//   401, 403, 404, 405, 1xx/3xx, and a 4xx (but 413) whose body is not Lago's JSON error
+//       ({"status","error",...}: a proxy's page)  retried with backoff as well (state
+//       "unauthorized" / "down"): a wrong LAGO_API_KEY or LAGO_API_URL, or a proxy that
+//       redirects to https, is fixed by the operator; dead-lettering every event for it would
+//       lose the usage. Such a page is stored nowhere (it may echo the request's headers).
+//   400, 413, 422 and other 4xx from Lago  a refusal a retry cannot fix. With per-event error_details the
 //       named events are dead-lettered and the rest re-sent; without them (or 413) the batch is
 //       halved until the refused event is alone, then it is dead-lettered. A dead letter is an
 //       appended `lago.sink_rejected.v1` (the event, the Lago event sent, Lago's answer;
@@ -123,7 +125,8 @@ struct LagoSinkOptions {
 struct LagoSinkMetrics {
   Counter requests;                // batch requests made (any outcome)
   Counter batches_accepted;        // 2xx answers
-  Counter request_failures;        // retried: network errors, timeouts, 408/429/5xx, 401/403/404
+  Counter request_failures;        // retried: network errors, timeouts, 408/429/5xx, 401/403/404,
+                                   // 3xx, 4xx pages that are not Lago's
   // Lago events: one per usage.recorded.v1, one per item of a usage.batch_recorded.v1.
   Counter events_delivered;        // Lago events in 2xx batches
   Counter events_already_present;  // Lago events Lago already had (value_already_exist)

@@ -39,8 +39,11 @@ inline constexpr size_t kEventsPageReadChunk = 64;
 inline constexpr uint64_t kEventsExaminedMax = 100'000;
 
 // X-Lago-Signature in jwt mode: the token embeds the whole webhook payload (a JSON string claim,
-// then base64url), so it is bounded by the payload limit, not by kAuthorizationBytesMax.
-inline constexpr size_t kLagoSignatureBytesMax = 2 << 20;
+// then base64url: 4/3 of it, plus the escaping of the JSON string), so it is bounded by the
+// payload limit (projections' kLagoWebhookBytesMax, 512 KiB), not by kAuthorizationBytesMax.
+inline constexpr size_t kLagoSignatureBytesMax = 736 * 1024;
+// A request's head (request line and headers): room for one jwt-mode Lago signature.
+inline constexpr size_t kRequestHeadBytesMax = kLagoSignatureBytesMax + 32 * 1024;
 // LAGO_WEBHOOK_PUBLIC_KEY_FILE read at start.
 inline constexpr size_t kLagoPublicKeyFileBytesMax = 64 * 1024;
 

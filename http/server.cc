@@ -28,6 +28,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "http/limits.h"
 #include "http/problem.h"
 #include "http/route.h"
 #include "projections/json_util.h"
@@ -39,7 +40,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 constexpr size_t kReadBufferBytes = 16 * 1024;
-constexpr size_t kHeaderBytesAllowance = 64 * 1024;
+constexpr size_t kHeaderBytesAllowance = limits::kRequestHeadBytesMax;
 // Header lines longer than this are taken out of cpp-httplib's sight (its limit is 8192).
 constexpr size_t kHeaderLineBytesMax = 4096;
 constexpr size_t kLongHeadersMax = 8;
@@ -287,10 +288,12 @@ class ConnectionStream final : public httplib::Stream {
     pending_.clear();
     pending_begin_ = 0;
     size_t end = std::string::npos;
+    size_t searched = 0;  // the head before this offset has no CRLFCRLF (a long head: many reads)
     for (;;) {
       head.append(buffer_.data() + begin_, end_ - begin_);
       begin_ = end_ = 0;
-      end = head.find("\r\n\r\n");
+      end = head.find("\r\n\r\n", searched);
+      searched = head.size() > 3 ? head.size() - 3 : 0;
       if (end != std::string::npos || head.size() > kHeaderBytesAllowance) break;
       bool timed_out = false;
       ssize_t n = Receive(buffer_.data(), buffer_.size(), &timed_out);

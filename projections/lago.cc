@@ -8,6 +8,7 @@
 #include <tuple>
 #include <utility>
 
+#include "events/limits.h"
 #include "events/types.h"
 #include "projections/json_util.h"
 #include "projections/limits.h"
@@ -343,14 +344,23 @@ void ResolveCustomer(const LagoWebhook& webhook, Derivation* out) {
   if (!out->lago_customer_id) out->lago_customer_id = Id(Member(customer, "lago_id"));
 }
 
+// `prefix` + `id`, or, when that would be longer than a subject may be, `prefix` + the id's
+// SHA-256 in hex (ids and unique keys may be 255 bytes each).
+std::string PrefixedSubject(std::string_view prefix, std::string_view id) {
+  if (prefix.size() + id.size() <= ::ledger::limits::kSubjectBytesMax) {
+    return std::string(prefix) + std::string(id);
+  }
+  return std::string(prefix) + "sha256:" + HexEncode(Sha256(id));
+}
+
 std::string SubjectOf(const LagoWebhook& webhook, const Derivation& derived) {
   if (derived.external_customer_id && IsValidUserId(*derived.external_customer_id)) {
     return *derived.external_customer_id;
   }
   if (derived.lago_customer_id && IsValidUserId(*derived.lago_customer_id)) {
-    return "lago_customer:" + *derived.lago_customer_id;
+    return PrefixedSubject("lago_customer:", *derived.lago_customer_id);
   }
-  return "lago_webhook:" + webhook.unique_key;
+  return PrefixedSubject("lago_webhook:", webhook.unique_key);
 }
 
 std::string ReceivedEventData(const LagoWebhook& webhook, const Derivation& derived) {

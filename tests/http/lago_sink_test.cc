@@ -576,6 +576,39 @@ TEST_F(LagoSinkTest, ARefusedApiKeyStallsWithoutLosingUsage) {
   EXPECT_TRUE(CountedExactlyOnce(lago, UsageIds()));
 }
 
+// A proxy in front of Lago answering a redirect or its own 4xx page says nothing about the
+// events: the sink retries (state down) instead of dead-lettering every event, and delivers
+// everything once the proxy is fixed. The page (here echoing the Authorization header) is kept
+// nowhere.
+TEST_F(LagoSinkTest, AProxysAnswerIsRetriedNotDeadLettered) {
+  FakeLago lago;
+  lago.InjectFault(FakeLago::Fault::kRedirect, 1000);
+  Append(20);
+  StartSink(lago.url());
+  uint64_t failures = 0;
+  for (FakeLago::Fault fault : {FakeLago::Fault::kRedirect, FakeLago::Fault::kProxyRefusal}) {
+    SCOPED_TRACE(fault == FakeLago::Fault::kRedirect ? "308" : "421");
+    if (fault != FakeLago::Fault::kRedirect) {
+      lago.ClearFaults();
+      lago.InjectFault(fault, 1000);
+    }
+    ASSERT_TRUE(
+        WaitFor([&] { return sink_->metrics().request_failures.Value() >= failures + 3; }))
+        << sink_->GetStatus().last_error;
+    failures = sink_->metrics().request_failures.Value();
+    EXPECT_EQ(sink_->GetStatus().state, "down");
+    EXPECT_EQ(sink_->metrics().events_rejected.Value(), 0u);
+    EXPECT_TRUE(Events(kLagoSinkRejectedV1).empty());
+    const std::string error = sink_->GetStatus().last_error;
+    EXPECT_NE(error.find("LAGO_API_URL"), std::string::npos) << error;
+    EXPECT_EQ(error.find(kFakeLagoApiKey), std::string::npos) << error;
+  }
+  lago.ClearFaults();
+  ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
+  EXPECT_TRUE(CountedExactlyOnce(lago, UsageIds()));
+  EXPECT_EQ(sink_->metrics().events_rejected.Value(), 0u);
+}
+
 TEST_F(LagoSinkTest, StopIsBoundedWhileLagoIsDown) {
   FakeLago lago;
   lago.SetDown(true);

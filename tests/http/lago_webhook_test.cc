@@ -14,9 +14,11 @@
 #include "http/app_context.h"
 #include "http/base64.h"
 #include "http/lago_signature.h"
+#include "http/limits.h"
 #include "http/problem.h"
 #include "http/routes.h"
 #include "projections/lago.h"
+#include "projections/limits.h"
 #include "projections/registry.h"
 #include "tests/support/http_client.h"
 #include "tests/support/http_stack.h"
@@ -444,14 +446,22 @@ TEST_F(LagoWebhookTest, JwtSignaturesOver8KiBAreVerified) {
   r = PostJwt(big_body, "wh-big", big_token);
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(Events(projections::kLagoInvoiceUpdatedV1).size(), 2u);
-  // Over the server's whole-head allowance (64 KiB) it is refused before routing.
-  LagoInvoiceSpec huge = small;
-  huge.fees = 400;
-  const std::string huge_body = LagoInvoiceWebhookJson(huge);
-  const std::string huge_token = LagoJwtSignature(*lago_key_, huge_body, kIssuer);
-  ASSERT_GT(huge_token.size(), 64u * 1024);
+  // An invoice with hundreds of fees: a signature of hundreds of KiB (the whole body, base64url)
+  // is accepted like the same body in hmac mode.
+  LagoInvoiceSpec large = small;
+  large.fees = 1200;
+  large.updated_at = "2026-11-03T00:00:00Z";
+  const std::string large_body = LagoInvoiceWebhookJson(large);
+  const std::string large_token = LagoJwtSignature(*lago_key_, large_body, kIssuer);
+  ASSERT_GT(large_token.size(), 256u * 1024);
+  ASSERT_LT(large_body.size(), projections::limits::kLagoWebhookBytesMax);
+  r = PostJwt(large_body, "wh-large", large_token);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(Events(projections::kLagoInvoiceUpdatedV1).size(), 3u);
+  // Over the server's whole-head allowance it is refused before routing.
+  const std::string huge_token(http::limits::kRequestHeadBytesMax + 1, 'a');
   const uint64_t head = Head();
-  r = PostJwt(huge_body, "wh-huge", huge_token);
+  r = PostJwt(large_body, "wh-huge", huge_token);
   EXPECT_GE(r.status, 400);
   EXPECT_LT(r.status, 500);
   EXPECT_EQ(Head(), head);

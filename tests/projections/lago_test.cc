@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <random>
 
+#include "events/limits.h"
 #include "tests/support/lago_webhooks.h"
 #include "tests/support/memory_state.h"
 #include "tests/support/schema_check.h"
@@ -226,6 +227,25 @@ TEST(LagoFoldTest, SubjectsFallBackWhenNoCustomerIsNamed) {
   ASSERT_EQ(applied.size(), 2u);
   EXPECT_EQ(applied[0].subject, "lago_customer:lc-1");
   EXPECT_EQ(applied[1].subject, "lago_webhook:k2");
+
+  // A long unique key or Lago customer id (255 bytes are allowed) still makes a subject the log
+  // takes (at most 256 bytes): its SHA-256 stands in for it.
+  const std::string long_key(250, 'k');
+  const std::string long_id(250, 'c');
+  ASSERT_TRUE(Deliver({long_key, R"({"webhook_type":"x.y","object_type":"w"})"}, &state, &head,
+                      &applied)
+                  .ok());
+  ASSERT_TRUE(Deliver({"k3", R"({"webhook_type":"event.error","object_type":"event_error",)"
+                             R"("event_error":{"lago_customer_id":")" +
+                                 long_id + R"("}})"},
+                      &state, &head, &applied)
+                  .ok());
+  ASSERT_EQ(applied.size(), 4u);
+  EXPECT_EQ(applied[2].subject, "lago_webhook:sha256:" + HexEncode(Sha256(long_key)));
+  EXPECT_EQ(applied[3].subject, "lago_customer:sha256:" + HexEncode(Sha256(long_id)));
+  for (const Event& event : applied) {
+    EXPECT_LE(event.subject.size(), ::ledger::limits::kSubjectBytesMax) << event.subject;
+  }
 }
 
 }  // namespace

@@ -150,6 +150,18 @@ void FakeLago::Listen() {
       requests_.push_back(record);
       return;
     }
+    if (fault == Fault::kRedirect || fault == Fault::kProxyRefusal) {
+      // What a proxy in front of Lago answers: not Lago's JSON error.
+      record.status = fault == Fault::kRedirect ? 308 : 421;
+      if (record.status == 308) res.set_header("Location", "https://lago.example/api/v1/events/batch");
+      res.status = record.status;
+      res.set_content("<html><body>proxy says no; Authorization: " +
+                          req.get_header_value("Authorization") + "</body></html>",
+                      "text/html");
+      std::lock_guard<std::mutex> lock(mu_);
+      requests_.push_back(record);
+      return;
+    }
     if (fault == Fault::kSlow) {
       std::this_thread::sleep_for(std::chrono::milliseconds(options_.slow_ms));
     }

@@ -62,6 +62,8 @@ class FakeLago {
     kRateLimited,  // 429 with Retry-After: 1, nothing stored
     kSlow,         // answers normally after slow_ms (longer than the client's read timeout)
     kAckLost,      // stores the batch, then answers 500 (the acknowledgement is lost)
+    kRedirect,     // a proxy's 308 to https (text/html), nothing stored
+    kProxyRefusal, // a proxy's 421 Misdirected Request (text/html), nothing stored
     kNone,         // answered normally (puts a later fault on a chosen request)
   };
 
