@@ -4,6 +4,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "projections/limits.h"
+
 namespace ledger::http::limits {
 
 // Request bodies (Content-Length and chunked alike). Larger bodies get 413.
@@ -38,12 +40,16 @@ inline constexpr size_t kEventsPageReadChunk = 64;
 // page (≈ 0.1 s): a rare type ends the page early, and next_after says where the next one starts.
 inline constexpr uint64_t kEventsExaminedMax = 100'000;
 
-// X-Lago-Signature in jwt mode: the token embeds the whole webhook payload (a JSON string claim,
-// then base64url: 4/3 of it, plus the escaping of the JSON string), so it is bounded by the
-// payload limit (projections' kLagoWebhookBytesMax, 512 KiB), not by kAuthorizationBytesMax.
-inline constexpr size_t kLagoSignatureBytesMax = 736 * 1024;
-// A request's head (request line and headers): room for one jwt-mode Lago signature.
-inline constexpr size_t kRequestHeadBytesMax = kLagoSignatureBytesMax + 32 * 1024;
+// X-Lago-Signature in jwt mode: the token embeds the whole webhook payload as a JSON string claim
+// (every `"` and `\` escaped: up to twice its size), then base64url (4/3), so it is bounded by
+// the payload limit (projections' kLagoWebhookBytesMax), not by kAuthorizationBytesMax.
+inline constexpr size_t kLagoSignatureBytesMax =
+    projections::limits::kLagoWebhookBytesMax * 2 * 4 / 3 + 4 * 1024;
+// A request's head (request line and headers). Only POST /api/v1/webhooks/lago may send one up
+// to kLagoWebhookHeadBytesMax (room for one jwt-mode signature); the server sees the request line
+// before it reads further.
+inline constexpr size_t kRequestHeadBytesMax = 64 * 1024;
+inline constexpr size_t kLagoWebhookHeadBytesMax = kLagoSignatureBytesMax + 32 * 1024;
 // LAGO_WEBHOOK_PUBLIC_KEY_FILE read at start.
 inline constexpr size_t kLagoPublicKeyFileBytesMax = 64 * 1024;
 

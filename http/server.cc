@@ -41,6 +41,8 @@ using Clock = std::chrono::steady_clock;
 
 constexpr size_t kReadBufferBytes = 16 * 1024;
 constexpr size_t kHeaderBytesAllowance = limits::kRequestHeadBytesMax;
+// The request line that may carry a longer head (a jwt-mode Lago signature).
+constexpr std::string_view kLongHeadRequestLine = "POST /api/v1/webhooks/lago ";
 // Header lines longer than this are taken out of cpp-httplib's sight (its limit is 8192).
 constexpr size_t kHeaderLineBytesMax = 4096;
 constexpr size_t kLongHeadersMax = 8;
@@ -208,6 +210,23 @@ class ConnectionStream final : public httplib::Stream {
   }
   socket_t socket() const override { return sock_; }
 
+  // Drops the consumed bytes; gives back the memory of a long head (up to
+  // limits::kLagoWebhookHeadBytesMax) instead of keeping it with an idle connection.
+  void ReleasePending() {
+    if (pending_.capacity() > kReadBufferBytes) {
+      std::string().swap(pending_);
+    } else {
+      pending_.clear();
+    }
+    pending_begin_ = 0;
+  }
+
+  // Called when a request has been answered and the connection waits for the next one.
+  void ReleaseIdleMemory() {
+    if (pending_begin_ >= pending_.size()) ReleasePending();
+    long_headers_.clear();
+  }
+
   void BeginRequest() {
     request_bytes_ = 0;
     cap_hit_ = false;
@@ -261,8 +280,7 @@ class ConnectionStream final : public httplib::Stream {
       n = ::recv(sock_, buffer_.data(), buffer_.size(), MSG_DONTWAIT);
     } while (n < 0 && errno == EINTR);
     if (n > 0) {
-      pending_.clear();
-      pending_begin_ = 0;
+      ReleasePending();
       begin_ = 0;
       end_ = static_cast<size_t>(n);
     }
@@ -285,16 +303,19 @@ class ConnectionStream final : public httplib::Stream {
   // before anything looks at the headers (RestoreLongHeaders). False when the socket failed.
   bool TakeHead() {
     std::string head = pending_.substr(pending_begin_);
-    pending_.clear();
-    pending_begin_ = 0;
+    ReleasePending();
     size_t end = std::string::npos;
     size_t searched = 0;  // the head before this offset has no CRLFCRLF (a long head: many reads)
+    size_t allowance = kHeaderBytesAllowance;
     for (;;) {
       head.append(buffer_.data() + begin_, end_ - begin_);
       begin_ = end_ = 0;
       end = head.find("\r\n\r\n", searched);
       searched = head.size() > 3 ? head.size() - 3 : 0;
-      if (end != std::string::npos || head.size() > kHeaderBytesAllowance) break;
+      if (head.compare(0, kLongHeadRequestLine.size(), kLongHeadRequestLine) == 0) {
+        allowance = limits::kLagoWebhookHeadBytesMax;
+      }
+      if (end != std::string::npos || head.size() > allowance) break;
       bool timed_out = false;
       ssize_t n = Receive(buffer_.data(), buffer_.size(), &timed_out);
       if (timed_out) break;  // cpp-httplib reports the timeout
@@ -302,7 +323,7 @@ class ConnectionStream final : public httplib::Stream {
       if (n == 0) break;
       end_ = static_cast<size_t>(n);
     }
-    if (end == std::string::npos || end > kHeaderBytesAllowance) {
+    if (end == std::string::npos || end > allowance) {
       // Incomplete or over the allowance: cpp-httplib answers it as it is (400, 414, timeout).
       pending_ = std::move(head);
       return true;
@@ -319,6 +340,14 @@ class ConnectionStream final : public httplib::Stream {
           (line.front() == ' ' || line.front() == '\t' ||
            (colon != std::string_view::npos && colon > 0 &&
             (line[colon - 1] == ' ' || line[colon - 1] == '\t')))) {
+        malformed_header_ = true;
+      }
+      // cpp-httplib skips a line ending in a bare LF and percent-decodes values: a proxy that
+      // reads `Content-Length: 5\n` or `chunke%64` otherwise would frame the request differently.
+      if (line.find_first_of("\r\n") != std::string_view::npos ||
+          (colon != std::string_view::npos && line.find('%') != std::string_view::npos &&
+           (EqualsIgnoreCase(line.substr(0, colon), "Content-Length") ||
+            EqualsIgnoreCase(line.substr(0, colon), "Transfer-Encoding")))) {
         malformed_header_ = true;
       }
       if (line.size() > kHeaderLineBytesMax && line_start > 0 && colon != std::string_view::npos &&
@@ -419,6 +448,9 @@ struct DeferredResponse {
 struct ConnectionState {
   ConnectionStream* stream = nullptr;
   bool close_requested = false;
+  // The request reached PreRoute/ExpectContinue. An answer to one that did not is cpp-httplib's
+  // own (a request line or head it could not parse): the rest of that request is still unread.
+  bool routed = false;
   bool closing = false;  // the loop closes the connection after this request
   int64_t keep_alive_timeout_s = 0;
   size_t keep_alive_max_count = 0;
@@ -772,7 +804,7 @@ class CoreServer final : public httplib::Server {
   explicit CoreServer(const HttpServerOptions& options) : options_(options) {
     request_bytes_max_ = options.request_bytes_max != 0
                              ? options.request_bytes_max
-                             : 2 * options.body_bytes_max + kHeaderBytesAllowance;
+                             : 2 * options.body_bytes_max + limits::kLagoWebhookHeadBytesMax;
   }
   ~CoreServer() override { StopLoop(); }
 
@@ -883,6 +915,7 @@ class CoreServer final : public httplib::Server {
   // a worker, an answer that left bytes unsent is written first (the loop's notice may have come
   // while the worker owned the connection).
   void Park(const std::shared_ptr<Connection>& c, bool on_loop) {
+    c->stream.ReleaseIdleMemory();
     for (;;) {
       bool stopping = false;
       bool unsent = false;
@@ -1167,6 +1200,7 @@ class CoreServer final : public httplib::Server {
     }
     c->stream.BeginRequest();
     state.close_requested = false;
+    state.routed = false;
     state.series = nullptr;
     // After this answer the connection closes (cpp-httplib's `close_connection`).
     state.closing = c->remaining <= 1 || svr_sock_ == INVALID_SOCKET || loop_stopped_.load();
@@ -1396,7 +1430,10 @@ void HttpServer::Impl::Configure() {
   // Any error answer without a body (cpp-httplib's own 400/414, a handler's bare status) becomes
   // a problem document.
   server_.set_error_handler(httplib::Server::HandlerWithResponse(
-      [](const httplib::Request&, httplib::Response& res) {
+      [](const httplib::Request& req, httplib::Response& res) {
+        // cpp-httplib refused the request before routing (a bad request line, version or head):
+        // its unread headers and body must not be taken for further requests.
+        if (t_connection != nullptr && !t_connection->routed) CloseAfterResponse(req);
         if (!res.body.empty() || res.content_length_ > 0 || res.is_chunked_content_provider_) {
           return httplib::Server::HandlerResponse::Unhandled;
         }
@@ -1567,10 +1604,12 @@ void HttpServer::Impl::Reject(int http_status, std::string_view code, std::strin
 httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Request& req,
                                                             httplib::Response& res) {
   using R = httplib::Server::HandlerResponse;
+  if (t_connection != nullptr) t_connection->routed = true;
   RestoreLongHeaders(req);
   if (t_connection != nullptr && t_connection->stream->malformed_header()) {
     Reject(400, "bad_header_line",
-           "a header line has whitespace before its colon or is folded onto the previous one",
+           "a header line has whitespace before its colon, is folded onto the previous one, has "
+           "a bare CR or LF, or has '%' in Content-Length or Transfer-Encoding",
            req, res);
     return R::Handled;
   }
@@ -1616,6 +1655,7 @@ httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Reque
 
 // `Expect: 100-continue`: refuse an oversized body before the client sends it.
 int HttpServer::Impl::ExpectContinue(const httplib::Request& req, httplib::Response& res) {
+  if (t_connection != nullptr) t_connection->routed = true;
   RestoreLongHeaders(req);
   uint64_t length = 0;
   if (ParseContentLength(req.get_header_value("Content-Length"), &length) &&

@@ -55,7 +55,7 @@ struct HttpServerOptions {
   // Request bodies above this get 413 (chunked ones too, as soon as they cross it).
   size_t body_bytes_max = limits::kRequestBodyBytesMax;
   // Bytes one request (request line + headers + body framing) may make the server read; above it
-  // the connection is closed. 0 = 2 × body_bytes_max + limits::kRequestHeadBytesMax.
+  // the connection is closed. 0 = 2 × body_bytes_max + limits::kLagoWebhookHeadBytesMax.
   size_t request_bytes_max = 0;
   int64_t read_timeout_ms = 5000;   // one blocking read; also bounds a slow request line
   int64_t write_timeout_ms = 5000;  // one blocking write

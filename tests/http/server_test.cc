@@ -365,6 +365,37 @@ TEST_F(ServerTest, RejectsAmbiguousFraming) {
   std::string brew = RawHttpExchange(stack_.port(), "BREW /echo HTTP/1.1\r\nHost: x\r\n\r\n", 1000);
   EXPECT_EQ(brew.substr(0, brew.find("\r\n")), "HTTP/1.1 400 Bad Request");
   EXPECT_NE(brew.find("application/problem+json"), std::string::npos) << brew;
+  // ... and the connection closes after that answer: the refused request's unread headers and
+  // body are never served as further requests (request smuggling through a proxy that reuses
+  // its connection). Likewise for a bad version and for a head cpp-httplib cannot parse.
+  auto responses = [](const std::string& raw) {
+    size_t n = 0;
+    for (size_t at = raw.find("HTTP/1.1 "); at != std::string::npos; at = raw.find("HTTP/1.1 ", at + 1)) ++n;
+    return n;
+  };
+  const std::string hidden = "GET /throws HTTP/1.1\r\nHost: x\r\n\r\n";
+  for (const std::string& refused :
+       {"BREW /echo HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(hidden.size()) +
+            "\r\n\r\n" + hidden,
+        "GET /hello HTTP/1.2\r\nHost: x\r\n\r\n" + hidden,
+        "PROPFIND /x HTTP/1.1\r\nHost: x\r\n\r\n" + hidden}) {
+    const std::string answer = RawHttpExchange(stack_.port(), refused, 1000);
+    EXPECT_EQ(responses(answer), 1u) << answer;
+    EXPECT_EQ(answer.find("\"internal\""), std::string::npos) << answer;
+  }
+  // A header line ending in a bare LF (cpp-httplib would skip it: no Content-Length, so the
+  // body would be the next request) or '%' in a framing header (cpp-httplib percent-decodes
+  // `chunke%64` into `chunked`) is a 400, and nothing after it is served.
+  for (const std::string& head :
+       {"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(hidden.size()) +
+            "\n\r\n",
+        std::string("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunke%64\r\n\r\n"),
+        std::string("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %33%33\r\n\r\n")}) {
+    const std::string answer = RawHttpExchange(stack_.port(), head + hidden, 1000);
+    EXPECT_EQ(answer.substr(0, answer.find("\r\n")), "HTTP/1.1 400 Bad Request") << answer;
+    EXPECT_EQ(responses(answer), 1u) << answer;
+    EXPECT_EQ(answer.find("\"internal\""), std::string::npos) << answer;
+  }
   // A body-less POST/DELETE (no Content-Length, no chunking) is an empty body, not a hang.
   auto start = std::chrono::steady_clock::now();
   EXPECT_EQ(status_line("DELETE /things/abc HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
@@ -431,6 +462,12 @@ TEST_F(ServerTest, HeaderLinesOver8KiBReachTheHandlerIntact) {
   response = RawHttpExchange(stack_.port(), huge, 3000);
   EXPECT_EQ(response.find("HTTP/1.1 200"), std::string::npos) << response.substr(0, 300);
   EXPECT_NE(response.find("HTTP/1.1 4"), std::string::npos) << response.substr(0, 300);
+  // Only the Lago webhook route may send a head that long (a jwt-mode signature).
+  std::string lago_head = "POST /api/v1/webhooks/lago HTTP/1.1\r\nHost: x\r\nX-Long: " +
+                          std::string(limits::kRequestHeadBytesMax + 1, 'z') +
+                          "\r\nContent-Length: 0\r\n\r\n";
+  response = RawHttpExchange(stack_.port(), lago_head, 3000);
+  EXPECT_EQ(response.rfind("HTTP/1.1 404", 0), 0u) << response.substr(0, 300);  // not routed here
 }
 
 // `clients` kept-alive clients each make one request, wait until all have made theirs (so every
