@@ -150,7 +150,7 @@ class KafkaOutbox::Impl {
   rd_kafka_topic_t* topic_ = nullptr;
   rd_kafka_queue_t* main_queue_ = nullptr;
   bool fatal_ = false;               // a fatal producer error is pending
-  bool size_refused_ = false;        // a delivery failed for the record's size (since the restart)
+  bool size_refused_ = false;        // the last failure was a refusal for the record's size
   uint64_t mark_ = 0;                // every position <= mark_ is delivered (the checkpoint)
   uint64_t next_ = 1;                // next position to consider producing
   uint64_t highest_produced_ = 0;    // highest position ever handed to the producer
@@ -374,6 +374,7 @@ void KafkaOutbox::Impl::HandleDelivery(const rd_kafka_message_t* message) {
     return;
   }
   if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    size_refused_ = false;
     slots_[slot] = Slot::kDelivered;
     metrics_.delivered.Add();
     metrics_.publish_latency_seconds.Observe(
@@ -434,15 +435,9 @@ void KafkaOutbox::Impl::MaybeRewind(int64_t now_us) {
 
 rd_kafka_resp_err_t KafkaOutbox::Impl::Produce(const Event& event, uint64_t position) {
   std::string value = ToCloudEventJson(event, options_.source);
-  if (value.size() > options_.message_bytes_max) {
-    // Too big for the topic: publish the attributes and where to read the data (counted and
-    // logged once, not on every re-publish).
-    if (position > highest_produced_) {
-      metrics_.data_omitted.Add();
-      spdlog::warn("outbox: position {} ({}) is a {}-byte CloudEvent, over {}; published with "
-                   "dataref instead of data",
-                   position, event.type, value.size(), options_.message_bytes_max);
-    }
+  const size_t whole_bytes = value.size();
+  // Too big for the topic: publish the attributes and where to read the data.
+  if (whole_bytes > options_.message_bytes_max) {
     value = ToCloudEventJsonWithDataRef(event, options_.source);
   }
   const int64_t timestamp_ms = event.time_us > 0 ? event.time_us / 1000 : 0;
@@ -455,6 +450,13 @@ rd_kafka_resp_err_t KafkaOutbox::Impl::Produce(const Event& event, uint64_t posi
       RD_KAFKA_V_OPAQUE(reinterpret_cast<void*>(static_cast<uintptr_t>(position))),
       RD_KAFKA_V_END);
   if (err != RD_KAFKA_RESP_ERR_NO_ERROR) return err;
+  if (whole_bytes > options_.message_bytes_max && position > highest_produced_) {
+    // Counted and logged once, not on every re-publish.
+    metrics_.data_omitted.Add();
+    spdlog::warn("outbox: position {} ({}) is a {}-byte CloudEvent, over {}; published with "
+                 "dataref instead of data",
+                 position, event.type, whole_bytes, options_.message_bytes_max);
+  }
   const size_t slot = SlotOf(position);
   slots_[slot] = Slot::kInFlight;
   slot_bytes_[slot] = static_cast<uint32_t>(value.size());

@@ -125,32 +125,31 @@ bool ParseItemErrors(const std::string& body, size_t sent, std::map<size_t, Item
   return !out->empty();
 }
 
-// The stable reason of a refusal: Lago's `code` (e.g. "validation_errors") or "http_<status>".
-// Lago's own error answers are JSON objects {"status": <code>, "error": "...", ...}; a 4xx in
-// another shape comes from something in front of Lago (a proxy, a load balancer) and says nothing
-// about the events.
-bool IsLagoError(const LagoAnswer& answer) {
+// What a non-2xx answer says. Lago's own error answers are JSON objects {"status": <code>,
+// "error": "...", "code": ..., ...}; a 4xx in another shape comes from something in front of Lago
+// (a proxy, a load balancer) and says nothing about the events.
+struct RefusalAnswer {
+  bool from_lago = false;
+  std::string reason;  // Lago's `code`, else "http_<status>"
+};
+
+RefusalAnswer ReadRefusal(const LagoAnswer& answer) {
+  RefusalAnswer out;
+  out.reason = "http_" + std::to_string(answer.http_status);
   rapidjson::Document doc;
   doc.Parse(answer.body.data(), answer.body.size());
-  if (doc.HasParseError() || !doc.IsObject()) return false;
+  if (doc.HasParseError() || !doc.IsObject()) return out;
   auto status = doc.FindMember("status");
   auto error = doc.FindMember("error");
-  return status != doc.MemberEnd() && status->value.IsInt() &&
-         status->value.GetInt() == answer.http_status && error != doc.MemberEnd() &&
-         error->value.IsString();
-}
-
-std::string RefusalReason(const LagoAnswer& answer) {
-  rapidjson::Document doc;
-  doc.Parse(answer.body.data(), answer.body.size());
-  if (!doc.HasParseError() && doc.IsObject()) {
-    auto code = doc.FindMember("code");
-    if (code != doc.MemberEnd() && code->value.IsString() && code->value.GetStringLength() > 0 &&
-        code->value.GetStringLength() <= 128) {
-      return std::string(code->value.GetString(), code->value.GetStringLength());
-    }
+  out.from_lago = status != doc.MemberEnd() && status->value.IsInt() &&
+                  status->value.GetInt() == answer.http_status && error != doc.MemberEnd() &&
+                  error->value.IsString();
+  auto code = doc.FindMember("code");
+  if (code != doc.MemberEnd() && code->value.IsString() && code->value.GetStringLength() > 0 &&
+      code->value.GetStringLength() <= 128) {
+    out.reason.assign(code->value.GetString(), code->value.GetStringLength());
   }
-  return "http_" + std::to_string(answer.http_status);
+  return out;
 }
 
 // A dead letter: lago.sink_rejected.v1, at most once per transaction_id.
@@ -392,7 +391,8 @@ class LagoSink::Impl {
   Status Fill(bool* more);
   bool Step(int64_t now_us);
   bool HandleAnswer(const LagoAnswer& answer, size_t sent, int64_t now_us);
-  bool HandleRefusal(const LagoAnswer& answer, size_t sent, int64_t now_us);
+  bool HandleRefusal(const LagoAnswer& answer, const RefusalAnswer& refusal, size_t sent,
+                     int64_t now_us);
   Status DeadLetter(const PendingEvent& event, int http_status, const std::string& reason,
                     const std::string& error);
   void Delivered(size_t count);
@@ -581,20 +581,22 @@ bool LagoSink::Impl::HandleAnswer(const LagoAnswer& answer, size_t sent, int64_t
   // A refusal that is not Lago's (a proxy's HTML page) is retried like an outage: dead-lettering
   // on it would drop every event while the proxy is misconfigured. A 413 splits the batch
   // whoever sent it.
-  if (status != 413 && !IsLagoError(answer)) {
+  const RefusalAnswer refusal = ReadRefusal(answer);
+  if (status != 413 && !refusal.from_lago) {
     Fail("Lago answered " + std::to_string(status) +
              " without Lago's JSON error (a proxy in front of it?): check LAGO_API_URL",
          status, -1, now_us);
     return false;
   }
-  return HandleRefusal(answer, sent, now_us);
+  return HandleRefusal(answer, refusal, sent, now_us);
 }
 
 // A 4xx that a retry cannot fix: settle the events Lago named, split, or dead-letter.
-bool LagoSink::Impl::HandleRefusal(const LagoAnswer& answer, size_t sent, int64_t now_us) {
+bool LagoSink::Impl::HandleRefusal(const LagoAnswer& answer, const RefusalAnswer& refusal,
+                                   size_t sent, int64_t now_us) {
   SetState(SinkState::kUp);  // Lago answered
   backoff_ms_ = options_.retry_backoff_ms_min;
-  const std::string reason = RefusalReason(answer);
+  const std::string& reason = refusal.reason;
   std::map<size_t, ItemError> items;
   if (answer.http_status != 413 && ParseItemErrors(answer.body, sent, &items)) {
     size_t rejected = 0;
@@ -632,7 +634,7 @@ bool LagoSink::Impl::HandleRefusal(const LagoAnswer& answer, size_t sent, int64_
   }
   // Only Lago's own answer is kept (a proxy's 413 page may echo the request's headers).
   Status s = DeadLetter(pending_.front(), answer.http_status, reason,
-                        IsLagoError(answer)
+                        refusal.from_lago
                             ? projections::Truncated(answer.body, kErrorTextBytesMax)
                             : std::string());
   if (!s.ok()) {

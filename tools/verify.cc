@@ -53,16 +53,8 @@ Status ReadStoredHash(const Ledger& ledger, Position p, VerifyReport* report, Ha
 // Checks one stored record at key position `key`, expected to link to `prev`. Returns the reason
 // it fails, or an empty string.
 std::string CheckRecord(Position key, std::string_view stored, const Hash& prev, Event* event) {
-  Status decoded = DecodeEvent(stored, event);
-  if (!decoded.ok()) return "undecodable record (" + decoded.message() + ")";
-  if (event->position != key) {
-    return "the record says position " + Str(event->position) + " under key " + Str(key);
-  }
-  if (!VerifyEventHash(stored)) {
-    Hash computed = Sha256(stored.substr(0, stored.size() - kHashBytes));
-    return "hash mismatch: the stored bytes were altered (stored hash " + ShortHex(event->hash) +
-           "..., computed " + ShortHex(computed) + "...)";
-  }
+  std::string reason = CheckStoredEvent(key, stored, event);
+  if (!reason.empty()) return reason;
   if (event->prev_hash != prev) {
     return "prev_hash " + ShortHex(event->prev_hash) + "... does not link to position " +
            Str(Position(key.value() - 1)) + " (hash " + ShortHex(prev) + "...)";
@@ -116,6 +108,20 @@ Status ExplainOpenFailure(const VerifyOptions& options, const Status& open_statu
 }
 
 }  // namespace
+
+std::string CheckStoredEvent(Position key, std::string_view stored, Event* event) {
+  Status decoded = DecodeEvent(stored, event);
+  if (!decoded.ok()) return "undecodable record (" + decoded.message() + ")";
+  if (event->position != key) {
+    return "the record says position " + Str(event->position) + " under key " + Str(key);
+  }
+  if (!VerifyEventHash(stored)) {
+    Hash computed = Sha256(stored.substr(0, stored.size() - kHashBytes));
+    return "hash mismatch: the stored bytes were altered (stored hash " + ShortHex(event->hash) +
+           "..., computed " + ShortHex(computed) + "...)";
+  }
+  return {};
+}
 
 Status VerifyChain(const Ledger& ledger, Position from, Position to, std::ostream* progress,
                    VerifyReport* report) {

@@ -17,7 +17,9 @@
 
 #include <ostream>
 #include <string>
+#include <string_view>
 
+#include "events/event.h"
 #include "events/ledger.h"
 #include "events/status.h"
 #include "events/types.h"
@@ -51,6 +53,10 @@ struct VerifyReport {
 //   kInvalidArgument  a bad range (from > to);
 //   kNotFound / kIOError  the store cannot be opened or read (and no damaged event was found).
 Status VerifyLog(const VerifyOptions& options, VerifyReport* report);
+
+// Checks 1 and 2 for one stored record under key position `key`: why it fails, or an empty
+// string (`event` then holds it decoded).
+std::string CheckStoredEvent(Position key, std::string_view stored, Event* event);
 
 // Pass 1 over an open ledger (any mode). Same results as VerifyLog.
 Status VerifyChain(const Ledger& ledger, Position from, Position to, std::ostream* progress,

@@ -10,6 +10,7 @@
 #include "events/coding.h"
 #include "events/event.h"
 #include "events/wal_log.h"
+#include "tools/verify.h"
 
 namespace ledger::tools {
 
@@ -49,12 +50,9 @@ class EventFinder final : public rocksdb::WriteBatch::Handler {
     } else if (expected != 0 && position != expected) {
       Report(expected, "a damaged key or record: the next event is stored under position " +
                            std::to_string(position));
-    } else if (!decoded.ok()) {
-      Report(position, "undecodable record (" + decoded.message() + ")");
-    } else if (event.position.value() != position) {
-      Report(position, "the record says position " + std::to_string(event.position.value()));
-    } else if (!intact) {
-      Report(position, "hash mismatch: the stored bytes were altered");
+    } else if (std::string reason = CheckStoredEvent(Position(position), stored, &event);
+               !reason.empty()) {
+      Report(position, std::move(reason));
     } else {
       *last_position_ = position;
       if (first_position_ == 0) first_position_ = position - (puts_ - 1);
@@ -63,6 +61,8 @@ class EventFinder final : public rocksdb::WriteBatch::Handler {
   }
   // The position of this record's first event, known once one of its events is intact; else 0.
   uint64_t first_position() const { return first_position_; }
+  // Puts into the events family seen in this record.
+  uint64_t event_puts() const { return puts_; }
   // Everything else in a batch (deletes, merges, markers) is not an event.
   rocksdb::Status DeleteCF(uint32_t, const rocksdb::Slice&) override {
     return rocksdb::Status::OK();
@@ -94,15 +94,24 @@ void CheckRecord(const std::string& record, bool checksum_ok, size_t offset, Wal
                  uint64_t* last_position) {
   const uint64_t before = *last_position;
   uint64_t first = before == 0 ? 0 : before + 1;
+  bool has_events = true;  // unknown when the batch cannot be read: assume its group's
   if (record.size() >= kWriteBatchHeaderBytes) {
     rocksdb::WriteBatch batch(record);
     EventFinder finder(out, last_position);
     // A damaged batch may stop Iterate with Corruption; events before the damage were checked.
-    batch.Iterate(&finder).PermitUncheckedError();
+    const bool complete = batch.Iterate(&finder).ok();
     if (first == 0) first = finder.first_position();
+    has_events = !complete || finder.event_puts() > 0;
   }
   if (out->found || checksum_ok) return;
   out->found = true;
+  if (!has_events) {
+    // A record of rows only (a consumer's checkpoint, written on its own): no event to name.
+    out->position = Position(0);
+    out->reason = "the record at offset " + std::to_string(offset) +
+                  " fails its checksum; it holds no event (a checkpoint or another row)";
+    return;
+  }
   out->position = Position(first);
   out->reason = "the record at offset " + std::to_string(offset) +
                 " fails its checksum (the events' own hashes in it verify: the damage is in the "

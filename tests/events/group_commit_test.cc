@@ -122,7 +122,8 @@ TEST(GroupCommitTest, AGroupStopsTakingCommandsAtTheEventLimit) {
   gate.Open();
   leader.join();
   ASSERT_TRUE(gate_result.status.ok());
-  while (done.load() < kCommands) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(testing::WaitFor([&] { return done.load() == kCommands; },
+                               std::chrono::seconds(60)));
   for (size_t i = 0; i < kCommands; ++i) {
     ASSERT_TRUE(results[i].status.ok()) << i << " " << results[i].status.ToString();
     EXPECT_EQ(results[i].position, Position(1 + (i + 1) * kPerCommand)) << i;  // in order
