@@ -93,6 +93,30 @@ TEST(GroupCommitTest, ConcurrentSubmittersAreBatchedAndRejectionsLeaveNoGaps) {
   }
 }
 
+// Submits a GateCommand ("gate", one event) on its own thread and waits until the committer
+// holds it in its decide step: everything submitted until Release() queues behind it.
+class HeldCommitter {
+ public:
+  explicit HeldCommitter(Ledger* ledger)
+      : thread_([this, ledger] { result_ = ledger->Submit(&gate_); }) {
+    gate_.WaitUntilDeciding();
+  }
+  ~HeldCommitter() {
+    if (thread_.joinable()) Release();
+  }
+  // Lets the gate's group go on; returns the gate's own result.
+  CommandResult Release() {
+    gate_.Open();
+    thread_.join();
+    return result_;
+  }
+
+ private:
+  GateCommand gate_{"gate"};
+  CommandResult result_;
+  std::thread thread_;
+};
+
 // A command's events are known only once it is decided, so a group stops taking commands when
 // its events reach the limit (kGroupEventsMax): 40 queued commands of 1,000 events each are not
 // one group of 40,000 events (one WAL record, its memory kept afterwards), and keep their order.
@@ -100,10 +124,7 @@ TEST(GroupCommitTest, AGroupStopsTakingCommandsAtTheEventLimit) {
   TempDir dir;
   auto ledger = Open(dir.path());
   ASSERT_NE(ledger, nullptr);
-  GateCommand gate("gate");
-  CommandResult gate_result;
-  std::thread leader([&] { gate_result = ledger->Submit(&gate); });
-  gate.WaitUntilDeciding();
+  HeldCommitter held(ledger.get());
 
   constexpr size_t kCommands = 40;
   constexpr size_t kPerCommand = 1000;
@@ -119,9 +140,7 @@ TEST(GroupCommitTest, AGroupStopsTakingCommandsAtTheEventLimit) {
     });
   }
   const uint64_t groups_before = ledger->metrics().groups_committed.Value();
-  gate.Open();
-  leader.join();
-  ASSERT_TRUE(gate_result.status.ok());
+  ASSERT_TRUE(held.Release().status.ok());
   ASSERT_TRUE(testing::WaitFor([&] { return done.load() == kCommands; },
                                std::chrono::seconds(60)));
   for (size_t i = 0; i < kCommands; ++i) {
@@ -138,10 +157,7 @@ TEST(GroupCommitTest, ARejectionInsideAGroupDoesNotAffectTheOthers) {
   TempDir dir;
   auto ledger = Open(dir.path());
   ASSERT_NE(ledger, nullptr);
-  GateCommand gate("gate");
-  CommandResult gate_result;
-  std::thread leader([&] { gate_result = ledger->Submit(&gate); });
-  gate.WaitUntilDeciding();  // the leader holds a group of one; everything below queues
+  HeldCommitter held(ledger.get());  // a group of one; everything below queues
 
   CommandSpec keyed{"keyed", 1, "scope", "key", Sha256("request")};
   CommandSpec reused_key{"reused", 1, "scope", "key", Sha256("another request")};
@@ -161,8 +177,7 @@ TEST(GroupCommitTest, ARejectionInsideAGroupDoesNotAffectTheOthers) {
     submitters.emplace_back([&, i] { results[i] = ledger->Submit(members[i]); });
     while (ledger->QueueDepth() < 2 + i) std::this_thread::yield();  // keep the queue order
   }
-  gate.Open();
-  leader.join();
+  const CommandResult gate_result = held.Release();
   for (auto& t : submitters) t.join();
 
   ASSERT_TRUE(gate_result.status.ok());
