@@ -160,7 +160,9 @@ class ConnectionStream final : public httplib::Stream {
     }
     if (begin_ == end_) {
       bool timed_out = false;
-      ssize_t n = Receive(buffer_.data(), buffer_.size(), &timed_out);
+      ssize_t n = Receive(buffer_.data(), buffer_.size(), &timed_out,
+                          std::min(head_deadline_, Clock::now() + std::chrono::milliseconds(
+                                                                      read_timeout_ms_)));
       if (n <= 0) return timed_out ? -1 : n;
       begin_ = 0;
       end_ = static_cast<size_t>(n);
@@ -229,6 +231,7 @@ class ConnectionStream final : public httplib::Stream {
 
   void BeginRequest() {
     request_bytes_ = 0;
+    head_deadline_ = Clock::time_point::max();
     cap_hit_ = false;
     head_pending_ = true;
     long_headers_.clear();
@@ -307,6 +310,10 @@ class ConnectionStream final : public httplib::Stream {
     size_t end = std::string::npos;
     size_t searched = 0;  // the head before this offset has no CRLFCRLF (a long head: many reads)
     size_t allowance = kHeaderBytesAllowance;
+    // The whole head within one read timeout, not each read: a client trickling a byte at a time
+    // would otherwise hold this worker for as long as it likes (slowloris). An incomplete head
+    // keeps the deadline for cpp-httplib's own reads of it (read()).
+    const auto deadline = Clock::now() + std::chrono::milliseconds(read_timeout_ms_);
     for (;;) {
       head.append(buffer_.data() + begin_, end_ - begin_);
       begin_ = end_ = 0;
@@ -317,7 +324,7 @@ class ConnectionStream final : public httplib::Stream {
       }
       if (end != std::string::npos || head.size() > allowance) break;
       bool timed_out = false;
-      ssize_t n = Receive(buffer_.data(), buffer_.size(), &timed_out);
+      ssize_t n = Receive(buffer_.data(), buffer_.size(), &timed_out, deadline);
       if (timed_out) break;  // cpp-httplib reports the timeout
       if (n < 0) return false;
       if (n == 0) break;
@@ -325,6 +332,7 @@ class ConnectionStream final : public httplib::Stream {
     }
     if (end == std::string::npos || end > allowance) {
       // Incomplete or over the allowance: cpp-httplib answers it as it is (400, 414, timeout).
+      head_deadline_ = deadline;
       pending_ = std::move(head);
       return true;
     }
@@ -374,8 +382,11 @@ class ConnectionStream final : public httplib::Stream {
   // connection loop saw the socket readable, one recv() instead of a poll() and a recv().
   // *timed_out: -1 because the wait ran out.
   ssize_t Receive(char* ptr, size_t size, bool* timed_out) {
+    return Receive(ptr, size, timed_out,
+                   Clock::now() + std::chrono::milliseconds(read_timeout_ms_));
+  }
+  ssize_t Receive(char* ptr, size_t size, bool* timed_out, Clock::time_point deadline) {
     *timed_out = false;
-    const auto deadline = Clock::now() + std::chrono::milliseconds(read_timeout_ms_);
     for (;;) {
       ssize_t n = ::recv(sock_, ptr, size, MSG_DONTWAIT);
       if (n >= 0) return n;
@@ -426,6 +437,8 @@ class ConnectionStream final : public httplib::Stream {
   std::string pending_;
   size_t pending_begin_ = 0;
   bool head_pending_ = false;
+  // Set when TakeHead found the head incomplete: reads of the rest of it end then.
+  Clock::time_point head_deadline_ = Clock::time_point::max();
   std::map<std::string, std::string, std::less<>> long_headers_;
   mutable Address remote_, local_;
 };

@@ -527,6 +527,39 @@ TEST_F(ServerTest, KeptAliveClientsDoNotHoldAWorkerEach) {
   EXPECT_LT(elapsed, std::chrono::milliseconds(2500));
 }
 
+// A client trickling its request head a byte at a time (each read well inside the read timeout)
+// holds a worker only for one read timeout in all: two such clients on a pool of two do not keep
+// a third client from being served for as long as they trickle (slowloris).
+TEST_F(ServerTest, ATrickledHeadHoldsAWorkerForOneReadTimeoutAtMost) {
+  HttpServerOptions options = TestHttpStack::DefaultOptions();
+  options.threads = 2;
+  options.read_timeout_ms = 1000;
+  Start(options);
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> trickles;
+  for (int i = 0; i < 2; ++i) {
+    trickles.emplace_back([&] {
+      const int fd = testing::ConnectLoopback(stack_.port());
+      ASSERT_GE(fd, 0);
+      const std::string head = "GET /hello HTTP/1.1\r\nX-Slow: " + std::string(200, 's');
+      for (size_t at = 0; at < head.size() && !stop.load(); ++at) {
+        if (::send(fd, head.data() + at, 1, MSG_NOSIGNAL) != 1) break;  // closed by the server
+        std::this_thread::sleep_for(std::chrono::milliseconds(250));
+      }
+      ::close(fd);
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // both hold a worker by now
+  const auto start = std::chrono::steady_clock::now();
+  TestHttpClient client("127.0.0.1", stack_.port());
+  HttpReply reply = client.Get("/hello");
+  const auto waited = std::chrono::steady_clock::now() - start;
+  stop.store(true);
+  for (auto& t : trickles) t.join();
+  EXPECT_EQ(reply.status, 200) << reply.error;
+  EXPECT_LT(waited, std::chrono::milliseconds(4000));  // they trickle for 50 s
+}
+
 // Open connections are bounded: one over the limit is closed unanswered; once one closes, a new
 // one is served again.
 TEST_F(ServerTest, OpenConnectionsAreBounded) {
