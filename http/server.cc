@@ -126,6 +126,108 @@ void SockaddrToIpPort(const sockaddr_storage& addr, std::string* ip, int* port) 
   *ip = buf;
 }
 
+// Follows the bytes of a chunked request body as cpp-httplib reads them and notes whether their
+// framing is exact (RFC 9112 §7.1): hex size [;extension] CRLF, data, CRLF, ..., 0 CRLF, trailer
+// lines, CRLF. cpp-httplib 0.11.4 takes a chunk not followed by CRLF as the end of the body and
+// what follows as the next request: a proxy that frames the body otherwise sees another request.
+class ChunkedFraming {
+ public:
+  void Reset() { *this = ChunkedFraming(); }
+  void Watch() { watching_ = true; }
+  bool malformed() const { return malformed_; }
+
+  void Feed(const char* data, size_t size) {
+    for (size_t i = 0; watching_ && !malformed_ && i < size; ++i) {
+      if (state_ == State::kData && size_ > 1) {  // skip the chunk's data but its last byte
+        const size_t skip = static_cast<size_t>(std::min<uint64_t>(size_ - 1, size - i));
+        size_ -= skip;
+        i += skip - 1;
+        continue;
+      }
+      Step(data[i]);
+    }
+  }
+
+ private:
+  enum class State { kSize, kExtension, kSizeLf, kData, kDataCr, kDataLf, kTrailerStart,
+                     kTrailer, kTrailerLf, kEndLf, kDone };
+
+  static int HexValue(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  }
+
+  void Step(char c) {
+    switch (state_) {
+      case State::kSize:
+        if (const int v = HexValue(c); v >= 0 && digits_ < 15) {
+          size_ = size_ * 16 + static_cast<uint64_t>(v);
+          ++digits_;
+        } else if (digits_ > 0 && c == ';') {
+          state_ = State::kExtension;
+        } else if (digits_ > 0 && c == '\r') {
+          state_ = State::kSizeLf;
+        } else {
+          malformed_ = true;
+        }
+        return;
+      case State::kExtension:
+        if (c == '\r') state_ = State::kSizeLf;
+        else if (c == '\n') malformed_ = true;
+        return;
+      case State::kSizeLf:
+        if (c != '\n') {
+          malformed_ = true;
+        } else {
+          state_ = size_ == 0 ? State::kTrailerStart : State::kData;
+        }
+        return;
+      case State::kData:
+        if (--size_ == 0) state_ = State::kDataCr;
+        return;
+      case State::kDataCr:
+        if (c == '\r') state_ = State::kDataLf;
+        else malformed_ = true;
+        return;
+      case State::kDataLf:
+        if (c == '\n') {
+          state_ = State::kSize;
+          digits_ = 0;
+        } else {
+          malformed_ = true;
+        }
+        return;
+      case State::kTrailerStart:
+        state_ = c == '\r' ? State::kEndLf : c == '\n' ? State::kDone : State::kTrailer;
+        if (state_ == State::kDone) malformed_ = true;
+        return;
+      case State::kTrailer:
+        if (c == '\r') state_ = State::kTrailerLf;
+        else if (c == '\n') malformed_ = true;
+        return;
+      case State::kTrailerLf:
+        if (c == '\n') state_ = State::kTrailerStart;
+        else malformed_ = true;
+        return;
+      case State::kEndLf:
+        if (c == '\n') state_ = State::kDone;
+        else malformed_ = true;
+        return;
+      case State::kDone:  // the body ended: these bytes are not part of it
+        malformed_ = true;
+        return;
+    }
+  }
+
+  bool watching_ = false;
+  bool malformed_ = false;
+  State state_ = State::kSize;
+  uint64_t size_ = 0;
+  int digits_ = 0;
+};
+
 // One accepted TCP connection as an httplib::Stream: buffered reads, poll()-based timeouts, and a
 // cap on the bytes one request may make us read.
 class ConnectionStream final : public httplib::Stream {
@@ -156,6 +258,7 @@ class ConnectionStream final : public httplib::Stream {
       std::memcpy(ptr, pending_.data() + pending_begin_, take);
       pending_begin_ += take;
       request_bytes_ += take;
+      chunked_.Feed(ptr, take);
       return static_cast<ssize_t>(take);
     }
     if (begin_ == end_) {
@@ -171,6 +274,7 @@ class ConnectionStream final : public httplib::Stream {
     std::memcpy(ptr, buffer_.data() + begin_, take);
     begin_ += take;
     request_bytes_ += take;
+    chunked_.Feed(ptr, take);
     return static_cast<ssize_t>(take);
   }
 
@@ -231,6 +335,7 @@ class ConnectionStream final : public httplib::Stream {
 
   void BeginRequest() {
     request_bytes_ = 0;
+    chunked_.Reset();
     head_deadline_ = Clock::time_point::max();
     cap_hit_ = false;
     head_pending_ = true;
@@ -238,6 +343,9 @@ class ConnectionStream final : public httplib::Stream {
     malformed_header_ = false;
   }
   bool cap_hit() const { return cap_hit_; }
+  // From now on, the bytes read are a chunked body: check their framing (ChunkedFraming).
+  void WatchChunkedBody() { chunked_.Watch(); }
+  bool chunked_body_malformed() const { return chunked_.malformed(); }
   // The head had a header line that RFC 9112 says to refuse with 400 (TakeHead): whitespace
   // between the field name and the colon (§5.1), or a line folded onto the previous one (§5.2).
   // cpp-httplib would drop such a line silently, and a proxy in front that honoured it (a
@@ -426,6 +534,7 @@ class ConnectionStream final : public httplib::Stream {
   const size_t request_bytes_max_;
   size_t request_bytes_ = 0;
   bool cap_hit_ = false;
+  ChunkedFraming chunked_;
   bool discard_writes_ = false;
   bool nonblocking_ = false;
   bool malformed_header_ = false;
@@ -1566,6 +1675,12 @@ bool HttpServer::Impl::ReadBody(const httplib::Request& req, const httplib::Cont
     body->append(data, length);
     return true;
   });
+  if (t_connection != nullptr && t_connection->stream->chunked_body_malformed()) {
+    // cpp-httplib may have ended the body early and left the rest for a "next request".
+    WriteProblem(400, "bad_chunked_body", "the chunked body's framing is malformed", &res);
+    CloseAfterResponse(req);
+    return false;
+  }
   if (ok) return true;
   if (too_large || StreamCapHit()) {
     WriteProblem(413, "payload_too_large",
@@ -1645,6 +1760,7 @@ httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Reque
       Reject(400, "bad_framing", "both Content-Length and Transfer-Encoding", req, res);
       return R::Handled;
     }
+    if (t_connection != nullptr) t_connection->stream->WatchChunkedBody();
   }
   if (has_length) {
     uint64_t length = 0;

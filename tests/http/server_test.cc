@@ -383,6 +383,27 @@ TEST_F(ServerTest, RejectsAmbiguousFraming) {
     EXPECT_EQ(responses(answer), 1u) << answer;
     EXPECT_EQ(answer.find("\"internal\""), std::string::npos) << answer;
   }
+  // A chunked body whose framing is not exact (a chunk not followed by CRLF, a size that is not
+  // hex, data after the last chunk's CRLF): cpp-httplib ends the body early and would serve the
+  // rest as a request. 400, and nothing after it is served; exact framing is read whole.
+  for (const std::string& body :
+       {"5\r\nhelloXX\r\n" + hidden, "5\r\nhelloXX" + hidden + "0\r\n\r\n",
+        "5x\r\nhello\r\n0\r\n\r\n" + hidden, "5\r\nhello\r\n0\r\n\n" + hidden}) {
+    const std::string answer = RawHttpExchange(
+        stack_.port(),
+        "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + body, 1000);
+    EXPECT_EQ(answer.substr(0, answer.find("\r\n")), "HTTP/1.1 400 Bad Request") << answer;
+    EXPECT_EQ(responses(answer), 1u) << answer;
+    EXPECT_EQ(answer.find("\"internal\""), std::string::npos) << answer;
+  }
+  const std::string exact = RawHttpExchange(
+      stack_.port(),
+      "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "5\r\nhello\r\nA\r\n0123456789\r\n0\r\n\r\n" + hidden,
+      1000);
+  EXPECT_EQ(exact.substr(0, exact.find("\r\n")), "HTTP/1.1 200 OK") << exact;
+  EXPECT_NE(exact.find("\"bytes\":15"), std::string::npos) << exact;
+  EXPECT_EQ(responses(exact), 2u) << exact;  // the pipelined request after it is served
   // A header line ending in a bare LF (cpp-httplib would skip it: no Content-Length, so the
   // body would be the next request) or '%' in a framing header (cpp-httplib percent-decodes
   // `chunke%64` into `chunked`) is a 400, and nothing after it is served.
