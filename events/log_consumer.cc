@@ -37,11 +37,26 @@ Status LogConsumerCore::Load(uint64_t* mark) {
 
 void LogConsumerCore::StartThread(std::function<void()> run) {
   running_.store(true);
-  thread_ = std::thread(std::move(run));
+  thread_ = std::thread([this, run = std::move(run)] {
+    run();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      finished_ = true;
+    }
+    finished_cv_.notify_all();
+  });
 }
 
-uint64_t LogConsumerCore::StopAndJoin(std::chrono::steady_clock::time_point deadline) {
+uint64_t LogConsumerCore::StopAndJoin(std::chrono::steady_clock::time_point deadline,
+                                      const std::function<void()>& at_deadline) {
   RequestStop(deadline, /*persist=*/true);
+  if (at_deadline) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!finished_cv_.wait_until(lock, deadline, [this] { return finished_; })) {
+      lock.unlock();
+      at_deadline();
+    }
+  }
   thread_.join();
   std::lock_guard<std::mutex> lock(mu_);
   return stop_target_;

@@ -49,8 +49,11 @@ class LogConsumerCore {
   void StartThread(std::function<void()> run);
   bool thread_started() const { return thread_.joinable(); }
   // Requests a stop at `deadline` with the checkpoint synced, joins the thread and returns the
-  // stop target (the head at the call). The thread must have been started.
-  uint64_t StopAndJoin(std::chrono::steady_clock::time_point deadline);
+  // stop target (the head at the call). The thread must have been started. A thread still running
+  // at `deadline` (blocked in a call that cannot see the deadline, e.g. a request to a hung
+  // server) gets `at_deadline` called (from this thread) to cut that call short.
+  uint64_t StopAndJoin(std::chrono::steady_clock::time_point deadline,
+                       const std::function<void()>& at_deadline = {});
   // For destructors: stop now, no checkpoint write (that only costs re-handled events).
   void StopWithoutPersisting();
 
@@ -100,6 +103,8 @@ class LogConsumerCore {
   bool persist_on_stop_ = true;  // guarded by mu_
   std::chrono::steady_clock::time_point stop_deadline_;  // guarded by mu_
   uint64_t stop_target_ = 0;     // guarded by mu_: the head when the stop was requested
+  bool finished_ = false;        // guarded by mu_: the thread's function returned
+  std::condition_variable finished_cv_;
 
   mutable std::mutex error_mu_;
   std::string last_error_;  // guarded by error_mu_

@@ -82,6 +82,8 @@ Status HttpLagoClient::Create(const LagoClientOptions& options,
 
 HttpLagoClient::~HttpLagoClient() = default;
 
+void HttpLagoClient::Cancel() { client_->stop(); }
+
 LagoAnswer HttpLagoClient::SendEventsBatch(const std::string& body) {
   std::lock_guard<std::mutex> lock(mu_);
   LagoAnswer answer;

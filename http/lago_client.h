@@ -39,6 +39,8 @@ class LagoEventsApi {
   virtual ~LagoEventsApi() = default;
   // POST /api/v1/events/batch with `body` ({"events":[...]}, compact JSON).
   virtual LagoAnswer SendEventsBatch(const std::string& body) = 0;
+  // From another thread: ends a SendEventsBatch in progress now (it answers http_status 0).
+  virtual void Cancel() {}
 };
 
 struct LagoClientOptions {
@@ -64,6 +66,7 @@ class HttpLagoClient final : public LagoEventsApi {
   ~HttpLagoClient() override;
 
   LagoAnswer SendEventsBatch(const std::string& body) override;
+  void Cancel() override;
 
  private:
   HttpLagoClient() = default;
@@ -71,7 +74,8 @@ class HttpLagoClient final : public LagoEventsApi {
   LagoClientOptions options_;
   std::string path_prefix_;  // without trailing '/'
   std::mutex mu_;
-  std::unique_ptr<httplib::Client> client_;  // guarded by mu_
+  // Guarded by mu_, but for Cancel(): httplib::Client::stop() may be called while a request runs.
+  std::unique_ptr<httplib::Client> client_;
 };
 
 }  // namespace ledger::http

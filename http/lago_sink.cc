@@ -753,7 +753,9 @@ Status LagoSink::Impl::Stop(std::chrono::steady_clock::time_point deadline) {
   if (stopped_) return Status::OK();
   stopped_ = true;
   if (!core_.thread_started()) return Status::OK();
-  const uint64_t target = core_.StopAndJoin(deadline);
+  // A request to a Lago that hangs would otherwise run to its read timeout (10 s) past the
+  // deadline, eating the time the daemon's shutdown leaves for the outbox.
+  const uint64_t target = core_.StopAndJoin(deadline, [this] { api_->Cancel(); });
   if (mark_ >= target) {
     spdlog::info("lago sink: stopped; handled through position {}", mark_);
     return Status::OK();

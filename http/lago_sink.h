@@ -66,12 +66,12 @@
 // Lifecycle: Open() reads the checkpoint; Start() starts the thread; Notify() (wired to
 // Ledger::AddCommitListener) wakes it after appends, otherwise it polls every poll_interval_ms.
 // Stop(deadline) keeps sending what the log held when it was called until it is all delivered,
-// a send fails (or is backing off after one), or the deadline passes (an attempt in progress
-// finishes, bounded by the client's timeouts), then syncs the checkpoint and joins. The
+// a send fails (or is backing off after one), or the deadline passes (an attempt still in
+// progress then is cut short: LagoEventsApi::Cancel), then syncs the checkpoint and joins. The
 // destructor does no disk I/O.
 //
 // Thread safety: Start/Stop from the owning thread; Notify, GetStatus, metrics and RenderMetrics
-// from any thread. The LagoEventsApi is called from the sink's thread only.
+// from any thread. The LagoEventsApi is called from the sink's thread only (Cancel from Stop's).
 #pragma once
 
 #include <chrono>

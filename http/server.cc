@@ -41,6 +41,12 @@ using Clock = std::chrono::steady_clock;
 
 constexpr size_t kReadBufferBytes = 16 * 1024;
 constexpr size_t kHeaderBytesAllowance = limits::kRequestHeadBytesMax;
+// A request must keep arriving at this many bytes per read timeout (head and body alike; about
+// 13 KB/s with the default 5 s), counted from when it began: a client trickling a byte at a time
+// would otherwise hold a worker for as long as it likes (slowloris).
+constexpr size_t kRequestBytesPerReadTimeout = 64 * 1024;
+constexpr std::string_view kHeadTooLarge =
+    "the request head is over its limit (64 KiB; the Lago webhook's, for a jwt signature)";
 // The request line that may carry a longer head (a jwt-mode Lago signature).
 constexpr std::string_view kLongHeadRequestLine = "POST /api/v1/webhooks/lago ";
 // Header lines longer than this are taken out of cpp-httplib's sight (its limit is 8192).
@@ -149,8 +155,8 @@ class ChunkedFraming {
   }
 
  private:
-  enum class State { kSize, kExtension, kSizeLf, kData, kDataCr, kDataLf, kTrailerStart,
-                     kTrailer, kTrailerLf, kEndLf, kDone };
+  enum class State { kSize, kSizeBws, kExtension, kSizeLf, kData, kDataCr, kDataLf,
+                     kTrailerStart, kTrailer, kTrailerLf, kEndLf, kDone };
 
   static int HexValue(char c) {
     if (c >= '0' && c <= '9') return c - '0';
@@ -162,16 +168,22 @@ class ChunkedFraming {
   void Step(char c) {
     switch (state_) {
       case State::kSize:
-        if (const int v = HexValue(c); v >= 0 && digits_ < 15) {
+        if (const int v = HexValue(c); v >= 0 && (size_ >> 56) == 0) {  // leading zeros are fine
           size_ = size_ * 16 + static_cast<uint64_t>(v);
-          ++digits_;
-        } else if (digits_ > 0 && c == ';') {
+          seen_digit_ = true;
+        } else if (seen_digit_ && c == ';') {
           state_ = State::kExtension;
-        } else if (digits_ > 0 && c == '\r') {
+        } else if (seen_digit_ && (c == ' ' || c == '\t')) {
+          state_ = State::kSizeBws;
+        } else if (seen_digit_ && c == '\r') {
           state_ = State::kSizeLf;
         } else {
           malformed_ = true;
         }
+        return;
+      case State::kSizeBws:  // blanks may come before an extension's ';' only
+        if (c == ';') state_ = State::kExtension;
+        else if (c != ' ' && c != '\t') malformed_ = true;
         return;
       case State::kExtension:
         if (c == '\r') state_ = State::kSizeLf;
@@ -194,7 +206,7 @@ class ChunkedFraming {
       case State::kDataLf:
         if (c == '\n') {
           state_ = State::kSize;
-          digits_ = 0;
+          seen_digit_ = false;
         } else {
           malformed_ = true;
         }
@@ -225,7 +237,7 @@ class ChunkedFraming {
   bool malformed_ = false;
   State state_ = State::kSize;
   uint64_t size_ = 0;
-  int digits_ = 0;
+  bool seen_digit_ = false;
 };
 
 // One accepted TCP connection as an httplib::Stream: buffered reads, poll()-based timeouts, and a
@@ -264,8 +276,8 @@ class ConnectionStream final : public httplib::Stream {
     if (begin_ == end_) {
       bool timed_out = false;
       ssize_t n = Receive(buffer_.data(), buffer_.size(), &timed_out,
-                          std::min(head_deadline_, Clock::now() + std::chrono::milliseconds(
-                                                                      read_timeout_ms_)));
+                          std::min(RequestDeadline(request_bytes_),
+                                   Clock::now() + std::chrono::milliseconds(read_timeout_ms_)));
       if (n <= 0) return timed_out ? -1 : n;
       begin_ = 0;
       end_ = static_cast<size_t>(n);
@@ -336,13 +348,15 @@ class ConnectionStream final : public httplib::Stream {
   void BeginRequest() {
     request_bytes_ = 0;
     chunked_.Reset();
-    head_deadline_ = Clock::time_point::max();
+    request_started_ = Clock::now();
+    head_too_large_ = false;
     cap_hit_ = false;
     head_pending_ = true;
     long_headers_.clear();
     malformed_header_ = false;
   }
   bool cap_hit() const { return cap_hit_; }
+  bool head_too_large() const { return head_too_large_; }
   // From now on, the bytes read are a chunked body: check their framing (ChunkedFraming).
   void WatchChunkedBody() { chunked_.Watch(); }
   bool chunked_body_malformed() const { return chunked_.malformed(); }
@@ -418,10 +432,6 @@ class ConnectionStream final : public httplib::Stream {
     size_t end = std::string::npos;
     size_t searched = 0;  // the head before this offset has no CRLFCRLF (a long head: many reads)
     size_t allowance = kHeaderBytesAllowance;
-    // The whole head within one read timeout, not each read: a client trickling a byte at a time
-    // would otherwise hold this worker for as long as it likes (slowloris). An incomplete head
-    // keeps the deadline for cpp-httplib's own reads of it (read()).
-    const auto deadline = Clock::now() + std::chrono::milliseconds(read_timeout_ms_);
     for (;;) {
       head.append(buffer_.data() + begin_, end_ - begin_);
       begin_ = end_ = 0;
@@ -432,7 +442,9 @@ class ConnectionStream final : public httplib::Stream {
       }
       if (end != std::string::npos || head.size() > allowance) break;
       bool timed_out = false;
-      ssize_t n = Receive(buffer_.data(), buffer_.size(), &timed_out, deadline);
+      ssize_t n = Receive(buffer_.data(), buffer_.size(), &timed_out,
+                          std::min(RequestDeadline(head.size()),
+                                   Clock::now() + std::chrono::milliseconds(read_timeout_ms_)));
       if (timed_out) break;  // cpp-httplib reports the timeout
       if (n < 0) return false;
       if (n == 0) break;
@@ -440,7 +452,9 @@ class ConnectionStream final : public httplib::Stream {
     }
     if (end == std::string::npos || end > allowance) {
       // Incomplete or over the allowance: cpp-httplib answers it as it is (400, 414, timeout).
-      head_deadline_ = deadline;
+      // One over the allowance that it would parse anyway (many short lines) is refused at
+      // routing (head_too_large()): none of the checks below ran on it.
+      head_too_large_ = end != std::string::npos || head.size() > allowance;
       pending_ = std::move(head);
       return true;
     }
@@ -484,6 +498,13 @@ class ConnectionStream final : public httplib::Stream {
     out.append(head, head_end, std::string::npos);  // the blank line, then body bytes
     pending_ = std::move(out);
     return true;
+  }
+
+  // When the request must have sent more than `bytes` (kRequestBytesPerReadTimeout).
+  Clock::time_point RequestDeadline(size_t bytes) const {
+    return request_started_ +
+           std::chrono::milliseconds(read_timeout_ms_) *
+               static_cast<int64_t>(1 + bytes / kRequestBytesPerReadTimeout);
   }
 
   // Reads what is there; waits (up to the read timeout) only when nothing is: after the
@@ -546,8 +567,8 @@ class ConnectionStream final : public httplib::Stream {
   std::string pending_;
   size_t pending_begin_ = 0;
   bool head_pending_ = false;
-  // Set when TakeHead found the head incomplete: reads of the rest of it end then.
-  Clock::time_point head_deadline_ = Clock::time_point::max();
+  Clock::time_point request_started_ = Clock::now();  // BeginRequest
+  bool head_too_large_ = false;  // TakeHead: the head is over its allowance
   std::map<std::string, std::string, std::less<>> long_headers_;
   mutable Address remote_, local_;
 };
@@ -1733,6 +1754,10 @@ httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Reque
                                                             httplib::Response& res) {
   using R = httplib::Server::HandlerResponse;
   if (t_connection != nullptr) t_connection->routed = true;
+  if (t_connection != nullptr && t_connection->stream->head_too_large()) {
+    Reject(431, "request_header_fields_too_large", kHeadTooLarge, req, res);
+    return R::Handled;
+  }
   RestoreLongHeaders(req);
   if (t_connection != nullptr && t_connection->stream->malformed_header()) {
     Reject(400, "bad_header_line",
@@ -1785,6 +1810,10 @@ httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Reque
 // `Expect: 100-continue`: refuse an oversized body before the client sends it.
 int HttpServer::Impl::ExpectContinue(const httplib::Request& req, httplib::Response& res) {
   if (t_connection != nullptr) t_connection->routed = true;
+  if (t_connection != nullptr && t_connection->stream->head_too_large()) {
+    Reject(431, "request_header_fields_too_large", kHeadTooLarge, req, res);
+    return 431;
+  }
   RestoreLongHeaders(req);
   uint64_t length = 0;
   if (ParseContentLength(req.get_header_value("Content-Length"), &length) &&

@@ -57,7 +57,8 @@ struct HttpServerOptions {
   // Bytes one request (request line + headers + body framing) may make the server read; above it
   // the connection is closed. 0 = 2 × body_bytes_max + limits::kLagoWebhookHeadBytesMax.
   size_t request_bytes_max = 0;
-  int64_t read_timeout_ms = 5000;   // one blocking read; also bounds the whole request head
+  int64_t read_timeout_ms = 5000;   // one blocking read; a request must also send 64 KiB per
+                                    // read timeout from its start (slow clients)
   int64_t write_timeout_ms = 5000;  // one blocking write
   int64_t keep_alive_timeout_ms = 5000;  // idle time before a kept-alive connection is closed
   size_t keep_alive_max_count = 1000;    // requests per connection

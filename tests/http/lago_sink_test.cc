@@ -629,6 +629,24 @@ TEST_F(LagoSinkTest, StopIsBoundedWhileLagoIsDown) {
   EXPECT_TRUE(CountedExactlyOnce(lago, UsageIds()));
 }
 
+// A Lago that hangs mid-request: Stop() cuts the request at its deadline instead of waiting for
+// the client's read timeout, which would eat the time the daemon's shutdown leaves the outbox.
+TEST_F(LagoSinkTest, StopCutsARequestToAHungLagoAtTheDeadline) {
+  FakeLago::Options fake;
+  fake.slow_ms = 6000;
+  FakeLago lago(fake);
+  lago.InjectFault(FakeLago::Fault::kSlow, 1);
+  Append(20);
+  StartSink(lago.url(), FastOptions(), kFakeLagoApiKey, /*read_timeout_ms=*/10'000);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the request is in flight
+  const auto start = std::chrono::steady_clock::now();
+  Status s = StopSink(std::chrono::seconds(1));
+  const auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(s.problem(), "lago_unavailable") << s.ToString();
+  EXPECT_LT(took, std::chrono::milliseconds(3000));  // 6 s without the cut
+  EXPECT_EQ(Checkpoint().value(), 0u);
+}
+
 // usage.batch_recorded.v1: one Lago event per item (transaction_id "<event id>:<index>"), sent in
 // log order in batches of at most 100 that cut across events, each counted once.
 TEST_F(LagoSinkTest, DeliversEveryItemOfBatchEventsExactlyOnce) {

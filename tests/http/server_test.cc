@@ -399,11 +399,21 @@ TEST_F(ServerTest, RejectsAmbiguousFraming) {
   const std::string exact = RawHttpExchange(
       stack_.port(),
       "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-      "5\r\nhello\r\nA\r\n0123456789\r\n0\r\n\r\n" + hidden,
+      "5\r\nhello\r\n000A\r\n0123456789\r\n" + std::string("7d00\r\n") +
+          std::string(0x7d00, 'b') + "\r\n0\r\n\r\n" + hidden,
       1000);
-  EXPECT_EQ(exact.substr(0, exact.find("\r\n")), "HTTP/1.1 200 OK") << exact;
-  EXPECT_NE(exact.find("\"bytes\":15"), std::string::npos) << exact;
+  EXPECT_EQ(exact.substr(0, exact.find("\r\n")), "HTTP/1.1 200 OK") << exact.substr(0, 300);
+  EXPECT_NE(exact.find("\"bytes\":" + std::to_string(15 + 0x7d00)), std::string::npos) << exact;
   EXPECT_EQ(responses(exact), 2u) << exact;  // the pipelined request after it is served
+  // A head over 64 KiB made of short lines (each under cpp-httplib's 8 KiB line limit, so it
+  // would parse it) is 431 too, not served unchecked; nothing after it is.
+  std::string padded = "POST /echo HTTP/1.1\r\nHost: x\r\n";
+  for (int i = 0; i < 10; ++i) padded += "X-Pad-" + std::to_string(i) + ": " + std::string(7000, 'p') + "\r\n";
+  padded += "Content-Length: " + std::to_string(hidden.size()) + "\n\r\n" + hidden;
+  const std::string too_long = RawHttpExchange(stack_.port(), padded, 1000);
+  EXPECT_EQ(too_long.substr(0, too_long.find("\r\n")), "HTTP/1.1 431 Request Header Fields Too Large")
+      << too_long.substr(0, 300);
+  EXPECT_EQ(responses(too_long), 1u) << too_long;
   // A header line ending in a bare LF (cpp-httplib would skip it: no Content-Length, so the
   // body would be the next request) or '%' in a framing header (cpp-httplib percent-decodes
   // `chunke%64` into `chunked`) is a 400, and nothing after it is served.
@@ -548,23 +558,30 @@ TEST_F(ServerTest, KeptAliveClientsDoNotHoldAWorkerEach) {
   EXPECT_LT(elapsed, std::chrono::milliseconds(2500));
 }
 
-// A client trickling its request head a byte at a time (each read well inside the read timeout)
-// holds a worker only for one read timeout in all: two such clients on a pool of two do not keep
-// a third client from being served for as long as they trickle (slowloris).
-TEST_F(ServerTest, ATrickledHeadHoldsAWorkerForOneReadTimeoutAtMost) {
+// A client trickling its request a byte at a time (each read well inside the read timeout) holds
+// a worker only while it keeps up 64 KiB per read timeout: one trickling its head and one its
+// body, on a pool of two, do not keep a third client from being served for as long as they
+// trickle (slowloris).
+TEST_F(ServerTest, ATrickledRequestHoldsAWorkerBrieflyAtMost) {
   HttpServerOptions options = TestHttpStack::DefaultOptions();
   options.threads = 2;
   options.read_timeout_ms = 1000;
   Start(options);
   std::atomic<bool> stop{false};
   std::vector<std::thread> trickles;
-  for (int i = 0; i < 2; ++i) {
-    trickles.emplace_back([&] {
+  for (const bool body : {false, true}) {
+    trickles.emplace_back([&, body] {
       const int fd = testing::ConnectLoopback(stack_.port());
       ASSERT_GE(fd, 0);
-      const std::string head = "GET /hello HTTP/1.1\r\nX-Slow: " + std::string(200, 's');
-      for (size_t at = 0; at < head.size() && !stop.load(); ++at) {
-        if (::send(fd, head.data() + at, 1, MSG_NOSIGNAL) != 1) break;  // closed by the server
+      std::string slow = "GET /hello HTTP/1.1\r\nX-Slow: " + std::string(200, 's');
+      if (body) {
+        const std::string head = "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 200\r\n\r\n";
+        ASSERT_EQ(::send(fd, head.data(), head.size(), MSG_NOSIGNAL),
+                  static_cast<ssize_t>(head.size()));
+        slow = std::string(200, 'b');
+      }
+      for (size_t at = 0; at < slow.size() && !stop.load(); ++at) {
+        if (::send(fd, slow.data() + at, 1, MSG_NOSIGNAL) != 1) break;  // closed by the server
         std::this_thread::sleep_for(std::chrono::milliseconds(250));
       }
       ::close(fd);
