@@ -275,9 +275,7 @@ class ConnectionStream final : public httplib::Stream {
     }
     if (begin_ == end_) {
       bool timed_out = false;
-      ssize_t n = Receive(buffer_.data(), buffer_.size(), &timed_out,
-                          std::min(RequestDeadline(request_bytes_),
-                                   Clock::now() + std::chrono::milliseconds(read_timeout_ms_)));
+      ssize_t n = Receive(buffer_.data(), buffer_.size(), request_bytes_, &timed_out);
       if (n <= 0) return timed_out ? -1 : n;
       begin_ = 0;
       end_ = static_cast<size_t>(n);
@@ -442,9 +440,7 @@ class ConnectionStream final : public httplib::Stream {
       }
       if (end != std::string::npos || head.size() > allowance) break;
       bool timed_out = false;
-      ssize_t n = Receive(buffer_.data(), buffer_.size(), &timed_out,
-                          std::min(RequestDeadline(head.size()),
-                                   Clock::now() + std::chrono::milliseconds(read_timeout_ms_)));
+      ssize_t n = Receive(buffer_.data(), buffer_.size(), head.size(), &timed_out);
       if (timed_out) break;  // cpp-httplib reports the timeout
       if (n < 0) return false;
       if (n == 0) break;
@@ -507,15 +503,14 @@ class ConnectionStream final : public httplib::Stream {
                static_cast<int64_t>(1 + bytes / kRequestBytesPerReadTimeout);
   }
 
-  // Reads what is there; waits (up to the read timeout) only when nothing is: after the
+  // Reads what is there; waits (up to the read timeout, and no later than the request's
+  // RequestDeadline for the `request_bytes` it has sent) only when nothing is: after the
   // connection loop saw the socket readable, one recv() instead of a poll() and a recv().
   // *timed_out: -1 because the wait ran out.
-  ssize_t Receive(char* ptr, size_t size, bool* timed_out) {
-    return Receive(ptr, size, timed_out,
-                   Clock::now() + std::chrono::milliseconds(read_timeout_ms_));
-  }
-  ssize_t Receive(char* ptr, size_t size, bool* timed_out, Clock::time_point deadline) {
+  ssize_t Receive(char* ptr, size_t size, size_t request_bytes, bool* timed_out) {
     *timed_out = false;
+    const auto deadline = std::min(RequestDeadline(request_bytes),
+                                   Clock::now() + std::chrono::milliseconds(read_timeout_ms_));
     for (;;) {
       ssize_t n = ::recv(sock_, ptr, size, MSG_DONTWAIT);
       if (n >= 0) return n;
