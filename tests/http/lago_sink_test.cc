@@ -449,8 +449,9 @@ TEST_F(LagoSinkTest, RestartsFromItsCheckpoint) {
   ledger_.reset();
   OpenLedger();
   Append(200);
+  EXPECT_EQ(Checkpoint(), stopped_at);  // what the restarted sink starts from
   StartSink(lago.url());
-  EXPECT_EQ(sink_->GetStatus().checkpoint, stopped_at);
+  EXPECT_GE(sink_->GetStatus().checkpoint, stopped_at);  // it may have delivered a batch already
   ASSERT_TRUE(CaughtUp());
   EXPECT_TRUE(CountedExactlyOnce(lago, UsageIds()));
   size_t resent = 0;
