@@ -51,10 +51,15 @@ uint64_t LogConsumerCore::StopAndJoin(std::chrono::steady_clock::time_point dead
                                       const std::function<void()>& at_deadline) {
   RequestStop(deadline, /*persist=*/true);
   if (at_deadline) {
+    // Again every 100 ms past the deadline: the thread may have started its call just after one.
     std::unique_lock<std::mutex> lock(mu_);
-    if (!finished_cv_.wait_until(lock, deadline, [this] { return finished_; })) {
-      lock.unlock();
-      at_deadline();
+    auto finished = [this] { return finished_; };
+    if (!finished_cv_.wait_until(lock, deadline, finished)) {
+      do {
+        lock.unlock();
+        at_deadline();
+        lock.lock();
+      } while (!finished_cv_.wait_for(lock, std::chrono::milliseconds(100), finished));
     }
   }
   thread_.join();

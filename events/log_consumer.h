@@ -51,7 +51,8 @@ class LogConsumerCore {
   // Requests a stop at `deadline` with the checkpoint synced, joins the thread and returns the
   // stop target (the head at the call). The thread must have been started. A thread still running
   // at `deadline` (blocked in a call that cannot see the deadline, e.g. a request to a hung
-  // server) gets `at_deadline` called (from this thread) to cut that call short.
+  // server) gets `at_deadline` called (from this thread) to cut that call short, and again every
+  // 100 ms until it returns.
   uint64_t StopAndJoin(std::chrono::steady_clock::time_point deadline,
                        const std::function<void()>& at_deadline = {});
   // For destructors: stop now, no checkpoint write (that only costs re-handled events).

@@ -275,7 +275,9 @@ class ConnectionStream final : public httplib::Stream {
     }
     if (begin_ == end_) {
       bool timed_out = false;
-      ssize_t n = Receive(buffer_.data(), buffer_.size(), request_bytes_, &timed_out);
+      // The head's bytes as sent count, not as rewritten (long header values became markers).
+      ssize_t n = Receive(buffer_.data(), buffer_.size(), request_bytes_ + head_shrunk_by_,
+                          &timed_out);
       if (n <= 0) return timed_out ? -1 : n;
       begin_ = 0;
       end_ = static_cast<size_t>(n);
@@ -348,6 +350,7 @@ class ConnectionStream final : public httplib::Stream {
     chunked_.Reset();
     request_started_ = Clock::now();
     head_too_large_ = false;
+    head_shrunk_by_ = 0;
     cap_hit_ = false;
     head_pending_ = true;
     long_headers_.clear();
@@ -492,6 +495,7 @@ class ConnectionStream final : public httplib::Stream {
       line_start = line_end + 2;
     }
     out.append(head, head_end, std::string::npos);  // the blank line, then body bytes
+    head_shrunk_by_ = head.size() - out.size();
     pending_ = std::move(out);
     return true;
   }
@@ -564,6 +568,7 @@ class ConnectionStream final : public httplib::Stream {
   bool head_pending_ = false;
   Clock::time_point request_started_ = Clock::now();  // BeginRequest
   bool head_too_large_ = false;  // TakeHead: the head is over its allowance
+  size_t head_shrunk_by_ = 0;    // TakeHead: bytes the long-header markers took out of the head
   std::map<std::string, std::string, std::less<>> long_headers_;
   mutable Address remote_, local_;
 };

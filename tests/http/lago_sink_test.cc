@@ -639,7 +639,7 @@ TEST_F(LagoSinkTest, StopCutsARequestToAHungLagoAtTheDeadline) {
   lago.InjectFault(FakeLago::Fault::kSlow, 1);
   Append(20);
   StartSink(lago.url(), FastOptions(), kFakeLagoApiKey, /*read_timeout_ms=*/10'000);
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the request is in flight
+  ASSERT_TRUE(WaitFor([&] { return lago.requests_received() >= 1; }));  // in flight now
   const auto start = std::chrono::steady_clock::now();
   Status s = StopSink(std::chrono::seconds(1));
   const auto took = std::chrono::steady_clock::now() - start;

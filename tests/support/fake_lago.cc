@@ -119,6 +119,7 @@ void FakeLago::Listen() {
   server->set_keep_alive_timeout(1);
   server->set_read_timeout(2, 0);
   server->Post("/api/v1/events/batch", [this](const httplib::Request& req, httplib::Response& res) {
+    received_.fetch_add(1);
     std::optional<Fault> fault;
     {
       std::lock_guard<std::mutex> lock(mu_);

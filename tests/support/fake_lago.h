@@ -34,6 +34,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -115,6 +116,9 @@ class FakeLago {
   std::vector<StoredEvent> stored() const;
   size_t stored_count() const;
   std::vector<Request> requests() const;
+  // Batch requests received so far, including ones still being answered (requests() records a
+  // request once answered).
+  size_t requests_received() const { return received_.load(); }
   // How many times each (external_subscription_id, transaction_id) was counted.
   std::map<std::pair<std::string, std::string>, int> counts() const;
   // Waits until at least `n` events are stored.
@@ -130,6 +134,7 @@ class FakeLago {
   std::unique_ptr<httplib::Server> server_;  // owner thread only
   std::thread thread_;
 
+  std::atomic<size_t> received_{0};
   mutable std::mutex mu_;
   std::deque<Fault> faults_;                                   // guarded by mu_
   std::set<std::string> rejected_;                             // guarded by mu_
