@@ -41,17 +41,15 @@ class EventFinder final : public rocksdb::WriteBatch::Handler {
     const uint64_t position = DecodeFixed64BE(key.data());
     std::string_view stored(value.data(), value.size());
     Event event;
-    Status decoded = DecodeEvent(stored, &event);
-    const bool intact = decoded.ok() && VerifyEventHash(stored);
-    if (intact && event.position.value() != position) {
+    std::string reason = CheckStoredEvent(Position(position), stored, &event);
+    if (!reason.empty() && event.position.value() != position && VerifyEventHash(stored)) {
       // The value is intact (its hash covers the position inside it): the key was damaged.
       Report(event.position.value(), "a damaged key: it says position " +
                                          std::to_string(position));
     } else if (expected != 0 && position != expected) {
       Report(expected, "a damaged key or record: the next event is stored under position " +
                            std::to_string(position));
-    } else if (std::string reason = CheckStoredEvent(Position(position), stored, &event);
-               !reason.empty()) {
+    } else if (!reason.empty()) {
       Report(position, std::move(reason));
     } else {
       *last_position_ = position;
