@@ -937,6 +937,19 @@ Status LedgerImpl::OpenDb() {
     // RocksDB would open past a zeroed header and drop the rest of its block (wal_log.h); a
     // read-only open (verify, export, replay) too, and then see a shorter, intact-looking chain.
     LEDGER_RETURN_IF_ERROR(wal::FindZeroedHeaders(options_.path));
+    if (!options_.read_only) {
+      wal::SequenceGapRepair gap;
+      LEDGER_RETURN_IF_ERROR(wal::SetAsideLogsAfterASequenceGap(options_.path, &gap));
+      if (gap.repaired) {
+        std::string moved;
+        for (const std::string& name : gap.set_aside) moved += (moved.empty() ? "" : ", ") + name;
+        spdlog::warn(
+            "{}: its last writes were lost by a crash before their sync (never acknowledged), "
+            "and newer logs begin after them (sequence {} where {} was next): moved {} to "
+            "torn-wal/ unreplayed, so that the log has no hole",
+            gap.older, gap.found, gap.expected, moved);
+      }
+    }
   }
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::Options options(db_options, cf_options);

@@ -256,4 +256,102 @@ Status RepairTornWalTail(const std::string& dir, TornTailRepair* out) {
   return Status::OK();
 }
 
+namespace {
+
+// The sequence numbers of one log's intact WriteBatches: [first, end).
+struct LogSequences {
+  bool empty = true;
+  uint64_t first = 0;
+  uint64_t end = 0;
+};
+
+uint64_t LittleEndian(std::string_view bytes) {
+  uint64_t v = 0;
+  for (size_t i = bytes.size(); i-- > 0;) v = (v << 8) | static_cast<uint8_t>(bytes[i]);
+  return v;
+}
+
+// Reads the WriteBatch header (sequence: 8 bytes, count: 4, little-endian) of every complete,
+// intact WriteBatch up to the first fragment that is not (where RocksDB's reader stops too).
+LogSequences ReadLogSequences(std::string_view contents) {
+  constexpr size_t kBatchHeaderBytes = 12;
+  LogSequences out;
+  std::string header;  // the batch's first bytes, possibly across fragments
+  bool in_batch = false;
+  WalkFragments(contents, [&](const Fragment& f) {
+    if (!f.checksum_ok) return false;
+    const bool begins = f.base_type == kFullType || f.base_type == kFirstType;
+    const bool ends = f.base_type == kFullType || f.base_type == kLastType;
+    if (begins) {
+      header.clear();
+      in_batch = true;
+    } else if (!in_batch || (f.base_type != kMiddleType && f.base_type != kLastType)) {
+      return false;  // a record type this reader does not know, or a fragment out of order
+    }
+    if (header.size() < kBatchHeaderBytes) {
+      header.append(f.payload.substr(0, kBatchHeaderBytes - header.size()));
+    }
+    if (ends) {
+      in_batch = false;
+      if (header.size() < kBatchHeaderBytes) return false;
+      const uint64_t sequence = LittleEndian(std::string_view(header).substr(0, 8));
+      const uint64_t count = LittleEndian(std::string_view(header).substr(8, 4));
+      if (out.empty) out.first = sequence;
+      out.empty = false;
+      out.end = sequence + count;
+    }
+    return true;
+  });
+  return out;
+}
+
+}  // namespace
+
+Status SetAsideLogsAfterASequenceGap(const std::string& dir, SequenceGapRepair* out) {
+  *out = SequenceGapRepair{};
+  std::vector<std::pair<uint64_t, std::filesystem::path>> logs;
+  LEDGER_RETURN_IF_ERROR(ListLogFiles(dir, &logs));
+  std::optional<size_t> gap_at;  // index of the first log after the gap
+  std::string older;
+  uint64_t expected = 0;
+  for (size_t i = 0; i < logs.size() && !gap_at; ++i) {
+    std::string contents;
+    LEDGER_RETURN_IF_ERROR(ReadLogFile(logs[i].second, &contents));
+    const LogSequences sequences = ReadLogSequences(contents);
+    if (sequences.empty) continue;
+    if (!older.empty() && sequences.first > expected) {
+      gap_at = i;
+      out->found = sequences.first;
+      break;
+    }
+    older = logs[i].second.filename().string();
+    expected = sequences.end;
+  }
+  if (!gap_at) return Status::OK();
+
+  const std::filesystem::path saved_dir = std::filesystem::path(dir) / "torn-wal";
+  std::error_code ec;
+  std::filesystem::create_directories(saved_dir, ec);
+  if (ec) return Status::IOError("cannot create " + saved_dir.string() + ": " + ec.message());
+  for (size_t i = *gap_at; i < logs.size(); ++i) {
+    const std::filesystem::path& path = logs[i].second;
+    std::filesystem::path moved = saved_dir / path.filename();
+    for (int n = 1; std::filesystem::exists(moved); ++n) {
+      moved = saved_dir / (path.filename().string() + "." + std::to_string(n));
+    }
+    std::filesystem::rename(path, moved, ec);
+    if (ec) return Status::IOError("cannot move " + path.string() + ": " + ec.message());
+    out->set_aside.push_back(path.filename().string());
+  }
+  std::string error;
+  if (!SyncPath(saved_dir, O_RDONLY | O_DIRECTORY, &error) ||
+      !SyncPath(dir, O_RDONLY | O_DIRECTORY, &error)) {
+    return Status::IOError("cannot sync the logs set aside: " + error);
+  }
+  out->repaired = true;
+  out->older = older;
+  out->expected = expected;
+  return Status::OK();
+}
+
 }  // namespace ledger::wal

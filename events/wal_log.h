@@ -104,4 +104,26 @@ struct TornTailRepair {
 // after the bad fragment, an older log) is left alone: OK with `repaired == false`.
 Status RepairTornWalTail(const std::string& dir, TornTailRepair* out);
 
+// What SetAsideLogsAfterASequenceGap did.
+struct SequenceGapRepair {
+  bool repaired = false;
+  std::string older;             // the log whose last WriteBatches were lost
+  uint64_t expected = 0;         // the sequence number its next WriteBatch would have had
+  uint64_t found = 0;            // the one the next log begins with
+  std::vector<std::string> set_aside;  // the logs moved to `<dir>/torn-wal/`, by name
+};
+
+// RocksDB numbers every write in one sequence across its logs: a log's first WriteBatch follows
+// the previous log's last one. A power loss can lose the unsynced tail of an older log and keep
+// a newer log's writes (the sync thread syncs the logs oldest first after writing their groups,
+// while the kernel writes dirty pages back in any order), and kTolerateCorruptedTailRecords
+// would then replay the newer log after the older log's cut tail: events missing from the middle
+// of the chain. None of the groups from the missing one on was acknowledged (the older log's
+// sync never completed, and a group is answered only after every log up to it is synced), so
+// the open ends the log where the older log ends: the newer logs are moved, as they are, to
+// `<dir>/torn-wal/` (the directory synced). Logs whose sequence numbers continue, and a newer
+// log that begins below the expected number (not a loss: left for RocksDB to judge), are left
+// alone: OK with `repaired == false`.
+Status SetAsideLogsAfterASequenceGap(const std::string& dir, SequenceGapRepair* out);
+
 }  // namespace ledger::wal
