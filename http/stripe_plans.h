@@ -27,8 +27,7 @@
 
 namespace ledger::http {
 
-// The plan a trial converts to.
-inline constexpr std::string_view kTrialConversionPlanId = "starter";
+using projections::kTrialConversionPlanId;
 
 enum class BillingCycle { kMonthly, kYearly };
 // "monthly" | "yearly".

@@ -35,6 +35,10 @@ inline constexpr std::string_view kPlanCreatedV1 = "plan.created.v1";
 inline constexpr std::string_view kPlanUpdatedV1 = "plan.updated.v1";
 inline constexpr std::string_view kPlanRetiredV1 = "plan.retired.v1";
 
+// The plan a trial (a plan with trial_days > 0, sold as this plan's monthly price with a trial
+// and a one-time fee: http/stripe_plans.h) converts to when its trial ends.
+inline constexpr std::string_view kTrialConversionPlanId = "starter";
+
 // ---------------------------------------------------------------------------------------------
 // Services
 

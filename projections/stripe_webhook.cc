@@ -327,22 +327,7 @@ Status Decider::ReadSubscription(const Value* object, SubscriptionRecord* out) {
   r.event_id = webhook_.event_id;
   r.event_type = webhook_.type;
   r.event_created = webhook_.created;
-  const Plan* tagged = nullptr;
-  for (const Plan& plan : plans) {
-    if (r.metadata_plan_id == plan.id) tagged = &plan;
-  }
-  if (r.status == SubscriptionStatus::kTrialing && tagged != nullptr && tagged->trial_days > 0) {
-    r.plan_id = tagged->id;
-  } else {
-    for (const Plan& plan : plans) {
-      if (r.price_id && (plan.stripe_price_monthly == r.price_id ||
-                         plan.stripe_price_yearly == r.price_id)) {
-        r.plan_id = plan.id;
-        break;
-      }
-    }
-    if (!r.plan_id && tagged != nullptr) r.plan_id = tagged->id;
-  }
+  r.plan_id = PlanIdForSubscription(plans, r.status, r.price_id, r.metadata_plan_id);
   return Status::OK();
 }
 

@@ -839,20 +839,32 @@ Status FindUsersByEmail(const StateReader& state, std::string_view email,
                       limits::kUserSubscriptionsMax, user_ids);
 }
 
+std::optional<std::string> PlanIdForSubscription(const std::vector<Plan>& plans,
+                                                 SubscriptionStatus status,
+                                                 const std::optional<std::string>& price_id,
+                                                 const std::optional<std::string>& metadata_plan_id) {
+  const Plan* tagged = FindPlan(plans, metadata_plan_id);
+  const bool trial_tag = tagged != nullptr && tagged->trial_days > 0;
+  if (status == SubscriptionStatus::kTrialing && trial_tag) return tagged->id;
+  if (std::optional<std::string> by_price = PlanForPrice(plans, price_id)) return by_price;
+  if (trial_tag) {
+    // Past its trial, a trial runs on the conversion plan's price. That price is no longer in
+    // the catalog when an admin replaced it (stripe-setup after a price change): the
+    // subscription still converted, and must not fall back to the trial's daily limit.
+    const Plan* converted = FindPlan(plans, std::string(kTrialConversionPlanId));
+    return converted != nullptr ? converted->id : tagged->id;
+  }
+  if (tagged != nullptr) return tagged->id;
+  return std::nullopt;
+}
+
 Status PlanForSubscription(const StateReader& state, SubscriptionStatus status,
                            const std::optional<std::string>& price_id,
                            const std::optional<std::string>& metadata_plan_id,
                            std::optional<std::string>* plan_id) {
   std::vector<Plan> plans;
   LEDGER_RETURN_IF_ERROR(ListPlans(state, /*include_inactive=*/true, &plans));
-  plan_id->reset();
-  const Plan* tagged = FindPlan(plans, metadata_plan_id);
-  if (status == SubscriptionStatus::kTrialing && tagged != nullptr && tagged->trial_days > 0) {
-    *plan_id = tagged->id;
-    return Status::OK();
-  }
-  *plan_id = PlanForPrice(plans, price_id);
-  if (!*plan_id && tagged != nullptr) *plan_id = tagged->id;
+  *plan_id = PlanIdForSubscription(plans, status, price_id, metadata_plan_id);
   return Status::OK();
 }
 

@@ -295,8 +295,14 @@ ServiceAccess CheckServiceAccess(const UserAccess& access, std::string_view serv
 //   1. while trialing, metadata.plan_id when it names a plan with trial_days > 0 (the trial plan
 //      is Starter's recurring price plus a trial, tagged plan_id=trial at checkout);
 //   2. the plan whose stripe_price_monthly or stripe_price_yearly equals `price_id`;
-//   3. metadata.plan_id when it names a catalog plan;
+//   3. metadata.plan_id when it names a catalog plan -- past its trial, a trial plan's tag means
+//      kTrialConversionPlanId (the trial converted on a price the catalog has since replaced);
 //   4. nullopt.
+std::optional<std::string> PlanIdForSubscription(const std::vector<Plan>& plans,
+                                                 SubscriptionStatus status,
+                                                 const std::optional<std::string>& price_id,
+                                                 const std::optional<std::string>& metadata_plan_id);
+// The same, with the catalog read from `state`.
 Status PlanForSubscription(const StateReader& state, SubscriptionStatus status,
                            const std::optional<std::string>& price_id,
                            const std::optional<std::string>& metadata_plan_id,

@@ -529,6 +529,33 @@ TEST_F(SubscriptionsTest, TrialPlanWhileTrialingThenStarter) {
   ASSERT_TRUE(access.plan);
   EXPECT_EQ(access.plan->id, "starter");
   EXPECT_TRUE(CheckServiceAccess(access, "search").allowed);
+
+  // An admin changes Starter's price and stripe-setup replaces its Stripe price: the converted
+  // trial renews on the old price, which no plan names any more. It is still Starter, not the
+  // trial (whose daily limit and 7 days would lock a paying customer out).
+  SetPlanStripePrices replaced("starter", "price_starter_monthly_v2", "price_starter_yearly",
+                               Actor::System("ledgerctl"));
+  Decision decision;
+  ASSERT_TRUE(ledger::testing::RunCommand(&replaced, AllFolds(), &w.state, &w.head, kNowUs,
+                                          &decision)
+                  .ok());
+  StripeSubscriptionSpec renewed = converted;
+  renewed.event_id = "evt_renewed";
+  renewed.event_created = kStripeT0 + 3;
+  Deliver(&w, StripeSubscriptionEventJson(renewed));
+  access = Access(w, "user-1");
+  ASSERT_TRUE(access.plan);
+  EXPECT_EQ(access.plan->id, "starter");
+  EXPECT_TRUE(CheckServiceAccess(access, "search").allowed);
+  std::optional<std::string> plan_id;
+  ASSERT_TRUE(PlanForSubscription(w.state, SubscriptionStatus::kActive, "price_starter_monthly",
+                                  std::string("trial"), &plan_id)
+                  .ok());
+  EXPECT_EQ(plan_id, "starter");
+  ASSERT_TRUE(PlanForSubscription(w.state, SubscriptionStatus::kTrialing, "price_starter_monthly",
+                                  std::string("trial"), &plan_id)
+                  .ok());
+  EXPECT_EQ(plan_id, "trial");
 }
 
 TEST_F(SubscriptionsTest, CheckServiceAccessPerPlanAndStatus) {
