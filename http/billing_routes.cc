@@ -163,16 +163,22 @@ Status ParseBody(std::string_view body, std::initializer_list<std::string_view> 
   return Status::OK();
 }
 
-// {plan_id, billing_cycle?}: billing_cycle defaults to "monthly".
-Status ParsePlanChoice(const rapidjson::Document& doc, std::string* plan_id, BillingCycle* cycle) {
+// {plan_id, billing_cycle?}: `*cycle` stays nullopt without billing_cycle.
+Status ParsePlanChoice(const rapidjson::Document& doc, std::string* plan_id,
+                       std::optional<BillingCycle>* cycle) {
   pc::ObjectReader reader(doc);
   LEDGER_RETURN_IF_ERROR(reader.String("plan_id", true, plan_id));
-  std::string cycle_text = "monthly";
-  LEDGER_RETURN_IF_ERROR(reader.String("billing_cycle", false, &cycle_text));
-  if (!ParseBillingCycle(cycle_text, cycle)) {
+  std::string cycle_text;
+  bool given = false;
+  LEDGER_RETURN_IF_ERROR(reader.String("billing_cycle", false, &cycle_text, &given));
+  cycle->reset();
+  if (!given) return Status::OK();
+  BillingCycle parsed;
+  if (!ParseBillingCycle(cycle_text, &parsed)) {
     return Status::Make(Code::kUnprocessable, "validation_failed",
                         "billing_cycle: must be \"monthly\" or \"yearly\"");
   }
+  *cycle = parsed;
   return Status::OK();
 }
 
@@ -272,10 +278,11 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
   if (!RequireUsableUserId(identity, res)) return;
   rapidjson::Document doc;
   std::string plan_id;
-  BillingCycle cycle = BillingCycle::kMonthly;
+  std::optional<BillingCycle> chosen_cycle;
   Status s = ParseBody(req.body, {"plan_id", "billing_cycle"}, false, &doc);
-  if (s.ok()) s = ParsePlanChoice(doc, &plan_id, &cycle);
+  if (s.ok()) s = ParsePlanChoice(doc, &plan_id, &chosen_cycle);
   if (!s.ok()) return WriteStatusProblem(s, &res);
+  const BillingCycle cycle = chosen_cycle.value_or(BillingCycle::kMonthly);
   RecordStripeCall command;
   std::string stripe_key;
   if (!BeginStripeCall(context, req, identity, kCheckoutPath, "checkout", &command, &stripe_key,
@@ -476,6 +483,7 @@ void CancelSubscription(const AppContext& context, const httplib::Request& req,
 // recorded (a crash, a full write queue) is known for what it is.
 constexpr char kChangeRequestMetadata[] = "ledgerd_request";
 constexpr char kChangeFromPriceMetadata[] = "ledgerd_from_price";
+constexpr char kChangeEndedTrialMetadata[] = "ledgerd_ended_trial";
 
 // The recurring item of Stripe's subscription that a change to `price_id` replaces, and the price
 // the change replaces (`*from_price`). 409 no_active_subscription when it ended at Stripe, 409
@@ -484,7 +492,12 @@ constexpr char kChangeFromPriceMetadata[] = "ledgerd_from_price";
 // recurring item.
 Status ItemToChange(const StripeSubscription& before, const pc::Plan& plan, BillingCycle cycle,
                     const std::string& price_id, const std::string& stripe_key,
-                    const StripeSubscriptionItem** item, std::string* from_price) {
+                    const StripeSubscriptionItem** item, std::string* from_price,
+                    bool* end_trial) {
+  // Stripe keeps a trial running through a price change and prorates nothing during it: a
+  // trialing subscription changed to Enterprise would get Enterprise free until the trial's
+  // end (and cancel before it). A change ends the trial now, so the new price is invoiced.
+  *end_trial = before.status == "trialing";
   pc::SubscriptionStatus status;
   if (pc::ParseSubscriptionStatus(before.status, &status) && pc::IsTerminal(status)) {
     return Status::Conflict("no_active_subscription", "the subscription has ended at Stripe");
@@ -511,6 +524,8 @@ Status ItemToChange(const StripeSubscription& before, const pc::Plan& plan, Bill
     if (request != before.metadata.end() && request->second == stripe_key &&
         from != before.metadata.end()) {
       *from_price = from->second;
+      // The retry must send what the first request sent (Stripe replays it by its key).
+      *end_trial = before.metadata.count(kChangeEndedTrialMetadata) != 0;
       return Status::OK();
     }
     return Status::Conflict("already_on_plan", "the subscription is already on plan '" + plan.id +
@@ -550,9 +565,9 @@ void UpgradeSubscription(const AppContext& context, const httplib::Request& req,
   if (!RequireStripe(context, res)) return;
   rapidjson::Document doc;
   std::string plan_id;
-  BillingCycle cycle = BillingCycle::kMonthly;
+  std::optional<BillingCycle> chosen_cycle;
   Status s = ParseBody(req.body, {"plan_id", "billing_cycle"}, false, &doc);
-  if (s.ok()) s = ParsePlanChoice(doc, &plan_id, &cycle);
+  if (s.ok()) s = ParsePlanChoice(doc, &plan_id, &chosen_cycle);
   if (!s.ok()) return WriteStatusProblem(s, &res);
   RecordStripeCall command;
   std::string stripe_key;
@@ -566,8 +581,13 @@ void UpgradeSubscription(const AppContext& context, const httplib::Request& req,
   std::string price_id;
   pc::UserSubscription current;
   s = LoadPlan(*view, plan_id, &plan);
-  if (s.ok()) s = ResolveChangePrice(plan, cycle, &price_id);
   if (s.ok()) s = ChangeableSubscription(*view, identity, &current);
+  // Without billing_cycle a change keeps the subscription's interval: a yearly subscriber moved
+  // to a monthly price would be re-anchored and invoiced at once, the year's rest left as credit.
+  const BillingCycle cycle = chosen_cycle.value_or(
+      s.ok() && current.subscription.interval == "year" ? BillingCycle::kYearly
+                                                         : BillingCycle::kMonthly);
+  if (s.ok()) s = ResolveChangePrice(plan, cycle, &price_id);
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
   // Stripe's own view of the subscription: the item to change and its current price (the
   // projection can lag behind a webhook).
@@ -576,16 +596,19 @@ void UpgradeSubscription(const AppContext& context, const httplib::Request& req,
   if (!s.ok()) return WriteStatusProblem(s, &res);
   const StripeSubscriptionItem* item = nullptr;
   std::string from_price;
-  s = ItemToChange(before, plan, cycle, price_id, stripe_key, &item, &from_price);
+  bool end_trial = false;
+  s = ItemToChange(before, plan, cycle, price_id, stripe_key, &item, &from_price, &end_trial);
   if (!s.ok()) return WriteStatusProblem(s, &res);
   StripePriceChangeParams change;
   change.subscription_id = before.id;
   change.item_id = item->id;
   change.price_id = price_id;
+  change.end_trial = end_trial;
   change.metadata = {{"plan_id", plan.id},
                      {"billing_cycle", std::string(BillingCycleName(cycle))},
                      {kChangeRequestMetadata, stripe_key},
                      {kChangeFromPriceMetadata, from_price}};
+  if (end_trial) change.metadata.emplace_back(kChangeEndedTrialMetadata, "true");
   StripeSubscription after;
   s = context.stripe->ChangeSubscriptionPrice(change, stripe_key, &after);
   if (!s.ok()) return WriteStatusProblem(s, &res);

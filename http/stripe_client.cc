@@ -586,6 +586,7 @@ FormParams HttpStripeClient::PriceChangeForm(const StripePriceChangeParams& para
   FormParams form = {{"items[0][id]", params.item_id},
                      {"items[0][price]", params.price_id},
                      {"proration_behavior", params.proration_behavior}};
+  if (params.end_trial) form.emplace_back("trial_end", "now");
   AppendMetadata("metadata", params.metadata, &form);
   return form;
 }

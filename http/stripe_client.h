@@ -127,6 +127,7 @@ struct StripePriceChangeParams {
   std::string item_id;   // items[0][id]
   std::string price_id;  // items[0][price]
   std::string proration_behavior = "create_prorations";
+  bool end_trial = false;  // trial_end=now: the change ends a trial (Stripe would keep it going)
   std::vector<std::pair<std::string, std::string>> metadata;  // metadata[k] (e.g. plan_id)
 };
 

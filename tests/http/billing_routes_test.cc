@@ -169,6 +169,7 @@ class BillingRoutesTest : public ::testing::Test {
     sub.status = status;
     sub.item_id = "si_alice";
     sub.price_id = price;
+    sub.interval = price.find("yearly") != std::string::npos ? "year" : "month";
     sub.metadata_user_id = "alice";
     sub.metadata_plan_id = std::move(plan_tag);
     ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
@@ -579,6 +580,56 @@ TEST_F(BillingRoutesTest, UpgradeIsAProratedPriceChangeOfTheItem) {
   ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"trial"})"), 422, "plan_not_purchasable");
   ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"nope"})"), 422, "unknown_plan");
   EXPECT_EQ(Head(), head);
+}
+
+// Stripe keeps a trial running through a price change and prorates nothing during it: an
+// upgrade from the $1 trial must end the trial, or it gets the paid plan free until trial_end.
+TEST_F(BillingRoutesTest, AnUpgradeDuringTheTrialEndsTheTrial) {
+  GiveAliceASubscription("trialing", "price_starter_monthly", "trial");
+  HttpReply r = Alice().Post(kUpgrade, R"({"plan_id":"enterprise"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  auto posts = fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice");
+  ASSERT_EQ(posts.size(), 1u);
+  const FormParams& params = posts[0].params;
+  EXPECT_NE(std::find(params.begin(), params.end(), std::make_pair(std::string("trial_end"),
+                                                                   std::string("now"))),
+            params.end());
+  EXPECT_NE(std::find(params.begin(), params.end(),
+                      std::make_pair(std::string("metadata[ledgerd_ended_trial]"),
+                                     std::string("true"))),
+            params.end());
+  EXPECT_EQ(fake_.GetSubscription("sub_alice")->status, "active");
+  EXPECT_NE(r.body.find(R"("status":"active")"), std::string::npos) << r.body;
+
+  // A subscription that is not trialing changes its price only.
+  DeliverAlicesSubscription("evt_sub_alice_2", "customer.subscription.updated", "active",
+                            "price_enterprise_monthly", "enterprise");
+  ASSERT_EQ(Alice().Post(kUpgrade, R"({"plan_id":"professional"})").status, 200);
+  posts = fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice");
+  ASSERT_EQ(posts.size(), 2u);
+  for (const auto& [k, v] : posts[1].params) {
+    EXPECT_NE(k, "trial_end");
+    EXPECT_NE(k, "metadata[ledgerd_ended_trial]");
+  }
+}
+
+// Without billing_cycle a plan change keeps the subscription's interval.
+TEST_F(BillingRoutesTest, AnUpgradeWithoutABillingCycleKeepsTheInterval) {
+  GiveAliceASubscription("active", "price_starter_yearly", "starter");
+  HttpReply r = Alice().Post(kUpgrade, R"({"plan_id":"professional"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_NE(r.body.find(R"("billing_cycle":"yearly")"), std::string::npos) << r.body;
+  auto q = fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice").at(0);
+  EXPECT_NE(std::find(q.params.begin(), q.params.end(),
+                      std::make_pair(std::string("items[0][price]"),
+                                     std::string("price_professional_yearly"))),
+            q.params.end());
+  // Asked for explicitly, the other cycle.
+  DeliverAlicesSubscription("evt_sub_alice_2", "customer.subscription.updated", "active",
+                            "price_professional_yearly", "professional");
+  r = Alice().Post(kUpgrade, R"({"plan_id":"enterprise","billing_cycle":"monthly"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_NE(r.body.find(R"("price_id":"price_enterprise_monthly")"), std::string::npos) << r.body;
 }
 
 TEST_F(BillingRoutesTest, AnUpgradeRetriedAfterItsRecordWasLostIsRecordedNotRefused) {

@@ -568,7 +568,7 @@ struct FakeStripe::State {
   Answer UpdateSubscription(const std::string& id, const http::FormParams& params) {
     std::string unknown = UnknownParam(
         params, {{"cancel_at_period_end"}, {"items", "#", "id"}, {"items", "#", "price"},
-                 {"proration_behavior"}, {"metadata", "*"}});
+                 {"proration_behavior"}, {"trial_end"}, {"metadata", "*"}});
     if (!unknown.empty()) return InvalidRequest("Received unknown parameter: " + unknown, unknown);
     auto it = subscriptions.find(id);
     if (it == subscriptions.end()) return NoSuch("subscription", id);
@@ -609,8 +609,19 @@ struct FakeStripe::State {
     } else if (Has(params, "items[0][id]")) {
       return InvalidRequest("ledgerd fake: items[0][id] without items[0][price]", "items[0][id]");
     }
+    if (Has(params, "trial_end")) {
+      // "now" or a Unix time in the future (ledgerd only ever ends a trial now).
+      if (Get(params, "trial_end") != "now") {
+        return InvalidRequest("ledgerd fake: trial_end other than \"now\"", "trial_end");
+      }
+      if (s.status != "trialing") {
+        return InvalidRequest("ledgerd fake: trial_end=now on a subscription that is not trialing",
+                              "trial_end");
+      }
+    }
     if (auto bad = CheckMetadata(params, "metadata")) return *bad;
 
+    if (Has(params, "trial_end")) s.status = "active";  // the first invoice is paid at once
     if (Has(params, "cancel_at_period_end")) {
       s.cancel_at_period_end = Get(params, "cancel_at_period_end") == "true";
     }
