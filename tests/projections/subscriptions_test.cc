@@ -616,6 +616,33 @@ TEST(SubscriptionStatusTest, NamesAndAccess) {
 
 // ---- deliveries that change nothing ------------------------------------------------------------
 
+// Deliveries that carry bearer links of their own: the customer portal's login link (sent for
+// every portal session ledgerd creates) and a credit note's PDF.
+TEST_F(SubscriptionsTest, PortalLoginLinksAndCreditNotePdfsAreRedacted) {
+  World w = Fresh();
+  const std::string portal =
+      R"({"id":"evt_bps","object":"event","type":"billing_portal.session.created",)"
+      R"("created":1750000999,"data":{"object":{"id":"bps_1","object":"billing_portal.session",)"
+      R"("customer":"cus_1","return_url":"https://app.example.com/billing",)"
+      R"("url":"https://billing.stripe.com/p/session/test_abc"}}})";
+  const std::string credit_note =
+      R"({"id":"evt_cn","object":"event","type":"credit_note.created","created":1750001000,)"
+      R"("data":{"object":{"id":"cn_1","object":"credit_note","customer":"cus_1",)"
+      R"("pdf":"https://pay.stripe.com/credit_notes/acct_1/test_xyz/pdf",)"
+      R"("lines":{"object":"list","data":[],"url":"/v1/credit_notes/cn_1/lines"}}}})";
+  for (const std::string& raw : {portal, credit_note}) {
+    Decision d = Deliver(&w, raw);
+    ASSERT_EQ(d.events.size(), 1u);
+    const std::string& data = d.events[0].data;
+    EXPECT_TRUE(EventMatchesSchema(d.events[0]));
+    EXPECT_EQ(data.find("stripe.com/"), std::string::npos) << data;
+    EXPECT_NE(data.find("[redacted]"), std::string::npos) << data;
+    if (raw == portal) {  // where the customer returns to is no secret
+      EXPECT_NE(data.find("https://app.example.com/billing"), std::string::npos) << data;
+    }
+  }
+}
+
 TEST_F(SubscriptionsTest, UnknownTypeIsStoredWithoutStateChangeAndSecretsRedacted) {
   World w = Fresh();
   for (const std::string& raw : StripeLifecycle({})) Deliver(&w, raw);
