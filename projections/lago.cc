@@ -523,10 +523,12 @@ bool Digits(std::string_view s, size_t at, size_t n, int* out) {
 // ---- public helpers -----------------------------------------------------------------------------
 
 bool IsLagoSecretMemberName(std::string_view name) {
-  static constexpr std::array<std::string_view, 13> kNames = {
+  // file_url: an invoice's or credit note's PDF behind a signed link; portal_url: the customer
+  // portal's login link; checkout_url, payment_url: payment pages.
+  static constexpr std::array<std::string_view, 15> kNames = {
       "api_key",     "hmac_key",     "secret",        "client_secret", "password",
       "token",       "access_token", "refresh_token", "secret_key",    "webhook_secret",
-      "private_key", "checkout_url", "payment_url"};
+      "private_key", "checkout_url", "payment_url",   "file_url",      "portal_url"};
   return std::find(kNames.begin(), kNames.end(), name) != kNames.end();
 }
 

@@ -474,11 +474,14 @@ TEST_F(LagoWebhookTest, SecretsAndPaymentLinksAreRedacted) {
   LagoInvoiceSpec spec;
   spec.extra_member =
       R"("payment_url":"https://pay.example.com/s/abc","integration":{"api_key":"sk_live_1",)"
+      R"("file_url":"https://lago.example.com/rails/active_storage/blobs/redirect/eyJf/inv.pdf",)"
+      R"("portal_url":"https://lago.example.com/customer-portal/eyJh",)"
       R"("secret":{"nested":1},"password":null})";
   const std::string body = LagoInvoiceWebhookJson(spec);
   ASSERT_EQ(PostHmac(body, "wh-r").status, 200);
   const std::string stored = Events(projections::kLagoWebhookReceivedV1)[0].data;
   EXPECT_EQ(stored.find("pay.example.com"), std::string::npos) << stored;
+  EXPECT_EQ(stored.find("lago.example.com"), std::string::npos) << stored;
   EXPECT_EQ(stored.find("sk_live_1"), std::string::npos) << stored;
   EXPECT_NE(stored.find(R"("payment_url":"[redacted]")"), std::string::npos) << stored;
   EXPECT_NE(stored.find(R"("secret":"[redacted]","password":null)"), std::string::npos) << stored;
