@@ -578,6 +578,33 @@ Status ListPlans(const StateReader& state, bool include_inactive, std::vector<Pl
 
 // ---- Commands ---------------------------------------------------------------------------------
 
+namespace {
+
+// A Stripe price maps a subscription to exactly one plan (PlanIdForSubscription): 409
+// stripe_price_in_use when another plan, retired ones included, names one of `plan`'s prices
+// (or the plan names one price for both cycles).
+Status CheckStripePricesUnique(const StateReader& state, const Plan& plan) {
+  if (plan.stripe_price_monthly && plan.stripe_price_monthly == plan.stripe_price_yearly) {
+    return Status::Conflict("stripe_price_in_use",
+                            "stripe_price_monthly and stripe_price_yearly are the same price");
+  }
+  std::vector<Plan> plans;
+  LEDGER_RETURN_IF_ERROR(ListPlans(state, /*include_inactive=*/true, &plans));
+  for (const Plan& other : plans) {
+    if (other.id == plan.id) continue;
+    for (const std::optional<std::string>* price :
+         {&plan.stripe_price_monthly, &plan.stripe_price_yearly}) {
+      if (*price && (*price == other.stripe_price_monthly || *price == other.stripe_price_yearly)) {
+        return Status::Conflict("stripe_price_in_use", "Stripe price '" + Truncated(**price) +
+                                                           "' belongs to plan '" + other.id + "'");
+      }
+    }
+  }
+  return Status::OK();
+}
+
+}  // namespace
+
 Status CreatePlan::Decide(const DecideContext& context, Decision* decision) {
   LEDGER_RETURN_IF_ERROR(ValidatePlan(plan_));
   LEDGER_RETURN_IF_ERROR(ValidateActor(actor_));
@@ -585,6 +612,7 @@ Status CreatePlan::Decide(const DecideContext& context, Decision* decision) {
   Status s = context.state->Get(kPlansFamily, plan_.id, &row);
   if (s.ok()) return Status::Conflict("plan_exists", "plan '" + plan_.id + "' already exists");
   if (!s.IsNotFound()) return s;
+  LEDGER_RETURN_IF_ERROR(CheckStripePricesUnique(*context.state, plan_));
   size_t count = 0;
   LEDGER_RETURN_IF_ERROR(CountPlans(*context.state, &count));
   if (count >= limits::kPlansMax) {
@@ -608,6 +636,21 @@ Status UpdatePlan::Decide(const DecideContext& context, Decision* decision) {
   if (!input_.stripe_price_monthly_given) next.stripe_price_monthly = current.stripe_price_monthly;
   if (!input_.stripe_price_yearly_given) next.stripe_price_yearly = current.stripe_price_yearly;
   LEDGER_RETURN_IF_ERROR(ValidatePlan(next));
+  // trial_days > 0 makes the price a one-time trial fee on the conversion plan's subscription
+  // (http/stripe_plans.h), and the usage windows daily for trial_days: turning a paid plan into
+  // one (or back) would re-read every existing subscription on it -- its subscribers locked out
+  // as expired trials. A new plan is the way to sell a different kind.
+  if ((next.trial_days > 0) != (current.trial_days > 0)) {
+    return Status::Conflict(
+        "plan_kind_change",
+        current.trial_days > 0
+            ? "plan '" + next.id + "' is a trial (a one-time fee): trial_days cannot become 0; "
+                                   "create a new plan instead"
+            : "plan '" + next.id + "' is a recurring plan: trial_days > 0 would make its price a "
+                                   "one-time trial fee for its existing subscribers; create a new "
+                                   "plan instead");
+  }
+  LEDGER_RETURN_IF_ERROR(CheckStripePricesUnique(*context.state, next));
   decision->http_status = 200;
   decision->body = PlanToJson(next);
   if (next == current) return Status::OK();
@@ -646,6 +689,7 @@ Status SetPlanStripePrices::Decide(const DecideContext& context, Decision* decis
   apply(monthly_, &next.stripe_price_monthly);
   apply(yearly_, &next.stripe_price_yearly);
   LEDGER_RETURN_IF_ERROR(ValidatePlan(next));
+  LEDGER_RETURN_IF_ERROR(CheckStripePricesUnique(*context.state, next));
   decision->http_status = 200;
   decision->body = PlanToJson(next);
   if (next == current) return Status::OK();

@@ -500,6 +500,72 @@ TEST(PlanCommandsTest, UpdateKeepsActiveAndStripePricesWhenAbsent) {
   EXPECT_EQ(stored.stripe_price_yearly, std::nullopt);
 }
 
+// trial_days > 0 makes a plan's price a one-time trial fee and its windows daily: a PUT cannot
+// turn a recurring plan into a trial (its subscribers would be read as expired trials) or back.
+TEST(PlanCommandsTest, UpdateCannotTurnARecurringPlanIntoATrialOrBack) {
+  Harness h;
+  CreatePlan create(ParsedBody(), TestAdmin());
+  h.MustRun(&create);
+  PlanInput input;
+  ASSERT_TRUE(ParsePlanInput(Body(R"("trial_days":14)"), "team", &input).ok());
+  UpdatePlan to_trial(input, TestAdmin());
+  Decision d;
+  Status s = h.Run(&to_trial, &d);
+  EXPECT_EQ(s.code(), Code::kConflict) << s.ToString();
+  EXPECT_EQ(s.problem(), "plan_kind_change");
+
+  SeedCatalog seed;  // next to "team": the trial plan
+  Harness fresh;
+  fresh.MustRun(&seed);
+  Plan trial;
+  ASSERT_TRUE(GetPlan(fresh.state(), "trial", &trial).ok());
+  PlanInput trial_input;
+  trial_input.plan = trial;
+  trial_input.plan.trial_days = 0;
+  UpdatePlan from_trial(trial_input, TestAdmin());
+  s = fresh.Run(&from_trial, &d);
+  EXPECT_EQ(s.problem(), "plan_kind_change") << s.ToString();
+  trial_input.plan.trial_days = 14;  // a longer trial is still a trial
+  UpdatePlan longer(trial_input, TestAdmin());
+  EXPECT_TRUE(fresh.Run(&longer, &d).ok());
+  const size_t events = h.events().size();
+  EXPECT_EQ(events, 1u);  // only the create
+}
+
+// A Stripe price maps a subscription to one plan: no two plans (retired ones included) name it.
+TEST(PlanCommandsTest, NoTwoPlansShareAStripePrice) {
+  Harness h;
+  SeedCatalog seed;
+  h.MustRun(&seed);
+  SetPlanStripePrices starter("starter", "price_s", "price_sy", Actor::System("ledgerctl"));
+  h.MustRun(&starter);
+  RetirePlan retire("starter", TestAdmin());
+  h.MustRun(&retire);
+  const size_t events = h.events().size();
+  Decision d;
+  CreatePlan taken(ParsedBody(R"("stripe_price_monthly":"price_s")"), TestAdmin());
+  Status s = h.Run(&taken, &d);
+  EXPECT_EQ(s.code(), Code::kConflict) << s.ToString();
+  EXPECT_EQ(s.problem(), "stripe_price_in_use");
+  CreatePlan same_twice(
+      ParsedBody(R"("stripe_price_monthly":"price_t","stripe_price_yearly":"price_t")"),
+      TestAdmin());
+  EXPECT_EQ(h.Run(&same_twice, &d).problem(), "stripe_price_in_use");
+  CreatePlan team(ParsedBody(R"("stripe_price_monthly":"price_t")"), TestAdmin());
+  h.MustRun(&team);
+  SetPlanStripePrices steal("professional", "price_t", std::nullopt, Actor::System("ledgerctl"));
+  EXPECT_EQ(h.Run(&steal, &d).problem(), "stripe_price_in_use");
+  PlanInput input;
+  ASSERT_TRUE(ParsePlanInput(Body(R"("stripe_price_yearly":"price_sy")"), "team", &input).ok());
+  UpdatePlan update(input, TestAdmin());
+  EXPECT_EQ(h.Run(&update, &d).problem(), "stripe_price_in_use");
+  EXPECT_EQ(h.events().size(), events + 1);  // only "team"
+  // A plan keeps its own prices through an update.
+  ASSERT_TRUE(ParsePlanInput(Body(R"("description":"d")"), "team", &input).ok());
+  UpdatePlan own(input, TestAdmin());
+  EXPECT_TRUE(h.Run(&own, &d).ok());
+}
+
 TEST(PlanCommandsTest, UpdateThatChangesNothingAppendsNothing) {
   Harness h;
   CreatePlan create(ParsedBody(), TestAdmin());
