@@ -229,8 +229,9 @@ Status App::Impl::ConfigureLago() {
   return Status::OK();
 }
 
-// The BYOK key-encryption key: created in dev mode; otherwise, when the file is missing, the
-// BYOK routes that seal or open a key answer 503 (a bad file is an error: exit 78).
+// The BYOK key-encryption key: created in dev mode; otherwise, when the default file is missing,
+// the BYOK routes that seal or open a key answer 503 (a bad file, or a missing file that
+// LEDGER_MASTER_KEY_FILE names, is an error: exit 78).
 Status App::Impl::LoadByokKey() {
   context_.byok_base_urls = config_.byok_base_urls;
   std::string key;
@@ -238,7 +239,8 @@ Status App::Impl::LoadByokKey() {
   std::error_code ec;
   const bool existed = std::filesystem::exists(config_.master_key_file, ec);
   LEDGER_RETURN_IF_ERROR(
-      LoadOrCreateMasterKey(config_.master_key_file, config_.DevMode(), &key, &found));
+      LoadOrCreateMasterKey(config_.master_key_file, config_.DevMode(),
+                            config_.master_key_file_given, &key, &found));
   if (!found) {
     spdlog::warn("byok: no key-encryption key at {} (LEDGER_MASTER_KEY_FILE); adding and testing "
                  "BYOK keys answers 503 until one is configured",

@@ -13,6 +13,7 @@
 
 #include "daemon/cli_decimal.h"
 #include "events/types.h"
+#include "http/auth.h"
 #include "http/byok_providers.h"
 
 namespace ledger::daemon {
@@ -63,20 +64,18 @@ Status ParseListen(const std::string& listen, Config* config) {
   return Status::OK();
 }
 
+// http::ParseServiceTokens is the one reader of the syntax (names and tokens trimmed, no name or
+// token twice: a shared token would authenticate every caller as the last name holding it).
 Status ParseServiceTokens(const std::string& value, Config* config) {
-  for (const std::string& pair : SplitComma(value)) {
-    size_t eq = pair.find('=');
-    if (eq == std::string::npos || eq == 0 || eq + 1 == pair.size()) {
-      return Bad("LEDGER_SERVICE_TOKENS", "expected comma-separated name=token pairs");
+  std::vector<http::ServiceToken> tokens;
+  Status s = http::ParseServiceTokens(value, &tokens);
+  if (!s.ok()) return Bad("LEDGER_SERVICE_TOKENS", s.message());
+  for (http::ServiceToken& token : tokens) {
+    if (token.token.size() < 16) {
+      return Bad("LEDGER_SERVICE_TOKENS",
+                 "token for '" + token.name + "' is shorter than 16 characters");
     }
-    std::string name = pair.substr(0, eq), token = pair.substr(eq + 1);
-    if (token.size() < 16) {
-      return Bad("LEDGER_SERVICE_TOKENS", "token for '" + name + "' is shorter than 16 characters");
-    }
-    for (const auto& [existing, unused] : config->service_tokens) {
-      if (existing == name) return Bad("LEDGER_SERVICE_TOKENS", "duplicate name '" + name + "'");
-    }
-    config->service_tokens.emplace_back(name, token);
+    config->service_tokens.emplace_back(std::move(token.name), std::move(token.token));
   }
   return Status::OK();
 }
@@ -165,6 +164,7 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
                "cannot read '" + config->lago_webhook_public_key_file + "'");
   }
   LEDGER_RETURN_IF_ERROR(ValidateLago(*config));
+  config->master_key_file_given = !config->master_key_file.empty();
   if (config->master_key_file.empty()) {
     config->master_key_file = config->data_dir + "/master.key";
   }
@@ -350,6 +350,12 @@ Status CreateHexSecretFile(const std::string& path, size_t bytes, std::string* h
 
 Status LoadOrCreateDevSecret(const std::string& data_dir, std::string* secret) {
   const std::string path = DevJwtSecretPath(data_dir);
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
+    // Whoever can read it can mint admin tokens (the master key is held to the same rule).
+    return Status::Make(Code::kUnprocessable, "bad_config",
+                        path + " is readable by group or others (chmod 600 it)");
+  }
   std::ifstream in(path);
   if (in.good()) {
     std::getline(in, *secret);
@@ -361,11 +367,18 @@ Status LoadOrCreateDevSecret(const std::string& data_dir, std::string* secret) {
   return CreateHexSecretFile(path, 32, secret);
 }
 
-Status LoadOrCreateMasterKey(const std::string& path, bool create, std::string* key, bool* found) {
+Status LoadOrCreateMasterKey(const std::string& path, bool create, bool required,
+                             std::string* key, bool* found) {
   *found = false;
   struct stat st {};
   std::string hex;
   if (::stat(path.c_str(), &st) != 0) {
+    if (!create && required) {
+      return Status::Make(Code::kUnprocessable, "bad_config",
+                          "LEDGER_MASTER_KEY_FILE: no file at " + path +
+                              " (set explicitly: a missing mount is an error, not a start "
+                              "without BYOK)");
+    }
     if (!create) return Status::OK();
     std::error_code ec;
     std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);

@@ -54,6 +54,7 @@ struct Config {
   std::string lago_api_key;                        // LAGO_API_KEY (secret); "" = sink off
   std::string lago_billable_metric_code = "api_calls";  // LAGO_BILLABLE_METRIC_CODE
   std::string master_key_file;                     // default <data_dir>/master.key
+  bool master_key_file_given = false;              // set explicitly: it must exist (or dev mode)
   // LEDGER_BYOK_BASE_URLS "provider=url,...": provider API base URLs (default: the providers').
   std::map<std::string, std::string> byok_base_urls;
   size_t http_threads = 0;                         // 0 = automatic
@@ -86,6 +87,7 @@ Status LoadOrCreateDevSecret(const std::string& data_dir, std::string* secret);
 // The BYOK key-encryption key: 32 bytes, stored as 64 hex digits in `path`. When the file is
 // missing it is created (0600, random) if `create`, else `*found` is false. Errors
 // (kUnprocessable, exit 78): not 64 hex digits, or readable by group or others.
-Status LoadOrCreateMasterKey(const std::string& path, bool create, std::string* key, bool* found);
+Status LoadOrCreateMasterKey(const std::string& path, bool create, bool required,
+                             std::string* key, bool* found);
 
 }  // namespace ledger::daemon

@@ -207,6 +207,16 @@ Status ParseAddBody(const std::string& body, std::string* provider, std::string*
                         "api_key: " + std::string(p->display_name) + " keys start with '" +
                             std::string(p->key_prefix) + "'");
   }
+  // "sk-" also begins Anthropic's "sk-ant-" and OpenRouter's "sk-or-" keys: stored as OpenAI's,
+  // the key test would send another provider's key to OpenAI.
+  for (const ByokProvider& other : ByokProviders()) {
+    if (other.key_prefix.size() > p->key_prefix.size() &&
+        api_key->compare(0, other.key_prefix.size(), other.key_prefix) == 0) {
+      return Status::Make(Code::kUnprocessable, "validation_failed",
+                          "api_key: this is " + std::string(other.display_name) +
+                              "'s key format (provider '" + std::string(other.id) + "')");
+    }
+  }
   if (*label && (label->value().size() > pj::kByokLabelBytesMax || !pj::IsValidUtf8(**label))) {
     return Status::Make(Code::kUnprocessable, "validation_failed", "label: at most 100 bytes");
   }

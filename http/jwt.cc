@@ -15,6 +15,7 @@
 #include "http/base64.h"
 #include "http/limits.h"
 #include "http/problem.h"
+#include "projections/json_util.h"
 
 namespace ledger::http {
 
@@ -77,6 +78,8 @@ Status SplitJws(std::string_view token, CompactJws* out) {
     return Invalid("not a compact JWS");
   }
   out->signing_input = token.substr(0, second);
+  // base64url without padding (RFC 7515 §2): a '=' would give one token several spellings.
+  if (token.find('=') != std::string_view::npos) return Invalid("padded base64url");
   if (!Base64UrlDecode(token.substr(0, first), &out->header_json) ||
       !Base64UrlDecode(token.substr(first + 1, second - first - 1), &out->payload_json) ||
       !Base64UrlDecode(token.substr(second + 1), &out->signature)) {
@@ -86,16 +89,24 @@ Status SplitJws(std::string_view token, CompactJws* out) {
   return Status::OK();
 }
 
+// Duplicate member names are refused (RFC 7515 §4, RFC 7519 §4: a last-wins reader elsewhere
+// would see another "sub" or "exp" than this first-wins one), and so are invalid UTF-8 and
+// nesting past the project's JSON depth limit.
 Status ParseObject(const std::string& json, const char* what, rapidjson::Document* doc) {
-  doc->Parse(json.data(), json.size());
-  if (doc->HasParseError() || !doc->IsObject()) return Invalid(std::string(what) + " is not a JSON object");
+  if (!projections::ParseJsonObject(json, doc).ok()) {
+    return Invalid(std::string(what) + " is not a JSON object without duplicate members");
+  }
   return Status::OK();
 }
 
+// A string member as a C string; null when absent, not a string, or holding a NUL ("alice\u0000x"
+// would read as "alice").
 const char* StringMember(const rapidjson::Value& object, const char* name) {
   auto it = object.FindMember(name);
   if (it == object.MemberEnd() || !it->value.IsString()) return nullptr;
-  return it->value.GetString();
+  const char* text = it->value.GetString();
+  if (std::char_traits<char>::length(text) != it->value.GetStringLength()) return nullptr;
+  return text;
 }
 
 // Verifies an RSASSA-PKCS1-v1_5 / ECDSA (DER) signature with SHA-256.

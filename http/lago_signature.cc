@@ -11,6 +11,7 @@
 #include "http/base64.h"
 #include "http/limits.h"
 #include "http/problem.h"
+#include "projections/json_util.h"
 
 namespace ledger::http {
 
@@ -94,6 +95,7 @@ Status SplitToken(std::string_view token, std::string_view* signing_input, std::
     return Invalid("jwt: not a compact JWS");
   }
   *signing_input = token.substr(0, second);
+  if (token.find('=') != std::string_view::npos) return Invalid("jwt: padded base64url");
   if (!Base64UrlDecode(token.substr(0, first), header) ||
       !Base64UrlDecode(token.substr(first + 1, second - first - 1), payload) ||
       !Base64UrlDecode(token.substr(second + 1), signature)) {
@@ -190,8 +192,9 @@ Status LagoSignatureVerifier::VerifyJwt(std::string_view token, std::string_view
   LEDGER_RETURN_IF_ERROR(
       SplitToken(token, &signing_input, &header_json, &payload_json, &signature));
   rapidjson::Document header;
-  header.Parse(header_json.data(), header_json.size());
-  if (header.HasParseError() || !header.IsObject()) return Invalid("jwt: header is not JSON");
+  if (!projections::ParseJsonObject(header_json, &header).ok()) {
+    return Invalid("jwt: header is not a JSON object without duplicate members");
+  }
   auto alg = header.FindMember("alg");
   if (alg == header.MemberEnd() || !alg->value.IsString() ||
       std::string_view(alg->value.GetString(), alg->value.GetStringLength()) != "RS256") {
@@ -209,8 +212,9 @@ Status LagoSignatureVerifier::VerifyJwt(std::string_view token, std::string_view
   if (!verified) return Invalid("jwt: bad signature");
 
   rapidjson::Document claims;
-  claims.Parse(payload_json.data(), payload_json.size());
-  if (claims.HasParseError() || !claims.IsObject()) return Invalid("jwt: claims are not JSON");
+  if (!projections::ParseJsonObject(payload_json, &claims).ok()) {
+    return Invalid("jwt: claims are not a JSON object without duplicate members");
+  }
   auto data = claims.FindMember("data");
   if (data == claims.MemberEnd() || !data->value.IsString()) {
     return Invalid("jwt: the data claim (the payload JSON string) is missing");

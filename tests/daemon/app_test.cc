@@ -205,9 +205,25 @@ TEST(AppTest, DevSecretIsCreatedWithMode0600AndReused) {
   EXPECT_NE(other, first);
 }
 
+// Whoever can read the dev secret can mint admin tokens: held to the master key's rule.
+TEST(AppTest, ADevSecretOthersCanReadIsRefused) {
+  TempDir dir;
+  const std::string data_dir = dir.Sub("data");
+  std::string secret;
+  ASSERT_TRUE(daemon::LoadOrCreateDevSecret(data_dir, &secret).ok());
+  const std::string path = daemon::DevJwtSecretPath(data_dir);
+  ASSERT_EQ(::chmod(path.c_str(), 0644), 0);
+  Status s = daemon::LoadOrCreateDevSecret(data_dir, &secret);
+  EXPECT_EQ(daemon::ExitCodeFor(s), kExitConfig) << s.ToString();
+  EXPECT_NE(s.message().find("jwt-dev.secret"), std::string::npos) << s.message();
+  ASSERT_EQ(::chmod(path.c_str(), 0600), 0);
+  EXPECT_TRUE(daemon::LoadOrCreateDevSecret(data_dir, &secret).ok());
+}
+
 TEST(AppTest, ATruncatedDevSecretIsAStorageError) {
   TempDir dir;
   WriteTextFile(dir.Sub("jwt-dev.secret"), "abc\n");
+  ASSERT_EQ(::chmod(dir.Sub("jwt-dev.secret").c_str(), 0600), 0);
   std::string secret;
   Status s = daemon::LoadOrCreateDevSecret(dir.path(), &secret);
   EXPECT_FALSE(s.ok());

@@ -86,7 +86,7 @@ TEST(ConfigTest, EveryContractVariableIsRead) {
   env.Set("LEDGER_JWT_ISSUER", "https://sso.example.com/realms/x");
   env.Set("LEDGER_JWT_AUDIENCE", "ledgerd");
   env.Set("LEDGER_ADMIN_ROLE", "billing-admin");
-  env.Set("LEDGER_SERVICE_TOKENS", "gateway=0123456789abcdef01, litellm=fedcba9876543210fe");
+  env.Set("LEDGER_SERVICE_TOKENS", "gateway = 0123456789abcdef01, litellm=fedcba9876543210fe");
   env.Set("STRIPE_SECRET_KEY", "sk_test_x");
   env.Set("STRIPE_WEBHOOK_SECRET", "whsec_new,whsec_old");
   env.Set("STRIPE_API_BASE", "http://127.0.0.1:12111");
@@ -259,6 +259,12 @@ std::vector<BadSetting> BadSettings(const TempDir& dir) {
        "LEDGER_SERVICE_TOKENS",
        "gw=0123456789abcdef01,gw=0123456789abcdef02",
        {}},
+      // One token for two names: every call would be made as the last of them.
+      {"LEDGER_SERVICE_TOKENS",
+       "LEDGER_SERVICE_TOKENS",
+       "gateway=0123456789abcdef01,litellm=0123456789abcdef01",
+       {}},
+      {"LEDGER_SERVICE_TOKENS", "LEDGER_SERVICE_TOKENS", "gateway= short ", {}},
       {"STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET", "sk_live_abc", {}},
       {"STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET", "whsec_good,not-whsec", {}},
       {"STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET", "whsec_", {}},
@@ -317,27 +323,35 @@ TEST(ConfigTest, MasterKeyIsCreatedPrivateInDevAndRefusedWhenOthersCanReadIt) {
   const std::string path = dir.path() + "/keys/master.key";
   std::string key, again;
   bool found = true;
-  ASSERT_TRUE(daemon::LoadOrCreateMasterKey(path, /*create=*/false, &key, &found).ok());
+  ASSERT_TRUE(daemon::LoadOrCreateMasterKey(path, /*create=*/false, /*required=*/false, &key,
+                                            &found)
+                  .ok());
   EXPECT_FALSE(found);  // outside dev mode a missing key is not made up
   EXPECT_FALSE(std::filesystem::exists(path));
-  ASSERT_TRUE(daemon::LoadOrCreateMasterKey(path, /*create=*/true, &key, &found).ok());
+  // LEDGER_MASTER_KEY_FILE set to a missing file (a secret mount that failed): exit 78.
+  Status missing = daemon::LoadOrCreateMasterKey(path, false, /*required=*/true, &key, &found);
+  EXPECT_EQ(daemon::ExitCodeFor(missing), kExitConfig) << missing.ToString();
+  EXPECT_NE(missing.message().find("LEDGER_MASTER_KEY_FILE"), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(path));
+  ASSERT_TRUE(daemon::LoadOrCreateMasterKey(path, /*create=*/true, /*required=*/true, &key, &found)
+                  .ok());
   EXPECT_TRUE(found);
   EXPECT_EQ(key.size(), 32u);
   EXPECT_EQ(std::filesystem::status(path).permissions() & std::filesystem::perms::all,
             std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
-  ASSERT_TRUE(daemon::LoadOrCreateMasterKey(path, /*create=*/false, &again, &found).ok());
+  ASSERT_TRUE(daemon::LoadOrCreateMasterKey(path, /*create=*/false, true, &again, &found).ok());
   EXPECT_EQ(again, key);  // the same key on the next start
 
   std::filesystem::permissions(path, std::filesystem::perms::group_read,
                                std::filesystem::perm_options::add);
-  Status s = daemon::LoadOrCreateMasterKey(path, false, &again, &found);
+  Status s = daemon::LoadOrCreateMasterKey(path, false, true, &again, &found);
   EXPECT_EQ(daemon::ExitCodeFor(s), kExitConfig) << s.ToString();
   EXPECT_NE(s.message().find("LEDGER_MASTER_KEY_FILE"), std::string::npos);
 
   std::filesystem::permissions(path, std::filesystem::perms::group_read,
                                std::filesystem::perm_options::remove);
   { std::ofstream(path) << "not-hex\n"; }
-  s = daemon::LoadOrCreateMasterKey(path, false, &again, &found);
+  s = daemon::LoadOrCreateMasterKey(path, false, true, &again, &found);
   EXPECT_EQ(daemon::ExitCodeFor(s), kExitConfig) << s.ToString();
 }
 

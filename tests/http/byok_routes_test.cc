@@ -359,6 +359,10 @@ TEST_F(ByokRoutesTest, BadInputAndPlansWithoutByokAppendNothing) {
   ExpectProblem(Add("alice", "openai", "sk-short"), 422, "validation_failed");
   ExpectProblem(Add("alice", "openai", "pk-0123456789abcdefghij"), 422, "validation_failed");
   ExpectProblem(Add("alice", "openai", "sk-0123456789 abcdefghij"), 422, "validation_failed");
+  // Another provider's key under "openai" (its "sk-" prefix begins theirs): the key test would
+  // send it to OpenAI.
+  ExpectProblem(Add("alice", "openai", kAnthropicKey), 422, "validation_failed");
+  ExpectProblem(Add("alice", "openai", "sk-or-v1-0123456789abcdefghij"), 422, "validation_failed");
   ExpectProblem(Add("alice", "openai", kOpenAiKey, std::string(101, 'l')), 422, "validation_failed");
   ExpectProblem(As("alice").Post("/api/v1/byok/keys/add", R"({"provider":"openai"})"), 422,
                 "validation_failed");

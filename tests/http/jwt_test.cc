@@ -267,6 +267,25 @@ TEST_F(JwtTest, Malformed) {
                  "payload not JSON");
   TokenClaims no_sub = TokenClaims::User("", kNowS);
   ExpectRejected(*verifier, MintHs256(no_sub, testing::kTestHs256Secret), "no sub");
+  // A second "sub" (a last-wins reader elsewhere would see mallory), a NUL inside one.
+  TokenClaims twice = TokenClaims::User("alice", kNowS);
+  twice.extra_members = R"("sub":"mallory")";
+  ExpectRejected(*verifier, MintHs256(twice, testing::kTestHs256Secret), "duplicate sub");
+  TokenClaims nul = TokenClaims::User("alice", kNowS);
+  nul.subject.clear();
+  nul.extra_members = R"("sub":"alice\u0000mallory")";
+  ExpectRejected(*verifier, MintHs256(nul, testing::kTestHs256Secret), "NUL in sub");
+  ExpectRejected(*verifier,
+                 SignWithHmac(R"({"alg":"HS256","alg":"none"})", TokenClaims::User("a", kNowS).ToJson(),
+                              testing::kTestHs256Secret),
+                 "duplicate alg");
+  // base64url has no padding in a JWS (RFC 7515 §2): one token, one spelling.
+  ExpectRejected(*verifier, good + "=", "padded HS256");
+  ExpectRejected(*verifier, rsa_->Mint(TokenClaims::User("a", kNowS)) + "==", "padded RS256");
+  ExpectRejected(*verifier, ec_->Mint(TokenClaims::User("a", kNowS)) + "==", "padded ES256");
+  const std::string rs = rsa_->Mint(TokenClaims::User("a", kNowS));
+  const size_t dot = rs.find('.');
+  ExpectRejected(*verifier, rs.substr(0, dot) + "=" + rs.substr(dot), "padded header");
 }
 
 TEST_F(JwtTest, JwksParsing) {
@@ -311,7 +330,8 @@ TEST_F(JwtTest, VerifyRs256WithPem) {
 
 // Seeded random edits of valid HS256, RS256 and ES256 tokens — a character replaced, dropped or
 // added anywhere, segments swapped, cut short or extended — are all refused (base64url decoding is
-// strict, so no edit can decode to the same bytes), and a refusal never echoes the token.
+// strict and padding is refused, so no edit can decode to the same bytes), and a refusal never
+// echoes the token.
 TEST_F(JwtTest, RandomlyEditedTokensAreRefused) {
   auto verifier = Make(Both());
   static constexpr char kChars[] =
