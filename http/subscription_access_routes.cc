@@ -129,9 +129,28 @@ void WriteInvoice(JsonWriter* w, const std::optional<pj::InvoiceRecord>& invoice
 }
 
 // What my-access (and admin user-access) says about a user.
-std::string AccessJson(const pj::UserAccess& access, const pj::CurrentUsage& usage) {
+// Why a subscription that grants access by its status grants nothing now (the problem a consume
+// would answer 402 with, e.g. "trial_expired": a trial past its end, whatever Stripe's status
+// still says; an admin-granted trial never ends at Stripe), or "" when it does grant access.
+Status AccessEnded(const pj::UserAccess& access, const Clock* clock, std::string* ended) {
+  ended->clear();
+  if (access.access == pj::AccessLevel::kNone) return Status::OK();
+  pj::MeteringSubject subject;
+  subject.access = access;
+  pj::UsageTerms terms;
+  const int64_t now_us = (clock != nullptr ? clock : SystemClock::Default())->NowMicros();
+  Status s = pj::ResolveConsumeTerms(subject, now_us / 1'000'000, &terms);
+  if (s.code() == Code::kPaymentRequired) {
+    *ended = s.problem();
+    return Status::OK();
+  }
+  return s;
+}
+
+std::string AccessJson(const pj::UserAccess& access, const pj::CurrentUsage& usage,
+                       std::string_view ended) {
   const pj::UserSubscription& sub = access.subscription;
-  const bool usable = access.access != pj::AccessLevel::kNone;
+  const bool usable = access.access != pj::AccessLevel::kNone && ended.empty();
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);
   w.StartObject();
@@ -143,6 +162,12 @@ std::string AccessJson(const pj::UserAccess& access, const pj::CurrentUsage& usa
   w.Bool(usable);
   w.Key("access");
   Str(&w, pj::AccessLevelName(access.access));
+  w.Key("access_ended");
+  if (ended.empty()) {
+    w.Null();
+  } else {
+    Str(&w, ended);
+  }
   w.Key("status");
   Str(&w, access.status_name());
   w.Key("plan_id");
@@ -246,15 +271,17 @@ void WriteAccess(Ledger* ledger, const Clock* clock, std::string_view user_id,
   pj::MeteringSubject subject;
   Status s = pj::GetUserAccess(*view, user_id, &subject.access);
   pj::CurrentUsage usage;
+  std::string ended;
   if (s.ok()) {
     const int64_t now_us = (clock != nullptr ? clock : SystemClock::Default())->NowMicros();
     s = pj::GetCurrentUsage(*view, subject, user_id, now_us / 1'000'000, &usage);
   }
+  if (s.ok()) s = AccessEnded(subject.access, clock, &ended);
   if (!s.ok()) {
     WriteStatusProblem(s, &res);
     return;
   }
-  WriteJsonAt(200, AccessJson(subject.access, usage), view->position(), &res);
+  WriteJsonAt(200, AccessJson(subject.access, usage, ended), view->position(), &res);
 }
 
 void MyAccess(Ledger* ledger, const Clock* clock, const httplib::Request&, httplib::Response& res,
@@ -303,8 +330,8 @@ bool CheckAccessUser(const httplib::Request& req, const Identity& identity, std:
   return true;
 }
 
-void CheckAccess(Ledger* ledger, const httplib::Request& req, httplib::Response& res,
-                 const Identity& identity) {
+void CheckAccess(Ledger* ledger, const Clock* clock, const httplib::Request& req,
+                 httplib::Response& res, const Identity& identity) {
   if (!RequireLedger(ledger, res)) return;
   const std::string service = req.matches[1].str();
   if (service.size() > kServiceIdBytesMax || !pj::IsValidUtf8(service)) {
@@ -321,6 +348,20 @@ void CheckAccess(Ledger* ledger, const httplib::Request& req, httplib::Response&
     return;
   }
   pj::ServiceAccess decision = pj::CheckServiceAccess(access, service);
+  // The terms a consume is held to: a gateway gating on this answer and metering through
+  // /usage/events would otherwise give an ended trial unlimited access.
+  std::string ended;
+  if (decision.allowed) {
+    s = AccessEnded(access, clock, &ended);
+    if (!s.ok()) {
+      WriteStatusProblem(s, &res);
+      return;
+    }
+    if (!ended.empty()) {
+      decision.allowed = false;
+      decision.reason = ended;
+    }
+  }
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);
   w.StartObject();
@@ -372,7 +413,7 @@ void AddSubscriptionAccessRoutes(const AppContext& context, RouteTable* routes) 
   };
   routes->Add("GET", kMyAccessPath, kMyAccessPath, Policy::kUser, bind_clock(MyAccess));
   routes->Add("POST", kCheckAccessPattern, kCheckAccessName, Policy::kUserOrService,
-              bind(CheckAccess));
+              bind_clock(CheckAccess));
   routes->Add("GET", kUserAccessPattern, kUserAccessName, Policy::kAdmin,
               bind_clock(AdminUserAccess));
   routes->Add("GET", kStatusPath, kStatusPath, Policy::kUser, bind(GetSubscriptionStatus));

@@ -284,7 +284,7 @@ Status GetUserAccess(const StateReader& state, std::string_view user_id, UserAcc
 
 // Why a service is or is not available to a user. Reasons (stable, snake_case):
 //   "ok", "unknown_service", "no_subscription", "subscription_inactive", "unknown_plan",
-//   "service_not_in_plan".
+//   "service_not_in_plan". (check-access adds "trial_expired" from the usage terms: http/.)
 struct ServiceAccess {
   bool allowed = false;
   std::string_view reason;

@@ -360,6 +360,40 @@ TEST_F(SubscriptionsHttpTest, LifecycleInShuffledOrdersEndsCanceledAndGraceKeeps
 
 // ---- access ------------------------------------------------------------------------------------
 
+// A trial past its 7 days grants nothing, whatever Stripe's status still says: check-access and
+// my-access answer what a consume would (402 trial_expired), not the status alone.
+TEST_F(SubscriptionsHttpTest, AnEndedTrialGrantsNoAccessThroughCheckAccess) {
+  Subscribe("trialuser", "price_starter_monthly", "trialing", "trial");
+  Subscribe("paid", "price_starter_monthly", "active");
+  const int64_t t0 = ledger::testing::kStripeT0;
+  for (const int64_t day : {1, 8}) {
+    SCOPED_TRACE(day);
+    clock_.Set((t0 + day * 86400) * kSecondUs);
+    const bool in_trial = day < 7;
+    HttpReply check = As("trialuser").Post(std::string(kCheckAccess) + "chat", "");
+    ASSERT_EQ(check.status, 200) << check.body;
+    EXPECT_EQ(check.Json()["allowed"].GetBool(), in_trial) << check.body;
+    EXPECT_STREQ(check.Json()["reason"].GetString(), in_trial ? "ok" : "trial_expired");
+    HttpReply as_service =
+        Client(kServiceToken).Post(std::string(kCheckAccess) + "chat?user_id=trialuser", "");
+    EXPECT_EQ(as_service.Json()["allowed"].GetBool(), in_trial) << as_service.body;
+    HttpReply mine = As("trialuser").Get(kMyAccess);
+    ASSERT_EQ(mine.status, 200) << mine.body;
+    rapidjson::Document doc = mine.Json();
+    EXPECT_EQ(doc["has_access"].GetBool(), in_trial) << mine.body;
+    EXPECT_EQ(doc["services"].Size(), in_trial ? 2u : 0u) << mine.body;
+    if (in_trial) {
+      EXPECT_TRUE(doc["access_ended"].IsNull()) << mine.body;
+    } else {
+      EXPECT_STREQ(doc["access_ended"].GetString(), "trial_expired");
+    }
+    EXPECT_STREQ(doc["status"].GetString(), "trialing");  // what Stripe says, unchanged
+    // A paid plan is not affected.
+    EXPECT_TRUE(As("paid").Post(std::string(kCheckAccess) + "chat", "").Json()["allowed"].GetBool());
+    EXPECT_TRUE(As("paid").Get(kMyAccess).Json()["has_access"].GetBool());
+  }
+}
+
 TEST_F(SubscriptionsHttpTest, MyAccessAndCheckAccessPerPlan) {
   struct Case {
     const char* user;
@@ -383,6 +417,8 @@ TEST_F(SubscriptionsHttpTest, MyAccessAndCheckAccessPerPlan) {
        {"ops-center", "chat", "search", "tts", "stt", "litellm", "bolt-diy"}, -1, nullptr, true},
   };
   for (const Case& c : cases) Subscribe(c.user, c.price, c.status, c.plan_tag);
+  // Inside the trial (the subscriptions were created at kStripeT0).
+  clock_.Set((ledger::testing::kStripeT0 + 86400) * kSecondUs);
   for (const Case& c : cases) {
     SCOPED_TRACE(c.user);
     HttpReply r = As(c.user).Get(kMyAccess);

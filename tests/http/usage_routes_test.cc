@@ -542,10 +542,12 @@ TEST_F(UsageRoutesTest, TrialWindowRollsOverAtUtcMidnightAndExpiresAfterSevenDay
   EXPECT_EQ(std::string(r.Json()["window_kind"].GetString()), "trial_day");
   clock_.Set((kStripeT0 + 7 * kDay) * kUs);
   ExpectProblem(Consume("t1", "chat", "d7"), 402, "trial_expired");
-  // my-access says the trial has no calls left.
+  // my-access says the trial grants nothing any more (its status at Stripe is still trialing).
   r = Client(Token("t1")).Get("/api/v1/subscriptions/my-access");
   ASSERT_EQ(r.status, 200);
-  EXPECT_EQ(r.Json()["quota"]["remaining"].GetInt64(), 0);
+  EXPECT_FALSE(r.Json()["has_access"].GetBool()) << r.body;
+  EXPECT_STREQ(r.Json()["access_ended"].GetString(), "trial_expired");
+  EXPECT_TRUE(r.Json()["quota"].IsNull()) << r.body;
 }
 
 TEST_F(UsageRoutesTest, MonthlyWindowRollsOverAtTheBillingPeriod) {
