@@ -297,10 +297,18 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
   s = LoadPlan(*view, plan_id, &plan);
   if (s.ok()) s = ResolveCheckoutPrices(*view, plan, cycle, &prices);
   if (s.ok()) s = pc::GetUserSubscription(*view, identity.subject, &current);
-  if (s.ok() && current.access() != pc::AccessLevel::kNone) {
+  // Not terminal is enough to refuse: an unpaid, paused or incomplete subscription grants nothing
+  // now but comes back when its invoice is paid -- with a second one beside it, both would bill.
+  if (s.ok() && current.has_subscription && !pc::IsTerminal(current.subscription.status)) {
     s = Status::Conflict("subscription_exists",
                          "you already have a subscription (" + std::string(current.status_name()) +
                              "); change it with /api/v1/billing/subscription/upgrade or the portal");
+  }
+  // The $1 trial is for new customers: once any subscription of theirs existed (a trial that
+  // ended, or a plan), another trial would restart the 7 days and 700 calls for $1 a week.
+  if (s.ok() && IsTrialFeePlan(plan) && current.has_subscription) {
+    s = Status::Conflict("trial_already_used",
+                         "the trial is for new customers: subscribe to a paid plan instead");
   }
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
   const StripeCheckoutParams params =

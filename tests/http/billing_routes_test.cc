@@ -8,6 +8,7 @@
 #include "events/ledger.h"
 #include "http/app_context.h"
 #include "http/routes.h"
+#include "projections/subscriptions.h"
 #include "http/stripe_client.h"
 #include "projections/plan_catalog.h"
 #include "projections/registry.h"
@@ -329,6 +330,45 @@ TEST_F(BillingRoutesTest, TheTrialIsStarterWithASevenDayTrialAndAOneTimeFee) {
 
   ExpectProblem(Alice().Post(kCheckout, R"({"plan_id":"trial","billing_cycle":"yearly"})"), 422,
                 "plan_not_purchasable");
+}
+
+// The $1 trial is for new customers: after a subscription ended, a second trial is refused (it
+// would restart the 7 days and 700 calls for $1 a week); a paid plan is not.
+TEST_F(BillingRoutesTest, ATrialIsRefusedToAnyoneWhoHadASubscription) {
+  GiveAliceASubscription("canceled", "price_starter_monthly", "trial");
+  const uint64_t head = Head();
+  ExpectProblem(Alice().Post(kCheckout, R"({"plan_id":"trial"})"), 409, "trial_already_used");
+  EXPECT_EQ(Head(), head);
+  EXPECT_TRUE(fake_.RequestsTo("POST", "/v1/checkout/sessions").empty());
+  ASSERT_EQ(Alice().Post(kCheckout, R"({"plan_id":"starter"})").status, 200);
+}
+
+// A subscription that grants nothing now but is not over (unpaid, paused, incomplete) comes back
+// when its invoice is paid: a second one beside it would bill twice. Checkout refuses it.
+TEST_F(BillingRoutesTest, CheckoutRefusesASecondSubscriptionBesideARecoverableOne) {
+  GiveAliceASubscription("active");
+  int64_t later = ledger::testing::kStripeT0;
+  for (const char* status : {"unpaid", "paused", "incomplete"}) {
+    SCOPED_TRACE(status);
+    ledger::testing::StripeSubscriptionSpec sub;
+    sub.event_id = std::string("evt_") + status;
+    sub.event_created = ++later;
+    sub.subscription_id = "sub_alice";
+    sub.customer_id = "cus_alice";
+    sub.item_id = "si_alice";
+    sub.status = status;
+    sub.metadata_user_id = "alice";
+    ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                               ledger::testing::StripeSubscriptionEventJson(sub))
+                    .status.ok());
+    projections::UserSubscription current;
+    ASSERT_TRUE(projections::GetUserSubscription(*ledger_->Snapshot(), "alice", &current).ok());
+    ASSERT_EQ(current.status_name(), status);
+    const uint64_t head = Head();
+    ExpectProblem(Alice().Post(kCheckout, R"({"plan_id":"starter"})"), 409, "subscription_exists");
+    EXPECT_EQ(Head(), head);
+  }
+  EXPECT_TRUE(fake_.RequestsTo("POST", "/v1/checkout/sessions").empty());
 }
 
 TEST_F(BillingRoutesTest, CheckoutReusesAKnownCustomerAndRefusesASecondSubscription) {
