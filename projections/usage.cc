@@ -26,7 +26,7 @@ constexpr char kDedupePrefix[] = "k/";
 constexpr char kEpochKey[] = "e";
 constexpr uint8_t kCounterFormatVersion = 1;
 constexpr int64_t kMicrosPerSecond = 1'000'000;
-constexpr int64_t kBillingPeriodOneWindowMaxSeconds = 32 * kSecondsPerDay;
+constexpr int64_t kBillingPeriodOneWindowMaxSeconds = kUsageWindowSecondsMax;
 
 // ---- civil time (Howard Hinnant's algorithms, proleptic Gregorian, UTC) --------------------------
 

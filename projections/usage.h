@@ -187,6 +187,9 @@ Status ListUserUsage(const StateReader& state, std::string_view user_id, size_t 
 // Sum of `used` over the user's windows starting in [from_s, to_s).
 Status SumUserUsage(const StateReader& state, std::string_view user_id, int64_t from_s,
                     int64_t to_s, int64_t* out);
+// The longest usage window: a billing period of up to 32 days is one window, a longer one is cut
+// into months (calendar months and days are shorter).
+inline constexpr int64_t kUsageWindowSecondsMax = 32 * 86400;
 // Calls fn(window_start_s, user_id) for every window starting in [from_s, to_s), oldest first,
 // until it returns false (admin statistics).
 Status ScanUsageWindows(const StateReader& state, int64_t from_s, int64_t to_s,

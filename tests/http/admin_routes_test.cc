@@ -384,6 +384,27 @@ TEST_F(AdminRoutesTest, UsageStatsCountWhatWasRecordedInTheRange) {
                 "invalid_parameter");
 }
 
+// A billing month begins on its period's day: the current window of a subscription renewed on
+// the 27th began last month, and the default range (this calendar month) still counts it.
+TEST_F(AdminRoutesTest, UsageStatsCountWindowsThatOverlapTheRange) {
+  AddSubscriber(OnPlan("u-late", "starter", kNow - 28 * kDay, kNow + 2 * kDay), "late@x.com");
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(Consume("u-late", "chat", "l" + std::to_string(i)).status, 200);
+  }
+  ASSERT_LT(kNow - 28 * kDay, pj::UtcMonthStart(kNow));  // the window began last month
+  HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/usage-stats");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.Json()["usage"]["calls"].GetInt64(), 3) << r.body;
+  EXPECT_EQ(r.Json()["usage"]["windows"].GetInt64(), 1) << r.body;
+  // A range that ends before the window began, or begins after it ended, counts nothing.
+  r = Admin().Get(std::string(kAdminBase) + "analytics/usage-stats?from=" +
+                  std::to_string(kNow - 60 * kDay) + "&to=" + std::to_string(kNow - 28 * kDay));
+  EXPECT_EQ(r.Json()["usage"]["calls"].GetInt64(), 0) << r.body;
+  r = Admin().Get(std::string(kAdminBase) + "analytics/usage-stats?from=" +
+                  std::to_string(kNow + 2 * kDay) + "&to=" + std::to_string(kNow + 9 * kDay));
+  EXPECT_EQ(r.Json()["usage"]["calls"].GetInt64(), 0) << r.body;
+}
+
 TEST_F(AdminRoutesTest, AnOverrideCompsAnAccountAndIsAnEventNamingTheAdmin) {
   AddCustomerBase();
   ASSERT_EQ(Consume("u-g", "chat", "before").status, 402);
