@@ -318,6 +318,7 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
     by_status[std::string(name)] = 0;
   }
   int64_t total = 0, paying = 0, trialing = 0, comped = 0, revenue12 = 0, churned = 0;
+  int64_t paying_at_start = 0, churned_of_those = 0;
   int64_t trials = 0, converted = 0, lost = 0, in_trial = 0;
   const int64_t churn_from = now_s - churn_days * kSecondsPerDay;
   LEDGER_RETURN_IF_ERROR(ForEachSubscriber(state, [&](const UserAccess& access) {
@@ -343,18 +344,37 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
     // Churn is paying customers lost, dated by when the subscription ended (a cancellation at the
     // period's end is asked for weeks before): not a checkout that never completed
     // (incomplete_expired), nor a trial ended within its trial (trial conversion counts those).
+    bool churned_in_window = false;
     if (r.status == SubscriptionStatus::kCanceled) {
       const std::optional<int64_t> ended = r.ended_at ? r.ended_at : r.canceled_at;
       const bool within_trial = ended && r.trial_end && *ended <= *r.trial_end;
-      if (ended && !within_trial && *ended >= churn_from && *ended < now_s) ++churned;
+      churned_in_window = ended && !within_trial && *ended >= churn_from && *ended < now_s;
+      if (churned_in_window) ++churned;
+    }
+    // The rate's base: customers paying when the window began (paying since before it -- past
+    // any trial -- and still paying or lost inside it); customers won inside the window are not
+    // in it, so new sign-ups do not dilute the rate.
+    const std::optional<int64_t> paying_since =
+        r.trial_end ? r.trial_end : (r.created ? r.created : r.current_period_start);
+    if (plan != nullptr && (!paying_since || *paying_since < churn_from) &&
+        ((pays && r.status != SubscriptionStatus::kTrialing) || churned_in_window)) {
+      ++paying_at_start;
+      if (churned_in_window) ++churned_of_those;
     }
     const bool trial_plan = plan != nullptr && IsTrialPlan(*plan);
     if (r.trial_start || trial_plan) {
       ++trials;
+      // Paid after its trial and has since ended: it converted (and churned later).
+      const bool paid_after_trial = r.trial_end && sub.latest_invoice &&
+                                    sub.latest_invoice->paid &&
+                                    sub.latest_invoice->amount_paid.value_or(0) > 0 &&
+                                    sub.latest_invoice->event_created > *r.trial_end;
       if (pays && !trial_plan) {
         ++converted;
       } else if (r.status == SubscriptionStatus::kTrialing) {
         ++in_trial;
+      } else if (IsTerminal(r.status) && paid_after_trial) {
+        ++converted;
       } else {
         ++lost;
       }
@@ -405,8 +425,10 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
   w.Int64(churn_days);
   w.Key("churned");
   w.Int64(churned);
+  w.Key("paying_at_start");
+  w.Int64(paying_at_start);
   w.Key("rate");
-  w.Double(Ratio(churned, paying + churned));
+  w.Double(Ratio(churned_of_those, paying_at_start));
   w.EndObject();
   w.Key("trial_conversion");
   w.StartObject();

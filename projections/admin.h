@@ -23,11 +23,17 @@
 //   churned (window)          a user whose Stripe subscription was canceled (not
 //                             incomplete_expired: that one never started) at `ended_at` (else
 //                             `canceled_at`) inside the last `churn_days`, after its trial if it
-//                             had one (`trial_end`); churn rate = churned / (paying + churned).
+//                             had one (`trial_end`).
+//   paying at start           a user paying when the churn window began: on a catalog plan, paying
+//                             since before it (`trial_end` when it had a trial, else `created`),
+//                             and paying now (not trialing) or churned inside the window. Churn
+//                             rate = those of them churned / paying at start (customers won
+//                             inside the window are in neither).
 //   trial conversion          among users whose subscription had a trial (`trial_start`) or is on
-//                             a trial plan: converted = now paying on a non-trial plan; lost =
-//                             neither trialing nor converted; rate = converted / (converted +
-//                             lost).
+//                             a trial plan: converted = now paying on a non-trial plan, or ended
+//                             after paying an invoice after its trial (converted, churned later);
+//                             lost = neither trialing nor converted; rate = converted /
+//                             (converted + lost).
 //   comped                    effective access granted by an override with no paying subscription.
 #pragma once
 
@@ -112,7 +118,7 @@ class SetAdminOverride final : public Command {
 
 // {"as_of","subscribers":{"total","by_status":{...},"paying","trialing","comped"},
 //  "revenue":{"currency":"usd","mrr_cents","arr_cents","mrr","arr"},
-//  "churn":{"window_days","churned","rate"},
+//  "churn":{"window_days","churned","paying_at_start","rate"},
 //  "trial_conversion":{"trials","converted","lost","in_trial","rate"}}
 Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t churn_days,
                              std::string* out);

@@ -259,9 +259,11 @@ TEST_F(AdminRoutesTest, OverviewFiguresFromTheSubscriptions) {
   EXPECT_EQ(doc["revenue"]["arr_cents"].GetInt64(), 249400);
   EXPECT_EQ(doc["revenue"]["mrr_cents"].GetInt64(), 20783);
   EXPECT_STREQ(doc["revenue"]["mrr"].GetString(), "207.83");
-  // e was canceled 5 days ago: 1 / (4 paying + 1).
+  // e was canceled 5 days ago. Paying when the 30-day window began: c and e (a, b and f were won
+  // 10 days ago): 1 / 2.
   EXPECT_EQ(doc["churn"]["churned"].GetInt64(), 1);
-  EXPECT_DOUBLE_EQ(doc["churn"]["rate"].GetDouble(), 0.2);
+  EXPECT_EQ(doc["churn"]["paying_at_start"].GetInt64(), 2);
+  EXPECT_DOUBLE_EQ(doc["churn"]["rate"].GetDouble(), 0.5);
   // Trials: d (still trialing), e (lost), f (converted to Professional).
   const auto& trials = doc["trial_conversion"];
   EXPECT_EQ(trials["trials"].GetInt64(), 3);
@@ -276,6 +278,59 @@ TEST_F(AdminRoutesTest, OverviewFiguresFromTheSubscriptions) {
   EXPECT_EQ(r.Json()["churn"]["churned"].GetInt64(), 0);
   ExpectProblem(Admin().Get(std::string(kAdminBase) + "analytics/overview?churn_days=0"), 400,
                 "invalid_parameter");
+}
+
+// The churn rate's base is who paid when the window began: sign-ups inside it do not dilute it.
+// A trial that converted, paid, and left later is a conversion (and churn), not a lost trial.
+TEST_F(AdminRoutesTest, ChurnRateIsOfThePayingAtTheStartAndAConvertedTrialThatLeftConverted) {
+  // Paying since 40 days ago, still paying; and one lost 2 days ago.
+  AddSubscriber(OnPlan("u-old", "starter", kNow - 40 * kDay, kNow + 20 * kDay), "old@x.com");
+  TestSubscription gone = OnPlan("u-gone", "starter", "canceled");
+  gone.period_start = kNow - 100 * kDay;
+  gone.period_end = kNow - 2 * kDay;
+  gone.ended_at = kNow - 2 * kDay;
+  AddSubscriber(gone, "gone@x.com");
+  // Three won 5 days ago.
+  for (const char* user : {"u-n1", "u-n2", "u-n3"}) {
+    AddSubscriber(OnPlan(user, "starter", kNow - 5 * kDay, kNow + 25 * kDay),
+                  std::string(user) + "@x.com");
+  }
+  // A $1 trial 100 days ago that converted (an invoice paid 60 days ago) and left 5 days ago.
+  TestSubscription converted = OnPlan("u-conv", "starter", "canceled");
+  converted.period_start = kNow - 100 * kDay;
+  converted.period_end = kNow - 5 * kDay;
+  converted.trial_start = kNow - 100 * kDay;
+  converted.trial_end = kNow - 93 * kDay;
+  converted.ended_at = kNow - 5 * kDay;
+  AddSubscriber(converted, "conv@x.com");
+  ledger::testing::StripeInvoiceSpec invoice;
+  invoice.event_id = "evt_inv_conv";
+  invoice.event_created = kNow - 60 * kDay;
+  invoice.invoice_id = "in_conv";
+  invoice.customer_id = "cus_u-conv";
+  invoice.subscription_id = "sub_u-conv";
+  invoice.metadata_user_id = "u-conv";
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeInvoiceEventJson(invoice))
+                  .status.ok());
+  // A trial canceled within its trial: lost.
+  TestSubscription lost = OnPlan("u-lost", "starter", "canceled");
+  lost.trial_start = kNow - 6 * kDay;
+  lost.trial_end = kNow + 1 * kDay;
+  lost.ended_at = kNow - 3 * kDay;
+  AddSubscriber(lost, "lost@x.com");
+
+  HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  EXPECT_EQ(doc["churn"]["churned"].GetInt64(), 2);          // gone, conv
+  EXPECT_EQ(doc["churn"]["paying_at_start"].GetInt64(), 3);  // old, gone, conv
+  EXPECT_DOUBLE_EQ(doc["churn"]["rate"].GetDouble(), 0.6667);
+  const auto& trials = doc["trial_conversion"];
+  EXPECT_EQ(trials["trials"].GetInt64(), 2);
+  EXPECT_EQ(trials["converted"].GetInt64(), 1);
+  EXPECT_EQ(trials["lost"].GetInt64(), 1);
+  EXPECT_DOUBLE_EQ(trials["rate"].GetDouble(), 0.5);
 }
 
 TEST_F(AdminRoutesTest, ChurnIsPaidSubscriptionsDatedByTheirEnd) {
@@ -308,7 +363,9 @@ TEST_F(AdminRoutesTest, ChurnIsPaidSubscriptionsDatedByTheirEnd) {
   rapidjson::Document doc = r.Json();
   EXPECT_EQ(doc["subscribers"]["paying"].GetInt64(), 2);  // a, k
   EXPECT_EQ(doc["churn"]["churned"].GetInt64(), 1);       // h
-  EXPECT_DOUBLE_EQ(doc["churn"]["rate"].GetDouble(), 0.3333);  // 1 / 3, to 4 places
+  // Paying when the window began: h only (a and k were won inside it; i was in its trial).
+  EXPECT_EQ(doc["churn"]["paying_at_start"].GetInt64(), 1);
+  EXPECT_DOUBLE_EQ(doc["churn"]["rate"].GetDouble(), 1.0);
   EXPECT_EQ(doc["revenue"]["arr_cents"].GetInt64(), 12 * 1900 + 49000);
   r = Admin().Get(std::string(kAdminBase) + "analytics/revenue-by-tier");
   ASSERT_EQ(r.status, 200) << r.body;
