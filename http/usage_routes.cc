@@ -13,7 +13,8 @@
 // The check and the record are one decision in the writer (ConsumeUsage). Answers:
 //   200 {"allowed":true,"user_id","service","quantity","used","limit","remaining",
 //        "window_start","window_end","window_kind","plan_id"}  (limit/remaining null: unlimited)
-//   429 quota_exceeded, 402 subscription_required | trial_expired, 403 service_not_in_plan,
+//   429 quota_exceeded, 402 subscription_required | trial_expired | trial_exhausted,
+//   403 service_not_in_plan,
 //   409 idempotency_key_reused (same key, other body; or the key was used by /usage/events),
 //   400 invalid_json, 422 validation_failed | unknown_field | unknown_service |
 //   quantity_exceeds_quota (more than a whole window allows: never a 429 to retry).
@@ -299,6 +300,8 @@ void CountRefusal(const Status& status, pj::UsageMeter* meter) {
     meter->denied_subscription_required.Add();
   } else if (p == "trial_expired") {
     meter->denied_trial_expired.Add();
+  } else if (p == "trial_exhausted") {
+    meter->denied_trial_exhausted.Add();
   } else if (p == "service_not_in_plan") {
     meter->denied_service_not_in_plan.Add();
   } else if (p == "quantity_exceeds_quota") {

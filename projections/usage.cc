@@ -1338,6 +1338,8 @@ void UsageMeter::RenderMetrics(std::string* out) const {
   counter(denied, denied_help, "{reason=\"subscription_required\"}",
           denied_subscription_required.Value(), false);
   counter(denied, denied_help, "{reason=\"trial_expired\"}", denied_trial_expired.Value(), false);
+  counter(denied, denied_help, "{reason=\"trial_exhausted\"}", denied_trial_exhausted.Value(),
+          false);
   counter(denied, denied_help, "{reason=\"service_not_in_plan\"}",
           denied_service_not_in_plan.Value(), false);
   counter(denied, denied_help, "{reason=\"quantity_exceeds_quota\"}",
@@ -1427,16 +1429,37 @@ Status ConsumeUsage::Decide(const DecideContext& context, Decision* decision) {
   bool existed = false;
   LEDGER_RETURN_IF_ERROR(LoadCounter(*context.state, r.user_id, terms.window, &counter, &existed));
   outcome_.used = counter.used;
+  // A trial whose calls are used up for good -- all of them, or its last day's -- answers 402:
+  // a 429's Retry-After would send the caller to the trial's end, where the answer is 402.
+  auto trial_exhausted = [&](std::string what) {
+    return PaymentRequired("trial_exhausted",
+                           what + "; the trial ends at " +
+                               FormatRfc3339Seconds(terms.trial->end_s) +
+                               ": subscribe to a paid plan to continue");
+  };
+  int64_t trial_used = 0;
+  if (terms.trial && terms.trial_limit) {
+    LEDGER_RETURN_IF_ERROR(SumUserUsage(*context.state, r.user_id, terms.trial->start_s,
+                                        terms.trial->end_s, &trial_used));
+  }
   if (terms.limit && counter.used + r.quantity > *terms.limit) {
+    if (terms.trial && terms.trial_limit && trial_used >= *terms.trial_limit) {
+      return trial_exhausted("the trial's " + std::to_string(*terms.trial_limit) +
+                             " calls are used up");
+    }
+    if (terms.trial && terms.window.end_s >= terms.trial->end_s) {
+      return trial_exhausted("the calls of the trial's last day are used up");
+    }
     return Status::Make(Code::kResourceExhausted, "quota_exceeded",
                         "the quota of " + std::to_string(*terms.limit) + " calls for this " +
                             std::string(WindowKindName(terms.window.kind)) + " is used up");
   }
   std::optional<int64_t> trial_remaining;
   if (terms.trial && terms.trial_limit) {
-    int64_t trial_used = 0;
-    LEDGER_RETURN_IF_ERROR(SumUserUsage(*context.state, r.user_id, terms.trial->start_s,
-                                        terms.trial->end_s, &trial_used));
+    if (trial_used >= *terms.trial_limit) {
+      return trial_exhausted("the trial's " + std::to_string(*terms.trial_limit) +
+                             " calls are used up");
+    }
     if (trial_used + r.quantity > *terms.trial_limit) {
       outcome_.window = *terms.trial;
       outcome_.limit = terms.trial_limit;

@@ -8,7 +8,9 @@
 //     when earlier; a trial tier granted by an admin's override starts when the admin set it).
 //     `api_calls_limit` calls per window AND limit × trial_days over the whole
 //     trial (700 for the catalog's trial: a trial that starts mid-day touches 8 UTC days). After
-//     the period: 402 "trial_expired", whatever the Stripe status says, until a paid plan.
+//     the period: 402 "trial_expired", whatever the Stripe status says, until a paid plan. A
+//     refusal no retry could cure before the trial ends (its 700 calls used, or its last day's)
+//     is 402 "trial_exhausted" rather than a 429 whose Retry-After points at the trial's end.
 //   limit_window "day" (no trial): the UTC day.
 //   limit_window "month", and unlimited plans (recorded, never refused for quota): a month of the
 //     subscription's Stripe billing period. A period of up to 32 days is one window; a longer one
@@ -263,6 +265,7 @@ class UsageMeter {
   Counter denied_quota_exceeded;        // 429
   Counter denied_subscription_required; // 402
   Counter denied_trial_expired;         // 402
+  Counter denied_trial_exhausted;       // 402
   Counter denied_service_not_in_plan;   // 403
   Counter denied_quantity_exceeds_quota; // 422
   Counter batch_requests;

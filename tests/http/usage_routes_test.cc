@@ -540,6 +540,12 @@ TEST_F(UsageRoutesTest, TrialWindowRollsOverAtUtcMidnightAndExpiresAfterSevenDay
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(r.Json()["used"].GetInt64(), 1);
   EXPECT_EQ(std::string(r.Json()["window_kind"].GetString()), "trial_day");
+  // The last day is cut at the trial's end: used up, no retry can succeed before the trial ends.
+  clock_.Set((pj::UtcDayStart(kStripeT0) + 7 * kDay) * kUs);
+  ASSERT_EQ(Consume("t1", "chat", "d6", 100).status, 200);
+  r = Consume("t1", "chat", "d6-over");
+  ExpectProblem(r, 402, "trial_exhausted");
+  EXPECT_EQ(r.Header("Retry-After"), "");
   clock_.Set((kStripeT0 + 7 * kDay) * kUs);
   ExpectProblem(Consume("t1", "chat", "d7"), 402, "trial_expired");
   // my-access says the trial grants nothing any more (its status at Stripe is still trialing).

@@ -441,6 +441,28 @@ TEST_F(UsageDeciderTest, AccessAndServiceRefusals) {
   EXPECT_EQ(Counter("u1", kStripeT0).used, 2);
 }
 
+// The trial's last day is cut at its end: once that day's calls are used up no retry can succeed
+// before the trial ends (then 402 trial_expired), so the answer is 402 trial_exhausted, not a 429
+// whose Retry-After points at the end. The days before it answer 429 until midnight.
+TEST_F(UsageDeciderTest, TheTrialsLastDayUsedUpIs402NotA429ToItsEnd) {
+  ASSERT_TRUE(world_.Subscribe(OnPlan("t1", "trial", "trialing")).ok());
+  const int64_t last_day = UtcDayStart(kStripeT0) + 7 * kDay;  // ends at kStripeT0 + 7 days
+  ASSERT_LT(last_day, kStripeT0 + 7 * kDay);
+  ASSERT_TRUE(Consume("t1", "chat", Key(), last_day + 60, 100).ok());
+  Status s = Consume("t1", "chat", Key(), last_day + 120);
+  EXPECT_EQ(s.code(), Code::kPaymentRequired) << s.ToString();
+  EXPECT_EQ(s.problem(), "trial_exhausted");
+  ConsumeOutcome outcome;
+  s = Consume("t2-none", "chat", Key(), last_day, 1, nullptr, nullptr, &outcome);
+  EXPECT_EQ(s.problem(), "subscription_required");
+  // The day before: 429 with the next midnight as the window's end.
+  ASSERT_TRUE(world_.Subscribe(OnPlan("t3", "trial", "trialing")).ok());
+  ASSERT_TRUE(Consume("t3", "chat", Key(), last_day - kDay + 60, 100).ok());
+  s = Consume("t3", "chat", Key(), last_day - kDay + 120, 1, nullptr, nullptr, &outcome);
+  EXPECT_EQ(s.problem(), "quota_exceeded");
+  EXPECT_EQ(outcome.window.end_s, last_day);
+}
+
 TEST_F(UsageDeciderTest, TrialIsCappedPerUtcDayRollsOverAndExpiresAfterSevenDays) {
   ASSERT_TRUE(world_.Subscribe(OnPlan("t1", "trial", "trialing")).ok());
   // Day windows: [start, midnight), six whole days, [midnight, start + 7 days).
@@ -450,13 +472,12 @@ TEST_F(UsageDeciderTest, TrialIsCappedPerUtcDayRollsOverAndExpiresAfterSevenDays
   for (size_t d = 0; d < days.size(); ++d) {
     const int64_t now = days[d];
     if (d == 7) {
-      // 700 used in the first seven windows: the whole trial's cap.
-      ConsumeOutcome outcome;
-      Status s = Consume("t1", "chat", Key(), now, 1, nullptr, nullptr, &outcome);
-      EXPECT_EQ(s.problem(), "quota_exceeded");
-      EXPECT_EQ(outcome.limit, 700);
-      EXPECT_EQ(outcome.used, 700);
-      EXPECT_EQ(outcome.window.end_s, kStripeT0 + 7 * kDay);
+      // 700 used in the first seven windows: the whole trial's cap. No retry can succeed before
+      // the trial ends, and after it the answer is 402 trial_expired: 402 now, not a 429 whose
+      // Retry-After points there.
+      Status s = Consume("t1", "chat", Key(), now, 1);
+      EXPECT_EQ(s.code(), Code::kPaymentRequired) << s.ToString();
+      EXPECT_EQ(s.problem(), "trial_exhausted");
       break;
     }
     ASSERT_TRUE(Consume("t1", "chat", Key(), now, 60).ok()) << d;
@@ -466,7 +487,11 @@ TEST_F(UsageDeciderTest, TrialIsCappedPerUtcDayRollsOverAndExpiresAfterSevenDays
     EXPECT_EQ(body["limit"].GetInt64(), 100);
     EXPECT_EQ(body["remaining"].GetInt64(), 0);
     EXPECT_STREQ(body["window_kind"].GetString(), "trial_day");
-    EXPECT_EQ(Consume("t1", "chat", Key(), now).problem(), "quota_exceeded") << d;
+    // The day's 100 are used: retry tomorrow -- except on the seventh day, after which the trial
+    // has none of its 700 calls left.
+    EXPECT_EQ(Consume("t1", "chat", Key(), now).problem(),
+              d == 6 ? "trial_exhausted" : "quota_exceeded")
+        << d;
     total += 100;
   }
   EXPECT_EQ(total, 700);
