@@ -933,22 +933,20 @@ Status LedgerImpl::OpenDb() {
                                    : name == kIdempotencyFamily ? idempotency_options
                                                                 : cf_options);
   }
+  wal::LogGapRepair gap;
   if (std::filesystem::exists(options_.path)) {
     // RocksDB would open past a zeroed header and drop the rest of its block (wal_log.h); a
     // read-only open (verify, export, replay) too, and then see a shorter, intact-looking chain.
     LEDGER_RETURN_IF_ERROR(wal::FindZeroedHeaders(options_.path));
-    if (!options_.read_only) {
-      wal::SequenceGapRepair gap;
-      LEDGER_RETURN_IF_ERROR(wal::SetAsideLogsAfterASequenceGap(options_.path, &gap));
-      if (gap.repaired) {
-        std::string moved;
-        for (const std::string& name : gap.set_aside) moved += (moved.empty() ? "" : ", ") + name;
-        spdlog::warn(
-            "{}: its last writes were lost by a crash before their sync (never acknowledged), "
-            "and newer logs begin after them (sequence {} where {} was next): moved {} to "
-            "torn-wal/ unreplayed, so that the log has no hole",
-            gap.older, gap.found, gap.expected, moved);
-      }
+    LEDGER_RETURN_IF_ERROR(wal::SetAsideLogsAfterAGap(options_.path, options_.read_only, &gap));
+    if (gap.repaired) {
+      std::string moved;
+      for (const std::string& name : gap.set_aside) moved += (moved.empty() ? "" : ", ") + name;
+      spdlog::warn(
+          "{}: its last writes were lost by a crash before their sync (never acknowledged), and "
+          "newer logs begin after them (event {} where {} was next): moved {} to torn-wal/ "
+          "unreplayed, so that the log has no hole",
+          gap.older, gap.next_position, gap.last_position + 1, moved);
     }
   }
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
@@ -973,7 +971,14 @@ Status LedgerImpl::OpenDb() {
       s = rocksdb::DB::Open(db_options, options_.path, descriptors, &handles, &db_);
     }
   }
-  if (!s.ok()) return FromRocks(s);
+  if (!s.ok()) {
+    if (gap.repaired) {
+      // The open fails for another reason: leave the store as it was found.
+      Status restored = wal::RestoreLogsSetAside(options_.path, gap);
+      if (!restored.ok()) spdlog::error("{}", restored.ToString());
+    }
+    return FromRocks(s);
+  }
   for (size_t i = 0; i < handles.size(); ++i) {
     families_[names[i]] = handles[i];
     const uint32_t id = handles[i]->GetID();

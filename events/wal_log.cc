@@ -11,6 +11,8 @@
 #include <iterator>
 #include <optional>
 
+#include <rocksdb/write_batch.h>
+
 namespace ledger::wal {
 
 namespace {
@@ -144,6 +146,88 @@ size_t ZeroTailStart(std::string_view contents) {
   return from;
 }
 
+// How a log file ends.
+enum class TailShape {
+  kClean,    // every fragment intact to the end, or zeros from a WriteBatch boundary on (what
+             // RocksDB reads as preallocated space), or cut short inside a fragment or a header
+             // (RocksDB drops an incomplete last record itself)
+  kTorn,     // a WriteBatch torn by a crash before its sync (RepairTornWalTail's shapes)
+  kDamaged,  // anything else: a bad checksum with written bytes after it, a fragment running
+             // past its block
+};
+
+// Classifies `contents`; for kTorn, `*cut` is where the torn WriteBatch begins. The torn shapes:
+// a fragment whose checksum fails and whose last 32 bytes or more, and everything after it to
+// the end of the file, are zero bytes (or a header torn the same way), every fragment before it
+// intact.
+TailShape ClassifyTail(std::string_view contents, size_t* cut) {
+  // The zero tail: [zeros_from, end of file).
+  const size_t zeros_from = ZeroTailStart(contents);
+  // Walk the intact fragments up to the first anomaly: a fragment whose checksum fails, a header
+  // with non-zero bytes but type and length 0, or a fragment running past its block or the file.
+  size_t batch_start = 0;  // offset of the fragment that began the WriteBatch being read
+  bool in_batch = false;   // between a kFirst fragment and its kLast
+  std::optional<size_t> bad_fragment_end;
+  size_t stop = 0;
+  const WalkEnd how = WalkFragments(contents, [&](const Fragment& f) {
+    if (!f.checksum_ok) {
+      bad_fragment_end = f.end();
+      return false;
+    }
+    if (f.base_type == kFullType || f.base_type == kFirstType) batch_start = f.offset;
+    if (f.base_type == kFirstType) in_batch = true;
+    if (f.base_type == kFullType || f.base_type == kLastType) in_batch = false;
+    return true;
+  }, &stop);
+  // In every torn shape the zero tail begins inside the first anomaly (or before it): written
+  // bytes after the anomaly mean damage, however the file happens to end.
+  bool torn = false;
+  switch (how) {
+    case WalkEnd::kEndOfFile:
+      return TailShape::kClean;
+    case WalkEnd::kStopped:
+      // The zero tail must begin inside the bad fragment and be longer than the few zero bytes a
+      // payload can end with (a big-endian position): else it is damage, not a tear. It may run
+      // on through later fragments (two groups written, neither synced, torn near their border).
+      torn = zeros_from < *bad_fragment_end && contents.size() - zeros_from >= kTornZerosMin;
+      break;
+    case WalkEnd::kZeroHeader:
+      // Zeros from a batch boundary to the end: preallocated space. A header whose checksum
+      // bytes were written and the rest not, or a zero header inside the zero tail that cuts a
+      // WriteBatch short: torn.
+      if (zeros_from <= stop && !in_batch) return TailShape::kClean;
+      torn = zeros_from <= stop + kHeaderBytes && (zeros_from > stop || in_batch);
+      break;
+    case WalkEnd::kIncomplete:
+      if (contents.size() - stop < kHeaderBytes) return TailShape::kClean;  // a cut header
+      if (!RunsPastTheFile(contents, stop)) return TailShape::kDamaged;
+      // A fragment running past the end of the file: cut short (RocksDB drops it), or torn when
+      // its written part ends in a zero tail too long to be the end of a payload.
+      if (zeros_from == contents.size()) return TailShape::kClean;
+      torn = zeros_from > stop && contents.size() - zeros_from >= kTornZerosMin;
+      if (!torn) return TailShape::kClean;
+      break;
+  }
+  if (!torn) return TailShape::kDamaged;
+  // The fragment types of a WriteBatch before the anomaly were intact: cut where it began.
+  *cut = in_batch ? batch_start : stop;
+  return TailShape::kTorn;
+}
+
+// `<dir>/torn-wal/` (created) and a name in it for a copy of `path` that no file has yet.
+Status SavedLogPath(const std::string& dir, const std::filesystem::path& path,
+                    std::filesystem::path* saved_dir, std::filesystem::path* saved) {
+  *saved_dir = std::filesystem::path(dir) / "torn-wal";
+  std::error_code ec;
+  std::filesystem::create_directories(*saved_dir, ec);
+  if (ec) return Status::IOError("cannot create " + saved_dir->string() + ": " + ec.message());
+  *saved = *saved_dir / path.filename();
+  for (int n = 1; std::filesystem::exists(*saved); ++n) {
+    *saved = *saved_dir / (path.filename().string() + "." + std::to_string(n));
+  }
+  return Status::OK();
+}
+
 }  // namespace
 
 std::optional<size_t> ZeroedHeaderOffset(std::string_view contents) {
@@ -178,63 +262,12 @@ Status RepairTornWalTail(const std::string& dir, TornTailRepair* out) {
   const std::filesystem::path path = logs.back().second;
   std::string contents;
   LEDGER_RETURN_IF_ERROR(ReadLogFile(path, &contents));
-  // The zero tail: [zeros_from, end of file).
-  const size_t zeros_from = ZeroTailStart(contents);
-  if (zeros_from == contents.size()) return Status::OK();  // no zeros at the end: not torn
+  size_t cut = 0;
+  if (ClassifyTail(contents, &cut) != TailShape::kTorn) return Status::OK();
 
-  // Walk the intact fragments up to the first anomaly: a fragment whose checksum fails, a header
-  // with non-zero bytes but type and length 0, or a fragment running past its block or the file.
-  size_t batch_start = 0;  // offset of the fragment that began the WriteBatch being read
-  bool in_batch = false;   // between a kFirst fragment and its kLast
-  std::optional<size_t> bad_fragment_end;
-  size_t stop = 0;
-  const WalkEnd how = WalkFragments(contents, [&](const Fragment& f) {
-    if (!f.checksum_ok) {
-      bad_fragment_end = f.end();
-      return false;
-    }
-    if (f.base_type == kFullType || f.base_type == kFirstType) batch_start = f.offset;
-    if (f.base_type == kFirstType) in_batch = true;
-    if (f.base_type == kFullType || f.base_type == kLastType) in_batch = false;
-    return true;
-  }, &stop);
-  // In every torn shape the zero tail begins inside the first anomaly (or before it): written
-  // bytes after the anomaly mean damage, however the file happens to end.
-  bool torn = false;
-  switch (how) {
-    case WalkEnd::kStopped:
-      // The zero tail must begin inside the bad fragment and be longer than the few zero bytes a
-      // payload can end with (a big-endian position): else it is damage, not a tear. It may run
-      // on through later fragments (two groups written, neither synced, torn near their border).
-      torn = zeros_from < *bad_fragment_end && contents.size() - zeros_from >= kTornZerosMin;
-      break;
-    case WalkEnd::kZeroHeader:
-      // A header whose checksum bytes were written and the rest not, or a zero header inside the
-      // zero tail that cuts a WriteBatch short. (Zeros starting at a batch boundary are what
-      // RocksDB reads as preallocated space: nothing to repair.)
-      torn = zeros_from <= stop + kHeaderBytes && (zeros_from > stop || in_batch);
-      break;
-    case WalkEnd::kIncomplete:
-      // A fragment running past the end of the file whose written part ends in a zero tail too
-      // long to be the end of a payload.
-      torn = zeros_from > stop && contents.size() - zeros_from >= kTornZerosMin &&
-             RunsPastTheFile(contents, stop);
-      break;
-    case WalkEnd::kEndOfFile:
-      break;
-  }
-  if (!torn) return Status::OK();
-  // The fragment types of a WriteBatch before the anomaly were intact: cut where it began.
-  const size_t cut = in_batch ? batch_start : stop;
-
-  const std::filesystem::path saved_dir = std::filesystem::path(dir) / "torn-wal";
+  std::filesystem::path saved_dir, copy;
+  LEDGER_RETURN_IF_ERROR(SavedLogPath(dir, path, &saved_dir, &copy));
   std::error_code ec;
-  std::filesystem::create_directories(saved_dir, ec);
-  if (ec) return Status::IOError("cannot create " + saved_dir.string() + ": " + ec.message());
-  std::filesystem::path copy = saved_dir / path.filename();
-  for (int n = 1; std::filesystem::exists(copy); ++n) {
-    copy = saved_dir / (path.filename().string() + "." + std::to_string(n));
-  }
   std::filesystem::copy_file(path, copy, ec);
   if (ec) return Status::IOError("cannot copy " + path.string() + ": " + ec.message());
   std::string error;
@@ -258,99 +291,134 @@ Status RepairTornWalTail(const std::string& dir, TornTailRepair* out) {
 
 namespace {
 
-// The sequence numbers of one log's intact WriteBatches: [first, end).
-struct LogSequences {
-  bool empty = true;
-  uint64_t first = 0;
-  uint64_t end = 0;
+// The events family's id in every store: created right after `default` in the first open
+// (ledger.cc; tools/wal_scan.cc reads it the same way).
+constexpr uint32_t kEventsFamilyId = 1;
+
+// The positions of the events (puts into the events family) in one log's intact WriteBatches.
+class EventPositions final : public rocksdb::WriteBatch::Handler {
+ public:
+  rocksdb::Status PutCF(uint32_t family, const rocksdb::Slice& key,
+                        const rocksdb::Slice&) override {
+    if (family != kEventsFamilyId || key.size() != 8) return rocksdb::Status::OK();
+    uint64_t position = 0;
+    for (size_t i = 0; i < 8; ++i) position = (position << 8) | static_cast<uint8_t>(key[i]);
+    if (first == 0) first = position;
+    last = position;
+    return rocksdb::Status::OK();
+  }
+  rocksdb::Status DeleteCF(uint32_t, const rocksdb::Slice&) override {
+    return rocksdb::Status::OK();
+  }
+  rocksdb::Status SingleDeleteCF(uint32_t, const rocksdb::Slice&) override {
+    return rocksdb::Status::OK();
+  }
+  rocksdb::Status MergeCF(uint32_t, const rocksdb::Slice&, const rocksdb::Slice&) override {
+    return rocksdb::Status::OK();
+  }
+  void LogData(const rocksdb::Slice&) override {}
+
+  uint64_t first = 0;  // 0: no event
+  uint64_t last = 0;
 };
 
-uint64_t LittleEndian(std::string_view bytes) {
-  uint64_t v = 0;
-  for (size_t i = bytes.size(); i-- > 0;) v = (v << 8) | static_cast<uint8_t>(bytes[i]);
-  return v;
-}
-
-// Reads the WriteBatch header (sequence: 8 bytes, count: 4, little-endian) of every complete,
-// intact WriteBatch up to the first fragment that is not (where RocksDB's reader stops too).
-LogSequences ReadLogSequences(std::string_view contents) {
-  constexpr size_t kBatchHeaderBytes = 12;
-  LogSequences out;
-  std::string header;  // the batch's first bytes, possibly across fragments
+// Reads the events of every complete, intact WriteBatch of a log, up to the first fragment that
+// is not (where RocksDB's reader stops too).
+void ReadLogEvents(std::string_view contents, EventPositions* events) {
+  std::string batch;
   bool in_batch = false;
   WalkFragments(contents, [&](const Fragment& f) {
     if (!f.checksum_ok) return false;
     const bool begins = f.base_type == kFullType || f.base_type == kFirstType;
     const bool ends = f.base_type == kFullType || f.base_type == kLastType;
     if (begins) {
-      header.clear();
+      batch.clear();
       in_batch = true;
     } else if (!in_batch || (f.base_type != kMiddleType && f.base_type != kLastType)) {
       return false;  // a record type this reader does not know, or a fragment out of order
     }
-    if (header.size() < kBatchHeaderBytes) {
-      header.append(f.payload.substr(0, kBatchHeaderBytes - header.size()));
-    }
+    batch.append(f.payload);
     if (ends) {
       in_batch = false;
-      if (header.size() < kBatchHeaderBytes) return false;
-      const uint64_t sequence = LittleEndian(std::string_view(header).substr(0, 8));
-      const uint64_t count = LittleEndian(std::string_view(header).substr(8, 4));
-      if (out.empty) out.first = sequence;
-      out.empty = false;
-      out.end = sequence + count;
+      rocksdb::WriteBatch write_batch(std::move(batch));
+      batch.clear();
+      if (!write_batch.Iterate(events).ok()) return false;
     }
     return true;
   });
-  return out;
 }
 
 }  // namespace
 
-Status SetAsideLogsAfterASequenceGap(const std::string& dir, SequenceGapRepair* out) {
-  *out = SequenceGapRepair{};
+Status SetAsideLogsAfterAGap(const std::string& dir, bool detect_only, LogGapRepair* out) {
+  *out = LogGapRepair{};
   std::vector<std::pair<uint64_t, std::filesystem::path>> logs;
   LEDGER_RETURN_IF_ERROR(ListLogFiles(dir, &logs));
   std::optional<size_t> gap_at;  // index of the first log after the gap
-  std::string older;
-  uint64_t expected = 0;
-  for (size_t i = 0; i < logs.size() && !gap_at; ++i) {
+  uint64_t last = 0;             // the last event position read so far (0: none)
+  std::string last_log;          // the log it is in
+  TailShape previous_tail = TailShape::kClean;  // how the log before logs[i] ends
+  for (size_t i = 0; i < logs.size(); ++i) {
     std::string contents;
     LEDGER_RETURN_IF_ERROR(ReadLogFile(logs[i].second, &contents));
-    const LogSequences sequences = ReadLogSequences(contents);
-    if (sequences.empty) continue;
-    if (!older.empty() && sequences.first > expected) {
+    EventPositions events;
+    ReadLogEvents(contents, &events);
+    // Only a tail that a crash can leave (cut short, or torn: never synced) can have lost the
+    // events between; damage is left to the open, which refuses it.
+    if (events.first != 0 && last != 0 && events.first > last + 1 &&
+        previous_tail != TailShape::kDamaged) {
       gap_at = i;
-      out->found = sequences.first;
+      out->older = last_log;
+      out->last_position = last;
+      out->next_position = events.first;
       break;
     }
-    older = logs[i].second.filename().string();
-    expected = sequences.end;
+    if (events.first != 0) {
+      last = events.last;
+      last_log = logs[i].second.filename().string();
+    }
+    size_t cut = 0;
+    previous_tail = ClassifyTail(contents, &cut);
   }
   if (!gap_at) return Status::OK();
-
-  const std::filesystem::path saved_dir = std::filesystem::path(dir) / "torn-wal";
-  std::error_code ec;
-  std::filesystem::create_directories(saved_dir, ec);
-  if (ec) return Status::IOError("cannot create " + saved_dir.string() + ": " + ec.message());
+  const std::string& newer = logs[*gap_at].second.filename().string();
+  if (detect_only) {
+    return Status::Corruption(
+        newer + " begins at position " + std::to_string(out->next_position) + " while " +
+        out->older + " ends at " + std::to_string(out->last_position) +
+        ": a crash lost the older log's last, never-synced writes; ledgerd sets the newer logs "
+        "aside (torn-wal/) when it next starts");
+  }
   for (size_t i = *gap_at; i < logs.size(); ++i) {
     const std::filesystem::path& path = logs[i].second;
-    std::filesystem::path moved = saved_dir / path.filename();
-    for (int n = 1; std::filesystem::exists(moved); ++n) {
-      moved = saved_dir / (path.filename().string() + "." + std::to_string(n));
-    }
+    std::filesystem::path saved_dir, moved;
+    LEDGER_RETURN_IF_ERROR(SavedLogPath(dir, path, &saved_dir, &moved));
+    std::error_code ec;
     std::filesystem::rename(path, moved, ec);
     if (ec) return Status::IOError("cannot move " + path.string() + ": " + ec.message());
     out->set_aside.push_back(path.filename().string());
+    out->moved.emplace_back(path, moved);
   }
   std::string error;
+  const std::filesystem::path saved_dir = std::filesystem::path(dir) / "torn-wal";
   if (!SyncPath(saved_dir, O_RDONLY | O_DIRECTORY, &error) ||
       !SyncPath(dir, O_RDONLY | O_DIRECTORY, &error)) {
     return Status::IOError("cannot sync the logs set aside: " + error);
   }
   out->repaired = true;
-  out->older = older;
-  out->expected = expected;
+  return Status::OK();
+}
+
+Status RestoreLogsSetAside(const std::string& dir, const LogGapRepair& repair) {
+  for (const auto& [original, moved] : repair.moved) {
+    std::error_code ec;
+    std::filesystem::rename(moved, original, ec);
+    if (ec) return Status::IOError("cannot move " + moved.string() + " back: " + ec.message());
+  }
+  std::string error;
+  if (!SyncPath(dir, O_RDONLY | O_DIRECTORY, &error)) {
+    return Status::IOError("cannot sync " + dir + ": " + error);
+  }
   return Status::OK();
 }
 

@@ -8,7 +8,8 @@
 // are zero padding. The checksum covers the type byte, the log number if any, and the payload.
 //
 // Two users: `ledgerctl verify` reads the logs to name a damaged event (tools/wal_scan.h), and
-// the ledger's open cuts a torn tail off the newest log (RepairTornWalTail).
+// the ledger's open cuts a torn tail off the newest log (RepairTornWalTail) and sets aside newer
+// logs that begin after an older log's lost writes (SetAsideLogsAfterAGap).
 #pragma once
 
 #include <cstddef>
@@ -104,26 +105,33 @@ struct TornTailRepair {
 // after the bad fragment, an older log) is left alone: OK with `repaired == false`.
 Status RepairTornWalTail(const std::string& dir, TornTailRepair* out);
 
-// What SetAsideLogsAfterASequenceGap did.
-struct SequenceGapRepair {
+// What SetAsideLogsAfterAGap did.
+struct LogGapRepair {
   bool repaired = false;
-  std::string older;             // the log whose last WriteBatches were lost
-  uint64_t expected = 0;         // the sequence number its next WriteBatch would have had
-  uint64_t found = 0;            // the one the next log begins with
+  std::string older;           // the log whose last WriteBatches were lost
+  uint64_t last_position = 0;  // its last event
+  uint64_t next_position = 0;  // the first event of the next log
   std::vector<std::string> set_aside;  // the logs moved to `<dir>/torn-wal/`, by name
+  std::vector<std::pair<std::filesystem::path, std::filesystem::path>> moved;  // from, to
 };
 
-// RocksDB numbers every write in one sequence across its logs: a log's first WriteBatch follows
-// the previous log's last one. A power loss can lose the unsynced tail of an older log and keep
-// a newer log's writes (the sync thread syncs the logs oldest first after writing their groups,
-// while the kernel writes dirty pages back in any order), and kTolerateCorruptedTailRecords
+// The ledger appends events in position order, one WriteBatch per group, and a log's first event
+// follows the previous log's last. A power loss can lose the unsynced tail of an older log and
+// keep a newer log's writes (the sync thread syncs the logs oldest first after writing their
+// groups, while the kernel writes dirty pages back in any order), and kTolerateCorruptedTailRecords
 // would then replay the newer log after the older log's cut tail: events missing from the middle
 // of the chain. None of the groups from the missing one on was acknowledged (the older log's
-// sync never completed, and a group is answered only after every log up to it is synced), so
-// the open ends the log where the older log ends: the newer logs are moved, as they are, to
-// `<dir>/torn-wal/` (the directory synced). Logs whose sequence numbers continue, and a newer
-// log that begins below the expected number (not a loss: left for RocksDB to judge), are left
-// alone: OK with `repaired == false`.
-Status SetAsideLogsAfterASequenceGap(const std::string& dir, SequenceGapRepair* out);
+// sync never completed, and a group is answered only after every log up to it is synced), so the
+// open ends the log where the older log ends: the newer logs are moved, as they are, to
+// `<dir>/torn-wal/` (the directory synced). Only when the log before the first newer one ends the
+// way a crash leaves it (cut short, or torn: ClassifyTail); damage there is left to the open,
+// which refuses it. Positions, not RocksDB's sequence numbers: after a recovery RocksDB may start
+// the next log's sequence above the last one recovered, while the ledger always continues from
+// the last event recovered. `detect_only` (read-only opens: verify, export, replay): kCorruption
+// naming the logs instead of moving anything. OK with `repaired == false` when there is no gap.
+Status SetAsideLogsAfterAGap(const std::string& dir, bool detect_only, LogGapRepair* out);
+
+// Moves the logs of `repair` back (the open failed after all: leave the store as it was).
+Status RestoreLogsSetAside(const std::string& dir, const LogGapRepair& repair);
 
 }  // namespace ledger::wal

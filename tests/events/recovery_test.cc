@@ -766,6 +766,66 @@ TEST(RecoveryTest, ANewerLogAfterAnOlderLogsLostTailIsSetAsideNotReplayedOverThe
   EXPECT_TRUE(report.ok()) << report.Summary();
 }
 
+// Builds the split store of the previous test in `path`: the older log cut where group `lost`
+// began (with `older_tail` appended: "" for a clean cut), a newer log with the groups after it.
+// Returns the newer log's path.
+std::string SplitLogAtALostGroup(const std::string& path, const std::string& older_tail,
+                                 std::vector<Outcome>* acknowledged) {
+  WriteAndClose(path, "split", 60, acknowledged);
+  const std::string wal_path = LastWal(path);
+  const std::string contents = ReadFile(wal_path);
+  std::vector<size_t> starts;
+  const std::vector<std::string> records = LogRecords(contents, &starts);
+  const size_t lost = records.size() / 2;
+  WriteFile(wal_path, contents.substr(0, starts[lost]) + older_tail);
+  std::string newer;
+  for (size_t i = lost + 1; i < records.size(); ++i) AppendLogRecord(&newer, records[i]);
+  const uint64_t number = std::stoull(std::filesystem::path(wal_path).stem().string());
+  char name[32];
+  std::snprintf(name, sizeof name, "%06llu.log", static_cast<unsigned long long>(number + 1));
+  WriteFile(path + "/" + name, newer);
+  return path + "/" + name;
+}
+
+// Only a tail a crash can leave is taken for lost writes. Damage in the older log (a flipped
+// byte with written bytes after it) is not: nothing is moved, and the open refuses the store as
+// it did before. A read-only open (verify, export, replay) names the gap and moves nothing.
+TEST(RecoveryTest, AGapAfterADamagedLogIsRefusedAndAReadOnlyOpenNamesIt) {
+  TempDir dir;
+  std::vector<Outcome> acknowledged;
+  const std::string clean = dir.Sub("clean");
+  std::string newer_path = SplitLogAtALostGroup(clean, "", &acknowledged);
+  LedgerOptions read_only;
+  read_only.path = clean;
+  read_only.read_only = true;
+  std::unique_ptr<Ledger> ledger;
+  Status s = Ledger::Open(read_only, &ledger);
+  EXPECT_EQ(s.code(), Code::kCorruption) << s.ToString();
+  EXPECT_NE(s.message().find("begins at position"), std::string::npos) << s.message();
+  EXPECT_TRUE(std::filesystem::exists(newer_path));
+
+  // The older log damaged in its middle: a byte flipped inside an intact group.
+  acknowledged.clear();
+  const std::string damaged = dir.Sub("damaged");
+  newer_path = SplitLogAtALostGroup(damaged, "", &acknowledged);
+  std::string older_path;
+  for (const auto& entry : std::filesystem::directory_iterator(damaged)) {
+    if (entry.path().extension() == ".log" && entry.path().string() != newer_path &&
+        entry.file_size() > 0) {
+      older_path = entry.path().string();
+    }
+  }
+  ASSERT_FALSE(older_path.empty());
+  FlipByte(older_path, std::filesystem::file_size(older_path) / 3);
+  LedgerOptions options;
+  options.path = damaged;
+  s = Ledger::Open(options, &ledger);
+  EXPECT_FALSE(s.ok()) << "opened over a damaged log";
+  EXPECT_TRUE(std::filesystem::exists(newer_path)) << "a newer log was moved past damage";
+  EXPECT_FALSE(std::filesystem::exists(damaged + "/torn-wal/" +
+                                       std::filesystem::path(newer_path).filename().string()));
+}
+
 TEST(RecoveryTest, VerifyEventHashAcceptsIntactEventsAndRejectsAFlippedByte) {
   TempDir dir;
   auto ledger = Open(dir.path());
