@@ -533,7 +533,8 @@ Status ItemToChange(const StripeSubscription& before, const pc::Plan& plan, Bill
         from != before.metadata.end()) {
       *from_price = from->second;
       // The retry must send what the first request sent (Stripe replays it by its key).
-      *end_trial = before.metadata.count(kChangeEndedTrialMetadata) != 0;
+      auto ended = before.metadata.find(kChangeEndedTrialMetadata);
+      *end_trial = ended != before.metadata.end() && ended->second == stripe_key;
       return Status::OK();
     }
     return Status::Conflict("already_on_plan", "the subscription is already on plan '" + plan.id +
@@ -590,18 +591,27 @@ void UpgradeSubscription(const AppContext& context, const httplib::Request& req,
   pc::UserSubscription current;
   s = LoadPlan(*view, plan_id, &plan);
   if (s.ok()) s = ChangeableSubscription(*view, identity, &current);
-  // Without billing_cycle a change keeps the subscription's interval: a yearly subscriber moved
-  // to a monthly price would be re-anchored and invoiced at once, the year's rest left as credit.
-  const BillingCycle cycle = chosen_cycle.value_or(
-      s.ok() && current.subscription.interval == "year" ? BillingCycle::kYearly
-                                                         : BillingCycle::kMonthly);
-  if (s.ok()) s = ResolveChangePrice(plan, cycle, &price_id);
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
   // Stripe's own view of the subscription: the item to change and its current price (the
   // projection can lag behind a webhook).
   StripeSubscription before;
   s = context.stripe->GetSubscription(current.subscription_id(), &before);
   if (!s.ok()) return WriteStatusProblem(s, &res);
+  // Without billing_cycle a change keeps the subscription's interval at Stripe: a yearly
+  // subscriber moved to a monthly price would be re-anchored and invoiced at once, the year's
+  // rest left as credit.
+  BillingCycle cycle = BillingCycle::kMonthly;
+  if (chosen_cycle) {
+    cycle = *chosen_cycle;
+  } else {
+    for (const StripeSubscriptionItem& item : before.items) {
+      if (item.interval.empty()) continue;
+      if (item.interval == "year") cycle = BillingCycle::kYearly;
+      break;
+    }
+  }
+  s = ResolveChangePrice(plan, cycle, &price_id);
+  if (!s.ok()) return WriteProblemAt(s, view->position(), res);
   const StripeSubscriptionItem* item = nullptr;
   std::string from_price;
   bool end_trial = false;
@@ -616,7 +626,9 @@ void UpgradeSubscription(const AppContext& context, const httplib::Request& req,
                      {"billing_cycle", std::string(BillingCycleName(cycle))},
                      {kChangeRequestMetadata, stripe_key},
                      {kChangeFromPriceMetadata, from_price}};
-  if (end_trial) change.metadata.emplace_back(kChangeEndedTrialMetadata, "true");
+  // Always sent (Stripe merges metadata: a key set once stays): the request that ended the trial,
+  // or "" (which removes the key).
+  change.metadata.emplace_back(kChangeEndedTrialMetadata, end_trial ? stripe_key : "");
   StripeSubscription after;
   s = context.stripe->ChangeSubscriptionPrice(change, stripe_key, &after);
   if (!s.ok()) return WriteStatusProblem(s, &res);

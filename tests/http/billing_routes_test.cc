@@ -604,7 +604,8 @@ TEST_F(BillingRoutesTest, UpgradeIsAProratedPriceChangeOfTheItem) {
                                   {"metadata[plan_id]", "professional"},
                                   {"metadata[billing_cycle]", "monthly"},
                                   {"metadata[ledgerd_request]", q.idempotency_key},
-                                  {"metadata[ledgerd_from_price]", "price_starter_monthly"}}));
+                                  {"metadata[ledgerd_from_price]", "price_starter_monthly"},
+                                  {"metadata[ledgerd_ended_trial]", ""}}));
   EXPECT_EQ(q.idempotency_key.rfind("ledgerd-change_plan-", 0), 0u);
   auto at_stripe = fake_.GetSubscription("sub_alice");
   EXPECT_EQ(at_stripe->price_id, "price_professional_monthly");
@@ -636,7 +637,7 @@ TEST_F(BillingRoutesTest, AnUpgradeDuringTheTrialEndsTheTrial) {
             params.end());
   EXPECT_NE(std::find(params.begin(), params.end(),
                       std::make_pair(std::string("metadata[ledgerd_ended_trial]"),
-                                     std::string("true"))),
+                                     posts[0].idempotency_key)),
             params.end());
   EXPECT_EQ(fake_.GetSubscription("sub_alice")->status, "active");
   EXPECT_NE(r.body.find(R"("status":"active")"), std::string::npos) << r.body;
@@ -649,8 +650,25 @@ TEST_F(BillingRoutesTest, AnUpgradeDuringTheTrialEndsTheTrial) {
   ASSERT_EQ(posts.size(), 2u);
   for (const auto& [k, v] : posts[1].params) {
     EXPECT_NE(k, "trial_end");
-    EXPECT_NE(k, "metadata[ledgerd_ended_trial]");
+    if (k == "metadata[ledgerd_ended_trial]") {
+      EXPECT_EQ(v, "");  // clears the trial's
+    }
   }
+  EXPECT_EQ(fake_.GetSubscription("sub_alice")->metadata.count("ledgerd_ended_trial"), 0u);
+
+  // That second change, its record lost and retried with its key: sent again exactly as first
+  // (a stale ledgerd_ended_trial from the trial's change must not add trial_end=now).
+  const std::string body = R"({"plan_id":"starter"})";
+  ASSERT_EQ(Alice().Post(kUpgrade, body, {{"Idempotency-Key", "up-after-trial"}}).status, 200);
+  LoseTheLog();
+  GiveAliceASubscription("active", "price_professional_monthly", "professional",
+                         /*at_stripe_too=*/false);
+  HttpReply retry = Alice().Post(kUpgrade, body, {{"Idempotency-Key", "up-after-trial"}});
+  ASSERT_EQ(retry.status, 200) << retry.body;
+  posts = fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice");
+  ASSERT_EQ(posts.size(), 4u);
+  EXPECT_EQ(posts[3].idempotency_key, posts[2].idempotency_key);
+  EXPECT_EQ(posts[3].params, posts[2].params);
 }
 
 // Without billing_cycle a plan change keeps the subscription's interval.
@@ -670,6 +688,18 @@ TEST_F(BillingRoutesTest, AnUpgradeWithoutABillingCycleKeepsTheInterval) {
   r = Alice().Post(kUpgrade, R"({"plan_id":"enterprise","billing_cycle":"monthly"})");
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_NE(r.body.find(R"("price_id":"price_enterprise_monthly")"), std::string::npos) << r.body;
+}
+
+// Stripe's interval decides, not the projection's: moved to yearly in the portal, its webhook not
+// here yet (the projection still says monthly), an upgrade without billing_cycle stays yearly.
+TEST_F(BillingRoutesTest, AnUpgradesDefaultIntervalIsStripesNotTheLaggingProjections) {
+  GiveAliceASubscription("active", "price_starter_monthly", "starter");
+  FakeStripe::Subscription at_stripe = *fake_.GetSubscription("sub_alice");
+  at_stripe.price_id = "price_starter_yearly";
+  fake_.AddSubscription(at_stripe);
+  HttpReply r = Alice().Post(kUpgrade, R"({"plan_id":"professional"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_NE(r.body.find(R"("price_id":"price_professional_yearly")"), std::string::npos) << r.body;
 }
 
 TEST_F(BillingRoutesTest, AnUpgradeRetriedAfterItsRecordWasLostIsRecordedNotRefused) {

@@ -629,7 +629,14 @@ struct FakeStripe::State {
     if (Has(params, "proration_behavior")) {
       s.last_proration_behavior = std::string(Get(params, "proration_behavior"));
     }
-    for (const auto& [k, v] : MetadataOf(params, "metadata")) s.metadata[k] = v;
+    // Stripe merges metadata; an empty value removes its key.
+    for (const auto& [k, v] : MetadataOf(params, "metadata")) {
+      if (v.empty()) {
+        s.metadata.erase(k);
+      } else {
+        s.metadata[k] = v;
+      }
+    }
     return Answer{200, SubscriptionJson(s)};
   }
 
