@@ -81,12 +81,14 @@ struct ParseResult {
 // Parses flags and environment. Environment variables are read with getenv().
 ParseResult ParseConfig(int argc, const char* const* argv, Config* config);
 
-// Loads or creates (0600, random) the dev-mode HS256 secret. Returns it in `secret`.
+// Loads or creates (0600, random) the dev-mode HS256 secret. Returns it in `secret`. A file that
+// group or others can read is refused (kUnprocessable, exit 78): it mints admin tokens.
 Status LoadOrCreateDevSecret(const std::string& data_dir, std::string* secret);
 
 // The BYOK key-encryption key: 32 bytes, stored as 64 hex digits in `path`. When the file is
-// missing it is created (0600, random) if `create`, else `*found` is false. Errors
-// (kUnprocessable, exit 78): not 64 hex digits, or readable by group or others.
+// missing it is created (0600, random) if `create`, else an error if `required` (the setting
+// named it explicitly), else `*found` is false. Errors (kUnprocessable, exit 78): missing when
+// required, not 64 hex digits, or readable by group or others.
 Status LoadOrCreateMasterKey(const std::string& path, bool create, bool required,
                              std::string* key, bool* found);
 

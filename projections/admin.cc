@@ -356,19 +356,26 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
     // in it, so new sign-ups do not dilute the rate.
     const std::optional<int64_t> paying_since =
         r.trial_end ? r.trial_end : (r.created ? r.created : r.current_period_start);
+    // Unpaid and paused subscriptions paid once (dunning or a pause came later): in the base.
+    const bool paid_once = r.status == SubscriptionStatus::kActive ||
+                           r.status == SubscriptionStatus::kPastDue ||
+                           r.status == SubscriptionStatus::kUnpaid ||
+                           r.status == SubscriptionStatus::kPaused;
     if (plan != nullptr && (!paying_since || *paying_since < churn_from) &&
-        ((pays && r.status != SubscriptionStatus::kTrialing) || churned_in_window)) {
+        (paid_once || churned_in_window)) {
       ++paying_at_start;
       if (churned_in_window) ++churned_of_those;
     }
     const bool trial_plan = plan != nullptr && IsTrialPlan(*plan);
     if (r.trial_start || trial_plan) {
       ++trials;
-      // Paid after its trial and has since ended: it converted (and churned later).
+      // Its latest invoice paid at or after its trial's end, and it has since ended: it converted
+      // (and churned later). Only the latest invoice is known: one that converted, paid for
+      // months and ended after a failed renewal counts as lost.
       const bool paid_after_trial = r.trial_end && sub.latest_invoice &&
                                     sub.latest_invoice->paid &&
                                     sub.latest_invoice->amount_paid.value_or(0) > 0 &&
-                                    sub.latest_invoice->event_created > *r.trial_end;
+                                    sub.latest_invoice->event_created >= *r.trial_end;
       if (pays && !trial_plan) {
         ++converted;
       } else if (r.status == SubscriptionStatus::kTrialing) {

@@ -26,12 +26,14 @@
 //                             had one (`trial_end`).
 //   paying at start           a user paying when the churn window began: on a catalog plan, paying
 //                             since before it (`trial_end` when it had a trial, else `created`),
-//                             and paying now (not trialing) or churned inside the window. Churn
-//                             rate = those of them churned / paying at start (customers won
-//                             inside the window are in neither).
+//                             and now active, past_due, unpaid or paused, or churned inside the
+//                             window. Churn rate = those of them churned / paying at start
+//                             (`churned` also counts customers won and lost inside the window,
+//                             which are not in the base).
 //   trial conversion          among users whose subscription had a trial (`trial_start`) or is on
 //                             a trial plan: converted = now paying on a non-trial plan, or ended
-//                             after paying an invoice after its trial (converted, churned later);
+//                             with its latest invoice paid at or after its trial's end (converted,
+//                             churned later; only the latest invoice is kept);
 //                             lost = neither trialing nor converted; rate = converted /
 //                             (converted + lost).
 //   comped                    effective access granted by an override with no paying subscription.

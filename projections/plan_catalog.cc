@@ -582,8 +582,10 @@ namespace {
 
 // A Stripe price maps a subscription to exactly one plan (PlanIdForSubscription): 409
 // stripe_price_in_use when another plan, retired ones included, names one of `plan`'s prices
-// (or the plan names one price for both cycles).
-Status CheckStripePricesUnique(const StateReader& state, const Plan& plan) {
+// that `before` (the plan before the change; null for a new plan) did not (or the plan names
+// one price for both cycles). A store that holds a duplicate from before this check still
+// takes changes that do not touch it.
+Status CheckStripePricesUnique(const StateReader& state, const Plan& plan, const Plan* before) {
   if (plan.stripe_price_monthly && plan.stripe_price_monthly == plan.stripe_price_yearly) {
     return Status::Conflict("stripe_price_in_use",
                             "stripe_price_monthly and stripe_price_yearly are the same price");
@@ -594,6 +596,10 @@ Status CheckStripePricesUnique(const StateReader& state, const Plan& plan) {
     if (other.id == plan.id) continue;
     for (const std::optional<std::string>* price :
          {&plan.stripe_price_monthly, &plan.stripe_price_yearly}) {
+      if (before != nullptr && (*price == before->stripe_price_monthly ||
+                                *price == before->stripe_price_yearly)) {
+        continue;
+      }
       if (*price && (*price == other.stripe_price_monthly || *price == other.stripe_price_yearly)) {
         return Status::Conflict("stripe_price_in_use", "Stripe price '" + Truncated(**price) +
                                                            "' belongs to plan '" + other.id + "'");
@@ -612,7 +618,7 @@ Status CreatePlan::Decide(const DecideContext& context, Decision* decision) {
   Status s = context.state->Get(kPlansFamily, plan_.id, &row);
   if (s.ok()) return Status::Conflict("plan_exists", "plan '" + plan_.id + "' already exists");
   if (!s.IsNotFound()) return s;
-  LEDGER_RETURN_IF_ERROR(CheckStripePricesUnique(*context.state, plan_));
+  LEDGER_RETURN_IF_ERROR(CheckStripePricesUnique(*context.state, plan_, nullptr));
   size_t count = 0;
   LEDGER_RETURN_IF_ERROR(CountPlans(*context.state, &count));
   if (count >= limits::kPlansMax) {
@@ -650,7 +656,7 @@ Status UpdatePlan::Decide(const DecideContext& context, Decision* decision) {
                                    "one-time trial fee for its existing subscribers; create a new "
                                    "plan instead");
   }
-  LEDGER_RETURN_IF_ERROR(CheckStripePricesUnique(*context.state, next));
+  LEDGER_RETURN_IF_ERROR(CheckStripePricesUnique(*context.state, next, &current));
   decision->http_status = 200;
   decision->body = PlanToJson(next);
   if (next == current) return Status::OK();
@@ -689,7 +695,7 @@ Status SetPlanStripePrices::Decide(const DecideContext& context, Decision* decis
   apply(monthly_, &next.stripe_price_monthly);
   apply(yearly_, &next.stripe_price_yearly);
   LEDGER_RETURN_IF_ERROR(ValidatePlan(next));
-  LEDGER_RETURN_IF_ERROR(CheckStripePricesUnique(*context.state, next));
+  LEDGER_RETURN_IF_ERROR(CheckStripePricesUnique(*context.state, next, &current));
   decision->http_status = 200;
   decision->body = PlanToJson(next);
   if (next == current) return Status::OK();

@@ -19,8 +19,10 @@
 //
 // Secrets never enter an event: the stored payload is the delivery's JSON re-serialized
 // compactly (numbers and strings exactly as received) with the value of every member named
-// `client_secret`, `secret`, `hosted_invoice_url`, `invoice_pdf` or `receipt_url` (bearer links to
-// an invoice's payment page, its PDF, a receipt) replaced by "[redacted]"; `raw_sha256` is the
+// `client_secret`, `secret`, `hosted_invoice_url`, `invoice_pdf`, `receipt_url`, `pdf`, `url`,
+// `hosted_instructions_url` or `hosted_verification_url` (bearer links: an invoice's payment page
+// and PDF, a receipt, a credit note's PDF, the customer portal's login link, a checkout page)
+// replaced by "[redacted]"; `raw_sha256` is the
 // SHA-256 of the exact bytes received, so the original delivery can still be matched against
 // Stripe's copy.
 //

@@ -290,6 +290,11 @@ TEST_F(AdminRoutesTest, ChurnRateIsOfThePayingAtTheStartAndAConvertedTrialThatLe
   gone.period_end = kNow - 2 * kDay;
   gone.ended_at = kNow - 2 * kDay;
   AddSubscriber(gone, "gone@x.com");
+  // Paying since 60 days ago, now unpaid (dunning): still in the base, not churned.
+  TestSubscription unpaid = OnPlan("u-unpaid", "starter", "unpaid");
+  unpaid.period_start = kNow - 60 * kDay;
+  unpaid.period_end = kNow - 30 * kDay;
+  AddSubscriber(unpaid, "unpaid@x.com");
   // Three won 5 days ago.
   for (const char* user : {"u-n1", "u-n2", "u-n3"}) {
     AddSubscriber(OnPlan(user, "starter", kNow - 5 * kDay, kNow + 25 * kDay),
@@ -324,8 +329,8 @@ TEST_F(AdminRoutesTest, ChurnRateIsOfThePayingAtTheStartAndAConvertedTrialThatLe
   ASSERT_EQ(r.status, 200) << r.body;
   rapidjson::Document doc = r.Json();
   EXPECT_EQ(doc["churn"]["churned"].GetInt64(), 2);          // gone, conv
-  EXPECT_EQ(doc["churn"]["paying_at_start"].GetInt64(), 3);  // old, gone, conv
-  EXPECT_DOUBLE_EQ(doc["churn"]["rate"].GetDouble(), 0.6667);
+  EXPECT_EQ(doc["churn"]["paying_at_start"].GetInt64(), 4);  // old, unpaid, gone, conv
+  EXPECT_DOUBLE_EQ(doc["churn"]["rate"].GetDouble(), 0.5);
   const auto& trials = doc["trial_conversion"];
   EXPECT_EQ(trials["trials"].GetInt64(), 2);
   EXPECT_EQ(trials["converted"].GetInt64(), 1);
