@@ -11,8 +11,6 @@
 #include <iterator>
 #include <optional>
 
-#include <rocksdb/write_batch.h>
-
 namespace ledger::wal {
 
 namespace {
@@ -291,12 +289,8 @@ Status RepairTornWalTail(const std::string& dir, TornTailRepair* out) {
 
 namespace {
 
-// The events family's id in every store: created right after `default` in the first open
-// (ledger.cc; tools/wal_scan.cc reads it the same way).
-constexpr uint32_t kEventsFamilyId = 1;
-
 // The positions of the events (puts into the events family) in one log's intact WriteBatches.
-class EventPositions final : public rocksdb::WriteBatch::Handler {
+class EventPositions final : public PutsHandler {
  public:
   rocksdb::Status PutCF(uint32_t family, const rocksdb::Slice& key,
                         const rocksdb::Slice&) override {
@@ -307,16 +301,6 @@ class EventPositions final : public rocksdb::WriteBatch::Handler {
     last = position;
     return rocksdb::Status::OK();
   }
-  rocksdb::Status DeleteCF(uint32_t, const rocksdb::Slice&) override {
-    return rocksdb::Status::OK();
-  }
-  rocksdb::Status SingleDeleteCF(uint32_t, const rocksdb::Slice&) override {
-    return rocksdb::Status::OK();
-  }
-  rocksdb::Status MergeCF(uint32_t, const rocksdb::Slice&, const rocksdb::Slice&) override {
-    return rocksdb::Status::OK();
-  }
-  void LogData(const rocksdb::Slice&) override {}
 
   uint64_t first = 0;  // 0: no event
   uint64_t last = 0;

@@ -22,9 +22,31 @@
 #include <utility>
 #include <vector>
 
+#include <rocksdb/write_batch.h>
+
 #include "events/status.h"
 
 namespace ledger::wal {
+
+// The events family's id in every store: created right after `default` in the first open
+// (ledger.cc). Every put into it is an event (key: its position, 8 bytes big-endian).
+inline constexpr uint32_t kEventsFamilyId = 1;
+
+// A WriteBatch handler that sees the puts (PutCF) and ignores everything else in a batch
+// (deletes, merges, markers: none of them is an event).
+class PutsHandler : public rocksdb::WriteBatch::Handler {
+ public:
+  rocksdb::Status DeleteCF(uint32_t, const rocksdb::Slice&) override {
+    return rocksdb::Status::OK();
+  }
+  rocksdb::Status SingleDeleteCF(uint32_t, const rocksdb::Slice&) override {
+    return rocksdb::Status::OK();
+  }
+  rocksdb::Status MergeCF(uint32_t, const rocksdb::Slice&, const rocksdb::Slice&) override {
+    return rocksdb::Status::OK();
+  }
+  void LogData(const rocksdb::Slice&) override {}
+};
 
 inline constexpr size_t kBlockBytes = 32768;
 inline constexpr size_t kHeaderBytes = 7;

@@ -18,11 +18,9 @@ namespace {
 
 // The WriteBatch header: sequence (8) | count (4).
 constexpr size_t kWriteBatchHeaderBytes = 12;
-// The events family's id in every store: it is created right after `default`, in the first open
-// (events/ledger.cc).
-constexpr uint32_t kEventsFamilyId = 1;
+using wal::kEventsFamilyId;
 
-class EventFinder final : public rocksdb::WriteBatch::Handler {
+class EventFinder final : public wal::PutsHandler {
  public:
   EventFinder(WalFinding* finding, uint64_t* last_position)
       : finding_(finding), last_position_(last_position) {}
@@ -61,17 +59,6 @@ class EventFinder final : public rocksdb::WriteBatch::Handler {
   uint64_t first_position() const { return first_position_; }
   // Puts into the events family seen in this record.
   uint64_t event_puts() const { return puts_; }
-  // Everything else in a batch (deletes, merges, markers) is not an event.
-  rocksdb::Status DeleteCF(uint32_t, const rocksdb::Slice&) override {
-    return rocksdb::Status::OK();
-  }
-  rocksdb::Status SingleDeleteCF(uint32_t, const rocksdb::Slice&) override {
-    return rocksdb::Status::OK();
-  }
-  rocksdb::Status MergeCF(uint32_t, const rocksdb::Slice&, const rocksdb::Slice&) override {
-    return rocksdb::Status::OK();
-  }
-  void LogData(const rocksdb::Slice&) override {}
 
  private:
   void Report(uint64_t position, std::string reason) {
