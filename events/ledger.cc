@@ -690,6 +690,7 @@ class LedgerImpl final : public Ledger {
   rocksdb::DB* db_ = nullptr;
   // RocksDB's rate limiter; told what each group writes (LedgerOptions::background_write_pace).
   std::shared_ptr<BackgroundWritePacer> pacer_;
+  std::unique_ptr<wal::EventGapFilter> gap_filter_;  // the open's wal_filter (OpenDb)
   // Read-only opens: the file system without *.trash files (see OpenDb).
   std::shared_ptr<rocksdb::FileSystem> read_only_fs_;
   std::unique_ptr<rocksdb::Env> read_only_env_;
@@ -933,21 +934,14 @@ Status LedgerImpl::OpenDb() {
                                    : name == kIdempotencyFamily ? idempotency_options
                                                                 : cf_options);
   }
-  wal::LogGapRepair gap;
+  // Stops the replay at a hole a power loss left between two logs (wal_log.h). A member: the
+  // database keeps the pointer in its options.
+  gap_filter_ = std::make_unique<wal::EventGapFilter>(options_.read_only ? "" : options_.path);
+  db_options.wal_filter = gap_filter_.get();
   if (std::filesystem::exists(options_.path)) {
     // RocksDB would open past a zeroed header and drop the rest of its block (wal_log.h); a
     // read-only open (verify, export, replay) too, and then see a shorter, intact-looking chain.
     LEDGER_RETURN_IF_ERROR(wal::FindZeroedHeaders(options_.path));
-    LEDGER_RETURN_IF_ERROR(wal::SetAsideLogsAfterAGap(options_.path, options_.read_only, &gap));
-    if (gap.repaired) {
-      std::string moved;
-      for (const std::string& name : gap.set_aside) moved += (moved.empty() ? "" : ", ") + name;
-      spdlog::warn(
-          "{}: its last writes were lost by a crash before their sync (never acknowledged), and "
-          "newer logs begin after them (event {} where {} was next): moved {} to torn-wal/ "
-          "unreplayed, so that the log has no hole",
-          gap.older, gap.next_position, gap.last_position + 1, moved);
-    }
   }
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::Options options(db_options, cf_options);
@@ -968,17 +962,24 @@ Status LedgerImpl::OpenDb() {
           "bytes at offset {}; the file as it was is saved as {}",
           repair.file, repair.cut_bytes, repair.cut_at, repair.copy);
       handles.clear();
+      gap_filter_ = std::make_unique<wal::EventGapFilter>(options_.path);
+      db_options.wal_filter = gap_filter_.get();
       s = rocksdb::DB::Open(db_options, options_.path, descriptors, &handles, &db_);
     }
   }
-  if (!s.ok()) {
-    if (gap.repaired) {
-      // The open fails for another reason: leave the store as it was found.
-      Status restored = wal::RestoreLogsSetAside(options_.path, gap);
-      if (!restored.ok()) spdlog::error("{}", restored.ToString());
-    }
-    return FromRocks(s);
+  const wal::EventGapFilter& gap = *gap_filter_;
+  if (gap.stopped()) {
+    std::string saved;
+    for (const std::string& copy : gap.saved()) saved += (saved.empty() ? "" : ", ") + copy;
+    spdlog::warn(
+        "{} begins at event {} while the logs before it end at {}: a crash lost their last "
+        "writes before their sync (never acknowledged, nor is anything after them); the replay "
+        "stopped there, so that the log has no hole{}{}",
+        gap.stopped_log(), gap.next_position(), gap.last_position(),
+        saved.empty() ? "" : "; the dropped logs are saved as ", saved);
+    if (!gap.save_status().ok()) spdlog::error("{}", gap.save_status().ToString());
   }
+  if (!s.ok()) return FromRocks(s);
   for (size_t i = 0; i < handles.size(); ++i) {
     families_[names[i]] = handles[i];
     const uint32_t id = handles[i]->GetID();

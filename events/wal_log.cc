@@ -306,102 +306,49 @@ class EventPositions final : public PutsHandler {
   uint64_t last = 0;
 };
 
-// Reads the events of every complete, intact WriteBatch of a log, up to the first fragment that
-// is not (where RocksDB's reader stops too).
-void ReadLogEvents(std::string_view contents, EventPositions* events) {
-  std::string batch;
-  bool in_batch = false;
-  WalkFragments(contents, [&](const Fragment& f) {
-    if (!f.checksum_ok) return false;
-    const bool begins = f.base_type == kFullType || f.base_type == kFirstType;
-    const bool ends = f.base_type == kFullType || f.base_type == kLastType;
-    if (begins) {
-      batch.clear();
-      in_batch = true;
-    } else if (!in_batch || (f.base_type != kMiddleType && f.base_type != kLastType)) {
-      return false;  // a record type this reader does not know, or a fragment out of order
-    }
-    batch.append(f.payload);
-    if (ends) {
-      in_batch = false;
-      rocksdb::WriteBatch write_batch(std::move(batch));
-      batch.clear();
-      if (!write_batch.Iterate(events).ok()) return false;
-    }
-    return true;
-  });
-}
-
 }  // namespace
 
-Status SetAsideLogsAfterAGap(const std::string& dir, bool detect_only, LogGapRepair* out) {
-  *out = LogGapRepair{};
-  std::vector<std::pair<uint64_t, std::filesystem::path>> logs;
-  LEDGER_RETURN_IF_ERROR(ListLogFiles(dir, &logs));
-  std::optional<size_t> gap_at;  // index of the first log after the gap
-  uint64_t last = 0;             // the last event position read so far (0: none)
-  std::string last_log;          // the log it is in
-  TailShape previous_tail = TailShape::kClean;  // how the log before logs[i] ends
-  for (size_t i = 0; i < logs.size(); ++i) {
-    std::string contents;
-    LEDGER_RETURN_IF_ERROR(ReadLogFile(logs[i].second, &contents));
-    EventPositions events;
-    ReadLogEvents(contents, &events);
-    // Only a tail that a crash can leave (cut short, or torn: never synced) can have lost the
-    // events between; damage is left to the open, which refuses it.
-    if (events.first != 0 && last != 0 && events.first > last + 1 &&
-        previous_tail != TailShape::kDamaged) {
-      gap_at = i;
-      out->older = last_log;
-      out->last_position = last;
-      out->next_position = events.first;
-      break;
-    }
-    if (events.first != 0) {
-      last = events.last;
-      last_log = logs[i].second.filename().string();
-    }
-    size_t cut = 0;
-    previous_tail = ClassifyTail(contents, &cut);
+rocksdb::WalFilter::WalProcessingOption EventGapFilter::LogRecordFound(
+    unsigned long long log_number, const std::string& log_file_name,
+    const rocksdb::WriteBatch& batch, rocksdb::WriteBatch*, bool*) {
+  EventPositions events;
+  if (!batch.Iterate(&events).ok()) {
+    last_ = 0;  // unreadable here: the next event starts the comparison afresh
+    return WalProcessingOption::kContinueProcessing;
   }
-  if (!gap_at) return Status::OK();
-  const std::string& newer = logs[*gap_at].second.filename().string();
-  if (detect_only) {
-    return Status::Corruption(
-        newer + " begins at position " + std::to_string(out->next_position) + " while " +
-        out->older + " ends at " + std::to_string(out->last_position) +
-        ": a crash lost the older log's last, never-synced writes; ledgerd sets the newer logs "
-        "aside (torn-wal/) when it next starts");
+  if (events.first == 0) return WalProcessingOption::kContinueProcessing;  // no event
+  if (last_ != 0 && events.first > last_ + 1) {
+    stopped_ = true;
+    stopped_log_ = log_file_name;
+    stopped_log_number_ = log_number;
+    next_position_ = events.first;
+    // Copied now: the open deletes the dropped logs once it has flushed what it replayed.
+    save_status_ = SaveDroppedLogs();
+    return WalProcessingOption::kStopReplay;
   }
-  for (size_t i = *gap_at; i < logs.size(); ++i) {
-    const std::filesystem::path& path = logs[i].second;
-    std::filesystem::path saved_dir, moved;
-    LEDGER_RETURN_IF_ERROR(SavedLogPath(dir, path, &saved_dir, &moved));
-    std::error_code ec;
-    std::filesystem::rename(path, moved, ec);
-    if (ec) return Status::IOError("cannot move " + path.string() + ": " + ec.message());
-    out->set_aside.push_back(path.filename().string());
-    out->moved.emplace_back(path, moved);
-  }
-  std::string error;
-  const std::filesystem::path saved_dir = std::filesystem::path(dir) / "torn-wal";
-  if (!SyncPath(saved_dir, O_RDONLY | O_DIRECTORY, &error) ||
-      !SyncPath(dir, O_RDONLY | O_DIRECTORY, &error)) {
-    return Status::IOError("cannot sync the logs set aside: " + error);
-  }
-  out->repaired = true;
-  return Status::OK();
+  last_ = std::max(last_, events.last);
+  return WalProcessingOption::kContinueProcessing;
 }
 
-Status RestoreLogsSetAside(const std::string& dir, const LogGapRepair& repair) {
-  for (const auto& [original, moved] : repair.moved) {
+Status EventGapFilter::SaveDroppedLogs() {
+  if (dir_.empty()) return Status::OK();
+  const std::string& dir = dir_;
+  std::vector<std::string>* saved = &saved_;
+  std::vector<std::pair<uint64_t, std::filesystem::path>> logs;
+  LEDGER_RETURN_IF_ERROR(ListLogFiles(dir, &logs));
+  for (const auto& [number, path] : logs) {
+    if (number < stopped_log_number_) continue;
+    std::filesystem::path saved_dir, copy;
+    LEDGER_RETURN_IF_ERROR(SavedLogPath(dir, path, &saved_dir, &copy));
     std::error_code ec;
-    std::filesystem::rename(moved, original, ec);
-    if (ec) return Status::IOError("cannot move " + moved.string() + " back: " + ec.message());
+    std::filesystem::copy_file(path, copy, ec);
+    if (ec) return Status::IOError("cannot copy " + path.string() + ": " + ec.message());
+    saved->push_back(copy.string());
   }
   std::string error;
-  if (!SyncPath(dir, O_RDONLY | O_DIRECTORY, &error)) {
-    return Status::IOError("cannot sync " + dir + ": " + error);
+  if (!saved->empty() &&
+      !SyncPath(std::filesystem::path(dir) / "torn-wal", O_RDONLY | O_DIRECTORY, &error)) {
+    return Status::IOError("cannot sync the copies of the dropped logs: " + error);
   }
   return Status::OK();
 }

@@ -8,8 +8,8 @@
 // are zero padding. The checksum covers the type byte, the log number if any, and the payload.
 //
 // Two users: `ledgerctl verify` reads the logs to name a damaged event (tools/wal_scan.h), and
-// the ledger's open cuts a torn tail off the newest log (RepairTornWalTail) and sets aside newer
-// logs that begin after an older log's lost writes (SetAsideLogsAfterAGap).
+// the ledger's open cuts a torn tail off the newest log (RepairTornWalTail) and stops the replay
+// at a log that begins after an older log's lost writes (EventGapFilter).
 #pragma once
 
 #include <cstddef>
@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include <rocksdb/wal_filter.h>
 #include <rocksdb/write_batch.h>
 
 #include "events/status.h"
@@ -127,33 +128,48 @@ struct TornTailRepair {
 // after the bad fragment, an older log) is left alone: OK with `repaired == false`.
 Status RepairTornWalTail(const std::string& dir, TornTailRepair* out);
 
-// What SetAsideLogsAfterAGap did.
-struct LogGapRepair {
-  bool repaired = false;
-  std::string older;           // the log whose last WriteBatches were lost
-  uint64_t last_position = 0;  // its last event
-  uint64_t next_position = 0;  // the first event of the next log
-  std::vector<std::string> set_aside;  // the logs moved to `<dir>/torn-wal/`, by name
-  std::vector<std::pair<std::filesystem::path, std::filesystem::path>> moved;  // from, to
+// The ledger appends events in position order, one WriteBatch per group. A power loss can lose
+// the unsynced tail of an older log and keep a newer log's writes (the sync thread syncs the logs
+// oldest first after writing their groups, while the kernel writes dirty pages back in any
+// order), and kTolerateCorruptedTailRecords would then replay the newer log after the older
+// log's cut tail: events missing from the middle of the chain. This filter, set as the open's
+// DBOptions::wal_filter, sees every record RocksDB replays (only the logs it still needs, in
+// order) and stops the replay at the first one whose first event is beyond the last replayed
+// event + 1: none of the groups from there on was acknowledged (the older log's sync never
+// completed, and a group is answered only after every log up to it is synced). The logs from
+// that one on are copied to `<dir>/torn-wal/` first (the open deletes them once it has flushed
+// what it replayed). Read-only opens (verify, export, replay) stop the same way, copying nothing.
+// Thread safety: used by one open at a time.
+class EventGapFilter final : public rocksdb::WalFilter {
+ public:
+  // `dir`: where the logs are; "" = copy nothing (read-only opens).
+  explicit EventGapFilter(std::string dir) : dir_(std::move(dir)) {}
+
+  WalProcessingOption LogRecordFound(unsigned long long log_number,
+                                     const std::string& log_file_name,
+                                     const rocksdb::WriteBatch& batch,
+                                     rocksdb::WriteBatch* new_batch,
+                                     bool* batch_changed) override;
+  const char* Name() const override { return "ledger-event-gap"; }
+
+  bool stopped() const { return stopped_; }
+  const std::string& stopped_log() const { return stopped_log_; }
+  uint64_t last_position() const { return last_; }
+  uint64_t next_position() const { return next_position_; }
+  const std::vector<std::string>& saved() const { return saved_; }  // the copies
+  const Status& save_status() const { return save_status_; }
+
+ private:
+  Status SaveDroppedLogs();
+
+  const std::string dir_;
+  uint64_t last_ = 0;  // the last event replayed (0: none yet)
+  bool stopped_ = false;
+  std::string stopped_log_;
+  uint64_t stopped_log_number_ = 0;
+  uint64_t next_position_ = 0;
+  std::vector<std::string> saved_;
+  Status save_status_;
 };
-
-// The ledger appends events in position order, one WriteBatch per group, and a log's first event
-// follows the previous log's last. A power loss can lose the unsynced tail of an older log and
-// keep a newer log's writes (the sync thread syncs the logs oldest first after writing their
-// groups, while the kernel writes dirty pages back in any order), and kTolerateCorruptedTailRecords
-// would then replay the newer log after the older log's cut tail: events missing from the middle
-// of the chain. None of the groups from the missing one on was acknowledged (the older log's
-// sync never completed, and a group is answered only after every log up to it is synced), so the
-// open ends the log where the older log ends: the newer logs are moved, as they are, to
-// `<dir>/torn-wal/` (the directory synced). Only when the log before the first newer one ends the
-// way a crash leaves it (cut short, or torn: ClassifyTail); damage there is left to the open,
-// which refuses it. Positions, not RocksDB's sequence numbers: after a recovery RocksDB may start
-// the next log's sequence above the last one recovered, while the ledger always continues from
-// the last event recovered. `detect_only` (read-only opens: verify, export, replay): kCorruption
-// naming the logs instead of moving anything. OK with `repaired == false` when there is no gap.
-Status SetAsideLogsAfterAGap(const std::string& dir, bool detect_only, LogGapRepair* out);
-
-// Moves the logs of `repair` back (the open failed after all: leave the store as it was).
-Status RestoreLogsSetAside(const std::string& dir, const LogGapRepair& repair);
 
 }  // namespace ledger::wal
