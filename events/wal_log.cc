@@ -144,74 +144,6 @@ size_t ZeroTailStart(std::string_view contents) {
   return from;
 }
 
-// How a log file ends.
-enum class TailShape {
-  kClean,    // every fragment intact to the end, or zeros from a WriteBatch boundary on (what
-             // RocksDB reads as preallocated space), or cut short inside a fragment or a header
-             // (RocksDB drops an incomplete last record itself)
-  kTorn,     // a WriteBatch torn by a crash before its sync (RepairTornWalTail's shapes)
-  kDamaged,  // anything else: a bad checksum with written bytes after it, a fragment running
-             // past its block
-};
-
-// Classifies `contents`; for kTorn, `*cut` is where the torn WriteBatch begins. The torn shapes:
-// a fragment whose checksum fails and whose last 32 bytes or more, and everything after it to
-// the end of the file, are zero bytes (or a header torn the same way), every fragment before it
-// intact.
-TailShape ClassifyTail(std::string_view contents, size_t* cut) {
-  // The zero tail: [zeros_from, end of file).
-  const size_t zeros_from = ZeroTailStart(contents);
-  // Walk the intact fragments up to the first anomaly: a fragment whose checksum fails, a header
-  // with non-zero bytes but type and length 0, or a fragment running past its block or the file.
-  size_t batch_start = 0;  // offset of the fragment that began the WriteBatch being read
-  bool in_batch = false;   // between a kFirst fragment and its kLast
-  std::optional<size_t> bad_fragment_end;
-  size_t stop = 0;
-  const WalkEnd how = WalkFragments(contents, [&](const Fragment& f) {
-    if (!f.checksum_ok) {
-      bad_fragment_end = f.end();
-      return false;
-    }
-    if (f.base_type == kFullType || f.base_type == kFirstType) batch_start = f.offset;
-    if (f.base_type == kFirstType) in_batch = true;
-    if (f.base_type == kFullType || f.base_type == kLastType) in_batch = false;
-    return true;
-  }, &stop);
-  // In every torn shape the zero tail begins inside the first anomaly (or before it): written
-  // bytes after the anomaly mean damage, however the file happens to end.
-  bool torn = false;
-  switch (how) {
-    case WalkEnd::kEndOfFile:
-      return TailShape::kClean;
-    case WalkEnd::kStopped:
-      // The zero tail must begin inside the bad fragment and be longer than the few zero bytes a
-      // payload can end with (a big-endian position): else it is damage, not a tear. It may run
-      // on through later fragments (two groups written, neither synced, torn near their border).
-      torn = zeros_from < *bad_fragment_end && contents.size() - zeros_from >= kTornZerosMin;
-      break;
-    case WalkEnd::kZeroHeader:
-      // Zeros from a batch boundary to the end: preallocated space. A header whose checksum
-      // bytes were written and the rest not, or a zero header inside the zero tail that cuts a
-      // WriteBatch short: torn.
-      if (zeros_from <= stop && !in_batch) return TailShape::kClean;
-      torn = zeros_from <= stop + kHeaderBytes && (zeros_from > stop || in_batch);
-      break;
-    case WalkEnd::kIncomplete:
-      if (contents.size() - stop < kHeaderBytes) return TailShape::kClean;  // a cut header
-      if (!RunsPastTheFile(contents, stop)) return TailShape::kDamaged;
-      // A fragment running past the end of the file: cut short (RocksDB drops it), or torn when
-      // its written part ends in a zero tail too long to be the end of a payload.
-      if (zeros_from == contents.size()) return TailShape::kClean;
-      torn = zeros_from > stop && contents.size() - zeros_from >= kTornZerosMin;
-      if (!torn) return TailShape::kClean;
-      break;
-  }
-  if (!torn) return TailShape::kDamaged;
-  // The fragment types of a WriteBatch before the anomaly were intact: cut where it began.
-  *cut = in_batch ? batch_start : stop;
-  return TailShape::kTorn;
-}
-
 // `<dir>/torn-wal/` (created) and a name in it for a copy of `path` that no file has yet.
 Status SavedLogPath(const std::string& dir, const std::filesystem::path& path,
                     std::filesystem::path* saved_dir, std::filesystem::path* saved) {
@@ -225,6 +157,23 @@ Status SavedLogPath(const std::string& dir, const std::filesystem::path& path,
   }
   return Status::OK();
 }
+
+// The positions of the events (puts into the events family) of one WriteBatch.
+class EventPositions final : public PutsHandler {
+ public:
+  rocksdb::Status PutCF(uint32_t family, const rocksdb::Slice& key,
+                        const rocksdb::Slice&) override {
+    if (family != kEventsFamilyId || key.size() != 8) return rocksdb::Status::OK();
+    uint64_t position = 0;
+    for (size_t i = 0; i < 8; ++i) position = (position << 8) | static_cast<uint8_t>(key[i]);
+    if (first == 0) first = position;
+    last = position;
+    return rocksdb::Status::OK();
+  }
+
+  uint64_t first = 0;  // 0: no event
+  uint64_t last = 0;
+};
 
 }  // namespace
 
@@ -260,8 +209,54 @@ Status RepairTornWalTail(const std::string& dir, TornTailRepair* out) {
   const std::filesystem::path path = logs.back().second;
   std::string contents;
   LEDGER_RETURN_IF_ERROR(ReadLogFile(path, &contents));
-  size_t cut = 0;
-  if (ClassifyTail(contents, &cut) != TailShape::kTorn) return Status::OK();
+  // The zero tail: [zeros_from, end of file).
+  const size_t zeros_from = ZeroTailStart(contents);
+  if (zeros_from == contents.size()) return Status::OK();  // no zeros at the end: not torn
+
+  // Walk the intact fragments up to the first anomaly: a fragment whose checksum fails, a header
+  // with non-zero bytes but type and length 0, or a fragment running past its block or the file.
+  size_t batch_start = 0;  // offset of the fragment that began the WriteBatch being read
+  bool in_batch = false;   // between a kFirst fragment and its kLast
+  std::optional<size_t> bad_fragment_end;
+  size_t stop = 0;
+  const WalkEnd how = WalkFragments(contents, [&](const Fragment& f) {
+    if (!f.checksum_ok) {
+      bad_fragment_end = f.end();
+      return false;
+    }
+    if (f.base_type == kFullType || f.base_type == kFirstType) batch_start = f.offset;
+    if (f.base_type == kFirstType) in_batch = true;
+    if (f.base_type == kFullType || f.base_type == kLastType) in_batch = false;
+    return true;
+  }, &stop);
+  // In every torn shape the zero tail begins inside the first anomaly (or before it): written
+  // bytes after the anomaly mean damage, however the file happens to end.
+  bool torn = false;
+  switch (how) {
+    case WalkEnd::kStopped:
+      // The zero tail must begin inside the bad fragment and be longer than the few zero bytes a
+      // payload can end with (a big-endian position): else it is damage, not a tear. It may run
+      // on through later fragments (two groups written, neither synced, torn near their border).
+      torn = zeros_from < *bad_fragment_end && contents.size() - zeros_from >= kTornZerosMin;
+      break;
+    case WalkEnd::kZeroHeader:
+      // A header whose checksum bytes were written and the rest not, or a zero header inside the
+      // zero tail that cuts a WriteBatch short. (Zeros starting at a batch boundary are what
+      // RocksDB reads as preallocated space: nothing to repair.)
+      torn = zeros_from <= stop + kHeaderBytes && (zeros_from > stop || in_batch);
+      break;
+    case WalkEnd::kIncomplete:
+      // A fragment running past the end of the file whose written part ends in a zero tail too
+      // long to be the end of a payload.
+      torn = zeros_from > stop && contents.size() - zeros_from >= kTornZerosMin &&
+             RunsPastTheFile(contents, stop);
+      break;
+    case WalkEnd::kEndOfFile:
+      break;
+  }
+  if (!torn) return Status::OK();
+  // The fragment types of a WriteBatch before the anomaly were intact: cut where it began.
+  const size_t cut = in_batch ? batch_start : stop;
 
   std::filesystem::path saved_dir, copy;
   LEDGER_RETURN_IF_ERROR(SavedLogPath(dir, path, &saved_dir, &copy));
@@ -287,27 +282,6 @@ Status RepairTornWalTail(const std::string& dir, TornTailRepair* out) {
   return Status::OK();
 }
 
-namespace {
-
-// The positions of the events (puts into the events family) in one log's intact WriteBatches.
-class EventPositions final : public PutsHandler {
- public:
-  rocksdb::Status PutCF(uint32_t family, const rocksdb::Slice& key,
-                        const rocksdb::Slice&) override {
-    if (family != kEventsFamilyId || key.size() != 8) return rocksdb::Status::OK();
-    uint64_t position = 0;
-    for (size_t i = 0; i < 8; ++i) position = (position << 8) | static_cast<uint8_t>(key[i]);
-    if (first == 0) first = position;
-    last = position;
-    return rocksdb::Status::OK();
-  }
-
-  uint64_t first = 0;  // 0: no event
-  uint64_t last = 0;
-};
-
-}  // namespace
-
 rocksdb::WalFilter::WalProcessingOption EventGapFilter::LogRecordFound(
     unsigned long long log_number, const std::string& log_file_name,
     const rocksdb::WriteBatch& batch, rocksdb::WriteBatch*, bool*) {
@@ -332,23 +306,20 @@ rocksdb::WalFilter::WalProcessingOption EventGapFilter::LogRecordFound(
 
 Status EventGapFilter::SaveDroppedLogs() {
   if (dir_.empty()) return Status::OK();
-  const std::string& dir = dir_;
-  std::vector<std::string>* saved = &saved_;
   std::vector<std::pair<uint64_t, std::filesystem::path>> logs;
-  LEDGER_RETURN_IF_ERROR(ListLogFiles(dir, &logs));
+  LEDGER_RETURN_IF_ERROR(ListLogFiles(dir_, &logs));
+  std::string error;
   for (const auto& [number, path] : logs) {
     if (number < stopped_log_number_) continue;
     std::filesystem::path saved_dir, copy;
-    LEDGER_RETURN_IF_ERROR(SavedLogPath(dir, path, &saved_dir, &copy));
+    LEDGER_RETURN_IF_ERROR(SavedLogPath(dir_, path, &saved_dir, &copy));
     std::error_code ec;
     std::filesystem::copy_file(path, copy, ec);
     if (ec) return Status::IOError("cannot copy " + path.string() + ": " + ec.message());
-    saved->push_back(copy.string());
-  }
-  std::string error;
-  if (!saved->empty() &&
-      !SyncPath(std::filesystem::path(dir) / "torn-wal", O_RDONLY | O_DIRECTORY, &error)) {
-    return Status::IOError("cannot sync the copies of the dropped logs: " + error);
+    if (!SyncPath(copy, O_RDONLY, &error) || !SyncPath(saved_dir, O_RDONLY | O_DIRECTORY, &error)) {
+      return Status::IOError("cannot sync the copy of a dropped log: " + error);
+    }
+    saved_.push_back(copy.string());
   }
   return Status::OK();
 }
