@@ -698,6 +698,27 @@ void AppendLogRecord(std::string* file, std::string_view payload) {
   } while (!payload.empty());
 }
 
+// Writes 60 commands to a store in `path` and splits its log at a lost group, as a power loss
+// can leave it: the older log cut where that group began, a newer log with the groups after it.
+// Returns the newer log's path.
+std::string SplitLogAtALostGroup(const std::string& path, std::vector<Outcome>* acknowledged) {
+  WriteAndClose(path, "split", 60, acknowledged);
+  const std::string wal_path = LastWal(path);
+  const std::string contents = ReadFile(wal_path);
+  std::vector<size_t> starts;
+  const std::vector<std::string> records = LogRecords(contents, &starts);
+  EXPECT_GE(records.size(), 40u);  // one WriteBatch per command, in the one log
+  const size_t lost = records.size() / 2;
+  WriteFile(wal_path, contents.substr(0, starts[lost]));
+  std::string newer;
+  for (size_t i = lost + 1; i < records.size(); ++i) AppendLogRecord(&newer, records[i]);
+  const uint64_t number = std::stoull(std::filesystem::path(wal_path).stem().string());
+  char name[32];
+  std::snprintf(name, sizeof name, "%06llu.log", static_cast<unsigned long long>(number + 1));
+  WriteFile(path + "/" + name, newer);
+  return path + "/" + name;
+}
+
 // A power loss can keep a newer log's writes and lose the unsynced tail of an older one: the
 // sync thread syncs the logs after their groups were written, oldest first, and the kernel
 // writes dirty pages back in any order meanwhile. None of those groups was acknowledged (the
@@ -709,26 +730,14 @@ void AppendLogRecord(std::string* file, std::string_view payload) {
 TEST(RecoveryTest, ANewerLogAfterAnOlderLogsLostTailIsNotReplayedOverTheGap) {
   TempDir dir;
   std::vector<Outcome> acknowledged;
-  ASSERT_NO_FATAL_FAILURE(WriteAndClose(dir.path(), "split", 60, &acknowledged));
-  const std::string wal_path = LastWal(dir.path());
-  ASSERT_FALSE(wal_path.empty());
-  const std::string contents = ReadFile(wal_path);
-  std::vector<size_t> starts;
-  const std::vector<std::string> records = LogRecords(contents, &starts);
-  ASSERT_GE(records.size(), 40u);
-  const size_t lost = records.size() / 2;
-  // The older log keeps the groups before the lost one; a newer log holds the ones after it.
-  WriteFile(wal_path, contents.substr(0, starts[lost]));
-  std::string newer;
-  for (size_t i = lost + 1; i < records.size(); ++i) AppendLogRecord(&newer, records[i]);
-  const uint64_t number = std::stoull(std::filesystem::path(wal_path).stem().string());
-  char name[32];
-  std::snprintf(name, sizeof name, "%06llu.log", static_cast<unsigned long long>(number + 1));
-  const std::string newer_path = dir.path() + "/" + name;
+  const std::string newer_path = SplitLogAtALostGroup(dir.path(), &acknowledged);
+  const std::string newer = ReadFile(newer_path);
+  const std::string name = std::filesystem::path(newer_path).filename().string();
 
   // What the older log alone recovers: the head the store must open with.
   const std::string alone = dir.Sub("older-alone");
   CopyStore(dir.path(), alone);
+  std::filesystem::remove(alone + "/" + name);
   Position expected_head;
   {
     auto ledger = Open(alone);
@@ -737,7 +746,6 @@ TEST(RecoveryTest, ANewerLogAfterAnOlderLogsLostTailIsNotReplayedOverTheGap) {
   }
   ASSERT_GT(expected_head.value(), 0u);
   ASSERT_LT(expected_head.value(), acknowledged.back().result.position.value());
-  WriteFile(newer_path, newer);
 
   auto ledger = Open(dir.path());
   ASSERT_NE(ledger, nullptr);
@@ -788,27 +796,6 @@ TEST(RecoveryTest, AnObsoleteLogLeftOnDiskIsNotTakenForAGap) {
   EXPECT_FALSE(std::filesystem::exists(dir.path() + "/torn-wal"));
 }
 
-// Builds the split store of the previous test in `path`: the older log cut where group `lost`
-// began (with `older_tail` appended: "" for a clean cut), a newer log with the groups after it.
-// Returns the newer log's path.
-std::string SplitLogAtALostGroup(const std::string& path, const std::string& older_tail,
-                                 std::vector<Outcome>* acknowledged) {
-  WriteAndClose(path, "split", 60, acknowledged);
-  const std::string wal_path = LastWal(path);
-  const std::string contents = ReadFile(wal_path);
-  std::vector<size_t> starts;
-  const std::vector<std::string> records = LogRecords(contents, &starts);
-  const size_t lost = records.size() / 2;
-  WriteFile(wal_path, contents.substr(0, starts[lost]) + older_tail);
-  std::string newer;
-  for (size_t i = lost + 1; i < records.size(); ++i) AppendLogRecord(&newer, records[i]);
-  const uint64_t number = std::stoull(std::filesystem::path(wal_path).stem().string());
-  char name[32];
-  std::snprintf(name, sizeof name, "%06llu.log", static_cast<unsigned long long>(number + 1));
-  WriteFile(path + "/" + name, newer);
-  return path + "/" + name;
-}
-
 // A read-only open (verify, export, replay) stops at the hole too: it sees the chain ledgerd will
 // open, and changes nothing. Damage in the older log (a flipped byte with written bytes after it)
 // still refuses the store: the replay never reaches the newer log, nothing is saved.
@@ -816,7 +803,7 @@ TEST(RecoveryTest, AReadOnlyOpenStopsAtTheGapAndDamageBeforeItIsRefused) {
   TempDir dir;
   std::vector<Outcome> acknowledged;
   const std::string clean = dir.Sub("clean");
-  std::string newer_path = SplitLogAtALostGroup(clean, "", &acknowledged);
+  std::string newer_path = SplitLogAtALostGroup(clean, &acknowledged);
   LedgerOptions read_only;
   read_only.path = clean;
   read_only.read_only = true;
@@ -841,7 +828,7 @@ TEST(RecoveryTest, AReadOnlyOpenStopsAtTheGapAndDamageBeforeItIsRefused) {
   // The older log damaged in its middle: a byte flipped inside an intact group.
   acknowledged.clear();
   const std::string damaged = dir.Sub("damaged");
-  newer_path = SplitLogAtALostGroup(damaged, "", &acknowledged);
+  newer_path = SplitLogAtALostGroup(damaged, &acknowledged);
   std::string older_path;
   for (const auto& entry : std::filesystem::directory_iterator(damaged)) {
     if (entry.path().extension() == ".log" && entry.path().string() != newer_path &&
