@@ -132,11 +132,9 @@ void WriteInvoice(JsonWriter* w, const std::optional<pj::InvoiceRecord>& invoice
 // Why a subscription that grants access by its status grants nothing now (the problem a consume
 // would answer 402 with, e.g. "trial_expired": a trial past its end, whatever Stripe's status
 // still says; an admin-granted trial never ends at Stripe), or "" when it does grant access.
-Status AccessEnded(const pj::UserAccess& access, const Clock* clock, std::string* ended) {
+Status AccessEnded(const pj::MeteringSubject& subject, const Clock* clock, std::string* ended) {
   ended->clear();
-  if (access.access == pj::AccessLevel::kNone) return Status::OK();
-  pj::MeteringSubject subject;
-  subject.access = access;
+  if (subject.access.access == pj::AccessLevel::kNone) return Status::OK();
   pj::UsageTerms terms;
   const int64_t now_us = (clock != nullptr ? clock : SystemClock::Default())->NowMicros();
   Status s = pj::ResolveConsumeTerms(subject, now_us / 1'000'000, &terms);
@@ -276,7 +274,7 @@ void WriteAccess(Ledger* ledger, const Clock* clock, std::string_view user_id,
     const int64_t now_us = (clock != nullptr ? clock : SystemClock::Default())->NowMicros();
     s = pj::GetCurrentUsage(*view, subject, user_id, now_us / 1'000'000, &usage);
   }
-  if (s.ok()) s = AccessEnded(subject.access, clock, &ended);
+  if (s.ok()) s = AccessEnded(subject, clock, &ended);
   if (!s.ok()) {
     WriteStatusProblem(s, &res);
     return;
@@ -341,8 +339,9 @@ void CheckAccess(Ledger* ledger, const Clock* clock, const httplib::Request& req
   std::string user_id;
   if (!CheckAccessUser(req, identity, &user_id, res)) return;
   std::unique_ptr<ReadView> view = ledger->Snapshot();
-  pj::UserAccess access;
-  Status s = pj::GetUserAccess(*view, user_id, &access);
+  pj::MeteringSubject subject;
+  const pj::UserAccess& access = subject.access;
+  Status s = pj::GetUserAccess(*view, user_id, &subject.access);
   if (!s.ok()) {
     WriteStatusProblem(s, &res);
     return;
@@ -352,7 +351,7 @@ void CheckAccess(Ledger* ledger, const Clock* clock, const httplib::Request& req
   // /usage/events would otherwise give an ended trial unlimited access.
   std::string ended;
   if (decision.allowed) {
-    s = AccessEnded(access, clock, &ended);
+    s = AccessEnded(subject, clock, &ended);
     if (!s.ok()) {
       WriteStatusProblem(s, &res);
       return;
