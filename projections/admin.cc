@@ -70,8 +70,26 @@ bool IsYearly(const Plan& plan, const SubscriptionRecord& record) {
          *record.price_id == *plan.stripe_price_yearly;
 }
 
-// The monthly revenue of one paying subscription on `plan`, × 12 (exact in cents).
+// What Stripe bills one subscription in a year, in cents, when its delivery said (unit_amount ×
+// quantity every interval_count intervals, in the plan's currency); nullopt otherwise.
+std::optional<int64_t> BilledPerYear(const Plan& plan, const SubscriptionRecord& r) {
+  if (!r.unit_amount || !r.interval || (r.currency && *r.currency != plan.currency)) {
+    return std::nullopt;
+  }
+  const int64_t amount = *r.unit_amount * r.quantity.value_or(1);
+  const int64_t count = std::max<int64_t>(1, r.interval_count.value_or(1));
+  if (*r.interval == "year") return amount / count;
+  if (*r.interval == "month") return amount * 12 / count;
+  if (*r.interval == "week") return amount * 52 / count;
+  if (*r.interval == "day") return amount * 365 / count;
+  return std::nullopt;
+}
+
+// The monthly revenue of one paying subscription on `plan`, × 12 (exact in cents): what Stripe
+// bills it (a subscriber keeps the price it signed up at when an admin edits the plan's), else
+// the plan's catalog price for its interval.
 int64_t MonthlyRevenueTimes12(const Plan& plan, const SubscriptionRecord& record) {
+  if (std::optional<int64_t> billed = BilledPerYear(plan, record)) return *billed;
   if (IsYearly(plan, record) && plan.price_yearly_cents) return *plan.price_yearly_cents;
   return plan.price_monthly_cents * 12;
 }
@@ -175,6 +193,12 @@ std::string SubscriberJson(const UserAccess& access) {
     json::OptString(&w, r.plan_id);
     w.Key("interval");
     json::OptString(&w, r.interval);
+    w.Key("unit_amount");
+    json::OptInt(&w, r.unit_amount);
+    w.Key("quantity");
+    json::OptInt(&w, r.quantity);
+    w.Key("currency");
+    json::OptString(&w, r.currency);
     w.Key("current_period_start");
     OptTime(&w, r.current_period_start);
     w.Key("current_period_end");

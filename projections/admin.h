@@ -4,8 +4,8 @@
 // Everything here is a pure function of a StateReader (a Ledger::Snapshot() view) and of the
 // `now_s` the caller passes: nothing reads a clock or does I/O. The views are computed at query
 // time from the subscriptions, plans and usage projections instead of from aggregate rows kept by
-// a fold, so that they are always what the rows say (a plan's price edited by an admin changes
-// MRR at once, with no aggregate to correct), at the cost of a scan: O(users) for the list's
+// a fold, so that they are always what the rows say (no aggregate to correct when a row changes),
+// at the cost of a scan: O(users) for the list's
 // filters (bounded per page by kSubscriberScanMax) and for the overview and revenue views,
 // O(usage windows in the range) for usage statistics.
 //
@@ -15,11 +15,17 @@
 //   paying subscriber         a user whose Stripe subscription is `active` or `past_due` on a plan
 //                             of the catalog. Overrides do not make revenue: Stripe bills what
 //                             Stripe has.
-//   MRR                       the sum over paying subscribers of the plan's monthly price, or its
-//                             yearly price / 12 for a yearly subscription (interval "year", or
-//                             without an interval the plan's yearly Stripe price), in
-//                             cents, rounded to the cent; ARR = the sum of 12 × monthly price or
-//                             the yearly price (exact, so ARR may differ from 12 × MRR by cents).
+//   MRR                       the sum over paying subscribers of what Stripe bills them a month:
+//                             the item's unit_amount × quantity per interval_count intervals
+//                             (a year's / 12, a week's × 52 / 12, a day's × 365 / 12), as the
+//                             latest delivery said, so a subscriber keeps its own price when an
+//                             admin edits the plan's; where the delivery did not say (tiered
+//                             prices, events before the amount was kept, another currency than
+//                             the plan's) the plan's monthly price, or its yearly price / 12 for
+//                             a yearly subscription (interval "year", or without an interval the
+//                             plan's yearly Stripe price). In cents, rounded to the cent once;
+//                             ARR = the sum of each subscription's year (exact, so ARR may differ
+//                             from 12 × MRR by cents). Discounts (coupons) are not taken off.
 //   churned (window)          a user whose Stripe subscription was canceled (not
 //                             incomplete_expired: that one never started) at `ended_at` (else
 //                             `canceled_at`) inside the last `churn_days`, after its trial if it

@@ -33,6 +33,12 @@ inline constexpr size_t kStripeEventTypeBytesMax = 128;
 inline constexpr size_t kUserIdBytesMax = 255;            // our user ids (JWT sub)
 inline constexpr size_t kEmailBytesMax = 320;
 inline constexpr size_t kStripeTextBytesMax = 255;        // other short strings copied from Stripe
+// A subscription item's billed price, as kept (larger values are not kept: the catalog price
+// stands in). Stripe's own unit_amount limit is 8 digits; together they keep a year's revenue of
+// one subscription far below int64.
+inline constexpr int64_t kStripeUnitAmountMax = 99'999'999;
+inline constexpr int64_t kStripeQuantityMax = 1'000'000;
+inline constexpr int64_t kStripeIntervalCountMax = 1'000;  // Stripe: at most 3 years
 // Subscriptions and customers one user query looks at (a user with more is served from the first
 // ones in id order; real users have one or two).
 inline constexpr size_t kUserSubscriptionsMax = 256;

@@ -107,6 +107,22 @@ std::optional<std::string> ShortText(const Value* v) {
   return s;
 }
 
+// An integer within [lo, hi], else nothing.
+std::optional<int64_t> InRange(std::optional<int64_t> v, int64_t lo, int64_t hi) {
+  if (!v || *v < lo || *v > hi) return std::nullopt;
+  return v;
+}
+
+// An ISO 4217 code as Stripe writes it: three lowercase letters.
+std::optional<std::string> CurrencyCode(const Value* v) {
+  std::optional<std::string> s = Text(v, 3);
+  if (!s || s->size() != 3 ||
+      !std::all_of(s->begin(), s->end(), [](char c) { return c >= 'a' && c <= 'z'; })) {
+    return std::nullopt;
+  }
+  return s;
+}
+
 // ---- writing events -----------------------------------------------------------------------------
 
 void WriteString(JsonWriter* w, std::string_view s) {
@@ -309,6 +325,22 @@ Status Decider::ReadSubscription(const Value* object, SubscriptionRecord* out) {
   r.price_id = IdOf(Member(item, "price"));
   r.interval = ShortText(Path(item, {"price", "recurring", "interval"}));
   if (!r.interval) r.interval = ShortText(Path(item, {"plan", "interval"}));
+  // What Stripe bills for the item (MRR reads it), from the price or the legacy `plan` object.
+  r.unit_amount = InRange(Integer(Path(item, {"price", "unit_amount"})), 0,
+                          limits::kStripeUnitAmountMax);
+  if (!r.unit_amount) {
+    r.unit_amount = InRange(Integer(Path(item, {"plan", "amount"})), 0,
+                            limits::kStripeUnitAmountMax);
+  }
+  r.quantity = InRange(Integer(Member(item, "quantity")), 0, limits::kStripeQuantityMax);
+  r.interval_count = InRange(Integer(Path(item, {"price", "recurring", "interval_count"})), 1,
+                             limits::kStripeIntervalCountMax);
+  if (!r.interval_count) {
+    r.interval_count = InRange(Integer(Path(item, {"plan", "interval_count"})), 1,
+                               limits::kStripeIntervalCountMax);
+  }
+  r.currency = CurrencyCode(Path(item, {"price", "currency"}));
+  if (!r.currency) r.currency = CurrencyCode(Member(object, "currency"));
   // API >= 2025-03-31 moved the billing period onto the items; older versions have it on top.
   r.current_period_start = Integer(Member(item, "current_period_start"));
   r.current_period_end = Integer(Member(item, "current_period_end"));

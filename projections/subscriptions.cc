@@ -588,6 +588,14 @@ std::string SubscriptionRecordToJson(const SubscriptionRecord& r) {
   WriteOptString(&w, r.item_id);
   w.Key("interval");
   WriteOptString(&w, r.interval);
+  w.Key("unit_amount");
+  WriteOptInt(&w, r.unit_amount);
+  w.Key("quantity");
+  WriteOptInt(&w, r.quantity);
+  w.Key("interval_count");
+  WriteOptInt(&w, r.interval_count);
+  w.Key("currency");
+  WriteOptString(&w, r.currency);
   w.Key("current_period_start");
   WriteOptInt(&w, r.current_period_start);
   w.Key("current_period_end");
@@ -638,6 +646,11 @@ Status ParseSubscriptionRecord(std::string_view json, SubscriptionRecord* out) {
   LEDGER_RETURN_IF_ERROR(r.NullableString("price_id", true, &rec.price_id));
   LEDGER_RETURN_IF_ERROR(r.NullableString("item_id", true, &rec.item_id));
   LEDGER_RETURN_IF_ERROR(r.NullableString("interval", true, &rec.interval));
+  // Absent from events written before the billed price was kept.
+  LEDGER_RETURN_IF_ERROR(r.NullableInt("unit_amount", false, &rec.unit_amount));
+  LEDGER_RETURN_IF_ERROR(r.NullableInt("quantity", false, &rec.quantity));
+  LEDGER_RETURN_IF_ERROR(r.NullableInt("interval_count", false, &rec.interval_count));
+  LEDGER_RETURN_IF_ERROR(r.NullableString("currency", false, &rec.currency));
   LEDGER_RETURN_IF_ERROR(r.NullableInt("current_period_start", true, &rec.current_period_start));
   LEDGER_RETURN_IF_ERROR(r.NullableInt("current_period_end", true, &rec.current_period_end));
   LEDGER_RETURN_IF_ERROR(r.Bool("cancel_at_period_end", true, &rec.cancel_at_period_end));

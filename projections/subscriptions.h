@@ -110,6 +110,13 @@ struct SubscriptionRecord {
   std::optional<std::string> price_id;   // the recurring price of the subscription's item
   std::optional<std::string> item_id;    // si_...: what POST /v1/subscriptions/{id} items[0][id] needs
   std::optional<std::string> interval;   // price.recurring.interval: "month", "year", ...
+  // What Stripe bills for the item: unit_amount (smallest currency unit) × quantity every
+  // interval_count intervals, in `currency`. nullopt where the delivery did not say (a tiered or
+  // decimal price has no unit_amount) or the event was written before ledgerd kept them.
+  std::optional<int64_t> unit_amount;     // price.unit_amount
+  std::optional<int64_t> quantity;        // items.data[].quantity
+  std::optional<int64_t> interval_count;  // price.recurring.interval_count
+  std::optional<std::string> currency;    // price.currency, else the subscription's
   std::optional<int64_t> current_period_start;  // items.data[].current_period_* or top-level
   std::optional<int64_t> current_period_end;
   bool cancel_at_period_end = false;

@@ -385,6 +385,44 @@ TEST_F(AdminRoutesTest, ChurnIsPaidSubscriptionsDatedByTheirEnd) {
   EXPECT_EQ(professional, 1);
 }
 
+TEST_F(AdminRoutesTest, RevenueIsWhatStripeBillsNotTheCatalogsCurrentPrice) {
+  const int64_t start = kNow - 10 * kDay, end = kNow + 20 * kDay;
+  // Signed up at $15 before Starter went to $19: Stripe keeps billing $15.
+  TestSubscription a = OnPlan("u-a", "starter", start, end);
+  a.unit_amount = 1500;
+  AddSubscriber(a, "a@x.com");
+  // Three seats of Professional.
+  TestSubscription b = OnPlan("u-b", "professional", start, end);
+  b.quantity = 3;
+  AddSubscriber(b, "b@x.com");
+  // Yearly Enterprise at the catalog's yearly price.
+  TestSubscription c = OnPlan("u-c", "enterprise", start, end);
+  c.interval = "year";
+  AddSubscriber(c, "c@x.com");
+
+  HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  // ARR = 12 × 1500 + 12 × 3 × 4900 + 99000 = 293,400; MRR = 24,450.
+  EXPECT_EQ(doc["revenue"]["arr_cents"].GetInt64(), 293400);
+  EXPECT_EQ(doc["revenue"]["mrr_cents"].GetInt64(), 24450);
+  r = Admin().Get(std::string(kAdminBase) + "analytics/revenue-by-tier");
+  ASSERT_EQ(r.status, 200) << r.body;
+  doc = r.Json();
+  std::map<std::string, int64_t> mrr;
+  for (const auto& t : doc["tiers"].GetArray()) mrr[t["plan_id"].GetString()] = t["mrr_cents"].GetInt64();
+  EXPECT_EQ(mrr["starter"], 1500);
+  EXPECT_EQ(mrr["professional"], 14700);
+  EXPECT_EQ(mrr["enterprise"], 8250);
+  r = Admin().Get(std::string(kAdminBase) + "b@x.com");
+  ASSERT_EQ(r.status, 200) << r.body;
+  doc = r.Json();
+  const auto& stripe = doc["users"][0]["subscriber"]["stripe"];
+  EXPECT_EQ(stripe["unit_amount"].GetInt64(), 4900);
+  EXPECT_EQ(stripe["quantity"].GetInt64(), 3);
+  EXPECT_STREQ(stripe["currency"].GetString(), "usd");
+}
+
 TEST_F(AdminRoutesTest, RevenueByTierSplitsMonthlyAndYearly) {
   AddCustomerBase();
   HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/revenue-by-tier");

@@ -359,13 +359,14 @@ class AuthorizationMatrixTest : public ::testing::Test {
       FakeStripe::Price monthly;
       monthly.id = p.monthly;
       monthly.product = product;
-      monthly.unit_amount = std::string(p.plan_id) == "trial" ? 100 : 1900;
+      monthly.unit_amount = p.monthly_cents;
       monthly.interval = std::string(p.plan_id) == "trial" ? "" : "month";
       fake_.AddPrice(monthly);
       if (p.yearly != nullptr) {
         FakeStripe::Price yearly = monthly;
         yearly.id = p.yearly;
         yearly.interval = "year";
+        yearly.unit_amount = p.yearly_cents;
         fake_.AddPrice(yearly);
       }
     }

@@ -290,6 +290,49 @@ TEST_F(LifecycleOrderTest, OldApiLayoutConvergesToTheSameState) {
   EXPECT_EQ(Query(w, "user-1").subscription.current_period_end, kStripeT0 + 37 * 86400);
 }
 
+TEST_F(SubscriptionsTest, KeepsWhatStripeBillsForTheItem) {
+  World w = Fresh();
+  StripeSubscriptionSpec spec;
+  spec.event_id = "evt_billed";
+  spec.unit_amount = 1500;  // a price kept from before the catalog's went up
+  spec.quantity = 3;
+  spec.interval_count = 3;
+  Decision d = Deliver(&w, StripeSubscriptionEventJson(spec));
+  for (const NewEvent& e : d.events) EXPECT_TRUE(EventMatchesSchema(e)) << e.data;
+  SubscriptionRecord r = Query(w, "user-1").subscription;
+  EXPECT_EQ(r.unit_amount, 1500);
+  EXPECT_EQ(r.quantity, 3);
+  EXPECT_EQ(r.interval_count, 3);
+  EXPECT_EQ(r.currency, "usd");
+
+  // A tiered price has no unit_amount; an absurd amount or quantity is not kept either.
+  World tiered = Fresh();
+  spec.unit_amount = std::nullopt;
+  spec.quantity = 2'000'000;
+  spec.interval_count = 0;
+  spec.currency = "USD";
+  Deliver(&tiered, StripeSubscriptionEventJson(spec));
+  r = Query(tiered, "user-1").subscription;
+  EXPECT_EQ(r.unit_amount, std::nullopt);
+  EXPECT_EQ(r.quantity, std::nullopt);
+  EXPECT_EQ(r.interval_count, std::nullopt);
+  EXPECT_EQ(r.currency, std::nullopt);
+  EXPECT_EQ(r.plan_id, "starter");
+
+  // A row written before these were kept still reads.
+  SubscriptionRecord old;
+  std::string json = SubscriptionRecordToJson(Query(w, "user-1").subscription);
+  for (const char* field : {"\"unit_amount\":1500,", "\"quantity\":3,", "\"interval_count\":3,",
+                            "\"currency\":\"usd\","}) {
+    const size_t at = json.find(field);
+    ASSERT_NE(at, std::string::npos) << field << " in " << json;
+    json.erase(at, std::string_view(field).size());
+  }
+  ASSERT_TRUE(ParseSubscriptionRecord(json, &old).ok()) << json;
+  EXPECT_EQ(old.unit_amount, std::nullopt);
+  EXPECT_EQ(old.subscription_id, "sub_1");
+}
+
 // ---- out of order, ties, terminal states ------------------------------------------------------------
 
 TEST_F(SubscriptionsTest, CancellationBeforeAnOlderUpdateStaysCanceled) {

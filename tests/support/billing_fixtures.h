@@ -21,15 +21,17 @@ struct TestPlanPrices {
   const char* plan_id;
   const char* monthly;
   const char* yearly;  // nullptr: not sold yearly
+  int64_t monthly_cents;  // the prices' unit_amount: the seeded catalog's prices
+  int64_t yearly_cents;
 };
 
 // trial's "monthly" price is the one-time $1 fee: it never appears on a subscription item.
 inline const std::vector<TestPlanPrices>& TestStripePrices() {
   static const std::vector<TestPlanPrices> prices = {
-      {"trial", "price_trial_fee", nullptr},
-      {"starter", "price_starter_monthly", "price_starter_yearly"},
-      {"professional", "price_professional_monthly", "price_professional_yearly"},
-      {"enterprise", "price_enterprise_monthly", "price_enterprise_yearly"},
+      {"trial", "price_trial_fee", nullptr, 100, 0},
+      {"starter", "price_starter_monthly", "price_starter_yearly", 1900, 19000},
+      {"professional", "price_professional_monthly", "price_professional_yearly", 4900, 49000},
+      {"enterprise", "price_enterprise_monthly", "price_enterprise_yearly", 9900, 99000},
   };
   return prices;
 }

@@ -96,6 +96,10 @@ struct StripeSubscriptionSpec {
   std::string item_id = "si_1";
   std::string price_id = "price_starter_monthly";
   std::string interval = "month";
+  int64_t interval_count = 1;
+  std::optional<int64_t> unit_amount = 1900;  // nullopt: null (a tiered price)
+  int64_t quantity = 1;
+  std::string currency = "usd";
   std::optional<std::string> metadata_user_id = "user-1";
   std::optional<std::string> metadata_plan_id;
   int64_t created = kStripeT0;
@@ -120,7 +124,7 @@ inline std::string StripeSubscriptionEventJson(const StripeSubscriptionSpec& s) 
   OptInt(&w, "canceled_at", s.canceled_at);
   w.Key("created");
   w.Int64(s.created);
-  Str(&w, "currency", "usd");
+  Str(&w, "currency", s.currency);
   if (!s.new_layout) {
     w.Key("current_period_start");
     w.Int64(s.period_start);
@@ -147,6 +151,7 @@ inline std::string StripeSubscriptionEventJson(const StripeSubscriptionSpec& s) 
   w.StartObject();
   Str(&w, "id", s.price_id);
   Str(&w, "object", "price");
+  Str(&w, "currency", s.currency);
   w.Key("recurring");
   if (s.interval.empty()) {
     w.Null();
@@ -154,14 +159,13 @@ inline std::string StripeSubscriptionEventJson(const StripeSubscriptionSpec& s) 
     w.StartObject();
     Str(&w, "interval", s.interval);
     w.Key("interval_count");
-    w.Int(1);
+    w.Int64(s.interval_count);
     w.EndObject();
   }
-  w.Key("unit_amount");
-  w.Int(1900);
+  OptInt(&w, "unit_amount", s.unit_amount);
   w.EndObject();
   w.Key("quantity");
-  w.Int(1);
+  w.Int64(s.quantity);
   w.EndObject();
   w.EndArray();
   w.EndObject();

@@ -34,6 +34,10 @@ struct TestSubscription {
   std::optional<int64_t> ended_at;
   std::string interval = "month";
   bool interval_in_event = true;  // false: the price's `recurring` is null in the delivery
+  // The price's unit_amount: by default the catalog plan's price for the interval (null for a
+  // plan without test prices).
+  std::optional<int64_t> unit_amount;
+  int64_t quantity = 1;
   // Defaults derived from user_id: "sub_<user>", "cus_<user>".
   std::string subscription_id;
   std::string customer_id;
@@ -79,17 +83,23 @@ inline std::string SubscriptionDelivery(const TestSubscription& t) {
   spec.period_end = t.period_end;
   spec.interval = t.interval;
   spec.price_id = "price_unknown";
+  spec.unit_amount = std::nullopt;
   for (const TestPlanPrices& p : TestStripePrices()) {
     if (t.plan_id == p.plan_id && t.plan_id != "trial") {
-      spec.price_id = t.interval == "year" && p.yearly != nullptr ? p.yearly : p.monthly;
+      const bool yearly = t.interval == "year" && p.yearly != nullptr;
+      spec.price_id = yearly ? p.yearly : p.monthly;
+      spec.unit_amount = yearly ? p.yearly_cents : p.monthly_cents;
     }
   }
+  if (t.unit_amount) spec.unit_amount = t.unit_amount;
+  spec.quantity = t.quantity;
   spec.metadata_plan_id = t.plan_id;
   spec.canceled_at = t.canceled_at;
   spec.ended_at = t.ended_at;
   if (!t.interval_in_event) spec.interval.clear();
   if (t.plan_id == "trial") {
     spec.price_id = "price_starter_monthly";
+    spec.unit_amount = t.unit_amount.value_or(1900);
     spec.trial_start = t.trial_start.value_or(t.period_start);
     spec.trial_end = t.trial_end;
   } else {
