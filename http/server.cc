@@ -436,7 +436,9 @@ class ConnectionStream final : public httplib::Stream {
     for (;;) {
       head.append(buffer_.data() + begin_, end_ - begin_);
       begin_ = end_ = 0;
-      end = head.find("\r\n\r\n", searched);
+      // The blank line after the last header line, also after one ending in a bare LF (cpp-httplib
+      // ends the head there too, and the line checks below refuse the bare LF).
+      end = head.find("\n\r\n", searched);
       searched = head.size() > 3 ? head.size() - 3 : 0;
       if (head.compare(0, kLongHeadRequestLine.size(), kLongHeadRequestLine) == 0) {
         allowance = limits::kLagoWebhookHeadBytesMax;
@@ -460,7 +462,7 @@ class ConnectionStream final : public httplib::Stream {
     std::string out;
     out.reserve(head.size());
     size_t line_start = 0;
-    const size_t head_end = end + 2;  // through the CRLF of the last header line
+    const size_t head_end = end + 1;  // through the (CR)LF of the last header line
     while (line_start < head_end) {
       size_t line_end = head.find("\r\n", line_start);
       std::string_view line(head.data() + line_start, line_end - line_start);
@@ -1270,6 +1272,9 @@ class CoreServer final : public httplib::Server {
       plain = !name.empty() && name.front() != ' ' && name.front() != '\t' &&
               name.back() != ' ' && name.back() != '\t' && !value.empty() &&
               value.find('%') == std::string_view::npos && !EqualsIgnoreCase(name, "Range") &&
+              !EqualsIgnoreCase(name, "Content-Encoding") &&
+              !(EqualsIgnoreCase(name, "Content-Type") && value.size() >= 10 &&
+                EqualsIgnoreCase(value.substr(0, 10), "multipart/")) &&
               out->header_count < LoopRequest::kHeadersMax;
       if (plain) out->headers[out->header_count++] = {name, value};
     }
@@ -1583,9 +1588,12 @@ void HttpServer::Impl::Configure() {
         ApplyResponseDefaults(&res);
         return httplib::Server::HandlerResponse::Handled;
       }));
-  server_.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+  server_.set_exception_handler([](const httplib::Request& req, httplib::Response& res,
+                                    std::exception_ptr) {
     res.headers.clear();
     WriteProblem(500, "internal", "internal error", &res);
+    // Thrown while the body was read, perhaps: its rest must not be taken for a next request.
+    if (HasBody(req)) CloseAfterResponse(req);
   });
 
   std::vector<LoopRoute> loop_routes;
@@ -1785,6 +1793,10 @@ httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Reque
       Reject(400, "bad_framing", "both Content-Length and Transfer-Encoding", req, res);
       return R::Handled;
     }
+    if (req.version == "HTTP/1.0") {  // RFC 9112 §6.1: faulty framing
+      Reject(400, "bad_framing", "Transfer-Encoding in an HTTP/1.0 request", req, res);
+      return R::Handled;
+    }
     if (t_connection != nullptr) t_connection->stream->WatchChunkedBody();
   }
   if (has_length) {
@@ -1799,9 +1811,31 @@ httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Reque
       return R::Handled;
     }
   }
-  // cpp-httplib never reads the body of a GET/HEAD/OPTIONS: answer, then close, so that the
-  // unread bytes can never be taken for a next request (request smuggling).
-  if ((req.method == "GET" || req.method == "HEAD" || req.method == "OPTIONS") && HasBody(req)) {
+  if (HasBody(req)) {
+    // Bodies are taken as sent: cpp-httplib would decode a compressed one (the event loop's own
+    // parser would not) and parses a multipart one with callbacks this server does not give it
+    // (it throws halfway through the body). No route takes either.
+    static const std::string kContentEncoding = "Content-Encoding";
+    std::string_view coding;
+    if (const size_t codings = HeaderValue(req, kContentEncoding, &coding);
+        codings > 1 || (codings == 1 && !EqualsIgnoreCase(TrimBlanks(coding), "identity"))) {
+      Reject(415, "unsupported_content_encoding", "request bodies are accepted without a content coding",
+             req, res);
+      res.set_header("Accept-Encoding", "identity");  // RFC 9110 §15.5.16
+      return R::Handled;
+    }
+    const std::string& type = req.get_header_value("Content-Type");
+    if (type.size() >= 10 && EqualsIgnoreCase(std::string_view(type).substr(0, 10), "multipart/")) {
+      Reject(415, "unsupported_media_type", "multipart bodies are not accepted", req, res);
+      return R::Handled;
+    }
+  }
+  // cpp-httplib never reads the body of a GET/HEAD/OPTIONS, nor a chunked one of a DELETE: answer,
+  // then close, so that the unread bytes can never be taken for a next request (request
+  // smuggling).
+  if ((req.method == "GET" || req.method == "HEAD" || req.method == "OPTIONS" ||
+       (req.method == "DELETE" && IsChunked(req))) &&
+      HasBody(req)) {
     CloseAfterResponse(req);
   }
   return R::Unhandled;

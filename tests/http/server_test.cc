@@ -418,6 +418,8 @@ TEST_F(ServerTest, RejectsAmbiguousFraming) {
   const std::string too_long = RawHttpExchange(stack_.port(), padded, 1000);
   EXPECT_EQ(too_long.substr(0, too_long.find("\r\n")), "HTTP/1.1 431 Request Header Fields Too Large")
       << too_long.substr(0, 300);
+  EXPECT_NE(too_long.find("\"title\":\"Request Header Fields Too Large\""), std::string::npos)
+      << too_long.substr(0, 600);
   EXPECT_EQ(responses(too_long), 1u) << too_long;
   // A header line ending in a bare LF (cpp-httplib would skip it: no Content-Length, so the
   // body would be the next request) or '%' in a framing header (cpp-httplib percent-decodes
@@ -438,6 +440,76 @@ TEST_F(ServerTest, RejectsAmbiguousFraming) {
             "HTTP/1.1 200 OK");
   EXPECT_EQ(status_line("POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), "HTTP/1.1 200 OK");
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3)) << "read until timeout";
+}
+
+// Framing cpp-httplib would read differently from what was checked: each is refused or closes
+// after its answer, and nothing after it is served.
+TEST_F(ServerTest, BodiesCppHttplibWouldReadOtherwiseAreRefused) {
+  Start();
+  auto responses = [](const std::string& raw) { return CountOf(raw, "HTTP/1.1 "); };
+  auto status_line = [](const std::string& raw) { return raw.substr(0, raw.find("\r\n")); };
+  // A last header line ending in a bare LF, and no CRLFCRLF anywhere: cpp-httplib ends the head
+  // at the blank line after it (without a Content-Length) while the checks waited for a CRLFCRLF.
+  const std::string hidden_lf = "GET /throws HTTP/1.1\r\nX: y\n\r\n";
+  for (const std::string& head :
+       {"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(hidden_lf.size()) +
+            "\n\r\n",
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length : " + std::to_string(hidden_lf.size()) +
+            "\r\nX: y\n\r\n"}) {
+    const std::string answer = RawHttpExchange(stack_.port(), head + hidden_lf, 1500);
+    EXPECT_EQ(status_line(answer), "HTTP/1.1 400 Bad Request") << answer;
+    EXPECT_NE(answer.find("bad_header_line"), std::string::npos) << answer;
+    EXPECT_EQ(responses(answer), 1u) << answer;
+  }
+  // A multipart body: cpp-httplib's multipart parser throws halfway through it.
+  const std::string hidden = "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n";
+  std::string multipart = "--b\r\n\r\n";
+  multipart.resize(4096, 'p');
+  std::string answer = RawHttpExchange(
+      stack_.port(),
+      "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+      "Content-Length: " + std::to_string(multipart.size() + hidden.size()) + "\r\n\r\n" +
+          multipart + hidden,
+      1500);
+  EXPECT_EQ(status_line(answer), "HTTP/1.1 415 Unsupported Media Type") << answer;
+  EXPECT_NE(answer.find("unsupported_media_type"), std::string::npos) << answer;
+  EXPECT_EQ(responses(answer), 1u) << answer;
+  // A compressed body: cpp-httplib would decode it, the event loop's own parser would not.
+  const std::string gzip_abc("\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff\x4b\x4c\x4a\x06\x00"
+                             "\xc2\x41\x24\x35\x03\x00\x00\x00", 23);
+  for (const char* path : {"/echo", "/loop-echo"}) {
+    answer = RawHttpExchange(stack_.port(),
+                             std::string("POST ") + path +
+                                 " HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
+                                 "Content-Length: 23\r\n\r\n" + gzip_abc + hidden,
+                             1500);
+    EXPECT_EQ(status_line(answer), "HTTP/1.1 415 Unsupported Media Type") << path << answer;
+    EXPECT_NE(answer.find("unsupported_content_encoding"), std::string::npos) << answer;
+    EXPECT_NE(answer.find("Accept-Encoding: identity"), std::string::npos) << answer;
+    EXPECT_EQ(responses(answer), 1u) << answer;
+  }
+  // `identity` is no coding at all.
+  answer = RawHttpExchange(stack_.port(),
+                           "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Encoding: identity\r\n"
+                           "Content-Length: 2\r\nConnection: close\r\n\r\n{}",
+                           1500);
+  EXPECT_EQ(status_line(answer), "HTTP/1.1 200 OK") << answer;
+  // A chunked DELETE: cpp-httplib never reads it; the chunks must not be parsed as a request.
+  answer = RawHttpExchange(stack_.port(),
+                           "DELETE /things/abc HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                           "\r\n5\r\nhello\r\n0\r\n\r\n" + hidden,
+                           1500);
+  EXPECT_EQ(status_line(answer), "HTTP/1.1 200 OK") << answer;
+  EXPECT_NE(answer.find("Connection: close"), std::string::npos) << answer;
+  EXPECT_EQ(responses(answer), 1u) << answer;
+  // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 request is faulty framing.
+  answer = RawHttpExchange(stack_.port(),
+                           "POST /echo HTTP/1.0\r\nConnection: Keep-Alive\r\n"
+                           "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + hidden,
+                           1500);
+  EXPECT_EQ(answer.substr(9, 3), "400") << answer;
+  EXPECT_NE(answer.find("bad_framing"), std::string::npos) << answer;
+  EXPECT_EQ(responses(answer), 1u) << answer;
 }
 
 TEST_F(ServerTest, OneRequestCannotMakeTheServerReadWithoutBound) {
