@@ -112,6 +112,9 @@ Status App::Impl::StartKafka() {
   OutboxOptions options;
   options.bootstrap_servers = kafka_bootstrap_;
   options.topic = config_.kafka_topic;
+  // Named for the destination: pointed at another cluster or topic, the outbox publishes the log
+  // there from the start instead of after what the old destination received.
+  options.checkpoint_name = OutboxCheckpointName(config_.kafka_brokers, config_.kafka_topic);
   options.message_bytes_max = config_.kafka_message_max_bytes;
   LEDGER_RETURN_IF_ERROR(KafkaOutbox::Open(options, ledger_.get(), &outbox_));
   KafkaOutbox* outbox = outbox_.get();

@@ -83,6 +83,12 @@ Status EmbeddedKafka::SetBrokerRtt(int32_t broker_id, int rtt_ms) {
   return FromKafka(rd_kafka_mock_broker_set_rtt(cluster_, broker_id, rtt_ms), "set broker rtt");
 }
 
+Status EmbeddedKafka::SetPartitionLeader(const std::string& topic, int32_t partition,
+                                         int32_t broker_id) {
+  return FromKafka(rd_kafka_mock_partition_set_leader(cluster_, topic.c_str(), partition, broker_id),
+                   "set partition leader");
+}
+
 void EmbeddedKafka::PushRequestErrors(int16_t api_key, const std::vector<int>& errors) {
   std::vector<rd_kafka_resp_err_t> codes;
   codes.reserve(errors.size());

@@ -54,6 +54,8 @@ class EmbeddedKafka {
   Status SetBrokerUp(int32_t broker_id);
   // Adds `rtt_ms` of delay to every response of the broker.
   Status SetBrokerRtt(int32_t broker_id, int rtt_ms);
+  // Makes `broker_id` the leader of one partition of `topic` (clients learn it from metadata).
+  Status SetPartitionLeader(const std::string& topic, int32_t partition, int32_t broker_id);
   // The next errors.size() requests of protocol type `api_key` (e.g. 0 = Produce) fail with
   // these librdkafka error codes (rd_kafka_resp_err_t values), in order.
   void PushRequestErrors(int16_t api_key, const std::vector<int>& errors);

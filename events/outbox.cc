@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <vector>
 
 #include "events/event.h"
@@ -478,6 +479,9 @@ rd_kafka_resp_err_t KafkaOutbox::Impl::Produce(const Event& event, uint64_t posi
 // produced right away.
 bool KafkaOutbox::Impl::ProduceBatch() {
   if (producer_ == nullptr || rewind_pending_ || fatal_) return false;
+  // After a rewind the checkpoint can jump over positions delivered before it, ahead of the scan
+  // that skips them: never produce at or below it again (their reports would not be counted).
+  next_ = std::max(next_, mark_ + 1);
   const uint64_t limit = std::min<uint64_t>(ledger_->Head().value(), mark_ + window_);
   if (next_ > limit || in_flight_bytes_ >= options_.in_flight_bytes_max) return false;
   const uint64_t to = std::min<uint64_t>(limit, next_ + options_.scan_events_max - 1);
@@ -649,6 +653,27 @@ void KafkaOutbox::Impl::RenderMetrics(std::string* out) const {
 }
 
 // ---- KafkaOutbox -------------------------------------------------------------------------------
+
+std::string OutboxCheckpointName(std::string_view brokers, std::string_view topic) {
+  std::vector<std::string> hosts;
+  while (!brokers.empty()) {
+    const size_t comma = brokers.find(',');
+    std::string_view host = brokers.substr(0, comma);
+    brokers = comma == std::string_view::npos ? std::string_view() : brokers.substr(comma + 1);
+    while (!host.empty() && (host.front() == ' ' || host.front() == '\t')) host.remove_prefix(1);
+    while (!host.empty() && (host.back() == ' ' || host.back() == '\t')) host.remove_suffix(1);
+    if (host.empty()) continue;
+    std::string lower(host);
+    for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    hosts.push_back(std::move(lower));
+  }
+  std::sort(hosts.begin(), hosts.end());
+  hosts.erase(std::unique(hosts.begin(), hosts.end()), hosts.end());
+  std::string name = "outbox.kafka/";
+  name.append(topic).append("@");
+  for (size_t i = 0; i < hosts.size(); ++i) name.append(i == 0 ? "" : ",").append(hosts[i]);
+  return name;
+}
 
 Status KafkaOutbox::Open(const OutboxOptions& options, Ledger* ledger,
                          std::unique_ptr<KafkaOutbox>* out) {

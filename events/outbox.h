@@ -1,6 +1,6 @@
 // KafkaOutbox: publishes the log to Kafka, one CloudEvent per event, at least once.
 //
-// The log is the outbox. A publisher thread reads events after the checkpoint `outbox.kafka`
+// The log is the outbox. A publisher thread reads events after its checkpoint (checkpoint_name)
 // (Ledger::ScanRaw), turns each into a CloudEvents 1.0 structured-mode JSON document
 // (ToCloudEventJson) and produces it with:
 //   key = subject (one subject's events land on one partition, in position order),
@@ -45,6 +45,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "events/limits.h"
 #include "events/metrics.h"
@@ -63,7 +64,8 @@ struct OutboxOptions {
   std::string topic = "ledger.events";
   // CloudEvents `source` of every event, e.g. "urn:ledgerd:<node>". Default "/ledgerd".
   std::string source = "/ledgerd";
-  // Name of the consumer checkpoint in the ledger ("last published position").
+  // Name of the consumer checkpoint in the ledger ("last published position"). The daemon names
+  // it after the destination (OutboxCheckpointName).
   std::string checkpoint_name = "outbox.kafka";
 
   // Read-ahead window: events (and their bytes) produced but not yet covered by the checkpoint.
@@ -126,6 +128,14 @@ struct OutboxStatus {
   bool running = false;        // the publisher thread is running
   std::string last_error;      // last delivery/producer error, empty if none since start
 };
+
+// The checkpoint name for publishing to `topic` on the cluster reached through `brokers` (a
+// bootstrap list, or "embedded"): "outbox.kafka/<topic>@<brokers>", the brokers lowercased,
+// trimmed, sorted and deduplicated. A checkpoint says how far one destination has the log: when
+// the daemon is pointed at another cluster or topic, publishing there starts from the beginning
+// instead of after what only the old destination received. (The same cluster under another
+// bootstrap list is taken for another: it gets duplicates, which consumers drop by id.)
+std::string OutboxCheckpointName(std::string_view brokers, std::string_view topic);
 
 class KafkaOutbox {
  public:

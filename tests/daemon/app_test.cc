@@ -9,6 +9,8 @@
 #include <fstream>
 
 #include "daemon/config.h"
+#include "events/embedded_kafka.h"
+#include "events/outbox.h"
 #include "tests/daemon/daemon_test_util.h"
 #include "tests/support/daemon_process.h"
 #include "tests/support/http_client.h"
@@ -179,6 +181,57 @@ TEST(AppTest, TheKafkaMessageSizeReachesTheOutbox) {
   HttpReply metrics = client.Get("/metrics");
   EXPECT_GE(MetricValue(metrics.body, "ledger_outbox_data_omitted_total"), 1) << metrics.body;
   EXPECT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
+}
+
+// The outbox's checkpoint says how far one destination has the log: pointed at another cluster
+// on the same data directory, the daemon publishes the whole log there, not only what came after.
+TEST(AppTest, AnotherKafkaClusterGetsTheWholeLog) {
+  TempDir dir;
+  Config config = TestConfig(dir.Sub("data"));
+  config.kafka_brokers = "embedded";
+  auto add_plan = [&](App* app, const std::string& id) -> uint64_t {
+    TestHttpClient client("127.0.0.1", app->http_port());
+    client.set_bearer(MintAdminToken(ReadDevSecret(dir.Sub("data"))));
+    HttpReply created = client.Post(
+        "/api/v1/subscriptions/plans",
+        R"({"id":")" + id + R"(","display_name":"P","price_monthly_cents":100,"api_calls_limit":10,)"
+                            R"("services":["chat"]})");
+    EXPECT_EQ(created.status, 201) << created.body;
+    return created.status == 201 ? std::stoull(created.Header("X-Ledger-Position")) : 0;
+  };
+  std::unique_ptr<App> app;
+  Status s = App::Start(config, nullptr, &app);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  const uint64_t first = add_plan(app.get(), "first");
+  ASSERT_GT(first, 0u);
+  {
+    std::unique_ptr<KafkaTestConsumer> consumer;
+    ASSERT_TRUE(KafkaTestConsumer::Open(app->kafka_bootstrap(), "ledger.events", &consumer).ok());
+    ASSERT_TRUE(consumer->ConsumeDistinct(first, std::chrono::seconds(20)));
+  }
+  ASSERT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());  // the checkpoint at `first`
+  app.reset();
+
+  std::unique_ptr<EmbeddedKafka> other;
+  ASSERT_TRUE(EmbeddedKafka::Open(EmbeddedKafkaOptions{}, &other).ok());
+  config.kafka_brokers = other->bootstrap_servers();
+  s = App::Start(config, nullptr, &app);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  const uint64_t second = add_plan(app.get(), "second");
+  ASSERT_GT(second, first);
+  std::unique_ptr<KafkaTestConsumer> consumer;
+  ASSERT_TRUE(KafkaTestConsumer::Open(other->bootstrap_servers(), "ledger.events", &consumer).ok());
+  EXPECT_TRUE(consumer->ConsumeDistinct(second, std::chrono::seconds(20)))
+      << consumer->distinct_ids() << " of " << second;
+  const DeliveryReport report = CheckDelivery(consumer->records(), 1, second);
+  EXPECT_TRUE(report.ok()) << report.Summary();
+  EXPECT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
+}
+
+TEST(OutboxCheckpointNameTest, NamesTheTopicAndTheBrokers) {
+  EXPECT_EQ(OutboxCheckpointName("embedded", "ledger.events"), "outbox.kafka/ledger.events@embedded");
+  EXPECT_EQ(OutboxCheckpointName(" B:9092,a:9092 ,b:9092,", "t"), "outbox.kafka/t@a:9092,b:9092");
+  EXPECT_NE(OutboxCheckpointName("a:9092", "t"), OutboxCheckpointName("a:9092", "u"));
 }
 
 TEST(AppTest, DevSecretIsCreatedWithMode0600AndReused) {
