@@ -523,12 +523,16 @@ bool Digits(std::string_view s, size_t at, size_t n, int* out) {
 // ---- public helpers -----------------------------------------------------------------------------
 
 bool IsLagoSecretMemberName(std::string_view name) {
-  // file_url: an invoice's or credit note's PDF behind a signed link; portal_url: the customer
-  // portal's login link; checkout_url, payment_url: payment pages.
-  static constexpr std::array<std::string_view, 15> kNames = {
+  // file_url, xml_url: an invoice's or credit note's PDF or e-invoice behind a signed link;
+  // portal_url: the customer portal's login link; checkout_url, payment_url: payment pages;
+  // next_action: a payment's Stripe next_action (payment.requires_action), whose 3-D Secure
+  // redirect and SDK links carry the PaymentIntent's client secret; url: any other link of that
+  // kind (as for Stripe's own deliveries).
+  static constexpr std::array<std::string_view, 18> kNames = {
       "api_key",     "hmac_key",     "secret",        "client_secret", "password",
       "token",       "access_token", "refresh_token", "secret_key",    "webhook_secret",
-      "private_key", "checkout_url", "payment_url",   "file_url",      "portal_url"};
+      "private_key", "checkout_url", "payment_url",   "file_url",      "portal_url",
+      "xml_url",     "next_action",  "url"};
   return std::find(kNames.begin(), kNames.end(), name) != kNames.end();
 }
 

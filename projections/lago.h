@@ -72,8 +72,9 @@ inline constexpr std::string_view kLagoWebhookIdempotencyScope = "lago.webhook";
 
 // Members whose values are redacted from stored deliveries: credentials (`api_key`, `hmac_key`,
 // `secret`, `client_secret`, `password`, `token`, `access_token`, `refresh_token`, `secret_key`,
-// `webhook_secret`, `private_key`) and bearer links (`checkout_url`, `payment_url`, the PDFs
-// behind `file_url`, the customer portal's `portal_url`).
+// `webhook_secret`, `private_key`) and bearer links (`checkout_url`, `payment_url`, the PDFs and
+// e-invoices behind `file_url` and `xml_url`, the customer portal's `portal_url`, a payment's
+// Stripe `next_action`, any other `url`).
 bool IsLagoSecretMemberName(std::string_view name);
 
 // True for an X-Lago-Unique-Key we accept: 1..255 visible ASCII characters (Lago sends a UUID).

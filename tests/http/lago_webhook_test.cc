@@ -476,6 +476,9 @@ TEST_F(LagoWebhookTest, SecretsAndPaymentLinksAreRedacted) {
       R"("payment_url":"https://pay.example.com/s/abc","integration":{"api_key":"sk_live_1",)"
       R"("file_url":"https://lago.example.com/rails/active_storage/blobs/redirect/eyJf/inv.pdf",)"
       R"("portal_url":"https://lago.example.com/customer-portal/eyJh",)"
+      R"("xml_url":"https://lago.example.com/rails/active_storage/blobs/redirect/eyJg/inv.xml",)"
+      R"("next_action":{"type":"redirect_to_url","redirect_to_url":{"url":)"
+      R"("https://hooks.stripe.com/3d_secure_2/hosted?payment_intent_client_secret=pi_1_secret_X"}},)"
       R"("secret":{"nested":1},"password":null})";
   const std::string body = LagoInvoiceWebhookJson(spec);
   ASSERT_EQ(PostHmac(body, "wh-r").status, 200);
@@ -483,7 +486,9 @@ TEST_F(LagoWebhookTest, SecretsAndPaymentLinksAreRedacted) {
   EXPECT_EQ(stored.find("pay.example.com"), std::string::npos) << stored;
   EXPECT_EQ(stored.find("lago.example.com"), std::string::npos) << stored;
   EXPECT_EQ(stored.find("sk_live_1"), std::string::npos) << stored;
+  EXPECT_EQ(stored.find("pi_1_secret_X"), std::string::npos) << stored;
   EXPECT_NE(stored.find(R"("payment_url":"[redacted]")"), std::string::npos) << stored;
+  EXPECT_NE(stored.find(R"("next_action":"[redacted]")"), std::string::npos) << stored;
   EXPECT_NE(stored.find(R"("secret":"[redacted]","password":null)"), std::string::npos) << stored;
   EXPECT_NE(stored.find(R"(\"metered\" <v2>)"), std::string::npos) << stored;  // text unchanged
   EXPECT_NE(stored.find(HexEncode(Sha256(body))), std::string::npos);
