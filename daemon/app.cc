@@ -178,8 +178,9 @@ Status App::Impl::BuildStripeClient() {
 // LAGO_API_KEY are both set.
 Status App::Impl::ConfigureLago() {
   context_.lago_webhook_hmac_key = config_.lago_webhook_hmac_key;
-  context_.lago_webhook_issuer =
-      config_.lago_webhook_issuer.empty() ? config_.lago_api_url : config_.lago_webhook_issuer;
+  // Lago signs `iss` with its own LAGO_API_URL, often a public address other than the one the
+  // sink calls: checked only when named (the RS256 signature is what authenticates).
+  context_.lago_webhook_issuer = config_.lago_webhook_issuer;
   if (!config_.lago_webhook_public_key_file.empty()) {
     std::string contents;
     LEDGER_RETURN_IF_ERROR(ReadFile(config_.lago_webhook_public_key_file, &contents));

@@ -272,7 +272,7 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
   app.add_option("--lago-webhook-public-key-file", config->lago_webhook_public_key_file)
       ->envname("LAGO_WEBHOOK_PUBLIC_KEY_FILE");
   app.add_option("--lago-webhook-issuer", config->lago_webhook_issuer,
-                 "iss of jwt-signed Lago webhooks (default LAGO_API_URL)")
+                 "iss that jwt-signed Lago webhooks must carry (default: not checked)")
       ->envname("LAGO_WEBHOOK_ISSUER");
   app.add_option("--lago-api-url", config->lago_api_url, "Lago API URL (enables the Lago sink)")
       ->envname("LAGO_API_URL");

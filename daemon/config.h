@@ -47,8 +47,8 @@ struct Config {
   std::string stripe_portal_return_url;
   std::string lago_webhook_hmac_key;               // secret
   std::string lago_webhook_public_key_file;
-  // Optional `iss` that jwt-signed Lago webhooks must carry; default: lago_api_url. Lago signs
-  // with ITS OWN LAGO_API_URL, which may be a public URL other than the one ledgerd calls.
+  // Optional `iss` that jwt-signed Lago webhooks must carry; default: not checked. Lago signs
+  // with ITS OWN LAGO_API_URL, often a public URL other than the one ledgerd calls.
   std::string lago_webhook_issuer;
   std::string lago_api_url;                        // LAGO_API_URL: the sink calls it; "" = off
   std::string lago_api_key;                        // LAGO_API_KEY (secret); "" = sink off

@@ -70,8 +70,8 @@ struct AppContext {
   std::vector<std::string> stripe_webhook_secrets;
   // POST /api/v1/webhooks/lago (http/lago_webhook_routes.cc): LAGO_WEBHOOK_HMAC_KEY (hmac mode),
   // Lago's RSA public key as SubjectPublicKeyInfo PEM (jwt mode; LoadLagoPublicKey() of
-  // LAGO_WEBHOOK_PUBLIC_KEY_FILE), and the `iss` jwt deliveries must carry (LAGO_WEBHOOK_ISSUER,
-  // else LAGO_API_URL; empty = not checked). No key at all = 503 "lago_webhook_not_configured".
+  // LAGO_WEBHOOK_PUBLIC_KEY_FILE), and the `iss` jwt deliveries must carry (LAGO_WEBHOOK_ISSUER;
+  // empty = not checked). No key at all = 503 "lago_webhook_not_configured".
   std::string lago_webhook_hmac_key;
   std::string lago_webhook_public_key_pem;
   std::string lago_webhook_issuer;

@@ -44,7 +44,7 @@ struct LagoWebhookKeys {
   // Lago's RSA public key as SubjectPublicKeyInfo PEM (LoadLagoPublicKey() of the file named by
   // LAGO_WEBHOOK_PUBLIC_KEY_FILE). Empty = jwt deliveries answer 503.
   std::string public_key_pem;
-  // When non-empty, a jwt delivery's `iss` must equal it: LAGO_WEBHOOK_ISSUER, else LAGO_API_URL.
+  // When non-empty, a jwt delivery's `iss` must equal it: LAGO_WEBHOOK_ISSUER (empty: not checked).
   std::string issuer;
 };
 

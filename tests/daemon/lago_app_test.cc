@@ -151,6 +151,41 @@ TEST(LagoAppTest, WithoutAnApiKeyTheSinkIsReportedDisabled) {
   ASSERT_TRUE(app->Stop(std::chrono::seconds(1)).ok());
 }
 
+// Lago signs `iss` with its own LAGO_API_URL, often a public URL other than the one ledgerd calls:
+// the RS256 signature with Lago's key authenticates the delivery, and `iss` is checked only when
+// LAGO_WEBHOOK_ISSUER names it.
+TEST(LagoAppTest, JwtDeliveriesAreCheckedForIssOnlyWhenAnIssuerIsConfigured) {
+  ScopedCleanEnvironment env;
+  TempDir dir;
+  FakeLago lago;
+  auto key = TestSigningKey::Generate(TestSigningKey::Type::kRsa, "lago");
+  WriteTextFile(dir.Sub("lago.pem"), key->PublicKeyPem());
+  Config config = LagoConfig(dir.Sub("data"), lago);
+  config.lago_webhook_public_key_file = dir.Sub("lago.pem");
+  const std::string body = LagoInvoiceWebhookJson(LagoInvoiceSpec{});
+  auto post = [&](App* app, const std::string& unique_key, const std::string& issuer) {
+    TestHttpClient client("127.0.0.1", app->http_port());
+    return client.Post("/api/v1/webhooks/lago", body,
+                       {{"X-Lago-Signature", LagoJwtSignature(*key, body, issuer)},
+                        {"X-Lago-Signature-Algorithm", "jwt"},
+                        {"X-Lago-Unique-Key", unique_key}});
+  };
+  {
+    std::unique_ptr<App> app;
+    ASSERT_TRUE(App::Start(config, nullptr, &app).ok());
+    HttpReply r = post(app.get(), "wh-1", "https://billing.example.com");
+    EXPECT_EQ(r.status, 200) << r.body;
+    ASSERT_TRUE(app->Stop(std::chrono::seconds(1)).ok());
+  }
+  config.lago_webhook_issuer = "https://billing.example.com";
+  std::unique_ptr<App> app;
+  ASSERT_TRUE(App::Start(config, nullptr, &app).ok());
+  EXPECT_EQ(post(app.get(), "wh-2", "https://billing.example.com").status, 200);
+  HttpReply r = post(app.get(), "wh-3", lago.url());
+  EXPECT_EQ(r.status, 400) << r.body;
+  ASSERT_TRUE(app->Stop(std::chrono::seconds(1)).ok());
+}
+
 TEST(LagoAppTest, ABadLagoPublicKeyFileIsAConfigError) {
   ScopedCleanEnvironment env;
   TempDir dir;
