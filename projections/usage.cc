@@ -1224,7 +1224,11 @@ Status SumUserUsage(const StateReader& state, std::string_view user_id, int64_t 
 
 Status ScanUsageWindows(const StateReader& state, int64_t from_s, int64_t to_s,
                         const std::function<bool(int64_t, std::string_view)>& fn) {
-  return state.Scan(kUsageFamily, kTimeIndexPrefix, [&](std::string_view key, std::string_view) {
+  // Seeks to the range: the index holds every window since the log began.
+  std::string start(kTimeIndexPrefix);
+  PutFixed64BE(&start, static_cast<uint64_t>(std::max<int64_t>(from_s, 0)));
+  return state.ScanFrom(kUsageFamily, kTimeIndexPrefix, start,
+                        [&](std::string_view key, std::string_view) {
     const size_t head = sizeof(kTimeIndexPrefix) - 1;
     if (key.size() < head + 8) return true;
     const int64_t start = static_cast<int64_t>(DecodeFixed64BE(key.data() + head));

@@ -1047,5 +1047,58 @@ TEST_F(UsageLedgerTest, CountersEqualAReplayOfTheLog) {
   EXPECT_NE(HexEncode(live), HexEncode(shorter));
 }
 
+
+// A StateReader whose ScanFrom seeks (as the ledger's does), counting the rows scans visit.
+class SeekingState final : public StateReader {
+ public:
+  explicit SeekingState(const testing::MemoryState* inner) : inner_(inner) {}
+  Status Get(std::string_view family, std::string_view key, std::string* value) const override {
+    return inner_->Get(family, key, value);
+  }
+  Status Scan(std::string_view family, std::string_view prefix,
+              const std::function<bool(std::string_view, std::string_view)>& fn) const override {
+    return inner_->Scan(family, prefix, [&](std::string_view k, std::string_view v) {
+      ++visited;
+      return fn(k, v);
+    });
+  }
+  Status ScanFrom(std::string_view family, std::string_view prefix, std::string_view start,
+                  const std::function<bool(std::string_view, std::string_view)>& fn)
+      const override {
+    return inner_->Scan(family, prefix, [&](std::string_view k, std::string_view v) {
+      if (k < start) return true;  // not visited: a seek lands past them
+      ++visited;
+      return fn(k, v);
+    });
+  }
+  mutable size_t visited = 0;
+
+ private:
+  const testing::MemoryState* inner_;
+};
+
+TEST(UsageWindowScanTest, SeeksToTheRangeInsteadOfReadingTheWholeHistory) {
+  testing::MemoryState rows;
+  auto put_window = [&](int64_t start, const std::string& user) {
+    std::string key = "t/";
+    PutFixed64BE(&key, static_cast<uint64_t>(start));
+    key += user;
+    ASSERT_TRUE(rows.Put(kUsageFamily, key, "").ok());
+  };
+  const int64_t from = kStripeT0 + 400 * 86400, to = from + 30 * 86400;
+  for (int day = 0; day < 200; ++day) put_window(kStripeT0 + day * 86400, "old-" + std::to_string(day));
+  put_window(from, "a");
+  put_window(from + 86400, "b");
+  put_window(to, "after");
+  SeekingState state(&rows);
+  std::vector<std::string> users;
+  ASSERT_TRUE(ScanUsageWindows(state, from, to, [&](int64_t, std::string_view user) {
+                users.emplace_back(user);
+                return true;
+              }).ok());
+  EXPECT_EQ(users, (std::vector<std::string>{"a", "b"}));
+  EXPECT_LE(state.visited, 3u) << "rows before the range were read";
+}
+
 }  // namespace
 }  // namespace ledger::projections
