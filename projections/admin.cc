@@ -343,7 +343,7 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
   }
   int64_t total = 0, paying = 0, trialing = 0, comped = 0, revenue12 = 0, churned = 0;
   int64_t paying_at_start = 0, churned_of_those = 0;
-  int64_t trials = 0, converted = 0, lost = 0, in_trial = 0;
+  int64_t trials = 0, converted = 0, lost = 0, in_trial = 0, awaiting_payment = 0;
   const int64_t churn_from = now_s - churn_days * kSecondsPerDay;
   LEDGER_RETURN_IF_ERROR(ForEachSubscriber(state, [&](const UserAccess& access) {
     ++total;
@@ -400,7 +400,14 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
                                     sub.latest_invoice->paid &&
                                     sub.latest_invoice->amount_paid.value_or(0) > 0 &&
                                     sub.latest_invoice->event_created >= *r.trial_end;
-      if (pays && !trial_plan) {
+      // Past due in the first period after its trial, its latest invoice not paid: the first
+      // payment failed and Stripe is still retrying it; not converted (nor lost) yet.
+      const bool first_payment_failed =
+          r.status == SubscriptionStatus::kPastDue && r.trial_end && r.current_period_start &&
+          *r.current_period_start <= *r.trial_end && !paid_after_trial;
+      if (first_payment_failed) {
+        ++awaiting_payment;
+      } else if (pays && !trial_plan) {
         ++converted;
       } else if (r.status == SubscriptionStatus::kTrialing) {
         ++in_trial;
@@ -471,6 +478,8 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
   w.Int64(lost);
   w.Key("in_trial");
   w.Int64(in_trial);
+  w.Key("awaiting_payment");
+  w.Int64(awaiting_payment);
   w.Key("rate");
   w.Double(Ratio(converted, converted + lost));
   w.EndObject();

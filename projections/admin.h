@@ -40,8 +40,10 @@
 //                             a trial plan: converted = now paying on a non-trial plan, or ended
 //                             with its latest invoice paid at or after its trial's end (converted,
 //                             churned later; only the latest invoice is kept);
-//                             lost = neither trialing nor converted; rate = converted /
-//                             (converted + lost).
+//                             awaiting payment = past_due in the first period after the trial
+//                             (current_period_start at or before trial_end) without a paid
+//                             invoice since: the first charge failed and Stripe retries it;
+//                             lost = none of these; rate = converted / (converted + lost).
 //   comped                    effective access granted by an override with no paying subscription.
 #pragma once
 

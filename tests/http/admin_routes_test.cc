@@ -318,6 +318,20 @@ TEST_F(AdminRoutesTest, ChurnRateIsOfThePayingAtTheStartAndAConvertedTrialThatLe
   ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
                                              ledger::testing::StripeInvoiceEventJson(invoice))
                   .status.ok());
+  // Its trial ended 2 days ago and the first charge failed: past due, not converted yet.
+  TestSubscription failing = OnPlan("u-fail", "starter", "past_due");
+  failing.trial_start = kNow - 9 * kDay;
+  failing.trial_end = kNow - 2 * kDay;
+  failing.period_start = kNow - 2 * kDay;
+  failing.period_end = kNow + 28 * kDay;
+  AddSubscriber(failing, "fail@x.com");
+  // Converted months ago, past due on a later renewal: converted.
+  TestSubscription renewal = OnPlan("u-renew", "starter", "past_due");
+  renewal.trial_start = kNow - 99 * kDay;
+  renewal.trial_end = kNow - 92 * kDay;
+  renewal.period_start = kNow - 2 * kDay;
+  renewal.period_end = kNow + 28 * kDay;
+  AddSubscriber(renewal, "renew@x.com");
   // A trial canceled within its trial: lost.
   TestSubscription lost = OnPlan("u-lost", "starter", "canceled");
   lost.trial_start = kNow - 6 * kDay;
@@ -329,13 +343,14 @@ TEST_F(AdminRoutesTest, ChurnRateIsOfThePayingAtTheStartAndAConvertedTrialThatLe
   ASSERT_EQ(r.status, 200) << r.body;
   rapidjson::Document doc = r.Json();
   EXPECT_EQ(doc["churn"]["churned"].GetInt64(), 2);          // gone, conv
-  EXPECT_EQ(doc["churn"]["paying_at_start"].GetInt64(), 4);  // old, unpaid, gone, conv
-  EXPECT_DOUBLE_EQ(doc["churn"]["rate"].GetDouble(), 0.5);
+  EXPECT_EQ(doc["churn"]["paying_at_start"].GetInt64(), 5);  // old, unpaid, gone, conv, renew
+  EXPECT_DOUBLE_EQ(doc["churn"]["rate"].GetDouble(), 0.4);
   const auto& trials = doc["trial_conversion"];
-  EXPECT_EQ(trials["trials"].GetInt64(), 2);
-  EXPECT_EQ(trials["converted"].GetInt64(), 1);
+  EXPECT_EQ(trials["trials"].GetInt64(), 4);
+  EXPECT_EQ(trials["converted"].GetInt64(), 2);  // conv, renew
   EXPECT_EQ(trials["lost"].GetInt64(), 1);
-  EXPECT_DOUBLE_EQ(trials["rate"].GetDouble(), 0.5);
+  EXPECT_EQ(trials["awaiting_payment"].GetInt64(), 1);  // fail
+  EXPECT_DOUBLE_EQ(trials["rate"].GetDouble(), 0.6667);
 }
 
 TEST_F(AdminRoutesTest, ChurnIsPaidSubscriptionsDatedByTheirEnd) {
