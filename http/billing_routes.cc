@@ -383,10 +383,9 @@ void ListPaymentMethods(const AppContext& context, const Identity& identity,
     s = context.stripe->ListCards(current.customer_id, &cards, &has_more);
     if (!s.ok()) return WriteStatusProblem(s, &res);
   }
+  // A bare list, as the seed's `List[PaymentMethod]`; more than Stripe's 100 is said in a header.
   rapidjson::StringBuffer body;
   JsonWriter w(body);
-  w.StartObject();
-  w.Key("payment_methods");
   w.StartArray();
   for (const StripeCard& card : cards) {
     w.StartObject();
@@ -401,10 +400,8 @@ void ListPaymentMethods(const AppContext& context, const Identity& identity,
     w.EndObject();
   }
   w.EndArray();
-  w.Key("has_more");
-  w.Bool(has_more);
-  w.EndObject();
   WriteJsonAt(200, body.GetString(), view->position(), &res);
+  res.set_header("X-Has-More", has_more ? "true" : "false");
 }
 
 // ---- Subscription changes ---------------------------------------------------------------------

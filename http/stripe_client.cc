@@ -645,7 +645,8 @@ Status HttpStripeClient::ListCards(std::string_view customer, std::vector<Stripe
   LEDGER_RETURN_IF_ERROR(CheckId("customer", customer));
   rapidjson::Document doc;
   LEDGER_RETURN_IF_ERROR(impl_->Call(
-      "GET", "/v1/customers/" + std::string(customer) + "/payment_methods?type=card", nullptr, "",
+      "GET", "/v1/customers/" + std::string(customer) + "/payment_methods?type=card&limit=100",
+      nullptr, "",
       &doc));
   const rapidjson::Value* data = ListData(doc);
   if (data == nullptr) return Malformed("payment method list");

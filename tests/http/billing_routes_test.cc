@@ -529,7 +529,8 @@ TEST_F(BillingRoutesTest, PortalNeedsACustomer) {
 TEST_F(BillingRoutesTest, PaymentMethods) {
   HttpReply none = Alice().Get(kPaymentMethods);
   ASSERT_EQ(none.status, 200) << none.body;
-  EXPECT_EQ(none.body, R"({"payment_methods":[],"has_more":false})");
+  EXPECT_EQ(none.body, "[]");
+  EXPECT_EQ(none.Header("X-Has-More"), "false");
   EXPECT_TRUE(fake_.requests().empty());
 
   GiveAliceASubscription();
@@ -537,14 +538,26 @@ TEST_F(BillingRoutesTest, PaymentMethods) {
   const uint64_t head = Head();
   HttpReply r = Alice().Get(kPaymentMethods);
   ASSERT_EQ(r.status, 200) << r.body;
+  // A bare list, as the seed's List[PaymentMethod].
   EXPECT_EQ(r.body,
-            R"({"payment_methods":[{"id":"pm_1","type":"card","brand":"visa","last4":"4242",)"
-            R"("exp_month":4,"exp_year":2031}],"has_more":false})");
+            R"([{"id":"pm_1","type":"card","brand":"visa","last4":"4242",)"
+            R"("exp_month":4,"exp_year":2031}])");
+  EXPECT_EQ(r.Header("X-Has-More"), "false");
   EXPECT_EQ(r.Header("X-Ledger-Position"), std::to_string(head));
   auto q = fake_.RequestsTo("GET", "/v1/customers/cus_alice/payment_methods").at(0);
-  EXPECT_EQ(q.params, (FormParams{{"type", "card"}}));
+  EXPECT_EQ(q.params, (FormParams{{"type", "card"}, {"limit", "100"}}));
   EXPECT_FALSE(q.has_idempotency_key);
   EXPECT_EQ(Head(), head);  // a read appends nothing
+
+  // More cards than Stripe lists unless asked (10): all of them.
+  for (int i = 2; i <= 12; ++i) {
+    fake_.AddCard("cus_alice", "pm_" + std::to_string(i), "visa", "4242", 4, 2031);
+  }
+  r = Alice().Get(kPaymentMethods);
+  ASSERT_EQ(r.status, 200) << r.body;
+  ASSERT_TRUE(r.Json().IsArray()) << r.body;
+  EXPECT_EQ(r.Json().Size(), 12u) << r.body;
+  EXPECT_EQ(r.Header("X-Has-More"), "false");
 
   fake_.InjectFault(FakeStripe::Fault::kHang, 3);
   ExpectProblem(Alice().Get(kPaymentMethods), 503, "stripe_unavailable");

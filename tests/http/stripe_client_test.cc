@@ -416,7 +416,7 @@ TEST_F(StripeClientTest, CardsOfACustomer) {
   const auto r = fake_.requests().back();
   EXPECT_EQ(r.method, "GET");
   EXPECT_EQ(r.path, "/v1/customers/cus_1/payment_methods");
-  EXPECT_EQ(r.params, (FormParams{{"type", "card"}}));
+  EXPECT_EQ(r.params, (FormParams{{"type", "card"}, {"limit", "100"}}));
 }
 
 TEST_F(StripeClientTest, ABasePathPrefixIsKept) {

@@ -524,7 +524,16 @@ struct FakeStripe::State {
     }
     auto it = customers.find(customer);
     if (it == customers.end()) return NoSuch("customer", customer, "customer");
-    const std::vector<Card>& cards = it->second.cards;
+    // Stripe's list limit: 10 unless asked, 1..100.
+    int64_t limit = 10;
+    if (const std::string asked(Get(query, "limit")); !asked.empty()) {
+      if (!ParseInt(asked, &limit) || limit < 1 || limit > 100) {
+        return InvalidRequest("Invalid integer: limit", "limit");
+      }
+    }
+    const std::vector<Card>& all = it->second.cards;
+    const std::vector<Card> cards(all.begin(),
+                                  all.begin() + std::min<size_t>(all.size(), static_cast<size_t>(limit)));
     std::string body = ListJson("/v1/customers/" + customer + "/payment_methods", [&](Writer& w) {
       for (const Card& card : cards) {
         w.StartObject();
@@ -543,7 +552,7 @@ struct FakeStripe::State {
         Str(w, "type", "card");
         w.EndObject();
       }
-    });
+    }, cards.size() < all.size());
     return Answer{200, body};
   }
 
