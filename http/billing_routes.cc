@@ -439,8 +439,14 @@ void CancelSubscription(const AppContext& context, const httplib::Request& req,
   if (!RequireStripe(context, res)) return;
   rapidjson::Document doc;
   bool at_period_end = true;
-  Status s = ParseBody(req.body, {"at_period_end"}, true, &doc);
+  // The seed's clients also name the subscription: it must be the caller's own.
+  std::string named_subscription;
+  bool named = false;
+  Status s = ParseBody(req.body, {"at_period_end", "subscription_id"}, true, &doc);
   if (s.ok()) s = pc::ObjectReader(doc).Bool("at_period_end", false, &at_period_end);
+  if (s.ok()) {
+    s = pc::ObjectReader(doc).String("subscription_id", false, &named_subscription, &named);
+  }
   if (!s.ok()) return WriteStatusProblem(s, &res);
   RecordStripeCall command;
   std::string stripe_key;
@@ -452,6 +458,9 @@ void CancelSubscription(const AppContext& context, const httplib::Request& req,
   std::unique_ptr<ReadView> view = context.ledger->Snapshot();
   pc::UserSubscription current;
   s = ChangeableSubscription(*view, identity, &current);
+  if (s.ok() && named && named_subscription != current.subscription_id()) {
+    s = Status::NotFound("no such subscription of the caller's");  // another's is not found
+  }
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
   StripeSubscription sub;
   if (at_period_end) {

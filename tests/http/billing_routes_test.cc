@@ -568,7 +568,13 @@ TEST_F(BillingRoutesTest, PaymentMethods) {
 TEST_F(BillingRoutesTest, CancelAtPeriodEnd) {
   ExpectProblem(Alice().Post(kCancel, R"({"at_period_end":true})"), 409, "no_active_subscription");
   GiveAliceASubscription();
-  HttpReply r = Alice().Post(kCancel, R"({"at_period_end":true})");
+  // The seed's clients name the subscription: another's is not found, and nothing happens.
+  const uint64_t before = Head();
+  ExpectProblem(Alice().Post(kCancel, R"({"at_period_end":true,"subscription_id":"sub_bob"})"),
+                404, "not_found");
+  EXPECT_TRUE(fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice").empty());
+  EXPECT_EQ(Head(), before);
+  HttpReply r = Alice().Post(kCancel, R"({"at_period_end":true,"subscription_id":"sub_alice"})");
   ASSERT_EQ(r.status, 200) << r.body;
   rapidjson::Document doc = r.Json();
   EXPECT_EQ(std::string(doc["subscription_id"].GetString()), "sub_alice");
