@@ -232,7 +232,9 @@ void GetSubscriber(const AdminRouteContext& c, const httplib::Request& req, http
   WriteJsonAt(200, json::Text(buf), view->position(), &res);
 }
 
-// {"tier","status","notes"}: each optional, null clears. Unknown members are refused.
+// {"tier","status","notes"}: each optional, null clears. Unknown members are refused. `status`
+// takes Stripe's names and the seed's (`cancelled` and `suspended` are canceled, `trial` is
+// trialing).
 Status ParseOverrideChange(const std::string& body, pj::OverrideChange* out) {
   if (body.size() > kPatchBodyBytesMax) {
     return Status::Make(Code::kUnprocessable, "validation_failed", "the body is over 8 KiB");
@@ -254,10 +256,16 @@ Status ParseOverrideChange(const std::string& body, pj::OverrideChange* out) {
       }
       out->plan_id = null ? std::optional<std::string>() : value;
     } else if (name == "status") {
+      // Stripe's names, and the seed's (`cancelled`, `suspended`: no access; `trial`).
+      const std::string_view stripe_name = value == "cancelled" || value == "suspended"
+                                               ? std::string_view("canceled")
+                                           : value == "trial" ? std::string_view("trialing")
+                                                              : std::string_view(value);
       pj::SubscriptionStatus status;
-      if (!null && !pj::ParseSubscriptionStatus(value, &status)) {
+      if (!null && !pj::ParseSubscriptionStatus(stripe_name, &status)) {
         return Status::Make(Code::kUnprocessable, "validation_failed",
-                            "status: one of Stripe's subscription statuses");
+                            "status: one of Stripe's subscription statuses, or cancelled, "
+                            "suspended, trial");
       }
       out->status = null ? std::optional<pj::SubscriptionStatus>() : status;
     } else if (name == "notes") {

@@ -606,6 +606,15 @@ TEST_F(AdminRoutesTest, ASuspensionRefusesMeteringButLeavesStripeAlone) {
   // Lifting it restores access in the same window.
   ASSERT_EQ(Patch("a@x.com", R"({"status":null})").status, 200);
   EXPECT_EQ(Consume("u-a", "chat", "lifted").status, 200);
+  // The seed's names: suspended and cancelled revoke, trial grants.
+  for (const char* revoked : {"suspended", "cancelled"}) {
+    ASSERT_EQ(Patch("a@x.com", std::string(R"({"status":")") + revoked + R"("})").status, 200);
+    EXPECT_EQ(Consume("u-a", "chat", std::string("after-") + revoked).status, 402) << revoked;
+    ASSERT_EQ(Patch("a@x.com", R"({"status":"trial"})").status, 200);
+    EXPECT_EQ(Consume("u-a", "chat", std::string("trial-") + revoked).status, 200) << revoked;
+  }
+  rapidjson::Document one = Admin().Get(std::string(kAdminBase) + "a@x.com").Json();
+  EXPECT_STREQ(one["users"][0]["subscriber"]["status"].GetString(), "trialing");
 }
 
 TEST_F(AdminRoutesTest, BadPatchesAreProblemsAndAppendNothing) {
