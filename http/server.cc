@@ -20,6 +20,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <regex>
 #include <string_view>
 #include <unordered_map>
@@ -409,6 +410,33 @@ class ConnectionStream final : public httplib::Stream {
       ReleasePending();
       begin_ = 0;
       end_ = static_cast<size_t>(n);
+    }
+    return n;
+  }
+
+  // For the event loop holding a request still arriving: appends what the socket has (without
+  // waiting) to the unread bytes, keeping them one contiguous run (Unread()). > 0 bytes read, 0
+  // end of stream, -1 with errno (EAGAIN: nothing there yet).
+  ssize_t AppendNow() {
+    if (begin_ < end_) {  // the buffered run goes behind the pending one
+      if (pending_begin_ >= pending_.size()) {
+        pending_.clear();
+        pending_begin_ = 0;
+      }
+      pending_.append(buffer_.data() + begin_, end_ - begin_);
+      begin_ = end_ = 0;
+    }
+    ssize_t n;
+    do {
+      n = ::recv(sock_, buffer_.data(), buffer_.size(), MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    if (n > 0) {
+      if (pending_begin_ >= pending_.size()) {
+        ReleasePending();
+        end_ = static_cast<size_t>(n);
+      } else {
+        pending_.append(buffer_.data(), static_cast<size_t>(n));
+      }
     }
     return n;
   }
@@ -894,6 +922,9 @@ struct Connection {
   // one awaiting an answer is not.
   bool armed = false;
   Clock::time_point parked_at;  // when it was last parked
+  // A request still arriving that the loop holds (AwaitsMoreBytes): when the loop first saw it.
+  // Set and cleared by its owner; read by the loop's tick while parked.
+  std::optional<Clock::time_point> arriving_since;
 };
 
 // How a served request leaves its connection.
@@ -931,6 +962,9 @@ struct LoopRequest {
 
 // Requests served on the loop per wake-up of one connection before a worker takes the rest.
 constexpr int kLoopRequestsPerTurn = 8;
+// A request still arriving is held by the event loop (not a worker) while it is under this many
+// bytes (AwaitsMoreBytes): usual heads and billing bodies; at most this much per open connection.
+constexpr size_t kLoopHoldBytesMax = 8 * 1024;
 constexpr int kLoopEventsMax = 128;
 constexpr int kLoopTickMs = 100;
 
@@ -1150,8 +1184,11 @@ class CoreServer final : public httplib::Server {
         if (now - last_tick >= std::chrono::milliseconds(kLoopTickMs)) {
           last_tick = now;
           const auto idle_max = std::chrono::milliseconds(options_.keep_alive_timeout_ms);
+          const auto arriving_max = std::chrono::milliseconds(options_.read_timeout_ms);
           for (auto& [id, c] : connections_) {
-            if (c->where == Connection::Where::kParked && now - c->parked_at >= idle_max) {
+            if (c->where == Connection::Where::kParked &&
+                (now - c->parked_at >= idle_max ||
+                 (c->arriving_since && now - *c->arriving_since >= arriving_max))) {
               c->where = Connection::Where::kOwned;
               expired.push_back(c);
             }
@@ -1195,7 +1232,18 @@ class CoreServer final : public httplib::Server {
         if (n <= 0) return ToWorker(c, WorkerJob::kClose);
       }
       LoopRequest parsed;
-      if (!ParseLoopRequest(c->stream.Unread(), &parsed)) return ToWorker(c, WorkerJob::kServe);
+      if (!ParseLoopRequest(c->stream.Unread(), &parsed)) {
+        if (!AwaitsMoreBytes(c->stream.Unread())) return ToWorker(c, WorkerJob::kServe);
+        // Still arriving: the loop holds it (a worker would wait for its bytes, and a few slow
+        // clients would hold every worker) until it is whole, or until the read timeout from
+        // when it began, after which it is closed (the tick).
+        if (!c->arriving_since) c->arriving_since = Clock::now();
+        const ssize_t n = c->stream.AppendNow();
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return Park(c, true);
+        if (n <= 0) return ToWorker(c, WorkerJob::kClose);
+        continue;
+      }
+      c->arriving_since.reset();
       c->stream.SetNonBlocking(true);
       const After after = parsed.plain && options_.loop_own_parser ? ServeParsed(c.get(), parsed)
                                                                    : ServeRequest(c.get());
@@ -1208,6 +1256,40 @@ class CoreServer final : public httplib::Server {
       if (!c->stream.HasBufferedInput()) return Park(c, true);
     }
     ToWorker(c, WorkerJob::kServe);  // more pipelined requests than one turn serves
+  }
+
+  // True when `unread` is the start of a request the loop can wait for without a worker: its
+  // head is not complete yet, or it is and only a Content-Length body is missing, all of it
+  // under kLoopHoldBytesMax; not when it announces chunked framing or `Expect` (whose client
+  // waits for a 100 Continue before the body), nor when its head has lines this test cannot read
+  // plainly (a worker answers those).
+  static bool AwaitsMoreBytes(std::string_view unread) {
+    if (unread.empty() || unread.size() >= kLoopHoldBytesMax) return false;
+    const size_t blank = unread.find("\n\r\n");  // the end of the head, as TakeHead finds it
+    if (blank == std::string_view::npos) return true;
+    const std::string_view head = unread.substr(0, blank + 1);
+    uint64_t content_length = 0;
+    int lengths = 0;
+    size_t pos = head.find('\n') + 1;  // after the request line
+    while (pos < head.size()) {
+      size_t end = head.find('\n', pos);
+      std::string_view line = head.substr(pos, end - pos);
+      pos = end + 1;
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+      const size_t colon = line.find(':');
+      if (colon == std::string_view::npos) return false;
+      const std::string_view name = line.substr(0, colon);
+      if (EqualsIgnoreCase(name, "Transfer-Encoding") || EqualsIgnoreCase(name, "Expect")) {
+        return false;
+      }
+      if (EqualsIgnoreCase(name, "Content-Length") &&
+          (++lengths > 1 ||
+           !ParseContentLength(TrimBlanks(line.substr(colon + 1)), &content_length))) {
+        return false;
+      }
+    }
+    const uint64_t whole = blank + 3 + content_length;
+    return whole < kLoopHoldBytesMax && unread.size() < whole;
   }
 
   // True when `unread` starts with a whole request (head and Content-Length body) for a route
@@ -1301,6 +1383,7 @@ class CoreServer final : public httplib::Server {
   }
 
   void ToWorker(const std::shared_ptr<Connection>& c, WorkerJob job) {
+    c->arriving_since.reset();  // the worker counts its own time from here
     {
       std::lock_guard<std::mutex> lock(loop_mu_);
       Disarm(c.get());

@@ -707,6 +707,44 @@ TEST_F(ServerTest, ATrickledRequestHoldsAWorkerBrieflyAtMost) {
   EXPECT_LT(waited, std::chrono::milliseconds(4000));  // they trickle for 50 s
 }
 
+// Requests still arriving are held by the event loop, not by workers: many clients sending half a
+// head (or half a small body) cannot keep the workers from other requests; each is closed once it
+// has taken the read timeout.
+TEST_F(ServerTest, HalfSentRequestsDoNotHoldWorkers) {
+  HttpServerOptions options = TestHttpStack::DefaultOptions();
+  options.threads = 2;
+  options.read_timeout_ms = 1000;
+  Start(options);
+  std::vector<int> slow;
+  for (int i = 0; i < 12; ++i) {
+    const int fd = testing::ConnectLoopback(stack_.port());
+    ASSERT_GE(fd, 0);
+    const std::string part = i % 2 == 0
+                                 ? std::string("GET /hello HTTP/1.1\r\nHost: x\r\n")
+                                 : std::string("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{}");
+    ASSERT_EQ(::send(fd, part.data(), part.size(), MSG_NOSIGNAL), static_cast<ssize_t>(part.size()));
+    slow.push_back(fd);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const auto start = std::chrono::steady_clock::now();
+  TestHttpClient client("127.0.0.1", stack_.port());
+  HttpReply reply = client.Get("/hello");
+  const auto waited = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(reply.status, 200) << reply.error;
+  EXPECT_LT(waited, std::chrono::milliseconds(700)) << "a worker was held by a half-sent request";
+  // One that completes is served.
+  const std::string rest = "x: y\r\n\r\n";
+  ASSERT_EQ(::send(slow[0], rest.data(), rest.size(), MSG_NOSIGNAL), static_cast<ssize_t>(rest.size()));
+  const std::string answer = SendAndReadUntilClosed(slow[0], "", 500);
+  EXPECT_EQ(answer.rfind("HTTP/1.1 200", 0), 0u) << answer;
+  // The others are closed after the read timeout.
+  for (size_t i = 1; i < slow.size(); ++i) {
+    bool closed = false;
+    SendAndReadUntilClosed(slow[i], "", 2500, &closed);
+    EXPECT_TRUE(closed) << i;
+  }
+}
+
 // Open connections are bounded: one over the limit is closed unanswered; once one closes, a new
 // one is served again.
 TEST_F(ServerTest, OpenConnectionsAreBounded) {
