@@ -116,7 +116,12 @@ Status App::Impl::StartKafka() {
   // there from the start instead of after what the old destination received.
   options.checkpoint_name = OutboxCheckpointName(config_.kafka_brokers, config_.kafka_topic);
   options.message_bytes_max = config_.kafka_message_max_bytes;
-  LEDGER_RETURN_IF_ERROR(KafkaOutbox::Open(options, ledger_.get(), &outbox_));
+  options.kafka_config = config_.kafka_properties;
+  Status opened = KafkaOutbox::Open(options, ledger_.get(), &outbox_);
+  if (!opened.ok() && !config_.kafka_properties.empty() && opened.code() == Code::kInvalidArgument) {
+    return AsConfigError("LEDGER_KAFKA_PROPERTIES_FILE", opened);  // a property librdkafka refused
+  }
+  LEDGER_RETURN_IF_ERROR(opened);
   KafkaOutbox* outbox = outbox_.get();
   outbox_listener_ = ledger_->AddCommitListener([outbox](Position) { outbox->Notify(); });
   return outbox_->Start();

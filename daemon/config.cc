@@ -115,6 +115,56 @@ Status ValidateLago(const Config& config) {
   return Status::OK();
 }
 
+// Properties the outbox's guarantees rest on (or that LEDGER_KAFKA_BROKERS sets): not overridable.
+bool IsReservedKafkaProperty(std::string_view key) {
+  static constexpr std::string_view kReserved[] = {
+      "bootstrap.servers", "metadata.broker.list", "enable.idempotence", "acks",
+      "request.required.acks", "enable.gapless.guarantee", "message.timeout.ms",
+      "delivery.timeout.ms", "max.in.flight.requests.per.connection", "max.in.flight",
+      "partitioner"};
+  return std::find(std::begin(kReserved), std::end(kReserved), key) != std::end(kReserved);
+}
+
+// `key=value` lines, blanks around both trimmed; empty lines and `#` comments skipped. Errors name
+// the line, never a value (they may be secrets).
+Status ReadKafkaProperties(const std::string& path, std::map<std::string, std::string>* out) {
+  constexpr const char* kSetting = "LEDGER_KAFKA_PROPERTIES_FILE";
+  if (!IsReadableFile(path)) return Bad(kSetting, "cannot read '" + path + "'");
+  std::ifstream in(path);
+  std::string line;
+  int number = 0;
+  auto trim = [](std::string_view v) {
+    while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\t' || v.back() == '\r')) {
+      v.remove_suffix(1);
+    }
+    return v;
+  };
+  while (std::getline(in, line)) {
+    ++number;
+    const std::string_view text = trim(line);
+    if (text.empty() || text.front() == '#') continue;
+    const size_t eq = text.find('=');
+    const std::string_view key = eq == std::string_view::npos ? text : trim(text.substr(0, eq));
+    const std::string where = path + " line " + std::to_string(number);
+    if (eq == std::string_view::npos || key.empty() || key.size() > 128 ||
+        !std::all_of(key.begin(), key.end(), [](char c) {
+          return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+                 c == '-';
+        })) {
+      return Bad(kSetting, where + ": not a `property=value` line");
+    }
+    if (IsReservedKafkaProperty(key)) {
+      return Bad(kSetting, where + ": " + std::string(key) +
+                               " is set by ledgerd (the outbox's ordering and delivery guarantees "
+                               "rest on it; the brokers come from LEDGER_KAFKA_BROKERS)");
+    }
+    (*out)[std::string(key)] = std::string(trim(text.substr(eq + 1)));
+    if (out->size() > 256) return Bad(kSetting, "more than 256 properties");
+  }
+  return Status::OK();
+}
+
 Status Validate(Config* config, const std::string& listen, const std::string& service_tokens,
                 const std::string& webhook_secrets, const std::string& byok_base_urls) {
   LEDGER_RETURN_IF_ERROR(ParseListen(listen, config));
@@ -125,6 +175,11 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
   }
   if (!IsValidTopic(config->kafka_topic)) {
     return Bad("LEDGER_KAFKA_TOPIC", "not a valid Kafka topic name");
+  }
+  config->kafka_properties.clear();
+  if (!config->kafka_properties_file.empty()) {
+    LEDGER_RETURN_IF_ERROR(
+        ReadKafkaProperties(config->kafka_properties_file, &config->kafka_properties));
   }
   if (config->kafka_message_max_bytes < limits::kOutboxMessageBytesMaxLowest ||
       config->kafka_message_max_bytes > limits::kOutboxMessageBytesMaxHighest) {
@@ -213,7 +268,9 @@ std::string Config::Describe() const {
                                      (jwt_jwks_file.empty() ? "" : "JWKS " + jwt_jwks_file);
   return "data_dir=" + data_dir + " listen=" + listen_host + ":" + std::to_string(listen_port) +
          " kafka=" + kafka_brokers + " topic=" + kafka_topic +
-         " kafka_message_max_bytes=" + std::to_string(kafka_message_max_bytes) + " auth=" + auth +
+         " kafka_message_max_bytes=" + std::to_string(kafka_message_max_bytes) +
+         (kafka_properties_file.empty() ? "" : " kafka_properties_file=" + kafka_properties_file) +
+         " auth=" + auth +
          " service_tokens=" + std::to_string(service_tokens.size()) +
          " stripe=" + (stripe_secret_key.empty() ? "off" : "on (" + stripe_api_base + ")") +
          " stripe_webhook_secrets=" + std::to_string(stripe_webhook_secrets.size()) +
@@ -246,6 +303,9 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
                  "max.message.bytes); larger ones carry dataref instead")
       ->envname("LEDGER_KAFKA_MESSAGE_MAX_BYTES")
       ->check(kDecimal);
+  app.add_option("--kafka-properties-file", config->kafka_properties_file,
+                 "librdkafka properties (key=value lines) for the cluster's security")
+      ->envname("LEDGER_KAFKA_PROPERTIES_FILE");
   app.add_option("--jwt-hs256-secret", config->jwt_hs256_secret, "HS256 secret")
       ->envname("LEDGER_JWT_HS256_SECRET");
   app.add_option("--jwt-jwks-file", config->jwt_jwks_file, "JWKS file (RS256/ES256)")

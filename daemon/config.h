@@ -33,6 +33,11 @@ struct Config {
   std::string kafka_topic = "ledger.events";
   // LEDGER_KAFKA_MESSAGE_MAX_BYTES: larger CloudEvents are published with `dataref`, not `data`.
   size_t kafka_message_max_bytes = limits::kOutboxMessageBytesMax;
+  // LEDGER_KAFKA_PROPERTIES_FILE: librdkafka properties (`key=value` lines; `#` comments) for a
+  // real cluster's security (security.protocol, sasl.*, ssl.*), applied over the outbox's own.
+  // The values may be secrets: only the file's path is ever logged.
+  std::string kafka_properties_file;
+  std::map<std::string, std::string> kafka_properties;  // read from the file by ParseConfig
   std::string jwt_hs256_secret;                    // secret: never logged
   std::string jwt_jwks_file;
   std::string jwt_issuer;

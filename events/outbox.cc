@@ -219,7 +219,12 @@ Status KafkaOutbox::Impl::CreateProducer() {
     if (rd_kafka_conf_set(conf, key.c_str(), value.c_str(), errstr, sizeof(errstr)) !=
         RD_KAFKA_CONF_OK) {
       rd_kafka_conf_destroy(conf);
-      return InvalidConfig(key + ": " + errstr);
+      // librdkafka's message repeats the value: not for one that may be a secret.
+      const bool secret = key.find("password") != std::string::npos ||
+                          key.find("secret") != std::string::npos ||
+                          key.find("token") != std::string::npos ||
+                          key.find(".key") != std::string::npos;
+      return InvalidConfig(key + ": " + (secret ? std::string("refused its value") : errstr));
     }
   }
   rd_kafka_conf_set_opaque(conf, this);

@@ -228,6 +228,24 @@ TEST(AppTest, AnotherKafkaClusterGetsTheWholeLog) {
   EXPECT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
 }
 
+// The properties file reaches librdkafka: one it refuses stops the start (exit 78) naming the
+// file and the property.
+TEST(AppTest, KafkaPropertiesReachTheProducer) {
+  TempDir dir;
+  Config config = TestConfig(dir.Sub("data"));
+  config.kafka_brokers = "embedded";
+  config.kafka_properties = {{"linger.ms", "soon"}};
+  std::unique_ptr<App> app;
+  Status s = App::Start(config, nullptr, &app);
+  EXPECT_EQ(daemon::ExitCodeFor(s), kExitConfig) << s.ToString();
+  EXPECT_NE(s.message().find("LEDGER_KAFKA_PROPERTIES_FILE"), std::string::npos) << s.ToString();
+  EXPECT_NE(s.message().find("linger.ms"), std::string::npos) << s.ToString();
+  config.kafka_properties = {{"client.id", "ledgerd-test"}};
+  s = App::Start(config, nullptr, &app);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
+}
+
 TEST(OutboxCheckpointNameTest, NamesTheTopicAndTheBrokers) {
   EXPECT_EQ(OutboxCheckpointName("embedded", "ledger.events"), "outbox.kafka/ledger.events@embedded");
   EXPECT_EQ(OutboxCheckpointName(" B:9092,a:9092 ,b:9092,", "t"), "outbox.kafka/t@a:9092,b:9092");

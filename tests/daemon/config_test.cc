@@ -10,6 +10,8 @@
 #include <fstream>
 #include <functional>
 
+#include <map>
+
 #include "tests/daemon/daemon_test_util.h"
 #include "tests/support/test_ledger.h"
 #include "tests/support/tokens.h"
@@ -305,6 +307,38 @@ TEST(ConfigTest, EveryBadSettingExits78NamingIt) {
     EXPECT_FALSE(r.status.ok());
     EXPECT_EQ(r.exit_code, kExitConfig) << r.status.ToString();
     EXPECT_NE(r.status.message().find(bad.setting), std::string::npos) << r.status.message();
+  }
+}
+
+TEST(ConfigTest, KafkaPropertiesComeFromAFile) {
+  ScopedCleanEnvironment env;
+  TempDir dir;
+  WriteTextFile(dir.Sub("kafka.properties"),
+                "# Confluent Cloud\n\nsecurity.protocol = SASL_SSL\r\nsasl.mechanisms=PLAIN\n"
+                "sasl.username=KEY\nsasl.password=pa=ss word\n");
+  env.Set("LEDGER_KAFKA_PROPERTIES_FILE", dir.Sub("kafka.properties"));
+  Config config;
+  ParseResult r = Parse({}, &config);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(config.kafka_properties,
+            (std::map<std::string, std::string>{{"security.protocol", "SASL_SSL"},
+                                                {"sasl.mechanisms", "PLAIN"},
+                                                {"sasl.username", "KEY"},
+                                                {"sasl.password", "pa=ss word"}}));
+  EXPECT_EQ(config.Describe().find("pa=ss"), std::string::npos) << config.Describe();
+  // What the outbox's guarantees rest on cannot be overridden; a line that is not a property is
+  // refused; neither error repeats a value.
+  for (const std::string& bad : {std::string("acks=1\n"), std::string("enable.idempotence=false\n"),
+                                 std::string("bootstrap.servers=x:9092\n"),
+                                 std::string("sasl.password secret-value\n")}) {
+    WriteTextFile(dir.Sub("bad.properties"), bad);
+    ScopedCleanEnvironment inner;
+    inner.Set("LEDGER_KAFKA_PROPERTIES_FILE", dir.Sub("bad.properties"));
+    Config refused;
+    ParseResult b = Parse({}, &refused);
+    EXPECT_EQ(b.exit_code, kExitConfig) << bad << b.status.ToString();
+    EXPECT_NE(b.status.message().find("LEDGER_KAFKA_PROPERTIES_FILE"), std::string::npos);
+    EXPECT_EQ(b.status.message().find("secret-value"), std::string::npos) << b.status.message();
   }
 }
 
