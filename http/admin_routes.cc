@@ -50,7 +50,7 @@ constexpr char kListPath[] = "/api/v1/admin/subscriptions/list";
 constexpr char kOverviewPath[] = "/api/v1/admin/subscriptions/analytics/overview";
 constexpr char kRevenuePath[] = "/api/v1/admin/subscriptions/analytics/revenue-by-tier";
 constexpr char kUsageStatsPath[] = "/api/v1/admin/subscriptions/analytics/usage-stats";
-constexpr char kSubscriberPattern[] = R"(/api/v1/admin/subscriptions/([^/]*@[^/]*))";
+constexpr char kSubscriberPattern[] = R"(/api/v1/admin/subscriptions/([^/]+))";  // after list
 constexpr char kSubscriberName[] = "/api/v1/admin/subscriptions/{email}";
 constexpr int64_t kChurnDaysDefault = 30;
 constexpr int64_t kChurnDaysMax = 365;
@@ -97,10 +97,15 @@ bool ParseTimeParam(const std::string& text, const char* name, int64_t* out_s,
   return ParseIntParam(text, name, 0, 253'402'300'799, out_s, res);  // through 9999-12-31
 }
 
+// `{email}`: a subscriber's email, or (without an '@') a user id (FindUsersByEmailOrId).
 bool EmailParam(const httplib::Request& req, std::string* email, httplib::Response& res) {
   *email = req.matches[1].str();
-  if (email->size() < 3 || email->size() > pj::limits::kEmailBytesMax || !pj::IsValidUtf8(*email)) {
-    WriteProblem(400, "invalid_parameter", "email: 3 to 320 bytes of UTF-8 with an '@'", &res);
+  const bool is_email = email->find('@') != std::string::npos;
+  if (is_email ? email->size() < 3 || email->size() > pj::limits::kEmailBytesMax ||
+                     !pj::IsValidUtf8(*email)
+               : !pj::IsValidUserId(*email)) {
+    WriteProblem(400, "invalid_parameter",
+                 "email: 3 to 320 bytes of UTF-8 with an '@', or a user id", &res);
     return false;
   }
   return true;
@@ -179,7 +184,7 @@ void GetSubscriber(const AdminRouteContext& c, const httplib::Request& req, http
   if (!EmailParam(req, &email, res)) return;
   std::unique_ptr<ReadView> view = c.ledger->Snapshot();
   std::vector<std::string> user_ids;
-  Status s = pj::FindUsersByEmail(*view, email, &user_ids);
+  Status s = pj::FindUsersByEmailOrId(*view, email, &user_ids);
   if (s.ok() && user_ids.empty()) s = Status::NotFound("no subscriber with that email");
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);

@@ -268,7 +268,7 @@ Status SetAdminOverride::Decide(const DecideContext& context, Decision* decision
     LEDGER_RETURN_IF_ERROR(s);
   }
   std::vector<std::string> user_ids;
-  LEDGER_RETURN_IF_ERROR(FindUsersByEmail(*context.state, email_, &user_ids));
+  LEDGER_RETURN_IF_ERROR(FindUsersByEmailOrId(*context.state, email_, &user_ids));
   if (user_ids.empty()) return Status::NotFound("no subscriber with that email");
 
   const std::string actor = ActorJson(actor_);

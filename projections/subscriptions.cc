@@ -844,6 +844,16 @@ Status GetCheckoutSessionUser(const StateReader& state, std::string_view session
   return s;
 }
 
+Status FindUsersByEmailOrId(const StateReader& state, std::string_view email_or_id,
+                            std::vector<std::string>* user_ids) {
+  if (email_or_id.find('@') != std::string_view::npos) {
+    return FindUsersByEmail(state, email_or_id, user_ids);
+  }
+  user_ids->clear();
+  if (IsValidUserId(email_or_id)) user_ids->emplace_back(email_or_id);
+  return Status::OK();
+}
+
 Status FindUsersByEmail(const StateReader& state, std::string_view email,
                         std::vector<std::string>* user_ids) {
   user_ids->clear();

@@ -220,6 +220,12 @@ Status ListSubscriptionsByStatus(const StateReader& state, SubscriptionStatus st
 Status GetCheckoutSessionUser(const StateReader& state, std::string_view session_id,
                               std::string* user_id);
 
+// The users the admin routes' `{email}` names: with an '@', those whose linked email equals it
+// (FindUsersByEmail); without, the one user with that id, known to the projections or not (an
+// account to look at, comp or reset before it ever paid). None for an invalid user id.
+Status FindUsersByEmailOrId(const StateReader& state, std::string_view email_or_id,
+                            std::vector<std::string>* user_ids);
+
 // User ids whose linked email equals `email` (case-insensitive), in id order.
 Status FindUsersByEmail(const StateReader& state, std::string_view email,
                         std::vector<std::string>* user_ids);

@@ -1867,7 +1867,7 @@ UsageWindowReset::UsageWindowReset(std::string email, Actor actor,
 Status UsageWindowReset::Decide(const DecideContext& context, Decision* decision) {
   users_reset_ = 0;
   std::vector<std::string> user_ids;
-  LEDGER_RETURN_IF_ERROR(FindUsersByEmail(*context.state, email_, &user_ids));
+  LEDGER_RETURN_IF_ERROR(FindUsersByEmailOrId(*context.state, email_, &user_ids));
   if (user_ids.empty()) return Status::NotFound("no subscriber with that email");
   if (user_ids.size() > limits::kUsageResetUsersMax) user_ids.resize(limits::kUsageResetUsersMax);
   users_reset_ = user_ids.size();

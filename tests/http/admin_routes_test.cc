@@ -617,6 +617,29 @@ TEST_F(AdminRoutesTest, ASuspensionRefusesMeteringButLeavesStripeAlone) {
   EXPECT_STREQ(one["users"][0]["subscriber"]["status"].GetString(), "trialing");
 }
 
+// Without an '@' the `{email}` is a user id: an account that never checked out (no email known)
+// can be looked at, comped and reset.
+TEST_F(AdminRoutesTest, AUserIdAddressesAnAccountThatNeverCheckedOut) {
+  AddCustomerBase();
+  EXPECT_EQ(Consume("u-new", "chat", "k0").status, 402);  // no plan
+  HttpReply r = Patch("u-new", R"({"tier":"enterprise","status":"active","notes":"partner"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(Consume("u-new", "chat", "k1").status, 200);
+  r = Admin().Get(std::string(kAdminBase) + "u-new");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  ASSERT_EQ(doc["users"].Size(), 1u);
+  EXPECT_STREQ(doc["users"][0]["subscriber"]["plan_id"].GetString(), "enterprise");
+  EXPECT_EQ(doc["users"][0]["usage"]["used"].GetInt64(), 1);
+  r = Admin().Post(std::string(kAdminBase) + "u-new/reset-usage", "");
+  ASSERT_EQ(r.status, 200) << r.body;
+  // The same user by email, when one is linked: u-a.
+  r = Admin().Get(std::string(kAdminBase) + "u-a");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_STREQ(r.Json()["users"][0]["subscriber"]["email"].GetString(), "a@x.com");
+  ExpectProblem(Admin().Get(std::string(kAdminBase) + "bad%01id"), 400, "invalid_parameter");
+}
+
 TEST_F(AdminRoutesTest, BadPatchesAreProblemsAndAppendNothing) {
   AddCustomerBase();
   const uint64_t head = Head();
