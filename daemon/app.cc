@@ -70,6 +70,7 @@ class App::Impl {
  private:
   Status OpenLedger();
   Status StartKafka();
+  Status AdoptLegacyOutboxCheckpoint(const std::string& name);
   Status BuildAuthenticator();
   Status BuildStripeClient();
   Status LoadByokKey();
@@ -90,6 +91,23 @@ Status App::Impl::OpenLedger() {
   LEDGER_RETURN_IF_ERROR(projections::SeedPlanCatalog(ledger_.get(), &seeded));
   if (seeded) spdlog::info("plan catalog seeded with the initial plans");
   return Status::OK();
+}
+
+// Data directories from before the checkpoint was named for its destination kept it as
+// "outbox.kafka": taken once as the configured destination's (an upgrade in place publishes on
+// where it stopped, not the whole log again), then zeroed so that a later change of destination
+// does not take it too.
+Status App::Impl::AdoptLegacyOutboxCheckpoint(const std::string& name) {
+  constexpr std::string_view kLegacy = "outbox.kafka";
+  Position legacy, named;
+  LEDGER_RETURN_IF_ERROR(ledger_->GetCheckpoint(kLegacy, &legacy));
+  if (legacy.value() == 0) return Status::OK();
+  LEDGER_RETURN_IF_ERROR(ledger_->GetCheckpoint(name, &named));
+  if (named.value() == 0) {
+    LEDGER_RETURN_IF_ERROR(ledger_->PutCheckpoint(name, legacy, /*sync=*/true));
+    spdlog::info("outbox: took the checkpoint {} of {} as {}'s", legacy.value(), kLegacy, name);
+  }
+  return ledger_->PutCheckpoint(kLegacy, Position(0), /*sync=*/true);
 }
 
 Status App::Impl::StartKafka() {
@@ -115,6 +133,7 @@ Status App::Impl::StartKafka() {
   // Named for the destination: pointed at another cluster or topic, the outbox publishes the log
   // there from the start instead of after what the old destination received.
   options.checkpoint_name = OutboxCheckpointName(config_.kafka_brokers, config_.kafka_topic);
+  LEDGER_RETURN_IF_ERROR(AdoptLegacyOutboxCheckpoint(options.checkpoint_name));
   options.message_bytes_max = config_.kafka_message_max_bytes;
   options.kafka_config = config_.kafka_properties;
   Status opened = KafkaOutbox::Open(options, ledger_.get(), &outbox_);

@@ -418,21 +418,20 @@ class ConnectionStream final : public httplib::Stream {
   // waiting) to the unread bytes, keeping them one contiguous run (Unread()). > 0 bytes read, 0
   // end of stream, -1 with errno (EAGAIN: nothing there yet).
   ssize_t AppendNow() {
+    // Requests already taken leave the pending run: what stays is the one arriving (under
+    // kLoopHoldBytesMax), whatever was pipelined before it.
+    pending_.erase(0, pending_begin_);
+    pending_begin_ = 0;
     if (begin_ < end_) {  // the buffered run goes behind the pending one
-      if (pending_begin_ >= pending_.size()) {
-        pending_.clear();
-        pending_begin_ = 0;
-      }
       pending_.append(buffer_.data() + begin_, end_ - begin_);
-      begin_ = end_ = 0;
     }
+    begin_ = end_ = 0;
     ssize_t n;
     do {
       n = ::recv(sock_, buffer_.data(), buffer_.size(), MSG_DONTWAIT);
     } while (n < 0 && errno == EINTR);
     if (n > 0) {
-      if (pending_begin_ >= pending_.size()) {
-        ReleasePending();
+      if (pending_.empty()) {
         end_ = static_cast<size_t>(n);
       } else {
         pending_.append(buffer_.data(), static_cast<size_t>(n));
@@ -525,7 +524,8 @@ class ConnectionStream final : public httplib::Stream {
       line_start = line_end + 2;
     }
     out.append(head, head_end, std::string::npos);  // the blank line, then body bytes
-    head_shrunk_by_ = head.size() - out.size();
+    // (A last line ending in a bare LF gained a CRLF: the request is refused as malformed.)
+    head_shrunk_by_ = head.size() > out.size() ? head.size() - out.size() : 0;
     pending_ = std::move(out);
     return true;
   }
@@ -974,9 +974,11 @@ constexpr int kLoopTickMs = 100;
 // Connections wait between requests in one epoll set watched by the event loop thread instead of
 // in a blocked thread each. When one becomes readable, the loop reads what is there; a complete
 // request for a route that never blocks (Threading::kEventLoop: consume, /livez) is served right
-// there, on the loop thread; anything else — other routes, incomplete or chunked requests,
-// `Expect`, long header lines, a socket that does not take the answer — goes to a worker of the
-// pool with everything already read, and the worker parks the connection again afterwards. Under
+// there, on the loop thread; one still arriving is held by the loop until it is whole (under
+// kLoopHoldBytesMax; closed after the read timeout); anything else — other routes, larger
+// incomplete or chunked requests, `Expect`, long header lines, a socket that does not take the
+// answer — goes to a worker of the pool with everything already read, and the worker parks the
+// connection again afterwards (with a request still arriving, for the loop to hold). Under
 // load one loop wake-up serves many connections: no thread is woken per request.
 class CoreServer final : public httplib::Server {
  public:
@@ -1241,6 +1243,7 @@ class CoreServer final : public httplib::Server {
         const ssize_t n = c->stream.AppendNow();
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return Park(c, true);
         if (n <= 0) return ToWorker(c, WorkerJob::kClose);
+        --turn;  // reading more of one request is not a turn (at most a few: the hold is small)
         continue;
       }
       c->arriving_since.reset();
@@ -1255,7 +1258,12 @@ class CoreServer final : public httplib::Server {
       if (c->stream.HasOverflow()) return ToWorker(c, WorkerJob::kFlush);
       if (!c->stream.HasBufferedInput()) return Park(c, true);
     }
-    ToWorker(c, WorkerJob::kServe);  // more pipelined requests than one turn serves
+    // More pipelined requests than one turn serves; the last one still arriving stays here.
+    if (AwaitsMoreBytes(c->stream.Unread())) {
+      if (!c->arriving_since) c->arriving_since = Clock::now();
+      return Park(c, true);
+    }
+    ToWorker(c, WorkerJob::kServe);
   }
 
   // True when `unread` is the start of a request the loop can wait for without a worker: its
@@ -1268,6 +1276,10 @@ class CoreServer final : public httplib::Server {
     const size_t blank = unread.find("\n\r\n");  // the end of the head, as TakeHead finds it
     if (blank == std::string_view::npos) return true;
     const std::string_view head = unread.substr(0, blank + 1);
+    // cpp-httplib reads no body for these (PreRoute closes after the answer if one is announced).
+    for (std::string_view method : {"GET ", "HEAD ", "OPTIONS "}) {
+      if (head.substr(0, method.size()) == method) return false;
+    }
     uint64_t content_length = 0;
     int lengths = 0;
     size_t pos = head.find('\n') + 1;  // after the request line
@@ -1409,6 +1421,10 @@ class CoreServer final : public httplib::Server {
       const After after = ServeRequest(c.get());
       if (after != After::kKeepAlive) return Close(c, after == After::kLingeringClose);
       if (!c->stream.HasBufferedInput()) return Park(c, false);
+      if (AwaitsMoreBytes(c->stream.Unread())) {  // pipelined behind it, still arriving
+        c->arriving_since = Clock::now();
+        return Park(c, false);
+      }
     }
   }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <unordered_map>
 #include <utility>
@@ -73,10 +74,12 @@ bool IsYearly(const Plan& plan, const SubscriptionRecord& record) {
 // What Stripe bills one subscription in a year, in cents, when its delivery said (unit_amount ×
 // quantity every interval_count intervals, in the plan's currency); nullopt otherwise.
 std::optional<int64_t> BilledPerYear(const Plan& plan, const SubscriptionRecord& r) {
-  if (!r.unit_amount || !r.interval || (r.currency && *r.currency != plan.currency)) {
+  // (A quantity out of limits::kStripeQuantityMax was not kept: the catalog price stands in.)
+  if (!r.unit_amount || !r.quantity || !r.interval ||
+      (r.currency && *r.currency != plan.currency)) {
     return std::nullopt;
   }
-  const int64_t amount = *r.unit_amount * r.quantity.value_or(1);
+  const int64_t amount = *r.unit_amount * *r.quantity;
   const int64_t count = std::max<int64_t>(1, r.interval_count.value_or(1));
   if (*r.interval == "year") return amount / count;
   if (*r.interval == "month") return amount * 12 / count;
@@ -96,6 +99,12 @@ int64_t MonthlyRevenueTimes12(const Plan& plan, const SubscriptionRecord& record
 
 // MRR in cents from a sum of (monthly revenue × 12), rounded half up once.
 int64_t MrrCents(int64_t times12) { return (times12 + 6) / 12; }
+
+// Sums of revenue stop at INT64_MAX instead of overflowing (one subscription is at most
+// ~3.7e16 cents a year: limits::kStripeUnitAmountMax × kStripeQuantityMax × 365).
+void AddRevenue(int64_t* sum, int64_t value) {
+  if (__builtin_add_overflow(*sum, value, sum)) *sum = std::numeric_limits<int64_t>::max();
+}
 
 // Catalog plans by id (retired included), read once per view.
 Status LoadPlans(const StateReader& state, std::vector<Plan>* plans,
@@ -197,6 +206,8 @@ std::string SubscriberJson(const UserAccess& access) {
     json::OptInt(&w, r.unit_amount);
     w.Key("quantity");
     json::OptInt(&w, r.quantity);
+    w.Key("interval_count");
+    json::OptInt(&w, r.interval_count);
     w.Key("currency");
     json::OptString(&w, r.currency);
     w.Key("current_period_start");
@@ -357,7 +368,7 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
     const bool pays = IsPaying(sub) && plan != nullptr;
     if (pays) {
       ++paying;
-      revenue12 += MonthlyRevenueTimes12(*plan, sub.subscription);
+      AddRevenue(&revenue12, MonthlyRevenueTimes12(*plan, sub.subscription));
     }
     if (access.status == SubscriptionStatus::kTrialing) ++trialing;
     if (!pays && access.access != AccessLevel::kNone && access.overridden()) {
@@ -505,13 +516,13 @@ Status RevenueByTierJson(const StateReader& state, std::string* out) {
     Tier& tier = tiers[it->first];
     ++tier.paying;
     ++(IsYearly(*it->second, sub.subscription) ? tier.yearly : tier.monthly);
-    tier.revenue12 += MonthlyRevenueTimes12(*it->second, sub.subscription);
+    AddRevenue(&tier.revenue12, MonthlyRevenueTimes12(*it->second, sub.subscription));
     return Status::OK();
   }));
   int64_t total_paying = 0, total_revenue12 = 0;
   for (const auto& [id, tier] : tiers) {
     total_paying += tier.paying;
-    total_revenue12 += tier.revenue12;
+    AddRevenue(&total_revenue12, tier.revenue12);
   }
   const int64_t total_mrr = MrrCents(total_revenue12);
   rapidjson::StringBuffer buf;

@@ -24,8 +24,10 @@
 //                             the plan's) the plan's monthly price, or its yearly price / 12 for
 //                             a yearly subscription (interval "year", or without an interval the
 //                             plan's yearly Stripe price). In cents, rounded to the cent once;
-//                             ARR = the sum of each subscription's year (exact, so ARR may differ
-//                             from 12 × MRR by cents). Discounts (coupons) are not taken off.
+//                             ARR = the sum of each subscription's year (in whole cents: a year
+//                             of weekly prices is 52 weeks, a price billed every n intervals is
+//                             divided by n and truncated; ARR may differ from 12 × MRR by cents).
+//                             Discounts (coupons) are not taken off.
 //   churned (window)          a user whose Stripe subscription was canceled (not
 //                             incomplete_expired: that one never started) at `ended_at` (else
 //                             `canceled_at`) inside the last `churn_days`, after its trial if it
@@ -129,7 +131,7 @@ class SetAdminOverride final : public Command {
 // {"as_of","subscribers":{"total","by_status":{...},"paying","trialing","comped"},
 //  "revenue":{"currency":"usd","mrr_cents","arr_cents","mrr","arr"},
 //  "churn":{"window_days","churned","paying_at_start","rate"},
-//  "trial_conversion":{"trials","converted","lost","in_trial","rate"}}
+//  "trial_conversion":{"trials","converted","lost","in_trial","awaiting_payment","rate"}}
 Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t churn_days,
                              std::string* out);
 

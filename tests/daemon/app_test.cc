@@ -7,9 +7,11 @@
 
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "daemon/config.h"
 #include "events/embedded_kafka.h"
+#include "events/ledger.h"
 #include "events/outbox.h"
 #include "tests/daemon/daemon_test_util.h"
 #include "tests/support/daemon_process.h"
@@ -244,6 +246,45 @@ TEST(AppTest, KafkaPropertiesReachTheProducer) {
   s = App::Start(config, nullptr, &app);
   ASSERT_TRUE(s.ok()) << s.ToString();
   EXPECT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
+}
+
+// A data directory from before the checkpoint was named for its destination: the old checkpoint
+// is taken once for the configured destination, not the whole log published again.
+TEST(AppTest, AnUpgradeKeepsTheOldOutboxCheckpoint) {
+  TempDir dir;
+  Config config = TestConfig(dir.Sub("data"));  // kafka none: the catalog is seeded
+  std::unique_ptr<App> app;
+  ASSERT_TRUE(App::Start(config, nullptr, &app).ok());
+  ASSERT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
+  app.reset();
+  uint64_t head = 0;
+  {
+    std::unique_ptr<Ledger> ledger;
+    LedgerOptions options;
+    options.path = dir.Sub("data");
+    ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
+    head = ledger->Head().value();
+    ASSERT_GT(head, 0u);
+    ASSERT_TRUE(ledger->PutCheckpoint("outbox.kafka", Position(head), /*sync=*/true).ok());
+  }
+  config.kafka_brokers = "embedded";
+  ASSERT_TRUE(App::Start(config, nullptr, &app).ok());
+  TestHttpClient client("127.0.0.1", app->http_port());
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  HttpReply metrics = client.Get("/metrics");
+  EXPECT_EQ(MetricValue(metrics.body, "ledger_outbox_produced_total"), 0) << "republished";
+  EXPECT_EQ(MetricValue(metrics.body, "ledger_outbox_checkpoint_position"), static_cast<int64_t>(head));
+  ASSERT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
+  app.reset();
+  // Taken once: pointed at another topic, the whole log goes there.
+  config.kafka_topic = "ledger.events.v2";
+  ASSERT_TRUE(App::Start(config, nullptr, &app).ok());
+  TestHttpClient again("127.0.0.1", app->http_port());
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  metrics = again.Get("/metrics");
+  EXPECT_EQ(MetricValue(metrics.body, "ledger_outbox_checkpoint_position"), static_cast<int64_t>(head));
+  EXPECT_GE(MetricValue(metrics.body, "ledger_outbox_produced_total"), static_cast<int64_t>(head));
+  ASSERT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
 }
 
 TEST(OutboxCheckpointNameTest, NamesTheTopicAndTheBrokers) {

@@ -716,12 +716,21 @@ TEST_F(ServerTest, HalfSentRequestsDoNotHoldWorkers) {
   options.read_timeout_ms = 1000;
   Start(options);
   std::vector<int> slow;
-  for (int i = 0; i < 12; ++i) {
+  const std::string hello = "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n";
+  const std::string loop_hello = "GET /loop-hello HTTP/1.1\r\nHost: x\r\n\r\n";
+  std::string many_then_half;
+  for (int i = 0; i < 9; ++i) many_then_half += loop_hello;  // more than one loop turn serves
+  many_then_half += "GET /hello HTTP/1.1\r\n";
+  for (int i = 0; i < 16; ++i) {
     const int fd = testing::ConnectLoopback(stack_.port());
     ASSERT_GE(fd, 0);
-    const std::string part = i % 2 == 0
-                                 ? std::string("GET /hello HTTP/1.1\r\nHost: x\r\n")
-                                 : std::string("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{}");
+    // Half a head; half a small body; half a request pipelined behind a whole one (served by a
+    // worker), or behind more than the loop serves in one turn.
+    const std::string part =
+        i % 4 == 0   ? std::string("GET /hello HTTP/1.1\r\nHost: x\r\n")
+        : i % 4 == 1 ? std::string("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{}")
+        : i % 4 == 2 ? hello + "GET /hello HTTP/1.1\r\n"
+                     : many_then_half;
     ASSERT_EQ(::send(fd, part.data(), part.size(), MSG_NOSIGNAL), static_cast<ssize_t>(part.size()));
     slow.push_back(fd);
   }
@@ -737,12 +746,17 @@ TEST_F(ServerTest, HalfSentRequestsDoNotHoldWorkers) {
   ASSERT_EQ(::send(slow[0], rest.data(), rest.size(), MSG_NOSIGNAL), static_cast<ssize_t>(rest.size()));
   const std::string answer = SendAndReadUntilClosed(slow[0], "", 500);
   EXPECT_EQ(answer.rfind("HTTP/1.1 200", 0), 0u) << answer;
-  // The others are closed after the read timeout.
+  // The others are closed after the read timeout (having answered the whole requests before).
   for (size_t i = 1; i < slow.size(); ++i) {
     bool closed = false;
-    SendAndReadUntilClosed(slow[i], "", 2500, &closed);
+    const std::string answered = SendAndReadUntilClosed(slow[i], "", 2500, &closed);
     EXPECT_TRUE(closed) << i;
+    EXPECT_EQ(CountOf(answered, "HTTP/1.1 200"), i % 4 == 2 ? 1u : i % 4 == 3 ? 9u : 0u) << i;
   }
+  // A GET announcing a body it never sends is answered at once (no body is read for a GET).
+  const std::string get_with_length =
+      RawHttpExchange(stack_.port(), "GET /hello HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n", 500);
+  EXPECT_EQ(get_with_length.rfind("HTTP/1.1 200", 0), 0u) << get_with_length;
 }
 
 // Open connections are bounded: one over the limit is closed unanswered; once one closes, a new
