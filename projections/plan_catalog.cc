@@ -1,6 +1,7 @@
 #include "projections/plan_catalog.h"
 
 #include <algorithm>
+#include <tuple>
 #include <utility>
 
 #include <rapidjson/document.h>
@@ -159,10 +160,12 @@ Status ParsePlanObject(const Value& object, ParseMode mode, std::string_view pat
     } else {
       return Invalid("limit_window: must be \"day\", \"month\" or null");
     }
-  } else if (!window_given && plan.api_calls_limit) {
-    plan.limit_window = LimitWindow::kMonth;
   }
   LEDGER_RETURN_IF_ERROR(reader.Int("trial_days", all, &plan.trial_days));
+  if (!window && !window_given && plan.api_calls_limit) {
+    // A trial's quota is per day (metering counts it so); a recurring plan's per month.
+    plan.limit_window = plan.trial_days > 0 ? LimitWindow::kDay : LimitWindow::kMonth;
+  }
   // An admin's plan is sold yearly at ten months' price unless it says otherwise (null: monthly
   // only); a free plan or a trial (its fee is one-time) has no yearly price.
   if (!all && !yearly_given && plan.price_monthly_cents > 0 && plan.trial_days == 0 &&
@@ -392,6 +395,9 @@ Status ValidatePlan(const Plan& plan) {
     return Invalid("limit_window: must be null when api_calls_limit is null (unlimited)");
   }
   LEDGER_RETURN_IF_ERROR(ValidateRange("trial_days", plan.trial_days, 0, limits::kTrialDaysMax));
+  if (plan.trial_days > 0 && plan.limit_window == LimitWindow::kMonth) {
+    return Invalid("limit_window: a trial's quota is per day (metering counts trial days)");
+  }
   LEDGER_RETURN_IF_ERROR(ValidateServices(plan.services));
   LEDGER_RETURN_IF_ERROR(ValidateFeatures(plan.features));
   LEDGER_RETURN_IF_ERROR(ValidateRange("team_seats", plan.team_seats, 1, limits::kTeamSeatsMax));
@@ -656,6 +662,23 @@ Status UpdatePlan::Decide(const DecideContext& context, Decision* decision) {
                                    "one-time trial fee for its existing subscribers; create a new "
                                    "plan instead");
   }
+  // A Stripe price's amount never changes: a new amount still billed through the old price would
+  // show on the plans page while checkout charges the old one. It must name the Stripe price
+  // that bills it (or null: not sold that way until one is recorded, e.g. by stripe-setup).
+  for (const auto& [cycle, cents, current_cents, price, current_price] :
+       {std::tuple{"monthly", std::optional<int64_t>(next.price_monthly_cents),
+                   std::optional<int64_t>(current.price_monthly_cents), next.stripe_price_monthly,
+                   current.stripe_price_monthly},
+        std::tuple{"yearly", next.price_yearly_cents, current.price_yearly_cents,
+                   next.stripe_price_yearly, current.stripe_price_yearly}}) {
+    if (cents != current_cents && current_price && price == current_price) {
+      return Status::Conflict(
+          "stripe_price_stale",
+          std::string("price_") + cycle + "_cents changed but stripe_price_" + cycle + " '" +
+              *current_price + "' bills the old amount: name the Stripe price for the new one, "
+              "or null it (and run ledgerctl stripe-setup)");
+    }
+  }
   LEDGER_RETURN_IF_ERROR(CheckStripePricesUnique(*context.state, next, &current));
   decision->http_status = 200;
   decision->body = PlanToJson(next);
@@ -670,6 +693,18 @@ Status RetirePlan::Decide(const DecideContext& context, Decision* decision) {
   Plan plan;
   LEDGER_RETURN_IF_ERROR(GetPlan(*context.state, plan_id_, &plan));
   const bool was_active = plan.active;
+  if (was_active && plan.id == kTrialConversionPlanId) {
+    // A trial's subscription runs on this plan's price: retiring it would stop every trial sale.
+    std::vector<Plan> plans;
+    LEDGER_RETURN_IF_ERROR(ListPlans(*context.state, /*include_inactive=*/false, &plans));
+    for (const Plan& other : plans) {
+      if (other.trial_days > 0) {
+        return Status::Conflict("conversion_plan_in_use",
+                                "trials convert to plan '" + plan.id + "' (trial plan '" +
+                                    other.id + "' is on sale): retire the trial plans first");
+      }
+    }
+  }
   plan.active = false;
   decision->http_status = 200;
   decision->body = PlanToJson(plan);

@@ -1071,13 +1071,13 @@ Status ComputeUsageTerms(const Plan* plan, const SubscriptionRecord* subscriptio
     out->window = UsageWindow{day, day + kSecondsPerDay, WindowKind::kTrialDay};
     std::optional<int64_t> start = TrialStart(subscription);
     if (!start) return Status::OK();  // no anchor known: plain UTC days
+    // Stripe's trial_end, when known, is the trial the customer paid for: an admin's later edit
+    // of the plan's trial_days neither cuts a running trial short nor stretches it.
     int64_t end = *start + plan->trial_days * kSecondsPerDay;
-    if (subscription->trial_end && *subscription->trial_end > *start &&
-        *subscription->trial_end < end) {
-      end = *subscription->trial_end;
-    }
+    if (subscription->trial_end && *subscription->trial_end > *start) end = *subscription->trial_end;
     out->trial = UsageWindow{*start, end, WindowKind::kTrialDay};
-    if (plan->api_calls_limit) out->trial_limit = *plan->api_calls_limit * plan->trial_days;
+    const int64_t days = (end - *start + kSecondsPerDay - 1) / kSecondsPerDay;
+    if (plan->api_calls_limit) out->trial_limit = *plan->api_calls_limit * days;
     if (at_s >= end) {
       return PaymentRequired("trial_expired",
                              "the trial ended at " + FormatRfc3339Seconds(end) +

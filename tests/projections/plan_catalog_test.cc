@@ -202,6 +202,13 @@ TEST(PlanInputTest, AppliesDefaults) {
   EXPECT_FALSE(input.stripe_price_monthly_given);
 }
 
+TEST(PlanInputTest, ATrialsQuotaIsPerDayByDefault) {
+  PlanInput input;
+  ASSERT_TRUE(ParsePlanInput(Body(R"("trial_days":14)"), "", &input).ok());
+  EXPECT_EQ(input.plan.limit_window, LimitWindow::kDay);
+  EXPECT_EQ(input.plan.api_calls_limit, 5000);
+}
+
 TEST(PlanInputTest, NoDefaultYearlyPriceForAFreePlanATrialOrAnExplicitNull) {
   auto yearly = [](const std::string& fields) {
     PlanInput input;
@@ -283,6 +290,9 @@ INSTANTIATE_TEST_SUITE_P(
                                      std::string(100, ']')),
                  k400, "invalid_json"},
         BadInput{"UnknownField", Body(R"("colour":"red")"), k422, "unknown_field"},
+        // Metering counts a trial's quota per day.
+        BadInput{"TrialWithAMonthlyQuota", Body(R"("trial_days":14,"limit_window":"month")"), k422,
+                 "validation_failed"},
         BadInput{"MissingId", Replace(Body(), R"("id":"team",)", ""), k422, "validation_failed"},
         BadInput{"MissingDisplayName", Replace(Body(), R"("display_name":"Team",)", ""), k422,
                  "validation_failed"},
@@ -502,6 +512,50 @@ TEST(PlanCommandsTest, UpdateKeepsActiveAndStripePricesWhenAbsent) {
 
 // trial_days > 0 makes a plan's price a one-time trial fee and its windows daily: a PUT cannot
 // turn a recurring plan into a trial (its subscribers would be read as expired trials) or back.
+// A Stripe price's amount is fixed: a new amount must name the Stripe price that bills it.
+TEST(PlanCommandsTest, ANewPriceNeedsTheStripePriceThatBillsIt) {
+  Harness h;
+  CreatePlan create(ParsedBody(R"("stripe_price_monthly":"price_m","stripe_price_yearly":"price_y")"),
+                    TestAdmin());
+  h.MustRun(&create);
+  const size_t events = h.events().size();
+  auto put = [&](const std::string& extra, Decision* d) {  // at 3900 a month
+    PlanInput input;
+    const std::string body = Replace(Body(extra), "\"price_monthly_cents\":2900", "\"price_monthly_cents\":3900");
+    EXPECT_TRUE(ParsePlanInput(body, "team", &input).ok()) << body;
+    UpdatePlan update(input, TestAdmin());
+    return h.Run(&update, d);
+  };
+  Decision d;
+  // 2900 -> 3900 (and its default yearly 29000 -> 39000) through the old prices: refused.
+  Status s = put("", &d);
+  EXPECT_EQ(s.problem(), "stripe_price_stale") << s.ToString();
+  s = put(R"("stripe_price_monthly":"price_m2")", &d);
+  EXPECT_EQ(s.problem(), "stripe_price_stale") << s.ToString();  // the yearly one too
+  EXPECT_EQ(h.events().size(), events);
+  ASSERT_TRUE(put(R"("stripe_price_monthly":"price_m2","stripe_price_yearly":null)", &d).ok());
+  Plan stored;
+  ASSERT_TRUE(GetPlan(h.state(), "team", &stored).ok());
+  EXPECT_EQ(stored.price_monthly_cents, 3900);
+  EXPECT_EQ(stored.stripe_price_monthly, "price_m2");
+  EXPECT_EQ(stored.stripe_price_yearly, std::nullopt);
+}
+
+TEST(PlanCommandsTest, StarterCannotBeRetiredWhileATrialConvertsToIt) {
+  Harness h;
+  SeedCatalog seed;
+  h.MustRun(&seed);
+  Decision d;
+  RetirePlan starter("starter", TestAdmin());
+  Status s = h.Run(&starter, &d);
+  EXPECT_EQ(s.problem(), "conversion_plan_in_use") << s.ToString();
+  RetirePlan trial("trial", TestAdmin());
+  h.MustRun(&trial);
+  RetirePlan again("starter", TestAdmin());
+  ASSERT_TRUE(h.Run(&again, &d).ok());
+  EXPECT_EQ(d.events.size(), 1u);
+}
+
 TEST(PlanCommandsTest, UpdateCannotTurnARecurringPlanIntoATrialOrBack) {
   Harness h;
   CreatePlan create(ParsedBody(), TestAdmin());
@@ -539,6 +593,8 @@ TEST(PlanCommandsTest, NoTwoPlansShareAStripePrice) {
   h.MustRun(&seed);
   SetPlanStripePrices starter("starter", "price_s", "price_sy", Actor::System("ledgerctl"));
   h.MustRun(&starter);
+  RetirePlan retire_trial("trial", TestAdmin());  // trials convert to starter
+  h.MustRun(&retire_trial);
   RetirePlan retire("starter", TestAdmin());
   h.MustRun(&retire);
   const size_t events = h.events().size();

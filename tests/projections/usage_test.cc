@@ -121,6 +121,16 @@ TEST(UsageTermsTest, TrialIsUtcDaysClippedToSevenDaysThenExpires) {
   // An earlier Stripe trial_end ends it sooner.
   sub.trial_end = kStripeT0 + 3 * kDay;
   EXPECT_EQ(ComputeUsageTerms(&trial, &sub, kStripeT0 + 3 * kDay, &t).problem(), "trial_expired");
+  // Stripe's trial_end is the trial paid for: an admin who lowers the plan's trial_days to 3
+  // afterwards does not end a running 7-day trial on day 4 (nor cut its 700 calls to 300).
+  Plan shortened = trial;
+  shortened.trial_days = 3;
+  sub.trial_end = kStripeT0 + 7 * kDay;
+  ASSERT_TRUE(ComputeUsageTerms(&shortened, &sub, kStripeT0 + 4 * kDay, &t).ok());
+  EXPECT_EQ(t.trial_limit, 700);
+  ASSERT_TRUE(t.trial);
+  EXPECT_EQ(t.trial->end_s, kStripeT0 + 7 * kDay);
+  EXPECT_EQ(ComputeUsageTerms(&shortened, &sub, kStripeT0 + 7 * kDay, &t).problem(), "trial_expired");
 }
 
 TEST(UsageTermsTest, MonthlyPlansUseTheBillingPeriodElseTheCalendarMonth) {
