@@ -97,12 +97,10 @@ void Providers(const ByokRouteContext& c, const httplib::Request&, httplib::Resp
                const Identity& identity) {
   CallerKeys caller;
   if (!RequireLedger(c.ledger, res) || !LoadCallerKeys(c, identity, true, &caller, res)) return;
+  // A bare list, as the seed's List[ProviderInfo]; whether the caller's plan allows BYOK is each
+  // provider's `available` (and the X-Byok-Enabled header).
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);
-  w.StartObject();
-  w.Key("byok_enabled");
-  w.Bool(caller.byok_enabled);
-  w.Key("providers");
   w.StartArray();
   for (const ByokProvider& p : ByokProviders()) {
     bool configured = false;
@@ -116,21 +114,22 @@ void Providers(const ByokRouteContext& c, const httplib::Request&, httplib::Resp
     json::String(&w, p.key_prefix);
     w.Key("configured");
     w.Bool(configured);
+    w.Key("available");
+    w.Bool(caller.byok_enabled);
     w.EndObject();
   }
   w.EndArray();
-  w.EndObject();
   WriteJsonAt(200, json::Text(buf), caller.view->position(), &res);
+  res.set_header("X-Byok-Enabled", caller.byok_enabled ? "true" : "false");
 }
 
 void Keys(const ByokRouteContext& c, const httplib::Request&, httplib::Response& res,
           const Identity& identity) {
   CallerKeys caller;
   if (!RequireLedger(c.ledger, res) || !LoadCallerKeys(c, identity, false, &caller, res)) return;
+  // A bare list, as the seed's List[APIKeyResponse].
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);
-  w.StartObject();
-  w.Key("keys");
   w.StartArray();
   for (const pj::ByokKeyRow& k : caller.keys) {
     w.StartObject();
@@ -159,7 +158,6 @@ void Keys(const ByokRouteContext& c, const httplib::Request&, httplib::Response&
     w.EndObject();
   }
   w.EndArray();
-  w.EndObject();
   WriteJsonAt(200, json::Text(buf), caller.view->position(), &res);
 }
 
