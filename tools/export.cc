@@ -1,6 +1,8 @@
 #include "tools/export.h"
 
 #include <algorithm>
+#include <optional>
+#include <vector>
 
 #include "events/event.h"
 #include "tools/progress.h"
@@ -18,14 +20,42 @@ Status ExportCloudEvents(const Ledger& ledger, const ExportOptions& options, std
   Progress meter(options.progress, "export", total);
   Status failure;
   std::string line;
+  // What is exported is the log as it must be: every position once, in order, each event's hash
+  // its own and linked to the one before (the one at `after` for the first).
+  uint64_t expected = options.after.value() + 1;
+  std::optional<Hash> previous;
+  if (options.after.value() > 0) {
+    std::vector<Event> before;
+    LEDGER_RETURN_IF_ERROR(ledger.ReadEvents(Position(options.after.value() - 1), 1, EventFilter{},
+                                             &before));
+    if (before.empty() || before[0].position != options.after) {
+      return Status::Corruption("position " + std::to_string(options.after.value()) +
+                                ": missing from the log");
+    }
+    previous = before[0].hash;
+  } else {
+    previous = Hash{};
+  }
   Status scan = ledger.ScanRaw(Next(options.after), last, [&](Position p, std::string_view stored) {
     Event event;
     failure = DecodeEvent(stored, &event);
+    if (failure.ok() && p.value() != expected) {
+      failure = Status::Corruption("position " + std::to_string(expected) + " is missing");
+    } else if (failure.ok() && event.position != p) {
+      failure = Status::Corruption("the event stored there names position " +
+                                   std::to_string(event.position.value()));
+    } else if (failure.ok() && !VerifyEventHash(stored)) {
+      failure = Status::Corruption("hash mismatch: the stored bytes were altered");
+    } else if (failure.ok() && event.prev_hash != *previous) {
+      failure = Status::Corruption("its prev_hash does not link to the event before it");
+    }
     if (!failure.ok()) {
-      failure = Status::Corruption("position " + std::to_string(p.value()) + ": " +
-                                   failure.message());
+      failure = Status::Corruption("position " + std::to_string(std::min(p.value(), expected)) +
+                                   ": " + failure.message() + " (ledgerctl verify names it)");
       return false;
     }
+    ++expected;
+    previous = event.hash;
     line = ToCloudEventJson(event, options.source);
     line.push_back('\n');
     out.write(line.data(), static_cast<std::streamsize>(line.size()));
@@ -39,6 +69,9 @@ Status ExportCloudEvents(const Ledger& ledger, const ExportOptions& options, std
   meter.Finish(*exported);
   LEDGER_RETURN_IF_ERROR(failure);
   LEDGER_RETURN_IF_ERROR(scan);
+  if (expected != last.value() + 1) {
+    return Status::Corruption("position " + std::to_string(expected) + " is missing");
+  }
   out.flush();
   if (!out) return Status::IOError("cannot write the export");
   return Status::OK();

@@ -7,6 +7,7 @@
 
 #include <rapidjson/document.h>
 
+#include "events/coding.h"
 #include "tests/support/schema_check.h"
 #include "tests/support/test_ledger.h"
 #include "tests/tools/tools_test_util.h"
@@ -82,6 +83,35 @@ TEST(ExportTest, AfterAndLimitSelectARange) {
   ASSERT_TRUE(ExportCloudEvents(*ledger, options, none, &exported).ok());
   EXPECT_EQ(exported, 0u);
   EXPECT_TRUE(none.str().empty());
+}
+
+// What is exported is the whole log or nothing past the damage: a missing position, an event
+// stored under another position and an altered event each stop it with exit 65.
+TEST(ExportCliTest, DamageInTheLogIsADataErrorNotAnExportWithAHole) {
+  for (const std::string damage : {"delete", "move", "alter"}) {
+    SCOPED_TRACE(damage);
+    TempDir dir;
+    { WriteMarkedLog(OpenTestLedger(dir.path()).get(), 6, 1); }
+    testing::EditRaw(dir.path(), [&](rocksdb::DB* db, const auto& names, const auto& handles) {
+      rocksdb::ColumnFamilyHandle* events = testing::FindFamily(names, handles, "events");
+      std::string value;
+      ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), events, EncodePositionKey(4), &value).ok());
+      ASSERT_TRUE(db->Delete(rocksdb::WriteOptions(), events, EncodePositionKey(4)).ok());
+      if (damage == "move") {
+        std::string five;
+        ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), events, EncodePositionKey(5), &five).ok());
+        ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), events, EncodePositionKey(4), five).ok());
+      } else if (damage == "alter") {
+        value[value.size() / 2] ^= 0x01;
+        ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), events, EncodePositionKey(4), value).ok());
+      }
+    });
+    testing::ProcessResult r =
+        RunLedgerctl("export --data-dir " + dir.path(), /*keep_stderr=*/true);
+    EXPECT_EQ(r.exit_code, 65) << r.out;
+    EXPECT_NE(r.out.find("position 4"), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find("\"sequence\":\"5\""), std::string::npos) << r.out;
+  }
 }
 
 TEST(ExportCliTest, WritesNdjsonToStdout) {
