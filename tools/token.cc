@@ -46,8 +46,15 @@ std::string TokenClaimsJson(const TokenOptions& options) {
 
 Status MintHs256Token(const TokenOptions& options, const std::string& secret, std::string* token) {
   if (options.subject.empty()) return Status::InvalidArgument("bad_token", "--sub is required");
-  if (secret.empty()) return Status::InvalidArgument("bad_token", "the HS256 secret is empty");
-  if (options.ttl_seconds <= 0) return Status::InvalidArgument("bad_token", "--ttl must be > 0");
+  // ledgerd refuses shorter secrets (LEDGER_JWT_HS256_SECRET): a token signed with one would be
+  // refused too, and a short secret is guessable.
+  if (secret.size() < 32) {
+    return Status::InvalidArgument("bad_token", "the HS256 secret must be at least 32 bytes");
+  }
+  if (options.ttl_seconds <= 0 || options.ttl_seconds > kTokenTtlSecondsMax) {
+    return Status::InvalidArgument("bad_token", "--ttl must be 1.." +
+                                                    std::to_string(kTokenTtlSecondsMax) + " s");
+  }
   if (options.admin && options.admin_role.empty()) {
     return Status::InvalidArgument("bad_token", "the admin role name is empty");
   }

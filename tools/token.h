@@ -11,6 +11,8 @@
 
 namespace ledger::tools {
 
+inline constexpr int64_t kTokenTtlSecondsMax = 366 * 86400;  // a year
+
 struct TokenOptions {
   std::string subject;                  // `sub`: the user id (required)
   std::string email;                    // `email`; omitted when empty
@@ -26,8 +28,8 @@ struct TokenOptions {
 // The JWT payload for `options` (compact JSON).
 std::string TokenClaimsJson(const TokenOptions& options);
 
-// Mints `header.payload.signature` signed with `secret`. InvalidArgument for an empty subject or
-// secret or a non-positive TTL.
+// Mints `header.payload.signature` signed with `secret`. InvalidArgument for an empty subject, a
+// secret under 32 bytes (ledgerd's minimum) or a TTL outside 1..kTokenTtlSecondsMax.
 Status MintHs256Token(const TokenOptions& options, const std::string& secret, std::string* token);
 
 // Reads the dev-mode secret ledgerd keeps at `path` (`<data-dir>/jwt-dev.secret`): its first line.

@@ -143,9 +143,16 @@ TEST(TokenCliTest, UsesTheDevSecretFile) {
   EXPECT_TRUE(verified.admin);
 
   // --secret wins over the file; no file and no secret is an error naming the file.
-  r = RunLedgerctl("token --data-dir " + dir.path() + " --sub bob --secret other-secret");
+  const std::string other = "other-secret-0123456789abcdefghij";  // 32 bytes
+  r = RunLedgerctl("token --data-dir " + dir.path() + " --sub bob --secret " + other);
   ASSERT_EQ(r.exit_code, 0);
-  EXPECT_TRUE(SignatureVerifies(r.out.substr(0, r.out.size() - 1), "other-secret"));
+  EXPECT_TRUE(SignatureVerifies(r.out.substr(0, r.out.size() - 1), other));
+  // A secret ledgerd would refuse, and a lifetime past a year (or one overflowing exp), are
+  // usage errors.
+  EXPECT_EQ(RunLedgerctl("token --data-dir " + dir.path() + " --sub bob --secret short").exit_code, 64);
+  EXPECT_EQ(RunLedgerctl("token --data-dir " + dir.path() + " --sub bob --ttl 9223372036854775807")
+                .exit_code,
+            64);
   EXPECT_EQ(RunLedgerctl("token --data-dir " + dir.Sub("none") + " --sub bob").exit_code, 74);
   EXPECT_EQ(RunLedgerctl("token --data-dir " + dir.path()).exit_code, 64);  // --sub missing
 }
