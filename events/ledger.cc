@@ -592,6 +592,7 @@ class LedgerImpl final : public Ledger {
   void SubmitAsync(Command* command, std::function<void(CommandResult)> done) override;
   Position Head() const override { return Position(head_position_.load()); }
   std::string HeadRecordProblem() const override { return head_record_problem_; }
+  std::string WalGapProblem() const override { return wal_gap_problem_; }
   Hash HeadHash() const override {
     std::lock_guard<std::mutex> l(published_mu_);
     return published_hash_;
@@ -727,6 +728,7 @@ class LedgerImpl final : public Ledger {
   // being written and synced.
   Position head_;
   std::string head_record_problem_;  // set at open only (LedgerOptions::tolerate_head_mismatch)
+  std::string wal_gap_problem_;      // set at open only (EventGapFilter stopped)
   Hash head_hash_{};
   int64_t last_time_us_ = 0;
 
@@ -969,6 +971,9 @@ Status LedgerImpl::OpenDb() {
   }
   const wal::EventGapFilter& gap = *gap_filter_;
   if (gap.stopped()) {
+    wal_gap_problem_ = gap.stopped_log() + " begins at event " +
+                       std::to_string(gap.next_position()) + " while the logs before it end at " +
+                       std::to_string(gap.last_position()) + ": it and the logs after it were not replayed";
     std::string saved;
     for (const std::string& copy : gap.saved()) saved += (saved.empty() ? "" : ", ") + copy;
     spdlog::warn(

@@ -219,6 +219,11 @@ class Ledger {
   // Empty unless the store was opened with LedgerOptions::tolerate_head_mismatch and its chain
   // head record disagrees with the stored events (or cannot be read): then what is wrong.
   virtual std::string HeadRecordProblem() const = 0;
+  // Empty unless the open stopped replaying the write-ahead logs at a gap (wal::EventGapFilter):
+  // then which log begins past which position. A read-write open has set the later logs aside
+  // (never acknowledged); a read-only one only skipped them, and cannot tell that case from a
+  // log file gone missing.
+  virtual std::string WalGapProblem() const = 0;
 
   virtual std::unique_ptr<ReadView> Snapshot() const = 0;
 

@@ -812,6 +812,10 @@ TEST(RecoveryTest, AReadOnlyOpenStopsAtTheGapAndDamageBeforeItIsRefused) {
   ASSERT_TRUE(s.ok()) << s.ToString();
   const Position head = ledger->Head();
   EXPECT_LT(head.value(), acknowledged.back().result.position.value());
+  // Said, for verify to report: the store on disk holds logs past a hole.
+  EXPECT_NE(ledger->WalGapProblem().find("begins at event " + std::to_string(head.value() + 2)),
+            std::string::npos)
+      << ledger->WalGapProblem();
   uint64_t scanned = 0;
   ASSERT_TRUE(ledger
                   ->ScanRaw(Position(1), Position(0),
