@@ -1,6 +1,7 @@
 // ledgerctl: operator tool for ledgerd. Each subcommand is a thin main over a library function in
 // tools/ that returns a Status (RocksDB's tools/ldb.cc style); exit codes follow sysexits.h:
-// 0 ok, 64 usage, 65 data error (verify failure, replay difference), 70 internal, 74 storage.
+// 0 ok, 64 usage, 65 data error (verify failure, replay difference), 69 Stripe failed or refused
+// (stripe-setup), 70 internal, 74 storage, 78 configuration (stripe-setup without its key).
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -43,6 +44,7 @@ int ExitCodeFor(const Status& s) {
       return kExitUsage;
     case Code::kCorruption:
     case Code::kUnprocessable:
+    case Code::kConflict:  // the catalog refused a change (stripe-setup: a price in use)
       return kExitDataError;
     case Code::kNotFound:
     case Code::kIOError:
@@ -396,7 +398,11 @@ int RunStripeSetupCommand(const Globals& globals, const StripeSetupArgs& args) {
   Status s = RunStripeSetup(options, &report);
   if (!s.ok()) {
     Fail("stripe-setup", s);
-    if (s.problem().rfind("stripe_", 0) == 0) return kExitServiceUnavailable;
+    // Stripe failed or refused (69); the catalog's own conflicts (stripe_price_in_use,
+    // stripe_price_stale: 409s of the ledger) are data errors like the others.
+    if (s.problem().rfind("stripe_", 0) == 0 && s.code() != Code::kConflict) {
+      return kExitServiceUnavailable;
+    }
     return ExitCodeFor(s);
   }
   std::cout << FormatStripeSetupReport(report, args.dry_run);
