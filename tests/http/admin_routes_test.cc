@@ -318,20 +318,17 @@ TEST_F(AdminRoutesTest, ChurnRateIsOfThePayingAtTheStartAndAConvertedTrialThatLe
   ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
                                              ledger::testing::StripeInvoiceEventJson(invoice))
                   .status.ok());
-  // Its trial ended 2 days ago and the first charge failed: past due, not converted yet.
-  TestSubscription failing = OnPlan("u-fail", "starter", "past_due");
-  failing.trial_start = kNow - 9 * kDay;
-  failing.trial_end = kNow - 2 * kDay;
-  failing.period_start = kNow - 2 * kDay;
-  failing.period_end = kNow + 28 * kDay;
-  AddSubscriber(failing, "fail@x.com");
-  // Converted months ago, past due on a later renewal: converted.
-  TestSubscription renewal = OnPlan("u-renew", "starter", "past_due");
-  renewal.trial_start = kNow - 99 * kDay;
-  renewal.trial_end = kNow - 92 * kDay;
-  renewal.period_start = kNow - 2 * kDay;
-  renewal.period_end = kNow + 28 * kDay;
-  AddSubscriber(renewal, "renew@x.com");
+  // Past due since a charge 2 days ago, after a 7-day trial that ended `trial_ended` days ago.
+  auto past_due_after_trial = [&](const std::string& user, int64_t trial_ended) {
+    TestSubscription t = OnPlan("u-" + user, "starter", "past_due");
+    t.trial_start = kNow - (trial_ended + 7) * kDay;
+    t.trial_end = kNow - trial_ended * kDay;
+    t.period_start = kNow - 2 * kDay;
+    t.period_end = kNow + 28 * kDay;
+    AddSubscriber(t, user + "@x.com");
+  };
+  past_due_after_trial("fail", 2);    // the first charge failed: not converted yet
+  past_due_after_trial("renew", 92);  // converted months ago, a later renewal failed: converted
   // A trial canceled within its trial: lost.
   TestSubscription lost = OnPlan("u-lost", "starter", "canceled");
   lost.trial_start = kNow - 6 * kDay;
