@@ -121,7 +121,7 @@ bool IsReservedKafkaProperty(std::string_view key) {
       "bootstrap.servers", "metadata.broker.list", "enable.idempotence", "acks",
       "request.required.acks", "enable.gapless.guarantee", "message.timeout.ms",
       "delivery.timeout.ms", "max.in.flight.requests.per.connection", "max.in.flight",
-      "partitioner"};
+      "partitioner", "message.max.bytes", "delivery.report.only.error", "transactional.id"};
   return std::find(std::begin(kReserved), std::end(kReserved), key) != std::end(kReserved);
 }
 

@@ -50,7 +50,9 @@ constexpr char kListPath[] = "/api/v1/admin/subscriptions/list";
 constexpr char kOverviewPath[] = "/api/v1/admin/subscriptions/analytics/overview";
 constexpr char kRevenuePath[] = "/api/v1/admin/subscriptions/analytics/revenue-by-tier";
 constexpr char kUsageStatsPath[] = "/api/v1/admin/subscriptions/analytics/usage-stats";
-constexpr char kSubscriberPattern[] = R"(/api/v1/admin/subscriptions/([^/]+))";  // after list
+// `{email}`, or a user id; not the literal segments of the other admin routes.
+constexpr char kSubscriberPattern[] =
+    R"(/api/v1/admin/subscriptions/((?!list$|analytics$)[^/]+))";
 constexpr char kSubscriberName[] = "/api/v1/admin/subscriptions/{email}";
 constexpr int64_t kChurnDaysDefault = 30;
 constexpr int64_t kChurnDaysMax = 365;

@@ -1,9 +1,10 @@
 // BYOK routes (policy user: every route acts on the caller's own keys; another user's keys are
 // invisible and a DELETE of them is 404):
-//   GET    /api/v1/byok/providers          {"byok_enabled", "providers":[{"id","display_name",
-//                                          "key_prefix","configured"}]}
-//   GET    /api/v1/byok/keys               {"keys":[{"provider","key_id","label","hint",
-//                                          "added_at","last_tested_at","last_test_result"}]}
+//   GET    /api/v1/byok/providers          [{"id","display_name","key_prefix","configured",
+//                                          "available"}] (a bare list, as the seed's; header
+//                                          X-Byok-Enabled)
+//   GET    /api/v1/byok/keys               [{"provider","key_id","label","hint","added_at",
+//                                          "last_tested_at","last_test_result"}] (a bare list)
 //   POST   /api/v1/byok/keys/add           {"provider","api_key","label"?} -> 201 (the key is
 //                                          sealed here, before the command: only the sealed form
 //                                          reaches the writer, the log and Kafka)

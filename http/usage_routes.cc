@@ -72,7 +72,8 @@ using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
 constexpr char kConsumePath[] = "/api/v1/usage/consume";
 constexpr char kEventsPath[] = "/api/v1/usage/events";
 constexpr char kSummaryPath[] = "/api/v1/usage/summary";
-constexpr char kResetPattern[] = R"(/api/v1/admin/subscriptions/([^/]+)/reset-usage)";
+constexpr char kResetPattern[] =
+    R"(/api/v1/admin/subscriptions/((?!list/|analytics/)[^/]+)/reset-usage)";
 constexpr char kResetName[] = "/api/v1/admin/subscriptions/{email}/reset-usage";
 constexpr int64_t kMicrosPerSecond = 1'000'000;
 constexpr size_t kResetReasonBytesMax = 1024;
@@ -584,8 +585,10 @@ void ResetUsage(const UsageRouteContext& c, const httplib::Request& req, httplib
                 const Identity& identity) {
   if (!RequireLedger(c.ledger, res)) return;
   const std::string email = req.matches[1].str();
-  if (email.empty() || email.size() > pl::kEmailBytesMax || !pj::IsValidUtf8(email)) {
-    WriteProblem(400, "invalid_parameter", "email: 1 to 320 bytes", &res);
+  const bool is_email = email.find('@') != std::string::npos;
+  if (is_email ? email.size() > pl::kEmailBytesMax || !pj::IsValidUtf8(email)
+               : !pj::IsValidUserId(email)) {
+    WriteProblem(400, "invalid_parameter", "email: at most 320 bytes of UTF-8, or a user id", &res);
     return;
   }
   std::optional<std::string> reason;

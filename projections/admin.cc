@@ -98,7 +98,7 @@ int64_t MonthlyRevenueTimes12(const Plan& plan, const SubscriptionRecord& record
 }
 
 // MRR in cents from a sum of (monthly revenue × 12), rounded half up once.
-int64_t MrrCents(int64_t times12) { return (times12 + 6) / 12; }
+int64_t MrrCents(int64_t times12) { return times12 / 12 + (times12 % 12 >= 6 ? 1 : 0); }
 
 // Sums of revenue stop at INT64_MAX instead of overflowing (one subscription is at most
 // ~3.7e16 cents a year: limits::kStripeUnitAmountMax × kStripeQuantityMax × 365).

@@ -114,6 +114,14 @@ Status ValidateFeatures(const std::vector<std::string>& features) {
 
 enum class ParseMode { kStored, kInput };
 
+// A rule for what an admin sends, not for stored plans (one stored before it still reads).
+Status CheckTrialWindow(const Plan& plan) {
+  if (plan.trial_days > 0 && plan.limit_window == LimitWindow::kMonth) {
+    return Invalid("limit_window: a trial's quota is per day (metering counts trial days)");
+  }
+  return Status::OK();
+}
+
 Status ParsePlanObject(const Value& object, ParseMode mode, std::string_view path_id,
                        PlanInput* out) {
   if (!object.IsObject()) return Invalid("a plan must be a JSON object");
@@ -183,7 +191,8 @@ Status ParsePlanObject(const Value& object, ParseMode mode, std::string_view pat
                                                &plan.stripe_price_yearly,
                                                &out->stripe_price_yearly_given));
   LEDGER_RETURN_IF_ERROR(reader.Bool("active", all, &plan.active, &out->active_given));
-  return ValidatePlan(plan);
+  LEDGER_RETURN_IF_ERROR(ValidatePlan(plan));
+  return mode == ParseMode::kInput ? CheckTrialWindow(plan) : Status::OK();
 }
 
 // ---- Plan → JSON ------------------------------------------------------------------------------
@@ -395,9 +404,6 @@ Status ValidatePlan(const Plan& plan) {
     return Invalid("limit_window: must be null when api_calls_limit is null (unlimited)");
   }
   LEDGER_RETURN_IF_ERROR(ValidateRange("trial_days", plan.trial_days, 0, limits::kTrialDaysMax));
-  if (plan.trial_days > 0 && plan.limit_window == LimitWindow::kMonth) {
-    return Invalid("limit_window: a trial's quota is per day (metering counts trial days)");
-  }
   LEDGER_RETURN_IF_ERROR(ValidateServices(plan.services));
   LEDGER_RETURN_IF_ERROR(ValidateFeatures(plan.features));
   LEDGER_RETURN_IF_ERROR(ValidateRange("team_seats", plan.team_seats, 1, limits::kTeamSeatsMax));
@@ -615,10 +621,35 @@ Status CheckStripePricesUnique(const StateReader& state, const Plan& plan, const
   return Status::OK();
 }
 
+// What an admin's plan must be (ValidatePlan, and the rules stored plans predate).
+Status ValidatePlanChange(const Plan& plan) {
+  LEDGER_RETURN_IF_ERROR(ValidatePlan(plan));
+  return CheckTrialWindow(plan);
+}
+
+// A trial's subscription runs on the conversion plan's price: taking that plan off sale (DELETE,
+// or PUT "active":false) while a trial plan is on sale would stop every trial sale.
+Status CheckConversionPlanStaysOnSale(const StateReader& state, const Plan& current,
+                                      bool active_after) {
+  if (current.id != kTrialConversionPlanId || !current.active || active_after) {
+    return Status::OK();
+  }
+  std::vector<Plan> plans;
+  LEDGER_RETURN_IF_ERROR(ListPlans(state, /*include_inactive=*/false, &plans));
+  for (const Plan& other : plans) {
+    if (other.trial_days > 0) {
+      return Status::Conflict("conversion_plan_in_use",
+                              "trials convert to plan '" + current.id + "' (trial plan '" +
+                                  other.id + "' is on sale): retire the trial plans first");
+    }
+  }
+  return Status::OK();
+}
+
 }  // namespace
 
 Status CreatePlan::Decide(const DecideContext& context, Decision* decision) {
-  LEDGER_RETURN_IF_ERROR(ValidatePlan(plan_));
+  LEDGER_RETURN_IF_ERROR(ValidatePlanChange(plan_));
   LEDGER_RETURN_IF_ERROR(ValidateActor(actor_));
   std::string row;
   Status s = context.state->Get(kPlansFamily, plan_.id, &row);
@@ -647,7 +678,8 @@ Status UpdatePlan::Decide(const DecideContext& context, Decision* decision) {
   if (!input_.active_given) next.active = current.active;
   if (!input_.stripe_price_monthly_given) next.stripe_price_monthly = current.stripe_price_monthly;
   if (!input_.stripe_price_yearly_given) next.stripe_price_yearly = current.stripe_price_yearly;
-  LEDGER_RETURN_IF_ERROR(ValidatePlan(next));
+  LEDGER_RETURN_IF_ERROR(ValidatePlanChange(next));
+  LEDGER_RETURN_IF_ERROR(CheckConversionPlanStaysOnSale(*context.state, current, next.active));
   // trial_days > 0 makes the price a one-time trial fee on the conversion plan's subscription
   // (http/stripe_plans.h), and the usage windows daily for trial_days: turning a paid plan into
   // one (or back) would re-read every existing subscription on it -- its subscribers locked out
@@ -693,18 +725,7 @@ Status RetirePlan::Decide(const DecideContext& context, Decision* decision) {
   Plan plan;
   LEDGER_RETURN_IF_ERROR(GetPlan(*context.state, plan_id_, &plan));
   const bool was_active = plan.active;
-  if (was_active && plan.id == kTrialConversionPlanId) {
-    // A trial's subscription runs on this plan's price: retiring it would stop every trial sale.
-    std::vector<Plan> plans;
-    LEDGER_RETURN_IF_ERROR(ListPlans(*context.state, /*include_inactive=*/false, &plans));
-    for (const Plan& other : plans) {
-      if (other.trial_days > 0) {
-        return Status::Conflict("conversion_plan_in_use",
-                                "trials convert to plan '" + plan.id + "' (trial plan '" +
-                                    other.id + "' is on sale): retire the trial plans first");
-      }
-    }
-  }
+  LEDGER_RETURN_IF_ERROR(CheckConversionPlanStaysOnSale(*context.state, plan, false));
   plan.active = false;
   decision->http_status = 200;
   decision->body = PlanToJson(plan);

@@ -1074,9 +1074,11 @@ Status ComputeUsageTerms(const Plan* plan, const SubscriptionRecord* subscriptio
     // Stripe's trial_end, when known, is the trial the customer paid for: an admin's later edit
     // of the plan's trial_days neither cuts a running trial short nor stretches it.
     int64_t end = *start + plan->trial_days * kSecondsPerDay;
-    if (subscription->trial_end && *subscription->trial_end > *start) end = *subscription->trial_end;
+    if (subscription->trial_end && *subscription->trial_end > *start) {
+      end = std::min(*subscription->trial_end, *start + limits::kTrialDaysMax * kSecondsPerDay);
+    }
     out->trial = UsageWindow{*start, end, WindowKind::kTrialDay};
-    const int64_t days = (end - *start + kSecondsPerDay - 1) / kSecondsPerDay;
+    const int64_t days = (end - *start + kSecondsPerDay - 1) / kSecondsPerDay;  // <= kTrialDaysMax
     if (plan->api_calls_limit) out->trial_limit = *plan->api_calls_limit * days;
     if (at_s >= end) {
       return PaymentRequired("trial_expired",

@@ -23,6 +23,10 @@ Status ExportCloudEvents(const Ledger& ledger, const ExportOptions& options, std
   // What is exported is the log as it must be: every position once, in order, each event's hash
   // its own and linked to the one before (the one at `after` for the first).
   uint64_t expected = options.after.value() + 1;
+  if (const std::string gap = ledger.WalGapProblem(); !gap.empty()) {
+    return Status::Corruption("position " + std::to_string(head.value() + 1) + ": " + gap +
+                              " (ledgerctl verify explains)");
+  }
   std::optional<Hash> previous;
   if (options.after.value() > 0) {
     std::vector<Event> before;

@@ -398,8 +398,8 @@ int RunStripeSetupCommand(const Globals& globals, const StripeSetupArgs& args) {
   Status s = RunStripeSetup(options, &report);
   if (!s.ok()) {
     Fail("stripe-setup", s);
-    // Stripe failed or refused (69); the catalog's own conflicts (stripe_price_in_use,
-    // stripe_price_stale: 409s of the ledger) are data errors like the others.
+    // Stripe failed or refused (69); the catalog's own conflict (stripe_price_in_use, a 409 of
+    // the ledger) is a data error like the others.
     if (s.problem().rfind("stripe_", 0) == 0 && s.code() != Code::kConflict) {
       return kExitServiceUnavailable;
     }

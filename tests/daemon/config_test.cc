@@ -330,6 +330,7 @@ TEST(ConfigTest, KafkaPropertiesComeFromAFile) {
   // refused; neither error repeats a value.
   for (const std::string& bad : {std::string("acks=1\n"), std::string("enable.idempotence=false\n"),
                                  std::string("bootstrap.servers=x:9092\n"),
+                                 std::string("message.max.bytes=1000000\n"),
                                  std::string("sasl.password secret-value\n")}) {
     WriteTextFile(dir.Sub("bad.properties"), bad);
     ScopedCleanEnvironment inner;

@@ -649,6 +649,10 @@ TEST_F(AdminRoutesTest, BadPatchesAreProblemsAndAppendNothing) {
   ExpectProblem(Patch("a@x.com", "{\"notes\":\"" + std::string(2001, 'n') + "\"}"), 422,
                 "validation_failed");
   ExpectProblem(Patch("nobody@x.com", R"({"notes":"x"})"), 404, "not_found");
+  // The other admin routes' segments are not user ids.
+  ExpectProblem(Patch("list", R"({"notes":"x"})"), 405, "method_not_allowed");
+  ExpectProblem(Admin().Post(std::string(kAdminBase) + "list/reset-usage", ""), 404, "not_found");
+  ExpectProblem(Admin().Get(std::string(kAdminBase) + "analytics"), 404, "not_found");
   EXPECT_EQ(User("u-a").Patch(std::string(kAdminBase) + "a@x.com", R"({"notes":"x"})").status, 403);
   EXPECT_EQ(Head(), head);
 

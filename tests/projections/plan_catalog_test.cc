@@ -202,6 +202,21 @@ TEST(PlanInputTest, AppliesDefaults) {
   EXPECT_FALSE(input.stripe_price_monthly_given);
 }
 
+// A trial plan stored with a monthly window (accepted before the rule) still reads: the rule is
+// for what an admin sends.
+TEST(PlanJsonTest, AStoredTrialWithAMonthlyWindowStillReads) {
+  Plan plan = ParsedBody(R"("trial_days":14)");
+  plan.limit_window = LimitWindow::kMonth;
+  Plan read;
+  Status s = ParsePlanJson(PlanToJson(plan), &read);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(read.limit_window, LimitWindow::kMonth);
+  CreatePlan create(plan, TestAdmin());
+  Harness h;
+  Decision d;
+  EXPECT_EQ(h.Run(&create, &d).problem(), "validation_failed");
+}
+
 TEST(PlanInputTest, ATrialsQuotaIsPerDayByDefault) {
   PlanInput input;
   ASSERT_TRUE(ParsePlanInput(Body(R"("trial_days":14)"), "", &input).ok());
@@ -510,8 +525,6 @@ TEST(PlanCommandsTest, UpdateKeepsActiveAndStripePricesWhenAbsent) {
   EXPECT_EQ(stored.stripe_price_yearly, std::nullopt);
 }
 
-// trial_days > 0 makes a plan's price a one-time trial fee and its windows daily: a PUT cannot
-// turn a recurring plan into a trial (its subscribers would be read as expired trials) or back.
 // A Stripe price's amount is fixed: a new amount must name the Stripe price that bills it.
 TEST(PlanCommandsTest, ANewPriceNeedsTheStripePriceThatBillsIt) {
   Harness h;
@@ -549,6 +562,15 @@ TEST(PlanCommandsTest, StarterCannotBeRetiredWhileATrialConvertsToIt) {
   RetirePlan starter("starter", TestAdmin());
   Status s = h.Run(&starter, &d);
   EXPECT_EQ(s.problem(), "conversion_plan_in_use") << s.ToString();
+  // Nor by PUT "active":false.
+  Plan starter_plan;
+  ASSERT_TRUE(GetPlan(h.state(), "starter", &starter_plan).ok());
+  PlanInput off;
+  off.plan = starter_plan;
+  off.plan.active = false;
+  off.active_given = true;
+  UpdatePlan put_off(off, TestAdmin());
+  EXPECT_EQ(h.Run(&put_off, &d).problem(), "conversion_plan_in_use");
   RetirePlan trial("trial", TestAdmin());
   h.MustRun(&trial);
   RetirePlan again("starter", TestAdmin());
@@ -556,6 +578,8 @@ TEST(PlanCommandsTest, StarterCannotBeRetiredWhileATrialConvertsToIt) {
   EXPECT_EQ(d.events.size(), 1u);
 }
 
+// trial_days > 0 makes a plan's price a one-time trial fee and its windows daily: a PUT cannot
+// turn a recurring plan into a trial (its subscribers would be read as expired trials) or back.
 TEST(PlanCommandsTest, UpdateCannotTurnARecurringPlanIntoATrialOrBack) {
   Harness h;
   CreatePlan create(ParsedBody(), TestAdmin());
