@@ -19,6 +19,7 @@
 #include "tests/support/kafka_test_consumer.h"
 #include "tests/support/test_ledger.h"
 #include "tests/support/tokens.h"
+#include "tests/support/wait.h"
 
 namespace ledger::testing {
 namespace {
@@ -280,9 +281,14 @@ TEST(AppTest, AnUpgradeKeepsTheOldOutboxCheckpoint) {
   config.kafka_topic = "ledger.events.v2";
   ASSERT_TRUE(App::Start(config, nullptr, &app).ok());
   TestHttpClient again("127.0.0.1", app->http_port());
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  metrics = again.Get("/metrics");
-  EXPECT_EQ(MetricValue(metrics.body, "ledger_outbox_checkpoint_position"), static_cast<int64_t>(head));
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        metrics = again.Get("/metrics");
+        return MetricValue(metrics.body, "ledger_outbox_checkpoint_position") ==
+               static_cast<long long>(head);
+      },
+      std::chrono::seconds(20)))
+      << metrics.body;
   EXPECT_GE(MetricValue(metrics.body, "ledger_outbox_produced_total"), static_cast<int64_t>(head));
   ASSERT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
 }
