@@ -22,6 +22,7 @@
 #include "events/wal_log.h"
 #include "tests/support/durability.h"
 #include "tests/support/test_ledger.h"
+#include "tests/support/wal_records.h"
 
 namespace ledger {
 namespace {
@@ -33,6 +34,7 @@ using testing::DurabilityReport;
 using testing::LoadOptions;
 using testing::Outcome;
 using testing::TempDir;
+using testing::LogRecords;
 
 
 std::unique_ptr<Ledger> Open(const std::string& path) {
@@ -647,76 +649,15 @@ TEST(RecoveryTest, CorruptionInTheMiddleOfTheWalRefusesToOpenInsteadOfDroppingEv
             << head << " acknowledged events" << std::endl;
 }
 
-// The WriteBatches of a log file, in order, as their payloads (fragments joined); stops at the
-// first fragment that is not intact.
-std::vector<std::string> LogRecords(const std::string& contents, std::vector<size_t>* starts) {
-  std::vector<std::string> records;
-  std::string record;
-  size_t start = 0;
-  wal::WalkFragments(contents, [&](const wal::Fragment& f) {
-    if (!f.checksum_ok) return false;
-    if (f.base_type == wal::kFullType || f.base_type == wal::kFirstType) {
-      record.clear();
-      start = f.offset;
-    }
-    record.append(f.payload);
-    if (f.base_type == wal::kFullType || f.base_type == wal::kLastType) {
-      records.push_back(record);
-      starts->push_back(start);
-    }
-    return true;
-  });
-  return records;
-}
-
-// Appends `payload` to a log file's contents as RocksDB's log writer does (legacy record types).
-void AppendLogRecord(std::string* file, std::string_view payload) {
-  bool first = true;
-  do {
-    size_t block_left = wal::kBlockBytes - file->size() % wal::kBlockBytes;
-    if (block_left < wal::kHeaderBytes) {
-      file->append(block_left, '\0');
-      block_left = wal::kBlockBytes;
-    }
-    const size_t n = std::min(payload.size(), block_left - wal::kHeaderBytes);
-    const bool last = n == payload.size();
-    const uint8_t type = first && last ? wal::kFullType
-                         : first       ? wal::kFirstType
-                         : last        ? wal::kLastType
-                                       : wal::kMiddleType;
-    std::string covered(1, static_cast<char>(type));
-    covered.append(payload.substr(0, n));
-    const uint32_t crc = wal::Crc32c(covered);
-    const uint32_t masked = ((crc >> 15) | (crc << 17)) + 0xa282ead8u;
-    for (int i = 0; i < 4; ++i) file->push_back(static_cast<char>(masked >> (8 * i)));
-    file->push_back(static_cast<char>(n & 0xff));
-    file->push_back(static_cast<char>(n >> 8));
-    file->push_back(static_cast<char>(type));
-    file->append(payload.substr(0, n));
-    payload.remove_prefix(n);
-    first = false;
-  } while (!payload.empty());
-}
-
 // Writes 60 commands to a store in `path` and splits its log at a lost group, as a power loss
 // can leave it: the older log cut where that group began, a newer log with the groups after it.
 // Returns the newer log's path.
 std::string SplitLogAtALostGroup(const std::string& path, std::vector<Outcome>* acknowledged) {
   WriteAndClose(path, "split", 60, acknowledged);
   const std::string wal_path = LastWal(path);
-  const std::string contents = ReadFile(wal_path);
   std::vector<size_t> starts;
-  const std::vector<std::string> records = LogRecords(contents, &starts);
-  EXPECT_GE(records.size(), 40u);  // one WriteBatch per command, in the one log
-  const size_t lost = records.size() / 2;
-  WriteFile(wal_path, contents.substr(0, starts[lost]));
-  std::string newer;
-  for (size_t i = lost + 1; i < records.size(); ++i) AppendLogRecord(&newer, records[i]);
-  const uint64_t number = std::stoull(std::filesystem::path(wal_path).stem().string());
-  char name[32];
-  std::snprintf(name, sizeof name, "%06llu.log", static_cast<unsigned long long>(number + 1));
-  WriteFile(path + "/" + name, newer);
-  return path + "/" + name;
+  EXPECT_GE(LogRecords(ReadFile(wal_path), &starts).size(), 40u);  // a WriteBatch per command
+  return testing::SplitLogAtALostRecord(wal_path);
 }
 
 // A power loss can keep a newer log's writes and lose the unsynced tail of an older one: the

@@ -12,6 +12,7 @@
 #include "events/coding.h"
 #include "events/wal_log.h"
 #include "tests/support/test_ledger.h"
+#include "tests/support/wal_records.h"
 #include "tests/tools/tools_test_util.h"
 #include "tools/store.h"
 
@@ -525,6 +526,30 @@ TEST(VerifyCliTest, ExitCodes) {
   EXPECT_EQ(bad.out.rfind("verify: FAILED at position " + std::to_string(kTampered) + ": ", 0),
             0u)
       << bad.out;
+}
+
+// Logs holding events past a hole (an older log's unsynced tail lost with power while a newer
+// log's writes reached the disk): the read-only open stops before the hole, and verify and export
+// say so (exit 65) instead of OK for the chain before it; ledgerd's next start sets the newer log
+// aside, after which the store verifies.
+TEST(VerifyCliTest, LogsPastAHoleFailVerifyAndExportUntilLedgerdSetsThemAside) {
+  TempDir dir;
+  WriteLog(dir.path(), /*flush=*/false);
+  const std::filesystem::path wal_file = LogWithData(dir.path());
+  ASSERT_FALSE(wal_file.empty());
+  const std::string newer = testing::SplitLogAtALostRecord(wal_file.string());
+  ASSERT_FALSE(newer.empty());
+  const std::string newer_name = std::filesystem::path(newer).filename().string();
+  testing::ProcessResult verify = RunLedgerctl("verify --data-dir " + dir.path());
+  EXPECT_EQ(verify.exit_code, 65) << verify.out;
+  EXPECT_NE(verify.out.find("verify: FAILED at position "), std::string::npos) << verify.out;
+  EXPECT_NE(verify.out.find(newer_name), std::string::npos) << verify.out;
+  testing::ProcessResult exported =
+      RunLedgerctl("export --data-dir " + dir.path(), /*keep_stderr=*/true);
+  EXPECT_EQ(exported.exit_code, 65) << exported.out.substr(0, 300);
+  { auto ledger = OpenTestLedger(dir.path()); }  // what ledgerd's start does
+  testing::ProcessResult after = RunLedgerctl("verify --data-dir " + dir.path());
+  EXPECT_EQ(after.exit_code, 0) << after.out;
 }
 
 TEST(VerifyCliTest, WalDamageExitsWithThePosition) {
