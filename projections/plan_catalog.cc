@@ -1,7 +1,6 @@
 #include "projections/plan_catalog.h"
 
 #include <algorithm>
-#include <tuple>
 #include <utility>
 
 #include <rapidjson/document.h>
@@ -621,6 +620,22 @@ Status CheckStripePricesUnique(const StateReader& state, const Plan& plan, const
   return Status::OK();
 }
 
+// A Stripe price's amount never changes: a new amount still billed through the old price would
+// show on the plans page while checkout charges the old one. A change of one cycle's amount must
+// name the Stripe price that bills it (or null: not sold that way until one is recorded, e.g. by
+// stripe-setup).
+Status CheckStripePriceFresh(const char* cycle, std::optional<int64_t> cents,
+                             std::optional<int64_t> current_cents,
+                             const std::optional<std::string>& price,
+                             const std::optional<std::string>& current_price) {
+  if (cents == current_cents || !current_price || price != current_price) return Status::OK();
+  return Status::Conflict("stripe_price_stale",
+                          std::string("price_") + cycle + "_cents changed but stripe_price_" +
+                              cycle + " '" + *current_price +
+                              "' bills the old amount: name the Stripe price for the new one, "
+                              "or null it (and run ledgerctl stripe-setup)");
+}
+
 // What an admin's plan must be (ValidatePlan, and the rules stored plans predate).
 Status ValidatePlanChange(const Plan& plan) {
   LEDGER_RETURN_IF_ERROR(ValidatePlan(plan));
@@ -694,23 +709,13 @@ Status UpdatePlan::Decide(const DecideContext& context, Decision* decision) {
                                    "one-time trial fee for its existing subscribers; create a new "
                                    "plan instead");
   }
-  // A Stripe price's amount never changes: a new amount still billed through the old price would
-  // show on the plans page while checkout charges the old one. It must name the Stripe price
-  // that bills it (or null: not sold that way until one is recorded, e.g. by stripe-setup).
-  for (const auto& [cycle, cents, current_cents, price, current_price] :
-       {std::tuple{"monthly", std::optional<int64_t>(next.price_monthly_cents),
-                   std::optional<int64_t>(current.price_monthly_cents), next.stripe_price_monthly,
-                   current.stripe_price_monthly},
-        std::tuple{"yearly", next.price_yearly_cents, current.price_yearly_cents,
-                   next.stripe_price_yearly, current.stripe_price_yearly}}) {
-    if (cents != current_cents && current_price && price == current_price) {
-      return Status::Conflict(
-          "stripe_price_stale",
-          std::string("price_") + cycle + "_cents changed but stripe_price_" + cycle + " '" +
-              *current_price + "' bills the old amount: name the Stripe price for the new one, "
-              "or null it (and run ledgerctl stripe-setup)");
-    }
-  }
+  LEDGER_RETURN_IF_ERROR(CheckStripePriceFresh("monthly", next.price_monthly_cents,
+                                               current.price_monthly_cents,
+                                               next.stripe_price_monthly,
+                                               current.stripe_price_monthly));
+  LEDGER_RETURN_IF_ERROR(CheckStripePriceFresh("yearly", next.price_yearly_cents,
+                                               current.price_yearly_cents, next.stripe_price_yearly,
+                                               current.stripe_price_yearly));
   LEDGER_RETURN_IF_ERROR(CheckStripePricesUnique(*context.state, next, &current));
   decision->http_status = 200;
   decision->body = PlanToJson(next);
