@@ -225,6 +225,13 @@ Status ParseAddBody(const std::string& body, std::string* provider, std::string*
 void AddKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Response& res,
             const Identity& identity) {
   if (!RequireLedger(c.ledger, res) || !RequireBox(c, res)) return;
+  if (!pj::IsValidUserId(identity.subject)) {  // the events' user_id (schemas/events/byok.*)
+    WriteProblem(422, "invalid_user_id",
+                 "the token's subject is not a user id (1 to 255 bytes of UTF-8, no '/' or "
+                 "control characters)",
+                 &res);
+    return;
+  }
   std::string provider, api_key;
   std::optional<std::string> label;
   Status s = ParseAddBody(req.body, &provider, &api_key, &label);
@@ -295,6 +302,19 @@ void TestKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Re
     Status s = pj::GetByokKey(*view, identity.subject, provider_id, &key);
     if (!s.ok()) {
       WriteStatusProblem(s, &res);
+      return;
+    }
+    // A key kept from a plan that has lapsed or lost BYOK is listed, not used: testing it would
+    // still call the provider from this server and append an event.
+    pj::UserAccess access;
+    s = pj::GetUserAccess(*view, identity.subject, &access);
+    if (!s.ok()) {
+      WriteStatusProblem(s, &res);
+      return;
+    }
+    if (!pj::ByokAllowed(access)) {
+      WriteProblem(403, "byok_not_in_plan",
+                   "testing a key needs an active plan with BYOK (Starter or above)", &res);
       return;
     }
   }

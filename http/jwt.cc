@@ -225,10 +225,15 @@ Status ReadRoles(const rapidjson::Value& array, std::vector<std::string>* roles)
 bool AudienceMatches(const rapidjson::Value& payload, const std::string& audience) {
   auto it = payload.FindMember("aud");
   if (it == payload.MemberEnd()) return false;
-  if (it->value.IsString()) return audience == it->value.GetString();
+  // Compared with their lengths: a NUL inside "ledgerd\u0000x" must not end the comparison.
+  auto equals = [&](const rapidjson::Value& v) {
+    return v.IsString() &&
+           std::string_view(v.GetString(), v.GetStringLength()) == std::string_view(audience);
+  };
+  if (it->value.IsString()) return equals(it->value);
   if (!it->value.IsArray()) return false;
   for (const auto& item : it->value.GetArray()) {
-    if (item.IsString() && audience == item.GetString()) return true;
+    if (equals(item)) return true;
   }
   return false;
 }

@@ -191,7 +191,7 @@ AddByokKey::AddByokKey(std::string user_id, ByokKeyRow key)
     : user_id_(std::move(user_id)), key_(std::move(key)) {}
 
 Status AddByokKey::Decide(const DecideContext& context, Decision* decision) {
-  if (!UsableId(user_id_) || !UsableId(key_.provider) || key_.key_id.empty() ||
+  if (!IsValidUserId(user_id_) || !UsableId(key_.provider) || key_.key_id.empty() ||
       key_.encrypted_key.empty()) {
     return Status::Make(Code::kUnprocessable, "invalid_request", "malformed key");
   }

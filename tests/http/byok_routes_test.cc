@@ -388,6 +388,40 @@ TEST_F(ByokRoutesTest, BadInputAndPlansWithoutByokAppendNothing) {
   EXPECT_EQ(Head(), head);
 }
 
+// A key kept after the plan lapsed is listed but not tested: the test would still call the
+// provider from this server and append an event, as often as it is asked.
+TEST_F(ByokRoutesTest, AKeyIsNotTestedOnceThePlanHasLapsed) {
+  provider_.Accept(kOpenAiKey);
+  ASSERT_EQ(Add("alice", "openai", kOpenAiKey).status, 201);
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(),
+                                                 OnPlan("alice", "starter", "canceled"))
+                  .ok());
+  const uint64_t head = Head();
+  ExpectProblem(As("alice").Post("/api/v1/byok/keys/test/openai", ""), 403, "byok_not_in_plan");
+  EXPECT_EQ(provider_.calls(), 0);
+  EXPECT_EQ(Head(), head);
+  EXPECT_EQ(As("alice").Get("/api/v1/byok/keys").Json().Size(), 1u);  // still listed
+  // Back on a plan with BYOK (a new subscription), the same key is tested.
+  ledger::testing::TestSubscription again = OnPlan("alice", "starter");
+  again.subscription_id = "sub_alice_again";
+  again.period_start += 3600;
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), again).ok());
+  HttpReply r = As("alice").Post("/api/v1/byok/keys/test/openai", "");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(provider_.calls(), 1);
+}
+
+// The events' user_id is a user id (schemas/events/byok.*: at most 255 bytes): a token whose
+// subject is not one adds nothing, whatever its plan.
+TEST_F(ByokRoutesTest, ASubjectThatIsNotAUserIdAddsNoKey) {
+  const std::string long_sub(256, 'u');
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan(long_sub, "starter")).ok());
+  const uint64_t head = Head();
+  ExpectProblem(Add(long_sub, "openai", kOpenAiKey), 422, "invalid_user_id");
+  ExpectProblem(Add("eve\x01", "openai", kOpenAiKey), 422, "invalid_user_id");
+  EXPECT_EQ(Head(), head);
+}
+
 TEST_F(ByokRoutesTest, AKeySealedUnderAnotherKekIsReportedNotSent) {
   ASSERT_EQ(Add("alice", "openai", kOpenAiKey).status, 201);
   std::unique_ptr<SecretBox> other;

@@ -238,6 +238,12 @@ TEST_F(JwtTest, IssuerAndAudienceWhenConfigured) {
   ExpectRejected(*verifier, rsa_->Mint(c), "wrong aud array");
   c.audience.clear();
   ExpectRejected(*verifier, rsa_->Mint(c), "no aud");
+  // An audience that only begins with ours, up to a NUL (a C-string comparison would take it).
+  c.extra_members = R"("aud":"ledgerd\u0000.other")";
+  ExpectRejected(*verifier, rsa_->Mint(c), "aud with a NUL");
+  c.extra_members = R"("aud":["account","ledgerd\u0000"])";
+  ExpectRejected(*verifier, rsa_->Mint(c), "aud array with a NUL");
+  c.extra_members.clear();
   c.audience = {"ledgerd"};
   c.issuer = "https://evil.example.com/realms/uc";
   ExpectRejected(*verifier, rsa_->Mint(c), "wrong iss");
