@@ -696,7 +696,11 @@ TEST_F(SubscriptionsTest, UnknownTypeIsStoredWithoutStateChangeAndSecretsRedacte
       R"("exp":1e2,"client_secret":"pi_1_secret_abc","nested":[{"secret":{"k":"v"}},{"client_secret":null}],)"
       R"("customer":"cus_1","note":"caf\u00e9 \/ \"q\"","latest_invoice":{"hosted_invoice_url":)"
       R"("https://invoice.stripe.com/i/acct_1/live_abc","invoice_pdf":"https://pay.stripe.com/)"
-      R"(invoice/acct_1/live_abc/pdf"},"receipt_url":"https://pay.stripe.com/receipts/r_1"}},)"
+      R"(invoice/acct_1/live_abc/pdf"},"receipt_url":"https://pay.stripe.com/receipts/r_1",)"
+      R"("next_action":{"boleto_display_details":{"hosted_voucher_url":"https://payments.stripe.com/)"
+      R"(boleto/voucher/test_1"},"cashapp_handle_redirect_or_display_qr_code":{"mobile_auth_url":)"
+      R"("https://pm-redirects.stripe.com/authorize/acct_1/pa_1","qr_code":{"image_url_png":)"
+      R"("https://qr.stripe.com/pa_1.png","image_url_svg":"https://qr.stripe.com/pa_1.svg"}}}}},)"
       R"("livemode":true,"type":"payment_intent.succeeded"})";
   Decision d = Deliver(&w, raw);
   ASSERT_EQ(d.events.size(), 1u);
@@ -708,8 +712,10 @@ TEST_F(SubscriptionsTest, UnknownTypeIsStoredWithoutStateChangeAndSecretsRedacte
   EXPECT_NE(data.find(R"("client_secret":"[redacted]")"), std::string::npos);
   EXPECT_NE(data.find(R"({"secret":"[redacted]"})"), std::string::npos);
   EXPECT_NE(data.find(R"({"client_secret":null})"), std::string::npos);
-  // Bearer links to an invoice's payment page, its PDF and a receipt.
+  // Bearer links to an invoice's payment page, its PDF, a receipt, a voucher, a QR code and a
+  // wallet's sign-in.
   EXPECT_EQ(data.find("stripe.com/"), std::string::npos) << data;
+  EXPECT_NE(data.find(R"("hosted_voucher_url":"[redacted]")"), std::string::npos) << data;
   EXPECT_NE(data.find(R"("hosted_invoice_url":"[redacted]","invoice_pdf":"[redacted]")"),
             std::string::npos) << data;
   // Numbers exactly as sent.
