@@ -513,6 +513,10 @@ Status HttpStripeClient::Impl::Check(const Exchange& exchange, rapidjson::Docume
   if (status >= 500) {
     return Status::Make(Code::kBadGateway, "stripe_error", answered + suffix);
   }
+  if (status == 402 && type == "card_error") {  // a declined charge: the caller's to mend
+    return Status::Make(Code::kPaymentRequired, "payment_failed",
+                        "the payment was declined, nothing was changed" + suffix);
+  }
   if (type == "idempotency_error") {
     return Status::Make(Code::kBadGateway, "stripe_idempotency_error", answered + suffix);
   }
@@ -585,7 +589,12 @@ FormParams HttpStripeClient::CheckoutForm(const StripeCheckoutParams& params) {
 FormParams HttpStripeClient::PriceChangeForm(const StripePriceChangeParams& params) {
   FormParams form = {{"items[0][id]", params.item_id},
                      {"items[0][price]", params.price_id},
-                     {"proration_behavior", params.proration_behavior}};
+                     {"proration_behavior", params.proration_behavior},
+                     // A change Stripe invoices at once (the trial's end, another interval) is
+                     // made only when that invoice is paid; Stripe's default, allow_incomplete,
+                     // would make it and leave the subscription past_due -- the new plan used
+                     // through the dunning period.
+                     {"payment_behavior", "error_if_incomplete"}};
   if (params.end_trial) form.emplace_back("trial_end", "now");
   AppendMetadata("metadata", params.metadata, &form);
   return form;

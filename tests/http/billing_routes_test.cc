@@ -621,6 +621,7 @@ TEST_F(BillingRoutesTest, UpgradeIsAProratedPriceChangeOfTheItem) {
   EXPECT_EQ(q.params, (FormParams{{"items[0][id]", "si_alice"},
                                   {"items[0][price]", "price_professional_monthly"},
                                   {"proration_behavior", "create_prorations"},
+                                  {"payment_behavior", "error_if_incomplete"},
                                   {"metadata[plan_id]", "professional"},
                                   {"metadata[billing_cycle]", "monthly"},
                                   {"metadata[ledgerd_request]", q.idempotency_key},
@@ -689,6 +690,42 @@ TEST_F(BillingRoutesTest, AnUpgradeDuringTheTrialEndsTheTrial) {
   ASSERT_EQ(posts.size(), 4u);
   EXPECT_EQ(posts[3].idempotency_key, posts[2].idempotency_key);
   EXPECT_EQ(posts[3].params, posts[2].params);
+}
+
+// A change Stripe invoices at once (the trial's end, another interval) is made only if that
+// invoice is paid: with Stripe's default payment_behavior a declined card would leave the
+// subscription on the new plan, past_due, usable through the whole dunning period.
+TEST_F(BillingRoutesTest, AChangeWhoseInvoiceIsDeclinedChangesNothing) {
+  GiveAliceASubscription("trialing", "price_starter_monthly", "trial");
+  fake_.DeclinePayments("cus_alice");
+  ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"enterprise"})"), 402, "payment_failed");
+  auto posts = fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice");
+  ASSERT_EQ(posts.size(), 1u);
+  EXPECT_NE(std::find(posts[0].params.begin(), posts[0].params.end(),
+                      std::make_pair(std::string("payment_behavior"),
+                                     std::string("error_if_incomplete"))),
+            posts[0].params.end());
+  EXPECT_EQ(fake_.GetSubscription("sub_alice")->status, "trialing");
+  EXPECT_EQ(fake_.GetSubscription("sub_alice")->price_id, "price_starter_monthly");
+  EXPECT_EQ(Head(), head_after_setup_);
+
+  // Paid monthly, moved to yearly: the year is invoiced at once.
+  DeliverAlicesSubscription("evt_sub_alice_2", "customer.subscription.updated", "active",
+                            "price_starter_monthly", "starter");
+  FakeStripe::Subscription at_stripe = *fake_.GetSubscription("sub_alice");
+  at_stripe.status = "active";
+  fake_.AddSubscription(at_stripe);
+  const uint64_t head = Head();
+  ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"starter","billing_cycle":"yearly"})"), 402,
+                "payment_failed");
+  EXPECT_EQ(fake_.GetSubscription("sub_alice")->status, "active");
+  EXPECT_EQ(fake_.GetSubscription("sub_alice")->price_id, "price_starter_monthly");
+  // Within the interval nothing is invoiced now: the change is made (prorated on the next
+  // invoice).
+  HttpReply r = Alice().Post(kUpgrade, R"({"plan_id":"professional"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(fake_.GetSubscription("sub_alice")->price_id, "price_professional_monthly");
+  EXPECT_EQ(Head(), head + 1);
 }
 
 // Without billing_cycle a plan change keeps the subscription's interval.

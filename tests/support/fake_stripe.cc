@@ -35,6 +35,7 @@ struct Customer {
   std::string id;
   std::string email;
   std::vector<Card> cards;
+  bool declines = false;  // DeclinePayments: every charge of this customer fails
 };
 
 // An answer: status and JSON body.
@@ -577,7 +578,7 @@ struct FakeStripe::State {
   Answer UpdateSubscription(const std::string& id, const http::FormParams& params) {
     std::string unknown = UnknownParam(
         params, {{"cancel_at_period_end"}, {"items", "#", "id"}, {"items", "#", "price"},
-                 {"proration_behavior"}, {"trial_end"}, {"metadata", "*"}});
+                 {"proration_behavior"}, {"payment_behavior"}, {"trial_end"}, {"metadata", "*"}});
     if (!unknown.empty()) return InvalidRequest("Received unknown parameter: " + unknown, unknown);
     auto it = subscriptions.find(id);
     if (it == subscriptions.end()) return NoSuch("subscription", id);
@@ -628,9 +629,40 @@ struct FakeStripe::State {
                               "trial_end");
       }
     }
+    if (Has(params, "payment_behavior")) {
+      std::string_view p = Get(params, "payment_behavior");
+      if (p != "allow_incomplete" && p != "default_incomplete" && p != "error_if_incomplete" &&
+          p != "pending_if_incomplete") {
+        return InvalidRequest("Invalid payment_behavior", "payment_behavior");
+      }
+    }
     if (auto bad = CheckMetadata(params, "metadata")) return *bad;
 
-    if (Has(params, "trial_end")) s.status = "active";  // the first invoice is paid at once
+    // Ending the trial, moving to another interval (the period is re-anchored) or
+    // always_invoice invoices the change at once. If the customer's card declines, the default
+    // payment_behavior (allow_incomplete) makes the change anyway and leaves the subscription
+    // past_due; error_if_incomplete refuses it with a card error and changes nothing.
+    bool invoices_now = Has(params, "trial_end") || Get(params, "proration_behavior") == "always_invoice";
+    if (Has(params, "items[0][price]")) {
+      auto from = prices.find(s.price_id);
+      auto to = prices.find(std::string(Get(params, "items[0][price]")));
+      invoices_now = invoices_now || (from != prices.end() && to != prices.end() &&
+                                      from->second.interval != to->second.interval);
+    }
+    bool declined = false;
+    if (invoices_now) {
+      auto customer = customers.find(s.customer);
+      declined = customer != customers.end() && customer->second.declines;
+    }
+    if (declined && Get(params, "payment_behavior") == "error_if_incomplete") {
+      return Error(402, "card_error", "Your card was declined.", "", "card_declined");
+    }
+    if (declined && Get(params, "payment_behavior") != "default_incomplete" &&
+        Get(params, "payment_behavior") != "pending_if_incomplete") {
+      s.status = "past_due";
+    } else if (Has(params, "trial_end")) {
+      s.status = "active";  // the first invoice is paid at once
+    }
     if (Has(params, "cancel_at_period_end")) {
       s.cancel_at_period_end = Get(params, "cancel_at_period_end") == "true";
     }
@@ -861,6 +893,11 @@ void FakeStripe::AddCard(const std::string& customer, const std::string& pm_id,
                          int64_t exp_year) {
   std::lock_guard<std::mutex> lock(mu_);
   state_->customers[customer].cards.push_back(Card{pm_id, brand, last4, exp_month, exp_year});
+}
+
+void FakeStripe::DeclinePayments(const std::string& customer) {
+  std::lock_guard<std::mutex> lock(mu_);
+  state_->customers[customer].declines = true;
 }
 
 void FakeStripe::AddSubscription(Subscription subscription) {

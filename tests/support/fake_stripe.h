@@ -127,6 +127,10 @@ class FakeStripe {
   void AddCustomer(const std::string& id, const std::string& email = "");
   void AddCard(const std::string& customer, const std::string& pm_id, const std::string& brand,
                const std::string& last4, int64_t exp_month, int64_t exp_year);
+  // From now on every charge of `customer` is declined: a change that invoices at once (ending a
+  // trial, another interval, always_invoice) leaves the subscription past_due, or answers 402
+  // card_declined under payment_behavior=error_if_incomplete.
+  void DeclinePayments(const std::string& customer);
   void AddSubscription(Subscription subscription);
 
   std::optional<Subscription> GetSubscription(const std::string& id) const;
