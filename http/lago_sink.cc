@@ -10,6 +10,7 @@
 #include <deque>
 #include <map>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "events/ledger.h"
@@ -393,6 +394,12 @@ class LagoSink::Impl {
   bool HandleAnswer(const LagoAnswer& answer, size_t sent, int64_t now_us);
   bool HandleRefusal(const LagoAnswer& answer, const RefusalAnswer& refusal, size_t sent,
                      int64_t now_us);
+  bool Probe(int64_t now_us);
+  bool ServerErrorForTheFrontAlone(const LagoAnswer& answer, bool after_probe, int64_t now_us);
+  void ClearSuspicion() {
+    front_server_errors_ = confirmations_ = 0;
+    probe_next_ = probe_accepted_ = false;
+  }
   Status DeadLetter(const PendingEvent& event, int http_status, const std::string& reason,
                     const std::string& error);
   void Delivered(size_t count);
@@ -424,6 +431,15 @@ class LagoSink::Impl {
   size_t batch_limit_;                // events per request now (halved by splits)
   int successes_ = 0;                 // 2xx batches in a row
   int server_errors_ = 0;             // 5xx answers in a row
+  // One event Lago answers 5xx for, whatever the batch (an expression of a billable metric that
+  // fails on its properties): after server_errors_before_split 5xx for the front event alone, the
+  // next event is sent alone (a probe). Each probe Lago accepts followed by another 5xx for the
+  // front is a confirmation; server_errors_before_split of them and the front is dead-lettered.
+  // An outage fails the probes too, so it never confirms anything.
+  int front_server_errors_ = 0;  // 5xx for the front event alone, in a row
+  int confirmations_ = 0;
+  bool probe_next_ = false;      // the next attempt sends pending_[1] alone
+  bool probe_accepted_ = false;  // the last attempt was a probe Lago accepted
   int backoff_ms_;
   int64_t retry_at_us_ = 0;   // no request before this (backoff)
   bool persist_now_ = false;  // an acknowledged batch moved the checkpoint
@@ -519,6 +535,7 @@ bool LagoSink::Impl::Step(int64_t now_us) {
     persist_now_ = true;
     return true;
   }
+  if (probe_next_ && pending_.size() > 1 && !pending_[1].lago_event.empty()) return Probe(now_us);
   size_t sent = 0;
   std::string body = "{\"events\":[";
   while (sent < batch_limit_ && sent < pending_.size() && !pending_[sent].lago_event.empty()) {
@@ -530,8 +547,76 @@ bool LagoSink::Impl::Step(int64_t now_us) {
   metrics_.requests.Add();
   const int64_t start_us = SteadyMicros();
   LagoAnswer answer = api_->SendEventsBatch(body);
-  metrics_.request_seconds.Observe(static_cast<double>(SteadyMicros() - start_us) / 1e6);
-  return HandleAnswer(answer, sent, now_us);
+  const int64_t answered_us = SteadyMicros();
+  metrics_.request_seconds.Observe(static_cast<double>(answered_us - start_us) / 1e6);
+  // Backoff and Retry-After count from the answer: a slow 5xx must not use up the wait.
+  return HandleAnswer(answer, sent, answered_us);
+}
+
+// Sends pending_[1] alone, the front event being suspected of failing on its own.
+bool LagoSink::Impl::Probe(int64_t now_us) {
+  probe_next_ = false;
+  probe_accepted_ = false;
+  metrics_.requests.Add();
+  const int64_t start_us = SteadyMicros();
+  LagoAnswer answer = api_->SendEventsBatch("{\"events\":[" + pending_[1].lago_event + "]}");
+  const int64_t answered_us = SteadyMicros();
+  metrics_.request_seconds.Observe(static_cast<double>(answered_us - start_us) / 1e6);
+  const int status = answer.http_status;
+  if (status >= 200 && status < 300) {
+    metrics_.batches_accepted.Add();
+    metrics_.events_delivered.Add();
+    pending_.erase(pending_.begin() + 1);
+    AdvanceMark();
+    persist_now_ = true;
+    probe_accepted_ = true;  // the front goes next: another 5xx for it confirms
+    backoff_ms_ = options_.retry_backoff_ms_min;
+    SetState(SinkState::kUp);
+    return true;
+  }
+  // Anything else proves nothing against the front: it is tried again as before (and the probe
+  // event's own answer, if any, is handled when its turn comes).
+  ClearSuspicion();
+  Fail("Lago answered " + std::to_string(status) + " (sending the event after a failing one)",
+       status, answer.retry_after_ms, answered_us);
+  return false;
+}
+
+// A 5xx for the front event sent alone. True when it was dead-lettered (go on at once).
+bool LagoSink::Impl::ServerErrorForTheFrontAlone(const LagoAnswer& answer, bool after_probe,
+                                                  int64_t now_us) {
+  if (after_probe) {
+    if (++confirmations_ >= options_.server_errors_before_split) {
+      const RefusalAnswer refusal = ReadRefusal(answer);
+      std::string error = "Lago answered " + std::to_string(answer.http_status) +
+                          " for this event alone, over and over, while it accepted the events "
+                          "after it";
+      if (refusal.from_lago) {
+        error += ": " + projections::Truncated(answer.body, kErrorTextBytesMax - error.size() - 2);
+      }
+      Status s = DeadLetter(pending_.front(), answer.http_status, "server_error", error);
+      if (!s.ok()) {
+        Fail("recording a dead letter: " + s.ToString(), 0, -1, now_us);
+        return false;
+      }
+      spdlog::warn(
+          "lago sink: Lago answers {} for usage event {} at position {} alone while it accepts "
+          "the events after it; recorded as {}",
+          answer.http_status, pending_.front().transaction_id, pending_.front().position,
+          kLagoSinkRejectedV1);
+      pending_.pop_front();
+      ClearSuspicion();
+      server_errors_ = 0;
+      backoff_ms_ = options_.retry_backoff_ms_min;
+      AdvanceMark();
+      persist_now_ = true;
+      return true;
+    }
+    probe_next_ = true;
+    return false;
+  }
+  probe_next_ = ++front_server_errors_ >= options_.server_errors_before_split;
+  return false;
 }
 
 bool LagoSink::Impl::HandleAnswer(const LagoAnswer& answer, size_t sent, int64_t now_us) {
@@ -541,6 +626,7 @@ bool LagoSink::Impl::HandleAnswer(const LagoAnswer& answer, size_t sent, int64_t
     metrics_.events_delivered.Add(sent);
     Delivered(sent);
     server_errors_ = 0;
+    ClearSuspicion();
     backoff_ms_ = options_.retry_backoff_ms_min;
     if (++successes_ >= kSuccessesBeforeGrowing && batch_limit_ < options_.batch_events_max) {
       batch_limit_ = std::min(options_.batch_events_max, batch_limit_ * 2);
@@ -551,6 +637,7 @@ bool LagoSink::Impl::HandleAnswer(const LagoAnswer& answer, size_t sent, int64_t
     return true;
   }
   successes_ = 0;
+  const bool after_probe = std::exchange(probe_accepted_, false);
   if (status == 0) {
     Fail("Lago could not be reached: " + answer.error, 0, -1, now_us);
     return false;
@@ -560,6 +647,7 @@ bool LagoSink::Impl::HandleAnswer(const LagoAnswer& answer, size_t sent, int64_t
       Split(sent);
       backoff_ms_ = options_.retry_backoff_ms_min;
     }
+    if (sent == 1 && ServerErrorForTheFrontAlone(answer, after_probe, now_us)) return true;
     Fail("Lago answered " + std::to_string(status), status, answer.retry_after_ms, now_us);
     return false;
   }
@@ -596,6 +684,7 @@ bool LagoSink::Impl::HandleRefusal(const LagoAnswer& answer, const RefusalAnswer
                                    size_t sent, int64_t now_us) {
   SetState(SinkState::kUp);  // Lago answered
   backoff_ms_ = options_.retry_backoff_ms_min;
+  ClearSuspicion();
   const std::string& reason = refusal.reason;
   std::map<size_t, ItemError> items;
   if (answer.http_status != 413 && ParseItemErrors(answer.body, sent, &items)) {

@@ -48,7 +48,12 @@
 //       server_errors_before_split consecutive 5xx answers the batch is halved (down to one
 //       event, doubling back after successes): Lago's Postgres store answers 500 when a
 //       duplicate is not the last event of a batch (the aborted transaction), and single events
-//       get a clean 422 instead.
+//       get a clean 422 instead. One event alone that keeps getting 5xx may be the cause (an
+//       expression of a billable metric that fails on its properties is an unhandled 500 in
+//       Lago): after server_errors_before_split such answers the next event is sent alone; each
+//       time Lago accepts it and then fails the first one again counts, and after
+//       server_errors_before_split of those the first one is dead-lettered (reason
+//       server_error). During an outage those next events fail too: nothing is dead-lettered.
 //   401, 403, 404, 405, 1xx/3xx, and a 4xx (but 413) whose body is not Lago's JSON error
 //       ({"status","error",...}: a proxy's page)  retried with backoff as well (state
 //       "unauthorized" / "down"): a wrong LAGO_API_KEY or LAGO_API_URL, or a proxy that
@@ -59,7 +64,8 @@
 //       halved until the refused event is alone, then it is dead-lettered. A dead letter is an
 //       appended `lago.sink_rejected.v1` (the event, the Lago event sent, Lago's answer;
 //       idempotent per transaction_id, so per batch item) plus a counter and a log line; nothing
-//       is skipped silently and the sink never stalls on one bad event. A usage event or batch
+//       is skipped silently and the sink never stalls on one bad event (nor on one that Lago
+//       always fails, above). A usage event or batch
 //       item that cannot be mapped (malformed data) is dead-lettered the same way, with
 //       http_status 0 (a batch event whose data cannot be read at all: once, under its event id).
 //

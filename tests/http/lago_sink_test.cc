@@ -539,6 +539,68 @@ TEST_F(LagoSinkTest, ARefusedEventIsDeadLetteredAndTheRestDelivered) {
   EXPECT_EQ(sink_->GetStatus().checkpoint, ledger_->Head());
 }
 
+// One event Lago answers 500 for, whatever batch carries it (a billable metric's expression
+// failing on its properties): once the events after it are accepted alone while it still fails
+// alone, it is dead-lettered and the sink goes on.
+TEST_F(LagoSinkTest, AnEventLagoAlwaysFailsIsDeadLetteredAndTheRestDelivered) {
+  FakeLago lago;
+  Append(120);
+  std::vector<std::string> ids = UsageIds();
+  const std::string failing = ids[37];
+  lago.FailTransaction(failing);
+  LagoSinkOptions options = FastOptions();
+  options.retry_backoff_ms_max = 20;
+  StartSink(lago.url(), options);
+  ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
+  std::vector<std::string> delivered;
+  for (const std::string& id : ids) {
+    if (id != failing) delivered.push_back(id);
+  }
+  EXPECT_TRUE(CountedExactlyOnce(lago, delivered));
+  std::vector<Event> rejected = Events(kLagoSinkRejectedV1);
+  ASSERT_EQ(rejected.size(), 1u);
+  rapidjson::Document data;
+  data.Parse(rejected[0].data.c_str());
+  EXPECT_EQ(std::string(data["transaction_id"].GetString()), failing);
+  EXPECT_EQ(data["http_status"].GetInt(), 500);
+  EXPECT_EQ(std::string(data["reason"].GetString()), "server_error");
+  EXPECT_EQ(sink_->GetStatus().checkpoint, ledger_->Head());
+  EXPECT_EQ(sink_->GetStatus().state, "up");
+}
+
+// An outage answering 500 to everything fails the probes too: nothing is dead-lettered for it.
+TEST_F(LagoSinkTest, AnOutageOf500sDeadLettersNothing) {
+  FakeLago lago;
+  lago.InjectFault(FakeLago::Fault::kServerError, 60);
+  Append(120);
+  LagoSinkOptions options = FastOptions();
+  options.retry_backoff_ms_max = 20;
+  StartSink(lago.url(), options);
+  ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
+  EXPECT_TRUE(CountedExactlyOnce(lago, UsageIds()));
+  EXPECT_GE(sink_->metrics().request_failures.Value(), 60u);
+  EXPECT_EQ(sink_->metrics().events_rejected.Value(), 0u);
+  EXPECT_TRUE(Events(kLagoSinkRejectedV1).empty());
+}
+
+// A Retry-After counts from the answer, not from when the request was sent: a 429 that took
+// 800 ms to come is not retried 200 ms after it.
+TEST_F(LagoSinkTest, RetryAfterCountsFromTheAnswer) {
+  FakeLago::Options fake;
+  fake.slow_ms = 800;
+  FakeLago lago(fake);
+  lago.InjectFault(FakeLago::Fault::kSlowRateLimited, 1);
+  Append(5);
+  LagoSinkOptions options = FastOptions();
+  options.retry_backoff_ms_max = 5000;
+  StartSink(lago.url(), options);
+  ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
+  std::vector<FakeLago::Request> requests = lago.requests();
+  ASSERT_GE(requests.size(), 2u);
+  EXPECT_EQ(requests[0].status, 429);
+  EXPECT_GE(requests[1].received - requests[0].answered, std::chrono::milliseconds(900));
+}
+
 TEST_F(LagoSinkTest, AnUnmappableUsageEventIsDeadLetteredWithoutSending) {
   FakeLago lago;
   class Malformed final : public Command {

@@ -130,6 +130,7 @@ void FakeLago::Listen() {
     }
     if (fault == Fault::kNone) fault.reset();
     Request record;
+    record.received = std::chrono::steady_clock::now();
     record.faulted = fault.has_value();
     {
       rapidjson::Document doc;
@@ -139,8 +140,13 @@ void FakeLago::Listen() {
         record.events = doc["events"].Size();
       }
     }
+    if (fault == Fault::kSlowRateLimited) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(options_.slow_ms));
+      fault = Fault::kRateLimited;
+    }
     if (fault == Fault::kServerError || fault == Fault::kRateLimited) {
       record.status = fault == Fault::kServerError ? 500 : 429;
+      record.answered = std::chrono::steady_clock::now();
       if (record.status == 429) res.set_header("Retry-After", "1");
       res.status = record.status;
       res.set_content(
@@ -154,6 +160,7 @@ void FakeLago::Listen() {
     if (fault == Fault::kRedirect || fault == Fault::kProxyRefusal) {
       // What a proxy in front of Lago answers: not Lago's JSON error.
       record.status = fault == Fault::kRedirect ? 308 : 421;
+      record.answered = std::chrono::steady_clock::now();
       if (record.status == 308) res.set_header("Location", "https://lago.example/api/v1/events/batch");
       res.status = record.status;
       res.set_content("<html><body>proxy says no; Authorization: " +
@@ -175,6 +182,7 @@ void FakeLago::Listen() {
       answer = Problem(500, "Internal Server Error", "", "");
     }
     record.status = status;
+    record.answered = std::chrono::steady_clock::now();
     res.status = status;
     res.set_content(answer, "application/json");
     std::lock_guard<std::mutex> lock(mu_);
@@ -244,6 +252,11 @@ void FakeLago::RejectTransaction(std::string transaction_id) {
   rejected_.insert(std::move(transaction_id));
 }
 
+void FakeLago::FailTransaction(std::string transaction_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  failing_.insert(std::move(transaction_id));
+}
+
 void FakeLago::Handle(const std::string& authorization, const std::string& content_type,
                       const std::string& body, int* status, std::string* answer) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -272,6 +285,16 @@ void FakeLago::Handle(const std::string& authorization, const std::string& conte
                       std::string(R"({"events":[")") +
                           (events.Empty() ? "no_events" : "too_many_events") + "\"]}");
     return;
+  }
+  for (const rapidjson::Value& event : events.GetArray()) {
+    if (!event.IsObject()) continue;
+    auto id = event.FindMember("transaction_id");
+    if (id != event.MemberEnd() && id->value.IsString() &&
+        failing_.count(id->value.GetString()) > 0) {
+      *status = 500;
+      *answer = Problem(500, "Internal Server Error", "", "");
+      return;
+    }
   }
   std::map<size_t, std::string> invalid;
   for (rapidjson::SizeType i = 0; i < events.Size(); ++i) {

@@ -13,7 +13,8 @@
 //      timestamp (integer seconds, or a numeric string as Lago accepts) and properties (an object
 //      with `service` (string) and `quantity` (integer) -- what ledgerd's contract sends): 422
 //      validation_errors with error_details {"<index>": {"<field>": ["value_is_mandatory"...]}};
-//      RejectTransaction() makes one transaction id invalid the same way (a poisoned event);
+//      RejectTransaction() makes one transaction id invalid the same way (a poisoned event),
+//      FailTransaction() makes every batch holding it a 500;
 //   4. dedupe on (external_subscription_id, transaction_id), like Lago's unique index, in one of
 //      the modes below; nothing is counted twice (except in kNoDedupe, for negative controls).
 //
@@ -61,6 +62,7 @@ class FakeLago {
   enum class Fault {
     kServerError,  // 500, nothing stored
     kRateLimited,  // 429 with Retry-After: 1, nothing stored
+    kSlowRateLimited,  // 429 with Retry-After: 1 after slow_ms, nothing stored
     kSlow,         // answers normally after slow_ms (longer than the client's read timeout)
     kAckLost,      // stores the batch, then answers 500 (the acknowledgement is lost)
     kRedirect,     // a proxy's 308 to https (text/html), nothing stored
@@ -89,6 +91,8 @@ class FakeLago {
     int status = 0;     // what the fake answered (0: the connection was dropped)
     size_t events = 0;  // events in the body (0 when unreadable)
     bool faulted = false;
+    std::chrono::steady_clock::time_point received;  // when the handler began
+    std::chrono::steady_clock::time_point answered;  // when it had its answer
   };
 
   FakeLago() : FakeLago(Options()) {}
@@ -111,6 +115,9 @@ class FakeLago {
   void SetDedupe(Dedupe dedupe);
   // Every batch holding this transaction id is refused with 422 validation_errors naming it.
   void RejectTransaction(std::string transaction_id);
+  // Every batch holding this transaction id answers 500, nothing of it stored (Lago's
+  // unhandled exception when a billable metric's expression fails on one event's properties).
+  void FailTransaction(std::string transaction_id);
 
   // Events counted, in the order they were stored.
   std::vector<StoredEvent> stored() const;
@@ -138,6 +145,7 @@ class FakeLago {
   mutable std::mutex mu_;
   std::deque<Fault> faults_;                                   // guarded by mu_
   std::set<std::string> rejected_;                             // guarded by mu_
+  std::set<std::string> failing_;                              // guarded by mu_
   std::vector<StoredEvent> stored_;                            // guarded by mu_
   std::map<std::pair<std::string, std::string>, int> counts_;  // guarded by mu_
   std::vector<Request> requests_;                              // guarded by mu_
