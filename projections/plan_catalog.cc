@@ -113,10 +113,16 @@ Status ValidateFeatures(const std::vector<std::string>& features) {
 
 enum class ParseMode { kStored, kInput };
 
-// A rule for what an admin sends, not for stored plans (one stored before it still reads).
-Status CheckTrialWindow(const Plan& plan) {
+// Rules for what an admin sends, not for stored plans (one stored before them still reads).
+Status CheckInputOnlyRules(const Plan& plan) {
   if (plan.trial_days > 0 && plan.limit_window == LimitWindow::kMonth) {
     return Invalid("limit_window: a trial's quota is per day (metering counts trial days)");
+  }
+  // A quota of 0 would refuse every consume as more than a whole window allows, and the usage
+  // events' limit is at least 1 (schemas/events/usage.*): a plan without API calls leaves its
+  // services out.
+  if (plan.api_calls_limit && *plan.api_calls_limit < 1) {
+    return Invalid("api_calls_limit: at least 1, or null (unlimited)");
   }
   return Status::OK();
 }
@@ -191,7 +197,7 @@ Status ParsePlanObject(const Value& object, ParseMode mode, std::string_view pat
                                                &out->stripe_price_yearly_given));
   LEDGER_RETURN_IF_ERROR(reader.Bool("active", all, &plan.active, &out->active_given));
   LEDGER_RETURN_IF_ERROR(ValidatePlan(plan));
-  return mode == ParseMode::kInput ? CheckTrialWindow(plan) : Status::OK();
+  return mode == ParseMode::kInput ? CheckInputOnlyRules(plan) : Status::OK();
 }
 
 // ---- Plan → JSON ------------------------------------------------------------------------------
@@ -639,7 +645,7 @@ Status CheckStripePriceFresh(const char* cycle, std::optional<int64_t> cents,
 // What an admin's plan must be (ValidatePlan, and the rules stored plans predate).
 Status ValidatePlanChange(const Plan& plan) {
   LEDGER_RETURN_IF_ERROR(ValidatePlan(plan));
-  return CheckTrialWindow(plan);
+  return CheckInputOnlyRules(plan);
 }
 
 // A trial's subscription runs on the conversion plan's price: taking that plan off sale (DELETE,

@@ -1443,39 +1443,34 @@ Status ConsumeUsage::Decide(const DecideContext& context, Decision* decision) {
                                FormatRfc3339Seconds(terms.trial->end_s) +
                                ": subscribe to a paid plan to continue");
   };
-  int64_t trial_used = 0;
+  // The trial's cap never resets: a quantity over what is left of it fails until the trial
+  // ends, and then the answer is 402 -- so it is 402 now, whatever the day window says.
+  std::optional<int64_t> trial_left;
   if (terms.trial && terms.trial_limit) {
+    int64_t trial_used = 0;
     LEDGER_RETURN_IF_ERROR(SumUserUsage(*context.state, r.user_id, terms.trial->start_s,
                                         terms.trial->end_s, &trial_used));
+    trial_left = std::max<int64_t>(0, *terms.trial_limit - trial_used);
+    if (r.quantity > *trial_left) {
+      const std::string cap = "the trial's " + std::to_string(*terms.trial_limit) + " calls";
+      return trial_exhausted(*trial_left == 0 ? cap + " are used up"
+                                              : "only " + std::to_string(*trial_left) + " of " +
+                                                    cap + " are left");
+    }
   }
   if (terms.limit && counter.used + r.quantity > *terms.limit) {
-    if (terms.trial && terms.trial_limit && trial_used >= *terms.trial_limit) {
-      return trial_exhausted("the trial's " + std::to_string(*terms.trial_limit) +
-                             " calls are used up");
-    }
+    const int64_t window_left = std::max<int64_t>(0, *terms.limit - counter.used);
     if (terms.trial && terms.window.end_s >= terms.trial->end_s) {
-      return trial_exhausted("the calls of the trial's last day are used up");
+      return trial_exhausted(window_left == 0 ? "the calls of the trial's last day are used up"
+                                              : "only " + std::to_string(window_left) +
+                                                    " calls of the trial's last day are left");
     }
     return Status::Make(Code::kResourceExhausted, "quota_exceeded",
                         "the quota of " + std::to_string(*terms.limit) + " calls for this " +
                             std::string(WindowKindName(terms.window.kind)) + " is used up");
   }
   std::optional<int64_t> trial_remaining;
-  if (terms.trial && terms.trial_limit) {
-    if (trial_used >= *terms.trial_limit) {
-      return trial_exhausted("the trial's " + std::to_string(*terms.trial_limit) +
-                             " calls are used up");
-    }
-    if (trial_used + r.quantity > *terms.trial_limit) {
-      outcome_.window = *terms.trial;
-      outcome_.limit = terms.trial_limit;
-      outcome_.used = trial_used;
-      return Status::Make(Code::kResourceExhausted, "quota_exceeded",
-                          "the trial's " + std::to_string(*terms.trial_limit) +
-                              " calls are used up");
-    }
-    trial_remaining = *terms.trial_limit - trial_used - r.quantity;
-  }
+  if (trial_left) trial_remaining = *trial_left - r.quantity;
 
   RecordFields f;
   f.user_id = r.user_id;

@@ -308,6 +308,9 @@ INSTANTIATE_TEST_SUITE_P(
         // Metering counts a trial's quota per day.
         BadInput{"TrialWithAMonthlyQuota", Body(R"("trial_days":14,"limit_window":"month")"), k422,
                  "validation_failed"},
+        // A quota of 0 would refuse every call (leave the services out instead).
+        BadInput{"ZeroCalls", Replace(Body(), R"("api_calls_limit":5000,)", R"("api_calls_limit":0,)"),
+                 k422, "validation_failed"},
         BadInput{"MissingId", Replace(Body(), R"("id":"team",)", ""), k422, "validation_failed"},
         BadInput{"MissingDisplayName", Replace(Body(), R"("display_name":"Team",)", ""), k422,
                  "validation_failed"},

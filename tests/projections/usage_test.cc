@@ -520,6 +520,30 @@ TEST_F(UsageDeciderTest, TrialIsCappedPerUtcDayRollsOverAndExpiresAfterSevenDays
   EXPECT_EQ(body["used"].GetInt64(), 1);
 }
 
+// What is left of the trial's cap never grows back: a quantity over it is 402 trial_exhausted
+// at once (a 429's Retry-After would lead to the trial's end, or to a day on which the same
+// quantity fails again), whatever the day window has left.
+TEST_F(UsageDeciderTest, AQuantityOverWhatIsLeftOfTheTrialIsTrialExhausted) {
+  ASSERT_TRUE(world_.Subscribe(OnPlan("t1", "trial", "trialing")).ok());
+  std::vector<int64_t> days = {kStripeT0 + 60};
+  for (int d = 1; d <= 7; ++d) days.push_back(UtcDayStart(kStripeT0) + d * kDay + 3600);
+  for (size_t d = 0; d < 6; ++d) ASSERT_TRUE(Consume("t1", "chat", Key(), days[d], 100).ok()) << d;
+  // Day 6 (not the last): 95 of its 100, 695 of the trial's 700.
+  ASSERT_TRUE(Consume("t1", "chat", Key(), days[6], 95).ok());
+  Status s = Consume("t1", "chat", Key(), days[6], 10);
+  EXPECT_EQ(s.code(), Code::kPaymentRequired) << s.ToString();
+  EXPECT_EQ(s.problem(), "trial_exhausted");
+  EXPECT_NE(s.message().find("only 5 of the trial's 700 calls are left"), std::string::npos)
+      << s.message();
+  // The last day: 5 left of the trial, the day's 100 untouched.
+  s = Consume("t1", "chat", Key(), days[7], 20);
+  EXPECT_EQ(s.problem(), "trial_exhausted") << s.ToString();
+  rapidjson::Document body;
+  ASSERT_TRUE(Consume("t1", "chat", Key(), days[7], 5, &body).ok());
+  EXPECT_EQ(body["remaining"].GetInt64(), 0);
+  EXPECT_EQ(Consume("t1", "chat", Key(), days[7], 1).problem(), "trial_exhausted");
+}
+
 TEST_F(UsageDeciderTest, BillingPeriodRolloverStartsAFreshWindow) {
   ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "tiny")).ok());
   const int64_t end = kStripeT0 + 30 * kDay;
