@@ -1,5 +1,7 @@
 #include "daemon/app.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
@@ -68,6 +70,7 @@ class App::Impl {
   bool stopped_ = false;
 
  private:
+  void CreateDataDir();
   Status OpenLedger();
   Status StartKafka();
   Status AdoptLegacyOutboxCheckpoint(const std::string& name);
@@ -77,6 +80,19 @@ class App::Impl {
   Status ConfigureLago();
   Status StartHttp();
 };
+
+// A data directory ledgerd creates is its user's alone (0700): it holds users' emails, Stripe's
+// and Lago's webhooks as delivered, stored answers and sealed keys. One that exists is left as
+// the operator made it; a failure here shows when the store opens.
+void App::Impl::CreateDataDir() {
+  std::error_code ec;
+  if (std::filesystem::exists(config_.data_dir, ec) || ec) return;
+  const std::filesystem::path dir(config_.data_dir);
+  if (dir.has_parent_path()) std::filesystem::create_directories(dir.parent_path(), ec);
+  if (::mkdir(config_.data_dir.c_str(), 0700) == 0) {
+    ::chmod(config_.data_dir.c_str(), 0700);  // whatever the umask
+  }
+}
 
 Status App::Impl::OpenLedger() {
   LedgerOptions options;
@@ -328,6 +344,7 @@ Status App::Impl::Start(const Config& config, const Clock* clock) {
   config_ = config;
   clock_ = clock != nullptr ? clock : SystemClock::Default();
   spdlog::info("ledgerd starting: {}", config_.Describe());
+  CreateDataDir();
   LEDGER_RETURN_IF_ERROR(BuildAuthenticator());
   LEDGER_RETURN_IF_ERROR(OpenLedger());
   LEDGER_RETURN_IF_ERROR(StartKafka());

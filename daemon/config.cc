@@ -7,6 +7,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -91,6 +92,13 @@ bool IsValidTopic(const std::string& topic) {
 }
 
 // A URL with a host: scheme://host[:port][/path], nothing after '?' or '#'.
+// A secret read from a file often keeps the file's newline: sent as is, it fails every check
+// (a refused key, a webhook signature that never matches) instead of failing here.
+bool HasBlankOrControl(std::string_view value) {
+  return std::any_of(value.begin(), value.end(),
+                     [](char c) { return static_cast<unsigned char>(c) <= ' ' || c == 0x7f; });
+}
+
 bool IsHttpUrlWithHost(const std::string& url) {
   if (!IsHttpUrl(url)) return false;
   const std::string rest = url.substr(url.find("://") + 3);
@@ -105,6 +113,12 @@ Status ValidateLago(const Config& config) {
   }
   if (!config.lago_api_key.empty() && config.lago_api_url.empty()) {
     return Bad("LAGO_API_KEY", "is set but LAGO_API_URL is not: the Lago sink needs both");
+  }
+  if (HasBlankOrControl(config.lago_api_key)) {
+    return Bad("LAGO_API_KEY", "must not contain whitespace or control characters");
+  }
+  if (HasBlankOrControl(config.lago_webhook_hmac_key)) {
+    return Bad("LAGO_WEBHOOK_HMAC_KEY", "must not contain whitespace or control characters");
   }
   const std::string& code = config.lago_billable_metric_code;
   if (code.empty() || code.size() > 255 ||
@@ -195,7 +209,7 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
   }
   if (config->admin_role.empty()) return Bad("LEDGER_ADMIN_ROLE", "must not be empty");
   for (const std::string& secret : SplitComma(webhook_secrets)) {
-    if (secret.rfind("whsec_", 0) != 0 || secret.size() == 6) {
+    if (secret.rfind("whsec_", 0) != 0 || secret.size() == 6 || HasBlankOrControl(secret)) {
       return Bad("STRIPE_WEBHOOK_SECRET", "every secret must be whsec_ followed by the secret");
     }
     config->stripe_webhook_secrets.push_back(secret);
@@ -203,8 +217,7 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
   if (!IsHttpUrl(config->stripe_api_base)) {
     return Bad("STRIPE_API_BASE", "must be an http:// or https:// URL");
   }
-  if (std::any_of(config->stripe_secret_key.begin(), config->stripe_secret_key.end(),
-                  [](char c) { return static_cast<unsigned char>(c) <= ' ' || c == 0x7f; })) {
+  if (HasBlankOrControl(config->stripe_secret_key)) {
     return Bad("STRIPE_SECRET_KEY", "must not contain whitespace or control characters");
   }
   for (auto [name, value] : {std::pair{"STRIPE_SUCCESS_URL", &config->stripe_success_url},
@@ -379,6 +392,21 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
     result.status = Status::InvalidArgument("bad_usage", e.what());
     result.exit_code = kExitUsage;
     return result;
+  }
+  // CLI11 takes an empty variable for an unset one: a variable that failed to expand would put
+  // the store in ./data, or the outbox on the embedded cluster, without a word. (Secrets and
+  // URLs may be empty: that is how a compose file leaves a feature off.)
+  for (auto [name, flag] : {std::pair{"LEDGER_DATA_DIR", "--data-dir"},
+                            std::pair{"LEDGER_LISTEN", "--listen"},
+                            std::pair{"LEDGER_KAFKA_BROKERS", "--kafka-brokers"},
+                            std::pair{"LEDGER_KAFKA_TOPIC", "--kafka-topic"},
+                            std::pair{"LEDGER_ADMIN_ROLE", "--admin-role"}}) {
+    const char* value = std::getenv(name);
+    if (value != nullptr && *value == '\0' && app.count(flag) == 0) {
+      result.status = Bad(name, "is set but empty (unset it for the default)");
+      result.exit_code = kExitConfig;
+      return result;
+    }
   }
   result.status = Validate(config, listen, service_tokens, webhook_secrets, byok_base_urls);
   if (!result.status.ok()) result.exit_code = kExitConfig;

@@ -372,6 +372,32 @@ TEST(AppTest, ExitCodes) {
   EXPECT_EQ(ExitCodeFor(Status::Internal("bug")), kExitInternal);
 }
 
+// The store holds emails, webhooks as delivered and sealed keys: a data directory ledgerd creates
+// is its user's alone, whatever the umask; one that exists keeps the mode it was given.
+TEST(AppTest, ADataDirectoryItCreatesIsTheUsersAlone) {
+  TempDir dir;
+  const mode_t old_umask = ::umask(022);
+  for (bool dev_mode : {true, false}) {
+    SCOPED_TRACE(dev_mode ? "dev mode" : "HS256 configured");
+    const std::string data_dir = dir.Sub(dev_mode ? "a/data" : "b/data");
+    Config config = TestConfig(data_dir);
+    if (!dev_mode) config.jwt_hs256_secret = kTestHs256Secret;
+    std::unique_ptr<App> app;
+    Status s = App::Start(config, nullptr, &app);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    EXPECT_EQ(FileMode(data_dir), 0700u);
+    EXPECT_TRUE(app->Stop(std::chrono::milliseconds(0)).ok());
+  }
+  std::filesystem::create_directories(dir.Sub("shared"));
+  ::chmod(dir.Sub("shared").c_str(), 0750);
+  std::unique_ptr<App> app;
+  Status s = App::Start(TestConfig(dir.Sub("shared")), nullptr, &app);
+  ::umask(old_umask);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(FileMode(dir.Sub("shared")), 0750u);
+  EXPECT_TRUE(app->Stop(std::chrono::milliseconds(0)).ok());
+}
+
 TEST(AppTest, DataDirThatIsARegularFileIsAStorageError) {
   TempDir dir;
   WriteTextFile(dir.Sub("file"), "not a directory");

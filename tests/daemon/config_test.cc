@@ -249,6 +249,12 @@ std::vector<BadSetting> BadSettings(const TempDir& dir) {
       {"LEDGER_KAFKA_MESSAGE_MAX_BYTES", "", "", {"--kafka-message-max-bytes", "-5"}},
       {"LEDGER_KAFKA_BROKERS", "", "", {"--kafka-brokers", ""}},
       {"LEDGER_DATA_DIR", "", "", {"--data-dir", ""}},
+      // An empty variable is not an unset one (a variable that failed to expand).
+      {"LEDGER_DATA_DIR", "LEDGER_DATA_DIR", "", {}},
+      {"LEDGER_KAFKA_BROKERS", "LEDGER_KAFKA_BROKERS", "", {}},
+      {"LEDGER_KAFKA_TOPIC", "LEDGER_KAFKA_TOPIC", "", {}},
+      {"LEDGER_LISTEN", "LEDGER_LISTEN", "", {}},
+      {"LEDGER_ADMIN_ROLE", "LEDGER_ADMIN_ROLE", "", {}},
       {"LEDGER_JWT_HS256_SECRET", "LEDGER_JWT_HS256_SECRET", "too-short", {}},
       {"LEDGER_JWT_HS256_SECRET", "LEDGER_JWT_HS256_SECRET", std::string(31, 's'), {}},
       {"LEDGER_JWT_JWKS_FILE", "LEDGER_JWT_JWKS_FILE", missing, {}},
@@ -270,6 +276,10 @@ std::vector<BadSetting> BadSettings(const TempDir& dir) {
       {"STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET", "sk_live_abc", {}},
       {"STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET", "whsec_good,not-whsec", {}},
       {"STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET", "whsec_", {}},
+      // A secret read from a file with its newline.
+      {"STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET", "whsec_abc\n", {}},
+      {"LAGO_API_KEY", "LAGO_API_KEY", "lago-key\n", {"--lago-api-url", "http://lago:3000"}},
+      {"LAGO_WEBHOOK_HMAC_KEY", "LAGO_WEBHOOK_HMAC_KEY", "hmac key", {}},
       {"STRIPE_SECRET_KEY", "STRIPE_SECRET_KEY", "sk_test_abc\n", {}},
       {"STRIPE_SECRET_KEY", "STRIPE_SECRET_KEY", "sk_test abc", {}},
       {"STRIPE_API_BASE", "STRIPE_API_BASE", "api.stripe.com", {}},
