@@ -448,10 +448,15 @@ int AccessPreference(const SubscriptionRecord& r) {
   return 0;
 }
 
-// True when `a` should be shown rather than `b`.
+// True when `a` should be shown rather than `b`: the better access, then one of our plans (a
+// newer subscription to a price outside the catalog -- an add-on made in Stripe's Dashboard,
+// another product on the same account -- is not the one access, cancel and upgrade act on),
+// then the newer. Both plan_ids resolved (GetUserSubscription).
 bool Preferred(const SubscriptionRecord& a, const SubscriptionRecord& b) {
-  return std::make_tuple(AccessPreference(a), a.created.value_or(0), a.subscription_id) >
-         std::make_tuple(AccessPreference(b), b.created.value_or(0), b.subscription_id);
+  return std::make_tuple(AccessPreference(a), a.plan_id.has_value(), a.created.value_or(0),
+                         a.subscription_id) >
+         std::make_tuple(AccessPreference(b), b.plan_id.has_value(), b.created.value_or(0),
+                         b.subscription_id);
 }
 
 Status LatestInvoice(const StateReader& state, std::string_view subscription_id,
@@ -797,6 +802,7 @@ Status GetUserSubscription(const StateReader& state, std::string_view user_id,
     subscription_ids.insert(children.begin(), children.end());
   }
 
+  std::optional<std::vector<Plan>> plans;  // listed once, for subscriptions without a stored plan
   for (const std::string& id : subscription_ids) {
     SubscriptionRecord record;
     s = GetSubscription(state, id, &record);
@@ -804,6 +810,14 @@ Status GetUserSubscription(const StateReader& state, std::string_view user_id,
     LEDGER_RETURN_IF_ERROR(s);
     // A subscription Stripe tagged for another user is never shown to this one.
     if (record.metadata_user_id && *record.metadata_user_id != user_id) continue;
+    if (!record.plan_id) {
+      if (!plans) {
+        plans.emplace();
+        LEDGER_RETURN_IF_ERROR(ListPlans(state, /*include_inactive=*/true, &*plans));
+      }
+      record.plan_id = PlanIdForSubscription(*plans, record.status, record.price_id,
+                                             record.metadata_plan_id);
+    }
     if (!out->has_subscription || Preferred(record, out->subscription)) {
       out->subscription = std::move(record);
       out->has_subscription = true;
@@ -812,12 +826,6 @@ Status GetUserSubscription(const StateReader& state, std::string_view user_id,
 
   if (out->has_subscription) {
     out->customer_id = out->subscription.customer_id;
-    if (!out->subscription.plan_id) {
-      LEDGER_RETURN_IF_ERROR(PlanForSubscription(state, out->subscription.status,
-                                                 out->subscription.price_id,
-                                                 out->subscription.metadata_plan_id,
-                                                 &out->subscription.plan_id));
-    }
     LEDGER_RETURN_IF_ERROR(
         LatestInvoice(state, out->subscription.subscription_id, &out->latest_invoice));
   } else if (!customers.empty()) {

@@ -601,6 +601,43 @@ TEST_F(SubscriptionsTest, TrialPlanWhileTrialingThenStarter) {
   EXPECT_EQ(plan_id, "trial");
 }
 
+// A newer subscription of the same customer to a price outside the catalog (an add-on made in
+// Stripe's Dashboard) is not the user's subscription: access, cancel and upgrade stay on the plan.
+TEST_F(SubscriptionsTest, ASubscriptionToAPriceOutsideTheCatalogIsNotTheCurrentOne) {
+  World w = Fresh();
+  StripeSubscriptionSpec plan;
+  plan.event_id = "evt_plan";
+  Deliver(&w, StripeSubscriptionEventJson(plan));
+  StripeSubscriptionSpec addon = plan;
+  addon.event_id = "evt_addon";
+  addon.event_created = kStripeT0 + 5;
+  addon.subscription_id = "sub_addon";
+  addon.item_id = "si_addon";
+  addon.price_id = "price_support_addon";
+  addon.unit_amount = 500;
+  addon.created = kStripeT0 + 5;
+  Deliver(&w, StripeSubscriptionEventJson(addon));
+  UserSubscription current;
+  ASSERT_TRUE(GetUserSubscription(w.state, "user-1", &current).ok());
+  EXPECT_EQ(current.subscription_id(), "sub_1");
+  EXPECT_EQ(current.subscription.plan_id, "starter");
+  UserAccess access = Access(w, "user-1");
+  ASSERT_TRUE(access.plan);
+  EXPECT_EQ(access.plan->id, "starter");
+  EXPECT_TRUE(CheckServiceAccess(access, "chat").allowed);
+  // Once the plan's subscription is canceled, the add-on is what is left (and no plan).
+  StripeSubscriptionSpec canceled = plan;
+  canceled.event_id = "evt_plan_canceled";
+  canceled.event_type = "customer.subscription.deleted";
+  canceled.event_created = kStripeT0 + 6;
+  canceled.status = "canceled";
+  canceled.canceled_at = canceled.ended_at = kStripeT0 + 6;
+  Deliver(&w, StripeSubscriptionEventJson(canceled));
+  ASSERT_TRUE(GetUserSubscription(w.state, "user-1", &current).ok());
+  EXPECT_EQ(current.subscription_id(), "sub_addon");
+  EXPECT_EQ(current.subscription.plan_id, std::nullopt);
+}
+
 TEST_F(SubscriptionsTest, CheckServiceAccessPerPlanAndStatus) {
   struct Case {
     const char* price;
