@@ -40,6 +40,9 @@
 #include <rapidjson/writer.h>
 
 #include <algorithm>
+#include <array>
+#include <functional>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -266,6 +269,49 @@ std::string CheckoutEventData(const StripeCheckoutParams& params, const pc::Plan
   return data.GetString();
 }
 
+// A Checkout Session stays payable for 24 hours (Stripe's default and longest). One of the user's
+// own still open beside a new one could be paid too -- two subscriptions billing, the second out
+// of sight of every route. So the earlier ones are expired at Stripe first, and one already paid
+// whose completion has not arrived yet refuses the new checkout (409 checkout_completed).
+// (A session created at Stripe but never recorded -- the crash window above -- is not known here.)
+constexpr int64_t kCheckoutPayableUs = int64_t{24} * 3600 * 1'000'000;
+constexpr size_t kOpenCheckoutsMax = 20;
+
+Status ExpireEarlierCheckouts(const AppContext& context, const ReadView& view,
+                              const std::string& user_id) {
+  const Clock* clock = context.clock != nullptr ? context.clock : SystemClock::Default();
+  std::vector<std::string> sessions;
+  LEDGER_RETURN_IF_ERROR(pc::ListOpenCheckouts(view, user_id, clock->NowMicros() - kCheckoutPayableUs,
+                                               kOpenCheckoutsMax, &sessions));
+  for (const std::string& id : sessions) {
+    StripeCheckoutSession earlier;
+    Status s = context.stripe->GetCheckoutSession(id, &earlier);
+    if (s.problem() == "stripe_resource_missing") continue;  // not this account's (any more)
+    LEDGER_RETURN_IF_ERROR(s);
+    if (earlier.status == "open") {
+      s = context.stripe->ExpireCheckoutSession(
+          id, StripeIdempotencyKey("checkout_expire", user_id, id), &earlier);
+      if (!s.ok()) {  // paid meanwhile?
+        LEDGER_RETURN_IF_ERROR(context.stripe->GetCheckoutSession(id, &earlier));
+        if (earlier.status == "open") return s;
+      }
+    }
+    if (earlier.status == "complete") {
+      return Status::Conflict("checkout_completed",
+                              "a checkout of yours was just paid; its subscription is on its way "
+                              "(see /api/v1/billing/subscription-status)");
+    }
+  }
+  return Status::OK();
+}
+
+// Serializes a user's checkouts (expire the earlier sessions, create, record): two at once would
+// each find no open session of the other's.
+std::mutex& CheckoutLock(const std::string& user_id) {
+  static std::array<std::mutex, 64> locks;
+  return locks[std::hash<std::string>{}(user_id) % locks.size()];
+}
+
 void CreateCheckout(const AppContext& context, const httplib::Request& req,
                     const Identity& identity, httplib::Response& res) {
   if (!RequireStripe(context, res)) return;
@@ -290,6 +336,7 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
     return;
   }
 
+  std::lock_guard<std::mutex> checkout_lock(CheckoutLock(identity.subject));
   std::unique_ptr<ReadView> view = context.ledger->Snapshot();
   pc::Plan plan;
   CheckoutPrices prices;
@@ -310,6 +357,8 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
     s = Status::Conflict("trial_already_used",
                          "the trial is for new customers: subscribe to a paid plan instead");
   }
+  if (!s.ok()) return WriteProblemAt(s, view->position(), res);
+  s = ExpireEarlierCheckouts(context, *view, identity.subject);
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
   const StripeCheckoutParams params =
       CheckoutParamsFor(context, identity, plan, cycle, prices, current.customer_id);

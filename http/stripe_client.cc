@@ -629,8 +629,43 @@ Status HttpStripeClient::CreateCheckoutSession(const StripeCheckoutParams& param
   LEDGER_RETURN_IF_ERROR(impl_->Call("POST", "/v1/checkout/sessions", &form, idempotency_key, &doc));
   out->id = std::string(StringMember(doc, "id"));
   out->url = std::string(StringMember(doc, "url"));
+  out->status = std::string(StringMember(doc, "status"));
   if (out->id.empty() || out->url.empty()) return Malformed("checkout session");
   return Status::OK();
+}
+
+namespace {
+
+// A session as GET and expire answer it (an expired one has no url).
+Status ReadCheckoutSession(const rapidjson::Document& doc, StripeCheckoutSession* out) {
+  out->id = std::string(StringMember(doc, "id"));
+  out->url = std::string(StringMember(doc, "url"));
+  out->status = std::string(StringMember(doc, "status"));
+  if (out->id.empty() || out->status.empty()) return Malformed("checkout session");
+  return Status::OK();
+}
+
+}  // namespace
+
+Status HttpStripeClient::GetCheckoutSession(std::string_view session_id,
+                                            StripeCheckoutSession* out) {
+  LEDGER_RETURN_IF_ERROR(CheckId("checkout session", session_id));
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(impl_->Call("GET", "/v1/checkout/sessions/" + std::string(session_id),
+                                     nullptr, "", &doc));
+  return ReadCheckoutSession(doc, out);
+}
+
+Status HttpStripeClient::ExpireCheckoutSession(std::string_view session_id,
+                                               std::string_view idempotency_key,
+                                               StripeCheckoutSession* out) {
+  LEDGER_RETURN_IF_ERROR(CheckId("checkout session", session_id));
+  FormParams form;
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(impl_->Call("POST",
+                                     "/v1/checkout/sessions/" + std::string(session_id) + "/expire",
+                                     &form, idempotency_key, &doc));
+  return ReadCheckoutSession(doc, out);
 }
 
 Status HttpStripeClient::CreatePortalSession(std::string_view customer,

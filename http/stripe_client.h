@@ -54,8 +54,9 @@ bool IsStripeId(std::string_view id);
 // Stripe objects, reduced to the fields ledgerd uses.
 
 struct StripeCheckoutSession {
-  std::string id;   // cs_...
-  std::string url;  // where the browser goes; a bearer link: never put it in an event
+  std::string id;      // cs_...
+  std::string url;     // where the browser goes; a bearer link: never put it in an event
+  std::string status;  // open | complete | expired
 };
 
 struct StripePortalSession {
@@ -172,6 +173,13 @@ class StripeApi {
   virtual Status CreateCheckoutSession(const StripeCheckoutParams& params,
                                        std::string_view idempotency_key,
                                        StripeCheckoutSession* out) = 0;
+  // GET /v1/checkout/sessions/{id}.
+  virtual Status GetCheckoutSession(std::string_view session_id, StripeCheckoutSession* out) = 0;
+  // POST /v1/checkout/sessions/{id}/expire: an open session can no longer be paid. Stripe
+  // refuses one that is not open (stripe_request_failed).
+  virtual Status ExpireCheckoutSession(std::string_view session_id,
+                                       std::string_view idempotency_key,
+                                       StripeCheckoutSession* out) = 0;
   // POST /v1/billing_portal/sessions {customer, return_url (optional)}.
   virtual Status CreatePortalSession(std::string_view customer, std::string_view return_url,
                                      std::string_view idempotency_key,
@@ -243,6 +251,9 @@ class HttpStripeClient final : public StripeApi {
 
   Status CreateCheckoutSession(const StripeCheckoutParams& params,
                                std::string_view idempotency_key,
+                               StripeCheckoutSession* out) override;
+  Status GetCheckoutSession(std::string_view session_id, StripeCheckoutSession* out) override;
+  Status ExpireCheckoutSession(std::string_view session_id, std::string_view idempotency_key,
                                StripeCheckoutSession* out) override;
   Status CreatePortalSession(std::string_view customer, std::string_view return_url,
                              std::string_view idempotency_key, StripePortalSession* out) override;

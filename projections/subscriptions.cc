@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <set>
 #include <tuple>
 #include <utility>
@@ -74,6 +75,7 @@ constexpr std::string_view kSubInvoicePrefix = "sub_inv/";
 constexpr std::string_view kStatusPrefix = "status/";
 constexpr std::string_view kEmailPrefix = "email/";
 constexpr std::string_view kSessionPrefix = "session/";
+constexpr std::string_view kUserSessionPrefix = "user_session/";
 constexpr std::string_view kOverridePrefix = "override/";
 constexpr std::string_view kCheckoutSessionCreatedV1 = "stripe.checkout_session_created.v1";
 
@@ -283,15 +285,24 @@ Status ApplyCustomerLinked(const Event& event, const StateReader& state, RowWrit
 }
 
 // subscription.checkout_completed.v1: the session's user and customer name its subscription.
-Status ApplyCheckoutCompleted(const Event& event, RowWriter* rows) {
+Status ApplyCheckoutCompleted(const Event& event, const StateReader& state, RowWriter* rows) {
   rapidjson::Document doc;
   LEDGER_RETURN_IF_ERROR(ParseEventData(event, &doc));
   ObjectReader reader(doc);
   std::optional<std::string> user_id, customer_id, subscription_id;
+  std::string session_id;
   Status s = reader.NullableString("user_id", true, &user_id);
   if (s.ok()) s = reader.NullableString("customer_id", true, &customer_id);
   if (s.ok()) s = reader.NullableString("subscription_id", true, &subscription_id);
+  if (s.ok()) s = reader.String("session_id", true, &session_id);
   if (!s.ok()) return Malformed(event, s);
+  // The session is paid: no longer one to expire before another checkout (ListOpenCheckouts).
+  std::string opened_by;
+  if (!session_id.empty() && session_id.find('/') == std::string::npos &&
+      state.Get(kSubscriptionsFamily, Key(kSessionPrefix, session_id), &opened_by).ok()) {
+    LEDGER_RETURN_IF_ERROR(
+        rows->Delete(kSubscriptionsFamily, Key(kUserSessionPrefix, opened_by, session_id)));
+  }
   if (!subscription_id) return Status::OK();
   if (user_id) {
     LEDGER_RETURN_IF_ERROR(
@@ -433,7 +444,9 @@ Status ApplyCheckoutSessionCreated(const Event& event, RowWriter* rows) {
       session_id.find('/') != std::string::npos || user_id.find('/') != std::string::npos) {
     return Status::OK();
   }
-  return rows->Put(kSubscriptionsFamily, Key(kSessionPrefix, session_id), user_id);
+  LEDGER_RETURN_IF_ERROR(rows->Put(kSubscriptionsFamily, Key(kSessionPrefix, session_id), user_id));
+  return rows->Put(kSubscriptionsFamily, Key(kUserSessionPrefix, user_id, session_id),
+                   std::to_string(event.time_us));
 }
 
 // ---- choosing a user's subscription ---------------------------------------------------------------
@@ -741,7 +754,7 @@ Status ParseInvoiceRecord(std::string_view json, InvoiceRecord* out) {
 Status SubscriptionFold::Apply(const Event& event, const StateReader& state,
                                RowWriter* rows) const {
   if (event.type == kCustomerLinkedV1) return ApplyCustomerLinked(event, state, rows);
-  if (event.type == kSubscriptionCheckoutCompletedV1) return ApplyCheckoutCompleted(event, rows);
+  if (event.type == kSubscriptionCheckoutCompletedV1) return ApplyCheckoutCompleted(event, state, rows);
   if (event.type == kSubscriptionStateChangedV1) return ApplyStateChanged(event, state, rows);
   if (event.type == kInvoicePaidV1 || event.type == kInvoicePaymentFailedV1) {
     return ApplyInvoice(event, state, rows);
@@ -850,6 +863,23 @@ Status GetCheckoutSessionUser(const StateReader& state, std::string_view session
   Status s = state.Get(kSubscriptionsFamily, Key(kSessionPrefix, session_id), user_id);
   if (s.IsNotFound()) return Status::NotFound("no such checkout session");
   return s;
+}
+
+Status ListOpenCheckouts(const StateReader& state, std::string_view user_id, int64_t since_us,
+                         size_t limit, std::vector<std::string>* session_ids) {
+  session_ids->clear();
+  if (user_id.empty() || user_id.find('/') != std::string_view::npos) return Status::OK();
+  const std::string prefix = Key(kUserSessionPrefix, user_id) + "/";
+  return state.Scan(kSubscriptionsFamily, prefix, [&](std::string_view key, std::string_view value) {
+    const std::string_view session_id = key.substr(prefix.size());
+    int64_t created_us = 0;
+    const auto [end, error] = std::from_chars(value.data(), value.data() + value.size(), created_us);
+    if (!session_id.empty() && session_id.find('/') == std::string_view::npos &&
+        error == std::errc() && end == value.data() + value.size() && created_us >= since_us) {
+      session_ids->emplace_back(session_id);
+    }
+    return session_ids->size() < limit;
+  });
 }
 
 Status FindUsersByEmailOrId(const StateReader& state, std::string_view email_or_id,

@@ -38,6 +38,8 @@
 //   session/<checkout_session_id>    <user_id>: from stripe.checkout_session_created.v1 (our own
 //                                    record of POST /checkout/create), the fallback owner of a
 //                                    completed session that names no user
+//   user_session/<user_id>/<session_id>  the append time (µs) of that record; deleted when the
+//                                    session's completion arrives (ListOpenCheckouts)
 // User ids must not contain '/' (the webhook decider refuses such links).
 //
 // Thread safety: the fold and the queries are pure functions of the StateReader they are given;
@@ -219,6 +221,12 @@ Status ListSubscriptionsByStatus(const StateReader& state, SubscriptionStatus st
 // NotFound when ledgerd did not create it.
 Status GetCheckoutSessionUser(const StateReader& state, std::string_view session_id,
                               std::string* user_id);
+
+// The Checkout Sessions `user_id` opened through POST /checkout/create at or after `since_us`
+// (the append time) whose completion has not arrived (subscription.checkout_completed.v1), at
+// most `limit`, in id order. Expired ones are listed too: Stripe knows, not the log.
+Status ListOpenCheckouts(const StateReader& state, std::string_view user_id, int64_t since_us,
+                         size_t limit, std::vector<std::string>* session_ids);
 
 // The users the admin routes' `{email}` names: with an '@', those whose linked email equals it
 // (FindUsersByEmail); without, the one user with that id, known to the projections or not (an

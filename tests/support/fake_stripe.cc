@@ -466,7 +466,11 @@ struct FakeStripe::State {
     session.url = "https://checkout.stripe.com/c/pay/" + session.id + "#fidkdWxOYHwnPyd1blpxYHZx";
     session.params = params;
     sessions.push_back(session);
+    return Answer{200, SessionJson(session)};
+  }
 
+  std::string SessionJson(const CheckoutSession& session) const {
+    const http::FormParams& params = session.params;
     rapidjson::StringBuffer buffer;
     Writer w(buffer);
     w.StartObject();
@@ -482,14 +486,44 @@ struct FakeStripe::State {
     w.Bool(false);
     Metadata(w, MetadataOf(params, "metadata"));
     Str(w, "mode", "subscription");
-    Str(w, "payment_status", "unpaid");
-    Str(w, "status", "open");
+    Str(w, "payment_status", session.status == "complete" ? "paid" : "unpaid");
+    Str(w, "status", session.status);
     w.Key("subscription");
     w.Null();
     Str(w, "success_url", Get(params, "success_url"));
-    Str(w, "url", session.url);
+    if (session.status == "open") {
+      Str(w, "url", session.url);
+    } else {
+      w.Key("url");
+      w.Null();
+    }
     w.EndObject();
-    return Answer{200, buffer.GetString()};
+    return buffer.GetString();
+  }
+
+  CheckoutSession* FindSession(const std::string& id) {
+    for (CheckoutSession& session : sessions) {
+      if (session.id == id) return &session;
+    }
+    return nullptr;
+  }
+
+  Answer GetCheckoutSession(const std::string& id) {
+    CheckoutSession* session = FindSession(id);
+    if (session == nullptr) return NoSuch("checkout.session", id);
+    return Answer{200, SessionJson(*session)};
+  }
+
+  Answer ExpireCheckoutSession(const std::string& id, const http::FormParams& params) {
+    std::string unknown = UnknownParam(params, {});
+    if (!unknown.empty()) return InvalidRequest("Received unknown parameter: " + unknown, unknown);
+    CheckoutSession* session = FindSession(id);
+    if (session == nullptr) return NoSuch("checkout.session", id);
+    if (session->status != "open") {
+      return InvalidRequest("Only Checkout Sessions with a status in [\"open\"] can be expired.");
+    }
+    session->status = "expired";
+    return Answer{200, SessionJson(*session)};
   }
 
   Answer CreatePortalSession(const http::FormParams& params) {
@@ -799,6 +833,12 @@ struct FakeStripe::State {
       return true;
     };
     if (method == "POST" && is({"v1", "checkout", "sessions"})) return CreateCheckoutSession(params);
+    if (method == "GET" && is({"v1", "checkout", "sessions", "*"})) {
+      return GetCheckoutSession(parts[3]);
+    }
+    if (method == "POST" && is({"v1", "checkout", "sessions", "*", "expire"})) {
+      return ExpireCheckoutSession(parts[3], params);
+    }
     if (method == "POST" && is({"v1", "billing_portal", "sessions"})) return CreatePortalSession(params);
     if (method == "GET" && is({"v1", "customers", "*", "payment_methods"})) {
       return ListPaymentMethods(parts[2], params);
@@ -935,6 +975,11 @@ std::vector<std::string> FakeStripe::product_ids() const {
 std::vector<FakeStripe::CheckoutSession> FakeStripe::checkout_sessions() const {
   std::lock_guard<std::mutex> lock(mu_);
   return state_->sessions;
+}
+
+void FakeStripe::CompleteCheckoutSession(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (CheckoutSession* session = state_->FindSession(id)) session->status = "complete";
 }
 
 size_t FakeStripe::portal_session_count() const {

@@ -105,6 +105,7 @@ class FakeStripe {
     std::string id;
     std::string url;
     http::FormParams params;
+    std::string status = "open";  // open | complete | expired
   };
 
   explicit FakeStripe(std::string secret_key = kFakeStripeSecretKey);
@@ -138,6 +139,8 @@ class FakeStripe {
   size_t product_count() const;
   std::vector<std::string> product_ids() const;
   std::vector<CheckoutSession> checkout_sessions() const;
+  // The customer paid the session (its webhook is up to the test).
+  void CompleteCheckoutSession(const std::string& id);
   size_t portal_session_count() const;
 
   // ---- Requests ----
