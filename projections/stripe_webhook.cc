@@ -165,6 +165,7 @@ class Decider {
   Status ResolveByCustomer(const std::optional<std::string>& customer_id,
                            std::optional<std::string>* user_id);
   Status CheckoutCompleted(Derivation* out);
+  Status CustomerDeleted(Derivation* out);
   Status SubscriptionChanged(Derivation* out);
   Status InvoiceSettled(bool paid, Derivation* out);
   Status ReadSubscription(const Value* object, SubscriptionRecord* out);
@@ -186,6 +187,9 @@ Status Decider::Run(Derivation* out) {
   }
   if (type == "invoice.paid") return InvoiceSettled(true, out);
   if (type == "invoice.payment_failed") return InvoiceSettled(false, out);
+  if (type == "customer.deleted" && Text(Member(object, "object")) == "customer") {
+    return CustomerDeleted(out);
+  }
   // Anything else derives nothing; whom it concerns is still resolved for the subject.
   out->customer_id = type.rfind("customer.", 0) == 0 && Text(Member(object, "object")) == "customer"
                          ? IdOf(Member(object, "id"))
@@ -240,6 +244,28 @@ Status Decider::ResolveByCustomer(const std::optional<std::string>& customer_id,
   Status s = GetCustomerUser(state_, *customer_id, &linked);
   if (s.ok()) *user_id = std::move(linked);
   return s.IsNotFound() ? Status::OK() : s;
+}
+
+// customer.deleted: the customer's id must not be sent to Stripe again (its checkout, portal and
+// card calls would fail for good).
+Status Decider::CustomerDeleted(Derivation* out) {
+  out->customer_id = IdOf(Member(Object(), "id"));
+  if (!out->customer_id) return Status::OK();
+  LEDGER_RETURN_IF_ERROR(ResolveByCustomer(out->customer_id, &out->user_id));
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  w.Key("customer_id");
+  WriteString(&w, *out->customer_id);
+  w.Key("user_id");
+  WriteOptString(&w, out->user_id);
+  w.Key("stripe_event_id");
+  WriteString(&w, webhook_.event_id);
+  w.Key("created");
+  w.Int64(webhook_.created);
+  w.EndObject();
+  out->events.push_back(NewEvent{std::string(kCustomerDeletedV1), "", Finish(buf)});
+  return Status::OK();
 }
 
 Status Decider::CheckoutCompleted(Derivation* out) {

@@ -10,6 +10,7 @@
 //       subscription.state_changed.v1                   customer.subscription.* (a subscription
 //                                                       object) newer than the stored state
 //       invoice.paid.v1 / invoice.payment_failed.v1     invoice.paid / invoice.payment_failed
+//       customer.deleted.v1                             customer.deleted
 //   Other types (and stale subscription/invoice states) append only the delivery.
 //
 // Dedupe: the command's idempotency record is (scope "stripe.webhook", key = the event id) with a

@@ -77,6 +77,7 @@ constexpr std::string_view kEmailPrefix = "email/";
 constexpr std::string_view kSessionPrefix = "session/";
 constexpr std::string_view kUserSessionPrefix = "user_session/";
 constexpr std::string_view kOverridePrefix = "override/";
+constexpr std::string_view kCustomerDeletedPrefix = "cus_deleted/";
 constexpr std::string_view kCheckoutSessionCreatedV1 = "stripe.checkout_session_created.v1";
 
 std::string LowercaseAscii(std::string_view s) {
@@ -313,6 +314,19 @@ Status ApplyCheckoutCompleted(const Event& event, const StateReader& state, RowW
                                      Key(kCustomerSubPrefix, *customer_id, *subscription_id), ""));
   }
   return Status::OK();
+}
+
+// customer.deleted.v1 {"customer_id",...}: the links stay (history, the admin views); the id is
+// no longer offered to Stripe (GetUserSubscription's customer_id).
+Status ApplyCustomerDeleted(const Event& event, RowWriter* rows) {
+  rapidjson::Document doc;
+  LEDGER_RETURN_IF_ERROR(ParseEventData(event, &doc));
+  ObjectReader reader(doc);
+  std::string customer_id;
+  Status s = reader.String("customer_id", true, &customer_id);
+  if (!s.ok()) return Malformed(event, s);
+  if (customer_id.empty() || customer_id.find('/') != std::string::npos) return Status::OK();
+  return rows->Put(kSubscriptionsFamily, Key(kCustomerDeletedPrefix, customer_id), "");
 }
 
 // subscription.state_changed.v1 {"user_id","previous_status","subscription":{...}}
@@ -754,6 +768,7 @@ Status ParseInvoiceRecord(std::string_view json, InvoiceRecord* out) {
 Status SubscriptionFold::Apply(const Event& event, const StateReader& state,
                                RowWriter* rows) const {
   if (event.type == kCustomerLinkedV1) return ApplyCustomerLinked(event, state, rows);
+  if (event.type == kCustomerDeletedV1) return ApplyCustomerDeleted(event, rows);
   if (event.type == kSubscriptionCheckoutCompletedV1) return ApplyCheckoutCompleted(event, state, rows);
   if (event.type == kSubscriptionStateChangedV1) return ApplyStateChanged(event, state, rows);
   if (event.type == kInvoicePaidV1 || event.type == kInvoicePaymentFailedV1) {
@@ -837,12 +852,30 @@ Status GetUserSubscription(const StateReader& state, std::string_view user_id,
     }
   }
 
+  // A customer deleted at Stripe is named to it no more: checkout creates a new one, the portal
+  // and the cards have none.
+  auto deleted = [&](const std::string& customer_id, bool* is) {
+    std::string unused;
+    Status s = state.Get(kSubscriptionsFamily, Key(kCustomerDeletedPrefix, customer_id), &unused);
+    *is = s.ok();
+    return s.IsNotFound() ? Status::OK() : s;
+  };
+  bool is_deleted = false;
   if (out->has_subscription) {
     out->customer_id = out->subscription.customer_id;
     LEDGER_RETURN_IF_ERROR(
         LatestInvoice(state, out->subscription.subscription_id, &out->latest_invoice));
-  } else if (!customers.empty()) {
-    out->customer_id = customers.back();  // the greatest id: deterministic
+    if (!out->customer_id.empty()) LEDGER_RETURN_IF_ERROR(deleted(out->customer_id, &is_deleted));
+    if (is_deleted) out->customer_id.clear();
+  }
+  // Else, or instead of a deleted one: the greatest id of the user's other customers
+  // (deterministic).
+  for (auto it = customers.rbegin(); it != customers.rend() && out->customer_id.empty() &&
+                                     (!out->has_subscription || is_deleted);
+       ++it) {
+    bool gone = false;
+    LEDGER_RETURN_IF_ERROR(deleted(*it, &gone));
+    if (!gone) out->customer_id = *it;
   }
   return Status::OK();
 }

@@ -38,6 +38,7 @@
 //   session/<checkout_session_id>    <user_id>: from stripe.checkout_session_created.v1 (our own
 //                                    record of POST /checkout/create), the fallback owner of a
 //                                    completed session that names no user
+//   cus_deleted/<customer_id>        ""   from customer.deleted.v1: never named to Stripe again
 //   user_session/<user_id>/<session_id>  the append time (µs) of that record; deleted when the
 //                                    session's completion arrives (ListOpenCheckouts)
 // User ids must not contain '/' (the webhook decider refuses such links).
@@ -62,6 +63,7 @@ namespace ledger::projections {
 inline constexpr std::string_view kSubscriptionsFamily = "subscriptions";
 
 inline constexpr std::string_view kCustomerLinkedV1 = "customer.linked.v1";
+inline constexpr std::string_view kCustomerDeletedV1 = "customer.deleted.v1";
 inline constexpr std::string_view kSubscriptionCheckoutCompletedV1 =
     "subscription.checkout_completed.v1";
 inline constexpr std::string_view kSubscriptionStateChangedV1 = "subscription.state_changed.v1";

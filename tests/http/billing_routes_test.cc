@@ -451,6 +451,30 @@ TEST_F(BillingRoutesTest, CheckoutReusesAKnownCustomerAndRefusesASecondSubscript
   EXPECT_EQ(fake_.RequestsTo("POST", "/v1/checkout/sessions").size(), 1u);
 }
 
+// A customer deleted at Stripe (a GDPR erasure) is never named to Stripe again: checkout starts
+// a new customer, the portal has none.
+TEST_F(BillingRoutesTest, ACustomerDeletedAtStripeIsNotNamedAgain) {
+  GiveAliceASubscription("canceled");
+  const std::string deleted =
+      R"({"id":"evt_cus_deleted","object":"event","api_version":"2025-03-31.basil",)"
+      R"("created":)" + std::to_string(ledger::testing::kStripeT0 + 50) +
+      R"(,"data":{"object":{"id":"cus_alice","object":"customer","email":"alice@example.com"}},)"
+      R"("livemode":false,"type":"customer.deleted"})";
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(), deleted).status.ok());
+  std::vector<Event> events;
+  EventFilter filter;
+  filter.type = "customer.deleted.v1";
+  ASSERT_TRUE(ledger_->ReadEvents(Position(0), 10, filter, &events).ok());
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].subject, "alice");
+  HttpReply r = Alice().Post(kCheckout, R"({"plan_id":"starter"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  auto q = fake_.RequestsTo("POST", "/v1/checkout/sessions").at(0);
+  EXPECT_FALSE(q.HasParam("customer")) << q.Param("customer");
+  ExpectProblem(Alice().Post(kPortal, ""), 409, "no_stripe_customer");
+  EXPECT_TRUE(fake_.RequestsTo("POST", "/v1/billing_portal/sessions").empty());
+}
+
 TEST_F(BillingRoutesTest, BadCheckoutBodiesAppendNothingAndCallNobody) {
   auto alice = Alice();
   ExpectProblem(alice.Post(kCheckout, "not json"), 400, "invalid_json");
