@@ -62,6 +62,18 @@ constexpr char kUnmatchedRoute[] = "(unmatched)";
 constexpr char kRejectedRoute[] = "(rejected)";
 const std::string kConnectionHeader = "Connection";
 
+// A Host value: uri-host [":" port] (RFC 9110 §7.2), i.e. reg-name, IPv4 or [IP-literal]
+// characters and ':' -- no '/', '@', '?', '#' or blanks. (An empty one never gets here:
+// cpp-httplib drops empty header values, so it counts as none.)
+bool IsHostValue(std::string_view value) {
+  for (char ch : value) {
+    const bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                    std::string_view("-._~!$&'()*+,;=:[]%").find(ch) != std::string_view::npos;
+    if (!ok) return false;
+  }
+  return true;
+}
+
 bool IsKnownMethod(const std::string& method) {
   return method == "GET" || method == "HEAD" || method == "POST" || method == "PUT" ||
          method == "PATCH" || method == "DELETE" || method == "OPTIONS";
@@ -1345,6 +1357,7 @@ class CoreServer final : public httplib::Server {
     out->header_count = 0;
     uint64_t content_length = 0;
     int length_headers = 0;
+    int hosts = 0;  // RFC 9112 §3.2: PreRoute answers a request without exactly one 400
     for (size_t pos = line_end + 2; pos < head.size(); pos = line_end + 2) {
       line_end = head.find("\r\n", pos);
       const std::string_view line = head.substr(pos, line_end - pos);
@@ -1363,6 +1376,7 @@ class CoreServer final : public httplib::Server {
       }
       if (!plain) continue;
       const std::string_view value = TrimBlanks(line.substr(colon + 1));
+      if (EqualsIgnoreCase(name, "Host") && (++hosts > 1 || !IsHostValue(value))) plain = false;
       plain = !name.empty() && name.front() != ' ' && name.front() != '\t' &&
               name.back() != ' ' && name.back() != '\t' && !value.empty() &&
               value.find('%') == std::string_view::npos && !EqualsIgnoreCase(name, "Range") &&
@@ -1378,7 +1392,8 @@ class CoreServer final : public httplib::Server {
     }
     out->body = unread.substr(head_end + 4, content_length);
     out->size = head_end + 4 + content_length;
-    out->plain = plain && out->size <= request_bytes_max_;
+    out->plain = plain && (hosts == 1 || (hosts == 0 && out->version == "HTTP/1.0")) &&
+                 out->size <= request_bytes_max_;
     return true;
   }
 
@@ -1875,6 +1890,16 @@ httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Reque
   }
   if (!IsKnownMethod(req.method)) {
     Reject(501, "not_implemented", "method not implemented", req, res);
+    return R::Handled;
+  }
+  // RFC 9112 §3.2: an HTTP/1.1 request without Host, any request with two, or with a value that
+  // is no host[:port], is a 400.
+  static const std::string kHost = "Host";
+  std::string_view host;
+  if (const size_t hosts = HeaderValue(req, kHost, &host);
+      hosts > 1 || (hosts == 0 && req.version == "HTTP/1.1") || (hosts == 1 && !IsHostValue(host))) {
+    Reject(400, "bad_host", "an HTTP/1.1 request needs exactly one Host header naming host[:port]",
+           req, res);
     return R::Handled;
   }
   static const std::string kContentLength = "Content-Length";

@@ -205,8 +205,9 @@ TEST_F(LoopParserTest, PlainRequestsGetTheSameAnswersFromTheOwnParser) {
 
 TEST_F(LoopParserTest, ConnectionHandlingIsTheSame) {
   ExpectSame("GET /loop-mirror HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "own");
-  ExpectSame("POST /loop-mirror-later HTTP/1.1\r\nConnection: close\r\nContent-Length: 1\r\n\r\nz",
-             "own");
+  ExpectSame(
+      "POST /loop-mirror-later HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 1\r\n\r\nz",
+      "own");
   // HTTP/1.0 closes unless it asks for keep-alive.
   ExpectSame("GET /loop-mirror HTTP/1.0\r\nHost: x\r\n\r\n", "own");
   ExpectSame("GET /loop-mirror HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", "own");
@@ -241,12 +242,20 @@ TEST_F(LoopParserTest, WhatIsNotPlainIsLeftToTheLibrary) {
   ExpectSame(std::string("GET /loop-mirror HTTP/1.1\r\nHost: x\r\nX-Nul: a\0b\r\n\r\n", 50),
              "httplib");
   // More header lines than the own parser keeps.
-  std::string many = "GET /loop-mirror HTTP/1.1\r\n";
+  std::string many = "GET /loop-mirror HTTP/1.1\r\nHost: x\r\n";
   for (int i = 0; i < 40; ++i) many += "X-H" + std::to_string(i) + ": " + std::to_string(i) + "\r\n";
   ExpectSame(many + "\r\n", "httplib");
   // Refused with 400 by the library's path: blanks before a colon, a folded line.
   ExpectSame("GET /loop-mirror HTTP/1.1\r\nHost: x\r\nX-A : 1\r\n\r\n", "");
   ExpectSame("GET /loop-mirror HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n\r\n", "");
+  // RFC 9112 §3.2: an HTTP/1.1 request without Host, with two, or with a value that is no
+  // host[:port] is a 400 (HTTP/1.0 may leave it out).
+  ExpectSame("GET /loop-mirror HTTP/1.1\r\n\r\n", "");
+  ExpectSame("GET /loop-mirror HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", "");
+  ExpectSame("GET /loop-mirror HTTP/1.1\r\nHost: x/y\r\n\r\n", "");
+  ExpectSame("GET /loop-mirror HTTP/1.1\r\nHost: a@b\r\n\r\n", "");
+  ExpectSame("GET /loop-mirror HTTP/1.1\r\nHost: [::1]:8084\r\n\r\n", "own");
+  ExpectSame("GET /loop-mirror HTTP/1.0\r\nHost: x\r\nHost: y\r\n\r\n", "");
 }
 
 // Random requests around what the own parser accepts: header names in any case, blanks around
@@ -327,10 +336,15 @@ class RequestGenerator {
     const char* version = OneIn(40) ? Of(kOddVersions) : OneIn(12) ? " HTTP/1.0" : " HTTP/1.1";
     // Common names twice as often.
     static const char* const kNames[] = {
-        "Host",   "Authorization",   "Content-Type", "X-Custom", "Accept",  "User-Agent",
-        "Cookie", "X-Forwarded-For", "Host",         "X-Custom", "Accept",  "Connection"};
+        "Authorization", "Content-Type",    "X-Custom",   "Accept",   "User-Agent",
+        "Cookie",        "X-Forwarded-For", "Connection", "X-Custom", "Accept"};
     static const char* const kRareNames[] = {"Expect", "Range", "Transfer-Encoding"};
     std::string head = std::string(OneIn(30) ? Of(kOddLines) : Of(kLines)) + version + "\r\n";
+    // One Host, now and then none, two or an odd one (each a 400 in HTTP/1.1).
+    const size_t hosts = OneIn(25) ? 0 : OneIn(25) ? 2 : 1;
+    for (size_t i = 0; i < hosts; ++i) {
+      head += Cased("Host") + ":" + Blanks() + (OneIn(20) ? Value() : "127.0.0.1:8084") + "\r\n";
+    }
     const size_t headers = Pick(6);
     for (size_t i = 0; i < headers; ++i) {
       std::string name = Cased(OneIn(20) ? Of(kRareNames) : Of(kNames));

@@ -216,6 +216,26 @@ TEST_F(ServerTest, ServesRoutesAndCapturesPathParameters) {
   EXPECT_EQ(r.body, R"({"deleted":"abc"})");
 }
 
+// RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without a Host header, and to
+// any request with more than one or with an invalid value.
+TEST_F(ServerTest, AHostHeaderIsRequiredOnceInHttp11) {
+  Start();
+  auto answer = [&](const std::string& head) {
+    return RawHttpExchange(stack_.port(), "GET /hello HTTP/1.1\r\n" + head + "\r\n", 1500);
+  };
+  for (const std::string& head : {std::string(), std::string("Host: a\r\nHost: b\r\n"),
+                                  std::string("Host: a b\r\n"), std::string("Host: x/y\r\n")}) {
+    const std::string raw = answer(head);
+    EXPECT_EQ(raw.rfind("HTTP/1.1 400 ", 0), 0u) << head << raw;
+    EXPECT_NE(raw.find("\"code\":\"bad_host\""), std::string::npos) << raw;
+  }
+  EXPECT_EQ(answer("Host: 127.0.0.1:8084\r\n").rfind("HTTP/1.1 200 ", 0), 0u);
+  // HTTP/1.0 may leave it out.
+  EXPECT_EQ(RawHttpExchange(stack_.port(), "GET /hello HTTP/1.0\r\n\r\n", 1500)
+                .rfind("HTTP/1.1 200 ", 0),
+            0u);
+}
+
 TEST_F(ServerTest, UnknownRouteIs404AndWrongMethodIs405) {
   Start();
   TestHttpClient client("127.0.0.1", stack_.port());
