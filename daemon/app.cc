@@ -77,6 +77,7 @@ class App::Impl {
   Status BuildAuthenticator();
   Status BuildStripeClient();
   Status LoadByokKey();
+  Status LoadLagoWebhookKeys();
   Status ConfigureLago();
   Status StartHttp();
 };
@@ -216,18 +217,19 @@ Status App::Impl::BuildStripeClient() {
 // Lago: the webhook keys for POST /api/v1/webhooks/lago, and the sink (started here, after the
 // ledger and before HTTP; stopped after HTTP and before the ledger closes) when LAGO_API_URL and
 // LAGO_API_KEY are both set.
-Status App::Impl::ConfigureLago() {
+Status App::Impl::LoadLagoWebhookKeys() {
   context_.lago_webhook_hmac_key = config_.lago_webhook_hmac_key;
   // Lago signs `iss` with its own LAGO_API_URL, often a public address other than the one the
   // sink calls: checked only when named (the RS256 signature is what authenticates).
   context_.lago_webhook_issuer = config_.lago_webhook_issuer;
-  if (!config_.lago_webhook_public_key_file.empty()) {
-    std::string contents;
-    LEDGER_RETURN_IF_ERROR(ReadFile(config_.lago_webhook_public_key_file, &contents));
-    LEDGER_RETURN_IF_ERROR(AsConfigError(
-        "LAGO_WEBHOOK_PUBLIC_KEY_FILE",
-        http::LoadLagoPublicKey(contents, &context_.lago_webhook_public_key_pem)));
-  }
+  if (config_.lago_webhook_public_key_file.empty()) return Status::OK();
+  std::string contents;
+  LEDGER_RETURN_IF_ERROR(ReadFile(config_.lago_webhook_public_key_file, &contents));
+  return AsConfigError("LAGO_WEBHOOK_PUBLIC_KEY_FILE",
+                       http::LoadLagoPublicKey(contents, &context_.lago_webhook_public_key_pem));
+}
+
+Status App::Impl::ConfigureLago() {
   spdlog::info("lago webhooks: hmac {}, jwt {} (iss checked: {})",
                config_.lago_webhook_hmac_key.empty() ? "off" : "on",
                config_.lago_webhook_public_key_file.empty() ? "off" : "on",
@@ -307,8 +309,6 @@ Status App::Impl::StartHttp() {
   context_.usage_meter = &usage_meter_;
   context_.metrics_renderers.push_back(
       [meter = &usage_meter_](std::string* out) { meter->RenderMetrics(out); });
-  LEDGER_RETURN_IF_ERROR(BuildStripeClient());
-  LEDGER_RETURN_IF_ERROR(LoadByokKey());
   if (outbox_ != nullptr) {
     KafkaOutbox* outbox = outbox_.get();
     context_.outbox_status = [outbox] {
@@ -344,8 +344,14 @@ Status App::Impl::Start(const Config& config, const Clock* clock) {
   config_ = config;
   clock_ = clock != nullptr ? clock : SystemClock::Default();
   spdlog::info("ledgerd starting: {}", config_.Describe());
+  // What only reads files is refused before the data directory is touched; in dev mode the
+  // dev secret and the master key are created in it.
+  LEDGER_RETURN_IF_ERROR(BuildStripeClient());
+  LEDGER_RETURN_IF_ERROR(LoadLagoWebhookKeys());
+  if (!config_.DevMode()) LEDGER_RETURN_IF_ERROR(LoadByokKey());
   CreateDataDir();
   LEDGER_RETURN_IF_ERROR(BuildAuthenticator());
+  if (config_.DevMode()) LEDGER_RETURN_IF_ERROR(LoadByokKey());
   LEDGER_RETURN_IF_ERROR(OpenLedger());
   LEDGER_RETURN_IF_ERROR(StartKafka());
   LEDGER_RETURN_IF_ERROR(ConfigureLago());

@@ -14,6 +14,7 @@
 #include "tests/support/http_client.h"
 #include "tests/support/test_ledger.h"
 #include "tests/support/tokens.h"
+#include "tests/support/tokens.h"
 
 namespace ledger::testing {
 namespace {
@@ -35,7 +36,18 @@ TEST(LedgerdBinaryTest, BadConfigurationExits78NamingTheSettingBeforeTouchingDis
     EnvList env;
     std::string setting;
   };
+  // Files whose contents are wrong: found after parsing, still before the store is touched.
+  const std::string open_key = dir.Sub("master.key");
+  WriteTextFile(open_key, std::string(64, 'a') + "\n");
+  ::chmod(open_key.c_str(), 0644);
+  const std::string not_a_key = dir.Sub("lago.pem");
+  WriteTextFile(not_a_key, "not a public key\n");
+  const std::string secret(32, 's');
   const std::vector<Case> cases = {
+      {{{"LEDGER_JWT_HS256_SECRET", secret}, {"LEDGER_MASTER_KEY_FILE", open_key}},
+       "master.key"},
+      {{{"LEDGER_JWT_HS256_SECRET", secret}, {"LAGO_WEBHOOK_PUBLIC_KEY_FILE", not_a_key}},
+       "LAGO_WEBHOOK_PUBLIC_KEY_FILE"},
       {{{"LEDGER_LISTEN", "localhost"}}, "LEDGER_LISTEN"},
       {{{"LEDGER_JWT_HS256_SECRET", "short"}}, "LEDGER_JWT_HS256_SECRET"},
       {{{"STRIPE_WEBHOOK_SECRET", "not-whsec"}}, "STRIPE_WEBHOOK_SECRET"},
@@ -47,7 +59,7 @@ TEST(LedgerdBinaryTest, BadConfigurationExits78NamingTheSettingBeforeTouchingDis
     env.emplace_back("LEDGER_DATA_DIR", data_dir);
     ProcessOutput out = RunLedgerd({}, env);
     EXPECT_EQ(out.exit_code, kExitConfig) << out.out << out.err;
-    EXPECT_NE(out.err.find(c.setting), std::string::npos) << out.err;
+    EXPECT_NE((out.out + out.err).find(c.setting), std::string::npos) << out.out << out.err;
     EXPECT_FALSE(std::filesystem::exists(data_dir)) << "configuration is checked before the store";
   }
 }
