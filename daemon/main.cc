@@ -2,6 +2,8 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <thread>
 
 #include <spdlog/spdlog.h>
 
@@ -45,7 +47,18 @@ int main(int argc, char** argv) {
 
   int received = 0;
   sigwait(&signals, &received);
-  spdlog::info("received {}, shutting down", received == SIGTERM ? "SIGTERM" : "SIGINT");
+  spdlog::info("received {}, shutting down (send it again to exit at once)",
+               received == SIGTERM ? "SIGTERM" : "SIGINT");
+  // A second signal ends the process at once (128 + the signal): every answered write is already
+  // synced, and what the shutdown has not flushed yet is sent again from the checkpoints.
+  std::thread([signals] {
+    int again = 0;
+    sigwait(&signals, &again);
+    spdlog::warn("received {} again: exiting without finishing the shutdown",
+                 again == SIGTERM ? "SIGTERM" : "SIGINT");
+    spdlog::shutdown();
+    std::_Exit(128 + again);
+  }).detach();
   s = app->Stop(std::chrono::seconds(10));
   app.reset();
   if (!s.ok()) {

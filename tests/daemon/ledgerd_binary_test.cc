@@ -6,15 +6,19 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <signal.h>
 #include <unistd.h>
 
+#include <ctime>
 #include <filesystem>
+#include <thread>
 
 #include "tests/support/daemon_process.h"
+#include "tests/support/fake_stripe.h"
 #include "tests/support/http_client.h"
 #include "tests/support/test_ledger.h"
 #include "tests/support/tokens.h"
-#include "tests/support/tokens.h"
+#include "tests/support/wait.h"
 
 namespace ledger::testing {
 namespace {
@@ -185,6 +189,51 @@ TEST(LedgerdBinaryTest, SigtermExitsZeroAndTheDataReopensAtTheSameHead) {
 
   // SIGINT is a clean shutdown too.
   EXPECT_EQ(daemon.Terminate(std::chrono::seconds(60), SIGINT), 0) << daemon.Log();
+  ProcessOutput verify = RunLedgerctlBinary({"verify", "--data-dir", options.data_dir});
+  EXPECT_EQ(verify.exit_code, 0) << verify.out << verify.err;
+}
+
+// A second SIGTERM while the shutdown waits (here for a checkout whose Stripe call hangs) exits
+// at once, 128 + 15; the store reopens.
+TEST(LedgerdBinaryTest, ASecondSigtermExitsAtOnce) {
+  TempDir dir;
+  FakeStripe stripe;
+  ASSERT_TRUE(stripe.Start().ok());
+  stripe.set_hang_ms(60'000);
+  stripe.InjectFault(FakeStripe::Fault::kHang, 10, "POST", "/v1/checkout/sessions");
+  DaemonOptions options;
+  options.data_dir = dir.Sub("data");
+  options.log_path = dir.Sub("ledgerd.log");
+  options.env = {{"LEDGER_JWT_HS256_SECRET", kTestHs256Secret},
+                 {"STRIPE_SECRET_KEY", kFakeStripeSecretKey},
+                 {"STRIPE_API_BASE", stripe.base_url()},
+                 {"STRIPE_SUCCESS_URL", "https://app.example.com/ok"}};
+  DaemonProcess daemon(options);
+  ASSERT_TRUE(daemon.Start().ok()) << daemon.Log();
+  const int64_t now_s = static_cast<int64_t>(std::time(nullptr));
+  TestHttpClient admin("127.0.0.1", daemon.port());
+  admin.set_bearer(MintHs256(TokenClaims::Admin("root", now_s), kTestHs256Secret));
+  ASSERT_EQ(admin.Post("/api/v1/subscriptions/plans",
+                       R"({"id":"hangs","display_name":"Hangs","price_monthly_cents":500,)"
+                       R"("api_calls_limit":null,"services":["chat"],)"
+                       R"("stripe_price_monthly":"price_hangs_monthly"})")
+                .status,
+            201);
+  std::thread checkout([&] {
+    TestHttpClient alice("127.0.0.1", daemon.port());
+    alice.set_bearer(MintHs256(TokenClaims::User("alice", now_s), kTestHs256Secret));
+    alice.Post("/api/v1/billing/checkout/create", R"({"plan_id":"hangs"})");
+  });
+  // The checkout's call is at Stripe (hanging).
+  ASSERT_TRUE(WaitFor([&] { return !stripe.RequestsTo("POST", "/v1/checkout/sessions").empty(); },
+                      std::chrono::seconds(30)));
+  ::kill(daemon.pid(), SIGTERM);
+  ASSERT_TRUE(WaitFor([&] { return daemon.Log().find("shutting down") != std::string::npos; },
+                      std::chrono::seconds(30)));
+  EXPECT_EQ(daemon.Wait(std::chrono::milliseconds(500)), -1) << "the shutdown waits for the call";
+  EXPECT_EQ(daemon.Terminate(std::chrono::seconds(5)), 128 + SIGTERM) << daemon.Log();
+  stripe.Stop();
+  checkout.join();
   ProcessOutput verify = RunLedgerctlBinary({"verify", "--data-dir", options.data_dir});
   EXPECT_EQ(verify.exit_code, 0) << verify.out << verify.err;
 }
