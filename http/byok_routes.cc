@@ -175,8 +175,15 @@ Status ParseAddBody(const std::string& body, std::string* provider, std::string*
   if (body.size() > kAddBodyBytesMax) {
     return Status::Make(Code::kUnprocessable, "validation_failed", "the body is over 4 KiB");
   }
+  // Parsed in place in a copy that is wiped on the way out: a copying parse would leave the key
+  // in the document's freed memory pool.
+  std::string scratch = body;
+  struct Wiped {
+    std::string* text;
+    ~Wiped() { WipeSecret(text); }
+  } wiped{&scratch};
   rapidjson::Document doc;
-  LEDGER_RETURN_IF_ERROR(pj::ParseJsonObject(body, &doc));
+  LEDGER_RETURN_IF_ERROR(pj::ParseJsonObjectInsitu(&scratch, &doc));
   for (const auto& m : doc.GetObject()) {
     const std::string_view name(m.name.GetString(), m.name.GetStringLength());
     if (name != "provider" && name != "api_key" && name != "label") {
