@@ -58,7 +58,7 @@ Status ValidateOptions(const LagoSinkOptions& o) {
   if (o.scan_events_max < 1) return InvalidConfig("scan_events_max must be > 0");
   if (o.poll_interval_ms < 1 || o.retry_backoff_ms_min < 1 ||
       o.retry_backoff_ms_max < o.retry_backoff_ms_min || o.server_errors_before_split < 1 ||
-      o.checkpoint_interval_ms < 0) {
+      o.checkpoint_interval_ms < 0 || o.server_error_dead_letter_after_ms < 0) {
     return InvalidConfig("timing options out of range");
   }
   return Status::OK();
@@ -395,9 +395,12 @@ class LagoSink::Impl {
   bool HandleRefusal(const LagoAnswer& answer, const RefusalAnswer& refusal, size_t sent,
                      int64_t now_us);
   bool Probe(int64_t now_us);
-  bool ServerErrorForTheFrontAlone(const LagoAnswer& answer, bool after_probe, int64_t now_us);
+  enum class FrontOutcome { kRetry, kDeadLettered, kFailed };
+  FrontOutcome ServerErrorForTheFrontAlone(const LagoAnswer& answer, bool after_probe,
+                                           int64_t now_us);
   void ClearSuspicion() {
     front_server_errors_ = confirmations_ = 0;
+    front_failing_since_us_ = 0;
     probe_next_ = probe_accepted_ = false;
   }
   Status DeadLetter(const PendingEvent& event, int http_status, const std::string& reason,
@@ -434,9 +437,12 @@ class LagoSink::Impl {
   // One event Lago answers 5xx for, whatever the batch (an expression of a billable metric that
   // fails on its properties): after server_errors_before_split 5xx for the front event alone, the
   // next event is sent alone (a probe). Each probe Lago accepts followed by another 5xx for the
-  // front is a confirmation; server_errors_before_split of them and the front is dead-lettered.
-  // An outage fails the probes too, so it never confirms anything.
-  int front_server_errors_ = 0;  // 5xx for the front event alone, in a row
+  // front is a confirmation; after server_errors_before_split of them, once the front has failed
+  // alone for server_error_dead_letter_after_ms, it is dead-lettered. An outage fails the probes
+  // too, so it never confirms anything; a flapping one (a bad backend among good ones) would
+  // have to flap the same way for that long; any other answer for the front starts over.
+  int front_server_errors_ = 0;     // 5xx for the front event alone, in a row
+  int64_t front_failing_since_us_ = 0;
   int confirmations_ = 0;
   bool probe_next_ = false;      // the next attempt sends pending_[1] alone
   bool probe_accepted_ = false;  // the last attempt was a probe Lago accepted
@@ -468,7 +474,9 @@ Status LagoSink::Impl::Init() {
 Status LagoSink::Impl::Fill(bool* more) {
   const uint64_t head = ledger_->Head().value();
   *more = false;
-  if (pending_.size() >= options_.batch_events_max) return Status::OK();
+  // At least two: room for a probe (ServerErrorForTheFrontAlone).
+  const size_t pending_max = std::max<size_t>(options_.batch_events_max, 2);
+  if (pending_.size() >= pending_max) return Status::OK();
   if (scanned_to_ < head) {
     const uint64_t to = std::min<uint64_t>(head, scanned_to_ + options_.scan_events_max);
     bool full = false;
@@ -502,7 +510,7 @@ Status LagoSink::Impl::Fill(bool* more) {
             metrics_.events_skipped.Add();
           }
           scanned_to_ = p.value();
-          full = pending_.size() >= options_.batch_events_max;
+          full = pending_.size() >= pending_max;
           return !full;
         });
     LEDGER_RETURN_IF_ERROR(s);
@@ -570,9 +578,10 @@ bool LagoSink::Impl::Probe(int64_t now_us) {
     AdvanceMark();
     persist_now_ = true;
     probe_accepted_ = true;  // the front goes next: another 5xx for it confirms
-    backoff_ms_ = options_.retry_backoff_ms_min;
     SetState(SinkState::kUp);
-    return true;
+    // The front's backoff stands: its attempts stay spread out over time.
+    retry_at_us_ = answered_us + static_cast<int64_t>(backoff_ms_) * 1000;
+    return false;
   }
   // Anything else proves nothing against the front: it is tried again as before (and the probe
   // event's own answer, if any, is handled when its turn comes).
@@ -582,11 +591,15 @@ bool LagoSink::Impl::Probe(int64_t now_us) {
   return false;
 }
 
-// A 5xx for the front event sent alone. True when it was dead-lettered (go on at once).
-bool LagoSink::Impl::ServerErrorForTheFrontAlone(const LagoAnswer& answer, bool after_probe,
-                                                  int64_t now_us) {
+// A 5xx for the front event sent alone.
+LagoSink::Impl::FrontOutcome LagoSink::Impl::ServerErrorForTheFrontAlone(const LagoAnswer& answer,
+                                                                         bool after_probe,
+                                                                         int64_t now_us) {
+  if (front_failing_since_us_ == 0) front_failing_since_us_ = now_us;
   if (after_probe) {
-    if (++confirmations_ >= options_.server_errors_before_split) {
+    if (++confirmations_ >= options_.server_errors_before_split &&
+        now_us - front_failing_since_us_ >=
+            static_cast<int64_t>(options_.server_error_dead_letter_after_ms) * 1000) {
       const RefusalAnswer refusal = ReadRefusal(answer);
       std::string error = "Lago answered " + std::to_string(answer.http_status) +
                           " for this event alone, over and over, while it accepted the events "
@@ -597,7 +610,7 @@ bool LagoSink::Impl::ServerErrorForTheFrontAlone(const LagoAnswer& answer, bool 
       Status s = DeadLetter(pending_.front(), answer.http_status, "server_error", error);
       if (!s.ok()) {
         Fail("recording a dead letter: " + s.ToString(), 0, -1, now_us);
-        return false;
+        return FrontOutcome::kFailed;
       }
       spdlog::warn(
           "lago sink: Lago answers {} for usage event {} at position {} alone while it accepts "
@@ -610,13 +623,13 @@ bool LagoSink::Impl::ServerErrorForTheFrontAlone(const LagoAnswer& answer, bool 
       backoff_ms_ = options_.retry_backoff_ms_min;
       AdvanceMark();
       persist_now_ = true;
-      return true;
+      return FrontOutcome::kDeadLettered;
     }
     probe_next_ = true;
-    return false;
+    return FrontOutcome::kRetry;
   }
   probe_next_ = ++front_server_errors_ >= options_.server_errors_before_split;
-  return false;
+  return FrontOutcome::kRetry;
 }
 
 bool LagoSink::Impl::HandleAnswer(const LagoAnswer& answer, size_t sent, int64_t now_us) {
@@ -638,6 +651,7 @@ bool LagoSink::Impl::HandleAnswer(const LagoAnswer& answer, size_t sent, int64_t
   }
   successes_ = 0;
   const bool after_probe = std::exchange(probe_accepted_, false);
+  if (status < 500 || sent > 1) ClearSuspicion();  // only 5xx for the front alone count
   if (status == 0) {
     Fail("Lago could not be reached: " + answer.error, 0, -1, now_us);
     return false;
@@ -647,7 +661,11 @@ bool LagoSink::Impl::HandleAnswer(const LagoAnswer& answer, size_t sent, int64_t
       Split(sent);
       backoff_ms_ = options_.retry_backoff_ms_min;
     }
-    if (sent == 1 && ServerErrorForTheFrontAlone(answer, after_probe, now_us)) return true;
+    if (sent == 1) {
+      const FrontOutcome outcome = ServerErrorForTheFrontAlone(answer, after_probe, now_us);
+      if (outcome == FrontOutcome::kDeadLettered) return true;
+      if (outcome == FrontOutcome::kFailed) return false;
+    }
     Fail("Lago answered " + std::to_string(status), status, answer.retry_after_ms, now_us);
     return false;
   }

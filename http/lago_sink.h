@@ -52,8 +52,10 @@
 //       expression of a billable metric that fails on its properties is an unhandled 500 in
 //       Lago): after server_errors_before_split such answers the next event is sent alone; each
 //       time Lago accepts it and then fails the first one again counts, and after
-//       server_errors_before_split of those the first one is dead-lettered (reason
-//       server_error). During an outage those next events fail too: nothing is dead-lettered.
+//       server_errors_before_split of those, the first one failing for
+//       server_error_dead_letter_after_ms, it is dead-lettered (reason server_error). During an
+//       outage those next events fail too: nothing is dead-lettered; a flapping Lago would have
+//       to fail that one event and accept the next for the whole time.
 //   401, 403, 404, 405, 1xx/3xx, and a 4xx (but 413) whose body is not Lago's JSON error
 //       ({"status","error",...}: a proxy's page)  retried with backoff as well (state
 //       "unauthorized" / "down"): a wrong LAGO_API_KEY or LAGO_API_URL, or a proxy that
@@ -123,6 +125,9 @@ struct LagoSinkOptions {
   int retry_backoff_ms_max = 30'000;
   // Consecutive 5xx answers after which the batch is halved. Default 3.
   int server_errors_before_split = 3;
+  // How long one event must keep failing alone with 5xx -- while Lago accepts the events after it
+  // (server_errors_before_split times at least) -- before it is dead-lettered. Default 15 min.
+  int server_error_dead_letter_after_ms = 15 * 60 * 1000;
   // How often skip-only checkpoint progress is written (acknowledged batches are written at
   // once). A crash re-reads at most that much of the log; nothing is sent twice for it.
   int checkpoint_interval_ms = 1'000;

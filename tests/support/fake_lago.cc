@@ -257,6 +257,11 @@ void FakeLago::FailTransaction(std::string transaction_id) {
   failing_.insert(std::move(transaction_id));
 }
 
+void FakeLago::RecoverTransaction(const std::string& transaction_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  failing_.erase(transaction_id);
+}
+
 void FakeLago::Handle(const std::string& authorization, const std::string& content_type,
                       const std::string& body, int* status, std::string* answer) {
   std::lock_guard<std::mutex> lock(mu_);

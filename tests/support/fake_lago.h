@@ -118,6 +118,8 @@ class FakeLago {
   // Every batch holding this transaction id answers 500, nothing of it stored (Lago's
   // unhandled exception when a billable metric's expression fails on one event's properties).
   void FailTransaction(std::string transaction_id);
+  // Undoes FailTransaction.
+  void RecoverTransaction(const std::string& transaction_id);
 
   // Events counted, in the order they were stored.
   std::vector<StoredEvent> stored() const;
