@@ -250,7 +250,8 @@ StripeCheckoutParams CheckoutParamsFor(const AppContext& context, const Identity
 // stripe.checkout_session_created.v1 (no URL: it is a bearer link to the payment page).
 std::string CheckoutEventData(const StripeCheckoutParams& params, const pc::Plan& plan,
                               BillingCycle cycle, const StripeCheckoutSession& session,
-                              const std::string& stripe_key) {
+                              const std::string& stripe_key,
+                              const std::vector<std::string>& closed_sessions) {
   rapidjson::StringBuffer data;
   JsonWriter w(data);
   w.StartObject();
@@ -265,6 +266,12 @@ std::string CheckoutEventData(const StripeCheckoutParams& params, const pc::Plan
                                         ? std::optional<int64_t>(params.trial_period_days)
                                         : std::nullopt);
   Str(w, "stripe_idempotency_key", stripe_key);
+  if (!closed_sessions.empty()) {
+    w.Key("closed_session_ids");
+    w.StartArray();
+    for (const std::string& id : closed_sessions) w.String(id.data(), id.size());
+    w.EndArray();
+  }
   w.EndObject();
   return data.GetString();
 }
@@ -272,27 +279,40 @@ std::string CheckoutEventData(const StripeCheckoutParams& params, const pc::Plan
 // A Checkout Session stays payable for 24 hours (Stripe's default and longest). One of the user's
 // own still open beside a new one could be paid too -- two subscriptions billing, the second out
 // of sight of every route. So the earlier ones are expired at Stripe first, and one already paid
-// whose completion has not arrived yet refuses the new checkout (409 checkout_completed).
-// (A session created at Stripe but never recorded -- the crash window above -- is not known here.)
+// whose completion has not arrived yet refuses the new checkout (409 checkout_completed). Those
+// that can no longer be paid are named in the new session's event (`closed_session_ids`) and
+// not looked at again. (A session created at Stripe but never recorded -- the crash window
+// above -- is not known here.)
 constexpr int64_t kCheckoutPayableUs = int64_t{24} * 3600 * 1'000'000;
-constexpr size_t kOpenCheckoutsMax = 20;
+constexpr size_t kOpenCheckoutsListed = 100;  // rows read; more wait for the next checkout
+constexpr size_t kOpenCheckoutsAsked = 20;    // the newest ones asked about at Stripe
 
 Status ExpireEarlierCheckouts(const AppContext& context, const ReadView& view,
-                              const std::string& user_id) {
+                              const std::string& user_id, std::vector<std::string>* closed) {
   const Clock* clock = context.clock != nullptr ? context.clock : SystemClock::Default();
-  std::vector<std::string> sessions;
-  LEDGER_RETURN_IF_ERROR(pc::ListOpenCheckouts(view, user_id, clock->NowMicros() - kCheckoutPayableUs,
-                                               kOpenCheckoutsMax, &sessions));
-  for (const std::string& id : sessions) {
+  const int64_t payable_since_us = clock->NowMicros() - kCheckoutPayableUs;
+  std::vector<pc::OpenCheckout> sessions;
+  LEDGER_RETURN_IF_ERROR(pc::ListOpenCheckouts(view, user_id, kOpenCheckoutsListed, &sessions));
+  size_t asked = 0;
+  for (const pc::OpenCheckout& open : sessions) {  // newest first
+    if (open.created_us < payable_since_us) {  // expired at Stripe by now
+      closed->push_back(open.session_id);
+      continue;
+    }
+    if (asked++ == kOpenCheckoutsAsked) break;
     StripeCheckoutSession earlier;
-    Status s = context.stripe->GetCheckoutSession(id, &earlier);
-    if (s.problem() == "stripe_resource_missing") continue;  // not this account's (any more)
+    Status s = context.stripe->GetCheckoutSession(open.session_id, &earlier);
+    if (s.problem() == "stripe_resource_missing") {  // not this account's (any more)
+      closed->push_back(open.session_id);
+      continue;
+    }
     LEDGER_RETURN_IF_ERROR(s);
     if (earlier.status == "open") {
       s = context.stripe->ExpireCheckoutSession(
-          id, StripeIdempotencyKey("checkout_expire", user_id, id), &earlier);
+          open.session_id, StripeIdempotencyKey("checkout_expire", user_id, open.session_id),
+          &earlier);
       if (!s.ok()) {  // paid meanwhile?
-        LEDGER_RETURN_IF_ERROR(context.stripe->GetCheckoutSession(id, &earlier));
+        LEDGER_RETURN_IF_ERROR(context.stripe->GetCheckoutSession(open.session_id, &earlier));
         if (earlier.status == "open") return s;
       }
     }
@@ -301,16 +321,19 @@ Status ExpireEarlierCheckouts(const AppContext& context, const ReadView& view,
                               "a checkout of yours was just paid; its subscription is on its way "
                               "(see /api/v1/billing/subscription-status)");
     }
+    closed->push_back(open.session_id);
   }
   return Status::OK();
 }
 
 // Serializes a user's checkouts (expire the earlier sessions, create, record): two at once would
-// each find no open session of the other's.
-std::mutex& CheckoutLock(const std::string& user_id) {
-  static std::array<std::mutex, 64> locks;
+// each find no open session of the other's. Striped; a checkout that cannot have its stripe in
+// time (Stripe slow for another) answers 409 checkout_in_progress rather than hold a worker.
+std::timed_mutex& CheckoutLock(const std::string& user_id) {
+  static std::array<std::timed_mutex, 256> locks;
   return locks[std::hash<std::string>{}(user_id) % locks.size()];
 }
+constexpr auto kCheckoutLockWait = std::chrono::seconds(10);
 
 void CreateCheckout(const AppContext& context, const httplib::Request& req,
                     const Identity& identity, httplib::Response& res) {
@@ -336,7 +359,17 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
     return;
   }
 
-  std::lock_guard<std::mutex> checkout_lock(CheckoutLock(identity.subject));
+  std::unique_lock<std::timed_mutex> checkout_lock(CheckoutLock(identity.subject),
+                                                   kCheckoutLockWait);
+  if (!checkout_lock.owns_lock()) {
+    WriteProblem(409, "checkout_in_progress",
+                 "another checkout is being created; retry in a few seconds", &res);
+    res.set_header("Retry-After", "5");
+    return;
+  }
+  // A retry of this very request that waited for the lock while the first one recorded its
+  // session gets that answer (else it would expire the session it is about to be answered).
+  if (!command.idempotency_key.empty() && AnswerStoredRetry(context.ledger, command, &res)) return;
   std::unique_ptr<ReadView> view = context.ledger->Snapshot();
   pc::Plan plan;
   CheckoutPrices prices;
@@ -358,7 +391,8 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
                          "the trial is for new customers: subscribe to a paid plan instead");
   }
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
-  s = ExpireEarlierCheckouts(context, *view, identity.subject);
+  std::vector<std::string> closed_sessions;
+  s = ExpireEarlierCheckouts(context, *view, identity.subject, &closed_sessions);
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
   const StripeCheckoutParams params =
       CheckoutParamsFor(context, identity, plan, cycle, prices, current.customer_id);
@@ -373,7 +407,8 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
   b.EndObject();
   FinishStripeCall(context, &command,
                    NewEvent{kCheckoutSessionCreatedV1, identity.subject,
-                            CheckoutEventData(params, plan, cycle, session, stripe_key)},
+                            CheckoutEventData(params, plan, cycle, session, stripe_key,
+                                              closed_sessions)},
                    body.GetString(), res);
 }
 

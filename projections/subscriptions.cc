@@ -459,8 +459,19 @@ Status ApplyCheckoutSessionCreated(const Event& event, RowWriter* rows) {
     return Status::OK();
   }
   LEDGER_RETURN_IF_ERROR(rows->Put(kSubscriptionsFamily, Key(kSessionPrefix, session_id), user_id));
-  return rows->Put(kSubscriptionsFamily, Key(kUserSessionPrefix, user_id, session_id),
-                   std::to_string(event.time_us));
+  LEDGER_RETURN_IF_ERROR(rows->Put(kSubscriptionsFamily,
+                                   Key(kUserSessionPrefix, user_id, session_id),
+                                   std::to_string(event.time_us)));
+  auto closed = doc.FindMember("closed_session_ids");
+  if (closed == doc.MemberEnd() || !closed->value.IsArray()) return Status::OK();
+  for (const auto& id : closed->value.GetArray()) {
+    if (!id.IsString() || id.GetStringLength() == 0) continue;
+    const std::string_view closed_id(id.GetString(), id.GetStringLength());
+    if (closed_id.find('/') != std::string_view::npos) continue;
+    LEDGER_RETURN_IF_ERROR(
+        rows->Delete(kSubscriptionsFamily, Key(kUserSessionPrefix, user_id, closed_id)));
+  }
+  return Status::OK();
 }
 
 // ---- choosing a user's subscription ---------------------------------------------------------------
@@ -898,21 +909,27 @@ Status GetCheckoutSessionUser(const StateReader& state, std::string_view session
   return s;
 }
 
-Status ListOpenCheckouts(const StateReader& state, std::string_view user_id, int64_t since_us,
-                         size_t limit, std::vector<std::string>* session_ids) {
-  session_ids->clear();
+Status ListOpenCheckouts(const StateReader& state, std::string_view user_id, size_t limit,
+                         std::vector<OpenCheckout>* sessions) {
+  sessions->clear();
   if (user_id.empty() || user_id.find('/') != std::string_view::npos) return Status::OK();
   const std::string prefix = Key(kUserSessionPrefix, user_id) + "/";
-  return state.Scan(kSubscriptionsFamily, prefix, [&](std::string_view key, std::string_view value) {
-    const std::string_view session_id = key.substr(prefix.size());
-    int64_t created_us = 0;
-    const auto [end, error] = std::from_chars(value.data(), value.data() + value.size(), created_us);
-    if (!session_id.empty() && session_id.find('/') == std::string_view::npos &&
-        error == std::errc() && end == value.data() + value.size() && created_us >= since_us) {
-      session_ids->emplace_back(session_id);
-    }
-    return session_ids->size() < limit;
+  LEDGER_RETURN_IF_ERROR(
+      state.Scan(kSubscriptionsFamily, prefix, [&](std::string_view key, std::string_view value) {
+        OpenCheckout session;
+        session.session_id.assign(key.substr(prefix.size()));
+        const auto [end, error] =
+            std::from_chars(value.data(), value.data() + value.size(), session.created_us);
+        if (!session.session_id.empty() && session.session_id.find('/') == std::string::npos &&
+            error == std::errc() && end == value.data() + value.size()) {
+          sessions->push_back(std::move(session));
+        }
+        return sessions->size() < limit;
+      }));
+  std::sort(sessions->begin(), sessions->end(), [](const OpenCheckout& a, const OpenCheckout& b) {
+    return std::tie(b.created_us, b.session_id) < std::tie(a.created_us, a.session_id);
   });
+  return Status::OK();
 }
 
 Status FindUsersByEmailOrId(const StateReader& state, std::string_view email_or_id,

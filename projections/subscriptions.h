@@ -224,11 +224,16 @@ Status ListSubscriptionsByStatus(const StateReader& state, SubscriptionStatus st
 Status GetCheckoutSessionUser(const StateReader& state, std::string_view session_id,
                               std::string* user_id);
 
-// The Checkout Sessions `user_id` opened through POST /checkout/create at or after `since_us`
-// (the append time) whose completion has not arrived (subscription.checkout_completed.v1), at
-// most `limit`, in id order. Expired ones are listed too: Stripe knows, not the log.
-Status ListOpenCheckouts(const StateReader& state, std::string_view user_id, int64_t since_us,
-                         size_t limit, std::vector<std::string>* session_ids);
+// The Checkout Sessions `user_id` opened through POST /checkout/create whose completion has not
+// arrived (subscription.checkout_completed.v1) and that no later checkout closed
+// (closed_session_ids), at most `limit`, newest first. Expired ones may be listed: Stripe
+// knows, not the log.
+struct OpenCheckout {
+  std::string session_id;
+  int64_t created_us = 0;  // the append time of its stripe.checkout_session_created.v1
+};
+Status ListOpenCheckouts(const StateReader& state, std::string_view user_id, size_t limit,
+                         std::vector<OpenCheckout>* sessions);
 
 // The users the admin routes' `{email}` names: with an '@', those whose linked email equals it
 // (FindUsersByEmail); without, the one user with that id, known to the projections or not (an

@@ -361,13 +361,23 @@ TEST_F(BillingRoutesTest, AnotherCheckoutExpiresTheOpenOne) {
   auto expires = fake_.RequestsTo("POST", "/v1/checkout/sessions/" + a_id + "/expire");
   ASSERT_EQ(expires.size(), 1u);
   EXPECT_FALSE(expires[0].idempotency_key.empty());
-  // A third expires the second; the first, expired already, is only looked at.
+  // The second's event names the first as closed: a third expires the second and does not ask
+  // about the first again.
+  std::vector<Event> created;
+  EventFilter filter;
+  filter.type = "stripe.checkout_session_created.v1";
+  ASSERT_TRUE(ledger_->ReadEvents(Position(0), 10, filter, &created).ok());
+  ASSERT_EQ(created.size(), 2u);
+  EXPECT_EQ(created[0].data.find("closed_session_ids"), std::string::npos) << created[0].data;
+  EXPECT_NE(created[1].data.find(R"("closed_session_ids":[")" + a_id + R"("])"), std::string::npos)
+      << created[1].data;
   ASSERT_EQ(Alice().Post(kCheckout, R"({"plan_id":"enterprise"})").status, 200);
   sessions = fake_.checkout_sessions();
   ASSERT_EQ(sessions.size(), 3u);
   EXPECT_EQ(sessions[1].status, "expired");
   EXPECT_EQ(sessions[2].status, "open");
   EXPECT_EQ(fake_.RequestsTo("POST", "/v1/checkout/sessions/" + a_id + "/expire").size(), 1u);
+  EXPECT_EQ(fake_.RequestsTo("GET", "/v1/checkout/sessions/" + a_id).size(), 1u);
   // Another user's checkout leaves alice's alone.
   ASSERT_EQ(As(bob_token_).Post(kCheckout, R"({"plan_id":"starter"})").status, 200);
   EXPECT_EQ(fake_.checkout_sessions()[2].status, "open");
