@@ -56,7 +56,7 @@ int main(int argc, char** argv) {
     sigwait(&signals, &again);
     spdlog::warn("received {} again: exiting without finishing the shutdown",
                  again == SIGTERM ? "SIGTERM" : "SIGINT");
-    spdlog::shutdown();
+    spdlog::default_logger()->flush();  // not shutdown(): other threads may still be logging
     std::_Exit(128 + again);
   }).detach();
   s = app->Stop(std::chrono::seconds(10));

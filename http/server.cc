@@ -1376,8 +1376,8 @@ class CoreServer final : public httplib::Server {
       }
       if (!plain) continue;
       const std::string_view value = TrimBlanks(line.substr(colon + 1));
-      if (EqualsIgnoreCase(name, "Host") && (++hosts > 1 || !IsHostValue(value))) plain = false;
-      plain = !name.empty() && name.front() != ' ' && name.front() != '\t' &&
+      const bool bad_host = EqualsIgnoreCase(name, "Host") && (++hosts > 1 || !IsHostValue(value));
+      plain = !bad_host && !name.empty() && name.front() != ' ' && name.front() != '\t' &&
               name.back() != ' ' && name.back() != '\t' && !value.empty() &&
               value.find('%') == std::string_view::npos && !EqualsIgnoreCase(name, "Range") &&
               !EqualsIgnoreCase(name, "Content-Encoding") &&

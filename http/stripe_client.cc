@@ -513,9 +513,12 @@ Status HttpStripeClient::Impl::Check(const Exchange& exchange, rapidjson::Docume
   if (status >= 500) {
     return Status::Make(Code::kBadGateway, "stripe_error", answered + suffix);
   }
-  if (status == 402 && type == "card_error") {  // a declined charge: the caller's to mend
+  if (status == 402) {  // a declined charge, or one that needs the customer (3-D Secure)
     return Status::Make(Code::kPaymentRequired, "payment_failed",
-                        "the payment was declined, nothing was changed" + suffix);
+                        "the payment failed or needs the customer's action, nothing was changed; "
+                        "update the payment method (or make the change) in the customer portal, "
+                        "then retry with a new Idempotency-Key" +
+                            suffix);
   }
   if (type == "idempotency_error") {
     return Status::Make(Code::kBadGateway, "stripe_idempotency_error", answered + suffix);

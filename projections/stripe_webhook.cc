@@ -31,15 +31,15 @@ Status Malformed(std::string message) {
 // Secrets, and links that work for whoever holds them: an invoice's payment page and PDF, a
 // charge's receipt, a credit note's PDF ("pdf"), the customer portal's login link and a checkout
 // page ("url": billing_portal.session, checkout.session, file_link, login_link; elsewhere "url"
-// is an API path, nothing lost), a payment's next_action pages — a voucher's (boleto, OXXO,
-// Konbini, Multibanco), bank-transfer instructions, a verification, a QR code's images and a
-// wallet's sign-in link — (the Lago side redacts its checkout and payment URLs the same way).
+// is an API path, nothing lost), a verification's or bank transfer's instructions page, and a
+// payment's whole next_action (vouchers, QR codes and their payloads, redirects and wallet
+// sign-ins: what the customer is to do, every part of it a way to pay) (the Lago side redacts
+// its checkout and payment URLs the same way).
 bool IsSecretMemberName(std::string_view name) {
   return name == "client_secret" || name == "secret" || name == "hosted_invoice_url" ||
          name == "invoice_pdf" || name == "receipt_url" || name == "pdf" || name == "url" ||
          name == "hosted_instructions_url" || name == "hosted_verification_url" ||
-         name == "hosted_voucher_url" || name == "image_url_png" || name == "image_url_svg" ||
-         name == "image_data_url" || name == "mobile_auth_url";
+         name == "next_action";
 }
 
 Status RedactPayload(std::string_view raw, std::string* out) {

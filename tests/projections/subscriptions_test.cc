@@ -737,7 +737,8 @@ TEST_F(SubscriptionsTest, UnknownTypeIsStoredWithoutStateChangeAndSecretsRedacte
       R"("next_action":{"boleto_display_details":{"hosted_voucher_url":"https://payments.stripe.com/)"
       R"(boleto/voucher/test_1"},"cashapp_handle_redirect_or_display_qr_code":{"mobile_auth_url":)"
       R"("https://pm-redirects.stripe.com/authorize/acct_1/pa_1","qr_code":{"image_url_png":)"
-      R"("https://qr.stripe.com/pa_1.png","image_url_svg":"https://qr.stripe.com/pa_1.svg"}}}}},)"
+      R"("https://qr.stripe.com/pa_1.png","image_url_svg":"https://qr.stripe.com/pa_1.svg"}},)"
+      R"("paynow_display_qr_code":{"data":"00020101021226490009SG.PAYNOW"}}}},)"
       R"("livemode":true,"type":"payment_intent.succeeded"})";
   Decision d = Deliver(&w, raw);
   ASSERT_EQ(d.events.size(), 1u);
@@ -752,7 +753,8 @@ TEST_F(SubscriptionsTest, UnknownTypeIsStoredWithoutStateChangeAndSecretsRedacte
   // Bearer links to an invoice's payment page, its PDF, a receipt, a voucher, a QR code and a
   // wallet's sign-in.
   EXPECT_EQ(data.find("stripe.com/"), std::string::npos) << data;
-  EXPECT_NE(data.find(R"("hosted_voucher_url":"[redacted]")"), std::string::npos) << data;
+  EXPECT_NE(data.find(R"("next_action":"[redacted]")"), std::string::npos) << data;
+  EXPECT_EQ(data.find("SG.PAYNOW"), std::string::npos) << data;  // a QR code's payload
   EXPECT_NE(data.find(R"("hosted_invoice_url":"[redacted]","invoice_pdf":"[redacted]")"),
             std::string::npos) << data;
   // Numbers exactly as sent.
