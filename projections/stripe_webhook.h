@@ -21,9 +21,9 @@
 // Secrets never enter an event: the stored payload is the delivery's JSON re-serialized
 // compactly (numbers and strings exactly as received) with the value of every member named
 // `client_secret`, `secret`, `hosted_invoice_url`, `invoice_pdf`, `receipt_url`, `pdf`, `url`,
-// `hosted_instructions_url` or `hosted_verification_url` (bearer links: an invoice's payment page
-// and PDF, a receipt, a credit note's PDF, the customer portal's login link, a checkout page)
-// replaced by "[redacted]"; `raw_sha256` is the
+// `hosted_instructions_url`, `hosted_verification_url` or `next_action` (bearer links: an
+// invoice's payment page and PDF, a receipt, a credit note's PDF, the customer portal's login
+// link, a checkout page; a payment's vouchers, QR codes and redirects) replaced by "[redacted]"; `raw_sha256` is the
 // SHA-256 of the exact bytes received, so the original delivery can still be matched against
 // Stripe's copy.
 //
