@@ -1580,7 +1580,8 @@ class BatchRecorder {
       : state_(state),
         cache_(cache),
         min_us_(limits::kUsageTimestampMinSeconds * kMicrosPerSecond),
-        max_us_(now_us + limits::kUsageFutureSkewSeconds * kMicrosPerSecond) {
+        max_us_(now_us + limits::kUsageFutureSkewSeconds * kMicrosPerSecond),
+        now_s_(FloorSeconds(now_us)) {
     seen_.reserve(items);
   }
 
@@ -1689,7 +1690,11 @@ class BatchRecorder {
     f.plan = u->plan;
     f.limit = u->terms.limit;
     f.used_after = counter.used;
-    *thresholds += AppendThresholdEvents(f, &counter, &u->thresholds);
+    // Usage backfilled into a window that has ended announces nothing: its 80 % and 100 % are
+    // news to no one now, and its limit is today's plan's, not necessarily the one it had.
+    if (u->terms.window.end_s > now_s_) {
+      *thresholds += AppendThresholdEvents(f, &counter, &u->thresholds);
+    }
     if (u->open_items >= limits::kUsageBatchItemsMax ||
         out.size() >= limits::kUsageBatchEventDataBytesSoftMax) {
       Close(u);
@@ -1798,6 +1803,7 @@ class BatchRecorder {
   const StateReader& state_;
   UsageAccessCache* const cache_;
   const int64_t min_us_, max_us_;
+  const int64_t now_s_;
   bool epoch_read_ = false;
   std::string epoch_;       // the access epoch, read at the first user
   std::vector<bool> recorded_;  // Prefetch: whether each item's dedupe row exists

@@ -695,6 +695,33 @@ TEST_F(UsageDeciderTest, BatchRecordsValidItemsAndReportsInvalidAndDuplicates) {
   EXPECT_TRUE(applied.empty());
 }
 
+// Usage backfilled into a billing month that has ended is recorded there, but announces no 80 %
+// or 100 %: news to no one now, against today's plan's limit.
+TEST_F(UsageDeciderTest, BackfilledUsageOfAnEndedWindowAnnouncesNoThreshold) {
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "tiny")).ok());  // 10 a billing month
+  const int64_t now_us = (kStripeT0 + 40 * kDay) * kUs;     // the second billing month
+  std::vector<UsageBatchItem> items = {
+      {"u1", "chat", 10, "last-month", (kStripeT0 + 5 * kDay) * kUs, "", ""},
+      {"u1", "chat", 9, "this-month", now_us, "", ""},
+  };
+  RecordUsageBatch batch(items, cache_);
+  Decision decision;
+  std::vector<Event> applied;
+  ASSERT_TRUE(world_.Run(&batch, now_us, &decision, &applied).ok());
+  size_t thresholds = 0;
+  for (const Event& e : applied) {
+    if (e.type != kUsageThresholdReachedV1) continue;
+    ++thresholds;
+    rapidjson::Document data;
+    data.Parse(e.data.c_str());
+    EXPECT_EQ(data["threshold_percent"].GetInt(), 80) << e.data;  // this month's 9 of 10
+  }
+  EXPECT_EQ(thresholds, 1u);
+  rapidjson::Document body;
+  body.Parse(decision.body.c_str());
+  EXPECT_EQ(body["accepted"].GetInt(), 2);
+}
+
 TEST_F(UsageDeciderTest, BatchAcrossUsersIsOneEventPerUserWithItsAcceptedItemsInOrder) {
   ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "tiny")).ok());
   ASSERT_TRUE(world_.Subscribe(OnPlan("u2", "enterprise")).ok());
