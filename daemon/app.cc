@@ -207,6 +207,7 @@ Status App::Impl::BuildStripeClient() {
   http::StripeClientOptions options;
   options.api_base = config_.stripe_api_base;
   options.secret_key = config_.stripe_secret_key;
+  options.api_version = config_.stripe_api_version;
   LEDGER_RETURN_IF_ERROR(
       AsConfigError("STRIPE_API_BASE", http::HttpStripeClient::Create(options, &stripe_)));
   context_.stripe = stripe_.get();

@@ -217,6 +217,14 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
   if (!IsHttpUrl(config->stripe_api_base)) {
     return Bad("STRIPE_API_BASE", "must be an http:// or https:// URL");
   }
+  if (const std::string& v = config->stripe_api_version;
+      !v.empty() && (v.size() > 64 || v.size() < 10 || v[4] != '-' || v[7] != '-' ||
+                     HasBlankOrControl(v) ||
+                     !std::all_of(v.begin(), v.begin() + 10, [](char c) {
+                       return (c >= '0' && c <= '9') || c == '-';
+                     }))) {
+    return Bad("STRIPE_API_VERSION", "must be a Stripe API version such as 2025-03-31.basil");
+  }
   if (HasBlankOrControl(config->stripe_secret_key)) {
     return Bad("STRIPE_SECRET_KEY", "must not contain whitespace or control characters");
   }
@@ -336,6 +344,9 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
       ->envname("STRIPE_WEBHOOK_SECRET");
   app.add_option("--stripe-api-base", config->stripe_api_base, "Stripe API base URL")
       ->envname("STRIPE_API_BASE");
+  app.add_option("--stripe-api-version", config->stripe_api_version,
+                 "Stripe-Version sent with every call (\"\" = the account's default)")
+      ->envname("STRIPE_API_VERSION");
   app.add_option("--stripe-success-url", config->stripe_success_url)->envname("STRIPE_SUCCESS_URL");
   app.add_option("--stripe-cancel-url", config->stripe_cancel_url)->envname("STRIPE_CANCEL_URL");
   app.add_option("--stripe-portal-return-url", config->stripe_portal_return_url)

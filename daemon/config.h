@@ -47,6 +47,7 @@ struct Config {
   std::string stripe_secret_key;                   // secret
   std::vector<std::string> stripe_webhook_secrets; // secrets
   std::string stripe_api_base = "https://api.stripe.com";
+  std::string stripe_api_version = "2025-03-31.basil";  // Stripe-Version; "" = the account's
   std::string stripe_success_url;
   std::string stripe_cancel_url;
   std::string stripe_portal_return_url;

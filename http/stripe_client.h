@@ -216,6 +216,8 @@ class StripeApi {
 // ---------------------------------------------------------------------------------------------
 // The cpp-httplib implementation
 
+inline constexpr std::string_view kStripeApiVersion = "2025-03-31.basil";
+
 struct StripeClientOptions {
   // scheme://host[:port][/prefix], http or https. Default: Stripe itself.
   std::string api_base = "https://api.stripe.com";
@@ -237,8 +239,10 @@ struct StripeClientOptions {
   int64_t backoff_max_ms = 5'000;
   // Largest response body read; a larger one is an error (stripe_error).
   size_t response_bytes_max = 4u << 20;
-  // Stripe-Version header; "" = the account's default version.
-  std::string api_version;
+  // Stripe-Version header: the API version whose shapes the parsers were written against (both
+  // period layouts are read, PROTOCOLS.md), so that an upgrade of the account's default in the
+  // Dashboard changes nothing here. "" = the account's default version.
+  std::string api_version = std::string(kStripeApiVersion);
   // Sleeps between attempts; tests inject a recorder. Default: std::this_thread::sleep_for.
   std::function<void(int64_t ms)> sleep;
 };

@@ -48,6 +48,7 @@ TEST(ConfigTest, DefaultsMatchTheContract) {
   EXPECT_EQ(config.stripe_secret_key, "");
   EXPECT_TRUE(config.stripe_webhook_secrets.empty());
   EXPECT_EQ(config.stripe_api_base, "https://api.stripe.com");
+  EXPECT_EQ(config.stripe_api_version, "2025-03-31.basil");
   EXPECT_EQ(config.master_key_file, "./data/master.key");
   EXPECT_EQ(config.log_level, "info");
   EXPECT_EQ(config.sync_interval_min_us, 1000);
@@ -92,6 +93,7 @@ TEST(ConfigTest, EveryContractVariableIsRead) {
   env.Set("STRIPE_SECRET_KEY", "sk_test_x");
   env.Set("STRIPE_WEBHOOK_SECRET", "whsec_new,whsec_old");
   env.Set("STRIPE_API_BASE", "http://127.0.0.1:12111");
+  env.Set("STRIPE_API_VERSION", "2024-06-20");
   env.Set("STRIPE_SUCCESS_URL", "https://app.example.com/ok");
   env.Set("STRIPE_CANCEL_URL", "https://app.example.com/cancel");
   env.Set("STRIPE_PORTAL_RETURN_URL", "https://app.example.com/account");
@@ -120,6 +122,7 @@ TEST(ConfigTest, EveryContractVariableIsRead) {
   EXPECT_EQ(config.stripe_secret_key, "sk_test_x");
   EXPECT_EQ(config.stripe_webhook_secrets, (std::vector<std::string>{"whsec_new", "whsec_old"}));
   EXPECT_EQ(config.stripe_api_base, "http://127.0.0.1:12111");
+  EXPECT_EQ(config.stripe_api_version, "2024-06-20");
   EXPECT_EQ(config.stripe_success_url, "https://app.example.com/ok");
   EXPECT_EQ(config.stripe_cancel_url, "https://app.example.com/cancel");
   EXPECT_EQ(config.stripe_portal_return_url, "https://app.example.com/account");
@@ -283,6 +286,8 @@ std::vector<BadSetting> BadSettings(const TempDir& dir) {
       {"STRIPE_SECRET_KEY", "STRIPE_SECRET_KEY", "sk_test_abc\n", {}},
       {"STRIPE_SECRET_KEY", "STRIPE_SECRET_KEY", "sk_test abc", {}},
       {"STRIPE_API_BASE", "STRIPE_API_BASE", "api.stripe.com", {}},
+      {"STRIPE_API_VERSION", "STRIPE_API_VERSION", "latest", {}},
+      {"STRIPE_API_VERSION", "STRIPE_API_VERSION", "2025-03-31 basil", {}},
       {"STRIPE_API_BASE", "STRIPE_API_BASE", "ftp://api.stripe.com", {}},
       {"STRIPE_SUCCESS_URL", "STRIPE_SUCCESS_URL", "javascript:alert(1)", {}},
       {"STRIPE_CANCEL_URL", "STRIPE_CANCEL_URL", "/relative", {}},

@@ -203,6 +203,7 @@ TEST_F(StripeClientTest, CreatesACheckoutSessionAsStripeExpects) {
   EXPECT_EQ(r.path, "/v1/checkout/sessions");
   EXPECT_EQ(r.authorization, std::string("Bearer ") + kFakeStripeSecretKey);
   EXPECT_EQ(r.idempotency_key, "ledgerd-checkout-k1");
+  EXPECT_EQ(r.stripe_version, "2025-03-31.basil");  // pinned: the account's default may move
   EXPECT_EQ(r.content_type, "application/x-www-form-urlencoded");
   EXPECT_EQ(r.params, HttpStripeClient::CheckoutForm(Checkout()));
   EXPECT_EQ(r.status, 200);

@@ -1115,6 +1115,7 @@ void FakeStripe::Handle(const httplib::Request& req, httplib::Response& res) {
   record.authorization = req.get_header_value("Authorization");
   record.has_idempotency_key = req.has_header("Idempotency-Key");
   record.idempotency_key = req.get_header_value("Idempotency-Key");
+  record.stripe_version = req.get_header_value("Stripe-Version");
   record.content_type = req.get_header_value("Content-Type");
   record.body = req.body;
 

@@ -63,6 +63,7 @@ class FakeStripe {
     std::string path;  // without the query
     std::string authorization;
     std::string idempotency_key;  // "" when absent
+    std::string stripe_version;   // the Stripe-Version header ("" when absent)
     bool has_idempotency_key = false;
     std::string content_type;
     std::string body;
