@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential cmake ninja-build ccache pkg-config git
   librocksdb-dev librdkafka-dev libcpp-httplib-dev rapidjson-dev libspdlog-dev libcli11-dev
-  libssl-dev libgtest-dev libgmock-dev kcat wrk curl)
+  libssl-dev libgtest-dev libgmock-dev kcat wrk curl openssl)
 
 deps() {
   local missing=()
@@ -21,7 +21,8 @@ deps() {
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
     echo "installing: ${missing[*]}" >&2
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${missing[@]}"
   fi
 }
 

@@ -73,9 +73,13 @@ phase() { [[ ",$phases," == *",$1,"* ]]; }
 ledgerd="$build/bin/ledgerd"
 ledgerctl="$build/bin/ledgerctl"
 trivial_httpd="$build/bin/trivial_httpd"
-for tool in "$ledgerd" "$ledgerctl" "$trivial_httpd"; do
+tools=("$ledgerd" "$ledgerctl")
+phase trivial && tools+=("$trivial_httpd")
+for tool in "${tools[@]}"; do
   [[ -x "$tool" ]] || {
-    echo "missing $tool: cmake --build $build --target ledgerd ledgerctl trivial_httpd" >&2
+    echo "missing $tool: cmake -S . -B $build -G Ninja -DCMAKE_BUILD_TYPE=Release" \
+      "-DLEDGER_BUILD_TESTS=OFF && cmake --build $build -j2 --target ledgerd ledgerctl" \
+      "trivial_httpd" >&2
     exit 64
   }
 done
