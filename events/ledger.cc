@@ -204,6 +204,46 @@ Status ValidateNewEvent(const NewEvent& e) {
   return Status::OK();
 }
 
+// A wal_filter that replays nothing.
+class IgnoreEveryRecord final : public rocksdb::WalFilter {
+ public:
+  WalProcessingOption LogRecordFound(unsigned long long, const std::string&,
+                                     const rocksdb::WriteBatch&, rocksdb::WriteBatch*,
+                                     bool*) override {
+    return WalProcessingOption::kIgnoreCurrentRecord;
+  }
+  const char* Name() const override { return "ledger-ignore-every-record"; }
+};
+
+// The last event the store's table files hold, from a read-only open that replays no log;
+// nothing when that open fails (the gap filter then compares from the first replayed record
+// on, as it did before).
+std::optional<uint64_t> FlushedEventHead(
+    rocksdb::DBOptions db_options, const std::string& path,
+    const std::vector<rocksdb::ColumnFamilyDescriptor>& descriptors) {
+  IgnoreEveryRecord ignore;
+  db_options.wal_filter = &ignore;
+  db_options.listeners.clear();
+  db_options.sst_file_manager.reset();
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* raw = nullptr;
+  if (!rocksdb::DB::OpenForReadOnly(db_options, path, descriptors, &handles, &raw).ok()) {
+    return std::nullopt;
+  }
+  std::unique_ptr<rocksdb::DB> db(raw);
+  std::optional<uint64_t> head;
+  for (rocksdb::ColumnFamilyHandle* handle : handles) {
+    if (handle->GetName() != kEventsFamily) continue;
+    rocksdb::ReadOptions read;
+    read.verify_checksums = false;  // a damaged block is reported by the open or verify
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(read, handle));
+    it->SeekToLast();
+    if (it->status().ok()) head = it->Valid() ? DecodeFixed64BE(it->key().data()) : 0;
+  }
+  for (rocksdb::ColumnFamilyHandle* handle : handles) db->DestroyColumnFamilyHandle(handle);
+  return head;
+}
+
 }  // namespace
 
 Hash IdempotencyRecordKey(std::string_view scope, std::string_view key) {
@@ -936,9 +976,16 @@ Status LedgerImpl::OpenDb() {
                                    : name == kIdempotencyFamily ? idempotency_options
                                                                 : cf_options);
   }
-  // Stops the replay at a hole a power loss left between two logs (wal_log.h). A member: the
-  // database keeps the pointer in its options.
-  gap_filter_ = std::make_unique<wal::EventGapFilter>(options_.read_only ? "" : options_.path);
+  // Stops the replay at a hole a power loss left between two logs (wal_log.h), from the event
+  // after the last flushed one: a power loss can lose the whole oldest live log and keep a newer
+  // one. A member: the database keeps the pointer in its options.
+  std::optional<uint64_t> flushed_head;
+  std::error_code exists_error;
+  if (std::filesystem::exists(options_.path + "/CURRENT", exists_error)) {
+    flushed_head = FlushedEventHead(db_options, options_.path, descriptors);
+  }
+  gap_filter_ =
+      std::make_unique<wal::EventGapFilter>(options_.read_only ? "" : options_.path, flushed_head);
   db_options.wal_filter = gap_filter_.get();
   if (std::filesystem::exists(options_.path)) {
     // RocksDB would open past a zeroed header and drop the rest of its block (wal_log.h); a
@@ -964,7 +1011,7 @@ Status LedgerImpl::OpenDb() {
           "bytes at offset {}; the file as it was is saved as {}",
           repair.file, repair.cut_bytes, repair.cut_at, repair.copy);
       handles.clear();
-      gap_filter_ = std::make_unique<wal::EventGapFilter>(options_.path);
+      gap_filter_ = std::make_unique<wal::EventGapFilter>(options_.path, flushed_head);
       db_options.wal_filter = gap_filter_.get();
       s = rocksdb::DB::Open(db_options, options_.path, descriptors, &handles, &db_);
     }

@@ -288,10 +288,11 @@ rocksdb::WalFilter::WalProcessingOption EventGapFilter::LogRecordFound(
   EventPositions events;
   if (!batch.Iterate(&events).ok()) {
     last_ = 0;  // unreadable here: the next event starts the comparison afresh
+    compare_first_ = false;
     return WalProcessingOption::kContinueProcessing;
   }
   if (events.first == 0) return WalProcessingOption::kContinueProcessing;  // no event
-  if (last_ != 0 && events.first > last_ + 1) {
+  if ((last_ != 0 || compare_first_) && events.first > last_ + 1) {
     stopped_ = true;
     stopped_log_ = log_file_name;
     stopped_log_number_ = log_number;

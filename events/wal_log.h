@@ -135,15 +135,20 @@ Status RepairTornWalTail(const std::string& dir, TornTailRepair* out);
 // log's cut tail: events missing from the middle of the chain. This filter, set as the open's
 // DBOptions::wal_filter, sees every record RocksDB replays (only the logs it still needs, in
 // order) and stops the replay at the first one whose first event is beyond the last replayed
-// event + 1: none of the groups from there on was acknowledged (the older log's sync never
+// event + 1 (for the first record: the last event the table files hold, when known): none of the groups from there on was acknowledged (the older log's sync never
 // completed, and a group is answered only after every log up to it is synced). The logs from
 // that one on are copied to `<dir>/torn-wal/` first (the open deletes them once it has flushed
 // what it replayed). Read-only opens (verify, export, replay) stop the same way, copying nothing.
 // Thread safety: used by one open at a time.
 class EventGapFilter final : public rocksdb::WalFilter {
  public:
-  // `dir`: where the logs are; "" = copy nothing (read-only opens).
-  explicit EventGapFilter(std::string dir) : dir_(std::move(dir)) {}
+  // `dir`: where the logs are; "" = copy nothing (read-only opens). `flushed_head`: the last event
+  // the table files hold (FlushedEventHead), when known: the replay must go on from the event
+  // after it, so even the first replayed record is compared (a lost oldest log is a gap too).
+  explicit EventGapFilter(std::string dir, std::optional<uint64_t> flushed_head = std::nullopt)
+      : dir_(std::move(dir)),
+        last_(flushed_head.value_or(0)),
+        compare_first_(flushed_head.has_value()) {}
 
   WalProcessingOption LogRecordFound(unsigned long long log_number,
                                      const std::string& log_file_name,
@@ -163,7 +168,8 @@ class EventGapFilter final : public rocksdb::WalFilter {
   Status SaveDroppedLogs();
 
   const std::string dir_;
-  uint64_t last_ = 0;  // the last event replayed (0: none yet)
+  uint64_t last_ = 0;  // the last event replayed, or the last flushed one (0: none yet)
+  bool compare_first_ = false;  // last_ is known before the first record
   bool stopped_ = false;
   std::string stopped_log_;
   uint64_t stopped_log_number_ = 0;

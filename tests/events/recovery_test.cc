@@ -715,6 +715,53 @@ TEST(RecoveryTest, ANewerLogAfterAnOlderLogsLostTailIsNotReplayedOverTheGap) {
   EXPECT_TRUE(report.ok()) << report.Summary();
 }
 
+// The same loss, but of the whole oldest live log (two log switches within one unfinished sync):
+// the first record replayed is already past the hole, after the events the table files hold. The
+// replay is compared from the last flushed event on, and stops there.
+TEST(RecoveryTest, ALostOldestLogIsAGapAfterTheFlushedEvents) {
+  TempDir dir;
+  std::vector<Outcome> acknowledged;
+  Position flushed;
+  {
+    auto ledger = Open(dir.path());
+    ASSERT_NE(ledger, nullptr);
+    AppendSequentially(ledger.get(), "flushed", 20, &acknowledged);
+    ASSERT_TRUE(ledger->Flush().ok());
+    flushed = ledger->Head();
+    AppendSequentially(ledger.get(), "lost", 20, &acknowledged);
+  }
+  const std::string wal_path = LastWal(dir.path());
+  std::vector<size_t> starts;
+  ASSERT_GE(LogRecords(ReadFile(wal_path), &starts).size(), 10u);
+  // The log keeps nothing; a newer one holds every record after its first.
+  const std::string newer_path = testing::SplitLogAtALostRecord(wal_path, 0);
+  ASSERT_FALSE(newer_path.empty());
+  const std::string name = std::filesystem::path(newer_path).filename().string();
+
+  auto ledger = Open(dir.path());
+  ASSERT_NE(ledger, nullptr);
+  EXPECT_EQ(ledger->Head().value(), flushed.value());
+  std::vector<Outcome> kept;
+  for (const Outcome& o : acknowledged) {
+    if (o.result.position.value() <= flushed.value()) kept.push_back(o);
+  }
+  DurabilityReport report = CheckDurability(ledger.get(), kept);
+  EXPECT_TRUE(report.ok()) << report.Summary();
+  EXPECT_NE(ledger->WalGapProblem(), "");
+  EXPECT_TRUE(std::filesystem::exists(dir.path() + "/torn-wal/" + name));
+  // No hole: every position up to the head is there.
+  uint64_t expected = 1;
+  ASSERT_TRUE(ledger
+                  ->ScanRaw(Position(1), ledger->Head(),
+                            [&](Position p, std::string_view) {
+                              EXPECT_EQ(p.value(), expected);
+                              ++expected;
+                              return true;
+                            })
+                  .ok());
+  EXPECT_EQ(expected, flushed.value() + 1);
+}
+
 // Only the logs RocksDB replays are compared: an obsolete log it no longer needs, left on disk by
 // a crash during its deletion (RocksDB deletes newest first) while a later obsolete log is gone,
 // is not a hole before the live log.

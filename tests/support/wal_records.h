@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -70,15 +71,17 @@ inline void AppendLogRecord(std::string* file, std::string_view payload) {
 }
 
 // Splits the log at `wal_path` (of a closed store) as a power loss can leave it: the log cut where
-// its middle record began, a log numbered one higher holding the records after that one (the
-// lost group's). Returns the newer log's path; "" when the log holds fewer than 3 records.
-inline std::string SplitLogAtALostRecord(const std::string& wal_path) {
+// its middle record (or record `lost_index`) began, a log numbered one higher holding the records
+// after that one (the lost group's). Returns the newer log's path; "" when the log holds fewer
+// than 3 records.
+inline std::string SplitLogAtALostRecord(const std::string& wal_path,
+                                         std::optional<size_t> lost_index = std::nullopt) {
   std::ifstream in(wal_path, std::ios::binary);
   const std::string contents((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   std::vector<size_t> starts;
   const std::vector<std::string> records = LogRecords(contents, &starts);
   if (records.size() < 3) return "";
-  const size_t lost = records.size() / 2;
+  const size_t lost = lost_index.value_or(records.size() / 2);
   std::ofstream(wal_path, std::ios::binary | std::ios::trunc)
       .write(contents.data(), static_cast<std::streamsize>(starts[lost]));
   std::string newer;
