@@ -1436,6 +1436,10 @@ void LedgerImpl::SyncLoop() {
               std::chrono::duration<double>(std::chrono::steady_clock::now() - sync_started)
                   .count());
         }
+        // No group is written after a failed sync: after an fsync error the kernel may have
+        // dropped the pages that failed, and records appended behind them -- made durable by a
+        // later sync (a flush's, a checkpoint's) -- would turn the unsynced tail into a hole.
+        if (!s.ok()) group_failed_ = true;
       }
       if (s.ok()) {
         metrics_.syncs.Add();

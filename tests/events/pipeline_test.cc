@@ -14,6 +14,7 @@
 
 #include "events/ledger.h"
 #include "tests/support/fault_fs.h"
+#include "tests/support/gate_command.h"
 #include "tests/support/test_ledger.h"
 #include "tests/support/wait.h"
 
@@ -139,6 +140,31 @@ TEST_F(HeldSyncTest, AFailedSyncFailsItsGroupAndPublishesNothing) {
   std::vector<Event> events;
   ASSERT_TRUE(ledger_->ReadEvents(Position(0), 10, {}, &events).ok());
   EXPECT_EQ(events.size(), 1u);
+}
+
+// A group decided while the previous group's sync was still running is not written once that
+// sync has failed: after an fsync error the kernel may have dropped the pages that failed, and a
+// record appended behind them, made durable by a later sync, would leave a hole in the log.
+TEST_F(HeldSyncTest, NoGroupIsWrittenAfterAFailedSync) {
+  AppendCommand second("second");
+  SubmitWithSyncHeld(&second);  // written; its sync waits
+  testing::GateCommand third("third");
+  std::atomic<bool> third_answered{false};
+  CommandResult third_result;
+  ledger_->SubmitAsync(&third, [&](CommandResult r) {
+    third_result = std::move(r);
+    third_answered = true;
+  });
+  third.WaitUntilDeciding();  // decided past the degraded check, not written yet
+  fault_.fs()->SetFailSyncs(true);
+  fault_.fs()->ReleaseSyncs();
+  ASSERT_TRUE(WaitAnswered());
+  EXPECT_EQ(result_.status.problem(), "storage_degraded") << result_.status.ToString();
+  const uint64_t appends = fault_.fs()->appends();
+  third.Open();
+  ASSERT_TRUE(WaitFor([&] { return third_answered.load(); }));
+  EXPECT_EQ(third_result.status.problem(), "storage_degraded") << third_result.status.ToString();
+  EXPECT_EQ(fault_.fs()->appends(), appends) << "a group was written after the failed sync";
 }
 
 // 64 logical callers on no thread of their own: each submits its next command from the
