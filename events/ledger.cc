@@ -940,7 +940,8 @@ Status LedgerImpl::OpenDb() {
                                     kStreamsFamily, kIdempotencyFamily, kCheckpointsFamily,
                                     kMetaFamily};
   for (const Fold* fold : options_.folds) names.emplace_back(fold->Name());
-  if (std::filesystem::exists(options_.path)) {
+  std::error_code exists_error;  // the non-throwing overloads: an unreadable parent is an open error
+  if (std::filesystem::exists(options_.path, exists_error)) {
     std::vector<std::string> existing;
     if (rocksdb::DB::ListColumnFamilies(rocksdb::Options(db_options, cf_options), options_.path,
                                         &existing)
@@ -980,14 +981,13 @@ Status LedgerImpl::OpenDb() {
   // after the last flushed one: a power loss can lose the whole oldest live log and keep a newer
   // one. A member: the database keeps the pointer in its options.
   std::optional<uint64_t> flushed_head;
-  std::error_code exists_error;
   if (std::filesystem::exists(options_.path + "/CURRENT", exists_error)) {
     flushed_head = FlushedEventHead(db_options, options_.path, descriptors);
   }
   gap_filter_ =
       std::make_unique<wal::EventGapFilter>(options_.read_only ? "" : options_.path, flushed_head);
   db_options.wal_filter = gap_filter_.get();
-  if (std::filesystem::exists(options_.path)) {
+  if (std::filesystem::exists(options_.path, exists_error)) {
     // RocksDB would open past a zeroed header and drop the rest of its block (wal_log.h); a
     // read-only open (verify, export, replay) too, and then see a shorter, intact-looking chain.
     LEDGER_RETURN_IF_ERROR(wal::FindZeroedHeaders(options_.path));
@@ -1749,6 +1749,7 @@ Status LedgerImpl::ReadEvents(Position after, size_t limit, const EventFilter& f
   out->clear();
   limit = std::min(limit, limits::kReadEventsMax);
   if (!filter.subject.empty()) return ReadEventsBySubject(after, limit, filter, out);
+  if (after.value() == UINT64_MAX) return Status::OK();  // nothing after it (Next would wrap)
   Status decode_status;
   LEDGER_RETURN_IF_ERROR(ScanRaw(Next(after), filter.up_to, [&](Position, std::string_view v) {
     Event event;

@@ -113,8 +113,10 @@ Status ListLogFiles(const std::string& dir,
                     std::vector<std::pair<uint64_t, std::filesystem::path>>* out) {
   out->clear();
   std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-    const std::filesystem::path& path = entry.path();
+  // increment(ec), not the range-for: its operator++ throws, and this runs inside RocksDB's
+  // recovery (EventGapFilter) too.
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::filesystem::path& path = it->path();
     const std::string stem = path.stem().string();
     if (path.extension() != ".log" || stem.empty() || stem.size() > 19 ||
         !std::all_of(stem.begin(), stem.end(), [](char c) { return c >= '0' && c <= '9'; })) {
@@ -152,9 +154,10 @@ Status SavedLogPath(const std::string& dir, const std::filesystem::path& path,
   std::filesystem::create_directories(*saved_dir, ec);
   if (ec) return Status::IOError("cannot create " + saved_dir->string() + ": " + ec.message());
   *saved = *saved_dir / path.filename();
-  for (int n = 1; std::filesystem::exists(*saved); ++n) {
+  for (int n = 1; std::filesystem::exists(*saved, ec); ++n) {
     *saved = *saved_dir / (path.filename().string() + "." + std::to_string(n));
   }
+  if (ec) return Status::IOError("cannot look into " + saved_dir->string() + ": " + ec.message());
   return Status::OK();
 }
 

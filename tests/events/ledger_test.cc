@@ -58,6 +58,11 @@ TEST(LedgerTest, AppendsAssignGapFreePositionsAndChainHashes) {
     prev = events[i].hash;
   }
   EXPECT_EQ(ledger->HeadHash(), prev);
+  // Nothing comes after the last position there can be (the next one would wrap to the start).
+  ASSERT_TRUE(ledger->ReadEvents(Position(UINT64_MAX), 100, {}, &events).ok());
+  EXPECT_TRUE(events.empty());
+  ASSERT_TRUE(ledger->ReadEvents(Position(4), 100, {}, &events).ok());
+  EXPECT_TRUE(events.empty());
 }
 
 TEST(LedgerTest, ReopenRecoversHeadAndContinuesTheChain) {
