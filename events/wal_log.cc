@@ -208,10 +208,15 @@ Status RepairTornWalTail(const std::string& dir, TornTailRepair* out) {
   *out = TornTailRepair{};
   std::vector<std::pair<uint64_t, std::filesystem::path>> logs;
   LEDGER_RETURN_IF_ERROR(ListLogFiles(dir, &logs));
-  if (logs.empty()) return Status::OK();
-  const std::filesystem::path path = logs.back().second;
+  // The newest log with anything in it: a log switch may have created a newer one that the crash
+  // left empty (nothing written to it, nothing to drop).
+  std::filesystem::path path;
   std::string contents;
-  LEDGER_RETURN_IF_ERROR(ReadLogFile(path, &contents));
+  for (auto it = logs.rbegin(); it != logs.rend() && contents.empty(); ++it) {
+    path = it->second;
+    LEDGER_RETURN_IF_ERROR(ReadLogFile(path, &contents));
+  }
+  if (contents.empty()) return Status::OK();
   // The zero tail: [zeros_from, end of file).
   const size_t zeros_from = ZeroTailStart(contents);
   if (zeros_from == contents.size()) return Status::OK();  // no zeros at the end: not torn

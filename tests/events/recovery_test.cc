@@ -474,6 +474,27 @@ TEST(RecoveryTest, AZeroFilledTornTailIsCutAtItsBatchAndOnlyThatGroupIsLost) {
   EXPECT_EQ(ReadFile(saved), torn_bytes);
 }
 
+// The same torn tail with an empty newer log beside it (a log switch the crash left unwritten): the
+// repair looks at the newest log with something in it.
+TEST(RecoveryTest, ATornTailBeforeAnEmptyNewerLogIsCutToo) {
+  TempDir dir;
+  std::vector<Outcome> acknowledged;
+  ASSERT_NO_FATAL_FAILURE(WriteWithABigLastBatch(dir.path(), "empty-next", 20, &acknowledged));
+  const std::string wal_file = LastWal(dir.path());
+  ZeroTail(wal_file, 100);
+  acknowledged.pop_back();  // the torn group
+  const std::filesystem::path wal(wal_file);
+  char next[32];
+  std::snprintf(next, sizeof next, "%06llu.log",
+                static_cast<unsigned long long>(std::stoull(wal.stem().string()) + 1));
+  std::ofstream((wal.parent_path() / next).string());  // created, nothing written
+  auto ledger = Open(dir.path());
+  ASSERT_NE(ledger, nullptr);
+  DurabilityReport report = CheckDurability(ledger.get(), acknowledged);
+  EXPECT_TRUE(report.ok()) << report.Summary();
+  EXPECT_EQ(report.head, acknowledged.back().result.position);
+}
+
 // Writes a store, damages its newest log with `damage`, and expects the repair to leave it alone
 // and the open to refuse it.
 void ExpectDamageIsNotCut(const std::string& tag,
