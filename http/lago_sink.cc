@@ -394,7 +394,8 @@ class LagoSink::Impl {
   bool HandleAnswer(const LagoAnswer& answer, size_t sent, int64_t now_us);
   bool HandleRefusal(const LagoAnswer& answer, const RefusalAnswer& refusal, size_t sent,
                      int64_t now_us);
-  bool Probe(int64_t now_us);
+  LagoAnswer Send(const std::string& body, int64_t* answered_us);
+  bool Probe();
   enum class FrontOutcome { kRetry, kDeadLettered, kFailed };
   FrontOutcome ServerErrorForTheFrontAlone(const LagoAnswer& answer, bool after_probe,
                                            int64_t now_us);
@@ -543,7 +544,7 @@ bool LagoSink::Impl::Step(int64_t now_us) {
     persist_now_ = true;
     return true;
   }
-  if (probe_next_ && pending_.size() > 1 && !pending_[1].lago_event.empty()) return Probe(now_us);
+  if (probe_next_ && pending_.size() > 1 && !pending_[1].lago_event.empty()) return Probe();
   size_t sent = 0;
   std::string body = "{\"events\":[";
   while (sent < batch_limit_ && sent < pending_.size() && !pending_[sent].lago_event.empty()) {
@@ -552,24 +553,28 @@ bool LagoSink::Impl::Step(int64_t now_us) {
     ++sent;
   }
   body += "]}";
-  metrics_.requests.Add();
-  const int64_t start_us = SteadyMicros();
-  LagoAnswer answer = api_->SendEventsBatch(body);
-  const int64_t answered_us = SteadyMicros();
-  metrics_.request_seconds.Observe(static_cast<double>(answered_us - start_us) / 1e6);
+  int64_t answered_us = 0;
+  const LagoAnswer answer = Send(body, &answered_us);
   // Backoff and Retry-After count from the answer: a slow 5xx must not use up the wait.
   return HandleAnswer(answer, sent, answered_us);
 }
 
-// Sends pending_[1] alone, the front event being suspected of failing on its own.
-bool LagoSink::Impl::Probe(int64_t now_us) {
-  probe_next_ = false;
-  probe_accepted_ = false;
+// One batch request, counted and timed; `*answered_us`: when its answer came.
+LagoAnswer LagoSink::Impl::Send(const std::string& body, int64_t* answered_us) {
   metrics_.requests.Add();
   const int64_t start_us = SteadyMicros();
-  LagoAnswer answer = api_->SendEventsBatch("{\"events\":[" + pending_[1].lago_event + "]}");
-  const int64_t answered_us = SteadyMicros();
-  metrics_.request_seconds.Observe(static_cast<double>(answered_us - start_us) / 1e6);
+  LagoAnswer answer = api_->SendEventsBatch(body);
+  *answered_us = SteadyMicros();
+  metrics_.request_seconds.Observe(static_cast<double>(*answered_us - start_us) / 1e6);
+  return answer;
+}
+
+// Sends pending_[1] alone, the front event being suspected of failing on its own.
+bool LagoSink::Impl::Probe() {
+  probe_next_ = false;
+  probe_accepted_ = false;
+  int64_t answered_us = 0;
+  const LagoAnswer answer = Send("{\"events\":[" + pending_[1].lago_event + "]}", &answered_us);
   const int status = answer.http_status;
   if (status >= 200 && status < 300) {
     metrics_.batches_accepted.Add();

@@ -871,22 +871,23 @@ Status GetUserSubscription(const StateReader& state, std::string_view user_id,
     *is = s.ok();
     return s.IsNotFound() ? Status::OK() : s;
   };
-  bool is_deleted = false;
+  bool fall_back = !out->has_subscription;
   if (out->has_subscription) {
     out->customer_id = out->subscription.customer_id;
     LEDGER_RETURN_IF_ERROR(
         LatestInvoice(state, out->subscription.subscription_id, &out->latest_invoice));
-    if (!out->customer_id.empty()) LEDGER_RETURN_IF_ERROR(deleted(out->customer_id, &is_deleted));
-    if (is_deleted) out->customer_id.clear();
+    if (!out->customer_id.empty()) LEDGER_RETURN_IF_ERROR(deleted(out->customer_id, &fall_back));
+    if (fall_back) out->customer_id.clear();
   }
-  // Else, or instead of a deleted one: the greatest id of the user's other customers
+  // Else, or instead of a deleted one: the greatest id of the user's other live customers
   // (deterministic).
-  for (auto it = customers.rbegin(); it != customers.rend() && out->customer_id.empty() &&
-                                     (!out->has_subscription || is_deleted);
-       ++it) {
+  for (auto it = customers.rbegin(); fall_back && it != customers.rend(); ++it) {
     bool gone = false;
     LEDGER_RETURN_IF_ERROR(deleted(*it, &gone));
-    if (!gone) out->customer_id = *it;
+    if (!gone) {
+      out->customer_id = *it;
+      fall_back = false;
+    }
   }
   return Status::OK();
 }
