@@ -124,20 +124,36 @@ Status CheckInputOnlyRules(const Plan& plan) {
   if (plan.api_calls_limit && *plan.api_calls_limit < 1) {
     return Invalid("api_calls_limit: at least 1, or null (unlimited)");
   }
+  // What Stripe can bill (an 8-digit unit_amount): a dearer price could never be set up there,
+  // and checkout for it would fail for good.
+  if (plan.price_monthly_cents > limits::kStripeUnitAmountMax) {
+    return Invalid("price_monthly_cents: at most " + std::to_string(limits::kStripeUnitAmountMax) +
+                   " (Stripe's largest unit amount)");
+  }
+  if (plan.price_yearly_cents && *plan.price_yearly_cents > limits::kStripeUnitAmountMax) {
+    return Invalid("price_yearly_cents: at most " + std::to_string(limits::kStripeUnitAmountMax) +
+                   " (Stripe's largest unit amount); give a smaller one, or null (not sold yearly)");
+  }
   return Status::OK();
 }
 
 Status ParsePlanObject(const Value& object, ParseMode mode, std::string_view path_id,
                        PlanInput* out) {
   if (!object.IsObject()) return Invalid("a plan must be a JSON object");
+  out->given.reset();
   for (auto it = object.MemberBegin(); it != object.MemberEnd(); ++it) {
     std::string_view name(it->name.GetString(), it->name.GetStringLength());
-    if (std::find(kPlanFields.begin(), kPlanFields.end(), name) == kPlanFields.end()) {
+    auto field = std::find(kPlanFields.begin(), kPlanFields.end(), name);
+    if (field == kPlanFields.end()) {
       return Status::Make(Code::kUnprocessable, "unknown_field",
                           "unknown field '" + Truncated(name) + "'");
     }
+    out->given.set(static_cast<size_t>(field - kPlanFields.begin()));
   }
   const bool all = mode == ParseMode::kStored;
+  // A PUT names only what changes (UpdatePlan merges it into the stored plan and validates that).
+  const bool put = mode == ParseMode::kInput && !path_id.empty();
+  const bool needed = !put;
   ObjectReader reader(object);
   Plan& plan = out->plan;
   plan = Plan();
@@ -152,16 +168,14 @@ Status ParsePlanObject(const Value& object, ParseMode mode, std::string_view pat
     }
     plan.id.assign(path_id);
   }
-  LEDGER_RETURN_IF_ERROR(reader.String("display_name", true, &plan.display_name));
+  LEDGER_RETURN_IF_ERROR(reader.String("display_name", needed, &plan.display_name));
   LEDGER_RETURN_IF_ERROR(reader.String("description", all, &plan.description));
   LEDGER_RETURN_IF_ERROR(reader.String("currency", all, &plan.currency));
-  LEDGER_RETURN_IF_ERROR(reader.Int("price_monthly_cents", true, &plan.price_monthly_cents));
+  LEDGER_RETURN_IF_ERROR(reader.Int("price_monthly_cents", needed, &plan.price_monthly_cents));
   bool yearly_given = false;
   LEDGER_RETURN_IF_ERROR(
       reader.NullableInt("price_yearly_cents", all, &plan.price_yearly_cents, &yearly_given));
-  bool limit_given = false;
-  LEDGER_RETURN_IF_ERROR(
-      reader.NullableInt("api_calls_limit", true, &plan.api_calls_limit, &limit_given));
+  LEDGER_RETURN_IF_ERROR(reader.NullableInt("api_calls_limit", needed, &plan.api_calls_limit));
   std::optional<std::string> window;
   bool window_given = false;
   LEDGER_RETURN_IF_ERROR(reader.NullableString("limit_window", all, &window, &window_given));
@@ -175,6 +189,16 @@ Status ParsePlanObject(const Value& object, ParseMode mode, std::string_view pat
     }
   }
   LEDGER_RETURN_IF_ERROR(reader.Int("trial_days", all, &plan.trial_days));
+  LEDGER_RETURN_IF_ERROR(reader.StringArray("services", needed, &plan.services));
+  LEDGER_RETURN_IF_ERROR(reader.StringArray("features", all, &plan.features));
+  LEDGER_RETURN_IF_ERROR(reader.Bool("byok_enabled", all, &plan.byok_enabled));
+  LEDGER_RETURN_IF_ERROR(reader.Int("team_seats", all, &plan.team_seats));
+  LEDGER_RETURN_IF_ERROR(
+      reader.NullableString("stripe_price_monthly", all, &plan.stripe_price_monthly));
+  LEDGER_RETURN_IF_ERROR(
+      reader.NullableString("stripe_price_yearly", all, &plan.stripe_price_yearly));
+  LEDGER_RETURN_IF_ERROR(reader.Bool("active", all, &plan.active));
+  if (put) return Status::OK();  // the defaults and the checks apply to the merged plan
   if (!window && !window_given && plan.api_calls_limit) {
     // A trial's quota is per day (metering counts it so); a recurring plan's per month.
     plan.limit_window = plan.trial_days > 0 ? LimitWindow::kDay : LimitWindow::kMonth;
@@ -185,17 +209,6 @@ Status ParsePlanObject(const Value& object, ParseMode mode, std::string_view pat
       plan.price_monthly_cents <= limits::kPriceCentsMax / 10) {
     plan.price_yearly_cents = 10 * plan.price_monthly_cents;
   }
-  LEDGER_RETURN_IF_ERROR(reader.StringArray("services", true, &plan.services));
-  LEDGER_RETURN_IF_ERROR(reader.StringArray("features", all, &plan.features));
-  LEDGER_RETURN_IF_ERROR(reader.Bool("byok_enabled", all, &plan.byok_enabled));
-  LEDGER_RETURN_IF_ERROR(reader.Int("team_seats", all, &plan.team_seats));
-  LEDGER_RETURN_IF_ERROR(reader.NullableString("stripe_price_monthly", all,
-                                               &plan.stripe_price_monthly,
-                                               &out->stripe_price_monthly_given));
-  LEDGER_RETURN_IF_ERROR(reader.NullableString("stripe_price_yearly", all,
-                                               &plan.stripe_price_yearly,
-                                               &out->stripe_price_yearly_given));
-  LEDGER_RETURN_IF_ERROR(reader.Bool("active", all, &plan.active, &out->active_given));
   LEDGER_RETURN_IF_ERROR(ValidatePlan(plan));
   return mode == ParseMode::kInput ? CheckInputOnlyRules(plan) : Status::OK();
 }
@@ -457,6 +470,53 @@ Status ParsePlanInput(std::string_view body, std::string_view path_id, PlanInput
   return ParsePlanObject(doc, ParseMode::kInput, path_id, out);
 }
 
+bool PlanInput::Given(std::string_view field) const {
+  auto it = std::find(kPlanFields.begin(), kPlanFields.end(), field);
+  return it != kPlanFields.end() && given.test(static_cast<size_t>(it - kPlanFields.begin()));
+}
+
+namespace {
+
+// A PUT's fields over the stored plan (checked by the caller as a POST's plan would be).
+Plan MergePlanInput(const PlanInput& input, const Plan& current) {
+  const Plan& in = input.plan;
+  Plan next = current;
+  auto take = [&input](std::string_view field, auto* to, const auto& from) {
+    if (input.Given(field)) *to = from;
+  };
+  take("display_name", &next.display_name, in.display_name);
+  take("description", &next.description, in.description);
+  take("currency", &next.currency, in.currency);
+  take("price_monthly_cents", &next.price_monthly_cents, in.price_monthly_cents);
+  take("price_yearly_cents", &next.price_yearly_cents, in.price_yearly_cents);
+  take("api_calls_limit", &next.api_calls_limit, in.api_calls_limit);
+  take("limit_window", &next.limit_window, in.limit_window);
+  take("trial_days", &next.trial_days, in.trial_days);
+  take("services", &next.services, in.services);
+  take("features", &next.features, in.features);
+  take("byok_enabled", &next.byok_enabled, in.byok_enabled);
+  take("team_seats", &next.team_seats, in.team_seats);
+  take("stripe_price_monthly", &next.stripe_price_monthly, in.stripe_price_monthly);
+  take("stripe_price_yearly", &next.stripe_price_yearly, in.stripe_price_yearly);
+  take("active", &next.active, in.active);
+  if (!input.Given("limit_window")) {
+    if (!next.api_calls_limit) {
+      next.limit_window = LimitWindow::kNone;
+    } else if (next.limit_window == LimitWindow::kNone) {
+      next.limit_window = next.trial_days > 0 ? LimitWindow::kDay : LimitWindow::kMonth;
+    }
+  }
+  // A yearly price that was the default (ten months) follows a new monthly price.
+  if (!input.Given("price_yearly_cents") && current.price_monthly_cents > 0 &&
+      current.price_yearly_cents == 10 * current.price_monthly_cents &&
+      next.price_monthly_cents > 0 && next.price_monthly_cents <= limits::kPriceCentsMax / 10) {
+    next.price_yearly_cents = 10 * next.price_monthly_cents;
+  }
+  return next;
+}
+
+}  // namespace
+
 std::vector<Plan> InitialPlans() {
   std::vector<Plan> plans(4);
   Plan& trial = plans[0];
@@ -695,12 +755,7 @@ Status UpdatePlan::Decide(const DecideContext& context, Decision* decision) {
   LEDGER_RETURN_IF_ERROR(ValidateActor(actor_));
   Plan current;
   LEDGER_RETURN_IF_ERROR(GetPlan(*context.state, input_.plan.id, &current));
-  Plan next = input_.plan;
-  if (!input_.active_given) next.active = current.active;
-  if (!input_.stripe_price_monthly_given) next.stripe_price_monthly = current.stripe_price_monthly;
-  if (!input_.stripe_price_yearly_given) next.stripe_price_yearly = current.stripe_price_yearly;
-  LEDGER_RETURN_IF_ERROR(ValidatePlanChange(next));
-  LEDGER_RETURN_IF_ERROR(CheckConversionPlanStaysOnSale(*context.state, current, next.active));
+  Plan next = MergePlanInput(input_, current);
   // trial_days > 0 makes the price a one-time trial fee on the conversion plan's subscription
   // (http/stripe_plans.h), and the usage windows daily for trial_days: turning a paid plan into
   // one (or back) would re-read every existing subscription on it -- its subscribers locked out
@@ -715,6 +770,8 @@ Status UpdatePlan::Decide(const DecideContext& context, Decision* decision) {
                                    "one-time trial fee for its existing subscribers; create a new "
                                    "plan instead");
   }
+  LEDGER_RETURN_IF_ERROR(ValidatePlanChange(next));
+  LEDGER_RETURN_IF_ERROR(CheckConversionPlanStaysOnSale(*context.state, current, next.active));
   LEDGER_RETURN_IF_ERROR(CheckStripePriceFresh("monthly", next.price_monthly_cents,
                                                current.price_monthly_cents,
                                                next.stripe_price_monthly,

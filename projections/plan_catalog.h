@@ -18,6 +18,7 @@
 #pragma once
 
 #include <array>
+#include <bitset>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -97,21 +98,22 @@ Status ParsePlanJson(std::string_view json, Plan* out);
 
 // A plan as an admin sends it (POST body, or PUT body with the id from the path).
 //
-// Required: id (POST; on PUT optional and must equal the path's), display_name,
-// price_monthly_cents, api_calls_limit (null = unlimited, said explicitly), services.
-// Defaults: description "", currency "usd", price_yearly_cents 10 × price_monthly_cents (null for
-// a free plan or one with trial_days; explicit null: not sold yearly), limit_window "month" when
-// api_calls_limit is a number (else null), trial_days 0, features [], byok_enabled false,
-// team_seats 1, stripe_price_* null, active true. Unknown fields are rejected.
+// POST: required id, display_name, price_monthly_cents, api_calls_limit (null = unlimited, said
+// explicitly), services. Defaults: description "", currency "usd", price_yearly_cents 10 ×
+// price_monthly_cents (null for a free plan or one with trial_days; explicit null: not sold
+// yearly), limit_window "month" when api_calls_limit is a number (else null), trial_days 0,
+// features [], byok_enabled false, team_seats 1, stripe_price_* null, active true.
 //
-// On PUT, fields that are absent and marked below keep the stored plan's value: `active` (retire
-// with DELETE, reactivate with "active": true) and the Stripe price ids (normally written by
-// `ledgerctl stripe-setup`, not by whoever edits the plans page). Explicit null clears a price id.
+// PUT: every field is optional (the id, if given, must equal the path's); a field left out keeps
+// the stored plan's value (UpdatePlan merges), so fixing a typo cannot take BYOK or seats away
+// from the plan's subscribers. limit_window left out stays, or becomes the default above when
+// api_calls_limit turns a number, or null when it turns null. Explicit null clears a nullable
+// field. Unknown fields are rejected either way.
 struct PlanInput {
-  Plan plan;
-  bool active_given = false;
-  bool stripe_price_monthly_given = false;
-  bool stripe_price_yearly_given = false;
+  Plan plan;  // POST: the whole plan; PUT: only the fields in `given` mean anything
+  std::bitset<16> given;  // by index in the plan's field list (PlanFieldIndex)
+
+  bool Given(std::string_view field) const;
 };
 
 // `path_id` empty: a POST body. Errors: kInvalidArgument "invalid_json" (not a JSON object,
@@ -176,8 +178,8 @@ class CreatePlan final : public Command {
   Actor actor_;
 };
 
-// 200 + plan.updated.v1 (full replacement, see PlanInput). 404 when missing. A replacement equal
-// to the stored plan appends nothing.
+// 200 + plan.updated.v1 (the stored plan with the given fields replaced, see PlanInput). 404 when
+// missing. A change that leaves the plan as stored appends nothing.
 class UpdatePlan final : public Command {
  public:
   UpdatePlan(PlanInput input, Actor actor) : input_(std::move(input)), actor_(std::move(actor)) {}

@@ -179,7 +179,11 @@ TEST_F(PlansRoutesTest, BadInputAppendsNothing) {
   EXPECT_EQ(Head(), 4u);
 }
 
-TEST_F(PlansRoutesTest, UpdateReplacesThePlan) {
+TEST_F(PlansRoutesTest, UpdateChangesTheFieldsGiven) {
+  HttpReply before = Anonymous().Get(std::string(kPlans) + "/starter");
+  ASSERT_EQ(before.status, 200);
+  const size_t features = before.Json()["features"].Size();
+  ASSERT_GT(features, 0u);
   std::string body = R"({"display_name":"Starter+","price_monthly_cents":2500,)"
                      R"("price_yearly_cents":25000,"api_calls_limit":2000,"services":["chat"],)"
                      R"("byok_enabled":true})";
@@ -189,17 +193,37 @@ TEST_F(PlansRoutesTest, UpdateReplacesThePlan) {
   rapidjson::Document plan = r.Json();
   EXPECT_STREQ(plan["display_name"].GetString(), "Starter+");
   EXPECT_EQ(plan["price_monthly_cents"].GetInt(), 2500);
-  EXPECT_EQ(plan["features"].Size(), 0u);
+  EXPECT_EQ(plan["features"].Size(), features);  // not named: kept
 
   HttpReply get = Anonymous().Get(std::string(kPlans) + "/starter");
   EXPECT_EQ(get.body, r.body);
   EXPECT_EQ(get.Header("X-Ledger-Position"), "5");
 
-  // The same replacement again changes nothing and appends nothing.
+  // The same change again changes nothing and appends nothing.
   HttpReply again = Admin().Put(std::string(kPlans) + "/starter", body);
   EXPECT_EQ(again.status, 200);
   EXPECT_EQ(again.body, r.body);
   EXPECT_EQ(Head(), 5u);
+}
+
+// Renaming Enterprise must not take BYOK and seats from its subscribers.
+TEST_F(PlansRoutesTest, ARenameKeepsTheEntitlements) {
+  HttpReply r = Admin().Put(std::string(kPlans) + "/enterprise", R"({"display_name":"Enterprise"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  HttpReply get = Anonymous().Get(std::string(kPlans) + "/enterprise");
+  rapidjson::Document plan = get.Json();
+  EXPECT_TRUE(plan["byok_enabled"].GetBool()) << get.body;
+  EXPECT_EQ(plan["team_seats"].GetInt(), 10);
+  EXPECT_EQ(plan["services"].Size(), 7u);
+  EXPECT_EQ(plan["price_monthly_cents"].GetInt(), 9900);
+  EXPECT_EQ(plan["price_yearly_cents"].GetInt(), 99000);
+  EXPECT_GT(plan["features"].Size(), 0u);
+  // Nothing changed: nothing appended.
+  EXPECT_EQ(Head(), 4u);
+
+  HttpReply bad = Admin().Put(std::string(kPlans) + "/enterprise", R"({"team_seats":0})");
+  EXPECT_EQ(bad.status, 422) << bad.body;
+  EXPECT_EQ(Head(), 4u);
 }
 
 TEST_F(PlansRoutesTest, DeleteRetiresButKeepsThePlan) {

@@ -198,8 +198,9 @@ TEST(PlanInputTest, AppliesDefaults) {
   EXPECT_FALSE(p.byok_enabled);
   EXPECT_EQ(p.team_seats, 1);
   EXPECT_TRUE(p.active);
-  EXPECT_FALSE(input.active_given);
-  EXPECT_FALSE(input.stripe_price_monthly_given);
+  EXPECT_FALSE(input.Given("active"));
+  EXPECT_FALSE(input.Given("stripe_price_monthly"));
+  EXPECT_TRUE(input.Given("id"));
 }
 
 // A trial plan stored with a monthly window (accepted before the rule) still reads: the rule is
@@ -255,10 +256,16 @@ TEST(PlanInputTest, PutTakesTheIdFromThePath) {
                      R"("services":["chat"],"active":false,"stripe_price_yearly":null})";
   ASSERT_TRUE(ParsePlanInput(body, "starter", &input).ok());
   EXPECT_EQ(input.plan.id, "starter");
-  EXPECT_TRUE(input.active_given);
+  EXPECT_TRUE(input.Given("active"));
   EXPECT_FALSE(input.plan.active);
-  EXPECT_TRUE(input.stripe_price_yearly_given);
-  EXPECT_FALSE(input.stripe_price_monthly_given);
+  EXPECT_TRUE(input.Given("stripe_price_yearly"));
+  EXPECT_FALSE(input.Given("stripe_price_monthly"));
+  EXPECT_FALSE(input.Given("features"));
+  EXPECT_FALSE(input.Given("nope"));
+  // Nothing is required on PUT: a body may name one field.
+  EXPECT_TRUE(ParsePlanInput(R"({"team_seats":3})", "starter", &input).ok());
+  EXPECT_TRUE(input.Given("team_seats"));
+  EXPECT_FALSE(input.Given("display_name"));
 
   Status s = ParsePlanInput(Body(), "starter", &input);  // body says "team"
   EXPECT_EQ(s.code(), Code::kUnprocessable);
@@ -345,6 +352,11 @@ INSTANTIATE_TEST_SUITE_P(
                  "validation_failed"},
         BadInput{"NegativePrice", Replace(Body(), "2900", "-1"), k422, "validation_failed"},
         BadInput{"HugePrice", Replace(Body(), "2900", "10000000001"), k422,
+                 "validation_failed"},
+        // Stripe's unit_amount has 8 digits: the price could never be set up there.
+        BadInput{"PriceBeyondStripe", Replace(Body(), "2900", "100000000"), k422,
+                 "validation_failed"},
+        BadInput{"DefaultYearlyPriceBeyondStripe", Replace(Body(), "2900", "10000000"), k422,
                  "validation_failed"},
         BadInput{"PriceBeyondInt64", Replace(Body(), "2900", "99999999999999999999"), k422,
                  "validation_failed"},
@@ -471,9 +483,13 @@ TEST(PlanCommandsTest, CatalogSizeIsBounded) {
   EXPECT_EQ(s.problem(), "plan_catalog_full");
 }
 
-TEST(PlanCommandsTest, UpdateReplacesEditableFields) {
+// A PUT names what changes; the rest of the plan stays as stored (fixing a typo must not take
+// BYOK, seats or features away from the plan's subscribers).
+TEST(PlanCommandsTest, UpdateChangesOnlyTheFieldsGiven) {
   Harness h;
-  CreatePlan create(ParsedBody(R"("features":["a"],"byok_enabled":true)"), TestAdmin());
+  CreatePlan create(ParsedBody(R"("features":["a"],"byok_enabled":true,"team_seats":9,)"
+                               R"("description":"d","price_yearly_cents":20000)"),
+                    TestAdmin());
   h.MustRun(&create);
 
   PlanInput input;
@@ -493,9 +509,61 @@ TEST(PlanCommandsTest, UpdateReplacesEditableFields) {
   EXPECT_EQ(stored.price_monthly_cents, 3900);
   EXPECT_EQ(stored.limit_window, LimitWindow::kDay);
   EXPECT_EQ(stored.services, std::vector<std::string>{"chat"});
-  EXPECT_TRUE(stored.features.empty());  // replaced, not merged
-  EXPECT_FALSE(stored.byok_enabled);
+  EXPECT_EQ(stored.features, std::vector<std::string>{"a"});
+  EXPECT_TRUE(stored.byok_enabled);
+  EXPECT_EQ(stored.team_seats, 9);
+  EXPECT_EQ(stored.description, "d");
+  EXPECT_EQ(stored.price_yearly_cents, 20000);  // not recomputed from the new monthly price
   EXPECT_EQ(d.body, PlanToJson(stored));
+
+  // Said explicitly, a field is replaced: an empty list, null for "not sold yearly".
+  ASSERT_TRUE(ParsePlanInput(R"({"features":[],"byok_enabled":false,"price_yearly_cents":null})",
+                             "team", &input)
+                  .ok());
+  UpdatePlan clear(input, TestAdmin());
+  h.MustRun(&clear);
+  ASSERT_TRUE(GetPlan(h.state(), "team", &stored).ok());
+  EXPECT_TRUE(stored.features.empty());
+  EXPECT_FALSE(stored.byok_enabled);
+  EXPECT_EQ(stored.price_yearly_cents, std::nullopt);
+  EXPECT_EQ(stored.team_seats, 9);
+}
+
+// limit_window follows api_calls_limit when left out: null with an unlimited quota, the default
+// window when a quota appears, the stored one otherwise. A merged plan is checked as a POST's.
+TEST(PlanCommandsTest, AMergedUpdateKeepsTheWindowConsistentAndIsValidated) {
+  Harness h;
+  PlanInput daily;
+  ASSERT_TRUE(ParsePlanInput(Replace(Body(R"("limit_window":"day")"), "5000", "100"), "", &daily)
+                  .ok());
+  CreatePlan create(daily.plan, TestAdmin());
+  h.MustRun(&create);
+  auto put = [&h](const std::string& body, Decision* d) {
+    PlanInput input;
+    Status s = ParsePlanInput(body, "team", &input);
+    if (!s.ok()) return s;
+    UpdatePlan update(input, TestAdmin());
+    return h.Run(&update, d);
+  };
+  Plan stored;
+  Decision d;
+  ASSERT_TRUE(put(R"({"api_calls_limit":500})", &d).ok());
+  ASSERT_TRUE(GetPlan(h.state(), "team", &stored).ok());
+  EXPECT_EQ(stored.limit_window, LimitWindow::kDay);
+  ASSERT_TRUE(put(R"({"api_calls_limit":null})", &d).ok());
+  ASSERT_TRUE(GetPlan(h.state(), "team", &stored).ok());
+  EXPECT_EQ(stored.limit_window, LimitWindow::kNone);
+  ASSERT_TRUE(put(R"({"api_calls_limit":7})", &d).ok());
+  ASSERT_TRUE(GetPlan(h.state(), "team", &stored).ok());
+  EXPECT_EQ(stored.limit_window, LimitWindow::kMonth);
+
+  const size_t events = h.events().size();
+  EXPECT_EQ(put(R"({"display_name":""})", &d).problem(), "validation_failed");
+  EXPECT_EQ(put(R"({"limit_window":null})", &d).problem(), "validation_failed");
+  EXPECT_EQ(put(R"({"team_seats":0})", &d).problem(), "validation_failed");
+  EXPECT_EQ(put(R"({"services":["nope"]})", &d).problem(), "unknown_service");
+  EXPECT_EQ(put(R"({"price_monthly_cents":"1"})", &d).problem(), "validation_failed");
+  EXPECT_EQ(h.events().size(), events);
 }
 
 TEST(PlanCommandsTest, UpdateKeepsActiveAndStripePricesWhenAbsent) {
@@ -523,7 +591,7 @@ TEST(PlanCommandsTest, UpdateKeepsActiveAndStripePricesWhenAbsent) {
   h.MustRun(&reactivate);
   ASSERT_TRUE(GetPlan(h.state(), "team", &stored).ok());
   EXPECT_TRUE(stored.active);
-  EXPECT_EQ(stored.description, "");
+  EXPECT_EQ(stored.description, "new");  // not named: kept
   EXPECT_EQ(stored.stripe_price_monthly, "price_m");
   EXPECT_EQ(stored.stripe_price_yearly, std::nullopt);
 }
@@ -571,7 +639,7 @@ TEST(PlanCommandsTest, StarterCannotBeRetiredWhileATrialConvertsToIt) {
   PlanInput off;
   off.plan = starter_plan;
   off.plan.active = false;
-  off.active_given = true;
+  off.given.set();
   UpdatePlan put_off(off, TestAdmin());
   EXPECT_EQ(h.Run(&put_off, &d).problem(), "conversion_plan_in_use");
   RetirePlan trial("trial", TestAdmin());
@@ -602,6 +670,7 @@ TEST(PlanCommandsTest, UpdateCannotTurnARecurringPlanIntoATrialOrBack) {
   ASSERT_TRUE(GetPlan(fresh.state(), "trial", &trial).ok());
   PlanInput trial_input;
   trial_input.plan = trial;
+  trial_input.given.set();
   trial_input.plan.trial_days = 0;
   UpdatePlan from_trial(trial_input, TestAdmin());
   s = fresh.Run(&from_trial, &d);

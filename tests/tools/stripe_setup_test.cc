@@ -169,13 +169,13 @@ TEST_F(StripeSetupTest, AChangedPriceGetsANewStripePriceAndTheLookupKey) {
 
   pc::PlanInput input;
   input.plan = Plan("starter");
+  input.given.set();
   input.plan.price_monthly_cents = 2900;
   // The old Stripe price bills 1900: the change cannot keep it (409 stripe_price_stale) and
   // nulls it for stripe-setup to replace.
   pc::UpdatePlan stale(input, pc::Actor::Admin("root", ""));
   EXPECT_EQ(ledger_->Submit(&stale).status.problem(), "stripe_price_stale");
   input.plan.stripe_price_monthly.reset();
-  input.stripe_price_monthly_given = true;
   pc::UpdatePlan update(input, pc::Actor::Admin("root", ""));
   ASSERT_TRUE(ledger_->Submit(&update).status.ok());
 
