@@ -251,6 +251,13 @@ Status ApplyUserEmail(const StateReader& state, RowWriter* rows, std::string_vie
   return rows->Put(kSubscriptionsFamily, Key(kUserPrefix, user_id), UserRowJson(row));
 }
 
+// Every user the fold holds anything for has a user/ row: it is what the admin list and the
+// analytics walk (ScanUsers). An account comped by user id, or one a subscription names through
+// its metadata while its customer is another user's, has no customer.linked.v1 to write it.
+Status EnsureUserRow(const StateReader& state, RowWriter* rows, std::string_view user_id) {
+  return ApplyUserEmail(state, rows, user_id, "", 0);
+}
+
 // customer.linked.v1 {"customer_id","user_id","email","source","stripe_event_id","created"}
 Status ApplyCustomerLinked(const Event& event, const StateReader& state, RowWriter* rows) {
   rapidjson::Document doc;
@@ -308,6 +315,7 @@ Status ApplyCheckoutCompleted(const Event& event, const StateReader& state, RowW
   if (user_id) {
     LEDGER_RETURN_IF_ERROR(
         rows->Put(kSubscriptionsFamily, Key(kUserSubPrefix, *user_id, *subscription_id), ""));
+    LEDGER_RETURN_IF_ERROR(EnsureUserRow(state, rows, *user_id));
   }
   if (customer_id) {
     LEDGER_RETURN_IF_ERROR(rows->Put(kSubscriptionsFamily,
@@ -352,6 +360,7 @@ Status ApplyStateChanged(const Event& event, const StateReader& state, RowWriter
       candidate.metadata_user_id->find('/') == std::string::npos) {
     LEDGER_RETURN_IF_ERROR(rows->Put(
         kSubscriptionsFamily, Key(kUserSubPrefix, *candidate.metadata_user_id, sub_id), ""));
+    LEDGER_RETURN_IF_ERROR(EnsureUserRow(state, rows, *candidate.metadata_user_id));
   }
 
   SubscriptionRecord current;
@@ -441,6 +450,7 @@ Status ApplyOverrideSet(const Event& event, const StateReader& state, RowWriter*
     value.tier_set_at_us = previous->tier_set_at_us;
   }
   if (value.empty()) return rows->Delete(kSubscriptionsFamily, Key(kOverridePrefix, user_id));
+  LEDGER_RETURN_IF_ERROR(EnsureUserRow(state, rows, user_id));
   return rows->Put(kSubscriptionsFamily, Key(kOverridePrefix, user_id), AdminOverrideToJson(value));
 }
 

@@ -630,6 +630,13 @@ TEST_F(AdminRoutesTest, AUserIdAddressesAnAccountThatNeverCheckedOut) {
   EXPECT_EQ(doc["users"][0]["usage"]["used"].GetInt64(), 1);
   r = Admin().Post(std::string(kAdminBase) + "u-new/reset-usage", "");
   ASSERT_EQ(r.status, 200) << r.body;
+  // The account is in the list and the figures like any other (it has no customer.linked.v1).
+  int pages = 0;
+  EXPECT_EQ(ListAll("&q=u-new", 50, &pages), (std::vector<std::string>{"u-new"}));
+  EXPECT_EQ(ListAll("&tier=enterprise", 50, &pages), (std::vector<std::string>{"u-c", "u-new"}));
+  rapidjson::Document overview = Admin().Get(std::string(kAdminBase) + "analytics/overview").Json();
+  EXPECT_EQ(overview["subscribers"]["total"].GetInt64(), 8);
+  EXPECT_EQ(overview["subscribers"]["comped"].GetInt64(), 1);
   // The same user by email, when one is linked: u-a.
   r = Admin().Get(std::string(kAdminBase) + "u-a");
   ASSERT_EQ(r.status, 200) << r.body;

@@ -514,6 +514,19 @@ TEST_F(SubscriptionsTest, OneUserNeverSeesAnothersSubscription) {
   std::string owner;
   ASSERT_TRUE(GetCustomerUser(w.state, "cus_2", &owner).ok());
   EXPECT_EQ(owner, "user-2");
+  // A user known only through such a tag is one of the fold's users (the admin list and the
+  // analytics walk them): user-9 has no customer of its own.
+  odd.event_id = "evt_odd9";
+  odd.subscription_id = "sub_odd9";
+  odd.metadata_user_id = "user-9";
+  Deliver(&w, StripeSubscriptionEventJson(odd));
+  EXPECT_EQ(Query(w, "user-9").subscription.subscription_id, "sub_odd9");
+  std::vector<std::string> users;
+  ASSERT_TRUE(ScanUsers(w.state, "", [&users](std::string_view id, std::string_view) {
+                users.emplace_back(id);
+                return true;
+              }).ok());
+  EXPECT_EQ(users, (std::vector<std::string>{"user-1", "user-2", "user-9"}));
   // Empty and '/'-containing user ids match nothing.
   EXPECT_FALSE(Query(w, "").has_subscription);
   EXPECT_FALSE(Query(w, "user-1/..").has_subscription);
