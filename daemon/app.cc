@@ -88,11 +88,7 @@ class App::Impl {
 void App::Impl::CreateDataDir() {
   std::error_code ec;
   if (std::filesystem::exists(config_.data_dir, ec) || ec) return;
-  const std::filesystem::path dir(config_.data_dir);
-  if (dir.has_parent_path()) std::filesystem::create_directories(dir.parent_path(), ec);
-  if (::mkdir(config_.data_dir.c_str(), 0700) == 0) {
-    ::chmod(config_.data_dir.c_str(), 0700);  // whatever the umask
-  }
+  CreatePrivateDir(config_.data_dir).IgnoreError();
 }
 
 Status App::Impl::OpenLedger() {

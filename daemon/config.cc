@@ -16,6 +16,7 @@
 #include "events/types.h"
 #include "http/auth.h"
 #include "http/byok_providers.h"
+#include "http/stripe_client.h"
 
 namespace ledger::daemon {
 
@@ -218,11 +219,7 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
     return Bad("STRIPE_API_BASE", "must be an http:// or https:// URL");
   }
   if (const std::string& v = config->stripe_api_version;
-      !v.empty() && (v.size() > 64 || v.size() < 10 || v[4] != '-' || v[7] != '-' ||
-                     HasBlankOrControl(v) ||
-                     !std::all_of(v.begin(), v.begin() + 10, [](char c) {
-                       return (c >= '0' && c <= '9') || c == '-';
-                     }))) {
+      !v.empty() && !http::IsStripeApiVersion(v)) {
     return Bad("STRIPE_API_VERSION", "must be a Stripe API version such as 2025-03-31.basil");
   }
   if (HasBlankOrControl(config->stripe_secret_key)) {

@@ -4,13 +4,16 @@
 #include <linux/futex.h>
 #include <openssl/sha.h>
 #include <pthread.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <map>
@@ -951,9 +954,7 @@ Status LedgerImpl::OpenDb() {
       }
     }
   } else if (!options_.read_only) {
-    std::error_code ec;
-    std::filesystem::create_directories(options_.path, ec);
-    if (ec) return Status::IOError("cannot create " + options_.path + ": " + ec.message());
+    LEDGER_RETURN_IF_ERROR(CreatePrivateDir(options_.path));
   }
 
   // Idempotency records are keyed by a SHA-256 (IdempotencyRecordKey) and only ever looked up
@@ -1913,6 +1914,21 @@ Status LedgerImpl::WaitForBackgroundWork(int64_t timeout_ms) {
 }
 
 }  // namespace
+
+Status CreatePrivateDir(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) return Status::OK();
+  const std::filesystem::path dir(path);
+  if (dir.has_parent_path()) std::filesystem::create_directories(dir.parent_path(), ec);
+  if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) {
+    return Status::IOError("cannot create " + path + ": " + std::strerror(errno));
+  }
+  ::chmod(path.c_str(), 0700);  // whatever the umask
+  if (!std::filesystem::is_directory(path, ec)) {
+    return Status::IOError("cannot create " + path + ": not a directory");
+  }
+  return Status::OK();
+}
 
 Status Ledger::Open(const LedgerOptions& options, std::unique_ptr<Ledger>* out) {
   auto ledger = std::make_unique<LedgerImpl>(options);

@@ -91,8 +91,12 @@ struct CommandResult {
   uint32_t events_appended = 0;
 };
 
+// Creates directory `path` (and missing parents) with mode 0700 whatever the umask: a store holds
+// users' emails, webhooks as delivered and sealed keys. An existing directory keeps its mode.
+Status CreatePrivateDir(const std::string& path);
+
 struct LedgerOptions {
-  std::string path;                 // directory; created if missing
+  std::string path;                 // directory; created if missing (CreatePrivateDir)
   std::vector<const Fold*> folds;   // inline projections; not owned, must outlive the Ledger
   const Clock* clock = nullptr;     // default SystemClock
   bool sync = true;                 // fsync every group. false ONLY for negative-control tests

@@ -543,8 +543,24 @@ Status HttpStripeClient::Impl::Call(const char* method, const std::string& path,
 HttpStripeClient::HttpStripeClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 HttpStripeClient::~HttpStripeClient() = default;
 
+bool IsStripeApiVersion(std::string_view v) {
+  if (v.size() > 64 || v.size() < 10 || v[4] != '-' || v[7] != '-') return false;
+  if (!std::all_of(v.begin(), v.begin() + 10,
+                   [](char c) { return (c >= '0' && c <= '9') || c == '-'; })) {
+    return false;
+  }
+  return std::none_of(v.begin(), v.end(), [](char c) {
+    return static_cast<unsigned char>(c) <= ' ' || c == 0x7f;
+  });
+}
+
 Status HttpStripeClient::Create(StripeClientOptions options,
                                 std::unique_ptr<HttpStripeClient>* out) {
+  if (!options.api_version.empty() && !IsStripeApiVersion(options.api_version)) {
+    return Status::InvalidArgument("invalid_argument",
+                                   "the Stripe API version must look like " +
+                                       std::string(kStripeApiVersion));
+  }
   if (options.secret_key.empty()) {
     return Status::InvalidArgument("invalid_argument", "no Stripe secret key");
   }

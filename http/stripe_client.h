@@ -217,6 +217,9 @@ class StripeApi {
 // The cpp-httplib implementation
 
 inline constexpr std::string_view kStripeApiVersion = "2025-03-31.basil";
+// The shape of a Stripe API version: a date, then optionally ".<release name>" (64 bytes at most,
+// no blanks or control bytes).
+bool IsStripeApiVersion(std::string_view version);
 
 struct StripeClientOptions {
   // scheme://host[:port][/prefix], http or https. Default: Stripe itself.

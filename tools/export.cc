@@ -13,6 +13,11 @@ Status ExportCloudEvents(const Ledger& ledger, const ExportOptions& options, std
                          uint64_t* exported) {
   *exported = 0;
   Position head = ledger.Head();
+  // Checked first: an incremental export at the head must not read a hole as "nothing new".
+  if (const std::string gap = ledger.WalGapProblem(); !gap.empty()) {
+    return Status::Corruption("position " + std::to_string(head.value() + 1) + ": " + gap +
+                              " (ledgerctl verify explains)");
+  }
   if (options.after >= head) return Status::OK();
   uint64_t total = head.value() - options.after.value();
   if (options.limit != 0) total = std::min(total, options.limit);
@@ -23,10 +28,6 @@ Status ExportCloudEvents(const Ledger& ledger, const ExportOptions& options, std
   // What is exported is the log as it must be: every position once, in order, each event's hash
   // its own and linked to the one before (the one at `after` for the first).
   uint64_t expected = options.after.value() + 1;
-  if (const std::string gap = ledger.WalGapProblem(); !gap.empty()) {
-    return Status::Corruption("position " + std::to_string(head.value() + 1) + ": " + gap +
-                              " (ledgerctl verify explains)");
-  }
   std::optional<Hash> previous;
   if (options.after.value() > 0) {
     std::vector<Event> before;

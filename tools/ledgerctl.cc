@@ -11,10 +11,13 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
 
 #include "daemon/cli_decimal.h"
 #include "daemon/config.h"
 #include "events/ledger.h"
+#include "http/stripe_client.h"
 #include "projections/limits.h"
 #include "projections/registry.h"
 #include "tools/bench.h"
@@ -367,6 +370,7 @@ constexpr int kExitServiceUnavailable = 69;
 
 struct StripeSetupArgs {
   std::string api_base = "https://api.stripe.com";
+  std::string api_version = std::string(http::kStripeApiVersion);
   bool dry_run = false;
 };
 
@@ -378,6 +382,10 @@ void AddStripeSetup(CLI::App& app, StripeSetupArgs* args) {
   sub->add_option("--api-base", args->api_base, "Stripe API base URL")
       ->envname("STRIPE_API_BASE")
       ->capture_default_str();
+  sub->add_option("--api-version", args->api_version,
+                  "Stripe-Version sent with every call (\"\" = the account's default)")
+      ->envname("STRIPE_API_VERSION")
+      ->capture_default_str();
   sub->add_flag("--dry-run", args->dry_run, "only report what would be created");
 }
 
@@ -385,6 +393,7 @@ int RunStripeSetupCommand(const Globals& globals, const StripeSetupArgs& args) {
   StripeSetupRunOptions options;
   options.data_dir = globals.data_dir;
   options.stripe.api_base = args.api_base;
+  options.stripe.api_version = args.api_version;
   // The key is never a flag: argv is visible to every user of the machine.
   const char* key = std::getenv("STRIPE_SECRET_KEY");
   if (key == nullptr || *key == '\0') {
@@ -400,7 +409,9 @@ int RunStripeSetupCommand(const Globals& globals, const StripeSetupArgs& args) {
     Fail("stripe-setup", s);
     // Stripe failed or refused (69); the catalog's own conflict (stripe_price_in_use, a 409 of
     // the ledger) is a data error like the others.
-    if (s.problem().rfind("stripe_", 0) == 0 && s.code() != Code::kConflict) {
+    if (s.problem() == "stripe_config") return daemon::kExitConfig;
+    if ((s.problem().rfind("stripe_", 0) == 0 || s.problem() == "payment_failed") &&
+        s.code() != Code::kConflict) {
       return kExitServiceUnavailable;
     }
     return ExitCodeFor(s);
@@ -410,6 +421,9 @@ int RunStripeSetupCommand(const Globals& globals, const StripeSetupArgs& args) {
 }
 
 int Main(int argc, char** argv) {
+  // What the store's code logs (a read-only open's warnings) goes to stderr: stdout is the
+  // command's output (export's NDJSON, a token).
+  spdlog::set_default_logger(spdlog::stderr_logger_mt("ledgerctl"));
   CLI::App app{"ledgerctl: tokens, verify, export, replay and bench for ledgerd"};
   app.require_subcommand(1);
   Globals globals;

@@ -185,7 +185,10 @@ Status RunStripeSetup(const StripeSetupRunOptions& options, StripeSetupReport* r
                                    "environment only)");
   }
   std::unique_ptr<http::HttpStripeClient> client;
-  LEDGER_RETURN_IF_ERROR(http::HttpStripeClient::Create(options.stripe, &client));
+  if (Status s = http::HttpStripeClient::Create(options.stripe, &client); !s.ok()) {
+    // The key, base URL or API version as configured (ledgerctl: exit 78, as ledgerd).
+    return Status::InvalidArgument("stripe_config", s.message());
+  }
 
   if (options.setup.dry_run) {
     std::unique_ptr<Ledger> reader;

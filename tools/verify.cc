@@ -31,6 +31,23 @@ Status Fail(VerifyReport* report, Position position, std::string reason) {
   return Status::Corruption("position " + Str(position) + ": " + report->reason);
 }
 
+// The link stored with position `p`: the hash of p - 1 it names (the first bytes of the record).
+Status ReadStoredLink(const Ledger& ledger, Position p, VerifyReport* report, Hash* out) {
+  bool found = false;
+  Status scan = ledger.ScanRaw(p, p, [&](Position key, std::string_view stored) {
+    if (key == p && stored.size() >= 2 * kHashBytes) {
+      std::copy(stored.begin(), stored.begin() + kHashBytes, out->begin());
+      found = true;
+    }
+    return false;
+  });
+  if (scan.IsCorruption()) return Fail(report, p, "RocksDB cannot read it: " + scan.message());
+  LEDGER_RETURN_IF_ERROR(scan);
+  if (!found) return Fail(report, p, "missing (needed to link position " +
+                                          std::to_string(p.value() - 1) + ")");
+  return Status::OK();
+}
+
 // The hash stored with position `p` (the link target of p + 1), and whether p's own stored bytes
 // match it.
 Status ReadStoredHash(const Ledger& ledger, Position p, VerifyReport* report, Hash* out,
@@ -137,6 +154,12 @@ Status VerifyChain(const Ledger& ledger, Position from, Position to, std::ostrea
         "bad_range", "range " + Str(from) + ".." + Str(to) + " is empty (the chain head is " +
                          Str(report->head) + ")");
   }
+  // Past the head is a question about events that were never written, not damage (exit 64).
+  if (to > report->head) {
+    return Status::InvalidArgument("bad_range", "range " + Str(from) + ".." + Str(to) +
+                                                    " goes past the chain head " +
+                                                    Str(report->head));
+  }
 
   Hash prev{};
   bool prev_intact = true;  // the event before the range matches its stored hash
@@ -186,6 +209,20 @@ Status VerifyChain(const Ledger& ledger, Position from, Position to, std::ostrea
                     (head_problem.empty() ? "" : " (" + head_problem + ")"));
   }
   report->last_hash = prev;
+  // The range's last event is vouched for by the next one: an event rewritten and re-sealed
+  // (a new hash over the new bytes) checks out on its own, and only the next event's prev_hash
+  // shows it -- where a verify of the whole log fails.
+  if (to < report->head) {
+    const Position after = Next(to);
+    Hash link{};
+    LEDGER_RETURN_IF_ERROR(ReadStoredLink(ledger, after, report, &link));
+    if (link != prev) {
+      return Fail(report, after,
+                  "prev_hash " + ShortHex(link) + "... does not link to position " + Str(to) +
+                      " (hash " + ShortHex(prev) + "...): " + Str(to) +
+                      " was rewritten and re-sealed, or " + Str(after) + " altered");
+    }
+  }
   if (to == report->head && !head_problem.empty()) return Fail(report, to, head_problem);
   if (to == report->head && prev != report->head_hash) {
     return Fail(report, to,

@@ -1,6 +1,7 @@
 #include "events/ledger.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <random>
 #include <regex>
@@ -63,6 +64,33 @@ TEST(LedgerTest, AppendsAssignGapFreePositionsAndChainHashes) {
   EXPECT_TRUE(events.empty());
   ASSERT_TRUE(ledger->ReadEvents(Position(4), 100, {}, &events).ok());
   EXPECT_TRUE(events.empty());
+}
+
+// Whoever creates a store (ledgerd, ledgerctl stripe-setup, replay --into), it is its user's
+// alone: it holds emails, webhooks as delivered and sealed keys. An existing directory keeps the
+// mode its operator gave it.
+TEST(LedgerTest, ACreatedStoreIsPrivateWhateverTheUmask) {
+  TempDir dir;
+  const mode_t old_umask = ::umask(022);
+  {
+    LedgerOptions options;
+    options.path = dir.Sub("a/b/store");
+    std::unique_ptr<Ledger> ledger;
+    ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
+  }
+  ::umask(old_umask);
+  struct stat st {};
+  ASSERT_EQ(::stat(dir.Sub("a/b/store").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  ASSERT_EQ(::mkdir(dir.Sub("shared").c_str(), 0750), 0);
+  {
+    LedgerOptions options;
+    options.path = dir.Sub("shared");
+    std::unique_ptr<Ledger> ledger;
+    ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
+  }
+  ASSERT_EQ(::stat(dir.Sub("shared").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0750u);
 }
 
 TEST(LedgerTest, ReopenRecoversHeadAndContinuesTheChain) {

@@ -309,11 +309,33 @@ TEST_F(StripeSetupTest, TheLedgerctlSubcommand) {
   EXPECT_NE(first.out.find("OK created 4 product(s), 7 price(s); 4 plan(s) updated"),
             std::string::npos)
       << first.out;
+  for (const auto& request : fake_.requests()) {
+    EXPECT_EQ(request.stripe_version, http::kStripeApiVersion) << request.path;
+  }
+  fake_.ClearRequests();
+  // STRIPE_API_VERSION as ledgerd reads it: another version; --api-version "" for the account's
+  // default (as ledgerd's --stripe-api-version "").
+  ::setenv("STRIPE_API_VERSION", "2024-06-20", 1);
   auto second = ledger::testing::RunLedgerctl(args + " -q");
   EXPECT_EQ(second.exit_code, 0) << second.out;
   EXPECT_NE(second.out.find("OK created 0 product(s), 0 price(s); 0 plan(s) updated"),
             std::string::npos)
       << second.out;
+  ASSERT_FALSE(fake_.requests().empty());
+  for (const auto& request : fake_.requests()) EXPECT_EQ(request.stripe_version, "2024-06-20");
+  fake_.ClearRequests();
+  EXPECT_EQ(ledger::testing::RunLedgerctl(args + " -q --dry-run --api-version ''").exit_code, 0);
+  ASSERT_FALSE(fake_.requests().empty());
+  for (const auto& request : fake_.requests()) EXPECT_EQ(request.stripe_version, "");
+  // A malformed version, or a key with a newline left in from a file: configuration (78), as
+  // ledgerd says; nothing is sent.
+  fake_.ClearRequests();
+  ::setenv("STRIPE_API_VERSION", "latest", 1);
+  EXPECT_EQ(ledger::testing::RunLedgerctl(args).exit_code, 78);
+  ::unsetenv("STRIPE_API_VERSION");
+  ::setenv("STRIPE_SECRET_KEY", (std::string(kFakeStripeSecretKey) + "\n").c_str(), 1);
+  EXPECT_EQ(ledger::testing::RunLedgerctl(args).exit_code, 78);
+  EXPECT_TRUE(fake_.requests().empty());
   // A refused key: 69 (EX_UNAVAILABLE), and the key is not printed.
   ::setenv("STRIPE_SECRET_KEY", "sk_test_51WrongWrongWrong", 1);
   auto refused = ledger::testing::RunLedgerctl(args, /*keep_stderr=*/true);

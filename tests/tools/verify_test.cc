@@ -14,6 +14,7 @@
 #include "tests/support/test_ledger.h"
 #include "tests/support/wal_records.h"
 #include "tests/tools/tools_test_util.h"
+#include "tools/replay.h"
 #include "tools/store.h"
 
 namespace ledger::tools {
@@ -105,10 +106,11 @@ TEST(VerifyTest, RangeVerifyLinksToThePreviousPosition) {
   EXPECT_EQ(report.events_checked, 71u);
   EXPECT_EQ(report.to, Position(120));
 
-  // A range past the head names the first missing position.
+  // A range past the head asks about events never written: a usage error, not damage.
   report = Verify(dir.path(), 190, kEvents + 5, &s);
-  EXPECT_TRUE(s.IsCorruption());
-  EXPECT_EQ(report.failed_position, Position(kEvents + 1));
+  EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.ToString();
+  report = Verify(dir.path(), kEvents + 1, kEvents + 5, &s);
+  EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.ToString();
 
   report = Verify(dir.path(), 150, 100, &s);
   EXPECT_EQ(s.code(), Code::kInvalidArgument);
@@ -491,6 +493,15 @@ TEST(VerifyTest, ReplacedEventWithValidHashBreaksTheLink) {
   ASSERT_TRUE(s.IsCorruption()) << s.ToString();
   EXPECT_EQ(report.failed_position, Position(61));
   EXPECT_NE(report.reason.find("does not link"), std::string::npos) << report.reason;
+  // A range ending at the forged event fails the same way (its next event vouches for it); one
+  // ending before it verifies.
+  report = Verify(dir.path(), 1, 60, &s);
+  ASSERT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_EQ(report.failed_position, Position(61));
+  report = Verify(dir.path(), 40, 60, &s);
+  EXPECT_EQ(report.failed_position, Position(61)) << s.ToString();
+  Verify(dir.path(), 1, 59, &s);
+  EXPECT_TRUE(s.ok()) << s.ToString();
 }
 
 TEST(VerifyTest, EmptyAndMissingStores) {
@@ -518,6 +529,10 @@ TEST(VerifyCliTest, ExitCodes) {
   EXPECT_EQ(range.out.rfind("verify: OK positions 10..20 hash ", 0), 0u) << range.out;
 
   EXPECT_EQ(RunLedgerctl("verify --data-dir " + dir.path() + " --from x").exit_code, 64);
+  EXPECT_EQ(RunLedgerctl("verify --data-dir " + dir.path() + " --to " +
+                         std::to_string(kEvents + 1))
+                .exit_code,
+            64);
   EXPECT_EQ(RunLedgerctl("verify --data-dir " + dir.Sub("missing")).exit_code, 74);
 
   ASSERT_FALSE(FlipByteInFile(dir.path(), ".sst", MarkerFor(kTampered), 9).empty());
@@ -547,6 +562,24 @@ TEST(VerifyCliTest, LogsPastAHoleFailVerifyAndExportUntilLedgerdSetsThemAside) {
   testing::ProcessResult exported =
       RunLedgerctl("export --data-dir " + dir.path(), /*keep_stderr=*/true);
   EXPECT_EQ(exported.exit_code, 65) << exported.out.substr(0, 300);
+  // An incremental export from the chain's visible end, and a replay, stop there too; stdout
+  // holds nothing but events (the read-only open's warning goes to stderr).
+  const std::string prefix = "verify: FAILED at position ";
+  const size_t at = verify.out.find(prefix);
+  ASSERT_NE(at, std::string::npos);
+  const uint64_t missing = std::stoull(verify.out.substr(at + prefix.size()));
+  ASSERT_GT(missing, 1u);
+  testing::ProcessResult incremental = RunLedgerctl(
+      "export --data-dir " + dir.path() + " --after " + std::to_string(missing - 1));
+  EXPECT_EQ(incremental.exit_code, 65);
+  EXPECT_EQ(incremental.out, "");
+  ReplayOptions replay_options;  // this log has no folds: replay only the chain
+  replay_options.data_dir = dir.path();
+  ReplayReport replay;
+  Status replayed = ReplayProjections(replay_options, &replay);
+  EXPECT_TRUE(replayed.IsCorruption()) << replayed.ToString();
+  EXPECT_NE(replayed.message().find("position " + std::to_string(missing)), std::string::npos)
+      << replayed.ToString();
   { auto ledger = OpenTestLedger(dir.path()); }  // what ledgerd's start does
   testing::ProcessResult after = RunLedgerctl("verify --data-dir " + dir.path());
   EXPECT_EQ(after.exit_code, 0) << after.out;
