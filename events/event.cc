@@ -98,6 +98,11 @@ std::string FormatRfc3339(int64_t time_us) {
   return buf;
 }
 
+std::string CloudEventSequence(Position position) {
+  std::string digits = std::to_string(position.value());
+  return std::string(kCloudEventSequenceDigits - digits.size(), '0') + digits;
+}
+
 namespace {
 
 template <typename Writer>
@@ -128,7 +133,7 @@ void WriteCloudEventAttributes(const Event& event, std::string_view source,
   w->Key("datacontenttype");
   w->String("application/json");
   w->Key("sequence");
-  w->String(std::to_string(event.position.value()));
+  w->String(CloudEventSequence(event.position));
   w->Key("prevhash");
   w->String(HexEncode(event.prev_hash));
   w->Key("hash");

@@ -48,8 +48,13 @@ bool VerifyEventHash(std::string_view stored);
 // RFC 3339 UTC with microseconds, e.g. "2026-11-22T10:00:00.123456Z".
 std::string FormatRfc3339(int64_t time_us);
 
+// The CloudEvents `sequence` of the event at `position`: its decimal digits zero-padded to 20
+// (every u64 fits), because the sequence extension compares values as strings ("10" < "9").
+inline constexpr size_t kCloudEventSequenceDigits = 20;
+std::string CloudEventSequence(Position position);
+
 // The event as a CloudEvents 1.0 structured-mode JSON document: specversion, id, source, type,
-// subject, time, datacontenttype, data, and the extensions `sequence` (position, decimal string),
+// subject, time, datacontenttype, data, and the extensions `sequence` (CloudEventSequence),
 // `prevhash` and `hash` (lowercase hex).
 std::string ToCloudEventJson(const Event& event, std::string_view source);
 

@@ -11,6 +11,8 @@
 #include <set>
 #include <thread>
 
+#include <rapidjson/document.h>
+
 #include "events/embedded_kafka.h"
 #include "events/ledger.h"
 #include "tests/support/kafka_test_consumer.h"
@@ -155,6 +157,27 @@ class OutboxTest : public ::testing::Test {
   std::vector<ConsumedRecord> records_;
   int next_subject_ = 0;
 };
+
+// The CloudEvents sequence extension orders values as strings: positions 9 < 10 < 11 and
+// 99999 < 100000 must compare so, and the largest position still fits.
+TEST(CloudEventTest, SequencesOrderAsStrings) {
+  auto sequence_of = [](uint64_t position) {
+    Event event;
+    event.position = Position(position);
+    event.id = "id";
+    event.type = "test.appended.v1";
+    event.subject = "s";
+    event.data = "{}";
+    rapidjson::Document doc;
+    doc.Parse(ToCloudEventJson(event, "/ledgerd").c_str());
+    return std::string(doc["sequence"].GetString());
+  };
+  EXPECT_EQ(sequence_of(17), "00000000000000000017");
+  EXPECT_LT(sequence_of(9), sequence_of(10));
+  EXPECT_LT(sequence_of(99999), sequence_of(100000));
+  EXPECT_EQ(sequence_of(UINT64_MAX), "18446744073709551615");
+  EXPECT_EQ(std::stoull(sequence_of(12345)), 12345u);
+}
 
 TEST_F(OutboxTest, PublishesEveryEventAsACloudEventKeyedBySubject) {
   Append(40, 3);  // 120 events written before the outbox starts
@@ -707,7 +730,7 @@ TEST(DeliveryCheckTest, DetectsLossCorruptionAndReordering) {
               key +
               "\",\"time\":\"2023-11-14T22:13:20.123456Z\",\"datacontenttype\":"
               "\"application/json\",\"sequence\":\"" +
-              std::to_string(position) + "\",\"prevhash\":\"" + prev + "\",\"hash\":\"" + hash +
+              CloudEventSequence(Position(position)) + "\",\"prevhash\":\"" + prev + "\",\"hash\":\"" + hash +
               "\",\"data\":{\"n\":1}}";
     return r;
   };

@@ -51,7 +51,8 @@ TEST(ExportTest, WritesOneValidCloudEventPerLine) {
     EXPECT_STREQ(doc["source"].GetString(), "/ledgerd");
     EXPECT_STREQ(doc["type"].GetString(), "test.marked.v1");
     EXPECT_STREQ(doc["datacontenttype"].GetString(), "application/json");
-    EXPECT_EQ(doc["sequence"].GetString(), std::to_string(i + 1));
+    const std::string digits = std::to_string(i + 1);
+    EXPECT_EQ(doc["sequence"].GetString(), std::string(20 - digits.size(), '0') + digits);
     EXPECT_EQ(doc["prevhash"].GetString(), prev_hash);
     EXPECT_EQ(doc["data"]["m"].GetString(), MarkerFor(i + 1));
     prev_hash = doc["hash"].GetString();
@@ -75,7 +76,7 @@ TEST(ExportTest, AfterAndLimitSelectARange) {
   ASSERT_EQ(lines.size(), 3u);
   rapidjson::Document first;
   first.Parse(lines[0].c_str());
-  EXPECT_EQ(std::string(first["sequence"].GetString()), "5");
+  EXPECT_EQ(std::string(first["sequence"].GetString()), "00000000000000000005");
   EXPECT_EQ(std::string(first["source"].GetString()), "urn:ledgerd:test");
 
   options.after = Position(10);  // the head: nothing after it
@@ -110,7 +111,7 @@ TEST(ExportCliTest, DamageInTheLogIsADataErrorNotAnExportWithAHole) {
         RunLedgerctl("export --data-dir " + dir.path(), /*keep_stderr=*/true);
     EXPECT_EQ(r.exit_code, 65) << r.out;
     EXPECT_NE(r.out.find("position 4"), std::string::npos) << r.out;
-    EXPECT_EQ(r.out.find("\"sequence\":\"5\""), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find("\"sequence\":\"00000000000000000005\""), std::string::npos) << r.out;
   }
 }
 
