@@ -51,6 +51,15 @@ void ListEvents(const AppContext& context, const httplib::Request& req, httplib:
   }
   // Every event at or below `head` is readable once Head() returned it.
   const Position head = context.ledger->Head();
+  // A cursor past the end names events this log never had (one kept from another store, or a
+  // restored older copy): an empty page forever would hide that.
+  if (after > head.value()) {
+    WriteProblem(409, "after_past_head",
+                 "'after' is " + std::to_string(after) + " but the log ends at " +
+                     std::to_string(head.value()) + ": a cursor from another store?",
+                 &res);
+    return;
+  }
   // A type filter may match few events: the page looks at most kEventsExaminedMax positions past
   // `after` (a subject alone is read through its own index, where every event read matches).
   uint64_t until = head.value();
@@ -89,7 +98,7 @@ void ListEvents(const AppContext& context, const httplib::Request& req, httplib:
   // count or by bytes) it starts after the last event.
   const uint64_t next_after = exhausted && !full ? std::max(last, until) : last;
   body += "],\"next_after\":" + std::to_string(next_after) + "}";
-  WriteJsonAt(200, std::move(body), Position(std::max(head.value(), last)), &res);
+  WriteJsonAt(200, std::move(body), head, &res);
 }
 
 void AuditHead(const AppContext& context, httplib::Response& res) {

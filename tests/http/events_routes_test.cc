@@ -148,6 +148,13 @@ TEST_F(LedgerRoutesTest, EventsOldestFirstWithPaging) {
   r = admin_->Get("/api/v1/events?after=6");
   EXPECT_TRUE(Positions(r).empty());
   EXPECT_EQ(r.Json()["next_after"].GetUint64(), 6u);
+  EXPECT_EQ(r.Header("X-Ledger-Position"), "6");
+  // A cursor past the end is not this log's: 409 naming the head, not an empty page forever.
+  r = admin_->Get("/api/v1/events?after=1000000");
+  EXPECT_EQ(r.status, 409) << r.body;
+  EXPECT_EQ(r.Header("Content-Type"), "application/problem+json");
+  EXPECT_STREQ(r.Json()["code"].GetString(), "after_past_head");
+  EXPECT_NE(r.body.find("ends at 6"), std::string::npos) << r.body;
 }
 
 TEST_F(LedgerRoutesTest, EventsFilters) {
