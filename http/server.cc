@@ -709,6 +709,17 @@ bool FinishDeferred(ConnectionState* state) {
   return !failed;
 }
 
+// Whether a Connection header value lists the "close" option (case-insensitive tokens).
+bool AsksToClose(std::string_view connection) {
+  while (!connection.empty()) {
+    const size_t comma = connection.find(',');
+    if (EqualsIgnoreCase(TrimBlanks(connection.substr(0, comma)), "close")) return true;
+    if (comma == std::string_view::npos) break;
+    connection.remove_prefix(comma + 1);
+  }
+  return false;
+}
+
 // Asks the connection loop to close the connection after this response. Used whenever the server
 // answers without reading an announced body: the unread bytes must never be parsed as a request.
 void CloseAfterResponse(const httplib::Request& req) {
@@ -745,7 +756,7 @@ Responder DeferResponse(const httplib::Request& req) {
   // as exact as its own: the answer must say what the connection then does.
   std::string_view connection;
   HeaderValue(req, kConnectionHeader, &connection);
-  const bool close = c->closing || c->close_requested || connection == "close" ||
+  const bool close = c->closing || c->close_requested || AsksToClose(connection) ||
                      (req.version == "HTTP/1.0" && connection != "Keep-Alive");
   auto write_answer = [deferred, sock = c->stream->socket(), notify = c->notify_unsent, close,
                timeout = c->keep_alive_timeout_s,
@@ -1508,7 +1519,7 @@ class CoreServer final : public httplib::Server {
     std::string_view connection;
     HeaderValue(req, kConnectionHeader, &connection);
     const bool connection_closed =
-        connection == "close" || (req.version == "HTTP/1.0" && connection != "Keep-Alive");
+        AsksToClose(connection) || (req.version == "HTTP/1.0" && connection != "Keep-Alive");
     httplib::Response res;
     res.version = "HTTP/1.1";
     try {
@@ -1522,7 +1533,7 @@ class CoreServer final : public httplib::Server {
       if (res.status == -1) res.status = 200;
       ApplyResponseDefaults(&res);
       HeaderValue(req, kConnectionHeader, &connection);  // CloseAfterResponse may have set it
-      const std::string out = SerializeResponse(res, state.closing || connection == "close",
+      const std::string out = SerializeResponse(res, state.closing || AsksToClose(connection),
                                                 state.keep_alive_timeout_s,
                                                 state.keep_alive_max_count);
       written = c->stream.write(out.data(), out.size()) == static_cast<ssize_t>(out.size());
@@ -1962,6 +1973,17 @@ httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Reque
       HasBody(req)) {
     CloseAfterResponse(req);
   }
+  // RFC 9110 §14.2: Range is for GETs of representations with range semantics, and no route has
+  // one; cpp-httplib would cut whatever a handler answered (a POST's receipt, as a 416 after the
+  // write was made durable) to the range asked for.
+  const_cast<httplib::Request&>(req).ranges.clear();  // the connection loop's own local
+  // RFC 9110 §7.6.1: connection options are case-insensitive tokens in a list; cpp-httplib closes
+  // only on exactly "close".
+  std::string_view connection;
+  if (HeaderValue(req, kConnectionHeader, &connection) > 0 && connection != "close" &&
+      AsksToClose(connection)) {
+    CloseAfterResponse(req);
+  }
   return R::Unhandled;
 }
 
@@ -1972,13 +1994,29 @@ int HttpServer::Impl::ExpectContinue(const httplib::Request& req, httplib::Respo
     Reject(431, "request_header_fields_too_large", kHeadTooLarge, req, res);
     return 431;
   }
-  RestoreLongHeaders(req);
-  uint64_t length = 0;
-  if (ParseContentLength(req.get_header_value("Content-Length"), &length) &&
-      length > options_.body_bytes_max) {
-    Reject(413, "payload_too_large",
-           "the request body exceeds " + std::to_string(options_.body_bytes_max) + " bytes", req, res);
-    return 413;
+  // RFC 9110 §10.1.1: the point of Expect is a refusal from the head alone. Everything that
+  // would refuse the request without its body runs before the client is told to send it: the
+  // head's checks (cpp-httplib asks this handler before PreRoute, which runs again after; it is
+  // idempotent), the route and its policy. A refusal closes the connection, the body unread.
+  if (PreRoute(req, res) == httplib::Server::HandlerResponse::Handled) return res.status;
+  const InstalledRoute* route = nullptr;
+  for (const InstalledRoute& installed : routes_) {
+    if (installed.route.method == req.method && std::regex_match(req.path, installed.regex)) {
+      route = &installed;
+      break;
+    }
+  }
+  if (route == nullptr) {
+    Fallback(req, res);
+    CloseAfterResponse(req);
+    return res.status;
+  }
+  Identity identity;
+  if (Status admitted = authenticator_->Admit(route->route.policy, req, &identity); !admitted.ok()) {
+    Authenticator::WriteAdmitFailure(admitted, req, &res);
+    CloseAfterResponse(req);
+    route->series->Record(res.status, 0);
+    return res.status;
   }
   return 100;
 }

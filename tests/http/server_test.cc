@@ -2,6 +2,8 @@
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
+
+#include <cctype>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -236,6 +238,53 @@ TEST_F(ServerTest, AHostHeaderIsRequiredOnceInHttp11) {
             0u);
 }
 
+// How many status lines ("HTTP/1.1 " and three digits) `raw` holds.
+size_t StatusLines(const std::string& raw) {
+  size_t count = 0;
+  for (size_t at = raw.find("HTTP/1.1 "); at != std::string::npos;
+       at = raw.find("HTTP/1.1 ", at + 1)) {
+    if (at + 12 <= raw.size() && std::isdigit(static_cast<unsigned char>(raw[at + 9])) &&
+        std::isdigit(static_cast<unsigned char>(raw[at + 10])) &&
+        std::isdigit(static_cast<unsigned char>(raw[at + 11]))) {
+      ++count;
+    }
+  }
+  return count;
+}
+
+// RFC 9110 §14.2: no route has range semantics, so Range is ignored: the whole answer, never
+// a 416 or a slice of it (a POST's receipt cut after its write was made).
+TEST_F(ServerTest, RangeIsIgnored) {
+  Start();
+  const std::string post = RawHttpExchange(
+      stack_.port(),
+      "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nRange: bytes=1000-\r\n\r\n{}", 1500);
+  EXPECT_EQ(post.rfind("HTTP/1.1 200 ", 0), 0u) << post;
+  EXPECT_NE(post.find(R"({"bytes":2})"), std::string::npos) << post;
+  const std::string get = RawHttpExchange(
+      stack_.port(), "GET /hello HTTP/1.1\r\nHost: x\r\nRange: bytes=0-3\r\n\r\n", 1500);
+  EXPECT_EQ(get.rfind("HTTP/1.1 200 ", 0), 0u) << get;
+  EXPECT_NE(get.find(R"({"hello":"world"})"), std::string::npos) << get;
+  EXPECT_EQ(get.find("Content-Range"), std::string::npos) << get;
+}
+
+// RFC 9110 §7.6.1, RFC 9112 §9.6: "close" in Connection, in any case and among other options,
+// ends the connection after the answer; a pipelined request after it is not served.
+TEST_F(ServerTest, ConnectionCloseIsACaseInsensitiveOption) {
+  Start();
+  for (const std::string path : {"/hello", "/loop-hello"}) {
+    for (const std::string option : {"Close", "keep-alive, CLOSE", "close"}) {
+      const std::string one = "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: " + option +
+                              "\r\n\r\n";
+      const std::string raw = RawHttpExchange(
+          stack_.port(), one + "GET " + path + " HTTP/1.1\r\nHost: x\r\n\r\n", 1500);
+      EXPECT_EQ(raw.rfind("HTTP/1.1 200 ", 0), 0u) << path << " " << option << raw;
+      EXPECT_EQ(StatusLines(raw), 1u) << path << " " << option << raw;
+      EXPECT_NE(raw.find("Connection: close"), std::string::npos) << path << " " << option << raw;
+    }
+  }
+}
+
 TEST_F(ServerTest, UnknownRouteIs404AndWrongMethodIs405) {
   Start();
   TestHttpClient client("127.0.0.1", stack_.port());
@@ -356,6 +405,39 @@ TEST_F(ServerTest, ExpectContinueRefusesOversizedBodiesEarly) {
   EXPECT_EQ(response.rfind("HTTP/1.1 413", 0), 0u) << response;
   EXPECT_EQ(response.find("100 Continue"), std::string::npos);
   EXPECT_NE(response.find("payload_too_large"), std::string::npos);
+}
+
+// RFC 9110 §10.1.1: whatever can be refused from the head is refused before "100 Continue" (the
+// client then never sends the body): no credentials, no route, a wrong method, bad framing.
+TEST_F(ServerTest, ExpectContinueRefusesFromTheHeadAlone) {
+  Start();
+  auto answer = [this](const std::string& head) {
+    return RawHttpExchange(stack_.port(), head + "Expect: 100-continue\r\n\r\n", 1500);
+  };
+  struct Case {
+    std::string head;
+    std::string status;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"POST /private HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n", "401"},
+           {"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n", "404"},
+           {"PATCH /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n", "405"},
+           {"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+            "400"},
+           {"POST /echo HTTP/1.1\r\nContent-Length: 5000\r\n", "400"},
+       }) {
+    const std::string raw = answer(c.head);
+    EXPECT_EQ(raw.rfind("HTTP/1.1 " + c.status + " ", 0), 0u) << c.head << raw;
+    EXPECT_EQ(raw.find("100 Continue"), std::string::npos) << c.head << raw;
+    EXPECT_EQ(StatusLines(raw), 1u) << c.head << raw;  // one answer
+  }
+  // An admissible request is told to go on, and served.
+  const std::string ok = RawHttpExchange(
+      stack_.port(),
+      "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n{}",
+      1500);
+  EXPECT_EQ(ok.rfind("HTTP/1.1 100 Continue", 0), 0u) << ok;
+  EXPECT_NE(ok.find(R"({"bytes":2})"), std::string::npos) << ok;
 }
 
 TEST_F(ServerTest, RejectsAmbiguousFraming) {
