@@ -376,14 +376,29 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
     }
     if (!sub.has_subscription) return Status::OK();
     const SubscriptionRecord& r = sub.subscription;
+    // Its latest invoice paid at or after its trial's end: it converted. Only the latest invoice
+    // is known: one that converted, paid for months and ended after a failed renewal shows as
+    // not paid after its trial here (its period moved on, below).
+    const bool paid_after_trial = r.trial_end && sub.latest_invoice &&
+                                  sub.latest_invoice->paid &&
+                                  sub.latest_invoice->amount_paid.value_or(0) > 0 &&
+                                  sub.latest_invoice->event_created >= *r.trial_end;
+    // Still in the first period after its trial (no renewal since) without a paid invoice: the
+    // first charge after the trial never succeeded -- a trial lost (or still being retried), not
+    // a paying customer, whatever dunning made of its status.
+    const bool never_paid_after_trial = r.trial_end && r.current_period_start &&
+                                        *r.current_period_start <= *r.trial_end &&
+                                        !paid_after_trial;
     // Churn is paying customers lost, dated by when the subscription ended (a cancellation at the
     // period's end is asked for weeks before): not a checkout that never completed
-    // (incomplete_expired), nor a trial ended within its trial (trial conversion counts those).
+    // (incomplete_expired), nor a trial that ended within its trial or never paid after it (trial
+    // conversion counts those).
     bool churned_in_window = false;
     if (r.status == SubscriptionStatus::kCanceled) {
       const std::optional<int64_t> ended = r.ended_at ? r.ended_at : r.canceled_at;
       const bool within_trial = ended && r.trial_end && *ended <= *r.trial_end;
-      churned_in_window = ended && !within_trial && *ended >= churn_from && *ended < now_s;
+      churned_in_window = ended && !within_trial && !never_paid_after_trial &&
+                          *ended >= churn_from && *ended < now_s;
       if (churned_in_window) ++churned;
     }
     // The rate's base: customers paying when the window began (paying since before it -- past
@@ -391,11 +406,13 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
     // in it, so new sign-ups do not dilute the rate.
     const std::optional<int64_t> paying_since =
         r.trial_end ? r.trial_end : (r.created ? r.created : r.current_period_start);
-    // Unpaid and paused subscriptions paid once (dunning or a pause came later): in the base.
+    // Past due, unpaid and paused subscriptions paid once (dunning or a pause came later): in the
+    // base -- unless that was the first charge after a trial.
     const bool paid_once = r.status == SubscriptionStatus::kActive ||
-                           r.status == SubscriptionStatus::kPastDue ||
-                           r.status == SubscriptionStatus::kUnpaid ||
-                           r.status == SubscriptionStatus::kPaused;
+                           ((r.status == SubscriptionStatus::kPastDue ||
+                             r.status == SubscriptionStatus::kUnpaid ||
+                             r.status == SubscriptionStatus::kPaused) &&
+                            !never_paid_after_trial);
     if (plan != nullptr && (!paying_since || *paying_since < churn_from) &&
         (paid_once || churned_in_window)) {
       ++paying_at_start;
@@ -404,18 +421,10 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
     const bool trial_plan = plan != nullptr && IsTrialPlan(*plan);
     if (r.trial_start || trial_plan) {
       ++trials;
-      // Its latest invoice paid at or after its trial's end, and it has since ended: it converted
-      // (and churned later). Only the latest invoice is known: one that converted, paid for
-      // months and ended after a failed renewal counts as lost.
-      const bool paid_after_trial = r.trial_end && sub.latest_invoice &&
-                                    sub.latest_invoice->paid &&
-                                    sub.latest_invoice->amount_paid.value_or(0) > 0 &&
-                                    sub.latest_invoice->event_created >= *r.trial_end;
       // Past due in the first period after its trial, its latest invoice not paid: the first
       // payment failed and Stripe is still retrying it; not converted (nor lost) yet.
       const bool first_payment_failed =
-          r.status == SubscriptionStatus::kPastDue && r.trial_end && r.current_period_start &&
-          *r.current_period_start <= *r.trial_end && !paid_after_trial;
+          r.status == SubscriptionStatus::kPastDue && never_paid_after_trial;
       if (first_payment_failed) {
         ++awaiting_payment;
       } else if (pays && !trial_plan) {

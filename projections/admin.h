@@ -31,10 +31,13 @@
 //   churned (window)          a user whose Stripe subscription was canceled (not
 //                             incomplete_expired: that one never started) at `ended_at` (else
 //                             `canceled_at`) inside the last `churn_days`, after its trial if it
-//                             had one (`trial_end`).
+//                             had one (`trial_end`) and not in the first period after it without
+//                             a paid invoice (the first charge after the trial never succeeded:
+//                             a lost trial).
 //   paying at start           a user paying when the churn window began: on a catalog plan, paying
 //                             since before it (`trial_end` when it had a trial, else `created`),
-//                             and now active, past_due, unpaid or paused, or churned inside the
+//                             and now active, past_due, unpaid or paused (not after a first
+//                             charge after its trial that never succeeded), or churned inside the
 //                             window. Churn rate = those of them churned / paying at start
 //                             (`churned` also counts customers won and lost inside the window,
 //                             which are not in the base).

@@ -374,14 +374,37 @@ TEST_F(AdminRoutesTest, ChurnIsPaidSubscriptionsDatedByTheirEnd) {
   k.interval = "year";
   k.interval_in_event = false;
   AddSubscriber(k, "k@x.com");
+  // Its trial ended 10 days ago, the first charge failed and dunning canceled it 2 days ago (its
+  // period is still the one that began at the trial's end): a lost trial, never paying.
+  TestSubscription l = OnPlan("u-l", "starter", "canceled");
+  l.trial_start = kNow - 17 * kDay;
+  l.trial_end = l.period_start = kNow - 10 * kDay;
+  l.period_end = kNow + 20 * kDay;
+  l.canceled_at = l.ended_at = kNow - 2 * kDay;
+  AddSubscriber(l, "l@x.com");
+  // Paused since its trial ended without a payment method, 43 days ago: never paid.
+  TestSubscription m = OnPlan("u-m", "starter", "paused");
+  m.trial_start = kNow - 50 * kDay;
+  m.trial_end = m.period_start = kNow - 43 * kDay;
+  m.period_end = kNow - 13 * kDay;
+  AddSubscriber(m, "m@x.com");
+  // Converted long ago (its period has moved on since the trial), lost yesterday: churn.
+  TestSubscription n = OnPlan("u-n", "starter", "canceled");
+  n.trial_start = kNow - 80 * kDay;
+  n.trial_end = kNow - 73 * kDay;
+  n.period_start = kNow - 13 * kDay;
+  n.period_end = kNow + 17 * kDay;
+  n.canceled_at = n.ended_at = kNow - 1 * kDay;
+  AddSubscriber(n, "n@x.com");
 
   HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
   ASSERT_EQ(r.status, 200) << r.body;
   rapidjson::Document doc = r.Json();
   EXPECT_EQ(doc["subscribers"]["paying"].GetInt64(), 2);  // a, k
-  EXPECT_EQ(doc["churn"]["churned"].GetInt64(), 1);       // h
-  // Paying when the window began: h only (a and k were won inside it; i was in its trial).
-  EXPECT_EQ(doc["churn"]["paying_at_start"].GetInt64(), 1);
+  EXPECT_EQ(doc["churn"]["churned"].GetInt64(), 2);       // h, n
+  // Paying when the window began: h and n (a and k were won inside it; i was in its trial; l
+  // and m never paid after theirs).
+  EXPECT_EQ(doc["churn"]["paying_at_start"].GetInt64(), 2);
   EXPECT_DOUBLE_EQ(doc["churn"]["rate"].GetDouble(), 1.0);
   EXPECT_EQ(doc["revenue"]["arr_cents"].GetInt64(), 12 * 1900 + 49000);
   r = Admin().Get(std::string(kAdminBase) + "analytics/revenue-by-tier");
