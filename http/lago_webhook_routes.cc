@@ -7,7 +7,8 @@
 //      repeated, malformed or non-matching signature, a jwt whose `data` is not the body or whose
 //      `iss` is not the configured Lago API URL.
 //   3. X-Lago-Unique-Key is required (400 "missing_unique_key"; "invalid_unique_key" when not
-//      1..255 visible ASCII characters). The body must be a Lago webhook (`webhook_type`,
+//      1..255 visible ASCII characters), except from a Lago old enough to send no
+//      X-Lago-Signature-Algorithm: its delivery is named "sha256:<hex of the body>". The body must be a Lago webhook (`webhook_type`,
 //      `object_type`): else 400 "malformed_event"; 413 beyond
 //      projections::limits::kLagoWebhookBytesMax.
 //   4. One IngestLagoWebhook command (projections/lago.h): dedupe on the unique key (and on the
@@ -21,6 +22,7 @@
 #include <memory>
 #include <string>
 
+#include "events/types.h"
 #include "http/lago_signature.h"
 #include "http/problem.h"
 #include "http/routes.h"
@@ -59,17 +61,23 @@ void HandleWebhook(Ledger* ledger, const LagoSignatureVerifier* verifier,
     WriteStatusProblem(s, &res);
     return;
   }
-  if (!req.has_header(kUniqueKeyHeader)) {
+  std::string unique_key;
+  if (req.has_header(kUniqueKeyHeader)) {
+    if (req.get_header_value_count(kUniqueKeyHeader) > 1) {
+      WriteProblem(400, "invalid_unique_key", "repeated X-Lago-Unique-Key header", &res);
+      return;
+    }
+    unique_key = req.get_header_value(kUniqueKeyHeader);
+  } else if (!req.has_header(kAlgorithmHeader)) {
+    // Lago from before signature algorithms sent no X-Lago-Unique-Key either (both came later):
+    // such a delivery is named by its bytes, so that Lago's retries of it count once.
+    unique_key = "sha256:" + HexEncode(Sha256(req.body));
+  } else {
     WriteProblem(400, "missing_unique_key", "X-Lago-Unique-Key is required", &res);
     return;
   }
-  if (req.get_header_value_count(kUniqueKeyHeader) > 1) {
-    WriteProblem(400, "invalid_unique_key", "repeated X-Lago-Unique-Key header", &res);
-    return;
-  }
   projections::LagoWebhook webhook;
-  s = projections::ParseLagoWebhook(req.body, req.get_header_value(kUniqueKeyHeader), mode,
-                                    &webhook);
+  s = projections::ParseLagoWebhook(req.body, unique_key, mode, &webhook);
   if (!s.ok()) {
     WriteStatusProblem(s, &res);
     return;

@@ -251,6 +251,23 @@ TEST_F(LagoWebhookTest, JwtDeliveryIsVerifiedWithLagosPublicKey) {
             {"X-Lago-Unique-Key", "wh-jwt-2"}});
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(Head(), 4u);
+  // Those versions sent no X-Lago-Unique-Key either: the delivery is named by its bytes, and a
+  // retry of it is a duplicate.
+  LagoInvoiceSpec third;
+  third.updated_at = "2026-11-03T00:00:00Z";
+  const std::string body3 = LagoInvoiceWebhookJson(third);
+  const std::string token3 = LagoJwtSignature(*lago_key_, body3, kIssuer);
+  r = Post(body3, {{"X-Lago-Signature", token3}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  const uint64_t head = Head();
+  EXPECT_GT(head, 4u);
+  r = Post(body3, {{"X-Lago-Signature", token3}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_NE(r.body.find("\"duplicate\":true"), std::string::npos) << r.body;
+  EXPECT_EQ(Head(), head);
+  // A Lago that names its algorithm names its deliveries too.
+  ExpectProblem(Post(body3, {{"X-Lago-Signature", token3}, {"X-Lago-Signature-Algorithm", "jwt"}}),
+                400, "missing_unique_key");
 }
 
 TEST_F(LagoWebhookTest, ForgedTamperedAndMalformedDeliveriesAppendNothing) {
