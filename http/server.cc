@@ -61,6 +61,8 @@ constexpr size_t kDetailPathBytesMax = 256;
 constexpr char kUnmatchedRoute[] = "(unmatched)";
 constexpr char kRejectedRoute[] = "(rejected)";
 const std::string kConnectionHeader = "Connection";
+// The slowest reader an answer is written to (ConnectionStream::write): 64 KiB/s.
+constexpr size_t kWriteFloorBytesPerSecond = 64 * 1024;
 
 // A Host value: uri-host [":" port] (RFC 9110 §7.2), i.e. reg-name, IPv4 or [IP-literal]
 // characters and ':' -- no '/', '@', '?', '#' or blanks. (An empty one never gets here:
@@ -312,12 +314,20 @@ class ConnectionStream final : public httplib::Stream {
       overflow_.append(ptr, size);
       return static_cast<ssize_t>(size);
     }
-    const auto deadline = Clock::now() + std::chrono::milliseconds(write_timeout_ms_);
+    // The write timeout bounds a stall, not the whole answer (cpp-httplib's own streams time out
+    // per send): each send that makes progress gives the client another timeout to take more, so
+    // a 4 MiB events page reaches a client on a slow link. A floor rate bounds the whole, so
+    // that a client taking a few bytes per timeout cannot hold a worker for ever.
+    const auto timeout = std::chrono::milliseconds(write_timeout_ms_);
+    const auto give_up = Clock::now() + timeout +
+                         std::chrono::milliseconds(size * 1000 / kWriteFloorBytesPerSecond);
+    auto deadline = std::min(Clock::now() + timeout, give_up);
     size_t sent = 0;
     while (sent < size) {
       ssize_t n = ::send(sock_, ptr + sent, size - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n >= 0) {
         sent += static_cast<size_t>(n);
+        if (n > 0) deadline = std::min(Clock::now() + timeout, give_up);
         continue;
       }
       if (errno == EINTR) continue;

@@ -59,7 +59,7 @@ struct HttpServerOptions {
   size_t request_bytes_max = 0;
   int64_t read_timeout_ms = 5000;   // one blocking read; a request must also send 64 KiB per
                                     // read timeout from its start (slow clients)
-  int64_t write_timeout_ms = 5000;  // one blocking write
+  int64_t write_timeout_ms = 5000;  // a write that makes no progress for this long fails
   int64_t keep_alive_timeout_ms = 5000;  // idle time before a kept-alive connection is closed
   size_t keep_alive_max_count = 1000;    // requests per connection
   int listen_backlog = limits::kListenBacklog;

@@ -1078,6 +1078,43 @@ TEST_F(ServerTest, AClosingAnswerFromTheLoopArrivesWhole) {
   EXPECT_EQ(response.size() - (body_at + 4), kBytes);
 }
 
+// The write timeout bounds a stall, not the whole answer: a client reading steadily but slower
+// than the answer's size per timeout (16 MiB at about 3 MB/s against 2 s; the kernel holds up to
+// 4 MiB of it) gets all of it.
+TEST_F(ServerTest, ASlowButSteadyReaderGetsTheWholeAnswer) {
+  HttpServerOptions options = TestHttpStack::DefaultOptions();
+  options.write_timeout_ms = 2000;
+  Start(options);
+  constexpr size_t kBytes = 16 << 20;
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  const int rcvbuf = 64 * 1024;
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(stack_.port()));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  const std::string request = "GET /loop-big?bytes=" + std::to_string(kBytes) +
+                              " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  ASSERT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(request.size()));
+  std::string response;
+  std::vector<char> buf(64 * 1024);
+  for (;;) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // about 3 MB/s at most
+    const ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
+    if (n <= 0) break;
+    response.append(buf.data(), static_cast<size_t>(n));
+  }
+  ::close(fd);
+  const size_t body_at = response.find("\r\n\r\n");
+  ASSERT_NE(body_at, std::string::npos) << response.substr(0, 300);
+  EXPECT_EQ(response.size() - (body_at + 4), kBytes);
+}
+
 // Stopping the server with a deferred answer still on its way to a parked connection: the stop
 // waits for the answer, and the client gets it.
 TEST_F(ServerTest, StopDeliversADeferredAnswerBeforeClosing) {
