@@ -63,8 +63,9 @@ void Readyz(const AppContext& context, httplib::Response& res) {
   w.StartObject();
   w.Key("state");
   w.String(!open ? "closed" : degraded ? "degraded" : "open");
+  const Position head = open ? context.ledger->Head() : Position(0);  // one read: body and header
   w.Key("head_position");
-  w.Uint64(open ? context.ledger->Head().value() : 0);
+  w.Uint64(head.value());
   w.Key("queue_depth");
   w.Uint64(open ? context.ledger->QueueDepth() : 0);
   w.EndObject();
@@ -83,7 +84,7 @@ void Readyz(const AppContext& context, httplib::Response& res) {
   w.EndObject();
   std::string body(buf.GetString(), buf.GetSize());
   if (open) {
-    WriteJsonAt(ready ? 200 : 503, std::move(body), context.ledger->Head(), &res);
+    WriteJsonAt(ready ? 200 : 503, std::move(body), head, &res);
   } else {
     WriteJson(503, std::move(body), &res);
   }
@@ -114,12 +115,10 @@ void HistogramBlock(const char* name, const char* help, const Histogram& histogr
   RenderHistogram(name, "", histogram.Read(), true, out);
 }
 
+// A running outbox renders its own families (one of the metrics renderers: lag, positions,
+// counters); a second TYPE line for one of them makes Prometheus parsers refuse the page.
 void RenderOutboxMetrics(const OutboxStatus& outbox, std::string* out) {
   Gauge("ledger_outbox_enabled", "1 when the Kafka outbox publishes.", outbox.enabled ? 1 : 0, out);
-  Gauge("ledger_outbox_published_position", "Last log position Kafka acknowledged.",
-        static_cast<double>(outbox.published_position), out);
-  Gauge("ledger_outbox_lag_events", "Events appended but not yet acknowledged by Kafka.",
-        static_cast<double>(outbox.lag_events), out);
 }
 
 void Metrics(const AppContext& context, httplib::Response& res) {

@@ -3,6 +3,8 @@
 #include "daemon/app.h"
 
 #include <gtest/gtest.h>
+#include <sstream>
+#include <set>
 #include <sys/stat.h>
 
 #include <filesystem>
@@ -183,6 +185,15 @@ TEST(AppTest, TheKafkaMessageSizeReachesTheOutbox) {
   EXPECT_GT(with_data, 0u) << "the starting plans fit";
   HttpReply metrics = client.Get("/metrics");
   EXPECT_GE(MetricValue(metrics.body, "ledger_outbox_data_omitted_total"), 1) << metrics.body;
+  // The Prometheus text format allows one TYPE line per family (parsers refuse the page else).
+  std::set<std::string> families;
+  std::istringstream lines(metrics.body);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind("# TYPE ", 0) != 0) continue;
+    const std::string name = line.substr(7, line.find(' ', 7) - 7);
+    EXPECT_TRUE(families.insert(name).second) << "second TYPE line for " << name;
+  }
+  EXPECT_GT(families.count("ledger_outbox_lag_events"), 0u);
   EXPECT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
 }
 
