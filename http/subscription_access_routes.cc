@@ -279,6 +279,7 @@ void WriteAccess(Ledger* ledger, const Clock* clock, std::string_view user_id,
     WriteStatusProblem(s, &res);
     return;
   }
+  if (ended.empty() && pj::TrialCallsUsedUp(usage)) ended = "trial_exhausted";
   WriteJsonAt(200, AccessJson(subject.access, usage, ended), view->position(), &res);
 }
 
@@ -352,6 +353,13 @@ void CheckAccess(Ledger* ledger, const Clock* clock, const httplib::Request& req
   std::string ended;
   if (decision.allowed) {
     s = AccessEnded(subject, clock, &ended);
+    // A trial whose calls are used up for good is refused as consume refuses it (402).
+    pj::CurrentUsage usage;
+    if (s.ok() && ended.empty() && access.plan && pj::IsTrialPlan(*access.plan)) {
+      const int64_t now_us = (clock != nullptr ? clock : SystemClock::Default())->NowMicros();
+      s = pj::GetCurrentUsage(*view, subject, user_id, now_us / 1'000'000, &usage);
+      if (s.ok() && pj::TrialCallsUsedUp(usage)) ended = "trial_exhausted";
+    }
     if (!s.ok()) {
       WriteStatusProblem(s, &res);
       return;

@@ -1927,6 +1927,13 @@ Status UsageWindowReset::Decide(const DecideContext& context, Decision* decision
 
 // ---- queries -------------------------------------------------------------------------------------
 
+bool TrialCallsUsedUp(const CurrentUsage& usage) {
+  const UsageTerms& terms = usage.terms;
+  if (!usage.error.ok() || !terms.trial || !usage.remaining || *usage.remaining > 0) return false;
+  const bool day_used_up = terms.limit && usage.used >= *terms.limit;
+  return !day_used_up || terms.window.end_s >= terms.trial->end_s;
+}
+
 Status GetCurrentUsage(const StateReader& state, const MeteringSubject& subject,
                        std::string_view user_id, int64_t now_s, CurrentUsage* out) {
   *out = CurrentUsage();

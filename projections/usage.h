@@ -394,6 +394,11 @@ struct CurrentUsage {
 Status GetCurrentUsage(const StateReader& state, const MeteringSubject& subject,
                        std::string_view user_id, int64_t now_s, CurrentUsage* out);
 
+// Whether a trial's calls are used up for good -- its whole cap, or its last day's: what a
+// consume of one call answers 402 "trial_exhausted" for (a day's quota used up before the last
+// day is a 429 that cures itself, not this). For check-access and my-access.
+bool TrialCallsUsedUp(const CurrentUsage& usage);
+
 // The terms a consume would be checked against (the errors ConsumeUsage answers for access and
 // trial expiry, not for the service or the quota). Exposed for tests and my-access.
 Status ResolveConsumeTerms(const MeteringSubject& subject, int64_t now_s, UsageTerms* out);

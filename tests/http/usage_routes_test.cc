@@ -532,6 +532,12 @@ TEST_F(UsageRoutesTest, TrialWindowRollsOverAtUtcMidnightAndExpiresAfterSevenDay
   ASSERT_EQ(Consume("t1", "chat", "d0", 100).status, 200);
   HttpReply r = Consume("t1", "chat", "d0-over");
   ExpectProblem(r, 429, "quota_exceeded");
+  // A day's quota used up before the trial's last day cures itself: check-access still allows
+  // (a gateway rate-limits on consume's 429, not on this).
+  const std::string check = "/api/v1/subscriptions/check-access/chat";
+  HttpReply access = Client(Token("t1")).Post(check, "");
+  ASSERT_EQ(access.status, 200) << access.body;
+  EXPECT_TRUE(access.Json()["allowed"].GetBool()) << access.body;
   const int64_t midnight = pj::UtcDayStart(kStripeT0) + kDay;
   EXPECT_EQ(r.Header("Retry-After"), std::to_string(midnight - NowSeconds()));
   EXPECT_EQ(r.Header("X-RateLimit-Limit"), "100");
@@ -546,6 +552,16 @@ TEST_F(UsageRoutesTest, TrialWindowRollsOverAtUtcMidnightAndExpiresAfterSevenDay
   r = Consume("t1", "chat", "d6-over");
   ExpectProblem(r, 402, "trial_exhausted");
   EXPECT_EQ(r.Header("Retry-After"), "");
+  // check-access and my-access say what consume says: a gateway gating on them and metering
+  // through /usage/events must not give the used-up trial more calls.
+  access = Client(Token("t1")).Post(check, "");
+  ASSERT_EQ(access.status, 200) << access.body;
+  EXPECT_FALSE(access.Json()["allowed"].GetBool()) << access.body;
+  EXPECT_STREQ(access.Json()["reason"].GetString(), "trial_exhausted");
+  access = Client(Token("t1")).Get("/api/v1/subscriptions/my-access");
+  ASSERT_EQ(access.status, 200);
+  EXPECT_FALSE(access.Json()["has_access"].GetBool()) << access.body;
+  EXPECT_STREQ(access.Json()["access_ended"].GetString(), "trial_exhausted");
   clock_.Set((kStripeT0 + 7 * kDay) * kUs);
   ExpectProblem(Consume("t1", "chat", "d7"), 402, "trial_expired");
   // my-access says the trial grants nothing any more (its status at Stripe is still trialing).
