@@ -1,6 +1,7 @@
 #include "projections/plan_catalog.h"
 
 #include <algorithm>
+#include <functional>
 #include <utility>
 
 #include <rapidjson/document.h>
@@ -113,24 +114,32 @@ Status ValidateFeatures(const std::vector<std::string>& features) {
 
 enum class ParseMode { kStored, kInput };
 
+// What a POST names: every field.
+bool EveryField(std::string_view) { return true; }
+
 // Rules for what an admin sends, not for stored plans (one stored before them still reads).
-Status CheckInputOnlyRules(const Plan& plan) {
-  if (plan.trial_days > 0 && plan.limit_window == LimitWindow::kMonth) {
+// `named(field)`: whether the request gave the field (a PUT that leaves a field alone is not
+// refused for what an older stored plan holds in it).
+Status CheckInputOnlyRules(const Plan& plan,
+                           const std::function<bool(std::string_view)>& named) {
+  if (plan.trial_days > 0 && plan.limit_window == LimitWindow::kMonth &&
+      (named("limit_window") || named("trial_days"))) {
     return Invalid("limit_window: a trial's quota is per day (metering counts trial days)");
   }
   // A quota of 0 would refuse every consume as more than a whole window allows, and the usage
   // events' limit is at least 1 (schemas/events/usage.*): a plan without API calls leaves its
   // services out.
-  if (plan.api_calls_limit && *plan.api_calls_limit < 1) {
+  if (plan.api_calls_limit && *plan.api_calls_limit < 1 && named("api_calls_limit")) {
     return Invalid("api_calls_limit: at least 1, or null (unlimited)");
   }
   // What Stripe can bill (an 8-digit unit_amount): a dearer price could never be set up there,
   // and checkout for it would fail for good.
-  if (plan.price_monthly_cents > limits::kStripeUnitAmountMax) {
+  if (plan.price_monthly_cents > limits::kStripeUnitAmountMax && named("price_monthly_cents")) {
     return Invalid("price_monthly_cents: at most " + std::to_string(limits::kStripeUnitAmountMax) +
                    " (Stripe's largest unit amount)");
   }
-  if (plan.price_yearly_cents && *plan.price_yearly_cents > limits::kStripeUnitAmountMax) {
+  if (plan.price_yearly_cents && *plan.price_yearly_cents > limits::kStripeUnitAmountMax &&
+      (named("price_yearly_cents") || named("price_monthly_cents"))) {
     return Invalid("price_yearly_cents: at most " + std::to_string(limits::kStripeUnitAmountMax) +
                    " (Stripe's largest unit amount); give a smaller one, or null (not sold yearly)");
   }
@@ -210,7 +219,8 @@ Status ParsePlanObject(const Value& object, ParseMode mode, std::string_view pat
     plan.price_yearly_cents = 10 * plan.price_monthly_cents;
   }
   LEDGER_RETURN_IF_ERROR(ValidatePlan(plan));
-  return mode == ParseMode::kInput ? CheckInputOnlyRules(plan) : Status::OK();
+  return mode == ParseMode::kInput ? CheckInputOnlyRules(plan, EveryField)
+                                   : Status::OK();
 }
 
 // ---- Plan → JSON ------------------------------------------------------------------------------
@@ -506,11 +516,16 @@ Plan MergePlanInput(const PlanInput& input, const Plan& current) {
       next.limit_window = next.trial_days > 0 ? LimitWindow::kDay : LimitWindow::kMonth;
     }
   }
-  // A yearly price that was the default (ten months) follows a new monthly price.
+  // A yearly price that was the default (ten months) follows a new monthly price, as a POST's
+  // would: none for a free plan.
   if (!input.Given("price_yearly_cents") && current.price_monthly_cents > 0 &&
       current.price_yearly_cents == 10 * current.price_monthly_cents &&
-      next.price_monthly_cents > 0 && next.price_monthly_cents <= limits::kPriceCentsMax / 10) {
-    next.price_yearly_cents = 10 * next.price_monthly_cents;
+      next.price_monthly_cents != current.price_monthly_cents) {
+    if (next.price_monthly_cents > 0 && next.price_monthly_cents <= limits::kPriceCentsMax / 10) {
+      next.price_yearly_cents = 10 * next.price_monthly_cents;
+    } else {
+      next.price_yearly_cents.reset();
+    }
   }
   return next;
 }
@@ -703,9 +718,10 @@ Status CheckStripePriceFresh(const char* cycle, std::optional<int64_t> cents,
 }
 
 // What an admin's plan must be (ValidatePlan, and the rules stored plans predate).
-Status ValidatePlanChange(const Plan& plan) {
+// `named` as CheckInputOnlyRules (a POST names every field).
+Status ValidatePlanChange(const Plan& plan, const std::function<bool(std::string_view)>& named) {
   LEDGER_RETURN_IF_ERROR(ValidatePlan(plan));
-  return CheckInputOnlyRules(plan);
+  return CheckInputOnlyRules(plan, named);
 }
 
 // A trial's subscription runs on the conversion plan's price: taking that plan off sale (DELETE,
@@ -730,7 +746,7 @@ Status CheckConversionPlanStaysOnSale(const StateReader& state, const Plan& curr
 }  // namespace
 
 Status CreatePlan::Decide(const DecideContext& context, Decision* decision) {
-  LEDGER_RETURN_IF_ERROR(ValidatePlanChange(plan_));
+  LEDGER_RETURN_IF_ERROR(ValidatePlanChange(plan_, EveryField));
   LEDGER_RETURN_IF_ERROR(ValidateActor(actor_));
   std::string row;
   Status s = context.state->Get(kPlansFamily, plan_.id, &row);
@@ -770,7 +786,8 @@ Status UpdatePlan::Decide(const DecideContext& context, Decision* decision) {
                                    "one-time trial fee for its existing subscribers; create a new "
                                    "plan instead");
   }
-  LEDGER_RETURN_IF_ERROR(ValidatePlanChange(next));
+  LEDGER_RETURN_IF_ERROR(ValidatePlanChange(
+      next, [this](std::string_view field) { return input_.Given(field); }));
   LEDGER_RETURN_IF_ERROR(CheckConversionPlanStaysOnSale(*context.state, current, next.active));
   LEDGER_RETURN_IF_ERROR(CheckStripePriceFresh("monthly", next.price_monthly_cents,
                                                current.price_monthly_cents,

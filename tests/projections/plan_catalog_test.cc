@@ -529,6 +529,46 @@ TEST(PlanCommandsTest, UpdateChangesOnlyTheFieldsGiven) {
   EXPECT_EQ(stored.team_seats, 9);
 }
 
+// A yearly price that was the default (ten months) follows the monthly price, as a POST's would:
+// ten of the new months, none when the plan becomes free; one set apart stays.
+TEST(PlanCommandsTest, ADefaultYearlyPriceFollowsTheMonthlyPrice) {
+  Harness h;
+  CreatePlan create(ParsedBody(), TestAdmin());  // 2900 a month, 29000 a year (the default)
+  h.MustRun(&create);
+  auto put = [&h](const std::string& body) {
+    PlanInput input;
+    EXPECT_TRUE(ParsePlanInput(body, "team", &input).ok()) << body;
+    UpdatePlan update(input, TestAdmin());
+    Decision d;
+    EXPECT_TRUE(h.Run(&update, &d).ok()) << body;
+    Plan stored;
+    EXPECT_TRUE(GetPlan(h.state(), "team", &stored).ok());
+    return stored.price_yearly_cents;
+  };
+  EXPECT_EQ(put(R"({"price_monthly_cents":3900})"), 39000);
+  EXPECT_EQ(put(R"({"price_monthly_cents":0})"), std::nullopt);
+  EXPECT_EQ(put(R"({"price_monthly_cents":1000,"price_yearly_cents":9000})"), 9000);
+  EXPECT_EQ(put(R"({"price_monthly_cents":2000})"), 9000);  // not the default: kept
+}
+
+// A PUT is refused for what it changes, not for what an older stored plan holds in a field it
+// leaves alone: a trial stored with a monthly window (before the rule) can still be renamed.
+TEST(PlanCommandsTest, AnOlderPlanCanBeEditedWithoutItsOldFieldsRefused) {
+  Harness h;
+  Plan trial = ParsedBody(R"("trial_days":14)");
+  trial.limit_window = LimitWindow::kMonth;  // as stored before the rule
+  ASSERT_TRUE(h.state().Put(kPlansFamily, "team", PlanToJson(trial)).ok());  // as a fold wrote it
+  PlanInput input;
+  ASSERT_TRUE(ParsePlanInput(R"({"display_name":"Team trial"})", "team", &input).ok());
+  UpdatePlan rename(input, TestAdmin());
+  Decision d;
+  Status s = h.Run(&rename, &d);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  ASSERT_TRUE(ParsePlanInput(R"({"limit_window":"month"})", "team", &input).ok());
+  UpdatePlan window(input, TestAdmin());
+  EXPECT_EQ(h.Run(&window, &d).problem(), "validation_failed");  // named: the rule applies
+}
+
 // limit_window follows api_calls_limit when left out: null with an unlimited quota, the default
 // window when a quota appears, the stored one otherwise. A merged plan is checked as a POST's.
 TEST(PlanCommandsTest, AMergedUpdateKeepsTheWindowConsistentAndIsValidated) {
