@@ -1920,10 +1920,11 @@ Status CreatePrivateDir(const std::string& path) {
   if (std::filesystem::is_directory(path, ec)) return Status::OK();
   const std::filesystem::path dir(path);
   if (dir.has_parent_path()) std::filesystem::create_directories(dir.parent_path(), ec);
-  if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) {
-    return Status::IOError("cannot create " + path + ": " + std::strerror(errno));
+  if (::mkdir(path.c_str(), 0700) == 0) {
+    ::chmod(path.c_str(), 0700);  // whatever the umask
+  } else if (const int error = errno; error != EEXIST) {  // EEXIST: created meanwhile, kept
+    return Status::IOError("cannot create " + path + ": " + std::strerror(error));
   }
-  ::chmod(path.c_str(), 0700);  // whatever the umask
   if (!std::filesystem::is_directory(path, ec)) {
     return Status::IOError("cannot create " + path + ": not a directory");
   }

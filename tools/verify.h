@@ -5,7 +5,9 @@
 //   1. the key is p (positions are gap-free) and the stored record decodes with position p;
 //   2. the stored hash equals SHA-256(prev_hash || body) (VerifyEventHash): the bytes are intact;
 //   3. prev_hash equals the hash of p - 1 (for from > 1, read from position from - 1; zero for 1);
-// and, when the range ends at the chain head, that the last hash equals the head record.
+// and, when the range ends at the chain head, that the last hash equals the head record; when it
+// ends before it, that the prev_hash stored with position to + 1 equals the last hash (an event
+// rewritten and re-sealed checks out on its own: only the next link shows it).
 //
 // Pass 1 reads with RocksDB block checksums OFF, so that a byte flipped inside an event (the events
 // family is stored uncompressed) is reported by check 2 at its exact position. Pass 2 re-reads the
@@ -50,7 +52,7 @@ struct VerifyReport {
 // Opens `options.data_dir` read-only and verifies it. Returns:
 //   OK            every check passed;
 //   kCorruption   a check failed: report->failed_position and report->reason say where and why;
-//   kInvalidArgument  a bad range (from > to);
+//   kInvalidArgument  a bad range (from > to, or past the head while the logs hold no hole);
 //   kNotFound / kIOError  the store cannot be opened or read (and no damaged event was found).
 Status VerifyLog(const VerifyOptions& options, VerifyReport* report);
 

@@ -569,6 +569,10 @@ TEST(VerifyCliTest, LogsPastAHoleFailVerifyAndExportUntilLedgerdSetsThemAside) {
   ASSERT_NE(at, std::string::npos);
   const uint64_t missing = std::stoull(verify.out.substr(at + prefix.size()));
   ASSERT_GT(missing, 1u);
+  // A range asked up to where the log reached before the hole is that damage, not a usage error.
+  EXPECT_EQ(RunLedgerctl("verify --data-dir " + dir.path() + " --to " + std::to_string(missing + 3))
+                .exit_code,
+            65);
   testing::ProcessResult incremental = RunLedgerctl(
       "export --data-dir " + dir.path() + " --after " + std::to_string(missing - 1));
   EXPECT_EQ(incremental.exit_code, 65);
