@@ -1989,10 +1989,14 @@ httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Reque
   const_cast<httplib::Request&>(req).ranges.clear();  // the connection loop's own local
   // RFC 9110 §7.6.1: connection options are case-insensitive tokens in a list; cpp-httplib closes
   // only on exactly "close".
+  // The body was (or will be) read whole: a plain close, not the lingering one for unread bodies.
   std::string_view connection;
   if (HeaderValue(req, kConnectionHeader, &connection) > 0 && connection != "close" &&
       AsksToClose(connection)) {
-    CloseAfterResponse(req);
+    if (t_connection != nullptr) t_connection->closing = true;
+    auto& mutable_req = const_cast<httplib::Request&>(req);  // the connection loop's own local
+    mutable_req.headers.erase(kConnectionHeader);
+    mutable_req.set_header(kConnectionHeader, "close");  // cpp-httplib then answers so
   }
   return R::Unhandled;
 }
