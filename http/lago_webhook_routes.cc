@@ -8,9 +8,9 @@
 //      `iss` is not the configured Lago API URL.
 //   3. X-Lago-Unique-Key is required (400 "missing_unique_key"; "invalid_unique_key" when not
 //      1..255 visible ASCII characters), except from a Lago old enough to send no
-//      X-Lago-Signature-Algorithm: its delivery is named "sha256:<hex of the body>". The body must be a Lago webhook (`webhook_type`,
-//      `object_type`): else 400 "malformed_event"; 413 beyond
-//      projections::limits::kLagoWebhookBytesMax.
+//      X-Lago-Signature-Algorithm: its delivery is named "sha256:<hex of the body>". The body
+//      must be a Lago webhook (`webhook_type`, `object_type`): else 400 "malformed_event"; 413
+//      beyond projections::limits::kLagoWebhookBytesMax.
 //   4. One IngestLagoWebhook command (projections/lago.h): dedupe on the unique key (and on the
 //      body), then lago.webhook_received.v1 + the derived state change in one synced write. 200
 //      {"received":true,"unique_key","webhook_type","duplicate","derived"} only after that write;

@@ -2026,7 +2026,8 @@ int HttpServer::Impl::ExpectContinue(const httplib::Request& req, httplib::Respo
     return res.status;
   }
   Identity identity;
-  if (Status admitted = authenticator_->Admit(route->route.policy, req, &identity); !admitted.ok()) {
+  if (Status admitted = authenticator_->Admit(route->route.policy, req, &identity);
+      !admitted.ok()) {
     Authenticator::WriteAdmitFailure(admitted, req, &res);
     CloseAfterResponse(req);
     route->series->Record(res.status, 0);

@@ -140,7 +140,8 @@ Status CheckInputOnlyRules(const Plan& plan,
   }
   if (plan.price_yearly_cents && *plan.price_yearly_cents > limits::kStripeUnitAmountMax &&
       (named("price_yearly_cents") || named("price_monthly_cents"))) {
-    return Invalid("price_yearly_cents: at most " + std::to_string(limits::kStripeUnitAmountMax) +
+    return Invalid("price_yearly_cents: at most " +
+                   std::to_string(limits::kStripeUnitAmountMax) +
                    " (Stripe's largest unit amount); give a smaller one, or null (not sold yearly)");
   }
   return Status::OK();
