@@ -523,11 +523,14 @@ class ConnectionStream final : public httplib::Stream {
         malformed_header_ = true;
       }
       // cpp-httplib skips a line ending in a bare LF and percent-decodes values: a proxy that
-      // reads `Content-Length: 5\n` or `chunke%64` otherwise would frame the request differently.
+      // reads `Content-Length: 5\n` or `chunke%64` otherwise would frame the request differently,
+      // and the dedupe keys `a%2Fb` and `a/b` would be one key.
       if (line.find_first_of("\r\n") != std::string_view::npos ||
           (colon != std::string_view::npos && line.find('%') != std::string_view::npos &&
            (EqualsIgnoreCase(line.substr(0, colon), "Content-Length") ||
-            EqualsIgnoreCase(line.substr(0, colon), "Transfer-Encoding")))) {
+            EqualsIgnoreCase(line.substr(0, colon), "Transfer-Encoding") ||
+            EqualsIgnoreCase(line.substr(0, colon), "Idempotency-Key") ||
+            EqualsIgnoreCase(line.substr(0, colon), "X-Lago-Unique-Key")))) {
         malformed_header_ = true;
       }
       if (line.size() > kHeaderLineBytesMax && line_start > 0 && colon != std::string_view::npos &&
@@ -1905,7 +1908,8 @@ httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Reque
   if (t_connection != nullptr && t_connection->stream->malformed_header()) {
     Reject(400, "bad_header_line",
            "a header line has whitespace before its colon, is folded onto the previous one, has "
-           "a bare CR or LF, or has '%' in Content-Length or Transfer-Encoding",
+           "a bare CR or LF, or has '%' in Content-Length, Transfer-Encoding, Idempotency-Key or "
+           "X-Lago-Unique-Key",
            req, res);
     return R::Handled;
   }

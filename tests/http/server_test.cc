@@ -544,6 +544,26 @@ TEST_F(ServerTest, RejectsAmbiguousFraming) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3)) << "read until timeout";
 }
 
+// cpp-httplib percent-decodes header values: the dedupe keys `a%2Fb` and `a/b` would be one key
+// (a second, different request answered with the first one's stored result), so a '%' in one
+// is refused before anything reads it.
+TEST_F(ServerTest, APercentInADedupeKeyIsRefused) {
+  Start();
+  for (const std::string header : {"Idempotency-Key", "X-Lago-Unique-Key"}) {
+    const std::string raw = RawHttpExchange(
+        stack_.port(),
+        "POST /echo HTTP/1.1\r\nHost: x\r\n" + header + ": a%2Fb\r\nContent-Length: 2\r\n\r\n{}",
+        1500);
+    EXPECT_EQ(raw.rfind("HTTP/1.1 400 ", 0), 0u) << header << raw;
+    EXPECT_NE(raw.find("bad_header_line"), std::string::npos) << raw;
+  }
+  const std::string plain = RawHttpExchange(
+      stack_.port(),
+      "POST /echo HTTP/1.1\r\nHost: x\r\nIdempotency-Key: a/b\r\nContent-Length: 2\r\n\r\n{}",
+      1500);
+  EXPECT_EQ(plain.rfind("HTTP/1.1 200 ", 0), 0u) << plain;
+}
+
 // Framing cpp-httplib would read differently from what was checked: each is refused or closes
 // after its answer, and nothing after it is served.
 TEST_F(ServerTest, BodiesCppHttplibWouldReadOtherwiseAreRefused) {

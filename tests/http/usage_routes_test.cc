@@ -246,13 +246,16 @@ TEST_F(UsageRoutesTest, RefusalsAndBadInputAppendNothing) {
   ExpectProblem(Service().Post(kConsume, ConsumeBody("u1", "chat", "k"),
                                {{"Idempotency-Key", "other"}}),
                 400, "invalid_idempotency_key");
-  // Header bytes that are not UTF-8 (raw, or percent-encoded: cpp-httplib decodes header values)
-  // would make the usage event's JSON invalid.
-  for (const char* bad : {"\xff\xfe", "%FF%FE", "ok-\xc3"}) {
+  // Header bytes that are not UTF-8 would make the usage event's JSON invalid; a '%' is refused
+  // before cpp-httplib decodes it (`a%2Fb` would be `a/b`'s key).
+  for (const char* bad : {"\xff\xfe", "ok-\xc3"}) {
     ExpectProblem(Client(Token("u1")).Post(kConsume, R"({"service":"chat"})",
                                            {{"Idempotency-Key", bad}}),
                   400, "invalid_idempotency_key");
   }
+  ExpectProblem(Client(Token("u1")).Post(kConsume, R"({"service":"chat"})",
+                                         {{"Idempotency-Key", "%FF%FE"}}),
+                400, "bad_header_line");
   // A user acts only for itself.
   ExpectProblem(Client(Token("u2")).Post(kConsume, ConsumeBody("u1", "chat", "k")), 404,
                 "not_found");
