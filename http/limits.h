@@ -20,9 +20,9 @@ inline constexpr size_t kJwksKeysMax = 64;
 inline constexpr size_t kTokenRolesMax = 256;
 // Configured service tokens.
 inline constexpr size_t kServiceTokensMax = 256;
-// Connections accepted but not yet picked up by a worker thread. When full, the accept loop
-// waits (connections then queue in the kernel's listen backlog).
-inline constexpr size_t kPendingConnectionsMax = 4096;
+// Bytes the server's event loop holds in all for webhook requests still arriving (so that slow
+// senders hold no worker); beyond, workers read them.
+inline constexpr size_t kLoopHeldBytesMax = 64 << 20;
 // Listen backlog requested from the kernel (capped by net.core.somaxconn).
 inline constexpr int kListenBacklog = 1024;
 // Worker threads of the server (they serve the requests that may block).

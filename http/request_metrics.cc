@@ -64,7 +64,7 @@ void RequestMetrics::Render(std::string* out) const {
   *out += "# HELP ledger_http_connections_accepted_total TCP connections accepted.\n";
   *out += "# TYPE ledger_http_connections_accepted_total counter\n";
   *out += "ledger_http_connections_accepted_total " + std::to_string(connections_accepted.Value()) + "\n";
-  *out += "# HELP ledger_http_connections_queued Accepted connections waiting for a worker thread.\n";
+  *out += "# HELP ledger_http_connections_queued Connections waiting for a worker thread (a request, an answer to finish, a close).\n";
   *out += "# TYPE ledger_http_connections_queued gauge\n";
   *out += "ledger_http_connections_queued " + std::to_string(connections_queued.load()) + "\n";
   *out += "# HELP ledger_http_workers_busy Worker threads serving a connection.\n";

@@ -81,6 +81,11 @@ bool IsKnownMethod(const std::string& method) {
          method == "PATCH" || method == "DELETE" || method == "OPTIONS";
 }
 
+// A route pattern without regex syntax: it matches exactly its own text.
+bool IsLiteralPattern(const std::string& pattern) {
+  return pattern.find_first_of(R"(\^$.|?*+()[]{})") == std::string::npos;
+}
+
 bool IsRouteMethod(const std::string& method) {
   return method == "GET" || method == "POST" || method == "PUT" || method == "PATCH" ||
          method == "DELETE";
@@ -830,26 +835,22 @@ Responder DeferResponse(const httplib::Request& req) {
 
 namespace {
 
-// The worker pool: `threads` workers and a bounded queue of accepted connections. When the queue
-// is full the accept loop waits here, and new connections wait in the kernel's listen backlog.
+// The worker pool: `threads` workers and the queue of the jobs the event loop hands them (at most
+// one per open connection).
 class WorkerPool final : public httplib::TaskQueue {
  public:
-  WorkerPool(size_t threads, size_t pending_max, RequestMetrics* metrics)
-      : pending_max_(pending_max), metrics_(metrics) {
+  WorkerPool(size_t threads, RequestMetrics* metrics) : metrics_(metrics) {
     metrics_->workers.store(static_cast<int64_t>(threads));
     for (size_t i = 0; i < threads; ++i) threads_.emplace_back([this] { Work(); });
   }
   ~WorkerPool() override = default;
 
+  // An accepted connection, from cpp-httplib's accept loop: handed to the event loop right here
+  // (process_and_close_socket never waits), not queued behind the workers' jobs, where requests
+  // holding every worker would keep each new connection unserved, even one for a loop route.
   void enqueue(std::function<void()> fn) override {
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      not_full_.wait(lock, [this] { return jobs_.size() < pending_max_ || shutdown_; });
-      jobs_.push_back(std::move(fn));
-      metrics_->connections_queued.fetch_add(1);
-    }
     metrics_->connections_accepted.Add();
-    not_empty_.notify_one();
+    fn();
   }
 
   // A connection the event loop hands over. Never waits: the connection was accepted already.
@@ -876,7 +877,6 @@ class WorkerPool final : public httplib::TaskQueue {
       shutdown_ = true;
     }
     not_empty_.notify_all();
-    not_full_.notify_all();
     for (auto& t : threads_) t.join();
     metrics_->workers.store(0);
   }
@@ -893,18 +893,15 @@ class WorkerPool final : public httplib::TaskQueue {
         jobs_.pop_front();
         metrics_->connections_queued.fetch_sub(1);
       }
-      not_full_.notify_one();
       metrics_->workers_busy.fetch_add(1);
       job();
       metrics_->workers_busy.fetch_sub(1);
     }
   }
 
-  const size_t pending_max_;
   RequestMetrics* const metrics_;
   std::mutex mu_;
   std::condition_variable not_empty_;
-  std::condition_variable not_full_;
   std::deque<std::function<void()>> jobs_;  // GUARDED_BY(mu_)
   bool shutdown_ = false;                   // GUARDED_BY(mu_)
   std::vector<std::thread> threads_;
@@ -958,9 +955,14 @@ struct Connection {
   // one awaiting an answer is not.
   bool armed = false;
   Clock::time_point parked_at;  // when it was last parked
-  // A request still arriving that the loop holds (AwaitsMoreBytes): when the loop first saw it.
-  // Set and cleared by its owner; read by the loop's tick while parked.
+  // A request still arriving that the loop holds (CoreServer::HoldArriving): when the loop first
+  // saw it, and how many of its bytes have arrived. Set and cleared by its owner; read by the
+  // loop's tick while parked.
   std::optional<Clock::time_point> arriving_since;
+  size_t arriving_bytes = 0;
+  // What the request arriving may take of the loop's budget for large holds (guarded by the
+  // loop's mutex; 0 for a small one, which takes none).
+  size_t held = 0;
 };
 
 // How a served request leaves its connection.
@@ -999,7 +1001,8 @@ struct LoopRequest {
 // Requests served on the loop per wake-up of one connection before a worker takes the rest.
 constexpr int kLoopRequestsPerTurn = 8;
 // A request still arriving is held by the event loop (not a worker) while it is under this many
-// bytes (AwaitsMoreBytes): usual heads and billing bodies; at most this much per open connection.
+// bytes (ArrivingBound): usual heads and billing bodies; at most this much per open connection,
+// besides the large holds of body-first routes (HttpServerOptions::loop_held_bytes_max in all).
 constexpr size_t kLoopHoldBytesMax = 8 * 1024;
 constexpr int kLoopEventsMax = 128;
 constexpr int kLoopTickMs = 100;
@@ -1011,9 +1014,9 @@ constexpr int kLoopTickMs = 100;
 // in a blocked thread each. When one becomes readable, the loop reads what is there; a complete
 // request for a route that never blocks (Threading::kEventLoop: consume, /livez) is served right
 // there, on the loop thread; one still arriving is held by the loop until it is whole (under
-// kLoopHoldBytesMax; closed after the read timeout); anything else — other routes, larger
-// incomplete or chunked requests, `Expect`, long header lines, a socket that does not take the
-// answer — goes to a worker of the pool with everything already read, and the worker parks the
+// kLoopHoldBytesMax, or a body-first route's up to its limits; closed when it arrives slower than
+// a worker would wait for it); anything else — other routes, larger incomplete or chunked
+// requests, `Expect`, long header lines, a socket that does not take the answer — goes to a worker of the pool with everything already read, and the worker parks the
 // connection again afterwards (with a request still arriving, for the loop to hold). Under
 // load one loop wake-up serves many connections: no thread is woken per request.
 class CoreServer final : public httplib::Server {
@@ -1041,6 +1044,11 @@ class CoreServer final : public httplib::Server {
   }
 
   void SetLoopRoutes(std::vector<LoopRoute> routes) { loop_routes_ = std::move(routes); }
+  // The POST paths (literal) of routes that read the whole body before they can refuse anything
+  // (public and signature policies: the webhooks). Nothing in the head can turn away a client
+  // that sends one slowly, so the loop holds such a request until it is whole (ArrivingBound);
+  // any other route's is read by a worker, which refuses an unauthorized one from its head.
+  void SetBodyFirstPaths(std::vector<std::string> paths) { body_first_paths_ = std::move(paths); }
   void SetPool(WorkerPool* pool) { pool_.store(pool); }
 
   // Starts the event loop thread. False when epoll or eventfd cannot be had.
@@ -1096,7 +1104,8 @@ class CoreServer final : public httplib::Server {
   }
 
  private:
-  // Runs on a worker for every accepted connection: hands it to the event loop.
+  // Runs on the accept thread for every accepted connection (WorkerPool::enqueue): hands it to
+  // the event loop without waiting.
   bool process_and_close_socket(socket_t sock) override {
     int one = 1;
     ::setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -1221,12 +1230,8 @@ class CoreServer final : public httplib::Server {
         const auto now = Clock::now();
         if (now - last_tick >= std::chrono::milliseconds(kLoopTickMs)) {
           last_tick = now;
-          const auto idle_max = std::chrono::milliseconds(options_.keep_alive_timeout_ms);
-          const auto arriving_max = std::chrono::milliseconds(options_.read_timeout_ms);
           for (auto& [id, c] : connections_) {
-            if (c->where == Connection::Where::kParked &&
-                (now - c->parked_at >= idle_max ||
-                 (c->arriving_since && now - *c->arriving_since >= arriving_max))) {
+            if (c->where == Connection::Where::kParked && Expired(*c, now)) {
               c->where = Connection::Where::kOwned;
               expired.push_back(c);
             }
@@ -1238,6 +1243,19 @@ class CoreServer final : public httplib::Server {
       for (auto& c : answered) ServeOnLoop(c);
       for (auto& c : ready) ServeOnLoop(c);
     }
+  }
+
+  // Whether a parked connection is to be closed: idle for the keep-alive timeout; or holding a
+  // request still arriving that has been silent for the read timeout, or has sent less than a
+  // worker's read allows (ConnectionStream::RequestDeadline: kRequestBytesPerReadTimeout per read
+  // timeout from when it began).
+  bool Expired(const Connection& c, Clock::time_point now) const {
+    if (now - c.parked_at >= std::chrono::milliseconds(options_.keep_alive_timeout_ms)) return true;
+    if (!c.arriving_since) return false;
+    const auto read_timeout = std::chrono::milliseconds(options_.read_timeout_ms);
+    const auto allowed =
+        read_timeout * static_cast<int64_t>(1 + c.arriving_bytes / kRequestBytesPerReadTimeout);
+    return now - c.parked_at >= read_timeout || now - *c.arriving_since >= allowed;
   }
 
   // A parked connection became readable: serve what can be served without waiting.
@@ -1271,18 +1289,18 @@ class CoreServer final : public httplib::Server {
       }
       LoopRequest parsed;
       if (!ParseLoopRequest(c->stream.Unread(), &parsed)) {
-        if (!AwaitsMoreBytes(c->stream.Unread())) return ToWorker(c, WorkerJob::kServe);
+        if (!HoldArriving(c.get())) return ToWorker(c, WorkerJob::kServe);
         // Still arriving: the loop holds it (a worker would wait for its bytes, and a few slow
-        // clients would hold every worker) until it is whole, or until the read timeout from
-        // when it began, after which it is closed (the tick).
-        if (!c->arriving_since) c->arriving_since = Clock::now();
+        // clients would hold every worker) until it is whole, or until it has been silent for
+        // the read timeout or slower than a worker allows (kRequestBytesPerReadTimeout from when
+        // it began), after which it is closed (the tick).
         const ssize_t n = c->stream.AppendNow();
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return Park(c, true);
         if (n <= 0) return ToWorker(c, WorkerJob::kClose);
-        --turn;  // reading more of one request is not a turn (at most a few: the hold is small)
+        --turn;  // reading more of one request is not a turn
         continue;
       }
-      c->arriving_since.reset();
+      ReleaseHold(c.get());
       c->stream.SetNonBlocking(true);
       const After after = parsed.plain && options_.loop_own_parser ? ServeParsed(c.get(), parsed)
                                                                    : ServeRequest(c.get());
@@ -1295,26 +1313,30 @@ class CoreServer final : public httplib::Server {
       if (!c->stream.HasBufferedInput()) return Park(c, true);
     }
     // More pipelined requests than one turn serves; the last one still arriving stays here.
-    if (AwaitsMoreBytes(c->stream.Unread())) {
-      if (!c->arriving_since) c->arriving_since = Clock::now();
-      return Park(c, true);
-    }
+    if (HoldArriving(c.get())) return Park(c, true);
     ToWorker(c, WorkerJob::kServe);
   }
 
-  // True when `unread` is the start of a request the loop can wait for without a worker: its
-  // head is not complete yet, or it is and only a Content-Length body is missing, all of it
-  // under kLoopHoldBytesMax; not when it announces chunked framing or `Expect` (whose client
-  // waits for a 100 Continue before the body), nor when its head has lines this test cannot read
-  // plainly (a worker answers those).
-  static bool AwaitsMoreBytes(std::string_view unread) {
-    if (unread.empty() || unread.size() >= kLoopHoldBytesMax) return false;
+  // The bytes the event loop may hold for the request arriving at the start of `unread` (its
+  // head is not complete yet, or it is and only a Content-Length body is missing), or 0 when a
+  // worker takes it instead: any request while it is under kLoopHoldBytesMax; a body-first
+  // route's (SetBodyFirstPaths) up to its head allowance and body limit. Not one announcing
+  // chunked framing or `Expect` (whose client waits for a 100 Continue before the body), nor one
+  // whose head has lines this test cannot read plainly (a worker answers those).
+  size_t ArrivingBound(std::string_view unread) const {
+    if (unread.empty()) return 0;
+    const bool body_first = IsBodyFirst(unread);
+    const size_t head_max = !body_first ? kLoopHoldBytesMax
+                            : unread.substr(0, kLongHeadRequestLine.size()) == kLongHeadRequestLine
+                                ? limits::kLagoWebhookHeadBytesMax
+                                : kHeaderBytesAllowance;
     const size_t blank = unread.find("\n\r\n");  // the end of the head, as TakeHead finds it
-    if (blank == std::string_view::npos) return true;
+    if (blank == std::string_view::npos) return unread.size() < head_max ? head_max : 0;
     const std::string_view head = unread.substr(0, blank + 1);
+    if (head.size() > head_max) return 0;
     // cpp-httplib reads no body for these (PreRoute closes after the answer if one is announced).
     for (std::string_view method : {"GET ", "HEAD ", "OPTIONS "}) {
-      if (head.substr(0, method.size()) == method) return false;
+      if (head.substr(0, method.size()) == method) return 0;
     }
     uint64_t content_length = 0;
     int lengths = 0;
@@ -1325,19 +1347,71 @@ class CoreServer final : public httplib::Server {
       pos = end + 1;
       if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
       const size_t colon = line.find(':');
-      if (colon == std::string_view::npos) return false;
+      if (colon == std::string_view::npos) return 0;
       const std::string_view name = line.substr(0, colon);
       if (EqualsIgnoreCase(name, "Transfer-Encoding") || EqualsIgnoreCase(name, "Expect")) {
-        return false;
+        return 0;
       }
       if (EqualsIgnoreCase(name, "Content-Length") &&
           (++lengths > 1 ||
            !ParseContentLength(TrimBlanks(line.substr(colon + 1)), &content_length))) {
-        return false;
+        return 0;
       }
     }
     const uint64_t whole = blank + 3 + content_length;
-    return whole < kLoopHoldBytesMax && unread.size() < whole;
+    if (unread.size() >= whole) return 0;  // whole already (and not a loop route's)
+    if (whole < kLoopHoldBytesMax) return whole;
+    // A body over the limit is refused by a worker from its head (413), unread.
+    const bool within = content_length <= options_.body_bytes_max && whole <= request_bytes_max_;
+    return body_first && within ? whole : 0;
+  }
+
+  // Whether the request line at the start of `unread` names a body-first route: `POST <path>`,
+  // then the end of the path (a blank or a query).
+  bool IsBodyFirst(std::string_view unread) const {
+    for (const std::string& path : body_first_paths_) {
+      const size_t end = 5 + path.size();  // "POST " and the path
+      if (unread.size() > end && unread.substr(0, 5) == "POST " &&
+          unread.substr(5, path.size()) == path && (unread[end] == ' ' || unread[end] == '?')) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // Whether the loop holds the request arriving on `c` (ArrivingBound): a small one always, a
+  // large one while the large holds of all connections stay within
+  // HttpServerOptions::loop_held_bytes_max (beyond, a worker reads it, as any route's). Marks
+  // when it began. On the connection's owner.
+  bool HoldArriving(Connection* c) {
+    const size_t bound = ArrivingBound(c->stream.Unread());
+    {
+      std::lock_guard<std::mutex> lock(loop_mu_);
+      const size_t others = loop_held_bytes_ - c->held;
+      const size_t held = bound > kLoopHoldBytesMax ? bound : 0;
+      if (bound == 0 || others + held > options_.loop_held_bytes_max) {
+        loop_held_bytes_ = others;
+        c->held = 0;
+        c->arriving_since.reset();
+        return false;
+      }
+      loop_held_bytes_ = others + held;
+      c->held = held;
+    }
+    if (!c->arriving_since) c->arriving_since = Clock::now();
+    c->arriving_bytes = c->stream.Unread().size();
+    return true;
+  }
+
+  // The request arriving on `c` is whole, or a worker takes it: the loop holds it no longer.
+  void ReleaseHold(Connection* c) {
+    std::lock_guard<std::mutex> lock(loop_mu_);
+    ReleaseHoldLocked(c);
+  }
+  void ReleaseHoldLocked(Connection* c) {  // requires loop_mu_
+    loop_held_bytes_ -= c->held;
+    c->held = 0;
+    c->arriving_since.reset();
   }
 
   // True when `unread` starts with a whole request (head and Content-Length body) for a route
@@ -1434,9 +1508,9 @@ class CoreServer final : public httplib::Server {
   }
 
   void ToWorker(const std::shared_ptr<Connection>& c, WorkerJob job) {
-    c->arriving_since.reset();  // the worker counts its own time from here
     {
       std::lock_guard<std::mutex> lock(loop_mu_);
+      ReleaseHoldLocked(c.get());  // the worker counts its own time from here
       Disarm(c.get());
     }
     WorkerPool* pool = pool_.load();
@@ -1460,10 +1534,7 @@ class CoreServer final : public httplib::Server {
       const After after = ServeRequest(c.get());
       if (after != After::kKeepAlive) return Close(c, after == After::kLingeringClose);
       if (!c->stream.HasBufferedInput()) return Park(c, false);
-      if (AwaitsMoreBytes(c->stream.Unread())) {  // pipelined behind it, still arriving
-        c->arriving_since = Clock::now();
-        return Park(c, false);
-      }
+      if (HoldArriving(c.get())) return Park(c, false);  // pipelined behind it, still arriving
     }
   }
 
@@ -1561,6 +1632,7 @@ class CoreServer final : public httplib::Server {
     c->state.deferred = nullptr;
     {
       std::lock_guard<std::mutex> lock(loop_mu_);
+      ReleaseHoldLocked(c.get());
       connections_.erase(c->id);
       if (epoll_fd_ >= 0) ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, c->sock, nullptr);
     }
@@ -1591,6 +1663,8 @@ class CoreServer final : public httplib::Server {
   const HttpServerOptions options_;
   size_t request_bytes_max_ = 0;
   std::vector<LoopRoute> loop_routes_;  // fixed before the loop starts
+  std::vector<std::string> body_first_paths_;  // the same
+  size_t loop_held_bytes_ = 0;  // guarded by loop_mu_: the large holds (Connection::held)
   std::atomic<WorkerPool*> pool_{nullptr};
   int epoll_fd_ = -1;
   std::shared_ptr<LoopMailbox> mailbox_ = std::make_shared<LoopMailbox>();
@@ -1669,8 +1743,7 @@ Status HttpServer::Impl::AddRoutes(RouteTable table) {
       return Status::InvalidArgument("bad_route", "route pattern " + route.pattern + ": " + e.what());
     }
     if (route.threading == Threading::kEventLoop) {
-      const bool literal = route.pattern.find_first_of(R"(\^$.|?*+()[]{})") == std::string::npos;
-      if (!literal || (route.method != "GET" && route.method != "POST")) {
+      if (!IsLiteralPattern(route.pattern) || (route.method != "GET" && route.method != "POST")) {
         return Status::InvalidArgument("bad_route", "event-loop route " + route.pattern +
                                                         " must be a literal GET or POST path");
       }
@@ -1685,7 +1758,7 @@ Status HttpServer::Impl::AddRoutes(RouteTable table) {
 void HttpServer::Impl::Configure() {
   const HttpServerOptions& o = options_;
   server_.new_task_queue = [this] {
-    auto* pool = new WorkerPool(options_.threads, options_.pending_connections_max, metrics_);
+    auto* pool = new WorkerPool(options_.threads, metrics_);
     // httplib shuts the pool down (and deletes it) whenever its accept loop ends, also on an
     // accept() error: the loop, which hands connections to the pool, stops first.
     pool->SetBeforeShutdown([this] {
@@ -1747,6 +1820,15 @@ void HttpServer::Impl::Configure() {
     }
   }
   server_.SetLoopRoutes(std::move(loop_routes));
+  std::vector<std::string> body_first_paths;
+  for (const InstalledRoute& installed : routes_) {
+    const Route& route = installed.route;
+    if (route.method == "POST" && IsLiteralPattern(route.pattern) &&
+        (route.policy == Policy::kPublic || route.policy == Policy::kSignature)) {
+      body_first_paths.push_back(route.pattern);
+    }
+  }
+  server_.SetBodyFirstPaths(std::move(body_first_paths));
   for (const InstalledRoute& installed : routes_) {
     const InstalledRoute* route = &installed;
     const std::string& pattern = route->route.pattern;
@@ -2050,7 +2132,7 @@ Status HttpServer::Create(const HttpServerOptions& options, RouteTable routes,
     return Status::InvalidArgument("bad_http_options", "threads must be in 1.." +
                                                            std::to_string(limits::kServerThreadsMax));
   }
-  if (options.body_bytes_max == 0 || options.pending_connections_max == 0 ||
+  if (options.body_bytes_max == 0 ||
       options.open_connections_max == 0 || options.port < 0 ||
       options.port > 65535 || options.read_timeout_ms <= 0 || options.write_timeout_ms <= 0 ||
       options.keep_alive_timeout_ms <= 0 || options.listen_backlog <= 0) {

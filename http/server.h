@@ -44,8 +44,8 @@
 
 namespace ledger::http {
 
-// max(128, 4 × hardware threads): workers serve the requests that may block (and, for a
-// moment, each accepted connection); kept-alive connections do not hold one.
+// max(128, 4 × hardware threads): workers serve the requests that may block; kept-alive
+// connections and requests still arriving (most of them) do not hold one.
 size_t DefaultServerThreads();
 
 struct HttpServerOptions {
@@ -63,8 +63,11 @@ struct HttpServerOptions {
   int64_t keep_alive_timeout_ms = 5000;  // idle time before a kept-alive connection is closed
   size_t keep_alive_max_count = 1000;    // requests per connection
   int listen_backlog = limits::kListenBacklog;
-  size_t pending_connections_max = limits::kPendingConnectionsMax;
   size_t open_connections_max = limits::kOpenConnectionsMax;
+  // Bytes the event loop may hold in all for requests to body-first routes (public and signature
+  // POSTs: the webhooks) that arrive slowly, instead of a worker waiting for them; beyond it a
+  // worker reads them. 0: none (a worker reads any request over 8 KiB that is still arriving).
+  size_t loop_held_bytes_max = limits::kLoopHeldBytesMax;
   // Plainly framed requests for Threading::kEventLoop routes are parsed by the server itself
   // instead of by cpp-httplib's request processing (same answers, less CPU per request). false:
   // cpp-httplib reads them too (for tests that compare the two, and for A/B measurements).

@@ -883,6 +883,147 @@ TEST_F(ServerTest, HalfSentRequestsDoNotHoldWorkers) {
   EXPECT_EQ(get_with_length.rfind("HTTP/1.1 200", 0), 0u) << get_with_length;
 }
 
+// Sends a POST of `body_bytes` to `path` on a new connection: the head and 16 KiB at once, then
+// 8 KiB every 100 ms (80 KiB/s, faster than a worker's read requires) until `stop` or all is
+// sent; returns the answer (read until the server closes or 3 s pass in silence).
+std::string TrickledPost(int port, const std::string& path, size_t body_bytes,
+                         const std::atomic<bool>& stop) {
+  const int fd = testing::ConnectLoopback(port);
+  if (fd < 0) return "no connection";
+  const std::string request = "POST " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" +
+                              "Content-Length: " + std::to_string(body_bytes) + "\r\n\r\n" +
+                              std::string(body_bytes, 'b');
+  const size_t first = request.size() - body_bytes + 16 * 1024;
+  for (size_t at = 0; at < request.size() && !stop.load();) {
+    const size_t n = std::min(request.size() - at, at == 0 ? first : size_t{8 * 1024});
+    if (::send(fd, request.data() + at, n, MSG_NOSIGNAL) != static_cast<ssize_t>(n)) break;
+    at += n;
+    if (at < request.size()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return SendAndReadUntilClosed(fd, "", 3000);
+}
+
+// Webhook bodies (public and signature-policy POSTs, which nothing refuses before their body is
+// read) sent slowly are held by the event loop until they are whole, not by workers: anyone could
+// otherwise keep every worker waiting on a trickle (negative control: a worker reads any request
+// over 8 KiB still arriving, and /hello waits for the uploads). With the loop's budget for such
+// holds spent, a worker reads the next one, as before.
+TEST_F(ServerTest, SlowWebhookBodiesHoldNoWorker) {
+  HttpServerOptions options = TestHttpStack::DefaultOptions();
+  options.threads = 2;
+  options.read_timeout_ms = 1000;
+  options.loop_held_bytes_max = 600 * 1024;  // two of the three uploads below
+  Start(options);
+  constexpr size_t kBody = 256 * 1024;  // 3.2 s at 80 KiB/s
+  std::atomic<bool> stop{false};
+  std::vector<std::string> answers(3);
+  std::vector<std::thread> uploads;
+  for (size_t i = 0; i < 2; ++i) {
+    uploads.emplace_back([&, i] { answers[i] = TrickledPost(stack_.port(), "/echo", kBody, stop); });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  EXPECT_EQ(stack_.metrics.workers_busy.load(), 0) << "a slow upload holds a worker";
+  const auto start = std::chrono::steady_clock::now();
+  TestHttpClient client("127.0.0.1", stack_.port());
+  HttpReply reply = client.Get("/hello");
+  EXPECT_EQ(reply.status, 200) << reply.error;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(1500));
+  // The budget holds no third: a worker reads it.
+  uploads.emplace_back([&] { answers[2] = TrickledPost(stack_.port(), "/later", kBody, stop); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  EXPECT_EQ(stack_.metrics.workers_busy.load(), 1);
+  for (auto& t : uploads) t.join();
+  for (size_t i = 0; i < 2; ++i) {  // held, then served whole
+    EXPECT_EQ(answers[i].rfind("HTTP/1.1 200", 0), 0u) << i << ": " << answers[i].substr(0, 200);
+    EXPECT_NE(answers[i].find(R"({"bytes":262144})"), std::string::npos) << answers[i];
+  }
+  EXPECT_NE(answers[2].find(R"({"later":262144})"), std::string::npos) << answers[2];
+  // The holds were given back: two more are held again.
+  for (size_t i = 0; i < 2; ++i) {
+    uploads[i] = std::thread([&, i] { answers[i] = TrickledPost(stack_.port(), "/echo", kBody, stop); });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  EXPECT_EQ(stack_.metrics.workers_busy.load(), 0);
+  stop.store(true);
+  for (size_t i = 0; i < 2; ++i) uploads[i].join();
+}
+
+// A held request is closed as a worker's read would end it: silent for the read timeout, or
+// slower than 64 KiB per read timeout from its start. A route that checks its caller first still
+// refuses from the head alone, without waiting for the body.
+TEST_F(ServerTest, AHeldRequestIsClosedWhenItStallsOrCrawls) {
+  HttpServerOptions options = TestHttpStack::DefaultOptions();
+  options.read_timeout_ms = 500;
+  options.keep_alive_timeout_ms = 10000;
+  Start(options);
+  const std::string head = "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 500000\r\n\r\n";
+  // Stalls after 20 KiB.
+  int fd = testing::ConnectLoopback(stack_.port());
+  ASSERT_GE(fd, 0);
+  auto start = std::chrono::steady_clock::now();
+  bool closed = false;
+  SendAndReadUntilClosed(fd, head + std::string(20 * 1024, 'b'), 3000, &closed);
+  EXPECT_TRUE(closed);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(2000));
+  // Crawls: 2 KiB every 100 ms (20 KiB/s, under 64 KiB per 500 ms), never silent for long.
+  fd = testing::ConnectLoopback(stack_.port());
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::send(fd, head.data(), head.size(), MSG_NOSIGNAL), static_cast<ssize_t>(head.size()));
+  start = std::chrono::steady_clock::now();
+  const std::string piece(2 * 1024, 'c');
+  bool refused = false;
+  while (std::chrono::steady_clock::now() - start < std::chrono::seconds(5)) {
+    if (::send(fd, piece.data(), piece.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(piece.size())) {
+      refused = true;
+      break;
+    }
+    pollfd pfd{fd, POLLIN, 0};
+    if (::poll(&pfd, 1, 100) == 1) {
+      char c;
+      if (::recv(fd, &c, 1, 0) <= 0) {
+        refused = true;
+        break;
+      }
+    }
+  }
+  ::close(fd);
+  EXPECT_TRUE(refused) << "a crawling upload was held for 5 s";
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(2500));
+  // An admin route: refused from its head, the body never waited for.
+  start = std::chrono::steady_clock::now();
+  const std::string refusal = RawHttpExchange(
+      stack_.port(), "POST /private HTTP/1.1\r\nHost: x\r\nContent-Length: 500000\r\n\r\n", 1500);
+  EXPECT_EQ(refusal.rfind("HTTP/1.1 401", 0), 0u) << refusal;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(1000));
+}
+
+// New connections are handed to the event loop as they are accepted, not queued behind the
+// workers' jobs: with every worker busy reading slow uploads (none held by the loop here), a new
+// connection's request for a loop route is still served at once (negative control: accepted
+// connections queued for a worker, and /loop-hello waited for the uploads).
+TEST_F(ServerTest, NewConnectionsAreServedWhileEveryWorkerIsBusy) {
+  HttpServerOptions options = TestHttpStack::DefaultOptions();
+  options.threads = 2;
+  options.read_timeout_ms = 1000;
+  options.loop_held_bytes_max = 0;
+  Start(options);
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> uploads;
+  for (int i = 0; i < 2; ++i) {
+    uploads.emplace_back([&] { TrickledPost(stack_.port(), "/echo", 256 * 1024, stop); });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  EXPECT_EQ(stack_.metrics.workers_busy.load(), 2);
+  const auto start = std::chrono::steady_clock::now();
+  TestHttpClient client("127.0.0.1", stack_.port());  // kept alive: closing takes a worker
+  HttpReply reply = client.Get("/loop-hello");
+  const auto waited = std::chrono::steady_clock::now() - start;
+  stop.store(true);
+  for (auto& t : uploads) t.join();
+  EXPECT_EQ(reply.status, 200) << reply.error;
+  EXPECT_LT(waited, std::chrono::milliseconds(1500));
+}
+
 // Open connections are bounded: one over the limit is closed unanswered; once one closes, a new
 // one is served again.
 TEST_F(ServerTest, OpenConnectionsAreBounded) {
