@@ -279,26 +279,44 @@ std::string CheckoutEventData(const StripeCheckoutParams& params, const pc::Plan
 // A Checkout Session stays payable for 24 hours (Stripe's default and longest). One of the user's
 // own still open beside a new one could be paid too -- two subscriptions billing, the second out
 // of sight of every route. So the earlier ones are expired at Stripe first, and one already paid
-// whose completion has not arrived yet refuses the new checkout (409 checkout_completed). Those
-// that can no longer be paid are named in the new session's event (`closed_session_ids`) and
-// not looked at again. (A session created at Stripe but never recorded -- the crash window
-// above -- is not known here.)
-constexpr int64_t kCheckoutPayableUs = int64_t{24} * 3600 * 1'000'000;
+// whose completion has not arrived yet refuses the new checkout (409 checkout_completed) while
+// its subscription may bill. Those that can no longer be paid are named in the new session's
+// event (`closed_session_ids`) and not looked at again. An old one is asked about too: one paid
+// whose webhooks have failed for more than a day (Stripe retries for three) is not expired. (A
+// session created at Stripe but never recorded -- the crash window above -- is not known here.)
 constexpr size_t kOpenCheckoutsListed = 100;  // rows read; more wait for the next checkout
 constexpr size_t kOpenCheckoutsAsked = 20;    // the newest ones asked about at Stripe
+constexpr size_t kAwaitedSubscriptionsAsked = 20;
+
+const char kCheckoutCompletedDetail[] =
+    "a checkout of yours was just paid; its subscription is on its way "
+    "(see /api/v1/billing/subscription-status)";
+const char kTrialUsedDetail[] = "the trial is for new customers: subscribe to a paid plan instead";
+
+// Whether a subscription Stripe reports in `status` may still bill (not canceled or expired).
+bool MayBill(std::string_view status) {
+  return status != "canceled" && status != "incomplete_expired";
+}
+
+// A paid session's subscription, asked of Stripe: whether it may still bill (unknown: yes).
+Status PaidSessionMayBill(const AppContext& context, const StripeCheckoutSession& session,
+                          bool* may_bill) {
+  *may_bill = true;
+  if (session.subscription.empty()) return Status::OK();
+  StripeSubscription subscription;
+  Status s = context.stripe->GetSubscription(session.subscription, &subscription);
+  if (s.problem() == "stripe_resource_missing") return Status::OK();
+  LEDGER_RETURN_IF_ERROR(s);
+  *may_bill = MayBill(subscription.status);
+  return Status::OK();
+}
 
 Status ExpireEarlierCheckouts(const AppContext& context, const ReadView& view,
                               const std::string& user_id, std::vector<std::string>* closed) {
-  const Clock* clock = context.clock != nullptr ? context.clock : SystemClock::Default();
-  const int64_t payable_since_us = clock->NowMicros() - kCheckoutPayableUs;
   std::vector<pc::OpenCheckout> sessions;
   LEDGER_RETURN_IF_ERROR(pc::ListOpenCheckouts(view, user_id, kOpenCheckoutsListed, &sessions));
   size_t asked = 0;
   for (const pc::OpenCheckout& open : sessions) {  // newest first
-    if (open.created_us < payable_since_us) {  // expired at Stripe by now
-      closed->push_back(open.session_id);
-      continue;
-    }
     if (asked++ == kOpenCheckoutsAsked) break;
     StripeCheckoutSession earlier;
     Status s = context.stripe->GetCheckoutSession(open.session_id, &earlier);
@@ -317,11 +335,34 @@ Status ExpireEarlierCheckouts(const AppContext& context, const ReadView& view,
       }
     }
     if (earlier.status == "complete") {
-      return Status::Conflict("checkout_completed",
-                              "a checkout of yours was just paid; its subscription is on its way "
-                              "(see /api/v1/billing/subscription-status)");
+      bool may_bill = true;
+      LEDGER_RETURN_IF_ERROR(PaidSessionMayBill(context, earlier, &may_bill));
+      if (may_bill) return Status::Conflict("checkout_completed", kCheckoutCompletedDetail);
     }
     closed->push_back(open.session_id);
+  }
+  return Status::OK();
+}
+
+// A checkout whose completion arrived before its subscription's own events (or without them)
+// names a subscription the log has no state for (UserSubscription::awaited_subscription_ids):
+// Stripe is asked about it. One that may still bill refuses a new checkout as a known one does
+// (two subscriptions billing); any that existed at all has used the trial.
+Status CheckAwaitedSubscriptions(const AppContext& context, const pc::UserSubscription& current,
+                                 bool trial) {
+  size_t asked = 0;
+  for (const std::string& id : current.awaited_subscription_ids) {
+    if (asked++ == kAwaitedSubscriptionsAsked) break;
+    StripeSubscription subscription;
+    Status s = context.stripe->GetSubscription(id, &subscription);
+    if (s.problem() == "stripe_resource_missing") continue;  // not this account's
+    LEDGER_RETURN_IF_ERROR(s);
+    if (MayBill(subscription.status)) {
+      return Status::Conflict("checkout_completed", kCheckoutCompletedDetail);
+    }
+    if (trial) {
+      return Status::Conflict("trial_already_used", kTrialUsedDetail);
+    }
   }
   return Status::OK();
 }
@@ -387,9 +428,9 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
   // The $1 trial is for new customers: once any subscription of theirs existed (a trial that
   // ended, or a plan), another trial would restart the 7 days and 700 calls for $1 a week.
   if (s.ok() && IsTrialFeePlan(plan) && current.has_subscription) {
-    s = Status::Conflict("trial_already_used",
-                         "the trial is for new customers: subscribe to a paid plan instead");
+    s = Status::Conflict("trial_already_used", kTrialUsedDetail);
   }
+  if (s.ok()) s = CheckAwaitedSubscriptions(context, current, IsTrialFeePlan(plan));
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
   std::vector<std::string> closed_sessions;
   s = ExpireEarlierCheckouts(context, *view, identity.subject, &closed_sessions);

@@ -660,6 +660,7 @@ Status ReadCheckoutSession(const rapidjson::Document& doc, StripeCheckoutSession
   out->id = std::string(StringMember(doc, "id"));
   out->url = std::string(StringMember(doc, "url"));
   out->status = std::string(StringMember(doc, "status"));
+  out->subscription = std::string(StringMember(doc, "subscription"));  // an id unless expanded
   if (out->id.empty() || out->status.empty()) return Malformed("checkout session");
   return Status::OK();
 }
@@ -743,7 +744,8 @@ Status HttpStripeClient::CancelSubscriptionNow(std::string_view subscription_id,
   LEDGER_RETURN_IF_ERROR(CheckId("subscription", subscription_id));
   rapidjson::Document doc;
   Status s =
-      impl_->Call("DELETE", "/v1/subscriptions/" + std::string(subscription_id), nullptr, "", &doc);
+      impl_->Call("DELETE", "/v1/subscriptions/" + std::string(subscription_id) + "?invoice_now=true",
+                  nullptr, "", &doc);
   if (s.ok()) return ParseSubscription(doc, out);
   // DELETE carries no idempotency key: when an earlier attempt's answer was lost, Stripe refuses
   // the repeat. A subscription that is canceled now is what was asked for.

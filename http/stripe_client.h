@@ -57,6 +57,7 @@ struct StripeCheckoutSession {
   std::string id;      // cs_...
   std::string url;     // where the browser goes; a bearer link: never put it in an event
   std::string status;  // open | complete | expired
+  std::string subscription;  // sub_... once complete; "" when none (yet)
 };
 
 struct StripePortalSession {
@@ -189,8 +190,10 @@ class StripeApi {
                            bool* has_more) = 0;
   // GET /v1/subscriptions/{id}.
   virtual Status GetSubscription(std::string_view subscription_id, StripeSubscription* out) = 0;
-  // DELETE /v1/subscriptions/{id}. A subscription that is already canceled is success (a retry
-  // of a DELETE whose first answer was lost finds it canceled).
+  // DELETE /v1/subscriptions/{id}?invoice_now=true: what is pending is invoiced now (an
+  // upgrade's proration items wait for the next renewal, and a cancel without invoice_now drops
+  // them: the dearer plan used for free). A subscription that is already canceled is success (a
+  // retry of a DELETE whose first answer was lost finds it canceled).
   virtual Status CancelSubscriptionNow(std::string_view subscription_id,
                                        StripeSubscription* out) = 0;
   // POST /v1/subscriptions/{id} cancel_at_period_end=true|false.

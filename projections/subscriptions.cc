@@ -855,7 +855,10 @@ Status GetUserSubscription(const StateReader& state, std::string_view user_id,
   for (const std::string& id : subscription_ids) {
     SubscriptionRecord record;
     s = GetSubscription(state, id, &record);
-    if (s.IsNotFound()) continue;  // named by a checkout; no subscription event yet
+    if (s.IsNotFound()) {  // named by a checkout; no subscription event yet
+      out->awaited_subscription_ids.push_back(id);
+      continue;
+    }
     LEDGER_RETURN_IF_ERROR(s);
     // A subscription Stripe tagged for another user is never shown to this one.
     if (record.metadata_user_id && *record.metadata_user_id != user_id) continue;

@@ -188,6 +188,10 @@ struct UserSubscription {
   // the row has none but its price maps to a plan now.
   SubscriptionRecord subscription;
   std::optional<InvoiceRecord> latest_invoice;  // of that subscription, by (created, id)
+  // Subscriptions attached to the user (a completed Checkout Session named them) whose own state
+  // has not arrived yet: Stripe's events come in no particular order, and a failed delivery is
+  // retried for hours. Not in has_subscription/subscription; by id.
+  std::vector<std::string> awaited_subscription_ids;
 
   // Shortcuts into `subscription` (empty / kNone when !has_subscription).
   const std::string& subscription_id() const { return subscription.subscription_id; }

@@ -5,6 +5,7 @@
 
 #include <ctime>
 
+#include "events/clock.h"
 #include "events/ledger.h"
 #include "http/app_context.h"
 #include "http/routes.h"
@@ -91,6 +92,7 @@ class BillingRoutesTest : public ::testing::Test {
     stack_.server.reset();
     AppContext context;
     context.ledger = ledger_.get();
+    context.clock = &clock_;
     if (configured) {
       context.stripe = stripe_.get();
       context.stripe_success_url = kSuccessUrl;
@@ -126,6 +128,21 @@ class BillingRoutesTest : public ::testing::Test {
   }
   TestHttpClient Alice() { return As(alice_token_); }
   uint64_t Head() const { return ledger_->Head().value(); }
+
+  // A subscription of alice's at the fake, in `status`.
+  void AddAlicesSubscriptionAtStripe(const std::string& id, const std::string& status) {
+    fake_.AddCustomer("cus_alice", "alice@example.com");
+    FakeStripe::Subscription at_stripe;
+    at_stripe.id = id;
+    at_stripe.customer = "cus_alice";
+    at_stripe.status = status;
+    at_stripe.item_id = "si_" + id;
+    at_stripe.price_id = "price_starter_monthly";
+    fake_.AddSubscription(at_stripe);
+  }
+
+  // The routes' clock: the time now, moved by tests.
+  ManualClock clock_{static_cast<int64_t>(std::time(nullptr)) * 1'000'000};
 
   // Links alice to a Stripe customer and subscription through the webhook command, and creates
   // them at the fake.
@@ -408,6 +425,64 @@ TEST_F(BillingRoutesTest, ACheckoutPaidButNotYetReportedRefusesAnother) {
   HttpReply r = Alice().Post(kCheckout, R"({"plan_id":"professional"})");
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_TRUE(fake_.RequestsTo("GET", "/v1/checkout/sessions/").empty());
+}
+
+// A checkout paid a day ago whose webhooks keep failing (Stripe retries them for three days) is
+// asked about like a newer one, not taken for expired: while its subscription may bill, another
+// checkout is refused; once that subscription has ended, the session is closed and checkout goes
+// on.
+TEST_F(BillingRoutesTest, ACheckoutPaidLongAgoButNotReportedStillRefusesAnother) {
+  HttpReply a = Alice().Post(kCheckout, R"({"plan_id":"starter"})");
+  ASSERT_EQ(a.status, 200) << a.body;
+  const std::string a_id = a.Json()["session_id"].GetString();
+  AddAlicesSubscriptionAtStripe("sub_paid", "active");
+  fake_.CompleteCheckoutSession(a_id, "sub_paid");
+  clock_.Advance(int64_t{25} * 3600 * 1'000'000);
+  const uint64_t head = Head();
+  ExpectProblem(Alice().Post(kCheckout, R"({"plan_id":"professional"})"), 409,
+                "checkout_completed");
+  EXPECT_EQ(fake_.checkout_sessions().size(), 1u);
+  EXPECT_EQ(Head(), head);
+  AddAlicesSubscriptionAtStripe("sub_paid", "canceled");
+  HttpReply r = Alice().Post(kCheckout, R"({"plan_id":"professional"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  auto events = EventsOfType("stripe.checkout_session_created.v1");
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_NE(events[1].data.find(R"("closed_session_ids":[")" + a_id + "\"]"), std::string::npos)
+      << events[1].data;
+}
+
+// The session's completion came, its subscription's own events not yet (Stripe sends events in
+// no particular order): the subscription is asked about at Stripe, and while it may bill another
+// checkout -- a trial too -- is refused; once it has ended, it has still used the trial.
+TEST_F(BillingRoutesTest, ACompletedCheckoutWhoseSubscriptionIsNotReportedRefusesAnother) {
+  HttpReply a = Alice().Post(kCheckout, R"({"plan_id":"starter"})");
+  ASSERT_EQ(a.status, 200) << a.body;
+  const std::string a_id = a.Json()["session_id"].GetString();
+  AddAlicesSubscriptionAtStripe("sub_new", "active");
+  fake_.CompleteCheckoutSession(a_id, "sub_new");
+  ledger::testing::StripeCheckoutSpec completed;
+  completed.session_id = a_id;
+  completed.client_reference_id = "alice";
+  completed.metadata_user_id = "alice";
+  completed.customer_id = "cus_alice";
+  completed.subscription_id = "sub_new";
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeCheckoutCompletedJson(completed))
+                  .status.ok());
+  const uint64_t head = Head();
+  for (const char* plan : {"professional", "trial"}) {
+    SCOPED_TRACE(plan);
+    ExpectProblem(Alice().Post(kCheckout, std::string(R"({"plan_id":")") + plan + "\"}"), 409,
+                  "checkout_completed");
+  }
+  EXPECT_EQ(fake_.checkout_sessions().size(), 1u);
+  EXPECT_EQ(Head(), head);
+  AddAlicesSubscriptionAtStripe("sub_new", "incomplete_expired");
+  ExpectProblem(Alice().Post(kCheckout, R"({"plan_id":"trial"})"), 409, "trial_already_used");
+  EXPECT_EQ(Head(), head);
+  HttpReply r = Alice().Post(kCheckout, R"({"plan_id":"professional"})");
+  ASSERT_EQ(r.status, 200) << r.body;
 }
 
 TEST_F(BillingRoutesTest, CheckoutRefusesASecondSubscriptionBesideARecoverableOne) {
@@ -695,6 +770,9 @@ TEST_F(BillingRoutesTest, CancelNow) {
   auto q = fake_.RequestsTo("DELETE", "/v1/subscriptions/sub_alice");
   ASSERT_EQ(q.size(), 1u);
   EXPECT_FALSE(q[0].has_idempotency_key);
+  // What is pending (an upgrade's proration items) is invoiced now, not dropped with the
+  // subscription: else a plan raised and then canceled at once is never paid for.
+  EXPECT_EQ(q[0].Param("invoice_now"), "true");
   auto events = EventsOfType("stripe.subscription_cancel_requested.v1");
   ASSERT_EQ(events.size(), 1u);
   EXPECT_NE(events[0].data.find(R"("stripe_idempotency_key":null)"), std::string::npos);

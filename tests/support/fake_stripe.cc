@@ -488,8 +488,7 @@ struct FakeStripe::State {
     Str(w, "mode", "subscription");
     Str(w, "payment_status", session.status == "complete" ? "paid" : "unpaid");
     Str(w, "status", session.status);
-    w.Key("subscription");
-    w.Null();
+    StrOrNull(w, "subscription", session.subscription);
     Str(w, "success_url", Get(params, "success_url"));
     if (session.status == "open") {
       Str(w, "url", session.url);
@@ -977,9 +976,13 @@ std::vector<FakeStripe::CheckoutSession> FakeStripe::checkout_sessions() const {
   return state_->sessions;
 }
 
-void FakeStripe::CompleteCheckoutSession(const std::string& id) {
+void FakeStripe::CompleteCheckoutSession(const std::string& id,
+                                         const std::string& subscription_id) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (CheckoutSession* session = state_->FindSession(id)) session->status = "complete";
+  if (CheckoutSession* session = state_->FindSession(id)) {
+    session->status = "complete";
+    session->subscription = subscription_id;
+  }
 }
 
 size_t FakeStripe::portal_session_count() const {

@@ -107,6 +107,7 @@ class FakeStripe {
     std::string url;
     http::FormParams params;
     std::string status = "open";  // open | complete | expired
+    std::string subscription;     // set by CompleteCheckoutSession
   };
 
   explicit FakeStripe(std::string secret_key = kFakeStripeSecretKey);
@@ -140,8 +141,9 @@ class FakeStripe {
   size_t product_count() const;
   std::vector<std::string> product_ids() const;
   std::vector<CheckoutSession> checkout_sessions() const;
-  // The customer paid the session (its webhook is up to the test).
-  void CompleteCheckoutSession(const std::string& id);
+  // The customer paid the session (its webhook is up to the test); `subscription_id`, when given,
+  // is the session's subscription (add it with AddSubscription for GETs of it to find it).
+  void CompleteCheckoutSession(const std::string& id, const std::string& subscription_id = "");
   size_t portal_session_count() const;
 
   // ---- Requests ----
