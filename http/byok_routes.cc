@@ -223,8 +223,9 @@ Status ParseAddBody(const std::string& body, std::string* provider, std::string*
                               "'s key format (provider '" + std::string(other.id) + "')");
     }
   }
-  if (*label && (label->value().size() > pj::kByokLabelBytesMax || !pj::IsValidUtf8(**label))) {
-    return Status::Make(Code::kUnprocessable, "validation_failed", "label: at most 100 bytes");
+  if (*label && (label->value().size() > pj::kByokLabelBytesMax || !pj::IsDisplayText(**label))) {
+    return Status::Make(Code::kUnprocessable, "validation_failed",
+                        "label: at most 100 bytes of text without control characters");
   }
   return Status::OK();
 }
@@ -354,7 +355,8 @@ void Stats(const ByokRouteContext& c, const httplib::Request&, httplib::Response
            const Identity& identity) {
   CallerKeys caller;
   if (!RequireLedger(c.ledger, res) || !LoadCallerKeys(c, identity, true, &caller, res)) return;
-  int64_t valid = 0, invalid = 0, untested = 0;
+  // Every key in one bucket: its last test's result (valid, invalid, error) or none.
+  int64_t valid = 0, invalid = 0, error = 0, untested = 0;
   for (const auto& k : caller.keys) {
     if (!k.test_result) {
       ++untested;
@@ -362,6 +364,8 @@ void Stats(const ByokRouteContext& c, const httplib::Request&, httplib::Response
       ++valid;
     } else if (*k.test_result == "invalid") {
       ++invalid;
+    } else {
+      ++error;
     }
   }
   rapidjson::StringBuffer buf;
@@ -377,6 +381,8 @@ void Stats(const ByokRouteContext& c, const httplib::Request&, httplib::Response
   w.Int64(valid);
   w.Key("keys_invalid");
   w.Int64(invalid);
+  w.Key("keys_error");
+  w.Int64(error);
   w.Key("keys_untested");
   w.Int64(untested);
   w.EndObject();

@@ -106,7 +106,8 @@ class RemoveByokKey final : public Command {
 };
 
 // Records a test's outcome for the key that was tested. 409 "key_changed" when the user's key for
-// the provider is no longer `key_id` (replaced or removed while the provider was asked). Body:
+// the provider is no longer `key_id` (replaced while the provider was asked); 404 "not_found" when
+// it was removed meanwhile. Body:
 // {"provider","key_id","result","provider_status","detail","tested_at"}.
 class RecordByokKeyTest final : public Command {
  public:

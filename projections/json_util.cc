@@ -192,6 +192,22 @@ bool IsValidUserId(std::string_view id) {
   return IsValidUtf8(id);
 }
 
+bool IsDisplayText(std::string_view s) {
+  if (!IsValidUtf8(s)) return false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    const auto u = static_cast<unsigned char>(s[i]);
+    if (u < 0x20 || u == 0x7f) return false;
+    const auto next = i + 1 < s.size() ? static_cast<unsigned char>(s[i + 1]) : 0;
+    if (u == 0xc2 && next >= 0x80 && next <= 0x9f) return false;  // U+0080..U+009F
+    if (u == 0xe2 && i + 2 < s.size()) {
+      const auto last = static_cast<unsigned char>(s[i + 2]);
+      if (next == 0x80 && last >= 0xaa && last <= 0xae) return false;  // U+202A..U+202E
+      if (next == 0x81 && last >= 0xa6 && last <= 0xa9) return false;  // U+2066..U+2069
+    }
+  }
+  return true;
+}
+
 std::string Truncated(std::string_view s, size_t bytes_max) {
   std::string out;
   size_t i = 0;

@@ -29,6 +29,11 @@ bool IsValidUtf8(std::string_view s);
 // subject, a part of row keys and quoted in answers.
 bool IsValidUserId(std::string_view id);
 
+// Text that people read (a BYOK key's label): well-formed UTF-8 without control characters (C0,
+// DEL, C1) or the bidirectional overrides and isolates (U+202A..U+202E, U+2066..U+2069), which
+// act on terminals and reorder what is shown around them.
+bool IsDisplayText(std::string_view s);
+
 // `s` shortened to at most `bytes_max` bytes (at a character boundary) with invalid UTF-8 bytes
 // replaced by '?', for quoting untrusted input in error messages.
 std::string Truncated(std::string_view s, size_t bytes_max = 64);

@@ -326,7 +326,11 @@ TEST_F(ByokRoutesTest, TestingAKeyAsksTheProviderTheWayItAuthenticates) {
   rapidjson::Document doc = As("alice").Get("/api/v1/byok/keys").Json();
   EXPECT_STREQ(doc[0]["last_test_result"].GetString(), "valid");
   doc = As("bob").Get("/api/v1/byok/stats").Json();
+  EXPECT_EQ(doc["keys_configured"].GetInt64(), 2);
+  EXPECT_EQ(doc["keys_valid"].GetInt64(), 0);
   EXPECT_EQ(doc["keys_invalid"].GetInt64(), 1);
+  ASSERT_TRUE(doc.HasMember("keys_error")) << As("bob").Get("/api/v1/byok/stats").body;
+  EXPECT_EQ(doc["keys_error"].GetInt64(), 1);  // each key in one bucket
   EXPECT_EQ(doc["keys_untested"].GetInt64(), 0);
   ExpectProblem(As("bob").Post("/api/v1/byok/keys/test/anthropic", ""), 404, "not_found");
   for (const Event& e : AllEvents()) {
@@ -369,6 +373,13 @@ TEST_F(ByokRoutesTest, BadInputAndPlansWithoutByokAppendNothing) {
   ExpectProblem(Add("alice", "openai", kAnthropicKey), 422, "validation_failed");
   ExpectProblem(Add("alice", "openai", "sk-or-v1-0123456789abcdefghij"), 422, "validation_failed");
   ExpectProblem(Add("alice", "openai", kOpenAiKey, std::string(101, 'l')), 422, "validation_failed");
+  // A label is text people read: no control characters, no bidirectional overrides.
+  for (const std::string& label : {std::string("a\x01b", 3), std::string("a\0b", 3),
+                                  std::string("\x1b[2J"), std::string("a\x7f"),
+                                  std::string("a\xc2\x85"), std::string("txt.\xe2\x80\xae" "exe"),
+                                  std::string("\xe2\x81\xa6x")}) {
+    ExpectProblem(Add("alice", "openai", kOpenAiKey, label), 422, "validation_failed");
+  }
   ExpectProblem(As("alice").Post("/api/v1/byok/keys/add", R"({"provider":"openai"})"), 422,
                 "validation_failed");
   ExpectProblem(As("alice").Post("/api/v1/byok/keys/add",

@@ -73,5 +73,20 @@ TEST(JsonUtilTest, BothParsersRefuseTheSameDocuments) {
   }
 }
 
+TEST(JsonUtilTest, DisplayTextHasNoControlsOrOverrides) {
+  for (std::string_view text : {"main", "B\xc3\xbcro \xe2\x80\x94 prod \xe2\x9c\x93", "",
+                                "\xe2\x80\xa9", "\xe2\x81\xaa"}) {
+    EXPECT_TRUE(IsDisplayText(text)) << text;
+  }
+  for (std::string_view text :
+       {std::string_view("a\0b", 3), std::string_view("\t"), std::string_view("\x1b[2J"),
+        std::string_view("\x7f"), std::string_view("\xc2\x80"), std::string_view("\xc2\x9f"),
+        std::string_view("\xe2\x80\xaa"), std::string_view("\xe2\x80\xae"),
+        std::string_view("\xe2\x81\xa6"), std::string_view("\xe2\x81\xa9"),
+        std::string_view("\xff")}) {
+    EXPECT_FALSE(IsDisplayText(text)) << testing::PrintToString(text);
+  }
+}
+
 }  // namespace
 }  // namespace ledger::projections
