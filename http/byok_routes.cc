@@ -16,8 +16,11 @@
 // A plaintext key is never logged, never in an answer, and wiped from our own buffers after use.
 #include <openssl/rand.h>
 
+#include <algorithm>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
@@ -51,11 +54,50 @@ constexpr char kTestName[] = "/api/v1/byok/keys/test/{provider}";
 constexpr char kStatsPath[] = "/api/v1/byok/stats";
 constexpr size_t kAddBodyBytesMax = 4 * 1024;
 
+// Key tests per user. Each asks the provider from this server and appends an event, so a user
+// looping on it -- or on add-then-test with keys from elsewhere: a key checker -- would grow the
+// log for ever and get the server's address throttled by the providers for every user. A token
+// bucket per user (GCRA): a burst of kKeyTestBurst (every provider at once), then one per
+// kKeyTestIntervalUs. In memory: a restart fills every bucket. A user whose bucket is full again
+// is forgotten, so only recent testers are held (at most kKeyTestUsersMax; beyond, a new one
+// waits as if empty).
+constexpr int64_t kKeyTestBurst = 5;
+constexpr int64_t kKeyTestIntervalUs = 12'000'000;
+constexpr size_t kKeyTestUsersMax = 100'000;
+
+class KeyTestLimiter {
+ public:
+  // 0 when `user` may test a key now (and the test is counted), else the microseconds to wait.
+  int64_t Take(const std::string& user, int64_t now_us) {
+    constexpr int64_t kTolerance = (kKeyTestBurst - 1) * kKeyTestIntervalUs;
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = due_us_.find(user);
+    if (it == due_us_.end()) {
+      if (due_us_.size() >= kKeyTestUsersMax) {
+        std::erase_if(due_us_, [now_us](const auto& entry) { return entry.second <= now_us; });
+        if (due_us_.size() >= kKeyTestUsersMax) return kKeyTestIntervalUs;
+      }
+      it = due_us_.emplace(user, now_us).first;
+    }
+    const int64_t due = std::max(it->second, now_us);
+    if (due - now_us > kTolerance) return due - now_us - kTolerance;
+    it->second = due + kKeyTestIntervalUs;
+    return 0;
+  }
+
+ private:
+  std::mutex mu_;
+  // When each user's bucket is full again (GCRA's theoretical arrival time).
+  std::unordered_map<std::string, int64_t> due_us_;  // guarded by mu_
+};
+
 struct ByokRouteContext {
   Ledger* ledger = nullptr;
   const SecretBox* box = nullptr;
+  const Clock* clock = nullptr;
   std::map<std::string, std::string> base_urls;
   int timeout_ms = 5000;
+  std::unique_ptr<KeyTestLimiter> limiter = std::make_unique<KeyTestLimiter>();
 };
 
 void OptTimeUs(JsonWriter* w, const std::optional<int64_t>& t_us) {
@@ -326,6 +368,15 @@ void TestKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Re
       return;
     }
   }
+  if (const int64_t wait_us = c.limiter->Take(identity.subject, c.clock->NowMicros())) {
+    WriteProblem(429, "rate_limited",
+                 "keys are tested at most " + std::to_string(kKeyTestBurst) +
+                     " at once, then one every " + std::to_string(kKeyTestIntervalUs / 1'000'000) +
+                     " s; retry later",
+                 &res);
+    res.set_header("Retry-After", std::to_string((wait_us + 999'999) / 1'000'000));
+    return;
+  }
   if (key.kek_id != c.box->key_id()) {
     WriteProblem(409, "key_unreadable",
                  "the key was sealed under another key-encryption key; add it again", &res);
@@ -395,6 +446,7 @@ void AddByokRoutes(const AppContext& context, RouteTable* routes) {
   auto c = std::make_shared<ByokRouteContext>();
   c->ledger = context.ledger;
   c->box = context.byok_box;
+  c->clock = context.clock != nullptr ? context.clock : SystemClock::Default();
   c->base_urls = context.byok_base_urls;
   c->timeout_ms = context.byok_test_timeout_ms;
   routes->Add("GET", kProvidersPath, kProvidersPath, Policy::kUser, WithContext(c, Providers));

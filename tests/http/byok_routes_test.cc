@@ -360,6 +360,41 @@ TEST_F(ByokRoutesTest, ARetriedTestIsAnsweredOnceWithoutAskingTheProviderAgain) 
   EXPECT_EQ(AllEvents().size(), events + 2);
 }
 
+// Each key test asks the provider from this server and appends an event: a user gets a burst of
+// five, then one every 12 s (429 rate_limited with Retry-After; the provider is not asked and
+// nothing is appended). A retry with its Idempotency-Key is answered from its record and spends
+// nothing; another user has a bucket of their own.
+TEST_F(ByokRoutesTest, KeyTestsAreRateLimitedPerUser) {
+  provider_.Accept(kOpenAiKey);
+  ASSERT_EQ(Add("alice", "openai", kOpenAiKey).status, 201);
+  ASSERT_EQ(Add("bob", "openai", kOpenAiKey).status, 201);
+  const std::string path = "/api/v1/byok/keys/test/openai";
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_EQ(As("alice").Post(path, "", {{"Idempotency-Key", "t" + std::to_string(i)}}).status,
+              200)
+        << i;
+  }
+  EXPECT_EQ(provider_.calls(), 5);
+  const uint64_t head = Head();
+  HttpReply r = As("alice").Post(path, "", {{"Idempotency-Key", "t5"}});
+  ExpectProblem(r, 429, "rate_limited");
+  EXPECT_EQ(r.Header("Retry-After"), "12");
+  // A retry: its record, not a test.
+  EXPECT_EQ(As("alice").Post(path, "", {{"Idempotency-Key", "t0"}}).status, 200);
+  EXPECT_EQ(provider_.calls(), 5);
+  EXPECT_EQ(Head(), head);
+  ASSERT_EQ(As("bob").Post(path, "").status, 200);
+  clock_.Advance(11 * kUs);
+  ExpectProblem(As("alice").Post(path, ""), 429, "rate_limited");
+  clock_.Advance(1 * kUs);
+  EXPECT_EQ(As("alice").Post(path, "").status, 200);
+  ExpectProblem(As("alice").Post(path, ""), 429, "rate_limited");
+  clock_.Advance(60 * kUs);  // a full bucket again
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(As("alice").Post(path, "").status, 200) << i;
+  }
+}
+
 TEST_F(ByokRoutesTest, BadInputAndPlansWithoutByokAppendNothing) {
   const uint64_t head = Head();
   ExpectProblem(Add("tina", "openai", kOpenAiKey), 403, "byok_not_in_plan");
