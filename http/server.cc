@@ -1212,6 +1212,19 @@ class CoreServer final : public httplib::Server {
       {
         std::lock_guard<std::mutex> lock(loop_mu_);
         if (loop_stopping_) break;
+        // First: a request still arriving whose new bytes woke the loop now is looked at too (it
+        // would be owned by the time the tick ran, and a client sending a little every tick
+        // would never expire).
+        const auto now = Clock::now();
+        if (now - last_tick >= std::chrono::milliseconds(kLoopTickMs)) {
+          last_tick = now;
+          for (auto& [id, c] : connections_) {
+            if (c->where == Connection::Where::kParked && Expired(*c, now)) {
+              c->where = Connection::Where::kOwned;
+              expired.push_back(c);
+            }
+          }
+        }
         for (int i = 0; i < n; ++i) {
           if (events[i].data.u64 == 0) continue;  // the mailbox, drained above
           auto it = connections_.find(events[i].data.u64);
@@ -1226,16 +1239,6 @@ class CoreServer final : public httplib::Server {
           // Parked: an answer left bytes unsent. Awaiting: the answer is out, go on.
           (it->second->where == Connection::Where::kParked ? flush : answered).push_back(it->second);
           it->second->where = Connection::Where::kOwned;
-        }
-        const auto now = Clock::now();
-        if (now - last_tick >= std::chrono::milliseconds(kLoopTickMs)) {
-          last_tick = now;
-          for (auto& [id, c] : connections_) {
-            if (c->where == Connection::Where::kParked && Expired(*c, now)) {
-              c->where = Connection::Where::kOwned;
-              expired.push_back(c);
-            }
-          }
         }
       }
       for (auto& c : flush) ToWorker(c, WorkerJob::kFlush);
@@ -1322,8 +1325,10 @@ class CoreServer final : public httplib::Server {
   // worker takes it instead: any request while it is under kLoopHoldBytesMax; a body-first
   // route's (SetBodyFirstPaths) up to its head allowance and body limit. Not one announcing
   // chunked framing or `Expect` (whose client waits for a 100 Continue before the body), nor one
-  // whose head has lines this test cannot read plainly (a worker answers those).
-  size_t ArrivingBound(std::string_view unread) const {
+  // whose head has lines this test cannot read plainly (a worker answers those). *whole: the
+  // request's size once its head is complete, else 0.
+  size_t ArrivingBound(std::string_view unread, size_t* whole_out) const {
+    *whole_out = 0;
     if (unread.empty()) return 0;
     const bool body_first = IsBodyFirst(unread);
     const size_t head_max = !body_first ? kLoopHoldBytesMax
@@ -1359,6 +1364,7 @@ class CoreServer final : public httplib::Server {
       }
     }
     const uint64_t whole = blank + 3 + content_length;
+    *whole_out = whole;
     if (unread.size() >= whole) return 0;  // whole already (and not a loop route's)
     if (whole < kLoopHoldBytesMax) return whole;
     // A body over the limit is refused by a worker from its head (413), unread.
@@ -1381,14 +1387,18 @@ class CoreServer final : public httplib::Server {
 
   // Whether the loop holds the request arriving on `c` (ArrivingBound): a small one always, a
   // large one while the large holds of all connections stay within
-  // HttpServerOptions::loop_held_bytes_max (beyond, a worker reads it, as any route's). Marks
-  // when it began. On the connection's owner.
+  // HttpServerOptions::loop_held_bytes_max (beyond, a worker reads it, as any route's). A large
+  // one counts its whole size once its head is complete, its bytes so far until then (a long
+  // head's allowance is over a megabyte: a few stalled heads would take the budget). Marks when
+  // it began. On the connection's owner.
   bool HoldArriving(Connection* c) {
-    const size_t bound = ArrivingBound(c->stream.Unread());
+    size_t whole = 0;
+    const size_t bound = ArrivingBound(c->stream.Unread(), &whole);
     {
       std::lock_guard<std::mutex> lock(loop_mu_);
       const size_t others = loop_held_bytes_ - c->held;
-      const size_t held = bound > kLoopHoldBytesMax ? bound : 0;
+      const size_t held =
+          bound <= kLoopHoldBytesMax ? 0 : whole != 0 ? whole : c->stream.Unread().size();
       if (bound == 0 || others + held > options_.loop_held_bytes_max) {
         loop_held_bytes_ = others;
         c->held = 0;

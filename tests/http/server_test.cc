@@ -883,17 +883,13 @@ TEST_F(ServerTest, HalfSentRequestsDoNotHoldWorkers) {
   EXPECT_EQ(get_with_length.rfind("HTTP/1.1 200", 0), 0u) << get_with_length;
 }
 
-// Sends a POST of `body_bytes` to `path` on a new connection: the head and 16 KiB at once, then
-// 8 KiB every 100 ms (80 KiB/s, faster than a worker's read requires) until `stop` or all is
-// sent; returns the answer (read until the server closes or 3 s pass in silence).
-std::string TrickledPost(int port, const std::string& path, size_t body_bytes,
-                         const std::atomic<bool>& stop) {
+// Sends `request` on a new connection: `first` bytes at once, then 8 KiB every 100 ms (80 KiB/s,
+// faster than a worker's read requires) until `stop` or all is sent; returns the answer (read
+// until the server closes or 3 s pass in silence).
+std::string TrickledRequest(int port, const std::string& request, size_t first,
+                            const std::atomic<bool>& stop) {
   const int fd = testing::ConnectLoopback(port);
   if (fd < 0) return "no connection";
-  const std::string request = "POST " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" +
-                              "Content-Length: " + std::to_string(body_bytes) + "\r\n\r\n" +
-                              std::string(body_bytes, 'b');
-  const size_t first = request.size() - body_bytes + 16 * 1024;
   for (size_t at = 0; at < request.size() && !stop.load();) {
     const size_t n = std::min(request.size() - at, at == 0 ? first : size_t{8 * 1024});
     if (::send(fd, request.data() + at, n, MSG_NOSIGNAL) != static_cast<ssize_t>(n)) break;
@@ -901,6 +897,14 @@ std::string TrickledPost(int port, const std::string& path, size_t body_bytes,
     if (at < request.size()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   return SendAndReadUntilClosed(fd, "", 3000);
+}
+
+// A POST of `body_bytes` to `path`, trickled (TrickledRequest) after its head and 16 KiB.
+std::string TrickledPost(int port, const std::string& path, size_t body_bytes,
+                         const std::atomic<bool>& stop) {
+  const std::string head = "POST " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" +
+                           "Content-Length: " + std::to_string(body_bytes) + "\r\n\r\n";
+  return TrickledRequest(port, head + std::string(body_bytes, 'b'), head.size() + 16 * 1024, stop);
 }
 
 // Webhook bodies (public and signature-policy POSTs, which nothing refuses before their body is
@@ -938,6 +942,17 @@ TEST_F(ServerTest, SlowWebhookBodiesHoldNoWorker) {
     EXPECT_NE(answers[i].find(R"({"bytes":262144})"), std::string::npos) << answers[i];
   }
   EXPECT_NE(answers[2].find(R"({"later":262144})"), std::string::npos) << answers[2];
+  // A long head (a jwt-mode Lago signature) arriving slowly is held too.
+  uploads[0] = std::thread([&] {
+    const std::string request = "POST /api/v1/webhooks/lago HTTP/1.1\r\nHost: x\r\n" +
+                                std::string("X-Lago-Signature: ") + std::string(200 * 1024, 's') +
+                                "\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}";
+    answers[0] = TrickledRequest(stack_.port(), request, 16 * 1024, stop);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  EXPECT_EQ(stack_.metrics.workers_busy.load(), 0) << "a slow long head holds a worker";
+  uploads[0].join();
+  EXPECT_NE(answers[0].find(R"({"bytes":2})"), std::string::npos) << answers[0].substr(0, 300);
   // The holds were given back: two more are held again.
   for (size_t i = 0; i < 2; ++i) {
     uploads[i] = std::thread([&, i] { answers[i] = TrickledPost(stack_.port(), "/echo", kBody, stop); });
