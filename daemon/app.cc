@@ -341,14 +341,19 @@ Status App::Impl::Start(const Config& config, const Clock* clock) {
   config_ = config;
   clock_ = clock != nullptr ? clock : SystemClock::Default();
   spdlog::info("ledgerd starting: {}", config_.Describe());
-  // What only reads files is refused before the data directory is touched; in dev mode the
-  // dev secret and the master key are created in it.
+  // What only reads files (the JWKS too) is refused before the data directory is touched; in
+  // dev mode the dev secret and the master key are created in it.
   LEDGER_RETURN_IF_ERROR(BuildStripeClient());
   LEDGER_RETURN_IF_ERROR(LoadLagoWebhookKeys());
-  if (!config_.DevMode()) LEDGER_RETURN_IF_ERROR(LoadByokKey());
-  CreateDataDir();
-  LEDGER_RETURN_IF_ERROR(BuildAuthenticator());
-  if (config_.DevMode()) LEDGER_RETURN_IF_ERROR(LoadByokKey());
+  if (!config_.DevMode()) {
+    LEDGER_RETURN_IF_ERROR(LoadByokKey());
+    LEDGER_RETURN_IF_ERROR(BuildAuthenticator());
+    CreateDataDir();
+  } else {
+    CreateDataDir();
+    LEDGER_RETURN_IF_ERROR(BuildAuthenticator());
+    LEDGER_RETURN_IF_ERROR(LoadByokKey());
+  }
   LEDGER_RETURN_IF_ERROR(OpenLedger());
   LEDGER_RETURN_IF_ERROR(StartKafka());
   LEDGER_RETURN_IF_ERROR(ConfigureLago());

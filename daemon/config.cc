@@ -15,6 +15,7 @@
 #include "daemon/cli_decimal.h"
 #include "events/types.h"
 #include "http/auth.h"
+#include "http/base_url.h"
 #include "http/byok_providers.h"
 #include "http/stripe_client.h"
 
@@ -100,17 +101,20 @@ bool HasBlankOrControl(std::string_view value) {
                      [](char c) { return static_cast<unsigned char>(c) <= ' ' || c == 0x7f; });
 }
 
-bool IsHttpUrlWithHost(const std::string& url) {
-  if (!IsHttpUrl(url)) return false;
-  const std::string rest = url.substr(url.find("://") + 3);
-  const std::string host = rest.substr(0, rest.find('/'));
-  return !host.empty() && host.find_first_of("?#@ ") == std::string::npos &&
-         rest.find_first_of("?# ") == std::string::npos;
+// An outside API's base URL as its client takes it (http::ParseBaseUrl), refused here: before
+// the start-up line logs it (a userinfo's password included) and before anything starts.
+Status ValidateBaseUrl(const std::string& url, const char* name) {
+  http::BaseUrl unused;
+  if (!http::ParseBaseUrl(url, name, "bad_config", &unused).ok()) {
+    return Bad(name, "must be an http:// or https:// URL with a host (no user:password@, query "
+                     "or fragment)");
+  }
+  return Status::OK();
 }
 
 Status ValidateLago(const Config& config) {
-  if (!config.lago_api_url.empty() && !IsHttpUrlWithHost(config.lago_api_url)) {
-    return Bad("LAGO_API_URL", "must be an http:// or https:// URL with a host");
+  if (!config.lago_api_url.empty()) {
+    LEDGER_RETURN_IF_ERROR(ValidateBaseUrl(config.lago_api_url, "LAGO_API_URL"));
   }
   if (!config.lago_api_key.empty() && config.lago_api_url.empty()) {
     return Bad("LAGO_API_KEY", "is set but LAGO_API_URL is not: the Lago sink needs both");
@@ -215,8 +219,12 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
     }
     config->stripe_webhook_secrets.push_back(secret);
   }
-  if (!IsHttpUrl(config->stripe_api_base)) {
-    return Bad("STRIPE_API_BASE", "must be an http:// or https:// URL");
+  LEDGER_RETURN_IF_ERROR(ValidateBaseUrl(config->stripe_api_base, "STRIPE_API_BASE"));
+  // Dev mode is for no JWT configuration at all: an issuer or audience without a key source is a
+  // key source that failed to arrive (and dev mode would take every token with a local secret).
+  if (config->DevMode() && (!config->jwt_issuer.empty() || !config->jwt_audience.empty())) {
+    return Bad(config->jwt_issuer.empty() ? "LEDGER_JWT_AUDIENCE" : "LEDGER_JWT_ISSUER",
+               "is set but neither LEDGER_JWT_HS256_SECRET nor LEDGER_JWT_JWKS_FILE is");
   }
   if (const std::string& v = config->stripe_api_version;
       !v.empty() && !http::IsStripeApiVersion(v)) {
@@ -402,13 +410,17 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
     return result;
   }
   // CLI11 takes an empty variable for an unset one: a variable that failed to expand would put
-  // the store in ./data, or the outbox on the embedded cluster, without a word. (Secrets and
-  // URLs may be empty: that is how a compose file leaves a feature off.)
+  // the store in ./data, the outbox on the embedded cluster, or a production server in dev mode
+  // (a local secret, the master key beside the log) without a word. (Other secrets and URLs may
+  // be empty: that is how a compose file leaves a feature off.)
   for (auto [name, flag] : {std::pair{"LEDGER_DATA_DIR", "--data-dir"},
                             std::pair{"LEDGER_LISTEN", "--listen"},
                             std::pair{"LEDGER_KAFKA_BROKERS", "--kafka-brokers"},
                             std::pair{"LEDGER_KAFKA_TOPIC", "--kafka-topic"},
-                            std::pair{"LEDGER_ADMIN_ROLE", "--admin-role"}}) {
+                            std::pair{"LEDGER_ADMIN_ROLE", "--admin-role"},
+                            std::pair{"LEDGER_JWT_HS256_SECRET", "--jwt-hs256-secret"},
+                            std::pair{"LEDGER_JWT_JWKS_FILE", "--jwt-jwks-file"},
+                            std::pair{"LEDGER_MASTER_KEY_FILE", "--master-key-file"}}) {
     const char* value = std::getenv(name);
     if (value != nullptr && *value == '\0' && app.count(flag) == 0) {
       result.status = Bad(name, "is set but empty (unset it for the default)");
@@ -452,15 +464,25 @@ Status LoadOrCreateDevSecret(const std::string& data_dir, std::string* secret) {
     return Status::Make(Code::kUnprocessable, "bad_config",
                         path + " is readable by group or others (chmod 600 it)");
   }
-  std::ifstream in(path);
-  if (in.good()) {
-    std::getline(in, *secret);
-    if (secret->size() < 32) return Status::Corruption(path + " holds a short secret");
-    return Status::OK();
-  }
+  Status s = ReadDevSecretFile(path, secret);
+  if (!s.IsNotFound()) return s;
   std::error_code ec;
   std::filesystem::create_directories(data_dir, ec);
   return CreateHexSecretFile(path, 32, secret);
+}
+
+Status ReadDevSecretFile(const std::string& path, std::string* secret) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return Status::NotFound(path + " does not exist");
+  std::ifstream in(path);
+  if (!in) return Status::IOError("cannot read " + path);
+  std::getline(in, *secret);
+  if (!secret->empty() && secret->back() == '\r') secret->pop_back();
+  if (secret->size() < 32) {
+    return Status::Make(Code::kUnprocessable, "bad_config",
+                        path + " holds a secret under 32 characters (delete it: a new one is made)");
+  }
+  return Status::OK();
 }
 
 Status LoadOrCreateMasterKey(const std::string& path, bool create, bool required,

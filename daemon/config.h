@@ -91,6 +91,11 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config);
 // group or others can read is refused (kUnprocessable, exit 78): it mints admin tokens.
 Status LoadOrCreateDevSecret(const std::string& data_dir, std::string* secret);
 
+// Reads a dev-mode secret file as ledgerd and `ledgerctl token` both take it: its first line,
+// without a trailing CR. NotFound when there is no file; kUnprocessable "bad_config" (exit 78)
+// when the line is under 32 bytes (a hand-made or cut file: delete it for a new one).
+Status ReadDevSecretFile(const std::string& path, std::string* secret);
+
 // The BYOK key-encryption key: 32 bytes, stored as 64 hex digits in `path`. When the file is
 // missing it is created (0600, random) if `create`, else an error if `required` (the setting
 // named it explicitly), else `*found` is false. Errors (kUnprocessable, exit 78): missing when

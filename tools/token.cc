@@ -6,6 +6,7 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include "daemon/config.h"
 #include "http/jwt.h"
 
 namespace ledger::tools {
@@ -63,17 +64,12 @@ Status MintHs256Token(const TokenOptions& options, const std::string& secret, st
 }
 
 Status ReadSecretFile(const std::string& path, std::string* secret) {
-  std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) {
+  Status s = daemon::ReadDevSecretFile(path, secret);
+  if (s.IsNotFound()) {
     return Status::NotFound(path + " does not exist (start ledgerd in dev mode once, or pass "
                                    "--secret / LEDGER_JWT_HS256_SECRET)");
   }
-  std::ifstream in(path);
-  if (!in) return Status::IOError("cannot read " + path);
-  std::getline(in, *secret);
-  if (!secret->empty() && secret->back() == '\r') secret->pop_back();
-  if (secret->empty()) return Status::Make(Code::kCorruption, "corruption", path + " is empty");
-  return Status::OK();
+  return s;
 }
 
 }  // namespace ledger::tools

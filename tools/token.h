@@ -32,8 +32,9 @@ std::string TokenClaimsJson(const TokenOptions& options);
 // secret under 32 bytes (ledgerd's minimum) or a TTL outside 1..kTokenTtlSecondsMax.
 Status MintHs256Token(const TokenOptions& options, const std::string& secret, std::string* token);
 
-// Reads the dev-mode secret ledgerd keeps at `path` (`<data-dir>/jwt-dev.secret`): its first line.
-// NotFound when the file does not exist (ledgerd has not run in dev mode there).
+// Reads the dev-mode secret ledgerd keeps at `path` (`<data-dir>/jwt-dev.secret`) as ledgerd does
+// (daemon::ReadDevSecretFile). NotFound when the file does not exist (ledgerd has not run in dev
+// mode there).
 Status ReadSecretFile(const std::string& path, std::string* secret);
 
 }  // namespace ledger::tools

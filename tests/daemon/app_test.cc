@@ -349,14 +349,26 @@ TEST(AppTest, ADevSecretOthersCanReadIsRefused) {
   EXPECT_TRUE(daemon::LoadOrCreateDevSecret(data_dir, &secret).ok());
 }
 
-TEST(AppTest, ATruncatedDevSecretIsAStorageError) {
+// A short dev secret (hand-made, or cut by a crash) is a setting to mend, not a damaged store
+// (main would send the operator to `ledgerctl verify`, which finds nothing). A CRLF file is read
+// as ledgerctl token reads it: else every token it mints would be refused.
+TEST(AppTest, ADevSecretFileIsReadAsLedgerctlReadsIt) {
   TempDir dir;
-  WriteTextFile(dir.Sub("jwt-dev.secret"), "abc\n");
-  ASSERT_EQ(::chmod(dir.Sub("jwt-dev.secret").c_str(), 0600), 0);
+  const std::string path = dir.Sub("jwt-dev.secret");
+  WriteTextFile(path, "abc\n");
+  ASSERT_EQ(::chmod(path.c_str(), 0600), 0);
   std::string secret;
   Status s = daemon::LoadOrCreateDevSecret(dir.path(), &secret);
   EXPECT_FALSE(s.ok());
-  EXPECT_EQ(ExitCodeFor(s), kExitStorage) << s.ToString();
+  EXPECT_EQ(ExitCodeFor(s), kExitConfig) << s.ToString();
+  EXPECT_NE(s.message().find("jwt-dev.secret"), std::string::npos) << s.message();
+  const std::string hex(64, 'a');
+  WriteTextFile(path, hex + "\r\n");
+  ASSERT_TRUE(daemon::LoadOrCreateDevSecret(dir.path(), &secret).ok());
+  EXPECT_EQ(secret, hex);
+  std::string minted_with;  // ledgerctl token's reading (tools::ReadSecretFile)
+  ASSERT_TRUE(daemon::ReadDevSecretFile(path, &minted_with).ok());
+  EXPECT_EQ(minted_with, secret);
 }
 
 TEST(AppTest, NoDevSecretWhenJwtIsConfigured) {

@@ -258,6 +258,13 @@ std::vector<BadSetting> BadSettings(const TempDir& dir) {
       {"LEDGER_KAFKA_TOPIC", "LEDGER_KAFKA_TOPIC", "", {}},
       {"LEDGER_LISTEN", "LEDGER_LISTEN", "", {}},
       {"LEDGER_ADMIN_ROLE", "LEDGER_ADMIN_ROLE", "", {}},
+      // ... above all where it would start a production server in dev mode.
+      {"LEDGER_JWT_HS256_SECRET", "LEDGER_JWT_HS256_SECRET", "", {}},
+      {"LEDGER_JWT_JWKS_FILE", "LEDGER_JWT_JWKS_FILE", "", {}},
+      {"LEDGER_MASTER_KEY_FILE", "LEDGER_MASTER_KEY_FILE", "", {}},
+      // An issuer or audience is JWT configuration: without a key source it is not dev mode.
+      {"LEDGER_JWT_ISSUER", "LEDGER_JWT_ISSUER", "https://sso.example.com/realms/x", {}},
+      {"LEDGER_JWT_AUDIENCE", "LEDGER_JWT_AUDIENCE", "ledgerd", {}},
       {"LEDGER_JWT_HS256_SECRET", "LEDGER_JWT_HS256_SECRET", "too-short", {}},
       {"LEDGER_JWT_HS256_SECRET", "LEDGER_JWT_HS256_SECRET", std::string(31, 's'), {}},
       {"LEDGER_JWT_JWKS_FILE", "LEDGER_JWT_JWKS_FILE", missing, {}},
@@ -289,6 +296,9 @@ std::vector<BadSetting> BadSettings(const TempDir& dir) {
       {"STRIPE_API_VERSION", "STRIPE_API_VERSION", "latest", {}},
       {"STRIPE_API_VERSION", "STRIPE_API_VERSION", "2025-03-31 basil", {}},
       {"STRIPE_API_BASE", "STRIPE_API_BASE", "ftp://api.stripe.com", {}},
+      // Refused before the start-up line would log the password.
+      {"STRIPE_API_BASE", "STRIPE_API_BASE", "https://svc:p4ss@stripe-egress.internal", {}},
+      {"LAGO_API_URL", "LAGO_API_URL", "http://u:pw@lago:3000", {}},
       {"STRIPE_SUCCESS_URL", "STRIPE_SUCCESS_URL", "javascript:alert(1)", {}},
       {"STRIPE_CANCEL_URL", "STRIPE_CANCEL_URL", "/relative", {}},
       {"STRIPE_PORTAL_RETURN_URL", "STRIPE_PORTAL_RETURN_URL", "app.example.com", {}},

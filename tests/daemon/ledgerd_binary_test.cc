@@ -46,8 +46,11 @@ TEST(LedgerdBinaryTest, BadConfigurationExits78NamingTheSettingBeforeTouchingDis
   ::chmod(open_key.c_str(), 0644);
   const std::string not_a_key = dir.Sub("lago.pem");
   WriteTextFile(not_a_key, "not a public key\n");
+  const std::string bad_jwks = dir.Sub("jwks.json");
+  WriteTextFile(bad_jwks, R"({"keys":"x"})");
   const std::string secret(32, 's');
   const std::vector<Case> cases = {
+      {{{"LEDGER_JWT_JWKS_FILE", bad_jwks}}, "LEDGER_JWT_JWKS_FILE"},
       {{{"LEDGER_JWT_HS256_SECRET", secret}, {"LEDGER_MASTER_KEY_FILE", open_key}},
        "master.key"},
       {{{"LEDGER_JWT_HS256_SECRET", secret}, {"LAGO_WEBHOOK_PUBLIC_KEY_FILE", not_a_key}},
