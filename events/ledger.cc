@@ -220,7 +220,9 @@ class IgnoreEveryRecord final : public rocksdb::WalFilter {
 
 // The last event the store's table files hold, from a read-only open that replays no log;
 // nothing when that open fails (the gap filter then compares from the first replayed record
-// on, as it did before).
+// on, as it did before). Only the families the store has are opened (a fold added since the
+// last start has none yet, and a read-only open refuses a missing one). A log whose tail a crash
+// tore fails this open too: Open asks again after the repair.
 std::optional<uint64_t> FlushedEventHead(
     rocksdb::DBOptions db_options, const std::string& path,
     const std::vector<rocksdb::ColumnFamilyDescriptor>& descriptors) {
@@ -228,9 +230,15 @@ std::optional<uint64_t> FlushedEventHead(
   db_options.wal_filter = &ignore;
   db_options.listeners.clear();
   db_options.sst_file_manager.reset();
+  std::vector<std::string> existing;
+  if (!rocksdb::DB::ListColumnFamilies(db_options, path, &existing).ok()) return std::nullopt;
+  std::vector<rocksdb::ColumnFamilyDescriptor> present;
+  for (const rocksdb::ColumnFamilyDescriptor& d : descriptors) {
+    if (std::find(existing.begin(), existing.end(), d.name) != existing.end()) present.push_back(d);
+  }
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* raw = nullptr;
-  if (!rocksdb::DB::OpenForReadOnly(db_options, path, descriptors, &handles, &raw).ok()) {
+  if (!rocksdb::DB::OpenForReadOnly(db_options, path, present, &handles, &raw).ok()) {
     return std::nullopt;
   }
   std::unique_ptr<rocksdb::DB> db(raw);
@@ -1012,6 +1020,9 @@ Status LedgerImpl::OpenDb() {
           "bytes at offset {}; the file as it was is saved as {}",
           repair.file, repair.cut_bytes, repair.cut_at, repair.copy);
       handles.clear();
+      // The first look at the table files failed on the torn log: without the flushed head the
+      // first replayed record would be taken whatever its position (a lost older log unseen).
+      if (!flushed_head) flushed_head = FlushedEventHead(db_options, options_.path, descriptors);
       gap_filter_ = std::make_unique<wal::EventGapFilter>(options_.path, flushed_head);
       db_options.wal_filter = gap_filter_.get();
       s = rocksdb::DB::Open(db_options, options_.path, descriptors, &handles, &db_);

@@ -18,6 +18,7 @@
 #include <random>
 #include <thread>
 
+#include "events/fold.h"
 #include "events/ledger.h"
 #include "events/wal_log.h"
 #include "tests/support/durability.h"
@@ -781,6 +782,63 @@ TEST(RecoveryTest, ALostOldestLogIsAGapAfterTheFlushedEvents) {
                             })
                   .ok());
   EXPECT_EQ(expected, flushed.value() + 1);
+}
+
+// A fold added to a store that has none of its rows yet.
+class NoteFold final : public Fold {
+ public:
+  std::string_view Name() const override { return "notes"; }
+  Status Apply(const Event& event, const StateReader&, RowWriter* rows) const override {
+    return rows->Put("notes", event.subject, "1");
+  }
+};
+
+// The lost oldest log of ALostOldestLogIsAGapAfterTheFlushedEvents, found also when the look at
+// the table files fails the first time: the newer log's last write torn too (the read-only look
+// fails on it until the repair), or the first start with a new fold (a read-only open refuses
+// its missing column family). The replay was then compared from the first record it took.
+TEST(RecoveryTest, ALostOldestLogIsFoundBesideATornTailOrANewFold) {
+  for (const bool torn : {true, false}) {
+    SCOPED_TRACE(torn ? "torn newer log" : "a new fold");
+    TempDir dir;
+    std::vector<Outcome> acknowledged;
+    Position flushed;
+    {
+      auto ledger = Open(dir.path());
+      ASSERT_NE(ledger, nullptr);
+      AppendSequentially(ledger.get(), "flushed", 20, &acknowledged);
+      ASSERT_TRUE(ledger->Flush().ok());
+      flushed = ledger->Head();
+      AppendSequentially(ledger.get(), "lost", 20, &acknowledged);
+      CommandSpec big;  // a WriteBatch over several blocks: its tail can be torn alone
+      big.subject = "lost-big";
+      big.events = 400;
+      auto command = big.Make();
+      ASSERT_TRUE(ledger->Submit(command.get()).status.ok());
+    }
+    const std::string newer_path = testing::SplitLogAtALostRecord(LastWal(dir.path()), 0);
+    ASSERT_FALSE(newer_path.empty());
+    if (torn) ZeroTail(newer_path, 100);
+    NoteFold notes;
+    LedgerOptions options;
+    options.path = dir.path();
+    if (!torn) options.folds = {&notes};
+    std::unique_ptr<Ledger> ledger;
+    Status s = Ledger::Open(options, &ledger);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    EXPECT_EQ(ledger->Head().value(), flushed.value());
+    EXPECT_NE(ledger->WalGapProblem(), "");
+    uint64_t expected = 1;
+    ASSERT_TRUE(ledger
+                    ->ScanRaw(Position(1), ledger->Head(),
+                              [&](Position p, std::string_view) {
+                                EXPECT_EQ(p.value(), expected);
+                                ++expected;
+                                return true;
+                              })
+                    .ok());
+    EXPECT_EQ(expected, flushed.value() + 1);
+  }
 }
 
 // Only the logs RocksDB replays are compared: an obsolete log it no longer needs, left on disk by
