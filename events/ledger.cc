@@ -1008,7 +1008,7 @@ Status LedgerImpl::OpenDb() {
           ? rocksdb::DB::OpenForReadOnly(db_options, options_.path, descriptors, &handles, &db_)
           : rocksdb::DB::Open(db_options, options_.path, descriptors, &handles, &db_);
   if (s.IsCorruption() && !options_.read_only) {
-    // A crash can tear the last, never-synced WriteBatch of the newest log (wal_log.h). Cut that
+    // A crash can tear the last, never-synced WriteBatch of a log (wal_log.h). Cut that
     // one shape off (the file is saved first) and open once more; anything else stays an error.
     wal::TornTailRepair repair;
     Status repaired = wal::RepairTornWalTail(options_.path, &repair);
@@ -1017,8 +1017,9 @@ Status LedgerImpl::OpenDb() {
     } else if (repair.repaired) {
       spdlog::warn(
           "{}: its last write was torn by a crash before its sync (never acknowledged): cut {} "
-          "bytes at offset {}; the file as it was is saved as {}",
-          repair.file, repair.cut_bytes, repair.cut_at, repair.copy);
+          "bytes at offset {}; the file as it was is saved as {} ({} log(s) cut in all, each "
+          "saved in torn-wal/)",
+          repair.file, repair.cut_bytes, repair.cut_at, repair.copy, repair.logs);
       handles.clear();
       // The first look at the table files failed on the torn log: without the flushed head the
       // first replayed record would be taken whatever its position (a lost older log unseen).

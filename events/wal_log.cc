@@ -204,22 +204,14 @@ Status FindZeroedHeaders(const std::string& dir) {
   return Status::OK();
 }
 
-Status RepairTornWalTail(const std::string& dir, TornTailRepair* out) {
-  *out = TornTailRepair{};
-  std::vector<std::pair<uint64_t, std::filesystem::path>> logs;
-  LEDGER_RETURN_IF_ERROR(ListLogFiles(dir, &logs));
-  // The newest log with anything in it: a log switch may have created a newer one that the crash
-  // left empty (nothing written to it, nothing to drop).
-  std::filesystem::path path;
-  std::string contents;
-  for (auto it = logs.rbegin(); it != logs.rend() && contents.empty(); ++it) {
-    path = it->second;
-    LEDGER_RETURN_IF_ERROR(ReadLogFile(path, &contents));
-  }
-  if (contents.empty()) return Status::OK();
+namespace {
+
+// Where to cut a log whose last WriteBatch a crash tore (RepairTornWalTail), or nothing when its
+// contents are not that one shape.
+std::optional<size_t> TornCut(std::string_view contents) {
   // The zero tail: [zeros_from, end of file).
   const size_t zeros_from = ZeroTailStart(contents);
-  if (zeros_from == contents.size()) return Status::OK();  // no zeros at the end: not torn
+  if (zeros_from == contents.size()) return std::nullopt;  // no zeros at the end: not torn
 
   // Walk the intact fragments up to the first anomaly: a fragment whose checksum fails, a header
   // with non-zero bytes but type and length 0, or a fragment running past its block or the file.
@@ -262,31 +254,53 @@ Status RepairTornWalTail(const std::string& dir, TornTailRepair* out) {
     case WalkEnd::kEndOfFile:
       break;
   }
-  if (!torn) return Status::OK();
+  if (!torn) return std::nullopt;
   // The fragment types of a WriteBatch before the anomaly were intact: cut where it began.
-  const size_t cut = in_batch ? batch_start : stop;
+  return in_batch ? batch_start : stop;
+}
 
-  std::filesystem::path saved_dir, copy;
-  LEDGER_RETURN_IF_ERROR(SavedLogPath(dir, path, &saved_dir, &copy));
-  std::error_code ec;
-  std::filesystem::copy_file(path, copy, ec);
-  if (ec) return Status::IOError("cannot copy " + path.string() + ": " + ec.message());
-  std::string error;
-  if (!SyncPath(copy, O_RDONLY, &error) || !SyncPath(saved_dir, O_RDONLY | O_DIRECTORY, &error)) {
-    return Status::IOError("cannot sync the copy of the torn log: " + error);
+}  // namespace
+
+Status RepairTornWalTail(const std::string& dir, TornTailRepair* out) {
+  *out = TornTailRepair{};
+  std::vector<std::pair<uint64_t, std::filesystem::path>> logs;
+  LEDGER_RETURN_IF_ERROR(ListLogFiles(dir, &logs));
+  // Every log, newest first: the newest one written, or an older one whose tail a power loss
+  // tore while a newer one's pages reached the disk (wal_log.h). A log that is empty or holds
+  // only zeros is a log switch the crash left unwritten (its size on disk without its data, at
+  // most): nothing to drop.
+  for (auto it = logs.rbegin(); it != logs.rend(); ++it) {
+    const std::filesystem::path& path = it->second;
+    std::string contents;
+    LEDGER_RETURN_IF_ERROR(ReadLogFile(path, &contents));
+    if (ZeroTailStart(contents) == 0) continue;
+    const std::optional<size_t> cut = TornCut(contents);
+    if (!cut) continue;
+    std::filesystem::path saved_dir, copy;
+    LEDGER_RETURN_IF_ERROR(SavedLogPath(dir, path, &saved_dir, &copy));
+    std::error_code ec;
+    std::filesystem::copy_file(path, copy, ec);
+    if (ec) return Status::IOError("cannot copy " + path.string() + ": " + ec.message());
+    std::string error;
+    if (!SyncPath(copy, O_RDONLY, &error) ||
+        !SyncPath(saved_dir, O_RDONLY | O_DIRECTORY, &error)) {
+      return Status::IOError("cannot sync the copy of the torn log: " + error);
+    }
+    int fd = ::open(path.c_str(), O_WRONLY);
+    if (fd < 0 || ::ftruncate(fd, static_cast<off_t>(*cut)) != 0 || ::fsync(fd) != 0) {
+      error = path.string() + ": " + std::strerror(errno);
+      if (fd >= 0) ::close(fd);
+      return Status::IOError("cannot cut the torn log: " + error);
+    }
+    ::close(fd);
+    ++out->logs;
+    if (out->repaired) continue;  // the newest cut is the one described
+    out->repaired = true;
+    out->file = path.filename().string();
+    out->cut_at = *cut;
+    out->cut_bytes = contents.size() - *cut;
+    out->copy = copy.string();
   }
-  int fd = ::open(path.c_str(), O_WRONLY);
-  if (fd < 0 || ::ftruncate(fd, static_cast<off_t>(cut)) != 0 || ::fsync(fd) != 0) {
-    error = path.string() + ": " + std::strerror(errno);
-    if (fd >= 0) ::close(fd);
-    return Status::IOError("cannot cut the torn log: " + error);
-  }
-  ::close(fd);
-  out->repaired = true;
-  out->file = path.filename().string();
-  out->cut_at = cut;
-  out->cut_bytes = contents.size() - cut;
-  out->copy = copy.string();
   return Status::OK();
 }
 

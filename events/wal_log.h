@@ -8,7 +8,7 @@
 // are zero padding. The checksum covers the type byte, the log number if any, and the payload.
 //
 // Two users: `ledgerctl verify` reads the logs to name a damaged event (tools/wal_scan.h), and
-// the ledger's open cuts a torn tail off the newest log (RepairTornWalTail) and stops the replay
+// the ledger's open cuts a torn tail off a log (RepairTornWalTail) and stops the replay
 // at a log that begins after an older log's lost writes (EventGapFilter).
 #pragma once
 
@@ -113,9 +113,10 @@ struct TornTailRepair {
   uint64_t cut_at = 0;     // its new size
   uint64_t cut_bytes = 0;  // bytes removed (the torn WriteBatch and the zeros after it)
   std::string copy;        // where the file was saved, as it was, before the cut
+  size_t logs = 0;         // logs cut (the fields above describe the newest of them)
 };
 
-// A crash can leave the newest log's last WriteBatch torn: its later bytes were never written
+// A crash can leave a log's last WriteBatch torn: its later bytes were never written
 // and read back as zeros (the file's size reached the disk before its data did; ext4 shows
 // unwritten preallocated space as zeros). RocksDB's kTolerateCorruptedTailRecords then refuses
 // to open the store ("checksum mismatch"): it cannot tell a torn record from a damaged one.
@@ -124,8 +125,10 @@ struct TornTailRepair {
 // same way), with every fragment before it intact. That
 // WriteBatch was never synced — a synced one was fully on disk — so it was never acknowledged,
 // and the file is cut at the start of the WriteBatch it belongs to. The whole file is first
-// copied to `<dir>/torn-wal/`. Anything else (a bad checksum before the tail, non-zero bytes
-// after the bad fragment, an older log) is left alone: OK with `repaired == false`.
+// copied to `<dir>/torn-wal/`. Every log is looked at: the newest one written, and an older one
+// torn while a newer one's pages reached the disk (the replay then stops at the hole after it,
+// EventGapFilter); empty and all-zero logs are skipped. Anything else (a bad checksum before the
+// tail, non-zero bytes after the bad fragment) is left alone: OK with `repaired == false`.
 Status RepairTornWalTail(const std::string& dir, TornTailRepair* out);
 
 // The ledger appends events in position order, one WriteBatch per group. A power loss can lose

@@ -496,6 +496,76 @@ TEST(RecoveryTest, ATornTailBeforeAnEmptyNewerLogIsCutToo) {
   EXPECT_EQ(report.head, acknowledged.back().result.position);
 }
 
+// The same torn tail with a newer log that holds only zeros (its size reached the disk, its data
+// did not): the repair looks past it (it took it for the newest log, found nothing torn, and the
+// store did not open).
+TEST(RecoveryTest, ATornTailBeforeAnAllZeroNewerLogIsCutToo) {
+  TempDir dir;
+  std::vector<Outcome> acknowledged;
+  ASSERT_NO_FATAL_FAILURE(WriteWithABigLastBatch(dir.path(), "zero-next", 20, &acknowledged));
+  const std::string wal_file = LastWal(dir.path());
+  ZeroTail(wal_file, 100);
+  acknowledged.pop_back();  // the torn group
+  const std::filesystem::path wal(wal_file);
+  char next[32];
+  std::snprintf(next, sizeof next, "%06llu.log",
+                static_cast<unsigned long long>(std::stoull(wal.stem().string()) + 1));
+  WriteFile((wal.parent_path() / next).string(), std::string(4096, '\0'));
+  auto ledger = Open(dir.path());
+  ASSERT_NE(ledger, nullptr);
+  DurabilityReport report = CheckDurability(ledger.get(), acknowledged);
+  EXPECT_TRUE(report.ok()) << report.Summary();
+  EXPECT_EQ(report.head, acknowledged.back().result.position);
+}
+
+// A power loss can tear an older log's last record while a newer log's pages reach the disk
+// (wal_log.h): the older log is cut at that record, and the replay stops at the newer log, which
+// begins past the hole (saved, not replayed). It did not open at all: RocksDB refuses the torn
+// record, and the repair looked at the newest log only.
+TEST(RecoveryTest, ATornOlderLogIsCutAndTheReplayStopsAfterIt) {
+  TempDir dir;
+  std::vector<Outcome> acknowledged;
+  ASSERT_NO_FATAL_FAILURE(WriteAndClose(dir.path(), "older-torn", 30, &acknowledged));
+  const std::string wal_path = LastWal(dir.path());
+  const std::string original = ReadFile(wal_path);
+  std::vector<size_t> starts;
+  ASSERT_GE(LogRecords(original, &starts).size(), 10u);
+  const size_t lost = starts.size() / 2;
+  const std::string newer_path = testing::SplitLogAtALostRecord(wal_path, lost);
+  ASSERT_FALSE(newer_path.empty());
+  // The lost record's first half was written, the rest reads back as zeros.
+  const size_t end = starts[lost + 1];
+  std::string torn = original.substr(0, end);
+  std::fill(torn.begin() + static_cast<std::ptrdiff_t>(starts[lost] + (end - starts[lost]) / 2),
+            torn.end(), '\0');
+  WriteFile(wal_path, torn);
+
+  auto ledger = Open(dir.path());
+  ASSERT_NE(ledger, nullptr);
+  const uint64_t head = ledger->Head().value();
+  EXPECT_LT(head, acknowledged.back().result.position.value());
+  EXPECT_GE(head, acknowledged.front().result.position.value());
+  EXPECT_NE(ledger->WalGapProblem(), "");
+  std::vector<Outcome> kept;
+  for (const Outcome& o : acknowledged) {
+    if (o.result.position.value() <= head) kept.push_back(o);
+  }
+  DurabilityReport report = CheckDurability(ledger.get(), kept);
+  EXPECT_TRUE(report.ok()) << report.Summary();
+  uint64_t expected = 1;
+  ASSERT_TRUE(ledger
+                  ->ScanRaw(Position(1), ledger->Head(),
+                            [&](Position p, std::string_view) {
+                              EXPECT_EQ(p.value(), expected);
+                              ++expected;
+                              return true;
+                            })
+                  .ok());
+  EXPECT_EQ(expected, head + 1);
+  const std::string name = std::filesystem::path(wal_path).filename().string();
+  EXPECT_EQ(ReadFile(dir.path() + "/torn-wal/" + name), torn);  // saved as the crash left it
+}
+
 // Writes a store, damages its newest log with `damage`, and expects the repair to leave it alone
 // and the open to refuse it.
 void ExpectDamageIsNotCut(const std::string& tag,
