@@ -271,6 +271,20 @@ uint64_t LastBatchStart(const std::string& contents) {
   return start;
 }
 
+// Every position from 1 to the head is there: the log has no hole.
+void ExpectNoHole(Ledger* ledger) {
+  uint64_t expected = 1;
+  ASSERT_TRUE(ledger
+                  ->ScanRaw(Position(1), ledger->Head(),
+                            [&](Position p, std::string_view) {
+                              EXPECT_EQ(p.value(), expected);
+                              ++expected;
+                              return true;
+                            })
+                  .ok());
+  EXPECT_EQ(expected, ledger->Head().value() + 1);
+}
+
 void ZeroTail(const std::string& file, uint64_t bytes) {
   std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
   const uint64_t size = std::filesystem::file_size(file);
@@ -475,47 +489,30 @@ TEST(RecoveryTest, AZeroFilledTornTailIsCutAtItsBatchAndOnlyThatGroupIsLost) {
   EXPECT_EQ(ReadFile(saved), torn_bytes);
 }
 
-// The same torn tail with an empty newer log beside it (a log switch the crash left unwritten): the
-// repair looks at the newest log with something in it.
-TEST(RecoveryTest, ATornTailBeforeAnEmptyNewerLogIsCutToo) {
-  TempDir dir;
-  std::vector<Outcome> acknowledged;
-  ASSERT_NO_FATAL_FAILURE(WriteWithABigLastBatch(dir.path(), "empty-next", 20, &acknowledged));
-  const std::string wal_file = LastWal(dir.path());
-  ZeroTail(wal_file, 100);
-  acknowledged.pop_back();  // the torn group
-  const std::filesystem::path wal(wal_file);
-  char next[32];
-  std::snprintf(next, sizeof next, "%06llu.log",
-                static_cast<unsigned long long>(std::stoull(wal.stem().string()) + 1));
-  std::ofstream((wal.parent_path() / next).string());  // created, nothing written
-  auto ledger = Open(dir.path());
-  ASSERT_NE(ledger, nullptr);
-  DurabilityReport report = CheckDurability(ledger.get(), acknowledged);
-  EXPECT_TRUE(report.ok()) << report.Summary();
-  EXPECT_EQ(report.head, acknowledged.back().result.position);
-}
-
-// The same torn tail with a newer log that holds only zeros (its size reached the disk, its data
-// did not): the repair looks past it (it took it for the newest log, found nothing torn, and the
-// store did not open).
-TEST(RecoveryTest, ATornTailBeforeAnAllZeroNewerLogIsCutToo) {
-  TempDir dir;
-  std::vector<Outcome> acknowledged;
-  ASSERT_NO_FATAL_FAILURE(WriteWithABigLastBatch(dir.path(), "zero-next", 20, &acknowledged));
-  const std::string wal_file = LastWal(dir.path());
-  ZeroTail(wal_file, 100);
-  acknowledged.pop_back();  // the torn group
-  const std::filesystem::path wal(wal_file);
-  char next[32];
-  std::snprintf(next, sizeof next, "%06llu.log",
-                static_cast<unsigned long long>(std::stoull(wal.stem().string()) + 1));
-  WriteFile((wal.parent_path() / next).string(), std::string(4096, '\0'));
-  auto ledger = Open(dir.path());
-  ASSERT_NE(ledger, nullptr);
-  DurabilityReport report = CheckDurability(ledger.get(), acknowledged);
-  EXPECT_TRUE(report.ok()) << report.Summary();
-  EXPECT_EQ(report.head, acknowledged.back().result.position);
+// The same torn tail with a newer log beside it that a log switch created and the crash left
+// unwritten: empty, or holding only zeros (its size reached the disk, its data did not). The
+// repair looks past it (an all-zero one was taken for the newest log: nothing torn found, and
+// the store did not open).
+TEST(RecoveryTest, ATornTailBeforeAnUnwrittenNewerLogIsCutToo) {
+  for (const size_t zeros : {size_t{0}, size_t{4096}}) {
+    SCOPED_TRACE(zeros);
+    TempDir dir;
+    std::vector<Outcome> acknowledged;
+    ASSERT_NO_FATAL_FAILURE(WriteWithABigLastBatch(dir.path(), "next", 20, &acknowledged));
+    const std::string wal_file = LastWal(dir.path());
+    ZeroTail(wal_file, 100);
+    acknowledged.pop_back();  // the torn group
+    const std::filesystem::path wal(wal_file);
+    char next[32];
+    std::snprintf(next, sizeof next, "%06llu.log",
+                  static_cast<unsigned long long>(std::stoull(wal.stem().string()) + 1));
+    WriteFile((wal.parent_path() / next).string(), std::string(zeros, '\0'));
+    auto ledger = Open(dir.path());
+    ASSERT_NE(ledger, nullptr);
+    DurabilityReport report = CheckDurability(ledger.get(), acknowledged);
+    EXPECT_TRUE(report.ok()) << report.Summary();
+    EXPECT_EQ(report.head, acknowledged.back().result.position);
+  }
 }
 
 // A power loss can tear an older log's last record while a newer log's pages reach the disk
@@ -552,16 +549,7 @@ TEST(RecoveryTest, ATornOlderLogIsCutAndTheReplayStopsAfterIt) {
   }
   DurabilityReport report = CheckDurability(ledger.get(), kept);
   EXPECT_TRUE(report.ok()) << report.Summary();
-  uint64_t expected = 1;
-  ASSERT_TRUE(ledger
-                  ->ScanRaw(Position(1), ledger->Head(),
-                            [&](Position p, std::string_view) {
-                              EXPECT_EQ(p.value(), expected);
-                              ++expected;
-                              return true;
-                            })
-                  .ok());
-  EXPECT_EQ(expected, head + 1);
+  ExpectNoHole(ledger.get());
   const std::string name = std::filesystem::path(wal_path).filename().string();
   EXPECT_EQ(ReadFile(dir.path() + "/torn-wal/" + name), torn);  // saved as the crash left it
 }
@@ -841,17 +829,7 @@ TEST(RecoveryTest, ALostOldestLogIsAGapAfterTheFlushedEvents) {
   EXPECT_TRUE(report.ok()) << report.Summary();
   EXPECT_NE(ledger->WalGapProblem(), "");
   EXPECT_TRUE(std::filesystem::exists(dir.path() + "/torn-wal/" + name));
-  // No hole: every position up to the head is there.
-  uint64_t expected = 1;
-  ASSERT_TRUE(ledger
-                  ->ScanRaw(Position(1), ledger->Head(),
-                            [&](Position p, std::string_view) {
-                              EXPECT_EQ(p.value(), expected);
-                              ++expected;
-                              return true;
-                            })
-                  .ok());
-  EXPECT_EQ(expected, flushed.value() + 1);
+  ExpectNoHole(ledger.get());
 }
 
 // A fold added to a store that has none of its rows yet.
@@ -898,16 +876,7 @@ TEST(RecoveryTest, ALostOldestLogIsFoundBesideATornTailOrANewFold) {
     ASSERT_TRUE(s.ok()) << s.ToString();
     EXPECT_EQ(ledger->Head().value(), flushed.value());
     EXPECT_NE(ledger->WalGapProblem(), "");
-    uint64_t expected = 1;
-    ASSERT_TRUE(ledger
-                    ->ScanRaw(Position(1), ledger->Head(),
-                              [&](Position p, std::string_view) {
-                                EXPECT_EQ(p.value(), expected);
-                                ++expected;
-                                return true;
-                              })
-                    .ok());
-    EXPECT_EQ(expected, flushed.value() + 1);
+    ExpectNoHole(ledger.get());
   }
 }
 
