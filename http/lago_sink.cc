@@ -31,6 +31,10 @@ constexpr std::string_view kUsageBatchRecordedV1 = "usage.batch_recorded.v1";
 constexpr size_t kErrorTextBytesMax = 2048;
 // Successful batches in a row after which a halved batch size doubles again.
 constexpr int kSuccessesBeforeGrowing = 8;
+// Suspects of failing on their own at most (LagoSink::Impl::suspects_). An outage makes every
+// probe a suspect, one per backoff: past this many the probes stay on the same event, so what
+// the sink holds stays bounded (and a run of more adjacent always-failing events stalls it).
+constexpr size_t kSuspectsMax = 1000;
 
 int64_t SteadyMicros() {
   return std::chrono::duration_cast<std::chrono::microseconds>(
@@ -85,6 +89,11 @@ struct PendingEvent {
   std::string user_id;
   std::string lago_event;  // the mapped Lago event; empty = unmappable
   std::string unmappable;  // why it could not be mapped
+  // Suspicion of failing on its own (LagoSink::Impl::suspects_): 5xx answers for it alone, in a
+  // row; when the first came; confirmations (a 5xx for it alone right after a handled probe).
+  int alone_server_errors = 0;
+  int64_t failing_since_us = 0;
+  int confirmations = 0;
 };
 
 // What Lago said about one event of a refused batch.
@@ -391,22 +400,32 @@ class LagoSink::Impl {
   void Run();
   Status Fill(bool* more);
   bool Step(int64_t now_us);
-  bool HandleAnswer(const LagoAnswer& answer, size_t sent, int64_t now_us);
-  bool HandleRefusal(const LagoAnswer& answer, const RefusalAnswer& refusal, size_t sent,
-                     int64_t now_us);
+  bool HandleAnswer(const LagoAnswer& answer, size_t first, size_t sent, int64_t now_us);
+  bool HandleRefusal(const LagoAnswer& answer, const RefusalAnswer& refusal, size_t first,
+                     size_t sent, int64_t now_us);
   LagoAnswer Send(const std::string& body, int64_t* answered_us);
-  bool Probe();
+  bool Probe(size_t at, int64_t now_us);
+  void ProbeHandled(size_t at, int64_t answered_us);
   enum class FrontOutcome { kRetry, kDeadLettered, kFailed };
   FrontOutcome ServerErrorForTheFrontAlone(const LagoAnswer& answer, bool after_probe,
                                            int64_t now_us);
+  // Lago answered for the events themselves, not for the front alone: suspicion starts over.
   void ClearSuspicion() {
-    front_server_errors_ = confirmations_ = 0;
-    front_failing_since_us_ = 0;
+    for (size_t i = 0; i < std::max<size_t>(suspects_, 1) && i < pending_.size(); ++i) {
+      pending_[i].alone_server_errors = pending_[i].confirmations = 0;
+      pending_[i].failing_since_us = 0;
+    }
+    suspects_ = 0;
+    probe_next_ = probe_accepted_ = false;
+  }
+  // The front event was just settled (popped): the suspects after it keep their record.
+  void FrontSettled() {
+    if (suspects_ > 0) --suspects_;
     probe_next_ = probe_accepted_ = false;
   }
   Status DeadLetter(const PendingEvent& event, int http_status, const std::string& reason,
                     const std::string& error);
-  void Delivered(size_t count);
+  void Delivered(size_t first, size_t count);
   void Split(size_t sent);
   void Fail(const std::string& reason, int http_status, int64_t retry_after_ms, int64_t now_us);
   void AdvanceMark();
@@ -436,17 +455,22 @@ class LagoSink::Impl {
   int successes_ = 0;                 // 2xx batches in a row
   int server_errors_ = 0;             // 5xx answers in a row
   // One event Lago answers 5xx for, whatever the batch (an expression of a billable metric that
-  // fails on its properties): after server_errors_before_split 5xx for the front event alone, the
-  // next event is sent alone (a probe). Each probe Lago accepts followed by another 5xx for the
-  // front is a confirmation; after server_errors_before_split of them, once the front has failed
-  // alone for server_error_dead_letter_after_ms, it is dead-lettered. An outage fails the probes
-  // too, so it never confirms anything; a flapping one (a bad backend among good ones) would
-  // have to flap the same way for that long; any other answer for the front starts over.
-  int front_server_errors_ = 0;     // 5xx for the front event alone, in a row
-  int64_t front_failing_since_us_ = 0;
-  int confirmations_ = 0;
-  bool probe_next_ = false;      // the next attempt sends pending_[1] alone
-  bool probe_accepted_ = false;  // the last attempt was a probe Lago accepted
+  // fails on its properties): after server_errors_before_split 5xx for the front event alone, it
+  // is a suspect, and the first event after the suspects, pending_[suspects_], is sent alone (a
+  // probe). A probe Lago handles -- 2xx; a 4xx naming it: value_already_exist (a probe that
+  // reached Lago before a restart) or a refusal (dead-lettered as any refused event) -- followed
+  // by another 5xx for the front alone is a confirmation; after server_errors_before_split of
+  // them, once the front has failed alone for server_error_dead_letter_after_ms, it is
+  // dead-lettered. A probe that gets a 5xx too becomes a suspect (two bad items of one usage
+  // batch: the next probe goes one further, and each is dead-lettered in turn, on its own
+  // record); an unmappable one is dead-lettered first. An outage fails every probe, so it never
+  // confirms anything; a flapping one (a bad backend among good ones) would have to flap the same
+  // way for that long. A 2xx for the front, or a batch answered, starts over; answers that say
+  // nothing of the events (network, 408/429, 401/403/404, a proxy's page) neither count nor
+  // start over.
+  size_t suspects_ = 0;          // pending_[0, suspects_) are sent alone, never in a batch
+  bool probe_next_ = false;      // the next attempt is a probe (Step)
+  bool probe_accepted_ = false;  // the last attempt was a probe Lago handled
   int backoff_ms_;
   int64_t retry_at_us_ = 0;   // no request before this (backoff)
   bool persist_now_ = false;  // an acknowledged batch moved the checkpoint
@@ -475,8 +499,9 @@ Status LagoSink::Impl::Init() {
 Status LagoSink::Impl::Fill(bool* more) {
   const uint64_t head = ledger_->Head().value();
   *more = false;
-  // At least two: room for a probe (ServerErrorForTheFrontAlone).
-  const size_t pending_max = std::max<size_t>(options_.batch_events_max, 2);
+  // Room for a probe after the suspects, and for the event after it (ServerErrorForTheFrontAlone,
+  // HandleAnswer).
+  const size_t pending_max = std::max<size_t>({options_.batch_events_max, suspects_ + 2});
   if (pending_.size() >= pending_max) return Status::OK();
   if (scanned_to_ < head) {
     const uint64_t to = std::min<uint64_t>(head, scanned_to_ + options_.scan_events_max);
@@ -544,10 +569,16 @@ bool LagoSink::Impl::Step(int64_t now_us) {
     persist_now_ = true;
     return true;
   }
-  if (probe_next_ && pending_.size() > 1 && !pending_[1].lago_event.empty()) return Probe();
+  // The probe is the event after the suspects; when none is read (the suspects end the log, as
+  // after an outage that made every event a suspect), the last suspect.
+  if (probe_next_ && suspects_ > 0 && pending_.size() > 1) {
+    return Probe(std::min(suspects_, pending_.size() - 1), now_us);
+  }
+  // A suspect is sent alone: in a batch it would fail the batch.
+  const size_t limit = suspects_ > 0 ? 1 : batch_limit_;
   size_t sent = 0;
   std::string body = "{\"events\":[";
-  while (sent < batch_limit_ && sent < pending_.size() && !pending_[sent].lago_event.empty()) {
+  while (sent < limit && sent < pending_.size() && !pending_[sent].lago_event.empty()) {
     if (sent > 0) body.push_back(',');
     body += pending_[sent].lago_event;
     ++sent;
@@ -556,7 +587,7 @@ bool LagoSink::Impl::Step(int64_t now_us) {
   int64_t answered_us = 0;
   const LagoAnswer answer = Send(body, &answered_us);
   // Backoff and Retry-After count from the answer: a slow 5xx must not use up the wait.
-  return HandleAnswer(answer, sent, answered_us);
+  return HandleAnswer(answer, 0, sent, answered_us);
 }
 
 // One batch request, counted and timed; `*answered_us`: when its answer came.
@@ -569,41 +600,51 @@ LagoAnswer LagoSink::Impl::Send(const std::string& body, int64_t* answered_us) {
   return answer;
 }
 
-// Sends pending_[1] alone, the front event being suspected of failing on its own.
-bool LagoSink::Impl::Probe() {
+// Sends pending_[at] alone, the events before it being suspected of failing on their own (or
+// dead-letters it when it cannot be mapped: it says nothing about Lago).
+bool LagoSink::Impl::Probe(size_t at, int64_t now_us) {
+  PendingEvent& probe = pending_[at];
+  if (probe.lago_event.empty()) {
+    Status s = DeadLetter(probe, 0, "unmappable", probe.unmappable);
+    if (!s.ok()) {
+      Fail("recording a dead letter: " + s.ToString(), 0, -1, now_us);
+      return false;
+    }
+    spdlog::warn("lago sink: usage event {} at position {} cannot be sent ({}); recorded as {}",
+                 probe.transaction_id, probe.position, probe.unmappable, kLagoSinkRejectedV1);
+    pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(at));
+    AdvanceMark();
+    persist_now_ = true;
+    return true;  // probe_next_ stands: the next event is the probe
+  }
   probe_next_ = false;
   probe_accepted_ = false;
   int64_t answered_us = 0;
-  const LagoAnswer answer = Send("{\"events\":[" + pending_[1].lago_event + "]}", &answered_us);
-  const int status = answer.http_status;
-  if (status >= 200 && status < 300) {
-    metrics_.batches_accepted.Add();
-    metrics_.events_delivered.Add();
-    pending_.erase(pending_.begin() + 1);
-    AdvanceMark();
-    persist_now_ = true;
-    probe_accepted_ = true;  // the front goes next: another 5xx for it confirms
-    SetState(SinkState::kUp);
-    // The front's backoff stands: its attempts stay spread out over time.
-    retry_at_us_ = answered_us + static_cast<int64_t>(backoff_ms_) * 1000;
-    return false;
-  }
-  // Anything else proves nothing against the front: it is tried again as before (and the probe
-  // event's own answer, if any, is handled when its turn comes).
-  ClearSuspicion();
-  Fail("Lago answered " + std::to_string(status) + " (sending the event after a failing one)",
-       status, answer.retry_after_ms, answered_us);
+  const LagoAnswer answer = Send("{\"events\":[" + probe.lago_event + "]}", &answered_us);
+  HandleAnswer(answer, at, 1, answered_us);
   return false;
+}
+
+// Lago handled the probe pending_[at] (accepted it, had it already, or refused it; it is no longer
+// pending): the front goes next, and another 5xx for it confirms.
+void LagoSink::Impl::ProbeHandled(size_t at, int64_t answered_us) {
+  if (at < suspects_) --suspects_;  // the last suspect, probed
+  probe_accepted_ = true;
+  probe_next_ = false;
+  SetState(SinkState::kUp);
+  // The front's backoff stands: its attempts stay spread out over time.
+  retry_at_us_ = answered_us + static_cast<int64_t>(backoff_ms_) * 1000;
 }
 
 // A 5xx for the front event sent alone.
 LagoSink::Impl::FrontOutcome LagoSink::Impl::ServerErrorForTheFrontAlone(const LagoAnswer& answer,
                                                                          bool after_probe,
                                                                          int64_t now_us) {
-  if (front_failing_since_us_ == 0) front_failing_since_us_ = now_us;
+  PendingEvent& front = pending_.front();
+  if (front.failing_since_us == 0) front.failing_since_us = now_us;
   if (after_probe) {
-    if (++confirmations_ >= options_.server_errors_before_split &&
-        now_us - front_failing_since_us_ >=
+    if (++front.confirmations >= options_.server_errors_before_split &&
+        now_us - front.failing_since_us >=
             static_cast<int64_t>(options_.server_error_dead_letter_after_ms) * 1000) {
       const RefusalAnswer refusal = ReadRefusal(answer);
       std::string error = "Lago answered " + std::to_string(answer.http_status) +
@@ -612,7 +653,7 @@ LagoSink::Impl::FrontOutcome LagoSink::Impl::ServerErrorForTheFrontAlone(const L
       if (refusal.from_lago) {
         error += ": " + projections::Truncated(answer.body, kErrorTextBytesMax - error.size() - 2);
       }
-      Status s = DeadLetter(pending_.front(), answer.http_status, "server_error", error);
+      Status s = DeadLetter(front, answer.http_status, "server_error", error);
       if (!s.ok()) {
         Fail("recording a dead letter: " + s.ToString(), 0, -1, now_us);
         return FrontOutcome::kFailed;
@@ -620,10 +661,10 @@ LagoSink::Impl::FrontOutcome LagoSink::Impl::ServerErrorForTheFrontAlone(const L
       spdlog::warn(
           "lago sink: Lago answers {} for usage event {} at position {} alone while it accepts "
           "the events after it; recorded as {}",
-          answer.http_status, pending_.front().transaction_id, pending_.front().position,
-          kLagoSinkRejectedV1);
+          answer.http_status, front.transaction_id, front.position, kLagoSinkRejectedV1);
       pending_.pop_front();
-      ClearSuspicion();
+      // A next suspect (failing alone since it was a probe) is tried alone on its own record.
+      FrontSettled();
       server_errors_ = 0;
       backoff_ms_ = options_.retry_backoff_ms_min;
       AdvanceMark();
@@ -633,18 +674,30 @@ LagoSink::Impl::FrontOutcome LagoSink::Impl::ServerErrorForTheFrontAlone(const L
     probe_next_ = true;
     return FrontOutcome::kRetry;
   }
-  probe_next_ = ++front_server_errors_ >= options_.server_errors_before_split;
+  if (++front.alone_server_errors >= options_.server_errors_before_split) {
+    suspects_ = std::max<size_t>(suspects_, 1);
+    probe_next_ = true;
+  }
   return FrontOutcome::kRetry;
 }
 
-bool LagoSink::Impl::HandleAnswer(const LagoAnswer& answer, size_t sent, int64_t now_us) {
+// Lago's answer to `sent` events from pending_[first] (first > 0: a probe). True when the sink
+// should go on at once.
+bool LagoSink::Impl::HandleAnswer(const LagoAnswer& answer, size_t first, size_t sent,
+                                  int64_t now_us) {
+  const bool probe = first > 0;
   const int status = answer.http_status;
   if (status >= 200 && status < 300) {
     metrics_.batches_accepted.Add();
     metrics_.events_delivered.Add(sent);
-    Delivered(sent);
-    server_errors_ = 0;
+    if (probe) {
+      Delivered(first, sent);
+      ProbeHandled(first, now_us);
+      return false;
+    }
     ClearSuspicion();
+    Delivered(0, sent);
+    server_errors_ = 0;
     backoff_ms_ = options_.retry_backoff_ms_min;
     if (++successes_ >= kSuccessesBeforeGrowing && batch_limit_ < options_.batch_events_max) {
       batch_limit_ = std::min(options_.batch_events_max, batch_limit_ * 2);
@@ -655,13 +708,35 @@ bool LagoSink::Impl::HandleAnswer(const LagoAnswer& answer, size_t sent, int64_t
     return true;
   }
   successes_ = 0;
-  const bool after_probe = std::exchange(probe_accepted_, false);
-  if (status < 500 || sent > 1) ClearSuspicion();  // only 5xx for the front alone count
+  bool after_probe = false;
+  if (probe) {
+    // Unless Lago handles it (below), the probe is sent again after the backoff.
+    probe_next_ = true;
+  } else {
+    after_probe = std::exchange(probe_accepted_, false);
+    // Only answers for the front alone keep its record: a batch answered starts over.
+    if (sent > 1) ClearSuspicion();
+  }
   if (status == 0) {
     Fail("Lago could not be reached: " + answer.error, 0, -1, now_us);
     return false;
   }
   if (status >= 500) {
+    if (probe) {
+      // The event after the suspects fails alone too (two bad items of one usage batch, or an
+      // outage): it is a suspect as well, and the next probe goes one further. Unless no event
+      // follows it yet: then it stays the probe (the front, always sent alone, would never be
+      // confirmed: an outage must leave the sink something to probe when it ends).
+      PendingEvent& event = pending_[first];
+      if (first == suspects_ && suspects_ < kSuspectsMax && first + 1 < pending_.size()) {
+        event.alone_server_errors = 1;
+        event.failing_since_us = now_us;
+        ++suspects_;
+      }
+      Fail("Lago answered " + std::to_string(status) + " (sending the event after a failing one)",
+           status, answer.retry_after_ms, now_us);
+      return false;
+    }
     if (++server_errors_ >= options_.server_errors_before_split && sent > 1) {
       Split(sent);
       backoff_ms_ = options_.retry_backoff_ms_min;
@@ -674,7 +749,7 @@ bool LagoSink::Impl::HandleAnswer(const LagoAnswer& answer, size_t sent, int64_t
     Fail("Lago answered " + std::to_string(status), status, answer.retry_after_ms, now_us);
     return false;
   }
-  server_errors_ = 0;
+  if (!probe) server_errors_ = 0;
   if (status == 408 || status == 429) {
     Fail("Lago answered " + std::to_string(status), status, answer.retry_after_ms, now_us);
     return false;
@@ -699,22 +774,30 @@ bool LagoSink::Impl::HandleAnswer(const LagoAnswer& answer, size_t sent, int64_t
          status, -1, now_us);
     return false;
   }
-  return HandleRefusal(answer, refusal, sent, now_us);
+  return HandleRefusal(answer, refusal, first, sent, now_us);
 }
 
-// A 4xx that a retry cannot fix: settle the events Lago named, split, or dead-letter.
+// A 4xx that a retry cannot fix: settle the events Lago named, split, or dead-letter. A probe
+// (first > 0, sent alone) is always settled, and Lago having handled it confirms the suspects'
+// failures as an accepted probe does.
 bool LagoSink::Impl::HandleRefusal(const LagoAnswer& answer, const RefusalAnswer& refusal,
-                                   size_t sent, int64_t now_us) {
+                                   size_t first, size_t sent, int64_t now_us) {
+  const bool probe = first > 0;
   SetState(SinkState::kUp);  // Lago answered
-  backoff_ms_ = options_.retry_backoff_ms_min;
-  ClearSuspicion();
+  // Sent alone, a suspect front is settled below; the suspects after it keep their record.
+  const bool front_alone_suspect = !probe && sent == 1 && suspects_ > 0;
+  if (!probe) {
+    backoff_ms_ = options_.retry_backoff_ms_min;
+    if (!front_alone_suspect) ClearSuspicion();
+  }
   const std::string& reason = refusal.reason;
   std::map<size_t, ItemError> items;
   if (answer.http_status != 413 && ParseItemErrors(answer.body, sent, &items)) {
     size_t rejected = 0;
     for (const auto& [index, item] : items) {
       if (item.already_present) continue;
-      Status s = DeadLetter(pending_[index], answer.http_status, reason, item.text);
+      const PendingEvent& event = pending_[first + index];
+      Status s = DeadLetter(event, answer.http_status, reason, item.text);
       if (!s.ok()) {
         Fail("recording a dead letter: " + s.ToString(), 0, -1, now_us);
         return false;
@@ -723,7 +806,7 @@ bool LagoSink::Impl::HandleRefusal(const LagoAnswer& answer, const RefusalAnswer
         spdlog::warn(
             "lago sink: Lago refused usage event {} at position {} ({} {}); recorded "
             "as {}",
-            pending_[index].transaction_id, pending_[index].position, answer.http_status, reason,
+            event.transaction_id, event.position, answer.http_status, reason,
             kLagoSinkRejectedV1);
       }
     }
@@ -733,11 +816,16 @@ bool LagoSink::Impl::HandleRefusal(const LagoAnswer& answer, const RefusalAnswer
     }
     for (auto it = items.rbegin(); it != items.rend(); ++it) {
       if (it->second.already_present) metrics_.events_already_present.Add();
-      pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(it->first));
+      pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(first + it->first));
     }
     // Lago saved none of the batch: the events it did not name are sent again.
     AdvanceMark();
     persist_now_ = true;
+    if (probe) {
+      ProbeHandled(first, now_us);
+      return false;
+    }
+    if (front_alone_suspect) FrontSettled();
     return true;
   }
   if (sent > 1) {
@@ -745,7 +833,8 @@ bool LagoSink::Impl::HandleRefusal(const LagoAnswer& answer, const RefusalAnswer
     return true;
   }
   // Only Lago's own answer is kept (a proxy's 413 page may echo the request's headers).
-  Status s = DeadLetter(pending_.front(), answer.http_status, reason,
+  const PendingEvent& event = pending_[first];
+  Status s = DeadLetter(event, answer.http_status, reason,
                         refusal.from_lago
                             ? projections::Truncated(answer.body, kErrorTextBytesMax)
                             : std::string());
@@ -754,11 +843,16 @@ bool LagoSink::Impl::HandleRefusal(const LagoAnswer& answer, const RefusalAnswer
     return false;
   }
   spdlog::warn("lago sink: Lago refused usage event {} at position {} ({} {}); recorded as {}",
-               pending_.front().transaction_id, pending_.front().position, answer.http_status,
-               reason, kLagoSinkRejectedV1);
-  pending_.pop_front();
+               event.transaction_id, event.position, answer.http_status, reason,
+               kLagoSinkRejectedV1);
+  pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(first));
   AdvanceMark();
   persist_now_ = true;
+  if (probe) {
+    ProbeHandled(first, now_us);
+    return false;
+  }
+  if (front_alone_suspect) FrontSettled();
   return true;
 }
 
@@ -771,8 +865,9 @@ Status LagoSink::Impl::DeadLetter(const PendingEvent& event, int http_status,
   return Status::OK();
 }
 
-void LagoSink::Impl::Delivered(size_t count) {
-  pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(count));
+void LagoSink::Impl::Delivered(size_t first, size_t count) {
+  pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(first),
+                 pending_.begin() + static_cast<std::ptrdiff_t>(first + count));
   AdvanceMark();
   persist_now_ = true;
 }

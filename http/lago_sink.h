@@ -50,25 +50,30 @@
 //       duplicate is not the last event of a batch (the aborted transaction), and single events
 //       get a clean 422 instead. One event alone that keeps getting 5xx may be the cause (an
 //       expression of a billable metric that fails on its properties is an unhandled 500 in
-//       Lago): after server_errors_before_split such answers the next event is sent alone; each
-//       time Lago accepts it and then fails the first one again counts, and after
-//       server_errors_before_split of those, the first one failing for
-//       server_error_dead_letter_after_ms, it is dead-lettered (reason server_error). During an
-//       outage those next events fail too: nothing is dead-lettered; a flapping Lago would have
-//       to fail that one event and accept the next for the whole time.
+//       Lago): after server_errors_before_split such answers the next event is sent alone (a
+//       probe); each time Lago handles it -- accepts it, answers value_already_exist (a probe
+//       sent before a restart) or refuses it for itself (dead-lettered as below) -- and then
+//       fails the first one again counts, and after server_errors_before_split of those, the
+//       first one failing for server_error_dead_letter_after_ms, it is dead-lettered (reason
+//       server_error). A probe that gets a 5xx too is suspected as well and the probe moves one
+//       event further (several bad items of one usage batch: each is dead-lettered in turn, on
+//       its own record); an unmappable one is dead-lettered first. During an outage every probe
+//       fails: nothing is dead-lettered; a flapping Lago would have to fail that one event and
+//       handle the later ones for the whole time. Answers that say nothing about the events
+//       (network errors, 408/429, 401/403/404, a proxy's page) neither count nor reset.
 //   401, 403, 404, 405, 1xx/3xx, and a 4xx (but 413) whose body is not Lago's JSON error
 //       ({"status","error",...}: a proxy's page)  retried with backoff as well (state
 //       "unauthorized" / "down"): a wrong LAGO_API_KEY or LAGO_API_URL, or a proxy that
 //       redirects to https, is fixed by the operator; dead-lettering every event for it would
 //       lose the usage. Such a page is stored nowhere (it may echo the request's headers).
-//   400, 413, 422 and other 4xx from Lago  a refusal a retry cannot fix. With per-event error_details the
-//       named events are dead-lettered and the rest re-sent; without them (or 413) the batch is
-//       halved until the refused event is alone, then it is dead-lettered. A dead letter is an
-//       appended `lago.sink_rejected.v1` (the event, the Lago event sent, Lago's answer;
-//       idempotent per transaction_id, so per batch item) plus a counter and a log line; nothing
-//       is skipped silently and the sink never stalls on one bad event (nor on one that Lago
-//       always fails, above). A usage event or batch
-//       item that cannot be mapped (malformed data) is dead-lettered the same way, with
+//   400, 413, 422 and other 4xx from Lago  a refusal a retry cannot fix. With per-event
+//       error_details the named events are dead-lettered and the rest re-sent; without them (or
+//       413) the batch is halved until the refused event is alone, then it is dead-lettered. A
+//       dead letter is an appended `lago.sink_rejected.v1` (the event, the Lago event sent,
+//       Lago's answer; idempotent per transaction_id, so per batch item) plus a counter and a log
+//       line; nothing is skipped silently and the sink never stalls on one bad event (nor on
+//       ones that Lago always fails, above, once a later event is in the log). A usage event or
+//       batch item that cannot be mapped (malformed data) is dead-lettered the same way, with
 //       http_status 0 (a batch event whose data cannot be read at all: once, under its event id).
 //
 // Lifecycle: Open() reads the checkpoint; Start() starts the thread; Notify() (wired to
@@ -125,7 +130,7 @@ struct LagoSinkOptions {
   int retry_backoff_ms_max = 30'000;
   // Consecutive 5xx answers after which the batch is halved. Default 3.
   int server_errors_before_split = 3;
-  // How long one event must keep failing alone with 5xx -- while Lago accepts the events after it
+  // How long one event must keep failing alone with 5xx -- while Lago handles the events after it
   // (server_errors_before_split times at least) -- before it is dead-lettered. Default 15 min.
   int server_error_dead_letter_after_ms = 15 * 60 * 1000;
   // How often skip-only checkpoint progress is written (acknowledged batches are written at

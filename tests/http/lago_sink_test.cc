@@ -606,6 +606,145 @@ TEST_F(LagoSinkTest, AnEventFailingForAWhileIsNotDeadLettered) {
   EXPECT_TRUE(Events(kLagoSinkRejectedV1).empty());
 }
 
+// The dead letters in log order, as (transaction_id, reason).
+std::vector<std::pair<std::string, std::string>> DeadLetters(const std::vector<Event>& rejected) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const Event& e : rejected) {
+    rapidjson::Document data;
+    data.Parse(e.data.c_str());
+    out.emplace_back(data["transaction_id"].GetString(), data["reason"].GetString());
+  }
+  return out;
+}
+
+std::vector<std::string> Without(const std::vector<std::string>& ids,
+                                 const std::set<std::string>& left_out) {
+  std::vector<std::string> out;
+  for (const std::string& id : ids) {
+    if (left_out.count(id) == 0) out.push_back(id);
+  }
+  return out;
+}
+
+// Two adjacent events Lago always fails (two items of one usage batch breaking a metric's
+// expression): the probe after the first fails too. It becomes a suspect itself and the probe
+// goes one further; each is dead-lettered after the timeout, and the rest delivered once.
+TEST_F(LagoSinkTest, AdjacentEventsLagoAlwaysFailsAreEachDeadLettered) {
+  FakeLago lago;
+  Append(60);
+  const std::vector<std::string> ids = UsageIds();
+  lago.FailTransaction(ids[10]);
+  lago.FailTransaction(ids[11]);
+  LagoSinkOptions options = FastOptions();
+  options.retry_backoff_ms_max = 20;
+  options.server_error_dead_letter_after_ms = 300;
+  StartSink(lago.url(), options);
+  ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
+  EXPECT_TRUE(CountedExactlyOnce(lago, Without(ids, {ids[10], ids[11]})));
+  using Letter = std::pair<std::string, std::string>;
+  EXPECT_EQ(DeadLetters(Events(kLagoSinkRejectedV1)),
+            (std::vector<Letter>{{ids[10], "server_error"}, {ids[11], "server_error"}}));
+  EXPECT_EQ(sink_->GetStatus().checkpoint, ledger_->Head());
+}
+
+// An outage of 500s while an event is under suspicion: the probes fail and become suspects too,
+// but confirm nothing. After it, only the event Lago always fails is dead-lettered; the suspects
+// of the outage are delivered once they are accepted alone.
+TEST_F(LagoSinkTest, AnOutageWhileAnEventIsSuspectedDeadLettersOnlyThatEvent) {
+  FakeLago lago;
+  Append(60);
+  const std::vector<std::string> ids = UsageIds();
+  lago.FailTransaction(ids[10]);
+  LagoSinkOptions options = FastOptions();
+  options.retry_backoff_ms_max = 20;
+  options.server_error_dead_letter_after_ms = 300;
+  StartSink(lago.url(), options);
+  ASSERT_TRUE(lago.WaitForStored(11, std::chrono::seconds(30)));  // a first probe accepted
+  lago.InjectFault(FakeLago::Fault::kServerError, 100);
+  ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
+  EXPECT_TRUE(CountedExactlyOnce(lago, Without(ids, {ids[10]})));
+  using Letter = std::pair<std::string, std::string>;
+  EXPECT_EQ(DeadLetters(Events(kLagoSinkRejectedV1)),
+            (std::vector<Letter>{{ids[10], "server_error"}}));
+}
+
+// A restart while an event is under suspicion: the probes sent before it reached Lago, so Lago
+// answers 422 value_already_exist to the first ones after the restart. Those are settled as
+// delivered and confirm the failure like an accepted probe (they reset it forever before).
+TEST_F(LagoSinkTest, AFailingEventIsDeadLetteredAfterARestartWhoseProbesLagoHasAlready) {
+  FakeLago lago;
+  Append(60);
+  lago.FailTransaction(UsageIds()[10]);
+  LagoSinkOptions options = FastOptions();
+  options.retry_backoff_ms_max = 20;
+  options.server_error_dead_letter_after_ms = 60'000;
+  StartSink(lago.url(), options);
+  // The ten before it, then five probes accepted after it.
+  ASSERT_TRUE(lago.WaitForStored(15, std::chrono::seconds(30)));
+  StopSink().IgnoreError();  // the failing event is still pending
+  EXPECT_EQ(Events(kLagoSinkRejectedV1).size(), 0u);
+
+  options.server_error_dead_letter_after_ms = 300;
+  Append(20);
+  StartSink(lago.url(), options);
+  ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
+  const std::vector<std::string> ids = UsageIds();
+  EXPECT_TRUE(CountedExactlyOnce(lago, Without(ids, {ids[10]})));
+  EXPECT_GE(sink_->metrics().events_already_present.Value(), 1u);
+  using Letter = std::pair<std::string, std::string>;
+  EXPECT_EQ(DeadLetters(Events(kLagoSinkRejectedV1)),
+            (std::vector<Letter>{{ids[10], "server_error"}}));
+}
+
+// The event after a failing one is refused by Lago for itself (422): the probe is dead-lettered
+// as a refused event, counts as handled, and the failing event is dead-lettered after the
+// timeout.
+TEST_F(LagoSinkTest, AFailingEventFollowedByARefusedOneAreBothDeadLettered) {
+  FakeLago lago;
+  Append(60);
+  const std::vector<std::string> ids = UsageIds();
+  lago.FailTransaction(ids[10]);
+  lago.RejectTransaction(ids[11]);
+  LagoSinkOptions options = FastOptions();
+  options.retry_backoff_ms_max = 20;
+  options.server_error_dead_letter_after_ms = 300;
+  StartSink(lago.url(), options);
+  ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
+  EXPECT_TRUE(CountedExactlyOnce(lago, Without(ids, {ids[10], ids[11]})));
+  using Letter = std::pair<std::string, std::string>;
+  EXPECT_EQ(DeadLetters(Events(kLagoSinkRejectedV1)),
+            (std::vector<Letter>{{ids[11], "validation_errors"}, {ids[10], "server_error"}}));
+}
+
+// The event after a failing one cannot be mapped: it is dead-lettered without sending and the
+// probe goes to the one after it.
+TEST_F(LagoSinkTest, AFailingEventFollowedByAnUnmappableOneAreBothDeadLettered) {
+  FakeLago lago;
+  class Malformed final : public Command {
+   public:
+    Status Decide(const DecideContext&, Decision* decision) override {
+      decision->events.push_back(NewEvent{"usage.recorded.v1", "x", R"({"user_id":"x"})"});
+      decision->body = "{}";
+      return Status::OK();
+    }
+  } malformed;
+  Append(11, /*noise=*/false);
+  ASSERT_TRUE(ledger_->Submit(&malformed).status.ok());
+  Append(30, /*noise=*/false);
+  const std::vector<std::string> ids = UsageIds();
+  lago.FailTransaction(ids[10]);
+  LagoSinkOptions options = FastOptions();
+  options.retry_backoff_ms_max = 20;
+  options.server_error_dead_letter_after_ms = 300;
+  StartSink(lago.url(), options);
+  ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
+  EXPECT_TRUE(CountedExactlyOnce(lago, Without(ids, {ids[10], ids[11]})));
+  using Letter = std::pair<std::string, std::string>;
+  EXPECT_EQ(DeadLetters(Events(kLagoSinkRejectedV1)),
+            (std::vector<Letter>{{ids[11], "unmappable"}, {ids[10], "server_error"}}));
+  check_schemas_ = false;  // the malformed usage event is malformed on purpose
+}
+
 // A Retry-After counts from the answer, not from when the request was sent: a 429 that took
 // 800 ms to come is not retried 200 ms after it.
 TEST_F(LagoSinkTest, RetryAfterCountsFromTheAnswer) {
