@@ -251,6 +251,22 @@ std::string_view TextMember(const rapidjson::Value& object, const char* name) {
   return std::string_view(it->value.GetString(), it->value.GetStringLength());
 }
 
+// Unix seconds with the milliseconds as a decimal fraction, trailing zeros dropped
+// ("1795341605.25", "1795341605"), written from the integer: exact, and the same text on every
+// re-send. Lago reads it with Float() and keeps the milliseconds, which place usage just after a
+// plan change in the same second under the new subscription.
+std::string LagoTimestamp(int64_t ms) {
+  const uint64_t magnitude = ms < 0 ? 0 - static_cast<uint64_t>(ms) : static_cast<uint64_t>(ms);
+  std::string out = (ms < 0 ? "-" : "") + std::to_string(magnitude / 1000);
+  if (uint64_t fraction = magnitude % 1000; fraction != 0) {
+    std::string digits = std::to_string(fraction);
+    digits.insert(0, 3 - digits.size(), '0');
+    while (digits.back() == '0') digits.pop_back();
+    out += "." + digits;
+  }
+  return out;
+}
+
 // The Lago event of one piece of usage: `usage` is a usage.recorded.v1's data or a
 // usage.batch_recorded.v1 item (same field names). Empty `*json` and `*why` set when it lacks
 // service or quantity.
@@ -265,10 +281,12 @@ void WriteLagoEvent(std::string_view transaction_id, std::string_view user_id,
     *why = "usage needs a service and a quantity";
     return;
   }
-  int64_t timestamp_s = append_time_us / 1'000'000;
+  int64_t timestamp_ms =
+      append_time_us >= 0 ? append_time_us / 1000 : (append_time_us - 999) / 1000;
   if (std::optional<int64_t> ms = projections::ParseLagoTimeMs(TextMember(usage, "occurred_at"))) {
-    timestamp_s = *ms >= 0 ? *ms / 1000 : (*ms - 999) / 1000;
+    timestamp_ms = *ms;
   }
+  const std::string timestamp = LagoTimestamp(timestamp_ms);
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);
   w.StartObject();
@@ -279,7 +297,7 @@ void WriteLagoEvent(std::string_view transaction_id, std::string_view user_id,
   w.Key("code");
   WriteString(&w, options.billable_metric_code);
   w.Key("timestamp");
-  w.Int64(timestamp_s);
+  w.RawValue(timestamp.data(), timestamp.size(), rapidjson::kNumberType);
   w.Key("properties");
   w.StartObject();
   w.Key("service");

@@ -21,8 +21,11 @@
 //                              so a re-send after a crash carries the same
 //                              (external_subscription_id, transaction_id), Lago's dedupe key.
 //   code                     = billable_metric_code (LAGO_BILLABLE_METRIC_CODE, "api_calls")
-//   timestamp                = occurred_at in Unix seconds (when the usage happened; the
-//                              item's own occurred_at for a batch item)
+//   timestamp                = occurred_at in Unix seconds, its milliseconds as a decimal
+//                              fraction ("1795341605.25": Lago's precision, read with Float();
+//                              exact text from the integer milliseconds, so a re-send is the
+//                              same) -- when the usage happened (the item's own occurred_at for
+//                              a batch item; the append time when there is none)
 //   properties               = {service, quantity} plus the usage's (item's) flat `metadata`
 //                              members (service and quantity win over metadata of the same name)
 //   (user_id comes from the event's data; a batch item's other fields from the item.)

@@ -254,8 +254,21 @@ TEST(LagoSinkMappingTest, UsageBecomesALagoEvent) {
   EXPECT_EQ(
       json,
       R"({"transaction_id":"0f8fad5b-d9cb-469f-a165-70867728950e",)"
-      R"("external_subscription_id":"sub-alice","code":"llm_calls","timestamp":1795341605,)"
+      R"("external_subscription_id":"sub-alice","code":"llm_calls","timestamp":1795341605.999,)"
       R"("properties":{"service":"chat","quantity":7,"model":"gpt-x","tokens":12,"ok":true}})");
+
+  // The timestamp keeps occurred_at's milliseconds (Lago's precision), as exact decimal text
+  // without trailing zeros; whole seconds have no fraction.
+  for (const auto& [occurred_at, timestamp] :
+       std::vector<std::pair<std::string, std::string>>{{"10:00:05.250000Z", "1795341605.25"},
+                                                        {"10:00:05.001Z", "1795341605.001"},
+                                                        {"10:00:05.1Z", "1795341605.1"},
+                                                        {"10:00:05Z", "1795341605"}}) {
+    event.data = R"({"user_id":"alice","service":"chat","quantity":7,"occurred_at":"2026-11-22T)" +
+                 occurred_at + R"("})";
+    ASSERT_TRUE(UsageToLagoEvent(event, options, &json, &user).ok());
+    EXPECT_NE(json.find(R"("timestamp":)" + timestamp + ","), std::string::npos) << json;
+  }
 
   // Without occurred_at the append time is the usage time.
   event.data = R"({"user_id":"bob","service":"tts","quantity":1})";
@@ -298,7 +311,8 @@ TEST(LagoSinkMappingTest, EveryBatchItemBecomesALagoEventWithItsIndexInTheTransa
   EXPECT_EQ(mapped[0].user_id, "alice");
   EXPECT_EQ(mapped[0].json,
             R"({"transaction_id":"0f8fad5b-d9cb-469f-a165-70867728950e:0",)"
-            R"("external_subscription_id":"sub-alice","code":"api_calls","timestamp":1795341605,)"
+            R"("external_subscription_id":"sub-alice","code":"api_calls",)"
+            R"("timestamp":1795341605.999,)"
             R"("properties":{"service":"chat","quantity":7,"model":"gpt-x"}})");
   EXPECT_EQ(mapped[1].json,
             R"({"transaction_id":"0f8fad5b-d9cb-469f-a165-70867728950e:1",)"
@@ -377,7 +391,9 @@ TEST_F(LagoSinkTest, DeliversEveryUsageEventExactlyOnceInBatchesOfAtMost100) {
     EXPECT_EQ(stored[i].code, "api_calls");
     EXPECT_EQ(stored[i].service, data["service"].GetString());
     EXPECT_EQ(stored[i].quantity, data["quantity"].GetInt64());
-    EXPECT_EQ(stored[i].timestamp, 1795341600 + static_cast<int64_t>(i % 10));
+    // occurred_at ...T10:00:0<i % 10>.250000Z: Lago gets the milliseconds.
+    EXPECT_EQ(stored[i].timestamp_ms, (1795341600 + static_cast<int64_t>(i % 10)) * 1000 + 250);
+    EXPECT_EQ(stored[i].timestamp_json, std::to_string(1795341600 + i % 10) + ".25");
   }
 
   // New usage is sent as it is appended (the commit listener wakes the sink).
@@ -903,7 +919,7 @@ TEST_F(LagoSinkTest, DeliversEveryItemOfBatchEventsExactlyOnce) {
     EXPECT_EQ(s.external_subscription_id, "alice");
     EXPECT_EQ(s.service, item["service"].GetString());
     EXPECT_EQ(s.quantity, item["quantity"].GetInt64());
-    EXPECT_EQ(s.timestamp, 1795345200 + static_cast<int64_t>(i % 10));
+    EXPECT_EQ(s.timestamp_ms, (1795345200 + static_cast<int64_t>(i % 10)) * 1000 + 500);
     EXPECT_EQ(s.properties.find("\"model\"") != std::string::npos, item.HasMember("metadata"));
   }
   EXPECT_EQ(sink_->metrics().events_delivered.Value(), ids.size());

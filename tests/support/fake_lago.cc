@@ -6,6 +6,7 @@
 #include <rapidjson/writer.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <optional>
 #include <sstream>
@@ -46,22 +47,27 @@ bool NonEmptyString(const rapidjson::Value& event, const char* name) {
   return it != event.MemberEnd() && it->value.IsString() && it->value.GetStringLength() > 0;
 }
 
-// Lago: Time.zone.at(Float(timestamp)); we accept what Float() would.
-bool ReadTimestamp(const rapidjson::Value& event, int64_t* out) {
+// Lago: Time.zone.at(Float(timestamp)); we accept what Float() would (an integer, a number with
+// a fraction, a numeric string). `*ms`: the time in Unix milliseconds (rounded).
+bool ReadTimestamp(const rapidjson::Value& event, int64_t* ms) {
   auto it = event.FindMember("timestamp");
   if (it == event.MemberEnd()) return false;
   if (it->value.IsInt64()) {
-    *out = it->value.GetInt64();
+    *ms = it->value.GetInt64() * 1000;
     return true;
   }
-  if (it->value.IsString()) {
+  double v = 0;
+  if (it->value.IsNumber()) {
+    v = it->value.GetDouble();
+  } else if (it->value.IsString()) {
     char* end = nullptr;
-    double v = std::strtod(it->value.GetString(), &end);
+    v = std::strtod(it->value.GetString(), &end);
     if (end == it->value.GetString() || *end != '\0') return false;
-    *out = static_cast<int64_t>(v);
-    return true;
+  } else {
+    return false;
   }
-  return false;
+  *ms = std::llround(v * 1000);
+  return true;
 }
 
 // The per-event errors Lago's validation would give, as a JSON object; "" when valid.
@@ -98,7 +104,9 @@ FakeLago::StoredEvent ToStored(const rapidjson::Value& event) {
   s.transaction_id = event["transaction_id"].GetString();
   s.external_subscription_id = event["external_subscription_id"].GetString();
   s.code = event["code"].GetString();
-  ReadTimestamp(event, &s.timestamp);
+  ReadTimestamp(event, &s.timestamp_ms);
+  s.timestamp = s.timestamp_ms >= 0 ? s.timestamp_ms / 1000 : (s.timestamp_ms - 999) / 1000;
+  s.timestamp_json = Compact(event["timestamp"]);
   const rapidjson::Value& properties = event["properties"];
   s.service = properties["service"].GetString();
   s.quantity = properties["quantity"].GetInt64();

@@ -10,8 +10,9 @@
 //   2. `Authorization: Bearer <the key>` (401 otherwise) and `Content-Type: application/json`;
 //   3. the body: a JSON object with `events`, 1..100 of them (422 no_events / too_many_events);
 //      every event needs transaction_id, external_subscription_id, code (non-empty strings),
-//      timestamp (integer seconds, or a numeric string as Lago accepts) and properties (an object
-//      with `service` (string) and `quantity` (integer) -- what ledgerd's contract sends): 422
+//      timestamp (seconds, a fraction allowed, or a numeric string: what Lago's Float() takes)
+//      and properties (an object with `service` (string) and `quantity` (integer) -- what
+//      ledgerd's contract sends): 422
 //      validation_errors with error_details {"<index>": {"<field>": ["value_is_mandatory"...]}};
 //      RejectTransaction() makes one transaction id invalid the same way (a poisoned event),
 //      FailTransaction() makes every batch holding it a 500;
@@ -81,7 +82,9 @@ class FakeLago {
     std::string transaction_id;
     std::string external_subscription_id;
     std::string code;
-    int64_t timestamp = 0;
+    int64_t timestamp = 0;     // Unix seconds (the fraction cut off)
+    int64_t timestamp_ms = 0;  // Unix milliseconds
+    std::string timestamp_json;  // as received, compact JSON (a number re-written by rapidjson)
     std::string service;
     int64_t quantity = 0;
     std::string properties;  // compact JSON
