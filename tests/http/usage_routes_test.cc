@@ -541,6 +541,10 @@ TEST_F(UsageRoutesTest, TrialWindowRollsOverAtUtcMidnightAndExpiresAfterSevenDay
   HttpReply access = Client(Token("t1")).Post(check, "");
   ASSERT_EQ(access.status, 200) << access.body;
   EXPECT_TRUE(access.Json()["allowed"].GetBool()) << access.body;
+  HttpReply summary = Client(Token("t1")).Get(kSummary);
+  ASSERT_EQ(summary.status, 200) << summary.body;
+  EXPECT_TRUE(summary.Json()["has_access"].GetBool()) << summary.body;
+  EXPECT_TRUE(summary.Json()["reason"].IsNull()) << summary.body;
   const int64_t midnight = pj::UtcDayStart(kStripeT0) + kDay;
   EXPECT_EQ(r.Header("Retry-After"), std::to_string(midnight - NowSeconds()));
   EXPECT_EQ(r.Header("X-RateLimit-Limit"), "100");
@@ -565,6 +569,13 @@ TEST_F(UsageRoutesTest, TrialWindowRollsOverAtUtcMidnightAndExpiresAfterSevenDay
   ASSERT_EQ(access.status, 200);
   EXPECT_FALSE(access.Json()["has_access"].GetBool()) << access.body;
   EXPECT_STREQ(access.Json()["access_ended"].GetString(), "trial_exhausted");
+  // And so does the summary (it said has_access: true, reason null).
+  summary = Client(Token("t1")).Get(kSummary);
+  ASSERT_EQ(summary.status, 200) << summary.body;
+  EXPECT_FALSE(summary.Json()["has_access"].GetBool()) << summary.body;
+  ASSERT_TRUE(summary.Json()["reason"].IsString()) << summary.body;
+  EXPECT_STREQ(summary.Json()["reason"].GetString(), "trial_exhausted");
+  EXPECT_EQ(summary.Json()["current"]["remaining"].GetInt64(), 0) << summary.body;
   clock_.Set((kStripeT0 + 7 * kDay) * kUs);
   ExpectProblem(Consume("t1", "chat", "d7"), 402, "trial_expired");
   // my-access says the trial grants nothing any more (its status at Stripe is still trialing).
