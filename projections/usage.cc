@@ -24,7 +24,9 @@ constexpr char kCounterPrefix[] = "c/";
 constexpr char kTimeIndexPrefix[] = "t/";
 constexpr char kDedupePrefix[] = "k/";
 constexpr char kEpochKey[] = "e";
-constexpr uint8_t kCounterFormatVersion = 1;
+// 2: thresholds announced per limit (a list); 1: for the last limit only (read, never written).
+constexpr uint8_t kCounterFormatVersion = 2;
+constexpr uint8_t kCounterFormatVersionOneLimit = 1;
 constexpr int64_t kMicrosPerSecond = 1'000'000;
 constexpr int64_t kBillingPeriodOneWindowMaxSeconds = kUsageWindowSecondsMax;
 
@@ -648,11 +650,7 @@ Status ApplyThreshold(const rapidjson::Value& data, const StateReader& state, Ro
   UsageCounter counter;
   bool existed = false;
   LEDGER_RETURN_IF_ERROR(LoadCounter(state, w.user_id, w.window, &counter, &existed));
-  if (counter.thresholds_limit != limit) {
-    counter.thresholds = 0;
-    counter.thresholds_limit = limit;
-  }
-  counter.thresholds |= percent == 80 ? kThreshold80 : kThreshold100;
+  counter.Announce(limit, percent == 80 ? kThreshold80 : kThreshold100);
   return StoreCounter(w.user_id, w.window, existed, counter, rows);
 }
 
@@ -664,8 +662,7 @@ Status ApplyReset(const rapidjson::Value& data, const StateReader& state, RowWri
   LEDGER_RETURN_IF_ERROR(LoadCounter(state, w.user_id, w.window, &counter, &existed));
   counter.used = 0;
   counter.services.clear();
-  counter.thresholds = 0;
-  counter.thresholds_limit = 0;
+  counter.announced.clear();
   counter.resets += 1;
   return StoreCounter(w.user_id, w.window, existed, counter, rows);
 }
@@ -734,21 +731,19 @@ NewEvent RecordedEvent(const RecordFields& f) {
   return NewEvent{std::string(kUsageRecordedV1), std::string(f.user_id), Done(buf)};
 }
 
-// Appends the threshold events `used_after` reaches in `counter`'s window (for `limit`), and
-// marks them in `counter` the way the fold will.
+// Appends the threshold events `used_after` reaches in `counter`'s window (for `limit`) that
+// were not announced for that limit yet, and marks them in `counter` the way the fold will
+// (UsageCounter::Announce, event by event).
 size_t AppendThresholdEvents(const RecordFields& f, UsageCounter* counter,
                              std::vector<NewEvent>* events) {
   if (!f.limit) return 0;
   const int64_t limit = *f.limit;
-  if (counter->thresholds_limit != limit) {
-    counter->thresholds = 0;
-    counter->thresholds_limit = limit;
-  }
   size_t appended = 0;
   for (int percent : {80, 100}) {
     const uint8_t bit = percent == 80 ? kThreshold80 : kThreshold100;
-    if ((counter->thresholds & bit) != 0 || f.used_after < ThresholdCalls(limit, percent)) continue;
-    counter->thresholds |= bit;
+    const bool announced = (counter->AnnouncedFor(limit) & bit) != 0;
+    if (announced || f.used_after < ThresholdCalls(limit, percent)) continue;
+    counter->Announce(limit, bit);
     rapidjson::StringBuffer buf;
     JsonWriter w(buf);
     w.StartObject();
@@ -1126,17 +1121,40 @@ std::string UsageDedupeKey(std::string_view user_id, std::string_view idempotenc
   return key;
 }
 
+uint8_t UsageCounter::AnnouncedFor(int64_t for_limit) const {
+  for (const AnnouncedThresholds& a : announced) {
+    if (a.limit == for_limit) return a.bits;
+  }
+  return 0;
+}
+
+void UsageCounter::Announce(int64_t for_limit, uint8_t bits) {
+  uint8_t had = 0;
+  for (auto it = announced.begin(); it != announced.end(); ++it) {
+    if (it->limit == for_limit) {
+      had = it->bits;
+      announced.erase(it);
+      break;
+    }
+  }
+  announced.push_back(AnnouncedThresholds{for_limit, static_cast<uint8_t>(had | bits)});
+  if (announced.size() > kUsageAnnouncedLimitsMax) announced.erase(announced.begin());
+}
+
 std::string EncodeUsageCounter(const UsageCounter& c) {
   std::string v;
-  v.reserve(64 + c.services.size() * 24);
+  v.reserve(64 + c.announced.size() * 9 + c.services.size() * 24);
   v.push_back(static_cast<char>(kCounterFormatVersion));
   PutI64(&v, c.window_end_s);
   v.push_back(static_cast<char>(c.kind));
   PutI64(&v, c.used);
   v.push_back(c.limit ? 1 : 0);
   PutI64(&v, c.limit.value_or(0));
-  v.push_back(static_cast<char>(c.thresholds));
-  PutI64(&v, c.thresholds_limit);
+  v.push_back(static_cast<char>(c.announced.size()));
+  for (const AnnouncedThresholds& a : c.announced) {
+    PutI64(&v, a.limit);
+    v.push_back(static_cast<char>(a.bits));
+  }
   PutI64(&v, c.resets);
   PutI64(&v, c.recorded);
   PutFixed32BE(&v, static_cast<uint32_t>(c.services.size()));
@@ -1149,19 +1167,42 @@ std::string EncodeUsageCounter(const UsageCounter& c) {
 
 Status DecodeUsageCounter(std::string_view in, UsageCounter* out) {
   *out = UsageCounter();
-  uint8_t version = 0, kind = 0, has_limit = 0, thresholds = 0;
+  const auto malformed = [] { return Status::Corruption("malformed usage counter row"); };
+  constexpr uint8_t kAllThresholds = kThreshold80 | kThreshold100;
+  uint8_t version = 0, kind = 0, has_limit = 0;
   int64_t limit = 0;
-  if (!GetU8(&in, &version) || version != kCounterFormatVersion ||
+  if (!GetU8(&in, &version) ||
+      (version != kCounterFormatVersion && version != kCounterFormatVersionOneLimit) ||
       !GetI64(&in, &out->window_end_s) || !GetU8(&in, &kind) ||
       kind > static_cast<uint8_t>(WindowKind::kCalendarMonth) || !GetI64(&in, &out->used) ||
-      !GetU8(&in, &has_limit) || !GetI64(&in, &limit) || !GetU8(&in, &thresholds) ||
-      !GetI64(&in, &out->thresholds_limit) || !GetI64(&in, &out->resets) ||
-      !GetI64(&in, &out->recorded) || in.size() < 4) {
-    return Status::Corruption("malformed usage counter row");
+      !GetU8(&in, &has_limit) || !GetI64(&in, &limit)) {
+    return malformed();
+  }
+  if (version == kCounterFormatVersionOneLimit) {
+    // A row written before announcements were kept per limit: those of its last limit.
+    uint8_t bits = 0;
+    int64_t bits_limit = 0;
+    if (!GetU8(&in, &bits) || (bits & ~kAllThresholds) != 0 || !GetI64(&in, &bits_limit)) {
+      return malformed();
+    }
+    if (bits != 0) out->announced.push_back(AnnouncedThresholds{bits_limit, bits});
+  } else {
+    uint8_t count = 0;
+    if (!GetU8(&in, &count) || count > kUsageAnnouncedLimitsMax) return malformed();
+    for (uint8_t i = 0; i < count; ++i) {
+      AnnouncedThresholds a;
+      if (!GetI64(&in, &a.limit) || !GetU8(&in, &a.bits) || a.bits == 0 ||
+          (a.bits & ~kAllThresholds) != 0) {
+        return malformed();
+      }
+      out->announced.push_back(a);
+    }
+  }
+  if (!GetI64(&in, &out->resets) || !GetI64(&in, &out->recorded) || in.size() < 4) {
+    return malformed();
   }
   out->kind = static_cast<WindowKind>(kind);
   if (has_limit != 0) out->limit = limit;
-  out->thresholds = thresholds;
   uint32_t n = DecodeFixed32BE(in.data());
   in.remove_prefix(4);
   for (uint32_t i = 0; i < n; ++i) {

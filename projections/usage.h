@@ -30,9 +30,11 @@
 // nothing and stores no idempotency record (a retry is evaluated again). An admitted consume
 // appends usage.recorded.v1 and, when the window's total reaches ceil(limit × 80 / 100) or the
 // limit, usage.threshold_reached.v1 — once per (window, limit, threshold): the counter row keeps
-// which thresholds were announced for which limit; an admin reset (usage.window_reset.v1) clears
-// them, so they can be announced again in the same window, and so does a change of the window's
-// limit (plan change within one window).
+// which thresholds were announced for which limits (the last kUsageAnnouncedLimitsMax limits it
+// announced for), so a window whose limit changes (an admin edits the plan, or the user changes
+// plans within it) announces the new limit's thresholds once, and a limit it returns to is not
+// announced again; an admin reset (usage.window_reset.v1) clears them, so they can be announced
+// again in the same window.
 //
 // Batch (RecordUsageBatch): up to limits::kUsageBatchItemsMax items for any users, recorded
 // without enforcement (no access, service or quota check) into the window each item's time falls
@@ -154,21 +156,43 @@ Status ComputeUsageTerms(const Plan* plan, const SubscriptionRecord* subscriptio
 // ---------------------------------------------------------------------------------------------
 // Counters (the fold's rows)
 
+inline constexpr uint8_t kThreshold80 = 1;
+inline constexpr uint8_t kThreshold100 = 2;
+
+// The thresholds announced in a window for one limit.
+struct AnnouncedThresholds {
+  int64_t limit = 0;
+  uint8_t bits = 0;  // kThreshold80 | kThreshold100
+  bool operator==(const AnnouncedThresholds&) const = default;
+};
+
+// How many limits a window remembers its announcements for. A window's limit changes only when
+// an admin edits the plan or the user changes plans within it, so a few cover every real case;
+// past the bound the limit announced for longest ago is forgotten, and its thresholds may be
+// announced again if the window returns to it.
+inline constexpr size_t kUsageAnnouncedLimitsMax = 8;
+
 struct UsageCounter {
   int64_t window_end_s = 0;
   WindowKind kind = WindowKind::kCalendarMonth;
   int64_t used = 0;                    // since the window started or was last reset
   std::optional<int64_t> limit;        // of the last record
-  uint8_t thresholds = 0;              // bit 0: 80% announced, bit 1: 100% announced ...
-  int64_t thresholds_limit = 0;        // ... for this limit (another limit: none announced)
+  // The thresholds announced since the window started or was last reset, per limit, the limit
+  // announced for most recently last (at most kUsageAnnouncedLimitsMax). Per limit, not just for
+  // the last one: a limit edited from 10,000 to 9,000 and back must not announce "80% of
+  // 10,000" twice in one window.
+  std::vector<AnnouncedThresholds> announced;
   int64_t resets = 0;
   int64_t recorded = 0;                // everything ever recorded in the window (resets ignored)
   std::map<std::string, int64_t, std::less<>> services;  // used per service (reset with `used`)
+
+  // The thresholds announced for `limit` (0: none).
+  uint8_t AnnouncedFor(int64_t limit) const;
+  // Marks `bits` announced for `limit` (the limit becomes the most recent; the oldest is
+  // dropped past kUsageAnnouncedLimitsMax).
+  void Announce(int64_t limit, uint8_t bits);
   bool operator==(const UsageCounter&) const = default;
 };
-
-inline constexpr uint8_t kThreshold80 = 1;
-inline constexpr uint8_t kThreshold100 = 2;
 
 std::string UsageCounterKey(std::string_view user_id, int64_t window_start_s);
 std::string UsageDedupeKey(std::string_view user_id, std::string_view idempotency_key);

@@ -179,8 +179,7 @@ TEST(UsageCounterTest, EncodingRoundTripsAndRejectsGarbage) {
   c.kind = WindowKind::kTrialDay;
   c.used = 99;
   c.limit = 100;
-  c.thresholds = kThreshold80;
-  c.thresholds_limit = 100;
+  c.announced = {{100, kThreshold80}, {90, kThreshold80 | kThreshold100}};
   c.resets = 2;
   c.recorded = 250;
   c.services = {{"chat", 90}, {"ops-center", 9}};
@@ -191,6 +190,56 @@ TEST(UsageCounterTest, EncodingRoundTripsAndRejectsGarbage) {
   EXPECT_TRUE(DecodeUsageCounter(bytes.substr(0, bytes.size() - 1), &back).IsCorruption());
   EXPECT_TRUE(DecodeUsageCounter(bytes + "x", &back).IsCorruption());
   EXPECT_TRUE(DecodeUsageCounter("", &back).IsCorruption());
+}
+
+TEST(UsageCounterTest, ARowOfTheOneLimitFormatReadsAsThatLimitsAnnouncements) {
+  // Version 1 kept the thresholds of the last limit announced for only.
+  auto v1 = [](uint8_t bits, int64_t bits_limit) {
+    std::string v(1, '\x01');
+    PutFixed64BE(&v, 12345);  // window end
+    v.push_back(static_cast<char>(WindowKind::kDay));
+    PutFixed64BE(&v, 9);  // used
+    v.push_back(1);
+    PutFixed64BE(&v, 10);  // limit
+    v.push_back(static_cast<char>(bits));
+    PutFixed64BE(&v, static_cast<uint64_t>(bits_limit));
+    PutFixed64BE(&v, 0);   // resets
+    PutFixed64BE(&v, 9);   // recorded
+    PutFixed32BE(&v, 0);   // services
+    return v;
+  };
+  UsageCounter c;
+  ASSERT_TRUE(DecodeUsageCounter(v1(kThreshold80, 10), &c).ok());
+  EXPECT_EQ(c.used, 9);
+  EXPECT_EQ(c.announced, (std::vector<AnnouncedThresholds>{{10, kThreshold80}}));
+  ASSERT_TRUE(DecodeUsageCounter(v1(0, 0), &c).ok());
+  EXPECT_TRUE(c.announced.empty());
+  EXPECT_TRUE(DecodeUsageCounter(v1(4, 10), &c).IsCorruption());
+}
+
+TEST(UsageCounterTest, AnnouncementsAreKeptPerLimitForTheLastFewLimits) {
+  UsageCounter c;
+  c.Announce(10, kThreshold80);
+  c.Announce(9, kThreshold80);
+  c.Announce(9, kThreshold100);
+  c.Announce(10, kThreshold100);
+  EXPECT_EQ(c.AnnouncedFor(10), kThreshold80 | kThreshold100);
+  EXPECT_EQ(c.AnnouncedFor(9), kThreshold80 | kThreshold100);
+  EXPECT_EQ(c.AnnouncedFor(8), 0);
+  EXPECT_EQ(c.announced.back().limit, 10);  // the most recent last
+  // Past the bound, the limit announced for longest ago is forgotten (9, not 10).
+  for (size_t i = 2; i < kUsageAnnouncedLimitsMax; ++i) {
+    c.Announce(100 + static_cast<int64_t>(i), kThreshold80);
+  }
+  ASSERT_EQ(c.announced.size(), kUsageAnnouncedLimitsMax);
+  c.Announce(10, kThreshold80);
+  c.Announce(1000, kThreshold80);
+  EXPECT_EQ(c.announced.size(), kUsageAnnouncedLimitsMax);
+  EXPECT_EQ(c.AnnouncedFor(9), 0);
+  EXPECT_EQ(c.AnnouncedFor(10), kThreshold80 | kThreshold100);
+  UsageCounter back;
+  ASSERT_TRUE(DecodeUsageCounter(EncodeUsageCounter(c), &back).ok());
+  EXPECT_EQ(back, c);
 }
 
 // ---- the fold: usage.batch_recorded.v1 ----------------------------------------------------------
@@ -292,7 +341,7 @@ TEST(UsageFoldTest, ABatchEventHasExactlyTheEffectOfItsItemsAsRecordedEvents) {
   EXPECT_EQ(c1.recorded, 13);
   EXPECT_EQ(c1.limit, 20);
   EXPECT_EQ(c1.services, (std::map<std::string, int64_t, std::less<>>{{"chat", 12}, {"tts", 1}}));
-  EXPECT_EQ(c1.thresholds, kThreshold80);  // announced for limit 10; the fold only records that
+  EXPECT_EQ(c1.AnnouncedFor(10), kThreshold80);  // announced for 10; the fold only records that
   ASSERT_TRUE(GetUsageCounter(batched, "u", At("2025-07-15T15:06:40Z"), &c2).ok());
   EXPECT_EQ(c2.used, 3);
   EXPECT_FALSE(c2.limit);
@@ -413,7 +462,56 @@ TEST_F(UsageDeciderTest, AllowsExactlyTheLimitThenQuotaExceededWithThresholdsOnc
   UsageCounter c = Counter("u1", kStripeT0);
   EXPECT_EQ(c.used, 10);
   EXPECT_EQ(c.services.at("chat"), 10);
-  EXPECT_EQ(c.thresholds, kThreshold80 | kThreshold100);
+  EXPECT_EQ(c.AnnouncedFor(10), kThreshold80 | kThreshold100);
+}
+
+// An admin edits the plan's limit within a window and back: each (limit, threshold) is announced
+// once in the window. The counter kept the last limit's announcements only, so going back to 10
+// announced "80% of 10" a second time.
+TEST_F(UsageDeciderTest, ALimitEditedAndRevertedInOneWindowIsNotAnnouncedTwice) {
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "tiny")).ok());
+  const int64_t now = kStripeT0 + 100;
+  auto set_limit = [&](int64_t limit) {
+    PlanInput input;
+    ASSERT_TRUE(ParsePlanInput("{\"api_calls_limit\":" + std::to_string(limit) + "}", "tiny",
+                               &input)
+                    .ok());
+    UpdatePlan update(input, Actor::Admin("root", "root@example.com"));
+    Decision decision;
+    ASSERT_TRUE(world_.Run(&update, now * kUs, &decision).ok());
+  };
+  std::vector<std::pair<int64_t, int>> announced;  // (limit, percent)
+  auto consume = [&](int64_t quantity) {
+    std::vector<Event> events;
+    ASSERT_TRUE(Consume("u1", "chat", Key(), now, quantity, nullptr, &events).ok());
+    for (const Event& e : events) {
+      if (e.type != kUsageThresholdReachedV1) continue;
+      rapidjson::Document d;
+      d.Parse(e.data.c_str());
+      announced.emplace_back(d["limit"].GetInt64(), d["threshold_percent"].GetInt());
+    }
+  };
+  consume(8);  // 80% of 10
+  set_limit(9);
+  consume(1);  // 9 of 9: 80% and 100% of 9
+  set_limit(10);
+  consume(1);  // 10 of 10: 100% of 10 only (its 80% was announced)
+  EXPECT_EQ(announced, (std::vector<std::pair<int64_t, int>>{{10, 80}, {9, 80}, {9, 100},
+                                                             {10, 100}}));
+  UsageCounter c = Counter("u1", kStripeT0);
+  EXPECT_EQ(c.used, 10);
+  EXPECT_EQ(c.AnnouncedFor(10), kThreshold80 | kThreshold100);
+  EXPECT_EQ(c.AnnouncedFor(9), kThreshold80 | kThreshold100);
+
+  // The batch decider keeps the same memory: an item under limit 9 again announces nothing.
+  set_limit(9);
+  UsageBatchItem item{"u1", "chat", 1, Key(), std::nullopt, "", ""};
+  RecordUsageBatch batch({item}, cache_);
+  Decision decision;
+  std::vector<Event> applied;
+  ASSERT_TRUE(world_.Run(&batch, now * kUs, &decision, &applied).ok());
+  ASSERT_EQ(applied.size(), 1u);
+  EXPECT_EQ(applied[0].type, kUsageBatchRecordedV1);
 }
 
 TEST_F(UsageDeciderTest, QuantityCrossingTheLimitIsRefusedWhole) {
@@ -921,7 +1019,7 @@ TEST_F(UsageDeciderTest, ResetRestartsTheWindowAndThresholdsMayFireAgain) {
   EXPECT_EQ(c.used, 0);
   EXPECT_EQ(c.resets, 1);
   EXPECT_EQ(c.recorded, 10);
-  EXPECT_EQ(c.thresholds, 0);
+  EXPECT_TRUE(c.announced.empty());
   std::vector<Event> events;
   ASSERT_TRUE(Consume("u1", "chat", Key(), now, 8, nullptr, &events).ok());
   ASSERT_EQ(events.size(), 2u);  // the 80% threshold again, after the reset
