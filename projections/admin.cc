@@ -601,9 +601,9 @@ Status UsageStatsJson(const StateReader& state, int64_t from_s, int64_t to_s, st
   // one of a subscription renewed on the 27th began last month.
   const int64_t scan_from = from_s - kUsageWindowSecondsMax;
   Status s = ScanUsageWindows(state, scan_from, to_s, [&](int64_t window_start,
-                                                          std::string_view user) {
+                                                          std::string_view user, WindowKind kind) {
     UsageCounter counter;
-    inner = GetUsageCounter(state, user, window_start, &counter);
+    inner = GetUsageCounter(state, user, window_start, kind, &counter);
     if (inner.IsNotFound()) {
       inner = Status::OK();  // an index row without its counter: nothing to count
       return true;

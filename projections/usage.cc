@@ -209,10 +209,13 @@ bool GetU8(std::string_view* in, uint8_t* v) {
   return true;
 }
 
-std::string TimeIndexKey(int64_t window_start_s, std::string_view user_id) {
+// t/<start><user>\0<kind>.
+std::string TimeIndexKey(int64_t window_start_s, std::string_view user_id, WindowKind kind) {
   std::string key(kTimeIndexPrefix);
   PutFixed64BE(&key, static_cast<uint64_t>(window_start_s));
   key.append(user_id);
+  key.push_back('\0');
+  key.push_back(static_cast<char>(kind));
   return key;
 }
 
@@ -223,12 +226,61 @@ std::string CounterPrefix(std::string_view user_id) {
   return key;
 }
 
-// Reads the counter, or a fresh one for `window` (`*existed` false).
+// The keys of a store written before a window's kind was part of them (c/<user>\0<start>,
+// t/<start><user>): the counter of whichever window kind last wrote it. Read as the window of
+// the kind the row names, and moved to the keyed form by the next write of that window.
+std::string StartOnlyCounterKey(std::string_view user_id, int64_t window_start_s) {
+  std::string key = CounterPrefix(user_id);
+  PutFixed64BE(&key, static_cast<uint64_t>(window_start_s));
+  return key;
+}
+std::string StartOnlyTimeIndexKey(int64_t window_start_s, std::string_view user_id) {
+  std::string key(kTimeIndexPrefix);
+  PutFixed64BE(&key, static_cast<uint64_t>(window_start_s));
+  key.append(user_id);
+  return key;
+}
+
+// Whether two windows count in one counter row: the same start and kind. Not the end: it is the
+// last record's (a billing month carried on past its period keeps its counter when the renewal
+// names the same start).
+bool SameCounter(const UsageWindow& a, const UsageWindow& b) {
+  return a.start_s == b.start_s && a.kind == b.kind;
+}
+
+// Where a window's counter row was found.
+enum class CounterStored : uint8_t {
+  kAbsent,
+  kKeyed,      // UsageCounterKey
+  kStartOnly,  // StartOnlyCounterKey, its row naming the window's kind
+};
+
+// The counter of the user's window (start, kind), NotFound when none.
+Status ReadCounter(const StateReader& state, std::string_view user_id, int64_t window_start_s,
+                   WindowKind kind, UsageCounter* out, CounterStored* stored) {
+  *stored = CounterStored::kAbsent;
+  std::string value;
+  Status s = state.Get(kUsageFamily, UsageCounterKey(user_id, window_start_s, kind), &value);
+  if (s.ok()) {
+    LEDGER_RETURN_IF_ERROR(DecodeUsageCounter(value, out));
+    *stored = CounterStored::kKeyed;
+    return Status::OK();
+  }
+  if (!s.IsNotFound()) return s;
+  LEDGER_RETURN_IF_ERROR(
+      state.Get(kUsageFamily, StartOnlyCounterKey(user_id, window_start_s), &value));
+  LEDGER_RETURN_IF_ERROR(DecodeUsageCounter(value, out));
+  if (out->kind != kind) return Status::NotFound("no usage counter for that window");
+  *stored = CounterStored::kStartOnly;
+  return Status::OK();
+}
+
+// Reads the counter, or a fresh one for `window` (`*stored` kAbsent).
 Status LoadCounter(const StateReader& state, std::string_view user_id, const UsageWindow& window,
-                   UsageCounter* out, bool* existed) {
-  Status s = GetUsageCounter(state, user_id, window.start_s, out);
-  *existed = s.ok();
+                   UsageCounter* out, CounterStored* stored) {
+  Status s = ReadCounter(state, user_id, window.start_s, window.kind, out, stored);
   if (s.IsNotFound()) {
+    *stored = CounterStored::kAbsent;
     *out = UsageCounter();
     out->window_end_s = window.end_s;
     out->kind = window.kind;
@@ -237,12 +289,19 @@ Status LoadCounter(const StateReader& state, std::string_view user_id, const Usa
   return s;
 }
 
-Status StoreCounter(std::string_view user_id, const UsageWindow& window, bool existed,
+Status StoreCounter(std::string_view user_id, const UsageWindow& window, CounterStored stored,
                     const UsageCounter& counter, RowWriter* rows) {
-  if (!existed) {
-    LEDGER_RETURN_IF_ERROR(rows->Put(kUsageFamily, TimeIndexKey(window.start_s, user_id), ""));
+  if (stored == CounterStored::kStartOnly) {
+    LEDGER_RETURN_IF_ERROR(
+        rows->Delete(kUsageFamily, StartOnlyCounterKey(user_id, window.start_s)));
+    LEDGER_RETURN_IF_ERROR(
+        rows->Delete(kUsageFamily, StartOnlyTimeIndexKey(window.start_s, user_id)));
   }
-  return rows->Put(kUsageFamily, UsageCounterKey(user_id, window.start_s),
+  if (stored != CounterStored::kKeyed) {
+    LEDGER_RETURN_IF_ERROR(
+        rows->Put(kUsageFamily, TimeIndexKey(window.start_s, user_id, window.kind), ""));
+  }
+  return rows->Put(kUsageFamily, UsageCounterKey(user_id, window.start_s, window.kind),
                    EncodeUsageCounter(counter));
 }
 
@@ -263,8 +322,8 @@ Status ApplyRecorded(const Event& event, const rapidjson::Value& data, const Sta
   LEDGER_RETURN_IF_ERROR(ReadNullableInt(data, "limit", type, &limit));
 
   UsageCounter counter;
-  bool existed = false;
-  LEDGER_RETURN_IF_ERROR(LoadCounter(state, w.user_id, w.window, &counter, &existed));
+  CounterStored stored = CounterStored::kAbsent;
+  LEDGER_RETURN_IF_ERROR(LoadCounter(state, w.user_id, w.window, &counter, &stored));
   counter.window_end_s = w.window.end_s;
   counter.kind = w.window.kind;
   counter.used += quantity;
@@ -276,7 +335,7 @@ Status ApplyRecorded(const Event& event, const rapidjson::Value& data, const Sta
   } else {
     it->second += quantity;
   }
-  LEDGER_RETURN_IF_ERROR(StoreCounter(w.user_id, w.window, existed, counter, rows));
+  LEDGER_RETURN_IF_ERROR(StoreCounter(w.user_id, w.window, stored, counter, rows));
   std::string position;
   PutFixed64BE(&position, event.position.value());
   return rows->Put(kUsageFamily, UsageDedupeKey(w.user_id, key), position);
@@ -587,7 +646,7 @@ Status ApplyBatchRecorded(const Event& event, const StateReader& state, RowWrite
   struct Touched {
     UsageWindow window;
     UsageCounter counter;
-    bool existed = false;
+    CounterStored stored = CounterStored::kAbsent;
   };
   std::vector<Touched> touched;  // the windows the items fall in: one or a few
   size_t last = 0;               // index into `touched` of the previous item's window
@@ -604,15 +663,15 @@ Status ApplyBatchRecorded(const Event& event, const StateReader& state, RowWrite
     if (item.quantity <= 0) return Malformed(type, "quantity must be positive");
     UsageWindow window;
     LEDGER_RETURN_IF_ERROR(windows.Read(item, &window));
-    if (touched.empty() || touched[last].window.start_s != window.start_s) {
+    if (touched.empty() || !SameCounter(touched[last].window, window)) {
       last = touched.size();
       for (size_t i = 0; i < touched.size(); ++i) {
-        if (touched[i].window.start_s == window.start_s) last = i;
+        if (SameCounter(touched[i].window, window)) last = i;
       }
       if (last == touched.size()) {
         touched.emplace_back();
         LEDGER_RETURN_IF_ERROR(
-            LoadCounter(state, user_id, window, &touched[last].counter, &touched[last].existed));
+            LoadCounter(state, user_id, window, &touched[last].counter, &touched[last].stored));
       }
     }
     Touched& t = touched[last];
@@ -634,7 +693,7 @@ Status ApplyBatchRecorded(const Event& event, const StateReader& state, RowWrite
     LEDGER_RETURN_IF_ERROR(rows->Put(kUsageFamily, dedupe_key, position));
   }
   for (const Touched& t : touched) {
-    LEDGER_RETURN_IF_ERROR(StoreCounter(user_id, t.window, t.existed, t.counter, rows));
+    LEDGER_RETURN_IF_ERROR(StoreCounter(user_id, t.window, t.stored, t.counter, rows));
   }
   return Status::OK();
 }
@@ -648,23 +707,23 @@ Status ApplyThreshold(const rapidjson::Value& data, const StateReader& state, Ro
   LEDGER_RETURN_IF_ERROR(ReadInt(data, "limit", type, &limit));
   if (percent != 80 && percent != 100) return Malformed(type, "threshold_percent");
   UsageCounter counter;
-  bool existed = false;
-  LEDGER_RETURN_IF_ERROR(LoadCounter(state, w.user_id, w.window, &counter, &existed));
+  CounterStored stored = CounterStored::kAbsent;
+  LEDGER_RETURN_IF_ERROR(LoadCounter(state, w.user_id, w.window, &counter, &stored));
   counter.Announce(limit, percent == 80 ? kThreshold80 : kThreshold100);
-  return StoreCounter(w.user_id, w.window, existed, counter, rows);
+  return StoreCounter(w.user_id, w.window, stored, counter, rows);
 }
 
 Status ApplyReset(const rapidjson::Value& data, const StateReader& state, RowWriter* rows) {
   EventWindow w;
   LEDGER_RETURN_IF_ERROR(ReadEventWindow(data, kUsageWindowResetV1, &w));
   UsageCounter counter;
-  bool existed = false;
-  LEDGER_RETURN_IF_ERROR(LoadCounter(state, w.user_id, w.window, &counter, &existed));
+  CounterStored stored = CounterStored::kAbsent;
+  LEDGER_RETURN_IF_ERROR(LoadCounter(state, w.user_id, w.window, &counter, &stored));
   counter.used = 0;
   counter.services.clear();
   counter.announced.clear();
   counter.resets += 1;
-  return StoreCounter(w.user_id, w.window, existed, counter, rows);
+  return StoreCounter(w.user_id, w.window, stored, counter, rows);
 }
 
 bool StartsWith(std::string_view s, std::string_view prefix) {
@@ -1107,9 +1166,10 @@ Status ResolveConsumeTerms(const MeteringSubject& subject, int64_t now_s, UsageT
 
 // ---- rows ----------------------------------------------------------------------------------------
 
-std::string UsageCounterKey(std::string_view user_id, int64_t window_start_s) {
+std::string UsageCounterKey(std::string_view user_id, int64_t window_start_s, WindowKind kind) {
   std::string key = CounterPrefix(user_id);
   PutFixed64BE(&key, static_cast<uint64_t>(window_start_s));
+  key.push_back(static_cast<char>(kind));
   return key;
 }
 
@@ -1218,11 +1278,23 @@ Status DecodeUsageCounter(std::string_view in, UsageCounter* out) {
 }
 
 Status GetUsageCounter(const StateReader& state, std::string_view user_id, int64_t window_start_s,
-                       UsageCounter* out) {
-  std::string value;
-  LEDGER_RETURN_IF_ERROR(state.Get(kUsageFamily, UsageCounterKey(user_id, window_start_s), &value));
-  return DecodeUsageCounter(value, out);
+                       WindowKind kind, UsageCounter* out) {
+  CounterStored stored = CounterStored::kAbsent;
+  return ReadCounter(state, user_id, window_start_s, kind, out, &stored);
 }
+
+namespace {
+
+// The window start of a counter key after the user's prefix: 8 bytes, then the kind (a row
+// written before the kind was keyed has none; its row names it).
+bool CounterKeyStart(std::string_view key, size_t prefix_size, int64_t* start_s) {
+  const size_t rest = key.size() - prefix_size;
+  if (rest != 8 && rest != 9) return false;
+  *start_s = static_cast<int64_t>(DecodeFixed64BE(key.data() + prefix_size));
+  return true;
+}
+
+}  // namespace
 
 Status ListUserUsage(const StateReader& state, std::string_view user_id, size_t limit,
                      std::vector<UsageWindowRow>* out) {
@@ -1231,9 +1303,8 @@ Status ListUserUsage(const StateReader& state, std::string_view user_id, size_t 
   Status decode;
   LEDGER_RETURN_IF_ERROR(state.Scan(kUsageFamily, prefix, [&](std::string_view key,
                                                               std::string_view value) {
-    if (key.size() != prefix.size() + 8) return true;
     UsageWindowRow row;
-    row.window_start_s = static_cast<int64_t>(DecodeFixed64BE(key.data() + prefix.size()));
+    if (!CounterKeyStart(key, prefix.size(), &row.window_start_s)) return true;
     decode = DecodeUsageCounter(value, &row.counter);
     if (!decode.ok()) return false;
     out->push_back(std::move(row));
@@ -1245,40 +1316,59 @@ Status ListUserUsage(const StateReader& state, std::string_view user_id, size_t 
   return Status::OK();
 }
 
-Status SumUserUsage(const StateReader& state, std::string_view user_id, int64_t from_s,
-                    int64_t to_s, int64_t* out) {
+Status SumUserUsage(const StateReader& state, std::string_view user_id, WindowKind kind,
+                    int64_t from_s, int64_t to_s, int64_t* out) {
   *out = 0;
   const std::string prefix = CounterPrefix(user_id);
   Status decode;
   LEDGER_RETURN_IF_ERROR(state.Scan(kUsageFamily, prefix, [&](std::string_view key,
                                                               std::string_view value) {
-    if (key.size() != prefix.size() + 8) return true;
-    const int64_t start = static_cast<int64_t>(DecodeFixed64BE(key.data() + prefix.size()));
+    int64_t start = 0;
+    if (!CounterKeyStart(key, prefix.size(), &start)) return true;
     if (start >= to_s) return false;
     if (start < from_s) return true;
     UsageCounter counter;
     decode = DecodeUsageCounter(value, &counter);
     if (!decode.ok()) return false;
-    *out += counter.used;
+    if (counter.kind == kind) *out += counter.used;
     return true;
   }));
   return decode;
 }
 
 Status ScanUsageWindows(const StateReader& state, int64_t from_s, int64_t to_s,
-                        const std::function<bool(int64_t, std::string_view)>& fn) {
+                        const std::function<bool(int64_t, std::string_view, WindowKind)>& fn) {
   // Seeks to the range: the index holds every window since the log began.
   std::string start(kTimeIndexPrefix);
   PutFixed64BE(&start, static_cast<uint64_t>(std::max<int64_t>(from_s, 0)));
-  return state.ScanFrom(kUsageFamily, kTimeIndexPrefix, start,
-                        [&](std::string_view key, std::string_view) {
+  Status inner;
+  Status s = state.ScanFrom(kUsageFamily, kTimeIndexPrefix, start,
+                            [&](std::string_view key, std::string_view) {
     const size_t head = sizeof(kTimeIndexPrefix) - 1;
     if (key.size() < head + 8) return true;
     const int64_t start = static_cast<int64_t>(DecodeFixed64BE(key.data() + head));
     if (start >= to_s) return false;
     if (start < from_s) return true;
-    return fn(start, key.substr(head + 8));
+    std::string_view user = key.substr(head + 8);
+    // <user>\0<kind>; user ids hold no NUL.
+    if (user.size() >= 2 && user[user.size() - 2] == '\0') {
+      const auto kind = static_cast<uint8_t>(user.back());
+      if (kind > static_cast<uint8_t>(WindowKind::kCalendarMonth)) return true;
+      return fn(start, user.substr(0, user.size() - 2), static_cast<WindowKind>(kind));
+    }
+    // Written before the kind was keyed: the kind its counter row names.
+    std::string value;
+    UsageCounter counter;
+    inner = state.Get(kUsageFamily, StartOnlyCounterKey(user, start), &value);
+    if (inner.IsNotFound()) {
+      inner = Status::OK();
+      return true;
+    }
+    if (inner.ok()) inner = DecodeUsageCounter(value, &counter);
+    return inner.ok() && fn(start, user, counter.kind);
   });
+  LEDGER_RETURN_IF_ERROR(s);
+  return inner;
 }
 
 Status HasUsageKey(const StateReader& state, std::string_view user_id,
@@ -1473,8 +1563,8 @@ Status ConsumeUsage::Decide(const DecideContext& context, Decision* decision) {
                             std::string(WindowKindName(terms.window.kind)) + " allows");
   }
   UsageCounter counter;
-  bool existed = false;
-  LEDGER_RETURN_IF_ERROR(LoadCounter(*context.state, r.user_id, terms.window, &counter, &existed));
+  CounterStored stored = CounterStored::kAbsent;
+  LEDGER_RETURN_IF_ERROR(LoadCounter(*context.state, r.user_id, terms.window, &counter, &stored));
   outcome_.used = counter.used;
   // A trial whose calls are used up for good -- all of them, or its last day's -- answers 402:
   // a 429's Retry-After would send the caller to the trial's end, where the answer is 402.
@@ -1489,8 +1579,8 @@ Status ConsumeUsage::Decide(const DecideContext& context, Decision* decision) {
   std::optional<int64_t> trial_left;
   if (terms.trial && terms.trial_limit) {
     int64_t trial_used = 0;
-    LEDGER_RETURN_IF_ERROR(SumUserUsage(*context.state, r.user_id, terms.trial->start_s,
-                                        terms.trial->end_s, &trial_used));
+    LEDGER_RETURN_IF_ERROR(SumUserUsage(*context.state, r.user_id, WindowKind::kTrialDay,
+                                        terms.trial->start_s, terms.trial->end_s, &trial_used));
     trial_left = std::max<int64_t>(0, *terms.trial_limit - trial_used);
     if (r.quantity > *trial_left) {
       const std::string cap = "the trial's " + std::to_string(*terms.trial_limit) + " calls";
@@ -1672,13 +1762,13 @@ class BatchRecorder {
       u->at_s = at_s;
       u->counter = nullptr;
       for (const std::unique_ptr<LocalCounter>& c : u->counters) {
-        if (c->window.start_s == u->terms.window.start_s) u->counter = c.get();
+        if (SameCounter(c->window, u->terms.window)) u->counter = c.get();
       }
       if (u->counter == nullptr) {
         auto c = std::make_unique<LocalCounter>(u->terms.window);
-        bool existed = false;
+        CounterStored stored = CounterStored::kAbsent;
         LEDGER_RETURN_IF_ERROR(
-            LoadCounter(state_, item.user_id, u->terms.window, &c->counter, &existed));
+            LoadCounter(state_, item.user_id, u->terms.window, &c->counter, &stored));
         u->counter = c.get();
         u->counters.push_back(std::move(c));
       }
@@ -1990,7 +2080,8 @@ Status GetCurrentUsage(const StateReader& state, const MeteringSubject& subject,
                                     WindowKind::kTrialDay};
   }
   UsageCounter counter;
-  Status s = GetUsageCounter(state, user_id, out->terms.window.start_s, &counter);
+  Status s = GetUsageCounter(state, user_id, out->terms.window.start_s, out->terms.window.kind,
+                             &counter);
   if (s.ok()) {
     out->used = counter.used;
     out->services = counter.services;
@@ -2005,8 +2096,9 @@ Status GetCurrentUsage(const StateReader& state, const MeteringSubject& subject,
   if (out->terms.limit) out->remaining = std::max<int64_t>(0, *out->terms.limit - out->used);
   if (out->terms.trial && out->terms.trial_limit) {
     int64_t trial_used = 0;
-    LEDGER_RETURN_IF_ERROR(SumUserUsage(state, user_id, out->terms.trial->start_s,
-                                        out->terms.trial->end_s, &trial_used));
+    LEDGER_RETURN_IF_ERROR(SumUserUsage(state, user_id, WindowKind::kTrialDay,
+                                        out->terms.trial->start_s, out->terms.trial->end_s,
+                                        &trial_used));
     const int64_t trial_left = std::max<int64_t>(0, *out->terms.trial_limit - trial_used);
     out->remaining = std::min(out->remaining.value_or(trial_left), trial_left);
   }

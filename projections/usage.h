@@ -63,10 +63,19 @@
 // thresholds and `ledgerctl replay` agree whichever form the log holds.
 //
 // Rows (column family "usage"; integers big-endian, times Unix seconds):
-//   c/<user>\0<u64 window_start>   counter (EncodeUsageCounter): window end and kind, used, limit,
+//   c/<user>\0<u64 window_start><u8 kind>
+//                                  counter (EncodeUsageCounter): window end and kind, used, limit,
 //                                  thresholds announced, resets, recorded total, per service
-//   t/<u64 window_start><user>     ""  index: every (window, user) by window start (admin stats:
+//   t/<u64 window_start><user>\0<u8 kind>
+//                                  ""  index: every (window, user) by window start (admin stats:
 //                                  scan a time range, then read the counters)
+// A window is its user, start and kind: windows of different kinds may start at the same second
+// (a trial day on the 1st of a month and that calendar month, both from midnight; a billing period
+// that starts at midnight on the 1st and the calendar month) and are counted apart. The end is
+// not part of it (it is the last record's: a billing month carried on past its period keeps its
+// counter when the renewal starts there). Stores written before the kind was keyed hold
+// c/<user>\0<u64 window_start> and t/<u64 window_start><user>: read as the window of the kind
+// the row names, moved to the keyed form by that window's next write.
 //   k/<user>\0<idempotency key>    u64 position of the usage.recorded.v1 or usage.batch_recorded.v1
 //                                  that recorded the key
 //   e                              u64 position || 32-byte hash of the last event that was not
@@ -194,32 +203,33 @@ struct UsageCounter {
   bool operator==(const UsageCounter&) const = default;
 };
 
-std::string UsageCounterKey(std::string_view user_id, int64_t window_start_s);
+std::string UsageCounterKey(std::string_view user_id, int64_t window_start_s, WindowKind kind);
 std::string UsageDedupeKey(std::string_view user_id, std::string_view idempotency_key);
 std::string EncodeUsageCounter(const UsageCounter& counter);
 Status DecodeUsageCounter(std::string_view value, UsageCounter* out);
 
-// NotFound when the user has no row for that window.
+// NotFound when the user has no row for that window (start and kind).
 Status GetUsageCounter(const StateReader& state, std::string_view user_id, int64_t window_start_s,
-                       UsageCounter* out);
+                       WindowKind kind, UsageCounter* out);
 
 struct UsageWindowRow {
   int64_t window_start_s = 0;
   UsageCounter counter;
 };
-// The user's windows, newest first, at most `limit`.
+// The user's windows, newest first (by start), at most `limit`.
 Status ListUserUsage(const StateReader& state, std::string_view user_id, size_t limit,
                      std::vector<UsageWindowRow>* out);
-// Sum of `used` over the user's windows starting in [from_s, to_s).
-Status SumUserUsage(const StateReader& state, std::string_view user_id, int64_t from_s,
-                    int64_t to_s, int64_t* out);
+// Sum of `used` over the user's windows of `kind` starting in [from_s, to_s) (a trial's total:
+// its trial days, not a calendar month of batch usage that starts within it).
+Status SumUserUsage(const StateReader& state, std::string_view user_id, WindowKind kind,
+                    int64_t from_s, int64_t to_s, int64_t* out);
 // The longest usage window: a billing period of up to 32 days is one window, a longer one is cut
 // into months (calendar months and days are shorter).
 inline constexpr int64_t kUsageWindowSecondsMax = 32 * 86400;
-// Calls fn(window_start_s, user_id) for every window starting in [from_s, to_s), oldest first,
-// until it returns false (admin statistics).
+// Calls fn(window_start_s, user_id, kind) for every window starting in [from_s, to_s), oldest
+// first, until it returns false (admin statistics).
 Status ScanUsageWindows(const StateReader& state, int64_t from_s, int64_t to_s,
-                        const std::function<bool(int64_t, std::string_view)>& fn);
+                        const std::function<bool(int64_t, std::string_view, WindowKind)>& fn);
 
 // True when the user already recorded usage with this idempotency key.
 Status HasUsageKey(const StateReader& state, std::string_view user_id,

@@ -134,10 +134,11 @@ class UsageRoutesTest : public ::testing::Test {
 
   uint64_t Head() const { return ledger_->Head().value(); }
 
-  int64_t Used(const std::string& user, int64_t window_start) {
+  int64_t Used(const std::string& user, int64_t window_start,
+               pj::WindowKind kind = pj::WindowKind::kBillingMonth) {
     auto view = ledger_->Snapshot();
     pj::UsageCounter c;
-    return pj::GetUsageCounter(*view, user, window_start, &c).ok() ? c.used : 0;
+    return pj::GetUsageCounter(*view, user, window_start, kind, &c).ok() ? c.used : 0;
   }
 
   void LinkEmail(const std::string& user, const std::string& email) {
@@ -355,7 +356,7 @@ TEST_F(UsageRoutesTest, BatchIngestReportsEachItem) {
   EXPECT_STREQ(u1["items"][0]["metadata"]["model"].GetString(), "m");
   EXPECT_EQ(u1["items"][0]["used_after"].GetInt64(), 3);
   EXPECT_EQ(Used("u1", kStripeT0), 3);
-  EXPECT_EQ(Used("u2", pj::UtcMonthStart(kStripeT0)), 4);
+  EXPECT_EQ(Used("u2", pj::UtcMonthStart(kStripeT0), pj::WindowKind::kCalendarMonth), 4);
   // Envelope problems.
   ExpectProblem(Service().Post(kEvents, R"({"events":[]})"), 422, "validation_failed");
   ExpectProblem(Service().Post(kEvents, R"({"items":[]})"), 422, "unknown_field");

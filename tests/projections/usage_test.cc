@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <thread>
 #include <vector>
@@ -14,6 +15,7 @@
 
 #include "events/clock.h"
 #include "events/coding.h"
+#include "projections/admin.h"
 #include "projections/limits.h"
 #include "projections/registry.h"
 #include "tests/support/schema_check.h"
@@ -336,13 +338,15 @@ TEST(UsageFoldTest, ABatchEventHasExactlyTheEffectOfItsItemsAsRecordedEvents) {
   EXPECT_NE(batched.rows(), short_of_one.rows());  // negative control: the comparison can fail
 
   UsageCounter c1, c2;
-  ASSERT_TRUE(GetUsageCounter(batched, "u", At("2025-06-15T15:06:40Z"), &c1).ok());
+  ASSERT_TRUE(GetUsageCounter(batched, "u", At("2025-06-15T15:06:40Z"),
+                              WindowKind::kBillingMonth, &c1).ok());
   EXPECT_EQ(c1.used, 13);
   EXPECT_EQ(c1.recorded, 13);
   EXPECT_EQ(c1.limit, 20);
   EXPECT_EQ(c1.services, (std::map<std::string, int64_t, std::less<>>{{"chat", 12}, {"tts", 1}}));
   EXPECT_EQ(c1.AnnouncedFor(10), kThreshold80);  // announced for 10; the fold only records that
-  ASSERT_TRUE(GetUsageCounter(batched, "u", At("2025-07-15T15:06:40Z"), &c2).ok());
+  ASSERT_TRUE(GetUsageCounter(batched, "u", At("2025-07-15T15:06:40Z"),
+                              WindowKind::kBillingMonth, &c2).ok());
   EXPECT_EQ(c2.used, 3);
   EXPECT_FALSE(c2.limit);
   bool found = false;
@@ -412,9 +416,10 @@ class UsageDeciderTest : public ::testing::Test {
     return s;
   }
 
-  UsageCounter Counter(const std::string& user, int64_t window_start) {
+  UsageCounter Counter(const std::string& user, int64_t window_start,
+                       WindowKind kind = WindowKind::kBillingMonth) {
     UsageCounter c;
-    EXPECT_TRUE(GetUsageCounter(world_.state, user, window_start, &c).ok());
+    EXPECT_TRUE(GetUsageCounter(world_.state, user, window_start, kind, &c).ok());
     return c;
   }
 
@@ -780,7 +785,7 @@ TEST_F(UsageDeciderTest, BatchRecordsValidItemsAndReportsInvalidAndDuplicates) {
   EXPECT_EQ(c.used, 13);
   EXPECT_EQ(c.services.at("tts"), 9);
   // u2 has no plan: the calendar month, no limit.
-  UsageCounter c2 = Counter("u2", UtcMonthStart(kStripeT0));
+  UsageCounter c2 = Counter("u2", UtcMonthStart(kStripeT0), WindowKind::kCalendarMonth);
   EXPECT_EQ(c2.used, 7);
   EXPECT_FALSE(c2.limit);
   // The same batch again: everything duplicate (or invalid), nothing recorded.
@@ -893,7 +898,8 @@ TEST_F(UsageDeciderTest, BatchAcrossUsersIsOneEventPerUserWithItsAcceptedItemsIn
   EXPECT_EQ(Counter("u1", kStripeT0).used, 1 + quantities["u1"]);
   EXPECT_GT(Counter("u1", kStripeT0).used, 10);
   EXPECT_EQ(Counter("u2", kStripeT0).used, quantities["u2"]);
-  EXPECT_EQ(Counter("u3", UtcMonthStart(kStripeT0)).used, quantities["u3"]);
+  EXPECT_EQ(Counter("u3", UtcMonthStart(kStripeT0), WindowKind::kCalendarMonth).used,
+            quantities["u3"]);
   // A batch key is a recorded key for consume too, and a consume's key for a later batch.
   Status s = Consume("u2", "chat", "k1", kStripeT0 + 11);
   EXPECT_EQ(s.problem(), "idempotency_key_reused");
@@ -1026,6 +1032,147 @@ TEST_F(UsageDeciderTest, ResetRestartsTheWindowAndThresholdsMayFireAgain) {
   EXPECT_EQ(events[1].type, kUsageThresholdReachedV1);
 }
 
+// A trial day starts at UTC midnight, and so does a calendar month on its 1st: the two windows
+// shared the counter row keyed by user and start. An admin's trial from Jan 28 used 100 calls on
+// Feb 1; comped to starter that afternoon (no Stripe subscription: the calendar month), the
+// first call answered used 101. Batch usage after a trial ended merged into its Feb 1 row the
+// same way, and the summary listed the merged row as a calendar month.
+TEST_F(UsageDeciderTest, WindowsOfDifferentKindsStartingAtTheSameSecondAreCountedApart) {
+  // An override grants access with a status: a comped account has no Stripe subscription.
+  auto set_tier = [&](const std::string& user, const char* tier, int64_t at_s) {
+    OverrideChange change;
+    change.plan_id = std::optional<std::string>(tier);
+    change.status.emplace(std::string(tier) == "trial" ? SubscriptionStatus::kTrialing
+                                                       : SubscriptionStatus::kActive);
+    SetAdminOverride command(user, change, Actor::Admin("root", "root@example.com"));
+    Decision decision;
+    ASSERT_TRUE(world_.Run(&command, at_s * kUs, &decision).ok()) << decision.body;
+  };
+  const int64_t feb1 = At("2025-02-01T00:00:00Z");
+  for (const char* user : {"c1", "c2"}) {
+    set_tier(user, "trial", At("2025-01-28T12:00:00Z"));
+    rapidjson::Document body;
+    ASSERT_TRUE(Consume(user, "chat", Key(), feb1 + 10 * 3600, 100, &body).ok());
+    EXPECT_STREQ(body["window_kind"].GetString(), "trial_day");
+    EXPECT_STREQ(body["window_start"].GetString(), "2025-02-01T00:00:00Z");
+  }
+
+  // A: comped to starter on the trial's Feb 1.
+  set_tier("c1", "starter", feb1 + 15 * 3600);
+  rapidjson::Document body;
+  ASSERT_TRUE(Consume("c1", "chat", Key(), feb1 + 15 * 3600 + 1, 1, &body).ok());
+  EXPECT_STREQ(body["window_kind"].GetString(), "calendar_month");
+  EXPECT_STREQ(body["window_start"].GetString(), "2025-02-01T00:00:00Z");
+  EXPECT_EQ(body["used"].GetInt64(), 1);
+  EXPECT_EQ(Counter("c1", feb1, WindowKind::kTrialDay).used, 100);
+  EXPECT_EQ(Counter("c1", feb1, WindowKind::kCalendarMonth).used, 1);
+  std::vector<UsageWindowRow> windows;
+  ASSERT_TRUE(ListUserUsage(world_.state, "c1", 10, &windows).ok());
+  ASSERT_EQ(windows.size(), 2u);
+  EXPECT_EQ(windows[0].window_start_s, feb1);
+  EXPECT_EQ(windows[1].window_start_s, feb1);
+  EXPECT_NE(windows[0].counter.kind, windows[1].counter.kind);
+
+  // B: batch usage after c2's trial ended (Feb 4 12:00) counts in February's calendar month.
+  const int64_t feb5 = At("2025-02-05T00:00:00Z");
+  UsageBatchItem item{"c2", "chat", 7, Key(), feb5 * kUs, "", ""};
+  RecordUsageBatch batch({item}, cache_);
+  Decision decision;
+  ASSERT_TRUE(world_.Run(&batch, feb5 * kUs, &decision).ok());
+  EXPECT_EQ(Counter("c2", feb1, WindowKind::kTrialDay).used, 100);
+  EXPECT_EQ(Counter("c2", feb1, WindowKind::kCalendarMonth).used, 7);
+  ASSERT_TRUE(ListUserUsage(world_.state, "c2", 10, &windows).ok());
+  EXPECT_EQ(windows.size(), 2u);
+
+  // C: a trial's total counts its trial days only. c3's trial is paused over Feb 1; usage
+  // recorded meanwhile counts in February's calendar month, which starts within the trial.
+  set_tier("c3", "trial", At("2025-01-28T12:00:00Z"));
+  auto set_status = [&](SubscriptionStatus status, int64_t at_s) {
+    OverrideChange change;
+    change.status.emplace(status);
+    SetAdminOverride command("c3", change, Actor::Admin("root", "root@example.com"));
+    ASSERT_TRUE(world_.Run(&command, at_s * kUs, &decision).ok()) << decision.body;
+  };
+  set_status(SubscriptionStatus::kPaused, feb1 - 3600);
+  UsageBatchItem paused_item{"c3", "chat", 650, Key(), (feb1 + 3600) * kUs, "", ""};
+  RecordUsageBatch paused_batch({paused_item}, cache_);
+  ASSERT_TRUE(world_.Run(&paused_batch, (feb1 + 3600) * kUs, &decision).ok());
+  EXPECT_EQ(Counter("c3", feb1, WindowKind::kCalendarMonth).used, 650);
+  set_status(SubscriptionStatus::kTrialing, feb1 + 2 * 3600);
+  EXPECT_TRUE(Consume("c3", "chat", Key(), feb1 + 3 * 3600, 100, &body).ok());
+
+  // The time index names both windows of each user (admin statistics read them).
+  std::vector<std::pair<std::string, WindowKind>> indexed;
+  ASSERT_TRUE(ScanUsageWindows(world_.state, feb1, feb1 + 1,
+                               [&](int64_t, std::string_view user, WindowKind kind) {
+                                 indexed.emplace_back(std::string(user), kind);
+                                 return true;
+                               })
+                  .ok());
+  EXPECT_EQ(indexed.size(), 6u);
+  for (const char* user : {"c1", "c2"}) {
+    for (WindowKind kind : {WindowKind::kTrialDay, WindowKind::kCalendarMonth}) {
+      EXPECT_NE(std::find(indexed.begin(), indexed.end(), std::make_pair(std::string(user), kind)),
+                indexed.end())
+          << user << " " << WindowKindName(kind);
+    }
+  }
+}
+
+// A store written before the kind was part of the counter's key: its rows are the window of the
+// kind they name, and move to the keyed form at that window's next write.
+TEST_F(UsageDeciderTest, CountersKeyedByStartOnlyAreReadAndMovedOnTheirNextWrite) {
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "tiny")).ok());
+  auto start_only = [](const char* prefix, int64_t start, const std::string& user) {
+    std::string key = prefix;
+    if (key == "c/") key += user + std::string(1, '\0');
+    PutFixed64BE(&key, static_cast<uint64_t>(start));
+    if (key[0] == 't') key += user;
+    return key;
+  };
+  UsageCounter old;
+  old.window_end_s = kStripeT0 + 30 * kDay;
+  old.kind = WindowKind::kBillingMonth;
+  old.used = 5;
+  old.recorded = 5;
+  old.limit = 10;
+  old.services = {{"chat", 5}};
+  ASSERT_TRUE(world_.state.Put(kUsageFamily, start_only("c/", kStripeT0, "u1"),
+                               EncodeUsageCounter(old)).ok());
+  ASSERT_TRUE(world_.state.Put(kUsageFamily, start_only("t/", kStripeT0, "u1"), "").ok());
+  EXPECT_EQ(Counter("u1", kStripeT0).used, 5);
+  UsageCounter other_kind;
+  EXPECT_TRUE(GetUsageCounter(world_.state, "u1", kStripeT0, WindowKind::kCalendarMonth,
+                              &other_kind).IsNotFound());
+  std::vector<WindowKind> indexed;
+  auto scan = [&] {
+    indexed.clear();
+    ASSERT_TRUE(ScanUsageWindows(world_.state, kStripeT0, kStripeT0 + 1,
+                                 [&](int64_t, std::string_view, WindowKind kind) {
+                                   indexed.push_back(kind);
+                                   return true;
+                                 })
+                    .ok());
+  };
+  scan();
+  EXPECT_EQ(indexed, std::vector<WindowKind>{WindowKind::kBillingMonth});
+
+  rapidjson::Document body;
+  ASSERT_TRUE(Consume("u1", "chat", Key(), kStripeT0 + 100, 1, &body).ok());
+  EXPECT_EQ(body["used"].GetInt64(), 6);
+  std::string value;
+  EXPECT_TRUE(world_.state.Get(kUsageFamily, start_only("c/", kStripeT0, "u1"), &value)
+                  .IsNotFound());
+  EXPECT_TRUE(world_.state.Get(kUsageFamily, start_only("t/", kStripeT0, "u1"), &value)
+                  .IsNotFound());
+  EXPECT_EQ(Counter("u1", kStripeT0).used, 6);
+  std::vector<UsageWindowRow> windows;
+  ASSERT_TRUE(ListUserUsage(world_.state, "u1", 10, &windows).ok());
+  EXPECT_EQ(windows.size(), 1u);
+  scan();
+  EXPECT_EQ(indexed, std::vector<WindowKind>{WindowKind::kBillingMonth});
+}
+
 TEST_F(UsageDeciderTest, CachedAccessFollowsSubscriptionChanges) {
   ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "tiny")).ok());
   const int64_t now = kStripeT0 + 100;
@@ -1062,10 +1209,11 @@ class UsageLedgerTest : public ::testing::Test {
     return ledger_->Submit(&command);
   }
 
-  int64_t Used(const std::string& user, int64_t window_start) {
+  int64_t Used(const std::string& user, int64_t window_start,
+               WindowKind kind = WindowKind::kBillingMonth) {
     auto view = ledger_->Snapshot();
     UsageCounter c;
-    Status s = GetUsageCounter(*view, user, window_start, &c);
+    Status s = GetUsageCounter(*view, user, window_start, kind, &c);
     return s.ok() ? c.used : 0;
   }
 
@@ -1242,6 +1390,8 @@ TEST(UsageWindowScanTest, SeeksToTheRangeInsteadOfReadingTheWholeHistory) {
     std::string key = "t/";
     PutFixed64BE(&key, static_cast<uint64_t>(start));
     key += user;
+    key.push_back('\0');
+    key.push_back(static_cast<char>(WindowKind::kDay));
     ASSERT_TRUE(rows.Put(kUsageFamily, key, "").ok());
   };
   const int64_t from = kStripeT0 + 400 * 86400, to = from + 30 * 86400;
@@ -1251,7 +1401,7 @@ TEST(UsageWindowScanTest, SeeksToTheRangeInsteadOfReadingTheWholeHistory) {
   put_window(to, "after");
   SeekingState state(&rows);
   std::vector<std::string> users;
-  ASSERT_TRUE(ScanUsageWindows(state, from, to, [&](int64_t, std::string_view user) {
+  ASSERT_TRUE(ScanUsageWindows(state, from, to, [&](int64_t, std::string_view user, WindowKind) {
                 users.emplace_back(user);
                 return true;
               }).ok());
