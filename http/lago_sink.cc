@@ -90,7 +90,8 @@ struct PendingEvent {
   std::string lago_event;  // the mapped Lago event; empty = unmappable
   std::string unmappable;  // why it could not be mapped
   // Suspicion of failing on its own (LagoSink::Impl::suspects_): 5xx answers for it alone, in a
-  // row; when the first came; confirmations (a 5xx for it alone right after a handled probe).
+  // row; confirmations (a 5xx for it alone right after a handled probe), and when the first
+  // came.
   int alone_server_errors = 0;
   int64_t failing_since_us = 0;
   int confirmations = 0;
@@ -478,7 +479,8 @@ class LagoSink::Impl {
   // probe). A probe Lago handles -- 2xx; a 4xx naming it: value_already_exist (a probe that
   // reached Lago before a restart) or a refusal (dead-lettered as any refused event) -- followed
   // by another 5xx for the front alone is a confirmation; after server_errors_before_split of
-  // them, once the front has failed alone for server_error_dead_letter_after_ms, it is
+  // them, once the front has failed alone for server_error_dead_letter_after_ms since the first
+  // (an outage before that counts for nothing), it is
   // dead-lettered. A probe that gets a 5xx too becomes a suspect (two bad items of one usage
   // batch: the next probe goes one further, and each is dead-lettered in turn, on its own
   // record); an unmappable one is dead-lettered first. An outage fails every probe, so it never
@@ -659,9 +661,12 @@ LagoSink::Impl::FrontOutcome LagoSink::Impl::ServerErrorForTheFrontAlone(const L
                                                                          bool after_probe,
                                                                          int64_t now_us) {
   PendingEvent& front = pending_.front();
-  if (front.failing_since_us == 0) front.failing_since_us = now_us;
   if (after_probe) {
-    if (++front.confirmations >= options_.server_errors_before_split &&
+    // The guard's clock runs from the first time Lago handled another event while failing this
+    // one: an outage before that (every event failing, the front and the probes alike) proves
+    // nothing against it, however long it lasted.
+    if (front.confirmations++ == 0) front.failing_since_us = now_us;
+    if (front.confirmations >= options_.server_errors_before_split &&
         now_us - front.failing_since_us >=
             static_cast<int64_t>(options_.server_error_dead_letter_after_ms) * 1000) {
       const RefusalAnswer refusal = ReadRefusal(answer);
@@ -748,7 +753,6 @@ bool LagoSink::Impl::HandleAnswer(const LagoAnswer& answer, size_t first, size_t
       PendingEvent& event = pending_[first];
       if (first == suspects_ && suspects_ < kSuspectsMax && first + 1 < pending_.size()) {
         event.alone_server_errors = 1;
-        event.failing_since_us = now_us;
         ++suspects_;
       }
       Fail("Lago answered " + std::to_string(status) + " (sending the event after a failing one)",

@@ -57,7 +57,8 @@
 //       probe); each time Lago handles it -- accepts it, answers value_already_exist (a probe
 //       sent before a restart) or refuses it for itself (dead-lettered as below) -- and then
 //       fails the first one again counts, and after server_errors_before_split of those, the
-//       first one failing for server_error_dead_letter_after_ms, it is dead-lettered (reason
+//       first one failing for server_error_dead_letter_after_ms since the first of them (an
+//       outage before counts for nothing), it is dead-lettered (reason
 //       server_error). A probe that gets a 5xx too is suspected as well and the probe moves one
 //       event further (several bad items of one usage batch: each is dead-lettered in turn, on
 //       its own record); an unmappable one is dead-lettered first. During an outage every probe
@@ -133,8 +134,9 @@ struct LagoSinkOptions {
   int retry_backoff_ms_max = 30'000;
   // Consecutive 5xx answers after which the batch is halved. Default 3.
   int server_errors_before_split = 3;
-  // How long one event must keep failing alone with 5xx -- while Lago handles the events after it
-  // (server_errors_before_split times at least) -- before it is dead-lettered. Default 15 min.
+  // How long one event must keep failing alone with 5xx while Lago handles the events after it
+  // (server_errors_before_split times at least), from the first time it does, before it is
+  // dead-lettered. Default 15 min.
   int server_error_dead_letter_after_ms = 15 * 60 * 1000;
   // How often skip-only checkpoint progress is written (acknowledged batches are written at
   // once). A crash re-reads at most that much of the log; nothing is sent twice for it.

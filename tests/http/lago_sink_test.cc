@@ -622,6 +622,30 @@ TEST_F(LagoSinkTest, AnEventFailingForAWhileIsNotDeadLettered) {
   EXPECT_TRUE(Events(kLagoSinkRejectedV1).empty());
 }
 
+// An outage longer than the guard, during which the front event became a suspect, counts for
+// nothing against it: its clock starts when Lago first handles another event while failing it.
+// (It ran from the outage: a good event a flaky backend failed a few times right after the outage
+// was dead-lettered within three probes.)
+TEST_F(LagoSinkTest, AnOutageBeforeTheProbesCountsNothingAgainstTheFront) {
+  FakeLago lago;
+  Append(60);
+  const std::vector<std::string> ids = UsageIds();
+  lago.InjectFault(FakeLago::Fault::kServerError, 150);  // ≥ 1.5 s at the backoff below
+  lago.FailTransaction(ids[0]);  // failing for a while after the outage too
+  LagoSinkOptions options = FastOptions();
+  options.retry_backoff_ms_max = 20;
+  options.server_error_dead_letter_after_ms = 1000;
+  StartSink(lago.url(), options);
+  // The outage, then at least five events accepted alone after the front: five confirmations,
+  // well within the guard counted from the first of them.
+  ASSERT_TRUE(lago.WaitForStored(5, std::chrono::seconds(30)));
+  lago.RecoverTransaction(ids[0]);
+  ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
+  EXPECT_TRUE(CountedExactlyOnce(lago, ids));
+  EXPECT_EQ(sink_->metrics().events_rejected.Value(), 0u);
+  EXPECT_TRUE(Events(kLagoSinkRejectedV1).empty());
+}
+
 // The dead letters in log order, as (transaction_id, reason).
 std::vector<std::pair<std::string, std::string>> DeadLetters(const std::vector<Event>& rejected) {
   std::vector<std::pair<std::string, std::string>> out;
