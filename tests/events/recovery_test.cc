@@ -795,43 +795,6 @@ TEST(RecoveryTest, ANewerLogAfterAnOlderLogsLostTailIsNotReplayedOverTheGap) {
   EXPECT_TRUE(report.ok()) << report.Summary();
 }
 
-// The same loss, but of the whole oldest live log (two log switches within one unfinished sync):
-// the first record replayed is already past the hole, after the events the table files hold. The
-// replay is compared from the last flushed event on, and stops there.
-TEST(RecoveryTest, ALostOldestLogIsAGapAfterTheFlushedEvents) {
-  TempDir dir;
-  std::vector<Outcome> acknowledged;
-  Position flushed;
-  {
-    auto ledger = Open(dir.path());
-    ASSERT_NE(ledger, nullptr);
-    AppendSequentially(ledger.get(), "flushed", 20, &acknowledged);
-    ASSERT_TRUE(ledger->Flush().ok());
-    flushed = ledger->Head();
-    AppendSequentially(ledger.get(), "lost", 20, &acknowledged);
-  }
-  const std::string wal_path = LastWal(dir.path());
-  std::vector<size_t> starts;
-  ASSERT_GE(LogRecords(ReadFile(wal_path), &starts).size(), 10u);
-  // The log keeps nothing; a newer one holds every record after its first.
-  const std::string newer_path = testing::SplitLogAtALostRecord(wal_path, 0);
-  ASSERT_FALSE(newer_path.empty());
-  const std::string name = std::filesystem::path(newer_path).filename().string();
-
-  auto ledger = Open(dir.path());
-  ASSERT_NE(ledger, nullptr);
-  EXPECT_EQ(ledger->Head().value(), flushed.value());
-  std::vector<Outcome> kept;
-  for (const Outcome& o : acknowledged) {
-    if (o.result.position.value() <= flushed.value()) kept.push_back(o);
-  }
-  DurabilityReport report = CheckDurability(ledger.get(), kept);
-  EXPECT_TRUE(report.ok()) << report.Summary();
-  EXPECT_NE(ledger->WalGapProblem(), "");
-  EXPECT_TRUE(std::filesystem::exists(dir.path() + "/torn-wal/" + name));
-  ExpectNoHole(ledger.get());
-}
-
 // A fold added to a store that has none of its rows yet.
 class NoteFold final : public Fold {
  public:
@@ -841,13 +804,16 @@ class NoteFold final : public Fold {
   }
 };
 
-// The lost oldest log of ALostOldestLogIsAGapAfterTheFlushedEvents, found also when the look at
-// the table files fails the first time: the newer log's last write torn too (the read-only look
-// fails on it until the repair), or the first start with a new fold (a read-only open refuses
-// its missing column family). The replay was then compared from the first record it took.
-TEST(RecoveryTest, ALostOldestLogIsFoundBesideATornTailOrANewFold) {
-  for (const bool torn : {true, false}) {
-    SCOPED_TRACE(torn ? "torn newer log" : "a new fold");
+// The same loss, but of the whole oldest live log (two log switches within one unfinished sync):
+// the first record replayed is already past the hole, after the events the table files hold. The
+// replay is compared from the last flushed event on, and stops there. Also when the first look at
+// the table files fails: beside a newer log whose last write is torn too (the read-only look
+// fails on it until the repair), or on the first start with a new fold (a read-only open refuses
+// its missing column family). The replay was then compared from the first record it took, and
+// the store opened with a hole.
+TEST(RecoveryTest, ALostOldestLogIsAGapAfterTheFlushedEvents) {
+  for (const std::string_view variant : {"", "torn newer log", "a new fold"}) {
+    SCOPED_TRACE(variant);
     TempDir dir;
     std::vector<Outcome> acknowledged;
     Position flushed;
@@ -864,18 +830,30 @@ TEST(RecoveryTest, ALostOldestLogIsFoundBesideATornTailOrANewFold) {
       auto command = big.Make();
       ASSERT_TRUE(ledger->Submit(command.get()).status.ok());
     }
-    const std::string newer_path = testing::SplitLogAtALostRecord(LastWal(dir.path()), 0);
+    const std::string wal_path = LastWal(dir.path());
+    std::vector<size_t> starts;
+    ASSERT_GE(LogRecords(ReadFile(wal_path), &starts).size(), 10u);
+    // The log keeps nothing; a newer one holds every record after its first.
+    const std::string newer_path = testing::SplitLogAtALostRecord(wal_path, 0);
     ASSERT_FALSE(newer_path.empty());
-    if (torn) ZeroTail(newer_path, 100);
+    const std::string name = std::filesystem::path(newer_path).filename().string();
+    if (variant == "torn newer log") ZeroTail(newer_path, 100);
     NoteFold notes;
     LedgerOptions options;
     options.path = dir.path();
-    if (!torn) options.folds = {&notes};
+    if (variant == "a new fold") options.folds = {&notes};
     std::unique_ptr<Ledger> ledger;
     Status s = Ledger::Open(options, &ledger);
     ASSERT_TRUE(s.ok()) << s.ToString();
     EXPECT_EQ(ledger->Head().value(), flushed.value());
+    std::vector<Outcome> kept;
+    for (const Outcome& o : acknowledged) {
+      if (o.result.position.value() <= flushed.value()) kept.push_back(o);
+    }
+    DurabilityReport report = CheckDurability(ledger.get(), kept);
+    EXPECT_TRUE(report.ok()) << report.Summary();
     EXPECT_NE(ledger->WalGapProblem(), "");
+    EXPECT_TRUE(std::filesystem::exists(dir.path() + "/torn-wal/" + name));
     ExpectNoHole(ledger.get());
   }
 }

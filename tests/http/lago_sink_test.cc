@@ -666,27 +666,6 @@ std::vector<std::string> Without(const std::vector<std::string>& ids,
   return out;
 }
 
-// Two adjacent events Lago always fails (two items of one usage batch breaking a metric's
-// expression): the probe after the first fails too. It becomes a suspect itself and the probe
-// goes one further; each is dead-lettered after the timeout, and the rest delivered once.
-TEST_F(LagoSinkTest, AdjacentEventsLagoAlwaysFailsAreEachDeadLettered) {
-  FakeLago lago;
-  Append(60);
-  const std::vector<std::string> ids = UsageIds();
-  lago.FailTransaction(ids[10]);
-  lago.FailTransaction(ids[11]);
-  LagoSinkOptions options = FastOptions();
-  options.retry_backoff_ms_max = 20;
-  options.server_error_dead_letter_after_ms = 300;
-  StartSink(lago.url(), options);
-  ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
-  EXPECT_TRUE(CountedExactlyOnce(lago, Without(ids, {ids[10], ids[11]})));
-  using Letter = std::pair<std::string, std::string>;
-  EXPECT_EQ(DeadLetters(Events(kLagoSinkRejectedV1)),
-            (std::vector<Letter>{{ids[10], "server_error"}, {ids[11], "server_error"}}));
-  EXPECT_EQ(sink_->GetStatus().checkpoint, ledger_->Head());
-}
-
 // An outage of 500s while an event is under suspicion: the probes fail and become suspects too,
 // but confirm nothing. After it, only the event Lago always fails is dead-lettered; the suspects
 // of the outage are delivered once they are accepted alone.
@@ -736,15 +715,24 @@ TEST_F(LagoSinkTest, AFailingEventIsDeadLetteredAfterARestartWhoseProbesLagoHasA
             (std::vector<Letter>{{ids[10], "server_error"}}));
 }
 
-// The event after a failing one is refused by Lago for itself (422): the probe is dead-lettered
-// as a refused event, counts as handled, and the failing event is dead-lettered after the
-// timeout.
-TEST_F(LagoSinkTest, AFailingEventFollowedByARefusedOneAreBothDeadLettered) {
+// An event Lago always fails followed by one that Lago fails too (two adjacent items of one usage
+// batch breaking a metric's expression: the probe becomes a suspect itself and the probe goes one
+// further; each is dead-lettered after the timeout, on its own record), or by one Lago refuses
+// for itself (422: the probe is dead-lettered as a refused event, counts as handled, and the
+// failing event is dead-lettered after the timeout). The rest are delivered once.
+class LagoSinkNextEventTest : public LagoSinkTest, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(LagoSinkNextEventTest, AFailingEventFollowedByAFailingOrARefusedOneAreBothDeadLettered) {
+  const bool refused = GetParam();
   FakeLago lago;
   Append(60);
   const std::vector<std::string> ids = UsageIds();
   lago.FailTransaction(ids[10]);
-  lago.RejectTransaction(ids[11]);
+  if (refused) {
+    lago.RejectTransaction(ids[11]);
+  } else {
+    lago.FailTransaction(ids[11]);
+  }
   LagoSinkOptions options = FastOptions();
   options.retry_backoff_ms_max = 20;
   options.server_error_dead_letter_after_ms = 300;
@@ -753,8 +741,16 @@ TEST_F(LagoSinkTest, AFailingEventFollowedByARefusedOneAreBothDeadLettered) {
   EXPECT_TRUE(CountedExactlyOnce(lago, Without(ids, {ids[10], ids[11]})));
   using Letter = std::pair<std::string, std::string>;
   EXPECT_EQ(DeadLetters(Events(kLagoSinkRejectedV1)),
-            (std::vector<Letter>{{ids[11], "validation_errors"}, {ids[10], "server_error"}}));
+            refused ? (std::vector<Letter>{{ids[11], "validation_errors"},
+                                           {ids[10], "server_error"}})
+                    : (std::vector<Letter>{{ids[10], "server_error"}, {ids[11], "server_error"}}));
+  EXPECT_EQ(sink_->GetStatus().checkpoint, ledger_->Head());
 }
+
+INSTANTIATE_TEST_SUITE_P(FailingOrRefused, LagoSinkNextEventTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "Refused" : "Failing";
+                         });
 
 // The event after a failing one cannot be mapped: it is dead-lettered without sending and the
 // probe goes to the one after it.
