@@ -424,6 +424,7 @@ class LagoSink::Impl {
                      size_t sent, int64_t now_us);
   LagoAnswer Send(const std::string& body, int64_t* answered_us);
   bool Probe(size_t at, int64_t now_us);
+  bool DeadLetterUnmappable(size_t at, int64_t now_us);
   void ProbeHandled(size_t at, int64_t answered_us);
   enum class FrontOutcome { kRetry, kDeadLettered, kFailed };
   FrontOutcome ServerErrorForTheFrontAlone(const LagoAnswer& answer, bool after_probe,
@@ -575,20 +576,7 @@ Status LagoSink::Impl::Fill(bool* more) {
 // once.
 bool LagoSink::Impl::Step(int64_t now_us) {
   if (pending_.empty()) return false;
-  if (pending_.front().lago_event.empty()) {
-    const PendingEvent& front = pending_.front();
-    Status s = DeadLetter(front, 0, "unmappable", front.unmappable);
-    if (!s.ok()) {
-      Fail("recording a dead letter: " + s.ToString(), 0, -1, now_us);
-      return false;
-    }
-    spdlog::warn("lago sink: usage event {} at position {} cannot be sent ({}); recorded as {}",
-                 front.transaction_id, front.position, front.unmappable, kLagoSinkRejectedV1);
-    pending_.pop_front();
-    AdvanceMark();
-    persist_now_ = true;
-    return true;
-  }
+  if (pending_.front().lago_event.empty()) return DeadLetterUnmappable(0, now_us);
   // The probe is the event after the suspects; when none is read (the suspects end the log, as
   // after an outage that made every event a suspect), the last suspect.
   if (probe_next_ && suspects_ > 0 && pending_.size() > 1) {
@@ -620,23 +608,29 @@ LagoAnswer LagoSink::Impl::Send(const std::string& body, int64_t* answered_us) {
   return answer;
 }
 
+// Dead-letters pending_[at], which cannot be mapped to a Lago event (it is never sent). True when
+// done (the sink goes on at once); false when the dead letter could not be recorded.
+bool LagoSink::Impl::DeadLetterUnmappable(size_t at, int64_t now_us) {
+  const PendingEvent& event = pending_[at];
+  Status s = DeadLetter(event, 0, "unmappable", event.unmappable);
+  if (!s.ok()) {
+    Fail("recording a dead letter: " + s.ToString(), 0, -1, now_us);
+    return false;
+  }
+  spdlog::warn("lago sink: usage event {} at position {} cannot be sent ({}); recorded as {}",
+               event.transaction_id, event.position, event.unmappable, kLagoSinkRejectedV1);
+  pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(at));
+  AdvanceMark();
+  persist_now_ = true;
+  return true;
+}
+
 // Sends pending_[at] alone, the events before it being suspected of failing on their own (or
 // dead-letters it when it cannot be mapped: it says nothing about Lago).
 bool LagoSink::Impl::Probe(size_t at, int64_t now_us) {
   PendingEvent& probe = pending_[at];
-  if (probe.lago_event.empty()) {
-    Status s = DeadLetter(probe, 0, "unmappable", probe.unmappable);
-    if (!s.ok()) {
-      Fail("recording a dead letter: " + s.ToString(), 0, -1, now_us);
-      return false;
-    }
-    spdlog::warn("lago sink: usage event {} at position {} cannot be sent ({}); recorded as {}",
-                 probe.transaction_id, probe.position, probe.unmappable, kLagoSinkRejectedV1);
-    pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(at));
-    AdvanceMark();
-    persist_now_ = true;
-    return true;  // probe_next_ stands: the next event is the probe
-  }
+  // probe_next_ stands: the event after it is the probe.
+  if (probe.lago_event.empty()) return DeadLetterUnmappable(at, now_us);
   probe_next_ = false;
   probe_accepted_ = false;
   int64_t answered_us = 0;
