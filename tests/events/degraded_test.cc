@@ -312,6 +312,32 @@ void RunInDoubtGroup(bool power_loss, Position* head_after, CommandResult* retry
   EXPECT_TRUE(report.ok()) << report.Summary();
 }
 
+// The durability checker looks for what each acknowledged command asked to append, not for what
+// the ledger says it appended: an acknowledgement without a position, or with fewer events than
+// its command appends, is reported (it left the checker nothing, or only its last event, to look
+// for, and passed).
+TEST(DurabilityCheckerTest, AnAcknowledgementIsCheckedAgainstItsCommand) {
+  TempDir dir;
+  auto ledger = Open(dir.path(), nullptr);
+  ASSERT_NE(ledger, nullptr);
+  CommandSpec spec;
+  spec.subject = "three";
+  spec.events = 3;
+  auto command = spec.Make();
+  const Outcome real{spec, ledger->Submit(command.get())};
+  ASSERT_TRUE(real.result.status.ok());
+  EXPECT_TRUE(CheckDurability(ledger.get(), {real}).ok());
+  Outcome no_position = real;
+  no_position.result.position = Position(0);
+  Outcome fewer = real;
+  fewer.result.events_appended = 1;
+  for (const Outcome& wrong : {no_position, fewer}) {
+    DurabilityReport report = CheckDurability(ledger.get(), {real, wrong});
+    EXPECT_FALSE(report.ok());
+    EXPECT_EQ(report.lost, 1u) << report.Summary();
+  }
+}
+
 TEST(DegradedTest, AFailedSyncWithoutPowerLossRecoversTheInDoubtGroupAndTheRetryReplays) {
   Position head;
   CommandResult retry;

@@ -83,9 +83,20 @@ void CheckAcknowledgedEvents(const std::vector<Outcome>& acknowledged,
     report->acknowledged_checked++;
     const CommandResult& r = outcome.result;
     report->max_acknowledged = std::max(report->max_acknowledged, r.position);
+    // What the command asked for is checked, not the ledger's word for it: an acknowledgement
+    // without a position, or with fewer events than the command appends, is a fault itself (it
+    // would otherwise leave nothing, or only its last event, to look for).
+    if (r.position.value() == 0 || (!r.replayed && r.events_appended != outcome.spec.events)) {
+      report->lost++;
+      AddError(report, "acknowledged " + outcome.spec.subject + " at position " +
+                           std::to_string(r.position.value()) + " with " +
+                           std::to_string(r.events_appended) + " of its " +
+                           std::to_string(outcome.spec.events) + " events");
+      continue;
+    }
     // A replay names the original command's last position; the original appended spec.events.
-    uint64_t count = r.replayed ? 1 : r.events_appended;
-    uint64_t last = r.position.value();
+    const uint64_t count = r.replayed ? 1 : outcome.spec.events;
+    const uint64_t last = r.position.value();
     for (uint64_t p = last + 1 - std::min<uint64_t>(count, last); p <= last; ++p) {
       if (p == 0 || p >= subjects.size() || subjects[p] != outcome.spec.subject) {
         report->lost++;
