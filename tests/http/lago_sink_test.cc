@@ -134,6 +134,14 @@ class LagoSinkTest : public ::testing::Test {
     return options;
   }
 
+  // FastOptions with short backoffs and an event failing alone dead-lettered after 300 ms.
+  static LagoSinkOptions DeadLetterSoonOptions() {
+    LagoSinkOptions options = FastOptions();
+    options.retry_backoff_ms_max = 20;
+    options.server_error_dead_letter_after_ms = 300;
+    return options;
+  }
+
   void StartSink(const std::string& url, const LagoSinkOptions& options = FastOptions(),
                  const std::string& key = kFakeLagoApiKey, int64_t read_timeout_ms = 10'000) {
     LagoClientOptions client_options;
@@ -564,10 +572,7 @@ TEST_F(LagoSinkTest, AnEventLagoAlwaysFailsIsDeadLetteredAndTheRestDelivered) {
   std::vector<std::string> ids = UsageIds();
   const std::string failing = ids[37];
   lago.FailTransaction(failing);
-  LagoSinkOptions options = FastOptions();
-  options.retry_backoff_ms_max = 20;
-  options.server_error_dead_letter_after_ms = 300;
-  StartSink(lago.url(), options);
+  StartSink(lago.url(), DeadLetterSoonOptions());
   ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
   std::vector<std::string> delivered;
   for (const std::string& id : ids) {
@@ -674,10 +679,7 @@ TEST_F(LagoSinkTest, AnOutageWhileAnEventIsSuspectedDeadLettersOnlyThatEvent) {
   Append(60);
   const std::vector<std::string> ids = UsageIds();
   lago.FailTransaction(ids[10]);
-  LagoSinkOptions options = FastOptions();
-  options.retry_backoff_ms_max = 20;
-  options.server_error_dead_letter_after_ms = 300;
-  StartSink(lago.url(), options);
+  StartSink(lago.url(), DeadLetterSoonOptions());
   ASSERT_TRUE(lago.WaitForStored(11, std::chrono::seconds(30)));  // a first probe accepted
   lago.InjectFault(FakeLago::Fault::kServerError, 100);
   ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
@@ -733,10 +735,7 @@ TEST_P(LagoSinkNextEventTest, AFailingEventFollowedByAFailingOrARefusedOneAreBot
   } else {
     lago.FailTransaction(ids[11]);
   }
-  LagoSinkOptions options = FastOptions();
-  options.retry_backoff_ms_max = 20;
-  options.server_error_dead_letter_after_ms = 300;
-  StartSink(lago.url(), options);
+  StartSink(lago.url(), DeadLetterSoonOptions());
   ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
   EXPECT_TRUE(CountedExactlyOnce(lago, Without(ids, {ids[10], ids[11]})));
   using Letter = std::pair<std::string, std::string>;
@@ -769,10 +768,7 @@ TEST_F(LagoSinkTest, AFailingEventFollowedByAnUnmappableOneAreBothDeadLettered) 
   Append(30, /*noise=*/false);
   const std::vector<std::string> ids = UsageIds();
   lago.FailTransaction(ids[10]);
-  LagoSinkOptions options = FastOptions();
-  options.retry_backoff_ms_max = 20;
-  options.server_error_dead_letter_after_ms = 300;
-  StartSink(lago.url(), options);
+  StartSink(lago.url(), DeadLetterSoonOptions());
   ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
   EXPECT_TRUE(CountedExactlyOnce(lago, Without(ids, {ids[10], ids[11]})));
   using Letter = std::pair<std::string, std::string>;
