@@ -38,7 +38,7 @@ namespace {
 
 constexpr int kCycles = 3;
 constexpr int kThreads = 24;
-constexpr int64_t kLimit = 1500;
+constexpr int64_t kLimit = 3000;  // above what three cycles can use (about 1 call per ms)
 constexpr char kServiceToken[] = "e2e-gateway-token-0123456789";
 constexpr char kWebhookSecret[] = "whsec_e2e_usage";
 constexpr char kUser[] = "e2e-user";
@@ -125,12 +125,27 @@ class UsageE2eTest : public ::testing::Test {
       });
     }
     if (kill_after_ms > 0) {
+      // The kill lands under load: after the first acknowledgement (a slow start must not turn
+      // a cycle into a kill of an idle daemon).
+      WaitUntil([&] {
+        std::lock_guard<std::mutex> lock(mu);
+        return !acked.empty() || unexpected.load() > 0;
+      });
       std::this_thread::sleep_for(std::chrono::milliseconds(kill_after_ms));
       daemon_->Kill();
     }
     for (auto& c : clients) c.join();
     EXPECT_EQ(unexpected.load(), 0);
     return acked;
+  }
+
+  // Polls `done` for up to 30 s (a client's failure is reported by the client).
+  template <typename Fn>
+  static void WaitUntil(Fn done) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (!done() && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
   }
 
   // Calls `fn` for every event of `subject` and `type` in the log, page by page.
@@ -227,6 +242,10 @@ class UsageE2eTest : public ::testing::Test {
         }
       });
     }
+    WaitUntil([&] {
+      std::lock_guard<std::mutex> lock(mu);
+      return !bodies.empty();
+    });
     std::this_thread::sleep_for(std::chrono::milliseconds(kill_after_ms));
     daemon_->Kill();
     for (auto& c : clients) c.join();
@@ -273,6 +292,8 @@ TEST_F(UsageE2eTest, KillNineDuringConsumeLoadKeepsCountersEqualToTheLog) {
     std::map<std::string, Acked> cycle_acked = Load("c" + std::to_string(cycle), kill_after_ms);
     std::printf("cycle %d: SIGKILL after %d ms, %zu consumes acknowledged\n", cycle,
                 kill_after_ms, cycle_acked.size());
+    // A cycle that acknowledged nothing (the quota used up early) would check nothing new.
+    EXPECT_FALSE(cycle_acked.empty()) << "cycle " << cycle << " acknowledged nothing";
     acked.insert(cycle_acked.begin(), cycle_acked.end());
     ASSERT_TRUE(daemon_->Start().ok()) << daemon_->Log();
     CheckAfterRestart(acked);
@@ -302,6 +323,7 @@ TEST_F(UsageE2eTest, KillNineDuringBatchIngestKeepsCountersEqualToTheLog) {
         BatchLoad("b" + std::to_string(cycle), kill_after_ms, &accepted);
     std::printf("batch cycle %d: SIGKILL after %d ms, %zu batches acknowledged\n", cycle,
                 kill_after_ms, acked.size());
+    EXPECT_FALSE(acked.empty()) << "batch cycle " << cycle << " acknowledged nothing";
     bodies.insert(bodies.end(), acked.begin(), acked.end());
     ASSERT_TRUE(daemon_->Start().ok()) << daemon_->Log();
     for (const std::string& user : {std::string(kUser), std::string(kBatchUser)}) {

@@ -758,6 +758,11 @@ TEST(DeliveryCheckTest, DetectsLossCorruptionAndReordering) {
   report = CheckDelivery(with_duplicate, 1, 3, options);
   EXPECT_TRUE(report.ok()) << report.Summary();
   EXPECT_EQ(report.duplicates, 1u);
+  // A "duplicate" whose content differs is an error: a redelivery carries the same bytes.
+  with_duplicate.back() = make(2, "a", "id-2", h1, h3);
+  report = CheckDelivery(with_duplicate, 1, 3, options);
+  EXPECT_FALSE(report.ok()) << report.Summary();
+  EXPECT_EQ(report.duplicates, 1u);
 
   // A lost record.
   auto lost = good;

@@ -153,6 +153,25 @@ TEST(PowerLossModelTest, ARenameFollowedByADirectorySyncSurvives) {
   EXPECT_EQ(ReadAll(m.dir.Sub("CURRENT")), "new");
 }
 
+// A directory sync makes durable the entries that existed when it was called, not a file created
+// while it is under way (here: held before it reaches the disk).
+TEST(PowerLossModelTest, AFileCreatedDuringADirectorySyncNeedsASyncOfItsOwn) {
+  ModelFixture m;
+  auto early = m.Create("early");
+  ASSERT_TRUE(early->Close(m.io, nullptr).ok());
+  m.fs->HoldSyncs();
+  std::thread sync([&m] { m.SyncDirectory(); });
+  m.fs->WaitUntilASyncIsHeld();
+  auto late = m.Create("late");
+  ASSERT_TRUE(late->Close(m.io, nullptr).ok());
+  m.fs->ReleaseSyncs();
+  sync.join();
+  FaultFs::DropReport report = m.PowerLoss();
+  EXPECT_EQ(report.files_deleted, 1u);
+  EXPECT_TRUE(std::filesystem::exists(m.dir.Sub("early")));
+  EXPECT_FALSE(std::filesystem::exists(m.dir.Sub("late")));
+}
+
 TEST(PowerLossModelTest, InjectedFailuresWriteAndSyncNothing) {
   ModelFixture m;
   auto file = m.Create("data");

@@ -111,16 +111,18 @@ class FaultDirectory final : public rocksdb::FSDirectoryWrapper {
       : FSDirectoryWrapper(std::move(target)), fs_(fs), name_(std::move(name)) {}
 
   IOStatus Fsync(const IOOptions& options, IODebugContext* dbg) override {
+    const uint64_t covered = fs_->DirectoryChangesSoFar();
     IOStatus s = fs_->BeforeSync();
     if (s.ok()) s = FSDirectoryWrapper::Fsync(options, dbg);
-    if (s.ok()) fs_->AfterDirectorySync(name_);
+    if (s.ok()) fs_->AfterDirectorySync(name_, covered);
     return s;
   }
   IOStatus FsyncWithDirOptions(const IOOptions& options, IODebugContext* dbg,
                                const rocksdb::DirFsyncOptions& dir_options) override {
+    const uint64_t covered = fs_->DirectoryChangesSoFar();
     IOStatus s = fs_->BeforeSync();
     if (s.ok()) s = FSDirectoryWrapper::FsyncWithDirOptions(options, dbg, dir_options);
-    if (s.ok()) fs_->AfterDirectorySync(name_);
+    if (s.ok()) fs_->AfterDirectorySync(name_, covered);
     return s;
   }
 
@@ -230,9 +232,23 @@ void FaultFs::AfterTruncate(FileState* state, uint64_t size) {
   state->synced_size = std::min(state->synced_size, size);
 }
 
-void FaultFs::AfterDirectorySync(const std::string& dirname) {
+uint64_t FaultFs::DirectoryChangesSoFar() const {
   std::lock_guard<std::mutex> l(mu_);
-  pending_dirs_.erase(Normalize(dirname));
+  return directory_changes_;
+}
+
+void FaultFs::AfterDirectorySync(const std::string& dirname, uint64_t covered) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = pending_dirs_.find(Normalize(dirname));
+  if (it == pending_dirs_.end()) return;
+  std::erase_if(it->second, [covered](const PendingEntry& e) { return e.number < covered; });
+  if (it->second.empty()) pending_dirs_.erase(it);
+}
+
+void FaultFs::AddPendingEntry(PendingEntry entry) {
+  entry.number = directory_changes_++;
+  std::string dir = ParentOf(entry.name);
+  pending_dirs_[dir].push_back(std::move(entry));
 }
 
 uint64_t FaultFs::UnsyncedBytes() const {
@@ -267,7 +283,7 @@ IOStatus FaultFs::NewWritableFile(const std::string& fname, const rocksdb::FileO
   if (!existed) {
     std::string name = Normalize(fname);
     std::lock_guard<std::mutex> l(mu_);
-    pending_dirs_[ParentOf(name)].push_back(PendingEntry{name, std::nullopt, std::nullopt});
+    AddPendingEntry(PendingEntry{name, std::nullopt, std::nullopt});
   }
   *result = std::make_unique<FaultWritableFile>(std::move(file), this, std::move(state));
   return IOStatus::OK();
@@ -290,7 +306,7 @@ IOStatus FaultFs::ReopenWritableFile(const std::string& fname, const rocksdb::Fi
   if (!existed) {
     std::string name = Normalize(fname);
     std::lock_guard<std::mutex> l(mu_);
-    pending_dirs_[ParentOf(name)].push_back(PendingEntry{name, std::nullopt, std::nullopt});
+    AddPendingEntry(PendingEntry{name, std::nullopt, std::nullopt});
   }
   *result = std::make_unique<FaultWritableFile>(std::move(file), this, std::move(state));
   return IOStatus::OK();
@@ -371,7 +387,7 @@ IOStatus FaultFs::RenameFile(const std::string& source, const std::string& targe
     files_[to] = it->second;
     files_.erase(it);
   }
-  if (undoable) pending_dirs_[ParentOf(to)].push_back(PendingEntry{to, from, std::move(previous)});
+  if (undoable) AddPendingEntry(PendingEntry{to, from, std::move(previous)});
   return IOStatus::OK();
 }
 

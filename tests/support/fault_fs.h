@@ -161,7 +161,11 @@ class FaultFs final : public rocksdb::FileSystemWrapper {
   uint64_t SizeOf(FileState* state);
   void AfterSync(FileState* state, uint64_t synced_size);
   void AfterTruncate(FileState* state, uint64_t size);
-  void AfterDirectorySync(const std::string& dirname);
+  // A directory sync covers the changes made before it was called: DirectoryChangesSoFar() is
+  // taken then, and AfterDirectorySync() makes durable only the changes below it (a file created
+  // while the sync is under way, or held by HoldSyncs(), still needs a sync of its own).
+  uint64_t DirectoryChangesSoFar() const;
+  void AfterDirectorySync(const std::string& dirname, uint64_t covered);
   rocksdb::IOStatus PowerOffError() const;
 
  private:
@@ -170,7 +174,10 @@ class FaultFs final : public rocksdb::FileSystemWrapper {
     std::string name;                             // the created file, or the rename destination
     std::optional<std::string> source;            // set for a rename
     std::optional<std::string> previous_content;  // the destination's content before a rename
+    uint64_t number = 0;                          // order of the change (directory_changes_)
   };
+  // Called with mu_ held.
+  void AddPendingEntry(PendingEntry entry);
 
   // Starts (created) or continues tracking `fname`; an untracked file's `size` bytes are durable.
   std::shared_ptr<FileState> Track(const std::string& fname, bool created, uint64_t size);
@@ -197,6 +204,7 @@ class FaultFs final : public rocksdb::FileSystemWrapper {
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<FileState>> files_;        // by normalized path
   std::map<std::string, std::vector<PendingEntry>> pending_dirs_;  // by normalized directory
+  uint64_t directory_changes_ = 0;  // PendingEntry numbers handed out
 };
 
 // A FaultFs and the rocksdb::Env over it (for LedgerOptions.env). Must outlive the Ledger.

@@ -296,6 +296,7 @@ DeliveryReport CheckDelivery(const std::vector<ConsumedRecord>& records, uint64_
                              uint64_t last, const DeliveryCheckOptions& options) {
   DeliveryReport report;
   std::map<std::string, uint64_t> position_of_id;
+  std::map<std::string, const ConsumedRecord*> first_of_id;
   std::map<uint64_t, CloudEventFields> by_position;
   std::map<std::string, uint64_t> last_position_of_key;
   for (const ConsumedRecord& record : records) {
@@ -313,9 +314,14 @@ DeliveryReport CheckDelivery(const std::vector<ConsumedRecord>& records, uint64_
         report.errors.push_back("id " + fields.id + " seen at positions " +
                                 std::to_string(it->second) + " and " +
                                 std::to_string(fields.position));
+      } else if (const ConsumedRecord* first = first_of_id[fields.id];
+                 first->value != record.value || first->key != record.key) {
+        // A redelivery is the same event: the same bytes under the same key.
+        report.errors.push_back("id " + fields.id + " delivered twice with different content");
       }
       continue;
     }
+    first_of_id[fields.id] = &record;
     if (options.check_key_order) {
       uint64_t& previous = last_position_of_key[record.key];
       if (fields.position < previous) {
