@@ -148,6 +148,25 @@ class OutboxTest : public ::testing::Test {
     options.check_key_order = check_key_order;
     DeliveryReport report = CheckDelivery(consumer->records(), 1, Head(), options);
     records_ = consumer->records();
+    // Every copy, first or redelivered, is the ledger's own rendering of the event at its
+    // position (with a dataref only when the event is too large to be published whole).
+    std::vector<Event> events;
+    Status read = ledger_->ReadEvents(Position(0), Head(), {}, &events);
+    if (!read.ok()) report.errors.push_back("reading the ledger: " + read.ToString());
+    for (const ConsumedRecord& record : records_) {
+      testing::CloudEventFields fields;
+      if (!testing::ValidateCloudEventRecord(record, kSource, &fields).empty()) continue;
+      if (fields.position == 0 || fields.position > events.size()) continue;  // reported above
+      const Event& event = events[fields.position - 1];
+      const std::string whole = ToCloudEventJson(event, kSource);
+      const bool matches = whole.size() > limits::kOutboxMessageBytesMax
+                               ? record.value == ToCloudEventJsonWithDataRef(event, kSource)
+                               : record.value == whole;
+      if (!matches) {
+        report.errors.push_back("position " + std::to_string(fields.position) + " at offset " +
+                                std::to_string(record.offset) + " differs from the ledger's event");
+      }
+    }
     return report;
   }
 
