@@ -12,7 +12,8 @@
 //   POST   /api/v1/byok/keys/test/{provider}  opens the key, asks the provider (byok_providers.h),
 //                                          records byok.key_tested.v1; 200 {"result","valid",...}
 //   GET    /api/v1/byok/stats              {"byok_enabled","providers_available","keys_configured",
-//                                          "keys_valid","keys_invalid","keys_untested"}
+//                                          "keys_valid","keys_invalid","keys_error",
+//                                          "keys_untested"}
 // A plaintext key is never logged, never in an answer, and wiped from our own buffers after use.
 #include <openssl/rand.h>
 
