@@ -392,9 +392,10 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
     // Churn is paying customers lost, dated by when the subscription ended (a cancellation at the
     // period's end is asked for weeks before): not a checkout that never completed
     // (incomplete_expired), nor a trial that ended within its trial or never paid after it (trial
-    // conversion counts those).
+    // conversion counts those), nor a subscription to a price outside the catalog (an add-on made
+    // in Stripe's Dashboard: never a paying subscriber here, so never one lost).
     bool churned_in_window = false;
-    if (r.status == SubscriptionStatus::kCanceled) {
+    if (r.status == SubscriptionStatus::kCanceled && plan != nullptr) {
       const std::optional<int64_t> ended = r.ended_at ? r.ended_at : r.canceled_at;
       const bool within_trial = ended && r.trial_end && *ended <= *r.trial_end;
       churned_in_window = ended && !within_trial && !never_paid_after_trial &&

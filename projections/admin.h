@@ -28,12 +28,12 @@
 //                             of weekly prices is 52 weeks, a price billed every n intervals is
 //                             divided by n and truncated; ARR may differ from 12 × MRR by cents).
 //                             Discounts (coupons) are not taken off.
-//   churned (window)          a user whose Stripe subscription was canceled (not
-//                             incomplete_expired: that one never started) at `ended_at` (else
-//                             `canceled_at`) inside the last `churn_days`, after its trial if it
-//                             had one (`trial_end`) and not in the first period after it without
-//                             a paid invoice (the first charge after the trial never succeeded:
-//                             a lost trial).
+//   churned (window)          a user whose Stripe subscription on a catalog plan was canceled
+//                             (not incomplete_expired: that one never started) at `ended_at`
+//                             (else `canceled_at`) inside the last `churn_days`, after its trial if
+//                             it had one (`trial_end`) and not in the first period after it
+//                             without a paid invoice (the first charge after the trial never
+//                             succeeded: a lost trial).
 //   paying at start           a user paying when the churn window began: on a catalog plan, paying
 //                             since before it (`trial_end` when it had a trial, else `created`),
 //                             and now active, past_due, unpaid or paused (not after a first

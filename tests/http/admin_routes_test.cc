@@ -420,6 +420,36 @@ TEST_F(AdminRoutesTest, ChurnIsPaidSubscriptionsDatedByTheirEnd) {
   EXPECT_EQ(professional, 1);
 }
 
+// A subscription to a price outside the catalog (an add-on made in Stripe's Dashboard, no
+// metadata.plan_id) never made a paying subscriber here: its cancellation is no churn.
+TEST_F(AdminRoutesTest, ChurnCountsOnlySubscriptionsOnACatalogPlan) {
+  AddSubscriber(OnPlan("u-a", "starter", kNow - 40 * kDay, kNow + 20 * kDay), "a@x.com");
+  AddSubscriber(OnPlan("u-x", ""), "x@x.com");
+  ledger::testing::StripeSubscriptionSpec addon;
+  addon.event_id = "evt_addon_canceled";
+  addon.subscription_id = "sub_addon";
+  addon.customer_id = "cus_u-x";
+  addon.item_id = "si_addon";
+  addon.status = "canceled";
+  addon.price_id = "price_addon_monthly";
+  addon.unit_amount = 500;
+  addon.metadata_user_id = "u-x";
+  addon.metadata_plan_id = std::nullopt;
+  addon.created = addon.period_start = kNow - 60 * kDay;
+  addon.period_end = kNow - 3 * kDay;
+  addon.canceled_at = addon.ended_at = kNow - 3 * kDay;
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeSubscriptionEventJson(addon))
+                  .status.ok());
+  HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  EXPECT_EQ(doc["subscribers"]["by_status"]["canceled"].GetInt64(), 1) << r.body;  // u-x
+  EXPECT_EQ(doc["churn"]["churned"].GetInt64(), 0) << r.body;
+  EXPECT_EQ(doc["churn"]["paying_at_start"].GetInt64(), 1) << r.body;  // u-a
+  EXPECT_DOUBLE_EQ(doc["churn"]["rate"].GetDouble(), 0.0);
+}
+
 TEST_F(AdminRoutesTest, RevenueIsWhatStripeBillsNotTheCatalogsCurrentPrice) {
   const int64_t start = kNow - 10 * kDay, end = kNow + 20 * kDay;
   // Signed up at $15 before Starter went to $19: Stripe keeps billing $15.
