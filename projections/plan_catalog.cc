@@ -744,6 +744,24 @@ Status CheckConversionPlanStaysOnSale(const StateReader& state, const Plan& curr
   return Status::OK();
 }
 
+// The other way round: a trial plan put on sale (POST, or PUT "active":true of a retired one)
+// while the conversion plan is retired or missing sells nothing -- every checkout for it is 422,
+// as there is no price for its subscription to run on -- so it is refused here instead (DELETE
+// /plans/trial, DELETE /plans/starter, PUT /plans/trial {"active":true} answered 200). A trial
+// plan already on sale is left alone (a store from before this check still takes its edits).
+Status CheckConversionPlanOnSale(const StateReader& state, const Plan& plan, bool was_active) {
+  if (plan.trial_days <= 0 || !plan.active || was_active) return Status::OK();
+  Plan conversion;
+  Status s = GetPlan(state, kTrialConversionPlanId, &conversion);
+  if (s.ok() && conversion.active) return Status::OK();
+  if (!s.ok() && !s.IsNotFound()) return s;
+  return Status::Conflict("conversion_plan_not_on_sale",
+                          "trial plan '" + plan.id + "' converts to plan '" +
+                              std::string(kTrialConversionPlanId) + "', which is " +
+                              (s.ok() ? "retired" : "not in the catalog") +
+                              ": put it on sale first");
+}
+
 }  // namespace
 
 Status CreatePlan::Decide(const DecideContext& context, Decision* decision) {
@@ -754,6 +772,7 @@ Status CreatePlan::Decide(const DecideContext& context, Decision* decision) {
   if (s.ok()) return Status::Conflict("plan_exists", "plan '" + plan_.id + "' already exists");
   if (!s.IsNotFound()) return s;
   LEDGER_RETURN_IF_ERROR(CheckStripePricesUnique(*context.state, plan_, nullptr));
+  LEDGER_RETURN_IF_ERROR(CheckConversionPlanOnSale(*context.state, plan_, /*was_active=*/false));
   size_t count = 0;
   LEDGER_RETURN_IF_ERROR(CountPlans(*context.state, &count));
   if (count >= limits::kPlansMax) {
@@ -790,6 +809,7 @@ Status UpdatePlan::Decide(const DecideContext& context, Decision* decision) {
   LEDGER_RETURN_IF_ERROR(ValidatePlanChange(
       next, [this](std::string_view field) { return input_.Given(field); }));
   LEDGER_RETURN_IF_ERROR(CheckConversionPlanStaysOnSale(*context.state, current, next.active));
+  LEDGER_RETURN_IF_ERROR(CheckConversionPlanOnSale(*context.state, next, current.active));
   LEDGER_RETURN_IF_ERROR(CheckStripePriceFresh("monthly", next.price_monthly_cents,
                                                current.price_monthly_cents,
                                                next.stripe_price_monthly,

@@ -167,7 +167,9 @@ Status GetPlan(const StateReader& state, std::string_view plan_id, Plan* out);
 // Commands. Each answers Decision.body = the plan's JSON (SeedCatalog: a summary).
 
 // 201 + plan.created.v1. 409 "plan_exists" when the id exists (retired plans included);
-// 422 "plan_catalog_full" beyond limits::kPlansMax.
+// 409 "conversion_plan_not_on_sale" for a trial plan (trial_days > 0) on sale while the plan it
+// converts to (kTrialConversionPlanId) is retired or missing; 422 "plan_catalog_full" beyond
+// limits::kPlansMax.
 class CreatePlan final : public Command {
  public:
   CreatePlan(Plan plan, Actor actor) : plan_(std::move(plan)), actor_(std::move(actor)) {}
@@ -179,7 +181,9 @@ class CreatePlan final : public Command {
 };
 
 // 200 + plan.updated.v1 (the stored plan with the given fields replaced, see PlanInput). 404 when
-// missing. A change that leaves the plan as stored appends nothing.
+// missing. A change that leaves the plan as stored appends nothing. 409 "conversion_plan_in_use"
+// for "active":false of kTrialConversionPlanId while a trial plan is on sale (also RetirePlan),
+// "conversion_plan_not_on_sale" for "active":true of a retired trial plan while it is not.
 class UpdatePlan final : public Command {
  public:
   UpdatePlan(PlanInput input, Actor actor) : input_(std::move(input)), actor_(std::move(actor)) {}

@@ -689,6 +689,56 @@ TEST(PlanCommandsTest, StarterCannotBeRetiredWhileATrialConvertsToIt) {
   EXPECT_EQ(d.events.size(), 1u);
 }
 
+// The other way round: a trial plan cannot go on sale (POST, or PUT "active":true of a retired
+// one) while the plan its trials convert to is retired or missing: every checkout for it would be
+// refused (DELETE /plans/trial, DELETE /plans/starter, PUT /plans/trial {"active":true} was 200).
+TEST(PlanCommandsTest, ATrialPlanCannotGoOnSaleWhileItsConversionPlanIsNot) {
+  Harness h;
+  SeedCatalog seed;
+  h.MustRun(&seed);
+  RetirePlan trial("trial", TestAdmin());
+  h.MustRun(&trial);
+  RetirePlan starter("starter", TestAdmin());
+  h.MustRun(&starter);
+  const size_t events = h.events().size();
+  Decision d;
+  PlanInput on;
+  ASSERT_TRUE(ParsePlanInput(R"({"active":true})", "trial", &on).ok());
+  UpdatePlan put_on(on, TestAdmin());
+  Status s = h.Run(&put_on, &d);
+  EXPECT_EQ(s.problem(), "conversion_plan_not_on_sale") << s.ToString();
+  EXPECT_EQ(s.code(), Code::kConflict);
+  CreatePlan create(ParsedBody(R"("trial_days":14)"), TestAdmin());
+  s = h.Run(&create, &d);
+  EXPECT_EQ(s.problem(), "conversion_plan_not_on_sale") << s.ToString();
+  EXPECT_EQ(h.events().size(), events);
+  // Off sale, a trial plan can be made and edited; a plan without a trial goes on sale.
+  PlanInput rename;
+  ASSERT_TRUE(ParsePlanInput(R"({"display_name":"Old trial"})", "trial", &rename).ok());
+  UpdatePlan put_rename(rename, TestAdmin());
+  h.MustRun(&put_rename);
+  CreatePlan later(ParsedBody(R"("trial_days":14,"active":false)"), TestAdmin());
+  h.MustRun(&later);
+  PlanInput pro_on;
+  ASSERT_TRUE(ParsePlanInput(R"({"display_name":"Pro"})", "professional", &pro_on).ok());
+  UpdatePlan put_pro(pro_on, TestAdmin());
+  h.MustRun(&put_pro);
+  // Starter back on sale: so can the trial be.
+  PlanInput starter_on;
+  ASSERT_TRUE(ParsePlanInput(R"({"active":true})", "starter", &starter_on).ok());
+  UpdatePlan put_starter(starter_on, TestAdmin());
+  h.MustRun(&put_starter);
+  UpdatePlan put_on_again(on, TestAdmin());
+  EXPECT_EQ(h.MustRun(&put_on_again).events.size(), 1u);
+
+  // A catalog without the conversion plan at all: no trial plan on sale either.
+  Harness bare;
+  CreatePlan first_trial(ParsedBody(R"("trial_days":14)"), TestAdmin());
+  s = bare.Run(&first_trial, &d);
+  EXPECT_EQ(s.problem(), "conversion_plan_not_on_sale") << s.ToString();
+  EXPECT_TRUE(bare.events().empty());
+}
+
 // trial_days > 0 makes a plan's price a one-time trial fee and its windows daily: a PUT cannot
 // turn a recurring plan into a trial (its subscribers would be read as expired trials) or back.
 TEST(PlanCommandsTest, UpdateCannotTurnARecurringPlanIntoATrialOrBack) {
