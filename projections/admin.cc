@@ -414,8 +414,20 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
                              r.status == SubscriptionStatus::kUnpaid ||
                              r.status == SubscriptionStatus::kPaused) &&
                             !never_paid_after_trial);
+    // ...and only while they still paid when the window began: an active one pays now; one that
+    // stopped (past due, unpaid, paused, or canceled inside the window) paid until the end of the
+    // period the fold last heard of, and not past a charge that failed (its latest invoice, not
+    // paid) before the window began -- Stripe moves an unpaid subscription's period on after
+    // dunning gave up. A subscription unpaid since last year sat in every window's base: 10 of
+    // them, 10 active and 1 canceled 3 days ago made a rate of 1/21, not 1/11. Without a period
+    // or an invoice the fold cannot date it: counted.
+    const bool failed_before_window = sub.latest_invoice && !sub.latest_invoice->paid &&
+                                      sub.latest_invoice->event_created < churn_from;
+    const bool paying_at_window_start =
+        r.status == SubscriptionStatus::kActive ||
+        ((!r.current_period_end || *r.current_period_end >= churn_from) && !failed_before_window);
     if (plan != nullptr && (!paying_since || *paying_since < churn_from) &&
-        (paid_once || churned_in_window)) {
+        (paid_once || churned_in_window) && paying_at_window_start) {
       ++paying_at_start;
       if (churned_in_window) ++churned_of_those;
     }

@@ -38,9 +38,13 @@
 //                             since before it (`trial_end` when it had a trial, else `created`),
 //                             and now active, past_due, unpaid or paused (not after a first
 //                             charge after its trial that never succeeded), or churned inside the
-//                             window. Churn rate = those of them churned / paying at start
-//                             (`churned` also counts customers won and lost inside the window,
-//                             which are not in the base).
+//                             window; one not active now only while it still paid when the
+//                             window began: its current period (as last delivered) ends at or
+//                             after the window's start, and its latest invoice is not a failed
+//                             charge from before it (without either date it counts). Churn
+//                             rate = those of them churned / paying at start (`churned` also
+//                             counts customers won and lost inside the window, and ones that had
+//                             stopped paying before it, which are not in the base).
 //   trial conversion          among users whose subscription had a trial (`trial_start`) or is on
 //                             a trial plan: converted = now paying on a non-trial plan, or ended
 //                             with its latest invoice paid at or after its trial's end (converted,

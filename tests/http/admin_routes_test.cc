@@ -350,6 +350,65 @@ TEST_F(AdminRoutesTest, ChurnRateIsOfThePayingAtTheStartAndAConvertedTrialThatLe
   EXPECT_DOUBLE_EQ(trials["rate"].GetDouble(), 0.6667);
 }
 
+// The base is who was paying when the window began: a subscription unpaid since last year, or
+// one whose last charge failed long before (Stripe moves an unpaid subscription's period on), is
+// not in it (it sat in every window's base for good).
+TEST_F(AdminRoutesTest, ChurnBaseLeavesOutSubscriptionsThatStoppedPayingBeforeTheWindow) {
+  AddSubscriber(OnPlan("u-a", "starter", kNow - 40 * kDay, kNow + 20 * kDay), "a@x.com");
+  TestSubscription gone = OnPlan("u-gone", "starter", "canceled");
+  gone.period_start = kNow - 33 * kDay;
+  gone.period_end = kNow - 3 * kDay;
+  gone.ended_at = kNow - 3 * kDay;
+  AddSubscriber(gone, "gone@x.com");
+  TestSubscription old = OnPlan("u-old", "starter", "unpaid");
+  old.period_start = kNow - 400 * kDay;
+  old.period_end = kNow - 370 * kDay;
+  AddSubscriber(old, "old@x.com");
+  HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  EXPECT_EQ(doc["churn"]["churned"].GetInt64(), 1) << r.body;
+  EXPECT_EQ(doc["churn"]["paying_at_start"].GetInt64(), 2) << r.body;  // a, gone
+  EXPECT_DOUBLE_EQ(doc["churn"]["rate"].GetDouble(), 0.5);
+
+  // Yearly, its period reaches into the window, but its last charge failed 200 days ago.
+  TestSubscription moved = OnPlan("u-moved", "starter", "unpaid");
+  moved.interval = "year";
+  moved.period_start = kNow - 345 * kDay;
+  moved.period_end = kNow + 20 * kDay;
+  AddSubscriber(moved, "moved@x.com");
+  ledger::testing::StripeInvoiceSpec failed;
+  failed.event_id = "evt_inv_moved";
+  failed.event_type = "invoice.payment_failed";
+  failed.event_created = kNow - 200 * kDay;
+  failed.invoice_id = "in_moved";
+  failed.customer_id = "cus_u-moved";
+  failed.subscription_id = "sub_u-moved";
+  failed.metadata_user_id = "u-moved";
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeInvoiceEventJson(failed))
+                  .status.ok());
+  // A past-due one whose charge failed inside the window was paying when it began.
+  TestSubscription dunning = OnPlan("u-dun", "starter", "past_due");
+  dunning.interval = "year";
+  dunning.period_start = kNow - 360 * kDay;
+  dunning.period_end = kNow + 5 * kDay;
+  AddSubscriber(dunning, "dun@x.com");
+  failed.event_id = "evt_inv_dun";
+  failed.event_created = kNow - 2 * kDay;
+  failed.invoice_id = "in_dun";
+  failed.customer_id = "cus_u-dun";
+  failed.subscription_id = "sub_u-dun";
+  failed.metadata_user_id = "u-dun";
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeInvoiceEventJson(failed))
+                  .status.ok());
+  r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
+  ASSERT_EQ(r.status, 200) << r.body;
+  doc = r.Json();
+  EXPECT_EQ(doc["churn"]["paying_at_start"].GetInt64(), 3) << r.body;  // a, gone, dun
+}
+
 TEST_F(AdminRoutesTest, ChurnIsPaidSubscriptionsDatedByTheirEnd) {
   const int64_t start = kNow - 10 * kDay, end = kNow + 20 * kDay;
   AddSubscriber(OnPlan("u-a", "starter", start, end), "a@x.com");
