@@ -16,8 +16,10 @@
 //   GET   /api/v1/admin/subscriptions/analytics/overview?churn_days=   (1..365, default 30)
 //   GET   /api/v1/admin/subscriptions/analytics/revenue-by-tier
 //   GET   /api/v1/admin/subscriptions/analytics/usage-stats?from=&to=
-//         windows starting in [from, to): RFC 3339 or Unix seconds; default the current UTC
-//         calendar month up to now; at most 400 days. {"usage": {...}, "denials_since_start"}
+//         windows starting in [from, to), each counted whole in the range holding its start
+//         (adjacent ranges add up; a billing month from the 20th is the month's of its start):
+//         RFC 3339 or Unix seconds; default the current UTC calendar month up to now; at most
+//         400 days. {"usage": {...}, "denials_since_start"}
 //         (refused consumes since the daemon started, from the usage meter: refusals are not
 //         events).
 // {email} must contain '@' (so that `list` and `analytics` are never taken for one).

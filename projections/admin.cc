@@ -610,11 +610,11 @@ Status UsageStatsJson(const StateReader& state, int64_t from_s, int64_t to_s, st
   std::map<std::string, int64_t, std::less<>> per_user;
   std::unordered_map<std::string, std::string> plan_of;  // user -> effective plan id or "none"
   Status inner;
-  // Windows overlapping the range: a billing month begins on its period's day, so the current
-  // one of a subscription renewed on the 27th began last month.
-  const int64_t scan_from = from_s - kUsageWindowSecondsMax;
-  Status s = ScanUsageWindows(state, scan_from, to_s, [&](int64_t window_start,
-                                                          std::string_view user, WindowKind kind) {
+  // Windows starting in the range, each counted whole in the range that holds its start: a
+  // billing month from Jan 20 to Feb 20 is January's. (Counting every window that overlapped the
+  // range counted it in January's and in February's: adjacent ranges did not add up.)
+  Status s = ScanUsageWindows(state, from_s, to_s, [&](int64_t window_start,
+                                                      std::string_view user, WindowKind kind) {
     UsageCounter counter;
     inner = GetUsageCounter(state, user, window_start, kind, &counter);
     if (inner.IsNotFound()) {
@@ -622,7 +622,6 @@ Status UsageStatsJson(const StateReader& state, int64_t from_s, int64_t to_s, st
       return true;
     }
     if (!inner.ok()) return false;
-    if (counter.window_end_s <= from_s) return true;
     ++windows;
     calls += counter.used;
     recorded += counter.recorded;

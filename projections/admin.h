@@ -148,7 +148,9 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
 // (retired ones too), in catalog order; `subscribers` counts effective access on the plan.
 Status RevenueByTierJson(const StateReader& state, std::string* out);
 
-// Usage recorded in windows overlapping [from_s, to_s) (starting before to_s, ending after from_s):
+// Usage recorded in windows starting in [from_s, to_s), each window counted whole in the one range
+// that holds its start (adjacent ranges add up; a billing month from the 20th is the month's of
+// its start, not of its end):
 // {"from","to","windows","users","calls","recorded","resets","by_service":{...},
 //  "by_plan":{...},"top_users":[{"user_id","calls"}]} — `calls` is what counts against quotas
 // (after resets), `recorded` everything recorded; by_plan keys are effective plan ids now

@@ -608,25 +608,34 @@ TEST_F(AdminRoutesTest, UsageStatsCountWhatWasRecordedInTheRange) {
                 "invalid_parameter");
 }
 
-// A billing month begins on its period's day: the current window of a subscription renewed on
-// the 27th began last month, and the default range (this calendar month) still counts it.
-TEST_F(AdminRoutesTest, UsageStatsCountWindowsThatOverlapTheRange) {
-  AddSubscriber(OnPlan("u-late", "starter", kNow - 28 * kDay, kNow + 2 * kDay), "late@x.com");
+// A window is counted whole in the one range that holds its start: a billing month from Jul 20
+// to Aug 20 is July's, so July's and August's figures add up to its calls (every window that
+// overlapped a range was counted in it: in July's and in August's).
+TEST_F(AdminRoutesTest, UsageStatsCountEachWindowInTheRangeOfItsStart) {
+  const int64_t jul20 = 1752969600, aug20 = 1755648000;  // 2025-07-20, 2025-08-20 (UTC)
+  ASSERT_LT(jul20, kNow);
+  ASSERT_LT(kNow, aug20);
+  AddSubscriber(OnPlan("u-late", "starter", jul20, aug20), "late@x.com");
   for (int i = 0; i < 3; ++i) {
     ASSERT_EQ(Consume("u-late", "chat", "l" + std::to_string(i)).status, 200);
   }
-  ASSERT_LT(kNow - 28 * kDay, pj::UtcMonthStart(kNow));  // the window began last month
+  auto calls = [&](const std::string& range) {
+    HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/usage-stats" + range);
+    EXPECT_EQ(r.status, 200) << r.body;
+    return r.status == 200 ? r.Json()["usage"]["calls"].GetInt64() : -1;
+  };
+  const int64_t july = calls("?from=2025-07-01T00:00:00Z&to=2025-08-01T00:00:00Z");
+  const int64_t august = calls("?from=2025-08-01T00:00:00Z&to=2025-09-01T00:00:00Z");
+  EXPECT_EQ(july, 3);
+  EXPECT_EQ(august, 0);
+  EXPECT_EQ(july + august, 3);
+  // The default range (this UTC month so far) holds its start.
   HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/usage-stats");
   ASSERT_EQ(r.status, 200) << r.body;
-  EXPECT_EQ(r.Json()["usage"]["calls"].GetInt64(), 3) << r.body;
   EXPECT_EQ(r.Json()["usage"]["windows"].GetInt64(), 1) << r.body;
-  // A range that ends before the window began, or begins after it ended, counts nothing.
-  r = Admin().Get(std::string(kAdminBase) + "analytics/usage-stats?from=" +
-                  std::to_string(kNow - 60 * kDay) + "&to=" + std::to_string(kNow - 28 * kDay));
-  EXPECT_EQ(r.Json()["usage"]["calls"].GetInt64(), 0) << r.body;
-  r = Admin().Get(std::string(kAdminBase) + "analytics/usage-stats?from=" +
-                  std::to_string(kNow + 2 * kDay) + "&to=" + std::to_string(kNow + 9 * kDay));
-  EXPECT_EQ(r.Json()["usage"]["calls"].GetInt64(), 0) << r.body;
+  // A range that begins after the window began counts nothing of it, even while it lasts.
+  EXPECT_EQ(calls("?from=" + std::to_string(jul20 + 1) + "&to=" + std::to_string(aug20)), 0);
+  EXPECT_EQ(calls("?from=" + std::to_string(jul20) + "&to=" + std::to_string(jul20 + 1)), 3);
 }
 
 TEST_F(AdminRoutesTest, AnOverrideCompsAnAccountAndIsAnEventNamingTheAdmin) {
