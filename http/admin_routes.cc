@@ -2,7 +2,9 @@
 // number):
 //   GET   /api/v1/admin/subscriptions/list?status=&tier=&q=&limit=&cursor=
 //         {"subscribers":[subscriber...], "next_cursor": string|null, "examined": n}: users in
-//         user id order; `status` is an effective status name or "none", `tier` a plan id, `q` a
+//         user id order; `status` is an effective status name, "none", or a name PATCH takes
+//         (`cancelled` and `suspended` are canceled, `trial` trialing), `tier` a plan id of the
+//         catalog (retired ones too; another, or an empty one, is a 400), `q` a
 //         case-insensitive substring of the email or the user id; `limit` 1..200 (default 50).
 //         A page examines at most 5,000 users, so a selective filter may return a short page with
 //         a next_cursor: follow it until it is null.
@@ -70,6 +72,17 @@ int64_t NowSeconds(const AdminRouteContext& c) {
   return (c.clock != nullptr ? c.clock : SystemClock::Default())->NowMicros() / 1'000'000;
 }
 
+// A status an admin names: Stripe's names, and the seed's (`cancelled` and `suspended` are
+// canceled: no access; `trial` is trialing). One mapping for PATCH and the list's filter, so a
+// list can find what a PATCH set by the name it was set with.
+bool ParseAdminStatus(std::string_view name, pj::SubscriptionStatus* out) {
+  const std::string_view stripe_name = name == "cancelled" || name == "suspended"
+                                           ? std::string_view("canceled")
+                                       : name == "trial" ? std::string_view("trialing")
+                                                         : name;
+  return pj::ParseSubscriptionStatus(stripe_name, out);
+}
+
 // A decimal integer in [min, max]; false (and a 400) otherwise.
 bool ParseIntParam(const std::string& text, const char* name, int64_t min, int64_t max,
                    int64_t* out, httplib::Response& res) {
@@ -129,14 +142,18 @@ void List(const AdminRouteContext& c, const httplib::Request& req, httplib::Resp
   pj::SubscriberFilter filter;
   if (req.has_param("status")) {
     pj::SubscriptionStatus parsed;
-    if (status != "none" && !pj::ParseSubscriptionStatus(status, &parsed)) {
+    if (status == "none") {
+      filter.status = status;
+    } else if (ParseAdminStatus(status, &parsed)) {
+      filter.status = std::string(pj::SubscriptionStatusName(parsed));
+    } else {
       WriteProblem(400, "invalid_parameter",
-                   "status: none or one of Stripe's subscription statuses", &res);
+                   "status: none, one of Stripe's subscription statuses, or cancelled, "
+                   "suspended, trial",
+                   &res);
       return;
     }
-    filter.status = status;
   }
-  if (req.has_param("tier")) filter.tier = tier;
   if (req.has_param("q")) {
     if (q.empty() || !pj::IsValidUtf8(q)) {
       WriteProblem(400, "invalid_parameter", "q: 1 to 320 bytes of UTF-8", &res);
@@ -156,6 +173,22 @@ void List(const AdminRouteContext& c, const httplib::Request& req, httplib::Resp
     return;
   }
   std::unique_ptr<ReadView> view = c.ledger->Snapshot();
+  if (req.has_param("tier")) {
+    // A tier is a catalog plan (retired ones too: their subscribers keep them), as PATCH takes
+    // it: any other matches nobody, and `?tier=platinum` answered empty pages until the cursor
+    // had walked every user.
+    pj::Plan plan;
+    Status s = tier.empty() ? Status::NotFound("no plan") : pj::GetPlan(*view, tier, &plan);
+    if (s.IsNotFound()) {
+      WriteProblem(400, "invalid_parameter", "tier: a plan id of the catalog", &res);
+      return;
+    }
+    if (!s.ok()) {
+      WriteStatusProblem(s, &res);
+      return;
+    }
+    filter.tier = tier;
+  }
   pj::SubscriberPage page;
   Status s = pj::ListSubscribers(*view, filter, after, static_cast<size_t>(limit), &page);
   if (!s.ok()) {
@@ -265,13 +298,8 @@ Status ParseOverrideChange(const std::string& body, pj::OverrideChange* out) {
       }
       out->plan_id = null ? std::optional<std::string>() : value;
     } else if (name == "status") {
-      // Stripe's names, and the seed's (`cancelled`, `suspended`: no access; `trial`).
-      const std::string_view stripe_name = value == "cancelled" || value == "suspended"
-                                               ? std::string_view("canceled")
-                                           : value == "trial" ? std::string_view("trialing")
-                                                              : std::string_view(value);
       pj::SubscriptionStatus status;
-      if (!null && !pj::ParseSubscriptionStatus(stripe_name, &status)) {
+      if (!null && !ParseAdminStatus(value, &status)) {
         return Status::Make(Code::kUnprocessable, "validation_failed",
                             "status: one of Stripe's subscription statuses, or cancelled, "
                             "suspended, trial");

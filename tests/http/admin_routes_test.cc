@@ -223,6 +223,34 @@ TEST_F(AdminRoutesTest, ListPagesThroughEveryUserAndFilters) {
   EXPECT_EQ(User("u-a").Get(std::string(kAdminBase) + "list").status, 403);
 }
 
+// A tier is a catalog plan, retired ones too (an unknown or empty one answered empty pages until
+// the cursor had walked every user); the status filter takes the names PATCH takes, mapped alike.
+TEST_F(AdminRoutesTest, ListFiltersTakeCatalogTiersAndTheStatusNamesPatchTakes) {
+  AddCustomerBase();
+  const uint64_t head = Head();
+  ExpectProblem(Admin().Get(std::string(kAdminBase) + "list?tier=platinum"), 400,
+                "invalid_parameter");
+  ExpectProblem(Admin().Get(std::string(kAdminBase) + "list?tier="), 400, "invalid_parameter");
+  EXPECT_EQ(Head(), head);
+  pj::RetirePlan retire("enterprise", pj::Actor::System("test"));
+  ASSERT_TRUE(ledger_->Submit(&retire).status.ok());
+  int pages = 0;
+  EXPECT_EQ(ListAll("&tier=enterprise", 50, &pages), (std::vector<std::string>{"u-c"}));
+
+  ASSERT_EQ(Patch("a@x.com", R"({"status":"suspended"})").status, 200);
+  ASSERT_EQ(Patch("g@x.com", R"({"tier":"trial","status":"trial"})").status, 200);
+  for (const char* canceled : {"canceled", "cancelled", "suspended"}) {
+    EXPECT_EQ(ListAll(std::string("&status=") + canceled, 50, &pages),
+              (std::vector<std::string>{"u-a", "u-e"}))
+        << canceled;
+  }
+  EXPECT_EQ(ListAll("&status=trial", 50, &pages), (std::vector<std::string>{"u-d", "u-g"}));
+  EXPECT_EQ(ListAll("&status=trialing", 50, &pages), (std::vector<std::string>{"u-d", "u-g"}));
+  ExpectProblem(Admin().Get(std::string(kAdminBase) + "list?status="), 400, "invalid_parameter");
+  ExpectProblem(Admin().Get(std::string(kAdminBase) + "list?status=Trial"), 400,
+                "invalid_parameter");
+}
+
 TEST_F(AdminRoutesTest, OneSubscriberByEmailWithTheCurrentWindow) {
   AddCustomerBase();
   ASSERT_EQ(Consume("u-a", "chat", "k1").status, 200);
