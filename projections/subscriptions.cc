@@ -449,7 +449,25 @@ Status ApplyOverrideSet(const Event& event, const StateReader& state, RowWriter*
   if (previous && previous->plan_id && previous->plan_id == value.plan_id) {
     value.tier_set_at_us = previous->tier_set_at_us;
   }
-  if (value.empty()) return rows->Delete(kSubscriptionsFamily, Key(kOverridePrefix, user_id));
+  if (value.empty()) {
+    LEDGER_RETURN_IF_ERROR(rows->Delete(kSubscriptionsFamily, Key(kOverridePrefix, user_id)));
+    // The override's user/ row (EnsureUserRow below) goes with it when the user has nothing else
+    // the row stands for: PATCH .../u-tpyo {"notes":"x"} and then {"notes":null} left u-tpyo in
+    // the list and the figures for good. Every other writer of the row also writes a customer
+    // link (user_cus/, with the email) or a subscription named for the user (user_sub/); rows of
+    // this family only, so a replay drops it alike.
+    UserRow user_row;
+    Status read = ReadUserRow(state, user_id, &user_row);
+    if (read.IsNotFound()) return Status::OK();
+    LEDGER_RETURN_IF_ERROR(read);
+    if (!user_row.email.email.empty()) return Status::OK();
+    std::vector<std::string> links;
+    for (std::string_view prefix : {kUserCustomerPrefix, kUserSubPrefix}) {
+      LEDGER_RETURN_IF_ERROR(ScanChildren(state, Key(prefix, user_id), 1, &links));
+      if (!links.empty()) return Status::OK();
+    }
+    return rows->Delete(kSubscriptionsFamily, Key(kUserPrefix, user_id));
+  }
   LEDGER_RETURN_IF_ERROR(EnsureUserRow(state, rows, user_id));
   return rows->Put(kSubscriptionsFamily, Key(kOverridePrefix, user_id), AdminOverrideToJson(value));
 }

@@ -793,6 +793,53 @@ TEST_F(AdminRoutesTest, AUserIdAddressesAnAccountThatNeverCheckedOut) {
   ExpectProblem(Admin().Get(std::string(kAdminBase) + "bad%01id"), 400, "invalid_parameter");
 }
 
+// An override of a user id nobody else knows (a typo), cleared again, leaves no subscriber: the
+// user row it made went with it, and a replay of the log makes the same rows. A user with
+// anything else (a customer link) keeps its row.
+TEST_F(AdminRoutesTest, AClearedOverrideOfAnUnknownUserLeavesNoSubscriber) {
+  AddCustomerBase();
+  auto overview = [&] {
+    HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
+    EXPECT_EQ(r.status, 200) << r.body;
+    return r.Json();
+  };
+  rapidjson::Document doc = overview();
+  const int64_t total = doc["subscribers"]["total"].GetInt64();
+  const int64_t none = doc["subscribers"]["by_status"]["none"].GetInt64();
+  ASSERT_EQ(Patch("u-tpyo", R"({"notes":"x"})").status, 200);
+  EXPECT_EQ(overview()["subscribers"]["total"].GetInt64(), total + 1);
+  ASSERT_EQ(Patch("u-tpyo", R"({"notes":null})").status, 200);
+  doc = overview();
+  EXPECT_EQ(doc["subscribers"]["total"].GetInt64(), total);
+  EXPECT_EQ(doc["subscribers"]["by_status"]["none"].GetInt64(), none);
+  int pages = 0;
+  EXPECT_TRUE(ListAll("&q=tpyo", 50, &pages).empty());
+  // Comped by user id, then reset: the same.
+  ASSERT_EQ(Patch("u-new", R"({"tier":"starter","status":"active"})").status, 200);
+  ASSERT_EQ(Patch("u-new", R"({"tier":null,"status":null})").status, 200);
+  EXPECT_EQ(overview()["subscribers"]["total"].GetInt64(), total);
+  // u-g has a customer link (and an email), never a subscription: its row stays.
+  ASSERT_EQ(Patch("u-g", R"({"notes":"x"})").status, 200);
+  ASSERT_EQ(Patch("u-g", R"({"notes":null})").status, 200);
+  EXPECT_EQ(ListAll("&q=u-g", 50, &pages), (std::vector<std::string>{"u-g"}));
+  EXPECT_EQ(overview()["subscribers"]["total"].GetInt64(), total);
+
+  std::vector<Event> events;
+  ASSERT_TRUE(ledger_->ReadEvents(Position(0), 100000, EventFilter{}, &events).ok());
+  ledger::testing::TempDir replica_dir;
+  LedgerOptions options;
+  options.path = replica_dir.path();
+  options.folds = pj::AllFolds();
+  options.clock = &clock_;
+  std::unique_ptr<Ledger> replica;
+  ASSERT_TRUE(Ledger::Open(options, &replica).ok());
+  ASSERT_TRUE(replica->ImportEvents(events).ok());
+  Hash live, replayed;
+  ASSERT_TRUE(ledger_->ProjectionDigest(&live).ok());
+  ASSERT_TRUE(replica->ProjectionDigest(&replayed).ok());
+  EXPECT_EQ(replayed, live);
+}
+
 TEST_F(AdminRoutesTest, BadPatchesAreProblemsAndAppendNothing) {
   AddCustomerBase();
   const uint64_t head = Head();
