@@ -24,7 +24,8 @@
 //         400 days. {"usage": {...}, "denials_since_start"}
 //         (refused consumes since the daemon started, from the usage meter: refusals are not
 //         events).
-// {email} must contain '@' (so that `list` and `analytics` are never taken for one).
+// {email} is an email, or a user id when it has no '@' (`list` and `analytics` are never taken
+// for one: the pattern excludes them).
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 

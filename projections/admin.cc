@@ -21,9 +21,11 @@ namespace {
 
 using JsonWriter = json::Writer;
 
+// A Stripe time as Stripe gives it (and every other route that shows a subscription): Unix
+// seconds.
 void OptTime(JsonWriter* w, const std::optional<int64_t>& t_s) {
   if (t_s) {
-    json::String(w, FormatRfc3339Seconds(*t_s));
+    w->Int64(*t_s);
   } else {
     w->Null();
   }

@@ -210,6 +210,14 @@ TEST_F(AdminRoutesTest, ListPagesThroughEveryUserAndFilters) {
   EXPECT_STREQ(a["status"].GetString(), "active");
   EXPECT_STREQ(a["plan_id"].GetString(), "starter");
   EXPECT_STREQ(a["stripe"]["subscription_id"].GetString(), "sub_u-a");
+  // Stripe's times read alike wherever a subscription is shown: Unix seconds.
+  HttpReply access = Admin().Get("/api/v1/subscriptions/admin/user-access/u-a");
+  ASSERT_EQ(access.status, 200) << access.body;
+  for (const char* field : {"current_period_start", "current_period_end"}) {
+    ASSERT_TRUE(a["stripe"][field].IsInt64()) << field << " in " << r.body;
+    EXPECT_EQ(a["stripe"][field].GetInt64(),
+              access.Json()["subscription"][field].GetInt64()) << field;
+  }
   EXPECT_TRUE(a["override"].IsNull());
   EXPECT_FALSE(r.Header("X-Ledger-Position").empty());
 
