@@ -543,6 +543,26 @@ Status ChangeableSubscription(const StateReader& state, const Identity& identity
   return Status::OK();
 }
 
+// A plan change needs a subscription whose invoices are paid. Within the interval a change
+// invoices nothing now (proration waits for the next invoice), so payment_behavior
+// error_if_incomplete refuses nothing and Stripe applies the new price at once: a trial converted
+// to Starter whose first invoice failed (past_due, which keeps access as a grace period) moved to
+// Enterprise would use Enterprise free through dunning, and the proration credit for the old price
+// of an unpaid, incomplete or paused subscription would be a credit for money never paid. Refused
+// until the open invoice is settled (the portal); cancelling stays possible.
+bool OwesAnInvoice(pc::SubscriptionStatus status) {
+  return status == pc::SubscriptionStatus::kPastDue || status == pc::SubscriptionStatus::kUnpaid ||
+         status == pc::SubscriptionStatus::kIncomplete || status == pc::SubscriptionStatus::kPaused;
+}
+
+Status PaymentRequiredToChange(std::string_view status) {
+  return Status::Conflict("payment_required",
+                          "your subscription is " + std::string(status) +
+                              ": settle its open invoice (or add a payment method) in the "
+                              "customer portal (/api/v1/billing/portal/create) before changing "
+                              "the plan");
+}
+
 std::string SubscriptionStateJson(const StripeSubscription& sub, bool at_period_end) {
   rapidjson::StringBuffer body;
   JsonWriter w(body);
@@ -626,6 +646,7 @@ constexpr char kChangeEndedTrialMetadata[] = "ledgerd_ended_trial";
 
 // The recurring item of Stripe's subscription that a change to `price_id` replaces, and the price
 // the change replaces (`*from_price`). 409 no_active_subscription when it ended at Stripe, 409
+// payment_required when it owes an invoice there (past_due, unpaid, incomplete, paused), 409
 // already_on_plan when nothing would change -- unless this very request (`stripe_key`) made that
 // change: then it is sent again (Stripe replays it) and recorded. 502 when Stripe shows no
 // recurring item.
@@ -640,6 +661,10 @@ Status ItemToChange(const StripeSubscription& before, const pc::Plan& plan, Bill
   pc::SubscriptionStatus status;
   if (pc::ParseSubscriptionStatus(before.status, &status) && pc::IsTerminal(status)) {
     return Status::Conflict("no_active_subscription", "the subscription has ended at Stripe");
+  }
+  // Stripe's own status too: the projection may not have heard of the failed invoice yet.
+  if (pc::ParseSubscriptionStatus(before.status, &status) && OwesAnInvoice(status)) {
+    return PaymentRequiredToChange(before.status);
   }
   *item = nullptr;
   for (const StripeSubscriptionItem& candidate : before.items) {
@@ -722,6 +747,9 @@ void UpgradeSubscription(const AppContext& context, const httplib::Request& req,
   pc::UserSubscription current;
   s = LoadPlan(*view, plan_id, &plan);
   if (s.ok()) s = ChangeableSubscription(*view, identity, &current);
+  if (s.ok() && OwesAnInvoice(current.subscription.status)) {
+    s = PaymentRequiredToChange(current.status_name());
+  }
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
   // Stripe's own view of the subscription: the item to change and its current price (the
   // projection can lag behind a webhook).

@@ -900,6 +900,64 @@ TEST_F(BillingRoutesTest, AChangeWhoseInvoiceIsDeclinedChangesNothing) {
   EXPECT_EQ(Head(), head + 1);
 }
 
+// A same-interval change invoices nothing now, so error_if_incomplete refuses nothing: a trial
+// converted to Starter whose first invoice failed (past_due: a grace period with access) moved to
+// Enterprise would use Enterprise free through dunning. A subscription that owes an invoice is not
+// changed -- per the projection and per Stripe's own status -- until the invoice is settled;
+// cancelling stays possible.
+TEST_F(BillingRoutesTest, ASubscriptionThatOwesAnInvoiceIsNotChanged) {
+  GiveAliceASubscription("past_due", "price_starter_monthly", "starter");
+  ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"enterprise"})"), 409, "payment_required");
+  EXPECT_TRUE(fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice").empty());
+  EXPECT_EQ(Head(), head_after_setup_);
+  // The projection's past_due alone refuses it (Stripe's copy paid meanwhile: its webhook first).
+  FakeStripe::Subscription at_stripe = *fake_.GetSubscription("sub_alice");
+  at_stripe.status = "active";
+  fake_.AddSubscription(at_stripe);
+  ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"enterprise"})"), 409, "payment_required");
+  EXPECT_TRUE(fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice").empty());
+  EXPECT_EQ(Head(), head_after_setup_);
+
+  // Unpaid, a downgrade (its proration credit would pay out money never paid).
+  DeliverAlicesSubscription("evt_sub_alice_unpaid", "customer.subscription.updated", "unpaid",
+                            "price_professional_monthly", "professional");
+  at_stripe.status = "unpaid";
+  at_stripe.price_id = "price_professional_monthly";
+  fake_.AddSubscription(at_stripe);
+  const uint64_t head = Head();
+  ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"starter"})",
+                             {{"Idempotency-Key", "down-unpaid"}}),
+                409, "payment_required");
+  EXPECT_TRUE(fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice").empty());
+  EXPECT_EQ(Head(), head);
+  EXPECT_EQ(fake_.GetSubscription("sub_alice")->price_id, "price_professional_monthly");
+
+  // Cancelling stays possible.
+  HttpReply cancel = Alice().Post(kCancel, R"({"at_period_end":true})");
+  EXPECT_EQ(cancel.status, 200) << cancel.body;
+}
+
+// Stripe's status refuses it too: the projection still says active (the failed invoice's webhook
+// not here yet).
+TEST_F(BillingRoutesTest, ASubscriptionThatOwesAnInvoiceAtStripeIsNotChanged) {
+  GiveAliceASubscription("active", "price_starter_monthly", "starter");
+  FakeStripe::Subscription at_stripe = *fake_.GetSubscription("sub_alice");
+  for (const char* status : {"past_due", "unpaid", "incomplete", "paused"}) {
+    at_stripe.status = status;
+    fake_.AddSubscription(at_stripe);
+    ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"enterprise"})"), 409, "payment_required");
+    EXPECT_TRUE(fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice").empty()) << status;
+    EXPECT_EQ(Head(), head_after_setup_);
+  }
+  EXPECT_EQ(fake_.GetSubscription("sub_alice")->price_id, "price_starter_monthly");
+  // Paid: the change is made.
+  at_stripe.status = "active";
+  fake_.AddSubscription(at_stripe);
+  HttpReply r = Alice().Post(kUpgrade, R"({"plan_id":"enterprise"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(fake_.GetSubscription("sub_alice")->price_id, "price_enterprise_monthly");
+}
+
 // Without billing_cycle a plan change keeps the subscription's interval.
 TEST_F(BillingRoutesTest, AnUpgradeWithoutABillingCycleKeepsTheInterval) {
   GiveAliceASubscription("active", "price_starter_yearly", "starter");
