@@ -451,7 +451,11 @@ Status HttpStripeClient::Impl::Send(const char* method, const std::string& path,
       } else if (should_retry == "true") {
         retry = true;
       } else {
-        retry = response.status == 429 || response.status >= 500;
+        // 409 too: Stripe's idempotency_key_in_use is a request with the same key still running
+        // there -- typically our own earlier attempt that hit the read timeout while Stripe went
+        // on working -- and is documented as retryable (its official clients retry a 409). Not
+        // retried, the first attempt's success was reported as a 502.
+        retry = response.status == 409 || response.status == 429 || response.status >= 500;
       }
       if (!retry) return Status::OK();
       std::string retry_after = response.get_header_value("Retry-After");

@@ -8,8 +8,9 @@
 //   - an `Idempotency-Key` on every POST, supplied by the caller and derived from our own command
 //     id (so a retry, also one after a crash, sends the same key); GET and DELETE carry none,
 //   - bounded connect/read/write timeouts per attempt and an overall deadline,
-//   - retries with exponential backoff and jitter on network errors, 429 and 5xx, honouring
-//     Stripe's `Stripe-Should-Retry` header (and `Retry-After` when it is short),
+//   - retries with exponential backoff and jitter on network errors, 409 (a concurrent request
+//     with the same key), 429 and 5xx, honouring Stripe's `Stripe-Should-Retry` header (an
+//     explicit "false" or "true" decides) and `Retry-After` when it is short,
 //   - errors mapped to Status (see StripeErrorProblem below); a message never carries the secret
 //     key (Stripe's own 401 message quotes part of it, so it is replaced).
 //

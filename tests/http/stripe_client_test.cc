@@ -278,13 +278,42 @@ TEST_F(StripeClientTest, HonoursStripeShouldRetry) {
   ASSERT_TRUE(client_->CreateCheckoutSession(Checkout(), "key-b", &session).ok());
   EXPECT_EQ(fake_.requests().size(), 2u);
 
-  // Without the header a 409 is final.
-  fake_.set_should_retry_header("");
+  // An explicit "false" makes even a 409 final.
+  fake_.set_should_retry_header("false");
   fake_.ClearRequests();
   fake_.InjectError(409, "invalid_request_error", "conflict", 1);
   EXPECT_EQ(client_->CreateCheckoutSession(Checkout(), "key-c", &session).problem(),
             "stripe_request_failed");
   EXPECT_EQ(fake_.requests().size(), 1u);
+}
+
+// Stripe's 409 idempotency_key_in_use: a request with the same key is still running there (our
+// own first attempt, which hit the read timeout while Stripe went on). Documented as retryable and
+// sent without Stripe-Should-Retry: retried with the same key, it gets the first one's result.
+TEST_F(StripeClientTest, AConcurrentRequestsConflictIsRetried) {
+  fake_.set_should_retry_header("");
+  fake_.InjectError(409, "invalid_request_error",
+                    "There is currently another in-progress request using this idempotent key "
+                    "(that probably means you submitted twice, and the other request is still "
+                    "going through): key-in-use. Please try again later.",
+                    1, "", "", "idempotency_key_in_use");
+  StripeCheckoutSession session;
+  Status s = client_->CreateCheckoutSession(Checkout(), "key-in-use", &session);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  auto requests = fake_.requests();
+  ASSERT_EQ(requests.size(), 2u);
+  EXPECT_EQ(requests[0].status, 409);
+  EXPECT_EQ(requests[1].status, 200);
+  EXPECT_EQ(requests[1].idempotency_key, "key-in-use");
+  EXPECT_EQ(fake_.checkout_sessions().size(), 1u);
+
+  // Still in use after every attempt: the conflict is the answer.
+  fake_.ClearRequests();
+  fake_.InjectError(409, "invalid_request_error", "another in-progress request", 5, "", "",
+                    "idempotency_key_in_use");
+  EXPECT_EQ(client_->CreateCheckoutSession(Checkout(), "key-in-use-2", &session).problem(),
+            "stripe_request_failed");
+  EXPECT_EQ(fake_.requests().size(), 3u);
 }
 
 TEST_F(StripeClientTest, RateLimitsAreRetriedThenUnavailable) {

@@ -1023,13 +1023,14 @@ void FakeStripe::InjectFault(Fault fault, int count, std::string method, std::st
 }
 
 void FakeStripe::InjectError(int status, std::string type, std::string message, int count,
-                             std::string method, std::string path_prefix) {
+                             std::string method, std::string path_prefix, std::string code) {
   std::lock_guard<std::mutex> lock(mu_);
   Injected injected;
   injected.fault = Fault::kServerError;
   injected.status = status;
   injected.type = std::move(type);
   injected.message = std::move(message);
+  injected.code = std::move(code);
   injected.remaining = count;
   injected.method = std::move(method);
   injected.path_prefix = std::move(path_prefix);
@@ -1069,7 +1070,7 @@ bool FakeStripe::ApplyFault(const httplib::Request& req, Request* record, httpli
     case Fault::kRateLimited: {
       Answer answer;
       if (fault.status != 0) {
-        answer = Error(fault.status, fault.type, fault.message);
+        answer = Error(fault.status, fault.type, fault.message, "", fault.code);
       } else if (fault.fault == Fault::kRateLimited) {
         answer = Error(429, "invalid_request_error",
                        "Request rate limit exceeded. Please try again later.", "", "rate_limit");

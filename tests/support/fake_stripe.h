@@ -156,9 +156,10 @@ class FakeStripe {
   // The next `count` requests whose method matches (`method` "" = any) and whose path starts with
   // `path_prefix` fail with `fault`. Faults are consumed in the order they were injected.
   void InjectFault(Fault fault, int count, std::string method = "", std::string path_prefix = "");
-  // Like InjectFault but answering `status` with a Stripe error of `type` and `message`.
+  // Like InjectFault but answering `status` with a Stripe error of `type` and `message` (and
+  // `code`, e.g. "idempotency_key_in_use", when not "").
   void InjectError(int status, std::string type, std::string message, int count,
-                   std::string method = "", std::string path_prefix = "");
+                   std::string method = "", std::string path_prefix = "", std::string code = "");
   // How long a kHang fault holds the answer (default 5 s; Stop() ends it early).
   void set_hang_ms(int64_t ms);
   // Sent as `Stripe-Should-Retry` with every injected error answer ("" = not sent).
@@ -172,6 +173,7 @@ class FakeStripe {
     int status = 0;  // InjectError
     std::string type;
     std::string message;
+    std::string code;
     int remaining = 0;
     std::string method;
     std::string path_prefix;
