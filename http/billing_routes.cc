@@ -311,8 +311,14 @@ Status PaidSessionMayBill(const AppContext& context, const StripeCheckoutSession
   return Status::OK();
 }
 
+// `stripe_key` is the new checkout's own Stripe Idempotency-Key; each expire's key is derived
+// from it. Stripe saves the first answer for a key, a 500 included, and replays it for 24 h: with
+// a key derived from the session alone, one 500 on an expire refused every later checkout of the
+// user (502) until the old session expired by itself. A new checkout now sends a new key; a retry
+// of the same request (same client Idempotency-Key) sends the same one.
 Status ExpireEarlierCheckouts(const AppContext& context, const ReadView& view,
-                              const std::string& user_id, std::vector<std::string>* closed) {
+                              const std::string& user_id, const std::string& stripe_key,
+                              std::vector<std::string>* closed) {
   std::vector<pc::OpenCheckout> sessions;
   LEDGER_RETURN_IF_ERROR(pc::ListOpenCheckouts(view, user_id, kOpenCheckoutsListed, &sessions));
   size_t asked = 0;
@@ -327,7 +333,8 @@ Status ExpireEarlierCheckouts(const AppContext& context, const ReadView& view,
     LEDGER_RETURN_IF_ERROR(s);
     if (earlier.status == "open") {
       s = context.stripe->ExpireCheckoutSession(
-          open.session_id, StripeIdempotencyKey("checkout_expire", user_id, open.session_id),
+          open.session_id,
+          StripeIdempotencyKey("checkout_expire", user_id, stripe_key + ":" + open.session_id),
           &earlier);
       if (!s.ok()) {  // paid meanwhile?
         LEDGER_RETURN_IF_ERROR(context.stripe->GetCheckoutSession(open.session_id, &earlier));
@@ -433,7 +440,7 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
   if (s.ok()) s = CheckAwaitedSubscriptions(context, current, IsTrialFeePlan(plan));
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
   std::vector<std::string> closed_sessions;
-  s = ExpireEarlierCheckouts(context, *view, identity.subject, &closed_sessions);
+  s = ExpireEarlierCheckouts(context, *view, identity.subject, stripe_key, &closed_sessions);
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
   const StripeCheckoutParams params =
       CheckoutParamsFor(context, identity, plan, cycle, prices, current.customer_id);

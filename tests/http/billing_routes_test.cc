@@ -400,6 +400,45 @@ TEST_F(BillingRoutesTest, AnotherCheckoutExpiresTheOpenOne) {
   EXPECT_EQ(fake_.checkout_sessions()[2].status, "open");
 }
 
+// Stripe saves the first answer for an Idempotency-Key, a 500 included, and replays it for 24 h.
+// An expire's key derived from the old session alone made one 500 on that expire refuse every
+// later checkout of the user (502) until the session expired by itself: a new checkout sends a
+// new key, while a retry of the same request (same client key) sends the same one.
+TEST_F(BillingRoutesTest, OneFailedExpireDoesNotBlockTheNextCheckout) {
+  HttpReply a = Alice().Post(kCheckout, R"({"plan_id":"starter"})");
+  ASSERT_EQ(a.status, 200) << a.body;
+  const std::string a_id = a.Json()["session_id"].GetString();
+  const std::string expire_path = "/v1/checkout/sessions/" + a_id + "/expire";
+  fake_.InjectFault(FakeStripe::Fault::kSavedServerError, 1, "POST", expire_path);
+  const std::string body = R"({"plan_id":"professional"})";
+  const uint64_t head = Head();
+  ExpectProblem(Alice().Post(kCheckout, body, {{"Idempotency-Key", "co-2"}}), 502,
+                "stripe_error");
+  auto expires = fake_.RequestsTo("POST", expire_path);
+  ASSERT_GE(expires.size(), 1u);
+  const std::string first_key = expires[0].idempotency_key;
+  for (const auto& e : expires) EXPECT_EQ(e.idempotency_key, first_key);
+  // The same request again: the same key, the saved 500.
+  ExpectProblem(Alice().Post(kCheckout, body, {{"Idempotency-Key", "co-2"}}), 502,
+                "stripe_error");
+  expires = fake_.RequestsTo("POST", expire_path);
+  EXPECT_EQ(expires.back().idempotency_key, first_key);
+  EXPECT_EQ(Head(), head);
+  EXPECT_EQ(fake_.checkout_sessions().at(0).status, "open");
+  EXPECT_EQ(fake_.checkout_sessions().size(), 1u);
+
+  // Another checkout: another key, the session is expired and the new one made.
+  HttpReply b = Alice().Post(kCheckout, body, {{"Idempotency-Key", "co-3"}});
+  ASSERT_EQ(b.status, 200) << b.body;
+  expires = fake_.RequestsTo("POST", expire_path);
+  EXPECT_NE(expires.back().idempotency_key, first_key);
+  auto sessions = fake_.checkout_sessions();
+  ASSERT_EQ(sessions.size(), 2u);
+  EXPECT_EQ(sessions[0].status, "expired");
+  EXPECT_EQ(sessions[1].status, "open");
+  EXPECT_EQ(Head(), head + 1);
+}
+
 // Paid at Stripe, its webhook not here yet: another checkout would be a second subscription.
 TEST_F(BillingRoutesTest, ACheckoutPaidButNotYetReportedRefusesAnother) {
   HttpReply a = Alice().Post(kCheckout, R"({"plan_id":"starter"})");

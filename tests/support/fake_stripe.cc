@@ -1067,6 +1067,7 @@ bool FakeStripe::ApplyFault(const httplib::Request& req, Request* record, httpli
   const std::string should_retry = should_retry_header_;
   switch (fault.fault) {
     case Fault::kServerError:
+    case Fault::kSavedServerError:
     case Fault::kRateLimited: {
       Answer answer;
       if (fault.status != 0) {
@@ -1079,6 +1080,12 @@ bool FakeStripe::ApplyFault(const httplib::Request& req, Request* record, httpli
       }
       if (!should_retry.empty()) {
         res.set_header("Stripe-Should-Retry", should_retry);
+      }
+      if (fault.fault == Fault::kSavedServerError && req.method == "POST" &&
+          !record->idempotency_key.empty()) {
+        state_->idempotency.emplace(
+            record->idempotency_key,
+            State::Stored{SortedFingerprint(req.method, req.path, record->params), answer});
       }
       res.status = answer.status;
       res.set_content(answer.body, "application/json");
@@ -1204,9 +1211,11 @@ void FakeStripe::Handle(const httplib::Request& req, httplib::Response& res) {
     }
   }
   Answer answer = state_->Dispatch(req.method, req.path, record.params);
-  if (post && answer.status >= 200 && answer.status < 300) {
-    state_->idempotency[record.idempotency_key] = State::Stored{fingerprint, answer};
-  }
+  // Stripe saves the answer of every request its endpoint began to run, failures included (a
+  // declined card's 402, a 400 about the object's state, a 500), and replays it for the key. Not
+  // saved: what was refused before (the key, the encoding, parameters given twice above) and the
+  // injected faults other than kSavedServerError.
+  if (post) state_->idempotency[record.idempotency_key] = State::Stored{fingerprint, answer};
   lock.unlock();
   answer_with(answer);
 }

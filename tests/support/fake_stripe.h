@@ -52,7 +52,10 @@ inline constexpr char kFakeStripeSecretKey[] = "sk_test_51LedgerdFakeKey01234567
 class FakeStripe {
  public:
   enum class Fault {
-    kServerError,  // 500 api_error
+    kServerError,  // 500 api_error (before Stripe ran the request: not saved under its key)
+    // 500 api_error of a request Stripe began to run: saved under its Idempotency-Key and replayed
+    // to every later request with that key, as Stripe does (for 24 h).
+    kSavedServerError,
     kRateLimited,  // 429 rate_limit
     kHang,         // no answer for hang_ms (longer than the client's read timeout)
     kReset,        // the connection is dropped in the middle of the answer
