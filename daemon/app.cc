@@ -196,6 +196,9 @@ Status App::Impl::BuildStripeClient() {
   context_.stripe_success_url = config_.stripe_success_url;
   context_.stripe_cancel_url = config_.stripe_cancel_url;
   context_.stripe_portal_return_url = config_.stripe_portal_return_url;
+  // Webhook deliveries of the other mode are applied to nothing (stripe_webhook.h). The mode is
+  // not a secret (the key is never logged).
+  context_.stripe_livemode = http::StripeKeyLivemode(config_.stripe_secret_key);
   if (config_.stripe_secret_key.empty()) {
     spdlog::info("stripe: STRIPE_SECRET_KEY unset; Stripe-calling routes answer 503");
     return Status::OK();
@@ -207,7 +210,9 @@ Status App::Impl::BuildStripeClient() {
   LEDGER_RETURN_IF_ERROR(
       AsConfigError("STRIPE_API_BASE", http::HttpStripeClient::Create(options, &stripe_)));
   context_.stripe = stripe_.get();
-  spdlog::info("stripe: API at {}", config_.stripe_api_base);
+  const std::optional<bool> livemode = context_.stripe_livemode;
+  spdlog::info("stripe: API at {} ({} mode)", config_.stripe_api_base,
+               !livemode ? "unknown key" : *livemode ? "live" : "test");
   return Status::OK();
 }
 

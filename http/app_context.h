@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -68,6 +69,10 @@ struct AppContext {
   // POST /api/v1/billing/webhooks/stripe verifies against, with `clock` as "now" (nullptr =
   // system clock). Empty = the webhook answers 503 "stripe_webhook_not_configured".
   std::vector<std::string> stripe_webhook_secrets;
+  // The mode of STRIPE_SECRET_KEY (http::StripeKeyLivemode: sk_live_/rk_live_ true,
+  // sk_test_/rk_test_ false): a webhook delivery of the other mode is kept but applied to nothing.
+  // nullopt = no key, or a prefix not known: deliveries are not judged by their mode.
+  std::optional<bool> stripe_livemode;
   // POST /api/v1/webhooks/lago (http/lago_webhook_routes.cc): LAGO_WEBHOOK_HMAC_KEY (hmac mode),
   // Lago's RSA public key as SubjectPublicKeyInfo PEM (jwt mode; LoadLagoPublicKey() of
   // LAGO_WEBHOOK_PUBLIC_KEY_FILE), and the `iss` jwt deliveries must carry (LAGO_WEBHOOK_ISSUER;

@@ -140,6 +140,16 @@ std::string RedactStripeSecrets(std::string_view text, std::string_view secret) 
   return projections::Truncated(s, 300);
 }
 
+std::optional<bool> StripeKeyLivemode(std::string_view secret_key) {
+  for (std::string_view live : {"sk_live_", "rk_live_"}) {
+    if (secret_key.substr(0, live.size()) == live) return true;
+  }
+  for (std::string_view test : {"sk_test_", "rk_test_"}) {
+    if (secret_key.substr(0, test.size()) == test) return false;
+  }
+  return std::nullopt;
+}
+
 std::string StripeIdempotencyKey(std::string_view operation, std::string_view user_id,
                                  std::string_view seed) {
   std::string material;

@@ -304,6 +304,11 @@ class HttpStripeClient final : public StripeApi {
 // itself when non-empty) with "[redacted]", and bounds the text to 300 bytes of valid UTF-8.
 std::string RedactStripeSecrets(std::string_view text, std::string_view secret);
 
+// The mode of a Stripe API key, from its prefix: true for sk_live_/rk_live_, false for
+// sk_test_/rk_test_, nullopt for anything else (empty, or a prefix not known). The mode is not a
+// secret; the key is.
+std::optional<bool> StripeKeyLivemode(std::string_view secret_key);
+
 // Stripe's Idempotency-Key for a call made on behalf of a command (≤ 255 bytes):
 //   "ledgerd-<operation>-<64 hex>" where the hex is SHA-256 over (user, operation, seed).
 // `seed` is the client's Idempotency-Key plus our request hash when the client sent one (so its

@@ -9,9 +9,13 @@
 //   4. One IngestStripeWebhook command (projections/stripe_webhook.h): dedupe on the event id,
 //      then stripe.webhook_received.v1 + the derived events in one synced write. 200
 //      {"received":true,"event_id","type","duplicate","derived"} only after that write; a
-//      duplicate answers 200 with "duplicate":true and appends nothing.
+//      duplicate answers 200 with "duplicate":true and appends nothing. A delivery whose
+//      `livemode` differs from the configured key's mode (AppContext::stripe_livemode), or that
+//      carries `account` (Connect), is kept but applied to nothing: 200 with "derived":[] and
+//      "ignored":"livemode_mismatch" / "connected_account", so that Stripe stops sending it.
 // Nothing is appended on any 4xx. Stripe retries non-2xx answers for up to three days.
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "http/problem.h"
@@ -27,7 +31,8 @@ constexpr char kWebhookPath[] = "/api/v1/billing/webhooks/stripe";
 constexpr char kSignatureHeader[] = "Stripe-Signature";
 
 void HandleWebhook(Ledger* ledger, const StripeSignatureVerifier& verifier,
-                   const httplib::Request& req, httplib::Response& res) {
+                   std::optional<bool> expected_livemode, const httplib::Request& req,
+                   httplib::Response& res) {
   if (ledger == nullptr) {
     WriteProblem(503, "storage_unavailable", "the event store is not open", &res);
     return;
@@ -47,7 +52,7 @@ void HandleWebhook(Ledger* ledger, const StripeSignatureVerifier& verifier,
     WriteStatusProblem(s, &res);
     return;
   }
-  projections::IngestStripeWebhook command(std::move(webhook));
+  projections::IngestStripeWebhook command(std::move(webhook), expected_livemode);
   CommandResult result = ledger->Submit(&command);
   if (!result.status.ok()) {
     WriteCommandResult(result, &res);
@@ -64,9 +69,12 @@ void AddStripeWebhookRoutes(const AppContext& context, RouteTable* routes) {
   auto verifier =
       std::make_shared<const StripeSignatureVerifier>(context.stripe_webhook_secrets, context.clock);
   Ledger* ledger = context.ledger;
+  const std::optional<bool> livemode = context.stripe_livemode;
   routes->Add("POST", kWebhookPath, kWebhookPath, Policy::kSignature,
-              [ledger, verifier](const httplib::Request& req, httplib::Response& res,
-                                 const Identity&) { HandleWebhook(ledger, *verifier, req, res); });
+              [ledger, verifier, livemode](const httplib::Request& req, httplib::Response& res,
+                                           const Identity&) {
+                HandleWebhook(ledger, *verifier, livemode, req, res);
+              });
 }
 
 }  // namespace ledger::http

@@ -499,7 +499,8 @@ Status Decider::InvoiceSettled(bool paid, Derivation* out) {
   return Status::OK();
 }
 
-std::string ReceivedEventData(const StripeWebhook& webhook, const Derivation& derived) {
+std::string ReceivedEventData(const StripeWebhook& webhook, const Derivation& derived,
+                              std::string_view ignored) {
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);
   w.StartObject();
@@ -525,6 +526,10 @@ std::string ReceivedEventData(const StripeWebhook& webhook, const Derivation& de
   w.StartArray();
   for (const NewEvent& e : derived.events) WriteString(&w, e.type);
   w.EndArray();
+  if (!ignored.empty()) {
+    w.Key("ignored");
+    WriteString(&w, ignored);
+  }
   w.Key("payload");
   w.RawValue(webhook.redacted_payload.data(), webhook.redacted_payload.size(),
              rapidjson::kObjectType);
@@ -533,7 +538,7 @@ std::string ReceivedEventData(const StripeWebhook& webhook, const Derivation& de
 }
 
 std::string ResponseBody(const StripeWebhook& webhook, const Derivation& derived,
-                         bool duplicate) {
+                         std::string_view ignored, bool duplicate) {
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);
   w.StartObject();
@@ -549,6 +554,10 @@ std::string ResponseBody(const StripeWebhook& webhook, const Derivation& derived
   w.StartArray();
   for (const NewEvent& e : derived.events) WriteString(&w, e.type);
   w.EndArray();
+  if (!ignored.empty()) {
+    w.Key("ignored");
+    WriteString(&w, ignored);
+  }
   w.EndObject();
   return Finish(buf);
 }
@@ -591,6 +600,13 @@ Status ParseStripeWebhook(std::string_view raw_body, StripeWebhook* out) {
   const Value* livemode = Member(doc.get(), "livemode");
   if (livemode != nullptr && !livemode->IsBool()) return Malformed("livemode: must be a boolean");
   out->livemode = livemode != nullptr && livemode->GetBool();
+  const Value* account = Member(doc.get(), "account");
+  if (account != nullptr && !account->IsNull()) {
+    if (!account->IsString()) return Malformed("account: must be a string or null");
+    if (account->GetStringLength() > 0) {
+      out->account = std::string(account->GetString(), account->GetStringLength());
+    }
+  }
   out->event_id = std::move(*id);
   out->type = std::move(*type);
   out->created = *created;
@@ -600,7 +616,9 @@ Status ParseStripeWebhook(std::string_view raw_body, StripeWebhook* out) {
   return Status::OK();
 }
 
-IngestStripeWebhook::IngestStripeWebhook(StripeWebhook webhook) : webhook_(std::move(webhook)) {
+IngestStripeWebhook::IngestStripeWebhook(StripeWebhook webhook,
+                                         std::optional<bool> expected_livemode)
+    : webhook_(std::move(webhook)), expected_livemode_(expected_livemode) {
   idempotency_scope = std::string(kStripeWebhookIdempotencyScope);
   idempotency_key = webhook_.event_id;
   // The event id alone: a redelivery is a duplicate whatever its body.
@@ -608,9 +626,21 @@ IngestStripeWebhook::IngestStripeWebhook(StripeWebhook webhook) : webhook_(std::
 }
 
 Status IngestStripeWebhook::Decide(const DecideContext& context, Decision* decision) {
+  // Kept as received, applied to nothing: with one endpoint for both modes
+  // (STRIPE_WEBHOOK_SECRET=whsec_live,whsec_test), a test-mode checkout and subscription gave a
+  // live user Starter and made the test customer cus_... theirs (checkout and portal then failed
+  // with the live key for good); a connected account's event names customers of another account.
+  std::string_view ignored;
+  if (expected_livemode_ && webhook_.livemode != *expected_livemode_) {
+    ignored = "livemode_mismatch";
+  } else if (webhook_.account) {
+    ignored = "connected_account";
+  }
   Derivation derived;
-  Decider decider(webhook_, *context.state);
-  LEDGER_RETURN_IF_ERROR(decider.Run(&derived));
+  if (ignored.empty()) {
+    Decider decider(webhook_, *context.state);
+    LEDGER_RETURN_IF_ERROR(decider.Run(&derived));
+  }
   std::string subject;
   if (derived.user_id) {
     subject = *derived.user_id;
@@ -620,10 +650,10 @@ Status IngestStripeWebhook::Decide(const DecideContext& context, Decision* decis
     subject = "stripe_event:" + webhook_.event_id;
   }
   decision->http_status = 200;
-  decision->body = ResponseBody(webhook_, derived, /*duplicate=*/false);
+  decision->body = ResponseBody(webhook_, derived, ignored, /*duplicate=*/false);
   decision->events.clear();
   decision->events.push_back(NewEvent{std::string(kStripeWebhookReceivedV1), subject,
-                                      ReceivedEventData(webhook_, derived)});
+                                      ReceivedEventData(webhook_, derived, ignored)});
   for (NewEvent& e : derived.events) {
     e.subject = subject;
     decision->events.push_back(std::move(e));

@@ -12,6 +12,13 @@
 //       invoice.paid.v1 / invoice.payment_failed.v1     invoice.paid / invoice.payment_failed
 //       customer.deleted.v1                             customer.deleted
 //   Other types (and stale subscription/invoice states) append only the delivery.
+//   A delivery that is not this server's to apply appends only the delivery too, with
+//   "ignored" saying why (answered 200, so that Stripe stops sending it):
+//       livemode_mismatch   its `livemode` differs from the configured API key's mode (a test-mode
+//                           event at a live server, or the reverse, when one endpoint gets both:
+//                           STRIPE_WEBHOOK_SECRET=whsec_live,whsec_test)
+//       connected_account   it carries `account`: a Connect event of a connected account, whose
+//                           customers and subscriptions are not ours
 //
 // Dedupe: the command's idempotency record is (scope "stripe.webhook", key = the event id) with a
 // request hash of the event id alone, so a redelivery -- even one whose body differs, which
@@ -54,7 +61,8 @@ struct StripeWebhook {
   std::string type;                        // e.g. "customer.subscription.updated"
   int64_t created = 0;                     // Unix seconds
   std::optional<std::string> api_version;  // e.g. "2025-03-31.basil"; null for some events
-  bool livemode = false;
+  bool livemode = false;                   // false when absent
+  std::optional<std::string> account;      // Connect: the connected account's acct_... id
   std::string raw_sha256;                  // lowercase hex of SHA-256(raw body)
   size_t raw_bytes = 0;
   std::string redacted_payload;            // compact JSON, secrets redacted
@@ -63,23 +71,30 @@ struct StripeWebhook {
 
 // Parses a delivery's raw body. InvalidArgument "malformed_event" when it is not a JSON object
 // (UTF-8, bounded nesting, no duplicate names), or `id` (a Stripe id), `type` (lowercase dotted
-// name) or `created` (integer >= 0) is missing or wrong; `api_version` must be a string or null
-// and `livemode` a boolean when present. PayloadTooLarge "payload_too_large" beyond
-// limits::kStripeWebhookBytesMax.
+// name) or `created` (integer >= 0) is missing or wrong; `api_version` must be a string or null,
+// `livemode` a boolean and `account` a string or null when present. PayloadTooLarge
+// "payload_too_large" beyond limits::kStripeWebhookBytesMax.
 Status ParseStripeWebhook(std::string_view raw_body, StripeWebhook* out);
 
 // The decided response body: {"received":true,"event_id":...,"type":...,"duplicate":<bool>,
 // "derived":[<types>]} ("derived" lists what this delivery appended besides itself; a duplicate
-// answers with the original delivery's list).
+// answers with the original delivery's list), and "ignored":<reason> for a delivery that derived
+// nothing because it is not this server's (see above).
+//
+// `expected_livemode` is the mode of the configured Stripe API key (StripeKeyLivemode in
+// http/stripe_client.h); nullopt (no key, or a prefix not known) = deliveries are not judged by
+// their mode.
 class IngestStripeWebhook final : public Command {
  public:
-  explicit IngestStripeWebhook(StripeWebhook webhook);
+  explicit IngestStripeWebhook(StripeWebhook webhook,
+                               std::optional<bool> expected_livemode = std::nullopt);
   Status Decide(const DecideContext& context, Decision* decision) override;
 
   const StripeWebhook& webhook() const { return webhook_; }
 
  private:
   StripeWebhook webhook_;
+  std::optional<bool> expected_livemode_;
 };
 
 // The response body for a duplicate delivery, given the original's stored body.

@@ -102,6 +102,16 @@ TEST(StripeKeysTest, IdempotencyKeysAreBoundedAndDeterministic) {
   EXPECT_LE(StripeIdempotencyKey(std::string(500, 'x'), std::string(5000, 'y'), "z").size(), 255u);
 }
 
+TEST(StripeKeysTest, TheModeOfAKeyIsItsPrefix) {
+  EXPECT_EQ(StripeKeyLivemode("sk_live_abc"), std::optional<bool>(true));
+  EXPECT_EQ(StripeKeyLivemode("rk_live_abc"), std::optional<bool>(true));
+  EXPECT_EQ(StripeKeyLivemode("sk_test_abc"), std::optional<bool>(false));
+  EXPECT_EQ(StripeKeyLivemode("rk_test_abc"), std::optional<bool>(false));
+  EXPECT_EQ(StripeKeyLivemode(""), std::nullopt);
+  EXPECT_EQ(StripeKeyLivemode("sk_live"), std::nullopt);
+  EXPECT_EQ(StripeKeyLivemode("pk_live_abc"), std::nullopt);
+}
+
 TEST(StripeKeysTest, RedactsSecrets) {
   const std::string key = "sk_test_51AbCdEf";
   std::string out = RedactStripeSecrets(

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <ctime>
 #include <numeric>
+#include <optional>
 #include <random>
 
 #include "events/ledger.h"
@@ -60,6 +61,7 @@ class SubscriptionsHttpTest : public ::testing::Test {
     context.ledger = ledger_.get();
     context.clock = &clock_;
     context.stripe_webhook_secrets = std::move(secrets);
+    context.stripe_livemode = livemode_;
     RouteTable routes;
     AddStripeWebhookRoutes(context, &routes);
     AddSubscriptionAccessRoutes(context, &routes);
@@ -152,6 +154,8 @@ class SubscriptionsHttpTest : public ::testing::Test {
     DeliverOk(StripeSubscriptionEventJson(sub));
   }
 
+  // The configured key's mode (AppContext::stripe_livemode) for the next Start().
+  std::optional<bool> livemode_;
   ledger::testing::TempDir dir_;
   ManualClock clock_{static_cast<int64_t>(std::time(nullptr)) * kSecondUs};
   std::unique_ptr<Ledger> ledger_;
@@ -316,6 +320,112 @@ TEST_F(SubscriptionsHttpTest, NotConfiguredAnswers503) {
   EXPECT_EQ(Head(), head);
   stack_.Stop();
   ledger_.reset();  // before `other` goes
+}
+
+// One endpoint can get both modes (STRIPE_WEBHOOK_SECRET=whsec_live,whsec_test): a test-mode
+// checkout and subscription gave user-1 Starter at a live server and made the test customer
+// theirs (checkout and portal with the live key then failed for good). A delivery whose livemode
+// is not the key's, or a connected account's (Connect: `account`), is kept as received and
+// applied to nothing; answered 200 so that Stripe stops sending it.
+TEST_F(SubscriptionsHttpTest, DeliveriesOfTheOtherModeOrAnotherAccountDeriveNothing) {
+  stack_.Stop();
+  stack_.server.reset();
+  ledger_.reset();
+  ledger::testing::TempDir other;
+  livemode_ = true;  // sk_live_...
+  Start({kSecret, kRotatedSecret}, other.path());
+  auto live = [](std::string body) {  // the envelope's livemode, as a live event has it
+    const std::string test_mode = R"("livemode":false,"pending_webhooks")";
+    size_t at = body.find(test_mode);
+    EXPECT_NE(at, std::string::npos);
+    if (at != std::string::npos) body.replace(at, test_mode.size(), R"("livemode":true,)"
+                                                                   R"("pending_webhooks")");
+    return body;
+  };
+  auto expect_ignored = [&](const HttpReply& r, const std::string& reason) {
+    ASSERT_EQ(r.status, 200) << r.body;
+    rapidjson::Document doc = r.Json();
+    EXPECT_TRUE(doc["derived"].Empty()) << r.body;
+    ASSERT_TRUE(doc.HasMember("ignored")) << r.body;
+    EXPECT_EQ(std::string(doc["ignored"].GetString()), reason) << r.body;
+  };
+  auto expect_no_subscription = [&]() {
+    rapidjson::Document doc = As("user-1").Get(kMyAccess).Json();
+    EXPECT_FALSE(doc["has_access"].GetBool());
+    EXPECT_STREQ(doc["status"].GetString(), "none");
+    HttpReply status = As("user-1").Get(kStatus);
+    ASSERT_EQ(status.status, 200) << status.body;
+    EXPECT_FALSE(status.Json()["has_subscription"].GetBool()) << status.body;
+    EXPECT_TRUE(!status.Json().HasMember("customer_id") || status.Json()["customer_id"].IsNull())
+        << status.body;
+  };
+
+  StripeLifecycleSpec test_mode;
+  test_mode.prefix = "evt_test";
+  test_mode.customer_id = "cus_TEST";
+  std::vector<std::string> lifecycle = StripeLifecycle(test_mode);  // livemode:false
+  uint64_t head = Head();
+  for (size_t i = 0; i < 2; ++i) {  // checkout.session.completed, customer.subscription.created
+    expect_ignored(Deliver(lifecycle[i]), "livemode_mismatch");
+    EXPECT_EQ(Head(), ++head);  // the delivery alone
+  }
+  // Stripe's retry: a duplicate, still nothing derived.
+  HttpReply again = Deliver(lifecycle[0]);
+  ASSERT_EQ(again.status, 200) << again.body;
+  EXPECT_TRUE(again.Json()["duplicate"].GetBool());
+  expect_ignored(again, "livemode_mismatch");
+  EXPECT_EQ(Head(), head);
+  expect_no_subscription();
+
+  // A live event of a connected account.
+  StripeLifecycleSpec connected;
+  connected.prefix = "evt_connect";
+  connected.customer_id = "cus_CONNECTED";
+  std::string body = live(StripeLifecycle(connected)[0]);
+  body.insert(1, R"("account":"acct_1Connected",)");
+  expect_ignored(Deliver(body), "connected_account");
+  expect_no_subscription();
+
+  std::vector<Event> received;
+  EventFilter filter;
+  filter.type = "stripe.webhook_received.v1";
+  ASSERT_TRUE(ledger_->ReadEvents(Position(0), 100, filter, &received).ok());
+  ASSERT_EQ(received.size(), 3u);
+  EXPECT_NE(received[0].data.find(R"("derived":[],"ignored":"livemode_mismatch")"),
+            std::string::npos) << received[0].data;
+  EXPECT_EQ(received[0].subject, "stripe_event:evt_test_0");
+  EXPECT_NE(received[2].data.find(R"("ignored":"connected_account")"), std::string::npos);
+  for (const Event& e : received) EXPECT_TRUE(ledger::testing::EnvelopeMatchesSchema(e));
+
+  // The live ones apply.
+  StripeLifecycleSpec live_mode;
+  live_mode.prefix = "evt_live";
+  std::vector<std::string> live_lifecycle = StripeLifecycle(live_mode);
+  HttpReply linked = Deliver(live(live_lifecycle[0]));
+  ASSERT_EQ(linked.status, 200) << linked.body;
+  EXPECT_FALSE(linked.Json()["derived"].Empty()) << linked.body;
+  EXPECT_FALSE(linked.Json().HasMember("ignored")) << linked.body;
+  DeliverOk(live(live_lifecycle[1]));
+  rapidjson::Document doc = As("user-1").Get(kMyAccess).Json();
+  EXPECT_TRUE(doc["has_access"].GetBool());
+  EXPECT_STREQ(As("user-1").Get(kStatus).Json()["customer_id"].GetString(), "cus_1");
+
+  // A test-mode server ignores live events the same way.
+  stack_.Stop();
+  stack_.server.reset();
+  ledger_.reset();
+  ledger::testing::TempDir third;
+  livemode_ = false;  // sk_test_...
+  Start({kSecret}, third.path());
+  expect_ignored(Deliver(live(live_lifecycle[0])), "livemode_mismatch");
+  expect_no_subscription();
+  DeliverOk(lifecycle[0]);
+  EXPECT_STREQ(As("user-1").Get(kStatus).Json()["customer_id"].GetString(), "cus_TEST");
+  std::vector<Event> events;
+  ASSERT_TRUE(ledger_->ReadEvents(Position(0), 100, EventFilter{}, &events).ok());
+  for (const Event& e : events) EXPECT_TRUE(ledger::testing::EnvelopeMatchesSchema(e)) << e.data;
+  stack_.Stop();
+  ledger_.reset();  // before `other` and `third` go
 }
 
 TEST_F(SubscriptionsHttpTest, LifecycleInShuffledOrdersEndsCanceledAndGraceKeepsAccess) {
