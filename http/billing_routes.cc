@@ -2,7 +2,7 @@
 //   POST /api/v1/billing/checkout/create      {plan_id, billing_cycle} -> {session_id, url}
 //                                              + stripe.checkout_session_created.v1
 //   POST /api/v1/billing/portal/create        -> {url} + stripe.portal_session_created.v1
-//   GET  /api/v1/billing/payment-methods      -> {payment_methods:[...], has_more} (a read: no event)
+//   GET  /api/v1/billing/payment-methods      -> [...] + X-Has-More when past 100 (a read: no event)
 //   POST /api/v1/billing/subscription/cancel  {at_period_end} -> the subscription's state
 //                                              + stripe.subscription_cancel_requested.v1
 //   POST /api/v1/billing/subscription/upgrade {plan_id, billing_cycle} -> the new plan/price
