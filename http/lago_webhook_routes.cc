@@ -11,10 +11,12 @@
 //      X-Lago-Signature-Algorithm: its delivery is named "sha256:<hex of the body>". The body
 //      must be a Lago webhook (`webhook_type`, `object_type`): else 400 "malformed_event"; 413
 //      beyond projections::limits::kLagoWebhookBytesMax.
-//   4. One IngestLagoWebhook command (projections/lago.h): dedupe on the unique key (and on the
-//      body), then lago.webhook_received.v1 + the derived state change in one synced write. 200
-//      {"received":true,"unique_key","webhook_type","duplicate","derived"} only after that write;
-//      a duplicate answers 200 with "duplicate":true and appends nothing.
+//   4. One IngestLagoWebhook command (projections/lago.h): dedupe on the unique key, then
+//      lago.webhook_received.v1 + the derived state change in one synced write. 200
+//      {"received":true,"unique_key","webhook_type","duplicate","repeat_of_unique_key","derived"}
+//      only after that write; a redelivery (same unique key) answers 200 with "duplicate":true
+//      and appends nothing. A body delivered before under another key is recorded, naming that
+//      key in repeat_of_unique_key.
 // Nothing is appended on any 4xx/5xx. Lago retries non-2xx answers (LAGO_WEBHOOK_ATTEMPTS, 3 by
 // default) with the same unique key.
 #include <spdlog/spdlog.h>

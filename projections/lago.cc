@@ -363,7 +363,8 @@ std::string SubjectOf(const LagoWebhook& webhook, const Derivation& derived) {
   return PrefixedSubject("lago_webhook:", webhook.unique_key);
 }
 
-std::string ReceivedEventData(const LagoWebhook& webhook, const Derivation& derived) {
+std::string ReceivedEventData(const LagoWebhook& webhook, const Derivation& derived,
+                              const std::optional<std::string>& repeat_of) {
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);
   w.StartObject();
@@ -375,6 +376,7 @@ std::string ReceivedEventData(const LagoWebhook& webhook, const Derivation& deri
   w.Key("raw_bytes");
   w.Uint64(webhook.raw_bytes);
   KeyOptString(&w, "external_customer_id", derived.external_customer_id);
+  KeyOptString(&w, "repeat_of_unique_key", repeat_of);
   w.Key("derived");
   w.StartArray();
   for (const NewEvent& e : derived.events) WriteString(&w, e.type);
@@ -387,7 +389,7 @@ std::string ReceivedEventData(const LagoWebhook& webhook, const Derivation& deri
 }
 
 std::string ResponseBody(const LagoWebhook& webhook, const std::vector<NewEvent>& derived,
-                         bool duplicate) {
+                         bool duplicate, const std::optional<std::string>& repeat_of) {
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);
   w.StartObject();
@@ -397,6 +399,7 @@ std::string ResponseBody(const LagoWebhook& webhook, const std::vector<NewEvent>
   KeyString(&w, "webhook_type", webhook.webhook_type);
   w.Key("duplicate");
   w.Bool(duplicate);
+  KeyOptString(&w, "repeat_of_unique_key", repeat_of);
   w.Key("derived");
   w.StartArray();
   for (const NewEvent& e : derived) WriteString(&w, e.type);
@@ -633,15 +636,26 @@ IngestLagoWebhook::IngestLagoWebhook(LagoWebhook webhook) : webhook_(std::move(w
 Status IngestLagoWebhook::Decide(const DecideContext& context, Decision* decision) {
   decision->events.clear();
   decision->http_status = 200;
+  // A body delivered before under ANOTHER unique key is recorded all the same: Lago sends some
+  // payloads with no timestamp or per-delivery id (invoice.payment_failure's
+  // payment_provider_invoice_payment_error, customer.payment_provider_error, events.errors), so
+  // a dunning retry declined the same way two days later is a new webhook with a byte-identical
+  // body, and answering it "duplicate" acknowledged it to Lago and lost it. The event names the
+  // key that first delivered the body (a replay of a captured body shows as such); the derived
+  // state changes stay governed by their ordering keys, so a repeated body changes no state.
+  std::optional<std::string> repeat_of;
   std::string first_key;
   Status s = context.state->Get(kLagoFamily, DeliveryKey(webhook_.raw_sha256), &first_key);
   if (s.ok()) {
-    // The same signed body under another unique key: a replay (or a second endpoint of the
-    // same Lago organization). Nothing is appended.
-    decision->body = ResponseBody(webhook_, {}, /*duplicate=*/true);
-    return Status::OK();
+    if (first_key == webhook_.unique_key) {
+      // The same delivery (its idempotency record answers it before this; kept for safety).
+      decision->body = ResponseBody(webhook_, {}, /*duplicate=*/true, std::nullopt);
+      return Status::OK();
+    }
+    repeat_of = std::move(first_key);
+  } else if (!s.IsNotFound()) {
+    return s;
   }
-  if (!s.IsNotFound()) return s;
   Derivation derived;
   if (webhook_.object_type == "invoice") {
     LEDGER_RETURN_IF_ERROR(DeriveInvoice(webhook_, *context.state, &derived));
@@ -651,9 +665,9 @@ Status IngestLagoWebhook::Decide(const DecideContext& context, Decision* decisio
     ResolveCustomer(webhook_, &derived);
   }
   const std::string subject = SubjectOf(webhook_, derived);
-  decision->body = ResponseBody(webhook_, derived.events, /*duplicate=*/false);
-  decision->events.push_back(
-      NewEvent{std::string(kLagoWebhookReceivedV1), subject, ReceivedEventData(webhook_, derived)});
+  decision->body = ResponseBody(webhook_, derived.events, /*duplicate=*/false, repeat_of);
+  decision->events.push_back(NewEvent{std::string(kLagoWebhookReceivedV1), subject,
+                                      ReceivedEventData(webhook_, derived, repeat_of)});
   for (NewEvent& e : derived.events) {
     e.subject = subject;
     decision->events.push_back(std::move(e));

@@ -3,7 +3,7 @@
 // state changes derived from it, and the fold that tracks Lago invoices and subscriptions.
 //
 //   ParseLagoWebhook(raw body, unique key) -> LagoWebhook (envelope, redacted copy, parsed doc)
-//   IngestLagoWebhook(webhook)             -> Command: dedupe, then append
+//   IngestLagoWebhook(webhook)             -> Command: dedupe on the unique key, then append
 //       lago.webhook_received.v1       always (the delivery, verbatim but for redacted secrets)
 //       lago.invoice_updated.v1        object_type "invoice" whose state supersedes the stored one
 //       lago.subscription_updated.v1   object_type "subscription" that supersedes the stored one
@@ -12,10 +12,22 @@
 // Dedupe. Lago delivers at least once and retries a delivery (up to LAGO_WEBHOOK_ATTEMPTS) with
 // the same `X-Lago-Unique-Key` (the id of its webhook row). The command's idempotency record is
 // (scope "lago.webhook", key = X-Lago-Unique-Key) with a request hash of the key alone, so a
-// redelivery is answered from the record with nothing appended. The unique key is NOT covered by
-// Lago's signature and Lago's signatures carry no timestamp, so a captured delivery could be
-// replayed under a fresh key: the fold therefore also remembers the SHA-256 of every delivered
-// body, and a body seen before under another key is a duplicate too (200, nothing appended).
+// redelivery is answered from the record with nothing appended.
+//
+// Repeated bodies. A body under a NEW unique key is always recorded, even when the same bytes
+// were delivered before: some Lago payloads carry no timestamp or per-delivery id
+// (invoice.payment_failure with payment_provider_invoice_payment_error,
+// customer.payment_provider_error, identical events.errors), so a dunning retry declined the
+// same way days later is a new webhook with a byte-identical body. The fold remembers the first
+// unique key that delivered each body (delivery/<raw_sha256>); a later delivery of that body
+// carries it as `repeat_of_unique_key` in its lago.webhook_received.v1 and in the answer
+// ("duplicate":false).
+// The unique key is not covered by Lago's signature and Lago's signatures carry no timestamp, so
+// such a delivery may also be a captured one replayed under a fresh key: consumers that must not
+// count it twice use repeat_of_unique_key. Either way it changes no derived state: the stored
+// invoice/subscription already has the body's ordering key, which a repeat cannot exceed. (A
+// delivery from a Lago too old to send unique keys is named "sha256:<hex of the body>" by the
+// route, so there a repeated body IS the same delivery: answered from its idempotency record.)
 //
 // Out of order. Each tracked object keeps the ordering key of the state it was last set from; a
 // delivery whose key is not greater never changes it, so the rows after a set of deliveries are
@@ -39,7 +51,7 @@
 // bytes received.
 //
 // Rows (column family "lago"; id parts are escaped: '%' -> "%25", '/' -> "%2F"):
-//   delivery/<raw_sha256>                            the unique key that delivered this body
+//   delivery/<raw_sha256>                            the first unique key that delivered this body
 //   inv/<lago_id>                                    invoice JSON (LagoInvoice)
 //   cust_inv/<external_customer_id>/<lago_id>        ""  index: a customer's invoices
 //   sub/<external_id>/<lago_id>                      subscription JSON (LagoSubscription)
@@ -99,7 +111,8 @@ Status ParseLagoWebhook(std::string_view raw_body, std::string_view unique_key,
                         std::string_view signature_algorithm, LagoWebhook* out);
 
 // The decided response body: {"received":true,"unique_key":...,"webhook_type":...,
-// "duplicate":<bool>,"derived":[<types>]}.
+// "duplicate":<bool>,"repeat_of_unique_key":<first key that delivered this body, or null>,
+// "derived":[<types>]}.
 class IngestLagoWebhook final : public Command {
  public:
   explicit IngestLagoWebhook(LagoWebhook webhook);

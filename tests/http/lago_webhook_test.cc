@@ -1,7 +1,7 @@
 // POST /api/v1/webhooks/lago over real HTTP on loopback, against a real Ledger: deliveries signed
 // the way lago-api signs them (hmac: base64 HMAC-SHA256 of the body; jwt: RS256 over
 // {data: <body>, iss: <Lago API URL>} with an RSA key generated here), the key file in each form
-// Lago serves it, duplicates and replays, tampering and forgeries (nothing appended, 400),
+// Lago serves it, duplicates and repeated bodies, tampering and forgeries (nothing appended, 400),
 // 503 when not configured, large jwt deliveries, redaction, and the invoice/subscription state.
 #include <gtest/gtest.h>
 #include <openssl/bio.h>
@@ -202,11 +202,21 @@ TEST_F(LagoWebhookTest, HmacDeliveryIsStoredOnceAndTracksTheInvoice) {
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_TRUE(r.Json()["duplicate"].GetBool());
   EXPECT_EQ(Head(), head);
-  // The same signed body replayed under another unique key (the key is not signed): duplicate.
+  // The same body under another unique key (a new Lago webhook with unchanged content, or a
+  // replay: the key is not signed) is recorded, naming the key that first delivered it, and
+  // derives nothing: the invoice already has this state.
   r = PostHmac(body, "wh-replayed");
   ASSERT_EQ(r.status, 200) << r.body;
-  EXPECT_TRUE(r.Json()["duplicate"].GetBool());
-  EXPECT_EQ(Head(), head);
+  answer = r.Json();
+  EXPECT_FALSE(answer["duplicate"].GetBool());
+  ASSERT_TRUE(answer.HasMember("repeat_of_unique_key")) << r.body;
+  EXPECT_EQ(answer["repeat_of_unique_key"], "wh-1") << r.body;
+  EXPECT_EQ(answer["derived"].Size(), 0u);
+  EXPECT_EQ(Head(), head + 1);
+  received = Events(projections::kLagoWebhookReceivedV1);
+  ASSERT_EQ(received.size(), 2u);
+  EXPECT_NE(received[1].data.find(R"("repeat_of_unique_key":"wh-1")"), std::string::npos)
+      << received[1].data;
 
   // The payment succeeds: the state moves on.
   LagoInvoiceSpec paid;
@@ -231,7 +241,73 @@ TEST_F(LagoWebhookTest, HmacDeliveryIsStoredOnceAndTracksTheInvoice) {
   EXPECT_EQ(r.Json()["derived"].Size(), 0u);
   ASSERT_TRUE(projections::GetLagoInvoice(*ledger_->Snapshot(), paid.lago_id, &invoice).ok());
   EXPECT_EQ(invoice.payment_status, "succeeded");
-  EXPECT_EQ(Events(projections::kLagoWebhookReceivedV1).size(), 3u);
+  EXPECT_EQ(Events(projections::kLagoWebhookReceivedV1).size(), 4u);
+}
+
+// Lago's invoice.payment_failure (object payment_provider_invoice_payment_error) carries no
+// timestamp or delivery id: the dunning retry two days later, declined the same way, is a NEW
+// webhook (new unique key) with a byte-identical body. Both are recorded (the second naming the
+// first), a retry of either is still a duplicate, and a replay of the log gives the same rows.
+TEST_F(LagoWebhookTest, AnIdenticalBodyUnderANewUniqueKeyIsRecorded) {
+  const std::string body =
+      R"({"webhook_type":"invoice.payment_failure",)"
+      R"("object_type":"payment_provider_invoice_payment_error",)"
+      R"("payment_provider_invoice_payment_error":{)"
+      R"("lago_invoice_id":"5eb02857-a71e-4ea2-bcf9-57d3a41bc6ba",)"
+      R"("lago_customer_id":"99a6094e-199b-4101-896a-54e927ce7bd7",)"
+      R"("external_customer_id":"alice","provider_customer_id":"cus_Q1",)"
+      R"("payment_provider":"stripe","payment_provider_code":"stripe_prod",)"
+      R"("provider_error":{"message":"Your card was declined.","error_code":"card_declined"}}})";
+  HttpReply r = PostHmac(body, "wh-a");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_FALSE(r.Json()["duplicate"].GetBool());
+  EXPECT_NE(r.body.find(R"("repeat_of_unique_key":null)"), std::string::npos) << r.body;
+  EXPECT_EQ(Head(), 1u);
+  r = PostHmac(body, "wh-b");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document answer = r.Json();
+  EXPECT_FALSE(answer["duplicate"].GetBool()) << r.body;
+  ASSERT_TRUE(answer.HasMember("repeat_of_unique_key")) << r.body;
+  EXPECT_EQ(answer["repeat_of_unique_key"], "wh-a") << r.body;
+  EXPECT_EQ(r.Header("X-Ledger-Position"), "2");
+  EXPECT_EQ(Head(), 2u);
+
+  std::vector<Event> received = Events(projections::kLagoWebhookReceivedV1);
+  ASSERT_EQ(received.size(), 2u);
+  rapidjson::Document first, second;
+  first.Parse(received[0].data.c_str());
+  second.Parse(received[1].data.c_str());
+  ASSERT_TRUE(first.HasMember("repeat_of_unique_key")) << received[0].data;
+  ASSERT_TRUE(second.HasMember("repeat_of_unique_key")) << received[1].data;
+  EXPECT_EQ(first["unique_key"], "wh-a");
+  EXPECT_TRUE(first["repeat_of_unique_key"].IsNull());
+  EXPECT_EQ(second["unique_key"], "wh-b");
+  EXPECT_EQ(second["repeat_of_unique_key"], "wh-a");
+  EXPECT_EQ(std::string(second["raw_sha256"].GetString()), HexEncode(Sha256(body)));
+  EXPECT_EQ(received[1].subject, "alice");
+
+  // Lago's retries of either delivery (same unique key) are still duplicates, answered as the
+  // original was.
+  for (const char* key : {"wh-a", "wh-b"}) {
+    r = PostHmac(body, key);
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_TRUE(r.Json()["duplicate"].GetBool()) << key;
+  }
+  EXPECT_EQ(Head(), 2u);
+
+  // `ledgerctl replay`: the log folded into a fresh directory gives the same rows.
+  std::vector<Event> events;
+  ASSERT_TRUE(ledger_->ReadEvents(Position(0), 10000, EventFilter{}, &events).ok());
+  LedgerOptions options;
+  options.path = dir_.Sub("replica");
+  options.folds = projections::AllFolds();
+  std::unique_ptr<Ledger> replica;
+  ASSERT_TRUE(Ledger::Open(options, &replica).ok());
+  ASSERT_TRUE(replica->ImportEvents(events).ok());
+  Hash digest, replica_digest;
+  ASSERT_TRUE(ledger_->ProjectionDigest(&digest).ok());
+  ASSERT_TRUE(replica->ProjectionDigest(&replica_digest).ok());
+  EXPECT_EQ(replica_digest, digest);
 }
 
 TEST_F(LagoWebhookTest, JwtDeliveryIsVerifiedWithLagosPublicKey) {

@@ -1,6 +1,6 @@
 // The Lago projection (projections/lago.h) without HTTP: parsing deliveries, Lago's timestamps,
-// the fold's order safety (every permutation of a lifecycle converges to the same rows), the
-// body-hash dedupe, and the derived events' schemas.
+// the fold's order safety (every permutation of a lifecycle converges to the same rows), a body
+// repeated under another key (recorded, naming the first), and the derived events' schemas.
 #include "projections/lago.h"
 
 #include <gtest/gtest.h>
@@ -200,16 +200,40 @@ TEST(LagoFoldTest, DerivedEventsMatchTheirSchemas) {
   EXPECT_EQ(applied.back().subject, "bob");
 }
 
-TEST(LagoFoldTest, TheSameBodyUnderAnotherKeyIsADuplicate) {
+// Lago sends some payloads with nothing that changes between deliveries (a dunning retry declined
+// the same way): the same body under a new unique key is a new delivery, recorded as repeating
+// the first key that delivered it, and changes no derived state. Folding the events again gives
+// the same rows.
+TEST(LagoFoldTest, TheSameBodyUnderAnotherKeyIsRecordedAsARepeat) {
   MemoryState state;
   Position head;
+  std::vector<Event> applied;
   const std::string body = InvoiceLifecycle()[0].body;
   Decision decision;
-  ASSERT_TRUE(Deliver({"k1", body}, &state, &head, nullptr, &decision).ok());
+  ASSERT_TRUE(Deliver({"k1", body}, &state, &head, &applied, &decision).ok());
   EXPECT_EQ(decision.events.size(), 2u);
-  ASSERT_TRUE(Deliver({"k2", body}, &state, &head, nullptr, &decision).ok());
-  EXPECT_TRUE(decision.events.empty());
-  EXPECT_NE(decision.body.find(R"("duplicate":true)"), std::string::npos) << decision.body;
+  EXPECT_NE(decision.body.find(R"("repeat_of_unique_key":null)"), std::string::npos)
+      << decision.body;
+  const MemoryState::Rows after_first = state.rows();
+  for (const char* key : {"k2", "k3"}) {
+    SCOPED_TRACE(key);
+    ASSERT_TRUE(Deliver({key, body}, &state, &head, &applied, &decision).ok());
+    ASSERT_EQ(decision.events.size(), 1u);
+    EXPECT_EQ(decision.events[0].type, kLagoWebhookReceivedV1);
+    EXPECT_NE(decision.events[0].data.find(R"("repeat_of_unique_key":"k1")"), std::string::npos)
+        << decision.events[0].data;
+    EXPECT_NE(decision.body.find(R"("duplicate":false,"repeat_of_unique_key":"k1")"),
+              std::string::npos)
+        << decision.body;
+  }
+  EXPECT_EQ(state.rows(), after_first);  // the delivery row keeps the first key; no state moved
+  MemoryState refolded;
+  static const LagoFold fold;
+  for (const Event& e : applied) {
+    EXPECT_TRUE(ledger::testing::EventMatchesSchema(e)) << e.type << " " << e.data;
+    ASSERT_TRUE(fold.Apply(e, refolded, &refolded).ok());
+  }
+  EXPECT_EQ(refolded.rows(), state.rows());
   EXPECT_EQ(DuplicateLagoWebhookBody(R"({"received":true,"duplicate":false})"),
             R"({"received":true,"duplicate":true})");
 }
