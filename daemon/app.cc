@@ -224,6 +224,7 @@ Status App::Impl::LoadLagoWebhookKeys() {
   // Lago signs `iss` with its own LAGO_API_URL, often a public address other than the one the
   // sink calls: checked only when named (the RS256 signature is what authenticates).
   context_.lago_webhook_issuer = config_.lago_webhook_issuer;
+  context_.lago_organization_id = config_.lago_organization_id;
   if (config_.lago_webhook_public_key_file.empty()) return Status::OK();
   std::string contents;
   LEDGER_RETURN_IF_ERROR(ReadFile(config_.lago_webhook_public_key_file, &contents));
@@ -232,10 +233,19 @@ Status App::Impl::LoadLagoWebhookKeys() {
 }
 
 Status App::Impl::ConfigureLago() {
-  spdlog::info("lago webhooks: hmac {}, jwt {} (iss checked: {})",
+  spdlog::info("lago webhooks: hmac {}, jwt {} (iss checked: {}), organization: {}",
                config_.lago_webhook_hmac_key.empty() ? "off" : "on",
                config_.lago_webhook_public_key_file.empty() ? "off" : "on",
-               context_.lago_webhook_issuer.empty() ? "no" : context_.lago_webhook_issuer);
+               context_.lago_webhook_issuer.empty() ? "no" : context_.lago_webhook_issuer,
+               config_.lago_organization_id.empty() ? "any" : config_.lago_organization_id);
+  // Lago signs jwt deliveries with its instance-wide RSA key: a valid signature says "some
+  // organization on this Lago instance", so on a shared Lago another tenant's webhooks (and
+  // their invoices and subscriptions for customers with our user ids) would be taken as ours.
+  if (!config_.lago_webhook_public_key_file.empty() && config_.lago_organization_id.empty()) {
+    spdlog::warn("lago webhooks: jwt mode without LAGO_ORGANIZATION_ID accepts deliveries signed "
+                 "for any organization of that Lago instance (one RSA key signs them all); set "
+                 "LAGO_ORGANIZATION_ID to accept only yours");
+  }
   if (!config_.LagoSinkEnabled()) {
     if (!config_.lago_api_url.empty()) {
       spdlog::warn("lago sink: LAGO_API_URL is set but LAGO_API_KEY is not; usage is not sent "

@@ -125,6 +125,16 @@ Status ValidateLago(const Config& config) {
   if (HasBlankOrControl(config.lago_webhook_hmac_key)) {
     return Bad("LAGO_WEBHOOK_HMAC_KEY", "must not contain whitespace or control characters");
   }
+  // Not a secret (Lago puts it in every webhook body), but compared byte for byte: a pasted
+  // newline or space would refuse every delivery.
+  const std::string& organization = config.lago_organization_id;
+  auto visible_ascii = [](char c) { return c > ' ' && c < 0x7f; };
+  if (!organization.empty() &&
+      (organization.size() > 255 ||
+       !std::all_of(organization.begin(), organization.end(), visible_ascii))) {
+    return Bad("LAGO_ORGANIZATION_ID",
+               "must be 1..255 visible ASCII characters (the organization_id of Lago's webhooks)");
+  }
   const std::string& code = config.lago_billable_metric_code;
   if (code.empty() || code.size() > 255 ||
       std::any_of(code.begin(), code.end(),
@@ -307,7 +317,8 @@ std::string Config::Describe() const {
          (lago_webhook_hmac_key.empty() && lago_webhook_public_key_file.empty()
               ? std::string("off")
               : std::string(lago_webhook_hmac_key.empty() ? "" : "hmac ") +
-                    (lago_webhook_public_key_file.empty() ? "" : "jwt")) +
+                    (lago_webhook_public_key_file.empty() ? "" : "jwt") +
+                    (lago_organization_id.empty() ? "" : " organization " + lago_organization_id)) +
          " sync_interval_min_us=" + std::to_string(sync_interval_min_us);
 }
 
@@ -363,6 +374,9 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
   app.add_option("--lago-webhook-issuer", config->lago_webhook_issuer,
                  "iss that jwt-signed Lago webhooks must carry (default: not checked)")
       ->envname("LAGO_WEBHOOK_ISSUER");
+  app.add_option("--lago-organization-id", config->lago_organization_id,
+                 "organization_id Lago webhooks must carry (default: any)")
+      ->envname("LAGO_ORGANIZATION_ID");
   app.add_option("--lago-api-url", config->lago_api_url, "Lago API URL (enables the Lago sink)")
       ->envname("LAGO_API_URL");
   app.add_option("--lago-api-key", config->lago_api_key, "Lago API key")->envname("LAGO_API_KEY");
@@ -410,9 +424,10 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
     return result;
   }
   // CLI11 takes an empty variable for an unset one: a variable that failed to expand would put
-  // the store in ./data, the outbox on the embedded cluster, or a production server in dev mode
-  // (a local secret, the master key beside the log) without a word. (Other secrets and URLs may
-  // be empty: that is how a compose file leaves a feature off.)
+  // the store in ./data, the outbox on the embedded cluster, a production server in dev mode
+  // (a local secret, the master key beside the log), or let Lago webhooks of every organization
+  // in, without a word. (Other secrets and URLs may be empty: that is how a compose file leaves a
+  // feature off.)
   for (auto [name, flag] : {std::pair{"LEDGER_DATA_DIR", "--data-dir"},
                             std::pair{"LEDGER_LISTEN", "--listen"},
                             std::pair{"LEDGER_KAFKA_BROKERS", "--kafka-brokers"},
@@ -420,13 +435,19 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
                             std::pair{"LEDGER_ADMIN_ROLE", "--admin-role"},
                             std::pair{"LEDGER_JWT_HS256_SECRET", "--jwt-hs256-secret"},
                             std::pair{"LEDGER_JWT_JWKS_FILE", "--jwt-jwks-file"},
-                            std::pair{"LEDGER_MASTER_KEY_FILE", "--master-key-file"}}) {
+                            std::pair{"LEDGER_MASTER_KEY_FILE", "--master-key-file"},
+                            std::pair{"LAGO_ORGANIZATION_ID", "--lago-organization-id"}}) {
     const char* value = std::getenv(name);
     if (value != nullptr && *value == '\0' && app.count(flag) == 0) {
       result.status = Bad(name, "is set but empty (unset it for the default)");
       result.exit_code = kExitConfig;
       return result;
     }
+  }
+  if (app.count("--lago-organization-id") > 0 && config->lago_organization_id.empty()) {
+    result.status = Bad("LAGO_ORGANIZATION_ID", "is set but empty (unset it to accept any)");
+    result.exit_code = kExitConfig;
+    return result;
   }
   result.status = Validate(config, listen, service_tokens, webhook_secrets, byok_base_urls);
   if (!result.status.ok()) result.exit_code = kExitConfig;

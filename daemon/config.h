@@ -56,6 +56,10 @@ struct Config {
   // Optional `iss` that jwt-signed Lago webhooks must carry; default: not checked. Lago signs
   // with ITS OWN LAGO_API_URL, often a public URL other than the one ledgerd calls.
   std::string lago_webhook_issuer;
+  // LAGO_ORGANIZATION_ID: the Lago organization whose webhooks are accepted (a delivery whose
+  // body's organization_id differs or is absent is refused); "" = any. jwt mode needs it to tell
+  // tenants apart: Lago signs every organization's deliveries with one instance-wide RSA key.
+  std::string lago_organization_id;
   std::string lago_api_url;                        // LAGO_API_URL: the sink calls it; "" = off
   std::string lago_api_key;                        // LAGO_API_KEY (secret); "" = sink off
   std::string lago_billable_metric_code = "api_calls";  // LAGO_BILLABLE_METRIC_CODE

@@ -75,11 +75,13 @@ struct AppContext {
   std::optional<bool> stripe_livemode;
   // POST /api/v1/webhooks/lago (http/lago_webhook_routes.cc): LAGO_WEBHOOK_HMAC_KEY (hmac mode),
   // Lago's RSA public key as SubjectPublicKeyInfo PEM (jwt mode; LoadLagoPublicKey() of
-  // LAGO_WEBHOOK_PUBLIC_KEY_FILE), and the `iss` jwt deliveries must carry (LAGO_WEBHOOK_ISSUER;
-  // empty = not checked). No key at all = 503 "lago_webhook_not_configured".
+  // LAGO_WEBHOOK_PUBLIC_KEY_FILE), the `iss` jwt deliveries must carry (LAGO_WEBHOOK_ISSUER;
+  // empty = not checked) and the `organization_id` every delivery's body must carry
+  // (LAGO_ORGANIZATION_ID; empty = any). No key at all = 503 "lago_webhook_not_configured".
   std::string lago_webhook_hmac_key;
   std::string lago_webhook_public_key_pem;
   std::string lago_webhook_issuer;
+  std::string lago_organization_id;
   // Log consumers besides the outbox (the Lago sink), reported under "sinks" by /readyz. Called
   // on /readyz requests: must be cheap and thread-safe. Their counters go to metrics_renderers.
   std::vector<std::function<SinkStatus()>> sink_statuses;

@@ -14,6 +14,9 @@
 //         proxy would break hmac mode as well. `alg` must be RS256 (no `none`, no HS256 keyed with
 //         the public key) and a `crit` header is refused. When an issuer is configured, `iss`
 //         must equal it (one trailing '/' ignored on either side). No `exp`: Lago sets none.
+//         The RSA key is Lago's instance-wide key (one for every organization): a valid jwt
+//         proves the delivery came from that Lago instance, not for which organization; the
+//         route checks the body's organization_id against LAGO_ORGANIZATION_ID for that.
 //         The token embeds the whole payload, so it is far larger than a bearer token: it is
 //         accepted up to limits::kLagoSignatureBytesMax (not the 16 KiB bearer-token limit).
 //   (absent header) Lago versions before signature algorithms existed sent only a JWT: a

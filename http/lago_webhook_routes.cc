@@ -11,7 +11,13 @@
 //      X-Lago-Signature-Algorithm: its delivery is named "sha256:<hex of the body>". The body
 //      must be a Lago webhook (`webhook_type`, `object_type`): else 400 "malformed_event"; 413
 //      beyond projections::limits::kLagoWebhookBytesMax.
-//   4. One IngestLagoWebhook command (projections/lago.h): dedupe on the unique key, then
+//   4. With LAGO_ORGANIZATION_ID set, the body's `organization_id` (lago-api puts it beside
+//      webhook_type in every payload) must equal it: else 403 "wrong_organization" (a valid
+//      signature for another tenant). jwt mode needs this on a shared Lago: Lago signs every
+//      organization's deliveries with its one instance-wide RSA key, so the signature only
+//      proves "this Lago instance". hmac keys are per organization, but the check applies alike.
+//      (A Lago old enough to put no organization_id in its payloads is refused: leave it unset.)
+//   5. One IngestLagoWebhook command (projections/lago.h): dedupe on the unique key, then
 //      lago.webhook_received.v1 + the derived state change in one synced write. 200
 //      {"received":true,"unique_key","webhook_type","duplicate","repeat_of_unique_key","derived"}
 //      only after that write; a redelivery (same unique key) answers 200 with "duplicate":true
@@ -23,6 +29,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "events/types.h"
 #include "http/lago_signature.h"
@@ -39,8 +46,18 @@ constexpr char kSignatureHeader[] = "X-Lago-Signature";
 constexpr char kAlgorithmHeader[] = "X-Lago-Signature-Algorithm";
 constexpr char kUniqueKeyHeader[] = "X-Lago-Unique-Key";
 
+// True when the delivery's top-level `organization_id` is the string `organization_id`.
+bool IsForOrganization(const projections::LagoWebhook& webhook,
+                       const std::string& organization_id) {
+  const rapidjson::Document& payload = *webhook.payload;
+  auto it = payload.FindMember("organization_id");
+  return it != payload.MemberEnd() && it->value.IsString() &&
+         std::string_view(it->value.GetString(), it->value.GetStringLength()) == organization_id;
+}
+
 void HandleWebhook(Ledger* ledger, const LagoSignatureVerifier* verifier,
-                   const httplib::Request& req, httplib::Response& res) {
+                   const std::string& organization_id, const httplib::Request& req,
+                   httplib::Response& res) {
   if (ledger == nullptr) {
     WriteProblem(503, "storage_unavailable", "the event store is not open", &res);
     return;
@@ -84,6 +101,13 @@ void HandleWebhook(Ledger* ledger, const LagoSignatureVerifier* verifier,
     WriteStatusProblem(s, &res);
     return;
   }
+  if (!organization_id.empty() && !IsForOrganization(webhook, organization_id)) {
+    WriteProblem(403, "wrong_organization",
+                 "the delivery's organization_id is not LAGO_ORGANIZATION_ID: a Lago webhook "
+                 "signed for another organization",
+                 &res);
+    return;
+  }
   projections::IngestLagoWebhook command(std::move(webhook));
   CommandResult result = ledger->Submit(&command);
   if (!result.status.ok()) {
@@ -110,11 +134,12 @@ void AddLagoWebhookRoutes(const AppContext& context, RouteTable* routes) {
   }
   std::shared_ptr<const LagoSignatureVerifier> verifier(std::move(created));
   Ledger* ledger = context.ledger;
-  routes->Add(
-      "POST", kWebhookPath, kWebhookPath, Policy::kSignature,
-      [ledger, verifier](const httplib::Request& req, httplib::Response& res, const Identity&) {
-        HandleWebhook(ledger, verifier.get(), req, res);
-      });
+  std::string organization_id = context.lago_organization_id;
+  routes->Add("POST", kWebhookPath, kWebhookPath, Policy::kSignature,
+              [ledger, verifier, organization_id](const httplib::Request& req,
+                                                  httplib::Response& res, const Identity&) {
+                HandleWebhook(ledger, verifier.get(), organization_id, req, res);
+              });
 }
 
 }  // namespace ledger::http

@@ -1,7 +1,8 @@
 // Lago in the assembled daemon (daemon/app.h): with LAGO_API_URL and LAGO_API_KEY the sink runs,
 // forwards metered usage to a local fake Lago exactly once, reports itself on /readyz and
 // /metrics, and resumes from its checkpoint after a restart; the webhook route verifies with
-// the configured keys; a bad LAGO_WEBHOOK_PUBLIC_KEY_FILE stops the start with exit code 78.
+// the configured keys and LAGO_ORGANIZATION_ID (jwt mode without it warns at start); a bad
+// LAGO_WEBHOOK_PUBLIC_KEY_FILE stops the start with exit code 78.
 #include <gtest/gtest.h>
 #include <rapidjson/document.h>
 
@@ -12,6 +13,7 @@
 #include "daemon/config.h"
 #include "http/lago_signature.h"
 #include "tests/daemon/daemon_test_util.h"
+#include "tests/support/daemon_process.h"
 #include "tests/support/fake_lago.h"
 #include "tests/support/http_client.h"
 #include "tests/support/lago_webhooks.h"
@@ -184,6 +186,50 @@ TEST(LagoAppTest, JwtDeliveriesAreCheckedForIssOnlyWhenAnIssuerIsConfigured) {
   HttpReply r = post(app.get(), "wh-3", lago.url());
   EXPECT_EQ(r.status, 400) << r.body;
   ASSERT_TRUE(app->Stop(std::chrono::seconds(1)).ok());
+}
+
+// Lago's jwt key is instance-wide: a jwt signature proves "this Lago instance", not "our
+// organization". The real ledgerd warns at start when jwt mode has no LAGO_ORGANIZATION_ID (and
+// then takes another organization's delivery); with it, only that organization's deliveries.
+TEST(LagoAppTest, JwtModeWithoutAnOrganizationWarnsAndWithOneRefusesOtherTenants) {
+  TempDir dir;
+  auto key = TestSigningKey::Generate(TestSigningKey::Type::kRsa, "lago");
+  WriteTextFile(dir.Sub("lago.pem"), key->PublicKeyPem());
+  DaemonOptions options;
+  options.data_dir = dir.Sub("data");
+  options.log_path = dir.Sub("ledgerd.log");
+  options.env = {{"LAGO_WEBHOOK_PUBLIC_KEY_FILE", dir.Sub("lago.pem")}};
+  constexpr char kWarning[] = "accepts deliveries signed for any organization";
+  auto post = [&](int port, const std::string& organization, const std::string& unique_key) {
+    LagoInvoiceSpec spec;
+    spec.organization_id = organization;
+    const std::string body = LagoInvoiceWebhookJson(spec);
+    TestHttpClient client("127.0.0.1", port);
+    return client.Post("/api/v1/webhooks/lago", body,
+                       {{"X-Lago-Signature", LagoJwtSignature(*key, body, "http://lago")},
+                        {"X-Lago-Signature-Algorithm", "jwt"},
+                        {"X-Lago-Unique-Key", unique_key}});
+  };
+  {
+    DaemonProcess daemon(options);
+    ASSERT_TRUE(daemon.Start().ok()) << daemon.Log();
+    EXPECT_NE(daemon.Log().find(kWarning), std::string::npos) << daemon.Log();
+    EXPECT_NE(daemon.Log().find("organization: any"), std::string::npos) << daemon.Log();
+    HttpReply r = post(daemon.port(), "org-other", "wh-1");
+    EXPECT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(daemon.Terminate(), 0) << daemon.Log();
+  }
+  options.env.emplace_back("LAGO_ORGANIZATION_ID", "org-ours");
+  DaemonProcess daemon(options);
+  ASSERT_TRUE(daemon.Start().ok()) << daemon.Log();
+  EXPECT_EQ(daemon.Log().find(kWarning), std::string::npos) << daemon.Log();
+  EXPECT_NE(daemon.Log().find("organization: org-ours"), std::string::npos) << daemon.Log();
+  HttpReply r = post(daemon.port(), "org-other", "wh-22");
+  EXPECT_EQ(r.status, 403) << r.body;
+  EXPECT_NE(r.body.find("wrong_organization"), std::string::npos) << r.body;
+  r = post(daemon.port(), "org-ours", "wh-333");
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(daemon.Terminate(), 0) << daemon.Log();
 }
 
 TEST(LagoAppTest, ABadLagoPublicKeyFileIsAConfigError) {

@@ -85,7 +85,8 @@ class LagoWebhookTest : public ::testing::Test {
     Start(kHmacKey, pem, kIssuer);
   }
 
-  void Start(const std::string& hmac_key, const std::string& pem, const std::string& issuer) {
+  void Start(const std::string& hmac_key, const std::string& pem, const std::string& issuer,
+             const std::string& organization_id = "") {
     stack_->Stop();
     stack_ = std::make_unique<ledger::testing::TestHttpStack>();
     if (!ledger_) {
@@ -99,6 +100,7 @@ class LagoWebhookTest : public ::testing::Test {
     context.lago_webhook_hmac_key = hmac_key;
     context.lago_webhook_public_key_pem = pem;
     context.lago_webhook_issuer = issuer;
+    context.lago_organization_id = organization_id;
     RouteTable routes;
     AddLagoWebhookRoutes(context, &routes);
     AuthOptions auth;
@@ -344,6 +346,52 @@ TEST_F(LagoWebhookTest, JwtDeliveryIsVerifiedWithLagosPublicKey) {
   // A Lago that names its algorithm names its deliveries too.
   ExpectProblem(Post(body3, {{"X-Lago-Signature", token3}, {"X-Lago-Signature-Algorithm", "jwt"}}),
                 400, "missing_unique_key");
+}
+
+// Lago signs jwt deliveries with its instance-wide RSA key: on a Lago shared by several
+// organizations, another tenant's delivery verifies too. With LAGO_ORGANIZATION_ID only bodies
+// naming that organization are taken; the others are 403 and append nothing.
+TEST_F(LagoWebhookTest, DeliveriesForAnotherOrganizationAreRefused) {
+  std::string pem;
+  ASSERT_TRUE(LoadLagoPublicKey(lago_key_->PublicKeyPem(), &pem).ok());
+  Start(kHmacKey, pem, kIssuer, "org-ours");
+  LagoInvoiceSpec theirs;
+  theirs.organization_id = "org-other";
+  const std::string their_body = LagoInvoiceWebhookJson(theirs);
+  ASSERT_NE(their_body.find(R"("organization_id":"org-other")"), std::string::npos);
+  ExpectProblem(PostJwt(their_body, "wh-o1", LagoJwtSignature(*lago_key_, their_body, kIssuer)),
+                403, "wrong_organization");
+  ExpectProblem(PostHmac(their_body, "wh-o2"), 403, "wrong_organization");
+  // No organization_id at all (or not a string, or only nested in the object) is no better.
+  LagoInvoiceSpec unnamed;
+  unnamed.extra_member = R"("organization_id":"org-ours")";
+  const std::string unnamed_body = LagoInvoiceWebhookJson(unnamed);
+  ExpectProblem(
+      PostJwt(unnamed_body, "wh-o3", LagoJwtSignature(*lago_key_, unnamed_body, kIssuer)), 403,
+      "wrong_organization");
+  const std::string numeric = R"({"webhook_type":"x.y","object_type":"z","organization_id":1})";
+  ExpectProblem(PostHmac(numeric, "wh-o4"), 403, "wrong_organization");
+  LagoInvoiceSpec prefixed;
+  prefixed.organization_id = "org-ours-not";
+  const std::string prefixed_body = LagoInvoiceWebhookJson(prefixed);
+  ExpectProblem(PostHmac(prefixed_body, "wh-o5"), 403, "wrong_organization");
+  EXPECT_EQ(Head(), 0u);
+
+  LagoInvoiceSpec ours;
+  ours.organization_id = "org-ours";
+  const std::string our_body = LagoInvoiceWebhookJson(ours);
+  HttpReply r = PostJwt(our_body, "wh-o6", LagoJwtSignature(*lago_key_, our_body, kIssuer));
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(Head(), 2u);
+  // The refused delivery, retried by Lago, is still refused (nothing was recorded for its key).
+  ExpectProblem(PostJwt(their_body, "wh-o1", LagoJwtSignature(*lago_key_, their_body, kIssuer)),
+                403, "wrong_organization");
+  EXPECT_EQ(Head(), 2u);
+
+  // Unset, any organization's delivery is accepted (the documented default).
+  Start(kHmacKey, pem, kIssuer);
+  r = PostJwt(their_body, "wh-o7", LagoJwtSignature(*lago_key_, their_body, kIssuer));
+  EXPECT_EQ(r.status, 200) << r.body;
 }
 
 TEST_F(LagoWebhookTest, ForgedTamperedAndMalformedDeliveriesAppendNothing) {

@@ -25,6 +25,9 @@ struct LagoInvoiceSpec {
   int64_t total_amount_cents = 1900;
   int fees = 1;              // fee objects in the payload (to make large bodies)
   std::string extra_member;  // raw `"name":value` appended to the invoice object
+  // The payload's top-level organization_id (lago-api: beside webhook_type); "" = none, as from
+  // a Lago before webhook endpoints.
+  std::string organization_id;
 };
 
 inline std::string LagoInvoiceWebhookJson(const LagoInvoiceSpec& s) {
@@ -35,7 +38,9 @@ inline std::string LagoInvoiceWebhookJson(const LagoInvoiceSpec& s) {
             R"(","amount_cents":100,"amount_currency":"USD","units":"1.0","events_count":1,)"
             R"("item":{"type":"charge","code":"api_calls","name":"API calls \"metered\" <v2>"}})";
   }
-  return R"({"webhook_type":")" + s.webhook_type + R"(","object_type":"invoice","invoice":{)" +
+  return R"({"webhook_type":")" + s.webhook_type + R"(","object_type":"invoice",)" +
+         (s.organization_id.empty() ? "" : R"("organization_id":")" + s.organization_id + "\",") +
+         R"("invoice":{)" +
          R"("lago_id":")" + s.lago_id + R"(","sequential_id":2,"number":"LAG-1234-001-002",)" +
          R"("issuing_date":"2026-11-01","payment_due_date":"2026-11-01","net_payment_term":0,)" +
          R"("invoice_type":"subscription","status":")" + s.status + R"(","payment_status":")" +
