@@ -5,7 +5,7 @@
 //   2. X-Lago-Signature is verified over req.body exactly as received, in the mode named by
 //      X-Lago-Signature-Algorithm (http/lago_signature.h): 400 "invalid_signature" for a missing,
 //      repeated, malformed or non-matching signature, a jwt whose `data` is not the body or whose
-//      `iss` is not the configured Lago API URL.
+//      `iss` is not LAGO_WEBHOOK_ISSUER (checked only when that is set).
 //   3. X-Lago-Unique-Key is required (400 "missing_unique_key"; "invalid_unique_key" when not
 //      1..255 visible ASCII characters), except from a Lago old enough to send no
 //      X-Lago-Signature-Algorithm: its delivery is named "sha256:<hex of the body>". The body
