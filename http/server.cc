@@ -1582,10 +1582,11 @@ class CoreServer final : public httplib::Server {
     t_connection = nullptr;
     if (state.close_requested || c->stream.cap_hit()) return After::kLingeringClose;
     if (!written || connection_closed) return After::kClose;
-    // The last answer a kept-alive connection may have: the client may have pipelined more
-    // behind it, and a close over unread bytes is a reset that drops what the kernel still
-    // holds of our answer (a large one to a slow reader), so the close lingers.
-    if (state.closing) return c->remaining <= 1 ? After::kLingeringClose : After::kClose;
+    // The last answer of a kept-alive connection (its keep_alive_max_count, or the server
+    // stopping): the client may have pipelined more behind it, and a close over unread bytes is
+    // a reset that drops what the kernel still holds of our answer (a large one to a slow
+    // reader), so the close lingers.
+    if (state.closing) return After::kLingeringClose;
     --c->remaining;
     return After::kKeepAlive;
   }

@@ -1254,12 +1254,15 @@ TEST_F(ServerTest, AClosingAnswerFromTheLoopArrivesWhole) {
   EXPECT_EQ(response.size() - (body_at + 4), kBytes);
 }
 
-// The last answer of a kept-alive connection (keep_alive_max_count) arrives whole although the
-// client pipelined another request behind it: closing over unread bytes would be a reset, and a
-// reset drops what the kernel still holds of the answer.
-TEST_F(ServerTest, TheLastAnswerOfAConnectionArrivesWholeWithARequestBehindIt) {
+// The last answer of a kept-alive connection -- its keep_alive_max_count, or the server stopping
+// -- arrives whole although the client pipelined another request behind it: closing over unread
+// bytes would be a reset, and a reset drops what the kernel still holds of the answer.
+class LastAnswerTest : public ServerTest, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(LastAnswerTest, ArrivesWholeWithARequestBehindIt) {
+  const bool by_stop = GetParam();
   HttpServerOptions options = TestHttpStack::DefaultOptions();
-  options.keep_alive_max_count = 2;
+  if (!by_stop) options.keep_alive_max_count = 2;
   Start(options);
   constexpr size_t kBytes = 8 << 20;
   int fd = testing::ConnectLoopback(stack_.port());
@@ -1267,13 +1270,19 @@ TEST_F(ServerTest, TheLastAnswerOfAConnectionArrivesWholeWithARequestBehindIt) {
   const std::string big = "GET /loop-big?bytes=" + std::to_string(kBytes) + " HTTP/1.1\r\nHost: x\r\n\r\n";
   const std::string both = big + big;
   ASSERT_EQ(::send(fd, both.data(), both.size(), MSG_NOSIGNAL), static_cast<ssize_t>(both.size()));
-  // While the answers fill the socket, one more request arrives (the server reads it only after
-  // the second answer, which is its last on this connection).
+  // While the answers fill the socket (the second is the connection's last), one more request
+  // arrives, which the server does not read.
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  std::thread stopper;
+  if (by_stop) {
+    stopper = std::thread([this] { stack_.Stop(); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
   const std::string more = "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n";
   ASSERT_EQ(::send(fd, more.data(), more.size(), MSG_NOSIGNAL), static_cast<ssize_t>(more.size()));
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   const std::string response = SendAndReadUntilClosed(fd, "", 3000);
+  if (stopper.joinable()) stopper.join();
   ASSERT_EQ(CountOf(response, "HTTP/1.1 200"), 2u) << response.substr(0, 300);
   const size_t second = response.rfind("HTTP/1.1 200");
   EXPECT_NE(response.find("Connection: close", second), std::string::npos);
@@ -1281,6 +1290,8 @@ TEST_F(ServerTest, TheLastAnswerOfAConnectionArrivesWholeWithARequestBehindIt) {
   ASSERT_NE(body_at, std::string::npos);
   EXPECT_EQ(response.size() - (body_at + 4), kBytes);
 }
+
+INSTANTIATE_TEST_SUITE_P(KeepAliveMaxAndStop, LastAnswerTest, ::testing::Values(false, true));
 
 // The write timeout bounds a stall, not the whole answer: a client reading steadily but slower
 // than the answer's size per timeout (16 MiB at about 3 MB/s against 2 s; the kernel holds up to
