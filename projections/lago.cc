@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <tuple>
 #include <utility>
 
@@ -79,6 +80,22 @@ std::string EscapeKeyPart(std::string_view part) {
 
 std::string DeliveryKey(std::string_view raw_sha256) {
   return "delivery/" + std::string(raw_sha256);
+}
+// How many times the body was recorded again under another key (decimal; absent = 0).
+std::string DeliveryRepeatsKey(std::string_view raw_sha256) {
+  return "delivery_repeats/" + std::string(raw_sha256);
+}
+Status GetDeliveryRepeats(const StateReader& state, std::string_view raw_sha256, uint64_t* out) {
+  *out = 0;
+  std::string text;
+  Status s = state.Get(kLagoFamily, DeliveryRepeatsKey(raw_sha256), &text);
+  if (s.IsNotFound()) return Status::OK();
+  if (!s.ok()) return s;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), *out);
+  if (ec != std::errc() || end != text.data() + text.size()) {
+    return Status::Corruption("lago: a delivery repeat count is not a number");
+  }
+  return Status::OK();
 }
 std::string InvoiceKey(std::string_view lago_id) { return "inv/" + EscapeKeyPart(lago_id); }
 std::string CustomerInvoicePrefix(std::string_view customer) {
@@ -435,7 +452,11 @@ Status ApplyReceived(const Event& event, const StateReader& state, RowWriter* ro
   if (!HexDecodeHash(raw_sha256, &unused)) return Malformed(event.type + ": raw_sha256: not hex");
   std::string existing;
   s = state.Get(kLagoFamily, DeliveryKey(raw_sha256), &existing);
-  if (s.ok()) return Status::OK();  // the first key that delivered this body stays
+  if (s.ok()) {  // a repeat: the first key that delivered this body stays, the repeats count
+    uint64_t repeats = 0;
+    LEDGER_RETURN_IF_ERROR(GetDeliveryRepeats(state, raw_sha256, &repeats));
+    return rows->Put(kLagoFamily, DeliveryRepeatsKey(raw_sha256), std::to_string(repeats + 1));
+  }
   if (!s.IsNotFound()) return s;
   return rows->Put(kLagoFamily, DeliveryKey(raw_sha256), unique_key);
 }
@@ -651,6 +672,16 @@ Status IngestLagoWebhook::Decide(const DecideContext& context, Decision* decisio
       // The same delivery (its idempotency record answers it before this; kept for safety).
       decision->body = ResponseBody(webhook_, {}, /*duplicate=*/true, std::nullopt);
       return Status::OK();
+    }
+    // A bound on what a captured body replayed under fresh keys (neither is signed) can append;
+    // far above the repeats a dunning campaign sends for one invoice.
+    uint64_t repeats = 0;
+    LEDGER_RETURN_IF_ERROR(GetDeliveryRepeats(*context.state, webhook_.raw_sha256, &repeats));
+    if (repeats >= limits::kLagoBodyRepeatsMax) {
+      return Status::Conflict("repeat_limit_reached",
+                              "this body was already recorded " + std::to_string(repeats + 1) +
+                                  " times under other X-Lago-Unique-Keys; further repeats are "
+                                  "refused");
     }
     repeat_of = std::move(first_key);
   } else if (!s.IsNotFound()) {

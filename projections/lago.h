@@ -24,7 +24,9 @@
 // ("duplicate":false).
 // The unique key is not covered by Lago's signature and Lago's signatures carry no timestamp, so
 // such a delivery may also be a captured one replayed under a fresh key: consumers that must not
-// count it twice use repeat_of_unique_key. Either way it changes no derived state: the stored
+// count it twice use repeat_of_unique_key, and one body is recorded again at most
+// limits::kLagoBodyRepeatsMax (64) times (counted in delivery_repeats/<raw_sha256>); past that a
+// repeat is 409 "repeat_limit_reached" with nothing appended. Either way it changes no derived state: the stored
 // invoice/subscription already has the body's ordering key, which a repeat cannot exceed. (A
 // delivery from a Lago too old to send unique keys is named "sha256:<hex of the body>" by the
 // route, so there a repeated body IS the same delivery: answered from its idempotency record.)

@@ -45,6 +45,8 @@ inline constexpr size_t kUserSubscriptionsMax = 256;
 
 // Lago webhooks and the Lago projection (projections/lago.h).
 inline constexpr size_t kLagoWebhookBytesMax = 512 * 1024;  // a delivery's raw body
+// Recordings of one body under other unique keys (projections/lago.h "Repeated bodies").
+inline constexpr uint64_t kLagoBodyRepeatsMax = 64;
 inline constexpr size_t kLagoUniqueKeyBytesMax = 255;       // X-Lago-Unique-Key (a UUID)
 inline constexpr size_t kLagoTypeBytesMax = 128;            // webhook_type, object_type
 inline constexpr size_t kLagoIdBytesMax = 255;              // lago_id, external ids, codes copied

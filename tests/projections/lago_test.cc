@@ -9,6 +9,7 @@
 #include <random>
 
 #include "events/limits.h"
+#include "projections/limits.h"
 #include "tests/support/lago_webhooks.h"
 #include "tests/support/memory_state.h"
 #include "tests/support/schema_check.h"
@@ -226,7 +227,32 @@ TEST(LagoFoldTest, TheSameBodyUnderAnotherKeyIsRecordedAsARepeat) {
               std::string::npos)
         << decision.body;
   }
-  EXPECT_EQ(state.rows(), after_first);  // the delivery row keeps the first key; no state moved
+  // The delivery row keeps the first key and no state moved; only the repeats are counted.
+  MemoryState::Rows changed = state.rows();
+  size_t counters = 0;
+  for (auto& [family, rows] : changed) {
+    for (auto it = rows.begin(); it != rows.end();) {
+      if (it->first.rfind("delivery_repeats/", 0) != 0) {
+        ++it;
+        continue;
+      }
+      EXPECT_EQ(it->second, "2");
+      ++counters;
+      it = rows.erase(it);
+    }
+  }
+  EXPECT_EQ(counters, 1u);
+  EXPECT_EQ(changed, after_first);
+  // Neither the unique key nor a time is signed: one captured body replayed under fresh keys is
+  // recorded kLagoBodyRepeatsMax times at most, then refused with nothing appended.
+  for (uint64_t i = 3; i <= projections::limits::kLagoBodyRepeatsMax; ++i) {
+    ASSERT_TRUE(Deliver({"k" + std::to_string(i + 1), body}, &state, &head, &applied).ok()) << i;
+  }
+  const size_t recorded = applied.size();
+  Status refused = Deliver({"k-over", body}, &state, &head, &applied, &decision);
+  EXPECT_EQ(refused.problem(), "repeat_limit_reached") << refused.ToString();
+  EXPECT_EQ(refused.code(), Code::kConflict);
+  EXPECT_EQ(applied.size(), recorded);
   MemoryState refolded;
   static const LagoFold fold;
   for (const Event& e : applied) {
