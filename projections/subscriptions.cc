@@ -514,14 +514,16 @@ int AccessPreference(const SubscriptionRecord& r) {
   return 0;
 }
 
-// True when `a` should be shown rather than `b`: the better access, then one of our plans (a
-// newer subscription to a price outside the catalog -- an add-on made in Stripe's Dashboard,
-// another product on the same account -- is not the one access, cancel and upgrade act on),
-// then the newer. Both plan_ids resolved (GetUserSubscription).
+// True when `a` should be shown rather than `b`: one of our plans first (a subscription to a
+// price outside the catalog -- an add-on made in Stripe's Dashboard, another product on the same
+// account -- is never the one access, checkout, cancel and upgrade act on: ranked by access
+// first, an active add-on beat the plan as soon as the plan went past_due, and the user got
+// unknown_plan, a 402 and an upgrade of the add-on), then the better access, then the newer.
+// Both plan_ids resolved (GetUserSubscription).
 bool Preferred(const SubscriptionRecord& a, const SubscriptionRecord& b) {
-  return std::make_tuple(AccessPreference(a), a.plan_id.has_value(), a.created.value_or(0),
+  return std::make_tuple(a.plan_id.has_value(), AccessPreference(a), a.created.value_or(0),
                          a.subscription_id) >
-         std::make_tuple(AccessPreference(b), b.plan_id.has_value(), b.created.value_or(0),
+         std::make_tuple(b.plan_id.has_value(), AccessPreference(b), b.created.value_or(0),
                          b.subscription_id);
 }
 

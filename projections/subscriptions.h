@@ -183,9 +183,10 @@ struct UserSubscription {
   std::string customer_id;
   bool has_subscription = false;
   // The user's current subscription when has_subscription: among every subscription attached to
-  // the user, the one that grants access (granted, then grace), else the one not terminal, else
-  // the most recently created (ties: the greater id). Its plan_id is filled from the catalog when
-  // the row has none but its price maps to a plan now.
+  // the user, one with a plan of the catalog before one without (an add-on price), then the one
+  // that grants access (granted, then grace), else the one not terminal, else the most recently
+  // created (ties: the greater id). Its plan_id is filled from the catalog when the row has none
+  // but its price maps to a plan now.
   SubscriptionRecord subscription;
   std::optional<InvoiceRecord> latest_invoice;  // of that subscription, by (created, id)
   // Subscriptions attached to the user (a completed Checkout Session named them) whose own state

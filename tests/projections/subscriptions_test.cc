@@ -638,16 +638,41 @@ TEST_F(SubscriptionsTest, ASubscriptionToAPriceOutsideTheCatalogIsNotTheCurrentO
   ASSERT_TRUE(access.plan);
   EXPECT_EQ(access.plan->id, "starter");
   EXPECT_TRUE(CheckServiceAccess(access, "chat").allowed);
-  // Once the plan's subscription is canceled, the add-on is what is left (and no plan).
+  // The plan's renewal fails: past due (grace) is still the plan, not the add-on that is active.
+  StripeSubscriptionSpec past_due = plan;
+  past_due.event_id = "evt_plan_past_due";
+  past_due.event_created = kStripeT0 + 6;
+  past_due.status = "past_due";
+  Deliver(&w, StripeSubscriptionEventJson(past_due));
+  ASSERT_TRUE(GetUserSubscription(w.state, "user-1", &current).ok());
+  EXPECT_EQ(current.subscription_id(), "sub_1");
+  access = Access(w, "user-1");
+  ASSERT_TRUE(access.plan);
+  EXPECT_EQ(access.plan->id, "starter");
+  EXPECT_EQ(access.access, AccessLevel::kGrace);
+  EXPECT_TRUE(CheckServiceAccess(access, "chat").allowed);
+  // Canceled, the plan is still the subscription shown (access none; a new checkout is allowed,
+  // the add-on is never cancelled or upgraded in its place).
   StripeSubscriptionSpec canceled = plan;
   canceled.event_id = "evt_plan_canceled";
   canceled.event_type = "customer.subscription.deleted";
-  canceled.event_created = kStripeT0 + 6;
+  canceled.event_created = kStripeT0 + 7;
   canceled.status = "canceled";
-  canceled.canceled_at = canceled.ended_at = kStripeT0 + 6;
+  canceled.canceled_at = canceled.ended_at = kStripeT0 + 7;
   Deliver(&w, StripeSubscriptionEventJson(canceled));
   ASSERT_TRUE(GetUserSubscription(w.state, "user-1", &current).ok());
-  EXPECT_EQ(current.subscription_id(), "sub_addon");
+  EXPECT_EQ(current.subscription_id(), "sub_1");
+  EXPECT_EQ(current.access(), AccessLevel::kNone);
+  EXPECT_EQ(CheckServiceAccess(Access(w, "user-1"), "chat").reason, "subscription_inactive");
+  // A user with only the add-on has it as the subscription (and no plan).
+  StripeSubscriptionSpec alone = addon;
+  alone.event_id = "evt_addon_alone";
+  alone.subscription_id = "sub_addon_2";
+  alone.customer_id = "cus_2";
+  alone.metadata_user_id = "user-2";
+  Deliver(&w, StripeSubscriptionEventJson(alone));
+  ASSERT_TRUE(GetUserSubscription(w.state, "user-2", &current).ok());
+  EXPECT_EQ(current.subscription_id(), "sub_addon_2");
   EXPECT_EQ(current.subscription.plan_id, std::nullopt);
 }
 
