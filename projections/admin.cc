@@ -59,10 +59,13 @@ std::string LowerAscii(std::string_view s) {
   return out;
 }
 
+// Active, or past due after it paid once: a trial past due since its first charge failed never
+// paid (it counted as paying, its price in the MRR, while trial conversion said not converted).
 bool IsPaying(const UserSubscription& sub) {
   return sub.has_subscription && sub.subscription.plan_id &&
          (sub.subscription.status == SubscriptionStatus::kActive ||
-          sub.subscription.status == SubscriptionStatus::kPastDue);
+          (sub.subscription.status == SubscriptionStatus::kPastDue &&
+           !sub.never_paid_after_trial()));
 }
 
 // Billed yearly: Stripe's interval says so, or (when a webhook left it out) the item's price is
@@ -378,19 +381,12 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
     }
     if (!sub.has_subscription) return Status::OK();
     const SubscriptionRecord& r = sub.subscription;
-    // Its latest invoice paid at or after its trial's end: it converted. Only the latest invoice
-    // is known: one that converted, paid for months and ended after a failed renewal shows as
-    // not paid after its trial here (its period moved on, below).
-    const bool paid_after_trial = r.trial_end && sub.latest_invoice &&
-                                  sub.latest_invoice->paid &&
-                                  sub.latest_invoice->amount_paid.value_or(0) > 0 &&
-                                  sub.latest_invoice->event_created >= *r.trial_end;
-    // Still in the first period after its trial (no renewal since) without a paid invoice: the
-    // first charge after the trial never succeeded -- a trial lost (or still being retried), not
-    // a paying customer, whatever dunning made of its status.
-    const bool never_paid_after_trial = r.trial_end && r.current_period_start &&
-                                        *r.current_period_start <= *r.trial_end &&
-                                        !paid_after_trial;
+    // Any invoice paid at or after its trial's end: it converted (one that converted and was
+    // canceled after a failed renewal too: judged by its latest invoice, it was a lost trial).
+    const bool paid_after_trial = sub.paid_after_trial;
+    // The first charge after the trial never succeeded -- a trial lost (or still being retried),
+    // not a paying customer, whatever dunning made of its status (UserSubscription).
+    const bool never_paid_after_trial = sub.never_paid_after_trial();
     // Churn is paying customers lost, dated by when the subscription ended (a cancellation at the
     // period's end is asked for weeks before): not a checkout that never completed
     // (incomplete_expired), nor a trial that ended within its trial or never paid after it (trial

@@ -12,9 +12,10 @@
 // Definitions (what the numbers mean):
 //   effective status / plan   what access is decided on: an admin override's, else Stripe's
 //                             (GetUserAccess); "none" when there is neither.
-//   paying subscriber         a user whose Stripe subscription is `active` or `past_due` on a plan
-//                             of the catalog. Overrides do not make revenue: Stripe bills what
-//                             Stripe has.
+//   paying subscriber         a user whose Stripe subscription is `active`, or `past_due` but
+//                             not never_paid_after_trial (subscriptions.h: past due since the
+//                             first charge after its trial failed), on a plan of the catalog.
+//                             Overrides do not make revenue: Stripe bills what Stripe has.
 //   MRR                       the sum over paying subscribers of what Stripe bills them a month:
 //                             the item's unit_amount × quantity per interval_count intervals
 //                             (a year's / 12, a week's × 52 / 12, a day's × 365 / 12), as the
@@ -47,8 +48,8 @@
 //                             stopped paying before it, which are not in the base).
 //   trial conversion          among users whose subscription had a trial (`trial_start`) or is on
 //                             a trial plan: converted = now paying on a non-trial plan, or ended
-//                             with its latest invoice paid at or after its trial's end (converted,
-//                             churned later; only the latest invoice is kept);
+//                             with any invoice paid at or after its trial's end (converted,
+//                             churned later, e.g. canceled after a failed renewal);
 //                             awaiting payment = past_due in the first period after the trial
 //                             (current_period_start at or before trial_end) without a paid
 //                             invoice since: the first charge failed and Stripe retries it;

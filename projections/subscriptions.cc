@@ -527,11 +527,14 @@ bool Preferred(const SubscriptionRecord& a, const SubscriptionRecord& b) {
                          b.subscription_id);
 }
 
-Status LatestInvoice(const StateReader& state, std::string_view subscription_id,
-                     std::optional<InvoiceRecord>* out) {
+// The latest invoice of `record` (by event created, then id), and whether any of its invoices
+// was paid (a positive amount) at or after its trial's end (UserSubscription::paid_after_trial).
+Status ReadInvoices(const StateReader& state, const SubscriptionRecord& record,
+                    std::optional<InvoiceRecord>* out, bool* paid_after_trial) {
   out->reset();
+  *paid_after_trial = false;
   std::vector<std::string> invoice_ids;
-  LEDGER_RETURN_IF_ERROR(ScanChildren(state, Key(kSubInvoicePrefix, subscription_id),
+  LEDGER_RETURN_IF_ERROR(ScanChildren(state, Key(kSubInvoicePrefix, record.subscription_id),
                                       limits::kUserSubscriptionsMax, &invoice_ids));
   for (const std::string& id : invoice_ids) {
     std::string value;
@@ -541,6 +544,10 @@ Status LatestInvoice(const StateReader& state, std::string_view subscription_id,
     InvoiceRecord invoice;
     s = ParseInvoiceRecord(value, &invoice);
     if (!s.ok()) return Corrupt("subscriptions row inv/" + Truncated(id), s);
+    if (record.trial_end && invoice.paid && invoice.amount_paid.value_or(0) > 0 &&
+        invoice.event_created >= *record.trial_end) {
+      *paid_after_trial = true;
+    }
     if (!*out || std::tie(invoice.event_created, invoice.invoice_id) >
                      std::tie((*out)->event_created, (*out)->invoice_id)) {
       *out = std::move(invoice);
@@ -907,8 +914,23 @@ Status GetUserSubscription(const StateReader& state, std::string_view user_id,
   bool fall_back = !out->has_subscription;
   if (out->has_subscription) {
     out->customer_id = out->subscription.customer_id;
-    LEDGER_RETURN_IF_ERROR(
-        LatestInvoice(state, out->subscription.subscription_id, &out->latest_invoice));
+    LEDGER_RETURN_IF_ERROR(ReadInvoices(state, out->subscription, &out->latest_invoice,
+                                        &out->paid_after_trial));
+    // A trial whose first charge after it failed has not converted: Stripe put it on Starter's
+    // price and dunning keeps it past_due (grace) for weeks. Taken for Starter, a declined card
+    // got Starter's services, BYOK and a fresh month of 1,000 calls for the $1; on its trial plan
+    // it has ended (trial_expired) until an invoice is paid. Stripe's `active` says the charge
+    // went through (its invoice.paid may come later), and a trial still running is the trial.
+    SubscriptionRecord& chosen = out->subscription;
+    if (chosen.status != SubscriptionStatus::kActive &&
+        chosen.status != SubscriptionStatus::kTrialing && out->never_paid_after_trial()) {
+      if (!plans) {
+        plans.emplace();
+        LEDGER_RETURN_IF_ERROR(ListPlans(state, /*include_inactive=*/true, &*plans));
+      }
+      const Plan* tagged = FindPlan(*plans, chosen.metadata_plan_id);
+      if (tagged != nullptr && tagged->trial_days > 0) chosen.plan_id = tagged->id;
+    }
     if (!out->customer_id.empty()) LEDGER_RETURN_IF_ERROR(deleted(out->customer_id, &fall_back));
     if (fall_back) out->customer_id.clear();
   }

@@ -186,13 +186,31 @@ struct UserSubscription {
   // the user, one with a plan of the catalog before one without (an add-on price), then the one
   // that grants access (granted, then grace), else the one not terminal, else the most recently
   // created (ties: the greater id). Its plan_id is filled from the catalog when the row has none
-  // but its price maps to a plan now.
+  // but its price maps to a plan now. A subscription tagged with a trial plan (metadata.plan_id)
+  // that never paid after its trial (never_paid_after_trial) and that Stripe does not call
+  // trialing or active -- past_due after a declined first charge, unpaid, canceled -- is on that
+  // trial plan, not on the price Stripe moved it to: its trial has ended (trial_expired) until an
+  // invoice is paid.
   SubscriptionRecord subscription;
   std::optional<InvoiceRecord> latest_invoice;  // of that subscription, by (created, id)
+  // Some invoice of that subscription (any, not only the latest: a trial that converted and then
+  // failed a renewal did pay) was paid, a positive amount, at or after its trial_end.
+  bool paid_after_trial = false;
   // Subscriptions attached to the user (a completed Checkout Session named them) whose own state
   // has not arrived yet: Stripe's events come in no particular order, and a failed delivery is
   // retried for hours. Not in has_subscription/subscription; by id.
   std::vector<std::string> awaited_subscription_ids;
+
+  // The subscription had a trial and has not paid for a period after it: no invoice paid after
+  // its trial_end (paid_after_trial), and it is still in the first period after the trial (a
+  // renewal since means a payment the log may not hold). Its first charge failed or is still
+  // pending, whatever dunning made of its status: not converted, not paying. (True while it is
+  // still trialing, too.) The one definition access (above) and the admin analytics use.
+  bool never_paid_after_trial() const {
+    const SubscriptionRecord& r = subscription;
+    return has_subscription && r.trial_end && r.current_period_start &&
+           *r.current_period_start <= *r.trial_end && !paid_after_trial;
+  }
 
   // Shortcuts into `subscription` (empty / kNone when !has_subscription).
   const std::string& subscription_id() const { return subscription.subscription_id; }

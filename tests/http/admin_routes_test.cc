@@ -354,6 +354,14 @@ TEST_F(AdminRoutesTest, ChurnRateIsOfThePayingAtTheStartAndAConvertedTrialThatLe
   ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
                                              ledger::testing::StripeInvoiceEventJson(invoice))
                   .status.ok());
+  // ...and whose last renewal failed (6 days ago): its latest invoice is not paid, it converted.
+  invoice.event_id = "evt_inv_conv_failed";
+  invoice.event_type = "invoice.payment_failed";
+  invoice.event_created = kNow - 6 * kDay;
+  invoice.invoice_id = "in_conv_failed";
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeInvoiceEventJson(invoice))
+                  .status.ok());
   // Past due since a charge 2 days ago, after a 7-day trial that ended `trial_ended` days ago.
   auto past_due_after_trial = [&](const std::string& user, int64_t trial_ended) {
     TestSubscription t = OnPlan("u-" + user, "starter", "past_due");
@@ -375,6 +383,9 @@ TEST_F(AdminRoutesTest, ChurnRateIsOfThePayingAtTheStartAndAConvertedTrialThatLe
   HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
   ASSERT_EQ(r.status, 200) << r.body;
   rapidjson::Document doc = r.Json();
+  // fail never paid after its trial: not paying, not in the MRR.
+  EXPECT_EQ(doc["subscribers"]["paying"].GetInt64(), 5);  // old, n1, n2, n3, renew
+  EXPECT_EQ(doc["revenue"]["mrr_cents"].GetInt64(), 5 * 1900);
   EXPECT_EQ(doc["churn"]["churned"].GetInt64(), 2);          // gone, conv
   EXPECT_EQ(doc["churn"]["paying_at_start"].GetInt64(), 5);  // old, unpaid, gone, conv, renew
   EXPECT_DOUBLE_EQ(doc["churn"]["rate"].GetDouble(), 0.4);
@@ -443,6 +454,63 @@ TEST_F(AdminRoutesTest, ChurnBaseLeavesOutSubscriptionsThatStoppedPayingBeforeTh
   ASSERT_EQ(r.status, 200) << r.body;
   doc = r.Json();
   EXPECT_EQ(doc["churn"]["paying_at_start"].GetInt64(), 3) << r.body;  // a, gone, dun
+}
+
+// A $1 trial whose first charge was declined at its end is past due on Starter's price at
+// Stripe, and still the trial here: ended (trial_expired), no Starter services, BYOK or month of
+// calls, not paying -- until an invoice is paid.
+TEST_F(AdminRoutesTest, ATrialWhoseFirstChargeFailedIsNotStarter) {
+  TestSubscription t = OnPlan("u-t", "trial", "past_due");
+  t.trial_start = kNow - 8 * kDay;
+  t.trial_end = t.period_start = kNow - 1 * kDay;
+  t.period_end = kNow + 29 * kDay;
+  AddSubscriber(t, "t@x.com");
+  auto check = [&](const std::string& service) {
+    TestHttpClient client("127.0.0.1", stack_->port());
+    client.set_bearer(kServiceToken);
+    return client.Post("/api/v1/subscriptions/check-access/" + service + "?user_id=u-t", "");
+  };
+  HttpReply r = check("search");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_FALSE(r.Json()["allowed"].GetBool()) << r.body;
+  r = check("chat");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_FALSE(r.Json()["allowed"].GetBool()) << r.body;
+  EXPECT_STREQ(r.Json()["reason"].GetString(), "trial_expired");
+  EXPECT_STREQ(r.Json()["plan_id"].GetString(), "trial");
+  ExpectProblem(Consume("u-t", "chat", "declined"), 402, "trial_expired");
+  r = User("u-t").Get("/api/v1/subscriptions/my-access");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  EXPECT_FALSE(doc["has_access"].GetBool()) << r.body;
+  EXPECT_FALSE(doc["byok_enabled"].GetBool()) << r.body;
+  EXPECT_TRUE(doc["quota"].IsNull()) << r.body;
+  doc = Admin().Get(std::string(kAdminBase) + "analytics/overview").Json();
+  EXPECT_EQ(doc["subscribers"]["paying"].GetInt64(), 0);
+  EXPECT_EQ(doc["revenue"]["mrr_cents"].GetInt64(), 0);
+  EXPECT_EQ(doc["trial_conversion"]["awaiting_payment"].GetInt64(), 1);
+
+  // A retry is paid: Starter now.
+  ledger::testing::StripeInvoiceSpec invoice;
+  invoice.event_id = "evt_inv_t";
+  invoice.event_created = kNow;
+  invoice.invoice_id = "in_t";
+  invoice.customer_id = "cus_u-t";
+  invoice.subscription_id = "sub_u-t";
+  invoice.metadata_user_id = "u-t";
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeInvoiceEventJson(invoice))
+                  .status.ok());
+  t.status = "active";
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), t).ok());
+  r = check("search");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_TRUE(r.Json()["allowed"].GetBool()) << r.body;
+  EXPECT_STREQ(r.Json()["plan_id"].GetString(), "starter");
+  EXPECT_EQ(Consume("u-t", "chat", "paid").status, 200);
+  doc = Admin().Get(std::string(kAdminBase) + "analytics/overview").Json();
+  EXPECT_EQ(doc["subscribers"]["paying"].GetInt64(), 1);
+  EXPECT_EQ(doc["trial_conversion"]["converted"].GetInt64(), 1);
 }
 
 TEST_F(AdminRoutesTest, ChurnIsPaidSubscriptionsDatedByTheirEnd) {
