@@ -425,6 +425,14 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
   s = LoadPlan(*view, plan_id, &plan);
   if (s.ok()) s = ResolveCheckoutPrices(*view, plan, cycle, &prices);
   if (s.ok()) s = pc::GetUserSubscription(*view, identity.subject, &current);
+  // A suspension (an admin's override whose status grants nothing) decides access whatever the
+  // user buys: the plan would be charged and never honoured (it was, and consume answered 402).
+  std::optional<pc::AdminOverride> override;
+  if (s.ok()) s = pc::GetAdminOverride(*view, identity.subject, &override);
+  if (s.ok() && override && override->revokes()) {
+    s = Status::Conflict("account_suspended",
+                         "this account is suspended; contact support before subscribing");
+  }
   // Not terminal is enough to refuse: an unpaid, paused or incomplete subscription grants nothing
   // now but comes back when its invoice is paid -- with a second one beside it, both would bill.
   if (s.ok() && current.has_subscription && !pc::IsTerminal(current.subscription.status)) {

@@ -193,6 +193,8 @@ std::string SubscriberJson(const UserAccess& access) {
   json::OptString(&w, access.plan_id());
   w.Key("overridden");
   w.Bool(access.overridden());
+  w.Key("override_superseded");
+  w.Bool(access.override_superseded);
   w.Key("stripe");
   if (sub.has_subscription) {
     const SubscriptionRecord& r = sub.subscription;

@@ -100,7 +100,8 @@ Status ListSubscribers(const StateReader& state, const SubscriberFilter& filter,
                        std::string_view after, size_t limit, SubscriberPage* out);
 
 // One subscriber as the admin views show it:
-// {"user_id","email","status","access","plan_id","overridden",
+// {"user_id","email","status","access","plan_id","overridden","override_superseded" (the
+//  override is set but the user's own later subscription decides: subscriptions.h),
 //  "stripe":{"subscription_id","customer_id","status","plan_id","interval",
 //            "current_period_start","current_period_end","cancel_at_period_end","trial_start",
 //            "trial_end","canceled_at"} | null,

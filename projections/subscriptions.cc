@@ -77,6 +77,7 @@ constexpr std::string_view kEmailPrefix = "email/";
 constexpr std::string_view kSessionPrefix = "session/";
 constexpr std::string_view kUserSessionPrefix = "user_session/";
 constexpr std::string_view kOverridePrefix = "override/";
+constexpr std::string_view kOverrideAtPrefix = "override_at/";
 constexpr std::string_view kCustomerDeletedPrefix = "cus_deleted/";
 constexpr std::string_view kCheckoutSessionCreatedV1 = "stripe.checkout_session_created.v1";
 
@@ -472,6 +473,33 @@ Status ApplyOverrideSet(const Event& event, const StateReader& state, RowWriter*
   return rows->Put(kSubscriptionsFamily, Key(kOverridePrefix, user_id), AdminOverrideToJson(value));
 }
 
+// subscription.override_set.v1, the override_at/ row: the event's time when the override's tier or
+// status is not what it was (deleted when neither is set). Lenient: ApplyOverrideSet refuses a
+// malformed event.
+Status ApplyOverrideDecidedAt(const Event& event, const StateReader& state, RowWriter* rows) {
+  rapidjson::Document doc;
+  if (!ParseJsonObject(event.data, &doc).ok()) return Status::OK();
+  ObjectReader reader(doc);
+  std::string user_id;
+  std::optional<std::string> plan_id, status;
+  if (!reader.String("user_id", true, &user_id).ok() ||
+      !reader.NullableString("plan_id", true, &plan_id).ok() ||
+      !reader.NullableString("status", true, &status).ok() || user_id.empty() ||
+      user_id.find('/') != std::string::npos) {
+    return Status::OK();
+  }
+  const std::string key = Key(kOverrideAtPrefix, user_id);
+  if (!plan_id && !status) return rows->Delete(kSubscriptionsFamily, key);
+  std::optional<AdminOverride> previous;
+  LEDGER_RETURN_IF_ERROR(GetAdminOverride(state, user_id, &previous));
+  const std::optional<std::string> previous_status =
+      previous && previous->status
+          ? std::optional<std::string>(SubscriptionStatusName(*previous->status))
+          : std::nullopt;
+  if (previous && previous->plan_id == plan_id && previous_status == status) return Status::OK();
+  return rows->Put(kSubscriptionsFamily, key, std::to_string(event.time_us));
+}
+
 // stripe.checkout_session_created.v1 (http/billing_routes.cc): our own record that a user opened
 // a Checkout Session. Kept as session -> user, the fallback when Stripe's
 // checkout.session.completed names no user. Not this fold's event: anything unusable is ignored
@@ -823,7 +851,10 @@ Status SubscriptionFold::Apply(const Event& event, const StateReader& state,
     return ApplyInvoice(event, state, rows);
   }
   if (event.type == kCheckoutSessionCreatedV1) return ApplyCheckoutSessionCreated(event, rows);
-  if (event.type == kSubscriptionOverrideSetV1) return ApplyOverrideSet(event, state, rows);
+  if (event.type == kSubscriptionOverrideSetV1) {
+    LEDGER_RETURN_IF_ERROR(ApplyOverrideDecidedAt(event, state, rows));
+    return ApplyOverrideSet(event, state, rows);
+  }
   return Status::OK();
 }
 
@@ -1095,6 +1126,18 @@ Status GetAdminOverride(const StateReader& state, std::string_view user_id,
   AdminOverride parsed;
   s = ParseAdminOverride(value, &parsed);
   if (!s.ok()) return Corrupt("subscriptions row override/" + Truncated(user_id), s);
+  parsed.decided_at_us = parsed.set_at_us;
+  s = state.Get(kSubscriptionsFamily, Key(kOverrideAtPrefix, user_id), &value);
+  if (s.ok()) {
+    const auto [end, error] =
+        std::from_chars(value.data(), value.data() + value.size(), parsed.decided_at_us);
+    if (error != std::errc() || end != value.data() + value.size()) {
+      return Status::Corruption("subscriptions row override_at/" + Truncated(user_id) +
+                                ": not a time");
+    }
+  } else if (!s.IsNotFound()) {
+    return s;
+  }
   *out = std::move(parsed);
   return Status::OK();
 }
@@ -1135,8 +1178,19 @@ Status GetUserAccess(const StateReader& state, std::string_view user_id, UserAcc
   std::optional<std::string> plan_id = sub.plan_id();
   if (sub.has_subscription) out->status = sub.subscription.status;
   if (out->override) {
-    if (out->override->plan_id) plan_id = out->override->plan_id;
-    if (out->override->status) out->status = out->override->status;
+    // A granting override yields to a subscription to a plan the user started after it (see
+    // AdminOverride): an admin's trial kept deciding after the user bought Professional on its
+    // third day (tts 403, and 402 trial_expired from day 7 while Stripe billed Professional).
+    const AdminOverride& o = *out->override;
+    const SubscriptionRecord& r = sub.subscription;
+    out->override_superseded =
+        (o.plan_id || o.status) && !o.revokes() && sub.has_subscription && sub.plan_id() &&
+        AccessFor(r.status) != AccessLevel::kNone && r.created &&
+        *r.created >= (o.decided_at_us + 999'999) / 1'000'000;  // whole seconds, not before
+    if (!out->override_superseded) {
+      if (o.plan_id) plan_id = o.plan_id;
+      if (o.status) out->status = o.status;
+    }
   }
   if (!out->status) return Status::OK();
   if (plan_id) {

@@ -35,6 +35,9 @@
 //   email/<lowercased email>/<user>  ""   index: users by email (admin lookup)
 //   override/<user_id>               an admin's tier/status override and notes (AdminOverride JSON),
 //                                    from subscription.override_set.v1; deleted when all are unset
+//   override_at/<user_id>            the time (µs, decimal) of the subscription.override_set.v1
+//                                    that last changed the override's tier or status
+//                                    (AdminOverride::decided_at_us); deleted when both are unset
 //   session/<checkout_session_id>    <user_id>: from stripe.checkout_session_created.v1 (our own
 //                                    record of POST /checkout/create), the fallback owner of a
 //                                    completed session that names no user
@@ -276,6 +279,17 @@ Status FindUsersByEmail(const StateReader& state, std::string_view email,
 // tier + status set), a suspension (status "canceled"), a tier granted by hand. The Stripe
 // subscription row itself is never changed: billing routes and analytics of revenue still see
 // what Stripe says. Every field is optional; a row with none set is deleted.
+//
+// Granting and revoking. An override whose status grants no access (canceled, unpaid, paused,
+// ...: a suspension) revokes: it decides access for as long as it is set, whatever the user buys,
+// and checkout refuses (409 account_suspended) rather than sell a plan it would not honour. Any
+// other override with a tier or a status grants (a comp, a trial, a tier by hand): it decides
+// until the user starts a Stripe subscription of their own -- one Stripe `created` at or after
+// decided_at_us, to a catalog plan, in a status that grants access (trialing, active, past_due)
+// -- which then supersedes it (UserAccess::override_superseded): the user pays for a plan and
+// gets that plan, not the granted trial that ends on day 7. A subscription that existed when the
+// admin set the override does not supersede it (a tier granted over a plan). Both times come from
+// events (Stripe's object, the override's event): no clock is read.
 struct AdminOverride {
   std::optional<std::string> plan_id;
   std::optional<SubscriptionStatus> status;
@@ -288,8 +302,15 @@ struct AdminOverride {
   // such a store's live rows then differ from a replay's (`ledgerctl replay` reports it) until
   // the subscriptions projection is rebuilt from the log.
   int64_t tier_set_at_us = 0;
+  // The time of the event that last changed `plan_id` or `status` (what the override decides; a
+  // change of the notes does not move it): what a superseding subscription must not predate.
+  // Read from the override_at/ row; overrides set before that row existed read set_at_us until
+  // their tier or status next changes.
+  int64_t decided_at_us = 0;
 
   bool empty() const { return !plan_id && !status && !notes; }
+  // A status that grants no access: a suspension (see above).
+  bool revokes() const { return status && AccessFor(*status) == AccessLevel::kNone; }
   bool operator==(const AdminOverride&) const = default;
 };
 
@@ -311,11 +332,14 @@ Status ScanUsers(const StateReader& state, std::string_view after,
 struct UserAccess {
   UserSubscription subscription;  // what Stripe says (never changed by an override)
   std::optional<AdminOverride> override;  // an admin's override, when one is set
-  // The status access is decided on: the override's, else the subscription's; nullopt when there
-  // is neither (no subscription).
+  // A granting override the user's own later subscription supersedes (AdminOverride): it is
+  // kept (and shown) but decides nothing.
+  bool override_superseded = false;
+  // The status access is decided on: the deciding override's, else the subscription's; nullopt
+  // when there is neither (no subscription).
   std::optional<SubscriptionStatus> status;
-  // The plan access is decided on (the override's tier, else the subscription's plan) from the
-  // catalog (retired plans too).
+  // The plan access is decided on (the deciding override's tier, else the subscription's plan)
+  // from the catalog (retired plans too).
   std::optional<Plan> plan;
   AccessLevel access = AccessLevel::kNone;  // kNone also when the plan is unknown
 
@@ -327,8 +351,10 @@ struct UserAccess {
   std::optional<std::string> plan_id() const {
     return plan ? std::optional<std::string>(plan->id) : subscription.plan_id();
   }
-  // An override sets the tier or the status (notes alone change nothing).
-  bool overridden() const { return override && (override->plan_id || override->status); }
+  // An override sets the tier or the status (notes alone change nothing), and is not superseded.
+  bool overridden() const {
+    return override && !override_superseded && (override->plan_id || override->status);
+  }
 };
 
 Status GetUserAccess(const StateReader& state, std::string_view user_id, UserAccess* out);

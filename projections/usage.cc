@@ -868,7 +868,8 @@ Status PaymentRequired(std::string problem, std::string message) {
 // that trial runs the plan's trial days from when the admin set the tier.
 Status SubjectUsageTerms(const MeteringSubject& subject, int64_t at_s, UsageTerms* out) {
   const UserAccess& access = subject.access;
-  if (access.override && access.override->plan_id && access.plan && IsTrialPlan(*access.plan)) {
+  if (access.overridden() && access.override->plan_id && access.plan &&
+      IsTrialPlan(*access.plan)) {
     SubscriptionRecord granted;
     granted.trial_start = FloorSeconds(access.override->tier_set_at_us);
     return ComputeUsageTerms(subject.plan(), &granted, at_s, out);

@@ -810,6 +810,32 @@ TEST_F(AdminRoutesTest, ATrialGrantedByAnAdminEndsAfterItsTrialDays) {
   ASSERT_EQ(Patch("g@x.com", R"({"tier":"starter"})").status, 200);
   ASSERT_EQ(Patch("g@x.com", R"({"tier":"trial"})").status, 200);
   EXPECT_EQ(Consume("u-g", "chat", "again").status, 200);
+  ExpectProblem(Consume("u-g", "tts", "not-in-trial"), 403, "service_not_in_plan");
+
+  // On the trial's third day the user buys Professional: what they pay for decides from then on
+  // (tts is Professional's; the granted trial's end ends nothing), and a later note of the admin's
+  // does not bring the trial back.
+  clock_.Advance(2 * kDay * kUs);
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(
+                  ledger_.get(),
+                  OnPlan("u-g", "professional", NowSeconds(), NowSeconds() + 30 * kDay))
+                  .ok());
+  EXPECT_EQ(Consume("u-g", "tts", "bought").status, 200);
+  clock_.Advance(6 * kDay * kUs);  // past the granted trial's seven days
+  ASSERT_EQ(Patch("g@x.com", R"({"notes":"bought professional"})").status, 200);
+  HttpReply r2 = Consume("u-g", "tts", "day-9");
+  EXPECT_EQ(r2.status, 200) << r2.body;
+  r2 = User("u-g").Get("/api/v1/subscriptions/my-access");
+  ASSERT_EQ(r2.status, 200) << r2.body;
+  rapidjson::Document access = r2.Json();
+  EXPECT_STREQ(access["plan_id"].GetString(), "professional");
+  EXPECT_STREQ(access["status"].GetString(), "active");
+  EXPECT_FALSE(access["overridden"].GetBool());
+  EXPECT_TRUE(access["has_access"].GetBool());
+  rapidjson::Document one = Admin().Get(std::string(kAdminBase) + "g@x.com").Json();
+  const auto& subscriber = one["users"][0]["subscriber"];
+  EXPECT_TRUE(subscriber["override_superseded"].GetBool());
+  EXPECT_STREQ(subscriber["override"]["plan_id"].GetString(), "trial");
 }
 
 TEST_F(AdminRoutesTest, ASuspensionRefusesMeteringButLeavesStripeAlone) {
@@ -817,6 +843,14 @@ TEST_F(AdminRoutesTest, ASuspensionRefusesMeteringButLeavesStripeAlone) {
   ASSERT_EQ(Consume("u-a", "chat", "before").status, 200);
   ASSERT_EQ(Patch("a@x.com", R"({"status":"canceled","notes":"abuse"})").status, 200);
   EXPECT_EQ(Consume("u-a", "chat", "after").status, 402);
+  // A subscription the user starts after the suspension (at Stripe: checkout refuses) lifts
+  // nothing.
+  clock_.Advance(kDay * kUs);
+  TestSubscription later = OnPlan("u-a", "starter", NowSeconds(), NowSeconds() + 30 * kDay);
+  later.subscription_id = "sub_u-a-later";
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), later).ok());
+  EXPECT_EQ(Consume("u-a", "chat", "after-later").status, 402);
+  clock_.Advance(kDay * kUs);
   HttpReply status = User("u-a").Get("/api/v1/billing/subscription-status");
   ASSERT_EQ(status.status, 200) << status.body;
   EXPECT_NE(status.body.find(R"("status":"active")"), std::string::npos) << status.body;

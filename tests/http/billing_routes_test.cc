@@ -11,6 +11,7 @@
 #include "http/routes.h"
 #include "projections/subscriptions.h"
 #include "http/stripe_client.h"
+#include "projections/admin.h"
 #include "projections/plan_catalog.h"
 #include "projections/registry.h"
 #include "tests/support/billing_fixtures.h"
@@ -573,6 +574,48 @@ TEST_F(BillingRoutesTest, CheckoutReusesAKnownCustomerAndRefusesASecondSubscript
                 "subscription_exists");
   EXPECT_EQ(Head(), head);
   EXPECT_EQ(fake_.RequestsTo("POST", "/v1/checkout/sessions").size(), 1u);
+}
+
+// A suspended account (an admin's override whose status grants nothing) is not sold a plan: the
+// suspension decides access whatever the user pays for (a checkout after the suspended user's
+// subscription lapsed was charged, and consume still answered 402).
+TEST_F(BillingRoutesTest, ASuspendedAccountCannotCheckOut) {
+  GiveAliceASubscription("canceled");
+  auto set_status = [&](std::optional<projections::SubscriptionStatus> status) {
+    projections::OverrideChange change;
+    change.status = status;
+    projections::SetAdminOverride command("alice", change,
+                                          projections::Actor::Admin("root", "root@example.com"));
+    ASSERT_TRUE(ledger_->Submit(&command).status.ok());
+  };
+  set_status(projections::SubscriptionStatus::kCanceled);
+  const uint64_t head = Head();
+  ExpectProblem(Alice().Post(kCheckout, R"({"plan_id":"starter"})"), 409, "account_suspended");
+  EXPECT_EQ(Head(), head);
+  EXPECT_TRUE(fake_.RequestsTo("POST", "/v1/checkout/sessions").empty());
+  // Lifted, the account checks out as before.
+  set_status(std::nullopt);
+  HttpReply r = Alice().Post(kCheckout, R"({"plan_id":"starter"})");
+  EXPECT_EQ(r.status, 200) << r.body;
+  // Suspended again, a subscription started after the suspension (at Stripe, or that checkout
+  // paid) lifts nothing.
+  set_status(projections::SubscriptionStatus::kCanceled);
+  ledger::testing::StripeSubscriptionSpec later;
+  later.event_id = "evt_later";
+  later.event_created = static_cast<int64_t>(std::time(nullptr)) + 60;
+  later.created = later.period_start = later.event_created;
+  later.period_end = later.created + 30 * 86400;
+  later.subscription_id = "sub_alice_later";
+  later.customer_id = "cus_alice";
+  later.metadata_user_id = "alice";
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeSubscriptionEventJson(later))
+                  .status.ok());
+  projections::UserAccess access;
+  ASSERT_TRUE(projections::GetUserAccess(*ledger_->Snapshot(), "alice", &access).ok());
+  EXPECT_EQ(access.subscription.subscription_id(), "sub_alice_later");
+  EXPECT_EQ(access.access, projections::AccessLevel::kNone);
+  EXPECT_FALSE(access.override_superseded);
 }
 
 // A customer deleted at Stripe (a GDPR erasure) is never named to Stripe again: checkout starts
