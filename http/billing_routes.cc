@@ -435,7 +435,15 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
   }
   // Not terminal is enough to refuse: an unpaid, paused or incomplete subscription grants nothing
   // now but comes back when its invoice is paid -- with a second one beside it, both would bill.
-  if (s.ok() && current.has_subscription && !pc::IsTerminal(current.subscription.status)) {
+  // Past its scheduled end (canceled at its period's end) it bills no more, though Stripe's
+  // deletion may not have arrived yet (pc::ScheduledEnd): the user subscribes again.
+  const int64_t now_s =
+      (context.clock != nullptr ? context.clock : SystemClock::Default())->NowMicros() / 1'000'000;
+  const std::optional<int64_t> ends = current.has_subscription
+                                          ? pc::ScheduledEnd(current.subscription)
+                                          : std::nullopt;
+  if (s.ok() && current.has_subscription && !pc::IsTerminal(current.subscription.status) &&
+      !(ends && now_s >= *ends)) {
     s = Status::Conflict("subscription_exists",
                          "you already have a subscription (" + std::string(current.status_name()) +
                              "); change it with /api/v1/billing/subscription/upgrade or the portal");

@@ -130,7 +130,7 @@ bool LoadCallerKeys(const ByokRouteContext& c, const Identity& identity, bool wi
   if (with_access) {
     pj::UserAccess access;
     s = pj::GetUserAccess(*out->view, identity.subject, &access);
-    out->byok_enabled = s.ok() && pj::ByokAllowed(access);
+    out->byok_enabled = s.ok() && pj::ByokAllowed(access, c.clock->NowMicros() / 1'000'000);
   }
   if (s.ok()) s = pj::ListByokKeys(*out->view, identity.subject, &out->keys);
   if (!s.ok()) WriteStatusProblem(s, &res);
@@ -363,7 +363,7 @@ void TestKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Re
       WriteStatusProblem(s, &res);
       return;
     }
-    if (!pj::ByokAllowed(access)) {
+    if (!pj::ByokAllowed(access, c.clock->NowMicros() / 1'000'000)) {
       WriteProblem(403, "byok_not_in_plan",
                    "testing a key needs an active plan with BYOK (Starter or above)", &res);
       return;

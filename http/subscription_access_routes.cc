@@ -131,7 +131,8 @@ void WriteInvoice(JsonWriter* w, const std::optional<pj::InvoiceRecord>& invoice
 // What my-access (and admin user-access) says about a user.
 // Why a subscription that grants access by its status grants nothing now (the problem a consume
 // would answer 402 with, e.g. "trial_expired": a trial past its end, whatever Stripe's status
-// still says; an admin-granted trial never ends at Stripe), or "" when it does grant access.
+// still says; an admin-granted trial never ends at Stripe; "subscription_required": past the
+// time it was canceled for, before Stripe's deletion arrived), or "" when it does grant access.
 Status AccessEnded(const pj::MeteringSubject& subject, const Clock* clock, std::string* ended) {
   ended->clear();
   if (subject.access.access == pj::AccessLevel::kNone) return Status::OK();

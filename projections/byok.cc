@@ -100,8 +100,9 @@ std::string ByokKeyHint(std::string_view api_key) {
   return std::string(api_key.substr(0, 3)) + "…" + std::string(api_key.substr(api_key.size() - 4));
 }
 
-bool ByokAllowed(const UserAccess& access) {
-  return access.access != AccessLevel::kNone && access.plan && access.plan->byok_enabled;
+bool ByokAllowed(const UserAccess& access, int64_t now_s) {
+  return access.access != AccessLevel::kNone && access.plan && access.plan->byok_enabled &&
+         !access.EndedAt(now_s);
 }
 
 // ---- the fold ------------------------------------------------------------------------------------
@@ -197,7 +198,7 @@ Status AddByokKey::Decide(const DecideContext& context, Decision* decision) {
   }
   UserAccess access;
   LEDGER_RETURN_IF_ERROR(GetUserAccess(*context.state, user_id_, &access));
-  if (!ByokAllowed(access)) {
+  if (!ByokAllowed(access, context.now_us / 1'000'000)) {
     return Status::Make(Code::kPermissionDenied, "byok_not_in_plan",
                         "bringing your own key needs an active plan with BYOK (Starter or above)");
   }

@@ -49,8 +49,9 @@ std::string ByokAssociatedData(std::string_view user_id, std::string_view provid
 // "sk-…wxyz": the first 3 and the last 4 characters (keys have at least kByokKeyBytesMin).
 std::string ByokKeyHint(std::string_view api_key);
 
-// Whether a user may add keys: access on a plan with byok_enabled.
-bool ByokAllowed(const UserAccess& access);
+// Whether a user may add keys at `now_s`: access on a plan with byok_enabled, not past the
+// subscription's scheduled end (UserAccess::EndedAt).
+bool ByokAllowed(const UserAccess& access, int64_t now_s);
 
 struct ByokKeyRow {
   std::string provider;

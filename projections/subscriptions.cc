@@ -647,6 +647,15 @@ std::string_view AccessLevelName(AccessLevel level) {
   return "none";
 }
 
+std::optional<int64_t> ScheduledEnd(const SubscriptionRecord& record) {
+  std::optional<int64_t> end = record.cancel_at;
+  if (record.cancel_at_period_end && record.current_period_end &&
+      (!end || *record.current_period_end < *end)) {
+    end = record.current_period_end;
+  }
+  return end;
+}
+
 bool IsTerminal(SubscriptionStatus status) {
   return status == SubscriptionStatus::kCanceled ||
          status == SubscriptionStatus::kIncompleteExpired;

@@ -229,6 +229,14 @@ struct UserSubscription {
   }
 };
 
+// When a subscription is scheduled to end (Unix seconds): cancel_at, or current_period_end when
+// cancel_at_period_end, whichever is earlier; nullopt when it is not. Past that time it grants
+// nothing even while its row still says active: Stripe's customer.subscription.deleted can come
+// days late (retried for up to 3 days, or ledgerd was down), and until then months went on past
+// the period with a fresh quota. Judged against the request's clock by the access checks
+// (UserAccess::EndedAt); the fold itself reads no clock.
+std::optional<int64_t> ScheduledEnd(const SubscriptionRecord& record);
+
 // The user's subscription (see UserSubscription). Errors only for storage/corruption.
 Status GetUserSubscription(const StateReader& state, std::string_view user_id,
                            UserSubscription* out);
@@ -354,6 +362,19 @@ struct UserAccess {
   // An override sets the tier or the status (notes alone change nothing), and is not superseded.
   bool overridden() const {
     return override && !override_superseded && (override->plan_id || override->status);
+  }
+  // The subscription's ScheduledEnd when its status is what access is decided on (not when the
+  // deciding override sets the status: a comp outlives the subscription it was set over).
+  std::optional<int64_t> scheduled_end() const {
+    if (!subscription.has_subscription || (overridden() && override->status)) return std::nullopt;
+    return ScheduledEnd(subscription.subscription);
+  }
+  // Access has ended by `now_s` because the subscription was scheduled to end by then:
+  // check-access, consume, my-access, the usage summary and BYOK grant nothing (checkout, with
+  // ScheduledEnd, sells a new plan).
+  bool EndedAt(int64_t now_s) const {
+    const std::optional<int64_t> end = scheduled_end();
+    return end && now_s >= *end;
   }
 };
 

@@ -868,6 +868,16 @@ Status PaymentRequired(std::string problem, std::string message) {
 // that trial runs the plan's trial days from when the admin set the tier.
 Status SubjectUsageTerms(const MeteringSubject& subject, int64_t at_s, UsageTerms* out) {
   const UserAccess& access = subject.access;
+  // A subscription canceled at its period's end (or at a date) grants nothing past it, whatever
+  // its row says until Stripe's deletion arrives (ScheduledEnd): months went on from the period's
+  // end with a fresh quota.
+  if (access.EndedAt(at_s)) {
+    ComputeUsageTerms(nullptr, nullptr, at_s, out).IgnoreError();
+    return PaymentRequired("subscription_required",
+                           "the subscription ended at " +
+                               FormatRfc3339Seconds(*access.scheduled_end()) +
+                               " (it was canceled); subscribe to a plan to continue");
+  }
   if (access.overridden() && access.override->plan_id && access.plan &&
       IsTrialPlan(*access.plan)) {
     SubscriptionRecord granted;
@@ -2069,7 +2079,8 @@ bool TrialCallsUsedUp(const CurrentUsage& usage) {
 Status GetCurrentUsage(const StateReader& state, const MeteringSubject& subject,
                        std::string_view user_id, int64_t now_s, CurrentUsage* out) {
   *out = CurrentUsage();
-  out->has_plan = subject.access.access != AccessLevel::kNone && subject.plan() != nullptr;
+  out->has_plan = subject.access.access != AccessLevel::kNone && subject.plan() != nullptr &&
+                  !subject.access.EndedAt(now_s);
   out->error = ResolveConsumeTerms(subject, now_s, &out->terms);
   if (!out->has_plan) {
     ComputeUsageTerms(nullptr, nullptr, now_s, &out->terms).IgnoreError();

@@ -17,17 +17,20 @@
 //     (yearly prices) is cut into months from its start (day clamped to the month's end, anchored
 //     on the start so it never drifts). When the period is over but no renewal has arrived yet,
 //     months continue from its end (the renewal normally starts exactly there, so the counter
-//     carries on). No known period: the UTC calendar month.
+//     carries on) -- unless it was canceled at its end (UserAccess::EndedAt: no plan from then on).
+//     No known period: the UTC calendar month.
 //   No plan (batch only): the UTC calendar month, no limit.
 //
 // Consume (ConsumeUsage, inside the writer's group commit): access (402 "subscription_required"
 // without a subscription that grants access: no subscription, canceled/unpaid/paused/incomplete
-// statuses, unknown plan; past_due keeps access), trial expiry (402 "trial_expired"), the service
-// (403 "service_not_in_plan"), then the quota: the counter for (user, window) is read from the
-// group's state, which includes every earlier command of the same group, so the limit is exact
-// whatever the concurrency: used + quantity > limit is 429 "quota_exceeded" (a quantity over the
-// whole limit, which no window could take, is 422 "quantity_exceeds_quota"). A denial appends
-// nothing and stores no idempotency record (a retry is evaluated again). An admitted consume
+// statuses, unknown plan, or past the time it was scheduled to end -- cancel_at_period_end's
+// period end, cancel_at -- before Stripe's deletion arrived; past_due keeps access), trial expiry
+// (402 "trial_expired"), the service (403 "service_not_in_plan"), then the quota: the counter for
+// (user, window) is read from the group's state, which includes every earlier command of the same
+// group, so the limit is exact whatever the concurrency: used + quantity > limit is 429
+// "quota_exceeded" (a quantity over the whole limit, which no window could take, is 422
+// "quantity_exceeds_quota"). A denial appends nothing and stores no idempotency record (a retry
+// is evaluated again). An admitted consume
 // appends usage.recorded.v1 and, when the window's total reaches ceil(limit × 80 / 100) or the
 // limit, usage.threshold_reached.v1 — once per (window, limit, threshold): the counter row keeps
 // which thresholds were announced for which limits (the last kUsageAnnouncedLimitsMax limits it
@@ -417,7 +420,8 @@ class UsageWindowReset final : public Command {
 // The window usage at `now_s` counts against for this user, with its counter (zero when absent).
 // `error` is the consume refusal that would apply now (402 codes), OK otherwise.
 struct CurrentUsage {
-  bool has_plan = false;             // a plan that grants access (the trial may have ended)
+  bool has_plan = false;             // a plan that grants access (the trial may have ended; not
+                                     // past a scheduled end: UserAccess::EndedAt)
   UsageTerms terms;
   Status error;
   int64_t used = 0;                  // in terms.window

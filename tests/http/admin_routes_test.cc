@@ -838,6 +838,46 @@ TEST_F(AdminRoutesTest, ATrialGrantedByAnAdminEndsAfterItsTrialDays) {
   EXPECT_STREQ(subscriber["override"]["plan_id"].GetString(), "trial");
 }
 
+// Canceled at its period's end, a subscription grants nothing once the period is over, though
+// Stripe's customer.subscription.deleted has not arrived (it is retried for up to 3 days; ledgerd
+// may be down): no access, no consume in a new month with a fresh quota.
+TEST_F(AdminRoutesTest, ASubscriptionCanceledAtItsPeriodsEndGrantsNothingAfterIt) {
+  TestSubscription t = OnPlan("u-end", "starter", kNow - 29 * kDay, kNow + kDay);
+  t.cancel_at_period_end = true;
+  AddSubscriber(t, "end@x.com");
+  TestSubscription at = OnPlan("u-at", "professional", kNow - 10 * kDay, kNow + 20 * kDay);
+  at.cancel_at = kNow + 2 * kDay;  // a date set in the portal
+  AddSubscriber(at, "at@x.com");
+  auto check = [&](const std::string& user) {
+    TestHttpClient client("127.0.0.1", stack_->port());
+    client.set_bearer(kServiceToken);
+    HttpReply r = client.Post("/api/v1/subscriptions/check-access/chat?user_id=" + user, "");
+    EXPECT_EQ(r.status, 200) << r.body;
+    return r;
+  };
+  EXPECT_TRUE(check("u-end").Json()["allowed"].GetBool());
+  EXPECT_EQ(Consume("u-end", "chat", "in-period").status, 200);
+  clock_.Advance(kDay * kUs + 3600 * kUs);  // the period ended an hour ago
+  HttpReply r = check("u-end");
+  EXPECT_FALSE(r.Json()["allowed"].GetBool()) << r.body;
+  EXPECT_STREQ(r.Json()["reason"].GetString(), "subscription_required");
+  ExpectProblem(Consume("u-end", "chat", "after-period"), 402, "subscription_required");
+  r = User("u-end").Get("/api/v1/subscriptions/my-access");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  EXPECT_FALSE(doc["has_access"].GetBool()) << r.body;
+  EXPECT_TRUE(doc["quota"].IsNull()) << r.body;
+  EXPECT_STREQ(doc["status"].GetString(), "active");  // what Stripe said last
+  r = User("u-end").Get("/api/v1/usage/summary");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_FALSE(r.Json()["has_access"].GetBool()) << r.body;
+  // cancel_at: until then, not after.
+  EXPECT_TRUE(check("u-at").Json()["allowed"].GetBool());
+  clock_.Advance(kDay * kUs);
+  EXPECT_FALSE(check("u-at").Json()["allowed"].GetBool());
+  ExpectProblem(Consume("u-at", "chat", "after-cancel-at"), 402, "subscription_required");
+}
+
 TEST_F(AdminRoutesTest, ASuspensionRefusesMeteringButLeavesStripeAlone) {
   AddCustomerBase();
   ASSERT_EQ(Consume("u-a", "chat", "before").status, 200);

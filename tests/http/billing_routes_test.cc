@@ -576,6 +576,31 @@ TEST_F(BillingRoutesTest, CheckoutReusesAKnownCustomerAndRefusesASecondSubscript
   EXPECT_EQ(fake_.RequestsTo("POST", "/v1/checkout/sessions").size(), 1u);
 }
 
+// Canceled at its period's end, a subscription is over once the period is, though Stripe's
+// customer.subscription.deleted has not arrived: a new checkout is not refused as a second one.
+TEST_F(BillingRoutesTest, CheckoutIsOpenOnceASubscriptionCanceledAtItsPeriodsEndHasEnded) {
+  GiveAliceASubscription("active");
+  ledger::testing::StripeSubscriptionSpec ending;
+  ending.event_id = "evt_ending";
+  ending.event_created = ledger::testing::kStripeT0 + 10;
+  ending.subscription_id = "sub_alice";
+  ending.customer_id = "cus_alice";
+  ending.item_id = "si_alice";
+  ending.metadata_user_id = "alice";
+  ending.metadata_plan_id = "starter";
+  ending.cancel_at_period_end = true;
+  ending.period_start = clock_.NowMicros() / 1'000'000 - 29 * 86400;
+  ending.period_end = clock_.NowMicros() / 1'000'000 + 86400;
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeSubscriptionEventJson(ending))
+                  .status.ok());
+  ExpectProblem(Alice().Post(kCheckout, R"({"plan_id":"starter"})"), 409, "subscription_exists");
+  clock_.Advance((86400 + 3600) * int64_t{1'000'000});
+  HttpReply r = Alice().Post(kCheckout, R"({"plan_id":"starter"})");
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(fake_.RequestsTo("POST", "/v1/checkout/sessions").size(), 1u);
+}
+
 // A suspended account (an admin's override whose status grants nothing) is not sold a plan: the
 // suspension decides access whatever the user pays for (a checkout after the suspended user's
 // subscription lapsed was charged, and consume still answered 402).

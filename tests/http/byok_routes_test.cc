@@ -457,6 +457,20 @@ TEST_F(ByokRoutesTest, AKeyIsNotTestedOnceThePlanHasLapsed) {
   EXPECT_EQ(provider_.calls(), 1);
 }
 
+// Canceled at its period's end, a plan allows no key past that end, though Stripe's deletion has
+// not arrived yet.
+TEST_F(ByokRoutesTest, NoKeyIsAddedPastTheEndOfAPlanCanceledAtItsPeriodsEnd) {
+  ledger::testing::TestSubscription ending = OnPlan("alice", "starter", kNow - 100, kNow + 100);
+  ending.cancel_at_period_end = true;
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), ending).ok());
+  EXPECT_EQ(Add("alice", "openai", kOpenAiKey).status, 201);
+  clock_.Advance(200 * kUs);
+  const uint64_t head = Head();
+  ExpectProblem(Add("alice", "anthropic", kAnthropicKey), 403, "byok_not_in_plan");
+  EXPECT_EQ(Head(), head);
+  EXPECT_FALSE(As("alice").Get("/api/v1/byok/stats").Json()["byok_enabled"].GetBool());
+}
+
 // The events' user_id is a user id (schemas/events/byok.*: at most 255 bytes): a token whose
 // subject is not one adds nothing, whatever its plan.
 TEST_F(ByokRoutesTest, ASubjectThatIsNotAUserIdAddsNoKey) {

@@ -32,6 +32,8 @@ struct TestSubscription {
   std::optional<int64_t> trial_end;
   std::optional<int64_t> canceled_at;
   std::optional<int64_t> ended_at;
+  bool cancel_at_period_end = false;
+  std::optional<int64_t> cancel_at;
   std::string interval = "month";
   bool interval_in_event = true;  // false: the price's `recurring` is null in the delivery
   // The price's unit_amount: by default the catalog plan's price for the interval (null for a
@@ -96,6 +98,8 @@ inline std::string SubscriptionDelivery(const TestSubscription& t) {
   spec.metadata_plan_id = t.plan_id;
   spec.canceled_at = t.canceled_at;
   spec.ended_at = t.ended_at;
+  spec.cancel_at_period_end = t.cancel_at_period_end;
+  spec.cancel_at = t.cancel_at;
   if (!t.interval_in_event) spec.interval.clear();
   if (t.plan_id == "trial") {
     spec.price_id = "price_starter_monthly";
