@@ -28,7 +28,10 @@
 // refused: a full write queue's 503). A client that retries with its Idempotency-Key sends Stripe
 // the same key, so Stripe replays the same object (for 24 h) and step 6 records it then. (An
 // upgrade's retry finds the subscription already on the plan: the change's metadata names the
-// request, so the route knows it for its own and re-sends it instead of answering 409.) Without
+// request, so the route knows it for its own and re-sends it instead of answering 409. A
+// cancel-now's DELETE carries no key: its cancellation_details.comment names the request, so a
+// retry that finds the subscription already ended -- its deleted webhook folded -- is recorded
+// as done instead of answered 409; see CancelSubscription.) Without
 // a client key, the effect is still reported by Stripe's webhooks (the source of truth for
 // subscription state); an unrecorded Checkout or portal session simply expires unused. Recording
 // an intent event before the call would not close the window (the call can still happen or not
@@ -602,6 +605,46 @@ std::string SubscriptionStateJson(const StripeSubscription& sub, bool at_period_
   return body.GetString();
 }
 
+// What a cancel-now leaves on Stripe's subscription as cancellation_details[comment]: the request
+// (its derived Stripe Idempotency-Key -- a hash, no secret; DELETE itself sends no key). Sent on
+// every cancel-now; only a client's Idempotency-Key makes a retry that can match it.
+constexpr char kCancelRequestCommentPrefix[] = "ledgerd_request:";
+
+std::string CancelRequestComment(const std::string& stripe_key) {
+  return kCancelRequestCommentPrefix + stripe_key;
+}
+
+// A retry of a cancel-now whose first attempt Stripe carried out but the log never recorded (a
+// crash, a full write queue's 503, the answer lost) and whose customer.subscription.deleted
+// webhook was folded since: the caller's subscription is terminal, so ChangeableSubscription
+// refuses it (409 no_active_subscription) -- the client would be told its cancel failed although
+// Stripe did it, and the event never recorded. Asked of Stripe when the retry can be one (a
+// client Idempotency-Key, cancel-now, the caller's subscription ended): `*canceled` is true when
+// Stripe shows it canceled with this request's comment (`*sub` holds it then). A Stripe error
+// other than a missing subscription is returned (the client may retry: it is not decided yet);
+// anything else leaves the 409 standing.
+Status CanceledByThisRequest(const AppContext& context, const RecordStripeCall& command,
+                             bool at_period_end, const pc::UserSubscription& current,
+                             const std::string& stripe_key, StripeSubscription* sub,
+                             bool* canceled) {
+  *canceled = false;
+  if (at_period_end || command.idempotency_key.empty() || !current.has_subscription ||
+      current.subscription_id().empty() || !pc::IsTerminal(current.subscription.status)) {
+    return Status::OK();
+  }
+  Status s = context.stripe->GetSubscription(current.subscription_id(), sub);
+  if (s.problem() == "stripe_resource_missing") return Status::OK();
+  LEDGER_RETURN_IF_ERROR(s);
+  *canceled = sub->status == "canceled" &&
+              sub->cancellation_comment == CancelRequestComment(stripe_key);
+  return Status::OK();
+}
+
+// {at_period_end (default true), subscription_id (optional: must be the caller's current one)}.
+// At the period end: POST cancel_at_period_end=true under the request's Stripe key. Now: DELETE
+// ?invoice_now=true with cancellation_details[comment] naming the request (CancelRequestComment);
+// a retry under the same client Idempotency-Key after the subscription ended finds that comment
+// at Stripe and is answered as the first attempt would have been (the event recorded once).
 void CancelSubscription(const AppContext& context, const httplib::Request& req,
                         const Identity& identity, httplib::Response& res) {
   if (!RequireStripe(context, res)) return;
@@ -626,19 +669,28 @@ void CancelSubscription(const AppContext& context, const httplib::Request& req,
   std::unique_ptr<ReadView> view = context.ledger->Snapshot();
   pc::UserSubscription current;
   s = ChangeableSubscription(*view, identity, &current);
+  StripeSubscription sub;
+  bool canceled_already = false;
+  if (!s.ok() && s.problem() == "no_active_subscription" &&
+      (!named || named_subscription == current.subscription_id())) {
+    Status asked = CanceledByThisRequest(context, command, at_period_end, current, stripe_key,
+                                         &sub, &canceled_already);
+    if (!asked.ok()) return WriteStatusProblem(asked, &res);
+    if (canceled_already) s = Status::OK();
+  }
   if (s.ok() && named && named_subscription != current.subscription_id()) {
     s = Status::NotFound("no such subscription of the caller's");  // another's is not found
   }
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
-  StripeSubscription sub;
   if (at_period_end) {
     s = context.stripe->SetCancelAtPeriodEnd(current.subscription_id(), true, stripe_key, &sub);
-  } else {
-    // DELETE carries no Idempotency-Key at Stripe (it is idempotent by itself).
-    stripe_key.clear();
-    s = context.stripe->CancelSubscriptionNow(current.subscription_id(), &sub);
+  } else if (!canceled_already) {
+    s = context.stripe->CancelSubscriptionNow(current.subscription_id(),
+                                              CancelRequestComment(stripe_key), &sub);
   }
   if (!s.ok()) return WriteStatusProblem(s, &res);
+  // DELETE carries no Idempotency-Key at Stripe (it is idempotent by itself).
+  if (!at_period_end) stripe_key.clear();
 
   rapidjson::StringBuffer data;
   JsonWriter w(data);

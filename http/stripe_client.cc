@@ -172,6 +172,7 @@ namespace {
 
 constexpr std::string_view kFormContentType = "application/x-www-form-urlencoded";
 constexpr size_t kLookupKeysPerCall = 10;
+constexpr size_t kCancellationCommentBytesMax = 5000;  // Stripe's bound on cancellation_details
 
 // The outcome of one HTTP exchange with Stripe, after retries.
 struct Exchange {
@@ -234,6 +235,9 @@ Status ParseSubscription(const rapidjson::Value& doc, StripeSubscription* out) {
   out->cancel_at_period_end = BoolMember(doc, "cancel_at_period_end");
   out->cancel_at = IntMember(doc, "cancel_at");
   out->current_period_end = IntMember(doc, "current_period_end");
+  if (const rapidjson::Value* details = ObjectMember(doc, "cancellation_details")) {
+    out->cancellation_comment = std::string(StringMember(*details, "comment"));  // null: ""
+  }
   if (const rapidjson::Value* metadata = ObjectMember(doc, "metadata")) {
     for (const auto& member : metadata->GetObject()) {
       if (member.value.IsString()) {
@@ -754,12 +758,18 @@ Status HttpStripeClient::GetSubscription(std::string_view subscription_id,
 }
 
 Status HttpStripeClient::CancelSubscriptionNow(std::string_view subscription_id,
+                                               std::string_view comment,
                                                StripeSubscription* out) {
   LEDGER_RETURN_IF_ERROR(CheckId("subscription", subscription_id));
+  if (comment.size() > kCancellationCommentBytesMax) {
+    return Status::InvalidArgument("invalid_argument",
+                                   "the cancellation comment is longer than 5000 bytes");
+  }
+  // A DELETE's parameters go in the query, as Stripe's SDKs send them.
+  std::string path = "/v1/subscriptions/" + std::string(subscription_id) + "?invoice_now=true";
+  if (!comment.empty()) path += "&cancellation_details%5Bcomment%5D=" + PercentEncode(comment);
   rapidjson::Document doc;
-  Status s =
-      impl_->Call("DELETE", "/v1/subscriptions/" + std::string(subscription_id) + "?invoice_now=true",
-                  nullptr, "", &doc);
+  Status s = impl_->Call("DELETE", path, nullptr, "", &doc);
   if (s.ok()) return ParseSubscription(doc, out);
   // DELETE carries no idempotency key: when an earlier attempt's answer was lost, Stripe refuses
   // the repeat. A subscription that is canceled now is what was asked for.

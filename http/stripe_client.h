@@ -89,6 +89,9 @@ struct StripeSubscription {
   std::optional<int64_t> cancel_at;
   std::vector<StripeSubscriptionItem> items;
   std::map<std::string, std::string> metadata;  // string values only
+  // cancellation_details.comment: what the cancel left (ledgerd's names the request, see
+  // CancelSubscriptionNow); "" when none.
+  std::string cancellation_comment;
 };
 
 struct StripeProduct {
@@ -194,8 +197,11 @@ class StripeApi {
   // DELETE /v1/subscriptions/{id}?invoice_now=true: what is pending is invoiced now (an
   // upgrade's proration items wait for the next renewal, and a cancel without invoice_now drops
   // them: the dearer plan used for free). A subscription that is already canceled is success (a
-  // retry of a DELETE whose first answer was lost finds it canceled).
-  virtual Status CancelSubscriptionNow(std::string_view subscription_id,
+  // retry of a DELETE whose first answer was lost finds it canceled). `comment`, when not "", is
+  // sent as cancellation_details[comment] (at most 5000 bytes; Stripe keeps it on the canceled
+  // subscription): DELETE carries no Idempotency-Key, so this is how a later retry knows the
+  // cancel for its own.
+  virtual Status CancelSubscriptionNow(std::string_view subscription_id, std::string_view comment,
                                        StripeSubscription* out) = 0;
   // POST /v1/subscriptions/{id} cancel_at_period_end=true|false.
   virtual Status SetCancelAtPeriodEnd(std::string_view subscription_id, bool cancel,
@@ -271,7 +277,7 @@ class HttpStripeClient final : public StripeApi {
   Status ListCards(std::string_view customer, std::vector<StripeCard>* out,
                    bool* has_more) override;
   Status GetSubscription(std::string_view subscription_id, StripeSubscription* out) override;
-  Status CancelSubscriptionNow(std::string_view subscription_id,
+  Status CancelSubscriptionNow(std::string_view subscription_id, std::string_view comment,
                                StripeSubscription* out) override;
   Status SetCancelAtPeriodEnd(std::string_view subscription_id, bool cancel,
                               std::string_view idempotency_key,

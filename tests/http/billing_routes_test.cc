@@ -880,6 +880,12 @@ TEST_F(BillingRoutesTest, CancelNow) {
   // What is pending (an upgrade's proration items) is invoiced now, not dropped with the
   // subscription: else a plan raised and then canceled at once is never paid for.
   EXPECT_EQ(q[0].Param("invoice_now"), "true");
+  // The DELETE names the request in its cancellation comment (it carries no Idempotency-Key):
+  // a retry finds it there after the subscription ended.
+  const std::string comment = q[0].Param("cancellation_details[comment]");
+  EXPECT_EQ(comment.rfind("ledgerd_request:ledgerd-cancel_now-", 0), 0u) << comment;
+  EXPECT_EQ(comment.size(), std::string("ledgerd_request:ledgerd-cancel_now-").size() + 64);
+  EXPECT_EQ(fake_.GetSubscription("sub_alice")->cancellation_comment, comment);
   auto events = EventsOfType("stripe.subscription_cancel_requested.v1");
   ASSERT_EQ(events.size(), 1u);
   EXPECT_NE(events[0].data.find(R"("stripe_idempotency_key":null)"), std::string::npos);
@@ -1139,6 +1145,71 @@ TEST_F(BillingRoutesTest, ARetryGetsTheStoredAnswerAfterTheSubscriptionEnded) {
   // A new request is refused: there is nothing left to cancel.
   ExpectProblem(Alice().Post(kCancel, body, {{"Idempotency-Key", "cancel-2"}}), 409,
                 "no_active_subscription");
+}
+
+// A cancel-now Stripe carried out whose record was lost (a crash, a full write queue's 503, the
+// answer lost), retried under the same Idempotency-Key after the subscription's deleted webhook
+// was folded: the subscription has ended, but the DELETE's cancellation comment names this
+// request, so the retry is recorded and answered as the first attempt was -- not 409
+// no_active_subscription (the client would believe the cancel failed).
+TEST_F(BillingRoutesTest, ACancelNowRetriedAfterItsRecordWasLostAndTheSubscriptionEnded) {
+  GiveAliceASubscription();
+  const std::string body = R"({"at_period_end":false})";
+  HttpReply first = Alice().Post(kCancel, body, {{"Idempotency-Key", "cancel-1"}});
+  ASSERT_EQ(first.status, 200) << first.body;
+  LoseTheLog();
+  GiveAliceASubscription("active", "price_starter_monthly", "starter", /*at_stripe_too=*/false);
+  DeliverAlicesSubscription("evt_sub_alice_deleted", "customer.subscription.deleted", "canceled",
+                            "price_starter_monthly", "starter");
+  // Any other request is refused: another key names another request, none names none, and a
+  // cancel at the period end is not a cancel-now's retry.
+  const uint64_t head = Head();
+  ExpectProblem(Alice().Post(kCancel, body, {{"Idempotency-Key", "cancel-2"}}), 409,
+                "no_active_subscription");
+  ExpectProblem(Alice().Post(kCancel, body), 409, "no_active_subscription");
+  ExpectProblem(Alice().Post(kCancel, R"({"at_period_end":true})", {{"Idempotency-Key",
+                                                                     "cancel-1"}}),
+                409, "no_active_subscription");
+  EXPECT_EQ(Head(), head);
+
+  HttpReply retry = Alice().Post(kCancel, body, {{"Idempotency-Key", "cancel-1"}});
+  ASSERT_EQ(retry.status, 200) << retry.body;
+  EXPECT_EQ(retry.body, first.body);
+  EXPECT_EQ(std::string(retry.Json()["status"].GetString()), "canceled");
+  // Known from Stripe's subscription (a GET), not cancelled again.
+  EXPECT_EQ(fake_.RequestsTo("DELETE", "/v1/subscriptions/sub_alice").size(), 1u);
+  auto events = EventsOfType("stripe.subscription_cancel_requested.v1");
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_NE(events[0].data.find(R"("at_period_end":false)"), std::string::npos);
+  EXPECT_NE(events[0].data.find(R"("status":"canceled")"), std::string::npos);
+  EXPECT_NE(events[0].data.find(R"("stripe_idempotency_key":null)"), std::string::npos);
+  // Recorded now: the next retry is the stored answer, and other requests are still refused.
+  HttpReply again = Alice().Post(kCancel, body, {{"Idempotency-Key", "cancel-1"}});
+  ASSERT_EQ(again.status, 200) << again.body;
+  EXPECT_EQ(again.body, first.body);
+  EXPECT_EQ(again.Header("Idempotent-Replayed"), "true");
+  ExpectProblem(Alice().Post(kCancel, body, {{"Idempotency-Key", "cancel-3"}}), 409,
+                "no_active_subscription");
+  EXPECT_EQ(EventsOfType("stripe.subscription_cancel_requested.v1").size(), 1u);
+}
+
+// A subscription that ended some other way (the Dashboard, the portal, dunning) carries no
+// comment of ours: a cancel-now under a client key asks Stripe and still gets 409.
+TEST_F(BillingRoutesTest, ACancelNowOfASubscriptionEndedElsewhereIsRefused) {
+  GiveAliceASubscription();
+  FakeStripe::Subscription ended = *fake_.GetSubscription("sub_alice");
+  ended.status = "canceled";
+  ended.cancellation_comment = "canceled in the Dashboard";
+  fake_.AddSubscription(ended);
+  DeliverAlicesSubscription("evt_sub_alice_deleted", "customer.subscription.deleted", "canceled",
+                            "price_starter_monthly", "starter");
+  const uint64_t head = Head();
+  ExpectProblem(
+      Alice().Post(kCancel, R"({"at_period_end":false})", {{"Idempotency-Key", "cancel-1"}}), 409,
+      "no_active_subscription");
+  EXPECT_EQ(fake_.RequestsTo("GET", "/v1/subscriptions/sub_alice").size(), 1u);
+  EXPECT_TRUE(fake_.RequestsTo("DELETE", "/v1/subscriptions/").empty());
+  EXPECT_EQ(Head(), head);
 }
 
 TEST_F(BillingRoutesTest, UpgradeFailureAtStripeAppendsNothing) {

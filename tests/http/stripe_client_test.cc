@@ -428,16 +428,47 @@ TEST_F(StripeClientTest, SubscriptionCalls) {
   EXPECT_EQ(got.cancel_at, sub.current_period_end);
   EXPECT_EQ(fake_.requests().back().params, (FormParams{{"cancel_at_period_end", "true"}}));
 
-  ASSERT_TRUE(client_->CancelSubscriptionNow("sub_1", &got).ok());
+  EXPECT_EQ(got.cancellation_comment, "");  // cancellation_details.comment is null
+  ASSERT_TRUE(client_->CancelSubscriptionNow("sub_1", "", &got).ok());
   EXPECT_EQ(got.status, "canceled");
   EXPECT_EQ(fake_.requests().back().method, "DELETE");
   EXPECT_FALSE(fake_.requests().back().has_idempotency_key);
+  EXPECT_EQ(fake_.requests().back().params, (FormParams{{"invoice_now", "true"}}));
   // A repeated DELETE (an earlier answer lost) finds it canceled: success.
-  ASSERT_TRUE(client_->CancelSubscriptionNow("sub_1", &got).ok());
+  ASSERT_TRUE(client_->CancelSubscriptionNow("sub_1", "", &got).ok());
   EXPECT_EQ(got.status, "canceled");
 
   EXPECT_EQ(client_->GetSubscription("sub_missing", &got).problem(), "stripe_resource_missing");
   EXPECT_EQ(client_->GetSubscription("sub/../x", &got).code(), Code::kInvalidArgument);
+}
+
+// A cancel-now's comment goes to Stripe as cancellation_details[comment] (DELETE: in the query,
+// encoded) and is read back from the subscription's cancellation_details, in the DELETE's answer
+// and in a later GET (the billing routes know a retry of their own cancel by it).
+TEST_F(StripeClientTest, ACancelsCommentIsSentAndReadBack) {
+  FakeStripe::Subscription sub;
+  sub.id = "sub_1";
+  sub.customer = "cus_1";
+  sub.item_id = "si_1";
+  sub.price_id = "price_m";
+  fake_.AddSubscription(sub);
+  const std::string comment = "ledgerd_request:ledgerd-cancel_now-0a1b & more=yes";
+  StripeSubscription got;
+  ASSERT_TRUE(client_->CancelSubscriptionNow("sub_1", comment, &got).ok());
+  EXPECT_EQ(got.status, "canceled");
+  EXPECT_EQ(got.cancellation_comment, comment);
+  FakeStripe::Request q = fake_.requests().back();
+  EXPECT_EQ(q.method, "DELETE");
+  EXPECT_EQ(q.params,
+            (FormParams{{"invoice_now", "true"}, {"cancellation_details[comment]", comment}}));
+  EXPECT_EQ(fake_.GetSubscription("sub_1")->cancellation_comment, comment);
+  StripeSubscription again;
+  ASSERT_TRUE(client_->GetSubscription("sub_1", &again).ok());
+  EXPECT_EQ(again.cancellation_comment, comment);
+  // Stripe's bound: a longer comment is not sent.
+  EXPECT_EQ(client_->CancelSubscriptionNow("sub_1", std::string(5001, 'x'), &got).code(),
+            Code::kInvalidArgument);
+  EXPECT_EQ(fake_.requests().size(), 2u);
 }
 
 TEST_F(StripeClientTest, CardsOfACustomer) {

@@ -312,6 +312,22 @@ struct FakeStripe::State {
     } else {
       w.Null();
     }
+    // Stripe sets the reason when the subscription is canceled; comment and feedback are what
+    // the cancel (or a later update) gave.
+    w.Key("cancellation_details");
+    w.StartObject();
+    for (const auto& [key, value] :
+         {std::pair<const char*, std::string>{"comment", s.cancellation_comment},
+          {"feedback", s.cancellation_feedback},
+          {"reason", s.status == "canceled" ? "cancellation_requested" : ""}}) {
+      w.Key(key);
+      if (value.empty()) {
+        w.Null();
+      } else {
+        w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
+      }
+    }
+    w.EndObject();
     Str(w, "customer", s.customer);
     // The item-level billing period (API version 2025-03-31 and later).
     w.Key("items");
@@ -597,14 +613,31 @@ struct FakeStripe::State {
   }
 
   Answer CancelSubscription(const std::string& id, const http::FormParams& query) {
-    std::string unknown = UnknownParam(query, {{"invoice_now"}, {"prorate"}});
+    std::string unknown =
+        UnknownParam(query, {{"invoice_now"}, {"prorate"}, {"cancellation_details", "comment"},
+                             {"cancellation_details", "feedback"}});
     if (!unknown.empty()) return InvalidRequest("Received unknown parameter: " + unknown, unknown);
+    const std::string_view comment = Get(query, "cancellation_details[comment]");
+    if (comment.size() > 5000) {
+      return InvalidRequest("Invalid string: must be at most 5000 characters",
+                            "cancellation_details[comment]");
+    }
+    const std::string_view feedback = Get(query, "cancellation_details[feedback]");
+    static const std::set<std::string_view> kFeedback = {
+        "customer_service", "low_quality",  "missing_features", "other",
+        "switched_service", "too_complex", "too_expensive",    "unused"};
+    if (Has(query, "cancellation_details[feedback]") && !kFeedback.count(feedback)) {
+      return InvalidRequest("Invalid cancellation_details[feedback]",
+                            "cancellation_details[feedback]");
+    }
     auto it = subscriptions.find(id);
     if (it == subscriptions.end() || it->second.status == "canceled") {
       return NoSuch("subscription", id);
     }
     it->second.status = "canceled";
     it->second.canceled_at = 1'700'500'000;
+    it->second.cancellation_comment = std::string(comment);
+    it->second.cancellation_feedback = std::string(feedback);
     return Answer{200, SubscriptionJson(it->second)};
   }
 

@@ -103,6 +103,9 @@ class FakeStripe {
     std::optional<int64_t> canceled_at;
     std::map<std::string, std::string> metadata;
     std::string last_proration_behavior;
+    // cancellation_details as the cancel (DELETE) set them; "" is null.
+    std::string cancellation_comment;
+    std::string cancellation_feedback;
   };
 
   struct CheckoutSession {
