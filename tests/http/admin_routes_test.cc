@@ -424,32 +424,27 @@ TEST_F(AdminRoutesTest, ChurnBaseLeavesOutSubscriptionsThatStoppedPayingBeforeTh
   moved.period_start = kNow - 345 * kDay;
   moved.period_end = kNow + 20 * kDay;
   AddSubscriber(moved, "moved@x.com");
-  ledger::testing::StripeInvoiceSpec failed;
-  failed.event_id = "evt_inv_moved";
-  failed.event_type = "invoice.payment_failed";
-  failed.event_created = kNow - 200 * kDay;
-  failed.invoice_id = "in_moved";
-  failed.customer_id = "cus_u-moved";
-  failed.subscription_id = "sub_u-moved";
-  failed.metadata_user_id = "u-moved";
-  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
-                                             ledger::testing::StripeInvoiceEventJson(failed))
-                  .status.ok());
+  auto charge_failed = [&](const std::string& user, int64_t at) {
+    ledger::testing::StripeInvoiceSpec failed;
+    failed.event_id = "evt_inv_" + user;
+    failed.event_type = "invoice.payment_failed";
+    failed.event_created = at;
+    failed.invoice_id = "in_" + user;
+    failed.customer_id = "cus_" + user;
+    failed.subscription_id = "sub_" + user;
+    failed.metadata_user_id = user;
+    return ledger::testing::SubmitWebhook(ledger_.get(),
+                                          ledger::testing::StripeInvoiceEventJson(failed))
+        .status;
+  };
+  ASSERT_TRUE(charge_failed("u-moved", kNow - 200 * kDay).ok());
   // A past-due one whose charge failed inside the window was paying when it began.
   TestSubscription dunning = OnPlan("u-dun", "starter", "past_due");
   dunning.interval = "year";
   dunning.period_start = kNow - 360 * kDay;
   dunning.period_end = kNow + 5 * kDay;
   AddSubscriber(dunning, "dun@x.com");
-  failed.event_id = "evt_inv_dun";
-  failed.event_created = kNow - 2 * kDay;
-  failed.invoice_id = "in_dun";
-  failed.customer_id = "cus_u-dun";
-  failed.subscription_id = "sub_u-dun";
-  failed.metadata_user_id = "u-dun";
-  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
-                                             ledger::testing::StripeInvoiceEventJson(failed))
-                  .status.ok());
+  ASSERT_TRUE(charge_failed("u-dun", kNow - 2 * kDay).ok());
   r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
   ASSERT_EQ(r.status, 200) << r.body;
   doc = r.Json();
