@@ -229,6 +229,19 @@ void FinishStripeCall(const AppContext& context, RecordStripeCall* command, NewE
   WriteCommandResult(result, &res);
 }
 
+// 409 account_suspended while an admin's suspension (an override whose status grants nothing)
+// is set: it decides access whatever the user pays for, so a plan bought or raised would be
+// charged and never honoured (consume answered 402). Cancelling and the portal stay open.
+Status RefuseSuspended(const StateReader& state, const Identity& identity, std::string_view doing) {
+  std::optional<pc::AdminOverride> override;
+  LEDGER_RETURN_IF_ERROR(pc::GetAdminOverride(state, identity.subject, &override));
+  if (override && override->revokes()) {
+    return Status::Conflict("account_suspended", "this account is suspended; contact support "
+                                                 "before " + std::string(doing));
+  }
+  return Status::OK();
+}
+
 // ---- POST /checkout/create --------------------------------------------------------------------
 
 StripeCheckoutParams CheckoutParamsFor(const AppContext& context, const Identity& identity,
@@ -428,14 +441,7 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
   s = LoadPlan(*view, plan_id, &plan);
   if (s.ok()) s = ResolveCheckoutPrices(*view, plan, cycle, &prices);
   if (s.ok()) s = pc::GetUserSubscription(*view, identity.subject, &current);
-  // A suspension (an admin's override whose status grants nothing) decides access whatever the
-  // user buys: the plan would be charged and never honoured (it was, and consume answered 402).
-  std::optional<pc::AdminOverride> override;
-  if (s.ok()) s = pc::GetAdminOverride(*view, identity.subject, &override);
-  if (s.ok() && override && override->revokes()) {
-    s = Status::Conflict("account_suspended",
-                         "this account is suspended; contact support before subscribing");
-  }
+  if (s.ok()) s = RefuseSuspended(*view, identity, "subscribing");
   // Not terminal is enough to refuse: an unpaid, paused or incomplete subscription grants nothing
   // now but comes back when its invoice is paid -- with a second one beside it, both would bill.
   // Past its scheduled end (canceled at its period's end) it bills no more, though Stripe's
@@ -825,6 +831,7 @@ void UpgradeSubscription(const AppContext& context, const httplib::Request& req,
   if (s.ok() && OwesAnInvoice(current.subscription.status)) {
     s = PaymentRequiredToChange(current.status_name());
   }
+  if (s.ok()) s = RefuseSuspended(*view, identity, "changing plans");
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
   // Stripe's own view of the subscription: the item to change and its current price (the
   // projection can lag behind a webhook).

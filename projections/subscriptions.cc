@@ -1192,9 +1192,12 @@ Status GetUserAccess(const StateReader& state, std::string_view user_id, UserAcc
     // third day (tts 403, and 402 trial_expired from day 7 while Stripe billed Professional).
     const AdminOverride& o = *out->override;
     const SubscriptionRecord& r = sub.subscription;
+    // A subscription scheduled to end (canceled at its period's end, or at a date) does not
+    // supersede: past that end it would grant nothing while the comp it displaced came back only
+    // when Stripe's deletion arrived (402, then 200, by the webhook's delay alone).
     out->override_superseded =
         (o.plan_id || o.status) && !o.revokes() && sub.has_subscription && sub.plan_id() &&
-        AccessFor(r.status) != AccessLevel::kNone && r.created &&
+        AccessFor(r.status) != AccessLevel::kNone && !ScheduledEnd(r) && r.created &&
         *r.created >= (o.decided_at_us + 999'999) / 1'000'000;  // whole seconds, not before
     if (!out->override_superseded) {
       if (o.plan_id) plan_id = o.plan_id;

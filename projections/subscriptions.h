@@ -293,7 +293,8 @@ Status FindUsersByEmail(const StateReader& state, std::string_view email,
 // and checkout refuses (409 account_suspended) rather than sell a plan it would not honour. Any
 // other override with a tier or a status grants (a comp, a trial, a tier by hand): it decides
 // until the user starts a Stripe subscription of their own -- one Stripe `created` at or after
-// decided_at_us, to a catalog plan, in a status that grants access (trialing, active, past_due)
+// decided_at_us, to a catalog plan, in a status that grants access (trialing, active, past_due),
+// not scheduled to end (ScheduledEnd: a canceled-at-period-end one hands back to the override)
 // -- which then supersedes it (UserAccess::override_superseded): the user pays for a plan and
 // gets that plan, not the granted trial that ends on day 7. A subscription that existed when the
 // admin set the override does not supersede it (a tier granted over a plan). Both times come from

@@ -833,6 +833,28 @@ TEST_F(AdminRoutesTest, ATrialGrantedByAnAdminEndsAfterItsTrialDays) {
   EXPECT_STREQ(subscriber["override"]["plan_id"].GetString(), "trial");
 }
 
+// A comp the user's own later plan superseded comes back as soon as that plan is scheduled to end,
+// not when Stripe's deletion arrives: past the period's end consume answered 402 until the late
+// webhook, then 200 again (the answer hung on the webhook's delay alone).
+TEST_F(AdminRoutesTest, ACompComesBackWhenTheUsersOwnPlanIsScheduledToEnd) {
+  AddCustomerBase();
+  ASSERT_EQ(Patch("g@x.com", R"({"tier":"professional","status":"active"})").status, 200);
+  EXPECT_EQ(Consume("u-g", "tts", "comped").status, 200);
+  clock_.Advance(kDay * kUs);
+  TestSubscription own = OnPlan("u-g", "starter", NowSeconds(), NowSeconds() + 30 * kDay);
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), own).ok());
+  ExpectProblem(Consume("u-g", "tts", "own-starter"), 403, "service_not_in_plan");
+  own.cancel_at_period_end = true;
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), own).ok());
+  EXPECT_EQ(Consume("u-g", "tts", "scheduled").status, 200);
+  clock_.Advance(30 * kDay * kUs + 3600 * kUs);  // past the period's end, no deletion yet
+  EXPECT_EQ(Consume("u-g", "tts", "after-end").status, 200);
+  own.status = "canceled";
+  own.ended_at = own.canceled_at = own.period_end;
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), own).ok());
+  EXPECT_EQ(Consume("u-g", "tts", "after-deletion").status, 200);
+}
+
 // Canceled at its period's end, a subscription grants nothing once the period is over, though
 // Stripe's customer.subscription.deleted has not arrived (it is retried for up to 3 days; ledgerd
 // may be down): no access, no consume in a new month with a fresh quota.

@@ -604,6 +604,23 @@ TEST_F(BillingRoutesTest, CheckoutIsOpenOnceASubscriptionCanceledAtItsPeriodsEnd
 // A suspended account (an admin's override whose status grants nothing) is not sold a plan: the
 // suspension decides access whatever the user pays for (a checkout after the suspended user's
 // subscription lapsed was charged, and consume still answered 402).
+// A suspension decides access whatever the user pays for: raising the plan is refused as a new
+// checkout is (it was sent to Stripe, which billed Enterprise while consume answered 402).
+TEST_F(BillingRoutesTest, ASuspendedAccountCannotChangePlan) {
+  GiveAliceASubscription("active");
+  projections::OverrideChange change;
+  change.status = projections::SubscriptionStatus::kCanceled;
+  projections::SetAdminOverride command("alice", change,
+                                        projections::Actor::Admin("root", "root@example.com"));
+  ASSERT_TRUE(ledger_->Submit(&command).status.ok());
+  const uint64_t head = Head();
+  ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"enterprise"})"), 409, "account_suspended");
+  EXPECT_EQ(Head(), head);
+  EXPECT_TRUE(fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice").empty());
+  // Cancelling stays open: a suspended user may stop paying.
+  EXPECT_EQ(Alice().Post(kCancel, "").status, 200);
+}
+
 TEST_F(BillingRoutesTest, ASuspendedAccountCannotCheckOut) {
   GiveAliceASubscription("canceled");
   auto set_status = [&](std::optional<projections::SubscriptionStatus> status) {
