@@ -904,8 +904,9 @@ void LagoSink::Impl::Fail(const std::string& reason, int http_status, int64_t re
   }
   retry_at_us_ = now_us + delay_ms * 1000;
   backoff_ms_ = std::min(backoff_ms_ * 2, options_.retry_backoff_ms_max);
-  SetState(http_status == 401 || http_status == 403 ? SinkState::kUnauthorized : SinkState::kDown);
+  // The error first: whoever sees the new state (GetStatus, /readyz) sees why.
   SetLastError(reason);
+  SetState(http_status == 401 || http_status == 403 ? SinkState::kUnauthorized : SinkState::kDown);
   spdlog::warn("lago sink: {}; {} events pending after position {}, retrying in {} ms", reason,
                pending_.size(), mark_, delay_ms);
   if (core_.stop_requested()) failed_since_stop_ = true;

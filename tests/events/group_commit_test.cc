@@ -697,6 +697,9 @@ TEST(GroupCommitTest, GroupsDecidedBehindUnwrittenGroupsReadTheirRows) {
   std::unique_ptr<SubjectsCommand> first = make_first();
   submit(first.get(), "first");
   fault.fs()->WaitUntilAnAppendIsHeld();
+  // Counted from here: whether `first` itself counts as pipelined depends on how soon the write
+  // thread, having answered `gone`, marked it written (a loaded machine made that 3, not 2).
+  const uint64_t pipelined_before = ledger->metrics().groups_pipelined.Value();
   GateCommand gate("unmark-twice");
   submit(&gate, "gate");
   gate.WaitUntilDeciding();
@@ -710,7 +713,7 @@ TEST(GroupCommitTest, GroupsDecidedBehindUnwrittenGroupsReadTheirRows) {
   EXPECT_EQ(probe.got, probe.contained);
   EXPECT_EQ(probe.scanned, (std::vector<std::string>{"held", "stored"}));
   EXPECT_EQ(probe.scanned_from_h, (std::vector<std::string>{"held", "stored"}));
-  EXPECT_EQ(ledger->metrics().groups_pipelined.Value(), 2u);  // gate's and probe's
+  EXPECT_EQ(ledger->metrics().groups_pipelined.Value() - pipelined_before, 2u);  // gate, probe
 
   // A group that writes nothing is not answered before the groups it read are durable either
   // (it waits behind them). Given time to go wrong: a wrong answer would come at once.
