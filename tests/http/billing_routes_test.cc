@@ -145,6 +145,16 @@ class BillingRoutesTest : public ::testing::Test {
   // The routes' clock: the time now, moved by tests.
   ManualClock clock_{static_cast<int64_t>(std::time(nullptr)) * 1'000'000};
 
+  // An admin's override of alice's status (a suspension: one that grants nothing); nullopt
+  // lifts it.
+  void SetAliceOverrideStatus(std::optional<projections::SubscriptionStatus> status) {
+    projections::OverrideChange change;
+    change.status = status;
+    projections::SetAdminOverride command("alice", change,
+                                          projections::Actor::Admin("root", "root@example.com"));
+    ASSERT_TRUE(ledger_->Submit(&command).status.ok());
+  }
+
   // Links alice to a Stripe customer and subscription through the webhook command, and creates
   // them at the fake.
   void GiveAliceASubscription(const std::string& status = "active",
@@ -601,18 +611,11 @@ TEST_F(BillingRoutesTest, CheckoutIsOpenOnceASubscriptionCanceledAtItsPeriodsEnd
   EXPECT_EQ(fake_.RequestsTo("POST", "/v1/checkout/sessions").size(), 1u);
 }
 
-// A suspended account (an admin's override whose status grants nothing) is not sold a plan: the
-// suspension decides access whatever the user pays for (a checkout after the suspended user's
-// subscription lapsed was charged, and consume still answered 402).
 // A suspension decides access whatever the user pays for: raising the plan is refused as a new
 // checkout is (it was sent to Stripe, which billed Enterprise while consume answered 402).
 TEST_F(BillingRoutesTest, ASuspendedAccountCannotChangePlan) {
   GiveAliceASubscription("active");
-  projections::OverrideChange change;
-  change.status = projections::SubscriptionStatus::kCanceled;
-  projections::SetAdminOverride command("alice", change,
-                                        projections::Actor::Admin("root", "root@example.com"));
-  ASSERT_TRUE(ledger_->Submit(&command).status.ok());
+  SetAliceOverrideStatus(projections::SubscriptionStatus::kCanceled);
   const uint64_t head = Head();
   ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"enterprise"})"), 409, "account_suspended");
   EXPECT_EQ(Head(), head);
@@ -621,27 +624,23 @@ TEST_F(BillingRoutesTest, ASuspendedAccountCannotChangePlan) {
   EXPECT_EQ(Alice().Post(kCancel, "").status, 200);
 }
 
+// A suspended account (an admin's override whose status grants nothing) is not sold a plan: the
+// suspension decides access whatever the user pays for (a checkout after the suspended user's
+// subscription lapsed was charged, and consume still answered 402).
 TEST_F(BillingRoutesTest, ASuspendedAccountCannotCheckOut) {
   GiveAliceASubscription("canceled");
-  auto set_status = [&](std::optional<projections::SubscriptionStatus> status) {
-    projections::OverrideChange change;
-    change.status = status;
-    projections::SetAdminOverride command("alice", change,
-                                          projections::Actor::Admin("root", "root@example.com"));
-    ASSERT_TRUE(ledger_->Submit(&command).status.ok());
-  };
-  set_status(projections::SubscriptionStatus::kCanceled);
+  SetAliceOverrideStatus(projections::SubscriptionStatus::kCanceled);
   const uint64_t head = Head();
   ExpectProblem(Alice().Post(kCheckout, R"({"plan_id":"starter"})"), 409, "account_suspended");
   EXPECT_EQ(Head(), head);
   EXPECT_TRUE(fake_.RequestsTo("POST", "/v1/checkout/sessions").empty());
   // Lifted, the account checks out as before.
-  set_status(std::nullopt);
+  SetAliceOverrideStatus(std::nullopt);
   HttpReply r = Alice().Post(kCheckout, R"({"plan_id":"starter"})");
   EXPECT_EQ(r.status, 200) << r.body;
   // Suspended again, a subscription started after the suspension (at Stripe, or that checkout
   // paid) lifts nothing.
-  set_status(projections::SubscriptionStatus::kCanceled);
+  SetAliceOverrideStatus(projections::SubscriptionStatus::kCanceled);
   ledger::testing::StripeSubscriptionSpec later;
   later.event_id = "evt_later";
   later.event_created = static_cast<int64_t>(std::time(nullptr)) + 60;
