@@ -30,12 +30,12 @@
 // upgrade's retry finds the subscription already on the plan: the change's metadata names the
 // request, so the route knows it for its own and re-sends it instead of answering 409. A
 // cancel-now's DELETE carries no key: its cancellation_details.comment names the request, so a
-// retry that finds the subscription already ended -- its deleted webhook folded -- is recorded
-// as done instead of answered 409; see CancelSubscription.) Without
-// a client key, the effect is still reported by Stripe's webhooks (the source of truth for
-// subscription state); an unrecorded Checkout or portal session simply expires unused. Recording
-// an intent event before the call would not close the window (the call can still happen or not
-// after a crash) and would double the fsyncs.
+// retry finds the subscription it ended -- ended in the log since, or the user's earlier one
+// after they subscribed again -- and is recorded as done instead of answered 409 or cancelling
+// the new one; see CancelSubscription.) Without a client key, the effect is still reported by
+// Stripe's webhooks (the source of truth for subscription state); an unrecorded Checkout or
+// portal session simply expires unused. Recording an intent event before the call would not
+// close the window (the call can still happen or not after a crash) and would double the fsyncs.
 //
 // Thread safety: handlers run on server threads; they share only the AppContext (read-only) and
 // the thread-safe Ledger and StripeApi.
@@ -621,36 +621,60 @@ std::string CancelRequestComment(const std::string& stripe_key) {
 }
 
 // A retry of a cancel-now whose first attempt Stripe carried out but the log never recorded (a
-// crash, a full write queue's 503, the answer lost) and whose customer.subscription.deleted
-// webhook was folded since: the caller's subscription is terminal, so ChangeableSubscription
-// refuses it (409 no_active_subscription) -- the client would be told its cancel failed although
-// Stripe did it, and the event never recorded. Asked of Stripe when the retry can be one (a
-// client Idempotency-Key, cancel-now, the caller's subscription ended): `*canceled` is true when
-// Stripe shows it canceled with this request's comment (`*sub` holds it then). A Stripe error
-// other than a missing subscription is returned (the client may retry: it is not decided yet);
-// anything else leaves the 409 standing.
+// crash, a full write queue's 503, the answer lost). Its subscription has ended at Stripe, and
+// the log may have heard so since (customer.subscription.deleted folded): then the caller's
+// subscription is terminal and ChangeableSubscription refuses it (409 no_active_subscription) --
+// the client would be told its cancel failed although Stripe did it, and the event never
+// recorded. Or the user has subscribed again since: then the current subscription is the new
+// one, and the retry cancelled it (the user lost the plan just bought, charged for nothing). So
+// before the current one is touched, Stripe is asked about the subscription the first attempt
+// may have ended: the current one when it has ended, and the user's others
+// (UserSubscription::other_subscription_ids, the most recent first, at most
+// kEarlierSubscriptionsAsked) -- only the one named when the body names one. Asked only when the
+// request can be such a retry (a client Idempotency-Key, cancel-now), first attempts included:
+// they cannot be told apart. `*canceled` is true when Stripe shows one canceled with this
+// request's comment (`*sub` holds it then). A Stripe error other than a missing subscription is
+// returned (the client may retry: it is not decided yet); anything else leaves the current one
+// to act on.
+constexpr size_t kEarlierSubscriptionsAsked = 20;
+
 Status CanceledByThisRequest(const AppContext& context, const RecordStripeCall& command,
                              bool at_period_end, const pc::UserSubscription& current,
+                             const std::optional<std::string>& named,
                              const std::string& stripe_key, StripeSubscription* sub,
                              bool* canceled) {
   *canceled = false;
-  if (at_period_end || command.idempotency_key.empty() || !current.has_subscription ||
-      current.subscription_id().empty() || !pc::IsTerminal(current.subscription.status)) {
-    return Status::OK();
+  if (at_period_end || command.idempotency_key.empty()) return Status::OK();
+  std::vector<std::string> asked;
+  if (current.has_subscription && !current.subscription_id().empty() &&
+      pc::IsTerminal(current.subscription.status)) {
+    asked.push_back(current.subscription_id());
   }
-  Status s = context.stripe->GetSubscription(current.subscription_id(), sub);
-  if (s.problem() == "stripe_resource_missing") return Status::OK();
-  LEDGER_RETURN_IF_ERROR(s);
-  *canceled = sub->status == "canceled" &&
-              sub->cancellation_comment == CancelRequestComment(stripe_key);
+  for (const std::string& id : current.other_subscription_ids) {
+    if (asked.size() == kEarlierSubscriptionsAsked) break;
+    asked.push_back(id);
+  }
+  for (const std::string& id : asked) {
+    if (named && *named != id) continue;
+    Status s = context.stripe->GetSubscription(id, sub);
+    if (s.problem() == "stripe_resource_missing") continue;
+    LEDGER_RETURN_IF_ERROR(s);
+    if (sub->status == "canceled" &&
+        sub->cancellation_comment == CancelRequestComment(stripe_key)) {
+      *canceled = true;
+      return Status::OK();
+    }
+  }
   return Status::OK();
 }
 
 // {at_period_end (default true), subscription_id (optional: must be the caller's current one)}.
 // At the period end: POST cancel_at_period_end=true under the request's Stripe key. Now: DELETE
 // ?invoice_now=true with cancellation_details[comment] naming the request (CancelRequestComment);
-// a retry under the same client Idempotency-Key after the subscription ended finds that comment
-// at Stripe and is answered as the first attempt would have been (the event recorded once).
+// a retry under the same client Idempotency-Key finds that comment at Stripe on the subscription
+// its first attempt ended -- ended since in the log, or the user's earlier one when they have
+// subscribed again -- and is answered as the first attempt would have been (the event recorded
+// once; the new subscription untouched).
 void CancelSubscription(const AppContext& context, const httplib::Request& req,
                         const Identity& identity, httplib::Response& res) {
   if (!RequireStripe(context, res)) return;
@@ -675,16 +699,19 @@ void CancelSubscription(const AppContext& context, const httplib::Request& req,
   std::unique_ptr<ReadView> view = context.ledger->Snapshot();
   pc::UserSubscription current;
   s = ChangeableSubscription(*view, identity, &current);
+  // Whether this request ended a subscription already (a retry whose record was lost), asked
+  // before the current one is touched: it may be a new one the user subscribed to since.
   StripeSubscription sub;
   bool canceled_already = false;
-  if (!s.ok() && s.problem() == "no_active_subscription" &&
-      (!named || named_subscription == current.subscription_id())) {
-    Status asked = CanceledByThisRequest(context, command, at_period_end, current, stripe_key,
-                                         &sub, &canceled_already);
+  if (s.ok() || s.problem() == "no_active_subscription") {
+    Status asked = CanceledByThisRequest(
+        context, command, at_period_end, current,
+        named ? std::optional<std::string>(named_subscription) : std::nullopt, stripe_key, &sub,
+        &canceled_already);
     if (!asked.ok()) return WriteStatusProblem(asked, &res);
     if (canceled_already) s = Status::OK();
   }
-  if (s.ok() && named && named_subscription != current.subscription_id()) {
+  if (s.ok() && named && !canceled_already && named_subscription != current.subscription_id()) {
     s = Status::NotFound("no such subscription of the caller's");  // another's is not found
   }
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);

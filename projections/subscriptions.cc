@@ -919,6 +919,7 @@ Status GetUserSubscription(const StateReader& state, std::string_view user_id,
   }
 
   std::optional<std::vector<Plan>> plans;  // listed once, for subscriptions without a stored plan
+  std::vector<std::pair<int64_t, std::string>> attached;  // (recency, id): other_subscription_ids
   for (const std::string& id : subscription_ids) {
     SubscriptionRecord record;
     s = GetSubscription(state, id, &record);
@@ -937,10 +938,18 @@ Status GetUserSubscription(const StateReader& state, std::string_view user_id,
       record.plan_id = PlanIdForSubscription(*plans, record.status, record.price_id,
                                              record.metadata_plan_id);
     }
+    attached.emplace_back(std::max({record.ended_at.value_or(0), record.canceled_at.value_or(0),
+                                    record.created.value_or(0)}),
+                          id);
     if (!out->has_subscription || Preferred(record, out->subscription)) {
       out->subscription = std::move(record);
       out->has_subscription = true;
     }
+  }
+
+  std::sort(attached.begin(), attached.end(), std::greater<>());
+  for (auto& [recency, id] : attached) {
+    if (id != out->subscription.subscription_id) out->other_subscription_ids.push_back(id);
   }
 
   // A customer deleted at Stripe is named to it no more: checkout creates a new one, the portal

@@ -203,6 +203,12 @@ struct UserSubscription {
   // has not arrived yet: Stripe's events come in no particular order, and a failed delivery is
   // retried for hours. Not in has_subscription/subscription; by id.
   std::vector<std::string> awaited_subscription_ids;
+  // The user's other subscriptions: attached as `subscription` is but not chosen (awaited ones
+  // are not here), the most recent first (by the latest of ended_at, canceled_at and created;
+  // ties: the greater id). A cancel-now's retry looks among them for the one its first attempt
+  // ended before it touches the current one (http/billing_routes.cc): the user may have
+  // subscribed again since.
+  std::vector<std::string> other_subscription_ids;
 
   // The subscription had a trial and has not paid for a period after it: no invoice paid after
   // its trial_end (paid_after_trial), and it is still in the first period after the trial (a

@@ -1209,6 +1209,70 @@ TEST_F(BillingRoutesTest, ACancelNowRetriedAfterItsRecordWasLostAndTheSubscripti
   EXPECT_EQ(EventsOfType("stripe.subscription_cancel_requested.v1").size(), 1u);
 }
 
+// The same lost record, but before the retry arrives the user has subscribed again: the current
+// subscription is the new one. The retry finds its comment on the earlier subscription and is
+// answered and recorded as the first attempt (that subscription, canceled) -- the new one is not
+// cancelled (it was: the user lost the plan just bought).
+TEST_F(BillingRoutesTest, ACancelNowRetriedAfterItsRecordWasLostAndTheUserSubscribedAgain) {
+  GiveAliceASubscription();
+  const std::string body = R"({"at_period_end":false})";
+  HttpReply first = Alice().Post(kCancel, body, {{"Idempotency-Key", "cancel-1"}});
+  ASSERT_EQ(first.status, 200) << first.body;
+  LoseTheLog();
+  GiveAliceASubscription("active", "price_starter_monthly", "starter", /*at_stripe_too=*/false);
+  DeliverAlicesSubscription("evt_sub_alice_deleted", "customer.subscription.deleted", "canceled",
+                            "price_starter_monthly", "starter");
+  // Alice subscribes again: a new subscription, active at Stripe and in the log.
+  FakeStripe::Subscription again_at_stripe = *fake_.GetSubscription("sub_alice");
+  again_at_stripe.id = "sub_renewed";
+  again_at_stripe.status = "active";
+  again_at_stripe.item_id = "si_renewed";
+  again_at_stripe.canceled_at.reset();
+  again_at_stripe.cancellation_comment.clear();
+  fake_.AddSubscription(again_at_stripe);
+  ledger::testing::StripeSubscriptionSpec again;
+  again.event_id = "evt_sub_renewed";
+  again.event_type = "customer.subscription.created";
+  again.subscription_id = "sub_renewed";
+  again.customer_id = "cus_alice";
+  again.item_id = "si_renewed";
+  again.metadata_user_id = "alice";
+  again.metadata_plan_id = "starter";
+  again.created = ledger::testing::kStripeT0 + 86400;
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeSubscriptionEventJson(again))
+                  .status.ok());
+  {
+    std::unique_ptr<ReadView> view = ledger_->Snapshot();
+    projections::UserSubscription current;
+    ASSERT_TRUE(projections::GetUserSubscription(*view, "alice", &current).ok());
+    ASSERT_EQ(current.subscription_id(), "sub_renewed");
+    EXPECT_EQ(current.other_subscription_ids, std::vector<std::string>{"sub_alice"});
+  }
+
+  HttpReply retry = Alice().Post(kCancel, body, {{"Idempotency-Key", "cancel-1"}});
+  ASSERT_EQ(retry.status, 200) << retry.body;
+  EXPECT_EQ(retry.body, first.body);
+  EXPECT_EQ(std::string(retry.Json()["subscription_id"].GetString()), "sub_alice");
+  EXPECT_TRUE(fake_.RequestsTo("DELETE", "/v1/subscriptions/sub_renewed").empty());
+  EXPECT_EQ(fake_.GetSubscription("sub_renewed")->status, "active");
+  EXPECT_EQ(fake_.RequestsTo("DELETE", "/v1/subscriptions/sub_alice").size(), 1u);
+  auto events = EventsOfType("stripe.subscription_cancel_requested.v1");
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_NE(events[0].data.find(R"("subscription_id":"sub_alice")"), std::string::npos);
+  EXPECT_NE(events[0].data.find(R"("status":"canceled")"), std::string::npos);
+  // Recorded now: the next retry is the stored answer. A new request cancels the new one.
+  HttpReply stored = Alice().Post(kCancel, body, {{"Idempotency-Key", "cancel-1"}});
+  ASSERT_EQ(stored.status, 200) << stored.body;
+  EXPECT_EQ(stored.body, first.body);
+  EXPECT_EQ(stored.Header("Idempotent-Replayed"), "true");
+  HttpReply other = Alice().Post(kCancel, body, {{"Idempotency-Key", "cancel-2"}});
+  ASSERT_EQ(other.status, 200) << other.body;
+  EXPECT_EQ(std::string(other.Json()["subscription_id"].GetString()), "sub_renewed");
+  EXPECT_EQ(fake_.RequestsTo("DELETE", "/v1/subscriptions/sub_renewed").size(), 1u);
+  EXPECT_EQ(EventsOfType("stripe.subscription_cancel_requested.v1").size(), 2u);
+}
+
 // A subscription that ended some other way (the Dashboard, the portal, dunning) carries no
 // comment of ours: a cancel-now under a client key asks Stripe and still gets 409.
 TEST_F(BillingRoutesTest, ACancelNowOfASubscriptionEndedElsewhereIsRefused) {
