@@ -29,13 +29,14 @@
 // the same key, so Stripe replays the same object (for 24 h) and step 6 records it then. (An
 // upgrade's retry finds the subscription already on the plan: the change's metadata names the
 // request, so the route knows it for its own and re-sends it instead of answering 409. A
-// cancel-now's DELETE carries no key: its cancellation_details.comment names the request, so a
-// retry finds the subscription it ended -- ended in the log since, or the user's earlier one
-// after they subscribed again -- and is recorded as done instead of answered 409 or cancelling
-// the new one; see CancelSubscription.) Without a client key, the effect is still reported by
-// Stripe's webhooks (the source of truth for subscription state); an unrecorded Checkout or
-// portal session simply expires unused. Recording an intent event before the call would not
-// close the window (the call can still happen or not after a crash) and would double the fsyncs.
+// cancel-now's DELETE carries no key: its cancellation_details.comment names the request by a
+// marker only this server can make, so a retry finds the subscription it ended -- ended in the
+// log since, or the user's earlier one after they subscribed again -- and is recorded as done
+// instead of answered 409 or cancelling the new one; see CancelSubscription.) Without a client
+// key, the effect is still reported by Stripe's webhooks (the source of truth for subscription
+// state); an unrecorded Checkout or portal session simply expires unused. Recording an intent
+// event before the call would not close the window (the call can still happen or not after a
+// crash) and would double the fsyncs.
 //
 // Thread safety: handlers run on server threads; they share only the AppContext (read-only) and
 // the thread-safe Ledger and StripeApi.
@@ -611,13 +612,17 @@ std::string SubscriptionStateJson(const StripeSubscription& sub, bool at_period_
   return body.GetString();
 }
 
-// What a cancel-now leaves on Stripe's subscription as cancellation_details[comment]: the request
-// (its derived Stripe Idempotency-Key -- a hash, no secret; DELETE itself sends no key). Sent on
-// every cancel-now; only a client's Idempotency-Key makes a retry that can match it.
+// What a cancel-now leaves on Stripe's subscription as cancellation_details[comment]: the
+// request's marker (StripeApi::RequestMarker of its derived Stripe Idempotency-Key; DELETE itself
+// sends no key). Sent on every cancel-now; only a client's Idempotency-Key makes a retry that can
+// match it. Not the key itself: a user can type any comment when cancelling in the portal, and
+// the key is computable from their own request (a hash of the user, the client's key and the
+// body), so a comment of `ledgerd_request:<that key>` made their own cancel pass for this one's
+// and recorded a cancel ledgerd never made. The marker is keyed by the server's secret.
 constexpr char kCancelRequestCommentPrefix[] = "ledgerd_request:";
 
-std::string CancelRequestComment(const std::string& stripe_key) {
-  return kCancelRequestCommentPrefix + stripe_key;
+std::string CancelRequestComment(const AppContext& context, const std::string& stripe_key) {
+  return kCancelRequestCommentPrefix + context.stripe->RequestMarker(stripe_key);
 }
 
 // A retry of a cancel-now whose first attempt Stripe carried out but the log never recorded (a
@@ -660,7 +665,7 @@ Status CanceledByThisRequest(const AppContext& context, const RecordStripeCall& 
     if (s.problem() == "stripe_resource_missing") continue;
     LEDGER_RETURN_IF_ERROR(s);
     if (sub->status == "canceled" &&
-        sub->cancellation_comment == CancelRequestComment(stripe_key)) {
+        sub->cancellation_comment == CancelRequestComment(context, stripe_key)) {
       *canceled = true;
       return Status::OK();
     }
@@ -719,7 +724,7 @@ void CancelSubscription(const AppContext& context, const httplib::Request& req,
     s = context.stripe->SetCancelAtPeriodEnd(current.subscription_id(), true, stripe_key, &sub);
   } else if (!canceled_already) {
     s = context.stripe->CancelSubscriptionNow(current.subscription_id(),
-                                              CancelRequestComment(stripe_key), &sub);
+                                              CancelRequestComment(context, stripe_key), &sub);
   }
   if (!s.ok()) return WriteStatusProblem(s, &res);
   // DELETE carries no Idempotency-Key at Stripe (it is idempotent by itself).

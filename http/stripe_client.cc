@@ -3,6 +3,7 @@
 #include "http/base_url.h"
 
 #include <httplib.h>
+#include <openssl/crypto.h>
 #include <rapidjson/document.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <thread>
 
 #include "events/types.h"
+#include "http/base64.h"
 #include "projections/json_util.h"
 
 namespace ledger::http {
@@ -305,6 +307,13 @@ Status CheckId(std::string_view what, std::string_view id) {
 struct HttpStripeClient::Impl {
   StripeClientOptions options;
   BaseUrl base;
+  // RequestMarker's key: HMAC-SHA256(secret key, a label), so a marker is keyed by no secret
+  // that authenticates anything at Stripe.
+  std::string marker_key;
+
+  ~Impl() {
+    if (!marker_key.empty()) OPENSSL_cleanse(marker_key.data(), marker_key.size());
+  }
 
   // Sends one request with retries. `form` is null for GET/DELETE. On OK, `*exchange` holds
   // Stripe's answer (any status); the error statuses of StripeApi are derived by Check().
@@ -591,6 +600,7 @@ Status HttpStripeClient::Create(StripeClientOptions options,
   auto impl = std::make_unique<Impl>();
   LEDGER_RETURN_IF_ERROR(
       ParseBaseUrl(options.api_base, "the Stripe API base", "invalid_argument", &impl->base));
+  impl->marker_key = HmacSha256(options.secret_key, "ledgerd-stripe-request-marker-v1");
   impl->options = std::move(options);
   out->reset(new HttpStripeClient(std::move(impl)));
   return Status::OK();
@@ -780,6 +790,10 @@ Status HttpStripeClient::CancelSubscriptionNow(std::string_view subscription_id,
     return Status::OK();
   }
   return s;
+}
+
+std::string HttpStripeClient::RequestMarker(std::string_view request_key) const {
+  return Base64UrlEncode(HmacSha256(impl_->marker_key, request_key)).substr(0, 32);
 }
 
 Status HttpStripeClient::SetCancelAtPeriodEnd(std::string_view subscription_id, bool cancel,

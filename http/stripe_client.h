@@ -203,6 +203,15 @@ class StripeApi {
   // cancel for its own.
   virtual Status CancelSubscriptionNow(std::string_view subscription_id, std::string_view comment,
                                        StripeSubscription* out) = 0;
+  // What names a request in such a comment, only this server can make: base64url (no padding)
+  // of HMAC-SHA256 over `request_key` (the request's Stripe Idempotency-Key), under a key derived
+  // from the secret key, cut to 32 characters (192 bits). The request key is no secret -- a hash
+  // of the user, the client's Idempotency-Key and the body -- and a user can leave any comment on
+  // their own cancellation (the portal's form): a marker anyone could compute would let them pass
+  // a cancel of theirs off as one ledgerd made. Neither the secret key nor the derived key is in
+  // it. A key rolled between a cancel-now and its retry makes another marker: the retry does not
+  // know the cancel for its own.
+  virtual std::string RequestMarker(std::string_view request_key) const = 0;
   // POST /v1/subscriptions/{id} cancel_at_period_end=true|false.
   virtual Status SetCancelAtPeriodEnd(std::string_view subscription_id, bool cancel,
                                       std::string_view idempotency_key,
@@ -279,6 +288,7 @@ class HttpStripeClient final : public StripeApi {
   Status GetSubscription(std::string_view subscription_id, StripeSubscription* out) override;
   Status CancelSubscriptionNow(std::string_view subscription_id, std::string_view comment,
                                StripeSubscription* out) override;
+  std::string RequestMarker(std::string_view request_key) const override;
   Status SetCancelAtPeriodEnd(std::string_view subscription_id, bool cancel,
                               std::string_view idempotency_key,
                               StripeSubscription* out) override;

@@ -897,10 +897,13 @@ TEST_F(BillingRoutesTest, CancelNow) {
   // subscription: else a plan raised and then canceled at once is never paid for.
   EXPECT_EQ(q[0].Param("invoice_now"), "true");
   // The DELETE names the request in its cancellation comment (it carries no Idempotency-Key):
-  // a retry finds it there after the subscription ended.
+  // a retry finds it there after the subscription ended. By a marker keyed by the server's
+  // secret (RequestMarker), not the request's Stripe key: a user can compute that one.
   const std::string comment = q[0].Param("cancellation_details[comment]");
-  EXPECT_EQ(comment.rfind("ledgerd_request:ledgerd-cancel_now-", 0), 0u) << comment;
-  EXPECT_EQ(comment.size(), std::string("ledgerd_request:ledgerd-cancel_now-").size() + 64);
+  EXPECT_EQ(comment.rfind("ledgerd_request:", 0), 0u) << comment;
+  EXPECT_EQ(comment.size(), std::string("ledgerd_request:").size() + 32) << comment;
+  EXPECT_EQ(comment.find("ledgerd-cancel_now-"), std::string::npos) << comment;
+  EXPECT_EQ(comment.find(kFakeStripeSecretKey), std::string::npos) << comment;
   EXPECT_EQ(fake_.GetSubscription("sub_alice")->cancellation_comment, comment);
   auto events = EventsOfType("stripe.subscription_cancel_requested.v1");
   ASSERT_EQ(events.size(), 1u);
@@ -1271,6 +1274,38 @@ TEST_F(BillingRoutesTest, ACancelNowRetriedAfterItsRecordWasLostAndTheUserSubscr
   EXPECT_EQ(std::string(other.Json()["subscription_id"].GetString()), "sub_renewed");
   EXPECT_EQ(fake_.RequestsTo("DELETE", "/v1/subscriptions/sub_renewed").size(), 1u);
   EXPECT_EQ(EventsOfType("stripe.subscription_cancel_requested.v1").size(), 2u);
+}
+
+// The request's Stripe key is no secret: a hash of the user, the client's Idempotency-Key and
+// the body. Alice cancels in the portal and types as her comment what a marker of that key would
+// be; a cancel-now under that Idempotency-Key then asks Stripe and must not take her cancel for
+// its own (it was recorded as a cancel ledgerd made, and answered 200). Only the marker keyed by
+// the server's secret is.
+TEST_F(BillingRoutesTest, ACommentWithTheRequestsPublicKeyIsNotTakenForItsMarker) {
+  GiveAliceASubscription();
+  const std::string body = R"({"at_period_end":false})";
+  const std::string request_key = StripeIdempotencyKey(
+      "cancel_now", "alice",
+      "client:cancel-1:" + HexEncode(Sha256(std::string("POST ") + kCancel + "\n", body)));
+  FakeStripe::Subscription ended = *fake_.GetSubscription("sub_alice");
+  ended.status = "canceled";
+  ended.cancellation_comment = "ledgerd_request:" + request_key;
+  fake_.AddSubscription(ended);
+  DeliverAlicesSubscription("evt_sub_alice_deleted", "customer.subscription.deleted", "canceled",
+                            "price_starter_monthly", "starter");
+  const uint64_t head = Head();
+  ExpectProblem(Alice().Post(kCancel, body, {{"Idempotency-Key", "cancel-1"}}), 409,
+                "no_active_subscription");
+  EXPECT_EQ(fake_.RequestsTo("GET", "/v1/subscriptions/sub_alice").size(), 1u);
+  EXPECT_EQ(Head(), head);
+  // The marker this server makes for the same request is recognised.
+  ended.cancellation_comment = "ledgerd_request:" + stripe_->RequestMarker(request_key);
+  fake_.AddSubscription(ended);
+  HttpReply retry = Alice().Post(kCancel, body, {{"Idempotency-Key", "cancel-1"}});
+  ASSERT_EQ(retry.status, 200) << retry.body;
+  EXPECT_EQ(std::string(retry.Json()["status"].GetString()), "canceled");
+  EXPECT_EQ(EventsOfType("stripe.subscription_cancel_requested.v1").size(), 1u);
+  EXPECT_TRUE(fake_.RequestsTo("DELETE", "/v1/subscriptions/").empty());
 }
 
 // A subscription that ended some other way (the Dashboard, the portal, dunning) carries no

@@ -124,6 +124,33 @@ TEST(StripeKeysTest, RedactsSecrets) {
   EXPECT_LE(RedactStripeSecrets(std::string(1000, 'a'), "").size(), 300u);
 }
 
+// A cancel-now's marker (RequestMarker) is keyed by the secret key: the same request gives the
+// same marker under one key and another under another key; it is 32 base64url characters and
+// carries neither the request's key nor the secret.
+TEST(StripeKeysTest, RequestMarkersAreKeyedByTheSecretKey) {
+  auto make = [](const std::string& secret_key) {
+    StripeClientOptions options;
+    options.secret_key = secret_key;
+    std::unique_ptr<HttpStripeClient> client;
+    EXPECT_TRUE(HttpStripeClient::Create(options, &client).ok());
+    return client;
+  };
+  auto ours = make("sk_test_51Ours");
+  auto theirs = make("sk_test_51Theirs");
+  const std::string request = StripeIdempotencyKey("cancel_now", "alice", "client:k1:abc");
+  const std::string marker = ours->RequestMarker(request);
+  EXPECT_EQ(marker, make("sk_test_51Ours")->RequestMarker(request));
+  EXPECT_NE(marker, theirs->RequestMarker(request));
+  EXPECT_NE(marker,
+            ours->RequestMarker(StripeIdempotencyKey("cancel_now", "alice", "client:k2:abc")));
+  ASSERT_EQ(marker.size(), 32u);
+  constexpr char kBase64Url[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  EXPECT_EQ(marker.find_first_not_of(kBase64Url), std::string::npos) << marker;
+  EXPECT_EQ(marker.find("Ours"), std::string::npos);
+  EXPECT_EQ(marker.find("ledgerd-"), std::string::npos);
+}
+
 TEST(StripeClientCreateTest, ValidatesTheBaseAndKey) {
   std::unique_ptr<HttpStripeClient> client;
   StripeClientOptions options;
