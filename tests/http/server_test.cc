@@ -1341,7 +1341,15 @@ TEST_F(ServerTest, StopDeliversADeferredAnswerBeforeClosing) {
     response = SendAndReadUntilClosed(
         fd, "POST /loop-later?delay_ms=300 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 3000);
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // served and parked
+  // Served and parked: the handler has deferred its answer (a fixed sleep here lost the race on
+  // a loaded machine, the stop closing the connection before the request was read).
+  bool parked = false;
+  for (int i = 0; i < 500 && !parked; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    std::lock_guard<std::mutex> lock(responders_mu_);
+    parked = !responders_.empty();
+  }
+  EXPECT_TRUE(parked);
   stack_.Stop();
   reader.join();
   EXPECT_EQ(response.rfind("HTTP/1.1 202", 0), 0u) << response;
