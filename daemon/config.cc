@@ -67,6 +67,22 @@ Status ParseListen(const std::string& listen, Config* config) {
   return Status::OK();
 }
 
+// A secret read from a file often keeps the file's newline: sent as is, it fails every check
+// (a refused key, a webhook signature that never matches) instead of failing here.
+bool HasBlankOrControl(std::string_view value) {
+  return std::any_of(value.begin(), value.end(),
+                     [](char c) { return static_cast<unsigned char>(c) <= ' ' || c == 0x7f; });
+}
+
+// A value compared byte for byte with what another system sends (a JWT's HS256 secret, a role
+// name): a control character (the file's newline again) or a blank at either end fails every
+// comparison. Blanks inside are the other system's choice (a passphrase, a Keycloak role name).
+bool HasControlOrEdgeBlank(std::string_view value) {
+  return (!value.empty() && (value.front() == ' ' || value.back() == ' ')) ||
+         std::any_of(value.begin(), value.end(),
+                     [](char c) { return static_cast<unsigned char>(c) < ' ' || c == 0x7f; });
+}
+
 // http::ParseServiceTokens is the one reader of the syntax (names and tokens trimmed, no name or
 // token twice: a shared token would authenticate every caller as the last name holding it).
 Status ParseServiceTokens(const std::string& value, Config* config) {
@@ -77,6 +93,13 @@ Status ParseServiceTokens(const std::string& value, Config* config) {
     if (token.token.size() < 16) {
       return Bad("LEDGER_SERVICE_TOKENS",
                  "token for '" + token.name + "' is shorter than 16 characters");
+    }
+    // Sent as a Bearer token, which holds neither: a token read from a file with its newline
+    // would never authenticate.
+    if (HasBlankOrControl(token.token)) {
+      return Bad("LEDGER_SERVICE_TOKENS",
+                 "token for '" + token.name +
+                     "' must not contain whitespace or control characters");
     }
     config->service_tokens.emplace_back(std::move(token.name), std::move(token.token));
   }
@@ -94,13 +117,6 @@ bool IsValidTopic(const std::string& topic) {
 }
 
 // A URL with a host: scheme://host[:port][/path], nothing after '?' or '#'.
-// A secret read from a file often keeps the file's newline: sent as is, it fails every check
-// (a refused key, a webhook signature that never matches) instead of failing here.
-bool HasBlankOrControl(std::string_view value) {
-  return std::any_of(value.begin(), value.end(),
-                     [](char c) { return static_cast<unsigned char>(c) <= ' ' || c == 0x7f; });
-}
-
 // An outside API's base URL as its client takes it (http::ParseBaseUrl), refused here: before
 // the start-up line logs it (a userinfo's password included) and before anything starts.
 Status ValidateBaseUrl(const std::string& url, const char* name) {
@@ -219,10 +235,18 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
   if (!config->jwt_hs256_secret.empty() && config->jwt_hs256_secret.size() < 32) {
     return Bad("LEDGER_JWT_HS256_SECRET", "must be at least 32 bytes");
   }
+  if (HasControlOrEdgeBlank(config->jwt_hs256_secret)) {
+    return Bad("LEDGER_JWT_HS256_SECRET",
+               "must not contain control characters or begin or end with a space");
+  }
   if (!config->jwt_jwks_file.empty() && !IsReadableFile(config->jwt_jwks_file)) {
     return Bad("LEDGER_JWT_JWKS_FILE", "cannot read '" + config->jwt_jwks_file + "'");
   }
   if (config->admin_role.empty()) return Bad("LEDGER_ADMIN_ROLE", "must not be empty");
+  if (HasControlOrEdgeBlank(config->admin_role)) {
+    return Bad("LEDGER_ADMIN_ROLE",
+               "must not contain control characters or begin or end with a space");
+  }
   for (const std::string& secret : SplitComma(webhook_secrets)) {
     if (secret.rfind("whsec_", 0) != 0 || secret.size() == 6 || HasBlankOrControl(secret)) {
       return Bad("STRIPE_WEBHOOK_SECRET", "every secret must be whsec_ followed by the secret");
