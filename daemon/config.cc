@@ -17,6 +17,7 @@
 #include "http/auth.h"
 #include "http/base_url.h"
 #include "http/byok_providers.h"
+#include "http/problem.h"
 #include "http/stripe_client.h"
 
 namespace ledger::daemon {
@@ -160,6 +161,51 @@ Status ValidateLago(const Config& config) {
   return Status::OK();
 }
 
+// LEDGER_KAFKA_BROKERS: `embedded`, `none`, or bootstrap servers as `host:port[,host:port...]`
+// (blanks around an item allowed, as librdkafka skips them). Anything else would start a daemon
+// that is ready and publishes nowhere: a keyword in other case or misspelt, a host without a
+// port (librdkafka would take `embeded` for a host on 9092), a port librdkafka reads modulo
+// 65536, a blank inside a host.
+Status ValidateKafkaBrokers(const std::string& brokers) {
+  constexpr const char* kSetting = "LEDGER_KAFKA_BROKERS";
+  if (brokers == "embedded" || brokers == "none") return Status::OK();
+  if (http::EqualsIgnoreCase(brokers, "embedded") || http::EqualsIgnoreCase(brokers, "none")) {
+    return Bad(kSetting, "'embedded' and 'none' are written in lower case");
+  }
+  const std::string expected =
+      "must be 'embedded', 'none' or bootstrap servers host:port[,host:port...]";
+  if (brokers.empty()) return Bad(kSetting, expected);
+  std::string_view rest = brokers;
+  while (true) {
+    const size_t comma = rest.find(',');
+    std::string_view item = rest.substr(0, comma);
+    while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+    while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+    const size_t colon = item.rfind(':');
+    std::string_view host = item.substr(0, colon == std::string_view::npos ? 0 : colon);
+    const std::string_view port =
+        colon == std::string_view::npos ? std::string_view() : item.substr(colon + 1);
+    // A hostname or IPv4 address, or an IPv6 address in brackets.
+    bool host_ok = !host.empty();
+    if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+      host = host.substr(1, host.size() - 2);
+      host_ok = host.find_first_not_of("0123456789abcdefABCDEF:.") == std::string_view::npos;
+    } else {
+      host_ok = host_ok && host.find_first_not_of("abcdefghijklmnopqrstuvwxyz"
+                                                  "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_") ==
+                               std::string_view::npos;
+    }
+    const bool port_ok = !port.empty() && port.size() <= 5 && port[0] != '0' &&
+                         port.find_first_not_of("0123456789") == std::string_view::npos &&
+                         std::stoi(std::string(port)) <= 65535;
+    if (!host_ok || !port_ok) {
+      return Bad(kSetting, expected + " (port 1..65535), got '" + std::string(item) + "'");
+    }
+    if (comma == std::string_view::npos) return Status::OK();
+    rest = rest.substr(comma + 1);
+  }
+}
+
 // Properties the outbox's guarantees rest on (or that LEDGER_KAFKA_BROKERS sets): not overridable.
 bool IsReservedKafkaProperty(std::string_view key) {
   static constexpr std::string_view kReserved[] = {
@@ -215,9 +261,7 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
   LEDGER_RETURN_IF_ERROR(ParseListen(listen, config));
   LEDGER_RETURN_IF_ERROR(ParseServiceTokens(service_tokens, config));
   if (config->data_dir.empty()) return Bad("LEDGER_DATA_DIR", "must not be empty");
-  if (config->kafka_brokers.empty()) {
-    return Bad("LEDGER_KAFKA_BROKERS", "must be 'embedded', 'none' or bootstrap servers");
-  }
+  LEDGER_RETURN_IF_ERROR(ValidateKafkaBrokers(config->kafka_brokers));
   if (!IsValidTopic(config->kafka_topic)) {
     return Bad("LEDGER_KAFKA_TOPIC", "not a valid Kafka topic name");
   }

@@ -213,6 +213,19 @@ TEST(ConfigTest, FlagWinsEvenOverABadEnvironmentValue) {
   EXPECT_EQ(config.log_level, "warn");
 }
 
+TEST(ConfigTest, KafkaBrokersAreTheKeywordsOrHostPortLists) {
+  for (const char* brokers : {"embedded", "none", "k1:9092,k2:9093", "k1:9092, k2:9092",
+                              "10.0.0.7:1", "[::1]:9092", "kafka-0.kafka.svc_x:65535"}) {
+    SCOPED_TRACE(brokers);
+    ScopedCleanEnvironment env;
+    env.Set("LEDGER_KAFKA_BROKERS", brokers);
+    Config config;
+    ParseResult r = Parse({}, &config);
+    ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+    EXPECT_EQ(config.kafka_brokers, brokers);  // as given: the outbox checkpoint is named by it
+  }
+}
+
 TEST(ConfigTest, ListenAcceptsHostnamesAndBracketedIpv6) {
   ScopedCleanEnvironment env;
   Config config;
@@ -252,6 +265,18 @@ std::vector<BadSetting> BadSettings(const TempDir& dir) {
       {"LEDGER_KAFKA_MESSAGE_MAX_BYTES", "LEDGER_KAFKA_MESSAGE_MAX_BYTES", "1e6", {}},
       {"LEDGER_KAFKA_MESSAGE_MAX_BYTES", "", "", {"--kafka-message-max-bytes", "-5"}},
       {"LEDGER_KAFKA_BROKERS", "", "", {"--kafka-brokers", ""}},
+      // Each would start a daemon that is ready and publishes nowhere.
+      {"LEDGER_KAFKA_BROKERS", "LEDGER_KAFKA_BROKERS", "None", {}},
+      {"LEDGER_KAFKA_BROKERS", "LEDGER_KAFKA_BROKERS", "Embedded", {}},
+      {"LEDGER_KAFKA_BROKERS", "LEDGER_KAFKA_BROKERS", "embeded", {}},
+      {"LEDGER_KAFKA_BROKERS", "LEDGER_KAFKA_BROKERS", "kafka:", {}},
+      {"LEDGER_KAFKA_BROKERS", "LEDGER_KAFKA_BROKERS", "kafka:0", {}},
+      {"LEDGER_KAFKA_BROKERS", "LEDGER_KAFKA_BROKERS", "host:99999", {}},
+      {"LEDGER_KAFKA_BROKERS", "LEDGER_KAFKA_BROKERS", "a b", {}},
+      {"LEDGER_KAFKA_BROKERS", "LEDGER_KAFKA_BROKERS", "a b:9092", {}},
+      {"LEDGER_KAFKA_BROKERS", "LEDGER_KAFKA_BROKERS", "k1:9092,:9092", {}},
+      {"LEDGER_KAFKA_BROKERS", "LEDGER_KAFKA_BROKERS", "k1:9092,embedded", {}},
+      {"LEDGER_KAFKA_BROKERS", "", "", {"--kafka-brokers", "k1:9092\n"}},
       {"LEDGER_DATA_DIR", "", "", {"--data-dir", ""}},
       // An empty variable is not an unset one (a variable that failed to expand).
       {"LEDGER_DATA_DIR", "LEDGER_DATA_DIR", "", {}},
