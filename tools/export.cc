@@ -18,7 +18,16 @@ Status ExportCloudEvents(const Ledger& ledger, const ExportOptions& options, std
     return Status::Corruption("position " + std::to_string(head.value() + 1) + ": " + gap +
                               " (ledgerctl verify explains)");
   }
-  if (options.after >= head) return Status::OK();
+  // Past the head names events this log never had (a cursor kept from another store, or a
+  // restored older copy): an empty export, run after run, would hide that (exit 64, as verify's
+  // range past the head and the HTTP route's 409 after_past_head).
+  if (options.after > head) {
+    return Status::InvalidArgument("after_past_head",
+                                   "after " + std::to_string(options.after.value()) +
+                                       " is past the chain head " + std::to_string(head.value()) +
+                                       ": a position from another store, or an older copy?");
+  }
+  if (options.after == head) return Status::OK();
   uint64_t total = head.value() - options.after.value();
   if (options.limit != 0) total = std::min(total, options.limit);
   Position last(options.after.value() + total);

@@ -25,7 +25,8 @@ struct ExportOptions {
 // Writes the events to `out`, one JSON document and '\n' per event. `*exported` counts them.
 // kCorruption when a stored record does not decode, a position is missing or stored under
 // another, or an event's hash is not its own or does not link to the one before (the export
-// stops there: what was written is whole up to it); kIOError when `out` fails.
+// stops there: what was written is whole up to it); kIOError when `out` fails;
+// kInvalidArgument (after_past_head), writing nothing, when `after` is past the head.
 Status ExportCloudEvents(const Ledger& ledger, const ExportOptions& options, std::ostream& out,
                          uint64_t* exported);
 

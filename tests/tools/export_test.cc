@@ -84,6 +84,28 @@ TEST(ExportTest, AfterAndLimitSelectARange) {
   ASSERT_TRUE(ExportCloudEvents(*ledger, options, none, &exported).ok());
   EXPECT_EQ(exported, 0u);
   EXPECT_TRUE(none.str().empty());
+
+  options.after = Position(11);  // past the head: not "nothing new"
+  std::ostringstream past;
+  Status s = ExportCloudEvents(*ledger, options, past, &exported);
+  EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.ToString();
+  EXPECT_NE(s.message().find("chain head 10"), std::string::npos) << s.message();
+  EXPECT_TRUE(past.str().empty());
+}
+
+// A cursor from another store or a restored older copy is past the head: exit 64 naming the
+// head, as verify's range past it (an empty export, exit 0, run after run would hide it).
+TEST(ExportCliTest, AfterPastTheHeadIsAUsageErrorNamingTheHead) {
+  TempDir dir;
+  { WriteMarkedLog(OpenTestLedger(dir.path()).get(), 4, 2); }
+  testing::ProcessResult at = RunLedgerctl("export --data-dir " + dir.path() + " --after 8");
+  EXPECT_EQ(at.exit_code, 0);
+  EXPECT_TRUE(at.out.empty()) << at.out;
+  testing::ProcessResult past =
+      RunLedgerctl("export --data-dir " + dir.path() + " --after 9", /*keep_stderr=*/true);
+  EXPECT_EQ(past.exit_code, 64) << past.out;
+  EXPECT_NE(past.out.find("chain head 8"), std::string::npos) << past.out;
+  EXPECT_EQ(past.out.find("specversion"), std::string::npos) << past.out;
 }
 
 // What is exported is the whole log or nothing past the damage: a missing position, an event
