@@ -2,6 +2,7 @@
 // tools/ that returns a Status (RocksDB's tools/ldb.cc style); exit codes follow sysexits.h:
 // 0 ok, 64 usage, 65 data error (verify failure, replay difference), 69 Stripe failed or refused
 // (stripe-setup), 70 internal, 74 storage, 78 configuration (stripe-setup without its key).
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -17,6 +18,7 @@
 #include "daemon/cli_decimal.h"
 #include "daemon/config.h"
 #include "events/ledger.h"
+#include "events/limits.h"
 #include "http/stripe_client.h"
 #include "projections/limits.h"
 #include "projections/registry.h"
@@ -256,40 +258,78 @@ struct BenchArgs {
   CLI::App* admin_command = nullptr;
 };
 
+// Seconds and rates: decimal digits, a fraction allowed ("0.5"), as kDecimal takes integers
+// (CLI11 alone reads "0x10", "1e3", "inf" and "nan", which every range check lets through).
+const CLI::Validator kDecimalFraction(
+    [](std::string& value) -> std::string {
+      const size_t dot = value.find('.');
+      const std::string whole = value.substr(0, dot);
+      const std::string fraction = dot == std::string::npos ? "1" : value.substr(dot + 1);
+      auto digits = [](const std::string& text) {
+        return !text.empty() && std::all_of(text.begin(), text.end(), [](char c) {
+          return c >= '0' && c <= '9';
+        });
+      };
+      return digits(whole) && digits(fraction) && (whole.size() == 1 || whole[0] != '0')
+                 ? std::string()
+                 : "must be a non-negative decimal number without leading zeros";
+    },
+    "DECIMAL");
+
 void AddBench(CLI::App& app, BenchArgs* args) {
   CLI::App* sub = app.add_subcommand(
       "bench", "Benchmark the append path in-process on fresh stores (sync=true)");
   // Not bound to LEDGER_DATA_DIR: bench never writes into a live store's directory.
   sub->add_option("--data-dir", args->bench.base_dir,
                   "create the benchmark stores under this directory (default: system temp)");
-  sub->add_option("--callers", args->bench.callers, "concurrent callers")->capture_default_str();
+  // Bounded by what one process runs (a thread per caller), by what the ledger takes (events per
+  // command, bytes per event's data) and by a day: "-1" is not 2^64 bytes of event data.
+  sub->add_option("--callers", args->bench.callers, "concurrent callers")
+      ->check(daemon::kDecimal)
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
   sub->add_option("--batch-callers", args->bench.batch_callers, "callers in the batch phase")
+      ->check(daemon::kDecimal)
+      ->check(CLI::Range(1, 4096))
       ->capture_default_str();
   sub->add_option("--seconds", args->bench.seconds, "measured seconds per phase")
+      ->check(kDecimalFraction)
+      ->check(CLI::Range(0.0, 86'400.0))
       ->capture_default_str();
   sub->add_option("--warmup", args->bench.warmup_seconds, "warm-up seconds per phase")
+      ->check(kDecimalFraction)
+      ->check(CLI::Range(0.0, 3'600.0))
       ->capture_default_str();
   sub->add_option("--batch", args->bench.batch, "events per command in the batch phase")
+      ->check(daemon::kDecimal)
+      ->check(CLI::Range(size_t{1}, ledger::limits::kCommandEventsMax))
       ->capture_default_str();
   sub->add_option("--event-bytes", args->bench.event_bytes, "bytes of JSON data per event")
+      ->check(daemon::kDecimal)
+      ->check(CLI::Range(size_t{1}, ledger::limits::kEventDataBytesMax))
       ->capture_default_str();
   sub->add_option("--mode", args->mode, "phases to run")
       ->check(CLI::IsMember({"single", "batch", "latency", "all"}))
       ->capture_default_str();
   sub->add_option("--rate", args->bench.rate,
-                  "open-loop rate for the latency phase (default: half the single-event rate)");
+                  "open-loop rate for the latency phase (default: half the single-event rate)")
+      ->check(kDecimalFraction)
+      ->check(CLI::Range(0.0, 10'000'000.0));
   sub->add_option("--sync-interval-min-us", args->bench.sync_interval_min_us,
                   "least microseconds between the starts of two WAL syncs, as ledgerd's "
                   "--sync-interval-min-us (0 = no pacing)")
+      ->check(daemon::kDecimal)
       ->check(CLI::Range(int64_t{0}, int64_t{100'000}))
       ->capture_default_str();
   sub->add_option("--background-write-pace", args->bench.background_write_pace,
                   "RocksDB's flushes and compactions write at most this multiple of the "
                   "ledger's write rate, as ledgerd (0 = as fast as the disk takes them)")
+      ->check(kDecimalFraction)
       ->check(CLI::Range(0.0, 100.0))
       ->capture_default_str();
   sub->add_option("--settle", args->bench.settle_seconds,
                   "before each phase, wait at most this long for the disk to settle (0 = no wait)")
+      ->check(kDecimalFraction)
       ->check(CLI::Range(0.0, 600.0))
       ->capture_default_str();
   // `ledgerctl bench http`: against a running ledgerd (tools/bench_http.h).

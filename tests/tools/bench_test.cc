@@ -5,10 +5,12 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 #include <string_view>
 
 #include "tests/support/test_ledger.h"
+#include "tests/tools/tools_test_util.h"
 
 namespace ledger::tools {
 namespace {
@@ -97,6 +99,35 @@ TEST(BenchTest, WaitsForTheDiskBeforeEachPhaseAndSaysSo) {
   }
   EXPECT_EQ(waits, 2u) << text;
   EXPECT_TRUE(std::filesystem::is_empty(dir.path()));  // the probe file is gone too
+}
+
+// Numbers are decimal and bounded: CLI11 alone took "-1" as 2^64 event bytes (an abort in a
+// caller thread), "010" as 8 and "nan" or "1e9" as given. The scratch directory is a regular
+// file, so a command that gets past its options fails at once creating its store (74): no bench
+// runs, fixed or not.
+TEST(BenchCliTest, BadNumbersAreUsageErrorsBeforeAnythingRuns) {
+  testing::TempDir dir;
+  const std::string file = dir.Sub("not-a-directory");
+  { std::ofstream(file) << "x"; }
+  const std::string bench = "bench --mode single --settle 0 --data-dir " + file + " ";
+  for (const std::string args :
+       {"--event-bytes -1 --seconds 1", "--batch 010", "--batch 0", "--batch 10001",
+        "--event-bytes 1048577", "--callers 0", "--callers 010", "--batch-callers -1",
+        "--batch-callers 4097", "--seconds 1e3", "--seconds nan", "--seconds 86401",
+        "--warmup -1", "--warmup 0x10", "--rate inf", "--rate 10000001", "--seconds 00.5",
+        "--sync-interval-min-us 010", "--background-write-pace nan",
+        "--background-write-pace 1e1"}) {
+    SCOPED_TRACE(args);
+    testing::ProcessResult r = testing::RunLedgerctl(bench + args, /*keep_stderr=*/true);
+    EXPECT_EQ(r.exit_code, 64) << r.out;
+  }
+  // What is in range passes (and stops at the store).
+  for (const std::string args : {"--seconds 0.5 --warmup 0 --rate 2500.5", "--batch 10000",
+                                 "--event-bytes 1048576 --callers 4096 --batch-callers 1"}) {
+    SCOPED_TRACE(args);
+    testing::ProcessResult r = testing::RunLedgerctl(bench + args, /*keep_stderr=*/true);
+    EXPECT_EQ(r.exit_code, 74) << r.out;
+  }
 }
 
 }  // namespace
