@@ -27,8 +27,25 @@ Status ExportCloudEvents(const Ledger& ledger, const ExportOptions& options, std
                                        " is past the chain head " + std::to_string(head.value()) +
                                        ": a position from another store, or an older copy?");
   }
-  if (options.after == head) return Status::OK();
-  uint64_t total = head.value() - options.after.value();
+  // A read-only open replays the write-ahead logs as the page cache holds them, a live ledgerd's
+  // group written but not yet synced included; `to` (a live ledgerd's /api/v1/audit/head, which
+  // counts only synced groups) keeps the export to what is durable.
+  Position end = head;
+  if (options.to.value() != 0) {
+    if (options.to > head) {
+      return Status::InvalidArgument("bad_range", "to " + std::to_string(options.to.value()) +
+                                                      " is past the chain head " +
+                                                      std::to_string(head.value()));
+    }
+    if (options.after > options.to) {
+      return Status::InvalidArgument("bad_range",
+                                     "after " + std::to_string(options.after.value()) +
+                                         " is past to " + std::to_string(options.to.value()));
+    }
+    end = options.to;
+  }
+  if (options.after == end) return Status::OK();
+  uint64_t total = end.value() - options.after.value();
   if (options.limit != 0) total = std::min(total, options.limit);
   Position last(options.after.value() + total);
   Progress meter(options.progress, "export", total);

@@ -17,6 +17,7 @@ inline constexpr char kDefaultCloudEventSource[] = "/ledgerd";
 
 struct ExportOptions {
   Position after{0};   // export positions > after
+  Position to{0};      // ... and <= to; 0 = the head
   uint64_t limit = 0;  // at most this many events; 0 = all
   std::string source = kDefaultCloudEventSource;
   std::ostream* progress = nullptr;
@@ -26,7 +27,8 @@ struct ExportOptions {
 // kCorruption when a stored record does not decode, a position is missing or stored under
 // another, or an event's hash is not its own or does not link to the one before (the export
 // stops there: what was written is whole up to it); kIOError when `out` fails;
-// kInvalidArgument (after_past_head), writing nothing, when `after` is past the head.
+// kInvalidArgument, writing nothing, when `after` is past the head (after_past_head), `to` past
+// the head or `after` past `to` (bad_range).
 Status ExportCloudEvents(const Ledger& ledger, const ExportOptions& options, std::ostream& out,
                          uint64_t* exported);
 

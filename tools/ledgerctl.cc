@@ -169,6 +169,7 @@ int RunVerify(const Globals& globals, const VerifyArgs& args) {
 
 struct ExportArgs {
   uint64_t after = 0;
+  uint64_t to = 0;
   uint64_t limit = 0;
   std::string source = kDefaultCloudEventSource;
 };
@@ -177,6 +178,10 @@ void AddExport(CLI::App& app, ExportArgs* args) {
   CLI::App* sub =
       app.add_subcommand("export", "Write the log as NDJSON CloudEvents to stdout (read-only)");
   sub->add_option("--after", args->after, "export positions after this one")
+      ->capture_default_str()
+      ->check(daemon::kDecimal);
+  sub->add_option("--to", args->to,
+                  "last position (0 = the head; a live ledgerd's /api/v1/audit/head is synced)")
       ->capture_default_str()
       ->check(daemon::kDecimal);
   sub->add_option("--limit", args->limit, "at most this many events (0 = all)")
@@ -197,6 +202,7 @@ int RunExport(const Globals& globals, const ExportArgs& args) {
   if (!s.ok()) return Fail("export", s);
   ExportOptions options;
   options.after = Position(args.after);
+  options.to = Position(args.to);
   options.limit = args.limit;
   options.source = args.source;
   options.progress = globals.progress();
