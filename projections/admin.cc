@@ -120,14 +120,25 @@ Status LoadPlans(const StateReader& state, std::vector<Plan>* plans,
   return Status::OK();
 }
 
-// Calls fn(access) for every user the projection knows, in user id order.
-Status ForEachSubscriber(const StateReader& state,
-                         const std::function<Status(const UserAccess&)>& fn) {
+// The catalog plan of one subscription (its resolved plan_id), nullptr when it has none.
+const Plan* CatalogPlan(const std::unordered_map<std::string, const Plan*>& by_id,
+                        const UserSubscription& sub) {
+  if (!sub.has_subscription || !sub.subscription.plan_id) return nullptr;
+  auto it = by_id.find(*sub.subscription.plan_id);
+  return it != by_id.end() ? it->second : nullptr;
+}
+
+// Calls fn(access, every subscription of the user) for every user the projection knows, in user
+// id order.
+Status ForEachSubscriber(
+    const StateReader& state,
+    const std::function<Status(const UserAccess&, const std::vector<UserSubscription>&)>& fn) {
   Status inner;
+  std::vector<UserSubscription> every;
   Status s = ScanUsers(state, "", [&](std::string_view user_id, std::string_view) {
     UserAccess access;
-    inner = GetUserAccess(state, user_id, &access);
-    if (inner.ok()) inner = fn(access);
+    inner = GetUserAccess(state, user_id, &access, &every);
+    if (inner.ok()) inner = fn(access, every);
     return inner.ok();
   });
   LEDGER_RETURN_IF_ERROR(s);
@@ -363,24 +374,30 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
   int64_t paying_at_start = 0, churned_of_those = 0;
   int64_t trials = 0, converted = 0, lost = 0, in_trial = 0, awaiting_payment = 0;
   const int64_t churn_from = now_s - churn_days * kSecondsPerDay;
-  LEDGER_RETURN_IF_ERROR(ForEachSubscriber(state, [&](const UserAccess& access) {
+  LEDGER_RETURN_IF_ERROR(ForEachSubscriber(state, [&](const UserAccess& access,
+                                                      const std::vector<UserSubscription>& every) {
     ++total;
     ++by_status[std::string(access.status_name())];
-    const UserSubscription& sub = access.subscription;
-    const Plan* plan = nullptr;
-    if (sub.has_subscription && sub.subscription.plan_id) {
-      auto it = by_id.find(*sub.subscription.plan_id);
-      if (it != by_id.end()) plan = it->second;
+    // Revenue is every paying subscription's, each at its own price and interval: a user Stripe
+    // bills for two (a second checkout from another portal session, Starter and Professional)
+    // added only the one access is decided on, and MRR understated what Stripe bills. `paying`
+    // counts the user once.
+    bool user_pays = false;
+    for (const UserSubscription& each : every) {
+      const Plan* each_plan = CatalogPlan(by_id, each);
+      if (!IsPaying(each) || each_plan == nullptr) continue;
+      user_pays = true;
+      AddRevenue(&revenue12, MonthlyRevenueTimes12(*each_plan, each.subscription));
     }
-    const bool pays = IsPaying(sub) && plan != nullptr;
-    if (pays) {
-      ++paying;
-      AddRevenue(&revenue12, MonthlyRevenueTimes12(*plan, sub.subscription));
-    }
+    if (user_pays) ++paying;
     if (access.status == SubscriptionStatus::kTrialing) ++trialing;
-    if (!pays && access.access != AccessLevel::kNone && access.overridden()) {
+    if (!user_pays && access.access != AccessLevel::kNone && access.overridden()) {
       ++comped;
     }
+    // Churn and trial conversion are of the user's subscription (UserSubscription's choice).
+    const UserSubscription& sub = access.subscription;
+    const Plan* plan = CatalogPlan(by_id, sub);
+    const bool pays = IsPaying(sub) && plan != nullptr;
     if (!sub.has_subscription) return Status::OK();
     const SubscriptionRecord& r = sub.subscription;
     // Any invoice paid at or after its trial's end: it converted (one that converted and was
@@ -529,16 +546,18 @@ Status RevenueByTierJson(const StateReader& state, std::string* out) {
     int64_t subscribers = 0, paying = 0, monthly = 0, yearly = 0, revenue12 = 0;
   };
   std::unordered_map<std::string, Tier> tiers;
-  LEDGER_RETURN_IF_ERROR(ForEachSubscriber(state, [&](const UserAccess& access) {
+  LEDGER_RETURN_IF_ERROR(ForEachSubscriber(state, [&](const UserAccess& access,
+                                                      const std::vector<UserSubscription>& every) {
     if (access.plan && access.access != AccessLevel::kNone) ++tiers[access.plan->id].subscribers;
-    const UserSubscription& sub = access.subscription;
-    if (!IsPaying(sub)) return Status::OK();
-    auto it = by_id.find(*sub.subscription.plan_id);
-    if (it == by_id.end()) return Status::OK();
-    Tier& tier = tiers[it->first];
-    ++tier.paying;
-    ++(IsYearly(*it->second, sub.subscription) ? tier.yearly : tier.monthly);
-    AddRevenue(&tier.revenue12, MonthlyRevenueTimes12(*it->second, sub.subscription));
+    // Every paying subscription of the user on its own plan and interval (AnalyticsOverviewJson).
+    for (const UserSubscription& each : every) {
+      const Plan* plan = CatalogPlan(by_id, each);
+      if (!IsPaying(each) || plan == nullptr) continue;
+      Tier& tier = tiers[plan->id];
+      ++tier.paying;
+      ++(IsYearly(*plan, each.subscription) ? tier.yearly : tier.monthly);
+      AddRevenue(&tier.revenue12, MonthlyRevenueTimes12(*plan, each.subscription));
+    }
     return Status::OK();
   }));
   int64_t total_paying = 0, total_revenue12 = 0;

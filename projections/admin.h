@@ -12,11 +12,16 @@
 // Definitions (what the numbers mean):
 //   effective status / plan   what access is decided on: an admin override's, else Stripe's
 //                             (GetUserAccess); "none" when there is neither.
-//   paying subscriber         a user whose Stripe subscription is `active`, or `past_due` but
-//                             not never_paid_after_trial (subscriptions.h: past due since the
-//                             first charge after its trial failed), on a plan of the catalog.
+//   paying subscription       a Stripe subscription that is `active`, or `past_due` but not
+//                             never_paid_after_trial (subscriptions.h: past due since the first
+//                             charge after its trial failed), on a plan of the catalog. Every
+//                             subscription attached to a user is judged on its own (its status,
+//                             its invoices), not only the one access is decided on: Stripe bills
+//                             a user who checked out twice, or kept a plan scheduled to end next
+//                             to a new one, for both.
+//   paying subscriber         a user with at least one paying subscription.
 //                             Overrides do not make revenue: Stripe bills what Stripe has.
-//   MRR                       the sum over paying subscribers of what Stripe bills them a month:
+//   MRR                       the sum over paying subscriptions of what Stripe bills a month:
 //                             the item's unit_amount × quantity per interval_count intervals
 //                             (a year's / 12, a week's × 52 / 12, a day's × 365 / 12), as the
 //                             latest delivery said, so a subscriber keeps its own price when an
@@ -55,6 +60,14 @@
 //                             invoice since: the first charge failed and Stripe retries it;
 //                             lost = none of these; rate = converted / (converted + lost).
 //   comped                    effective access granted by an override with no paying subscription.
+//
+// What each figure counts. Users: subscribers.total, by_status, paying, trialing and comped; a
+// tier's `subscribers`; churn (churned, paying_at_start: of the user's subscription, the one
+// UserSubscription chooses, as trial conversion); trial conversion. Subscriptions: MRR and ARR
+// (overview, tiers, total), and revenue by tier's `paying`, `paying_monthly`, `paying_yearly` and
+// total `paying` -- each paying subscription on its own plan and interval, so a user paying for
+// Starter and for Professional is paying on both tiers, and total `paying` can exceed the
+// overview's `subscribers.paying`.
 #pragma once
 
 #include <cstdint>
@@ -147,7 +160,8 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
 // {"currency":"usd","tiers":[{"plan_id","display_name","active","price_monthly_cents",
 //  "price_yearly_cents","subscribers","paying","paying_monthly","paying_yearly","mrr_cents",
 //  "arr_cents","mrr_share"}], "total":{"paying","mrr_cents","arr_cents"}}: every catalog plan
-// (retired ones too), in catalog order; `subscribers` counts effective access on the plan.
+// (retired ones too), in catalog order; `subscribers` counts users with effective access on the
+// plan, `paying` (monthly + yearly) paying subscriptions on it (see "What each figure counts").
 Status RevenueByTierJson(const StateReader& state, std::string* out);
 
 // Usage recorded in windows starting in [from_s, to_s), each window counted whole in the one range

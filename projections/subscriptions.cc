@@ -890,9 +890,39 @@ Status GetCustomerUser(const StateReader& state, std::string_view customer_id,
   return Status::OK();
 }
 
-Status GetUserSubscription(const StateReader& state, std::string_view user_id,
-                           UserSubscription* out) {
+namespace {
+
+// The catalog, listed once per query (for subscriptions without a stored plan).
+Status ListPlansOnce(const StateReader& state, std::optional<std::vector<Plan>>* plans) {
+  if (*plans) return Status::OK();
+  plans->emplace();
+  return ListPlans(state, /*include_inactive=*/true, &**plans);
+}
+
+// A trial whose first charge after it failed has not converted: Stripe put it on Starter's price
+// and dunning keeps it past_due (grace) for weeks. Taken for Starter, a declined card got
+// Starter's services, BYOK and a fresh month of 1,000 calls for the $1; on its trial plan it has
+// ended (trial_expired) until an invoice is paid. Stripe's `active` says the charge went through
+// (its invoice.paid may come later), and a trial still running is the trial. Called once `sub`'s
+// invoices are read (never_paid_after_trial needs them).
+Status KeepFailedTrialOnItsPlan(const StateReader& state, std::optional<std::vector<Plan>>* plans,
+                                UserSubscription* sub) {
+  SubscriptionRecord& r = sub->subscription;
+  if (r.status == SubscriptionStatus::kActive || r.status == SubscriptionStatus::kTrialing ||
+      !sub->never_paid_after_trial()) {
+    return Status::OK();
+  }
+  LEDGER_RETURN_IF_ERROR(ListPlansOnce(state, plans));
+  const Plan* tagged = FindPlan(**plans, r.metadata_plan_id);
+  if (tagged != nullptr && tagged->trial_days > 0) r.plan_id = tagged->id;
+  return Status::OK();
+}
+
+// GetUserSubscription; with `every`, also each subscription attached to the user (GetUserAccess).
+Status LoadUserSubscriptions(const StateReader& state, std::string_view user_id,
+                             UserSubscription* out, std::vector<UserSubscription>* every) {
   *out = UserSubscription();
+  if (every != nullptr) every->clear();
   out->user_id.assign(user_id);
   if (user_id.empty() || user_id.find('/') != std::string_view::npos) return Status::OK();
 
@@ -918,8 +948,9 @@ Status GetUserSubscription(const StateReader& state, std::string_view user_id,
     subscription_ids.insert(children.begin(), children.end());
   }
 
-  std::optional<std::vector<Plan>> plans;  // listed once, for subscriptions without a stored plan
-  std::vector<std::pair<int64_t, std::string>> attached;  // (recency, id): other_subscription_ids
+  std::optional<std::vector<Plan>> plans;  // ListPlansOnce
+  std::vector<SubscriptionRecord> records;  // in id order
+  std::optional<size_t> chosen;
   for (const std::string& id : subscription_ids) {
     SubscriptionRecord record;
     s = GetSubscription(state, id, &record);
@@ -931,25 +962,38 @@ Status GetUserSubscription(const StateReader& state, std::string_view user_id,
     // A subscription Stripe tagged for another user is never shown to this one.
     if (record.metadata_user_id && *record.metadata_user_id != user_id) continue;
     if (!record.plan_id) {
-      if (!plans) {
-        plans.emplace();
-        LEDGER_RETURN_IF_ERROR(ListPlans(state, /*include_inactive=*/true, &*plans));
-      }
+      LEDGER_RETURN_IF_ERROR(ListPlansOnce(state, &plans));
       record.plan_id = PlanIdForSubscription(*plans, record.status, record.price_id,
                                              record.metadata_plan_id);
     }
-    attached.emplace_back(std::max({record.ended_at.value_or(0), record.canceled_at.value_or(0),
-                                    record.created.value_or(0)}),
-                          id);
-    if (!out->has_subscription || Preferred(record, out->subscription)) {
-      out->subscription = std::move(record);
-      out->has_subscription = true;
-    }
+    if (!chosen || Preferred(record, records[*chosen])) chosen = records.size();
+    records.push_back(std::move(record));
   }
-
+  std::vector<std::pair<int64_t, std::string>> attached;  // (recency, id): other_subscription_ids
+  for (size_t i = 0; i < records.size(); ++i) {
+    if (chosen && i == *chosen) continue;
+    const SubscriptionRecord& r = records[i];
+    attached.emplace_back(
+        std::max({r.ended_at.value_or(0), r.canceled_at.value_or(0), r.created.value_or(0)}),
+        r.subscription_id);
+  }
   std::sort(attached.begin(), attached.end(), std::greater<>());
-  for (auto& [recency, id] : attached) {
-    if (id != out->subscription.subscription_id) out->other_subscription_ids.push_back(id);
+  for (auto& [recency, id] : attached) out->other_subscription_ids.push_back(std::move(id));
+
+  // Each one as it stands on its own: its invoices, a failed trial on its trial plan.
+  if (every != nullptr) {
+    for (const SubscriptionRecord& record : records) {
+      UserSubscription one;
+      one.user_id = out->user_id;
+      one.email = out->email;
+      one.customer_id = record.customer_id;
+      one.has_subscription = true;
+      one.subscription = record;
+      LEDGER_RETURN_IF_ERROR(
+          ReadInvoices(state, one.subscription, &one.latest_invoice, &one.paid_after_trial));
+      LEDGER_RETURN_IF_ERROR(KeepFailedTrialOnItsPlan(state, &plans, &one));
+      every->push_back(std::move(one));
+    }
   }
 
   // A customer deleted at Stripe is named to it no more: checkout creates a new one, the portal
@@ -960,26 +1004,21 @@ Status GetUserSubscription(const StateReader& state, std::string_view user_id,
     *is = s.ok();
     return s.IsNotFound() ? Status::OK() : s;
   };
-  bool fall_back = !out->has_subscription;
-  if (out->has_subscription) {
-    out->customer_id = out->subscription.customer_id;
-    LEDGER_RETURN_IF_ERROR(ReadInvoices(state, out->subscription, &out->latest_invoice,
-                                        &out->paid_after_trial));
-    // A trial whose first charge after it failed has not converted: Stripe put it on Starter's
-    // price and dunning keeps it past_due (grace) for weeks. Taken for Starter, a declined card
-    // got Starter's services, BYOK and a fresh month of 1,000 calls for the $1; on its trial plan
-    // it has ended (trial_expired) until an invoice is paid. Stripe's `active` says the charge
-    // went through (its invoice.paid may come later), and a trial still running is the trial.
-    SubscriptionRecord& chosen = out->subscription;
-    if (chosen.status != SubscriptionStatus::kActive &&
-        chosen.status != SubscriptionStatus::kTrialing && out->never_paid_after_trial()) {
-      if (!plans) {
-        plans.emplace();
-        LEDGER_RETURN_IF_ERROR(ListPlans(state, /*include_inactive=*/true, &*plans));
-      }
-      const Plan* tagged = FindPlan(*plans, chosen.metadata_plan_id);
-      if (tagged != nullptr && tagged->trial_days > 0) chosen.plan_id = tagged->id;
+  bool fall_back = !chosen;
+  if (chosen) {
+    out->has_subscription = true;
+    if (every != nullptr) {  // read above
+      const UserSubscription& one = (*every)[*chosen];
+      out->subscription = one.subscription;
+      out->latest_invoice = one.latest_invoice;
+      out->paid_after_trial = one.paid_after_trial;
+    } else {
+      out->subscription = std::move(records[*chosen]);
+      LEDGER_RETURN_IF_ERROR(ReadInvoices(state, out->subscription, &out->latest_invoice,
+                                          &out->paid_after_trial));
+      LEDGER_RETURN_IF_ERROR(KeepFailedTrialOnItsPlan(state, &plans, out));
     }
+    out->customer_id = out->subscription.customer_id;
     if (!out->customer_id.empty()) LEDGER_RETURN_IF_ERROR(deleted(out->customer_id, &fall_back));
     if (fall_back) out->customer_id.clear();
   }
@@ -994,6 +1033,13 @@ Status GetUserSubscription(const StateReader& state, std::string_view user_id,
     }
   }
   return Status::OK();
+}
+
+}  // namespace
+
+Status GetUserSubscription(const StateReader& state, std::string_view user_id,
+                           UserSubscription* out) {
+  return LoadUserSubscriptions(state, user_id, out, /*every=*/nullptr);
 }
 
 Status ListSubscriptionsByStatus(const StateReader& state, SubscriptionStatus status,
@@ -1188,9 +1234,10 @@ Status ScanUsers(const StateReader& state, std::string_view after,
   return parse_error;
 }
 
-Status GetUserAccess(const StateReader& state, std::string_view user_id, UserAccess* out) {
+Status GetUserAccess(const StateReader& state, std::string_view user_id, UserAccess* out,
+                     std::vector<UserSubscription>* every) {
   *out = UserAccess();
-  LEDGER_RETURN_IF_ERROR(GetUserSubscription(state, user_id, &out->subscription));
+  LEDGER_RETURN_IF_ERROR(LoadUserSubscriptions(state, user_id, &out->subscription, every));
   LEDGER_RETURN_IF_ERROR(GetAdminOverride(state, user_id, &out->override));
   const UserSubscription& sub = out->subscription;
   std::optional<std::string> plan_id = sub.plan_id();

@@ -385,7 +385,14 @@ struct UserAccess {
   }
 };
 
-Status GetUserAccess(const StateReader& state, std::string_view user_id, UserAccess* out);
+// With `every`, also each subscription attached to the user -- the ones UserSubscription's is
+// chosen from, awaited ones aside -- as a UserSubscription of its own (its record with the plan
+// resolved as for the chosen one, its own invoices, its own customer_id), in subscription id
+// order, the chosen one among them. The admin revenue figures read them all: Stripe bills every
+// one (a second checkout, a plan kept to its period's end next to a new one), not only the one
+// access is decided on.
+Status GetUserAccess(const StateReader& state, std::string_view user_id, UserAccess* out,
+                     std::vector<UserSubscription>* every = nullptr);
 
 // Why a service is or is not available to a user. Reasons (stable, snake_case):
 //   "ok", "unknown_service", "no_subscription", "subscription_inactive", "unknown_plan",
