@@ -128,9 +128,8 @@ bool LoadCallerKeys(const ByokRouteContext& c, const Identity& identity, bool wi
   out->view = c.ledger->Snapshot();
   Status s;
   if (with_access) {
-    pj::UserAccess access;
-    s = pj::GetUserAccess(*out->view, identity.subject, &access);
-    out->byok_enabled = s.ok() && pj::ByokAllowed(access, c.clock->NowMicros() / 1'000'000);
+    s = pj::ByokAllowed(*out->view, identity.subject, c.clock->NowMicros() / 1'000'000,
+                        &out->byok_enabled);
   }
   if (s.ok()) s = pj::ListByokKeys(*out->view, identity.subject, &out->keys);
   if (!s.ok()) WriteStatusProblem(s, &res);
@@ -357,15 +356,19 @@ void TestKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Re
     }
     // A key kept from a plan that has lapsed or lost BYOK is listed, not used: testing it would
     // still call the provider from this server and append an event.
-    pj::UserAccess access;
-    s = pj::GetUserAccess(*view, identity.subject, &access);
+    bool allowed = false;
+    std::string ended;
+    s = pj::ByokAllowed(*view, identity.subject, c.clock->NowMicros() / 1'000'000, &allowed,
+                        &ended);
     if (!s.ok()) {
       WriteStatusProblem(s, &res);
       return;
     }
-    if (!pj::ByokAllowed(access, c.clock->NowMicros() / 1'000'000)) {
+    if (!allowed) {
       WriteProblem(403, "byok_not_in_plan",
-                   "testing a key needs an active plan with BYOK (Starter or above)", &res);
+                   "testing a key needs an active plan with BYOK (Starter or above)" +
+                       (ended.empty() ? std::string() : "; access ended: " + ended),
+                   &res);
       return;
     }
   }

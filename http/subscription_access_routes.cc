@@ -128,24 +128,9 @@ void WriteInvoice(JsonWriter* w, const std::optional<pj::InvoiceRecord>& invoice
   w->EndObject();
 }
 
-// What my-access (and admin user-access) says about a user.
-// Why a subscription that grants access by its status grants nothing now (the problem a consume
-// would answer 402 with, e.g. "trial_expired": a trial past its end, whatever Stripe's status
-// still says; an admin-granted trial never ends at Stripe; "subscription_required": past the
-// time it was canceled for, before Stripe's deletion arrived), or "" when it does grant access.
-Status AccessEnded(const pj::MeteringSubject& subject, const Clock* clock, std::string* ended) {
-  ended->clear();
-  if (subject.access.access == pj::AccessLevel::kNone) return Status::OK();
-  pj::UsageTerms terms;
-  const int64_t now_us = (clock != nullptr ? clock : SystemClock::Default())->NowMicros();
-  Status s = pj::ResolveConsumeTerms(subject, now_us / 1'000'000, &terms);
-  if (s.code() == Code::kPaymentRequired) {
-    *ended = s.problem();
-    return Status::OK();
-  }
-  return s;
-}
-
+// What my-access (and admin user-access) says about a user. `ended` is why the access its status
+// grants is over (projections/usage.h AccessEndedReason: the problem a consume would answer 402
+// with), or "" when it is not.
 std::string AccessJson(const pj::UserAccess& access, const pj::CurrentUsage& usage,
                        std::string_view ended) {
   const pj::UserSubscription& sub = access.subscription;
@@ -270,17 +255,15 @@ void WriteAccess(Ledger* ledger, const Clock* clock, std::string_view user_id,
   pj::MeteringSubject subject;
   Status s = pj::GetUserAccess(*view, user_id, &subject.access);
   pj::CurrentUsage usage;
-  std::string ended;
   if (s.ok()) {
     const int64_t now_us = (clock != nullptr ? clock : SystemClock::Default())->NowMicros();
     s = pj::GetCurrentUsage(*view, subject, user_id, now_us / 1'000'000, &usage);
   }
-  if (s.ok()) s = AccessEnded(subject, clock, &ended);
   if (!s.ok()) {
     WriteStatusProblem(s, &res);
     return;
   }
-  if (ended.empty() && pj::TrialCallsUsedUp(usage)) ended = "trial_exhausted";
+  const std::string ended = pj::AccessEndedReason(subject, usage);
   WriteJsonAt(200, AccessJson(subject.access, usage, ended), view->position(), &res);
 }
 
@@ -350,17 +333,12 @@ void CheckAccess(Ledger* ledger, const Clock* clock, const httplib::Request& req
   }
   pj::ServiceAccess decision = pj::CheckServiceAccess(access, service);
   // The terms a consume is held to: a gateway gating on this answer and metering through
-  // /usage/events would otherwise give an ended trial unlimited access.
+  // /usage/events would otherwise give an ended trial unlimited access. A trial whose calls are
+  // used up for good is refused as consume refuses it (402).
   std::string ended;
   if (decision.allowed) {
-    s = AccessEnded(subject, clock, &ended);
-    // A trial whose calls are used up for good is refused as consume refuses it (402).
-    pj::CurrentUsage usage;
-    if (s.ok() && ended.empty() && access.plan && pj::IsTrialPlan(*access.plan)) {
-      const int64_t now_us = (clock != nullptr ? clock : SystemClock::Default())->NowMicros();
-      s = pj::GetCurrentUsage(*view, subject, user_id, now_us / 1'000'000, &usage);
-      if (s.ok() && pj::TrialCallsUsedUp(usage)) ended = "trial_exhausted";
-    }
+    const int64_t now_us = (clock != nullptr ? clock : SystemClock::Default())->NowMicros();
+    s = pj::GetAccessEnded(*view, subject, user_id, now_us / 1'000'000, &ended);
     if (!s.ok()) {
       WriteStatusProblem(s, &res);
       return;

@@ -100,9 +100,21 @@ std::string ByokKeyHint(std::string_view api_key) {
   return std::string(api_key.substr(0, 3)) + "…" + std::string(api_key.substr(api_key.size() - 4));
 }
 
-bool ByokAllowed(const UserAccess& access, int64_t now_s) {
-  return access.access != AccessLevel::kNone && access.plan && access.plan->byok_enabled &&
-         !access.EndedAt(now_s);
+Status ByokAllowed(const StateReader& state, std::string_view user_id, int64_t now_s,
+                   bool* allowed, std::string* ended) {
+  *allowed = false;
+  if (ended != nullptr) ended->clear();
+  MeteringSubject subject;
+  LEDGER_RETURN_IF_ERROR(GetUserAccess(state, user_id, &subject.access));
+  const UserAccess& access = subject.access;
+  if (access.access == AccessLevel::kNone || !access.plan || !access.plan->byok_enabled) {
+    return Status::OK();
+  }
+  std::string why;
+  LEDGER_RETURN_IF_ERROR(GetAccessEnded(state, subject, user_id, now_s, &why));
+  *allowed = why.empty();
+  if (ended != nullptr) *ended = std::move(why);
+  return Status::OK();
 }
 
 // ---- the fold ------------------------------------------------------------------------------------
@@ -196,11 +208,14 @@ Status AddByokKey::Decide(const DecideContext& context, Decision* decision) {
       key_.encrypted_key.empty()) {
     return Status::Make(Code::kUnprocessable, "invalid_request", "malformed key");
   }
-  UserAccess access;
-  LEDGER_RETURN_IF_ERROR(GetUserAccess(*context.state, user_id_, &access));
-  if (!ByokAllowed(access, context.now_us / 1'000'000)) {
+  bool allowed = false;
+  std::string ended;
+  LEDGER_RETURN_IF_ERROR(
+      ByokAllowed(*context.state, user_id_, context.now_us / 1'000'000, &allowed, &ended));
+  if (!allowed) {
     return Status::Make(Code::kPermissionDenied, "byok_not_in_plan",
-                        "bringing your own key needs an active plan with BYOK (Starter or above)");
+                        "bringing your own key needs an active plan with BYOK (Starter or above)" +
+                            (ended.empty() ? std::string() : "; access ended: " + ended));
   }
   std::optional<std::string> replaced;
   ByokKeyRow current;

@@ -49,9 +49,13 @@ std::string ByokAssociatedData(std::string_view user_id, std::string_view provid
 // "sk-…wxyz": the first 3 and the last 4 characters (keys have at least kByokKeyBytesMin).
 std::string ByokKeyHint(std::string_view api_key);
 
-// Whether a user may add keys at `now_s`: access on a plan with byok_enabled, not past the
-// subscription's scheduled end (UserAccess::EndedAt).
-bool ByokAllowed(const UserAccess& access, int64_t now_s);
+// Whether a user may use BYOK at `now_s` (add and test keys; the providers' `available`): what
+// my-access says as byok_enabled -- access on a plan with byok_enabled whose access has not ended
+// (projections/usage.h GetAccessEnded: a trial past its end or with its calls used up, a
+// subscription past its scheduled end). `*ended` (may be null) gets that reason, "" when none.
+// Pure: `now_s` is the request's clock, or the command's time in a decider.
+Status ByokAllowed(const StateReader& state, std::string_view user_id, int64_t now_s,
+                   bool* allowed, std::string* ended = nullptr);
 
 struct ByokKeyRow {
   std::string provider;
@@ -82,7 +86,8 @@ Status GetByokKey(const StateReader& state, std::string_view user_id, std::strin
                   ByokKeyRow* out);
 
 // Adds (or replaces) the user's key for a provider. The caller validated the provider and sealed
-// the key. 403 "byok_not_in_plan" unless the user has access on a plan with byok_enabled. Body
+// the key. 403 "byok_not_in_plan" unless ByokAllowed at the command's time (a trial expired or
+// used up is refused so too, its reason in the detail). Body
 // (201): {"provider","key_id","label","hint","added_at","replaced_key_id"}.
 class AddByokKey final : public Command {
  public:

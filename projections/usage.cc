@@ -2076,6 +2076,32 @@ bool TrialCallsUsedUp(const CurrentUsage& usage) {
   return !day_used_up || terms.window.end_s >= terms.trial->end_s;
 }
 
+std::string AccessEndedReason(const MeteringSubject& subject, const CurrentUsage& usage) {
+  if (subject.access.access == AccessLevel::kNone) return "";
+  // ResolveConsumeTerms refuses with 402s only (access, a scheduled end, a trial's end).
+  if (!usage.error.ok()) return usage.error.problem();
+  return TrialCallsUsedUp(usage) ? "trial_exhausted" : "";
+}
+
+Status GetAccessEnded(const StateReader& state, const MeteringSubject& subject,
+                      std::string_view user_id, int64_t now_s, std::string* ended) {
+  ended->clear();
+  if (subject.access.access == AccessLevel::kNone) return Status::OK();
+  UsageTerms terms;
+  Status s = ResolveConsumeTerms(subject, now_s, &terms);
+  if (!s.ok()) {
+    if (s.code() != Code::kPaymentRequired) return s;
+    *ended = s.problem();
+    return Status::OK();
+  }
+  // Only a trial's calls are used up for good: no counter to read for other plans.
+  if (!terms.trial) return Status::OK();
+  CurrentUsage usage;
+  LEDGER_RETURN_IF_ERROR(GetCurrentUsage(state, subject, user_id, now_s, &usage));
+  *ended = AccessEndedReason(subject, usage);
+  return Status::OK();
+}
+
 Status GetCurrentUsage(const StateReader& state, const MeteringSubject& subject,
                        std::string_view user_id, int64_t now_s, CurrentUsage* out) {
   *out = CurrentUsage();

@@ -441,4 +441,18 @@ bool TrialCallsUsedUp(const CurrentUsage& usage);
 // trial expiry, not for the service or the quota). Exposed for tests and my-access.
 Status ResolveConsumeTerms(const MeteringSubject& subject, int64_t now_s, UsageTerms* out);
 
+// Why the access a user's status grants is over at `now_s` -- what my-access says as
+// access_ended and a consume refuses with 402: "trial_expired" (a trial past its end, whatever
+// Stripe's status still says; an admin's trial never ends at Stripe), "subscription_required"
+// (past the time it was canceled for, before Stripe's deletion arrived), "trial_exhausted"
+// (TrialCallsUsedUp) -- or "" when it is not over, or when the status grants no access at all.
+// One decision for my-access, check-access and BYOK (ByokAllowed): BYOK checked only the status
+// and the plan, so an expired or used-up trial on a plan with byok_enabled kept adding keys and
+// calling providers while my-access said byok_enabled false. Pure: `now_s` is the caller's (a
+// command's time in a decider). From `usage`, GetCurrentUsage of `subject` at that time:
+std::string AccessEndedReason(const MeteringSubject& subject, const CurrentUsage& usage);
+// The same, reading the counters it needs from `state` (none unless the plan is a trial).
+Status GetAccessEnded(const StateReader& state, const MeteringSubject& subject,
+                      std::string_view user_id, int64_t now_s, std::string* ended);
+
 }  // namespace ledger::projections

@@ -21,7 +21,9 @@
 #include "http/routes.h"
 #include "http/secret_box.h"
 #include "projections/byok.h"
+#include "projections/plan_catalog.h"
 #include "projections/registry.h"
+#include "projections/usage.h"
 #include "tests/support/billing_fixtures.h"
 #include "tests/support/http_client.h"
 #include "tests/support/http_stack.h"
@@ -166,7 +168,9 @@ class ByokRoutesTest : public ::testing::Test {
 
   TestHttpClient As(const std::string& user) {
     TestHttpClient client("127.0.0.1", stack_->port());
-    client.set_bearer(ledger::testing::MintHs256(TokenClaims::User(user, kNow),
+    // Minted at the clock's time: a test that moves the clock days ahead still signs in.
+    const int64_t now_s = clock_.NowMicros() / kUs;
+    client.set_bearer(ledger::testing::MintHs256(TokenClaims::User(user, now_s),
                                                  ledger::testing::kTestHs256Secret));
     return client;
   }
@@ -469,6 +473,50 @@ TEST_F(ByokRoutesTest, NoKeyIsAddedPastTheEndOfAPlanCanceledAtItsPeriodsEnd) {
   ExpectProblem(Add("alice", "anthropic", kAnthropicKey), 403, "byok_not_in_plan");
   EXPECT_EQ(Head(), head);
   EXPECT_FALSE(As("alice").Get("/api/v1/byok/stats").Json()["byok_enabled"].GetBool());
+}
+
+// BYOK follows my-access's decision (projections/usage.h GetAccessEnded): on a trial plan an
+// admin gave byok_enabled, a trial past its end (trial_expired) or with its calls used up
+// (trial_exhausted) adds and tests no key and shows BYOK disabled, though Stripe's status still
+// says trialing. Before, only the status and the plan were checked: an add 8 days into a 7-day
+// trial was 201 and the test called the provider.
+TEST_F(ByokRoutesTest, AnEndedOrUsedUpTrialHasNoByokThoughItsPlanHasIt) {
+  pj::PlanInput input;
+  ASSERT_TRUE(pj::ParsePlanInput(R"({"byok_enabled":true})", "trial", &input).ok());
+  pj::UpdatePlan update(input, pj::Actor::System("test"));
+  ASSERT_TRUE(ledger_->Submit(&update).status.ok());
+  // tara's 7-day trial is aligned on UTC days: today is its last.
+  const int64_t today = kNow - kNow % 86400;
+  ledger::testing::TestSubscription tara = OnPlan("tara", "trial", "trialing");
+  tara.period_start = today - 6 * 86400;
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), tara).ok());
+  provider_.Accept(kOpenAiKey);
+  ASSERT_EQ(Add("tina", "openai", kOpenAiKey).status, 201);
+  ASSERT_EQ(Add("tara", "openai", kOpenAiKey).status, 201);
+  EXPECT_EQ(As("tina").Get("/api/v1/byok/providers").Header("X-Byok-Enabled"), "true");
+
+  auto expect_no_byok = [&](const std::string& user, const std::string& ended) {
+    HttpReply added = Add(user, "anthropic", kAnthropicKey);
+    ExpectProblem(added, 403, "byok_not_in_plan");
+    EXPECT_NE(added.body.find("access ended: " + ended), std::string::npos) << added.body;
+    ExpectProblem(As(user).Post("/api/v1/byok/keys/test/openai", ""), 403, "byok_not_in_plan");
+    HttpReply providers = As(user).Get("/api/v1/byok/providers");
+    EXPECT_EQ(providers.Header("X-Byok-Enabled"), "false") << user;
+    rapidjson::Document doc = providers.Json();
+    for (const auto& p : doc.GetArray()) EXPECT_FALSE(p["available"].GetBool());
+    EXPECT_FALSE(As(user).Get("/api/v1/byok/stats").Json()["byok_enabled"].GetBool()) << user;
+  };
+  // tara uses up her last day's 100 calls: the trial's calls are used up for good.
+  pj::ConsumeUsage consume(pj::ConsumeRequest{"tara", "chat", 100, "tara-last-day", ""}, nullptr);
+  Status consumed = ledger_->Submit(&consume).status;
+  ASSERT_TRUE(consumed.ok()) << consumed.ToString();
+  const uint64_t head = Head();
+  expect_no_byok("tara", "trial_exhausted");
+  // tina is 8 days into her 7-day trial.
+  clock_.Advance(8 * 86400 * kUs);
+  expect_no_byok("tina", "trial_expired");
+  EXPECT_EQ(provider_.calls(), 0);
+  EXPECT_EQ(Head(), head);
 }
 
 // The events' user_id is a user id (schemas/events/byok.*: at most 255 bytes): a token whose
