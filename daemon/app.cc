@@ -301,7 +301,7 @@ Status App::Impl::LoadByokKey() {
                             config_.master_key_file_given, &key, &found));
   if (!found) {
     spdlog::warn("byok: no key-encryption key at {} (LEDGER_MASTER_KEY_FILE); adding and testing "
-                 "BYOK keys answers 503 until one is configured",
+                 "BYOK keys answers 503 and BYOK shows as not available until one is configured",
                  config_.master_key_file);
     return Status::OK();
   }

@@ -2,7 +2,9 @@
 // invisible and a DELETE of them is 404):
 //   GET    /api/v1/byok/providers          [{"id","display_name","key_prefix","configured",
 //                                          "available"}] (a bare list, as the seed's; header
-//                                          X-Byok-Enabled)
+//                                          X-Byok-Enabled; available means keys can be added and
+//                                          tested now: BYOK in the caller's access and a
+//                                          key-encryption key configured)
 //   GET    /api/v1/byok/keys               [{"provider","key_id","label","hint","added_at",
 //                                          "last_tested_at","last_test_result"}] (a bare list)
 //   POST   /api/v1/byok/keys/add           {"provider","api_key","label"?} -> 201 (the key is
@@ -116,8 +118,10 @@ bool RequireBox(const ByokRouteContext& c, httplib::Response& res) {
   return false;
 }
 
-// What the caller's BYOK answers start from: one snapshot, whether the caller's plan allows BYOK
-// (only when `with_access`), and the caller's keys. False after writing a problem.
+// What the caller's BYOK answers start from: one snapshot, whether the caller may use BYOK now
+// (only when `with_access`), and the caller's keys. False after writing a problem. Without a
+// key-encryption key nobody may: every add and test is 503 byok_not_configured, and a UI reading
+// available / X-Byok-Enabled / byok_enabled true offered "Add key" only for it to fail.
 struct CallerKeys {
   std::unique_ptr<ReadView> view;
   bool byok_enabled = false;
@@ -127,7 +131,7 @@ bool LoadCallerKeys(const ByokRouteContext& c, const Identity& identity, bool wi
                     CallerKeys* out, httplib::Response& res) {
   out->view = c.ledger->Snapshot();
   Status s;
-  if (with_access) {
+  if (with_access && c.box != nullptr) {
     s = pj::ByokAllowed(*out->view, identity.subject, c.clock->NowMicros() / 1'000'000,
                         &out->byok_enabled);
   }
@@ -140,7 +144,7 @@ void Providers(const ByokRouteContext& c, const httplib::Request&, httplib::Resp
                const Identity& identity) {
   CallerKeys caller;
   if (!RequireLedger(c.ledger, res) || !LoadCallerKeys(c, identity, true, &caller, res)) return;
-  // A bare list, as the seed's List[ProviderInfo]; whether the caller's plan allows BYOK is each
+  // A bare list, as the seed's List[ProviderInfo]; whether the caller may use BYOK now is each
   // provider's `available` (and the X-Byok-Enabled header).
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);

@@ -430,11 +430,21 @@ TEST_F(ByokRoutesTest, BadInputAndPlansWithoutByokAppendNothing) {
   HttpReply refused = Add("alice", "openai", "pk-secret-looking-value-123456");
   EXPECT_EQ(refused.body.find("pk-secret-looking-value-123456"), std::string::npos) << refused.body;
 
-  // Without a key-encryption key nothing is sealed or opened.
+  // Without a key-encryption key nothing is sealed or opened, and BYOK is not shown as enabled
+  // (a UI offered "Add key" on alice's Starter plan for every add to be 503).
   Start(nullptr);
   ExpectProblem(Add("alice", "openai", kOpenAiKey), 503, "byok_not_configured");
   ExpectProblem(As("alice").Post("/api/v1/byok/keys/test/openai", ""), 503, "byok_not_configured");
   EXPECT_EQ(As("alice").Get("/api/v1/byok/keys").status, 200);
+  HttpReply providers = As("alice").Get("/api/v1/byok/providers");
+  ASSERT_EQ(providers.status, 200) << providers.body;
+  EXPECT_EQ(providers.Header("X-Byok-Enabled"), "false");
+  rapidjson::Document doc = providers.Json();
+  ASSERT_TRUE(doc.IsArray() && doc.Size() > 0) << providers.body;
+  for (const auto& p : doc.GetArray()) EXPECT_FALSE(p["available"].GetBool()) << providers.body;
+  HttpReply stats = As("alice").Get("/api/v1/byok/stats");
+  ASSERT_EQ(stats.status, 200) << stats.body;
+  EXPECT_FALSE(stats.Json()["byok_enabled"].GetBool()) << stats.body;
   EXPECT_EQ(Head(), head);
 }
 
