@@ -11,6 +11,8 @@
 //                                          sealed here, before the command: only the sealed form
 //                                          reaches the writer, the log and Kafka)
 //   DELETE /api/v1/byok/keys/{provider}    200 {"provider","key_id","removed":true}; 404
+//                                          (adds and removals: 429 rate_limited past a user's
+//                                          budget of key changes, kKeyChangeBurst)
 //   POST   /api/v1/byok/keys/test/{provider}  opens the key, asks the provider (byok_providers.h),
 //                                          records byok.key_tested.v1; 200 {"result","valid",...}
 //   GET    /api/v1/byok/stats              {"byok_enabled","providers_available","keys_configured",
@@ -23,6 +25,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 
 #include <rapidjson/stringbuffer.h>
@@ -57,38 +60,65 @@ constexpr char kTestName[] = "/api/v1/byok/keys/test/{provider}";
 constexpr char kStatsPath[] = "/api/v1/byok/stats";
 constexpr size_t kAddBodyBytesMax = 4 * 1024;
 
-// Key tests per user. Each asks the provider from this server and appends an event, so a user
-// looping on it -- or on add-then-test with keys from elsewhere: a key checker -- would grow the
-// log for ever and get the server's address throttled by the providers for every user. A token
-// bucket per user (GCRA): a burst of kKeyTestBurst (every provider at once), then one per
-// kKeyTestIntervalUs. In memory: a restart fills every bucket. A user whose bucket is full again
-// is forgotten, so only recent testers are held (at most kKeyTestUsersMax; beyond, a new one
-// waits as if empty).
+// Requests per user, as a token bucket per user (GCRA): a burst of `burst`, then one per
+// `interval_us`. In memory: a restart fills every bucket. A user whose bucket is full again is
+// forgotten, so only recent users are held (at most kLimitedUsersMax; beyond, a new one waits as
+// if empty).
+//
+// Key tests: each asks the provider from this server and appends an event, so a user looping on
+// it -- or on add-then-test with keys from elsewhere: a key checker -- would grow the log for ever
+// and get the server's address throttled by the providers for every user. A burst of 5 (every
+// provider at once), then one per 12 s.
+//
+// Key changes (adds and removals, one bucket): each appends a permanent event that Kafka carries
+// too (an add ~1.2 KB), and adding again for a provider or removing and adding again succeeds
+// every time, so a loop filled the disk. A burst of 10 (every provider, with a typo or two), then
+// one per 20 s: at most ~4,300 changes, ~5 MB of log, per user a day.
 constexpr int64_t kKeyTestBurst = 5;
 constexpr int64_t kKeyTestIntervalUs = 12'000'000;
-constexpr size_t kKeyTestUsersMax = 100'000;
+constexpr int64_t kKeyChangeBurst = 10;
+constexpr int64_t kKeyChangeIntervalUs = 20'000'000;
+constexpr size_t kLimitedUsersMax = 100'000;
 
-class KeyTestLimiter {
+class UserLimiter {
  public:
-  // 0 when `user` may test a key now (and the test is counted), else the microseconds to wait.
+  UserLimiter(int64_t burst, int64_t interval_us) : burst_(burst), interval_us_(interval_us) {}
+
+  // 0 when `user` may go on now (and is counted), else the microseconds to wait.
   int64_t Take(const std::string& user, int64_t now_us) {
-    constexpr int64_t kTolerance = (kKeyTestBurst - 1) * kKeyTestIntervalUs;
+    const int64_t tolerance = (burst_ - 1) * interval_us_;
     std::lock_guard<std::mutex> lock(mu_);
     auto it = due_us_.find(user);
     if (it == due_us_.end()) {
-      if (due_us_.size() >= kKeyTestUsersMax) {
+      if (due_us_.size() >= kLimitedUsersMax) {
         std::erase_if(due_us_, [now_us](const auto& entry) { return entry.second <= now_us; });
-        if (due_us_.size() >= kKeyTestUsersMax) return kKeyTestIntervalUs;
+        if (due_us_.size() >= kLimitedUsersMax) return interval_us_;
       }
       it = due_us_.emplace(user, now_us).first;
     }
     const int64_t due = std::max(it->second, now_us);
-    if (due - now_us > kTolerance) return due - now_us - kTolerance;
-    it->second = due + kKeyTestIntervalUs;
+    if (due - now_us > tolerance) return due - now_us - tolerance;
+    it->second = due + interval_us_;
     return 0;
   }
 
+  // Take(), or false after a 429 rate_limited with Retry-After naming the limit on `what`.
+  bool TakeOrRefuse(const std::string& user, int64_t now_us, std::string_view what,
+                    httplib::Response& res) {
+    const int64_t wait_us = Take(user, now_us);
+    if (wait_us == 0) return true;
+    WriteProblem(429, "rate_limited",
+                 std::string(what) + " at most " + std::to_string(burst_) +
+                     " at once, then one every " + std::to_string(interval_us_ / 1'000'000) +
+                     " s; retry later",
+                 &res);
+    res.set_header("Retry-After", std::to_string((wait_us + 999'999) / 1'000'000));
+    return false;
+  }
+
  private:
+  const int64_t burst_;
+  const int64_t interval_us_;
   std::mutex mu_;
   // When each user's bucket is full again (GCRA's theoretical arrival time).
   std::unordered_map<std::string, int64_t> due_us_;  // guarded by mu_
@@ -100,7 +130,10 @@ struct ByokRouteContext {
   const Clock* clock = nullptr;
   std::map<std::string, std::string> base_urls;
   int timeout_ms = 5000;
-  std::unique_ptr<KeyTestLimiter> limiter = std::make_unique<KeyTestLimiter>();
+  std::unique_ptr<UserLimiter> test_limiter =
+      std::make_unique<UserLimiter>(kKeyTestBurst, kKeyTestIntervalUs);
+  std::unique_ptr<UserLimiter> change_limiter =
+      std::make_unique<UserLimiter>(kKeyChangeBurst, kKeyChangeIntervalUs);
 };
 
 void OptTimeUs(JsonWriter* w, const std::optional<int64_t>& t_us) {
@@ -323,6 +356,13 @@ void AddKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Res
     command.request_hash = c.box->Digest(request);
     WipeSecret(&request);
   }
+  // A retry of a recorded add is answered from its record before the limiter: it appends nothing,
+  // so it spends nothing and is not refused.
+  if (AnswerStoredRetry(c.ledger, command, &res)) return;
+  if (!c.change_limiter->TakeOrRefuse(identity.subject, c.clock->NowMicros(),
+                                      "keys are added or removed", res)) {
+    return;
+  }
   WriteCommandResult(c.ledger->Submit(&command), &res);
 }
 
@@ -336,6 +376,12 @@ void RemoveKey(const ByokRouteContext& c, const httplib::Request& req, httplib::
   }
   pj::RemoveByokKey command(identity.subject, provider);
   if (!ApplyIdempotencyKey(req, kKeyName, identity, &command, &res)) return;
+  // Removing and adding again is a loop of changes as adding again is: one bucket for both.
+  if (AnswerStoredRetry(c.ledger, command, &res)) return;
+  if (!c.change_limiter->TakeOrRefuse(identity.subject, c.clock->NowMicros(),
+                                      "keys are added or removed", res)) {
+    return;
+  }
   WriteCommandResult(c.ledger->Submit(&command), &res);
 }
 
@@ -376,13 +422,8 @@ void TestKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Re
       return;
     }
   }
-  if (const int64_t wait_us = c.limiter->Take(identity.subject, c.clock->NowMicros())) {
-    WriteProblem(429, "rate_limited",
-                 "keys are tested at most " + std::to_string(kKeyTestBurst) +
-                     " at once, then one every " + std::to_string(kKeyTestIntervalUs / 1'000'000) +
-                     " s; retry later",
-                 &res);
-    res.set_header("Retry-After", std::to_string((wait_us + 999'999) / 1'000'000));
+  if (!c.test_limiter->TakeOrRefuse(identity.subject, c.clock->NowMicros(),
+                                    "keys are tested", res)) {
     return;
   }
   if (key.kek_id != c.box->key_id()) {

@@ -399,6 +399,56 @@ TEST_F(ByokRoutesTest, KeyTestsAreRateLimitedPerUser) {
   }
 }
 
+// Each add and removal appends a permanent event (an add ~1.2 KB, on Kafka too) and both succeed
+// as often as they are asked: a loop filled the disk. A user gets a burst of ten key changes, then
+// one every 20 s (429 rate_limited with Retry-After; nothing appended). A retry of a recorded add
+// or removal with its Idempotency-Key is answered from its record and spends nothing; another
+// user has a bucket of their own.
+TEST_F(ByokRoutesTest, KeyChangesAreRateLimitedPerUser) {
+  const std::string body = "{\"provider\":\"openai\",\"api_key\":" + JsonQuote(kOpenAiKey) + "}";
+  auto add = [&](const std::string& key) {
+    return As("alice").Post("/api/v1/byok/keys/add", body, {{"Idempotency-Key", key}});
+  };
+  const uint64_t start = Head();
+  HttpReply first = add("a0");
+  ASSERT_EQ(first.status, 201) << first.body;
+  int added = 1, refused = 0;
+  for (int i = 1; i < 40; ++i) {
+    HttpReply r = add("a" + std::to_string(i));
+    if (r.status == 201) {
+      ++added;
+    } else {
+      ExpectProblem(r, 429, "rate_limited");
+      EXPECT_EQ(r.Header("Retry-After"), "20") << i;
+      ++refused;
+    }
+  }
+  EXPECT_EQ(added, 10);
+  EXPECT_EQ(refused, 30);
+  EXPECT_EQ(Head(), start + 10);
+  // Removing is a change too: refused, the key stays.
+  ExpectProblem(As("alice").Delete("/api/v1/byok/keys/openai"), 429, "rate_limited");
+  // A retry of a recorded add: its record, as before, neither refused nor counted.
+  HttpReply again = add("a0");
+  EXPECT_EQ(again.status, 201) << again.body;
+  EXPECT_EQ(again.body, first.body);
+  EXPECT_EQ(again.Header("Idempotent-Replayed"), "true");
+  EXPECT_EQ(Head(), start + 10);
+  ASSERT_EQ(Add("bob", "openai", kOpenAiKey).status, 201);
+  clock_.Advance(19 * kUs);
+  ExpectProblem(add("late"), 429, "rate_limited");
+  clock_.Advance(1 * kUs);
+  HttpReply removed = As("alice").Delete("/api/v1/byok/keys/openai", {{"Idempotency-Key", "r1"}});
+  ASSERT_EQ(removed.status, 200) << removed.body;
+  ExpectProblem(add("late"), 429, "rate_limited");
+  HttpReply removed_again =
+      As("alice").Delete("/api/v1/byok/keys/openai", {{"Idempotency-Key", "r1"}});
+  EXPECT_EQ(removed_again.status, 200) << removed_again.body;
+  EXPECT_EQ(removed_again.body, removed.body);
+  clock_.Advance(200 * kUs);  // a full bucket again
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(add("b" + std::to_string(i)).status, 201) << i;
+}
+
 TEST_F(ByokRoutesTest, BadInputAndPlansWithoutByokAppendNothing) {
   const uint64_t head = Head();
   ExpectProblem(Add("tina", "openai", kOpenAiKey), 403, "byok_not_in_plan");
