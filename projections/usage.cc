@@ -2071,9 +2071,14 @@ Status UsageWindowReset::Decide(const DecideContext& context, Decision* decision
 
 bool TrialCallsUsedUp(const CurrentUsage& usage) {
   const UsageTerms& terms = usage.terms;
-  if (!usage.error.ok() || !terms.trial || !usage.remaining || *usage.remaining > 0) return false;
+  if (!usage.error.ok() || !terms.trial) return false;
+  // The cap first, as consume checks it: a trial starting at 15:00 UTC touches 8 UTC days, and
+  // 100 calls in each of the first 7 use up its 700 on a day that also used its 100 but is not
+  // the last -- consume answered 402 trial_exhausted while check-access said ok (the day's
+  // quota alone, used up before the last day, was taken for a 429 that cures itself).
+  if (usage.trial_remaining && *usage.trial_remaining == 0) return true;
   const bool day_used_up = terms.limit && usage.used >= *terms.limit;
-  return !day_used_up || terms.window.end_s >= terms.trial->end_s;
+  return day_used_up && terms.window.end_s >= terms.trial->end_s;
 }
 
 std::string AccessEndedReason(const MeteringSubject& subject, const CurrentUsage& usage) {
@@ -2138,6 +2143,7 @@ Status GetCurrentUsage(const StateReader& state, const MeteringSubject& subject,
                                         out->terms.trial->start_s, out->terms.trial->end_s,
                                         &trial_used));
     const int64_t trial_left = std::max<int64_t>(0, *out->terms.trial_limit - trial_used);
+    out->trial_remaining = trial_left;
     out->remaining = std::min(out->remaining.value_or(trial_left), trial_left);
   }
   return Status::OK();

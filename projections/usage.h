@@ -427,14 +427,17 @@ struct CurrentUsage {
   int64_t used = 0;                  // in terms.window
   std::optional<int64_t> remaining;  // calls a consume could still take now (trial cap included);
                                      // nullopt = unlimited / no plan
+  std::optional<int64_t> trial_remaining;  // what is left of a trial's whole cap (limit ×
+                                           // trial_days); nullopt when there is no cap
   std::map<std::string, int64_t, std::less<>> services;
 };
 Status GetCurrentUsage(const StateReader& state, const MeteringSubject& subject,
                        std::string_view user_id, int64_t now_s, CurrentUsage* out);
 
-// Whether a trial's calls are used up for good -- its whole cap, or its last day's: what a
-// consume of one call answers 402 "trial_exhausted" for (a day's quota used up before the last
-// day is a 429 that cures itself, not this). For check-access and my-access.
+// Whether a trial's calls are used up for good -- its whole cap (whatever the day), or its last
+// day's: what a consume of one call answers 402 "trial_exhausted" for, in consume's order (the
+// cap first). A day's quota used up before the last day, with calls of the cap left, is a 429
+// that cures itself, not this. The one predicate of check-access, my-access and the summary.
 bool TrialCallsUsedUp(const CurrentUsage& usage);
 
 // The terms a consume would be checked against (the errors ConsumeUsage answers for access and

@@ -587,6 +587,41 @@ TEST_F(UsageRoutesTest, TrialWindowRollsOverAtUtcMidnightAndExpiresAfterSevenDay
   EXPECT_TRUE(r.Json()["quota"].IsNull()) << r.body;
 }
 
+// A trial that starts at 15:06 UTC touches 8 UTC days: 100 calls in each of the first 7 use up
+// its 700 on a day that also used its 100 but is not the last. Consume answers 402
+// trial_exhausted (the cap is checked first); check-access, my-access and the summary said ok,
+// has_access true (they took the day's used-up quota for a 429 that cures at midnight).
+TEST_F(UsageRoutesTest, ATrialCapUsedUpBeforeTheLastDayEndsAccessEverywhere) {
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("t7", "trial", "trialing"))
+                  .ok());
+  const int64_t first_midnight = pj::UtcDayStart(kStripeT0) + kDay;
+  for (int day = 0; day < 7; ++day) {
+    if (day > 0) clock_.Set((first_midnight + (day - 1) * kDay) * kUs);
+    ASSERT_EQ(Consume("t7", "chat", "d" + std::to_string(day), 100).status, 200) << day;
+  }
+  ASSERT_LT(pj::UtcDayStart(NowSeconds()) + kDay, kStripeT0 + 7 * kDay);  // not the last day
+  ExpectProblem(Consume("t7", "chat", "over"), 402, "trial_exhausted");
+  HttpReply r = Client(Token("t7")).Post("/api/v1/subscriptions/check-access/chat", "");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_FALSE(r.Json()["allowed"].GetBool()) << r.body;
+  EXPECT_STREQ(r.Json()["reason"].GetString(), "trial_exhausted");
+  r = Client(Token("t7")).Get("/api/v1/subscriptions/my-access");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_FALSE(r.Json()["has_access"].GetBool()) << r.body;
+  ASSERT_TRUE(r.Json()["access_ended"].IsString()) << r.body;
+  EXPECT_STREQ(r.Json()["access_ended"].GetString(), "trial_exhausted");
+  r = Client(Token("t7")).Get(kSummary);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_FALSE(r.Json()["has_access"].GetBool()) << r.body;
+  ASSERT_TRUE(r.Json()["reason"].IsString()) << r.body;
+  EXPECT_STREQ(r.Json()["reason"].GetString(), "trial_exhausted");
+  // The last day's window changes nothing: its 100 calls are not left (the cap is used up).
+  clock_.Set((first_midnight + 6 * kDay) * kUs);
+  ExpectProblem(Consume("t7", "chat", "last-day"), 402, "trial_exhausted");
+  r = Client(Token("t7")).Post("/api/v1/subscriptions/check-access/chat", "");
+  EXPECT_STREQ(r.Json()["reason"].GetString(), "trial_exhausted") << r.body;
+}
+
 TEST_F(UsageRoutesTest, MonthlyWindowRollsOverAtTheBillingPeriod) {
   ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
   ASSERT_EQ(Consume("u1", "chat", "a", 10).status, 200);
