@@ -6,6 +6,7 @@
 // event, so projections never disagree with the log, and `ledgerctl replay` gives identical rows.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <string_view>
@@ -62,6 +63,13 @@ class Fold {
   virtual ~Fold() = default;
   // The fold's name; also the name of its column family. Lowercase, stable.
   virtual std::string_view Name() const = 0;
+  // The version of Apply's logic, from 1. Raise it with any change that makes Apply write other
+  // rows for the same log (a key's layout, a row added, kept or dropped, a value's encoding):
+  // rows written by the previous logic stay in the store otherwise (a usage counter under its old
+  // key, a row the new logic never writes), and the live rows differ from `ledgerctl replay`'s.
+  // The store records the version next to the fold's checkpoint; at open, a fold whose recorded
+  // version differs (or is missing) has its rows deleted and is rebuilt from position 1.
+  virtual uint32_t Version() const = 0;
   // Applies one event. Events of types the fold does not know are ignored (return OK).
   // An error here means the event is malformed for this fold; the command that produced it fails.
   virtual Status Apply(const Event& event, const StateReader& state, RowWriter* rows) const = 0;

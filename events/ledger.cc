@@ -50,6 +50,8 @@ constexpr char kCheckpointsFamily[] = "checkpoints";
 constexpr char kMetaFamily[] = "meta";
 constexpr char kHeadKey[] = "head";
 constexpr char kFoldCheckpointPrefix[] = "fold.";
+// The Fold::Version() that wrote a fold's rows, beside its checkpoint (u32 BE).
+constexpr char kFoldVersionPrefix[] = "fold_version.";
 // How long the sync thread waits at most for admitted commands to be written before it syncs.
 constexpr auto kSyncCoalesceMax = std::chrono::microseconds(300);
 // Decided groups waiting for the write thread, at most (each holds its rows in memory, and the
@@ -57,6 +59,8 @@ constexpr auto kSyncCoalesceMax = std::chrono::microseconds(300);
 constexpr size_t kWriteQueueGroupsMax = 2;
 // Events applied per batch when a fold catches up at open.
 constexpr size_t kCatchUpBatchEvents = 1000;
+// A fold catching up at open says how far it is at most this often (a rebuild of a long log).
+constexpr auto kCatchUpProgressInterval = std::chrono::seconds(10);
 
 std::string_view ToView(const rocksdb::Slice& s) { return std::string_view(s.data(), s.size()); }
 rocksdb::Slice ToSlice(std::string_view s) { return rocksdb::Slice(s.data(), s.size()); }
@@ -632,6 +636,7 @@ class LedgerImpl final : public Ledger {
   Status MoveEventsToUniversalLayout();
   Status LoadHead();
   Status CatchUpFolds();
+  Status DeleteStaleFoldRows(const Fold* fold, const uint32_t* recorded_version);
   void Start();  // the writer's three threads (not for read-only ledgers)
   // The state readers see until the first group is published.
   void PublishOpenState() {
@@ -656,6 +661,7 @@ class LedgerImpl final : public Ledger {
                  const std::function<bool(Position, std::string_view)>& fn) const override;
   Status GetCheckpoint(std::string_view name, Position* out) const override;
   Status PutCheckpoint(std::string_view name, Position position, bool sync) override;
+  Status GetFoldVersion(std::string_view fold, uint32_t* out) const override;
   Status ProjectionDigest(Hash* out) const override;
   Status ImportEvents(const std::vector<Event>& events) override;
   Status Flush() override;
@@ -1132,16 +1138,75 @@ Status LedgerImpl::LoadHead() {
   return Status::OK();
 }
 
+// A fold whose rows were written by other logic than its code's (its recorded Fold::Version()
+// differs, or the store predates fold versions) is rebuilt: DeleteStaleFoldRows() deletes its
+// rows and resets its checkpoint to 0, the catch-up below folds the whole log, and only then is
+// the code's version recorded. The delete, the reset and the removal of the old version are one
+// WriteBatch, and every catch-up batch carries its rows with the checkpoint, so a crash anywhere
+// in between leaves a fold with no recorded version: the next open rebuilds it again from the
+// start, whatever binary opens it (a rollback to the previous version after a crash mid-rebuild
+// must not resume the new logic's rows as its own). An unchanged fold costs one Get.
+Status LedgerImpl::DeleteStaleFoldRows(const Fold* fold, const uint32_t* recorded_version) {
+  const std::string checkpoint_name = kFoldCheckpointPrefix + std::string(fold->Name());
+  Position checkpoint;
+  LEDGER_RETURN_IF_ERROR(GetCheckpoint(checkpoint_name, &checkpoint));
+  rocksdb::ColumnFamilyHandle* family = Family(fold->Name());
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), family));
+  it->SeekToFirst();
+  LEDGER_RETURN_IF_ERROR(FromRocks(it->status()));
+  // A new fold (no rows, no checkpoint, no version): the catch-up folds it from the start anyway.
+  if (!it->Valid() && checkpoint.value() == 0 && recorded_version == nullptr) return Status::OK();
+  if (recorded_version != nullptr) {
+    spdlog::warn("projection {}: its rows were written by version {} of the fold, this build's is "
+                 "{}: deleting them and rebuilding it from the start of the log ({} events)",
+                 fold->Name(), *recorded_version, fold->Version(), head_.value());
+  } else {
+    spdlog::warn("projection {}: no fold version is recorded for its rows (written before fold "
+                 "versions, or a rebuild was interrupted): deleting them and rebuilding version "
+                 "{} from the start of the log ({} events)",
+                 fold->Name(), fold->Version(), head_.value());
+  }
+  rocksdb::WriteBatch batch;
+  if (it->Valid()) {
+    const std::string first(ToView(it->key()));
+    it->SeekToLast();
+    LEDGER_RETURN_IF_ERROR(FromRocks(it->status()));
+    // [first, last + 0x00): key + 0x00 is the least key after `last`, so every row goes.
+    std::string end(ToView(it->key()));
+    end.push_back('\0');
+    LEDGER_RETURN_IF_ERROR(FromRocks(batch.DeleteRange(family, first, end)));
+  }
+  std::string zero;
+  PutFixed64BE(&zero, 0);
+  LEDGER_RETURN_IF_ERROR(FromRocks(batch.Put(Family(kCheckpointsFamily), checkpoint_name, zero)));
+  LEDGER_RETURN_IF_ERROR(FromRocks(
+      batch.Delete(Family(kCheckpointsFamily), kFoldVersionPrefix + std::string(fold->Name()))));
+  rocksdb::WriteOptions write_options;
+  write_options.sync = options_.sync;
+  return FromRocks(db_->Write(write_options, &batch));
+}
+
 // The projection runner for folds that are behind the log (a fold added to an existing data
-// directory): applies the missing events in batches, each with the fold's checkpoint.
+// directory, or one being rebuilt): applies the missing events in batches, each with the fold's
+// checkpoint.
 Status LedgerImpl::CatchUpFolds() {
   for (const Fold* fold : options_.folds) {
     std::string checkpoint_name = kFoldCheckpointPrefix + std::string(fold->Name());
+    uint32_t recorded = 0;
+    const Status version_status = GetFoldVersion(fold->Name(), &recorded);
+    if (!version_status.ok() && !version_status.IsNotFound()) return version_status;
+    const bool current = version_status.ok() && recorded == fold->Version();
+    if (!current) {
+      LEDGER_RETURN_IF_ERROR(DeleteStaleFoldRows(fold, version_status.ok() ? &recorded : nullptr));
+    }
     Position from;
     LEDGER_RETURN_IF_ERROR(GetCheckpoint(checkpoint_name, &from));
-    if (from >= head_) continue;
-    spdlog::info("projection {} catching up from position {} to {}", fold->Name(), from.value(),
-                 head_.value());
+    if (from < head_) {
+      spdlog::info("projection {} catching up from position {} to {}", fold->Name(),
+                   from.value(), head_.value());
+    }
+    const auto start = std::chrono::steady_clock::now();
+    auto reported = start;
     Position next = Next(from);
     while (next <= head_) {
       GroupRows rows;
@@ -1166,6 +1231,27 @@ Status LedgerImpl::CatchUpFolds() {
       write_options.sync = options_.sync;
       LEDGER_RETURN_IF_ERROR(FromRocks(db_->Write(write_options, &batch)));
       next = Next(last);
+      const auto now = std::chrono::steady_clock::now();
+      if (now - reported >= kCatchUpProgressInterval && next <= head_) {
+        spdlog::info("projection {} caught up to position {} of {}", fold->Name(), last.value(),
+                     head_.value());
+        reported = now;
+      }
+    }
+    if (from < head_) {
+      spdlog::info("projection {} caught up to position {} ({:.1f} s)", fold->Name(),
+                   head_.value(),
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
+    if (!current) {
+      // Only now: until here a crash leaves no version, and the next open starts over.
+      std::string version;
+      PutFixed32BE(&version, fold->Version());
+      rocksdb::WriteOptions write_options;
+      write_options.sync = options_.sync;
+      LEDGER_RETURN_IF_ERROR(FromRocks(db_->Put(write_options, Family(kCheckpointsFamily),
+                                                kFoldVersionPrefix + std::string(fold->Name()),
+                                                version)));
     }
   }
   return Status::OK();
@@ -1854,6 +1940,17 @@ Status LedgerImpl::PutCheckpoint(std::string_view name, Position position, bool 
   write_options.sync = sync && options_.sync;
   return FromRocks(
       db_->Put(write_options, Family(kCheckpointsFamily), ToSlice(name), value));
+}
+
+Status LedgerImpl::GetFoldVersion(std::string_view fold, uint32_t* out) const {
+  std::string value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), Family(kCheckpointsFamily),
+                               kFoldVersionPrefix + std::string(fold), &value);
+  if (s.IsNotFound()) return Status::NotFound("no fold version recorded for " + std::string(fold));
+  LEDGER_RETURN_IF_ERROR(FromRocks(s));
+  if (value.size() != 4) return Status::Corruption("malformed fold version");
+  *out = DecodeFixed32BE(value.data());
+  return Status::OK();
 }
 
 Status LedgerImpl::ProjectionDigest(Hash* out) const {

@@ -242,6 +242,10 @@ class Ledger {
   // Named consumer checkpoints ("last applied position"), e.g. "outbox.kafka".
   virtual Status GetCheckpoint(std::string_view name, Position* out) const = 0;
   virtual Status PutCheckpoint(std::string_view name, Position position, bool sync) = 0;
+  // The Fold::Version() that wrote the rows of fold `fold` (recorded beside its checkpoint once
+  // a read-write open has folded the log up to the head with it); NotFound when none is recorded
+  // (a store written before fold versions, or a rebuild a crash interrupted).
+  virtual Status GetFoldVersion(std::string_view fold, uint32_t* out) const = 0;
 
   // Digest over every fold's rows (family name, key, value in order): replay compares it.
   virtual Status ProjectionDigest(Hash* out) const = 0;

@@ -192,6 +192,8 @@ bool SupersedesLagoSubscription(const LagoSubscription& candidate, const LagoSub
 class LagoFold final : public Fold {
  public:
   std::string_view Name() const override { return kLagoFamily; }
+  // Raise with any change to the rows Apply writes: the store's rows are rebuilt (fold.h).
+  uint32_t Version() const override { return 1; }
   Status Apply(const Event& event, const StateReader& state, RowWriter* rows) const override;
 };
 

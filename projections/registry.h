@@ -1,5 +1,6 @@
 // The set of inline projections the daemon and the tools register with the Ledger. Adding a
 // projection means adding its fold here; the ledger catches a new fold up from the log at open.
+// Changing what a fold writes means raising its Version(): the ledger rebuilds it at open.
 #pragma once
 
 #include <vector>

@@ -241,6 +241,8 @@ Status HasUsageKey(const StateReader& state, std::string_view user_id,
 class UsageCountersFold final : public Fold {
  public:
   std::string_view Name() const override { return kUsageFamily; }
+  // Raise with any change to the rows Apply writes: the store's rows are rebuilt (fold.h).
+  uint32_t Version() const override { return 1; }
   Status Apply(const Event& event, const StateReader& state, RowWriter* rows) const override;
 };
 

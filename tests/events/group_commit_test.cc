@@ -253,6 +253,7 @@ std::unique_ptr<Ledger> OpenWithFold(const std::string& path, const Fold* fold,
 class MarkFold final : public Fold {
  public:
   std::string_view Name() const override { return "marks"; }
+  uint32_t Version() const override { return 1; }
   Status Apply(const Event& event, const StateReader&, RowWriter* rows) const override {
     if (event.subject.starts_with("unmark-")) return rows->Delete("marks", event.subject.substr(7));
     return rows->Put("marks", event.subject, "1");
@@ -352,6 +353,7 @@ TEST(GroupCommitTest, GroupStateReadsSeeTheStoreAndTheEarlierCommandsOfItsGroup)
 class KvFold final : public Fold {
  public:
   std::string_view Name() const override { return "kv"; }
+  uint32_t Version() const override { return 1; }
   Status Apply(const Event& event, const StateReader&, RowWriter* rows) const override {
     constexpr std::string_view kOps = "{\"ops\":\"";
     if (!event.data.starts_with(kOps)) return Status::OK();

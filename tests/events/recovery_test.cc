@@ -799,6 +799,7 @@ TEST(RecoveryTest, ANewerLogAfterAnOlderLogsLostTailIsNotReplayedOverTheGap) {
 class NoteFold final : public Fold {
  public:
   std::string_view Name() const override { return "notes"; }
+  uint32_t Version() const override { return 1; }
   Status Apply(const Event& event, const StateReader&, RowWriter* rows) const override {
     return rows->Put("notes", event.subject, "1");
   }

@@ -22,6 +22,7 @@ using testing::WriteMarkedLog;
 class SubjectCountFold final : public Fold {
  public:
   std::string_view Name() const override { return "test_subject_counts"; }
+  uint32_t Version() const override { return 1; }
   Status Apply(const Event& event, const StateReader& state, RowWriter* rows) const override {
     std::string value;
     Status s = state.Get(Name(), event.subject, &value);
@@ -35,6 +36,7 @@ class SubjectCountFold final : public Fold {
 class LastTypeFold final : public Fold {
  public:
   std::string_view Name() const override { return "test_last_type"; }
+  uint32_t Version() const override { return 1; }
   Status Apply(const Event& event, const StateReader&, RowWriter* rows) const override {
     return rows->Put(Name(), "last", event.type);
   }
