@@ -106,7 +106,8 @@ TEST_F(HeldSyncTest, AGroupIsNeitherAnsweredNorReadableBeforeItsSync) {
 }
 
 // Every WAL fsync is timed (ledger_wal_sync_seconds; `ledgerctl bench` reports the slow ones as
-// disk stalls): a sync held for 40 ms shows up above 25 ms, once.
+// disk stalls): a sync held for 40 ms shows up above 25 ms (at least once: a real fsync on a
+// loaded machine can take 50 ms too, so "exactly once" failed in CI now and then).
 TEST_F(HeldSyncTest, WalSyncLatencyIsMeasured) {
   AppendCommand second("second");
   SubmitWithSyncHeld(&second);
@@ -122,7 +123,7 @@ TEST_F(HeldSyncTest, WalSyncLatencyIsMeasured) {
   for (size_t i = 0; i < syncs.bounds.size(); ++i) {
     if (syncs.bounds[i] == 0.025) at_most_25ms = syncs.cumulative[i];
   }
-  EXPECT_EQ(syncs.count - at_most_25ms, 1u);
+  EXPECT_GE(syncs.count - at_most_25ms, 1u);
   EXPECT_GE(QuantileUpperBound(Histogram::Snapshot(), syncs, 1.0), 0.05);  // the held sync: > 25 ms
 }
 
