@@ -352,10 +352,17 @@ std::string RetiredEventData(std::string_view plan_id, const Actor& actor) {
   return std::string(buf.GetString(), buf.GetSize());
 }
 
+// The family also holds the price rows ("price/<id>"); a plan id never contains '/'.
+bool IsPlanKey(std::string_view key) { return key.find('/') == std::string_view::npos; }
+
+std::string PriceKey(std::string_view price_id) {
+  return std::string(kStripePriceKeyPrefix) + std::string(price_id);
+}
+
 Status CountPlans(const StateReader& state, size_t* count) {
   *count = 0;
-  return state.Scan(kPlansFamily, "", [count](std::string_view, std::string_view) {
-    ++*count;
+  return state.Scan(kPlansFamily, "", [count](std::string_view key, std::string_view) {
+    if (IsPlanKey(key)) ++*count;
     return true;
   });
 }
@@ -630,6 +637,13 @@ Status PlanCatalogFold::Apply(const Event& event, const StateReader& state,
   if (event.subject != PlanSubject(plan.id)) {
     return Status::InvalidArgument("malformed_event", "subject does not match the plan id");
   }
+  // A price once named stays the plan's after a price change replaced it: Stripe prices never
+  // change, and the plan's subscribers keep renewing on the old one. A price moved between plans
+  // by a log from before CheckStripePricesUnique refused that names the later plan.
+  for (const std::optional<std::string>* price :
+       {&plan.stripe_price_monthly, &plan.stripe_price_yearly}) {
+    if (*price) LEDGER_RETURN_IF_ERROR(rows->Put(kPlansFamily, PriceKey(**price), plan.id));
+  }
   return rows->Put(kPlansFamily, plan.id, PlanToJson(plan));
 }
 
@@ -649,6 +663,7 @@ Status ListPlans(const StateReader& state, bool include_inactive, std::vector<Pl
   out->clear();
   Status parse_status;
   Status s = state.Scan(kPlansFamily, "", [&](std::string_view key, std::string_view value) {
+    if (!IsPlanKey(key)) return true;
     Plan plan;
     Status p = ParsePlanJson(value, &plan);
     if (!p.ok()) {
@@ -666,6 +681,18 @@ Status ListPlans(const StateReader& state, bool include_inactive, std::vector<Pl
     }
     return a.id < b.id;
   });
+  return Status::OK();
+}
+
+Status PlanForStripePrice(const StateReader& state, std::string_view price_id,
+                          std::optional<std::string>* plan_id) {
+  plan_id->reset();
+  if (price_id.empty()) return Status::OK();
+  std::string row;
+  Status s = state.Get(kPlansFamily, PriceKey(price_id), &row);
+  if (s.IsNotFound()) return Status::OK();
+  LEDGER_RETURN_IF_ERROR(s);
+  *plan_id = std::move(row);
   return Status::OK();
 }
 
@@ -697,6 +724,23 @@ Status CheckStripePricesUnique(const StateReader& state, const Plan& plan, const
         return Status::Conflict("stripe_price_in_use", "Stripe price '" + Truncated(**price) +
                                                            "' belongs to plan '" + other.id + "'");
       }
+    }
+  }
+  // A price another plan named before a price change still bills that plan's subscribers, and
+  // keeps mapping them to it (PlanForStripePrice): given to this plan, they would move with it.
+  for (const std::optional<std::string>* price :
+       {&plan.stripe_price_monthly, &plan.stripe_price_yearly}) {
+    if (!*price) continue;
+    if (before != nullptr && (*price == before->stripe_price_monthly ||
+                              *price == before->stripe_price_yearly)) {
+      continue;
+    }
+    std::optional<std::string> owner;
+    LEDGER_RETURN_IF_ERROR(PlanForStripePrice(state, **price, &owner));
+    if (owner && *owner != plan.id) {
+      return Status::Conflict("stripe_price_in_use", "Stripe price '" + Truncated(**price) +
+                                                         "' bills subscribers of plan '" + *owner +
+                                                         "' (it was that plan's price)");
     }
   }
   return Status::OK();

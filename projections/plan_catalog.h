@@ -11,7 +11,9 @@
 //
 // PlanCatalogFold keeps one row per plan in the column family "plans": key = plan id, value = the
 // plan's canonical JSON (PlanToJson). Retired plans keep their row with "active": false, so
-// existing subscribers can still resolve them.
+// existing subscribers can still resolve them. It also keeps one row per Stripe price id a plan
+// has ever named: key = "price/<price id>", value = the plan id, kept when a price change
+// replaces the price (its subscribers stay on it: PlanForStripePrice).
 //
 // Deciders (CreatePlan, UpdatePlan, RetirePlan, SetPlanStripePrices, SeedCatalog) run on the
 // ledger's writer thread against the fold's rows; everything else here is pure and thread-safe.
@@ -35,6 +37,7 @@ inline constexpr std::string_view kPlansFamily = "plans";
 inline constexpr std::string_view kPlanCreatedV1 = "plan.created.v1";
 inline constexpr std::string_view kPlanUpdatedV1 = "plan.updated.v1";
 inline constexpr std::string_view kPlanRetiredV1 = "plan.retired.v1";
+inline constexpr std::string_view kStripePriceKeyPrefix = "price/";
 
 // The plan a trial (a plan with trial_days > 0, sold as this plan's monthly price with a trial
 // and a one-time fee: http/stripe_plans.h) converts to when its trial ends.
@@ -164,6 +167,10 @@ class PlanCatalogFold final : public Fold {
 Status ListPlans(const StateReader& state, bool include_inactive, std::vector<Plan>* out);
 // NotFound ("not_found") when there is no such plan. Retired plans are found.
 Status GetPlan(const StateReader& state, std::string_view plan_id, Plan* out);
+// The plan that named Stripe price `price_id` last, whether or not it still names it (a price
+// change replaced it: the plan's subscribers still renew on it); nullopt when none ever did.
+Status PlanForStripePrice(const StateReader& state, std::string_view price_id,
+                          std::optional<std::string>* plan_id);
 
 // ---------------------------------------------------------------------------------------------
 // Commands. Each answers Decision.body = the plan's JSON (SeedCatalog: a summary).
@@ -186,6 +193,8 @@ class CreatePlan final : public Command {
 // missing. A change that leaves the plan as stored appends nothing. 409 "conversion_plan_in_use"
 // for "active":false of kTrialConversionPlanId while a trial plan is on sale (also RetirePlan),
 // "conversion_plan_not_on_sale" for "active":true of a retired trial plan while it is not.
+// 409 "stripe_price_in_use" (also CreatePlan, SetPlanStripePrices) for a Stripe price another
+// plan names, or named before a price change replaced it (PlanForStripePrice).
 class UpdatePlan final : public Command {
  public:
   UpdatePlan(PlanInput input, Actor actor) : input_(std::move(input)), actor_(std::move(actor)) {}

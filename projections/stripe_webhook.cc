@@ -321,20 +321,31 @@ Status Decider::CheckoutCompleted(Derivation* out) {
   return Status::OK();
 }
 
-// The subscription item that decides the plan: the first whose price maps to a catalog plan,
-// else the first.
-const Value* PlanItem(const Value* subscription, const std::vector<Plan>& plans) {
+// The subscription item that decides the plan: the first whose price a catalog plan names or
+// named before a price change replaced it (PlanForStripePrice), else the first.
+Status PlanItem(const Value* subscription, const std::vector<Plan>& plans,
+                const StateReader& state, const Value** out) {
+  *out = nullptr;
   const Value* items = Path(subscription, {"items", "data"});
-  if (items == nullptr || !items->IsArray() || items->Empty()) return nullptr;
+  if (items == nullptr || !items->IsArray() || items->Empty()) return Status::OK();
   for (const Value& item : items->GetArray()) {
     std::optional<std::string> price = IdOf(Member(&item, "price"));
+    if (!price) continue;
     for (const Plan& plan : plans) {
-      if (price && (plan.stripe_price_monthly == price || plan.stripe_price_yearly == price)) {
-        return &item;
+      if (plan.stripe_price_monthly == price || plan.stripe_price_yearly == price) {
+        *out = &item;
+        return Status::OK();
       }
     }
+    std::optional<std::string> former;
+    LEDGER_RETURN_IF_ERROR(PlanForStripePrice(state, *price, &former));
+    if (former) {
+      *out = &item;
+      return Status::OK();
+    }
   }
-  return &(*items)[0];
+  *out = &(*items)[0];
+  return Status::OK();
 }
 
 Status Decider::ReadSubscription(const Value* object, SubscriptionRecord* out) {
@@ -349,7 +360,8 @@ Status Decider::ReadSubscription(const Value* object, SubscriptionRecord* out) {
   r.customer_id = *customer;
   std::vector<Plan> plans;
   LEDGER_RETURN_IF_ERROR(ListPlans(state_, /*include_inactive=*/true, &plans));
-  const Value* item = PlanItem(object, plans);
+  const Value* item = nullptr;
+  LEDGER_RETURN_IF_ERROR(PlanItem(object, plans, state_, &item));
   r.item_id = IdOf(Member(item, "id"));
   r.price_id = IdOf(Member(item, "price"));
   r.interval = ShortText(Path(item, {"price", "recurring", "interval"}));
@@ -392,7 +404,9 @@ Status Decider::ReadSubscription(const Value* object, SubscriptionRecord* out) {
   r.event_id = webhook_.event_id;
   r.event_type = webhook_.type;
   r.event_created = webhook_.created;
-  r.plan_id = PlanIdForSubscription(plans, r.status, r.price_id, r.metadata_plan_id);
+  std::optional<std::string> price_plan_id;
+  if (r.price_id) LEDGER_RETURN_IF_ERROR(PlanForStripePrice(state_, *r.price_id, &price_plan_id));
+  r.plan_id = PlanIdForSubscription(plans, r.status, r.price_id, price_plan_id, r.metadata_plan_id);
   return Status::OK();
 }
 

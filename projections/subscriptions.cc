@@ -963,8 +963,12 @@ Status LoadUserSubscriptions(const StateReader& state, std::string_view user_id,
     if (record.metadata_user_id && *record.metadata_user_id != user_id) continue;
     if (!record.plan_id) {
       LEDGER_RETURN_IF_ERROR(ListPlansOnce(state, &plans));
+      std::optional<std::string> price_plan_id;
+      if (record.price_id) {
+        LEDGER_RETURN_IF_ERROR(PlanForStripePrice(state, *record.price_id, &price_plan_id));
+      }
       record.plan_id = PlanIdForSubscription(*plans, record.status, record.price_id,
-                                             record.metadata_plan_id);
+                                             price_plan_id, record.metadata_plan_id);
     }
     if (!chosen || Preferred(record, records[*chosen])) chosen = records.size();
     records.push_back(std::move(record));
@@ -1104,11 +1108,16 @@ Status FindUsersByEmail(const StateReader& state, std::string_view email,
 std::optional<std::string> PlanIdForSubscription(const std::vector<Plan>& plans,
                                                  SubscriptionStatus status,
                                                  const std::optional<std::string>& price_id,
+                                                 const std::optional<std::string>& price_plan_id,
                                                  const std::optional<std::string>& metadata_plan_id) {
   const Plan* tagged = FindPlan(plans, metadata_plan_id);
   const bool trial_tag = tagged != nullptr && tagged->trial_days > 0;
   if (status == SubscriptionStatus::kTrialing && trial_tag) return tagged->id;
   if (std::optional<std::string> by_price = PlanForPrice(plans, price_id)) return by_price;
+  // A price the plan named before a price change (stripe-setup replaced it): its subscribers
+  // renew on it. The tag cannot stand in -- a Billing Portal switch leaves checkout's tag on the
+  // old plan (Professional renewing as Starter), and a subscription made elsewhere has none.
+  if (const Plan* former = FindPlan(plans, price_plan_id)) return former->id;
   if (trial_tag) {
     // Past its trial, a trial runs on the conversion plan's price. That price is no longer in
     // the catalog when an admin replaced it (stripe-setup after a price change): the
@@ -1126,7 +1135,9 @@ Status PlanForSubscription(const StateReader& state, SubscriptionStatus status,
                            std::optional<std::string>* plan_id) {
   std::vector<Plan> plans;
   LEDGER_RETURN_IF_ERROR(ListPlans(state, /*include_inactive=*/true, &plans));
-  *plan_id = PlanIdForSubscription(plans, status, price_id, metadata_plan_id);
+  std::optional<std::string> price_plan_id;
+  if (price_id) LEDGER_RETURN_IF_ERROR(PlanForStripePrice(state, *price_id, &price_plan_id));
+  *plan_id = PlanIdForSubscription(plans, status, price_id, price_plan_id, metadata_plan_id);
   return Status::OK();
 }
 

@@ -408,13 +408,16 @@ ServiceAccess CheckServiceAccess(const UserAccess& access, std::string_view serv
 // The plan a subscription's state maps to, from the catalog in `state`:
 //   1. while trialing, metadata.plan_id when it names a plan with trial_days > 0 (the trial plan
 //      is Starter's recurring price plus a trial, tagged plan_id=trial at checkout);
-//   2. the plan whose stripe_price_monthly or stripe_price_yearly equals `price_id`;
+//   2. the plan whose stripe_price_monthly or stripe_price_yearly equals `price_id`, else
+//      `price_plan_id`: the plan that named `price_id` before a price change replaced it
+//      (PlanForStripePrice; its subscribers renew on it, whatever their metadata says);
 //   3. metadata.plan_id when it names a catalog plan -- past its trial, a trial plan's tag means
 //      kTrialConversionPlanId (the trial converted on a price the catalog has since replaced);
 //   4. nullopt.
 std::optional<std::string> PlanIdForSubscription(const std::vector<Plan>& plans,
                                                  SubscriptionStatus status,
                                                  const std::optional<std::string>& price_id,
+                                                 const std::optional<std::string>& price_plan_id,
                                                  const std::optional<std::string>& metadata_plan_id);
 // The same, with the catalog read from `state`.
 Status PlanForSubscription(const StateReader& state, SubscriptionStatus status,

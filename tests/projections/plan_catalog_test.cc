@@ -996,7 +996,9 @@ TEST(PlanCatalogFoldTest, SameEventsGiveTheSameRows) {
   // Rows depend only on the events: another history with other ids and times gives equal rows.
   EXPECT_EQ(Replay(History()), first);
   ASSERT_EQ(first.size(), 1u);
-  EXPECT_EQ(first.at("plans").size(), 5u);
+  // Five plans, and a row for each Stripe price a plan named (PlanForStripePrice).
+  EXPECT_EQ(first.at("plans").size(), 7u);
+  EXPECT_EQ(first.at("plans").at("price/price_sy"), "starter");
   EXPECT_NE(first.at("plans").at("trial").find(R"("active":false)"), std::string::npos);
   EXPECT_NE(first.at("plans").at("starter").find(R"("stripe_price_monthly":"price_s")"),
             std::string::npos);

@@ -614,6 +614,89 @@ TEST_F(SubscriptionsTest, TrialPlanWhileTrialingThenStarter) {
   EXPECT_EQ(plan_id, "trial");
 }
 
+// Alice checks out Starter (tagged plan_id=starter) and switches to Professional in the Billing
+// Portal (the tag stays). An admin changes Professional's price: its Stripe price is nulled and
+// stripe-setup records a new one. Alice's renewal still bills the old price, which no plan names
+// any more: she stays on Professional (not Starter by the stale tag: tts 403, 1,000 calls while
+// paying $49), and so does a subscriber without a tag (no plan: 402, out of MRR).
+TEST_F(SubscriptionsTest, APriceChangeLeavesSubscribersOnTheReplacedPriceOnTheirPlan) {
+  World w = Fresh();
+  StripeSubscriptionSpec alice;
+  alice.event_id = "evt_alice_checkout";
+  alice.event_type = "customer.subscription.created";
+  alice.metadata_plan_id = "starter";
+  alice.event_created = kStripeT0 + 1;
+  Deliver(&w, StripeSubscriptionEventJson(alice));
+  alice.event_id = "evt_alice_portal";
+  alice.event_type = "customer.subscription.updated";
+  alice.price_id = "price_professional_monthly";
+  alice.unit_amount = 4900;
+  alice.event_created = kStripeT0 + 2;
+  Deliver(&w, StripeSubscriptionEventJson(alice));
+  StripeSubscriptionSpec bob;
+  bob.event_id = "evt_bob";
+  bob.subscription_id = "sub_bob";
+  bob.customer_id = "cus_bob";
+  bob.item_id = "si_bob";
+  bob.metadata_user_id = "user-bob";
+  bob.price_id = "price_professional_monthly";
+  bob.unit_amount = 4900;
+  bob.event_created = kStripeT0 + 2;
+  Deliver(&w, StripeSubscriptionEventJson(bob));
+  ASSERT_TRUE(Access(w, "user-1").plan);
+  EXPECT_EQ(Access(w, "user-1").plan->id, "professional");
+
+  auto run = [&](Command* command) {
+    Decision decision;
+    return ledger::testing::RunCommand(command, AllFolds(), &w.state, &w.head, kNowUs, &decision);
+  };
+  PlanInput input;
+  ASSERT_TRUE(ParsePlanInput(R"({"price_monthly_cents":5900,"price_yearly_cents":49000,)"
+                             R"("stripe_price_monthly":null})",
+                             "professional", &input)
+                  .ok());
+  UpdatePlan reprice(input, Actor::System("test"));
+  Status repriced = run(&reprice);
+  ASSERT_TRUE(repriced.ok()) << repriced.ToString();
+  SetPlanStripePrices setup("professional", "price_professional_monthly_v2", std::nullopt,
+                            Actor::System("ledgerctl"));
+  ASSERT_TRUE(run(&setup).ok());
+
+  alice.event_id = "evt_alice_renewal";
+  alice.event_created = kStripeT0 + 3;
+  Deliver(&w, StripeSubscriptionEventJson(alice));
+  bob.event_id = "evt_bob_renewal";
+  bob.event_created = kStripeT0 + 3;
+  Deliver(&w, StripeSubscriptionEventJson(bob));
+  for (const char* user : {"user-1", "user-bob"}) {
+    SCOPED_TRACE(user);
+    UserAccess access = Access(w, user);
+    ASSERT_TRUE(access.plan);
+    EXPECT_EQ(access.plan->id, "professional");
+    EXPECT_TRUE(CheckServiceAccess(access, "tts").allowed);
+    EXPECT_EQ(Query(w, user).subscription.plan_id, "professional");
+  }
+
+  // The replaced price bills Professional's subscribers: given to another plan, they would move
+  // with it.
+  PlanInput steal;
+  ASSERT_TRUE(ParsePlanInput(R"({"stripe_price_monthly":"price_professional_monthly"})",
+                             "enterprise", &steal)
+                  .ok());
+  UpdatePlan steal_command(steal, Actor::System("test"));
+  Status s = run(&steal_command);
+  EXPECT_EQ(s.code(), Code::kConflict) << s.ToString();
+  EXPECT_EQ(s.problem(), "stripe_price_in_use");
+  // Professional itself may name it again.
+  PlanInput back;
+  ASSERT_TRUE(ParsePlanInput(R"({"stripe_price_monthly":"price_professional_monthly",)"
+                             R"("price_monthly_cents":4900,"price_yearly_cents":49000})",
+                             "professional", &back)
+                  .ok());
+  UpdatePlan back_command(back, Actor::System("test"));
+  EXPECT_TRUE(run(&back_command).ok());
+}
+
 // A newer subscription of the same customer to a price outside the catalog (an add-on made in
 // Stripe's Dashboard) is not the user's subscription: access, cancel and upgrade stay on the plan.
 TEST_F(SubscriptionsTest, ASubscriptionToAPriceOutsideTheCatalogIsNotTheCurrentOne) {
