@@ -769,11 +769,16 @@ Status ValidatePlanChange(const Plan& plan, const std::function<bool(std::string
   return CheckInputOnlyRules(plan, named);
 }
 
-// A trial's subscription runs on the conversion plan's price: taking that plan off sale (DELETE,
-// or PUT "active":false) while a trial plan is on sale would stop every trial sale.
+// A trial's subscription runs on the conversion plan's monthly price (http/stripe_plans.h).
+bool SellsTrialConversion(const Plan& plan) { return plan.active && plan.price_monthly_cents > 0; }
+
+// Taking the conversion plan off sale (DELETE, or PUT "active":false) or making it free (PUT
+// "price_monthly_cents":0: every trial checkout was 422 plan 'starter' is free) while a trial
+// plan is on sale would stop every trial sale.
 Status CheckConversionPlanStaysOnSale(const StateReader& state, const Plan& current,
-                                      bool active_after) {
-  if (current.id != kTrialConversionPlanId || !current.active || active_after) {
+                                      const Plan& next) {
+  if (current.id != kTrialConversionPlanId || !SellsTrialConversion(current) ||
+      SellsTrialConversion(next)) {
     return Status::OK();
   }
   std::vector<Plan> plans;
@@ -782,27 +787,30 @@ Status CheckConversionPlanStaysOnSale(const StateReader& state, const Plan& curr
     if (other.trial_days > 0) {
       return Status::Conflict("conversion_plan_in_use",
                               "trials convert to plan '" + current.id + "' (trial plan '" +
-                                  other.id + "' is on sale): retire the trial plans first");
+                                  other.id + "' is on sale), which must stay on sale with a " +
+                                  "monthly price: retire the trial plans first");
     }
   }
   return Status::OK();
 }
 
 // The other way round: a trial plan put on sale (POST, or PUT "active":true of a retired one)
-// while the conversion plan is retired or missing sells nothing -- every checkout for it is 422,
-// as there is no price for its subscription to run on -- so it is refused here instead (DELETE
+// while the conversion plan is retired, free or missing sells nothing -- every checkout for it is
+// 422, as there is no price for its subscription to run on -- so it is refused here instead (DELETE
 // /plans/trial, DELETE /plans/starter, PUT /plans/trial {"active":true} answered 200). A trial
 // plan already on sale is left alone (a store from before this check still takes its edits).
 Status CheckConversionPlanOnSale(const StateReader& state, const Plan& plan, bool was_active) {
   if (plan.trial_days <= 0 || !plan.active || was_active) return Status::OK();
   Plan conversion;
   Status s = GetPlan(state, kTrialConversionPlanId, &conversion);
-  if (s.ok() && conversion.active) return Status::OK();
+  if (s.ok() && SellsTrialConversion(conversion)) return Status::OK();
   if (!s.ok() && !s.IsNotFound()) return s;
   return Status::Conflict("conversion_plan_not_on_sale",
                           "trial plan '" + plan.id + "' converts to plan '" +
                               std::string(kTrialConversionPlanId) + "', which is " +
-                              (s.ok() ? "retired" : "not in the catalog") +
+                              (!s.ok()                 ? "not in the catalog"
+                               : !conversion.active    ? "retired"
+                                                       : "free (no monthly price)") +
                               ": put it on sale first");
 }
 
@@ -852,7 +860,7 @@ Status UpdatePlan::Decide(const DecideContext& context, Decision* decision) {
   }
   LEDGER_RETURN_IF_ERROR(ValidatePlanChange(
       next, [this](std::string_view field) { return input_.Given(field); }));
-  LEDGER_RETURN_IF_ERROR(CheckConversionPlanStaysOnSale(*context.state, current, next.active));
+  LEDGER_RETURN_IF_ERROR(CheckConversionPlanStaysOnSale(*context.state, current, next));
   LEDGER_RETURN_IF_ERROR(CheckConversionPlanOnSale(*context.state, next, current.active));
   LEDGER_RETURN_IF_ERROR(CheckStripePriceFresh("monthly", next.price_monthly_cents,
                                                current.price_monthly_cents,
@@ -874,9 +882,10 @@ Status RetirePlan::Decide(const DecideContext& context, Decision* decision) {
   LEDGER_RETURN_IF_ERROR(ValidateActor(actor_));
   Plan plan;
   LEDGER_RETURN_IF_ERROR(GetPlan(*context.state, plan_id_, &plan));
-  const bool was_active = plan.active;
-  LEDGER_RETURN_IF_ERROR(CheckConversionPlanStaysOnSale(*context.state, plan, false));
+  const Plan current = plan;
   plan.active = false;
+  LEDGER_RETURN_IF_ERROR(CheckConversionPlanStaysOnSale(*context.state, current, plan));
+  const bool was_active = current.active;
   decision->http_status = 200;
   decision->body = PlanToJson(plan);
   if (!was_active) return Status::OK();

@@ -177,8 +177,8 @@ Status PlanForStripePrice(const StateReader& state, std::string_view price_id,
 
 // 201 + plan.created.v1. 409 "plan_exists" when the id exists (retired plans included);
 // 409 "conversion_plan_not_on_sale" for a trial plan (trial_days > 0) on sale while the plan it
-// converts to (kTrialConversionPlanId) is retired or missing; 422 "plan_catalog_full" beyond
-// limits::kPlansMax.
+// converts to (kTrialConversionPlanId) is retired, free (price_monthly_cents 0) or missing;
+// 422 "plan_catalog_full" beyond limits::kPlansMax.
 class CreatePlan final : public Command {
  public:
   CreatePlan(Plan plan, Actor actor) : plan_(std::move(plan)), actor_(std::move(actor)) {}
@@ -191,8 +191,9 @@ class CreatePlan final : public Command {
 
 // 200 + plan.updated.v1 (the stored plan with the given fields replaced, see PlanInput). 404 when
 // missing. A change that leaves the plan as stored appends nothing. 409 "conversion_plan_in_use"
-// for "active":false of kTrialConversionPlanId while a trial plan is on sale (also RetirePlan),
-// "conversion_plan_not_on_sale" for "active":true of a retired trial plan while it is not.
+// for "active":false or "price_monthly_cents":0 of kTrialConversionPlanId while a trial plan is on
+// sale (also RetirePlan), "conversion_plan_not_on_sale" for "active":true of a retired trial plan
+// while it is not.
 // 409 "stripe_price_in_use" (also CreatePlan, SetPlanStripePrices) for a Stripe price another
 // plan names, or named before a price change replaced it (PlanForStripePrice).
 class UpdatePlan final : public Command {

@@ -689,6 +689,44 @@ TEST(PlanCommandsTest, StarterCannotBeRetiredWhileATrialConvertsToIt) {
   EXPECT_EQ(d.events.size(), 1u);
 }
 
+// Made free, the conversion plan is off sale as much as retired: PUT /plans/starter
+// {"price_monthly_cents":0} answered 200 and every trial checkout then 422 "plan 'starter' is
+// free" while the trial stayed on sale.
+TEST(PlanCommandsTest, StarterCannotBeMadeFreeWhileATrialConvertsToIt) {
+  Harness h;
+  SeedCatalog seed;
+  h.MustRun(&seed);
+  const size_t events = h.events().size();
+  Decision d;
+  PlanInput free;
+  ASSERT_TRUE(
+      ParsePlanInput(R"({"price_monthly_cents":0,"price_yearly_cents":null})", "starter", &free)
+          .ok());
+  UpdatePlan put_free(free, TestAdmin());
+  Status s = h.Run(&put_free, &d);
+  EXPECT_EQ(s.problem(), "conversion_plan_in_use") << s.ToString();
+  EXPECT_EQ(s.code(), Code::kConflict);
+  EXPECT_EQ(h.events().size(), events);
+  // A new price is fine.
+  PlanInput dearer;
+  ASSERT_TRUE(ParsePlanInput(R"({"price_monthly_cents":2900})", "starter", &dearer).ok());
+  UpdatePlan put_dearer(dearer, TestAdmin());
+  h.MustRun(&put_dearer);
+  // With the trials retired Starter may be free; no trial goes on sale then.
+  RetirePlan trial("trial", TestAdmin());
+  h.MustRun(&trial);
+  UpdatePlan put_free_now(free, TestAdmin());
+  h.MustRun(&put_free_now);
+  CreatePlan create(ParsedBody(R"("trial_days":14)"), TestAdmin());
+  s = h.Run(&create, &d);
+  EXPECT_EQ(s.problem(), "conversion_plan_not_on_sale") << s.ToString();
+  PlanInput trial_on;
+  ASSERT_TRUE(ParsePlanInput(R"({"active":true})", "trial", &trial_on).ok());
+  UpdatePlan put_trial_on(trial_on, TestAdmin());
+  s = h.Run(&put_trial_on, &d);
+  EXPECT_EQ(s.problem(), "conversion_plan_not_on_sale") << s.ToString();
+}
+
 // The other way round: a trial plan cannot go on sale (POST, or PUT "active":true of a retired
 // one) while the plan its trials convert to is retired or missing: every checkout for it would be
 // refused (DELETE /plans/trial, DELETE /plans/starter, PUT /plans/trial {"active":true} was 200).
