@@ -144,6 +144,25 @@ Status CheckInputOnlyRules(const Plan& plan,
                    std::to_string(limits::kStripeUnitAmountMax) +
                    " (Stripe's largest unit amount); give a smaller one, or null (not sold yearly)");
   }
+  // A plan is free (both cycles 0, or yearly null) or paid in every cycle it sells: stripe-setup
+  // makes no Stripe price for 0, so a paid plan's yearly 0 showed $0 a year on the plans page
+  // while yearly checkout answered 409 "run stripe-setup" for good (a monthly 0 beside a yearly
+  // price likewise).
+  const bool price_named = named("price_monthly_cents") || named("price_yearly_cents");
+  if (price_named && plan.price_yearly_cents && plan.trial_days == 0 &&
+      (plan.price_monthly_cents > 0) != (*plan.price_yearly_cents > 0)) {
+    return Invalid(plan.price_monthly_cents > 0
+                       ? "price_yearly_cents: 0 for a paid plan; give the yearly price, or null "
+                         "(not sold yearly)"
+                       : "price_monthly_cents: 0 beside a yearly price; give the monthly price "
+                         "too, or make the plan free (yearly 0 or null)");
+  }
+  // Checkout sells a trial monthly only (its price is a one-time fee): a yearly price would be
+  // shown but never sold.
+  if (plan.trial_days > 0 && plan.price_yearly_cents &&
+      (named("price_yearly_cents") || named("trial_days"))) {
+    return Invalid("price_yearly_cents: a trial (trial_days > 0) is not sold yearly; must be null");
+  }
   return Status::OK();
 }
 

@@ -112,6 +112,10 @@ Status ParsePlanJson(std::string_view json, Plan* out);
 // from the plan's subscribers. limit_window left out stays, or becomes the default above when
 // api_calls_limit turns a number, or null when it turns null. Explicit null clears a nullable
 // field. Unknown fields are rejected either way.
+//
+// Either way the plan (a PUT's merged result, when the PUT names a price) must be sellable: free
+// (monthly 0, yearly 0 or null) or paid in every cycle it sells (no 0 beside a non-zero price),
+// and a trial has no yearly price -- 422 validation_failed.
 struct PlanInput {
   Plan plan;  // POST: the whole plan; PUT: only the fields in `given` mean anything
   std::bitset<16> given;  // by index in the plan's field list (PlanFieldIndex)

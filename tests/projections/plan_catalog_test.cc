@@ -396,6 +396,15 @@ INSTANTIATE_TEST_SUITE_P(
         BadInput{"StripePriceWithSpace", Body(R"("stripe_price_yearly":"price 1")"), k422,
                  "validation_failed"},
         BadInput{"ActiveNull", Body(R"("active":null)"), k422, "validation_failed"},
+        // Prices stripe-setup cannot sell: a paid plan's $0 cycle has no Stripe price, ever.
+        BadInput{"PaidPlanWithAFreeYear", Body(R"("price_yearly_cents":0)"), k422,
+                 "validation_failed"},
+        BadInput{"FreeMonthBesideAYearlyPrice",
+                 Replace(Body(R"("price_yearly_cents":10000)"), R"("price_monthly_cents":2900)",
+                         R"("price_monthly_cents":0)"),
+                 k422, "validation_failed"},
+        BadInput{"TrialSoldYearly", Body(R"("trial_days":7,"price_yearly_cents":1000)"), k422,
+                 "validation_failed"},
         BadInput{"TooLarge", Body("\"description\":\"" + std::string(70000, 'x') + "\""),
                  Code::kPayloadTooLarge, "payload_too_large"}),
     [](const ::testing::TestParamInfo<BadInput>& info) { return info.param.name; });
@@ -689,6 +698,37 @@ TEST(PlanCommandsTest, StarterCannotBeRetiredWhileATrialConvertsToIt) {
   EXPECT_EQ(d.events.size(), 1u);
 }
 
+// The same rules on the result of a PUT: a paid plan's yearly price made 0, its monthly price
+// made 0 beside a yearly price, a yearly price on a trial. A free plan (both 0) is fine.
+TEST(PlanCommandsTest, UpdateRefusesPricesCheckoutCannotSell) {
+  Harness h;
+  SeedCatalog seed;
+  h.MustRun(&seed);
+  CreatePlan team(ParsedBody(R"("price_yearly_cents":25000)"), TestAdmin());
+  h.MustRun(&team);
+  const size_t events = h.events().size();
+  for (auto [plan_id, body] : std::vector<std::pair<std::string, std::string>>{
+           {"team", R"({"price_yearly_cents":0})"},
+           {"team", R"({"price_monthly_cents":0})"},
+           {"professional", R"({"price_yearly_cents":0})"},
+           {"trial", R"({"price_yearly_cents":1000})"}}) {
+    SCOPED_TRACE(plan_id + " " + body);
+    PlanInput input;
+    ASSERT_TRUE(ParsePlanInput(body, plan_id, &input).ok());
+    UpdatePlan put(input, TestAdmin());
+    Decision d;
+    Status s = h.Run(&put, &d);
+    EXPECT_EQ(s.code(), Code::kUnprocessable) << s.ToString();
+    EXPECT_EQ(s.problem(), "validation_failed");
+  }
+  EXPECT_EQ(h.events().size(), events);
+  PlanInput free;
+  ASSERT_TRUE(
+      ParsePlanInput(R"({"price_monthly_cents":0,"price_yearly_cents":0})", "team", &free).ok());
+  UpdatePlan put_free(free, TestAdmin());
+  EXPECT_EQ(h.MustRun(&put_free).events.size(), 1u);
+}
+
 // Made free, the conversion plan is off sale as much as retired: PUT /plans/starter
 // {"price_monthly_cents":0} answered 200 and every trial checkout then 422 "plan 'starter' is
 // free" while the trial stayed on sale.
@@ -974,6 +1014,7 @@ TEST(PlanQueriesTest, ListOrdersByPriceThenId) {
     Plan p = ParsedBody();
     p.id = id;
     p.price_monthly_cents = price;
+    if (price == 0) p.price_yearly_cents.reset();  // free: no yearly price either
     CreatePlan create(p, TestAdmin());
     h.MustRun(&create);
   }
