@@ -14,6 +14,7 @@
 
 #include "events/types.h"
 #include "http/base64.h"
+#include "projections/stripe_webhook.h"
 #include "projections/json_util.h"
 
 namespace ledger::http {
@@ -105,15 +106,7 @@ Status FormUrlDecode(std::string_view body, FormParams* out) {
   return Status::OK();
 }
 
-bool IsStripeId(std::string_view id) {
-  if (id.empty() || id.size() > 255) return false;
-  for (unsigned char c : id) {
-    bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-              c == '_' || c == '-';
-    if (!ok) return false;
-  }
-  return true;
-}
+bool IsStripeId(std::string_view id) { return projections::IsStripeId(id); }
 
 // ---- Secrets and keys -------------------------------------------------------------------------
 

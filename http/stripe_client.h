@@ -47,8 +47,8 @@ std::string FormUrlEncode(const FormParams& params);
 // a malformed escape.
 Status FormUrlDecode(std::string_view body, FormParams* out);
 
-// True when `id` looks like a Stripe object id (letters, digits, '_', '-'; 1..255 bytes). Ids are
-// checked before they go into a URL path.
+// projections::IsStripeId (letters, digits, '_', '-'; 1..limits::kStripeIdBytesMax bytes), the
+// rule the catalog's price ids follow too. Ids are checked before they go into a URL path.
 bool IsStripeId(std::string_view id);
 
 // ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@
 
 #include "projections/json_util.h"
 #include "projections/limits.h"
+#include "projections/stripe_webhook.h"
 
 namespace ledger::projections {
 
@@ -120,6 +121,11 @@ bool EveryField(std::string_view) { return true; }
 // Rules for what an admin sends, not for stored plans (one stored before them still reads).
 // `named(field)`: whether the request gave the field (a PUT that leaves a field alone is not
 // refused for what an older stored plan holds in it).
+Status InvalidStripePriceId(std::string_view field) {
+  return Invalid(std::string(field) + ": a Stripe price id ([A-Za-z0-9_-], 1 to " +
+                 std::to_string(limits::kStripeIdBytesMax) + " characters) or null");
+}
+
 Status CheckInputOnlyRules(const Plan& plan,
                            const std::function<bool(std::string_view)>& named) {
   if (plan.trial_days > 0 && plan.limit_window == LimitWindow::kMonth &&
@@ -143,6 +149,13 @@ Status CheckInputOnlyRules(const Plan& plan,
     return Invalid("price_yearly_cents: at most " +
                    std::to_string(limits::kStripeUnitAmountMax) +
                    " (Stripe's largest unit amount); give a smaller one, or null (not sold yearly)");
+  }
+  // A price id checkout, plan changes and webhooks all take (IsStripeId): with '.' the upgrade
+  // to it answered the user 400, and one over 200 bytes was dropped from every delivery (its
+  // subscribers had no plan). Stored plans keep the older, wider rule (ValidatePlan).
+  for (auto [field, price] : {std::pair{"stripe_price_monthly", &plan.stripe_price_monthly},
+                              std::pair{"stripe_price_yearly", &plan.stripe_price_yearly}}) {
+    if (*price && !IsStripeId(**price) && named(field)) return InvalidStripePriceId(field);
   }
   // A plan is free (both cycles 0, or yearly null) or paid in every cycle it sells: stripe-setup
   // makes no Stripe price for 0, so a paid plan's yearly 0 showed $0 a year on the plans page
@@ -929,6 +942,10 @@ Status SetPlanStripePrices::Decide(const DecideContext& context, Decision* decis
   apply(monthly_, &next.stripe_price_monthly);
   apply(yearly_, &next.stripe_price_yearly);
   LEDGER_RETURN_IF_ERROR(ValidatePlan(next));
+  LEDGER_RETURN_IF_ERROR(CheckInputOnlyRules(next, [this](std::string_view field) {
+    return (field == "stripe_price_monthly" && monthly_ && !monthly_->empty()) ||
+           (field == "stripe_price_yearly" && yearly_ && !yearly_->empty());
+  }));
   LEDGER_RETURN_IF_ERROR(CheckStripePricesUnique(*context.state, next, &current));
   decision->http_status = 200;
   decision->body = PlanToJson(next);

@@ -80,7 +80,7 @@ std::optional<int64_t> Integer(const Value* v) {
 std::optional<std::string> IdOf(const Value* v) {
   if (v != nullptr && v->IsObject()) v = Member(v, "id");
   std::optional<std::string> id = Text(v, limits::kStripeIdBytesMax);
-  if (id && !IsStripeId(*id)) return std::nullopt;
+  if (id && !IsDeliveredStripeId(*id)) return std::nullopt;
   return id;
 }
 
@@ -580,8 +580,14 @@ std::string ResponseBody(const StripeWebhook& webhook, const Derivation& derived
 
 bool IsStripeId(std::string_view id) {
   if (id.empty() || id.size() > limits::kStripeIdBytesMax) return false;
-  // Stripe's ids are [A-Za-z0-9_]; anything visible but '/' (our row-key separator) is taken, so
-  // that hand-made test fixtures ("evt_test-1") are not refused.
+  return std::all_of(id.begin(), id.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-';
+  });
+}
+
+bool IsDeliveredStripeId(std::string_view id) {
+  if (id.empty() || id.size() > limits::kStripeIdBytesMax) return false;
   return std::all_of(id.begin(), id.end(), [](char c) { return c > ' ' && c < 0x7f && c != '/'; });
 }
 
@@ -598,7 +604,7 @@ Status ParseStripeWebhook(std::string_view raw_body, StripeWebhook* out) {
   if (!s.ok()) return Malformed(s.message());
 
   std::optional<std::string> id = Text(Member(doc.get(), "id"), limits::kStripeIdBytesMax);
-  if (!id || !IsStripeId(*id)) return Malformed("id: a Stripe event id is required");
+  if (!id || !IsDeliveredStripeId(*id)) return Malformed("id: a Stripe event id is required");
   std::optional<std::string> type =
       Text(Member(doc.get(), "type"), limits::kStripeEventTypeBytesMax);
   if (!type || !std::all_of(type->begin(), type->end(), IsEventTypeChar)) {

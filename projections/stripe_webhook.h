@@ -100,8 +100,16 @@ class IngestStripeWebhook final : public Command {
 // The response body for a duplicate delivery, given the original's stored body.
 std::string DuplicateWebhookBody(std::string_view stored_body);
 
-// True for ids like Stripe's (`evt_...`, `cus_...`, `sub_...`): 1 to limits::kStripeIdBytesMax
-// visible ASCII characters other than '/'.
+// The one rule for a Stripe id ledgerd names to Stripe -- a catalog price id (plan_catalog.h), an
+// id in an API call (http/stripe_client.h) -- and so for one a delivery names back: 1 to
+// limits::kStripeIdBytesMax of [A-Za-z0-9_-]. Stripe's generated ids are a prefix, '_' and
+// letters and digits; ids an account chose (customers, products, legacy plans used as prices)
+// have been limited to [A-Za-z0-9_-] on creation since API version 2018-05-21. An older custom
+// id with other characters ('.', spaces) cannot be sold or changed to through the catalog.
 bool IsStripeId(std::string_view id);
+// An id as a delivery carries it: IsStripeId's, and any other visible ASCII but '/' (our
+// row-key separator), up to the same length -- a customer with an id made before 2018-05-21 is
+// still linked. Only ever a row key, never put into a URL.
+bool IsDeliveredStripeId(std::string_view id);
 
 }  // namespace ledger::projections

@@ -14,6 +14,8 @@
 #include <mutex>
 #include <thread>
 
+#include "projections/plan_catalog.h"
+#include "projections/stripe_webhook.h"
 #include "tests/support/fake_stripe.h"
 #include "tests/support/test_ledger.h"
 
@@ -110,6 +112,25 @@ TEST(StripeKeysTest, TheModeOfAKeyIsItsPrefix) {
   EXPECT_EQ(StripeKeyLivemode(""), std::nullopt);
   EXPECT_EQ(StripeKeyLivemode("sk_live"), std::nullopt);
   EXPECT_EQ(StripeKeyLivemode("pk_live_abc"), std::nullopt);
+}
+
+// A price id the plan catalog takes is one the client sends (ChangeSubscriptionPrice checks it:
+// "price.1" was stored, then the upgrade to the plan answered the user 400 invalid_argument) and
+// one a webhook delivery is read with (a 201-byte id was dropped: its subscribers had no plan).
+TEST(StripeIdTest, ThePlanCatalogTakesOnlyIdsTheClientAndWebhooksTake) {
+  for (const std::string& id : {std::string("price_1Nx"), std::string("price.1"),
+                                std::string("legacy-gold_2"), std::string(200, 'p'),
+                                std::string(201, 'p'), std::string(255, 'p')}) {
+    projections::PlanInput input;
+    const std::string body =
+        R"({"id":"team","display_name":"Team","price_monthly_cents":2900,"api_calls_limit":null,)"
+        R"("services":[],"stripe_price_monthly":")" + id + "\"}";
+    if (!projections::ParsePlanInput(body, "", &input).ok()) continue;
+    EXPECT_TRUE(IsStripeId(id)) << id;
+    EXPECT_TRUE(projections::IsStripeId(id)) << id;  // the webhook's rule, as long
+  }
+  EXPECT_TRUE(IsStripeId("legacy-gold_2"));
+  EXPECT_TRUE(IsStripeId(std::string(200, 'p')));
 }
 
 TEST(StripeKeysTest, RedactsSecrets) {

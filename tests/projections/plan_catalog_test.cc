@@ -6,6 +6,7 @@
 #include <rapidjson/document.h>
 
 #include "projections/limits.h"
+#include "projections/stripe_webhook.h"
 #include "tests/support/memory_state.h"
 #include "tests/support/schema_check.h"
 
@@ -396,6 +397,12 @@ INSTANTIATE_TEST_SUITE_P(
         BadInput{"StripePriceWithSpace", Body(R"("stripe_price_yearly":"price 1")"), k422,
                  "validation_failed"},
         BadInput{"ActiveNull", Body(R"("active":null)"), k422, "validation_failed"},
+        // Price ids the Stripe client and the webhook parser would not take (IsStripeId).
+        BadInput{"StripePriceWithDot", Body(R"("stripe_price_monthly":"price.1")"), k422,
+                 "validation_failed"},
+        BadInput{"StripePriceLongerThanWebhooksRead",
+                 Body(R"("stripe_price_yearly":")" + std::string(201, 'p') + "\""), k422,
+                 "validation_failed"},
         // Prices stripe-setup cannot sell: a paid plan's $0 cycle has no Stripe price, ever.
         BadInput{"PaidPlanWithAFreeYear", Body(R"("price_yearly_cents":0)"), k422,
                  "validation_failed"},
@@ -727,6 +734,40 @@ TEST(PlanCommandsTest, UpdateRefusesPricesCheckoutCannotSell) {
       ParsePlanInput(R"({"price_monthly_cents":0,"price_yearly_cents":0})", "team", &free).ok());
   UpdatePlan put_free(free, TestAdmin());
   EXPECT_EQ(h.MustRun(&put_free).events.size(), 1u);
+}
+
+// A price id the catalog takes is one the upgrade (HttpStripeClient) and the webhook parser take:
+// "price.1" was stored, then every upgrade to the plan answered the user 400 invalid_argument; a
+// 201-byte id was dropped from every delivery. A stored plan from before keeps parsing (replay).
+TEST(PlanCommandsTest, StripePriceIdsAreOnesStripeCallsAndWebhooksTake) {
+  Harness h;
+  SeedCatalog seed;
+  h.MustRun(&seed);
+  const size_t events = h.events().size();
+  Decision d;
+  for (const std::string& id : {std::string("price.1"), std::string(201, 'p')}) {
+    PlanInput input;
+    ASSERT_TRUE(ParsePlanInput(R"({"stripe_price_monthly":")" + id + "\"}", "professional",
+                               &input)
+                    .ok());
+    UpdatePlan put(input, TestAdmin());
+    Status s = h.Run(&put, &d);
+    EXPECT_EQ(s.problem(), "validation_failed") << id << " " << s.ToString();
+    SetPlanStripePrices setup("professional", id, std::nullopt, Actor::System("ledgerctl"));
+    s = h.Run(&setup, &d);
+    EXPECT_EQ(s.problem(), "validation_failed") << id << " " << s.ToString();
+  }
+  EXPECT_EQ(h.events().size(), events);
+  for (const std::string& id : {std::string("price_1Nx-a"), std::string(200, 'p')}) {
+    EXPECT_TRUE(IsStripeId(id)) << id;
+    SetPlanStripePrices setup("professional", id, std::nullopt, Actor::System("ledgerctl"));
+    EXPECT_TRUE(h.Run(&setup, &d).ok()) << id;
+  }
+  Plan stored;
+  ASSERT_TRUE(GetPlan(h.state(), "professional", &stored).ok());
+  stored.stripe_price_monthly = "price.legacy";
+  Plan parsed;
+  EXPECT_TRUE(ParsePlanJson(PlanToJson(stored), &parsed).ok());
 }
 
 // Made free, the conversion plan is off sale as much as retired: PUT /plans/starter
