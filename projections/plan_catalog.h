@@ -160,7 +160,8 @@ class PlanCatalogFold final : public Fold {
  public:
   std::string_view Name() const override { return kPlansFamily; }
   // Raise with any change to the rows Apply writes: the store's rows are rebuilt (fold.h).
-  uint32_t Version() const override { return 1; }
+  // 2: a price/<Stripe price id> row for every price a plan has named.
+  uint32_t Version() const override { return 2; }
   Status Apply(const Event& event, const StateReader& state, RowWriter* rows) const override;
 };
 
