@@ -234,7 +234,7 @@ void GetSubscriber(const AdminRouteContext& c, const httplib::Request& req, http
   const int64_t now_s = NowSeconds(c);
   for (size_t i = 0; s.ok() && i < user_ids.size(); ++i) {
     pj::MeteringSubject subject;
-    s = pj::GetUserAccess(*view, user_ids[i], &subject.access);
+    s = pj::GetUserAccessAt(*view, user_ids[i], now_s, &subject.access);
     pj::CurrentUsage usage;
     if (s.ok()) s = pj::GetCurrentUsage(*view, subject, user_ids[i], now_s, &usage);
     if (!s.ok()) break;

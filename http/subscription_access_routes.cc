@@ -253,12 +253,11 @@ void WriteAccess(Ledger* ledger, const Clock* clock, std::string_view user_id,
                  httplib::Response& res) {
   std::unique_ptr<ReadView> view = ledger->Snapshot();
   pj::MeteringSubject subject;
-  Status s = pj::GetUserAccess(*view, user_id, &subject.access);
+  const int64_t now_s =
+      (clock != nullptr ? clock : SystemClock::Default())->NowMicros() / 1'000'000;
+  Status s = pj::GetUserAccessAt(*view, user_id, now_s, &subject.access);
   pj::CurrentUsage usage;
-  if (s.ok()) {
-    const int64_t now_us = (clock != nullptr ? clock : SystemClock::Default())->NowMicros();
-    s = pj::GetCurrentUsage(*view, subject, user_id, now_us / 1'000'000, &usage);
-  }
+  if (s.ok()) s = pj::GetCurrentUsage(*view, subject, user_id, now_s, &usage);
   if (!s.ok()) {
     WriteStatusProblem(s, &res);
     return;
@@ -326,7 +325,9 @@ void CheckAccess(Ledger* ledger, const Clock* clock, const httplib::Request& req
   std::unique_ptr<ReadView> view = ledger->Snapshot();
   pj::MeteringSubject subject;
   const pj::UserAccess& access = subject.access;
-  Status s = pj::GetUserAccess(*view, user_id, &subject.access);
+  const int64_t now_s =
+      (clock != nullptr ? clock : SystemClock::Default())->NowMicros() / 1'000'000;
+  Status s = pj::GetUserAccessAt(*view, user_id, now_s, &subject.access);
   if (!s.ok()) {
     WriteStatusProblem(s, &res);
     return;
@@ -337,8 +338,7 @@ void CheckAccess(Ledger* ledger, const Clock* clock, const httplib::Request& req
   // used up for good is refused as consume refuses it (402).
   std::string ended;
   if (decision.allowed) {
-    const int64_t now_us = (clock != nullptr ? clock : SystemClock::Default())->NowMicros();
-    s = pj::GetAccessEnded(*view, subject, user_id, now_us / 1'000'000, &ended);
+    s = pj::GetAccessEnded(*view, subject, user_id, now_s, &ended);
     if (!s.ok()) {
       WriteStatusProblem(s, &res);
       return;

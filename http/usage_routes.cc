@@ -499,10 +499,9 @@ void Summary(const UsageRouteContext& c, const httplib::Request&, httplib::Respo
   std::shared_ptr<const pj::MeteringSubject> subject;
   pj::CurrentUsage current;
   std::vector<pj::UsageWindowRow> windows;
-  Status s = pj::LoadMeteringSubject(*view, user_id, nullptr, &subject);
-  if (s.ok()) {
-    s = pj::GetCurrentUsage(*view, *subject, user_id, NowMicros(c) / kMicrosPerSecond, &current);
-  }
+  const int64_t now_s = NowMicros(c) / kMicrosPerSecond;
+  Status s = pj::LoadMeteringSubject(*view, user_id, nullptr, now_s, &subject);
+  if (s.ok()) s = pj::GetCurrentUsage(*view, *subject, user_id, now_s, &current);
   if (s.ok()) s = pj::ListUserUsage(*view, user_id, pl::kUsageSummaryWindowsMax, &windows);
   if (!s.ok()) {
     WriteStatusProblem(s, &res);

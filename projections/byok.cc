@@ -105,7 +105,7 @@ Status ByokAllowed(const StateReader& state, std::string_view user_id, int64_t n
   *allowed = false;
   if (ended != nullptr) ended->clear();
   MeteringSubject subject;
-  LEDGER_RETURN_IF_ERROR(GetUserAccess(state, user_id, &subject.access));
+  LEDGER_RETURN_IF_ERROR(GetUserAccessAt(state, user_id, now_s, &subject.access));
   const UserAccess& access = subject.access;
   if (access.access == AccessLevel::kNone || !access.plan || !access.plan->byok_enabled) {
     return Status::OK();

@@ -50,8 +50,9 @@ std::string ByokAssociatedData(std::string_view user_id, std::string_view provid
 std::string ByokKeyHint(std::string_view api_key);
 
 // Whether a user may use BYOK at `now_s` (add and test keys; the providers' `available`): what
-// my-access says as byok_enabled -- access on a plan with byok_enabled whose access has not ended
-// (projections/usage.h GetAccessEnded: a trial past its end or with its calls used up, a
+// my-access says as byok_enabled -- access at `now_s` (GetUserAccessAt: past a bought plan's
+// scheduled end, the override it superseded) on a plan with byok_enabled whose access has not
+// ended (projections/usage.h GetAccessEnded: a trial past its end or with its calls used up, a
 // subscription past its scheduled end). `*ended` (may be null) gets that reason, "" when none.
 // Pure: `now_s` is the request's clock, or the command's time in a decider.
 Status ByokAllowed(const StateReader& state, std::string_view user_id, int64_t now_s,

@@ -1245,31 +1245,17 @@ Status ScanUsers(const StateReader& state, std::string_view after,
   return parse_error;
 }
 
-Status GetUserAccess(const StateReader& state, std::string_view user_id, UserAccess* out,
-                     std::vector<UserSubscription>* every) {
-  *out = UserAccess();
-  LEDGER_RETURN_IF_ERROR(LoadUserSubscriptions(state, user_id, &out->subscription, every));
-  LEDGER_RETURN_IF_ERROR(GetAdminOverride(state, user_id, &out->override));
+namespace {
+
+// The status, plan and access of `out` from its subscription and override (the override decides
+// unless superseded).
+Status DecideAccess(const StateReader& state, UserAccess* out) {
   const UserSubscription& sub = out->subscription;
   std::optional<std::string> plan_id = sub.plan_id();
   if (sub.has_subscription) out->status = sub.subscription.status;
-  if (out->override) {
-    // A granting override yields to a subscription to a plan the user started after it (see
-    // AdminOverride): an admin's trial kept deciding after the user bought Professional on its
-    // third day (tts 403, and 402 trial_expired from day 7 while Stripe billed Professional).
-    const AdminOverride& o = *out->override;
-    const SubscriptionRecord& r = sub.subscription;
-    // A subscription scheduled to end (canceled at its period's end, or at a date) does not
-    // supersede: past that end it would grant nothing while the comp it displaced came back only
-    // when Stripe's deletion arrived (402, then 200, by the webhook's delay alone).
-    out->override_superseded =
-        (o.plan_id || o.status) && !o.revokes() && sub.has_subscription && sub.plan_id() &&
-        AccessFor(r.status) != AccessLevel::kNone && !ScheduledEnd(r) && r.created &&
-        *r.created >= (o.decided_at_us + 999'999) / 1'000'000;  // whole seconds, not before
-    if (!out->override_superseded) {
-      if (o.plan_id) plan_id = o.plan_id;
-      if (o.status) out->status = o.status;
-    }
+  if (out->override && !out->override_superseded) {
+    if (out->override->plan_id) plan_id = out->override->plan_id;
+    if (out->override->status) out->status = out->override->status;
   }
   if (!out->status) return Status::OK();
   if (plan_id) {
@@ -1282,6 +1268,49 @@ Status GetUserAccess(const StateReader& state, std::string_view user_id, UserAcc
     }
   }
   out->access = out->plan ? AccessFor(*out->status) : AccessLevel::kNone;
+  return Status::OK();
+}
+
+}  // namespace
+
+Status GetUserAccess(const StateReader& state, std::string_view user_id, UserAccess* out,
+                     std::vector<UserSubscription>* every) {
+  *out = UserAccess();
+  LEDGER_RETURN_IF_ERROR(LoadUserSubscriptions(state, user_id, &out->subscription, every));
+  LEDGER_RETURN_IF_ERROR(GetAdminOverride(state, user_id, &out->override));
+  const UserSubscription& sub = out->subscription;
+  if (out->override) {
+    // A granting override yields to a subscription to a plan the user started after it (see
+    // AdminOverride): an admin's trial kept deciding after the user bought Professional on its
+    // third day (tts 403, and 402 trial_expired from day 7 while Stripe billed Professional).
+    const AdminOverride& o = *out->override;
+    const SubscriptionRecord& r = sub.subscription;
+    out->override_superseded =
+        (o.plan_id || o.status) && !o.revokes() && sub.has_subscription && sub.plan_id() &&
+        AccessFor(r.status) != AccessLevel::kNone && r.created &&
+        *r.created >= (o.decided_at_us + 999'999) / 1'000'000;  // whole seconds, not before
+    // Scheduled to end (canceled at its period's end, or at a date), it supersedes until then,
+    // and the override decides from then on, whether Stripe's deletion has arrived or not (past
+    // the period's end consume answered 402 until the late webhook, then 200). What it decides
+    // then is kept for the request's clock to choose (ResolveAt): the fold reads no clock.
+    if (out->override_superseded) {
+      if (const std::optional<int64_t> end = ScheduledEnd(r)) {
+        auto then = std::make_shared<UserAccess>();
+        then->subscription = sub;
+        then->override = out->override;
+        LEDGER_RETURN_IF_ERROR(DecideAccess(state, then.get()));
+        out->superseded_until = end;
+        out->override_decides = std::move(then);
+      }
+    }
+  }
+  return DecideAccess(state, out);
+}
+
+Status GetUserAccessAt(const StateReader& state, std::string_view user_id, int64_t now_s,
+                       UserAccess* out) {
+  LEDGER_RETURN_IF_ERROR(GetUserAccess(state, user_id, out));
+  out->ResolveAt(now_s);
   return Status::OK();
 }
 

@@ -52,6 +52,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -301,12 +302,14 @@ Status FindUsersByEmail(const StateReader& state, std::string_view email,
 // and checkout refuses (409 account_suspended) rather than sell a plan it would not honour. Any
 // other override with a tier or a status grants (a comp, a trial, a tier by hand): it decides
 // until the user starts a Stripe subscription of their own -- one Stripe `created` at or after
-// decided_at_us, to a catalog plan, in a status that grants access (trialing, active, past_due),
-// not scheduled to end (ScheduledEnd: a canceled-at-period-end one hands back to the override)
+// decided_at_us, to a catalog plan, in a status that grants access (trialing, active, past_due)
 // -- which then supersedes it (UserAccess::override_superseded): the user pays for a plan and
-// gets that plan, not the granted trial that ends on day 7. A subscription that existed when the
-// admin set the override does not supersede it (a tier granted over a plan). Both times come from
-// events (Stripe's object, the override's event): no clock is read.
+// gets that plan, not the granted trial that ends on day 7. When that subscription ends, the
+// override decides again: at Stripe's deletion, or already at its scheduled end (ScheduledEnd,
+// judged with the request's clock: UserAccess::ResolveAt), not when the end is merely scheduled
+// (the rest of the period was paid for). A subscription that existed when the admin set the
+// override does not supersede it (a tier granted over a plan). Both times come from events
+// (Stripe's object, the override's event): no clock is read.
 struct AdminOverride {
   std::optional<std::string> plan_id;
   std::optional<SubscriptionStatus> status;
@@ -352,6 +355,12 @@ struct UserAccess {
   // A granting override the user's own later subscription supersedes (AdminOverride): it is
   // kept (and shown) but decides nothing.
   bool override_superseded = false;
+  // The superseding subscription's ScheduledEnd, when it has one: from then the override decides
+  // again, as `override_decides` says (ResolveAt, with the request's clock). An admin's trial
+  // decided again as soon as the user bought Professional and cancelled it at its period's end:
+  // 402 trial_expired, tts 403, for the rest of the month the user had paid for.
+  std::optional<int64_t> superseded_until;
+  std::shared_ptr<const UserAccess> override_decides;  // set with superseded_until
   // The status access is decided on: the deciding override's, else the subscription's; nullopt
   // when there is neither (no subscription).
   std::optional<SubscriptionStatus> status;
@@ -378,6 +387,18 @@ struct UserAccess {
     if (!subscription.has_subscription || (overridden() && override->status)) return std::nullopt;
     return ScheduledEnd(subscription.subscription);
   }
+  // What access is at `now_s`: past `superseded_until`, what the override decides (a comp comes
+  // back at the end of the plan that superseded it, as it does at Stripe's deletion, which can
+  // come days late). Every request-time decision takes its UserAccess through this
+  // (GetUserAccessAt); GetUserAccess alone is what the state says, for the cache.
+  bool SupersessionEndedAt(int64_t now_s) const {
+    return superseded_until && now_s >= *superseded_until && override_decides;
+  }
+  void ResolveAt(int64_t now_s) {
+    if (!SupersessionEndedAt(now_s)) return;
+    UserAccess then = *override_decides;  // copied first: assigning releases override_decides
+    *this = std::move(then);
+  }
   // Access has ended by `now_s` because the subscription was scheduled to end by then:
   // check-access, consume, my-access, the usage summary and BYOK grant nothing (checkout, with
   // ScheduledEnd, sells a new plan).
@@ -395,6 +416,9 @@ struct UserAccess {
 // access is decided on.
 Status GetUserAccess(const StateReader& state, std::string_view user_id, UserAccess* out,
                      std::vector<UserSubscription>* every = nullptr);
+// GetUserAccess, then ResolveAt(now_s): what a request at `now_s` decides on.
+Status GetUserAccessAt(const StateReader& state, std::string_view user_id, int64_t now_s,
+                       UserAccess* out);
 
 // Why a service is or is not available to a user. Reasons (stable, snake_case):
 //   "ok", "unknown_service", "no_subscription", "subscription_inactive", "unknown_plan",

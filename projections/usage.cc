@@ -1457,12 +1457,24 @@ Status UsageAccessCache::Get(const StateReader& state, std::string_view epoch,
 }
 
 Status LoadMeteringSubject(const StateReader& state, std::string_view user_id,
-                           UsageAccessCache* cache, std::shared_ptr<const MeteringSubject>* out) {
-  if (cache != nullptr) return cache->Get(state, user_id, out);
+                           UsageAccessCache* cache, int64_t now_s,
+                           std::shared_ptr<const MeteringSubject>* out) {
+  if (cache != nullptr) {
+    LEDGER_RETURN_IF_ERROR(cache->Get(state, user_id, out));
+    MeteringSubjectAt(now_s, out);
+    return Status::OK();
+  }
   auto subject = std::make_shared<MeteringSubject>();
-  LEDGER_RETURN_IF_ERROR(GetUserAccess(state, user_id, &subject->access));
+  LEDGER_RETURN_IF_ERROR(GetUserAccessAt(state, user_id, now_s, &subject->access));
   *out = std::move(subject);
   return Status::OK();
+}
+
+void MeteringSubjectAt(int64_t now_s, std::shared_ptr<const MeteringSubject>* subject) {
+  if (!(*subject)->access.SupersessionEndedAt(now_s)) return;
+  auto at = std::make_shared<MeteringSubject>(**subject);
+  at->access.ResolveAt(now_s);
+  *subject = std::move(at);
 }
 
 // ---- meter ---------------------------------------------------------------------------------------
@@ -1554,7 +1566,8 @@ Status ConsumeUsage::Decide(const DecideContext& context, Decision* decision) {
                             "POST /api/v1/usage/events");
   }
   std::shared_ptr<const MeteringSubject> subject;
-  LEDGER_RETURN_IF_ERROR(LoadMeteringSubject(*context.state, r.user_id, cache_, &subject));
+  LEDGER_RETURN_IF_ERROR(
+      LoadMeteringSubject(*context.state, r.user_id, cache_, now_s, &subject));
   UsageTerms terms;
   Status access = ResolveConsumeTerms(*subject, now_s, &terms);
   outcome_.window = terms.window;
@@ -1901,8 +1914,10 @@ class BatchRecorder {
           epoch_read_ = true;
         }
         LEDGER_RETURN_IF_ERROR(cache_->Get(state_, epoch_, user_id, &fresh->subject));
+        MeteringSubjectAt(now_s_, &fresh->subject);
       } else {
-        LEDGER_RETURN_IF_ERROR(LoadMeteringSubject(state_, user_id, nullptr, &fresh->subject));
+        LEDGER_RETURN_IF_ERROR(
+            LoadMeteringSubject(state_, user_id, nullptr, now_s_, &fresh->subject));
       }
       // What RecordingTerms names for every item: the user's plan, also when the item counts
       // against the calendar month (no access, or after the trial).
@@ -2026,7 +2041,7 @@ Status UsageWindowReset::Decide(const DecideContext& context, Decision* decision
   body.StartArray();
   for (const std::string& user_id : user_ids) {
     std::shared_ptr<const MeteringSubject> subject;
-    LEDGER_RETURN_IF_ERROR(LoadMeteringSubject(*context.state, user_id, cache_, &subject));
+    LEDGER_RETURN_IF_ERROR(LoadMeteringSubject(*context.state, user_id, cache_, now_s, &subject));
     CurrentUsage current;
     LEDGER_RETURN_IF_ERROR(GetCurrentUsage(*context.state, *subject, user_id, now_s, &current));
     const UsageWindow& window = current.terms.window;

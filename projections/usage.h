@@ -290,9 +290,14 @@ class UsageAccessCache {
   Counter misses_;
 };
 
-// Loads (no cache) or gets through `cache` when non-null.
+// Loads (no cache) or gets through `cache` when non-null, as a request at `now_s` sees it
+// (UserAccess::ResolveAt: the cache holds what the state says, whatever the clock).
 Status LoadMeteringSubject(const StateReader& state, std::string_view user_id,
-                           UsageAccessCache* cache, std::shared_ptr<const MeteringSubject>* out);
+                           UsageAccessCache* cache, int64_t now_s,
+                           std::shared_ptr<const MeteringSubject>* out);
+// `*subject` as a request at `now_s` sees it: a resolved copy when the override it was
+// superseding decides again by then (UserAccess::ResolveAt), else unchanged.
+void MeteringSubjectAt(int64_t now_s, std::shared_ptr<const MeteringSubject>* subject);
 
 // Process-wide metering state the daemon owns and the usage routes share: the access cache and
 // the counters rendered on /metrics. Thread-safe.

@@ -983,9 +983,10 @@ TEST_F(AdminRoutesTest, ATrialGrantedByAnAdminEndsAfterItsTrialDays) {
   EXPECT_STREQ(subscriber["override"]["plan_id"].GetString(), "trial");
 }
 
-// A comp the user's own later plan superseded comes back as soon as that plan is scheduled to end,
-// not when Stripe's deletion arrives: past the period's end consume answered 402 until the late
-// webhook, then 200 again (the answer hung on the webhook's delay alone).
+// A comp the user's own later plan superseded comes back when that plan ends: at its scheduled
+// end, not when Stripe's deletion arrives (past the period's end consume answered 402 until the
+// late webhook, then 200: the answer hung on the webhook's delay alone), and not as soon as the
+// end is scheduled (the user keeps the plan they paid for until then).
 TEST_F(AdminRoutesTest, ACompComesBackWhenTheUsersOwnPlanIsScheduledToEnd) {
   AddCustomerBase();
   ASSERT_EQ(Patch("g@x.com", R"({"tier":"professional","status":"active"})").status, 200);
@@ -996,13 +997,76 @@ TEST_F(AdminRoutesTest, ACompComesBackWhenTheUsersOwnPlanIsScheduledToEnd) {
   ExpectProblem(Consume("u-g", "tts", "own-starter"), 403, "service_not_in_plan");
   own.cancel_at_period_end = true;
   ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), own).ok());
-  EXPECT_EQ(Consume("u-g", "tts", "scheduled").status, 200);
+  ExpectProblem(Consume("u-g", "tts", "scheduled"), 403, "service_not_in_plan");
   clock_.Advance(30 * kDay * kUs + 3600 * kUs);  // past the period's end, no deletion yet
   EXPECT_EQ(Consume("u-g", "tts", "after-end").status, 200);
   own.status = "canceled";
   own.ended_at = own.canceled_at = own.period_end;
   ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), own).ok());
   EXPECT_EQ(Consume("u-g", "tts", "after-deletion").status, 200);
+}
+
+// A plan the user bought over an override, then cancelled at its period's end (or at a date),
+// decides until that end, and the override from then on. The override decided as soon as the
+// end was scheduled: an admin's trial answered 402 trial_expired (and my-access plan "trial")
+// for the rest of the month the user paid Professional for; a comp of Starter took tts and
+// Professional's quota away at once.
+TEST_F(AdminRoutesTest, APlanBoughtOverAnOverrideDecidesUntilItsScheduledEnd) {
+  AddCustomerBase();
+  AddSubscriber(OnPlan("u-h", ""), "h@x.com");
+  ASSERT_EQ(Patch("g@x.com", R"({"tier":"trial","status":"trialing"})").status, 200);
+  ASSERT_EQ(Patch("h@x.com", R"({"tier":"starter","status":"active"})").status, 200);
+  ExpectProblem(Consume("u-h", "tts", "comped"), 403, "service_not_in_plan");
+  clock_.Advance(2 * kDay * kUs);  // the trial's day 2
+  const int64_t bought = NowSeconds();
+  TestSubscription g = OnPlan("u-g", "professional", bought, bought + 30 * kDay);
+  TestSubscription h = OnPlan("u-h", "professional", bought, bought + 30 * kDay);
+  h.cancel_at = bought + 20 * kDay;  // a date set in the portal
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), g).ok());
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), h).ok());
+  EXPECT_EQ(Consume("u-h", "tts", "bought").status, 200);
+  clock_.Advance(6 * kDay * kUs);  // day 8: past the granted trial's seven days
+  g.cancel_at_period_end = true;
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), g).ok());
+  EXPECT_EQ(Consume("u-g", "chat", "scheduled-chat").status, 200);
+  EXPECT_EQ(Consume("u-g", "tts", "scheduled-tts").status, 200);
+  EXPECT_EQ(Consume("u-h", "tts", "scheduled-tts").status, 200);
+  auto my_access = [&](const std::string& user) {
+    HttpReply r = User(user).Get("/api/v1/subscriptions/my-access");
+    EXPECT_EQ(r.status, 200) << r.body;
+    return r.Json();
+  };
+  rapidjson::Document access = my_access("u-g");
+  EXPECT_STREQ(access["plan_id"].GetString(), "professional");
+  EXPECT_TRUE(access["has_access"].GetBool());
+  EXPECT_FALSE(access["overridden"].GetBool());
+  rapidjson::Document one = Admin().Get(std::string(kAdminBase) + "g@x.com").Json();
+  EXPECT_TRUE(one["users"][0]["subscriber"]["override_superseded"].GetBool());
+
+  // The last hour before each end: still the plan bought.
+  clock_.Set((bought + 20 * kDay - 3600) * kUs);
+  EXPECT_EQ(Consume("u-h", "tts", "before-cancel-at").status, 200);
+  clock_.Set((bought + 20 * kDay) * kUs);  // u-h's cancel_at: Starter's comp decides
+  ExpectProblem(Consume("u-h", "tts", "at-cancel-at"), 403, "service_not_in_plan");
+  EXPECT_EQ(Consume("u-h", "chat", "at-cancel-at").status, 200);
+  EXPECT_STREQ(my_access("u-h")["plan_id"].GetString(), "starter");
+  clock_.Set((bought + 30 * kDay - 3600) * kUs);
+  EXPECT_EQ(Consume("u-g", "tts", "before-end").status, 200);
+  clock_.Set((bought + 30 * kDay + 3600) * kUs);  // past the period's end, no deletion yet
+  ExpectProblem(Consume("u-g", "chat", "after-end"), 402, "trial_expired");
+  access = my_access("u-g");
+  EXPECT_STREQ(access["plan_id"].GetString(), "trial");
+  EXPECT_FALSE(access["has_access"].GetBool());
+  EXPECT_TRUE(access["overridden"].GetBool());
+  ASSERT_TRUE(access["access_ended"].IsString());
+  EXPECT_STREQ(access["access_ended"].GetString(), "trial_expired");
+  one = Admin().Get(std::string(kAdminBase) + "g@x.com").Json();
+  EXPECT_FALSE(one["users"][0]["subscriber"]["override_superseded"].GetBool());
+  // Stripe's deletion, when it arrives, changes nothing.
+  g.status = "canceled";
+  g.ended_at = g.canceled_at = g.period_end;
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), g).ok());
+  ExpectProblem(Consume("u-g", "chat", "after-deletion"), 402, "trial_expired");
 }
 
 // Canceled at its period's end, a subscription grants nothing once the period is over, though
