@@ -334,11 +334,14 @@ void CheckAccess(Ledger* ledger, const Clock* clock, const httplib::Request& req
   }
   pj::ServiceAccess decision = pj::CheckServiceAccess(access, service);
   // The terms a consume is held to: a gateway gating on this answer and metering through
-  // /usage/events would otherwise give an ended trial unlimited access. A trial whose calls are
-  // used up for good is refused as consume refuses it (402).
+  // /usage/events would otherwise give an ended trial unlimited access. In consume's order: an
+  // ended plan (402) before the service (403) -- a trial past its end asked for tts said
+  // service_not_in_plan while consume answered 402 trial_expired -- and calls used up for good
+  // (402) after it, as consume checks the quota after the service.
   std::string ended;
-  if (decision.allowed) {
-    s = pj::GetAccessEnded(*view, subject, user_id, now_s, &ended);
+  if (decision.allowed || decision.reason == "service_not_in_plan") {
+    s = decision.allowed ? pj::GetAccessEnded(*view, subject, user_id, now_s, &ended)
+                         : pj::GetPlanEnded(subject, now_s, &ended);
     if (!s.ok()) {
       WriteStatusProblem(s, &res);
       return;

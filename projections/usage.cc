@@ -2103,17 +2103,33 @@ std::string AccessEndedReason(const MeteringSubject& subject, const CurrentUsage
   return TrialCallsUsedUp(usage) ? "trial_exhausted" : "";
 }
 
-Status GetAccessEnded(const StateReader& state, const MeteringSubject& subject,
-                      std::string_view user_id, int64_t now_s, std::string* ended) {
+namespace {
+
+// GetPlanEnded, with the terms a consume would be held to when it has not ended.
+Status PlanEnded(const MeteringSubject& subject, int64_t now_s, UsageTerms* terms,
+                 std::string* ended) {
   ended->clear();
   if (subject.access.access == AccessLevel::kNone) return Status::OK();
-  UsageTerms terms;
-  Status s = ResolveConsumeTerms(subject, now_s, &terms);
+  Status s = ResolveConsumeTerms(subject, now_s, terms);
   if (!s.ok()) {
     if (s.code() != Code::kPaymentRequired) return s;
     *ended = s.problem();
-    return Status::OK();
   }
+  return Status::OK();
+}
+
+}  // namespace
+
+Status GetPlanEnded(const MeteringSubject& subject, int64_t now_s, std::string* ended) {
+  UsageTerms terms;
+  return PlanEnded(subject, now_s, &terms, ended);
+}
+
+Status GetAccessEnded(const StateReader& state, const MeteringSubject& subject,
+                      std::string_view user_id, int64_t now_s, std::string* ended) {
+  UsageTerms terms;
+  LEDGER_RETURN_IF_ERROR(PlanEnded(subject, now_s, &terms, ended));
+  if (!ended->empty() || subject.access.access == AccessLevel::kNone) return Status::OK();
   // Only a trial's calls are used up for good: no counter to read for other plans.
   if (!terms.trial) return Status::OK();
   CurrentUsage usage;

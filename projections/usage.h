@@ -464,5 +464,9 @@ std::string AccessEndedReason(const MeteringSubject& subject, const CurrentUsage
 // The same, reading the counters it needs from `state` (none unless the plan is a trial).
 Status GetAccessEnded(const StateReader& state, const MeteringSubject& subject,
                       std::string_view user_id, int64_t now_s, std::string* ended);
+// Its first half, what a consume checks before the service: the plan's access over at `now_s`
+// whatever its calls ("trial_expired", "subscription_required"), else "". check-access answers
+// it before service_not_in_plan, as consume does; calls used up come after the service.
+Status GetPlanEnded(const MeteringSubject& subject, int64_t now_s, std::string* ended);
 
 }  // namespace ledger::projections

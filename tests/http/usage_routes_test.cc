@@ -622,6 +622,25 @@ TEST_F(UsageRoutesTest, ATrialCapUsedUpBeforeTheLastDayEndsAccessEverywhere) {
   EXPECT_STREQ(r.Json()["reason"].GetString(), "trial_exhausted") << r.body;
 }
 
+// check-access gives the reason consume gives, in consume's order (402 before 403): a trial
+// past its end asked for tts (not a trial service) said service_not_in_plan while consume
+// answered 402 trial_expired. Within the trial, tts is still service_not_in_plan.
+TEST_F(UsageRoutesTest, CheckAccessGivesAnEndedTrialsReasonBeforeTheService) {
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("t8", "trial", "trialing"))
+                  .ok());
+  const std::string check = "/api/v1/subscriptions/check-access/tts";
+  HttpReply r = Client(Token("t8")).Post(check, "");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_STREQ(r.Json()["reason"].GetString(), "service_not_in_plan") << r.body;
+  ExpectProblem(Consume("t8", "tts", "in-trial"), 403, "service_not_in_plan");
+  clock_.Set((kStripeT0 + 7 * kDay) * kUs);
+  ExpectProblem(Consume("t8", "tts", "after-trial"), 402, "trial_expired");
+  r = Client(Token("t8")).Post(check, "");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_FALSE(r.Json()["allowed"].GetBool()) << r.body;
+  EXPECT_STREQ(r.Json()["reason"].GetString(), "trial_expired") << r.body;
+}
+
 TEST_F(UsageRoutesTest, MonthlyWindowRollsOverAtTheBillingPeriod) {
   ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
   ASSERT_EQ(Consume("u1", "chat", "a", 10).status, 200);
