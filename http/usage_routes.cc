@@ -39,9 +39,10 @@
 // summary: {"user_id","plan_id","status","has_access","reason","current":{window + used, limit,
 // remaining, services}, "windows":[{window, used, limit, recorded, resets, services}, newest
 // first, at most 100]}. has_access is what a consume of one call would meet, as my-access says
-// it: false with "reason" the 402's code (subscription_required, trial_expired, or
+// it: false with "reason" the 402's code (subscription_required -- also for a window's calls used
+// up when the subscription is scheduled to end before it renews --, trial_expired, or
 // trial_exhausted for a trial whose calls are used up for good); a window's quota used up that
-// a later window cures is still access (reason null).
+// a later window cures is still access (reason null). A window ends by a scheduled end.
 //
 // reset-usage: optional body {"reason"}; `Idempotency-Key` honoured. 404 when no user has the
 // email. 200 {"email","users":[{"user_id","window_start","window_end","window_kind",
@@ -520,17 +521,17 @@ void Summary(const UsageRouteContext& c, const httplib::Request&, httplib::Respo
   }
   Key(&w, "status");
   Str(&w, subject->access.status_name());
-  // A trial whose calls are used up for good (its cap, or its last day's) grants nothing more:
-  // consume answers 402 trial_exhausted, and my-access and check-access say so; the summary
-  // says what they say (it said has_access: true with nothing left to consume).
-  const bool trial_exhausted = pj::TrialCallsUsedUp(current);
+  // Calls used up for good (a trial's cap or its last day's; a window that access ends before
+  // it renews) grant nothing more: consume answers 402, and my-access and check-access say so;
+  // the summary says what they say (it said has_access: true with nothing left to consume).
+  const std::string_view used_up = pj::CallsUsedUpReason(current);
   Key(&w, "has_access");
-  w.Bool(current.has_plan && current.error.ok() && !trial_exhausted);
+  w.Bool(current.has_plan && current.error.ok() && used_up.empty());
   Key(&w, "reason");
   if (!current.error.ok()) {
     Str(&w, current.error.problem());
-  } else if (trial_exhausted) {
-    Str(&w, "trial_exhausted");
+  } else if (!used_up.empty()) {
+    Str(&w, used_up);
   } else {
     w.Null();
   }

@@ -878,13 +878,23 @@ Status SubjectUsageTerms(const MeteringSubject& subject, int64_t at_s, UsageTerm
                                FormatRfc3339Seconds(*access.scheduled_end()) +
                                " (it was canceled); subscribe to a plan to continue");
   }
+  Status s;
   if (access.overridden() && access.override->plan_id && access.plan &&
       IsTrialPlan(*access.plan)) {
     SubscriptionRecord granted;
     granted.trial_start = FloorSeconds(access.override->tier_set_at_us);
-    return ComputeUsageTerms(subject.plan(), &granted, at_s, out);
+    s = ComputeUsageTerms(subject.plan(), &granted, at_s, out);
+  } else {
+    s = ComputeUsageTerms(subject.plan(), subject.subscription(), at_s, out);
   }
-  return ComputeUsageTerms(subject.plan(), subject.subscription(), at_s, out);
+  // Nothing is granted past a scheduled end, so the window ends there: Stripe's period went on
+  // to its end, and a user over quota with cancel_at in 2 days of a 20-day period was told
+  // Retry-After ≈ 20 days (X-RateLimit-Reset and window_end likewise) though from cancel_at
+  // every call is 402. (The counter's window is its start and kind; the end is the last
+  // record's.)
+  const std::optional<int64_t> end = access.scheduled_end();
+  if (end && out->window.end_s > *end) out->window.end_s = *end;
+  return s;
 }
 
 // The terms for recording (batch): the plan's window when the user has a plan that grants
@@ -1620,6 +1630,17 @@ Status ConsumeUsage::Decide(const DecideContext& context, Decision* decision) {
                                               : "only " + std::to_string(window_left) +
                                                     " calls of the trial's last day are left");
     }
+    // The same for a subscription scheduled to end before the window would renew: a 429's
+    // Retry-After would send the caller to the end of access, where the answer is 402.
+    const std::optional<int64_t> access_end = subject->access.scheduled_end();
+    if (access_end && terms.window.end_s >= *access_end) {
+      return PaymentRequired(
+          "subscription_required",
+          "the quota of " + std::to_string(*terms.limit) + " calls for this " +
+              std::string(WindowKindName(terms.window.kind)) + " is used up and the " +
+              "subscription ends at " + FormatRfc3339Seconds(*access_end) +
+              ", before it renews: subscribe to a plan to continue");
+    }
     return Status::Make(Code::kResourceExhausted, "quota_exceeded",
                         "the quota of " + std::to_string(*terms.limit) + " calls for this " +
                             std::string(WindowKindName(terms.window.kind)) + " is used up");
@@ -2084,23 +2105,28 @@ Status UsageWindowReset::Decide(const DecideContext& context, Decision* decision
 
 // ---- queries -------------------------------------------------------------------------------------
 
-bool TrialCallsUsedUp(const CurrentUsage& usage) {
+std::string_view CallsUsedUpReason(const CurrentUsage& usage) {
   const UsageTerms& terms = usage.terms;
-  if (!usage.error.ok() || !terms.trial) return false;
+  if (!usage.error.ok() || !usage.has_plan) return "";
   // The cap first, as consume checks it: a trial starting at 15:00 UTC touches 8 UTC days, and
   // 100 calls in each of the first 7 use up its 700 on a day that also used its 100 but is not
   // the last -- consume answered 402 trial_exhausted while check-access said ok (the day's
   // quota alone, used up before the last day, was taken for a 429 that cures itself).
-  if (usage.trial_remaining && *usage.trial_remaining == 0) return true;
-  const bool day_used_up = terms.limit && usage.used >= *terms.limit;
-  return day_used_up && terms.window.end_s >= terms.trial->end_s;
+  if (terms.trial && usage.trial_remaining && *usage.trial_remaining == 0) {
+    return "trial_exhausted";
+  }
+  const bool window_used_up = terms.limit && usage.used >= *terms.limit;
+  if (!window_used_up) return "";
+  if (terms.trial && terms.window.end_s >= terms.trial->end_s) return "trial_exhausted";
+  if (usage.access_end && terms.window.end_s >= *usage.access_end) return "subscription_required";
+  return "";
 }
 
 std::string AccessEndedReason(const MeteringSubject& subject, const CurrentUsage& usage) {
   if (subject.access.access == AccessLevel::kNone) return "";
   // ResolveConsumeTerms refuses with 402s only (access, a scheduled end, a trial's end).
   if (!usage.error.ok()) return usage.error.problem();
-  return TrialCallsUsedUp(usage) ? "trial_exhausted" : "";
+  return std::string(CallsUsedUpReason(usage));
 }
 
 namespace {
@@ -2130,8 +2156,10 @@ Status GetAccessEnded(const StateReader& state, const MeteringSubject& subject,
   UsageTerms terms;
   LEDGER_RETURN_IF_ERROR(PlanEnded(subject, now_s, &terms, ended));
   if (!ended->empty() || subject.access.access == AccessLevel::kNone) return Status::OK();
-  // Only a trial's calls are used up for good: no counter to read for other plans.
-  if (!terms.trial) return Status::OK();
+  // Calls are used up for good only in a trial, or in the window access ends in (terms.window
+  // ends by the scheduled end): no counter to read otherwise.
+  const std::optional<int64_t> end = subject.access.scheduled_end();
+  if (!terms.trial && !(end && terms.window.end_s >= *end)) return Status::OK();
   CurrentUsage usage;
   LEDGER_RETURN_IF_ERROR(GetCurrentUsage(state, subject, user_id, now_s, &usage));
   *ended = AccessEndedReason(subject, usage);
@@ -2163,6 +2191,7 @@ Status GetCurrentUsage(const StateReader& state, const MeteringSubject& subject,
     return s;
   }
   if (!out->has_plan) return Status::OK();
+  out->access_end = subject.access.scheduled_end();
   if (!out->error.ok()) {
     out->remaining = 0;
     return Status::OK();

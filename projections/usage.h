@@ -19,6 +19,10 @@
 //     months continue from its end (the renewal normally starts exactly there, so the counter
 //     carries on) -- unless it was canceled at its end (UserAccess::EndedAt: no plan from then on).
 //     No known period: the UTC calendar month.
+//   Any window of a subscription scheduled to end (cancel_at, cancel_at_period_end) ends by that
+//   time (UserAccess::scheduled_end): its calls used up, no retry can succeed before access ends,
+//   so a consume over the quota is 402 "subscription_required", as a trial's last day is 402
+//   "trial_exhausted", not a 429 whose Retry-After points past the end of access.
 //   No plan (batch only): the UTC calendar month, no limit.
 //
 // Consume (ConsumeUsage, inside the writer's group commit): access (402 "subscription_required"
@@ -436,16 +440,20 @@ struct CurrentUsage {
                                      // nullopt = unlimited / no plan
   std::optional<int64_t> trial_remaining;  // what is left of a trial's whole cap (limit ×
                                            // trial_days); nullopt when there is no cap
+  std::optional<int64_t> access_end;  // the subscription's scheduled end, when access ends then
+                                      // (UserAccess::scheduled_end); terms.window ends by it
   std::map<std::string, int64_t, std::less<>> services;
 };
 Status GetCurrentUsage(const StateReader& state, const MeteringSubject& subject,
                        std::string_view user_id, int64_t now_s, CurrentUsage* out);
 
-// Whether a trial's calls are used up for good -- its whole cap (whatever the day), or its last
-// day's: what a consume of one call answers 402 "trial_exhausted" for, in consume's order (the
-// cap first). A day's quota used up before the last day, with calls of the cap left, is a 429
-// that cures itself, not this. The one predicate of check-access, my-access and the summary.
-bool TrialCallsUsedUp(const CurrentUsage& usage);
+// Why no call can be consumed before access ends, "" when one can or a later window cures it:
+// what a consume of one call answers 402 for, in consume's order. "trial_exhausted": a trial's
+// whole cap used up (whatever the day), or its last day's calls; "subscription_required": the
+// window's calls used up and the subscription scheduled to end before the window renews. A
+// window's quota used up that a later window cures is a 429, not this. The one predicate of
+// check-access, my-access and the summary.
+std::string_view CallsUsedUpReason(const CurrentUsage& usage);
 
 // The terms a consume would be checked against (the errors ConsumeUsage answers for access and
 // trial expiry, not for the service or the quota). Exposed for tests and my-access.
@@ -454,14 +462,16 @@ Status ResolveConsumeTerms(const MeteringSubject& subject, int64_t now_s, UsageT
 // Why the access a user's status grants is over at `now_s` -- what my-access says as
 // access_ended and a consume refuses with 402: "trial_expired" (a trial past its end, whatever
 // Stripe's status still says; an admin's trial never ends at Stripe), "subscription_required"
-// (past the time it was canceled for, before Stripe's deletion arrived), "trial_exhausted"
-// (TrialCallsUsedUp) -- or "" when it is not over, or when the status grants no access at all.
+// (past the time it was canceled for, before Stripe's deletion arrived; or the window's calls
+// used up when access ends before it renews), "trial_exhausted" (CallsUsedUpReason has both) --
+// or "" when it is not over, or when the status grants no access at all.
 // One decision for my-access, check-access and BYOK (ByokAllowed): BYOK checked only the status
 // and the plan, so an expired or used-up trial on a plan with byok_enabled kept adding keys and
 // calling providers while my-access said byok_enabled false. Pure: `now_s` is the caller's (a
 // command's time in a decider). From `usage`, GetCurrentUsage of `subject` at that time:
 std::string AccessEndedReason(const MeteringSubject& subject, const CurrentUsage& usage);
-// The same, reading the counters it needs from `state` (none unless the plan is a trial).
+// The same, reading the counters it needs from `state` (none unless the plan is a trial or
+// access ends in the current window).
 Status GetAccessEnded(const StateReader& state, const MeteringSubject& subject,
                       std::string_view user_id, int64_t now_s, std::string* ended);
 // Its first half, what a consume checks before the service: the plan's access over at `now_s`

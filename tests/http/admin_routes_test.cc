@@ -1109,6 +1109,45 @@ TEST_F(AdminRoutesTest, ASubscriptionCanceledAtItsPeriodsEndGrantsNothingAfterIt
   ExpectProblem(Consume("u-at", "chat", "after-cancel-at"), 402, "subscription_required");
 }
 
+// A window ends where access does: with cancel_at in 2 days of a 20-day period, the window's
+// end, X-RateLimit-Reset and window_end are the cancel_at, and the quota used up is 402 (no
+// retry can succeed before access ends, as on a trial's last day), not a 429 whose Retry-After
+// (≈ 20 days) pointed past the end of access. check-access, my-access and the summary agree.
+TEST_F(AdminRoutesTest, AQuotaUsedUpBeforeAScheduledEndIsNotARetryPastIt) {
+  TestSubscription at = OnPlan("u-at", "professional", kNow - 10 * kDay, kNow + 20 * kDay);
+  at.cancel_at = kNow + 2 * kDay;  // a date set in the portal
+  AddSubscriber(at, "at@x.com");
+  TestHttpClient service("127.0.0.1", stack_->port());
+  service.set_bearer(kServiceToken);
+  HttpReply r = service.Post("/api/v1/usage/consume",
+                             R"({"user_id":"u-at","service":"chat","quantity":9999,)"
+                             R"("idempotency_key":"most"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(std::string(r.Json()["window_end"].GetString()),
+            pj::FormatRfc3339Seconds(kNow + 2 * kDay));
+  EXPECT_EQ(r.Header("X-RateLimit-Reset"), std::to_string(2 * kDay));
+  ASSERT_EQ(Consume("u-at", "chat", "last").status, 200);
+  HttpReply over = Consume("u-at", "chat", "over");
+  ExpectProblem(over, 402, "subscription_required");
+  EXPECT_EQ(over.Header("Retry-After"), "") << over.body;
+  TestHttpClient client("127.0.0.1", stack_->port());
+  client.set_bearer(kServiceToken);
+  r = client.Post("/api/v1/subscriptions/check-access/chat?user_id=u-at", "");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_FALSE(r.Json()["allowed"].GetBool()) << r.body;
+  EXPECT_STREQ(r.Json()["reason"].GetString(), "subscription_required");
+  r = User("u-at").Get("/api/v1/subscriptions/my-access");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_FALSE(r.Json()["has_access"].GetBool()) << r.body;
+  ASSERT_TRUE(r.Json()["access_ended"].IsString()) << r.body;
+  EXPECT_STREQ(r.Json()["access_ended"].GetString(), "subscription_required");
+  r = User("u-at").Get("/api/v1/usage/summary");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_FALSE(r.Json()["has_access"].GetBool()) << r.body;
+  EXPECT_EQ(std::string(r.Json()["current"]["window_end"].GetString()),
+            pj::FormatRfc3339Seconds(kNow + 2 * kDay));
+}
+
 TEST_F(AdminRoutesTest, ASuspensionRefusesMeteringButLeavesStripeAlone) {
   AddCustomerBase();
   ASSERT_EQ(Consume("u-a", "chat", "before").status, 200);

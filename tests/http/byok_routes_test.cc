@@ -579,6 +579,31 @@ TEST_F(ByokRoutesTest, AnEndedOrUsedUpTrialHasNoByokThoughItsPlanHasIt) {
   EXPECT_EQ(Head(), head);
 }
 
+// BYOK follows my-access when a window's calls are used up and the subscription is scheduled to
+// end before the window renews (CallsUsedUpReason: consume answers 402 subscription_required,
+// not a 429 to retry past the end): no key is added or tested, and BYOK shows disabled.
+TEST_F(ByokRoutesTest, AQuotaUsedUpBeforeAScheduledEndEndsByok) {
+  ledger::testing::TestSubscription sam =
+      OnPlan("sam", "starter", kNow - 10 * 86400, kNow + 20 * 86400);
+  sam.cancel_at = kNow + 2 * 86400;  // a date set in the portal
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), sam).ok());
+  provider_.Accept(kOpenAiKey);
+  ASSERT_EQ(Add("sam", "openai", kOpenAiKey).status, 201);
+  pj::ConsumeUsage consume(pj::ConsumeRequest{"sam", "chat", 1000, "sam-all", ""}, nullptr);
+  Status consumed = ledger_->Submit(&consume).status;
+  ASSERT_TRUE(consumed.ok()) << consumed.ToString();
+  const uint64_t head = Head();
+  HttpReply added = Add("sam", "anthropic", kAnthropicKey);
+  ExpectProblem(added, 403, "byok_not_in_plan");
+  EXPECT_NE(added.body.find("access ended: subscription_required"), std::string::npos)
+      << added.body;
+  ExpectProblem(As("sam").Post("/api/v1/byok/keys/test/openai", ""), 403, "byok_not_in_plan");
+  EXPECT_EQ(As("sam").Get("/api/v1/byok/providers").Header("X-Byok-Enabled"), "false");
+  EXPECT_FALSE(As("sam").Get("/api/v1/byok/stats").Json()["byok_enabled"].GetBool());
+  EXPECT_EQ(provider_.calls(), 0);
+  EXPECT_EQ(Head(), head);
+}
+
 // The events' user_id is a user id (schemas/events/byok.*: at most 255 bytes): a token whose
 // subject is not one adds nothing, whatever its plan.
 TEST_F(ByokRoutesTest, ASubjectThatIsNotAUserIdAddsNoKey) {
