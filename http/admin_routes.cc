@@ -191,7 +191,8 @@ void List(const AdminRouteContext& c, const httplib::Request& req, httplib::Resp
     filter.tier = tier;
   }
   pj::SubscriberPage page;
-  Status s = pj::ListSubscribers(*view, filter, after, static_cast<size_t>(limit), &page);
+  Status s = pj::ListSubscribers(*view, NowSeconds(c), filter, after, static_cast<size_t>(limit),
+                                 &page);
   if (!s.ok()) {
     WriteStatusProblem(s, &res);
     return;
@@ -369,8 +370,9 @@ void Overview(const AdminRouteContext& c, const httplib::Request& req, httplib::
 void RevenueByTier(const AdminRouteContext& c, const httplib::Request&, httplib::Response& res,
                    const Identity&) {
   if (!RequireLedger(c.ledger, res)) return;
-  WriteViewJson(c, res, [](const ReadView& view, std::string* body) {
-    return pj::RevenueByTierJson(view, body);
+  const int64_t now_s = NowSeconds(c);
+  WriteViewJson(c, res, [&](const ReadView& view, std::string* body) {
+    return pj::RevenueByTierJson(view, now_s, body);
   });
 }
 
@@ -393,7 +395,7 @@ void UsageStats(const AdminRouteContext& c, const httplib::Request& req, httplib
   }
   std::unique_ptr<ReadView> view = c.ledger->Snapshot();
   std::string stats;
-  Status s = pj::UsageStatsJson(*view, from_s, to_s, &stats);
+  Status s = pj::UsageStatsJson(*view, now_s, from_s, to_s, &stats);
   if (!s.ok()) {
     WriteStatusProblem(s, &res);
     return;

@@ -128,17 +128,22 @@ const Plan* CatalogPlan(const std::unordered_map<std::string, const Plan*>& by_i
   return it != by_id.end() ? it->second : nullptr;
 }
 
-// Calls fn(access, every subscription of the user) for every user the projection knows, in user
-// id order.
-Status ForEachSubscriber(
-    const StateReader& state,
-    const std::function<Status(const UserAccess&, const std::vector<UserSubscription>&)>& fn) {
+using Subscriptions = std::vector<UserSubscription>;
+
+// Calls fn(access at `now_s`, every subscription of the user) for every user the projection
+// knows, in user id order.
+Status ForEachSubscriber(const StateReader& state, int64_t now_s,
+                         const std::function<Status(const UserAccess&, const Subscriptions&)>& fn) {
   Status inner;
-  std::vector<UserSubscription> every;
+  Subscriptions every;
   Status s = ScanUsers(state, "", [&](std::string_view user_id, std::string_view) {
     UserAccess access;
     inner = GetUserAccess(state, user_id, &access, &every);
-    if (inner.ok()) inner = fn(access, every);
+    if (!inner.ok()) return false;
+    // As consume decides at `now_s` (GetUserAccessAt): the subscriptions are what Stripe bills,
+    // whatever the clock.
+    access.ResolveAt(now_s);
+    inner = fn(access, every);
     return inner.ok();
   });
   LEDGER_RETURN_IF_ERROR(s);
@@ -250,7 +255,7 @@ std::string SubscriberJson(const UserAccess& access) {
   return json::Text(buf);
 }
 
-Status ListSubscribers(const StateReader& state, const SubscriberFilter& filter,
+Status ListSubscribers(const StateReader& state, int64_t now_s, const SubscriberFilter& filter,
                        std::string_view after, size_t limit, SubscriberPage* out) {
   *out = SubscriberPage();
   limit = std::clamp<size_t>(limit, 1, kSubscriberPageMax);
@@ -265,7 +270,7 @@ Status ListSubscribers(const StateReader& state, const SubscriberFilter& filter,
     ++out->examined;
     last.assign(user_id);
     UserAccess access;
-    inner = GetUserAccess(state, user_id, &access);
+    inner = GetUserAccessAt(state, user_id, now_s, &access);
     if (!inner.ok()) return false;
     if (Matches(filter, access)) out->json.push_back(SubscriberJson(access));
     return true;
@@ -374,8 +379,8 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
   int64_t paying_at_start = 0, churned_of_those = 0;
   int64_t trials = 0, converted = 0, lost = 0, in_trial = 0, awaiting_payment = 0;
   const int64_t churn_from = now_s - churn_days * kSecondsPerDay;
-  LEDGER_RETURN_IF_ERROR(ForEachSubscriber(state, [&](const UserAccess& access,
-                                                      const std::vector<UserSubscription>& every) {
+  LEDGER_RETURN_IF_ERROR(ForEachSubscriber(state, now_s, [&](const UserAccess& access,
+                                                             const Subscriptions& every) {
     ++total;
     ++by_status[std::string(access.status_name())];
     // Revenue is every paying subscription's, each at its own price and interval: a user Stripe
@@ -538,7 +543,7 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
   return Status::OK();
 }
 
-Status RevenueByTierJson(const StateReader& state, std::string* out) {
+Status RevenueByTierJson(const StateReader& state, int64_t now_s, std::string* out) {
   std::vector<Plan> plans;
   std::unordered_map<std::string, const Plan*> by_id;
   LEDGER_RETURN_IF_ERROR(LoadPlans(state, &plans, &by_id));
@@ -546,8 +551,8 @@ Status RevenueByTierJson(const StateReader& state, std::string* out) {
     int64_t subscribers = 0, paying = 0, monthly = 0, yearly = 0, revenue12 = 0;
   };
   std::unordered_map<std::string, Tier> tiers;
-  LEDGER_RETURN_IF_ERROR(ForEachSubscriber(state, [&](const UserAccess& access,
-                                                      const std::vector<UserSubscription>& every) {
+  LEDGER_RETURN_IF_ERROR(ForEachSubscriber(state, now_s, [&](const UserAccess& access,
+                                                             const Subscriptions& every) {
     if (access.plan && access.access != AccessLevel::kNone) ++tiers[access.plan->id].subscribers;
     // Every paying subscription of the user on its own plan and interval (AnalyticsOverviewJson).
     for (const UserSubscription& each : every) {
@@ -622,7 +627,8 @@ Status RevenueByTierJson(const StateReader& state, std::string* out) {
   return Status::OK();
 }
 
-Status UsageStatsJson(const StateReader& state, int64_t from_s, int64_t to_s, std::string* out) {
+Status UsageStatsJson(const StateReader& state, int64_t now_s, int64_t from_s, int64_t to_s,
+                      std::string* out) {
   int64_t windows = 0, calls = 0, recorded = 0, resets = 0;
   std::map<std::string, int64_t, std::less<>> by_service;
   std::map<std::string, int64_t, std::less<>> by_plan;
@@ -650,7 +656,7 @@ Status UsageStatsJson(const StateReader& state, int64_t from_s, int64_t to_s, st
     auto it = plan_of.find(std::string(user));
     if (it == plan_of.end()) {
       UserAccess access;
-      inner = GetUserAccess(state, user, &access);
+      inner = GetUserAccessAt(state, user, now_s, &access);
       if (!inner.ok()) return false;
       it = plan_of.emplace(std::string(user), access.plan ? access.plan->id : "none").first;
     }

@@ -10,8 +10,10 @@
 // O(usage windows in the range) for usage statistics.
 //
 // Definitions (what the numbers mean):
-//   effective status / plan   what access is decided on: an admin override's, else Stripe's
-//                             (GetUserAccess); "none" when there is neither.
+//   effective status / plan   what access is decided on at `now_s`: an admin override's, else
+//                             Stripe's (GetUserAccessAt: past the scheduled end of a plan the
+//                             user bought over an override, the override's, as consume decides,
+//                             before Stripe's deletion arrives); "none" when there is neither.
 //   paying subscription       a Stripe subscription that is `active`, or `past_due` but not
 //                             never_paid_after_trial (subscriptions.h: past due since the first
 //                             charge after its trial failed), on a plan of the catalog. Every
@@ -108,8 +110,9 @@ struct SubscriberPage {
   size_t examined = 0;
 };
 
-// Users the subscriptions projection knows, after `after` (a user id; "" = from the first).
-Status ListSubscribers(const StateReader& state, const SubscriberFilter& filter,
+// Users the subscriptions projection knows, after `after` (a user id; "" = from the first), as
+// access is at `now_s` (the filters match the effective status and plan then).
+Status ListSubscribers(const StateReader& state, int64_t now_s, const SubscriberFilter& filter,
                        std::string_view after, size_t limit, SubscriberPage* out);
 
 // One subscriber as the admin views show it:
@@ -162,7 +165,7 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
 //  "arr_cents","mrr_share"}], "total":{"paying","mrr_cents","arr_cents"}}: every catalog plan
 // (retired ones too), in catalog order; `subscribers` counts users with effective access on the
 // plan, `paying` (monthly + yearly) paying subscriptions on it (see "What each figure counts").
-Status RevenueByTierJson(const StateReader& state, std::string* out);
+Status RevenueByTierJson(const StateReader& state, int64_t now_s, std::string* out);
 
 // Usage recorded in windows starting in [from_s, to_s), each window counted whole in the one range
 // that holds its start (adjacent ranges add up; a billing month from the 20th is the month's of
@@ -170,7 +173,8 @@ Status RevenueByTierJson(const StateReader& state, std::string* out);
 // {"from","to","windows","users","calls","recorded","resets","by_service":{...},
 //  "by_plan":{...},"top_users":[{"user_id","calls"}]} — `calls` is what counts against quotas
 // (after resets), `recorded` everything recorded; by_plan keys are effective plan ids now
-// ("none" without one); top_users by calls, at most kUsageStatsTopUsers.
-Status UsageStatsJson(const StateReader& state, int64_t from_s, int64_t to_s, std::string* out);
+// at `now_s` ("none" without one); top_users by calls, at most kUsageStatsTopUsers.
+Status UsageStatsJson(const StateReader& state, int64_t now_s, int64_t from_s, int64_t to_s,
+                      std::string* out);
 
 }  // namespace ledger::projections

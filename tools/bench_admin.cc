@@ -174,15 +174,16 @@ Status RunAdminBench(const AdminBenchOptions& options, AdminBenchResult* result)
   const std::vector<std::pair<std::string, std::function<Status(std::string*)>>> views = {
       {"analytics/overview",
        [&](std::string* out) { return pj::AnalyticsOverviewJson(*view, now_s, 30, out); }},
-      {"analytics/revenue-by-tier", [&](std::string* out) { return pj::RevenueByTierJson(*view, out); }},
+      {"analytics/revenue-by-tier",
+       [&](std::string* out) { return pj::RevenueByTierJson(*view, now_s, out); }},
       {"analytics/usage-stats (this month)",
        [&](std::string* out) {
-         return pj::UsageStatsJson(*view, pj::UtcMonthStart(now_s), now_s + 1, out);
+         return pj::UsageStatsJson(*view, now_s, pj::UtcMonthStart(now_s), now_s + 1, out);
        }},
       {"list (first page of 50)",
        [&](std::string* out) {
          pj::SubscriberPage page;
-         LEDGER_RETURN_IF_ERROR(pj::ListSubscribers(*view, {}, "", 50, &page));
+         LEDGER_RETURN_IF_ERROR(pj::ListSubscribers(*view, now_s, {}, "", 50, &page));
          *out = std::to_string(page.json.size());
          for (const std::string& s : page.json) out->append(s);
          return Status::OK();
@@ -190,7 +191,7 @@ Status RunAdminBench(const AdminBenchOptions& options, AdminBenchResult* result)
       {"list (tier=enterprise&status=canceled)",
        [&](std::string* out) {
          pj::SubscriberPage page;
-         LEDGER_RETURN_IF_ERROR(pj::ListSubscribers(*view, filtered, "", 50, &page));
+         LEDGER_RETURN_IF_ERROR(pj::ListSubscribers(*view, now_s, filtered, "", 50, &page));
          *out = std::to_string(page.json.size());
          for (const std::string& s : page.json) out->append(s);
          return Status::OK();

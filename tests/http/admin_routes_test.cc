@@ -1069,6 +1069,52 @@ TEST_F(AdminRoutesTest, APlanBoughtOverAnOverrideDecidesUntilItsScheduledEnd) {
   ExpectProblem(Consume("u-g", "chat", "after-deletion"), 402, "trial_expired");
 }
 
+// The admin views judge a plan bought over an override with the request's clock, as consume
+// does: past its scheduled end, before Stripe's deletion, the list, the overview's statuses,
+// revenue by tier's subscribers and usage stats' plans show the override deciding again (they
+// showed Professional while consume answered 402 trial_expired); the revenue stays what Stripe
+// bills (the subscription is still active there).
+TEST_F(AdminRoutesTest, AdminViewsShowWhatConsumeDecidesPastABoughtPlansScheduledEnd) {
+  AddSubscriber(OnPlan("u-h", ""), "h@x.com");
+  ASSERT_EQ(Patch("h@x.com", R"({"tier":"trial","status":"trialing"})").status, 200);
+  clock_.Advance(kDay * kUs);
+  const int64_t bought = NowSeconds();
+  TestSubscription h = OnPlan("u-h", "professional", bought, bought + 30 * kDay);
+  h.cancel_at_period_end = true;
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), h).ok());
+  ASSERT_EQ(Consume("u-h", "chat", "bought").status, 200);
+  const std::string range = "?from=" + std::to_string(bought - kDay) +
+                            "&to=" + std::to_string(bought + 40 * kDay);
+  auto expect_views = [&](const std::string& plan, const std::string& status, bool superseded) {
+    int pages = 0;
+    EXPECT_EQ(ListAll("&tier=" + plan + "&status=" + status, 50, &pages),
+              std::vector<std::string>{"u-h"});
+    rapidjson::Document list = Admin().Get(std::string(kAdminBase) + "list?q=u-h").Json();
+    const auto& one = list["subscribers"][0];
+    EXPECT_STREQ(one["plan_id"].GetString(), plan.c_str());
+    EXPECT_EQ(one["override_superseded"].GetBool(), superseded);
+    rapidjson::Document overview = Admin().Get(std::string(kAdminBase) + "analytics/overview")
+                                       .Json();
+    EXPECT_EQ(overview["subscribers"]["by_status"][status.c_str()].GetInt64(), 1) << status;
+    EXPECT_EQ(overview["subscribers"]["paying"].GetInt64(), 1);
+    EXPECT_EQ(overview["subscribers"]["comped"].GetInt64(), 0);
+    EXPECT_EQ(overview["revenue"]["mrr_cents"].GetInt64(), 4900);
+    rapidjson::Document tiers_doc =
+        Admin().Get(std::string(kAdminBase) + "analytics/revenue-by-tier").Json();
+    std::map<std::string, const rapidjson::Value*> tiers;
+    for (const auto& t : tiers_doc["tiers"].GetArray()) tiers[t["plan_id"].GetString()] = &t;
+    EXPECT_EQ((*tiers[plan])["subscribers"].GetInt64(), 1) << plan;
+    EXPECT_EQ((*tiers["professional"])["paying"].GetInt64(), 1);
+    rapidjson::Document stats =
+        Admin().Get(std::string(kAdminBase) + "analytics/usage-stats" + range).Json();
+    EXPECT_EQ(stats["usage"]["by_plan"][plan.c_str()].GetInt64(), 1) << plan;
+  };
+  expect_views("professional", "active", true);
+  clock_.Set((bought + 30 * kDay + 3600) * kUs);  // past the period's end, no deletion yet
+  ExpectProblem(Consume("u-h", "chat", "after-end"), 402, "trial_expired");
+  expect_views("trial", "trialing", false);
+}
+
 // Canceled at its period's end, a subscription grants nothing once the period is over, though
 // Stripe's customer.subscription.deleted has not arrived (it is retried for up to 3 days; ledgerd
 // may be down): no access, no consume in a new month with a fresh quota.
