@@ -1290,20 +1290,7 @@ TEST_F(AdminRoutesTest, AClearedOverrideOfAnUnknownUserLeavesNoSubscriber) {
   EXPECT_EQ(ListAll("&q=u-g", 50, &pages), (std::vector<std::string>{"u-g"}));
   EXPECT_EQ(overview()["subscribers"]["total"].GetInt64(), total);
 
-  std::vector<Event> events;
-  ASSERT_TRUE(ledger_->ReadEvents(Position(0), 100000, EventFilter{}, &events).ok());
-  ledger::testing::TempDir replica_dir;
-  LedgerOptions options;
-  options.path = replica_dir.path();
-  options.folds = pj::AllFolds();
-  options.clock = &clock_;
-  std::unique_ptr<Ledger> replica;
-  ASSERT_TRUE(Ledger::Open(options, &replica).ok());
-  ASSERT_TRUE(replica->ImportEvents(events).ok());
-  Hash live, replayed;
-  ASSERT_TRUE(ledger_->ProjectionDigest(&live).ok());
-  ASSERT_TRUE(replica->ProjectionDigest(&replayed).ok());
-  EXPECT_EQ(replayed, live);
+  ExpectReplayEqual();
 }
 
 TEST_F(AdminRoutesTest, BadPatchesAreProblemsAndAppendNothing) {

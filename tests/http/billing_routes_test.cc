@@ -207,6 +207,17 @@ class BillingRoutesTest : public ::testing::Test {
                     .status.ok());
   }
 
+  // A cancel-now under Idempotency-Key cancel-1 that Stripe carried out, whose record was lost;
+  // then Stripe's deletion of the subscription folded. *first: the answer the client never got.
+  void CancelNowAndLoseItsRecord(const std::string& body, HttpReply* first) {
+    GiveAliceASubscription();
+    *first = Alice().Post(kCancel, body, {{"Idempotency-Key", "cancel-1"}});
+    ASSERT_EQ(first->status, 200) << first->body;
+    LoseTheLog();
+    GiveAliceASubscription("active", "price_starter_monthly", "starter", /*at_stripe_too=*/false);
+    DeliverAlicesSubscription("evt_sub_alice_deleted", "customer.subscription.deleted", "canceled",
+                              "price_starter_monthly", "starter");
+  }
   // A fresh, empty log behind the same routes and the same fake Stripe: what a crash between
   // Stripe's answer and the append leaves (Stripe acted; the log never heard of it).
   void LoseTheLog() {
@@ -1172,14 +1183,9 @@ TEST_F(BillingRoutesTest, ARetryGetsTheStoredAnswerAfterTheSubscriptionEnded) {
 // request, so the retry is recorded and answered as the first attempt was -- not 409
 // no_active_subscription (the client would believe the cancel failed).
 TEST_F(BillingRoutesTest, ACancelNowRetriedAfterItsRecordWasLostAndTheSubscriptionEnded) {
-  GiveAliceASubscription();
   const std::string body = R"({"at_period_end":false})";
-  HttpReply first = Alice().Post(kCancel, body, {{"Idempotency-Key", "cancel-1"}});
-  ASSERT_EQ(first.status, 200) << first.body;
-  LoseTheLog();
-  GiveAliceASubscription("active", "price_starter_monthly", "starter", /*at_stripe_too=*/false);
-  DeliverAlicesSubscription("evt_sub_alice_deleted", "customer.subscription.deleted", "canceled",
-                            "price_starter_monthly", "starter");
+  HttpReply first;
+  ASSERT_NO_FATAL_FAILURE(CancelNowAndLoseItsRecord(body, &first));
   // Any other request is refused: another key names another request, none names none, and a
   // cancel at the period end is not a cancel-now's retry.
   const uint64_t head = Head();
@@ -1217,14 +1223,9 @@ TEST_F(BillingRoutesTest, ACancelNowRetriedAfterItsRecordWasLostAndTheSubscripti
 // answered and recorded as the first attempt (that subscription, canceled) -- the new one is not
 // cancelled (it was: the user lost the plan just bought).
 TEST_F(BillingRoutesTest, ACancelNowRetriedAfterItsRecordWasLostAndTheUserSubscribedAgain) {
-  GiveAliceASubscription();
   const std::string body = R"({"at_period_end":false})";
-  HttpReply first = Alice().Post(kCancel, body, {{"Idempotency-Key", "cancel-1"}});
-  ASSERT_EQ(first.status, 200) << first.body;
-  LoseTheLog();
-  GiveAliceASubscription("active", "price_starter_monthly", "starter", /*at_stripe_too=*/false);
-  DeliverAlicesSubscription("evt_sub_alice_deleted", "customer.subscription.deleted", "canceled",
-                            "price_starter_monthly", "starter");
+  HttpReply first;
+  ASSERT_NO_FATAL_FAILURE(CancelNowAndLoseItsRecord(body, &first));
   // Alice subscribes again: a new subscription, active at Stripe and in the log.
   FakeStripe::Subscription again_at_stripe = *fake_.GetSubscription("sub_alice");
   again_at_stripe.id = "sub_renewed";
