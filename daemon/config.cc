@@ -75,15 +75,6 @@ bool HasBlankOrControl(std::string_view value) {
                      [](char c) { return static_cast<unsigned char>(c) <= ' ' || c == 0x7f; });
 }
 
-// A value compared byte for byte with what another system sends (a JWT's HS256 secret, a role
-// name): a control character (the file's newline again) or a blank at either end fails every
-// comparison. Blanks inside are the other system's choice (a passphrase, a Keycloak role name).
-bool HasControlOrEdgeBlank(std::string_view value) {
-  return (!value.empty() && (value.front() == ' ' || value.back() == ' ')) ||
-         std::any_of(value.begin(), value.end(),
-                     [](char c) { return static_cast<unsigned char>(c) < ' ' || c == 0x7f; });
-}
-
 // http::ParseServiceTokens is the one reader of the syntax (names and tokens trimmed, no name or
 // token twice: a shared token would authenticate every caller as the last name holding it).
 Status ParseServiceTokens(const std::string& value, Config* config) {
@@ -352,6 +343,15 @@ std::string SettingNamed(const CLI::App& app, const std::string& what, const std
 }
 
 }  // namespace
+
+// A value compared byte for byte with what another system sends (a JWT's HS256 secret, a role
+// name): a control character (the file's newline again) or a blank at either end fails every
+// comparison. Blanks inside are the other system's choice (a passphrase, a Keycloak role name).
+bool HasControlOrEdgeBlank(std::string_view value) {
+  return (!value.empty() && (value.front() == ' ' || value.back() == ' ')) ||
+         std::any_of(value.begin(), value.end(),
+                     [](char c) { return static_cast<unsigned char>(c) < ' ' || c == 0x7f; });
+}
 
 const CLI::Validator kDecimal(
     [](std::string& value) -> std::string {

@@ -5,6 +5,7 @@
 
 #include <map>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -99,6 +100,10 @@ Status LoadOrCreateDevSecret(const std::string& data_dir, std::string* secret);
 // without a trailing CR. NotFound when there is no file; kUnprocessable "bad_config" (exit 78)
 // when the line is under 32 bytes (a hand-made or cut file: delete it for a new one).
 Status ReadDevSecretFile(const std::string& path, std::string* secret);
+
+// A value compared byte for byte with what another system sends (an HS256 secret, a role name)
+// that holds a control character (a secret file's newline) or a blank at either end.
+bool HasControlOrEdgeBlank(std::string_view value);
 
 // The BYOK key-encryption key: 32 bytes, stored as 64 hex digits in `path`. When the file is
 // missing it is created (0600, random) if `create`, else an error if `required` (the setting

@@ -52,6 +52,13 @@ Status MintHs256Token(const TokenOptions& options, const std::string& secret, st
   if (secret.size() < 32) {
     return Status::InvalidArgument("bad_token", "the HS256 secret must be at least 32 bytes");
   }
+  // ledgerd refuses such a secret (exit 78): a token minted with a file's newline would pass
+  // only here, hiding that the daemon cannot start with it.
+  if (daemon::HasControlOrEdgeBlank(secret)) {
+    return Status::InvalidArgument(
+        "bad_token", "the HS256 secret must not contain control characters or begin or end "
+                     "with a space");
+  }
   if (options.ttl_seconds <= 0 || options.ttl_seconds > kTokenTtlSecondsMax) {
     return Status::InvalidArgument("bad_token", "--ttl must be 1.." +
                                                     std::to_string(kTokenTtlSecondsMax) + " s");

@@ -113,6 +113,11 @@ TEST(TokenTest, RejectsBadInput) {
   EXPECT_EQ(MintHs256Token(options, kSecret, &token).code(), Code::kInvalidArgument);
   options.subject = "alice";
   EXPECT_EQ(MintHs256Token(options, "", &token).code(), Code::kInvalidArgument);
+  // A secret file's newline: ledgerd exits 78 on it, so a token minted with it hides that.
+  EXPECT_EQ(MintHs256Token(options, std::string(kSecret) + "\n", &token).code(),
+            Code::kInvalidArgument);
+  EXPECT_EQ(MintHs256Token(options, " " + std::string(kSecret), &token).code(),
+            Code::kInvalidArgument);
   options.ttl_seconds = 0;
   EXPECT_EQ(MintHs256Token(options, kSecret, &token).code(), Code::kInvalidArgument);
 }
