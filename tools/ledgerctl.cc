@@ -349,19 +349,31 @@ void AddBench(CLI::App& app, BenchArgs* args) {
       ->envname("LEDGER_BENCH_TOKEN");
   http->add_option("--user", args->http.user_id, "user_id to consume for")->capture_default_str();
   http->add_option("--service", args->http.service, "service to consume")->capture_default_str();
+  // The same number rules as bench's own ("nan" seconds or "010" connections run otherwise).
   http->add_option("--rate", args->http.rate, "open-loop requests/s (0 = closed loop)")
+      ->check(kDecimalFraction)
+      ->check(CLI::Range(0.0, 10'000'000.0))
       ->capture_default_str();
   http->add_option("--connections", args->http.connections, "keep-alive connections")
+      ->check(daemon::kDecimal)
+      ->check(CLI::Range(1, 4096))
       ->capture_default_str();
-  http->add_option("--seconds", args->http.seconds, "measured seconds")->capture_default_str();
+  http->add_option("--seconds", args->http.seconds, "measured seconds")
+      ->check(kDecimalFraction)
+      ->check(CLI::Range(0.0, 86'400.0))
+      ->capture_default_str();
   http->add_option("--warmup", args->http.warmup_seconds, "warm-up seconds (not measured)")
+      ->check(kDecimalFraction)
+      ->check(CLI::Range(0.0, 3'600.0))
       ->capture_default_str();
   http->add_option("--batch", args->http.batch,
                    "items per POST /api/v1/usage/events body (0 = consume instead)")
+      ->check(daemon::kDecimal)
       ->check(CLI::Range(size_t{0}, projections::limits::kUsageBatchItemsMax))
       ->capture_default_str();
   http->add_option("--batch-users", args->http.batch_users,
                    "users per batch body (<user>-0 ... <user>-<N-1>)")
+      ->check(daemon::kDecimal)
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
   args->http_command = http;
@@ -369,9 +381,11 @@ void AddBench(CLI::App& app, BenchArgs* args) {
   CLI::App* admin = sub->add_subcommand(
       "admin", "Time the admin analytics and list views over seeded subscribers");
   admin->add_option("--subscribers", args->admin.subscribers, "subscribers to seed")
+      ->check(daemon::kDecimal)
       ->check(CLI::Range(1, 10'000'000))
       ->capture_default_str();
   admin->add_option("--rounds", args->admin.rounds, "runs of each view")
+      ->check(daemon::kDecimal)
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
   args->admin_command = admin;

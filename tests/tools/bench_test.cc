@@ -128,6 +128,18 @@ TEST(BenchCliTest, BadNumbersAreUsageErrorsBeforeAnythingRuns) {
     testing::ProcessResult r = testing::RunLedgerctl(bench + args, /*keep_stderr=*/true);
     EXPECT_EQ(r.exit_code, 74) << r.out;
   }
+  // bench http and bench admin take numbers by the same rules (refused before any connection or
+  // store: port 1 has no server).
+  for (const std::string args :
+       {"http --url http://127.0.0.1:1 --seconds nan", "http --url http://127.0.0.1:1 --rate inf",
+        "http --url http://127.0.0.1:1 --connections 010",
+        "http --url http://127.0.0.1:1 --warmup 1e1", "http --url http://127.0.0.1:1 --batch -1",
+        "http --url http://127.0.0.1:1 --batch-users 0x10", "admin --subscribers 010",
+        "admin --rounds 1e2"}) {
+    SCOPED_TRACE(args);
+    testing::ProcessResult r = testing::RunLedgerctl("bench " + args, /*keep_stderr=*/true);
+    EXPECT_EQ(r.exit_code, 64) << r.out;
+  }
 }
 
 }  // namespace
