@@ -387,6 +387,23 @@ struct UserAccess {
     if (!subscription.has_subscription || (overridden() && override->status)) return std::nullopt;
     return ScheduledEnd(subscription.subscription);
   }
+  // When access ends with no retry to wait for: the scheduled end, unless an override decides
+  // from then on and grants access (a comp the bought plan superseded comes back there, so a
+  // quota used up before that end is a 429 until it, not the 402 "subscribe to continue" that
+  // told a paying user to buy a plan and had gateways drop them).
+  std::optional<int64_t> access_end() const {
+    const std::optional<int64_t> end = scheduled_end();
+    if (!end || !superseded_until || !override_decides) return end;
+    const UserAccess& then = *override_decides;
+    if (then.access == AccessLevel::kNone || then.EndedAt(*end)) return end;
+    // An admin's trial that has run out by then grants nothing either (402 trial_expired).
+    if (then.overridden() && then.override->plan_id && then.plan && then.plan->trial_days > 0 &&
+        then.override->tier_set_at_us / 1'000'000 + int64_t{then.plan->trial_days} * 86'400 <=
+            *end) {
+      return end;
+    }
+    return std::nullopt;
+  }
   // What access is at `now_s`: past `superseded_until`, what the override decides (a comp comes
   // back at the end of the plan that superseded it, as it does at Stripe's deletion, which can
   // come days late). Every request-time decision takes its UserAccess through this

@@ -1632,7 +1632,7 @@ Status ConsumeUsage::Decide(const DecideContext& context, Decision* decision) {
     }
     // The same for a subscription scheduled to end before the window would renew: a 429's
     // Retry-After would send the caller to the end of access, where the answer is 402.
-    const std::optional<int64_t> access_end = subject->access.scheduled_end();
+    const std::optional<int64_t> access_end = subject->access.access_end();
     if (access_end && terms.window.end_s >= *access_end) {
       return PaymentRequired(
           "subscription_required",
@@ -2191,7 +2191,7 @@ Status GetCurrentUsage(const StateReader& state, const MeteringSubject& subject,
     return s;
   }
   if (!out->has_plan) return Status::OK();
-  out->access_end = subject.access.scheduled_end();
+  out->access_end = subject.access.access_end();
   if (!out->error.ok()) {
     out->remaining = 0;
     return Status::OK();

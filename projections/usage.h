@@ -441,7 +441,8 @@ struct CurrentUsage {
   std::optional<int64_t> trial_remaining;  // what is left of a trial's whole cap (limit ×
                                            // trial_days); nullopt when there is no cap
   std::optional<int64_t> access_end;  // the subscription's scheduled end, when access ends then
-                                      // (UserAccess::scheduled_end); terms.window ends by it
+                                      // (UserAccess::access_end: not when a comp comes back
+                                      // there); terms.window ends by the scheduled end
   std::map<std::string, int64_t, std::less<>> services;
 };
 Status GetCurrentUsage(const StateReader& state, const MeteringSubject& subject,

@@ -1194,6 +1194,46 @@ TEST_F(AdminRoutesTest, AQuotaUsedUpBeforeAScheduledEndIsNotARetryPastIt) {
             pj::FormatRfc3339Seconds(kNow + 2 * kDay));
 }
 
+// The same quota used up before the scheduled end of a plan bought over a comp: the comp comes
+// back at that end, so it is a 429 until then, not the 402 "subscribe to continue" that told a
+// paying user to buy a plan (and my-access, check-access and BYOK said access had ended); an
+// admin's trial that has run out by then leaves it a 402.
+TEST_F(AdminRoutesTest, AQuotaUsedUpBeforeTheEndOfAPlanBoughtOverACompWaitsForTheComp) {
+  AddSubscriber(OnPlan("u-c", ""), "c@x.com");
+  AddSubscriber(OnPlan("u-t", ""), "t@x.com");
+  ASSERT_EQ(Patch("c@x.com", R"({"tier":"starter","status":"active"})").status, 200);
+  ASSERT_EQ(Patch("t@x.com", R"({"tier":"trial","status":"trialing"})").status, 200);
+  clock_.Advance(kDay * kUs);
+  const int64_t bought = NowSeconds();
+  for (const char* user : {"u-c", "u-t"}) {
+    TestSubscription sub = OnPlan(user, "professional", bought, bought + 30 * kDay);
+    sub.cancel_at = bought + 20 * kDay;
+    ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), sub).ok());
+  }
+  clock_.Advance(15 * kDay * kUs);  // 5 days before cancel_at; the admin's trial has ended
+  TestHttpClient service("127.0.0.1", stack_->port());
+  service.set_bearer(kServiceToken);
+  for (const char* user : {"u-c", "u-t"}) {
+    HttpReply r = service.Post("/api/v1/usage/consume", std::string(R"({"user_id":")") + user +
+                                                            R"(","service":"chat",)"
+                                                            R"("quantity":10000,)"
+                                                            R"("idempotency_key":"all"})");
+    ASSERT_EQ(r.status, 200) << r.body;
+  }
+  HttpReply over = Consume("u-c", "chat", "over");
+  ExpectProblem(over, 429, "quota_exceeded");
+  EXPECT_EQ(over.Header("Retry-After"), std::to_string(5 * kDay)) << over.body;
+  HttpReply access = User("u-c").Get("/api/v1/subscriptions/my-access");
+  ASSERT_EQ(access.status, 200) << access.body;
+  EXPECT_TRUE(access.Json()["has_access"].GetBool()) << access.body;
+  ExpectProblem(Consume("u-t", "chat", "over"), 402, "subscription_required");
+  clock_.Advance(5 * kDay * kUs);  // cancel_at: the comp decides
+  access = User("u-c").Get("/api/v1/subscriptions/my-access");
+  ASSERT_EQ(access.status, 200) << access.body;
+  EXPECT_TRUE(access.Json()["has_access"].GetBool()) << access.body;
+  EXPECT_STREQ(access.Json()["plan_id"].GetString(), "starter");
+}
+
 TEST_F(AdminRoutesTest, ASuspensionRefusesMeteringButLeavesStripeAlone) {
   AddCustomerBase();
   ASSERT_EQ(Consume("u-a", "chat", "before").status, 200);
