@@ -682,6 +682,9 @@ Status PlanCatalogFold::Apply(const Event& event, const StateReader& state,
 // ---- Queries ----------------------------------------------------------------------------------
 
 Status GetPlan(const StateReader& state, std::string_view plan_id, Plan* out) {
+  // A price/<id> row is no plan: a checkout naming "price/price_1" (price ids are public in
+  // GET /plans) read it and answered 500 "corruption" instead of 422 unknown_plan.
+  if (!IsPlanKey(plan_id)) return Status::NotFound("no plan '" + Truncated(plan_id) + "'");
   std::string row;
   Status s = state.Get(kPlansFamily, plan_id, &row);
   if (s.IsNotFound()) return Status::NotFound("no plan '" + Truncated(plan_id) + "'");

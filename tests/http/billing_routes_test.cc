@@ -706,6 +706,9 @@ TEST_F(BillingRoutesTest, BadCheckoutBodiesAppendNothingAndCallNobody) {
   ExpectProblem(alice.Post(kCheckout, R"({"plan_id":"starter","coupon":"x"})"), 422,
                 "unknown_field");
   ExpectProblem(alice.Post(kCheckout, R"({"plan_id":"platinum"})"), 422, "unknown_plan");
+  // The catalog's row for a Stripe price is no plan (it was a 500).
+  ExpectProblem(alice.Post(kCheckout, R"({"plan_id":"price/price_starter_monthly"})"), 422,
+                "unknown_plan");
 
   // A plan without Stripe prices yet, and a retired one.
   projections::Plan team = projections::InitialPlans()[1];
