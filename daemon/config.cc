@@ -152,8 +152,8 @@ Status ValidateLago(const Config& config) {
   return Status::OK();
 }
 
-// LEDGER_KAFKA_BROKERS: `embedded`, `none`, or bootstrap servers as `host:port[,host:port...]`
-// (blanks around an item allowed, as librdkafka skips them). Anything else would start a daemon
+// LEDGER_KAFKA_BROKERS: `embedded`, `none`, or bootstrap servers as `host:port[,host:port...]`,
+// each optionally after `PROTOCOL://` (blanks around an item allowed, as librdkafka skips them). Anything else would start a daemon
 // that is ready and publishes nowhere: a keyword in other case or misspelt, a host without a
 // port (librdkafka would take `embeded` for a host on 9092), a port librdkafka reads modulo
 // 65536, a blank inside a host.
@@ -172,6 +172,20 @@ Status ValidateKafkaBrokers(const std::string& brokers) {
     std::string_view item = rest.substr(0, comma);
     while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
     while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+    // A security protocol before a broker, as librdkafka takes it (`SASL_SSL://b1:9093`).
+    const size_t scheme = item.find("://");
+    if (scheme != std::string_view::npos) {
+      const std::string_view protocol = item.substr(0, scheme);
+      bool known = false;
+      for (const char* p : {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}) {
+        known = known || http::EqualsIgnoreCase(protocol, p);
+      }
+      if (!known) {
+        return Bad(kSetting, "unknown security protocol '" + std::string(protocol) +
+                                 "' (PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL)");
+      }
+      item.remove_prefix(scheme + 3);
+    }
     const size_t colon = item.rfind(':');
     std::string_view host = item.substr(0, colon == std::string_view::npos ? 0 : colon);
     const std::string_view port =

@@ -215,7 +215,9 @@ TEST(ConfigTest, FlagWinsEvenOverABadEnvironmentValue) {
 
 TEST(ConfigTest, KafkaBrokersAreTheKeywordsOrHostPortLists) {
   for (const char* brokers : {"embedded", "none", "k1:9092,k2:9093", "k1:9092, k2:9092",
-                              "10.0.0.7:1", "[::1]:9092", "kafka-0.kafka.svc_x:65535"}) {
+                              "10.0.0.7:1", "[::1]:9092", "kafka-0.kafka.svc_x:65535",
+                              // librdkafka's protocol prefix (refused as a host before)
+                              "SASL_SSL://b1:9093,b2:9093", "PLAINTEXT://kafka:9092"}) {
     SCOPED_TRACE(brokers);
     ScopedCleanEnvironment env;
     env.Set("LEDGER_KAFKA_BROKERS", brokers);
@@ -269,6 +271,8 @@ std::vector<BadSetting> BadSettings(const TempDir& dir) {
       {"LEDGER_KAFKA_BROKERS", "LEDGER_KAFKA_BROKERS", "None", {}},
       {"LEDGER_KAFKA_BROKERS", "LEDGER_KAFKA_BROKERS", "Embedded", {}},
       {"LEDGER_KAFKA_BROKERS", "LEDGER_KAFKA_BROKERS", "embeded", {}},
+      {"LEDGER_KAFKA_BROKERS", "LEDGER_KAFKA_BROKERS", "HTTP://kafka:9092", {}},
+      {"LEDGER_KAFKA_BROKERS", "LEDGER_KAFKA_BROKERS", "SSL://", {}},
       {"LEDGER_KAFKA_BROKERS", "LEDGER_KAFKA_BROKERS", "kafka:", {}},
       {"LEDGER_KAFKA_BROKERS", "LEDGER_KAFKA_BROKERS", "kafka:0", {}},
       {"LEDGER_KAFKA_BROKERS", "LEDGER_KAFKA_BROKERS", "host:99999", {}},
