@@ -2157,8 +2157,8 @@ Status GetAccessEnded(const StateReader& state, const MeteringSubject& subject,
   LEDGER_RETURN_IF_ERROR(PlanEnded(subject, now_s, &terms, ended));
   if (!ended->empty() || subject.access.access == AccessLevel::kNone) return Status::OK();
   // Calls are used up for good only in a trial, or in the window access ends in (terms.window
-  // ends by the scheduled end): no counter to read otherwise.
-  const std::optional<int64_t> end = subject.access.scheduled_end();
+  // ends by the scheduled end; not when a comp takes over there): no counter to read otherwise.
+  const std::optional<int64_t> end = subject.access.access_end();
   if (!terms.trial && !(end && terms.window.end_s >= *end)) return Status::OK();
   CurrentUsage usage;
   LEDGER_RETURN_IF_ERROR(GetCurrentUsage(state, subject, user_id, now_s, &usage));
