@@ -1187,74 +1187,91 @@ Status LedgerImpl::DeleteStaleFoldRows(const Fold* fold, const uint32_t* recorde
 }
 
 // The projection runner for folds that are behind the log (a fold added to an existing data
-// directory, or one being rebuilt): applies the missing events in batches, each with the fold's
-// checkpoint.
+// directory, or one being rebuilt): reads the log once, from the oldest of their checkpoints,
+// applies each event to every fold it is new to, and writes the rows in batches, each with the
+// checkpoint of every fold in it. One pass whatever the number of folds behind: a build that
+// changed five folds read the whole log five times, one rebuild after the other.
 Status LedgerImpl::CatchUpFolds() {
+  struct Behind {
+    const Fold* fold;
+    std::string checkpoint_name;
+    Position from;
+  };
+  std::vector<Behind> behind;
+  std::vector<const Fold*> rebuilt;  // their versions are recorded after the pass
   for (const Fold* fold : options_.folds) {
-    std::string checkpoint_name = kFoldCheckpointPrefix + std::string(fold->Name());
     uint32_t recorded = 0;
     const Status version_status = GetFoldVersion(fold->Name(), &recorded);
     if (!version_status.ok() && !version_status.IsNotFound()) return version_status;
-    const bool current = version_status.ok() && recorded == fold->Version();
-    if (!current) {
+    if (!version_status.ok() || recorded != fold->Version()) {
       LEDGER_RETURN_IF_ERROR(DeleteStaleFoldRows(fold, version_status.ok() ? &recorded : nullptr));
+      rebuilt.push_back(fold);
     }
-    Position from;
-    LEDGER_RETURN_IF_ERROR(GetCheckpoint(checkpoint_name, &from));
-    if (from < head_) {
+    Behind b{fold, kFoldCheckpointPrefix + std::string(fold->Name()), Position(0)};
+    LEDGER_RETURN_IF_ERROR(GetCheckpoint(b.checkpoint_name, &b.from));
+    if (b.from < head_) {
       spdlog::info("projection {} catching up from position {} to {}", fold->Name(),
-                   from.value(), head_.value());
-    }
-    const auto start = std::chrono::steady_clock::now();
-    auto reported = start;
-    Position next = Next(from);
-    while (next <= head_) {
-      GroupRows rows;
-      rocksdb::WriteBatch batch;
-      const std::vector<const GroupRows*> none;
-      GroupState state(db_, &families_, &rows, &batch, &none);
-      Status apply_status;
-      Position last = from;
-      LEDGER_RETURN_IF_ERROR(ScanRaw(next, head_, [&](Position p, std::string_view stored) {
-        Event event;
-        apply_status = DecodeEvent(stored, &event);
-        if (apply_status.ok()) apply_status = fold->Apply(event, state, &state);
-        last = p;
-        return apply_status.ok() && p.value() - next.value() + 1 < kCatchUpBatchEvents;
-      }));
-      LEDGER_RETURN_IF_ERROR(apply_status);
-      std::string value;
-      PutFixed64BE(&value, last.value());
-      state.PutRow(Family(kCheckpointsFamily), checkpoint_name, value);
-      LEDGER_RETURN_IF_ERROR(AppendRowsToBatch(rows, families_by_id_, &batch));
-      rocksdb::WriteOptions write_options;
-      write_options.sync = options_.sync;
-      LEDGER_RETURN_IF_ERROR(FromRocks(db_->Write(write_options, &batch)));
-      next = Next(last);
-      const auto now = std::chrono::steady_clock::now();
-      if (now - reported >= kCatchUpProgressInterval && next <= head_) {
-        spdlog::info("projection {} caught up to position {} of {}", fold->Name(), last.value(),
-                     head_.value());
-        reported = now;
-      }
-    }
-    if (from < head_) {
-      spdlog::info("projection {} caught up to position {} ({:.1f} s)", fold->Name(),
-                   head_.value(),
-                   std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-    }
-    if (!current) {
-      // Only now: until here a crash leaves no version, and the next open starts over.
-      std::string version;
-      PutFixed32BE(&version, fold->Version());
-      rocksdb::WriteOptions write_options;
-      write_options.sync = options_.sync;
-      LEDGER_RETURN_IF_ERROR(FromRocks(db_->Put(write_options, Family(kCheckpointsFamily),
-                                                kFoldVersionPrefix + std::string(fold->Name()),
-                                                version)));
+                   b.from.value(), head_.value());
+      behind.push_back(std::move(b));
     }
   }
-  return Status::OK();
+  const auto start = std::chrono::steady_clock::now();
+  auto reported = start;
+  Position from = head_;
+  for (const Behind& b : behind) from = std::min(from, b.from);
+  Position next = Next(from);
+  while (next <= head_) {
+    GroupRows rows;
+    rocksdb::WriteBatch batch;
+    const std::vector<const GroupRows*> none;
+    GroupState state(db_, &families_, &rows, &batch, &none);
+    Status apply_status;
+    Position last = from;
+    LEDGER_RETURN_IF_ERROR(ScanRaw(next, head_, [&](Position p, std::string_view stored) {
+      metrics_.catch_up_events_read.Add();
+      Event event;
+      apply_status = DecodeEvent(stored, &event);
+      for (const Behind& b : behind) {
+        // Each fold reads only its own family, so the folds share the batch's rows.
+        if (apply_status.ok() && b.from < p) apply_status = b.fold->Apply(event, state, &state);
+      }
+      last = p;
+      return apply_status.ok() && p.value() - next.value() + 1 < kCatchUpBatchEvents;
+    }));
+    LEDGER_RETURN_IF_ERROR(apply_status);
+    for (const Behind& b : behind) {
+      if (b.from >= last) continue;  // nothing new to it in this batch
+      std::string value;
+      PutFixed64BE(&value, last.value());
+      state.PutRow(Family(kCheckpointsFamily), b.checkpoint_name, value);
+    }
+    LEDGER_RETURN_IF_ERROR(AppendRowsToBatch(rows, families_by_id_, &batch));
+    rocksdb::WriteOptions write_options;
+    write_options.sync = options_.sync;
+    LEDGER_RETURN_IF_ERROR(FromRocks(db_->Write(write_options, &batch)));
+    next = Next(last);
+    const auto now = std::chrono::steady_clock::now();
+    if (now - reported >= kCatchUpProgressInterval && next <= head_) {
+      spdlog::info("projections caught up to position {} of {}", last.value(), head_.value());
+      reported = now;
+    }
+  }
+  if (!behind.empty()) {
+    spdlog::info("projections caught up to position {} ({:.1f} s)", head_.value(),
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  if (rebuilt.empty()) return Status::OK();
+  // Only now: until here a crash leaves no version, and the next open starts over.
+  rocksdb::WriteBatch versions;
+  for (const Fold* fold : rebuilt) {
+    std::string version;
+    PutFixed32BE(&version, fold->Version());
+    LEDGER_RETURN_IF_ERROR(FromRocks(versions.Put(
+        Family(kCheckpointsFamily), kFoldVersionPrefix + std::string(fold->Name()), version)));
+  }
+  rocksdb::WriteOptions write_options;
+  write_options.sync = options_.sync;
+  return FromRocks(db_->Write(write_options, &versions));
 }
 
 CommandResult LedgerImpl::Submit(Command* command) {

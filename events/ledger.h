@@ -194,6 +194,10 @@ struct LedgerMetrics {
   Counter event_table_bytes_compacted;
   // Microseconds flushes and compactions waited for LedgerOptions::background_write_pace.
   Counter background_write_waited_us;
+  // Events the open's catch-up read from the log for folds behind it (added, or rebuilt because
+  // their version changed): once from the oldest of their checkpoints, however many there are.
+  // Not on /metrics (it only moves at open); the tests count the catch-up's passes with it.
+  Counter catch_up_events_read;
 };
 
 // A consistent read view: rows and head position from one RocksDB snapshot.

@@ -217,6 +217,62 @@ TEST(FoldVersionTest, AChangedFoldIsRebuiltFromTheLogAndTheOthersAreLeftAlone) {
   EXPECT_EQ(FamilyRows(*ledger, "counts"), FreshRows(AllEvents(*ledger), fresh));
 }
 
+// Several folds to rebuild at one open (a build that changed more than one, or a store written
+// before fold versions) are rebuilt in one pass over the log: each event is read once and applied
+// to each of them. They were rebuilt one after the other, each reading the whole log again (a
+// build that changed five folds read a long log five times before it served). A fold that is only
+// behind the head is folded in the same pass, from its own checkpoint.
+TEST(FoldVersionTest, TheFoldsToRebuildAreRebuiltInOnePassOverTheLog) {
+  TempDir dir;
+  CountFold v1(1);
+  MarkFold marks;
+  {
+    auto ledger = Open(dir.path(), {&v1, &marks});
+    ASSERT_NE(ledger, nullptr);
+    ASSERT_NO_FATAL_FAILURE(Append(ledger.get(), 2500));
+  }
+  // Version 2 of counts, and marks with no recorded version: both are rebuilt.
+  ASSERT_NO_FATAL_FAILURE(EditRaw(dir.path(), [](rocksdb::DB* db, auto* checkpoints, auto*) {
+    ASSERT_TRUE(db->Delete({}, checkpoints, "fold_version.marks").ok());
+  }));
+  CountFold v2(2);
+  marks.applied = 0;
+  auto ledger = Open(dir.path(), {&v2, &marks});
+  ASSERT_NE(ledger, nullptr);
+  EXPECT_EQ(ledger->metrics().catch_up_events_read.Value(), 2500u);
+  EXPECT_EQ(v2.applied.load(), 2500u);
+  EXPECT_EQ(marks.applied.load(), 2500u);
+  const std::vector<Event> events = AllEvents(*ledger);
+  CountFold fresh(2);
+  MarkFold fresh_marks;
+  EXPECT_EQ(FamilyRows(*ledger, "counts"), FreshRows(events, fresh));
+  EXPECT_EQ(FamilyRows(*ledger, "marks"), FreshRows(events, fresh_marks));
+  EXPECT_EQ(Checkpoint(*ledger, "counts").value(), 2500u);
+  EXPECT_EQ(Checkpoint(*ledger, "marks").value(), 2500u);
+  EXPECT_EQ(RecordedVersion(*ledger, "counts"), 2u);
+  EXPECT_EQ(RecordedVersion(*ledger, "marks"), 1u);
+
+  // counts to rebuild again (no version), marks current but 500 events behind.
+  ledger.reset();
+  ASSERT_NO_FATAL_FAILURE(EditRaw(dir.path(), [](rocksdb::DB* db, auto* checkpoints, auto*) {
+    ASSERT_TRUE(db->Delete({}, checkpoints, "fold_version.counts").ok());
+    std::string position;
+    PutFixed64BE(&position, 2000);
+    ASSERT_TRUE(db->Put({}, checkpoints, "fold.marks", position).ok());
+  }));
+  v2.applied = 0;
+  marks.applied = 0;
+  ledger = Open(dir.path(), {&v2, &marks});
+  ASSERT_NE(ledger, nullptr);
+  EXPECT_EQ(ledger->metrics().catch_up_events_read.Value(), 2500u);
+  EXPECT_EQ(v2.applied.load(), 2500u);
+  EXPECT_EQ(marks.applied.load(), 500u);
+  EXPECT_EQ(FamilyRows(*ledger, "counts"), FreshRows(events, fresh));
+  EXPECT_EQ(FamilyRows(*ledger, "marks"), FreshRows(events, fresh_marks));
+  EXPECT_EQ(Checkpoint(*ledger, "marks").value(), 2500u);
+  EXPECT_EQ(RecordedVersion(*ledger, "counts"), 2u);
+}
+
 // A store written before fold versions has rows but no recorded version: each fold is rebuilt
 // once (rows the fold never writes, like the phantom rows an older fold left, go), and the next
 // open leaves it alone.
@@ -309,6 +365,56 @@ TEST(FoldVersionTest, ACrashInTheMiddleOfARebuildRebuildsAgainAtTheNextOpen) {
     EXPECT_EQ(FamilyRows(*ledger, "counts"), FreshRows(AllEvents(*ledger), fresh));
     EXPECT_EQ(RecordedVersion(*ledger, "counts"), rollback ? 1u : 2u);
   }
+}
+
+// The same when two folds are rebuilt in the one pass: every batch carries both folds' rows and
+// checkpoints, and neither version is recorded before the pass ends, so both start over.
+TEST(FoldVersionTest, ACrashInTheMiddleOfAPassRebuildingTwoFoldsRebuildsBothAgain) {
+  TempDir dir;
+  MarkFold marks;
+  {
+    CountFold v1(1);
+    auto ledger = Open(dir.path(), {&v1, &marks});
+    ASSERT_NE(ledger, nullptr);
+    ASSERT_NO_FATAL_FAILURE(Append(ledger.get(), 2500));
+  }
+  ASSERT_NO_FATAL_FAILURE(EditRaw(dir.path(), [](rocksdb::DB* db, auto* checkpoints, auto*) {
+    ASSERT_TRUE(db->Delete({}, checkpoints, "fold_version.marks").ok());
+  }));
+  {
+    CountFold failing(2, /*fail_at=*/2200);
+    LedgerOptions options;
+    options.path = dir.path();
+    options.folds = {&failing, &marks};
+    std::unique_ptr<Ledger> ledger;
+    ASSERT_FALSE(Ledger::Open(options, &ledger).ok());
+  }
+  {
+    LedgerOptions options;
+    options.path = dir.path();
+    options.read_only = true;
+    std::unique_ptr<Ledger> ledger;
+    ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
+    for (const std::string_view fold : {"counts", "marks"}) {
+      SCOPED_TRACE(fold);
+      EXPECT_EQ(Checkpoint(*ledger, fold).value(), 2000u);
+      uint32_t version = 0;
+      EXPECT_TRUE(ledger->GetFoldVersion(fold, &version).IsNotFound());
+    }
+  }
+  CountFold v2(2);
+  marks.applied = 0;
+  auto ledger = Open(dir.path(), {&v2, &marks});
+  ASSERT_NE(ledger, nullptr);
+  EXPECT_EQ(v2.applied.load(), 2500u);
+  EXPECT_EQ(marks.applied.load(), 2500u);
+  const std::vector<Event> events = AllEvents(*ledger);
+  CountFold fresh(2);
+  MarkFold fresh_marks;
+  EXPECT_EQ(FamilyRows(*ledger, "counts"), FreshRows(events, fresh));
+  EXPECT_EQ(FamilyRows(*ledger, "marks"), FreshRows(events, fresh_marks));
+  EXPECT_EQ(RecordedVersion(*ledger, "counts"), 2u);
+  EXPECT_EQ(RecordedVersion(*ledger, "marks"), 1u);
 }
 
 // The same with a power loss at each of the rebuild's writes (FaultFs), from the last back to
