@@ -8,9 +8,16 @@
 // folds are pure, so equal logs must give byte-identical rows. On a difference the digest of each
 // fold is compared too, to name the projections that differ.
 //
+// A fold whose rows the live store says another version of its code wrote (its recorded
+// Fold::Version() differs from this build's, or none is recorded: a store last opened read-write
+// by an older or newer build, or a rebuild a crash interrupted) is not compared: it differs from
+// this build's replay by design, and ledgerd rebuilds it at its next open. It is reported apart
+// (stale_folds), so that a store waiting for that rebuild is not taken for a damaged one.
+//
 // The rebuilt store is scratch: it is written without fsync and flushed at the end.
 #pragma once
 
+#include <cstdint>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -31,13 +38,23 @@ struct ReplayOptions {
   std::ostream* progress = nullptr;
 };
 
+// A fold of the live store whose rows were written by another version of its code.
+struct StaleFold {
+  std::string name;
+  bool recorded = false;       // false: no version recorded for its rows
+  uint32_t store_version = 0;  // when recorded
+  uint32_t build_version = 0;  // this build's Fold::Version()
+};
+
 struct ReplayReport {
   Position position;                // head of the live store at the open; both digests are at it
   uint64_t events = 0;              // events imported
   Hash live_digest{};
   Hash rebuilt_digest{};
   bool equal = false;
-  std::vector<std::string> differing_folds;  // when !equal
+  // When !equal: the folds of this build's version whose rows differ (stale ones are not in it).
+  std::vector<std::string> differing_folds;
+  std::vector<StaleFold> stale_folds;  // whatever `equal` says
   std::string rebuilt_path;
 };
 

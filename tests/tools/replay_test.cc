@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "events/coding.h"
@@ -125,6 +126,47 @@ TEST(ReplayTest, FoldUnknownToTheLiveStoreIsReported) {
   EXPECT_EQ(s.problem(), "projection_missing");
 }
 
+// The scenario: a store last opened read-write by another build (a fold's version changed since)
+// is replayed by this build's ledgerctl; the read-only open does not rebuild the fold as
+// ledgerd's open would. Its rows differ from the replay by design and used to be reported as a
+// bare difference, as if the store were damaged. They are reported as stale instead (recorded
+// version, this build's), and not named among the differing folds.
+TEST(ReplayTest, FoldsWrittenByAnotherVersionAreReportedStaleNotDifferent) {
+  TempDir dir;
+  {
+    auto ledger = OpenTestLedger(dir.path(), Folds());
+    WriteMarkedLog(ledger.get(), 20, 3);
+  }
+  EditRaw(dir.path(), [](rocksdb::DB* db, const auto& names, const auto& handles) {
+    rocksdb::ColumnFamilyHandle* checkpoints = FindFamily(names, handles, "checkpoints");
+    std::string version;
+    PutFixed32BE(&version, 7);
+    ASSERT_TRUE(db->Put({}, checkpoints, "fold_version.test_subject_counts", version).ok());
+    ASSERT_TRUE(db->Delete({}, checkpoints, "fold_version.test_last_type").ok());
+    // A row version 7 wrote and this build's fold does not.
+    ASSERT_TRUE(db->Put({}, FindFamily(names, handles, "test_subject_counts"), "v7/alice", "1")
+                    .ok());
+  });
+  ReplayReport report;
+  Status s = ReplayProjections(Options(dir.path()), &report);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_FALSE(report.equal);
+  EXPECT_TRUE(report.differing_folds.empty());
+  ASSERT_EQ(report.stale_folds.size(), 2u);
+  EXPECT_EQ(report.stale_folds[0].name, "test_subject_counts");
+  EXPECT_TRUE(report.stale_folds[0].recorded);
+  EXPECT_EQ(report.stale_folds[0].store_version, 7u);
+  EXPECT_EQ(report.stale_folds[0].build_version, 1u);
+  EXPECT_EQ(report.stale_folds[1].name, "test_last_type");
+  EXPECT_FALSE(report.stale_folds[1].recorded);
+
+  // A read-write open rebuilds both; the replay is then equal and finds nothing stale.
+  { OpenTestLedger(dir.path(), Folds()); }
+  ASSERT_TRUE(ReplayProjections(Options(dir.path()), &report).ok());
+  EXPECT_TRUE(report.equal);
+  EXPECT_TRUE(report.stale_folds.empty());
+}
+
 TEST(ReplayCliTest, ExitCodesWithTheRegisteredProjections) {
   // The binary registers projections::AllFolds(); a store written with the same folds replays
   // equal, and a changed row of one of them is a difference (exit 65).
@@ -170,6 +212,48 @@ TEST(ReplayCliTest, AGapInTheLiveLogIsADataError) {
       testing::RunLedgerctl("replay --data-dir " + dir.path(), /*keep_stderr=*/true);
   EXPECT_EQ(bad.exit_code, 65) << bad.out;
   EXPECT_NE(bad.out.find("position 4: missing"), std::string::npos) << bad.out;
+}
+
+// The same through ledgerctl: a store whose plan catalog version 1 wrote (before the catalog's
+// price/<id> rows of version 2) and whose subscriptions have no version recorded says so per fold
+// and exits 75, not 65 with "DIFFERENT projections"; ledgerd's next open rebuilds them.
+TEST(ReplayCliTest, AStoreWithFoldsOfAnotherVersionExits75NamingTheVersions) {
+  const std::vector<const Fold*>& folds = projections::AllFolds();
+  const auto named = [&](std::string_view name) {
+    return std::find_if(folds.begin(), folds.end(),
+                        [&](const Fold* f) { return f->Name() == name; });
+  };
+  ASSERT_NE(named("plans"), folds.end());
+  ASSERT_NE(named("subscriptions"), folds.end());
+  ASSERT_EQ((*named("plans"))->Version(), 2u);
+  TempDir dir;
+  {
+    auto ledger = OpenTestLedger(dir.path(), folds);
+    WriteMarkedLog(ledger.get(), 5, 2);
+  }
+  EditRaw(dir.path(), [&](rocksdb::DB* db, const auto& names, const auto& handles) {
+    rocksdb::ColumnFamilyHandle* checkpoints = FindFamily(names, handles, "checkpoints");
+    std::string version;
+    PutFixed32BE(&version, 1);
+    ASSERT_TRUE(db->Put({}, checkpoints, "fold_version.plans", version).ok());
+    ASSERT_TRUE(db->Delete({}, checkpoints, "fold_version.subscriptions").ok());
+    ASSERT_TRUE(db->Put({}, FindFamily(names, handles, "plans"), "zz-version-1-row", "x").ok());
+  });
+  testing::ProcessResult stale = testing::RunLedgerctl("replay --data-dir " + dir.path());
+  EXPECT_EQ(stale.exit_code, 75) << stale.out;
+  EXPECT_NE(stale.out.find("replay: fold plans: store has version 1, this build 2; open it with "
+                           "ledgerd once to rebuild\n"),
+            std::string::npos)
+      << stale.out;
+  EXPECT_NE(stale.out.find("replay: fold subscriptions: store has no version recorded"),
+            std::string::npos)
+      << stale.out;
+  EXPECT_EQ(stale.out.find("DIFFERENT"), std::string::npos) << stale.out;
+
+  { OpenTestLedger(dir.path(), folds); }  // ledgerd's open: the rebuild
+  testing::ProcessResult ok = testing::RunLedgerctl("replay --data-dir " + dir.path());
+  EXPECT_EQ(ok.exit_code, 0) << ok.out;
+  EXPECT_NE(ok.out.find("replay: OK"), std::string::npos) << ok.out;
 }
 
 }  // namespace
