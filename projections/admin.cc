@@ -647,12 +647,19 @@ Status UsageStatsJson(const StateReader& state, int64_t now_s, int64_t from_s, i
       return true;
     }
     if (!inner.ok()) return false;
+    // What a restarted period carried into the window was counted in the window that used it
+    // (UsageCounter::carried): counted again, a cycle switch doubled the user's calls.
+    const int64_t used = counter.used - counter.carried;
     ++windows;
-    calls += counter.used;
+    calls += used;
     recorded += counter.recorded;
     resets += counter.resets;
-    for (const auto& [service, used] : counter.services) by_service[service] += used;
-    per_user[std::string(user)] += counter.used;
+    for (const auto& [service, count] : counter.services) {
+      auto carried = counter.carried_services.find(service);
+      by_service[service] +=
+          count - (carried == counter.carried_services.end() ? 0 : carried->second);
+    }
+    per_user[std::string(user)] += used;
     auto it = plan_of.find(std::string(user));
     if (it == plan_of.end()) {
       UserAccess access;
@@ -660,7 +667,7 @@ Status UsageStatsJson(const StateReader& state, int64_t now_s, int64_t from_s, i
       if (!inner.ok()) return false;
       it = plan_of.emplace(std::string(user), access.plan ? access.plan->id : "none").first;
     }
-    by_plan[it->second] += counter.used;
+    by_plan[it->second] += used;
     return true;
   });
   LEDGER_RETURN_IF_ERROR(s);

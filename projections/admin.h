@@ -172,8 +172,9 @@ Status RevenueByTierJson(const StateReader& state, int64_t now_s, std::string* o
 // its start, not of its end):
 // {"from","to","windows","users","calls","recorded","resets","by_service":{...},
 //  "by_plan":{...},"top_users":[{"user_id","calls"}]} — `calls` is what counts against quotas
-// (after resets), `recorded` everything recorded; by_plan keys are effective plan ids now
-// at `now_s` ("none" without one); top_users by calls, at most kUsageStatsTopUsers.
+// (after resets; what a restarted period carried into a window, UsageCounter::carried, counted
+// once, in the window that used it), `recorded` everything recorded; by_plan keys are effective
+// plan ids now at `now_s` ("none" without one); top_users by calls, at most kUsageStatsTopUsers.
 Status UsageStatsJson(const StateReader& state, int64_t now_s, int64_t from_s, int64_t to_s,
                       std::string* out);
 

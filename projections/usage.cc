@@ -24,7 +24,10 @@ constexpr char kCounterPrefix[] = "c/";
 constexpr char kTimeIndexPrefix[] = "t/";
 constexpr char kDedupePrefix[] = "k/";
 constexpr char kEpochKey[] = "e";
-// 2: thresholds announced per limit (a list); 1: for the last limit only (read, never written).
+// 3: 2 and what a restarted period carried in (written only when it carried something, so a
+// window that never restarted keeps its bytes); 2: thresholds announced per limit (a list);
+// 1: for the last limit only (read, never written).
+constexpr uint8_t kCounterFormatVersionCarried = 3;
 constexpr uint8_t kCounterFormatVersion = 2;
 constexpr uint8_t kCounterFormatVersionOneLimit = 1;
 constexpr int64_t kMicrosPerSecond = 1'000'000;
@@ -275,7 +278,54 @@ Status ReadCounter(const StateReader& state, std::string_view user_id, int64_t w
   return Status::OK();
 }
 
-// Reads the counter, or a fresh one for `window` (`*stored` kAbsent).
+bool CounterKeyStart(std::string_view key, size_t prefix_size, int64_t* start_s);
+
+// A fresh billing month's carry (usage.h, "Period restarts"): when `window` begins before the
+// end of the user's latest billing month, that window's used, per-service counts and announced
+// thresholds. The scenario: a Professional user over quota switches yearly -> monthly, Stripe
+// restarts the period now, and the new window began at 0 -- 10,000 calls for a switch the
+// unused-time credit paid for, and again at every switch back. Only the latest billing month
+// counts (a back-dated window older than it carries nothing), and only one that overlaps: a
+// window is at most kUsageWindowSecondsMax long, so the scan starts that far back.
+Status CarryIntoRestartedWindow(const StateReader& state, std::string_view user_id,
+                                const UsageWindow& window, UsageCounter* out) {
+  if (window.kind != WindowKind::kBillingMonth) return Status::OK();
+  const std::string prefix = CounterPrefix(user_id);
+  std::string from = prefix;
+  PutFixed64BE(&from, static_cast<uint64_t>(
+                          std::max<int64_t>(0, window.start_s - kUsageWindowSecondsMax)));
+  int64_t latest_start = -1;
+  UsageCounter latest;
+  Status decode;
+  LEDGER_RETURN_IF_ERROR(state.ScanFrom(kUsageFamily, prefix, from, [&](std::string_view key,
+                                                                        std::string_view value) {
+    int64_t start = 0;
+    if (!CounterKeyStart(key, prefix.size(), &start)) return true;
+    UsageCounter counter;
+    decode = DecodeUsageCounter(value, &counter);
+    if (!decode.ok()) return false;
+    if (counter.kind == WindowKind::kBillingMonth) {
+      latest_start = start;
+      latest = std::move(counter);
+    }
+    return true;
+  }));
+  LEDGER_RETURN_IF_ERROR(decode);
+  if (latest_start < 0 || latest_start >= window.start_s ||
+      latest.window_end_s <= window.start_s) {
+    return Status::OK();
+  }
+  out->used = latest.used;
+  out->services = latest.services;
+  out->announced = latest.announced;
+  out->carried = latest.used;
+  out->carried_services = latest.services;
+  return Status::OK();
+}
+
+// Reads the counter, or a fresh one for `window` (`*stored` kAbsent), carrying what a restarted
+// period's window used (CarryIntoRestartedWindow). The one way the deciders, the fold and the
+// queries read a window's count, so all three see the same carry.
 Status LoadCounter(const StateReader& state, std::string_view user_id, const UsageWindow& window,
                    UsageCounter* out, CounterStored* stored) {
   Status s = ReadCounter(state, user_id, window.start_s, window.kind, out, stored);
@@ -284,7 +334,7 @@ Status LoadCounter(const StateReader& state, std::string_view user_id, const Usa
     *out = UsageCounter();
     out->window_end_s = window.end_s;
     out->kind = window.kind;
-    return Status::OK();
+    return CarryIntoRestartedWindow(state, user_id, window, out);
   }
   return s;
 }
@@ -722,6 +772,8 @@ Status ApplyReset(const rapidjson::Value& data, const StateReader& state, RowWri
   counter.used = 0;
   counter.services.clear();
   counter.announced.clear();
+  counter.carried = 0;
+  counter.carried_services.clear();
   counter.resets += 1;
   return StoreCounter(w.user_id, w.window, stored, counter, rows);
 }
@@ -1225,7 +1277,8 @@ void UsageCounter::Announce(int64_t for_limit, uint8_t bits) {
 std::string EncodeUsageCounter(const UsageCounter& c) {
   std::string v;
   v.reserve(64 + c.announced.size() * 9 + c.services.size() * 24);
-  v.push_back(static_cast<char>(kCounterFormatVersion));
+  const bool carried = c.carried != 0 || !c.carried_services.empty();
+  v.push_back(static_cast<char>(carried ? kCounterFormatVersionCarried : kCounterFormatVersion));
   PutI64(&v, c.window_end_s);
   v.push_back(static_cast<char>(c.kind));
   PutI64(&v, c.used);
@@ -1243,6 +1296,14 @@ std::string EncodeUsageCounter(const UsageCounter& c) {
     PutLengthPrefixed(&v, service);
     PutI64(&v, count);
   }
+  if (carried) {
+    PutI64(&v, c.carried);
+    PutFixed32BE(&v, static_cast<uint32_t>(c.carried_services.size()));
+    for (const auto& [service, count] : c.carried_services) {
+      PutLengthPrefixed(&v, service);
+      PutI64(&v, count);
+    }
+  }
   return v;
 }
 
@@ -1253,7 +1314,8 @@ Status DecodeUsageCounter(std::string_view in, UsageCounter* out) {
   uint8_t version = 0, kind = 0, has_limit = 0;
   int64_t limit = 0;
   if (!GetU8(&in, &version) ||
-      (version != kCounterFormatVersion && version != kCounterFormatVersionOneLimit) ||
+      (version != kCounterFormatVersionCarried && version != kCounterFormatVersion &&
+       version != kCounterFormatVersionOneLimit) ||
       !GetI64(&in, &out->window_end_s) || !GetU8(&in, &kind) ||
       kind > static_cast<uint8_t>(WindowKind::kCalendarMonth) || !GetI64(&in, &out->used) ||
       !GetU8(&in, &has_limit) || !GetI64(&in, &limit)) {
@@ -1284,15 +1346,22 @@ Status DecodeUsageCounter(std::string_view in, UsageCounter* out) {
   }
   out->kind = static_cast<WindowKind>(kind);
   if (has_limit != 0) out->limit = limit;
-  uint32_t n = DecodeFixed32BE(in.data());
-  in.remove_prefix(4);
-  for (uint32_t i = 0; i < n; ++i) {
-    std::string_view service;
-    int64_t count = 0;
-    if (!GetLengthPrefixed(&in, &service) || !GetI64(&in, &count)) {
-      return Status::Corruption("malformed usage counter row");
+  const auto read_services = [&](std::map<std::string, int64_t, std::less<>>* services) {
+    if (in.size() < 4) return false;
+    const uint32_t n = DecodeFixed32BE(in.data());
+    in.remove_prefix(4);
+    for (uint32_t i = 0; i < n; ++i) {
+      std::string_view service;
+      int64_t count = 0;
+      if (!GetLengthPrefixed(&in, &service) || !GetI64(&in, &count)) return false;
+      services->emplace(std::string(service), count);
     }
-    out->services.emplace(std::string(service), count);
+    return true;
+  };
+  if (!read_services(&out->services)) return malformed();
+  if (version == kCounterFormatVersionCarried &&
+      (!GetI64(&in, &out->carried) || !read_services(&out->carried_services))) {
+    return malformed();
   }
   if (!in.empty()) return Status::Corruption("malformed usage counter row");
   return Status::OK();
@@ -2181,15 +2250,13 @@ Status GetCurrentUsage(const StateReader& state, const MeteringSubject& subject,
     out->terms.window = UsageWindow{std::max(last_day, trial.start_s), trial.end_s,
                                     WindowKind::kTrialDay};
   }
+  // LoadCounter: a window not written yet shows what a restarted period carries into it, as
+  // the consume that would write it counts.
   UsageCounter counter;
-  Status s = GetUsageCounter(state, user_id, out->terms.window.start_s, out->terms.window.kind,
-                             &counter);
-  if (s.ok()) {
-    out->used = counter.used;
-    out->services = counter.services;
-  } else if (!s.IsNotFound()) {
-    return s;
-  }
+  CounterStored stored = CounterStored::kAbsent;
+  LEDGER_RETURN_IF_ERROR(LoadCounter(state, user_id, out->terms.window, &counter, &stored));
+  out->used = counter.used;
+  out->services = std::move(counter.services);
   if (!out->has_plan) return Status::OK();
   out->access_end = subject.access.access_end();
   if (!out->error.ok()) {

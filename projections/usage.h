@@ -25,6 +25,22 @@
 //   "trial_exhausted", not a 429 whose Retry-After points past the end of access.
 //   No plan (batch only): the UTC calendar month, no limit.
 //
+// Period restarts. Stripe starts a new period mid-period when a subscription's price interval
+// changes (monthly <-> yearly: it resets the billing cycle anchor and invoices at once, crediting
+// the unused time), and a new subscription has a period of its own; the billing month then begins
+// at the new period's start, a window with no counter yet. Fresh at 0, switching cycles (about
+// free, the credit paying for it) bought a new quota every time: a Professional user refused
+// with 429 switched to monthly, then back to yearly, 10,000 calls each time. So a billing month
+// whose counter does not exist yet, and that begins before the end of the user's latest billing
+// month (by start, of any subscription or plan; its end as last recorded), starts with that
+// window's used, per-service counts and announced thresholds (UsageCounter::carried): an upgrade
+// to a bigger quota keeps the calls used and raises the limit, a cycle switch keeps the 429 until
+// the new window ends, and 80 % / 100 % are not announced again for a limit already announced. A
+// renewal begins at or after the old window's end (a yearly period's last month ends at the
+// period's end) and starts at 0; so does a window older than the latest (a back-dated batch
+// item's). An admin's reset (usage.window_reset.v1) is how calls are given back. Read and written
+// by the same function in the deciders, the fold and the queries, so they agree (and replay).
+//
 // Consume (ConsumeUsage, inside the writer's group commit): access (402 "subscription_required"
 // without a subscription that grants access: no subscription, canceled/unpaid/paused/incomplete
 // statuses, unknown plan, or past the time it was scheduled to end -- cancel_at_period_end's
@@ -72,7 +88,8 @@
 // Rows (column family "usage"; integers big-endian, times Unix seconds):
 //   c/<user>\0<u64 window_start><u8 kind>
 //                                  counter (EncodeUsageCounter): window end and kind, used, limit,
-//                                  thresholds announced, resets, recorded total, per service
+//                                  thresholds announced, resets, recorded total, per service;
+//                                  what a restarted period carried in (when it did)
 //   t/<u64 window_start><user>\0<u8 kind>
 //                                  ""  index: every (window, user) by window start (admin stats:
 //                                  scan a time range, then read the counters)
@@ -201,6 +218,12 @@ struct UsageCounter {
   int64_t resets = 0;
   int64_t recorded = 0;                // everything ever recorded in the window (resets ignored)
   std::map<std::string, int64_t, std::less<>> services;  // used per service (reset with `used`)
+  // Of `used` and `services`: what the window started with, carried from the billing month whose
+  // period restarted before its end (see "Period restarts" above), counted against this window's
+  // quota but not used in it (the admin statistics count those calls once, in the window that
+  // used them). Cleared with `used` by a reset.
+  int64_t carried = 0;
+  std::map<std::string, int64_t, std::less<>> carried_services;
 
   // The thresholds announced for `limit` (0: none).
   uint8_t AnnouncedFor(int64_t limit) const;
@@ -246,7 +269,8 @@ class UsageCountersFold final : public Fold {
  public:
   std::string_view Name() const override { return kUsageFamily; }
   // Raise with any change to the rows Apply writes: the store's rows are rebuilt (fold.h).
-  uint32_t Version() const override { return 1; }
+  // 2: a billing month that restarts an unfinished one starts with its usage (carried).
+  uint32_t Version() const override { return 2; }
   Status Apply(const Event& event, const StateReader& state, RowWriter* rows) const override;
 };
 

@@ -14,6 +14,7 @@
 #include "projections/admin.h"
 #include "projections/plan_catalog.h"
 #include "projections/registry.h"
+#include "projections/usage.h"
 #include "tests/support/billing_fixtures.h"
 #include "tests/support/fake_stripe.h"
 #include "tests/support/http_client.h"
@@ -100,8 +101,12 @@ class BillingRoutesTest : public ::testing::Test {
       context.stripe_cancel_url = kCancelUrl;
       context.stripe_portal_return_url = kReturnUrl;
     }
+    context.usage_meter = &meter_;
     RouteTable routes;
     AddBillingRoutes(context, &routes);
+    // Consume, the summary and my-access: what a plan change does to the quota.
+    AddUsageRoutes(context, &routes);
+    AddSubscriptionAccessRoutes(context, &routes);
     AuthOptions auth;
     auth.jwt.hs256_secret = ledger::testing::kTestHs256Secret;
     Status s = stack_.Start(std::move(routes), auth, nullptr);
@@ -191,7 +196,18 @@ class BillingRoutesTest : public ::testing::Test {
   void DeliverAlicesSubscription(const std::string& event_id, const std::string& event_type,
                                  const std::string& status, const std::string& price,
                                  std::optional<std::string> plan_tag) {
+    DeliverAlicesPeriod(event_id, event_type, status, price, std::move(plan_tag),
+                        ledger::testing::StripeSubscriptionSpec());
+  }
+  // The same, with the billing period and the event's `created` of `period`.
+  void DeliverAlicesPeriod(const std::string& event_id, const std::string& event_type,
+                           const std::string& status, const std::string& price,
+                           std::optional<std::string> plan_tag,
+                           const ledger::testing::StripeSubscriptionSpec& period) {
     ledger::testing::StripeSubscriptionSpec sub;
+    sub.event_created = period.event_created;
+    sub.period_start = period.period_start;
+    sub.period_end = period.period_end;
     sub.event_id = event_id;
     sub.event_type = event_type;
     sub.subscription_id = "sub_alice";
@@ -219,13 +235,15 @@ class BillingRoutesTest : public ::testing::Test {
                               "price_starter_monthly", "starter");
   }
   // A fresh, empty log behind the same routes and the same fake Stripe: what a crash between
-  // Stripe's answer and the append leaves (Stripe acted; the log never heard of it).
-  void LoseTheLog() {
+  // Stripe's answer and the append leaves (Stripe acted; the log never heard of it). With
+  // `ledger_clock`, the ledger's commands (consume) take their time from it.
+  void LoseTheLog(const Clock* ledger_clock = nullptr) {
     stack_.Stop();
     ledger_.reset();
     LedgerOptions options;
     options.path = other_dir_.path();
     options.folds = projections::AllFolds();
+    options.clock = ledger_clock;
     ASSERT_TRUE(Ledger::Open(options, &ledger_).ok());
     ASSERT_TRUE(ledger::testing::SeedCatalogWithPrices(ledger_.get()).ok());
     StartServer(/*configured=*/true);
@@ -254,6 +272,7 @@ class BillingRoutesTest : public ::testing::Test {
   std::unique_ptr<Ledger> ledger_;
   FakeStripe fake_;
   std::unique_ptr<HttpStripeClient> stripe_;
+  projections::UsageMeter meter_;
   ledger::testing::TestHttpStack stack_;
   std::string alice_token_;
   std::string bob_token_;
@@ -1133,6 +1152,122 @@ TEST_F(BillingRoutesTest, AnUpgradesDefaultIntervalIsStripesNotTheLaggingProject
   HttpReply r = Alice().Post(kUpgrade, R"({"plan_id":"professional"})");
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_NE(r.body.find(R"("price_id":"price_professional_yearly")"), std::string::npos) << r.body;
+}
+
+// Switching billing cycle restarts the period at Stripe (it resets the billing cycle anchor
+// and credits the unused time), and the billing month followed it from 0: a Professional user
+// refused with 429 switched yearly -> monthly -> yearly for 10,000 fresh calls each time, the
+// credit paying for each switch. The calls used stay used until the period renews at its end.
+TEST_F(BillingRoutesTest, SwitchingTheBillingCycleGivesNoFreshQuota) {
+  LoseTheLog(&clock_);  // consume on the clock the test moves
+  constexpr int64_t kDay = 86400;
+  const int64_t now = clock_.NowMicros() / 1'000'000;
+  GiveAliceASubscription("active", "price_professional_yearly", "professional");
+  ledger::testing::StripeSubscriptionSpec period;
+  period.event_created = ledger::testing::kStripeT0 + 1;
+  period.period_start = now - 10 * kDay;
+  period.period_end = projections::AddUtcMonths(period.period_start, 12);
+  DeliverAlicesPeriod("evt_yearly", "customer.subscription.updated", "active",
+                      "price_professional_yearly", "professional", period);
+  const std::string consume = "/api/v1/usage/consume";
+  HttpReply r =
+      Alice().Post(consume, R"({"service":"chat","quantity":10000,"idempotency_key":"a"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  ExpectProblem(Alice().Post(consume, R"({"service":"chat","idempotency_key":"b"})"), 429,
+                "quota_exceeded");
+
+  // To monthly: Stripe's period restarts now, before the yearly month's end.
+  r = Alice().Post(kUpgrade, R"({"plan_id":"professional","billing_cycle":"monthly"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  period.event_created += 1;
+  period.period_start = now - 60;
+  period.period_end = now - 60 + 30 * kDay;
+  DeliverAlicesPeriod("evt_monthly", "customer.subscription.updated", "active",
+                      "price_professional_monthly", "professional", period);
+  ExpectProblem(Alice().Post(consume, R"({"service":"chat","idempotency_key":"c"})"), 429,
+                "quota_exceeded");
+  r = Alice().Get("/api/v1/usage/summary");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.Json()["current"]["used"].GetInt64(), 10000) << r.body;
+  EXPECT_EQ(r.Json()["current"]["remaining"].GetInt64(), 0) << r.body;
+  EXPECT_EQ(r.Json()["current"]["services"]["chat"].GetInt64(), 10000) << r.body;
+  EXPECT_EQ(std::string(r.Json()["current"]["window_start"].GetString()),
+            projections::FormatRfc3339Seconds(now - 60)) << r.body;
+  r = Alice().Get("/api/v1/subscriptions/my-access");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.Json()["quota"]["used"].GetInt64(), 10000) << r.body;
+  EXPECT_EQ(r.Json()["quota"]["remaining"].GetInt64(), 0) << r.body;
+
+  // And back to yearly: no fresh window either.
+  r = Alice().Post(kUpgrade, R"({"plan_id":"professional","billing_cycle":"yearly"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  period.event_created += 1;
+  period.period_start = now - 30;
+  period.period_end = projections::AddUtcMonths(now - 30, 12);
+  DeliverAlicesPeriod("evt_yearly_again", "customer.subscription.updated", "active",
+                      "price_professional_yearly", "professional", period);
+  ExpectProblem(Alice().Post(consume, R"({"service":"chat","idempotency_key":"d"})"), 429,
+                "quota_exceeded");
+
+  // Monthly once more, then Stripe's renewal at that period's end: a fresh window.
+  r = Alice().Post(kUpgrade, R"({"plan_id":"professional","billing_cycle":"monthly"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  const int64_t monthly_end = now - 20 + 30 * kDay;
+  period.event_created += 1;
+  period.period_start = now - 20;
+  period.period_end = monthly_end;
+  DeliverAlicesPeriod("evt_monthly_again", "customer.subscription.updated", "active",
+                      "price_professional_monthly", "professional", period);
+  ExpectProblem(Alice().Post(consume, R"({"service":"chat","idempotency_key":"e"})"), 429,
+                "quota_exceeded");
+  period.event_created += 1;
+  period.period_start = monthly_end;
+  period.period_end = monthly_end + 30 * kDay;
+  DeliverAlicesPeriod("evt_renewal", "customer.subscription.updated", "active",
+                      "price_professional_monthly", "professional", period);
+  clock_.Set((monthly_end + 5) * 1'000'000);
+  r = Alice().Post(consume, R"({"service":"chat","idempotency_key":"f"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.Json()["used"].GetInt64(), 1) << r.body;
+  EXPECT_EQ(r.Json()["remaining"].GetInt64(), 9999) << r.body;
+}
+
+// An upgrade to a bigger quota that restarts the period (monthly Starter -> yearly Professional)
+// keeps the calls used and raises the limit.
+TEST_F(BillingRoutesTest, AnUpgradeThatRestartsThePeriodKeepsTheCallsUsed) {
+  LoseTheLog(&clock_);
+  constexpr int64_t kDay = 86400;
+  const int64_t now = clock_.NowMicros() / 1'000'000;
+  GiveAliceASubscription("active", "price_starter_monthly", "starter");
+  ledger::testing::StripeSubscriptionSpec period;
+  period.event_created = ledger::testing::kStripeT0 + 1;
+  period.period_start = now - 10 * kDay;
+  period.period_end = now + 20 * kDay;
+  DeliverAlicesPeriod("evt_monthly", "customer.subscription.updated", "active",
+                      "price_starter_monthly", "starter", period);
+  const std::string consume = "/api/v1/usage/consume";
+  HttpReply r =
+      Alice().Post(consume, R"({"service":"chat","quantity":1000,"idempotency_key":"a"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  ExpectProblem(Alice().Post(consume, R"({"service":"chat","idempotency_key":"b"})"), 429,
+                "quota_exceeded");
+
+  r = Alice().Post(kUpgrade, R"({"plan_id":"professional","billing_cycle":"yearly"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  period.event_created += 1;
+  period.period_start = now - 60;
+  period.period_end = projections::AddUtcMonths(now - 60, 12);
+  DeliverAlicesPeriod("evt_yearly", "customer.subscription.updated", "active",
+                      "price_professional_yearly", "professional", period);
+  r = Alice().Post(consume, R"({"service":"chat","idempotency_key":"c"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.Json()["used"].GetInt64(), 1001) << r.body;
+  EXPECT_EQ(r.Json()["limit"].GetInt64(), 10000) << r.body;
+  EXPECT_EQ(r.Json()["remaining"].GetInt64(), 8999) << r.body;
+  r = Alice().Get("/api/v1/subscriptions/my-access");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.Json()["quota"]["used"].GetInt64(), 1001) << r.body;
+  EXPECT_EQ(r.Json()["quota"]["limit"].GetInt64(), 10000) << r.body;
 }
 
 TEST_F(BillingRoutesTest, AnUpgradeRetriedAfterItsRecordWasLostIsRecordedNotRefused) {

@@ -423,6 +423,31 @@ class UsageDeciderTest : public ::testing::Test {
     return c;
   }
 
+  CurrentUsage Current(const std::string& user, int64_t now_s) {
+    std::shared_ptr<const MeteringSubject> subject;
+    EXPECT_TRUE(LoadMeteringSubject(world_.state, user, nullptr, now_s, &subject).ok());
+    CurrentUsage current;
+    EXPECT_TRUE(GetCurrentUsage(world_.state, *subject, user, now_s, &current).ok());
+    return current;
+  }
+
+  // Links `email` to the user through a checkout (the subscription fixture names none).
+  void LinkEmail(const std::string& user, const std::string& email) {
+    ledger::testing::StripeCheckoutSpec checkout;
+    checkout.event_id = "evt_checkout_" + user;
+    checkout.client_reference_id = user;
+    checkout.metadata_user_id = user;
+    checkout.customer_id = "cus_" + user;
+    checkout.subscription_id = "sub_" + user;
+    checkout.email = email;
+    Decision decision;
+    ASSERT_TRUE(ledger::testing::DeliverWebhook(&world_.state, &world_.head,
+                                                ledger::testing::StripeCheckoutCompletedJson(
+                                                    checkout),
+                                                world_.setup_us, &decision)
+                    .ok());
+  }
+
   UsageWorld world_;
   UsageAccessCache cache_storage_;
   UsageAccessCache* cache_ = &cache_storage_;
@@ -666,6 +691,135 @@ TEST_F(UsageDeciderTest, BillingPeriodRolloverStartsAFreshWindow) {
                   .ok());
   ASSERT_TRUE(Consume("u1", "chat", Key(), end + 10, 1, &body).ok());
   EXPECT_EQ(body["used"].GetInt64(), 2);
+}
+
+// Stripe restarts the period when the price's interval changes (and credits the unused time):
+// the billing month then began at the new period's start with no counter, at 0. A user refused
+// with 429 switched monthly -> yearly -> monthly for a fresh quota each time, at about no cost.
+TEST_F(UsageDeciderTest, APeriodRestartedBeforeItsEndKeepsTheCallsUsed) {
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "tiny")).ok());  // 10 a month from kStripeT0
+  const int64_t t = kStripeT0 + 100;
+  ASSERT_TRUE(Consume("u1", "chat", Key(), t, 7).ok());
+  ASSERT_TRUE(Consume("u1", "search", Key(), t, 3).ok());
+  EXPECT_EQ(Consume("u1", "chat", Key(), t).problem(), "quota_exceeded");
+
+  // Switched to yearly on day 5: the period restarts there.
+  const int64_t yearly_start = kStripeT0 + 5 * kDay;
+  TestSubscription yearly = OnPlan("u1", "tiny", yearly_start, AddUtcMonths(yearly_start, 12));
+  yearly.interval = "year";
+  ASSERT_TRUE(world_.Subscribe(yearly).ok());
+  ConsumeOutcome outcome;
+  EXPECT_EQ(Consume("u1", "chat", Key(), yearly_start + 10, 1, nullptr, nullptr, &outcome)
+                .problem(),
+            "quota_exceeded");
+  EXPECT_EQ(outcome.used, 10);
+  EXPECT_EQ(outcome.window.start_s, yearly_start);
+  EXPECT_EQ(outcome.window.end_s, AddUtcMonths(yearly_start, 1));
+  CurrentUsage current = Current("u1", yearly_start + 10);
+  EXPECT_EQ(current.terms.window.start_s, yearly_start);
+  EXPECT_EQ(current.used, 10);
+  EXPECT_EQ(current.remaining, 0);
+  EXPECT_EQ(current.services, (std::map<std::string, int64_t, std::less<>>{{"chat", 7},
+                                                                           {"search", 3}}));
+
+  // Back to monthly on day 6 (the yearly window never admitted a call, so has no row): the
+  // first window's calls still count.
+  const int64_t monthly_start = kStripeT0 + 6 * kDay;
+  const int64_t monthly_end = monthly_start + 30 * kDay;
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "tiny", monthly_start, monthly_end)).ok());
+  EXPECT_EQ(Consume("u1", "chat", Key(), monthly_start + 10).problem(), "quota_exceeded");
+  EXPECT_EQ(Current("u1", monthly_start + 10).used, 10);
+
+  // A renewal at the period's end starts at 0.
+  ASSERT_TRUE(
+      world_.Subscribe(OnPlan("u1", "tiny", monthly_end, monthly_end + 30 * kDay)).ok());
+  rapidjson::Document body;
+  ASSERT_TRUE(Consume("u1", "chat", Key(), monthly_end + 10, 1, &body).ok());
+  EXPECT_EQ(body["used"].GetInt64(), 1);
+  EXPECT_EQ(Counter("u1", monthly_end).carried, 0);
+}
+
+// A bigger plan bought mid-period with a new period (monthly Starter -> yearly Professional):
+// the calls used count against the new limit, whose thresholds are announced once each, and
+// those of the old limit, announced already, not again. The admin statistics count each call
+// once; an admin's reset gives the carried calls back.
+TEST_F(UsageDeciderTest, AnUpgradeThatRestartsThePeriodKeepsTheCallsAndRaisesTheLimit) {
+  ASSERT_TRUE(world_.AddPlan(SmallPlan("tiny20", 20)).ok());
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "tiny")).ok());
+  LinkEmail("u1", "u1@example.com");
+  const int64_t t = kStripeT0 + 100;
+  std::vector<Event> events;
+  ASSERT_TRUE(Consume("u1", "chat", Key(), t, 10, nullptr, &events).ok());
+  EXPECT_EQ(events.size(), 3u);  // recorded, 80 % and 100 % of 10
+  EXPECT_EQ(Consume("u1", "chat", Key(), t).problem(), "quota_exceeded");
+
+  const int64_t start = kStripeT0 + 5 * kDay;
+  TestSubscription upgraded = OnPlan("u1", "tiny20", start, AddUtcMonths(start, 12));
+  upgraded.interval = "year";
+  ASSERT_TRUE(world_.Subscribe(upgraded).ok());
+  rapidjson::Document body;
+  ASSERT_TRUE(Consume("u1", "search", Key(), start + 10, 1, &body, &events).ok());
+  EXPECT_EQ(body["used"].GetInt64(), 11);
+  EXPECT_EQ(body["limit"].GetInt64(), 20);
+  EXPECT_EQ(body["remaining"].GetInt64(), 9);
+  EXPECT_EQ(events.size(), 1u);  // no threshold of 10 again
+  ASSERT_TRUE(Consume("u1", "chat", Key(), start + 10, 5, nullptr, &events).ok());
+  ASSERT_EQ(events.size(), 2u);  // 16 of 20: 80 %
+  rapidjson::Document threshold;
+  threshold.Parse(events[1].data.c_str());
+  EXPECT_EQ(threshold["threshold_percent"].GetInt(), 80);
+  EXPECT_EQ(threshold["limit"].GetInt64(), 20);
+  ASSERT_TRUE(Consume("u1", "chat", Key(), start + 10, 4, nullptr, &events).ok());
+  ASSERT_EQ(events.size(), 2u);  // 20 of 20: 100 %
+  EXPECT_EQ(Consume("u1", "chat", Key(), start + 10).problem(), "quota_exceeded");
+  UsageCounter c = Counter("u1", start);
+  EXPECT_EQ(c.used, 20);
+  EXPECT_EQ(c.carried, 10);
+  EXPECT_EQ(c.services.at("chat"), 19);
+  EXPECT_EQ(c.carried_services.at("chat"), 10);
+  EXPECT_EQ(c.recorded, 10);
+  EXPECT_EQ(c.AnnouncedFor(10), kThreshold80 | kThreshold100);
+  EXPECT_EQ(c.AnnouncedFor(20), kThreshold80 | kThreshold100);
+
+  std::string stats;
+  ASSERT_TRUE(UsageStatsJson(world_.state, start + 10, kStripeT0, start + kDay, &stats).ok());
+  rapidjson::Document doc;
+  doc.Parse(stats.c_str());
+  EXPECT_EQ(doc["windows"].GetInt64(), 2);
+  EXPECT_EQ(doc["calls"].GetInt64(), 20) << stats;  // not 30: the carried 10 once
+  EXPECT_EQ(doc["recorded"].GetInt64(), 20) << stats;
+  EXPECT_EQ(doc["by_service"]["chat"].GetInt64(), 19) << stats;
+  EXPECT_EQ(doc["by_service"]["search"].GetInt64(), 1) << stats;
+
+  UsageWindowReset reset("u1@example.com", Actor::Admin("root", "root@example.com"),
+                         std::nullopt, cache_);
+  Decision decision;
+  ASSERT_TRUE(world_.Run(&reset, (start + 20) * kUs, &decision).ok());
+  c = Counter("u1", start);
+  EXPECT_EQ(c.used, 0);
+  EXPECT_EQ(c.carried, 0);
+  EXPECT_TRUE(c.carried_services.empty());
+  ASSERT_TRUE(Consume("u1", "chat", Key(), start + 30, 1, &body).ok());
+  EXPECT_EQ(body["used"].GetInt64(), 1);
+}
+
+// Back-dated batch usage of the time before a restart falls in a month counted back from the new
+// period's start; it is older than the latest billing month, not a restart of it, and carries
+// nothing.
+TEST_F(UsageDeciderTest, ABackDatedWindowBeforeARestartCarriesNothing) {
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "tiny")).ok());
+  ASSERT_TRUE(Consume("u1", "chat", Key(), kStripeT0 + 100, 9).ok());
+  const int64_t start = kStripeT0 + 5 * kDay;
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "tiny", start, start + 30 * kDay)).ok());
+  RecordUsageBatch batch({{"u1", "chat", 1, "late", (start - 60) * kUs, "", ""}}, cache_);
+  Decision decision;
+  ASSERT_TRUE(world_.Run(&batch, (start + 10) * kUs, &decision).ok()) << decision.body;
+  EXPECT_NE(decision.body.find(R"("status":"accepted")"), std::string::npos) << decision.body;
+  UsageCounter c = Counter("u1", AddUtcMonths(start, -1));
+  EXPECT_EQ(c.used, 1);
+  EXPECT_EQ(c.carried, 0);
+  // The restarted window itself carries the first one's 9.
+  EXPECT_EQ(Current("u1", start + 10).used, 9);
 }
 
 TEST_F(UsageDeciderTest, UnlimitedPlanRecordsWithoutThresholds) {
@@ -1354,6 +1508,43 @@ TEST_F(UsageLedgerTest, CountersEqualAReplayOfTheLog) {
   EXPECT_NE(HexEncode(live), HexEncode(shorter));
 }
 
+
+// The carry into a restarted period's window is read by the fold from the counters it wrote, as
+// the decider read it: a replay of the log gives the same rows.
+TEST_F(UsageLedgerTest, ARestartedPeriodsCarryEqualsAReplayOfTheLog) {
+  ASSERT_TRUE(AddPlanOnLedger(ledger_.get(), SmallPlan("tiny", 10)).ok());
+  ASSERT_TRUE(AddPlanOnLedger(ledger_.get(), SmallPlan("tiny20", 20)).ok());
+  ASSERT_TRUE(SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
+  ASSERT_TRUE(Consume("u1", "a", 10).status.ok());
+  const int64_t start = kStripeT0 + 5 * kDay;
+  clock_.Set((start + 10) * kUs);
+  ASSERT_TRUE(
+      SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny20", start, start + 30 * kDay)).ok());
+  ASSERT_TRUE(Consume("u1", "b", 4, "search").status.ok());
+  RecordUsageBatch batch({{"u1", "chat", 2, "c", std::nullopt, "", ""}}, meter_->cache());
+  ASSERT_TRUE(ledger_->Submit(&batch).status.ok());
+  EXPECT_EQ(Used("u1", start), 16);
+
+  std::vector<Event> events;
+  ASSERT_TRUE(ledger_->ReadEvents(Position(0), 1000, EventFilter{}, &events).ok());
+  ledger::testing::TempDir replay_dir;
+  LedgerOptions options;
+  options.path = replay_dir.path();
+  options.folds = AllFolds();
+  options.sync = false;
+  std::unique_ptr<Ledger> replayed;
+  ASSERT_TRUE(Ledger::Open(options, &replayed).ok());
+  ASSERT_TRUE(replayed->ImportEvents(events).ok());
+  Hash live{}, rebuilt{};
+  ASSERT_TRUE(ledger_->ProjectionDigest(&live).ok());
+  ASSERT_TRUE(replayed->ProjectionDigest(&rebuilt).ok());
+  EXPECT_EQ(HexEncode(live), HexEncode(rebuilt));
+  auto view = replayed->Snapshot();
+  UsageCounter c;
+  ASSERT_TRUE(GetUsageCounter(*view, "u1", start, WindowKind::kBillingMonth, &c).ok());
+  EXPECT_EQ(c.used, 16);
+  EXPECT_EQ(c.carried, 10);
+}
 
 // A StateReader whose ScanFrom seeks (as the ledger's does), counting the rows scans visit.
 class SeekingState final : public StateReader {
