@@ -34,7 +34,12 @@ namespace ledger::wal {
 inline constexpr uint32_t kEventsFamilyId = 1;
 
 // A WriteBatch handler that sees the puts (PutCF) and ignores everything else in a batch
-// (deletes, merges, markers: none of them is an event).
+// (deletes, range deletes, merges, entities, blob indexes, markers: none of them is an event).
+// Every other entry point is overridden: RocksDB's defaults answer InvalidArgument or
+// NotSupported, which stops WriteBatch::Iterate. The fold-version rebuild's batch begins with a
+// DeleteRange (DeleteStaleFoldRows): with the default, EventGapFilter took that record for an
+// unreadable one and did not compare the next record's first event with the events before it,
+// so a newer log replayed after an older log's lost tail opened a chain with a hole.
 class PutsHandler : public rocksdb::WriteBatch::Handler {
  public:
   rocksdb::Status DeleteCF(uint32_t, const rocksdb::Slice&) override {
@@ -43,10 +48,29 @@ class PutsHandler : public rocksdb::WriteBatch::Handler {
   rocksdb::Status SingleDeleteCF(uint32_t, const rocksdb::Slice&) override {
     return rocksdb::Status::OK();
   }
+  rocksdb::Status DeleteRangeCF(uint32_t, const rocksdb::Slice&, const rocksdb::Slice&) override {
+    return rocksdb::Status::OK();
+  }
   rocksdb::Status MergeCF(uint32_t, const rocksdb::Slice&, const rocksdb::Slice&) override {
     return rocksdb::Status::OK();
   }
+  rocksdb::Status PutEntityCF(uint32_t, const rocksdb::Slice&, const rocksdb::Slice&) override {
+    return rocksdb::Status::OK();
+  }
+  rocksdb::Status PutBlobIndexCF(uint32_t, const rocksdb::Slice&,
+                                 const rocksdb::Slice&) override {
+    return rocksdb::Status::OK();
+  }
   void LogData(const rocksdb::Slice&) override {}
+  rocksdb::Status MarkBeginPrepare(bool) override { return rocksdb::Status::OK(); }
+  rocksdb::Status MarkEndPrepare(const rocksdb::Slice&) override { return rocksdb::Status::OK(); }
+  rocksdb::Status MarkNoop(bool) override { return rocksdb::Status::OK(); }
+  rocksdb::Status MarkRollback(const rocksdb::Slice&) override { return rocksdb::Status::OK(); }
+  rocksdb::Status MarkCommit(const rocksdb::Slice&) override { return rocksdb::Status::OK(); }
+  rocksdb::Status MarkCommitWithTimestamp(const rocksdb::Slice&,
+                                          const rocksdb::Slice&) override {
+    return rocksdb::Status::OK();
+  }
 };
 
 inline constexpr size_t kBlockBytes = 32768;

@@ -18,6 +18,7 @@
 #include <random>
 #include <thread>
 
+#include "events/coding.h"
 #include "events/fold.h"
 #include "events/ledger.h"
 #include "events/wal_log.h"
@@ -879,6 +880,147 @@ TEST(RecoveryTest, AnObsoleteLogLeftOnDiskIsNotTakenForAGap) {
   EXPECT_TRUE(report.ok()) << report.Summary();
   EXPECT_EQ(ledger->Head().value(), acknowledged.back().result.position.value());
   EXPECT_FALSE(std::filesystem::exists(dir.path() + "/torn-wal"));
+}
+
+// A column family handle for building WriteBatches by family id, as the ledger's families are.
+class FamilyId final : public rocksdb::ColumnFamilyHandle {
+ public:
+  explicit FamilyId(uint32_t id) : id_(id) {}
+  const std::string& GetName() const override { return name_; }
+  uint32_t GetID() const override { return id_; }
+  rocksdb::Status GetDescriptor(rocksdb::ColumnFamilyDescriptor*) override {
+    return rocksdb::Status::NotSupported("a test handle");
+  }
+  const rocksdb::Comparator* GetComparator() const override {
+    return rocksdb::BytewiseComparator();
+  }
+
+ private:
+  uint32_t id_;
+  std::string name_ = "family-" + std::to_string(id_);
+};
+
+// The review's case: a record holding a DeleteRange (the fold-version rebuild's first batch,
+// DeleteStaleFoldRows) must not turn the comparison off for the next record. RocksDB's default
+// handler answers InvalidArgument for DeleteRange, the filter took the record for unreadable and
+// replayed the next one, 40 events past the flushed head, without comparing it.
+TEST(WalLogTest, ARecordWithADeleteRangeLeavesTheGapCheckOn) {
+  FamilyId fold(7), checkpoints(4), events(wal::kEventsFamilyId);
+  wal::EventGapFilter filter("", /*flushed_head=*/10);
+  rocksdb::WriteBatch rebuild;
+  ASSERT_TRUE(rebuild.DeleteRange(&fold, "a", "b").ok());
+  ASSERT_TRUE(rebuild.Put(&checkpoints, "fold.x", std::string(8, '\0')).ok());
+  rocksdb::WriteBatch out;
+  bool changed = false;
+  EXPECT_EQ(filter.LogRecordFound(5, "000005.log", rebuild, &out, &changed),
+            rocksdb::WalFilter::WalProcessingOption::kContinueProcessing);
+  rocksdb::WriteBatch group;
+  ASSERT_TRUE(group.Put(&events, EncodePositionKey(50), "event").ok());
+  EXPECT_EQ(filter.LogRecordFound(6, "000006.log", group, &out, &changed),
+            rocksdb::WalFilter::WalProcessingOption::kStopReplay);
+  EXPECT_TRUE(filter.stopped());
+  EXPECT_EQ(filter.last_position(), 10u);
+  EXPECT_EQ(filter.next_position(), 50u);
+
+  // Every other kind of entry RocksDB's handler does not take by default is skipped as well.
+  wal::EventGapFilter other("", /*flushed_head=*/10);
+  rocksdb::WriteBatch rows;
+  ASSERT_TRUE(rows.PutEntity(&fold, "k", rocksdb::WideColumns{{"c", "v"}}).ok());
+  ASSERT_TRUE(rows.SingleDelete(&fold, "k").ok());
+  ASSERT_TRUE(rows.Merge(&fold, "k", "v").ok());
+  ASSERT_TRUE(rows.PutLogData("blob").ok());
+  EXPECT_EQ(other.LogRecordFound(5, "000005.log", rows, &out, &changed),
+            rocksdb::WalFilter::WalProcessingOption::kContinueProcessing);
+  EXPECT_EQ(other.LogRecordFound(6, "000006.log", group, &out, &changed),
+            rocksdb::WalFilter::WalProcessingOption::kStopReplay);
+}
+
+// NoteFold at a given version: a store written with version 1 and opened with version 2 is
+// rebuilt at that open (DeleteStaleFoldRows).
+class VersionedNoteFold final : public Fold {
+ public:
+  explicit VersionedNoteFold(uint32_t version) : version_(version) {}
+  std::string_view Name() const override { return "notes"; }
+  uint32_t Version() const override { return version_; }
+  Status Apply(const Event& event, const StateReader&, RowWriter* rows) const override {
+    return rows->Put("notes", event.subject, std::to_string(version_));
+  }
+
+ private:
+  uint32_t version_;
+};
+
+// Puts into the events family, and every other kind of entry taken without complaint.
+class EventPuts final : public rocksdb::WriteBatch::Handler {
+ public:
+  rocksdb::Status PutCF(uint32_t family, const rocksdb::Slice&, const rocksdb::Slice&) override {
+    events += family == wal::kEventsFamilyId ? 1 : 0;
+    return rocksdb::Status::OK();
+  }
+  rocksdb::Status DeleteCF(uint32_t, const rocksdb::Slice&) override {
+    return rocksdb::Status::OK();
+  }
+  rocksdb::Status DeleteRangeCF(uint32_t, const rocksdb::Slice&, const rocksdb::Slice&) override {
+    range_deletes++;
+    return rocksdb::Status::OK();
+  }
+  size_t events = 0;
+  size_t range_deletes = 0;
+};
+
+// The same power loss after a fold-version rebuild: the open that rebuilt the fold wrote a batch
+// beginning with a DeleteRange into its log, then the first groups after it were lost while the
+// log after them reached the disk. The replay must still stop at the hole after the flushed
+// events; it went on over it (the rebuild's record turned the comparison off) and the store
+// opened with positions missing from its chain.
+TEST(RecoveryTest, AGapRightAfterAFoldRebuildIsStillAGap) {
+  TempDir dir;
+  std::vector<Outcome> acknowledged;
+  VersionedNoteFold v1(1), v2(2);
+  LedgerOptions options;
+  options.path = dir.path();
+  options.folds = {&v1};
+  {
+    std::unique_ptr<Ledger> ledger;
+    ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
+    AppendSequentially(ledger.get(), "before", 20, &acknowledged);
+  }
+  Position flushed;  // the open flushes what the logs held; the rebuild follows
+  options.folds = {&v2};
+  {
+    std::unique_ptr<Ledger> ledger;
+    ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
+    flushed = ledger->Head();
+    AppendSequentially(ledger.get(), "after", 20, &acknowledged);
+  }
+  ASSERT_EQ(flushed.value(), acknowledged[19].result.position.value());
+  const std::string wal_path = LastWal(dir.path());
+  std::vector<size_t> starts;
+  const std::vector<std::string> records = LogRecords(ReadFile(wal_path), &starts);
+  // The rebuild's record, then (maybe after rows without events) the first group after it: lost.
+  size_t rebuild = records.size(), lost = records.size();
+  for (size_t i = 0; i < records.size() && lost == records.size(); ++i) {
+    EventPuts puts;
+    ASSERT_TRUE(rocksdb::WriteBatch(records[i]).Iterate(&puts).ok());
+    if (puts.range_deletes > 0 && rebuild == records.size()) rebuild = i;
+    if (puts.events > 0 && rebuild < i) lost = i;
+  }
+  ASSERT_LT(rebuild, records.size());
+  ASSERT_LT(lost, records.size() - 2);
+  const std::string newer_path = testing::SplitLogAtALostRecord(wal_path, lost);
+  ASSERT_FALSE(newer_path.empty());
+
+  std::unique_ptr<Ledger> ledger;
+  Status s = Ledger::Open(options, &ledger);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(ledger->Head().value(), flushed.value());
+  EXPECT_NE(ledger->WalGapProblem(), "");
+  EXPECT_TRUE(std::filesystem::exists(
+      dir.path() + "/torn-wal/" + std::filesystem::path(newer_path).filename().string()));
+  ExpectNoHole(ledger.get());
+  std::vector<Outcome> kept(acknowledged.begin(), acknowledged.begin() + 20);
+  DurabilityReport report = CheckDurability(ledger.get(), kept);
+  EXPECT_TRUE(report.ok()) << report.Summary();
 }
 
 // A read-only open (verify, export, replay) stops at the hole too: it sees the chain ledgerd will
