@@ -259,6 +259,30 @@ std::optional<uint64_t> FlushedEventHead(
   return head;
 }
 
+// The last event the table files of an open store hold: the largest key of the events family's
+// files in the version that open read from the MANIFEST (FlushedEventHead as that open sees it).
+// Nothing when the store has no events family or a key is not a position.
+std::optional<uint64_t> OpenedFlushedEventHead(
+    rocksdb::DB* db, const std::vector<rocksdb::ColumnFamilyHandle*>& handles) {
+  for (rocksdb::ColumnFamilyHandle* handle : handles) {
+    if (handle->GetName() != kEventsFamily) continue;
+    rocksdb::ColumnFamilyMetaData meta;
+    db->GetColumnFamilyMetaData(handle, &meta);
+    uint64_t head = 0;
+    for (const rocksdb::LevelMetaData& level : meta.levels) {
+      for (const rocksdb::SstFileMetaData& file : level.files) {
+        if (file.largestkey.size() != 8) return std::nullopt;
+        head = std::max(head, DecodeFixed64BE(file.largestkey.data()));
+      }
+    }
+    return head;
+  }
+  return std::nullopt;
+}
+
+// Read-only opens done again because a live ledgerd flushed between the two looks (OpenDb).
+constexpr int kReadOnlyOpenAttemptsMax = 5;
+
 }  // namespace
 
 Hash IdempotencyRecordKey(std::string_view scope, std::string_view key) {
@@ -1034,6 +1058,26 @@ Status LedgerImpl::OpenDb() {
       db_options.wal_filter = gap_filter_.get();
       s = rocksdb::DB::Open(db_options, options_.path, descriptors, &handles, &db_);
     }
+  }
+  // verify, export and replay open a live ledgerd's store: it can flush the events and delete
+  // the logs that held them between the first look at the table files (flushed_head) and the
+  // open proper, which then replays from a log that begins after the new flushed head. Compared
+  // with the old one, that log looked like one lost to a power loss: "a log file is missing" on
+  // an intact store. When the filter stopped and the open's own table files hold more than the
+  // first look saw, the open is done again, compared from what they hold.
+  for (int attempt = 1; options_.read_only && s.ok() && gap_filter_->stopped() &&
+                        attempt < kReadOnlyOpenAttemptsMax;
+       ++attempt) {
+    const std::optional<uint64_t> opened_head = OpenedFlushedEventHead(db_, handles);
+    if (!opened_head || opened_head == flushed_head) break;
+    for (rocksdb::ColumnFamilyHandle* handle : handles) db_->DestroyColumnFamilyHandle(handle);
+    handles.clear();
+    delete db_;
+    db_ = nullptr;
+    flushed_head = opened_head;
+    gap_filter_ = std::make_unique<wal::EventGapFilter>("", flushed_head);
+    db_options.wal_filter = gap_filter_.get();
+    s = rocksdb::DB::OpenForReadOnly(db_options, options_.path, descriptors, &handles, &db_);
   }
   const wal::EventGapFilter& gap = *gap_filter_;
   if (gap.stopped()) {

@@ -7,9 +7,12 @@
 #include <gtest/gtest.h>
 
 #include <rocksdb/db.h>
+#include <rocksdb/env.h>
+#include <rocksdb/file_system.h>
 #include <rocksdb/options.h>
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -1075,6 +1078,95 @@ TEST(RecoveryTest, AReadOnlyOpenStopsAtTheGapAndDamageBeforeItIsRefused) {
   EXPECT_FALSE(s.ok()) << "opened over a damaged log";
   EXPECT_TRUE(std::filesystem::exists(newer_path));
   EXPECT_FALSE(std::filesystem::exists(damaged + "/torn-wal"));
+}
+
+// A file system that runs `between` once, when CURRENT is read after a log was: in a read-only
+// open, between the look at the table files (FlushedEventHead, which reads the logs to ignore
+// them) and the open proper, which reads CURRENT and the MANIFEST again.
+class BetweenTheLooksFs final : public rocksdb::FileSystemWrapper {
+ public:
+  explicit BetweenTheLooksFs(std::function<void()> between)
+      : FileSystemWrapper(rocksdb::FileSystem::Default()), between_(std::move(between)) {}
+  const char* Name() const override { return "between-the-looks"; }
+  rocksdb::IOStatus NewSequentialFile(const std::string& name,
+                                      const rocksdb::FileOptions& options,
+                                      std::unique_ptr<rocksdb::FSSequentialFile>* file,
+                                      rocksdb::IODebugContext* debug) override {
+    const std::filesystem::path path(name);
+    if (path.extension() == ".log") log_read_ = true;
+    if (path.filename() == "CURRENT" && log_read_ && !ran_) {
+      ran_ = true;
+      between_();
+    }
+    return target()->NewSequentialFile(name, options, file, debug);
+  }
+  bool ran() const { return ran_; }
+
+ private:
+  std::function<void()> between_;
+  bool log_read_ = false;
+  bool ran_ = false;
+};
+
+// `ledgerctl verify`, `export` and `replay` open a live ledgerd's store read-only. The flushed
+// head the gap filter compares from came from a first look at the table files; when ledgerd
+// flushed the events and deleted the old logs before the open proper read the MANIFEST, the
+// first log that open replays begins after the new flushed head, beyond the old one + 1: a hole
+// was reported ("a log file is missing", verify exit 65) on an intact store. The open must see
+// the chain as the view it opened holds it.
+TEST(RecoveryTest, AReadOnlyOpenBesideALiveFlushSeesNoHole) {
+  TempDir dir;
+  LedgerOptions live_options;
+  live_options.path = dir.path();
+  live_options.events_memtable_bytes = 64 << 10;
+  std::unique_ptr<Ledger> live;
+  ASSERT_TRUE(Ledger::Open(live_options, &live).ok());
+  auto append = [&](const std::string& tag, int commands, size_t events) {
+    for (int i = 0; i < commands; ++i) {
+      CommandSpec spec;
+      spec.subject = tag + "-" + std::to_string(i);
+      spec.events = events;
+      auto command = spec.Make();
+      ASSERT_TRUE(live->Submit(command.get()).status.ok());
+    }
+  };
+  ASSERT_NO_FATAL_FAILURE(append("flushed", 5, 20));
+  ASSERT_TRUE(live->Flush().ok());
+  ASSERT_NO_FATAL_FAILURE(append("in-the-log", 5, 20));  // the log the first look sees
+  // No compaction deleting a table file under the first look (it would find no flushed head).
+  ASSERT_TRUE(live->WaitForBackgroundWork(60000).ok());
+
+  auto list_logs = [&] {
+    std::vector<std::pair<uint64_t, std::filesystem::path>> logs;
+    EXPECT_TRUE(wal::ListLogFiles(dir.path(), &logs).ok());
+    return logs;
+  };
+  uint64_t oldest_before = 0;
+  auto fs = std::make_shared<BetweenTheLooksFs>([&] {
+    oldest_before = list_logs().front().first;
+    // About two memtables of events (each switch starts a log), all flushed: the logs so far
+    // are obsolete; then one more group, the first record of the log the open replays.
+    append("live", 6, 100);
+    EXPECT_TRUE(live->Flush().ok());
+    EXPECT_TRUE(live->WaitForBackgroundWork(60000).ok());
+    for (int i = 0; i < 500 && list_logs().front().first <= oldest_before; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    append("after-the-flush", 1, 5);
+  });
+  std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(fs);
+  LedgerOptions options;
+  options.path = dir.path();
+  options.read_only = true;
+  options.env = env.get();
+  std::unique_ptr<Ledger> ledger;
+  Status s = Ledger::Open(options, &ledger);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  ASSERT_TRUE(fs->ran());
+  EXPECT_GT(list_logs().front().first, oldest_before);  // the old logs are gone
+  EXPECT_EQ(ledger->WalGapProblem(), "");
+  EXPECT_EQ(ledger->Head().value(), live->Head().value());
+  ExpectNoHole(ledger.get());
 }
 
 TEST(RecoveryTest, VerifyEventHashAcceptsIntactEventsAndRejectsAFlippedByte) {
