@@ -72,8 +72,10 @@ Status Rebuild(const Ledger& live, Ledger* rebuilt, const ReplayOptions& options
   Progress meter(options.progress, "replay", report->position.value());
   std::vector<Event> chunk;
   chunk.reserve(options.chunk_events);
+  size_t chunk_bytes = 0;  // stored bytes of the events in `chunk`
   Status failure;
   auto import_chunk = [&]() {
+    if (options.on_chunk) options.on_chunk(chunk.size(), chunk_bytes);
     failure = rebuilt->ImportEvents(chunk);
     // The rebuilt store refuses what does not continue its chain: the live log's data is bad.
     if (failure.code() == Code::kInvalidArgument) {
@@ -81,6 +83,7 @@ Status Rebuild(const Ledger& live, Ledger* rebuilt, const ReplayOptions& options
     }
     if (failure.ok()) report->events += chunk.size();
     chunk.clear();
+    chunk_bytes = 0;
     meter.Update(report->events);
     return failure.ok();
   };
@@ -100,7 +103,13 @@ Status Rebuild(const Ledger& live, Ledger* rebuilt, const ReplayOptions& options
                                    failure.message());
       return false;
     }
+    // Bounded by bytes too: the writer cuts a group only between commands, so the whole chunk
+    // is one group, decoded and batched at once.
+    if (!chunk.empty() && chunk_bytes + v.size() > options.chunk_bytes && !import_chunk()) {
+      return false;
+    }
     chunk.push_back(std::move(event));
+    chunk_bytes += v.size();
     return chunk.size() < options.chunk_events || import_chunk();
   });
   LEDGER_RETURN_IF_ERROR(failure);
@@ -168,6 +177,7 @@ Status FindDifferingFolds(const Ledger& live, const Ledger& rebuilt,
 Status ReplayProjections(const ReplayOptions& options, ReplayReport* report) {
   *report = ReplayReport{};
   if (options.chunk_events == 0) return Status::InvalidArgument("bad_chunk", "chunk_events is 0");
+  if (options.chunk_bytes == 0) return Status::InvalidArgument("bad_chunk", "chunk_bytes is 0");
   ScratchDir scratch;
   if (options.into.empty()) {
     LEDGER_RETURN_IF_ERROR(scratch.Create());

@@ -18,11 +18,13 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <ostream>
 #include <string>
 #include <vector>
 
 #include "events/fold.h"
+#include "events/limits.h"
 #include "events/status.h"
 #include "events/types.h"
 
@@ -34,7 +36,13 @@ struct ReplayOptions {
   // afterwards. Otherwise it must not exist or be empty, and it is kept.
   std::string into;
   std::vector<const Fold*> folds;  // usually projections::AllFolds()
-  size_t chunk_events = 4096;      // events per ImportEvents call
+  size_t chunk_events = 4096;      // events per ImportEvents call, at most
+  // Stored bytes of the events per ImportEvents call, at most; an event larger than that goes
+  // alone. One call is one group (the writer checks kGroupBytesMax only between commands), held
+  // decoded and in its WriteBatch at once: 4,096 stored webhooks of 512 KiB were ~2 GiB a chunk.
+  size_t chunk_bytes = limits::kGroupBytesMax;
+  // Tests: told the events and stored bytes of each chunk before it is imported.
+  std::function<void(size_t events, size_t bytes)> on_chunk;
   std::ostream* progress = nullptr;
 };
 

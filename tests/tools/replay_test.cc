@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "events/coding.h"
+#include "events/limits.h"
 #include "projections/registry.h"
 #include "tests/support/test_ledger.h"
 #include "tests/tools/tools_test_util.h"
@@ -13,6 +14,7 @@
 namespace ledger::tools {
 namespace {
 
+using testing::AppendCommand;
 using testing::EditRaw;
 using testing::FindFamily;
 using testing::OpenTestLedger;
@@ -112,6 +114,62 @@ TEST(ReplayTest, IntoKeepsTheRebuiltStoreAndMustBeEmpty) {
   }
   Status s = ReplayProjections(options, &report);  // not empty any more
   EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.ToString();
+}
+
+// Appends `count` events of about 512 KiB (a stored Stripe webhook can be that big), one a
+// command.
+void WriteBigEvents(Ledger* ledger, size_t count) {
+  for (size_t i = 0; i < count; ++i) {
+    AppendCommand command("u" + std::to_string(i % 3), 1, "test.appended.v1", 512u << 10);
+    CommandResult r = ledger->Submit(&command);
+    ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  }
+}
+
+// Replay's chunks were counted in events only (4,096), and a chunk is one group whatever its
+// size (the writer cuts groups between commands): 4,096 webhooks of 512 KiB made one import of
+// ~2 GiB decoded, ~6 GiB at its peak. Every chunk stays within the byte bound (here 2 MiB, 3 of
+// these events: the default, kGroupBytesMax, would take 128 of them), and an event larger than
+// the bound goes alone.
+TEST(ReplayTest, ChunksStayWithinTheByteBound) {
+  EXPECT_EQ(ReplayOptions().chunk_bytes, limits::kGroupBytesMax);
+  TempDir dir;
+  ReplayOptions zero = Options(dir.path());
+  zero.chunk_bytes = 0;
+  ReplayReport none;
+  EXPECT_EQ(ReplayProjections(zero, &none).code(), Code::kInvalidArgument);
+  {
+    auto ledger = OpenTestLedger(dir.path(), Folds());
+    ASSERT_NO_FATAL_FAILURE(WriteBigEvents(ledger.get(), 10));
+  }
+  for (const size_t bound : {size_t{2} << 20, size_t{256} << 10}) {
+    SCOPED_TRACE(bound);
+    ReplayOptions options = Options(dir.path());
+    options.chunk_events = 4096;
+    options.chunk_bytes = bound;
+    size_t chunks = 0, events = 0, largest = 0, most_events = 0;
+    options.on_chunk = [&](size_t chunk_events, size_t bytes) {
+      ++chunks;
+      events += chunk_events;
+      EXPECT_GE(chunk_events, 1u);
+      if (chunk_events > 1) {
+        EXPECT_LE(bytes, bound);
+      }
+      largest = std::max(largest, bytes);
+      most_events = std::max(most_events, chunk_events);
+    };
+    ReplayReport report;
+    Status s = ReplayProjections(options, &report);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    EXPECT_TRUE(report.equal);
+    EXPECT_EQ(report.events, 10u);
+    EXPECT_EQ(events, 10u);
+    EXPECT_EQ(most_events, bound > (1u << 20) ? 3u : 1u);
+    EXPECT_GE(chunks, bound > (1u << 20) ? 4u : 10u);
+    if (bound > (1u << 20)) {
+      EXPECT_LE(largest, bound);
+    }
+  }
 }
 
 TEST(ReplayTest, FoldUnknownToTheLiveStoreIsReported) {
