@@ -715,6 +715,9 @@ TEST_F(BillingRoutesTest, ACustomerDeletedAtStripeIsNotNamedAgain) {
 
 TEST_F(BillingRoutesTest, BadCheckoutBodiesAppendNothingAndCallNobody) {
   auto alice = Alice();
+  // The head is taken before the first bad body, so every refusal below is covered (taken after
+  // the setup submits, it covered only the last two).
+  const uint64_t before_bad_bodies = Head();
   ExpectProblem(alice.Post(kCheckout, "not json"), 400, "invalid_json");
   ExpectProblem(alice.Post(kCheckout, ""), 400, "invalid_json");
   ExpectProblem(alice.Post(kCheckout, "[]"), 400, "invalid_json");
@@ -728,8 +731,11 @@ TEST_F(BillingRoutesTest, BadCheckoutBodiesAppendNothingAndCallNobody) {
   // The catalog's row for a Stripe price is no plan (it was a 500).
   ExpectProblem(alice.Post(kCheckout, R"({"plan_id":"price/price_starter_monthly"})"), 422,
                 "unknown_plan");
+  EXPECT_EQ(Head(), before_bad_bodies);
+  EXPECT_TRUE(fake_.requests().empty());
 
-  // A plan without Stripe prices yet, and a retired one.
+  // A plan without Stripe prices yet, and a retired one: the two setup submits are the only
+  // appends (one event each), and the refusals after them append nothing either.
   projections::Plan team = projections::InitialPlans()[1];
   team.id = "team";
   projections::CreatePlan create(team, projections::Actor::System("test"));
@@ -737,6 +743,7 @@ TEST_F(BillingRoutesTest, BadCheckoutBodiesAppendNothingAndCallNobody) {
   projections::RetirePlan retire("enterprise", projections::Actor::System("test"));
   ASSERT_TRUE(ledger_->Submit(&retire).status.ok());
   const uint64_t head = Head();
+  EXPECT_EQ(head, before_bad_bodies + 2);
   HttpReply r = alice.Post(kCheckout, R"({"plan_id":"team"})");
   ExpectProblem(r, 409, "plan_not_purchasable");
   EXPECT_NE(r.body.find("stripe-setup"), std::string::npos);
