@@ -282,45 +282,64 @@ TEST_F(OutboxTest, CheckpointAdvancesOnlyFromDeliveryReportsAndTheWindowIsBounde
 
 // Kafka outage while the ledger keeps appending: appends neither block nor fail, nothing is
 // lost, the lag returns to 0. Duplicates are counted, not asserted absent.
+// "Never block" is judged by order, not by time (a loaded 2-core box with 50 ms fsyncs made the
+// old latency and rate bounds flaky): kAppendsDuringOutage appends must complete after the outbox
+// saw the brokers down and before they come back. An append that waited for Kafka would stall the
+// appender until SetBrokerUp, and the wait for those appends would run out.
 TEST_F(OutboxTest, BrokersDownWhileAppendingLosesNothing) {
+  constexpr uint64_t kAppendsBeforeOutage = 50;
+  constexpr uint64_t kAppendsDuringOutage = 50;
+  constexpr uint64_t kAppendsAfterOutage = 50;
   auto outbox = OpenOutbox(Options());
   ASSERT_TRUE(outbox->Start().ok());
 
   std::atomic<bool> appending{true};
   std::atomic<int> append_failures{0};
-  std::atomic<int64_t> slowest_append_us{0};
+  std::atomic<uint64_t> appended{0};  // completed appends
   std::thread appender([&] {
     int i = 0;
     while (appending.load()) {
       AppendCommand command("user-" + std::to_string(i++ % 11), 2);
-      auto start = std::chrono::steady_clock::now();
       CommandResult result = ledger_->Submit(&command);
-      int64_t us = std::chrono::duration_cast<std::chrono::microseconds>(
-                       std::chrono::steady_clock::now() - start)
-                       .count();
-      if (!result.status.ok()) append_failures.fetch_add(1);
-      if (us > slowest_append_us.load()) slowest_append_us.store(us);
+      if (result.status.ok()) {
+        appended.fetch_add(1);
+      } else {
+        append_failures.fetch_add(1);
+      }
       outbox->Notify();
       std::this_thread::sleep_for(milliseconds(2));
     }
   });
+  auto appended_at_least = [&](uint64_t count) {
+    return WaitFor([&] { return appended.load() >= count; }, seconds(60));
+  };
 
-  std::this_thread::sleep_for(milliseconds(700));
+  const bool warmed_up = appended_at_least(kAppendsBeforeOutage);
   ASSERT_TRUE(kafka_->SetBrokerDown(-1).ok());
+  const bool saw_down =
+      WaitFor([&] { return outbox->GetStatus().kafka_state == "down"; }, seconds(30));
   const uint64_t head_at_outage = Head();
-  bool saw_down = WaitFor([&] { return outbox->GetStatus().kafka_state == "down"; }, seconds(3));
-  std::this_thread::sleep_for(milliseconds(1500));
-  const uint64_t appended_during_outage = Head() - head_at_outage;
+  const uint64_t appended_at_outage = appended.load();
+  const bool appended_while_down = appended_at_least(appended_at_outage + kAppendsDuringOutage);
+  // Still down: the appends counted above completed during the outage.
+  const std::string state_after_appends = outbox->GetStatus().kafka_state;
+  const uint64_t appends_during_outage = appended.load() - appended_at_outage;
+  const uint64_t events_during_outage = Head() - head_at_outage;
   const uint64_t lag_during_outage = outbox->GetStatus().lag;
   ASSERT_TRUE(kafka_->SetBrokerUp(-1).ok());
-  std::this_thread::sleep_for(milliseconds(700));
+  const bool appended_after = appended_at_least(appended.load() + kAppendsAfterOutage);
   appending.store(false);
   appender.join();
 
-  EXPECT_TRUE(saw_down) << "the outage should be visible as kafka_state=down";
+  EXPECT_TRUE(warmed_up);
+  ASSERT_TRUE(saw_down) << "the outage should be visible as kafka_state=down";
+  EXPECT_TRUE(appended_while_down)
+      << "an outage must not block appends: " << appends_during_outage << " of "
+      << kAppendsDuringOutage << " appends completed while the brokers were down";
+  EXPECT_EQ(state_after_appends, "down");
+  EXPECT_TRUE(appended_after);
   EXPECT_EQ(append_failures.load(), 0);
-  EXPECT_LT(slowest_append_us.load(), 1'000'000) << "an outage must not block appends";
-  EXPECT_GT(appended_during_outage, 50u) << "appends continued during the outage";
+  EXPECT_GE(events_during_outage, 2 * kAppendsDuringOutage);  // two events per append
   EXPECT_GT(lag_during_outage, 0u);
 
   ASSERT_TRUE(WaitCaughtUp(outbox.get())) << outbox->GetStatus().last_error;
@@ -331,7 +350,7 @@ TEST_F(OutboxTest, BrokersDownWhileAppendingLosesNothing) {
   ::testing::Test::RecordProperty("events", static_cast<int>(Head()));
   ::testing::Test::RecordProperty("duplicates", static_cast<int>(report.duplicates));
   std::printf("outage: %llu events appended during it, %llu duplicates after recovery\n",
-              static_cast<unsigned long long>(appended_during_outage),
+              static_cast<unsigned long long>(events_during_outage),
               static_cast<unsigned long long>(report.duplicates));
   EXPECT_TRUE(outbox->Stop(seconds(5)).ok());
   EXPECT_EQ(StoredCheckpoint(), Head());
