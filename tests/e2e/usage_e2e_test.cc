@@ -1,8 +1,9 @@
 // kill -9 during consume load (issue 4, item 7), against the real ledgerd binary (Kafka off).
 //
 // One user on a plan with a limit of kLimit calls; 24 keep-alive service clients consume with fresh
-// idempotency keys; after a random 150–500 ms the daemon is SIGKILLed and restarted on the same
-// directory. After each restart:
+// idempotency keys; after a random 150–500 ms (or at kCycleAcksMax acknowledgements, if sooner)
+// the daemon is SIGKILLed, with every client still sending, and restarted on the same directory.
+// After each restart:
 //   - every acknowledged consume is in the log: retrying its key answers the same body, replayed;
 //   - the usage counter equals the number of usage.recorded.v1 events in the log, never above the
 //     limit (projections never disagree with the log);
@@ -21,7 +22,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cinttypes>
+#include <condition_variable>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -46,7 +49,14 @@ namespace {
 
 constexpr int kCycles = 3;
 constexpr int kThreads = 24;
-constexpr int64_t kLimit = 3000;  // above what three cycles can use (about 1 call per ms)
+// A cycle is killed at kCycleAcksMax acknowledgements if its random delay has not run out first.
+// Why: the kill must land on a daemon under load. With a bound by time alone, a fast machine used
+// the quota up mid-cycle, every client returned on its 429 and the kill hit an idle daemon, and
+// the test still passed. Bounded by count, the crash cycles use at most about kCycles *
+// (kCycleAcksMax + kThreads) calls (the acknowledged ones and those in flight at the kill) on any
+// machine, and the limit is twice that: a 429 before a kill is a failure (Load checks it).
+constexpr int kCycleAcksMax = 500;
+constexpr int64_t kLimit = 2 * kCycles * (kCycleAcksMax + kThreads);
 constexpr char kServiceToken[] = "e2e-gateway-token-0123456789";
 constexpr char kWebhookSecret[] = "whsec_e2e_usage";
 constexpr char kUser[] = "e2e-user";
@@ -141,12 +151,15 @@ class UsageE2eTest : public ::testing::Test {
     ASSERT_EQ(r.status, 200) << r.body;
   }
 
-  // Runs the consume load; SIGKILLs the daemon after `kill_after_ms` (0: runs until every
-  // client is refused). Returns the acknowledged consumes.
+  // Runs the consume load; SIGKILLs the daemon after `kill_after_ms` or at kCycleAcksMax
+  // acknowledgements, whichever comes first (0: runs until every client is refused). Returns the
+  // acknowledged consumes.
   std::map<std::string, Acked> Load(const std::string& tag, int kill_after_ms) {
     std::mutex mu;
+    std::condition_variable acked_more;
     std::map<std::string, Acked> acked;
     std::atomic<int> unexpected{0};
+    std::atomic<int> ended{0};  // clients that stopped sending (a 429, the daemon gone, an error)
     std::vector<std::thread> clients;
     for (int t = 0; t < kThreads; ++t) {
       clients.emplace_back([&, t] {
@@ -158,10 +171,13 @@ class UsageE2eTest : public ::testing::Test {
           if (r.status == 200) {
             std::lock_guard<std::mutex> lock(mu);
             acked[key] = Acked{body, r.body};
+            acked_more.notify_all();
           } else if (r.status == 429 || r.status == 0) {
+            ended.fetch_add(1);
             return;  // quota used up, or the daemon is gone
           } else {
             unexpected.fetch_add(1);
+            ended.fetch_add(1);
             ADD_FAILURE() << "unexpected answer " << r.status << " " << r.body;
             return;
           }
@@ -170,13 +186,22 @@ class UsageE2eTest : public ::testing::Test {
     }
     if (kill_after_ms > 0) {
       // The kill lands under load: after the first acknowledgement (a slow start must not turn
-      // a cycle into a kill of an idle daemon).
+      // a cycle into a kill of an idle daemon), then after the delay or at kCycleAcksMax.
       WaitUntil([&] {
         std::lock_guard<std::mutex> lock(mu);
-        return !acked.empty() || unexpected.load() > 0;
+        return !acked.empty() || ended.load() > 0;
       });
-      std::this_thread::sleep_for(std::chrono::milliseconds(kill_after_ms));
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        acked_more.wait_for(lock, std::chrono::milliseconds(kill_after_ms), [&] {
+          return acked.size() >= static_cast<size_t>(kCycleAcksMax) || ended.load() > 0;
+        });
+      }
+      const int ended_before_kill = ended.load();
       daemon_->Kill();
+      EXPECT_EQ(ended_before_kill, 0)
+          << "clients stopped before the kill (a 429: the quota ran out mid-cycle), so it did not "
+             "land under load";
     }
     for (auto& c : clients) c.join();
     EXPECT_EQ(unexpected.load(), 0);
