@@ -19,6 +19,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include <rocksdb/db.h>
@@ -778,6 +779,7 @@ class LedgerImpl final : public Ledger {
   std::unique_ptr<rocksdb::Env> read_only_env_;
   FamilyMap families_;
   std::vector<rocksdb::ColumnFamilyHandle*> families_by_id_;  // by column family id
+  std::set<std::string, std::less<>> side_families_;          // LedgerOptions::side_families
   // Decided groups' rows no longer in use, kept for their memory (committer thread only).
   std::vector<std::unique_ptr<DecidedRows>> spare_rows_;
   void KeepSpare(std::unique_ptr<DecidedRows> rows);
@@ -981,6 +983,16 @@ Status LedgerImpl::OpenDb() {
                                     kStreamsFamily, kIdempotencyFamily, kCheckpointsFamily,
                                     kMetaFamily};
   for (const Fold* fold : options_.folds) names.emplace_back(fold->Name());
+  for (const std::string& side : options_.side_families) {
+    // A side family named like a fold would be rebuilt (emptied) with it, and one named like the
+    // ledger's own would let a command write the log's families.
+    if (side.empty() || std::find(names.begin(), names.end(), side) != names.end()) {
+      return Status::InvalidArgument("invalid_side_family",
+                                     "side family '" + side + "' is empty or already a family");
+    }
+    names.push_back(side);
+    side_families_.insert(side);
+  }
   std::error_code exists_error;  // the non-throwing overloads: an unreadable parent is an open error
   if (std::filesystem::exists(options_.path, exists_error)) {
     std::vector<std::string> existing;
@@ -1729,6 +1741,13 @@ Status LedgerImpl::DecideOne(Writer* w, int64_t now_us, GroupState* state) {
     head_hash_ = event.hash;
   }
   runs.WriteTo(state, Family(kStreamsFamily));
+  for (const SideRow& row : decision.side_rows) {
+    if (side_families_.count(row.family) == 0) {
+      return Status::Internal("side row of '" + row.family + "', not a side family");
+    }
+    LEDGER_RETURN_IF_ERROR(row.deleted ? state->Delete(row.family, row.key)
+                                       : state->Put(row.family, row.key, row.value));
+  }
   if (!idempotency_key.empty()) {
     state->PutRow(Family(kIdempotencyFamily), idempotency_key,
                   EncodeIdempotencyRecord(command->request_hash, head_, decision.http_status,

@@ -1,12 +1,13 @@
 // Ledger: the event store and its single writer.
 //
-// Owns the RocksDB database (column families `events`, `idempotency`, `checkpoints`, `meta`, and
-// one per registered fold) and the group-commit writer: a pipeline of three threads.
+// Owns the RocksDB database (column families `events`, `idempotency`, `checkpoints`, `meta`, one
+// per registered fold, and the side families of LedgerOptions::side_families) and the group-commit
+// writer: a pipeline of three threads.
 //
 // The committer takes the queued commands as one group (one leader at a time: LevelDB's writer
 // queue, with the leader being a thread of its own), runs each command's Decide() against state
 // that already includes the earlier commands of the group, applies every fold to each new event,
-// and so builds the group's events, chain head, idempotency records, fold rows and fold
+// and so builds the group's events, chain head, idempotency records, fold rows, side rows and fold
 // checkpoints as ONE WriteBatch -- one WAL record, all or nothing. A large group goes to the
 // write thread, which writes it without sync while the committer decides the next group on top
 // of it (reading the rows of the groups not yet written before the store's); a small one the
@@ -52,9 +53,28 @@ struct NewEvent {
   std::string data;  // compact JSON object
 };
 
+// A row of a side family (LedgerOptions::side_families) that a command writes or deletes beside
+// its events. It goes into the group's one WriteBatch with them, so it has exactly their
+// durability: after any crash an acknowledged command's side rows are there and a failed or
+// unacknowledged one's are not; the later commands of the group read it (DecideContext::state).
+// Side rows are the one state NOT derived from the log: no fold writes them, replay and a fold
+// rebuild do not recreate them, ProjectionDigest leaves them out, and neither the outbox nor
+// export carries them. What they are for: a secret that must be deletable for good although the
+// log is permanent (BYOK data keys, projections/byok.h: deleting the row shreds the key that the
+// log only holds encrypted under it).
+struct SideRow {
+  std::string family;
+  std::string key;
+  std::string value;
+  bool deleted = false;  // deletes `key` (value ignored)
+};
+
 // What Decide() produced for a successful command.
 struct Decision {
   std::vector<NewEvent> events;
+  // Written after the events, in order (a later row of the same key wins). A family that is not
+  // one of LedgerOptions::side_families fails the command (kInternal), and nothing is appended.
+  std::vector<SideRow> side_rows;
   int http_status = 200;
   std::string body;  // JSON response body; stored with the idempotency record
 };
@@ -98,6 +118,10 @@ Status CreatePrivateDir(const std::string& path);
 struct LedgerOptions {
   std::string path;                 // directory; created if missing (CreatePrivateDir)
   std::vector<const Fold*> folds;   // inline projections; not owned, must outlive the Ledger
+  // Column families written only through Decision::side_rows (SideRow): created at open, read
+  // through Snapshot() and DecideContext::state like a fold's. Not a fold's name nor one of the
+  // ledger's own (InvalidArgument at open). Folds must not read them: replay has none.
+  std::vector<std::string> side_families;
   const Clock* clock = nullptr;     // default SystemClock
   bool sync = true;                 // fsync every group. false ONLY for negative-control tests
                                     // and scratch stores (ledgerctl replay's rebuild, then Flush()).

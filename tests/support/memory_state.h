@@ -52,9 +52,9 @@ class MemoryState final : public StateReader, public RowWriter {
 };
 
 // Runs `command` against `state` the way the writer does: Decide(), then for each decided event
-// (positions after `*head`, time `now_us`) every fold's Apply(). Returns the Decide() or Apply()
-// error; on success `*decision` holds what was decided and `*applied` (optional) the events with
-// their assigned positions.
+// (positions after `*head`, time `now_us`) every fold's Apply(), then the side rows. Returns the
+// Decide() or Apply() error; on success `*decision` holds what was decided and `*applied`
+// (optional) the events with their assigned positions.
 inline Status RunCommand(Command* command, const std::vector<const Fold*>& folds,
                          MemoryState* state, Position* head, int64_t now_us, Decision* decision,
                          std::vector<Event>* applied = nullptr) {
@@ -75,6 +75,11 @@ inline Status RunCommand(Command* command, const std::vector<const Fold*>& folds
     event.data = e.data;
     for (const Fold* fold : folds) LEDGER_RETURN_IF_ERROR(fold->Apply(event, *state, state));
     if (applied != nullptr) applied->push_back(std::move(event));
+  }
+  // After the events, as the writer writes them (any family: no side families are declared here).
+  for (const SideRow& row : decision->side_rows) {
+    LEDGER_RETURN_IF_ERROR(row.deleted ? state->Delete(row.family, row.key)
+                                       : state->Put(row.family, row.key, row.value));
   }
   return Status::OK();
 }
