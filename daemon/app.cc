@@ -95,6 +95,7 @@ Status App::Impl::OpenLedger() {
   LedgerOptions options;
   options.path = config_.data_dir;
   options.folds = projections::AllFolds();
+  options.side_families = projections::AllSideFamilies();
   options.clock = clock_;
   options.sync_interval_min = std::chrono::microseconds(config_.sync_interval_min_us);
   Status s = Ledger::Open(options, &ledger_);

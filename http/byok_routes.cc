@@ -8,13 +8,19 @@
 //   GET    /api/v1/byok/keys               [{"provider","key_id","label","hint","added_at",
 //                                          "last_tested_at","last_test_result"}] (a bare list)
 //   POST   /api/v1/byok/keys/add           {"provider","api_key","label"?} -> 201 (the key is
-//                                          sealed here, before the command: only the sealed form
-//                                          reaches the writer, the log and Kafka)
+//                                          sealed here, before the command, under a fresh data
+//                                          key: only the sealed form reaches the writer, the log
+//                                          and Kafka; the data key, wrapped under the master key,
+//                                          only the side family byok_data_keys)
 //   DELETE /api/v1/byok/keys/{provider}    200 {"provider","key_id","removed":true}; 404
 //                                          (adds and removals: 429 rate_limited past a user's
-//                                          budget of key changes, kKeyChangeBurst)
-//   POST   /api/v1/byok/keys/test/{provider}  opens the key, asks the provider (byok_providers.h),
-//                                          records byok.key_tested.v1; 200 {"result","valid",...}
+//                                          budget of key changes, kKeyChangeBurst); the key's
+//                                          data key is deleted (shredded) with it, as a replaced
+//                                          key's is with the add that replaces it
+//   POST   /api/v1/byok/keys/test/{provider}  opens the key (with its data key; a "v1:" key from
+//                                          before data keys with the master key), asks the
+//                                          provider (byok_providers.h), records
+//                                          byok.key_tested.v1; 200 {"result","valid",...}
 //   GET    /api/v1/byok/stats              {"byok_enabled","providers_available","keys_configured",
 //                                          "keys_valid","keys_invalid","keys_error",
 //                                          "keys_untested"}
@@ -340,14 +346,18 @@ void AddKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Res
   key.label = std::move(label);
   key.hint = pj::ByokKeyHint(api_key);
   key.kek_id = c.box->key_id();
-  s = c.box->Seal(api_key, pj::ByokAssociatedData(identity.subject, provider, key.key_id),
-                  &key.encrypted_key);
+  // Under a data key of its own, which only the side row keeps (wrapped): the removal of the key
+  // deletes that row, and the sealed key in the log opens for nobody from then on.
+  std::string wrapped_data_key;
+  s = c.box->SealWithDataKey(api_key,
+                             pj::ByokAssociatedData(identity.subject, provider, key.key_id),
+                             &key.encrypted_key, &wrapped_data_key);
   WipeSecret(&api_key);
   if (!s.ok()) {
     WriteStatusProblem(s, &res);
     return;
   }
-  pj::AddByokKey command(identity.subject, std::move(key));
+  pj::AddByokKey command(identity.subject, std::move(key), std::move(wrapped_data_key));
   if (!ApplyIdempotencyKey(req, kAddPath, identity, &command, &res)) return;
   // The body holds the plaintext key: its stored request hash is keyed (SecretBox::Digest).
   if (!command.idempotency_key.empty()) {
@@ -397,12 +407,31 @@ void TestKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Re
   // A retry with its Idempotency-Key gets the first answer without asking the provider again.
   if (AnswerStoredRetry(c.ledger, req, kTestName, identity, &res)) return;
   pj::ByokKeyRow key;
+  std::string wrapped_data_key;  // of a "v2:" key; empty for a "v1:" key
   {
     std::unique_ptr<ReadView> view = c.ledger->Snapshot();
     Status s = pj::GetByokKey(*view, identity.subject, provider_id, &key);
     if (!s.ok()) {
       WriteStatusProblem(s, &res);
       return;
+    }
+    // From the same snapshot as the key: a key replaced meanwhile is not read with the data key
+    // of another. None for a "v2:" key in the store: it was rebuilt from the log (replay), which
+    // has no data keys.
+    if (SecretBox::IsSealedWithDataKey(key.encrypted_key)) {
+      s = pj::GetByokWrappedDataKey(*view, identity.subject, provider_id, key.key_id,
+                                    &wrapped_data_key);
+      if (s.IsNotFound()) {
+        WriteProblem(409, "key_unreadable",
+                     "the key's data key is not in this store (rebuilt from the log?); add it "
+                     "again",
+                     &res);
+        return;
+      }
+      if (!s.ok()) {
+        WriteStatusProblem(s, &res);
+        return;
+      }
     }
     // A key kept from a plan that has lapsed or lost BYOK is listed, not used: testing it would
     // still call the provider from this server and append an event.
@@ -432,9 +461,11 @@ void TestKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Re
     return;
   }
   std::string api_key;
-  Status s = c.box->Open(key.encrypted_key,
-                         pj::ByokAssociatedData(identity.subject, provider_id, key.key_id),
-                         &api_key);
+  const std::string aad = pj::ByokAssociatedData(identity.subject, provider_id, key.key_id);
+  // A key added before data keys ("v1:") is sealed under the master key itself.
+  Status s = wrapped_data_key.empty()
+                 ? c.box->Open(key.encrypted_key, aad, &api_key)
+                 : c.box->OpenWithDataKey(key.encrypted_key, wrapped_data_key, aad, &api_key);
   if (!s.ok()) {
     WriteProblem(409, "key_unreadable", "the stored key does not open; add it again", &res);
     return;

@@ -6,6 +6,13 @@
 // copied into another user's row does not open. A fresh random nonce per Seal; with 96-bit random
 // nonces one key stays far inside GCM's limits for the number of keys users will ever add.
 //
+// Crypto-shredding (SealWithDataKey): a value that goes into the permanent log is sealed under a
+// fresh random 32-byte data key of its own instead ("v2:" + the same layout, same associated
+// data), and only that data key is sealed under the master key (the wrapped data key, "v1:" form,
+// associated data "ledger-byok-dek-v1\0" + the value's). The wrapped data key is kept outside the
+// log (projections/byok.h, a side row); deleting it makes the "v2:" value in the log, on Kafka
+// and in exports unopenable for everyone, the master key's holder included.
+//
 // key_id(): the first 16 hex digits of SHA-256("ledger-kek-v1" ‖ key): names the key a value was
 // sealed under (stored next to it) without revealing anything about the key.
 //
@@ -37,6 +44,20 @@ class SecretBox {
   // other associated data, or was changed.
   Status Open(std::string_view sealed, std::string_view associated_data,
               std::string* plaintext) const;
+
+  // Seals `plaintext` under a fresh random data key ("v2:") into *sealed, and that data key under
+  // this key into *wrapped_data_key. The data key itself is wiped before returning.
+  Status SealWithDataKey(std::string_view plaintext, std::string_view associated_data,
+                         std::string* sealed, std::string* wrapped_data_key) const;
+  // Opens a SealWithDataKey value with its wrapped data key; "unsealable" as Open (a "v1:" value,
+  // another value's data key, other associated data).
+  Status OpenWithDataKey(std::string_view sealed, std::string_view wrapped_data_key,
+                         std::string_view associated_data, std::string* plaintext) const;
+  // The data key of `wrapped_data_key` (32 bytes; wipe it after use); "unsealable" as Open.
+  Status UnwrapDataKey(std::string_view wrapped_data_key, std::string_view associated_data,
+                       std::string* data_key) const;
+  // Whether `sealed` is in SealWithDataKey's form ("v2:"): it opens only with its data key.
+  static bool IsSealedWithDataKey(std::string_view sealed);
 
   const std::string& key_id() const { return key_id_; }
 

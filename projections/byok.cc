@@ -1,5 +1,7 @@
 #include "projections/byok.h"
 
+#include <algorithm>
+
 #include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
@@ -81,6 +83,23 @@ Status Malformed(const Event& event, const Status& s) {
 
 bool UsableId(std::string_view id) {
   return !id.empty() && id.find('/') == std::string_view::npos;
+}
+
+// byok_data_keys key: <user_id>/<provider>/<key_id> (none of them holds a '/').
+std::string DataKeyRowKey(std::string_view user_id, std::string_view provider,
+                          std::string_view key_id) {
+  std::string key(user_id);
+  key.push_back('/');
+  key.append(provider).push_back('/');
+  key.append(key_id);
+  return key;
+}
+
+// The side row that shreds a key: its data key goes, and with it every copy of the key in the log.
+SideRow ShredDataKey(std::string_view user_id, std::string_view provider,
+                     std::string_view key_id) {
+  return SideRow{std::string(kByokDataKeysFamily), DataKeyRowKey(user_id, provider, key_id), "",
+                 true};
 }
 
 }  // namespace
@@ -198,14 +217,34 @@ Status GetByokKey(const StateReader& state, std::string_view user_id, std::strin
   return ParseRow(value, out);
 }
 
+Status GetByokWrappedDataKey(const StateReader& state, std::string_view user_id,
+                             std::string_view provider, std::string_view key_id,
+                             std::string* wrapped) {
+  if (!UsableId(user_id) || !UsableId(provider) || !UsableId(key_id)) {
+    return Status::NotFound("no data key");
+  }
+  Status s = state.Get(kByokDataKeysFamily, DataKeyRowKey(user_id, provider, key_id), wrapped);
+  if (s.IsNotFound()) return Status::NotFound("no data key for " + std::string(key_id));
+  return s;
+}
+
 // ---- commands ------------------------------------------------------------------------------------
 
-AddByokKey::AddByokKey(std::string user_id, ByokKeyRow key)
-    : user_id_(std::move(user_id)), key_(std::move(key)) {}
+AddByokKey::AddByokKey(std::string user_id, ByokKeyRow key, std::string wrapped_data_key)
+    : user_id_(std::move(user_id)),
+      key_(std::move(key)),
+      wrapped_data_key_(std::move(wrapped_data_key)) {}
+
+AddByokKey::~AddByokKey() {
+  // Not secret without the master key, but the copy that counts is the side row: none lingers.
+  std::fill(wrapped_data_key_.begin(), wrapped_data_key_.end(), '\0');
+}
 
 Status AddByokKey::Decide(const DecideContext& context, Decision* decision) {
-  if (!IsValidUserId(user_id_) || !UsableId(key_.provider) || key_.key_id.empty() ||
-      key_.encrypted_key.empty()) {
+  // A "v2:" key opens only with its data key, and only a "v2:" key has one.
+  const bool data_key_sealed = key_.encrypted_key.starts_with(kByokDataKeySealedPrefix);
+  if (!IsValidUserId(user_id_) || !UsableId(key_.provider) || !UsableId(key_.key_id) ||
+      key_.encrypted_key.empty() || data_key_sealed == wrapped_data_key_.empty()) {
     return Status::Make(Code::kUnprocessable, "invalid_request", "malformed key");
   }
   bool allowed = false;
@@ -239,6 +278,14 @@ Status AddByokKey::Decide(const DecideContext& context, Decision* decision) {
   json::OptString(&w, replaced);
   w.EndObject();
   decision->events.push_back(NewEvent{std::string(kByokKeyAddedV1), user_id_, json::Text(buf)});
+  // The replaced key is shredded with the add that replaces it; the new key's data key is written
+  // with its event (never into it), so an acknowledged add always has it and a failed one neither.
+  if (replaced) decision->side_rows.push_back(ShredDataKey(user_id_, key_.provider, *replaced));
+  if (data_key_sealed) {
+    decision->side_rows.push_back(
+        SideRow{std::string(kByokDataKeysFamily),
+                DataKeyRowKey(user_id_, key_.provider, key_.key_id), wrapped_data_key_, false});
+  }
 
   rapidjson::StringBuffer body_buf;
   JsonWriter body(body_buf);
@@ -271,6 +318,7 @@ Status RemoveByokKey::Decide(const DecideContext& context, Decision* decision) {
   json::String(&w, current.key_id);
   w.EndObject();
   decision->events.push_back(NewEvent{std::string(kByokKeyRemovedV1), user_id_, json::Text(buf)});
+  decision->side_rows.push_back(ShredDataKey(user_id_, provider_, current.key_id));
   decision->http_status = 200;
   rapidjson::StringBuffer body_buf;
   JsonWriter body(body_buf);

@@ -1,10 +1,23 @@
 // BYOK: the provider API keys users bring (routes in http/byok_routes.cc).
 //
-// A key is never in the log, on Kafka or in a row in plaintext: the HTTP layer seals it with the
-// key-encryption key (http/secret_box.h: AES-256-GCM, associated data = ByokAssociatedData) before
-// the command is made, and the events carry only the sealed form, the id of the key-encryption
-// key it was sealed under, and a hint for people ("sk-…wxyz"). Replaying the log rebuilds these
-// rows; opening a sealed key needs LEDGER_MASTER_KEY_FILE, which never leaves the daemon.
+// A key is never in the log, on Kafka or in a row in plaintext: the HTTP layer seals it before the
+// command is made (http/secret_box.h: AES-256-GCM, associated data = ByokAssociatedData), and the
+// events carry only the sealed form, the id of the key-encryption key (LEDGER_MASTER_KEY_FILE,
+// which never leaves the daemon), and a hint for people ("sk-…wxyz"). Replaying the log rebuilds
+// the `byok` rows.
+//
+// Crypto-shredding: the log is permanent (hash-chained, on Kafka, in exports), so a key sealed
+// under the master key itself would open for anyone holding the master key and a copy of the log
+// long after the user removed it. A key is therefore sealed under a random data key of its own
+// ("v2:", SecretBox::SealWithDataKey), and only that data key, wrapped under the master key, is
+// kept -- outside the log, in the side family "byok_data_keys" (events/ledger.h SideRow), written
+// in the same WriteBatch as the byok.key_added.v1 that carries the sealed key. Removing a key, or
+// replacing it by adding another for the provider, deletes its data-key row in the batch of that
+// event: from then on the ciphertext in the log opens for nobody. Keys added before data keys
+// ("v1:", sealed under the master key) have no data-key row and still open, but cannot be shredded.
+// The family is the one piece of state not derivable from the log: the fold never reads it,
+// replay does not rebuild it (a store rebuilt from the log alone has no key to open: users add
+// theirs again), and backups must copy the data directory.
 //
 // Events (schemas/events/byok.*.schema.json), subject = the user id:
 //   byok.key_added.v1    {user_id, provider, key_id, label, hint, encrypted_key, kek_id,
@@ -15,6 +28,8 @@
 //
 // Rows (column family "byok"):
 //   key/<user_id>/<provider>   ByokKeyRow JSON
+// Side rows (column family "byok_data_keys", not a fold: LedgerOptions::side_families):
+//   <user_id>/<provider>/<key_id>   the key's wrapped data key (SecretBox's "v1:" form)
 //
 // Thread safety: the fold and the queries are pure functions of their StateReader; the commands
 // run on the writer thread.
@@ -34,6 +49,11 @@
 namespace ledger::projections {
 
 inline constexpr std::string_view kByokFamily = "byok";
+// The side family of the keys' wrapped data keys (above): declare it in
+// LedgerOptions::side_families of any ledger that adds keys (AllSideFamilies()).
+inline constexpr std::string_view kByokDataKeysFamily = "byok_data_keys";
+// The encrypted_key of a key sealed under a data key of its own (SecretBox::SealWithDataKey).
+inline constexpr std::string_view kByokDataKeySealedPrefix = "v2:";
 inline constexpr std::string_view kByokKeyAddedV1 = "byok.key_added.v1";
 inline constexpr std::string_view kByokKeyRemovedV1 = "byok.key_removed.v1";
 inline constexpr std::string_view kByokKeyTestedV1 = "byok.key_tested.v1";
@@ -87,22 +107,33 @@ Status ListByokKeys(const StateReader& state, std::string_view user_id,
 // NotFound when the user has no key for the provider.
 Status GetByokKey(const StateReader& state, std::string_view user_id, std::string_view provider,
                   ByokKeyRow* out);
+// The wrapped data key of a "v2:" key; NotFound when there is none (the key was removed or
+// replaced -- shredded --, was added before data keys, or the store was rebuilt from the log).
+Status GetByokWrappedDataKey(const StateReader& state, std::string_view user_id,
+                             std::string_view provider, std::string_view key_id,
+                             std::string* wrapped);
 
 // Adds (or replaces) the user's key for a provider. The caller validated the provider and sealed
-// the key. 403 "byok_not_in_plan" unless ByokAllowed at the command's time (a trial expired or
-// used up is refused so too, its reason in the detail). Body
+// the key: under a data key of its own ("v2:", with `wrapped_data_key`, written as the key's
+// side row beside the event and never into it), or, only for keys sealed before data keys,
+// under the master key ("v1:", no wrapped data key). A replaced key's data-key row is deleted
+// in the same batch. 403 "byok_not_in_plan" unless ByokAllowed at the command's time (a trial
+// expired or used up is refused so too, its reason in the detail). Body
 // (201): {"provider","key_id","label","hint","added_at","replaced_key_id"}.
 class AddByokKey final : public Command {
  public:
-  AddByokKey(std::string user_id, ByokKeyRow key);
+  AddByokKey(std::string user_id, ByokKeyRow key, std::string wrapped_data_key = "");
+  ~AddByokKey() override;
   Status Decide(const DecideContext& context, Decision* decision) override;
 
  private:
   std::string user_id_;
   ByokKeyRow key_;
+  std::string wrapped_data_key_;
 };
 
-// 404 "not_found" when the user has no key for the provider. Body: {"provider","key_id",
+// 404 "not_found" when the user has no key for the provider. Deletes the key's data-key row in
+// the batch of its byok.key_removed.v1 (crypto-shredding, above). Body: {"provider","key_id",
 // "removed":true}.
 class RemoveByokKey final : public Command {
  public:

@@ -19,4 +19,9 @@ const std::vector<const Fold*>& AllFolds() {
   return folds;
 }
 
+const std::vector<std::string>& AllSideFamilies() {
+  static const std::vector<std::string> families = {std::string(kByokDataKeysFamily)};
+  return families;
+}
+
 }  // namespace ledger::projections

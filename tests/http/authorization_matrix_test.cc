@@ -348,6 +348,7 @@ class AuthorizationMatrixTest : public ::testing::Test {
     LedgerOptions options;
     options.path = dir_.path();
     options.folds = projections::AllFolds();
+    options.side_families = projections::AllSideFamilies();
     options.clock = &clock_;
     ASSERT_TRUE(Ledger::Open(options, &ledger_).ok());
     ASSERT_TRUE(ledger::testing::SeedCatalogWithPrices(ledger_.get()).ok());

@@ -14,8 +14,10 @@
 #include <set>
 #include <thread>
 
+#include "events/event.h"
 #include "events/ledger.h"
 #include "http/app_context.h"
+#include "http/base64.h"
 #include "http/byok_providers.h"
 #include "http/problem.h"
 #include "http/routes.h"
@@ -25,6 +27,7 @@
 #include "projections/registry.h"
 #include "projections/usage.h"
 #include "tests/support/billing_fixtures.h"
+#include "tests/support/fault_fs.h"
 #include "tests/support/http_client.h"
 #include "tests/support/http_stack.h"
 #include "tests/support/schema_check.h"
@@ -114,17 +117,34 @@ class FakeProvider {
 class ByokRoutesTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    LedgerOptions options;
-    options.path = dir_.path();
-    options.folds = pj::AllFolds();
-    options.clock = &clock_;
-    Status s = Ledger::Open(options, &ledger_);
-    ASSERT_TRUE(s.ok()) << s.ToString();
+    OpenLedger(nullptr);
+    ASSERT_TRUE(ledger_ != nullptr);
     ASSERT_TRUE(ledger::testing::SeedCatalogWithPrices(ledger_.get()).ok());
     ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("alice", "starter")).ok());
     ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("bob", "starter")).ok());
     ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("tina", "trial", "trialing")).ok());
     ASSERT_TRUE(SecretBox::Create(std::string(32, '\x5a'), &box_).ok());
+    Start(box_.get());
+  }
+
+  // Opens the ledger over the data directory on `env` (null: the real file system), as ledgerd
+  // does (its side families declared).
+  void OpenLedger(rocksdb::Env* env) {
+    LedgerOptions options;
+    options.path = dir_.path();
+    options.folds = pj::AllFolds();
+    options.side_families = pj::AllSideFamilies();
+    options.clock = &clock_;
+    options.env = env;
+    Status s = Ledger::Open(options, &ledger_);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+  }
+  // A restart: the routes and the ledger stop, and start again over the same directory.
+  void Restart(rocksdb::Env* env) {
+    if (stack_) stack_->Stop();
+    stack_.reset();
+    ledger_.reset();
+    OpenLedger(env);
     Start(box_.get());
   }
 
@@ -182,6 +202,32 @@ class ByokRoutesTest : public ::testing::Test {
   }
   uint64_t Head() const { return ledger_->Head().value(); }
 
+  // The data of the byok.key_added.v1 that added `key_id`, from the log.
+  rapidjson::Document AddedEvent(const std::string& key_id) {
+    rapidjson::Document data;
+    for (const Event& e : AllEvents()) {
+      if (e.type != pj::kByokKeyAddedV1) continue;
+      data.Parse(e.data.c_str());
+      if (data.IsObject() && key_id == data["key_id"].GetString()) return data;
+    }
+    ADD_FAILURE() << "no byok.key_added.v1 of " << key_id;
+    return data;
+  }
+  // The wrapped data key of the key, from the store's side family; NotFound once shredded.
+  Status WrappedDataKey(const std::string& user, const std::string& provider,
+                        const std::string& key_id, std::string* wrapped) {
+    return pj::GetByokWrappedDataKey(*ledger_->Snapshot(), user, provider, key_id, wrapped);
+  }
+  // The rows of the data-key family for `user` (any provider, any key).
+  size_t DataKeyRows(const std::string& user) {
+    size_t rows = 0;
+    EXPECT_TRUE(ledger_->Snapshot()
+                    ->Scan(pj::kByokDataKeysFamily, user + "/",
+                           [&](std::string_view, std::string_view) { return ++rows > 0; })
+                    .ok());
+    return rows;
+  }
+
   static void ExpectProblem(const HttpReply& reply, int status, const std::string& code) {
     EXPECT_EQ(reply.status, status) << reply.body;
     rapidjson::Document doc = reply.Json();
@@ -202,6 +248,8 @@ class ByokRoutesTest : public ::testing::Test {
 
   ledger::testing::TempDir dir_;
   ManualClock clock_{kNow * kUs};
+  // For the tests that restart on a fault-injecting file system; outlives the ledger on it.
+  ledger::testing::FaultEnv fault_;
   std::unique_ptr<Ledger> ledger_;
   std::unique_ptr<SecretBox> box_;
   FakeProvider provider_;
@@ -225,8 +273,8 @@ TEST_F(ByokRoutesTest, AKeyIsSealedMaskedAndNeverStoredInPlaintext) {
   EXPECT_STREQ(doc[0]["label"].GetString(), "main");
   EXPECT_TRUE(doc[0]["last_test_result"].IsNull());
 
-  // The event holds the sealed key, which opens to the key under the daemon's key-encryption key
-  // and the owner's associated data only.
+  // The event holds the sealed key, which opens to the key with its data key (kept beside the
+  // log, wrapped under the daemon's key-encryption key) and the owner's associated data only.
   std::vector<Event> events = AllEvents();
   const Event& event = events.back();
   ASSERT_EQ(event.type, pj::kByokKeyAddedV1);
@@ -236,10 +284,17 @@ TEST_F(ByokRoutesTest, AKeyIsSealedMaskedAndNeverStoredInPlaintext) {
   const std::string key_id = data["key_id"].GetString();
   const std::string sealed = data["encrypted_key"].GetString();
   EXPECT_EQ(std::string(data["kek_id"].GetString()), box_->key_id());
-  std::string opened;
-  ASSERT_TRUE(box_->Open(sealed, pj::ByokAssociatedData("alice", "openai", key_id), &opened).ok());
+  std::string wrapped, opened;
+  ASSERT_TRUE(WrappedDataKey("alice", "openai", key_id, &wrapped).ok());
+  const std::string aad = pj::ByokAssociatedData("alice", "openai", key_id);
+  ASSERT_TRUE(box_->OpenWithDataKey(sealed, wrapped, aad, &opened).ok());
   EXPECT_EQ(opened, kOpenAiKey);
-  EXPECT_FALSE(box_->Open(sealed, pj::ByokAssociatedData("bob", "openai", key_id), &opened).ok());
+  EXPECT_FALSE(box_->OpenWithDataKey(sealed, wrapped, pj::ByokAssociatedData("bob", "openai",
+                                                                             key_id),
+                                     &opened)
+                   .ok());
+  // Not under the key-encryption key itself: the data key is what a removal deletes.
+  EXPECT_FALSE(box_->Open(sealed, aad, &opened).ok());
 
   // Not one byte of the data directory (WAL, tables) holds the key after a flush.
   ASSERT_TRUE(ledger_->Flush().ok());
@@ -625,6 +680,152 @@ TEST_F(ByokRoutesTest, AKeySealedUnderAnotherKekIsReportedNotSent) {
   Start(box_.get());
 }
 
+// Crypto-shredding: the byok.key_added.v1 in the log (on Kafka, in exports) is permanent, so a
+// removed key sealed under the key-encryption key itself opened for anyone with that key and a
+// copy of the log. Now it is sealed under a data key of its own that only the store's side family
+// keeps (wrapped), and a removal deletes that row in the batch of its event.
+TEST_F(ByokRoutesTest, RemovingAKeyShredsItsDataKey) {
+  HttpReply added = Add("alice", "openai", kOpenAiKey);
+  ASSERT_EQ(added.status, 201) << added.body;
+  const std::string key_id = added.Json()["key_id"].GetString();
+  const std::string sealed = AddedEvent(key_id)["encrypted_key"].GetString();
+  const std::string aad = pj::ByokAssociatedData("alice", "openai", key_id);
+  // Negative control: before the removal the log's ciphertext opens with the data key.
+  std::string wrapped, opened;
+  ASSERT_TRUE(WrappedDataKey("alice", "openai", key_id, &wrapped).ok());
+  ASSERT_TRUE(box_->OpenWithDataKey(sealed, wrapped, aad, &opened).ok());
+  EXPECT_EQ(opened, kOpenAiKey);
+  // Neither the data key nor its wrapped form is in any event, as read or as published.
+  std::string data_key;
+  ASSERT_TRUE(box_->UnwrapDataKey(wrapped, aad, &data_key).ok());
+  ASSERT_EQ(data_key.size(), SecretBox::kKeyBytes);
+  for (const Event& e : AllEvents()) {
+    const std::string published = ToCloudEventJson(e, "/ledgerd");
+    for (const std::string& secret : {wrapped, wrapped.substr(3), data_key, HexEncode(data_key),
+                                      Base64Encode(data_key)}) {
+      EXPECT_EQ(e.data.find(secret), std::string::npos) << e.data;
+      EXPECT_EQ(published.find(secret), std::string::npos) << published;
+    }
+  }
+
+  ASSERT_EQ(As("alice").Delete("/api/v1/byok/keys/openai").status, 200);
+  EXPECT_TRUE(WrappedDataKey("alice", "openai", key_id, &wrapped).IsNotFound());
+  EXPECT_EQ(DataKeyRows("alice"), 0u);
+  // The ciphertext is still in the log, and the key-encryption key alone does not open it.
+  EXPECT_EQ(std::string(AddedEvent(key_id)["encrypted_key"].GetString()), sealed);
+  EXPECT_FALSE(box_->Open(sealed, aad, &opened).ok());
+  EXPECT_FALSE(box_->Open("v1:" + sealed.substr(3), aad, &opened).ok());
+  ExpectProblem(As("alice").Post("/api/v1/byok/keys/test/openai", ""), 404, "not_found");
+  WipeSecret(&data_key);
+}
+
+// Adding again for a provider replaces the key: the replaced key's data key goes in the add's
+// batch, the new key's comes in it.
+TEST_F(ByokRoutesTest, ReplacingAKeyShredsTheReplacedOne) {
+  provider_.Accept(std::string(kOpenAiKey) + "X");
+  HttpReply first = Add("alice", "openai", kOpenAiKey, "first");
+  ASSERT_EQ(first.status, 201) << first.body;
+  const std::string first_id = first.Json()["key_id"].GetString();
+  std::string wrapped;
+  ASSERT_TRUE(WrappedDataKey("alice", "openai", first_id, &wrapped).ok());
+  HttpReply second = Add("alice", "openai", std::string(kOpenAiKey) + "X", "second");
+  ASSERT_EQ(second.status, 201) << second.body;
+  const std::string second_id = second.Json()["key_id"].GetString();
+  EXPECT_TRUE(WrappedDataKey("alice", "openai", first_id, &wrapped).IsNotFound());
+  ASSERT_TRUE(WrappedDataKey("alice", "openai", second_id, &wrapped).ok());
+  EXPECT_EQ(DataKeyRows("alice"), 1u);
+  HttpReply tested = As("alice").Post("/api/v1/byok/keys/test/openai", "");
+  ASSERT_EQ(tested.status, 200) << tested.body;
+  EXPECT_STREQ(tested.Json()["result"].GetString(), "valid");
+}
+
+// A retried add answered from its record appends nothing and writes no second data key (which
+// nothing would ever delete).
+TEST_F(ByokRoutesTest, ARetriedAddWritesNoSecondDataKey) {
+  const std::string body = "{\"provider\":\"openai\",\"api_key\":" + JsonQuote(kOpenAiKey) + "}";
+  HttpReply added = As("alice").Post("/api/v1/byok/keys/add", body, {{"Idempotency-Key", "a1"}});
+  ASSERT_EQ(added.status, 201) << added.body;
+  const uint64_t head = Head();
+  HttpReply again = As("alice").Post("/api/v1/byok/keys/add", body, {{"Idempotency-Key", "a1"}});
+  EXPECT_EQ(again.Header("Idempotent-Replayed"), "true");
+  EXPECT_EQ(Head(), head);
+  EXPECT_EQ(DataKeyRows("alice"), 1u);
+}
+
+// The add's group fails to be written (an injected WAL append error): after a restart there is
+// neither its event nor its data key -- they were one WriteBatch.
+TEST_F(ByokRoutesTest, AnAddWhoseWriteFailsLeavesNoDataKeyAndNoEvent) {
+  Restart(fault_.env());
+  const uint64_t head = Head();
+  fault_.fs()->FailWritesAfter(0);
+  ExpectProblem(Add("alice", "openai", kOpenAiKey), 503, "storage_degraded");
+  fault_.fs()->FailWritesAfter(-1);
+  Restart(nullptr);
+  EXPECT_EQ(Head(), head);
+  EXPECT_EQ(DataKeyRows("alice"), 0u);
+  EXPECT_EQ(As("alice").Get("/api/v1/byok/keys").Json().Size(), 0u);
+}
+
+// An acknowledged add keeps its data key through a restart and through a power loss right after
+// it (FaultFs drops whatever was not synced): the key still opens and is tested.
+TEST_F(ByokRoutesTest, AnAcknowledgedAddKeepsItsDataKeyThroughARestartAndAPowerLoss) {
+  provider_.Accept(kOpenAiKey);
+  ASSERT_EQ(Add("alice", "openai", kOpenAiKey).status, 201);
+  Restart(nullptr);
+  HttpReply tested = As("alice").Post("/api/v1/byok/keys/test/openai", "");
+  ASSERT_EQ(tested.status, 200) << tested.body;
+  EXPECT_STREQ(tested.Json()["result"].GetString(), "valid");
+
+  Restart(fault_.env());
+  HttpReply added = Add("alice", "anthropic", kAnthropicKey);
+  ASSERT_EQ(added.status, 201) << added.body;
+  provider_.Accept(kAnthropicKey);
+  fault_.fs()->CutPower();
+  stack_->Stop();
+  stack_.reset();
+  ledger_.reset();  // closed while the power is off: closing makes nothing more durable
+  ledger::testing::FaultFs::DropReport report;
+  ASSERT_TRUE(fault_.fs()
+                  ->DropUnsyncedData(ledger::testing::FaultFs::DropMode::kDropAll, 1, &report)
+                  .ok());
+  Restart(nullptr);
+  std::string wrapped;
+  EXPECT_TRUE(
+      WrappedDataKey("alice", "anthropic", added.Json()["key_id"].GetString(), &wrapped).ok());
+  tested = As("alice").Post("/api/v1/byok/keys/test/anthropic", "");
+  ASSERT_EQ(tested.status, 200) << tested.body;
+  EXPECT_STREQ(tested.Json()["result"].GetString(), "valid");
+}
+
+// A key added before data keys ("v1:", sealed under the key-encryption key, no data-key row)
+// still opens and is tested; it cannot be shredded, but it can be removed.
+TEST_F(ByokRoutesTest, AKeySealedBeforeDataKeysStillOpens) {
+  provider_.Accept(kOpenAiKey);
+  pj::ByokKeyRow key;
+  key.provider = "openai";
+  key.key_id = "key_00112233445566778899aabbccddeeff";
+  key.hint = pj::ByokKeyHint(kOpenAiKey);
+  key.kek_id = box_->key_id();
+  ASSERT_TRUE(box_->Seal(kOpenAiKey, pj::ByokAssociatedData("alice", "openai", key.key_id),
+                         &key.encrypted_key)
+                  .ok());
+  pj::AddByokKey old_add("alice", key);
+  CommandResult r = ledger_->Submit(&old_add);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(DataKeyRows("alice"), 0u);
+  HttpReply tested = As("alice").Post("/api/v1/byok/keys/test/openai", "");
+  ASSERT_EQ(tested.status, 200) << tested.body;
+  EXPECT_STREQ(tested.Json()["result"].GetString(), "valid");
+  EXPECT_EQ(As("alice").Delete("/api/v1/byok/keys/openai").status, 200);
+  // A "v2:" key without its data key, or a "v1:" one with one, is not a key.
+  key.key_id = "key_ffeeddccbbaa99887766554433221100";
+  pj::AddByokKey v1_with_data_key("alice", key, "v1:AAAA");
+  EXPECT_EQ(ledger_->Submit(&v1_with_data_key).status.problem(), "invalid_request");
+  key.encrypted_key = "v2:" + key.encrypted_key.substr(3);
+  pj::AddByokKey v2_without("alice", key);
+  EXPECT_EQ(ledger_->Submit(&v2_without).status.problem(), "invalid_request");
+}
+
 TEST(SecretBoxTest, SealsAndOpensOnlyWithTheSameKeyAndAssociatedData) {
   std::unique_ptr<SecretBox> box, other;
   ASSERT_TRUE(SecretBox::Create(std::string(32, 'a'), &box).ok());
@@ -648,6 +849,29 @@ TEST(SecretBoxTest, SealsAndOpensOnlyWithTheSameKeyAndAssociatedData) {
   ASSERT_TRUE(box->Seal("", "aad", &a).ok());
   ASSERT_TRUE(box->Open(a, "aad", &opened).ok());
   EXPECT_EQ(opened, "");
+}
+
+TEST(SecretBoxTest, AValueSealedWithADataKeyOpensOnlyWithThatDataKey) {
+  std::unique_ptr<SecretBox> box, other;
+  ASSERT_TRUE(SecretBox::Create(std::string(32, 'a'), &box).ok());
+  ASSERT_TRUE(SecretBox::Create(std::string(32, 'b'), &other).ok());
+  std::string sealed, wrapped, sealed2, wrapped2, opened;
+  ASSERT_TRUE(box->SealWithDataKey("secret-value", "aad", &sealed, &wrapped).ok());
+  ASSERT_TRUE(box->SealWithDataKey("secret-value", "aad", &sealed2, &wrapped2).ok());
+  EXPECT_TRUE(SecretBox::IsSealedWithDataKey(sealed));
+  EXPECT_FALSE(SecretBox::IsSealedWithDataKey(wrapped));
+  EXPECT_NE(wrapped, wrapped2);  // a data key per value
+  ASSERT_TRUE(box->OpenWithDataKey(sealed, wrapped, "aad", &opened).ok());
+  EXPECT_EQ(opened, "secret-value");
+  EXPECT_FALSE(box->OpenWithDataKey(sealed, wrapped2, "aad", &opened).ok());  // another's
+  EXPECT_FALSE(box->OpenWithDataKey(sealed, wrapped, "other aad", &opened).ok());
+  EXPECT_FALSE(other->OpenWithDataKey(sealed, wrapped, "aad", &opened).ok());
+  EXPECT_FALSE(box->Open(sealed, "aad", &opened).ok());
+  // The wrapped data key is not a "v1:" value of the same associated data.
+  EXPECT_FALSE(box->Open(wrapped, "aad", &opened).ok());
+  std::string v1;
+  ASSERT_TRUE(box->Seal("secret-value", "aad", &v1).ok());
+  EXPECT_FALSE(box->OpenWithDataKey(v1, wrapped, "aad", &opened).ok());
 }
 
 TEST(ByokProvidersTest, BaseUrlOverridesNameKnownProvidersAndHttpUrls) {
