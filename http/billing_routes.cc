@@ -8,13 +8,17 @@
 //   POST /api/v1/billing/subscription/upgrade {plan_id, billing_cycle} -> the new plan/price
 //                                              + stripe.subscription_change_requested.v1
 // (GET /subscription-status and the webhook are answered from projections elsewhere.)
+// Every one of them is limited per user (BillingGuards): 429 rate_limited + Retry-After, nothing
+// asked of Stripe, nothing appended.
 //
 // Order of work for a mutating route:
 //   1. Stripe configured? (503 stripe_not_configured), body valid? (400/422).
 //   2. With a client Idempotency-Key: a probe through the writer answers a retry from its stored
 //      result (or 409 idempotency_key_reused) *before* anything else -- before the state checks
 //      too, which the request's own effect may have changed since (a cancel's webhook ends the
-//      subscription: the retry must still get the stored 200, not 409).
+//      subscription: the retry must still get the stored 200, not 409). Then the user's budget
+//      of Stripe calls is spent (SpendStripeCall): a retry answered from its record calls nobody
+//      and appends nothing, so it spends nothing and is never refused.
 //   3. State allows it? (409/422 from the snapshot: plan, customer, subscription). Nothing
 //      appended on any error.
 //   4. Stripe's Idempotency-Key is derived from our command: from (user, route, client key,
@@ -38,14 +42,15 @@
 // event before the call would not close the window (the call can still happen or not after a
 // crash) and would double the fsyncs.
 //
-// Thread safety: handlers run on server threads; they share only the AppContext (read-only) and
-// the thread-safe Ledger and StripeApi.
+// Thread safety: handlers run on server threads; they share only the AppContext (read-only), the
+// thread-safe Ledger and StripeApi, and the route table's BillingGuards (thread-safe).
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
 #include <algorithm>
 #include <array>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -56,6 +61,7 @@
 #include "http/routes.h"
 #include "http/stripe_client.h"
 #include "http/stripe_plans.h"
+#include "http/user_limiter.h"
 #include "projections/json_util.h"
 #include "projections/plan_catalog.h"
 #include "projections/subscriptions.h"
@@ -82,6 +88,37 @@ constexpr size_t kUserIdBytesMax = 200;
 constexpr size_t kBillingBodyBytesMax = 4096;
 
 using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
+
+// Per-user limits of the routes' table. Each checkout, portal session, cancel or plan change
+// makes Stripe calls and appends a permanent event (a checkout also a permanent session/<id> row),
+// published to Kafka too: a user looping on POST /portal/create got 200 every time, growing the
+// log without end and spending Stripe's per-ACCOUNT rate limit (~100 requests/s live), so every
+// other customer's checkout, upgrade and cancel answered 503 stripe_rate_limited. One bucket for
+// the four (a UI makes one or two such calls per visit): a burst of 10, then one per 6 s -- at
+// most ~14,400 events, 5 to 10 MB of log, per user a day. Listing payment methods asks Stripe each
+// time and appends nothing: its own bucket, so that a billing page reloaded a few times does not
+// use up the budget of the checkout that follows -- a burst of 10, then one per 3 s.
+constexpr int64_t kStripeCallBurst = 10;
+constexpr int64_t kStripeCallIntervalUs = 6'000'000;
+constexpr int64_t kCardListBurst = 10;
+constexpr int64_t kCardListIntervalUs = 3'000'000;
+
+struct BillingGuards {
+  UserLimiter stripe_calls{kStripeCallBurst, kStripeCallIntervalUs};
+  UserLimiter card_lists{kCardListBurst, kCardListIntervalUs};
+};
+
+int64_t NowMicros(const AppContext& context) {
+  return (context.clock != nullptr ? context.clock : SystemClock::Default())->NowMicros();
+}
+
+// Step 2's budget: false after a 429 rate_limited.
+bool SpendStripeCall(const AppContext& context, BillingGuards& guards, const Identity& identity,
+                     httplib::Response& res) {
+  return guards.stripe_calls.TakeOrRefuse(
+      identity.subject, NowMicros(context),
+      "checkouts, portal sessions, cancels and plan changes are made", res);
+}
 
 void Str(JsonWriter& w, const char* key, std::string_view value) {
   w.Key(key);
@@ -401,7 +438,7 @@ std::timed_mutex& CheckoutLock(const std::string& user_id) {
 constexpr auto kCheckoutLockWait = std::chrono::seconds(10);
 
 void CreateCheckout(const AppContext& context, const httplib::Request& req,
-                    const Identity& identity, httplib::Response& res) {
+                    const Identity& identity, httplib::Response& res, BillingGuards& guards) {
   if (!RequireStripe(context, res)) return;
   if (context.stripe_success_url.empty()) {
     WriteProblem(503, "stripe_not_configured",
@@ -420,7 +457,8 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
   RecordStripeCall command;
   std::string stripe_key;
   if (!BeginStripeCall(context, req, identity, kCheckoutPath, "checkout", &command, &stripe_key,
-                       res)) {
+                       res) ||
+      !SpendStripeCall(context, guards, identity, res)) {
     return;
   }
 
@@ -489,14 +527,15 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
 // ---- POST /portal/create ----------------------------------------------------------------------
 
 void CreatePortal(const AppContext& context, const httplib::Request& req,
-                  const Identity& identity, httplib::Response& res) {
+                  const Identity& identity, httplib::Response& res, BillingGuards& guards) {
   if (!RequireStripe(context, res)) return;
   rapidjson::Document doc;
   Status s = ParseBody(req.body, {}, true, &doc);
   if (!s.ok()) return WriteStatusProblem(s, &res);
   RecordStripeCall command;
   std::string stripe_key;
-  if (!BeginStripeCall(context, req, identity, kPortalPath, "portal", &command, &stripe_key, res)) {
+  if (!BeginStripeCall(context, req, identity, kPortalPath, "portal", &command, &stripe_key, res) ||
+      !SpendStripeCall(context, guards, identity, res)) {
     return;
   }
   std::unique_ptr<ReadView> view = context.ledger->Snapshot();
@@ -528,7 +567,7 @@ void CreatePortal(const AppContext& context, const httplib::Request& req,
 // ---- GET /payment-methods ---------------------------------------------------------------------
 
 void ListPaymentMethods(const AppContext& context, const Identity& identity,
-                        httplib::Response& res) {
+                        httplib::Response& res, BillingGuards& guards) {
   if (!RequireStripe(context, res)) return;
   std::unique_ptr<ReadView> view = context.ledger->Snapshot();
   pc::UserSubscription current;
@@ -538,6 +577,10 @@ void ListPaymentMethods(const AppContext& context, const Identity& identity,
   bool has_more = false;
   // No customer yet: no cards (Stripe is not asked).
   if (!current.customer_id.empty()) {
+    if (!guards.card_lists.TakeOrRefuse(identity.subject, NowMicros(context),
+                                        "payment methods are listed", res)) {
+      return;
+    }
     s = context.stripe->ListCards(current.customer_id, &cards, &has_more);
     if (!s.ok()) return WriteStatusProblem(s, &res);
   }
@@ -681,7 +724,7 @@ Status CanceledByThisRequest(const AppContext& context, const RecordStripeCall& 
 // subscribed again -- and is answered as the first attempt would have been (the event recorded
 // once; the new subscription untouched).
 void CancelSubscription(const AppContext& context, const httplib::Request& req,
-                        const Identity& identity, httplib::Response& res) {
+                        const Identity& identity, httplib::Response& res, BillingGuards& guards) {
   if (!RequireStripe(context, res)) return;
   rapidjson::Document doc;
   bool at_period_end = true;
@@ -704,6 +747,23 @@ void CancelSubscription(const AppContext& context, const httplib::Request& req,
   std::unique_ptr<ReadView> view = context.ledger->Snapshot();
   pc::UserSubscription current;
   s = ChangeableSubscription(*view, identity, &current);
+  // Already set to cancel at its period's end (as Stripe last told us): asking again changes
+  // nothing at Stripe, so the current state is the answer, without a Stripe call, an event or a
+  // spent budget -- every click on "Cancel" again (or a loop) appended another
+  // stripe.subscription_cancel_requested.v1. (Undone in the portal but not yet heard of: this
+  // answers what ledgerd knows; the portal's update arrives within seconds.)
+  if (s.ok() && at_period_end && current.subscription.cancel_at_period_end &&
+      (!named || named_subscription == current.subscription_id())) {
+    StripeSubscription known;
+    known.id = current.subscription_id();
+    known.status = std::string(current.status_name());
+    known.cancel_at_period_end = true;
+    known.current_period_end = current.subscription.current_period_end;
+    known.cancel_at = current.subscription.cancel_at ? current.subscription.cancel_at
+                                                     : current.subscription.current_period_end;
+    return WriteJsonAt(200, SubscriptionStateJson(known, at_period_end), view->position(), &res);
+  }
+  if (!SpendStripeCall(context, guards, identity, res)) return;
   // Whether this request ended a subscription already (a retry whose record was lost), asked
   // before the current one is touched: it may be a new one the user subscribed to since.
   StripeSubscription sub;
@@ -839,7 +899,8 @@ std::string ChangeEventData(const Identity& identity, const pc::UserSubscription
 }
 
 void UpgradeSubscription(const AppContext& context, const httplib::Request& req,
-                         const Identity& identity, httplib::Response& res) {
+                         const Identity& identity, httplib::Response& res,
+                         BillingGuards& guards) {
   if (!RequireStripe(context, res)) return;
   rapidjson::Document doc;
   std::string plan_id;
@@ -850,7 +911,8 @@ void UpgradeSubscription(const AppContext& context, const httplib::Request& req,
   RecordStripeCall command;
   std::string stripe_key;
   if (!BeginStripeCall(context, req, identity, kUpgradePath, "change_plan", &command, &stripe_key,
-                       res)) {
+                       res) ||
+      !SpendStripeCall(context, guards, identity, res)) {
     return;
   }
 
@@ -926,24 +988,31 @@ void UpgradeSubscription(const AppContext& context, const httplib::Request& req,
 }  // namespace
 
 void AddBillingRoutes(const AppContext& context, RouteTable* routes) {
+  auto guards = std::make_shared<BillingGuards>();
   routes->Add("POST", kCheckoutPath, kCheckoutPath, Policy::kUser,
-              [context](const httplib::Request& req, httplib::Response& res,
-                        const Identity& identity) { CreateCheckout(context, req, identity, res); });
+              [context, guards](const httplib::Request& req, httplib::Response& res,
+                                const Identity& identity) {
+                CreateCheckout(context, req, identity, res, *guards);
+              });
   routes->Add("POST", kPortalPath, kPortalPath, Policy::kUser,
-              [context](const httplib::Request& req, httplib::Response& res,
-                        const Identity& identity) { CreatePortal(context, req, identity, res); });
+              [context, guards](const httplib::Request& req, httplib::Response& res,
+                                const Identity& identity) {
+                CreatePortal(context, req, identity, res, *guards);
+              });
   routes->Add("GET", kPaymentMethodsPath, kPaymentMethodsPath, Policy::kUser,
-              [context](const httplib::Request&, httplib::Response& res,
-                        const Identity& identity) { ListPaymentMethods(context, identity, res); });
+              [context, guards](const httplib::Request&, httplib::Response& res,
+                                const Identity& identity) {
+                ListPaymentMethods(context, identity, res, *guards);
+              });
   routes->Add("POST", kCancelPath, kCancelPath, Policy::kUser,
-              [context](const httplib::Request& req, httplib::Response& res,
-                        const Identity& identity) {
-                CancelSubscription(context, req, identity, res);
+              [context, guards](const httplib::Request& req, httplib::Response& res,
+                                const Identity& identity) {
+                CancelSubscription(context, req, identity, res, *guards);
               });
   routes->Add("POST", kUpgradePath, kUpgradePath, Policy::kUser,
-              [context](const httplib::Request& req, httplib::Response& res,
-                        const Identity& identity) {
-                UpgradeSubscription(context, req, identity, res);
+              [context, guards](const httplib::Request& req, httplib::Response& res,
+                                const Identity& identity) {
+                UpgradeSubscription(context, req, identity, res, *guards);
               });
 }
 

@@ -27,12 +27,9 @@
 // A plaintext key is never logged, never in an answer, and wiped from our own buffers after use.
 #include <openssl/rand.h>
 
-#include <algorithm>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
@@ -43,6 +40,7 @@
 #include "http/problem.h"
 #include "http/routes.h"
 #include "http/secret_box.h"
+#include "http/user_limiter.h"
 #include "projections/byok.h"
 #include "projections/json_util.h"
 #include "projections/json_write.h"
@@ -66,10 +64,7 @@ constexpr char kTestName[] = "/api/v1/byok/keys/test/{provider}";
 constexpr char kStatsPath[] = "/api/v1/byok/stats";
 constexpr size_t kAddBodyBytesMax = 4 * 1024;
 
-// Requests per user, as a token bucket per user (GCRA): a burst of `burst`, then one per
-// `interval_us`. In memory: a restart fills every bucket. A user whose bucket is full again is
-// forgotten, so only recent users are held (at most kLimitedUsersMax; beyond, a new one waits as
-// if empty).
+// Per user (UserLimiter):
 //
 // Key tests: each asks the provider from this server and appends an event, so a user looping on
 // it -- or on add-then-test with keys from elsewhere: a key checker -- would grow the log for ever
@@ -84,51 +79,6 @@ constexpr int64_t kKeyTestBurst = 5;
 constexpr int64_t kKeyTestIntervalUs = 12'000'000;
 constexpr int64_t kKeyChangeBurst = 10;
 constexpr int64_t kKeyChangeIntervalUs = 20'000'000;
-constexpr size_t kLimitedUsersMax = 100'000;
-
-class UserLimiter {
- public:
-  UserLimiter(int64_t burst, int64_t interval_us) : burst_(burst), interval_us_(interval_us) {}
-
-  // 0 when `user` may go on now (and is counted), else the microseconds to wait.
-  int64_t Take(const std::string& user, int64_t now_us) {
-    const int64_t tolerance = (burst_ - 1) * interval_us_;
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = due_us_.find(user);
-    if (it == due_us_.end()) {
-      if (due_us_.size() >= kLimitedUsersMax) {
-        std::erase_if(due_us_, [now_us](const auto& entry) { return entry.second <= now_us; });
-        if (due_us_.size() >= kLimitedUsersMax) return interval_us_;
-      }
-      it = due_us_.emplace(user, now_us).first;
-    }
-    const int64_t due = std::max(it->second, now_us);
-    if (due - now_us > tolerance) return due - now_us - tolerance;
-    it->second = due + interval_us_;
-    return 0;
-  }
-
-  // Take(), or false after a 429 rate_limited with Retry-After naming the limit on `what`.
-  bool TakeOrRefuse(const std::string& user, int64_t now_us, std::string_view what,
-                    httplib::Response& res) {
-    const int64_t wait_us = Take(user, now_us);
-    if (wait_us == 0) return true;
-    WriteProblem(429, "rate_limited",
-                 std::string(what) + " at most " + std::to_string(burst_) +
-                     " at once, then one every " + std::to_string(interval_us_ / 1'000'000) +
-                     " s; retry later",
-                 &res);
-    res.set_header("Retry-After", std::to_string((wait_us + 999'999) / 1'000'000));
-    return false;
-  }
-
- private:
-  const int64_t burst_;
-  const int64_t interval_us_;
-  std::mutex mu_;
-  // When each user's bucket is full again (GCRA's theoretical arrival time).
-  std::unordered_map<std::string, int64_t> due_us_;  // guarded by mu_
-};
 
 struct ByokRouteContext {
   Ledger* ledger = nullptr;

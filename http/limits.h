@@ -29,6 +29,9 @@ inline constexpr int kListenBacklog = 1024;
 inline constexpr size_t kServerThreadsMax = 4096;
 // Open client connections (each holds a 16 KiB read buffer); one more is closed at once.
 inline constexpr size_t kOpenConnectionsMax = 16384;
+// Users a UserLimiter (user_limiter.h) holds at once, per limit: users whose bucket is full again
+// are forgotten first; beyond, a new user waits as if their bucket were empty.
+inline constexpr size_t kRateLimitedUsersMax = 100'000;
 // Query parameters of GET /api/v1/events.
 inline constexpr size_t kQueryValueBytesMax = 512;
 // GET /api/v1/events: a page stops before the event that would take its body past this many

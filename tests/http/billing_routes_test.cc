@@ -895,6 +895,93 @@ TEST_F(BillingRoutesTest, PaymentMethods) {
   ExpectProblem(Alice().Get(kPaymentMethods), 503, "stripe_unavailable");
 }
 
+// Each portal session (checkout, cancel, plan change) makes Stripe calls and appends a permanent
+// event published to Kafka: a user looping on POST /portal/create {} got 200 every time -- the log
+// grew for ever and Stripe's per-account rate limit went to one user, every other customer's
+// checkout answering 503 stripe_rate_limited. A user gets a burst of ten such calls, then one
+// every 6 s (429 rate_limited with Retry-After; Stripe is not asked, nothing is appended); the
+// four routes share the budget; another user has one of their own.
+TEST_F(BillingRoutesTest, StripeCallingRoutesAreRateLimitedPerUser) {
+  GiveAliceASubscription();
+  const uint64_t start = Head();
+  int made = 0, refused = 0;
+  for (int i = 0; i < 50; ++i) {
+    HttpReply r = Alice().Post(kPortal, "{}");
+    if (r.status == 200) {
+      ++made;
+    } else {
+      ExpectProblem(r, 429, "rate_limited");
+      EXPECT_EQ(r.Header("Retry-After"), "6") << i;
+      ++refused;
+    }
+  }
+  EXPECT_EQ(made, 10);
+  EXPECT_EQ(refused, 40);
+  EXPECT_EQ(fake_.RequestsTo("POST", "/v1/billing_portal/sessions").size(), 10u);
+  EXPECT_EQ(fake_.portal_session_count(), 10u);
+  EXPECT_EQ(EventsOfType("stripe.portal_session_created.v1").size(), 10u);
+  EXPECT_EQ(Head(), start + 10);
+  // One budget for every route that asks Stripe to act.
+  fake_.ClearRequests();
+  ExpectProblem(Alice().Post(kCheckout, R"({"plan_id":"starter"})"), 429, "rate_limited");
+  ExpectProblem(Alice().Post(kCancel, R"({"at_period_end":false})"), 429, "rate_limited");
+  ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"professional"})"), 429, "rate_limited");
+  EXPECT_TRUE(fake_.requests().empty());
+  EXPECT_EQ(Head(), start + 10);
+  // Another user's budget is their own.
+  ASSERT_EQ(As(bob_token_).Post(kCheckout, R"({"plan_id":"starter"})").status, 200);
+  // Refilled at one per 6 s.
+  clock_.Advance(5'000'000);
+  ExpectProblem(Alice().Post(kPortal, "{}"), 429, "rate_limited");
+  clock_.Advance(1'000'000);
+  EXPECT_EQ(Alice().Post(kPortal, "{}").status, 200);
+  ExpectProblem(Alice().Post(kPortal, "{}"), 429, "rate_limited");
+}
+
+// A retry answered from its Idempotency-Key's record calls nobody and appends nothing: it spends
+// nothing and is not refused once the budget is spent.
+TEST_F(BillingRoutesTest, ARetryFromItsRecordSpendsNoBudget) {
+  GiveAliceASubscription();
+  HttpReply first = Alice().Post(kPortal, "{}", {{"Idempotency-Key", "portal-1"}});
+  ASSERT_EQ(first.status, 200) << first.body;
+  // Retried past the budget: each is its record, none is counted.
+  for (int i = 0; i < 20; ++i) {
+    HttpReply again = Alice().Post(kPortal, "{}", {{"Idempotency-Key", "portal-1"}});
+    ASSERT_EQ(again.status, 200) << i << again.body;
+    EXPECT_EQ(again.body, first.body);
+    EXPECT_EQ(again.Header("Idempotent-Replayed"), "true");
+  }
+  EXPECT_EQ(fake_.portal_session_count(), 1u);
+  for (int i = 0; i < 9; ++i) {
+    EXPECT_EQ(Alice().Post(kPortal, "{}", {{"Idempotency-Key", "p" + std::to_string(i)}}).status,
+              200)
+        << i;
+  }
+  const uint64_t head = Head();
+  ExpectProblem(Alice().Post(kPortal, "{}", {{"Idempotency-Key", "p-over"}}), 429,
+                "rate_limited");
+  HttpReply retried = Alice().Post(kPortal, "{}", {{"Idempotency-Key", "portal-1"}});
+  EXPECT_EQ(retried.status, 200) << retried.body;
+  EXPECT_EQ(retried.body, first.body);
+  EXPECT_EQ(fake_.portal_session_count(), 10u);
+  EXPECT_EQ(Head(), head);
+}
+
+// Listing payment methods asks Stripe every time (nothing appended): a bucket of its own, a burst
+// of ten then one every 3 s, which leaves the budget of the checkouts and cancels alone.
+TEST_F(BillingRoutesTest, PaymentMethodListsAreRateLimitedPerUser) {
+  GiveAliceASubscription();
+  fake_.AddCard("cus_alice", "pm_1", "visa", "4242", 4, 2031);
+  for (int i = 0; i < 10; ++i) ASSERT_EQ(Alice().Get(kPaymentMethods).status, 200) << i;
+  HttpReply r = Alice().Get(kPaymentMethods);
+  ExpectProblem(r, 429, "rate_limited");
+  EXPECT_EQ(r.Header("Retry-After"), "3");
+  EXPECT_EQ(fake_.RequestsTo("GET", "/v1/customers/cus_alice/payment_methods").size(), 10u);
+  EXPECT_EQ(Alice().Post(kPortal, "{}").status, 200);
+  clock_.Advance(3'000'000);
+  EXPECT_EQ(Alice().Get(kPaymentMethods).status, 200);
+}
+
 // ---- Cancel and upgrade -----------------------------------------------------------------------
 
 TEST_F(BillingRoutesTest, CancelAtPeriodEnd) {
@@ -923,6 +1010,57 @@ TEST_F(BillingRoutesTest, CancelAtPeriodEnd) {
   // The default is at the period end.
   ASSERT_EQ(Alice().Post(kCancel, "").status, 200);
   EXPECT_EQ(fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice").size(), 2u);
+}
+
+// A cancel at the period's end of a subscription already set to cancel then (as Stripe last told
+// ledgerd) changes nothing at Stripe: every click on "Cancel" again appended another
+// stripe.subscription_cancel_requested.v1 and asked Stripe. It is answered 200 with the current
+// state, in the same shape, without asking Stripe or appending; cancelling now still goes on.
+TEST_F(BillingRoutesTest, CancelAtPeriodEndOfACancellingSubscriptionChangesNothing) {
+  GiveAliceASubscription();
+  HttpReply first = Alice().Post(kCancel, R"({"at_period_end":true})");
+  ASSERT_EQ(first.status, 200) << first.body;
+  // Stripe's update arrives: ledgerd knows the subscription ends at its period's end.
+  ledger::testing::StripeSubscriptionSpec update;
+  update.event_id = "evt_sub_alice_cancelling";
+  update.event_type = "customer.subscription.updated";
+  update.event_created = ledger::testing::kStripeT0 + 60;
+  update.subscription_id = "sub_alice";
+  update.customer_id = "cus_alice";
+  update.status = "active";
+  update.item_id = "si_alice";
+  update.price_id = "price_starter_monthly";
+  update.metadata_user_id = "alice";
+  update.metadata_plan_id = "starter";
+  update.cancel_at_period_end = true;
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeSubscriptionEventJson(update))
+                  .status.ok());
+  fake_.ClearRequests();
+  const uint64_t head = Head();
+  for (int i = 0; i < 30; ++i) {
+    HttpReply again = Alice().Post(kCancel, i % 2 == 0 ? R"({"at_period_end":true})"
+                                                       : R"({"subscription_id":"sub_alice"})");
+    ASSERT_EQ(again.status, 200) << i << again.body;
+    rapidjson::Document doc = again.Json();
+    ASSERT_TRUE(doc.IsObject()) << again.body;
+    EXPECT_EQ(std::string(doc["subscription_id"].GetString()), "sub_alice");
+    EXPECT_EQ(std::string(doc["status"].GetString()), "active");
+    EXPECT_TRUE(doc["at_period_end"].GetBool());
+    EXPECT_TRUE(doc["cancel_at_period_end"].GetBool());
+    EXPECT_TRUE(doc["cancel_at"].IsInt64()) << again.body;
+    EXPECT_TRUE(doc["current_period_end"].IsInt64()) << again.body;
+    EXPECT_EQ(again.Header("X-Ledger-Position"), std::to_string(head));
+  }
+  EXPECT_TRUE(fake_.requests().empty());
+  EXPECT_EQ(Head(), head);
+  EXPECT_EQ(EventsOfType("stripe.subscription_cancel_requested.v1").size(), 1u);
+  // Another's subscription is still not found; cancelling now still cancels.
+  ExpectProblem(Alice().Post(kCancel, R"({"subscription_id":"sub_bob"})"), 404, "not_found");
+  HttpReply now = Alice().Post(kCancel, R"({"at_period_end":false})");
+  ASSERT_EQ(now.status, 200) << now.body;
+  EXPECT_EQ(fake_.RequestsTo("DELETE", "/v1/subscriptions/sub_alice").size(), 1u);
+  EXPECT_EQ(Head(), head + 1);
 }
 
 TEST_F(BillingRoutesTest, CancelNow) {
