@@ -48,12 +48,14 @@
 #include <rapidjson/writer.h>
 
 #include <algorithm>
-#include <array>
+#include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "http/idempotency.h"
@@ -103,9 +105,73 @@ constexpr int64_t kStripeCallIntervalUs = 6'000'000;
 constexpr int64_t kCardListBurst = 10;
 constexpr int64_t kCardListIntervalUs = 3'000'000;
 
+// Serializes a user's checkouts (expire the earlier sessions, create, record): two at once would
+// each find no open session of the other's. Per user, and only per user: the lock was one of 256
+// mutexes picked by a hash of the user id, so unrelated users shared one -- bob, whose id fell on
+// alice's, waited up to 10 s while her checkout was slow at Stripe and got 409
+// checkout_in_progress. An entry lives only while a checkout of its user holds or awaits it (at
+// most one per request in flight, each on a server worker). A checkout that cannot have its turn
+// in time (Stripe slow for the user's other one) answers 409 checkout_in_progress rather than
+// hold a worker.
+class CheckoutTurns {
+ public:
+  // `user`'s turn while alive, when held(): it came within `wait`.
+  class Turn {
+   public:
+    Turn(CheckoutTurns* turns, const std::string& user, std::chrono::milliseconds wait)
+        : turns_(turns), user_(user), held_(turns->Acquire(user, wait)) {}
+    ~Turn() {
+      if (held_) turns_->Release(user_);
+    }
+    Turn(const Turn&) = delete;
+    Turn& operator=(const Turn&) = delete;
+    bool held() const { return held_; }
+
+   private:
+    CheckoutTurns* const turns_;
+    const std::string user_;
+    const bool held_;
+  };
+
+ private:
+  struct Entry {
+    bool held = false;
+    int users = 0;  // holding or waiting
+    std::condition_variable idle;
+  };
+
+  bool Acquire(const std::string& user, std::chrono::milliseconds wait) {
+    std::unique_lock<std::mutex> lock(mu_);
+    Entry& entry = entries_[user];  // a node: stays where it is while others come and go
+    ++entry.users;
+    const bool had = entry.idle.wait_for(lock, wait, [&entry] { return !entry.held; });
+    if (had) {
+      entry.held = true;
+    } else if (--entry.users == 0) {
+      entries_.erase(user);
+    }
+    return had;
+  }
+
+  void Release(const std::string& user) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = entries_.find(user);
+    it->second.held = false;
+    if (--it->second.users == 0) {
+      entries_.erase(it);
+    } else {
+      it->second.idle.notify_one();
+    }
+  }
+
+  std::mutex mu_;
+  std::unordered_map<std::string, Entry> entries_;  // guarded by mu_
+};
+
 struct BillingGuards {
   UserLimiter stripe_calls{kStripeCallBurst, kStripeCallIntervalUs};
   UserLimiter card_lists{kCardListBurst, kCardListIntervalUs};
+  CheckoutTurns checkouts;
 };
 
 int64_t NowMicros(const AppContext& context) {
@@ -428,13 +494,7 @@ Status CheckAwaitedSubscriptions(const AppContext& context, const pc::UserSubscr
   return Status::OK();
 }
 
-// Serializes a user's checkouts (expire the earlier sessions, create, record): two at once would
-// each find no open session of the other's. Striped; a checkout that cannot have its stripe in
-// time (Stripe slow for another) answers 409 checkout_in_progress rather than hold a worker.
-std::timed_mutex& CheckoutLock(const std::string& user_id) {
-  static std::array<std::timed_mutex, 256> locks;
-  return locks[std::hash<std::string>{}(user_id) % locks.size()];
-}
+// How long a checkout waits for the user's other one (CheckoutTurns) before 409.
 constexpr auto kCheckoutLockWait = std::chrono::seconds(10);
 
 void CreateCheckout(const AppContext& context, const httplib::Request& req,
@@ -462,9 +522,8 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
     return;
   }
 
-  std::unique_lock<std::timed_mutex> checkout_lock(CheckoutLock(identity.subject),
-                                                   kCheckoutLockWait);
-  if (!checkout_lock.owns_lock()) {
+  const CheckoutTurns::Turn checkout_turn(&guards.checkouts, identity.subject, kCheckoutLockWait);
+  if (!checkout_turn.held()) {
     WriteProblem(409, "checkout_in_progress",
                  "another checkout is being created; retry in a few seconds", &res);
     res.set_header("Retry-After", "5");

@@ -3,7 +3,10 @@
 // idempotency (ours and Stripe's), retries, timeouts and configuration errors.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <ctime>
+#include <functional>
+#include <thread>
 
 #include "events/clock.h"
 #include "events/ledger.h"
@@ -23,6 +26,7 @@
 #include "tests/support/stripe_events.h"
 #include "tests/support/test_ledger.h"
 #include "tests/support/tokens.h"
+#include "tests/support/wait.h"
 
 namespace ledger::http {
 namespace {
@@ -439,6 +443,68 @@ TEST_F(BillingRoutesTest, AnotherCheckoutExpiresTheOpenOne) {
   // Another user's checkout leaves alice's alone.
   ASSERT_EQ(As(bob_token_).Post(kCheckout, R"({"plan_id":"starter"})").status, 200);
   EXPECT_EQ(fake_.checkout_sessions()[2].status, "open");
+}
+
+// A user's checkouts wait for each other (two at once would each find no open session of the
+// other's), and only theirs: the lock was one of 256 mutexes picked by std::hash of the user id,
+// so a user whose id fell on alice's waited up to 10 s while her checkout was slow at Stripe and
+// got 409 checkout_in_progress. Alice's own second checkout still waits for her first, and is
+// refused when the first is not done in 10 s, without asking Stripe.
+TEST_F(BillingRoutesTest, OnlyTheSameUsersCheckoutsWaitForEachOther) {
+  HttpReply first = Alice().Post(kCheckout, R"({"plan_id":"starter"})");
+  ASSERT_EQ(first.status, 200) << first.body;
+  const std::string session = "/v1/checkout/sessions/" + std::string(first.Json()["session_id"]
+                                                                         .GetString());
+  // A client that waits for a slow Stripe (the fixture's gives up after 1 s).
+  StripeClientOptions patient;
+  patient.api_base = fake_.base_url();
+  patient.secret_key = kFakeStripeSecretKey;
+  patient.read_timeout_ms = 120'000;
+  patient.connect_timeout_ms = 1000;
+  patient.deadline_ms = 120'000;
+  patient.max_attempts = 1;
+  patient.sleep = [](int64_t) {};
+  std::unique_ptr<HttpStripeClient> client;
+  ASSERT_TRUE(HttpStripeClient::Create(patient, &client).ok());
+  stack_.Stop();
+  stripe_ = std::move(client);
+  StartServer(/*configured=*/true);
+  // Alice's next checkout asks Stripe about her open session first: Stripe holds that answer.
+  fake_.set_hang_ms(120'000);
+  fake_.InjectFault(FakeStripe::Fault::kHang, 1, "GET", session);
+  HttpReply slow;
+  std::atomic<bool> answered{false};
+  std::thread alice([&] {
+    slow = Alice().Post(kCheckout, R"({"plan_id":"professional"})");
+    answered = true;
+  });
+  ASSERT_TRUE(ledger::testing::WaitFor([&] { return !fake_.RequestsTo("GET", session).empty(); }));
+
+  // A user whose id shared alice's mutex of the 256.
+  const size_t alices = std::hash<std::string>{}("alice") % 256;
+  std::string neighbour;
+  for (int i = 0; neighbour.empty(); ++i) {
+    const std::string id = "bob-" + std::to_string(i);
+    if (std::hash<std::string>{}(id) % 256 == alices) neighbour = id;
+  }
+  const std::string token = ledger::testing::MintHs256(
+      TokenClaims::User(neighbour, static_cast<int64_t>(std::time(nullptr))),
+      ledger::testing::kTestHs256Secret);
+  HttpReply other = As(token).Post(kCheckout, R"({"plan_id":"starter"})");
+  EXPECT_EQ(other.status, 200) << other.body;
+
+  // Alice's second at once: it waits for her first, then 409, and asks Stripe nothing.
+  const size_t sessions = fake_.checkout_sessions().size();
+  HttpReply second = Alice().Post(kCheckout, R"({"plan_id":"enterprise"})");
+  ExpectProblem(second, 409, "checkout_in_progress");
+  EXPECT_EQ(second.Header("Retry-After"), "5");
+  EXPECT_EQ(fake_.RequestsTo("GET", session).size(), 1u);
+  EXPECT_EQ(fake_.checkout_sessions().size(), sessions);
+  EXPECT_FALSE(answered) << "alice's first was answered before Stripe did";
+  fake_.Stop();  // ends the held answer: her first fails at Stripe, nothing recorded
+  alice.join();
+  EXPECT_GE(slow.status, 500) << slow.body;
+  EXPECT_EQ(EventsOfType("stripe.checkout_session_created.v1").size(), 2u);
 }
 
 // Stripe saves the first answer for an Idempotency-Key, a 500 included, and replays it for 24 h.
