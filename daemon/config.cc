@@ -77,21 +77,25 @@ bool HasBlankOrControl(std::string_view value) {
 
 // http::ParseServiceTokens is the one reader of the syntax (names and tokens trimmed, no name or
 // token twice: a shared token would authenticate every caller as the last name holding it).
+// Errors name an item by its place, never by its name: a name may be a misplaced token -- a bare
+// base64 token `Q2hh...Mg==` reads as name `Q2hh...Mg` and token `=`, and `<token>=gateway` as
+// name `<token>` -- and main() prints the error.
 Status ParseServiceTokens(const std::string& value, Config* config) {
   std::vector<http::ServiceToken> tokens;
   Status s = http::ParseServiceTokens(value, &tokens);
   if (!s.ok()) return Bad("LEDGER_SERVICE_TOKENS", s.message());
-  for (http::ServiceToken& token : tokens) {
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    http::ServiceToken& token = tokens[i];
+    const std::string item = "item " + std::to_string(i + 1) + " (name=token)";
     if (token.token.size() < 16) {
       return Bad("LEDGER_SERVICE_TOKENS",
-                 "token for '" + token.name + "' is shorter than 16 characters");
+                 item + ": the token after the first '=' is shorter than 16 characters");
     }
     // Sent as a Bearer token, which holds neither: a token read from a file with its newline
     // would never authenticate.
     if (HasBlankOrControl(token.token)) {
       return Bad("LEDGER_SERVICE_TOKENS",
-                 "token for '" + token.name +
-                     "' must not contain whitespace or control characters");
+                 item + ": the token must not contain whitespace or control characters");
     }
     config->service_tokens.emplace_back(std::move(token.name), std::move(token.token));
   }
@@ -166,8 +170,11 @@ Status ValidateKafkaBrokers(const std::string& brokers) {
   const std::string expected =
       "must be 'embedded', 'none' or bootstrap servers host:port[,host:port...]";
   if (brokers.empty()) return Bad(kSetting, expected);
+  // Errors name an item by its place, never repeat it: `SASL_SSL://alice:s3cret@b1:9093` puts
+  // credentials where a host goes, and main() prints the error.
   std::string_view rest = brokers;
-  while (true) {
+  for (int index = 1;; ++index) {
+    const std::string item_name = "item " + std::to_string(index);
     const size_t comma = rest.find(',');
     std::string_view item = rest.substr(0, comma);
     while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
@@ -181,8 +188,8 @@ Status ValidateKafkaBrokers(const std::string& brokers) {
         known = known || http::EqualsIgnoreCase(protocol, p);
       }
       if (!known) {
-        return Bad(kSetting, "unknown security protocol '" + std::string(protocol) +
-                                 "' (PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL)");
+        return Bad(kSetting, item_name + ": unknown security protocol before '://' (PLAINTEXT, "
+                             "SSL, SASL_PLAINTEXT or SASL_SSL)");
       }
       item.remove_prefix(scheme + 3);
     }
@@ -203,8 +210,12 @@ Status ValidateKafkaBrokers(const std::string& brokers) {
     const bool port_ok = !port.empty() && port.size() <= 5 && port[0] != '0' &&
                          port.find_first_not_of("0123456789") == std::string_view::npos &&
                          std::stoi(std::string(port)) <= 65535;
+    if (item.find('@') != std::string_view::npos) {
+      return Bad(kSetting, item_name + " holds '@': credentials go in LEDGER_KAFKA_PROPERTIES_FILE "
+                                       "(sasl.username, sasl.password), not in the broker list");
+    }
     if (!host_ok || !port_ok) {
-      return Bad(kSetting, expected + " (port 1..65535), got '" + std::string(item) + "'");
+      return Bad(kSetting, item_name + ": " + expected + " (port 1..65535)");
     }
     if (comma == std::string_view::npos) return Status::OK();
     rest = rest.substr(comma + 1);

@@ -24,27 +24,32 @@ Status Forbidden(std::string message) {
 
 Status ParseServiceTokens(std::string_view spec, std::vector<ServiceToken>* out) {
   out->clear();
+  // Items are named by their place (counting from 1), never by name or token: a name may be a
+  // misplaced token, and the daemon prints these errors at start.
   std::set<std::string> names, tokens;
+  size_t index = 0;
   while (!TrimBlanks(spec).empty()) {
     size_t comma = spec.find(',');
     std::string_view item = TrimBlanks(spec.substr(0, comma));
     spec = comma == std::string_view::npos ? std::string_view() : spec.substr(comma + 1);
     if (item.empty()) continue;
+    const std::string place = "service token item " + std::to_string(++index);
     size_t eq = item.find('=');
     if (eq == std::string_view::npos) {
-      return Status::InvalidArgument("bad_service_tokens", "service token item without '=' (name=token)");
+      return Status::InvalidArgument("bad_service_tokens", place + " without '=' (name=token)");
     }
     std::string name(TrimBlanks(item.substr(0, eq)));
     std::string token(TrimBlanks(item.substr(eq + 1)));
     if (name.empty() || token.empty()) {
-      return Status::InvalidArgument("bad_service_tokens", "empty service token name or token");
+      return Status::InvalidArgument("bad_service_tokens", place + ": empty name or token");
     }
     if (!names.insert(name).second) {
-      return Status::InvalidArgument("bad_service_tokens", "duplicate service token name '" + name + "'");
+      return Status::InvalidArgument("bad_service_tokens",
+                                     place + ": its name is the name of an earlier item");
     }
     if (!tokens.insert(token).second) {
       return Status::InvalidArgument("bad_service_tokens",
-                                     "service token of '" + name + "' is used by another name");
+                                     place + ": its token is the token of an earlier item");
     }
     if (out->size() >= limits::kServiceTokensMax) {
       return Status::InvalidArgument("bad_service_tokens", "too many service tokens");

@@ -27,16 +27,23 @@ const ByokProvider* FindByokProvider(std::string_view id) {
 
 Status ParseByokBaseUrls(std::string_view text, std::map<std::string, std::string>* out) {
   out->clear();
-  while (!text.empty()) {
+  for (int index = 1; !text.empty(); ++index) {
     const size_t comma = text.find(',');
     const std::string_view entry = text.substr(0, comma);
     text = comma == std::string_view::npos ? "" : text.substr(comma + 1);
     if (entry.empty()) continue;
     const size_t eq = entry.find('=');
     const std::string_view id = entry.substr(0, eq);
+    // Named by its place, never repeated: an entry without '=' is a URL, perhaps with a
+    // user:password@ (`https://svc:tok@proxy.internal`), and the daemon prints the error.
     if (eq == std::string_view::npos || FindByokProvider(id) == nullptr) {
-      return Status::InvalidArgument("bad_config", "LEDGER_BYOK_BASE_URLS: '" + std::string(id) +
-                                                       "' is not provider=url of a known provider");
+      std::string known;
+      for (const ByokProvider& p : ByokProviders()) {
+        known += (known.empty() ? "" : ", ") + std::string(p.id);
+      }
+      return Status::InvalidArgument(
+          "bad_config", "LEDGER_BYOK_BASE_URLS: entry " + std::to_string(index) +
+                            " is not provider=url of a known provider (" + known + ")");
     }
     BaseUrl parsed;
     LEDGER_RETURN_IF_ERROR(ParseBaseUrl(entry.substr(eq + 1), "LEDGER_BYOK_BASE_URLS " +

@@ -355,6 +355,33 @@ std::vector<BadSetting> BadSettings(const TempDir& dir) {
       {"LEDGER_BYOK_BASE_URLS", "LEDGER_BYOK_BASE_URLS", "mistral=http://127.0.0.1:1", {}},
       {"LEDGER_BYOK_BASE_URLS", "LEDGER_BYOK_BASE_URLS", "openai=ftp://x", {}},
       {"LEDGER_BYOK_BASE_URLS", "", "", {"--byok-base-urls", "openai"}},
+      // Secrets in the wrong place of a setting: the error names the setting and the item's
+      // place, and repeats none of it (main() prints it). A bare base64 token reads as name
+      // `Q2hh...Mg` and token `=`; a swapped item's name is the token; a Kafka broker or a BYOK
+      // entry with credentials in it.
+      {"LEDGER_SERVICE_TOKENS", "LEDGER_SERVICE_TOKENS", "Q2hhbmdlTWU0MjQyNDI0Mg==", {}},
+      {"LEDGER_SERVICE_TOKENS", "LEDGER_SERVICE_TOKENS", "0123456789abcdef01=gateway", {}},
+      {"LEDGER_SERVICE_TOKENS",
+       "LEDGER_SERVICE_TOKENS",
+       "gw=0123456789abcdef02,0123456789abcdef01=gateway",
+       {}},
+      {"LEDGER_SERVICE_TOKENS", "LEDGER_SERVICE_TOKENS", "0123456789abcdef01=gw 1234567890abc", {}},
+      {"LEDGER_SERVICE_TOKENS",
+       "LEDGER_SERVICE_TOKENS",
+       "0123456789abcdef01=gw0123456789abcdef,0123456789abcdef01=gw0123456789abcdeX",
+       {}},
+      {"LEDGER_SERVICE_TOKENS",
+       "LEDGER_SERVICE_TOKENS",
+       "0123456789abcdef01=gw0123456789abcdef,0123456789abcdef0X=gw0123456789abcdef",
+       {}},
+      {"LEDGER_KAFKA_BROKERS", "LEDGER_KAFKA_BROKERS", "SASL_SSL://alice:s3cret@b1:9093", {}},
+      {"LEDGER_KAFKA_BROKERS", "LEDGER_KAFKA_BROKERS", "b0:9092,alice:s3cret@b1:9093", {}},
+      {"LEDGER_KAFKA_BROKERS", "LEDGER_KAFKA_BROKERS", "alice:s3cret@SASL_SSL://b1:9093", {}},
+      {"LEDGER_BYOK_BASE_URLS", "LEDGER_BYOK_BASE_URLS", "https://svc:tok@proxy.internal", {}},
+      {"LEDGER_BYOK_BASE_URLS",
+       "LEDGER_BYOK_BASE_URLS",
+       "openai=http://127.0.0.1:1,https://svc:tok@proxy.internal=x",
+       {}},
   };
 }
 
@@ -375,6 +402,11 @@ TEST(ConfigTest, EveryBadSettingExits78NamingIt) {
         "STRIPE_WEBHOOK_SECRET",   "LAGO_API_KEY",          "LAGO_WEBHOOK_HMAC_KEY"};
     if (kSecrets.count(bad.setting) != 0 && bad.value.size() >= 8) {
       EXPECT_EQ(r.status.message().find(bad.value), std::string::npos) << r.status.message();
+    }
+    // Nor a secret put where a name, a host or a provider goes.
+    for (const char* secret :
+         {"Q2hhbmdlTWU0MjQyNDI0Mg", "0123456789abcdef01", "s3cret", "svc:tok"}) {
+      EXPECT_EQ(r.status.message().find(secret), std::string::npos) << r.status.message();
     }
   }
 }
