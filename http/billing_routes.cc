@@ -775,7 +775,30 @@ Status CanceledByThisRequest(const AppContext& context, const RecordStripeCall& 
   return Status::OK();
 }
 
-// {at_period_end (default true), subscription_id (optional: must be the caller's current one)}.
+// The subscription a cancel names (`subscription_id`) when it is not the caller's current one: one
+// of the caller's others (UserSubscription::other_subscription_ids) that can still bill. A user
+// may have two live at once -- a second checkout, one made in Stripe's Dashboard -- and the older
+// one is not the current one (Preferred chose the newer): naming it answered 404 though it was
+// theirs, and without naming it the cancel hit the newer one, so it billed on. `*id` is set when
+// it is one; one of theirs that has ended is 409 no_active_subscription; anything else (another
+// user's, an unknown id) stays 404.
+Status NamedOtherSubscription(const StateReader& state, const pc::UserSubscription& current,
+                              const std::string& named, std::string* id) {
+  const std::vector<std::string>& others = current.other_subscription_ids;
+  if (std::find(others.begin(), others.end(), named) == others.end()) {
+    return Status::NotFound("no such subscription of the caller's");  // another's is not found
+  }
+  pc::SubscriptionRecord record;
+  LEDGER_RETURN_IF_ERROR(pc::GetSubscription(state, named, &record));
+  if (record.deleted || pc::IsTerminal(record.status)) {
+    return Status::Conflict("no_active_subscription", "that subscription has ended");
+  }
+  *id = named;
+  return Status::OK();
+}
+
+// {at_period_end (default true), subscription_id (optional: one of the caller's that can still
+// bill; without it, the current one)}.
 // At the period end: POST cancel_at_period_end=true under the request's Stripe key. Now: DELETE
 // ?invoice_now=true with cancellation_details[comment] naming the request (CancelRequestComment);
 // a retry under the same client Idempotency-Key finds that comment at Stripe on the subscription
@@ -835,15 +858,20 @@ void CancelSubscription(const AppContext& context, const httplib::Request& req,
     if (!asked.ok()) return WriteStatusProblem(asked, &res);
     if (canceled_already) s = Status::OK();
   }
-  if (s.ok() && named && !canceled_already && named_subscription != current.subscription_id()) {
-    s = Status::NotFound("no such subscription of the caller's");  // another's is not found
+  // The subscription acted on: the current one, or another of the caller's that the body names.
+  // (With no current one to change, an id that is none of theirs stays 409, as before.)
+  std::string target = current.subscription_id();
+  if (named && !canceled_already && named_subscription != current.subscription_id() &&
+      (s.ok() || s.problem() == "no_active_subscription")) {
+    Status other = NamedOtherSubscription(*view, current, named_subscription, &target);
+    if (s.ok() || !other.IsNotFound()) s = other;
   }
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
   if (at_period_end) {
-    s = context.stripe->SetCancelAtPeriodEnd(current.subscription_id(), true, stripe_key, &sub);
+    s = context.stripe->SetCancelAtPeriodEnd(target, true, stripe_key, &sub);
   } else if (!canceled_already) {
-    s = context.stripe->CancelSubscriptionNow(current.subscription_id(),
-                                              CancelRequestComment(context, stripe_key), &sub);
+    s = context.stripe->CancelSubscriptionNow(target, CancelRequestComment(context, stripe_key),
+                                              &sub);
   }
   if (!s.ok()) return WriteStatusProblem(s, &res);
   // DELETE carries no Idempotency-Key at Stripe (it is idempotent by itself).

@@ -1129,6 +1129,62 @@ TEST_F(BillingRoutesTest, CancelAtPeriodEndOfACancellingSubscriptionChangesNothi
   EXPECT_EQ(Head(), head + 1);
 }
 
+// Alice has two live subscriptions (a second checkout, or one made in Stripe's Dashboard): the
+// older Starter one and the newer Professional one, which is her current one. Naming the older
+// one cancels it -- it answered 404 though it was hers, and without naming it the cancel hit the
+// newer one -- and another user's is still not found.
+TEST_F(BillingRoutesTest, CancelNamingTheCallersOtherLiveSubscription) {
+  GiveAliceASubscription();  // sub_alice: Starter, created kStripeT0
+  ledger::testing::StripeSubscriptionSpec newer;
+  newer.event_id = "evt_sub_newer";
+  newer.event_type = "customer.subscription.created";
+  newer.subscription_id = "sub_newer";
+  newer.customer_id = "cus_alice";
+  newer.item_id = "si_newer";
+  newer.price_id = "price_professional_monthly";
+  newer.unit_amount = 4900;
+  newer.metadata_user_id = "alice";
+  newer.metadata_plan_id = "professional";
+  newer.created = ledger::testing::kStripeT0 + 86400;
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeSubscriptionEventJson(newer))
+                  .status.ok());
+  FakeStripe::Subscription newer_at_stripe = *fake_.GetSubscription("sub_alice");
+  newer_at_stripe.id = "sub_newer";
+  newer_at_stripe.item_id = "si_newer";
+  newer_at_stripe.price_id = "price_professional_monthly";
+  fake_.AddSubscription(newer_at_stripe);
+  {
+    projections::UserSubscription current;
+    ASSERT_TRUE(projections::GetUserSubscription(*ledger_->Snapshot(), "alice", &current).ok());
+    ASSERT_EQ(current.subscription_id(), "sub_newer");
+  }
+  const uint64_t head = Head();
+  ExpectProblem(Alice().Post(kCancel, R"({"at_period_end":true,"subscription_id":"sub_bob"})"),
+                404, "not_found");
+  EXPECT_EQ(Head(), head);
+
+  HttpReply r = Alice().Post(kCancel, R"({"at_period_end":true,"subscription_id":"sub_alice"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(std::string(r.Json()["subscription_id"].GetString()), "sub_alice");
+  auto q = fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice");
+  ASSERT_EQ(q.size(), 1u);
+  EXPECT_EQ(q[0].params, (FormParams{{"cancel_at_period_end", "true"}}));
+  EXPECT_TRUE(fake_.GetSubscription("sub_alice")->cancel_at_period_end);
+  EXPECT_TRUE(fake_.RequestsTo("POST", "/v1/subscriptions/sub_newer").empty());
+  EXPECT_FALSE(fake_.GetSubscription("sub_newer")->cancel_at_period_end);
+  auto events = EventsOfType("stripe.subscription_cancel_requested.v1");
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_NE(events[0].data.find(R"("subscription_id":"sub_alice")"), std::string::npos);
+
+  // Once it has ended, naming it is 409: there is nothing left to cancel there.
+  DeliverAlicesSubscription("evt_sub_alice_deleted", "customer.subscription.deleted", "canceled",
+                            "price_starter_monthly", "starter");
+  ExpectProblem(Alice().Post(kCancel, R"({"at_period_end":false,"subscription_id":"sub_alice"})"),
+                409, "no_active_subscription");
+  EXPECT_TRUE(fake_.RequestsTo("DELETE", "/v1/subscriptions/").empty());
+}
+
 TEST_F(BillingRoutesTest, CancelNow) {
   GiveAliceASubscription();
   HttpReply r = Alice().Post(kCancel, R"({"at_period_end":false})");
