@@ -904,16 +904,41 @@ constexpr char kChangeRequestMetadata[] = "ledgerd_request";
 constexpr char kChangeFromPriceMetadata[] = "ledgerd_from_price";
 constexpr char kChangeEndedTrialMetadata[] = "ledgerd_ended_trial";
 
+// Whether `item` already bills `plan` in `cycle` on a price the catalog has since replaced: its
+// price is one the plan named before (price/<id> rows: a price once named keeps its plan) and
+// Stripe's price interval is the cycle's. A subscriber kept on Professional's old price after an
+// admin repriced it, choosing Professional monthly again, was moved to the new price with
+// prorations (the change only compared the item's price with the catalog's current one). While
+// Stripe still calls it trialing the change goes on: it ends the trial (the trial -> Starter case).
+Status OnAFormerPriceOfThePlan(const StateReader& state, const StripeSubscriptionItem& item,
+                               const pc::Plan& plan, BillingCycle cycle, bool trialing,
+                               bool* on_plan) {
+  *on_plan = false;
+  const std::string_view interval = cycle == BillingCycle::kYearly ? "year" : "month";
+  if (trialing || item.interval != interval) return Status::OK();
+  std::optional<std::string> owner;
+  LEDGER_RETURN_IF_ERROR(pc::PlanForStripePrice(state, item.price_id, &owner));
+  *on_plan = owner == plan.id;
+  return Status::OK();
+}
+
+Status AlreadyOnPlan(const pc::Plan& plan, BillingCycle cycle) {
+  return Status::Conflict("already_on_plan", "the subscription is already on plan '" + plan.id +
+                                                 "' (" + std::string(BillingCycleName(cycle)) +
+                                                 ")");
+}
+
 // The recurring item of Stripe's subscription that a change to `price_id` replaces, and the price
 // the change replaces (`*from_price`). 409 no_active_subscription when it ended at Stripe, 409
 // payment_required when it owes an invoice there (past_due, unpaid, incomplete, paused), 409
 // already_on_plan when nothing would change -- unless this very request (`stripe_key`) made that
-// change: then it is sent again (Stripe replays it) and recorded. 502 when Stripe shows no
+// change: then it is sent again (Stripe replays it) and recorded -- or when the item is on a
+// price the plan named before in that cycle (OnAFormerPriceOfThePlan). 502 when Stripe shows no
 // recurring item.
-Status ItemToChange(const StripeSubscription& before, const pc::Plan& plan, BillingCycle cycle,
-                    const std::string& price_id, const std::string& stripe_key,
-                    const StripeSubscriptionItem** item, std::string* from_price,
-                    bool* end_trial) {
+Status ItemToChange(const StateReader& state, const StripeSubscription& before,
+                    const pc::Plan& plan, BillingCycle cycle, const std::string& price_id,
+                    const std::string& stripe_key, const StripeSubscriptionItem** item,
+                    std::string* from_price, bool* end_trial) {
   // Stripe keeps a trial running through a price change and prorates nothing during it: a
   // trialing subscription changed to Enterprise would get Enterprise free until the trial's
   // end (and cancel before it). A change ends the trial now, so the new price is invoiced.
@@ -953,10 +978,14 @@ Status ItemToChange(const StripeSubscription& before, const pc::Plan& plan, Bill
       *end_trial = ended != before.metadata.end() && ended->second == stripe_key;
       return Status::OK();
     }
-    return Status::Conflict("already_on_plan", "the subscription is already on plan '" + plan.id +
-                                                   "' (" + std::string(BillingCycleName(cycle)) +
-                                                   ")");
+    return AlreadyOnPlan(plan, cycle);
   }
+  bool on_former_price = false;
+  if ((*item)->price_id != price_id) {
+    LEDGER_RETURN_IF_ERROR(
+        OnAFormerPriceOfThePlan(state, **item, plan, cycle, *end_trial, &on_former_price));
+  }
+  if (on_former_price) return AlreadyOnPlan(plan, cycle);
   return Status::OK();
 }
 
@@ -1037,8 +1066,9 @@ void UpgradeSubscription(const AppContext& context, const httplib::Request& req,
   const StripeSubscriptionItem* item = nullptr;
   std::string from_price;
   bool end_trial = false;
-  s = ItemToChange(before, plan, cycle, price_id, stripe_key, &item, &from_price, &end_trial);
-  if (!s.ok()) return WriteStatusProblem(s, &res);
+  s = ItemToChange(*view, before, plan, cycle, price_id, stripe_key, &item, &from_price,
+                   &end_trial);
+  if (!s.ok()) return WriteProblemAt(s, view->position(), res);
   StripePriceChangeParams change;
   change.subscription_id = before.id;
   change.item_id = item->id;

@@ -1248,6 +1248,42 @@ TEST_F(BillingRoutesTest, UpgradeIsAProratedPriceChangeOfTheItem) {
   EXPECT_EQ(Head(), head);
 }
 
+// A grandfathered subscriber: on Professional monthly at its old price when an admin repriced
+// the plan (PUT /plans/professional with a new amount and Stripe price). Choosing Professional
+// monthly again is already_on_plan -- it moved the item to the new price with prorations, the
+// user's old price lost for good -- while the other cycle is a change as any.
+TEST_F(BillingRoutesTest, ChoosingThePlanAgainKeepsAGrandfatheredPrice) {
+  GiveAliceASubscription("active", "price_professional_monthly", "professional");
+  projections::PlanInput input;
+  ASSERT_TRUE(projections::ParsePlanInput(
+                  R"({"price_monthly_cents":5900,"price_yearly_cents":49000,)"
+                  R"("stripe_price_monthly":"price_new"})",
+                  "professional", &input)
+                  .ok());
+  projections::UpdatePlan reprice(input, projections::Actor::Admin("root", "root@example.com"));
+  const Status repriced = ledger_->Submit(&reprice).status;
+  ASSERT_TRUE(repriced.ok()) << repriced.ToString();
+  FakeStripe::Price price_new;
+  price_new.id = "price_new";
+  price_new.product = "prod_professional";
+  price_new.unit_amount = 5900;
+  price_new.interval = "month";
+  fake_.AddPrice(price_new);
+  const uint64_t head = Head();
+  for (const char* body : {R"({"plan_id":"professional","billing_cycle":"monthly"})",
+                           R"({"plan_id":"professional"})"}) {
+    SCOPED_TRACE(body);
+    ExpectProblem(Alice().Post(kUpgrade, body), 409, "already_on_plan");
+  }
+  EXPECT_EQ(Head(), head);
+  EXPECT_TRUE(fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice").empty());
+  EXPECT_EQ(fake_.GetSubscription("sub_alice")->price_id, "price_professional_monthly");
+
+  HttpReply r = Alice().Post(kUpgrade, R"({"plan_id":"professional","billing_cycle":"yearly"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(fake_.GetSubscription("sub_alice")->price_id, "price_professional_yearly");
+}
+
 // Stripe keeps a trial running through a price change and prorates nothing during it: an
 // upgrade from the $1 trial must end the trial, or it gets the paid plan free until trial_end.
 TEST_F(BillingRoutesTest, AnUpgradeDuringTheTrialEndsTheTrial) {
