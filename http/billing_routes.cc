@@ -549,7 +549,12 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
   const std::optional<int64_t> ends = current.has_subscription
                                           ? pc::ScheduledEnd(current.subscription)
                                           : std::nullopt;
-  if (s.ok() && current.has_subscription && !pc::IsTerminal(current.subscription.status) &&
+  // Only a subscription to a plan of the catalog counts, here and for the trial below: one to a
+  // price outside it (an add-on made in Stripe's Dashboard with metadata.user_id) is chosen only
+  // when the user has no plan subscription at all (pc::UserSubscription), and refused every plan
+  // to its owner (409 subscription_exists; a trial: trial_already_used).
+  const bool has_plan_subscription = current.has_subscription && current.plan_id().has_value();
+  if (s.ok() && has_plan_subscription && !pc::IsTerminal(current.subscription.status) &&
       !(ends && now_s >= *ends)) {
     s = Status::Conflict("subscription_exists",
                          "you already have a subscription (" + std::string(current.status_name()) +
@@ -557,7 +562,7 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
   }
   // The $1 trial is for new customers: once any subscription of theirs existed (a trial that
   // ended, or a plan), another trial would restart the 7 days and 700 calls for $1 a week.
-  if (s.ok() && IsTrialFeePlan(plan) && current.has_subscription) {
+  if (s.ok() && IsTrialFeePlan(plan) && has_plan_subscription) {
     s = Status::Conflict("trial_already_used", kTrialUsedDetail);
   }
   if (s.ok()) s = CheckAwaitedSubscriptions(context, current, IsTrialFeePlan(plan));
@@ -929,7 +934,8 @@ Status AlreadyOnPlan(const pc::Plan& plan, BillingCycle cycle) {
 }
 
 // The recurring item of Stripe's subscription that a change to `price_id` replaces, and the price
-// the change replaces (`*from_price`). 409 no_active_subscription when it ended at Stripe, 409
+// the change replaces (`*from_price`). 409 no_plan_subscription when no item bills a plan of the
+// catalog (an add-on's subscription). 409 no_active_subscription when it ended at Stripe, 409
 // payment_required when it owes an invoice there (past_due, unpaid, incomplete, paused), 409
 // already_on_plan when nothing would change -- unless this very request (`stripe_key`) made that
 // change: then it is sent again (Stripe replays it) and recorded -- or when the item is on a
@@ -951,16 +957,31 @@ Status ItemToChange(const StateReader& state, const StripeSubscription& before,
   if (pc::ParseSubscriptionStatus(before.status, &status) && OwesAnInvoice(status)) {
     return PaymentRequiredToChange(before.status);
   }
+  // The item billing a plan of the catalog (a price a plan names or once named), never an
+  // add-on's: the first recurring item of a subscription holding only an add-on (a price made in
+  // Stripe's Dashboard), chosen when the user had no plan subscription, had its price replaced by
+  // the plan's -- the add-on gone, the plan billed in its place.
   *item = nullptr;
+  bool recurring = false;
   for (const StripeSubscriptionItem& candidate : before.items) {
-    if (!candidate.interval.empty() && !candidate.id.empty()) {
+    if (candidate.interval.empty() || candidate.id.empty()) continue;
+    recurring = true;
+    std::optional<std::string> billed_plan;
+    LEDGER_RETURN_IF_ERROR(pc::PlanForStripePrice(state, candidate.price_id, &billed_plan));
+    if (billed_plan) {
       *item = &candidate;
       break;
     }
   }
-  if (*item == nullptr) {
+  if (!recurring) {
     return Status::Make(Code::kBadGateway, "stripe_error",
                         "the subscription at Stripe has no recurring item");
+  }
+  if (*item == nullptr) {
+    return Status::Conflict("no_plan_subscription",
+                            "you have no subscription to a plan to change (yours bills no plan "
+                            "of the catalog): subscribe to one through "
+                            "/api/v1/billing/checkout/create");
   }
   // Same price and already tagged with the plan: nothing to do. (Same price with another tag is
   // the trial -> Starter case: only the plan tag changes.)

@@ -406,6 +406,69 @@ TEST_F(BillingRoutesTest, ATrialIsRefusedToAnyoneWhoHadASubscription) {
   ASSERT_EQ(Alice().Post(kCheckout, R"({"plan_id":"starter"})").status, 200);
 }
 
+// Alice's only subscription is an add-on: a price outside the catalog, made in Stripe's Dashboard
+// with metadata.user_id. It is chosen as her subscription (she has no plan one), but it is no
+// plan: she may buy any plan, the trial too (an add-on used no trial) -- they answered 409
+// subscription_exists and trial_already_used. After a plan subscription, the checks are back.
+TEST_F(BillingRoutesTest, AnAddOnAloneNeitherBlocksCheckoutNorUsesTheTrial) {
+  fake_.AddCustomer("cus_alice", "alice@example.com");
+  DeliverAlicesSubscription("evt_addon", "customer.subscription.created", "active", "price_addon",
+                            std::nullopt);
+  {
+    projections::UserSubscription current;
+    ASSERT_TRUE(projections::GetUserSubscription(*ledger_->Snapshot(), "alice", &current).ok());
+    ASSERT_EQ(current.subscription_id(), "sub_alice");
+    ASSERT_FALSE(current.plan_id());
+  }
+  HttpReply r = Alice().Post(kCheckout, R"({"plan_id":"professional"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  r = Alice().Post(kCheckout, R"({"plan_id":"trial"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(fake_.checkout_sessions().size(), 2u);
+
+  // Her trial ended: now a trial was used, and a live plan refuses a second one.
+  ledger::testing::StripeSubscriptionSpec trial;
+  trial.event_id = "evt_trial";
+  trial.subscription_id = "sub_trial";
+  trial.customer_id = "cus_alice";
+  trial.item_id = "si_trial";
+  trial.status = "canceled";
+  trial.metadata_user_id = "alice";
+  trial.metadata_plan_id = "trial";
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeSubscriptionEventJson(trial))
+                  .status.ok());
+  ExpectProblem(Alice().Post(kCheckout, R"({"plan_id":"trial"})"), 409, "trial_already_used");
+  trial.event_id = "evt_starter";
+  trial.subscription_id = "sub_starter";
+  trial.status = "active";
+  trial.metadata_plan_id = "starter";
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeSubscriptionEventJson(trial))
+                  .status.ok());
+  ExpectProblem(Alice().Post(kCheckout, R"({"plan_id":"professional"})"), 409,
+                "subscription_exists");
+  EXPECT_EQ(fake_.checkout_sessions().size(), 2u);
+}
+
+// An upgrade changes the item that bills a plan, never an add-on's: with only an add-on it
+// replaced the add-on's price with the plan's (the add-on gone, the plan billed in its place).
+TEST_F(BillingRoutesTest, AnUpgradeDoesNotTurnAnAddOnIntoAPlan) {
+  DeliverAlicesSubscription("evt_addon", "customer.subscription.created", "active", "price_addon",
+                            std::nullopt);
+  AddAlicesSubscriptionAtStripe("sub_alice", "active");
+  FakeStripe::Subscription addon = *fake_.GetSubscription("sub_alice");
+  addon.price_id = "price_addon";
+  addon.metadata = {{"user_id", "alice"}};
+  fake_.AddSubscription(addon);
+  const uint64_t head = Head();
+  ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"professional"})"), 409,
+                "no_plan_subscription");
+  EXPECT_EQ(Head(), head);
+  EXPECT_TRUE(fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice").empty());
+  EXPECT_EQ(fake_.GetSubscription("sub_alice")->price_id, "price_addon");
+}
+
 // A subscription that grants nothing now but is not over (unpaid, paused, incomplete) comes back
 // when its invoice is paid: a second one beside it would bill twice. Checkout refuses it.
 // Two checkouts open at once (two tabs) could both be paid: two subscriptions billing, the second
