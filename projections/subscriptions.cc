@@ -961,12 +961,18 @@ Status LoadUserSubscriptions(const StateReader& state, std::string_view user_id,
     LEDGER_RETURN_IF_ERROR(s);
     // A subscription Stripe tagged for another user is never shown to this one.
     if (record.metadata_user_id && *record.metadata_user_id != user_id) continue;
-    if (!record.plan_id) {
+    // The plan is decided again from the catalog whenever the price maps to one (price/<id>
+    // rows): the plan the webhook stored stands only for a price that maps to nothing (or none
+    // stored). A store holds plans decided before the price rows existed: a subscriber renewing
+    // on Professional's replaced price with checkout's stale `starter` tag was stored as Starter
+    // -- paying $49, treated as Starter until Stripe's next event about it. A query, not the
+    // fold: the rows stay as they are, a replay gives the same rows and the same answer.
+    std::optional<std::string> price_plan_id;
+    if (record.price_id) {
+      LEDGER_RETURN_IF_ERROR(PlanForStripePrice(state, *record.price_id, &price_plan_id));
+    }
+    if (!record.plan_id || price_plan_id) {
       LEDGER_RETURN_IF_ERROR(ListPlansOnce(state, &plans));
-      std::optional<std::string> price_plan_id;
-      if (record.price_id) {
-        LEDGER_RETURN_IF_ERROR(PlanForStripePrice(state, *record.price_id, &price_plan_id));
-      }
       record.plan_id = PlanIdForSubscription(*plans, record.status, record.price_id,
                                              price_plan_id, record.metadata_plan_id);
     }

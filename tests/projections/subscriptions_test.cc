@@ -697,6 +697,77 @@ TEST_F(SubscriptionsTest, APriceChangeLeavesSubscribersOnTheReplacedPriceOnTheir
   EXPECT_TRUE(run(&back_command).ok());
 }
 
+// A store written before the price rows: the webhook decided alice's plan from checkout's stale
+// `starter` tag while she renewed on Professional's replaced price, and its
+// subscription.state_changed.v1 carries plan_id "starter". The catalog maps that price to
+// Professional (price/<id>): the price decides, not the stored plan -- she paid $49 and was
+// treated as Starter (tts 403) until Stripe's next event. A price mapping to nothing (an add-on)
+// keeps the stored plan.
+TEST_F(SubscriptionsTest, APlanStoredBeforeThePriceRowsIsDecidedAgainByThePrice) {
+  World w = Fresh();
+  auto run = [&](Command* command) {
+    Decision decision;
+    return ledger::testing::RunCommand(command, AllFolds(), &w.state, &w.head, kNowUs, &decision,
+                                       &w.events);
+  };
+  PlanInput input;
+  ASSERT_TRUE(ParsePlanInput(R"({"price_monthly_cents":5900,"price_yearly_cents":49000,)"
+                             R"("stripe_price_monthly":"price_professional_monthly_v2"})",
+                             "professional", &input)
+                  .ok());
+  UpdatePlan reprice(input, Actor::System("test"));
+  Status repriced = run(&reprice);
+  ASSERT_TRUE(repriced.ok()) << repriced.ToString();
+
+  // What the webhook decider stored then: the state as it was decided, plan and all.
+  struct StoredState final : Command {
+    std::vector<NewEvent> events;
+    Status Decide(const DecideContext&, Decision* decision) override {
+      decision->events = events;
+      return Status::OK();
+    }
+  } stored;
+  auto state_changed = [](const std::string& user, const std::string& sub,
+                          const std::string& price) {
+    SubscriptionRecord r;
+    r.subscription_id = sub;
+    r.customer_id = "cus_" + user;
+    r.status = SubscriptionStatus::kActive;
+    r.plan_id = "starter";
+    r.price_id = price;
+    r.item_id = "si_" + user;
+    r.interval = "month";
+    r.created = r.current_period_start = kStripeT0;
+    r.current_period_end = kStripeT0 + 30 * 86400;
+    r.metadata_user_id = user;
+    r.metadata_plan_id = "starter";
+    r.event_id = "evt_" + sub;
+    r.event_type = "customer.subscription.updated";
+    r.event_created = kStripeT0;
+    return NewEvent{std::string(kSubscriptionStateChangedV1), user,
+                    R"({"user_id":")" + user + R"(","previous_status":null,"subscription":)" +
+                        SubscriptionRecordToJson(r) + "}"};
+  };
+  stored.events = {state_changed("user-1", "sub_1", "price_professional_monthly"),
+                   state_changed("user-addon", "sub_addon", "price_addon")};
+  ASSERT_TRUE(run(&stored).ok());
+  for (const Event& e : w.events) EXPECT_TRUE(EventMatchesSchema(e)) << e.type << " " << e.data;
+
+  UserAccess access = Access(w, "user-1");
+  ASSERT_TRUE(access.plan);
+  EXPECT_EQ(access.plan->id, "professional");
+  EXPECT_TRUE(CheckServiceAccess(access, "tts").allowed);
+  EXPECT_EQ(Query(w, "user-1").subscription.plan_id, "professional");
+  std::vector<UserSubscription> every;
+  ASSERT_TRUE(GetUserAccess(w.state, "user-1", &access, &every).ok());
+  ASSERT_EQ(every.size(), 1u);
+  EXPECT_EQ(every[0].subscription.plan_id, "professional");
+
+  access = Access(w, "user-addon");
+  ASSERT_TRUE(access.plan);
+  EXPECT_EQ(access.plan->id, "starter");
+}
+
 // A newer subscription of the same customer to a price outside the catalog (an add-on made in
 // Stripe's Dashboard) is not the user's subscription: access, cancel and upgrade stay on the plan.
 TEST_F(SubscriptionsTest, ASubscriptionToAPriceOutsideTheCatalogIsNotTheCurrentOne) {
