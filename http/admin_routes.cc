@@ -241,7 +241,7 @@ void GetSubscriber(const AdminRouteContext& c, const httplib::Request& req, http
     if (!s.ok()) break;
     w.StartObject();
     w.Key("subscriber");
-    json::RawObject(&w, pj::SubscriberJson(subject.access));
+    json::RawObject(&w, pj::SubscriberJson(subject.access, now_s));
     w.Key("usage");
     w.StartObject();
     w.Key("window_start");

@@ -188,7 +188,11 @@ void WriteOverride(JsonWriter* w, const std::optional<AdminOverride>& value, boo
 
 // ---- the list ----------------------------------------------------------------------------------
 
-std::string SubscriberJson(const UserAccess& access) {
+AccessLevel EffectiveAccessAt(const UserAccess& access, int64_t now_s) {
+  return access.EndedAt(now_s) ? AccessLevel::kNone : access.access;
+}
+
+std::string SubscriberJson(const UserAccess& access, int64_t now_s) {
   const UserSubscription& sub = access.subscription;
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);
@@ -204,7 +208,7 @@ std::string SubscriberJson(const UserAccess& access) {
   w.Key("status");
   json::String(&w, access.status_name());
   w.Key("access");
-  json::String(&w, AccessLevelName(access.access));
+  json::String(&w, AccessLevelName(EffectiveAccessAt(access, now_s)));
   w.Key("plan_id");
   json::OptString(&w, access.plan_id());
   w.Key("overridden");
@@ -272,7 +276,7 @@ Status ListSubscribers(const StateReader& state, int64_t now_s, const Subscriber
     UserAccess access;
     inner = GetUserAccessAt(state, user_id, now_s, &access);
     if (!inner.ok()) return false;
-    if (Matches(filter, access)) out->json.push_back(SubscriberJson(access));
+    if (Matches(filter, access)) out->json.push_back(SubscriberJson(access, now_s));
     return true;
   });
   LEDGER_RETURN_IF_ERROR(s);
@@ -396,7 +400,8 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
     }
     if (user_pays) ++paying;
     if (access.status == SubscriptionStatus::kTrialing) ++trialing;
-    if (!user_pays && access.access != AccessLevel::kNone && access.overridden()) {
+    if (!user_pays && EffectiveAccessAt(access, now_s) != AccessLevel::kNone &&
+        access.overridden()) {
       ++comped;
     }
     // Churn and trial conversion are of the user's subscription (UserSubscription's choice).
@@ -553,7 +558,9 @@ Status RevenueByTierJson(const StateReader& state, int64_t now_s, std::string* o
   std::unordered_map<std::string, Tier> tiers;
   LEDGER_RETURN_IF_ERROR(ForEachSubscriber(state, now_s, [&](const UserAccess& access,
                                                              const Subscriptions& every) {
-    if (access.plan && access.access != AccessLevel::kNone) ++tiers[access.plan->id].subscribers;
+    if (access.plan && EffectiveAccessAt(access, now_s) != AccessLevel::kNone) {
+      ++tiers[access.plan->id].subscribers;
+    }
     // Every paying subscription of the user on its own plan and interval (AnalyticsOverviewJson).
     for (const UserSubscription& each : every) {
       const Plan* plan = CatalogPlan(by_id, each);

@@ -61,6 +61,8 @@
 //                             (current_period_start at or before trial_end) without a paid
 //                             invoice since: the first charge failed and Stripe retries it;
 //                             lost = none of these; rate = converted / (converted + lost).
+//   effective access          what the effective status grants, none past a scheduled end
+//                             (EffectiveAccessAt), as consume decides.
 //   comped                    effective access granted by an override with no paying subscription.
 //
 // What each figure counts. Users: subscribers.total, by_status, paying, trialing and comped; a
@@ -115,14 +117,22 @@ struct SubscriberPage {
 Status ListSubscribers(const StateReader& state, int64_t now_s, const SubscriberFilter& filter,
                        std::string_view after, size_t limit, SubscriberPage* out);
 
-// One subscriber as the admin views show it:
-// {"user_id","email","status","access","plan_id","overridden","override_superseded" (the
-//  override is set but the user's own later subscription decides: subscriptions.h),
+// What `access` grants at `now_s` as consume and my-access judge a scheduled end: none once the
+// subscription's cancel_at / period end (cancel_at_period_end) has passed, though Stripe's
+// deletion has not arrived (UserAccess::EndedAt); else its status's access. The admin views'
+// effective access: past the end, the list showed access "granted" and revenue by tier counted
+// the user while consume answered 402 subscription_required and my-access has_access false.
+AccessLevel EffectiveAccessAt(const UserAccess& access, int64_t now_s);
+
+// One subscriber as the admin views show it at `now_s`:
+// {"user_id","email","status","access" (EffectiveAccessAt),"plan_id","overridden",
+//  "override_superseded" (the override is set but the user's own later subscription decides:
+//  subscriptions.h),
 //  "stripe":{"subscription_id","customer_id","status","plan_id","interval",
 //            "current_period_start","current_period_end","cancel_at_period_end","trial_start",
 //            "trial_end","canceled_at"} | null,
 //  "override":{"plan_id","status","notes","admin","set_at"} | null}
-std::string SubscriberJson(const UserAccess& access);
+std::string SubscriberJson(const UserAccess& access, int64_t now_s);
 
 // ---- overrides --------------------------------------------------------------------------------
 

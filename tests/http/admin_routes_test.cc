@@ -1155,6 +1155,39 @@ TEST_F(AdminRoutesTest, ASubscriptionCanceledAtItsPeriodsEndGrantsNothingAfterIt
   ExpectProblem(Consume("u-at", "chat", "after-cancel-at"), 402, "subscription_required");
 }
 
+// The admin views judge the scheduled end as consume does: an hour past the end of a period the
+// user canceled at its end, Stripe's deletion not here yet, consume answers 402
+// subscription_required -- and the list (?status=active: Stripe's status is still active), the
+// one-subscriber page and revenue by tier no longer show access "granted" or count the user.
+TEST_F(AdminRoutesTest, AdminViewsJudgeAScheduledEndAsConsumeDoes) {
+  TestSubscription t = OnPlan("u-end", "starter", kNow - 29 * kDay, kNow + kDay);
+  t.cancel_at_period_end = true;
+  AddSubscriber(t, "end@x.com");
+  auto expect_views = [&](const std::string& access, int64_t subscribers) {
+    HttpReply r = Admin().Get(std::string(kAdminBase) + "list?status=active");
+    ASSERT_EQ(r.status, 200) << r.body;
+    rapidjson::Document list = r.Json();
+    ASSERT_EQ(list["subscribers"].Size(), 1u) << r.body;
+    EXPECT_STREQ(list["subscribers"][0]["access"].GetString(), access.c_str()) << r.body;
+    r = Admin().Get(std::string(kAdminBase) + "end@x.com");
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_STREQ(r.Json()["users"][0]["subscriber"]["access"].GetString(), access.c_str());
+    rapidjson::Document tiers_doc =
+        Admin().Get(std::string(kAdminBase) + "analytics/revenue-by-tier").Json();
+    for (const auto& tier : tiers_doc["tiers"].GetArray()) {
+      if (std::string(tier["plan_id"].GetString()) != "starter") continue;
+      EXPECT_EQ(tier["subscribers"].GetInt64(), subscribers);
+    }
+  };
+  expect_views("granted", 1);
+  clock_.Set((kNow + kDay + 3600) * kUs);  // T + 1 h: the period has ended, no deletion yet
+  ExpectProblem(Consume("u-end", "chat", "after-end"), 402, "subscription_required");
+  HttpReply mine = User("u-end").Get("/api/v1/subscriptions/my-access");
+  ASSERT_EQ(mine.status, 200) << mine.body;
+  EXPECT_FALSE(mine.Json()["has_access"].GetBool()) << mine.body;
+  expect_views("none", 0);
+}
+
 // A window ends where access does: with cancel_at in 2 days of a 20-day period, the window's
 // end, X-RateLimit-Reset and window_end are the cancel_at, and the quota used up is 402 (no
 // retry can succeed before access ends, as on a trial's last day), not a 429 whose Retry-After
