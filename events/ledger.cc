@@ -252,6 +252,12 @@ std::optional<uint64_t> FlushedEventHead(
     if (handle->GetName() != kEventsFamily) continue;
     rocksdb::ReadOptions read;
     read.verify_checksums = false;  // a damaged block is reported by the open or verify
+    // The open after this one shares the families' table factories, hence their block caches,
+    // and RocksDB's cache keys name the file, not the open: a block read here unverified and
+    // cached was served to the open's checksummed reads as it was. A store whose events all fit
+    // one block (a flipped byte in it) then opened, and GET /api/v1/events and the outbox served
+    // the altered event.
+    read.fill_cache = false;
     std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(read, handle));
     it->SeekToLast();
     if (it->status().ok()) head = it->Valid() ? DecodeFixed64BE(it->key().data()) : 0;
@@ -761,6 +767,8 @@ class LedgerImpl final : public Ledger {
   rocksdb::ReadOptions EventReadOptions() const {
     rocksdb::ReadOptions read_options;
     read_options.verify_checksums = options_.verify_checksums;
+    // A block read unverified is not cached: a cached block is never checked again.
+    read_options.fill_cache = options_.verify_checksums;
     return read_options;
   }
   rocksdb::ColumnFamilyHandle* Family(std::string_view name) const {
@@ -1170,7 +1178,10 @@ Status LedgerImpl::LoadHead() {
   // checksums: a damaged block in an older file is then reported, at its own position, by the
   // reads that cover it, instead of failing this open in the head's name.
   rocksdb::ReadOptions head_read = EventReadOptions();
-  if (options_.read_only) head_read.verify_checksums = false;
+  if (options_.read_only) {
+    head_read.verify_checksums = false;
+    head_read.fill_cache = false;  // nor cached for a checksummed read to take unchecked
+  }
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(head_read, Family(kEventsFamily)));
   it->SeekToLast();
   LEDGER_RETURN_IF_ERROR(FromRocks(it->status()));
