@@ -81,6 +81,27 @@ bool VerifyEventHash(std::string_view stored) {
   return HashView(computed) == stored.substr(stored.size() - kHashBytes);
 }
 
+Status DecodeCheckedEvent(Position key, std::string_view stored, const Hash* prev, Event* out) {
+  const std::string at = "the stored event at position " + std::to_string(key.value());
+  const char* const hint = " (`ledgerctl verify` names the first damaged position)";
+  Status decoded = DecodeEvent(stored, out);
+  if (!decoded.ok()) {
+    return Status::Corruption(at + " cannot be decoded: " + decoded.message() + hint);
+  }
+  if (out->position != key) {
+    return Status::Corruption(at + " says position " + std::to_string(out->position.value()) +
+                              hint);
+  }
+  if (!VerifyEventHash(stored)) {
+    return Status::Corruption(at + " fails its hash: the stored bytes were altered" + hint);
+  }
+  if (prev != nullptr && out->prev_hash != *prev) {
+    return Status::Corruption(at + " does not link to the event before it (its prev_hash is "
+                              "not that event's hash)" + hint);
+  }
+  return Status::OK();
+}
+
 std::string FormatRfc3339(int64_t time_us) {
   int64_t seconds = time_us / 1000000;
   int64_t micros = time_us % 1000000;

@@ -45,6 +45,15 @@ Status DecodeEvent(std::string_view stored, Event* out);
 // True when `stored`'s trailing hash equals SHA-256 of everything before it.
 bool VerifyEventHash(std::string_view stored);
 
+// DecodeEvent for an event read back out of the log to be served or published (GET
+// /api/v1/events, the Kafka outbox, the Lago sink), checked as `ledgerctl verify` checks it: the
+// record says position `key` (the key it is stored under), its stored hash is SHA-256 of its
+// bytes (VerifyEventHash), and, when `prev` is given (the hash of the event at key - 1, read in
+// the same scan), its prev_hash equals it. RocksDB's block checksums miss an event rewritten
+// through RocksDB itself, or a block they were not applied to; one SHA-256 per event read is the
+// cost. Otherwise Corruption naming the position and what failed, never the event's content.
+Status DecodeCheckedEvent(Position key, std::string_view stored, const Hash* prev, Event* out);
+
 // RFC 3339 UTC with microseconds, e.g. "2026-11-22T10:00:00.123456Z".
 std::string FormatRfc3339(int64_t time_us);
 

@@ -1940,15 +1940,24 @@ Status LedgerImpl::ReadEvents(Position after, size_t limit, const EventFilter& f
   limit = std::min(limit, limits::kReadEventsMax);
   if (!filter.subject.empty()) return ReadEventsBySubject(after, limit, filter, out);
   if (after.value() == UINT64_MAX) return Status::OK();  // nothing after it (Next would wrap)
+  // What is read here is served (GET /api/v1/events): every event read, matching the filter or
+  // not, is checked (DecodeCheckedEvent), each linked to the one read before it. A damaged one
+  // fails the whole read, the events before it included: a page that stopped short of it would
+  // look like the end of the log.
   Status decode_status;
-  LEDGER_RETURN_IF_ERROR(ScanRaw(Next(after), filter.up_to, [&](Position, std::string_view v) {
+  Hash prev{};
+  bool have_prev = false;
+  LEDGER_RETURN_IF_ERROR(ScanRaw(Next(after), filter.up_to, [&](Position p, std::string_view v) {
     Event event;
-    decode_status = DecodeEvent(v, &event);
+    decode_status = DecodeCheckedEvent(p, v, have_prev ? &prev : nullptr, &event);
     if (!decode_status.ok()) return false;
+    prev = event.hash;
+    have_prev = true;
     if (!filter.type.empty() && event.type != filter.type) return true;
     out->push_back(std::move(event));
     return out->size() < limit;
   }));
+  if (!decode_status.ok()) out->clear();
   return decode_status;
 }
 
@@ -1969,6 +1978,9 @@ Status LedgerImpl::ReadEventsBySubject(Position after, size_t limit, const Event
   }
   std::string value;
   std::vector<uint64_t> positions;
+  Hash prev{};
+  uint64_t prev_position = 0;
+  bool have_prev = false;
   for (; it->Valid(); it->Next()) {
     std::string_view key = ToView(it->key());
     if (!key.starts_with(prefix) || key.size() != prefix.size() + 8) break;
@@ -1981,8 +1993,18 @@ Status LedgerImpl::ReadEventsBySubject(Position after, size_t limit, const Event
       if (position > head) return FromRocks(it->status());
       LEDGER_RETURN_IF_ERROR(FromRocks(db_->Get(EventReadOptions(), Family(kEventsFamily),
                                                 EncodePositionKey(position), &value)));
+      // Events of one subject are not consecutive: each is checked on its own, and linked to
+      // the one read before it when that is its predecessor.
+      const Hash* link = have_prev && prev_position + 1 == position ? &prev : nullptr;
       Event event;
-      LEDGER_RETURN_IF_ERROR(DecodeEvent(value, &event));
+      Status checked = DecodeCheckedEvent(Position(position), value, link, &event);
+      if (!checked.ok()) {
+        out->clear();
+        return checked;
+      }
+      prev = event.hash;
+      prev_position = position;
+      have_prev = true;
       if (!filter.type.empty() && event.type != filter.type) continue;
       out->push_back(std::move(event));
       if (out->size() >= limit) return Status::OK();

@@ -259,7 +259,9 @@ class Ledger {
 
   virtual std::unique_ptr<ReadView> Snapshot() const = 0;
 
-  // Events with position > after, oldest first, at most `limit` (after filtering).
+  // Events with position > after, oldest first, at most `limit` (after filtering). Every event
+  // read is checked (DecodeCheckedEvent: its hash, and its link to the one read before it); a
+  // damaged one fails the read with Corruption naming its position, and `out` is left empty.
   virtual Status ReadEvents(Position after, size_t limit, const EventFilter& filter,
                             std::vector<Event>* out) const = 0;
   // Streams raw stored values of positions [from, to] (to = 0: up to the head) to `fn`

@@ -37,7 +37,7 @@ enum class Slot : uint8_t {
   kDelivered = 2,  // acknowledged, above the gap-free checkpoint
 };
 
-enum class KafkaState : int { kDown = 0, kUp = 1, kDisabled = 2 };
+enum class KafkaState : int { kDown = 0, kUp = 1, kDisabled = 2, kLogDamaged = 3 };
 
 const char* KafkaStateName(KafkaState state) {
   switch (state) {
@@ -47,6 +47,8 @@ const char* KafkaStateName(KafkaState state) {
       return "down";
     case KafkaState::kDisabled:
       return "disabled";
+    case KafkaState::kLogDamaged:
+      return "log_damaged";
   }
   return "down";
 }
@@ -128,6 +130,7 @@ class KafkaOutbox::Impl {
   void HandleDelivery(const rd_kafka_message_t* message);
   void AdvanceCheckpoint();
   void ScheduleRewind(const std::string& reason);
+  void MarkLogDamaged(const Status& why);
   void MaybeRewind(int64_t now_us);
   void PublishState(int64_t now_us);
   void WaitForWork(int64_t now_us);
@@ -152,6 +155,9 @@ class KafkaOutbox::Impl {
   rd_kafka_queue_t* main_queue_ = nullptr;
   bool fatal_ = false;               // a fatal producer error is pending
   bool size_refused_ = false;        // the last failure was a refusal for the record's size
+  // A stored event failed its check (DecodeCheckedEvent) or RocksDB's at this position: nothing
+  // from there on is published until a restart (MarkLogDamaged). 0: none.
+  uint64_t log_damaged_at_ = 0;
   uint64_t mark_ = 0;                // every position <= mark_ is delivered (the checkpoint)
   uint64_t next_ = 1;                // next position to consider producing
   uint64_t highest_produced_ = 0;    // highest position ever handed to the producer
@@ -483,7 +489,7 @@ rd_kafka_resp_err_t KafkaOutbox::Impl::Produce(const Event& event, uint64_t posi
 // Produces the next events of the window, at most scan_events_max. Returns true when more can be
 // produced right away.
 bool KafkaOutbox::Impl::ProduceBatch() {
-  if (producer_ == nullptr || rewind_pending_ || fatal_) return false;
+  if (producer_ == nullptr || rewind_pending_ || fatal_ || log_damaged_at_ != 0) return false;
   // After a rewind the checkpoint can jump over positions delivered before it, ahead of the scan
   // that skips them: never produce at or below it again (their reports would not be counted).
   next_ = std::max(next_, mark_ + 1);
@@ -491,7 +497,11 @@ bool KafkaOutbox::Impl::ProduceBatch() {
   if (next_ > limit || in_flight_bytes_ >= options_.in_flight_bytes_max) return false;
   const uint64_t to = std::min<uint64_t>(limit, next_ + options_.scan_events_max - 1);
   bool blocked = false;
+  bool damaged = false;
   Status error;
+  // Each event is checked before it is published, and linked to the one checked before it.
+  Hash prev{};
+  bool have_prev = false;
   Status s = ledger_->ScanRaw(Position(next_), Position(to), [&](Position p, std::string_view v) {
     if (p.value() != next_) {
       error = Status::Corruption("the log has no event at position " + std::to_string(next_));
@@ -499,6 +509,7 @@ bool KafkaOutbox::Impl::ProduceBatch() {
     }
     if (slots_[SlotOf(next_)] == Slot::kDelivered) {
       ++next_;
+      have_prev = false;
       return true;
     }
     if (in_flight_bytes_ >= options_.in_flight_bytes_max) {
@@ -506,8 +517,13 @@ bool KafkaOutbox::Impl::ProduceBatch() {
       return false;
     }
     Event event;
-    error = DecodeEvent(v, &event);
-    if (!error.ok()) return false;
+    error = DecodeCheckedEvent(p, v, have_prev ? &prev : nullptr, &event);
+    if (!error.ok()) {
+      damaged = true;
+      return false;
+    }
+    prev = event.hash;
+    have_prev = true;
     rd_kafka_resp_err_t err = Produce(event, next_);
     if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
       blocked = true;
@@ -525,6 +541,10 @@ bool KafkaOutbox::Impl::ProduceBatch() {
   if (s.ok() && error.ok() && !blocked && next_ <= to) {
     error = Status::Corruption("the log has no event at position " + std::to_string(next_));
   }
+  if (damaged || s.IsCorruption()) {
+    MarkLogDamaged(damaged ? error : s);
+    return false;
+  }
   if (!s.ok() || !error.ok()) {
     ScheduleRewind("reading the log for the outbox: " + (s.ok() ? error : s).ToString());
     return false;
@@ -538,7 +558,21 @@ void KafkaOutbox::Impl::PublishState(int64_t now_us) {
   const bool waiting = in_flight_ > 0 || rewind_pending_;
   bool stalled = waiting && now_us - last_progress_us_ > int64_t{options_.stall_down_ms} * 1000;
   bool up = producer_ != nullptr && !fatal_ && broker_up_ && !stalled;
-  kafka_state_.store(static_cast<int>(up ? KafkaState::kUp : KafkaState::kDown));
+  kafka_state_.store(static_cast<int>(log_damaged_at_ != 0 ? KafkaState::kLogDamaged
+                                      : up                  ? KafkaState::kUp
+                                                            : KafkaState::kDown));
+}
+
+// The event at next_ is damaged on disk (altered bytes, a broken link, a table block RocksDB
+// refuses): publishing stops before it for good, as a rewind would only read it again, and
+// Kafka's consumers must not get an event that `ledgerctl verify` fails. What was published
+// before it is still delivered and checkpointed; /readyz shows "log_damaged".
+void KafkaOutbox::Impl::MarkLogDamaged(const Status& why) {
+  log_damaged_at_ = next_;
+  const std::string error = "the log is damaged at position " + std::to_string(next_) +
+                            "; publishing stopped before it: " + why.message();
+  SetLastError(error);
+  spdlog::error("outbox: {}", error);
 }
 
 void KafkaOutbox::Impl::Run() {
@@ -550,7 +584,11 @@ void KafkaOutbox::Impl::Run() {
     bool more = ProduceBatch();
     core_.Persist(mark_, now_us, /*force=*/false);
     PublishState(now_us);
-    if (core_.StopDue(mark_)) break;
+    // A damaged log never reaches the stop target: stop once what was produced is answered.
+    if (core_.StopDue(mark_) ||
+        (core_.stop_requested() && log_damaged_at_ != 0 && in_flight_ == 0)) {
+      break;
+    }
     if (!more) WaitForWork(now_us);
   }
   // Give what is already acknowledged a last chance to be counted, then drop the rest.

@@ -118,7 +118,9 @@ struct OutboxMetrics {
 
 // A consistent-enough view for /readyz (fields are read one by one, without a lock).
 struct OutboxStatus {
-  std::string kafka_state;     // "up" | "down" | "disabled"
+  // "up" | "down" | "disabled" | "log_damaged" (a stored event failed its check: publishing
+  // stopped before it until a restart; last_error names the position)
+  std::string kafka_state;
   Position head;               // the ledger's head when the snapshot was taken
   Position published;          // highest position handed to the producer
   Position checkpoint;         // highest gap-free delivered position (in memory)

@@ -529,6 +529,10 @@ Status LagoSink::Impl::Fill(bool* more) {
     bool full = false;
     Status error;
     std::vector<LagoUsageEvent> mapped;
+    // Each event is checked before it is forwarded, and linked to the one checked before it: a
+    // damaged one stops the sink there (Fail, retried with backoff; /readyz shows the error).
+    Hash prev{};
+    bool have_prev = false;
     Status s = ledger_->ScanRaw(
         Position(scanned_to_ + 1), Position(to), [&](Position p, std::string_view stored) {
           if (p.value() != scanned_to_ + 1) {
@@ -537,8 +541,10 @@ Status LagoSink::Impl::Fill(bool* more) {
             return false;
           }
           Event event;
-          error = DecodeEvent(stored, &event);
+          error = DecodeCheckedEvent(p, stored, have_prev ? &prev : nullptr, &event);
           if (!error.ok()) return false;
+          prev = event.hash;
+          have_prev = true;
           if (UsageToLagoEvents(event, options_, &mapped).ok()) {
             // All of a batch event's items are queued at once: the checkpoint stays before the
             // event until the last of them is delivered or dead-lettered (AdvanceMark).

@@ -13,11 +13,13 @@
 
 #include <rapidjson/document.h>
 
+#include "events/coding.h"
 #include "events/embedded_kafka.h"
 #include "events/ledger.h"
 #include "tests/support/kafka_test_consumer.h"
 #include "tests/support/test_ledger.h"
 #include "tests/support/wait.h"
+#include "tests/tools/tools_test_util.h"
 
 namespace ledger {
 namespace {
@@ -616,6 +618,55 @@ TEST_F(OutboxTest, StopWithKafkaDownKeepsTheDeadlineAndTheCheckpoint) {
   EXPECT_TRUE(outbox->Stop(seconds(5)).ok());
   DeliveryReport report = ConsumeAndCheck();
   EXPECT_TRUE(report.ok()) << report.Summary();
+}
+
+// An event whose stored bytes were altered (rewritten through RocksDB, so its block checksums
+// hold: only its own hash shows it) is never published: the outbox publishes the events before
+// it, stops there for good, and says so in its state and last error.
+TEST_F(OutboxTest, AnAlteredEventIsNotPublished) {
+  Append(20);
+  ledger_.reset();
+  testing::EditRaw(dir_.path(), [](rocksdb::DB* db, const auto& names, const auto& handles) {
+    rocksdb::ColumnFamilyHandle* events = testing::FindFamily(names, handles, "events");
+    std::string stored;
+    ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), events, EncodePositionKey(12), &stored).ok());
+    const size_t at = stored.size() - 33;  // the last byte of its data ('}')
+    stored[at] = static_cast<char>(stored[at] ^ 0x01);
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), events, EncodePositionKey(12), stored).ok());
+  });
+  LedgerOptions options;
+  options.path = dir_.path();
+  ASSERT_TRUE(Ledger::Open(options, &ledger_).ok());
+
+  auto outbox = OpenOutbox(Options());
+  ASSERT_TRUE(outbox->Start().ok());
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        OutboxStatus status = outbox->GetStatus();
+        return status.kafka_state == "log_damaged" && status.checkpoint == Position(11);
+      },
+      seconds(20)));
+  OutboxStatus status = outbox->GetStatus();
+  EXPECT_NE(status.last_error.find("damaged at position 12"), std::string::npos)
+      << status.last_error;
+  EXPECT_EQ(status.published, Position(11));
+  Status stop = outbox->Stop(seconds(5));
+  EXPECT_EQ(stop.code(), Code::kUnavailable) << stop.ToString();
+  EXPECT_EQ(StoredCheckpoint(), 11u);
+
+  auto consumer = Consumer();
+  consumer->ConsumeDistinct(11, seconds(20));
+  consumer->ConsumeUntil([](const std::vector<ConsumedRecord>&) { return false; },
+                         milliseconds(300));  // anything past 11 would show up here
+  DeliveryCheckOptions check;
+  check.expected_source = kSource;
+  DeliveryReport report = CheckDelivery(consumer->records(), 1, 11, check);
+  EXPECT_TRUE(report.ok()) << report.Summary();
+  for (const ConsumedRecord& record : consumer->records()) {
+    testing::CloudEventFields fields;
+    ASSERT_TRUE(testing::ValidateCloudEventRecord(record, kSource, &fields).empty());
+    EXPECT_LE(fields.position, 11u);
+  }
 }
 
 TEST_F(OutboxTest, KafkaStateFollowsTheBrokersWhileIdle) {

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "events/coding.h"
+#include "events/event.h"
 #include "events/ledger.h"
 #include "tests/support/test_ledger.h"
 #include "tests/tools/tools_test_util.h"
@@ -14,6 +16,8 @@
 namespace ledger {
 namespace {
 
+using testing::EditRaw;
+using testing::FindFamily;
 using testing::FlipByteInFile;
 using testing::MarkerFor;
 using testing::TempDir;
@@ -56,6 +60,85 @@ TEST(TamperReadTest, AFlippedByteInTheOnlyTableBlockFailsTheOpen) {
     return true;
   });
   EXPECT_TRUE(scan.IsCorruption()) << scan.ToString();
+}
+
+// Rewrites the stored bytes of event `position` through RocksDB (so its block checksums hold):
+// with `reseal`, its data changed and its hash recomputed (its own hash verifies, the next
+// event's link does not); without, one byte of its data flipped ("marker" became "larker", as
+// the acceptance run's "Zebrateamplan" became "Xebrateamplan").
+void RewriteEvent(const std::string& path, uint64_t position, bool reseal) {
+  EditRaw(path, [&](rocksdb::DB* db, const auto& names, const auto& handles) {
+    rocksdb::ColumnFamilyHandle* events = FindFamily(names, handles, "events");
+    std::string stored;
+    ASSERT_TRUE(
+        db->Get(rocksdb::ReadOptions(), events, EncodePositionKey(position), &stored).ok());
+    if (reseal) {
+      Event event;
+      ASSERT_TRUE(DecodeEvent(stored, &event).ok());
+      event.data = "{\"m\":\"forged\"}";
+      SealEvent(&event);
+      EncodeEvent(event, &stored);
+    } else {
+      const size_t at = stored.find(MarkerFor(position));
+      ASSERT_NE(at, std::string::npos);
+      stored[at] = static_cast<char>(stored[at] ^ 0x01);
+    }
+    ASSERT_TRUE(
+        db->Put(rocksdb::WriteOptions(), events, EncodePositionKey(position), stored).ok());
+  });
+}
+
+// What GET /api/v1/events serves: an event whose stored bytes no longer match its hash is never
+// returned, nor is a page that holds it (the events before it would look like the whole page);
+// the error names the position and none of the event's content.
+TEST(TamperReadTest, ReadEventsRefusesAnAlteredEvent) {
+  TempDir dir;
+  WriteFlushedLog(dir.path(), 20);
+  RewriteEvent(dir.path(), 12, /*reseal=*/false);
+  auto ledger = testing::OpenTestLedger(dir.path());
+  ASSERT_NE(ledger, nullptr);
+
+  std::vector<Event> events;
+  Status s = ledger->ReadEvents(Position(0), 100, {}, &events);
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_NE(s.message().find("position 12 "), std::string::npos) << s.message();
+  EXPECT_EQ(s.message().find("larker"), std::string::npos) << s.message();
+  EXPECT_TRUE(events.empty());
+  s = ledger->ReadEvents(Position(11), 1, {}, &events);
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  // By type (read through the log) and by subject (through the subject's index) alike.
+  EventFilter by_type;
+  by_type.type = "test.marked.v1";
+  s = ledger->ReadEvents(Position(5), 100, by_type, &events);
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  EventFilter by_subject;
+  by_subject.subject = "bob";  // odd commands: position 12 is the 12th command's
+  s = ledger->ReadEvents(Position(0), 100, by_subject, &events);
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_TRUE(events.empty());
+
+  // The events before and after it are served.
+  s = ledger->ReadEvents(Position(0), 11, {}, &events);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(events.size(), 11u);
+  s = ledger->ReadEvents(Position(12), 100, {}, &events);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(events.size(), 8u);
+}
+
+// An event rewritten and re-sealed verifies on its own; the event after it no longer links to
+// it, and a read holding both fails there.
+TEST(TamperReadTest, ReadEventsRefusesABrokenLink) {
+  TempDir dir;
+  WriteFlushedLog(dir.path(), 20);
+  RewriteEvent(dir.path(), 12, /*reseal=*/true);
+  auto ledger = testing::OpenTestLedger(dir.path());
+  ASSERT_NE(ledger, nullptr);
+  std::vector<Event> events;
+  Status s = ledger->ReadEvents(Position(0), 100, {}, &events);
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_NE(s.message().find("position 13 does not link"), std::string::npos) << s.message();
+  EXPECT_TRUE(events.empty());
 }
 
 }  // namespace
