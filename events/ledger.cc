@@ -782,6 +782,7 @@ class LedgerImpl final : public Ledger {
   // RocksDB's rate limiter; told what each group writes (LedgerOptions::background_write_pace).
   std::shared_ptr<BackgroundWritePacer> pacer_;
   std::unique_ptr<wal::EventGapFilter> gap_filter_;  // the open's wal_filter (OpenDb)
+  IgnoreEveryRecord ignore_every_record_;  // instead, with LedgerOptions::table_files_only
   // Read-only opens: the file system without *.trash files (see OpenDb).
   std::shared_ptr<rocksdb::FileSystem> read_only_fs_;
   std::unique_ptr<rocksdb::Env> read_only_env_;
@@ -1046,7 +1047,13 @@ Status LedgerImpl::OpenDb() {
   gap_filter_ =
       std::make_unique<wal::EventGapFilter>(options_.read_only ? "" : options_.path, flushed_head);
   db_options.wal_filter = gap_filter_.get();
-  if (std::filesystem::exists(options_.path, exists_error)) {
+  const bool table_files_only = options_.read_only && options_.table_files_only;
+  if (table_files_only) {
+    // No record replayed, so none checked: a damaged one must not stop the open either.
+    db_options.wal_filter = &ignore_every_record_;
+    db_options.wal_recovery_mode = rocksdb::WALRecoveryMode::kSkipAnyCorruptedRecords;
+  }
+  if (std::filesystem::exists(options_.path, exists_error) && !table_files_only) {
     // RocksDB would open past a zeroed header and drop the rest of its block (wal_log.h); a
     // read-only open (verify, export, replay) too, and then see a shorter, intact-looking chain.
     LEDGER_RETURN_IF_ERROR(wal::FindZeroedHeaders(options_.path));
@@ -1186,6 +1193,20 @@ Status LedgerImpl::LoadHead() {
   it->SeekToLast();
   LEDGER_RETURN_IF_ERROR(FromRocks(it->status()));
   uint64_t last = it->Valid() ? DecodeFixed64BE(it->key().data()) : 0;
+  if (options_.read_only && options_.table_files_only) {
+    // The head record may name events only the logs hold: the table files' last event is the
+    // head, its stored hash the head hash (verify checks it against its bytes).
+    head_ = Position(last);
+    head_hash_ = Hash{};
+    const std::string_view stored = it->Valid() ? ToView(it->value()) : std::string_view();
+    if (stored.size() >= head_hash_.size()) {
+      std::copy(stored.end() - head_hash_.size(), stored.end(), head_hash_.begin());
+    }
+    head_record_problem_.clear();
+    head_position_.store(head_.value());
+    published_hash_ = head_hash_;
+    return Status::OK();
+  }
   if (last != head_.value() && (!tolerate || record_read)) {
     std::string problem = "chain head " + std::to_string(head_.value()) +
                           " disagrees with the last stored event " + std::to_string(last);

@@ -142,6 +142,12 @@ struct LedgerOptions {
   // the record is unreadable), so that reading the log up to it meets the missing or extra event,
   // and HeadRecordProblem() says what is wrong.
   bool tolerate_head_mismatch = false;
+  // Read-only use only (`ledgerctl verify`, when a damaged write-ahead log record makes RocksDB
+  // refuse the store): open the table files alone, replaying no log record (and passing over
+  // damaged ones). Head() is then the last event the table files hold and HeadHash() its stored
+  // hash; the chain head record, written with events that may be in the logs only, is not read.
+  // So damage in the table files before the log's is still found, and named first.
+  bool table_files_only = false;
   // The write-ahead log files kept for recovery, in bytes, before families are flushed to free
   // the oldest (RocksDB's max_total_wal_size; 0 = RocksDB's default of 4x the memtables).
   uint64_t max_total_wal_bytes = 256ull << 20;

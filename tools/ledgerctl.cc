@@ -156,7 +156,11 @@ int RunVerify(const Globals& globals, const VerifyArgs& args) {
     return kExitDataError;
   }
   if (!s.ok()) return Fail("verify", s);
-  if (report.to.value() == 0) {
+  if (!report.note.empty()) {
+    // Damage past the range: the range's last hash, and no chain head (the store does not open).
+    std::cout << "verify: OK positions " << Str(report.from) << ".." << Str(report.to) << " hash "
+              << HexEncode(report.last_hash) << "; but " << report.note << "\n";
+  } else if (report.to.value() == 0) {
     std::cout << "verify: OK empty log\n";
   } else if (report.to == report.head) {
     std::cout << "verify: OK positions " << Str(report.from) << ".." << Str(report.to) << " head "

@@ -35,6 +35,7 @@ Status OpenReadOnly(const ReadOnlyOpenOptions& options, std::unique_ptr<Ledger>*
   ledger_options.create_if_missing = false;
   ledger_options.verify_checksums = options.verify_checksums;
   ledger_options.tolerate_head_mismatch = options.tolerate_head_mismatch;
+  ledger_options.table_files_only = options.table_files_only;
   Status s;
   for (int attempt = 1; attempt <= kOpenAttemptsMax; ++attempt) {
     s = Ledger::Open(ledger_options, out);

@@ -17,6 +17,7 @@ struct ReadOnlyOpenOptions {
   std::vector<const Fold*> folds;
   bool verify_checksums = true;  // see LedgerOptions::verify_checksums
   bool tolerate_head_mismatch = false;  // see LedgerOptions::tolerate_head_mismatch (verify)
+  bool table_files_only = false;  // see LedgerOptions::table_files_only (verify)
 };
 
 // NotFound unless `data_dir` holds a RocksDB store (a CURRENT file).

@@ -14,7 +14,10 @@
 // range with checksums ON to catch damage to the table blocks outside the events' own bytes. If
 // RocksDB reports corruption while reading, the failure names the first position it could not read
 // (last good + 1). If RocksDB cannot open the store because a write-ahead log record is damaged,
-// the log files are searched for the damaged event (see wal_scan.h).
+// the log files are searched for the damaged event (see wal_scan.h), and the table files are
+// verified without the logs (LedgerOptions::table_files_only): the first damaged position of
+// the two is named, and a range [from, to] in the table files that ends before the log's damage
+// verifies, with VerifyReport::note saying where the log is damaged.
 #pragma once
 
 #include <ostream>
@@ -47,6 +50,9 @@ struct VerifyReport {
   // and what is wrong with it.
   Position failed_position;
   std::string reason;
+  // Set on success when damage was found past the range (a write-ahead log record RocksDB will
+  // not replay, while the range lies in the table files): what and where.
+  std::string note;
 };
 
 // Opens `options.data_dir` read-only and verifies it. Returns:
