@@ -178,6 +178,14 @@ Status ReadTime(const rapidjson::Value& object, const char* name, std::string_vi
   return Status::OK();
 }
 
+// An optional time member (absent: -1).
+Status ReadOptionalTime(const rapidjson::Value& object, const char* name, std::string_view type,
+                        int64_t* out_s) {
+  *out_s = -1;
+  if (Member(object, name) == nullptr) return Status::OK();
+  return ReadTime(object, name, type, out_s);
+}
+
 // The fields every usage.* event names its window with.
 struct EventWindow {
   std::string_view user_id;
@@ -280,25 +288,37 @@ Status ReadCounter(const StateReader& state, std::string_view user_id, int64_t w
 
 bool CounterKeyStart(std::string_view key, size_t prefix_size, int64_t* start_s);
 
+// What a restarted period carries into a fresh window: `from`'s used, per-service counts and
+// announced thresholds.
+void CarryInto(const UsageCounter& from, UsageCounter* out) {
+  out->used = from.used;
+  out->services = from.services;
+  out->announced = from.announced;
+  out->carried = from.used;
+  out->carried_services = from.services;
+}
+
 // A fresh billing month's carry (usage.h, "Period restarts"): when `window` begins before the
-// end of the user's latest billing month, that window's used, per-service counts and announced
-// thresholds. The scenario: a Professional user over quota switches yearly -> monthly, Stripe
-// restarts the period now, and the new window began at 0 -- 10,000 calls for a switch the
+// end of the user's latest billing month, that window's start (`*from_start`, -1 when none) and
+// counter (`*from`). The scenario: a Professional user over quota switches yearly -> monthly,
+// Stripe restarts the period now, and the new window began at 0 -- 10,000 calls for a switch the
 // unused-time credit paid for, and again at every switch back. Only the latest billing month
 // counts (a back-dated window older than it carries nothing), and only one that overlaps: a
-// window is at most kUsageWindowSecondsMax long, so the scan starts that far back.
-Status CarryIntoRestartedWindow(const StateReader& state, std::string_view user_id,
-                                const UsageWindow& window, UsageCounter* out) {
+// window is at most kUsageWindowSecondsMax long, so the scan starts that far back. Decided here
+// (the deciders, the queries' previews), recorded in the event (`carry_from`), and folded from
+// the event only (ApplyCarryFrom).
+Status FindCarrySource(const StateReader& state, std::string_view user_id,
+                       const UsageWindow& window, int64_t* from_start, UsageCounter* from) {
+  *from_start = -1;
   if (window.kind != WindowKind::kBillingMonth) return Status::OK();
   const std::string prefix = CounterPrefix(user_id);
-  std::string from = prefix;
-  PutFixed64BE(&from, static_cast<uint64_t>(
-                          std::max<int64_t>(0, window.start_s - kUsageWindowSecondsMax)));
+  std::string scan_from = prefix;
+  PutFixed64BE(&scan_from, static_cast<uint64_t>(
+                               std::max<int64_t>(0, window.start_s - kUsageWindowSecondsMax)));
   int64_t latest_start = -1;
   UsageCounter latest;
   Status decode;
-  LEDGER_RETURN_IF_ERROR(state.ScanFrom(kUsageFamily, prefix, from, [&](std::string_view key,
-                                                                        std::string_view value) {
+  const auto visit = [&](std::string_view key, std::string_view value) {
     int64_t start = 0;
     if (!CounterKeyStart(key, prefix.size(), &start)) return true;
     UsageCounter counter;
@@ -309,34 +329,73 @@ Status CarryIntoRestartedWindow(const StateReader& state, std::string_view user_
       latest = std::move(counter);
     }
     return true;
-  }));
+  };
+  LEDGER_RETURN_IF_ERROR(state.ScanFrom(kUsageFamily, prefix, scan_from, visit));
   LEDGER_RETURN_IF_ERROR(decode);
   if (latest_start < 0 || latest_start >= window.start_s ||
       latest.window_end_s <= window.start_s) {
     return Status::OK();
   }
-  out->used = latest.used;
-  out->services = latest.services;
-  out->announced = latest.announced;
-  out->carried = latest.used;
-  out->carried_services = latest.services;
+  *from_start = latest_start;
+  *from = std::move(latest);
   return Status::OK();
 }
 
-// Reads the counter, or a fresh one for `window` (`*stored` kAbsent), carrying what a restarted
-// period's window used (CarryIntoRestartedWindow). The one way the deciders, the fold and the
-// queries read a window's count, so all three see the same carry.
-Status LoadCounter(const StateReader& state, std::string_view user_id, const UsageWindow& window,
-                   UsageCounter* out, CounterStored* stored) {
+// Reads the counter, or a fresh one for `window` (`*stored` kAbsent) -- as the fold reads it:
+// a fresh window starts at 0 unless its event says it carries (ApplyCarryFrom).
+Status LoadStoredCounter(const StateReader& state, std::string_view user_id,
+                         const UsageWindow& window, UsageCounter* out, CounterStored* stored) {
   Status s = ReadCounter(state, user_id, window.start_s, window.kind, out, stored);
   if (s.IsNotFound()) {
     *stored = CounterStored::kAbsent;
     *out = UsageCounter();
     out->window_end_s = window.end_s;
     out->kind = window.kind;
-    return CarryIntoRestartedWindow(state, user_id, window, out);
+    return Status::OK();
   }
   return s;
+}
+
+// LoadStoredCounter, and for a fresh window the carry a restarted period would bring into it
+// (FindCarrySource), `*carry_from` set to the window carried from (-1: none). The deciders read
+// a window's count this way and record `carry_from` in the event when it is set; the queries
+// preview a window not written yet this way, as the consume that would write it counts.
+Status LoadCounter(const StateReader& state, std::string_view user_id, const UsageWindow& window,
+                   UsageCounter* out, CounterStored* stored, int64_t* carry_from = nullptr) {
+  if (carry_from != nullptr) *carry_from = -1;
+  LEDGER_RETURN_IF_ERROR(LoadStoredCounter(state, user_id, window, out, stored));
+  if (*stored != CounterStored::kAbsent) return Status::OK();
+  int64_t from_start = -1;
+  UsageCounter from;
+  LEDGER_RETURN_IF_ERROR(FindCarrySource(state, user_id, window, &from_start, &from));
+  if (from_start < 0) return Status::OK();
+  CarryInto(from, out);
+  if (carry_from != nullptr) *carry_from = from_start;
+  return Status::OK();
+}
+
+// The fold's side of a carry: an event whose window the decider opened with a carry names the
+// window carried from (`carry_from`), and only then does a fresh window start with that
+// window's counts. Events without it -- everything written before the decision was recorded --
+// fold as they always did: a store rebuilt from a log of windows that restarted before the
+// carry existed (Jan 10, Starter with 1,000 used upgraded to Professional; 9,500 used since,
+// each consume admitted against 9,500) must not find 10,500 in a window the events say holds
+// 9,500. `counter` must be fresh (`stored` kAbsent); a window named that holds no counter
+// carries nothing.
+Status ApplyCarryFrom(const StateReader& state, std::string_view user_id, std::string_view type,
+                      const UsageWindow& window, int64_t carry_from_s, UsageCounter* counter) {
+  if (window.kind != WindowKind::kBillingMonth || carry_from_s < 0 ||
+      carry_from_s >= window.start_s) {
+    return Malformed(type, "carry_from must be before a billing_month window's start");
+  }
+  UsageCounter from;
+  CounterStored from_stored = CounterStored::kAbsent;
+  Status s = ReadCounter(state, user_id, carry_from_s, WindowKind::kBillingMonth, &from,
+                         &from_stored);
+  if (s.IsNotFound()) return Status::OK();
+  LEDGER_RETURN_IF_ERROR(s);
+  CarryInto(from, counter);
+  return Status::OK();
 }
 
 Status StoreCounter(std::string_view user_id, const UsageWindow& window, CounterStored stored,
@@ -370,10 +429,16 @@ Status ApplyRecorded(const Event& event, const rapidjson::Value& data, const Sta
   if (quantity <= 0) return Malformed(type, "quantity must be positive");
   std::optional<int64_t> limit;
   LEDGER_RETURN_IF_ERROR(ReadNullableInt(data, "limit", type, &limit));
+  int64_t carry_from = -1;
+  LEDGER_RETURN_IF_ERROR(ReadOptionalTime(data, "carry_from", type, &carry_from));
 
   UsageCounter counter;
   CounterStored stored = CounterStored::kAbsent;
-  LEDGER_RETURN_IF_ERROR(LoadCounter(state, w.user_id, w.window, &counter, &stored));
+  LEDGER_RETURN_IF_ERROR(LoadStoredCounter(state, w.user_id, w.window, &counter, &stored));
+  if (carry_from >= 0 && stored == CounterStored::kAbsent) {
+    LEDGER_RETURN_IF_ERROR(
+        ApplyCarryFrom(state, w.user_id, type, w.window, carry_from, &counter));
+  }
   counter.window_end_s = w.window.end_s;
   counter.kind = w.window.kind;
   counter.used += quantity;
@@ -404,6 +469,7 @@ struct BatchItemFields {
     kAll = 127
   };
   std::string_view key, service, window_start, window_end, window_kind;
+  std::string_view carry_from;  // optional: empty when absent
   int64_t quantity = 0;
   std::optional<int64_t> limit;
   uint8_t seen = 0;  // the fields above that were read
@@ -458,6 +524,10 @@ class BatchEventReader
           return Set(&item, &item.window_end, BatchItemFields::kWindowEnd, text);
         case Field::kWindowKind:
           return Set(&item, &item.window_kind, BatchItemFields::kWindowKind, text);
+        case Field::kCarryFrom:
+          if (text.empty()) return Fail("carry_from is not a time");
+          item.carry_from = text;
+          return true;
         case Field::kQuantity:
         case Field::kLimit:
           return Fail(FieldName() + " is not an integer");
@@ -489,6 +559,8 @@ class BatchEventReader
         field_ = Field::kWindowKind;
       } else if (name == "limit") {
         field_ = Field::kLimit;
+      } else if (name == "carry_from") {
+        field_ = Field::kCarryFrom;
       }
     }
     return true;
@@ -526,7 +598,8 @@ class BatchEventReader
     kWindowStart,
     kWindowEnd,
     kWindowKind,
-    kLimit
+    kLimit,
+    kCarryFrom
   };
   enum ValueKind { kNullValue, kIntValue, kOtherValue };
 
@@ -550,6 +623,8 @@ class BatchEventReader
         return "window_kind";
       case Field::kLimit:
         return "limit";
+      case Field::kCarryFrom:
+        return "carry_from";
       case Field::kOther:
         break;
     }
@@ -720,8 +795,18 @@ Status ApplyBatchRecorded(const Event& event, const StateReader& state, RowWrite
       }
       if (last == touched.size()) {
         touched.emplace_back();
-        LEDGER_RETURN_IF_ERROR(
-            LoadCounter(state, user_id, window, &touched[last].counter, &touched[last].stored));
+        Touched& t = touched[last];
+        LEDGER_RETURN_IF_ERROR(LoadStoredCounter(state, user_id, window, &t.counter, &t.stored));
+        // The decider names the carry on the item that opened the window (its first), as
+        // usage.recorded.v1 does; items without it carry nothing (ApplyCarryFrom).
+        if (!item.carry_from.empty() && t.stored == CounterStored::kAbsent) {
+          int64_t us = 0;
+          if (!ParseRfc3339(item.carry_from, &us)) {
+            return Malformed(type, "carry_from is not a time");
+          }
+          LEDGER_RETURN_IF_ERROR(
+              ApplyCarryFrom(state, user_id, type, window, FloorSeconds(us), &t.counter));
+        }
       }
     }
     Touched& t = touched[last];
@@ -758,7 +843,7 @@ Status ApplyThreshold(const rapidjson::Value& data, const StateReader& state, Ro
   if (percent != 80 && percent != 100) return Malformed(type, "threshold_percent");
   UsageCounter counter;
   CounterStored stored = CounterStored::kAbsent;
-  LEDGER_RETURN_IF_ERROR(LoadCounter(state, w.user_id, w.window, &counter, &stored));
+  LEDGER_RETURN_IF_ERROR(LoadStoredCounter(state, w.user_id, w.window, &counter, &stored));
   counter.Announce(limit, percent == 80 ? kThreshold80 : kThreshold100);
   return StoreCounter(w.user_id, w.window, stored, counter, rows);
 }
@@ -768,7 +853,7 @@ Status ApplyReset(const rapidjson::Value& data, const StateReader& state, RowWri
   LEDGER_RETURN_IF_ERROR(ReadEventWindow(data, kUsageWindowResetV1, &w));
   UsageCounter counter;
   CounterStored stored = CounterStored::kAbsent;
-  LEDGER_RETURN_IF_ERROR(LoadCounter(state, w.user_id, w.window, &counter, &stored));
+  LEDGER_RETURN_IF_ERROR(LoadStoredCounter(state, w.user_id, w.window, &counter, &stored));
   counter.used = 0;
   counter.services.clear();
   counter.announced.clear();
@@ -802,6 +887,9 @@ struct RecordFields {
   std::string_view subscription_id;
   std::optional<int64_t> limit;
   int64_t used_after = 0;
+  // The start of the window a restarted period carried from, when the decider opened `window`
+  // with a carry (LoadCounter); -1: none, and no carry_from in the event.
+  int64_t carry_from_s = -1;
   std::string_view metadata_json;
 };
 
@@ -822,6 +910,10 @@ NewEvent RecordedEvent(const RecordFields& f) {
   Key(&w, "occurred_at");
   Str(&w, FormatRfc3339Micros(f.occurred_at_us));
   WriteWindowStrings(&w, *f.window_text);
+  if (f.carry_from_s >= 0) {
+    Key(&w, "carry_from");
+    TimeSeconds(&w, f.carry_from_s);
+  }
   Key(&w, "plan_id");
   if (f.plan != nullptr) {
     Str(&w, f.plan->id);
@@ -1667,7 +1759,9 @@ Status ConsumeUsage::Decide(const DecideContext& context, Decision* decision) {
   }
   UsageCounter counter;
   CounterStored stored = CounterStored::kAbsent;
-  LEDGER_RETURN_IF_ERROR(LoadCounter(*context.state, r.user_id, terms.window, &counter, &stored));
+  int64_t carry_from = -1;
+  LEDGER_RETURN_IF_ERROR(
+      LoadCounter(*context.state, r.user_id, terms.window, &counter, &stored, &carry_from));
   outcome_.used = counter.used;
   // A trial whose calls are used up for good -- all of them, or its last day's -- answers 402:
   // a 429's Retry-After would send the caller to the trial's end, where the answer is 402.
@@ -1731,6 +1825,7 @@ Status ConsumeUsage::Decide(const DecideContext& context, Decision* decision) {
   f.subscription_id = SubscriptionIdOf(*subject);
   f.limit = terms.limit;
   f.used_after = counter.used + r.quantity;
+  f.carry_from_s = carry_from;
   f.metadata_json = r.metadata_json;
   decision->events.reserve(3);
   decision->events.push_back(RecordedEvent(f));
@@ -1881,8 +1976,14 @@ class BatchRecorder {
       if (u->counter == nullptr) {
         auto c = std::make_unique<LocalCounter>(u->terms.window);
         CounterStored stored = CounterStored::kAbsent;
-        LEDGER_RETURN_IF_ERROR(
-            LoadCounter(state_, item.user_id, u->terms.window, &c->counter, &stored));
+        int64_t carry_from = -1;
+        LEDGER_RETURN_IF_ERROR(LoadCounter(state_, item.user_id, u->terms.window, &c->counter,
+                                           &stored, &carry_from));
+        // The item opening a window with a carry records it, for the fold (ApplyCarryFrom).
+        if (carry_from >= 0) {
+          c->carry_json.assign(",\"carry_from\":\"").append(FormatRfc3339Seconds(carry_from));
+          c->carry_json.push_back('"');
+        }
         u->counter = c.get();
         u->counters.push_back(std::move(c));
       }
@@ -1918,6 +2019,10 @@ class BatchRecorder {
     out.append(u->occurred);
     out.push_back('"');
     out.append(u->counter->window_json);
+    if (!u->counter->carry_json.empty()) {  // this item opened its window: once
+      out.append(u->counter->carry_json);
+      u->counter->carry_json.clear();
+    }
     out.append(u->limit_json);
     AppendJsonInt(&out, counter.used);
     if (!item.metadata_json.empty()) {  // a compact JSON object (the route re-serialized it)
@@ -1972,6 +2077,7 @@ class BatchRecorder {
     UsageCounter counter;
     WindowText text;
     std::string window_json;  // ,"window_start":...,"window_kind":"..."
+    std::string carry_json;   // ,"carry_from":"..." until the item opening the window has it
   };
   struct UserBatch {
     std::string_view user_id;

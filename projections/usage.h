@@ -38,8 +38,14 @@
 // the new window ends, and 80 % / 100 % are not announced again for a limit already announced. A
 // renewal begins at or after the old window's end (a yearly period's last month ends at the
 // period's end) and starts at 0; so does a window older than the latest (a back-dated batch
-// item's). An admin's reset (usage.window_reset.v1) is how calls are given back. Read and written
-// by the same function in the deciders, the fold and the queries, so they agree (and replay).
+// item's). An admin's reset (usage.window_reset.v1) is how calls are given back. The carry is a
+// decision: the consume (or batch) decider that opens such a window records the start of the
+// window it carried from in the event (`carry_from` on usage.recorded.v1, on the batch item that
+// opened the window), and the fold carries only when the event says so, from that window. Events
+// without it -- all usage recorded before the carry existed -- fold as they were decided: a window
+// that restarted then (Starter with 1,000 used, upgraded to Professional, 9,500 used since) keeps
+// the 9,500 its events' used_after counted, however the log is replayed. The queries preview a
+// window with no counter yet as the decider would (the same function), so they agree.
 //
 // Consume (ConsumeUsage, inside the writer's group commit): access (402 "subscription_required"
 // without a subscription that grants access: no subscription, canceled/unpaid/paused/incomplete
@@ -270,7 +276,9 @@ class UsageCountersFold final : public Fold {
   std::string_view Name() const override { return kUsageFamily; }
   // Raise with any change to the rows Apply writes: the store's rows are rebuilt (fold.h).
   // 2: a billing month that restarts an unfinished one starts with its usage (carried).
-  uint32_t Version() const override { return 2; }
+  // 3: only when its event records the carry (carry_from): version 2 carried into every
+  // restarted window of the history too, windows whose events never counted it.
+  uint32_t Version() const override { return 3; }
   Status Apply(const Event& event, const StateReader& state, RowWriter* rows) const override;
 };
 

@@ -361,6 +361,104 @@ TEST(UsageFoldTest, ABatchEventHasExactlyTheEffectOfItsItemsAsRecordedEvents) {
   EXPECT_EQ(windows.size(), 2u);
 }
 
+// A billing month that restarted an unfinished one, in a log written before the carry was a
+// decision (events without carry_from). Jan 10 a Starter user with 1,000 used upgraded to
+// Professional (a new period: its window starts Jan 10, before the Starter month's end); by
+// Jan 20 each consume was admitted against a window that started at 0, up to used_after 9,500,
+// and my-access said 500 remaining. A fold that re-decided the carry rebuilt that window as
+// 1,000 + 9,500 = 10,500 at the first open of the new build (the fold version rebuilds the rows):
+// every consume 429 until Feb 10, the counters no longer the events' used_after, and nothing in
+// the log saying why. The window opened by a consume and by a batch item alike.
+TEST(UsageFoldTest, ARestartedWindowWithoutACarryDecisionFoldsAsItWasRecorded) {
+  const std::string starter =
+      R"("window_start":"2026-01-01T00:00:00Z","window_end":"2026-02-01T00:00:00Z",)"
+      R"("window_kind":"billing_month")";
+  const std::string professional =
+      R"("window_start":"2026-01-10T00:00:00Z","window_end":"2026-02-10T00:00:00Z",)"
+      R"("window_kind":"billing_month")";
+  // As the build before the carry wrote them: no carry_from, used_after counting from 0.
+  const std::string used_up =
+      RecordedFromItem("u", R"({"idempotency_key":"s1","service":"chat","quantity":1000,)"
+                            R"("occurred_at":"2026-01-05T00:00:00.000000Z",)" +
+                                starter + R"(,"limit":1000,"used_after":1000})");
+  const std::string consumed =
+      RecordedFromItem("u", R"({"idempotency_key":"p1","service":"chat","quantity":9500,)"
+                            R"("occurred_at":"2026-01-20T00:00:00.000000Z",)" +
+                                professional + R"(,"limit":10000,"used_after":9500})");
+  const std::string batched =
+      R"({"user_id":"u","source":"batch","plan_id":"professional","subscription_id":null,)"
+      R"("items":[{"idempotency_key":"p1","service":"chat","quantity":9500,)"
+      R"("occurred_at":"2026-01-20T00:00:00.000000Z",)" +
+      professional + R"(,"limit":10000,"used_after":9500}]})";
+  ASSERT_TRUE(ledger::testing::EventDataMatchesSchema(kUsageRecordedV1, consumed));
+  ASSERT_TRUE(ledger::testing::EventDataMatchesSchema(kUsageBatchRecordedV1, batched));
+  for (const bool batch : {false, true}) {
+    SCOPED_TRACE(batch ? "batch item" : "consume");
+    UsageCountersFold fold;
+    ledger::testing::MemoryState state;
+    ASSERT_TRUE(fold.Apply(UsageEvent(kUsageRecordedV1, "u", used_up, 1), state, &state).ok());
+    const Event opened = batch ? UsageEvent(kUsageBatchRecordedV1, "u", batched, 2)
+                               : UsageEvent(kUsageRecordedV1, "u", consumed, 2);
+    ASSERT_TRUE(fold.Apply(opened, state, &state).ok());
+    UsageCounter c;
+    ASSERT_TRUE(GetUsageCounter(state, "u", At("2026-01-10T00:00:00Z"),
+                                WindowKind::kBillingMonth, &c).ok());
+    EXPECT_EQ(c.used, 9500);  // the events' used_after, not 10,500
+    EXPECT_EQ(c.carried, 0);
+    EXPECT_EQ(c.services.at("chat"), 9500);
+  }
+}
+
+// The decision recorded (carry_from, the window carried from) is what the fold carries: the same
+// window then starts with the Starter month's 1,000, from a consume or a batch item; a carry_from
+// that is not before the window's start is a malformed event.
+TEST(UsageFoldTest, ARecordedCarryIsFoldedFromTheWindowItNames) {
+  const std::string starter =
+      R"("window_start":"2026-01-01T00:00:00Z","window_end":"2026-02-01T00:00:00Z",)"
+      R"("window_kind":"billing_month")";
+  const std::string professional =
+      R"("window_start":"2026-01-10T00:00:00Z","window_end":"2026-02-10T00:00:00Z",)"
+      R"("window_kind":"billing_month")";
+  const std::string used_up =
+      RecordedFromItem("u", R"({"idempotency_key":"s1","service":"chat","quantity":1000,)"
+                            R"("occurred_at":"2026-01-05T00:00:00.000000Z",)" +
+                                starter + R"(,"limit":1000,"used_after":1000})");
+  const std::string item_head =
+      R"({"idempotency_key":"p1","service":"search","quantity":500,)"
+      R"("occurred_at":"2026-01-10T00:00:01.000000Z",)" + professional;
+  const std::string item_tail = R"(,"limit":10000,"used_after":1500})";
+  const std::string carry = R"(,"carry_from":"2026-01-01T00:00:00Z")";
+  const std::string batch_head =
+      R"({"user_id":"u","source":"batch","plan_id":"professional","subscription_id":null,)"
+      R"("items":[)";
+  for (const bool batch : {false, true}) {
+    SCOPED_TRACE(batch ? "batch item" : "consume");
+    const std::string item = item_head + carry + item_tail;
+    const Event opened =
+        batch ? UsageEvent(kUsageBatchRecordedV1, "u", batch_head + item + "]}", 2)
+              : UsageEvent(kUsageRecordedV1, "u", RecordedFromItem("u", item), 2);
+    ASSERT_TRUE(ledger::testing::EventMatchesSchema(opened)) << opened.data;
+    UsageCountersFold fold;
+    ledger::testing::MemoryState state;
+    ASSERT_TRUE(fold.Apply(UsageEvent(kUsageRecordedV1, "u", used_up, 1), state, &state).ok());
+    ASSERT_TRUE(fold.Apply(opened, state, &state).ok());
+    UsageCounter c;
+    ASSERT_TRUE(GetUsageCounter(state, "u", At("2026-01-10T00:00:00Z"),
+                                WindowKind::kBillingMonth, &c).ok());
+    EXPECT_EQ(c.used, 1500);
+    EXPECT_EQ(c.carried, 1000);
+    EXPECT_EQ(c.services, (std::map<std::string, int64_t, std::less<>>{{"chat", 1000},
+                                                                       {"search", 500}}));
+
+    const std::string late = item_head + R"(,"carry_from":"2026-01-10T00:00:00Z")" + item_tail;
+    const Event bad = batch ? UsageEvent(kUsageBatchRecordedV1, "u", batch_head + late + "]}", 2)
+                            : UsageEvent(kUsageRecordedV1, "u", RecordedFromItem("u", late), 2);
+    ledger::testing::MemoryState other;
+    ASSERT_TRUE(fold.Apply(UsageEvent(kUsageRecordedV1, "u", used_up, 1), other, &other).ok());
+    EXPECT_EQ(fold.Apply(bad, other, &other).problem(), "malformed_event");
+  }
+}
+
 TEST(UsageFoldTest, MalformedBatchEventsAreRefused) {
   UsageCountersFold fold;
   ledger::testing::MemoryState state;
@@ -737,6 +835,58 @@ TEST_F(UsageDeciderTest, APeriodRestartedBeforeItsEndKeepsTheCallsUsed) {
   ASSERT_TRUE(Consume("u1", "chat", Key(), monthly_end + 10, 1, &body).ok());
   EXPECT_EQ(body["used"].GetInt64(), 1);
   EXPECT_EQ(Counter("u1", monthly_end).carried, 0);
+}
+
+// The carry is the decider's, recorded in the event that opens the window (carry_from: the
+// window carried from), for the fold to fold rather than decide again: on the consume that opens
+// it, on the batch item that opens it, and on nothing after, nor on a renewal.
+TEST_F(UsageDeciderTest, TheEventOpeningARestartedWindowRecordsTheCarry) {
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "tiny")).ok());
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u2", "tiny")).ok());
+  ASSERT_TRUE(Consume("u1", "chat", Key(), kStripeT0 + 100, 4).ok());
+  ASSERT_TRUE(Consume("u2", "chat", Key(), kStripeT0 + 100, 5).ok());
+  const int64_t start = kStripeT0 + 5 * kDay;
+  const std::string from = FormatRfc3339Seconds(kStripeT0);
+  for (const char* user : {"u1", "u2"}) {
+    ASSERT_TRUE(world_.Subscribe(OnPlan(user, "tiny", start, start + 30 * kDay)).ok());
+  }
+  std::vector<Event> events;
+  ASSERT_TRUE(Consume("u1", "chat", Key(), start + 10, 1, nullptr, &events).ok());
+  ASSERT_EQ(events.size(), 1u);
+  rapidjson::Document data;
+  data.Parse(events[0].data.c_str());
+  ASSERT_TRUE(data.HasMember("carry_from")) << events[0].data;
+  EXPECT_EQ(data["carry_from"].GetString(), from);
+  EXPECT_EQ(data["used_after"].GetInt64(), 5);
+  ASSERT_TRUE(Consume("u1", "chat", Key(), start + 20, 1, nullptr, &events).ok());
+  data.Parse(events[0].data.c_str());
+  EXPECT_FALSE(data.HasMember("carry_from")) << events[0].data;
+  EXPECT_EQ(Counter("u1", start).carried, 4);
+
+  RecordUsageBatch batch({{"u2", "chat", 1, "b1", std::nullopt, "", ""},
+                          {"u2", "chat", 1, "b2", std::nullopt, "", ""}},
+                         cache_);
+  Decision decision;
+  std::vector<Event> applied;
+  ASSERT_TRUE(world_.Run(&batch, (start + 10) * kUs, &decision, &applied).ok()) << decision.body;
+  ASSERT_EQ(applied.size(), 1u);
+  EXPECT_TRUE(ledger::testing::EventMatchesSchema(applied[0])) << applied[0].data;
+  data.Parse(applied[0].data.c_str());
+  const auto& items = data["items"];
+  ASSERT_EQ(items.Size(), 2u);
+  ASSERT_TRUE(items[0].HasMember("carry_from")) << applied[0].data;
+  EXPECT_EQ(items[0]["carry_from"].GetString(), from);
+  EXPECT_EQ(items[0]["used_after"].GetInt64(), 6);
+  EXPECT_FALSE(items[1].HasMember("carry_from")) << applied[0].data;
+  UsageCounter c = Counter("u2", start);
+  EXPECT_EQ(c.used, 7);  // short of 80 %: no threshold event
+  EXPECT_EQ(c.carried, 5);
+
+  // A renewal at the period's end carries nothing, and says nothing.
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "tiny", start + 30 * kDay, start + 60 * kDay)).ok());
+  ASSERT_TRUE(Consume("u1", "chat", Key(), start + 30 * kDay + 10, 1, nullptr, &events).ok());
+  data.Parse(events[0].data.c_str());
+  EXPECT_FALSE(data.HasMember("carry_from")) << events[0].data;
 }
 
 // A bigger plan bought mid-period with a new period (monthly Starter -> yearly Professional):
@@ -1509,21 +1659,30 @@ TEST_F(UsageLedgerTest, CountersEqualAReplayOfTheLog) {
 }
 
 
-// The carry into a restarted period's window is read by the fold from the counters it wrote, as
-// the decider read it: a replay of the log gives the same rows.
+// The carry into a restarted period's window, recorded in the event that opened it (a consume's,
+// a batch item's), is folded from the counter it names, as the decider read it: a replay of the
+// log gives the same rows.
 TEST_F(UsageLedgerTest, ARestartedPeriodsCarryEqualsAReplayOfTheLog) {
   ASSERT_TRUE(AddPlanOnLedger(ledger_.get(), SmallPlan("tiny", 10)).ok());
   ASSERT_TRUE(AddPlanOnLedger(ledger_.get(), SmallPlan("tiny20", 20)).ok());
   ASSERT_TRUE(SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
+  ASSERT_TRUE(SubscribeOnLedger(ledger_.get(), OnPlan("u2", "tiny")).ok());
   ASSERT_TRUE(Consume("u1", "a", 10).status.ok());
+  ASSERT_TRUE(Consume("u2", "a", 3).status.ok());
   const int64_t start = kStripeT0 + 5 * kDay;
   clock_.Set((start + 10) * kUs);
-  ASSERT_TRUE(
-      SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny20", start, start + 30 * kDay)).ok());
+  for (const char* user : {"u1", "u2"}) {
+    ASSERT_TRUE(
+        SubscribeOnLedger(ledger_.get(), OnPlan(user, "tiny20", start, start + 30 * kDay)).ok());
+  }
   ASSERT_TRUE(Consume("u1", "b", 4, "search").status.ok());
-  RecordUsageBatch batch({{"u1", "chat", 2, "c", std::nullopt, "", ""}}, meter_->cache());
+  // u2's restarted window is opened by a batch item (the carry recorded on it).
+  RecordUsageBatch batch({{"u1", "chat", 2, "c", std::nullopt, "", ""},
+                          {"u2", "chat", 2, "c", std::nullopt, "", ""}},
+                         meter_->cache());
   ASSERT_TRUE(ledger_->Submit(&batch).status.ok());
   EXPECT_EQ(Used("u1", start), 16);
+  EXPECT_EQ(Used("u2", start), 5);
 
   std::vector<Event> events;
   ASSERT_TRUE(ledger_->ReadEvents(Position(0), 1000, EventFilter{}, &events).ok());
@@ -1544,6 +1703,9 @@ TEST_F(UsageLedgerTest, ARestartedPeriodsCarryEqualsAReplayOfTheLog) {
   ASSERT_TRUE(GetUsageCounter(*view, "u1", start, WindowKind::kBillingMonth, &c).ok());
   EXPECT_EQ(c.used, 16);
   EXPECT_EQ(c.carried, 10);
+  ASSERT_TRUE(GetUsageCounter(*view, "u2", start, WindowKind::kBillingMonth, &c).ok());
+  EXPECT_EQ(c.used, 5);
+  EXPECT_EQ(c.carried, 3);
 }
 
 // A StateReader whose ScanFrom seeks (as the ledger's does), counting the rows scans visit.
