@@ -16,11 +16,12 @@
 //   2. With a client Idempotency-Key: a probe through the writer answers a retry from its stored
 //      result (or 409 idempotency_key_reused) *before* anything else -- before the state checks
 //      too, which the request's own effect may have changed since (a cancel's webhook ends the
-//      subscription: the retry must still get the stored 200, not 409). Then the user's budget
-//      of Stripe calls is spent (SpendStripeCall): a retry answered from its record calls nobody
-//      and appends nothing, so it spends nothing and is never refused.
+//      subscription: the retry must still get the stored 200, not 409). A retry answered from
+//      its record calls nobody and appends nothing, so it spends no budget and is never refused.
 //   3. State allows it? (409/422 from the snapshot: plan, customer, subscription). Nothing
-//      appended on any error.
+//      appended on any error. Then the user's budget of Stripe calls is spent (SpendStripeCall,
+//      429 rate_limited), just before Stripe is first asked: a refusal from ledgerd's own state
+//      spends nothing.
 //   4. Stripe's Idempotency-Key is derived from our command: from (user, route, client key,
 //      request hash) when the client sent a key, else from a fresh command id (UUID).
 //   5. Call Stripe (the client retries network errors/429/5xx with that same key). A failure is a
@@ -517,8 +518,7 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
   RecordStripeCall command;
   std::string stripe_key;
   if (!BeginStripeCall(context, req, identity, kCheckoutPath, "checkout", &command, &stripe_key,
-                       res) ||
-      !SpendStripeCall(context, guards, identity, res)) {
+                       res)) {
     return;
   }
 
@@ -565,7 +565,9 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
   if (s.ok() && IsTrialFeePlan(plan) && has_plan_subscription) {
     s = Status::Conflict("trial_already_used", kTrialUsedDetail);
   }
-  if (s.ok()) s = CheckAwaitedSubscriptions(context, current, IsTrialFeePlan(plan));
+  if (!s.ok()) return WriteProblemAt(s, view->position(), res);
+  if (!SpendStripeCall(context, guards, identity, res)) return;
+  s = CheckAwaitedSubscriptions(context, current, IsTrialFeePlan(plan));
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
   std::vector<std::string> closed_sessions;
   s = ExpireEarlierCheckouts(context, *view, identity.subject, stripe_key, &closed_sessions);
@@ -598,8 +600,7 @@ void CreatePortal(const AppContext& context, const httplib::Request& req,
   if (!s.ok()) return WriteStatusProblem(s, &res);
   RecordStripeCall command;
   std::string stripe_key;
-  if (!BeginStripeCall(context, req, identity, kPortalPath, "portal", &command, &stripe_key, res) ||
-      !SpendStripeCall(context, guards, identity, res)) {
+  if (!BeginStripeCall(context, req, identity, kPortalPath, "portal", &command, &stripe_key, res)) {
     return;
   }
   std::unique_ptr<ReadView> view = context.ledger->Snapshot();
@@ -610,6 +611,7 @@ void CreatePortal(const AppContext& context, const httplib::Request& req,
                          "there is no Stripe customer for you yet: subscribe through checkout first");
   }
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
+  if (!SpendStripeCall(context, guards, identity, res)) return;
   StripePortalSession session;
   s = context.stripe->CreatePortalSession(current.customer_id, context.stripe_portal_return_url,
                                           stripe_key, &session);
@@ -839,7 +841,12 @@ void CancelSubscription(const AppContext& context, const httplib::Request& req,
   // spent budget -- every click on "Cancel" again (or a loop) appended another
   // stripe.subscription_cancel_requested.v1. (Undone in the portal but not yet heard of: this
   // answers what ledgerd knows; the portal's update arrives within seconds.)
+  // Not for a request with an Idempotency-Key: its answer must be recorded under the key (the
+  // same key with another body is then 409 idempotency_key_reused, and a retry after the user
+  // undid the cancel in the portal gets this answer, not a new cancel), so it takes the path
+  // that records.
   if (s.ok() && at_period_end && current.subscription.cancel_at_period_end &&
+      command.idempotency_key.empty() &&
       (!named || named_subscription == current.subscription_id())) {
     StripeSubscription known;
     known.id = current.subscription_id();
@@ -850,12 +857,14 @@ void CancelSubscription(const AppContext& context, const httplib::Request& req,
                                                      : current.subscription.current_period_end;
     return WriteJsonAt(200, SubscriptionStateJson(known, at_period_end), view->position(), &res);
   }
-  if (!SpendStripeCall(context, guards, identity, res)) return;
   // Whether this request ended a subscription already (a retry whose record was lost), asked
   // before the current one is touched: it may be a new one the user subscribed to since.
   StripeSubscription sub;
   bool canceled_already = false;
+  // The budget is spent where Stripe is first asked; a refusal from ledgerd's own state spends
+  // nothing (a past_due user's refused clicks left no budget for the portal that pays).
   if (s.ok() || s.problem() == "no_active_subscription") {
+    if (!SpendStripeCall(context, guards, identity, res)) return;
     Status asked = CanceledByThisRequest(
         context, command, at_period_end, current,
         named ? std::optional<std::string>(named_subscription) : std::nullopt, stripe_key, &sub,
@@ -1048,8 +1057,7 @@ void UpgradeSubscription(const AppContext& context, const httplib::Request& req,
   RecordStripeCall command;
   std::string stripe_key;
   if (!BeginStripeCall(context, req, identity, kUpgradePath, "change_plan", &command, &stripe_key,
-                       res) ||
-      !SpendStripeCall(context, guards, identity, res)) {
+                       res)) {
     return;
   }
 
@@ -1064,6 +1072,7 @@ void UpgradeSubscription(const AppContext& context, const httplib::Request& req,
   }
   if (s.ok()) s = RefuseSuspended(*view, identity, "changing plans");
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
+  if (!SpendStripeCall(context, guards, identity, res)) return;
   // Stripe's own view of the subscription: the item to change and its current price (the
   // projection can lag behind a webhook).
   StripeSubscription before;

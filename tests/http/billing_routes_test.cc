@@ -1052,7 +1052,6 @@ TEST_F(BillingRoutesTest, StripeCallingRoutesAreRateLimitedPerUser) {
   EXPECT_EQ(Head(), start + 10);
   // One budget for every route that asks Stripe to act.
   fake_.ClearRequests();
-  ExpectProblem(Alice().Post(kCheckout, R"({"plan_id":"starter"})"), 429, "rate_limited");
   ExpectProblem(Alice().Post(kCancel, R"({"at_period_end":false})"), 429, "rate_limited");
   ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"professional"})"), 429, "rate_limited");
   EXPECT_TRUE(fake_.requests().empty());
@@ -1065,6 +1064,56 @@ TEST_F(BillingRoutesTest, StripeCallingRoutesAreRateLimitedPerUser) {
   clock_.Advance(1'000'000);
   EXPECT_EQ(Alice().Post(kPortal, "{}").status, 200);
   ExpectProblem(Alice().Post(kPortal, "{}"), 429, "rate_limited");
+}
+
+// The budget is spent where Stripe is first asked: a refusal decided from ledgerd's own state
+// calls nobody and spends nothing. A past_due user clicking "upgrade" (409 payment_required each
+// time) spent the budget of the portal session the 409 sends them to, and a checkout beside a
+// subscription (409 subscription_exists) spent it too.
+TEST_F(BillingRoutesTest, RefusalsFromLedgerdsOwnStateSpendNoBudget) {
+  GiveAliceASubscription("past_due", "price_starter_monthly", "starter");
+  for (int i = 0; i < 15; ++i) {
+    ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"enterprise"})"), 409, "payment_required");
+    ExpectProblem(Alice().Post(kCheckout, R"({"plan_id":"starter"})"), 409,
+                  "subscription_exists");
+  }
+  EXPECT_TRUE(fake_.requests().empty());
+  EXPECT_EQ(Head(), head_after_setup_);
+  HttpReply portal = Alice().Post(kPortal, "{}");
+  EXPECT_EQ(portal.status, 200) << portal.body;
+}
+
+// The already-cancelling answer is not given to a request with an Idempotency-Key: it recorded
+// nothing under the key, so the same key with another body (cancel now) was taken as a new
+// request -- a DELETE at Stripe -- instead of 409 idempotency_key_reused.
+TEST_F(BillingRoutesTest, AnIdempotencyKeyOfAnAlreadyCancellingAnswerIsNotReusable) {
+  GiveAliceASubscription();
+  ASSERT_EQ(Alice().Post(kCancel, R"({"at_period_end":true})").status, 200);
+  ledger::testing::StripeSubscriptionSpec update;
+  update.event_id = "evt_sub_alice_cancelling";
+  update.event_type = "customer.subscription.updated";
+  update.event_created = ledger::testing::kStripeT0 + 60;
+  update.subscription_id = "sub_alice";
+  update.customer_id = "cus_alice";
+  update.status = "active";
+  update.item_id = "si_alice";
+  update.price_id = "price_starter_monthly";
+  update.metadata_user_id = "alice";
+  update.metadata_plan_id = "starter";
+  update.cancel_at_period_end = true;
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeSubscriptionEventJson(update))
+                  .status.ok());
+  HttpReply again = Alice().Post(kCancel, R"({"at_period_end":true})", {{"Idempotency-Key", "K"}});
+  ASSERT_EQ(again.status, 200) << again.body;
+  fake_.ClearRequests();
+  ExpectProblem(Alice().Post(kCancel, R"({"at_period_end":false})", {{"Idempotency-Key", "K"}}),
+                409, "idempotency_key_reused");
+  EXPECT_TRUE(fake_.RequestsTo("DELETE", "/v1/subscriptions/sub_alice").empty());
+  // Its retry gets the recorded answer.
+  HttpReply retry = Alice().Post(kCancel, R"({"at_period_end":true})", {{"Idempotency-Key", "K"}});
+  EXPECT_EQ(retry.status, 200) << retry.body;
+  EXPECT_EQ(retry.Header("Idempotent-Replayed"), "true");
 }
 
 // A retry answered from its Idempotency-Key's record calls nobody and appends nothing: it spends
