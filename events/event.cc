@@ -81,9 +81,21 @@ bool VerifyEventHash(std::string_view stored) {
   return HashView(computed) == stored.substr(stored.size() - kHashBytes);
 }
 
+namespace {
+
+constexpr char kVerifyHint[] = " (`ledgerctl verify` names the first damaged position)";
+
+Status BrokenLink(Position key) {
+  return Status::Corruption("the stored event at position " + std::to_string(key.value()) +
+                            " does not link to the event before it (its prev_hash is not that "
+                            "event's hash)" + kVerifyHint);
+}
+
+}  // namespace
+
 Status DecodeCheckedEvent(Position key, std::string_view stored, const Hash* prev, Event* out) {
   const std::string at = "the stored event at position " + std::to_string(key.value());
-  const char* const hint = " (`ledgerctl verify` names the first damaged position)";
+  const char* const hint = kVerifyHint;
   Status decoded = DecodeEvent(stored, out);
   if (!decoded.ok()) {
     return Status::Corruption(at + " cannot be decoded: " + decoded.message() + hint);
@@ -95,10 +107,22 @@ Status DecodeCheckedEvent(Position key, std::string_view stored, const Hash* pre
   if (!VerifyEventHash(stored)) {
     return Status::Corruption(at + " fails its hash: the stored bytes were altered" + hint);
   }
-  if (prev != nullptr && out->prev_hash != *prev) {
-    return Status::Corruption(at + " does not link to the event before it (its prev_hash is "
-                              "not that event's hash)" + hint);
+  if (prev != nullptr && out->prev_hash != *prev) return BrokenLink(key);
+  return Status::OK();
+}
+
+bool StoredEventHash(std::string_view stored, Hash* out) {
+  if (stored.size() < 2 * kHashBytes) return false;
+  std::copy(stored.end() - kHashBytes, stored.end(), out->begin());
+  return true;
+}
+
+Status CheckEventLink(Position key, std::string_view stored, const Hash& prev) {
+  if (stored.size() < 2 * kHashBytes + 1 + 16) {
+    return Status::Corruption("the stored event at position " + std::to_string(key.value()) +
+                              " cannot be decoded: event record too short" + kVerifyHint);
   }
+  if (stored.substr(0, kHashBytes) != HashView(prev)) return BrokenLink(key);
   return Status::OK();
 }
 

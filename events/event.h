@@ -54,6 +54,18 @@ bool VerifyEventHash(std::string_view stored);
 // cost. Otherwise Corruption naming the position and what failed, never the event's content.
 Status DecodeCheckedEvent(Position key, std::string_view stored, const Hash* prev, Event* out);
 
+// The hash stored at the end of an event's bytes, neither decoded nor checked: what the event
+// after it must link to. A read that starts after position p takes event p's (one point read) so
+// that its first event is linked too. False when `stored` is too short to hold one.
+bool StoredEventHash(std::string_view stored, Hash* out);
+
+// Only the link of the event stored at `key`: its stored prev_hash equals `prev`, else
+// DecodeCheckedEvent's Corruption for a broken link. A read whose last event has a successor
+// looks at that successor this way: an event rewritten and re-sealed verifies on its own, and
+// only the next event's prev_hash shows it (the successor itself is not served, so its own bytes
+// are not checked here).
+Status CheckEventLink(Position key, std::string_view stored, const Hash& prev);
+
 // RFC 3339 UTC with microseconds, e.g. "2026-11-22T10:00:00.123456Z".
 std::string FormatRfc3339(int64_t time_us);
 

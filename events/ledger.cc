@@ -776,6 +776,10 @@ class LedgerImpl final : public Ledger {
   }
   Status ReadEventsBySubject(Position after, size_t limit, const EventFilter& filter,
                              std::vector<Event>* out) const;
+  // The stored hash of event `at` (at > 0), for linking the first event of a read that starts
+  // after it: a read's first event was checked on its own only, so an event re-sealed at the end
+  // of one read (GET /api/v1/events reads a page in chunks) was caught by no read at all.
+  Status PredecessorHash(Position at, Hash* out) const;
 
   LedgerOptions options_;
   rocksdb::DB* db_ = nullptr;
@@ -1965,10 +1969,27 @@ Status LedgerImpl::ReadEvents(Position after, size_t limit, const EventFilter& f
   // not, is checked (DecodeCheckedEvent), each linked to the one read before it. A damaged one
   // fails the whole read, the events before it included: a page that stopped short of it would
   // look like the end of the log.
+  // Both ends are linked too. The first event to the stored hash of the event at `after`; and
+  // the last one to the event after it, when the log holds one, by one more event scanned (its
+  // prev_hash only): an event rewritten and re-sealed verifies on its own, only its successor's
+  // link shows it, and a page ending at it (event 64 of a read of 64) was served with no later
+  // read to notice. Past the head there is nothing to link to yet.
   Status decode_status;
   Hash prev{};
   bool have_prev = false;
-  LEDGER_RETURN_IF_ERROR(ScanRaw(Next(after), filter.up_to, [&](Position p, std::string_view v) {
+  if (after.value() != 0 && after < Position(head_position_.load())) {
+    LEDGER_RETURN_IF_ERROR(PredecessorHash(after, &prev));
+    have_prev = true;
+  }
+  const uint64_t up_to = filter.up_to.value();
+  const Position scan_to(up_to == 0 || up_to == UINT64_MAX ? up_to : up_to + 1);
+  bool full = false;
+  LEDGER_RETURN_IF_ERROR(ScanRaw(Next(after), scan_to, [&](Position p, std::string_view v) {
+    if (full || (up_to != 0 && p.value() > up_to)) {
+      // The event after the read's last one: its link only, and it is not served.
+      if (have_prev) decode_status = CheckEventLink(p, v, prev);
+      return false;
+    }
     Event event;
     decode_status = DecodeCheckedEvent(p, v, have_prev ? &prev : nullptr, &event);
     if (!decode_status.ok()) return false;
@@ -1976,10 +1997,27 @@ Status LedgerImpl::ReadEvents(Position after, size_t limit, const EventFilter& f
     have_prev = true;
     if (!filter.type.empty() && event.type != filter.type) return true;
     out->push_back(std::move(event));
-    return out->size() < limit;
+    full = out->size() >= limit;
+    return true;
   }));
   if (!decode_status.ok()) out->clear();
   return decode_status;
+}
+
+Status LedgerImpl::PredecessorHash(Position at, Hash* out) const {
+  std::string value;
+  const rocksdb::Status got =
+      db_->Get(EventReadOptions(), Family(kEventsFamily), EncodePositionKey(at.value()), &value);
+  if (got.IsNotFound()) {
+    return Status::Corruption("the log has no event at position " + std::to_string(at.value()) +
+                              " (`ledgerctl verify` names the first damaged position)");
+  }
+  LEDGER_RETURN_IF_ERROR(FromRocks(got));
+  if (!StoredEventHash(value, out)) {
+    return Status::Corruption("the stored event at position " + std::to_string(at.value()) +
+                              " cannot be decoded: event record too short");
+  }
+  return Status::OK();
 }
 
 Status LedgerImpl::ReadEventsBySubject(Position after, size_t limit, const EventFilter& filter,

@@ -141,5 +141,45 @@ TEST(TamperReadTest, ReadEventsRefusesABrokenLink) {
   EXPECT_TRUE(events.empty());
 }
 
+// The review's scenario: GET /api/v1/events reads a page in calls of 64, and the link was
+// checked within a call only. Event 64 rewritten and re-sealed verifies on its own; a call
+// ending at it (its successor unread) or starting after it (its successor checked on its own)
+// served the forged bytes or the events after them. Both ends are linked now.
+TEST(TamperReadTest, AReadIsLinkedToTheEventsBeforeAndAfterIt) {
+  TempDir dir;
+  WriteFlushedLog(dir.path(), 100);
+  RewriteEvent(dir.path(), 64, /*reseal=*/true);
+  auto ledger = testing::OpenTestLedger(dir.path());
+  ASSERT_NE(ledger, nullptr);
+  std::vector<Event> events;
+  // Ending at it: the event after it (not served) no longer links to it.
+  Status s = ledger->ReadEvents(Position(0), 64, {}, &events);
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_NE(s.message().find("position 65 does not link"), std::string::npos) << s.message();
+  EXPECT_EQ(s.message().find("forged"), std::string::npos) << s.message();
+  EXPECT_TRUE(events.empty());
+  s = ledger->ReadEvents(Position(63), 1, {}, &events);
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  // By type, bounded at it (up_to: the events route's `until`).
+  EventFilter bounded;
+  bounded.type = "test.marked.v1";
+  bounded.up_to = Position(64);
+  s = ledger->ReadEvents(Position(60), 100, bounded, &events);
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  // Starting after it: the first event read is linked to its stored hash.
+  s = ledger->ReadEvents(Position(64), 64, {}, &events);
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_NE(s.message().find("position 65 does not link"), std::string::npos) << s.message();
+  EXPECT_TRUE(events.empty());
+
+  // Reads that neither hold it nor touch its successor's link are served.
+  s = ledger->ReadEvents(Position(0), 63, {}, &events);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(events.size(), 63u);
+  s = ledger->ReadEvents(Position(65), 64, {}, &events);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(events.size(), 35u);
+}
+
 }  // namespace
 }  // namespace ledger
