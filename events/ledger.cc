@@ -1312,6 +1312,15 @@ Status LedgerImpl::CatchUpFolds() {
   Position from = head_;
   for (const Behind& b : behind) from = std::min(from, b.from);
   Position next = Next(from);
+  // What is folded is checked as what is served (DecodeCheckedEvent), linked across batches and,
+  // from the first, to the event before it: rows folded from an event rewritten through RocksDB
+  // (re-sealed or not) would answer every query after the open. A damaged event fails the open.
+  Hash prev{};
+  bool have_prev = false;
+  if (from.value() != 0 && from < head_) {
+    LEDGER_RETURN_IF_ERROR(PredecessorHash(from, &prev));
+    have_prev = true;
+  }
   while (next <= head_) {
     GroupRows rows;
     rocksdb::WriteBatch batch;
@@ -1322,7 +1331,9 @@ Status LedgerImpl::CatchUpFolds() {
     LEDGER_RETURN_IF_ERROR(ScanRaw(next, head_, [&](Position p, std::string_view stored) {
       metrics_.catch_up_events_read.Add();
       Event event;
-      apply_status = DecodeEvent(stored, &event);
+      apply_status = DecodeCheckedEvent(p, stored, have_prev ? &prev : nullptr, &event);
+      prev = event.hash;
+      have_prev = true;
       for (const Behind& b : behind) {
         // Each fold reads only its own family, so the folds share the batch's rows.
         if (apply_status.ok() && b.from < p) apply_status = b.fold->Apply(event, state, &state);
