@@ -499,9 +499,37 @@ bool KafkaOutbox::Impl::ProduceBatch() {
   bool blocked = false;
   bool damaged = false;
   Status error;
-  // Each event is checked before it is published, and linked to the one checked before it.
+  // Each event is checked before it is published, and linked to the one before it: the window's
+  // first event to the stored hash of the event before it (one more read), a delivered event's
+  // successor to the delivered event's stored hash. The link was checked within a batch only,
+  // so an event re-sealed at the end of one (its own hash recomputed) was published and never
+  // caught: the next batch's first event was checked on its own.
   Hash prev{};
   bool have_prev = false;
+  if (next_ > 1) {
+    const uint64_t before = next_ - 1;
+    bool found = false;
+    Status read = ledger_->ScanRaw(Position(before), Position(before),
+                                   [&](Position p, std::string_view v) {
+                                     found = p.value() == before;
+                                     have_prev = found && StoredEventHash(v, &prev);
+                                     return false;
+                                   });
+    if (read.ok() && !found) {
+      read = Status::Corruption("the log has no event at position " + std::to_string(before));
+    } else if (read.ok() && !have_prev) {
+      read = Status::Corruption("the stored event at position " + std::to_string(before) +
+                                " cannot be decoded: event record too short");
+    }
+    if (read.IsCorruption()) {
+      MarkLogDamaged(read);
+      return false;
+    }
+    if (!read.ok()) {
+      ScheduleRewind("reading the log for the outbox: " + read.ToString());
+      return false;
+    }
+  }
   Status s = ledger_->ScanRaw(Position(next_), Position(to), [&](Position p, std::string_view v) {
     if (p.value() != next_) {
       error = Status::Corruption("the log has no event at position " + std::to_string(next_));
@@ -509,7 +537,7 @@ bool KafkaOutbox::Impl::ProduceBatch() {
     }
     if (slots_[SlotOf(next_)] == Slot::kDelivered) {
       ++next_;
-      have_prev = false;
+      have_prev = StoredEventHash(v, &prev);
       return true;
     }
     if (in_flight_bytes_ >= options_.in_flight_bytes_max) {

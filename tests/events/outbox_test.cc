@@ -669,6 +669,47 @@ TEST_F(OutboxTest, AnAlteredEventIsNotPublished) {
   }
 }
 
+// An event rewritten and re-sealed (its own hash recomputed) shows only in its successor's link.
+// The link was checked within one ProduceBatch: with event 10 the last of a batch, the next
+// batch's first event was checked on its own and all 20 were published. Each batch's first
+// event is linked to the stored event before it: publishing stops at 11.
+TEST_F(OutboxTest, AReSealedEventAtTheEndOfABatchStopsTheNextBatch) {
+  Append(20);
+  ledger_.reset();
+  testing::EditRaw(dir_.path(), [](rocksdb::DB* db, const auto& names, const auto& handles) {
+    rocksdb::ColumnFamilyHandle* events = testing::FindFamily(names, handles, "events");
+    std::string stored;
+    ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), events, EncodePositionKey(10), &stored).ok());
+    Event event;
+    ASSERT_TRUE(DecodeEvent(stored, &event).ok());
+    event.data = "{\"forged\":true}";
+    SealEvent(&event);
+    EncodeEvent(event, &stored);
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), events, EncodePositionKey(10), stored).ok());
+  });
+  LedgerOptions options;
+  options.path = dir_.path();
+  ASSERT_TRUE(Ledger::Open(options, &ledger_).ok());
+
+  OutboxOptions outbox_options = Options();
+  outbox_options.scan_events_max = 10;  // batches [1, 10], [11, 20]
+  auto outbox = OpenOutbox(outbox_options);
+  ASSERT_TRUE(outbox->Start().ok());
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        OutboxStatus status = outbox->GetStatus();
+        return status.kafka_state == "log_damaged" && status.checkpoint == Position(10);
+      },
+      seconds(20)))
+      << outbox->GetStatus().last_error;
+  OutboxStatus status = outbox->GetStatus();
+  EXPECT_NE(status.last_error.find("damaged at position 11"), std::string::npos)
+      << status.last_error;
+  EXPECT_EQ(status.published, Position(10));
+  Status stop = outbox->Stop(seconds(5));
+  EXPECT_EQ(stop.code(), Code::kUnavailable) << stop.ToString();
+}
+
 TEST_F(OutboxTest, KafkaStateFollowsTheBrokersWhileIdle) {
   auto outbox = OpenOutbox(Options());
   EXPECT_EQ(outbox->GetStatus().kafka_state, "down") << "not connected yet";
