@@ -266,8 +266,11 @@ class Ledger {
   virtual std::unique_ptr<ReadView> Snapshot() const = 0;
 
   // Events with position > after, oldest first, at most `limit` (after filtering). Every event
-  // read is checked (DecodeCheckedEvent: its hash, and its link to the one read before it); a
-  // damaged one fails the read with Corruption naming its position, and `out` is left empty.
+  // read is checked (DecodeCheckedEvent: its hash, and its link to the one read before it), the
+  // first linked to the stored event at `after`, the last to the event after it when the log
+  // holds one (its prev_hash only); a damaged one or a broken link fails the read with
+  // Corruption naming its position, and `out` is left empty. Reads by subject link consecutive
+  // positions only.
   virtual Status ReadEvents(Position after, size_t limit, const EventFilter& filter,
                             std::vector<Event>* out) const = 0;
   // Streams raw stored values of positions [from, to] (to = 0: up to the head) to `fn`
