@@ -1083,12 +1083,8 @@ TEST_F(BillingRoutesTest, RefusalsFromLedgerdsOwnStateSpendNoBudget) {
   EXPECT_EQ(portal.status, 200) << portal.body;
 }
 
-// The already-cancelling answer is not given to a request with an Idempotency-Key: it recorded
-// nothing under the key, so the same key with another body (cancel now) was taken as a new
-// request -- a DELETE at Stripe -- instead of 409 idempotency_key_reused.
-TEST_F(BillingRoutesTest, AnIdempotencyKeyOfAnAlreadyCancellingAnswerIsNotReusable) {
-  GiveAliceASubscription();
-  ASSERT_EQ(Alice().Post(kCancel, R"({"at_period_end":true})").status, 200);
+// Stripe's update after a cancel at the period's end: sub_alice (Starter) is set to end then.
+std::string AliceCancellingAtPeriodEndJson() {
   ledger::testing::StripeSubscriptionSpec update;
   update.event_id = "evt_sub_alice_cancelling";
   update.event_type = "customer.subscription.updated";
@@ -1101,9 +1097,17 @@ TEST_F(BillingRoutesTest, AnIdempotencyKeyOfAnAlreadyCancellingAnswerIsNotReusab
   update.metadata_user_id = "alice";
   update.metadata_plan_id = "starter";
   update.cancel_at_period_end = true;
-  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
-                                             ledger::testing::StripeSubscriptionEventJson(update))
-                  .status.ok());
+  return ledger::testing::StripeSubscriptionEventJson(update);
+}
+
+// The already-cancelling answer is not given to a request with an Idempotency-Key: it recorded
+// nothing under the key, so the same key with another body (cancel now) was taken as a new
+// request -- a DELETE at Stripe -- instead of 409 idempotency_key_reused.
+TEST_F(BillingRoutesTest, AnIdempotencyKeyOfAnAlreadyCancellingAnswerIsNotReusable) {
+  GiveAliceASubscription();
+  ASSERT_EQ(Alice().Post(kCancel, R"({"at_period_end":true})").status, 200);
+  ASSERT_TRUE(
+      ledger::testing::SubmitWebhook(ledger_.get(), AliceCancellingAtPeriodEndJson()).status.ok());
   HttpReply again = Alice().Post(kCancel, R"({"at_period_end":true})", {{"Idempotency-Key", "K"}});
   ASSERT_EQ(again.status, 200) << again.body;
   fake_.ClearRequests();
@@ -1199,21 +1203,8 @@ TEST_F(BillingRoutesTest, CancelAtPeriodEndOfACancellingSubscriptionChangesNothi
   HttpReply first = Alice().Post(kCancel, R"({"at_period_end":true})");
   ASSERT_EQ(first.status, 200) << first.body;
   // Stripe's update arrives: ledgerd knows the subscription ends at its period's end.
-  ledger::testing::StripeSubscriptionSpec update;
-  update.event_id = "evt_sub_alice_cancelling";
-  update.event_type = "customer.subscription.updated";
-  update.event_created = ledger::testing::kStripeT0 + 60;
-  update.subscription_id = "sub_alice";
-  update.customer_id = "cus_alice";
-  update.status = "active";
-  update.item_id = "si_alice";
-  update.price_id = "price_starter_monthly";
-  update.metadata_user_id = "alice";
-  update.metadata_plan_id = "starter";
-  update.cancel_at_period_end = true;
-  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
-                                             ledger::testing::StripeSubscriptionEventJson(update))
-                  .status.ok());
+  ASSERT_TRUE(
+      ledger::testing::SubmitWebhook(ledger_.get(), AliceCancellingAtPeriodEndJson()).status.ok());
   fake_.ClearRequests();
   const uint64_t head = Head();
   for (int i = 0; i < 30; ++i) {
