@@ -361,6 +361,22 @@ TEST(UsageFoldTest, ABatchEventHasExactlyTheEffectOfItsItemsAsRecordedEvents) {
   EXPECT_EQ(windows.size(), 2u);
 }
 
+// The windows of the restarted-period fold tests: a Starter month from Jan 1, used up on Jan 5
+// (`StarterUsedUp()`, as usage.recorded.v1 data), and the Professional month Stripe restarted on
+// Jan 10, before the Starter month's end.
+const std::string kStarterJan =
+    R"("window_start":"2026-01-01T00:00:00Z","window_end":"2026-02-01T00:00:00Z",)"
+    R"("window_kind":"billing_month")";
+const std::string kProfessionalJan10 =
+    R"("window_start":"2026-01-10T00:00:00Z","window_end":"2026-02-10T00:00:00Z",)"
+    R"("window_kind":"billing_month")";
+
+std::string StarterUsedUp() {
+  return RecordedFromItem("u", R"({"idempotency_key":"s1","service":"chat","quantity":1000,)"
+                               R"("occurred_at":"2026-01-05T00:00:00.000000Z",)" +
+                                   kStarterJan + R"(,"limit":1000,"used_after":1000})");
+}
+
 // A billing month that restarted an unfinished one, in a log written before the carry was a
 // decision (events without carry_from). Jan 10 a Starter user with 1,000 used upgraded to
 // Professional (a new period: its window starts Jan 10, before the Starter month's end); by
@@ -370,17 +386,9 @@ TEST(UsageFoldTest, ABatchEventHasExactlyTheEffectOfItsItemsAsRecordedEvents) {
 // every consume 429 until Feb 10, the counters no longer the events' used_after, and nothing in
 // the log saying why. The window opened by a consume and by a batch item alike.
 TEST(UsageFoldTest, ARestartedWindowWithoutACarryDecisionFoldsAsItWasRecorded) {
-  const std::string starter =
-      R"("window_start":"2026-01-01T00:00:00Z","window_end":"2026-02-01T00:00:00Z",)"
-      R"("window_kind":"billing_month")";
-  const std::string professional =
-      R"("window_start":"2026-01-10T00:00:00Z","window_end":"2026-02-10T00:00:00Z",)"
-      R"("window_kind":"billing_month")";
+  const std::string& professional = kProfessionalJan10;
   // As the build before the carry wrote them: no carry_from, used_after counting from 0.
-  const std::string used_up =
-      RecordedFromItem("u", R"({"idempotency_key":"s1","service":"chat","quantity":1000,)"
-                            R"("occurred_at":"2026-01-05T00:00:00.000000Z",)" +
-                                starter + R"(,"limit":1000,"used_after":1000})");
+  const std::string used_up = StarterUsedUp();
   const std::string consumed =
       RecordedFromItem("u", R"({"idempotency_key":"p1","service":"chat","quantity":9500,)"
                             R"("occurred_at":"2026-01-20T00:00:00.000000Z",)" +
@@ -413,16 +421,8 @@ TEST(UsageFoldTest, ARestartedWindowWithoutACarryDecisionFoldsAsItWasRecorded) {
 // window then starts with the Starter month's 1,000, from a consume or a batch item; a carry_from
 // that is not before the window's start is a malformed event.
 TEST(UsageFoldTest, ARecordedCarryIsFoldedFromTheWindowItNames) {
-  const std::string starter =
-      R"("window_start":"2026-01-01T00:00:00Z","window_end":"2026-02-01T00:00:00Z",)"
-      R"("window_kind":"billing_month")";
-  const std::string professional =
-      R"("window_start":"2026-01-10T00:00:00Z","window_end":"2026-02-10T00:00:00Z",)"
-      R"("window_kind":"billing_month")";
-  const std::string used_up =
-      RecordedFromItem("u", R"({"idempotency_key":"s1","service":"chat","quantity":1000,)"
-                            R"("occurred_at":"2026-01-05T00:00:00.000000Z",)" +
-                                starter + R"(,"limit":1000,"used_after":1000})");
+  const std::string& professional = kProfessionalJan10;
+  const std::string used_up = StarterUsedUp();
   const std::string item_head =
       R"({"idempotency_key":"p1","service":"search","quantity":500,)"
       R"("occurred_at":"2026-01-10T00:00:01.000000Z",)" + professional;
