@@ -1513,6 +1513,17 @@ class UsageLedgerTest : public ::testing::Test {
     return ledger_->Submit(&command);
   }
 
+  // A replay of `events` into a scratch ledger at `path` with every fold.
+  static void Replay(const std::string& path, const std::vector<Event>& events,
+                     std::unique_ptr<Ledger>* out) {
+    LedgerOptions options;
+    options.path = path;
+    options.folds = AllFolds();
+    options.sync = false;
+    ASSERT_TRUE(Ledger::Open(options, out).ok());
+    ASSERT_TRUE((*out)->ImportEvents(events).ok());
+  }
+
   int64_t Used(const std::string& user, int64_t window_start,
                WindowKind kind = WindowKind::kBillingMonth) {
     auto view = ledger_->Snapshot();
@@ -1631,13 +1642,8 @@ TEST_F(UsageLedgerTest, CountersEqualAReplayOfTheLog) {
   for (const Event& e : events) EXPECT_TRUE(ledger::testing::EnvelopeMatchesSchema(e)) << e.type;
 
   ledger::testing::TempDir replay_dir;
-  LedgerOptions options;
-  options.path = replay_dir.path();
-  options.folds = AllFolds();
-  options.sync = false;
   std::unique_ptr<Ledger> replayed;
-  ASSERT_TRUE(Ledger::Open(options, &replayed).ok());
-  ASSERT_TRUE(replayed->ImportEvents(events).ok());
+  ASSERT_NO_FATAL_FAILURE(Replay(replay_dir.path(), events, &replayed));
   Hash live{}, rebuilt{};
   ASSERT_TRUE(ledger_->ProjectionDigest(&live).ok());
   ASSERT_TRUE(replayed->ProjectionDigest(&rebuilt).ok());
@@ -1645,14 +1651,12 @@ TEST_F(UsageLedgerTest, CountersEqualAReplayOfTheLog) {
 
   // Negative control: a replay that misses the last usage record gives other counters.
   ledger::testing::TempDir short_dir;
-  options.path = short_dir.path();
-  std::unique_ptr<Ledger> short_replay;
-  ASSERT_TRUE(Ledger::Open(options, &short_replay).ok());
   size_t last_usage = events.size();
   while (last_usage > 0 && events[last_usage - 1].type != kUsageBatchRecordedV1) --last_usage;
   ASSERT_GT(last_usage, 0u);
   std::vector<Event> prefix(events.begin(), events.begin() + static_cast<long>(last_usage) - 1);
-  ASSERT_TRUE(short_replay->ImportEvents(prefix).ok());
+  std::unique_ptr<Ledger> short_replay;
+  ASSERT_NO_FATAL_FAILURE(Replay(short_dir.path(), prefix, &short_replay));
   Hash shorter{};
   ASSERT_TRUE(short_replay->ProjectionDigest(&shorter).ok());
   EXPECT_NE(HexEncode(live), HexEncode(shorter));
@@ -1687,13 +1691,8 @@ TEST_F(UsageLedgerTest, ARestartedPeriodsCarryEqualsAReplayOfTheLog) {
   std::vector<Event> events;
   ASSERT_TRUE(ledger_->ReadEvents(Position(0), 1000, EventFilter{}, &events).ok());
   ledger::testing::TempDir replay_dir;
-  LedgerOptions options;
-  options.path = replay_dir.path();
-  options.folds = AllFolds();
-  options.sync = false;
   std::unique_ptr<Ledger> replayed;
-  ASSERT_TRUE(Ledger::Open(options, &replayed).ok());
-  ASSERT_TRUE(replayed->ImportEvents(events).ok());
+  ASSERT_NO_FATAL_FAILURE(Replay(replay_dir.path(), events, &replayed));
   Hash live{}, rebuilt{};
   ASSERT_TRUE(ledger_->ProjectionDigest(&live).ok());
   ASSERT_TRUE(replayed->ProjectionDigest(&rebuilt).ok());
