@@ -38,6 +38,7 @@
 #include "events/group_rows.h"
 #include "events/limits.h"
 #include "events/wal_log.h"
+#include "events/wal_watch.h"
 #include "events/write_pacer.h"
 
 namespace ledger {
@@ -731,6 +732,8 @@ class LedgerImpl final : public Ledger {
     Hash head_hash{};
     SharedSnapshot snapshot;   // the store as of the group: what readers see once it is durable
     std::chrono::steady_clock::time_point started;
+    uint64_t write_seq = 0;    // its DB::Write's number (1, 2, ...; 0 = never written)
+    bool appended = false;     // NoteAppended counted it (set by the thread that writes it)
   };
 
   void Stop();  // drains the queues, then joins the threads
@@ -748,16 +751,17 @@ class LedgerImpl final : public Ledger {
   void WriteDecided(GroupCommit* commit);
   // Passes a group that is decided and, if it writes, written on to the sync thread.
   void HandToSync(GroupCommit commit);
+  // The group's WAL record is in the OS (its DB::Write may still be inserting into the
+  // memtables): a sync from now on covers it, and the sync thread may start one.
+  void NoteAppended(GroupCommit* commit);
   // The sync thread: makes the written groups durable with one WAL sync, publishes them and
   // answers their commands, in order.
   void SyncLoop();
-  // Whether a group in written_ wrote a batch (needs a sync); sync_mu_ held.
-  bool WrittenGroupsNeedSync() const {
-    for (const GroupCommit& g : written_) {
-      if (g.wrote && g.status.ok()) return true;
-    }
-    return false;
-  }
+  // Whether a group's WAL record was appended since the last sync; sync_mu_ held.
+  bool AppendedSinceSync() const { return appended_seq_ > synced_seq_; }
+  // Whether a sync is to be made: records wait for one, and no sync has failed (after a failure
+  // every group is answered with it, and no sync is made again); sync thread, sync_mu_ held.
+  bool SyncDue() const { return AppendedSinceSync() && sync_failure_.ok(); }
   void Answer(GroupCommit* commit, const Status& durable);
   // Appends one sealed event (and every fold's rows) to the batch, and its position to `runs`.
   Status AppendToBatch(const Event& event, GroupState* state, StreamRuns* runs);
@@ -790,6 +794,9 @@ class LedgerImpl final : public Ledger {
   // Read-only opens: the file system without *.trash files (see OpenDb).
   std::shared_ptr<rocksdb::FileSystem> read_only_fs_;
   std::unique_ptr<rocksdb::Env> read_only_env_;
+  // Writable opens: the file system whose WAL files report appends to WalWatch (WriteDecided).
+  std::shared_ptr<rocksdb::FileSystem> wal_watch_fs_;
+  std::unique_ptr<rocksdb::Env> wal_watch_env_;
   FamilyMap families_;
   std::vector<rocksdb::ColumnFamilyHandle*> families_by_id_;  // by column family id
   std::set<std::string, std::less<>> side_families_;          // LedgerOptions::side_families
@@ -804,7 +811,9 @@ class LedgerImpl final : public Ledger {
   bool committer_waiting_ = false;     // guarded by mu_
   bool stopping_ = false;              // guarded by mu_
   std::atomic<size_t> deciding_{0};    // commands of the group the committer is deciding
-  std::atomic<size_t> unwritten_{0};   // admitted, not yet handed to the sync thread
+  // Admitted, and the WAL record not yet appended (NoteAppended) or the group not yet handed to
+  // the sync thread when it writes nothing.
+  std::atomic<size_t> unwritten_{0};
   std::thread committer_, writer_, syncer_;
 
   // Decided groups handed to the write thread. The committer decides the next group while one is
@@ -828,13 +837,19 @@ class LedgerImpl final : public Ledger {
   Hash head_hash_{};
   int64_t last_time_us_ = 0;
 
-  // Serializes WAL writes (DB::Write) with WAL syncs: RocksDB's WAL writer must not be synced
-  // after a failed append, which only a check under the same lock can rule out. The committer
-  // decides the next group while a sync runs; only the write waits for the sync.
+  // Keeps WAL appends and WAL syncs apart: RocksDB's WAL writer must not be synced after a failed
+  // append, which only a check of wal_write_failed_ made while no append runs can rule out. A
+  // write is appending from before its DB::Write until its record is in the OS (NoteAppended) or
+  // the write failed; its memtable inserts then run beside the sync. The committer decides the
+  // next group while a sync runs; only the next append waits for the sync.
   std::mutex wal_mu_;
+  std::condition_variable wal_cv_;
+  bool wal_appending_ = false;     // guarded by wal_mu_
+  bool wal_syncing_ = false;       // guarded by wal_mu_
   bool wal_write_failed_ = false;  // guarded by wal_mu_
   // A group failed to be written: those decided after it rest on it, and none may be written.
   bool group_failed_ = false;      // guarded by wal_mu_
+  uint64_t last_write_seq_ = 0;    // writing threads only (one write at a time)
 
   // Written groups waiting for the sync thread.
   std::mutex sync_mu_;
@@ -842,7 +857,11 @@ class LedgerImpl final : public Ledger {
   std::vector<GroupCommit> written_;  // guarded by sync_mu_, in commit order
   bool sync_waiting_ = false;         // guarded by sync_mu_
   bool sync_stopping_ = false;        // guarded by sync_mu_
-  size_t written_commands_ = 0;       // guarded by sync_mu_: the commands of written_
+  // Guarded by sync_mu_: the commands of written_ and of groups appended but not yet handed.
+  size_t written_commands_ = 0;
+  uint64_t appended_seq_ = 0;  // guarded by sync_mu_: the newest write whose record is appended
+  uint64_t handed_seq_ = 0;    // guarded by sync_mu_: the newest write handed to written_
+  uint64_t synced_seq_ = 0;    // guarded by sync_mu_: the newest write a successful sync covered
   // Sync thread only: when the last WAL sync started (LedgerOptions::sync_interval_min).
   std::chrono::steady_clock::time_point last_sync_start_ =
       std::chrono::steady_clock::time_point::min();
@@ -928,6 +947,15 @@ Status LedgerImpl::OpenDb() {
   // the oldest log.
   db_options.max_total_wal_size = options_.max_total_wal_bytes;
   if (options_.env != nullptr) db_options.env = options_.env;
+  if (!options_.read_only) {
+    // WriteDecided learns when a group's WAL record is in the OS before DB::Write returns, and the
+    // sync starts while the memtable inserts run (events/wal_watch.h). The watch relies on a
+    // record up to WalWatch::kArmBytesMax reaching the file as one buffered write.
+    wal_watch_fs_ = NewWalWatchingFileSystem(db_options.env->GetFileSystem());
+    wal_watch_env_ = rocksdb::NewCompositeEnv(wal_watch_fs_);
+    db_options.env = wal_watch_env_.get();
+    db_options.writable_file_max_buffer_size = WalWatch::kFileBufferBytes;
+  }
   if (options_.background_write_pace > 0 && !options_.read_only) {
     BackgroundWritePacer::Options pacer_options;
     pacer_options.ingest_multiple = options_.background_write_pace;
@@ -1581,12 +1609,34 @@ void LedgerImpl::WriteLoop() {
   }
 }
 
+void LedgerImpl::NoteAppended(GroupCommit* commit) {
+  bool wake = false;
+  {
+    std::lock_guard<std::mutex> lock(sync_mu_);
+    unwritten_.fetch_sub(commit->members.size());
+    written_commands_ += commit->members.size();
+    appended_seq_ = commit->write_seq;
+    commit->appended = true;
+    wake = sync_waiting_;
+  }
+  {
+    // Only now, after appended_seq_: a sync that starts covers this record and knows it.
+    std::lock_guard<std::mutex> l(wal_mu_);
+    wal_appending_ = false;
+  }
+  wal_cv_.notify_all();
+  if (wake) sync_cv_.notify_one();
+}
+
 void LedgerImpl::HandToSync(GroupCommit commit) {
   bool wake = false;
   {
     std::lock_guard<std::mutex> lock(sync_mu_);
-    unwritten_.fetch_sub(commit.members.size());
-    written_commands_ += commit.members.size();
+    if (!commit.appended) {
+      unwritten_.fetch_sub(commit.members.size());
+      written_commands_ += commit.members.size();
+    }
+    if (commit.write_seq != 0) handed_seq_ = commit.write_seq;
     written_.push_back(std::move(commit));
     wake = sync_waiting_;
   }
@@ -1596,14 +1646,15 @@ void LedgerImpl::HandToSync(GroupCommit commit) {
 void LedgerImpl::SyncLoop() {
   std::vector<GroupCommit> groups;
   for (;;) {
+    bool need_sync = false;
     {
       std::unique_lock<std::mutex> lock(sync_mu_);
-      while (written_.empty() && !sync_stopping_) {
+      while (written_.empty() && !SyncDue() && !sync_stopping_) {
         sync_waiting_ = true;
         sync_cv_.wait(lock);
         sync_waiting_ = false;
       }
-      if (written_.empty()) return;
+      if (written_.empty() && !SyncDue()) return;
       // Pacing (LedgerOptions::sync_interval_min): too soon after the last sync, and too few
       // commands waiting to be worth a sync of their own: gather the groups written meanwhile.
       // Groups that wrote nothing (rejections, replays) need no sync and are not held back.
@@ -1611,7 +1662,7 @@ void LedgerImpl::SyncLoop() {
         const auto due = last_sync_start_ + options_.sync_interval_min;
         bool paced = false;
         while (written_commands_ < kPacedSyncCommandsEnough && !sync_stopping_ &&
-               WrittenGroupsNeedSync() && std::chrono::steady_clock::now() < due) {
+               AppendedSinceSync() && std::chrono::steady_clock::now() < due) {
           if (!paced) metrics_.syncs_paced.Add();
           paced = true;
           sync_waiting_ = true;
@@ -1619,8 +1670,8 @@ void LedgerImpl::SyncLoop() {
           sync_waiting_ = false;
         }
       }
-      // Commands already admitted but not yet written would miss this sync and wait a whole
-      // extra one: give the committer (or the write thread) a moment to write them, so that the
+      // Commands already admitted but not yet appended would miss this sync and wait a whole
+      // extra one: give the committer (or the write thread) a moment to append them, so that the
       // callers answered by one sync come back as one group instead of splitting into two
       // alternating half-size groups. Bounded, so a writer that never runs dry cannot hold a
       // sync back.
@@ -1631,23 +1682,35 @@ void LedgerImpl::SyncLoop() {
         sync_waiting_ = false;
         if (timed_out) break;
       }
-      groups.clear();
-      groups.swap(written_);  // every group written so far: one sync covers them all
-      written_commands_ = 0;
+      need_sync = SyncDue();
     }
-    const GroupCommit* last_written = nullptr;
-    for (const GroupCommit& g : groups) {
-      if (g.wrote && g.status.ok()) last_written = &g;
-    }
-    if (last_written != nullptr && sync_failure_.ok()) {
-      rocksdb::Status s;
+    // The sync covers every record appended before it starts: those of the written groups, and
+    // the one whose DB::Write may still be inserting into the memtables (NoteAppended).
+    uint64_t covered = 0;
+    bool beside_write = false;  // a covered group's DB::Write was still running
+    rocksdb::Status s;
+    if (need_sync) {
+      bool syncing = false;
       {
-        std::lock_guard<std::mutex> l(wal_mu_);
+        std::unique_lock<std::mutex> l(wal_mu_);
+        wal_cv_.wait(l, [this] { return !wal_appending_; });
         if (wal_write_failed_) {
           // Groups written before the failed one are in doubt: RocksDB's WAL writer is in its
           // error state, and syncing it then is a usage error (an assertion in RocksDB).
           s = rocksdb::Status::IOError("a later WAL write failed before the sync");
-        } else if (options_.sync) {
+          group_failed_ = true;
+        } else {
+          wal_syncing_ = true;  // no append starts until the sync ends
+          syncing = true;
+        }
+      }
+      {
+        std::lock_guard<std::mutex> lock(sync_mu_);
+        covered = appended_seq_;
+        beside_write = covered > handed_seq_;
+      }
+      if (syncing) {
+        if (options_.sync) {
           const auto sync_started = std::chrono::steady_clock::now();
           last_sync_start_ = sync_started;
           s = db_->SyncWAL();
@@ -1655,27 +1718,64 @@ void LedgerImpl::SyncLoop() {
               std::chrono::duration<double>(std::chrono::steady_clock::now() - sync_started)
                   .count());
         }
-        // No group is written after a failed sync: after an fsync error the kernel may have
-        // dropped the pages that failed, and records appended behind them -- made durable by a
-        // later sync (a flush's, a checkpoint's) -- would turn the unsynced tail into a hole.
-        if (!s.ok()) group_failed_ = true;
+        {
+          // No group is written after a failed sync: after an fsync error the kernel may have
+          // dropped the pages that failed, and records appended behind them -- made durable by a
+          // later sync (a flush's, a checkpoint's) -- would turn the unsynced tail into a hole.
+          std::lock_guard<std::mutex> l(wal_mu_);
+          wal_syncing_ = false;
+          if (!s.ok()) group_failed_ = true;
+        }
+        wal_cv_.notify_all();
       }
       if (s.ok()) {
         metrics_.syncs.Add();
-        {
-          std::lock_guard<std::mutex> l(published_mu_);
-          published_hash_ = last_written->head_hash;
-          published_snapshot_ = last_written->snapshot;
-        }
-        head_position_.store(last_written->head.value());
-        std::lock_guard<std::mutex> l(listeners_mu_);
-        for (const auto& [id, listener] : listeners_) listener(last_written->head);
+        if (beside_write) metrics_.syncs_beside_write.Add();
       } else {
         sync_failure_ = FromRocks(s);
         metrics_.write_failures.Add();
         degraded_.store(true);
         spdlog::error("WAL sync failed, the ledger is now read-only: {}", s.ToString());
       }
+    }
+    {
+      // The groups in order, up to the first whose record the sync did not cover (appended while
+      // it ran): they wait for the next one, and so does every group behind them (a rejection or
+      // replay behind one may rest on it). A covered group still in its memtable inserts is
+      // waited for: it is published only once readers can see it. After a failure every group
+      // is taken, to be answered with it.
+      std::unique_lock<std::mutex> lock(sync_mu_);
+      while (handed_seq_ < covered) {
+        sync_waiting_ = true;
+        sync_cv_.wait(lock);
+        sync_waiting_ = false;
+      }
+      if (s.ok() && sync_failure_.ok()) synced_seq_ = std::max(synced_seq_, covered);
+      const bool failed = !sync_failure_.ok();
+      size_t taken = 0;
+      for (; taken < written_.size(); ++taken) {
+        const GroupCommit& g = written_[taken];
+        if (!failed && g.wrote && g.status.ok() && g.write_seq > synced_seq_) break;
+        written_commands_ -= g.members.size();
+      }
+      groups.clear();
+      std::move(written_.begin(), written_.begin() + static_cast<std::ptrdiff_t>(taken),
+                std::back_inserter(groups));
+      written_.erase(written_.begin(), written_.begin() + static_cast<std::ptrdiff_t>(taken));
+    }
+    const GroupCommit* last_written = nullptr;
+    for (const GroupCommit& g : groups) {
+      if (g.wrote && g.status.ok()) last_written = &g;
+    }
+    if (last_written != nullptr && sync_failure_.ok()) {
+      {
+        std::lock_guard<std::mutex> l(published_mu_);
+        published_hash_ = last_written->head_hash;
+        published_snapshot_ = last_written->snapshot;
+      }
+      head_position_.store(last_written->head.value());
+      std::lock_guard<std::mutex> l(listeners_mu_);
+      for (const auto& [id, listener] : listeners_) listener(last_written->head);
     }
     // A group that wrote nothing only read state: it is answerable now, unless a sync or an
     // earlier group's write failed (its replays or decisions may rest on a group that is not
@@ -1927,19 +2027,41 @@ void LedgerImpl::WriteDecided(GroupCommit* commit) {
   Status s = AppendRowsToBatch(decided.rows, families_by_id_, &decided.batch);
   if (!s.ok()) spdlog::error("could not build the group's batch: {}", s.ToString());
   {
-    std::lock_guard<std::mutex> l(wal_mu_);
+    std::unique_lock<std::mutex> l(wal_mu_);
+    wal_cv_.wait(l, [this] { return !wal_syncing_; });
     if (s.ok() && group_failed_) {
       // The groups after a failed one were decided on top of it.
       s = Status::Unavailable("storage_degraded", "an earlier group's write failed");
-    } else if (s.ok()) {
-      s = FromRocks(db_->Write(rocksdb::WriteOptions(), &decided.batch));
-      if (!s.ok()) wal_write_failed_ = true;
-      if (s.ok() && pacer_ != nullptr) {
+    }
+    if (s.ok()) {
+      wal_appending_ = true;
+    } else {
+      group_failed_ = true;
+    }
+  }
+  if (s.ok()) {
+    commit->write_seq = ++last_write_seq_;
+    WalWatch watch;
+    watch.Arm(decided.batch.GetDataSize(), [this, commit] {
+      NoteAppended(commit);
+      if (options_.wal_appended_for_test) options_.wal_appended_for_test();
+    });
+    s = FromRocks(db_->Write(rocksdb::WriteOptions(), &decided.batch));
+    if (s.ok() && !commit->appended) NoteAppended(commit);  // the watch was not armed or fired
+    {
+      std::lock_guard<std::mutex> l(wal_mu_);
+      if (!s.ok()) {
+        // Whether or not its record reached the WAL, no later group may be written, and unless
+        // the record did (NoteAppended ran), no sync may follow the failed append.
+        if (!commit->appended) wal_write_failed_ = true;
+        group_failed_ = true;
+        wal_appending_ = false;
+      } else if (pacer_ != nullptr) {
         pacer_->NoteIngest(static_cast<int64_t>(decided.batch.GetDataSize()),
                            std::chrono::steady_clock::now());
       }
     }
-    if (!s.ok()) group_failed_ = true;
+    wal_cv_.notify_all();
   }
   if (!s.ok()) {
     // The group is lost as a whole; nothing of it was acknowledged. Stop accepting writes at once

@@ -179,6 +179,9 @@ struct LedgerOptions {
   // the disk's full speed made every WAL sync in the ~300 ms it took 4-12 ms slow
   // (events/write_pacer.h).
   double background_write_pace = 2.0;
+  // Tests only: runs on the writing thread once a group's WAL record is in the OS, inside its
+  // DB::Write, before the memtable inserts (events/wal_watch.h); the sync may start meanwhile.
+  std::function<void()> wal_appended_for_test;
 };
 
 // ledgerd's (and `ledgerctl bench`'s) LedgerOptions::sync_interval_min unless configured.
@@ -208,6 +211,9 @@ struct LedgerMetrics {
   Counter groups_pipelined;
   Counter syncs;  // WAL fsyncs: one covers every group written while the previous one ran
   Counter syncs_paced;  // syncs that waited for LedgerOptions::sync_interval_min
+  // Syncs that started while the newest group they cover was still being inserted into the
+  // memtables (its WAL record already in the OS: events/wal_watch.h).
+  Counter syncs_beside_write;
   Counter write_failures;
   Histogram group_commands{Histogram::SizeBounds()};
   Histogram group_events{Histogram::SizeBounds()};

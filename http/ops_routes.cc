@@ -163,6 +163,10 @@ void RenderLedgerMetrics(Ledger& ledger, std::string* out) {
   CounterLine("ledger_wal_syncs_paced_total",
               "WAL fsyncs that waited out the least interval between syncs (--sync-interval-min-us).",
               m.syncs_paced.Value(), out);
+  CounterLine("ledger_wal_syncs_beside_write_total",
+              "WAL fsyncs started while the newest group they cover was still being written to "
+              "the memtables.",
+              m.syncs_beside_write.Value(), out);
   CounterLine("ledger_write_failures_total", "Group writes that failed.", m.write_failures.Value(), out);
   CounterLine("ledger_table_bytes_flushed_total",
               "Bytes of table files written by memtable flushes (and WAL recovery).",

@@ -148,6 +148,7 @@ struct MetricsSample {
   uint64_t events = 0;
   uint64_t groups = 0;
   uint64_t syncs = 0;
+  uint64_t syncs_beside_write = 0;
   Histogram::Snapshot group_commands, group_events, write_seconds, sync_seconds;
 
   static MetricsSample Take(Ledger* ledger) {
@@ -158,6 +159,7 @@ struct MetricsSample {
     s.events = m.events_appended.Value();
     s.groups = m.groups_committed.Value();
     s.syncs = m.syncs.Value();
+    s.syncs_beside_write = m.syncs_beside_write.Value();
     s.group_commands = m.group_commands.Read();
     s.group_events = m.group_events.Read();
     s.write_seconds = m.write_seconds.Read();
@@ -188,6 +190,8 @@ void FillFromMetrics(const MetricsSample& a, const MetricsSample& b, BenchPhaseR
   double groups = static_cast<double>(b.groups - a.groups);
   r->groups_per_second = Ratio(groups, seconds);
   r->syncs_per_second = Ratio(static_cast<double>(b.syncs - a.syncs), seconds);
+  r->syncs_beside_write_share = Ratio(static_cast<double>(b.syncs_beside_write - a.syncs_beside_write),
+                                      static_cast<double>(b.syncs - a.syncs));
   r->commands_per_group = Ratio(b.group_commands.sum - a.group_commands.sum,
                                 static_cast<double>(b.group_commands.count - a.group_commands.count));
   r->events_per_group = Ratio(b.group_events.sum - a.group_events.sum,
@@ -521,6 +525,11 @@ std::string FormatBenchReport(const BenchOptions& options,
                   FsyncBound(r.sync_p99_ms).c_str(), r.cpu_cores);
     out += line;
     if (r.errors > 0) out += "  (" + std::to_string(r.errors) + " commands failed)\n";
+    std::snprintf(line, sizeof(line),
+                  "  (%.0f%% of the fsyncs started while the last group they cover was still being "
+                  "inserted into the memtables)\n",
+                  100 * r.syncs_beside_write_share);
+    out += line;
     if (r.slow_syncs > 0) {
       std::snprintf(line, sizeof(line),
                     "  (%llu fsyncs took over %.0f ms, the slowest up to %.0f ms: the disk "

@@ -61,6 +61,9 @@ struct BenchPhaseResult {
   double events_per_group = 0;
   double groups_per_second = 0;
   double syncs_per_second = 0;      // WAL fsyncs/s (one covers every group written meanwhile)
+  // Of those, the share that started before the newest group they cover had returned from
+  // DB::Write (LedgerMetrics::syncs_beside_write).
+  double syncs_beside_write_share = 0;
   double write_ms_mean = 0;         // the synced WriteBatch, per group
   double sync_ms_mean = 0;          // one WAL fsync
   // At most this long for 99% of the phase's fsyncs (a histogram bucket's bound). Every command

@@ -319,6 +319,7 @@ TEST_F(LedgerRoutesTest, MetricsText) {
            std::string("# TYPE ledger_table_bytes_flushed_total counter"),
            std::string("ledger_groups_pipelined_total 0"),  // one small group: written inline
            std::string("ledger_wal_syncs_paced_total 0"),    // no sync_interval_min here
+           std::string("# TYPE ledger_wal_syncs_beside_write_total counter"),
            std::string("# TYPE ledger_append_group_commands histogram"),
            std::string("ledger_append_group_events_count 1"),
            std::string("# TYPE ledger_write_seconds histogram"),
