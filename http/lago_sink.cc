@@ -418,6 +418,7 @@ class LagoSink::Impl {
  private:
   void Run();
   Status Fill(bool* more);
+  void StopAtDamage(const Status& why, uint64_t at);
   bool Step(int64_t now_us);
   bool HandleAnswer(const LagoAnswer& answer, size_t first, size_t sent, int64_t now_us);
   bool HandleRefusal(const LagoAnswer& answer, const RefusalAnswer& refusal, size_t first,
@@ -453,7 +454,11 @@ class LagoSink::Impl {
   bool ShouldExit();
   void WaitForWork(int64_t now_us);
   void SetLastError(std::string error) { core_.SetLastError(std::move(error)); }
-  void SetState(SinkState state) { state_.store(static_cast<int>(state)); }
+  // Lago answering does not make a damaged log's sink "up": it stops short of the head for good.
+  void SetState(SinkState state) {
+    if (damaged_at_ != 0 && state == SinkState::kUp) state = SinkState::kDown;
+    state_.store(static_cast<int>(state));
+  }
 
   const LagoSinkOptions options_;
   Ledger* const ledger_;
@@ -471,6 +476,7 @@ class LagoSink::Impl {
   std::deque<PendingEvent> pending_;  // Lago events of (mark_, scanned_to_], by position
   uint64_t mark_ = 0;                 // every position <= mark_ is handled (the checkpoint)
   uint64_t scanned_to_ = 0;           // last position read from the log
+  uint64_t damaged_at_ = 0;           // the log is damaged there: read no further (StopAtDamage)
   size_t batch_limit_;                // events per request now (halved by splits)
   int successes_ = 0;                 // 2xx batches in a row
   int server_errors_ = 0;             // 5xx answers in a row
@@ -518,8 +524,9 @@ Status LagoSink::Impl::Init() {
 // Reads the log after scanned_to_ until pending_ holds a full batch, the head, or
 // scan_events_max events were read. `*more`: the log holds events after scanned_to_.
 Status LagoSink::Impl::Fill(bool* more) {
-  const uint64_t head = ledger_->Head().value();
   *more = false;
+  if (damaged_at_ != 0) return Status::OK();
+  const uint64_t head = ledger_->Head().value();
   // Room for a probe after the suspects, and for the event after it (ServerErrorForTheFrontAlone,
   // HandleAnswer).
   const size_t pending_max = std::max<size_t>({options_.batch_events_max, suspects_ + 2});
@@ -530,7 +537,8 @@ Status LagoSink::Impl::Fill(bool* more) {
     Status error;
     std::vector<LagoUsageEvent> mapped;
     // Each event is checked before it is forwarded, and linked to the one checked before it: a
-    // damaged one stops the sink there (Fail, retried with backoff; /readyz shows the error).
+    // damaged one stops the sink there for good (StopAtDamage); what was queued before it is
+    // still sent.
     Hash prev{};
     bool have_prev = false;
     Status s = ledger_->ScanRaw(
@@ -566,16 +574,36 @@ Status LagoSink::Impl::Fill(bool* more) {
           full = pending_.size() >= pending_max;
           return !full;
         });
-    LEDGER_RETURN_IF_ERROR(s);
-    LEDGER_RETURN_IF_ERROR(error);
-    if (!full && scanned_to_ < to) {
-      return Status::Corruption("the log has no event at position " +
-                                std::to_string(scanned_to_ + 1));
+    if (error.ok() && s.IsCorruption()) error = s;
+    if (error.ok() && !s.ok()) return s;  // retried (Fail)
+    if (error.ok() && !full && scanned_to_ < to) {
+      error = Status::Corruption("the log has no event at position " +
+                                 std::to_string(scanned_to_ + 1));
+    }
+    if (!error.ok()) {
+      StopAtDamage(error, scanned_to_ + 1);
+      return Status::OK();
     }
   }
   *more = scanned_to_ < head;
   AdvanceMark();
   return Status::OK();
+}
+
+// The log is damaged at `at` (altered bytes, a broken link, a missing event, a table block
+// RocksDB refuses): nothing from there on is forwarded, and the log is not read again until a
+// restart (a retry would only read the same damage; `ledgerctl verify` names it). What was
+// queued and checked before it is still sent and checkpointed, as the outbox publishes up to the
+// event before; the state stays "down", last_error naming the position. The failed read used to
+// skip Step, and every retry failed the same way: usage before the damage never reached Lago.
+void LagoSink::Impl::StopAtDamage(const Status& why, uint64_t at) {
+  damaged_at_ = at;
+  const std::string error = "the log is damaged at position " + std::to_string(at) +
+                            "; forwarding stopped before it: " + why.message();
+  SetLastError(error);
+  SetState(SinkState::kDown);
+  spdlog::error("lago sink: {}", error);
+  AdvanceMark();
 }
 
 // Sends one batch (or dead-letters one unmappable event). True when the sink should go on at
@@ -954,10 +982,12 @@ void LagoSink::Impl::Run() {
 
 // Once stopping: done when the log as of Stop() is handled, or Lago is failing (a failure since
 // the stop request, or a backoff still running: shutdown does not wait for Lago), or at the
-// deadline.
+// deadline. A damaged log never reaches the stop target: done once what was queued before the
+// damage is handled.
 bool LagoSink::Impl::ShouldExit() {
   return core_.StopDue(mark_) ||
-         (core_.stop_requested() && (failed_since_stop_ || retry_at_us_ > SteadyMicros()));
+         (core_.stop_requested() && (failed_since_stop_ || retry_at_us_ > SteadyMicros() ||
+                                     (damaged_at_ != 0 && pending_.empty())));
 }
 
 void LagoSink::Impl::WaitForWork(int64_t now_us) {

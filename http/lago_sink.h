@@ -79,6 +79,11 @@
 //       ones that Lago always fails, above, once a later event is in the log). A usage event or
 //       batch item that cannot be mapped (malformed data) is dead-lettered the same way, with
 //       http_status 0 (a batch event whose data cannot be read at all: once, under its event id).
+//   a damaged log  every event read is checked as `ledgerctl verify` checks it
+//       (DecodeCheckedEvent). At the first that fails (altered bytes, a broken link, a missing
+//       event, a table block RocksDB refuses) the sink sends what it read before it and stops
+//       there until a restart, as the outbox does: state "down", last_error naming the position,
+//       nothing dead-lettered.
 //
 // Lifecycle: Open() reads the checkpoint; Start() starts the thread; Notify() (wired to
 // Ledger::AddCommitListener) wakes it after appends, otherwise it polls every poll_interval_ms.

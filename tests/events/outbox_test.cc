@@ -679,17 +679,8 @@ TEST_F(OutboxTest, AnAlteredEventIsNotPublished) {
 TEST_F(OutboxTest, AReSealedEventAtTheEndOfABatchStopsTheNextBatch) {
   Append(20);
   ledger_.reset();
-  testing::EditRaw(dir_.path(), [](rocksdb::DB* db, const auto& names, const auto& handles) {
-    rocksdb::ColumnFamilyHandle* events = testing::FindFamily(names, handles, "events");
-    std::string stored;
-    ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), events, EncodePositionKey(10), &stored).ok());
-    Event event;
-    ASSERT_TRUE(DecodeEvent(stored, &event).ok());
-    event.data = "{\"forged\":true}";
-    SealEvent(&event);
-    EncodeEvent(event, &stored);
-    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), events, EncodePositionKey(10), stored).ok());
-  });
+  testing::RewriteStoredEvent(dir_.path(), 10, /*reseal=*/true,
+                              [](Event* event) { event->data = "{\"forged\":true}"; });
   LedgerOptions options;
   options.path = dir_.path();
   ASSERT_TRUE(Ledger::Open(options, &ledger_).ok());

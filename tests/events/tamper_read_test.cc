@@ -17,8 +17,6 @@
 namespace ledger {
 namespace {
 
-using testing::EditRaw;
-using testing::FindFamily;
 using testing::FlipByteInFile;
 using testing::MarkerFor;
 using testing::TempDir;
@@ -68,24 +66,14 @@ TEST(TamperReadTest, AFlippedByteInTheOnlyTableBlockFailsTheOpen) {
 // event's link does not); without, one byte of its data flipped ("marker" became "larker", as
 // the acceptance run's "Zebrateamplan" became "Xebrateamplan").
 void RewriteEvent(const std::string& path, uint64_t position, bool reseal) {
-  EditRaw(path, [&](rocksdb::DB* db, const auto& names, const auto& handles) {
-    rocksdb::ColumnFamilyHandle* events = FindFamily(names, handles, "events");
-    std::string stored;
-    ASSERT_TRUE(
-        db->Get(rocksdb::ReadOptions(), events, EncodePositionKey(position), &stored).ok());
+  testing::RewriteStoredEvent(path, position, reseal, [&](Event* event) {
     if (reseal) {
-      Event event;
-      ASSERT_TRUE(DecodeEvent(stored, &event).ok());
-      event.data = "{\"m\":\"forged\"}";
-      SealEvent(&event);
-      EncodeEvent(event, &stored);
-    } else {
-      const size_t at = stored.find(MarkerFor(position));
-      ASSERT_NE(at, std::string::npos);
-      stored[at] = static_cast<char>(stored[at] ^ 0x01);
+      event->data = "{\"m\":\"forged\"}";
+      return;
     }
-    ASSERT_TRUE(
-        db->Put(rocksdb::WriteOptions(), events, EncodePositionKey(position), stored).ok());
+    const size_t at = event->data.find(MarkerFor(position));
+    ASSERT_NE(at, std::string::npos);
+    event->data[at] = static_cast<char>(event->data[at] ^ 0x01);
   });
 }
 

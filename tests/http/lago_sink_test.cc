@@ -21,6 +21,7 @@
 #include "tests/support/schema_check.h"
 #include "tests/support/test_ledger.h"
 #include "tests/support/wait.h"
+#include "tests/tools/tools_test_util.h"
 
 namespace ledger::http {
 namespace {
@@ -36,6 +37,19 @@ constexpr std::string_view kBatchType = "usage.batch_recorded.v1";
 const std::vector<std::string> kUsers = {"alice", "bob", "carol", "dave", "erin", "frank", "gus"};
 const std::vector<std::string> kServices = {"chat", "search", "tts", "litellm"};
 
+// The data of the `i`th usage.recorded.v1 the tests append (schema-valid), for `user`.
+std::string UsageData(size_t i, const std::string& user, int64_t quantity) {
+  return R"({"user_id":")" + user + R"(","service":")" + kServices[i % kServices.size()] +
+         R"(","quantity":)" + std::to_string(quantity) +
+         R"(,"source":"batch","idempotency_key":"k-)" + std::to_string(i) +
+         R"(","occurred_at":"2026-11-22T10:00:0)" + std::to_string(i % 10) +
+         R"(.250000Z","window_start":"2026-11-01T00:00:00Z","window_end":"2026-12-01T00:00:00Z",)"
+         R"("window_kind":"calendar_month","plan_id":null,"subscription_id":null,"limit":null,)"
+         R"("used_after":)" +
+         std::to_string(i + 1) + R"(,"metadata":{"model":"m)" + std::to_string(i % 3) +
+         R"(","tokens":)" + std::to_string(10 * i) + "}}";
+}
+
 // Appends `count` usage.recorded.v1 events (schema-valid) round-robin over kUsers, and, when
 // `noise` is set, a non-usage event after every third one.
 class AppendUsage final : public Command {
@@ -45,17 +59,8 @@ class AppendUsage final : public Command {
   Status Decide(const DecideContext& context, Decision* decision) override {
     for (size_t i = first_; i < first_ + count_; ++i) {
       const std::string& user = kUsers[i % kUsers.size()];
-      const std::string data =
-          R"({"user_id":")" + user + R"(","service":")" + kServices[i % kServices.size()] +
-          R"(","quantity":)" + std::to_string(1 + i % 5) +
-          R"(,"source":"batch","idempotency_key":"k-)" + std::to_string(i) +
-          R"(","occurred_at":"2026-11-22T10:00:0)" + std::to_string(i % 10) +
-          R"(.250000Z","window_start":"2026-11-01T00:00:00Z","window_end":"2026-12-01T00:00:00Z",)"
-          R"("window_kind":"calendar_month","plan_id":null,"subscription_id":null,"limit":null,)"
-          R"("used_after":)" +
-          std::to_string(i + 1) + R"(,"metadata":{"model":"m)" + std::to_string(i % 3) +
-          R"(","tokens":)" + std::to_string(10 * i) + "}}";
-      decision->events.push_back(NewEvent{std::string(kUsageType), user, data});
+      decision->events.push_back(
+          NewEvent{std::string(kUsageType), user, UsageData(i, user, 1 + i % 5)});
       if (noise_ && i % 3 == 2) {
         decision->events.push_back(
             NewEvent{"test.noise.v1", "noise", R"({"i":)" + std::to_string(i) + "}"});
@@ -69,6 +74,21 @@ class AppendUsage final : public Command {
   size_t count_;
   bool noise_;
   size_t first_;
+};
+
+// One usage.recorded.v1 of quantity 1 for `user`: a consume.
+class AppendConsume final : public Command {
+ public:
+  AppendConsume(std::string user, size_t i) : user_(std::move(user)), i_(i) {}
+  Status Decide(const DecideContext& context, Decision* decision) override {
+    decision->events.push_back(NewEvent{std::string(kUsageType), user_, UsageData(i_, user_, 1)});
+    decision->body = "{}";
+    return Status::OK();
+  }
+
+ private:
+  std::string user_;
+  size_t i_;
 };
 
 // Appends one usage.batch_recorded.v1 (schema-valid) of `items` items for `user`; items with an
@@ -181,6 +201,25 @@ class LagoSinkTest : public ::testing::Test {
     batch_items_appended_ += items;
     CommandResult r = ledger_->Submit(&command);
     ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  }
+
+  // Appends `count` consumes (usage.recorded.v1 of quantity 1) for `user`, one position each.
+  void Consume(const std::string& user, size_t count = 1) {
+    for (size_t n = 0; n < count; ++n) {
+      AppendConsume command(user, appended_++);
+      CommandResult r = ledger_->Submit(&command);
+      ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+    }
+  }
+
+  // Flushes and closes the ledger, rewrites the stored event at `position` (RewriteStoredEvent)
+  // and opens it again. The log no longer reads back whole: TearDown's schema check is off.
+  void Tamper(uint64_t position, bool reseal, const std::function<void(Event*)>& edit) {
+    ASSERT_TRUE(ledger_->Flush().ok());
+    ledger_.reset();
+    testing::RewriteStoredEvent(dir_.Sub("ledger"), position, reseal, edit);
+    OpenLedger();
+    check_schemas_ = false;
   }
 
   // Every event of `type` ("": all), in log order.
@@ -1035,6 +1074,46 @@ TEST_F(LagoSinkTest, ARefusedBatchItemIsDeadLetteredAloneAndTheEventCompleted) {
 }
 
 // Negative controls: the exactly-once check catches loss and double counting.
+// The total quantity Lago counted for `user`.
+int64_t LagoQuantity(const FakeLago& lago, const std::string& user) {
+  int64_t total = 0;
+  for (const FakeLago::StoredEvent& e : lago.stored()) {
+    if (e.external_subscription_id == user) total += e.quantity;
+  }
+  return total;
+}
+
+// Usage before a damaged event is sent: a scan that queued 1..5 and then failed on 6 skipped
+// Step, and every retry read 6 again and failed, so 1..5 never reached Lago and the checkpoint
+// stayed at 0. The sink sends up to 5 and stops before 6, down, naming it.
+TEST_F(LagoSinkTest, UsageBeforeADamagedEventIsSentAndTheSinkStopsThere) {
+  FakeLago lago;
+  Consume("alice", 6);
+  Consume("alice");  // after the damaged one: never sent
+  Tamper(6, /*reseal=*/false, [](Event* event) {
+    const size_t at = event->data.find(R"("quantity":1,)");
+    ASSERT_NE(at, std::string::npos);
+    event->data[at + 11] = '2';  // one byte, the hash left as it was
+  });
+  StartSink(lago.url());
+  ASSERT_TRUE(WaitFor([&] {
+    LagoSinkStatus status = sink_->GetStatus();
+    return status.checkpoint == Position(5) && status.pending == 0;
+  })) << sink_->GetStatus().last_error;
+  LagoSinkStatus status = sink_->GetStatus();
+  EXPECT_EQ(status.state, "down");  // /readyz's lago state
+  EXPECT_NE(status.last_error.find("damaged at position 6"), std::string::npos)
+      << status.last_error;
+  EXPECT_NE(status.last_error.find("position 6 fails its hash"), std::string::npos)
+      << status.last_error;
+  EXPECT_EQ(LagoQuantity(lago, "alice"), 5);
+  EXPECT_EQ(lago.stored_count(), 5u);
+  EXPECT_EQ(StopSink().code(), Code::kUnavailable);
+  EXPECT_EQ(Checkpoint(), Position(5));
+  EXPECT_EQ(lago.stored_count(), 5u);
+  EXPECT_EQ(ledger_->Head(), Position(7));  // no lago.sink_rejected.v1
+}
+
 TEST_F(LagoSinkTest, NegativeControlTheCheckDetectsLoss) {
   FakeLago lago;
   Append(100, /*noise=*/false);

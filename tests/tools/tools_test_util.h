@@ -1,5 +1,5 @@
-// Helpers for the ledgerctl tests: a marked-event log, raw RocksDB edits (tampering), byte flips
-// on disk and running the ledgerctl binary.
+// Helpers for the ledgerctl tests: a marked-event log, raw RocksDB edits (tampering: also used
+// by the events and http tests), byte flips on disk and running the ledgerctl binary.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -16,6 +16,8 @@
 
 #include <rocksdb/db.h>
 
+#include "events/coding.h"
+#include "events/event.h"
 #include "events/ledger.h"
 
 namespace ledger::testing {
@@ -93,6 +95,27 @@ inline rocksdb::ColumnFamilyHandle* FindFamily(
   }
   ADD_FAILURE() << "no column family " << name;
   return nullptr;
+}
+
+// Rewrites the stored event at `position` through RocksDB, so its block checksums hold: `edit`
+// changes the decoded event; with `reseal` its hash is recomputed (it verifies on its own, and
+// only the next event's link shows it), without it the old hash stays (it fails its own check,
+// as a flipped byte does). The store must be closed.
+inline void RewriteStoredEvent(const std::string& path, uint64_t position, bool reseal,
+                               const std::function<void(Event*)>& edit) {
+  EditRaw(path, [&](rocksdb::DB* db, const auto& names, const auto& handles) {
+    rocksdb::ColumnFamilyHandle* events = FindFamily(names, handles, "events");
+    std::string stored;
+    ASSERT_TRUE(
+        db->Get(rocksdb::ReadOptions(), events, EncodePositionKey(position), &stored).ok());
+    Event event;
+    ASSERT_TRUE(DecodeEvent(stored, &event).ok());
+    edit(&event);
+    if (reseal) SealEvent(&event);
+    EncodeEvent(event, &stored);
+    ASSERT_TRUE(
+        db->Put(rocksdb::WriteOptions(), events, EncodePositionKey(position), stored).ok());
+  });
 }
 
 inline std::string ReadFileBytes(const std::filesystem::path& path) {
