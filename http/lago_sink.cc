@@ -418,7 +418,8 @@ class LagoSink::Impl {
  private:
   void Run();
   Status Fill(bool* more);
-  void StopAtDamage(const Status& why, uint64_t at);
+  void Unqueue(uint64_t from);
+  void StopAtDamage(const Status& why, uint64_t at, uint64_t stop_before);
   bool Step(int64_t now_us);
   bool HandleAnswer(const LagoAnswer& answer, size_t first, size_t sent, int64_t now_us);
   bool HandleRefusal(const LagoAnswer& answer, const RefusalAnswer& refusal, size_t first,
@@ -523,6 +524,17 @@ Status LagoSink::Impl::Init() {
 
 // Reads the log after scanned_to_ until pending_ holds a full batch, the head, or
 // scan_events_max events were read. `*more`: the log holds events after scanned_to_.
+//
+// Each event is checked before it is forwarded (DecodeCheckedEvent) and linked to the one before
+// it at both ends of a scan, as ReadEvents and the outbox link theirs: the first to the stored
+// hash of the event at scanned_to_ (one more read), and the last queued to the event after it,
+// when the log holds one (its prev_hash only: it is read again by the next scan). An event
+// rewritten and re-sealed verifies on its own and only its successor's link shows it; each scan
+// started unlinked, so with event 10 re-sealed the last of a scan (batches of 10) it was sent,
+// and with 11 in the same scan the failed read was retried from 11, unlinked, and 10 was sent
+// after all. A broken link at N leaves N - 1 and N both in doubt (which one was rewritten, only
+// the bytes before can tell): neither is forwarded. Damage stops the sink before it for good
+// (StopAtDamage); what was queued and checked before it is still sent.
 Status LagoSink::Impl::Fill(bool* more) {
   *more = false;
   if (damaged_at_ != 0) return Status::OK();
@@ -533,55 +545,111 @@ Status LagoSink::Impl::Fill(bool* more) {
   if (pending_.size() >= pending_max) return Status::OK();
   if (scanned_to_ < head) {
     const uint64_t to = std::min<uint64_t>(head, scanned_to_ + options_.scan_events_max);
+    // One event past the scan, when the log holds one, for its link only.
+    const uint64_t scan_to = std::min<uint64_t>(head, to + 1);
     bool full = false;
-    Status error;
-    std::vector<LagoUsageEvent> mapped;
-    // Each event is checked before it is forwarded, and linked to the one checked before it: a
-    // damaged one stops the sink there for good (StopAtDamage); what was queued before it is
-    // still sent.
+    Status damage;
+    uint64_t damaged_at = 0;
+    uint64_t stop_before = 0;  // the first position not forwarded, with `damage`
+    auto damaged = [&](Status why, uint64_t at, uint64_t before) {
+      damage = std::move(why);
+      damaged_at = at;
+      stop_before = before;
+    };
     Hash prev{};
     bool have_prev = false;
-    Status s = ledger_->ScanRaw(
-        Position(scanned_to_ + 1), Position(to), [&](Position p, std::string_view stored) {
-          if (p.value() != scanned_to_ + 1) {
-            error = Status::Corruption("the log has no event at position " +
-                                       std::to_string(scanned_to_ + 1));
-            return false;
-          }
-          Event event;
-          error = DecodeCheckedEvent(p, stored, have_prev ? &prev : nullptr, &event);
-          if (!error.ok()) return false;
-          prev = event.hash;
-          have_prev = true;
-          if (UsageToLagoEvents(event, options_, &mapped).ok()) {
-            // All of a batch event's items are queued at once: the checkpoint stays before the
-            // event until the last of them is delivered or dead-lettered (AdvanceMark).
-            for (LagoUsageEvent& m : mapped) {
-              PendingEvent pending;
-              pending.position = p.value();
-              pending.transaction_id = std::move(m.transaction_id);
-              pending.source_type = event.type;
-              pending.subject = event.subject;
-              pending.user_id = std::move(m.user_id);
-              pending.lago_event = std::move(m.json);
-              pending.unmappable = std::move(m.unmappable);
-              pending_.push_back(std::move(pending));
-            }
-          } else {
-            metrics_.events_skipped.Add();
-          }
-          scanned_to_ = p.value();
-          full = pending_.size() >= pending_max;
-          return !full;
-        });
-    if (error.ok() && s.IsCorruption()) error = s;
-    if (error.ok() && !s.ok()) return s;  // retried (Fail)
-    if (error.ok() && !full && scanned_to_ < to) {
-      error = Status::Corruption("the log has no event at position " +
-                                 std::to_string(scanned_to_ + 1));
+    if (scanned_to_ > 0) {
+      const uint64_t before = scanned_to_;
+      bool found = false;
+      Status read = ledger_->ScanRaw(Position(before), Position(before),
+                                     [&](Position p, std::string_view stored) {
+                                       found = p.value() == before;
+                                       have_prev = found && StoredEventHash(stored, &prev);
+                                       return false;
+                                     });
+      if (!read.ok() && !read.IsCorruption()) return read;
+      if (read.IsCorruption()) {
+        damaged(read, before, before);
+      } else if (!found) {
+        damaged(Status::Corruption("the log has no event at position " + std::to_string(before)),
+                before, before);
+      } else if (!have_prev) {
+        damaged(Status::Corruption("the stored event at position " + std::to_string(before) +
+                                   " cannot be decoded: event record too short"),
+                before, before);
+      }
     }
-    if (!error.ok()) {
-      StopAtDamage(error, scanned_to_ + 1);
+    std::vector<LagoUsageEvent> mapped;
+    uint64_t seen_to = scanned_to_;  // the last position the scan read
+    Status s;
+    if (damage.ok()) {
+      s = ledger_->ScanRaw(
+          Position(scanned_to_ + 1), Position(scan_to), [&](Position p, std::string_view stored) {
+            if (p.value() != seen_to + 1) {
+              damaged(Status::Corruption("the log has no event at position " +
+                                         std::to_string(seen_to + 1)),
+                      seen_to + 1, seen_to + 1);
+              return false;
+            }
+            seen_to = p.value();
+            if (full || p.value() > to) {
+              // The event after the last one queued: its link only.
+              Status link = have_prev ? CheckEventLink(p, stored, prev) : Status::OK();
+              if (!link.ok()) damaged(std::move(link), p.value(), p.value() - 1);
+              return false;
+            }
+            Event event;
+            Status checked = DecodeCheckedEvent(p, stored, nullptr, &event);
+            if (!checked.ok()) {
+              damaged(std::move(checked), p.value(), p.value());
+              return false;
+            }
+            if (have_prev) {
+              Status link = CheckEventLink(p, stored, prev);
+              if (!link.ok()) {
+                damaged(std::move(link), p.value(), p.value() - 1);
+                return false;
+              }
+            }
+            prev = event.hash;
+            have_prev = true;
+            if (UsageToLagoEvents(event, options_, &mapped).ok()) {
+              // All of a batch event's items are queued at once: the checkpoint stays before the
+              // event until the last of them is delivered or dead-lettered (AdvanceMark).
+              for (LagoUsageEvent& m : mapped) {
+                PendingEvent pending;
+                pending.position = p.value();
+                pending.transaction_id = std::move(m.transaction_id);
+                pending.source_type = event.type;
+                pending.subject = event.subject;
+                pending.user_id = std::move(m.user_id);
+                pending.lago_event = std::move(m.json);
+                pending.unmappable = std::move(m.unmappable);
+                pending_.push_back(std::move(pending));
+              }
+            } else {
+              metrics_.events_skipped.Add();
+            }
+            scanned_to_ = p.value();
+            full = pending_.size() >= pending_max;
+            return true;  // on to the next event, or to the link of the one after it
+          });
+    }
+    if (damage.ok() && s.IsCorruption()) damaged(s, seen_to + 1, seen_to + 1);
+    if (damage.ok() && !s.ok()) {
+      // Retried (Fail). The last event queued goes back unless its successor's link was checked:
+      // with pending_ full, the next Step would send it before any read.
+      if (seen_to == scanned_to_ && scanned_to_ < head) Unqueue(scanned_to_);
+      return s;
+    }
+    const uint64_t expected_to = full ? std::min<uint64_t>(head, scanned_to_ + 1) : scan_to;
+    if (damage.ok() && seen_to < expected_to) {
+      damaged(Status::Corruption("the log has no event at position " +
+                                 std::to_string(seen_to + 1)),
+              seen_to + 1, seen_to + 1);
+    }
+    if (!damage.ok()) {
+      StopAtDamage(damage, damaged_at, stop_before);
       return Status::OK();
     }
   }
@@ -590,16 +658,29 @@ Status LagoSink::Impl::Fill(bool* more) {
   return Status::OK();
 }
 
+// Takes the events at `from` and after out of pending_ (none of them was sent: Step runs after
+// Fill) and reads on from before them. Never before the checkpoint.
+void LagoSink::Impl::Unqueue(uint64_t from) {
+  while (!pending_.empty() && pending_.back().position >= from) pending_.pop_back();
+  suspects_ = std::min(suspects_, pending_.size());
+  if (from <= scanned_to_) scanned_to_ = std::max(mark_, from - 1);
+}
+
 // The log is damaged at `at` (altered bytes, a broken link, a missing event, a table block
-// RocksDB refuses): nothing from there on is forwarded, and the log is not read again until a
-// restart (a retry would only read the same damage; `ledgerctl verify` names it). What was
-// queued and checked before it is still sent and checkpointed, as the outbox publishes up to the
-// event before; the state stays "down", last_error naming the position. The failed read used to
-// skip Step, and every retry failed the same way: usage before the damage never reached Lago.
-void LagoSink::Impl::StopAtDamage(const Status& why, uint64_t at) {
+// RocksDB refuses): nothing from `stop_before` on is forwarded (`at`, or the event before it for
+// a broken link), and the log is not read again until a restart (a retry would only read the
+// same damage; `ledgerctl verify` names it). What was queued and checked before it is still sent
+// and checkpointed, as the outbox publishes up to the event before; the state stays "down",
+// last_error naming the position. The failed read used to skip Step, and every retry failed the
+// same way: usage before the damage never reached Lago.
+void LagoSink::Impl::StopAtDamage(const Status& why, uint64_t at, uint64_t stop_before) {
+  // A broken link at the first event after the checkpoint: the event before it is sent already.
+  stop_before = std::max(stop_before, mark_ + 1);
+  Unqueue(stop_before);
   damaged_at_ = at;
   const std::string error = "the log is damaged at position " + std::to_string(at) +
-                            "; forwarding stopped before it: " + why.message();
+                            "; forwarding stopped before position " +
+                            std::to_string(stop_before) + ": " + why.message();
   SetLastError(error);
   SetState(SinkState::kDown);
   spdlog::error("lago sink: {}", error);

@@ -80,10 +80,14 @@
 //       batch item that cannot be mapped (malformed data) is dead-lettered the same way, with
 //       http_status 0 (a batch event whose data cannot be read at all: once, under its event id).
 //   a damaged log  every event read is checked as `ledgerctl verify` checks it
-//       (DecodeCheckedEvent). At the first that fails (altered bytes, a broken link, a missing
-//       event, a table block RocksDB refuses) the sink sends what it read before it and stops
-//       there until a restart, as the outbox does: state "down", last_error naming the position,
-//       nothing dead-lettered.
+//       (DecodeCheckedEvent), and linked at both ends of each read: its first event to the stored
+//       event before it, its last to the event after it when the log holds one (an event
+//       rewritten and re-sealed verifies on its own; only its successor's link shows it). At the
+//       first failure (altered bytes, a missing event, a table block RocksDB refuses) the sink
+//       sends what it read before it and stops there until a restart, as the outbox does: state
+//       "down", last_error naming the position, nothing dead-lettered. A broken link at N leaves
+//       N - 1 in doubt too: it stops before N - 1 (unless it was sent already: a re-sealed event
+//       at the head, with no successor yet, cannot be told).
 //
 // Lifecycle: Open() reads the checkpoint; Start() starts the thread; Notify() (wired to
 // Ledger::AddCommitListener) wakes it after appends, otherwise it polls every poll_interval_ms.

@@ -1083,6 +1083,76 @@ int64_t LagoQuantity(const FakeLago& lago, const std::string& user) {
   return total;
 }
 
+// An event rewritten and re-sealed (its own hash recomputed: quantity 1 -> 100000) shows only in
+// its successor's link. Each scan's first event was checked on its own: with event 10 the last
+// of a scan (batches of 10) it was sent, and the failed link at 11 never came up; with 11 in the
+// same scan (batches of 100) the failed read was retried from 11, unlinked, and 10 was sent
+// after all. A broken link at 11 leaves 10 and 11 both in doubt: the sink sends up to 9, stops
+// there and says so. A sink whose checkpoint is already 10 (sent before the rewrite) links its
+// first event, 11, to the stored event 10: it sends nothing more.
+TEST_F(LagoSinkTest, AReSealedEventIsNotSentNorTheEventsAfterIt) {
+  Consume("alice", 20);
+  const std::vector<Event> usage = Events(kUsageType);
+  ASSERT_EQ(usage.size(), 20u);
+  Tamper(10, /*reseal=*/true, [](Event* event) {
+    const size_t at = event->data.find(R"("quantity":1,)");
+    ASSERT_NE(at, std::string::npos);
+    event->data.replace(at, 13, R"("quantity":100000,)");
+  });
+
+  for (size_t batch : {size_t{10}, size_t{100}}) {
+    SCOPED_TRACE("batches of " + std::to_string(batch));
+    FakeLago lago;
+    LagoSinkOptions options = FastOptions();
+    options.batch_events_max = batch;
+    options.checkpoint_name = "sink.lago." + std::to_string(batch);  // each from position 0
+    StartSink(lago.url(), options);
+    ASSERT_TRUE(WaitFor([&] {
+      LagoSinkStatus status = sink_->GetStatus();
+      return !status.last_error.empty() && status.pending == 0 && status.checkpoint.value() >= 9;
+    })) << sink_->GetStatus().last_error;
+    LagoSinkStatus status = sink_->GetStatus();
+    EXPECT_EQ(status.state, "down");
+    EXPECT_EQ(status.checkpoint, Position(9));
+    EXPECT_NE(status.last_error.find("damaged at position 11"), std::string::npos)
+        << status.last_error;
+    EXPECT_NE(status.last_error.find("position 11 does not link"), std::string::npos)
+        << status.last_error;
+    EXPECT_EQ(sink_->metrics().events_rejected.Value(), 0u);
+    EXPECT_EQ(StopSink().code(), Code::kUnavailable);
+
+    std::set<std::string> forwarded;
+    for (const FakeLago::StoredEvent& e : lago.stored()) forwarded.insert(e.transaction_id);
+    for (const Event& e : usage) {
+      EXPECT_EQ(forwarded.count(e.id), e.position.value() < 10 ? 1u : 0u) << e.position.value();
+    }
+    size_t sent = 0;
+    for (const FakeLago::Request& r : lago.requests()) sent += r.events;
+    EXPECT_EQ(sent, 9u);
+    EXPECT_EQ(LagoQuantity(lago, "alice"), 9);
+    Position checkpoint;
+    ASSERT_TRUE(ledger_->GetCheckpoint(options.checkpoint_name, &checkpoint).ok());
+    EXPECT_EQ(checkpoint, Position(9));
+    EXPECT_EQ(ledger_->Head(), Position(20));  // no lago.sink_rejected.v1
+  }
+
+  FakeLago lago;
+  LagoSinkOptions options = FastOptions();
+  options.checkpoint_name = "sink.lago.from10";
+  ASSERT_TRUE(ledger_->PutCheckpoint(options.checkpoint_name, Position(10), true).ok());
+  StartSink(lago.url(), options);
+  ASSERT_TRUE(WaitFor([&] { return !sink_->GetStatus().last_error.empty(); }));
+  LagoSinkStatus status = sink_->GetStatus();
+  EXPECT_EQ(status.state, "down");
+  EXPECT_NE(status.last_error.find("position 11 does not link"), std::string::npos)
+      << status.last_error;
+  EXPECT_EQ(StopSink().code(), Code::kUnavailable);
+  EXPECT_EQ(lago.requests_received(), 0u);
+  Position checkpoint;
+  ASSERT_TRUE(ledger_->GetCheckpoint(options.checkpoint_name, &checkpoint).ok());
+  EXPECT_EQ(checkpoint, Position(10));
+}
+
 // Usage before a damaged event is sent: a scan that queued 1..5 and then failed on 6 skipped
 // Step, and every retry read 6 again and failed, so 1..5 never reached Lago and the checkpoint
 // stayed at 0. The sink sends up to 5 and stops before 6, down, naming it.
