@@ -265,6 +265,26 @@ Status ParseAddBody(const std::string& body, std::string* provider, std::string*
   return Status::OK();
 }
 
+// A key change (add or removal) spends one of the user's key changes (429 rate_limited past the
+// budget, not submitted) and is submitted. Only the writer knows whether the user's state allows
+// it, so the budget is spent first and given back when the writer refuses it from that state (a
+// 4xx: 404 no key to remove, 403 byok_not_in_plan, 409 idempotency_key_reused) or answers it
+// from its record: nothing was appended. Ten DELETEs of a provider without a key (404 each) left
+// no budget for the add the user meant to make.
+void SubmitKeyChange(const ByokRouteContext& c, const Identity& identity, Command* command,
+                     httplib::Response& res) {
+  if (!c.change_limiter->TakeOrRefuse(identity.subject, c.clock->NowMicros(),
+                                      "keys are added or removed", res)) {
+    return;
+  }
+  const CommandResult result = c.ledger->Submit(command);
+  const int refused = result.status.ok() ? 0 : HttpStatusFor(result.status.code());
+  if ((refused >= 400 && refused < 500) || (result.status.ok() && result.replayed)) {
+    c.change_limiter->GiveBack(identity.subject);
+  }
+  WriteCommandResult(result, &res);
+}
+
 void AddKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Response& res,
             const Identity& identity) {
   if (!RequireLedger(c.ledger, res) || !RequireBox(c, res)) return;
@@ -319,11 +339,7 @@ void AddKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Res
   // A retry of a recorded add is answered from its record before the limiter: it appends nothing,
   // so it spends nothing and is not refused.
   if (AnswerStoredRetry(c.ledger, command, &res)) return;
-  if (!c.change_limiter->TakeOrRefuse(identity.subject, c.clock->NowMicros(),
-                                      "keys are added or removed", res)) {
-    return;
-  }
-  WriteCommandResult(c.ledger->Submit(&command), &res);
+  SubmitKeyChange(c, identity, &command, res);
 }
 
 void RemoveKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Response& res,
@@ -338,11 +354,7 @@ void RemoveKey(const ByokRouteContext& c, const httplib::Request& req, httplib::
   if (!ApplyIdempotencyKey(req, kKeyName, identity, &command, &res)) return;
   // Removing and adding again is a loop of changes as adding again is: one bucket for both.
   if (AnswerStoredRetry(c.ledger, command, &res)) return;
-  if (!c.change_limiter->TakeOrRefuse(identity.subject, c.clock->NowMicros(),
-                                      "keys are added or removed", res)) {
-    return;
-  }
-  WriteCommandResult(c.ledger->Submit(&command), &res);
+  SubmitKeyChange(c, identity, &command, res);
 }
 
 void TestKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Response& res,
@@ -401,10 +413,10 @@ void TestKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Re
       return;
     }
   }
-  if (!c.test_limiter->TakeOrRefuse(identity.subject, c.clock->NowMicros(),
-                                    "keys are tested", res)) {
-    return;
-  }
+  // The key is opened before a test is spent: a key that does not open is answered from ledgerd's
+  // own state (409 key_unreadable), asks no provider and appends nothing, so it spends nothing
+  // (five tests of a key sealed under a replaced key-encryption key left none for the key added
+  // again in its place).
   if (key.kek_id != c.box->key_id()) {
     WriteProblem(409, "key_unreadable",
                  "the key was sealed under another key-encryption key; add it again", &res);
@@ -417,7 +429,13 @@ void TestKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Re
                  ? c.box->Open(key.encrypted_key, aad, &api_key)
                  : c.box->OpenWithDataKey(key.encrypted_key, wrapped_data_key, aad, &api_key);
   if (!s.ok()) {
+    WipeSecret(&api_key);
     WriteProblem(409, "key_unreadable", "the stored key does not open; add it again", &res);
+    return;
+  }
+  if (!c.test_limiter->TakeOrRefuse(identity.subject, c.clock->NowMicros(),
+                                    "keys are tested", res)) {
+    WipeSecret(&api_key);
     return;
   }
   auto url = c.base_urls.find(provider_id);

@@ -24,6 +24,14 @@ int64_t UserLimiter::Take(const std::string& user, int64_t now_us) {
   return 0;
 }
 
+void UserLimiter::GiveBack(const std::string& user) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = due_us_.find(user);
+  // Gone: the bucket was full again (or never held), so there is nothing to return. A due time
+  // in the past counts as full in Take() (std::max with now).
+  if (it != due_us_.end()) it->second -= interval_us_;
+}
+
 bool UserLimiter::TakeOrRefuse(const std::string& user, int64_t now_us, std::string_view what,
                                httplib::Response& res) {
   const int64_t wait_us = Take(user, now_us);

@@ -29,6 +29,11 @@ class UserLimiter {
   bool TakeOrRefuse(const std::string& user, int64_t now_us, std::string_view what,
                     httplib::Response& res);
 
+  // Returns one Take() of `user`'s: for a request that was counted before the writer refused it
+  // from ledgerd's own state (nothing appended, no one outside asked). A bucket it would
+  // overfill stays full.
+  void GiveBack(const std::string& user);
+
  private:
   const int64_t burst_;
   const int64_t interval_us_;

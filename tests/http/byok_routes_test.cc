@@ -504,6 +504,81 @@ TEST_F(ByokRoutesTest, KeyChangesAreRateLimitedPerUser) {
   for (int i = 0; i < 10; ++i) EXPECT_EQ(add("b" + std::to_string(i)).status, 201) << i;
 }
 
+// Refusals from ledgerd's own state spend no key change: the writer refused them and nothing was
+// appended. Ten DELETEs of a provider the user has no key for (404 each) used up the budget, and
+// the add the user then meant to make was 429; so were ten adds refused for a plan without BYOK
+// (403) before the user subscribed.
+TEST_F(ByokRoutesTest, RefusedKeyChangesSpendNoBudget) {
+  const uint64_t head = Head();
+  for (int i = 0; i < 10; ++i) {
+    ExpectProblem(As("alice").Delete("/api/v1/byok/keys/anthropic"), 404, "not_found");
+  }
+  for (int i = 0; i < 10; ++i) {
+    ExpectProblem(Add("carol", "openai", kOpenAiKey), 403, "byok_not_in_plan");
+  }
+  EXPECT_EQ(Head(), head);
+  HttpReply added = Add("alice", "openai", kOpenAiKey);
+  EXPECT_EQ(added.status, 201) << added.body;
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("carol", "starter")).ok());
+  added = Add("carol", "openai", kOpenAiKey);
+  EXPECT_EQ(added.status, 201) << added.body;
+  // What is done is still counted: nine more changes, then 429.
+  for (int i = 0; i < 9; ++i) {
+    ASSERT_EQ(Add("alice", "openai", kOpenAiKey).status, 201) << i;
+  }
+  ExpectProblem(Add("alice", "openai", kOpenAiKey), 429, "rate_limited");
+}
+
+// Writes one row of the data-key family as given: a key whose row holds another key's wrapped
+// data key, as a damaged store (or one restored from elsewhere) would.
+class PutDataKeyRow : public Command {
+ public:
+  PutDataKeyRow(std::string key, std::string value)
+      : key_(std::move(key)), value_(std::move(value)) {}
+  Status Decide(const DecideContext&, Decision* decision) override {
+    decision->side_rows.push_back(
+        SideRow{std::string(pj::kByokDataKeysFamily), key_, value_, false});
+    return Status::OK();
+  }
+
+ private:
+  std::string key_, value_;
+};
+
+// A test of a key that does not open (409 key_unreadable) asks no provider and appends nothing,
+// so it spends no key test: five tests of a key sealed under a replaced key-encryption key left
+// the budget empty, and the key added again in its place could not be tested for 12 s.
+TEST_F(ByokRoutesTest, TestsOfAnUnreadableKeySpendNoBudget) {
+  provider_.Accept(kOpenAiKey);
+  ASSERT_EQ(Add("alice", "openai", kOpenAiKey).status, 201);
+  std::unique_ptr<SecretBox> other;
+  ASSERT_TRUE(SecretBox::Create(std::string(32, '\x11'), &other).ok());
+  Start(other.get());
+  const std::string path = "/api/v1/byok/keys/test/openai";
+  for (int i = 0; i < 5; ++i) ExpectProblem(As("alice").Post(path, ""), 409, "key_unreadable");
+  ASSERT_EQ(Add("alice", "openai", kOpenAiKey).status, 201);
+  HttpReply tested = As("alice").Post(path, "");
+  ASSERT_EQ(tested.status, 200) << tested.body;
+  EXPECT_STREQ(tested.Json()["result"].GetString(), "valid");
+
+  // The same for a key whose data key does not open it (another key's wrapped data key).
+  HttpReply bobs = Add("bob", "openai", kOpenAiKey);
+  ASSERT_EQ(bobs.status, 201) << bobs.body;
+  HttpReply readded = Add("alice", "openai", kOpenAiKey);
+  ASSERT_EQ(readded.status, 201) << readded.body;
+  std::string bobs_wrapped;
+  ASSERT_TRUE(
+      WrappedDataKey("bob", "openai", bobs.Json()["key_id"].GetString(), &bobs_wrapped).ok());
+  PutDataKeyRow damage("alice/openai/" + std::string(readded.Json()["key_id"].GetString()),
+                       bobs_wrapped);
+  ASSERT_TRUE(ledger_->Submit(&damage).status.ok());
+  for (int i = 0; i < 5; ++i) ExpectProblem(As("alice").Post(path, ""), 409, "key_unreadable");
+  ASSERT_EQ(Add("alice", "openai", kOpenAiKey).status, 201);
+  tested = As("alice").Post(path, "");
+  ASSERT_EQ(tested.status, 200) << tested.body;
+  EXPECT_EQ(provider_.calls(), 2);
+}
+
 TEST_F(ByokRoutesTest, BadInputAndPlansWithoutByokAppendNothing) {
   const uint64_t head = Head();
   ExpectProblem(Add("tina", "openai", kOpenAiKey), 403, "byok_not_in_plan");
