@@ -37,6 +37,7 @@
 #include "events/coding.h"
 #include "events/group_rows.h"
 #include "events/limits.h"
+#include "events/side_shredder.h"
 #include "events/wal_log.h"
 #include "events/wal_watch.h"
 #include "events/write_pacer.h"
@@ -607,6 +608,8 @@ struct Writer {
   CommandResult result;
   // SubmitAsync: called with the result instead of Signal(), and the writer is deleted.
   std::function<void(CommandResult)> done;
+  // The side families the command deleted rows of: compacted once it is durable (SideShredder).
+  std::vector<rocksdb::ColumnFamilyHandle*> side_deletes;
 
   // Blocks until the sync thread signals; returns the new state.
   State Wait() {
@@ -698,6 +701,9 @@ class LedgerImpl final : public Ledger {
   Status ImportEvents(const std::vector<Event>& events) override;
   Status Flush() override;
   Status WaitForBackgroundWork(int64_t timeout_ms) override;
+  Status WaitForSideCompactions(int64_t timeout_ms) override {
+    return shredder_ != nullptr ? shredder_->Wait(timeout_ms) : Status::OK();
+  }
   LedgerMetrics& metrics() override { return metrics_; }
   uint64_t AddCommitListener(std::function<void(Position)> listener) override {
     std::lock_guard<std::mutex> l(listeners_mu_);
@@ -815,6 +821,7 @@ class LedgerImpl final : public Ledger {
   // the sync thread when it writes nothing.
   std::atomic<size_t> unwritten_{0};
   std::thread committer_, writer_, syncer_;
+  std::unique_ptr<SideShredder> shredder_;  // read-write ledgers, from Start()
 
   // Decided groups handed to the write thread. The committer decides the next group while one is
   // written, reading the rows of those not yet written before the store's (GroupState).
@@ -1462,6 +1469,10 @@ bool LedgerImpl::Admit(Writer* w) {
 }
 
 void LedgerImpl::Start() {
+  shredder_ = std::make_unique<SideShredder>(db_);
+  shredder_->Start();
+  // Once at open too: a delete acknowledged just before a crash was never compacted.
+  for (const std::string& side : side_families_) shredder_->Request(Family(side), 0);
   committer_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "ledger-commit");  // for top -H, perf, gdb
     CommitLoop();
@@ -1496,6 +1507,7 @@ void LedgerImpl::Stop() {
   }
   sync_cv_.notify_one();
   syncer_.join();
+  shredder_->Stop();  // after the last answer: it compacts for every delete acknowledged
 }
 
 void LedgerImpl::CommitLoop() {
@@ -1811,6 +1823,13 @@ void LedgerImpl::Answer(GroupCommit* commit, const Status& durable) {
       w->result = CommandResult{};
       w->result.status = Status::Unavailable("storage_degraded", "storage write failed");
     }
+    // Queued before the answer, so that a caller who waits for side compactions after it waits
+    // for this one.
+    if (!failed && w->result.status.ok() && commit->snapshot != nullptr) {
+      for (rocksdb::ColumnFamilyHandle* family : w->side_deletes) {
+        shredder_->Request(family, commit->snapshot->GetSequenceNumber());
+      }
+    }
     if (w->done) {
       std::unique_ptr<Writer> owned(w);
       owned->done(std::move(owned->result));
@@ -1894,6 +1913,7 @@ Status LedgerImpl::DecideOne(Writer* w, int64_t now_us, GroupState* state) {
     }
     LEDGER_RETURN_IF_ERROR(row.deleted ? state->Delete(row.family, row.key)
                                        : state->Put(row.family, row.key, row.value));
+    if (row.deleted) w->side_deletes.push_back(Family(row.family));
   }
   if (!idempotency_key.empty()) {
     state->PutRow(Family(kIdempotencyFamily), idempotency_key,

@@ -305,6 +305,10 @@ class Ledger {
   // Waits until no flush or compaction is running or due in any family (tests, benchmarks);
   // Busy when background work is still going on after `timeout_ms`.
   virtual Status WaitForBackgroundWork(int64_t timeout_ms) = 0;
+  // Waits until the side families deleted from by every command answered before the call have
+  // been compacted and the table files that held the deleted values are gone from the disk
+  // (events/side_shredder.h); Busy after `timeout_ms`. Tests: a removed key is shredded.
+  virtual Status WaitForSideCompactions(int64_t timeout_ms) = 0;
 
   virtual LedgerMetrics& metrics() = 0;
   // Commands queued or being decided (not those decided and waiting to be written or synced).

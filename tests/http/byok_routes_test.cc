@@ -794,6 +794,35 @@ TEST_F(ByokRoutesTest, RemovingAKeyShredsItsDataKey) {
   WipeSecret(&data_key);
 }
 
+// The removal's delete of a data key that was already flushed to a table file wrote only a
+// tombstone: the wrapped data key stayed in that file, in a family written so rarely that no
+// compaction might ever merge the two, and the master key and a copy of the data directory
+// opened the removed key. The ledger compacts the family after the removal is durable
+// (events/side_shredder.h): no file in the data directory holds the wrapped data key then.
+TEST_F(ByokRoutesTest, ARemovedKeysDataKeyLeavesTheTableFiles) {
+  HttpReply added = Add("alice", "openai", kOpenAiKey);
+  ASSERT_EQ(added.status, 201) << added.body;
+  const std::string key_id = added.Json()["key_id"].GetString();
+  ASSERT_TRUE(ledger_->Flush().ok());  // the row in a table file; its write-ahead log deleted
+  std::string wrapped, wrapped_bytes;
+  ASSERT_TRUE(WrappedDataKey("alice", "openai", key_id, &wrapped).ok());
+  const std::string body = wrapped.substr(3);  // after the "v?:" of its form
+  ASSERT_TRUE(Base64Decode(body, &wrapped_bytes));
+  // Negative control: the scan finds it in the table file.
+  ASSERT_TRUE(DataDirContains(body));
+
+  ASSERT_EQ(As("alice").Delete("/api/v1/byok/keys/openai").status, 200);
+  ASSERT_TRUE(ledger_->WaitForSideCompactions(30'000).ok());
+  EXPECT_FALSE(DataDirContains(wrapped));
+  EXPECT_FALSE(DataDirContains(body));
+  EXPECT_FALSE(DataDirContains(wrapped_bytes));
+  // And after a restart (a clean shutdown flushes every family).
+  Restart(nullptr);
+  ASSERT_TRUE(ledger_->WaitForSideCompactions(30'000).ok());
+  EXPECT_FALSE(DataDirContains(body));
+  EXPECT_TRUE(WrappedDataKey("alice", "openai", key_id, &wrapped).IsNotFound());
+}
+
 // Adding again for a provider replaces the key: the replaced key's data key goes in the add's
 // batch, the new key's comes in it.
 TEST_F(ByokRoutesTest, ReplacingAKeyShredsTheReplacedOne) {
