@@ -72,6 +72,8 @@ struct BenchPhaseResult {
   uint64_t slow_syncs = 0;          // WAL fsyncs over kSlowSyncSeconds: the disk stalled
   double slowest_sync_ms = 0;       // upper bound of the slowest fsync's histogram bucket
   double cpu_cores = 0;             // process CPU time / wall time
+  // Open loop: the 99th percentile of how late the generator submitted a command (ms).
+  double generator_late_p99_ms = 0;
 };
 
 Status RunBench(const BenchOptions& options, std::vector<BenchPhaseResult>* results);
