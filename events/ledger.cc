@@ -1797,6 +1797,10 @@ void LedgerImpl::SyncLoop() {
       if (!g.status.ok() && sync_failure_.ok()) sync_failure_ = g.status;
       Answer(&g, sync_failure_);
     }
+    // Their read views too: kept while this thread waits, an answered group's snapshot held
+    // back every compaction that waits for views older than a later delete (SideShredder) --
+    // until the next write.
+    groups.clear();
   }
 }
 

@@ -124,7 +124,12 @@ void SideShredder::Shred(rocksdb::ColumnFamilyHandle* family, uint64_t sequence)
                        family->GetName(), file.relative_filename);
           return;
         }
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        // Not waited for at a stop: the file is obsolete, and RocksDB's delete scheduler (behind
+        // whatever trash it has queued) or the next open deletes it -- a shutdown is not held
+        // up for it.
+        std::unique_lock<std::mutex> lock(mu_);
+        if (stopping_) return;
+        cv_.wait_for(lock, std::chrono::milliseconds(5));
       }
     }
   }

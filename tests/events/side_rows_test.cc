@@ -6,6 +6,13 @@
 // the log (the projection digest that replay compares).
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <iterator>
+#include <thread>
+
 #include "events/ledger.h"
 #include "tests/support/fault_fs.h"
 #include "tests/support/test_ledger.h"
@@ -178,6 +185,60 @@ TEST(SideRowsTest, APowerLossKeepsTheRowOfAnAcknowledgedCommand) {
   EXPECT_TRUE(kept);
   PowerLossAfterAnAcknowledgedRow(/*sync=*/false, &kept);  // negative control
   EXPECT_FALSE(kept);
+}
+
+// Whether any table file (or table file being deleted) under `dir` holds `needle`.
+bool TableFilesHold(const std::string& dir, const std::string& needle) {
+  std::error_code error;
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(dir, error)) {
+    const std::string name = entry.path().filename().string();
+    if (!name.ends_with(".sst") && !name.ends_with(".trash")) continue;
+    std::ifstream in(entry.path(), std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (bytes.find(needle) != std::string::npos) return true;
+  }
+  return false;
+}
+
+// A delete answered by the same sync as an earlier group: the sync thread must not keep that
+// group's read view once it has answered it -- the compaction that drops the deleted value
+// waits for every view older than the delete, and with no later write it waited for ever.
+TEST(SideRowsTest, ADeleteSyncedWithAnEarlierGroupIsCompactedAway) {
+  TempDir dir;
+  LedgerOptions options;
+  options.path = dir.path();
+  options.side_families = {kSide};
+  options.sync_interval_min = std::chrono::milliseconds(300);  // one sync for both groups below
+  auto ledger = testing::OpenTestLedger(options);
+  ASSERT_NE(ledger, nullptr);
+  const std::string secret = "wrapped-data-key-3f9a1c77e2b84d05";
+  SideRowCommand put("alice", {Put("k", secret)});
+  ASSERT_TRUE(ledger->Submit(&put).status.ok());
+  ASSERT_TRUE(ledger->Flush().ok());
+  ASSERT_TRUE(ledger->WaitForSideCompactions(10'000).ok());
+  ASSERT_TRUE(TableFilesHold(dir.path(), secret)) << "control: the value is in a table file";
+
+  // A sync now, so that the next one is paced and takes both groups.
+  SideRowCommand first("bob", {});
+  ASSERT_TRUE(ledger->Submit(&first).status.ok());
+  const uint64_t syncs_before = ledger->metrics().syncs.Value();
+  const uint64_t groups_before = ledger->metrics().groups_committed.Value();
+  SideRowCommand other("carol", {});
+  SideRowCommand remove("alice", {Del("k")});
+  std::promise<CommandResult> other_done, remove_done;
+  ledger->SubmitAsync(&other, [&](CommandResult r) { other_done.set_value(std::move(r)); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a group of its own
+  ledger->SubmitAsync(&remove, [&](CommandResult r) { remove_done.set_value(std::move(r)); });
+  ASSERT_TRUE(other_done.get_future().get().status.ok());
+  ASSERT_TRUE(remove_done.get_future().get().status.ok());
+  ASSERT_EQ(ledger->metrics().groups_committed.Value(), groups_before + 2)
+      << "the two commands were decided as one group: the test shows nothing";
+  ASSERT_EQ(ledger->metrics().syncs.Value(), syncs_before + 1)
+      << "the two groups were not synced together: the test shows nothing";
+
+  Status waited = ledger->WaitForSideCompactions(10'000);
+  EXPECT_TRUE(waited.ok()) << waited.ToString();
+  EXPECT_FALSE(TableFilesHold(dir.path(), secret));
 }
 
 }  // namespace
