@@ -224,7 +224,8 @@ struct LedgerMetrics {
   Histogram sync_seconds{Histogram::LatencySecondsBounds()};
   // Table files written, in bytes: by memtable flushes (and WAL recovery at open), and by
   // compactions, which rewrite rows already in table files. The events family's share of the
-  // latter stays 0: its files are only ever moved between levels (see OpenDb).
+  // latter stays 0 while its files are only moved between levels; small files that restarts
+  // pile up at level 0 are merged, and counted here (see OpenDb).
   Counter table_bytes_flushed;
   Counter table_bytes_compacted;
   Counter event_table_bytes_compacted;

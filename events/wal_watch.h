@@ -14,11 +14,12 @@
 // write followed by one Flush() when the record fits the file writer's buffer
 // (DBOptions::writable_file_max_buffer_size; larger records are flushed part by part, so the watch
 // is only armed for batches well under it, kArmBytesMax). The watch fires on the first successful
-// Flush() of a WAL file, on the armed thread, after at least the batch's bytes were appended to WAL
-// files by that thread without error: the record is then wholly in the OS's page cache. A flush with
-// nothing appended (RocksDB flushing the previous log at a memtable switch) does not fire it, nor
-// does a record another thread writes (RocksDB's write group led by another writer): the ledger
-// then treats the record as appended when DB::Write returns, as it always did.
+// Flush() of a WAL file, on the armed thread, after at least the batch's bytes were appended to
+// WAL files by that thread without error: the record is then wholly in the OS's page cache. A
+// flush with nothing appended (RocksDB flushing the previous log at a memtable switch) does not
+// fire it, nor does a record another thread writes (RocksDB's write group led by another
+// writer): the ledger then treats the record as appended when DB::Write returns, as it always
+// did.
 #pragma once
 
 #include <cstdint>

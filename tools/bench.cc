@@ -190,8 +190,9 @@ void FillFromMetrics(const MetricsSample& a, const MetricsSample& b, BenchPhaseR
   double groups = static_cast<double>(b.groups - a.groups);
   r->groups_per_second = Ratio(groups, seconds);
   r->syncs_per_second = Ratio(static_cast<double>(b.syncs - a.syncs), seconds);
-  r->syncs_beside_write_share = Ratio(static_cast<double>(b.syncs_beside_write - a.syncs_beside_write),
-                                      static_cast<double>(b.syncs - a.syncs));
+  r->syncs_beside_write_share =
+      Ratio(static_cast<double>(b.syncs_beside_write - a.syncs_beside_write),
+            static_cast<double>(b.syncs - a.syncs));
   r->commands_per_group = Ratio(b.group_commands.sum - a.group_commands.sum,
                                 static_cast<double>(b.group_commands.count - a.group_commands.count));
   r->events_per_group = Ratio(b.group_events.sum - a.group_events.sum,
