@@ -692,6 +692,7 @@ class LedgerImpl final : public Ledger {
   std::unique_ptr<ReadView> Snapshot() const override;
   Status ReadEvents(Position after, size_t limit, const EventFilter& filter,
                     std::vector<Event>* out) const override;
+  Status StoredHashAt(Position at, Hash* out) const override;
   Status ScanRaw(Position from, Position to,
                  const std::function<bool(Position, std::string_view)>& fn) const override;
   Status GetCheckpoint(std::string_view name, Position* out) const override;
@@ -786,10 +787,6 @@ class LedgerImpl final : public Ledger {
   }
   Status ReadEventsBySubject(Position after, size_t limit, const EventFilter& filter,
                              std::vector<Event>* out) const;
-  // The stored hash of event `at` (at > 0), for linking the first event of a read that starts
-  // after it: a read's first event was checked on its own only, so an event re-sealed at the end
-  // of one read (GET /api/v1/events reads a page in chunks) was caught by no read at all.
-  Status PredecessorHash(Position at, Hash* out) const;
 
   LedgerOptions options_;
   rocksdb::DB* db_ = nullptr;
@@ -1356,7 +1353,7 @@ Status LedgerImpl::CatchUpFolds() {
   Hash prev{};
   bool have_prev = false;
   if (from.value() != 0 && from < head_) {
-    LEDGER_RETURN_IF_ERROR(PredecessorHash(from, &prev));
+    LEDGER_RETURN_IF_ERROR(StoredHashAt(from, &prev));
     have_prev = true;
   }
   while (next <= head_) {
@@ -2138,7 +2135,7 @@ Status LedgerImpl::ReadEvents(Position after, size_t limit, const EventFilter& f
   Hash prev{};
   bool have_prev = false;
   if (after.value() != 0 && after < Position(head_position_.load())) {
-    LEDGER_RETURN_IF_ERROR(PredecessorHash(after, &prev));
+    LEDGER_RETURN_IF_ERROR(StoredHashAt(after, &prev));
     have_prev = true;
   }
   const uint64_t up_to = filter.up_to.value();
@@ -2164,7 +2161,7 @@ Status LedgerImpl::ReadEvents(Position after, size_t limit, const EventFilter& f
   return decode_status;
 }
 
-Status LedgerImpl::PredecessorHash(Position at, Hash* out) const {
+Status LedgerImpl::StoredHashAt(Position at, Hash* out) const {
   std::string value;
   const rocksdb::Status got =
       db_->Get(EventReadOptions(), Family(kEventsFamily), EncodePositionKey(at.value()), &value);

@@ -284,6 +284,11 @@ class Ledger {
   // (position, stored bytes) until it returns false. For verify/export/replay and the outbox.
   virtual Status ScanRaw(Position from, Position to,
                          const std::function<bool(Position, std::string_view)>& fn) const = 0;
+  // The stored hash of event `at` (at > 0), to link the first event of a read that starts after
+  // it to its predecessor (ReadEvents, the outbox, the Lago sink): a read's first event checked
+  // on its own only let an event re-sealed at the end of one read through. Corruption when the
+  // log has no event there or its record is too short to hold one.
+  virtual Status StoredHashAt(Position at, Hash* out) const = 0;
 
   // Named consumer checkpoints ("last applied position"), e.g. "outbox.kafka".
   virtual Status GetCheckpoint(std::string_view name, Position* out) const = 0;

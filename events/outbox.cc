@@ -507,20 +507,7 @@ bool KafkaOutbox::Impl::ProduceBatch() {
   Hash prev{};
   bool have_prev = false;
   if (next_ > 1) {
-    const uint64_t before = next_ - 1;
-    bool found = false;
-    Status read = ledger_->ScanRaw(Position(before), Position(before),
-                                   [&](Position p, std::string_view v) {
-                                     found = p.value() == before;
-                                     have_prev = found && StoredEventHash(v, &prev);
-                                     return false;
-                                   });
-    if (read.ok() && !found) {
-      read = Status::Corruption("the log has no event at position " + std::to_string(before));
-    } else if (read.ok() && !have_prev) {
-      read = Status::Corruption("the stored event at position " + std::to_string(before) +
-                                " cannot be decoded: event record too short");
-    }
+    Status read = ledger_->StoredHashAt(Position(next_ - 1), &prev);
     if (read.IsCorruption()) {
       MarkLogDamaged(read);
       return false;
@@ -529,6 +516,7 @@ bool KafkaOutbox::Impl::ProduceBatch() {
       ScheduleRewind("reading the log for the outbox: " + read.ToString());
       return false;
     }
+    have_prev = true;
   }
   Status s = ledger_->ScanRaw(Position(next_), Position(to), [&](Position p, std::string_view v) {
     if (p.value() != next_) {

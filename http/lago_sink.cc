@@ -559,25 +559,10 @@ Status LagoSink::Impl::Fill(bool* more) {
     Hash prev{};
     bool have_prev = false;
     if (scanned_to_ > 0) {
-      const uint64_t before = scanned_to_;
-      bool found = false;
-      Status read = ledger_->ScanRaw(Position(before), Position(before),
-                                     [&](Position p, std::string_view stored) {
-                                       found = p.value() == before;
-                                       have_prev = found && StoredEventHash(stored, &prev);
-                                       return false;
-                                     });
+      Status read = ledger_->StoredHashAt(Position(scanned_to_), &prev);
       if (!read.ok() && !read.IsCorruption()) return read;
-      if (read.IsCorruption()) {
-        damaged(read, before, before);
-      } else if (!found) {
-        damaged(Status::Corruption("the log has no event at position " + std::to_string(before)),
-                before, before);
-      } else if (!have_prev) {
-        damaged(Status::Corruption("the stored event at position " + std::to_string(before) +
-                                   " cannot be decoded: event record too short"),
-                before, before);
-      }
+      have_prev = read.ok();
+      if (read.IsCorruption()) damaged(read, scanned_to_, scanned_to_);
     }
     std::vector<LagoUsageEvent> mapped;
     uint64_t seen_to = scanned_to_;  // the last position the scan read

@@ -224,6 +224,13 @@ struct CallerStats {
   uint64_t errors = 0;
 };
 
+// The `q` quantile of sorted nanoseconds, in ms (`sorted` not empty).
+double QuantileMs(const std::vector<uint64_t>& sorted, double q) {
+  const size_t i =
+      std::min(sorted.size() - 1, static_cast<size_t>(q * static_cast<double>(sorted.size())));
+  return static_cast<double>(sorted[i]) / 1e6;
+}
+
 void FillLatencies(std::vector<CallerStats>& stats, BenchPhaseResult* r) {
   std::vector<uint64_t> all;
   for (CallerStats& s : stats) {
@@ -234,14 +241,10 @@ void FillLatencies(std::vector<CallerStats>& stats, BenchPhaseResult* r) {
   }
   if (all.empty()) return;
   std::sort(all.begin(), all.end());
-  auto at = [&](double q) {
-    size_t i = std::min(all.size() - 1, static_cast<size_t>(q * static_cast<double>(all.size())));
-    return static_cast<double>(all[i]) / 1e6;
-  };
-  r->p50_ms = at(0.50);
-  r->p90_ms = at(0.90);
-  r->p99_ms = at(0.99);
-  r->p999_ms = at(0.999);
+  r->p50_ms = QuantileMs(all, 0.50);
+  r->p90_ms = QuantileMs(all, 0.90);
+  r->p99_ms = QuantileMs(all, 0.99);
+  r->p999_ms = QuantileMs(all, 0.999);
   r->max_ms = static_cast<double>(all.back()) / 1e6;
 }
 
@@ -447,8 +450,7 @@ Status RunOpenLoop(const BenchOptions& options, double rate, BenchPhaseResult* r
   FillLatencies(stats, result);
   if (!late_ns.empty()) {
     std::sort(late_ns.begin(), late_ns.end());
-    const size_t i = std::min(late_ns.size() - 1, late_ns.size() * 99 / 100);
-    result->generator_late_p99_ms = static_cast<double>(late_ns[i]) / 1e6;
+    result->generator_late_p99_ms = QuantileMs(late_ns, 0.99);
   }
   return Status::OK();
 }
