@@ -2085,7 +2085,7 @@ void LedgerImpl::WriteDecided(GroupCommit* commit) {
                            std::chrono::steady_clock::now());
       }
     }
-    wal_cv_.notify_all();
+    if (!s.ok()) wal_cv_.notify_all();  // a write that succeeded woke the sync in NoteAppended
   }
   if (!s.ok()) {
     // The group is lost as a whole; nothing of it was acknowledged. Stop accepting writes at once
