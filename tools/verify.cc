@@ -139,7 +139,10 @@ Status ExplainOpenFailure(const VerifyOptions& options, const Status& open_statu
   Status scan = FindDamagedEventInWal(options.data_dir, &finding);
   const bool in_wal = scan.ok() && finding.found;
   const uint64_t wal_at = in_wal ? finding.position.value() : 0;  // 0: none, or not placed
-  const std::string wal_damage = finding.reason + " in write-ahead log " + finding.file;
+  // The offset lets an operator cut the log there (README, "ledgerctl") to start without it.
+  const std::string wal_damage = finding.reason + " in write-ahead log " + finding.file +
+                                 " (its record starts at offset " +
+                                 std::to_string(finding.offset) + ")";
   VerifyReport tables;
   const Status tables_status = VerifyTableFiles(options, &tables);
   if (tables_status.IsCorruption() && tables.failed_position.value() != 0 &&

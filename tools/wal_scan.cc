@@ -79,6 +79,7 @@ void CheckRecord(const std::string& record, bool checksum_ok, size_t offset, Wal
                  uint64_t* last_position) {
   const uint64_t before = *last_position;
   uint64_t first = before == 0 ? 0 : before + 1;
+  out->offset = offset;  // kept only when this record is the damaged one
   bool has_events = true;  // unknown when the batch cannot be read: assume its group's
   if (record.size() >= kWriteBatchHeaderBytes) {
     rocksdb::WriteBatch batch(record);
@@ -148,6 +149,7 @@ void ScanLogFile(const std::string& contents, WalFinding* out, uint64_t* last_po
     // The events after the last intact one these logs hold; unknown (0) when none precedes the
     // hole here (events before it may be in table files, which this scan does not read).
     out->position = Position(*last_position == 0 ? 0 : *last_position + 1);
+    out->offset = *at;
     out->reason = "a zeroed record header at offset " + std::to_string(*at) +
                   " with records after it: the events from there to the end of its 32 KiB block "
                   "cannot be read";

@@ -11,6 +11,7 @@
 // fails, by the position of its group's first event.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "events/status.h"
@@ -23,6 +24,10 @@ struct WalFinding {
   Position position;   // 0 when the damage cannot be placed (a zeroed header before any event)
   std::string file;    // the log file's name
   std::string reason;  // e.g. "hash mismatch: the stored bytes were altered"
+  // Where the damaged record (or the zeroed header) begins in `file`: cutting the log there
+  // (`truncate -s OFFSET`) drops that record -- the whole group written with the named event --
+  // and everything after it in the file, and RocksDB opens the store without them.
+  uint64_t offset = 0;
 };
 
 // Scans every write-ahead log file of `data_dir` in file-number order. OK with found == false

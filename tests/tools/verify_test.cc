@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <fstream>
 #include <random>
+#include <regex>
 #include <utility>
 #include <vector>
 
@@ -207,6 +208,37 @@ TEST(VerifyTest, FlippedByteInWalFailsAtItsPosition) {
   ASSERT_TRUE(s.IsCorruption()) << s.ToString();
   EXPECT_EQ(report.failed_position, Position(kTampered));
   EXPECT_NE(report.reason.find("write-ahead log"), std::string::npos) << report.reason;
+}
+
+// The README's way out of a damaged log record: cut the named log at the offset verify reports.
+// The store then opens without that record's group and what followed it, and verifies.
+TEST(VerifyTest, CuttingTheLogAtTheReportedOffsetOpensTheStore) {
+  TempDir dir;
+  WriteLog(dir.path(), /*flush=*/false);
+  ASSERT_FALSE(FlipByteInFile(dir.path(), ".log", MarkerFor(kTampered), 9).empty());
+  Status s;
+  VerifyReport report = Verify(dir.path(), 1, 0, &s);
+  ASSERT_TRUE(s.IsCorruption()) << s.ToString();
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(report.reason, m,
+                                std::regex(R"(write-ahead log (\S+\.log) \(its record starts at )"
+                                           R"(offset (\d+)\))")))
+      << report.reason;
+  const std::filesystem::path log = std::filesystem::path(dir.path()) / m[1].str();
+  const uint64_t offset = std::stoull(m[2].str());
+  ASSERT_LT(offset, std::filesystem::file_size(log));
+  std::filesystem::resize_file(log, offset);
+
+  std::unique_ptr<Ledger> ledger;
+  LedgerOptions options;
+  options.path = dir.path();
+  Status open = Ledger::Open(options, &ledger);
+  ASSERT_TRUE(open.ok()) << open.ToString();
+  // Commands of 5 events, one record each: the damaged event's group is gone, all before it kept.
+  EXPECT_EQ(ledger->Head().value(), (kTampered - 1) / 5 * 5);
+  ledger.reset();
+  VerifyReport after = Verify(dir.path(), 1, 0, &s);
+  EXPECT_TRUE(s.ok()) << s.ToString();
 }
 
 // A flipped byte in a table file and a damaged record in the write-ahead log after it (the
