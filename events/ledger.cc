@@ -695,6 +695,7 @@ class LedgerImpl final : public Ledger {
   Status StoredHashAt(Position at, Hash* out) const override;
   Status ScanRaw(Position from, Position to,
                  const std::function<bool(Position, std::string_view)>& fn) const override;
+  Status EventReadFailure(const rocksdb::Status& s, Position after) const;
   Status GetCheckpoint(std::string_view name, Position* out) const override;
   Status PutCheckpoint(std::string_view name, Position position, bool sync) override;
   Status GetFoldVersion(std::string_view fold, uint32_t* out) const override;
@@ -2169,7 +2170,7 @@ Status LedgerImpl::StoredHashAt(Position at, Hash* out) const {
     return Status::Corruption("the log has no event at position " + std::to_string(at.value()) +
                               " (`ledgerctl verify` names the first damaged position)");
   }
-  LEDGER_RETURN_IF_ERROR(FromRocks(got));
+  LEDGER_RETURN_IF_ERROR(EventReadFailure(got, Position(at.value() - 1)));
   if (!StoredEventHash(value, out)) {
     return Status::Corruption("the stored event at position " + std::to_string(at.value()) +
                               " cannot be decoded: event record too short");
@@ -2207,8 +2208,9 @@ Status LedgerImpl::ReadEventsBySubject(Position after, size_t limit, const Event
     for (uint64_t position : positions) {
       if (position <= after.value()) continue;
       if (position > head) return FromRocks(it->status());
-      LEDGER_RETURN_IF_ERROR(FromRocks(db_->Get(EventReadOptions(), Family(kEventsFamily),
-                                                EncodePositionKey(position), &value)));
+      LEDGER_RETURN_IF_ERROR(EventReadFailure(
+          db_->Get(EventReadOptions(), Family(kEventsFamily), EncodePositionKey(position), &value),
+          Position(position - 1)));
       // Events of one subject are not consecutive: each is checked on its own, and linked to
       // the one read before it when that is its predecessor.
       const Hash* link = have_prev && prev_position + 1 == position ? &prev : nullptr;
@@ -2239,12 +2241,30 @@ Status LedgerImpl::ScanRaw(Position from, Position to,
   rocksdb::Slice upper_slice = upper;
   read_options.iterate_upper_bound = &upper_slice;
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read_options, Family(kEventsFamily)));
+  Position read(std::max<uint64_t>(from.value(), 1) - 1);  // the last position handed to fn
   for (it->Seek(EncodePositionKey(std::max<uint64_t>(from.value(), 1))); it->Valid();
        it->Next()) {
     if (it->key().size() != 8) return Status::Corruption("malformed event key");
-    if (!fn(Position(DecodeFixed64BE(it->key().data())), ToView(it->value()))) break;
+    read = Position(DecodeFixed64BE(it->key().data()));
+    if (!fn(read, ToView(it->value()))) break;
   }
-  return FromRocks(it->status());
+  return EventReadFailure(it->status(), read);
+}
+
+// A damaged table block fails a read of the events with RocksDB's words alone: "block checksum
+// mismatch: ... in /srv/ledger/data/000032.sst offset 0 size 4221". GET /api/v1/events answered
+// a user exactly that -- no position, and the data directory's path in an HTTP body. The read
+// knows where it was: the damage is in the events after `after`.
+Status LedgerImpl::EventReadFailure(const rocksdb::Status& s, Position after) const {
+  if (!s.IsCorruption()) return FromRocks(s);
+  std::string reason = s.ToString();
+  const std::string dir = options_.path + "/";
+  for (size_t at = reason.find(dir); at != std::string::npos; at = reason.find(dir, at)) {
+    reason.erase(at, dir.size());
+  }
+  return Status::Corruption("the table block holding the events after position " +
+                            std::to_string(after.value()) +
+                            " is damaged (`ledgerctl verify` names the event): " + reason);
 }
 
 Status LedgerImpl::GetCheckpoint(std::string_view name, Position* out) const {

@@ -61,6 +61,29 @@ TEST(TamperReadTest, AFlippedByteInTheOnlyTableBlockFailsTheOpen) {
   EXPECT_TRUE(scan.IsCorruption()) << scan.ToString();
 }
 
+// A damaged first block of a table file whose newest events lie in later blocks: the open reads
+// only those and succeeds, and the first read over the damaged block fails. It named neither a position nor anything but the file's
+// full path (RocksDB's words, which GET /api/v1/events answered a user with); it names the
+// position the damage follows, and no directory.
+TEST(TamperReadTest, ADamagedTableBlockIsNamedByPositionWithoutThePath) {
+  TempDir dir;
+  WriteFlushedLog(dir.path(), 200);  // 4 KiB blocks: events 1..~20 in the first
+  ASSERT_FALSE(FlipByteInFile(dir.path(), ".sst", MarkerFor(3), 9).empty());
+  auto ledger = testing::OpenTestLedger(dir.path());
+  ASSERT_NE(ledger, nullptr);
+  std::vector<Event> events;
+  Status read = ledger->ReadEvents(Position(0), 10, {}, &events);
+  ASSERT_TRUE(read.IsCorruption()) << read.ToString();
+  EXPECT_NE(read.message().find("events after position 0 "), std::string::npos) << read.ToString();
+  EXPECT_EQ(read.message().find(dir.path()), std::string::npos) << read.ToString();
+  EXPECT_TRUE(events.empty());
+  Status scan = ledger->ScanRaw(Position(1), Position(0), [](Position, std::string_view) {
+    return true;
+  });
+  ASSERT_TRUE(scan.IsCorruption()) << scan.ToString();
+  EXPECT_EQ(scan.message().find(dir.path()), std::string::npos) << scan.ToString();
+}
+
 // Rewrites the stored bytes of event `position` through RocksDB (so its block checksums hold):
 // with `reseal`, its data changed and its hash recomputed (its own hash verifies, the next
 // event's link does not); without, one byte of its data flipped ("marker" became "larker", as
