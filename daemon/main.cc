@@ -1,5 +1,6 @@
 // ledgerd: parse configuration, start the App, wait for SIGTERM/SIGINT, stop in order.
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -19,6 +20,10 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  // Every file ledgerd creates is its user's alone: RocksDB made its table files, logs and
+  // MANIFEST 0644, so in a data directory the operator created 0755 anyone on the host could
+  // read users' emails, the webhooks as delivered and the sealed BYOK keys.
+  umask(0077);
 
   Config config;
   ParseResult parsed = ParseConfig(argc, argv, &config);

@@ -196,6 +196,37 @@ TEST(LedgerdBinaryTest, SigtermExitsZeroAndTheDataReopensAtTheSameHead) {
   EXPECT_EQ(verify.exit_code, 0) << verify.out << verify.err;
 }
 
+// A data directory the operator created world-readable (0755) holds only files of ledgerd's user
+// alone: RocksDB created its logs, table files and MANIFEST 0644 there.
+TEST(LedgerdBinaryTest, FilesInAnOperatorsDataDirectoryAreTheUsersAlone) {
+  TempDir dir;
+  DaemonOptions options;
+  options.data_dir = dir.Sub("data");
+  options.log_path = dir.Sub("ledgerd.log");
+  ASSERT_TRUE(std::filesystem::create_directory(options.data_dir));
+  ASSERT_EQ(::chmod(options.data_dir.c_str(), 0755), 0);
+  DaemonProcess daemon(options);
+  ASSERT_TRUE(daemon.Start().ok()) << daemon.Log();
+  TestHttpClient client("127.0.0.1", daemon.port());
+  client.set_bearer(MintAdminToken(ReadDevSecret(options.data_dir)));
+  ASSERT_EQ(client.Post("/api/v1/subscriptions/plans",
+                        R"({"id":"private","display_name":"Private",)"
+                        R"("price_monthly_cents":500,"api_calls_limit":null,)"
+                        R"("services":["chat"]})")
+                .status,
+            201);
+  EXPECT_EQ(daemon.Terminate(), 0) << daemon.Log();  // a clean stop flushes: table files too
+  size_t files = 0;
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(options.data_dir)) {
+    if (!entry.is_regular_file()) continue;
+    ++files;
+    struct stat st {};
+    ASSERT_EQ(::stat(entry.path().c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 077, 0u) << entry.path() << " mode " << std::oct << (st.st_mode & 0777);
+  }
+  EXPECT_GT(files, 5u);
+}
+
 // A second SIGTERM while the shutdown waits (here for a checkout whose Stripe call hangs) exits
 // at once, 128 + 15; the store reopens.
 TEST(LedgerdBinaryTest, ASecondSigtermExitsAtOnce) {
