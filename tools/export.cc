@@ -1,6 +1,7 @@
 #include "tools/export.h"
 
 #include <algorithm>
+#include <cstring>
 #include <optional>
 #include <vector>
 
@@ -8,6 +9,12 @@
 #include "tools/progress.h"
 
 namespace ledger::tools {
+
+namespace {
+
+constexpr size_t kHashBytes = 32;  // a stored event starts with its prev_hash
+
+}  // namespace
 
 Status ExportCloudEvents(const Ledger& ledger, const ExportOptions& options, std::ostream& out,
                          uint64_t* exported) {
@@ -51,6 +58,14 @@ Status ExportCloudEvents(const Ledger& ledger, const ExportOptions& options, std
   Progress meter(options.progress, "export", total);
   Status failure;
   std::string line;
+  auto emit = [&](const Event& event) {
+    line = ToCloudEventJson(event, options.source);
+    line.push_back('\n');
+    out.write(line.data(), static_cast<std::streamsize>(line.size()));
+    if (!out) return Status::IOError("cannot write the export");
+    meter.Update(++*exported);
+    return Status::OK();
+  };
   // What is exported is the log as it must be: every position once, in order, each event's hash
   // its own and linked to the one before (the one at `after` for the first).
   uint64_t expected = options.after.value() + 1;
@@ -67,7 +82,34 @@ Status ExportCloudEvents(const Ledger& ledger, const ExportOptions& options, std
   } else {
     previous = Hash{};
   }
-  Status scan = ledger.ScanRaw(Next(options.after), last, [&](Position p, std::string_view stored) {
+  // Each event is written once the next one has linked to it, and the range's last event too
+  // when the log holds its successor (one more position scanned, only its link read), as
+  // verify's range, ReadEvents, the outbox and the Lago sink link theirs: an event rewritten and
+  // re-sealed (a new hash over new bytes) checks out on its own, and only the next event's
+  // prev_hash shows it. `export --to <audit head>`, run after run beside a live ledgerd, ends
+  // each run at an event the next run starts after, and one re-sealed there was written with
+  // exit 0; and with the link checked only after an event was written, a forged event sat in the
+  // output above the exit 65 that named its successor.
+  const bool successor = last < head;
+  std::optional<Event> held;  // checked, and waiting for the next event's link
+  Status scan = ledger.ScanRaw(Next(options.after), successor ? Next(last) : last,
+                               [&](Position p, std::string_view stored) {
+    if (p > last && p.value() == expected) {
+      Hash link{};
+      if (stored.size() >= 2 * kHashBytes) std::memcpy(link.data(), stored.data(), kHashBytes);
+      if (stored.size() < 2 * kHashBytes || link != held->hash) {
+        const std::string to = std::to_string(last.value());
+        const std::string next = std::to_string(p.value());
+        failure = Status::Corruption("position " + next + ": its prev_hash does not link to " +
+                                     "position " + to + " (" + to + " was rewritten and " +
+                                     "re-sealed, or " + next + " altered; ledgerctl verify " +
+                                     "names it)");
+        return false;
+      }
+      failure = emit(*held);
+      held.reset();
+      return false;
+    }
     Event event;
     failure = DecodeEvent(stored, &event);
     if (failure.ok() && p.value() != expected) {
@@ -87,21 +129,25 @@ Status ExportCloudEvents(const Ledger& ledger, const ExportOptions& options, std
     }
     ++expected;
     previous = event.hash;
-    line = ToCloudEventJson(event, options.source);
-    line.push_back('\n');
-    out.write(line.data(), static_cast<std::streamsize>(line.size()));
-    if (!out) {
-      failure = Status::IOError("cannot write the export");
-      return false;
+    if (held.has_value()) {
+      failure = emit(*held);
+      if (!failure.ok()) return false;
     }
-    meter.Update(++*exported);
+    held = std::move(event);
     return true;
   });
+  const bool whole = failure.ok() && scan.ok() && expected == last.value() + 1;
+  if (whole && held.has_value() && !successor) failure = emit(*held);  // the head: no successor
   meter.Finish(*exported);
   LEDGER_RETURN_IF_ERROR(failure);
   LEDGER_RETURN_IF_ERROR(scan);
   if (expected != last.value() + 1) {
     return Status::Corruption("position " + std::to_string(expected) + " is missing");
+  }
+  if (held.has_value() && successor) {
+    return Status::Corruption("position " + std::to_string(Next(last).value()) +
+                              " is missing (needed to link position " +
+                              std::to_string(last.value()) + ")");
   }
   out.flush();
   if (!out) return Status::IOError("cannot write the export");

@@ -25,8 +25,10 @@ struct ExportOptions {
 
 // Writes the events to `out`, one JSON document and '\n' per event. `*exported` counts them.
 // kCorruption when a stored record does not decode, a position is missing or stored under
-// another, or an event's hash is not its own or does not link to the one before (the export
-// stops there: what was written is whole up to it); kIOError when `out` fails;
+// another, an event's hash is not its own or does not link to the one before, or the event after
+// the range, when the log holds one, does not link to the range's last (the export stops there:
+// an event is written only once the next one has linked to it, so what was written is whole and
+// linked at both ends, the failing position's predecessor not written); kIOError when `out` fails;
 // kInvalidArgument, writing nothing, when `after` is past the head (after_past_head), `to` past
 // the head or `after` past `to` (bad_range).
 Status ExportCloudEvents(const Ledger& ledger, const ExportOptions& options, std::ostream& out,

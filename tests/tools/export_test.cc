@@ -137,6 +137,59 @@ TEST(ExportCliTest, DamageInTheLogIsADataErrorNotAnExportWithAHole) {
   }
 }
 
+// A forger rewrites event 5 of 8 and re-seals it: it checks out on its own, and only event 6's
+// prev_hash shows it. An export ending at 5 (`--to` a live ledgerd's audit head, or `--limit`)
+// wrote it with exit 0, and the next incremental run (`--after 5`) never linked it; it fails at
+// 6 now, as `verify --to 5` does, without writing the forged event. A whole-log export that
+// fails at 6 does not write it either.
+TEST(ExportCliTest, ARangeEndingAtAReSealedEventFailsAtTheNextPosition) {
+  TempDir dir;
+  { WriteMarkedLog(OpenTestLedger(dir.path()).get(), 4, 2); }
+  testing::RewriteStoredEvent(dir.path(), 5, /*reseal=*/true,
+                              [](Event* event) { event->data = "{\"m\":\"forged\"}"; });
+  const std::string exporter = "export --data-dir " + dir.path() + " ";
+  for (const std::string args : {"--to 5", "--limit 5", "--after 4 --to 5", "--after 4 --limit 1",
+                                 "--after 2 --to 7 --limit 3", ""}) {
+    SCOPED_TRACE(args);
+    testing::ProcessResult r = RunLedgerctl(exporter + args, /*keep_stderr=*/true);
+    EXPECT_EQ(r.exit_code, 65) << r.out;
+    EXPECT_NE(r.out.find("position 6"), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find("forged"), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find("\"sequence\":\"00000000000000000005\""), std::string::npos) << r.out;
+  }
+  EXPECT_EQ(RunLedgerctl("verify --data-dir " + dir.path() + " --to 5").exit_code, 65);
+  // A range ending before it is linked by event 5's prev_hash, which is intact.
+  testing::ProcessResult before = RunLedgerctl(exporter + "--to 4");
+  EXPECT_EQ(before.exit_code, 0);
+  EXPECT_EQ(Lines(before.out).size(), 4u);
+  EXPECT_EQ(Lines(RunLedgerctl(exporter + "--after 1 --limit 3").out).size(), 3u);
+}
+
+// The log's last event has no successor to vouch for it: it is written (the chain head record
+// is ledgerd's, and verify's, check of it).
+TEST(ExportTest, TheHeadEventIsWrittenAndARangeBeforeItLinksToItsSuccessor) {
+  TempDir dir;
+  { WriteMarkedLog(OpenTestLedger(dir.path()).get(), 3, 2); }
+  std::unique_ptr<Ledger> ledger;
+  ASSERT_TRUE(OpenReadOnly({dir.path(), {}, true}, &ledger).ok());
+  for (uint64_t to : {0, 6, 5, 1}) {
+    SCOPED_TRACE(to);
+    ExportOptions options;
+    options.to = Position(to);
+    std::ostringstream out;
+    uint64_t exported = 0;
+    Status s = ExportCloudEvents(*ledger, options, out, &exported);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    const uint64_t expected = to == 0 ? 6 : to;
+    EXPECT_EQ(exported, expected);
+    std::vector<std::string> lines = Lines(out.str());
+    ASSERT_EQ(lines.size(), expected);
+    rapidjson::Document doc;
+    doc.Parse(lines.back().c_str());
+    EXPECT_EQ(doc["data"]["m"].GetString(), MarkerFor(expected));
+  }
+}
+
 TEST(ExportCliTest, WritesNdjsonToStdout) {
   TempDir dir;
   { WriteMarkedLog(OpenTestLedger(dir.path()).get(), 4, 2); }
