@@ -252,13 +252,16 @@ int RunReplay(const Globals& globals, const ReplayArgs& args) {
             << report.events << " events, " << options.folds.size() << " projections"
             << (args.into.empty() ? "" : ", kept in " + args.into) << ")\n";
   // A store last opened read-write by another build (or not since a rebuild was cut short): its
-  // rows of a changed fold differ from this build's replay by design. Said as such, not as a
+  // rows of a changed fold, or of a fold that build did not have, differ from this build's replay
+  // by design. Said as such, not as a
   // difference an operator would take for damage.
   for (const StaleFold& fold : report.stale_folds) {
     std::cout << "replay: fold " << fold.name << ": store has "
-              << (fold.recorded ? "version " + std::to_string(fold.store_version)
-                                : std::string("no version recorded (written before fold "
-                                              "versions, or its rebuild was interrupted)"))
+              << (fold.missing ? std::string("no rows for it (last opened by a build without "
+                                             "this fold)")
+                  : fold.recorded ? "version " + std::to_string(fold.store_version)
+                                  : std::string("no version recorded (written before fold "
+                                                "versions, or its rebuild was interrupted)"))
               << ", this build " << fold.build_version << "; "
               << (fold.recorded && fold.store_version > fold.build_version
                       ? "replay it with the ledgerctl of the build that wrote it\n"

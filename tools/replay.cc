@@ -42,16 +42,23 @@ class ScratchDir {
   std::string path_;
 };
 
-Status CheckFoldsExist(const std::string& data_dir, const std::vector<const Fold*>& folds) {
+// The folds with no column family in the live store are reported stale (not recorded, no rows),
+// the others returned in `present` for the read-only open, which cannot create a family. A store
+// last opened read-write by a build without a fold (byok before BYOK) was refused as a data error
+// (exit 65), as if damaged; ledgerd's next open creates the family and folds the log into it.
+Status FindMissingFolds(const std::string& data_dir, const std::vector<const Fold*>& folds,
+                        std::vector<const Fold*>* present, ReplayReport* report) {
   std::vector<std::string> families;
   rocksdb::Status s = rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), data_dir, &families);
   if (!s.ok()) return Status::IOError("cannot list column families: " + s.ToString());
   for (const Fold* fold : folds) {
-    if (std::find(families.begin(), families.end(), fold->Name()) == families.end()) {
-      return Status::Make(Code::kUnprocessable, "projection_missing",
-                          "projection " + std::string(fold->Name()) + " has no rows in " +
-                              data_dir + ": no ledgerd with this projection has opened the store");
+    if (std::find(families.begin(), families.end(), fold->Name()) != families.end()) {
+      present->push_back(fold);
+      continue;
     }
+    StaleFold stale{std::string(fold->Name()), false, 0, fold->Version()};
+    stale.missing = true;
+    report->stale_folds.push_back(std::move(stale));
   }
   return Status::OK();
 }
@@ -188,9 +195,10 @@ Status ReplayProjections(const ReplayOptions& options, ReplayReport* report) {
   }
 
   LEDGER_RETURN_IF_ERROR(CheckStoreExists(options.data_dir));
-  LEDGER_RETURN_IF_ERROR(CheckFoldsExist(options.data_dir, options.folds));
+  std::vector<const Fold*> present;
+  LEDGER_RETURN_IF_ERROR(FindMissingFolds(options.data_dir, options.folds, &present, report));
   std::unique_ptr<Ledger> live;
-  LEDGER_RETURN_IF_ERROR(OpenReadOnly({options.data_dir, options.folds, true}, &live));
+  LEDGER_RETURN_IF_ERROR(OpenReadOnly({options.data_dir, present, true}, &live));
   report->position = live->Head();
   // Logs holding events past a hole: the chain read is whole but may be short of what was
   // acknowledged (verify and export stop here too).
@@ -198,7 +206,7 @@ Status ReplayProjections(const ReplayOptions& options, ReplayReport* report) {
     return Status::Corruption("position " + std::to_string(report->position.value() + 1) + ": " +
                               gap + " (ledgerctl verify explains)");
   }
-  LEDGER_RETURN_IF_ERROR(FindStaleFolds(*live, options.folds, report));
+  LEDGER_RETURN_IF_ERROR(FindStaleFolds(*live, present, report));
   LEDGER_RETURN_IF_ERROR(live->ProjectionDigest(&report->live_digest));
 
   LedgerOptions rebuilt_options;

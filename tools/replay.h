@@ -11,8 +11,10 @@
 // A fold whose rows the live store says another version of its code wrote (its recorded
 // Fold::Version() differs from this build's, or none is recorded: a store last opened read-write
 // by an older or newer build, or a rebuild a crash interrupted) is not compared: it differs from
-// this build's replay by design, and ledgerd rebuilds it at its next open. It is reported apart
-// (stale_folds), so that a store waiting for that rebuild is not taken for a damaged one.
+// this build's replay by design, and ledgerd rebuilds it at its next open. So is a fold with no
+// column family in the live store (last opened read-write by a build without that fold; ledgerd's
+// next open creates it and folds the log into it). Both are reported apart (stale_folds), so
+// that a store waiting for that rebuild is not taken for a damaged one.
 //
 // The rebuilt store is scratch: it is written without fsync and flushed at the end.
 #pragma once
@@ -52,6 +54,7 @@ struct StaleFold {
   bool recorded = false;       // false: no version recorded for its rows
   uint32_t store_version = 0;  // when recorded
   uint32_t build_version = 0;  // this build's Fold::Version()
+  bool missing = false;        // no column family for it in the store (not recorded either)
 };
 
 struct ReplayReport {
@@ -66,10 +69,9 @@ struct ReplayReport {
   std::string rebuilt_path;
 };
 
-// OK with report->equal telling the outcome. kUnprocessable ("projection_missing") when a fold has
-// no column family in the live store (no ledgerd with that fold has opened it); kCorruption when
-// the live log does not import (a broken chain: run verify); kInvalidArgument for a non-empty
-// `into`; kNotFound / kIOError for storage.
+// OK with report->equal telling the outcome (a fold with no column family in the live store is
+// in stale_folds, `missing`); kCorruption when the live log does not import (a broken chain: run
+// verify); kInvalidArgument for a non-empty `into`; kNotFound / kIOError for storage.
 Status ReplayProjections(const ReplayOptions& options, ReplayReport* report);
 
 }  // namespace ledger::tools
