@@ -252,11 +252,12 @@ struct UsageWindowRow {
   int64_t window_start_s = 0;
   UsageCounter counter;
 };
-// The user's windows, newest first (by start), at most `limit`.
+// The user's windows, newest first (by start), at most `limit`; only those are decoded.
 Status ListUserUsage(const StateReader& state, std::string_view user_id, size_t limit,
                      std::vector<UsageWindowRow>* out);
 // Sum of `used` over the user's windows of `kind` starting in [from_s, to_s) (a trial's total:
-// its trial days, not a calendar month of batch usage that starts within it).
+// its trial days, not a calendar month of batch usage that starts within it). Seeks to `from_s`:
+// the user's older windows are not read.
 Status SumUserUsage(const StateReader& state, std::string_view user_id, WindowKind kind,
                     int64_t from_s, int64_t to_s, int64_t* out);
 // The longest usage window: a billing period of up to 32 days is one window, a longer one is cut

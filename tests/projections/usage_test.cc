@@ -1761,5 +1761,109 @@ TEST(UsageWindowScanTest, SeeksToTheRangeInsteadOfReadingTheWholeHistory) {
   EXPECT_LE(state.visited, 3u) << "rows before the range were read";
 }
 
+// Ten POST /usage/events of 1,000 items each, dated one a day from 2000-01-01, left a trial user
+// ~9,000 trial_day counters before the trial started (written here as the fold wrote them). Every
+// trial consume sums the trial's days on the writer thread, and every summary, my-access and
+// check-access does too (GetCurrentUsage): both scanned the user's rows from the first and
+// stepped over the back-dated ones one by one. They seek to the trial's first day now.
+constexpr int kBackdatedDays = 9000;
+
+void PutBackdatedTrialDays(testing::MemoryState* rows, const std::string& user) {
+  const int64_t y2000 = At("2000-01-01T00:00:00Z");
+  for (int day = 0; day < kBackdatedDays; ++day) {
+    UsageCounter c;
+    c.window_end_s = y2000 + (day + 1) * kDay;
+    c.kind = WindowKind::kTrialDay;
+    c.used = 1;
+    c.recorded = 1;
+    c.services = {{"chat", 1}};
+    ASSERT_TRUE(rows->Put(kUsageFamily,
+                          UsageCounterKey(user, y2000 + day * kDay, WindowKind::kTrialDay),
+                          EncodeUsageCounter(c))
+                    .ok());
+  }
+  ASSERT_LT(y2000 + kBackdatedDays * kDay, kStripeT0);
+}
+
+TEST_F(UsageDeciderTest, ATrialConsumeReadsTheTrialsDaysNotTheBackdatedWindowsBeforeIt) {
+  ASSERT_TRUE(world_.Subscribe(OnPlan("t", "trial", "trialing")).ok());
+  ASSERT_NO_FATAL_FAILURE(PutBackdatedTrialDays(&world_.state, "t"));
+  const int64_t day2 = UtcDayStart(kStripeT0) + kDay + 3600;
+  ASSERT_TRUE(Consume("t", "chat", Key(), kStripeT0 + 60, 30).ok());
+
+  SeekingState seeking(&world_.state);
+  ConsumeUsage command(ConsumeRequest{"t", "chat", 5, "counted", ""}, cache_);
+  DecideContext context;
+  context.now_us = day2 * kUs;
+  context.head = world_.head;
+  context.state = &seeking;
+  Decision decision;
+  ASSERT_TRUE(command.Decide(context, &decision).ok());
+  // The trial's total is its own days only: 30 + 5 of 700.
+  EXPECT_EQ(command.outcome().remaining, 100 - 5);
+  // The trial's windows (at most its eight UTC days), not the 9,000 days before the trial.
+  EXPECT_LE(seeking.visited, 8u) << "the consume read the back-dated windows";
+
+  std::shared_ptr<const MeteringSubject> subject;
+  ASSERT_TRUE(LoadMeteringSubject(world_.state, "t", nullptr, day2, &subject).ok());
+  seeking.visited = 0;
+  CurrentUsage current;
+  ASSERT_TRUE(GetCurrentUsage(seeking, *subject, "t", day2, &current).ok());
+  EXPECT_EQ(current.trial_remaining, 700 - 30);
+  EXPECT_LE(seeking.visited, 8u) << "the summary read the back-dated windows";
+}
+
+// The summary's windows are the newest 100; the rows before them are passed, not decoded (a
+// malformed one there fails nothing), and the order and content are those of a full read.
+TEST(UsageWindowScanTest, ListUserUsageDecodesOnlyTheNewestWindowsItReturns) {
+  testing::MemoryState rows;
+  ASSERT_NO_FATAL_FAILURE(PutBackdatedTrialDays(&rows, "t"));
+  std::vector<UsageWindowRow> all;
+  ASSERT_TRUE(ListUserUsage(rows, "t", kBackdatedDays + 1, &all).ok());
+  ASSERT_EQ(all.size(), static_cast<size_t>(kBackdatedDays));
+  EXPECT_GT(all[0].window_start_s, all[1].window_start_s);  // newest first
+  // A trial day and a calendar month both starting at midnight on the 1st: both, kind order
+  // reversed, as before.
+  const int64_t month = At("2025-06-01T00:00:00Z");
+  UsageCounter c;
+  c.window_end_s = month + kDay;
+  c.kind = WindowKind::kTrialDay;
+  c.used = 7;
+  ASSERT_TRUE(rows.Put(kUsageFamily, UsageCounterKey("t", month, c.kind), EncodeUsageCounter(c))
+                  .ok());
+  c.window_end_s = At("2025-07-01T00:00:00Z");
+  c.kind = WindowKind::kCalendarMonth;
+  c.used = 9;
+  ASSERT_TRUE(rows.Put(kUsageFamily, UsageCounterKey("t", month, c.kind), EncodeUsageCounter(c))
+                  .ok());
+  std::vector<UsageWindowRow> newest;
+  ASSERT_TRUE(ListUserUsage(rows, "t", 5, &newest).ok());
+  ASSERT_EQ(newest.size(), 5u);
+  EXPECT_EQ(newest[0].counter.kind, WindowKind::kCalendarMonth);
+  EXPECT_EQ(newest[0].counter.used, 9);
+  EXPECT_EQ(newest[1].counter.kind, WindowKind::kTrialDay);
+  EXPECT_EQ(newest[1].counter.used, 7);
+  for (size_t i = 2; i < 5; ++i) {
+    EXPECT_EQ(newest[i].window_start_s, all[i - 2].window_start_s) << i;
+    EXPECT_EQ(newest[i].counter, all[i - 2].counter) << i;
+  }
+  // Every back-dated row but the newest three made unreadable: the newest five still list.
+  for (size_t i = 3; i < all.size(); ++i) {
+    ASSERT_TRUE(rows.Put(kUsageFamily,
+                         UsageCounterKey("t", all[i].window_start_s, WindowKind::kTrialDay),
+                         "not a counter")
+                    .ok());
+  }
+  std::vector<UsageWindowRow> again;
+  Status s = ListUserUsage(rows, "t", 5, &again);
+  ASSERT_TRUE(s.ok()) << "rows older than the five returned were decoded: " << s.ToString();
+  ASSERT_EQ(again.size(), 5u);
+  for (size_t i = 0; i < 5; ++i) EXPECT_EQ(again[i].counter, newest[i].counter) << i;
+  // A malformed row among those returned is still reported.
+  EXPECT_EQ(ListUserUsage(rows, "t", 6, &again).code(), Code::kCorruption);
+  EXPECT_TRUE(ListUserUsage(rows, "t", 0, &again).ok());
+  EXPECT_TRUE(again.empty());
+}
+
 }  // namespace
 }  // namespace ledger::projections
