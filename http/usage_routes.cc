@@ -31,7 +31,8 @@
 // usage.batch_recorded.v1 per user with accepted items (projections/usage.h). 200 with a result
 // per item ("accepted", "duplicate", or "invalid" + "reason"); a malformed envelope is a 400/422
 // problem. The body is parsed in place (a 1000-item body is the route's main cost).
-// `timestamp`: Unix seconds (number) or an RFC 3339 string. Item reasons:
+// `timestamp`: Unix seconds (number) or an RFC 3339 string, at most 62 days before the request
+// and 300 s after it (else timestamp_out_of_range; projections/limits.h). Item reasons:
 // not_an_object, unknown_field, invalid_user_id, invalid_service, unknown_service,
 // invalid_quantity, invalid_idempotency_key, invalid_timestamp, timestamp_out_of_range,
 // invalid_metadata.

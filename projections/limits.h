@@ -72,8 +72,11 @@ inline constexpr size_t kUsageMetadataNameBytesMax = 128;
 inline constexpr size_t kUsageMetadataValueBytesMax = 1024;  // a string value
 // A batch item's timestamp may be at most this far ahead of the writer's clock ...
 inline constexpr int64_t kUsageFutureSkewSeconds = 300;
-// ... and not before 2000-01-01.
-inline constexpr int64_t kUsageTimestampMinSeconds = 946'684'800;
+// ... and at most this far behind it: two billing months, so a metering pipeline's late reports
+// of the previous period (a month's usage sent days after it closed) still count. Each item
+// dated on a day of its own opens a window (a counter row), so back to 2000-01-01, as before,
+// one caller gave a user ~9,600 rows at 1,000 a request, which every summary read.
+inline constexpr int64_t kUsageBackdateHorizonSeconds = 62 * 86400;
 // Windows GET /api/v1/usage/summary lists (newest first).
 inline constexpr size_t kUsageSummaryWindowsMax = 100;
 // Users whose access the usage deciders keep cached (UsageAccessCache; ~1-2 KiB each).

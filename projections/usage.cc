@@ -1942,7 +1942,7 @@ class BatchRecorder {
   BatchRecorder(const StateReader& state, UsageAccessCache* cache, int64_t now_us, size_t items)
       : state_(state),
         cache_(cache),
-        min_us_(limits::kUsageTimestampMinSeconds * kMicrosPerSecond),
+        min_us_(now_us - limits::kUsageBackdateHorizonSeconds * kMicrosPerSecond),
         max_us_(now_us + limits::kUsageFutureSkewSeconds * kMicrosPerSecond),
         now_s_(FloorSeconds(now_us)) {
     seen_.reserve(items);

@@ -421,8 +421,10 @@ struct UsageBatchItem {
 // Records a batch without enforcement. Decision: 200 + {"accepted","duplicates","invalid",
 // "results":[{"index","status","idempotency_key"[,"reason"]}]}; events: a usage.batch_recorded.v1
 // per user with accepted items (see the header comment) and the thresholds. Items whose timestamp
-// is more than limits::kUsageFutureSkewSeconds ahead of the writer's clock, or before
-// limits::kUsageTimestampMinSeconds, are invalid ("timestamp_out_of_range").
+// is more than limits::kUsageFutureSkewSeconds ahead of the writer's clock, or more than
+// limits::kUsageBackdateHorizonSeconds (62 days) behind it, are invalid ("timestamp_out_of_range"):
+// decided here at the command's time, recorded in the event or not at all, so a replay of the
+// log (which folds, never decides) agrees whatever day it runs.
 class RecordUsageBatch final : public Command {
  public:
   RecordUsageBatch(std::vector<UsageBatchItem> items, UsageAccessCache* cache);

@@ -372,6 +372,39 @@ TEST_F(UsageRoutesTest, BatchIngestReportsEachItem) {
   EXPECT_EQ(Head(), head + 3);
 }
 
+// The backdating horizon is the request's time (the writer's clock): 61 days back is a late
+// report of the previous billing period and counts; 63 days back is refused per item, and a
+// request of only such items appends nothing.
+TEST_F(UsageRoutesTest, BatchItemsMoreThanSixtyTwoDaysBeforeTheRequestAreOutOfRange) {
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
+  clock_.Set((kStripeT0 + 100 * kDay) * kUs);
+  const auto item = [&](const std::string& key, int64_t days_back) {
+    return R"({"user_id":"u1","service":"chat","idempotency_key":")" + key +
+           R"(","timestamp":)" + std::to_string(NowSeconds() - days_back * kDay) + "}";
+  };
+  uint64_t head = Head();
+  HttpReply r = Service().Post(kEvents, R"({"events":[)" + item("old", 63) + "," +
+                                            item("late", 61) + "]}");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  EXPECT_EQ(doc["accepted"].GetInt(), 1);
+  EXPECT_STREQ(doc["results"][0]["status"].GetString(), "invalid");
+  EXPECT_STREQ(doc["results"][0]["reason"].GetString(), "timestamp_out_of_range");
+  EXPECT_STREQ(doc["results"][1]["status"].GetString(), "accepted");
+  EXPECT_EQ(Head(), head + 1);
+  head = Head();
+  r = Service().Post(kEvents, R"({"events":[)" + item("old2", 63) + "," +
+                                  item("y2k", (NowSeconds() - 946'684'800) / kDay) + "]}");
+  ASSERT_EQ(r.status, 200) << r.body;
+  doc = r.Json();
+  EXPECT_EQ(doc["accepted"].GetInt(), 0);
+  EXPECT_EQ(doc["invalid"].GetInt(), 2);
+  for (const auto& result : doc["results"].GetArray()) {
+    EXPECT_STREQ(result["reason"].GetString(), "timestamp_out_of_range");
+  }
+  EXPECT_EQ(Head(), head);
+}
+
 TEST_F(UsageRoutesTest, BatchOfAThousandIsOneCommand) {
   std::string body = R"({"events":[)";
   for (int i = 0; i < 1000; ++i) {

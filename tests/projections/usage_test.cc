@@ -999,6 +999,61 @@ TEST_F(UsageDeciderTest, ConsumeRefusesAKeyABatchAlreadyRecorded) {
   EXPECT_TRUE(Consume("u2", "chat", "shared-key", kStripeT0 + 6).ok());
 }
 
+// A batch item may be dated at most two billing months (62 days) before the command's time:
+// late reports of the previous period count, while one caller could otherwise open a window a
+// day back to 2000 (1,000 a request) for any user. The bound is the writer's clock at decide
+// time; an item past it is refused, never recorded, and a batch of only such items appends
+// nothing.
+TEST_F(UsageDeciderTest, BatchItemsDatedMoreThanSixtyTwoDaysBackAreOutOfRange) {
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "tiny")).ok());
+  const int64_t now_us = (kStripeT0 + 100 * kDay) * kUs;
+  const int64_t horizon_us = now_us - limits::kUsageBackdateHorizonSeconds * kUs;
+  ASSERT_EQ(limits::kUsageBackdateHorizonSeconds, 62 * kDay);
+  std::vector<UsageBatchItem> items = {
+      {"u1", "chat", 1, "63-days", now_us - 63 * kDay * kUs, "", ""},
+      {"u1", "chat", 1, "61-days", now_us - 61 * kDay * kUs, "", ""},
+      {"u1", "chat", 1, "at-horizon", horizon_us, "", ""},
+      {"u1", "chat", 1, "past-horizon", horizon_us - 1, "", ""},
+      {"u1", "chat", 1, "year-2000", At("2000-01-01T00:00:00Z") * kUs, "", ""},
+  };
+  RecordUsageBatch batch(items, cache_);
+  Decision decision;
+  std::vector<Event> applied;
+  ASSERT_TRUE(world_.Run(&batch, now_us, &decision, &applied).ok());
+  rapidjson::Document body;
+  body.Parse(decision.body.c_str());
+  EXPECT_EQ(body["accepted"].GetInt(), 2);
+  EXPECT_EQ(body["invalid"].GetInt(), 3);
+  const char* expected[] = {"invalid", "accepted", "accepted", "invalid", "invalid"};
+  const auto& results = body["results"];
+  ASSERT_EQ(results.Size(), 5u);
+  for (rapidjson::SizeType i = 0; i < 5; ++i) {
+    EXPECT_STREQ(results[i]["status"].GetString(), expected[i]) << i;
+    if (std::string_view(expected[i]) == "invalid") {
+      EXPECT_STREQ(results[i]["reason"].GetString(), "timestamp_out_of_range") << i;
+    }
+  }
+  ASSERT_EQ(applied.size(), 1u);
+  rapidjson::Document data;
+  data.Parse(applied[0].data.c_str());
+  ASSERT_EQ(data["items"].Size(), 2u);
+  EXPECT_STREQ(data["items"][0]["idempotency_key"].GetString(), "61-days");
+  EXPECT_STREQ(data["items"][1]["idempotency_key"].GetString(), "at-horizon");
+  // Only refused items: nothing appended, and their keys stay unused.
+  const Position head = world_.head;
+  RecordUsageBatch refused({items[0], items[3], items[4]}, cache_);
+  applied.clear();
+  ASSERT_TRUE(world_.Run(&refused, now_us, &decision, &applied).ok());
+  EXPECT_TRUE(applied.empty());
+  EXPECT_EQ(world_.head, head);
+  body.Parse(decision.body.c_str());
+  EXPECT_EQ(body["accepted"].GetInt(), 0);
+  EXPECT_EQ(body["invalid"].GetInt(), 3);
+  bool found = true;
+  ASSERT_TRUE(HasUsageKey(world_.state, "u1", "63-days", &found).ok());
+  EXPECT_FALSE(found);
+}
+
 TEST_F(UsageDeciderTest, BatchRecordsValidItemsAndReportsInvalidAndDuplicates) {
   ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "tiny")).ok());
   ASSERT_TRUE(Consume("u1", "chat", "consumed", kStripeT0 + 5).ok());
