@@ -189,7 +189,7 @@ void WriteOverride(JsonWriter* w, const std::optional<AdminOverride>& value, boo
 // ---- the list ----------------------------------------------------------------------------------
 
 AccessLevel EffectiveAccessAt(const UserAccess& access, int64_t now_s) {
-  return access.EndedAt(now_s) ? AccessLevel::kNone : access.access;
+  return AccessRefusalAt(access, now_s).empty() ? access.access : AccessLevel::kNone;
 }
 
 std::string SubscriberJson(const UserAccess& access, int64_t now_s) {

@@ -61,8 +61,9 @@
 //                             (current_period_start at or before trial_end) without a paid
 //                             invoice since: the first charge failed and Stripe retries it;
 //                             lost = none of these; rate = converted / (converted + lost).
-//   effective access          what the effective status grants, none past a scheduled end
-//                             (EffectiveAccessAt), as consume decides.
+//   effective access          what the effective status grants, none where consume refuses
+//                             access before the service and the quota (EffectiveAccessAt): past
+//                             a scheduled end, or a trial past its end (an admin's too).
 //   comped                    effective access granted by an override with no paying subscription.
 //
 // What each figure counts. Users: subscribers.total, by_status, paying, trialing and comped; a
@@ -117,11 +118,13 @@ struct SubscriberPage {
 Status ListSubscribers(const StateReader& state, int64_t now_s, const SubscriberFilter& filter,
                        std::string_view after, size_t limit, SubscriberPage* out);
 
-// What `access` grants at `now_s` as consume and my-access judge a scheduled end: none once the
-// subscription's cancel_at / period end (cancel_at_period_end) has passed, though Stripe's
-// deletion has not arrived (UserAccess::EndedAt); else its status's access. The admin views'
-// effective access: past the end, the list showed access "granted" and revenue by tier counted
-// the user while consume answered 402 subscription_required and my-access has_access false.
+// What `access` grants at `now_s` as consume and my-access decide (usage.h AccessRefusalAt, the
+// one decision): none when a consume would be refused with 402 before its service and quota --
+// once the subscription's cancel_at / period end (cancel_at_period_end) has passed, though
+// Stripe's deletion has not arrived (UserAccess::EndedAt), or once a trial has ended (402
+// trial_expired, whatever Stripe's status still says); else its status's access. The admin
+// views' effective access: past the end, the list showed access "granted" and revenue by tier
+// counted the user while consume answered 402 and my-access has_access false.
 AccessLevel EffectiveAccessAt(const UserAccess& access, int64_t now_s);
 
 // One subscriber as the admin views show it at `now_s`:

@@ -1007,11 +1007,11 @@ Status PaymentRequired(std::string problem, std::string message) {
   return Status::Make(Code::kPaymentRequired, std::move(problem), std::move(message));
 }
 
-// ComputeUsageTerms for `subject`: with Stripe's subscription, except for a trial tier set by an
+// ComputeUsageTerms for `access`: with Stripe's subscription, except for a trial tier set by an
 // admin's override, whose Stripe dates (none, or an older subscription's) say nothing about it:
 // that trial runs the plan's trial days from when the admin set the tier.
-Status SubjectUsageTerms(const MeteringSubject& subject, int64_t at_s, UsageTerms* out) {
-  const UserAccess& access = subject.access;
+Status SubjectUsageTerms(const UserAccess& access, int64_t at_s, UsageTerms* out) {
+  const Plan* plan = access.plan ? &*access.plan : nullptr;
   // A subscription canceled at its period's end (or at a date) grants nothing past it, whatever
   // its row says until Stripe's deletion arrives (ScheduledEnd): months went on from the period's
   // end with a fresh quota.
@@ -1027,9 +1027,13 @@ Status SubjectUsageTerms(const MeteringSubject& subject, int64_t at_s, UsageTerm
       IsTrialPlan(*access.plan)) {
     SubscriptionRecord granted;
     granted.trial_start = FloorSeconds(access.override->tier_set_at_us);
-    s = ComputeUsageTerms(subject.plan(), &granted, at_s, out);
+    s = ComputeUsageTerms(plan, &granted, at_s, out);
   } else {
-    s = ComputeUsageTerms(subject.plan(), subject.subscription(), at_s, out);
+    s = ComputeUsageTerms(plan,
+                          access.subscription.has_subscription
+                              ? &access.subscription.subscription
+                              : nullptr,
+                          at_s, out);
   }
   // Nothing is granted past a scheduled end, so the window ends there: Stripe's period went on
   // to its end, and a user over quota with cancel_at in 2 days of a 20-day period was told
@@ -1048,7 +1052,7 @@ void RecordingTerms(const MeteringSubject& subject, int64_t at_s, UsageTerms* te
                     const Plan** plan) {
   *plan = nullptr;
   if (subject.access.access != AccessLevel::kNone && subject.plan() != nullptr) {
-    if (SubjectUsageTerms(subject, at_s, terms).ok()) {
+    if (SubjectUsageTerms(subject.access, at_s, terms).ok()) {
       *plan = subject.plan();
       return;
     }
@@ -1317,7 +1321,10 @@ Status ComputeUsageTerms(const Plan* plan, const SubscriptionRecord* subscriptio
 }
 
 Status ResolveConsumeTerms(const MeteringSubject& subject, int64_t now_s, UsageTerms* out) {
-  const UserAccess& access = subject.access;
+  return ResolveAccessTerms(subject.access, now_s, out);
+}
+
+Status ResolveAccessTerms(const UserAccess& access, int64_t now_s, UsageTerms* out) {
   if (!access.status) {
     return PaymentRequired("subscription_required", "no subscription: subscribe to a plan");
   }
@@ -1326,7 +1333,16 @@ Status ResolveConsumeTerms(const MeteringSubject& subject, int64_t now_s, UsageT
                            "the subscription (" + std::string(access.status_name()) +
                                ") grants no access");
   }
-  return SubjectUsageTerms(subject, now_s, out);
+  return SubjectUsageTerms(access, now_s, out);
+}
+
+std::string AccessRefusalAt(const UserAccess& access, int64_t now_s) {
+  UsageTerms terms;
+  Status s = ResolveAccessTerms(access, now_s, &terms);
+  // ResolveAccessTerms answers nothing but 402s (it reads no row); any other error would be a
+  // refusal too.
+  if (s.ok()) return "";
+  return s.code() == Code::kPaymentRequired ? s.problem() : std::string("subscription_required");
 }
 
 // ---- rows ----------------------------------------------------------------------------------------

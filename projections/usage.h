@@ -494,6 +494,18 @@ std::string_view CallsUsedUpReason(const CurrentUsage& usage);
 // The terms a consume would be checked against (the errors ConsumeUsage answers for access and
 // trial expiry, not for the service or the quota). Exposed for tests and my-access.
 Status ResolveConsumeTerms(const MeteringSubject& subject, int64_t now_s, UsageTerms* out);
+// The same for a UserAccess (what a MeteringSubject holds).
+Status ResolveAccessTerms(const UserAccess& access, int64_t now_s, UsageTerms* out);
+// What consume decides about `access` at `now_s` before the service and the quota: "" when the
+// access its status grants holds, else the problem a consume answers 402 with --
+// "subscription_required" (no subscription, a status that grants nothing, an unknown plan, past
+// a scheduled end before Stripe's deletion) or "trial_expired" (a trial past its end, whatever
+// Stripe's status still says; an admin's trial too). Pure. The admin views' effective access
+// (admin.h EffectiveAccessAt) is this decision, not a copy of its rules: judging only the status
+// and the scheduled end, they showed an ended trial as access "granted" ("grace" for a trial
+// past due after a declined first charge), counted it in the overview's `comped` and revenue by
+// tier's trial subscribers, while consume answered 402 trial_expired.
+std::string AccessRefusalAt(const UserAccess& access, int64_t now_s);
 
 // Why the access a user's status grants is over at `now_s` -- what my-access says as
 // access_ended and a consume refuses with 402: "trial_expired" (a trial past its end, whatever

@@ -5,6 +5,7 @@
 // problem that appends nothing. Every event appended is checked against its schema.
 #include <gtest/gtest.h>
 
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -1072,8 +1073,9 @@ TEST_F(AdminRoutesTest, APlanBoughtOverAnOverrideDecidesUntilItsScheduledEnd) {
 // The admin views judge a plan bought over an override with the request's clock, as consume
 // does: past its scheduled end, before Stripe's deletion, the list, the overview's statuses,
 // revenue by tier's subscribers and usage stats' plans show the override deciding again (they
-// showed Professional while consume answered 402 trial_expired); the revenue stays what Stripe
-// bills (the subscription is still active there).
+// showed Professional while consume answered 402 trial_expired) -- an admin's trial that has
+// ended by then, so no trial subscriber either (revenue by tier counted one); the revenue stays
+// what Stripe bills (the subscription is still active there).
 TEST_F(AdminRoutesTest, AdminViewsShowWhatConsumeDecidesPastABoughtPlansScheduledEnd) {
   AddSubscriber(OnPlan("u-h", ""), "h@x.com");
   ASSERT_EQ(Patch("h@x.com", R"({"tier":"trial","status":"trialing"})").status, 200);
@@ -1085,7 +1087,8 @@ TEST_F(AdminRoutesTest, AdminViewsShowWhatConsumeDecidesPastABoughtPlansSchedule
   ASSERT_EQ(Consume("u-h", "chat", "bought").status, 200);
   const std::string range = "?from=" + std::to_string(bought - kDay) +
                             "&to=" + std::to_string(bought + 40 * kDay);
-  auto expect_views = [&](const std::string& plan, const std::string& status, bool superseded) {
+  auto expect_views = [&](const std::string& plan, const std::string& status, bool superseded,
+                          int64_t subscribers) {
     int pages = 0;
     EXPECT_EQ(ListAll("&tier=" + plan + "&status=" + status, 50, &pages),
               std::vector<std::string>{"u-h"});
@@ -1103,16 +1106,16 @@ TEST_F(AdminRoutesTest, AdminViewsShowWhatConsumeDecidesPastABoughtPlansSchedule
         Admin().Get(std::string(kAdminBase) + "analytics/revenue-by-tier").Json();
     std::map<std::string, const rapidjson::Value*> tiers;
     for (const auto& t : tiers_doc["tiers"].GetArray()) tiers[t["plan_id"].GetString()] = &t;
-    EXPECT_EQ((*tiers[plan])["subscribers"].GetInt64(), 1) << plan;
+    EXPECT_EQ((*tiers[plan])["subscribers"].GetInt64(), subscribers) << plan;
     EXPECT_EQ((*tiers["professional"])["paying"].GetInt64(), 1);
     rapidjson::Document stats =
         Admin().Get(std::string(kAdminBase) + "analytics/usage-stats" + range).Json();
     EXPECT_EQ(stats["usage"]["by_plan"][plan.c_str()].GetInt64(), 1) << plan;
   };
-  expect_views("professional", "active", true);
+  expect_views("professional", "active", true, 1);
   clock_.Set((bought + 30 * kDay + 3600) * kUs);  // past the period's end, no deletion yet
   ExpectProblem(Consume("u-h", "chat", "after-end"), 402, "trial_expired");
-  expect_views("trial", "trialing", false);
+  expect_views("trial", "trialing", false, 0);
 }
 
 // Canceled at its period's end, a subscription grants nothing once the period is over, though
@@ -1186,6 +1189,54 @@ TEST_F(AdminRoutesTest, AdminViewsJudgeAScheduledEndAsConsumeDoes) {
   ASSERT_EQ(mine.status, 200) << mine.body;
   EXPECT_FALSE(mine.Json()["has_access"].GetBool()) << mine.body;
   expect_views("none", 0);
+}
+
+// An ended trial grants nothing in the admin views, as consume decides (402 trial_expired): an
+// admin's trial past its seven days, and a Stripe trial whose first charge was declined (past
+// due). The views judged the status alone: the list showed access "granted" ("grace" for the
+// past due one), the overview counted the admin's trial in `comped` for good, and revenue by
+// tier counted both in the trial's subscribers.
+TEST_F(AdminRoutesTest, AdminViewsShowAnEndedTrialAsConsumeDoes) {
+  AddSubscriber(OnPlan("u-g", ""), "g@x.com");
+  ASSERT_EQ(Patch("g@x.com", R"({"tier":"trial","status":"trialing"})").status, 200);
+  TestSubscription t = OnPlan("u-t", "trial", "past_due");
+  t.trial_start = kNow - 8 * kDay;
+  t.trial_end = t.period_start = kNow - 1 * kDay;
+  t.period_end = kNow + 29 * kDay;
+  AddSubscriber(t, "t@x.com");
+  ExpectProblem(Consume("u-t", "chat", "declined"), 402, "trial_expired");
+  auto expect_views = [&](const std::string& g_access, int64_t comped, int64_t trials) {
+    HttpReply r = Admin().Get(std::string(kAdminBase) + "list");
+    ASSERT_EQ(r.status, 200) << r.body;
+    std::map<std::string, std::string> access;
+    const rapidjson::Document list = r.Json();
+    for (const auto& one : list["subscribers"].GetArray()) {
+      access[one["user_id"].GetString()] = one["access"].GetString();
+    }
+    EXPECT_EQ(access["u-g"], g_access) << r.body;
+    EXPECT_EQ(access["u-t"], "none") << r.body;
+    r = Admin().Get(std::string(kAdminBase) + "g@x.com");
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_STREQ(r.Json()["users"][0]["subscriber"]["access"].GetString(), g_access.c_str());
+    r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(r.Json()["subscribers"]["comped"].GetInt64(), comped) << r.body;
+    r = Admin().Get(std::string(kAdminBase) + "analytics/revenue-by-tier");
+    ASSERT_EQ(r.status, 200) << r.body;
+    const rapidjson::Document tiers = r.Json();
+    for (const auto& tier : tiers["tiers"].GetArray()) {
+      if (std::string(tier["plan_id"].GetString()) != "trial") continue;
+      EXPECT_EQ(tier["subscribers"].GetInt64(), trials) << r.body;
+    }
+  };
+  EXPECT_EQ(Consume("u-g", "chat", "day-1").status, 200);
+  expect_views("granted", 1, 1);
+  clock_.Advance(8 * kDay * kUs);  // past the admin's trial's seven days
+  ExpectProblem(Consume("u-g", "chat", "day-9"), 402, "trial_expired");
+  HttpReply mine = User("u-g").Get("/api/v1/subscriptions/my-access");
+  ASSERT_EQ(mine.status, 200) << mine.body;
+  EXPECT_FALSE(mine.Json()["has_access"].GetBool()) << mine.body;
+  expect_views("none", 0, 0);
 }
 
 // A window ends where access does: with cancel_at in 2 days of a 20-day period, the window's
