@@ -59,13 +59,29 @@ std::string LowerAscii(std::string_view s) {
   return out;
 }
 
-// Active, or past due after it paid once: a trial past due since its first charge failed never
-// paid (it counted as paying, its price in the MRR, while trial conversion said not converted).
-bool IsPaying(const UserSubscription& sub) {
+// When `now_s` is past a subscription's scheduled end (ScheduledEnd: cancel_at, or the period's
+// end with cancel_at_period_end), that end; else nullopt. Stripe canceled it there and bills it
+// no more, though its customer.subscription.deleted may not have arrived (retried for up to 3
+// days): the views judge it as that deletion will (canceled, ended at its scheduled end), with
+// the request's clock, as consume judges its access (UserAccess::EndedAt).
+std::optional<int64_t> EndedBySchedule(const SubscriptionRecord& record, int64_t now_s) {
+  if (IsTerminal(record.status)) return std::nullopt;
+  const std::optional<int64_t> end = ScheduledEnd(record);
+  if (end && now_s >= *end) return end;
+  return std::nullopt;
+}
+
+// Active, or past due after it paid once, and not past its scheduled end at `now_s`: a trial past
+// due since its first charge failed never paid (it counted as paying, its price in the MRR, while
+// trial conversion said not converted); a subscription canceled at its period's end still counted
+// until Stripe's deletion arrived (Starter's MRR next to subscribers 0, and 1900 + 4900 for a user
+// who bought Professional in that gap).
+bool IsPaying(const UserSubscription& sub, int64_t now_s) {
   return sub.has_subscription && sub.subscription.plan_id &&
          (sub.subscription.status == SubscriptionStatus::kActive ||
           (sub.subscription.status == SubscriptionStatus::kPastDue &&
-           !sub.never_paid_after_trial()));
+           !sub.never_paid_after_trial())) &&
+         !EndedBySchedule(sub.subscription, now_s);
 }
 
 // Billed yearly: Stripe's interval says so, or (when a webhook left it out) the item's price is
@@ -394,7 +410,7 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
     bool user_pays = false;
     for (const UserSubscription& each : every) {
       const Plan* each_plan = CatalogPlan(by_id, each);
-      if (!IsPaying(each) || each_plan == nullptr) continue;
+      if (!IsPaying(each, now_s) || each_plan == nullptr) continue;
       user_pays = true;
       AddRevenue(&revenue12, MonthlyRevenueTimes12(*each_plan, each.subscription));
     }
@@ -407,7 +423,7 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
     // Churn and trial conversion are of the user's subscription (UserSubscription's choice).
     const UserSubscription& sub = access.subscription;
     const Plan* plan = CatalogPlan(by_id, sub);
-    const bool pays = IsPaying(sub) && plan != nullptr;
+    const bool pays = IsPaying(sub, now_s) && plan != nullptr;
     if (!sub.has_subscription) return Status::OK();
     const SubscriptionRecord& r = sub.subscription;
     // Any invoice paid at or after its trial's end: it converted (one that converted and was
@@ -421,12 +437,16 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
     // (incomplete_expired), nor a trial that ended within its trial or never paid after it (trial
     // conversion counts those), nor a subscription to a price outside the catalog (an add-on made
     // in Stripe's Dashboard: never a paying subscriber here, so never one lost).
+    // Past its scheduled end it was canceled there, as Stripe's deletion will say
+    // (EndedBySchedule): it counted as paying, never as churned, until the deletion arrived.
+    const std::optional<int64_t> scheduled_end = EndedBySchedule(r, now_s);
     bool churned_in_window = false;
-    if (r.status == SubscriptionStatus::kCanceled && plan != nullptr) {
-      const std::optional<int64_t> ended = r.ended_at ? r.ended_at : r.canceled_at;
+    if ((r.status == SubscriptionStatus::kCanceled || scheduled_end) && plan != nullptr) {
+      const std::optional<int64_t> ended =
+          scheduled_end ? scheduled_end : (r.ended_at ? r.ended_at : r.canceled_at);
       const bool within_trial = ended && r.trial_end && *ended <= *r.trial_end;
       churned_in_window = ended && !within_trial && !never_paid_after_trial &&
-                          *ended >= churn_from && *ended < now_s;
+                          *ended >= churn_from && (scheduled_end || *ended < now_s);
       if (churned_in_window) ++churned;
     }
     // The rate's base: customers paying when the window began (paying since before it -- past
@@ -450,9 +470,11 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
     // or an invoice the fold cannot date it: counted.
     const bool failed_before_window = sub.latest_invoice && !sub.latest_invoice->paid &&
                                       sub.latest_invoice->event_created < churn_from;
+    // (Active, but past its scheduled end: paid until that end.)
     const bool paying_at_window_start =
-        r.status == SubscriptionStatus::kActive ||
-        ((!r.current_period_end || *r.current_period_end >= churn_from) && !failed_before_window);
+        (r.status == SubscriptionStatus::kActive && !scheduled_end) ||
+        ((!r.current_period_end || *r.current_period_end >= churn_from) &&
+         !(scheduled_end && *scheduled_end < churn_from) && !failed_before_window);
     if (plan != nullptr && (!paying_since || *paying_since < churn_from) &&
         (paid_once || churned_in_window) && paying_at_window_start) {
       ++paying_at_start;
@@ -463,15 +485,18 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
       ++trials;
       // Past due in the first period after its trial, its latest invoice not paid: the first
       // payment failed and Stripe is still retrying it; not converted (nor lost) yet.
-      const bool first_payment_failed =
-          r.status == SubscriptionStatus::kPastDue && never_paid_after_trial;
+      // Past its scheduled end it ended there, as its deletion will say: neither awaiting a
+      // payment nor in its trial any more, and (no longer paying) converted when it paid after
+      // its trial, as a canceled one is.
+      const bool first_payment_failed = r.status == SubscriptionStatus::kPastDue &&
+                                         never_paid_after_trial && !scheduled_end;
       if (first_payment_failed) {
         ++awaiting_payment;
       } else if (pays && !trial_plan) {
         ++converted;
-      } else if (r.status == SubscriptionStatus::kTrialing) {
+      } else if (r.status == SubscriptionStatus::kTrialing && !scheduled_end) {
         ++in_trial;
-      } else if (IsTerminal(r.status) && paid_after_trial) {
+      } else if ((IsTerminal(r.status) || scheduled_end) && paid_after_trial) {
         ++converted;
       } else {
         ++lost;
@@ -564,7 +589,7 @@ Status RevenueByTierJson(const StateReader& state, int64_t now_s, std::string* o
     // Every paying subscription of the user on its own plan and interval (AnalyticsOverviewJson).
     for (const UserSubscription& each : every) {
       const Plan* plan = CatalogPlan(by_id, each);
-      if (!IsPaying(each) || plan == nullptr) continue;
+      if (!IsPaying(each, now_s) || plan == nullptr) continue;
       Tier& tier = tiers[plan->id];
       ++tier.paying;
       ++(IsYearly(*plan, each.subscription) ? tier.yearly : tier.monthly);

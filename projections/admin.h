@@ -14,9 +14,14 @@
 //                             Stripe's (GetUserAccessAt: past the scheduled end of a plan the
 //                             user bought over an override, the override's, as consume decides,
 //                             before Stripe's deletion arrives); "none" when there is neither.
+//   ended (a subscription)    past its scheduled end at `now_s` (ScheduledEnd: cancel_at, or
+//                             the period's end with cancel_at_period_end), not yet canceled in
+//                             the log: judged as Stripe's deletion will say (canceled, ended at
+//                             that end), which can come days late; consume grants nothing there.
 //   paying subscription       a Stripe subscription that is `active`, or `past_due` but not
 //                             never_paid_after_trial (subscriptions.h: past due since the first
-//                             charge after its trial failed), on a plan of the catalog. Every
+//                             charge after its trial failed), on a plan of the catalog, and not
+//                             past its scheduled end (above: Stripe bills it no more). Every
 //                             subscription attached to a user is judged on its own (its status,
 //                             its invoices), not only the one access is decided on: Stripe bills
 //                             a user who checked out twice, or kept a plan scheduled to end next
@@ -38,18 +43,20 @@
 //                             Discounts (coupons) are not taken off.
 //   churned (window)          a user whose Stripe subscription on a catalog plan was canceled
 //                             (not incomplete_expired: that one never started) at `ended_at`
-//                             (else `canceled_at`) inside the last `churn_days`, after its trial if
-//                             it had one (`trial_end`) and not in the first period after it
-//                             without a paid invoice (the first charge after the trial never
-//                             succeeded: a lost trial).
+//                             (else `canceled_at`; one ended, above: at its scheduled end)
+//                             inside the last `churn_days`, after its trial if it had one
+//                             (`trial_end`) and not in the first period after it without a paid
+//                             invoice (the first charge after the trial never succeeded: a lost
+//                             trial).
 //   paying at start           a user paying when the churn window began: on a catalog plan, paying
 //                             since before it (`trial_end` when it had a trial, else `created`),
 //                             and now active, past_due, unpaid or paused (not after a first
 //                             charge after its trial that never succeeded), or churned inside the
-//                             window; one not active now only while it still paid when the
-//                             window began: its current period (as last delivered) ends at or
-//                             after the window's start, and its latest invoice is not a failed
-//                             charge from before it (without either date it counts). Churn
+//                             window; one not active now (or ended, above) only while it still
+//                             paid when the window began: its current period (as last
+//                             delivered) and its scheduled end do not end before the window's
+//                             start, and its latest invoice is not a failed charge from before
+//                             it (without either date it counts). Churn
 //                             rate = those of them churned / paying at start (`churned` also
 //                             counts customers won and lost inside the window, and ones that had
 //                             stopped paying before it, which are not in the base).
@@ -60,7 +67,8 @@
 //                             awaiting payment = past_due in the first period after the trial
 //                             (current_period_start at or before trial_end) without a paid
 //                             invoice since: the first charge failed and Stripe retries it;
-//                             lost = none of these; rate = converted / (converted + lost).
+//                             lost = none of these; rate = converted / (converted + lost). One
+//                             ended (above) is neither in its trial nor awaiting payment.
 //   effective access          what the effective status grants, none where consume refuses
 //                             access before the service and the quota (EffectiveAccessAt): past
 //                             a scheduled end, or a trial past its end (an admin's too).

@@ -1074,8 +1074,9 @@ TEST_F(AdminRoutesTest, APlanBoughtOverAnOverrideDecidesUntilItsScheduledEnd) {
 // does: past its scheduled end, before Stripe's deletion, the list, the overview's statuses,
 // revenue by tier's subscribers and usage stats' plans show the override deciding again (they
 // showed Professional while consume answered 402 trial_expired) -- an admin's trial that has
-// ended by then, so no trial subscriber either (revenue by tier counted one); the revenue stays
-// what Stripe bills (the subscription is still active there).
+// ended by then, so no trial subscriber either (revenue by tier counted one); and no revenue:
+// Stripe canceled Professional at its period's end and bills it no more, though its row is still
+// active until the deletion arrives (paying 1 and MRR 4900 were counted past the end).
 TEST_F(AdminRoutesTest, AdminViewsShowWhatConsumeDecidesPastABoughtPlansScheduledEnd) {
   AddSubscriber(OnPlan("u-h", ""), "h@x.com");
   ASSERT_EQ(Patch("h@x.com", R"({"tier":"trial","status":"trialing"})").status, 200);
@@ -1088,7 +1089,7 @@ TEST_F(AdminRoutesTest, AdminViewsShowWhatConsumeDecidesPastABoughtPlansSchedule
   const std::string range = "?from=" + std::to_string(bought - kDay) +
                             "&to=" + std::to_string(bought + 40 * kDay);
   auto expect_views = [&](const std::string& plan, const std::string& status, bool superseded,
-                          int64_t subscribers) {
+                          int64_t subscribers, int64_t paying) {
     int pages = 0;
     EXPECT_EQ(ListAll("&tier=" + plan + "&status=" + status, 50, &pages),
               std::vector<std::string>{"u-h"});
@@ -1099,23 +1100,23 @@ TEST_F(AdminRoutesTest, AdminViewsShowWhatConsumeDecidesPastABoughtPlansSchedule
     rapidjson::Document overview = Admin().Get(std::string(kAdminBase) + "analytics/overview")
                                        .Json();
     EXPECT_EQ(overview["subscribers"]["by_status"][status.c_str()].GetInt64(), 1) << status;
-    EXPECT_EQ(overview["subscribers"]["paying"].GetInt64(), 1);
+    EXPECT_EQ(overview["subscribers"]["paying"].GetInt64(), paying);
     EXPECT_EQ(overview["subscribers"]["comped"].GetInt64(), 0);
-    EXPECT_EQ(overview["revenue"]["mrr_cents"].GetInt64(), 4900);
+    EXPECT_EQ(overview["revenue"]["mrr_cents"].GetInt64(), 4900 * paying);
     rapidjson::Document tiers_doc =
         Admin().Get(std::string(kAdminBase) + "analytics/revenue-by-tier").Json();
     std::map<std::string, const rapidjson::Value*> tiers;
     for (const auto& t : tiers_doc["tiers"].GetArray()) tiers[t["plan_id"].GetString()] = &t;
     EXPECT_EQ((*tiers[plan])["subscribers"].GetInt64(), subscribers) << plan;
-    EXPECT_EQ((*tiers["professional"])["paying"].GetInt64(), 1);
+    EXPECT_EQ((*tiers["professional"])["paying"].GetInt64(), paying);
     rapidjson::Document stats =
         Admin().Get(std::string(kAdminBase) + "analytics/usage-stats" + range).Json();
     EXPECT_EQ(stats["usage"]["by_plan"][plan.c_str()].GetInt64(), 1) << plan;
   };
-  expect_views("professional", "active", true, 1);
+  expect_views("professional", "active", true, 1, 1);
   clock_.Set((bought + 30 * kDay + 3600) * kUs);  // past the period's end, no deletion yet
   ExpectProblem(Consume("u-h", "chat", "after-end"), 402, "trial_expired");
-  expect_views("trial", "trialing", false, 0);
+  expect_views("trial", "trialing", false, 0, 0);
 }
 
 // Canceled at its period's end, a subscription grants nothing once the period is over, though
@@ -1237,6 +1238,99 @@ TEST_F(AdminRoutesTest, AdminViewsShowAnEndedTrialAsConsumeDoes) {
   ASSERT_EQ(mine.status, 200) << mine.body;
   EXPECT_FALSE(mine.Json()["has_access"].GetBool()) << mine.body;
   expect_views("none", 0, 0);
+}
+
+// A subscription past its scheduled end (its period's end with cancel_at_period_end, or its
+// cancel_at) is not revenue, and is churn, before Stripe's deletion arrives (retried for up to 3
+// days): Stripe canceled it there and bills it no more. Counted as still paying, revenue by
+// tier's Starter row said subscribers 0 next to paying 1 and MRR 1900, churn counted it in
+// paying_at_start but not as churned, and a user who bought Professional in that gap made MRR
+// 1900 + 4900.
+TEST_F(AdminRoutesTest, ASubscriptionPastItsScheduledEndIsNotRevenueButChurn) {
+  TestSubscription t = OnPlan("u-end", "starter", kNow - 29 * kDay, kNow + kDay);
+  t.cancel_at_period_end = true;
+  AddSubscriber(t, "end@x.com");
+  TestSubscription at = OnPlan("u-at", "professional", kNow - 10 * kDay, kNow + 20 * kDay);
+  at.cancel_at = kNow + 2 * kDay;  // a date set in the portal
+  AddSubscriber(at, "at@x.com");
+  auto expect_figures = [&](int64_t paying, int64_t mrr, int64_t churned, int64_t starter,
+                            int64_t professional) {
+    HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
+    ASSERT_EQ(r.status, 200) << r.body;
+    rapidjson::Document doc = r.Json();
+    EXPECT_EQ(doc["subscribers"]["paying"].GetInt64(), paying) << r.body;
+    EXPECT_EQ(doc["revenue"]["mrr_cents"].GetInt64(), mrr) << r.body;
+    EXPECT_EQ(doc["revenue"]["arr_cents"].GetInt64(), mrr * 12) << r.body;
+    EXPECT_EQ(doc["churn"]["churned"].GetInt64(), churned) << r.body;
+    r = Admin().Get(std::string(kAdminBase) + "analytics/revenue-by-tier");
+    ASSERT_EQ(r.status, 200) << r.body;
+    doc = r.Json();
+    std::map<std::string, const rapidjson::Value*> tiers;
+    for (const auto& tier : doc["tiers"].GetArray()) tiers[tier["plan_id"].GetString()] = &tier;
+    EXPECT_EQ((*tiers["starter"])["paying"].GetInt64(), starter) << r.body;
+    EXPECT_EQ((*tiers["starter"])["mrr_cents"].GetInt64(), 1900 * starter) << r.body;
+    EXPECT_EQ((*tiers["professional"])["paying"].GetInt64(), professional) << r.body;
+    EXPECT_EQ(doc["total"]["paying"].GetInt64(), starter + professional) << r.body;
+    EXPECT_EQ(doc["total"]["mrr_cents"].GetInt64(), mrr) << r.body;
+  };
+  expect_figures(2, 6800, 0, 1, 1);
+  clock_.Set((kNow + kDay + 3600) * kUs);  // u-end's period ended an hour ago, no deletion yet
+  ExpectProblem(Consume("u-end", "chat", "after-end"), 402, "subscription_required");
+  expect_figures(1, 4900, 1, 0, 1);
+  // Paying since before the window began, lost inside it: the rate is 1 of 1.
+  rapidjson::Document doc = Admin().Get(std::string(kAdminBase) + "analytics/overview").Json();
+  EXPECT_EQ(doc["churn"]["paying_at_start"].GetInt64(), 1);
+  EXPECT_EQ(doc["churn"]["rate"].GetDouble(), 1.0);
+  clock_.Set((kNow + 2 * kDay + 3600) * kUs);  // past u-at's cancel_at
+  ExpectProblem(Consume("u-at", "chat", "after-cancel-at"), 402, "subscription_required");
+  expect_figures(0, 0, 2, 0, 0);
+  // u-end buys Professional in the gap: what Stripe bills is that alone.
+  const int64_t now = NowSeconds();
+  TestSubscription again = OnPlan("u-end", "professional", now, now + 30 * kDay);
+  again.subscription_id = "sub_u-end_2";
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), again).ok());
+  expect_figures(1, 4900, 1, 0, 1);
+  // Stripe's deletions, when they arrive, change nothing.
+  t.status = at.status = "canceled";
+  t.ended_at = t.canceled_at = t.period_end;
+  at.ended_at = at.canceled_at = at.cancel_at;
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), t).ok());
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), at).ok());
+  expect_figures(1, 4900, 1, 0, 1);
+}
+
+// Trial conversion judges a subscription past its scheduled end as Stripe's deletion will: a
+// trial canceled at its end is lost there, no longer in its trial (it was counted in_trial until
+// the deletion arrived), and a trial that converted and was canceled at its period's end stays
+// converted, though it pays no more.
+TEST_F(AdminRoutesTest, TrialConversionJudgesAScheduledEndAsTheDeletionWill) {
+  TestSubscription d = OnPlan("u-d", "trial", "trialing");
+  d.trial_start = d.period_start = kNow - 6 * kDay;
+  d.trial_end = d.period_end = kNow + kDay;
+  d.cancel_at_period_end = true;
+  AddSubscriber(d, "d@x.com");
+  TestSubscription f = OnPlan("u-f", "starter", kNow - 29 * kDay, kNow + kDay);
+  f.trial_start = kNow - 36 * kDay;
+  f.trial_end = kNow - 29 * kDay;
+  f.cancel_at_period_end = true;
+  AddSubscriber(f, "f@x.com");
+  PayInvoice("u-f", "sub_u-f", "in_f1", 1900, kNow - 29 * kDay);
+  auto expect_conversion = [&](int64_t in_trial, int64_t lost) {
+    HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
+    ASSERT_EQ(r.status, 200) << r.body;
+    rapidjson::Document doc = r.Json();
+    const auto& conversion = doc["trial_conversion"];
+    EXPECT_EQ(conversion["trials"].GetInt64(), 2) << r.body;
+    EXPECT_EQ(conversion["converted"].GetInt64(), 1) << r.body;
+    EXPECT_EQ(conversion["in_trial"].GetInt64(), in_trial) << r.body;
+    EXPECT_EQ(conversion["lost"].GetInt64(), lost) << r.body;
+  };
+  expect_conversion(1, 0);
+  clock_.Set((kNow + kDay + 3600) * kUs);  // both ended an hour ago, no deletion yet
+  expect_conversion(0, 1);
+  rapidjson::Document doc = Admin().Get(std::string(kAdminBase) + "analytics/overview").Json();
+  EXPECT_EQ(doc["subscribers"]["paying"].GetInt64(), 0);
+  EXPECT_EQ(doc["churn"]["churned"].GetInt64(), 1);  // u-f; u-d ended within its trial
 }
 
 // A window ends where access does: with cancel_at in 2 days of a 20-day period, the window's
