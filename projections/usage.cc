@@ -849,11 +849,22 @@ Status ApplyThreshold(const rapidjson::Value& data, const StateReader& state, Ro
 }
 
 Status ApplyReset(const rapidjson::Value& data, const StateReader& state, RowWriter* rows) {
+  const std::string_view type = kUsageWindowResetV1;
   EventWindow w;
-  LEDGER_RETURN_IF_ERROR(ReadEventWindow(data, kUsageWindowResetV1, &w));
+  LEDGER_RETURN_IF_ERROR(ReadEventWindow(data, type, &w));
+  int64_t used_before = 0;
+  LEDGER_RETURN_IF_ERROR(ReadInt(data, "used_before", type, &used_before));
   UsageCounter counter;
   CounterStored stored = CounterStored::kAbsent;
   LEDGER_RETURN_IF_ERROR(LoadStoredCounter(state, w.user_id, w.window, &counter, &stored));
+  // A window with no counter that counted nothing (used_before, decided as LoadCounter previews
+  // it) has nothing to reset: no row. The zero counter it wrote made a window out of nothing --
+  // POST .../u-typo/reset-usage (any valid id names an account) added a window and a user to
+  // usage-stats, a by_plan "none" entry and u-typo in top_users with 0 calls, for good. A window
+  // not written yet that a restarted period would carry calls into (used_before > 0) does get
+  // its zero counter: that is what gives the carried calls back (a fresh window with a counter
+  // carries nothing).
+  if (stored == CounterStored::kAbsent && used_before == 0) return Status::OK();
   counter.used = 0;
   counter.services.clear();
   counter.announced.clear();

@@ -279,7 +279,9 @@ class UsageCountersFold final : public Fold {
   // 2: a billing month that restarts an unfinished one starts with its usage (carried).
   // 3: only when its event records the carry (carry_from): version 2 carried into every
   // restarted window of the history too, windows whose events never counted it.
-  uint32_t Version() const override { return 3; }
+  // 4: a reset of a window with no counter that counted nothing (used_before 0) writes no row;
+  // version 3 wrote a zero counter and its time-index row (a window and a user in usage-stats).
+  uint32_t Version() const override { return 4; }
   Status Apply(const Event& event, const StateReader& state, RowWriter* rows) const override;
 };
 
@@ -442,7 +444,8 @@ class RecordUsageBatch final : public Command {
 
 // Resets the current window (GetCurrentUsage) of every user linked to `email`
 // (FindUsersByEmail, decided in the writer): one usage.window_reset.v1 each, appended even when
-// the window is empty (it is an audit fact). 404 "not_found" when no user has that email.
+// the window is empty (it is an audit fact; the fold then writes no counter for a window that has
+// none and counted nothing). 404 "not_found" when no user has that email.
 // Decision body: {"email","users":[{"user_id","window_start","window_end","window_kind",
 // "used_before"}]}.
 class UsageWindowReset final : public Command {

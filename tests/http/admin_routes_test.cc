@@ -1511,6 +1511,27 @@ TEST_F(AdminRoutesTest, AClearedOverrideOfAnUnknownUserLeavesNoSubscriber) {
   ExpectReplayEqual();
 }
 
+// A reset of a user id with no usage (a typo: any valid id names an account, so it is answered
+// 200 and the event appended) leaves usage-stats as they were: it counted one more window and
+// user, a by_plan "none" entry and u-typo in top_users with 0 calls, for good.
+TEST_F(AdminRoutesTest, AResetOfAWindowWithNoUsageLeavesUsageStatsAlone) {
+  AddCustomerBase();
+  ASSERT_EQ(Consume("u-a", "chat", "k1").status, 200);
+  const std::string path = std::string(kAdminBase) + "analytics/usage-stats?from=" +
+                           std::to_string(kNow - 40 * kDay) +
+                           "&to=" + std::to_string(kNow + 40 * kDay);
+  HttpReply before = Admin().Get(path);
+  ASSERT_EQ(before.status, 200) << before.body;
+  const uint64_t head = Head();
+  HttpReply r = Admin().Post(std::string(kAdminBase) + "u-typo/reset-usage", "");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(Head(), head + 1);  // the audit event
+  HttpReply after = Admin().Get(path);
+  ASSERT_EQ(after.status, 200) << after.body;
+  EXPECT_EQ(after.body, before.body);
+  ExpectReplayEqual();
+}
+
 TEST_F(AdminRoutesTest, BadPatchesAreProblemsAndAppendNothing) {
   AddCustomerBase();
   const uint64_t head = Head();

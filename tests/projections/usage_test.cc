@@ -953,6 +953,75 @@ TEST_F(UsageDeciderTest, AnUpgradeThatRestartsThePeriodKeepsTheCallsAndRaisesThe
   EXPECT_EQ(body["used"].GetInt64(), 1);
 }
 
+// A reset of a window that has no counter and counted nothing writes no row: the zero counter and
+// time-index row it wrote made a window out of nothing -- POST .../u-typo/reset-usage (any valid
+// id names an account) added a window and a user to usage-stats, a by_plan "none" entry and
+// u-typo in top_users with 0 calls, for good. The event is still appended (an audit fact), and a
+// replay folds it alike.
+TEST_F(UsageDeciderTest, AResetOfAnEmptyWindowWritesNoCounter) {
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "tiny")).ok());
+  LinkEmail("u1", "u1@example.com");
+  const int64_t now = kStripeT0 + 100;
+  for (const char* named : {"u-typo", "u1@example.com"}) {
+    UsageWindowReset reset(named, Actor::Admin("root", "root@example.com"), std::nullopt,
+                           cache_);
+    Decision decision;
+    std::vector<Event> applied;
+    ASSERT_TRUE(world_.Run(&reset, now * kUs, &decision, &applied).ok()) << named;
+    ASSERT_EQ(applied.size(), 1u) << named;
+    EXPECT_EQ(applied[0].type, kUsageWindowResetV1);
+  }
+  int windows = 0;
+  ASSERT_TRUE(ScanUsageWindows(world_.state, kStripeT0 - 400 * kDay, now + 400 * kDay,
+                               [&](int64_t, std::string_view, WindowKind) {
+                                 ++windows;
+                                 return true;
+                               })
+                  .ok());
+  EXPECT_EQ(windows, 0);
+  std::string stats;
+  ASSERT_TRUE(
+      UsageStatsJson(world_.state, now, kStripeT0 - 40 * kDay, now + 40 * kDay, &stats).ok());
+  rapidjson::Document doc;
+  doc.Parse(stats.c_str());
+  EXPECT_EQ(doc["windows"].GetInt64(), 0) << stats;
+  EXPECT_EQ(doc["users"].GetInt64(), 0) << stats;
+  EXPECT_TRUE(doc["by_plan"].ObjectEmpty()) << stats;
+  EXPECT_TRUE(doc["top_users"].Empty()) << stats;
+  // The window counts from 0 as before, with its thresholds.
+  std::vector<Event> events;
+  ASSERT_TRUE(Consume("u1", "chat", Key(), now, 8, nullptr, &events).ok());
+  EXPECT_EQ(events.size(), 2u);  // recorded, 80 %
+  EXPECT_EQ(Counter("u1", kStripeT0).used, 8);
+}
+
+// A reset of a restarted billing month no call has opened yet gives back what the period carries
+// into it (used_before): the reset writes its zero counter, and a window with a counter carries
+// nothing. Without a row the next consume carried the 10 calls the admin had reset.
+TEST_F(UsageDeciderTest, AResetOfARestartedWindowNotOpenedYetGivesTheCarriedCallsBack) {
+  ASSERT_TRUE(world_.AddPlan(SmallPlan("tiny20", 20)).ok());
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "tiny")).ok());
+  LinkEmail("u1", "u1@example.com");
+  ASSERT_TRUE(Consume("u1", "chat", Key(), kStripeT0 + 100, 10).ok());
+  const int64_t start = kStripeT0 + 5 * kDay;
+  TestSubscription upgraded = OnPlan("u1", "tiny20", start, AddUtcMonths(start, 12));
+  upgraded.interval = "year";
+  ASSERT_TRUE(world_.Subscribe(upgraded).ok());
+  UsageWindowReset reset("u1@example.com", Actor::Admin("root", "root@example.com"),
+                         std::nullopt, cache_);
+  Decision decision;
+  std::vector<Event> applied;
+  ASSERT_TRUE(world_.Run(&reset, (start + 20) * kUs, &decision, &applied).ok());
+  ASSERT_EQ(applied.size(), 1u);
+  rapidjson::Document data;
+  data.Parse(applied[0].data.c_str());
+  EXPECT_EQ(data["used_before"].GetInt64(), 10);
+  EXPECT_EQ(Counter("u1", start).used, 0);
+  rapidjson::Document body;
+  ASSERT_TRUE(Consume("u1", "chat", Key(), start + 30, 1, &body).ok());
+  EXPECT_EQ(body["used"].GetInt64(), 1);
+}
+
 // Back-dated batch usage of the time before a restart falls in a month counted back from the new
 // period's start; it is older than the latest billing month, not a restart of it, and carries
 // nothing.
