@@ -139,7 +139,9 @@ AccessLevel EffectiveAccessAt(const UserAccess& access, int64_t now_s);
 // {"user_id","email","status","access" (EffectiveAccessAt),"plan_id","overridden",
 //  "override_superseded" (the override is set but the user's own later subscription decides:
 //  subscriptions.h),
-//  "stripe":{"subscription_id","customer_id","status","plan_id","interval",
+//  "stripe":{"subscription_id","customer_id","status","plan_id","interval","unit_amount",
+//            "quantity","interval_count","currency" (the price item as the latest delivery
+//            said, null where it did not: what MRR is computed from),
 //            "current_period_start","current_period_end","cancel_at_period_end","trial_start",
 //            "trial_end","canceled_at"} | null,
 //  "override":{"plan_id","status","notes","admin","set_at"} | null}
