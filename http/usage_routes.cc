@@ -29,8 +29,10 @@
 // events: body {"events":[{user_id, service, quantity, idempotency_key, timestamp?, metadata?}]}
 // with 1..1000 items (more: 413 "too_many_items"), one command, one group commit, one
 // usage.batch_recorded.v1 per user with accepted items (projections/usage.h). 200 with a result
-// per item ("accepted", "duplicate", or "invalid" + "reason"); a malformed envelope is a 400/422
-// problem. The body is parsed in place (a 1000-item body is the route's main cost).
+// per item, in item order ("accepted", "duplicate", or "invalid" + "reason"), each naming the
+// item's idempotency_key ("" only when the key itself is missing or invalid); a malformed
+// envelope is a 400/422 problem. The body is parsed in place (a 1000-item body is the route's
+// main cost).
 // `timestamp`: Unix seconds (number) or an RFC 3339 string, at most 62 days before the request
 // and 300 s after it (else timestamp_out_of_range; projections/limits.h). Item reasons:
 // not_an_object, unknown_field, invalid_user_id, invalid_service, unknown_service,
@@ -380,10 +382,10 @@ void Consume(const UsageRouteContext& c, const httplib::Request& req, httplib::R
 
 // ---- batch ---------------------------------------------------------------------------------------
 
-// Fills `item` from one element of "events"; sets item->invalid_reason when it is not valid.
-// `metadata_buf` is scratch space shared by the items of one body.
-void ParseBatchItem(const rapidjson::Value& v, pj::UsageBatchItem* item,
-                    rapidjson::StringBuffer* metadata_buf) {
+// Fills `item` from one element of "events"; sets item->invalid_reason when it is not valid,
+// stopping at the first field that is not. ParseBatchItem echoes the key afterwards.
+void ParseBatchItemFields(const rapidjson::Value& v, pj::UsageBatchItem* item,
+                          rapidjson::StringBuffer* metadata_buf) {
   auto invalid = [item](const char* reason) { item->invalid_reason = reason; };
   if (!v.IsObject()) return invalid("not_an_object");
   bool has_user = false, has_service = false, has_quantity = false;
@@ -437,6 +439,27 @@ void ParseBatchItem(const rapidjson::Value& v, pj::UsageBatchItem* item,
   if (!pj::IsKnownService(item->service)) return invalid("unknown_service");
   if (!has_quantity) item->quantity = 1;
   if (item->idempotency_key.empty()) return invalid("invalid_idempotency_key");
+}
+
+// Fills `item` from one element of "events"; sets item->invalid_reason when it is not valid.
+// `metadata_buf` is scratch space shared by the items of one body.
+void ParseBatchItem(const rapidjson::Value& v, pj::UsageBatchItem* item,
+                    rapidjson::StringBuffer* metadata_buf) {
+  ParseBatchItemFields(v, item, metadata_buf);
+  if (item->invalid_reason.empty() || !v.IsObject()) return;
+  // An invalid item's result still names its key when the item carried a well-formed one: the
+  // field check stopped at the first bad field, so {"quantity":0,"idempotency_key":"q0"} was
+  // answered with "idempotency_key":"" and the client could not tell which of its items it was.
+  // Only a key that is itself missing or invalid (anywhere in the item) is answered as "".
+  item->idempotency_key.clear();
+  for (const auto& m : v.GetObject()) {
+    if (View(m.name) != "idempotency_key") continue;
+    if (!m.value.IsString() || !ValidIdempotencyKey(View(m.value))) {
+      item->idempotency_key.clear();
+      return;
+    }
+    item->idempotency_key.assign(View(m.value));
+  }
 }
 
 Status ParseBatch(const std::string& body, std::vector<pj::UsageBatchItem>* items) {

@@ -405,6 +405,45 @@ TEST_F(UsageRoutesTest, BatchItemsMoreThanSixtyTwoDaysBeforeTheRequestAreOutOfRa
   EXPECT_EQ(Head(), head);
 }
 
+// A black-box user's batch: items refused on a field before their key came back with
+// "idempotency_key":"" (the field check stopped at the bad field), so the client could not match
+// results to items. Every result names the item's key when the item carried a well-formed one.
+TEST_F(UsageRoutesTest, BatchInvalidItemsEchoTheirKeys) {
+  const std::string long_key(300, 'k');
+  const std::string body = R"({"events":[
+    {"quantity":0,"idempotency_key":"q0","user_id":"u1","service":"chat"},
+    {"user_id":"u1","service":"chat","quantity":"2","idempotency_key":"q1"},
+    {"timestamp":"garbage","user_id":"u1","service":"chat","idempotency_key":"q2"},
+    {"colour":"red","user_id":"u1","service":"chat","idempotency_key":"q3"},
+    {"user_id":"u1","service":"nope","idempotency_key":"q4"},
+    {"quantity":0,"user_id":"u1","service":"chat","idempotency_key":7},
+    {"quantity":0,"user_id":"u1","service":"chat","idempotency_key":")" + long_key + R"("},
+    {"quantity":0,"user_id":"u1","service":"chat"},
+    {"user_id":"u1","service":"chat","idempotency_key":"q8"}
+  ]})";
+  const uint64_t head = Head();
+  HttpReply r = Service().Post(kEvents, body);
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  const char* keys[] = {"q0", "q1", "q2", "q3", "q4", "", "", "", "q8"};
+  const char* reasons[] = {"invalid_quantity", "invalid_quantity", "invalid_timestamp",
+                           "unknown_field",    "unknown_service",  "invalid_quantity",
+                           "invalid_quantity", "invalid_quantity", nullptr};
+  const auto& results = doc["results"];
+  ASSERT_EQ(results.Size(), 9u);
+  for (rapidjson::SizeType i = 0; i < results.Size(); ++i) {
+    EXPECT_EQ(results[i]["index"].GetInt(), static_cast<int>(i));
+    EXPECT_EQ(std::string(results[i]["idempotency_key"].GetString()), keys[i]) << i;
+    if (reasons[i] != nullptr) {
+      EXPECT_EQ(std::string(results[i]["status"].GetString()), "invalid") << i;
+      EXPECT_EQ(std::string(results[i]["reason"].GetString()), reasons[i]) << i;
+    }
+  }
+  EXPECT_EQ(std::string(results[8]["status"].GetString()), "accepted");
+  EXPECT_EQ(doc["invalid"].GetInt(), 8);
+  EXPECT_EQ(Head(), head + 1);  // q8's usage.batch_recorded.v1 only
+}
+
 TEST_F(UsageRoutesTest, BatchOfAThousandIsOneCommand) {
   std::string body = R"({"events":[)";
   for (int i = 0; i < 1000; ++i) {
