@@ -285,6 +285,15 @@ Status ParseOverrideChange(const std::string& body, pj::OverrideChange* out) {
   }
   rapidjson::Document doc;
   LEDGER_RETURN_IF_ERROR(pj::ParseJsonObject(body, &doc));
+  // Names first, every member: {"x":5} was 422 validation_failed "x: a string or null" while
+  // {"x":"hello"} was unknown_field -- a misspelt field is reported as one whatever its value.
+  for (const auto& m : doc.GetObject()) {
+    const std::string_view name(m.name.GetString(), m.name.GetStringLength());
+    if (name != "tier" && name != "status" && name != "notes") {
+      return Status::Make(Code::kUnprocessable, "unknown_field",
+                          "unknown field '" + pj::Truncated(name) + "'");
+    }
+  }
   for (const auto& m : doc.GetObject()) {
     const std::string_view name(m.name.GetString(), m.name.GetStringLength());
     const bool null = m.value.IsNull();
@@ -307,15 +316,12 @@ Status ParseOverrideChange(const std::string& body, pj::OverrideChange* out) {
                             "suspended, trial");
       }
       out->status = null ? std::optional<pj::SubscriptionStatus>() : status;
-    } else if (name == "notes") {
+    } else {  // notes
       if (value.size() > pj::kOverrideNotesBytesMax) {
         return Status::Make(Code::kUnprocessable, "validation_failed",
                             "notes: at most 2000 bytes");
       }
       out->notes = null ? std::optional<std::string>() : value;
-    } else {
-      return Status::Make(Code::kUnprocessable, "unknown_field",
-                          "unknown field '" + pj::Truncated(name) + "'");
     }
   }
   return Status::OK();

@@ -1538,6 +1538,11 @@ TEST_F(AdminRoutesTest, BadPatchesAreProblemsAndAppendNothing) {
   ExpectProblem(Patch("a@x.com", R"({"tier":"platinum"})"), 422, "unknown_plan");
   ExpectProblem(Patch("a@x.com", R"({"status":"bogus"})"), 422, "validation_failed");
   ExpectProblem(Patch("a@x.com", R"({"colour":"red"})"), 422, "unknown_field");
+  // A misspelt field is unknown whatever its value (a number was "x: a string or null"), and
+  // also after a known field whose value is wrong.
+  ExpectProblem(Patch("a@x.com", R"({"x":5})"), 422, "unknown_field");
+  ExpectProblem(Patch("a@x.com", R"({"x":{"a":1}})"), 422, "unknown_field");
+  ExpectProblem(Patch("a@x.com", R"({"notes":7,"x":null})"), 422, "unknown_field");
   ExpectProblem(Patch("a@x.com", R"({"notes":7})"), 422, "validation_failed");
   ExpectProblem(Patch("a@x.com", "{}"), 422, "validation_failed");
   ExpectProblem(Patch("a@x.com", "not json"), 400, "invalid_json");
