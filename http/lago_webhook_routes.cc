@@ -21,8 +21,9 @@
 //      lago.webhook_received.v1 + the derived state change in one synced write. 200
 //      {"received":true,"unique_key","webhook_type","duplicate","repeat_of_unique_key","derived"}
 //      only after that write; a redelivery (same unique key) answers 200 with "duplicate":true
-//      and appends nothing. A body delivered before under another key is recorded, naming that
-//      key in repeat_of_unique_key.
+//      and "derived":[] (the first delivery's answer otherwise) and appends nothing. A body
+//      delivered before under another key is recorded, naming that key in
+//      repeat_of_unique_key.
 // Nothing is appended on any 4xx/5xx. Lago retries non-2xx answers (LAGO_WEBHOOK_ATTEMPTS, 3 by
 // default) with the same unique key.
 #include <spdlog/spdlog.h>

@@ -9,7 +9,8 @@
 //   4. One IngestStripeWebhook command (projections/stripe_webhook.h): dedupe on the event id,
 //      then stripe.webhook_received.v1 + the derived events in one synced write. 200
 //      {"received":true,"event_id","type","duplicate","derived"} only after that write; a
-//      duplicate answers 200 with "duplicate":true and appends nothing. A delivery whose
+//      duplicate answers 200 with "duplicate":true and "derived":[] (the first delivery's answer
+//      otherwise) and appends nothing. A delivery whose
 //      `livemode` differs from the configured key's mode (AppContext::stripe_livemode), or that
 //      carries `account` (Connect), is kept but applied to nothing: 200 with "derived":[] and
 //      "ignored":"livemode_mismatch" / "connected_account", so that Stripe stops sending it.

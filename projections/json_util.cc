@@ -152,6 +152,21 @@ class RedactingHandler {
 
 }  // namespace
 
+std::string DuplicateDeliveryBody(std::string_view stored_body) {
+  rapidjson::Document doc;
+  doc.Parse(stored_body.data(), stored_body.size());
+  if (doc.HasParseError() || !doc.IsObject()) return std::string(stored_body);
+  for (auto& m : doc.GetObject()) {
+    const std::string_view name(m.name.GetString(), m.name.GetStringLength());
+    if (name == "duplicate") m.value.SetBool(true);
+    if (name == "derived") m.value.SetArray();
+  }
+  rapidjson::StringBuffer buf;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+  doc.Accept(w);
+  return std::string(buf.GetString(), buf.GetSize());
+}
+
 Status RedactJsonSecrets(std::string_view raw,
                          const std::function<bool(std::string_view)>& is_secret,
                          std::string* out) {

@@ -58,6 +58,14 @@ Status RedactJsonSecrets(std::string_view raw,
                          const std::function<bool(std::string_view)>& is_secret,
                          std::string* out);
 
+// The answer to a webhook delivered again (the same Stripe event id or Lago unique key), from
+// the first delivery's stored answer: "duplicate":true and "derived":[] -- the redelivery
+// appended nothing, so it derived nothing (Stripe's retry of a delivery was answered
+// "derived":["subscription.state_changed.v1"] with the audit head unchanged); the other members
+// (event id, type, "ignored", ...) still describe the delivery. `stored_body` as it is when it
+// is not a JSON object (never: it is ledgerd's own answer).
+std::string DuplicateDeliveryBody(std::string_view stored_body);
+
 // Typed access to the members of one JSON object. `required` means the member must be present
 // (for the Nullable forms: present, possibly null). Absent optional members leave `*out`
 // untouched. `*given` (optional) tells whether the member was present. Errors are

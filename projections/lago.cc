@@ -707,11 +707,7 @@ Status IngestLagoWebhook::Decide(const DecideContext& context, Decision* decisio
 }
 
 std::string DuplicateLagoWebhookBody(std::string_view stored_body) {
-  std::string body(stored_body);
-  constexpr std::string_view kFresh = "\"duplicate\":false";
-  size_t at = body.find(kFresh);
-  if (at != std::string::npos) body.replace(at, kFresh.size(), "\"duplicate\":true");
-  return body;
+  return DuplicateDeliveryBody(stored_body);
 }
 
 // ---- records ------------------------------------------------------------------------------------

@@ -124,7 +124,8 @@ class IngestLagoWebhook final : public Command {
   LagoWebhook webhook_;
 };
 
-// The response body for a redelivery, given the original's stored body.
+// The response body for a redelivery, given the original's stored body: "duplicate":true and
+// "derived":[] (DuplicateDeliveryBody).
 std::string DuplicateLagoWebhookBody(std::string_view stored_body);
 
 // ---------------------------------------------------------------------------------------------

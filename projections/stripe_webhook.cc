@@ -682,11 +682,7 @@ Status IngestStripeWebhook::Decide(const DecideContext& context, Decision* decis
 }
 
 std::string DuplicateWebhookBody(std::string_view stored_body) {
-  std::string body(stored_body);
-  constexpr std::string_view kFresh = "\"duplicate\":false";
-  size_t at = body.find(kFresh);
-  if (at != std::string::npos) body.replace(at, kFresh.size(), "\"duplicate\":true");
-  return body;
+  return DuplicateDeliveryBody(stored_body);
 }
 
 }  // namespace ledger::projections

@@ -97,7 +97,8 @@ class IngestStripeWebhook final : public Command {
   std::optional<bool> expected_livemode_;
 };
 
-// The response body for a duplicate delivery, given the original's stored body.
+// The response body for a duplicate delivery, given the original's stored body: "duplicate":true
+// and "derived":[] (DuplicateDeliveryBody).
 std::string DuplicateWebhookBody(std::string_view stored_body);
 
 // The one rule for a Stripe id ledgerd names to Stripe -- a catalog price id (plan_catalog.h), an

@@ -199,10 +199,13 @@ TEST_F(LagoWebhookTest, HmacDeliveryIsStoredOnceAndTracksTheInvoice) {
   EXPECT_EQ(invoice.external_customer_id, "alice");
   EXPECT_EQ(invoice.external_subscription_ids, std::vector<std::string>{"alice"});
 
-  // Lago's retry of the same delivery: 200, duplicate, nothing appended.
+  // Lago's retry of the same delivery: 200, duplicate, nothing appended, so nothing derived (it
+  // was answered with the first delivery's "derived", as the Stripe webhook's retries were).
   r = PostHmac(body, "wh-1");
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_TRUE(r.Json()["duplicate"].GetBool());
+  EXPECT_EQ(r.Json()["derived"].Size(), 0u) << r.body;
+  EXPECT_STREQ(r.Json()["unique_key"].GetString(), "wh-1");
   EXPECT_EQ(Head(), head);
   // The same body under another unique key (a new Lago webhook with unchanged content, or a
   // replay: the key is not signed) is recorded, naming the key that first delivered it, and

@@ -194,21 +194,33 @@ TEST_F(SubscriptionsHttpTest, SignedDeliveryIsAppendedAndAcknowledged) {
 
 TEST_F(SubscriptionsHttpTest, DuplicatesAnswer200AndAppendNothing) {
   std::vector<std::string> lifecycle = StripeLifecycle({});
-  for (const std::string& body : lifecycle) DeliverOk(body);
+  std::vector<std::string> event_ids;
+  for (const std::string& body : lifecycle) {
+    HttpReply first = Deliver(body);
+    ASSERT_EQ(first.status, 200) << first.body;
+    EXPECT_GT(first.Json()["derived"].Size(), 0u) << first.body;
+    event_ids.push_back(first.Json()["event_id"].GetString());
+  }
   const uint64_t head = Head();
   const std::string audit = AuditHead();
-  for (const std::string& body : lifecycle) {
+  for (size_t i = 0; i < lifecycle.size(); ++i) {
+    const std::string& body = lifecycle[i];
     clock_.Advance(5 * kSecondUs);  // Stripe's retry: a new signature, the same event
     HttpReply again = Deliver(body);
     ASSERT_EQ(again.status, 200) << again.body;
     EXPECT_TRUE(again.Json()["duplicate"].GetBool()) << again.body;
     EXPECT_TRUE(again.Json()["received"].GetBool());
+    EXPECT_EQ(again.Json()["event_id"].GetString(), event_ids[i]);
+    // Nothing appended, so nothing derived now (the retry was answered with the first
+    // delivery's "derived":["subscription.state_changed.v1"] though the audit head stood still).
+    EXPECT_EQ(again.Json()["derived"].Size(), 0u) << again.body;
     // The same event id with a different (validly signed) body is the same delivery.
     std::string altered = body;
     altered.insert(altered.size() - 1, R"(,"replayed_with":"another body")");
     HttpReply altered_reply = Deliver(altered);
     ASSERT_EQ(altered_reply.status, 200) << altered_reply.body;
     EXPECT_TRUE(altered_reply.Json()["duplicate"].GetBool());
+    EXPECT_EQ(altered_reply.Json()["derived"].Size(), 0u) << altered_reply.body;
   }
   EXPECT_EQ(Head(), head);
   EXPECT_EQ(AuditHead(), audit);

@@ -262,6 +262,9 @@ TEST(LagoFoldTest, TheSameBodyUnderAnotherKeyIsRecordedAsARepeat) {
   EXPECT_EQ(refolded.rows(), state.rows());
   EXPECT_EQ(DuplicateLagoWebhookBody(R"({"received":true,"duplicate":false})"),
             R"({"received":true,"duplicate":true})");
+  EXPECT_EQ(DuplicateLagoWebhookBody(
+                R"({"received":true,"duplicate":false,"derived":["lago.invoice_updated.v1"]})"),
+            R"({"received":true,"duplicate":true,"derived":[]})");
 }
 
 TEST(LagoFoldTest, SubjectsFallBackWhenNoCustomerIsNamed) {
