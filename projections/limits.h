@@ -16,7 +16,7 @@ inline constexpr size_t kPlanDescriptionBytesMax = 2048;
 inline constexpr size_t kPlanFeaturesMax = 32;
 inline constexpr size_t kPlanFeatureBytesMax = 256;
 // A stored plan's Stripe price ids ([A-Za-z0-9_.-]); a price id given to the catalog now is
-// stripe_webhook.h's IsStripeId (kStripeIdBytesMax, no '.').
+// stripe_webhook.h's IsStripeId (kStripeIdBytesMax, no '.'), checked first and told alone.
 inline constexpr size_t kStripePriceIdBytesMax = 255;
 inline constexpr int64_t kPriceCentsMax = 10'000'000'000;  // $100M: far above any real price
 inline constexpr int64_t kApiCallsLimitMax = 1'000'000'000'000;

@@ -79,7 +79,7 @@ Status ValidateStripePriceId(std::string_view field, const std::optional<std::st
   if (!value) return Status::OK();
   if (value->empty() || value->size() > limits::kStripePriceIdBytesMax ||
       !std::all_of(value->begin(), value->end(), IsStripePriceIdChar)) {
-    return Invalid(std::string(field) + ": a Stripe price id ([A-Za-z0-9_.-], 1 to " +
+    return Invalid(std::string(field) + ": a stored Stripe price id ([A-Za-z0-9_.-], 1 to " +
                    std::to_string(limits::kStripePriceIdBytesMax) + " characters) or null");
   }
   return Status::OK();
@@ -121,9 +121,22 @@ bool EveryField(std::string_view) { return true; }
 // Rules for what an admin sends, not for stored plans (one stored before them still reads).
 // `named(field)`: whether the request gave the field (a PUT that leaves a field alone is not
 // refused for what an older stored plan holds in it).
-Status InvalidStripePriceId(std::string_view field) {
-  return Invalid(std::string(field) + ": a Stripe price id ([A-Za-z0-9_-], 1 to " +
-                 std::to_string(limits::kStripeIdBytesMax) + " characters) or null");
+// The one rule for a Stripe price id an admin or ledgerctl stripe-setup gives the catalog: one
+// checkout, plan changes and webhooks all take (IsStripeId): with '.' the upgrade to it answered
+// the user 400, and one over 200 bytes was dropped from every delivery (its subscribers had no
+// plan). Checked before ValidatePlan, whose wider rule is for stored plans: "bad price!" was
+// refused by that one, "([A-Za-z0-9_.-], 1 to 255 characters)", and "price_a.b" by this one,
+// "([A-Za-z0-9_-], 1 to 200 characters)" -- two rules told for one field.
+Status CheckNamedStripePriceIds(const Plan& plan,
+                                const std::function<bool(std::string_view)>& named) {
+  for (auto [field, price] : {std::pair{"stripe_price_monthly", &plan.stripe_price_monthly},
+                              std::pair{"stripe_price_yearly", &plan.stripe_price_yearly}}) {
+    if (*price && !IsStripeId(**price) && named(field)) {
+      return Invalid(std::string(field) + ": a Stripe price id ([A-Za-z0-9_-], 1 to " +
+                     std::to_string(limits::kStripeIdBytesMax) + " characters) or null");
+    }
+  }
+  return Status::OK();
 }
 
 Status CheckInputOnlyRules(const Plan& plan,
@@ -149,13 +162,6 @@ Status CheckInputOnlyRules(const Plan& plan,
     return Invalid("price_yearly_cents: at most " +
                    std::to_string(limits::kStripeUnitAmountMax) +
                    " (Stripe's largest unit amount); give a smaller one, or null (not sold yearly)");
-  }
-  // A price id checkout, plan changes and webhooks all take (IsStripeId): with '.' the upgrade
-  // to it answered the user 400, and one over 200 bytes was dropped from every delivery (its
-  // subscribers had no plan). Stored plans keep the older, wider rule (ValidatePlan).
-  for (auto [field, price] : {std::pair{"stripe_price_monthly", &plan.stripe_price_monthly},
-                              std::pair{"stripe_price_yearly", &plan.stripe_price_yearly}}) {
-    if (*price && !IsStripeId(**price) && named(field)) return InvalidStripePriceId(field);
   }
   // A plan is free (both cycles 0, or yearly null) or paid in every cycle it sells: stripe-setup
   // makes no Stripe price for 0, so a paid plan's yearly 0 showed $0 a year on the plans page
@@ -250,6 +256,9 @@ Status ParsePlanObject(const Value& object, ParseMode mode, std::string_view pat
   if (!all && !yearly_given && plan.price_monthly_cents > 0 && plan.trial_days == 0 &&
       plan.price_monthly_cents <= limits::kPriceCentsMax / 10) {
     plan.price_yearly_cents = 10 * plan.price_monthly_cents;
+  }
+  if (mode == ParseMode::kInput) {
+    LEDGER_RETURN_IF_ERROR(CheckNamedStripePriceIds(plan, EveryField));
   }
   LEDGER_RETURN_IF_ERROR(ValidatePlan(plan));
   return mode == ParseMode::kInput ? CheckInputOnlyRules(plan, EveryField)
@@ -800,6 +809,7 @@ Status CheckStripePriceFresh(const char* cycle, std::optional<int64_t> cents,
 // What an admin's plan must be (ValidatePlan, and the rules stored plans predate).
 // `named` as CheckInputOnlyRules (a POST names every field).
 Status ValidatePlanChange(const Plan& plan, const std::function<bool(std::string_view)>& named) {
+  LEDGER_RETURN_IF_ERROR(CheckNamedStripePriceIds(plan, named));
   LEDGER_RETURN_IF_ERROR(ValidatePlan(plan));
   return CheckInputOnlyRules(plan, named);
 }
@@ -944,11 +954,11 @@ Status SetPlanStripePrices::Decide(const DecideContext& context, Decision* decis
   };
   apply(monthly_, &next.stripe_price_monthly);
   apply(yearly_, &next.stripe_price_yearly);
-  LEDGER_RETURN_IF_ERROR(ValidatePlan(next));
-  LEDGER_RETURN_IF_ERROR(CheckInputOnlyRules(next, [this](std::string_view field) {
+  LEDGER_RETURN_IF_ERROR(CheckNamedStripePriceIds(next, [this](std::string_view field) {
     return (field == "stripe_price_monthly" && monthly_ && !monthly_->empty()) ||
            (field == "stripe_price_yearly" && yearly_ && !yearly_->empty());
   }));
+  LEDGER_RETURN_IF_ERROR(ValidatePlan(next));
   LEDGER_RETURN_IF_ERROR(CheckStripePricesUnique(*context.state, next, &current));
   decision->http_status = 200;
   decision->body = PlanToJson(next);

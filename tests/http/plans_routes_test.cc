@@ -179,6 +179,25 @@ TEST_F(PlansRoutesTest, BadInputAppendsNothing) {
   EXPECT_EQ(Head(), 4u);
 }
 
+// One rule told for a Stripe price id, whatever is wrong with it: "bad price!" was refused as
+// "([A-Za-z0-9_.-], 1 to 255 characters)" and "price_a.b" as "([A-Za-z0-9_-], 1 to 200
+// characters)".
+TEST_F(PlansRoutesTest, StripePriceIdsAreRefusedByOneRule) {
+  const std::string rule =
+      "stripe_price_monthly: a Stripe price id ([A-Za-z0-9_-], 1 to 200 characters) or null";
+  const std::string post_body = kTeamBody.substr(0, kTeamBody.size() - 1);
+  for (const std::string& id : {std::string("bad price!"), std::string("price_a.b"),
+                                std::string(201, 'p'), std::string(256, 'p'), std::string()}) {
+    const std::string field = R"("stripe_price_monthly":")" + id + "\"";
+    for (const HttpReply& r : {Admin().Post(kPlans, post_body + "," + field + "}"),
+                               Admin().Put(std::string(kPlans) + "/starter", "{" + field + "}")}) {
+      ExpectProblem(r, 422, "validation_failed");
+      EXPECT_EQ(std::string(r.Json()["detail"].GetString()), rule) << id;
+    }
+  }
+  EXPECT_EQ(Head(), 4u);
+}
+
 TEST_F(PlansRoutesTest, UpdateChangesTheFieldsGiven) {
   HttpReply before = Anonymous().Get(std::string(kPlans) + "/starter");
   ASSERT_EQ(before.status, 200);

@@ -745,17 +745,23 @@ TEST(PlanCommandsTest, StripePriceIdsAreOnesStripeCallsAndWebhooksTake) {
   h.MustRun(&seed);
   const size_t events = h.events().size();
   Decision d;
-  for (const std::string& id : {std::string("price.1"), std::string(201, 'p')}) {
+  // One rule and one message for all (a price id outside the stored plans' wider rule was told
+  // that rule instead: "bad price!" was "([A-Za-z0-9_.-], 1 to 255 characters)").
+  const std::string rule =
+      "stripe_price_monthly: a Stripe price id ([A-Za-z0-9_-], 1 to 200 characters) or null";
+  for (const std::string& id : {std::string("price.1"), std::string(201, 'p'),
+                                std::string("bad price!"), std::string(256, 'p')}) {
     PlanInput input;
-    ASSERT_TRUE(ParsePlanInput(R"({"stripe_price_monthly":")" + id + "\"}", "professional",
-                               &input)
-                    .ok());
+    Status s = ParsePlanInput(R"({"stripe_price_monthly":")" + id + "\"}", "professional", &input);
+    ASSERT_TRUE(s.ok()) << s.ToString();
     UpdatePlan put(input, TestAdmin());
-    Status s = h.Run(&put, &d);
+    s = h.Run(&put, &d);
     EXPECT_EQ(s.problem(), "validation_failed") << id << " " << s.ToString();
+    EXPECT_EQ(s.message(), rule) << id;
     SetPlanStripePrices setup("professional", id, std::nullopt, Actor::System("ledgerctl"));
     s = h.Run(&setup, &d);
     EXPECT_EQ(s.problem(), "validation_failed") << id << " " << s.ToString();
+    EXPECT_EQ(s.message(), rule) << id;
   }
   EXPECT_EQ(h.events().size(), events);
   for (const std::string& id : {std::string("price_1Nx-a"), std::string(200, 'p')}) {
