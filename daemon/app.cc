@@ -288,9 +288,9 @@ Status App::Impl::ConfigureLago() {
   return Status::OK();
 }
 
-// The BYOK key-encryption key: created in dev mode; otherwise, when the default file is missing,
-// the BYOK routes that seal or open a key answer 503 (a bad file, or a missing file that
-// LEDGER_MASTER_KEY_FILE names, is an error: exit 78).
+// The BYOK key-encryption key: at its default place, created in dev mode; otherwise, when the
+// default file is missing, the BYOK routes that seal or open a key answer 503 (a bad file, or a
+// missing file that LEDGER_MASTER_KEY_FILE names, in any mode, is an error: exit 78).
 Status App::Impl::LoadByokKey() {
   context_.byok_base_urls = config_.byok_base_urls;
   std::string key;
@@ -357,19 +357,21 @@ Status App::Impl::Start(const Config& config, const Clock* clock) {
   config_ = config;
   clock_ = clock != nullptr ? clock : SystemClock::Default();
   spdlog::info("ledgerd starting: {}", config_.Describe());
-  // What only reads files (the JWKS too) is refused before the data directory is touched; in
-  // dev mode the dev secret and the master key are created in it.
+  // What only reads files (the JWKS too, and a master key file named explicitly, which is never
+  // created) is refused before the data directory is touched; in dev mode the dev secret and
+  // the master key at its default place are created in it.
   LEDGER_RETURN_IF_ERROR(BuildStripeClient());
   LEDGER_RETURN_IF_ERROR(LoadLagoWebhookKeys());
+  const bool key_only_read = !config_.DevMode() || config_.master_key_file_given;
+  if (key_only_read) LEDGER_RETURN_IF_ERROR(LoadByokKey());
   if (!config_.DevMode()) {
-    LEDGER_RETURN_IF_ERROR(LoadByokKey());
     LEDGER_RETURN_IF_ERROR(BuildAuthenticator());
     CreateDataDir();
   } else {
     CreateDataDir();
     LEDGER_RETURN_IF_ERROR(BuildAuthenticator());
-    LEDGER_RETURN_IF_ERROR(LoadByokKey());
   }
+  if (!key_only_read) LEDGER_RETURN_IF_ERROR(LoadByokKey());
   LEDGER_RETURN_IF_ERROR(OpenLedger());
   LEDGER_RETURN_IF_ERROR(StartKafka());
   LEDGER_RETURN_IF_ERROR(ConfigureLago());

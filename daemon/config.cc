@@ -605,11 +605,14 @@ Status LoadOrCreateMasterKey(const std::string& path, bool create, bool required
   struct stat st {};
   std::string hex;
   if (::stat(path.c_str(), &st) != 0) {
-    if (!create && required) {
+    // Named explicitly, it must exist in dev mode too: `ledgerd --master-key-file
+    // /nonexistent/mk` in dev mode created /nonexistent/ and a fresh key there (a mistyped path
+    // or a mount that failed, papered over with a key nothing else has).
+    if (required) {
       return Status::Make(Code::kUnprocessable, "bad_config",
                           "LEDGER_MASTER_KEY_FILE: no file at " + path +
                               " (set explicitly: a missing mount is an error, not a start "
-                              "without BYOK)");
+                              "without BYOK or with a new key)");
     }
     if (!create) return Status::OK();
     std::error_code ec;

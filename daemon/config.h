@@ -65,7 +65,7 @@ struct Config {
   std::string lago_api_key;                        // LAGO_API_KEY (secret); "" = sink off
   std::string lago_billable_metric_code = "api_calls";  // LAGO_BILLABLE_METRIC_CODE
   std::string master_key_file;                     // default <data_dir>/master.key
-  bool master_key_file_given = false;              // set explicitly: it must exist (or dev mode)
+  bool master_key_file_given = false;              // set explicitly: it must exist (any mode)
   // LEDGER_BYOK_BASE_URLS "provider=url,...": provider API base URLs (default: the providers').
   std::map<std::string, std::string> byok_base_urls;
   size_t http_threads = 0;                         // 0 = automatic
@@ -106,9 +106,10 @@ Status ReadDevSecretFile(const std::string& path, std::string* secret);
 bool HasControlOrEdgeBlank(std::string_view value);
 
 // The BYOK key-encryption key: 32 bytes, stored as 64 hex digits in `path`. When the file is
-// missing it is created (0600, random) if `create`, else an error if `required` (the setting
-// named it explicitly), else `*found` is false. Errors (kUnprocessable, exit 78): missing when
-// required, not 64 hex digits, or readable by group or others.
+// missing it is an error if `required` (the setting named it explicitly, in any mode), else
+// created (0600, random) if `create` (dev mode, the default path), else `*found` is false.
+// Errors (kUnprocessable, exit 78): missing when required, not 64 hex digits, or readable by
+// group or others.
 Status LoadOrCreateMasterKey(const std::string& path, bool create, bool required,
                              std::string* key, bool* found);
 

@@ -469,7 +469,12 @@ TEST(ConfigTest, MasterKeyIsCreatedPrivateInDevAndRefusedWhenOthersCanReadIt) {
   EXPECT_EQ(daemon::ExitCodeFor(missing), kExitConfig) << missing.ToString();
   EXPECT_NE(missing.message().find("LEDGER_MASTER_KEY_FILE"), std::string::npos);
   EXPECT_FALSE(std::filesystem::exists(path));
-  ASSERT_TRUE(daemon::LoadOrCreateMasterKey(path, /*create=*/true, /*required=*/true, &key, &found)
+  // Named explicitly it is not created in dev mode either (it made /nonexistent/ and a new key).
+  missing = daemon::LoadOrCreateMasterKey(path, /*create=*/true, /*required=*/true, &key, &found);
+  EXPECT_EQ(daemon::ExitCodeFor(missing), kExitConfig) << missing.ToString();
+  EXPECT_FALSE(std::filesystem::exists(dir.path() + "/keys"));
+  ASSERT_TRUE(daemon::LoadOrCreateMasterKey(path, /*create=*/true, /*required=*/false, &key,
+                                            &found)
                   .ok());
   EXPECT_TRUE(found);
   EXPECT_EQ(key.size(), 32u);

@@ -71,6 +71,32 @@ TEST(LedgerdBinaryTest, BadConfigurationExits78NamingTheSettingBeforeTouchingDis
   }
 }
 
+// Dev mode (no JWT configuration) creates a key only at its default place: `--master-key-file
+// /nonexistent/mk` started, creating /nonexistent/ (0755) and a fresh key there, where the file
+// named explicitly must exist as it must outside dev mode.
+TEST(LedgerdBinaryTest, AMasterKeyFileNamedInDevModeMustExist) {
+  TempDir dir;
+  const std::string data_dir = dir.Sub("data");
+  const std::string missing_dir = dir.Sub("nonexistent");
+  for (const bool by_flag : {true, false}) {
+    SCOPED_TRACE(by_flag ? "flag" : "environment");
+    std::vector<std::string> args = {"--data-dir", data_dir, "--listen", "127.0.0.1:0",
+                                     "--kafka-brokers", "none"};
+    EnvList env;
+    if (by_flag) {
+      args.insert(args.end(), {"--master-key-file", missing_dir + "/mk"});
+    } else {
+      env.emplace_back("LEDGER_MASTER_KEY_FILE", missing_dir + "/mk");
+    }
+    ProcessOutput out = RunLedgerd(args, env);
+    EXPECT_EQ(out.exit_code, kExitConfig) << out.out << out.err;
+    EXPECT_NE((out.out + out.err).find("LEDGER_MASTER_KEY_FILE"), std::string::npos)
+        << out.out << out.err;
+    EXPECT_FALSE(std::filesystem::exists(missing_dir));
+    EXPECT_FALSE(std::filesystem::exists(data_dir)) << "refused before the store is touched";
+  }
+}
+
 TEST(LedgerdBinaryTest, AListenAddressThatCannotBeBoundExits78) {
   TempDir dir;
   // Occupy a port.
