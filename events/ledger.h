@@ -115,6 +115,10 @@ struct CommandResult {
 // users' emails, webhooks as delivered and sealed keys. An existing directory keeps its mode.
 Status CreatePrivateDir(const std::string& path);
 
+// The file in a store's directory that a writable Ledger holds an exclusive flock(2) on while it
+// is open (Ledger::Open is kIOError when another process holds it; read-only opens take none).
+inline constexpr char kDirLockFile[] = "ledgerd.lock";
+
 struct LedgerOptions {
   std::string path;                 // directory; created if missing (CreatePrivateDir)
   std::vector<const Fold*> folds;   // inline projections; not owned, must outlive the Ledger

@@ -160,6 +160,53 @@ TEST(LedgerdBinaryTest, StorageErrorsAtStartupExit74) {
       << file.out << file.err;
 }
 
+// A second ledgerd on a directory in use: RocksDB refused it (LOCK, exit 74) only after it had
+// renamed the running daemon's LOG to LOG.old.<time>. ledgerd's own lock refuses it first, and
+// nothing in the directory changes; ledgerctl's read-only opens beside the daemon take no lock.
+TEST(LedgerdBinaryTest, ASecondLedgerdOnADirectoryInUseExits74TouchingNothing) {
+  TempDir dir;
+  DaemonOptions options;
+  options.data_dir = dir.Sub("data");
+  options.log_path = dir.Sub("ledgerd.log");
+  DaemonProcess first(options);
+  ASSERT_TRUE(first.Start().ok()) << first.Log();
+  // The running daemon's LOG (its inode) and the rotated logs beside it (none yet).
+  const std::string log = options.data_dir + "/LOG";
+  auto log_inode = [&] {
+    struct stat st {};
+    return ::stat(log.c_str(), &st) == 0 ? st.st_ino : 0;
+  };
+  auto rotated_logs = [&] {
+    size_t n = 0;
+    for (const auto& entry : std::filesystem::directory_iterator(options.data_dir)) {
+      n += entry.path().filename().string().starts_with("LOG.old");
+    }
+    return n;
+  };
+  const ino_t inode = log_inode();
+  ASSERT_NE(inode, 0u);
+  const size_t rotated = rotated_logs();
+
+  ProcessOutput second = RunLedgerd(
+      {"--data-dir", options.data_dir, "--listen", "127.0.0.1:0", "--kafka-brokers", "none"});
+  EXPECT_EQ(second.exit_code, kExitStorage) << second.out << second.err;
+  EXPECT_NE((second.out + second.err).find(options.data_dir + " is in use: another ledgerd"),
+            std::string::npos)
+      << second.out << second.err;
+  EXPECT_EQ(log_inode(), inode) << "the running daemon's LOG was rotated away";
+  EXPECT_EQ(rotated_logs(), rotated);
+
+  ProcessOutput verified = RunLedgerctlBinary({"verify", "--data-dir", options.data_dir});
+  EXPECT_EQ(verified.exit_code, 0) << verified.out << verified.err;
+  ProcessOutput exported = RunLedgerctlBinary({"export", "--data-dir", options.data_dir});
+  EXPECT_EQ(exported.exit_code, 0) << exported.err;
+  EXPECT_EQ(first.Terminate(), 0) << first.Log();
+  // Stopped, the directory is free again.
+  DaemonProcess again(options);
+  ASSERT_TRUE(again.Start().ok()) << again.Log();
+  EXPECT_EQ(again.Terminate(), 0) << again.Log();
+}
+
 struct Head {
   std::string position;
   std::string hash;
