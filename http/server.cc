@@ -506,10 +506,17 @@ class ConnectionStream final : public httplib::Stream {
       end_ = static_cast<size_t>(n);
     }
     if (end == std::string::npos || end > allowance) {
-      // Incomplete or over the allowance: cpp-httplib answers it as it is (400, 414, timeout).
-      // One over the allowance that it would parse anyway (many short lines) is refused at
-      // routing (head_too_large()): none of the checks below ran on it.
+      // Incomplete: cpp-httplib answers it as it is (400, 414, timeout). Over the allowance: it
+      // gets the request line alone, ending the head, and the request is refused at routing
+      // (head_too_large(), 431; the connection is closed after it). Handed the head as it was,
+      // cpp-httplib answered one long line (`GET /livez` with a 66,000-byte header) 400 "Bad
+      // Request" at its 8 KiB line limit, where many short lines adding up got the 431.
       head_too_large_ = end != std::string::npos || head.size() > allowance;
+      const size_t request_line_end = head.find('\n');
+      if (head_too_large_ && request_line_end < kHeaderLineBytesMax) {
+        head.resize(request_line_end + 1);
+        head.append("\r\n");
+      }
       pending_ = std::move(head);
       return true;
     }

@@ -523,6 +523,18 @@ TEST_F(ServerTest, RejectsAmbiguousFraming) {
   EXPECT_NE(too_long.find("\"title\":\"Request Header Fields Too Large\""), std::string::npos)
       << too_long.substr(0, 600);
   EXPECT_EQ(responses(too_long), 1u) << too_long;
+  // So is one header line over 64 KiB (cpp-httplib refused it at its 8 KiB line limit: 400 "Bad
+  // Request"), wherever the head ends.
+  for (const std::string& rest : {std::string("\r\n\r\n"), std::string()}) {
+    const std::string long_line = RawHttpExchange(
+        stack_.port(),
+        "GET /livez HTTP/1.1\r\nHost: x\r\nX-Long: " + std::string(66000, 'l') + rest, 1000);
+    EXPECT_EQ(long_line.substr(0, long_line.find("\r\n")),
+              "HTTP/1.1 431 Request Header Fields Too Large")
+        << long_line.substr(0, 300);
+    EXPECT_NE(long_line.find("\"code\":\"request_header_fields_too_large\""), std::string::npos)
+        << long_line.substr(0, 600);
+  }
   // A header line ending in a bare LF (cpp-httplib would skip it: no Content-Length, so the
   // body would be the next request) or '%' in a framing header (cpp-httplib percent-decodes
   // `chunke%64` into `chunked`) is a 400, and nothing after it is served.
