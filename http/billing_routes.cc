@@ -836,27 +836,6 @@ void CancelSubscription(const AppContext& context, const httplib::Request& req,
   std::unique_ptr<ReadView> view = context.ledger->Snapshot();
   pc::UserSubscription current;
   s = ChangeableSubscription(*view, identity, &current);
-  // Already set to cancel at its period's end (as Stripe last told us): asking again changes
-  // nothing at Stripe, so the current state is the answer, without a Stripe call, an event or a
-  // spent budget -- every click on "Cancel" again (or a loop) appended another
-  // stripe.subscription_cancel_requested.v1. (Undone in the portal but not yet heard of: this
-  // answers what ledgerd knows; the portal's update arrives within seconds.)
-  // Not for a request with an Idempotency-Key: its answer must be recorded under the key (the
-  // same key with another body is then 409 idempotency_key_reused, and a retry after the user
-  // undid the cancel in the portal gets this answer, not a new cancel), so it takes the path
-  // that records.
-  if (s.ok() && at_period_end && current.subscription.cancel_at_period_end &&
-      command.idempotency_key.empty() &&
-      (!named || named_subscription == current.subscription_id())) {
-    StripeSubscription known;
-    known.id = current.subscription_id();
-    known.status = std::string(current.status_name());
-    known.cancel_at_period_end = true;
-    known.current_period_end = current.subscription.current_period_end;
-    known.cancel_at = current.subscription.cancel_at ? current.subscription.cancel_at
-                                                     : current.subscription.current_period_end;
-    return WriteJsonAt(200, SubscriptionStateJson(known, at_period_end), view->position(), &res);
-  }
   // Whether this request ended a subscription already (a retry whose record was lost), asked
   // before the current one is touched: it may be a new one the user subscribed to since.
   StripeSubscription sub;
@@ -882,6 +861,11 @@ void CancelSubscription(const AppContext& context, const httplib::Request& req,
   }
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
   if (at_period_end) {
+    // Asked even when ledgerd's state says the subscription is already set to end then: that
+    // state may be stale. Alice cancels, Stripe's update arrives, she clicks "Renew" in the portal
+    // (Stripe: cancel_at_period_end=false, its webhook still retrying) and cancels again -- this
+    // answered 200 from the projection, asked nothing, and Stripe renewed and charged her. The
+    // update is idempotent at Stripe; the budget bounds a loop of clicks.
     s = context.stripe->SetCancelAtPeriodEnd(target, true, stripe_key, &sub);
   } else if (!canceled_already) {
     s = context.stripe->CancelSubscriptionNow(target, CancelRequestComment(context, stripe_key),
