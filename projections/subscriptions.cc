@@ -961,6 +961,16 @@ Status LoadUserSubscriptions(const StateReader& state, std::string_view user_id,
     LEDGER_RETURN_IF_ERROR(s);
     // A subscription Stripe tagged for another user is never shown to this one.
     if (record.metadata_user_id && *record.metadata_user_id != user_id) continue;
+    // Nor one on a customer linked to another user, whatever its tag says: it would make that
+    // customer this user's customer_id. sub_odd on user-2's cus_2 tagged user_id=user-1 opened
+    // user-2's Billing Portal for user-1, listed user-2's cards and sent user-1's next checkout
+    // with customer=cus_2 (cancel and upgrade acted on it too). A query, not the fold.
+    if (!record.customer_id.empty()) {
+      CustomerRow owner;
+      s = ReadCustomerRow(state, record.customer_id, &owner);
+      if (s.ok() && owner.user_id != user_id) continue;
+      if (!s.ok() && !s.IsNotFound()) return s;
+    }
     // The plan is decided again from the catalog whenever the price maps to one (price/<id>
     // rows): the plan the webhook stored stands only for a price that maps to nothing (or none
     // stored). A store holds plans decided before the price rows existed: a subscriber renewing

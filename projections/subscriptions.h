@@ -189,9 +189,10 @@ struct UserSubscription {
   std::string customer_id;
   bool has_subscription = false;
   // The user's current subscription when has_subscription: among every subscription attached to
-  // the user, one with a plan of the catalog before one without (an add-on price), then the one
-  // that grants access (granted, then grace), else the one not terminal, else the most recently
-  // created (ties: the greater id). Its plan_id is decided from the catalog
+  // the user (never one tagged for another user, nor one on a customer linked to another user --
+  // its customer would become this user's customer_id), one with a plan of the catalog before one
+  // without (an add-on price), then the one that grants access (granted, then grace), else the
+  // one not terminal, else the most recently created (ties: the greater id). Its plan_id is decided from the catalog
   // (PlanIdForSubscription) whenever its price maps to a plan (price/<id> rows), and when the row
   // has none; the row's stands only for a price that maps to nothing. A subscription tagged with
   // a trial plan (metadata.plan_id) that never paid after its trial (never_paid_after_trial) and

@@ -987,6 +987,43 @@ TEST_F(BillingRoutesTest, PortalNeedsACustomer) {
                 "unknown_field");
 }
 
+// A subscription on bob's customer tagged user_id=alice (made in Stripe's Dashboard, or metadata
+// edited there) is not alice's: it made cus_bob her customer, so her portal opened bob's Billing
+// Portal and her card list showed bob's cards.
+TEST_F(BillingRoutesTest, ASubscriptionOnAnothersCustomerNeverLendsItToTheCaller) {
+  GiveAliceASubscription();
+  ledger::testing::StripeSubscriptionSpec spec;
+  spec.event_id = "evt_sub_bob";
+  spec.event_type = "customer.subscription.created";
+  spec.subscription_id = "sub_bob";
+  spec.customer_id = "cus_bob";
+  spec.item_id = "si_bob";
+  spec.metadata_user_id = "bob";
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeSubscriptionEventJson(spec))
+                  .status.ok());
+  spec.event_id = "evt_sub_odd";
+  spec.subscription_id = "sub_odd";
+  spec.item_id = "si_odd";
+  spec.metadata_user_id = "alice";
+  spec.created = ledger::testing::kStripeT0 + 86400;
+  spec.event_created = spec.created;
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeSubscriptionEventJson(spec))
+                  .status.ok());
+  fake_.AddCustomer("cus_bob", "bob@example.com");
+  fake_.AddCard("cus_bob", "pm_bob", "visa", "4242", 4, 2031);
+  fake_.ClearRequests();
+  HttpReply portal = Alice().Post(kPortal, "{}");
+  ASSERT_EQ(portal.status, 200) << portal.body;
+  auto q = fake_.RequestsTo("POST", "/v1/billing_portal/sessions").at(0);
+  EXPECT_EQ(q.Param("customer"), "cus_alice");
+  HttpReply cards = Alice().Get(kPaymentMethods);
+  ASSERT_EQ(cards.status, 200) << cards.body;
+  EXPECT_EQ(cards.body.find("pm_bob"), std::string::npos) << cards.body;
+  EXPECT_TRUE(fake_.RequestsTo("GET", "/v1/customers/cus_bob").empty());
+}
+
 TEST_F(BillingRoutesTest, PaymentMethods) {
   HttpReply none = Alice().Get(kPaymentMethods);
   ASSERT_EQ(none.status, 200) << none.body;

@@ -499,7 +499,8 @@ TEST_F(SubscriptionsTest, OneUserNeverSeesAnothersSubscription) {
   EXPECT_TRUE(Query(w, "user-3").customer_id.empty());
 
   // A subscription Stripe tags for user-1 but on user-2's customer is shown to neither user-2
-  // (it is tagged for someone else) ... and user-1 sees it only through the tag.
+  // (it is tagged for someone else) nor user-1 (its customer is someone else's): through it,
+  // user-1's customer_id was cus_2, so user-1's portal, cards and checkout used user-2's customer.
   StripeSubscriptionSpec odd;
   odd.event_id = "evt_odd";
   odd.subscription_id = "sub_odd";
@@ -509,18 +510,24 @@ TEST_F(SubscriptionsTest, OneUserNeverSeesAnothersSubscription) {
   odd.event_created = kStripeT0 + 500;
   Deliver(&w, StripeSubscriptionEventJson(odd));
   EXPECT_EQ(Query(w, "user-2").subscription.subscription_id, "sub_2");
-  EXPECT_EQ(Query(w, "user-1").subscription.subscription_id, "sub_odd");
+  const UserSubscription one = Query(w, "user-1");
+  EXPECT_EQ(one.subscription.subscription_id, "sub_1");
+  EXPECT_NE(one.customer_id, "cus_2");
+  EXPECT_EQ(one.customer_id, "cus_1");
+  EXPECT_TRUE(one.other_subscription_ids.empty());
   // ... and cus_2 stays user-2's.
   std::string owner;
   ASSERT_TRUE(GetCustomerUser(w.state, "cus_2", &owner).ok());
   EXPECT_EQ(owner, "user-2");
   // A user known only through such a tag is one of the fold's users (the admin list and the
-  // analytics walk them): user-9 has no customer of its own.
+  // analytics walk them), though the subscription is not theirs: user-9 has no customer of its
+  // own.
   odd.event_id = "evt_odd9";
   odd.subscription_id = "sub_odd9";
   odd.metadata_user_id = "user-9";
   Deliver(&w, StripeSubscriptionEventJson(odd));
-  EXPECT_EQ(Query(w, "user-9").subscription.subscription_id, "sub_odd9");
+  EXPECT_FALSE(Query(w, "user-9").has_subscription);
+  EXPECT_TRUE(Query(w, "user-9").customer_id.empty());
   std::vector<std::string> users;
   ASSERT_TRUE(ScanUsers(w.state, "", [&users](std::string_view id, std::string_view) {
                 users.emplace_back(id);
