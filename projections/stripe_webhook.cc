@@ -272,23 +272,28 @@ Status Decider::CheckoutCompleted(Derivation* out) {
   const Value* session = Object();
   std::optional<std::string> session_id = IdOf(Member(session, "id"));
   if (!session_id) return Status::OK();
-  std::optional<std::string> user_id = UserIdOf(Member(session, "client_reference_id"));
-  if (!user_id) user_id = UserIdOf(Path(session, {"metadata", "user_id"}));
-  if (!user_id) {
-    std::string opened_by;
-    Status s = GetCheckoutSessionUser(state_, *session_id, &opened_by);
-    if (s.ok()) {
-      user_id = std::move(opened_by);
-    } else if (!s.IsNotFound()) {
-      return s;
-    }
+  // The session's user is who opened it through ledgerd (stripe.checkout_session_created.v1, the
+  // session/<id> row), never what the session says: a Payment Link or pricing table takes
+  // ?client_reference_id=bob from its URL, so Mallory paid, cus_mallory was linked to bob for
+  // good and sub_mallory became bob's subscription (bob's cancel canceled it). A session ledgerd
+  // did not create is stored and links nothing; its subscription reaches a user only through a
+  // customer already linked, or the subscription's own metadata.user_id (ledgerd's checkout or
+  // the Dashboard sets it; a URL cannot).
+  std::optional<std::string> user_id;
+  std::string opened_by;
+  Status opened = GetCheckoutSessionUser(state_, *session_id, &opened_by);
+  if (opened.ok()) {
+    user_id = std::move(opened_by);
+  } else if (!opened.IsNotFound()) {
+    return opened;
   }
   std::optional<std::string> customer_id = IdOf(Member(session, "customer"));
   std::optional<std::string> subscription_id = IdOf(Member(session, "subscription"));
   std::optional<std::string> email = EmailOf(Path(session, {"customer_details", "email"}));
   if (!email) email = EmailOf(Member(session, "customer_email"));
+  const bool ours = opened.ok();
   LEDGER_RETURN_IF_ERROR(ResolveByCustomer(customer_id, &user_id));
-  if (user_id && customer_id) {
+  if (ours && customer_id) {
     LEDGER_RETURN_IF_ERROR(LinkCustomer(*customer_id, *user_id, email, "checkout_session", out));
   }
   rapidjson::StringBuffer buf;

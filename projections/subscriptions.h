@@ -18,9 +18,11 @@
 // the rows after a set of events are the same bytes whatever order they arrived in.
 //
 // Links. A subscription is attached to a user when any of these is known, in any order:
-// the subscription's metadata.user_id; a Checkout Session naming it (client_reference_id or
-// metadata.user_id); or a link of its customer to the user. Until then it is kept under its
-// own id and its customer's, and queries pick it up as soon as a link arrives.
+// the subscription's metadata.user_id; a Checkout Session ledgerd opened for the user naming it
+// (session/<id>: never the session's own client_reference_id, which a Payment Link takes from its
+// URL); or a link of its customer to the user. Until then it is kept under its own id and its
+// customer's, and queries pick it up as soon as a link arrives. A subscription on a customer
+// linked to another user is never this user's (GetUserSubscription).
 //
 // Rows (column family "subscriptions"; all keys are ASCII, ids are Stripe's or our user ids):
 //   sub/<subscription_id>            subscription JSON (SubscriptionRecord)
@@ -39,8 +41,8 @@
 //                                    that last changed the override's tier or status
 //                                    (AdminOverride::decided_at_us); deleted when both are unset
 //   session/<checkout_session_id>    <user_id>: from stripe.checkout_session_created.v1 (our own
-//                                    record of POST /checkout/create), the fallback owner of a
-//                                    completed session that names no user
+//                                    record of POST /checkout/create), the owner of the session
+//                                    when it completes (one without this row links nothing)
 //   cus_deleted/<customer_id>        ""   from customer.deleted.v1: never named to Stripe again
 //   user_session/<user_id>/<session_id>  the append time (µs) of that record; deleted when the
 //                                    session's completion arrives (ListOpenCheckouts)

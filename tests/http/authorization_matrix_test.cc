@@ -487,6 +487,8 @@ class AuthorizationMatrixTest : public ::testing::Test {
     checkout.subscription_id = "sub_alice";
     checkout.email = kAliceEmail;
     checkout.metadata_plan_id = "starter";
+    ASSERT_TRUE(
+        ledger::testing::OpenCheckoutSession(ledger_.get(), checkout.session_id, kAlice).ok());
     CommandResult r = ledger::testing::SubmitWebhook(
         ledger_.get(), ledger::testing::StripeCheckoutCompletedJson(checkout));
     ASSERT_TRUE(r.status.ok()) << r.status.ToString();

@@ -177,6 +177,9 @@ class BillingRoutesTest : public ::testing::Test {
     checkout.subscription_id = "sub_alice";
     checkout.email = "alice@example.com";
     checkout.metadata_plan_id = plan_tag;
+    checkout.session_id = "cs_alice";
+    ASSERT_TRUE(
+        ledger::testing::OpenCheckoutSession(ledger_.get(), checkout.session_id, "alice").ok());
     ASSERT_TRUE(ledger::testing::SubmitWebhook(
                     ledger_.get(), ledger::testing::StripeCheckoutCompletedJson(checkout))
                     .status.ok());

@@ -57,6 +57,9 @@ class SubscriptionsHttpTest : public ::testing::Test {
     options.clock = &clock_;
     ASSERT_TRUE(Ledger::Open(options, &ledger_).ok());
     ASSERT_TRUE(ledger::testing::SeedCatalogWithPrices(ledger_.get()).ok());
+    // user-1 opened the lifecycle's Checkout Session through ledgerd (StripeLifecycle's
+    // cs_sub_1): only such a session names its user when it completes.
+    ASSERT_TRUE(ledger::testing::OpenCheckoutSession(ledger_.get(), "cs_sub_1", "user-1").ok());
     AppContext context;
     context.ledger = ledger_.get();
     context.clock = &clock_;
@@ -141,7 +144,10 @@ class SubscriptionsHttpTest : public ::testing::Test {
     spec.price_id = price;
     spec.plan_id = plan_tag;
     std::vector<std::string> lifecycle = StripeLifecycle(spec);
-    DeliverOk(lifecycle[0]);  // the checkout links user and customer
+    ASSERT_TRUE(ledger::testing::OpenCheckoutSession(ledger_.get(), "cs_" + spec.subscription_id,
+                                                     user)
+                    .ok());
+    DeliverOk(lifecycle[0]);  // the checkout (ledgerd's) links user and customer
     StripeSubscriptionSpec sub;
     sub.event_id = "evt_state_" + user;
     sub.subscription_id = spec.subscription_id;

@@ -45,6 +45,11 @@ class SubscriptionsTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_TRUE(ledger::testing::SeedCatalogWithPrices(&base_, &base_head_, kNowUs).ok());
+    // user-1 opened the lifecycle's Checkout Session through ledgerd (StripeLifecycle's
+    // cs_sub_1): only such a session names its user when it completes.
+    ASSERT_TRUE(
+        ledger::testing::OpenCheckoutSession(&base_, &base_head_, "cs_sub_1", "user-1", kNowUs)
+            .ok());
   }
 
   // A fresh copy of the seeded catalog.
@@ -425,6 +430,10 @@ TEST_F(SubscriptionsTest, SubscriptionForAnUnlinkedCustomerAttachesWhenTheLinkAr
 
   for (bool subscription_first : {true, false}) {
     World w = Fresh();
+    // The link arrives through a session ledgerd opened for user-late.
+    ASSERT_TRUE(ledger::testing::OpenCheckoutSession(&w.state, &w.head, checkout.session_id,
+                                                     "user-late", kNowUs)
+                    .ok());
     if (subscription_first) {
       Decision d = Deliver(&w, StripeSubscriptionEventJson(sub));
       EXPECT_EQ(d.events[0].subject, "stripe_customer:cus_later");
@@ -443,6 +452,41 @@ TEST_F(SubscriptionsTest, SubscriptionForAnUnlinkedCustomerAttachesWhenTheLinkAr
     ASSERT_TRUE(GetCustomerUser(w.state, "cus_later", &user).ok());
     EXPECT_EQ(user, "user-late");
   }
+}
+
+// A completed Checkout Session ledgerd did not open (no stripe.checkout_session_created.v1: a
+// Payment Link or pricing table, where anyone sets ?client_reference_id=) is stored and links
+// nothing: Mallory paid with client_reference_id=user-2, her customer was linked to user-2 for
+// good and her subscription became user-2's (user-2's cancel canceled it).
+TEST_F(SubscriptionsTest, ACompletedSessionLedgerdDidNotOpenLinksNothing) {
+  World w = Fresh();
+  StripeCheckoutSpec checkout;
+  checkout.event_id = "evt_foreign_checkout";
+  checkout.session_id = "cs_foreign";
+  checkout.client_reference_id = "user-2";
+  checkout.metadata_user_id = "user-2";
+  checkout.customer_id = "cus_x";
+  checkout.subscription_id = "sub_x";
+  checkout.email = "mallory@example.com";
+  Decision d = Deliver(&w, StripeCheckoutCompletedJson(checkout));
+  EXPECT_EQ(Types(d), (std::vector<std::string>{"stripe.webhook_received.v1",
+                                                "subscription.checkout_completed.v1"}));
+  StripeSubscriptionSpec sub;
+  sub.event_id = "evt_sub_x";
+  sub.subscription_id = "sub_x";
+  sub.customer_id = "cus_x";
+  sub.metadata_user_id.reset();  // a Payment Link's subscription names no user of ledgerd's
+  Deliver(&w, StripeSubscriptionEventJson(sub));
+  std::string user;
+  EXPECT_TRUE(GetCustomerUser(w.state, "cus_x", &user).IsNotFound()) << user;
+  UserSubscription two = Query(w, "user-2");
+  EXPECT_FALSE(two.has_subscription);
+  EXPECT_TRUE(two.customer_id.empty());
+  EXPECT_TRUE(two.awaited_subscription_ids.empty());
+  std::vector<std::string> users;
+  ASSERT_TRUE(FindUsersByEmail(w.state, "mallory@example.com", &users).ok());
+  EXPECT_TRUE(users.empty());
+  for (const NewEvent& e : d.events) EXPECT_TRUE(EventMatchesSchema(e)) << e.type;
 }
 
 TEST_F(SubscriptionsTest, CompletedSessionWithoutAUserFallsBackToWhoOpenedIt) {

@@ -538,6 +538,11 @@ class UsageDeciderTest : public ::testing::Test {
     checkout.customer_id = "cus_" + user;
     checkout.subscription_id = "sub_" + user;
     checkout.email = email;
+    checkout.session_id = "cs_" + user;
+    // Opened through ledgerd: only such a session links its customer (and the email) to the user.
+    ASSERT_TRUE(ledger::testing::OpenCheckoutSession(&world_.state, &world_.head,
+                                                     checkout.session_id, user, world_.setup_us)
+                    .ok());
     Decision decision;
     ASSERT_TRUE(ledger::testing::DeliverWebhook(&world_.state, &world_.head,
                                                 ledger::testing::StripeCheckoutCompletedJson(
@@ -1424,6 +1429,10 @@ TEST_F(UsageDeciderTest, ResetRestartsTheWindowAndThresholdsMayFireAgain) {
   checkout.customer_id = "cus_u1";
   checkout.subscription_id = "sub_u1";
   checkout.email = "U1@Example.com";
+  checkout.session_id = "cs_u1";
+  ASSERT_TRUE(ledger::testing::OpenCheckoutSession(&world_.state, &world_.head,
+                                                   checkout.session_id, "u1", world_.setup_us)
+                  .ok());
   Decision decision;
   ASSERT_TRUE(ledger::testing::DeliverWebhook(&world_.state, &world_.head,
                                               ledger::testing::StripeCheckoutCompletedJson(checkout),

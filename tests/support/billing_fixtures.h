@@ -86,4 +86,43 @@ inline CommandResult SubmitWebhook(Ledger* ledger, std::string_view raw) {
   return ledger->Submit(&command);
 }
 
+// What POST /api/v1/billing/checkout/create appends once Stripe made a Checkout Session
+// (stripe.checkout_session_created.v1): ledgerd's record that `user_id` opened `session_id`. Only
+// such a session names its user when its checkout.session.completed arrives; one opened
+// elsewhere (a Payment Link) links nothing.
+class RecordCheckoutSessionOpened final : public Command {
+ public:
+  RecordCheckoutSessionOpened(std::string session_id, std::string user_id)
+      : session_id_(std::move(session_id)), user_id_(std::move(user_id)) {}
+
+  Status Decide(const DecideContext&, Decision* decision) override {
+    decision->events.push_back(NewEvent{
+        "stripe.checkout_session_created.v1", user_id_,
+        R"({"user_id":")" + user_id_ +
+            R"(","plan_id":"starter","billing_cycle":"monthly","session_id":")" + session_id_ +
+            R"(","customer":null,"price_id":"price_starter_monthly","one_time_price_id":null,)"
+            R"("trial_period_days":null,"stripe_idempotency_key":"ledgerd-checkout-)" +
+            std::string(64, '0') + R"("})"});
+    return Status::OK();
+  }
+
+ private:
+  const std::string session_id_;
+  const std::string user_id_;
+};
+
+inline Status OpenCheckoutSession(MemoryState* state, Position* head, const std::string& session_id,
+                                  const std::string& user_id, int64_t now_us,
+                                  std::vector<Event>* applied = nullptr) {
+  RecordCheckoutSessionOpened command(session_id, user_id);
+  Decision decision;
+  return RunCommand(&command, projections::AllFolds(), state, head, now_us, &decision, applied);
+}
+
+inline Status OpenCheckoutSession(Ledger* ledger, const std::string& session_id,
+                                  const std::string& user_id) {
+  RecordCheckoutSessionOpened command(session_id, user_id);
+  return ledger->Submit(&command).status;
+}
+
 }  // namespace ledger::testing
