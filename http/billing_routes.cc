@@ -749,15 +749,16 @@ std::string CancelRequestComment(const AppContext& context, const std::string& s
 // they cannot be told apart. `*canceled` is true when Stripe shows one canceled with this
 // request's comment (`*sub` holds it then). A Stripe error other than a missing subscription is
 // returned (the client may retry: it is not decided yet); anything else leaves the current one
-// to act on.
+// to act on. `*asked_stripe` is true once Stripe was asked.
 constexpr size_t kEarlierSubscriptionsAsked = 20;
 
 Status CanceledByThisRequest(const AppContext& context, const RecordStripeCall& command,
                              bool at_period_end, const pc::UserSubscription& current,
                              const std::optional<std::string>& named,
                              const std::string& stripe_key, StripeSubscription* sub,
-                             bool* canceled) {
+                             bool* canceled, bool* asked_stripe) {
   *canceled = false;
+  *asked_stripe = false;
   if (at_period_end || command.idempotency_key.empty()) return Status::OK();
   std::vector<std::string> asked;
   if (current.has_subscription && !current.subscription_id().empty() &&
@@ -770,6 +771,7 @@ Status CanceledByThisRequest(const AppContext& context, const RecordStripeCall& 
   }
   for (const std::string& id : asked) {
     if (named && *named != id) continue;
+    *asked_stripe = true;
     Status s = context.stripe->GetSubscription(id, sub);
     if (s.problem() == "stripe_resource_missing") continue;
     LEDGER_RETURN_IF_ERROR(s);
@@ -841,13 +843,20 @@ void CancelSubscription(const AppContext& context, const httplib::Request& req,
   StripeSubscription sub;
   bool canceled_already = false;
   // The budget is spent where Stripe is first asked; a refusal from ledgerd's own state spends
-  // nothing (a past_due user's refused clicks left no budget for the portal that pays).
+  // nothing (a past_due user's refused clicks left no budget for the portal that pays). It is
+  // taken before CanceledByThisRequest, which may ask Stripe, and given back below when the
+  // request is refused without Stripe asked: ten `POST /subscription/cancel {}` of a user with
+  // no subscription (409) or naming another's (404) left no budget for the checkout that
+  // followed (429).
+  bool spent = false;
+  bool asked_stripe = false;
   if (s.ok() || s.problem() == "no_active_subscription") {
     if (!SpendStripeCall(context, guards, identity, res)) return;
+    spent = true;
     Status asked = CanceledByThisRequest(
         context, command, at_period_end, current,
         named ? std::optional<std::string>(named_subscription) : std::nullopt, stripe_key, &sub,
-        &canceled_already);
+        &canceled_already, &asked_stripe);
     if (!asked.ok()) return WriteStatusProblem(asked, &res);
     if (canceled_already) s = Status::OK();
   }
@@ -859,7 +868,10 @@ void CancelSubscription(const AppContext& context, const httplib::Request& req,
     Status other = NamedOtherSubscription(*view, current, named_subscription, &target);
     if (s.ok() || !other.IsNotFound()) s = other;
   }
-  if (!s.ok()) return WriteProblemAt(s, view->position(), res);
+  if (!s.ok()) {
+    if (spent && !asked_stripe) guards.stripe_calls.GiveBack(identity.subject);
+    return WriteProblemAt(s, view->position(), res);
+  }
   if (at_period_end) {
     // Asked even when ledgerd's state says the subscription is already set to end then: that
     // state may be stale. Alice cancels, Stripe's update arrives, she clicks "Renew" in the portal

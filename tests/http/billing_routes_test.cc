@@ -1123,6 +1123,29 @@ TEST_F(BillingRoutesTest, RefusalsFromLedgerdsOwnStateSpendNoBudget) {
   EXPECT_EQ(portal.status, 200) << portal.body;
 }
 
+// Cancels refused from ledgerd's own state spend nothing either: bob, with no subscription,
+// cancelling (409 no_active_subscription) ten times left no budget for his checkout (429
+// rate_limited), and alice naming a subscription not hers (404) none for her portal, though
+// Stripe was never asked.
+TEST_F(BillingRoutesTest, RefusedCancelsSpendNoBudget) {
+  GiveAliceASubscription();
+  fake_.ClearRequests();
+  const uint64_t head = Head();
+  for (int i = 0; i < 15; ++i) {
+    ExpectProblem(As(bob_token_).Post(kCancel, "{}"), 409, "no_active_subscription");
+    ExpectProblem(As(bob_token_).Post(kCancel, R"({"at_period_end":false})",
+                                      {{"Idempotency-Key", "c" + std::to_string(i)}}),
+                  409, "no_active_subscription");
+    ExpectProblem(Alice().Post(kCancel, R"({"subscription_id":"sub_bob"})"), 404, "not_found");
+  }
+  EXPECT_TRUE(fake_.requests().empty());
+  EXPECT_EQ(Head(), head);
+  HttpReply checkout = As(bob_token_).Post(kCheckout, R"({"plan_id":"starter"})");
+  EXPECT_EQ(checkout.status, 200) << checkout.body;
+  HttpReply portal = Alice().Post(kPortal, "{}");
+  EXPECT_EQ(portal.status, 200) << portal.body;
+}
+
 // Stripe's update after a cancel at the period's end: sub_alice (Starter) is set to end then.
 std::string AliceCancellingAtPeriodEndJson() {
   ledger::testing::StripeSubscriptionSpec update;
