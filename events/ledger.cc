@@ -2235,7 +2235,7 @@ Status LedgerImpl::ReadEventsBySubject(Position after, size_t limit, const Event
   // or before it, if there is one for this subject.
   it->SeekForPrev(StreamKey(filter.subject, after));
   if (!it->Valid() || !ToView(it->key()).starts_with(prefix)) {
-    LEDGER_RETURN_IF_ERROR(FromRocks(it->status()));
+    LEDGER_RETURN_IF_ERROR(EventReadFailure(it->status(), after));
     it->Seek(StreamKey(filter.subject, Next(after)));
   }
   std::string value;
@@ -2252,7 +2252,7 @@ Status LedgerImpl::ReadEventsBySubject(Position after, size_t limit, const Event
     }
     for (uint64_t position : positions) {
       if (position <= after.value()) continue;
-      if (position > head) return FromRocks(it->status());
+      if (position > head) return EventReadFailure(it->status(), Position(position));
       LEDGER_RETURN_IF_ERROR(EventReadFailure(
           db_->Get(EventReadOptions(), Family(kEventsFamily), EncodePositionKey(position), &value),
           Position(position - 1)));
@@ -2273,7 +2273,7 @@ Status LedgerImpl::ReadEventsBySubject(Position after, size_t limit, const Event
       if (out->size() >= limit) return Status::OK();
     }
   }
-  return FromRocks(it->status());
+  return EventReadFailure(it->status(), Position(std::max(prev_position, after.value())));
 }
 
 Status LedgerImpl::ScanRaw(Position from, Position to,
@@ -2299,17 +2299,21 @@ Status LedgerImpl::ScanRaw(Position from, Position to,
 // A damaged table block fails a read of the events with RocksDB's words alone: "block checksum
 // mismatch: ... in /srv/ledger/data/000032.sst offset 0 size 4221". GET /api/v1/events answered
 // a user exactly that -- no position, and the data directory's path in an HTTP body. The read
-// knows where it was: the damage is in the events after `after`.
+// knows where it was: the damage is in what it read past `after` (the events, or a subject's
+// index rows). Other failures (an I/O error opening a table file) keep their words, without the
+// directory either.
 Status LedgerImpl::EventReadFailure(const rocksdb::Status& s, Position after) const {
-  if (!s.IsCorruption()) return FromRocks(s);
+  if (s.ok()) return Status::OK();
   std::string reason = s.ToString();
   const std::string dir = options_.path + "/";
   for (size_t at = reason.find(dir); at != std::string::npos; at = reason.find(dir, at)) {
     reason.erase(at, dir.size());
   }
-  return Status::Corruption("the table block holding the events after position " +
-                            std::to_string(after.value()) +
-                            " is damaged (`ledgerctl verify` names the event): " + reason);
+  if (s.IsNotFound()) return Status::NotFound(reason);
+  if (!s.IsCorruption()) return Status::IOError(reason);
+  return Status::Corruption("a table block read past position " + std::to_string(after.value()) +
+                            " is damaged (`ledgerctl verify` names the first damaged event): " +
+                            reason);
 }
 
 Status LedgerImpl::GetCheckpoint(std::string_view name, Position* out) const {

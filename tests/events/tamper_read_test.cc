@@ -3,6 +3,8 @@
 // daemon's reads do not serve it.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -74,7 +76,7 @@ TEST(TamperReadTest, ADamagedTableBlockIsNamedByPositionWithoutThePath) {
   std::vector<Event> events;
   Status read = ledger->ReadEvents(Position(0), 10, {}, &events);
   ASSERT_TRUE(read.IsCorruption()) << read.ToString();
-  EXPECT_NE(read.message().find("events after position 0 "), std::string::npos) << read.ToString();
+  EXPECT_NE(read.message().find("read past position 0 "), std::string::npos) << read.ToString();
   EXPECT_EQ(read.message().find(dir.path()), std::string::npos) << read.ToString();
   EXPECT_TRUE(events.empty());
   Status scan = ledger->ScanRaw(Position(1), Position(0), [](Position, std::string_view) {
@@ -82,6 +84,37 @@ TEST(TamperReadTest, ADamagedTableBlockIsNamedByPositionWithoutThePath) {
   });
   ASSERT_TRUE(scan.IsCorruption()) << scan.ToString();
   EXPECT_EQ(scan.message().find(dir.path()), std::string::npos) << scan.ToString();
+}
+
+// The same for a read by subject over a damaged block of the subjects' index (the streams
+// family's table file: the one holding "alice" and no event): it answered RocksDB's words, the
+// data directory's path included.
+TEST(TamperReadTest, ADamagedSubjectIndexBlockIsNamedByPositionWithoutThePath) {
+  TempDir dir;
+  WriteFlushedLog(dir.path(), 200);
+  std::vector<std::filesystem::path> index_files;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path())) {
+    if (entry.path().extension() != ".sst") continue;
+    const std::string bytes = testing::ReadFileBytes(entry.path());
+    if (bytes.find("marker-") == std::string::npos && bytes.find("alice") != std::string::npos) {
+      index_files.push_back(entry.path());
+    }
+  }
+  ASSERT_EQ(index_files.size(), 1u);
+  {
+    std::string bytes = testing::ReadFileBytes(index_files[0]);
+    bytes[bytes.find("alice") + 2] ^= 0x01;
+    std::ofstream(index_files[0], std::ios::binary | std::ios::trunc) << bytes;
+  }
+  auto ledger = testing::OpenTestLedger(dir.path());
+  ASSERT_NE(ledger, nullptr);
+  std::vector<Event> events;
+  EventFilter filter;
+  filter.subject = "alice";
+  Status read = ledger->ReadEvents(Position(0), 10, filter, &events);
+  ASSERT_TRUE(read.IsCorruption()) << read.ToString();
+  EXPECT_NE(read.message().find("read past position 0 "), std::string::npos) << read.ToString();
+  EXPECT_EQ(read.message().find(dir.path()), std::string::npos) << read.ToString();
 }
 
 // Rewrites the stored bytes of event `position` through RocksDB (so its block checksums hold):
