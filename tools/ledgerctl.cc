@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include <sys/stat.h>
+
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
@@ -569,4 +571,11 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace ledger::tools
 
-int main(int argc, char** argv) { return ledger::tools::Main(argc, argv); }
+int main(int argc, char** argv) {
+  // Files ledgerctl creates are its user's alone, as ledgerd's (daemon/main.cc): stripe-setup's
+  // writable open of the data directory replays ledgerd's log into a new table file (moved, never
+  // rewritten, by the events family's compactions) and writes a MANIFEST and a log, and replay
+  // --into writes a copy of every projection, emails included -- 0644 under the usual umask.
+  umask(0077);
+  return ledger::tools::Main(argc, argv);
+}

@@ -270,6 +270,32 @@ TEST(ReplayCliTest, ExitCodesWithTheRegisteredProjections) {
   EXPECT_EQ(testing::RunLedgerctl("replay --data-dir " + dir.Sub("none")).exit_code, 74);
 }
 
+// replay --into a directory the operator made 0755 writes a copy of every projection (emails
+// included): its files are the user's alone, as ledgerd's are.
+TEST(ReplayCliTest, FilesWrittenIntoAnOperatorsDirectoryAreTheUsersAlone) {
+  TempDir dir;
+  {
+    auto ledger = OpenTestLedger(dir.path(), projections::AllFolds());
+    WriteMarkedLog(ledger.get(), 5, 2);
+  }
+  const std::string into = dir.Sub("into");
+  ASSERT_TRUE(std::filesystem::create_directory(into));
+  std::filesystem::permissions(into, std::filesystem::perms(0755));
+  testing::ProcessResult ok =
+      testing::RunLedgerctl("replay --data-dir " + dir.path() + " --into " + into);
+  ASSERT_EQ(ok.exit_code, 0) << ok.out;
+  size_t files = 0;
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(into)) {
+    if (!entry.is_regular_file()) continue;
+    ++files;
+    const auto perms = std::filesystem::status(entry.path()).permissions();
+    EXPECT_EQ(perms & (std::filesystem::perms::group_all | std::filesystem::perms::others_all),
+              std::filesystem::perms::none)
+        << entry.path();
+  }
+  EXPECT_GT(files, 3u);
+}
+
 // A live log with a missing event is a data error (65) naming the position, not a usage error.
 TEST(ReplayCliTest, AGapInTheLiveLogIsADataError) {
   const std::vector<const Fold*>& folds = projections::AllFolds();
