@@ -420,6 +420,7 @@ void UsageStats(const AdminRouteContext& c, const httplib::Request& req, httplib
         {"subscription_required", m ? &m->denied_subscription_required : nullptr},
         {"trial_expired", m ? &m->denied_trial_expired : nullptr},
         {"trial_exhausted", m ? &m->denied_trial_exhausted : nullptr},
+        {"payment_failed", m ? &m->denied_payment_failed : nullptr},
         {"service_not_in_plan", m ? &m->denied_service_not_in_plan : nullptr},
         {"quantity_exceeds_quota", m ? &m->denied_quantity_exceeds_quota : nullptr}}) {
     w.Key(name);

@@ -13,7 +13,8 @@
 // The check and the record are one decision in the writer (ConsumeUsage). Answers:
 //   200 {"allowed":true,"user_id","service","quantity","used","limit","remaining",
 //        "window_start","window_end","window_kind","plan_id"}  (limit/remaining null: unlimited)
-//   429 quota_exceeded, 402 subscription_required | trial_expired | trial_exhausted,
+//   429 quota_exceeded, 402 subscription_required | trial_expired | trial_exhausted |
+//   payment_failed (past due and Stripe will not retry the latest invoice),
 //   403 service_not_in_plan,
 //   409 idempotency_key_reused (same key, other body; or the key was used by /usage/events),
 //   400 invalid_json, 422 validation_failed | unknown_field | unknown_service |
@@ -43,9 +44,10 @@
 // remaining, services}, "windows":[{window, used, limit, recorded, resets, services}, newest
 // first, at most 100]}. has_access is what a consume of one call would meet, as my-access says
 // it: false with "reason" the 402's code (subscription_required -- also for a window's calls used
-// up when the subscription is scheduled to end before it renews --, trial_expired, or
-// trial_exhausted for a trial whose calls are used up for good); a window's quota used up that
-// a later window cures is still access (reason null). A window ends by a scheduled end.
+// up when the subscription is scheduled to end before it renews --, trial_expired,
+// trial_exhausted for a trial whose calls are used up for good, or payment_failed for a past-due
+// subscription Stripe no longer retries); a window's quota used up that a later window cures is
+// still access (reason null). A window ends by a scheduled end.
 //
 // reset-usage: optional body {"reason"}; `Idempotency-Key` honoured. 404 when no user has the
 // email. 200 {"email","users":[{"user_id","window_start","window_end","window_kind",
@@ -310,6 +312,8 @@ void CountRefusal(const Status& status, pj::UsageMeter* meter) {
     meter->denied_trial_expired.Add();
   } else if (p == "trial_exhausted") {
     meter->denied_trial_exhausted.Add();
+  } else if (p == "payment_failed") {
+    meter->denied_payment_failed.Add();
   } else if (p == "service_not_in_plan") {
     meter->denied_service_not_in_plan.Add();
   } else if (p == "quantity_exceeds_quota") {

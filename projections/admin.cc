@@ -75,12 +75,13 @@ std::optional<int64_t> EndedBySchedule(const SubscriptionRecord& record, int64_t
 // due since its first charge failed never paid (it counted as paying, its price in the MRR, while
 // trial conversion said not converted); a subscription canceled at its period's end still counted
 // until Stripe's deletion arrived (Starter's MRR next to subscribers 0, and 1900 + 4900 for a user
-// who bought Professional in that gap).
+// who bought Professional in that gap). Past due with Stripe's retries over
+// (payment_abandoned) pays no more: it counted in the MRR for good while consume refused it.
 bool IsPaying(const UserSubscription& sub, int64_t now_s) {
   return sub.has_subscription && sub.subscription.plan_id &&
          (sub.subscription.status == SubscriptionStatus::kActive ||
           (sub.subscription.status == SubscriptionStatus::kPastDue &&
-           !sub.never_paid_after_trial())) &&
+           !sub.never_paid_after_trial() && !sub.payment_abandoned())) &&
          !EndedBySchedule(sub.subscription, now_s);
 }
 

@@ -99,7 +99,8 @@ std::string_view SubscriptionStatusName(SubscriptionStatus status);
 bool ParseSubscriptionStatus(std::string_view name, SubscriptionStatus* out);
 
 // What a status means for access (PROTOCOLS.md): trialing/active grant; past_due is a grace
-// period (access kept); incomplete has not started yet; canceled/unpaid/incomplete_expired
+// period (access kept while Stripe retries: UserAccess::PaymentAbandoned ends it at query time);
+// incomplete has not started yet; canceled/unpaid/incomplete_expired
 // revoke; paused (a trial ended without a payment method) grants nothing.
 enum class AccessLevel { kNone, kGranted, kGrace };
 AccessLevel AccessFor(SubscriptionStatus status);
@@ -226,6 +227,19 @@ struct UserSubscription {
     const SubscriptionRecord& r = subscription;
     return has_subscription && r.trial_end && r.current_period_start &&
            *r.current_period_start <= *r.trial_end && !paid_after_trial;
+  }
+
+  // Past due, and Stripe has stopped retrying its latest invoice: that invoice's payment failed
+  // (attempted at least once) and Stripe named no next attempt, as it does after its last retry
+  // (Billing's "if all retries fail" set to leave the subscription past-due). Not a grace period
+  // any more: a card declined on every retry was served for good. While Stripe will retry
+  // (next_payment_attempt set), past_due keeps its grace. The one definition access
+  // (UserAccess::PaymentAbandoned) and the admin analytics (not paying) use.
+  bool payment_abandoned() const {
+    const std::optional<InvoiceRecord>& invoice = latest_invoice;
+    return has_subscription && subscription.status == SubscriptionStatus::kPastDue && invoice &&
+           !invoice->paid && invoice->attempt_count && *invoice->attempt_count >= 1 &&
+           !invoice->next_payment_attempt;
   }
 
   // Shortcuts into `subscription` (empty / kNone when !has_subscription).
@@ -420,6 +434,13 @@ struct UserAccess {
     UserAccess then = *override_decides;  // copied first: assigning releases override_decides
     *this = std::move(then);
   }
+  // The subscription's payment_abandoned when its status is what access is decided on (an
+  // override that sets the status decides instead): consume, check-access, my-access, the usage
+  // summary, BYOK and the admin views grant nothing (402 payment_failed, SubjectUsageTerms)
+  // until an invoice is paid. Read at query time from the invoice rows: the fold is unchanged.
+  bool PaymentAbandoned() const {
+    return !(overridden() && override->status) && subscription.payment_abandoned();
+  }
   // Access has ended by `now_s` because the subscription was scheduled to end by then:
   // check-access, consume, my-access, the usage summary and BYOK grant nothing (checkout, with
   // ScheduledEnd, sells a new plan).
@@ -443,7 +464,8 @@ Status GetUserAccessAt(const StateReader& state, std::string_view user_id, int64
 
 // Why a service is or is not available to a user. Reasons (stable, snake_case):
 //   "ok", "unknown_service", "no_subscription", "subscription_inactive", "unknown_plan",
-//   "service_not_in_plan". (check-access adds "trial_expired" from the usage terms: http/.)
+//   "service_not_in_plan". (check-access adds "trial_expired", "trial_exhausted",
+//   "subscription_required" and "payment_failed" from the usage terms: http/.)
 struct ServiceAccess {
   bool allowed = false;
   std::string_view reason;

@@ -1033,6 +1033,10 @@ Status SubjectUsageTerms(const UserAccess& access, int64_t at_s, UsageTerms* out
                                FormatRfc3339Seconds(*access.scheduled_end()) +
                                " (it was canceled); subscribe to a plan to continue");
   }
+  // Past due with no retry left (UserAccess::PaymentAbandoned): Stripe left the subscription
+  // past-due after its last retry failed, and the grace period went on for good. A trial's end
+  // (trial_expired) is the earlier and more specific refusal, so it is judged first (below).
+  const bool payment_abandoned = access.PaymentAbandoned();
   Status s;
   if (access.overridden() && access.override->plan_id && access.plan &&
       IsTrialPlan(*access.plan)) {
@@ -1051,6 +1055,13 @@ Status SubjectUsageTerms(const UserAccess& access, int64_t at_s, UsageTerms* out
   // Retry-After ≈ 20 days (X-RateLimit-Reset and window_end likewise) though from cancel_at
   // every call is 402. (The counter's window is its start and kind; the end is the last
   // record's.)
+  if (s.ok() && payment_abandoned) {
+    ComputeUsageTerms(nullptr, nullptr, at_s, out).IgnoreError();
+    return PaymentRequired("payment_failed",
+                           "the subscription is past due and Stripe will not retry its latest "
+                           "invoice; pay it or update the payment method in the customer "
+                           "portal (/api/v1/billing/portal/create) to continue");
+  }
   const std::optional<int64_t> end = access.scheduled_end();
   if (end && out->window.end_s > *end) out->window.end_s = *end;
   return s;
@@ -1720,6 +1731,8 @@ void UsageMeter::RenderMetrics(std::string* out) const {
           denied_subscription_required.Value(), false);
   counter(denied, denied_help, "{reason=\"trial_expired\"}", denied_trial_expired.Value(), false);
   counter(denied, denied_help, "{reason=\"trial_exhausted\"}", denied_trial_exhausted.Value(),
+          false);
+  counter(denied, denied_help, "{reason=\"payment_failed\"}", denied_payment_failed.Value(),
           false);
   counter(denied, denied_help, "{reason=\"service_not_in_plan\"}",
           denied_service_not_in_plan.Value(), false);
@@ -2394,9 +2407,9 @@ Status GetAccessEnded(const StateReader& state, const MeteringSubject& subject,
 Status GetCurrentUsage(const StateReader& state, const MeteringSubject& subject,
                        std::string_view user_id, int64_t now_s, CurrentUsage* out) {
   *out = CurrentUsage();
-  out->has_plan = subject.access.access != AccessLevel::kNone && subject.plan() != nullptr &&
-                  !subject.access.EndedAt(now_s);
   out->error = ResolveConsumeTerms(subject, now_s, &out->terms);
+  out->has_plan = subject.access.access != AccessLevel::kNone && subject.plan() != nullptr &&
+                  !subject.access.EndedAt(now_s) && out->error.problem() != "payment_failed";
   if (!out->has_plan) {
     ComputeUsageTerms(nullptr, nullptr, now_s, &out->terms).IgnoreError();
   } else if (!out->error.ok()) {

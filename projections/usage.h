@@ -349,6 +349,7 @@ class UsageMeter {
   Counter denied_subscription_required; // 402
   Counter denied_trial_expired;         // 402
   Counter denied_trial_exhausted;       // 402
+  Counter denied_payment_failed;        // 402
   Counter denied_service_not_in_plan;   // 403
   Counter denied_quantity_exceeds_quota; // 422
   Counter batch_requests;
@@ -470,7 +471,8 @@ class UsageWindowReset final : public Command {
 // `error` is the consume refusal that would apply now (402 codes), OK otherwise.
 struct CurrentUsage {
   bool has_plan = false;             // a plan that grants access (the trial may have ended; not
-                                     // past a scheduled end: UserAccess::EndedAt)
+                                     // past a scheduled end: UserAccess::EndedAt; not past due
+                                     // with no retry left: 402 payment_failed)
   UsageTerms terms;
   Status error;
   int64_t used = 0;                  // in terms.window
@@ -502,19 +504,21 @@ Status ResolveAccessTerms(const UserAccess& access, int64_t now_s, UsageTerms* o
 // What consume decides about `access` at `now_s` before the service and the quota: "" when the
 // access its status grants holds, else the problem a consume answers 402 with --
 // "subscription_required" (no subscription, a status that grants nothing, an unknown plan, past
-// a scheduled end before Stripe's deletion) or "trial_expired" (a trial past its end, whatever
-// Stripe's status still says; an admin's trial too). Pure. The admin views' effective access
-// (admin.h EffectiveAccessAt) is this decision, not a copy of its rules: judging only the status
-// and the scheduled end, they showed an ended trial as access "granted" ("grace" for a trial
-// past due after a declined first charge), counted it in the overview's `comped` and revenue by
-// tier's trial subscribers, while consume answered 402 trial_expired.
+// a scheduled end before Stripe's deletion), "trial_expired" (a trial past its end, whatever
+// Stripe's status still says; an admin's trial too) or "payment_failed" (past due and Stripe will
+// not retry the latest invoice: UserAccess::PaymentAbandoned). Pure. The admin views' effective
+// access (admin.h EffectiveAccessAt) is this decision, not a copy of its rules: judging only the
+// status and the scheduled end, they showed an ended trial as access "granted" ("grace" for a
+// trial past due after a declined first charge), counted it in the overview's `comped` and
+// revenue by tier's trial subscribers, while consume answered 402 trial_expired.
 std::string AccessRefusalAt(const UserAccess& access, int64_t now_s);
 
 // Why the access a user's status grants is over at `now_s` -- what my-access says as
 // access_ended and a consume refuses with 402: "trial_expired" (a trial past its end, whatever
 // Stripe's status still says; an admin's trial never ends at Stripe), "subscription_required"
 // (past the time it was canceled for, before Stripe's deletion arrived; or the window's calls
-// used up when access ends before it renews), "trial_exhausted" (CallsUsedUpReason has both) --
+// used up when access ends before it renews), "trial_exhausted" (CallsUsedUpReason has both),
+// "payment_failed" (past due, Stripe's retries over: UserAccess::PaymentAbandoned) --
 // or "" when it is not over, or when the status grants no access at all.
 // One decision for my-access, check-access and BYOK (ByokAllowed): BYOK checked only the status
 // and the plan, so an expired or used-up trial on a plan with byok_enabled kept adding keys and

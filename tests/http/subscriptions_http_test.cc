@@ -522,6 +522,61 @@ TEST_F(SubscriptionsHttpTest, AnEndedTrialGrantsNoAccessThroughCheckAccess) {
   }
 }
 
+// Stripe set to leave a subscription past-due when all retries fail: past_due is a grace period
+// only while Stripe will retry the invoice. Once its last retry failed (attempt_count 4, no
+// next_payment_attempt) check-access and my-access say what a consume answers (402
+// payment_failed: UsageDeciderTest); a card declined on every retry was served for good. Paying
+// the invoice brings access back.
+TEST_F(SubscriptionsHttpTest, PastDueWithNoRetryLeftGrantsNothingUntilTheInvoiceIsPaid) {
+  Subscribe("pd", "price_starter_monthly", "past_due");
+  const int64_t t0 = ledger::testing::kStripeT0;
+  clock_.Set((t0 + 86400) * kSecondUs);
+  int n = 0;
+  auto invoice = [&](const char* type, int attempt, bool retries_left) {
+    ledger::testing::StripeInvoiceSpec spec;
+    ++n;
+    spec.event_id = "evt_pd_invoice_" + std::to_string(n);
+    spec.event_type = type;
+    spec.event_created = t0 + 200 + n;
+    spec.invoice_id = "in_pd";
+    spec.customer_id = "cus_pd";
+    spec.subscription_id = "sub_pd";
+    spec.metadata_user_id = "pd";
+    spec.attempt_count = attempt;
+    spec.retries_left = retries_left;
+    DeliverOk(ledger::testing::StripeInvoiceEventJson(spec));
+  };
+  auto expect_access = [&](bool allowed, const char* reason) {
+    HttpReply check = As("pd").Post(std::string(kCheckAccess) + "chat", "");
+    ASSERT_EQ(check.status, 200) << check.body;
+    EXPECT_EQ(check.Json()["allowed"].GetBool(), allowed) << check.body;
+    EXPECT_STREQ(check.Json()["reason"].GetString(), allowed ? "ok" : reason);
+    HttpReply mine = As("pd").Get(kMyAccess);
+    ASSERT_EQ(mine.status, 200) << mine.body;
+    rapidjson::Document doc = mine.Json();
+    EXPECT_EQ(doc["has_access"].GetBool(), allowed) << mine.body;
+    EXPECT_STREQ(doc["status"].GetString(), "past_due");  // what Stripe says, unchanged
+    if (allowed) {
+      EXPECT_TRUE(doc["access_ended"].IsNull()) << mine.body;
+    } else {
+      EXPECT_STREQ(doc["access_ended"].GetString(), reason) << mine.body;
+      EXPECT_EQ(doc["services"].Size(), 0u) << mine.body;
+    }
+  };
+
+  // Stripe will retry (next_payment_attempt in 3 days): grace, as before.
+  invoice("invoice.payment_failed", 3, true);
+  expect_access(true, nullptr);
+
+  // The last retry failed: no access, not paying.
+  invoice("invoice.payment_failed", 4, false);
+  expect_access(false, "payment_failed");
+
+  // Paid in the portal: access again.
+  invoice("invoice.paid", 4, false);
+  expect_access(true, nullptr);
+}
+
 TEST_F(SubscriptionsHttpTest, MyAccessAndCheckAccessPerPlan) {
   struct Case {
     const char* user;

@@ -682,6 +682,54 @@ TEST_F(UsageDeciderTest, AccessAndServiceRefusals) {
   EXPECT_EQ(Counter("u1", kStripeT0).used, 2);
 }
 
+// Stripe set to leave a subscription past-due when all retries fail: past_due is a grace period
+// while Stripe will retry the invoice, and nothing once its last retry failed (no
+// next_payment_attempt) -- a card declined on every retry was served for good. Paying the
+// invoice brings access back. One decision for consume and AccessRefusalAt (the admin views).
+TEST_F(UsageDeciderTest, PastDueWithNoRetryLeftGrantsNothingUntilPaid) {
+  const int64_t now = kStripeT0 + 100;
+  ASSERT_TRUE(world_.Subscribe(OnPlan("pd", "starter", "past_due")).ok());
+  auto invoice = [&](const char* type, int attempt, bool retries_left) {
+    ledger::testing::StripeInvoiceSpec spec;
+    const int64_t n = ledger::testing::NextStripeSequence();
+    spec.event_id = "evt_pd_invoice_" + std::to_string(n);
+    spec.event_type = type;
+    spec.event_created = kStripeT0 + n;
+    spec.invoice_id = "in_pd";
+    spec.customer_id = "cus_pd";
+    spec.subscription_id = "sub_pd";
+    spec.metadata_user_id = "pd";
+    spec.attempt_count = attempt;
+    spec.retries_left = retries_left;
+    Decision decision;
+    ASSERT_TRUE(ledger::testing::DeliverWebhook(&world_.state, &world_.head,
+                                                ledger::testing::StripeInvoiceEventJson(spec),
+                                                world_.setup_us, &decision)
+                    .ok());
+  };
+  auto refusal = [&] {
+    UserAccess access;
+    EXPECT_TRUE(GetUserAccess(world_.state, "pd", &access).ok());
+    return AccessRefusalAt(access, now);
+  };
+  // Stripe will retry: grace, as before.
+  invoice("invoice.payment_failed", 3, true);
+  EXPECT_TRUE(Consume("pd", "chat", Key(), now).ok());
+  EXPECT_EQ(refusal(), "");
+  // The last retry failed: 402 payment_failed, nothing appended.
+  invoice("invoice.payment_failed", 4, false);
+  Status s = Consume("pd", "chat", Key(), now);
+  EXPECT_EQ(s.code(), Code::kPaymentRequired) << s.ToString();
+  EXPECT_EQ(s.problem(), "payment_failed");
+  EXPECT_EQ(refusal(), "payment_failed");
+  EXPECT_EQ(Counter("pd", kStripeT0).used, 1);
+  // The invoice paid (in the portal): access again, whatever the status still says.
+  invoice("invoice.paid", 4, false);
+  EXPECT_TRUE(Consume("pd", "chat", Key(), now).ok());
+  EXPECT_EQ(refusal(), "");
+  EXPECT_EQ(Counter("pd", kStripeT0).used, 2);
+}
+
 // The trial's last day is cut at its end: once that day's calls are used up no retry can succeed
 // before the trial ends (then 402 trial_expired), so the answer is 402 trial_exhausted, not a 429
 // whose Retry-After points at the end. The days before it answer 429 until midnight.

@@ -245,6 +245,8 @@ struct StripeInvoiceSpec {
   std::optional<std::string> metadata_user_id = "user-1";
   int64_t amount_due = 1900;
   int attempt_count = 1;
+  // A failure names Stripe's next attempt 3 days on; false: none (Stripe's last retry failed).
+  bool retries_left = true;
 };
 
 inline std::string StripeInvoiceEventJson(const StripeInvoiceSpec& s) {
@@ -265,7 +267,8 @@ inline std::string StripeInvoiceEventJson(const StripeInvoiceSpec& s) {
   Str(&w, "currency", "usd");
   Str(&w, "customer", s.customer_id);
   OptInt(&w, "next_payment_attempt",
-         paid ? std::nullopt : std::optional<int64_t>(s.event_created + 3 * 86400));
+         paid || !s.retries_left ? std::nullopt
+                                 : std::optional<int64_t>(s.event_created + 3 * 86400));
   if (s.new_layout) {
     w.Key("parent");
     w.StartObject();
