@@ -20,8 +20,9 @@
 //                             that end), which can come days late; consume grants nothing there.
 //   paying subscription       a Stripe subscription that is `active`, or `past_due` but not
 //                             never_paid_after_trial (subscriptions.h: past due since the first
-//                             charge after its trial failed), on a plan of the catalog, and not
-//                             past its scheduled end (above: Stripe bills it no more). Every
+//                             charge after its trial failed) nor payment_abandoned (Stripe's
+//                             retries of its latest invoice are over), on a plan of the catalog,
+//                             and not past its scheduled end (above: Stripe bills it no more). Every
 //                             subscription attached to a user is judged on its own (its status,
 //                             its invoices), not only the one access is decided on: Stripe bills
 //                             a user who checked out twice, or kept a plan scheduled to end next

@@ -354,6 +354,42 @@ TEST_F(AdminRoutesTest, OverviewFiguresFromTheSubscriptions) {
                 "invalid_parameter");
 }
 
+// A past-due subscription whose latest invoice Stripe will not retry (its last retry failed,
+// next_payment_attempt null) pays no more: it counted in the MRR for good while consume refused
+// it with payment_failed. While Stripe still retries, it is paying (grace).
+TEST_F(AdminRoutesTest, APastDueSubscriptionWithStripesRetriesOverIsNotRevenue) {
+  TestSubscription t = OnPlan("u-due", "starter", "past_due");
+  AddSubscriber(t, "due@x.com");
+  ledger::testing::StripeInvoiceSpec invoice;
+  invoice.event_type = "invoice.payment_failed";
+  invoice.event_id = "evt_due_1";
+  invoice.event_created = kNow - 2 * kDay;
+  invoice.invoice_id = "in_due";
+  invoice.customer_id = "cus_u-due";
+  invoice.subscription_id = "sub_u-due";
+  invoice.metadata_user_id = "u-due";
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeInvoiceEventJson(invoice))
+                  .status.ok());
+  auto figures = [&](int64_t paying, int64_t mrr) {
+    HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
+    ASSERT_EQ(r.status, 200) << r.body;
+    rapidjson::Document doc = r.Json();
+    EXPECT_EQ(doc["subscribers"]["paying"].GetInt64(), paying) << r.body;
+    EXPECT_EQ(doc["revenue"]["mrr_cents"].GetInt64(), mrr) << r.body;
+  };
+  figures(1, 1900);  // Stripe retries in 3 days: grace
+  invoice.event_id = "evt_due_4";
+  invoice.event_created = kNow - kDay;
+  invoice.attempt_count = 4;
+  invoice.retries_left = false;
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeInvoiceEventJson(invoice))
+                  .status.ok());
+  figures(0, 0);
+  ExpectProblem(Consume("u-due", "chat", "after-last-retry"), 402, "payment_failed");
+}
+
 // The churn rate's base is who paid when the window began: sign-ups inside it do not dilute it.
 // A trial that converted, paid, and left later is a conversion (and churn), not a lost trial.
 TEST_F(AdminRoutesTest, ChurnRateIsOfThePayingAtTheStartAndAConvertedTrialThatLeftConverted) {
