@@ -795,9 +795,20 @@ Status HttpStripeClient::SetCancelAtPeriodEnd(std::string_view subscription_id, 
   LEDGER_RETURN_IF_ERROR(CheckId("subscription", subscription_id));
   FormParams form = {{"cancel_at_period_end", cancel ? "true" : "false"}};
   rapidjson::Document doc;
-  LEDGER_RETURN_IF_ERROR(impl_->Call("POST", "/v1/subscriptions/" + std::string(subscription_id),
-                                     &form, idempotency_key, &doc));
-  return ParseSubscription(doc, out);
+  Status s = impl_->Call("POST", "/v1/subscriptions/" + std::string(subscription_id), &form,
+                         idempotency_key, &doc);
+  if (s.ok()) return ParseSubscription(doc, out);
+  // Past its period's end Stripe has canceled the subscription and refuses the update ("A
+  // canceled subscription can only update its cancellation_details and metadata"), while ledgerd
+  // may still show it active: the deletion's webhook can come days late. Asked to end at the
+  // period's end, a subscription that has ended is what was asked for (as CancelSubscriptionNow).
+  if (!cancel || s.problem() != "stripe_request_failed") return s;
+  StripeSubscription current;
+  if (GetSubscription(subscription_id, &current).ok() && current.status == "canceled") {
+    *out = std::move(current);
+    return Status::OK();
+  }
+  return s;
 }
 
 Status HttpStripeClient::ChangeSubscriptionPrice(const StripePriceChangeParams& params,

@@ -1304,6 +1304,28 @@ TEST_F(BillingRoutesTest, CancelAtPeriodEndOfACancellingSubscriptionAsksStripeAg
   EXPECT_EQ(Head(), head + 3);
 }
 
+// Past the period's end Stripe has canceled the subscription and refuses an update of it; its
+// deletion's webhook has not arrived (Stripe retries it for days), so ledgerd still shows it
+// active and cancelling. Cancelling at the period's end again answered 502 stripe_request_failed
+// (the button errored, each retry spent budget); the subscription has ended as asked: 200.
+TEST_F(BillingRoutesTest, CancelAtPeriodEndOfASubscriptionStripeHasEndedIsItsEndedState) {
+  GiveAliceASubscription();
+  ASSERT_EQ(Alice().Post(kCancel, R"({"at_period_end":true})").status, 200);
+  ASSERT_TRUE(
+      ledger::testing::SubmitWebhook(ledger_.get(), AliceCancellingAtPeriodEndJson()).status.ok());
+  FakeStripe::Subscription ended = *fake_.GetSubscription("sub_alice");
+  ended.status = "canceled";
+  ended.canceled_at = 1'700'500'000;
+  fake_.AddSubscription(ended);
+  HttpReply again = Alice().Post(kCancel, R"({"at_period_end":true})");
+  ASSERT_EQ(again.status, 200) << again.body;
+  rapidjson::Document doc = again.Json();
+  ASSERT_TRUE(doc.IsObject()) << again.body;
+  EXPECT_EQ(std::string(doc["subscription_id"].GetString()), "sub_alice");
+  EXPECT_EQ(std::string(doc["status"].GetString()), "canceled");
+  EXPECT_EQ(fake_.RequestsTo("GET", "/v1/subscriptions/sub_alice").size(), 1u);
+}
+
 // Alice has two live subscriptions (a second checkout, or one made in Stripe's Dashboard): the
 // older Starter one and the newer Professional one, which is her current one. Naming the older
 // one cancels it -- it answered 404 though it was hers, and without naming it the cancel hit the
