@@ -22,11 +22,11 @@
 //                             never_paid_after_trial (subscriptions.h: past due since the first
 //                             charge after its trial failed) nor payment_abandoned (Stripe's
 //                             retries of its latest invoice are over), on a plan of the catalog,
-//                             and not past its scheduled end (above: Stripe bills it no more). Every
-//                             subscription attached to a user is judged on its own (its status,
-//                             its invoices), not only the one access is decided on: Stripe bills
-//                             a user who checked out twice, or kept a plan scheduled to end next
-//                             to a new one, for both.
+//                             and not past its scheduled end (above: Stripe bills it no more).
+//                             Every subscription attached to a user is judged on its own (its
+//                             status, its invoices), not only the one access is decided on:
+//                             Stripe bills a user who checked out twice, or kept a plan
+//                             scheduled to end next to a new one, for both.
 //   paying subscriber         a user with at least one paying subscription.
 //                             Overrides do not make revenue: Stripe bills what Stripe has.
 //   MRR                       the sum over paying subscriptions of what Stripe bills a month:

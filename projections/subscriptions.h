@@ -195,9 +195,10 @@ struct UserSubscription {
   // the user (never one tagged for another user, nor one on a customer linked to another user --
   // its customer would become this user's customer_id), one with a plan of the catalog before one
   // without (an add-on price), then the one that grants access (granted, then grace), else the
-  // one not terminal, else the most recently created (ties: the greater id). Its plan_id is decided from the catalog
-  // (PlanIdForSubscription) whenever its price maps to a plan (price/<id> rows), and when the row
-  // has none; the row's stands only for a price that maps to nothing. A subscription tagged with
+  // one not terminal, else the most recently created (ties: the greater id). Its plan_id is
+  // decided from the catalog (PlanIdForSubscription) whenever its price maps to a plan
+  // (price/<id> rows), and when the row has none; the row's stands only for a price that maps to
+  // nothing. A subscription tagged with
   // a trial plan (metadata.plan_id) that never paid after its trial (never_paid_after_trial) and
   // that Stripe does not call trialing or active -- past_due after a declined first charge,
   // unpaid, canceled -- is on that trial plan, not on the price Stripe moved it to: its trial has

@@ -64,9 +64,9 @@ TEST(TamperReadTest, AFlippedByteInTheOnlyTableBlockFailsTheOpen) {
 }
 
 // A damaged first block of a table file whose newest events lie in later blocks: the open reads
-// only those and succeeds, and the first read over the damaged block fails. It named neither a position nor anything but the file's
-// full path (RocksDB's words, which GET /api/v1/events answered a user with); it names the
-// position the damage follows, and no directory.
+// only those and succeeds, and the first read over the damaged block fails. It named neither a
+// position nor anything but the file's full path (RocksDB's words, which GET /api/v1/events
+// answered a user with); it names the position the damage follows, and no directory.
 TEST(TamperReadTest, ADamagedTableBlockIsNamedByPositionWithoutThePath) {
   TempDir dir;
   WriteFlushedLog(dir.path(), 200);  // 4 KiB blocks: events 1..~20 in the first

@@ -95,8 +95,9 @@ class AdminRoutesTest : public ::testing::Test {
     checkout.customer_id = "cus_" + t.user_id;
     checkout.subscription_id = "sub_" + t.user_id;
     checkout.email = email;
-    ASSERT_TRUE(
-        ledger::testing::OpenCheckoutSession(ledger_.get(), checkout.session_id, t.user_id).ok());
+    ASSERT_TRUE(ledger::testing::OpenCheckoutSession(ledger_.get(), checkout.session_id,
+                                                     t.user_id)
+                    .ok());
     ASSERT_TRUE(ledger::testing::SubmitWebhook(
                     ledger_.get(), ledger::testing::StripeCheckoutCompletedJson(checkout))
                     .status.ok());

@@ -150,7 +150,8 @@ class UsageRoutesTest : public ::testing::Test {
     checkout.customer_id = "cus_" + user;
     checkout.subscription_id = "sub_" + user;
     checkout.email = email;
-    ASSERT_TRUE(ledger::testing::OpenCheckoutSession(ledger_.get(), checkout.session_id, user).ok());
+    ASSERT_TRUE(
+        ledger::testing::OpenCheckoutSession(ledger_.get(), checkout.session_id, user).ok());
     ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
                                                ledger::testing::StripeCheckoutCompletedJson(checkout))
                     .status.ok());
