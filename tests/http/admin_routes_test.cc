@@ -361,14 +361,9 @@ TEST_F(AdminRoutesTest, OverviewFiguresFromTheSubscriptions) {
 TEST_F(AdminRoutesTest, APastDueSubscriptionWithStripesRetriesOverIsNotRevenue) {
   TestSubscription t = OnPlan("u-due", "starter", "past_due");
   AddSubscriber(t, "due@x.com");
-  ledger::testing::StripeInvoiceSpec invoice;
-  invoice.event_type = "invoice.payment_failed";
-  invoice.event_id = "evt_due_1";
-  invoice.event_created = kNow - 2 * kDay;
-  invoice.invoice_id = "in_due";
-  invoice.customer_id = "cus_u-due";
-  invoice.subscription_id = "sub_u-due";
-  invoice.metadata_user_id = "u-due";
+  ledger::testing::StripeInvoiceSpec invoice =
+      ledger::testing::InvoiceOf("u-due", "cus_u-due", "sub_u-due", "in_due",
+                                 "invoice.payment_failed", "evt_due_1", kNow - 2 * kDay);
   ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
                                              ledger::testing::StripeInvoiceEventJson(invoice))
                   .status.ok());

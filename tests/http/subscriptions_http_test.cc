@@ -533,15 +533,10 @@ TEST_F(SubscriptionsHttpTest, PastDueWithNoRetryLeftGrantsNothingUntilTheInvoice
   clock_.Set((t0 + 86400) * kSecondUs);
   int n = 0;
   auto invoice = [&](const char* type, int attempt, bool retries_left) {
-    ledger::testing::StripeInvoiceSpec spec;
     ++n;
-    spec.event_id = "evt_pd_invoice_" + std::to_string(n);
-    spec.event_type = type;
-    spec.event_created = t0 + 200 + n;
-    spec.invoice_id = "in_pd";
-    spec.customer_id = "cus_pd";
-    spec.subscription_id = "sub_pd";
-    spec.metadata_user_id = "pd";
+    ledger::testing::StripeInvoiceSpec spec = ledger::testing::InvoiceOf(
+        "pd", "cus_pd", "sub_pd", "in_pd", type, "evt_pd_invoice_" + std::to_string(n),
+        t0 + 200 + n);
     spec.attempt_count = attempt;
     spec.retries_left = retries_left;
     DeliverOk(ledger::testing::StripeInvoiceEventJson(spec));

@@ -690,15 +690,10 @@ TEST_F(UsageDeciderTest, PastDueWithNoRetryLeftGrantsNothingUntilPaid) {
   const int64_t now = kStripeT0 + 100;
   ASSERT_TRUE(world_.Subscribe(OnPlan("pd", "starter", "past_due")).ok());
   auto invoice = [&](const char* type, int attempt, bool retries_left) {
-    ledger::testing::StripeInvoiceSpec spec;
     const int64_t n = ledger::testing::NextStripeSequence();
-    spec.event_id = "evt_pd_invoice_" + std::to_string(n);
-    spec.event_type = type;
-    spec.event_created = kStripeT0 + n;
-    spec.invoice_id = "in_pd";
-    spec.customer_id = "cus_pd";
-    spec.subscription_id = "sub_pd";
-    spec.metadata_user_id = "pd";
+    ledger::testing::StripeInvoiceSpec spec = ledger::testing::InvoiceOf(
+        "pd", "cus_pd", "sub_pd", "in_pd", type, "evt_pd_invoice_" + std::to_string(n),
+        kStripeT0 + n);
     spec.attempt_count = attempt;
     spec.retries_left = retries_left;
     Decision decision;

@@ -13,6 +13,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace ledger::testing {
@@ -248,6 +249,22 @@ struct StripeInvoiceSpec {
   // A failure names Stripe's next attempt 3 days on; false: none (Stripe's last retry failed).
   bool retries_left = true;
 };
+
+// An invoice event of `user`'s subscription `subscription_id` on customer `customer_id`.
+inline StripeInvoiceSpec InvoiceOf(std::string user, std::string customer_id,
+                                   std::string subscription_id, std::string invoice_id,
+                                   std::string event_type, std::string event_id,
+                                   int64_t event_created) {
+  StripeInvoiceSpec spec;
+  spec.event_id = std::move(event_id);
+  spec.event_type = std::move(event_type);
+  spec.event_created = event_created;
+  spec.invoice_id = std::move(invoice_id);
+  spec.customer_id = std::move(customer_id);
+  spec.subscription_id = std::move(subscription_id);
+  spec.metadata_user_id = std::move(user);
+  return spec;
+}
 
 inline std::string StripeInvoiceEventJson(const StripeInvoiceSpec& s) {
   using namespace stripe_events_internal;
