@@ -1,7 +1,6 @@
 #include "tools/export.h"
 
 #include <algorithm>
-#include <cstring>
 #include <optional>
 #include <vector>
 
@@ -9,12 +8,6 @@
 #include "tools/progress.h"
 
 namespace ledger::tools {
-
-namespace {
-
-constexpr size_t kHashBytes = 32;  // a stored event starts with its prev_hash
-
-}  // namespace
 
 Status ExportCloudEvents(const Ledger& ledger, const ExportOptions& options, std::ostream& out,
                          uint64_t* exported) {
@@ -95,17 +88,8 @@ Status ExportCloudEvents(const Ledger& ledger, const ExportOptions& options, std
   Status scan = ledger.ScanRaw(Next(options.after), successor ? Next(last) : last,
                                [&](Position p, std::string_view stored) {
     if (p > last && p.value() == expected) {
-      Hash link{};
-      if (stored.size() >= 2 * kHashBytes) std::memcpy(link.data(), stored.data(), kHashBytes);
-      if (stored.size() < 2 * kHashBytes || link != held->hash) {
-        const std::string to = std::to_string(last.value());
-        const std::string next = std::to_string(p.value());
-        failure = Status::Corruption("position " + next + ": its prev_hash does not link to " +
-                                     "position " + to + " (" + to + " was rewritten and " +
-                                     "re-sealed, or " + next + " altered; ledgerctl verify " +
-                                     "names it)");
-        return false;
-      }
+      failure = CheckEventLink(p, stored, held->hash);
+      if (!failure.ok()) return false;
       failure = emit(*held);
       held.reset();
       return false;
