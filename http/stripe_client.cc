@@ -686,6 +686,18 @@ Status ReadCheckoutSession(const rapidjson::Document& doc, StripeCheckoutSession
   return Status::OK();
 }
 
+// True, with the subscription, when Stripe has it canceled: a cancel that Stripe refused because
+// the subscription has already ended got what it asked for.
+bool CanceledAtStripe(StripeApi& client, std::string_view subscription_id,
+                      StripeSubscription* out) {
+  StripeSubscription current;
+  if (!client.GetSubscription(subscription_id, &current).ok() || current.status != "canceled") {
+    return false;
+  }
+  *out = std::move(current);
+  return true;
+}
+
 }  // namespace
 
 Status HttpStripeClient::GetCheckoutSession(std::string_view session_id,
@@ -777,12 +789,7 @@ Status HttpStripeClient::CancelSubscriptionNow(std::string_view subscription_id,
   // DELETE carries no idempotency key: when an earlier attempt's answer was lost, Stripe refuses
   // the repeat. A subscription that is canceled now is what was asked for.
   if (s.problem() != "stripe_request_failed" && s.problem() != "stripe_resource_missing") return s;
-  StripeSubscription current;
-  if (GetSubscription(subscription_id, &current).ok() && current.status == "canceled") {
-    *out = std::move(current);
-    return Status::OK();
-  }
-  return s;
+  return CanceledAtStripe(*this, subscription_id, out) ? Status::OK() : s;
 }
 
 std::string HttpStripeClient::RequestMarker(std::string_view request_key) const {
@@ -803,12 +810,7 @@ Status HttpStripeClient::SetCancelAtPeriodEnd(std::string_view subscription_id, 
   // may still show it active: the deletion's webhook can come days late. Asked to end at the
   // period's end, a subscription that has ended is what was asked for (as CancelSubscriptionNow).
   if (!cancel || s.problem() != "stripe_request_failed") return s;
-  StripeSubscription current;
-  if (GetSubscription(subscription_id, &current).ok() && current.status == "canceled") {
-    *out = std::move(current);
-    return Status::OK();
-  }
-  return s;
+  return CanceledAtStripe(*this, subscription_id, out) ? Status::OK() : s;
 }
 
 Status HttpStripeClient::ChangeSubscriptionPrice(const StripePriceChangeParams& params,
