@@ -281,7 +281,7 @@ void GetSubscriber(const AdminRouteContext& c, const httplib::Request& req, http
 // trialing).
 Status ParseOverrideChange(const std::string& body, pj::OverrideChange* out) {
   if (body.size() > kPatchBodyBytesMax) {
-    return Status::Make(Code::kUnprocessable, "validation_failed", "the body is over 8 KiB");
+    return Status::Make(Code::kPayloadTooLarge, "payload_too_large", "the body is over 8 KiB");
   }
   rapidjson::Document doc;
   LEDGER_RETURN_IF_ERROR(pj::ParseJsonObject(body, &doc));

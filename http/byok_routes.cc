@@ -208,7 +208,7 @@ bool PrintableKey(std::string_view key) {
 Status ParseAddBody(const std::string& body, std::string* provider, std::string* api_key,
                     std::optional<std::string>* label) {
   if (body.size() > kAddBodyBytesMax) {
-    return Status::Make(Code::kUnprocessable, "validation_failed", "the body is over 4 KiB");
+    return Status::Make(Code::kPayloadTooLarge, "payload_too_large", "the body is over 4 KiB");
   }
   // Parsed in place in a copy that is wiped on the way out: a copying parse would leave the key
   // in the document's freed memory pool.
