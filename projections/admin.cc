@@ -85,6 +85,26 @@ bool IsPaying(const UserSubscription& sub, int64_t now_s) {
          !EndedBySchedule(sub.subscription, now_s);
 }
 
+// The status the overview counts a user under at `now_s` (by_status, trialing): the effective
+// status as consume judges it then, not the stored one. Past its scheduled end (UserAccess::
+// EndedAt) a subscription is "canceled", as Stripe's deletion will record it (it was counted
+// active next to churned 1 and paying 0 while that webhook was late); a trial that has ended
+// (402 trial_expired: an admin's trial past its days, a Stripe trial past its end) in a status
+// that grants access is "trial_expired" (an admin's trial was counted trialing for good, next to
+// access none and comped 0). A past-due trial whose first charge failed stays past_due: Stripe
+// still retries it (trial conversion's awaiting_payment).
+std::string_view OverviewStatusAt(const UserAccess& access, int64_t now_s) {
+  if (!access.status) return access.status_name();
+  if (!IsTerminal(*access.status) && access.EndedAt(now_s)) {
+    return SubscriptionStatusName(SubscriptionStatus::kCanceled);
+  }
+  if (AccessFor(*access.status) == AccessLevel::kGranted &&
+      AccessRefusalAt(access, now_s) == "trial_expired") {
+    return kTrialExpiredStatus;
+  }
+  return access.status_name();
+}
+
 // Billed yearly: Stripe's interval says so, or (when a webhook left it out) the item's price is
 // the plan's yearly price.
 bool IsYearly(const Plan& plan, const SubscriptionRecord& record) {
@@ -396,6 +416,7 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
                                 "past_due", "canceled", "unpaid", "paused"}) {
     by_status[std::string(name)] = 0;
   }
+  by_status[std::string(kTrialExpiredStatus)] = 0;
   int64_t total = 0, paying = 0, trialing = 0, comped = 0, revenue12 = 0, churned = 0;
   int64_t paying_at_start = 0, churned_of_those = 0;
   int64_t trials = 0, converted = 0, lost = 0, in_trial = 0, awaiting_payment = 0;
@@ -403,7 +424,8 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
   LEDGER_RETURN_IF_ERROR(ForEachSubscriber(state, now_s, [&](const UserAccess& access,
                                                              const Subscriptions& every) {
     ++total;
-    ++by_status[std::string(access.status_name())];
+    const std::string_view status = OverviewStatusAt(access, now_s);
+    ++by_status[std::string(status)];
     // Revenue is every paying subscription's, each at its own price and interval: a user Stripe
     // bills for two (a second checkout from another portal session, Starter and Professional)
     // added only the one access is decided on, and MRR understated what Stripe bills. `paying`
@@ -416,7 +438,7 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
       AddRevenue(&revenue12, MonthlyRevenueTimes12(*each_plan, each.subscription));
     }
     if (user_pays) ++paying;
-    if (access.status == SubscriptionStatus::kTrialing) ++trialing;
+    if (status == SubscriptionStatusName(SubscriptionStatus::kTrialing)) ++trialing;
     if (!user_pays && EffectiveAccessAt(access, now_s) != AccessLevel::kNone &&
         access.overridden()) {
       ++comped;

@@ -74,6 +74,14 @@
 //                             access before the service and the quota (EffectiveAccessAt): past
 //                             a scheduled end, or a trial past its end (an admin's too).
 //   comped                    effective access granted by an override with no paying subscription.
+//   by status (overview)      the effective status as consume judges it at `now_s`: Stripe's
+//                             status of a subscription that has ended (above; not an override's
+//                             status) counts as "canceled", as Stripe's deletion will record it;
+//                             a trial that has ended (consume's 402 trial_expired: an admin's
+//                             trial past its days, or a Stripe trial past its end) in a status
+//                             that grants access (trialing, active) as "trial_expired"; a past-due
+//                             trial whose first charge failed stays "past_due" (Stripe retries
+//                             it: awaiting payment, below). `trialing` is by_status's trialing.
 //
 // What each figure counts. Users: subscribers.total, by_status, paying, trialing and comped; a
 // tier's `subscribers`; churn (churned, paying_at_start: of the user's subscription, the one
@@ -177,7 +185,12 @@ class SetAdminOverride final : public Command {
 
 // ---- analytics ----------------------------------------------------------------------------------
 
-// {"as_of","subscribers":{"total","by_status":{...},"paying","trialing","comped"},
+// The overview's by_status key, next to Stripe's eight and "none", of a user whose trial has
+// ended while its status still grants access (see "by status" above).
+inline constexpr std::string_view kTrialExpiredStatus = "trial_expired";
+
+// {"as_of","subscribers":{"total","by_status":{Stripe's eight statuses, "none",
+//  "trial_expired"},"paying","trialing","comped"},
 //  "revenue":{"currency":"usd","mrr_cents","arr_cents","mrr","arr"},
 //  "churn":{"window_days","churned","paying_at_start","rate"},
 //  "trial_conversion":{"trials","converted","lost","in_trial","awaiting_payment","rate"}}

@@ -1108,7 +1108,8 @@ TEST_F(AdminRoutesTest, APlanBoughtOverAnOverrideDecidesUntilItsScheduledEnd) {
 // does: past its scheduled end, before Stripe's deletion, the list, the overview's statuses,
 // revenue by tier's subscribers and usage stats' plans show the override deciding again (they
 // showed Professional while consume answered 402 trial_expired) -- an admin's trial that has
-// ended by then, so no trial subscriber either (revenue by tier counted one); and no revenue:
+// ended by then, so no trial subscriber either (revenue by tier counted one; the overview
+// counts it trial_expired, not trialing); and no revenue:
 // Stripe canceled Professional at its period's end and bills it no more, though its row is still
 // active until the deletion arrives (paying 1 and MRR 4900 were counted past the end).
 TEST_F(AdminRoutesTest, AdminViewsShowWhatConsumeDecidesPastABoughtPlansScheduledEnd) {
@@ -1122,7 +1123,8 @@ TEST_F(AdminRoutesTest, AdminViewsShowWhatConsumeDecidesPastABoughtPlansSchedule
   ASSERT_EQ(Consume("u-h", "chat", "bought").status, 200);
   const std::string range = "?from=" + std::to_string(bought - kDay) +
                             "&to=" + std::to_string(bought + 40 * kDay);
-  auto expect_views = [&](const std::string& plan, const std::string& status, bool superseded,
+  auto expect_views = [&](const std::string& plan, const std::string& status,
+                          const std::string& overview_status, bool superseded,
                           int64_t subscribers, int64_t paying) {
     int pages = 0;
     EXPECT_EQ(ListAll("&tier=" + plan + "&status=" + status, 50, &pages),
@@ -1133,7 +1135,9 @@ TEST_F(AdminRoutesTest, AdminViewsShowWhatConsumeDecidesPastABoughtPlansSchedule
     EXPECT_EQ(one["override_superseded"].GetBool(), superseded);
     rapidjson::Document overview = Admin().Get(std::string(kAdminBase) + "analytics/overview")
                                        .Json();
-    EXPECT_EQ(overview["subscribers"]["by_status"][status.c_str()].GetInt64(), 1) << status;
+    ASSERT_TRUE(overview["subscribers"]["by_status"].HasMember(overview_status.c_str()));
+    EXPECT_EQ(overview["subscribers"]["by_status"][overview_status.c_str()].GetInt64(), 1)
+        << overview_status;
     EXPECT_EQ(overview["subscribers"]["paying"].GetInt64(), paying);
     EXPECT_EQ(overview["subscribers"]["comped"].GetInt64(), 0);
     EXPECT_EQ(overview["revenue"]["mrr_cents"].GetInt64(), 4900 * paying);
@@ -1147,10 +1151,11 @@ TEST_F(AdminRoutesTest, AdminViewsShowWhatConsumeDecidesPastABoughtPlansSchedule
         Admin().Get(std::string(kAdminBase) + "analytics/usage-stats" + range).Json();
     EXPECT_EQ(stats["usage"]["by_plan"][plan.c_str()].GetInt64(), 1) << plan;
   };
-  expect_views("professional", "active", true, 1, 1);
+  expect_views("professional", "active", "active", true, 1, 1);
   clock_.Set((bought + 30 * kDay + 3600) * kUs);  // past the period's end, no deletion yet
   ExpectProblem(Consume("u-h", "chat", "after-end"), 402, "trial_expired");
-  expect_views("trial", "trialing", false, 0, 0);
+  // The list shows the status the override sets; the overview counts the trial as ended.
+  expect_views("trial", "trialing", "trial_expired", false, 0, 0);
 }
 
 // Canceled at its period's end, a subscription grants nothing once the period is over, though
@@ -1230,7 +1235,8 @@ TEST_F(AdminRoutesTest, AdminViewsJudgeAScheduledEndAsConsumeDoes) {
 // admin's trial past its seven days, and a Stripe trial whose first charge was declined (past
 // due). The views judged the status alone: the list showed access "granted" ("grace" for the
 // past due one), the overview counted the admin's trial in `comped` for good, and revenue by
-// tier counted both in the trial's subscribers.
+// tier counted both in the trial's subscribers. The overview counted the admin's trial as
+// trialing (subscribers.trialing and by_status) for good: it is trial_expired from its end.
 TEST_F(AdminRoutesTest, AdminViewsShowAnEndedTrialAsConsumeDoes) {
   AddSubscriber(OnPlan("u-g", ""), "g@x.com");
   ASSERT_EQ(Patch("g@x.com", R"({"tier":"trial","status":"trialing"})").status, 200);
@@ -1240,7 +1246,8 @@ TEST_F(AdminRoutesTest, AdminViewsShowAnEndedTrialAsConsumeDoes) {
   t.period_end = kNow + 29 * kDay;
   AddSubscriber(t, "t@x.com");
   ExpectProblem(Consume("u-t", "chat", "declined"), 402, "trial_expired");
-  auto expect_views = [&](const std::string& g_access, int64_t comped, int64_t trials) {
+  auto expect_views = [&](const std::string& g_access, int64_t comped, int64_t trials,
+                          int64_t trialing, int64_t expired) {
     HttpReply r = Admin().Get(std::string(kAdminBase) + "list");
     ASSERT_EQ(r.status, 200) << r.body;
     std::map<std::string, std::string> access;
@@ -1255,7 +1262,15 @@ TEST_F(AdminRoutesTest, AdminViewsShowAnEndedTrialAsConsumeDoes) {
     EXPECT_STREQ(r.Json()["users"][0]["subscriber"]["access"].GetString(), g_access.c_str());
     r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
     ASSERT_EQ(r.status, 200) << r.body;
-    EXPECT_EQ(r.Json()["subscribers"]["comped"].GetInt64(), comped) << r.body;
+    const rapidjson::Document overview = r.Json();
+    const auto& subscribers = overview["subscribers"];
+    EXPECT_EQ(subscribers["comped"].GetInt64(), comped) << r.body;
+    EXPECT_EQ(subscribers["trialing"].GetInt64(), trialing) << r.body;
+    EXPECT_EQ(subscribers["by_status"]["trialing"].GetInt64(), trialing) << r.body;
+    ASSERT_TRUE(subscribers["by_status"].HasMember("trial_expired")) << r.body;
+    EXPECT_EQ(subscribers["by_status"]["trial_expired"].GetInt64(), expired) << r.body;
+    // u-t: Stripe still retries its first charge (awaiting payment).
+    EXPECT_EQ(subscribers["by_status"]["past_due"].GetInt64(), 1) << r.body;
     r = Admin().Get(std::string(kAdminBase) + "analytics/revenue-by-tier");
     ASSERT_EQ(r.status, 200) << r.body;
     const rapidjson::Document tiers = r.Json();
@@ -1265,13 +1280,13 @@ TEST_F(AdminRoutesTest, AdminViewsShowAnEndedTrialAsConsumeDoes) {
     }
   };
   EXPECT_EQ(Consume("u-g", "chat", "day-1").status, 200);
-  expect_views("granted", 1, 1);
+  expect_views("granted", 1, 1, 1, 0);
   clock_.Advance(8 * kDay * kUs);  // past the admin's trial's seven days
   ExpectProblem(Consume("u-g", "chat", "day-9"), 402, "trial_expired");
   HttpReply mine = User("u-g").Get("/api/v1/subscriptions/my-access");
   ASSERT_EQ(mine.status, 200) << mine.body;
   EXPECT_FALSE(mine.Json()["has_access"].GetBool()) << mine.body;
-  expect_views("none", 0, 0);
+  expect_views("none", 0, 0, 0, 1);
 }
 
 // A subscription past its scheduled end (its period's end with cancel_at_period_end, or its
@@ -1279,7 +1294,8 @@ TEST_F(AdminRoutesTest, AdminViewsShowAnEndedTrialAsConsumeDoes) {
 // days): Stripe canceled it there and bills it no more. Counted as still paying, revenue by
 // tier's Starter row said subscribers 0 next to paying 1 and MRR 1900, churn counted it in
 // paying_at_start but not as churned, and a user who bought Professional in that gap made MRR
-// 1900 + 4900.
+// 1900 + 4900. Its status in the overview is canceled, as the deletion will say: by_status
+// counted it active next to churned 1 and paying 0.
 TEST_F(AdminRoutesTest, ASubscriptionPastItsScheduledEndIsNotRevenueButChurn) {
   TestSubscription t = OnPlan("u-end", "starter", kNow - 29 * kDay, kNow + kDay);
   t.cancel_at_period_end = true;
@@ -1288,11 +1304,13 @@ TEST_F(AdminRoutesTest, ASubscriptionPastItsScheduledEndIsNotRevenueButChurn) {
   at.cancel_at = kNow + 2 * kDay;  // a date set in the portal
   AddSubscriber(at, "at@x.com");
   auto expect_figures = [&](int64_t paying, int64_t mrr, int64_t churned, int64_t starter,
-                            int64_t professional) {
+                            int64_t professional, int64_t active, int64_t canceled) {
     HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
     ASSERT_EQ(r.status, 200) << r.body;
     rapidjson::Document doc = r.Json();
     EXPECT_EQ(doc["subscribers"]["paying"].GetInt64(), paying) << r.body;
+    EXPECT_EQ(doc["subscribers"]["by_status"]["active"].GetInt64(), active) << r.body;
+    EXPECT_EQ(doc["subscribers"]["by_status"]["canceled"].GetInt64(), canceled) << r.body;
     EXPECT_EQ(doc["revenue"]["mrr_cents"].GetInt64(), mrr) << r.body;
     EXPECT_EQ(doc["revenue"]["arr_cents"].GetInt64(), mrr * 12) << r.body;
     EXPECT_EQ(doc["churn"]["churned"].GetInt64(), churned) << r.body;
@@ -1307,30 +1325,30 @@ TEST_F(AdminRoutesTest, ASubscriptionPastItsScheduledEndIsNotRevenueButChurn) {
     EXPECT_EQ(doc["total"]["paying"].GetInt64(), starter + professional) << r.body;
     EXPECT_EQ(doc["total"]["mrr_cents"].GetInt64(), mrr) << r.body;
   };
-  expect_figures(2, 6800, 0, 1, 1);
+  expect_figures(2, 6800, 0, 1, 1, 2, 0);
   clock_.Set((kNow + kDay + 3600) * kUs);  // u-end's period ended an hour ago, no deletion yet
   ExpectProblem(Consume("u-end", "chat", "after-end"), 402, "subscription_required");
-  expect_figures(1, 4900, 1, 0, 1);
+  expect_figures(1, 4900, 1, 0, 1, 1, 1);
   // Paying since before the window began, lost inside it: the rate is 1 of 1.
   rapidjson::Document doc = Admin().Get(std::string(kAdminBase) + "analytics/overview").Json();
   EXPECT_EQ(doc["churn"]["paying_at_start"].GetInt64(), 1);
   EXPECT_EQ(doc["churn"]["rate"].GetDouble(), 1.0);
   clock_.Set((kNow + 2 * kDay + 3600) * kUs);  // past u-at's cancel_at
   ExpectProblem(Consume("u-at", "chat", "after-cancel-at"), 402, "subscription_required");
-  expect_figures(0, 0, 2, 0, 0);
+  expect_figures(0, 0, 2, 0, 0, 0, 2);
   // u-end buys Professional in the gap: what Stripe bills is that alone.
   const int64_t now = NowSeconds();
   TestSubscription again = OnPlan("u-end", "professional", now, now + 30 * kDay);
   again.subscription_id = "sub_u-end_2";
   ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), again).ok());
-  expect_figures(1, 4900, 1, 0, 1);
+  expect_figures(1, 4900, 1, 0, 1, 1, 1);
   // Stripe's deletions, when they arrive, change nothing.
   t.status = at.status = "canceled";
   t.ended_at = t.canceled_at = t.period_end;
   at.ended_at = at.canceled_at = at.cancel_at;
   ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), t).ok());
   ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), at).ok());
-  expect_figures(1, 4900, 1, 0, 1);
+  expect_figures(1, 4900, 1, 0, 1, 1, 1);
 }
 
 // Trial conversion judges a subscription past its scheduled end as Stripe's deletion will: a
