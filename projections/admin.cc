@@ -324,6 +324,22 @@ Status ListSubscribers(const StateReader& state, int64_t now_s, const Subscriber
 
 // ---- overrides ----------------------------------------------------------------------------------
 
+namespace {
+
+// The user's subscription (UserSubscription's choice) can still grant access at `now_s`: there is
+// one, Stripe has not ended it (canceled, incomplete_expired) and it is not past its scheduled end
+// (EndedBySchedule: canceled there, its deletion late).
+Status HasLiveSubscription(const StateReader& state, std::string_view user_id, int64_t now_s,
+                           bool* live) {
+  UserSubscription sub;
+  LEDGER_RETURN_IF_ERROR(GetUserSubscription(state, user_id, &sub));
+  *live = sub.has_subscription && !IsTerminal(sub.subscription.status) &&
+          !EndedBySchedule(sub.subscription, now_s);
+  return Status::OK();
+}
+
+}  // namespace
+
 SetAdminOverride::SetAdminOverride(std::string email, OverrideChange change, Actor actor)
     : email_(std::move(email)), change_(std::move(change)), actor_(std::move(actor)) {}
 
@@ -361,6 +377,21 @@ Status SetAdminOverride::Decide(const DecideContext& context, Decision* decision
     if (change_.plan_id) next.plan_id = *change_.plan_id;
     if (change_.status) next.status = *change_.status;
     if (change_.notes) next.notes = *change_.notes;
+    // A tier alone takes its status from the user's subscription (DecideAccess): without a live
+    // one it grants nothing, and a subscription the user starts later supersedes it. PATCH
+    // {"tier":"enterprise"} of an account that never subscribed (or whose subscription ended)
+    // answered 200 changed:true and appended an override that comped nothing.
+    if ((change_.plan_id || change_.status) && next.plan_id && !next.status) {
+      bool live = false;
+      LEDGER_RETURN_IF_ERROR(HasLiveSubscription(*context.state, user_id,
+                                                 context.now_us / 1'000'000, &live));
+      if (!live) {
+        return Status::Make(Code::kUnprocessable, "status_required",
+                            "user '" + Truncated(user_id) +
+                                "' has no live subscription, so a tier alone grants nothing: give "
+                                "a status with it (e.g. active or trialing), or clear the tier");
+      }
+    }
     const bool changed = !current ? !next.empty()
                                   : (next.plan_id != current->plan_id ||
                                      next.status != current->status || next.notes != current->notes);

@@ -170,7 +170,11 @@ struct OverrideChange {
 // limits::kUserSubscriptionsMax): one subscription.override_set.v1 per user whose override
 // changes (subject = the user id; data: the override after the change and the actor). A change
 // that changes nothing appends nothing. 404 "not_found" when no user has the email; 422
-// "unknown_plan" when the tier is not a catalog plan. Body: {"email","users":[{"user_id",
+// "unknown_plan" when the tier is not a catalog plan; 422 "status_required" when the change sets
+// the tier or the status and leaves a user a tier without a status while that user has no live
+// subscription (none; canceled or incomplete_expired; past its scheduled end at the writer's
+// clock): a tier alone takes its status from the subscription and would grant nothing. Nothing
+// is appended for any user then. Body: {"email","users":[{"user_id",
 // "changed","override":{"plan_id","status","notes"}|null}]}.
 class SetAdminOverride final : public Command {
  public:

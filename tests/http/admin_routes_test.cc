@@ -1529,6 +1529,52 @@ TEST_F(AdminRoutesTest, AUserIdAddressesAnAccountThatNeverCheckedOut) {
   ExpectProblem(Admin().Get(std::string(kAdminBase) + "bad%01id"), 400, "invalid_parameter");
 }
 
+// A tier alone takes its status from the user's subscription: for a user without a live one (none,
+// canceled at Stripe, past its scheduled end) it grants nothing, and the writer refuses it (422
+// status_required, nothing appended). PATCH {"tier":"enterprise"} of an account that never
+// subscribed answered 200 changed:true and appended an override that comped nothing. Over a
+// live subscription a tier alone is granted as before, and a comp's tier may change alone.
+TEST_F(AdminRoutesTest, ATierWithoutAStatusNeedsALiveSubscription) {
+  AddCustomerBase();
+  TestSubscription end = OnPlan("u-end", "starter", kNow - 29 * kDay, kNow + kDay);
+  end.cancel_at_period_end = true;
+  AddSubscriber(end, "end@x.com");
+  clock_.Set((kNow + kDay + 3600) * kUs);  // u-end's period ended an hour ago, no deletion yet
+  const uint64_t head = Head();
+  // u-g: linked, never subscribed; u-new: no row at all; u-e: canceled; u-end: past its end.
+  for (const char* who : {"g@x.com", "u-new", "e@x.com", "end@x.com"}) {
+    ExpectProblem(Patch(who, R"({"tier":"enterprise"})"), 422, "status_required");
+    ExpectProblem(Patch(who, R"({"tier":"enterprise","status":null,"notes":"x"})"), 422,
+                  "status_required");
+  }
+  EXPECT_EQ(Head(), head);
+  ExpectProblem(Consume("u-g", "chat", "tier-refused"), 402, "subscription_required");
+  rapidjson::Document one = Admin().Get(std::string(kAdminBase) + "g@x.com").Json();
+  EXPECT_TRUE(one["users"][0]["subscriber"]["override"].IsNull());
+
+  // A live subscription: the tier decides, its status is Stripe's (u-a pays for Starter).
+  ExpectProblem(Consume("u-a", "tts", "starter"), 403, "service_not_in_plan");
+  HttpReply r = Patch("a@x.com", R"({"tier":"professional"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_TRUE(r.Json()["users"][0]["changed"].GetBool());
+  EXPECT_EQ(Consume("u-a", "tts", "granted").status, 200);
+
+  // A comp (tier and status): its tier changes alone; its status cleared alone would leave a
+  // tier that grants nothing.
+  ASSERT_EQ(Patch("g@x.com", R"({"tier":"enterprise","status":"active"})").status, 200);
+  r = Patch("g@x.com", R"({"tier":"starter"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_STREQ(r.Json()["users"][0]["override"]["plan_id"].GetString(), "starter");
+  EXPECT_STREQ(r.Json()["users"][0]["override"]["status"].GetString(), "active");
+  EXPECT_EQ(Consume("u-g", "chat", "comped").status, 200);
+  const uint64_t comped = Head();
+  ExpectProblem(Patch("g@x.com", R"({"status":null})"), 422, "status_required");
+  EXPECT_EQ(Head(), comped);
+  ASSERT_EQ(Patch("g@x.com", R"({"notes":"partner"})").status, 200);
+  ASSERT_EQ(Patch("g@x.com", R"({"tier":null,"status":null})").status, 200);
+  ExpectProblem(Consume("u-g", "chat", "cleared"), 402, "subscription_required");
+}
+
 // An override of a user id nobody else knows (a typo), cleared again, leaves no subscriber: the
 // user row it made went with it, and a replay of the log makes the same rows. A user with
 // anything else (a customer link) keeps its row.
