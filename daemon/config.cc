@@ -320,6 +320,16 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
     return Bad(config->jwt_issuer.empty() ? "LEDGER_JWT_AUDIENCE" : "LEDGER_JWT_ISSUER",
                "is set but neither LEDGER_JWT_HS256_SECRET nor LEDGER_JWT_JWKS_FILE is");
   }
+  // Compared byte for byte with every token's iss / aud: `ledgerd ` or `ledgerd\n` (a value
+  // pasted or read from a file with its newline) answered every request 401. Not repeated: the
+  // message says what is wrong, the operator knows the value.
+  for (auto [name, value] : {std::pair{"LEDGER_JWT_ISSUER", &config->jwt_issuer},
+                             std::pair{"LEDGER_JWT_AUDIENCE", &config->jwt_audience}}) {
+    if (HasControlOrEdgeBlank(*value)) {
+      return Bad(name, "must not contain control characters or begin or end with a space (no "
+                       "token's claim would match it)");
+    }
+  }
   if (const std::string& v = config->stripe_api_version;
       !v.empty() && !http::IsStripeApiVersion(v)) {
     return Bad("STRIPE_API_VERSION", "must be a Stripe API version such as 2025-03-31.basil");
@@ -518,9 +528,11 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
   }
   // CLI11 takes an empty variable for an unset one: a variable that failed to expand would put
   // the store in ./data, the outbox on the embedded cluster, a production server in dev mode
-  // (a local secret, the master key beside the log), or let Lago webhooks of every organization
-  // in, without a word. (Other secrets and URLs may be empty: that is how a compose file leaves a
-  // feature off.)
+  // (a local secret, the master key beside the log), turn the JWT iss / aud check off (a token
+  // minted for another service or by another issuer sharing the key would be taken), or let Lago
+  // webhooks of every organization in, without a word. The flag given empty is the same mistake
+  // (`--jwt-audience "$AUD"` with AUD unset). (Other secrets and URLs may be empty: that is how
+  // a compose file leaves a feature off.)
   for (auto [name, flag] : {std::pair{"LEDGER_DATA_DIR", "--data-dir"},
                             std::pair{"LEDGER_LISTEN", "--listen"},
                             std::pair{"LEDGER_KAFKA_BROKERS", "--kafka-brokers"},
@@ -528,6 +540,8 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
                             std::pair{"LEDGER_ADMIN_ROLE", "--admin-role"},
                             std::pair{"LEDGER_JWT_HS256_SECRET", "--jwt-hs256-secret"},
                             std::pair{"LEDGER_JWT_JWKS_FILE", "--jwt-jwks-file"},
+                            std::pair{"LEDGER_JWT_ISSUER", "--jwt-issuer"},
+                            std::pair{"LEDGER_JWT_AUDIENCE", "--jwt-audience"},
                             std::pair{"LEDGER_MASTER_KEY_FILE", "--master-key-file"},
                             std::pair{"LAGO_ORGANIZATION_ID", "--lago-organization-id"}}) {
     const char* value = std::getenv(name);
@@ -536,11 +550,14 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
       result.exit_code = kExitConfig;
       return result;
     }
-  }
-  if (app.count("--lago-organization-id") > 0 && config->lago_organization_id.empty()) {
-    result.status = Bad("LAGO_ORGANIZATION_ID", "is set but empty (unset it to accept any)");
-    result.exit_code = kExitConfig;
-    return result;
+    // A non-empty variable counts too, so an empty result is the flag's.
+    const CLI::Option* option = app.get_option(flag);
+    if (option->count() > 0 && option->results().back().empty()) {
+      result.status = Bad(name, std::string(flag) + " is given empty (leave it out for the "
+                                                    "default)");
+      result.exit_code = kExitConfig;
+      return result;
+    }
   }
   result.status = Validate(config, listen, service_tokens, webhook_secrets, byok_base_urls);
   if (!result.status.ok()) result.exit_code = kExitConfig;

@@ -295,6 +295,18 @@ std::vector<BadSetting> BadSettings(const TempDir& dir) {
       // An issuer or audience is JWT configuration: without a key source it is not dev mode.
       {"LEDGER_JWT_ISSUER", "LEDGER_JWT_ISSUER", "https://sso.example.com/realms/x", {}},
       {"LEDGER_JWT_AUDIENCE", "LEDGER_JWT_AUDIENCE", "ledgerd", {}},
+      // With a key source, an empty issuer or audience turned its check off (a variable that
+      // failed to expand, or the flag given one); padded, it answered every request 401.
+      {"LEDGER_JWT_ISSUER", "LEDGER_JWT_ISSUER", "", {"--jwt-hs256-secret", kLongSecret}},
+      {"LEDGER_JWT_AUDIENCE", "LEDGER_JWT_AUDIENCE", "", {"--jwt-hs256-secret", kLongSecret}},
+      {"LEDGER_JWT_ISSUER", "", "", {"--jwt-hs256-secret", kLongSecret, "--jwt-issuer", ""}},
+      {"LEDGER_JWT_AUDIENCE", "", "", {"--jwt-hs256-secret", kLongSecret, "--jwt-audience", ""}},
+      {"LEDGER_JWT_ISSUER", "LEDGER_JWT_ISSUER", "ledgerd ", {"--jwt-hs256-secret", kLongSecret}},
+      {"LEDGER_JWT_AUDIENCE", "", "", {"--jwt-hs256-secret", kLongSecret, "--jwt-audience",
+                                       "ledgerd\n"}},
+      // ... and so did an empty key source given as a flag: it started in dev mode.
+      {"LEDGER_JWT_HS256_SECRET", "", "", {"--jwt-hs256-secret", ""}},
+      {"LEDGER_MASTER_KEY_FILE", "", "", {"--master-key-file", ""}},
       {"LEDGER_JWT_HS256_SECRET", "LEDGER_JWT_HS256_SECRET", "too-short", {}},
       {"LEDGER_JWT_HS256_SECRET", "LEDGER_JWT_HS256_SECRET", std::string(31, 's'), {}},
       // Secrets and the role read from a file with its newline: nothing would ever match them.
@@ -409,6 +421,60 @@ TEST(ConfigTest, EveryBadSettingExits78NamingIt) {
       EXPECT_EQ(r.status.message().find(secret), std::string::npos) << r.status.message();
     }
   }
+}
+
+// LEDGER_JWT_ISSUER / LEDGER_JWT_AUDIENCE beside a key source: set but empty (the variable, or
+// the flag given one) turned the iss / aud check off; a blank at either end or a control
+// character (a file's newline) answered every request 401. Exit 78 naming the setting, never
+// the value.
+TEST(ConfigTest, JwtIssuerAndAudienceAreNeverEmptyOrPadded) {
+  struct Case {
+    const char* setting;
+    const char* flag;
+    std::string value;
+    bool as_flag;
+  };
+  const std::vector<Case> cases = {
+      {"LEDGER_JWT_ISSUER", "--jwt-issuer", "", false},
+      {"LEDGER_JWT_ISSUER", "--jwt-issuer", "", true},
+      {"LEDGER_JWT_AUDIENCE", "--jwt-audience", "", false},
+      {"LEDGER_JWT_AUDIENCE", "--jwt-audience", "", true},
+      {"LEDGER_JWT_ISSUER", "--jwt-issuer", "https://sso.example/realms/x ", false},
+      {"LEDGER_JWT_ISSUER", "--jwt-issuer", " https://sso.example/realms/x", true},
+      {"LEDGER_JWT_ISSUER", "--jwt-issuer", "https://sso.example/realms/x\n", false},
+      {"LEDGER_JWT_AUDIENCE", "--jwt-audience", "billing-api ", false},
+      {"LEDGER_JWT_AUDIENCE", "--jwt-audience", "billing-api\n", true},
+      {"LEDGER_JWT_AUDIENCE", "--jwt-audience", "\tbilling-api", false},
+      {"LEDGER_JWT_AUDIENCE", "--jwt-audience", "billing-api\r", false},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(std::string(c.setting) + (c.as_flag ? " flag" : " env") + " '" + c.value + "'");
+    ScopedCleanEnvironment env;
+    env.Set("LEDGER_JWT_HS256_SECRET", kLongSecret);
+    std::vector<std::string> args;
+    if (c.as_flag) {
+      args = {c.flag, c.value};
+    } else {
+      env.Set(c.setting, c.value);
+    }
+    Config config;
+    ParseResult r = Parse(args, &config);
+    EXPECT_EQ(r.exit_code, kExitConfig) << r.status.ToString();
+    EXPECT_NE(r.status.message().find(c.setting), std::string::npos) << r.status.message();
+    for (const char* value : {"sso.example", "billing-api"}) {
+      EXPECT_EQ(r.status.message().find(value), std::string::npos) << r.status.message();
+    }
+  }
+  // Blanks inside are the identity provider's choice; both as given.
+  ScopedCleanEnvironment env;
+  env.Set("LEDGER_JWT_HS256_SECRET", kLongSecret);
+  Config config;
+  ParseResult r =
+      Parse({"--jwt-issuer", "https://sso.example/realms/x", "--jwt-audience", "billing api"},
+            &config);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(config.jwt_issuer, "https://sso.example/realms/x");
+  EXPECT_EQ(config.jwt_audience, "billing api");
 }
 
 TEST(ConfigTest, KafkaPropertiesComeFromAFile) {
