@@ -102,10 +102,6 @@ Status ParseServiceTokens(const std::string& value, Config* config) {
   return Status::OK();
 }
 
-bool IsHttpUrl(const std::string& url) {
-  return url.rfind("http://", 0) == 0 || url.rfind("https://", 0) == 0;
-}
-
 bool IsValidTopic(const std::string& topic) {
   if (topic.empty() || topic.size() > 249 || topic == "." || topic == "..") return false;
   return topic.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") ==
@@ -118,8 +114,8 @@ bool IsValidTopic(const std::string& topic) {
 Status ValidateBaseUrl(const std::string& url, const char* name) {
   http::BaseUrl unused;
   if (!http::ParseBaseUrl(url, name, "bad_config", &unused).ok()) {
-    return Bad(name, "must be an http:// or https:// URL with a host (no user:password@, query "
-                     "or fragment)");
+    return Bad(name, "must be an http:// or https:// URL with a host (no user:password@, query, "
+                     "fragment, whitespace or control characters)");
   }
   return Status::OK();
 }
@@ -341,7 +337,12 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
                              std::pair{"STRIPE_CANCEL_URL", &config->stripe_cancel_url},
                              std::pair{"STRIPE_PORTAL_RETURN_URL",
                                        &config->stripe_portal_return_url}}) {
-    if (!value->empty() && !IsHttpUrl(*value)) return Bad(name, "must be an http(s) URL");
+    // Sent to Stripe at every checkout or portal session, which refused `https://` (no host),
+    // `https://app.example/ok\n` or a blank in the path with a 400: every one answered 502.
+    if (!value->empty() && !http::CheckPageUrl(*value, name, "bad_config").ok()) {
+      return Bad(name, "must be an absolute http:// or https:// URL with a host (no "
+                       "user:password@, whitespace or control characters)");
+    }
   }
   if (!config->lago_webhook_public_key_file.empty() &&
       !IsReadableFile(config->lago_webhook_public_key_file)) {

@@ -15,8 +15,14 @@ struct BaseUrl {
 };
 
 // InvalidArgument `code` naming `setting` when `url` is not an http or https URL with a host (no
-// userinfo, query or fragment).
+// userinfo, query or fragment, no whitespace or control character anywhere).
 Status ParseBaseUrl(std::string_view url, std::string_view setting, std::string_view code,
                     BaseUrl* out);
+
+// InvalidArgument `code` naming `setting` when `url` is not an absolute http or https URL of a
+// page (Stripe's Checkout success and cancel URLs, the Billing Portal's return URL): a base URL
+// as ParseBaseUrl takes it, then an optional query and fragment, none with whitespace or a
+// control character. Neither error repeats the URL.
+Status CheckPageUrl(std::string_view url, std::string_view setting, std::string_view code);
 
 }  // namespace ledger::http

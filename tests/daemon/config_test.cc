@@ -351,6 +351,21 @@ std::vector<BadSetting> BadSettings(const TempDir& dir) {
       {"STRIPE_SUCCESS_URL", "STRIPE_SUCCESS_URL", "javascript:alert(1)", {}},
       {"STRIPE_CANCEL_URL", "STRIPE_CANCEL_URL", "/relative", {}},
       {"STRIPE_PORTAL_RETURN_URL", "STRIPE_PORTAL_RETURN_URL", "app.example.com", {}},
+      // Passed the prefix check, started, and every checkout or portal session was a 502 (Stripe
+      // refused the URL): a file's newline, no host, a blank, a control character.
+      {"STRIPE_SUCCESS_URL", "STRIPE_SUCCESS_URL", "https://app.example.com/ok\n", {}},
+      {"STRIPE_SUCCESS_URL", "STRIPE_SUCCESS_URL", "https://", {}},
+      {"STRIPE_SUCCESS_URL", "", "", {"--stripe-success-url", "https://:443/ok"}},
+      {"STRIPE_SUCCESS_URL", "STRIPE_SUCCESS_URL", "https://a.example/ok?session={ID} x", {}},
+      {"STRIPE_CANCEL_URL", "STRIPE_CANCEL_URL", "https://a.example/a b", {}},
+      {"STRIPE_CANCEL_URL", "STRIPE_CANCEL_URL", "https:///cancel", {}},
+      {"STRIPE_CANCEL_URL", "STRIPE_CANCEL_URL", "https://a.example\t/cancel", {}},
+      {"STRIPE_PORTAL_RETURN_URL", "STRIPE_PORTAL_RETURN_URL", "http://?x=1", {}},
+      {"STRIPE_PORTAL_RETURN_URL", "STRIPE_PORTAL_RETURN_URL", "https://u:pw@a.example/", {}},
+      {"STRIPE_PORTAL_RETURN_URL", "", "", {"--stripe-portal-return-url", " https://a.example"}},
+      // The same newline in an outside API's base URL: every call failed.
+      {"STRIPE_API_BASE", "STRIPE_API_BASE", "https://api.stripe.com\n", {}},
+      {"LAGO_API_URL", "LAGO_API_URL", "http://lago:3000\r", {}},
       {"LAGO_WEBHOOK_PUBLIC_KEY_FILE", "LAGO_WEBHOOK_PUBLIC_KEY_FILE", missing, {}},
       {"LEDGER_LOG_LEVEL", "LEDGER_LOG_LEVEL", "loud", {}},
       {"LEDGER_LOG_LEVEL", "", "", {"--log-level", "INFO "}},
@@ -427,6 +442,22 @@ TEST(ConfigTest, EveryBadSettingExits78NamingIt) {
 // the flag given one) turned the iss / aud check off; a blank at either end or a control
 // character (a file's newline) answered every request 401. Exit 78 naming the setting, never
 // the value.
+// What Stripe takes as a page URL is taken: a query it fills in, a fragment, a port, a path.
+TEST(ConfigTest, StripePageUrlsKeepTheirQueryAndFragment) {
+  ScopedCleanEnvironment env;
+  env.Set("STRIPE_SUCCESS_URL",
+          "https://app.example.com/billing/ok?session_id={CHECKOUT_SESSION_ID}&plan=pro");
+  env.Set("STRIPE_CANCEL_URL", "http://localhost:3000/#/billing");
+  env.Set("STRIPE_PORTAL_RETURN_URL", "https://[::1]:8443/account/");
+  Config config;
+  ParseResult r = Parse({}, &config);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(config.stripe_success_url,
+            "https://app.example.com/billing/ok?session_id={CHECKOUT_SESSION_ID}&plan=pro");
+  EXPECT_EQ(config.stripe_cancel_url, "http://localhost:3000/#/billing");
+  EXPECT_EQ(config.stripe_portal_return_url, "https://[::1]:8443/account/");
+}
+
 TEST(ConfigTest, JwtIssuerAndAudienceAreNeverEmptyOrPadded) {
   struct Case {
     const char* setting;
