@@ -378,6 +378,30 @@ std::string SettingNamed(const CLI::App& app, const std::string& what, const std
   return "configuration";
 }
 
+// What CLI11 did not take, told by the options' names alone: its ExtrasError repeated every
+// argument, and a mistyped flag's argument is its value (`ledgerd --stripe-secrt-key sk_live_...`
+// printed the key to the terminal and the service's log). `--name=value` is named `--name`,
+// `-xvalue` is named `-x`; a bare argument is counted, never repeated.
+std::string UnexpectedArguments(const std::vector<std::string>& arguments) {
+  std::string names;
+  size_t values = 0;
+  for (const std::string& argument : arguments) {
+    if (argument.size() < 2 || argument[0] != '-') {
+      ++values;
+      continue;
+    }
+    const std::string name =
+        argument[1] == '-' ? argument.substr(0, argument.find('=')) : argument.substr(0, 2);
+    names += (names.empty() ? "" : " ") + name;
+  }
+  std::string message = names.empty() ? "" : "unknown option(s) " + names;
+  if (values > 0) {
+    message += (message.empty() ? "" : " and ") + std::to_string(values) +
+               " argument(s) no option takes (not repeated: one may be a secret)";
+  }
+  return message + "; see --help";
+}
+
 }  // namespace
 
 // A value compared byte for byte with what another system sends (a JWT's HS256 secret, a role
@@ -502,6 +526,8 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
   app.add_option("--log-level", config->log_level, "trace|debug|info|warn|error")
       ->envname("LEDGER_LOG_LEVEL");
 
+  // Left in app.remaining() for UnexpectedArguments, not thrown with them in the message.
+  app.allow_extras();
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
@@ -523,7 +549,20 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
     result.exit_code = kExitConfig;
     return result;
   } catch (const CLI::ParseError& e) {
-    result.status = Status::InvalidArgument("bad_usage", e.what());
+    // These name options and counts only; others may repeat an argument (HorribleError's "Long
+    // parsed but missing: <argument>"): named by their kind alone.
+    const bool names_only = dynamic_cast<const CLI::ArgumentMismatch*>(&e) != nullptr ||
+                            dynamic_cast<const CLI::RequiredError*>(&e) != nullptr ||
+                            dynamic_cast<const CLI::RequiresError*>(&e) != nullptr ||
+                            dynamic_cast<const CLI::ExcludesError*>(&e) != nullptr;
+    result.status = Status::InvalidArgument(
+        "bad_usage", names_only ? std::string(e.what())
+                                : "bad command line (" + e.get_name() + "); see --help");
+    result.exit_code = kExitUsage;
+    return result;
+  }
+  if (!app.remaining().empty()) {
+    result.status = Status::InvalidArgument("bad_usage", UnexpectedArguments(app.remaining()));
     result.exit_code = kExitUsage;
     return result;
   }

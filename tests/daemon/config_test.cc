@@ -622,6 +622,40 @@ TEST(ConfigTest, BadUsageExits64) {
   }
 }
 
+// A mistyped flag's argument is its value: CLI11's ExtrasError printed "The following arguments
+// were not expected: sk_live_... --stripe-secrt-key" (main() prints the message). Usage errors
+// name the unknown options, never an argument that is not one.
+TEST(ConfigTest, UsageErrorsNameUnknownOptionsNeverValues) {
+  constexpr char kKey[] = "sk_live_0123456789abcdef";
+  struct Case {
+    std::vector<std::string> args;
+    std::vector<std::string> named;
+  };
+  const std::vector<Case> cases = {
+      {{"--stripe-secrt-key", kKey}, {"--stripe-secrt-key"}},
+      {{std::string("--stripe-secrt-key=") + kKey}, {"--stripe-secrt-key"}},
+      {{"--data-dir", "/srv/ledger", kKey}, {}},
+      {{kKey}, {}},
+      {{std::string("-k") + kKey}, {"-k"}},
+      {{"--stripe-secret-key", "sk_live_x", "--jwt-secret", kKey, "--x"}, {"--jwt-secret", "--x"}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.args.front());
+    ScopedCleanEnvironment env;
+    Config config;
+    ParseResult r = Parse(c.args, &config);
+    EXPECT_EQ(r.exit_code, kExitUsage) << r.status.ToString();
+    EXPECT_FALSE(r.exit_now);
+    const std::string message = r.status.message();
+    EXPECT_EQ(message.find("sk_live"), std::string::npos) << message;
+    EXPECT_EQ(message.find("0123456789abcdef"), std::string::npos) << message;
+    EXPECT_EQ(message.find("/srv/ledger"), std::string::npos) << message;
+    for (const std::string& name : c.named) {
+      EXPECT_NE(message.find(name), std::string::npos) << message;
+    }
+  }
+}
+
 TEST(ConfigTest, HelpAndVersionExitZeroWithOutput) {
   ScopedCleanEnvironment env;
   Config config;
