@@ -97,6 +97,13 @@ Status ParseServiceTokens(const std::string& value, Config* config) {
       return Bad("LEDGER_SERVICE_TOKENS",
                  item + ": the token must not contain whitespace or control characters");
     }
+    // cpp-httplib 0.11.4 percent-decodes header values: `tok%2Bxyz...` arrives as `tok+xyz...`,
+    // so a token holding '%' never authenticates, however the caller sends it.
+    if (token.token.find('%') != std::string::npos) {
+      return Bad("LEDGER_SERVICE_TOKENS",
+                 item + ": the token must not contain '%' (the server percent-decodes the "
+                        "Authorization header, so it would never match)");
+    }
     config->service_tokens.emplace_back(std::move(token.name), std::move(token.token));
   }
   return Status::OK();

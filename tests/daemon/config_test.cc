@@ -332,6 +332,14 @@ std::vector<BadSetting> BadSettings(const TempDir& dir) {
        "gateway=0123456789abcdef01,litellm=0123456789abcdef01",
        {}},
       {"LEDGER_SERVICE_TOKENS", "LEDGER_SERVICE_TOKENS", "gateway= short ", {}},
+      // The server percent-decodes header values: `tok%2Bxyz...` arrives as `tok+xyz...` and
+      // never matches (a 401 for every call of that service).
+      {"LEDGER_SERVICE_TOKENS", "LEDGER_SERVICE_TOKENS", "gw=tok%2Bxyz0123456789", {}},
+      {"LEDGER_SERVICE_TOKENS", "", "", {"--service-tokens", "gw=0123456789abcdef%"}},
+      {"LEDGER_SERVICE_TOKENS",
+       "LEDGER_SERVICE_TOKENS",
+       "gw=0123456789abcdef02,litellm=%41bcdef0123456789",
+       {}},
       {"STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET", "sk_live_abc", {}},
       {"STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET", "whsec_good,not-whsec", {}},
       {"STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET", "whsec_", {}},
@@ -506,6 +514,22 @@ TEST(ConfigTest, JwtIssuerAndAudienceAreNeverEmptyOrPadded) {
   ASSERT_TRUE(r.status.ok()) << r.status.ToString();
   EXPECT_EQ(config.jwt_issuer, "https://sso.example/realms/x");
   EXPECT_EQ(config.jwt_audience, "billing api");
+}
+
+// A service token holding '%' never authenticates (cpp-httplib 0.11.4 percent-decodes the
+// Authorization header): refused at start by its item's place, the token not repeated.
+TEST(ConfigTest, AServiceTokenWithAPercentSignIsRefusedByItsPlace) {
+  ScopedCleanEnvironment env;
+  env.Set("LEDGER_SERVICE_TOKENS", "gw=0123456789abcdef02, litellm=tok%2Bxyz0123456789");
+  Config config;
+  ParseResult r = Parse({}, &config);
+  EXPECT_EQ(r.exit_code, kExitConfig) << r.status.ToString();
+  const std::string message = r.status.message();
+  EXPECT_NE(message.find("LEDGER_SERVICE_TOKENS"), std::string::npos) << message;
+  EXPECT_NE(message.find("item 2"), std::string::npos) << message;
+  EXPECT_NE(message.find("'%'"), std::string::npos) << message;
+  EXPECT_EQ(message.find("xyz0123456789"), std::string::npos) << message;
+  EXPECT_EQ(message.find("litellm"), std::string::npos) << message;
 }
 
 TEST(ConfigTest, KafkaPropertiesComeFromAFile) {
