@@ -82,9 +82,30 @@ Status EnsureProduct(const pc::Plan& plan, http::StripeApi* stripe,
                                &product);
 }
 
+// The catalog's price id for one wanted price (the trial's fee is its stripe_price_monthly).
+const std::optional<std::string>& CatalogPrice(const pc::Plan& plan, const WantedPrice& w) {
+  return w.kind == "yearly" ? plan.stripe_price_yearly : plan.stripe_price_monthly;
+}
+
+// Only the prices the catalog leaves null are looked up, created and recorded. A price id it
+// already names is the admin's choice (CONTRACT §4: set by admins or by stripe-setup) and is kept
+// as it is, or an admin who names price_admin for starter's monthly price would see every run
+// replace it with its own ledgerd_starter_monthly price. The catalog keeps a named price fresh
+// itself (a change of the amount must name a new price or null it, CheckStripePriceFresh), so the
+// price is not checked at Stripe either; nulling it is how an admin asks this tool for a new one.
 Status EnsurePrices(const pc::Plan& plan, http::StripeApi* stripe,
                     const StripeSetupOptions& options, StripeSetupPlanResult* result) {
-  std::vector<WantedPrice> wanted = WantedPrices(plan);
+  std::vector<WantedPrice> wanted;
+  for (WantedPrice& w : WantedPrices(plan)) {
+    const std::optional<std::string>& named = CatalogPrice(plan, w);
+    if (named.has_value()) {
+      (w.kind == "yearly" ? result->yearly_price : result->monthly_price) = *named;
+      result->prices_kept.push_back(*named);
+    } else {
+      wanted.push_back(std::move(w));
+    }
+  }
+  if (wanted.empty()) return Status::OK();
   std::vector<std::string> keys;
   for (const WantedPrice& w : wanted) keys.push_back(w.lookup_key);
   // Looked up even for a new product: a key may still sit on a price of an older product.
@@ -125,9 +146,10 @@ Status EnsurePrices(const pc::Plan& plan, http::StripeApi* stripe,
 }
 
 Status RecordPrices(Ledger* ledger, const pc::Plan& plan, StripeSetupPlanResult* result) {
+  // Fills null ids only (EnsurePrices): a named one is never replaced.
   auto wanted = [](const std::string& id, const std::optional<std::string>& current)
       -> std::optional<std::string> {
-    if (id.empty() || (current.has_value() && *current == id)) return std::nullopt;
+    if (id.empty() || current.has_value()) return std::nullopt;
     return id;
   };
   std::optional<std::string> monthly = wanted(result->monthly_price, plan.stripe_price_monthly);
@@ -226,6 +248,9 @@ std::string FormatStripeSetupReport(const StripeSetupReport& report, bool dry_ru
         << (plan.product_created ? std::string(" (") + create + ")" : " (exists)");
     if (!plan.monthly_price.empty()) out << ", monthly/fee price " << plan.monthly_price;
     if (!plan.yearly_price.empty()) out << ", yearly price " << plan.yearly_price;
+    if (!plan.prices_kept.empty()) {
+      out << ", " << plan.prices_kept.size() << " named in the catalog (kept)";
+    }
     out << ", " << plan.prices_created.size() << " price(s) " << create;
     if (!dry_run) out << (plan.catalog_updated ? ", catalog updated" : ", catalog unchanged");
     out << "\n";

@@ -196,6 +196,55 @@ TEST_F(StripeSetupTest, AChangedPriceGetsANewStripePriceAndTheLookupKey) {
   EXPECT_EQ(posts[0].Param("transfer_lookup_key"), "true");
 }
 
+// CONTRACT §4: price ids are set by admins or by stripe-setup. An id the catalog names is the
+// admin's choice and is kept; stripe-setup fills the null ones only.
+TEST_F(StripeSetupTest, APriceTheCatalogNamesIsKept) {
+  ASSERT_TRUE(pc::SeedPlanCatalog(ledger_.get(), nullptr).ok());
+  fake_.AddProduct("prod_admin", "Starter (made in the Dashboard)");
+  FakeStripe::Price admin_price;
+  admin_price.id = "price_admin";
+  admin_price.product = "prod_admin";
+  admin_price.unit_amount = 1900;
+  admin_price.interval = "month";
+  fake_.AddPrice(admin_price);
+  pc::PlanInput input;
+  input.plan = Plan("starter");
+  input.given.set();
+  input.plan.stripe_price_monthly = "price_admin";
+  pc::UpdatePlan update(input, pc::Actor::Admin("root", ""));
+  ASSERT_TRUE(ledger_->Submit(&update).status.ok());
+
+  StripeSetupReport report;
+  Status s = Run(&report);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  pc::Plan starter = Plan("starter");
+  EXPECT_EQ(starter.stripe_price_monthly, "price_admin");
+  ASSERT_TRUE(starter.stripe_price_yearly.has_value());  // the null one is filled
+  for (const auto& post : fake_.RequestsTo("POST", "/v1/prices")) {
+    EXPECT_NE(post.Param("lookup_key"), "ledgerd_starter_monthly");
+  }
+  EXPECT_EQ(report.prices_created, 6u);
+  const StripeSetupPlanResult* result = nullptr;
+  for (const auto& plan : report.plans) {
+    if (plan.plan_id == "starter") result = &plan;
+  }
+  ASSERT_NE(result, nullptr);
+  EXPECT_EQ(result->monthly_price, "price_admin");
+  EXPECT_EQ(result->prices_kept, (std::vector<std::string>{"price_admin"}));
+  EXPECT_EQ(result->prices_created, (std::vector<std::string>{*starter.stripe_price_yearly}));
+  std::string text = FormatStripeSetupReport(report, false);
+  EXPECT_NE(text.find("monthly/fee price price_admin, yearly price " +
+                      *starter.stripe_price_yearly + ", 1 named in the catalog (kept)"),
+            std::string::npos)
+      << text;
+
+  // Named prices are kept without a call to Stripe: a plan that names both asks for nothing.
+  fake_.ClearRequests();
+  ASSERT_TRUE(Run(&report).ok());
+  EXPECT_EQ(fake_.RequestsTo("GET", "/v1/prices").size(), 0u);
+  EXPECT_EQ(Plan("starter").stripe_price_monthly, "price_admin");
+}
+
 TEST_F(StripeSetupTest, StripeFailuresAreRetriedWithTheSameKeyAndARerunFinishes) {
   fake_.InjectFault(FakeStripe::Fault::kServerError, 1, "POST", "/v1/prices");
   StripeSetupReport report;
