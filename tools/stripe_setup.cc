@@ -47,17 +47,42 @@ std::vector<WantedPrice> WantedPrices(const pc::Plan& plan) {
   return wanted;
 }
 
-// The idempotency key of a set-up POST: a digest of its exact parameters, so the same request
-// always reuses its key and a different one never collides with it.
-std::string SetupKey(std::string_view operation, const http::FormParams& form) {
-  return http::StripeIdempotencyKey(operation, kActorName, http::FormUrlEncode(form));
+// The idempotency key of a set-up POST: a digest of its exact parameters and of the position of
+// the plan's last event, the catalog state that asked for it. A retry, or a rerun after a crash
+// before the price was recorded, reuses its key; a creation the catalog asks for again after a
+// change does not: from the parameters alone, starter's monthly price changed 1900 → 2900 → 1900
+// → 2900 (the stale price nulled each time) would be sent the second run's key within Stripe's
+// 24 h window, replaying a price that no longer holds the lookup key -- recorded, and reported
+// as created though nothing was.
+std::string SetupKey(std::string_view operation, Position plan_event,
+                     const http::FormParams& form) {
+  return http::StripeIdempotencyKey(
+      operation, kActorName,
+      std::to_string(plan_event.value()) + "\n" + http::FormUrlEncode(form));
+}
+
+// The position of the plan's last event (plan.created/updated/retired.v1), read by its subject.
+Status LastPlanEvent(const Ledger& ledger, const std::string& plan_id, Position* out) {
+  constexpr size_t kPage = 64;
+  EventFilter filter;
+  filter.subject = pc::PlanSubject(plan_id);
+  Position after(0);
+  std::vector<Event> page;
+  do {
+    page.clear();
+    LEDGER_RETURN_IF_ERROR(ledger.ReadEvents(after, kPage, filter, &page));
+    if (!page.empty()) after = page.back().position;
+  } while (page.size() == kPage);
+  *out = after;
+  return Status::OK();
 }
 
 void Progress(const StripeSetupOptions& options, const std::string& line) {
   if (options.progress != nullptr) *options.progress << "stripe-setup: " << line << "\n";
 }
 
-Status EnsureProduct(const pc::Plan& plan, http::StripeApi* stripe,
+// `plan_event`: LastPlanEvent, for the keys of what is created (SetupKey).
+Status EnsureProduct(const pc::Plan& plan, Position plan_event, http::StripeApi* stripe,
                      const StripeSetupOptions& options, StripeSetupPlanResult* result) {
   result->product_id = http::StripeProductIdForPlan(plan.id);
   http::StripeProduct product;
@@ -78,8 +103,10 @@ Status EnsureProduct(const pc::Plan& plan, http::StripeApi* stripe,
   params.name = plan.display_name;
   params.description = plan.description;
   params.metadata = {{kPlanMetadataKey, plan.id}};
-  return stripe->CreateProduct(params, SetupKey("setup_product", http::HttpStripeClient::ProductForm(params)),
-                               &product);
+  return stripe->CreateProduct(
+      params,
+      SetupKey("setup_product", plan_event, http::HttpStripeClient::ProductForm(params)),
+      &product);
 }
 
 // The catalog's price id for one wanted price (the trial's fee is its stripe_price_monthly).
@@ -93,7 +120,7 @@ const std::optional<std::string>& CatalogPrice(const pc::Plan& plan, const Wante
 // replace it with its own ledgerd_starter_monthly price. The catalog keeps a named price fresh
 // itself (a change of the amount must name a new price or null it, CheckStripePriceFresh), so the
 // price is not checked at Stripe either; nulling it is how an admin asks this tool for a new one.
-Status EnsurePrices(const pc::Plan& plan, http::StripeApi* stripe,
+Status EnsurePrices(const pc::Plan& plan, Position plan_event, http::StripeApi* stripe,
                     const StripeSetupOptions& options, StripeSetupPlanResult* result) {
   std::vector<WantedPrice> wanted;
   for (WantedPrice& w : WantedPrices(plan)) {
@@ -136,7 +163,9 @@ Status EnsurePrices(const pc::Plan& plan, http::StripeApi* stripe,
       params.metadata = {{kPlanMetadataKey, plan.id}};
       http::StripePrice created;
       LEDGER_RETURN_IF_ERROR(stripe->CreatePrice(
-          params, SetupKey("setup_price", http::HttpStripeClient::PriceForm(params)), &created));
+          params,
+          SetupKey("setup_price", plan_event, http::HttpStripeClient::PriceForm(params)),
+          &created));
       price_id = created.id;
       result->prices_created.push_back(price_id);
     }
@@ -188,8 +217,10 @@ Status SetUpStripeCatalog(Ledger* ledger, http::StripeApi* stripe,
     }
     StripeSetupPlanResult result;
     result.plan_id = plan.id;
-    LEDGER_RETURN_IF_ERROR(EnsureProduct(plan, stripe, options, &result));
-    LEDGER_RETURN_IF_ERROR(EnsurePrices(plan, stripe, options, &result));
+    Position plan_event(0);  // a dry run creates nothing, so it needs no key
+    if (!options.dry_run) LEDGER_RETURN_IF_ERROR(LastPlanEvent(*ledger, plan.id, &plan_event));
+    LEDGER_RETURN_IF_ERROR(EnsureProduct(plan, plan_event, stripe, options, &result));
+    LEDGER_RETURN_IF_ERROR(EnsurePrices(plan, plan_event, stripe, options, &result));
     if (!options.dry_run) LEDGER_RETURN_IF_ERROR(RecordPrices(ledger, plan, &result));
     report->products_created += result.product_created ? 1 : 0;
     report->prices_created += result.prices_created.size();

@@ -13,8 +13,9 @@
 //     with the right product, amount, currency and interval and is active is used as is; otherwise
 //     a new price is created with `transfer_lookup_key=true`, which moves the key to it (the old
 //     price keeps billing its existing subscribers — Stripe prices are immutable).
-//   - Every POST carries an Idempotency-Key derived from its exact parameters, so a rerun after a
-//     crash or a network error cannot create duplicates.
+//   - Every POST carries an Idempotency-Key derived from its exact parameters and the position of
+//     the plan's last event, so a retry or a rerun after a crash cannot create duplicates, while
+//     a creation asked for again after a catalog change is not answered with an old one.
 //   - The trial plan (trial_days > 0) gets a ONE-TIME price of its price_monthly_cents (the $1
 //     fee), recorded as its stripe_price_monthly; see http/stripe_plans.h for how checkout uses it.
 //   - SetPlanStripePrices appends plan.updated.v1 only when a null id is filled.

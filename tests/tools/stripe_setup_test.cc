@@ -196,6 +196,53 @@ TEST_F(StripeSetupTest, AChangedPriceGetsANewStripePriceAndTheLookupKey) {
   EXPECT_EQ(posts[0].Param("transfer_lookup_key"), "true");
 }
 
+// Price changes back and forth within Stripe's 24 h idempotency window, each nulling the stale
+// price for stripe-setup to replace: every run creates the price it reports (the fake replays a
+// key it has seen, as Stripe does), and the one recorded holds the lookup key.
+TEST_F(StripeSetupTest, APriceChangedBackAndForthGetsANewPriceEachTime) {
+  StripeSetupReport report;
+  ASSERT_TRUE(Run(&report).ok());
+  for (int64_t cents : {2900, 1900, 2900}) {
+    SCOPED_TRACE(cents);
+    pc::PlanInput input;
+    input.plan = Plan("starter");
+    input.given.set();
+    input.plan.price_monthly_cents = cents;
+    input.plan.stripe_price_monthly.reset();
+    pc::UpdatePlan update(input, pc::Actor::Admin("root", ""));
+    ASSERT_TRUE(ledger_->Submit(&update).status.ok());
+    const size_t prices_before = fake_.prices().size();
+    Status s = Run(&report);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    EXPECT_EQ(report.prices_created, 1u);
+    EXPECT_EQ(fake_.prices().size() - prices_before, report.prices_created);
+    pc::Plan starter = Plan("starter");
+    ASSERT_TRUE(starter.stripe_price_monthly.has_value());
+    const FakeStripe::Price recorded = PricesById().at(*starter.stripe_price_monthly);
+    EXPECT_EQ(recorded.unit_amount, cents);
+    EXPECT_EQ(recorded.lookup_key, "ledgerd_starter_monthly");
+  }
+
+  // A rerun of a failed run, the catalog unchanged, sends the same key (Stripe may have made the
+  // price before the answer was lost).
+  pc::PlanInput input;
+  input.plan = Plan("starter");
+  input.given.set();
+  input.plan.price_monthly_cents = 1900;
+  input.plan.stripe_price_monthly.reset();
+  pc::UpdatePlan update(input, pc::Actor::Admin("root", ""));
+  ASSERT_TRUE(ledger_->Submit(&update).status.ok());
+  fake_.ClearRequests();
+  fake_.InjectFault(FakeStripe::Fault::kServerError, 3, "POST", "/v1/prices");  // every attempt
+  EXPECT_EQ(Run(&report).problem(), "stripe_error");
+  ASSERT_TRUE(Run(&report).ok());
+  auto posts = fake_.RequestsTo("POST", "/v1/prices");
+  ASSERT_EQ(posts.size(), 4u);
+  EXPECT_TRUE(posts[0].faulted);
+  EXPECT_FALSE(posts[3].faulted);
+  EXPECT_EQ(posts[3].idempotency_key, posts[0].idempotency_key);
+}
+
 // CONTRACT §4: price ids are set by admins or by stripe-setup. An id the catalog names is the
 // admin's choice and is kept; stripe-setup fills the null ones only.
 TEST_F(StripeSetupTest, APriceTheCatalogNamesIsKept) {
