@@ -111,6 +111,9 @@ Status ValidateFeatures(const std::vector<std::string>& features) {
   return Status::OK();
 }
 
+constexpr char kDisplayTextRule[] =
+    "text without control characters (a line break included) or bidirectional overrides";
+
 // ---- JSON → Plan ------------------------------------------------------------------------------
 
 enum class ParseMode { kStored, kInput };
@@ -141,6 +144,20 @@ Status CheckNamedStripePriceIds(const Plan& plan,
 
 Status CheckInputOnlyRules(const Plan& plan,
                            const std::function<bool(std::string_view)>& named) {
+  // The plans page shows these to everyone (GET /plans) and stripe-setup sends the name to Stripe
+  // as the product's: text without control characters or bidirectional overrides, as a BYOK key's
+  // label (IsDisplayText): "Pro\u0000\n\u202e" in JSON escapes would be shown as it is.
+  for (auto [field, text] : {std::pair{"display_name", &plan.display_name},
+                             std::pair{"description", &plan.description}}) {
+    if (named(field) && !IsDisplayText(*text)) {
+      return Invalid(std::string(field) + ": " + kDisplayTextRule);
+    }
+  }
+  for (size_t i = 0; i < plan.features.size() && named("features"); ++i) {
+    if (!IsDisplayText(plan.features[i])) {
+      return Invalid("features[" + std::to_string(i) + "]: " + kDisplayTextRule);
+    }
+  }
   if (plan.trial_days > 0 && plan.limit_window == LimitWindow::kMonth &&
       (named("limit_window") || named("trial_days"))) {
     return Invalid("limit_window: a trial's quota is per day (metering counts trial days)");

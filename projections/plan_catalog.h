@@ -115,7 +115,10 @@ Status ParsePlanJson(std::string_view json, Plan* out);
 //
 // Either way the plan (a PUT's merged result, when the PUT names a price) must be sellable: free
 // (monthly 0, yearly 0 or null) or paid in every cycle it sells (no 0 beside a non-zero price),
-// and a trial has no yearly price -- 422 validation_failed.
+// and a trial has no yearly price -- 422 validation_failed. A display_name, description or
+// features the request names is text people read (IsDisplayText: no control characters, no
+// bidirectional overrides), else 422 validation_failed naming the field; a stored plan from
+// before that rule still reads.
 struct PlanInput {
   Plan plan;  // POST: the whole plan; PUT: only the fields in `given` mean anything
   std::bitset<16> given;  // by index in the plan's field list (PlanFieldIndex)

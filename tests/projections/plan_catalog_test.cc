@@ -499,6 +499,51 @@ TEST(PlanCommandsTest, CatalogSizeIsBounded) {
   EXPECT_EQ(s.problem(), "plan_catalog_full");
 }
 
+// The plans page (public GET /plans) and Stripe's product name show these as they are: control
+// characters and bidirectional overrides are refused (IsDisplayText), naming the field.
+TEST(PlanCommandsTest, PlanTextIsWithoutControlOrBidiCharacters) {
+  for (const auto& [body, field] : std::vector<std::pair<std::string, std::string>>{
+           {Replace(Body(), R"("Team")", R"("Pro\u0000\n\u202e")"), "display_name: "},
+           {Replace(Body(), R"("Team")", R"("Team\u0085")"), "display_name: "},  // C1 (NEL)
+           {Replace(Body(), R"("Team")", R"("Team\n")"), "display_name: "},
+           {Body(R"("description":"Best \u202eplan")"), "description: "},
+           {Body(R"("description":"\u2066x\u2069")"), "description: "},
+           {Body(R"("features":["ok","a\u0007b"])"), "features[1]: "},
+           {Body(R"("features":["\u007f"])"), "features[0]: "}}) {
+    PlanInput input;
+    Status s = ParsePlanInput(body, "", &input);
+    EXPECT_EQ(s.code(), Code::kUnprocessable) << body;
+    EXPECT_EQ(s.problem(), "validation_failed") << body;
+    EXPECT_EQ(s.message().rfind(field, 0), 0u) << body << " -> " << s.ToString();
+  }
+  PlanInput fine;
+  EXPECT_TRUE(ParsePlanInput(Body(R"("description":"\u00c9quipe \u2014 \u65e5\u672c")"), "",
+                             &fine)
+                  .ok());
+
+  // The commands check it too (a POST's plan, a PUT's named field); nothing is appended.
+  Harness h;
+  Plan bad = ParsedBody();
+  bad.display_name = "Team\xe2\x80\xae";  // U+202E
+  CreatePlan create_bad(bad, TestAdmin());
+  Decision d;
+  EXPECT_EQ(h.Run(&create_bad, &d).message().rfind("display_name: ", 0), 0u);
+  CreatePlan create(ParsedBody(), TestAdmin());
+  h.MustRun(&create);
+  PlanInput input;
+  ASSERT_TRUE(ParsePlanInput(R"({"features":["fine","\u001b[31mred"]})", "team", &input).ok());
+  UpdatePlan update(input, TestAdmin());
+  Status s = h.Run(&update, &d);
+  EXPECT_EQ(s.problem(), "validation_failed") << s.ToString();
+  EXPECT_EQ(s.message().rfind("features[1]: ", 0), 0u) << s.ToString();
+  EXPECT_EQ(h.events().size(), 1u);
+
+  // A stored plan from before the rule still reads (the fold's rule is the wider one).
+  Plan stored;
+  EXPECT_TRUE(ParsePlanJson(PlanToJson(bad), &stored).ok());
+  EXPECT_EQ(stored.display_name, bad.display_name);
+}
+
 // A PUT names what changes; the rest of the plan stays as stored (fixing a typo must not take
 // BYOK, seats or features away from the plan's subscribers).
 TEST(PlanCommandsTest, UpdateChangesOnlyTheFieldsGiven) {
