@@ -77,9 +77,10 @@ struct StripeSetupRunOptions {
 };
 
 // Opens `data_dir` for writing (created if missing) -- a dry run only reads it, beside a running
-// ledgerd too, and creates nothing -- builds the HTTP client and runs SetUpStripeCatalog. Errors: kInvalidArgument (no key, bad base URL), kIOError/kUnavailable
-// (the directory is locked by a running ledgerd, or storage failed), Stripe's errors
-// (kBadGateway, kUnavailable; see http/stripe_client.h).
+// ledgerd too, and creates nothing -- builds the HTTP client and runs SetUpStripeCatalog.
+// Errors: kInvalidArgument (no key, bad base URL), kIOError/kUnavailable (the directory is locked
+// by a running ledgerd, or storage failed), Stripe's errors (kBadGateway, kUnavailable; see
+// http/stripe_client.h).
 Status RunStripeSetup(const StripeSetupRunOptions& options, StripeSetupReport* report);
 
 // Human-readable summary, one line per plan and a total line.

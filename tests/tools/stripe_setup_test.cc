@@ -319,7 +319,8 @@ TEST_F(StripeSetupTest, StripeFailuresAreRetriedWithTheSameKeyAndARerunFinishes)
   client_options.sleep = [](int64_t) {};
   std::unique_ptr<http::HttpStripeClient> client;
   ASSERT_TRUE(http::HttpStripeClient::Create(client_options, &client).ok());
-  fresh.InjectFault(FakeStripe::Fault::kServerError, 3, "POST", "/v1/prices");  // one call's attempts
+  // One call's attempts.
+  fresh.InjectFault(FakeStripe::Fault::kServerError, 3, "POST", "/v1/prices");
   StripeSetupReport failed;
   Status s = SetUpStripeCatalog(second.get(), client.get(), {}, &failed);
   EXPECT_EQ(s.problem(), "stripe_error");
