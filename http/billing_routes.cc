@@ -988,12 +988,16 @@ Status ItemToChange(const StateReader& state, const StripeSubscription& before,
                             "of the catalog): subscribe to one through "
                             "/api/v1/billing/checkout/create");
   }
-  // Same price and already tagged with the plan: nothing to do. (Same price with another tag is
-  // the trial -> Starter case: only the plan tag changes.)
+  // Same price: nothing to do -- what decides is the price Stripe bills, not the plan_id tag. A
+  // trial that converted by itself (checkout tagged it "trial", Stripe moved it to Starter's
+  // price at the trial's end, the tag stayed) or a Dashboard subscription with no tag, changed
+  // to Starter, was sent to Stripe and recorded as a change from Starter to Starter. While
+  // Stripe still calls it trialing, the same price under another tag is the trial -> Starter
+  // case: the change ends the trial now (only the tag and trial_end change).
   *from_price = (*item)->price_id;
   auto tagged = before.metadata.find("plan_id");
-  if ((*item)->price_id == price_id && tagged != before.metadata.end() &&
-      tagged->second == plan.id) {
+  const bool tagged_with_plan = tagged != before.metadata.end() && tagged->second == plan.id;
+  if ((*item)->price_id == price_id && (tagged_with_plan || !*end_trial)) {
     auto request = before.metadata.find(kChangeRequestMetadata);
     auto from = before.metadata.find(kChangeFromPriceMetadata);
     if (request != before.metadata.end() && request->second == stripe_key &&

@@ -1529,6 +1529,50 @@ TEST_F(BillingRoutesTest, AnUpgradeDuringTheTrialEndsTheTrial) {
   EXPECT_EQ(posts[3].params, posts[2].params);
 }
 
+// The plan a subscription is on is the price Stripe bills, not its plan_id tag: a trial that
+// converted by itself keeps checkout's tag "trial" on Starter's price (status active). Choosing
+// Starter went to Stripe, spent a Stripe call and recorded a change from Starter to Starter.
+TEST_F(BillingRoutesTest, ATrialThatConvertedIsAlreadyOnStarter) {
+  GiveAliceASubscription("active", "price_starter_monthly", "trial");
+  const uint64_t head = Head();
+  for (const char* body : {R"({"plan_id":"starter"})",
+                           R"({"plan_id":"starter","billing_cycle":"monthly"})"}) {
+    SCOPED_TRACE(body);
+    ExpectProblem(Alice().Post(kUpgrade, body), 409, "already_on_plan");
+  }
+  EXPECT_EQ(Head(), head);
+  EXPECT_TRUE(fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice").empty());
+  // Another plan is still a change.
+  ASSERT_EQ(Alice().Post(kUpgrade, R"({"plan_id":"professional"})").status, 200);
+  EXPECT_EQ(fake_.GetSubscription("sub_alice")->price_id, "price_professional_monthly");
+}
+
+// The same for a subscription made in the Dashboard or by a Payment Link: no plan_id tag.
+TEST_F(BillingRoutesTest, AnUntaggedSubscriptionIsAlreadyOnItsPricesPlan) {
+  GiveAliceASubscription("active", "price_professional_yearly", std::nullopt);
+  const uint64_t head = Head();
+  ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"professional"})"), 409, "already_on_plan");
+  EXPECT_EQ(Head(), head);
+  EXPECT_TRUE(fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice").empty());
+}
+
+// While the trial runs, choosing Starter (the price it already has) is a change: it ends the
+// trial now, so Starter's month is invoiced (the trial -> Starter case; README: a change during
+// the trial ends the trial).
+TEST_F(BillingRoutesTest, ChoosingStarterDuringTheTrialEndsTheTrial) {
+  GiveAliceASubscription("trialing", "price_starter_monthly", "trial");
+  HttpReply r = Alice().Post(kUpgrade, R"({"plan_id":"starter"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  auto posts = fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice");
+  ASSERT_EQ(posts.size(), 1u);
+  const FormParams& params = posts[0].params;
+  EXPECT_NE(std::find(params.begin(), params.end(), std::make_pair(std::string("trial_end"),
+                                                                   std::string("now"))),
+            params.end());
+  EXPECT_EQ(fake_.GetSubscription("sub_alice")->status, "active");
+  EXPECT_EQ(fake_.GetSubscription("sub_alice")->metadata.at("plan_id"), "starter");
+}
+
 // A change Stripe invoices at once (the trial's end, another interval) is made only if that
 // invoice is paid: with Stripe's default payment_behavior a declined card would leave the
 // subscription on the new plan, past_due, usable through the whole dunning period.
