@@ -7,12 +7,17 @@
 //   GET    /api/v1/subscriptions/services                         public
 // Reads answer from one Ledger::Snapshot() (X-Ledger-Position = its position); writes go through
 // the writer as projections/plan_catalog.h commands, recorded with the admin's identity, with
-// Idempotency-Key support. Bad input is a 400/422 problem and appends nothing.
+// Idempotency-Key support. Bad input is a 400/422 problem and appends nothing. With Stripe
+// configured, a Stripe price a POST or PUT names anew is read from Stripe first (GET
+// /v1/prices/{id}) and must bill what the plan sells (409 stripe_price_mismatch; Stripe
+// unreachable: 502/503, nothing appended).
+#include <memory>
 #include <string>
 
 #include "http/idempotency.h"
 #include "http/problem.h"
 #include "http/routes.h"
+#include "http/stripe_client.h"
 #include "projections/plan_catalog.h"
 
 namespace ledger::http {
@@ -81,6 +86,40 @@ void Submit(const AppContext& context, const httplib::Request& req, const Identi
   WriteCommandResult(result, &res);
 }
 
+// What Stripe says of each price `plan` names that `before` (null: a new plan) did not, for the
+// command to compare with the plan (its decider does no I/O): an id alone was taken as given,
+// and a $49 monthly price named as a plan's stripe_price_yearly billed its yearly subscribers
+// every month. nullopt without Stripe (dev). A retry of a request already recorded is answered
+// from its Idempotency-Key's record first, without asking Stripe. False after writing the
+// answer: that record, or Stripe's failure (502/503; nothing appended).
+bool ReadNamedStripePrices(const AppContext& context, const httplib::Request& req,
+                           const Identity& identity, const char* route_name, const pc::Plan& plan,
+                           const pc::Plan* before, pc::StripePricesAtStripe* out,
+                           httplib::Response& res) {
+  out->reset();
+  if (context.stripe == nullptr) return true;
+  if (AnswerStoredRetry(context.ledger, req, route_name, identity, &res)) return false;
+  out->emplace();
+  for (const auto& [field, id] : pc::NewlyNamedStripePrices(plan, before)) {
+    StripePrice price;
+    Status s = context.stripe->GetPrice(id, &price);
+    if (!s.ok() && !s.IsNotFound()) {
+      WriteStatusProblem(s, &res);
+      return false;
+    }
+    pc::StripePriceAtStripe seen;
+    seen.id = id;
+    seen.exists = s.ok();
+    seen.active = price.active;
+    seen.currency = price.currency;
+    seen.unit_amount = price.unit_amount_or_none;
+    seen.interval = price.interval;
+    seen.interval_count = price.interval_count;
+    (*out)->push_back(std::move(seen));
+  }
+  return true;
+}
+
 void CreatePlan(const AppContext& context, const httplib::Request& req, const Identity& identity,
                 httplib::Response& res) {
   if (!RequireLedger(context.ledger, res)) return;
@@ -90,8 +129,13 @@ void CreatePlan(const AppContext& context, const httplib::Request& req, const Id
     WriteStatusProblem(s, &res);
     return;
   }
+  pc::StripePricesAtStripe at_stripe;
+  if (!ReadNamedStripePrices(context, req, identity, kPlansName, input.plan, nullptr, &at_stripe,
+                             res)) {
+    return;
+  }
   const std::string location = std::string(kPlansPattern) + "/" + input.plan.id;
-  pc::CreatePlan command(std::move(input.plan), AdminActor(identity));
+  pc::CreatePlan command(std::move(input.plan), AdminActor(identity), std::move(at_stripe));
   Submit(context, req, identity, kPlansName, &command, res);
   if (res.status == 201) res.set_header("Location", location);
 }
@@ -105,7 +149,29 @@ void UpdatePlan(const AppContext& context, const httplib::Request& req, const Id
     WriteStatusProblem(s, &res);
     return;
   }
-  pc::UpdatePlan command(std::move(input), AdminActor(identity));
+  // The Stripe price ids the plan will name, from the stored plan and the body's: the writer
+  // merges them again, and refuses (stripe_price_unchecked) a price named anew that was not read
+  // here (another change came in between). A plan that is missing is the command's 404.
+  pc::Plan current;
+  std::unique_ptr<ReadView> view = context.ledger->Snapshot();
+  s = pc::GetPlan(*view, input.plan.id, &current);
+  if (!s.ok() && !s.IsNotFound()) {
+    WriteStatusProblem(s, &res);
+    return;
+  }
+  pc::Plan named = current;
+  if (input.Given("stripe_price_monthly")) {
+    named.stripe_price_monthly = input.plan.stripe_price_monthly;
+  }
+  if (input.Given("stripe_price_yearly")) {
+    named.stripe_price_yearly = input.plan.stripe_price_yearly;
+  }
+  pc::StripePricesAtStripe at_stripe;
+  if (!ReadNamedStripePrices(context, req, identity, kPlanName, named,
+                             s.ok() ? &current : &named, &at_stripe, res)) {
+    return;
+  }
+  pc::UpdatePlan command(std::move(input), AdminActor(identity), std::move(at_stripe));
   Submit(context, req, identity, kPlanName, &command, res);
 }
 

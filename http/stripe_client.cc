@@ -276,8 +276,10 @@ Status ParsePrice(const rapidjson::Value& doc, StripePrice* out) {
   out->lookup_key = std::string(StringMember(doc, "lookup_key"));
   if (const rapidjson::Value* recurring = ObjectMember(doc, "recurring")) {
     out->interval = std::string(StringMember(*recurring, "interval"));
+    out->interval_count = IntMember(*recurring, "interval_count").value_or(0);
   }
-  out->unit_amount = IntMember(doc, "unit_amount").value_or(0);
+  out->unit_amount_or_none = IntMember(doc, "unit_amount");
+  out->unit_amount = out->unit_amount_or_none.value_or(0);
   out->active = BoolMember(doc, "active");
   return Status::OK();
 }
@@ -852,6 +854,17 @@ Status HttpStripeClient::CreateProduct(const StripeProductParams& params,
   out->active = BoolMember(doc, "active");
   if (out->id.empty()) return Malformed("product object");
   return Status::OK();
+}
+
+Status HttpStripeClient::GetPrice(std::string_view price_id, StripePrice* out) {
+  LEDGER_RETURN_IF_ERROR(CheckId("price", price_id));
+  rapidjson::Document doc;
+  Status s = impl_->Call("GET", "/v1/prices/" + std::string(price_id), nullptr, "", &doc);
+  if (s.problem() == "stripe_resource_missing") {
+    return Status::NotFound("Stripe has no price " + std::string(price_id));
+  }
+  LEDGER_RETURN_IF_ERROR(s);
+  return ParsePrice(doc, out);
 }
 
 Status HttpStripeClient::FindPricesByLookupKeys(const std::vector<std::string>& lookup_keys,

@@ -106,7 +106,10 @@ struct StripePrice {
   std::string currency;
   std::string lookup_key;  // "" when none
   std::string interval;    // "" = one-time
-  int64_t unit_amount = 0;
+  int64_t interval_count = 0;  // recurring[interval_count]; 0 for a one-time price
+  // unit_amount; nullopt when Stripe has none (a tiered or customer-chosen price).
+  std::optional<int64_t> unit_amount_or_none;
+  int64_t unit_amount = 0;  // unit_amount_or_none, or 0
   bool active = true;
 };
 
@@ -225,6 +228,9 @@ class StripeApi {
   virtual Status GetProduct(std::string_view product_id, StripeProduct* out) = 0;
   virtual Status CreateProduct(const StripeProductParams& params, std::string_view idempotency_key,
                                StripeProduct* out) = 0;
+  // GET /v1/prices/{id}: kNotFound ("not_found") when Stripe has no such price (the admin
+  // plan routes check a price an admin names against the plan before recording it).
+  virtual Status GetPrice(std::string_view price_id, StripePrice* out) = 0;
   // GET /v1/prices?lookup_keys[]=... (at most 10 keys per Stripe call; more are split).
   virtual Status FindPricesByLookupKeys(const std::vector<std::string>& lookup_keys,
                                         std::vector<StripePrice>* out) = 0;
@@ -298,6 +304,7 @@ class HttpStripeClient final : public StripeApi {
   Status GetProduct(std::string_view product_id, StripeProduct* out) override;
   Status CreateProduct(const StripeProductParams& params, std::string_view idempotency_key,
                        StripeProduct* out) override;
+  Status GetPrice(std::string_view price_id, StripePrice* out) override;
   Status FindPricesByLookupKeys(const std::vector<std::string>& lookup_keys,
                                 std::vector<StripePrice>* out) override;
   Status CreatePrice(const StripePriceParams& params, std::string_view idempotency_key,

@@ -745,6 +745,20 @@ Status ListPlans(const StateReader& state, bool include_inactive, std::vector<Pl
   return Status::OK();
 }
 
+std::vector<std::pair<std::string_view, std::string>> NewlyNamedStripePrices(const Plan& plan,
+                                                                            const Plan* before) {
+  std::vector<std::pair<std::string_view, std::string>> named;
+  if (plan.stripe_price_monthly &&
+      (before == nullptr || before->stripe_price_monthly != plan.stripe_price_monthly)) {
+    named.emplace_back("stripe_price_monthly", *plan.stripe_price_monthly);
+  }
+  if (plan.stripe_price_yearly &&
+      (before == nullptr || before->stripe_price_yearly != plan.stripe_price_yearly)) {
+    named.emplace_back("stripe_price_yearly", *plan.stripe_price_yearly);
+  }
+  return named;
+}
+
 Status PlanForStripePrice(const StateReader& state, std::string_view price_id,
                           std::optional<std::string>* plan_id) {
   plan_id->reset();
@@ -823,6 +837,63 @@ Status CheckStripePriceFresh(const char* cycle, std::optional<int64_t> cents,
                               "or null it (and run ledgerctl stripe-setup)");
 }
 
+// An admin named a Stripe price by its id alone and nothing compared it with the plan: PUT
+// /plans/professional {"stripe_price_yearly":"price_m"}, price_m a $49 monthly price, made every
+// yearly checkout bill $49 a month. Each price the change names anew must bill what the plan
+// sells in that field, as Stripe describes it (`at_stripe`, read by the route: a decider does
+// no I/O); without Stripe (nullopt, dev) the ids are taken as given.
+Status CheckStripePricesBillThePlan(const Plan& plan, const Plan* before,
+                                    const StripePricesAtStripe& at_stripe) {
+  if (!at_stripe) return Status::OK();
+  for (const auto& [field, id] : NewlyNamedStripePrices(plan, before)) {
+    const StripePriceAtStripe* seen = nullptr;
+    for (const StripePriceAtStripe& price : *at_stripe) {
+      if (price.id == id) seen = &price;
+    }
+    const std::string named = std::string(field) + ": Stripe price '" + Truncated(id) + "' ";
+    if (seen == nullptr) {
+      // The plan changed between the route's read and this decision: the route asked Stripe
+      // about other prices than the change now names.
+      return Status::Conflict("stripe_price_unchecked",
+                              named + "was not checked at Stripe (the plan changed meanwhile); "
+                                      "send the request again");
+    }
+    auto mismatch = [&named](const std::string& what) {
+      return Status::Conflict("stripe_price_mismatch", named + what);
+    };
+    const bool yearly = field == "stripe_price_yearly";
+    // A trial's stripe_price_monthly is its one-time fee (http/stripe_plans.h).
+    const bool fee = !yearly && plan.trial_days > 0;
+    const std::string_view interval = yearly ? "year" : "month";
+    const std::optional<int64_t> cents =
+        yearly ? plan.price_yearly_cents : std::optional<int64_t>(plan.price_monthly_cents);
+    if (!seen->exists) return mismatch("does not exist at Stripe (in the configured key's mode)");
+    if (!seen->active) return mismatch("is archived (inactive) at Stripe");
+    if (!cents) return mismatch("bills a cycle the plan does not sell (price_yearly_cents null)");
+    if (seen->currency != plan.currency) {
+      return mismatch("bills in '" + Truncated(seen->currency, 8) + "', the plan in '" +
+                      plan.currency + "'");
+    }
+    if (fee && !seen->interval.empty()) {
+      return mismatch("is recurring; a trial plan's fee is a one-time price");
+    }
+    if (!fee && (seen->interval != interval || seen->interval_count != 1)) {
+      return mismatch(seen->interval.empty()
+                          ? "is a one-time price, not recurring every " + std::string(interval)
+                          : "recurs every " + std::to_string(seen->interval_count) + " " +
+                                Truncated(seen->interval, 16) + "(s), not every " +
+                                std::string(interval));
+    }
+    if (seen->unit_amount != cents) {
+      return mismatch("bills unit_amount " +
+                      (seen->unit_amount ? std::to_string(*seen->unit_amount) : "null") +
+                      ", the plan's " + (yearly ? "price_yearly_cents" : "price_monthly_cents") +
+                      " is " + std::to_string(*cents));
+    }
+  }
+  return Status::OK();
+}
+
 // What an admin's plan must be (ValidatePlan, and the rules stored plans predate).
 // `named` as CheckInputOnlyRules (a POST names every field).
 Status ValidatePlanChange(const Plan& plan, const std::function<bool(std::string_view)>& named) {
@@ -886,6 +957,7 @@ Status CreatePlan::Decide(const DecideContext& context, Decision* decision) {
   if (s.ok()) return Status::Conflict("plan_exists", "plan '" + plan_.id + "' already exists");
   if (!s.IsNotFound()) return s;
   LEDGER_RETURN_IF_ERROR(CheckStripePricesUnique(*context.state, plan_, nullptr));
+  LEDGER_RETURN_IF_ERROR(CheckStripePricesBillThePlan(plan_, nullptr, at_stripe_));
   LEDGER_RETURN_IF_ERROR(CheckConversionPlanOnSale(*context.state, plan_, /*was_active=*/false));
   size_t count = 0;
   LEDGER_RETURN_IF_ERROR(CountPlans(*context.state, &count));
@@ -932,6 +1004,7 @@ Status UpdatePlan::Decide(const DecideContext& context, Decision* decision) {
                                                current.price_yearly_cents, next.stripe_price_yearly,
                                                current.stripe_price_yearly));
   LEDGER_RETURN_IF_ERROR(CheckStripePricesUnique(*context.state, next, &current));
+  LEDGER_RETURN_IF_ERROR(CheckStripePricesBillThePlan(next, &current, at_stripe_));
   decision->http_status = 200;
   decision->body = PlanToJson(next);
   if (next == current) return Status::OK();

@@ -25,6 +25,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "events/fold.h"
@@ -181,20 +182,52 @@ Status PlanForStripePrice(const StateReader& state, std::string_view price_id,
                           std::optional<std::string>* plan_id);
 
 // ---------------------------------------------------------------------------------------------
+// Stripe prices an admin names
+
+// A Stripe price as Stripe describes it (GET /v1/prices/{id}), read by the admin plan routes
+// before the command (a decider does no I/O) and compared with the plan by it.
+struct StripePriceAtStripe {
+  std::string id;
+  bool exists = true;  // false: Stripe has no such price
+  bool active = false;
+  std::string currency;
+  std::optional<int64_t> unit_amount;  // nullopt: none (tiered, customer-chosen)
+  std::string interval;                // "month", "year", ...; "" = one-time
+  int64_t interval_count = 0;
+};
+// What Stripe said of each price a CreatePlan / UpdatePlan names; nullopt when Stripe is not
+// configured (dev: nothing to ask, the ids are taken as given).
+using StripePricesAtStripe = std::optional<std::vector<StripePriceAtStripe>>;
+
+// The Stripe price ids `plan` names that `before` (null for a new plan) did not name in the same
+// field, as {field, id}: the ones to check at Stripe.
+std::vector<std::pair<std::string_view, std::string>> NewlyNamedStripePrices(const Plan& plan,
+                                                                            const Plan* before);
+
+// ---------------------------------------------------------------------------------------------
 // Commands. Each answers Decision.body = the plan's JSON (SeedCatalog: a summary).
 
 // 201 + plan.created.v1. 409 "plan_exists" when the id exists (retired plans included);
 // 409 "conversion_plan_not_on_sale" for a trial plan (trial_days > 0) on sale while the plan it
 // converts to (kTrialConversionPlanId) is retired, free (price_monthly_cents 0) or missing;
 // 422 "plan_catalog_full" beyond limits::kPlansMax.
+// With `at_stripe` (Stripe configured), 409 "stripe_price_mismatch" (also UpdatePlan) when a
+// price the plan newly names does not bill what the plan sells in its field: missing at Stripe,
+// inactive, another currency, another unit_amount, not recurring every month
+// (stripe_price_monthly) or every year (stripe_price_yearly) -- or, for a trial plan's
+// stripe_price_monthly (its fee), not a one-time price of price_monthly_cents -- or named for a
+// cycle the plan does not sell; 409 "stripe_price_unchecked" when it names a price `at_stripe`
+// does not describe (the plan changed between the route's read and the writer: retry).
 class CreatePlan final : public Command {
  public:
-  CreatePlan(Plan plan, Actor actor) : plan_(std::move(plan)), actor_(std::move(actor)) {}
+  CreatePlan(Plan plan, Actor actor, StripePricesAtStripe at_stripe = std::nullopt)
+      : plan_(std::move(plan)), actor_(std::move(actor)), at_stripe_(std::move(at_stripe)) {}
   Status Decide(const DecideContext& context, Decision* decision) override;
 
  private:
   Plan plan_;
   Actor actor_;
+  StripePricesAtStripe at_stripe_;
 };
 
 // 200 + plan.updated.v1 (the stored plan with the given fields replaced, see PlanInput). 404 when
@@ -203,15 +236,19 @@ class CreatePlan final : public Command {
 // sale (also RetirePlan), "conversion_plan_not_on_sale" for "active":true of a retired trial plan
 // while it is not.
 // 409 "stripe_price_in_use" (also CreatePlan, SetPlanStripePrices) for a Stripe price another
-// plan names, or named before a price change replaced it (PlanForStripePrice).
+// plan names, or named before a price change replaced it (PlanForStripePrice). With `at_stripe`,
+// 409 "stripe_price_mismatch" / "stripe_price_unchecked" as CreatePlan, for the prices the
+// change names anew (a price the plan already names in that field is not asked about again).
 class UpdatePlan final : public Command {
  public:
-  UpdatePlan(PlanInput input, Actor actor) : input_(std::move(input)), actor_(std::move(actor)) {}
+  UpdatePlan(PlanInput input, Actor actor, StripePricesAtStripe at_stripe = std::nullopt)
+      : input_(std::move(input)), actor_(std::move(actor)), at_stripe_(std::move(at_stripe)) {}
   Status Decide(const DecideContext& context, Decision* decision) override;
 
  private:
   PlanInput input_;
   Actor actor_;
+  StripePricesAtStripe at_stripe_;
 };
 
 // 200 + plan.retired.v1 (the plan stays, "active": false). 404 when missing. Retiring a retired

@@ -6,8 +6,10 @@
 #include "events/ledger.h"
 #include "http/app_context.h"
 #include "http/routes.h"
+#include "http/stripe_client.h"
 #include "projections/plan_catalog.h"
 #include "projections/registry.h"
+#include "tests/support/fake_stripe.h"
 #include "tests/support/http_client.h"
 #include "tests/support/http_stack.h"
 #include "tests/support/schema_check.h"
@@ -18,6 +20,7 @@ namespace ledger::http {
 namespace {
 
 using ledger::testing::EnvelopeMatchesSchema;
+using ledger::testing::FakeStripe;
 using ledger::testing::HttpReply;
 using ledger::testing::TestHttpClient;
 using ledger::testing::TokenClaims;
@@ -36,19 +39,27 @@ class PlansRoutesTest : public ::testing::Test {
     options.folds = projections::AllFolds();
     ASSERT_TRUE(Ledger::Open(options, &ledger_).ok());
     ASSERT_TRUE(projections::SeedPlanCatalog(ledger_.get(), nullptr).ok());
+    StartServer(nullptr);
+    const int64_t now_s = static_cast<int64_t>(std::time(nullptr));
+    admin_token_ = ledger::testing::MintHs256(TokenClaims::Admin("root", now_s),
+                                              ledger::testing::kTestHs256Secret);
+    user_token_ = ledger::testing::MintHs256(TokenClaims::User("alice", now_s),
+                                             ledger::testing::kTestHs256Secret);
+  }
+
+  // The plan routes, with `stripe` as the configured Stripe (nullptr: none, as in dev).
+  void StartServer(StripeApi* stripe) {
+    stack_.Stop();
+    stack_.server.reset();
     AppContext context;
     context.ledger = ledger_.get();
+    context.stripe = stripe;
     RouteTable routes;
     AddPlanRoutes(context, &routes);
     AuthOptions auth;
     auth.jwt.hs256_secret = ledger::testing::kTestHs256Secret;
     Status s = stack_.Start(std::move(routes), auth, nullptr);
     ASSERT_TRUE(s.ok()) << s.ToString();
-    const int64_t now_s = static_cast<int64_t>(std::time(nullptr));
-    admin_token_ = ledger::testing::MintHs256(TokenClaims::Admin("root", now_s),
-                                              ledger::testing::kTestHs256Secret);
-    user_token_ = ledger::testing::MintHs256(TokenClaims::User("alice", now_s),
-                                             ledger::testing::kTestHs256Secret);
   }
 
   void TearDown() override {
@@ -84,7 +95,7 @@ class PlansRoutesTest : public ::testing::Test {
     EXPECT_EQ(reply.status, status) << reply.body;
     EXPECT_EQ(reply.Header("Content-Type"), "application/problem+json") << reply.body;
     rapidjson::Document doc = reply.Json();
-    ASSERT_TRUE(doc.IsObject()) << reply.body;
+    ASSERT_TRUE(doc.IsObject() && doc.HasMember("code") && doc["code"].IsString()) << reply.body;
     EXPECT_EQ(std::string(doc["code"].GetString()), code) << reply.body;
     EXPECT_EQ(doc["status"].GetInt(), status);
   }
@@ -304,6 +315,171 @@ TEST_F(PlansRoutesTest, IdempotencyKey) {
   EXPECT_EQ(Admin().Post(kPlans, kTeamBody, {{"Idempotency-Key", std::string(255, 'k')}}).status,
             409);  // a valid key; the plan exists
   EXPECT_EQ(Head(), 6u);
+}
+
+// With Stripe configured, a Stripe price an admin names is read from Stripe and must bill what
+// the plan sells in that field: PUT professional {"stripe_price_yearly":"price_m"}, price_m a
+// $49 monthly price, was taken as given, and every yearly checkout billed $49 a month.
+class PlansWithStripeTest : public PlansRoutesTest {
+ protected:
+  void SetUp() override {
+    PlansRoutesTest::SetUp();
+    ASSERT_TRUE(fake_.Start().ok());
+    fake_.AddProduct("prod_professional", "Professional");
+    AddPrice("price_m", 4900, "month");
+    AddPrice("price_y", 49000, "year");
+    StripeClientOptions options;
+    options.api_base = fake_.base_url();
+    options.secret_key = ledger::testing::kFakeStripeSecretKey;
+    options.read_timeout_ms = 1000;  // generous: 2 shared cores under ASan
+    options.connect_timeout_ms = 1000;
+    options.backoff_initial_ms = 1;
+    options.backoff_max_ms = 2;
+    options.sleep = [](int64_t) {};
+    ASSERT_TRUE(HttpStripeClient::Create(options, &stripe_).ok());
+    StartServer(stripe_.get());
+  }
+
+  void AddPrice(const std::string& id, int64_t cents, const std::string& interval,
+                int64_t interval_count = 1, const std::string& currency = "usd",
+                bool active = true) {
+    FakeStripe::Price price;
+    price.id = id;
+    price.product = "prod_professional";
+    price.unit_amount = cents;
+    price.interval = interval;
+    price.interval_count = interval_count;
+    price.currency = currency;
+    price.active = active;
+    fake_.AddPrice(price);
+  }
+
+  HttpReply Put(const std::string& plan_id, const std::string& body,
+                const httplib::Headers& headers = {}) {
+    return Admin().Put(std::string(kPlans) + "/" + plan_id, body, headers);
+  }
+
+  static std::string Detail(const HttpReply& reply) {
+    rapidjson::Document doc = reply.Json();
+    if (!doc.IsObject() || !doc.HasMember("detail")) return "";
+    return doc["detail"].GetString();
+  }
+
+  FakeStripe fake_;
+  std::unique_ptr<HttpStripeClient> stripe_;
+};
+
+TEST_F(PlansWithStripeTest, APriceOfAnotherIntervalIsRefused) {
+  const uint64_t head = Head();
+  HttpReply r = Put("professional", R"({"stripe_price_yearly":"price_m"})");
+  ExpectProblem(r, 409, "stripe_price_mismatch");
+  EXPECT_EQ(Detail(r),
+            "stripe_price_yearly: Stripe price 'price_m' recurs every 1 month(s), not every year");
+  EXPECT_EQ(Head(), head);
+  EXPECT_EQ(fake_.RequestsTo("GET", "/v1/prices/price_m").size(), 1u);
+
+  HttpReply ok = Put("professional", R"({"stripe_price_yearly":"price_y"})");
+  ASSERT_EQ(ok.status, 200) << ok.body;
+  EXPECT_NE(ok.body.find(R"("stripe_price_yearly":"price_y")"), std::string::npos) << ok.body;
+  EXPECT_EQ(Head(), head + 1);
+  // Named again (or the other fields changed): Stripe is not asked about it again.
+  ASSERT_EQ(Put("professional", R"({"stripe_price_yearly":"price_y","team_seats":2})").status,
+            200);
+  EXPECT_EQ(fake_.RequestsTo("GET", "/v1/prices/price_y").size(), 1u);
+}
+
+TEST_F(PlansWithStripeTest, EveryWayAPriceCanBillOtherwiseIsRefused) {
+  AddPrice("price_every_12_months", 49000, "month", 12);
+  AddPrice("price_eur", 4900, "month", 1, "eur");
+  AddPrice("price_archived", 4900, "month", 1, "usd", /*active=*/false);
+  AddPrice("price_59", 5900, "month");
+  AddPrice("price_once", 4900, "");
+  const uint64_t head = Head();
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {R"({"stripe_price_yearly":"price_every_12_months"})",
+       "stripe_price_yearly: Stripe price 'price_every_12_months' recurs every 12 month(s), not "
+       "every year"},
+      {R"({"stripe_price_monthly":"price_eur"})",
+       "stripe_price_monthly: Stripe price 'price_eur' bills in 'eur', the plan in 'usd'"},
+      {R"({"stripe_price_monthly":"price_archived"})",
+       "stripe_price_monthly: Stripe price 'price_archived' is archived (inactive) at Stripe"},
+      {R"({"stripe_price_monthly":"price_59"})",
+       "stripe_price_monthly: Stripe price 'price_59' bills unit_amount 5900, the plan's "
+       "price_monthly_cents is 4900"},
+      {R"({"stripe_price_monthly":"price_once"})",
+       "stripe_price_monthly: Stripe price 'price_once' is a one-time price, not recurring every "
+       "month"},
+      {R"({"stripe_price_monthly":"price_nowhere"})",
+       "stripe_price_monthly: Stripe price 'price_nowhere' does not exist at Stripe (in the "
+       "configured key's mode)"},
+      // Yearly and monthly swapped: each is checked against its own field.
+      {R"({"stripe_price_monthly":"price_y","stripe_price_yearly":"price_m"})",
+       "stripe_price_monthly: Stripe price 'price_y' recurs every 1 year(s), not every month"},
+  };
+  for (const auto& [body, detail] : cases) {
+    SCOPED_TRACE(body);
+    HttpReply r = Put("professional", body);
+    ExpectProblem(r, 409, "stripe_price_mismatch");
+    EXPECT_EQ(Detail(r), detail);
+  }
+  // A new plan's prices too, and its monthly price at the new amount.
+  HttpReply created = Admin().Post(
+      kPlans, R"({"id":"team","display_name":"Team","price_monthly_cents":5900,)"
+              R"("price_yearly_cents":null,"api_calls_limit":5000,"services":["chat"],)"
+              R"("stripe_price_monthly":"price_m"})");
+  ExpectProblem(created, 409, "stripe_price_mismatch");
+  EXPECT_EQ(Head(), head);
+  created = Admin().Post(
+      kPlans, R"({"id":"team","display_name":"Team","price_monthly_cents":5900,)"
+              R"("price_yearly_cents":null,"api_calls_limit":5000,"services":["chat"],)"
+              R"("stripe_price_monthly":"price_59"})");
+  ASSERT_EQ(created.status, 201) << created.body;
+  EXPECT_EQ(Head(), head + 1);
+}
+
+// A trial plan's stripe_price_monthly is its one-time fee on Starter's subscription.
+TEST_F(PlansWithStripeTest, ATrialsFeeIsAOneTimePriceOfTheFee) {
+  AddPrice("price_fee_monthly", 100, "month");
+  AddPrice("price_fee_2", 200, "");
+  AddPrice("price_fee", 100, "");
+  const uint64_t head = Head();
+  HttpReply r = Put("trial", R"({"stripe_price_monthly":"price_fee_monthly"})");
+  ExpectProblem(r, 409, "stripe_price_mismatch");
+  EXPECT_EQ(Detail(r), "stripe_price_monthly: Stripe price 'price_fee_monthly' is recurring; a "
+                       "trial plan's fee is a one-time price");
+  ExpectProblem(Put("trial", R"({"stripe_price_monthly":"price_fee_2"})"), 409,
+                "stripe_price_mismatch");
+  EXPECT_EQ(Head(), head);
+  ASSERT_EQ(Put("trial", R"({"stripe_price_monthly":"price_fee"})").status, 200);
+  EXPECT_EQ(Head(), head + 1);
+}
+
+TEST_F(PlansWithStripeTest, StripeUnreachableAppendsNothing) {
+  const uint64_t head = Head();
+  // Every attempt of the client (3) hangs past its read timeout.
+  fake_.InjectFault(FakeStripe::Fault::kHang, 3, "GET", "/v1/prices/");
+  ExpectProblem(Admin().Post(kPlans, R"({"id":"team","display_name":"Team",)"
+                                     R"("price_monthly_cents":4900,"price_yearly_cents":null,)"
+                                     R"("api_calls_limit":5000,"services":["chat"],)"
+                                     R"("stripe_price_monthly":"price_m"})"),
+                503, "stripe_unavailable");
+  fake_.InjectFault(FakeStripe::Fault::kServerError, 100, "GET", "/v1/prices/");
+  HttpReply r = Put("professional", R"({"stripe_price_yearly":"price_y"})");
+  ExpectProblem(r, 502, "stripe_error");
+  EXPECT_EQ(r.body.find(ledger::testing::kFakeStripeSecretKey), std::string::npos);
+  EXPECT_EQ(Head(), head);
+}
+
+// A retry of a recorded change is answered from its Idempotency-Key's record: Stripe is not asked
+// again (and an outage since does not turn the recorded 200 into a 503).
+TEST_F(PlansWithStripeTest, ARetryIsAnsweredFromItsRecord) {
+  const httplib::Headers key = {{"Idempotency-Key", "put-y"}};
+  ASSERT_EQ(Put("professional", R"({"stripe_price_yearly":"price_y"})", key).status, 200);
+  fake_.InjectFault(FakeStripe::Fault::kServerError, 100, "GET", "/v1/prices/");
+  HttpReply retry = Put("professional", R"({"stripe_price_yearly":"price_y"})", key);
+  EXPECT_EQ(retry.status, 200) << retry.body;
+  EXPECT_EQ(retry.Header("Idempotent-Replayed"), "true");
+  EXPECT_EQ(fake_.RequestsTo("GET", "/v1/prices/").size(), 1u);
 }
 
 }  // namespace

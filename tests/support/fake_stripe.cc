@@ -120,7 +120,7 @@ void WritePrice(Writer& w, const FakeStripe::Price& price) {
     w.StartObject();
     Str(w, "interval", price.interval);
     w.Key("interval_count");
-    w.Int(1);
+    w.Int64(price.interval_count);
     Str(w, "usage_type", "licensed");
     w.EndObject();
   }
@@ -793,6 +793,12 @@ struct FakeStripe::State {
                   })};
   }
 
+  Answer GetPrice(const std::string& id) {
+    auto it = prices.find(id);
+    if (it == prices.end()) return NoSuch("price", id);
+    return Answer{200, PriceJson(it->second)};
+  }
+
   Answer CreatePrice(const http::FormParams& params) {
     std::string unknown = UnknownParam(
         params, {{"product"}, {"unit_amount"}, {"currency"}, {"recurring", "interval"},
@@ -883,6 +889,7 @@ struct FakeStripe::State {
     if (method == "GET" && is({"v1", "products", "*"})) return GetProduct(parts[2]);
     if (method == "POST" && is({"v1", "products"})) return CreateProduct(params);
     if (method == "GET" && is({"v1", "prices"})) return ListPrices(params);
+    if (method == "GET" && is({"v1", "prices", "*"})) return GetPrice(parts[2]);
     if (method == "POST" && is({"v1", "prices"})) return CreatePrice(params);
     return Error(404, "invalid_request_error",
                  "Unrecognized request URL (" + method + ": " + path + ").");

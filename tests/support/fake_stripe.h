@@ -19,7 +19,7 @@
 //
 // Endpoints: POST /v1/checkout/sessions, POST /v1/billing_portal/sessions,
 // GET /v1/customers/{id}/payment_methods, GET|POST|DELETE /v1/subscriptions/{id},
-// GET /v1/products/{id}, POST /v1/products, GET /v1/prices, POST /v1/prices.
+// GET /v1/products/{id}, POST /v1/products, GET /v1/prices, GET /v1/prices/{id}, POST /v1/prices.
 //
 // Every request is recorded (requests()) with its parsed form/query, headers and the status it
 // got, faulted ones included, so tests can assert shapes, counts and that retries reuse the same
@@ -86,6 +86,7 @@ class FakeStripe {
     int64_t unit_amount = 0;
     std::string currency = "usd";
     std::string interval;  // "" = one-time
+    int64_t interval_count = 1;  // recurring[interval_count] (a recurring price only)
     std::string lookup_key;
     bool active = true;
     std::map<std::string, std::string> metadata;
