@@ -95,11 +95,21 @@ std::optional<std::string> UserIdOf(const Value* v) {
   return id;
 }
 
+// A plausible email, the rule of the events' schemas (customer.linked.v1,
+// subscription.checkout_completed.v1): one '@' with something before and after it, no '/',
+// space or control character, at most 320 bytes of UTF-8. Anything else is no email, as a
+// session without one is: a completed checkout whose customer_details.email was "a@" appended a
+// customer.linked.v1 and a checkout_completed.v1 that their own schemas reject (minLength 3).
 std::optional<std::string> EmailOf(const Value* v) {
   std::optional<std::string> email = Text(v, limits::kEmailBytesMax);
-  if (!email || !IsValidUtf8(*email) || email->find('/') != std::string::npos ||
-      email->find('@') == std::string::npos) {
+  if (!email || !IsValidUtf8(*email)) return std::nullopt;
+  const size_t at = email->find('@');
+  if (at == 0 || at == std::string::npos || at + 1 == email->size() ||
+      email->find('@', at + 1) != std::string::npos) {
     return std::nullopt;
+  }
+  for (char c : *email) {
+    if (c == '/' || static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) return std::nullopt;
   }
   return email;
 }
