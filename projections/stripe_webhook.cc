@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -124,6 +125,15 @@ std::optional<std::string> ShortText(const Value* v) {
 std::optional<int64_t> InRange(std::optional<int64_t> v, int64_t lo, int64_t hi) {
   if (!v || *v < lo || *v > hi) return std::nullopt;
   return v;
+}
+
+// A time in a Stripe object (Unix seconds): an integer >= 0, else nothing, as a time that is not
+// an integer is nothing. The events' schemas say minimum 0: a subscription with "trial_end":-1
+// (or an invoice with "next_payment_attempt":-1) appended a subscription.state_changed.v1 (an
+// invoice.payment_failed.v1) that its own schema refuses. Stripe never sends one; the rest of the
+// delivery still counts, as with an amount out of range.
+std::optional<int64_t> UnixTime(const Value* v) {
+  return InRange(Integer(v), 0, std::numeric_limits<int64_t>::max());
 }
 
 // An ISO 4217 code as Stripe writes it: three lowercase letters.
@@ -398,19 +408,21 @@ Status Decider::ReadSubscription(const Value* object, SubscriptionRecord* out) {
   r.currency = CurrencyCode(Path(item, {"price", "currency"}));
   if (!r.currency) r.currency = CurrencyCode(Member(object, "currency"));
   // API >= 2025-03-31 moved the billing period onto the items; older versions have it on top.
-  r.current_period_start = Integer(Member(item, "current_period_start"));
-  r.current_period_end = Integer(Member(item, "current_period_end"));
-  if (!r.current_period_start) r.current_period_start = Integer(Member(object, "current_period_start"));
-  if (!r.current_period_end) r.current_period_end = Integer(Member(object, "current_period_end"));
+  r.current_period_start = UnixTime(Member(item, "current_period_start"));
+  r.current_period_end = UnixTime(Member(item, "current_period_end"));
+  if (!r.current_period_start) {
+    r.current_period_start = UnixTime(Member(object, "current_period_start"));
+  }
+  if (!r.current_period_end) r.current_period_end = UnixTime(Member(object, "current_period_end"));
   const Value* cancel_at_period_end = Member(object, "cancel_at_period_end");
   r.cancel_at_period_end = cancel_at_period_end != nullptr && cancel_at_period_end->IsBool() &&
                            cancel_at_period_end->GetBool();
-  r.cancel_at = Integer(Member(object, "cancel_at"));
-  r.canceled_at = Integer(Member(object, "canceled_at"));
-  r.ended_at = Integer(Member(object, "ended_at"));
-  r.trial_start = Integer(Member(object, "trial_start"));
-  r.trial_end = Integer(Member(object, "trial_end"));
-  r.created = Integer(Member(object, "created"));
+  r.cancel_at = UnixTime(Member(object, "cancel_at"));
+  r.canceled_at = UnixTime(Member(object, "canceled_at"));
+  r.ended_at = UnixTime(Member(object, "ended_at"));
+  r.trial_start = UnixTime(Member(object, "trial_start"));
+  r.trial_end = UnixTime(Member(object, "trial_end"));
+  r.created = UnixTime(Member(object, "created"));
   r.metadata_user_id = UserIdOf(Path(object, {"metadata", "user_id"}));
   r.metadata_plan_id = ShortText(Path(object, {"metadata", "plan_id"}));
   r.deleted = webhook_.type == "customer.subscription.deleted";
@@ -479,7 +491,7 @@ Status Decider::InvoiceSettled(bool paid, Derivation* out) {
   r.currency = ShortText(Member(invoice, "currency"));
   r.attempt_count = Integer(Member(invoice, "attempt_count"));
   r.billing_reason = ShortText(Member(invoice, "billing_reason"));
-  r.next_payment_attempt = Integer(Member(invoice, "next_payment_attempt"));
+  r.next_payment_attempt = UnixTime(Member(invoice, "next_payment_attempt"));
   r.event_id = webhook_.event_id;
   r.event_created = webhook_.created;
 

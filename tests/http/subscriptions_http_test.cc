@@ -244,6 +244,62 @@ TEST_F(SubscriptionsHttpTest, ACheckoutEmailThatIsNoEmailIsLeftOut) {
   }
 }
 
+// A time in a Stripe object below 0 is left out, as one that is not an integer is (the rest of
+// the delivery still counts): a subscription with "trial_end":-1 appended a
+// subscription.state_changed.v1 its own schema refuses (minimum 0; TearDown checks every event),
+// and an invoice's "next_payment_attempt":-1 an invoice.payment_failed.v1 likewise.
+TEST_F(SubscriptionsHttpTest, ANegativeTimeInAStripeObjectIsLeftOut) {
+  // The data of the `type` event `body` derived.
+  auto derived = [&](const std::string& body, const std::string& type) {
+    const uint64_t before = Head();
+    HttpReply r = Deliver(body);
+    EXPECT_EQ(r.status, 200) << r.body;
+    std::vector<Event> events;
+    EXPECT_TRUE(ledger_->ReadEvents(Position(before), 10, EventFilter{}, &events).ok());
+    rapidjson::Document data;
+    for (const Event& e : events) {
+      if (e.type == type) data.Parse(e.data.c_str());
+    }
+    EXPECT_TRUE(data.IsObject()) << type << " not derived: " << r.body;
+    return data;
+  };
+  const char* kTimes[] = {"current_period_start", "current_period_end", "cancel_at",
+                          "canceled_at", "ended_at", "trial_start", "trial_end", "created"};
+  for (bool new_layout : {true, false}) {
+    StripeSubscriptionSpec sub;
+    sub.new_layout = new_layout;  // the period on the item, or on top (older API versions)
+    sub.event_id = new_layout ? "evt_negative_new" : "evt_negative_old";
+    sub.subscription_id = new_layout ? "sub_negative_new" : "sub_negative_old";
+    sub.status = "trialing";
+    sub.created = -1;
+    sub.period_start = -2;
+    sub.period_end = -3;
+    sub.cancel_at = -4;
+    sub.canceled_at = -5;
+    sub.ended_at = -6;
+    sub.trial_start = -7;
+    sub.trial_end = -1;
+    rapidjson::Document data =
+        derived(StripeSubscriptionEventJson(sub), "subscription.state_changed.v1");
+    if (!data.IsObject()) continue;
+    const rapidjson::Value& state = data["subscription"];
+    for (const char* time : kTimes) EXPECT_TRUE(state[time].IsNull()) << time;
+    EXPECT_STREQ(state["status"].GetString(), "trialing");
+    EXPECT_EQ(state["unit_amount"].GetInt64(), 1900);
+  }
+
+  ledger::testing::StripeInvoiceSpec invoice = ledger::testing::InvoiceOf(
+      "user-1", "cus_1", "sub_negative_new", "in_negative", "invoice.payment_failed",
+      "evt_negative_invoice", ledger::testing::kStripeT0 + 10);
+  invoice.next_payment_attempt = -1;
+  rapidjson::Document data =
+      derived(ledger::testing::StripeInvoiceEventJson(invoice), "invoice.payment_failed.v1");
+  if (data.IsObject()) {
+    EXPECT_TRUE(data["invoice"]["next_payment_attempt"].IsNull());
+    EXPECT_EQ(data["invoice"]["attempt_count"].GetInt64(), 1);
+  }
+}
+
 TEST_F(SubscriptionsHttpTest, DuplicatesAnswer200AndAppendNothing) {
   std::vector<std::string> lifecycle = StripeLifecycle({});
   std::vector<std::string> event_ids;

@@ -248,6 +248,7 @@ struct StripeInvoiceSpec {
   int attempt_count = 1;
   // A failure names Stripe's next attempt 3 days on; false: none (Stripe's last retry failed).
   bool retries_left = true;
+  std::optional<int64_t> next_payment_attempt;  // set: sent instead, whatever the above say
 };
 
 // An invoice event of `user`'s subscription `subscription_id` on customer `customer_id`.
@@ -283,9 +284,9 @@ inline std::string StripeInvoiceEventJson(const StripeInvoiceSpec& s) {
   Str(&w, "billing_reason", "subscription_cycle");
   Str(&w, "currency", "usd");
   Str(&w, "customer", s.customer_id);
-  OptInt(&w, "next_payment_attempt",
-         paid || !s.retries_left ? std::nullopt
-                                 : std::optional<int64_t>(s.event_created + 3 * 86400));
+  std::optional<int64_t> next_attempt = s.next_payment_attempt;
+  if (!next_attempt && !paid && s.retries_left) next_attempt = s.event_created + 3 * 86400;
+  OptInt(&w, "next_payment_attempt", next_attempt);
   if (s.new_layout) {
     w.Key("parent");
     w.StartObject();
