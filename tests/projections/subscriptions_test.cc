@@ -25,6 +25,7 @@
 namespace ledger::projections {
 namespace {
 
+using ledger::testing::EventDataMatchesSchema;
 using ledger::testing::EventMatchesSchema;
 using ledger::testing::MemoryState;
 using ledger::testing::StripeCheckoutCompletedJson;
@@ -336,6 +337,49 @@ TEST_F(SubscriptionsTest, KeepsWhatStripeBillsForTheItem) {
   ASSERT_TRUE(ParseSubscriptionRecord(json, &old).ok()) << json;
   EXPECT_EQ(old.unit_amount, std::nullopt);
   EXPECT_EQ(old.subscription_id, "sub_1");
+}
+
+// What Stripe bills (unit_amount, quantity, interval_count, currency: the MRR reads them) is in
+// every subscription.state_changed.v1 written now and in none written before ledgerd kept it.
+// The schema cannot require the four (older logs must still validate), but it holds them
+// together: an event with some and not the others validated, so a writer that dropped one (the
+// currency, say) went unnoticed by every test.
+TEST_F(SubscriptionsTest, TheBilledPriceIsInAStateChangedEventWholeOrNotAtAll) {
+  World w = Fresh();
+  StripeSubscriptionSpec spec;
+  spec.event_id = "evt_billed";
+  spec.unit_amount = std::nullopt;  // null, still there: a tiered price
+  Decision d = Deliver(&w, StripeSubscriptionEventJson(spec));
+  std::string data;
+  for (const NewEvent& e : d.events) {
+    if (e.type == kSubscriptionStateChangedV1) data = e.data;
+  }
+  ASSERT_FALSE(data.empty());
+  EXPECT_TRUE(EventDataMatchesSchema(kSubscriptionStateChangedV1, data)) << data;
+
+  const std::vector<std::string> billed = {"\"unit_amount\":null,", "\"quantity\":1,",
+                                           "\"interval_count\":1,", "\"currency\":\"usd\","};
+  auto without = [&](const std::vector<std::string>& fields) {
+    std::string json = data;
+    for (const std::string& field : fields) {
+      const size_t at = json.find(field);
+      EXPECT_NE(at, std::string::npos) << field << " in " << json;
+      if (at != std::string::npos) json.erase(at, field.size());
+    }
+    return json;
+  };
+  // Written before ledgerd kept the four: none of them, still valid.
+  std::string old = without(billed);
+  EXPECT_TRUE(EventDataMatchesSchema(kSubscriptionStateChangedV1, old)) << old;
+  // Some of the four without the others is no event ledgerd ever wrote.
+  for (const std::string& field : billed) {
+    std::string partial = without({field});
+    EXPECT_FALSE(EventDataMatchesSchema(kSubscriptionStateChangedV1, partial)) << partial;
+    std::vector<std::string> others = billed;
+    others.erase(std::find(others.begin(), others.end(), field));
+    partial = without(others);
+    EXPECT_FALSE(EventDataMatchesSchema(kSubscriptionStateChangedV1, partial)) << partial;
+  }
 }
 
 // ---- out of order, ties, terminal states ------------------------------------------------------------
