@@ -2004,6 +2004,12 @@ httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Reque
                                                             httplib::Response& res) {
   using R = httplib::Server::HandlerResponse;
   if (t_connection != nullptr) t_connection->routed = true;
+  // RFC 9110 §14.2: Range is for GETs of representations with range semantics, and no route has
+  // one; cpp-httplib would cut whatever a handler answered (a POST's receipt, as a 416 after the
+  // write was made durable) to the range asked for. Cleared before the first refusal below: a
+  // 413 for `Content-Length: 2000000` with `Range: bytes=0-9` went out as ten bytes of its
+  // problem with a Content-Range, and with `Range: bytes=100000-` as an empty 416.
+  const_cast<httplib::Request&>(req).ranges.clear();  // the connection loop's own local
   if (t_connection != nullptr && t_connection->stream->head_too_large()) {
     Reject(431, "request_header_fields_too_large", kHeadTooLarge, req, res);
     return R::Handled;
@@ -2091,10 +2097,6 @@ httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Reque
       HasBody(req)) {
     CloseAfterResponse(req);
   }
-  // RFC 9110 §14.2: Range is for GETs of representations with range semantics, and no route has
-  // one; cpp-httplib would cut whatever a handler answered (a POST's receipt, as a 416 after the
-  // write was made durable) to the range asked for.
-  const_cast<httplib::Request&>(req).ranges.clear();  // the connection loop's own local
   // RFC 9110 §7.6.1: connection options are case-insensitive tokens in a list; cpp-httplib closes
   // only on exactly "close".
   // The body was (or will be) read whole: a plain close, not the lingering one for unread bodies.

@@ -266,6 +266,46 @@ TEST_F(ServerTest, RangeIsIgnored) {
   EXPECT_EQ(get.rfind("HTTP/1.1 200 ", 0), 0u) << get;
   EXPECT_NE(get.find(R"({"hello":"world"})"), std::string::npos) << get;
   EXPECT_EQ(get.find("Content-Range"), std::string::npos) << get;
+  // Requests refused before routing too: their problems are written whole, never cut to a slice
+  // with a Content-Range (Content-Length: 2000000 with bytes=0-9 got ten bytes of the 413's
+  // problem) nor turned into an empty 416 (bytes=100000-).
+  struct Refused {
+    std::string head;  // request line and headers, without Range and the blank line
+    int status;
+    std::string code;
+  };
+  const std::vector<Refused> refused = {
+      {"POST /echo HTTP/1.1\r\nHost: x\r\nX-Spaced : a", 400, "bad_header_line"},
+      {"TRACE /echo HTTP/1.1\r\nHost: x", 501, "not_implemented"},
+      {"GET /hello HTTP/1.1\r\nHost: a b", 400, "bad_host"},
+      {"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip", 501,
+       "unsupported_transfer_encoding"},
+      {"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 2", 400,
+       "bad_framing"},
+      {"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2x", 400, "bad_content_length"},
+      {"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000", 413, "payload_too_large"},
+      {"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Encoding: gzip", 415,
+       "unsupported_content_encoding"},
+      {"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Type: multipart/form-data",
+       415, "unsupported_media_type"},
+  };
+  auto expect_whole_problem = [this](const Refused& r, const std::string& range) {
+    SCOPED_TRACE(r.code + " with Range: " + range);
+    const std::string raw = RawHttpExchange(
+        stack_.port(), r.head + "\r\nRange: " + range + "\r\n\r\n{}", 1500);
+    EXPECT_EQ(raw.rfind("HTTP/1.1 " + std::to_string(r.status) + " ", 0), 0u) << raw;
+    EXPECT_EQ(raw.find("Content-Range"), std::string::npos) << raw;
+    const size_t body = raw.find("\r\n\r\n");
+    ASSERT_NE(body, std::string::npos) << raw;
+    rapidjson::Document doc;
+    doc.Parse(raw.data() + body + 4, raw.size() - body - 4);
+    ASSERT_FALSE(doc.HasParseError()) << raw;
+    ASSERT_TRUE(doc.IsObject() && doc.HasMember("code") && doc["code"].IsString()) << raw;
+    EXPECT_EQ(std::string(doc["code"].GetString()), r.code) << raw;
+  };
+  for (const Refused& r : refused) {
+    for (const std::string range : {"bytes=0-9", "bytes=100000-"}) expect_whole_problem(r, range);
+  }
 }
 
 // RFC 9110 §7.6.1, RFC 9112 §9.6: "close" in Connection, in any case and among other options,
