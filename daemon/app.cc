@@ -5,8 +5,6 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include <spdlog/spdlog.h>
 
@@ -17,6 +15,7 @@
 #include "http/lago_client.h"
 #include "http/lago_signature.h"
 #include "http/lago_sink.h"
+#include "http/limits.h"
 #include "http/routes.h"
 #include "http/secret_box.h"
 #include "http/server.h"
@@ -28,15 +27,6 @@
 namespace ledger::daemon {
 
 namespace {
-
-Status ReadFile(const std::string& path, std::string* out) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::Make(Code::kUnprocessable, "bad_config", "cannot read " + path);
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  *out = buffer.str();
-  return Status::OK();
-}
 
 Status AsConfigError(const std::string& setting, const Status& status) {
   if (status.ok()) return status;
@@ -177,7 +167,9 @@ Status App::Impl::BuildAuthenticator() {
   } else {
     options.jwt.hs256_secret = config_.jwt_hs256_secret;
     if (!config_.jwt_jwks_file.empty()) {
-      LEDGER_RETURN_IF_ERROR(ReadFile(config_.jwt_jwks_file, &options.jwt.jwks_json));
+      LEDGER_RETURN_IF_ERROR(ReadConfigFile("LEDGER_JWT_JWKS_FILE", config_.jwt_jwks_file,
+                                            http::limits::kJwksFileBytesMax,
+                                            &options.jwt.jwks_json));
       // An empty JWKS would silently accept no token at all.
       if (options.jwt.jwks_json.empty()) {
         return AsConfigError("LEDGER_JWT_JWKS_FILE",
@@ -228,7 +220,9 @@ Status App::Impl::LoadLagoWebhookKeys() {
   context_.lago_organization_id = config_.lago_organization_id;
   if (config_.lago_webhook_public_key_file.empty()) return Status::OK();
   std::string contents;
-  LEDGER_RETURN_IF_ERROR(ReadFile(config_.lago_webhook_public_key_file, &contents));
+  LEDGER_RETURN_IF_ERROR(ReadConfigFile("LAGO_WEBHOOK_PUBLIC_KEY_FILE",
+                                        config_.lago_webhook_public_key_file,
+                                        http::limits::kLagoPublicKeyFileBytesMax, &contents));
   return AsConfigError("LAGO_WEBHOOK_PUBLIC_KEY_FILE",
                        http::LoadLagoPublicKey(contents, &context_.lago_webhook_public_key_pem));
 }

@@ -7,6 +7,8 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -633,6 +635,35 @@ Status CreateHexSecretFile(const std::string& path, size_t bytes, std::string* h
 }
 
 }  // namespace
+
+Status ReadConfigFile(std::string_view setting, const std::string& path, size_t bytes_max,
+                      std::string* contents) {
+  auto bad = [&](const std::string& what) {
+    return Status::Make(Code::kUnprocessable, "bad_config", std::string(setting) + ": " + what);
+  };
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return bad("cannot read " + path + " (" + std::strerror(errno) + ")");
+  std::string data(bytes_max + 1, '\0');
+  size_t got = 0;
+  while (got < data.size()) {
+    const ssize_t n = ::read(fd, data.data() + got, data.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int error = errno;
+      ::close(fd);
+      return bad("cannot read " + path + " (" + std::strerror(error) + ")");
+    }
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  if (got > bytes_max) {
+    return bad(path + " is too large (over " + std::to_string(bytes_max) + " bytes)");
+  }
+  data.resize(got);
+  *contents = std::move(data);
+  return Status::OK();
+}
 
 Status LoadOrCreateDevSecret(const std::string& data_dir, std::string* secret) {
   const std::string path = DevJwtSecretPath(data_dir);

@@ -101,6 +101,14 @@ Status LoadOrCreateDevSecret(const std::string& data_dir, std::string* secret);
 // when the line is under 32 bytes (a hand-made or cut file: delete it for a new one).
 Status ReadDevSecretFile(const std::string& path, std::string* secret);
 
+// Reads the file a setting names, `bytes_max` bytes at most: a larger one (or one that never
+// ends, /dev/zero) is refused after bytes_max + 1 bytes instead of being read whole (the JWKS
+// file and Lago's public key were slurped, and LEDGER_JWT_JWKS_FILE=/dev/zero grew until the
+// OOM killer came). kUnprocessable "bad_config" (exit 78) naming `setting` when the file cannot
+// be read or is too large.
+Status ReadConfigFile(std::string_view setting, const std::string& path, size_t bytes_max,
+                      std::string* contents);
+
 // A value compared byte for byte with what another system sends (an HS256 secret, a role name)
 // that holds a control character (a secret file's newline) or a blank at either end.
 bool HasControlOrEdgeBlank(std::string_view value);

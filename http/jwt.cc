@@ -9,7 +9,6 @@
 #include <rapidjson/document.h>
 
 #include <cmath>
-#include <fstream>
 
 #include "events/types.h"
 #include "http/base64.h"
@@ -391,19 +390,6 @@ Status JwtVerifier::Verify(std::string_view token, JwtClaims* claims) const {
     if (role == options_.admin_role) result.admin = true;
   }
   *claims = std::move(result);
-  return Status::OK();
-}
-
-Status ReadJwksFile(const std::string& path, std::string* json) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return BadConfig("cannot open JWKS file " + path);
-  std::string data;
-  data.resize(limits::kJwksFileBytesMax + 1);
-  in.read(data.data(), static_cast<std::streamsize>(data.size()));
-  if (in.bad()) return BadConfig("cannot read JWKS file " + path);
-  data.resize(static_cast<size_t>(in.gcount()));
-  if (data.size() > limits::kJwksFileBytesMax) return BadConfig("JWKS file too large: " + path);
-  *json = std::move(data);
   return Status::OK();
 }
 

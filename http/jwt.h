@@ -90,9 +90,6 @@ class JwtVerifier {
   std::vector<std::unique_ptr<Key>> keys_;
 };
 
-// Reads a JWKS file (at most limits::kJwksFileBytesMax bytes) into `*json`.
-Status ReadJwksFile(const std::string& path, std::string* json);
-
 // Signs `payload_json` as an HS256 JWT with header {"alg":"HS256","typ":"JWT"} (plus "kid" when
 // non-empty). Used by `ledgerctl token` and tests.
 std::string SignHs256(std::string_view payload_json, std::string_view secret,

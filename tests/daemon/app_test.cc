@@ -15,6 +15,7 @@
 #include "events/embedded_kafka.h"
 #include "events/ledger.h"
 #include "events/outbox.h"
+#include "http/limits.h"
 #include "tests/daemon/daemon_test_util.h"
 #include "tests/support/daemon_process.h"
 #include "tests/support/http_client.h"
@@ -488,6 +489,64 @@ TEST(AppTest, AnEmptyJwksFileIsAConfigError) {
   EXPECT_FALSE(s.ok());
   EXPECT_EQ(ExitCodeFor(s), kExitConfig) << s.ToString();
   EXPECT_NE(s.message().find("LEDGER_JWT_JWKS_FILE"), std::string::npos) << s.ToString();
+}
+
+// Bytes this process has read so far (rchar of /proc/self/io): what reading a file cost.
+uint64_t BytesReadSoFar() {
+  std::ifstream io("/proc/self/io");
+  std::string key;
+  uint64_t value = 0;
+  while (io >> key >> value) {
+    if (key == "rchar:") return value;
+  }
+  return 0;
+}
+
+// The JWKS file and Lago's public key are read up to their limits and no further: a larger file
+// is refused (exit 78, naming the setting) after limit + 1 bytes, instead of read whole first.
+TEST(AppTest, KeyFilesOverTheirLimitsAreRefusedUnread) {
+  TempDir dir;
+  const std::string big = dir.Sub("big");
+  WriteTextFile(big, std::string(2u << 20, 'x'));  // 2 MiB
+  struct Case {
+    const char* setting;
+    std::string Config::*file;
+    size_t limit;
+  };
+  for (const Case& c : {Case{"LEDGER_JWT_JWKS_FILE", &Config::jwt_jwks_file,
+                             http::limits::kJwksFileBytesMax},
+                        Case{"LAGO_WEBHOOK_PUBLIC_KEY_FILE", &Config::lago_webhook_public_key_file,
+                             http::limits::kLagoPublicKeyFileBytesMax}}) {
+    SCOPED_TRACE(c.setting);
+    Config config = TestConfig(dir.Sub("data"));
+    config.*c.file = big;
+    std::unique_ptr<App> app;
+    const uint64_t read_before = BytesReadSoFar();
+    Status s = App::Start(config, nullptr, &app);
+    const uint64_t read = BytesReadSoFar() - read_before;
+    EXPECT_EQ(ExitCodeFor(s), kExitConfig) << s.ToString();
+    EXPECT_NE(s.message().find(c.setting), std::string::npos) << s.ToString();
+    EXPECT_NE(s.message().find("too large"), std::string::npos) << s.ToString();
+    EXPECT_LE(read, c.limit + 64 * 1024) << "the whole file was read";
+  }
+}
+
+// A file that never ends (LEDGER_JWT_JWKS_FILE=/dev/zero grew the daemon until the OOM killer
+// came) is refused as too large.
+TEST(AppTest, AnEndlessKeyFileIsRefused) {
+  TempDir dir;
+  for (const auto& [setting, file] :
+       {std::pair{"LEDGER_JWT_JWKS_FILE", &Config::jwt_jwks_file},
+        std::pair{"LAGO_WEBHOOK_PUBLIC_KEY_FILE", &Config::lago_webhook_public_key_file}}) {
+    SCOPED_TRACE(setting);
+    Config config = TestConfig(dir.Sub("data"));
+    config.*file = "/dev/zero";
+    std::unique_ptr<App> app;
+    Status s = App::Start(config, nullptr, &app);
+    EXPECT_EQ(ExitCodeFor(s), kExitConfig) << s.ToString();
+    EXPECT_NE(s.message().find(setting), std::string::npos) << s.ToString();
+    EXPECT_NE(s.message().find("too large"), std::string::npos) << s.ToString();
+  }
 }
 
 }  // namespace
