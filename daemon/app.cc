@@ -431,6 +431,20 @@ Status App::Stop(std::chrono::milliseconds outbox_flush_timeout) {
   return impl_->Stop(outbox_flush_timeout);
 }
 
+bool App::serving() const { return impl_->server_ != nullptr && impl_->server_->serving(); }
+
+int WaitForShutdown(const App& app, const sigset_t& signals) {
+  // A dead accept loop is polled for: nothing in the server can interrupt a sigwait, and a
+  // daemon that sat in one with its port dark was never restarted (Restart=on-failure needs an
+  // exit). 100 ms of a port refusing connections is nothing next to the restart itself.
+  const timespec tick{0, 100'000'000};
+  while (app.serving()) {
+    const int received = ::sigtimedwait(&signals, nullptr, &tick);
+    if (received > 0) return received;
+  }
+  return 0;
+}
+
 int App::http_port() const { return impl_->server_ != nullptr ? impl_->server_->port() : 0; }
 
 std::string App::kafka_bootstrap() const { return impl_->kafka_bootstrap_; }

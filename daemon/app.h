@@ -4,6 +4,8 @@
 // Thread safety: Start() and Stop() from one thread; accessors from any thread after Start().
 #pragma once
 
+#include <signal.h>
+
 #include <chrono>
 #include <memory>
 #include <string>
@@ -25,6 +27,10 @@ class App {
   // `outbox_flush_timeout`, flush memtables, close the store.
   Status Stop(std::chrono::milliseconds outbox_flush_timeout);
 
+  // False once the HTTP server has stopped accepting connections on its own (an accept() failure
+  // ended its accept loop and closed the port): only a restart serves again.
+  bool serving() const;
+
   int http_port() const;
   // The embedded cluster's bootstrap address, or the configured brokers, or "" when disabled.
   std::string kafka_bootstrap() const;
@@ -35,6 +41,11 @@ class App {
   explicit App(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// ledgerd's wait once started: returns the first of `signals` (blocked in every thread) to
+// arrive, or 0 as soon as `app` has stopped serving on its own (checked every 100 ms) -- the
+// caller then stops it and exits kExitUnavailable for the supervisor to restart it.
+int WaitForShutdown(const App& app, const sigset_t& signals);
 
 // Maps a startup/shutdown failure to ledgerd's exit code: 74 storage, 78 configuration,
 // 70 anything else.

@@ -19,6 +19,8 @@ namespace ledger::daemon {
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitUsage = 64;
 inline constexpr int kExitDataError = 65;
+// ledgerd: the HTTP server stopped accepting connections on its own (EX_UNAVAILABLE).
+inline constexpr int kExitUnavailable = 69;
 inline constexpr int kExitInternal = 70;
 inline constexpr int kExitStorage = 74;
 inline constexpr int kExitConfig = 78;

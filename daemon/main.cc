@@ -1,4 +1,5 @@
-// ledgerd: parse configuration, start the App, wait for SIGTERM/SIGINT, stop in order.
+// ledgerd: parse configuration, start the App, wait for SIGTERM/SIGINT (or for the HTTP server
+// to stop accepting on its own: exit 69), stop in order.
 #include <signal.h>
 #include <sys/stat.h>
 
@@ -50,10 +51,21 @@ int main(int argc, char** argv) {
   }
   spdlog::info("ready");
 
-  int received = 0;
-  sigwait(&signals, &received);
-  spdlog::info("received {}, shutting down (send it again to exit at once)",
-               received == SIGTERM ? "SIGTERM" : "SIGINT");
+  const int received = WaitForShutdown(*app, signals);
+  int exit_code = kExitOk;
+  if (received == 0) {
+    // cpp-httplib's accept loop ended on an accept() failure (ENFILE, ENOBUFS, ENOMEM, EPROTO:
+    // it retries EMFILE alone) and closed the port. Waiting on for a signal kept the daemon
+    // "running" with nothing served, and Restart=on-failure never fired: stop as for SIGTERM
+    // (in-flight requests finish, the sinks flush) and exit 69.
+    spdlog::critical("the HTTP server stopped accepting connections; shutting down to be "
+                     "restarted (exit {})",
+                     kExitUnavailable);
+    exit_code = kExitUnavailable;
+  } else {
+    spdlog::info("received {}, shutting down (send it again to exit at once)",
+                 received == SIGTERM ? "SIGTERM" : "SIGINT");
+  }
   // A second signal ends the process at once (128 + the signal): every answered write is already
   // synced, and what the shutdown has not flushed yet is sent again from the checkpoints.
   std::thread([signals] {
@@ -70,6 +82,7 @@ int main(int argc, char** argv) {
     spdlog::critical("shutdown failed: {}", s.ToString());
     return ExitCodeFor(s);
   }
+  if (exit_code != kExitOk) return exit_code;
   spdlog::info("stopped cleanly");
   return kExitOk;
 }

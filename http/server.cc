@@ -1050,6 +1050,11 @@ class CoreServer final : public httplib::Server {
     ::close(sock);
   }
 
+  // After an accept() failure ended the accept loop: cpp-httplib closed the listening socket
+  // but kept its number, which ShutdownListener would close again at Stop() -- by then perhaps
+  // a RocksDB file or a Kafka connection opened since under the same number.
+  void ForgetClosedListener() { svr_sock_.exchange(INVALID_SOCKET); }
+
   void SetLoopRoutes(std::vector<LoopRoute> routes) { loop_routes_ = std::move(routes); }
   // The POST paths (literal) of routes that read the whole body before they can refuse anything
   // (public and signature policies: the webhooks). Nothing in the head can turn away a client
@@ -1884,7 +1889,10 @@ void HttpServer::Impl::Configure() {
 }
 
 void HttpServer::Impl::Listen() {
-  server_.listen_after_bind();
+  // cpp-httplib 0.11.4 retries accept() only on EMFILE: ENFILE, ENOBUFS, ENOMEM, EPROTO, ...
+  // close the listening socket and end the loop (false). ledgerd's main then exits 69 to be
+  // restarted (serving()).
+  if (!server_.listen_after_bind()) server_.ForgetClosedListener();
   if (!stopping.load()) {
     failed.store(true);
     spdlog::critical("http: the accept loop ended unexpectedly; no new connections are accepted");

@@ -93,7 +93,8 @@ class HttpServer {
   // The bound port (the picked one when options.port was 0). 0 before Start().
   int port() const { return port_; }
   const std::string& host() const { return options_.host; }
-  // False when the accept loop ended on its own (an accept() failure): the daemon should exit.
+  // False when the accept loop ended on its own (an accept() failure): the daemon should exit
+  // (ledgerd's main checks it while it waits for a signal, daemon/app.h WaitForShutdown).
   bool serving() const;
 
  private:

@@ -5,10 +5,14 @@
 #include <gtest/gtest.h>
 #include <sstream>
 #include <set>
+#include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <thread>
 
 #include "daemon/config.h"
@@ -489,6 +493,51 @@ TEST(AppTest, AnEmptyJwksFileIsAConfigError) {
   EXPECT_FALSE(s.ok());
   EXPECT_EQ(ExitCodeFor(s), kExitConfig) << s.ToString();
   EXPECT_NE(s.message().find("LEDGER_JWT_JWKS_FILE"), std::string::npos) << s.ToString();
+}
+
+// An accept loop that ends on its own (cpp-httplib retries accept() on EMFILE alone; here it fails
+// with EINVAL on a listening socket shut down for reading) ends ledgerd's wait for a signal:
+// main() then stops and exits 69 to be restarted, where it sat in sigwait with its port dark.
+TEST(AppTest, AnAcceptLoopThatDiesEndsTheWaitForASignal) {
+  TempDir dir;
+  std::unique_ptr<App> app;
+  Status s = App::Start(TestConfig(dir.Sub("data")), nullptr, &app);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_TRUE(app->serving());
+  sigset_t signals, old_mask;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGUSR2);
+  ASSERT_EQ(::pthread_sigmask(SIG_BLOCK, &signals, &old_mask), 0);
+  const int fd = ListeningSocketOf(app->http_port());
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::shutdown(fd, SHUT_RD), 0);
+  // A wait that never notices would last for good: after 20 s this thread gets SIGUSR2.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool returned = false;
+  const pthread_t waiter = ::pthread_self();
+  std::thread watchdog([&] {
+    std::unique_lock<std::mutex> lock(mu);
+    if (!cv.wait_for(lock, std::chrono::seconds(20), [&] { return returned; })) {
+      ::pthread_kill(waiter, SIGUSR2);
+    }
+  });
+  const int received = daemon::WaitForShutdown(*app, signals);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    returned = true;
+  }
+  cv.notify_one();
+  watchdog.join();
+  const timespec now{0, 0};
+  while (::sigtimedwait(&signals, nullptr, &now) > 0) {
+  }
+  ASSERT_EQ(::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr), 0);
+  EXPECT_EQ(received, 0) << "still waiting for a signal with the port dark";
+  EXPECT_FALSE(app->serving());
+  TestHttpClient client("127.0.0.1", app->http_port());
+  EXPECT_EQ(client.Get("/livez").status, 0);
+  EXPECT_TRUE(app->Stop(std::chrono::milliseconds(0)).ok());
 }
 
 // Bytes this process has read so far (rchar of /proc/self/io): what reading a file cost.

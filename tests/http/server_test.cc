@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cctype>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -28,14 +29,17 @@
 #include "tests/support/http_client.h"
 #include "tests/support/http_stack.h"
 #include "tests/support/tokens.h"
+#include "tests/support/wait.h"
 
 namespace ledger::http {
 namespace {
 
 using testing::HttpReply;
+using testing::ListeningSocketOf;
 using testing::RawHttpExchange;
 using testing::TestHttpClient;
 using testing::TestHttpStack;
+using testing::WaitFor;
 
 constexpr size_t kSmallBodyMax = 64 * 1024;
 
@@ -1469,6 +1473,31 @@ TEST_F(ServerTest, ALostEpollSetStopsTheProcess) {
         std::_Exit(0);  // still running: the loop went on without its epoll set
       },
       ::testing::KilledBySignal(SIGABRT), "");
+}
+
+// cpp-httplib retries a failed accept() only on EMFILE; any other failure (here EINVAL: the
+// listening socket shut down for reading) ends its accept loop and closes the socket. The server
+// then says it no longer serves (ledgerd exits to be restarted), and its Stop() does not close
+// the socket's number again: by then it may be another file's.
+TEST_F(ServerTest, AnAcceptLoopThatEndsOnItsOwnIsNoLongerServing) {
+  Start();
+  ASSERT_TRUE(stack_.server->serving());
+  const int fd = ListeningSocketOf(stack_.port());
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::shutdown(fd, SHUT_RD), 0);
+  EXPECT_TRUE(WaitFor([&] { return !stack_.server->serving(); }, std::chrono::seconds(20)));
+  ASSERT_TRUE(WaitFor([&] { return ::fcntl(fd, F_GETFD) < 0; }, std::chrono::seconds(20)))
+      << "cpp-httplib left the listening socket open";
+  // Another file takes the number, as the next open() would.
+  const int other = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(other, 0);
+  if (other != fd) {
+    ASSERT_EQ(::dup2(other, fd), fd);
+    ::close(other);
+  }
+  stack_.Stop();
+  EXPECT_GE(::fcntl(fd, F_GETFD), 0) << "Stop() closed another file's descriptor";
+  ::close(fd);
 }
 
 TEST_F(ServerTest, PortIsExclusive) {

@@ -22,6 +22,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <filesystem>
 #include <string>
 #include <string_view>
 
@@ -131,6 +132,32 @@ inline int ConnectLoopback(int port) {
 // early answer to a large body is seen), stops writing quietly if the server closes, and returns
 // everything read until the server closes the connection or `quiet_ms` pass without progress.
 // Returns "" when the connection failed.
+// The socket of this process listening on 127.0.0.1:`port` (found through /proc/self/fd), or -1:
+// for tests that make the server's accept() fail (shutdown(fd, SHUT_RD): EINVAL).
+inline int ListeningSocketOf(int port) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+    int fd = -1;
+    try {
+      fd = std::stoi(entry.path().filename().string());
+    } catch (...) {
+      continue;
+    }
+    int accepting = 0;
+    socklen_t length = sizeof(accepting);
+    if (::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &length) != 0 || !accepting) {
+      continue;
+    }
+    sockaddr_in addr{};
+    socklen_t addr_length = sizeof(addr);
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &addr_length) == 0 &&
+        addr.sin_family == AF_INET && ntohs(addr.sin_port) == port) {
+      return fd;
+    }
+  }
+  return -1;
+}
+
 inline std::string RawHttpExchange(int port, std::string_view request, int quiet_ms = 2000) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
   if (fd < 0) return "";
