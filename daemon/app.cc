@@ -375,14 +375,19 @@ Status App::Impl::Start(const Config& config, const Clock* clock) {
 Status App::Impl::Stop(std::chrono::milliseconds outbox_flush_timeout) {
   if (stopped_) return Status::OK();
   stopped_ = true;
-  // One deadline for the Lago sink and the outbox together (the README's "at most" is the sum).
+  // HTTP first: Stop() returns when the in-flight requests are done, the longest a Stripe call
+  // (StripeClientOptions::deadline_ms: about 30 s; the rest are held to the server's timeouts).
+  if (server_ != nullptr) server_->Stop();
+  // Then one budget for the Lago sink and the outbox together (the README's "at most" is the
+  // sum), counted from the end of that drain: counted from the start, a checkout waiting 30 s
+  // for Stripe took all of it and the outbox got none, with Kafka healthy. A shutdown takes at
+  // most the longest in-flight request, then `outbox_flush_timeout`, then the memtable flush.
   const auto deadline = std::chrono::steady_clock::now() + outbox_flush_timeout;
   auto remaining = [deadline] {
     return std::max(std::chrono::milliseconds(0),
                     std::chrono::duration_cast<std::chrono::milliseconds>(
                         deadline - std::chrono::steady_clock::now()));
   };
-  if (server_ != nullptr) server_->Stop();
   Status result;
   if (lago_sink_ != nullptr) {
     Status s = lago_sink_->Stop(remaining());

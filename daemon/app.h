@@ -23,8 +23,9 @@ class App {
   static Status Start(const Config& config, const Clock* clock, std::unique_ptr<App>* out);
   ~App();
 
-  // Stop accepting, finish in-flight requests, flush the outbox as far as Kafka allows within
-  // `outbox_flush_timeout`, flush memtables, close the store.
+  // Stop accepting, finish in-flight requests, then stop the Lago sink and flush the outbox as far
+  // as Lago and Kafka allow within `outbox_flush_timeout` for both, counted from the end of the
+  // HTTP drain; flush memtables, close the store.
   Status Stop(std::chrono::milliseconds outbox_flush_timeout);
 
   // False once the HTTP server has stopped accepting connections on its own (an accept() failure

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include <condition_variable>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -22,6 +23,7 @@
 #include "http/limits.h"
 #include "tests/daemon/daemon_test_util.h"
 #include "tests/support/daemon_process.h"
+#include "tests/support/fake_stripe.h"
 #include "tests/support/http_client.h"
 #include "tests/support/kafka_test_consumer.h"
 #include "tests/support/test_ledger.h"
@@ -538,6 +540,71 @@ TEST(AppTest, AnAcceptLoopThatDiesEndsTheWaitForASignal) {
   TestHttpClient client("127.0.0.1", app->http_port());
   EXPECT_EQ(client.Get("/livez").status, 0);
   EXPECT_TRUE(app->Stop(std::chrono::milliseconds(0)).ok());
+}
+
+// The Lago sink's and the outbox's shutdown budget starts when the HTTP drain ends: counted from
+// Stop(), a checkout waiting on Stripe longer than the whole budget took all of it, and the outbox
+// stopped at once with Kafka healthy, its last event (the checkout's own, appended when Stripe
+// answered) unpublished.
+TEST(AppTest, TheOutboxFlushGetsItsBudgetAfterTheHttpDrain) {
+  TempDir dir;
+  FakeStripe stripe;
+  ASSERT_TRUE(stripe.Start().ok());
+  stripe.AddProduct("prod_slow", "Slow");
+  FakeStripe::Price price;
+  price.id = "price_slow_monthly";
+  price.product = "prod_slow";
+  price.unit_amount = 500;
+  price.interval = "month";
+  stripe.AddPrice(price);
+  // The first try waits 3 s for an answer (a 500, which the client retries): the checkout is in
+  // flight longer than the 2 s budget below.
+  stripe.set_hang_ms(3000);
+  stripe.InjectFault(FakeStripe::Fault::kHang, 1, "POST", "/v1/checkout/sessions");
+  std::unique_ptr<EmbeddedKafka> kafka;
+  ASSERT_TRUE(EmbeddedKafka::Open(EmbeddedKafkaOptions{}, &kafka).ok());
+  Config config = TestConfig(dir.Sub("data"));
+  config.kafka_brokers = kafka->bootstrap_servers();
+  config.jwt_hs256_secret = kTestHs256Secret;
+  config.stripe_secret_key = kFakeStripeSecretKey;
+  config.stripe_api_base = stripe.base_url();
+  config.stripe_success_url = "https://app.example.com/ok";
+  std::unique_ptr<App> app;
+  Status s = App::Start(config, nullptr, &app);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  const int64_t now_s = static_cast<int64_t>(std::time(nullptr));
+  TestHttpClient admin("127.0.0.1", app->http_port());
+  admin.set_bearer(MintHs256(TokenClaims::Admin("root", now_s), kTestHs256Secret));
+  HttpReply plan = admin.Post("/api/v1/subscriptions/plans",
+                              R"({"id":"slow","display_name":"Slow","price_monthly_cents":500,)"
+                              R"("api_calls_limit":null,"services":["chat"],)"
+                              R"("stripe_price_monthly":"price_slow_monthly"})");
+  ASSERT_EQ(plan.status, 201) << plan.body;
+  // Kafka stays healthy, its answers 300 ms late: an event appended as the drain ends needs
+  // that long to be acknowledged.
+  ASSERT_TRUE(kafka->SetBrokerRtt(-1, 300).ok());
+  HttpReply checkout;
+  std::thread alice([&] {
+    TestHttpClient client("127.0.0.1", app->http_port());
+    client.set_bearer(MintHs256(TokenClaims::User("alice", now_s), kTestHs256Secret));
+    checkout = client.Post("/api/v1/billing/checkout/create", R"({"plan_id":"slow"})");
+  });
+  ASSERT_TRUE(WaitFor([&] { return !stripe.RequestsTo("POST", "/v1/checkout/sessions").empty(); },
+                      std::chrono::seconds(30)));
+  EXPECT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
+  alice.join();
+  EXPECT_EQ(checkout.status, 200) << checkout.body;
+  app.reset();
+  std::unique_ptr<Ledger> ledger;
+  LedgerOptions options;
+  options.path = dir.Sub("data");
+  ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
+  Position published;
+  ASSERT_TRUE(ledger
+                  ->GetCheckpoint(OutboxCheckpointName(config.kafka_brokers, config.kafka_topic),
+                                  &published)
+                  .ok());
+  EXPECT_EQ(published.value(), ledger->Head().value()) << "the outbox stopped with events unsent";
 }
 
 // Bytes this process has read so far (rchar of /proc/self/io): what reading a file cost.
