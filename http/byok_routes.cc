@@ -288,13 +288,6 @@ void SubmitKeyChange(const ByokRouteContext& c, const Identity& identity, Comman
 void AddKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Response& res,
             const Identity& identity) {
   if (!RequireLedger(c.ledger, res) || !RequireBox(c, res)) return;
-  if (!pj::IsValidUserId(identity.subject)) {  // the events' user_id (schemas/events/byok.*)
-    WriteProblem(422, "invalid_user_id",
-                 "the token's subject is not a user id (1 to 255 bytes of UTF-8, no '/' or "
-                 "control characters)",
-                 &res);
-    return;
-  }
   std::string provider, api_key;
   std::optional<std::string> label;
   Status s = ParseAddBody(req.body, &provider, &api_key, &label);

@@ -370,6 +370,14 @@ Status JwtVerifier::Verify(std::string_view token, JwtClaims* claims) const {
   }
   const char* sub = StringMember(payload, "sub");
   if (sub == nullptr || *sub == '\0') return Invalid("token has no 'sub'");
+  // `sub` is the caller's user id on every route (row keys, the events' user_id, an admin's
+  // actor), so it is held to the user id rule here, once: a sub "a/b" or of 300 bytes was 200 on
+  // my-access and the usage summary, 422 on consume and on BYOK add. The detail names the rule,
+  // never the sub.
+  if (!projections::IsValidUserId(sub)) {
+    return Invalid("token's 'sub' is not a user id (1 to 255 bytes of UTF-8 without '/' or "
+                   "control characters)");
+  }
 
   JwtClaims result;
   result.algorithm = std::string(algorithm);

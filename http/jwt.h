@@ -13,7 +13,8 @@
 //   - Claims: `exp` is required and must be in the future; `nbf`, when present, must be in the
 //     past; both with `leeway_seconds` of tolerance. `iss` must equal the configured issuer and
 //     `aud` (a string or an array of strings) must contain the configured audience, when those are
-//     configured. `sub` is required (it is the user id).
+//     configured. `sub` is required and must be a user id (projections::IsValidUserId: 1 to 255
+//     bytes of UTF-8 without '/' or control characters); a token with another is invalid.
 //   - Roles: the union of `realm_access.roles` (Keycloak realm roles) and a top-level `roles`
 //     array; the caller is an admin when `admin_role` is among them.
 //

@@ -235,7 +235,6 @@ Status ParseConsume(const httplib::Request& req, const Identity& identity,
     // CONTRACT §2: another user's objects are reported as 404, as check-access does.
     return Status::NotFound("no such user");
   }
-  if (!pj::IsValidUserId(out->user_id)) return invalid("user_id: not a valid user id");
   return Status::OK();
 }
 

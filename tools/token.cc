@@ -8,6 +8,7 @@
 
 #include "daemon/config.h"
 #include "http/jwt.h"
+#include "projections/json_util.h"
 
 namespace ledger::tools {
 
@@ -47,6 +48,12 @@ std::string TokenClaimsJson(const TokenOptions& options) {
 
 Status MintHs256Token(const TokenOptions& options, const std::string& secret, std::string* token) {
   if (options.subject.empty()) return Status::InvalidArgument("bad_token", "--sub is required");
+  // ledgerd refuses a token whose sub is not a user id (http/jwt.h), on every route.
+  if (!projections::IsValidUserId(options.subject)) {
+    return Status::InvalidArgument("bad_token",
+                                   "--sub must be a user id (1 to 255 bytes of UTF-8 without '/' "
+                                   "or control characters)");
+  }
   // ledgerd refuses shorter secrets (LEDGER_JWT_HS256_SECRET): a token signed with one would be
   // refused too, and a short secret is guessable.
   if (secret.size() < 32) {

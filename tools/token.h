@@ -28,8 +28,9 @@ struct TokenOptions {
 // The JWT payload for `options` (compact JSON).
 std::string TokenClaimsJson(const TokenOptions& options);
 
-// Mints `header.payload.signature` signed with `secret`. InvalidArgument for an empty subject, a
-// secret under 32 bytes (ledgerd's minimum) or a TTL outside 1..kTokenTtlSecondsMax.
+// Mints `header.payload.signature` signed with `secret`. InvalidArgument for a subject that is not
+// a user id (projections::IsValidUserId, as ledgerd requires), a secret under 32 bytes (ledgerd's
+// minimum) or a TTL outside 1..kTokenTtlSecondsMax.
 Status MintHs256Token(const TokenOptions& options, const std::string& secret, std::string* token);
 
 // Reads the dev-mode secret ledgerd keeps at `path` (`<data-dir>/jwt-dev.secret`) as ledgerd does

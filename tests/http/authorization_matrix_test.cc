@@ -401,6 +401,13 @@ class AuthorizationMatrixTest : public ::testing::Test {
          ledger::testing::SignWithHmac(forged_header, admin_claims, rsa_->PublicKeyPem()), kRoot},
         {"hs256_forged_with_rsa_jwk", CallerKind::kInvalid,
          ledger::testing::SignWithHmac(forged_header, admin_claims, rsa_->Jwk()), kRoot},
+        // Validly signed, but the sub is not a user id (projections::IsValidUserId): refused on
+        // every route alike, admin ones included (the sub is their events' actor). "a/b" was
+        // served as user "a/b" on my-access and the usage summary, and 300 bytes too.
+        {"sub_with_slash", CallerKind::kInvalid, rsa_->Mint(TokenClaims::Admin("a/b", now_s)),
+         kRoot},
+        {"sub_of_300_bytes", CallerKind::kInvalid,
+         rsa_->Mint(TokenClaims::Admin(std::string(300, 'u'), now_s)), kRoot},
         {"other_user_jwt", CallerKind::kOtherUser,
          ledger::testing::MintHs256(TokenClaims::User(kBob, now_s), secret), kBob},
         {"user_jwt", CallerKind::kUser, rsa_->Mint(TokenClaims::User(kAlice, now_s)), kAlice},

@@ -281,6 +281,22 @@ TEST_F(JwtTest, Malformed) {
   nul.subject.clear();
   nul.extra_members = R"("sub":"alice\u0000mallory")";
   ExpectRejected(*verifier, MintHs256(nul, testing::kTestHs256Secret), "NUL in sub");
+  // A sub that is not a user id (every route takes it as one): '/', over 255 bytes, a control
+  // character. 255 bytes is one.
+  for (const std::string& sub :
+       {std::string("a/b"), std::string(256, 'u'), std::string("eve\x01")}) {
+    JwtClaims claims;
+    Status s = verifier->Verify(MintHs256(TokenClaims::User(sub, kNowS), testing::kTestHs256Secret),
+                                &claims);
+    EXPECT_EQ(s.problem(), "invalid_token") << sub.size();
+    EXPECT_NE(s.message().find("not a user id"), std::string::npos) << s.message();
+    EXPECT_EQ(s.message().find(sub), std::string::npos) << "the sub is echoed: " << s.message();
+  }
+  JwtClaims longest;
+  EXPECT_TRUE(verifier->Verify(MintHs256(TokenClaims::User(std::string(255, 'u'), kNowS),
+                                         testing::kTestHs256Secret),
+                               &longest)
+                  .ok());
   ExpectRejected(*verifier,
                  SignWithHmac(R"({"alg":"HS256","alg":"none"})", TokenClaims::User("a", kNowS).ToJson(),
                               testing::kTestHs256Secret),

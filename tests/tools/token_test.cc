@@ -111,6 +111,11 @@ TEST(TokenTest, RejectsBadInput) {
   TokenOptions options;
   std::string token;
   EXPECT_EQ(MintHs256Token(options, kSecret, &token).code(), Code::kInvalidArgument);
+  // A sub ledgerd would refuse on every route: not a user id.
+  for (const std::string& sub : {std::string("a/b"), std::string(256, 'u'), std::string("a\n")}) {
+    options.subject = sub;
+    EXPECT_EQ(MintHs256Token(options, kSecret, &token).code(), Code::kInvalidArgument) << sub;
+  }
   options.subject = "alice";
   EXPECT_EQ(MintHs256Token(options, "", &token).code(), Code::kInvalidArgument);
   // A secret file's newline: ledgerd exits 78 on it, so a token minted with it hides that.
