@@ -45,6 +45,11 @@ int HttpStatusFor(Code code) {
   return 500;
 }
 
+// cpp-httplib 0.11.4's phrases (its detail::status_message, which its server writes in the
+// status line of every answer a worker gives; a response cannot override it): ledgerd's own writer
+// (http/server.cc SerializeResponse) and the problems' titles use these, so that one answer never
+// shows two names for its status. Hence 0.11.4's RFC 7231 names for 413 and 422, not RFC 9110's
+// "Content Too Large" and "Unprocessable Content".
 const char* ReasonPhrase(int http_status) {
   switch (http_status) {
     case 200: return "OK";
@@ -60,12 +65,12 @@ const char* ReasonPhrase(int http_status) {
     case 408: return "Request Timeout";
     case 409: return "Conflict";
     case 411: return "Length Required";
-    case 413: return "Content Too Large";
+    case 413: return "Payload Too Large";
     case 414: return "URI Too Long";
     case 415: return "Unsupported Media Type";
     case 416: return "Range Not Satisfiable";
     case 417: return "Expectation Failed";
-    case 422: return "Unprocessable Content";
+    case 422: return "Unprocessable Entity";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";

@@ -29,7 +29,9 @@ inline constexpr int kBusyRetryAfterSeconds = 1;
 // The one mapping from ledger::Code to an HTTP status (see events/status.h). kOk maps to 200.
 int HttpStatusFor(Code code);
 
-// The HTTP reason phrase for `http_status` ("Not Found"); "Error" for unknown statuses.
+// The HTTP reason phrase for `http_status` ("Not Found"); "Error" for unknown statuses. The same
+// as cpp-httplib's status lines (413 "Payload Too Large", 422 "Unprocessable Entity"): ledgerd's
+// own status lines and every problem's title come from here.
 const char* ReasonPhrase(int http_status);
 
 // A generic problem code for an HTTP status ("not_found", "payload_too_large", ...), for answers

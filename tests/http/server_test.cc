@@ -85,6 +85,17 @@ class ServerTest : public ::testing::Test {
                [](const httplib::Request&, httplib::Response&, const Identity&) {
                  throw std::runtime_error("boom");
                });
+    // A 422 problem from a worker (cpp-httplib writes the answer) and from the event loop
+    // (ledgerd's own writer, as for consume).
+    routes.Add("GET", "/worker-422", "/worker-422", Policy::kPublic,
+               [](const httplib::Request&, httplib::Response& res, const Identity&) {
+                 WriteProblem(422, "validation_failed", "x: required", &res);
+               });
+    routes.Add("GET", "/loop-422", "/loop-422", Policy::kPublic,
+               [](const httplib::Request&, httplib::Response& res, const Identity&) {
+                 WriteProblem(422, "validation_failed", "x: required", &res);
+               },
+               Threading::kEventLoop);
     routes.Add("GET", "/bare-404", "/bare-404", Policy::kPublic,
                [](const httplib::Request&, httplib::Response& res, const Identity&) { res.status = 404; });
     routes.Add("GET", "/slow", "/slow", Policy::kPublic,
@@ -394,6 +405,36 @@ TEST_F(ServerTest, OversizedBodiesGet413) {
   request += "0\r\n\r\n";
   std::string response = RawHttpExchange(stack_.port(), request);
   EXPECT_EQ(response.rfind("HTTP/1.1 413", 0), 0u) << response.substr(0, 200);
+}
+
+// One table of reason phrases (ReasonPhrase) for the status line ledgerd writes itself (event loop
+// routes, consume among them), the one cpp-httplib writes (worker routes: plans, BYOK, admin,
+// billing) and every problem's title. cpp-httplib 0.11.4 takes its phrase from its own table
+// (detail::status_message; a response's `reason` is not used by its server), so ledgerd's table
+// follows it: 422 read "Unprocessable Content" on consume and "Unprocessable Entity" on BYOK add,
+// and a 413's title "Content Too Large" under the status line "Payload Too Large".
+TEST_F(ServerTest, StatusLinesAndProblemTitlesAgree) {
+  Start(SmallBody());
+  auto expect_agree = [](const std::string& answer, const std::string& status_line) {
+    EXPECT_EQ(answer.substr(0, answer.find("\r\n")), status_line) << answer.substr(0, 300);
+    const std::string reason = status_line.substr(std::string("HTTP/1.1 422 ").size());
+    EXPECT_NE(answer.find("\"title\":\"" + reason + "\""), std::string::npos) << answer;
+  };
+  for (const char* path : {"/worker-422", "/loop-422"}) {
+    expect_agree(RawHttpExchange(stack_.port(), std::string("GET ") + path +
+                                                    " HTTP/1.1\r\nHost: x\r\n"
+                                                    "Connection: close\r\n\r\n"),
+                 "HTTP/1.1 422 Unprocessable Entity");
+  }
+  for (const char* path : {"/echo", "/loop-echo"}) {
+    expect_agree(RawHttpExchange(stack_.port(),
+                                 std::string("POST ") + path + " HTTP/1.1\r\nHost: x\r\n" +
+                                     "Connection: close\r\nContent-Length: " +
+                                     std::to_string(kSmallBodyMax + 1) + "\r\n\r\n"),
+                 "HTTP/1.1 413 Payload Too Large");
+  }
+  EXPECT_STREQ(ReasonPhrase(422), "Unprocessable Entity");
+  EXPECT_STREQ(ReasonPhrase(413), "Payload Too Large");
 }
 
 TEST_F(ServerTest, DefaultLimitIsOneMebibyte) {
