@@ -436,9 +436,20 @@ const CLI::Validator kDecimal(
 std::string DevJwtSecretPath(const std::string& data_dir) { return data_dir + "/jwt-dev.secret"; }
 
 std::string Config::Describe() const {
+  // The words present, one space apart: "hmac " + "" + " sync..." wrote "lago_webhook=hmac  sync"
+  // (and "auth=HS256  service_tokens" without a JWKS file).
+  auto words = [](std::initializer_list<std::string> parts) {
+    std::string out;
+    for (const std::string& part : parts) {
+      if (part.empty()) continue;
+      if (!out.empty()) out += ' ';
+      out += part;
+    }
+    return out;
+  };
   std::string auth = DevMode() ? "dev (HS256 secret in " + DevJwtSecretPath(data_dir) + ")"
-                               : std::string(jwt_hs256_secret.empty() ? "" : "HS256 ") +
-                                     (jwt_jwks_file.empty() ? "" : "JWKS " + jwt_jwks_file);
+                               : words({jwt_hs256_secret.empty() ? "" : "HS256",
+                                        jwt_jwks_file.empty() ? "" : "JWKS " + jwt_jwks_file});
   return "data_dir=" + data_dir + " listen=" + listen_host + ":" + std::to_string(listen_port) +
          " kafka=" + kafka_brokers + " topic=" + kafka_topic +
          " kafka_message_max_bytes=" + std::to_string(kafka_message_max_bytes) +
@@ -453,9 +464,10 @@ std::string Config::Describe() const {
          " lago_webhook=" +
          (lago_webhook_hmac_key.empty() && lago_webhook_public_key_file.empty()
               ? std::string("off")
-              : std::string(lago_webhook_hmac_key.empty() ? "" : "hmac ") +
-                    (lago_webhook_public_key_file.empty() ? "" : "jwt") +
-                    (lago_organization_id.empty() ? "" : " organization " + lago_organization_id)) +
+              : words({lago_webhook_hmac_key.empty() ? "" : "hmac",
+                       lago_webhook_public_key_file.empty() ? "" : "jwt",
+                       lago_organization_id.empty() ? ""
+                                                    : "organization " + lago_organization_id})) +
          " sync_interval_min_us=" + std::to_string(sync_interval_min_us);
 }
 

@@ -140,6 +140,35 @@ TEST(ConfigTest, EveryContractVariableIsRead) {
   EXPECT_EQ(described.find("whsec_new"), std::string::npos) << described;
 }
 
+// The start line's items and words are one space apart: an HMAC-only Lago webhook wrote
+// "lago_webhook=hmac  sync_interval_min_us=...", an HS256 secret without a JWKS file
+// "auth=HS256  service_tokens=...".
+TEST(ConfigTest, TheStartLineSpacesItsWordsOnce) {
+  Config config;
+  config.jwt_hs256_secret = kLongSecret;
+  config.lago_webhook_hmac_key = "lago-key";
+  std::string described = config.Describe();
+  EXPECT_EQ(described.find("  "), std::string::npos) << described;
+  EXPECT_NE(described.find(" auth=HS256 service_tokens="), std::string::npos) << described;
+  EXPECT_NE(described.find(" lago_webhook=hmac sync_interval_min_us="), std::string::npos)
+      << described;
+  config.lago_organization_id = "org-ours";
+  described = config.Describe();
+  EXPECT_NE(described.find(" lago_webhook=hmac organization org-ours sync_interval_min_us="),
+            std::string::npos)
+      << described;
+  config.jwt_jwks_file = "/etc/ledgerd/jwks.json";
+  config.lago_webhook_public_key_file = "/etc/ledgerd/lago.pem";
+  described = config.Describe();
+  EXPECT_EQ(described.find("  "), std::string::npos) << described;
+  EXPECT_NE(described.find(" auth=HS256 JWKS /etc/ledgerd/jwks.json service_tokens="),
+            std::string::npos)
+      << described;
+  EXPECT_NE(described.find(" lago_webhook=hmac jwt organization org-ours sync_interval_min_us="),
+            std::string::npos)
+      << described;
+}
+
 struct Precedence {
   const char* env_name;
   const char* flag;
