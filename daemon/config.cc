@@ -679,12 +679,6 @@ Status ReadConfigFile(std::string_view setting, const std::string& path, size_t 
 
 Status LoadOrCreateDevSecret(const std::string& data_dir, std::string* secret) {
   const std::string path = DevJwtSecretPath(data_dir);
-  struct stat st {};
-  if (::stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
-    // Whoever can read it can mint admin tokens (the master key is held to the same rule).
-    return Status::Make(Code::kUnprocessable, "bad_config",
-                        path + " is readable by group or others (chmod 600 it)");
-  }
   Status s = ReadDevSecretFile(path, secret);
   if (!s.IsNotFound()) return s;
   std::error_code ec;
@@ -695,6 +689,14 @@ Status LoadOrCreateDevSecret(const std::string& data_dir, std::string* secret) {
 Status ReadDevSecretFile(const std::string& path, std::string* secret) {
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) return Status::NotFound(path + " does not exist");
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
+    // Whoever can read it can mint admin tokens (the master key is held to the same rule).
+    // Checked here, where ledgerd and `ledgerctl token` both read it: ledgerctl minted tokens
+    // from a 0644 file that ledgerd refused to start with.
+    return Status::Make(Code::kUnprocessable, "bad_config",
+                        path + " is readable by group or others (chmod 600 it)");
+  }
   std::ifstream in(path);
   if (!in) return Status::IOError("cannot read " + path);
   std::getline(in, *secret);

@@ -100,7 +100,8 @@ Status LoadOrCreateDevSecret(const std::string& data_dir, std::string* secret);
 
 // Reads a dev-mode secret file as ledgerd and `ledgerctl token` both take it: its first line,
 // without a trailing CR. NotFound when there is no file; kUnprocessable "bad_config" (exit 78)
-// when the line is under 32 bytes (a hand-made or cut file: delete it for a new one).
+// when group or others can read it, or when the line is under 32 bytes (a hand-made or cut file:
+// delete it for a new one).
 Status ReadDevSecretFile(const std::string& path, std::string* secret);
 
 // Reads the file a setting names, `bytes_max` bytes at most: a larger one (or one that never

@@ -2,7 +2,7 @@
 // tools/ that returns a Status (RocksDB's tools/ldb.cc style); exit codes follow sysexits.h:
 // 0 ok, 64 usage, 65 data error (verify failure, replay difference), 69 Stripe failed or refused
 // (stripe-setup), 70 internal, 74 storage, 75 replay of a store whose folds ledgerd has yet to
-// rebuild, 78 configuration (stripe-setup without its key).
+// rebuild, 78 configuration (stripe-setup without its key, a dev secret file ledgerd refuses).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -110,7 +110,12 @@ void AddToken(CLI::App& app, TokenArgs* args) {
 int RunToken(const Globals& globals, TokenArgs* args) {
   if (args->secret.empty()) {
     Status s = ReadSecretFile(daemon::DevJwtSecretPath(globals.data_dir), &args->secret);
-    if (!s.ok()) return Fail("token", s);
+    if (!s.ok()) {
+      Fail("token", s);
+      // A file ledgerd refuses to start with (group- or other-readable, or short) is a setting
+      // to mend, 78 as there, not damaged data.
+      return s.problem() == "bad_config" ? daemon::kExitConfig : ExitCodeFor(s);
+    }
   }
   args->token.issued_at_s = std::chrono::duration_cast<std::chrono::seconds>(
                                 std::chrono::system_clock::now().time_since_epoch())

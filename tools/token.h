@@ -35,7 +35,8 @@ Status MintHs256Token(const TokenOptions& options, const std::string& secret, st
 
 // Reads the dev-mode secret ledgerd keeps at `path` (`<data-dir>/jwt-dev.secret`) as ledgerd does
 // (daemon::ReadDevSecretFile). NotFound when the file does not exist (ledgerd has not run in dev
-// mode there).
+// mode there); kUnprocessable "bad_config" when ledgerd would refuse it (group or others can read
+// it, or its line is under 32 bytes).
 Status ReadSecretFile(const std::string& path, std::string* secret);
 
 }  // namespace ledger::tools

@@ -4,6 +4,8 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include <sys/stat.h>
+
 #include <fstream>
 
 #include <rapidjson/document.h>
@@ -133,6 +135,7 @@ TEST(TokenCliTest, UsesTheDevSecretFile) {
     std::ofstream secret(dir.path() + "/jwt-dev.secret");
     secret << kSecret << "\n";  // ledgerd writes the secret as one line
   }
+  ASSERT_EQ(::chmod((dir.path() + "/jwt-dev.secret").c_str(), 0600), 0);  // as ledgerd makes it
   testing::ProcessResult r = RunLedgerctl("token --data-dir " + dir.path() +
                                           " --sub alice --email alice@example.com --admin");
   ASSERT_EQ(r.exit_code, 0) << r.out;
@@ -165,6 +168,32 @@ TEST(TokenCliTest, UsesTheDevSecretFile) {
             64);
   EXPECT_EQ(RunLedgerctl("token --data-dir " + dir.Sub("none") + " --sub bob").exit_code, 74);
   EXPECT_EQ(RunLedgerctl("token --data-dir " + dir.path()).exit_code, 64);  // --sub missing
+}
+
+// Whoever can read the dev secret can mint admin tokens: ledgerd refuses a file group or others
+// can read (exit 78), and so does ledgerctl token, which minted from a 0644 one. A short one too.
+TEST(TokenCliTest, RefusesADevSecretFileLedgerdRefuses) {
+  TempDir dir;
+  const std::string path = dir.path() + "/jwt-dev.secret";
+  {
+    std::ofstream secret(path);
+    secret << kSecret << "\n";
+  }
+  const std::string args = "token --data-dir " + dir.path() + " --sub alice";
+  for (mode_t mode : {0644, 0640, 0604, 0660}) {
+    ASSERT_EQ(::chmod(path.c_str(), mode), 0);
+    testing::ProcessResult r = RunLedgerctl(args, true);
+    EXPECT_EQ(r.exit_code, 78) << std::oct << mode << ": " << r.out;
+    EXPECT_NE(r.out.find("readable by group or others"), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find(kSecret), std::string::npos) << r.out;  // no token, no secret
+  }
+  ASSERT_EQ(::chmod(path.c_str(), 0600), 0);
+  EXPECT_EQ(RunLedgerctl(args).exit_code, 0);
+  {
+    std::ofstream secret(path, std::ios::trunc);
+    secret << "short\n";
+  }
+  EXPECT_EQ(RunLedgerctl(args).exit_code, 78);
 }
 
 }  // namespace
