@@ -238,7 +238,7 @@ struct ReplayArgs {
 void AddReplay(CLI::App& app, ReplayArgs* args) {
   CLI::App* sub = app.add_subcommand(
       "replay",
-      "Rebuild every projection from position 0 into a fresh directory and compare digests");
+      "Rebuild every projection from position 1 into a fresh directory and compare digests");
   sub->add_option("--into", args->into,
                   "rebuild here and keep it (must not exist or be empty; default: a temporary "
                   "directory, removed afterwards)");

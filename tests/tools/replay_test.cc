@@ -270,6 +270,16 @@ TEST(ReplayCliTest, ExitCodesWithTheRegisteredProjections) {
   EXPECT_EQ(testing::RunLedgerctl("replay --data-dir " + dir.Sub("none")).exit_code, 74);
 }
 
+// Positions start at 1 (README, events/FORMAT.md): the help said "from position 0".
+TEST(ReplayCliTest, HelpNamesTheFirstPosition) {
+  for (const char* command : {"replay --help", "--help"}) {
+    const testing::ProcessResult help = testing::RunLedgerctl(command);
+    EXPECT_EQ(help.exit_code, 0) << command;
+    EXPECT_EQ(help.out.find("position 0"), std::string::npos) << help.out;
+  }
+  EXPECT_NE(testing::RunLedgerctl("replay --help").out.find("from position 1"), std::string::npos);
+}
+
 // replay --into a directory the operator made 0755 writes a copy of every projection (emails
 // included): its files are the user's alone, as ledgerd's are.
 TEST(ReplayCliTest, FilesWrittenIntoAnOperatorsDirectoryAreTheUsersAlone) {
