@@ -375,8 +375,10 @@ Status App::Impl::Start(const Config& config, const Clock* clock) {
 Status App::Impl::Stop(std::chrono::milliseconds outbox_flush_timeout) {
   if (stopped_) return Status::OK();
   stopped_ = true;
-  // HTTP first: Stop() returns when the in-flight requests are done, the longest a Stripe call
-  // (StripeClientOptions::deadline_ms: about 30 s; the rest are held to the server's timeouts).
+  // HTTP first: Stop() returns when the in-flight requests are done -- each of a request's Stripe
+  // calls may take StripeClientOptions::deadline_ms (30 s), and a checkout makes several; the
+  // rest are held to the server's timeouts. A supervisor's SIGKILL meanwhile loses nothing
+  // answered (synced), and the sinks resend from their checkpoints.
   if (server_ != nullptr) server_->Stop();
   // Then one budget for the Lago sink and the outbox together (the README's "at most" is the
   // sum), counted from the end of that drain: counted from the start, a checkout waiting 30 s
@@ -447,7 +449,11 @@ int WaitForShutdown(const App& app, const sigset_t& signals) {
     const int received = ::sigtimedwait(&signals, nullptr, &tick);
     if (received > 0) return received;
   }
-  return 0;
+  // A signal that arrived in the tick the loop died is taken here: left pending, main's "second
+  // signal" watcher took it at once for an impatient operator's and exited 143 mid-shutdown.
+  const timespec now{0, 0};
+  const int pending = ::sigtimedwait(&signals, nullptr, &now);
+  return pending > 0 ? pending : 0;
 }
 
 int App::http_port() const { return impl_->server_ != nullptr ? impl_->server_->port() : 0; }

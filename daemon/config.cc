@@ -42,6 +42,20 @@ Status Bad(const std::string& setting, const std::string& why) {
   return Status::Make(Code::kUnprocessable, "bad_config", setting + ": " + why);
 }
 
+// Files read whole at start, each up to its bound (ReadConfigFile): a path naming /dev/zero or a
+// runaway file grew memory until the OOM killer came, a file without a newline as well.
+constexpr size_t kKafkaPropertiesFileBytesMax = 64 * 1024;
+constexpr size_t kSecretFileBytesMax = 4096;  // a 64-hex-digit secret and its newline
+
+// The first line of a file's contents, without its line end (CR LF too).
+std::string FirstLine(const std::string& contents) {
+  std::string line = contents.substr(0, contents.find('\n'));
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  return line;
+}
+
+void Wipe(std::string* secret) { std::fill(secret->begin(), secret->end(), '\0'); }
+
 // A regular file we can open: opening a directory for reading succeeds on Linux and then reads
 // nothing.
 bool IsReadableFile(const std::string& path) {
@@ -242,7 +256,10 @@ bool IsReservedKafkaProperty(std::string_view key) {
 Status ReadKafkaProperties(const std::string& path, std::map<std::string, std::string>* out) {
   constexpr const char* kSetting = "LEDGER_KAFKA_PROPERTIES_FILE";
   if (!IsReadableFile(path)) return Bad(kSetting, "cannot read '" + path + "'");
-  std::ifstream in(path);
+  std::string text_of_file;
+  LEDGER_RETURN_IF_ERROR(ReadConfigFile(kSetting, path, kKafkaPropertiesFileBytesMax,
+                                        &text_of_file));
+  std::istringstream in(std::move(text_of_file));
   std::string line;
   int number = 0;
   auto trim = [](std::string_view v) {
@@ -697,10 +714,10 @@ Status ReadDevSecretFile(const std::string& path, std::string* secret) {
     return Status::Make(Code::kUnprocessable, "bad_config",
                         path + " is readable by group or others (chmod 600 it)");
   }
-  std::ifstream in(path);
-  if (!in) return Status::IOError("cannot read " + path);
-  std::getline(in, *secret);
-  if (!secret->empty() && secret->back() == '\r') secret->pop_back();
+  std::string contents;
+  LEDGER_RETURN_IF_ERROR(ReadConfigFile("the dev JWT secret", path, kSecretFileBytesMax, &contents));
+  *secret = FirstLine(contents);
+  Wipe(&contents);
   if (secret->size() < 32) {
     return Status::Make(Code::kUnprocessable, "bad_config",
                         path + " holds a secret under 32 characters (delete it: a new one is made)");
@@ -733,12 +750,11 @@ Status LoadOrCreateMasterKey(const std::string& path, bool create, bool required
                           "LEDGER_MASTER_KEY_FILE: " + path +
                               " is readable by group or others (chmod 600 it)");
     }
-    std::ifstream in(path);
-    if (!in.good()) {
-      return Status::Make(Code::kUnprocessable, "bad_config",
-                          "LEDGER_MASTER_KEY_FILE: cannot read " + path);
-    }
-    std::getline(in, hex);
+    std::string contents;
+    LEDGER_RETURN_IF_ERROR(
+        ReadConfigFile("LEDGER_MASTER_KEY_FILE", path, kSecretFileBytesMax, &contents));
+    hex = FirstLine(contents);
+    Wipe(&contents);
   }
   Hash bytes;
   const bool ok = HexDecodeHash(hex, &bytes);

@@ -542,6 +542,36 @@ TEST(AppTest, AnAcceptLoopThatDiesEndsTheWaitForASignal) {
   EXPECT_TRUE(app->Stop(std::chrono::milliseconds(0)).ok());
 }
 
+// A signal pending when the accept loop dies is the wait's answer, not left for main's "second
+// signal" watcher: that took it at once and exited 143 in the middle of the shutdown.
+TEST(AppTest, ASignalPendingAsTheAcceptLoopDiesIsTakenByTheWait) {
+  TempDir dir;
+  std::unique_ptr<App> app;
+  Status s = App::Start(TestConfig(dir.Sub("data")), nullptr, &app);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  sigset_t signals, old_mask;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGUSR2);
+  ASSERT_EQ(::pthread_sigmask(SIG_BLOCK, &signals, &old_mask), 0);
+  const int fd = ListeningSocketOf(app->http_port());
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::shutdown(fd, SHUT_RD), 0);
+  for (int i = 0; i < 200 && app->serving(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_FALSE(app->serving());
+  // Pending before the wait starts: the loop's condition is already false, as in the tick the
+  // accept loop died in.
+  ASSERT_EQ(::pthread_kill(::pthread_self(), SIGUSR2), 0);
+  const int received = daemon::WaitForShutdown(*app, signals);
+  const timespec now{0, 0};
+  const int left = ::sigtimedwait(&signals, nullptr, &now);
+  ASSERT_EQ(::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr), 0);
+  EXPECT_EQ(received, SIGUSR2);
+  EXPECT_LE(left, 0) << "the signal was left pending for the second-signal watcher";
+  EXPECT_TRUE(app->Stop(std::chrono::milliseconds(0)).ok());
+}
+
 // The Lago sink's and the outbox's shutdown budget starts when the HTTP drain ends: counted from
 // Stop(), a checkout waiting on Stripe longer than the whole budget took all of it, and the outbox
 // stopped at once with Kafka healthy, its last event (the checkout's own, appended when Stripe

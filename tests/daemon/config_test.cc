@@ -594,6 +594,38 @@ TEST(ConfigTest, KafkaPropertiesComeFromAFile) {
   }
 }
 
+// The files read at start are read up to a bound, never whole: a path naming /dev/zero, or a
+// runaway file without a newline, grew memory until the OOM killer came.
+TEST(ConfigTest, FilesReadAtStartAreBounded) {
+  TempDir dir;
+  const std::string big = dir.Sub("big");
+  WriteTextFile(big, std::string(1 << 20, 'a'));  // 1 MiB, no newline
+  std::filesystem::permissions(big, std::filesystem::perms::owner_read |
+                                        std::filesystem::perms::owner_write);
+  {
+    ScopedCleanEnvironment env;
+    env.Set("LEDGER_KAFKA_PROPERTIES_FILE", big);
+    Config config;
+    ParseResult r = Parse({}, &config);
+    EXPECT_EQ(r.exit_code, kExitConfig) << r.status.ToString();
+    EXPECT_NE(r.status.message().find("too large"), std::string::npos) << r.status.ToString();
+  }
+  std::string key;
+  bool found = false;
+  Status s = daemon::LoadOrCreateMasterKey(big, /*create=*/false, /*required=*/true, &key, &found);
+  EXPECT_EQ(daemon::ExitCodeFor(s), kExitConfig) << s.ToString();
+  EXPECT_NE(s.message().find("too large"), std::string::npos) << s.ToString();
+  std::string secret;
+  s = daemon::ReadDevSecretFile(big, &secret);
+  EXPECT_EQ(daemon::ExitCodeFor(s), kExitConfig) << s.ToString();
+  EXPECT_NE(s.message().find("too large"), std::string::npos) << s.ToString();
+  // A secret and its line end (CR LF too) are still read as the first line.
+  const std::string hex(64, 'b');
+  WriteTextFile(big, hex + "\r\n");
+  ASSERT_TRUE(daemon::ReadDevSecretFile(big, &secret).ok());
+  EXPECT_EQ(secret, hex);
+}
+
 TEST(ConfigTest, ByokBaseUrlsArePerProvider) {
   ScopedCleanEnvironment env;
   env.Set("LEDGER_BYOK_BASE_URLS", "openai=http://127.0.0.1:7001,anthropic=https://a.example");
