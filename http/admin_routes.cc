@@ -143,15 +143,17 @@ void List(const AdminRouteContext& c, const httplib::Request& req, httplib::Resp
   }
   pj::SubscriberFilter filter;
   if (req.has_param("status")) {
+    // Every key of the overview's by_status (EffectiveStatusAt's names): trial_expired was 400,
+    // so the overview's count of ended trials had no list behind it.
     pj::SubscriptionStatus parsed;
-    if (status == "none") {
+    if (status == "none" || status == pj::kTrialExpiredStatus) {
       filter.status = status;
     } else if (ParseAdminStatus(status, &parsed)) {
       filter.status = std::string(pj::SubscriptionStatusName(parsed));
     } else {
       WriteProblem(400, "invalid_parameter",
-                   "status: none, one of Stripe's subscription statuses, or cancelled, "
-                   "suspended, trial",
+                   "status: none, trial_expired, one of Stripe's subscription statuses, or "
+                   "cancelled, suspended, trial",
                    &res);
       return;
     }

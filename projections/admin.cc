@@ -85,15 +85,20 @@ bool IsPaying(const UserSubscription& sub, int64_t now_s) {
          !EndedBySchedule(sub.subscription, now_s);
 }
 
-// The status the overview counts a user under at `now_s` (by_status, trialing): the effective
-// status as consume judges it then, not the stored one. Past its scheduled end (UserAccess::
-// EndedAt) a subscription is "canceled", as Stripe's deletion will record it (it was counted
-// active next to churned 1 and paying 0 while that webhook was late); a trial that has ended
-// (402 trial_expired: an admin's trial past its days, a Stripe trial past its end) in a status
-// that grants access is "trial_expired" (an admin's trial was counted trialing for good, next to
-// access none and comped 0). A past-due trial whose first charge failed stays past_due: Stripe
-// still retries it (trial conversion's awaiting_payment).
-std::string_view OverviewStatusAt(const UserAccess& access, int64_t now_s) {
+}  // namespace
+
+// The status the admin views show and count a user under at `now_s` (admin.h). Past its
+// scheduled end (UserAccess::EndedAt) a subscription is "canceled", as Stripe's deletion will
+// record it (the overview counted it active next to churned 1 and paying 0 while that webhook
+// was late); a trial that has ended (402 trial_expired: an admin's trial past its days, a Stripe
+// trial past its end) in a status that grants access is "trial_expired" (an admin's trial was
+// counted trialing for good, next to access none and comped 0). A past-due trial whose first
+// charge failed stays past_due: Stripe still retries it (trial conversion's awaiting_payment).
+// The list's rows and its ?status= filter use it too, so that list?status=<key> finds the
+// overview's by_status[key] users: with the stored status, a cancel_at_period_end an hour past
+// its period, the deletion late, was by_status.canceled 1 but listed under ?status=active with
+// "status":"active".
+std::string_view EffectiveStatusAt(const UserAccess& access, int64_t now_s) {
   if (!access.status) return access.status_name();
   if (!IsTerminal(*access.status) && access.EndedAt(now_s)) {
     return SubscriptionStatusName(SubscriptionStatus::kCanceled);
@@ -104,6 +109,8 @@ std::string_view OverviewStatusAt(const UserAccess& access, int64_t now_s) {
   }
   return access.status_name();
 }
+
+namespace {
 
 // Billed yearly: Stripe's interval says so, or (when a webhook left it out) the item's price is
 // the plan's yearly price.
@@ -187,8 +194,8 @@ Status ForEachSubscriber(const StateReader& state, int64_t now_s,
   return inner;
 }
 
-bool Matches(const SubscriberFilter& filter, const UserAccess& access) {
-  if (filter.status && access.status_name() != *filter.status) return false;
+bool Matches(const SubscriberFilter& filter, const UserAccess& access, int64_t now_s) {
+  if (filter.status && EffectiveStatusAt(access, now_s) != *filter.status) return false;
   if (filter.tier && (!access.plan || access.plan->id != *filter.tier)) return false;
   if (filter.q) {
     const std::string q = LowerAscii(*filter.q);
@@ -243,7 +250,7 @@ std::string SubscriberJson(const UserAccess& access, int64_t now_s) {
     json::String(&w, sub.email);
   }
   w.Key("status");
-  json::String(&w, access.status_name());
+  json::String(&w, EffectiveStatusAt(access, now_s));
   w.Key("access");
   json::String(&w, AccessLevelName(EffectiveAccessAt(access, now_s)));
   w.Key("plan_id");
@@ -313,7 +320,7 @@ Status ListSubscribers(const StateReader& state, int64_t now_s, const Subscriber
     UserAccess access;
     inner = GetUserAccessAt(state, user_id, now_s, &access);
     if (!inner.ok()) return false;
-    if (Matches(filter, access)) out->json.push_back(SubscriberJson(access, now_s));
+    if (Matches(filter, access, now_s)) out->json.push_back(SubscriberJson(access, now_s));
     return true;
   });
   LEDGER_RETURN_IF_ERROR(s);
@@ -455,7 +462,7 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
   LEDGER_RETURN_IF_ERROR(ForEachSubscriber(state, now_s, [&](const UserAccess& access,
                                                              const Subscriptions& every) {
     ++total;
-    const std::string_view status = OverviewStatusAt(access, now_s);
+    const std::string_view status = EffectiveStatusAt(access, now_s);
     ++by_status[std::string(status)];
     // Revenue is every paying subscription's, each at its own price and interval: a user Stripe
     // bills for two (a second checkout from another portal session, Starter and Professional)

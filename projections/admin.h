@@ -74,14 +74,18 @@
 //                             access before the service and the quota (EffectiveAccessAt): past
 //                             a scheduled end, or a trial past its end (an admin's too).
 //   comped                    effective access granted by an override with no paying subscription.
-//   by status (overview)      the effective status as consume judges it at `now_s`: Stripe's
+//   status                    EffectiveStatusAt: the effective status as consume judges it at
+//                             `now_s`, one function for the list's "status" and ?status= filter,
+//                             the one subscriber's "status" and the overview's by_status: Stripe's
 //                             status of a subscription that has ended (above; not an override's
-//                             status) counts as "canceled", as Stripe's deletion will record it;
+//                             status) is "canceled", as Stripe's deletion will record it;
 //                             a trial that has ended (consume's 402 trial_expired: an admin's
 //                             trial past its days, or a Stripe trial past its end) in a status
-//                             that grants access (trialing, active) as "trial_expired"; a past-due
+//                             that grants access (trialing, active) is "trial_expired"; a past-due
 //                             trial whose first charge failed stays "past_due" (Stripe retries
 //                             it: awaiting payment, below). `trialing` is by_status's trialing.
+//                             What was stored stays in the subscriber's stripe.status and
+//                             override.status.
 //
 // What each figure counts. Users: subscribers.total, by_status, paying, trialing and comped; a
 // tier's `subscribers`; churn (churned, paying_at_start: of the user's subscription, the one
@@ -117,7 +121,7 @@ inline constexpr size_t kUsageStatsTopUsers = 10;
 // ---- the list --------------------------------------------------------------------------------
 
 struct SubscriberFilter {
-  std::optional<std::string> status;  // effective status name, or "none"
+  std::optional<std::string> status;  // EffectiveStatusAt's: Stripe's, "none", "trial_expired"
   std::optional<std::string> tier;    // effective plan id
   std::optional<std::string> q;       // case-insensitive substring of the email or the user id
 };
@@ -131,7 +135,7 @@ struct SubscriberPage {
 };
 
 // Users the subscriptions projection knows, after `after` (a user id; "" = from the first), as
-// access is at `now_s` (the filters match the effective status and plan then).
+// access is at `now_s` (the filters match the effective status, EffectiveStatusAt, and plan then).
 Status ListSubscribers(const StateReader& state, int64_t now_s, const SubscriberFilter& filter,
                        std::string_view after, size_t limit, SubscriberPage* out);
 
@@ -144,8 +148,15 @@ Status ListSubscribers(const StateReader& state, int64_t now_s, const Subscriber
 // counted the user while consume answered 402 and my-access has_access false.
 AccessLevel EffectiveAccessAt(const UserAccess& access, int64_t now_s);
 
+// The effective status at `now_s` (see "status" above): Stripe's status name, "none",
+// "canceled" past a scheduled end, or kTrialExpiredStatus for a trial that has ended. What the
+// list shows and filters on and the overview counts by, so that list?status=<key> holds the
+// overview's by_status[key] users.
+std::string_view EffectiveStatusAt(const UserAccess& access, int64_t now_s);
+
 // One subscriber as the admin views show it at `now_s`:
-// {"user_id","email","status","access" (EffectiveAccessAt),"plan_id","overridden",
+// {"user_id","email","status" (EffectiveStatusAt),"access" (EffectiveAccessAt),"plan_id",
+//  "overridden",
 //  "override_superseded" (the override is set but the user's own later subscription decides:
 //  subscriptions.h),
 //  "stripe":{"subscription_id","customer_id","status","plan_id","interval","unit_amount",
@@ -189,8 +200,9 @@ class SetAdminOverride final : public Command {
 
 // ---- analytics ----------------------------------------------------------------------------------
 
-// The overview's by_status key, next to Stripe's eight and "none", of a user whose trial has
-// ended while its status still grants access (see "by status" above).
+// The effective status, next to Stripe's eight and "none", of a user whose trial has ended while
+// its status still grants access (see "status" above): a by_status key, a list row's "status"
+// and a ?status= filter.
 inline constexpr std::string_view kTrialExpiredStatus = "trial_expired";
 
 // {"as_of","subscribers":{"total","by_status":{Stripe's eight statuses, "none",

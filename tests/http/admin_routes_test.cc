@@ -1108,8 +1108,8 @@ TEST_F(AdminRoutesTest, APlanBoughtOverAnOverrideDecidesUntilItsScheduledEnd) {
 // does: past its scheduled end, before Stripe's deletion, the list, the overview's statuses,
 // revenue by tier's subscribers and usage stats' plans show the override deciding again (they
 // showed Professional while consume answered 402 trial_expired) -- an admin's trial that has
-// ended by then, so no trial subscriber either (revenue by tier counted one; the overview
-// counts it trial_expired, not trialing); and no revenue:
+// ended by then, so no trial subscriber either (revenue by tier counted one; the list, the
+// one subscriber and the overview show it trial_expired, not trialing); and no revenue:
 // Stripe canceled Professional at its period's end and bills it no more, though its row is still
 // active until the deletion arrives (paying 1 and MRR 4900 were counted past the end).
 TEST_F(AdminRoutesTest, AdminViewsShowWhatConsumeDecidesPastABoughtPlansScheduledEnd) {
@@ -1123,8 +1123,7 @@ TEST_F(AdminRoutesTest, AdminViewsShowWhatConsumeDecidesPastABoughtPlansSchedule
   ASSERT_EQ(Consume("u-h", "chat", "bought").status, 200);
   const std::string range = "?from=" + std::to_string(bought - kDay) +
                             "&to=" + std::to_string(bought + 40 * kDay);
-  auto expect_views = [&](const std::string& plan, const std::string& status,
-                          const std::string& overview_status, bool superseded,
+  auto expect_views = [&](const std::string& plan, const std::string& status, bool superseded,
                           int64_t subscribers, int64_t paying) {
     int pages = 0;
     EXPECT_EQ(ListAll("&tier=" + plan + "&status=" + status, 50, &pages),
@@ -1132,12 +1131,14 @@ TEST_F(AdminRoutesTest, AdminViewsShowWhatConsumeDecidesPastABoughtPlansSchedule
     rapidjson::Document list = Admin().Get(std::string(kAdminBase) + "list?q=u-h").Json();
     const auto& one = list["subscribers"][0];
     EXPECT_STREQ(one["plan_id"].GetString(), plan.c_str());
+    EXPECT_STREQ(one["status"].GetString(), status.c_str());
     EXPECT_EQ(one["override_superseded"].GetBool(), superseded);
+    rapidjson::Document single = Admin().Get(std::string(kAdminBase) + "h@x.com").Json();
+    EXPECT_STREQ(single["users"][0]["subscriber"]["status"].GetString(), status.c_str());
     rapidjson::Document overview = Admin().Get(std::string(kAdminBase) + "analytics/overview")
                                        .Json();
-    ASSERT_TRUE(overview["subscribers"]["by_status"].HasMember(overview_status.c_str()));
-    EXPECT_EQ(overview["subscribers"]["by_status"][overview_status.c_str()].GetInt64(), 1)
-        << overview_status;
+    ASSERT_TRUE(overview["subscribers"]["by_status"].HasMember(status.c_str()));
+    EXPECT_EQ(overview["subscribers"]["by_status"][status.c_str()].GetInt64(), 1) << status;
     EXPECT_EQ(overview["subscribers"]["paying"].GetInt64(), paying);
     EXPECT_EQ(overview["subscribers"]["comped"].GetInt64(), 0);
     EXPECT_EQ(overview["revenue"]["mrr_cents"].GetInt64(), 4900 * paying);
@@ -1151,11 +1152,14 @@ TEST_F(AdminRoutesTest, AdminViewsShowWhatConsumeDecidesPastABoughtPlansSchedule
         Admin().Get(std::string(kAdminBase) + "analytics/usage-stats" + range).Json();
     EXPECT_EQ(stats["usage"]["by_plan"][plan.c_str()].GetInt64(), 1) << plan;
   };
-  expect_views("professional", "active", "active", true, 1, 1);
+  expect_views("professional", "active", true, 1, 1);
   clock_.Set((bought + 30 * kDay + 3600) * kUs);  // past the period's end, no deletion yet
   ExpectProblem(Consume("u-h", "chat", "after-end"), 402, "trial_expired");
-  // The list shows the status the override sets; the overview counts the trial as ended.
-  expect_views("trial", "trialing", "trial_expired", false, 0, 0);
+  // The override decides again, and its trial has ended: trial_expired in every view (the list
+  // showed the override's stored trialing next to the overview's trial_expired 1).
+  expect_views("trial", "trial_expired", false, 0, 0);
+  rapidjson::Document single = Admin().Get(std::string(kAdminBase) + "h@x.com").Json();
+  EXPECT_STREQ(single["users"][0]["subscriber"]["override"]["status"].GetString(), "trialing");
 }
 
 // Canceled at its period's end, a subscription grants nothing once the period is over, though
@@ -1200,21 +1204,31 @@ TEST_F(AdminRoutesTest, ASubscriptionCanceledAtItsPeriodsEndGrantsNothingAfterIt
 
 // The admin views judge the scheduled end as consume does: an hour past the end of a period the
 // user canceled at its end, Stripe's deletion not here yet, consume answers 402
-// subscription_required -- and the list (?status=active: Stripe's status is still active), the
-// one-subscriber page and revenue by tier no longer show access "granted" or count the user.
+// subscription_required -- and the list, the one-subscriber page and revenue by tier no longer
+// show access "granted" or count the user, and show it canceled, as the deletion will say
+// (?status=canceled; Stripe's status, still active, is in "stripe"): they listed it under
+// ?status=active as "status":"active" while the overview counted it canceled.
 TEST_F(AdminRoutesTest, AdminViewsJudgeAScheduledEndAsConsumeDoes) {
   TestSubscription t = OnPlan("u-end", "starter", kNow - 29 * kDay, kNow + kDay);
   t.cancel_at_period_end = true;
   AddSubscriber(t, "end@x.com");
-  auto expect_views = [&](const std::string& access, int64_t subscribers) {
-    HttpReply r = Admin().Get(std::string(kAdminBase) + "list?status=active");
+  auto expect_views = [&](const std::string& access, const std::string& status,
+                          int64_t subscribers) {
+    HttpReply r = Admin().Get(std::string(kAdminBase) + "list?status=" + status);
     ASSERT_EQ(r.status, 200) << r.body;
     rapidjson::Document list = r.Json();
     ASSERT_EQ(list["subscribers"].Size(), 1u) << r.body;
     EXPECT_STREQ(list["subscribers"][0]["access"].GetString(), access.c_str()) << r.body;
+    EXPECT_STREQ(list["subscribers"][0]["status"].GetString(), status.c_str()) << r.body;
+    EXPECT_STREQ(list["subscribers"][0]["stripe"]["status"].GetString(), "active") << r.body;
+    r = Admin().Get(std::string(kAdminBase) + "list?status=" +
+                    (status == "active" ? "canceled" : "active"));
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(r.Json()["subscribers"].Size(), 0u) << r.body;
     r = Admin().Get(std::string(kAdminBase) + "end@x.com");
     ASSERT_EQ(r.status, 200) << r.body;
     EXPECT_STREQ(r.Json()["users"][0]["subscriber"]["access"].GetString(), access.c_str());
+    EXPECT_STREQ(r.Json()["users"][0]["subscriber"]["status"].GetString(), status.c_str());
     rapidjson::Document tiers_doc =
         Admin().Get(std::string(kAdminBase) + "analytics/revenue-by-tier").Json();
     for (const auto& tier : tiers_doc["tiers"].GetArray()) {
@@ -1222,13 +1236,86 @@ TEST_F(AdminRoutesTest, AdminViewsJudgeAScheduledEndAsConsumeDoes) {
       EXPECT_EQ(tier["subscribers"].GetInt64(), subscribers);
     }
   };
-  expect_views("granted", 1);
+  expect_views("granted", "active", 1);
   clock_.Set((kNow + kDay + 3600) * kUs);  // T + 1 h: the period has ended, no deletion yet
   ExpectProblem(Consume("u-end", "chat", "after-end"), 402, "subscription_required");
   HttpReply mine = User("u-end").Get("/api/v1/subscriptions/my-access");
   ASSERT_EQ(mine.status, 200) << mine.body;
   EXPECT_FALSE(mine.Json()["has_access"].GetBool()) << mine.body;
-  expect_views("none", 0);
+  expect_views("none", "canceled", 0);
+}
+
+// The list's status is the overview's: for every by_status key, list?status=<key> returns that
+// many users, each showing that "status", and the one-subscriber page agrees. The list showed
+// and filtered on the stored status, and refused ?status=trial_expired (400): a
+// cancel_at_period_end an hour past its period, the deletion late, was by_status.canceled 1 but
+// listed under ?status=active as "status":"active", as an admin's trial past its days was
+// listed trialing next to by_status.trial_expired 1.
+TEST_F(AdminRoutesTest, ListStatusesAreTheOverviewsByStatus) {
+  AddSubscriber(OnPlan("u-expired", ""), "expired@x.com");
+  ASSERT_EQ(Patch("expired@x.com", R"({"tier":"trial","status":"trialing"})").status, 200);
+  clock_.Advance(8 * kDay * kUs);  // past the admin's trial's seven days
+  const int64_t now = NowSeconds();
+  AddSubscriber(OnPlan("u-active", "starter", now - 10 * kDay, now + 20 * kDay), "a@x.com");
+  TestSubscription trialing = OnPlan("u-trialing", "trial", "trialing");
+  trialing.trial_start = trialing.period_start = now - 2 * kDay;
+  trialing.trial_end = trialing.period_end = now + 5 * kDay;
+  AddSubscriber(trialing, "t@x.com");
+  TestSubscription ended = OnPlan("u-ended", "starter", now - 30 * kDay, now - 3600);
+  ended.cancel_at_period_end = true;  // the period ended an hour ago, the deletion is late
+  AddSubscriber(ended, "end@x.com");
+  TestSubscription canceled = OnPlan("u-canceled", "starter", "canceled");
+  canceled.canceled_at = canceled.ended_at = now - 5 * kDay;
+  AddSubscriber(canceled, "c@x.com");
+  AddSubscriber(OnPlan("u-past-due", "enterprise", "past_due"), "p@x.com");
+  AddSubscriber(OnPlan("u-suspended", "professional", now - 10 * kDay, now + 20 * kDay),
+                "s@x.com");
+  ASSERT_EQ(Patch("s@x.com", R"({"status":"suspended"})").status, 200);
+  AddSubscriber(OnPlan("u-none", ""), "n@x.com");
+  ExpectProblem(Consume("u-expired", "chat", "k"), 402, "trial_expired");
+  ExpectProblem(Consume("u-ended", "chat", "k"), 402, "subscription_required");
+
+  HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
+  ASSERT_EQ(r.status, 200) << r.body;
+  const rapidjson::Document overview = r.Json();
+  const auto& by_status = overview["subscribers"]["by_status"];
+  const std::map<std::string, int64_t> expected = {
+      {"active", 1}, {"trialing", 1}, {"trial_expired", 1}, {"canceled", 3},
+      {"past_due", 1}, {"none", 1}};
+  int64_t listed = 0;
+  for (const auto& [key, count] : by_status.GetObject()) {
+    const std::string status = key.GetString();
+    const auto want = expected.find(status);
+    EXPECT_EQ(count.GetInt64(), want == expected.end() ? 0 : want->second) << status;
+    int pages = 0;
+    const std::vector<std::string> users = ListAll("&status=" + status, 50, &pages);
+    EXPECT_EQ(static_cast<int64_t>(users.size()), count.GetInt64()) << status;
+    listed += static_cast<int64_t>(users.size());
+    for (const std::string& user : users) {
+      r = Admin().Get(std::string(kAdminBase) + "list?q=" + user);
+      ASSERT_EQ(r.status, 200) << r.body;
+      EXPECT_STREQ(r.Json()["subscribers"][0]["status"].GetString(), status.c_str()) << user;
+      r = Admin().Get(std::string(kAdminBase) + user);
+      ASSERT_EQ(r.status, 200) << r.body;
+      EXPECT_STREQ(r.Json()["users"][0]["subscriber"]["status"].GetString(), status.c_str())
+          << user;
+    }
+  }
+  EXPECT_EQ(listed, overview["subscribers"]["total"].GetInt64());
+  EXPECT_EQ(listed, 8);
+  int pages = 0;
+  EXPECT_EQ(ListAll("&status=canceled", 50, &pages),
+            (std::vector<std::string>{"u-canceled", "u-ended", "u-suspended"}));
+  EXPECT_EQ(ListAll("&status=trial_expired", 50, &pages),
+            std::vector<std::string>{"u-expired"});
+  // What was stored stays visible: Stripe's status, the override's.
+  r = Admin().Get(std::string(kAdminBase) + "list?q=u-ended");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_STREQ(r.Json()["subscribers"][0]["stripe"]["status"].GetString(), "active") << r.body;
+  r = Admin().Get(std::string(kAdminBase) + "list?q=u-expired");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_STREQ(r.Json()["subscribers"][0]["override"]["status"].GetString(), "trialing")
+      << r.body;
 }
 
 // An ended trial grants nothing in the admin views, as consume decides (402 trial_expired): an
