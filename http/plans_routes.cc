@@ -18,6 +18,7 @@
 #include "http/problem.h"
 #include "http/routes.h"
 #include "http/stripe_client.h"
+#include "http/stripe_plans.h"
 #include "projections/plan_catalog.h"
 
 namespace ledger::http {
@@ -101,20 +102,11 @@ bool ReadNamedStripePrices(const AppContext& context, const httplib::Request& re
   if (AnswerStoredRetry(context.ledger, req, route_name, identity, &res)) return false;
   out->emplace();
   for (const auto& [field, id] : pc::NewlyNamedStripePrices(plan, before)) {
-    StripePrice price;
-    Status s = context.stripe->GetPrice(id, &price);
-    if (!s.ok() && !s.IsNotFound()) {
+    pc::StripePriceAtStripe seen;
+    if (Status s = ReadStripePrice(context.stripe, id, &seen); !s.ok()) {
       WriteStatusProblem(s, &res);
       return false;
     }
-    pc::StripePriceAtStripe seen;
-    seen.id = id;
-    seen.exists = s.ok();
-    seen.active = price.active;
-    seen.currency = price.currency;
-    seen.unit_amount = price.unit_amount_or_none;
-    seen.interval = price.interval;
-    seen.interval_count = price.interval_count;
     (*out)->push_back(std::move(seen));
   }
   return true;

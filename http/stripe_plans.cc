@@ -104,4 +104,20 @@ Status ResolveChangePrice(const projections::Plan& plan, BillingCycle cycle,
   return RecurringPrice(plan, cycle, price_id);
 }
 
+Status ReadStripePrice(StripeApi* stripe, std::string_view price_id,
+                       projections::StripePriceAtStripe* out) {
+  StripePrice price;
+  Status s = stripe->GetPrice(price_id, &price);
+  if (!s.ok() && !s.IsNotFound()) return s;
+  *out = projections::StripePriceAtStripe{};
+  out->id = std::string(price_id);
+  out->exists = s.ok();
+  out->active = price.active;
+  out->currency = price.currency;
+  out->unit_amount = price.unit_amount_or_none;
+  out->interval = price.interval;
+  out->interval_count = price.interval_count;
+  return Status::OK();
+}
+
 }  // namespace ledger::http

@@ -23,6 +23,7 @@
 
 #include "events/fold.h"
 #include "events/status.h"
+#include "http/stripe_client.h"
 #include "projections/plan_catalog.h"
 
 namespace ledger::http {
@@ -60,5 +61,12 @@ Status ResolveCheckoutPrices(const StateReader& state, const projections::Plan& 
 // kUnprocessable (a trial is started through checkout, not by changing a subscription).
 Status ResolveChangePrice(const projections::Plan& plan, BillingCycle cycle,
                           std::string* price_id);
+
+// What Stripe says of the price `price_id` (GET /v1/prices/{id}), for
+// projections::StripePriceMismatch: the admin plan routes before recording a price an admin
+// names, stripe-setup before keeping one the catalog names. A price Stripe does not have is
+// `exists` false and OK; other failures are the client's (kBadGateway, kUnavailable, ...).
+Status ReadStripePrice(StripeApi* stripe, std::string_view price_id,
+                       projections::StripePriceAtStripe* out);
 
 }  // namespace ledger::http

@@ -837,6 +837,42 @@ Status CheckStripePriceFresh(const char* cycle, std::optional<int64_t> cents,
                               "or null it (and run ledgerctl stripe-setup)");
 }
 
+}  // namespace
+
+std::string StripePriceMismatch(const Plan& plan, std::string_view field,
+                                const StripePriceAtStripe& seen) {
+  const bool yearly = field == "stripe_price_yearly";
+  // A trial's stripe_price_monthly is its one-time fee (http/stripe_plans.h).
+  const bool fee = !yearly && plan.trial_days > 0;
+  const std::string_view interval = yearly ? "year" : "month";
+  const std::optional<int64_t> cents =
+      yearly ? plan.price_yearly_cents : std::optional<int64_t>(plan.price_monthly_cents);
+  if (!seen.exists) return "does not exist at Stripe (in the configured key's mode)";
+  if (!seen.active) return "is archived (inactive) at Stripe";
+  if (!cents) return "bills a cycle the plan does not sell (price_yearly_cents null)";
+  if (seen.currency != plan.currency) {
+    return "bills in '" + Truncated(seen.currency, 8) + "', the plan in '" + plan.currency + "'";
+  }
+  if (fee && !seen.interval.empty()) {
+    return "is recurring; a trial plan's fee is a one-time price";
+  }
+  if (!fee && (seen.interval != interval || seen.interval_count != 1)) {
+    return seen.interval.empty()
+               ? "is a one-time price, not recurring every " + std::string(interval)
+               : "recurs every " + std::to_string(seen.interval_count) + " " +
+                     Truncated(seen.interval, 16) + "(s), not every " + std::string(interval);
+  }
+  if (seen.unit_amount != cents) {
+    return "bills unit_amount " +
+           (seen.unit_amount ? std::to_string(*seen.unit_amount) : "null") + ", the plan's " +
+           (yearly ? "price_yearly_cents" : "price_monthly_cents") + " is " +
+           std::to_string(*cents);
+  }
+  return "";
+}
+
+namespace {
+
 // An admin named a Stripe price by its id alone and nothing compared it with the plan: PUT
 // /plans/professional {"stripe_price_yearly":"price_m"}, price_m a $49 monthly price, made every
 // yearly checkout bill $49 a month. Each price the change names anew must bill what the plan
@@ -858,38 +894,8 @@ Status CheckStripePricesBillThePlan(const Plan& plan, const Plan* before,
                               named + "was not checked at Stripe (the plan changed meanwhile); "
                                       "send the request again");
     }
-    auto mismatch = [&named](const std::string& what) {
-      return Status::Conflict("stripe_price_mismatch", named + what);
-    };
-    const bool yearly = field == "stripe_price_yearly";
-    // A trial's stripe_price_monthly is its one-time fee (http/stripe_plans.h).
-    const bool fee = !yearly && plan.trial_days > 0;
-    const std::string_view interval = yearly ? "year" : "month";
-    const std::optional<int64_t> cents =
-        yearly ? plan.price_yearly_cents : std::optional<int64_t>(plan.price_monthly_cents);
-    if (!seen->exists) return mismatch("does not exist at Stripe (in the configured key's mode)");
-    if (!seen->active) return mismatch("is archived (inactive) at Stripe");
-    if (!cents) return mismatch("bills a cycle the plan does not sell (price_yearly_cents null)");
-    if (seen->currency != plan.currency) {
-      return mismatch("bills in '" + Truncated(seen->currency, 8) + "', the plan in '" +
-                      plan.currency + "'");
-    }
-    if (fee && !seen->interval.empty()) {
-      return mismatch("is recurring; a trial plan's fee is a one-time price");
-    }
-    if (!fee && (seen->interval != interval || seen->interval_count != 1)) {
-      return mismatch(seen->interval.empty()
-                          ? "is a one-time price, not recurring every " + std::string(interval)
-                          : "recurs every " + std::to_string(seen->interval_count) + " " +
-                                Truncated(seen->interval, 16) + "(s), not every " +
-                                std::string(interval));
-    }
-    if (seen->unit_amount != cents) {
-      return mismatch("bills unit_amount " +
-                      (seen->unit_amount ? std::to_string(*seen->unit_amount) : "null") +
-                      ", the plan's " + (yearly ? "price_yearly_cents" : "price_monthly_cents") +
-                      " is " + std::to_string(*cents));
-    }
+    const std::string why = StripePriceMismatch(plan, field, *seen);
+    if (!why.empty()) return Status::Conflict("stripe_price_mismatch", named + why);
   }
   return Status::OK();
 }

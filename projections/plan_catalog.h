@@ -204,6 +204,14 @@ using StripePricesAtStripe = std::optional<std::vector<StripePriceAtStripe>>;
 std::vector<std::pair<std::string_view, std::string>> NewlyNamedStripePrices(const Plan& plan,
                                                                             const Plan* before);
 
+// Why `seen` cannot be `plan`'s price in `field` ("stripe_price_monthly" | "stripe_price_yearly"),
+// e.g. "is archived (inactive) at Stripe"; "" when it bills what the plan sells there: it exists,
+// is active, in the plan's currency, of its unit_amount, recurring every month / year (interval
+// count 1) as the field says -- or, for a trial plan's stripe_price_monthly (its fee), one-time.
+// The rule of 409 stripe_price_mismatch, and of the named prices stripe-setup keeps.
+std::string StripePriceMismatch(const Plan& plan, std::string_view field,
+                                const StripePriceAtStripe& seen);
+
 // ---------------------------------------------------------------------------------------------
 // Commands. Each answers Decision.body = the plan's JSON (SeedCatalog: a summary).
 

@@ -1,8 +1,10 @@
 #include "tools/stripe_setup.h"
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <sstream>
+#include <utility>
 
 #include "http/stripe_plans.h"
 #include "projections/plan_catalog.h"
@@ -114,23 +116,50 @@ const std::optional<std::string>& CatalogPrice(const pc::Plan& plan, const Wante
   return w.kind == "yearly" ? plan.stripe_price_yearly : plan.stripe_price_monthly;
 }
 
-// Only the prices the catalog leaves null are looked up, created and recorded. A price id it
-// already names is the admin's choice (CONTRACT §4: set by admins or by stripe-setup) and is kept
-// as it is, or an admin who names price_admin for starter's monthly price would see every run
-// replace it with its own ledgerd_starter_monthly price. The catalog keeps a named price fresh
-// itself (a change of the amount must name a new price or null it, CheckStripePriceFresh), so the
-// price is not checked at Stripe either; nulling it is how an admin asks this tool for a new one.
+// Why each price id the catalog names cannot stay, by {plan id, kind}; a named price not in it is
+// kept. Read for every plan before anything is created or recorded (CheckNamedPrices), so a
+// Stripe failure on the way fails the run with nothing done.
+using NamedPriceMismatches = std::map<std::pair<std::string, std::string>, std::string>;
+
+// A price id the catalog names is read at Stripe and kept only when it bills what the plan sells
+// in its field (projections::StripePriceMismatch, the rule the admin plan routes apply to a price
+// an admin names): an admin's price_admin for starter's monthly price stays (CONTRACT §4: set by
+// admins or by stripe-setup). Kept unread, a run with sk_test_ then one with sk_live_ kept every
+// test-mode id, which live mode does not have, and every checkout failed 502; a price archived in
+// the Dashboard was kept too. Such an id is treated as null: found or created by lookup key and
+// recorded in its place.
+Status CheckNamedPrices(const pc::Plan& plan, http::StripeApi* stripe,
+                        NamedPriceMismatches* mismatches) {
+  for (const WantedPrice& w : WantedPrices(plan)) {
+    const std::optional<std::string>& named = CatalogPrice(plan, w);
+    if (!named.has_value()) continue;
+    pc::StripePriceAtStripe seen;
+    LEDGER_RETURN_IF_ERROR(http::ReadStripePrice(stripe, *named, &seen));
+    std::string why = pc::StripePriceMismatch(
+        plan, w.kind == "yearly" ? "stripe_price_yearly" : "stripe_price_monthly", seen);
+    if (!why.empty()) (*mismatches)[{plan.id, w.kind}] = std::move(why);
+  }
+  return Status::OK();
+}
+
+// The prices the catalog leaves null, and the named ones CheckNamedPrices found wrong, are looked
+// up by lookup key, created when missing and recorded (RecordPrices); the rest are kept.
 Status EnsurePrices(const pc::Plan& plan, Position plan_event, http::StripeApi* stripe,
-                    const StripeSetupOptions& options, StripeSetupPlanResult* result) {
+                    const NamedPriceMismatches& mismatches, const StripeSetupOptions& options,
+                    StripeSetupPlanResult* result) {
   std::vector<WantedPrice> wanted;
   for (WantedPrice& w : WantedPrices(plan)) {
     const std::optional<std::string>& named = CatalogPrice(plan, w);
-    if (named.has_value()) {
+    auto mismatch = mismatches.find({plan.id, w.kind});
+    if (named.has_value() && mismatch == mismatches.end()) {
       (w.kind == "yearly" ? result->yearly_price : result->monthly_price) = *named;
       result->prices_kept.push_back(*named);
-    } else {
-      wanted.push_back(std::move(w));
+      continue;
     }
+    if (named.has_value()) {
+      result->prices_replaced.push_back(*named + " (" + mismatch->second + ")");
+    }
+    wanted.push_back(std::move(w));
   }
   if (wanted.empty()) return Status::OK();
   std::vector<std::string> keys;
@@ -175,10 +204,11 @@ Status EnsurePrices(const pc::Plan& plan, Position plan_event, http::StripeApi* 
 }
 
 Status RecordPrices(Ledger* ledger, const pc::Plan& plan, StripeSetupPlanResult* result) {
-  // Fills null ids only (EnsurePrices): a named one is never replaced.
+  // A kept id is the one the catalog names already; a null one filled, or a named one replaced
+  // (EnsurePrices), differs from it.
   auto wanted = [](const std::string& id, const std::optional<std::string>& current)
       -> std::optional<std::string> {
-    if (id.empty() || current.has_value()) return std::nullopt;
+    if (id.empty() || current == id) return std::nullopt;
     return id;
   };
   std::optional<std::string> monthly = wanted(result->monthly_price, plan.stripe_price_monthly);
@@ -206,6 +236,12 @@ Status SetUpStripeCatalog(Ledger* ledger, http::StripeApi* stripe,
     LEDGER_RETURN_IF_ERROR(pc::ListPlans(*view, /*include_inactive=*/true, &plans));
   }
   if (plans.empty() && options.dry_run) plans = pc::InitialPlans();
+  // Every named price is read first: a Stripe failure (exit 69) leaves nothing created at Stripe
+  // and nothing recorded, rather than the plans before it done.
+  NamedPriceMismatches mismatches;
+  for (const pc::Plan& plan : plans) {
+    if (plan.active) LEDGER_RETURN_IF_ERROR(CheckNamedPrices(plan, stripe, &mismatches));
+  }
   for (const pc::Plan& plan : plans) {
     if (!plan.active) {
       report->skipped.push_back(plan.id + ": retired");
@@ -220,7 +256,8 @@ Status SetUpStripeCatalog(Ledger* ledger, http::StripeApi* stripe,
     Position plan_event(0);  // a dry run creates nothing, so it needs no key
     if (!options.dry_run) LEDGER_RETURN_IF_ERROR(LastPlanEvent(*ledger, plan.id, &plan_event));
     LEDGER_RETURN_IF_ERROR(EnsureProduct(plan, plan_event, stripe, options, &result));
-    LEDGER_RETURN_IF_ERROR(EnsurePrices(plan, plan_event, stripe, options, &result));
+    LEDGER_RETURN_IF_ERROR(
+        EnsurePrices(plan, plan_event, stripe, mismatches, options, &result));
     if (!options.dry_run) LEDGER_RETURN_IF_ERROR(RecordPrices(ledger, plan, &result));
     report->products_created += result.product_created ? 1 : 0;
     report->prices_created += result.prices_created.size();
@@ -281,6 +318,9 @@ std::string FormatStripeSetupReport(const StripeSetupReport& report, bool dry_ru
     if (!plan.yearly_price.empty()) out << ", yearly price " << plan.yearly_price;
     if (!plan.prices_kept.empty()) {
       out << ", " << plan.prices_kept.size() << " named in the catalog (kept)";
+    }
+    for (const std::string& replaced : plan.prices_replaced) {
+      out << (dry_run ? ", would replace: " : ", replaced: ") << replaced;
     }
     out << ", " << plan.prices_created.size() << " price(s) " << create;
     if (!dry_run) out << (plan.catalog_updated ? ", catalog updated" : ", catalog unchanged");

@@ -5,10 +5,14 @@
 //   - One product per paid, active plan, with OUR id "ledgerd_<plan>" (http/stripe_plans.h), so
 //     "does it exist" is an exact GET /v1/products/{id} (product search is eventually consistent
 //     and unavailable in some regions).
-//   - Only a price id the catalog leaves null is filled: one it names (an admin's, or one an
-//     earlier run recorded) is kept and not checked at Stripe -- the catalog keeps named ids
-//     fresh itself (a price change must name a new Stripe price or null the old one, 409
-//     stripe_price_stale), and nulling one is how an admin asks for a new price from this tool.
+//   - A price id the catalog names (an admin's, or one an earlier run recorded) is read at Stripe
+//     (GET /v1/prices/{id}) and kept when it bills what the plan sells in its field, by the rule
+//     of the admin plan routes (projections::StripePriceMismatch): it exists, is active, of the
+//     plan's currency and amount, recurring every month / year (for a trial's fee, one-time).
+//     Otherwise -- a test-mode id after a switch to a live key, a price archived in the
+//     Dashboard -- it is treated as null, and the report says which it replaced and why. Named
+//     prices are read for every plan before anything is created or recorded, so a Stripe
+//     failure there leaves both untouched. Nulling an id is how an admin asks for a new price.
 //   - Prices are found by lookup key ("ledgerd_<plan>_monthly|yearly|fee"). A price that exists
 //     with the right product, amount, currency and interval and is active is used as is; otherwise
 //     a new price is created with `transfer_lookup_key=true`, which moves the key to it (the old
@@ -18,7 +22,8 @@
 //     a creation asked for again after a catalog change is not answered with an old one.
 //   - The trial plan (trial_days > 0) gets a ONE-TIME price of its price_monthly_cents (the $1
 //     fee), recorded as its stripe_price_monthly; see http/stripe_plans.h for how checkout uses it.
-//   - SetPlanStripePrices appends plan.updated.v1 only when a null id is filled.
+//   - SetPlanStripePrices appends plan.updated.v1 only when a null id is filled or a named one
+//     replaced.
 //
 // Storage: it opens the data directory for writing, so ledgerd must be stopped (RocksDB's lock
 // refuses a second writer; the error says so). The directory is created and the catalog seeded
@@ -52,7 +57,10 @@ struct StripeSetupPlanResult {
   std::string monthly_price;  // for the trial: the one-time fee price
   std::string yearly_price;   // "" when the plan is not sold yearly
   std::vector<std::string> prices_created;
-  std::vector<std::string> prices_kept;  // named in the catalog already: left as they are
+  std::vector<std::string> prices_kept;  // named in the catalog, billing the plan: left as is
+  // Named in the catalog but not billing the plan at Stripe, replaced by monthly_price /
+  // yearly_price: "<id> (<why>)", e.g. "price_x (is archived (inactive) at Stripe)".
+  std::vector<std::string> prices_replaced;
   bool catalog_updated = false;
   std::vector<std::string> warnings;
 };

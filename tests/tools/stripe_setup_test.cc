@@ -243,8 +243,9 @@ TEST_F(StripeSetupTest, APriceChangedBackAndForthGetsANewPriceEachTime) {
   EXPECT_EQ(posts[3].idempotency_key, posts[0].idempotency_key);
 }
 
-// CONTRACT §4: price ids are set by admins or by stripe-setup. An id the catalog names is the
-// admin's choice and is kept; stripe-setup fills the null ones only.
+// CONTRACT §4: price ids are set by admins or by stripe-setup. An id the catalog names that
+// bills what the plan sells at Stripe is the admin's choice and is kept; stripe-setup fills the
+// null ones.
 TEST_F(StripeSetupTest, APriceTheCatalogNamesIsKept) {
   ASSERT_TRUE(pc::SeedPlanCatalog(ledger_.get(), nullptr).ok());
   fake_.AddProduct("prod_admin", "Starter (made in the Dashboard)");
@@ -285,11 +286,141 @@ TEST_F(StripeSetupTest, APriceTheCatalogNamesIsKept) {
             std::string::npos)
       << text;
 
-  // Named prices are kept without a call to Stripe: a plan that names both asks for nothing.
+  // A plan that names both prices asks Stripe for each by id, and for nothing by lookup key.
   fake_.ClearRequests();
   ASSERT_TRUE(Run(&report).ok());
-  EXPECT_EQ(fake_.RequestsTo("GET", "/v1/prices").size(), 0u);
+  EXPECT_EQ(fake_.RequestsTo("GET", "/v1/prices/price_admin").size(), 1u);
+  for (const auto& get : fake_.RequestsTo("GET", "/v1/prices")) {
+    EXPECT_FALSE(get.HasParam("lookup_keys[]")) << get.path;
+  }
+  EXPECT_EQ(report.prices_created, 0u);
+  EXPECT_EQ(report.plans_updated, 0u);
   EXPECT_EQ(Plan("starter").stripe_price_monthly, "price_admin");
+}
+
+// A recorded price archived in the Dashboard is not kept: checkout cannot sell it. The run
+// replaces it with an active price (the lookup key moves to it) and says so.
+TEST_F(StripeSetupTest, AnArchivedNamedPriceIsReplaced) {
+  StripeSetupReport report;
+  ASSERT_TRUE(Run(&report).ok());
+  const std::string archived = *Plan("starter").stripe_price_monthly;
+  const std::string yearly = *Plan("starter").stripe_price_yearly;
+  FakeStripe::Price price = PricesById().at(archived);
+  price.active = false;
+  fake_.AddPrice(price);
+
+  Status s = Run(&report);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(report.prices_created, 1u);
+  EXPECT_EQ(report.plans_updated, 1u);
+  pc::Plan starter = Plan("starter");
+  ASSERT_TRUE(starter.stripe_price_monthly.has_value());
+  EXPECT_NE(*starter.stripe_price_monthly, archived);
+  EXPECT_EQ(starter.stripe_price_yearly, yearly);  // active and right: kept
+  const FakeStripe::Price recorded = PricesById().at(*starter.stripe_price_monthly);
+  EXPECT_TRUE(recorded.active);
+  EXPECT_EQ(recorded.unit_amount, 1900);
+  EXPECT_EQ(recorded.interval, "month");
+  EXPECT_EQ(recorded.lookup_key, "ledgerd_starter_monthly");
+  const StripeSetupPlanResult* result = nullptr;
+  for (const auto& plan : report.plans) {
+    if (plan.plan_id == "starter") result = &plan;
+  }
+  ASSERT_NE(result, nullptr);
+  EXPECT_EQ(result->prices_replaced,
+            (std::vector<std::string>{archived + " (is archived (inactive) at Stripe)"}));
+  EXPECT_EQ(result->prices_kept, (std::vector<std::string>{yearly}));
+  std::string text = FormatStripeSetupReport(report, false);
+  EXPECT_NE(text.find("replaced: " + archived + " (is archived (inactive) at Stripe)"),
+            std::string::npos)
+      << text;
+
+  // Replaced once: the next run keeps the new price.
+  ASSERT_TRUE(Run(&report).ok());
+  EXPECT_EQ(report.prices_created, 0u);
+  EXPECT_EQ(report.plans_updated, 0u);
+}
+
+// Set up with sk_test_, then STRIPE_SECRET_KEY switched to sk_live_: live mode has none of the
+// test-mode ids the catalog names (every checkout would be 502), so each is replaced by a price
+// of the live account, created there with its product.
+TEST_F(StripeSetupTest, PricesUnknownToTheKeysModeAreReplaced) {
+  StripeSetupReport report;
+  ASSERT_TRUE(Run(&report).ok());
+  std::map<std::string, pc::Plan> test_mode;
+  for (const char* id : {"trial", "starter", "professional", "enterprise"}) {
+    test_mode[id] = Plan(id);
+  }
+
+  FakeStripe live;  // another Stripe: knows none of the first one's ids
+  ASSERT_TRUE(live.Start().ok());
+  http::StripeClientOptions options;
+  options.api_base = live.base_url();
+  options.secret_key = kFakeStripeSecretKey;
+  options.sleep = [](int64_t) {};
+  std::unique_ptr<http::HttpStripeClient> live_client;
+  ASSERT_TRUE(http::HttpStripeClient::Create(options, &live_client).ok());
+  Status s = SetUpStripeCatalog(ledger_.get(), live_client.get(), StripeSetupOptions{}, &report);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(report.products_created, 4u);
+  EXPECT_EQ(report.prices_created, 7u);
+  EXPECT_EQ(report.plans_updated, 4u);
+  std::map<std::string, FakeStripe::Price> live_prices;
+  for (const auto& p : live.prices()) live_prices[p.id] = p;
+  for (const auto& [id, before] : test_mode) {
+    SCOPED_TRACE(id);
+    pc::Plan plan = Plan(id);
+    ASSERT_TRUE(plan.stripe_price_monthly.has_value());
+    EXPECT_NE(plan.stripe_price_monthly, before.stripe_price_monthly);
+    EXPECT_EQ(live_prices.count(*plan.stripe_price_monthly), 1u);
+    EXPECT_EQ(plan.stripe_price_yearly.has_value(), before.stripe_price_yearly.has_value());
+    if (plan.stripe_price_yearly) {
+      EXPECT_EQ(live_prices.count(*plan.stripe_price_yearly), 1u);
+    }
+  }
+  const StripeSetupPlanResult* result = nullptr;
+  for (const auto& plan : report.plans) {
+    if (plan.plan_id == "starter") result = &plan;
+  }
+  ASSERT_NE(result, nullptr);
+  EXPECT_TRUE(result->prices_kept.empty());
+  const std::string why = " (does not exist at Stripe (in the configured key's mode))";
+  EXPECT_EQ(result->prices_replaced,
+            (std::vector<std::string>{*test_mode["starter"].stripe_price_monthly + why,
+                                      *test_mode["starter"].stripe_price_yearly + why}));
+}
+
+// A named price Stripe cannot be asked about fails the run before anything is created at Stripe
+// or recorded (ledgerctl: exit 69); a rerun finishes.
+TEST_F(StripeSetupTest, AFailedReadOfANamedPriceFailsTheRunWithNothingDone) {
+  ASSERT_TRUE(pc::SeedPlanCatalog(ledger_.get(), nullptr).ok());
+  FakeStripe::Price price;
+  price.id = "price_admin_pro";
+  price.product = "prod_admin";
+  price.unit_amount = 4900;
+  price.interval = "month";
+  fake_.AddProduct("prod_admin", "Professional (made in the Dashboard)");
+  fake_.AddPrice(price);
+  pc::PlanInput input;
+  input.plan = Plan("professional");
+  input.given.set();
+  input.plan.stripe_price_monthly = "price_admin_pro";
+  pc::UpdatePlan update(input, pc::Actor::Admin("root", ""));
+  ASSERT_TRUE(ledger_->Submit(&update).status.ok());
+  const uint64_t head = ledger_->Head().value();
+
+  fake_.ClearRequests();
+  fake_.InjectFault(FakeStripe::Fault::kServerError, 3, "GET", "/v1/prices/");  // every attempt
+  StripeSetupReport report;
+  Status s = Run(&report);
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(s.problem(), "stripe_error") << s.ToString();
+  EXPECT_EQ(ledger_->Head().value(), head);
+  EXPECT_EQ(fake_.RequestsTo("POST", "/").size(), 0u);
+  EXPECT_EQ(fake_.product_count(), 1u);
+
+  ASSERT_TRUE(Run(&report).ok());
+  EXPECT_EQ(Plan("professional").stripe_price_monthly, "price_admin_pro");
 }
 
 TEST_F(StripeSetupTest, StripeFailuresAreRetriedWithTheSameKeyAndARerunFinishes) {
