@@ -497,22 +497,30 @@ TEST(AppTest, AnEmptyJwksFileIsAConfigError) {
   EXPECT_NE(s.message().find("LEDGER_JWT_JWKS_FILE"), std::string::npos) << s.ToString();
 }
 
+// Starts an App, blocks SIGUSR2 (the signal the wait is given; the caller restores `old_mask`)
+// and makes accept() fail on its listening socket, ending cpp-httplib's accept loop.
+void StartAndBreakTheListener(const TempDir& dir, std::unique_ptr<App>* app, sigset_t* signals,
+                              sigset_t* old_mask) {
+  Status s = App::Start(TestConfig(dir.Sub("data")), nullptr, app);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_TRUE((*app)->serving());
+  sigemptyset(signals);
+  sigaddset(signals, SIGUSR2);
+  ASSERT_EQ(::pthread_sigmask(SIG_BLOCK, signals, old_mask), 0);
+  const int fd = ListeningSocketOf((*app)->http_port());
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::shutdown(fd, SHUT_RD), 0);
+}
+
 // An accept loop that ends on its own (cpp-httplib retries accept() on EMFILE alone; here it fails
 // with EINVAL on a listening socket shut down for reading) ends ledgerd's wait for a signal:
 // main() then stops and exits 69 to be restarted, where it sat in sigwait with its port dark.
 TEST(AppTest, AnAcceptLoopThatDiesEndsTheWaitForASignal) {
   TempDir dir;
   std::unique_ptr<App> app;
-  Status s = App::Start(TestConfig(dir.Sub("data")), nullptr, &app);
-  ASSERT_TRUE(s.ok()) << s.ToString();
-  EXPECT_TRUE(app->serving());
   sigset_t signals, old_mask;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGUSR2);
-  ASSERT_EQ(::pthread_sigmask(SIG_BLOCK, &signals, &old_mask), 0);
-  const int fd = ListeningSocketOf(app->http_port());
-  ASSERT_GE(fd, 0);
-  ASSERT_EQ(::shutdown(fd, SHUT_RD), 0);
+  StartAndBreakTheListener(dir, &app, &signals, &old_mask);
+  if (HasFatalFailure()) return;
   // A wait that never notices would last for good: after 20 s this thread gets SIGUSR2.
   std::mutex mu;
   std::condition_variable cv;
@@ -547,15 +555,9 @@ TEST(AppTest, AnAcceptLoopThatDiesEndsTheWaitForASignal) {
 TEST(AppTest, ASignalPendingAsTheAcceptLoopDiesIsTakenByTheWait) {
   TempDir dir;
   std::unique_ptr<App> app;
-  Status s = App::Start(TestConfig(dir.Sub("data")), nullptr, &app);
-  ASSERT_TRUE(s.ok()) << s.ToString();
   sigset_t signals, old_mask;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGUSR2);
-  ASSERT_EQ(::pthread_sigmask(SIG_BLOCK, &signals, &old_mask), 0);
-  const int fd = ListeningSocketOf(app->http_port());
-  ASSERT_GE(fd, 0);
-  ASSERT_EQ(::shutdown(fd, SHUT_RD), 0);
+  StartAndBreakTheListener(dir, &app, &signals, &old_mask);
+  if (HasFatalFailure()) return;
   for (int i = 0; i < 200 && app->serving(); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }

@@ -164,6 +164,18 @@ class BillingRoutesTest : public ::testing::Test {
     ASSERT_TRUE(ledger_->Submit(&command).status.ok());
   }
 
+  // The one POST an upgrade made to sub_alice, which ends the trial at once (trial_end=now).
+  FakeStripe::Request TheTrialEndingPost() {
+    auto posts = fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice");
+    EXPECT_EQ(posts.size(), 1u);
+    if (posts.empty()) return {};
+    const FormParams& params = posts[0].params;
+    EXPECT_NE(std::find(params.begin(), params.end(),
+                        std::make_pair(std::string("trial_end"), std::string("now"))),
+              params.end());
+    return posts[0];
+  }
+
   // Links alice to a Stripe customer and subscription through the webhook command, and creates
   // them at the fake.
   void GiveAliceASubscription(const std::string& status = "active",
@@ -1487,16 +1499,11 @@ TEST_F(BillingRoutesTest, AnUpgradeDuringTheTrialEndsTheTrial) {
   GiveAliceASubscription("trialing", "price_starter_monthly", "trial");
   HttpReply r = Alice().Post(kUpgrade, R"({"plan_id":"enterprise"})");
   ASSERT_EQ(r.status, 200) << r.body;
-  auto posts = fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice");
-  ASSERT_EQ(posts.size(), 1u);
-  const FormParams& params = posts[0].params;
-  EXPECT_NE(std::find(params.begin(), params.end(), std::make_pair(std::string("trial_end"),
-                                                                   std::string("now"))),
-            params.end());
-  EXPECT_NE(std::find(params.begin(), params.end(),
+  const FakeStripe::Request post = TheTrialEndingPost();
+  EXPECT_NE(std::find(post.params.begin(), post.params.end(),
                       std::make_pair(std::string("metadata[ledgerd_ended_trial]"),
-                                     posts[0].idempotency_key)),
-            params.end());
+                                     post.idempotency_key)),
+            post.params.end());
   EXPECT_EQ(fake_.GetSubscription("sub_alice")->status, "active");
   EXPECT_NE(r.body.find(R"("status":"active")"), std::string::npos) << r.body;
 
@@ -1504,7 +1511,7 @@ TEST_F(BillingRoutesTest, AnUpgradeDuringTheTrialEndsTheTrial) {
   DeliverAlicesSubscription("evt_sub_alice_2", "customer.subscription.updated", "active",
                             "price_enterprise_monthly", "enterprise");
   ASSERT_EQ(Alice().Post(kUpgrade, R"({"plan_id":"professional"})").status, 200);
-  posts = fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice");
+  auto posts = fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice");
   ASSERT_EQ(posts.size(), 2u);
   for (const auto& [k, v] : posts[1].params) {
     EXPECT_NE(k, "trial_end");
@@ -1563,12 +1570,7 @@ TEST_F(BillingRoutesTest, ChoosingStarterDuringTheTrialEndsTheTrial) {
   GiveAliceASubscription("trialing", "price_starter_monthly", "trial");
   HttpReply r = Alice().Post(kUpgrade, R"({"plan_id":"starter"})");
   ASSERT_EQ(r.status, 200) << r.body;
-  auto posts = fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice");
-  ASSERT_EQ(posts.size(), 1u);
-  const FormParams& params = posts[0].params;
-  EXPECT_NE(std::find(params.begin(), params.end(), std::make_pair(std::string("trial_end"),
-                                                                   std::string("now"))),
-            params.end());
+  TheTrialEndingPost();
   EXPECT_EQ(fake_.GetSubscription("sub_alice")->status, "active");
   EXPECT_EQ(fake_.GetSubscription("sub_alice")->metadata.at("plan_id"), "starter");
 }
