@@ -583,12 +583,7 @@ TEST(AppTest, TheOutboxFlushGetsItsBudgetAfterTheHttpDrain) {
   FakeStripe stripe;
   ASSERT_TRUE(stripe.Start().ok());
   stripe.AddProduct("prod_slow", "Slow");
-  FakeStripe::Price price;
-  price.id = "price_slow_monthly";
-  price.product = "prod_slow";
-  price.unit_amount = 500;
-  price.interval = "month";
-  stripe.AddPrice(price);
+  stripe.AddPrice("price_slow_monthly", "prod_slow", 500, "month");
   // The first try waits 3 s for an answer (a 500, which the client retries): the checkout is in
   // flight longer than the 2 s budget below.
   stripe.set_hang_ms(3000);

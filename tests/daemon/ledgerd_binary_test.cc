@@ -309,12 +309,7 @@ TEST(LedgerdBinaryTest, ASecondSigtermExitsAtOnce) {
   stripe.set_hang_ms(60'000);
   stripe.InjectFault(FakeStripe::Fault::kHang, 10, "POST", "/v1/checkout/sessions");
   // The plan's price as Stripe has it: a named price is read from Stripe before it is recorded.
-  FakeStripe::Price price;
-  price.id = "price_hangs_monthly";
-  price.product = "prod_hangs";
-  price.unit_amount = 500;
-  price.interval = "month";
-  stripe.AddPrice(price);
+  stripe.AddPrice("price_hangs_monthly", "prod_hangs", 500, "month");
   DaemonOptions options;
   options.data_dir = dir.Sub("data");
   options.log_path = dir.Sub("ledgerd.log");

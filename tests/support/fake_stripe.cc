@@ -960,6 +960,16 @@ std::string FakeStripe::AddPrice(Price price) {
   return id;
 }
 
+std::string FakeStripe::AddPrice(const std::string& id, const std::string& product,
+                                 int64_t cents, const std::string& interval) {
+  Price price;
+  price.id = id;
+  price.product = product;
+  price.unit_amount = cents;
+  price.interval = interval;
+  return AddPrice(std::move(price));
+}
+
 void FakeStripe::AddCustomer(const std::string& id, const std::string& email) {
   std::lock_guard<std::mutex> lock(mu_);
   Customer& c = state_->customers[id];

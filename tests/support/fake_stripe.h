@@ -134,6 +134,9 @@ class FakeStripe {
   void AddProduct(const std::string& id, const std::string& name, bool active = true);
   // Returns the new price's id.
   std::string AddPrice(Price price);
+  // An active USD price of `cents` once per `interval` ("month", "year"; "" = one-time).
+  std::string AddPrice(const std::string& id, const std::string& product, int64_t cents,
+                       const std::string& interval);
   void AddCustomer(const std::string& id, const std::string& email = "");
   void AddCard(const std::string& customer, const std::string& pm_id, const std::string& brand,
                const std::string& last4, int64_t exp_month, int64_t exp_year);

@@ -249,12 +249,7 @@ TEST_F(StripeSetupTest, APriceChangedBackAndForthGetsANewPriceEachTime) {
 TEST_F(StripeSetupTest, APriceTheCatalogNamesIsKept) {
   ASSERT_TRUE(pc::SeedPlanCatalog(ledger_.get(), nullptr).ok());
   fake_.AddProduct("prod_admin", "Starter (made in the Dashboard)");
-  FakeStripe::Price admin_price;
-  admin_price.id = "price_admin";
-  admin_price.product = "prod_admin";
-  admin_price.unit_amount = 1900;
-  admin_price.interval = "month";
-  fake_.AddPrice(admin_price);
+  fake_.AddPrice("price_admin", "prod_admin", 1900, "month");
   pc::PlanInput input;
   input.plan = Plan("starter");
   input.given.set();
@@ -394,13 +389,8 @@ TEST_F(StripeSetupTest, PricesUnknownToTheKeysModeAreReplaced) {
 // or recorded (ledgerctl: exit 69); a rerun finishes.
 TEST_F(StripeSetupTest, AFailedReadOfANamedPriceFailsTheRunWithNothingDone) {
   ASSERT_TRUE(pc::SeedPlanCatalog(ledger_.get(), nullptr).ok());
-  FakeStripe::Price price;
-  price.id = "price_admin_pro";
-  price.product = "prod_admin";
-  price.unit_amount = 4900;
-  price.interval = "month";
   fake_.AddProduct("prod_admin", "Professional (made in the Dashboard)");
-  fake_.AddPrice(price);
+  fake_.AddPrice("price_admin_pro", "prod_admin", 4900, "month");
   pc::PlanInput input;
   input.plan = Plan("professional");
   input.given.set();
