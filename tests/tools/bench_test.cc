@@ -56,7 +56,10 @@ TEST(BenchTest, ShortRunOfEveryPhaseReportsFigures) {
   }
   EXPECT_EQ(results[0].name, "single-event, threads");
   EXPECT_EQ(results[1].name, "single-event, async");
-  EXPECT_NEAR(results[2].events_per_group / results[2].commands_per_group, 50, 0.01);
+  // Commands of 50 events. Not exact: the sample reads the commands' and the events' histograms
+  // one after the other, and a group the committer records between the two reads is in one and
+  // not the other (49.987 in a CI run).
+  EXPECT_NEAR(results[2].events_per_group / results[2].commands_per_group, 50, 0.5);
   // Half the better of the two single-event rates.
   EXPECT_NEAR(results[3].offered_rate,
               std::max(results[0].events_per_second, results[1].events_per_second) / 2, 1);
