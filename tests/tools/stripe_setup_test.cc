@@ -69,6 +69,19 @@ class StripeSetupTest : public ::testing::Test {
     return plan;
   }
 
+  // An admin's monthly price for `plan_id`, made in the Dashboard and named in the catalog.
+  void NameAnAdminsMonthlyPrice(const std::string& plan_id, const std::string& title,
+                                const std::string& price_id, int64_t cents) {
+    fake_.AddProduct("prod_admin", title + " (made in the Dashboard)");
+    fake_.AddPrice(price_id, "prod_admin", cents, "month");
+    pc::PlanInput input;
+    input.plan = Plan(plan_id);
+    input.given.set();
+    input.plan.stripe_price_monthly = price_id;
+    pc::UpdatePlan update(input, pc::Actor::Admin("root", ""));
+    ASSERT_TRUE(ledger_->Submit(&update).status.ok());
+  }
+
   std::map<std::string, FakeStripe::Price> PricesById() {
     std::map<std::string, FakeStripe::Price> out;
     for (const auto& p : fake_.prices()) out[p.id] = p;
@@ -248,14 +261,8 @@ TEST_F(StripeSetupTest, APriceChangedBackAndForthGetsANewPriceEachTime) {
 // null ones.
 TEST_F(StripeSetupTest, APriceTheCatalogNamesIsKept) {
   ASSERT_TRUE(pc::SeedPlanCatalog(ledger_.get(), nullptr).ok());
-  fake_.AddProduct("prod_admin", "Starter (made in the Dashboard)");
-  fake_.AddPrice("price_admin", "prod_admin", 1900, "month");
-  pc::PlanInput input;
-  input.plan = Plan("starter");
-  input.given.set();
-  input.plan.stripe_price_monthly = "price_admin";
-  pc::UpdatePlan update(input, pc::Actor::Admin("root", ""));
-  ASSERT_TRUE(ledger_->Submit(&update).status.ok());
+  NameAnAdminsMonthlyPrice("starter", "Starter", "price_admin", 1900);
+  if (HasFatalFailure()) return;
 
   StripeSetupReport report;
   Status s = Run(&report);
@@ -389,14 +396,8 @@ TEST_F(StripeSetupTest, PricesUnknownToTheKeysModeAreReplaced) {
 // or recorded (ledgerctl: exit 69); a rerun finishes.
 TEST_F(StripeSetupTest, AFailedReadOfANamedPriceFailsTheRunWithNothingDone) {
   ASSERT_TRUE(pc::SeedPlanCatalog(ledger_.get(), nullptr).ok());
-  fake_.AddProduct("prod_admin", "Professional (made in the Dashboard)");
-  fake_.AddPrice("price_admin_pro", "prod_admin", 4900, "month");
-  pc::PlanInput input;
-  input.plan = Plan("professional");
-  input.given.set();
-  input.plan.stripe_price_monthly = "price_admin_pro";
-  pc::UpdatePlan update(input, pc::Actor::Admin("root", ""));
-  ASSERT_TRUE(ledger_->Submit(&update).status.ok());
+  NameAnAdminsMonthlyPrice("professional", "Professional", "price_admin_pro", 4900);
+  if (HasFatalFailure()) return;
   const uint64_t head = ledger_->Head().value();
 
   fake_.ClearRequests();
