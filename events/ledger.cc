@@ -1151,7 +1151,8 @@ Status LedgerImpl::OpenDb() {
           : rocksdb::DB::Open(db_options, options_.path, descriptors, &handles, &db_);
   if (s.IsCorruption() && !options_.read_only) {
     // A crash can tear the last, never-synced WriteBatch of a log (wal_log.h). Cut that
-    // one shape off (the file is saved first) and open once more; anything else stays an error.
+    // one shape off (the bytes cut off are saved first) and open once more; anything else stays
+    // an error.
     wal::TornTailRepair repair;
     Status repaired = wal::RepairTornWalTail(options_.path, &repair);
     if (!repaired.ok()) {
@@ -1159,8 +1160,8 @@ Status LedgerImpl::OpenDb() {
     } else if (repair.repaired) {
       spdlog::warn(
           "{}: its last write was torn by a crash before its sync (never acknowledged): cut {} "
-          "bytes at offset {}; the file as it was is saved as {} ({} log(s) cut in all, each "
-          "saved in torn-wal/)",
+          "bytes at offset {}; the bytes cut off are saved as {} ({} log(s) cut in all, each "
+          "one's cut bytes saved in torn-wal/)",
           repair.file, repair.cut_bytes, repair.cut_at, repair.copy, repair.logs);
       handles.clear();
       // The first look at the table files failed on the torn log: without the flushed head the

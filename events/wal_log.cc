@@ -46,6 +46,24 @@ bool SyncPath(const std::filesystem::path& path, int flags, std::string* error) 
   return true;
 }
 
+// Creates `path` (it must not exist) holding `bytes`, synced; false with errno-based `*error`.
+bool WriteNewFile(const std::filesystem::path& path, std::string_view bytes, std::string* error) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  while (fd >= 0 && !bytes.empty()) {
+    const ssize_t n = ::write(fd, bytes.data(), bytes.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    bytes.remove_prefix(static_cast<size_t>(n));
+  }
+  if (fd < 0 || !bytes.empty() || ::fsync(fd) != 0) {
+    *error = path.string() + ": " + std::strerror(errno);
+    if (fd >= 0) ::close(fd);
+    return false;
+  }
+  ::close(fd);
+  return true;
+}
+
 // Whether the fragment header at `offset` announces more bytes than the file has left, without
 // running past its block (the writer never writes a fragment that does: that is damage).
 bool RunsPastTheFile(std::string_view contents, size_t offset) {
@@ -146,16 +164,17 @@ size_t ZeroTailStart(std::string_view contents) {
   return from;
 }
 
-// `<dir>/torn-wal/` (created) and a name in it for a copy of `path` that no file has yet.
-Status SavedLogPath(const std::string& dir, const std::filesystem::path& path,
+// `<dir>/torn-wal/` (created) and a path in it named `name` (`name.1`, ... when taken) that no
+// file has yet.
+Status SavedLogPath(const std::string& dir, const std::string& name,
                     std::filesystem::path* saved_dir, std::filesystem::path* saved) {
   *saved_dir = std::filesystem::path(dir) / "torn-wal";
   std::error_code ec;
   std::filesystem::create_directories(*saved_dir, ec);
   if (ec) return Status::IOError("cannot create " + saved_dir->string() + ": " + ec.message());
-  *saved = *saved_dir / path.filename();
+  *saved = *saved_dir / name;
   for (int n = 1; std::filesystem::exists(*saved, ec); ++n) {
-    *saved = *saved_dir / (path.filename().string() + "." + std::to_string(n));
+    *saved = *saved_dir / (name + "." + std::to_string(n));
   }
   if (ec) return Status::IOError("cannot look into " + saved_dir->string() + ": " + ec.message());
   return Status::OK();
@@ -276,15 +295,15 @@ Status RepairTornWalTail(const std::string& dir, TornTailRepair* out) {
     if (ZeroTailStart(contents) == 0) continue;
     const std::optional<size_t> cut = TornCut(contents);
     if (!cut) continue;
+    // Only the bytes cut off are saved: the acknowledged writes before them stay in the live
+    // log, and a copy of those would outlive what removes them (a BYOK key's data key, shredded).
     std::filesystem::path saved_dir, copy;
-    LEDGER_RETURN_IF_ERROR(SavedLogPath(dir, path, &saved_dir, &copy));
-    std::error_code ec;
-    std::filesystem::copy_file(path, copy, ec);
-    if (ec) return Status::IOError("cannot copy " + path.string() + ": " + ec.message());
+    LEDGER_RETURN_IF_ERROR(SavedLogPath(
+        dir, path.filename().string() + ".from-" + std::to_string(*cut), &saved_dir, &copy));
     std::string error;
-    if (!SyncPath(copy, O_RDONLY, &error) ||
+    if (!WriteNewFile(copy, std::string_view(contents).substr(*cut), &error) ||
         !SyncPath(saved_dir, O_RDONLY | O_DIRECTORY, &error)) {
-      return Status::IOError("cannot sync the copy of the torn log: " + error);
+      return Status::IOError("cannot save the torn tail of the log: " + error);
     }
     int fd = ::open(path.c_str(), O_WRONLY);
     if (fd < 0 || ::ftruncate(fd, static_cast<off_t>(*cut)) != 0 || ::fsync(fd) != 0) {
@@ -335,7 +354,7 @@ Status EventGapFilter::SaveDroppedLogs() {
   for (const auto& [number, path] : logs) {
     if (number < stopped_log_number_) continue;
     std::filesystem::path saved_dir, copy;
-    LEDGER_RETURN_IF_ERROR(SavedLogPath(dir_, path, &saved_dir, &copy));
+    LEDGER_RETURN_IF_ERROR(SavedLogPath(dir_, path.filename().string(), &saved_dir, &copy));
     std::error_code ec;
     std::filesystem::copy_file(path, copy, ec);
     if (ec) return Status::IOError("cannot copy " + path.string() + ": " + ec.message());

@@ -136,7 +136,7 @@ struct TornTailRepair {
   std::string file;        // the log file's name
   uint64_t cut_at = 0;     // its new size
   uint64_t cut_bytes = 0;  // bytes removed (the torn WriteBatch and the zeros after it)
-  std::string copy;        // where the file was saved, as it was, before the cut
+  std::string copy;        // where the bytes cut off were saved: torn-wal/<file>.from-<cut_at>
   size_t logs = 0;         // logs cut (the fields above describe the newest of them)
 };
 
@@ -148,11 +148,14 @@ struct TornTailRepair {
 // more, and everything after it to the end of the file, are zero bytes (or a header torn the
 // same way), with every fragment before it intact. That
 // WriteBatch was never synced — a synced one was fully on disk — so it was never acknowledged,
-// and the file is cut at the start of the WriteBatch it belongs to. The whole file is first
-// copied to `<dir>/torn-wal/`. Every log is looked at: the newest one written, and an older one
-// torn while a newer one's pages reached the disk (the replay then stops at the hole after it,
-// EventGapFilter); empty and all-zero logs are skipped. Anything else (a bad checksum before the
-// tail, non-zero bytes after the bad fragment) is left alone: OK with `repaired == false`.
+// and the file is cut at the start of the WriteBatch it belongs to. The bytes cut off (from that
+// offset to the end of the file) are first saved as `<dir>/torn-wal/<file>.from-<offset>`; not
+// the bytes before them, which stay in the log (a copy of those would outlive the writes that
+// remove them: a BYOK key's shredded data key). Every log is looked at: the newest one written,
+// and an older one torn while a newer one's pages reached the disk (the replay then stops at the
+// hole after it, EventGapFilter); empty and all-zero logs are skipped. Anything else (a bad
+// checksum before the tail, non-zero bytes after the bad fragment) is left alone: OK with
+// `repaired == false`.
 Status RepairTornWalTail(const std::string& dir, TornTailRepair* out);
 
 // The ledger appends events in position order, one WriteBatch per group. A power loss can lose
@@ -164,8 +167,9 @@ Status RepairTornWalTail(const std::string& dir, TornTailRepair* out);
 // order) and stops the replay at the first one whose first event is beyond the last replayed
 // event + 1 (for the first record: the last event the table files hold, when known): none of the groups from there on was acknowledged (the older log's sync never
 // completed, and a group is answered only after every log up to it is synced). The logs from
-// that one on are copied to `<dir>/torn-wal/` first (the open deletes them once it has flushed
-// what it replayed). Read-only opens (verify, export, replay) stop the same way, copying nothing.
+// that one on are copied whole to `<dir>/torn-wal/` first (the open deletes them once it has
+// flushed what it replayed): unacknowledged writes, which no later removal reaches. Read-only
+// opens (verify, export, replay) stop the same way, copying nothing.
 // Thread safety: used by one open at a time.
 class EventGapFilter final : public rocksdb::WalFilter {
  public:

@@ -433,7 +433,7 @@ TEST(WalLogTest, RandomDamageIsCutOnlyWhenItIsATornTail) {
       ASSERT_TRUE(repair.repaired);
       EXPECT_EQ(repair.cut_at, last_batch);
       EXPECT_EQ(ReadFile(case_dir + "/" + name), intact.substr(0, last_batch));
-      EXPECT_EQ(ReadFile(repair.copy), damaged);
+      EXPECT_EQ(ReadFile(repair.copy), damaged.substr(last_batch));  // only the bytes cut off
     } else {
       ++damage_cases;
       ASSERT_FALSE(repair.repaired) << "cut at " << repair.cut_at << " of " << damaged.size()
@@ -473,7 +473,11 @@ TEST(RecoveryTest, AZeroFilledTornTailIsCutAtItsBatchAndOnlyThatGroupIsLost) {
   EXPECT_EQ(repair.cut_at, batch_start);
   EXPECT_EQ(repair.cut_bytes, intact.size() - batch_start);
   EXPECT_EQ(std::filesystem::file_size(copy + "/" + repair.file), batch_start);
-  EXPECT_EQ(ReadFile(repair.copy), torn_bytes);  // the file as the crash left it
+  // Only the bytes cut off, as the crash left them, named after the log and where they began: the
+  // acknowledged writes before them stay in the live log and nowhere else.
+  EXPECT_EQ(ReadFile(repair.copy), torn_bytes.substr(batch_start));
+  EXPECT_EQ(std::filesystem::path(repair.copy).filename().string(),
+            repair.file + ".from-" + std::to_string(batch_start));
 
   LedgerOptions read_only;
   read_only.path = dir.path();
@@ -488,9 +492,10 @@ TEST(RecoveryTest, AZeroFilledTornTailIsCutAtItsBatchAndOnlyThatGroupIsLost) {
   EXPECT_TRUE(report.ok()) << report.Summary();
   EXPECT_EQ(report.head, acknowledged.back().result.position);
   EXPECT_EQ(report.events_per_subject.count(torn.spec.subject), 0u);
-  const std::string saved =
-      dir.Sub("torn-wal/" + std::filesystem::path(wal_file).filename().string());
-  EXPECT_EQ(ReadFile(saved), torn_bytes);
+  const std::string saved = dir.Sub("torn-wal/" +
+                                    std::filesystem::path(wal_file).filename().string() +
+                                    ".from-" + std::to_string(batch_start));
+  EXPECT_EQ(ReadFile(saved), torn_bytes.substr(batch_start));
 }
 
 // The same torn tail with a newer log beside it that a log switch created and the crash left
@@ -555,7 +560,9 @@ TEST(RecoveryTest, ATornOlderLogIsCutAndTheReplayStopsAfterIt) {
   EXPECT_TRUE(report.ok()) << report.Summary();
   ExpectNoHole(ledger.get());
   const std::string name = std::filesystem::path(wal_path).filename().string();
-  EXPECT_EQ(ReadFile(dir.path() + "/torn-wal/" + name), torn);  // saved as the crash left it
+  // The bytes cut off, as the crash left them.
+  EXPECT_EQ(ReadFile(dir.path() + "/torn-wal/" + name + ".from-" + std::to_string(starts[lost])),
+            torn.substr(starts[lost]));
 }
 
 // Writes a store, damages its newest log with `damage`, and expects the repair to leave it alone

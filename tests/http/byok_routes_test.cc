@@ -34,6 +34,7 @@
 #include "tests/support/test_ledger.h"
 #include "tests/support/tokens.h"
 #include "tests/support/usage_fixtures.h"
+#include "tests/support/wal_records.h"
 
 namespace ledger::http {
 namespace {
@@ -826,6 +827,60 @@ TEST_F(ByokRoutesTest, ARemovedKeysDataKeyLeavesTheTableFiles) {
   ASSERT_TRUE(ledger_->WaitForSideCompactions(30'000).ok());
   EXPECT_FALSE(DataDirContains(body));
   EXPECT_TRUE(WrappedDataKey("alice", "openai", key_id, &wrapped).IsNotFound());
+}
+
+// A crash that tears a later, never-synced write makes the next open cut it off and keep a copy
+// in torn-wal/ (events/wal_log.h). That copy held the whole log, the acknowledged add before the
+// tear included -- its data key's side-row put -- and no removal, compaction or flush ever touched
+// it: the master key and the data directory opened the removed key. Now only the cut bytes are
+// kept.
+TEST_F(ByokRoutesTest, ARemovedKeyIsNotKeptInATornWalCopy) {
+  Restart(fault_.env());
+  HttpReply added = Add("alice", "openai", kOpenAiKey);
+  ASSERT_EQ(added.status, 201) << added.body;
+  const std::string key_id = added.Json()["key_id"].GetString();
+  std::string wrapped;
+  ASSERT_TRUE(WrappedDataKey("alice", "openai", key_id, &wrapped).ok());
+  // Closed without a flush: the add stays in the write-ahead log only.
+  fault_.fs()->CutPower();
+  stack_->Stop();
+  stack_.reset();
+  ledger_.reset();
+  ledger::testing::FaultFs::DropReport report;
+  ASSERT_TRUE(fault_.fs()
+                  ->DropUnsyncedData(ledger::testing::FaultFs::DropMode::kDropAll, 1, &report)
+                  .ok());
+  // A later write torn by the crash: its header and first bytes on disk, the rest zeros.
+  std::filesystem::path newest;
+  for (const auto& entry : std::filesystem::directory_iterator(dir_.path())) {
+    if (entry.path().extension() == ".log" && entry.file_size() > 0 &&
+        (newest.empty() || entry.path().filename() > newest.filename())) {
+      newest = entry.path();
+    }
+  }
+  ASSERT_FALSE(newest.empty());
+  std::string log;
+  {
+    std::ifstream in(newest, std::ios::binary);
+    log.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  ASSERT_NE(log.find(wrapped.substr(3)), std::string::npos);  // the add's batch is in this log
+  ledger::testing::AppendLogRecord(&log, std::string(300, '\x7f'));
+  std::fill(log.end() - 200, log.end(), '\0');
+  std::ofstream(newest, std::ios::binary | std::ios::trunc)
+      .write(log.data(), static_cast<std::streamsize>(log.size()));
+  Restart(nullptr);  // the open cuts the torn write off, saving it in torn-wal/
+  ASSERT_TRUE(std::filesystem::exists(dir_.path() + "/torn-wal"));
+  ASSERT_TRUE(WrappedDataKey("alice", "openai", key_id, &wrapped).ok());
+  // Negative control: the scan finds the wrapped data key before the removal.
+  ASSERT_TRUE(DataDirContains(wrapped.substr(3)));
+
+  ASSERT_EQ(As("alice").Delete("/api/v1/byok/keys/openai").status, 200);
+  ASSERT_TRUE(ledger_->WaitForSideCompactions(30'000).ok());
+  Restart(nullptr);  // a clean shutdown flushes every family: the live log goes
+  ASSERT_TRUE(ledger_->WaitForSideCompactions(30'000).ok());
+  EXPECT_TRUE(WrappedDataKey("alice", "openai", key_id, &wrapped).IsNotFound());
+  EXPECT_FALSE(DataDirContains(wrapped.substr(3)));
 }
 
 // Adding again for a provider replaces the key: the replaced key's data key goes in the add's
