@@ -97,6 +97,12 @@ KeyTestResult TestProviderKey(const ByokProvider& provider, const std::string& b
                     httplib::to_string(answer.error()) + ")";
     return result;
   }
+  if (answer->status < 100 || answer->status > 599) {
+    // cpp-httplib reads any three digits; that is no HTTP status (byok.key_tested.v1: 100-599).
+    result.detail = std::string(provider.display_name) + " answered no HTTP status (" +
+                    std::to_string(answer->status) + ")";
+    return result;
+  }
   result.provider_status = answer->status;
   if (answer->status >= 200 && answer->status < 300) {
     result.verdict = KeyVerdict::kValid;

@@ -42,12 +42,12 @@ std::string_view KeyVerdictName(KeyVerdict verdict);  // "valid", "invalid", "er
 
 struct KeyTestResult {
   KeyVerdict verdict = KeyVerdict::kError;
-  int provider_status = 0;  // the provider's HTTP status, 0 when it did not answer
+  int provider_status = 0;  // the provider's HTTP status (100-599), 0 when it gave none
   std::string detail;       // why, in a few words; never the key
 };
 
 // One test call. 2xx = valid, 401/403 = invalid, anything else (including no answer within
-// `timeout_ms`) = error.
+// `timeout_ms`, and a status line outside 100-599) = error.
 KeyTestResult TestProviderKey(const ByokProvider& provider, const std::string& base_url,
                               const std::string& api_key, int timeout_ms);
 

@@ -359,7 +359,7 @@ Status RecordByokKeyTest::Decide(const DecideContext& context, Decision* decisio
     w->Key("result");
     json::String(w, result_);
     w->Key("provider_status");
-    if (provider_status_ > 0) {
+    if (provider_status_ >= 100 && provider_status_ <= 599) {  // an HTTP status (the schema's)
       w->Int(provider_status_);
     } else {
       w->Null();

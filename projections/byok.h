@@ -147,8 +147,8 @@ class RemoveByokKey final : public Command {
 
 // Records a test's outcome for the key that was tested. 409 "key_changed" when the user's key for
 // the provider is no longer `key_id` (replaced while the provider was asked); 404 "not_found" when
-// it was removed meanwhile. Body:
-// {"provider","key_id","result","provider_status","detail","tested_at"}.
+// it was removed meanwhile. `provider_status` outside 100-599 (0: no answer) is recorded as null.
+// Body: {"provider","key_id","result","provider_status","detail","tested_at"}.
 class RecordByokKeyTest final : public Command {
  public:
   RecordByokKeyTest(std::string user_id, std::string provider, std::string key_id,

@@ -3,13 +3,18 @@
 // every answer, replaced and removed per provider, gated by the plan, and tested against a fake
 // provider that checks each provider's own authentication headers. The plaintext key is looked
 // for everywhere it must not be: answers, event data, and every byte of the data directory.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -115,6 +120,57 @@ class FakeProvider {
   int malformed_ = 0;
 };
 
+// A provider on a raw socket that answers every request with `answer`, whatever it is (a status
+// line no HTTP server library would write, say).
+class RawProvider {
+ public:
+  explicit RawProvider(std::string answer) : answer_(std::move(answer)) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t length = sizeof(addr);
+    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+        ::listen(fd_, 8) != 0 ||
+        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &length) != 0) {
+      return;
+    }
+    port_ = ntohs(addr.sin_port);
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~RawProvider() {
+    if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);  // wakes the accept()
+    if (thread_.joinable()) thread_.join();
+    if (fd_ >= 0) ::close(fd_);
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  int calls() const { return calls_.load(); }
+
+ private:
+  void Serve() {
+    for (;;) {
+      const int connection = ::accept(fd_, nullptr, nullptr);
+      if (connection < 0) return;
+      std::string request;
+      char buf[4096];
+      while (request.find("\r\n\r\n") == std::string::npos) {
+        const ssize_t n = ::recv(connection, buf, sizeof(buf), 0);
+        if (n <= 0) break;
+        request.append(buf, static_cast<size_t>(n));
+      }
+      ++calls_;
+      (void)::send(connection, answer_.data(), answer_.size(), MSG_NOSIGNAL);
+      ::close(connection);
+    }
+  }
+
+  const std::string answer_;
+  int fd_ = -1;
+  int port_ = 0;
+  std::atomic<int> calls_{0};
+  std::thread thread_;
+};
+
 class ByokRoutesTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -157,6 +213,7 @@ class ByokRoutesTest : public ::testing::Test {
     context.byok_box = box;
     context.byok_base_urls = {{"openai", provider_.url()}, {"anthropic", provider_.url() + "/"},
                               {"huggingface", "http://127.0.0.1:9"}};
+    for (const auto& [provider, url] : base_url_overrides_) context.byok_base_urls[provider] = url;
     context.byok_test_timeout_ms = 2000;
     RouteTable routes;
     AddByokRoutes(context, &routes);
@@ -254,6 +311,7 @@ class ByokRoutesTest : public ::testing::Test {
   std::unique_ptr<Ledger> ledger_;
   std::unique_ptr<SecretBox> box_;
   FakeProvider provider_;
+  std::map<std::string, std::string> base_url_overrides_;  // by provider, over the ones above
   std::unique_ptr<ledger::testing::TestHttpStack> stack_;
 };
 
@@ -397,6 +455,47 @@ TEST_F(ByokRoutesTest, TestingAKeyAsksTheProviderTheWayItAuthenticates) {
     EXPECT_EQ(e.data.find(kOpenAiKey), std::string::npos) << e.data;
     EXPECT_EQ(e.data.find(kAnthropicKey), std::string::npos) << e.data;
   }
+}
+
+// cpp-httplib reads any three-digit status; byok.key_tested.v1's provider_status is an HTTP
+// status (100-599) or null. A provider's (or a proxy's) 999 was written into the event as is,
+// breaking its schema (the TearDown check). Now it is no status: an error, provider_status null.
+TEST_F(ByokRoutesTest, AnOutOfRangeProviderStatusIsNotRecorded) {
+  RawProvider odd("HTTP/1.1 999 Odd\r\nContent-Length: 0\r\n\r\n");
+  base_url_overrides_["openai"] = odd.url();
+  Start(box_.get());
+  HttpReply added = Add("alice", "openai", kOpenAiKey);
+  ASSERT_EQ(added.status, 201) << added.body;
+  const std::string key_id = added.Json()["key_id"].GetString();
+
+  HttpReply r = As("alice").Post("/api/v1/byok/keys/test/openai", "");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(odd.calls(), 1);  // the provider was asked and answered
+  EXPECT_STREQ(r.Json()["result"].GetString(), "error");
+  EXPECT_TRUE(r.Json()["provider_status"].IsNull()) << r.body;
+  rapidjson::Document tested;
+  for (const Event& e : AllEvents()) {
+    if (e.type == pj::kByokKeyTestedV1) tested.Parse(e.data.c_str());
+  }
+  ASSERT_TRUE(tested.IsObject());
+  EXPECT_STREQ(tested["key_id"].GetString(), key_id.c_str());
+  EXPECT_STREQ(tested["result"].GetString(), "error");
+  EXPECT_TRUE(tested["provider_status"].IsNull());
+  rapidjson::Document stats = As("alice").Get("/api/v1/byok/stats").Json();
+  EXPECT_EQ(stats["keys_error"].GetInt64(), 1);
+  // Each side on its own: the test call reports no status, and the command records none.
+  KeyTestResult result = TestProviderKey(*FindByokProvider("openai"), odd.url(), kOpenAiKey, 2000);
+  EXPECT_EQ(odd.calls(), 2);
+  EXPECT_EQ(result.verdict, KeyVerdict::kError);
+  EXPECT_EQ(result.provider_status, 0);
+  const uint64_t head = Head();
+  pj::RecordByokKeyTest record("alice", "openai", key_id, "error", 999, "odd");
+  ASSERT_TRUE(ledger_->Submit(&record).status.ok());
+  ASSERT_EQ(Head(), head + 1);
+  const std::vector<Event> events = AllEvents();
+  tested.Parse(events.back().data.c_str());
+  ASSERT_TRUE(tested.IsObject()) << events.back().data;
+  EXPECT_TRUE(tested["provider_status"].IsNull()) << events.back().data;
 }
 
 TEST_F(ByokRoutesTest, ARetriedTestIsAnsweredOnceWithoutAskingTheProviderAgain) {
