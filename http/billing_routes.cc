@@ -400,10 +400,13 @@ std::string CheckoutEventData(const StripeCheckoutParams& params, const pc::Plan
 // own still open beside a new one could be paid too -- two subscriptions billing, the second out
 // of sight of every route. So the earlier ones are expired at Stripe first, and one already paid
 // whose completion has not arrived yet refuses the new checkout (409 checkout_completed) while
-// its subscription may bill. Those that can no longer be paid are named in the new session's
-// event (`closed_session_ids`) and not looked at again. An old one is asked about too: one paid
-// whose webhooks have failed for more than a day (Stripe retries for three) is not expired. (A
-// session created at Stripe but never recorded -- the crash window above -- is not known here.)
+// its subscription may bill, and a trial (409 trial_already_used) once it has ended: that
+// subscription existed, as CheckAwaitedSubscriptions judges one whose completion did arrive.
+// Those never paid are named in the new session's event (`closed_session_ids`) and not looked at
+// again; a paid one stays listed until its completion arrives, or a later trial would find
+// nothing of it. An old one is asked about too: one paid whose webhooks have failed for more than
+// a day (Stripe retries for three) is not expired. (A session created at Stripe but never
+// recorded -- the crash window above -- is not known here.)
 constexpr size_t kOpenCheckoutsListed = 100;  // rows read; more wait for the next checkout
 constexpr size_t kOpenCheckoutsAsked = 20;    // the newest ones asked about at Stripe
 constexpr size_t kAwaitedSubscriptionsAsked = 20;
@@ -438,7 +441,7 @@ Status PaidSessionMayBill(const AppContext& context, const StripeCheckoutSession
 // of the same request (same client Idempotency-Key) sends the same one.
 Status ExpireEarlierCheckouts(const AppContext& context, const ReadView& view,
                               const std::string& user_id, const std::string& stripe_key,
-                              std::vector<std::string>* closed) {
+                              bool trial, std::vector<std::string>* closed) {
   std::vector<pc::OpenCheckout> sessions;
   LEDGER_RETURN_IF_ERROR(pc::ListOpenCheckouts(view, user_id, kOpenCheckoutsListed, &sessions));
   size_t asked = 0;
@@ -465,6 +468,8 @@ Status ExpireEarlierCheckouts(const AppContext& context, const ReadView& view,
       bool may_bill = true;
       LEDGER_RETURN_IF_ERROR(PaidSessionMayBill(context, earlier, &may_bill));
       if (may_bill) return Status::Conflict("checkout_completed", kCheckoutCompletedDetail);
+      if (trial) return Status::Conflict("trial_already_used", kTrialUsedDetail);
+      continue;
     }
     closed->push_back(open.session_id);
   }
@@ -569,7 +574,8 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
   s = CheckAwaitedSubscriptions(context, current, IsTrialFeePlan(plan));
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
   std::vector<std::string> closed_sessions;
-  s = ExpireEarlierCheckouts(context, *view, identity.subject, stripe_key, &closed_sessions);
+  s = ExpireEarlierCheckouts(context, *view, identity.subject, stripe_key, IsTrialFeePlan(plan),
+                             &closed_sessions);
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
   const StripeCheckoutParams params =
       CheckoutParamsFor(context, identity, plan, cycle, prices, current.customer_id);
