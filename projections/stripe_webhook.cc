@@ -257,6 +257,7 @@ Status Decider::LinkCustomer(const std::string& customer_id, const std::string& 
   return Status::OK();
 }
 
+// Leaves *user_id as it is when it is set or the customer is linked to nobody.
 Status Decider::ResolveByCustomer(const std::optional<std::string>& customer_id,
                                   std::optional<std::string>* user_id) {
   if (*user_id || !customer_id) return Status::OK();
@@ -442,9 +443,13 @@ Status Decider::SubscriptionChanged(Derivation* out) {
   Status s = ReadSubscription(Object(), &candidate);
   if (s.IsNotFound()) return Status::OK();  // stored, nothing derived
   LEDGER_RETURN_IF_ERROR(s);
+  // The customer's user, else the tag: a subscription on a customer linked to one user is that
+  // user's whatever its metadata.user_id says (GetUserSubscription), and its events, subject and
+  // Kafka key name that user. Tagged first, sub_odd on user-2's cus_2 tagged user-1 (made in the
+  // Dashboard) was announced as user-1's while the projection gave it to neither.
   out->customer_id = candidate.customer_id;
-  out->user_id = candidate.metadata_user_id;
   LEDGER_RETURN_IF_ERROR(ResolveByCustomer(out->customer_id, &out->user_id));
+  if (!out->user_id) out->user_id = candidate.metadata_user_id;
   if (candidate.metadata_user_id) {
     LEDGER_RETURN_IF_ERROR(LinkCustomer(candidate.customer_id, *candidate.metadata_user_id,
                                         std::nullopt, "subscription_metadata", out));
@@ -500,14 +505,16 @@ Status Decider::InvoiceSettled(bool paid, Derivation* out) {
   if (!metadata_user) {
     metadata_user = UserIdOf(Path(invoice, {"subscription_details", "metadata", "user_id"}));
   }
+  // As for its subscription: the customer's user, else the tag.
   out->customer_id = r.customer_id;
-  out->user_id = metadata_user;
   LEDGER_RETURN_IF_ERROR(ResolveByCustomer(out->customer_id, &out->user_id));
+  if (!out->user_id) out->user_id = metadata_user;
   if (!out->user_id && r.subscription_id) {
     SubscriptionRecord sub;
     Status s = GetSubscription(state_, *r.subscription_id, &sub);
     if (s.ok()) {
-      out->user_id = sub.metadata_user_id;
+      LEDGER_RETURN_IF_ERROR(ResolveByCustomer(sub.customer_id, &out->user_id));
+      if (!out->user_id) out->user_id = sub.metadata_user_id;
     } else if (!s.IsNotFound()) {
       return s;
     }

@@ -959,17 +959,24 @@ Status LoadUserSubscriptions(const StateReader& state, std::string_view user_id,
       continue;
     }
     LEDGER_RETURN_IF_ERROR(s);
-    // A subscription Stripe tagged for another user is never shown to this one.
-    if (record.metadata_user_id && *record.metadata_user_id != user_id) continue;
-    // Nor one on a customer linked to another user, whatever its tag says: it would make that
-    // customer this user's customer_id. sub_odd on user-2's cus_2 tagged user_id=user-1 opened
-    // user-2's Billing Portal for user-1, listed user-2's cards and sent user-1's next checkout
-    // with customer=cus_2 (cancel and upgrade acted on it too). A query, not the fold.
+    // One owner: the user its customer is linked to, whatever its tag says; the user Stripe
+    // tagged it for (metadata.user_id) only while the customer is linked to nobody. Taken by the
+    // customer of another user, sub_odd on user-2's cus_2 tagged user_id=user-1 opened user-2's
+    // Billing Portal for user-1, listed user-2's cards and sent user-1's next checkout with
+    // customer=cus_2; refused to user-2 as well for its tag, it was nobody's: user-2 paid for it
+    // with no access, could not cancel it and it was missing from MRR. The webhook decider names
+    // the same owner in the events. A query, not the fold: the fold's user_sub/ rows are every
+    // user a subscription was named for, whatever the order the link came in.
+    bool customer_linked = false;
     if (!record.customer_id.empty()) {
       CustomerRow owner;
       s = ReadCustomerRow(state, record.customer_id, &owner);
-      if (s.ok() && owner.user_id != user_id) continue;
       if (!s.ok() && !s.IsNotFound()) return s;
+      if (s.ok() && owner.user_id != user_id) continue;
+      customer_linked = s.ok();
+    }
+    if (!customer_linked && record.metadata_user_id && *record.metadata_user_id != user_id) {
+      continue;
     }
     // The plan is decided again from the catalog whenever the price maps to one (price/<id>
     // rows): the plan the webhook stored stands only for a price that maps to nothing (or none

@@ -21,8 +21,9 @@
 // the subscription's metadata.user_id; a Checkout Session ledgerd opened for the user naming it
 // (session/<id>: never the session's own client_reference_id, which a Payment Link takes from its
 // URL); or a link of its customer to the user. Until then it is kept under its own id and its
-// customer's, and queries pick it up as soon as a link arrives. A subscription on a customer
-// linked to another user is never this user's (GetUserSubscription).
+// customer's, and queries pick it up as soon as a link arrives. A subscription has one owner
+// (GetUserSubscription): the user its customer is linked to, whatever its metadata.user_id says;
+// its tag's user only while the customer is linked to nobody.
 //
 // Rows (column family "subscriptions"; all keys are ASCII, ids are Stripe's or our user ids):
 //   sub/<subscription_id>            subscription JSON (SubscriptionRecord)
@@ -191,18 +192,18 @@ struct UserSubscription {
   // when none is known.
   std::string customer_id;
   bool has_subscription = false;
-  // The user's current subscription when has_subscription: among every subscription attached to
-  // the user (never one tagged for another user, nor one on a customer linked to another user --
-  // its customer would become this user's customer_id), one with a plan of the catalog before one
-  // without (an add-on price), then the one that grants access (granted, then grace), else the
-  // one not terminal, else the most recently created (ties: the greater id). Its plan_id is
-  // decided from the catalog (PlanIdForSubscription) whenever its price maps to a plan
+  // The user's current subscription when has_subscription: among every subscription attached to the
+  // user and owned by it (never one on a customer linked to another user -- its customer would
+  // become this user's customer_id --, nor one tagged for another user on a customer linked to
+  // nobody; one on the user's own customer is theirs whatever its tag), one with a plan of the
+  // catalog before one without (an add-on price), then the one that grants access (granted, then
+  // grace), else the one not terminal, else the most recently created (ties: the greater id). Its
+  // plan_id is decided from the catalog (PlanIdForSubscription) whenever its price maps to a plan
   // (price/<id> rows), and when the row has none; the row's stands only for a price that maps to
-  // nothing. A subscription tagged with
-  // a trial plan (metadata.plan_id) that never paid after its trial (never_paid_after_trial) and
-  // that Stripe does not call trialing or active -- past_due after a declined first charge,
-  // unpaid, canceled -- is on that trial plan, not on the price Stripe moved it to: its trial has
-  // ended (trial_expired) until an invoice is paid.
+  // nothing. A subscription tagged with a trial plan (metadata.plan_id) that never paid after its
+  // trial (never_paid_after_trial) and that Stripe does not call trialing or active -- past_due
+  // after a declined first charge, unpaid, canceled -- is on that trial plan, not on the price
+  // Stripe moved it to: its trial has ended (trial_expired) until an invoice is paid.
   SubscriptionRecord subscription;
   std::optional<InvoiceRecord> latest_invoice;  // of that subscription, by (created, id)
   // Some invoice of that subscription (any, not only the latest: a trial that converted and then

@@ -13,6 +13,7 @@
 
 #include <rapidjson/document.h>
 
+#include "projections/admin.h"
 #include "projections/limits.h"
 #include "projections/registry.h"
 #include "projections/stripe_webhook.h"
@@ -586,18 +587,19 @@ TEST_F(SubscriptionsTest, OneUserNeverSeesAnothersSubscription) {
   EXPECT_FALSE(Query(w, "user-3").has_subscription);
   EXPECT_TRUE(Query(w, "user-3").customer_id.empty());
 
-  // A subscription Stripe tags for user-1 but on user-2's customer is shown to neither user-2
-  // (it is tagged for someone else) nor user-1 (its customer is someone else's): through it,
-  // user-1's customer_id was cus_2, so user-1's portal, cards and checkout used user-2's customer.
+  // A subscription Stripe tags for user-1 but on user-2's customer is not user-1's (its customer
+  // is someone else's): through it, user-1's customer_id was cus_2, so user-1's portal, cards and
+  // checkout used user-2's customer. It is user-2's (AMisTaggedSubscriptionIsAttributedTo...).
   StripeSubscriptionSpec odd;
   odd.event_id = "evt_odd";
   odd.subscription_id = "sub_odd";
   odd.customer_id = "cus_2";
   odd.metadata_user_id = "user-1";
-  odd.created = kStripeT0 + 500;
+  odd.created = kStripeT0 - 500;  // older: user-2's sub_2 stays the one chosen
   odd.event_created = kStripeT0 + 500;
   Deliver(&w, StripeSubscriptionEventJson(odd));
   EXPECT_EQ(Query(w, "user-2").subscription.subscription_id, "sub_2");
+  EXPECT_EQ(Query(w, "user-2").other_subscription_ids, std::vector<std::string>{"sub_odd"});
   const UserSubscription one = Query(w, "user-1");
   EXPECT_EQ(one.subscription.subscription_id, "sub_1");
   EXPECT_NE(one.customer_id, "cus_2");
@@ -625,6 +627,95 @@ TEST_F(SubscriptionsTest, OneUserNeverSeesAnothersSubscription) {
   // Empty and '/'-containing user ids match nothing.
   EXPECT_FALSE(Query(w, "").has_subscription);
   EXPECT_FALSE(Query(w, "user-1/..").has_subscription);
+}
+
+// A subscription on a customer linked to one user is that user's, whatever its metadata.user_id
+// says, in the events as in the queries. sub_odd, made in Stripe's Dashboard on user-2's cus_2
+// and tagged user_id=user-1 (its invoices carry the tag in parent.subscription_details.metadata),
+// was announced as user-1's (state_changed.v1 and invoice.paid.v1 "user_id", the subject, so the
+// Kafka key) while the queries gave it to neither: user-2 paid for it with no access, could not
+// cancel it, and it was missing from MRR. The tag names the user only while the customer is
+// linked to nobody.
+TEST_F(SubscriptionsTest, AMisTaggedSubscriptionIsAttributedToItsCustomersUser) {
+  World w = Fresh();
+  ASSERT_TRUE(ledger::testing::OpenCheckoutSession(&w.state, &w.head, "cs_two", "user-2", kNowUs)
+                  .ok());
+  StripeCheckoutSpec checkout;
+  checkout.event_id = "evt_two_checkout";
+  checkout.session_id = "cs_two";
+  checkout.client_reference_id = "user-2";
+  checkout.metadata_user_id = "user-2";
+  checkout.customer_id = "cus_2";
+  checkout.subscription_id = std::nullopt;
+  checkout.email = "user-2@example.com";
+  Deliver(&w, StripeCheckoutCompletedJson(checkout));
+  std::string owner;
+  ASSERT_TRUE(GetCustomerUser(w.state, "cus_2", &owner).ok());
+  ASSERT_EQ(owner, "user-2");
+
+  // Every event of a delivery, and the delivery's own record, name user-2 (the verbatim payload
+  // keeps the tag).
+  auto expect_user_2 = [](const Decision& d) {
+    ASSERT_GE(d.events.size(), 2u);
+    for (const NewEvent& e : d.events) {
+      EXPECT_EQ(e.subject, "user-2") << e.type;
+      rapidjson::Document data;
+      data.Parse(e.data.c_str());
+      ASSERT_TRUE(data.IsObject() && data.HasMember("user_id") && data["user_id"].IsString())
+          << e.data;
+      EXPECT_EQ(std::string(data["user_id"].GetString()), "user-2") << e.type;
+      EXPECT_TRUE(EventMatchesSchema(e)) << e.type;
+    }
+  };
+  StripeSubscriptionSpec odd;
+  odd.event_id = "evt_odd";
+  odd.event_type = "customer.subscription.created";
+  odd.subscription_id = "sub_odd";
+  odd.customer_id = "cus_2";
+  odd.item_id = "si_odd";
+  odd.metadata_user_id = "user-1";
+  odd.event_created = kStripeT0 + 1;
+  Decision d = Deliver(&w, StripeSubscriptionEventJson(odd));
+  EXPECT_EQ(Types(d), (std::vector<std::string>{"stripe.webhook_received.v1",
+                                                "subscription.state_changed.v1"}));
+  expect_user_2(d);
+  StripeInvoiceSpec invoice =
+      ledger::testing::InvoiceOf("user-1", "cus_2", "sub_odd", "in_odd", "invoice.paid",
+                                 "evt_odd_paid", kStripeT0 + 2);
+  d = Deliver(&w, StripeInvoiceEventJson(invoice));
+  EXPECT_EQ(Types(d), (std::vector<std::string>{"stripe.webhook_received.v1", "invoice.paid.v1"}));
+  expect_user_2(d);
+
+  const UserSubscription two = Query(w, "user-2");
+  ASSERT_TRUE(two.has_subscription);
+  EXPECT_EQ(two.subscription.subscription_id, "sub_odd");
+  EXPECT_EQ(two.customer_id, "cus_2");
+  EXPECT_EQ(two.access(), AccessLevel::kGranted);
+  ASSERT_TRUE(two.latest_invoice);
+  EXPECT_TRUE(two.latest_invoice->paid);
+  EXPECT_EQ(Access(w, "user-2").access, AccessLevel::kGranted);
+  const UserSubscription one = Query(w, "user-1");
+  EXPECT_FALSE(one.has_subscription);
+  EXPECT_TRUE(one.other_subscription_ids.empty());
+  EXPECT_TRUE(one.customer_id.empty());
+  std::string overview;
+  ASSERT_TRUE(AnalyticsOverviewJson(w.state, kStripeT0 + 3, 30, &overview).ok());
+  rapidjson::Document doc;
+  doc.Parse(overview.c_str());
+  ASSERT_TRUE(doc.IsObject()) << overview;
+  EXPECT_EQ(doc["revenue"]["mrr_cents"].GetInt64(), 1900) << overview;
+
+  // On a customer linked to nobody, the tag names the user.
+  odd.event_id = "evt_free";
+  odd.subscription_id = "sub_free";
+  odd.customer_id = "cus_free";
+  odd.item_id = "si_free";
+  odd.metadata_user_id = "user-3";
+  d = Deliver(&w, StripeSubscriptionEventJson(odd));
+  ASSERT_FALSE(d.events.empty());
+  EXPECT_EQ(d.events[0].subject, "user-3");
+  EXPECT_EQ(Query(w, "user-3").subscription.subscription_id, "sub_free");
+  EXPECT_FALSE(Query(w, "user-1").has_subscription);
 }
 
 TEST_F(SubscriptionsTest, PrefersTheSubscriptionThatGrantsAccess) {
