@@ -311,11 +311,19 @@ Status Decider::CheckoutCompleted(Derivation* out) {
   std::optional<std::string> customer_id = IdOf(Member(session, "customer"));
   std::optional<std::string> subscription_id = IdOf(Member(session, "subscription"));
   std::optional<std::string> email = EmailOf(Path(session, {"customer_details", "email"}));
-  if (!email) email = EmailOf(Member(session, "customer_email"));
+  // The email the link teaches (the user's email, the admin routes' lookup by email) is the one
+  // ledgerd gave Stripe from the caller's token (customer_email, which Checkout shows locked),
+  // never one typed at Checkout (customer_details.email with no customer_email: the token had no
+  // email claim, or a known customer was named): a user without one typed victim@corp.com there
+  // and an admin's PATCH and reset-usage of victim@corp.com changed that user too. What Stripe
+  // reports stays in checkout_completed.v1.
+  const std::optional<std::string> token_email = EmailOf(Member(session, "customer_email"));
+  if (!email) email = token_email;
   const bool ours = opened.ok();
   LEDGER_RETURN_IF_ERROR(ResolveByCustomer(customer_id, &user_id));
   if (ours && customer_id) {
-    LEDGER_RETURN_IF_ERROR(LinkCustomer(*customer_id, *user_id, email, "checkout_session", out));
+    LEDGER_RETURN_IF_ERROR(
+        LinkCustomer(*customer_id, *user_id, token_email, "checkout_session", out));
   }
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);

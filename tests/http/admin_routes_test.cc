@@ -85,8 +85,9 @@ class AdminRoutesTest : public ::testing::Test {
   }
 
   // A subscriber: a completed checkout (links the user, the customer and the email), then the
-  // subscription's state.
-  void AddSubscriber(TestSubscription t, const std::string& email) {
+  // subscription's state. `email_prefilled` false: the user's token had no email, so the email was
+  // typed at Checkout (Stripe reports it with no customer_email).
+  void AddSubscriber(TestSubscription t, const std::string& email, bool email_prefilled = true) {
     ledger::testing::StripeCheckoutSpec checkout;
     checkout.event_id = "evt_checkout_" + t.user_id;
     checkout.session_id = "cs_" + t.user_id;
@@ -95,6 +96,7 @@ class AdminRoutesTest : public ::testing::Test {
     checkout.customer_id = "cus_" + t.user_id;
     checkout.subscription_id = "sub_" + t.user_id;
     checkout.email = email;
+    checkout.email_prefilled = email_prefilled;
     ASSERT_TRUE(ledger::testing::OpenCheckoutSession(ledger_.get(), checkout.session_id,
                                                      t.user_id)
                     .ok());
@@ -1614,6 +1616,44 @@ TEST_F(AdminRoutesTest, AUserIdAddressesAnAccountThatNeverCheckedOut) {
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_STREQ(r.Json()["users"][0]["subscriber"]["email"].GetString(), "a@x.com");
   ExpectProblem(Admin().Get(std::string(kAdminBase) + "bad%01id"), 400, "invalid_parameter");
+}
+
+// An email is a user's for the admin routes only when ledgerd gave it to Stripe from the user's
+// own token. Mallory's token has no email claim: at Checkout she typed alice's a@x.com, and
+// customer.linked.v1 gave her that email -- PATCH and reset-usage of a@x.com changed mallory's
+// account too (a comp for alice comped her). Now they name alice alone; mallory's link stands.
+TEST_F(AdminRoutesTest, AnEmailTypedAtCheckoutDoesNotJoinAnotherUsersOverride) {
+  const int64_t start = kNow - 10 * kDay, end = kNow + 20 * kDay;
+  AddSubscriber(OnPlan("alice", "starter", start, end), "a@x.com");
+  AddSubscriber(OnPlan("mallory", "starter", start, end), "a@x.com", /*email_prefilled=*/false);
+  std::string owner;
+  ASSERT_TRUE(pj::GetCustomerUser(*ledger_->Snapshot(), "cus_mallory", &owner).ok());
+  EXPECT_EQ(owner, "mallory");
+
+  const uint64_t before = Head();
+  HttpReply r = Patch("a@x.com", R"({"tier":"enterprise","status":"active"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  ASSERT_EQ(doc["users"].Size(), 1u) << r.body;
+  EXPECT_STREQ(doc["users"][0]["user_id"].GetString(), "alice");
+  std::vector<Event> events;
+  ASSERT_TRUE(ledger_->ReadEvents(Position(before), 10, EventFilter{}, &events).ok());
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].type, pj::kSubscriptionOverrideSetV1);
+  EXPECT_EQ(events[0].subject, "alice");
+  std::optional<pj::AdminOverride> mallorys;
+  ASSERT_TRUE(pj::GetAdminOverride(*ledger_->Snapshot(), "mallory", &mallorys).ok());
+  EXPECT_FALSE(mallorys);
+
+  r = Admin().Get(std::string(kAdminBase) + "a@x.com");
+  ASSERT_EQ(r.status, 200) << r.body;
+  ASSERT_EQ(r.Json()["users"].Size(), 1u) << r.body;
+  r = Admin().Post(std::string(kAdminBase) + "a@x.com/reset-usage", "");
+  ASSERT_EQ(r.status, 200) << r.body;
+  doc = r.Json();
+  ASSERT_EQ(doc["users"].Size(), 1u) << r.body;
+  EXPECT_STREQ(doc["users"][0]["user_id"].GetString(), "alice");
+  ExpectReplayEqual();
 }
 
 // A tier alone takes its status from the user's subscription: for a user without a live one (none,

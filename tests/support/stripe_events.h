@@ -199,6 +199,9 @@ struct StripeCheckoutSpec {
   std::optional<std::string> customer_id = "cus_1";
   std::optional<std::string> subscription_id = "sub_1";
   std::optional<std::string> email = "user-1@example.com";
+  // customer_email too (ledgerd gave Stripe the token's email); false: null, the payer typed
+  // `email` at Checkout (customer_details.email only).
+  bool email_prefilled = true;
   std::string payment_status = "paid";
 };
 
@@ -220,7 +223,7 @@ inline std::string StripeCheckoutCompletedJson(const StripeCheckoutSpec& s) {
   OptStr(&w, "email", s.email);
   OptStr(&w, "name", std::nullopt);
   w.EndObject();
-  OptStr(&w, "customer_email", s.email);
+  OptStr(&w, "customer_email", s.email_prefilled ? s.email : std::nullopt);
   w.Key("metadata");
   w.StartObject();
   if (s.metadata_user_id) Str(&w, "user_id", *s.metadata_user_id);
