@@ -1,6 +1,8 @@
 #include "http/lago_sink.h"
 
 #include <rapidjson/document.h>
+#include <rapidjson/memorystream.h>
+#include <rapidjson/reader.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 #include <spdlog/spdlog.h>
@@ -134,6 +136,57 @@ bool ParseItemErrors(const std::string& body, size_t sent, std::map<size_t, Item
     (*out)[index] = std::move(error);
   }
   return !out->empty();
+}
+
+// Finds Lago's answer to an accepted batch, {"events":[...]} (EventsController#batch renders the
+// events it created under `events`), in a body that may be cut at response_bytes_max: true once
+// the top-level object's `events` member opens an array. Anything else -- a catch-all route's
+// "OK", a captive page, a relay's {} -- is not Lago acknowledging the events.
+class BatchAnswerReader
+    : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, BatchAnswerReader> {
+ public:
+  bool found = false;
+
+  bool Default() {  // a scalar
+    events_next_ = false;
+    return depth_ > 0;
+  }
+  bool StartObject() {
+    events_next_ = false;
+    ++depth_;
+    return true;
+  }
+  bool Key(const char* s, rapidjson::SizeType n, bool) {
+    events_next_ = depth_ == 1 && std::string_view(s, n) == "events";
+    return true;
+  }
+  bool EndObject(rapidjson::SizeType) {
+    --depth_;
+    return true;
+  }
+  bool StartArray() {
+    if (events_next_) {
+      found = true;
+      return false;  // enough read
+    }
+    return ++depth_ > 1;  // a top-level array is not Lago's answer
+  }
+  bool EndArray(rapidjson::SizeType) {
+    --depth_;
+    return true;
+  }
+
+ private:
+  int depth_ = 0;
+  bool events_next_ = false;  // the value about to be read is the top-level object's `events`
+};
+
+bool IsLagoBatchAnswer(const std::string& body) {
+  BatchAnswerReader answer;
+  rapidjson::Reader reader;
+  rapidjson::MemoryStream stream(body.data(), body.size());
+  reader.Parse<rapidjson::kParseIterativeFlag>(stream, answer);
+  return answer.found;
 }
 
 // What a non-2xx answer says. Lago's own error answers are JSON objects {"status": <code>,
@@ -804,7 +857,9 @@ bool LagoSink::Impl::HandleAnswer(const LagoAnswer& answer, size_t first, size_t
                                   int64_t now_us) {
   const bool probe = first > 0;
   const int status = answer.http_status;
-  if (status >= 200 && status < 300) {
+  // Only Lago's answer acknowledges the events: a 200 from something else at LAGO_API_URL would
+  // move the checkpoint past usage Lago never stored.
+  if (status >= 200 && status < 300 && IsLagoBatchAnswer(answer.body)) {
     metrics_.batches_accepted.Add();
     metrics_.events_delivered.Add(sent);
     if (probe) {
@@ -872,6 +927,13 @@ bool LagoSink::Impl::HandleAnswer(const LagoAnswer& answer, size_t first, size_t
   }
   if (status == 401 || status == 403) {
     Fail("Lago refused LAGO_API_KEY (" + std::to_string(status) + ")", status, -1, now_us);
+    return false;
+  }
+  if (status >= 200 && status < 300) {
+    Fail("Lago answered " + std::to_string(status) +
+             " without Lago's {\"events\":[...]} answer (something else at LAGO_API_URL?): "
+             "nothing acknowledged",
+         status, -1, now_us);
     return false;
   }
   if (status == 404 || status == 405 || status < 400) {

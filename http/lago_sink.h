@@ -31,9 +31,10 @@
 //   (user_id comes from the event's data; a batch item's other fields from the item.)
 //
 // Checkpoint and delivery. The checkpoint ("last position fully handled") advances only past
-// events Lago acknowledged with a 2xx for the whole batch that carried them (or that were dead-
-// lettered, below), and past the skipped events around them; a usage.batch_recorded.v1 counts as
-// handled only once every one of its items is (delivered or dead-lettered). It is written with
+// events Lago acknowledged -- a 2xx with Lago's {"events":[...]} answer -- for the whole batch
+// that carried them (or that were dead-lettered, below), and past the skipped events around
+// them; a usage.batch_recorded.v1 counts as handled only once every one of its items is
+// (delivered or dead-lettered). It is written with
 // PutCheckpoint(sync=false) after every acknowledged batch (skip-only progress at most every
 // checkpoint_interval_ms) and synced by Stop(). After a crash, or when an acknowledgement is
 // lost, events after the persisted checkpoint are sent again with the same transaction ids (all
@@ -65,11 +66,13 @@
 //       fails: nothing is dead-lettered; a flapping Lago would have to fail that one event and
 //       handle the later ones for the whole time. Answers that say nothing about the events
 //       (network errors, 408/429, 401/403/404, a proxy's page) neither count nor reset.
-//   401, 403, 404, 405, 1xx/3xx, and a 4xx (but 413) whose body is not Lago's JSON error
-//       ({"status","error",...}: a proxy's page)  retried with backoff as well (state
-//       "unauthorized" / "down"): a wrong LAGO_API_KEY or LAGO_API_URL, or a proxy that
-//       redirects to https, is fixed by the operator; dead-lettering every event for it would
-//       lose the usage. Such a page is stored nowhere (it may echo the request's headers).
+//   401, 403, 404, 405, 1xx/3xx, a 2xx whose body is not Lago's {"events":[...]} (something
+//       else at LAGO_API_URL answering any POST: a catch-all route, a captive page), and a 4xx
+//       (but 413) whose body is not Lago's JSON error ({"status","error",...}: a proxy's page)
+//       retried with backoff as well (state "unauthorized" / "down"): a wrong LAGO_API_KEY or
+//       LAGO_API_URL, or a proxy that redirects to https, is fixed by the operator;
+//       dead-lettering every event for it would lose the usage. Such a page is stored nowhere
+//       (it may echo the request's headers).
 //   400, 413, 422 and other 4xx from Lago  a refusal a retry cannot fix. With per-event
 //       error_details the named events are dead-lettered and the rest re-sent; without them (or
 //       413) the batch is halved until the refused event is alone, then it is dead-lettered. A

@@ -168,6 +168,7 @@ class LagoSinkTest : public ::testing::Test {
     client_options.api_url = url;
     client_options.api_key = key;
     client_options.read_timeout_ms = read_timeout_ms;
+    client_options.response_bytes_max = response_bytes_max_;
     Status s = HttpLagoClient::Create(client_options, &client_);
     ASSERT_TRUE(s.ok()) << s.ToString();
     s = LagoSink::Open(options, ledger_.get(), client_.get(), &sink_);
@@ -275,6 +276,7 @@ class LagoSinkTest : public ::testing::Test {
   std::unique_ptr<HttpLagoClient> client_;
   std::unique_ptr<LagoSink> sink_;
   uint64_t listener_ = 0;
+  size_t response_bytes_max_ = LagoClientOptions().response_bytes_max;
   size_t appended_ = 0;
   size_t batch_items_appended_ = 0;
   bool check_schemas_ = true;
@@ -903,6 +905,43 @@ TEST_F(LagoSinkTest, AProxysAnswerIsRetriedNotDeadLettered) {
   ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
   EXPECT_TRUE(CountedExactlyOnce(lago, UsageIds()));
   EXPECT_EQ(sink_->metrics().events_rejected.Value(), 0u);
+}
+
+// Something other than Lago at LAGO_API_URL answering 200 to any POST (a catch-all route, a
+// captive page, a relay) acknowledges nothing: only Lago's {"events":[...]} does. The sink
+// retries (state down) and the checkpoint stays where it was; nothing is lost.
+TEST_F(LagoSinkTest, ATwoHundredThatIsNotLagosAnswerIsNotAnAcknowledgement) {
+  FakeLago lago;
+  lago.InjectFault(FakeLago::Fault::kProxyOk, 1000);
+  Append(20);
+  StartSink(lago.url());
+  // Taken for an acknowledgement, the first answer would leave nothing to send again.
+  ASSERT_TRUE(WaitFor([&] { return lago.requests().size() >= 3 || sink_->GetStatus().lag == 0; }));
+  const LagoSinkStatus status = sink_->GetStatus();
+  EXPECT_EQ(status.checkpoint.value(), 0u);
+  EXPECT_EQ(Checkpoint().value(), 0u);
+  EXPECT_GT(status.lag, 0u);
+  EXPECT_EQ(status.state, "down");
+  EXPECT_NE(status.last_error.find("LAGO_API_URL"), std::string::npos) << status.last_error;
+  EXPECT_EQ(sink_->metrics().batches_accepted.Value(), 0u);
+  EXPECT_EQ(sink_->metrics().events_rejected.Value(), 0u);
+  EXPECT_EQ(lago.stored_count(), 0u);
+  lago.ClearFaults();
+  ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
+  EXPECT_TRUE(CountedExactlyOnce(lago, UsageIds()));
+  EXPECT_EQ(sink_->metrics().events_rejected.Value(), 0u);
+}
+
+// Lago's answer echoes every event of the batch and may be longer than the part the client
+// keeps: cut short, it still acknowledges the batch.
+TEST_F(LagoSinkTest, LagosAnswerCutAtTheKeptBytesStillAcknowledges) {
+  FakeLago lago;
+  Append(20);
+  response_bytes_max_ = 16;  // {"events":[{"tr
+  StartSink(lago.url());
+  ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
+  EXPECT_TRUE(CountedExactlyOnce(lago, UsageIds()));
+  EXPECT_EQ(sink_->metrics().request_failures.Value(), 0u);
 }
 
 TEST_F(LagoSinkTest, StopIsBoundedWhileLagoIsDown) {

@@ -165,6 +165,16 @@ void FakeLago::Listen() {
       requests_.push_back(record);
       return;
     }
+    if (fault == Fault::kProxyOk) {
+      // A catch-all route, a captive page or a relay at LAGO_API_URL: 200, but not Lago.
+      record.status = 200;
+      record.answered = std::chrono::steady_clock::now();
+      res.status = record.status;
+      res.set_content("OK", "text/html");
+      std::lock_guard<std::mutex> lock(mu_);
+      requests_.push_back(record);
+      return;
+    }
     if (fault == Fault::kRedirect || fault == Fault::kProxyRefusal) {
       // What a proxy in front of Lago answers: not Lago's JSON error.
       record.status = fault == Fault::kRedirect ? 308 : 421;

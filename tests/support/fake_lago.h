@@ -5,8 +5,8 @@
 // checked the way Lago checks it, in this order, answering with Lago-shaped JSON
 // ({"status","error","code","error_details"}):
 //   1. the fake being down (SetDown: the port refuses connections) and injected faults
-//      (InjectFault: 500, 429 + Retry-After, a slow answer, "stored but the answer is lost", or
-//      none for this request);
+//      (InjectFault: 500, 429 + Retry-After, a slow answer, "stored but the answer is lost", a
+//      proxy's page, or none for this request);
 //   2. `Authorization: Bearer <the key>` (401 otherwise) and `Content-Type: application/json`;
 //   3. the body: a JSON object with `events`, 1..100 of them (422 no_events / too_many_events);
 //      every event needs transaction_id, external_subscription_id, code (non-empty strings),
@@ -18,6 +18,8 @@
 //      FailTransaction() makes every batch holding it a 500;
 //   4. dedupe on (external_subscription_id, transaction_id), like Lago's unique index, in one of
 //      the modes below; nothing is counted twice (except in kNoDedupe, for negative controls).
+//   Accepted, it answers 200 {"events":[...]} (the events of the batch), the shape of Lago's
+//   EventsController#batch answer.
 //
 // Dedupe modes (what Lago's event stores do with a transaction id they already have):
 //   kRejectBatch     Postgres store, all or nothing: 422 {"<i>":{"transaction_id":
@@ -68,6 +70,7 @@ class FakeLago {
     kAckLost,      // stores the batch, then answers 500 (the acknowledgement is lost)
     kRedirect,     // a proxy's 308 to https (text/html), nothing stored
     kProxyRefusal, // a proxy's 421 Misdirected Request (text/html), nothing stored
+    kProxyOk,      // something else at the URL answering 200 "OK" (text/html), nothing stored
     kNone,         // answered normally (puts a later fault on a chosen request)
   };
 
