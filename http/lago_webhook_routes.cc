@@ -10,7 +10,8 @@
 //      1..255 visible ASCII characters), except from a Lago old enough to send no
 //      X-Lago-Signature-Algorithm: its delivery is named "sha256:<hex of the body>". The body
 //      must be a Lago webhook (`webhook_type`, `object_type`): else 400 "malformed_event"; 413
-//      beyond projections::limits::kLagoWebhookBytesMax.
+//      beyond projections::limits::kLagoWebhookBytesMax in jwt mode (the signature embeds the
+//      body) and kLagoWebhookPayloadBytesMax in hmac mode (what one event's data holds).
 //   4. With LAGO_ORGANIZATION_ID set, the body's `organization_id` (lago-api puts it beside
 //      webhook_type in every payload) must equal it: else 403 "wrong_organization" (a valid
 //      signature for another tenant). jwt mode needs this on a shared Lago: Lago signs every

@@ -613,10 +613,12 @@ std::optional<int64_t> ParseLagoTimeMs(std::string_view s) {
 Status ParseLagoWebhook(std::string_view raw_body, std::string_view unique_key,
                         std::string_view signature_algorithm, LagoWebhook* out) {
   *out = LagoWebhook();
-  if (raw_body.size() > limits::kLagoWebhookBytesMax) {
-    return Status::Make(
-        Code::kPayloadTooLarge, "payload_too_large",
-        "a Lago webhook is at most " + std::to_string(limits::kLagoWebhookBytesMax) + " bytes");
+  const size_t raw_bytes_max = signature_algorithm == "hmac" ? limits::kLagoWebhookPayloadBytesMax
+                                                             : limits::kLagoWebhookBytesMax;
+  if (raw_body.size() > raw_bytes_max) {
+    return Status::Make(Code::kPayloadTooLarge, "payload_too_large",
+                        "a Lago webhook is at most " + std::to_string(raw_bytes_max) +
+                            " bytes in " + std::string(signature_algorithm) + " mode");
   }
   if (!IsLagoUniqueKey(unique_key)) {
     return Status::InvalidArgument("invalid_unique_key",
@@ -624,6 +626,12 @@ Status ParseLagoWebhook(std::string_view raw_body, std::string_view unique_key,
   }
   LEDGER_RETURN_IF_ERROR(
       RedactJsonSecrets(raw_body, IsLagoSecretMemberName, &out->redacted_payload));
+  // "[redacted]" may be longer than the value it replaces.
+  if (out->redacted_payload.size() > limits::kLagoWebhookPayloadBytesMax) {
+    return Status::Make(Code::kPayloadTooLarge, "payload_too_large",
+                        "a Lago webhook's payload, its secrets redacted, is at most " +
+                            std::to_string(limits::kLagoWebhookPayloadBytesMax) + " bytes");
+  }
   auto doc = std::make_shared<rapidjson::Document>();
   Status s = ParseJsonObject(out->redacted_payload, doc.get());
   if (!s.ok()) return Malformed(s.message());

@@ -108,7 +108,9 @@ struct LagoWebhook {
 // Parses a delivery's raw body. InvalidArgument "malformed_event" when it is not a JSON object
 // (UTF-8, bounded nesting, no duplicate names) or `webhook_type` / `object_type` (lowercase
 // dotted names, 1..128 bytes) are missing; "invalid_unique_key" when `unique_key` is not
-// IsLagoUniqueKey(). PayloadTooLarge "payload_too_large" beyond limits::kLagoWebhookBytesMax.
+// IsLagoUniqueKey(). PayloadTooLarge "payload_too_large" beyond limits::kLagoWebhookBytesMax
+// (jwt mode) or kLagoWebhookPayloadBytesMax (hmac mode), or when the redacted payload is over
+// kLagoWebhookPayloadBytesMax.
 Status ParseLagoWebhook(std::string_view raw_body, std::string_view unique_key,
                         std::string_view signature_algorithm, LagoWebhook* out);
 

@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "events/limits.h"
+
 namespace ledger::projections::limits {
 
 // Plan catalog (projections/plan_catalog.h).
@@ -46,12 +48,25 @@ inline constexpr int64_t kStripeIntervalCountMax = 1'000;  // Stripe: at most 3 
 inline constexpr size_t kUserSubscriptionsMax = 256;
 
 // Lago webhooks and the Lago projection (projections/lago.h).
-inline constexpr size_t kLagoWebhookBytesMax = 512 * 1024;  // a delivery's raw body
+// A delivery's raw body in jwt mode: X-Lago-Signature embeds the whole body, so this bounds the
+// request's head (http/limits.h kLagoSignatureBytesMax).
+inline constexpr size_t kLagoWebhookBytesMax = 512 * 1024;
 // Recordings of one body under other unique keys (projections/lago.h "Repeated bodies").
 inline constexpr uint64_t kLagoBodyRepeatsMax = 64;
 inline constexpr size_t kLagoUniqueKeyBytesMax = 255;       // X-Lago-Unique-Key (a UUID)
 inline constexpr size_t kLagoTypeBytesMax = 128;            // webhook_type, object_type
 inline constexpr size_t kLagoIdBytesMax = 255;              // lago_id, external ids, codes copied
+// The fields of a lago.webhook_received.v1 beside its payload, at most: unique_key and
+// repeat_of_unique_key (visible ASCII, `"` and `\` escaped: 2 bytes each), external_customer_id
+// (a control character escaped as \u00XX: 6 bytes each), webhook_type, object_type and the
+// derived event's type, and 1 KiB for the member names, raw_sha256, raw_bytes and punctuation.
+inline constexpr size_t kLagoWebhookRecordFieldsBytesMax =
+    2 * 2 * kLagoUniqueKeyBytesMax + 6 * kLagoIdBytesMax + 2 * kLagoTypeBytesMax +
+    ledger::limits::kEventTypeBytesMax + 1024;
+// A delivery's stored payload (its secrets redacted), and its raw body in hmac mode, where
+// nothing else bounds it: what fits in one event's data beside the record's other fields.
+inline constexpr size_t kLagoWebhookPayloadBytesMax =
+    ledger::limits::kEventDataBytesMax - kLagoWebhookRecordFieldsBytesMax;
 inline constexpr size_t kLagoTextBytesMax = 255;            // other short strings copied
 inline constexpr size_t kLagoInvoiceSubscriptionsMax = 64;  // subscription ids kept per invoice
 // Subscriptions (lago_ids) one query looks at under one external_id; plan changes add one each.

@@ -614,6 +614,59 @@ TEST_F(LagoWebhookTest, JwtSignaturesOver8KiBAreVerified) {
   EXPECT_EQ(Head(), head);
 }
 
+// An invoice of a few thousand fees (~1.5-2 KB each in Lago's payload) passes 512 KiB. In hmac
+// mode nothing but the stored event bounds the body: it is accepted up to what one event's data
+// holds beside the record's other fields, and refused (413, nothing appended) past that, as in
+// jwt mode past 512 KiB, where the signature embeds the whole body.
+TEST_F(LagoWebhookTest, AnHmacDeliveryOver512KiBWithinTheDocumentedLimitIsStored) {
+  using projections::limits::kLagoWebhookBytesMax;
+  using projections::limits::kLagoWebhookPayloadBytesMax;
+  static_assert(kLagoWebhookBytesMax == 524'288 && kLagoWebhookPayloadBytesMax == 1'044'618,
+                "README.md and the lago.webhook_received.v1 schema state these figures");
+  LagoInvoiceSpec big;
+  big.fees = 100;
+  const size_t per_fee = LagoInvoiceWebhookJson(big).size() / 100;
+  big.fees = static_cast<int>(700 * 1024 / per_fee);
+  const std::string body = LagoInvoiceWebhookJson(big);
+  ASSERT_GT(body.size(), kLagoWebhookBytesMax);
+  HttpReply r = PostHmac(body, "wh-700k");
+  ASSERT_EQ(r.status, 200) << r.body;
+  std::vector<Event> received = Events(projections::kLagoWebhookReceivedV1);
+  ASSERT_EQ(received.size(), 1u);
+  rapidjson::Document data;
+  data.Parse(received[0].data.c_str());
+  EXPECT_EQ(data["raw_bytes"].GetUint64(), body.size());
+  EXPECT_EQ(data["payload"]["invoice"]["fees"].Size(), static_cast<size_t>(big.fees));
+  EXPECT_EQ(Events(projections::kLagoInvoiceUpdatedV1).size(), 1u);
+
+  // A body of exactly the limit fits in its event (the record's other fields at their longest:
+  // a unique key of 255 characters); one byte more is refused.
+  auto body_of = [&](size_t bytes, const std::string& updated_at) {
+    LagoInvoiceSpec spec = big;
+    spec.updated_at = updated_at;
+    spec.extra_member = R"("memo":"")";
+    std::string out = LagoInvoiceWebhookJson(spec);
+    spec.extra_member = R"("memo":")" + std::string(bytes - out.size(), 'm') + "\"";
+    out = LagoInvoiceWebhookJson(spec);
+    EXPECT_EQ(out.size(), bytes);
+    return out;
+  };
+  const std::string at_limit = body_of(kLagoWebhookPayloadBytesMax, "2026-11-02T00:00:00Z");
+  r = PostHmac(at_limit, std::string(255, 'k'));
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(Events(projections::kLagoWebhookReceivedV1).size(), 2u);
+  const uint64_t head = Head();
+  const std::string over = body_of(kLagoWebhookPayloadBytesMax + 1, "2026-11-03T00:00:00Z");
+  r = PostHmac(over, "wh-over");
+  ExpectProblem(r, 413, "payload_too_large");
+  EXPECT_EQ(Head(), head);
+
+  // jwt mode keeps its bound.
+  r = PostJwt(body, "wh-700k-jwt", LagoJwtSignature(*lago_key_, body, kIssuer));
+  ExpectProblem(r, 413, "payload_too_large");
+  EXPECT_EQ(Head(), head);
+}
+
 TEST_F(LagoWebhookTest, SecretsAndPaymentLinksAreRedacted) {
   LagoInvoiceSpec spec;
   spec.extra_member =

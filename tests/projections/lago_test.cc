@@ -133,8 +133,19 @@ TEST(LagoWebhookParseTest, RejectsWhatIsNotALagoWebhook) {
                              "hmac", &webhook)
                 .problem(),
             "invalid_unique_key");
-  EXPECT_EQ(ParseLagoWebhook(std::string(600 * 1024, ' '), "k", "hmac", &webhook).code(),
+  EXPECT_EQ(ParseLagoWebhook(std::string(600 * 1024, ' '), "k", "jwt", &webhook).code(),
             Code::kPayloadTooLarge);
+  EXPECT_EQ(ParseLagoWebhook(std::string(limits::kLagoWebhookPayloadBytesMax + 1, ' '), "k",
+                             "hmac", &webhook)
+                .code(),
+            Code::kPayloadTooLarge);
+  // Within the raw bound, but "[redacted]" in place of each `url` makes the payload too large to
+  // store.
+  std::string urls = R"({"webhook_type":"a","object_type":"b","x":[{"url":0})";
+  while (urls.size() + 12 < limits::kLagoWebhookPayloadBytesMax) urls += R"(,{"url":0})";
+  urls += "]}";
+  ASSERT_LE(urls.size(), limits::kLagoWebhookPayloadBytesMax);
+  EXPECT_EQ(ParseLagoWebhook(urls, "k", "hmac", &webhook).code(), Code::kPayloadTooLarge);
 }
 
 TEST(LagoFoldTest, EveryDeliveryOrderGivesTheSameRows) {
