@@ -741,6 +741,7 @@ class LedgerImpl final : public Ledger {
   Status PutCheckpoint(std::string_view name, Position position, bool sync) override;
   Status GetFoldVersion(std::string_view fold, uint32_t* out) const override;
   Status ProjectionDigest(Hash* out) const override;
+  Status StreamsDigest(Hash* out) const override;
   Status ImportEvents(const std::vector<Event>& events) override;
   Status Flush() override;
   Status WaitForBackgroundWork(int64_t timeout_ms) override;
@@ -2262,6 +2263,14 @@ Status LedgerImpl::ReadEventsBySubject(Position after, size_t limit, const Event
       const Hash* link = have_prev && prev_position + 1 == position ? &prev : nullptr;
       Event event;
       Status checked = DecodeCheckedEvent(Position(position), value, link, &event);
+      // The index is derived from the log: a row naming another subject's event (a damaged or
+      // edited index) would serve it under this subject.
+      if (checked.ok() && event.subject != filter.subject) {
+        checked = Status::Corruption("the subject index names position " +
+                                     std::to_string(position) +
+                                     ", an event of another subject (`ledgerctl replay` compares "
+                                     "the index with the log)");
+      }
       if (!checked.ok()) {
         out->clear();
         return checked;
@@ -2373,6 +2382,36 @@ Status LedgerImpl::ProjectionDigest(Hash* out) const {
     }
     LEDGER_RETURN_IF_ERROR(FromRocks(it->status()));
   }
+  SHA256_Final(out->data(), &ctx);
+#pragma GCC diagnostic pop
+  return Status::OK();
+}
+
+Status LedgerImpl::StreamsDigest(Hash* out) const {
+  SHA256_CTX ctx;
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+  SHA256_Init(&ctx);
+  std::unique_ptr<rocksdb::Iterator> it(
+      db_->NewIterator(rocksdb::ReadOptions(), Family(kStreamsFamily)));
+  std::vector<uint64_t> positions;
+  std::string framed;
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    const std::string_view key = ToView(it->key());
+    const size_t nul = key.find('\0');
+    if (nul == std::string_view::npos || key.size() != nul + 1 + 8 ||
+        !DecodeStreamRun(DecodeFixed64BE(key.data() + nul + 1), ToView(it->value()),
+                         &positions)) {
+      return Status::Corruption("malformed streams row");
+    }
+    for (uint64_t position : positions) {
+      framed.clear();
+      PutLengthPrefixed(&framed, key.substr(0, nul));
+      PutFixed64BE(&framed, position);
+      SHA256_Update(&ctx, framed.data(), framed.size());
+    }
+  }
+  LEDGER_RETURN_IF_ERROR(FromRocks(it->status()));
   SHA256_Final(out->data(), &ctx);
 #pragma GCC diagnostic pop
   return Status::OK();

@@ -281,7 +281,7 @@ class Ledger {
   // first linked to the stored event at `after`, the last to the event after it when the log
   // holds one (its prev_hash only); a damaged one or a broken link fails the read with
   // Corruption naming its position, and `out` is left empty. Reads by subject link consecutive
-  // positions only.
+  // positions only, and fail the same way at an event of another subject their index names.
   virtual Status ReadEvents(Position after, size_t limit, const EventFilter& filter,
                             std::vector<Event>* out) const = 0;
   // Streams raw stored values of positions [from, to] (to = 0: up to the head) to `fn`
@@ -304,6 +304,11 @@ class Ledger {
 
   // Digest over every fold's rows (family name, key, value in order): replay compares it.
   virtual Status ProjectionDigest(Hash* out) const = 0;
+  // Digest over the per-subject index (`streams`, derived from the log like a fold's rows) as
+  // the (subject, position) pairs its rows name, in key order, each row's run expanded: the
+  // writer's one row per command and ImportEvents' one per call give equal digests for equal
+  // indexes. Replay compares it. Corruption when a row is malformed.
+  virtual Status StreamsDigest(Hash* out) const = 0;
 
   // Appends already-sealed events read from another log (replay into a fresh directory): checks
   // the chain links, writes the events verbatim and applies the folds. Positions must continue

@@ -221,6 +221,15 @@ Status ReplayProjections(const ReplayOptions& options, ReplayReport* report) {
   if (!report->equal) {
     LEDGER_RETURN_IF_ERROR(FindDifferingFolds(*live, *rebuilt, options.folds, report));
   }
+  // The per-subject index is derived from the log too (GET /api/v1/events?subject= reads by it):
+  // a row lost or pointed elsewhere hides a subject's events or serves another's.
+  Hash live_streams{}, rebuilt_streams{};
+  LEDGER_RETURN_IF_ERROR(live->StreamsDigest(&live_streams));
+  LEDGER_RETURN_IF_ERROR(rebuilt->StreamsDigest(&rebuilt_streams));
+  if (live_streams != rebuilt_streams) {
+    report->equal = false;
+    report->differing_folds.emplace_back(kStreamsIndexName);
+  }
   return Status::OK();
 }
 

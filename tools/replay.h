@@ -6,7 +6,9 @@
 // a new Ledger with the same folds (Ledger::ImportEvents: the chain links are re-checked and every
 // fold is applied exactly as the writer applies it). Then ProjectionDigest of both is compared:
 // folds are pure, so equal logs must give byte-identical rows. On a difference the digest of each
-// fold is compared too, to name the projections that differ.
+// fold is compared too, to name the projections that differ. The per-subject index (`streams`,
+// which reads by subject use) is compared as well, by StreamsDigest: as the (subject, position)
+// pairs it names, since the writer stores one row per command and the import one per chunk.
 //
 // A fold whose rows the live store says another version of its code wrote (its recorded
 // Fold::Version() differs from this build's, or none is recorded: a store last opened read-write
@@ -31,6 +33,10 @@
 #include "events/types.h"
 
 namespace ledger::tools {
+
+// Named among ReplayReport::differing_folds when the live per-subject index is not the one the
+// log rebuilds (a row missing, or naming another position).
+inline constexpr char kStreamsIndexName[] = "streams";
 
 struct ReplayOptions {
   std::string data_dir;            // the live store
@@ -63,7 +69,8 @@ struct ReplayReport {
   Hash live_digest{};
   Hash rebuilt_digest{};
   bool equal = false;
-  // When !equal: the folds of this build's version whose rows differ (stale ones are not in it).
+  // When !equal: the folds of this build's version whose rows differ (stale ones are not in it),
+  // and kStreamsIndexName when the per-subject index differs.
   std::vector<std::string> differing_folds;
   std::vector<StaleFold> stale_folds;  // whatever `equal` says
   std::string rebuilt_path;

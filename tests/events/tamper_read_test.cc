@@ -171,6 +171,33 @@ TEST(TamperReadTest, ReadEventsRefusesAnAlteredEvent) {
   EXPECT_EQ(events.size(), 8u);
 }
 
+// The subject index is derived from the log; a row naming another subject's events (edited, or
+// damaged) served them under the subject asked for. The read refuses them, naming the position.
+TEST(TamperReadTest, AReadBySubjectRefusesAnotherSubjectsEvent) {
+  TempDir dir;
+  WriteFlushedLog(dir.path(), 6);  // one event a command: alice 1, 3, 5; bob 2, 4, 6
+  testing::EditRaw(dir.path(), [](rocksdb::DB* db, const auto& names, const auto& handles) {
+    rocksdb::ColumnFamilyHandle* streams = testing::FindFamily(names, handles, "streams");
+    const std::string alice_three = std::string("alice", 5) + '\0' + EncodePositionKey(3);
+    ASSERT_TRUE(db->Delete({}, streams, alice_three).ok());
+    ASSERT_TRUE(
+        db->Put({}, streams, std::string("alice", 5) + '\0' + EncodePositionKey(4), "").ok());
+  });
+  auto ledger = testing::OpenTestLedger(dir.path());
+  ASSERT_NE(ledger, nullptr);
+  EventFilter by_subject;
+  by_subject.subject = "alice";
+  std::vector<Event> events;
+  Status s = ledger->ReadEvents(Position(0), 100, by_subject, &events);
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_NE(s.message().find("position 4"), std::string::npos) << s.message();
+  EXPECT_TRUE(events.empty());
+  // bob's own read is not affected.
+  by_subject.subject = "bob";
+  ASSERT_TRUE(ledger->ReadEvents(Position(0), 100, by_subject, &events).ok());
+  EXPECT_EQ(events.size(), 3u);
+}
+
 // An event rewritten and re-sealed verifies on its own; the event after it no longer links to
 // it, and a read holding both fails there.
 TEST(TamperReadTest, ReadEventsRefusesABrokenLink) {

@@ -117,6 +117,55 @@ TEST(ReplayTest, IntoKeepsTheRebuiltStoreAndMustBeEmpty) {
   EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.ToString();
 }
 
+// A row of the per-subject index (`streams`): subject, NUL, the first position of its run (BE).
+std::string StreamsKey(const std::string& subject, uint64_t first) {
+  return subject + std::string(1, '\0') + EncodePositionKey(first);
+}
+
+// The index is derived from the log as the folds' rows are, and GET /api/v1/events?subject=
+// reads by it: replay compared the folds only, so a lost row (alice's first command, positions
+// 1..3, no longer served by subject) replayed "equal" and exited 0.
+TEST(ReplayTest, AStreamsRowRemovedIsReported) {
+  TempDir dir;
+  {
+    auto ledger = OpenTestLedger(dir.path(), Folds());
+    WriteMarkedLog(ledger.get(), 20, 3);
+  }
+  ReplayReport report;
+  ASSERT_TRUE(ReplayProjections(Options(dir.path()), &report).ok());
+  ASSERT_TRUE(report.equal);  // the writer's rows (one a command) and the import's (one a chunk)
+  EditRaw(dir.path(), [](rocksdb::DB* db, const auto& names, const auto& handles) {
+    ASSERT_TRUE(db->Delete({}, FindFamily(names, handles, "streams"), StreamsKey("alice", 1)).ok());
+  });
+  Status s = ReplayProjections(Options(dir.path()), &report);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_FALSE(report.equal);
+  EXPECT_EQ(report.live_digest, report.rebuilt_digest);  // the folds agree
+  EXPECT_EQ(report.differing_folds, std::vector<std::string>{"streams"});
+}
+
+// A row moved to another position: alice's run of 1..3 now names 4..6, bob's events, which a
+// read by subject alice would serve as hers.
+TEST(ReplayTest, AStreamsRowPointingAtAnotherSubjectsEventsIsReported) {
+  TempDir dir;
+  {
+    auto ledger = OpenTestLedger(dir.path(), Folds());
+    WriteMarkedLog(ledger.get(), 20, 3);
+  }
+  EditRaw(dir.path(), [](rocksdb::DB* db, const auto& names, const auto& handles) {
+    rocksdb::ColumnFamilyHandle* streams = FindFamily(names, handles, "streams");
+    std::string gaps;
+    ASSERT_TRUE(db->Get({}, streams, StreamsKey("alice", 1), &gaps).ok());
+    ASSERT_TRUE(db->Delete({}, streams, StreamsKey("alice", 1)).ok());
+    ASSERT_TRUE(db->Put({}, streams, StreamsKey("alice", 4), gaps).ok());
+  });
+  ReplayReport report;
+  Status s = ReplayProjections(Options(dir.path()), &report);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_FALSE(report.equal);
+  EXPECT_EQ(report.differing_folds, std::vector<std::string>{"streams"});
+}
+
 // Appends `count` events of about 512 KiB (a stored Stripe webhook can be that big), one a
 // command.
 void WriteBigEvents(Ledger* ledger, size_t count) {
@@ -268,6 +317,22 @@ TEST(ReplayCliTest, ExitCodesWithTheRegisteredProjections) {
       << bad.out;
 
   EXPECT_EQ(testing::RunLedgerctl("replay --data-dir " + dir.Sub("none")).exit_code, 74);
+}
+
+// The binary: a streams row removed is a difference naming the index (exit 65).
+TEST(ReplayCliTest, AStreamsRowRemovedIsADifference) {
+  TempDir dir;
+  {
+    auto ledger = OpenTestLedger(dir.path(), projections::AllFolds());
+    WriteMarkedLog(ledger.get(), 5, 2);
+  }
+  EditRaw(dir.path(), [](rocksdb::DB* db, const auto& names, const auto& handles) {
+    ASSERT_TRUE(db->Delete({}, FindFamily(names, handles, "streams"), StreamsKey("bob", 3)).ok());
+  });
+  testing::ProcessResult bad = testing::RunLedgerctl("replay --data-dir " + dir.path());
+  EXPECT_EQ(bad.exit_code, 65) << bad.out;
+  EXPECT_NE(bad.out.find("replay: DIFFERENT projections: streams\n"), std::string::npos)
+      << bad.out;
 }
 
 // Positions start at 1 (README, events/FORMAT.md): the help said "from position 0".
