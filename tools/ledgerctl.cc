@@ -2,7 +2,8 @@
 // tools/ that returns a Status (RocksDB's tools/ldb.cc style); exit codes follow sysexits.h:
 // 0 ok, 64 usage, 65 data error (verify failure, replay difference), 69 Stripe failed or refused
 // (stripe-setup), 70 internal, 74 storage, 75 replay of a store whose folds ledgerd has yet to
-// rebuild, 78 configuration (stripe-setup without its key, a dev secret file ledgerd refuses).
+// rebuild, 78 configuration (stripe-setup without its key, a dev secret file ledgerd refuses, an
+// empty LEDGER_DATA_DIR or --data-dir).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -517,6 +518,38 @@ int RunStripeSetupCommand(const Globals& globals, const StripeSetupArgs& args) {
   return kExitOk;
 }
 
+// CLI11 takes an empty variable for an unset one: `LEDGER_DATA_DIR=$DATA ledgerctl stripe-setup`
+// with DATA unset opened (and created) ./data, seeded its catalog and called Stripe; an empty
+// LEDGER_JWT_HS256_SECRET signed with ./data's dev secret. Refused as ledgerd refuses them
+// (daemon/config.cc, 78), before anything is opened; so is the flag given empty. bench reads
+// neither (its --data-dir is its own).
+int CheckNoEmptySetting(const CLI::App& app, const Globals& globals) {
+  const CLI::App* sub = app.get_subcommands().front();
+  if (sub->get_name() == "bench") return kExitOk;
+  auto refuse = [](const std::string& why) {
+    std::cerr << "ledgerctl: " << why << "\n";
+    return daemon::kExitConfig;
+  };
+  const char* data_dir = std::getenv("LEDGER_DATA_DIR");
+  if (app.count("--data-dir") + sub->count("--data-dir") > 0) {
+    if (globals.data_dir.empty()) {
+      return refuse("--data-dir is given empty (leave it out for ./data)");
+    }
+  } else if (data_dir != nullptr && *data_dir == '\0') {
+    return refuse("LEDGER_DATA_DIR is set but empty (unset it for ./data)");
+  }
+  if (sub->get_name() != "token") return kExitOk;
+  const char* secret = std::getenv("LEDGER_JWT_HS256_SECRET");
+  if (sub->count("--secret") > 0) {
+    if (sub->get_option("--secret")->results().back().empty()) {
+      return refuse("--secret is given empty");
+    }
+  } else if (secret != nullptr && *secret == '\0') {
+    return refuse("LEDGER_JWT_HS256_SECRET is set but empty (unset it for the dev secret file)");
+  }
+  return kExitOk;
+}
+
 int Main(int argc, char** argv) {
   // What the store's code logs (a read-only open's warnings) goes to stderr: stdout is the
   // command's output (export's NDJSON, a token).
@@ -555,6 +588,7 @@ int Main(int argc, char** argv) {
     int code = app.exit(e);
     return code == 0 ? kExitOk : kExitUsage;
   }
+  if (const int code = CheckNoEmptySetting(app, globals); code != kExitOk) return code;
   try {
     if (app.got_subcommand("token")) return RunToken(globals, &token);
     if (app.got_subcommand("verify")) return RunVerify(globals, verify);

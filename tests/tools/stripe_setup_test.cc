@@ -565,5 +565,36 @@ TEST_F(StripeSetupTest, TheLedgerctlSubcommand) {
   OpenLedger();  // for TearDown's schema and secret checks
 }
 
+// CLI11 takes an empty variable for an unset one: `LEDGER_DATA_DIR=$DATA ledgerctl stripe-setup`
+// with DATA unset created ./data, seeded the catalog in it and called Stripe. ledgerd refuses
+// an empty LEDGER_DATA_DIR (78); so does ledgerctl now, touching nothing, and an empty
+// --data-dir too.
+TEST(StripeSetupCliTest, AnEmptyDataDirVariableIsAConfigurationError) {
+  FakeStripe fake;
+  ASSERT_TRUE(fake.Start().ok());
+  ledger::testing::TempDir cwd;
+  ::setenv("STRIPE_SECRET_KEY", kFakeStripeSecretKey, 1);
+  const std::string setup = "stripe-setup --api-base " + fake.base_url();
+  for (const auto& [env, args] : std::vector<std::pair<std::string, std::string>>{
+           {"LEDGER_DATA_DIR=", setup},
+           {"LEDGER_DATA_DIR=", setup + " --dry-run"},
+           {"", setup + " --data-dir ''"},
+           {"LEDGER_DATA_DIR=elsewhere", setup + " --data-dir ''"}}) {
+    SCOPED_TRACE(env + " " + args);
+    const auto r = ledger::testing::RunLedgerctlIn(cwd.path(), env, args, /*keep_stderr=*/true);
+    EXPECT_EQ(r.exit_code, 78) << r.out;
+    const char* why = env == "LEDGER_DATA_DIR=" ? "LEDGER_DATA_DIR is set but empty"
+                                                : "--data-dir is given empty";
+    EXPECT_NE(r.out.find(why), std::string::npos) << r.out;
+  }
+  EXPECT_TRUE(std::filesystem::is_empty(cwd.path()));  // no ./data, nor any other store
+  EXPECT_TRUE(fake.requests().empty());
+  // A variable that is set is taken (a dry run creates no store).
+  const auto dry = ledger::testing::RunLedgerctlIn(cwd.path(), "LEDGER_DATA_DIR=elsewhere",
+                                                   setup + " --dry-run -q");
+  EXPECT_EQ(dry.exit_code, 0) << dry.out;
+  ::unsetenv("STRIPE_SECRET_KEY");
+}
+
 }  // namespace
 }  // namespace ledger::tools

@@ -6,6 +6,7 @@
 
 #include <sys/stat.h>
 
+#include <filesystem>
 #include <fstream>
 
 #include <rapidjson/document.h>
@@ -194,6 +195,36 @@ TEST(TokenCliTest, RefusesADevSecretFileLedgerdRefuses) {
     secret << "short\n";
   }
   EXPECT_EQ(RunLedgerctl(args).exit_code, 78);
+}
+
+// An empty LEDGER_DATA_DIR or LEDGER_JWT_HS256_SECRET (a variable that failed to expand) was
+// taken for an unset one: the token was signed with ./data's dev secret. ledgerd refuses both
+// (78); so does ledgerctl token, minting nothing, and an empty --data-dir too.
+TEST(TokenCliTest, AnEmptySecretOrDataDirVariableIsAConfigurationError) {
+  TempDir cwd;
+  ASSERT_TRUE(std::filesystem::create_directory(cwd.Sub("data")));
+  const std::string path = cwd.Sub("data") + "/jwt-dev.secret";
+  {
+    std::ofstream secret(path);
+    secret << kSecret << "\n";
+  }
+  ASSERT_EQ(::chmod(path.c_str(), 0600), 0);
+  for (const auto& [env, args] : std::vector<std::pair<std::string, std::string>>{
+           {"LEDGER_DATA_DIR=", "token --sub alice"},
+           {"LEDGER_JWT_HS256_SECRET=", "token --sub alice"},
+           {"LEDGER_JWT_HS256_SECRET= LEDGER_DATA_DIR=data", "token --sub alice"},
+           {"", "token --data-dir '' --sub alice"}}) {
+    SCOPED_TRACE(env + " " + args);
+    testing::ProcessResult r = testing::RunLedgerctlIn(cwd.path(), env, args);
+    EXPECT_EQ(r.exit_code, 78) << r.out;
+    EXPECT_TRUE(r.out.empty()) << r.out;  // no token
+  }
+  // The default, and a variable that is set, are taken.
+  testing::ProcessResult r = testing::RunLedgerctlIn(cwd.path(), "", "token --sub alice");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_TRUE(SignatureVerifies(r.out.substr(0, r.out.size() - 1), kSecret));
+  EXPECT_EQ(testing::RunLedgerctlIn(cwd.path(), "LEDGER_DATA_DIR=data", "token --sub a").exit_code,
+            0);
 }
 
 }  // namespace

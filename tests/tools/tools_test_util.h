@@ -160,11 +160,8 @@ struct ProcessResult {
   std::string out;  // stdout
 };
 
-// Runs build/bin/ledgerctl with `args` (already shell-quoted), stderr discarded unless
-// `keep_stderr`, and returns its exit code and stdout.
-inline ProcessResult RunLedgerctl(const std::string& args, bool keep_stderr = false) {
-  std::string command = std::string(LEDGER_BINARY_DIR "/bin/ledgerctl ") + args +
-                        (keep_stderr ? " 2>&1" : " 2>/dev/null");
+// Runs the shell command `command` and returns its exit code and stdout.
+inline ProcessResult RunShellCommand(const std::string& command) {
   ProcessResult result;
   FILE* pipe = ::popen(command.c_str(), "r");
   if (pipe == nullptr) return result;
@@ -174,6 +171,21 @@ inline ProcessResult RunLedgerctl(const std::string& args, bool keep_stderr = fa
   int status = ::pclose(pipe);
   result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return result;
+}
+
+// Runs build/bin/ledgerctl with `args` (already shell-quoted), stderr discarded unless
+// `keep_stderr`, and returns its exit code and stdout.
+inline ProcessResult RunLedgerctl(const std::string& args, bool keep_stderr = false) {
+  return RunShellCommand(std::string(LEDGER_BINARY_DIR "/bin/ledgerctl ") + args +
+                         (keep_stderr ? " 2>&1" : " 2>/dev/null"));
+}
+
+// The same in the directory `cwd`, with `env` (shell-quoted NAME=value words, e.g.
+// "LEDGER_DATA_DIR=") set for it alone.
+inline ProcessResult RunLedgerctlIn(const std::string& cwd, const std::string& env,
+                                    const std::string& args, bool keep_stderr = false) {
+  return RunShellCommand("cd '" + cwd + "' && env " + env + " " LEDGER_BINARY_DIR
+                         "/bin/ledgerctl " + args + (keep_stderr ? " 2>&1" : " 2>/dev/null"));
 }
 
 }  // namespace ledger::testing

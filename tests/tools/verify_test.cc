@@ -12,6 +12,7 @@
 
 #include "events/coding.h"
 #include "events/wal_log.h"
+#include "projections/registry.h"
 #include "tests/support/test_ledger.h"
 #include "tests/support/wal_records.h"
 #include "tests/tools/tools_test_util.h"
@@ -596,6 +597,29 @@ TEST(VerifyTest, EmptyAndMissingStores) {
   EXPECT_EQ(report.events_checked, 0u);
   Verify(dir.Sub("nothing-here"), 1, 0, &s);
   EXPECT_TRUE(s.IsNotFound()) << s.ToString();
+}
+
+// An empty LEDGER_DATA_DIR was taken for an unset one (./data): verify, export and replay read
+// a store other than the one meant, and said OK. 78 as ledgerd, and for an empty --data-dir.
+TEST(VerifyCliTest, AnEmptyDataDirIsAConfigurationError) {
+  TempDir cwd;
+  {
+    auto ledger = OpenTestLedger(cwd.Sub("data"), projections::AllFolds());
+    WriteMarkedLog(ledger.get(), 2, 2);
+  }
+  for (const std::string command : {"verify", "export", "replay"}) {
+    SCOPED_TRACE(command);
+    EXPECT_EQ(testing::RunLedgerctlIn(cwd.path(), "", command).exit_code, 0);
+    for (const auto& [env, args] : std::vector<std::pair<std::string, std::string>>{
+             {"LEDGER_DATA_DIR=", command},
+             {"", command + " --data-dir ''"},
+             {"", "--data-dir '' " + command}}) {
+      SCOPED_TRACE(env + " " + args);
+      testing::ProcessResult r = testing::RunLedgerctlIn(cwd.path(), env, args);
+      EXPECT_EQ(r.exit_code, 78) << r.out;
+      EXPECT_TRUE(r.out.empty()) << r.out;
+    }
+  }
 }
 
 // The binary: output lines and exit codes.
