@@ -110,6 +110,14 @@ Status Rebuild(const Ledger& live, Ledger* rebuilt, const ReplayOptions& options
                                    failure.message());
       return false;
     }
+    // An event stored under another position's key: the import would refuse it as not
+    // continuing its head, naming no position.
+    if (event.position != p) {
+      failure = Status::Corruption("position " + std::to_string(p.value()) +
+                                   ": the record says position " +
+                                   std::to_string(event.position.value()));
+      return false;
+    }
     // Bounded by bytes too: the writer cuts a group only between commands, so the whole chunk
     // is one group, decoded and batched at once.
     if (!chunk.empty() && chunk_bytes + v.size() > options.chunk_bytes && !import_chunk()) {

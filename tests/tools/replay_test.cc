@@ -390,6 +390,27 @@ TEST(ReplayCliTest, AGapInTheLiveLogIsADataError) {
   EXPECT_NE(bad.out.find("position 4: missing"), std::string::npos) << bad.out;
 }
 
+// Event 5's record stored under key 4 (export's `move` damage): the import refused it as not
+// continuing its head ("imported events must continue the head") and named no position.
+TEST(ReplayCliTest, AnEventStoredUnderAnotherPositionIsNamed) {
+  TempDir dir;
+  {
+    auto ledger = OpenTestLedger(dir.path(), projections::AllFolds());
+    WriteMarkedLog(ledger.get(), 6, 1);
+  }
+  EditRaw(dir.path(), [&](rocksdb::DB* db, const auto& names, const auto& handles) {
+    rocksdb::ColumnFamilyHandle* events = FindFamily(names, handles, "events");
+    std::string five;
+    ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), events, EncodePositionKey(5), &five).ok());
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), events, EncodePositionKey(4), five).ok());
+  });
+  testing::ProcessResult bad =
+      testing::RunLedgerctl("replay --data-dir " + dir.path(), /*keep_stderr=*/true);
+  EXPECT_EQ(bad.exit_code, 65) << bad.out;
+  EXPECT_NE(bad.out.find("position 4: the record says position 5"), std::string::npos)
+      << bad.out;
+}
+
 // The same through ledgerctl: a store whose plan catalog version 1 wrote (before the catalog's
 // price/<id> rows of version 2) and whose subscriptions have no version recorded says so per fold
 // and exits 75, not 65 with "DIFFERENT projections"; ledgerd's next open rebuilds them.
