@@ -200,7 +200,9 @@ Status VerifyChain(const Ledger& ledger, Position from, Position to, std::ostrea
   if (to.value() == 0) to = report->head;
   report->from = from;
   report->to = to;
-  if (to.value() == 0) return Status::OK();  // an empty log verifies
+  // An empty log verifies, but not from a position it does not have (--from past the head of a
+  // non-empty one is a usage error too).
+  if (to.value() == 0 && from == Position(1)) return Status::OK();
   if (from > to) {
     return Status::InvalidArgument(
         "bad_range", "range " + Str(from) + ".." + Str(to) + " is empty (the chain head is " +

@@ -595,6 +595,13 @@ TEST(VerifyTest, EmptyAndMissingStores) {
   VerifyReport report = Verify(dir.Sub("empty"), 1, 0, &s);
   EXPECT_TRUE(s.ok()) << s.ToString();
   EXPECT_EQ(report.events_checked, 0u);
+  // --from past the head is a usage error on an empty log as on a non-empty one ("verify: OK
+  // empty log", exit 0, before).
+  Verify(dir.Sub("empty"), 5, 0, &s);
+  EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.ToString();
+  testing::ProcessResult past = RunLedgerctl("verify --data-dir " + dir.Sub("empty") + " --from 5");
+  EXPECT_EQ(past.exit_code, 64) << past.out;
+  EXPECT_TRUE(past.out.empty()) << past.out;
   Verify(dir.Sub("nothing-here"), 1, 0, &s);
   EXPECT_TRUE(s.IsNotFound()) << s.ToString();
 }
