@@ -283,9 +283,11 @@ Status RunStripeSetup(const StripeSetupRunOptions& options, StripeSetupReport* r
   if (options.setup.dry_run) {
     std::unique_ptr<Ledger> reader;
     if (CheckStoreExists(options.data_dir).ok()) {
+      // No fold required: the read-only open opens every family the store has, and cannot
+      // create one, so requiring this build's folds refused (74) a store an older ledgerd
+      // wrote without one (byok), though the dry run reads only the catalog (`plans`).
       ReadOnlyOpenOptions read_only;
       read_only.data_dir = options.data_dir;
-      read_only.folds = projections::AllFolds();
       LEDGER_RETURN_IF_ERROR(OpenReadOnly(read_only, &reader));
     }
     return SetUpStripeCatalog(reader.get(), client.get(), options.setup, report);

@@ -565,6 +565,39 @@ TEST_F(StripeSetupTest, TheLedgerctlSubcommand) {
   OpenLedger();  // for TearDown's schema and secret checks
 }
 
+// A new ledgerctl's dry run beside an older ledgerd: the store has no column family for a fold
+// of this build (byok), which the read-only open cannot create. The dry run reads only the
+// catalog, and exited 74 all the same.
+TEST(StripeSetupCliTest, ADryRunReadsAStoreWithoutAFoldItDoesNotNeed) {
+  FakeStripe fake;
+  ASSERT_TRUE(fake.Start().ok());
+  ledger::testing::TempDir dir;
+  std::vector<const Fold*> folds;
+  for (const Fold* fold : pc::AllFolds()) {
+    if (fold->Name() != "byok") folds.push_back(fold);
+  }
+  ASSERT_EQ(folds.size() + 1, pc::AllFolds().size());
+  {
+    LedgerOptions options;
+    options.path = dir.Sub("data");
+    options.folds = folds;
+    std::unique_ptr<Ledger> ledger;
+    ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
+    ASSERT_TRUE(pc::SeedPlanCatalog(ledger.get(), nullptr).ok());
+    pc::RetirePlan retire("enterprise", pc::Actor::System("test"));
+    ASSERT_TRUE(ledger->Submit(&retire).status.ok());  // the store's catalog is read
+  }
+  ::setenv("STRIPE_SECRET_KEY", kFakeStripeSecretKey, 1);
+  const auto r = ledger::testing::RunLedgerctl("stripe-setup --dry-run -q --data-dir " +
+                                               dir.Sub("data") + " --api-base " + fake.base_url(),
+                                               /*keep_stderr=*/true);
+  ::unsetenv("STRIPE_SECRET_KEY");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("dry run: would create 3 product(s)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("skipped enterprise: retired"), std::string::npos) << r.out;
+  EXPECT_EQ(fake.RequestsTo("POST", "/").size(), 0u);
+}
+
 // CLI11 takes an empty variable for an unset one: `LEDGER_DATA_DIR=$DATA ledgerctl stripe-setup`
 // with DATA unset created ./data, seeded the catalog in it and called Stripe. ledgerd refuses
 // an empty LEDGER_DATA_DIR (78); so does ledgerctl now, touching nothing, and an empty
