@@ -11,6 +11,7 @@
 #include <iostream>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <sys/stat.h>
@@ -90,7 +91,9 @@ struct TokenArgs {
 
 void AddToken(CLI::App& app, TokenArgs* args) {
   CLI::App* sub = app.add_subcommand(
-      "token", "Mint an HS256 JWT with the dev secret (<data-dir>/jwt-dev.secret) or --secret");
+      "token",
+      "Mint an HS256 JWT with LEDGER_JWT_HS256_SECRET or the dev secret "
+      "(<data-dir>/jwt-dev.secret)");
   sub->add_option("--sub", args->token.subject, "user id (sub claim)")->required();
   sub->add_option("--email", args->token.email, "email claim");
   sub->add_flag("--admin", args->token.admin, "add the admin role");
@@ -104,12 +107,15 @@ void AddToken(CLI::App& app, TokenArgs* args) {
   sub->add_option("--issuer,--iss", args->token.issuer, "iss claim")->envname("LEDGER_JWT_ISSUER");
   sub->add_option("--audience,--aud", args->token.audience, "aud claim")
       ->envname("LEDGER_JWT_AUDIENCE");
-  sub->add_option("--secret", args->secret, "HS256 secret (default: the dev secret file)")
-      ->envname("LEDGER_JWT_HS256_SECRET");
 }
 
 int RunToken(const Globals& globals, TokenArgs* args) {
-  if (args->secret.empty()) {
+  // The signing key is never a flag: argv is visible to every user of the machine (ps,
+  // /proc/<pid>/cmdline) and stays in shell history. An empty variable was refused already
+  // (CheckNoEmptySetting).
+  if (const char* secret = std::getenv("LEDGER_JWT_HS256_SECRET"); secret != nullptr) {
+    args->secret = secret;
+  } else {
     Status s = ReadSecretFile(daemon::DevJwtSecretPath(globals.data_dir), &args->secret);
     if (!s.ok()) {
       Fail("token", s);
@@ -203,11 +209,21 @@ void AddExport(CLI::App& app, ExportArgs* args) {
   sub->add_option("--limit", args->limit, "at most this many events (0 = all)")
       ->capture_default_str()
       ->check(daemon::kDecimal);
-  sub->add_option("--source", args->source, "CloudEvents source (1..1024 bytes)")
+  // CloudEvents `source` is a URI-reference: RFC 3986's characters only. Other bytes made every
+  // line invalid (a non-UTF-8 byte: invalid JSON) or not a CloudEvent (a space, a control
+  // character).
+  sub->add_option("--source", args->source, "CloudEvents source (a URI-reference, 1..1024 bytes)")
       ->capture_default_str()
       ->check(CLI::Validator(
           [](std::string& value) -> std::string {
-            return value.empty() || value.size() > 1024 ? "must be 1..1024 bytes" : "";
+            constexpr std::string_view kUriCharacters =
+                "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+                "-._~:/?#[]@!$&'()*+,;=%";
+            if (value.empty() || value.size() > 1024) return "must be 1..1024 bytes";
+            return value.find_first_not_of(kUriCharacters) == std::string::npos
+                       ? ""
+                       : "must be a URI-reference (RFC 3986 characters only: no spaces, "
+                         "control characters or non-ASCII bytes)";
           },
           "SOURCE"));
 }
@@ -538,13 +554,8 @@ int CheckNoEmptySetting(const CLI::App& app, const Globals& globals) {
   } else if (data_dir != nullptr && *data_dir == '\0') {
     return refuse("LEDGER_DATA_DIR is set but empty (unset it for ./data)");
   }
-  if (sub->get_name() != "token") return kExitOk;
   const char* secret = std::getenv("LEDGER_JWT_HS256_SECRET");
-  if (sub->count("--secret") > 0) {
-    if (sub->get_option("--secret")->results().back().empty()) {
-      return refuse("--secret is given empty");
-    }
-  } else if (secret != nullptr && *secret == '\0') {
+  if (sub->get_name() == "token" && secret != nullptr && *secret == '\0') {
     return refuse("LEDGER_JWT_HS256_SECRET is set but empty (unset it for the dev secret file)");
   }
   return kExitOk;

@@ -80,8 +80,8 @@ Status MintHs256Token(const TokenOptions& options, const std::string& secret, st
 Status ReadSecretFile(const std::string& path, std::string* secret) {
   Status s = daemon::ReadDevSecretFile(path, secret);
   if (s.IsNotFound()) {
-    return Status::NotFound(path + " does not exist (start ledgerd in dev mode once, or pass "
-                                   "--secret / LEDGER_JWT_HS256_SECRET)");
+    return Status::NotFound(path + " does not exist (start ledgerd in dev mode once, or set "
+                                   "LEDGER_JWT_HS256_SECRET)");
   }
   return s;
 }

@@ -223,12 +223,45 @@ TEST(ExportCliTest, BadNumbersAndAnEmptySourceAreUsageErrors) {
     SCOPED_TRACE(args);
     EXPECT_EQ(RunLedgerctl("verify --data-dir " + dir.path() + " " + args).exit_code, 64);
   }
-  EXPECT_EQ(RunLedgerctl("token --sub u1 --secret 0123456789abcdef0123456789abcdef --ttl -5")
+  EXPECT_EQ(testing::RunLedgerctlIn(dir.path(),
+                                    "LEDGER_JWT_HS256_SECRET=0123456789abcdef0123456789abcdef",
+                                    "token --sub u1 --ttl -5")
                 .exit_code,
             64);
   testing::ProcessResult ok = RunLedgerctl("export --data-dir " + dir.path() + " --after 7");
   EXPECT_EQ(ok.exit_code, 0);
   EXPECT_EQ(Lines(ok.out).size(), 1u);
+}
+
+// CloudEvents `source` is a URI-reference. --source checked only its length: a non-UTF-8 byte
+// made every line invalid JSON, a space or a control character every line an invalid
+// CloudEvent. RFC 3986's characters only now (64, nothing written).
+TEST(ExportCliTest, ASourceThatIsNotAUriReferenceIsAUsageError) {
+  TempDir dir;
+  { WriteMarkedLog(OpenTestLedger(dir.path()).get(), 2, 1); }
+  const std::string exporter = "export -q --data-dir " + dir.path() + " --source ";
+  for (const std::string source : {"\"$(printf '/a\\001b')\"", "\"$(printf '/a\\377b')\"",
+                                   "'/l\xc3\xa9" "dgerd'", "'/ledger d'", "'/a\"b'", "'/a\\b'",
+                                   "'/a{b}'", "'/a<b>'"}) {
+    SCOPED_TRACE(source);
+    testing::ProcessResult r = RunLedgerctl(exporter + source);
+    EXPECT_EQ(r.exit_code, 64) << r.out;
+    EXPECT_TRUE(r.out.empty()) << r.out;
+  }
+  for (const std::string source : {"urn:ledgerd:prod", "https://billing.example.com/ledgerd?a=1#x",
+                                   "/ledgerd/eu-1%20b"}) {
+    SCOPED_TRACE(source);
+    testing::ProcessResult r = RunLedgerctl(exporter + "'" + source + "'");
+    ASSERT_EQ(r.exit_code, 0) << r.out;
+    const std::vector<std::string> lines = Lines(r.out);
+    ASSERT_EQ(lines.size(), 2u);
+    for (const std::string& line : lines) {
+      rapidjson::Document doc;
+      doc.Parse(line.c_str());
+      ASSERT_FALSE(doc.HasParseError()) << line;
+      EXPECT_EQ(std::string(doc["source"].GetString()), source);
+    }
+  }
 }
 
 // --to bounds the export (to a live ledgerd's /api/v1/audit/head, which counts only synced

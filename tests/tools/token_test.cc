@@ -156,14 +156,19 @@ TEST(TokenCliTest, UsesTheDevSecretFile) {
   ASSERT_TRUE(verifier->Verify(token, &verified).ok());
   EXPECT_TRUE(verified.admin);
 
-  // --secret wins over the file; no file and no secret is an error naming the file.
+  // LEDGER_JWT_HS256_SECRET wins over the file; no file and no secret is an error naming the
+  // file.
   const std::string other = "other-secret-0123456789abcdefghij";  // 32 bytes
-  r = RunLedgerctl("token --data-dir " + dir.path() + " --sub bob --secret " + other);
+  r = testing::RunLedgerctlIn(dir.path(), "LEDGER_JWT_HS256_SECRET=" + other,
+                              "token --data-dir " + dir.path() + " --sub bob");
   ASSERT_EQ(r.exit_code, 0);
   EXPECT_TRUE(SignatureVerifies(r.out.substr(0, r.out.size() - 1), other));
   // A secret ledgerd would refuse, and a lifetime past a year (or one overflowing exp), are
   // usage errors.
-  EXPECT_EQ(RunLedgerctl("token --data-dir " + dir.path() + " --sub bob --secret short").exit_code, 64);
+  EXPECT_EQ(testing::RunLedgerctlIn(dir.path(), "LEDGER_JWT_HS256_SECRET=short",
+                                    "token --data-dir " + dir.path() + " --sub bob")
+                .exit_code,
+            64);
   EXPECT_EQ(RunLedgerctl("token --data-dir " + dir.path() + " --sub bob --ttl 9223372036854775807")
                 .exit_code,
             64);
@@ -195,6 +200,19 @@ TEST(TokenCliTest, RefusesADevSecretFileLedgerdRefuses) {
     secret << "short\n";
   }
   EXPECT_EQ(RunLedgerctl(args).exit_code, 78);
+}
+
+// The signing key on argv is visible to every user of the machine (ps, /proc/<pid>/cmdline) and
+// stays in shell history; ledgerctl refuses the Stripe key there for that reason. --secret is
+// gone: the variable or the dev secret file only.
+TEST(TokenCliTest, TheSecretIsNeverAFlag) {
+  TempDir dir;
+  const std::string secret = "flag-secret-0123456789abcdefghijk";  // 32 bytes
+  testing::ProcessResult r =
+      RunLedgerctl("token --data-dir " + dir.path() + " --sub bob --secret " + secret);
+  EXPECT_EQ(r.exit_code, 64) << r.out;
+  EXPECT_TRUE(r.out.empty()) << r.out;  // no token
+  EXPECT_EQ(RunLedgerctl("token --help").out.find("--secret"), std::string::npos);
 }
 
 // An empty LEDGER_DATA_DIR or LEDGER_JWT_HS256_SECRET (a variable that failed to expand) was
