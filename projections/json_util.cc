@@ -43,10 +43,21 @@ size_t Utf8SequenceLength(std::string_view s, size_t i) {
   return n;
 }
 
+// The parser validates the body's bytes, not what its escapes decode to: RapidJSON refuses a lone
+// high surrogate (\ud800) but decodes a lone low one (\udc00) to ED B0 80, which is not UTF-8
+// and would be copied as it is into events, Kafka and Lago.
+Status CheckString(const rapidjson::Value& s) {
+  if (IsValidUtf8(std::string_view(s.GetString(), s.GetStringLength()))) return Status::OK();
+  return Status::InvalidArgument("invalid_json",
+                                 "malformed JSON: a string escape is not a Unicode character "
+                                 "(a lone surrogate)");
+}
+
 Status CheckMembers(const rapidjson::Value& v, int depth) {
   if (depth > kJsonDepthMax) {
     return Status::InvalidArgument("invalid_json", "JSON nested too deeply");
   }
+  if (v.IsString()) return CheckString(v);
   if (v.IsArray()) {
     for (const rapidjson::Value& item : v.GetArray()) {
       LEDGER_RETURN_IF_ERROR(CheckMembers(item, depth + 1));
@@ -68,6 +79,7 @@ Status CheckMembers(const rapidjson::Value& v, int depth) {
       } else {
         duplicate = !names.insert(name).second;
       }
+      LEDGER_RETURN_IF_ERROR(CheckString(it->name));
       if (duplicate) {
         return Status::InvalidArgument("invalid_json",
                                        "duplicate member name '" + Truncated(name) + "'");
@@ -97,11 +109,14 @@ class RedactingHandler {
   bool RawNumber(const char* str, rapidjson::SizeType length, bool) {
     return Scalar([&] { return w_->RawValue(str, length, rapidjson::kNumberType); });
   }
+  // A decoded string that is not UTF-8 (a lone surrogate escape, see CheckString) stops the parse.
   bool String(const char* str, rapidjson::SizeType length, bool) {
+    if (!IsValidUtf8(std::string_view(str, length))) return false;
     return Scalar([&] { return w_->String(str, length); });
   }
   bool StartObject() { return Open([&] { return w_->StartObject(); }); }
   bool Key(const char* str, rapidjson::SizeType length, bool) {
+    if (!IsValidUtf8(std::string_view(str, length))) return false;
     if (skip_depth_ > 0) return true;
     redact_next_ = is_secret_(std::string_view(str, length));
     return w_->Key(str, length);

@@ -39,8 +39,9 @@ bool IsDisplayText(std::string_view s);
 std::string Truncated(std::string_view s, size_t bytes_max = 64);
 
 // Parses `text` as one JSON object. kInvalidArgument "invalid_json" when it is not JSON (a raw NUL
-// byte included), not an object, not valid UTF-8, nested deeper than kJsonDepthMax or has an
-// object with a duplicate member name.
+// byte included), not an object, not valid UTF-8 (its bytes, or a member name or string value as
+// its escapes decode: a lone surrogate such as "\udc00"), nested deeper than kJsonDepthMax or has
+// an object with a duplicate member name.
 Status ParseJsonObject(std::string_view text, rapidjson::Document* doc);
 // The same, parsing `*text` in place (it is modified, and the document's strings point into it:
 // it must outlive `*doc`). Saves copying every string of a large body into the document.
@@ -53,7 +54,7 @@ inline constexpr std::string_view kRedactedValue = "[redacted]";
 // that the value (a scalar or a whole subtree) of every object member whose name `is_secret`
 // accepts, at any depth, becomes "[redacted]" (a null stays null). Used to store webhook
 // deliveries verbatim without the secrets they may carry. InvalidArgument "malformed_event" when
-// `raw` is not well-formed UTF-8 JSON.
+// `raw` is not well-formed UTF-8 JSON (a decoded lone surrogate escape included).
 Status RedactJsonSecrets(std::string_view raw,
                          const std::function<bool(std::string_view)>& is_secret,
                          std::string* out);

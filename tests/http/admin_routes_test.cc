@@ -1771,6 +1771,11 @@ TEST_F(AdminRoutesTest, BadPatchesAreProblemsAndAppendNothing) {
   ExpectProblem(Patch("a@x.com", R"({"notes":7})"), 422, "validation_failed");
   ExpectProblem(Patch("a@x.com", "{}"), 422, "validation_failed");
   ExpectProblem(Patch("a@x.com", "not json"), 400, "invalid_json");
+  // Escapes that decode to no character (a lone low surrogate) are malformed JSON: the notes were
+  // caught only by the event's own check (400 malformed_event naming subscription.override_set.v1)
+  // and a member name was "unknown field '???'" (projections/json_util.h).
+  ExpectProblem(Patch("a@x.com", R"({"notes":"\udc00"})"), 400, "invalid_json");
+  ExpectProblem(Patch("a@x.com", R"({"notes":"x","\udc00":null})"), 400, "invalid_json");
   ExpectProblem(Patch("a@x.com", "{\"notes\":\"" + std::string(2001, 'n') + "\"}"), 422,
                 "validation_failed");
   // A body past the route's own limit is too large, as past the server's 1 MiB (it was 422).

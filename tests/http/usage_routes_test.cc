@@ -274,6 +274,34 @@ TEST_F(UsageRoutesTest, RefusalsAndBadInputAppendNothing) {
   EXPECT_EQ(r.Json()["used"].GetInt64(), 2);
 }
 
+// The parser checked the body's bytes, not what its escapes decode to: "\udc00" (a lone low
+// surrogate) became ED B0 80, not UTF-8, and a consume's or a batch item's metadata carried it
+// into the log, /api/v1/events, Kafka and Lago with 200. Such a body is malformed JSON: 400,
+// nothing appended (a batch as a whole, as for any other invalid UTF-8 in its body).
+TEST_F(UsageRoutesTest, MetadataWithALoneSurrogateIsRefused) {
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
+  LinkEmail("u1", "ada@example.com");
+  const uint64_t head = Head();
+  const std::string consume = R"({"user_id":"u1","service":"chat","idempotency_key":"k",)";
+  ExpectProblem(Service().Post(kConsume, consume + R"("metadata":{"model":"a\udc00b"}})"), 400,
+                "invalid_json");
+  ExpectProblem(Service().Post(kConsume, consume + R"("metadata":{"\udfff":"m"}})"), 400,
+                "invalid_json");
+  ExpectProblem(
+      Service().Post(kEvents, R"({"events":[{"user_id":"u1","service":"chat",)"
+                              R"("idempotency_key":"b1","metadata":{"model":"\udc00"}}]})"),
+      400, "invalid_json");
+  ExpectProblem(Client(Token("root", true)).Post(
+                    "/api/v1/admin/subscriptions/ada@example.com/reset-usage",
+                    R"({"reason":"\udc00"})"),
+                400, "invalid_json");
+  EXPECT_EQ(Head(), head);
+  // A surrogate pair is one character: still taken.
+  HttpReply r = Service().Post(kConsume, consume + R"("metadata":{"model":"\ud83d\ude00"}})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(Head(), head + 1);
+}
+
 TEST_F(UsageRoutesTest, IdempotentRetryReturnsTheOriginalAnswerAndCountsOnce) {
   ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
   HttpReply first = Consume("u1", "chat", "retry", 3);

@@ -60,6 +60,10 @@ TEST(JsonUtilTest, BothParsersRefuseTheSameDocuments) {
       "{\"a\":1} trailing",
       std::string("{\"a\":1}\0{\"b\":2}", 15),    // a NUL, then more
       "{\"a\":\"\xff\"}",                         // invalid UTF-8
+      R"({"a":"x\udc00"})",                       // decodes to ED B0 80: not UTF-8
+      R"({"\udfff":1})",                          // ... in a member name
+      R"({"a":[{"b":"\udc00"}]})",                // ... nested
+      R"({"a":"\ud800"})",                        // a lone high surrogate
       R"({"a":1,"a":2})",                         // duplicate, small object
       R"({"x":{"a":1,"b":2,"a":3}})",             // duplicate, nested
       ObjectWithMembers(3, true),                 // duplicate (pairwise check)
@@ -71,6 +75,25 @@ TEST(JsonUtilTest, BothParsersRefuseTheSameDocuments) {
     Status s = ParseBoth(text, &buffer, &doc);
     EXPECT_EQ(s.problem(), "invalid_json") << text;
   }
+}
+
+TEST(JsonUtilTest, BothParsersTakeASurrogatePairAsOneCharacter) {
+  rapidjson::Document doc;
+  std::string buffer;
+  ASSERT_TRUE(ParseBoth(R"({"\ud83d\ude00":"\ud83d\ude00"})", &buffer, &doc).ok());
+  EXPECT_EQ(std::string(doc["\xf0\x9f\x98\x80"].GetString()), "\xf0\x9f\x98\x80");
+}
+
+// A webhook's redacted copy is re-serialized from the decoded strings: a lone low surrogate would
+// have been written as ED B0 80.
+TEST(JsonUtilTest, RedactionRefusesEscapesThatDecodeToNoCharacter) {
+  const auto never = [](std::string_view) { return false; };
+  std::string out;
+  for (const char* raw : {R"({"a":"\udc00"})", R"({"\udc00":1})", R"({"a":{"b":["\udfff"]}})"}) {
+    EXPECT_EQ(RedactJsonSecrets(raw, never, &out).problem(), "malformed_event") << raw;
+  }
+  ASSERT_TRUE(RedactJsonSecrets(R"({"a":"\ud83d\ude00"})", never, &out).ok());
+  EXPECT_EQ(out, "{\"a\":\"\xf0\x9f\x98\x80\"}");
 }
 
 TEST(JsonUtilTest, DisplayTextHasNoControlsOrOverrides) {
