@@ -1931,6 +1931,7 @@ Status LedgerImpl::DecideOne(Writer* w, int64_t now_us, GroupState* state) {
       result.body = std::move(record.body);
       result.position = record.position;
       result.replayed = true;
+      command->Replayed(DecideContext{now_us, head_, state});
       return Status::OK();
     }
     if (!s.IsNotFound()) return s;

@@ -91,6 +91,11 @@ class Command {
   // Runs on the committer thread, with no lock held. Must not block or do I/O. Returning an error
   // rejects only this command; nothing it decided is appended.
   virtual Status Decide(const DecideContext& context, Decision* decision) = 0;
+  // Runs instead of Decide() when the command is answered from its idempotency record (same
+  // thread, same state): what the command keeps for its answer's headers may describe the state
+  // now (a replayed consume's quota). Must not block or do I/O; it cannot fail the command, and
+  // nothing is appended.
+  virtual void Replayed(const DecideContext&) {}
 
   // Idempotency: when `idempotency_key` is non-empty, the writer looks up (scope, key). Same
   // request_hash: the stored result is returned and nothing is appended. Different request_hash:

@@ -24,6 +24,8 @@
 // Rate-limit headers on 200 and 429 when the window has a limit: X-RateLimit-Limit (calls per
 // window), X-RateLimit-Remaining, X-RateLimit-Reset (seconds until the window ends, like
 // Retry-After; GitHub's variant uses epoch seconds, the IETF draft uses delta seconds, as here).
+// A replay's headers are the user's quota now (the window current now, as the summary shows it;
+// none when a consume would now be a 402), not the first answer's figures.
 // The 429 problem also carries "used", "limit", "remaining", "window_start", "window_end",
 // "window_kind" and "retry_after", and a `Retry-After` header (seconds until the window ends).
 //
@@ -250,24 +252,6 @@ void SetRateLimitHeaders(int64_t limit, int64_t remaining, int64_t reset_s,
   res->set_header("X-RateLimit-Reset", std::to_string(reset_s));
 }
 
-// Headers of an admitted consume, from the answer's body (decided now or replayed).
-void SetAdmittedHeaders(const std::string& body, int64_t now_us, httplib::Response* res) {
-  rapidjson::Document doc;
-  doc.Parse(body.data(), body.size());
-  if (doc.HasParseError() || !doc.IsObject()) return;
-  auto limit = doc.FindMember("limit");
-  auto remaining = doc.FindMember("remaining");
-  auto end = doc.FindMember("window_end");
-  if (limit == doc.MemberEnd() || !limit->value.IsInt64() || remaining == doc.MemberEnd() ||
-      !remaining->value.IsInt64() || end == doc.MemberEnd() || !end->value.IsString()) {
-    return;
-  }
-  int64_t end_us = 0;
-  if (!pj::ParseRfc3339(View(end->value), &end_us)) return;
-  SetRateLimitHeaders(limit->value.GetInt64(), remaining->value.GetInt64(),
-                      SecondsUntil(end_us / kMicrosPerSecond, now_us), res);
-}
-
 void WriteQuotaExceeded(const Status& status, const pj::ConsumeOutcome& outcome,
                         httplib::Response* res) {
   const int64_t limit = outcome.limit.value_or(0);
@@ -323,7 +307,8 @@ void CountRefusal(const Status& status, pj::UsageMeter* meter) {
 // The answer to a decided (or refused) consume.
 void AnswerConsume(const UsageRouteContext& c, const pj::ConsumeUsage& command,
                    const CommandResult& result, httplib::Response* res) {
-  const int64_t now_us = command.outcome().decided ? command.outcome().now_us : NowMicros(c);
+  const pj::ConsumeOutcome& o = command.outcome();
+  const int64_t now_us = o.decided || o.replayed ? o.now_us : NowMicros(c);
   if (!result.status.ok()) {
     CountRefusal(result.status, c.meter);
     if (result.status.problem() == "quota_exceeded") {
@@ -340,13 +325,9 @@ void AnswerConsume(const UsageRouteContext& c, const pj::ConsumeUsage& command,
     c.meter->consume_allowed.Add();
     if (result.events_appended > 1) c.meter->threshold_events.Add(result.events_appended - 1);
   }
-  const pj::ConsumeOutcome& o = command.outcome();
-  if (o.decided && !result.replayed) {
-    if (o.limit && o.remaining) {
-      SetRateLimitHeaders(*o.limit, *o.remaining, SecondsUntil(o.window.end_s, now_us), res);
-    }
-  } else {
-    SetAdmittedHeaders(result.body, now_us, res);  // the first answer's figures
+  // A replay's body is the first answer; its headers are the quota now (ConsumeUsage::Replayed).
+  if (o.limit && o.remaining) {
+    SetRateLimitHeaders(*o.limit, *o.remaining, SecondsUntil(o.window.end_s, now_us), res);
   }
   WriteCommandResult(result, res);
 }

@@ -1904,6 +1904,27 @@ Status ConsumeUsage::Decide(const DecideContext& context, Decision* decision) {
   return Status::OK();
 }
 
+// The quota now, not the first answer's: its "remaining" next to the time left in the window
+// current now told neither (a stale count, or a used-up old window's 0 with a new window's reset).
+// A read error leaves the headers off: the replay itself stands.
+void ConsumeUsage::Replayed(const DecideContext& context) {
+  outcome_ = ConsumeOutcome();
+  outcome_.replayed = true;
+  outcome_.now_us = context.now_us;
+  const int64_t now_s = FloorSeconds(context.now_us);
+  std::shared_ptr<const MeteringSubject> subject;
+  CurrentUsage current;
+  if (!LoadMeteringSubject(*context.state, request_.user_id, cache_, now_s, &subject).ok() ||
+      !GetCurrentUsage(*context.state, *subject, request_.user_id, now_s, &current).ok() ||
+      !current.has_plan || !current.error.ok()) {
+    return;
+  }
+  outcome_.window = current.terms.window;
+  outcome_.limit = current.terms.limit;
+  outcome_.used = current.used;
+  outcome_.remaining = current.remaining;
+}
+
 // ---- batch ---------------------------------------------------------------------------------------
 
 RecordUsageBatch::RecordUsageBatch(std::vector<UsageBatchItem> items, UsageAccessCache* cache)

@@ -381,8 +381,13 @@ struct ConsumeRequest {
 };
 
 // What a consume decided, for the HTTP answer (headers, 429 body) and metrics.
+// A replay (`replayed`) answers with the first answer's body; window, limit and remaining are then
+// the user's quota at now_us, as the summary's current window tells it (GetCurrentUsage), for the
+// rate-limit headers: limit or remaining nullopt when there is none to tell (unlimited, or a
+// consume would now be refused with 402).
 struct ConsumeOutcome {
   bool decided = false;              // Decide() ran (false: replayed or never reached the writer)
+  bool replayed = false;             // Replayed() ran
   UsageWindow window;                // the window refused or admitted against
   std::optional<int64_t> limit;      // of `window` (the trial cap when the trial total refused)
   int64_t used = 0;                  // after (admitted) or before (refused)
@@ -395,6 +400,7 @@ class ConsumeUsage final : public Command {
   // `cache` may be null.
   ConsumeUsage(ConsumeRequest request, UsageAccessCache* cache);
   Status Decide(const DecideContext& context, Decision* decision) override;
+  void Replayed(const DecideContext& context) override;
   const ConsumeOutcome& outcome() const { return outcome_; }
   const ConsumeRequest& request() const { return request_; }
 

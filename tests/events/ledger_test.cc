@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <optional>
 #include <random>
 #include <regex>
 #include <set>
@@ -194,6 +195,46 @@ TEST(LedgerTest, IdempotentRetryReturnsOriginalResultWithoutAppending) {
   scoped.idempotency_key = "k1";
   scoped.request_hash = Sha256("body-2");
   EXPECT_TRUE(ledger->Submit(&scoped).status.ok());
+  EXPECT_EQ(ledger->Head(), Position(3));
+}
+
+// A command answered from its idempotency record is told so, with the state as it is now (a
+// replayed consume's rate-limit headers are the quota now, not the first answer's): the first
+// decision is not run again and nothing is appended.
+class ReplayWatchingCommand : public AppendCommand {
+ public:
+  using AppendCommand::AppendCommand;
+  void Replayed(const DecideContext& context) override {
+    replayed_at = context.head;
+    saw_state = context.state != nullptr;
+  }
+  std::optional<Position> replayed_at;
+  bool saw_state = false;
+};
+
+TEST(LedgerTest, AReplayedCommandIsToldTheHeadNow) {
+  TempDir dir;
+  auto ledger = OpenLedger(dir.path());
+  ReplayWatchingCommand first("alice", 2);
+  first.idempotency_scope = "alice|POST /x";
+  first.idempotency_key = "k1";
+  first.request_hash = Sha256("body-1");
+  ASSERT_TRUE(ledger->Submit(&first).status.ok());
+  EXPECT_FALSE(first.replayed_at.has_value());
+  AppendCommand other("bob", 1);
+  ASSERT_TRUE(ledger->Submit(&other).status.ok());
+
+  ReplayWatchingCommand retry("alice", 2);
+  retry.idempotency_scope = first.idempotency_scope;
+  retry.idempotency_key = "k1";
+  retry.request_hash = Sha256("body-1");
+  CommandResult r = ledger->Submit(&retry);
+  ASSERT_TRUE(r.status.ok());
+  EXPECT_TRUE(r.replayed);
+  EXPECT_EQ(r.position, Position(2));
+  ASSERT_TRUE(retry.replayed_at.has_value());
+  EXPECT_EQ(*retry.replayed_at, Position(3));
+  EXPECT_TRUE(retry.saw_state);
   EXPECT_EQ(ledger->Head(), Position(3));
 }
 

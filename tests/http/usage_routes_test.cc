@@ -313,7 +313,9 @@ TEST_F(UsageRoutesTest, IdempotentRetryReturnsTheOriginalAnswerAndCountsOnce) {
   EXPECT_EQ(again.body, first.body);  // used 3, not 4 or 7
   EXPECT_EQ(again.Header("Idempotent-Replayed"), "true");
   EXPECT_EQ(again.Header("X-Ledger-Position"), first.Header("X-Ledger-Position"));
-  EXPECT_EQ(again.Header("X-RateLimit-Remaining"), "7");
+  // The body is the first answer's, the headers the quota now: 3 + 1 used (it said 7, the first
+  // answer's remaining).
+  EXPECT_EQ(again.Header("X-RateLimit-Remaining"), "6");
   EXPECT_EQ(Used("u1", kStripeT0), 4);
   // The same key with another body: 409, nothing counted.
   ExpectProblem(Consume("u1", "chat", "retry", 2), 409, "idempotency_key_reused");
@@ -323,6 +325,38 @@ TEST_F(UsageRoutesTest, IdempotentRetryReturnsTheOriginalAnswerAndCountsOnce) {
   HttpReply as_user = Client(Token("u1")).Post(kConsume, ConsumeBody("u1", "chat", "retry", 3));
   EXPECT_EQ(as_user.status, 200);
   EXPECT_EQ(as_user.body, first.body);
+}
+
+// A replay after the window rolled over said "Remaining: 0" (the first answer's remaining when it
+// was the window's last call) with "Reset: 1" (the old window's end, long past) while the new
+// window was empty. Its headers describe the window current now; the body stays the first answer.
+TEST_F(UsageRoutesTest, AReplayedConsumeTellsTheQuotaOfTheWindowNow) {
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
+  HttpReply first = Consume("u1", "chat", "last", 10);
+  ASSERT_EQ(first.status, 200) << first.body;
+  EXPECT_EQ(first.Header("X-RateLimit-Remaining"), "0");
+  clock_.Set((kStripeT0 + 31 * kDay) * kUs);
+  HttpReply now = Consume("u1", "chat", "new", 2);
+  ASSERT_EQ(now.status, 200) << now.body;
+  int64_t new_window_end_us = 0;
+  ASSERT_TRUE(pj::ParseRfc3339(now.Json()["window_end"].GetString(), &new_window_end_us));
+  const int64_t new_window_end = new_window_end_us / kUs;
+  ASSERT_GT(new_window_end, kStripeT0 + 31 * kDay);
+  HttpReply again = Consume("u1", "chat", "last", 10);
+  ASSERT_EQ(again.status, 200) << again.body;
+  EXPECT_EQ(again.Header("Idempotent-Replayed"), "true");
+  EXPECT_EQ(again.body, first.body);
+  EXPECT_EQ(again.Header("X-RateLimit-Limit"), "10");
+  EXPECT_EQ(again.Header("X-RateLimit-Remaining"), "8");
+  EXPECT_EQ(again.Header("X-RateLimit-Reset"), std::to_string(new_window_end - NowSeconds()));
+  // No quota to tell when a consume would now be refused: no headers.
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny", "canceled"))
+                  .ok());
+  ExpectProblem(Consume("u1", "chat", "after"), 402, "subscription_required");
+  HttpReply gone = Consume("u1", "chat", "last", 10);
+  ASSERT_EQ(gone.status, 200) << gone.body;
+  EXPECT_EQ(gone.body, first.body);
+  EXPECT_FALSE(gone.HasHeader("X-RateLimit-Remaining"));
 }
 
 TEST_F(UsageRoutesTest, BatchIngestReportsEachItem) {
