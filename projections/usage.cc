@@ -1020,8 +1020,11 @@ Status PaymentRequired(std::string problem, std::string message) {
 
 // ComputeUsageTerms for `access`: with Stripe's subscription, except for a trial tier set by an
 // admin's override, whose Stripe dates (none, or an older subscription's) say nothing about it:
-// that trial runs the plan's trial days from when the admin set the tier.
-Status SubjectUsageTerms(const UserAccess& access, int64_t at_s, UsageTerms* out) {
+// that trial runs the plan's trial days from when the admin set the tier. `judge_payment` false:
+// the terms as they are once the latest invoice is paid (no payment_failed refusal) -- the window
+// a past-due subscription's calls were counted in, and count again in when it is paid.
+Status SubjectUsageTerms(const UserAccess& access, int64_t at_s, UsageTerms* out,
+                         bool judge_payment = true) {
   const Plan* plan = access.plan ? &*access.plan : nullptr;
   // A subscription canceled at its period's end (or at a date) grants nothing past it, whatever
   // its row says until Stripe's deletion arrives (ScheduledEnd): months went on from the period's
@@ -1036,7 +1039,7 @@ Status SubjectUsageTerms(const UserAccess& access, int64_t at_s, UsageTerms* out
   // Past due with no retry left (UserAccess::PaymentAbandoned): Stripe left the subscription
   // past-due after its last retry failed, and the grace period went on for good. A trial's end
   // (trial_expired) is the earlier and more specific refusal, so it is judged first (below).
-  const bool payment_abandoned = access.PaymentAbandoned();
+  const bool payment_abandoned = judge_payment && access.PaymentAbandoned();
   Status s;
   if (access.overridden() && access.override->plan_id && access.plan &&
       IsTrialPlan(*access.plan)) {
@@ -2304,6 +2307,33 @@ UsageWindowReset::UsageWindowReset(std::string email, Actor actor,
                                    std::optional<std::string> reason, UsageAccessCache* cache)
     : email_(std::move(email)), actor_(std::move(actor)), reason_(std::move(reason)), cache_(cache) {}
 
+namespace {
+
+// The window a reset restarts and what it counted: the current one (GetCurrentUsage), except
+// past due with Stripe's retries over, where GetCurrentUsage shows the calendar month (the plan
+// grants nothing until the invoice is paid) but the calls were counted in the plan's window and
+// count there again once it is paid: a reset of the empty calendar month gave nothing back.
+Status ResetTarget(const StateReader& state, const MeteringSubject& subject,
+                   std::string_view user_id, int64_t now_s, UsageWindow* window, int64_t* used) {
+  CurrentUsage current;
+  LEDGER_RETURN_IF_ERROR(GetCurrentUsage(state, subject, user_id, now_s, &current));
+  *window = current.terms.window;
+  *used = current.used;
+  UsageTerms paid;
+  if (current.error.problem() != "payment_failed" ||
+      !SubjectUsageTerms(subject.access, now_s, &paid, /*judge_payment=*/false).ok()) {
+    return Status::OK();
+  }
+  UsageCounter counter;
+  CounterStored stored = CounterStored::kAbsent;
+  LEDGER_RETURN_IF_ERROR(LoadCounter(state, user_id, paid.window, &counter, &stored));
+  *window = paid.window;
+  *used = counter.used;
+  return Status::OK();
+}
+
+}  // namespace
+
 Status UsageWindowReset::Decide(const DecideContext& context, Decision* decision) {
   users_reset_ = 0;
   std::vector<std::string> user_ids;
@@ -2322,9 +2352,10 @@ Status UsageWindowReset::Decide(const DecideContext& context, Decision* decision
   for (const std::string& user_id : user_ids) {
     std::shared_ptr<const MeteringSubject> subject;
     LEDGER_RETURN_IF_ERROR(LoadMeteringSubject(*context.state, user_id, cache_, now_s, &subject));
-    CurrentUsage current;
-    LEDGER_RETURN_IF_ERROR(GetCurrentUsage(*context.state, *subject, user_id, now_s, &current));
-    const UsageWindow& window = current.terms.window;
+    UsageWindow window;
+    int64_t used_before = 0;
+    LEDGER_RETURN_IF_ERROR(
+        ResetTarget(*context.state, *subject, user_id, now_s, &window, &used_before));
     rapidjson::StringBuffer buf;
     JsonWriter w(buf);
     w.StartObject();
@@ -2334,7 +2365,7 @@ Status UsageWindowReset::Decide(const DecideContext& context, Decision* decision
     Str(&w, email_);
     WriteWindow(&w, window);
     Key(&w, "used_before");
-    w.Int64(current.used);
+    w.Int64(used_before);
     Key(&w, "reason");
     if (reason_) {
       Str(&w, *reason_);
@@ -2352,7 +2383,7 @@ Status UsageWindowReset::Decide(const DecideContext& context, Decision* decision
     Str(&body, user_id);
     WriteWindow(&body, window);
     Key(&body, "used_before");
-    body.Int64(current.used);
+    body.Int64(used_before);
     body.EndObject();
   }
   body.EndArray();

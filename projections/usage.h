@@ -452,7 +452,10 @@ class RecordUsageBatch final : public Command {
 // Resets the current window (GetCurrentUsage) of every user linked to `email`
 // (FindUsersByEmail, decided in the writer): one usage.window_reset.v1 each, appended even when
 // the window is empty (it is an audit fact; the fold then writes no counter for a window that has
-// none and counted nothing). 404 "not_found" when no user has that email.
+// none and counted nothing). 404 "not_found" when no user has that email. For a subscription
+// past due whose latest invoice Stripe will not retry, GetCurrentUsage shows the calendar month
+// (the plan grants nothing meanwhile); the reset takes the plan's window instead, where its calls
+// were counted and count again once the invoice is paid.
 // Decision body: {"email","users":[{"user_id","window_start","window_end","window_kind",
 // "used_before"}]}.
 class UsageWindowReset final : public Command {

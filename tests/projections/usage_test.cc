@@ -725,6 +725,54 @@ TEST_F(UsageDeciderTest, PastDueWithNoRetryLeftGrantsNothingUntilPaid) {
   EXPECT_EQ(Counter("pd", kStripeT0).used, 2);
 }
 
+// Past due with Stripe's retries over, the current window shown is the calendar month (the plan
+// grants nothing until the invoice is paid), and an admin's reset restarted that empty month:
+// 200 {"window_kind":"calendar_month","used_before":0}, and once the user paid, the billing
+// month's calls still counted (429). The reset restarts the billing month they were counted in.
+TEST_F(UsageDeciderTest, AResetWhilePaymentFailedGivesTheBillingMonthBack) {
+  ASSERT_TRUE(world_.Subscribe(OnPlan("pd", "tiny")).ok());
+  const int64_t now = kStripeT0 + 100;
+  ASSERT_TRUE(Consume("pd", "chat", Key(), now, 10).ok());
+  ASSERT_TRUE(world_.Subscribe(OnPlan("pd", "tiny", "past_due")).ok());
+  auto invoice = [&](const char* type) {
+    const int64_t n = ledger::testing::NextStripeSequence();
+    ledger::testing::StripeInvoiceSpec spec = ledger::testing::InvoiceOf(
+        "pd", "cus_pd", "sub_pd", "in_pd", type, "evt_pd_invoice_" + std::to_string(n),
+        kStripeT0 + n);
+    spec.attempt_count = 4;
+    spec.retries_left = false;
+    Decision decision;
+    ASSERT_TRUE(ledger::testing::DeliverWebhook(&world_.state, &world_.head,
+                                                ledger::testing::StripeInvoiceEventJson(spec),
+                                                world_.setup_us, &decision)
+                    .ok());
+  };
+  invoice("invoice.payment_failed");
+  ASSERT_EQ(Consume("pd", "chat", Key(), now + 10).problem(), "payment_failed");
+
+  UsageWindowReset reset("pd", Actor::Admin("root", "root@example.com"), std::nullopt, cache_);
+  Decision decision;
+  std::vector<Event> applied;
+  ASSERT_TRUE(world_.Run(&reset, (now + 20) * kUs, &decision, &applied).ok());
+  ASSERT_EQ(applied.size(), 1u);
+  EXPECT_TRUE(ledger::testing::EventMatchesSchema(applied[0])) << applied[0].data;
+  rapidjson::Document body;
+  body.Parse(decision.body.c_str());
+  ASSERT_EQ(body["users"].Size(), 1u);
+  const auto& user = body["users"][0];
+  EXPECT_STREQ(user["window_kind"].GetString(), "billing_month") << decision.body;
+  EXPECT_EQ(user["window_start"].GetString(), FormatRfc3339Seconds(kStripeT0)) << decision.body;
+  EXPECT_EQ(user["used_before"].GetInt64(), 10) << decision.body;
+  EXPECT_EQ(Counter("pd", kStripeT0).used, 0);
+  EXPECT_EQ(Counter("pd", kStripeT0).resets, 1);
+
+  // Paid in the portal: the billing month counts from 0.
+  invoice("invoice.paid");
+  rapidjson::Document consumed;
+  ASSERT_TRUE(Consume("pd", "chat", Key(), now + 30, 1, &consumed).ok());
+  EXPECT_EQ(consumed["used"].GetInt64(), 1);
+}
+
 // The trial's last day is cut at its end: once that day's calls are used up no retry can succeed
 // before the trial ends (then 402 trial_expired), so the answer is 402 trial_exhausted, not a 429
 // whose Retry-After points at the end. The days before it answer 429 until midnight.
