@@ -23,11 +23,13 @@
 // `Idempotent-Replayed: true`), counted once. Refusals store nothing: a retry is decided again.
 // Rate-limit headers on 200 and 429 when the window has a limit: X-RateLimit-Limit (calls per
 // window), X-RateLimit-Remaining, X-RateLimit-Reset (seconds until the window ends, like
-// Retry-After; GitHub's variant uses epoch seconds, the IETF draft uses delta seconds, as here).
+// Retry-After; GitHub's variant uses epoch seconds, the IETF draft uses delta seconds, as here;
+// earlier while calls carried from a restarted period count: until they stop counting).
 // A replay's headers are the user's quota now (the window current now, as the summary shows it;
 // none when a consume would now be a 402), not the first answer's figures.
 // The 429 problem also carries "used", "limit", "remaining", "window_start", "window_end",
-// "window_kind" and "retry_after", and a `Retry-After` header (seconds until the window ends).
+// "window_kind" and "retry_after", and a `Retry-After` header (seconds until the quota frees up,
+// as X-RateLimit-Reset).
 //
 // events: body {"events":[{user_id, service, quantity, idempotency_key, timestamp?, metadata?}]}
 // with 1..1000 items (more: 413 "too_many_items"), one command, one group commit, one
@@ -255,7 +257,7 @@ void SetRateLimitHeaders(int64_t limit, int64_t remaining, int64_t reset_s,
 void WriteQuotaExceeded(const Status& status, const pj::ConsumeOutcome& outcome,
                         httplib::Response* res) {
   const int64_t limit = outcome.limit.value_or(0);
-  const int64_t retry_after = SecondsUntil(outcome.window.end_s, outcome.now_us);
+  const int64_t retry_after = SecondsUntil(outcome.quota_frees_s, outcome.now_us);
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);
   w.StartObject();
@@ -327,7 +329,7 @@ void AnswerConsume(const UsageRouteContext& c, const pj::ConsumeUsage& command,
   }
   // A replay's body is the first answer; its headers are the quota now (ConsumeUsage::Replayed).
   if (o.limit && o.remaining) {
-    SetRateLimitHeaders(*o.limit, *o.remaining, SecondsUntil(o.window.end_s, now_us), res);
+    SetRateLimitHeaders(*o.limit, *o.remaining, SecondsUntil(o.quota_frees_s, now_us), res);
   }
   WriteCommandResult(result, res);
 }
@@ -512,6 +514,7 @@ void Summary(const UsageRouteContext& c, const httplib::Request&, httplib::Respo
   Status s = pj::LoadMeteringSubject(*view, user_id, nullptr, now_s, &subject);
   if (s.ok()) s = pj::GetCurrentUsage(*view, *subject, user_id, now_s, &current);
   if (s.ok()) s = pj::ListUserUsage(*view, user_id, pl::kUsageSummaryWindowsMax, &windows);
+  for (pj::UsageWindowRow& row : windows) row.counter.EndCarryAt(now_s);  // as they count now
   if (!s.ok()) {
     WriteStatusProblem(s, &res);
     return;

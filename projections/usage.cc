@@ -27,7 +27,8 @@ constexpr char kEpochKey[] = "e";
 // 3: 2 and what a restarted period carried in (written only when it carried something, so a
 // window that never restarted keeps its bytes); 2: thresholds announced per limit (a list);
 // 1: for the last limit only (read, never written).
-constexpr uint8_t kCounterFormatVersionCarried = 3;
+constexpr uint8_t kCounterFormatVersionCarriedUntil = 4;  // the carry and when it ends
+constexpr uint8_t kCounterFormatVersionCarried = 3;       // the carry without its end
 constexpr uint8_t kCounterFormatVersion = 2;
 constexpr uint8_t kCounterFormatVersionOneLimit = 1;
 constexpr int64_t kMicrosPerSecond = 1'000'000;
@@ -289,13 +290,15 @@ Status ReadCounter(const StateReader& state, std::string_view user_id, int64_t w
 bool CounterKeyStart(std::string_view key, size_t prefix_size, int64_t* start_s);
 
 // What a restarted period carries into a fresh window: `from`'s used, per-service counts and
-// announced thresholds.
+// announced thresholds, counted until `from`'s window ends. (A window that still counts calls
+// carried from an earlier one passes them on whole, until its own end: never a fresh quota.)
 void CarryInto(const UsageCounter& from, UsageCounter* out) {
   out->used = from.used;
   out->services = from.services;
   out->announced = from.announced;
   out->carried = from.used;
   out->carried_services = from.services;
+  out->carried_until_s = from.window_end_s;
 }
 
 // A fresh billing month's carry (usage.h, "Period restarts"): when `window` begins before the
@@ -357,21 +360,40 @@ Status LoadStoredCounter(const StateReader& state, std::string_view user_id,
 }
 
 // LoadStoredCounter, and for a fresh window the carry a restarted period would bring into it
-// (FindCarrySource), `*carry_from` set to the window carried from (-1: none). The deciders read
-// a window's count this way and record `carry_from` in the event when it is set; the queries
-// preview a window not written yet this way, as the consume that would write it counts.
+// (FindCarrySource), `*carry_from` set to the window carried from (-1: none), as they count at
+// `now_s` (UsageCounter::EndCarryAt: none once the window carried from has ended). The deciders
+// read a window's count this way, at their command's time (the events' time, which the fold ends
+// carries at), and record `carry_from` in the event when it is set; the queries preview a window
+// not written yet this way, as the consume that would write it counts.
 Status LoadCounter(const StateReader& state, std::string_view user_id, const UsageWindow& window,
-                   UsageCounter* out, CounterStored* stored, int64_t* carry_from = nullptr) {
+                   int64_t now_s, UsageCounter* out, CounterStored* stored,
+                   int64_t* carry_from = nullptr) {
   if (carry_from != nullptr) *carry_from = -1;
   LEDGER_RETURN_IF_ERROR(LoadStoredCounter(state, user_id, window, out, stored));
-  if (*stored != CounterStored::kAbsent) return Status::OK();
+  if (*stored != CounterStored::kAbsent) {
+    out->EndCarryAt(now_s);
+    return Status::OK();
+  }
   int64_t from_start = -1;
   UsageCounter from;
   LEDGER_RETURN_IF_ERROR(FindCarrySource(state, user_id, window, &from_start, &from));
-  if (from_start < 0) return Status::OK();
+  if (from_start < 0 || now_s >= from.window_end_s) return Status::OK();
+  from.EndCarryAt(now_s);
   CarryInto(from, out);
   if (carry_from != nullptr) *carry_from = from_start;
   return Status::OK();
+}
+
+// When `quantity` calls that the window's `limit` refuses at `used` are taken at the earliest:
+// the end of the window the carried calls came from, when they stop counting then and that
+// leaves room, else the window's end.
+int64_t QuotaFreesAt(const UsageCounter& counter, const UsageWindow& window, int64_t limit,
+                     int64_t used, int64_t quantity) {
+  if (counter.carried > 0 && counter.carried_until_s < window.end_s &&
+      used - counter.carried + quantity <= limit) {
+    return counter.carried_until_s;
+  }
+  return window.end_s;
 }
 
 // The fold's side of a carry: an event whose window the decider opened with a carry names the
@@ -381,9 +403,12 @@ Status LoadCounter(const StateReader& state, std::string_view user_id, const Usa
 // carry existed (Jan 10, Starter with 1,000 used upgraded to Professional; 9,500 used since,
 // each consume admitted against 9,500) must not find 10,500 in a window the events say holds
 // 9,500. `counter` must be fresh (`stored` kAbsent); a window named that holds no counter
-// carries nothing.
+// carries nothing. The carry counts as of `at_s`, the event's time (LoadCounter's now when the
+// decider named it; an event written before carries ended drops it there if that window had
+// ended).
 Status ApplyCarryFrom(const StateReader& state, std::string_view user_id, std::string_view type,
-                      const UsageWindow& window, int64_t carry_from_s, UsageCounter* counter) {
+                      const UsageWindow& window, int64_t carry_from_s, int64_t at_s,
+                      UsageCounter* counter) {
   if (window.kind != WindowKind::kBillingMonth || carry_from_s < 0 ||
       carry_from_s >= window.start_s) {
     return Malformed(type, "carry_from must be before a billing_month window's start");
@@ -394,7 +419,9 @@ Status ApplyCarryFrom(const StateReader& state, std::string_view user_id, std::s
                          &from_stored);
   if (s.IsNotFound()) return Status::OK();
   LEDGER_RETURN_IF_ERROR(s);
+  from.EndCarryAt(at_s);
   CarryInto(from, counter);
+  counter->EndCarryAt(at_s);
   return Status::OK();
 }
 
@@ -432,12 +459,14 @@ Status ApplyRecorded(const Event& event, const rapidjson::Value& data, const Sta
   int64_t carry_from = -1;
   LEDGER_RETURN_IF_ERROR(ReadOptionalTime(data, "carry_from", type, &carry_from));
 
+  const int64_t at_s = FloorSeconds(event.time_us);
   UsageCounter counter;
   CounterStored stored = CounterStored::kAbsent;
   LEDGER_RETURN_IF_ERROR(LoadStoredCounter(state, w.user_id, w.window, &counter, &stored));
+  counter.EndCarryAt(at_s);
   if (carry_from >= 0 && stored == CounterStored::kAbsent) {
     LEDGER_RETURN_IF_ERROR(
-        ApplyCarryFrom(state, w.user_id, type, w.window, carry_from, &counter));
+        ApplyCarryFrom(state, w.user_id, type, w.window, carry_from, at_s, &counter));
   }
   counter.window_end_s = w.window.end_s;
   counter.kind = w.window.kind;
@@ -775,6 +804,7 @@ Status ApplyBatchRecorded(const Event& event, const StateReader& state, RowWrite
   };
   std::vector<Touched> touched;  // the windows the items fall in: one or a few
   size_t last = 0;               // index into `touched` of the previous item's window
+  const int64_t at_s = FloorSeconds(event.time_us);  // when carries end (ApplyRecorded)
   ItemWindowReader windows;
   std::string position;
   PutFixed64BE(&position, event.position.value());
@@ -797,6 +827,7 @@ Status ApplyBatchRecorded(const Event& event, const StateReader& state, RowWrite
         touched.emplace_back();
         Touched& t = touched[last];
         LEDGER_RETURN_IF_ERROR(LoadStoredCounter(state, user_id, window, &t.counter, &t.stored));
+        t.counter.EndCarryAt(at_s);
         // The decider names the carry on the item that opened the window (its first), as
         // usage.recorded.v1 does; items without it carry nothing (ApplyCarryFrom).
         if (!item.carry_from.empty() && t.stored == CounterStored::kAbsent) {
@@ -804,8 +835,8 @@ Status ApplyBatchRecorded(const Event& event, const StateReader& state, RowWrite
           if (!ParseRfc3339(item.carry_from, &us)) {
             return Malformed(type, "carry_from is not a time");
           }
-          LEDGER_RETURN_IF_ERROR(
-              ApplyCarryFrom(state, user_id, type, window, FloorSeconds(us), &t.counter));
+          LEDGER_RETURN_IF_ERROR(ApplyCarryFrom(state, user_id, type, window, FloorSeconds(us),
+                                                at_s, &t.counter));
         }
       }
     }
@@ -833,7 +864,8 @@ Status ApplyBatchRecorded(const Event& event, const StateReader& state, RowWrite
   return Status::OK();
 }
 
-Status ApplyThreshold(const rapidjson::Value& data, const StateReader& state, RowWriter* rows) {
+Status ApplyThreshold(const Event& event, const rapidjson::Value& data, const StateReader& state,
+                      RowWriter* rows) {
   const std::string_view type = kUsageThresholdReachedV1;
   EventWindow w;
   LEDGER_RETURN_IF_ERROR(ReadEventWindow(data, type, &w));
@@ -844,6 +876,7 @@ Status ApplyThreshold(const rapidjson::Value& data, const StateReader& state, Ro
   UsageCounter counter;
   CounterStored stored = CounterStored::kAbsent;
   LEDGER_RETURN_IF_ERROR(LoadStoredCounter(state, w.user_id, w.window, &counter, &stored));
+  counter.EndCarryAt(FloorSeconds(event.time_us));
   counter.Announce(limit, percent == 80 ? kThreshold80 : kThreshold100);
   return StoreCounter(w.user_id, w.window, stored, counter, rows);
 }
@@ -870,6 +903,7 @@ Status ApplyReset(const rapidjson::Value& data, const StateReader& state, RowWri
   counter.announced.clear();
   counter.carried = 0;
   counter.carried_services.clear();
+  counter.carried_until_s = 0;
   counter.resets += 1;
   return StoreCounter(w.user_id, w.window, stored, counter, rows);
 }
@@ -1407,11 +1441,37 @@ void UsageCounter::Announce(int64_t for_limit, uint8_t bits) {
   if (announced.size() > kUsageAnnouncedLimitsMax) announced.erase(announced.begin());
 }
 
+void UsageCounter::EndCarryAt(int64_t at_s) {
+  if ((carried == 0 && carried_services.empty()) || carried_until_s <= 0 ||
+      at_s < carried_until_s) {
+    return;
+  }
+  used = std::max<int64_t>(0, used - carried);
+  for (const auto& [service, count] : carried_services) {
+    auto it = services.find(service);
+    if (it == services.end()) continue;
+    it->second -= count;
+    if (it->second <= 0) services.erase(it);
+  }
+  carried = 0;
+  carried_services.clear();
+  carried_until_s = 0;
+  // A threshold the calls left no longer reach is announced again when they reach it.
+  for (auto it = announced.begin(); it != announced.end();) {
+    uint8_t reached = 0;
+    if (used >= ThresholdCalls(it->limit, 80)) reached |= kThreshold80;
+    if (used >= ThresholdCalls(it->limit, 100)) reached |= kThreshold100;
+    it->bits &= reached;
+    it = it->bits == 0 ? announced.erase(it) : it + 1;
+  }
+}
+
 std::string EncodeUsageCounter(const UsageCounter& c) {
   std::string v;
   v.reserve(64 + c.announced.size() * 9 + c.services.size() * 24);
   const bool carried = c.carried != 0 || !c.carried_services.empty();
-  v.push_back(static_cast<char>(carried ? kCounterFormatVersionCarried : kCounterFormatVersion));
+  v.push_back(
+      static_cast<char>(carried ? kCounterFormatVersionCarriedUntil : kCounterFormatVersion));
   PutI64(&v, c.window_end_s);
   v.push_back(static_cast<char>(c.kind));
   PutI64(&v, c.used);
@@ -1436,6 +1496,7 @@ std::string EncodeUsageCounter(const UsageCounter& c) {
       PutLengthPrefixed(&v, service);
       PutI64(&v, count);
     }
+    PutI64(&v, c.carried_until_s);
   }
   return v;
 }
@@ -1447,8 +1508,8 @@ Status DecodeUsageCounter(std::string_view in, UsageCounter* out) {
   uint8_t version = 0, kind = 0, has_limit = 0;
   int64_t limit = 0;
   if (!GetU8(&in, &version) ||
-      (version != kCounterFormatVersionCarried && version != kCounterFormatVersion &&
-       version != kCounterFormatVersionOneLimit) ||
+      (version != kCounterFormatVersionCarriedUntil && version != kCounterFormatVersionCarried &&
+       version != kCounterFormatVersion && version != kCounterFormatVersionOneLimit) ||
       !GetI64(&in, &out->window_end_s) || !GetU8(&in, &kind) ||
       kind > static_cast<uint8_t>(WindowKind::kCalendarMonth) || !GetI64(&in, &out->used) ||
       !GetU8(&in, &has_limit) || !GetI64(&in, &limit)) {
@@ -1492,8 +1553,12 @@ Status DecodeUsageCounter(std::string_view in, UsageCounter* out) {
     return true;
   };
   if (!read_services(&out->services)) return malformed();
-  if (version == kCounterFormatVersionCarried &&
-      (!GetI64(&in, &out->carried) || !read_services(&out->carried_services))) {
+  const bool carried =
+      version == kCounterFormatVersionCarried || version == kCounterFormatVersionCarriedUntil;
+  if (carried && (!GetI64(&in, &out->carried) || !read_services(&out->carried_services))) {
+    return malformed();
+  }
+  if (version == kCounterFormatVersionCarriedUntil && !GetI64(&in, &out->carried_until_s)) {
     return malformed();
   }
   if (!in.empty()) return Status::Corruption("malformed usage counter row");
@@ -1644,7 +1709,7 @@ Status UsageCountersFold::Apply(const Event& event, const StateReader& state,
   data.Parse(event.data.data(), event.data.size());
   if (data.HasParseError() || !data.IsObject()) return Malformed(event.type, "data is not JSON");
   if (recorded) return ApplyRecorded(event, data, state, rows);
-  if (threshold) return ApplyThreshold(data, state, rows);
+  if (threshold) return ApplyThreshold(event, data, state, rows);
   return ApplyReset(data, state, rows);
 }
 
@@ -1827,8 +1892,11 @@ Status ConsumeUsage::Decide(const DecideContext& context, Decision* decision) {
   CounterStored stored = CounterStored::kAbsent;
   int64_t carry_from = -1;
   LEDGER_RETURN_IF_ERROR(
-      LoadCounter(*context.state, r.user_id, terms.window, &counter, &stored, &carry_from));
+      LoadCounter(*context.state, r.user_id, terms.window, now_s, &counter, &stored, &carry_from));
   outcome_.used = counter.used;
+  outcome_.quota_frees_s =
+      terms.limit ? QuotaFreesAt(counter, terms.window, *terms.limit, counter.used, r.quantity)
+                  : terms.window.end_s;
   // A trial whose calls are used up for good -- all of them, or its last day's -- answers 402:
   // a 429's Retry-After would send the caller to the trial's end, where the answer is 402.
   auto trial_exhausted = [&](std::string what) {
@@ -1859,10 +1927,11 @@ Status ConsumeUsage::Decide(const DecideContext& context, Decision* decision) {
                                               : "only " + std::to_string(window_left) +
                                                     " calls of the trial's last day are left");
     }
-    // The same for a subscription scheduled to end before the window would renew: a 429's
-    // Retry-After would send the caller to the end of access, where the answer is 402.
+    // The same for a subscription scheduled to end before the window would renew (or the calls
+    // carried into it stop counting): a 429's Retry-After would send the caller to the end of
+    // access, where the answer is 402.
     const std::optional<int64_t> access_end = subject->access.access_end();
-    if (access_end && terms.window.end_s >= *access_end) {
+    if (access_end && outcome_.quota_frees_s >= *access_end) {
       return PaymentRequired(
           "subscription_required",
           "the quota of " + std::to_string(*terms.limit) + " calls for this " +
@@ -1897,6 +1966,9 @@ Status ConsumeUsage::Decide(const DecideContext& context, Decision* decision) {
   decision->events.push_back(RecordedEvent(f));
   AppendThresholdEvents(f, &counter, &decision->events);
   outcome_.used = f.used_after;
+  if (terms.limit) {
+    outcome_.quota_frees_s = QuotaFreesAt(counter, terms.window, *terms.limit, f.used_after, 1);
+  }
 
   std::optional<int64_t> remaining;
   if (terms.limit) remaining = *terms.limit - f.used_after;
@@ -1926,6 +1998,7 @@ void ConsumeUsage::Replayed(const DecideContext& context) {
   outcome_.limit = current.terms.limit;
   outcome_.used = current.used;
   outcome_.remaining = current.remaining;
+  outcome_.quota_frees_s = current.quota_frees_s;
 }
 
 // ---- batch ---------------------------------------------------------------------------------------
@@ -2064,8 +2137,8 @@ class BatchRecorder {
         auto c = std::make_unique<LocalCounter>(u->terms.window);
         CounterStored stored = CounterStored::kAbsent;
         int64_t carry_from = -1;
-        LEDGER_RETURN_IF_ERROR(LoadCounter(state_, item.user_id, u->terms.window, &c->counter,
-                                           &stored, &carry_from));
+        LEDGER_RETURN_IF_ERROR(LoadCounter(state_, item.user_id, u->terms.window, now_s_,
+                                           &c->counter, &stored, &carry_from));
         // The item opening a window with a carry records it, for the fold (ApplyCarryFrom).
         if (carry_from >= 0) {
           c->carry_json.assign(",\"carry_from\":\"").append(FormatRfc3339Seconds(carry_from));
@@ -2326,7 +2399,7 @@ Status ResetTarget(const StateReader& state, const MeteringSubject& subject,
   }
   UsageCounter counter;
   CounterStored stored = CounterStored::kAbsent;
-  LEDGER_RETURN_IF_ERROR(LoadCounter(state, user_id, paid.window, &counter, &stored));
+  LEDGER_RETURN_IF_ERROR(LoadCounter(state, user_id, paid.window, now_s, &counter, &stored));
   *window = paid.window;
   *used = counter.used;
   return Status::OK();
@@ -2408,7 +2481,7 @@ std::string_view CallsUsedUpReason(const CurrentUsage& usage) {
   const bool window_used_up = terms.limit && usage.used >= *terms.limit;
   if (!window_used_up) return "";
   if (terms.trial && terms.window.end_s >= terms.trial->end_s) return "trial_exhausted";
-  if (usage.access_end && terms.window.end_s >= *usage.access_end) return "subscription_required";
+  if (usage.access_end && usage.quota_frees_s >= *usage.access_end) return "subscription_required";
   return "";
 }
 
@@ -2475,8 +2548,13 @@ Status GetCurrentUsage(const StateReader& state, const MeteringSubject& subject,
   // the consume that would write it counts.
   UsageCounter counter;
   CounterStored stored = CounterStored::kAbsent;
-  LEDGER_RETURN_IF_ERROR(LoadCounter(state, user_id, out->terms.window, &counter, &stored));
+  LEDGER_RETURN_IF_ERROR(
+      LoadCounter(state, user_id, out->terms.window, now_s, &counter, &stored));
   out->used = counter.used;
+  out->quota_frees_s =
+      out->terms.limit
+          ? QuotaFreesAt(counter, out->terms.window, *out->terms.limit, counter.used, 1)
+          : out->terms.window.end_s;
   out->services = std::move(counter.services);
   if (!out->has_plan) return Status::OK();
   out->access_end = subject.access.access_end();

@@ -33,9 +33,13 @@
 // with 429 switched to monthly, then back to yearly, 10,000 calls each time. So a billing month
 // whose counter does not exist yet, and that begins before the end of the user's latest billing
 // month (by start, of any subscription or plan; its end as last recorded), starts with that
-// window's used, per-service counts and announced thresholds (UsageCounter::carried): an upgrade
-// to a bigger quota keeps the calls used and raises the limit, a cycle switch keeps the 429 until
-// the new window ends, and 80 % / 100 % are not announced again for a limit already announced. A
+// window's used, per-service counts and announced thresholds (UsageCounter::carried), which
+// count until that window ends -- as long as they would have counted without the restart: an
+// upgrade to a bigger quota keeps the calls used and raises the limit, a cycle switch keeps the
+// 429 until the old window's end (not the new window's: Professional with 10,000 used on Jan 30,
+// switched on Jan 31 to a window [Jan 31, Feb 28), was refused until Feb 28 where Feb 1 would
+// have started afresh), and 80 % / 100 % are not announced again for a limit already announced
+// while they count. A restart after the old window has ended carries nothing. A
 // renewal begins at or after the old window's end (a yearly period's last month ends at the
 // period's end) and starts at 0; so does a window older than the latest (a back-dated batch
 // item's). An admin's reset (usage.window_reset.v1) is how calls are given back. The carry is a
@@ -227,9 +231,17 @@ struct UsageCounter {
   // Of `used` and `services`: what the window started with, carried from the billing month whose
   // period restarted before its end (see "Period restarts" above), counted against this window's
   // quota but not used in it (the admin statistics count those calls once, in the window that
-  // used them). Cleared with `used` by a reset.
+  // used them), until `carried_until_s`, the end of the window they came from (0: a row written
+  // before carries ended keeps them). Cleared with `used` by a reset.
   int64_t carried = 0;
   std::map<std::string, int64_t, std::less<>> carried_services;
+  int64_t carried_until_s = 0;
+
+  // At or after carried_until_s, drops the carried calls from `used` and `services` (and the
+  // announcements of thresholds the calls left no longer reach, which are announced again when
+  // reached). The deciders apply it at their command's time, the fold at each event's time (no
+  // clock): the same instant, so they agree.
+  void EndCarryAt(int64_t at_s);
 
   // The thresholds announced for `limit` (0: none).
   uint8_t AnnouncedFor(int64_t limit) const;
@@ -281,7 +293,9 @@ class UsageCountersFold final : public Fold {
   // restarted window of the history too, windows whose events never counted it.
   // 4: a reset of a window with no counter that counted nothing (used_before 0) writes no row;
   // version 3 wrote a zero counter and its time-index row (a window and a user in usage-stats).
-  uint32_t Version() const override { return 4; }
+  // 5: carried calls count until the window they came from ends (UsageCounter::carried_until_s,
+  // EndCarryAt at each event's time); version 4 kept them for the whole restarted window.
+  uint32_t Version() const override { return 5; }
   Status Apply(const Event& event, const StateReader& state, RowWriter* rows) const override;
 };
 
@@ -393,6 +407,10 @@ struct ConsumeOutcome {
   int64_t used = 0;                  // after (admitted) or before (refused)
   std::optional<int64_t> remaining;  // admitted: what the answer says (trial cap included)
   int64_t now_us = 0;
+  // When the quota next frees up (X-RateLimit-Reset; a 429's Retry-After): window.end_s, or
+  // earlier while calls a restarted period carried into the window count and their end leaves
+  // room (for the refused quantity; admitted: for one more call). See "Period restarts".
+  int64_t quota_frees_s = 0;
 };
 
 class ConsumeUsage final : public Command {
@@ -485,6 +503,9 @@ struct CurrentUsage {
   UsageTerms terms;
   Status error;
   int64_t used = 0;                  // in terms.window
+  int64_t quota_frees_s = 0;         // when one call the window's quota refuses now is taken:
+                                     // terms.window.end_s, or earlier when the calls a restarted
+                                     // period carried into it stop counting then
   std::optional<int64_t> remaining;  // calls a consume could still take now (trial cap included);
                                      // nullopt = unlimited / no plan
   std::optional<int64_t> trial_remaining;  // what is left of a trial's whole cap (limit ×

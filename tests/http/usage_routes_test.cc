@@ -777,6 +777,32 @@ TEST_F(UsageRoutesTest, CheckAccessGivesAnEndedTrialsReasonBeforeTheService) {
   EXPECT_STREQ(r.Json()["reason"].GetString(), "trial_expired") << r.body;
 }
 
+// Calls carried into a restarted period's window count until the window they came from ends:
+// the 429 points there (it pointed at the new window's end, 30 days on), and from then calls are
+// taken.
+TEST_F(UsageRoutesTest, ACarriedQuotaIsRetriedWhenTheWindowItCameFromEnds) {
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
+  ASSERT_EQ(Consume("u1", "chat", "a", 10).status, 200);
+  const int64_t month_end = kStripeT0 + 30 * kDay;
+  const int64_t start = month_end - kDay;
+  clock_.Set((start + 100) * kUs);
+  ledger::testing::TestSubscription yearly =
+      OnPlan("u1", "tiny", start, pj::AddUtcMonths(start, 12));
+  yearly.interval = "year";
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), yearly).ok());
+  HttpReply r = Consume("u1", "chat", "b");
+  ExpectProblem(r, 429, "quota_exceeded");
+  const std::string wait = std::to_string(month_end - NowSeconds());
+  EXPECT_EQ(r.Header("Retry-After"), wait);
+  EXPECT_EQ(r.Header("X-RateLimit-Reset"), wait);
+  EXPECT_EQ(r.Json()["retry_after"].GetInt64(), month_end - NowSeconds());
+  EXPECT_EQ(std::string(r.Json()["window_start"].GetString()), pj::FormatRfc3339Seconds(start));
+  clock_.Set(month_end * kUs);
+  r = Consume("u1", "chat", "b");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.Json()["used"].GetInt64(), 1);
+}
+
 TEST_F(UsageRoutesTest, MonthlyWindowRollsOverAtTheBillingPeriod) {
   ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
   ASSERT_EQ(Consume("u1", "chat", "a", 10).status, 200);

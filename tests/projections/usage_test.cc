@@ -192,6 +192,19 @@ TEST(UsageCounterTest, EncodingRoundTripsAndRejectsGarbage) {
   EXPECT_TRUE(DecodeUsageCounter(bytes.substr(0, bytes.size() - 1), &back).IsCorruption());
   EXPECT_TRUE(DecodeUsageCounter(bytes + "x", &back).IsCorruption());
   EXPECT_TRUE(DecodeUsageCounter("", &back).IsCorruption());
+  // A carry and when it ends; a row written before carries ended (format 3) has no end.
+  c.carried = 9;
+  c.carried_services = {{"chat", 9}};
+  c.carried_until_s = 777;
+  bytes = EncodeUsageCounter(c);
+  ASSERT_TRUE(DecodeUsageCounter(bytes, &back).ok());
+  EXPECT_EQ(back, c);
+  EXPECT_TRUE(DecodeUsageCounter(bytes.substr(0, bytes.size() - 1), &back).IsCorruption());
+  std::string format3 = bytes.substr(0, bytes.size() - 8);
+  format3[0] = 3;
+  ASSERT_TRUE(DecodeUsageCounter(format3, &back).ok());
+  c.carried_until_s = 0;
+  EXPECT_EQ(back, c);
 }
 
 TEST(UsageCounterTest, ARowOfTheOneLimitFormatReadsAsThatLimitsAnnouncements) {
@@ -1047,6 +1060,84 @@ TEST_F(UsageDeciderTest, AnUpgradeThatRestartsThePeriodKeepsTheCallsAndRaisesThe
   EXPECT_TRUE(c.carried_services.empty());
   ASSERT_TRUE(Consume("u1", "chat", Key(), start + 30, 1, &body).ok());
   EXPECT_EQ(body["used"].GetInt64(), 1);
+}
+
+// A period restarted before its window ended carries the calls used there (a cycle switch buys
+// no fresh quota), but they counted for the whole new window: Professional with 10,000 used on
+// Jan 30, switched on Jan 31 to a window [Jan 31, Feb 28), was refused until Feb 28 where Feb 1
+// would have started afresh. They count until the window they came from ends: a 429 says so
+// (Retry-After when that makes room for the quantity), and from then the window counts its own
+// calls, its thresholds announced again when those reach them.
+TEST_F(UsageDeciderTest, ACarryEndsWhenTheWindowItCameFromEnds) {
+  ASSERT_TRUE(world_.AddPlan(SmallPlan("tiny20", 20)).ok());
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "tiny")).ok());  // [kStripeT0, month_end)
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u2", "tiny")).ok());
+  const int64_t month_end = kStripeT0 + 30 * kDay;
+  for (const char* user : {"u1", "u2"}) {
+    ASSERT_TRUE(Consume(user, "chat", Key(), month_end - 2 * kDay, 7).ok());
+    ASSERT_TRUE(Consume(user, "search", Key(), month_end - 2 * kDay, 3).ok());
+  }
+  // u1 switches to yearly, u2 upgrades to tiny20 yearly, a day before the month's end.
+  const int64_t start = month_end - kDay;
+  const int64_t window_end = AddUtcMonths(start, 1);
+  for (const char* plan : {"tiny", "tiny20"}) {
+    TestSubscription yearly =
+        OnPlan(plan == std::string("tiny") ? "u1" : "u2", plan, start, AddUtcMonths(start, 12));
+    yearly.interval = "year";
+    ASSERT_TRUE(world_.Subscribe(yearly).ok());
+  }
+  ConsumeOutcome outcome;
+  EXPECT_EQ(Consume("u1", "chat", Key(), start + 10, 1, nullptr, nullptr, &outcome).problem(),
+            "quota_exceeded");
+  EXPECT_EQ(outcome.window.start_s, start);
+  EXPECT_EQ(outcome.window.end_s, window_end);
+  EXPECT_EQ(outcome.quota_frees_s, month_end);  // was the new window's end
+  CurrentUsage current = Current("u1", start + 10);
+  EXPECT_EQ(current.used, 10);
+  EXPECT_EQ(current.quota_frees_s, month_end);
+  // u2's window opens with the carry: 10 carried + 6 of 20, 80 % announced.
+  std::vector<Event> events;
+  ASSERT_TRUE(Consume("u2", "chat", Key(), start + 10, 6, nullptr, &events).ok());
+  EXPECT_EQ(events.size(), 2u);
+  EXPECT_EQ(Counter("u2", start).carried, 10);
+  // 15 more fit only in a fresh window, 14 once the carried calls stop counting.
+  EXPECT_EQ(Consume("u2", "chat", Key(), start + 20, 15, nullptr, nullptr, &outcome).problem(),
+            "quota_exceeded");
+  EXPECT_EQ(outcome.quota_frees_s, window_end);
+  EXPECT_EQ(Consume("u2", "chat", Key(), start + 20, 14, nullptr, nullptr, &outcome).problem(),
+            "quota_exceeded");
+  EXPECT_EQ(outcome.quota_frees_s, month_end);
+
+  // The old month's end: the carried calls no longer count.
+  EXPECT_EQ(Current("u1", month_end).used, 0);
+  EXPECT_EQ(Current("u1", month_end).quota_frees_s, window_end);
+  rapidjson::Document body;
+  ASSERT_TRUE(Consume("u1", "chat", Key(), month_end, 1, &body).ok());
+  EXPECT_EQ(body["used"].GetInt64(), 1);
+  EXPECT_EQ(body["remaining"].GetInt64(), 9);
+  ASSERT_TRUE(Consume("u2", "chat", Key(), month_end, 10, &body, &events).ok());
+  EXPECT_EQ(body["used"].GetInt64(), 16);  // 6 + 10, not 26
+  ASSERT_EQ(events.size(), 2u);            // 80 % of 20 again: the 6 left no longer reached it
+  rapidjson::Document threshold;
+  threshold.Parse(events[1].data.c_str());
+  EXPECT_EQ(threshold["threshold_percent"].GetInt(), 80);
+  UsageCounter c = Counter("u2", start);
+  EXPECT_EQ(c.used, 16);
+  EXPECT_EQ(c.carried, 0);
+  EXPECT_TRUE(c.carried_services.empty());
+  EXPECT_EQ(c.services, (std::map<std::string, int64_t, std::less<>>{{"chat", 16}}));
+  EXPECT_EQ(c.AnnouncedFor(20), kThreshold80);
+  EXPECT_EQ(c.AnnouncedFor(10), 0);
+  // A restarted window first used after the old month has ended carries nothing (no carry_from).
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u3", "tiny")).ok());
+  ASSERT_TRUE(Consume("u3", "chat", Key(), month_end - kDay, 10).ok());
+  ASSERT_TRUE(
+      world_.Subscribe(OnPlan("u3", "tiny", month_end - kDay, month_end + 29 * kDay)).ok());
+  ASSERT_TRUE(Consume("u3", "chat", Key(), month_end + 5, 1, &body, &events).ok());
+  EXPECT_EQ(body["used"].GetInt64(), 1);
+  rapidjson::Document data;
+  data.Parse(events[0].data.c_str());
+  EXPECT_FALSE(data.HasMember("carry_from")) << events[0].data;
 }
 
 // A reset of a window that has no counter and counted nothing writes no row: the zero counter and
@@ -1929,6 +2020,50 @@ TEST_F(UsageLedgerTest, ARestartedPeriodsCarryEqualsAReplayOfTheLog) {
   ASSERT_TRUE(GetUsageCounter(*view, "u2", start, WindowKind::kBillingMonth, &c).ok());
   EXPECT_EQ(c.used, 5);
   EXPECT_EQ(c.carried, 3);
+}
+
+// Carried calls stop counting at the end of the window they came from, in the decider at its
+// command's time and in the fold at the event's: a replay of the log folds the same rows.
+TEST_F(UsageLedgerTest, ACarryThatEndedFoldsAsItWasDecidedInAReplay) {
+  ASSERT_TRUE(AddPlanOnLedger(ledger_.get(), SmallPlan("tiny", 10)).ok());
+  ASSERT_TRUE(AddPlanOnLedger(ledger_.get(), SmallPlan("tiny20", 20)).ok());
+  for (const char* user : {"u1", "u2"}) {
+    ASSERT_TRUE(SubscribeOnLedger(ledger_.get(), OnPlan(user, "tiny")).ok());
+    ASSERT_TRUE(Consume(user, std::string("a-") + user, 10).status.ok());
+  }
+  const int64_t month_end = kStripeT0 + 30 * kDay;
+  const int64_t start = month_end - kDay;
+  clock_.Set((start + 10) * kUs);
+  for (const char* user : {"u1", "u2"}) {
+    ASSERT_TRUE(
+        SubscribeOnLedger(ledger_.get(), OnPlan(user, "tiny20", start, start + 30 * kDay)).ok());
+  }
+  ASSERT_TRUE(Consume("u1", "b", 4, "search").status.ok());  // opens u1's window: 14
+  clock_.Set((month_end + 10) * kUs);
+  ASSERT_TRUE(Consume("u1", "c", 3).status.ok());  // 4 + 3: the carried 10 ended
+  // u2's window is opened by a batch item after the carry ended: nothing carried.
+  RecordUsageBatch batch({{"u1", "chat", 2, "d", std::nullopt, "", ""},
+                          {"u2", "chat", 2, "d", std::nullopt, "", ""}},
+                         meter_->cache());
+  ASSERT_TRUE(ledger_->Submit(&batch).status.ok());
+  EXPECT_EQ(Used("u1", start), 9);
+  EXPECT_EQ(Used("u2", start), 2);
+
+  std::vector<Event> events;
+  ASSERT_TRUE(ledger_->ReadEvents(Position(0), 1000, EventFilter{}, &events).ok());
+  ledger::testing::TempDir replay_dir;
+  std::unique_ptr<Ledger> replayed;
+  ASSERT_NO_FATAL_FAILURE(Replay(replay_dir.path(), events, &replayed));
+  Hash live{}, rebuilt{};
+  ASSERT_TRUE(ledger_->ProjectionDigest(&live).ok());
+  ASSERT_TRUE(replayed->ProjectionDigest(&rebuilt).ok());
+  EXPECT_EQ(HexEncode(live), HexEncode(rebuilt));
+  auto view = replayed->Snapshot();
+  UsageCounter c;
+  ASSERT_TRUE(GetUsageCounter(*view, "u1", start, WindowKind::kBillingMonth, &c).ok());
+  EXPECT_EQ(c.used, 9);
+  EXPECT_EQ(c.carried, 0);
+  EXPECT_EQ(c.services, (std::map<std::string, int64_t, std::less<>>{{"chat", 5}, {"search", 4}}));
 }
 
 // A StateReader whose ScanFrom seeks (as the ledger's does), counting the rows scans visit.
