@@ -119,6 +119,23 @@ Status FromRocks(const rocksdb::Status& s) {
   return Status::IOError(s.ToString());
 }
 
+// A failed read of the store, for reads whose errors may reach a user (an HTTP problem's detail):
+// RocksDB's words name a table file by its full path ("block checksum mismatch: ... in
+// /var/lib/ledgerd/000045.sst offset 0 size 1015"), and no error from a read names the data
+// directory `dir`. The words are kept without it; the server log gets them whole.
+Status ReadFailure(const rocksdb::Status& s, std::string_view dir) {
+  if (s.ok()) return Status::OK();
+  std::string reason = s.ToString();
+  if (!s.IsNotFound()) spdlog::error("a read of the store failed: {}", reason);
+  const std::string prefix = std::string(dir) + "/";
+  for (size_t at = reason.find(prefix); at != std::string::npos; at = reason.find(prefix, at)) {
+    reason.erase(at, prefix.size());
+  }
+  if (s.IsNotFound()) return Status::NotFound(reason);
+  if (s.IsCorruption()) return Status::Corruption(reason);
+  return Status::IOError(reason);
+}
+
 std::string EncodeHead(Position position, const Hash& hash) {
   std::string value;
   PutFixed64BE(&value, position.value());
@@ -364,15 +381,16 @@ Status LookupFamily(const FamilyMap& families, std::string_view name,
   return Status::OK();
 }
 
-// Rows under `prefix` from `start` on (start = prefix: all of them).
+// Rows under `prefix` from `start` on (start = prefix: all of them). `dir`: the data directory.
 Status ScanFamily(rocksdb::Iterator* it, std::string_view prefix, std::string_view start,
-                  const std::function<bool(std::string_view, std::string_view)>& fn) {
+                  const std::function<bool(std::string_view, std::string_view)>& fn,
+                  std::string_view dir) {
   for (it->Seek(ToSlice(std::max(prefix, start))); it->Valid(); it->Next()) {
     std::string_view key = ToView(it->key());
     if (key.substr(0, prefix.size()) != prefix) break;
     if (!fn(key, ToView(it->value()))) break;
   }
-  return FromRocks(it->status());
+  return ReadFailure(it->status(), dir);
 }
 
 // State seen by a group: the store plus the group's own rows, and the batch the group writes.
@@ -390,10 +408,15 @@ class GroupState final : public StateReader, public RowWriter {
   // `rows` and `batch` are empty. `unwritten`: the rows of the groups decided before this one
   // whose batches are not written yet, oldest first (the write thread may write them while this
   // group reads: their rows are read before the store's, and say the same as the store once
-  // written). Not owned; none of them changes meanwhile.
-  GroupState(rocksdb::DB* db, const FamilyMap* families, GroupRows* rows,
+  // written). Not owned; none of them changes meanwhile. `dir`: the data directory.
+  GroupState(rocksdb::DB* db, std::string_view dir, const FamilyMap* families, GroupRows* rows,
              rocksdb::WriteBatch* batch, const std::vector<const GroupRows*>* unwritten)
-      : db_(db), families_(families), rows_(rows), batch_(batch), unwritten_(unwritten) {}
+      : db_(db),
+        dir_(dir),
+        families_(families),
+        rows_(rows),
+        batch_(batch),
+        unwritten_(unwritten) {}
 
   Status Get(std::string_view family, std::string_view key, std::string* value) const override {
     rocksdb::ColumnFamilyHandle* cf = nullptr;
@@ -408,7 +431,7 @@ class GroupState final : public StateReader, public RowWriter {
       case GroupRows::Found::kAbsent:
         break;
     }
-    return FromRocks(db_->Get(rocksdb::ReadOptions(), cf, ToSlice(key), value));
+    return ReadFailure(db_->Get(rocksdb::ReadOptions(), cf, ToSlice(key), value), dir_);
   }
 
   Status Scan(std::string_view family, std::string_view prefix,
@@ -438,7 +461,7 @@ class GroupState final : public StateReader, public RowWriter {
         it->Next();
       }
     }
-    return FromRocks(it->status());
+    return ReadFailure(it->status(), dir_);
   }
 
   // The group's rows first, then one MultiGet for the rest: blooms, memtable and table files are
@@ -470,7 +493,7 @@ class GroupState final : public StateReader, public RowWriter {
     db_->MultiGet(rocksdb::ReadOptions(), cf, ask.size(), slices.data(), values.data(),
                   statuses.data(), /*sorted_input=*/false);
     for (size_t j = 0; j < ask.size(); ++j) {
-      if (!statuses[j].ok() && !statuses[j].IsNotFound()) return FromRocks(statuses[j]);
+      if (!statuses[j].ok() && !statuses[j].IsNotFound()) return ReadFailure(statuses[j], dir_);
       (*found)[ask[j]] = statuses[j].ok();
     }
     return Status::OK();
@@ -561,6 +584,7 @@ class GroupState final : public StateReader, public RowWriter {
   }
 
   rocksdb::DB* db_;
+  std::string_view dir_;
   const FamilyMap* families_;
   GroupRows* rows_;
   rocksdb::WriteBatch* batch_;
@@ -596,16 +620,21 @@ SharedSnapshot MakeSharedSnapshot(rocksdb::DB* db) {
 
 class SnapshotView final : public ReadView {
  public:
-  SnapshotView(rocksdb::DB* db, const FamilyMap* families, Position position,
-               SharedSnapshot snapshot)
-      : db_(db), families_(families), position_(position), snapshot_(std::move(snapshot)) {}
+  // `dir`: the data directory.
+  SnapshotView(rocksdb::DB* db, std::string_view dir, const FamilyMap* families,
+               Position position, SharedSnapshot snapshot)
+      : db_(db),
+        dir_(dir),
+        families_(families),
+        position_(position),
+        snapshot_(std::move(snapshot)) {}
 
   Position position() const override { return position_; }
 
   Status Get(std::string_view family, std::string_view key, std::string* value) const override {
     rocksdb::ColumnFamilyHandle* cf = nullptr;
     LEDGER_RETURN_IF_ERROR(LookupFamily(*families_, family, &cf));
-    return FromRocks(db_->Get(Options(), cf, ToSlice(key), value));
+    return ReadFailure(db_->Get(Options(), cf, ToSlice(key), value), dir_);
   }
 
   Status Scan(std::string_view family, std::string_view prefix,
@@ -618,7 +647,7 @@ class SnapshotView final : public ReadView {
     rocksdb::ColumnFamilyHandle* cf = nullptr;
     LEDGER_RETURN_IF_ERROR(LookupFamily(*families_, family, &cf));
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(Options(), cf));
-    return ScanFamily(it.get(), prefix, start, fn);
+    return ScanFamily(it.get(), prefix, start, fn, dir_);
   }
 
  private:
@@ -629,6 +658,7 @@ class SnapshotView final : public ReadView {
   }
 
   rocksdb::DB* db_;
+  std::string_view dir_;
   const FamilyMap* families_;
   Position position_;
   SharedSnapshot snapshot_;
@@ -1408,7 +1438,7 @@ Status LedgerImpl::CatchUpFolds() {
     GroupRows rows;
     rocksdb::WriteBatch batch;
     const std::vector<const GroupRows*> none;
-    GroupState state(db_, &families_, &rows, &batch, &none);
+    GroupState state(db_, options_.path, &families_, &rows, &batch, &none);
     Status apply_status;
     Position last = from;
     LEDGER_RETURN_IF_ERROR(ScanRaw(next, head_, [&](Position p, std::string_view stored) {
@@ -2038,7 +2068,7 @@ void LedgerImpl::DecideGroup(GroupCommit* commit,
     decided->rows.Clear();
     decided->batch.Clear();
   }
-  GroupState state(db_, &families_, &decided->rows, &decided->batch, &unwritten);
+  GroupState state(db_, options_.path, &families_, &decided->rows, &decided->batch, &unwritten);
   // Event time never goes backwards in the log, whatever the wall clock does.
   const int64_t now_us = std::max(options_.clock->NowMicros(), last_time_us_);
 
@@ -2162,7 +2192,7 @@ std::unique_ptr<ReadView> LedgerImpl::Snapshot() const {
   if (db_->Get(read_options, Family(kMetaFamily), kHeadKey, &value).ok()) {
     DecodeHead(value, &position, &hash);
   }
-  return std::make_unique<SnapshotView>(db_, &families_, position, std::move(snapshot));
+  return std::make_unique<SnapshotView>(db_, options_.path, &families_, position, std::move(snapshot));
 }
 
 Status LedgerImpl::ReadEvents(Position after, size_t limit, const EventFilter& filter,
@@ -2314,17 +2344,11 @@ Status LedgerImpl::ScanRaw(Position from, Position to,
 // index rows). Other failures (an I/O error opening a table file) keep their words, without the
 // directory either.
 Status LedgerImpl::EventReadFailure(const rocksdb::Status& s, Position after) const {
-  if (s.ok()) return Status::OK();
-  std::string reason = s.ToString();
-  const std::string dir = options_.path + "/";
-  for (size_t at = reason.find(dir); at != std::string::npos; at = reason.find(dir, at)) {
-    reason.erase(at, dir.size());
-  }
-  if (s.IsNotFound()) return Status::NotFound(reason);
-  if (!s.IsCorruption()) return Status::IOError(reason);
+  Status failure = ReadFailure(s, options_.path);
+  if (!failure.IsCorruption()) return failure;
   return Status::Corruption("a table block read past position " + std::to_string(after.value()) +
                             " is damaged (`ledgerctl verify` names the first damaged event): " +
-                            reason);
+                            failure.message());
 }
 
 Status LedgerImpl::GetCheckpoint(std::string_view name, Position* out) const {
@@ -2335,7 +2359,7 @@ Status LedgerImpl::GetCheckpoint(std::string_view name, Position* out) const {
     *out = Position(0);
     return Status::OK();
   }
-  LEDGER_RETURN_IF_ERROR(FromRocks(s));
+  LEDGER_RETURN_IF_ERROR(ReadFailure(s, options_.path));
   if (value.size() != 8) return Status::Corruption("malformed checkpoint");
   *out = Position(DecodeFixed64BE(value.data()));
   return Status::OK();

@@ -15,6 +15,7 @@
 #include "tests/support/schema_check.h"
 #include "tests/support/test_ledger.h"
 #include "tests/support/tokens.h"
+#include "tests/tools/tools_test_util.h"
 
 namespace ledger::http {
 namespace {
@@ -126,6 +127,27 @@ TEST_F(PlansRoutesTest, GetOnePlan) {
   ExpectProblem(missing, 404, "not_found");
   EXPECT_EQ(missing.Header("X-Ledger-Position"), "4");
   ExpectProblem(Anonymous().Get(std::string(kPlans) + "/%FF%FE"), 404, "not_found");
+}
+
+// A flipped byte in the plans family's table file: the public list answered 500 with RocksDB's
+// words, "Corruption: block checksum mismatch: ... in /var/lib/ledgerd/000045.sst offset ...".
+// It is still a 500, and its body names no directory.
+TEST_F(PlansRoutesTest, ADamagedPlansTableIsNotNamedWithThePath) {
+  ASSERT_TRUE(ledger_->Flush().ok());
+  stack_.Stop();
+  ledger_.reset();
+  ASSERT_FALSE(ledger::testing::FlipByteInFamilyTable(dir_.path(), "plans", 2).empty());
+  LedgerOptions options;
+  options.path = dir_.path();
+  options.folds = projections::AllFolds();
+  ASSERT_TRUE(Ledger::Open(options, &ledger_).ok());
+  StartServer(nullptr);
+
+  for (const std::string& path : {std::string(kPlans), std::string(kPlans) + "/starter"}) {
+    HttpReply r = Anonymous().Get(path);
+    ExpectProblem(r, 500, "corruption");
+    EXPECT_EQ(r.body.find(dir_.path()), std::string::npos) << r.body;
+  }
 }
 
 TEST_F(PlansRoutesTest, ServiceCatalogIsPublic) {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <rocksdb/db.h>
+#include <rocksdb/sst_file_reader.h>
 
 #include "events/coding.h"
 #include "events/event.h"
@@ -153,6 +154,33 @@ inline std::string FlipByteInFile(const std::string& dir, const std::string& ext
   file.write(&c, 1);
   file.close();
   return std::filesystem::path(found_file).filename().string();
+}
+
+// Flips one bit of the byte at `offset` of the one table file of column family `family` in `dir`
+// (offset 0 is in the file's first data block). Returns the file name (empty when the family has
+// no table file or more than one).
+inline std::string FlipByteInFamilyTable(const std::string& dir, const std::string& family,
+                                         size_t offset) {
+  std::vector<std::filesystem::path> files;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    if (entry.path().extension() != ".sst") continue;
+    rocksdb::SstFileReader reader{rocksdb::Options()};
+    if (!reader.Open(entry.path().string()).ok()) continue;
+    if (reader.GetTableProperties()->column_family_name == family) files.push_back(entry.path());
+  }
+  if (files.size() != 1) {
+    ADD_FAILURE() << family << " has " << files.size() << " table files";
+    return {};
+  }
+  std::fstream file(files[0], std::ios::binary | std::ios::in | std::ios::out);
+  file.seekg(static_cast<std::streamoff>(offset));
+  char c = 0;
+  file.read(&c, 1);
+  c = static_cast<char>(c ^ 0x01);
+  file.seekp(static_cast<std::streamoff>(offset));
+  file.write(&c, 1);
+  file.close();
+  return files[0].filename().string();
 }
 
 struct ProcessResult {
