@@ -2367,6 +2367,13 @@ Status LedgerImpl::GetCheckpoint(std::string_view name, Position* out) const {
 
 Status LedgerImpl::PutCheckpoint(std::string_view name, Position position, bool sync) {
   if (options_.read_only) return Status::Unavailable("read_only", "the ledger is read-only");
+  // After a failed write or sync nothing more goes into the WAL (SyncLoop): a checkpoint synced
+  // behind the records the failed sync lost would make them a hole the next open refuses. Refused
+  // here: RocksDB refuses writes only while its background error lasts (its own recovery from
+  // some I/O errors clears it; the ledger stays degraded until it is reopened).
+  if (degraded_.load()) {
+    return Status::Unavailable("storage_degraded", "storage failed; the ledger is read-only");
+  }
   std::string value;
   PutFixed64BE(&value, position.value());
   rocksdb::WriteOptions write_options;

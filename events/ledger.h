@@ -299,7 +299,9 @@ class Ledger {
   // log has no event there or its record is too short to hold one.
   virtual Status StoredHashAt(Position at, Hash* out) const = 0;
 
-  // Named consumer checkpoints ("last applied position"), e.g. "outbox.kafka".
+  // Named consumer checkpoints ("last applied position"), e.g. "outbox.kafka". PutCheckpoint
+  // writes nothing on a read-only or degraded ledger (Unavailable "read_only" or
+  // "storage_degraded").
   virtual Status GetCheckpoint(std::string_view name, Position* out) const = 0;
   virtual Status PutCheckpoint(std::string_view name, Position position, bool sync) = 0;
   // The Fold::Version() that wrote the rows of fold `fold` (recorded beside its checkpoint once

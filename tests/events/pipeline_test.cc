@@ -168,6 +168,31 @@ TEST_F(HeldSyncTest, NoGroupIsWrittenAfterAFailedSync) {
   EXPECT_EQ(fault_.fs()->appends(), appends) << "a group was written after the failed sync";
 }
 
+// The same for a checkpoint (LogConsumerCore::Persist, the outbox's and the Lago sink's Stop write
+// theirs with sync after a failed sync too): once the failed sync has degraded the ledger, no
+// checkpoint is appended to the WAL -- not even when the disk syncs again, which would make it
+// durable behind the records the failed sync lost. The ledger refuses it itself, as it refuses
+// commands ("storage_degraded"); only RocksDB's background error refused it ("storage_error"),
+// and RocksDB clears that error by itself after some I/O errors.
+TEST_F(HeldSyncTest, NoCheckpointIsWrittenAfterAFailedSync) {
+  AppendCommand second("second");
+  SubmitWithSyncHeld(&second);
+  fault_.fs()->SetFailSyncs(true);
+  fault_.fs()->ReleaseSyncs();
+  ASSERT_TRUE(WaitAnswered());
+  ASSERT_TRUE(ledger_->Degraded());
+  fault_.fs()->SetFailSyncs(false);
+  const uint64_t appends = fault_.fs()->appends();
+  for (bool sync : {true, false}) {
+    Status s = ledger_->PutCheckpoint("consumer", Position(1), sync);
+    EXPECT_EQ(s.problem(), "storage_degraded") << s.ToString();
+  }
+  EXPECT_EQ(fault_.fs()->appends(), appends) << "a checkpoint was written after the failed sync";
+  Position checkpoint;
+  ASSERT_TRUE(ledger_->GetCheckpoint("consumer", &checkpoint).ok());
+  EXPECT_EQ(checkpoint, Position(0));
+}
+
 // 64 logical callers on no thread of their own: each submits its next command from the
 // completion of the previous one. Every command is answered exactly once, successfully, at a
 // position of its own, and each caller's positions increase.
