@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <random>
+#include <string>
 #include <utility>
 
 namespace ledger::testing {
@@ -134,8 +136,9 @@ class FaultDirectory final : public rocksdb::FSDirectoryWrapper {
 }  // namespace
 
 std::string FaultFs::DropReport::ToString() const {
-  return "truncated " + std::to_string(files_truncated) + " files (" +
-         std::to_string(bytes_dropped) + " bytes), deleted " + std::to_string(files_deleted) +
+  return "truncated " + std::to_string(files_truncated) + " files and zero-filled " +
+         std::to_string(files_zero_filled) + " (" + std::to_string(bytes_dropped) +
+         " bytes), deleted " + std::to_string(files_deleted) +
          " unsynced new files, undid " + std::to_string(renames_undone) + " renames";
 }
 
@@ -465,13 +468,26 @@ IOStatus FaultFs::DropUnsyncedData(DropMode mode, uint64_t seed, DropReport* rep
     if (mode == DropMode::kKeepRandomPrefix && on_disk > keep) {
       keep += random() % (on_disk - keep + 1);
     }
+    if (mode == DropMode::kZeroFillTail && on_disk - keep > kZeroTailBytesMin) {
+      keep += random() % (on_disk - keep - kZeroTailBytesMin + 1);
+    }
     if (keep == on_disk) continue;
+    report->bytes_dropped += on_disk - keep;
+    if (mode == DropMode::kZeroFillTail) {
+      std::fstream file(name, std::ios::binary | std::ios::in | std::ios::out);
+      file.seekp(static_cast<std::streamoff>(keep));
+      const std::string zeros(on_disk - keep, '\0');
+      file.write(zeros.data(), static_cast<std::streamsize>(zeros.size()));
+      file.close();
+      if (!file) return IOStatus::IOError("fault_fs: cannot zero-fill " + name);
+      report->files_zero_filled++;
+      continue;
+    }
     // The default (POSIX) file system does not implement FileSystem::Truncate.
     std::error_code ec;
     std::filesystem::resize_file(name, keep, ec);
     if (ec) return IOStatus::IOError("fault_fs: truncate " + name + ": " + ec.message());
     report->files_truncated++;
-    report->bytes_dropped += on_disk - keep;
   }
   files_.clear();
   return IOStatus::OK();

@@ -8,7 +8,9 @@
 // system on a real disk may produce):
 //   - File data: only the bytes covered by the last successful Sync()/Fsync() of that file. Data
 //     appended after it is dropped (DropMode::kDropAll) or a random prefix of it survives
-//     (DropMode::kKeepRandomPrefix: a torn write). RangeSync() (sync_file_range) is NOT counted as
+//     (DropMode::kKeepRandomPrefix: a torn write), or a random prefix survives and the rest of the
+//     file reads back as zeros (DropMode::kZeroFillTail: its size reached the disk and its data
+//     did not, as ext4 shows unwritten space). RangeSync() (sync_file_range) is NOT counted as
 //     durable: it only starts write-back and persists no metadata, see sync_file_range(2).
 //   - Directory entries: a file created (NewWritableFile of a new name) or renamed into a directory
 //     after that directory's last successful Fsync() disappears; the rename is undone (the source
@@ -60,10 +62,17 @@ class FaultFs final : public rocksdb::FileSystemWrapper {
   enum class DropMode {
     kDropAll,           // every unsynced byte is lost
     kKeepRandomPrefix,  // a random prefix of each file's unsynced tail survives (torn writes)
+    // A random prefix of each file's unsynced tail survives and the rest of it is zero bytes (the
+    // file keeps its size): at least kZeroTailBytesMin of them, or the whole tail when it is
+    // shorter. Why the least: a torn WAL record ending in fewer zero bytes cannot be told from a
+    // damaged one (events/wal_log.h RepairTornWalTail), and the ledger refuses such a store.
+    kZeroFillTail,
   };
+  static constexpr uint64_t kZeroTailBytesMin = 32;
 
   struct DropReport {
     size_t files_truncated = 0;
+    size_t files_zero_filled = 0;  // kZeroFillTail
     uint64_t bytes_dropped = 0;
     size_t files_deleted = 0;  // created, but their directory was never synced
     size_t renames_undone = 0;
@@ -84,7 +93,7 @@ class FaultFs final : public rocksdb::FileSystemWrapper {
   bool powered() const { return powered_.load(); }
   // Requires CutPower() and every file closed. Rewrites the files on disk to what survived the
   // power loss and forgets all tracking (what is left is durable). The power stays off: use a new
-  // FaultFs (or the real file system) for the next open. `seed` drives kKeepRandomPrefix.
+  // FaultFs (or the real file system) for the next open. `seed` drives the random prefixes.
   rocksdb::IOStatus DropUnsyncedData(DropMode mode, uint64_t seed, DropReport* report);
 
   // --- Error injection --------------------------------------------------------------------------
