@@ -4,6 +4,7 @@
 
 #include "http/limits.h"
 #include "http/routes.h"
+#include "tests/support/fault_fs.h"
 #include "tests/support/http_client.h"
 #include "tests/support/http_stack.h"
 #include "tests/support/test_ledger.h"
@@ -60,6 +61,7 @@ class LedgerRoutesTest : public ::testing::Test {
 
   TempDir dir_;
   ManualClock clock_{kNowS * 1000000};
+  testing::FaultEnv fault_;  // for a ledger reopened on it; outlives ledger_
   std::unique_ptr<Ledger> ledger_;
   AppContext context_;
   TestHttpStack stack_;
@@ -259,6 +261,35 @@ TEST_F(LedgerRoutesTest, LivezAndReadyz) {
   EXPECT_STREQ(doc["outbox"]["state"].GetString(), "disabled");
   EXPECT_EQ(doc["outbox"]["lag"].GetUint64(), 0u);
   EXPECT_EQ(r.Header("X-Ledger-Position"), "2");
+}
+
+// After a failed fsync the store stays degraded until a restart (README "Storage failures"):
+// /readyz answers 503 with storage.state "degraded", /livez still 200, and reads are served.
+TEST_F(LedgerRoutesTest, ADegradedStoreIsLiveButNotReady) {
+  Append("alice", 2);
+  ledger_.reset();
+  LedgerOptions options;
+  options.path = dir_.Sub("db");
+  options.clock = &clock_;
+  options.env = fault_.env();
+  ASSERT_TRUE(Ledger::Open(options, &ledger_).ok());
+  context_.ledger = ledger_.get();
+  fault_.fs()->SetFailSyncs(true);
+  AppendCommand command("bob", 1);
+  EXPECT_EQ(ledger_->Submit(&command).status.problem(), "storage_degraded");
+  fault_.fs()->SetFailSyncs(false);
+  StartServer();
+  TestHttpClient anonymous("127.0.0.1", stack_.port());
+  EXPECT_EQ(anonymous.Get("/livez").status, 200);
+  HttpReply r = anonymous.Get("/readyz");
+  EXPECT_EQ(r.status, 503) << r.body;
+  auto doc = r.Json();
+  EXPECT_STREQ(doc["status"].GetString(), "not_ready");
+  EXPECT_STREQ(doc["storage"]["state"].GetString(), "degraded");
+  EXPECT_EQ(doc["storage"]["head_position"].GetUint64(), 2u);
+  r = admin_->Get("/api/v1/events");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(Positions(r), (std::vector<uint64_t>{1, 2}));
 }
 
 TEST_F(LedgerRoutesTest, ReadyzReportsTheOutboxAndAMissingStore) {
