@@ -1981,7 +1981,9 @@ Status ConsumeUsage::Decide(const DecideContext& context, Decision* decision) {
 
 // The quota now, not the first answer's: its "remaining" next to the time left in the window
 // current now told neither (a stale count, or a used-up old window's 0 with a new window's reset).
-// A read error leaves the headers off: the replay itself stands.
+// None when a consume would now be 402 -- also for calls used up for good (CallsUsedUpReason: a
+// trial's 700, its last day's, a window cut by a scheduled end), which told "Remaining: 0" and a
+// Reset where the answer is 402. A read error leaves the headers off: the replay itself stands.
 void ConsumeUsage::Replayed(const DecideContext& context) {
   outcome_ = ConsumeOutcome();
   outcome_.replayed = true;
@@ -1991,7 +1993,7 @@ void ConsumeUsage::Replayed(const DecideContext& context) {
   CurrentUsage current;
   if (!LoadMeteringSubject(*context.state, request_.user_id, cache_, now_s, &subject).ok() ||
       !GetCurrentUsage(*context.state, *subject, request_.user_id, now_s, &current).ok() ||
-      !current.has_plan || !current.error.ok()) {
+      !current.has_plan || !current.error.ok() || !CallsUsedUpReason(current).empty()) {
     return;
   }
   outcome_.window = current.terms.window;

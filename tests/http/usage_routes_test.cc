@@ -359,6 +359,44 @@ TEST_F(UsageRoutesTest, AReplayedConsumeTellsTheQuotaOfTheWindowNow) {
   EXPECT_FALSE(gone.HasHeader("X-RateLimit-Remaining"));
 }
 
+// Nor when a consume would now be 402 for calls used up for good (CallsUsedUpReason): the quota
+// used up in a window a scheduled end cuts, a trial's 700 used up. The replays said
+// "Remaining: 0" with a Reset to the window's end (midnight for the trial) -- where the answer
+// is 402, not a fresh quota.
+TEST_F(UsageRoutesTest, AReplayedConsumeTellsNoQuotaWhenTheCallsAreUsedUpForGood) {
+  ledger::testing::TestSubscription ending = OnPlan("u1", "tiny");
+  ending.cancel_at = kStripeT0 + 10 * kDay;  // inside the month: the window ends there
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), ending).ok());
+  HttpReply first = Consume("u1", "chat", "all", 10);
+  ASSERT_EQ(first.status, 200) << first.body;
+  ExpectProblem(Consume("u1", "chat", "more"), 402, "subscription_required");
+  HttpReply again = Consume("u1", "chat", "all", 10);
+  ASSERT_EQ(again.status, 200) << again.body;
+  EXPECT_EQ(again.Header("Idempotent-Replayed"), "true");
+  EXPECT_EQ(again.body, first.body);
+  EXPECT_FALSE(again.HasHeader("X-RateLimit-Limit"));
+  EXPECT_FALSE(again.HasHeader("X-RateLimit-Remaining"));
+  EXPECT_FALSE(again.HasHeader("X-RateLimit-Reset"));
+
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("t1", "trial", "trialing"))
+                  .ok());
+  const int64_t first_midnight = pj::UtcDayStart(kStripeT0) + kDay;
+  for (int day = 0; day < 7; ++day) {
+    if (day > 0) clock_.Set((first_midnight + (day - 1) * kDay) * kUs);
+    ASSERT_EQ(Consume("t1", "chat", "d" + std::to_string(day), 100).status, 200) << day;
+  }
+  ASSERT_LT(pj::UtcDayStart(NowSeconds()) + kDay, kStripeT0 + 7 * kDay);  // not the last day
+  ExpectProblem(Consume("t1", "chat", "over"), 402, "trial_exhausted");
+  for (const char* key : {"d0", "d6"}) {
+    again = Consume("t1", "chat", key, 100);
+    ASSERT_EQ(again.status, 200) << again.body;
+    EXPECT_EQ(again.Header("Idempotent-Replayed"), "true") << key;
+    EXPECT_FALSE(again.HasHeader("X-RateLimit-Limit")) << key;
+    EXPECT_FALSE(again.HasHeader("X-RateLimit-Remaining")) << key;
+    EXPECT_FALSE(again.HasHeader("X-RateLimit-Reset")) << key;
+  }
+}
+
 TEST_F(UsageRoutesTest, BatchIngestReportsEachItem) {
   ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
   ASSERT_EQ(Consume("u1", "chat", "c1").status, 200);
