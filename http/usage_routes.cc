@@ -24,7 +24,7 @@
 // Rate-limit headers on 200 and 429 when the window has a limit: X-RateLimit-Limit (calls per
 // window), X-RateLimit-Remaining, X-RateLimit-Reset (seconds until the window ends, like
 // Retry-After; GitHub's variant uses epoch seconds, the IETF draft uses delta seconds, as here;
-// earlier while calls carried from a restarted period count: until they stop counting).
+// earlier while calls carried from a restarted period count: until enough of them stop counting).
 // A replay's headers are the user's quota now (the window current now, as the summary shows it;
 // none when a consume would now be a 402), not the first answer's figures.
 // The 429 problem also carries "used", "limit", "remaining", "window_start", "window_end",

@@ -742,15 +742,18 @@ Status UsageStatsJson(const StateReader& state, int64_t now_s, int64_t from_s, i
     if (!inner.ok()) return false;
     // What a restarted period carried into the window was counted in the window that used it
     // (UsageCounter::carried): counted again, a cycle switch doubled the user's calls.
-    const int64_t used = counter.used - counter.carried;
+    const int64_t used = counter.used - counter.CarriedCalls();
     ++windows;
     calls += used;
     recorded += counter.recorded;
     resets += counter.resets;
     for (const auto& [service, count] : counter.services) {
-      auto carried = counter.carried_services.find(service);
-      by_service[service] +=
-          count - (carried == counter.carried_services.end() ? 0 : carried->second);
+      int64_t carried = 0;
+      for (const UsageCarry& part : counter.carried) {
+        auto it = part.services.find(service);
+        if (it != part.services.end()) carried += it->second;
+      }
+      by_service[service] += count - carried;
     }
     per_user[std::string(user)] += used;
     auto it = plan_of.find(std::string(user));

@@ -24,11 +24,13 @@ constexpr char kCounterPrefix[] = "c/";
 constexpr char kTimeIndexPrefix[] = "t/";
 constexpr char kDedupePrefix[] = "k/";
 constexpr char kEpochKey[] = "e";
-// 3: 2 and what a restarted period carried in (written only when it carried something, so a
-// window that never restarted keeps its bytes); 2: thresholds announced per limit (a list);
-// 1: for the last limit only (read, never written).
-constexpr uint8_t kCounterFormatVersionCarriedUntil = 4;  // the carry and when it ends
-constexpr uint8_t kCounterFormatVersionCarried = 3;       // the carry without its end
+// 5: 2 and what a restarted period carried in, one part per window that used the calls, each
+// with its end (written only when it carried something, so a window that never restarted keeps
+// its bytes); 4: one carry and its end, 3: one carry without an end (both read, never written);
+// 2: thresholds announced per limit (a list); 1: for the last limit only (read, never written).
+constexpr uint8_t kCounterFormatVersionCarries = 5;       // the carry's parts, each with its end
+constexpr uint8_t kCounterFormatVersionCarriedUntil = 4;  // one carry and when it ends
+constexpr uint8_t kCounterFormatVersionCarried = 3;       // one carry without its end
 constexpr uint8_t kCounterFormatVersion = 2;
 constexpr uint8_t kCounterFormatVersionOneLimit = 1;
 constexpr int64_t kMicrosPerSecond = 1'000'000;
@@ -290,15 +292,42 @@ Status ReadCounter(const StateReader& state, std::string_view user_id, int64_t w
 bool CounterKeyStart(std::string_view key, size_t prefix_size, int64_t* start_s);
 
 // What a restarted period carries into a fresh window: `from`'s used, per-service counts and
-// announced thresholds, counted until `from`'s window ends. (A window that still counts calls
-// carried from an earlier one passes them on whole, until its own end: never a fresh quota.)
+// announced thresholds (`from` as it counts at the event's time: EndCarryAt), each call until it
+// would have stopped counting without the restart: the calls `from` carried until their own
+// ends, the calls it used itself until `from`'s window ends. (Passed on whole until `from`'s end,
+// the calls `from` carried would count for the whole middle window after a second restart: tiny
+// with 10 used, upgraded two days before the month's end, 5 used, restarted again a day later --
+// the 10 a month past the end of the month that used them.) A part of `from` with no end (a row
+// written before carries ended) ends with `from`'s own calls.
 void CarryInto(const UsageCounter& from, UsageCounter* out) {
   out->used = from.used;
   out->services = from.services;
   out->announced = from.announced;
-  out->carried = from.used;
-  out->carried_services = from.services;
-  out->carried_until_s = from.window_end_s;
+  out->carried.clear();
+  UsageCarry own;
+  own.calls = from.used;
+  own.services = from.services;
+  own.until_s = from.window_end_s;
+  for (const UsageCarry& part : from.carried) {
+    if (part.until_s <= 0) continue;
+    own.calls -= part.calls;
+    for (const auto& [service, count] : part.services) {
+      auto it = own.services.find(service);
+      if (it == own.services.end()) continue;
+      it->second -= count;
+      if (it->second <= 0) own.services.erase(it);
+    }
+    out->carried.push_back(part);
+  }
+  own.calls = std::max<int64_t>(0, own.calls);
+  if (own.calls == 0 && own.services.empty()) return;
+  for (UsageCarry& part : out->carried) {
+    if (part.until_s != own.until_s) continue;
+    part.calls += own.calls;
+    for (const auto& [service, count] : own.services) part.services[service] += count;
+    return;
+  }
+  out->carried.push_back(std::move(own));
 }
 
 // A fresh billing month's carry (usage.h, "Period restarts"): when `window` begins before the
@@ -385,13 +414,21 @@ Status LoadCounter(const StateReader& state, std::string_view user_id, const Usa
 }
 
 // When `quantity` calls that the window's `limit` refuses at `used` are taken at the earliest:
-// the end of the window the carried calls came from, when they stop counting then and that
-// leaves room, else the window's end.
+// the first end of a carried part (the end of the window that used those calls) at which the
+// parts that stopped counting by then leave room, else the window's end.
 int64_t QuotaFreesAt(const UsageCounter& counter, const UsageWindow& window, int64_t limit,
                      int64_t used, int64_t quantity) {
-  if (counter.carried > 0 && counter.carried_until_s < window.end_s &&
-      used - counter.carried + quantity <= limit) {
-    return counter.carried_until_s;
+  std::vector<std::pair<int64_t, int64_t>> ends;  // (until_s, calls) ending within the window
+  for (const UsageCarry& part : counter.carried) {
+    if (part.until_s > 0 && part.until_s < window.end_s) {
+      ends.emplace_back(part.until_s, part.calls);
+    }
+  }
+  std::sort(ends.begin(), ends.end());
+  int64_t freed = 0;
+  for (const auto& [until_s, calls] : ends) {
+    freed += calls;
+    if (used - freed + quantity <= limit) return until_s;
   }
   return window.end_s;
 }
@@ -901,9 +938,7 @@ Status ApplyReset(const rapidjson::Value& data, const StateReader& state, RowWri
   counter.used = 0;
   counter.services.clear();
   counter.announced.clear();
-  counter.carried = 0;
-  counter.carried_services.clear();
-  counter.carried_until_s = 0;
+  counter.carried.clear();
   counter.resets += 1;
   return StoreCounter(w.user_id, w.window, stored, counter, rows);
 }
@@ -1441,21 +1476,29 @@ void UsageCounter::Announce(int64_t for_limit, uint8_t bits) {
   if (announced.size() > kUsageAnnouncedLimitsMax) announced.erase(announced.begin());
 }
 
+int64_t UsageCounter::CarriedCalls() const {
+  int64_t calls = 0;
+  for (const UsageCarry& part : carried) calls += part.calls;
+  return calls;
+}
+
 void UsageCounter::EndCarryAt(int64_t at_s) {
-  if ((carried == 0 && carried_services.empty()) || carried_until_s <= 0 ||
-      at_s < carried_until_s) {
-    return;
+  const size_t parts = carried.size();
+  for (auto part = carried.begin(); part != carried.end();) {
+    if (part->until_s <= 0 || at_s < part->until_s) {
+      ++part;
+      continue;
+    }
+    used = std::max<int64_t>(0, used - part->calls);
+    for (const auto& [service, count] : part->services) {
+      auto it = services.find(service);
+      if (it == services.end()) continue;
+      it->second -= count;
+      if (it->second <= 0) services.erase(it);
+    }
+    part = carried.erase(part);
   }
-  used = std::max<int64_t>(0, used - carried);
-  for (const auto& [service, count] : carried_services) {
-    auto it = services.find(service);
-    if (it == services.end()) continue;
-    it->second -= count;
-    if (it->second <= 0) services.erase(it);
-  }
-  carried = 0;
-  carried_services.clear();
-  carried_until_s = 0;
+  if (carried.size() == parts) return;
   // A threshold the calls left no longer reach is announced again when they reach it.
   for (auto it = announced.begin(); it != announced.end();) {
     uint8_t reached = 0;
@@ -1469,9 +1512,8 @@ void UsageCounter::EndCarryAt(int64_t at_s) {
 std::string EncodeUsageCounter(const UsageCounter& c) {
   std::string v;
   v.reserve(64 + c.announced.size() * 9 + c.services.size() * 24);
-  const bool carried = c.carried != 0 || !c.carried_services.empty();
-  v.push_back(
-      static_cast<char>(carried ? kCounterFormatVersionCarriedUntil : kCounterFormatVersion));
+  const bool carried = !c.carried.empty();
+  v.push_back(static_cast<char>(carried ? kCounterFormatVersionCarries : kCounterFormatVersion));
   PutI64(&v, c.window_end_s);
   v.push_back(static_cast<char>(c.kind));
   PutI64(&v, c.used);
@@ -1490,13 +1532,16 @@ std::string EncodeUsageCounter(const UsageCounter& c) {
     PutI64(&v, count);
   }
   if (carried) {
-    PutI64(&v, c.carried);
-    PutFixed32BE(&v, static_cast<uint32_t>(c.carried_services.size()));
-    for (const auto& [service, count] : c.carried_services) {
-      PutLengthPrefixed(&v, service);
-      PutI64(&v, count);
+    PutFixed32BE(&v, static_cast<uint32_t>(c.carried.size()));
+    for (const UsageCarry& part : c.carried) {
+      PutI64(&v, part.calls);
+      PutFixed32BE(&v, static_cast<uint32_t>(part.services.size()));
+      for (const auto& [service, count] : part.services) {
+        PutLengthPrefixed(&v, service);
+        PutI64(&v, count);
+      }
+      PutI64(&v, part.until_s);
     }
-    PutI64(&v, c.carried_until_s);
   }
   return v;
 }
@@ -1508,8 +1553,9 @@ Status DecodeUsageCounter(std::string_view in, UsageCounter* out) {
   uint8_t version = 0, kind = 0, has_limit = 0;
   int64_t limit = 0;
   if (!GetU8(&in, &version) ||
-      (version != kCounterFormatVersionCarriedUntil && version != kCounterFormatVersionCarried &&
-       version != kCounterFormatVersion && version != kCounterFormatVersionOneLimit) ||
+      (version != kCounterFormatVersionCarries && version != kCounterFormatVersionCarriedUntil &&
+       version != kCounterFormatVersionCarried && version != kCounterFormatVersion &&
+       version != kCounterFormatVersionOneLimit) ||
       !GetI64(&in, &out->window_end_s) || !GetU8(&in, &kind) ||
       kind > static_cast<uint8_t>(WindowKind::kCalendarMonth) || !GetI64(&in, &out->used) ||
       !GetU8(&in, &has_limit) || !GetI64(&in, &limit)) {
@@ -1553,13 +1599,26 @@ Status DecodeUsageCounter(std::string_view in, UsageCounter* out) {
     return true;
   };
   if (!read_services(&out->services)) return malformed();
-  const bool carried =
-      version == kCounterFormatVersionCarried || version == kCounterFormatVersionCarriedUntil;
-  if (carried && (!GetI64(&in, &out->carried) || !read_services(&out->carried_services))) {
-    return malformed();
-  }
-  if (version == kCounterFormatVersionCarriedUntil && !GetI64(&in, &out->carried_until_s)) {
-    return malformed();
+  const auto read_carry = [&](bool with_end) {
+    UsageCarry part;
+    if (!GetI64(&in, &part.calls) || !read_services(&part.services) ||
+        (with_end && !GetI64(&in, &part.until_s))) {
+      return false;
+    }
+    out->carried.push_back(std::move(part));
+    return true;
+  };
+  if (version == kCounterFormatVersionCarries) {
+    if (in.size() < 4) return malformed();
+    const uint32_t parts = DecodeFixed32BE(in.data());
+    in.remove_prefix(4);
+    if (parts == 0) return malformed();  // written only with a part
+    for (uint32_t i = 0; i < parts; ++i) {
+      if (!read_carry(true)) return malformed();
+    }
+  } else if (version == kCounterFormatVersionCarriedUntil ||
+             version == kCounterFormatVersionCarried) {
+    if (!read_carry(version == kCounterFormatVersionCarriedUntil)) return malformed();
   }
   if (!in.empty()) return Status::Corruption("malformed usage counter row");
   return Status::OK();

@@ -33,8 +33,9 @@
 // with 429 switched to monthly, then back to yearly, 10,000 calls each time. So a billing month
 // whose counter does not exist yet, and that begins before the end of the user's latest billing
 // month (by start, of any subscription or plan; its end as last recorded), starts with that
-// window's used, per-service counts and announced thresholds (UsageCounter::carried), which
-// count until that window ends -- as long as they would have counted without the restart: an
+// window's used, per-service counts and announced thresholds (UsageCounter::carried), each call
+// counting as long as it would have counted without the restart -- until the end of the window
+// that used it (the calls that window carried itself, after a second restart, until theirs): an
 // upgrade to a bigger quota keeps the calls used and raises the limit, a cycle switch keeps the
 // 429 until the old window's end (not the new window's: Professional with 10,000 used on Jan 30,
 // switched on Jan 31 to a window [Jan 31, Feb 28), was refused until Feb 28 where Feb 1 would
@@ -215,6 +216,16 @@ struct AnnouncedThresholds {
 // announced again if the window returns to it.
 inline constexpr size_t kUsageAnnouncedLimitsMax = 8;
 
+// Calls a restarted period carried into a window that one earlier window used (see
+// UsageCounter::carried), counted until `until_s`, that window's end (0: a row written before
+// carries ended keeps them).
+struct UsageCarry {
+  int64_t calls = 0;
+  std::map<std::string, int64_t, std::less<>> services;
+  int64_t until_s = 0;
+  bool operator==(const UsageCarry&) const = default;
+};
+
 struct UsageCounter {
   int64_t window_end_s = 0;
   WindowKind kind = WindowKind::kCalendarMonth;
@@ -231,13 +242,14 @@ struct UsageCounter {
   // Of `used` and `services`: what the window started with, carried from the billing month whose
   // period restarted before its end (see "Period restarts" above), counted against this window's
   // quota but not used in it (the admin statistics count those calls once, in the window that
-  // used them), until `carried_until_s`, the end of the window they came from (0: a row written
-  // before carries ended keeps them). Cleared with `used` by a reset.
-  int64_t carried = 0;
-  std::map<std::string, int64_t, std::less<>> carried_services;
-  int64_t carried_until_s = 0;
+  // used them). One part per window the calls were used in, each counted until that window's end:
+  // a second restart carries the first window's calls until the first window's end and the
+  // second's own until the second's (one part ending at the second's end would count the
+  // first's calls for a month more). Cleared with `used` by a reset.
+  std::vector<UsageCarry> carried;
+  int64_t CarriedCalls() const;  // of all parts
 
-  // At or after carried_until_s, drops the carried calls from `used` and `services` (and the
+  // Drops the parts of `carried` that end at or before `at_s` from `used` and `services` (and the
   // announcements of thresholds the calls left no longer reach, which are announced again when
   // reached). The deciders apply it at their command's time, the fold at each event's time (no
   // clock): the same instant, so they agree.
@@ -293,7 +305,7 @@ class UsageCountersFold final : public Fold {
   // restarted window of the history too, windows whose events never counted it.
   // 4: a reset of a window with no counter that counted nothing (used_before 0) writes no row;
   // version 3 wrote a zero counter and its time-index row (a window and a user in usage-stats).
-  // 5: carried calls count until the window they came from ends (UsageCounter::carried_until_s,
+  // 5: carried calls count until the window that used them ends (UsageCounter::carried,
   // EndCarryAt at each event's time); version 4 kept them for the whole restarted window.
   uint32_t Version() const override { return 5; }
   Status Apply(const Event& event, const StateReader& state, RowWriter* rows) const override;

@@ -192,18 +192,31 @@ TEST(UsageCounterTest, EncodingRoundTripsAndRejectsGarbage) {
   EXPECT_TRUE(DecodeUsageCounter(bytes.substr(0, bytes.size() - 1), &back).IsCorruption());
   EXPECT_TRUE(DecodeUsageCounter(bytes + "x", &back).IsCorruption());
   EXPECT_TRUE(DecodeUsageCounter("", &back).IsCorruption());
-  // A carry and when it ends; a row written before carries ended (format 3) has no end.
-  c.carried = 9;
-  c.carried_services = {{"chat", 9}};
-  c.carried_until_s = 777;
+  // A carry in parts, each with its end (format 5).
+  const std::string uncarried = bytes;
+  c.carried = {UsageCarry{9, {{"chat", 9}}, 777},
+               UsageCarry{3, {{"chat", 1}, {"ops-center", 2}}, 888}};
   bytes = EncodeUsageCounter(c);
+  EXPECT_EQ(bytes[0], 5);
   ASSERT_TRUE(DecodeUsageCounter(bytes, &back).ok());
   EXPECT_EQ(back, c);
   EXPECT_TRUE(DecodeUsageCounter(bytes.substr(0, bytes.size() - 1), &back).IsCorruption());
-  std::string format3 = bytes.substr(0, bytes.size() - 8);
+  EXPECT_TRUE(DecodeUsageCounter(bytes + "x", &back).IsCorruption());
+  std::string no_parts = uncarried + std::string(4, '\0');
+  no_parts[0] = 5;
+  EXPECT_TRUE(DecodeUsageCounter(no_parts, &back).IsCorruption());
+  // One carry with its end (format 4: no part count), or without it (format 3): one part.
+  c.carried.resize(1);
+  bytes = EncodeUsageCounter(c);
+  std::string format4 = uncarried + bytes.substr(uncarried.size() + 4);
+  format4[0] = 4;
+  ASSERT_TRUE(DecodeUsageCounter(format4, &back).ok());
+  EXPECT_EQ(back, c);
+  EXPECT_TRUE(DecodeUsageCounter(format4.substr(0, format4.size() - 1), &back).IsCorruption());
+  std::string format3 = format4.substr(0, format4.size() - 8);
   format3[0] = 3;
   ASSERT_TRUE(DecodeUsageCounter(format3, &back).ok());
-  c.carried_until_s = 0;
+  c.carried[0].until_s = 0;
   EXPECT_EQ(back, c);
 }
 
@@ -425,7 +438,7 @@ TEST(UsageFoldTest, ARestartedWindowWithoutACarryDecisionFoldsAsItWasRecorded) {
     ASSERT_TRUE(GetUsageCounter(state, "u", At("2026-01-10T00:00:00Z"),
                                 WindowKind::kBillingMonth, &c).ok());
     EXPECT_EQ(c.used, 9500);  // the events' used_after, not 10,500
-    EXPECT_EQ(c.carried, 0);
+    EXPECT_EQ(c.CarriedCalls(), 0);
     EXPECT_EQ(c.services.at("chat"), 9500);
   }
 }
@@ -459,7 +472,7 @@ TEST(UsageFoldTest, ARecordedCarryIsFoldedFromTheWindowItNames) {
     ASSERT_TRUE(GetUsageCounter(state, "u", At("2026-01-10T00:00:00Z"),
                                 WindowKind::kBillingMonth, &c).ok());
     EXPECT_EQ(c.used, 1500);
-    EXPECT_EQ(c.carried, 1000);
+    EXPECT_EQ(c.CarriedCalls(), 1000);
     EXPECT_EQ(c.services, (std::map<std::string, int64_t, std::less<>>{{"chat", 1000},
                                                                        {"search", 500}}));
 
@@ -943,7 +956,7 @@ TEST_F(UsageDeciderTest, APeriodRestartedBeforeItsEndKeepsTheCallsUsed) {
   rapidjson::Document body;
   ASSERT_TRUE(Consume("u1", "chat", Key(), monthly_end + 10, 1, &body).ok());
   EXPECT_EQ(body["used"].GetInt64(), 1);
-  EXPECT_EQ(Counter("u1", monthly_end).carried, 0);
+  EXPECT_EQ(Counter("u1", monthly_end).CarriedCalls(), 0);
 }
 
 // The carry is the decider's, recorded in the event that opens the window (carry_from: the
@@ -970,7 +983,7 @@ TEST_F(UsageDeciderTest, TheEventOpeningARestartedWindowRecordsTheCarry) {
   ASSERT_TRUE(Consume("u1", "chat", Key(), start + 20, 1, nullptr, &events).ok());
   data.Parse(events[0].data.c_str());
   EXPECT_FALSE(data.HasMember("carry_from")) << events[0].data;
-  EXPECT_EQ(Counter("u1", start).carried, 4);
+  EXPECT_EQ(Counter("u1", start).CarriedCalls(), 4);
 
   RecordUsageBatch batch({{"u2", "chat", 1, "b1", std::nullopt, "", ""},
                           {"u2", "chat", 1, "b2", std::nullopt, "", ""}},
@@ -989,7 +1002,7 @@ TEST_F(UsageDeciderTest, TheEventOpeningARestartedWindowRecordsTheCarry) {
   EXPECT_FALSE(items[1].HasMember("carry_from")) << applied[0].data;
   UsageCounter c = Counter("u2", start);
   EXPECT_EQ(c.used, 7);  // short of 80 %: no threshold event
-  EXPECT_EQ(c.carried, 5);
+  EXPECT_EQ(c.CarriedCalls(), 5);
 
   // A renewal at the period's end carries nothing, and says nothing.
   ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "tiny", start + 30 * kDay, start + 60 * kDay)).ok());
@@ -1033,9 +1046,10 @@ TEST_F(UsageDeciderTest, AnUpgradeThatRestartsThePeriodKeepsTheCallsAndRaisesThe
   EXPECT_EQ(Consume("u1", "chat", Key(), start + 10).problem(), "quota_exceeded");
   UsageCounter c = Counter("u1", start);
   EXPECT_EQ(c.used, 20);
-  EXPECT_EQ(c.carried, 10);
+  EXPECT_EQ(c.CarriedCalls(), 10);
   EXPECT_EQ(c.services.at("chat"), 19);
-  EXPECT_EQ(c.carried_services.at("chat"), 10);
+  ASSERT_EQ(c.carried.size(), 1u);
+  EXPECT_EQ(c.carried[0].services.at("chat"), 10);
   EXPECT_EQ(c.recorded, 10);
   EXPECT_EQ(c.AnnouncedFor(10), kThreshold80 | kThreshold100);
   EXPECT_EQ(c.AnnouncedFor(20), kThreshold80 | kThreshold100);
@@ -1056,8 +1070,8 @@ TEST_F(UsageDeciderTest, AnUpgradeThatRestartsThePeriodKeepsTheCallsAndRaisesThe
   ASSERT_TRUE(world_.Run(&reset, (start + 20) * kUs, &decision).ok());
   c = Counter("u1", start);
   EXPECT_EQ(c.used, 0);
-  EXPECT_EQ(c.carried, 0);
-  EXPECT_TRUE(c.carried_services.empty());
+  EXPECT_EQ(c.CarriedCalls(), 0);
+  EXPECT_TRUE(c.carried.empty());
   ASSERT_TRUE(Consume("u1", "chat", Key(), start + 30, 1, &body).ok());
   EXPECT_EQ(body["used"].GetInt64(), 1);
 }
@@ -1099,7 +1113,7 @@ TEST_F(UsageDeciderTest, ACarryEndsWhenTheWindowItCameFromEnds) {
   std::vector<Event> events;
   ASSERT_TRUE(Consume("u2", "chat", Key(), start + 10, 6, nullptr, &events).ok());
   EXPECT_EQ(events.size(), 2u);
-  EXPECT_EQ(Counter("u2", start).carried, 10);
+  EXPECT_EQ(Counter("u2", start).CarriedCalls(), 10);
   // 15 more fit only in a fresh window, 14 once the carried calls stop counting.
   EXPECT_EQ(Consume("u2", "chat", Key(), start + 20, 15, nullptr, nullptr, &outcome).problem(),
             "quota_exceeded");
@@ -1123,8 +1137,8 @@ TEST_F(UsageDeciderTest, ACarryEndsWhenTheWindowItCameFromEnds) {
   EXPECT_EQ(threshold["threshold_percent"].GetInt(), 80);
   UsageCounter c = Counter("u2", start);
   EXPECT_EQ(c.used, 16);
-  EXPECT_EQ(c.carried, 0);
-  EXPECT_TRUE(c.carried_services.empty());
+  EXPECT_EQ(c.CarriedCalls(), 0);
+  EXPECT_TRUE(c.carried.empty());
   EXPECT_EQ(c.services, (std::map<std::string, int64_t, std::less<>>{{"chat", 16}}));
   EXPECT_EQ(c.AnnouncedFor(20), kThreshold80);
   EXPECT_EQ(c.AnnouncedFor(10), 0);
@@ -1138,6 +1152,96 @@ TEST_F(UsageDeciderTest, ACarryEndsWhenTheWindowItCameFromEnds) {
   rapidjson::Document data;
   data.Parse(events[0].data.c_str());
   EXPECT_FALSE(data.HasMember("carry_from")) << events[0].data;
+}
+
+// A second restart carries each call until the end of the window that used it: the first
+// window's calls, which the second carried, until the first's end; the second's own until the
+// second's. (Passed on whole until the second window's end, the first's 10 counted a month longer:
+// at the first month's end a consume of 14 was 429 with a Retry-After of 27 days.) A third
+// restart keeps three such ends.
+TEST_F(UsageDeciderTest, ASecondRestartDoesNotExtendTheFirstCarry) {
+  ASSERT_TRUE(world_.AddPlan(SmallPlan("tiny20", 20)).ok());
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "tiny")).ok());  // W1 [kStripeT0, month_end)
+  const int64_t month_end = kStripeT0 + 30 * kDay;
+  ASSERT_TRUE(Consume("u1", "chat", Key(), month_end - 3 * kDay, 10).ok());
+  // Two days before the month's end, an upgrade to tiny20 yearly: W2 carries W1's 10.
+  const int64_t second = month_end - 2 * kDay;
+  const int64_t second_end = AddUtcMonths(second, 1);
+  TestSubscription upgraded = OnPlan("u1", "tiny20", second, AddUtcMonths(second, 12));
+  upgraded.interval = "year";
+  ASSERT_TRUE(world_.Subscribe(upgraded).ok());
+  ASSERT_TRUE(Consume("u1", "search", Key(), second + 10, 5).ok());  // 15 of 20
+  // A day later, canceled now and subscribed again: W3 carries W1's 10 until month_end and W2's
+  // own 5 until W2's end.
+  const int64_t third = month_end - kDay;
+  upgraded.status = "canceled";
+  upgraded.canceled_at = third;
+  upgraded.ended_at = third;
+  ASSERT_TRUE(world_.Subscribe(upgraded).ok());
+  TestSubscription again = OnPlan("u1", "tiny20", third, AddUtcMonths(third, 12));
+  again.interval = "year";
+  again.subscription_id = "sub_u1_again";
+  ASSERT_TRUE(world_.Subscribe(again).ok());
+  rapidjson::Document body;
+  ASSERT_TRUE(Consume("u1", "chat", Key(), third + 10, 1, &body).ok());  // opens W3
+  EXPECT_EQ(body["used"].GetInt64(), 16);
+  ConsumeOutcome outcome;
+  EXPECT_EQ(Consume("u1", "chat", Key(), third + 20, 5, nullptr, nullptr, &outcome).problem(),
+            "quota_exceeded");
+  EXPECT_EQ(outcome.window.start_s, third);
+  EXPECT_EQ(outcome.quota_frees_s, month_end);  // was W2's end
+  EXPECT_EQ(Consume("u1", "chat", Key(), third + 20, 15, nullptr, nullptr, &outcome).problem(),
+            "quota_exceeded");
+  EXPECT_EQ(outcome.quota_frees_s, second_end);  // W2's own 5 too
+  EXPECT_EQ(Current("u1", third + 20).quota_frees_s, month_end);
+  // The first month's end: its 10 no longer count, W2's 5 do.
+  EXPECT_EQ(Current("u1", month_end).used, 6);
+  EXPECT_EQ(Current("u1", month_end).quota_frees_s, second_end);
+  std::vector<Event> events;
+  ASSERT_TRUE(Consume("u1", "chat", Key(), month_end + 1, 14, &body, &events).ok());
+  EXPECT_EQ(body["used"].GetInt64(), 20);
+  EXPECT_EQ(events.size(), 3u);  // 80 % and 100 % of 20
+  EXPECT_EQ(Consume("u1", "chat", Key(), month_end + 2, 1, nullptr, nullptr, &outcome).problem(),
+            "quota_exceeded");
+  EXPECT_EQ(outcome.quota_frees_s, second_end);
+  // W2's end: its 5 stop counting.
+  ASSERT_TRUE(Consume("u1", "chat", Key(), second_end, 5, &body).ok());
+  EXPECT_EQ(body["used"].GetInt64(), 20);
+  UsageCounter c = Counter("u1", third);
+  EXPECT_TRUE(c.carried.empty());
+  EXPECT_EQ(c.services, (std::map<std::string, int64_t, std::less<>>{{"chat", 20}}));
+
+  // Three restarts within the first month: three parts, each ending with its window.
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u2", "tiny20")).ok());  // [kStripeT0, month_end)
+  ASSERT_TRUE(Consume("u2", "chat", Key(), month_end - 4 * kDay, 8).ok());
+  int64_t ends[3] = {month_end, 0, 0};
+  for (int restart = 1; restart <= 3; ++restart) {
+    const int64_t start = month_end - (4 - restart) * kDay;
+    if (restart < 3) ends[restart] = AddUtcMonths(start, 1);
+    TestSubscription yearly = OnPlan("u2", "tiny20", start, AddUtcMonths(start, 12));
+    yearly.interval = restart % 2 == 1 ? "year" : "month";
+    if (restart % 2 == 0) yearly.period_end = AddUtcMonths(start, 1);
+    ASSERT_TRUE(world_.Subscribe(yearly).ok());
+    ASSERT_TRUE(Consume("u2", "search", Key(), start + 10, restart < 3 ? 4 : 1).ok());
+  }
+  c = Counter("u2", month_end - kDay);
+  ASSERT_EQ(c.carried.size(), 3u);
+  EXPECT_EQ(c.used, 17);
+  EXPECT_EQ(c.CarriedCalls(), 16);
+  EXPECT_EQ(c.carried[0], (UsageCarry{8, {{"chat", 8}}, ends[0]}));
+  EXPECT_EQ(c.carried[1], (UsageCarry{4, {{"search", 4}}, ends[1]}));
+  EXPECT_EQ(c.carried[2], (UsageCarry{4, {{"search", 4}}, ends[2]}));
+  EXPECT_EQ(Consume("u2", "chat", Key(), month_end - kDay + 10, 4, nullptr, nullptr, &outcome)
+                .problem(),
+            "quota_exceeded");
+  EXPECT_EQ(outcome.quota_frees_s, month_end);
+  EXPECT_EQ(Consume("u2", "chat", Key(), month_end - kDay + 10, 12, nullptr, nullptr, &outcome)
+                .problem(),
+            "quota_exceeded");
+  EXPECT_EQ(outcome.quota_frees_s, ends[1]);
+  EXPECT_EQ(Current("u2", month_end).used, 9);
+  EXPECT_EQ(Current("u2", ends[1]).used, 5);
+  EXPECT_EQ(Current("u2", ends[2]).used, 1);
 }
 
 // A reset of a window that has no counter and counted nothing writes no row: the zero counter and
@@ -1223,7 +1327,7 @@ TEST_F(UsageDeciderTest, ABackDatedWindowBeforeARestartCarriesNothing) {
   EXPECT_NE(decision.body.find(R"("status":"accepted")"), std::string::npos) << decision.body;
   UsageCounter c = Counter("u1", AddUtcMonths(start, -1));
   EXPECT_EQ(c.used, 1);
-  EXPECT_EQ(c.carried, 0);
+  EXPECT_EQ(c.CarriedCalls(), 0);
   // The restarted window itself carries the first one's 9.
   EXPECT_EQ(Current("u1", start + 10).used, 9);
 }
@@ -2016,10 +2120,10 @@ TEST_F(UsageLedgerTest, ARestartedPeriodsCarryEqualsAReplayOfTheLog) {
   UsageCounter c;
   ASSERT_TRUE(GetUsageCounter(*view, "u1", start, WindowKind::kBillingMonth, &c).ok());
   EXPECT_EQ(c.used, 16);
-  EXPECT_EQ(c.carried, 10);
+  EXPECT_EQ(c.CarriedCalls(), 10);
   ASSERT_TRUE(GetUsageCounter(*view, "u2", start, WindowKind::kBillingMonth, &c).ok());
   EXPECT_EQ(c.used, 5);
-  EXPECT_EQ(c.carried, 3);
+  EXPECT_EQ(c.CarriedCalls(), 3);
 }
 
 // Carried calls stop counting at the end of the window they came from, in the decider at its
@@ -2062,8 +2166,86 @@ TEST_F(UsageLedgerTest, ACarryThatEndedFoldsAsItWasDecidedInAReplay) {
   UsageCounter c;
   ASSERT_TRUE(GetUsageCounter(*view, "u1", start, WindowKind::kBillingMonth, &c).ok());
   EXPECT_EQ(c.used, 9);
-  EXPECT_EQ(c.carried, 0);
+  EXPECT_EQ(c.CarriedCalls(), 0);
   EXPECT_EQ(c.services, (std::map<std::string, int64_t, std::less<>>{{"chat", 5}, {"search", 4}}));
+}
+
+// After a second restart (and a third) each carried call stops counting at the end of the window
+// that used it, in the decider at its command's time and in the fold at the event's: a replay of
+// the log folds the same rows, while the carried parts count and after they ended.
+TEST_F(UsageLedgerTest, ASecondRestartsCarryFoldsAsItWasDecidedInAReplay) {
+  ASSERT_TRUE(AddPlanOnLedger(ledger_.get(), SmallPlan("tiny", 10)).ok());
+  ASSERT_TRUE(AddPlanOnLedger(ledger_.get(), SmallPlan("tiny20", 20)).ok());
+  const int64_t month_end = kStripeT0 + 30 * kDay;
+  const int64_t second = month_end - 2 * kDay, third = month_end - kDay;
+  const int64_t fourth = month_end - kDay / 2;
+  for (const char* user : {"u1", "u2"}) {
+    ASSERT_TRUE(SubscribeOnLedger(ledger_.get(), OnPlan(user, "tiny")).ok());
+  }
+  clock_.Set((month_end - 3 * kDay) * kUs);
+  for (const char* user : {"u1", "u2"}) {
+    ASSERT_TRUE(Consume(user, std::string("a-") + user, 10).status.ok());
+  }
+  clock_.Set((second + 10) * kUs);
+  for (const char* user : {"u1", "u2"}) {
+    ASSERT_TRUE(
+        SubscribeOnLedger(ledger_.get(), OnPlan(user, "tiny20", second, second + 30 * kDay)).ok());
+    ASSERT_TRUE(Consume(user, std::string("b-") + user, 5, "search").status.ok());  // 15
+  }
+  clock_.Set((third + 10) * kUs);
+  for (const char* user : {"u1", "u2"}) {
+    ASSERT_TRUE(
+        SubscribeOnLedger(ledger_.get(), OnPlan(user, "tiny20", third, third + 30 * kDay)).ok());
+  }
+  ASSERT_TRUE(Consume("u1", "c-u1", 1).status.ok());  // 10 + 5 carried, 1
+  // u2's third window is opened by a batch item (the carry recorded on it), then restarts again.
+  RecordUsageBatch opening({{"u2", "chat", 2, "c-u2", std::nullopt, "", ""}}, meter_->cache());
+  ASSERT_TRUE(ledger_->Submit(&opening).status.ok());
+  clock_.Set((fourth + 10) * kUs);
+  ASSERT_TRUE(
+      SubscribeOnLedger(ledger_.get(), OnPlan("u2", "tiny20", fourth, fourth + 30 * kDay)).ok());
+  ASSERT_TRUE(Consume("u2", "d-u2", 1).status.ok());  // 10, 5 and 2 carried, 1
+  EXPECT_EQ(Used("u1", third), 16);
+  EXPECT_EQ(Used("u2", fourth), 18);
+
+  const auto expect_replay_folds_the_same = [&](const char* when) {
+    std::vector<Event> events;
+    ASSERT_TRUE(ledger_->ReadEvents(Position(0), 1000, EventFilter{}, &events).ok());
+    ledger::testing::TempDir replay_dir;
+    std::unique_ptr<Ledger> replayed;
+    ASSERT_NO_FATAL_FAILURE(Replay(replay_dir.path(), events, &replayed));
+    Hash live{}, rebuilt{};
+    ASSERT_TRUE(ledger_->ProjectionDigest(&live).ok());
+    ASSERT_TRUE(replayed->ProjectionDigest(&rebuilt).ok());
+    EXPECT_EQ(HexEncode(live), HexEncode(rebuilt)) << when;
+  };
+  expect_replay_folds_the_same("while the carried calls count");
+
+  // The first month's end: its 10 stop counting (they counted until the middle window's end).
+  clock_.Set((month_end + 10) * kUs);
+  CommandResult r = Consume("u1", "e-u1", 14);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();  // 5 + 1 + 14
+  RecordUsageBatch late({{"u2", "chat", 12, "e-u2", std::nullopt, "", ""}}, meter_->cache());
+  ASSERT_TRUE(ledger_->Submit(&late).status.ok());
+  EXPECT_EQ(Used("u1", third), 20);
+  EXPECT_EQ(Used("u2", fourth), 20);  // 5 + 2 + 1 + 12
+  // The second window's end: its 5 stop counting; the third's end: u2's 2 too.
+  clock_.Set((second + 30 * kDay) * kUs);
+  ASSERT_TRUE(Consume("u1", "f-u1", 5).status.ok());
+  ASSERT_TRUE(Consume("u2", "f-u2", 5).status.ok());
+  clock_.Set((third + 30 * kDay) * kUs);
+  ASSERT_TRUE(Consume("u2", "g-u2", 2).status.ok());
+  EXPECT_EQ(Consume("u2", "h-u2", 1).status.problem(), "quota_exceeded");
+  expect_replay_folds_the_same("after the carried calls ended");
+
+  auto view = ledger_->Snapshot();
+  UsageCounter c;
+  ASSERT_TRUE(GetUsageCounter(*view, "u1", third, WindowKind::kBillingMonth, &c).ok());
+  EXPECT_EQ(c.used, 20);
+  EXPECT_EQ(c.services, (std::map<std::string, int64_t, std::less<>>{{"chat", 20}}));
+  ASSERT_TRUE(GetUsageCounter(*view, "u2", fourth, WindowKind::kBillingMonth, &c).ok());
+  EXPECT_EQ(c.used, 20);
+  EXPECT_EQ(c.services, (std::map<std::string, int64_t, std::less<>>{{"chat", 20}}));
 }
 
 // A StateReader whose ScanFrom seeks (as the ledger's does), counting the rows scans visit.
