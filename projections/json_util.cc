@@ -1,5 +1,6 @@
 #include "projections/json_util.h"
 
+#include <cstring>
 #include <unordered_set>
 
 #include <rapidjson/error/en.h>
@@ -53,14 +54,15 @@ Status CheckString(const rapidjson::Value& s) {
                                  "(a lone surrogate)");
 }
 
-Status CheckMembers(const rapidjson::Value& v, int depth) {
+// `check_strings`: the text may hold a lone low surrogate escape (MayHoldLoneLowSurrogate).
+Status CheckMembers(const rapidjson::Value& v, int depth, bool check_strings) {
   if (depth > kJsonDepthMax) {
     return Status::InvalidArgument("invalid_json", "JSON nested too deeply");
   }
-  if (v.IsString()) return CheckString(v);
+  if (v.IsString()) return check_strings ? CheckString(v) : Status::OK();
   if (v.IsArray()) {
     for (const rapidjson::Value& item : v.GetArray()) {
-      LEDGER_RETURN_IF_ERROR(CheckMembers(item, depth + 1));
+      LEDGER_RETURN_IF_ERROR(CheckMembers(item, depth + 1, check_strings));
     }
   } else if (v.IsObject()) {
     // Small objects (a batch body holds a thousand) are checked pairwise: a hash set per object
@@ -79,12 +81,12 @@ Status CheckMembers(const rapidjson::Value& v, int depth) {
       } else {
         duplicate = !names.insert(name).second;
       }
-      LEDGER_RETURN_IF_ERROR(CheckString(it->name));
+      if (check_strings) LEDGER_RETURN_IF_ERROR(CheckString(it->name));
       if (duplicate) {
         return Status::InvalidArgument("invalid_json",
                                        "duplicate member name '" + Truncated(name) + "'");
       }
-      LEDGER_RETURN_IF_ERROR(CheckMembers(it->value, depth + 1));
+      LEDGER_RETURN_IF_ERROR(CheckMembers(it->value, depth + 1, check_strings));
     }
   }
   return Status::OK();
@@ -96,8 +98,9 @@ using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
 // "[redacted]" in place of the value (scalar or whole subtree) of any secret-named member.
 class RedactingHandler {
  public:
-  RedactingHandler(JsonWriter* writer, const std::function<bool(std::string_view)>& is_secret)
-      : w_(writer), is_secret_(is_secret) {}
+  RedactingHandler(JsonWriter* writer, const std::function<bool(std::string_view)>& is_secret,
+                   bool check_strings)
+      : w_(writer), is_secret_(is_secret), check_strings_(check_strings) {}
 
   bool Null() { return Scalar([&] { return w_->Null(); }, /*is_null=*/true); }
   bool Bool(bool b) { return Scalar([&] { return w_->Bool(b); }); }
@@ -111,12 +114,12 @@ class RedactingHandler {
   }
   // A decoded string that is not UTF-8 (a lone surrogate escape, see CheckString) stops the parse.
   bool String(const char* str, rapidjson::SizeType length, bool) {
-    if (!IsValidUtf8(std::string_view(str, length))) return false;
+    if (!Decoded(str, length)) return false;
     return Scalar([&] { return w_->String(str, length); });
   }
   bool StartObject() { return Open([&] { return w_->StartObject(); }); }
   bool Key(const char* str, rapidjson::SizeType length, bool) {
-    if (!IsValidUtf8(std::string_view(str, length))) return false;
+    if (!Decoded(str, length)) return false;
     if (skip_depth_ > 0) return true;
     redact_next_ = is_secret_(std::string_view(str, length));
     return w_->Key(str, length);
@@ -126,6 +129,9 @@ class RedactingHandler {
   bool EndArray(rapidjson::SizeType) { return Close([&] { return w_->EndArray(); }); }
 
  private:
+  bool Decoded(const char* str, rapidjson::SizeType length) const {
+    return !check_strings_ || IsValidUtf8(std::string_view(str, length));
+  }
   bool Redacted() {
     redact_next_ = false;
     return w_->String(kRedactedValue.data(),
@@ -161,6 +167,7 @@ class RedactingHandler {
 
   JsonWriter* w_;
   const std::function<bool(std::string_view)>& is_secret_;
+  const bool check_strings_;  // MayHoldLoneLowSurrogate(raw)
   bool redact_next_ = false;
   int skip_depth_ = 0;
 };
@@ -187,7 +194,7 @@ Status RedactJsonSecrets(std::string_view raw,
                          std::string* out) {
   rapidjson::StringBuffer buf;
   JsonWriter writer(buf);
-  RedactingHandler handler(&writer, is_secret);
+  RedactingHandler handler(&writer, is_secret, MayHoldLoneLowSurrogate(raw));
   rapidjson::Reader reader;
   rapidjson::MemoryStream stream(raw.data(), raw.size());
   constexpr unsigned kFlags = rapidjson::kParseValidateEncodingFlag |
@@ -211,6 +218,27 @@ bool IsValidUtf8(std::string_view s) {
     i += n;
   }
   return true;
+}
+
+// The parser validates the bytes themselves and refuses a high surrogate escape not followed by
+// a low one, so a lone low one is the only escape that decodes to no character. Every backslash
+// of valid JSON starts an escape or is the escaped character of \\: they are taken in pairs.
+bool MayHoldLoneLowSurrogate(std::string_view text) {
+  const auto hex_at = [&](size_t k, std::string_view digits) {
+    return k < text.size() && digits.find(text[k]) != std::string_view::npos;
+  };
+  size_t pair_low = std::string_view::npos;  // where a high surrogate escape's low half starts
+  for (size_t i = 0; i < text.size();) {
+    const void* found = std::memchr(text.data() + i, '\\', text.size() - i);
+    if (found == nullptr) break;
+    const size_t at = static_cast<size_t>(static_cast<const char*>(found) - text.data());
+    if (at + 1 < text.size() && text[at + 1] == 'u' && hex_at(at + 2, "dD")) {
+      if (hex_at(at + 3, "89abAB")) pair_low = at + 6;
+      if (hex_at(at + 3, "cdefCDEF") && at != pair_low) return true;
+    }
+    i = at + 2;  // past the escaped character: \\udc00 is a backslash and "udc00"
+  }
+  return false;
 }
 
 bool IsValidUserId(std::string_view id) {
@@ -272,7 +300,7 @@ Status RefuseNul(std::string_view text) {
   return Status::OK();
 }
 
-Status CheckParsedObject(const rapidjson::Document& doc) {
+Status CheckParsedObject(const rapidjson::Document& doc, bool check_strings) {
   if (doc.HasParseError()) {
     return Status::InvalidArgument(
         "invalid_json", std::string("malformed JSON at offset ") +
@@ -282,7 +310,7 @@ Status CheckParsedObject(const rapidjson::Document& doc) {
   if (!doc.IsObject()) {
     return Status::InvalidArgument("invalid_json", "the body must be a JSON object");
   }
-  return CheckMembers(doc, 0);
+  return CheckMembers(doc, 0, check_strings);
 }
 
 }  // namespace
@@ -291,8 +319,9 @@ Status ParseJsonObjectInsitu(std::string* text, rapidjson::Document* doc) {
   constexpr unsigned kFlags = rapidjson::kParseValidateEncodingFlag |
                               rapidjson::kParseIterativeFlag | rapidjson::kParseInsituFlag;
   LEDGER_RETURN_IF_ERROR(RefuseNul(*text));
+  const bool check_strings = MayHoldLoneLowSurrogate(*text);  // before the parse rewrites it
   doc->ParseInsitu<kFlags>(text->data());
-  return CheckParsedObject(*doc);
+  return CheckParsedObject(*doc, check_strings);
 }
 
 Status ParseJsonObject(std::string_view text, rapidjson::Document* doc) {
@@ -300,7 +329,7 @@ Status ParseJsonObject(std::string_view text, rapidjson::Document* doc) {
       rapidjson::kParseValidateEncodingFlag | rapidjson::kParseIterativeFlag;
   LEDGER_RETURN_IF_ERROR(RefuseNul(text));
   doc->Parse<kFlags>(text.data(), text.size());
-  return CheckParsedObject(*doc);
+  return CheckParsedObject(*doc, MayHoldLoneLowSurrogate(text));
 }
 
 Status ObjectReader::Find(std::string_view name, bool required, const rapidjson::Value** value,

@@ -38,6 +38,12 @@ bool IsDisplayText(std::string_view s);
 // replaced by '?', for quoting untrusted input in error messages.
 std::string Truncated(std::string_view s, size_t bytes_max = 64);
 
+// True when the JSON text `text` holds a low surrogate escape (\uDC00..\uDFFF, hex digits in any
+// case) that is not the second half of a pair: when it is false, no string parsed from it decodes
+// to something that is not UTF-8. A scan of the raw bytes (memchr for '\\'), so that the parsers
+// below walk the decoded strings only for the rare texts that may hold one.
+bool MayHoldLoneLowSurrogate(std::string_view text);
+
 // Parses `text` as one JSON object. kInvalidArgument "invalid_json" when it is not JSON (a raw NUL
 // byte included), not an object, not valid UTF-8 (its bytes, or a member name or string value as
 // its escapes decode: a lone surrogate such as "\udc00"), nested deeper than kJsonDepthMax or has

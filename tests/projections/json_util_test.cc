@@ -96,6 +96,60 @@ TEST(JsonUtilTest, RedactionRefusesEscapesThatDecodeToNoCharacter) {
   EXPECT_EQ(out, "{\"a\":\"\xf0\x9f\x98\x80\"}");
 }
 
+// The parsers walk the decoded strings only when MayHoldLoneLowSurrogate says the raw text may
+// hold a lone low surrogate escape: the scan must see one wherever it is written, and see none in
+// what only looks like one.
+const std::vector<std::string>& LoneLowSurrogates() {
+  static const std::vector<std::string> texts = {
+      R"({"a":"\uDC00"})",                   // upper-case hex
+      R"({"a":"x\uDfFf"})",                  // mixed case
+      R"({"\uDE00":1})",                     // in a member name
+      R"({"ok":"\\","\\\udc00":1})",         // an escaped backslash, then a real escape
+      R"({"a":"\ud83d\ude00\ude00"})",       // after a pair: the third escape is alone
+      R"({"a":"\ud83d\ude00","b":"\udc00"})",
+  };
+  return texts;
+}
+
+const std::vector<std::string>& LookAlikes() {
+  static const std::vector<std::string> texts = {
+      R"({"a":"\\udc00"})",                  // a backslash and "udc00", no escape
+      R"({"\\\\uDC00":"\\\\\\udc00x"})",     // ... after escaped backslashes
+      R"({"a":"\ud83d\ude00"})",             // a surrogate pair
+      R"({"\uD83D\uDE00":"\\\uD83D\uDE00"})",  // upper case; after an escaped backslash
+      R"({"a":"\u00e9\n\"\/","b":"udc00"})",
+  };
+  return texts;
+}
+
+TEST(JsonUtilTest, TheSurrogateScanSeesEveryLoneLowEscapeAndNothingElse) {
+  for (const std::string& text : LoneLowSurrogates()) {
+    EXPECT_TRUE(MayHoldLoneLowSurrogate(text)) << text;
+  }
+  for (const std::string& text : LookAlikes()) {
+    EXPECT_FALSE(MayHoldLoneLowSurrogate(text)) << text;
+  }
+  EXPECT_FALSE(MayHoldLoneLowSurrogate(R"({"a":"b","c":[1,{"d":null}]})"));
+}
+
+TEST(JsonUtilTest, TheSurrogateScanCannotBeFooled) {
+  const auto never = [](std::string_view) { return false; };
+  rapidjson::Document doc;
+  std::string buffer;
+  std::string out;
+  for (const std::string& text : LoneLowSurrogates()) {
+    EXPECT_EQ(ParseBoth(text, &buffer, &doc).problem(), "invalid_json") << text;
+    EXPECT_EQ(RedactJsonSecrets(text, never, &out).problem(), "malformed_event") << text;
+  }
+  for (const std::string& text : LookAlikes()) {
+    EXPECT_TRUE(ParseBoth(text, &buffer, &doc).ok()) << text;
+    EXPECT_TRUE(RedactJsonSecrets(text, never, &out).ok()) << text;
+  }
+  ASSERT_TRUE(ParseBoth(R"({"a":"\\udc00","b":"\uD83D\uDE00"})", &buffer, &doc).ok());
+  EXPECT_EQ(std::string(doc["a"].GetString()), "\\udc00");
+  EXPECT_EQ(std::string(doc["b"].GetString()), "\xf0\x9f\x98\x80");
+}
+
 TEST(JsonUtilTest, DisplayTextHasNoControlsOrOverrides) {
   for (std::string_view text : {"main", "B\xc3\xbcro \xe2\x80\x94 prod \xe2\x9c\x93", "",
                                 "\xe2\x80\xa9", "\xe2\x81\xaa"}) {
