@@ -150,6 +150,22 @@ TEST(JsonUtilTest, TheSurrogateScanCannotBeFooled) {
   EXPECT_EQ(std::string(doc["b"].GetString()), "\xf0\x9f\x98\x80");
 }
 
+// IsValidUtf8 skips ASCII eight bytes at a time: what follows, straddles or ends a run is still
+// judged byte by byte.
+TEST(JsonUtilTest, Utf8IsJudgedAroundAsciiRuns) {
+  const std::string run = "abcdefgh";
+  for (const std::string& good :
+       {std::string(), run, run + run + "xyz", "abcdefg\xc3\xa9" + run, "\xc3\xa9" + run,
+        run + "\xf0\x9f\x98\x80" + run, "abcdef\xe2\x9c\x93" + run + "\xf4\x8f\xbf\xbf"}) {
+    EXPECT_TRUE(IsValidUtf8(good)) << good;
+  }
+  for (const std::string& bad :
+       {run + run + "\xed\xb0\x80", std::string("abcdefg\xc3"), run + "\xff" + run,
+        run + "\xc0\x80", "abcdefg\xe2\x9c" + run, run + "\x80", run + "\xf4\x90\x80\x80" + run}) {
+    EXPECT_FALSE(IsValidUtf8(bad)) << bad;
+  }
+}
+
 TEST(JsonUtilTest, DisplayTextHasNoControlsOrOverrides) {
   for (std::string_view text : {"main", "B\xc3\xbcro \xe2\x80\x94 prod \xe2\x9c\x93", "",
                                 "\xe2\x80\xa9", "\xe2\x81\xaa"}) {
