@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "daemon/cli_decimal.h"
+#include "daemon/cli_usage.h"
 #include "events/types.h"
 #include "http/auth.h"
 #include "http/base_url.h"
@@ -404,10 +405,11 @@ std::string SettingNamed(const CLI::App& app, const std::string& what, const std
   return "configuration";
 }
 
-// What CLI11 did not take, told by the options' names alone: its ExtrasError repeated every
-// argument, and a mistyped flag's argument is its value (`ledgerd --stripe-secrt-key sk_live_...`
-// printed the key to the terminal and the service's log). `--name=value` is named `--name`,
-// `-xvalue` is named `-x`; a bare argument is counted, never repeated.
+}  // namespace
+
+// CLI11's ExtrasError repeated every argument it did not take, and a mistyped flag's argument is
+// its value (`ledgerd --stripe-secrt-key sk_live_...` printed the key to the terminal and the
+// service's log).
 std::string UnexpectedArguments(const std::vector<std::string>& arguments) {
   std::string names;
   size_t values = 0;
@@ -428,7 +430,16 @@ std::string UnexpectedArguments(const std::vector<std::string>& arguments) {
   return message + "; see --help";
 }
 
-}  // namespace
+std::string UsageErrorMessage(const CLI::ParseError& error) {
+  const bool quotable = dynamic_cast<const CLI::ArgumentMismatch*>(&error) != nullptr ||
+                        dynamic_cast<const CLI::RequiredError*>(&error) != nullptr ||
+                        dynamic_cast<const CLI::RequiresError*>(&error) != nullptr ||
+                        dynamic_cast<const CLI::ExcludesError*>(&error) != nullptr ||
+                        dynamic_cast<const CLI::ConversionError*>(&error) != nullptr ||
+                        dynamic_cast<const CLI::ValidationError*>(&error) != nullptr;
+  return quotable ? std::string(error.what())
+                  : "bad command line (" + error.get_name() + "); see --help";
+}
 
 // A value compared byte for byte with what another system sends (a JWT's HS256 secret, a role
 // name): a control character (the file's newline again) or a blank at either end fails every
@@ -587,15 +598,7 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
     result.exit_code = kExitConfig;
     return result;
   } catch (const CLI::ParseError& e) {
-    // These name options and counts only; others may repeat an argument (HorribleError's "Long
-    // parsed but missing: <argument>"): named by their kind alone.
-    const bool names_only = dynamic_cast<const CLI::ArgumentMismatch*>(&e) != nullptr ||
-                            dynamic_cast<const CLI::RequiredError*>(&e) != nullptr ||
-                            dynamic_cast<const CLI::RequiresError*>(&e) != nullptr ||
-                            dynamic_cast<const CLI::ExcludesError*>(&e) != nullptr;
-    result.status = Status::InvalidArgument(
-        "bad_usage", names_only ? std::string(e.what())
-                                : "bad command line (" + e.get_name() + "); see --help");
+    result.status = Status::InvalidArgument("bad_usage", UsageErrorMessage(e));
     result.exit_code = kExitUsage;
     return result;
   }

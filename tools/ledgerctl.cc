@@ -21,6 +21,7 @@
 #include <spdlog/spdlog.h>
 
 #include "daemon/cli_decimal.h"
+#include "daemon/cli_usage.h"
 #include "daemon/config.h"
 #include "events/ledger.h"
 #include "events/limits.h"
@@ -567,6 +568,9 @@ int Main(int argc, char** argv) {
   spdlog::set_default_logger(spdlog::stderr_logger_mt("ledgerctl"));
   CLI::App app{"ledgerctl: tokens, verify, export, replay and bench for ledgerd"};
   app.require_subcommand(1);
+  // What no option takes is left in remaining() (every subcommand inherits this), not thrown
+  // with CLI11's message, which repeated it: a mistyped flag's argument is its value.
+  app.allow_extras();
   Globals globals;
   app.add_option("--data-dir", globals.data_dir, "ledgerd's data directory")
       ->envname("LEDGER_DATA_DIR")
@@ -593,11 +597,18 @@ int Main(int argc, char** argv) {
     if (sub->get_name() == "bench") continue;  // bench has its own --data-dir
     sub->add_option("--data-dir", globals.data_dir, "ledgerd's data directory");
   }
+  // Usage errors are told as ledgerd tells them (daemon/cli_usage.h): options by name, never
+  // the arguments after them.
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    int code = app.exit(e);
-    return code == 0 ? kExitOk : kExitUsage;
+    if (e.get_exit_code() == 0) return app.exit(e) == 0 ? kExitOk : kExitUsage;  // --help
+    std::cerr << "ledgerctl: " << daemon::UsageErrorMessage(e) << "\n";
+    return kExitUsage;
+  }
+  if (const std::vector<std::string> unexpected = app.remaining(true); !unexpected.empty()) {
+    std::cerr << "ledgerctl: " << daemon::UnexpectedArguments(unexpected) << "\n";
+    return kExitUsage;
   }
   if (const int code = CheckNoEmptySetting(app, globals); code != kExitOk) return code;
   try {
