@@ -541,9 +541,11 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
   CheckoutPrices prices;
   pc::UserSubscription current;
   s = LoadPlan(*view, plan_id, &plan);
+  // Before what the plan or the subscription would refuse: a plan without a Stripe price yet
+  // (409 plan_not_purchasable) told a suspended user to wait for stripe-setup.
+  if (s.ok()) s = RefuseSuspended(*view, identity, "subscribing");
   if (s.ok()) s = ResolveCheckoutPrices(*view, plan, cycle, &prices);
   if (s.ok()) s = pc::GetUserSubscription(*view, identity.subject, &current);
-  if (s.ok()) s = RefuseSuspended(*view, identity, "subscribing");
   // Not terminal is enough to refuse: an unpaid, paused or incomplete subscription grants nothing
   // now but comes back when its invoice is paid -- with a second one beside it, both would bill.
   // Past its scheduled end (canceled at its period's end) it bills no more, though Stripe's
@@ -1071,11 +1073,13 @@ void UpgradeSubscription(const AppContext& context, const httplib::Request& req,
   std::string price_id;
   pc::UserSubscription current;
   s = LoadPlan(*view, plan_id, &plan);
+  // First, as for checkout: 409 payment_required sent a suspended user to pay an invoice for a
+  // change that would still be refused.
+  if (s.ok()) s = RefuseSuspended(*view, identity, "changing plans");
   if (s.ok()) s = ChangeableSubscription(*view, identity, &current);
   if (s.ok() && OwesAnInvoice(current.subscription.status)) {
     s = PaymentRequiredToChange(current.status_name());
   }
-  if (s.ok()) s = RefuseSuspended(*view, identity, "changing plans");
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
   if (!SpendStripeCall(context, guards, identity, res)) return;
   // Stripe's own view of the subscription: the item to change and its current price (the

@@ -856,6 +856,32 @@ TEST_F(BillingRoutesTest, ASuspendedAccountCannotCheckOut) {
   EXPECT_FALSE(access.override_superseded);
 }
 
+// The suspension is named before what the plan or the subscription would refuse: a plan without
+// a Stripe price answered a suspended user 409 plan_not_purchasable ("run stripe-setup"), and an
+// upgrade of a past_due subscription 409 payment_required (pay, then be refused anyway).
+TEST_F(BillingRoutesTest, ASuspensionIsNamedBeforeWhatThePlanOrSubscriptionWouldRefuse) {
+  projections::Plan team = projections::InitialPlans()[1];
+  team.id = "team";
+  team.stripe_price_monthly.reset();
+  team.stripe_price_yearly.reset();
+  projections::CreatePlan create(team, projections::Actor::System("test"));
+  ASSERT_TRUE(ledger_->Submit(&create).status.ok());
+  GiveAliceASubscription("past_due");
+  SetAliceOverrideStatus(projections::SubscriptionStatus::kCanceled);
+  const uint64_t head = Head();
+  ExpectProblem(Alice().Post(kCheckout, R"({"plan_id":"team"})"), 409, "account_suspended");
+  ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"enterprise"})"), 409, "account_suspended");
+  ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"team"})"), 409, "account_suspended");
+  // An unknown plan is still the request's own fault.
+  ExpectProblem(Alice().Post(kCheckout, R"({"plan_id":"platinum"})"), 422, "unknown_plan");
+  EXPECT_EQ(Head(), head);
+  EXPECT_TRUE(fake_.RequestsTo("POST", "/v1/checkout/sessions").empty());
+  EXPECT_TRUE(fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice").empty());
+  // Lifted, the plan's and the subscription's own refusals are back.
+  SetAliceOverrideStatus(std::nullopt);
+  ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"enterprise"})"), 409, "payment_required");
+}
+
 // A customer deleted at Stripe (a GDPR erasure) is never named to Stripe again: checkout starts
 // a new customer, the portal has none.
 TEST_F(BillingRoutesTest, ACustomerDeletedAtStripeIsNotNamedAgain) {
