@@ -85,27 +85,32 @@ bool ParseAdminStatus(std::string_view name, pj::SubscriptionStatus* out) {
   return pj::ParseSubscriptionStatus(stripe_name, out);
 }
 
-// A decimal integer in [min, max]; false (and a 400) otherwise.
-bool ParseIntParam(const std::string& text, const char* name, int64_t min, int64_t max,
-                   int64_t* out, httplib::Response& res) {
+// A decimal integer in [min, max].
+bool ParseDecimalInRange(const std::string& text, int64_t min, int64_t max, int64_t* out) {
   int64_t value = 0;
   bool ok = !text.empty() && text.size() <= 18;
   for (char ch : text) {
     if (ch < '0' || ch > '9') ok = false;
     if (ok) value = value * 10 + (ch - '0');
   }
-  if (!ok || value < min || value > max) {
-    WriteProblem(400, "invalid_parameter",
-                 std::string(name) + ": an integer from " + std::to_string(min) + " to " +
-                     std::to_string(max),
-                 &res);
-    return false;
-  }
+  if (!ok || value < min || value > max) return false;
   *out = value;
   return true;
 }
 
-// RFC 3339 or Unix seconds.
+// A decimal integer in [min, max]; false (and a 400) otherwise.
+bool ParseIntParam(const std::string& text, const char* name, int64_t min, int64_t max,
+                   int64_t* out, httplib::Response& res) {
+  if (ParseDecimalInRange(text, min, max, out)) return true;
+  WriteProblem(400, "invalid_parameter",
+               std::string(name) + ": an integer from " + std::to_string(min) + " to " +
+                   std::to_string(max),
+               &res);
+  return false;
+}
+
+// RFC 3339 or Unix seconds (through 9999-12-31); false (and a 400 naming both forms) otherwise:
+// "from: an integer from 0 to 253402300799" hid that a time was taken too.
 bool ParseTimeParam(const std::string& text, const char* name, int64_t* out_s,
                     httplib::Response& res) {
   int64_t us = 0;
@@ -113,7 +118,13 @@ bool ParseTimeParam(const std::string& text, const char* name, int64_t* out_s,
     *out_s = us / 1'000'000;
     return true;
   }
-  return ParseIntParam(text, name, 0, 253'402'300'799, out_s, res);  // through 9999-12-31
+  if (ParseDecimalInRange(text, 0, 253'402'300'799, out_s)) return true;
+  WriteProblem(400, "invalid_parameter",
+               std::string(name) +
+                   ": an RFC 3339 time (e.g. 2026-01-31T00:00:00Z) or Unix seconds from 0 to "
+                   "253402300799",
+               &res);
+  return false;
 }
 
 // `{email}`: a subscriber's email, or (without an '@') a user id (FindUsersByEmailOrId).

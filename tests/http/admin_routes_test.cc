@@ -892,6 +892,17 @@ TEST_F(AdminRoutesTest, UsageStatsCountWhatWasRecordedInTheRange) {
                 400, "invalid_parameter");
   ExpectProblem(Admin().Get(std::string(kAdminBase) + "analytics/usage-stats?from=yesterday"), 400,
                 "invalid_parameter");
+  // The refusal names both forms a time takes (it said "an integer from 0 to 253402300799").
+  for (const char* bad : {"from=xyz", "to=2026-13-01T00:00:00Z", "from=-5"}) {
+    SCOPED_TRACE(bad);
+    r = Admin().Get(std::string(kAdminBase) + "analytics/usage-stats?" + bad);
+    ExpectProblem(r, 400, "invalid_parameter");
+    const std::string detail = r.Json()["detail"].GetString();
+    EXPECT_EQ(detail.rfind(std::string(bad).substr(0, std::string(bad).find('=')) + ": ", 0), 0u)
+        << detail;
+    EXPECT_NE(detail.find("RFC 3339"), std::string::npos) << detail;
+    EXPECT_NE(detail.find("Unix seconds"), std::string::npos) << detail;
+  }
 }
 
 // A window is counted whole in the one range that holds its start: a billing month from Jul 20
