@@ -335,6 +335,13 @@ Status ParseOverrideChange(const std::string& body, pj::OverrideChange* out) {
         return Status::Make(Code::kUnprocessable, "validation_failed",
                             "notes: at most 2000 bytes");
       }
+      // Text admins read in the list and in a terminal: "a\u0000b" or an escape sequence was
+      // stored and served as it came.
+      if (!pj::IsMultilineDisplayText(value)) {
+        return Status::Make(Code::kUnprocessable, "validation_failed",
+                            "notes: text without control characters (line feeds and tabs "
+                            "allowed) or bidirectional overrides");
+      }
       out->notes = null ? std::optional<std::string>() : value;
     }
   }

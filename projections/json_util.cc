@@ -274,6 +274,18 @@ bool IsDisplayText(std::string_view s) {
   return true;
 }
 
+bool IsMultilineDisplayText(std::string_view s) {
+  // '\n' and '\t' are never part of a multi-byte sequence: the pieces between them are checked
+  // as they are.
+  size_t start = 0;
+  for (size_t i = 0; i <= s.size(); ++i) {
+    if (i < s.size() && s[i] != '\n' && s[i] != '\t') continue;
+    if (!IsDisplayText(s.substr(start, i - start))) return false;
+    start = i + 1;
+  }
+  return true;
+}
+
 std::string Truncated(std::string_view s, size_t bytes_max) {
   std::string out;
   size_t i = 0;

@@ -33,6 +33,9 @@ bool IsValidUserId(std::string_view id);
 // DEL, C1) or the bidirectional overrides and isolates (U+202A..U+202E, U+2066..U+2069), which
 // act on terminals and reorder what is shown around them.
 bool IsDisplayText(std::string_view s);
+// The same over several lines (an admin's notes): line feeds and tabs are allowed too; a carriage
+// return is not (on a terminal it moves back over what the line showed).
+bool IsMultilineDisplayText(std::string_view s);
 
 // `s` shortened to at most `bytes_max` bytes (at a character boundary) with invalid UTF-8 bytes
 // replaced by '?', for quoting untrusted input in error messages.

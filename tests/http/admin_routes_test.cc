@@ -1768,6 +1768,27 @@ TEST_F(AdminRoutesTest, AResetOfAWindowWithNoUsageLeavesUsageStatsAlone) {
   ExpectReplayEqual();
 }
 
+// Notes are text an admin reads, over several lines: line feeds and tabs are kept; other control
+// characters (a carriage return included), DEL, C1 controls and bidirectional overrides are 422
+// naming the field, nothing appended ({"notes":"a\u0000b"} was stored and served as it came).
+TEST_F(AdminRoutesTest, NotesAreTextOverSeveralLines) {
+  AddCustomerBase();
+  const uint64_t head = Head();
+  for (const char* notes : {R"(a\u0000b)", R"(\u001b[2J)", R"(line\rover)", R"(\u007f)",
+                            R"(\u0085)", R"(a \u202e b)", R"(\u2066x)"}) {
+    SCOPED_TRACE(notes);
+    HttpReply r = Patch("a@x.com", std::string(R"({"notes":")") + notes + "\"}");
+    ExpectProblem(r, 422, "validation_failed");
+    EXPECT_EQ(std::string(r.Json()["detail"].GetString()).rfind("notes: ", 0), 0u) << r.body;
+  }
+  EXPECT_EQ(Head(), head);
+  HttpReply r = Patch("a@x.com", R"({"notes":"refund agreed\n\tticket 42, caf\u00e9"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(Head(), head + 1);
+  EXPECT_STREQ(r.Json()["users"][0]["override"]["notes"].GetString(),
+               "refund agreed\n\tticket 42, caf\xc3\xa9");
+}
+
 TEST_F(AdminRoutesTest, BadPatchesAreProblemsAndAppendNothing) {
   AddCustomerBase();
   const uint64_t head = Head();

@@ -181,5 +181,19 @@ TEST(JsonUtilTest, DisplayTextHasNoControlsOrOverrides) {
   }
 }
 
+// Notes: display text over several lines (line feeds and tabs); a carriage return is refused.
+TEST(JsonUtilTest, MultilineDisplayTextAllowsLineFeedsAndTabsOnly) {
+  for (std::string_view text : {"", "a\nb", "\n\n", "\tx\ty\n", "B\xc3\xbcro\n\xe2\x80\x94"}) {
+    EXPECT_TRUE(IsMultilineDisplayText(text)) << testing::PrintToString(text);
+  }
+  for (std::string_view text :
+       {std::string_view("a\0b", 3), std::string_view("a\r\nb"), std::string_view("a\n\x1b[2J"),
+        std::string_view("\x7f\n"), std::string_view("\n\xc2\x85"),
+        std::string_view("x\n\xe2\x80\xae"), std::string_view("\xe2\n\x80\xae"),
+        std::string_view("\n\xff")}) {
+    EXPECT_FALSE(IsMultilineDisplayText(text)) << testing::PrintToString(text);
+  }
+}
+
 }  // namespace
 }  // namespace ledger::projections
