@@ -2378,8 +2378,24 @@ Status LedgerImpl::PutCheckpoint(std::string_view name, Position position, bool 
   PutFixed64BE(&value, position.value());
   rocksdb::WriteOptions write_options;
   write_options.sync = sync && options_.sync;
-  return FromRocks(
-      db_->Put(write_options, Family(kCheckpointsFamily), ToSlice(name), value));
+  rocksdb::Status s = db_->Put(write_options, Family(kCheckpointsFamily), ToSlice(name), value);
+  if (s.ok()) return Status::OK();
+  // A failed checkpoint write or sync degrades the ledger as a failed group's does: the records
+  // appended before it and not yet synced are in doubt, so they are not acknowledged (SyncLoop
+  // syncs no more and fails their groups) and nothing more is written behind them. RocksDB's
+  // words name the log file by its full path: the server log gets them, the caller does not
+  // (a consumer's last_error is shown by the public /readyz).
+  {
+    std::lock_guard<std::mutex> l(wal_mu_);
+    wal_write_failed_ = true;
+    group_failed_ = true;
+  }
+  metrics_.write_failures.Add();
+  degraded_.store(true);
+  spdlog::error("checkpoint {} write failed, the ledger is now read-only: {}", name,
+                s.ToString());
+  return Status::Unavailable("storage_degraded", "the checkpoint's write failed; the ledger is "
+                                                 "read-only");
 }
 
 Status LedgerImpl::GetFoldVersion(std::string_view fold, uint32_t* out) const {

@@ -301,7 +301,8 @@ class Ledger {
 
   // Named consumer checkpoints ("last applied position"), e.g. "outbox.kafka". PutCheckpoint
   // writes nothing on a read-only or degraded ledger (Unavailable "read_only" or
-  // "storage_degraded").
+  // "storage_degraded"); a write or sync of its own that fails degrades the ledger as a failed
+  // group's does (Unavailable "storage_degraded"; RocksDB's words only in the server log).
   virtual Status GetCheckpoint(std::string_view name, Position* out) const = 0;
   virtual Status PutCheckpoint(std::string_view name, Position position, bool sync) = 0;
   // The Fold::Version() that wrote the rows of fold `fold` (recorded beside its checkpoint once

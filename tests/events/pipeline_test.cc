@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "events/ledger.h"
+#include "events/log_consumer.h"
 #include "tests/support/fault_fs.h"
 #include "tests/support/gate_command.h"
 #include "tests/support/test_ledger.h"
@@ -191,6 +192,35 @@ TEST_F(HeldSyncTest, NoCheckpointIsWrittenAfterAFailedSync) {
   Position checkpoint;
   ASSERT_TRUE(ledger_->GetCheckpoint("consumer", &checkpoint).ok());
   EXPECT_EQ(checkpoint, Position(0));
+}
+
+// A checkpoint whose own sync fails degrades the ledger as a group's failed sync does: /readyz
+// turns 503 at once (not when some later command fails -- RocksDB may have cleared its own
+// background error by then), and no command is written after it. Its error names no path: the
+// file system's words name the log file by its full path (`While fsync: <dir>/000004.log`).
+TEST_F(HeldSyncTest, AFailedCheckpointSyncDegradesTheLedger) {
+  fault_.fs()->SetFailSyncs(true);
+  Status s = ledger_->PutCheckpoint("consumer", Position(1), /*sync=*/true);
+  EXPECT_EQ(s.problem(), "storage_degraded") << s.ToString();
+  EXPECT_EQ(s.ToString().find(dir_.path()), std::string::npos) << s.ToString();
+  EXPECT_TRUE(ledger_->Degraded());
+  fault_.fs()->SetFailSyncs(false);
+  const uint64_t appends = fault_.fs()->appends();
+  AppendCommand second("second");
+  EXPECT_EQ(ledger_->Submit(&second).status.problem(), "storage_degraded");
+  EXPECT_EQ(fault_.fs()->appends(), appends) << "a group was written after the failed checkpoint";
+  EXPECT_EQ(ledger_->Head(), Position(1));
+}
+
+// What a consumer keeps of that failure is its last_error, which the public GET /readyz shows
+// under sinks.<name>.last_error: it does not name the data directory either.
+TEST_F(HeldSyncTest, AFailedCheckpointSyncLeavesNoPathInTheConsumersLastError) {
+  LogConsumerCore core(ledger_.get(), "test sink", "sink.test", /*checkpoint_interval_ms=*/1000);
+  fault_.fs()->SetFailSyncs(true);
+  core.Persist(1, /*now_us=*/0, /*force=*/true);
+  EXPECT_FALSE(core.last_error().empty());
+  EXPECT_EQ(core.last_error().find(dir_.path()), std::string::npos) << core.last_error();
+  EXPECT_EQ(core.persisted(), 0u);
 }
 
 // 64 logical callers on no thread of their own: each submits its next command from the

@@ -31,8 +31,11 @@ std::string ParentOf(const std::string& normalized) {
 class FaultWritableFile final : public rocksdb::FSWritableFileOwnerWrapper {
  public:
   FaultWritableFile(std::unique_ptr<rocksdb::FSWritableFile> target, FaultFs* fs,
-                    std::shared_ptr<FaultFs::FileState> state)
-      : FSWritableFileOwnerWrapper(std::move(target)), fs_(fs), state_(std::move(state)) {}
+                    std::shared_ptr<FaultFs::FileState> state, std::string name)
+      : FSWritableFileOwnerWrapper(std::move(target)),
+        fs_(fs),
+        state_(std::move(state)),
+        name_(std::move(name)) {}
 
   IOStatus Append(const rocksdb::Slice& data, const IOOptions& options,
                   IODebugContext* dbg) override {
@@ -94,7 +97,7 @@ class FaultWritableFile final : public rocksdb::FSWritableFileOwnerWrapper {
 
  private:
   IOStatus SyncWith(const IOOptions& options, IODebugContext* dbg, bool full) {
-    IOStatus s = fs_->BeforeSync();
+    IOStatus s = fs_->BeforeSync(name_);
     if (!s.ok()) return s;
     // Only what was appended before the sync started is known to be covered by it.
     uint64_t covered = fs_->SizeOf(state_.get());
@@ -105,6 +108,7 @@ class FaultWritableFile final : public rocksdb::FSWritableFileOwnerWrapper {
 
   FaultFs* fs_;
   std::shared_ptr<FaultFs::FileState> state_;
+  std::string name_;
 };
 
 class FaultDirectory final : public rocksdb::FSDirectoryWrapper {
@@ -114,7 +118,7 @@ class FaultDirectory final : public rocksdb::FSDirectoryWrapper {
 
   IOStatus Fsync(const IOOptions& options, IODebugContext* dbg) override {
     const uint64_t covered = fs_->DirectoryChangesSoFar();
-    IOStatus s = fs_->BeforeSync();
+    IOStatus s = fs_->BeforeSync(name_);
     if (s.ok()) s = FSDirectoryWrapper::Fsync(options, dbg);
     if (s.ok()) fs_->AfterDirectorySync(name_, covered);
     return s;
@@ -122,7 +126,7 @@ class FaultDirectory final : public rocksdb::FSDirectoryWrapper {
   IOStatus FsyncWithDirOptions(const IOOptions& options, IODebugContext* dbg,
                                const rocksdb::DirFsyncOptions& dir_options) override {
     const uint64_t covered = fs_->DirectoryChangesSoFar();
-    IOStatus s = fs_->BeforeSync();
+    IOStatus s = fs_->BeforeSync(name_);
     if (s.ok()) s = FSDirectoryWrapper::FsyncWithDirOptions(options, dbg, dir_options);
     if (s.ok()) fs_->AfterDirectorySync(name_, covered);
     return s;
@@ -211,10 +215,12 @@ void FaultFs::WaitWhileHeld(Hold* hold) {
   --hold->held;
 }
 
-IOStatus FaultFs::BeforeSync() {
+IOStatus FaultFs::BeforeSync(const std::string& name) {
   WaitWhileHeld(&sync_hold_);
   if (!powered()) return PowerOffError();
-  if (fail_syncs_.load()) return IOStatus::IOError("fault_fs: injected sync failure");
+  if (fail_syncs_.load()) {
+    return IOStatus::IOError("While fsync: " + name, "fault_fs: injected sync failure");
+  }
   return IOStatus::OK();
 }
 
@@ -288,7 +294,7 @@ IOStatus FaultFs::NewWritableFile(const std::string& fname, const rocksdb::FileO
     std::lock_guard<std::mutex> l(mu_);
     AddPendingEntry(PendingEntry{name, std::nullopt, std::nullopt});
   }
-  *result = std::make_unique<FaultWritableFile>(std::move(file), this, std::move(state));
+  *result = std::make_unique<FaultWritableFile>(std::move(file), this, std::move(state), fname);
   return IOStatus::OK();
 }
 
@@ -311,7 +317,7 @@ IOStatus FaultFs::ReopenWritableFile(const std::string& fname, const rocksdb::Fi
     std::lock_guard<std::mutex> l(mu_);
     AddPendingEntry(PendingEntry{name, std::nullopt, std::nullopt});
   }
-  *result = std::make_unique<FaultWritableFile>(std::move(file), this, std::move(state));
+  *result = std::make_unique<FaultWritableFile>(std::move(file), this, std::move(state), fname);
   return IOStatus::OK();
 }
 

@@ -33,7 +33,8 @@
 //
 // Error injection without a power loss: FailWritesAfter(n) and SetFailSyncs(true) make appends or
 // syncs fail with IOError (nothing is written / nothing is synced), for the "an I/O failure fails
-// the group and degrades the store" path.
+// the group and degrades the store" path. A failed sync names the file or directory by the path
+// RocksDB opened it with, as the POSIX file system's does ("While fsync: /data/000012.log: ...").
 //
 // Thread safety: every method may be called from any thread; RocksDB calls the file system from
 // its writer and background threads concurrently.
@@ -166,7 +167,7 @@ class FaultFs final : public rocksdb::FileSystemWrapper {
   void AfterAppend(FileState* state, uint64_t bytes);
   void AfterPositionedAppend(FileState* state, uint64_t end_offset);
   void CountAppend();
-  rocksdb::IOStatus BeforeSync();
+  rocksdb::IOStatus BeforeSync(const std::string& name);  // `name`: the file or directory
   uint64_t SizeOf(FileState* state);
   void AfterSync(FileState* state, uint64_t synced_size);
   void AfterTruncate(FileState* state, uint64_t size);
