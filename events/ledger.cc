@@ -122,16 +122,17 @@ Status FromRocks(const rocksdb::Status& s) {
 // A failed read of the store, for reads whose errors may reach a user (an HTTP problem's detail):
 // RocksDB's words name a table file by its full path ("block checksum mismatch: ... in
 // /var/lib/ledgerd/000045.sst offset 0 size 1015"), and no error from a read names the data
-// directory `dir`. The words are kept without it; the server log gets them whole.
+// directory `dir`. The words are kept without it; the server log gets them whole. A key not found
+// (the usual answer of an idempotency or usage-key lookup) is no failure and costs no search.
 Status ReadFailure(const rocksdb::Status& s, std::string_view dir) {
   if (s.ok()) return Status::OK();
+  if (s.IsNotFound()) return Status::NotFound(s.ToString());
   std::string reason = s.ToString();
-  if (!s.IsNotFound()) spdlog::error("a read of the store failed: {}", reason);
+  spdlog::error("a read of the store failed: {}", reason);
   const std::string prefix = std::string(dir) + "/";
   for (size_t at = reason.find(prefix); at != std::string::npos; at = reason.find(prefix, at)) {
     reason.erase(at, prefix.size());
   }
-  if (s.IsNotFound()) return Status::NotFound(reason);
   if (s.IsCorruption()) return Status::Corruption(reason);
   return Status::IOError(reason);
 }
