@@ -315,20 +315,10 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
                "must be " + std::to_string(limits::kOutboxMessageBytesMaxLowest) + ".." +
                    std::to_string(limits::kOutboxMessageBytesMaxHighest) + " bytes");
   }
-  if (!config->jwt_hs256_secret.empty() && config->jwt_hs256_secret.size() < 32) {
-    return Bad("LEDGER_JWT_HS256_SECRET", "must be at least 32 bytes");
-  }
-  if (HasControlOrEdgeBlank(config->jwt_hs256_secret)) {
-    return Bad("LEDGER_JWT_HS256_SECRET",
-               "must not contain control characters or begin or end with a space");
-  }
+  LEDGER_RETURN_IF_ERROR(ValidateJwtSettings(config->jwt_hs256_secret, config->jwt_issuer,
+                                             config->jwt_audience, config->admin_role));
   if (!config->jwt_jwks_file.empty() && !IsReadableFile(config->jwt_jwks_file)) {
     return Bad("LEDGER_JWT_JWKS_FILE", "cannot read '" + config->jwt_jwks_file + "'");
-  }
-  if (config->admin_role.empty()) return Bad("LEDGER_ADMIN_ROLE", "must not be empty");
-  if (HasControlOrEdgeBlank(config->admin_role)) {
-    return Bad("LEDGER_ADMIN_ROLE",
-               "must not contain control characters or begin or end with a space");
   }
   for (const std::string& secret : SplitComma(webhook_secrets)) {
     if (secret.rfind("whsec_", 0) != 0 || secret.size() == 6 || HasBlankOrControl(secret)) {
@@ -342,16 +332,6 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
   if (config->DevMode() && (!config->jwt_issuer.empty() || !config->jwt_audience.empty())) {
     return Bad(config->jwt_issuer.empty() ? "LEDGER_JWT_AUDIENCE" : "LEDGER_JWT_ISSUER",
                "is set but neither LEDGER_JWT_HS256_SECRET nor LEDGER_JWT_JWKS_FILE is");
-  }
-  // Compared byte for byte with every token's iss / aud: `ledgerd ` or `ledgerd\n` (a value
-  // pasted or read from a file with its newline) answered every request 401. Not repeated: the
-  // message says what is wrong, the operator knows the value.
-  for (auto [name, value] : {std::pair{"LEDGER_JWT_ISSUER", &config->jwt_issuer},
-                             std::pair{"LEDGER_JWT_AUDIENCE", &config->jwt_audience}}) {
-    if (HasControlOrEdgeBlank(*value)) {
-      return Bad(name, "must not contain control characters or begin or end with a space (no "
-                       "token's claim would match it)");
-    }
   }
   if (const std::string& v = config->stripe_api_version;
       !v.empty() && !http::IsStripeApiVersion(v)) {
@@ -625,17 +605,8 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
                             std::pair{"LEDGER_JWT_AUDIENCE", "--jwt-audience"},
                             std::pair{"LEDGER_MASTER_KEY_FILE", "--master-key-file"},
                             std::pair{"LAGO_ORGANIZATION_ID", "--lago-organization-id"}}) {
-    const char* value = std::getenv(name);
-    if (value != nullptr && *value == '\0' && app.count(flag) == 0) {
-      result.status = Bad(name, "is set but empty (unset it for the default)");
-      result.exit_code = kExitConfig;
-      return result;
-    }
-    // A non-empty variable counts too, so an empty result is the flag's.
-    const CLI::Option* option = app.get_option(flag);
-    if (option->count() > 0 && option->results().back().empty()) {
-      result.status = Bad(name, std::string(flag) + " is given empty (leave it out for the "
-                                                    "default)");
+    result.status = CheckSettingNotEmpty(app, name, flag);
+    if (!result.status.ok()) {
       result.exit_code = kExitConfig;
       return result;
     }
@@ -769,6 +740,46 @@ Status LoadOrCreateMasterKey(const std::string& path, bool create, bool required
   key->assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
   bytes.fill(0);
   *found = true;
+  return Status::OK();
+}
+
+Status CheckSettingNotEmpty(const CLI::App& app, const char* variable, const char* flag) {
+  const char* value = std::getenv(variable);
+  if (value != nullptr && *value == '\0' && app.count(flag) == 0) {
+    return Bad(variable, "is set but empty (unset it for the default)");
+  }
+  // A non-empty variable counts too, so an empty result is the flag's.
+  const CLI::Option* option = app.get_option(flag);
+  if (option->count() > 0 && option->results().back().empty()) {
+    return Bad(variable, std::string(flag) + " is given empty (leave it out for the default)");
+  }
+  return Status::OK();
+}
+
+Status ValidateJwtSettings(std::string_view hs256_secret, std::string_view issuer,
+                           std::string_view audience, std::string_view admin_role) {
+  if (!hs256_secret.empty() && hs256_secret.size() < 32) {
+    return Bad("LEDGER_JWT_HS256_SECRET", "must be at least 32 bytes");
+  }
+  if (HasControlOrEdgeBlank(hs256_secret)) {
+    return Bad("LEDGER_JWT_HS256_SECRET",
+               "must not contain control characters or begin or end with a space");
+  }
+  if (admin_role.empty()) return Bad("LEDGER_ADMIN_ROLE", "must not be empty");
+  if (HasControlOrEdgeBlank(admin_role)) {
+    return Bad("LEDGER_ADMIN_ROLE",
+               "must not contain control characters or begin or end with a space");
+  }
+  // Compared byte for byte with every token's iss / aud: `ledgerd ` or `ledgerd\n` (a value
+  // pasted or read from a file with its newline) answered every request 401. Not repeated: the
+  // message says what is wrong, the operator knows the value.
+  for (auto [name, value] : {std::pair{"LEDGER_JWT_ISSUER", issuer},
+                             std::pair{"LEDGER_JWT_AUDIENCE", audience}}) {
+    if (HasControlOrEdgeBlank(value)) {
+      return Bad(name, "must not contain control characters or begin or end with a space (no "
+                       "token's claim would match it)");
+    }
+  }
   return Status::OK();
 }
 

@@ -13,6 +13,10 @@
 #include "events/limits.h"
 #include "events/status.h"
 
+namespace CLI {
+class App;
+}  // namespace CLI
+
 namespace ledger::daemon {
 
 // sysexits.h values used by ledgerd and ledgerctl.
@@ -115,6 +119,20 @@ Status ReadConfigFile(std::string_view setting, const std::string& path, size_t 
 // A value compared byte for byte with what another system sends (an HS256 secret, a role name)
 // that holds a control character (a secret file's newline) or a blank at either end.
 bool HasControlOrEdgeBlank(std::string_view value);
+
+// The JWT settings as ledgerd takes them, and `ledgerctl token` before it signs (a token made with
+// a value ledgerd refuses would hide that it cannot start): an HS256 secret (empty: none) of at
+// least 32 bytes, an admin role, and an issuer and audience (empty: not checked), none holding a
+// control character or a blank at either end. kUnprocessable "bad_config" (exit 78) naming the
+// variable; the value is never repeated.
+Status ValidateJwtSettings(std::string_view hs256_secret, std::string_view issuer,
+                           std::string_view audience, std::string_view admin_role);
+
+// CLI11 takes an empty variable for an unset one (a variable that failed to expand), and a flag
+// given empty is the same mistake (`--jwt-audience "$AUD"` with AUD unset): kUnprocessable
+// "bad_config" (exit 78) naming `variable` when it is set but empty and `flag` (an option of
+// `app`, reading `variable`) is not given, or when `flag` is given empty.
+Status CheckSettingNotEmpty(const CLI::App& app, const char* variable, const char* flag);
 
 // The BYOK key-encryption key: 32 bytes, stored as 64 hex digits in `path`. When the file is
 // missing it is an error if `required` (the setting named it explicitly, in any mode), else

@@ -2,8 +2,8 @@
 // tools/ that returns a Status (RocksDB's tools/ldb.cc style); exit codes follow sysexits.h:
 // 0 ok, 64 usage, 65 data error (verify failure, replay difference), 69 Stripe failed or refused
 // (stripe-setup), 70 internal, 74 storage, 75 replay of a store whose folds ledgerd has yet to
-// rebuild, 78 configuration (stripe-setup without its key, a dev secret file ledgerd refuses, an
-// empty LEDGER_DATA_DIR or --data-dir).
+// rebuild, 78 configuration (stripe-setup without its key, a dev secret file or a JWT setting
+// ledgerd refuses, an empty LEDGER_DATA_DIR or --data-dir).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <sys/stat.h>
@@ -110,6 +111,13 @@ void AddToken(CLI::App& app, TokenArgs* args) {
       ->envname("LEDGER_JWT_AUDIENCE");
 }
 
+// A setting ledgerd refuses to start with ("bad_config": the dev secret file, or the secret,
+// issuer, audience or admin role) is one to mend, 78 as there, not damaged data or a usage error.
+int FailToken(const Status& s) {
+  Fail("token", s);
+  return s.problem() == "bad_config" ? daemon::kExitConfig : ExitCodeFor(s);
+}
+
 int RunToken(const Globals& globals, TokenArgs* args) {
   // The signing key is never a flag: argv is visible to every user of the machine (ps,
   // /proc/<pid>/cmdline) and stays in shell history. An empty variable was refused already
@@ -118,19 +126,14 @@ int RunToken(const Globals& globals, TokenArgs* args) {
     args->secret = secret;
   } else {
     Status s = ReadSecretFile(daemon::DevJwtSecretPath(globals.data_dir), &args->secret);
-    if (!s.ok()) {
-      Fail("token", s);
-      // A file ledgerd refuses to start with (group- or other-readable, or short) is a setting
-      // to mend, 78 as there, not damaged data.
-      return s.problem() == "bad_config" ? daemon::kExitConfig : ExitCodeFor(s);
-    }
+    if (!s.ok()) return FailToken(s);
   }
   args->token.issued_at_s = std::chrono::duration_cast<std::chrono::seconds>(
                                 std::chrono::system_clock::now().time_since_epoch())
                                 .count();
   std::string token;
   Status s = MintHs256Token(args->token, args->secret, &token);
-  if (!s.ok()) return Fail("token", s);
+  if (!s.ok()) return FailToken(s);
   std::cout << token << "\n";
   return kExitOk;
 }
@@ -537,9 +540,10 @@ int RunStripeSetupCommand(const Globals& globals, const StripeSetupArgs& args) {
 
 // CLI11 takes an empty variable for an unset one: `LEDGER_DATA_DIR=$DATA ledgerctl stripe-setup`
 // with DATA unset opened (and created) ./data, seeded its catalog and called Stripe; an empty
-// LEDGER_JWT_HS256_SECRET signed with ./data's dev secret. Refused as ledgerd refuses them
-// (daemon/config.cc, 78), before anything is opened; so is the flag given empty. bench reads
-// neither (its --data-dir is its own).
+// LEDGER_JWT_HS256_SECRET signed with ./data's dev secret, an empty LEDGER_JWT_ISSUER or
+// LEDGER_JWT_AUDIENCE signed without the claim and an empty LEDGER_ADMIN_ROLE with "admin".
+// Refused as ledgerd refuses them (daemon/config.cc, 78), before anything is opened; so is the
+// flag given empty. bench reads none of them (its --data-dir is its own).
 int CheckNoEmptySetting(const CLI::App& app, const Globals& globals) {
   const CLI::App* sub = app.get_subcommands().front();
   if (sub->get_name() == "bench") return kExitOk;
@@ -555,9 +559,17 @@ int CheckNoEmptySetting(const CLI::App& app, const Globals& globals) {
   } else if (data_dir != nullptr && *data_dir == '\0') {
     return refuse("LEDGER_DATA_DIR is set but empty (unset it for ./data)");
   }
+  if (sub->get_name() != "token") return kExitOk;
   const char* secret = std::getenv("LEDGER_JWT_HS256_SECRET");
-  if (sub->get_name() == "token" && secret != nullptr && *secret == '\0') {
+  if (secret != nullptr && *secret == '\0') {
     return refuse("LEDGER_JWT_HS256_SECRET is set but empty (unset it for the dev secret file)");
+  }
+  for (auto [name, flag] : {std::pair{"LEDGER_JWT_ISSUER", "--issuer"},
+                            std::pair{"LEDGER_JWT_AUDIENCE", "--audience"},
+                            std::pair{"LEDGER_ADMIN_ROLE", "--admin-role"}}) {
+    if (Status s = daemon::CheckSettingNotEmpty(*sub, name, flag); !s.ok()) {
+      return refuse(s.message());
+    }
   }
   return kExitOk;
 }

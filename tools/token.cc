@@ -54,24 +54,15 @@ Status MintHs256Token(const TokenOptions& options, const std::string& secret, st
                                    "--sub must be a user id (1 to 255 bytes of UTF-8 without '/' "
                                    "or control characters)");
   }
-  // ledgerd refuses shorter secrets (LEDGER_JWT_HS256_SECRET): a token signed with one would be
-  // refused too, and a short secret is guessable.
-  if (secret.size() < 32) {
-    return Status::InvalidArgument("bad_token", "the HS256 secret must be at least 32 bytes");
-  }
-  // ledgerd refuses such a secret (exit 78): a token minted with a file's newline would pass
-  // only here, hiding that the daemon cannot start with it.
-  if (daemon::HasControlOrEdgeBlank(secret)) {
-    return Status::InvalidArgument(
-        "bad_token", "the HS256 secret must not contain control characters or begin or end "
-                     "with a space");
-  }
+  if (secret.empty()) return Status::InvalidArgument("bad_token", "the HS256 secret is empty");
+  // ledgerd's own rules for these settings: a token minted with a short secret or a file's
+  // newline, or naming an issuer, audience or admin role ledgerd refuses, would pass only here,
+  // hiding that the daemon cannot start with them.
+  LEDGER_RETURN_IF_ERROR(
+      daemon::ValidateJwtSettings(secret, options.issuer, options.audience, options.admin_role));
   if (options.ttl_seconds <= 0 || options.ttl_seconds > kTokenTtlSecondsMax) {
     return Status::InvalidArgument("bad_token", "--ttl must be 1.." +
                                                     std::to_string(kTokenTtlSecondsMax) + " s");
-  }
-  if (options.admin && options.admin_role.empty()) {
-    return Status::InvalidArgument("bad_token", "the admin role name is empty");
   }
   *token = http::SignHs256(TokenClaimsJson(options), secret);
   return Status::OK();

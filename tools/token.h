@@ -29,8 +29,9 @@ struct TokenOptions {
 std::string TokenClaimsJson(const TokenOptions& options);
 
 // Mints `header.payload.signature` signed with `secret`. InvalidArgument for a subject that is not
-// a user id (projections::IsValidUserId, as ledgerd requires), a secret under 32 bytes (ledgerd's
-// minimum) or a TTL outside 1..kTokenTtlSecondsMax.
+// a user id (projections::IsValidUserId, as ledgerd requires), an empty secret or a TTL outside
+// 1..kTokenTtlSecondsMax; kUnprocessable "bad_config" for a secret, issuer, audience or admin
+// role ledgerd refuses to start with (daemon::ValidateJwtSettings: exit 78 there).
 Status MintHs256Token(const TokenOptions& options, const std::string& secret, std::string* token);
 
 // Reads the dev-mode secret ledgerd keeps at `path` (`<data-dir>/jwt-dev.secret`) as ledgerd does

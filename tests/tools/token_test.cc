@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <tuple>
 
 #include <rapidjson/document.h>
 
@@ -121,11 +122,11 @@ TEST(TokenTest, RejectsBadInput) {
   }
   options.subject = "alice";
   EXPECT_EQ(MintHs256Token(options, "", &token).code(), Code::kInvalidArgument);
-  // A secret file's newline: ledgerd exits 78 on it, so a token minted with it hides that.
-  EXPECT_EQ(MintHs256Token(options, std::string(kSecret) + "\n", &token).code(),
-            Code::kInvalidArgument);
-  EXPECT_EQ(MintHs256Token(options, " " + std::string(kSecret), &token).code(),
-            Code::kInvalidArgument);
+  // A secret file's newline: ledgerd exits 78 on it, so a token minted with it hides that. Its
+  // rules, and its exit code: bad_config.
+  EXPECT_EQ(MintHs256Token(options, std::string(kSecret) + "\n", &token).problem(), "bad_config");
+  EXPECT_EQ(MintHs256Token(options, " " + std::string(kSecret), &token).problem(), "bad_config");
+  EXPECT_EQ(MintHs256Token(options, "short", &token).problem(), "bad_config");
   options.ttl_seconds = 0;
   EXPECT_EQ(MintHs256Token(options, kSecret, &token).code(), Code::kInvalidArgument);
 }
@@ -163,12 +164,7 @@ TEST(TokenCliTest, UsesTheDevSecretFile) {
                               "token --data-dir " + dir.path() + " --sub bob");
   ASSERT_EQ(r.exit_code, 0);
   EXPECT_TRUE(SignatureVerifies(r.out.substr(0, r.out.size() - 1), other));
-  // A secret ledgerd would refuse, and a lifetime past a year (or one overflowing exp), are
-  // usage errors.
-  EXPECT_EQ(testing::RunLedgerctlIn(dir.path(), "LEDGER_JWT_HS256_SECRET=short",
-                                    "token --data-dir " + dir.path() + " --sub bob")
-                .exit_code,
-            64);
+  // A lifetime past a year (or one overflowing exp) is a usage error.
   EXPECT_EQ(RunLedgerctl("token --data-dir " + dir.path() + " --sub bob --ttl 9223372036854775807")
                 .exit_code,
             64);
@@ -243,6 +239,54 @@ TEST(TokenCliTest, AnEmptySecretOrDataDirVariableIsAConfigurationError) {
   EXPECT_TRUE(SignatureVerifies(r.out.substr(0, r.out.size() - 1), kSecret));
   EXPECT_EQ(testing::RunLedgerctlIn(cwd.path(), "LEDGER_DATA_DIR=data", "token --sub a").exit_code,
             0);
+}
+
+// ledgerd exits 78 on LEDGER_JWT_ISSUER, LEDGER_JWT_AUDIENCE or LEDGER_ADMIN_ROLE set but empty,
+// and on a secret, issuer, audience or admin role under its rules (daemon::ValidateJwtSettings).
+// token took the empty variables for unset ones (a token without iss / aud, or with the role
+// "admin"), an empty --iss / --aud as no claim, and a short secret as a usage error (64). It
+// mints nothing with any of them now, 78 as ledgerd, naming the setting and never its value.
+TEST(TokenCliTest, SettingsLedgerdRefusesAreConfigurationErrors) {
+  TempDir dir;
+  const std::string path = dir.path() + "/jwt-dev.secret";
+  {
+    std::ofstream secret(path);
+    secret << kSecret << "\n";
+  }
+  ASSERT_EQ(::chmod(path.c_str(), 0600), 0);
+  const std::string token = "token --data-dir " + dir.path() + " --sub alice --admin";
+  const std::string secret = std::string("LEDGER_JWT_HS256_SECRET='") + kSecret;
+  for (const auto& [env, args, setting] : std::vector<std::tuple<std::string, std::string,
+                                                                 std::string>>{
+           {"LEDGER_JWT_ISSUER=", token, "LEDGER_JWT_ISSUER"},
+           {"LEDGER_JWT_AUDIENCE=", token, "LEDGER_JWT_AUDIENCE"},
+           {"LEDGER_ADMIN_ROLE=", token, "LEDGER_ADMIN_ROLE"},
+           {"", token + " --iss ''", "LEDGER_JWT_ISSUER"},
+           {"", token + " --aud ''", "LEDGER_JWT_AUDIENCE"},
+           {"", token + " --admin-role ''", "LEDGER_ADMIN_ROLE"},
+           {"LEDGER_JWT_HS256_SECRET=short-secret", token, "LEDGER_JWT_HS256_SECRET"},
+           {secret + "\n'", token, "LEDGER_JWT_HS256_SECRET"},
+           {secret + " '", token, "LEDGER_JWT_HS256_SECRET"},
+           {"LEDGER_JWT_ISSUER='https://issuer.example\n'", token, "LEDGER_JWT_ISSUER"},
+           {"", token + " --aud 'ledger-api '", "LEDGER_JWT_AUDIENCE"},
+           {"LEDGER_ADMIN_ROLE=' admin'", token, "LEDGER_ADMIN_ROLE"}}) {
+    SCOPED_TRACE(env + " " + args);
+    testing::ProcessResult r = testing::RunLedgerctlIn(dir.path(), env, args);
+    EXPECT_EQ(r.exit_code, 78) << r.out;
+    EXPECT_TRUE(r.out.empty()) << r.out;  // no token
+    r = testing::RunLedgerctlIn(dir.path(), env, args, /*keep_stderr=*/true);
+    EXPECT_NE(r.out.find(setting), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find(kSecret), std::string::npos) << r.out;
+  }
+  // Values ledgerd takes are taken.
+  testing::ProcessResult r = testing::RunLedgerctlIn(
+      dir.path(), "LEDGER_JWT_ISSUER=https://issuer.example LEDGER_ADMIN_ROLE='billing admin'",
+      token + " --aud ledger-api");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  rapidjson::Document claims = Payload(r.out.substr(0, r.out.size() - 1));
+  EXPECT_STREQ(claims["iss"].GetString(), "https://issuer.example");
+  EXPECT_STREQ(claims["aud"].GetString(), "ledger-api");
+  EXPECT_STREQ(claims["realm_access"]["roles"][0].GetString(), "billing admin");
 }
 
 }  // namespace
