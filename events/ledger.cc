@@ -193,6 +193,35 @@ bool DecodeStreamRun(uint64_t first, std::string_view gaps, std::vector<uint64_t
   return true;
 }
 
+// A streams row that does not decode, named by its subject and the position its key holds, or
+// by its whole key when that is not a subject, NUL and a position. Printable: bytes outside
+// printable ASCII, `"` and `\` are shown as \xNN, and at most the first 255 bytes.
+Status MalformedStreamRow(std::string_view key) {
+  constexpr size_t kShownBytesMax = 255;
+  const size_t nul = key.find('\0');
+  const bool well_formed = nul != std::string_view::npos && key.size() == nul + 1 + 8;
+  const std::string_view shown = well_formed ? key.substr(0, nul) : key;
+  std::string quoted = "\"";
+  for (const char c : shown.substr(0, kShownBytesMax)) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte < 0x20 || byte >= 0x7f || c == '"' || c == '\\') {
+      quoted += "\\x";
+      quoted += "0123456789abcdef"[byte >> 4];
+      quoted += "0123456789abcdef"[byte & 0xf];
+    } else {
+      quoted += c;
+    }
+  }
+  quoted += shown.size() > kShownBytesMax ? "\"..." : "\"";
+  if (!well_formed) {
+    return Status::Corruption("the streams row keyed " + quoted +
+                              " is malformed: its key is not a subject, NUL and a position");
+  }
+  return Status::Corruption("the streams row of subject " + quoted + " at position " +
+                            std::to_string(DecodeFixed64BE(key.data() + nul + 1)) +
+                            " is malformed: its run of positions does not decode");
+}
+
 // The streams rows of one command's events, written when its events are all appended.
 class StreamRuns {
  public:
@@ -2282,7 +2311,7 @@ Status LedgerImpl::ReadEventsBySubject(Position after, size_t limit, const Event
     if (!key.starts_with(prefix) || key.size() != prefix.size() + 8) break;
     if (!DecodeStreamRun(DecodeFixed64BE(key.data() + prefix.size()), ToView(it->value()),
                          &positions)) {
-      return Status::Corruption("malformed streams row");
+      return MalformedStreamRow(key);
     }
     for (uint64_t position : positions) {
       if (position <= after.value()) continue;
@@ -2451,7 +2480,7 @@ Status LedgerImpl::StreamsDigest(Hash* out) const {
     if (nul == std::string_view::npos || key.size() != nul + 1 + 8 ||
         !DecodeStreamRun(DecodeFixed64BE(key.data() + nul + 1), ToView(it->value()),
                          &positions)) {
-      return Status::Corruption("malformed streams row");
+      return MalformedStreamRow(key);
     }
     for (uint64_t position : positions) {
       framed.clear();

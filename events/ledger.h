@@ -315,7 +315,8 @@ class Ledger {
   // Digest over the per-subject index (`streams`, derived from the log like a fold's rows) as
   // the (subject, position) pairs its rows name, in key order, each row's run expanded: the
   // writer's one row per command and ImportEvents' one per call give equal digests for equal
-  // indexes. Replay compares it. Corruption when a row is malformed.
+  // indexes. Replay compares it. Corruption when a row is malformed (naming its subject and
+  // position, printable).
   virtual Status StreamsDigest(Hash* out) const = 0;
 
   // Appends already-sealed events read from another log (replay into a fresh directory): checks

@@ -278,7 +278,11 @@ int RunReplay(const Globals& globals, const ReplayArgs& args) {
             << Str(report.position) << "\n"
             << "replay: rebuilt digest " << HexEncode(report.rebuilt_digest) << " ("
             << report.events << " events, " << options.folds.size() << " projections"
-            << (args.into.empty() ? "" : ", kept in " + args.into) << ")\n";
+            << (args.into.empty() ? "" : ", kept in " + args.into) << ")\n"
+            << "replay: live streams digest    " << HexEncode(report.live_streams_digest)
+            << " (the per-subject index)\n"
+            << "replay: rebuilt streams digest " << HexEncode(report.rebuilt_streams_digest)
+            << "\n";
   // A store last opened read-write by another build (or not since a rebuild was cut short): its
   // rows of a changed fold, or of a fold that build did not have, differ from this build's replay
   // by design. Said as such, not as a

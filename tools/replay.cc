@@ -231,10 +231,9 @@ Status ReplayProjections(const ReplayOptions& options, ReplayReport* report) {
   }
   // The per-subject index is derived from the log too (GET /api/v1/events?subject= reads by it):
   // a row lost or pointed elsewhere hides a subject's events or serves another's.
-  Hash live_streams{}, rebuilt_streams{};
-  LEDGER_RETURN_IF_ERROR(live->StreamsDigest(&live_streams));
-  LEDGER_RETURN_IF_ERROR(rebuilt->StreamsDigest(&rebuilt_streams));
-  if (live_streams != rebuilt_streams) {
+  LEDGER_RETURN_IF_ERROR(live->StreamsDigest(&report->live_streams_digest));
+  LEDGER_RETURN_IF_ERROR(rebuilt->StreamsDigest(&report->rebuilt_streams_digest));
+  if (report->live_streams_digest != report->rebuilt_streams_digest) {
     report->equal = false;
     report->differing_folds.emplace_back(kStreamsIndexName);
   }

@@ -66,8 +66,10 @@ struct StaleFold {
 struct ReplayReport {
   Position position;                // head of the live store at the open; both digests are at it
   uint64_t events = 0;              // events imported
-  Hash live_digest{};
+  Hash live_digest{};               // the folds' rows (Ledger::ProjectionDigest)
   Hash rebuilt_digest{};
+  Hash live_streams_digest{};       // the per-subject index (Ledger::StreamsDigest)
+  Hash rebuilt_streams_digest{};
   bool equal = false;
   // When !equal: the folds of this build's version whose rows differ (stale ones are not in it),
   // and kStreamsIndexName when the per-subject index differs.

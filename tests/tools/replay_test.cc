@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <iterator>
+#include <sstream>
 
 #include "events/coding.h"
 #include "events/limits.h"
@@ -141,7 +142,44 @@ TEST(ReplayTest, AStreamsRowRemovedIsReported) {
   ASSERT_TRUE(s.ok()) << s.ToString();
   EXPECT_FALSE(report.equal);
   EXPECT_EQ(report.live_digest, report.rebuilt_digest);  // the folds agree
+  EXPECT_NE(report.live_streams_digest, report.rebuilt_streams_digest);
   EXPECT_EQ(report.differing_folds, std::vector<std::string>{"streams"});
+}
+
+// A streams row that does not decode failed replay (and a read by subject) with "malformed
+// streams row", naming neither its subject nor its position. Both are named now, printable.
+TEST(ReplayTest, AMalformedStreamsRowIsNamedBySubjectAndPosition) {
+  TempDir dir;
+  {
+    auto ledger = OpenTestLedger(dir.path(), Folds());
+    WriteMarkedLog(ledger.get(), 4, 3);  // alice 1..3 and 7..9, bob 4..6 and 10..12
+  }
+  EditRaw(dir.path(), [](rocksdb::DB* db, const auto& names, const auto& handles) {
+    // alice's run from 7: a gap whose varint never ends.
+    ASSERT_TRUE(
+        db->Put({}, FindFamily(names, handles, "streams"), StreamsKey("alice", 7), "\x80").ok());
+  });
+  const std::string named = "the streams row of subject \"alice\" at position 7 is malformed";
+  ReplayReport report;
+  Status s = ReplayProjections(Options(dir.path()), &report);
+  EXPECT_EQ(s.code(), Code::kCorruption) << s.ToString();
+  EXPECT_NE(s.message().find(named), std::string::npos) << s.ToString();
+  {
+    auto ledger = OpenTestLedger(dir.path(), Folds());
+    std::vector<Event> events;
+    s = ledger->ReadEvents(Position(0), 100, {"alice", ""}, &events);
+    EXPECT_EQ(s.code(), Code::kCorruption) << s.ToString();
+    EXPECT_NE(s.message().find(named), std::string::npos) << s.ToString();
+  }
+  // A key that is not a subject, NUL and a position is shown whole, its control byte escaped.
+  EditRaw(dir.path(), [](rocksdb::DB* db, const auto& names, const auto& handles) {
+    ASSERT_TRUE(db->Put({}, FindFamily(names, handles, "streams"), "\x01" "carol", "").ok());
+  });
+  s = ReplayProjections(Options(dir.path()), &report);
+  EXPECT_EQ(s.code(), Code::kCorruption) << s.ToString();
+  EXPECT_NE(s.message().find("the streams row keyed \"\\x01carol\" is malformed"),
+            std::string::npos)
+      << s.ToString();
 }
 
 // A row moved to another position: alice's run of 1..3 now names 4..6, bob's events, which a
@@ -319,6 +357,15 @@ TEST(ReplayCliTest, ExitCodesWithTheRegisteredProjections) {
   EXPECT_EQ(testing::RunLedgerctl("replay --data-dir " + dir.Sub("none")).exit_code, 74);
 }
 
+// The 64 hex digits after `label` at the start of a line of `out` (empty when there is none).
+std::string Digest(const std::string& out, const std::string& label) {
+  std::istringstream lines(out);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind(label, 0) == 0) return line.substr(label.size(), 64);
+  }
+  return "";
+}
+
 // The binary: a streams row removed is a difference naming the index (exit 65).
 TEST(ReplayCliTest, AStreamsRowRemovedIsADifference) {
   TempDir dir;
@@ -333,6 +380,16 @@ TEST(ReplayCliTest, AStreamsRowRemovedIsADifference) {
   EXPECT_EQ(bad.exit_code, 65) << bad.out;
   EXPECT_NE(bad.out.find("replay: DIFFERENT projections: streams\n"), std::string::npos)
       << bad.out;
+  // The digests printed differ where the projections do: the folds' agree, the index's do not
+  // (only the folds' were printed, the same twice above "DIFFERENT projections: streams").
+  EXPECT_EQ(Digest(bad.out, "replay: live digest    "),
+            Digest(bad.out, "replay: rebuilt digest "))
+      << bad.out;
+  const std::string live_streams = Digest(bad.out, "replay: live streams digest    ");
+  const std::string rebuilt_streams = Digest(bad.out, "replay: rebuilt streams digest ");
+  EXPECT_EQ(live_streams.size(), 64u) << bad.out;
+  EXPECT_EQ(rebuilt_streams.size(), 64u) << bad.out;
+  EXPECT_NE(live_streams, rebuilt_streams) << bad.out;
 }
 
 // Positions start at 1 (README, events/FORMAT.md): the help said "from position 0".
