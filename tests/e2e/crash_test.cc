@@ -19,7 +19,6 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <random>
 #include <thread>
 
@@ -29,6 +28,7 @@
 #include "tests/support/http_client.h"
 #include "tests/support/plan_crash.h"
 #include "tests/support/test_ledger.h"
+#include "tests/support/wal_records.h"
 
 namespace ledger::testing {
 namespace {
@@ -195,15 +195,7 @@ TEST(CrashTest, NegativeControlDeletingTheNewestWalIsDetected) {
   ASSERT_FALSE(second.empty());
   acknowledged.insert(acknowledged.end(), second.begin(), second.end());
 
-  std::vector<std::filesystem::path> wals;
-  for (const auto& entry : std::filesystem::directory_iterator(f.options.data_dir)) {
-    if (entry.path().extension() == ".log") wals.push_back(entry.path());
-  }
-  ASSERT_FALSE(wals.empty());
-  std::sort(wals.begin(), wals.end());  // zero-padded numbers: name order is creation order
-  std::printf("deleting %s (of %zu write-ahead logs)\n", wals.back().filename().c_str(),
-              wals.size());
-  std::filesystem::remove(wals.back());
+  ASSERT_FALSE(DeleteNewestLog(f.options.data_dir).empty());
 
   Status started = f.Start();
   ASSERT_TRUE(started.ok()) << "ledgerd did not start after the WAL was deleted (exit "

@@ -27,7 +27,6 @@
 #include <condition_variable>
 #include <cstdio>
 #include <ctime>
-#include <filesystem>
 #include <map>
 #include <mutex>
 #include <random>
@@ -45,6 +44,7 @@
 #include "tests/support/test_ledger.h"
 #include "tests/support/tokens.h"
 #include "tests/support/usage_fixtures.h"
+#include "tests/support/wal_records.h"
 
 namespace ledger::testing {
 namespace {
@@ -126,14 +126,21 @@ struct BatchCheckReport {
   }
 };
 
-// A usage batch of one item per key, for `user`.
-std::string BatchBody(const std::string& user, const std::vector<std::string>& keys) {
+// A usage batch of one item per (user, idempotency key).
+std::string BatchBody(const std::vector<std::pair<std::string, std::string>>& items) {
   std::string body = R"({"events":[)";
-  for (size_t i = 0; i < keys.size(); ++i) {
-    body += std::string(i ? "," : "") + R"({"user_id":")" + user +
-            R"(","service":"chat","idempotency_key":")" + keys[i] + R"("})";
+  for (size_t i = 0; i < items.size(); ++i) {
+    body += std::string(i ? "," : "") + R"({"user_id":")" + items[i].first +
+            R"(","service":"chat","idempotency_key":")" + items[i].second + R"("})";
   }
   return body + "]}";
+}
+
+// The same, every item for `user`.
+std::string BatchBody(const std::string& user, const std::vector<std::string>& keys) {
+  std::vector<std::pair<std::string, std::string>> items;
+  for (const std::string& key : keys) items.emplace_back(user, key);
+  return BatchBody(items);
 }
 
 std::string ConsumeBody(const std::string& key) {
@@ -326,17 +333,13 @@ class UsageE2eTest : public ::testing::Test {
       clients.emplace_back([&, t] {
         TestHttpClient client = Service();
         for (int i = 0;; ++i) {
-          std::string body = R"({"events":[)";
           std::vector<std::pair<std::string, std::string>> items;
           for (int j = 0; j < kBatchItems; ++j) {
-            const std::string user = j % 2 ? kBatchUser : kUser;
             const std::string key = tag + "-" + std::to_string(t) + "-" + std::to_string(i) +
                                     "-" + std::to_string(j);
-            body += std::string(j ? "," : "") + R"({"user_id":")" + user +
-                    R"(","service":"chat","idempotency_key":")" + key + R"("})";
-            items.emplace_back(user, key);
+            items.emplace_back(j % 2 ? kBatchUser : kUser, key);
           }
-          body += "]}";
+          const std::string body = BatchBody(items);
           HttpReply r = client.Post(kEvents, body);
           if (r.status == 0) return;  // the daemon is gone
           if (r.status != 200) {
@@ -468,15 +471,7 @@ TEST_F(UsageE2eTest, NegativeControlDeletingTheNewestWalIsDetected) {
   std::printf("negative control: %zu consumes acknowledged before the kill\n", acked.size());
   acked.insert(survivors.begin(), survivors.end());
 
-  std::vector<std::filesystem::path> wals;
-  for (const auto& entry : std::filesystem::directory_iterator(options_.data_dir)) {
-    if (entry.path().extension() == ".log") wals.push_back(entry.path());
-  }
-  ASSERT_FALSE(wals.empty());
-  std::sort(wals.begin(), wals.end());  // zero-padded numbers: name order is creation order
-  std::printf("deleting %s (of %zu write-ahead logs)\n", wals.back().filename().c_str(),
-              wals.size());
-  std::filesystem::remove(wals.back());
+  ASSERT_FALSE(DeleteNewestLog(options_.data_dir).empty());
   Status started = daemon_->Start();
   ASSERT_TRUE(started.ok()) << "ledgerd did not start after the WAL was deleted (exit "
                             << daemon_->exit_code() << ", " << daemon::kExitStorage
@@ -545,15 +540,7 @@ TEST_F(UsageE2eTest, NegativeControlBatchDeletingTheNewestWalIsDetected) {
   ASSERT_FALSE(acked.empty());
   std::printf("negative control: %zu batches acknowledged before the kill\n", acked.size());
 
-  std::vector<std::filesystem::path> wals;
-  for (const auto& entry : std::filesystem::directory_iterator(options_.data_dir)) {
-    if (entry.path().extension() == ".log") wals.push_back(entry.path());
-  }
-  ASSERT_FALSE(wals.empty());
-  std::sort(wals.begin(), wals.end());  // zero-padded numbers: name order is creation order
-  std::printf("deleting %s (of %zu write-ahead logs)\n", wals.back().filename().c_str(),
-              wals.size());
-  std::filesystem::remove(wals.back());
+  ASSERT_FALSE(DeleteNewestLog(options_.data_dir).empty());
   Status started = daemon_->Start();
   ASSERT_TRUE(started.ok()) << "ledgerd did not start after the WAL was deleted (exit "
                             << daemon_->exit_code() << "), so the checker never ran: "

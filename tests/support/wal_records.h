@@ -1,6 +1,6 @@
 // Write-ahead-log files at the record level, for tests that shape them as a crash or a power loss
 // can leave them: the WriteBatches a log holds, a record appended as RocksDB's log writer writes
-// it, and a log split in two at a lost record.
+// it, a log split in two at a lost record, and the newest log deleted.
 #pragma once
 
 #include <algorithm>
@@ -94,6 +94,22 @@ inline std::string SplitLogAtALostRecord(const std::string& wal_path,
   std::ofstream(newer_path, std::ios::binary | std::ios::trunc)
       .write(newer.data(), static_cast<std::streamsize>(newer.size()));
   return newer_path;
+}
+
+// The negative controls' loss of acknowledged writes: deletes the newest write-ahead log of the
+// store at `dir` (zero-padded numbers: name order is creation order) and says so on stdout.
+// Returns its name; "" when the store has no log.
+inline std::string DeleteNewestLog(const std::string& dir) {
+  std::vector<std::filesystem::path> logs;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    if (entry.path().extension() == ".log") logs.push_back(entry.path());
+  }
+  if (logs.empty()) return "";
+  std::sort(logs.begin(), logs.end());
+  std::printf("deleting %s (of %zu write-ahead logs)\n", logs.back().filename().c_str(),
+              logs.size());
+  std::filesystem::remove(logs.back());
+  return logs.back().filename().string();
 }
 
 }  // namespace ledger::testing
