@@ -49,14 +49,19 @@ bool SyncPath(const std::filesystem::path& path, int flags, std::string* error) 
 // Creates `path` (it must not exist) holding `bytes`, synced; false with errno-based `*error`.
 bool WriteNewFile(const std::filesystem::path& path, std::string_view bytes, std::string* error) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  std::string why;
   while (fd >= 0 && !bytes.empty()) {
     const ssize_t n = ::write(fd, bytes.data(), bytes.size());
     if (n < 0 && errno == EINTR) continue;
+    if (n < 0) why = std::strerror(errno);
+    // A write that writes nothing sets no errno: the one left by an earlier call is not its.
+    if (n == 0) why = "the write wrote nothing";
     if (n <= 0) break;
     bytes.remove_prefix(static_cast<size_t>(n));
   }
-  if (fd < 0 || !bytes.empty() || ::fsync(fd) != 0) {
-    *error = path.string() + ": " + std::strerror(errno);
+  if (why.empty() && (fd < 0 || ::fsync(fd) != 0)) why = std::strerror(errno);
+  if (!why.empty()) {
+    *error = path.string() + ": " + why;
     if (fd >= 0) ::close(fd);
     return false;
   }
