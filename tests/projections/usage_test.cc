@@ -1943,6 +1943,19 @@ class UsageLedgerTest : public ::testing::Test {
     ASSERT_TRUE((*out)->ImportEvents(events).ok());
   }
 
+  // Replays the whole log into a scratch ledger at `path` (left in `replayed`) and expects its
+  // folds to equal the live ones.
+  void ExpectReplayFoldsTheSame(const std::string& path, std::unique_ptr<Ledger>* replayed,
+                                const std::string& when = "") {
+    std::vector<Event> events;
+    ASSERT_TRUE(ledger_->ReadEvents(Position(0), 1000, EventFilter{}, &events).ok());
+    ASSERT_NO_FATAL_FAILURE(Replay(path, events, replayed));
+    Hash live{}, rebuilt{};
+    ASSERT_TRUE(ledger_->ProjectionDigest(&live).ok());
+    ASSERT_TRUE((*replayed)->ProjectionDigest(&rebuilt).ok());
+    EXPECT_EQ(HexEncode(live), HexEncode(rebuilt)) << when;
+  }
+
   int64_t Used(const std::string& user, int64_t window_start,
                WindowKind kind = WindowKind::kBillingMonth) {
     auto view = ledger_->Snapshot();
@@ -2107,15 +2120,9 @@ TEST_F(UsageLedgerTest, ARestartedPeriodsCarryEqualsAReplayOfTheLog) {
   EXPECT_EQ(Used("u1", start), 16);
   EXPECT_EQ(Used("u2", start), 5);
 
-  std::vector<Event> events;
-  ASSERT_TRUE(ledger_->ReadEvents(Position(0), 1000, EventFilter{}, &events).ok());
   ledger::testing::TempDir replay_dir;
   std::unique_ptr<Ledger> replayed;
-  ASSERT_NO_FATAL_FAILURE(Replay(replay_dir.path(), events, &replayed));
-  Hash live{}, rebuilt{};
-  ASSERT_TRUE(ledger_->ProjectionDigest(&live).ok());
-  ASSERT_TRUE(replayed->ProjectionDigest(&rebuilt).ok());
-  EXPECT_EQ(HexEncode(live), HexEncode(rebuilt));
+  ASSERT_NO_FATAL_FAILURE(ExpectReplayFoldsTheSame(replay_dir.path(), &replayed));
   auto view = replayed->Snapshot();
   UsageCounter c;
   ASSERT_TRUE(GetUsageCounter(*view, "u1", start, WindowKind::kBillingMonth, &c).ok());
@@ -2153,15 +2160,9 @@ TEST_F(UsageLedgerTest, ACarryThatEndedFoldsAsItWasDecidedInAReplay) {
   EXPECT_EQ(Used("u1", start), 9);
   EXPECT_EQ(Used("u2", start), 2);
 
-  std::vector<Event> events;
-  ASSERT_TRUE(ledger_->ReadEvents(Position(0), 1000, EventFilter{}, &events).ok());
   ledger::testing::TempDir replay_dir;
   std::unique_ptr<Ledger> replayed;
-  ASSERT_NO_FATAL_FAILURE(Replay(replay_dir.path(), events, &replayed));
-  Hash live{}, rebuilt{};
-  ASSERT_TRUE(ledger_->ProjectionDigest(&live).ok());
-  ASSERT_TRUE(replayed->ProjectionDigest(&rebuilt).ok());
-  EXPECT_EQ(HexEncode(live), HexEncode(rebuilt));
+  ASSERT_NO_FATAL_FAILURE(ExpectReplayFoldsTheSame(replay_dir.path(), &replayed));
   auto view = replayed->Snapshot();
   UsageCounter c;
   ASSERT_TRUE(GetUsageCounter(*view, "u1", start, WindowKind::kBillingMonth, &c).ok());
@@ -2209,15 +2210,9 @@ TEST_F(UsageLedgerTest, ASecondRestartsCarryFoldsAsItWasDecidedInAReplay) {
   EXPECT_EQ(Used("u2", fourth), 18);
 
   const auto expect_replay_folds_the_same = [&](const char* when) {
-    std::vector<Event> events;
-    ASSERT_TRUE(ledger_->ReadEvents(Position(0), 1000, EventFilter{}, &events).ok());
     ledger::testing::TempDir replay_dir;
     std::unique_ptr<Ledger> replayed;
-    ASSERT_NO_FATAL_FAILURE(Replay(replay_dir.path(), events, &replayed));
-    Hash live{}, rebuilt{};
-    ASSERT_TRUE(ledger_->ProjectionDigest(&live).ok());
-    ASSERT_TRUE(replayed->ProjectionDigest(&rebuilt).ok());
-    EXPECT_EQ(HexEncode(live), HexEncode(rebuilt)) << when;
+    ASSERT_NO_FATAL_FAILURE(ExpectReplayFoldsTheSame(replay_dir.path(), &replayed, when));
   };
   expect_replay_folds_the_same("while the carried calls count");
 
