@@ -119,6 +119,11 @@ Status FromRocks(const rocksdb::Status& s) {
   return Status::IOError(s.ToString());
 }
 
+// What a write is told once the ledger is degraded (a failed write or sync), until it is reopened.
+Status DegradedStatus() {
+  return Status::Unavailable("storage_degraded", "storage failed; the ledger is read-only");
+}
+
 // A failed read of the store, for reads whose errors may reach a user (an HTTP problem's detail):
 // RocksDB's words name a table file by its full path ("block checksum mismatch: ... in
 // /var/lib/ledgerd/000045.sst offset 0 size 1015"), and no error from a read names the data
@@ -1559,8 +1564,7 @@ bool LedgerImpl::Admit(Writer* w) {
       return false;
     }
     if (degraded_.load() || stopping_) {
-      w->result.status =
-          Status::Unavailable("storage_degraded", "storage failed; the ledger is read-only");
+      w->result.status = DegradedStatus();
       return false;
     }
     if (queue_.size() >= options_.write_queue_max) {
@@ -2084,8 +2088,7 @@ void LedgerImpl::DecideGroup(GroupCommit* commit,
   if (degraded_.load()) {
     for (Writer* w : group) {
       w->result = CommandResult{};
-      w->result.status =
-          Status::Unavailable("storage_degraded", "storage failed; the ledger is read-only");
+      w->result.status = DegradedStatus();
     }
     return;
   }
@@ -2402,7 +2405,7 @@ Status LedgerImpl::PutCheckpoint(std::string_view name, Position position, bool 
   // here: RocksDB refuses writes only while its background error lasts (its own recovery from
   // some I/O errors clears it; the ledger stays degraded until it is reopened).
   if (degraded_.load()) {
-    return Status::Unavailable("storage_degraded", "storage failed; the ledger is read-only");
+    return DegradedStatus();
   }
   std::string value;
   PutFixed64BE(&value, position.value());
