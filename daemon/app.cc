@@ -135,9 +135,19 @@ Status App::Impl::StartKafka() {
   options.bootstrap_servers = kafka_bootstrap_;
   options.topic = config_.kafka_topic;
   // Named for the destination: pointed at another cluster or topic, the outbox publishes the log
-  // there from the start instead of after what the old destination received.
-  options.checkpoint_name = OutboxCheckpointName(config_.kafka_brokers, config_.kafka_topic);
-  LEDGER_RETURN_IF_ERROR(AdoptLegacyOutboxCheckpoint(options.checkpoint_name));
+  // there from the start instead of after what the old destination received. A real cluster is
+  // known by its cluster id (any bootstrap list that reaches it, not one rebuilt empty at the
+  // same address), taking over the checkpoint its bootstrap list had. The embedded cluster starts
+  // empty with each process: it gets the whole log each time.
+  const std::string by_brokers = OutboxCheckpointName(config_.kafka_brokers, config_.kafka_topic);
+  LEDGER_RETURN_IF_ERROR(AdoptLegacyOutboxCheckpoint(by_brokers));
+  if (embedded_kafka_ != nullptr) {
+    options.checkpoint_name = by_brokers;
+    LEDGER_RETURN_IF_ERROR(ledger_->PutCheckpoint(by_brokers, Position(0), /*sync=*/true));
+  } else {
+    options.checkpoint_per_cluster = true;
+    options.adopt_checkpoint_name = by_brokers;
+  }
   options.message_bytes_max = config_.kafka_message_max_bytes;
   options.kafka_config = config_.kafka_properties;
   Status opened = KafkaOutbox::Open(options, ledger_.get(), &outbox_);

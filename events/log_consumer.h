@@ -27,6 +27,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "events/status.h"
 
@@ -45,6 +46,9 @@ class LogConsumerCore {
 
   // Reads the checkpoint into `*mark` (clamped to the head).
   Status Load(uint64_t* mark);
+  // Names the checkpoint when the name is learned late (the outbox's, after the Kafka cluster):
+  // from the consumer's thread, before Load() and any Persist().
+  void SetCheckpointName(std::string name) { checkpoint_name_ = std::move(name); }
 
   void StartThread(std::function<void()> run);
   bool thread_started() const { return thread_.joinable(); }
@@ -86,7 +90,7 @@ class LogConsumerCore {
 
   Ledger* const ledger_;
   const std::string log_name_;
-  const std::string checkpoint_name_;
+  std::string checkpoint_name_;  // consumer thread only, after StartThread
   const int64_t checkpoint_interval_us_;
 
   std::thread thread_;

@@ -60,7 +60,9 @@ Status InvalidConfig(const std::string& message) {
 Status ValidateOptions(const OutboxOptions& o) {
   if (o.topic.empty()) return InvalidConfig("topic is empty");
   if (o.source.empty()) return InvalidConfig("CloudEvents source is empty");
-  if (o.checkpoint_name.empty()) return InvalidConfig("checkpoint name is empty");
+  if (!o.checkpoint_per_cluster && o.checkpoint_name.empty()) {
+    return InvalidConfig("checkpoint name is empty");
+  }
   if (o.in_flight_events_max < 1 || o.in_flight_events_max > 1'000'000) {
     return InvalidConfig("in_flight_events_max must be 1..1000000");
   }
@@ -131,6 +133,8 @@ class KafkaOutbox::Impl {
   void AdvanceCheckpoint();
   void ScheduleRewind(const std::string& reason);
   void MarkLogDamaged(const Status& why);
+  bool LoadClusterCheckpoint();
+  Status AdoptCheckpoint(const std::string& name);
   void MaybeRewind(int64_t now_us);
   void PublishState(int64_t now_us);
   void WaitForWork(int64_t now_us);
@@ -146,6 +150,10 @@ class KafkaOutbox::Impl {
   std::atomic<uint64_t> checkpoint_{0};
   std::atomic<uint64_t> in_flight_count_{0};
   std::atomic<int> kafka_state_{static_cast<int>(KafkaState::kDown)};
+  // With checkpoint_per_cluster: the cluster's id, written once by the publisher before
+  // cluster_known_ is set (release), read by others after it (acquire).
+  std::string cluster_id_;
+  std::atomic<bool> cluster_known_{false};
   bool started_ = false;         // owner thread only
   bool stopped_ = false;         // owner thread only
 
@@ -171,6 +179,9 @@ class KafkaOutbox::Impl {
   uint64_t recovery_target_ = 0;     // backoff resets once the checkpoint passes this
   int backoff_ms_;
   bool broker_up_ = false;           // a broker connection is up (stats, deliveries)
+  // The checkpoint is loaded: at Init(), or with checkpoint_per_cluster once the cluster id is
+  // known (LoadClusterCheckpoint). Nothing is produced or persisted before.
+  bool checkpoint_loaded_ = false;
   int64_t last_progress_us_ = 0;     // last delivery, or when work became outstanding
 
   // The thread, wake-ups, stop requests, the checkpoint and the last error. Last: it joins the
@@ -182,7 +193,10 @@ class KafkaOutbox::Impl {
 
 Status KafkaOutbox::Impl::Init() {
   LEDGER_RETURN_IF_ERROR(ValidateOptions(options_));
-  LEDGER_RETURN_IF_ERROR(core_.Load(&mark_));
+  if (!options_.checkpoint_per_cluster) {
+    LEDGER_RETURN_IF_ERROR(core_.Load(&mark_));
+    checkpoint_loaded_ = true;
+  }
   next_ = mark_ + 1;
   highest_produced_ = mark_;
   checkpoint_.store(mark_);
@@ -489,7 +503,10 @@ rd_kafka_resp_err_t KafkaOutbox::Impl::Produce(const Event& event, uint64_t posi
 // Produces the next events of the window, at most scan_events_max. Returns true when more can be
 // produced right away.
 bool KafkaOutbox::Impl::ProduceBatch() {
-  if (producer_ == nullptr || rewind_pending_ || fatal_ || log_damaged_at_ != 0) return false;
+  if (producer_ == nullptr || rewind_pending_ || fatal_ || log_damaged_at_ != 0 ||
+      !checkpoint_loaded_) {
+    return false;
+  }
   // After a rewind the checkpoint can jump over positions delivered before it, ahead of the scan
   // that skips them: never produce at or below it again (their reports would not be counted).
   next_ = std::max(next_, mark_ + 1);
@@ -573,7 +590,7 @@ void KafkaOutbox::Impl::PublishState(int64_t now_us) {
   // keep re-publishing from the checkpoint (between them nothing is in flight).
   const bool waiting = in_flight_ > 0 || rewind_pending_;
   bool stalled = waiting && now_us - last_progress_us_ > int64_t{options_.stall_down_ms} * 1000;
-  bool up = producer_ != nullptr && !fatal_ && broker_up_ && !stalled;
+  bool up = producer_ != nullptr && !fatal_ && broker_up_ && !stalled && checkpoint_loaded_;
   kafka_state_.store(static_cast<int>(log_damaged_at_ != 0 ? KafkaState::kLogDamaged
                                       : up                  ? KafkaState::kUp
                                                             : KafkaState::kDown));
@@ -591,14 +608,69 @@ void KafkaOutbox::Impl::MarkLogDamaged(const Status& why) {
   spdlog::error("outbox: {}", error);
 }
 
+// With checkpoint_per_cluster: once a broker has answered with the cluster's id, names the
+// checkpoint after it, adopts the old-named one, and loads it. False while the id is unknown (no
+// metadata yet: brokers down or connecting) or the checkpoint cannot be read; tried again on the
+// next round.
+bool KafkaOutbox::Impl::LoadClusterCheckpoint() {
+  char* id = rd_kafka_clusterid(producer_, /*timeout_ms=*/0);  // the cached id, never waits
+  if (id == nullptr) {
+    if (core_.last_error().empty()) {  // a broker error says more; this one fills the silence
+      SetLastError("waiting for the Kafka cluster id (no broker has answered yet); nothing is "
+                   "published until one does");
+    }
+    return false;
+  }
+  std::string cluster_id(id);
+  rd_kafka_mem_free(producer_, id);
+  const std::string name = OutboxClusterCheckpointName(cluster_id, options_.topic);
+  core_.SetCheckpointName(name);
+  Status s = AdoptCheckpoint(name);
+  if (s.ok()) s = core_.Load(&mark_);
+  if (!s.ok()) {
+    SetLastError("reading the outbox checkpoint " + name + ": " + s.ToString());
+    return false;
+  }
+  next_ = mark_ + 1;
+  highest_produced_ = mark_;
+  checkpoint_.store(mark_);
+  published_.store(mark_);
+  cluster_id_ = cluster_id;
+  cluster_known_.store(true, std::memory_order_release);
+  SetLastError("");
+  spdlog::info("outbox: kafka cluster {}: publishing to topic {} after position {} ({})",
+               cluster_id, options_.topic, mark_, name);
+  return true;
+}
+
+// The checkpoint of an older naming (adopt_checkpoint_name) is taken once as the cluster's, when
+// the cluster's is still 0, so that an upgrade does not publish the whole log again; then it is
+// zeroed, so that another cluster reached through the same bootstrap list does not take it too.
+Status KafkaOutbox::Impl::AdoptCheckpoint(const std::string& name) {
+  if (options_.adopt_checkpoint_name.empty() || options_.adopt_checkpoint_name == name) {
+    return Status::OK();
+  }
+  Position old, current;
+  LEDGER_RETURN_IF_ERROR(ledger_->GetCheckpoint(options_.adopt_checkpoint_name, &old));
+  if (old.value() == 0) return Status::OK();
+  LEDGER_RETURN_IF_ERROR(ledger_->GetCheckpoint(name, &current));
+  if (current.value() == 0) {
+    LEDGER_RETURN_IF_ERROR(ledger_->PutCheckpoint(name, old, /*sync=*/true));
+    spdlog::info("outbox: took the checkpoint {} of {} as {}'s", old.value(),
+                 options_.adopt_checkpoint_name, name);
+  }
+  return ledger_->PutCheckpoint(options_.adopt_checkpoint_name, Position(0), /*sync=*/true);
+}
+
 void KafkaOutbox::Impl::Run() {
   while (true) {
     if (producer_ != nullptr) rd_kafka_poll(producer_, 0);
     if (fatal_ && producer_ != nullptr) RestartProducer();
     int64_t now_us = SteadyMicros();
+    if (!checkpoint_loaded_ && producer_ != nullptr) checkpoint_loaded_ = LoadClusterCheckpoint();
     MaybeRewind(now_us);
     bool more = ProduceBatch();
-    core_.Persist(mark_, now_us, /*force=*/false);
+    if (checkpoint_loaded_) core_.Persist(mark_, now_us, /*force=*/false);
     PublishState(now_us);
     // A damaged log never reaches the stop target: stop once what was produced is answered.
     if (core_.StopDue(mark_) ||
@@ -610,7 +682,9 @@ void KafkaOutbox::Impl::Run() {
   // Give what is already acknowledged a last chance to be counted, then drop the rest.
   if (producer_ != nullptr) rd_kafka_poll(producer_, 0);
   DestroyProducer();
-  if (core_.persist_on_stop()) core_.Persist(mark_, SteadyMicros(), /*force=*/true);
+  if (core_.persist_on_stop() && checkpoint_loaded_) {
+    core_.Persist(mark_, SteadyMicros(), /*force=*/true);
+  }
   kafka_state_.store(static_cast<int>(KafkaState::kDown));
   core_.set_running(false);
 }
@@ -628,8 +702,13 @@ Status KafkaOutbox::Impl::Start() {
   started_ = true;
   if (disabled()) return Status::OK();
   if (producer_ == nullptr) return Status::Internal("kafka outbox: no producer");
-  spdlog::info("outbox: publishing to {} topic {} after position {}", options_.bootstrap_servers,
-               options_.topic, mark_);
+  if (checkpoint_loaded_) {
+    spdlog::info("outbox: publishing to {} topic {} after position {}",
+                 options_.bootstrap_servers, options_.topic, mark_);
+  } else {
+    spdlog::info("outbox: publishing to {} topic {} once its cluster id is known",
+                 options_.bootstrap_servers, options_.topic);
+  }
   core_.StartThread([this] { Run(); });
   return Status::OK();
 }
@@ -645,6 +724,11 @@ Status KafkaOutbox::Impl::Stop(std::chrono::steady_clock::time_point deadline) {
     return Status::OK();
   }
   const uint64_t target = core_.StopAndJoin(deadline);
+  if (!checkpoint_loaded_) {
+    return Status::Unavailable("kafka_unavailable",
+                               "kafka outbox stopped before any broker told the cluster id; "
+                               "nothing was published (the checkpoint is unchanged)");
+  }
   if (mark_ >= target) {
     spdlog::info("outbox: stopped; published through position {}", mark_);
     return Status::OK();
@@ -669,6 +753,7 @@ OutboxStatus KafkaOutbox::Impl::GetStatus() const {
   status.in_flight = in_flight_count_.load();
   status.running = core_.running();
   status.last_error = core_.last_error();
+  if (cluster_known_.load(std::memory_order_acquire)) status.cluster_id = cluster_id_;
   return status;
 }
 
@@ -712,6 +797,12 @@ void KafkaOutbox::Impl::RenderMetrics(std::string* out) const {
 }
 
 // ---- KafkaOutbox -------------------------------------------------------------------------------
+
+std::string OutboxClusterCheckpointName(std::string_view cluster_id, std::string_view topic) {
+  std::string name = "outbox.kafka/";
+  name.append(topic).append("@cluster:").append(cluster_id);
+  return name;
+}
 
 std::string OutboxCheckpointName(std::string_view brokers, std::string_view topic) {
   std::vector<std::string> hosts;

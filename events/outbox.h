@@ -13,7 +13,8 @@
 // position <= P was acknowledged by Kafka ("gap-free"). It is persisted with
 // Ledger::PutCheckpoint(sync=false) every `checkpoint_interval_ms` and synced by Stop(). After a
 // crash the outbox re-publishes from the persisted checkpoint: consumers see duplicates (dedupe on
-// the CloudEvents `id`), never gaps.
+// the CloudEvents `id`), never gaps. With checkpoint_per_cluster the checkpoint is the Kafka
+// cluster's (its cluster id), loaded on the publisher thread once a broker has told the id.
 //
 // Size: Kafka refuses a record bigger than the topic's max.message.bytes (1,048,588 by default),
 // and an event's data alone may be 1 MiB. An event whose CloudEvent exceeds `message_bytes_max`
@@ -64,9 +65,20 @@ struct OutboxOptions {
   std::string topic = "ledger.events";
   // CloudEvents `source` of every event, e.g. "urn:ledgerd:<node>". Default "/ledgerd".
   std::string source = "/ledgerd";
-  // Name of the consumer checkpoint in the ledger ("last published position"). The daemon names
-  // it after the destination (OutboxCheckpointName).
+  // Name of the consumer checkpoint in the ledger ("last published position"), unless
+  // checkpoint_per_cluster.
   std::string checkpoint_name = "outbox.kafka";
+  // When true (the daemon's setting for a real cluster), the checkpoint is the Kafka cluster's:
+  // named OutboxClusterCheckpointName(<the cluster id the brokers report>, topic), whatever
+  // bootstrap list reached it. The publisher learns the id from the first metadata answer before
+  // it publishes anything; until then (brokers down) it waits, reports "down" with last_error
+  // saying so, and never blocks appends. A cluster that reports no id (Kafka before 0.10.1)
+  // is waited for for ever. Default false: checkpoint_name.
+  bool checkpoint_per_cluster = false;
+  // With checkpoint_per_cluster: a checkpoint of an older naming (the broker list's,
+  // OutboxCheckpointName), taken once as the cluster's when the cluster's is still 0, then zeroed
+  // so that another cluster does not take it too. Empty: none.
+  std::string adopt_checkpoint_name;
 
   // Read-ahead window: events (and their bytes) produced but not yet covered by the checkpoint.
   size_t in_flight_events_max = limits::kOutboxInFlightEventsMax;
@@ -129,14 +141,20 @@ struct OutboxStatus {
   uint64_t in_flight = 0;      // produced, awaiting a delivery report
   bool running = false;        // the publisher thread is running
   std::string last_error;      // last delivery/producer error, empty if none since start
+  std::string cluster_id;      // with checkpoint_per_cluster: the Kafka cluster's, once learned
 };
 
-// The checkpoint name for publishing to `topic` on the cluster reached through `brokers` (a
-// bootstrap list, or "embedded"): "outbox.kafka/<topic>@<brokers>", the brokers lowercased,
-// trimmed, sorted and deduplicated. A checkpoint says how far one destination has the log: when
-// the daemon is pointed at another cluster or topic, publishing there starts from the beginning
-// instead of after what only the old destination received. (The same cluster under another
-// bootstrap list is taken for another: it gets duplicates, which consumers drop by id.)
+// The checkpoint name for publishing to `topic` on the cluster whose id (Kafka's cluster.id, as
+// metadata reports it) is `cluster_id`: "outbox.kafka/<topic>@cluster:<cluster_id>". A
+// checkpoint says how far one destination has the log: pointed at another cluster or topic (or at
+// a cluster rebuilt empty at the same address, which has a new id), publishing there starts from
+// the beginning; the same cluster under another bootstrap list keeps its checkpoint.
+std::string OutboxClusterCheckpointName(std::string_view cluster_id, std::string_view topic);
+
+// The name the checkpoint had when it was kept per bootstrap list, and still has for the embedded
+// cluster (`brokers` "embedded"): "outbox.kafka/<topic>@<brokers>", the brokers lowercased,
+// trimmed, sorted and deduplicated. Adopted once by the cluster's checkpoint
+// (OutboxOptions::adopt_checkpoint_name).
 std::string OutboxCheckpointName(std::string_view brokers, std::string_view topic);
 
 class KafkaOutbox {

@@ -3,6 +3,7 @@
 #include "daemon/app.h"
 
 #include <gtest/gtest.h>
+#include <librdkafka/rdkafka.h>
 #include <sstream>
 #include <set>
 #include <signal.h>
@@ -267,48 +268,156 @@ TEST(AppTest, KafkaPropertiesReachTheProducer) {
   EXPECT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
 }
 
-// A data directory from before the checkpoint was named for its destination: the old checkpoint
-// is taken once for the configured destination, not the whole log published again.
-TEST(AppTest, AnUpgradeKeepsTheOldOutboxCheckpoint) {
-  TempDir dir;
-  Config config = TestConfig(dir.Sub("data"));  // kafka none: the catalog is seeded
-  std::unique_ptr<App> app;
-  ASSERT_TRUE(App::Start(config, nullptr, &app).ok());
-  ASSERT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
-  app.reset();
-  uint64_t head = 0;
-  {
-    std::unique_ptr<Ledger> ledger;
-    LedgerOptions options;
-    options.path = dir.Sub("data");
-    ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
-    head = ledger->Head().value();
-    ASSERT_GT(head, 0u);
-    ASSERT_TRUE(ledger->PutCheckpoint("outbox.kafka", Position(head), /*sync=*/true).ok());
-  }
-  config.kafka_brokers = "embedded";
-  ASSERT_TRUE(App::Start(config, nullptr, &app).ok());
+// The cluster id the brokers at `bootstrap` report (what the outbox names its checkpoint after).
+std::string ClusterIdOf(const std::string& bootstrap) {
+  char errstr[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), errstr, sizeof(errstr));
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+  if (rk == nullptr) return "";
+  char* id = rd_kafka_clusterid(rk, 10000);
+  std::string cluster_id = id != nullptr ? id : "";
+  if (id != nullptr) rd_kafka_mem_free(rk, id);
+  rd_kafka_destroy(rk);
+  return cluster_id;
+}
+
+// Adds a plan through the admin API; its position, 0 on failure.
+uint64_t AddPlan(App* app, const std::string& data_dir, const std::string& id) {
   TestHttpClient client("127.0.0.1", app->http_port());
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  HttpReply metrics = client.Get("/metrics");
-  EXPECT_EQ(MetricValue(metrics.body, "ledger_outbox_produced_total"), 0) << "republished";
-  EXPECT_EQ(MetricValue(metrics.body, "ledger_outbox_checkpoint_position"), static_cast<int64_t>(head));
-  ASSERT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
-  app.reset();
-  // Taken once: pointed at another topic, the whole log goes there.
-  config.kafka_topic = "ledger.events.v2";
-  ASSERT_TRUE(App::Start(config, nullptr, &app).ok());
-  TestHttpClient again("127.0.0.1", app->http_port());
+  client.set_bearer(MintAdminToken(ReadDevSecret(data_dir)));
+  HttpReply created = client.Post(
+      "/api/v1/subscriptions/plans",
+      R"({"id":")" + id + R"(","display_name":"P","price_monthly_cents":100,"api_calls_limit":10,)"
+                          R"("services":["chat"]})");
+  EXPECT_EQ(created.status, 201) << created.body;
+  return created.status == 201 ? std::stoull(created.Header("X-Ledger-Position")) : 0;
+}
+
+// Waits until /metrics shows the outbox checkpoint at `position`; the last /metrics body.
+std::string WaitForOutboxCheckpoint(App* app, uint64_t position) {
+  TestHttpClient client("127.0.0.1", app->http_port());
+  std::string body;
   EXPECT_TRUE(WaitFor(
       [&] {
-        metrics = again.Get("/metrics");
-        return MetricValue(metrics.body, "ledger_outbox_checkpoint_position") ==
-               static_cast<long long>(head);
+        body = client.Get("/metrics").body;
+        return MetricValue(body, "ledger_outbox_checkpoint_position") ==
+               static_cast<long long>(position);
       },
       std::chrono::seconds(20)))
-      << metrics.body;
-  EXPECT_GE(MetricValue(metrics.body, "ledger_outbox_produced_total"), static_cast<int64_t>(head));
+      << body;
+  return body;
+}
+
+// Data directories from before the checkpoint was named for the cluster: the old checkpoint (the
+// first naming's "outbox.kafka", or the bootstrap list's) is taken once for the cluster reached,
+// not the whole log published again.
+TEST(AppTest, AnUpgradeKeepsTheOldOutboxCheckpoint) {
+  std::unique_ptr<EmbeddedKafka> kafka;
+  ASSERT_TRUE(EmbeddedKafka::Open(EmbeddedKafkaOptions{}, &kafka).ok());
+  for (const std::string& old_name :
+       {std::string("outbox.kafka"), OutboxCheckpointName(kafka->bootstrap_servers(),
+                                                          "ledger.events")}) {
+    SCOPED_TRACE(old_name);
+    TempDir dir;
+    Config config = TestConfig(dir.Sub("data"));  // kafka none: the catalog is seeded
+    std::unique_ptr<App> app;
+    ASSERT_TRUE(App::Start(config, nullptr, &app).ok());
+    ASSERT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
+    app.reset();
+    uint64_t head = 0;
+    {
+      std::unique_ptr<Ledger> ledger;
+      LedgerOptions options;
+      options.path = dir.Sub("data");
+      ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
+      head = ledger->Head().value();
+      ASSERT_GT(head, 0u);
+      ASSERT_TRUE(ledger->PutCheckpoint(old_name, Position(head), /*sync=*/true).ok());
+    }
+    config.kafka_brokers = kafka->bootstrap_servers();
+    ASSERT_TRUE(App::Start(config, nullptr, &app).ok());
+    std::string metrics = WaitForOutboxCheckpoint(app.get(), head);
+    // Once the checkpoint is the cluster's, a new event is the only one published.
+    const uint64_t added = AddPlan(app.get(), dir.Sub("data"), "after-upgrade");
+    ASSERT_EQ(added, head + 1);
+    metrics = WaitForOutboxCheckpoint(app.get(), added);
+    EXPECT_EQ(MetricValue(metrics, "ledger_outbox_produced_total"), 1) << "republished";
+    ASSERT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
+    app.reset();
+    // Taken once: pointed at another topic, the whole log goes there.
+    config.kafka_topic = "ledger.events.v2";
+    ASSERT_TRUE(App::Start(config, nullptr, &app).ok());
+    metrics = WaitForOutboxCheckpoint(app.get(), added);
+    EXPECT_EQ(MetricValue(metrics, "ledger_outbox_produced_total"), static_cast<long long>(added));
+    ASSERT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
+  }
+}
+
+// The checkpoint is the cluster's, not the bootstrap list's: the same cluster written another
+// way (a protocol prefix, an alias, a second broker of the list) gets only what it lacks, each
+// event once.
+TEST(AppTest, SameClusterUnderAnotherBootstrapListIsNotRepublished) {
+  std::unique_ptr<EmbeddedKafka> kafka;
+  ASSERT_TRUE(EmbeddedKafka::Open(EmbeddedKafkaOptions{}, &kafka).ok());
+  const std::string b = kafka->bootstrap_servers();
+  const std::string port = b.substr(b.rfind(':') + 1);
+  TempDir dir;
+  Config config = TestConfig(dir.Sub("data"));
+  config.kafka_brokers = b;
+  std::unique_ptr<App> app;
+  ASSERT_TRUE(App::Start(config, nullptr, &app).ok());
+  uint64_t last = AddPlan(app.get(), dir.Sub("data"), "first");
+  ASSERT_GT(last, 0u);
+  WaitForOutboxCheckpoint(app.get(), last);
   ASSERT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
+  app.reset();
+  for (const std::string& brokers : {"PLAINTEXT://" + b, "localhost:" + port + "," + b}) {
+    SCOPED_TRACE(brokers);
+    config.kafka_brokers = brokers;
+    ASSERT_TRUE(App::Start(config, nullptr, &app).ok());
+    const uint64_t added = AddPlan(app.get(), dir.Sub("data"), "p" + std::to_string(last));
+    ASSERT_EQ(added, last + 1);
+    const std::string metrics = WaitForOutboxCheckpoint(app.get(), added);
+    EXPECT_EQ(MetricValue(metrics, "ledger_outbox_produced_total"), 1) << "republished";
+    ASSERT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
+    app.reset();
+    last = added;
+  }
+  std::unique_ptr<KafkaTestConsumer> consumer;
+  ASSERT_TRUE(KafkaTestConsumer::Open(b, "ledger.events", &consumer).ok());
+  ASSERT_TRUE(consumer->ConsumeDistinct(last, std::chrono::seconds(20)));
+  EXPECT_EQ(consumer->records().size(), last) << "an event published twice";
+  const DeliveryReport report = CheckDelivery(consumer->records(), 1, last);
+  EXPECT_TRUE(report.ok()) << report.Summary();
+}
+
+// The embedded cluster is in memory and starts empty with each process: after a restart it gets
+// the whole log again, not only what was appended since.
+TEST(AppTest, TheEmbeddedClusterGetsTheWholeLogAfterARestart) {
+  TempDir dir;
+  Config config = TestConfig(dir.Sub("data"));
+  config.kafka_brokers = "embedded";
+  std::unique_ptr<App> app;
+  ASSERT_TRUE(App::Start(config, nullptr, &app).ok());
+  const uint64_t head = AddPlan(app.get(), dir.Sub("data"), "first");
+  ASSERT_GT(head, 0u);
+  WaitForOutboxCheckpoint(app.get(), head);
+  ASSERT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
+  app.reset();
+  ASSERT_TRUE(App::Start(config, nullptr, &app).ok());
+  std::unique_ptr<KafkaTestConsumer> consumer;
+  ASSERT_TRUE(KafkaTestConsumer::Open(app->kafka_bootstrap(), "ledger.events", &consumer).ok());
+  EXPECT_TRUE(consumer->ConsumeDistinct(head, std::chrono::seconds(20)))
+      << consumer->distinct_ids() << " of " << head;
+  ASSERT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
+}
+
+TEST(OutboxCheckpointNameTest, NamesTheTopicAndTheCluster) {
+  EXPECT_EQ(OutboxClusterCheckpointName("MkU3OEVBNTcwNTJENDM2Qk", "ledger.events"),
+            "outbox.kafka/ledger.events@cluster:MkU3OEVBNTcwNTJENDM2Qk");
+  EXPECT_NE(OutboxClusterCheckpointName("a", "t"), OutboxClusterCheckpointName("a", "u"));
+  EXPECT_NE(OutboxClusterCheckpointName("a", "t"), OutboxClusterCheckpointName("b", "t"));
 }
 
 TEST(OutboxCheckpointNameTest, NamesTheTopicAndTheBrokers) {
@@ -628,7 +737,8 @@ TEST(AppTest, TheOutboxFlushGetsItsBudgetAfterTheHttpDrain) {
   ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
   Position published;
   ASSERT_TRUE(ledger
-                  ->GetCheckpoint(OutboxCheckpointName(config.kafka_brokers, config.kafka_topic),
+                  ->GetCheckpoint(OutboxClusterCheckpointName(
+                                      ClusterIdOf(config.kafka_brokers), config.kafka_topic),
                                   &published)
                   .ok());
   EXPECT_EQ(published.value(), ledger->Head().value()) << "the outbox stopped with events unsent";
