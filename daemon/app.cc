@@ -127,6 +127,13 @@ Status App::Impl::StartKafka() {
     spdlog::info("embedded kafka (librdkafka mock cluster) bootstrap={} topic={}; read it with: "
                  "kcat -C -b {} -t {}",
                  kafka_bootstrap_, config_.kafka_topic, kafka_bootstrap_, config_.kafka_topic);
+    if (!config_.DevMode()) {
+      spdlog::warn("embedded kafka: plaintext on {} without authentication: any local user can "
+                   "read every event (emails, usage) and write or evict records; with JWT "
+                   "configured this looks like production: set LEDGER_KAFKA_BROKERS to a real "
+                   "cluster, or none",
+                   kafka_bootstrap_);
+    }
   } else {
     kafka_bootstrap_ = config_.kafka_brokers;
     spdlog::info("kafka bootstrap={} topic={}", kafka_bootstrap_, config_.kafka_topic);

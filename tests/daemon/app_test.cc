@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 #include <librdkafka/rdkafka.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
 #include <sstream>
 #include <set>
 #include <signal.h>
@@ -411,6 +413,34 @@ TEST(AppTest, TheEmbeddedClusterGetsTheWholeLogAfterARestart) {
   EXPECT_TRUE(consumer->ConsumeDistinct(head, std::chrono::seconds(20)))
       << consumer->distinct_ids() << " of " << head;
   ASSERT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
+}
+
+// The embedded cluster is plaintext and unauthenticated on loopback: with JWT configured (a
+// production-like start) ledgerd says so at start; in dev mode it does not.
+TEST(AppTest, EmbeddedKafkaWithProductionAuthIsWarnedAbout) {
+  auto sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(512);
+  spdlog::default_logger()->sinks().push_back(sink);
+  auto warned = [&] {
+    for (const std::string& line : sink->last_formatted()) {
+      if (line.find("without authentication") != std::string::npos) return true;
+    }
+    return false;
+  };
+  for (const bool production : {false, true}) {
+    TempDir dir;
+    Config config = TestConfig(dir.Sub("data"));
+    config.kafka_brokers = "embedded";
+    if (production) config.jwt_hs256_secret = kTestHs256Secret;
+    std::unique_ptr<App> app;
+    Status s = App::Start(config, nullptr, &app);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    if (s.ok()) {
+      EXPECT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
+    }
+    EXPECT_EQ(warned(), production);
+  }
+  auto& sinks = spdlog::default_logger()->sinks();
+  sinks.erase(std::find(sinks.begin(), sinks.end(), sink));
 }
 
 TEST(OutboxCheckpointNameTest, NamesTheTopicAndTheCluster) {
