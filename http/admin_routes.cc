@@ -15,7 +15,9 @@
 //         null clears it): the admin override (projections/subscriptions.h AdminOverride),
 //         one subscription.override_set.v1 per user whose override changes, naming the admin.
 //         `Idempotency-Key` honoured. A tier without a status for a user with no live
-//         subscription is 422 status_required (it would grant nothing), decided by the writer.
+//         subscription is 422 status_required (it would grant nothing), decided by the writer;
+//         a granting status without a tier for a user whose subscription is on no catalog plan is
+//         422 validation_failed naming the tier (the same: it would grant nothing).
 //   GET   /api/v1/admin/subscriptions/analytics/overview?churn_days=   (1..365, default 30)
 //   GET   /api/v1/admin/subscriptions/analytics/revenue-by-tier
 //   GET   /api/v1/admin/subscriptions/analytics/usage-stats?from=&to=

@@ -100,6 +100,10 @@ bool IsPaying(const UserSubscription& sub, int64_t now_s) {
 // "status":"active".
 std::string_view EffectiveStatusAt(const UserAccess& access, int64_t now_s) {
   if (!access.status) return access.status_name();
+  // A status that would grant access with no catalog plan to grant (a Dashboard add-on alone, an
+  // override's status over no plan) grants nothing: consume refuses it as it refuses a user with
+  // no subscription (402 subscription_required). It was by_status.active next to access none.
+  if (!access.plan && AccessFor(*access.status) != AccessLevel::kNone) return "none";
   if (!IsTerminal(*access.status) && access.EndedAt(now_s)) {
     return SubscriptionStatusName(SubscriptionStatus::kCanceled);
   }
@@ -345,6 +349,24 @@ Status HasLiveSubscription(const StateReader& state, std::string_view user_id, i
   return Status::OK();
 }
 
+// The user's subscription (UserSubscription's choice) names a plan of the catalog: what an
+// override's status without a tier grants access on (DecideAccess), live or not (a status comps
+// the plan of a canceled subscription). None without a subscription, or for one to a price the
+// catalog does not know (a Dashboard add-on).
+Status HasSubscriptionPlan(const StateReader& state, std::string_view user_id, bool* has_plan) {
+  UserSubscription sub;
+  LEDGER_RETURN_IF_ERROR(GetUserSubscription(state, user_id, &sub));
+  *has_plan = false;
+  const std::optional<std::string> plan_id = sub.plan_id();
+  if (!plan_id) return Status::OK();
+  Plan plan;
+  Status s = GetPlan(state, *plan_id, &plan);
+  if (s.IsNotFound()) return Status::OK();
+  LEDGER_RETURN_IF_ERROR(s);
+  *has_plan = true;
+  return Status::OK();
+}
+
 }  // namespace
 
 SetAdminOverride::SetAdminOverride(std::string email, OverrideChange change, Actor actor)
@@ -397,6 +419,21 @@ Status SetAdminOverride::Decide(const DecideContext& context, Decision* decision
                             "user '" + Truncated(user_id) +
                                 "' has no live subscription, so a tier alone grants nothing: give "
                                 "a status with it (e.g. active or trialing), or clear the tier");
+      }
+    }
+    // The mirror: a status that grants access takes its plan from the user's subscription, and
+    // without one on a catalog plan grants nothing. PATCH {"status":"active"} of an account that
+    // never subscribed answered 200 changed:true: listed active, counted by_status.active, and
+    // consume answered 402. A suspension (a status that grants nothing) needs no plan.
+    if ((change_.plan_id || change_.status) && next.status && !next.plan_id &&
+        !next.revokes()) {
+      bool has_plan = false;
+      LEDGER_RETURN_IF_ERROR(HasSubscriptionPlan(*context.state, user_id, &has_plan));
+      if (!has_plan) {
+        return Status::Make(Code::kUnprocessable, "validation_failed",
+                            "tier: user '" + Truncated(user_id) +
+                                "' has no subscription to a catalog plan, so a status alone "
+                                "grants nothing: give a tier with it, or clear the status");
       }
     }
     const bool changed = !current ? !next.empty()

@@ -84,6 +84,9 @@
 //                             that grants access (trialing, active) is "trial_expired"; a past-due
 //                             trial whose first charge failed stays "past_due" (Stripe retries
 //                             it: awaiting payment, below). `trialing` is by_status's trialing.
+//                             A status that would grant access with no catalog plan to grant
+//                             (a Dashboard add-on alone) is "none": consume refuses it as a user
+//                             with no subscription (402 subscription_required).
 //                             What was stored stays in the subscriber's stripe.status and
 //                             override.status.
 //
@@ -148,10 +151,10 @@ Status ListSubscribers(const StateReader& state, int64_t now_s, const Subscriber
 // counted the user while consume answered 402 and my-access has_access false.
 AccessLevel EffectiveAccessAt(const UserAccess& access, int64_t now_s);
 
-// The effective status at `now_s` (see "status" above): Stripe's status name, "none",
-// "canceled" past a scheduled end, or kTrialExpiredStatus for a trial that has ended. What the
-// list shows and filters on and the overview counts by, so that list?status=<key> holds the
-// overview's by_status[key] users.
+// The effective status at `now_s` (see "status" above): Stripe's status name, "none" (also for
+// a status that would grant access with no catalog plan), "canceled" past a scheduled end, or
+// kTrialExpiredStatus for a trial that has ended. What the list shows and filters on and the
+// overview counts by, so that list?status=<key> holds the overview's by_status[key] users.
 std::string_view EffectiveStatusAt(const UserAccess& access, int64_t now_s);
 
 // One subscriber as the admin views show it at `now_s`:
@@ -184,9 +187,12 @@ struct OverrideChange {
 // "unknown_plan" when the tier is not a catalog plan; 422 "status_required" when the change sets
 // the tier or the status and leaves a user a tier without a status while that user has no live
 // subscription (none; canceled or incomplete_expired; past its scheduled end at the writer's
-// clock): a tier alone takes its status from the subscription and would grant nothing. Nothing
-// is appended for any user then. Body: {"email","users":[{"user_id",
-// "changed","override":{"plan_id","status","notes"}|null}]}.
+// clock): a tier alone takes its status from the subscription and would grant nothing; 422
+// "validation_failed" (naming the tier) when it sets the tier or the status and leaves a user a
+// status that grants access without a tier while that user's subscription is on no catalog plan
+// (none, or a Dashboard add-on alone): a status alone takes its plan from the subscription. A
+// suspension needs no plan. Nothing is appended for any user then. Body: {"email","users":[
+// {"user_id","changed","override":{"plan_id","status","notes"}|null}]}.
 class SetAdminOverride final : public Command {
  public:
   SetAdminOverride(std::string email, OverrideChange change, Actor actor);

@@ -1713,6 +1713,102 @@ TEST_F(AdminRoutesTest, ATierWithoutAStatusNeedsALiveSubscription) {
   ExpectProblem(Consume("u-g", "chat", "cleared"), 402, "subscription_required");
 }
 
+// A status without a tier takes its plan from the user's subscription: for a user whose
+// subscription has no catalog plan (none at all, or a Dashboard add-on alone) a status that grants
+// access grants nothing, and the writer refuses it (422 validation_failed naming the tier, nothing
+// appended), as it refuses a tier without a status. PATCH {"status":"active"} of an account that
+// never subscribed answered 200 changed:true: the list showed it active and overridden, the
+// overview counted by_status.active, and consume answered 402. A suspension (a status that grants
+// nothing) needs no plan: it stops a later checkout. Over a subscription to a catalog plan, even
+// a canceled one, a status alone comps that plan.
+TEST_F(AdminRoutesTest, AGrantingStatusWithoutATierNeedsASubscriptionsPlan) {
+  AddCustomerBase();
+  AddSubscriber(OnPlan("u-x", ""), "x@x.com");
+  ledger::testing::StripeSubscriptionSpec addon;
+  addon.event_id = "evt_addon_active";
+  addon.subscription_id = "sub_addon";
+  addon.customer_id = "cus_u-x";
+  addon.item_id = "si_addon";
+  addon.status = "active";
+  addon.price_id = "price_addon_monthly";
+  addon.unit_amount = 500;
+  addon.metadata_user_id = "u-x";
+  addon.metadata_plan_id = std::nullopt;
+  addon.created = addon.period_start = kNow - 10 * kDay;
+  addon.period_end = kNow + 20 * kDay;
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeSubscriptionEventJson(addon))
+                  .status.ok());
+  const uint64_t head = Head();
+  // u-new: no row at all; u-g: linked, never subscribed; u-x: a Dashboard add-on alone.
+  for (const char* who : {"u-new", "g@x.com", "x@x.com"}) {
+    for (const char* body : {R"({"status":"active"})", R"({"status":"trial","notes":"x"})",
+                             R"({"status":"past_due","tier":null})"}) {
+      SCOPED_TRACE(std::string(who) + " " + body);
+      HttpReply r = Patch(who, body);
+      ExpectProblem(r, 422, "validation_failed");
+      rapidjson::Document problem = r.Json();
+      ASSERT_TRUE(problem.IsObject() && problem.HasMember("detail")) << r.body;
+      EXPECT_EQ(std::string(problem["detail"].GetString()).rfind("tier: ", 0), 0u) << r.body;
+    }
+  }
+  EXPECT_EQ(Head(), head);
+  ExpectProblem(Consume("u-new", "chat", "status-refused"), 402, "subscription_required");
+
+  // A comp's tier cleared alone would leave a status that grants nothing.
+  ASSERT_EQ(Patch("u-new", R"({"tier":"enterprise","status":"active"})").status, 200);
+  const uint64_t comped = Head();
+  ExpectProblem(Patch("u-new", R"({"tier":null})"), 422, "validation_failed");
+  EXPECT_EQ(Head(), comped);
+  EXPECT_EQ(Consume("u-new", "chat", "comped").status, 200);
+
+  // A suspension needs no plan; a status over a canceled Starter comps Starter.
+  ASSERT_EQ(Patch("g@x.com", R"({"status":"suspended"})").status, 200);
+  ExpectProblem(Consume("u-e", "chat", "canceled"), 402, "subscription_required");
+  ASSERT_EQ(Patch("e@x.com", R"({"status":"active"})").status, 200);
+  EXPECT_EQ(Consume("u-e", "chat", "comped-on-starter").status, 200);
+}
+
+// The overview counts a user by the status as consume judges it: a status that would grant access
+// without a catalog plan to grant (a Dashboard add-on alone) grants nothing -- consume answers 402
+// subscription_required, as to a user with no subscription -- so it is "none", not by_status.active
+// next to access "none"; Stripe's own status stays in the row's stripe.status.
+TEST_F(AdminRoutesTest, AStatusWithoutACatalogPlanCountsAsNone) {
+  AddSubscriber(OnPlan("u-a", "starter", kNow - 10 * kDay, kNow + 20 * kDay), "a@x.com");
+  AddSubscriber(OnPlan("u-x", ""), "x@x.com");
+  ledger::testing::StripeSubscriptionSpec addon;
+  addon.event_id = "evt_addon_active";
+  addon.subscription_id = "sub_addon";
+  addon.customer_id = "cus_u-x";
+  addon.item_id = "si_addon";
+  addon.status = "active";
+  addon.price_id = "price_addon_monthly";
+  addon.unit_amount = 500;
+  addon.metadata_user_id = "u-x";
+  addon.metadata_plan_id = std::nullopt;
+  addon.created = addon.period_start = kNow - 10 * kDay;
+  addon.period_end = kNow + 20 * kDay;
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeSubscriptionEventJson(addon))
+                  .status.ok());
+  ExpectProblem(Consume("u-x", "chat", "addon"), 402, "subscription_required");
+  HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  EXPECT_EQ(doc["subscribers"]["by_status"]["active"].GetInt64(), 1) << r.body;  // u-a
+  EXPECT_EQ(doc["subscribers"]["by_status"]["none"].GetInt64(), 1) << r.body;    // u-x
+  int pages = 0;
+  EXPECT_EQ(ListAll("&status=active", 50, &pages), (std::vector<std::string>{"u-a"}));
+  EXPECT_EQ(ListAll("&status=none", 50, &pages), (std::vector<std::string>{"u-x"}));
+  r = Admin().Get(std::string(kAdminBase) + "x@x.com");
+  ASSERT_EQ(r.status, 200) << r.body;
+  doc = r.Json();
+  const auto& row = doc["users"][0]["subscriber"];
+  EXPECT_STREQ(row["status"].GetString(), "none") << r.body;
+  EXPECT_STREQ(row["access"].GetString(), "none") << r.body;
+  EXPECT_STREQ(row["stripe"]["status"].GetString(), "active") << r.body;
+}
+
 // An override of a user id nobody else knows (a typo), cleared again, leaves no subscriber: the
 // user row it made went with it, and a replay of the log makes the same rows. A user with
 // anything else (a customer link) keeps its row.
