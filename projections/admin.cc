@@ -584,8 +584,13 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
       // Past due in the first period after its trial, its latest invoice not paid: the first
       // payment failed and Stripe is still retrying it; not converted (nor lost) yet.
       // Past its scheduled end it ended there, as its deletion will say: neither awaiting a
-      // payment nor in its trial any more, and (no longer paying) converted when it paid after
-      // its trial, as a canceled one is.
+      // payment nor in its trial any more.
+      // Out of its trial (a trialing one past its scheduled end ended within it) and not awaiting
+      // its first payment, it converted when it paid after its trial -- an invoice paid at or
+      // after its end, or a period past it (not never_paid_after_trial: churn judges it a paying
+      // customer) -- whatever its status now: unpaid, past due with Stripe's retries over
+      // (payment_abandoned) and canceled after a renewal were counted lost, the last both
+      // churned and lost.
       const bool first_payment_failed = r.status == SubscriptionStatus::kPastDue &&
                                          never_paid_after_trial && !scheduled_end;
       if (first_payment_failed) {
@@ -594,7 +599,8 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
         ++converted;
       } else if (r.status == SubscriptionStatus::kTrialing && !scheduled_end) {
         ++in_trial;
-      } else if ((IsTerminal(r.status) || scheduled_end) && paid_after_trial) {
+      } else if (r.status != SubscriptionStatus::kTrialing &&
+                 (paid_after_trial || !never_paid_after_trial)) {
         ++converted;
       } else {
         ++lost;

@@ -62,9 +62,12 @@
 //                             counts customers won and lost inside the window, and ones that had
 //                             stopped paying before it, which are not in the base).
 //   trial conversion          among users whose subscription had a trial (`trial_start`) or is on
-//                             a trial plan: converted = now paying on a non-trial plan, or ended
-//                             with any invoice paid at or after its trial's end (converted,
-//                             churned later, e.g. canceled after a failed renewal);
+//                             a trial plan: converted = now paying on a non-trial plan, or out of
+//                             its trial (not trialing) having paid after it -- any invoice paid at
+//                             or after its trial's end, or not never_paid_after_trial (its period
+//                             moved past the trial: churn's paying customer) -- whatever its
+//                             status now (converted, then unpaid, past due with Stripe's retries
+//                             over, or canceled after a failed renewal);
 //                             awaiting payment = past_due in the first period after the trial
 //                             (current_period_start at or before trial_end) without a paid
 //                             invoice since: the first charge failed and Stripe retries it;

@@ -341,13 +341,16 @@ TEST_F(AdminRoutesTest, OverviewFiguresFromTheSubscriptions) {
   EXPECT_EQ(doc["churn"]["churned"].GetInt64(), 1);
   EXPECT_EQ(doc["churn"]["paying_at_start"].GetInt64(), 2);
   EXPECT_DOUBLE_EQ(doc["churn"]["rate"].GetDouble(), 0.5);
-  // Trials: d (still trialing), e (lost), f (converted to Professional).
+  // Trials: d (still trialing), e and f converted. Nothing says e never paid after its trial (no
+  // first period after a trial_end that went unpaid), so the churn above counts it a paying
+  // customer lost: a converted trial that left. It was counted lost too -- the same customer both
+  // churned and a trial never won.
   const auto& trials = doc["trial_conversion"];
   EXPECT_EQ(trials["trials"].GetInt64(), 3);
-  EXPECT_EQ(trials["converted"].GetInt64(), 1);
-  EXPECT_EQ(trials["lost"].GetInt64(), 1);
+  EXPECT_EQ(trials["converted"].GetInt64(), 2);
+  EXPECT_EQ(trials["lost"].GetInt64(), 0);
   EXPECT_EQ(trials["in_trial"].GetInt64(), 1);
-  EXPECT_DOUBLE_EQ(trials["rate"].GetDouble(), 0.5);
+  EXPECT_DOUBLE_EQ(trials["rate"].GetDouble(), 1.0);
 
   // Outside a 3-day churn window the cancellation does not count.
   r = Admin().Get(std::string(kAdminBase) + "analytics/overview?churn_days=3");
@@ -1807,6 +1810,60 @@ TEST_F(AdminRoutesTest, AStatusWithoutACatalogPlanCountsAsNone) {
   EXPECT_STREQ(row["status"].GetString(), "none") << r.body;
   EXPECT_STREQ(row["access"].GetString(), "none") << r.body;
   EXPECT_STREQ(row["stripe"]["status"].GetString(), "active") << r.body;
+}
+
+// A trial that converted (an invoice paid after its trial, or a period moved past the trial) stays
+// converted whatever dunning or a cancellation made of it later, as churn judges the same
+// subscription a paying customer lost: unpaid, or past due with Stripe's retries over, counted as
+// a lost trial, and a subscription renewed past its trial with no invoice rows, canceled, was
+// both churned and lost. A trial that never paid after its trial is still lost.
+TEST_F(AdminRoutesTest, AConvertedTrialLeftUnpaidStaysConverted) {
+  auto trial_then = [&](const std::string& user, const std::string& status, int64_t trial_end,
+                        int64_t period_start) {
+    TestSubscription t = OnPlan(user, "starter", period_start, period_start + 30 * kDay);
+    t.status = status;
+    t.trial_start = trial_end - 7 * kDay;
+    t.trial_end = trial_end;
+    return t;
+  };
+  // Paid its first charge, then its renewal failed and dunning left it unpaid.
+  AddSubscriber(trial_then("u-unpaid", "unpaid", kNow - 43 * kDay, kNow - 13 * kDay), "un@x.com");
+  PayInvoice("u-unpaid", "sub_u-unpaid", "in_unpaid_1", 1900, kNow - 43 * kDay + 3600);
+  // Paid its first charge, then its renewal failed every retry (payment_abandoned).
+  AddSubscriber(trial_then("u-due", "past_due", kNow - 43 * kDay, kNow - 13 * kDay), "due@x.com");
+  PayInvoice("u-due", "sub_u-due", "in_due_1", 1900, kNow - 43 * kDay + 3600);
+  ledger::testing::StripeInvoiceSpec failed =
+      ledger::testing::InvoiceOf("u-due", "cus_u-due", "sub_u-due", "in_due_2",
+                                 "invoice.payment_failed", "evt_due_2", kNow - kDay);
+  failed.attempt_count = 4;
+  failed.retries_left = false;
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeInvoiceEventJson(failed))
+                  .status.ok());
+  ExpectProblem(Consume("u-due", "chat", "abandoned"), 402, "payment_failed");
+  // Renewed past its trial (no invoice rows in the log), canceled 2 days ago.
+  TestSubscription renewed =
+      trial_then("u-renewed", "canceled", kNow - 53 * kDay, kNow - 23 * kDay);
+  renewed.canceled_at = renewed.ended_at = kNow - 2 * kDay;
+  AddSubscriber(renewed, "renewed@x.com");
+  // Never paid after its trial: its first charge failed, then it was canceled. Lost.
+  TestSubscription lost = trial_then("u-lost", "canceled", kNow - 13 * kDay, kNow - 13 * kDay);
+  lost.canceled_at = lost.ended_at = kNow - 2 * kDay;
+  AddSubscriber(lost, "lost@x.com");
+
+  HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  const auto& conversion = doc["trial_conversion"];
+  EXPECT_EQ(conversion["trials"].GetInt64(), 4) << r.body;
+  EXPECT_EQ(conversion["converted"].GetInt64(), 3) << r.body;  // unpaid, due, renewed
+  EXPECT_EQ(conversion["lost"].GetInt64(), 1) << r.body;       // lost
+  EXPECT_EQ(conversion["in_trial"].GetInt64(), 0) << r.body;
+  EXPECT_EQ(conversion["awaiting_payment"].GetInt64(), 0) << r.body;
+  EXPECT_DOUBLE_EQ(conversion["rate"].GetDouble(), 0.75) << r.body;
+  // Churn judges them alike: u-renewed is a paying customer lost, u-lost never was one.
+  EXPECT_EQ(doc["churn"]["churned"].GetInt64(), 1) << r.body;
+  EXPECT_EQ(doc["subscribers"]["paying"].GetInt64(), 0) << r.body;
 }
 
 // An override of a user id nobody else knows (a typo), cleared again, leaves no subscriber: the
