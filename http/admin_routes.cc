@@ -9,7 +9,10 @@
 //         A page examines at most 5,000 users, so a selective filter may return a short page with
 //         a next_cursor: follow it until it is null.
 //   GET   /api/v1/admin/subscriptions/{email}
-//         {"email","users":[{"subscriber":{...},"usage":{window, used, limit, remaining}}]}; 404
+//         {"email","users":[{"subscriber":{...},"usage":{window, used, limit, remaining,
+//         access_refusal}}]}: the window a reset-usage would reset (GetResetUsage) and its calls;
+//         `remaining` null = unlimited, 0 whenever a consume would be refused now, and
+//         `access_refusal` that consume's 402 problem type (null when it would be accepted). 404
 //         when no user has that email.
 //   PATCH /api/v1/admin/subscriptions/{email}   body {"tier","status","notes"} (each optional;
 //         null clears it): the admin override (projections/subscriptions.h AdminOverride),
@@ -252,8 +255,11 @@ void GetSubscriber(const AdminRouteContext& c, const httplib::Request& req, http
   for (size_t i = 0; s.ok() && i < user_ids.size(); ++i) {
     pj::MeteringSubject subject;
     s = pj::GetUserAccessAt(*view, user_ids[i], now_s, &subject.access);
+    // The window a reset-usage would reset, with its calls (GetResetUsage): past due with
+    // Stripe's retries over it showed the empty calendar month while the reset restarted the
+    // billing month's calls.
     pj::CurrentUsage usage;
-    if (s.ok()) s = pj::GetCurrentUsage(*view, subject, user_ids[i], now_s, &usage);
+    if (s.ok()) s = pj::GetResetUsage(*view, subject, user_ids[i], now_s, &usage);
     if (!s.ok()) break;
     w.StartObject();
     w.Key("subscriber");
@@ -274,11 +280,22 @@ void GetSubscriber(const AdminRouteContext& c, const httplib::Request& req, http
     } else {
       w.Null();
     }
+    // Null is unlimited: where consume refuses (no plan, suspended, past a scheduled end, a trial
+    // ended, payment failed) nothing remains, and access_refusal says why (limit and remaining
+    // null made a suspended user look unlimited).
     w.Key("remaining");
-    if (usage.remaining) {
+    if (!usage.error.ok()) {
+      w.Int64(0);
+    } else if (usage.remaining) {
       w.Int64(*usage.remaining);
     } else {
       w.Null();
+    }
+    w.Key("access_refusal");
+    if (usage.error.ok()) {
+      w.Null();
+    } else {
+      json::String(&w, usage.error.problem());
     }
     w.EndObject();
     w.EndObject();

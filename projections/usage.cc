@@ -2441,32 +2441,27 @@ UsageWindowReset::UsageWindowReset(std::string email, Actor actor,
                                    std::optional<std::string> reason, UsageAccessCache* cache)
     : email_(std::move(email)), actor_(std::move(actor)), reason_(std::move(reason)), cache_(cache) {}
 
-namespace {
-
 // The window a reset restarts and what it counted: the current one (GetCurrentUsage), except
 // past due with Stripe's retries over, where GetCurrentUsage shows the calendar month (the plan
 // grants nothing until the invoice is paid) but the calls were counted in the plan's window and
 // count there again once it is paid: a reset of the empty calendar month gave nothing back.
-Status ResetTarget(const StateReader& state, const MeteringSubject& subject,
-                   std::string_view user_id, int64_t now_s, UsageWindow* window, int64_t* used) {
-  CurrentUsage current;
-  LEDGER_RETURN_IF_ERROR(GetCurrentUsage(state, subject, user_id, now_s, &current));
-  *window = current.terms.window;
-  *used = current.used;
+Status GetResetUsage(const StateReader& state, const MeteringSubject& subject,
+                     std::string_view user_id, int64_t now_s, CurrentUsage* out) {
+  LEDGER_RETURN_IF_ERROR(GetCurrentUsage(state, subject, user_id, now_s, out));
   UsageTerms paid;
-  if (current.error.problem() != "payment_failed" ||
+  if (out->error.problem() != "payment_failed" ||
       !SubjectUsageTerms(subject.access, now_s, &paid, /*judge_payment=*/false).ok()) {
     return Status::OK();
   }
   UsageCounter counter;
   CounterStored stored = CounterStored::kAbsent;
   LEDGER_RETURN_IF_ERROR(LoadCounter(state, user_id, paid.window, now_s, &counter, &stored));
-  *window = paid.window;
-  *used = counter.used;
+  out->terms = std::move(paid);
+  out->used = counter.used;
+  out->quota_frees_s = out->terms.window.end_s;
+  out->services = std::move(counter.services);
   return Status::OK();
 }
-
-}  // namespace
 
 Status UsageWindowReset::Decide(const DecideContext& context, Decision* decision) {
   users_reset_ = 0;
@@ -2486,10 +2481,10 @@ Status UsageWindowReset::Decide(const DecideContext& context, Decision* decision
   for (const std::string& user_id : user_ids) {
     std::shared_ptr<const MeteringSubject> subject;
     LEDGER_RETURN_IF_ERROR(LoadMeteringSubject(*context.state, user_id, cache_, now_s, &subject));
-    UsageWindow window;
-    int64_t used_before = 0;
-    LEDGER_RETURN_IF_ERROR(
-        ResetTarget(*context.state, *subject, user_id, now_s, &window, &used_before));
+    CurrentUsage target;
+    LEDGER_RETURN_IF_ERROR(GetResetUsage(*context.state, *subject, user_id, now_s, &target));
+    const UsageWindow& window = target.terms.window;
+    const int64_t used_before = target.used;
     rapidjson::StringBuffer buf;
     JsonWriter w(buf);
     w.StartObject();

@@ -479,7 +479,7 @@ class RecordUsageBatch final : public Command {
   Counts counts_;
 };
 
-// Resets the current window (GetCurrentUsage) of every user linked to `email`
+// Resets the current window (GetResetUsage) of every user linked to `email`
 // (FindUsersByEmail, decided in the writer): one usage.window_reset.v1 each, appended even when
 // the window is empty (it is an audit fact; the fold then writes no counter for a window that has
 // none and counted nothing). 404 "not_found" when no user has that email. For a subscription
@@ -529,6 +529,16 @@ struct CurrentUsage {
 };
 Status GetCurrentUsage(const StateReader& state, const MeteringSubject& subject,
                        std::string_view user_id, int64_t now_s, CurrentUsage* out);
+
+// The window a reset (UsageWindowReset) restarts at `now_s`, with its counter: GetCurrentUsage,
+// except past due with Stripe's retries over (error payment_failed), where the calls were counted
+// in the plan's window and count there again once the invoice is paid: `terms` (the window and
+// its limit), `used` and `services` are that window's, `has_plan` and `remaining` stay as
+// GetCurrentUsage says (no access). The admin's one-subscriber view shows it, so that it shows
+// what a reset resets (it showed the empty calendar month while the reset restarted the billing
+// month).
+Status GetResetUsage(const StateReader& state, const MeteringSubject& subject,
+                     std::string_view user_id, int64_t now_s, CurrentUsage* out);
 
 // Why no call can be consumed before access ends, "" when one can or a later window cures it:
 // what a consume of one call answers 402 for, in consume's order. "trial_exhausted": a trial's

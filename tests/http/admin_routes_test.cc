@@ -1866,6 +1866,79 @@ TEST_F(AdminRoutesTest, AConvertedTrialLeftUnpaidStaysConverted) {
   EXPECT_EQ(doc["subscribers"]["paying"].GetInt64(), 0) << r.body;
 }
 
+// The one subscriber's usage is the window a reset-usage would reset, with its calls: past due
+// with Stripe's retries over, the billing month its calls were counted in (it showed the empty
+// calendar month, used 0, while reset-usage reset the billing month's 5). It does not look
+// unlimited when consume refuses: remaining is 0 and access_refusal names consume's 402 (limit
+// and remaining null read as an unlimited plan for a suspended user).
+TEST_F(AdminRoutesTest, OneSubscriberShowsTheWindowResetUsageResets) {
+  AddSubscriber(OnPlan("u-due", "starter", kNow - 10 * kDay, kNow + 20 * kDay), "due@x.com");
+  AddSubscriber(OnPlan("u-a", "starter", kNow - 10 * kDay, kNow + 20 * kDay), "a@x.com");
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_EQ(Consume("u-due", "chat", "k" + std::to_string(i)).status, 200);
+  }
+  ASSERT_EQ(Consume("u-a", "chat", "a1").status, 200);
+  auto usage_of = [&](const std::string& who) {
+    HttpReply r = Admin().Get(std::string(kAdminBase) + who);
+    EXPECT_EQ(r.status, 200) << r.body;
+    rapidjson::Document doc = r.Json();
+    rapidjson::Document usage;
+    usage.CopyFrom(doc["users"][0]["usage"], usage.GetAllocator());
+    EXPECT_TRUE(usage.HasMember("access_refusal")) << r.body;
+    if (!usage.HasMember("access_refusal")) {
+      usage.AddMember("access_refusal", "(absent)", usage.GetAllocator());
+    }
+    return usage;
+  };
+  rapidjson::Document usage = usage_of("due@x.com");
+  EXPECT_TRUE(usage["access_refusal"].IsNull());
+  EXPECT_EQ(usage["remaining"].GetInt64(), 995);
+  EXPECT_EQ(usage["limit"].GetInt64(), 1000);
+
+  TestSubscription due = OnPlan("u-due", "starter", kNow - 10 * kDay, kNow + 20 * kDay);
+  due.status = "past_due";
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), due).ok());
+  ledger::testing::StripeInvoiceSpec failed =
+      ledger::testing::InvoiceOf("u-due", "cus_u-due", "sub_u-due", "in_due",
+                                 "invoice.payment_failed", "evt_due_4", kNow - kDay);
+  failed.attempt_count = 4;
+  failed.retries_left = false;
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeInvoiceEventJson(failed))
+                  .status.ok());
+  ExpectProblem(Consume("u-due", "chat", "abandoned"), 402, "payment_failed");
+  usage = usage_of("due@x.com");
+  EXPECT_STREQ(usage["window_kind"].GetString(), "billing_month");
+  EXPECT_EQ(usage["used"].GetInt64(), 5);
+  ASSERT_TRUE(usage["limit"].IsInt64() && usage["remaining"].IsInt64());
+  EXPECT_EQ(usage["limit"].GetInt64(), 1000);
+  EXPECT_EQ(usage["remaining"].GetInt64(), 0);
+  ASSERT_TRUE(usage["access_refusal"].IsString());
+  EXPECT_STREQ(usage["access_refusal"].GetString(), "payment_failed");
+  // A suspended user: no plan's window, but not unlimited either.
+  ASSERT_EQ(Patch("a@x.com", R"({"status":"suspended"})").status, 200);
+  rapidjson::Document suspended = usage_of("a@x.com");
+  EXPECT_TRUE(suspended["limit"].IsNull());
+  ASSERT_TRUE(suspended["remaining"].IsInt64() && suspended["access_refusal"].IsString());
+  EXPECT_EQ(suspended["remaining"].GetInt64(), 0);
+  EXPECT_STREQ(suspended["access_refusal"].GetString(), "subscription_required");
+
+  for (const auto& [who, shown] :
+       {std::pair<const char*, const rapidjson::Document*>{"due@x.com", &usage},
+        {"a@x.com", &suspended}}) {
+    SCOPED_TRACE(who);
+    HttpReply r = Admin().Post(std::string(kAdminBase) + who + "/reset-usage", "");
+    ASSERT_EQ(r.status, 200) << r.body;
+    rapidjson::Document reset = r.Json();
+    const auto& one = reset["users"][0];
+    for (const char* field : {"window_start", "window_end", "window_kind"}) {
+      EXPECT_STREQ(one[field].GetString(), (*shown)[field].GetString()) << field << r.body;
+    }
+    EXPECT_EQ(one["used_before"].GetInt64(), (*shown)["used"].GetInt64()) << r.body;
+  }
+  EXPECT_EQ(usage_of("due@x.com")["used"].GetInt64(), 0);
+}
+
 // An override of a user id nobody else knows (a typo), cleared again, leaves no subscriber: the
 // user row it made went with it, and a replay of the log makes the same rows. A user with
 // anything else (a customer link) keeps its row.
