@@ -53,7 +53,9 @@
 // subscription Stripe no longer retries); a window's quota used up that a later window cures is
 // still access (reason null). A window ends by a scheduled end.
 //
-// reset-usage: optional body {"reason"}; `Idempotency-Key` honoured. 404 when no user has the
+// reset-usage: optional body {"reason"} (text of at most 1024 bytes, line feeds and tabs allowed,
+// no other control characters or bidirectional overrides: 422 validation_failed); `Idempotency-Key`
+// honoured. 404 when no user has the
 // email. 200 {"email","users":[{"user_id","window_start","window_end","window_kind",
 // "used_before"}]}.
 #include <rapidjson/document.h>
@@ -595,6 +597,13 @@ Status ParseResetBody(const std::string& body, std::optional<std::string>* reaso
     if (!m.value.IsString() || m.value.GetStringLength() > kResetReasonBytesMax) {
       return Status::Make(Code::kUnprocessable, "validation_failed",
                           "reason: a string of at most 1024 bytes");
+    }
+    // Text admins read in the log, as the override's notes (admin_routes.cc): "\u001b[2J" was
+    // stored in the event as it came.
+    if (!pj::IsMultilineDisplayText(View(m.value))) {
+      return Status::Make(Code::kUnprocessable, "validation_failed",
+                          "reason: text without control characters (line feeds and tabs "
+                          "allowed) or bidirectional overrides");
     }
     *reason = std::string(View(m.value));
   }

@@ -658,6 +658,37 @@ TEST_F(UsageRoutesTest, AdminResetRestartsTheCurrentWindow) {
   EXPECT_EQ(Consume("u1", "chat", "b").status, 200);
 }
 
+// A reset's reason is text an admin reads in the log, as the override's notes are: line feeds and
+// tabs are kept; other control characters, DEL, C1 controls and bidirectional overrides are 422
+// naming the field, nothing appended ({"reason":"\u001b[2J"} was stored in the event as it came).
+TEST_F(UsageRoutesTest, ResetReasonIsDisplayText) {
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
+  LinkEmail("u1", "Ada@Example.com");
+  const std::string path = "/api/v1/admin/subscriptions/ada@example.com/reset-usage";
+  const uint64_t head = Head();
+  for (const char* reason : {R"(a\u0000b)", R"(\u001b[2J)", R"(line\rover)", R"(\u007f)",
+                             R"(\u0085)", R"(a \u202e b)", R"(\u2066x)"}) {
+    SCOPED_TRACE(reason);
+    HttpReply r = Client(Token("root", true))
+                      .Post(path, std::string(R"({"reason":")") + reason + "\"}");
+    ExpectProblem(r, 422, "validation_failed");
+    rapidjson::Document problem = r.Json();
+    ASSERT_TRUE(problem.IsObject() && problem.HasMember("detail")) << r.body;
+    EXPECT_EQ(std::string(problem["detail"].GetString()).rfind("reason: ", 0), 0u) << r.body;
+  }
+  EXPECT_EQ(Head(), head);
+  HttpReply r = Client(Token("root", true))
+                    .Post(path, R"({"reason":"goodwill\n\tticket 42, caf\u00e9"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(Head(), head + 1);
+  std::vector<Event> events;
+  ASSERT_TRUE(ledger_->ReadEvents(Position(head), 10, EventFilter{}, &events).ok());
+  ASSERT_EQ(events.size(), 1u);
+  rapidjson::Document data;
+  data.Parse(events[0].data.c_str());
+  EXPECT_EQ(std::string(data["reason"].GetString()), "goodwill\n\tticket 42, caf\xc3\xa9");
+}
+
 TEST_F(UsageRoutesTest, FiftyConcurrentClientsGetExactlyTheLimitAcrossARestart) {
   constexpr int kClients = 50;
   constexpr int64_t kLimit = 200;
