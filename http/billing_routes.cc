@@ -1051,6 +1051,20 @@ std::string ChangeEventData(const Identity& identity, const pc::UserSubscription
   return data.GetString();
 }
 
+// The catalog's refusal of a change to `plan`, decided before the budget is spent and Stripe
+// asked (a user choosing the trial again and again spent it on a GET each, their portal then
+// 429). Without a chosen cycle, Stripe's interval decides only when one cycle is sellable (then
+// the route refuses the other after asking); sold in neither, the monthly refusal is answered.
+Status RefuseUnsellableChange(const pc::Plan& plan, std::optional<BillingCycle> chosen_cycle) {
+  std::string unused;
+  if (chosen_cycle) return ResolveChangePrice(plan, *chosen_cycle, &unused);
+  Status monthly = ResolveChangePrice(plan, BillingCycle::kMonthly, &unused);
+  if (monthly.ok() || ResolveChangePrice(plan, BillingCycle::kYearly, &unused).ok()) {
+    return Status::OK();
+  }
+  return monthly;
+}
+
 void UpgradeSubscription(const AppContext& context, const httplib::Request& req,
                          const Identity& identity, httplib::Response& res,
                          BillingGuards& guards) {
@@ -1080,6 +1094,7 @@ void UpgradeSubscription(const AppContext& context, const httplib::Request& req,
   if (s.ok() && OwesAnInvoice(current.subscription.status)) {
     s = PaymentRequiredToChange(current.status_name());
   }
+  if (s.ok()) s = RefuseUnsellableChange(plan, chosen_cycle);
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
   if (!SpendStripeCall(context, guards, identity, res)) return;
   // Stripe's own view of the subscription: the item to change and its current price (the

@@ -1184,6 +1184,54 @@ TEST_F(BillingRoutesTest, RefusalsFromLedgerdsOwnStateSpendNoBudget) {
   EXPECT_EQ(portal.status, 200) << portal.body;
 }
 
+// A plan change the catalog refuses is decided before the budget is spent and Stripe asked:
+// Alice (Starter) choosing the trial 15 times made 15 GETs of her subscription at Stripe and
+// spent her budget, so her portal was 429 after 10 -- only to be told 422 plan_not_purchasable.
+// The same for a retired plan and a plan without Stripe prices (in neither cycle, so Stripe's
+// interval cannot make it sellable).
+TEST_F(BillingRoutesTest, RefusedPlanChangesSpendNoBudget) {
+  GiveAliceASubscription();
+  projections::RetirePlan retire("enterprise", projections::Actor::System("test"));
+  ASSERT_TRUE(ledger_->Submit(&retire).status.ok());
+  projections::SetPlanStripePrices unpriced("professional", "", "",
+                                            projections::Actor::System("test"));
+  ASSERT_TRUE(ledger_->Submit(&unpriced).status.ok());
+  fake_.ClearRequests();
+  const uint64_t head = Head();
+  for (int i = 0; i < 15; ++i) {
+    ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"trial"})"), 422, "plan_not_purchasable");
+    ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"enterprise","billing_cycle":"monthly"})"),
+                  422, "plan_not_purchasable");
+    HttpReply r = Alice().Post(kUpgrade, R"({"plan_id":"professional"})");
+    ExpectProblem(r, 409, "plan_not_purchasable");
+    EXPECT_NE(r.body.find("stripe-setup"), std::string::npos) << r.body;
+  }
+  EXPECT_TRUE(fake_.requests().empty());
+  EXPECT_EQ(Head(), head);
+  HttpReply portal = Alice().Post(kPortal, "{}");
+  EXPECT_EQ(portal.status, 200) << portal.body;
+}
+
+// Without billing_cycle, a plan sold monthly only is refused by Stripe's interval: a yearly
+// subscriber is told it is not sold yearly (asked at Stripe, as a sellable change would be).
+TEST_F(BillingRoutesTest, AMonthlyOnlyPlanIsRefusedToAYearlySubscriberByStripesInterval) {
+  projections::Plan team = projections::InitialPlans()[2];
+  team.id = "team";
+  team.price_yearly_cents.reset();
+  team.stripe_price_monthly = "price_team_monthly";
+  team.stripe_price_yearly.reset();
+  projections::CreatePlan create(team, projections::Actor::System("test"));
+  ASSERT_TRUE(ledger_->Submit(&create).status.ok());
+  GiveAliceASubscription("active", "price_starter_yearly", "starter");
+  const uint64_t head = Head();
+  HttpReply r = Alice().Post(kUpgrade, R"({"plan_id":"team"})");
+  ExpectProblem(r, 422, "plan_not_purchasable");
+  EXPECT_NE(r.body.find("is not sold yearly"), std::string::npos) << r.body;
+  EXPECT_EQ(fake_.RequestsTo("GET", "/v1/subscriptions/sub_alice").size(), 1u);
+  EXPECT_TRUE(fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice").empty());
+  EXPECT_EQ(Head(), head);
+}
+
 // Cancels refused from ledgerd's own state spend nothing either: bob, with no subscription,
 // cancelling (409 no_active_subscription) ten times left no budget for his checkout (429
 // rate_limited), and alice naming a subscription not hers (404) none for her portal, though
