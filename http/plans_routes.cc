@@ -91,15 +91,20 @@ void Submit(const AppContext& context, const httplib::Request& req, const Identi
 // command to compare with the plan (its decider does no I/O): an id alone was taken as given,
 // and a $49 monthly price named as a plan's stripe_price_yearly billed its yearly subscribers
 // every month. nullopt without Stripe (dev). A retry of a request already recorded is answered
-// from its Idempotency-Key's record first, without asking Stripe. False after writing the
-// answer: that record, or Stripe's failure (502/503; nothing appended).
+// from its Idempotency-Key's record first, without asking Stripe; then `check` (a PUT's merged
+// plan) refuses before Stripe is asked. False after writing the answer: that record, the
+// check's refusal, or Stripe's failure (502/503; nothing appended).
 bool ReadNamedStripePrices(const AppContext& context, const httplib::Request& req,
                            const Identity& identity, const char* route_name, const pc::Plan& plan,
                            const pc::Plan* before, pc::StripePricesAtStripe* out,
-                           httplib::Response& res) {
+                           httplib::Response& res, Status check = Status::OK()) {
   out->reset();
   if (context.stripe == nullptr) return true;
   if (AnswerStoredRetry(context.ledger, req, route_name, identity, &res)) return false;
+  if (!check.ok()) {
+    WriteStatusProblem(check, &res);
+    return false;
+  }
   out->emplace();
   for (const auto& [field, id] : pc::NewlyNamedStripePrices(plan, before)) {
     pc::StripePriceAtStripe seen;
@@ -141,9 +146,10 @@ void UpdatePlan(const AppContext& context, const httplib::Request& req, const Id
     WriteStatusProblem(s, &res);
     return;
   }
-  // The Stripe price ids the plan will name, from the stored plan and the body's: the writer
-  // merges them again, and refuses (stripe_price_unchecked) a price named anew that was not read
-  // here (another change came in between). A plan that is missing is the command's 404.
+  // The plan the change makes, from the stored plan and the body, checked before Stripe is asked
+  // about the prices it names: the writer merges it again, and refuses (stripe_price_unchecked)
+  // a price named anew that was not read here (another change came in between). A plan that is
+  // missing is the command's 404.
   pc::Plan current;
   std::unique_ptr<ReadView> view = context.ledger->Snapshot();
   s = pc::GetPlan(*view, input.plan.id, &current);
@@ -151,16 +157,12 @@ void UpdatePlan(const AppContext& context, const httplib::Request& req, const Id
     WriteStatusProblem(s, &res);
     return;
   }
-  pc::Plan named = current;
-  if (input.Given("stripe_price_monthly")) {
-    named.stripe_price_monthly = input.plan.stripe_price_monthly;
-  }
-  if (input.Given("stripe_price_yearly")) {
-    named.stripe_price_yearly = input.plan.stripe_price_yearly;
-  }
+  pc::Plan next = current;
+  Status check = Status::OK();
+  if (s.ok()) check = pc::MergePlanUpdate(input, current, &next);
   pc::StripePricesAtStripe at_stripe;
-  if (!ReadNamedStripePrices(context, req, identity, kPlanName, named,
-                             s.ok() ? &current : &named, &at_stripe, res)) {
+  if (!ReadNamedStripePrices(context, req, identity, kPlanName, next, s.ok() ? &current : &next,
+                             &at_stripe, res, check)) {
     return;
   }
   pc::UpdatePlan command(std::move(input), AdminActor(identity), std::move(at_stripe));

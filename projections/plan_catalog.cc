@@ -263,7 +263,13 @@ Status ParsePlanObject(const Value& object, ParseMode mode, std::string_view pat
   LEDGER_RETURN_IF_ERROR(
       reader.NullableString("stripe_price_yearly", all, &plan.stripe_price_yearly));
   LEDGER_RETURN_IF_ERROR(reader.Bool("active", all, &plan.active));
-  if (put) return Status::OK();  // the defaults and the checks apply to the merged plan
+  if (put) {
+    // The defaults and the other checks apply to the merged plan (MergePlanUpdate); a price id
+    // the body names is refused here, by the one rule, before anyone asks Stripe about it.
+    return CheckNamedStripePriceIds(plan, [out](std::string_view field) {
+      return out->Given(field);
+    });
+  }
   if (!window && !window_given && plan.api_calls_limit) {
     // A trial's quota is per day (metering counts it so); a recurring plan's per month.
     plan.limit_window = plan.trial_days > 0 ? LimitWindow::kDay : LimitWindow::kMonth;
@@ -979,27 +985,32 @@ Status CreatePlan::Decide(const DecideContext& context, Decision* decision) {
   return Status::OK();
 }
 
-Status UpdatePlan::Decide(const DecideContext& context, Decision* decision) {
-  LEDGER_RETURN_IF_ERROR(ValidateActor(actor_));
-  Plan current;
-  LEDGER_RETURN_IF_ERROR(GetPlan(*context.state, input_.plan.id, &current));
-  Plan next = MergePlanInput(input_, current);
+Status MergePlanUpdate(const PlanInput& input, const Plan& current, Plan* next) {
+  *next = MergePlanInput(input, current);
   // trial_days > 0 makes the price a one-time trial fee on the conversion plan's subscription
   // (http/stripe_plans.h), and the usage windows daily for trial_days: turning a paid plan into
   // one (or back) would re-read every existing subscription on it -- its subscribers locked out
   // as expired trials. A new plan is the way to sell a different kind.
-  if ((next.trial_days > 0) != (current.trial_days > 0)) {
+  if ((next->trial_days > 0) != (current.trial_days > 0)) {
     return Status::Conflict(
         "plan_kind_change",
         current.trial_days > 0
-            ? "plan '" + next.id + "' is a trial (a one-time fee): trial_days cannot become 0; "
-                                   "create a new plan instead"
-            : "plan '" + next.id + "' is a recurring plan: trial_days > 0 would make its price a "
-                                   "one-time trial fee for its existing subscribers; create a new "
-                                   "plan instead");
+            ? "plan '" + next->id + "' is a trial (a one-time fee): trial_days cannot become 0; "
+                                    "create a new plan instead"
+            : "plan '" + next->id + "' is a recurring plan: trial_days > 0 would make its price "
+                                    "a one-time trial fee for its existing subscribers; create a "
+                                    "new plan instead");
   }
-  LEDGER_RETURN_IF_ERROR(ValidatePlanChange(
-      next, [this](std::string_view field) { return input_.Given(field); }));
+  return ValidatePlanChange(*next,
+                            [&input](std::string_view field) { return input.Given(field); });
+}
+
+Status UpdatePlan::Decide(const DecideContext& context, Decision* decision) {
+  LEDGER_RETURN_IF_ERROR(ValidateActor(actor_));
+  Plan current;
+  LEDGER_RETURN_IF_ERROR(GetPlan(*context.state, input_.plan.id, &current));
+  Plan next;
+  LEDGER_RETURN_IF_ERROR(MergePlanUpdate(input_, current, &next));
   LEDGER_RETURN_IF_ERROR(CheckConversionPlanStaysOnSale(*context.state, current, next));
   LEDGER_RETURN_IF_ERROR(CheckConversionPlanOnSale(*context.state, next, current.active));
   LEDGER_RETURN_IF_ERROR(CheckStripePriceFresh("monthly", next.price_monthly_cents,

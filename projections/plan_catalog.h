@@ -238,6 +238,13 @@ class CreatePlan final : public Command {
   StripePricesAtStripe at_stripe_;
 };
 
+// A PUT's plan: `input` (ParsePlanInput with the path's id) merged over the stored `current`,
+// refused as UpdatePlan refuses it before it reads the rest of the catalog: 409
+// "plan_kind_change" (trial_days turning a paid plan into a trial, or back), 422 as
+// ParsePlanInput for the merged plan. No I/O: the admin route runs it before asking Stripe about
+// the prices the plan names, the command again on the writer's state.
+Status MergePlanUpdate(const PlanInput& input, const Plan& current, Plan* next);
+
 // 200 + plan.updated.v1 (the stored plan with the given fields replaced, see PlanInput). 404 when
 // missing. A change that leaves the plan as stored appends nothing. 409 "conversion_plan_in_use"
 // for "active":false or "price_monthly_cents":0 of kTrialConversionPlanId while a trial plan is on

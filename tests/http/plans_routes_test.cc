@@ -492,6 +492,41 @@ TEST_F(PlansWithStripeTest, StripeUnreachableAppendsNothing) {
   EXPECT_EQ(Head(), head);
 }
 
+// The same rule with Stripe configured, and before Stripe is asked: a PUT's bad price id was
+// looked up at Stripe and refused by the client's check, 400 invalid_argument "price is not a
+// Stripe id", while a POST (or a PUT without Stripe) was 422 with the rule.
+TEST_F(PlansWithStripeTest, StripePriceIdsAreRefusedByOneRule) {
+  const std::string rule =
+      "stripe_price_monthly: a Stripe price id ([A-Za-z0-9_-], 1 to 200 characters) or null";
+  const std::string post_body = kTeamBody.substr(0, kTeamBody.size() - 1);
+  const uint64_t head = Head();
+  for (const std::string& id : {std::string("bad price!"), std::string("price_a.b"),
+                                std::string(201, 'p'), std::string(256, 'p'), std::string()}) {
+    const std::string field = R"("stripe_price_monthly":")" + id + "\"";
+    for (const HttpReply& r : {Admin().Post(kPlans, post_body + "," + field + "}"),
+                               Put("starter", "{" + field + "}"), Put("team", "{" + field + "}")}) {
+      ExpectProblem(r, 422, "validation_failed");
+      EXPECT_EQ(Detail(r), rule) << id;
+    }
+  }
+  EXPECT_TRUE(fake_.RequestsTo("GET", "/v1/prices/").empty());
+  EXPECT_EQ(Head(), head);
+}
+
+// A PUT's merged plan is checked before Stripe is asked about the prices it names: team_seats 0
+// beside a new price was a GET at Stripe first, and 502/503 while Stripe was down.
+TEST_F(PlansWithStripeTest, AnInvalidChangeIsRefusedBeforeStripeIsAsked) {
+  fake_.InjectFault(FakeStripe::Fault::kServerError, 100, "GET", "/v1/prices/");
+  const uint64_t head = Head();
+  HttpReply r = Put("professional", R"({"stripe_price_monthly":"price_m","team_seats":0})");
+  ExpectProblem(r, 422, "validation_failed");
+  EXPECT_NE(Detail(r).find("team_seats"), std::string::npos) << r.body;
+  ExpectProblem(Put("professional", R"({"stripe_price_monthly":"price_m","trial_days":7})"), 409,
+                "plan_kind_change");
+  EXPECT_TRUE(fake_.RequestsTo("GET", "/v1/prices/").empty());
+  EXPECT_EQ(Head(), head);
+}
+
 // A retry of a recorded change is answered from its Idempotency-Key's record: Stripe is not asked
 // again (and an outage since does not turn the recorded 200 into a 503).
 TEST_F(PlansWithStripeTest, ARetryIsAnsweredFromItsRecord) {

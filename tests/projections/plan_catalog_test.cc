@@ -796,9 +796,15 @@ TEST(PlanCommandsTest, StripePriceIdsAreOnesStripeCallsAndWebhooksTake) {
       "stripe_price_monthly: a Stripe price id ([A-Za-z0-9_-], 1 to 200 characters) or null";
   for (const std::string& id : {std::string("price.1"), std::string(201, 'p'),
                                 std::string("bad price!"), std::string(256, 'p')}) {
+    // A PUT body is refused as it is parsed (before the route asks Stripe), and the command
+    // refuses the merged plan by the same rule.
     PlanInput input;
     Status s = ParsePlanInput(R"({"stripe_price_monthly":")" + id + "\"}", "professional", &input);
+    EXPECT_EQ(s.problem(), "validation_failed") << id << " " << s.ToString();
+    EXPECT_EQ(s.message(), rule) << id;
+    s = ParsePlanInput(R"({"stripe_price_monthly":"price_ok"})", "professional", &input);
     ASSERT_TRUE(s.ok()) << s.ToString();
+    input.plan.stripe_price_monthly = id;
     UpdatePlan put(input, TestAdmin());
     s = h.Run(&put, &d);
     EXPECT_EQ(s.problem(), "validation_failed") << id << " " << s.ToString();
