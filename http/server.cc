@@ -53,9 +53,8 @@ constexpr std::string_view kLongHeadRequestLine = "POST /api/v1/webhooks/lago ";
 // Header lines longer than this are taken out of cpp-httplib's sight (its limit is 8192).
 constexpr size_t kHeaderLineBytesMax = 4096;
 constexpr size_t kLongHeadersMax = 8;
-// How long and how much a closing connection is drained so that the client sees our answer
-// instead of a reset (the "lingering close" of Apache and nginx).
-constexpr int kLingerMs = 1000;
+// How much a closing connection is drained (for HttpServerOptions::linger_ms) so that the client
+// sees our answer instead of a reset (the "lingering close" of Apache and nginx).
 constexpr size_t kLingerBytesMax = 1 << 20;
 constexpr size_t kDetailPathBytesMax = 256;
 constexpr char kUnmatchedRoute[] = "(unmatched)";
@@ -952,9 +951,10 @@ struct Connection {
   size_t remaining;  // requests this connection may still make
   // Guarded by the loop's mutex.
   enum class Where {
-    kOwned,     // being served by one thread (the loop's or a worker)
-    kParked,    // armed in epoll, owned by nobody
-    kAwaiting,  // the loop has its next request and waits for the answer to the previous one
+    kOwned,      // being served by one thread (the loop's or a worker)
+    kParked,     // armed in epoll, owned by nobody
+    kAwaiting,   // the loop has its next request and waits for the answer to the previous one
+    kLingering,  // answered and half-closed: the loop drains it until lingering_until, then closes
   };
   Where where = Where::kOwned;
   // Watched for EPOLLIN (level-triggered) by the epoll set. Parked connections are; a connection
@@ -970,6 +970,10 @@ struct Connection {
   // What the request arriving may take of the loop's budget for large holds (guarded by the
   // loop's mutex; 0 for a small one, which takes none).
   size_t held = 0;
+  // Lingering (CoreServer::LingerOnLoop): closed at this time, or once the client has closed or
+  // sent kLingerBytesMax (lingered_bytes) since. Set by its owner, then read by the loop.
+  Clock::time_point lingering_until;
+  size_t lingered_bytes = 0;
 };
 
 // How a served request leaves its connection.
@@ -1009,7 +1013,8 @@ struct LoopRequest {
 constexpr int kLoopRequestsPerTurn = 8;
 // A request still arriving is held by the event loop (not a worker) while it is under this many
 // bytes (ArrivingBound): usual heads and billing bodies; at most this much per open connection,
-// besides the large holds of body-first routes (HttpServerOptions::loop_held_bytes_max in all).
+// besides the large holds (HttpServerOptions::loop_held_bytes_max in all): longer heads up to
+// their limit, and body-first routes' requests.
 constexpr size_t kLoopHoldBytesMax = 8 * 1024;
 constexpr int kLoopEventsMax = 128;
 constexpr int kLoopTickMs = 100;
@@ -1094,17 +1099,19 @@ class CoreServer final : public httplib::Server {
     loop_stopped_.store(true);
     mailbox_->Post(0);  // wakes the loop (no connection has id 0)
     if (loop_thread_.joinable()) loop_thread_.join();
-    std::vector<std::shared_ptr<Connection>> parked;
+    std::vector<std::shared_ptr<Connection>> parked, lingering;
     {
       std::lock_guard<std::mutex> lock(loop_mu_);
       for (auto& [id, c] : connections_) {
         if (c->where != Connection::Where::kOwned) {
+          (c->where == Connection::Where::kLingering ? lingering : parked).push_back(c);
           c->where = Connection::Where::kOwned;
-          parked.push_back(c);
         }
       }
     }
     for (auto& c : parked) Close(c, false);
+    // Their answers may still be in the kernel: a worker lingers (the rest of linger_ms) instead.
+    for (auto& c : lingering) ToWorker(c, WorkerJob::kLingeringClose);
     {
       std::lock_guard<std::mutex> lock(mailbox_->mu);
       if (mailbox_->event_fd >= 0) ::close(mailbox_->event_fd);
@@ -1193,7 +1200,7 @@ class CoreServer final : public httplib::Server {
   void RunLoop() {
     std::array<epoll_event, kLoopEventsMax> events;
     auto last_tick = Clock::now();
-    std::vector<std::shared_ptr<Connection>> ready, flush, answered, expired;
+    std::vector<std::shared_ptr<Connection>> ready, flush, answered, expired, draining, lingered;
     for (;;) {
       const int n = ::epoll_wait(epoll_fd_, events.data(), kLoopEventsMax, kLoopTickMs);
       if (n < 0 && errno != EINTR) {
@@ -1209,6 +1216,8 @@ class CoreServer final : public httplib::Server {
       flush.clear();
       answered.clear();
       expired.clear();
+      draining.clear();
+      lingered.clear();
       std::vector<uint64_t> woken;
       {
         // The eventfd is drained with the swap, under the mailbox's lock: a Post between the
@@ -1234,6 +1243,9 @@ class CoreServer final : public httplib::Server {
             if (c->where == Connection::Where::kParked && Expired(*c, now)) {
               c->where = Connection::Where::kOwned;
               expired.push_back(c);
+            } else if (c->where == Connection::Where::kLingering && now >= c->lingering_until) {
+              c->where = Connection::Where::kOwned;
+              lingered.push_back(c);
             }
           }
         }
@@ -1241,13 +1253,18 @@ class CoreServer final : public httplib::Server {
           if (events[i].data.u64 == 0) continue;  // the mailbox, drained above
           auto it = connections_.find(events[i].data.u64);
           // A stale event: the connection is gone, or its owner already took it back.
-          if (it == connections_.end() || it->second->where != Connection::Where::kParked) continue;
+          if (it == connections_.end()) continue;
+          const Connection::Where where = it->second->where;
+          if (where != Connection::Where::kParked && where != Connection::Where::kLingering) continue;
           it->second->where = Connection::Where::kOwned;
-          ready.push_back(it->second);
+          (where == Connection::Where::kParked ? ready : draining).push_back(it->second);
         }
         for (uint64_t id : woken) {
           auto it = connections_.find(id);
-          if (it == connections_.end() || it->second->where == Connection::Where::kOwned) continue;
+          if (it == connections_.end() || it->second->where == Connection::Where::kOwned ||
+              it->second->where == Connection::Where::kLingering) {
+            continue;
+          }
           // Parked: an answer left bytes unsent. Awaiting: the answer is out, go on.
           (it->second->where == Connection::Where::kParked ? flush : answered).push_back(it->second);
           it->second->where = Connection::Where::kOwned;
@@ -1255,6 +1272,8 @@ class CoreServer final : public httplib::Server {
       }
       for (auto& c : flush) ToWorker(c, WorkerJob::kFlush);
       for (auto& c : expired) ToWorker(c, WorkerJob::kClose);
+      for (auto& c : lingered) Close(c, false);  // answered long since: no deferred answer
+      for (auto& c : draining) DrainLingering(c);
       for (auto& c : answered) ServeOnLoop(c);
       for (auto& c : ready) ServeOnLoop(c);
     }
@@ -1320,6 +1339,10 @@ class CoreServer final : public httplib::Server {
       const After after = parsed.plain && options_.loop_own_parser ? ServeParsed(c.get(), parsed)
                                                                    : ServeRequest(c.get());
       c->stream.SetNonBlocking(false);
+      if (after == After::kLingeringClose && !c->stream.HasOverflow() &&
+          c->state.deferred == nullptr && LingerOnLoop(c)) {
+        return;
+      }
       if (after != After::kKeepAlive) {
         return ToWorker(c, after == After::kLingeringClose ? WorkerJob::kLingeringClose
                                                            : WorkerJob::kClose);
@@ -1334,8 +1357,9 @@ class CoreServer final : public httplib::Server {
 
   // The bytes the event loop may hold for the request arriving at the start of `unread` (its
   // head is not complete yet, or it is and only a Content-Length body is missing), or 0 when a
-  // worker takes it instead: any request while it is under kLoopHoldBytesMax; a body-first
-  // route's (SetBodyFirstPaths) up to its head allowance and body limit. Not one announcing
+  // worker takes it instead: any request while it is under kLoopHoldBytesMax; any head up to its
+  // allowance (a worker could only wait for the rest: TakeHead); a body-first route's
+  // (SetBodyFirstPaths) up to its head allowance and body limit. Not one announcing
   // chunked framing or `Expect` (whose client waits for a 100 Continue before the body), nor one
   // whose head has lines this test cannot read plainly (a worker answers those). *whole: the
   // request's size once its head is complete, else 0.
@@ -1348,7 +1372,11 @@ class CoreServer final : public httplib::Server {
                                 ? limits::kLagoWebhookHeadBytesMax
                                 : kHeaderBytesAllowance;
     const size_t blank = unread.find("\n\r\n");  // the end of the head, as TakeHead finds it
-    if (blank == std::string_view::npos) return unread.size() < head_max ? head_max : 0;
+    if (blank == std::string_view::npos) {
+      // Over its allowance, a worker answers it 431 at once (TakeHead).
+      const size_t allowance = std::max(head_max, kHeaderBytesAllowance);
+      return unread.size() <= allowance ? allowance : 0;
+    }
     const std::string_view head = unread.substr(0, blank + 1);
     if (head.size() > head_max) return 0;
     // cpp-httplib reads no body for these (PreRoute closes after the answer if one is announced).
@@ -1397,8 +1425,8 @@ class CoreServer final : public httplib::Server {
     return false;
   }
 
-  // Whether the loop holds the request arriving on `c` (ArrivingBound): a small one always, a
-  // large one while the large holds of all connections stay within
+  // Whether the loop holds the request arriving on `c` (ArrivingBound): one under
+  // kLoopHoldBytesMax always, a larger one while the large holds of all connections stay within
   // HttpServerOptions::loop_held_bytes_max (beyond, a worker reads it, as any route's). A large
   // one counts its whole size once its head is complete, its bytes so far until then (a long
   // head's allowance is over a megabyte: a few stalled heads would take the budget). Marks when
@@ -1409,8 +1437,8 @@ class CoreServer final : public httplib::Server {
     {
       std::lock_guard<std::mutex> lock(loop_mu_);
       const size_t others = loop_held_bytes_ - c->held;
-      const size_t held =
-          bound <= kLoopHoldBytesMax ? 0 : whole != 0 ? whole : c->stream.Unread().size();
+      const size_t arrived = whole != 0 ? whole : c->stream.Unread().size();
+      const size_t held = bound <= kLoopHoldBytesMax || arrived <= kLoopHoldBytesMax ? 0 : arrived;
       if (bound == 0 || others + held > options_.loop_held_bytes_max) {
         loop_held_bytes_ = others;
         c->held = 0;
@@ -1652,11 +1680,14 @@ class CoreServer final : public httplib::Server {
     return EndServing(c, written, connection_closed);
   }
 
-  // On a worker (it may wait for a deferred answer and linger). Never under a deferred answer
-  // still being written; a connection that broke meanwhile is closed all the same.
+  // On a worker (it may wait for a deferred answer), or on the loop for a connection without
+  // one. Never under a deferred answer still being written; a connection that broke meanwhile is
+  // closed all the same. A lingering close is the loop's (LingerOnLoop) unless the loop has
+  // stopped: then this thread lingers.
   void Close(const std::shared_ptr<Connection>& c, bool lingering) {
     FinishDeferred(&c->state);
     c->state.deferred = nullptr;
+    if (lingering && LingerOnLoop(c)) return;
     {
       std::lock_guard<std::mutex> lock(loop_mu_);
       ReleaseHoldLocked(c.get());
@@ -1664,19 +1695,62 @@ class CoreServer final : public httplib::Server {
       if (epoll_fd_ >= 0) ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, c->sock, nullptr);
     }
     if (lingering) {
-      LingeringClose(c->sock);
+      // The rest of its linger when the stopping loop handed it over (StopLoop).
+      LingeringClose(c->sock, c->lingering_until != Clock::time_point{}
+                                  ? c->lingering_until
+                                  : Clock::now() + std::chrono::milliseconds(options_.linger_ms));
     } else {
       ::shutdown(c->sock, SHUT_RDWR);
       ::close(c->sock);
     }
   }
 
-  // Half-closes, drains what the client is still sending for a bounded time, then closes.
-  static void LingeringClose(int sock) {
+  // Half-closes an answered connection and leaves it to the loop, which drains what the client
+  // still sends (DrainLingering) and closes it once the client has closed, has sent
+  // kLingerBytesMax or linger_ms have passed: a client that stays silent holds a descriptor for
+  // that long, never a thread. False once the loop is stopping (the caller lingers itself). On
+  // the connection's owner, once its answer is written whole.
+  bool LingerOnLoop(const std::shared_ptr<Connection>& c) {
+    std::lock_guard<std::mutex> lock(loop_mu_);
+    if (loop_stopping_) return false;
+    ReleaseHoldLocked(c.get());
+    ::shutdown(c->sock, SHUT_WR);
+    if (!c->armed) {
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.u64 = c->id;
+      if (::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, c->sock, &ev) != 0) return false;
+      c->armed = true;
+    }
+    c->lingering_until = Clock::now() + std::chrono::milliseconds(options_.linger_ms);
+    c->lingered_bytes = 0;
+    c->where = Connection::Where::kLingering;
+    return true;
+  }
+
+  // A lingering connection became readable (on the loop): drops what the client sent, up to
+  // 64 KiB a turn; closes it once the client has closed or sent kLingerBytesMax.
+  void DrainLingering(const std::shared_ptr<Connection>& c) {
+    std::array<char, 16 * 1024> scratch;
+    for (int turn = 0; turn < 4; ++turn) {
+      ssize_t n;
+      do {
+        n = ::recv(c->sock, scratch.data(), scratch.size(), MSG_DONTWAIT);
+      } while (n < 0 && errno == EINTR);
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+      if (n <= 0) return Close(c, false);
+      c->lingered_bytes += static_cast<size_t>(n);
+      if (c->lingered_bytes >= kLingerBytesMax) return Close(c, false);
+    }
+    std::lock_guard<std::mutex> lock(loop_mu_);
+    c->where = Connection::Where::kLingering;  // still armed (level-triggered)
+  }
+
+  // Half-closes, drains what the client is still sending until `deadline`, then closes.
+  static void LingeringClose(int sock, Clock::time_point deadline) {
     ::shutdown(sock, SHUT_WR);
     std::array<char, 16 * 1024> scratch;
     size_t drained = 0;
-    const auto deadline = Clock::now() + std::chrono::milliseconds(kLingerMs);
     while (drained < kLingerBytesMax) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
       if (left <= 0 || !PollFor(sock, POLLIN, left)) break;
@@ -2167,7 +2241,7 @@ Status HttpServer::Create(const HttpServerOptions& options, RouteTable routes,
   if (options.body_bytes_max == 0 ||
       options.open_connections_max == 0 || options.port < 0 ||
       options.port > 65535 || options.read_timeout_ms <= 0 || options.write_timeout_ms <= 0 ||
-      options.keep_alive_timeout_ms <= 0 || options.listen_backlog <= 0) {
+      options.keep_alive_timeout_ms <= 0 || options.listen_backlog <= 0 || options.linger_ms <= 0) {
     return Status::InvalidArgument("bad_http_options", "invalid HTTP server option");
   }
   std::unique_ptr<HttpServer> server(new HttpServer());

@@ -22,7 +22,8 @@
 // it the same way: HttpServerOptions::loop_own_parser); every other request is handed, with what
 // was already read, to a worker, which may block (reading the rest, calling Stripe, waiting for a
 // sync) and parks the connection again afterwards. Under load one wake-up of the loop serves
-// many connections.
+// many connections. A connection closed after a refusal (or its last answer) is half-closed and
+// drained by the loop for up to linger_ms (a lingering close), never by a worker.
 //
 // Lifecycle: Create() validates the routes; Start() binds (port 0 picks a free port, see port())
 // and serves on its own thread; Stop() stops accepting, lets in-flight requests finish (and tells
@@ -64,9 +65,13 @@ struct HttpServerOptions {
   size_t keep_alive_max_count = 1000;    // requests per connection
   int listen_backlog = limits::kListenBacklog;
   size_t open_connections_max = limits::kOpenConnectionsMax;
+  // How long a connection closed after a refused or last answer is drained (at most 1 MiB) before
+  // it is closed, so that the client reads the answer instead of a reset (a lingering close). The
+  // event loop drains it: it holds no worker.
+  int64_t linger_ms = 1000;
   // Bytes the event loop may hold in all for requests to body-first routes (public and signature
-  // POSTs: the webhooks) that arrive slowly, instead of a worker waiting for them; beyond it a
-  // worker reads them. 0: none (a worker reads any request over 8 KiB that is still arriving).
+  // POSTs: the webhooks) and for heads over 8 KiB that arrive slowly, instead of a worker waiting
+  // for them; beyond it a worker reads them. 0: none (a worker reads any request over 8 KiB that is still arriving).
   size_t loop_held_bytes_max = limits::kLoopHeldBytesMax;
   // Plainly framed requests for Threading::kEventLoop routes are parsed by the server itself
   // instead of by cpp-httplib's request processing (same answers, less CPU per request). false:

@@ -110,6 +110,11 @@ class ServerTest : public ::testing::Test {
                  WriteJson(200, R"({"loop":"hello"})", &res);
                },
                Threading::kEventLoop);
+    routes.Add("POST", "/loop-private", "/loop-private", Policy::kAdmin,
+               [](const httplib::Request&, httplib::Response& res, const Identity&) {
+                 WriteJson(200, "{}", &res);
+               },
+               Threading::kEventLoop);
     routes.Add("POST", "/loop-echo", "/loop-echo", Policy::kPublic,
                [](const httplib::Request& req, httplib::Response& res, const Identity&) {
                  WriteJson(200, R"({"loop-bytes":)" + std::to_string(req.body.size()) + "}", &res);
@@ -1187,6 +1192,54 @@ std::string ReadUntil(int fd, const std::string& what) {
     got.append(buf, static_cast<size_t>(n));
   }
   return got;
+}
+
+// Connections the server is done with, and heads still arriving up to their limit, hold no worker:
+// a lingering close (the answer out, what the client still sends drained until it closes or
+// linger_ms pass) and a head over 8 KiB that stalls are watched by the event loop. Two of each, and
+// a refusal from the loop itself, on a pool of two, silent for far longer than the test runs,
+// leave both workers free (negative control: lingering on a worker, or a worker reading any head
+// over 8 KiB still arriving, keeps both busy for a minute and /hello is not answered).
+TEST_F(ServerTest, RefusedOrStalledRequestsHoldNoWorker) {
+  HttpServerOptions options = TestHttpStack::DefaultOptions();
+  options.threads = 2;
+  options.read_timeout_ms = 60000;
+  options.keep_alive_timeout_ms = 60000;
+  options.linger_ms = 60000;
+  Start(options);
+  std::vector<int> held;
+  auto connect_and_send = [&](const std::string& bytes) {
+    const int fd = testing::ConnectLoopback(stack_.port());
+    EXPECT_GE(fd, 0);
+    EXPECT_EQ(::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL), static_cast<ssize_t>(bytes.size()));
+    held.push_back(fd);
+    return fd;
+  };
+  // A request line cpp-httplib cannot parse (a worker answers it), and a body refused on the
+  // loop: answered with `Connection: close`, then lingering while the client stays silent.
+  for (const std::string& request :
+       {std::string("GET / HTTP/1.2\r\n\r\n"), std::string("GET / HTTP/1.2\r\n\r\n"),
+        std::string("POST /loop-private HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")}) {
+    const std::string answer = ReadUntil(connect_and_send(request), "}");
+    EXPECT_TRUE(answer.rfind("HTTP/1.1 400", 0) == 0 || answer.rfind("HTTP/1.1 401", 0) == 0)
+        << answer;
+    EXPECT_NE(answer.find("Connection: close"), std::string::npos) << answer;
+  }
+  // Heads over 8 KiB, unfinished.
+  const std::string head_start = "GET /hello HTTP/1.1\r\nHost: x\r\nX-Pad: ";
+  for (int i = 0; i < 2; ++i) connect_and_send(head_start + std::string(9000 - head_start.size(), 'p'));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the server has read them
+  TestHttpClient client("127.0.0.1", stack_.port());
+  HttpReply reply = client.Get("/hello");
+  EXPECT_EQ(reply.status, 200) << reply.error;
+  EXPECT_TRUE(WaitFor([&] {
+    return stack_.metrics.workers_busy.load() == 0 && stack_.metrics.connections_queued.load() == 0;
+  }, std::chrono::seconds(10))) << "busy " << stack_.metrics.workers_busy.load();
+  // A held head that completes is served.
+  const std::string answer = SendAndReadUntilClosed(held[3], "\r\nConnection: close\r\n\r\n", 5000);
+  EXPECT_EQ(answer.rfind("HTTP/1.1 200", 0), 0u) << answer.substr(0, 300);
+  held.erase(held.begin() + 3);
+  for (int fd : held) ::close(fd);
 }
 
 // The event loop watches parked connections level-triggered and keeps watching the ones it
