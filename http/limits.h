@@ -29,6 +29,10 @@ inline constexpr int kListenBacklog = 1024;
 inline constexpr size_t kServerThreadsMax = 4096;
 // Open client connections (each holds a 16 KiB read buffer); one more is closed at once.
 inline constexpr size_t kOpenConnectionsMax = 16384;
+// Descriptors kept from HTTP connections for the rest of the process (RocksDB's files, Kafka and
+// Stripe connections, the listener, epoll): the server caps open connections at the soft
+// RLIMIT_NOFILE less this, and does not start when the limit is not above it.
+inline constexpr size_t kDescriptorsReserved = 256;
 // Users a UserLimiter (user_limiter.h) holds at once, per limit: users whose bucket is full again
 // are forgotten first; beyond, a new user waits as if their bucket were empty.
 inline constexpr size_t kRateLimitedUsersMax = 100'000;

@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -1033,7 +1034,8 @@ constexpr int kLoopTickMs = 100;
 // load one loop wake-up serves many connections: no thread is woken per request.
 class CoreServer final : public httplib::Server {
  public:
-  explicit CoreServer(const HttpServerOptions& options) : options_(options) {
+  explicit CoreServer(const HttpServerOptions& options)
+      : options_(options), open_connections_max_(options.open_connections_max) {
     request_bytes_max_ = options.request_bytes_max != 0
                              ? options.request_bytes_max
                              : 2 * options.body_bytes_max + limits::kLagoWebhookHeadBytesMax;
@@ -1067,6 +1069,9 @@ class CoreServer final : public httplib::Server {
   // any other route's is read by a worker, which refuses an unauthorized one from its head.
   void SetBodyFirstPaths(std::vector<std::string> paths) { body_first_paths_ = std::move(paths); }
   void SetPool(WorkerPool* pool) { pool_.store(pool); }
+  // The cap on open connections (HttpServer::Start lowers the configured one to what the
+  // descriptor limit allows). Before StartLoop.
+  void SetOpenConnectionsMax(size_t max) { open_connections_max_ = max; }
 
   // Starts the event loop thread. False when epoll or eventfd cannot be had.
   bool StartLoop() {
@@ -1131,7 +1136,7 @@ class CoreServer final : public httplib::Server {
     std::shared_ptr<Connection> c;
     {
       std::lock_guard<std::mutex> lock(loop_mu_);
-      if (!loop_stopping_ && connections_.size() < options_.open_connections_max) {
+      if (!loop_stopping_ && connections_.size() < open_connections_max_) {
         c = std::make_shared<Connection>(sock, ++last_connection_id_, options_, request_bytes_max_);
         epoll_event ev{};
         ev.events = EPOLLONESHOT;  // nothing until Park arms it (errors at most once)
@@ -1763,6 +1768,7 @@ class CoreServer final : public httplib::Server {
 
   const HttpServerOptions options_;
   size_t request_bytes_max_ = 0;
+  size_t open_connections_max_;  // fixed before the loop starts
   std::vector<LoopRoute> loop_routes_;  // fixed before the loop starts
   std::vector<std::string> body_first_paths_;  // the same
   size_t loop_held_bytes_ = 0;  // guarded by loop_mu_: the large holds (Connection::held)
@@ -1777,6 +1783,33 @@ class CoreServer final : public httplib::Server {
   // Every open connection, parked or being served; guarded by loop_mu_.
   std::unordered_map<uint64_t, std::shared_ptr<Connection>> connections_;
 };
+
+// The cap on open connections: `configured`, lowered to the soft RLIMIT_NOFILE less
+// limits::kDescriptorsReserved. Unavailable when the limit is not above the reserve.
+Status ConnectionsMaxWithinDescriptorLimit(size_t configured, size_t* out) {
+  *out = configured;
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) {
+    return Status::OK();
+  }
+  if (limit.rlim_cur <= limits::kDescriptorsReserved) {
+    return Status::Unavailable(
+        "descriptor_limit",
+        "the open-file limit (RLIMIT_NOFILE " + std::to_string(limit.rlim_cur) +
+            ") leaves no descriptor for HTTP connections beside the " +
+            std::to_string(limits::kDescriptorsReserved) +
+            " kept for the rest of the process; raise it (ulimit -n, systemd LimitNOFILE=)");
+  }
+  *out = std::min<size_t>(configured, limit.rlim_cur - limits::kDescriptorsReserved);
+  if (*out < configured) {
+    spdlog::info("http: at most {} open connections (RLIMIT_NOFILE {} less {} descriptors kept "
+                 "for the rest of the process; {} configured)",
+                 *out, limit.rlim_cur, limits::kDescriptorsReserved, configured);
+  } else {
+    spdlog::info("http: at most {} open connections (RLIMIT_NOFILE {})", *out, limit.rlim_cur);
+  }
+  return Status::OK();
+}
 
 }  // namespace
 
@@ -2258,6 +2291,10 @@ HttpServer::~HttpServer() { Stop(); }
 Status HttpServer::Start() {
   if (started_) return Status::Internal("HttpServer::Start called twice");
   CoreServer& core = impl_->server();
+  size_t open_connections_max = 0;
+  LEDGER_RETURN_IF_ERROR(
+      ConnectionsMaxWithinDescriptorLimit(options_.open_connections_max, &open_connections_max));
+  core.SetOpenConnectionsMax(open_connections_max);
   int port = options_.port;
   if (port == 0) {
     port = core.bind_to_any_port(options_.host);
@@ -2285,6 +2322,7 @@ Status HttpServer::Start() {
   }
   started_ = true;
   port_ = port;
+  open_connections_max_ = open_connections_max;
   if (!core.is_running()) {
     Stop();
     return Status::Unavailable("listen_failed", "the HTTP accept loop did not start");

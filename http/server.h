@@ -64,6 +64,9 @@ struct HttpServerOptions {
   int64_t keep_alive_timeout_ms = 5000;  // idle time before a kept-alive connection is closed
   size_t keep_alive_max_count = 1000;    // requests per connection
   int listen_backlog = limits::kListenBacklog;
+  // Open client connections; one more is closed at once. Start() lowers it to the soft
+  // RLIMIT_NOFILE less limits::kDescriptorsReserved (what the rest of the process needs: RocksDB,
+  // Kafka, Stripe), and refuses to start when that leaves none (HttpServer::open_connections_max).
   size_t open_connections_max = limits::kOpenConnectionsMax;
   // How long a connection closed after a refused or last answer is drained (at most 1 MiB) before
   // it is closed, so that the client reads the answer instead of a reset (a lingering close). The
@@ -97,6 +100,9 @@ class HttpServer {
 
   // The bound port (the picked one when options.port was 0). 0 before Start().
   int port() const { return port_; }
+  // The cap on open connections Start() applied (options.open_connections_max, lowered to what
+  // the descriptor limit leaves). 0 before Start().
+  size_t open_connections_max() const { return open_connections_max_; }
   const std::string& host() const { return options_.host; }
   // False when the accept loop ended on its own (an accept() failure): the daemon should exit
   // (ledgerd's main checks it while it waits for a signal, daemon/app.h WaitForShutdown).
@@ -109,6 +115,7 @@ class HttpServer {
   std::unique_ptr<Impl> impl_;
   std::thread listen_thread_;
   int port_ = 0;
+  size_t open_connections_max_ = 0;
   bool started_ = false;
   bool stopped_ = false;
 };

@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -1240,6 +1241,79 @@ TEST_F(ServerTest, RefusedOrStalledRequestsHoldNoWorker) {
   EXPECT_EQ(answer.rfind("HTTP/1.1 200", 0), 0u) << answer.substr(0, 300);
   held.erase(held.begin() + 3);
   for (int fd : held) ::close(fd);
+}
+
+// Open connections stay below the descriptor limit: with RLIMIT_NOFILE at 512, the server caps them
+// at 512 less limits::kDescriptorsReserved, so that 600 clients leave the rest of the process the
+// descriptors it needs (negative control: the configured 16384 applies, accept() takes every
+// descriptor, and the child's open() fails with EMFILE). A limit that leaves no room for any
+// connection is refused at Start().
+TEST_F(ServerTest, ConnectionCapStaysBelowTheDescriptorLimit) {
+  constexpr size_t kClients = 600;
+  int to_child[2];
+  int to_parent[2];
+  ASSERT_EQ(::pipe(to_child), 0);
+  ASSERT_EQ(::pipe(to_parent), 0);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {  // the server, under the lower limit; reports through the pipe, never asserts
+    rlimit limit{};
+    ::getrlimit(RLIMIT_NOFILE, &limit);
+    limit.rlim_cur = limits::kDescriptorsReserved;
+    if (::setrlimit(RLIMIT_NOFILE, &limit) != 0) ::_exit(2);
+    TestHttpStack refused;
+    const Status no_room = refused.Start(RouteTable(), AuthOptions(), &clock_);
+    limit.rlim_cur = 512;
+    if (::setrlimit(RLIMIT_NOFILE, &limit) != 0) ::_exit(2);
+    Start();
+    uint64_t report[3] = {static_cast<uint64_t>(stack_.port()),
+                          stack_.server ? stack_.server->open_connections_max() : 0,
+                          no_room.problem() == "descriptor_limit" ? 1u : 0u};
+    if (::write(to_parent[1], report, sizeof(report)) != sizeof(report)) ::_exit(3);
+    char go = 0;
+    if (::read(to_child[0], &go, 1) != 1) ::_exit(4);
+    WaitFor([&] { return stack_.metrics.connections_accepted.Value() >= kClients; },
+            std::chrono::seconds(10));
+    const int fd = ::open("/dev/null", O_RDONLY);
+    const uint64_t result[2] = {fd >= 0 ? 1u : 0u, stack_.metrics.connections_accepted.Value()};
+    if (::write(to_parent[1], result, sizeof(result)) != sizeof(result)) ::_exit(5);
+    if (::read(to_child[0], &go, 1) != 1) ::_exit(6);
+    ::_exit(0);
+  }
+  ::close(to_child[0]);
+  ::close(to_parent[1]);
+  uint64_t report[3] = {0, 0, 0};
+  ASSERT_EQ(::read(to_parent[0], report, sizeof(report)), static_cast<ssize_t>(sizeof(report)));
+  ASSERT_GT(report[0], 0u);
+  EXPECT_EQ(report[1], 512 - limits::kDescriptorsReserved);
+  EXPECT_EQ(report[2], 1u) << "a limit of " << limits::kDescriptorsReserved << " was not refused";
+  std::vector<int> clients;
+  for (size_t i = 0; i < kClients; ++i) {
+    const int fd = testing::ConnectLoopback(static_cast<int>(report[0]));
+    ASSERT_GE(fd, 0) << i;
+    clients.push_back(fd);
+  }
+  ASSERT_EQ(::write(to_child[1], "g", 1), 1);
+  uint64_t result[2] = {0, 0};
+  ASSERT_EQ(::read(to_parent[0], result, sizeof(result)), static_cast<ssize_t>(sizeof(result)));
+  EXPECT_EQ(result[0], 1u) << "the server's process could not open a file";
+  EXPECT_EQ(result[1], kClients);
+  // The first connections are held and served; one over the cap was closed unanswered.
+  const std::string hello = "GET /loop-hello HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(::send(clients.front(), hello.data(), hello.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(hello.size()));
+  EXPECT_EQ(ReadUntil(clients.front(), "}").rfind("HTTP/1.1 200", 0), 0u);
+  char byte = 0;
+  pollfd pfd{clients.back(), POLLIN, 0};
+  EXPECT_EQ(::poll(&pfd, 1, 5000), 1);
+  EXPECT_LE(::recv(clients.back(), &byte, 1, 0), 0);
+  ASSERT_EQ(::write(to_child[1], "d", 1), 1);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  for (int fd : clients) ::close(fd);
+  ::close(to_child[1]);
+  ::close(to_parent[0]);
 }
 
 // The event loop watches parked connections level-triggered and keeps watching the ones it
