@@ -589,7 +589,8 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
   }
   // CLI11 takes an empty variable for an unset one: a variable that failed to expand would put
   // the store in ./data, the outbox on the embedded cluster, a production server in dev mode
-  // (a local secret, the master key beside the log), turn the JWT iss / aud check off (a token
+  // (a local secret, the master key beside the log), publish to a secured cluster without its
+  // credentials, take no jwt-signed Lago webhook, turn the JWT iss / aud check off (a token
   // minted for another service or by another issuer sharing the key would be taken), or let Lago
   // webhooks of every organization in, without a word. The flag given empty is the same mistake
   // (`--jwt-audience "$AUD"` with AUD unset). (Other secrets and URLs may be empty: that is how
@@ -598,12 +599,15 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
                             std::pair{"LEDGER_LISTEN", "--listen"},
                             std::pair{"LEDGER_KAFKA_BROKERS", "--kafka-brokers"},
                             std::pair{"LEDGER_KAFKA_TOPIC", "--kafka-topic"},
+                            std::pair{"LEDGER_KAFKA_PROPERTIES_FILE", "--kafka-properties-file"},
                             std::pair{"LEDGER_ADMIN_ROLE", "--admin-role"},
                             std::pair{"LEDGER_JWT_HS256_SECRET", "--jwt-hs256-secret"},
                             std::pair{"LEDGER_JWT_JWKS_FILE", "--jwt-jwks-file"},
                             std::pair{"LEDGER_JWT_ISSUER", "--jwt-issuer"},
                             std::pair{"LEDGER_JWT_AUDIENCE", "--jwt-audience"},
                             std::pair{"LEDGER_MASTER_KEY_FILE", "--master-key-file"},
+                            std::pair{"LAGO_WEBHOOK_PUBLIC_KEY_FILE",
+                                      "--lago-webhook-public-key-file"},
                             std::pair{"LAGO_ORGANIZATION_ID", "--lago-organization-id"}}) {
     result.status = CheckSettingNotEmpty(app, name, flag);
     if (!result.status.ok()) {

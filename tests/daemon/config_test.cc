@@ -321,6 +321,12 @@ std::vector<BadSetting> BadSettings(const TempDir& dir) {
       {"LEDGER_JWT_HS256_SECRET", "LEDGER_JWT_HS256_SECRET", "", {}},
       {"LEDGER_JWT_JWKS_FILE", "LEDGER_JWT_JWKS_FILE", "", {}},
       {"LEDGER_MASTER_KEY_FILE", "LEDGER_MASTER_KEY_FILE", "", {}},
+      // ... or one that published to a secured cluster without its credentials, or took no Lago
+      // jwt webhook, without a word.
+      {"LEDGER_KAFKA_PROPERTIES_FILE", "LEDGER_KAFKA_PROPERTIES_FILE", "", {}},
+      {"LEDGER_KAFKA_PROPERTIES_FILE", "", "", {"--kafka-properties-file", ""}},
+      {"LAGO_WEBHOOK_PUBLIC_KEY_FILE", "LAGO_WEBHOOK_PUBLIC_KEY_FILE", "", {}},
+      {"LAGO_WEBHOOK_PUBLIC_KEY_FILE", "", "", {"--lago-webhook-public-key-file", ""}},
       // An issuer or audience is JWT configuration: without a key source it is not dev mode.
       {"LEDGER_JWT_ISSUER", "LEDGER_JWT_ISSUER", "https://sso.example.com/realms/x", {}},
       {"LEDGER_JWT_AUDIENCE", "LEDGER_JWT_AUDIENCE", "ledgerd", {}},
