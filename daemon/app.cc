@@ -355,10 +355,7 @@ Status App::Impl::StartHttp() {
   LEDGER_RETURN_IF_ERROR(http::HttpServer::Create(options, std::move(routes),
                                                   authenticator_.get(), &request_metrics_,
                                                   &server_));
-  // An address that cannot be bound (no such host, port in use) is a bad LEDGER_LISTEN: 78.
-  Status listening = server_->Start();
-  if (listening.problem() == "listen_failed") listening = AsConfigError("LEDGER_LISTEN", listening);
-  LEDGER_RETURN_IF_ERROR(listening);
+  LEDGER_RETURN_IF_ERROR(HttpStartFailure(server_->Start()));
   spdlog::info("listening on http://{}:{} ({} worker threads)", config_.listen_host,
                server_->port(), options.threads);
   return Status::OK();
@@ -476,6 +473,14 @@ int WaitForShutdown(const App& app, const sigset_t& signals) {
 int App::http_port() const { return impl_->server_ != nullptr ? impl_->server_->port() : 0; }
 
 std::string App::kafka_bootstrap() const { return impl_->kafka_bootstrap_; }
+
+Status HttpStartFailure(const Status& status) {
+  // An address that cannot be bound (no such host, port in use) is a bad LEDGER_LISTEN: 78. An
+  // event loop that could not start (out of file handles or memory) is not: 78 tells a
+  // supervisor not to retry.
+  if (status.problem() == "listen_failed") return AsConfigError("LEDGER_LISTEN", status);
+  return status;
+}
 
 int ExitCodeFor(const Status& status) {
   switch (status.code()) {

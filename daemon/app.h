@@ -48,6 +48,12 @@ class App {
 // caller then stops it and exits kExitUnavailable for the supervisor to restart it.
 int WaitForShutdown(const App& app, const sigset_t& signals);
 
+// HttpServer::Start()'s failure as ledgerd's startup failure: an address that cannot be bound
+// ("listen_failed") is a bad LEDGER_LISTEN (exit 78, which supervisors do not retry); a server
+// whose loops could not start ("server_start_failed": out of file handles or memory) keeps its
+// Unavailable status (exit 70, retried).
+Status HttpStartFailure(const Status& status);
+
 // Maps a startup/shutdown failure to ledgerd's exit code: 74 storage, 78 configuration,
 // 70 anything else.
 int ExitCodeFor(const Status& status);

@@ -2311,8 +2311,8 @@ Status HttpServer::Start() {
   }
   if (!core.StartLoop()) {
     core.ShutdownListener();
-    return Status::Unavailable("listen_failed", std::string("cannot start the event loop: ") +
-                                                    std::strerror(errno));
+    return Status::Unavailable("server_start_failed",
+                               std::string("cannot start the event loop: ") + std::strerror(errno));
   }
   listen_thread_ = std::thread([this] { impl_->Listen(); });
   // stop() only acts on a running server: wait until the accept loop runs.
@@ -2325,7 +2325,7 @@ Status HttpServer::Start() {
   open_connections_max_ = open_connections_max;
   if (!core.is_running()) {
     Stop();
-    return Status::Unavailable("listen_failed", "the HTTP accept loop did not start");
+    return Status::Unavailable("server_start_failed", "the HTTP accept loop did not start");
   }
   return Status::OK();
 }

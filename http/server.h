@@ -93,7 +93,9 @@ class HttpServer {
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
 
-  // Binds and starts serving. Unavailable ("listen_failed") when the address cannot be bound.
+  // Binds and starts serving. Unavailable ("listen_failed") when the address cannot be bound;
+  // Unavailable ("server_start_failed") when its event loop or accept loop cannot start (out of
+  // file handles or memory: not the address's fault).
   Status Start();
   // Idempotent. Returns when every worker has finished.
   void Stop();

@@ -10,7 +10,11 @@
 #include <set>
 #include <signal.h>
 #include <sys/socket.h>
+#include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <condition_variable>
 #include <ctime>
@@ -28,6 +32,7 @@
 #include "tests/support/daemon_process.h"
 #include "tests/support/fake_stripe.h"
 #include "tests/support/http_client.h"
+#include "tests/support/http_stack.h"
 #include "tests/support/kafka_test_consumer.h"
 #include "tests/support/test_ledger.h"
 #include "tests/support/tokens.h"
@@ -539,6 +544,60 @@ TEST(AppTest, ExitCodes) {
   EXPECT_EQ(ExitCodeFor(Status::Make(Code::kUnprocessable, "bad_config", "x")), kExitConfig);
   EXPECT_EQ(ExitCodeFor(Status::InvalidArgument("bad_jwt_config", "x")), kExitConfig);
   EXPECT_EQ(ExitCodeFor(Status::Internal("bug")), kExitInternal);
+}
+
+// Only an address that cannot be bound is a bad LEDGER_LISTEN (78: supervisors do not retry it);
+// an HTTP server whose event loop or accept loop could not start (out of file handles or
+// memory) exits 70, to be restarted.
+TEST(AppTest, OnlyABindFailureIsABadListenSetting) {
+  const Status bind = daemon::HttpStartFailure(
+      Status::Unavailable("listen_failed", "cannot listen on 127.0.0.1:80"));
+  EXPECT_EQ(ExitCodeFor(bind), kExitConfig) << bind.ToString();
+  EXPECT_NE(bind.message().find("LEDGER_LISTEN"), std::string::npos) << bind.ToString();
+  for (const char* message : {"cannot start the event loop: Too many open files",
+                              "the HTTP accept loop did not start"}) {
+    SCOPED_TRACE(message);
+    // What HttpServer::Start() answers for them (http/server.h).
+    const Status loop =
+        daemon::HttpStartFailure(Status::Unavailable("server_start_failed", message));
+    EXPECT_EQ(ExitCodeFor(loop), kExitInternal) << loop.ToString();
+    EXPECT_EQ(loop.message().find("LEDGER_LISTEN"), std::string::npos) << loop.ToString();
+  }
+  EXPECT_TRUE(daemon::HttpStartFailure(Status::OK()).ok());
+}
+
+// The same from a real server: out of file handles after the bind (the soft RLIMIT_NOFILE leaves
+// room for the listening socket alone, so the event loop's epoll fd fails with EMFILE), Start()
+// fails "server_start_failed" and ledgerd would exit 70, not 78. In a child: the limit is the
+// process's.
+TEST(AppTest, AnEventLoopOutOfFileHandlesIsNotABadListenSetting) {
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    TestHttpStack stack;
+    http::RouteTable routes;
+    if (!http::Authenticator::Create({}, nullptr, &stack.authenticator).ok() ||
+        !http::HttpServer::Create(TestHttpStack::DefaultOptions(), std::move(routes),
+                                  stack.authenticator.get(), &stack.metrics, &stack.server)
+             .ok()) {
+      ::_exit(10);
+    }
+    const int lowest_free = ::open("/dev/null", O_RDONLY);
+    ::close(lowest_free);
+    const rlimit limit{static_cast<rlim_t>(lowest_free + 1), static_cast<rlim_t>(lowest_free + 1)};
+    if (::setrlimit(RLIMIT_NOFILE, &limit) != 0) ::_exit(11);
+    const Status s = stack.server->Start();
+    if (s.ok()) ::_exit(12);
+    if (s.problem() == "listen_failed") ::_exit(13);  // taken for a bad address
+    ::_exit(s.problem() == "server_start_failed" &&
+                    ExitCodeFor(daemon::HttpStartFailure(s)) == kExitInternal
+                ? 0
+                : 14);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "12: started anyway, 13: listen_failed";
 }
 
 // The store holds emails, webhooks as delivered and sealed keys: a data directory ledgerd creates
