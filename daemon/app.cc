@@ -1,10 +1,13 @@
 #include "daemon/app.h"
 
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 
 #include <spdlog/spdlog.h>
 
@@ -473,6 +476,33 @@ int WaitForShutdown(const App& app, const sigset_t& signals) {
 int App::http_port() const { return impl_->server_ != nullptr ? impl_->server_->port() : 0; }
 
 std::string App::kafka_bootstrap() const { return impl_->kafka_bootstrap_; }
+
+OpenFilesLimit RaiseOpenFilesLimit() {
+  OpenFilesLimit result;
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) {
+    result.error = errno;
+    return result;
+  }
+  result.soft_before = result.soft = limit.rlim_cur;
+  result.hard = limit.rlim_max;
+  rlim_t target = limit.rlim_max;
+  if (target == RLIM_INFINITY) {
+    // The kernel refuses a soft limit above fs.nr_open.
+    std::ifstream nr_open("/proc/sys/fs/nr_open");
+    uint64_t value = 0;
+    if (!(nr_open >> value) || value == 0) return result;
+    target = static_cast<rlim_t>(value);
+  }
+  if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur >= target) return result;
+  limit.rlim_cur = target;
+  if (::setrlimit(RLIMIT_NOFILE, &limit) != 0) {
+    result.error = errno;
+    return result;
+  }
+  result.soft = target;
+  return result;
+}
 
 Status HttpStartFailure(const Status& status) {
   // An address that cannot be bound (no such host, port in use) is a bad LEDGER_LISTEN: 78. An

@@ -7,6 +7,7 @@
 #include <signal.h>
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -42,6 +43,20 @@ class App {
   explicit App(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// What RaiseOpenFilesLimit() did, for its log line.
+struct OpenFilesLimit {
+  uint64_t soft_before = 0;
+  uint64_t soft = 0;   // the soft limit now
+  uint64_t hard = 0;   // RLIM_INFINITY as UINT64_MAX
+  int error = 0;       // errno of a raise that failed (the limit is then left as it was)
+};
+
+// Raises the soft RLIMIT_NOFILE to the hard limit (to fs.nr_open when the hard limit is
+// unlimited): systemd and most shells start services at a soft 1024, which a busy server's
+// connections plus RocksDB's table files outgrow while the hard limit allows far more. Never
+// fails the start; ledgerd calls it first thing in main().
+OpenFilesLimit RaiseOpenFilesLimit();
 
 // ledgerd's wait once started: returns the first of `signals` (blocked in every thread) to
 // arrive, or 0 as soon as `app` has stopped serving on its own (checked every 100 ms) -- the

@@ -1,10 +1,13 @@
 // ledgerd: parse configuration, start the App, wait for SIGTERM/SIGINT (or for the HTTP server
 // to stop accepting on its own: exit 69), stop in order.
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <string>
 #include <thread>
 
 #include <spdlog/spdlog.h>
@@ -25,6 +28,8 @@ int main(int argc, char** argv) {
   // MANIFEST 0644, so in a data directory the operator created 0755 anyone on the host could
   // read users' emails, the webhooks as delivered and the sealed BYOK keys.
   umask(0077);
+  // Before anything opens a file; logged once the log level is known.
+  const OpenFilesLimit open_files = RaiseOpenFilesLimit();
 
   Config config;
   ParseResult parsed = ParseConfig(argc, argv, &config);
@@ -37,6 +42,15 @@ int main(int argc, char** argv) {
     return parsed.exit_code;
   }
   spdlog::set_level(spdlog::level::from_str(config.log_level));
+  if (open_files.error != 0) {
+    spdlog::info("open files: could not raise the soft limit {} to the hard limit: {}",
+                 open_files.soft, std::strerror(open_files.error));
+  } else {
+    spdlog::info("open files: soft limit {} (was {}; hard limit {})", open_files.soft,
+                 open_files.soft_before,
+                 open_files.hard == RLIM_INFINITY ? std::string("unlimited")
+                                                  : std::to_string(open_files.hard));
+  }
 
   std::unique_ptr<App> app;
   ledger::Status s = App::Start(config, nullptr, &app);

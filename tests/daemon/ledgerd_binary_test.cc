@@ -4,13 +4,17 @@
 #include <gtest/gtest.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "tests/support/daemon_process.h"
@@ -345,6 +349,43 @@ TEST(LedgerdBinaryTest, ASecondSigtermExitsAtOnce) {
   checkout.join();
   ProcessOutput verify = RunLedgerctlBinary({"verify", "--data-dir", options.data_dir});
   EXPECT_EQ(verify.exit_code, 0) << verify.out << verify.err;
+}
+
+// The soft limit on open files a service starts with (often 1024) is raised to the hard limit:
+// a busy server's connections plus RocksDB's table files outgrow 1024 long before the hard limit.
+TEST(LedgerdBinaryTest, TheSoftOpenFilesLimitIsRaisedToTheHardOne) {
+  rlimit mine{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &mine), 0);
+  if (mine.rlim_max != RLIM_INFINITY && mine.rlim_max <= 512) {
+    GTEST_SKIP() << "the hard limit " << mine.rlim_max << " leaves nothing to raise";
+  }
+  TempDir dir;
+  DaemonOptions options;
+  options.data_dir = dir.Sub("data");
+  options.log_path = dir.Sub("ledgerd.log");
+  DaemonProcess daemon(options);
+  // The child inherits the lowered soft limit; this process gets its own back at once.
+  rlimit low = mine;
+  low.rlim_cur = 512;
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+  const Status started = daemon.Start();
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &mine), 0);
+  ASSERT_TRUE(started.ok()) << daemon.Log();
+  std::ifstream limits("/proc/" + std::to_string(daemon.pid()) + "/limits");
+  std::string line, soft, hard;
+  while (std::getline(limits, line)) {
+    if (line.rfind("Max open files", 0) != 0) continue;
+    std::istringstream fields(line.substr(std::strlen("Max open files")));
+    fields >> soft >> hard;
+  }
+  ASSERT_FALSE(hard.empty());
+  EXPECT_NE(soft, "512") << daemon.Log();
+  if (hard != "unlimited") {
+    EXPECT_EQ(soft, hard);
+  }
+  EXPECT_NE(daemon.Log().find("open files: soft limit " + soft + " (was 512"), std::string::npos)
+      << daemon.Log();
+  EXPECT_EQ(daemon.Terminate(), 0) << daemon.Log();
 }
 
 TEST(LedgerdBinaryTest, ProductionModeCreatesNoDevSecret) {
