@@ -40,11 +40,13 @@ Status AsConfigError(const std::string& setting, const Status& status) {
 
 class App::Impl {
  public:
-  Status Start(const Config& config, const Clock* clock);
+  Status Start(const Config& config, const Clock* clock, const std::atomic<bool>* cancel);
   Status Stop(std::chrono::milliseconds outbox_flush_timeout);
+  Status ReloadJwks();
 
   Config config_;
   const Clock* clock_ = nullptr;
+  const std::atomic<bool>* cancel_ = nullptr;  // Start()'s
   std::unique_ptr<Ledger> ledger_;
   std::unique_ptr<EmbeddedKafka> embedded_kafka_;
   std::unique_ptr<KafkaOutbox> outbox_;
@@ -63,11 +65,13 @@ class App::Impl {
   bool stopped_ = false;
 
  private:
+  Status Cancelled() const;
   void CreateDataDir();
   Status OpenLedger();
   Status StartKafka();
   Status AdoptLegacyOutboxCheckpoint(const std::string& name);
   Status BuildAuthenticator();
+  Status ReadJwksFile(std::string* jwks_json) const;
   Status BuildStripeClient();
   Status LoadByokKey();
   Status LoadLagoWebhookKeys();
@@ -91,6 +95,7 @@ Status App::Impl::OpenLedger() {
   options.side_families = projections::AllSideFamilies();
   options.clock = clock_;
   options.sync_interval_min = std::chrono::microseconds(config_.sync_interval_min_us);
+  options.cancel = cancel_;
   Status s = Ledger::Open(options, &ledger_);
   if (!s.ok()) return s;
   spdlog::info("ledger open at {}: head position {}", config_.data_dir, ledger_->Head().value());
@@ -187,14 +192,7 @@ Status App::Impl::BuildAuthenticator() {
   } else {
     options.jwt.hs256_secret = config_.jwt_hs256_secret;
     if (!config_.jwt_jwks_file.empty()) {
-      LEDGER_RETURN_IF_ERROR(ReadConfigFile("LEDGER_JWT_JWKS_FILE", config_.jwt_jwks_file,
-                                            http::limits::kJwksFileBytesMax,
-                                            &options.jwt.jwks_json));
-      // An empty JWKS would silently accept no token at all.
-      if (options.jwt.jwks_json.empty()) {
-        return AsConfigError("LEDGER_JWT_JWKS_FILE",
-                             Status::IOError(config_.jwt_jwks_file + " is empty"));
-      }
+      LEDGER_RETURN_IF_ERROR(ReadJwksFile(&options.jwt.jwks_json));
     }
     spdlog::info("auth: production mode (HS256 {}, JWKS {})",
                  config_.jwt_hs256_secret.empty() ? "off" : "on",
@@ -202,6 +200,49 @@ Status App::Impl::BuildAuthenticator() {
   }
   return AsConfigError("LEDGER_JWT_JWKS_FILE / LEDGER_SERVICE_TOKENS",
                        http::Authenticator::Create(options, clock_, &authenticator_));
+}
+
+Status App::Impl::ReadJwksFile(std::string* jwks_json) const {
+  LEDGER_RETURN_IF_ERROR(ReadConfigFile("LEDGER_JWT_JWKS_FILE", config_.jwt_jwks_file,
+                                        http::limits::kJwksFileBytesMax, jwks_json));
+  // An empty JWKS would silently accept no token at all.
+  if (jwks_json->empty()) {
+    return AsConfigError("LEDGER_JWT_JWKS_FILE",
+                         Status::IOError(config_.jwt_jwks_file + " is empty"));
+  }
+  return Status::OK();
+}
+
+// A failed reload keeps the keys in use: tokens signed with them still pass, and the operator
+// fixes the file and sends SIGHUP again. The messages name the file and the reason (a JWK by its
+// kid at most), never key material.
+Status App::Impl::ReloadJwks() {
+  if (config_.DevMode() || config_.jwt_jwks_file.empty()) {
+    spdlog::info("auth: SIGHUP ignored: no JWKS file is configured (LEDGER_JWT_JWKS_FILE)");
+    return Status::Make(Code::kNotFound, "no_jwks", "no JWKS file is configured");
+  }
+  // Checked at start by the configuration (a FIFO put there since would block the signal wait).
+  std::error_code ec;
+  Status s = std::filesystem::is_regular_file(config_.jwt_jwks_file, ec)
+                 ? Status::OK()
+                 : AsConfigError("LEDGER_JWT_JWKS_FILE",
+                                 Status::IOError(config_.jwt_jwks_file + " is not a regular file"));
+  std::string jwks_json;
+  if (s.ok()) s = ReadJwksFile(&jwks_json);
+  if (s.ok()) {
+    s = AsConfigError("LEDGER_JWT_JWKS_FILE", authenticator_->ReplaceJwks(std::move(jwks_json)));
+  }
+  if (!s.ok()) {
+    spdlog::warn("auth: JWKS reload from {} failed, the keys in use stay: {}",
+                 config_.jwt_jwks_file, s.message());
+    return s;
+  }
+  std::string key_ids;
+  for (const std::string& id : authenticator_->jwt()->key_ids()) {
+    key_ids += (key_ids.empty() ? "" : ", ") + id;
+  }
+  spdlog::info("auth: JWKS reloaded from {}: key ids {}", config_.jwt_jwks_file, key_ids);
+  return Status::OK();
 }
 
 Status App::Impl::BuildStripeClient() {
@@ -364,9 +405,16 @@ Status App::Impl::StartHttp() {
   return Status::OK();
 }
 
-Status App::Impl::Start(const Config& config, const Clock* clock) {
+Status App::Impl::Cancelled() const {
+  if (cancel_ == nullptr || !cancel_->load()) return Status::OK();
+  return Status::Unavailable("startup_cancelled", "the startup was cancelled");
+}
+
+Status App::Impl::Start(const Config& config, const Clock* clock,
+                        const std::atomic<bool>* cancel) {
   config_ = config;
   clock_ = clock != nullptr ? clock : SystemClock::Default();
+  cancel_ = cancel;
   spdlog::info("ledgerd starting: {}", config_.Describe());
   // What only reads files (the JWKS too, and a master key file named explicitly, which is never
   // created) is refused before the data directory is touched; in dev mode the dev secret and
@@ -383,9 +431,12 @@ Status App::Impl::Start(const Config& config, const Clock* clock) {
     LEDGER_RETURN_IF_ERROR(BuildAuthenticator());
   }
   if (!key_only_read) LEDGER_RETURN_IF_ERROR(LoadByokKey());
-  LEDGER_RETURN_IF_ERROR(OpenLedger());
+  LEDGER_RETURN_IF_ERROR(Cancelled());
+  LEDGER_RETURN_IF_ERROR(OpenLedger());  // reads `cancel` while the projections catch up
+  LEDGER_RETURN_IF_ERROR(Cancelled());
   LEDGER_RETURN_IF_ERROR(StartKafka());
   LEDGER_RETURN_IF_ERROR(ConfigureLago());
+  LEDGER_RETURN_IF_ERROR(Cancelled());
   return StartHttp();
 }
 
@@ -440,9 +491,10 @@ App::~App() {
   if (impl_ != nullptr) impl_->Stop(std::chrono::milliseconds(0)).IgnoreError();
 }
 
-Status App::Start(const Config& config, const Clock* clock, std::unique_ptr<App>* out) {
+Status App::Start(const Config& config, const Clock* clock, std::unique_ptr<App>* out,
+                  const std::atomic<bool>* cancel) {
   auto impl = std::make_unique<Impl>();
-  Status s = impl->Start(config, clock);
+  Status s = impl->Start(config, clock, cancel);
   if (!s.ok()) {
     impl->Stop(std::chrono::milliseconds(0)).IgnoreError();
     return s;
@@ -455,22 +507,31 @@ Status App::Stop(std::chrono::milliseconds outbox_flush_timeout) {
   return impl_->Stop(outbox_flush_timeout);
 }
 
+Status App::ReloadJwks() { return impl_->ReloadJwks(); }
+
 bool App::serving() const { return impl_->server_ != nullptr && impl_->server_->serving(); }
 
-int WaitForShutdown(const App& app, const sigset_t& signals) {
+int WaitForShutdown(App& app, const sigset_t& signals) {
   // A dead accept loop is polled for: nothing in the server can interrupt a sigwait, and a
   // daemon that sat in one with its port dark was never restarted (Restart=on-failure needs an
   // exit). 100 ms of a port refusing connections is nothing next to the restart itself.
   const timespec tick{0, 100'000'000};
   while (app.serving()) {
     const int received = ::sigtimedwait(&signals, nullptr, &tick);
+    if (received == SIGHUP) {
+      app.ReloadJwks().IgnoreError();  // logged; a failed reload keeps the keys in use
+      continue;
+    }
     if (received > 0) return received;
   }
   // A signal that arrived in the tick the loop died is taken here: left pending, main's "second
   // signal" watcher took it at once for an impatient operator's and exited 143 mid-shutdown.
   const timespec now{0, 0};
-  const int pending = ::sigtimedwait(&signals, nullptr, &now);
-  return pending > 0 ? pending : 0;
+  for (;;) {
+    const int pending = ::sigtimedwait(&signals, nullptr, &now);
+    if (pending <= 0) return 0;
+    if (pending != SIGHUP) return pending;  // a reload is moot now
+  }
 }
 
 int App::http_port() const { return impl_->server_ != nullptr ? impl_->server_->port() : 0; }

@@ -6,6 +6,7 @@
 
 #include <signal.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -20,8 +21,12 @@ namespace ledger::daemon {
 class App {
  public:
   // Opens and starts everything. On failure, what was started is stopped again and the Status
-  // says what failed (see ExitCodeFor).
-  static Status Start(const Config& config, const Clock* clock, std::unique_ptr<App>* out);
+  // says what failed (see ExitCodeFor). `cancel` (nullptr = never; must outlive Start()) is read
+  // between the steps and between the projections' catch-up batches (LedgerOptions::cancel):
+  // once true, Start() stops what it started and returns Unavailable ("startup_cancelled", or
+  // the ledger's "open_cancelled") without opening the port.
+  static Status Start(const Config& config, const Clock* clock, std::unique_ptr<App>* out,
+                      const std::atomic<bool>* cancel = nullptr);
   ~App();
 
   // Stop accepting, finish in-flight requests, then stop the Lago sink and flush the outbox as far
@@ -32,6 +37,13 @@ class App {
   // False once the HTTP server has stopped accepting connections on its own (an accept() failure
   // ended its accept loop and closed the port): only a restart serves again.
   bool serving() const;
+
+  // SIGHUP: reads LEDGER_JWT_JWKS_FILE again (same size bound and checks as at start) and
+  // verifies tokens with its keys from then on (a Keycloak key rotation); requests in flight
+  // finish with the keys they started with. On any error the keys in use stay and a warning
+  // names the file and the reason, never key material. NotFound ("no_jwks") when no JWKS file
+  // is configured. Logs the outcome. Any thread; not during Start() or Stop().
+  Status ReloadJwks();
 
   int http_port() const;
   // The embedded cluster's bootstrap address, or the configured brokers, or "" when disabled.
@@ -58,10 +70,11 @@ struct OpenFilesLimit {
 // fails the start; ledgerd calls it first thing in main().
 OpenFilesLimit RaiseOpenFilesLimit();
 
-// ledgerd's wait once started: returns the first of `signals` (blocked in every thread) to
-// arrive, or 0 as soon as `app` has stopped serving on its own (checked every 100 ms) -- the
-// caller then stops it and exits kExitUnavailable for the supervisor to restart it.
-int WaitForShutdown(const App& app, const sigset_t& signals);
+// ledgerd's wait once started: returns the first of `signals` (blocked in every thread) other
+// than SIGHUP to arrive, or 0 as soon as `app` has stopped serving on its own (checked every
+// 100 ms) -- the caller then stops it and exits kExitUnavailable for the supervisor to restart
+// it. A SIGHUP in `signals` reloads the JWKS (App::ReloadJwks) and the wait goes on.
+int WaitForShutdown(App& app, const sigset_t& signals);
 
 // HttpServer::Start()'s failure as ledgerd's startup failure: an address that cannot be bound
 // ("listen_failed") is a bad LEDGER_LISTEN (exit 78, which supervisors do not retry); a server

@@ -1470,6 +1470,13 @@ Status LedgerImpl::CatchUpFolds() {
     have_prev = true;
   }
   while (next <= head_) {
+    if (options_.cancel != nullptr && options_.cancel->load()) {
+      spdlog::info("projections: catch-up stopped before position {} of {}: the open was "
+                   "cancelled",
+                   next.value(), head_.value());
+      return Status::Unavailable("open_cancelled",
+                                 "the open was cancelled while the projections caught up");
+    }
     GroupRows rows;
     rocksdb::WriteBatch batch;
     const std::vector<const GroupRows*> none;

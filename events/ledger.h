@@ -24,6 +24,7 @@
 // Thread safety: every public method may be called from any thread.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -188,6 +189,12 @@ struct LedgerOptions {
   // the disk's full speed made every WAL sync in the ~300 ms it took 4-12 ms slow
   // (events/write_pacer.h).
   double background_write_pace = 2.0;
+  // Read by Open() before the folds catch up and between their batches (every 1,000 events):
+  // once true, Open() stops and returns Unavailable ("open_cancelled"). As a crash there: what
+  // was caught up is kept and the next open goes on from it (a fold being rebuilt starts over).
+  // nullptr = never. ledgerd's SIGTERM/SIGINT during startup sets it. Not owned; must outlive
+  // Open().
+  const std::atomic<bool>* cancel = nullptr;
   // Tests only: runs on the writing thread once a group's WAL record is in the OS, inside its
   // DB::Write, before the memtable inserts (events/wal_watch.h); the sync may start meanwhile.
   std::function<void()> wal_appended_for_test;

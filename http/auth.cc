@@ -68,9 +68,34 @@ Status Authenticator::Create(const AuthOptions& options, const Clock* clock,
     }
     auth->service_tokens_.push_back(HashedServiceToken{service.name, Sha256(service.token)});
   }
-  LEDGER_RETURN_IF_ERROR(JwtVerifier::Create(options.jwt, clock, &auth->jwt_));
+  std::unique_ptr<JwtVerifier> jwt;
+  LEDGER_RETURN_IF_ERROR(JwtVerifier::Create(options.jwt, clock, &jwt));
+  auth->jwt_ = std::move(jwt);
+  auth->jwt_options_ = options.jwt;
+  auth->jwt_options_.jwks_json.clear();  // ReplaceJwks() brings its own
+  auth->clock_ = clock;
   *out = std::move(auth);
   return Status::OK();
+}
+
+Status Authenticator::ReplaceJwks(std::string jwks_json) {
+  // An empty JWKS would turn RS256/ES256 off, and accept no Keycloak token at all.
+  if (jwks_json.empty()) return Status::InvalidArgument("bad_jwt_config", "the JWKS is empty");
+  JwtOptions options = jwt_options_;
+  options.jwks_json = std::move(jwks_json);
+  std::unique_ptr<JwtVerifier> jwt;
+  LEDGER_RETURN_IF_ERROR(JwtVerifier::Create(options, clock_, &jwt));
+  std::shared_ptr<const JwtVerifier> replaced(std::move(jwt));
+  {
+    std::lock_guard<std::mutex> lock(jwt_mu_);
+    jwt_.swap(replaced);
+  }
+  return Status::OK();  // the old verifier goes with the last request using it
+}
+
+std::shared_ptr<const JwtVerifier> Authenticator::jwt() const {
+  std::lock_guard<std::mutex> lock(jwt_mu_);
+  return jwt_;
 }
 
 Status Authenticator::Authenticate(const httplib::Request& req, Identity* identity) const {
@@ -106,9 +131,10 @@ Status Authenticator::Authenticate(const httplib::Request& req, Identity* identi
     return Status::OK();
   }
 
-  if (!jwt_->enabled()) return Unauthenticated("invalid_token", "unknown bearer token");
+  const std::shared_ptr<const JwtVerifier> jwt = this->jwt();
+  if (!jwt->enabled()) return Unauthenticated("invalid_token", "unknown bearer token");
   JwtClaims claims;
-  Status s = jwt_->Verify(token, &claims);
+  Status s = jwt->Verify(token, &claims);
   if (!s.ok()) return s;
   identity->kind = Identity::Kind::kUser;
   identity->subject = std::move(claims.subject);

@@ -15,12 +15,14 @@
 // A 401 carries `WWW-Authenticate: Bearer` (RFC 6750). Tokens are never logged or echoed: problem
 // details name the reason ("token expired"), never the token.
 //
-// Thread safety: immutable after Create(); every method may be called from any thread.
+// Thread safety: every method may be called from any thread. ReplaceJwks() swaps the JWT verifier
+// under a mutex; a request being authenticated keeps the verifier it started with.
 #pragma once
 
 #include <httplib.h>
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -69,7 +71,12 @@ class Authenticator {
   static void WriteAdmitFailure(const Status& status, const httplib::Request& req,
                                 httplib::Response* res);
 
-  const JwtVerifier& jwt() const { return *jwt_; }
+  // Verifies JWTs with the keys of `jwks_json` from now on (the other JwtOptions as at Create()).
+  // A JWKS JwtVerifier::Create() refuses (InvalidArgument "bad_jwt_config"), or an empty one,
+  // changes nothing: the keys in use stay.
+  Status ReplaceJwks(std::string jwks_json);
+
+  std::shared_ptr<const JwtVerifier> jwt() const;
   size_t service_token_count() const { return service_tokens_.size(); }
 
  private:
@@ -81,7 +88,10 @@ class Authenticator {
     Hash token_hash;
   };
   std::vector<HashedServiceToken> service_tokens_;
-  std::unique_ptr<JwtVerifier> jwt_;
+  JwtOptions jwt_options_;  // as at Create(), for ReplaceJwks()
+  const Clock* clock_ = nullptr;
+  mutable std::mutex jwt_mu_;
+  std::shared_ptr<const JwtVerifier> jwt_;  // GUARDED_BY(jwt_mu_); never null after Create()
 };
 
 }  // namespace ledger::http

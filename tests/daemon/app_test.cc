@@ -695,6 +695,104 @@ TEST(AppTest, AnEmptyJwksFileIsAConfigError) {
   EXPECT_NE(s.message().find("LEDGER_JWT_JWKS_FILE"), std::string::npos) << s.ToString();
 }
 
+// Raises SIGHUP, then SIGUSR2, at this thread (blocked: pending, taken lowest number first) and
+// runs the wait on both: it takes SIGHUP as a reload and goes on to return SIGUSR2.
+int WaitThroughASighup(App* app) {
+  sigset_t signals, old_mask;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGHUP);
+  sigaddset(&signals, SIGUSR2);
+  EXPECT_EQ(::pthread_sigmask(SIG_BLOCK, &signals, &old_mask), 0);
+  ::pthread_kill(::pthread_self(), SIGHUP);
+  ::pthread_kill(::pthread_self(), SIGUSR2);
+  const int received = daemon::WaitForShutdown(*app, signals);
+  const timespec now{0, 0};
+  while (::sigtimedwait(&signals, nullptr, &now) > 0) {
+  }
+  EXPECT_EQ(::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr), 0);
+  return received;
+}
+
+// A Keycloak key rotation: SIGHUP reads the JWKS file again. A token with the new kid is 401
+// before and 200 after; a file the start would refuse (broken, empty, without a signing key,
+// gone) keeps the keys in use. The JWKS was read once at start: until a restart, every token
+// signed with the new key was 401.
+TEST(AppTest, ARotatedJwksIsTakenOnSighup) {
+  TempDir dir;
+  auto old_key = TestSigningKey::Generate(TestSigningKey::Type::kRsa, "kc-old");
+  auto new_key = TestSigningKey::Generate(TestSigningKey::Type::kEcP256, "kc-new");
+  const std::string jwks = dir.Sub("jwks.json");
+  WriteTextFile(jwks, MakeJwks({old_key.get()}));
+  Config config = TestConfig(dir.Sub("data"));
+  config.jwt_jwks_file = jwks;
+  std::unique_ptr<App> app;
+  Status s = App::Start(config, nullptr, &app);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  const int64_t now_s = static_cast<int64_t>(std::time(nullptr));
+  TestHttpClient client("127.0.0.1", app->http_port());
+  auto status_with = [&](const TestSigningKey& key) {
+    client.set_bearer(key.Mint(TokenClaims::Admin("root", now_s)));
+    return client.Get("/api/v1/audit/head").status;
+  };
+  EXPECT_EQ(status_with(*old_key), 200);
+  EXPECT_EQ(status_with(*new_key), 401);
+
+  WriteTextFile(jwks, MakeJwks({old_key.get(), new_key.get()}));  // Keycloak's rotation
+  EXPECT_EQ(WaitThroughASighup(app.get()), SIGUSR2);
+  EXPECT_TRUE(app->serving());
+  EXPECT_EQ(status_with(*new_key), 200);
+  EXPECT_EQ(status_with(*old_key), 200);
+
+  for (const std::string& contents :
+       {std::string("{not json"), std::string(), MakeJwks({}),
+        std::string(http::limits::kJwksFileBytesMax + 1, ' ')}) {
+    SCOPED_TRACE(contents.substr(0, 20));
+    WriteTextFile(jwks, contents);
+    s = app->ReloadJwks();
+    EXPECT_FALSE(s.ok());
+    EXPECT_NE(s.message().find("LEDGER_JWT_JWKS_FILE"), std::string::npos) << s.ToString();
+    EXPECT_EQ(status_with(*new_key), 200);
+  }
+  std::filesystem::remove(jwks);
+  EXPECT_FALSE(app->ReloadJwks().ok());
+  EXPECT_EQ(status_with(*new_key), 200);
+
+  WriteTextFile(jwks, MakeJwks({new_key.get()}));  // the old key retired
+  s = app->ReloadJwks();
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(status_with(*new_key), 200);
+  EXPECT_EQ(status_with(*old_key), 401);
+  EXPECT_TRUE(app->Stop(std::chrono::milliseconds(0)).ok());
+}
+
+// Without a JWKS file (dev mode here) a SIGHUP is logged and ignored: the wait goes on.
+TEST(AppTest, ASighupWithoutAJwksFileIsIgnored) {
+  TempDir dir;
+  std::unique_ptr<App> app;
+  Status s = App::Start(TestConfig(dir.Sub("data")), nullptr, &app);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(app->ReloadJwks().problem(), "no_jwks");
+  EXPECT_EQ(WaitThroughASighup(app.get()), SIGUSR2);
+  TestHttpClient client("127.0.0.1", app->http_port());
+  client.set_bearer(MintAdminToken(ReadDevSecret(dir.Sub("data"))));
+  EXPECT_EQ(client.Get("/api/v1/audit/head").status, 200);
+  EXPECT_TRUE(app->Stop(std::chrono::milliseconds(0)).ok());
+}
+
+// A startup cancelled (ledgerd's SIGTERM during it) stops before the port opens; what it opened
+// is closed again, and the next start on the directory goes on.
+TEST(AppTest, ACancelledStartupOpensNoPort) {
+  TempDir dir;
+  const std::atomic<bool> cancel{true};
+  std::unique_ptr<App> app;
+  Status s = App::Start(TestConfig(dir.Sub("data")), nullptr, &app, &cancel);
+  EXPECT_EQ(s.problem(), "startup_cancelled") << s.ToString();
+  EXPECT_EQ(app, nullptr);
+  s = App::Start(TestConfig(dir.Sub("data")), nullptr, &app);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_TRUE(app->Stop(std::chrono::milliseconds(0)).ok());
+}
+
 // Starts an App, blocks SIGUSR2 (the signal the wait is given; the caller restores `old_mask`)
 // and makes accept() fail on its listening socket, ending cpp-httplib's accept loop.
 void StartAndBreakTheListener(const TempDir& dir, std::unique_ptr<App>* app, sigset_t* signals,

@@ -27,6 +27,14 @@
 namespace ledger::testing {
 namespace {
 
+size_t CountOf(const std::string& text, const std::string& needle) {
+  size_t count = 0;
+  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) {
+    ++count;
+  }
+  return count;
+}
+
 constexpr int kExitUsage = 64;
 constexpr int kExitStorage = 74;
 constexpr int kExitConfig = 78;
@@ -385,6 +393,106 @@ TEST(LedgerdBinaryTest, TheSoftOpenFilesLimitIsRaisedToTheHardOne) {
   }
   EXPECT_NE(daemon.Log().find("open files: soft limit " + soft + " (was 512"), std::string::npos)
       << daemon.Log();
+  EXPECT_EQ(daemon.Terminate(), 0) << daemon.Log();
+}
+
+// SIGHUP (`systemctl reload`; a Keycloak key rotation) reads LEDGER_JWT_JWKS_FILE again: a token
+// signed with the new kid is 401 before and 200 after; a broken file keeps the keys in use, and
+// the warning names the file, never key material. SIGHUP ended ledgerd (status 129, no drain).
+TEST(LedgerdBinaryTest, ASighupReloadsTheJwksAndDoesNotStopIt) {
+  TempDir dir;
+  auto old_key = TestSigningKey::Generate(TestSigningKey::Type::kRsa, "kc-old");
+  auto new_key = TestSigningKey::Generate(TestSigningKey::Type::kEcP256, "kc-new");
+  const std::string jwks = dir.Sub("jwks.json");
+  WriteTextFile(jwks, MakeJwks({old_key.get()}));
+  DaemonOptions options;
+  options.data_dir = dir.Sub("data");
+  options.log_path = dir.Sub("ledgerd.log");
+  options.env = {{"LEDGER_JWT_JWKS_FILE", jwks}};
+  DaemonProcess daemon(options);
+  ASSERT_TRUE(daemon.Start().ok()) << daemon.Log();
+  const int64_t now_s = static_cast<int64_t>(std::time(nullptr));
+  TestHttpClient client("127.0.0.1", daemon.port());
+  auto status_with = [&](const TestSigningKey& key) {
+    client.set_bearer(key.Mint(TokenClaims::Admin("root", now_s)));
+    return client.Get("/api/v1/audit/head").status;
+  };
+  EXPECT_EQ(status_with(*old_key), 200);
+  EXPECT_EQ(status_with(*new_key), 401);
+  // Sends SIGHUP and waits for the outcome's log line (or for the end of the process).
+  auto hangup = [&](const std::string& outcome) {
+    const size_t before = CountOf(daemon.Log(), outcome);
+    ::kill(daemon.pid(), SIGHUP);
+    EXPECT_TRUE(WaitFor(
+        [&] {
+          return CountOf(daemon.Log(), outcome) > before ||
+                 daemon.Wait(std::chrono::milliseconds(0)) != -1;
+        },
+        std::chrono::seconds(30)));
+    return daemon.running();
+  };
+
+  WriteTextFile(jwks, MakeJwks({new_key.get()}));
+  ASSERT_TRUE(hangup("JWKS reloaded")) << "SIGHUP ended ledgerd: " << daemon.exit_code() << "\n"
+                                       << daemon.Log();
+  EXPECT_EQ(status_with(*new_key), 200);
+  EXPECT_EQ(status_with(*old_key), 401);
+
+  // A file the start would refuse (here a kid twice, its key material in the file) changes nothing.
+  WriteTextFile(jwks, MakeJwks({new_key.get(), new_key.get()}));
+  ASSERT_TRUE(hangup("JWKS reload from " + jwks + " failed")) << daemon.Log();
+  EXPECT_EQ(status_with(*new_key), 200);
+  const std::string jwk = new_key->Jwk();
+  const size_t x = jwk.find(R"("x":")");
+  ASSERT_NE(x, std::string::npos) << jwk;
+  const std::string coordinate = jwk.substr(x + 5, jwk.find('"', x + 5) - (x + 5));
+  EXPECT_EQ(daemon.Log().find(coordinate), std::string::npos) << "key material in the log";
+
+  EXPECT_EQ(daemon.Terminate(), 0) << daemon.Log();
+}
+
+// SIGTERM while the startup folds the log (after an upgrade that changes projections, minutes on
+// a large store) stops it between two batches, without opening the port: exit 0, and the next
+// start goes on. It was held until the startup had finished; the daemon then opened its port,
+// logged it, and only then stopped.
+TEST(LedgerdBinaryTest, ASignalDuringStartupStopsItWithoutOpeningThePort) {
+  TempDir dir;
+  const std::string data_dir = dir.Sub("data");
+  {
+    // A log no projection has folded: ledgerd's start folds all of it, 1,000 events a batch.
+    LedgerOptions options;
+    options.path = data_dir;
+    options.sync = false;  // a scratch store, flushed below
+    std::unique_ptr<Ledger> ledger = OpenTestLedger(options);
+    ASSERT_NE(ledger, nullptr);
+    for (int i = 0; i < 200; ++i) {  // 100,000 events: seconds to fold, 1,000 a batch
+      std::vector<std::string> subjects;
+      for (int j = 0; j < 500; ++j) subjects.push_back("u" + std::to_string(j % 50));
+      SubjectsCommand command(std::move(subjects));
+      CommandResult r = ledger->Submit(&command);
+      ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+    }
+    ASSERT_TRUE(ledger->Flush().ok());
+  }
+  DaemonOptions options;
+  options.data_dir = data_dir;
+  options.log_path = dir.Sub("ledgerd.log");
+  DaemonProcess daemon(options);
+  ASSERT_TRUE(daemon.Spawn().ok());
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return daemon.Log().find("catching up from position") != std::string::npos ||
+               daemon.Wait(std::chrono::milliseconds(0)) != -1;
+      },
+      std::chrono::seconds(60)))
+      << daemon.Log();
+  ASSERT_TRUE(daemon.running()) << daemon.Log();
+  ::kill(daemon.pid(), SIGTERM);
+  EXPECT_EQ(daemon.Wait(std::chrono::seconds(60)), 0) << daemon.Log();
+  EXPECT_EQ(daemon.Log().find("listening on"), std::string::npos) << daemon.Log();
+  EXPECT_NE(daemon.Log().find("startup stopped on SIGTERM"), std::string::npos) << daemon.Log();
+  // The next start folds what is left and serves.
+  ASSERT_TRUE(daemon.Start(std::chrono::seconds(300)).ok()) << daemon.Log();
   EXPECT_EQ(daemon.Terminate(), 0) << daemon.Log();
 }
 

@@ -367,6 +367,73 @@ TEST(FoldVersionTest, ACrashInTheMiddleOfARebuildRebuildsAgainAtTheNextOpen) {
   }
 }
 
+// Sets `*cancel` when it folds position `at` (ledgerd's SIGTERM in the middle of a catch-up).
+class CancellingFold final : public Fold {
+ public:
+  CancellingFold(std::atomic<bool>* cancel, uint64_t at) : cancel_(cancel), at_(at) {}
+  std::string_view Name() const override { return "marks"; }
+  uint32_t Version() const override { return 1; }
+  Status Apply(const Event& event, const StateReader&, RowWriter* rows) const override {
+    applied.fetch_add(1);
+    if (event.position.value() == at_) cancel_->store(true);
+    return rows->Put("marks", event.subject, "1");
+  }
+  mutable std::atomic<uint64_t> applied{0};
+
+ private:
+  std::atomic<bool>* cancel_;
+  uint64_t at_;
+};
+
+// A cancelled open (ledgerd's SIGTERM during its startup) stops between two batches of the
+// catch-up: it answers open_cancelled, keeps what it folded, and the next open goes on from there
+// (as after a crash: a fold being rebuilt would start over).
+// Before the flag a signal waited for the whole catch-up, then for the port to open.
+TEST(FoldVersionTest, ACancelledOpenStopsBetweenBatchesAndTheNextOpenGoesOn) {
+  TempDir dir;
+  {
+    MarkFold marks;  // its version recorded: a fold behind, not one being rebuilt
+    ASSERT_NE(Open(dir.path(), {&marks}), nullptr);
+  }
+  {
+    auto ledger = Open(dir.path(), {});  // "marks" falls behind from position 1
+    ASSERT_NE(ledger, nullptr);
+    ASSERT_NO_FATAL_FAILURE(Append(ledger.get(), 3500));
+  }
+  {
+    std::atomic<bool> cancel{false};
+    CancellingFold cancelling(&cancel, /*at=*/1500);  // in the second batch: 1001..2000
+    LedgerOptions options;
+    options.path = dir.path();
+    options.folds = {&cancelling};
+    options.cancel = &cancel;
+    std::unique_ptr<Ledger> ledger;
+    Status s = Ledger::Open(options, &ledger);
+    EXPECT_EQ(s.problem(), "open_cancelled") << s.ToString();
+    EXPECT_EQ(ledger, nullptr);
+    EXPECT_EQ(cancelling.applied.load(), 2000u) << "the batch under way is finished, no other";
+  }
+  {
+    // A flag set before the open: nothing is folded.
+    std::atomic<bool> cancel{true};
+    MarkFold marks;
+    LedgerOptions options;
+    options.path = dir.path();
+    options.folds = {&marks};
+    options.cancel = &cancel;
+    std::unique_ptr<Ledger> ledger;
+    EXPECT_EQ(Ledger::Open(options, &ledger).problem(), "open_cancelled");
+    EXPECT_EQ(marks.applied.load(), 0u);
+  }
+  MarkFold marks;
+  auto ledger = Open(dir.path(), {&marks});
+  ASSERT_NE(ledger, nullptr);
+  EXPECT_EQ(marks.applied.load(), 1500u);  // from the checkpoint the cancelled open wrote
+  EXPECT_EQ(Checkpoint(*ledger, "marks").value(), 3500u);
+  MarkFold fresh;
+  EXPECT_EQ(FamilyRows(*ledger, "marks"), FreshRows(AllEvents(*ledger), fresh));
+}
+
 // The same when two folds are rebuilt in the one pass: every batch carries both folds' rows and
 // checkpoints, and neither version is recorded before the pass ends, so both start over.
 TEST(FoldVersionTest, ACrashInTheMiddleOfAPassRebuildingTwoFoldsRebuildsBothAgain) {

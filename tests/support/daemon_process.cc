@@ -194,6 +194,35 @@ DaemonProcess::~DaemonProcess() {
 }
 
 Status DaemonProcess::Start(std::chrono::milliseconds timeout) {
+  LEDGER_RETURN_IF_ERROR(Spawn());
+  const auto deadline = Clock::now() + timeout;
+  for (;;) {
+    std::string log = Log();
+    std::string address = ValueAfter(log, "listening on http://");
+    if (!address.empty()) {
+      size_t colon = address.rfind(':');
+      int port = colon == std::string::npos ? 0 : std::atoi(address.c_str() + colon + 1);
+      if (port <= 0) return Status::Internal("cannot parse the listen line: " + address);
+      kafka_bootstrap_ = ValueAfter(log, "bootstrap=");
+      port_.store(port);
+      return Status::OK();
+    }
+    if (Reap(false)) {
+      return Status::Unavailable("ledgerd_exited",
+                                 "ledgerd exited with " + std::to_string(exit_code_) +
+                                     " before listening; log:\n" + Tail(log, 4000));
+    }
+    if (Clock::now() > deadline) {
+      Kill();
+      return Status::Unavailable(
+          "ledgerd_timeout",
+          "ledgerd did not log its listen address in time; log:\n" + Tail(log, 4000));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
+Status DaemonProcess::Spawn() {
   if (running()) return Status::Internal("ledgerd is already running");
   if (options_.log_path.empty()) return Status::InvalidArgument("test", "log_path is required");
   port_.store(0);
@@ -224,32 +253,7 @@ Status DaemonProcess::Start(std::chrono::milliseconds timeout) {
   ::close(log_fd);
   if (rc != 0) return Status::Internal("posix_spawn ledgerd: " + std::string(std::strerror(rc)));
   pid_ = pid;
-
-  const auto deadline = Clock::now() + timeout;
-  for (;;) {
-    std::string log = Log();
-    std::string address = ValueAfter(log, "listening on http://");
-    if (!address.empty()) {
-      size_t colon = address.rfind(':');
-      int port = colon == std::string::npos ? 0 : std::atoi(address.c_str() + colon + 1);
-      if (port <= 0) return Status::Internal("cannot parse the listen line: " + address);
-      kafka_bootstrap_ = ValueAfter(log, "bootstrap=");
-      port_.store(port);
-      return Status::OK();
-    }
-    if (Reap(false)) {
-      return Status::Unavailable("ledgerd_exited",
-                                 "ledgerd exited with " + std::to_string(exit_code_) +
-                                     " before listening; log:\n" + Tail(log, 4000));
-    }
-    if (Clock::now() > deadline) {
-      Kill();
-      return Status::Unavailable(
-          "ledgerd_timeout",
-          "ledgerd did not log its listen address in time; log:\n" + Tail(log, 4000));
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  return Status::OK();
 }
 
 bool DaemonProcess::Reap(bool block) {

@@ -83,6 +83,8 @@ class DaemonProcess {
   // tail in the message) when ledgerd exits first — exit_code() then holds its code — or when
   // `timeout` passes. May be called again after the process ended (a restart).
   Status Start(std::chrono::milliseconds timeout = std::chrono::seconds(60));
+  // Spawns ledgerd and returns at once (for what happens before it listens; port() stays 0).
+  Status Spawn();
 
   // The options the next Start() uses (e.g. to restart with other flags).
   DaemonOptions* mutable_options() { return &options_; }
