@@ -908,7 +908,8 @@ class LedgerImpl final : public Ledger {
   // Read-only opens: the file system without *.trash files (see OpenDb).
   std::shared_ptr<rocksdb::FileSystem> read_only_fs_;
   std::unique_ptr<rocksdb::Env> read_only_env_;
-  // Writable opens: the file system whose WAL files report appends to WalWatch (WriteDecided).
+  // Writable opens: the file system whose WAL files report appends to WalWatch (WriteDecided),
+  // over an InfoLogFileSystem.
   std::shared_ptr<rocksdb::FileSystem> wal_watch_fs_;
   std::unique_ptr<rocksdb::Env> wal_watch_env_;
   FamilyMap families_;
@@ -997,6 +998,91 @@ class LedgerImpl final : public Ledger {
   std::vector<std::pair<uint64_t, std::function<void(Position)>>> listeners_;  // listeners_mu_
 };
 
+// RocksDB's info log (<dir>/LOG) on a full disk. RocksDB ignores the info log's write errors, but
+// the file writer under its logger (WritableFileWriter; 7.8 built with assertions, as Debian ships
+// it) asserts on every write after one that failed: once a flush of the info log had failed for
+// want of space, the next line RocksDB logged -- the error of the group write that failed next --
+// aborted ledgerd (SIGABRT) instead of leaving it degraded. The info log's file here reports
+// every write as done: a line the disk has no room for is lost, and nothing else is affected.
+class InfoLogFile final : public rocksdb::FSWritableFileOwnerWrapper {
+ public:
+  explicit InfoLogFile(std::unique_ptr<rocksdb::FSWritableFile>&& file)
+      : rocksdb::FSWritableFileOwnerWrapper(std::move(file)) {}
+
+  rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& options,
+                           rocksdb::IODebugContext* dbg) override {
+    return Lossy(target()->Append(data, options, dbg));
+  }
+  rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& options,
+                           const rocksdb::DataVerificationInfo& verification_info,
+                           rocksdb::IODebugContext* dbg) override {
+    return Lossy(target()->Append(data, options, verification_info, dbg));
+  }
+  rocksdb::IOStatus PositionedAppend(const rocksdb::Slice& data, uint64_t offset,
+                                     const rocksdb::IOOptions& options,
+                                     rocksdb::IODebugContext* dbg) override {
+    return Lossy(target()->PositionedAppend(data, offset, options, dbg));
+  }
+  rocksdb::IOStatus PositionedAppend(const rocksdb::Slice& data, uint64_t offset,
+                                     const rocksdb::IOOptions& options,
+                                     const rocksdb::DataVerificationInfo& verification_info,
+                                     rocksdb::IODebugContext* dbg) override {
+    return Lossy(target()->PositionedAppend(data, offset, options, verification_info, dbg));
+  }
+  rocksdb::IOStatus Flush(const rocksdb::IOOptions& options,
+                          rocksdb::IODebugContext* dbg) override {
+    return Lossy(target()->Flush(options, dbg));
+  }
+  rocksdb::IOStatus Sync(const rocksdb::IOOptions& options, rocksdb::IODebugContext* dbg) override {
+    return Lossy(target()->Sync(options, dbg));
+  }
+  rocksdb::IOStatus Fsync(const rocksdb::IOOptions& options,
+                          rocksdb::IODebugContext* dbg) override {
+    return Lossy(target()->Fsync(options, dbg));
+  }
+  rocksdb::IOStatus RangeSync(uint64_t offset, uint64_t nbytes, const rocksdb::IOOptions& options,
+                              rocksdb::IODebugContext* dbg) override {
+    return Lossy(target()->RangeSync(offset, nbytes, options, dbg));
+  }
+
+ private:
+  static rocksdb::IOStatus Lossy(rocksdb::IOStatus s) {
+    s.PermitUncheckedError();
+    return rocksdb::IOStatus::OK();
+  }
+};
+
+// Set while InfoLogFileSystem::NewLogger runs on this thread: the file it opens is the info log.
+thread_local bool opening_info_log = false;
+
+// Writable opens: a file system whose info log is written through InfoLogFile. RocksDB's own
+// logger (FileSystem::NewLogger) is kept; only its file is opened here, through every wrapper
+// below (the base file system's NewLogger opens it by itself, past them).
+class InfoLogFileSystem final : public rocksdb::FileSystemWrapper {
+ public:
+  explicit InfoLogFileSystem(const std::shared_ptr<rocksdb::FileSystem>& base)
+      : rocksdb::FileSystemWrapper(base) {}
+  const char* Name() const override { return "InfoLogFileSystem"; }
+
+  rocksdb::IOStatus NewLogger(const std::string& fname, const rocksdb::IOOptions& options,
+                              std::shared_ptr<rocksdb::Logger>* result,
+                              rocksdb::IODebugContext* dbg) override {
+    opening_info_log = true;  // FileSystem::NewLogger opens the file with NewWritableFile below
+    rocksdb::IOStatus s = rocksdb::FileSystem::NewLogger(fname, options, result, dbg);
+    opening_info_log = false;
+    return s;
+  }
+  rocksdb::IOStatus NewWritableFile(const std::string& fname, const rocksdb::FileOptions& options,
+                                    std::unique_ptr<rocksdb::FSWritableFile>* result,
+                                    rocksdb::IODebugContext* dbg) override {
+    rocksdb::IOStatus s = target()->NewWritableFile(fname, options, result, dbg);
+    if (s.ok() && opening_info_log && *result != nullptr) {
+      *result = std::make_unique<InfoLogFile>(std::move(*result));
+    }
+    return s;
+  }
+};
+
 // A file system on which *.trash files (RocksDB's delete scheduler: files being cut down 2 MiB at
 // a time) are not listed.
 class TrashHidingFileSystem final : public rocksdb::FileSystemWrapper {
@@ -1066,7 +1152,9 @@ Status LedgerImpl::OpenDb() {
     // WriteDecided learns when a group's WAL record is in the OS before DB::Write returns, and the
     // sync starts while the memtable inserts run (events/wal_watch.h). The watch relies on a
     // record up to WalWatch::kArmBytesMax reaching the file as one buffered write.
-    wal_watch_fs_ = NewWalWatchingFileSystem(db_options.env->GetFileSystem());
+    // Its info log is written through InfoLogFile (a full disk must not abort it).
+    wal_watch_fs_ = NewWalWatchingFileSystem(
+        std::make_shared<InfoLogFileSystem>(db_options.env->GetFileSystem()));
     wal_watch_env_ = rocksdb::NewCompositeEnv(wal_watch_fs_);
     db_options.env = wal_watch_env_.get();
     db_options.writable_file_max_buffer_size = WalWatch::kFileBufferBytes;

@@ -13,6 +13,10 @@
 // Without a key a retry may duplicate the in-doubt events, as with any 503.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <filesystem>
 #include <mutex>
 #include <random>
 #include <set>
@@ -354,6 +358,62 @@ TEST(DegradedTest, AFailedSyncFollowedByPowerLossDropsTheGroupAndTheRetryAppends
   EXPECT_EQ(head, Position(5));
   EXPECT_FALSE(retry.replayed);
   EXPECT_EQ(retry.position, Position(8));
+}
+
+// Points every open file descriptor of `path` at /dev/full: each later write of the file fails
+// with ENOSPC, as on a full disk, whatever object writes it (RocksDB's info log is written past
+// the Env the ledger is given). Returns how many descriptors it redirected.
+int RedirectToDevFull(const std::string& path) {
+  const std::filesystem::path file = std::filesystem::canonical(path);
+  const int full = ::open("/dev/full", O_WRONLY | O_CLOEXEC);
+  if (full < 0) return 0;
+  int redirected = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    if (std::filesystem::read_symlink(entry.path(), ec) != file || ec) continue;
+    const int fd = std::stoi(entry.path().filename().string());
+    if (::dup3(full, fd, O_CLOEXEC) == fd) ++redirected;
+  }
+  ::close(full);
+  return redirected;
+}
+
+// A full disk fails RocksDB's info log (<dir>/LOG) too. RocksDB ignores the info log's write
+// errors, but its file writer (7.8 with assertions, as Debian builds it) asserted on the first line
+// logged after a failed write of it: here a memtable flush fails, RocksDB flushes the info log
+// after it (ENOSPC), and the next lines -- the failed write of the next group, the close --
+// aborted the process (ledgerd: exit 134) instead of leaving the ledger degraded.
+TEST(DegradedTest, AFullDiskUnderTheInfoLogDegradesInsteadOfAborting) {
+  TempDir dir;
+  FaultEnv fault;
+  std::vector<Outcome> acknowledged;
+  {
+    auto ledger = Open(dir.path(), fault.env());
+    ASSERT_NE(ledger, nullptr);
+    for (int i = 0; i < 5; ++i) {
+      CommandSpec spec;
+      spec.subject = "before-" + std::to_string(i);
+      auto command = spec.Make();
+      CommandResult r = ledger->Submit(command.get());
+      ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+      acknowledged.push_back(Outcome{spec, r});
+    }
+    // The disk fills up: no write of any file gets through.
+    ASSERT_EQ(RedirectToDevFull(dir.Sub("LOG")), 1);
+    fault.fs()->FailWritesAfter(0);
+    EXPECT_FALSE(ledger->Flush().ok());
+    AppendCommand after("after-the-disk-filled");
+    CommandResult r = ledger->Submit(&after);
+    EXPECT_TRUE(IsStorageDegraded(r.status)) << r.status.ToString();
+    EXPECT_TRUE(ledger->Degraded());
+    EXPECT_EQ(ledger->Head(), Position(5));
+    ExpectFailsFast(ledger.get(), fault.fs());
+  }  // closed while the disk is still full
+  auto ledger = Open(dir.path(), nullptr);
+  ASSERT_NE(ledger, nullptr);
+  DurabilityReport report = CheckDurability(ledger.get(), acknowledged);
+  EXPECT_TRUE(report.ok()) << report.Summary();
+  EXPECT_EQ(ledger->Head(), Position(5));
 }
 
 }  // namespace

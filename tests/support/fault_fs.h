@@ -18,8 +18,10 @@
 //     rename time when it was at most kRenameSaveBytesMax).
 // Not modelled (treated as durable at once): deletions (a deleted file never comes back);
 // truncations; renames over a destination larger than kRenameSaveBytesMax; files written through
-// NewRandomRWFile, LinkFile or the info LOG; metadata other than the entry and the size. Files
-// that existed before this FaultFs first saw them are durable. ReuseWritableFile (WAL recycling,
+// NewRandomRWFile or LinkFile; an info LOG opened by NewLogger (the default one writes past every
+// wrapper; a writable Ledger opens its LOG through NewWritableFile, so that one is modelled and
+// fails like any file); metadata other than the entry and the size. Files that existed before
+// this FaultFs first saw them are durable. ReuseWritableFile (WAL recycling,
 // off in the ledger) answers NotSupported so that turning it on cannot go unnoticed.
 //
 // Using it for a power-loss test (the order matters; it is the RocksDB FaultInjectionTestFS one):
