@@ -7,6 +7,7 @@
 #include <fstream>
 #include <random>
 #include <regex>
+#include <sstream>
 #include <utility>
 #include <vector>
 
@@ -16,6 +17,7 @@
 #include "tests/support/test_ledger.h"
 #include "tests/support/wal_records.h"
 #include "tests/tools/tools_test_util.h"
+#include "tools/export.h"
 #include "tools/replay.h"
 #include "tools/store.h"
 
@@ -189,6 +191,75 @@ TEST(VerifyTest, DamageInAnOlderTableFileIsNamedThereNotAtTheHead) {
   EXPECT_TRUE(s.IsCorruption()) << s.ToString();
   EXPECT_EQ(report.failed_position, Position(kFirstFile));
   EXPECT_NE(report.reason.find("hash mismatch"), std::string::npos) << report.reason;
+}
+
+// Damage in the newest table file, a small one holding only the head (ledgerd flushes at each
+// stop). A read positioned every level-0 file's iterator at its first block at or past the
+// sought position, so each read with block checksums on failed on this file's only block
+// before handing out the first event: every ranged verify failed at its --from ("read past
+// position 0"), and export and replay of positions far before it wrote nothing. Reads now pass
+// over table files that hold nothing of the range, and meet a file when they reach it.
+TEST(VerifyTest, DamageInASmallNewestTableFileFailsOnlyTheReadsThatReachIt) {
+  TempDir dir;
+  constexpr uint64_t kHead = kEvents + 1;
+  {
+    auto ledger = OpenTestLedger(dir.path());
+    WriteMarkedLog(ledger.get(), kEvents / 10, 5);  // 1..100 in one table file
+    ASSERT_TRUE(ledger->Flush().ok());
+    WriteMarkedLog(ledger.get(), kEvents / 10, 5);  // 101..200 in another
+    ASSERT_TRUE(ledger->Flush().ok());
+    WriteMarkedLog(ledger.get(), 1, 1);  // the head alone in a third
+    ASSERT_TRUE(ledger->Flush().ok());
+  }
+  ASSERT_FALSE(FlipByteInFile(dir.path(), ".sst", MarkerFor(kHead), 9).empty());
+
+  Status s;
+  VerifyReport report = Verify(dir.path(), 1, 10, &s);
+  EXPECT_TRUE(s.ok()) << s.ToString() << " at " << report.failed_position.value() << ": "
+                      << report.reason;
+  EXPECT_EQ(report.events_checked, 10u);
+  report = Verify(dir.path(), 100, kEvents, &s);
+  EXPECT_TRUE(s.ok()) << s.ToString() << " at " << report.failed_position.value() << ": "
+                      << report.reason;
+  EXPECT_EQ(report.events_checked, kEvents - 99);
+  report = Verify(dir.path(), 1, 0, &s);
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_EQ(report.failed_position, Position(kHead));
+  EXPECT_NE(report.reason.find("hash mismatch"), std::string::npos) << report.reason;
+  report = Verify(dir.path(), kHead, kHead, &s);
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_EQ(report.failed_position, Position(kHead)) << report.reason;
+  testing::ProcessResult cli =
+      RunLedgerctl("verify --data-dir " + dir.path() + " --from 1 --to 10");
+  EXPECT_EQ(cli.exit_code, 0) << cli.out;
+
+  std::unique_ptr<Ledger> ledger;
+  ASSERT_TRUE(OpenReadOnly({dir.path(), {}, true}, &ledger).ok());
+  std::ostringstream out;
+  uint64_t exported = 0;
+  ExportOptions export_options;
+  export_options.limit = 5;
+  s = ExportCloudEvents(*ledger, export_options, out, &exported);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(exported, 5u);
+  const std::string lines = out.str();
+  EXPECT_EQ(std::count(lines.begin(), lines.end(), '\n'), 5);
+  // A read that reaches the damaged block names the position it had read past, not its start.
+  std::ostringstream all;
+  s = ExportCloudEvents(*ledger, ExportOptions{}, all, &exported);
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_NE(s.message().find("past position " + std::to_string(kEvents) + " "),
+            std::string::npos)
+      << s.ToString();
+  ledger.reset();
+  ReplayOptions replay_options;  // this log has no folds: replay only the chain
+  replay_options.data_dir = dir.path();
+  ReplayReport replay;
+  s = ReplayProjections(replay_options, &replay);
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_NE(s.message().find("past position " + std::to_string(kEvents) + " "),
+            std::string::npos)
+      << s.ToString();
 }
 
 TEST(VerifyTest, FlippedByteInWalFailsAtItsPosition) {
