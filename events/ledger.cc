@@ -2454,23 +2454,52 @@ Status LedgerImpl::ReadEventsBySubject(Position after, size_t limit, const Event
   return EventReadFailure(it->status(), Position(std::max(prev_position, after.value())));
 }
 
-// A read of the events goes table file by table file. One iterator over the whole range seeks
-// every level-0 file's iterator too, each reading its first block at or past the sought
-// position: a damaged block in the small file holding only the head (ledgerd flushes at each
-// stop) failed every read with block checksums on before its first event -- `verify --from 1
-// --to 10` "at position 1", `export --after 0` writing nothing, all "read past position 0".
-// So each piece of the range, up to the end of the file holding its first position (or up to
-// the next file), is read with the files holding none of it filtered out (table_filter): a
-// damaged block fails only the reads that reach it, naming the position read before it. Files
-// are matched by number (TableProperties::orig_file_number: the store ingests no files, so it is
-// the file's own); one not listed (a flush or compaction since) is read, never passed over.
+// A read of the events is one iterator over the range. That iterator seeks every level-0 file's
+// iterator too, each reading its first block at or past the sought position: a damaged block in
+// the small file holding only the head (ledgerd flushes at each stop) failed every read with block
+// checksums on before its first event -- `verify --from 1 --to 10` "at position 1", `export
+// --after 0` writing nothing, all "read past position 0". So after a damaged read the rest of the
+// range is read again table file by table file: each piece of it, up to the end of the file
+// holding its first position (or up to the next file), with the files holding none of it filtered
+// out (table_filter). A damaged block then fails only the reads that reach it, naming the position
+// read before it. Files are matched by number (TableProperties::orig_file_number: the store
+// ingests no files, so it is the file's own); one not listed (a flush or compaction since) is
+// read, never passed over. Only damaged stores pay for the file list and the iterator per file.
 Status LedgerImpl::ScanRaw(Position from, Position to,
                            const std::function<bool(Position, std::string_view)>& fn) const {
   // Never past the published head: a group being synced is not there yet.
   const uint64_t head = head_position_.load();
   const uint64_t last = to.value() == 0 ? head : std::min(to.value(), head);
-  const std::vector<EventTableFile> files = EventTableFiles();
   Position read(std::max<uint64_t>(from.value(), 1) - 1);  // the last position handed to fn
+  bool stopped = false;  // fn asked to stop
+  // Reads [first, end] with the table files numbered in `skipped` filtered out; OK or the
+  // iterator's status.
+  auto read_piece = [&](uint64_t first, uint64_t end,
+                        const std::vector<uint64_t>* skipped) -> rocksdb::Status {
+    rocksdb::ReadOptions read_options = EventReadOptions();
+    if (skipped != nullptr) {
+      read_options.table_filter = [skipped](const rocksdb::TableProperties& table) {
+        return !std::binary_search(skipped->begin(), skipped->end(), table.orig_file_number);
+      };
+    }
+    std::string upper = EncodePositionKey(end + 1);
+    rocksdb::Slice upper_slice = upper;
+    read_options.iterate_upper_bound = &upper_slice;
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read_options, Family(kEventsFamily)));
+    for (it->Seek(EncodePositionKey(first)); it->Valid(); it->Next()) {
+      if (it->key().size() != 8) return rocksdb::Status::Corruption("malformed event key");
+      read = Position(DecodeFixed64BE(it->key().data()));
+      if (!fn(read, ToView(it->value()))) {
+        stopped = true;
+        break;
+      }
+    }
+    return it->status();
+  };
+  if (read.value() >= last) return Status::OK();
+  rocksdb::Status s = read_piece(read.value() + 1, last, nullptr);
+  if (stopped || s.ok() || !s.IsCorruption()) return EventReadFailure(s, read);
+  const std::vector<EventTableFile> files = EventTableFiles();
   for (uint64_t first = read.value() + 1; first <= last;) {
     uint64_t end = last;
     for (const EventTableFile& file : files) {
@@ -2482,20 +2511,8 @@ Status LedgerImpl::ScanRaw(Position from, Position to,
       if (file.last < first || file.first > end) elsewhere.push_back(file.number);
     }
     std::sort(elsewhere.begin(), elsewhere.end());
-    rocksdb::ReadOptions read_options = EventReadOptions();
-    read_options.table_filter = [&elsewhere](const rocksdb::TableProperties& table) {
-      return !std::binary_search(elsewhere.begin(), elsewhere.end(), table.orig_file_number);
-    };
-    std::string upper = EncodePositionKey(end + 1);
-    rocksdb::Slice upper_slice = upper;
-    read_options.iterate_upper_bound = &upper_slice;
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read_options, Family(kEventsFamily)));
-    for (it->Seek(EncodePositionKey(first)); it->Valid(); it->Next()) {
-      if (it->key().size() != 8) return Status::Corruption("malformed event key");
-      read = Position(DecodeFixed64BE(it->key().data()));
-      if (!fn(read, ToView(it->value()))) return EventReadFailure(it->status(), read);
-    }
-    if (!it->status().ok()) return EventReadFailure(it->status(), read);
+    s = read_piece(first, end, &elsewhere);
+    if (stopped || !s.ok()) return EventReadFailure(s, read);
     if (end >= last) break;
     first = end + 1;
   }
