@@ -431,6 +431,15 @@ Status App::Impl::Start(const Config& config, const Clock* clock,
     LEDGER_RETURN_IF_ERROR(BuildAuthenticator());
   }
   if (!key_only_read) LEDGER_RETURN_IF_ERROR(LoadByokKey());
+  {
+    // An open-file limit that leaves the HTTP server no connection is refused before the store
+    // is opened (and its projections caught up); Start() checks it again with the store's files.
+    size_t connections_max = 0;
+    LEDGER_RETURN_IF_ERROR(HttpStartFailure(http::ConnectionsMaxWithinDescriptorLimit(
+        http::limits::kOpenConnectionsMax,
+        config_.http_threads != 0 ? config_.http_threads : http::DefaultServerThreads(),
+        &connections_max)));
+  }
   LEDGER_RETURN_IF_ERROR(Cancelled());
   LEDGER_RETURN_IF_ERROR(OpenLedger());  // reads `cancel` while the projections catch up
   LEDGER_RETURN_IF_ERROR(Cancelled());
@@ -570,6 +579,10 @@ Status HttpStartFailure(const Status& status) {
   // event loop that could not start (out of file handles or memory) is not: 78 tells a
   // supervisor not to retry.
   if (status.problem() == "listen_failed") return AsConfigError("LEDGER_LISTEN", status);
+  // Nor does a restart help an open-file limit too low for the worker threads and connections.
+  if (status.problem() == "descriptor_limit") {
+    return AsConfigError("RLIMIT_NOFILE (ulimit -n, LimitNOFILE=)", status);
+  }
   return status;
 }
 

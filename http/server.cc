@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <dirent.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -1784,34 +1785,41 @@ class CoreServer final : public httplib::Server {
   std::unordered_map<uint64_t, std::shared_ptr<Connection>> connections_;
 };
 
-// The cap on open connections: `configured`, lowered to the soft RLIMIT_NOFILE less
-// limits::kDescriptorsReserved. Unavailable when the limit is not above the reserve.
-Status ConnectionsMaxWithinDescriptorLimit(size_t configured, size_t* out) {
+// Descriptors open in this process now (the entries of /proc/self/fd, less the one reading it);
+// 0 when it cannot be read.
+size_t OpenDescriptors() {
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (dir == nullptr) return 0;
+  size_t count = 0;
+  while (const dirent* entry = ::readdir(dir)) {
+    if (entry->d_name[0] != '.') ++count;
+  }
+  ::closedir(dir);
+  return count > 0 ? count - 1 : 0;
+}
+
+}  // namespace
+
+Status ConnectionsMaxWithinDescriptorLimit(size_t configured, size_t threads, size_t* out) {
   *out = configured;
   rlimit limit{};
   if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) {
     return Status::OK();
   }
-  if (limit.rlim_cur <= limits::kDescriptorsReserved) {
+  const size_t open_now = OpenDescriptors();
+  const size_t kept = limits::kDescriptorsReserved + threads + open_now;
+  if (limit.rlim_cur <= kept) {
     return Status::Unavailable(
         "descriptor_limit",
         "the open-file limit (RLIMIT_NOFILE " + std::to_string(limit.rlim_cur) +
-            ") leaves no descriptor for HTTP connections beside the " +
-            std::to_string(limits::kDescriptorsReserved) +
-            " kept for the rest of the process; raise it (ulimit -n, systemd LimitNOFILE=)");
+            ") leaves no descriptor for HTTP connections beside the " + std::to_string(kept) +
+            " kept for the rest of the process (" + std::to_string(limits::kDescriptorsReserved) +
+            ", one per worker thread: " + std::to_string(threads) + ", open now: " +
+            std::to_string(open_now) + "); raise it (ulimit -n, systemd LimitNOFILE=)");
   }
-  *out = std::min<size_t>(configured, limit.rlim_cur - limits::kDescriptorsReserved);
-  if (*out < configured) {
-    spdlog::info("http: at most {} open connections (RLIMIT_NOFILE {} less {} descriptors kept "
-                 "for the rest of the process; {} configured)",
-                 *out, limit.rlim_cur, limits::kDescriptorsReserved, configured);
-  } else {
-    spdlog::info("http: at most {} open connections (RLIMIT_NOFILE {})", *out, limit.rlim_cur);
-  }
+  *out = std::min<size_t>(configured, limit.rlim_cur - kept);
   return Status::OK();
 }
-
-}  // namespace
 
 size_t DefaultServerThreads() {
   size_t hw = std::thread::hardware_concurrency();
@@ -2292,8 +2300,14 @@ Status HttpServer::Start() {
   if (started_) return Status::Internal("HttpServer::Start called twice");
   CoreServer& core = impl_->server();
   size_t open_connections_max = 0;
-  LEDGER_RETURN_IF_ERROR(
-      ConnectionsMaxWithinDescriptorLimit(options_.open_connections_max, &open_connections_max));
+  LEDGER_RETURN_IF_ERROR(ConnectionsMaxWithinDescriptorLimit(options_.open_connections_max,
+                                                             options_.threads,
+                                                             &open_connections_max));
+  if (open_connections_max < options_.open_connections_max) {
+    spdlog::info("http: at most {} open connections (the open-file limit less what the rest of "
+                 "the process keeps; {} configured)",
+                 open_connections_max, options_.open_connections_max);
+  }
   core.SetOpenConnectionsMax(open_connections_max);
   int port = options_.port;
   if (port == 0) {

@@ -49,6 +49,13 @@ namespace ledger::http {
 // connections and requests still arriving (most of them) do not hold one.
 size_t DefaultServerThreads();
 
+// The cap on open connections: `configured`, lowered to the soft RLIMIT_NOFILE less what the rest
+// of the process keeps -- limits::kDescriptorsReserved (RocksDB's new files, Kafka, Stripe, the
+// listener), one per worker thread (each may hold an outbound connection) and the descriptors open
+// now (RocksDB's table files). Unavailable "descriptor_limit" when that leaves none. HttpServer's
+// Start() applies it; the daemon also checks it before it opens the store.
+Status ConnectionsMaxWithinDescriptorLimit(size_t configured, size_t threads, size_t* out);
+
 struct HttpServerOptions {
   std::string host = "127.0.0.1";
   int port = 0;  // 0 = let the kernel pick; read it back with HttpServer::port()
@@ -64,9 +71,9 @@ struct HttpServerOptions {
   int64_t keep_alive_timeout_ms = 5000;  // idle time before a kept-alive connection is closed
   size_t keep_alive_max_count = 1000;    // requests per connection
   int listen_backlog = limits::kListenBacklog;
-  // Open client connections; one more is closed at once. Start() lowers it to the soft
-  // RLIMIT_NOFILE less limits::kDescriptorsReserved (what the rest of the process needs: RocksDB,
-  // Kafka, Stripe), and refuses to start when that leaves none (HttpServer::open_connections_max).
+  // Open client connections; one more is closed at once. Start() lowers it to what the soft
+  // RLIMIT_NOFILE leaves (ConnectionsMaxWithinDescriptorLimit), and refuses to start when that
+  // leaves none (HttpServer::open_connections_max).
   size_t open_connections_max = limits::kOpenConnectionsMax;
   // How long a connection closed after a refused or last answer is drained (at most 1 MiB) before
   // it is closed, so that the client reads the answer instead of a reset (a lingering close). The
