@@ -590,7 +590,11 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
       // after its end, or a period past it (not never_paid_after_trial: churn judges it a paying
       // customer) -- whatever its status now: unpaid, past due with Stripe's retries over
       // (payment_abandoned) and canceled after a renewal were counted lost, the last both
-      // churned and lost.
+      // churned and lost. Unpaid or past due, a period past the trial proves nothing (Stripe
+      // keeps rolling the periods of a subscription its dunning left unpaid or past due): only a
+      // paid invoice does.
+      const bool unpaid_now = r.status == SubscriptionStatus::kUnpaid ||
+                              r.status == SubscriptionStatus::kPastDue;
       const bool first_payment_failed = r.status == SubscriptionStatus::kPastDue &&
                                          never_paid_after_trial && !scheduled_end;
       if (first_payment_failed) {
@@ -600,7 +604,7 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
       } else if (r.status == SubscriptionStatus::kTrialing && !scheduled_end) {
         ++in_trial;
       } else if (r.status != SubscriptionStatus::kTrialing &&
-                 (paid_after_trial || !never_paid_after_trial)) {
+                 (paid_after_trial || (!unpaid_now && !never_paid_after_trial))) {
         ++converted;
       } else {
         ++lost;

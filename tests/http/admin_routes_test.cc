@@ -1850,17 +1850,21 @@ TEST_F(AdminRoutesTest, AConvertedTrialLeftUnpaidStaysConverted) {
   TestSubscription lost = trial_then("u-lost", "canceled", kNow - 13 * kDay, kNow - 13 * kDay);
   lost.canceled_at = lost.ended_at = kNow - 2 * kDay;
   AddSubscriber(lost, "lost@x.com");
+  // Its first charge failed and dunning left it unpaid; Stripe rolled its period on regardless.
+  // No invoice was ever paid: lost, not converted by the period past its trial.
+  AddSubscriber(trial_then("u-never", "unpaid", kNow - 43 * kDay, kNow - 13 * kDay),
+                "never@x.com");
 
   HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
   ASSERT_EQ(r.status, 200) << r.body;
   rapidjson::Document doc = r.Json();
   const auto& conversion = doc["trial_conversion"];
-  EXPECT_EQ(conversion["trials"].GetInt64(), 4) << r.body;
+  EXPECT_EQ(conversion["trials"].GetInt64(), 5) << r.body;
   EXPECT_EQ(conversion["converted"].GetInt64(), 3) << r.body;  // unpaid, due, renewed
-  EXPECT_EQ(conversion["lost"].GetInt64(), 1) << r.body;       // lost
+  EXPECT_EQ(conversion["lost"].GetInt64(), 2) << r.body;       // lost, never
   EXPECT_EQ(conversion["in_trial"].GetInt64(), 0) << r.body;
   EXPECT_EQ(conversion["awaiting_payment"].GetInt64(), 0) << r.body;
-  EXPECT_DOUBLE_EQ(conversion["rate"].GetDouble(), 0.75) << r.body;
+  EXPECT_DOUBLE_EQ(conversion["rate"].GetDouble(), 0.6) << r.body;
   // Churn judges them alike: u-renewed is a paying customer lost, u-lost never was one.
   EXPECT_EQ(doc["churn"]["churned"].GetInt64(), 1) << r.body;
   EXPECT_EQ(doc["subscribers"]["paying"].GetInt64(), 0) << r.body;
