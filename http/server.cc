@@ -969,6 +969,12 @@ struct Connection {
   // loop's tick while parked.
   std::optional<Clock::time_point> arriving_since;
   size_t arriving_bytes = 0;
+  // While arriving_since is set: how far its head was searched for its end without finding it,
+  // and once its head was read, its whole size -- so that each read of a request trickling in
+  // looks at the new bytes only, not at everything held again (a 64 KiB head sent a byte at a
+  // time cost the loop a scan of all it held per byte).
+  size_t head_scanned = 0;
+  size_t arriving_whole = 0;
   // What the request arriving may take of the loop's budget for large holds (guarded by the
   // loop's mutex; 0 for a small one, which takes none).
   size_t held = 0;
@@ -1328,7 +1334,7 @@ class CoreServer final : public httplib::Server {
         if (n <= 0) return ToWorker(c, WorkerJob::kClose);
       }
       LoopRequest parsed;
-      if (!ParseLoopRequest(c->stream.Unread(), &parsed)) {
+      if (KnownIncomplete(*c) || !ParseLoopRequest(c->stream.Unread(), &parsed)) {
         if (!HoldArriving(c.get())) return ToWorker(c, WorkerJob::kServe);
         // Still arriving: the loop holds it (a worker would wait for its bytes, and a few slow
         // clients would hold every worker) until it is whole, or until it has been silent for
@@ -1369,7 +1375,9 @@ class CoreServer final : public httplib::Server {
   // chunked framing or `Expect` (whose client waits for a 100 Continue before the body), nor one
   // whose head has lines this test cannot read plainly (a worker answers those). *whole: the
   // request's size once its head is complete, else 0.
-  size_t ArrivingBound(std::string_view unread, size_t* whole_out) const {
+  // *scanned: in, how far `unread` is known to hold no end of the head; out, as far as this
+  // call searched when it found none.
+  size_t ArrivingBound(std::string_view unread, size_t* whole_out, size_t* scanned) const {
     *whole_out = 0;
     if (unread.empty()) return 0;
     const bool body_first = IsBodyFirst(unread);
@@ -1377,8 +1385,10 @@ class CoreServer final : public httplib::Server {
                             : unread.substr(0, kLongHeadRequestLine.size()) == kLongHeadRequestLine
                                 ? limits::kLagoWebhookHeadBytesMax
                                 : kHeaderBytesAllowance;
-    const size_t blank = unread.find("\n\r\n");  // the end of the head, as TakeHead finds it
+    // The end of the head, as TakeHead finds it.
+    const size_t blank = unread.find("\n\r\n", *scanned >= 2 ? *scanned - 2 : 0);
     if (blank == std::string_view::npos) {
+      *scanned = unread.size();
       // Over its allowance, a worker answers it 431 at once (TakeHead).
       const size_t allowance = std::max(head_max, kHeaderBytesAllowance);
       return unread.size() <= allowance ? allowance : 0;
@@ -1439,7 +1449,15 @@ class CoreServer final : public httplib::Server {
   // it began. On the connection's owner.
   bool HoldArriving(Connection* c) {
     size_t whole = 0;
-    const size_t bound = ArrivingBound(c->stream.Unread(), &whole);
+    size_t bound = 0;
+    if (c->arriving_since && c->arriving_whole != 0 &&
+        c->stream.Unread().size() < c->arriving_whole) {
+      whole = bound = c->arriving_whole;  // its head was read: only its body is still missing
+    } else {
+      size_t scanned = c->arriving_since ? c->head_scanned : 0;
+      bound = ArrivingBound(c->stream.Unread(), &whole, &scanned);
+      c->head_scanned = scanned;
+    }
     {
       std::lock_guard<std::mutex> lock(loop_mu_);
       const size_t others = loop_held_bytes_ - c->held;
@@ -1449,11 +1467,13 @@ class CoreServer final : public httplib::Server {
         loop_held_bytes_ = others;
         c->held = 0;
         c->arriving_since.reset();
+        c->head_scanned = c->arriving_whole = 0;
         return false;
       }
       loop_held_bytes_ = others + held;
       c->held = held;
     }
+    c->arriving_whole = whole != 0 && bound == whole ? whole : 0;
     if (!c->arriving_since) c->arriving_since = Clock::now();
     c->arriving_bytes = c->stream.Unread().size();
     return true;
@@ -1468,6 +1488,17 @@ class CoreServer final : public httplib::Server {
     loop_held_bytes_ -= c->held;
     c->held = 0;
     c->arriving_since.reset();
+    c->head_scanned = c->arriving_whole = 0;
+  }
+
+  // The request the loop holds on `c` is known not to be whole yet, from the new bytes alone: its
+  // head has not ended, or it has and the body is still short of its size.
+  static bool KnownIncomplete(const Connection& c) {
+    if (!c.arriving_since) return false;
+    const std::string_view unread = c.stream.Unread();
+    if (c.arriving_whole != 0) return unread.size() < c.arriving_whole;
+    return unread.find("\n\r\n", c.head_scanned >= 2 ? c.head_scanned - 2 : 0) ==
+           std::string_view::npos;
   }
 
   // True when `unread` starts with a whole request (head and Content-Length body) for a route
