@@ -452,9 +452,10 @@ Status App::Impl::Start(const Config& config, const Clock* clock,
 Status App::Impl::Stop(std::chrono::milliseconds outbox_flush_timeout) {
   if (stopped_) return Status::OK();
   stopped_ = true;
-  // HTTP first: Stop() returns when the in-flight requests are done -- each of a request's Stripe
-  // calls may take StripeClientOptions::deadline_ms (30 s), and a checkout makes several; the
-  // rest are held to the server's timeouts. A supervisor's SIGKILL meanwhile loses nothing
+  // HTTP first: Stop() returns when the in-flight requests are done (one whose head had arrived
+  // is read to its end and answered, so its append lands before the ledger closes) -- each of a
+  // request's Stripe calls may take StripeClientOptions::deadline_ms (30 s), and a checkout makes
+  // several; the rest are held to the server's timeouts. A supervisor's SIGKILL meanwhile loses nothing
   // answered (synced), and the sinks resend from their checkpoints.
   if (server_ != nullptr) server_->Stop();
   // Then one budget for the Lago sink and the outbox together (the README's "at most" is the

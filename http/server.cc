@@ -1100,8 +1100,11 @@ class CoreServer final : public httplib::Server {
     return true;
   }
 
-  // Stops the loop and closes every parked connection (after its deferred answer). Connections
-  // being served are closed by their worker when it would park them. Idempotent.
+  // Stops the loop and closes every parked connection (after its deferred answer), but one whose
+  // request's head has arrived (HeadArrived): a worker reads the rest of it (to the read timeout,
+  // as any request's) and answers it with `Connection: close` -- closed, a consume whose body was
+  // still arriving was lost to a client that had sent it before the stop. Connections being
+  // served are closed by their worker when it would park them. Idempotent.
   void StopLoop() {
     {
       std::lock_guard<std::mutex> lock(loop_mu_);
@@ -1111,17 +1114,23 @@ class CoreServer final : public httplib::Server {
     loop_stopped_.store(true);
     mailbox_->Post(0);  // wakes the loop (no connection has id 0)
     if (loop_thread_.joinable()) loop_thread_.join();
-    std::vector<std::shared_ptr<Connection>> parked, lingering;
+    std::vector<std::shared_ptr<Connection>> parked, lingering, arrived;
     {
       std::lock_guard<std::mutex> lock(loop_mu_);
       for (auto& [id, c] : connections_) {
-        if (c->where != Connection::Where::kOwned) {
-          (c->where == Connection::Where::kLingering ? lingering : parked).push_back(c);
-          c->where = Connection::Where::kOwned;
+        if (c->where == Connection::Where::kOwned) continue;
+        if (c->where == Connection::Where::kLingering) {
+          lingering.push_back(c);
+        } else if (HeadArrived(c.get())) {
+          arrived.push_back(c);
+        } else {
+          parked.push_back(c);
         }
+        c->where = Connection::Where::kOwned;
       }
     }
     for (auto& c : parked) Close(c, false);
+    for (auto& c : arrived) ToWorker(c, WorkerJob::kServe);
     // Their answers may still be in the kernel: a worker lingers (the rest of linger_ms) instead.
     for (auto& c : lingering) ToWorker(c, WorkerJob::kLingeringClose);
     {
@@ -1201,7 +1210,10 @@ class CoreServer final : public httplib::Server {
         }
       }
       if (stopping) {
-        if (on_loop) return ToWorker(c, WorkerJob::kClose);
+        // As StopLoop does: a request whose head has arrived is read and answered first.
+        const bool serve = HeadArrived(c.get());
+        if (on_loop) return ToWorker(c, serve ? WorkerJob::kServe : WorkerJob::kClose);
+        if (serve) return RunWorkerJob(c, WorkerJob::kServe);
         return Close(c, false);
       }
       if (on_loop) return ToWorker(c, WorkerJob::kFlush);
@@ -1289,6 +1301,17 @@ class CoreServer final : public httplib::Server {
       for (auto& c : answered) ServeOnLoop(c);
       for (auto& c : ready) ServeOnLoop(c);
     }
+  }
+
+  // Whether the connection `c` has the head of its next request whole, among the bytes read or
+  // (parked, with no answer being written) the socket has now, read without waiting: a head that
+  // arrived just before the stop counts too. On its owner, once the loop has stopped (StopLoop
+  // owns every connection the loop did then).
+  static bool HeadArrived(Connection* c) {
+    if (c->stream.Unread().find("\n\r\n") != std::string_view::npos) return true;
+    if (c->where != Connection::Where::kParked || c->state.deferred != nullptr) return false;
+    if (c->stream.AppendNow() <= 0) return false;
+    return c->stream.Unread().find("\n\r\n") != std::string_view::npos;
   }
 
   // Whether a parked connection is to be closed: idle for the keep-alive timeout; or holding a

@@ -1600,6 +1600,60 @@ TEST_F(ServerTest, StopFinishesInFlightRequests) {
   EXPECT_EQ(late.Get("/hello").status, 0) << "no longer accepting";
 }
 
+// SIGTERM while a request's body is still arriving: a request whose head had arrived before the
+// stop is read to its end and answered (with `Connection: close`); a connection with half a head
+// is closed. The stopped loop closed both, and the client of the first got a broken pipe with
+// nothing done. The listener closing (after the loop has stopped) says when to send the rest.
+TEST_F(ServerTest, StopAnswersARequestWhoseHeadHadArrived) {
+  Start();
+  int body_pending = testing::ConnectLoopback(stack_.port());
+  int head_pending = testing::ConnectLoopback(stack_.port());
+  ASSERT_GE(body_pending, 0);
+  ASSERT_GE(head_pending, 0);
+  // Accepted and parked first: each answers a request on its kept-alive connection.
+  const std::string hello = "GET /loop-hello HTTP/1.1\r\nHost: x\r\n\r\n";
+  for (int fd : {body_pending, head_pending}) {
+    ASSERT_EQ(::send(fd, hello.data(), hello.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(hello.size()));
+    std::string answer;
+    char buf[4096];
+    while (answer.find(R"({"loop":"hello"})") == std::string::npos) {
+      const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+      ASSERT_GT(n, 0) << answer;
+      answer.append(buf, static_cast<size_t>(n));
+    }
+  }
+  const std::string head =
+      "POST /loop-echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01234";
+  ASSERT_EQ(::send(body_pending, head.data(), head.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(head.size()));
+  const std::string half_head = "POST /loop-echo HTTP/1.1\r\nHost: x\r\n";
+  ASSERT_EQ(::send(head_pending, half_head.data(), half_head.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(half_head.size()));
+  const int port = stack_.port();
+  std::thread stopper([this] { stack_.Stop(); });
+  // The loop stops before the listener closes: once a connection is refused, it has.
+  for (;;) {
+    const int probe = testing::ConnectLoopback(port);
+    if (probe < 0) break;
+    ::close(probe);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  // Closed (a FIN, or a reset over the half head it did not read), with no answer.
+  pollfd pfd{head_pending, POLLIN, 0};
+  ASSERT_EQ(::poll(&pfd, 1, 5000), 1);
+  char byte = 0;
+  EXPECT_LE(::recv(head_pending, &byte, 1, 0), 0) << "a connection with half a head is closed";
+  ::close(head_pending);
+  bool closed = false;
+  const std::string response = SendAndReadUntilClosed(body_pending, "56789", 5000, &closed);
+  stopper.join();
+  EXPECT_EQ(response.rfind("HTTP/1.1 200", 0), 0u) << response;
+  EXPECT_NE(response.find(R"({"loop-bytes":10})"), std::string::npos) << response;
+  EXPECT_NE(response.find("Connection: close"), std::string::npos) << response;
+  EXPECT_TRUE(closed);
+}
+
 TEST_F(ServerTest, StopIsPromptWithIdleKeptAliveConnections) {
   HttpServerOptions options = TestHttpStack::DefaultOptions();
   options.keep_alive_timeout_ms = 30000;
