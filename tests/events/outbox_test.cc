@@ -270,6 +270,11 @@ TEST_F(OutboxTest, CheckpointAdvancesOnlyFromDeliveryReportsAndTheWindowIsBounde
   EXPECT_EQ(status.kafka_state, "down");
   EXPECT_EQ(StoredCheckpoint(), 0u);
   EXPECT_EQ(outbox->metrics().delivered.Value(), 0u);
+  // "Published" is what Kafka acknowledged, as /readyz says; what the producer holds is produced.
+  std::string metrics;
+  outbox->RenderMetrics(&metrics);
+  EXPECT_NE(metrics.find("\nledger_outbox_published_position 0\n"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("\nledger_outbox_produced_position 20\n"), std::string::npos) << metrics;
 
   ASSERT_TRUE(kafka_->SetBrokerUp(-1).ok());
   ASSERT_TRUE(WaitCaughtUp(outbox.get()));
