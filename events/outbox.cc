@@ -732,6 +732,15 @@ Status KafkaOutbox::Impl::Stop(std::chrono::steady_clock::time_point deadline) {
   if (mark_ >= target) {
     spdlog::info("outbox: stopped; published through position {}", mark_);
     return Status::OK();
+  // Read after the join: the thread set it. Kafka was not what stopped it.
+  if (log_damaged_at_ != 0) {
+    return Status::Unavailable(
+        "log_damaged",
+        "kafka outbox stopped with " + std::to_string(target - mark_) +
+            " events unpublished: the log is damaged at position " +
+            std::to_string(log_damaged_at_) +
+            " and nothing from there on is published (`ledgerctl verify` names the damage)");
+  }
   }
   return Status::Unavailable(
       "kafka_unavailable",

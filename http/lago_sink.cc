@@ -509,8 +509,11 @@ class LagoSink::Impl {
   void WaitForWork(int64_t now_us);
   void SetLastError(std::string error) { core_.SetLastError(std::move(error)); }
   // Lago answering does not make a damaged log's sink "up": it stops short of the head for good.
+  // Up, the last error is cleared: /readyz showed state "up", lag 0 beside the 401 of an hour
+  // before ("Lago refused LAGO_API_KEY"), as if it were still refused.
   void SetState(SinkState state) {
     if (damaged_at_ != 0 && state == SinkState::kUp) state = SinkState::kDown;
+    if (state == SinkState::kUp) SetLastError("");
     state_.store(static_cast<int>(state));
   }
 
@@ -523,6 +526,8 @@ class LagoSink::Impl {
   std::atomic<uint64_t> pending_count_{0};
   std::atomic<uint64_t> batch_limit_published_{0};
   std::atomic<int> state_{static_cast<int>(SinkState::kUnknown)};
+  // Stop()'s deadline passed with a request in flight, which it cut (LagoEventsApi::Cancel).
+  std::atomic<bool> cut_at_deadline_{false};
   bool started_ = false;      // owner thread only
   bool stopped_ = false;      // owner thread only
 
@@ -890,7 +895,10 @@ bool LagoSink::Impl::HandleAnswer(const LagoAnswer& answer, size_t first, size_t
     if (sent > 1) ClearSuspicion();
   }
   if (status == 0) {
-    Fail("Lago could not be reached: " + answer.error, 0, -1, now_us);
+    // Not Lago's failure: said so, or the shutdown warned "Lago could not be reached".
+    Fail(cut_at_deadline_.load() ? "the shutdown's deadline cut the request to Lago short"
+                                 : "Lago could not be reached: " + answer.error,
+         0, -1, now_us);
     return false;
   }
   if (status >= 500) {
@@ -1143,15 +1151,21 @@ Status LagoSink::Impl::Stop(std::chrono::steady_clock::time_point deadline) {
   if (!core_.thread_started()) return Status::OK();
   // A request to a Lago that hangs would otherwise run to its read timeout (10 s) past the
   // deadline, eating the time the daemon's shutdown leaves for the outbox.
-  const uint64_t target = core_.StopAndJoin(deadline, [this] { api_->Cancel(); });
+  const uint64_t target = core_.StopAndJoin(deadline, [this] {
+    cut_at_deadline_.store(true);
+    api_->Cancel();
+  });
   if (mark_ >= target) {
     spdlog::info("lago sink: stopped; handled through position {}", mark_);
     return Status::OK();
   }
+  const bool at_deadline =
+      cut_at_deadline_.load() || std::chrono::steady_clock::now() >= deadline;
   return Status::Unavailable("lago_unavailable",
                              "lago sink stopped " + std::to_string(target - mark_) +
-                                 " positions short of the head (sent after the next start, from "
-                                 "position " +
+                                 " positions short of the head" +
+                                 (at_deadline ? " at the shutdown's deadline" : "") +
+                                 " (sent after the next start, from position " +
                                  std::to_string(mark_ + 1) + ")");
 }
 

@@ -179,7 +179,7 @@ struct LagoSinkStatus {
   uint64_t pending = 0;           // Lago events read and not yet acknowledged
   uint64_t batch_events_max = 0;  // the current batch size (smaller after splits)
   bool running = false;
-  std::string last_error;  // last failure, "" if none since start
+  std::string last_error;  // the failure the sink is in, "" once Lago answers again (state up)
 };
 
 // Maps one usage.recorded.v1 event (see the header comment). NotFound for other event types;

@@ -660,6 +660,9 @@ TEST_F(OutboxTest, AnAlteredEventIsNotPublished) {
   EXPECT_EQ(status.published, Position(11));
   Status stop = outbox->Stop(seconds(5));
   EXPECT_EQ(stop.code(), Code::kUnavailable) << stop.ToString();
+  // The shutdown line names the damage, not Kafka ("kafka_unavailable: ... not acknowledged").
+  EXPECT_EQ(stop.problem(), "log_damaged") << stop.ToString();
+  EXPECT_NE(stop.message().find("damaged at position 12"), std::string::npos) << stop.ToString();
   EXPECT_EQ(StoredCheckpoint(), 11u);
 
   auto consumer = Consumer();

@@ -872,6 +872,9 @@ TEST_F(LagoSinkTest, ARefusedApiKeyStallsWithoutLosingUsage) {
   lago.SetApiKey(kFakeLagoApiKey);  // the operator fixes the key on Lago's side
   ASSERT_TRUE(CaughtUp());
   EXPECT_TRUE(CountedExactlyOnce(lago, UsageIds()));
+  // Up again, the 401 is no longer its error (/readyz showed it beside state "up", lag 0).
+  ASSERT_TRUE(WaitFor([&] { return sink_->GetStatus().state == "up"; }));
+  EXPECT_EQ(sink_->GetStatus().last_error, "");
 }
 
 // A proxy in front of Lago answering a redirect or its own 4xx page says nothing about the
@@ -975,11 +978,17 @@ TEST_F(LagoSinkTest, StopCutsARequestToAHungLagoAtTheDeadline) {
   StartSink(lago.url(), FastOptions(), kFakeLagoApiKey, /*read_timeout_ms=*/10'000);
   ASSERT_TRUE(WaitFor([&] { return lago.requests_received() >= 1; }));  // in flight now
   const auto start = std::chrono::steady_clock::now();
-  Status s = StopSink(std::chrono::seconds(1));
+  Status s = sink_->Stop(std::chrono::seconds(1));
   const auto took = std::chrono::steady_clock::now() - start;
+  const std::string error = sink_->GetStatus().last_error;
+  StopSink().IgnoreError();
   EXPECT_EQ(s.problem(), "lago_unavailable") << s.ToString();
   EXPECT_LT(took, std::chrono::milliseconds(3000));  // 6 s without the cut
   EXPECT_EQ(Checkpoint().value(), 0u);
+  // The deadline cut it, not Lago: the shutdown warned "Lago could not be reached".
+  EXPECT_NE(s.message().find("shutdown's deadline"), std::string::npos) << s.ToString();
+  EXPECT_NE(error.find("deadline cut the request to Lago short"), std::string::npos) << error;
+  EXPECT_EQ(error.find("could not be reached"), std::string::npos) << error;
 }
 
 // usage.batch_recorded.v1: one Lago event per item (transaction_id "<event id>:<index>"), sent in
