@@ -265,8 +265,10 @@ Status App::Impl::BuildStripeClient() {
       AsConfigError("STRIPE_API_BASE", http::HttpStripeClient::Create(options, &stripe_)));
   context_.stripe = stripe_.get();
   const std::optional<bool> livemode = context_.stripe_livemode;
-  spdlog::info("stripe: API at {} ({} mode)", config_.stripe_api_base,
-               !livemode ? "unknown key" : *livemode ? "live" : "test");
+  spdlog::info("stripe: API at {} ({} mode), Stripe-Version {}", config_.stripe_api_base,
+               !livemode ? "unknown key" : *livemode ? "live" : "test",
+               config_.stripe_api_version.empty() ? "not sent (the account's default)"
+                                                  : config_.stripe_api_version);
   return Status::OK();
 }
 

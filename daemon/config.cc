@@ -6,12 +6,15 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <librdkafka/rdkafka.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <sstream>
 
 #include "daemon/cli_decimal.h"
@@ -138,8 +141,9 @@ bool IsValidTopic(const std::string& topic) {
 Status ValidateBaseUrl(const std::string& url, const char* name) {
   http::BaseUrl unused;
   if (!http::ParseBaseUrl(url, name, "bad_config", &unused).ok()) {
-    return Bad(name, "must be an http:// or https:// URL with a host (no user:password@, query, "
-                     "fragment, whitespace or control characters)");
+    return Bad(name, "must be an http:// or https:// URL with a host and, if any, a port "
+                     "1..65535 (no user:password@, query, fragment, whitespace or control "
+                     "characters)");
   }
   return Status::OK();
 }
@@ -263,6 +267,10 @@ Status ReadKafkaProperties(const std::string& path, std::map<std::string, std::s
   std::istringstream in(std::move(text_of_file));
   std::string line;
   int number = 0;
+  // Each property is tried on a scratch configuration, as the outbox will set it: an unknown one
+  // or a value librdkafka refuses failed the start only after the data directory was opened.
+  std::unique_ptr<rd_kafka_conf_t, void (*)(rd_kafka_conf_t*)> scratch(rd_kafka_conf_new(),
+                                                                       &rd_kafka_conf_destroy);
   auto trim = [](std::string_view v) {
     while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
     while (!v.empty() && (v.back() == ' ' || v.back() == '\t' || v.back() == '\r')) {
@@ -289,7 +297,22 @@ Status ReadKafkaProperties(const std::string& path, std::map<std::string, std::s
                                " is set by ledgerd (the outbox's ordering and delivery guarantees "
                                "rest on it; the brokers come from LEDGER_KAFKA_BROKERS)");
     }
-    (*out)[std::string(key)] = std::string(trim(text.substr(eq + 1)));
+    const std::string name(key);
+    std::string value(trim(text.substr(eq + 1)));
+    // Not tried: setting it loads the libraries it names (the outbox does, when it starts).
+    if (name != "plugin.library.paths") {
+      char unused[512];
+      const rd_kafka_conf_res_t tried =
+          rd_kafka_conf_set(scratch.get(), name.c_str(), value.c_str(), unused, sizeof(unused));
+      // librdkafka's message repeats the value: not said (it may be a secret).
+      if (tried == RD_KAFKA_CONF_UNKNOWN) {
+        return Bad(kSetting, where + ": librdkafka has no property " + name);
+      }
+      if (tried != RD_KAFKA_CONF_OK) {
+        return Bad(kSetting, where + ": librdkafka refuses the value of " + name);
+      }
+    }
+    (*out)[name] = std::move(value);
     if (out->size() > 256) return Bad(kSetting, "more than 256 properties");
   }
   return Status::OK();
@@ -320,7 +343,16 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
   if (!config->jwt_jwks_file.empty() && !IsReadableFile(config->jwt_jwks_file)) {
     return Bad("LEDGER_JWT_JWKS_FILE", "cannot read '" + config->jwt_jwks_file + "'");
   }
-  for (const std::string& secret : SplitComma(webhook_secrets)) {
+  // An empty item (`whsec_a,` or `whsec_a,,whsec_b`) is a secret that failed to arrive. Named by
+  // its place, never repeated.
+  const std::vector<std::string> secrets = SplitComma(webhook_secrets);
+  if (const size_t items = std::count(webhook_secrets.begin(), webhook_secrets.end(), ',') + 1;
+      !webhook_secrets.empty() && secrets.size() != items) {
+    return Bad("STRIPE_WEBHOOK_SECRET", "an item is empty (" + std::to_string(items) +
+                                            " comma-separated items, " +
+                                            std::to_string(secrets.size()) + " with a secret)");
+  }
+  for (const std::string& secret : secrets) {
     if (secret.rfind("whsec_", 0) != 0 || secret.size() == 6 || HasBlankOrControl(secret)) {
       return Bad("STRIPE_WEBHOOK_SECRET", "every secret must be whsec_ followed by the secret");
     }
@@ -347,8 +379,8 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
     // Sent to Stripe at every checkout or portal session, which refused `https://` (no host),
     // `https://app.example/ok\n` or a blank in the path with a 400: every one answered 502.
     if (!value->empty() && !http::CheckPageUrl(*value, name, "bad_config").ok()) {
-      return Bad(name, "must be an absolute http:// or https:// URL with a host (no "
-                       "user:password@, whitespace or control characters)");
+      return Bad(name, "must be an absolute http:// or https:// URL with a host and, if any, a "
+                       "port 1..65535 (no user:password@, whitespace or control characters)");
     }
   }
   if (!config->lago_webhook_public_key_file.empty() &&
@@ -361,8 +393,9 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
   if (config->master_key_file.empty()) {
     config->master_key_file = config->data_dir + "/master.key";
   }
+  // Its messages name the setting already.
   Status urls = http::ParseByokBaseUrls(byok_base_urls, &config->byok_base_urls);
-  if (!urls.ok()) return Bad("LEDGER_BYOK_BASE_URLS", urls.message());
+  if (!urls.ok()) return Status::Make(Code::kUnprocessable, "bad_config", urls.message());
   static const std::vector<std::string> kLevels = {"trace", "debug", "info", "warn", "error"};
   if (std::find(kLevels.begin(), kLevels.end(), config->log_level) == kLevels.end()) {
     return Bad("LEDGER_LOG_LEVEL", "must be one of trace, debug, info, warn, error");
@@ -408,6 +441,24 @@ std::string UnexpectedArguments(const std::vector<std::string>& arguments) {
                " argument(s) no option takes (not repeated: one may be a secret)";
   }
   return message + "; see --help";
+}
+
+std::vector<std::string> ReversedArguments(int argc, const char* const* argv) {
+  std::vector<std::string> arguments;
+  bool options = true;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view argument = argv[i];
+    if (argument == "--") options = false;
+    if (options && argument.size() > 3 && argument.substr(0, 2) == "--" &&
+        argument.find('=') == argument.size() - 1) {
+      arguments.emplace_back(argument.substr(0, argument.size() - 1));
+      arguments.emplace_back();
+    } else {
+      arguments.emplace_back(argument);
+    }
+  }
+  std::reverse(arguments.begin(), arguments.end());
+  return arguments;
 }
 
 std::string UsageErrorMessage(const CLI::ParseError& error) {
@@ -517,6 +568,12 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
       ->envname("STRIPE_WEBHOOK_SECRET");
   app.add_option("--stripe-api-base", config->stripe_api_base, "Stripe API base URL")
       ->envname("STRIPE_API_BASE");
+  // Set but empty, the variable means what the flag given empty means: the account's default.
+  // CLI11 takes an empty variable for an unset one, and the pinned default was sent instead.
+  if (const char* version = std::getenv("STRIPE_API_VERSION");
+      version != nullptr && *version == '\0') {
+    config->stripe_api_version.clear();
+  }
   app.add_option("--stripe-api-version", config->stripe_api_version,
                  "Stripe-Version sent with every call (\"\" = the account's default)")
       ->envname("STRIPE_API_VERSION");
@@ -558,14 +615,15 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
   // Left in app.remaining() for UnexpectedArguments, not thrown with them in the message.
   app.allow_extras();
   try {
-    app.parse(argc, argv);
+    app.name(argc > 0 ? argv[0] : "ledgerd");  // the help's usage line, as parse(argc, argv) did
+    app.parse(ReversedArguments(argc, argv));
   } catch (const CLI::CallForHelp&) {
     result.exit_now = true;
     result.output = app.help();
     return result;
   } catch (const CLI::CallForVersion&) {
     result.exit_now = true;
-    result.output = app.version();
+    result.output = app.version() + "\n";
     return result;
   } catch (const CLI::ConversionError& e) {
     // e.what() is "Could not convert: --flag = value": name the setting by its variable.

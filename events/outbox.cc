@@ -236,15 +236,14 @@ Status KafkaOutbox::Impl::CreateProducer() {
   char errstr[512];
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
   for (const auto& [key, value] : config) {
-    if (rd_kafka_conf_set(conf, key.c_str(), value.c_str(), errstr, sizeof(errstr)) !=
-        RD_KAFKA_CONF_OK) {
+    const rd_kafka_conf_res_t set =
+        rd_kafka_conf_set(conf, key.c_str(), value.c_str(), errstr, sizeof(errstr));
+    if (set != RD_KAFKA_CONF_OK) {
       rd_kafka_conf_destroy(conf);
-      // librdkafka's message repeats the value: not for one that may be a secret.
-      const bool secret = key.find("password") != std::string::npos ||
-                          key.find("secret") != std::string::npos ||
-                          key.find("token") != std::string::npos ||
-                          key.find(".key") != std::string::npos;
-      return InvalidConfig(key + ": " + (secret ? std::string("refused its value") : errstr));
+      // librdkafka's message repeats the value (`Invalid value "..." for ...`), and a property's
+      // value may be a secret under any name: the property alone is named.
+      return InvalidConfig(key + (set == RD_KAFKA_CONF_UNKNOWN ? ": no such librdkafka property"
+                                                               : ": librdkafka refused its value"));
     }
   }
   rd_kafka_conf_set_opaque(conf, this);
@@ -732,6 +731,7 @@ Status KafkaOutbox::Impl::Stop(std::chrono::steady_clock::time_point deadline) {
   if (mark_ >= target) {
     spdlog::info("outbox: stopped; published through position {}", mark_);
     return Status::OK();
+  }
   // Read after the join: the thread set it. Kafka was not what stopped it.
   if (log_damaged_at_ != 0) {
     return Status::Unavailable(
@@ -740,7 +740,6 @@ Status KafkaOutbox::Impl::Stop(std::chrono::steady_clock::time_point deadline) {
             " events unpublished: the log is damaged at position " +
             std::to_string(log_damaged_at_) +
             " and nothing from there on is published (`ledgerctl verify` names the damage)");
-  }
   }
   return Status::Unavailable(
       "kafka_unavailable",

@@ -1,6 +1,7 @@
 #include "http/base_url.h"
 
 #include <algorithm>
+#include <string>
 
 namespace ledger::http {
 
@@ -11,6 +12,33 @@ namespace {
 bool HasBlankOrControl(std::string_view url) {
   return std::any_of(url.begin(), url.end(),
                      [](char c) { return static_cast<unsigned char>(c) <= ' ' || c == 0x7f; });
+}
+
+// `host[:port]` with a host, and a port (if any) of 1..65535 digits without a sign: cpp-httplib
+// took `x:99999` and `x:` and failed at every call instead. An IPv6 host is in brackets.
+bool IsHostPort(std::string_view host_port) {
+  std::string_view port;
+  bool has_port = false;
+  if (!host_port.empty() && host_port.front() == '[') {
+    const size_t close = host_port.find(']');
+    if (close == std::string_view::npos || close == 1) return false;
+    const std::string_view after = host_port.substr(close + 1);
+    if (!after.empty() && after.front() != ':') return false;
+    has_port = !after.empty();
+    if (has_port) port = after.substr(1);
+  } else {
+    const size_t colon = host_port.find(':');
+    if (colon == 0) return false;  // `https://:443/` names a port and no host
+    has_port = colon != std::string_view::npos;
+    if (has_port) port = host_port.substr(colon + 1);
+  }
+  if (!has_port) return !host_port.empty();
+  if (port.empty() || port.size() > 5 ||
+      port.find_first_not_of("0123456789") != std::string_view::npos) {
+    return false;
+  }
+  const int number = std::stoi(std::string(port));
+  return number >= 1 && number <= 65535;
 }
 
 }  // namespace
@@ -33,11 +61,11 @@ Status ParseBaseUrl(std::string_view url, std::string_view setting, std::string_
   const std::string_view host_port = rest.substr(0, slash);
   std::string_view prefix = slash == std::string_view::npos ? "" : rest.substr(slash);
   while (!prefix.empty() && prefix.back() == '/') prefix.remove_suffix(1);
-  // `https://:443/` names a port and no host.
-  if (host_port.empty() || host_port.front() == ':' ||
-      host_port.find_first_of("?#@") != std::string_view::npos ||
-      prefix.find_first_of("?#") != std::string_view::npos) {
-    return Status::InvalidArgument(std::string(code), std::string(setting) + " has no usable host");
+  if (host_port.find_first_of("?#@") != std::string_view::npos ||
+      prefix.find_first_of("?#") != std::string_view::npos || !IsHostPort(host_port)) {
+    return Status::InvalidArgument(std::string(code),
+                                   std::string(setting) +
+                                       " has no usable host (or a port outside 1..65535)");
   }
   out->https = scheme == "https";
   out->scheme_host_port = std::string(scheme) + "://" + std::string(host_port);

@@ -14,8 +14,9 @@ struct BaseUrl {
   bool https = false;
 };
 
-// InvalidArgument `code` naming `setting` when `url` is not an http or https URL with a host (no
-// userinfo, query or fragment, no whitespace or control character anywhere).
+// InvalidArgument `code` naming `setting` when `url` is not an http or https URL with a host and,
+// if any, a port 1..65535 (no userinfo, query or fragment, no whitespace or control character
+// anywhere).
 Status ParseBaseUrl(std::string_view url, std::string_view setting, std::string_view code,
                     BaseUrl* out);
 

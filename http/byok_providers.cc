@@ -27,11 +27,15 @@ const ByokProvider* FindByokProvider(std::string_view id) {
 
 Status ParseByokBaseUrls(std::string_view text, std::map<std::string, std::string>* out) {
   out->clear();
-  for (int index = 1; !text.empty(); ++index) {
+  if (text.empty()) return Status::OK();
+  for (int index = 1;; ++index) {
     const size_t comma = text.find(',');
     const std::string_view entry = text.substr(0, comma);
-    text = comma == std::string_view::npos ? "" : text.substr(comma + 1);
-    if (entry.empty()) continue;
+    // An empty entry (`openai=...,` or `a,,b`) is one that failed to arrive.
+    if (entry.empty()) {
+      return Status::InvalidArgument(
+          "bad_config", "LEDGER_BYOK_BASE_URLS: entry " + std::to_string(index) + " is empty");
+    }
     const size_t eq = entry.find('=');
     const std::string_view id = entry.substr(0, eq);
     // Named by its place, never repeated: an entry without '=' is a URL, perhaps with a
@@ -48,9 +52,15 @@ Status ParseByokBaseUrls(std::string_view text, std::map<std::string, std::strin
     BaseUrl parsed;
     LEDGER_RETURN_IF_ERROR(ParseBaseUrl(entry.substr(eq + 1), "LEDGER_BYOK_BASE_URLS " +
                                         std::string(id), "bad_config", &parsed));
-    (*out)[std::string(id)] = std::string(entry.substr(eq + 1));
+    // Two base URLs for one provider: the last one won, without a word.
+    if (!out->emplace(std::string(id), std::string(entry.substr(eq + 1))).second) {
+      return Status::InvalidArgument(
+          "bad_config", "LEDGER_BYOK_BASE_URLS: entry " + std::to_string(index) + " names " +
+                            std::string(id) + " again (one base URL per provider)");
+    }
+    if (comma == std::string_view::npos) return Status::OK();
+    text = text.substr(comma + 1);
   }
-  return Status::OK();
 }
 
 std::string_view KeyVerdictName(KeyVerdict verdict) {

@@ -33,8 +33,9 @@ const std::vector<ByokProvider>& ByokProviders();
 // nullptr for an unknown id.
 const ByokProvider* FindByokProvider(std::string_view id);
 
-// "openai=http://127.0.0.1:9000,anthropic=..." -> overrides. InvalidArgument naming the entry for
-// an unknown provider or a URL that is not http(s) with a host.
+// "openai=http://127.0.0.1:9000,anthropic=..." -> overrides. InvalidArgument naming the entry by
+// its place (never repeating it) for an empty entry, an unknown or repeated provider, or a URL
+// that is not http(s) with a host; each message names LEDGER_BYOK_BASE_URLS.
 Status ParseByokBaseUrls(std::string_view text, std::map<std::string, std::string>* out);
 
 enum class KeyVerdict { kValid, kInvalid, kError };

@@ -504,6 +504,11 @@ void AddStripeSetup(CLI::App& app, StripeSetupArgs* args) {
   sub->add_option("--api-base", args->api_base, "Stripe API base URL")
       ->envname("STRIPE_API_BASE")
       ->capture_default_str();
+  // Set but empty, as ledgerd takes it: the account's default, as `--api-version ""`.
+  if (const char* version = std::getenv("STRIPE_API_VERSION");
+      version != nullptr && *version == '\0') {
+    args->api_version.clear();
+  }
   sub->add_option("--api-version", args->api_version,
                   "Stripe-Version sent with every call (\"\" = the account's default)")
       ->envname("STRIPE_API_VERSION")
@@ -616,7 +621,8 @@ int Main(int argc, char** argv) {
   // Usage errors are told as ledgerd tells them (daemon/cli_usage.h): options by name, never
   // the arguments after them.
   try {
-    app.parse(argc, argv);
+    app.name(argc > 0 ? argv[0] : "ledgerctl");  // the help's usage line, as parse(argc, argv) did
+    app.parse(daemon::ReversedArguments(argc, argv));
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e) == 0 ? kExitOk : kExitUsage;  // --help
     std::cerr << "ledgerctl: " << daemon::UsageErrorMessage(e) << "\n";

@@ -448,6 +448,30 @@ std::vector<BadSetting> BadSettings(const TempDir& dir) {
       {"LEDGER_KAFKA_BROKERS", "LEDGER_KAFKA_BROKERS", "b0:9092,alice:s3cret@b1:9093", {}},
       {"LEDGER_KAFKA_BROKERS", "LEDGER_KAFKA_BROKERS", "alice:s3cret@SASL_SSL://b1:9093", {}},
       {"LEDGER_BYOK_BASE_URLS", "LEDGER_BYOK_BASE_URLS", "https://svc:tok@proxy.internal", {}},
+      // An empty flag written with '=': CLI11 failed "1 required TEXT missing" (64), or took the
+      // next argument for its value.
+      {"LEDGER_DATA_DIR", "", "", {"--data-dir="}},
+      {"LEDGER_DATA_DIR", "", "", {"--data-dir=", "--listen", "127.0.0.1:0"}},
+      {"LEDGER_JWT_HS256_SECRET", "", "", {"--jwt-hs256-secret="}},
+      {"LEDGER_KAFKA_BROKERS", "", "", {"--kafka-brokers="}},
+      {"LEDGER_MASTER_KEY_FILE", "", "", {"--master-key-file="}},
+      // A port outside 1..65535 in a base or page URL: every call failed.
+      {"STRIPE_API_BASE", "STRIPE_API_BASE", "http://x:99999", {}},
+      {"STRIPE_API_BASE", "STRIPE_API_BASE", "https://api.stripe.com:0", {}},
+      {"STRIPE_API_BASE", "", "", {"--stripe-api-base", "https://api.stripe.com:/v1"}},
+      {"LAGO_API_URL", "LAGO_API_URL", "http://[::1]:70000", {}},
+      {"STRIPE_SUCCESS_URL", "STRIPE_SUCCESS_URL", "https://app.example:99999/ok", {}},
+      {"LEDGER_BYOK_BASE_URLS", "LEDGER_BYOK_BASE_URLS", "openai=http://127.0.0.1:99999", {}},
+      // An empty item, or one provider twice: a secret or URL that failed to arrive, or two
+      // base URLs of which the last won without a word.
+      {"STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET", "whsec_abc,", {}},
+      {"STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET", "whsec_abc,,whsec_def", {}},
+      {"STRIPE_WEBHOOK_SECRET", "", "", {"--stripe-webhook-secret", ",whsec_abc"}},
+      {"LEDGER_BYOK_BASE_URLS", "LEDGER_BYOK_BASE_URLS", "openai=http://127.0.0.1:1,", {}},
+      {"LEDGER_BYOK_BASE_URLS",
+       "LEDGER_BYOK_BASE_URLS",
+       "openai=http://127.0.0.1:1,openai=https://svc:tok@proxy.internal",
+       {}},
       {"LEDGER_BYOK_BASE_URLS",
        "LEDGER_BYOK_BASE_URLS",
        "openai=http://127.0.0.1:1,https://svc:tok@proxy.internal=x",
@@ -466,6 +490,10 @@ TEST(ConfigTest, EveryBadSettingExits78NamingIt) {
     EXPECT_FALSE(r.status.ok());
     EXPECT_EQ(r.exit_code, kExitConfig) << r.status.ToString();
     EXPECT_NE(r.status.message().find(bad.setting), std::string::npos) << r.status.message();
+    // Once ("LEDGER_BYOK_BASE_URLS: LEDGER_BYOK_BASE_URLS: entry 2 ...").
+    const std::string named = bad.setting + ": ";
+    const std::string& message = r.status.message();
+    EXPECT_EQ(message.find(named), message.rfind(named)) << message;
     // An error names the setting, never a secret's value.
     static const std::set<std::string> kSecrets = {
         "LEDGER_JWT_HS256_SECRET", "LEDGER_SERVICE_TOKENS", "STRIPE_SECRET_KEY",
@@ -598,6 +626,24 @@ TEST(ConfigTest, KafkaPropertiesComeFromAFile) {
     EXPECT_NE(b.status.message().find("LEDGER_KAFKA_PROPERTIES_FILE"), std::string::npos);
     EXPECT_EQ(b.status.message().find("secret-value"), std::string::npos) << b.status.message();
   }
+  // A property librdkafka does not know, or a value it refuses, fails here (before the data
+  // directory is touched), not when the outbox starts; named by its line and property, never
+  // its value (librdkafka's own message repeats it).
+  for (const auto& [bad, property] :
+       {std::pair{std::string("# x\nnonexistent.prop=secret-value\n"), "nonexistent.prop"},
+        std::pair{std::string("# x\nsecurity.protocol=secret-value\n"), "security.protocol"},
+        std::pair{std::string("# x\nlinger.ms=secret-value\n"), "linger.ms"}}) {
+    WriteTextFile(dir.Sub("bad.properties"), bad);
+    ScopedCleanEnvironment inner;
+    inner.Set("LEDGER_KAFKA_PROPERTIES_FILE", dir.Sub("bad.properties"));
+    Config refused;
+    ParseResult b = Parse({}, &refused);
+    EXPECT_EQ(b.exit_code, kExitConfig) << bad << b.status.ToString();
+    EXPECT_NE(b.status.message().find("LEDGER_KAFKA_PROPERTIES_FILE"), std::string::npos);
+    EXPECT_NE(b.status.message().find("line 2"), std::string::npos) << b.status.message();
+    EXPECT_NE(b.status.message().find(property), std::string::npos) << b.status.message();
+    EXPECT_EQ(b.status.message().find("secret-value"), std::string::npos) << b.status.message();
+  }
 }
 
 // The files read at start are read up to a bound, never whole: a path naming /dev/zero, or a
@@ -630,6 +676,29 @@ TEST(ConfigTest, FilesReadAtStartAreBounded) {
   WriteTextFile(big, hex + "\r\n");
   ASSERT_TRUE(daemon::ReadDevSecretFile(big, &secret).ok());
   EXPECT_EQ(secret, hex);
+}
+
+// STRIPE_API_VERSION set but empty was taken for unset (the pinned version was sent) while the
+// flag given empty meant the account's default: both mean the account's default now.
+TEST(ConfigTest, AnEmptyStripeApiVersionIsTheAccountsDefaultAsVariableOrFlag) {
+  for (const auto& [variable, args] :
+       {std::pair{true, std::vector<std::string>{}},
+        std::pair{false, std::vector<std::string>{"--stripe-api-version", ""}},
+        std::pair{false, std::vector<std::string>{"--stripe-api-version="}}}) {
+    SCOPED_TRACE(variable ? "STRIPE_API_VERSION=" : args[0]);
+    ScopedCleanEnvironment env;
+    if (variable) env.Set("STRIPE_API_VERSION", "");
+    Config config;
+    ParseResult r = Parse(args, &config);
+    ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+    EXPECT_EQ(config.stripe_api_version, "");
+  }
+  ScopedCleanEnvironment env;
+  env.Set("STRIPE_API_VERSION", "");
+  Config config;
+  ParseResult r = Parse({"--stripe-api-version", "2024-06-20"}, &config);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(config.stripe_api_version, "2024-06-20") << "the flag wins";
 }
 
 TEST(ConfigTest, ByokBaseUrlsArePerProvider) {
@@ -758,7 +827,8 @@ TEST(ConfigTest, HelpAndVersionExitZeroWithOutput) {
   EXPECT_NE(help.output.find("LEDGER_KAFKA_BROKERS"), std::string::npos) << help.output;
   ParseResult version = Parse({"--version"}, &config);
   EXPECT_TRUE(version.exit_now);
-  EXPECT_NE(version.output.find("ledgerd"), std::string::npos);
+  EXPECT_EQ(version.output.rfind("ledgerd ", 0), 0u) << version.output;
+  EXPECT_EQ(version.output.back(), '\n') << "a line of its own on the terminal";
 }
 
 }  // namespace

@@ -546,6 +546,12 @@ TEST_F(StripeSetupTest, TheLedgerctlSubcommand) {
   EXPECT_EQ(ledger::testing::RunLedgerctl(args + " -q --dry-run --api-version ''").exit_code, 0);
   ASSERT_FALSE(fake_.requests().empty());
   for (const auto& request : fake_.requests()) EXPECT_EQ(request.stripe_version, "");
+  // The variable set but empty means the same (it was taken for unset: the pinned version).
+  fake_.ClearRequests();
+  ::setenv("STRIPE_API_VERSION", "", 1);
+  EXPECT_EQ(ledger::testing::RunLedgerctl(args + " -q --dry-run").exit_code, 0);
+  ASSERT_FALSE(fake_.requests().empty());
+  for (const auto& request : fake_.requests()) EXPECT_EQ(request.stripe_version, "");
   // A malformed version, or a key with a newline left in from a file: configuration (78), as
   // ledgerd says; nothing is sent.
   fake_.ClearRequests();
@@ -612,7 +618,11 @@ TEST(StripeSetupCliTest, AnEmptyDataDirVariableIsAConfigurationError) {
            {"LEDGER_DATA_DIR=", setup},
            {"LEDGER_DATA_DIR=", setup + " --dry-run"},
            {"", setup + " --data-dir ''"},
-           {"LEDGER_DATA_DIR=elsewhere", setup + " --data-dir ''"}}) {
+           {"LEDGER_DATA_DIR=elsewhere", setup + " --data-dir ''"},
+           // Written with '=': CLI11 failed "1 required TEXT missing" (64).
+           {"", setup + " --data-dir="},
+           {"", "verify --data-dir="},
+           {"", "--data-dir= verify"}}) {
     SCOPED_TRACE(env + " " + args);
     const auto r = ledger::testing::RunLedgerctlIn(cwd.path(), env, args, /*keep_stderr=*/true);
     EXPECT_EQ(r.exit_code, 78) << r.out;
