@@ -212,21 +212,26 @@ TEST(AppTest, TheKafkaMessageSizeReachesTheOutbox) {
   EXPECT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
 }
 
+// Adds a plan through the admin API; its position, 0 on failure.
+uint64_t AddPlan(App* app, const std::string& data_dir, const std::string& id) {
+  TestHttpClient client("127.0.0.1", app->http_port());
+  client.set_bearer(MintAdminToken(ReadDevSecret(data_dir)));
+  HttpReply created = client.Post(
+      "/api/v1/subscriptions/plans",
+      R"({"id":")" + id + R"(","display_name":"P","price_monthly_cents":100,"api_calls_limit":10,)"
+                          R"("services":["chat"]})");
+  EXPECT_EQ(created.status, 201) << created.body;
+  return created.status == 201 ? std::stoull(created.Header("X-Ledger-Position")) : 0;
+}
+
 // The outbox's checkpoint says how far one destination has the log: pointed at another cluster
 // on the same data directory, the daemon publishes the whole log there, not only what came after.
 TEST(AppTest, AnotherKafkaClusterGetsTheWholeLog) {
   TempDir dir;
   Config config = TestConfig(dir.Sub("data"));
   config.kafka_brokers = "embedded";
-  auto add_plan = [&](App* app, const std::string& id) -> uint64_t {
-    TestHttpClient client("127.0.0.1", app->http_port());
-    client.set_bearer(MintAdminToken(ReadDevSecret(dir.Sub("data"))));
-    HttpReply created = client.Post(
-        "/api/v1/subscriptions/plans",
-        R"({"id":")" + id + R"(","display_name":"P","price_monthly_cents":100,"api_calls_limit":10,)"
-                            R"("services":["chat"]})");
-    EXPECT_EQ(created.status, 201) << created.body;
-    return created.status == 201 ? std::stoull(created.Header("X-Ledger-Position")) : 0;
+  auto add_plan = [&](App* app, const std::string& id) {
+    return AddPlan(app, dir.Sub("data"), id);
   };
   std::unique_ptr<App> app;
   Status s = App::Start(config, nullptr, &app);
@@ -287,18 +292,6 @@ std::string ClusterIdOf(const std::string& bootstrap) {
   if (id != nullptr) rd_kafka_mem_free(rk, id);
   rd_kafka_destroy(rk);
   return cluster_id;
-}
-
-// Adds a plan through the admin API; its position, 0 on failure.
-uint64_t AddPlan(App* app, const std::string& data_dir, const std::string& id) {
-  TestHttpClient client("127.0.0.1", app->http_port());
-  client.set_bearer(MintAdminToken(ReadDevSecret(data_dir)));
-  HttpReply created = client.Post(
-      "/api/v1/subscriptions/plans",
-      R"({"id":")" + id + R"(","display_name":"P","price_monthly_cents":100,"api_calls_limit":10,)"
-                          R"("services":["chat"]})");
-  EXPECT_EQ(created.status, 201) << created.body;
-  return created.status == 201 ? std::stoull(created.Header("X-Ledger-Position")) : 0;
 }
 
 // Waits until /metrics shows the outbox checkpoint at `position`; the last /metrics body.

@@ -87,6 +87,25 @@ class AdminRoutesTest : public ::testing::Test {
   // A subscriber: a completed checkout (links the user, the customer and the email), then the
   // subscription's state. `email_prefilled` false: the user's token had no email, so the email was
   // typed at Checkout (Stripe reports it with no customer_email).
+  // u-x's only subscription: a Dashboard add-on (a price on no catalog plan), active.
+  void SubscribeUxToADashboardAddOn() {
+    ledger::testing::StripeSubscriptionSpec addon;
+    addon.event_id = "evt_addon_active";
+    addon.subscription_id = "sub_addon";
+    addon.customer_id = "cus_u-x";
+    addon.item_id = "si_addon";
+    addon.status = "active";
+    addon.price_id = "price_addon_monthly";
+    addon.unit_amount = 500;
+    addon.metadata_user_id = "u-x";
+    addon.metadata_plan_id = std::nullopt;
+    addon.created = addon.period_start = kNow - 10 * kDay;
+    addon.period_end = kNow + 20 * kDay;
+    ASSERT_TRUE(ledger::testing::SubmitWebhook(
+                    ledger_.get(), ledger::testing::StripeSubscriptionEventJson(addon))
+                    .status.ok());
+  }
+
   void AddSubscriber(TestSubscription t, const std::string& email, bool email_prefilled = true) {
     ledger::testing::StripeCheckoutSpec checkout;
     checkout.event_id = "evt_checkout_" + t.user_id;
@@ -1727,21 +1746,7 @@ TEST_F(AdminRoutesTest, ATierWithoutAStatusNeedsALiveSubscription) {
 TEST_F(AdminRoutesTest, AGrantingStatusWithoutATierNeedsASubscriptionsPlan) {
   AddCustomerBase();
   AddSubscriber(OnPlan("u-x", ""), "x@x.com");
-  ledger::testing::StripeSubscriptionSpec addon;
-  addon.event_id = "evt_addon_active";
-  addon.subscription_id = "sub_addon";
-  addon.customer_id = "cus_u-x";
-  addon.item_id = "si_addon";
-  addon.status = "active";
-  addon.price_id = "price_addon_monthly";
-  addon.unit_amount = 500;
-  addon.metadata_user_id = "u-x";
-  addon.metadata_plan_id = std::nullopt;
-  addon.created = addon.period_start = kNow - 10 * kDay;
-  addon.period_end = kNow + 20 * kDay;
-  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
-                                             ledger::testing::StripeSubscriptionEventJson(addon))
-                  .status.ok());
+  SubscribeUxToADashboardAddOn();
   const uint64_t head = Head();
   // u-new: no row at all; u-g: linked, never subscribed; u-x: a Dashboard add-on alone.
   for (const char* who : {"u-new", "g@x.com", "x@x.com"}) {
@@ -1779,21 +1784,7 @@ TEST_F(AdminRoutesTest, AGrantingStatusWithoutATierNeedsASubscriptionsPlan) {
 TEST_F(AdminRoutesTest, AStatusWithoutACatalogPlanCountsAsNone) {
   AddSubscriber(OnPlan("u-a", "starter", kNow - 10 * kDay, kNow + 20 * kDay), "a@x.com");
   AddSubscriber(OnPlan("u-x", ""), "x@x.com");
-  ledger::testing::StripeSubscriptionSpec addon;
-  addon.event_id = "evt_addon_active";
-  addon.subscription_id = "sub_addon";
-  addon.customer_id = "cus_u-x";
-  addon.item_id = "si_addon";
-  addon.status = "active";
-  addon.price_id = "price_addon_monthly";
-  addon.unit_amount = 500;
-  addon.metadata_user_id = "u-x";
-  addon.metadata_plan_id = std::nullopt;
-  addon.created = addon.period_start = kNow - 10 * kDay;
-  addon.period_end = kNow + 20 * kDay;
-  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
-                                             ledger::testing::StripeSubscriptionEventJson(addon))
-                  .status.ok());
+  SubscribeUxToADashboardAddOn();
   ExpectProblem(Consume("u-x", "chat", "addon"), 402, "subscription_required");
   HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
   ASSERT_EQ(r.status, 200) << r.body;
