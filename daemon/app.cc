@@ -151,9 +151,9 @@ Status App::Impl::StartKafka() {
   options.topic = config_.kafka_topic;
   // Named for the destination: pointed at another cluster or topic, the outbox publishes the log
   // there from the start instead of after what the old destination received. A real cluster is
-  // known by its cluster id (any bootstrap list that reaches it, not one rebuilt empty at the
-  // same address), taking over the checkpoint its bootstrap list had. The embedded cluster starts
-  // empty with each process: it gets the whole log each time.
+  // known by its cluster id (any bootstrap list that reaches it; a topic there that never held a
+  // record gets the whole log), taking over the checkpoint its bootstrap list had. The embedded
+  // cluster starts empty with each process: it gets the whole log each time.
   const std::string by_brokers = OutboxCheckpointName(config_.kafka_brokers, config_.kafka_topic);
   LEDGER_RETURN_IF_ERROR(AdoptLegacyOutboxCheckpoint(by_brokers));
   if (embedded_kafka_ != nullptr) {

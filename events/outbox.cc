@@ -18,6 +18,8 @@ namespace {
 
 constexpr char kContentTypeHeader[] = "content-type";
 constexpr char kContentType[] = "application/cloudevents+json";
+// How long the publisher waits in all for the topic's offsets (TopicHeldRecords).
+constexpr int kTopicQueryMs = 3000;
 // What to do about a record Kafka refused for its size.
 constexpr char kSizeHint[] =
     "; lower LEDGER_KAFKA_MESSAGE_MAX_BYTES below the topic's max.message.bytes";
@@ -134,7 +136,8 @@ class KafkaOutbox::Impl {
   void ScheduleRewind(const std::string& reason);
   void MarkLogDamaged(const Status& why);
   bool LoadClusterCheckpoint();
-  Status AdoptCheckpoint(const std::string& name);
+  Status TopicHeldRecords(bool* held);
+  void AfterPersist();
   void MaybeRewind(int64_t now_us);
   void PublishState(int64_t now_us);
   void WaitForWork(int64_t now_us);
@@ -182,6 +185,13 @@ class KafkaOutbox::Impl {
   // The checkpoint is loaded: at Init(), or with checkpoint_per_cluster once the cluster id is
   // known (LoadClusterCheckpoint). Nothing is produced or persisted before.
   bool checkpoint_loaded_ = false;
+  // With checkpoint_per_cluster and adopt_checkpoint_name: the old-named checkpoint is zeroed once
+  // the cluster's checkpoint persisted reaches adopted_ (what was taken from it, 0 if nothing).
+  bool adopt_zero_pending_ = false;
+  uint64_t adopted_ = 0;
+  // The persisted checkpoint as last copied under OutboxLastCheckpointName (GetStatus() shows it
+  // until the cluster's checkpoint is loaded).
+  uint64_t last_copied_ = 0;
   int64_t last_progress_us_ = 0;     // last delivery, or when work became outstanding
 
   // The thread, wake-ups, stop requests, the checkpoint and the last error. Last: it joins the
@@ -193,14 +203,23 @@ class KafkaOutbox::Impl {
 
 Status KafkaOutbox::Impl::Init() {
   LEDGER_RETURN_IF_ERROR(ValidateOptions(options_));
+  uint64_t shown = 0;  // what GetStatus() reports as the checkpoint until Start()
   if (!options_.checkpoint_per_cluster) {
     LEDGER_RETURN_IF_ERROR(core_.Load(&mark_));
     checkpoint_loaded_ = true;
+    shown = mark_;
+  } else {
+    // Until the cluster is known, the status shows the checkpoint last published to (not 0, a lag
+    // of the whole log).
+    Position last;
+    LEDGER_RETURN_IF_ERROR(ledger_->GetCheckpoint(OutboxLastCheckpointName(options_.topic), &last));
+    last_copied_ = last.value();
+    shown = std::min(last.value(), ledger_->Head().value());
   }
   next_ = mark_ + 1;
   highest_produced_ = mark_;
-  checkpoint_.store(mark_);
-  published_.store(mark_);
+  checkpoint_.store(shown);
+  published_.store(shown);
   if (disabled()) {
     kafka_state_.store(static_cast<int>(KafkaState::kDisabled));
     return Status::OK();
@@ -608,15 +627,20 @@ void KafkaOutbox::Impl::MarkLogDamaged(const Status& why) {
 }
 
 // With checkpoint_per_cluster: once a broker has answered with the cluster's id, names the
-// checkpoint after it, adopts the old-named one, and loads it. False while the id is unknown (no
-// metadata yet: brokers down or connecting) or the checkpoint cannot be read; tried again on the
-// next round.
+// checkpoint after it, loads it (taking the old-named one in memory when the cluster's is 0) and
+// checks that the topic has what the checkpoint says: a topic that never held a record (new,
+// deleted and recreated, or on a cluster rebuilt empty that kept its id, as with the
+// apache/kafka image's default CLUSTER_ID) gets the whole log. False while the id is unknown (no
+// metadata yet), the checkpoint cannot be read or the brokers do not tell the topic's offsets;
+// tried again on the next round. Writes nothing: the normal Persist writes the checkpoint,
+// AfterPersist zeroes the old name after it.
 bool KafkaOutbox::Impl::LoadClusterCheckpoint() {
   char* id = rd_kafka_clusterid(producer_, /*timeout_ms=*/0);  // the cached id, never waits
   if (id == nullptr) {
     if (core_.last_error().empty()) {  // a broker error says more; this one fills the silence
-      SetLastError("waiting for the Kafka cluster id (no broker has answered yet); nothing is "
-                   "published until one does");
+      SetLastError("waiting for the Kafka cluster id (no broker has told it yet: none answered, "
+                   "or a Kafka before 0.10.1, which has none); nothing is published until one "
+                   "does");
     }
     return false;
   }
@@ -624,12 +648,55 @@ bool KafkaOutbox::Impl::LoadClusterCheckpoint() {
   rd_kafka_mem_free(producer_, id);
   const std::string name = OutboxClusterCheckpointName(cluster_id, options_.topic);
   core_.SetCheckpointName(name);
-  Status s = AdoptCheckpoint(name);
-  if (s.ok()) s = core_.Load(&mark_);
+  uint64_t mark = 0;
+  Status s = core_.Load(&mark);
   if (!s.ok()) {
     SetLastError("reading the outbox checkpoint " + name + ": " + s.ToString());
     return false;
   }
+  // The checkpoint of an older naming is taken once as the cluster's, when the cluster's is still
+  // 0, so that an upgrade does not publish the whole log again; its name is zeroed once the
+  // cluster's is written, so that another cluster reached through the same bootstrap list does
+  // not take it too.
+  uint64_t adopted = 0;
+  bool adopt_zero = false;
+  const std::string& old_name = options_.adopt_checkpoint_name;
+  if (!old_name.empty() && old_name != name) {
+    Position old;
+    s = ledger_->GetCheckpoint(old_name, &old);
+    if (!s.ok()) {
+      SetLastError("reading the outbox checkpoint " + old_name + ": " + s.ToString());
+      return false;
+    }
+    adopt_zero = old.value() != 0;
+    if (mark == 0 && old.value() != 0) {
+      adopted = std::min(old.value(), ledger_->Head().value());
+      mark = adopted;
+    }
+  }
+  if (mark > 0) {
+    bool held = false;
+    s = TopicHeldRecords(&held);
+    if (!s.ok()) {
+      SetLastError("asking kafka cluster " + cluster_id + " for the offsets of topic " +
+                   options_.topic + ": " + s.message());
+      return false;
+    }
+    if (!held) {
+      spdlog::warn("outbox: topic {} on kafka cluster {} has never held a record (a new or "
+                   "recreated topic, or a cluster rebuilt empty): publishing the whole log to it "
+                   "from position 1, not after the checkpoint {} ({})",
+                   options_.topic, cluster_id, mark, name);
+      mark = 0;
+      adopted = 0;
+    }
+  }
+  if (adopted > 0) {
+    spdlog::info("outbox: took the checkpoint {} of {} as {}'s", adopted, old_name, name);
+  }
+  mark_ = mark;
+  adopted_ = adopted;
+  adopt_zero_pending_ = adopt_zero;
   next_ = mark_ + 1;
   highest_produced_ = mark_;
   checkpoint_.store(mark_);
@@ -642,23 +709,73 @@ bool KafkaOutbox::Impl::LoadClusterCheckpoint() {
   return true;
 }
 
-// The checkpoint of an older naming (adopt_checkpoint_name) is taken once as the cluster's, when
-// the cluster's is still 0, so that an upgrade does not publish the whole log again; then it is
-// zeroed, so that another cluster reached through the same bootstrap list does not take it too.
-Status KafkaOutbox::Impl::AdoptCheckpoint(const std::string& name) {
-  if (options_.adopt_checkpoint_name.empty() || options_.adopt_checkpoint_name == name) {
-    return Status::OK();
+// Whether the topic ever held a record: false when the cluster does not have it or every
+// partition's high watermark is 0 (offsets never go back: retention moves only the low one). At
+// most kTopicQueryMs in all, on the publisher thread; an error when the brokers do not tell.
+Status KafkaOutbox::Impl::TopicHeldRecords(bool* held) {
+  *held = false;
+  const int64_t deadline_us = SteadyMicros() + int64_t{kTopicQueryMs} * 1000;
+  auto remaining_ms = [&] {
+    return static_cast<int>(std::max<int64_t>(1, (deadline_us - SteadyMicros()) / 1000));
+  };
+  const rd_kafka_metadata_t* metadata = nullptr;
+  rd_kafka_resp_err_t err =
+      rd_kafka_metadata(producer_, /*all_topics=*/0, topic_, &metadata, remaining_ms());
+  if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    return Status::Unavailable("kafka_unavailable",
+                               std::string("metadata: ") + rd_kafka_err2str(err));
   }
-  Position old, current;
-  LEDGER_RETURN_IF_ERROR(ledger_->GetCheckpoint(options_.adopt_checkpoint_name, &old));
-  if (old.value() == 0) return Status::OK();
-  LEDGER_RETURN_IF_ERROR(ledger_->GetCheckpoint(name, &current));
-  if (current.value() == 0) {
-    LEDGER_RETURN_IF_ERROR(ledger_->PutCheckpoint(name, old, /*sync=*/true));
-    spdlog::info("outbox: took the checkpoint {} of {} as {}'s", old.value(),
-                 options_.adopt_checkpoint_name, name);
+  bool found = false;
+  rd_kafka_resp_err_t topic_err = RD_KAFKA_RESP_ERR_NO_ERROR;
+  std::vector<int32_t> partitions;
+  for (int i = 0; i < metadata->topic_cnt; ++i) {
+    const rd_kafka_metadata_topic_t& topic = metadata->topics[i];
+    if (options_.topic != topic.topic) continue;
+    found = true;
+    topic_err = topic.err;
+    for (int j = 0; j < topic.partition_cnt; ++j) partitions.push_back(topic.partitions[j].id);
   }
-  return ledger_->PutCheckpoint(options_.adopt_checkpoint_name, Position(0), /*sync=*/true);
+  rd_kafka_metadata_destroy(metadata);
+  if (found && topic_err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) return Status::OK();
+  if (!found || topic_err != RD_KAFKA_RESP_ERR_NO_ERROR || partitions.empty()) {
+    return Status::Unavailable(
+        "kafka_unavailable",
+        std::string("metadata: ") +
+            (found ? rd_kafka_err2str(topic_err) : "the topic is missing from the answer"));
+  }
+  for (int32_t partition : partitions) {
+    int64_t low = 0;
+    int64_t high = 0;
+    err = rd_kafka_query_watermark_offsets(producer_, options_.topic.c_str(), partition, &low,
+                                           &high, remaining_ms());
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      return Status::Unavailable("kafka_unavailable", "partition " + std::to_string(partition) +
+                                                          ": " + rd_kafka_err2str(err));
+    }
+    if (high > 0) {
+      *held = true;
+      return Status::OK();
+    }
+  }
+  return Status::OK();
+}
+
+// After a Persist: zeroes the adopted old-named checkpoint once the cluster's is written at or
+// past what was taken from it (a degraded ledger refuses it: tried again next round, meanwhile
+// publishing goes on), and copies the persisted checkpoint under OutboxLastCheckpointName.
+void KafkaOutbox::Impl::AfterPersist() {
+  if (!options_.checkpoint_per_cluster || !checkpoint_loaded_) return;
+  const uint64_t persisted = core_.persisted();
+  if (adopt_zero_pending_ && persisted >= adopted_ &&
+      ledger_->PutCheckpoint(options_.adopt_checkpoint_name, Position(0), /*sync=*/false).ok()) {
+    adopt_zero_pending_ = false;
+  }
+  if (persisted != last_copied_ &&
+      ledger_->PutCheckpoint(OutboxLastCheckpointName(options_.topic), Position(persisted),
+                             /*sync=*/false)
+          .ok()) {
+    last_copied_ = persisted;
+  }
 }
 
 void KafkaOutbox::Impl::Run() {
@@ -670,6 +787,7 @@ void KafkaOutbox::Impl::Run() {
     MaybeRewind(now_us);
     bool more = ProduceBatch();
     if (checkpoint_loaded_) core_.Persist(mark_, now_us, /*force=*/false);
+    AfterPersist();
     PublishState(now_us);
     // A damaged log never reaches the stop target: stop once what was produced is answered.
     if (core_.StopDue(mark_) ||
@@ -683,6 +801,7 @@ void KafkaOutbox::Impl::Run() {
   DestroyProducer();
   if (core_.persist_on_stop() && checkpoint_loaded_) {
     core_.Persist(mark_, SteadyMicros(), /*force=*/true);
+    AfterPersist();
   }
   kafka_state_.store(static_cast<int>(KafkaState::kDown));
   core_.set_running(false);
@@ -816,6 +935,12 @@ void KafkaOutbox::Impl::RenderMetrics(std::string* out) const {
 std::string OutboxClusterCheckpointName(std::string_view cluster_id, std::string_view topic) {
   std::string name = "outbox.kafka/";
   name.append(topic).append("@cluster:").append(cluster_id);
+  return name;
+}
+
+std::string OutboxLastCheckpointName(std::string_view topic) {
+  std::string name = "outbox.kafka/";
+  name.append(topic).append("@last-cluster");
   return name;
 }
 

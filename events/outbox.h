@@ -73,11 +73,15 @@ struct OutboxOptions {
   // bootstrap list reached it. The publisher learns the id from the first metadata answer before
   // it publishes anything; until then (brokers down) it waits, reports "down" with last_error
   // saying so, and never blocks appends. A cluster that reports no id (Kafka before 0.10.1)
-  // is waited for for ever. Default false: checkpoint_name.
+  // is waited for for ever. A checkpoint > 0 for a topic that never held a record (it does not
+  // exist, or every partition's high watermark is 0: new, recreated, or on a cluster rebuilt
+  // empty with the same id) is reset to 0: that topic gets the whole log. Until the checkpoint is
+  // loaded, GetStatus() shows the one last persisted (OutboxLastCheckpointName). Default false:
+  // checkpoint_name.
   bool checkpoint_per_cluster = false;
   // With checkpoint_per_cluster: a checkpoint of an older naming (the broker list's,
   // OutboxCheckpointName), taken once as the cluster's when the cluster's is still 0, then zeroed
-  // so that another cluster does not take it too. Empty: none.
+  // (once the cluster's is written) so that another cluster does not take it too. Empty: none.
   std::string adopt_checkpoint_name;
 
   // Read-ahead window: events (and their bytes) produced but not yet covered by the checkpoint.
@@ -135,7 +139,9 @@ struct OutboxStatus {
   std::string kafka_state;
   Position head;               // the ledger's head when the snapshot was taken
   Position published;          // highest position handed to the producer
-  Position checkpoint;         // highest gap-free delivered position (in memory)
+  Position checkpoint;         // highest gap-free delivered position (in memory); with
+                               // checkpoint_per_cluster, until the cluster id is known, the
+                               // checkpoint last persisted for the cluster last published to
   Position checkpoint_persisted;  // as last written to the ledger
   uint64_t lag = 0;            // head - checkpoint
   uint64_t in_flight = 0;      // produced, awaiting a delivery report
@@ -146,10 +152,15 @@ struct OutboxStatus {
 
 // The checkpoint name for publishing to `topic` on the cluster whose id (Kafka's cluster.id, as
 // metadata reports it) is `cluster_id`: "outbox.kafka/<topic>@cluster:<cluster_id>". A
-// checkpoint says how far one destination has the log: pointed at another cluster or topic (or at
-// a cluster rebuilt empty at the same address, which has a new id), publishing there starts from
-// the beginning; the same cluster under another bootstrap list keeps its checkpoint.
+// checkpoint says how far one destination has the log: pointed at another cluster or topic,
+// publishing there starts from the beginning; the same cluster under another bootstrap list keeps
+// its checkpoint. (Clusters formatted with the same id — the apache/kafka image's default
+// CLUSTER_ID — share it; a topic there that never held a record still gets the whole log.)
 std::string OutboxClusterCheckpointName(std::string_view cluster_id, std::string_view topic);
+
+// A copy of the persisted cluster checkpoint, whichever cluster it is for:
+// "outbox.kafka/<topic>@last-cluster". Only shown (GetStatus) until the cluster id is known.
+std::string OutboxLastCheckpointName(std::string_view topic);
 
 // The name the checkpoint had when it was kept per bootstrap list, and still has for the embedded
 // cluster (`brokers` "embedded"): "outbox.kafka/<topic>@<brokers>", the brokers lowercased,

@@ -294,6 +294,23 @@ std::string ClusterIdOf(const std::string& bootstrap) {
   return cluster_id;
 }
 
+// Puts one record on `topic` at `bootstrap`: the topic has held a record (an outbox checkpoint
+// for it is not taken for a new topic's).
+bool ProduceOneRecord(const std::string& bootstrap, const std::string& topic) {
+  char errstr[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), errstr, sizeof(errstr));
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+  if (rk == nullptr) return false;
+  std::string value = "not an event";
+  rd_kafka_resp_err_t err = rd_kafka_producev(
+      rk, RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_VALUE(value.data(), value.size()),
+      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+  if (err == RD_KAFKA_RESP_ERR_NO_ERROR) err = rd_kafka_flush(rk, 10000);
+  rd_kafka_destroy(rk);
+  return err == RD_KAFKA_RESP_ERR_NO_ERROR;
+}
+
 // Waits until /metrics shows the outbox checkpoint at `position`; the last /metrics body.
 std::string WaitForOutboxCheckpoint(App* app, uint64_t position) {
   TestHttpClient client("127.0.0.1", app->http_port());
@@ -311,10 +328,11 @@ std::string WaitForOutboxCheckpoint(App* app, uint64_t position) {
 
 // Data directories from before the checkpoint was named for the cluster: the old checkpoint (the
 // first naming's "outbox.kafka", or the bootstrap list's) is taken once for the cluster reached,
-// not the whole log published again.
+// not the whole log published again (the topic holds what was published before the upgrade).
 TEST(AppTest, AnUpgradeKeepsTheOldOutboxCheckpoint) {
   std::unique_ptr<EmbeddedKafka> kafka;
   ASSERT_TRUE(EmbeddedKafka::Open(EmbeddedKafkaOptions{}, &kafka).ok());
+  ASSERT_TRUE(ProduceOneRecord(kafka->bootstrap_servers(), "ledger.events"));
   for (const std::string& old_name :
        {std::string("outbox.kafka"), OutboxCheckpointName(kafka->bootstrap_servers(),
                                                           "ledger.events")}) {

@@ -16,6 +16,7 @@
 #include "events/coding.h"
 #include "events/embedded_kafka.h"
 #include "events/ledger.h"
+#include "tests/support/fault_fs.h"
 #include "tests/support/kafka_test_consumer.h"
 #include "tests/support/test_ledger.h"
 #include "tests/support/wait.h"
@@ -599,6 +600,125 @@ TEST_F(OutboxTest, RestartRepublishesOnlyAfterTheCheckpoint) {
   DeliveryReport report = CheckDelivery(consumer->records(), 1, 150, {kSource, true});
   EXPECT_TRUE(report.ok()) << report.Summary();
   EXPECT_EQ(report.duplicates, 30u);
+}
+
+// The cluster id the brokers at `bootstrap` report (what a per-cluster outbox names its
+// checkpoint after).
+std::string ClusterIdOf(const std::string& bootstrap) {
+  char errstr[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), errstr, sizeof(errstr));
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+  if (rk == nullptr) return "";
+  char* id = rd_kafka_clusterid(rk, 10000);
+  std::string cluster_id = id != nullptr ? id : "";
+  if (id != nullptr) rd_kafka_mem_free(rk, id);
+  rd_kafka_destroy(rk);
+  return cluster_id;
+}
+
+// Clusters from one image share its default cluster id (apache/kafka's CLUSTER_ID), and a topic
+// may be deleted and recreated: a cluster checkpoint at the head for a topic that never held a
+// record publishes the whole log there; a topic that holds the records keeps its checkpoint.
+TEST_F(OutboxTest, ACheckpointForATopicThatNeverHeldARecordPublishesTheWholeLog) {
+  Append(20);
+  const std::string cluster_id = ClusterIdOf(kafka_->bootstrap_servers());
+  ASSERT_FALSE(cluster_id.empty());
+  const std::string name = OutboxClusterCheckpointName(cluster_id, kTopic);
+  ASSERT_TRUE(ledger_->PutCheckpoint(name, Position(20), /*sync=*/true).ok());
+  OutboxOptions options = Options();
+  options.checkpoint_per_cluster = true;
+  {
+    auto outbox = OpenOutbox(options);
+    ASSERT_TRUE(outbox->Start().ok());
+    DeliveryReport report = ConsumeAndCheck();
+    EXPECT_TRUE(report.ok()) << report.Summary();
+    ASSERT_TRUE(WaitCaughtUp(outbox.get()));
+    EXPECT_EQ(outbox->metrics().produced.Value(), 20u);
+    ASSERT_TRUE(outbox->Stop(seconds(5)).ok());
+  }
+  Position stored;
+  ASSERT_TRUE(ledger_->GetCheckpoint(name, &stored).ok());
+  EXPECT_EQ(stored, Position(20));
+  // Now the topic holds the records: the checkpoint stands, only what is new is published.
+  Append(5);
+  {
+    auto outbox = OpenOutbox(options);
+    ASSERT_TRUE(outbox->Start().ok());
+    ASSERT_TRUE(WaitFor([&] { return outbox->GetStatus().checkpoint == Position(25); },
+                        seconds(20)));
+    EXPECT_EQ(outbox->metrics().produced.Value(), 5u);
+    ASSERT_TRUE(outbox->Stop(seconds(5)).ok());
+  }
+  auto consumer = Consumer();
+  ASSERT_TRUE(consumer->ConsumeDistinct(25, seconds(20)));
+  consumer->ConsumeUntil([](const std::vector<ConsumedRecord>&) { return false; },
+                         milliseconds(300));  // anything extra would show up here
+  EXPECT_EQ(consumer->records().size(), 25u) << "an event published twice";
+}
+
+// Until the cluster id is known (brokers down at start), the status shows the checkpoint last
+// persisted for the cluster last published to, not 0 and a lag of the whole log.
+TEST_F(OutboxTest, UntilTheClusterIsKnownTheStatusShowsTheLastCheckpoint) {
+  Append(10);
+  OutboxOptions options = Options();
+  options.checkpoint_per_cluster = true;
+  {
+    auto outbox = OpenOutbox(options);
+    ASSERT_TRUE(outbox->Start().ok());
+    ASSERT_TRUE(WaitCaughtUp(outbox.get()));
+    ASSERT_TRUE(outbox->Stop(seconds(5)).ok());
+  }
+  Append(5);
+  ASSERT_TRUE(kafka_->SetBrokerDown(-1).ok());
+  auto outbox = OpenOutbox(options);
+  ASSERT_TRUE(outbox->Start().ok());
+  OutboxStatus status = outbox->GetStatus();
+  EXPECT_EQ(status.checkpoint, Position(10));
+  EXPECT_EQ(status.lag, 5u);
+  EXPECT_TRUE(status.cluster_id.empty());
+  ASSERT_TRUE(WaitFor([&] { return !outbox->GetStatus().last_error.empty(); }, seconds(20)));
+  status = outbox->GetStatus();
+  EXPECT_EQ(status.checkpoint, Position(10));
+  EXPECT_EQ(status.last_error.find("no broker has answered"), std::string::npos)
+      << status.last_error;
+  EXPECT_FALSE(outbox->Stop(milliseconds(300)).ok());
+  EXPECT_EQ(outbox->GetStatus().checkpoint, Position(10));
+}
+
+// Taking the checkpoint of an older naming writes nothing on the publisher's way: a degraded
+// ledger (every write refused) still publishes its readable log after the adopted checkpoint.
+TEST_F(OutboxTest, ADegradedLedgerAdoptsTheOldCheckpointAndPublishes) {
+  testing::FaultEnv fault;
+  ledger_.reset();
+  LedgerOptions ledger_options;
+  ledger_options.path = dir_.path();
+  ledger_options.env = fault.env();
+  ledger_ = testing::OpenTestLedger(ledger_options);
+  ASSERT_NE(ledger_, nullptr);
+  Append(10);
+  {
+    auto outbox = OpenOutbox(Options());  // the old naming: "outbox.kafka"
+    ASSERT_TRUE(outbox->Start().ok());
+    ASSERT_TRUE(WaitCaughtUp(outbox.get()));
+    ASSERT_TRUE(outbox->Stop(seconds(5)).ok());
+  }
+  ASSERT_EQ(StoredCheckpoint(), 10u);
+  Append(10);
+  fault.fs()->FailWritesAfter(0);
+  AppendCommand refused("refused", 1);
+  ASSERT_EQ(ledger_->Submit(&refused).status.problem(), "storage_degraded");
+  ASSERT_EQ(Head(), 20u);
+  OutboxOptions options = Options();
+  options.checkpoint_per_cluster = true;
+  options.adopt_checkpoint_name = "outbox.kafka";
+  auto outbox = OpenOutbox(options);
+  ASSERT_TRUE(outbox->Start().ok());
+  EXPECT_TRUE(WaitCaughtUp(outbox.get())) << outbox->GetStatus().last_error;
+  EXPECT_EQ(outbox->metrics().produced.Value(), 10u);
+  outbox->Stop(seconds(2)).IgnoreError();
+  auto consumer = Consumer();
+  ASSERT_TRUE(consumer->ConsumeDistinct(20, seconds(20)));
 }
 
 TEST_F(OutboxTest, StopWithKafkaDownKeepsTheDeadlineAndTheCheckpoint) {
