@@ -280,20 +280,6 @@ TEST(AppTest, KafkaPropertiesReachTheProducer) {
   EXPECT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
 }
 
-// The cluster id the brokers at `bootstrap` report (what the outbox names its checkpoint after).
-std::string ClusterIdOf(const std::string& bootstrap) {
-  char errstr[512];
-  rd_kafka_conf_t* conf = rd_kafka_conf_new();
-  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), errstr, sizeof(errstr));
-  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
-  if (rk == nullptr) return "";
-  char* id = rd_kafka_clusterid(rk, 10000);
-  std::string cluster_id = id != nullptr ? id : "";
-  if (id != nullptr) rd_kafka_mem_free(rk, id);
-  rd_kafka_destroy(rk);
-  return cluster_id;
-}
-
 // Puts one record on `topic` at `bootstrap`: the topic has held a record (an outbox checkpoint
 // for it is not taken for a new topic's).
 bool ProduceOneRecord(const std::string& bootstrap, const std::string& topic) {

@@ -29,6 +29,7 @@ using std::chrono::milliseconds;
 using std::chrono::seconds;
 using testing::AppendCommand;
 using testing::CheckDelivery;
+using testing::ClusterIdOf;
 using testing::ConsumedRecord;
 using testing::DeliveryCheckOptions;
 using testing::DeliveryReport;
@@ -600,21 +601,6 @@ TEST_F(OutboxTest, RestartRepublishesOnlyAfterTheCheckpoint) {
   DeliveryReport report = CheckDelivery(consumer->records(), 1, 150, {kSource, true});
   EXPECT_TRUE(report.ok()) << report.Summary();
   EXPECT_EQ(report.duplicates, 30u);
-}
-
-// The cluster id the brokers at `bootstrap` report (what a per-cluster outbox names its
-// checkpoint after).
-std::string ClusterIdOf(const std::string& bootstrap) {
-  char errstr[512];
-  rd_kafka_conf_t* conf = rd_kafka_conf_new();
-  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), errstr, sizeof(errstr));
-  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
-  if (rk == nullptr) return "";
-  char* id = rd_kafka_clusterid(rk, 10000);
-  std::string cluster_id = id != nullptr ? id : "";
-  if (id != nullptr) rd_kafka_mem_free(rk, id);
-  rd_kafka_destroy(rk);
-  return cluster_id;
 }
 
 // Clusters from one image share its default cluster id (apache/kafka's CLUSTER_ID), and a topic

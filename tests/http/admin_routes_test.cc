@@ -88,7 +88,7 @@ class AdminRoutesTest : public ::testing::Test {
   // subscription's state. `email_prefilled` false: the user's token had no email, so the email was
   // typed at Checkout (Stripe reports it with no customer_email).
   // u-x's only subscription: a Dashboard add-on (a price on no catalog plan), active.
-  void SubscribeUxToADashboardAddOn() {
+  static ledger::testing::StripeSubscriptionSpec DashboardAddOn() {
     ledger::testing::StripeSubscriptionSpec addon;
     addon.event_id = "evt_addon_active";
     addon.subscription_id = "sub_addon";
@@ -101,8 +101,11 @@ class AdminRoutesTest : public ::testing::Test {
     addon.metadata_plan_id = std::nullopt;
     addon.created = addon.period_start = kNow - 10 * kDay;
     addon.period_end = kNow + 20 * kDay;
+    return addon;
+  }
+  void SubscribeUxToADashboardAddOn() {
     ASSERT_TRUE(ledger::testing::SubmitWebhook(
-                    ledger_.get(), ledger::testing::StripeSubscriptionEventJson(addon))
+                    ledger_.get(), ledger::testing::StripeSubscriptionEventJson(DashboardAddOn()))
                     .status.ok());
   }
 
@@ -677,16 +680,9 @@ TEST_F(AdminRoutesTest, ChurnIsPaidSubscriptionsDatedByTheirEnd) {
 TEST_F(AdminRoutesTest, ChurnCountsOnlySubscriptionsOnACatalogPlan) {
   AddSubscriber(OnPlan("u-a", "starter", kNow - 40 * kDay, kNow + 20 * kDay), "a@x.com");
   AddSubscriber(OnPlan("u-x", ""), "x@x.com");
-  ledger::testing::StripeSubscriptionSpec addon;
+  ledger::testing::StripeSubscriptionSpec addon = DashboardAddOn();
   addon.event_id = "evt_addon_canceled";
-  addon.subscription_id = "sub_addon";
-  addon.customer_id = "cus_u-x";
-  addon.item_id = "si_addon";
   addon.status = "canceled";
-  addon.price_id = "price_addon_monthly";
-  addon.unit_amount = 500;
-  addon.metadata_user_id = "u-x";
-  addon.metadata_plan_id = std::nullopt;
   addon.created = addon.period_start = kNow - 60 * kDay;
   addon.period_end = kNow - 3 * kDay;
   addon.canceled_at = addon.ended_at = kNow - 3 * kDay;

@@ -363,4 +363,17 @@ std::string DeliveryReport::Summary() const {
   return out.str();
 }
 
+std::string ClusterIdOf(const std::string& bootstrap) {
+  char errstr[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), errstr, sizeof(errstr));
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+  if (rk == nullptr) return "";
+  char* id = rd_kafka_clusterid(rk, 10000);
+  std::string cluster_id = id != nullptr ? id : "";
+  if (id != nullptr) rd_kafka_mem_free(rk, id);
+  rd_kafka_destroy(rk);
+  return cluster_id;
+}
+
 }  // namespace ledger::testing

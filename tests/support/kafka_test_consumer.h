@@ -104,4 +104,8 @@ struct DeliveryCheckOptions {
 DeliveryReport CheckDelivery(const std::vector<ConsumedRecord>& records, uint64_t first,
                              uint64_t last, const DeliveryCheckOptions& options = {});
 
+// The cluster id the brokers at `bootstrap` report (what a per-cluster outbox names its
+// checkpoint after); empty when none answers within 10 s.
+std::string ClusterIdOf(const std::string& bootstrap);
+
 }  // namespace ledger::testing
