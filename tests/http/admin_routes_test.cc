@@ -180,6 +180,20 @@ class AdminRoutesTest : public ::testing::Test {
   uint64_t Head() const { return ledger_->Head().value(); }
 
   // An invoice.paid of `amount` cents for one of `user`'s subscriptions, at `at`.
+  // u-due's invoice failed its last retry (Stripe gives up: payment_abandoned); consume then
+  // answers 402 payment_failed.
+  void AbandonDuePayment(const std::string& invoice_id, const std::string& event_id) {
+    ledger::testing::StripeInvoiceSpec failed =
+        ledger::testing::InvoiceOf("u-due", "cus_u-due", "sub_u-due", invoice_id,
+                                   "invoice.payment_failed", event_id, kNow - kDay);
+    failed.attempt_count = 4;
+    failed.retries_left = false;
+    ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                               ledger::testing::StripeInvoiceEventJson(failed))
+                    .status.ok());
+    ExpectProblem(Consume("u-due", "chat", "abandoned"), 402, "payment_failed");
+  }
+
   void PayInvoice(const std::string& user, const std::string& subscription_id,
                   const std::string& invoice_id, int64_t amount, int64_t at) {
     ledger::testing::StripeInvoiceSpec invoice;
@@ -1819,15 +1833,7 @@ TEST_F(AdminRoutesTest, AConvertedTrialLeftUnpaidStaysConverted) {
   // Paid its first charge, then its renewal failed every retry (payment_abandoned).
   AddSubscriber(trial_then("u-due", "past_due", kNow - 43 * kDay, kNow - 13 * kDay), "due@x.com");
   PayInvoice("u-due", "sub_u-due", "in_due_1", 1900, kNow - 43 * kDay + 3600);
-  ledger::testing::StripeInvoiceSpec failed =
-      ledger::testing::InvoiceOf("u-due", "cus_u-due", "sub_u-due", "in_due_2",
-                                 "invoice.payment_failed", "evt_due_2", kNow - kDay);
-  failed.attempt_count = 4;
-  failed.retries_left = false;
-  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
-                                             ledger::testing::StripeInvoiceEventJson(failed))
-                  .status.ok());
-  ExpectProblem(Consume("u-due", "chat", "abandoned"), 402, "payment_failed");
+  AbandonDuePayment("in_due_2", "evt_due_2");
   // Renewed past its trial (no invoice rows in the log), canceled 2 days ago.
   TestSubscription renewed =
       trial_then("u-renewed", "canceled", kNow - 53 * kDay, kNow - 23 * kDay);
@@ -1889,15 +1895,7 @@ TEST_F(AdminRoutesTest, OneSubscriberShowsTheWindowResetUsageResets) {
   TestSubscription due = OnPlan("u-due", "starter", kNow - 10 * kDay, kNow + 20 * kDay);
   due.status = "past_due";
   ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), due).ok());
-  ledger::testing::StripeInvoiceSpec failed =
-      ledger::testing::InvoiceOf("u-due", "cus_u-due", "sub_u-due", "in_due",
-                                 "invoice.payment_failed", "evt_due_4", kNow - kDay);
-  failed.attempt_count = 4;
-  failed.retries_left = false;
-  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
-                                             ledger::testing::StripeInvoiceEventJson(failed))
-                  .status.ok());
-  ExpectProblem(Consume("u-due", "chat", "abandoned"), 402, "payment_failed");
+  AbandonDuePayment("in_due", "evt_due_4");
   usage = usage_of("due@x.com");
   EXPECT_STREQ(usage["window_kind"].GetString(), "billing_month");
   EXPECT_EQ(usage["used"].GetInt64(), 5);
