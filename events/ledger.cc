@@ -1461,6 +1461,27 @@ Status LedgerImpl::LoadHead() {
                           " disagrees with the last stored event " + std::to_string(last);
     if (!tolerate) return Status::Corruption(problem);
     head_record_problem_ = std::move(problem);
+  } else if (it->Valid() && record_read) {
+    // The last event's stored hash must be the head record's: an event rewritten and re-sealed
+    // (a new hash over the new bytes) checks out on its own, and as the last one no event's
+    // prev_hash shows it. Served and published, and the next append linked to the record's hash
+    // after it: a broken link ledgerd would write itself.
+    Hash stored_hash{};
+    const std::string_view stored = ToView(it->value());
+    if (stored.size() >= stored_hash.size()) {
+      std::copy(stored.end() - stored_hash.size(), stored.end(), stored_hash.begin());
+    }
+    if (stored_hash != head_hash_) {
+      // Worded as verify's own check of the chain's hash against the record, at this position.
+      std::string problem = "its hash " + HexEncode(stored_hash).substr(0, 16) +
+                            "... differs from the chain head record " +
+                            HexEncode(head_hash_).substr(0, 16) + "...";
+      if (!tolerate) {
+        return Status::Corruption("the last stored event " + std::to_string(last) + ": " +
+                                  problem);
+      }
+      head_record_problem_ = std::move(problem);
+    }
   }
   if (tolerate) head_ = Position(std::max(last, head_.value()));
   // Only the writer needs the last event's time; a read-only open (verify) must not fail here on

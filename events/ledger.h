@@ -147,7 +147,7 @@ struct LedgerOptions {
   // what is written.
   bool verify_checksums = true;
   // Read-only use only (`ledgerctl verify`): open even when the chain head record disagrees with
-  // the last stored event, or cannot be read, instead of failing the open with a Corruption that
+  // the last stored event (its position or its stored hash), or cannot be read, instead of failing the open with a Corruption that
   // names no position. Head() is then the larger of the two positions (the last stored event when
   // the record is unreadable), so that reading the log up to it meets the missing or extra event,
   // and HeadRecordProblem() says what is wrong.

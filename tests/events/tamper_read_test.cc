@@ -214,6 +214,85 @@ TEST(TamperReadTest, ReadEventsRefusesABrokenLink) {
   EXPECT_TRUE(events.empty());
 }
 
+// The last event rewritten and re-sealed, the chain head record left alone: it verifies on its
+// own and no event's prev_hash names it. The open compared only the record's position with the
+// last stored key: ledgerd served and published the forged event, reported its hash as the audit
+// head, and linked its next append to the record's hash -- a broken link it wrote itself. Every
+// open but verify's (which names it) refuses the store now, flushed or still in the logs.
+TEST(TamperReadTest, AReSealedHeadEventIsRefusedAtOpen) {
+  for (const bool flush : {true, false}) {
+    SCOPED_TRACE(flush);
+    TempDir dir;
+    {
+      auto ledger = testing::OpenTestLedger(dir.path());
+      ASSERT_NE(ledger, nullptr);
+      WriteMarkedLog(ledger.get(), 6, 1);
+      if (flush) {
+        ASSERT_TRUE(ledger->Flush().ok());
+      }
+    }
+    RewriteEvent(dir.path(), 6, /*reseal=*/true);
+
+    LedgerOptions options;
+    options.path = dir.path();
+    std::unique_ptr<Ledger> ledger;
+    Status open = Ledger::Open(options, &ledger);
+    ASSERT_TRUE(open.IsCorruption()) << open.ToString();
+    EXPECT_NE(open.message().find("last stored event 6"), std::string::npos) << open.ToString();
+    EXPECT_NE(open.message().find("differs from the chain head record"), std::string::npos)
+        << open.ToString();
+    EXPECT_EQ(open.message().find("forged"), std::string::npos) << open.ToString();
+    ledger.reset();
+
+    options.read_only = true;  // ledgerctl export, replay
+    EXPECT_TRUE(Ledger::Open(options, &ledger).IsCorruption());
+    ledger.reset();
+
+    options.tolerate_head_mismatch = true;  // verify: opens, and is told what is wrong
+    ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
+    EXPECT_EQ(ledger->Head(), Position(6));
+    EXPECT_NE(ledger->HeadRecordProblem().find("differs from the chain head record"),
+              std::string::npos)
+        << ledger->HeadRecordProblem();
+    ledger.reset();
+
+    // Nothing was appended: the forged event is still the last one.
+    options.read_only = false;
+    options.tolerate_head_mismatch = false;
+    EXPECT_TRUE(Ledger::Open(options, &ledger).IsCorruption());
+  }
+}
+
+// The head check at open passes a store whose record agrees with its last event, the empty store
+// included, and one whose earlier event was re-sealed (the next event's link shows that one).
+TEST(TamperReadTest, AConsistentHeadRecordOpens) {
+  TempDir dir;
+  {
+    auto ledger = testing::OpenTestLedger(dir.path());
+    ASSERT_NE(ledger, nullptr);
+    EXPECT_EQ(ledger->Head(), Position(0));
+  }
+  {
+    auto ledger = testing::OpenTestLedger(dir.path());
+    ASSERT_NE(ledger, nullptr);
+    EXPECT_EQ(ledger->Head(), Position(0));
+    WriteMarkedLog(ledger.get(), 3, 2);
+  }
+  Hash head_hash{};
+  {
+    auto ledger = testing::OpenTestLedger(dir.path());
+    ASSERT_NE(ledger, nullptr);
+    EXPECT_EQ(ledger->Head(), Position(6));
+    head_hash = ledger->HeadHash();
+    ASSERT_TRUE(ledger->Flush().ok());
+  }
+  RewriteEvent(dir.path(), 3, /*reseal=*/true);
+  auto ledger = testing::OpenTestLedger(dir.path());
+  ASSERT_NE(ledger, nullptr);
+  EXPECT_EQ(ledger->Head(), Position(6));
+  EXPECT_EQ(ledger->HeadHash(), head_hash);
+}
+
 // The review's scenario: GET /api/v1/events reads a page in calls of 64, and the link was
 // checked within a call only. Event 64 rewritten and re-sealed verifies on its own; a call
 // ending at it (its successor unread) or starting after it (its successor checked on its own)

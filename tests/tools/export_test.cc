@@ -165,6 +165,32 @@ TEST(ExportCliTest, ARangeEndingAtAReSealedEventFailsAtTheNextPosition) {
   EXPECT_EQ(Lines(RunLedgerctl(exporter + "--after 1 --limit 3").out).size(), 3u);
 }
 
+// The log's last event rewritten and re-sealed: no successor shows it, and the open compared only
+// the chain head record's position with it. Export wrote the forged line with exit 0; the open
+// now compares the record's hash with the event's stored hash and refuses the store (65), before
+// anything is written.
+TEST(ExportCliTest, AReSealedHeadEventFailsWithoutWritingIt) {
+  TempDir dir;
+  { WriteMarkedLog(OpenTestLedger(dir.path()).get(), 4, 2); }
+  testing::RewriteStoredEvent(dir.path(), 8, /*reseal=*/true,
+                              [](Event* event) { event->data = "{\"m\":\"forged\"}"; });
+  for (const std::string args : {"", "--after 7", "--to 8"}) {
+    SCOPED_TRACE(args);
+    testing::ProcessResult r =
+        RunLedgerctl("export --data-dir " + dir.path() + " " + args, /*keep_stderr=*/true);
+    EXPECT_EQ(r.exit_code, 65) << r.out;
+    EXPECT_NE(r.out.find("differs from the chain head record"), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find("forged"), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find(MarkerFor(1)), std::string::npos) << r.out;
+  }
+  testing::ProcessResult verify =
+      RunLedgerctl("verify --data-dir " + dir.path(), /*keep_stderr=*/true);
+  EXPECT_EQ(verify.exit_code, 65) << verify.out;
+  EXPECT_NE(verify.out.find("FAILED at position 8: its hash "), std::string::npos) << verify.out;
+  EXPECT_NE(verify.out.find("differs from the chain head record"), std::string::npos)
+      << verify.out;
+}
+
 // The log's last event has no successor to vouch for it: it is written (the chain head record
 // is ledgerd's, and verify's, check of it).
 TEST(ExportTest, TheHeadEventIsWrittenAndARangeBeforeItLinksToItsSuccessor) {

@@ -447,6 +447,39 @@ TEST(ReplayCliTest, AGapInTheLiveLogIsADataError) {
   EXPECT_NE(bad.out.find("position 4: missing"), std::string::npos) << bad.out;
 }
 
+// The last event rewritten and re-sealed, the chain head record left alone: the events link and
+// the projections rebuilt from them may equal the live ones, and replay printed OK. The open
+// refuses the store now (the record's hash is not the event's), a data error.
+TEST(ReplayCliTest, AReSealedHeadEventIsADataError) {
+  TempDir dir;
+  {
+    auto ledger = OpenTestLedger(dir.path(), projections::AllFolds());
+    WriteMarkedLog(ledger.get(), 6, 1);
+  }
+  testing::RewriteStoredEvent(dir.path(), 6, /*reseal=*/true,
+                              [](Event* event) { event->data = "{\"m\":\"forged\"}"; });
+  // The usage fold keeps the last event's position and hash (its access epoch): the forger
+  // rewrites that row too, so the rebuilt projections equal the live ones.
+  EditRaw(dir.path(), [&](rocksdb::DB* db, const auto& names, const auto& handles) {
+    std::string stored;
+    ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), FindFamily(names, handles, "events"),
+                        EncodePositionKey(6), &stored)
+                    .ok());
+    Event forged;
+    ASSERT_TRUE(DecodeEvent(stored, &forged).ok());
+    std::string epoch;
+    PutFixed64BE(&epoch, 6);
+    epoch.append(reinterpret_cast<const char*>(forged.hash.data()), forged.hash.size());
+    ASSERT_TRUE(
+        db->Put(rocksdb::WriteOptions(), FindFamily(names, handles, "usage"), "e", epoch).ok());
+  });
+  testing::ProcessResult bad =
+      testing::RunLedgerctl("replay --data-dir " + dir.path(), /*keep_stderr=*/true);
+  EXPECT_EQ(bad.exit_code, 65) << bad.out;
+  EXPECT_NE(bad.out.find("differs from the chain head record"), std::string::npos) << bad.out;
+  EXPECT_EQ(bad.out.find("replay: OK"), std::string::npos) << bad.out;
+}
+
 // Event 5's record stored under key 4 (export's `move` damage): the import refused it as not
 // continuing its head ("imported events must continue the head") and named no position.
 TEST(ReplayCliTest, AnEventStoredUnderAnotherPositionIsNamed) {
