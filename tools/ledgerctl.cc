@@ -16,6 +16,7 @@
 #include <vector>
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_sinks.h>
@@ -124,6 +125,13 @@ int RunToken(const Globals& globals, TokenArgs* args) {
   // (CheckNoEmptySetting).
   if (const char* secret = std::getenv("LEDGER_JWT_HS256_SECRET"); secret != nullptr) {
     args->secret = secret;
+    // A variable left exported for another instance would sign tokens that a dev-mode ledgerd on
+    // this directory answers 401: say which key signed (stderr; stdout is the token).
+    const std::string dev_secret = daemon::DevJwtSecretPath(globals.data_dir);
+    if (::access(dev_secret.c_str(), F_OK) == 0) {
+      std::cerr << "ledgerctl token: signed with LEDGER_JWT_HS256_SECRET from the environment, not "
+                << dev_secret << " (unset the variable to sign with that file)\n";
+    }
   } else {
     Status s = ReadSecretFile(daemon::DevJwtSecretPath(globals.data_dir), &args->secret);
     if (!s.ok()) return FailToken(s);

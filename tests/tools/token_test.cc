@@ -164,6 +164,21 @@ TEST(TokenCliTest, UsesTheDevSecretFile) {
                               "token --data-dir " + dir.path() + " --sub bob");
   ASSERT_EQ(r.exit_code, 0);
   EXPECT_TRUE(SignatureVerifies(r.out.substr(0, r.out.size() - 1), other));
+  // ... and says so on stderr when the file is there (a variable left exported for another
+  // instance signs tokens a dev-mode ledgerd on this directory answers 401); never the secret.
+  r = testing::RunLedgerctlIn(dir.path(), "LEDGER_JWT_HS256_SECRET=" + other,
+                              "token --data-dir " + dir.path() + " --sub bob", true);
+  EXPECT_NE(r.out.find("signed with LEDGER_JWT_HS256_SECRET from the environment, not " +
+                       dir.path() + "/jwt-dev.secret"),
+            std::string::npos)
+      << r.out;
+  EXPECT_EQ(r.out.find(other), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find(kSecret), std::string::npos) << r.out;
+  TempDir no_file;
+  r = testing::RunLedgerctlIn(no_file.path(), "LEDGER_JWT_HS256_SECRET=" + other,
+                              "token --data-dir " + no_file.path() + " --sub bob", true);
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(r.out.find("from the environment"), std::string::npos) << r.out;  // no file: no note
   // A lifetime past a year (or one overflowing exp) is a usage error.
   EXPECT_EQ(RunLedgerctl("token --data-dir " + dir.path() + " --sub bob --ttl 9223372036854775807")
                 .exit_code,
