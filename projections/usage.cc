@@ -1998,9 +1998,12 @@ Status ConsumeUsage::Decide(const DecideContext& context, Decision* decision) {
               "subscription ends at " + FormatRfc3339Seconds(*access_end) +
               ", before it renews: subscribe to a plan to continue");
     }
+    const std::string quota = std::to_string(*terms.limit) + " calls for this " +
+                              std::string(WindowKindName(terms.window.kind));
     return Status::Make(Code::kResourceExhausted, "quota_exceeded",
-                        "the quota of " + std::to_string(*terms.limit) + " calls for this " +
-                            std::string(WindowKindName(terms.window.kind)) + " is used up");
+                        window_left == 0 ? "the quota of " + quota + " is used up"
+                                         : "only " + std::to_string(window_left) + " of the " +
+                                               quota + " are left");
   }
   std::optional<int64_t> trial_remaining;
   if (trial_left) trial_remaining = *trial_left - r.quantity;

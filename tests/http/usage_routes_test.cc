@@ -397,6 +397,28 @@ TEST_F(UsageRoutesTest, AReplayedConsumeTellsNoQuotaWhenTheCallsAreUsedUpForGood
   }
 }
 
+// A quantity over what is left is refused with what is left: the detail said the quota "is used
+// up" while 201 calls remained.
+TEST_F(UsageRoutesTest, APartialRefusalSaysWhatIsLeft) {
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("s1", "starter")).ok());
+  ASSERT_EQ(Consume("s1", "chat", "most", 799).status, 200);
+  const uint64_t head = Head();
+  HttpReply r = Consume("s1", "chat", "too-many", 300);
+  ExpectProblem(r, 429, "quota_exceeded");
+  rapidjson::Document doc = r.Json();
+  EXPECT_EQ(doc["remaining"].GetInt64(), 201);
+  const std::string detail = doc["detail"].GetString();
+  EXPECT_NE(detail.find("only 201 of the 1000 calls"), std::string::npos) << detail;
+  EXPECT_EQ(detail.find("used up"), std::string::npos) << detail;
+  EXPECT_EQ(Head(), head);
+  // All of it used: then it is used up.
+  ASSERT_EQ(Consume("s1", "chat", "rest", 201).status, 200);
+  r = Consume("s1", "chat", "one-more");
+  ExpectProblem(r, 429, "quota_exceeded");
+  EXPECT_NE(std::string(r.Json()["detail"].GetString()).find("is used up"), std::string::npos)
+      << r.body;
+}
+
 TEST_F(UsageRoutesTest, BatchIngestReportsEachItem) {
   ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
   ASSERT_EQ(Consume("u1", "chat", "c1").status, 200);
