@@ -2035,7 +2035,19 @@ Status ConsumeUsage::Decide(const DecideContext& context, Decision* decision) {
   std::optional<int64_t> remaining;
   if (terms.limit) remaining = *terms.limit - f.used_after;
   if (trial_remaining) remaining = std::min(remaining.value_or(*trial_remaining), *trial_remaining);
-  outcome_.remaining = remaining;
+  // The quota after this call, as GetCurrentUsage reads it: when this call used the calls up for
+  // good (CallsUsedUpReason), the next consume is 402 and no reset comes -- no X-RateLimit-*, as
+  // its replay (Replayed) has none. They told "Remaining: 0" and a Reset at the trial's end,
+  // midnight or the end of access, where the answer is 402.
+  CurrentUsage after;
+  after.has_plan = true;
+  after.terms = terms;
+  after.used = f.used_after;
+  after.quota_frees_s = outcome_.quota_frees_s;
+  after.remaining = remaining;
+  after.trial_remaining = trial_remaining;
+  after.access_end = subject->access.access_end();
+  if (CallsUsedUpReason(after).empty()) outcome_.remaining = remaining;
   decision->http_status = 200;
   decision->body = AdmittedAnswer(f, remaining);
   return Status::OK();

@@ -417,7 +417,9 @@ struct ConsumeOutcome {
   UsageWindow window;                // the window refused or admitted against
   std::optional<int64_t> limit;      // of `window` (the trial cap when the trial total refused)
   int64_t used = 0;                  // after (admitted) or before (refused)
-  std::optional<int64_t> remaining;  // admitted: what the answer says (trial cap included)
+  std::optional<int64_t> remaining;  // admitted: what the answer says (trial cap included);
+                                     // nullopt, as after Replayed, when the call used the calls
+                                     // up for good (CallsUsedUpReason): no X-RateLimit-* then
   int64_t now_us = 0;
   // When the quota next frees up (X-RateLimit-Reset; a 429's Retry-After): window.end_s, or
   // earlier while calls a restarted period carried into the window count and their end leaves

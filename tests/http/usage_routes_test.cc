@@ -397,6 +397,49 @@ TEST_F(UsageRoutesTest, AReplayedConsumeTellsNoQuotaWhenTheCallsAreUsedUpForGood
   }
 }
 
+// The first answer decides as its replay does: the 200 whose call used the calls up for good
+// (CallsUsedUpReason) tells no quota either. The call taking a trial's last day's 100 said
+// "Remaining: 0" with a Reset at the trial's end, where every consume is 402 trial_expired; the
+// last call of a window a scheduled end cuts, a Reset at the end of access (402
+// subscription_required). A retry carries the first answer's X-RateLimit-*.
+TEST_F(UsageRoutesTest, TheCallUsingUpATrialForGoodTellsNoReset) {
+  const auto expect_replay_headers = [](const HttpReply& first, const HttpReply& again) {
+    EXPECT_EQ(again.Header("Idempotent-Replayed"), "true");
+    for (const char* name : {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"}) {
+      EXPECT_EQ(again.HasHeader(name), first.HasHeader(name)) << name;
+      EXPECT_EQ(again.Header(name), first.Header(name)) << name;
+    }
+  };
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("t1", "trial", "trialing"))
+                  .ok());
+  // A call that leaves some of the day: the quota, and the same on the retry.
+  HttpReply some = Consume("t1", "chat", "some", 40);
+  ASSERT_EQ(some.status, 200) << some.body;
+  EXPECT_EQ(some.Header("X-RateLimit-Remaining"), "60");
+  expect_replay_headers(some, Consume("t1", "chat", "some", 40));
+  clock_.Set((pj::UtcDayStart(kStripeT0) + 7 * kDay) * kUs);  // the trial's last day
+  HttpReply last = Consume("t1", "chat", "last", 100);
+  ASSERT_EQ(last.status, 200) << last.body;
+  EXPECT_EQ(last.Json()["remaining"].GetInt64(), 0) << last.body;  // the body still says it
+  EXPECT_FALSE(last.HasHeader("X-RateLimit-Limit"));
+  EXPECT_FALSE(last.HasHeader("X-RateLimit-Remaining"));
+  EXPECT_FALSE(last.HasHeader("X-RateLimit-Reset"));
+  ExpectProblem(Consume("t1", "chat", "after"), 402, "trial_exhausted");
+  expect_replay_headers(last, Consume("t1", "chat", "last", 100));
+  clock_.Set((kStripeT0 + 7 * kDay) * kUs);
+  ExpectProblem(Consume("t1", "chat", "ended"), 402, "trial_expired");
+
+  ledger::testing::TestSubscription ending = OnPlan("u1", "tiny");
+  ending.cancel_at = NowSeconds() + 10 * kDay;  // inside the month: the window ends there
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), ending).ok());
+  HttpReply all = Consume("u1", "chat", "all", 10);
+  ASSERT_EQ(all.status, 200) << all.body;
+  EXPECT_FALSE(all.HasHeader("X-RateLimit-Remaining"));
+  EXPECT_FALSE(all.HasHeader("X-RateLimit-Reset"));
+  ExpectProblem(Consume("u1", "chat", "more"), 402, "subscription_required");
+  expect_replay_headers(all, Consume("u1", "chat", "all", 10));
+}
+
 // A quantity over what is left is refused with what is left: the detail said the quota "is used
 // up" while 201 calls remained.
 TEST_F(UsageRoutesTest, APartialRefusalSaysWhatIsLeft) {
@@ -824,7 +867,15 @@ TEST_F(UsageRoutesTest, ATrialCapUsedUpBeforeTheLastDayEndsAccessEverywhere) {
   const int64_t first_midnight = pj::UtcDayStart(kStripeT0) + kDay;
   for (int day = 0; day < 7; ++day) {
     if (day > 0) clock_.Set((first_midnight + (day - 1) * kDay) * kUs);
-    ASSERT_EQ(Consume("t7", "chat", "d" + std::to_string(day), 100).status, 200) << day;
+    const std::string key = "d" + std::to_string(day);
+    HttpReply r = Consume("t7", "chat", key, 100);
+    ASSERT_EQ(r.status, 200) << day;
+    // A day's 100 cure at midnight; the call taking the 700th does not: it told a Reset at
+    // midnight, after which the answer is 402 trial_exhausted. Its retry agrees.
+    EXPECT_EQ(r.HasHeader("X-RateLimit-Reset"), day < 6) << day;
+    EXPECT_EQ(Consume("t7", "chat", key, 100).Header("X-RateLimit-Reset"),
+              r.Header("X-RateLimit-Reset"))
+        << day;
   }
   ASSERT_LT(pj::UtcDayStart(NowSeconds()) + kDay, kStripeT0 + 7 * kDay);  // not the last day
   ExpectProblem(Consume("t7", "chat", "over"), 402, "trial_exhausted");
