@@ -141,6 +141,14 @@ void LogConsumerCore::Persist(uint64_t mark, int64_t now_us, bool force, bool no
   persisted_.store(persisted_mark_);
 }
 
+Status LogConsumerCore::PersistSynced(uint64_t mark, int64_t now_us) {
+  last_persist_us_ = now_us;
+  LEDGER_RETURN_IF_ERROR(ledger_->PutCheckpoint(checkpoint_name_, Position(mark), /*sync=*/true));
+  persisted_mark_ = mark;
+  persisted_.store(persisted_mark_);
+  return Status::OK();
+}
+
 int64_t LogConsumerCore::PersistDueInUs(uint64_t mark, int64_t now_us) const {
   if (mark == persisted_mark_) return std::numeric_limits<int64_t>::max();
   return std::max<int64_t>(0, last_persist_us_ + checkpoint_interval_us_ - now_us);

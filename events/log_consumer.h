@@ -81,6 +81,9 @@ class LogConsumerCore {
   // Writes `mark` if it moved: with sync when `force`; else when the interval passed since the
   // last write, or at once when `now` (e.g. right after a delivery was acknowledged).
   void Persist(uint64_t mark, int64_t now_us, bool force, bool now = false);
+  // Writes `mark` now, synced, whether or not it moved: for a mark that must be durable before
+  // the consumer goes on (the outbox's reset checkpoint). The error when it was not written.
+  Status PersistSynced(uint64_t mark, int64_t now_us);
   // Microseconds until a moved `mark` is due to be written (0 if due; a large value if it did
   // not move): how long WaitForWork may sleep without delaying the checkpoint.
   int64_t PersistDueInUs(uint64_t mark, int64_t now_us) const;

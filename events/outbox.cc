@@ -137,6 +137,7 @@ class KafkaOutbox::Impl {
   void MarkLogDamaged(const Status& why);
   bool LoadClusterCheckpoint();
   Status TopicHeldRecords(bool* held);
+  Status WriteReset(bool zero_adopted);
   void AfterPersist();
   void MaybeRewind(int64_t now_us);
   void PublishState(int64_t now_us);
@@ -189,6 +190,11 @@ class KafkaOutbox::Impl {
   // the cluster's checkpoint persisted reaches adopted_ (what was taken from it, 0 if nothing).
   bool adopt_zero_pending_ = false;
   uint64_t adopted_ = 0;
+  // With checkpoint_per_cluster: the checkpoint whose reset to 0 (a topic that never held a
+  // record) the ledger refused to write, and its answer. Nothing is published before it is
+  // written; the topic is not asked again meanwhile.
+  std::string reset_unwritten_;
+  Status reset_error_;
   // The persisted checkpoint as last copied under OutboxLastCheckpointName (GetStatus() shows it
   // until the cluster's checkpoint is loaded).
   uint64_t last_copied_ = 0;
@@ -632,8 +638,9 @@ void KafkaOutbox::Impl::MarkLogDamaged(const Status& why) {
 // deleted and recreated, or on a cluster rebuilt empty that kept its id, as with the
 // apache/kafka image's default CLUSTER_ID) gets the whole log. False while the id is unknown (no
 // metadata yet), the checkpoint cannot be read or the brokers do not tell the topic's offsets;
-// tried again on the next round. Writes nothing: the normal Persist writes the checkpoint,
-// AfterPersist zeroes the old name after it.
+// tried again on the next round, as is a reset the ledger refuses to write. Writes only a reset
+// (WriteReset); otherwise the normal Persist writes the checkpoint, AfterPersist zeroes the old
+// name after it.
 bool KafkaOutbox::Impl::LoadClusterCheckpoint() {
   char* id = rd_kafka_clusterid(producer_, /*timeout_ms=*/0);  // the cached id, never waits
   if (id == nullptr) {
@@ -676,13 +683,32 @@ bool KafkaOutbox::Impl::LoadClusterCheckpoint() {
   }
   if (mark > 0) {
     bool held = false;
-    s = TopicHeldRecords(&held);
+    s = reset_unwritten_ == name ? Status::OK() : TopicHeldRecords(&held);
     if (!s.ok()) {
       SetLastError("asking kafka cluster " + cluster_id + " for the offsets of topic " +
                    options_.topic + ": " + s.message());
       return false;
     }
     if (!held) {
+      // Written before the topic gets a record: a reset kept in memory only left the checkpoint
+      // stored when a run published part of the log and ended before its next write (a crash, a
+      // degraded ledger), and the next run, finding records in the topic, kept it: a gap.
+      s = WriteReset(adopt_zero);
+      if (!s.ok()) {
+        const std::string error =
+            "topic " + options_.topic + " on kafka cluster " + cluster_id +
+            " has never held a record: the outbox checkpoint " + name + " (" +
+            std::to_string(mark) + (adopted > 0 ? ", taken from " + old_name : "") +
+            ") must be reset to 0 before the whole log is published, and writing it failed: " +
+            s.ToString() + "; nothing is published until it is written";
+        if (reset_unwritten_ != name) spdlog::error("outbox: {}", error);  // once, then retried
+        reset_unwritten_ = name;
+        reset_error_ = s;
+        SetLastError(error);
+        return false;
+      }
+      reset_unwritten_.clear();
+      adopt_zero = false;
       spdlog::warn("outbox: topic {} on kafka cluster {} has never held a record (a new or "
                    "recreated topic, or a cluster rebuilt empty): publishing the whole log to it "
                    "from position 1, not after the checkpoint {} ({})",
@@ -707,6 +733,17 @@ bool KafkaOutbox::Impl::LoadClusterCheckpoint() {
   spdlog::info("outbox: kafka cluster {}: publishing to topic {} after position {} ({})",
                cluster_id, options_.topic, mark_, name);
   return true;
+}
+
+// Writes the reset of the cluster's checkpoint to 0, synced, and zeroes the adopted old-named one
+// when `zero_adopted` (else the next run could take it again), before anything is published.
+Status KafkaOutbox::Impl::WriteReset(bool zero_adopted) {
+  if (core_.persisted() != 0) LEDGER_RETURN_IF_ERROR(core_.PersistSynced(0, SteadyMicros()));
+  if (zero_adopted) {
+    LEDGER_RETURN_IF_ERROR(
+        ledger_->PutCheckpoint(options_.adopt_checkpoint_name, Position(0), /*sync=*/true));
+  }
+  return Status::OK();
 }
 
 // Whether the topic ever held a record: false when the cluster does not have it or every
@@ -842,6 +879,12 @@ Status KafkaOutbox::Impl::Stop(std::chrono::steady_clock::time_point deadline) {
     return Status::OK();
   }
   const uint64_t target = core_.StopAndJoin(deadline);
+  if (!checkpoint_loaded_ && !reset_unwritten_.empty()) {
+    return Status::Unavailable(reset_error_.problem(),
+                               "kafka outbox stopped before the reset of its checkpoint " +
+                                   reset_unwritten_ + " to 0 could be written (" +
+                                   reset_error_.message() + "); nothing was published");
+  }
   if (!checkpoint_loaded_) {
     return Status::Unavailable("kafka_unavailable",
                                "kafka outbox stopped before any broker told the cluster id; "

@@ -75,9 +75,11 @@ struct OutboxOptions {
   // saying so, and never blocks appends. A cluster that reports no id (Kafka before 0.10.1)
   // is waited for for ever. A checkpoint > 0 for a topic that never held a record (it does not
   // exist, or every partition's high watermark is 0: new, recreated, or on a cluster rebuilt
-  // empty with the same id) is reset to 0: that topic gets the whole log. Until the checkpoint is
-  // loaded, GetStatus() shows the one last persisted (OutboxLastCheckpointName). Default false:
-  // checkpoint_name.
+  // empty with the same id) is reset to 0: that topic gets the whole log. The reset (and the
+  // zeroing of an adopted old-named checkpoint) is written, synced, before anything is published;
+  // while the ledger refuses it (degraded) nothing is published, last_error says why, and it is
+  // tried again each round. Until the checkpoint is loaded, GetStatus() shows the one last
+  // persisted (OutboxLastCheckpointName). Default false: checkpoint_name.
   bool checkpoint_per_cluster = false;
   // With checkpoint_per_cluster: a checkpoint of an older naming (the broker list's,
   // OutboxCheckpointName), taken once as the cluster's when the cluster's is still 0, then zeroed
@@ -188,7 +190,8 @@ class KafkaOutbox {
   // Publishes what the log holds at the time of the call and waits for its delivery, until
   // `deadline`; then drops what is still queued (at most ~0.2 s more), writes the checkpoint
   // (sync=true) and joins the thread. OK when everything up to the head was delivered; kUnavailable ("kafka_unavailable")
-  // otherwise (the rest is published after the next start). Idempotent.
+  // otherwise (the rest is published after the next start; the ledger's problem when a checkpoint
+  // reset could not be written). Idempotent.
   Status Stop(std::chrono::steady_clock::time_point deadline);
   Status Stop(std::chrono::milliseconds timeout) {
     return Stop(std::chrono::steady_clock::now() + timeout);

@@ -174,6 +174,85 @@ class OutboxTest : public ::testing::Test {
     return report;
   }
 
+  // Event 12's stored bytes: altered (one bit of its data flipped, so that publishing stops at
+  // 11) or put back. The ledger must be closed.
+  void AlterEvent12(std::string* original) {
+    testing::EditRaw(dir_.path(), [&](rocksdb::DB* db, const auto& names, const auto& handles) {
+      rocksdb::ColumnFamilyHandle* events = testing::FindFamily(names, handles, "events");
+      std::string stored;
+      ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), events, EncodePositionKey(12), &stored).ok());
+      if (original->empty()) {
+        *original = stored;
+        const size_t at = stored.size() - 33;  // the last byte of its data ('}')
+        stored[at] = static_cast<char>(stored[at] ^ 0x01);
+      } else {
+        stored = *original;
+      }
+      ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), events, EncodePositionKey(12), stored).ok());
+    });
+  }
+
+  // A checkpoint of 20 (`stored`, the cluster's or the old-named one `options` adopts) for a topic
+  // that never held a record is reset, first on a degraded ledger (nothing can be written) whose
+  // log is damaged at 12, so that a run that publishes gets 1..11 out and stops; then on the
+  // healthy ledger. Every position must reach the topic.
+  void ExpectAResetThatCannotBeWrittenPublishesNothing(const std::string& stored,
+                                                        const OutboxOptions& options) {
+    Append(20);
+    ASSERT_TRUE(ledger_->PutCheckpoint(stored, Position(20), /*sync=*/true).ok());
+    ledger_.reset();
+    std::string event12;
+    AlterEvent12(&event12);
+    ASSERT_FALSE(HasFatalFailure());
+    {
+      testing::FaultEnv fault;
+      LedgerOptions ledger_options;
+      ledger_options.path = dir_.path();
+      ledger_options.env = fault.env();
+      ledger_ = testing::OpenTestLedger(ledger_options);
+      if (ledger_ != nullptr) PublishOnADegradedLedger(options, &fault);
+      ledger_.reset();  // before `fault`
+    }
+    ASSERT_FALSE(HasFatalFailure());
+    AlterEvent12(&event12);  // back as it was
+    LedgerOptions ledger_options;
+    ledger_options.path = dir_.path();
+    ASSERT_TRUE(Ledger::Open(ledger_options, &ledger_).ok());
+    {
+      auto outbox = OpenOutbox(options);
+      ASSERT_TRUE(outbox->Start().ok());
+      ASSERT_TRUE(WaitFor([&] { return outbox->GetStatus().checkpoint == Position(20); },
+                          seconds(20)));
+      EXPECT_TRUE(outbox->Stop(seconds(5)).ok());
+    }
+    auto consumer = Consumer();
+    EXPECT_TRUE(consumer->ConsumeDistinct(20, seconds(20)))
+        << "positions missing: " << CheckDelivery(consumer->records(), 1, 20, {}).Summary();
+  }
+
+  void PublishOnADegradedLedger(const OutboxOptions& options, testing::FaultEnv* fault) {
+    fault->fs()->FailWritesAfter(0);
+    AppendCommand refused("refused", 1);
+    ASSERT_EQ(ledger_->Submit(&refused).status.problem(), "storage_degraded");
+    auto outbox = OpenOutbox(options);
+    ASSERT_TRUE(outbox->Start().ok());
+    // Before the fix the outbox published 1..11 and stopped at the damage.
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          OutboxStatus status = outbox->GetStatus();
+          return status.kafka_state == "log_damaged" ||
+                 status.last_error.find("never held a record") != std::string::npos;
+        },
+        seconds(20)));
+    OutboxStatus status = outbox->GetStatus();
+    EXPECT_EQ(outbox->metrics().produced.Value(), 0u);
+    EXPECT_EQ(status.kafka_state, "down");
+    EXPECT_NE(status.last_error.find("storage_degraded"), std::string::npos) << status.last_error;
+    Status stop = outbox->Stop(seconds(2));
+    EXPECT_FALSE(stop.ok());
+    EXPECT_NE(stop.message().find("nothing was published"), std::string::npos) << stop.ToString();
+  }
+
   TempDir dir_;
   std::unique_ptr<EmbeddedKafka> kafka_;
   std::unique_ptr<Ledger> ledger_;
@@ -641,6 +720,28 @@ TEST_F(OutboxTest, ACheckpointForATopicThatNeverHeldARecordPublishesTheWholeLog)
   consumer->ConsumeUntil([](const std::vector<ConsumedRecord>&) { return false; },
                          milliseconds(300));  // anything extra would show up here
   EXPECT_EQ(consumer->records().size(), 25u) << "an event published twice";
+}
+
+// The reset of such a checkpoint is written (synced) before anything is published. It was kept in
+// memory only: a run that published part of the log and ended before the checkpoint was next
+// written (a crash, or a degraded ledger, which writes nothing) left 20 stored, and the next run,
+// finding records in the topic, kept it: 12..20 never reached Kafka.
+TEST_F(OutboxTest, AResetCheckpointIsDurableBeforeTheTopicGetsARecord) {
+  const std::string cluster_id = ClusterIdOf(kafka_->bootstrap_servers());
+  ASSERT_FALSE(cluster_id.empty());
+  OutboxOptions options = Options();
+  options.checkpoint_per_cluster = true;
+  ExpectAResetThatCannotBeWrittenPublishesNothing(OutboxClusterCheckpointName(cluster_id, kTopic),
+                                                  options);
+}
+
+// The same for an adopted checkpoint: the old name kept 20 (its zeroing was refused too), and the
+// next run took it again for a topic that now held records.
+TEST_F(OutboxTest, AResetOfAnAdoptedCheckpointIsDurableBeforeTheTopicGetsARecord) {
+  OutboxOptions options = Options();
+  options.checkpoint_per_cluster = true;
+  options.adopt_checkpoint_name = "outbox.kafka";
+  ExpectAResetThatCannotBeWrittenPublishesNothing("outbox.kafka", options);
 }
 
 // Until the cluster id is known (brokers down at start), the status shows the checkpoint last
