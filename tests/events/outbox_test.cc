@@ -767,10 +767,37 @@ TEST_F(OutboxTest, UntilTheClusterIsKnownTheStatusShowsTheLastCheckpoint) {
   ASSERT_TRUE(WaitFor([&] { return !outbox->GetStatus().last_error.empty(); }, seconds(20)));
   status = outbox->GetStatus();
   EXPECT_EQ(status.checkpoint, Position(10));
-  EXPECT_EQ(status.last_error.find("no broker has answered"), std::string::npos)
+  // It says why nothing is published: the brokers' error, or (before any came) that it waits for
+  // the cluster id (WhileNoBrokerAnswersTheStatusSaysItWaitsForTheClusterId).
+  EXPECT_TRUE(status.last_error.find("kafka down: ") != std::string::npos ||
+              status.last_error.find("_TRANSPORT: ") != std::string::npos ||
+              status.last_error.find("waiting for the Kafka cluster id") != std::string::npos)
       << status.last_error;
   EXPECT_FALSE(outbox->Stop(milliseconds(300)).ok());
   EXPECT_EQ(outbox->GetStatus().checkpoint, Position(10));
+}
+
+// A broker that does not answer (here: only after 30 s) sends no error: the status says that the
+// outbox waits for the cluster id, rather than nothing.
+TEST_F(OutboxTest, WhileNoBrokerAnswersTheStatusSaysItWaitsForTheClusterId) {
+  Append(3);
+  for (int32_t id = 1; id <= kafka_->broker_count(); ++id) {
+    ASSERT_TRUE(kafka_->SetBrokerRtt(id, 30'000).ok());
+  }
+  OutboxOptions options = Options();
+  options.checkpoint_per_cluster = true;
+  auto outbox = OpenOutbox(options);
+  ASSERT_TRUE(outbox->Start().ok());
+  ASSERT_TRUE(WaitFor([&] { return !outbox->GetStatus().last_error.empty(); }, seconds(5)));
+  OutboxStatus status = outbox->GetStatus();
+  EXPECT_NE(status.last_error.find("waiting for the Kafka cluster id (no broker has told it yet: "
+                                   "none answered"),
+            std::string::npos)
+      << status.last_error;
+  EXPECT_TRUE(status.cluster_id.empty());
+  EXPECT_EQ(status.kafka_state, "down");
+  EXPECT_EQ(outbox->metrics().produced.Value(), 0u);
+  EXPECT_FALSE(outbox->Stop(milliseconds(300)).ok());
 }
 
 // Taking the checkpoint of an older naming writes nothing on the publisher's way: a degraded
