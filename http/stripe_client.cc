@@ -789,9 +789,17 @@ Status HttpStripeClient::CancelSubscriptionNow(std::string_view subscription_id,
   Status s = impl_->Call("DELETE", path, nullptr, "", &doc);
   if (s.ok()) return ParseSubscription(doc, out);
   // DELETE carries no idempotency key: when an earlier attempt's answer was lost, Stripe refuses
-  // the repeat. A subscription that is canceled now is what was asked for.
+  // the repeat. A subscription canceled with this cancel's comment is what was asked for. One
+  // canceled otherwise (the Dashboard, the portal, dunning; ledgerd may not have its deletion's
+  // webhook yet) was not canceled by this request: it has ended, 409 no_active_subscription.
   if (s.problem() != "stripe_request_failed" && s.problem() != "stripe_resource_missing") return s;
-  return CanceledAtStripe(*this, subscription_id, out) ? Status::OK() : s;
+  StripeSubscription current;
+  if (!CanceledAtStripe(*this, subscription_id, &current)) return s;
+  if (current.cancellation_comment != comment) {
+    return Status::Conflict("no_active_subscription", "the subscription has already ended");
+  }
+  *out = std::move(current);
+  return Status::OK();
 }
 
 std::string HttpStripeClient::RequestMarker(std::string_view request_key) const {

@@ -199,11 +199,12 @@ class StripeApi {
   virtual Status GetSubscription(std::string_view subscription_id, StripeSubscription* out) = 0;
   // DELETE /v1/subscriptions/{id}?invoice_now=true: what is pending is invoiced now (an
   // upgrade's proration items wait for the next renewal, and a cancel without invoice_now drops
-  // them: the dearer plan used for free). A subscription that is already canceled is success (a
-  // retry of a DELETE whose first answer was lost finds it canceled). `comment`, when not "", is
-  // sent as cancellation_details[comment] (at most 5000 bytes; Stripe keeps it on the canceled
-  // subscription): DELETE carries no Idempotency-Key, so this is how a later retry knows the
-  // cancel for its own.
+  // them: the dearer plan used for free). A subscription that is already canceled with `comment`
+  // is success (a retry of a DELETE whose first answer was lost finds it canceled); one canceled
+  // with another comment (or none) ended some other way: 409 no_active_subscription. `comment`,
+  // when not "", is sent as cancellation_details[comment] (at most 5000 bytes; Stripe keeps it on
+  // the canceled subscription): DELETE carries no Idempotency-Key, so this is how a later retry
+  // knows the cancel for its own.
   virtual Status CancelSubscriptionNow(std::string_view subscription_id, std::string_view comment,
                                        StripeSubscription* out) = 0;
   // What names a request in such a comment, only this server can make: base64url (no padding)

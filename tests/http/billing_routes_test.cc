@@ -2109,6 +2109,45 @@ TEST_F(BillingRoutesTest, ACancelNowOfASubscriptionEndedElsewhereIsRefused) {
   EXPECT_EQ(Head(), head);
 }
 
+// The same, before Stripe's customer.subscription.deleted arrives: ledgerd still shows it active,
+// so the DELETE is sent and Stripe refuses it. The subscription Stripe shows canceled carries
+// another comment than this request's: the cancel was not this one's (it was answered 200 and
+// recorded as a cancel the user never made).
+TEST_F(BillingRoutesTest, ACancelNowOfASubscriptionEndedElsewhereBeforeItsWebhookIsRefused) {
+  GiveAliceASubscription();
+  FakeStripe::Subscription ended = *fake_.GetSubscription("sub_alice");
+  ended.status = "canceled";
+  ended.cancellation_comment = "canceled in the Dashboard";
+  fake_.AddSubscription(ended);
+  const uint64_t head = Head();
+  ExpectProblem(
+      Alice().Post(kCancel, R"({"at_period_end":false})", {{"Idempotency-Key", "cancel-1"}}), 409,
+      "no_active_subscription");
+  ExpectProblem(Alice().Post(kCancel, R"({"at_period_end":false})"), 409,
+                "no_active_subscription");
+  EXPECT_EQ(fake_.RequestsTo("DELETE", "/v1/subscriptions/sub_alice").size(), 2u);
+  EXPECT_EQ(Head(), head);
+  EXPECT_TRUE(EventsOfType("stripe.subscription_cancel_requested.v1").empty());
+}
+
+// A cancel-now Stripe carried out whose record was lost, retried under the same Idempotency-Key
+// before the subscription's deleted webhook arrives: ledgerd still shows it active, Stripe refuses
+// the second DELETE, and the subscription it shows canceled carries this request's comment -- the
+// retry is answered as the first attempt was and recorded once.
+TEST_F(BillingRoutesTest, ACancelNowRetriedAfterItsRecordWasLostBeforeItsWebhook) {
+  GiveAliceASubscription();
+  const std::string body = R"({"at_period_end":false})";
+  HttpReply first = Alice().Post(kCancel, body, {{"Idempotency-Key", "cancel-1"}});
+  ASSERT_EQ(first.status, 200) << first.body;
+  LoseTheLog();
+  GiveAliceASubscription("active", "price_starter_monthly", "starter", /*at_stripe_too=*/false);
+  HttpReply retry = Alice().Post(kCancel, body, {{"Idempotency-Key", "cancel-1"}});
+  ASSERT_EQ(retry.status, 200) << retry.body;
+  EXPECT_EQ(retry.body, first.body);
+  EXPECT_EQ(fake_.RequestsTo("DELETE", "/v1/subscriptions/sub_alice").size(), 2u);
+  EXPECT_EQ(EventsOfType("stripe.subscription_cancel_requested.v1").size(), 1u);
+}
+
 TEST_F(BillingRoutesTest, UpgradeFailureAtStripeAppendsNothing) {
   GiveAliceASubscription();
   fake_.InjectFault(FakeStripe::Fault::kReset, 3, "POST", "/v1/subscriptions/");
