@@ -147,6 +147,10 @@ struct CustomerRow {
   std::string customer_id;
   std::string user_id;
   EmailPart email;
+  // When it was linked to user_id: the least `created` (Stripe's event time) of its links to
+  // that user, so the same whatever order they arrived in. Orders a user's customers (the most
+  // recently linked is UserSubscription::customer_id without a subscription).
+  int64_t linked_created = 0;
 };
 
 struct UserRow {
@@ -166,6 +170,8 @@ std::string CustomerRowJson(const CustomerRow& row) {
   WriteOptionalEmail(&w, row.email.email);
   w.Key("email_created");
   w.Int64(row.email.email_created);
+  w.Key("linked_created");
+  w.Int64(row.linked_created);
   w.EndObject();
   return std::string(buf.GetString(), buf.GetSize());
 }
@@ -200,6 +206,7 @@ Status ReadCustomerRow(const StateReader& state, std::string_view customer_id, C
   if (s.ok()) s = reader.String("customer_id", true, &out->customer_id);
   if (s.ok()) s = reader.String("user_id", true, &out->user_id);
   if (s.ok()) s = ParseEmailPart(&reader, &out->email);
+  if (s.ok()) s = reader.Int("linked_created", true, &out->linked_created);
   if (!s.ok()) return Corrupt("subscriptions row cus/" + Truncated(customer_id), s);
   return Status::OK();
 }
@@ -276,11 +283,12 @@ Status ApplyCustomerLinked(const Event& event, const StateReader& state, RowWrit
   CustomerRow row;
   s = ReadCustomerRow(state, customer_id, &row);
   if (s.IsNotFound()) {
-    row = CustomerRow{customer_id, user_id, {}};
+    row = CustomerRow{customer_id, user_id, {}, created};
   } else {
     LEDGER_RETURN_IF_ERROR(s);
     // The first link of a customer stands; another user's claim is kept only in the log.
     if (row.user_id != user_id) return Status::OK();
+    row.linked_created = std::min(row.linked_created, created);
   }
   const std::string new_email = email.value_or("");
   if (!new_email.empty() && row.email.Superseded(new_email, created)) {
@@ -1049,14 +1057,21 @@ Status LoadUserSubscriptions(const StateReader& state, std::string_view user_id,
     if (!out->customer_id.empty()) LEDGER_RETURN_IF_ERROR(deleted(out->customer_id, &fall_back));
     if (fall_back) out->customer_id.clear();
   }
-  // Else, or instead of a deleted one: the greatest id of the user's other live customers
-  // (deterministic).
-  for (auto it = customers.rbegin(); fall_back && it != customers.rend(); ++it) {
+  // Else, or instead of a deleted one: the user's most recently linked live customer (the
+  // greatest CustomerRow::linked_created; ties: the greater id). Stripe's ids are random: the
+  // greatest id alone sent a user's portal, cards and next checkout to any of their customers.
+  std::pair<int64_t, std::string> latest;
+  for (size_t i = 0; fall_back && i < customers.size(); ++i) {
     bool gone = false;
-    LEDGER_RETURN_IF_ERROR(deleted(*it, &gone));
-    if (!gone) {
-      out->customer_id = *it;
-      fall_back = false;
+    LEDGER_RETURN_IF_ERROR(deleted(customers[i], &gone));
+    if (gone) continue;
+    CustomerRow row;
+    s = ReadCustomerRow(state, customers[i], &row);
+    if (!s.ok() && !s.IsNotFound()) return s;
+    std::pair<int64_t, std::string> candidate(s.ok() ? row.linked_created : 0, customers[i]);
+    if (out->customer_id.empty() || candidate > latest) {
+      latest = std::move(candidate);
+      out->customer_id = customers[i];
     }
   }
   return Status::OK();

@@ -27,7 +27,8 @@
 //
 // Rows (column family "subscriptions"; all keys are ASCII, ids are Stripe's or our user ids):
 //   sub/<subscription_id>            subscription JSON (SubscriptionRecord)
-//   cus/<customer_id>                {"customer_id","user_id","email","email_created"}
+//   cus/<customer_id>                {"customer_id","user_id","email","email_created",
+//                                    "linked_created"}
 //   user/<user_id>                   {"user_id","email","email_created"}
 //   inv/<invoice_id>                 invoice JSON (InvoiceRecord)
 //   user_cus/<user_id>/<customer_id> ""   index: a user's customers
@@ -175,7 +176,8 @@ class SubscriptionFold final : public Fold {
  public:
   std::string_view Name() const override { return kSubscriptionsFamily; }
   // Raise with any change to the rows Apply writes: the store's rows are rebuilt (fold.h).
-  uint32_t Version() const override { return 1; }
+  // 2: cus/ rows carry linked_created.
+  uint32_t Version() const override { return 2; }
   Status Apply(const Event& event, const StateReader& state, RowWriter* rows) const override;
 };
 
@@ -188,8 +190,9 @@ struct UserSubscription {
   std::string user_id;
   std::string email;          // from the Checkout Session / customer link; may be empty
   // The Stripe customer to use for this user (portal, payment methods, the next checkout):
-  // the chosen subscription's customer, else the user's most recently linked customer; empty
-  // when none is known.
+  // the chosen subscription's customer, else the user's most recently linked customer (by the
+  // Stripe event time of its link; ties: the greater id) that was not deleted; empty when none
+  // is known.
   std::string customer_id;
   bool has_subscription = false;
   // The user's current subscription when has_subscription: among every subscription attached to the

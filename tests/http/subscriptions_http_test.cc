@@ -788,6 +788,36 @@ TEST_F(SubscriptionsHttpTest, NoSubscriptionIsAnOrdinaryAnswer) {
                "subscription_inactive");
 }
 
+// A user with two customers and no subscription: the customer used (the portal, the cards, the
+// next checkout) is the one most recently linked, by the link's Stripe event time, whatever order
+// the deliveries came in. It was the greatest id (Stripe's ids are random): cus_Z, linked first.
+TEST_F(SubscriptionsHttpTest, WithoutASubscriptionTheMostRecentlyLinkedCustomerIsUsed) {
+  for (const std::string user : {"in-order", "reversed"}) {
+    std::vector<std::string> links;
+    for (const std::string customer : {"cus_Z", "cus_A"}) {
+      ledger::testing::StripeCheckoutSpec link;
+      link.event_id = "evt_link_" + user + "_" + customer;
+      link.event_created = ledger::testing::kStripeT0 + (customer == "cus_Z" ? 0 : 60);
+      link.session_id = "cs_" + user + "_" + customer;
+      link.client_reference_id = user;
+      link.metadata_user_id = user;
+      link.customer_id = customer + "_" + user;
+      link.subscription_id = std::nullopt;
+      link.email = user + "@example.com";
+      ASSERT_TRUE(
+          ledger::testing::OpenCheckoutSession(ledger_.get(), link.session_id, user).ok());
+      links.push_back(ledger::testing::StripeCheckoutCompletedJson(link));
+    }
+    if (user == "reversed") std::swap(links[0], links[1]);
+    for (const std::string& body : links) DeliverOk(body);
+    HttpReply status = As(user).Get(kStatus);
+    ASSERT_EQ(status.status, 200) << status.body;
+    EXPECT_FALSE(status.Json()["has_subscription"].GetBool()) << status.body;
+    EXPECT_EQ(std::string(status.Json()["customer_id"].GetString()), "cus_A_" + user)
+        << status.body;
+  }
+}
+
 TEST_F(SubscriptionsHttpTest, OneUserCannotSeeAnothersSubscription) {
   Subscribe("alice", "price_professional_monthly", "active");
   // bob sees his own (empty) state, never alice's.
