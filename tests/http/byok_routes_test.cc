@@ -984,10 +984,9 @@ TEST_F(ByokRoutesTest, ARemovedKeysDataKeyLeavesTheTableFiles) {
   ASSERT_EQ(added.status, 201) << added.body;
   const std::string key_id = added.Json()["key_id"].GetString();
   ASSERT_TRUE(ledger_->Flush().ok());  // the row in a table file; its write-ahead log deleted
-  std::string wrapped, wrapped_bytes;
+  std::string wrapped;
   ASSERT_TRUE(WrappedDataKey("alice", "openai", key_id, &wrapped).ok());
   const std::string body = wrapped.substr(3);  // after the "v?:" of its form
-  ASSERT_TRUE(Base64Decode(body, &wrapped_bytes));
   // Negative control: the scan finds it in the table file.
   ASSERT_TRUE(DataDirContains(body));
 
@@ -995,7 +994,6 @@ TEST_F(ByokRoutesTest, ARemovedKeysDataKeyLeavesTheTableFiles) {
   ASSERT_TRUE(ledger_->WaitForSideCompactions(30'000).ok());
   EXPECT_FALSE(DataDirContains(wrapped));
   EXPECT_FALSE(DataDirContains(body));
-  EXPECT_FALSE(DataDirContains(wrapped_bytes));
   // And after a restart (a clean shutdown flushes every family).
   Restart(nullptr);
   ASSERT_TRUE(ledger_->WaitForSideCompactions(30'000).ok());
