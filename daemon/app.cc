@@ -1,11 +1,13 @@
 #include "daemon/app.h"
 
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -78,6 +80,33 @@ class App::Impl {
   Status ConfigureLago();
   Status StartHttp();
 };
+
+// A core file of a ledgerd that aborts (systemd-coredump, `ulimit -c unlimited`) held every
+// secret in its memory: the master key, the JWT secret, the service tokens, Stripe's and Lago's
+// keys, the BYOK keys being tested. Unless LEDGER_CORE_DUMPS=on the process is made
+// non-dumpable -- no core file, and other processes of its user can no longer ptrace it or read
+// its /proc/<pid>/mem or environ -- and its soft RLIMIT_CORE is 0 (systemd-coredump honours it
+// where fs.suid_dumpable=2 dumps non-dumpable processes too). Never fails the start.
+namespace {
+
+void KeepSecretsOutOfCoreDumps(bool allowed) {
+  if (allowed) {
+    spdlog::warn("core dumps: on (LEDGER_CORE_DUMPS=on): a core file holds the master key and "
+                 "every configured secret; turn it off once the crash is debugged");
+    return;
+  }
+  rlimit core{};
+  if (::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 || ::getrlimit(RLIMIT_CORE, &core) != 0) {
+    spdlog::warn("core dumps: could not turn them off: {}", std::strerror(errno));
+    return;
+  }
+  core.rlim_cur = 0;
+  if (::setrlimit(RLIMIT_CORE, &core) != 0) {
+    spdlog::warn("core dumps: could not set RLIMIT_CORE to 0: {}", std::strerror(errno));
+  }
+}
+
+}  // namespace
 
 // A data directory ledgerd creates is its user's alone (0700): it holds users' emails, Stripe's
 // and Lago's webhooks as delivered, stored answers and sealed keys. One that exists is left as
@@ -418,6 +447,8 @@ Status App::Impl::Start(const Config& config, const Clock* clock,
   clock_ = clock != nullptr ? clock : SystemClock::Default();
   cancel_ = cancel;
   spdlog::info("ledgerd starting: {}", config_.Describe());
+  // Before any secret file is read.
+  KeepSecretsOutOfCoreDumps(config_.core_dumps);
   // What only reads files (the JWKS too, and a master key file named explicitly, which is never
   // created) is refused before the data directory is touched; in dev mode the dev secret and
   // the master key at its default place are created in it.

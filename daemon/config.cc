@@ -319,7 +319,8 @@ Status ReadKafkaProperties(const std::string& path, std::map<std::string, std::s
 }
 
 Status Validate(Config* config, const std::string& listen, const std::string& service_tokens,
-                const std::string& webhook_secrets, const std::string& byok_base_urls) {
+                const std::string& webhook_secrets, const std::string& byok_base_urls,
+                const std::string& core_dumps) {
   LEDGER_RETURN_IF_ERROR(ParseListen(listen, config));
   LEDGER_RETURN_IF_ERROR(ParseServiceTokens(service_tokens, config));
   if (config->data_dir.empty()) return Bad("LEDGER_DATA_DIR", "must not be empty");
@@ -400,6 +401,10 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
   if (std::find(kLevels.begin(), kLevels.end(), config->log_level) == kLevels.end()) {
     return Bad("LEDGER_LOG_LEVEL", "must be one of trace, debug, info, warn, error");
   }
+  if (core_dumps != "off" && core_dumps != "on") {
+    return Bad("LEDGER_CORE_DUMPS", "must be off or on");
+  }
+  config->core_dumps = core_dumps == "on";
   if (config->http_threads > 4096) return Bad("LEDGER_HTTP_THREADS", "at most 4096");
   if (config->sync_interval_min_us < 0 || config->sync_interval_min_us > 100'000) {
     return Bad("LEDGER_SYNC_INTERVAL_MIN_US", "must be 0..100000 microseconds");
@@ -535,6 +540,7 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
   CLI::App app{"ledgerd: event-sourced billing ledger daemon"};
   app.set_version_flag("--version", "ledgerd 0.1.0");
   std::string listen = "127.0.0.1:8084", service_tokens, webhook_secrets, byok_base_urls;
+  std::string core_dumps = "off";
 
   // Flags named in CONTRACT.md §1, each also an environment variable; the flag wins.
   app.add_option("--data-dir", config->data_dir, "RocksDB directory")->envname("LEDGER_DATA_DIR");
@@ -611,6 +617,9 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
       ->check(kDecimal);
   app.add_option("--log-level", config->log_level, "trace|debug|info|warn|error")
       ->envname("LEDGER_LOG_LEVEL");
+  app.add_option("--core-dumps", core_dumps,
+                 "off|on: on lets a crash write a core file holding every secret (debugging)")
+      ->envname("LEDGER_CORE_DUMPS");
 
   // Left in app.remaining() for UnexpectedArguments, not thrown with them in the message.
   app.allow_extras();
@@ -673,7 +682,8 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
       return result;
     }
   }
-  result.status = Validate(config, listen, service_tokens, webhook_secrets, byok_base_urls);
+  result.status =
+      Validate(config, listen, service_tokens, webhook_secrets, byok_base_urls, core_dumps);
   if (!result.status.ok()) result.exit_code = kExitConfig;
   return result;
 }

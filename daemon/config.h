@@ -78,6 +78,9 @@ struct Config {
   // LEDGER_SYNC_INTERVAL_MIN_US: LedgerOptions::sync_interval_min, in microseconds.
   int64_t sync_interval_min_us = kSyncIntervalMinDefault.count();
   std::string log_level = "info";
+  // LEDGER_CORE_DUMPS=on: core dumps (and ptrace by the same user) left as the system has them,
+  // for debugging a crash; off (the default) keeps the secrets out of core files (App::Start).
+  bool core_dumps = false;
 
   // True when neither an HS256 secret nor a JWKS file is configured: ledgerd then creates a
   // random HS256 secret in the data directory and `ledgerctl token` mints tokens with it.

@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <fcntl.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -619,6 +620,40 @@ TEST(AppTest, ADataDirectoryItCreatesIsTheUsersAlone) {
   ASSERT_TRUE(s.ok()) << s.ToString();
   EXPECT_EQ(FileMode(dir.Sub("shared")), 0750u);
   EXPECT_TRUE(app->Stop(std::chrono::milliseconds(0)).ok());
+}
+
+// A core file of a ledgerd that aborted (an HTTP event loop failure, a RocksDB assert) held every
+// secret in its memory: the master key, the JWT secret, the configured keys. The start makes
+// the process non-dumpable and its soft core limit 0 before reading any of them; with
+// LEDGER_CORE_DUMPS=on (to debug a crash) both are left as they were.
+TEST(AppTest, SecretsAreKeptOutOfCoreDumps) {
+  TempDir dir;
+  rlimit before{};
+  ASSERT_EQ(::getrlimit(RLIMIT_CORE, &before), 0);
+  if (before.rlim_max == 0) GTEST_SKIP() << "a hard core limit of 0 leaves nothing to lower";
+  rlimit core = before;
+  core.rlim_cur = core.rlim_max;  // the sanitizers start at a soft 0
+  ASSERT_EQ(::setrlimit(RLIMIT_CORE, &core), 0);
+  ASSERT_EQ(::prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), 0);
+
+  Config allowed = TestConfig(dir.Sub("allowed"));
+  allowed.core_dumps = true;
+  std::unique_ptr<App> app;
+  Status s = App::Start(allowed, nullptr, &app);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 1);
+  ASSERT_EQ(::getrlimit(RLIMIT_CORE, &core), 0);
+  EXPECT_EQ(core.rlim_cur, before.rlim_max);
+  EXPECT_TRUE(app->Stop(std::chrono::milliseconds(0)).ok());
+
+  s = App::Start(TestConfig(dir.Sub("data")), nullptr, &app);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 0);
+  ASSERT_EQ(::getrlimit(RLIMIT_CORE, &core), 0);
+  EXPECT_EQ(core.rlim_cur, 0u);
+  EXPECT_EQ(core.rlim_max, before.rlim_max);  // the operator's own limit, not lowered for good
+  EXPECT_TRUE(app->Stop(std::chrono::milliseconds(0)).ok());
+  ::setrlimit(RLIMIT_CORE, &before);
 }
 
 TEST(AppTest, DataDirThatIsARegularFileIsAStorageError) {

@@ -53,6 +53,7 @@ TEST(ConfigTest, DefaultsMatchTheContract) {
   EXPECT_EQ(config.master_key_file, "./data/master.key");
   EXPECT_EQ(config.log_level, "info");
   EXPECT_EQ(config.sync_interval_min_us, 1000);
+  EXPECT_FALSE(config.core_dumps);
   EXPECT_TRUE(config.DevMode());
 }
 
@@ -215,6 +216,8 @@ TEST(ConfigTest, FlagWinsOverEnvironment) {
        [](const Config& c) { return c.master_key_file; }, "/env/kek", "/flag/kek"},
       {"LEDGER_SYNC_INTERVAL_MIN_US", "--sync-interval-min-us", "0", "2500",
        [](const Config& c) { return std::to_string(c.sync_interval_min_us); }, "0", "2500"},
+      {"LEDGER_CORE_DUMPS", "--core-dumps", "on", "off",
+       [](const Config& c) { return std::string(c.core_dumps ? "on" : "off"); }, "on", "off"},
   };
   for (const Precedence& p : cases) {
     SCOPED_TRACE(p.env_name);
@@ -418,6 +421,9 @@ std::vector<BadSetting> BadSettings(const TempDir& dir) {
       {"LEDGER_SYNC_INTERVAL_MIN_US", "LEDGER_SYNC_INTERVAL_MIN_US", "100001", {}},
       {"LEDGER_SYNC_INTERVAL_MIN_US", "LEDGER_SYNC_INTERVAL_MIN_US", "soon", {}},
       {"LEDGER_SYNC_INTERVAL_MIN_US", "", "", {"--sync-interval-min-us=-1"}},
+      {"LEDGER_CORE_DUMPS", "LEDGER_CORE_DUMPS", "yes", {}},
+      {"LEDGER_CORE_DUMPS", "LEDGER_CORE_DUMPS", "ON", {}},
+      {"LEDGER_CORE_DUMPS", "", "", {"--core-dumps", ""}},
       // strtoll's base 0 would read these as 64 and 1000.
       {"LEDGER_SYNC_INTERVAL_MIN_US", "LEDGER_SYNC_INTERVAL_MIN_US", "0100", {}},
       {"LEDGER_SYNC_INTERVAL_MIN_US", "LEDGER_SYNC_INTERVAL_MIN_US", "0x3e8", {}},
