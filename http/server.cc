@@ -272,7 +272,9 @@ class ConnectionStream final : public httplib::Stream {
         request_bytes_max_(request_bytes_max) {}
 
   bool is_readable() const override {
-    return HasBufferedInput() || (!nonblocking_ && PollFor(sock_, POLLIN, read_timeout_ms_));
+    return HasBufferedInput() ||
+           (!nonblocking_ &&
+            PollFor(sock_, POLLIN, std::min(read_timeout_ms_, MillisecondsUntil(stop_deadline()))));
   }
   bool is_writable() const override { return PollFor(sock_, POLLOUT, write_timeout_ms_); }
 
@@ -386,6 +388,11 @@ class ConnectionStream final : public httplib::Stream {
     malformed_header_ = false;
   }
   bool cap_hit() const { return cap_hit_; }
+  // The server is stopping (CoreServer::StopLoop): no read waits past `deadline`, whatever the
+  // request's own deadlines (bytes already there are still read), so that the requests handed
+  // over at the stop share one read timeout instead of taking one each. Any thread.
+  void SetStopDeadline(Clock::time_point deadline) { stop_deadline_.store(deadline); }
+  Clock::time_point stop_deadline() const { return stop_deadline_.load(); }
   bool head_too_large() const { return head_too_large_; }
   // From now on, the bytes read are a chunked body: check their framing (ChunkedFraming).
   void WatchChunkedBody() { chunked_.Watch(); }
@@ -576,13 +583,14 @@ class ConnectionStream final : public httplib::Stream {
   }
 
   // Reads what is there; waits (up to the read timeout, and no later than the request's
-  // RequestDeadline for the `request_bytes` it has sent) only when nothing is: after the
+  // RequestDeadline for the `request_bytes` it has sent, nor the stop's) only when nothing is: after the
   // connection loop saw the socket readable, one recv() instead of a poll() and a recv().
   // *timed_out: -1 because the wait ran out.
   ssize_t Receive(char* ptr, size_t size, size_t request_bytes, bool* timed_out) {
     *timed_out = false;
-    const auto deadline = std::min(RequestDeadline(request_bytes),
-                                   Clock::now() + std::chrono::milliseconds(read_timeout_ms_));
+    const auto deadline = std::min({RequestDeadline(request_bytes),
+                                    Clock::now() + std::chrono::milliseconds(read_timeout_ms_),
+                                    stop_deadline()});
     for (;;) {
       ssize_t n = ::recv(sock_, ptr, size, MSG_DONTWAIT);
       if (n >= 0) return n;
@@ -635,6 +643,7 @@ class ConnectionStream final : public httplib::Stream {
   size_t pending_begin_ = 0;
   bool head_pending_ = false;
   Clock::time_point request_started_ = Clock::now();  // BeginRequest
+  std::atomic<Clock::time_point> stop_deadline_{Clock::time_point::max()};  // SetStopDeadline
   bool head_too_large_ = false;  // TakeHead: the head is over its allowance
   size_t head_shrunk_by_ = 0;    // TakeHead: bytes the long-header markers took out of the head
   std::map<std::string, std::string, std::less<>> long_headers_;
@@ -1101,15 +1110,20 @@ class CoreServer final : public httplib::Server {
   }
 
   // Stops the loop and closes every parked connection (after its deferred answer), but one whose
-  // request's head has arrived (HeadArrived): a worker reads the rest of it (to the read timeout,
-  // as any request's) and answers it with `Connection: close` -- closed, a consume whose body was
-  // still arriving was lost to a client that had sent it before the stop. Connections being
-  // served are closed by their worker when it would park them. Idempotent.
+  // request's head has arrived (HeadArrived): a worker reads the rest of it and answers it with
+  // `Connection: close` -- closed, a consume whose body was still arriving was lost to a client
+  // that had sent it before the stop. Connections being served are closed by their worker when
+  // it would park them. No read of any connection waits past one read timeout after the stop
+  // (ConnectionStream::SetStopDeadline), nor a lingering close past linger_ms after that: each
+  // handed over with a timeout of its own, a few thousand heads whose bodies never came held the
+  // stop for minutes, queued behind the workers. Idempotent.
   void StopLoop() {
+    const auto stop_deadline = Clock::now() + std::chrono::milliseconds(options_.read_timeout_ms);
     {
       std::lock_guard<std::mutex> lock(loop_mu_);
       if (loop_stopping_) return;
       loop_stopping_ = true;
+      for (auto& [id, c] : connections_) c->stream.SetStopDeadline(stop_deadline);
     }
     loop_stopped_.store(true);
     mailbox_->Post(0);  // wakes the loop (no connection has id 0)
@@ -1755,10 +1769,15 @@ class CoreServer final : public httplib::Server {
       if (epoll_fd_ >= 0) ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, c->sock, nullptr);
     }
     if (lingering) {
-      // The rest of its linger when the stopping loop handed it over (StopLoop).
-      LingeringClose(c->sock, c->lingering_until != Clock::time_point{}
-                                  ? c->lingering_until
-                                  : Clock::now() + std::chrono::milliseconds(options_.linger_ms));
+      // The rest of its linger when the stopping loop handed it over (StopLoop); once stopping,
+      // no later than linger_ms past the stop's read deadline.
+      const auto linger = std::chrono::milliseconds(options_.linger_ms);
+      auto until = c->lingering_until != Clock::time_point{} ? c->lingering_until
+                                                             : Clock::now() + linger;
+      if (const auto stop = c->stream.stop_deadline(); stop != Clock::time_point::max()) {
+        until = std::min(until, stop + linger);
+      }
+      LingeringClose(c->sock, until);
     } else {
       ::shutdown(c->sock, SHUT_RDWR);
       ::close(c->sock);

@@ -66,7 +66,8 @@ struct HttpServerOptions {
   // the connection is closed. 0 = 2 × body_bytes_max + limits::kLagoWebhookHeadBytesMax.
   size_t request_bytes_max = 0;
   int64_t read_timeout_ms = 5000;   // one blocking read; a request must also send 64 KiB per
-                                    // read timeout from its start (slow clients)
+                                    // read timeout from its start (slow clients); once Stop()
+                                    // begins, no read waits past one read timeout from then
   int64_t write_timeout_ms = 5000;  // a write that makes no progress for this long fails
   int64_t keep_alive_timeout_ms = 5000;  // idle time before a kept-alive connection is closed
   size_t keep_alive_max_count = 1000;    // requests per connection

@@ -1654,6 +1654,60 @@ TEST_F(ServerTest, StopAnswersARequestWhoseHeadHadArrived) {
   EXPECT_TRUE(closed);
 }
 
+// SIGTERM with many connections holding a head whose body never comes (a body-first route: public,
+// so anyone may): each went to a worker with a read timeout of its own and then a linger, queued
+// behind the `threads` workers, and the stop took 20 × (2 s + 1 s) / 2 workers = 30 s. Now all
+// share one deadline, one read timeout after the stop (and the lingers end linger_ms after it).
+TEST_F(ServerTest, StopIsBoundedWithManyHeldHeads) {
+  HttpServerOptions options = TestHttpStack::DefaultOptions();
+  options.threads = 2;
+  options.read_timeout_ms = 2000;
+  Start(options);
+  constexpr int kHolds = 20;
+  std::vector<int> holds;
+  const std::string hello = "GET /loop-hello HTTP/1.1\r\nHost: x\r\n\r\n";
+  const std::string head = "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n";
+  for (int i = 0; i < kHolds; ++i) {
+    const int fd = testing::ConnectLoopback(stack_.port());
+    ASSERT_GE(fd, 0);
+    holds.push_back(fd);
+    // Accepted and parked first (answered on its kept-alive connection), then the head alone.
+    ASSERT_EQ(::send(fd, hello.data(), hello.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(hello.size()));
+    std::string answer;
+    char buf[4096];
+    while (answer.find(R"({"loop":"hello"})") == std::string::npos) {
+      const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+      ASSERT_GT(n, 0) << answer;
+      answer.append(buf, static_cast<size_t>(n));
+    }
+    ASSERT_EQ(::send(fd, head.data(), head.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(head.size()));
+  }
+  const auto start = std::chrono::steady_clock::now();
+  stack_.Stop();
+  const auto took = std::chrono::steady_clock::now() - start;
+  // About one read timeout (2 s); the bound is loose for a loaded machine.
+  EXPECT_LT(took, std::chrono::seconds(8)) << "each held head took a read timeout of its own";
+  // Each is answered 400 unreadable_body and closed: its body never came. (One whose head the
+  // loop had not read yet when it stopped is closed at once, unanswered.)
+  for (int fd : holds) {
+    std::string answer;
+    char buf[4096];
+    pollfd pfd{fd, POLLIN, 0};
+    ssize_t n = 1;
+    while (n > 0 && ::poll(&pfd, 1, 2000) == 1) {
+      n = ::recv(fd, buf, sizeof(buf), 0);
+      if (n > 0) answer.append(buf, static_cast<size_t>(n));
+    }
+    ::close(fd);
+    EXPECT_LE(n, 0) << "still open after the stop: " << answer;
+    EXPECT_TRUE(answer.empty() || (answer.rfind("HTTP/1.1 400", 0) == 0 &&
+                                   answer.find("unreadable_body") != std::string::npos))
+        << answer;
+  }
+}
+
 TEST_F(ServerTest, StopIsPromptWithIdleKeptAliveConnections) {
   HttpServerOptions options = TestHttpStack::DefaultOptions();
   options.keep_alive_timeout_ms = 30000;
