@@ -359,6 +359,11 @@ void ResolveCustomer(const LagoWebhook& webhook, Derivation* out) {
   }
   out->lago_customer_id = Id(Member(object, "lago_customer_id"));
   if (!out->lago_customer_id) out->lago_customer_id = Id(Member(customer, "lago_id"));
+  // A customer.* delivery's object is the customer itself: its own lago_id, as an invoice's
+  // customer.lago_id names it (one Lago customer, one subject).
+  if (!out->lago_customer_id && webhook.object_type == "customer") {
+    out->lago_customer_id = Id(Member(object, "lago_id"));
+  }
 }
 
 // `prefix` + `id`, or, when that would be longer than a subject may be, `prefix` + the id's

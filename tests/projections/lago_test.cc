@@ -288,9 +288,23 @@ TEST(LagoFoldTest, SubjectsFallBackWhenNoCustomerIsNamed) {
                   .ok());
   ASSERT_TRUE(
       Deliver({"k2", R"({"webhook_type":"x.y","object_type":"z"})"}, &state, &head, &applied).ok());
-  ASSERT_EQ(applied.size(), 2u);
+  // A customer.* delivery whose external id is no user id: the customer's own lago_id, the
+  // subject an invoice naming customer.lago_id gets.
+  ASSERT_TRUE(Deliver({"k/c", R"({"webhook_type":"customer.updated","object_type":"customer",)"
+                              R"("customer":{"lago_id":"lc-2","external_id":"a/b"}})"},
+                      &state, &head, &applied)
+                  .ok());
+  ASSERT_TRUE(Deliver({"k/i", R"({"webhook_type":"invoice.created","object_type":"invoice",)"
+                              R"("invoice":{"lago_id":"inv-2","status":"draft",)"
+                              R"("customer":{"lago_id":"lc-2","external_id":"a/b"}}})"},
+                      &state, &head, &applied)
+                  .ok());
+  ASSERT_GE(applied.size(), 4u);
   EXPECT_EQ(applied[0].subject, "lago_customer:lc-1");
   EXPECT_EQ(applied[1].subject, "lago_webhook:k2");
+  EXPECT_EQ(applied[2].subject, "lago_customer:lc-2");
+  EXPECT_EQ(applied[3].subject, "lago_customer:lc-2");
+  applied.resize(2);
 
   // A long unique key or Lago customer id (255 bytes are allowed) still makes a subject the log
   // takes (at most 256 bytes): its SHA-256 stands in for it.
