@@ -962,6 +962,9 @@ TEST(AppTest, TheOutboxFlushGetsItsBudgetAfterTheHttpDrain) {
 }
 
 // Bytes this process has read so far (rchar of /proc/self/io): what reading a file cost.
+// Unreadable is a failure, not 0: /proc/self/io is root's alone once a process is non-dumpable
+// (App::Start's PR_SET_DUMPABLE 0, unless core_dumps), and a 0 would make the check below pass
+// without measuring anything when the tests run as another user.
 uint64_t BytesReadSoFar() {
   std::ifstream io("/proc/self/io");
   std::string key;
@@ -969,6 +972,7 @@ uint64_t BytesReadSoFar() {
   while (io >> key >> value) {
     if (key == "rchar:") return value;
   }
+  ADD_FAILURE() << "no rchar in /proc/self/io";
   return 0;
 }
 
@@ -990,6 +994,10 @@ TEST(AppTest, KeyFilesOverTheirLimitsAreRefusedUnread) {
     SCOPED_TRACE(c.setting);
     Config config = TestConfig(dir.Sub("data"));
     config.*c.file = big;
+    // Dumpable, so that /proc/self/io stays readable by a non-root user (an earlier App::Start
+    // in this process may have cleared it).
+    config.core_dumps = true;
+    ASSERT_EQ(::prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), 0);
     std::unique_ptr<App> app;
     const uint64_t read_before = BytesReadSoFar();
     Status s = App::Start(config, nullptr, &app);
