@@ -4,62 +4,11 @@
 
 #include <algorithm>
 #include <chrono>
-#include <condition_variable>
-#include <mutex>
-#include <thread>
 
 #include "http/base_url.h"
+#include "http/call_deadline.h"
 
 namespace ledger::http {
-
-namespace {
-
-// Stops `client` once `timeout` has passed, unless Finish() came first: cpp-httplib's timeouts
-// bound each connect, read and write, not the call, and a provider sending its headers and then
-// a byte every few seconds held a worker thread for minutes. httplib::Client::stop() may be
-// called while a request runs (it shuts the socket down; the request fails with a read error).
-//
-// Thread safety: constructed and Finish() by the caller's thread; its own thread calls stop().
-class CallDeadline {
- public:
-  CallDeadline(httplib::Client* client, std::chrono::milliseconds timeout)
-      : thread_([this, client, deadline = std::chrono::steady_clock::now() + timeout] {
-          std::unique_lock<std::mutex> lock(mu_);
-          if (cv_.wait_until(lock, deadline, [this] { return done_; })) return;
-          passed_ = true;
-          // Again until the call returns: a stop() before the request took its socket is lost.
-          do {
-            lock.unlock();
-            client->stop();
-            lock.lock();
-          } while (!cv_.wait_for(lock, std::chrono::milliseconds(50), [this] { return done_; }));
-        }) {}
-  CallDeadline(const CallDeadline&) = delete;
-  CallDeadline& operator=(const CallDeadline&) = delete;
-  ~CallDeadline() { Finish(); }
-
-  // Ends the watch; true when the deadline had passed (the call was stopped).
-  bool Finish() {
-    if (thread_.joinable()) {
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        done_ = true;
-      }
-      cv_.notify_one();
-      thread_.join();
-    }
-    return passed_;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;    // guarded by mu_
-  bool passed_ = false;  // written by thread_ only; read after it joined
-  std::thread thread_;   // last: starts with every other member initialized
-};
-
-}  // namespace
 
 const std::vector<ByokProvider>& ByokProviders() {
   static const std::vector<ByokProvider> providers = {

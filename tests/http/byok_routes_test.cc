@@ -12,7 +12,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -39,6 +38,7 @@
 #include "tests/support/schema_check.h"
 #include "tests/support/test_ledger.h"
 #include "tests/support/tokens.h"
+#include "tests/support/trickling_server.h"
 #include "tests/support/usage_fixtures.h"
 #include "tests/support/wal_records.h"
 
@@ -169,72 +169,6 @@ class RawProvider {
   int fd_ = -1;
   int port_ = 0;
   std::atomic<int> calls_{0};
-  std::thread thread_;
-};
-
-// A provider on a raw socket that sends a 200 head announcing a 20-byte body, then the body one
-// byte every 1.5 s (30 s in all), until it is done or the caller hangs up.
-class TricklingProvider {
- public:
-  TricklingProvider() {
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t length = sizeof(addr);
-    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-        ::listen(fd_, 8) != 0 ||
-        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &length) != 0) {
-      return;
-    }
-    port_ = ntohs(addr.sin_port);
-    thread_ = std::thread([this] { Serve(); });
-  }
-  ~TricklingProvider() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);  // wakes the accept()
-    if (thread_.joinable()) thread_.join();
-    if (fd_ >= 0) ::close(fd_);
-  }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
-  bool finished() const { return finished_.load(); }  // the whole body was sent
-  int body_bytes_sent() const { return body_bytes_sent_.load(); }
-
- private:
-  void Serve() {
-    const int connection = ::accept(fd_, nullptr, nullptr);
-    if (connection < 0) return;
-    std::string request;
-    char buf[4096];
-    while (request.find("\r\n\r\n") == std::string::npos) {
-      const ssize_t n = ::recv(connection, buf, sizeof(buf), 0);
-      if (n <= 0) break;
-      request.append(buf, static_cast<size_t>(n));
-    }
-    const std::string head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                             "Content-Length: 20\r\n\r\n";
-    bool open = ::send(connection, head.data(), head.size(), MSG_NOSIGNAL) > 0;
-    std::unique_lock<std::mutex> lock(mu_);
-    while (open && body_bytes_sent_ < 20) {
-      if (cv_.wait_for(lock, std::chrono::milliseconds(1500), [this] { return stop_; })) break;
-      open = ::send(connection, " ", 1, MSG_NOSIGNAL) == 1;
-      if (open) ++body_bytes_sent_;
-    }
-    finished_ = body_bytes_sent_ == 20;
-    ::close(connection);
-  }
-
-  int fd_ = -1;
-  int port_ = 0;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;  // guarded by mu_
-  std::atomic<int> body_bytes_sent_{0};
-  std::atomic<bool> finished_{false};
   std::thread thread_;
 };
 
@@ -1214,7 +1148,8 @@ TEST(SecretBoxTest, AValueSealedWithADataKeyOpensOnlyWithThatDataKey) {
 // byte every 1.5 s held the worker until the 20-byte body ended, 30 s later, and the key was
 // "valid". Now the call ends at its timeout (2 s here) with an error, the body unfinished.
 TEST(ByokProvidersTest, AKeyTestEndsWithinItsTimeout) {
-  TricklingProvider slow;
+  // A 200 head announcing a 20-byte body, then one byte every 1.5 s (30 s in all).
+  ledger::testing::TricklingServer slow(200, 20, std::chrono::milliseconds(1500));
   const KeyTestResult result =
       TestProviderKey(*FindByokProvider("openai"), slow.url(), kOpenAiKey, 2000);
   EXPECT_FALSE(slow.finished()) << slow.body_bytes_sent() << " body bytes sent";
