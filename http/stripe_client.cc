@@ -14,6 +14,7 @@
 
 #include "events/types.h"
 #include "http/base64.h"
+#include "http/call_deadline.h"
 #include "projections/stripe_webhook.h"
 #include "projections/json_util.h"
 
@@ -314,9 +315,11 @@ struct HttpStripeClient::Impl {
   // Stripe's answer (any status); the error statuses of StripeApi are derived by Check().
   Status Send(const char* method, const std::string& path, const FormParams* form,
               std::string_view idempotency_key, Exchange* exchange) const;
-  // One attempt. Returns false with `*error` set when there was no HTTP answer.
+  // One attempt, ended when `remaining_ms` (what is left of the call's deadline) has passed,
+  // however the answer trickles in. Returns false with `*error` set when there was no HTTP
+  // answer; an attempt cut off at the deadline is a read timeout (httplib::Error::Read).
   bool Attempt(const char* method, const std::string& path, const std::string& body,
-               std::string_view idempotency_key, int64_t read_timeout_ms,
+               std::string_view idempotency_key, int64_t remaining_ms,
                httplib::Response* response, std::string* response_body,
                httplib::Error* error) const;
   // Maps a non-2xx answer to a Status; OK for 2xx, with the parsed JSON in *doc.
@@ -383,12 +386,13 @@ bool RetryableNetworkError(httplib::Error error) {
 
 bool HttpStripeClient::Impl::Attempt(const char* method, const std::string& path,
                                      const std::string& body, std::string_view idempotency_key,
-                                     int64_t read_timeout_ms, httplib::Response* response,
+                                     int64_t remaining_ms, httplib::Response* response,
                                      std::string* response_body, httplib::Error* error) const {
   httplib::Client client(base.scheme_host_port);
   SetTimeout(options.connect_timeout_ms,
              [&](time_t s, time_t us) { client.set_connection_timeout(s, us); });
-  SetTimeout(read_timeout_ms, [&](time_t s, time_t us) { client.set_read_timeout(s, us); });
+  SetTimeout(std::min(options.read_timeout_ms, remaining_ms),
+             [&](time_t s, time_t us) { client.set_read_timeout(s, us); });
   SetTimeout(options.write_timeout_ms,
              [&](time_t s, time_t us) { client.set_write_timeout(s, us); });
   client.set_keep_alive(false);
@@ -421,8 +425,16 @@ bool HttpStripeClient::Impl::Attempt(const char* method, const std::string& path
     return true;
   };
   *error = httplib::Error::Success;
+  // cpp-httplib's read timeout bounds each read: an answer arriving a byte at a time would hold
+  // this thread (an HTTP worker) past the deadline.
+  CallDeadline deadline(&client, std::chrono::milliseconds(remaining_ms));
   bool ok = client.send(request, *response, *error);
+  const bool deadline_passed = deadline.Finish();
   if (ok && *error == httplib::Error::Success) return true;
+  if (deadline_passed) {
+    *error = httplib::Error::Read;
+    return false;
+  }
   if (*error == httplib::Error::Success) *error = httplib::Error::Unknown;
   return false;
 }
@@ -448,8 +460,7 @@ Status HttpStripeClient::Impl::Send(const char* method, const std::string& path,
     httplib::Error error = httplib::Error::Success;
     std::string response_body;
     bool answered =
-        remaining > 0 && Attempt(method, path, body, idempotency_key,
-                                 std::min(options.read_timeout_ms, remaining), &response,
+        remaining > 0 && Attempt(method, path, body, idempotency_key, remaining, &response,
                                  &response_body, &error);
     bool retry = false;
     int64_t retry_after_ms = -1;

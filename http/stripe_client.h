@@ -7,7 +7,8 @@
 //   - `Authorization: Bearer <secret key>`,
 //   - an `Idempotency-Key` on every POST, supplied by the caller and derived from our own command
 //     id (so a retry, also one after a crash, sends the same key); GET and DELETE carry none,
-//   - bounded connect/read/write timeouts per attempt and an overall deadline,
+//   - bounded connect/read/write timeouts per attempt and an overall deadline, which also ends an
+//     attempt whose answer is still arriving (http/call_deadline.h),
 //   - retries with exponential backoff and jitter on network errors, 409 (a concurrent request
 //     with the same key), 429 and 5xx, honouring Stripe's `Stripe-Should-Retry` header (an
 //     explicit "false" or "true" decides) and `Retry-After` when it is short,
@@ -259,7 +260,8 @@ struct StripeClientOptions {
   int64_t read_timeout_ms = 15'000;
   int64_t write_timeout_ms = 10'000;
   // Attempts in total (first try + retries), and the overall budget across them: no attempt
-  // starts after it, and each attempt's read timeout is cut to what is left.
+  // starts after it, each attempt's read timeout is cut to what is left, and an attempt still
+  // running at it is cut off there (a network timeout), however its answer trickles in.
   int max_attempts = 3;
   int64_t deadline_ms = 30'000;
   // Backoff before retry n (1-based): min(max, initial * 2^(n-1)), times a random factor in

@@ -18,6 +18,7 @@
 #include "projections/stripe_webhook.h"
 #include "tests/support/fake_stripe.h"
 #include "tests/support/test_ledger.h"
+#include "tests/support/trickling_server.h"
 
 namespace ledger::http {
 namespace {
@@ -400,6 +401,35 @@ TEST_F(StripeClientTest, ATimeoutIsRetriedThenUnavailable) {
   auto requests = fake_.RequestsTo("POST", "/v1/checkout/sessions");
   ASSERT_EQ(requests.size(), 2u);
   EXPECT_EQ(requests[0].idempotency_key, requests[1].idempotency_key);
+}
+
+// cpp-httplib's read timeout bounds each read, not the call: an answer (or a proxy at
+// STRIPE_API_BASE) sending its head and then a byte every 1.5 s held the caller -- an HTTP worker
+// -- until the 200-byte body ended, 300 s later, far past the 2 s deadline. Now the attempt is
+// cut off at the deadline, a timeout like any other, and no retry starts after it.
+TEST_F(StripeClientTest, AnAnswerThatTricklesEndsAtTheDeadline) {
+  ledger::testing::TricklingServer slow(200, 200, std::chrono::milliseconds(1500));
+  StripeClientOptions options;
+  options.api_base = slow.url();
+  options.secret_key = kFakeStripeSecretKey;
+  options.read_timeout_ms = 15'000;  // each read waits 1.5 s at most: no read ever times out
+  options.deadline_ms = 2'000;
+  options.sleep = [this](int64_t ms) {
+    std::lock_guard<std::mutex> lock(mu_);
+    sleeps_.push_back(ms);
+  };
+  std::unique_ptr<HttpStripeClient> client;
+  ASSERT_TRUE(HttpStripeClient::Create(options, &client).ok());
+  StripeCheckoutSession session;
+  Status s = client->CreateCheckoutSession(Checkout(), "key-trickle", &session);
+  EXPECT_FALSE(slow.finished()) << slow.body_bytes_sent() << " body bytes sent";
+  EXPECT_LT(slow.body_bytes_sent(), 200);
+  EXPECT_EQ(s.code(), Code::kUnavailable) << s.ToString();
+  EXPECT_EQ(s.problem(), "stripe_unavailable");
+  EXPECT_EQ(s.message().find(kFakeStripeSecretKey), std::string::npos);
+  ASSERT_EQ(slow.requests().size(), 1u);  // the deadline left no time for a retry
+  EXPECT_NE(slow.requests()[0].find("Idempotency-Key: key-trickle"), std::string::npos);
+  EXPECT_TRUE(sleeps().empty());
 }
 
 TEST_F(StripeClientTest, AConnectionDroppedMidAnswerIsRetried) {
