@@ -1,10 +1,12 @@
 #include "http/lago_client.h"
 
 #include "http/base_url.h"
+#include "http/call_deadline.h"
 
 #include <httplib.h>
 
 #include <algorithm>
+#include <chrono>
 #include <functional>
 #include <string_view>
 
@@ -104,10 +106,16 @@ LagoAnswer HttpLagoClient::SendEventsBatch(const std::string& body) {
   };
   httplib::Response response;
   httplib::Error error = httplib::Error::Success;
+  const int64_t deadline_ms = std::max<int64_t>(options_.deadline_ms, 1);
+  CallDeadline deadline(client_.get(), std::chrono::milliseconds(deadline_ms));
   const bool sent = client_->send(request, response, error);
+  const bool deadline_passed = deadline.Finish();
   if (!sent || error != httplib::Error::Success) {
     answer.body.clear();
-    answer.error = NetworkError(error == httplib::Error::Success ? httplib::Error::Unknown : error);
+    answer.error = deadline_passed
+                       ? "no complete answer within " + std::to_string(deadline_ms) + " ms"
+                       : NetworkError(error == httplib::Error::Success ? httplib::Error::Unknown
+                                                                       : error);
     return answer;
   }
   answer.http_status = response.status;

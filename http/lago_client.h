@@ -8,7 +8,8 @@
 //
 // HttpLagoClient speaks HTTP/1.1 with cpp-httplib (Debian builds it with OpenSSL: http:// and
 // https:// bases both work), keeps one connection alive between batches, and bounds every attempt
-// with connect/read/write timeouts. The API key never appears in an answer's error text.
+// with connect/read/write timeouts and a deadline for the whole attempt. The API key never appears
+// in an answer's error text.
 //
 // Thread safety: HttpLagoClient serializes calls with a mutex (the sink calls from one thread).
 #pragma once
@@ -54,6 +55,10 @@ struct LagoClientOptions {
   int64_t connect_timeout_ms = 3'000;
   int64_t read_timeout_ms = 10'000;
   int64_t write_timeout_ms = 10'000;
+  // The whole attempt, however slowly the answer arrives: the timeouts above bound each connect,
+  // read and write, and an answer sent a byte at a time would hold the sink's thread until it
+  // ended. An attempt cut off answers http_status 0 (retried by the sink as a timeout).
+  int64_t deadline_ms = 30'000;
   // Largest answer body kept; the rest is dropped (the status still counts).
   size_t response_bytes_max = 64 * 1024;
 };

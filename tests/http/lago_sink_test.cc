@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 #include <rapidjson/document.h>
 
+#include <chrono>
 #include <functional>
 #include <set>
 #include <thread>
@@ -20,6 +21,7 @@
 #include "tests/support/fake_lago.h"
 #include "tests/support/schema_check.h"
 #include "tests/support/test_ledger.h"
+#include "tests/support/trickling_server.h"
 #include "tests/support/wait.h"
 #include "tests/tools/tools_test_util.h"
 
@@ -390,6 +392,28 @@ TEST(LagoSinkMappingTest, EveryBatchItemBecomesALagoEventWithItsIndexInTheTransa
   EXPECT_TRUE(mapped[0].json.empty());
   event.type = "usage.threshold_reached.v1";
   EXPECT_TRUE(UsageToLagoEvents(event, options, &mapped).IsNotFound());
+}
+
+// cpp-httplib's timeouts bound each read, not the attempt: a Lago (or a proxy at LAGO_API_URL)
+// sending its head and then a byte every 1.5 s held the sink's thread until the body ended (30 s
+// for 20 bytes here; without end for a longer one), the sink "up" and delivering nothing. Now the
+// attempt ends at its deadline with no HTTP answer, which the sink retries as a timeout.
+TEST(LagoClientTest, AnAnswerThatTricklesEndsAtTheDeadline) {
+  ledger::testing::TricklingServer slow(200, 20, std::chrono::milliseconds(1500));
+  LagoClientOptions client_options;
+  client_options.api_url = slow.url();
+  client_options.api_key = kFakeLagoApiKey;
+  client_options.read_timeout_ms = 10'000;  // each read waits 1.5 s at most: none times out
+  client_options.deadline_ms = 2'000;
+  std::unique_ptr<HttpLagoClient> client;
+  ASSERT_TRUE(HttpLagoClient::Create(client_options, &client).ok());
+  const LagoAnswer answer = client->SendEventsBatch(R"({"events":[]})");
+  EXPECT_FALSE(slow.finished()) << slow.body_bytes_sent() << " body bytes sent";
+  EXPECT_LT(slow.body_bytes_sent(), 20);
+  EXPECT_EQ(answer.http_status, 0);
+  EXPECT_EQ(answer.error, "no complete answer within 2000 ms");
+  EXPECT_EQ(answer.error.find(kFakeLagoApiKey), std::string::npos);
+  EXPECT_EQ(slow.requests().size(), 1u);
 }
 
 TEST(LagoSinkOptionsTest, BadOptionsAreRefused) {
