@@ -217,8 +217,10 @@ Status Decider::Run(Derivation* out) {
   return ResolveByCustomer(out->customer_id, &out->user_id);
 }
 
-// Emits customer.linked.v1 when the customer has no link yet, or the link gains a newer email.
-// A customer already linked to another user keeps its link (the claim stays in the log).
+// Emits customer.linked.v1 when the customer has no link yet, the link gains a newer email, or
+// this delivery is older than every link seen so far (its time orders the user's customers:
+// the least, whatever order the deliveries came in). A customer already linked to another user
+// keeps its link (the claim stays in the log).
 Status Decider::LinkCustomer(const std::string& customer_id, const std::string& user_id,
                              const std::optional<std::string>& email, std::string_view source,
                              Derivation* out) {
@@ -228,11 +230,18 @@ Status Decider::LinkCustomer(const std::string& customer_id, const std::string& 
     rapidjson::Document row;
     LEDGER_RETURN_IF_ERROR(ParseJsonObject(value, &row));
     std::optional<std::string> linked_user = Text(Member(&row, "user_id"), SIZE_MAX);
-    if (linked_user != user_id || !email) return Status::OK();
-    std::string stored_email = Text(Member(&row, "email"), SIZE_MAX).value_or("");
-    int64_t stored_created = Integer(Member(&row, "email_created")).value_or(0);
-    if (std::tie(webhook_.created, *email) <= std::tie(stored_created, stored_email)) {
-      return Status::OK();
+    if (linked_user != user_id) return Status::OK();
+    // Without it, invoice.paid (T+300) arriving before its customer.subscription.created (T)
+    // left the customer linked at T+300: another customer linked at T+200 lost to it.
+    std::optional<int64_t> linked_created = Integer(Member(&row, "linked_created"));
+    const bool earlier = linked_created && webhook_.created < *linked_created;
+    if (!earlier) {
+      if (!email) return Status::OK();
+      std::string stored_email = Text(Member(&row, "email"), SIZE_MAX).value_or("");
+      int64_t stored_created = Integer(Member(&row, "email_created")).value_or(0);
+      if (std::tie(webhook_.created, *email) <= std::tie(stored_created, stored_email)) {
+        return Status::OK();
+      }
     }
   } else if (!s.IsNotFound()) {
     return s;

@@ -5,7 +5,8 @@
 //   ParseStripeWebhook(raw body)  -> StripeWebhook (envelope fields, redacted copy, parsed doc)
 //   IngestStripeWebhook(webhook)  -> Command: dedupe on the Stripe event id, then append
 //       stripe.webhook_received.v1                      always (the delivery, secrets redacted)
-//       customer.linked.v1                              a new user <-> customer link / email
+//       customer.linked.v1                              a new user <-> customer link / email /
+//                                                       earlier link time
 //       subscription.checkout_completed.v1              checkout.session.completed
 //       subscription.state_changed.v1                   customer.subscription.* (a subscription
 //                                                       object) newer than the stored state

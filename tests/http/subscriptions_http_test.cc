@@ -818,6 +818,34 @@ TEST_F(SubscriptionsHttpTest, WithoutASubscriptionTheMostRecentlyLinkedCustomerI
   }
 }
 
+// A customer's link time is its earliest link's, also when that delivery arrives after a later
+// one that carries no email (metadata links: a Dashboard subscription's invoices): the later one
+// linked cus_X at T+300 and the earlier one derived nothing, so cus_X (linked at T) outranked
+// cus_Y (linked at T+200). A delivery no older than the stored link derives no link again.
+TEST_F(SubscriptionsHttpTest, MostRecentlyLinkedIgnoresAnOutOfOrderMetadataLink) {
+  const std::string user = "user-late";
+  auto invoice = [&](const std::string& customer, const std::string& invoice_id,
+                     int64_t offset) {
+    return ledger::testing::StripeInvoiceEventJson(ledger::testing::InvoiceOf(
+        user, customer, "sub_" + invoice_id, invoice_id, "invoice.paid", "evt_" + invoice_id,
+        ledger::testing::kStripeT0 + offset));
+  };
+  auto links = [&](const std::string& body) {
+    HttpReply r = Deliver(body);
+    EXPECT_EQ(r.status, 200) << r.body;
+    std::vector<std::string> derived = Strings(r.Json()["derived"]);
+    return std::count(derived.begin(), derived.end(), "customer.linked.v1");
+  };
+  EXPECT_EQ(links(invoice("cus_X", "in_x_late", 300)), 1);
+  EXPECT_EQ(links(invoice("cus_X", "in_x_early", 0)), 1);  // earlier: linked at T now
+  EXPECT_EQ(links(invoice("cus_X", "in_x_mid", 100)), 0);
+  EXPECT_EQ(links(invoice("cus_Y", "in_y", 200)), 1);
+  HttpReply status = As(user).Get(kStatus);
+  ASSERT_EQ(status.status, 200) << status.body;
+  EXPECT_FALSE(status.Json()["has_subscription"].GetBool()) << status.body;
+  EXPECT_EQ(std::string(status.Json()["customer_id"].GetString()), "cus_Y") << status.body;
+}
+
 TEST_F(SubscriptionsHttpTest, OneUserCannotSeeAnothersSubscription) {
   Subscribe("alice", "price_professional_monthly", "active");
   // bob sees his own (empty) state, never alice's.

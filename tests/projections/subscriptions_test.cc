@@ -390,7 +390,9 @@ TEST_F(SubscriptionsTest, CancellationBeforeAnOlderUpdateStaysCanceled) {
   std::vector<std::string> lifecycle = StripeLifecycle({});
   Deliver(&w, lifecycle[6]);  // deleted (t0+6)
   Decision stale = Deliver(&w, lifecycle[5]);  // updated active (t0+5)
-  EXPECT_EQ(Types(stale), (std::vector<std::string>{"stripe.webhook_received.v1"}));
+  // No state change; only the link's time moves back to t0+5 (its earliest delivery).
+  EXPECT_EQ(Types(stale),
+            (std::vector<std::string>{"stripe.webhook_received.v1", "customer.linked.v1"}));
   EXPECT_EQ(Query(w, "user-1").subscription.status, SubscriptionStatus::kCanceled);
 
   // Even an update stamped LATER than the deletion cannot revive a deleted subscription.
