@@ -49,7 +49,8 @@ struct KeyTestResult {
 
 // One test call. 2xx = valid, 401/403 = invalid, anything else (including no answer within
 // `timeout_ms`, and a status line outside 100-599) = error. `timeout_ms` bounds the whole call
-// (connect, request, the answer's head and body): a provider still sending then is stopped.
+// (connect, TLS handshake, request, the answer's head and body; not the name lookup): a
+// provider still sending then is cut off (http/call_deadline.h).
 KeyTestResult TestProviderKey(const ByokProvider& provider, const std::string& base_url,
                               const std::string& api_key, int timeout_ms);
 

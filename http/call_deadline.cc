@@ -1,20 +1,44 @@
 #include "http/call_deadline.h"
 
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <httplib.h>
 
 namespace ledger::http {
 
 CallDeadline::CallDeadline(httplib::Client* client, std::chrono::milliseconds timeout)
-    : thread_([this, client, deadline = std::chrono::steady_clock::now() + timeout] {
+    : client_(client),
+      thread_([this, client, deadline = std::chrono::steady_clock::now() + timeout] {
         Watch(client, deadline);
-      }) {}
+      }) {
+  client_->set_socket_options([this](socket_t sock) { Adopt(sock); });
+}
+
+void CallDeadline::Adopt(int sock) {
+  const int copy = ::fcntl(sock, F_DUPFD_CLOEXEC, 0);
+  if (copy < 0) return;  // stop() still ends the call once the socket is connected
+  std::lock_guard<std::mutex> lock(mu_);
+  fds_.push_back(copy);
+  if (passed_) ::shutdown(copy, SHUT_RD);
+}
 
 void CallDeadline::Watch(httplib::Client* client,
                          std::chrono::steady_clock::time_point deadline) {
   std::unique_lock<std::mutex> lock(mu_);
   if (cv_.wait_until(lock, deadline, [this] { return done_; })) return;
   passed_ = true;
-  // Again until the call returns: a stop() before the request took its socket is lost.
+  // The call's own sockets: their reads end (EOF), in the TLS handshake too, which stop() would
+  // wait out. Only the reading side: OpenSSL answers the cut with an alert, and a write to a
+  // socket shut for writing raises SIGPIPE (fatal in a process that does not ignore it).
+  if (!fds_.empty()) {
+    for (int fd : fds_) ::shutdown(fd, SHUT_RD);
+    if (cv_.wait_for(lock, std::chrono::milliseconds(50), [this] { return done_; })) return;
+  }
+  // A kept-alive connection the call reused (no socket of its own), or a call the shutdown did
+  // not end (blocked writing): stop(), again until the call returns -- a stop() before the
+  // request took its socket is lost.
   do {
     lock.unlock();
     client->stop();
@@ -30,6 +54,9 @@ bool CallDeadline::Finish() {
     }
     cv_.notify_one();
     thread_.join();
+    client_->set_socket_options(nullptr);  // this object is gone before the client's next call
+    for (int fd : fds_) ::close(fd);
+    fds_.clear();
   }
   return passed_;
 }

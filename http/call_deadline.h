@@ -6,7 +6,14 @@
 // A CallDeadline stops `client` once `timeout` has passed, unless Finish() came first.
 // httplib::Client::stop() may be called while a request runs (it shuts the socket down; the
 // request fails with a read error), so a call cut off looks like a lost connection: callers ask
-// Finish() whether it was the deadline.
+// Finish() whether it was the deadline. stop() waits for the connect and the TLS handshake
+// (cpp-httplib holds its socket mutex across both), and a server trickling its handshake kept
+// those going: so the deadline shuts down the reading side of every socket the call opened,
+// through a duplicate of its descriptor taken when it was created (set_socket_options; the
+// client's own socket options are replaced for the call), which no other thread can close and
+// reuse under it; stop() only for a kept-alive connection the call reused. Not bounded: the name
+// lookup before the socket exists, and a write the server does not read (our requests fit the
+// socket buffers; each write has its own timeout).
 //
 // Thread safety: constructed and Finish()ed by the caller's thread; its own thread calls stop(),
 // and is joined before Finish() (or the destructor) returns.
@@ -16,6 +23,7 @@
 #include <condition_variable>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 namespace httplib {
 class Client;
@@ -36,12 +44,16 @@ class CallDeadline {
 
  private:
   void Watch(httplib::Client* client, std::chrono::steady_clock::time_point deadline);
+  // A socket the call created (the caller's thread, inside the call).
+  void Adopt(int sock);
 
+  httplib::Client* const client_;
   std::mutex mu_;
   std::condition_variable cv_;
-  bool done_ = false;    // guarded by mu_
-  bool passed_ = false;  // written by thread_ only; read after it joined
-  std::thread thread_;   // last: starts with every other member initialized
+  bool done_ = false;      // guarded by mu_
+  bool passed_ = false;    // guarded by mu_; read by Finish() after the join
+  std::vector<int> fds_;   // guarded by mu_: duplicates of the call's sockets, closed by Finish()
+  std::thread thread_;     // last: starts with every other member initialized
 };
 
 }  // namespace ledger::http

@@ -1159,6 +1159,21 @@ TEST(ByokProvidersTest, AKeyTestEndsWithinItsTimeout) {
   EXPECT_EQ(result.detail.find(kOpenAiKey), std::string::npos);
 }
 
+// The deadline also ends a TLS handshake the provider trickles (cpp-httplib's stop() waits for
+// the handshake to end; each byte restarted its per-wait timeout, so 20 bytes took 30 s).
+TEST(ByokProvidersTest, AKeyTestEndsWithinItsTimeoutDuringTheTlsHandshake) {
+  using ledger::testing::TricklingServer;
+  TricklingServer slow(TricklingServer::kTlsHandshake, 20, std::chrono::milliseconds(1500));
+  const KeyTestResult result =
+      TestProviderKey(*FindByokProvider("openai"),
+                      "https://127.0.0.1:" + std::to_string(slow.port()), kOpenAiKey, 2000);
+  EXPECT_FALSE(slow.finished()) << slow.body_bytes_sent() << " handshake bytes sent";
+  EXPECT_LT(slow.body_bytes_sent(), 20);
+  EXPECT_EQ(result.verdict, KeyVerdict::kError) << result.detail;
+  EXPECT_NE(result.detail.find("within 2000 ms"), std::string::npos) << result.detail;
+  EXPECT_EQ(result.detail.find(kOpenAiKey), std::string::npos);
+}
+
 TEST(ByokProvidersTest, BaseUrlOverridesNameKnownProvidersAndHttpUrls) {
   std::map<std::string, std::string> urls;
   ASSERT_TRUE(ParseByokBaseUrls("openai=http://127.0.0.1:1,anthropic=https://a.example/v", &urls).ok());

@@ -21,6 +21,12 @@ namespace ledger::testing {
 
 class TricklingServer {
  public:
+  // As `status`: a TLS server that never finishes its handshake -- after the client's first
+  // bytes (its ClientHello) a handshake record header announcing 16 KiB, then the record's
+  // `body_bytes` one every `interval` (OpenSSL waits for the whole record; each byte restarts
+  // cpp-httplib's per-wait connection timeout). Call it at https://127.0.0.1:<port()>.
+  static constexpr int kTlsHandshake = -1;
+
   TricklingServer(int status, int body_bytes, std::chrono::milliseconds interval)
       : status_(status), body_bytes_(body_bytes), interval_(interval) {
     fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -50,6 +56,7 @@ class TricklingServer {
   TricklingServer& operator=(const TricklingServer&) = delete;
 
   std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  int port() const { return port_; }
   bool finished() const { return finished_.load(); }  // a whole body was sent
   int body_bytes_sent() const { return body_bytes_sent_.load(); }  // over all requests
   // The heads of the requests received, in order.
@@ -71,14 +78,21 @@ class TricklingServer {
   void Answer(int connection) {
     std::string request;
     char buf[4096];
-    while (request.find("\r\n\r\n") == std::string::npos) {
+    while (status_ != kTlsHandshake && request.find("\r\n\r\n") == std::string::npos) {
       const ssize_t n = ::recv(connection, buf, sizeof(buf), 0);
       if (n <= 0) break;
       request.append(buf, static_cast<size_t>(n));
     }
-    const std::string head = "HTTP/1.1 " + std::to_string(status_) +
-                             " OK\r\nContent-Type: application/json\r\nContent-Length: " +
-                             std::to_string(body_bytes_) + "\r\n\r\n";
+    if (status_ == kTlsHandshake) {
+      const ssize_t n = ::recv(connection, buf, sizeof(buf), 0);  // the ClientHello
+      if (n > 0) request.assign(buf, static_cast<size_t>(n));
+    }
+    const std::string head =
+        status_ == kTlsHandshake
+            ? std::string("\x16\x03\x03\x40\x00", 5)  // handshake record, TLS 1.2, 16 KiB
+            : "HTTP/1.1 " + std::to_string(status_) +
+                  " OK\r\nContent-Type: application/json\r\nContent-Length: " +
+                  std::to_string(body_bytes_) + "\r\n\r\n";
     bool open = ::send(connection, head.data(), head.size(), MSG_NOSIGNAL) > 0;
     std::unique_lock<std::mutex> lock(mu_);
     requests_.push_back(request.substr(0, request.find("\r\n\r\n")));
