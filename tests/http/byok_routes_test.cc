@@ -126,18 +126,8 @@ class FakeProvider {
 class RawProvider {
  public:
   explicit RawProvider(std::string answer) : answer_(std::move(answer)) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t length = sizeof(addr);
-    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-        ::listen(fd_, 8) != 0 ||
-        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &length) != 0) {
-      return;
-    }
-    port_ = ntohs(addr.sin_port);
-    thread_ = std::thread([this] { Serve(); });
+    fd_ = ledger::testing::ListenLoopback(&port_);
+    if (fd_ >= 0) thread_ = std::thread([this] { Serve(); });
   }
   ~RawProvider() {
     if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);  // wakes the accept()

@@ -1195,6 +1195,20 @@ std::string ReadUntil(int fd, const std::string& what) {
   return got;
 }
 
+// A connection to 127.0.0.1:`port` that was accepted and parked: one request answered on it and
+// kept alive. -1 when it failed.
+int ConnectParked(int port) {
+  const int fd = testing::ConnectLoopback(port);
+  if (fd < 0) return -1;
+  const std::string hello = "GET /loop-hello HTTP/1.1\r\nHost: x\r\n\r\n";
+  if (::send(fd, hello.data(), hello.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(hello.size()) ||
+      ReadUntil(fd, R"({"loop":"hello"})").find(R"({"loop":"hello"})") == std::string::npos) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
 // Connections the server is done with, and heads still arriving up to their limit, hold no worker:
 // a lingering close (the answer out, what the client still sends drained until it closes or
 // linger_ms pass) and a head over 8 KiB that stalls are watched by the event loop. Two of each, and
@@ -1606,23 +1620,11 @@ TEST_F(ServerTest, StopFinishesInFlightRequests) {
 // nothing done. The listener closing (after the loop has stopped) says when to send the rest.
 TEST_F(ServerTest, StopAnswersARequestWhoseHeadHadArrived) {
   Start();
-  int body_pending = testing::ConnectLoopback(stack_.port());
-  int head_pending = testing::ConnectLoopback(stack_.port());
+  // Accepted and parked first: each answers a request on its kept-alive connection.
+  int body_pending = ConnectParked(stack_.port());
+  int head_pending = ConnectParked(stack_.port());
   ASSERT_GE(body_pending, 0);
   ASSERT_GE(head_pending, 0);
-  // Accepted and parked first: each answers a request on its kept-alive connection.
-  const std::string hello = "GET /loop-hello HTTP/1.1\r\nHost: x\r\n\r\n";
-  for (int fd : {body_pending, head_pending}) {
-    ASSERT_EQ(::send(fd, hello.data(), hello.size(), MSG_NOSIGNAL),
-              static_cast<ssize_t>(hello.size()));
-    std::string answer;
-    char buf[4096];
-    while (answer.find(R"({"loop":"hello"})") == std::string::npos) {
-      const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-      ASSERT_GT(n, 0) << answer;
-      answer.append(buf, static_cast<size_t>(n));
-    }
-  }
   const std::string head =
       "POST /loop-echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01234";
   ASSERT_EQ(::send(body_pending, head.data(), head.size(), MSG_NOSIGNAL),
@@ -1665,22 +1667,12 @@ TEST_F(ServerTest, StopIsBoundedWithManyHeldHeads) {
   Start(options);
   constexpr int kHolds = 20;
   std::vector<int> holds;
-  const std::string hello = "GET /loop-hello HTTP/1.1\r\nHost: x\r\n\r\n";
   const std::string head = "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n";
   for (int i = 0; i < kHolds; ++i) {
-    const int fd = testing::ConnectLoopback(stack_.port());
+    // Accepted and parked first (answered on its kept-alive connection), then the head alone.
+    const int fd = ConnectParked(stack_.port());
     ASSERT_GE(fd, 0);
     holds.push_back(fd);
-    // Accepted and parked first (answered on its kept-alive connection), then the head alone.
-    ASSERT_EQ(::send(fd, hello.data(), hello.size(), MSG_NOSIGNAL),
-              static_cast<ssize_t>(hello.size()));
-    std::string answer;
-    char buf[4096];
-    while (answer.find(R"({"loop":"hello"})") == std::string::npos) {
-      const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-      ASSERT_GT(n, 0) << answer;
-      answer.append(buf, static_cast<size_t>(n));
-    }
     ASSERT_EQ(::send(fd, head.data(), head.size(), MSG_NOSIGNAL),
               static_cast<ssize_t>(head.size()));
   }

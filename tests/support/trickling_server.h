@@ -19,6 +19,23 @@
 
 namespace ledger::testing {
 
+// A socket listening on 127.0.0.1 at a free port (*port), or -1 (the fake outside APIs here).
+inline int ListenLoopback(int* port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof(addr);
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::listen(fd, 8) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &length) != 0) {
+    if (fd >= 0) ::close(fd);
+    return -1;
+  }
+  *port = ntohs(addr.sin_port);
+  return fd;
+}
+
 class TricklingServer {
  public:
   // As `status`: a TLS server that never finishes its handshake -- after the client's first
@@ -29,18 +46,8 @@ class TricklingServer {
 
   TricklingServer(int status, int body_bytes, std::chrono::milliseconds interval)
       : status_(status), body_bytes_(body_bytes), interval_(interval) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t length = sizeof(addr);
-    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-        ::listen(fd_, 8) != 0 ||
-        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &length) != 0) {
-      return;
-    }
-    port_ = ntohs(addr.sin_port);
-    thread_ = std::thread([this] { Serve(); });
+    fd_ = ListenLoopback(&port_);
+    if (fd_ >= 0) thread_ = std::thread([this] { Serve(); });
   }
   ~TricklingServer() {
     {
