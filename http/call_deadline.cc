@@ -27,7 +27,7 @@ void CallDeadline::Adopt(int sock) {
 void CallDeadline::Watch(httplib::Client* client,
                          std::chrono::steady_clock::time_point deadline) {
   std::unique_lock<std::mutex> lock(mu_);
-  if (cv_.wait_until(lock, deadline, [this] { return done_; })) return;
+  if (cv_.wait_until(lock, deadline, [this] { return done_ || cut_; }) && done_) return;
   passed_ = true;
   // The call's own sockets: their reads end (EOF), in the TLS handshake too, which stop() would
   // wait out. Only the reading side: OpenSSL answers the cut with an alert, and a write to a
@@ -44,6 +44,15 @@ void CallDeadline::Watch(httplib::Client* client,
     client->stop();
     lock.lock();
   } while (!cv_.wait_for(lock, std::chrono::milliseconds(50), [this] { return done_; }));
+}
+
+void CallDeadline::Cut() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (done_) return;
+    cut_ = true;
+  }
+  cv_.notify_one();
 }
 
 bool CallDeadline::Finish() {

@@ -42,6 +42,10 @@ class CallDeadline {
   // Ends the watch; true when the deadline had passed (the call was stopped).
   bool Finish();
 
+  // Cuts the call now, as its deadline would (a stop from another thread: httplib's stop()
+  // alone waits out a TLS handshake); Finish() then answers true. Any thread, until Finish().
+  void Cut();
+
  private:
   void Watch(httplib::Client* client, std::chrono::steady_clock::time_point deadline);
   // A socket the call created (the caller's thread, inside the call).
@@ -53,6 +57,7 @@ class CallDeadline {
   bool done_ = false;      // guarded by mu_
   bool passed_ = false;    // guarded by mu_; read by Finish() after the join
   std::vector<int> fds_;   // guarded by mu_: duplicates of the call's sockets, closed by Finish()
+  bool cut_ = false;       // guarded by mu_: Cut() was called
   std::thread thread_;     // last: starts with every other member initialized
 };
 

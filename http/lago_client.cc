@@ -84,7 +84,14 @@ Status HttpLagoClient::Create(const LagoClientOptions& options,
 
 HttpLagoClient::~HttpLagoClient() = default;
 
-void HttpLagoClient::Cancel() { client_->stop(); }
+void HttpLagoClient::Cancel() {
+  {
+    // The call's own sockets first: stop() waits out a TLS handshake (CallDeadline).
+    std::lock_guard<std::mutex> lock(call_mu_);
+    if (call_ != nullptr) call_->Cut();
+  }
+  client_->stop();
+}
 
 LagoAnswer HttpLagoClient::SendEventsBatch(const std::string& body) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -108,7 +115,15 @@ LagoAnswer HttpLagoClient::SendEventsBatch(const std::string& body) {
   httplib::Error error = httplib::Error::Success;
   const int64_t deadline_ms = std::max<int64_t>(options_.deadline_ms, 1);
   CallDeadline deadline(client_.get(), std::chrono::milliseconds(deadline_ms));
+  {
+    std::lock_guard<std::mutex> lock(call_mu_);
+    call_ = &deadline;
+  }
   const bool sent = client_->send(request, response, error);
+  {
+    std::lock_guard<std::mutex> lock(call_mu_);
+    call_ = nullptr;
+  }
   const bool deadline_passed = deadline.Finish();
   if (!sent || error != httplib::Error::Success) {
     answer.body.clear();

@@ -27,6 +27,8 @@ class Client;
 
 namespace ledger::http {
 
+class CallDeadline;
+
 // Lago's answer to one attempt.
 struct LagoAnswer {
   int http_status = 0;          // 0: no HTTP answer (connection refused, timeout, reset, TLS)
@@ -81,6 +83,8 @@ class HttpLagoClient final : public LagoEventsApi {
   std::mutex mu_;
   // Guarded by mu_, but for Cancel(): httplib::Client::stop() may be called while a request runs.
   std::unique_ptr<httplib::Client> client_;
+  std::mutex call_mu_;
+  CallDeadline* call_ = nullptr;  // guarded by call_mu_: the running call's, for Cancel()
 };
 
 }  // namespace ledger::http

@@ -430,7 +430,11 @@ bool HttpStripeClient::Impl::Attempt(const char* method, const std::string& path
   CallDeadline deadline(&client, std::chrono::milliseconds(remaining_ms));
   bool ok = client.send(request, *response, *error);
   const bool deadline_passed = deadline.Finish();
-  if (ok && *error == httplib::Error::Success) return true;
+  // A body without a length ends where the connection does, and the deadline's cut looks like
+  // that end: such an answer is incomplete, not Stripe's (a Malformed 502).
+  const bool cut_short = deadline_passed && ok && !response->has_header("Content-Length") &&
+                         !response->has_header("Transfer-Encoding");
+  if (ok && *error == httplib::Error::Success && !cut_short) return true;
   if (deadline_passed) {
     *error = httplib::Error::Read;
     return false;

@@ -6,6 +6,7 @@
 // ledgerd refuses, an empty LEDGER_DATA_DIR or --data-dir).
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -525,6 +526,9 @@ void AddStripeSetup(CLI::App& app, StripeSetupArgs* args) {
 }
 
 int RunStripeSetupCommand(const Globals& globals, const StripeSetupArgs& args) {
+  // A Stripe call cut off at its deadline (http/call_deadline.h) or reset by the peer can leave a
+  // write to a shut socket: EPIPE and a failed call, not a silent death by SIGPIPE (exit 141).
+  ::signal(SIGPIPE, SIG_IGN);
   StripeSetupRunOptions options;
   options.data_dir = globals.data_dir;
   options.stripe.api_base = args.api_base;

@@ -416,6 +416,29 @@ TEST(LagoClientTest, AnAnswerThatTricklesEndsAtTheDeadline) {
   EXPECT_EQ(slow.requests().size(), 1u);
 }
 
+// The sink's Stop cancels the running call; httplib's stop() alone waited out a TLS handshake
+// sent a byte at a time (the whole 30 s attempt deadline, leaving the outbox no time to flush).
+TEST(LagoClientTest, CancelCutsACallInTheTlsHandshake) {
+  using ledger::testing::TricklingServer;
+  TricklingServer slow(TricklingServer::kTlsHandshake, 20, std::chrono::milliseconds(1500));
+  LagoClientOptions client_options;
+  client_options.api_url = "https://127.0.0.1:" + std::to_string(slow.port());
+  client_options.api_key = kFakeLagoApiKey;
+  std::unique_ptr<HttpLagoClient> client;
+  ASSERT_TRUE(HttpLagoClient::Create(client_options, &client).ok());
+  LagoAnswer answer;
+  std::thread call([&] { answer = client->SendEventsBatch(R"({"events":[]})"); });
+  for (int i = 0; i < 500 && slow.requests().empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(slow.requests().size(), 1u);  // the ClientHello arrived: the handshake is running
+  client->Cancel();
+  call.join();
+  // Cut at once: not at the attempt's own 30 s deadline, by which ≈ 20 bytes had been sent.
+  EXPECT_LE(slow.body_bytes_sent(), 2) << "handshake bytes sent before the call ended";
+  EXPECT_EQ(answer.http_status, 0);
+}
+
 TEST(LagoSinkOptionsTest, BadOptionsAreRefused) {
   TempDir dir;
   LedgerOptions ledger_options;

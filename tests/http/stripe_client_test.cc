@@ -432,6 +432,26 @@ TEST_F(StripeClientTest, AnAnswerThatTricklesEndsAtTheDeadline) {
   EXPECT_TRUE(sleeps().empty());
 }
 
+// An answer without a length ends where the connection does, and the deadline's cut looked like
+// that end: the truncated body was taken for Stripe's answer (502 stripe_error, "unexpected
+// answer") instead of no answer in time.
+TEST_F(StripeClientTest, AnAnswerWithoutALengthCutAtTheDeadlineIsNoAnswer) {
+  ledger::testing::TricklingServer slow(200, 200, std::chrono::milliseconds(1500),
+                                        /*content_length=*/false);
+  StripeClientOptions options;
+  options.api_base = slow.url();
+  options.secret_key = kFakeStripeSecretKey;
+  options.read_timeout_ms = 15'000;
+  options.deadline_ms = 2'000;
+  options.sleep = [](int64_t) {};
+  std::unique_ptr<HttpStripeClient> client;
+  ASSERT_TRUE(HttpStripeClient::Create(options, &client).ok());
+  StripeCheckoutSession session;
+  Status s = client->CreateCheckoutSession(Checkout(), "key-no-length", &session);
+  EXPECT_FALSE(slow.finished()) << slow.body_bytes_sent() << " body bytes sent";
+  EXPECT_EQ(s.problem(), "stripe_unavailable") << s.ToString();
+}
+
 TEST_F(StripeClientTest, AConnectionDroppedMidAnswerIsRetried) {
   fake_.InjectFault(FakeStripe::Fault::kReset, 1);
   StripeCheckoutSession session;

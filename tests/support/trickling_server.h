@@ -44,8 +44,12 @@ class TricklingServer {
   // cpp-httplib's per-wait connection timeout). Call it at https://127.0.0.1:<port()>.
   static constexpr int kTlsHandshake = -1;
 
-  TricklingServer(int status, int body_bytes, std::chrono::milliseconds interval)
-      : status_(status), body_bytes_(body_bytes), interval_(interval) {
+  // `content_length` false: the head announces no length (`Connection: close`; the body ends
+  // where the connection does).
+  TricklingServer(int status, int body_bytes, std::chrono::milliseconds interval,
+                  bool content_length = true)
+      : status_(status), body_bytes_(body_bytes), interval_(interval),
+        content_length_(content_length) {
     fd_ = ListenLoopback(&port_);
     if (fd_ >= 0) thread_ = std::thread([this] { Serve(); });
   }
@@ -97,9 +101,10 @@ class TricklingServer {
     const std::string head =
         status_ == kTlsHandshake
             ? std::string("\x16\x03\x03\x40\x00", 5)  // handshake record, TLS 1.2, 16 KiB
-            : "HTTP/1.1 " + std::to_string(status_) +
-                  " OK\r\nContent-Type: application/json\r\nContent-Length: " +
-                  std::to_string(body_bytes_) + "\r\n\r\n";
+            : "HTTP/1.1 " + std::to_string(status_) + " OK\r\nContent-Type: application/json\r\n" +
+                  (content_length_ ? "Content-Length: " + std::to_string(body_bytes_)
+                                   : std::string("Connection: close")) +
+                  "\r\n\r\n";
     bool open = ::send(connection, head.data(), head.size(), MSG_NOSIGNAL) > 0;
     std::unique_lock<std::mutex> lock(mu_);
     requests_.push_back(request.substr(0, request.find("\r\n\r\n")));
@@ -118,6 +123,7 @@ class TricklingServer {
   const int status_;
   const int body_bytes_;
   const std::chrono::milliseconds interval_;
+  const bool content_length_;
   int fd_ = -1;
   int port_ = 0;
   mutable std::mutex mu_;
