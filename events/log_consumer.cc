@@ -28,9 +28,13 @@ Status LogConsumerCore::Load(uint64_t* mark) {
     spdlog::error("{}: checkpoint {} is past the head {} (was the data directory replaced?); "
                   "continuing from the head",
                   log_name_, *mark, head);
+    // Written (synced) before anything past the head is handled: kept in memory only, a stop
+    // after handling head+1..k, once the log had grown past the old checkpoint, went on from
+    // the old checkpoint -- k+1..old never handled.
+    LEDGER_RETURN_IF_ERROR(ledger_->PutCheckpoint(checkpoint_name_, Position(head), /*sync=*/true));
     *mark = head;
   }
-  persisted_mark_ = checkpoint.value();  // so that a clamped mark is written at the next Persist
+  persisted_mark_ = *mark;
   persisted_.store(persisted_mark_);
   return Status::OK();
 }

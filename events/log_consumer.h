@@ -5,7 +5,8 @@
 // persists that mark and tells the thread when to wait and when to stop.
 //
 // Checkpoint: Load() reads it (a checkpoint past the head — a replaced data directory — is
-// clamped to the head, and the clamped mark is written at the next Persist()). Persist() writes
+// clamped to the head and written so, synced, before Load() returns; an error if it cannot be:
+// nothing past the head may be handled first). Persist() writes
 // the mark with sync=false at most every checkpoint_interval_ms (sooner when asked), and with
 // sync=true when forced (on stop). A crash then re-handles at most one interval of events, which
 // every consumer must tolerate (at-least-once).

@@ -223,6 +223,29 @@ TEST_F(HeldSyncTest, AFailedCheckpointSyncLeavesNoPathInTheConsumersLastError) {
   EXPECT_EQ(core.persisted(), 0u);
 }
 
+// A checkpoint past the head (a data directory replaced by an older copy) is clamped to the head
+// and written so before the consumer handles anything: kept in memory only, a crash after
+// handling a few new events, once the log had grown past the old checkpoint, went on from the old
+// one and skipped the events between. A ledger that cannot write it refuses the load.
+TEST_F(HeldSyncTest, ACheckpointPastTheHeadIsClampedOnDiskAtLoad) {
+  ASSERT_TRUE(ledger_->PutCheckpoint("sink.test", Position(20), /*sync=*/true).ok());
+  {
+    LogConsumerCore core(ledger_.get(), "test sink", "sink.test", /*checkpoint_interval_ms=*/1000);
+    uint64_t mark = 0;
+    ASSERT_TRUE(core.Load(&mark).ok());
+    EXPECT_EQ(mark, ledger_->Head().value());
+    EXPECT_EQ(core.persisted(), mark);
+  }
+  Position stored;
+  ASSERT_TRUE(ledger_->GetCheckpoint("sink.test", &stored).ok());
+  EXPECT_EQ(stored, ledger_->Head()) << "the clamp was not written";
+  ASSERT_TRUE(ledger_->PutCheckpoint("sink.test", Position(20), /*sync=*/true).ok());
+  fault_.fs()->SetFailSyncs(true);
+  LogConsumerCore core(ledger_.get(), "test sink", "sink.test", /*checkpoint_interval_ms=*/1000);
+  uint64_t mark = 0;
+  EXPECT_FALSE(core.Load(&mark).ok());
+}
+
 // 64 logical callers on no thread of their own: each submits its next command from the
 // completion of the previous one. Every command is answered exactly once, successfully, at a
 // position of its own, and each caller's positions increase.
