@@ -178,6 +178,13 @@ class BillingRoutesTest : public ::testing::Test {
 
   // Links alice to a Stripe customer and subscription through the webhook command, and creates
   // them at the fake.
+  // Stripe shows sub_alice canceled by someone else (the Dashboard): no comment of ours.
+  void EndAlicesSubscriptionInTheDashboard() {
+    FakeStripe::Subscription ended = *fake_.GetSubscription("sub_alice");
+    ended.status = "canceled";
+    ended.cancellation_comment = "canceled in the Dashboard";
+    fake_.AddSubscription(ended);
+  }
   void GiveAliceASubscription(const std::string& status = "active",
                               const std::string& price = "price_starter_monthly",
                               std::optional<std::string> plan_tag = "starter",
@@ -2094,10 +2101,7 @@ TEST_F(BillingRoutesTest, ACommentWithTheRequestsPublicKeyIsNotTakenForItsMarker
 // comment of ours: a cancel-now under a client key asks Stripe and still gets 409.
 TEST_F(BillingRoutesTest, ACancelNowOfASubscriptionEndedElsewhereIsRefused) {
   GiveAliceASubscription();
-  FakeStripe::Subscription ended = *fake_.GetSubscription("sub_alice");
-  ended.status = "canceled";
-  ended.cancellation_comment = "canceled in the Dashboard";
-  fake_.AddSubscription(ended);
+  EndAlicesSubscriptionInTheDashboard();
   DeliverAlicesSubscription("evt_sub_alice_deleted", "customer.subscription.deleted", "canceled",
                             "price_starter_monthly", "starter");
   const uint64_t head = Head();
@@ -2115,10 +2119,7 @@ TEST_F(BillingRoutesTest, ACancelNowOfASubscriptionEndedElsewhereIsRefused) {
 // recorded as a cancel the user never made).
 TEST_F(BillingRoutesTest, ACancelNowOfASubscriptionEndedElsewhereBeforeItsWebhookIsRefused) {
   GiveAliceASubscription();
-  FakeStripe::Subscription ended = *fake_.GetSubscription("sub_alice");
-  ended.status = "canceled";
-  ended.cancellation_comment = "canceled in the Dashboard";
-  fake_.AddSubscription(ended);
+  EndAlicesSubscriptionInTheDashboard();
   const uint64_t head = Head();
   ExpectProblem(
       Alice().Post(kCancel, R"({"at_period_end":false})", {{"Idempotency-Key", "cancel-1"}}), 409,
