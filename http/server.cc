@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -55,6 +56,11 @@ constexpr std::string_view kLongHeadRequestLine = "POST /api/v1/webhooks/lago ";
 // Header lines longer than this are taken out of cpp-httplib's sight (its limit is 8192).
 constexpr size_t kHeaderLineBytesMax = 4096;
 constexpr size_t kLongHeadersMax = 8;
+// cpp-httplib 0.11.4 refuses a header line longer than this, its CRLF included, with a 400
+// (CPPHTTPLIB_HEADER_MAX_LENGTH): one more long line than kLongHeadersMax is a 431 instead.
+constexpr size_t kLibraryHeaderLineBytesMax = 8192;
+constexpr std::string_view kTooManyLongHeaders =
+    "more than 8 header lines are over 4 KiB, and one of them over 8 KiB";
 // How much a closing connection is drained (for HttpServerOptions::linger_ms) so that the client
 // sees our answer instead of a reset (the "lingering close" of Apache and nginx).
 constexpr size_t kLingerBytesMax = 1 << 20;
@@ -116,6 +122,29 @@ bool HasBody(const httplib::Request& req) {
   if (IsChunked(req)) return true;
   uint64_t length = 0;
   return ParseContentLength(req.get_header_value("Content-Length"), &length) && length > 0;
+}
+
+// Where a request head in `text` ends, searched from `from`: the LF of its last line, followed by
+// the blank line -- a CRLF, or a bare LF (RFC 9112 §2.2; refused, see TakeHead). npos when the
+// head has not ended yet.
+size_t HeadEnd(std::string_view text, size_t from) {
+  for (size_t lf = text.find('\n', from); lf != std::string_view::npos; lf = text.find('\n', lf + 1)) {
+    if (lf + 1 < text.size() && text[lf + 1] == '\n') return lf;
+    if (lf + 2 < text.size() && text[lf + 1] == '\r' && text[lf + 2] == '\n') return lf;
+  }
+  return std::string_view::npos;
+}
+
+// Whether every '%' in a request target starts a percent-escape: two hex digits (RFC 3986
+// §2.1). cpp-httplib also decodes `%uXXXX`, which no proxy in front reads the same way.
+bool HasOnlyPercentEscapes(std::string_view target) {
+  for (size_t at = target.find('%'); at != std::string_view::npos; at = target.find('%', at + 1)) {
+    if (at + 2 >= target.size() || !std::isxdigit(static_cast<unsigned char>(target[at + 1])) ||
+        !std::isxdigit(static_cast<unsigned char>(target[at + 2]))) {
+      return false;
+    }
+  }
+  return true;
 }
 
 double SecondsSince(Clock::time_point start) {
@@ -381,6 +410,7 @@ class ConnectionStream final : public httplib::Stream {
     chunked_.Reset();
     request_started_ = Clock::now();
     head_too_large_ = false;
+    head_too_large_detail_ = {};
     head_shrunk_by_ = 0;
     cap_hit_ = false;
     head_pending_ = true;
@@ -394,6 +424,8 @@ class ConnectionStream final : public httplib::Stream {
   void SetStopDeadline(Clock::time_point deadline) { stop_deadline_.store(deadline); }
   Clock::time_point stop_deadline() const { return stop_deadline_.load(); }
   bool head_too_large() const { return head_too_large_; }
+  // Why (the 431's detail), when head_too_large().
+  std::string_view head_too_large_detail() const { return head_too_large_detail_; }
   // From now on, the bytes read are a chunked body: check their framing (ChunkedFraming).
   void WatchChunkedBody() { chunked_.Watch(); }
   bool chunked_body_malformed() const { return chunked_.malformed(); }
@@ -493,14 +525,15 @@ class ConnectionStream final : public httplib::Stream {
     std::string head = pending_.substr(pending_begin_);
     ReleasePending();
     size_t end = std::string::npos;
-    size_t searched = 0;  // the head before this offset has no CRLFCRLF (a long head: many reads)
+    size_t searched = 0;  // the head before this offset has not ended (a long head: many reads)
     size_t allowance = kHeaderBytesAllowance;
     for (;;) {
       head.append(buffer_.data() + begin_, end_ - begin_);
       begin_ = end_ = 0;
       // The blank line after the last header line, also after one ending in a bare LF (cpp-httplib
-      // ends the head there too, and the line checks below refuse the bare LF).
-      end = head.find("\n\r\n", searched);
+      // ends the head there too, and the line checks below refuse the bare LF), and a bare-LF
+      // blank line (refused below).
+      end = HeadEnd(head, searched);
       searched = head.size() > 3 ? head.size() - 3 : 0;
       if (head.compare(0, kLongHeadRequestLine.size(), kLongHeadRequestLine) == 0) {
         allowance = limits::kLagoWebhookHeadBytesMax;
@@ -520,11 +553,21 @@ class ConnectionStream final : public httplib::Stream {
       // cpp-httplib answered one long line (`GET /livez` with a 66,000-byte header) 400 "Bad
       // Request" at its 8 KiB line limit, where many short lines adding up got the 431.
       head_too_large_ = end != std::string::npos || head.size() > allowance;
+      if (head_too_large_) head_too_large_detail_ = kHeadTooLarge;
       const size_t request_line_end = head.find('\n');
       if (head_too_large_ && request_line_end < kHeaderLineBytesMax) {
         head.resize(request_line_end + 1);
         head.append("\r\n");
       }
+      pending_ = std::move(head);
+      return true;
+    }
+    if (head[end + 1] == '\n') {
+      // The blank line is a bare LF: cpp-httplib would skip it and wait for a CRLF one (the
+      // client got no answer). Refused (400, PreRoute) from the request line alone.
+      malformed_header_ = true;
+      head.resize(head.find('\n') + 1);
+      head.append("\r\n");
       pending_ = std::move(head);
       return true;
     }
@@ -545,7 +588,8 @@ class ConnectionStream final : public httplib::Stream {
       // cpp-httplib skips a line ending in a bare LF and percent-decodes values: a proxy that
       // reads `Content-Length: 5\n` or `chunke%64` otherwise would frame the request differently,
       // and the dedupe keys `a%2Fb` and `a/b` would be one key.
-      if (line.find_first_of("\r\n") != std::string_view::npos ||
+      // RFC 9110 §5.5: no NUL in a field value (nor anywhere else in the head).
+      if (line.find_first_of(std::string_view("\r\n\0", 3)) != std::string_view::npos ||
           (colon != std::string_view::npos && line.find('%') != std::string_view::npos &&
            (EqualsIgnoreCase(line.substr(0, colon), "Content-Length") ||
             EqualsIgnoreCase(line.substr(0, colon), "Transfer-Encoding") ||
@@ -562,6 +606,10 @@ class ConnectionStream final : public httplib::Stream {
         std::string marker = "ledger-long-header-" + std::to_string(long_headers_.size());
         out.append(line.substr(0, colon + 1)).append(" ").append(marker);
         long_headers_.emplace(std::move(marker), std::string(value));
+      } else if (line_start > 0 && line.size() + 2 > kLibraryHeaderLineBytesMax) {
+        head_too_large_ = true;  // cpp-httplib would refuse the line: 431 from the request line
+        head_too_large_detail_ = kTooManyLongHeaders;
+        out.append(line);
       } else {
         out.append(line);
       }
@@ -570,6 +618,10 @@ class ConnectionStream final : public httplib::Stream {
     }
     out.append(head, head_end, std::string::npos);  // the blank line, then body bytes
     // (A last line ending in a bare LF gained a CRLF: the request is refused as malformed.)
+    if (head_too_large_) {
+      out.resize(out.find('\n') + 1);
+      out.append("\r\n");
+    }
     head_shrunk_by_ = head.size() > out.size() ? head.size() - out.size() : 0;
     pending_ = std::move(out);
     return true;
@@ -644,7 +696,9 @@ class ConnectionStream final : public httplib::Stream {
   bool head_pending_ = false;
   Clock::time_point request_started_ = Clock::now();  // BeginRequest
   std::atomic<Clock::time_point> stop_deadline_{Clock::time_point::max()};  // SetStopDeadline
-  bool head_too_large_ = false;  // TakeHead: the head is over its allowance
+  // TakeHead: the head is over its allowance, or has too many long lines; the 431's detail.
+  bool head_too_large_ = false;
+  std::string_view head_too_large_detail_;
   size_t head_shrunk_by_ = 0;    // TakeHead: bytes the long-header markers took out of the head
   std::map<std::string, std::string, std::less<>> long_headers_;
   mutable Address remote_, local_;
@@ -1322,10 +1376,10 @@ class CoreServer final : public httplib::Server {
   // arrived just before the stop counts too. On its owner, once the loop has stopped (StopLoop
   // owns every connection the loop did then).
   static bool HeadArrived(Connection* c) {
-    if (c->stream.Unread().find("\n\r\n") != std::string_view::npos) return true;
+    if (HeadEnd(c->stream.Unread(), 0) != std::string_view::npos) return true;
     if (c->where != Connection::Where::kParked || c->state.deferred != nullptr) return false;
     if (c->stream.AppendNow() <= 0) return false;
-    return c->stream.Unread().find("\n\r\n") != std::string_view::npos;
+    return HeadEnd(c->stream.Unread(), 0) != std::string_view::npos;
   }
 
   // Whether a parked connection is to be closed: idle for the keep-alive timeout; or holding a
@@ -1423,7 +1477,7 @@ class CoreServer final : public httplib::Server {
                                 ? limits::kLagoWebhookHeadBytesMax
                                 : kHeaderBytesAllowance;
     // The end of the head, as TakeHead finds it.
-    const size_t blank = unread.find("\n\r\n", *scanned >= 2 ? *scanned - 2 : 0);
+    const size_t blank = HeadEnd(unread, *scanned >= 2 ? *scanned - 2 : 0);
     if (blank == std::string_view::npos) {
       *scanned = unread.size();
       // Over its allowance, a worker answers it 431 at once (TakeHead).
@@ -1432,6 +1486,7 @@ class CoreServer final : public httplib::Server {
     }
     const std::string_view head = unread.substr(0, blank + 1);
     if (head.size() > head_max) return 0;
+    if (unread[blank + 1] == '\n') return 0;  // a bare-LF blank line: a worker refuses it at once
     // cpp-httplib reads no body for these (PreRoute closes after the answer if one is announced).
     for (std::string_view method : {"GET ", "HEAD ", "OPTIONS "}) {
       if (head.substr(0, method.size()) == method) return 0;
@@ -1534,8 +1589,7 @@ class CoreServer final : public httplib::Server {
     if (!c.arriving_since) return false;
     const std::string_view unread = c.stream.Unread();
     if (c.arriving_whole != 0) return unread.size() < c.arriving_whole;
-    return unread.find("\n\r\n", c.head_scanned >= 2 ? c.head_scanned - 2 : 0) ==
-           std::string_view::npos;
+    return HeadEnd(unread, c.head_scanned >= 2 ? c.head_scanned - 2 : 0) == std::string_view::npos;
   }
 
   // True when `unread` starts with a whole request (head and Content-Length body) for a route
@@ -1552,8 +1606,14 @@ class CoreServer final : public httplib::Server {
   // (cpp-httplib applies ranges to any answer); at most LoopRequest::kHeadersMax header lines;
   // and the request fits the per-request byte cap.
   bool ParseLoopRequest(std::string_view unread, LoopRequest* out) const {
-    const size_t head_end = unread.find("\r\n\r\n");
-    if (head_end == std::string_view::npos || head_end > kHeaderBytesAllowance) return false;
+    // The head ends where TakeHead ends it, with CRLF CRLF (anything else a worker refuses).
+    const size_t blank = HeadEnd(unread, 0);
+    if (blank == std::string_view::npos || blank == 0 || unread[blank - 1] != '\r' ||
+        unread[blank + 1] != '\r') {
+      return false;
+    }
+    const size_t head_end = blank - 1;
+    if (head_end > kHeaderBytesAllowance) return false;
     const std::string_view head = unread.substr(0, head_end + 2);
     size_t line_end = head.find("\r\n");
     const std::string_view request_line = head.substr(0, line_end);
@@ -2004,10 +2064,14 @@ void HttpServer::Impl::Configure() {
   // Any error answer without a body (cpp-httplib's own 400/414, a handler's bare status) becomes
   // a problem document.
   server_.set_error_handler(httplib::Server::HandlerWithResponse(
-      [](const httplib::Request& req, httplib::Response& res) {
+      [this](const httplib::Request& req, httplib::Response& res) {
         // cpp-httplib refused the request before routing (a bad request line, version or head):
-        // its unread headers and body must not be taken for further requests.
-        if (t_connection != nullptr && !t_connection->routed) CloseAfterResponse(req);
+        // its unread headers and body must not be taken for further requests. Counted here:
+        // nothing else saw it (refusals from PreRoute on are counted where they are made).
+        if (t_connection != nullptr && !t_connection->routed) {
+          CloseAfterResponse(req);
+          metrics_->Register(MethodLabel(req.method), kRejectedRoute)->Record(res.status, 0);
+        }
         if (!res.body.empty() || res.content_length_ > 0 || res.is_chunked_content_provider_) {
           return httplib::Server::HandlerResponse::Unhandled;
         }
@@ -2207,16 +2271,24 @@ httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Reque
   // problem with a Content-Range, and with `Range: bytes=100000-` as an empty 416.
   const_cast<httplib::Request&>(req).ranges.clear();  // the connection loop's own local
   if (t_connection != nullptr && t_connection->stream->head_too_large()) {
-    Reject(431, "request_header_fields_too_large", kHeadTooLarge, req, res);
+    Reject(431, "request_header_fields_too_large", t_connection->stream->head_too_large_detail(),
+           req, res);
     return R::Handled;
   }
   RestoreLongHeaders(req);
   if (t_connection != nullptr && t_connection->stream->malformed_header()) {
     Reject(400, "bad_header_line",
            "a header line has whitespace before its colon, is folded onto the previous one, has "
-           "a bare CR or LF, or has '%' in Content-Length, Transfer-Encoding, Idempotency-Key or "
-           "X-Lago-Unique-Key",
+           "a bare CR or LF or a NUL, or has '%' in Content-Length, Transfer-Encoding, "
+           "Idempotency-Key or X-Lago-Unique-Key",
            req, res);
+    return R::Handled;
+  }
+  // The target as sent (cpp-httplib's req.path is decoded): every route, path parameter and
+  // idempotency hash sees the decoded path, which must be the one a proxy in front decodes.
+  if (!HasOnlyPercentEscapes(req.target)) {
+    Reject(400, "bad_request_target",
+           "the request target has a '%' not followed by two hex digits (RFC 3986 §2.1)", req, res);
     return R::Handled;
   }
   if (!IsKnownMethod(req.method)) {
@@ -2297,9 +2369,14 @@ httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Reque
   // only on exactly "close".
   // The body was (or will be) read whole: a plain close, not the lingering one for unread bodies.
   std::string_view connection;
-  if (HeaderValue(req, kConnectionHeader, &connection) > 0 && connection != "close" &&
-      AsksToClose(connection)) {
-    if (t_connection != nullptr) t_connection->closing = true;
+  const bool asks_to_close = HeaderValue(req, kConnectionHeader, &connection) > 0 &&
+                             connection != "close" && AsksToClose(connection);
+  // cpp-httplib closes an HTTP/1.0 connection unless it asks for exactly `Keep-Alive`, yet
+  // answered with Keep-Alive parameters: the answer says `Connection: close` instead.
+  const bool http10_closes =
+      req.version == "HTTP/1.0" && connection != "Keep-Alive" && connection != "close";
+  if (asks_to_close && t_connection != nullptr) t_connection->closing = true;
+  if (asks_to_close || http10_closes) {
     auto& mutable_req = const_cast<httplib::Request&>(req);  // the connection loop's own local
     mutable_req.headers.erase(kConnectionHeader);
     mutable_req.set_header(kConnectionHeader, "close");  // cpp-httplib then answers so
@@ -2311,7 +2388,8 @@ httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Reque
 int HttpServer::Impl::ExpectContinue(const httplib::Request& req, httplib::Response& res) {
   if (t_connection != nullptr) t_connection->routed = true;
   if (t_connection != nullptr && t_connection->stream->head_too_large()) {
-    Reject(431, "request_header_fields_too_large", kHeadTooLarge, req, res);
+    Reject(431, "request_header_fields_too_large", t_connection->stream->head_too_large_detail(),
+           req, res);
     return 431;
   }
   // RFC 9110 §10.1.1: the point of Expect is a refusal from the head alone. Everything that

@@ -667,6 +667,133 @@ TEST_F(ServerTest, APercentInADedupeKeyIsRefused) {
   EXPECT_EQ(plain.rfind("HTTP/1.1 200 ", 0), 0u) << plain;
 }
 
+// RFC 9112 §2.2: a head whose lines end in a bare LF (and whose blank line is one) is refused
+// with a 400 problem at once, on worker and event-loop routes alike, and the connection closes;
+// no handler runs. (cpp-httplib skips bare-LF lines and waits for a CRLF blank line: the client
+// got nothing, and the connection was closed unanswered at the read timeout.)
+TEST_F(ServerTest, BareLfHeadIsRefused400) {
+  Start();
+  for (const std::string& request :
+       {std::string("GET /hello HTTP/1.1\nHost: x\n\n"),
+        std::string("GET /hello HTTP/1.1\r\nHost: x\n\n"),
+        std::string("GET /loop-hello HTTP/1.1\nHost: x\n\n"),
+        std::string("GET /loop-hello HTTP/1.1\r\nHost: x\n\n"),
+        std::string("POST /echo HTTP/1.1\nHost: x\nContent-Length: 2\n\n{}"),
+        std::string("POST /loop-echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\n\n{}")}) {
+    bool closed = false;
+    const std::string answer =
+        SendAndReadUntilClosed(testing::ConnectLoopback(stack_.port()), request, 10000, &closed);
+    EXPECT_EQ(answer.substr(0, answer.find("\r\n")), "HTTP/1.1 400 Bad Request") << request;
+    EXPECT_NE(answer.find("Content-Type: application/problem+json"), std::string::npos) << answer;
+    EXPECT_TRUE(closed) << request;
+    EXPECT_EQ(CountOf(answer, "HTTP/1.1 "), 1u) << answer;
+    EXPECT_EQ(answer.find("world"), std::string::npos) << answer;
+    EXPECT_EQ(answer.find("bytes"), std::string::npos) << answer;
+  }
+}
+
+// RFC 3986 §2.1: '%' in a request target starts two hex digits. cpp-httplib also decodes its
+// own `%uXXXX`, so `/things/%u0061bc` reached the route for /things/abc while a proxy that reads
+// the target by the RFC saw another path. Any other '%' is a 400, path and query alike, before
+// routing; a plain escape still decodes.
+TEST_F(ServerTest, PercentUEscapeIsRefused) {
+  Start();
+  for (const std::string target :
+       {"DELETE /things/%u0061bc", "DELETE /things/abc?x=%u0041", "DELETE /things/ab%6",
+        "DELETE /things/ab%zz", "DELETE /things/abc%", "GET /hell%u006F", "GET /loop-hell%u006F"}) {
+    const std::string answer = RawHttpExchange(
+        stack_.port(), target + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 1500);
+    EXPECT_EQ(answer.substr(0, answer.find("\r\n")), "HTTP/1.1 400 Bad Request") << target << answer;
+    EXPECT_NE(answer.find("\"code\":\"bad_request_target\""), std::string::npos) << answer;
+    EXPECT_EQ(answer.find("deleted"), std::string::npos) << answer;
+    EXPECT_EQ(answer.find("world"), std::string::npos) << answer;
+    EXPECT_EQ(answer.find("\"loop\""), std::string::npos) << answer;
+  }
+  const std::string plain = RawHttpExchange(
+      stack_.port(), "DELETE /things/%61b%63 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 1500);
+  EXPECT_EQ(plain.substr(0, plain.find("\r\n")), "HTTP/1.1 200 OK") << plain;
+  EXPECT_NE(plain.find(R"({"deleted":"abc"})"), std::string::npos) << plain;
+}
+
+// RFC 9110 §5.5: a NUL in a field value is refused (cpp-httplib took it), on worker and
+// event-loop routes alike; the handler never runs.
+TEST_F(ServerTest, NulInHeaderValueIs400) {
+  Start();
+  for (const std::string& request :
+       {std::string("GET /hello HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n", 42),
+        std::string("GET /loop-hello HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n", 47),
+        std::string("POST /echo HTTP/1.1\r\nHost: x\r\nX-A: \0\r\nContent-Length: 2\r\n\r\n{}", 61),
+        std::string("POST /loop-echo HTTP/1.1\r\nHost: x\r\nX-A: a\0\r\nContent-Length: 2\r\n\r\n{}",
+                    67)}) {
+    ASSERT_NE(request.find('\0'), std::string::npos);
+    const std::string answer = RawHttpExchange(stack_.port(), request, 1500);
+    EXPECT_EQ(answer.substr(0, answer.find("\r\n")), "HTTP/1.1 400 Bad Request") << answer;
+    EXPECT_NE(answer.find("\"code\":\"bad_header_line\""), std::string::npos) << answer;
+    EXPECT_EQ(answer.find("world"), std::string::npos) << answer;
+    EXPECT_EQ(answer.find("bytes"), std::string::npos) << answer;
+  }
+}
+
+// cpp-httplib's own refusals (a request line or head it cannot parse) are counted under
+// "(rejected)" like the server's, each answer once. A ninth header line over 4 KiB that is also
+// over cpp-httplib's 8 KiB line limit is a 431 (it was the library's uncounted 400).
+TEST_F(ServerTest, LibraryRefusalsAreCounted) {
+  Start();
+  auto rejected = [this] {
+    std::string text;
+    stack_.metrics.Render(&text);
+    uint64_t sum = 0;
+    for (size_t at = text.find("ledger_http_requests_total{"); at != std::string::npos;
+         at = text.find("ledger_http_requests_total{", at + 1)) {
+      const std::string line = text.substr(at, text.find('\n', at) - at);
+      if (line.find(R"x(route="(rejected)",class="4xx"})x") == std::string::npos) continue;
+      sum += std::stoull(line.substr(line.rfind(' ') + 1));
+    }
+    return sum;
+  };
+  auto status_line = [this](const std::string& request) {
+    const std::string answer = RawHttpExchange(stack_.port(), request, 1500);
+    return answer.substr(0, answer.find("\r\n"));
+  };
+  const uint64_t before = rejected();
+  EXPECT_EQ(status_line("GET /hello HTTP/1.2\r\nHost: x\r\n\r\n"), "HTTP/1.1 400 Bad Request");
+  EXPECT_EQ(status_line("GET /" + std::string(9000, 'a') + " HTTP/1.1\r\nHost: x\r\n\r\n"),
+            "HTTP/1.1 414 URI Too Long");
+  EXPECT_EQ(rejected(), before + 2);
+  // The server's own refusal: once.
+  EXPECT_EQ(status_line("GET /hello HTTP/1.1\r\n\r\n"), "HTTP/1.1 400 Bad Request");
+  EXPECT_EQ(rejected(), before + 3);
+  std::string long_lines = "GET /hello HTTP/1.1\r\nHost: x\r\n";
+  for (int i = 0; i < 8; ++i) long_lines += "X-L" + std::to_string(i) + ": " + std::string(5000, 'l') + "\r\n";
+  EXPECT_EQ(status_line(long_lines + "X-L8: " + std::string(9000, 'l') + "\r\n\r\n"),
+            "HTTP/1.1 431 Request Header Fields Too Large");
+  EXPECT_EQ(rejected(), before + 4);
+  // Under the library's line limit, a ninth long line is served as before.
+  EXPECT_EQ(status_line(long_lines + "X-L8: " + std::string(5000, 'l') + "\r\n\r\n"),
+            "HTTP/1.1 200 OK");
+  EXPECT_EQ(rejected(), before + 4);
+}
+
+// An HTTP/1.0 request that does not ask for `Keep-Alive` is answered and the connection closed:
+// the answer says `Connection: close`, not Keep-Alive parameters; on worker and event-loop routes.
+TEST_F(ServerTest, AnHttp10AnswerSaysTheConnectionCloses) {
+  Start();
+  for (const std::string path : {"/hello", "/loop-hello"}) {
+    bool closed = false;
+    std::string answer = SendAndReadUntilClosed(testing::ConnectLoopback(stack_.port()),
+                                                "GET " + path + " HTTP/1.0\r\n\r\n", 5000, &closed);
+    EXPECT_EQ(answer.substr(0, answer.find("\r\n")), "HTTP/1.1 200 OK") << answer;
+    EXPECT_NE(answer.find("Connection: close\r\n"), std::string::npos) << answer;
+    EXPECT_EQ(answer.find("Keep-Alive:"), std::string::npos) << answer;
+    EXPECT_TRUE(closed) << path;
+    answer = RawHttpExchange(stack_.port(),
+                             "GET " + path + " HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", 1000);
+    EXPECT_EQ(answer.substr(0, answer.find("\r\n")), "HTTP/1.1 200 OK") << answer;
+    EXPECT_NE(answer.find("Keep-Alive: timeout="), std::string::npos) << answer;
+    EXPECT_EQ(answer.find("Connection: close"), std::string::npos) << answer;
+  }
+}
+
 // Framing cpp-httplib would read differently from what was checked: each is refused or closes
 // after its answer, and nothing after it is served.
 TEST_F(ServerTest, BodiesCppHttplibWouldReadOtherwiseAreRefused) {
