@@ -530,6 +530,22 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
     // The first charge after the trial never succeeded -- a trial lost (or still being retried),
     // not a paying customer, whatever dunning made of its status (UserSubscription).
     const bool never_paid_after_trial = sub.never_paid_after_trial();
+    // It paid after its trial as far as the log tells (true without a trial): an invoice paid at
+    // or after its end does, and so does a period past it -- a renewal whose invoice the log may
+    // not hold -- unless Stripe's dunning is over (unpaid, or past due with its retries over: it
+    // keeps rolling such a subscription's periods) or, neither active nor past due (canceled),
+    // its latest invoice is a charge after the trial that failed: its first charge failed and
+    // none was paid since (canceled, it was counted converted and churned). One that did not pay
+    // is a lost trial and never a paying customer: churn, its base and trial conversion alike.
+    const bool dunning_over = r.status == SubscriptionStatus::kUnpaid || sub.payment_abandoned();
+    const bool failed_after_trial = r.trial_end && sub.latest_invoice &&
+                                    !sub.latest_invoice->paid &&
+                                    sub.latest_invoice->event_created >= *r.trial_end;
+    const bool ended_unpaid = failed_after_trial && r.status != SubscriptionStatus::kActive &&
+                              r.status != SubscriptionStatus::kPastDue;
+    const bool paid_since_trial =
+        paid_after_trial ||
+        (!never_paid_after_trial && !(r.trial_end && (dunning_over || ended_unpaid)));
     // Churn is paying customers lost, dated by when the subscription ended (a cancellation at the
     // period's end is asked for weeks before): not a checkout that never completed
     // (incomplete_expired), nor a trial that ended within its trial or never paid after it (trial
@@ -543,7 +559,7 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
       const std::optional<int64_t> ended =
           scheduled_end ? scheduled_end : (r.ended_at ? r.ended_at : r.canceled_at);
       const bool within_trial = ended && r.trial_end && *ended <= *r.trial_end;
-      churned_in_window = ended && !within_trial && !never_paid_after_trial &&
+      churned_in_window = ended && !within_trial && paid_since_trial &&
                           *ended >= churn_from && (scheduled_end || *ended < now_s);
       if (churned_in_window) ++churned;
     }
@@ -553,12 +569,12 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
     const std::optional<int64_t> paying_since =
         r.trial_end ? r.trial_end : (r.created ? r.created : r.current_period_start);
     // Past due, unpaid and paused subscriptions paid once (dunning or a pause came later): in the
-    // base -- unless that was the first charge after a trial.
+    // base -- unless they never paid after a trial (paid_since_trial).
     const bool paid_once = r.status == SubscriptionStatus::kActive ||
                            ((r.status == SubscriptionStatus::kPastDue ||
                              r.status == SubscriptionStatus::kUnpaid ||
                              r.status == SubscriptionStatus::kPaused) &&
-                            !never_paid_after_trial);
+                            paid_since_trial);
     // ...and only while they still paid when the window began: an active one pays now; one that
     // stopped (past due, unpaid, paused, or canceled inside the window) paid until the end of the
     // period the fold last heard of, and not past a charge that failed (its latest invoice, not
@@ -586,15 +602,10 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
       // Past its scheduled end it ended there, as its deletion will say: neither awaiting a
       // payment nor in its trial any more.
       // Out of its trial (a trialing one past its scheduled end ended within it) and not awaiting
-      // its first payment, it converted when it paid after its trial -- an invoice paid at or
-      // after its end, or a period past it (not never_paid_after_trial: churn judges it a paying
-      // customer) -- whatever its status now: unpaid, past due with Stripe's retries over
-      // (payment_abandoned) and canceled after a renewal were counted lost, the last both
-      // churned and lost. Unpaid or past due, a period past the trial proves nothing (Stripe
-      // keeps rolling the periods of a subscription its dunning left unpaid or past due): only a
-      // paid invoice does.
-      const bool unpaid_now = r.status == SubscriptionStatus::kUnpaid ||
-                              r.status == SubscriptionStatus::kPastDue;
+      // its first payment, it converted when it paid after its trial (paid_since_trial, as churn
+      // judges a paying customer) whatever its status now: unpaid, past due with Stripe's
+      // retries over (payment_abandoned) and canceled after a renewal were counted lost, the
+      // last both churned and lost.
       const bool first_payment_failed = r.status == SubscriptionStatus::kPastDue &&
                                          never_paid_after_trial && !scheduled_end;
       if (first_payment_failed) {
@@ -604,7 +615,7 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
       } else if (r.status == SubscriptionStatus::kTrialing && !scheduled_end) {
         ++in_trial;
       } else if (r.status != SubscriptionStatus::kTrialing &&
-                 (paid_after_trial || (!unpaid_now && !never_paid_after_trial))) {
+                 paid_since_trial) {
         ++converted;
       } else {
         ++lost;

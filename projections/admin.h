@@ -42,17 +42,25 @@
 //                             of weekly prices is 52 weeks, a price billed every n intervals is
 //                             divided by n and truncated; ARR may differ from 12 × MRR by cents).
 //                             Discounts (coupons) are not taken off.
+//   paid after its trial      (a subscription that had one, `trial_end`; one that had none
+//                             always counts) as far as the log tells: an invoice paid (a positive
+//                             amount) at or after the trial's end; else its period moved past the
+//                             trial (not never_paid_after_trial: a renewal whose invoice the log
+//                             may not hold), but not when it is unpaid or past due with Stripe's
+//                             retries over (Stripe rolls such a subscription's periods on
+//                             regardless), nor, neither active nor past due (canceled), when its
+//                             latest invoice is a charge after the trial that failed. One that
+//                             did not pay after its trial is a lost trial, never a paying
+//                             customer, whatever its status becomes.
 //   churned (window)          a user whose Stripe subscription on a catalog plan was canceled
 //                             (not incomplete_expired: that one never started) at `ended_at`
 //                             (else `canceled_at`; one ended, above: at its scheduled end)
 //                             inside the last `churn_days`, after its trial if it had one
-//                             (`trial_end`) and not in the first period after it without a paid
-//                             invoice (the first charge after the trial never succeeded: a lost
-//                             trial).
+//                             (`trial_end`) and having paid after it (above).
 //   paying at start           a user paying when the churn window began: on a catalog plan, paying
 //                             since before it (`trial_end` when it had a trial, else `created`),
-//                             and now active, past_due, unpaid or paused (not after a first
-//                             charge after its trial that never succeeded), or churned inside the
+//                             and now active, or past_due, unpaid or paused having paid after
+//                             its trial (above), or churned inside the
 //                             window; one not active now (or ended, above) only while it still
 //                             paid when the window began: its current period (as last
 //                             delivered) and its scheduled end do not end before the window's
@@ -63,11 +71,10 @@
 //                             stopped paying before it, which are not in the base).
 //   trial conversion          among users whose subscription had a trial (`trial_start`) or is on
 //                             a trial plan: converted = now paying on a non-trial plan, or out of
-//                             its trial (not trialing) having paid after it -- any invoice paid at
-//                             or after its trial's end, or not never_paid_after_trial (its period
-//                             moved past the trial: churn's paying customer) -- whatever its
-//                             status now (converted, then unpaid, past due with Stripe's retries
-//                             over, or canceled after a failed renewal);
+//                             its trial (not trialing) having paid after it (above: churn's
+//                             paying customer) whatever its status now (converted, then unpaid,
+//                             past due with Stripe's retries over, or canceled after a failed
+//                             renewal);
 //                             awaiting payment = past_due in the first period after the trial
 //                             (current_period_start at or before trial_end) without a paid
 //                             invoice since: the first charge failed and Stripe retries it;

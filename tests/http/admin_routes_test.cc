@@ -1817,7 +1817,8 @@ TEST_F(AdminRoutesTest, AStatusWithoutACatalogPlanCountsAsNone) {
 // converted whatever dunning or a cancellation made of it later, as churn judges the same
 // subscription a paying customer lost: unpaid, or past due with Stripe's retries over, counted as
 // a lost trial, and a subscription renewed past its trial with no invoice rows, canceled, was
-// both churned and lost. A trial that never paid after its trial is still lost.
+// both churned and lost. A trial that never paid after its trial is still lost whatever its status
+// became, and no paying customer: neither churned nor in churn's base.
 TEST_F(AdminRoutesTest, AConvertedTrialLeftUnpaidStaysConverted) {
   auto trial_then = [&](const std::string& user, const std::string& status, int64_t trial_end,
                         int64_t period_start) {
@@ -1847,19 +1848,34 @@ TEST_F(AdminRoutesTest, AConvertedTrialLeftUnpaidStaysConverted) {
   // No invoice was ever paid: lost, not converted by the period past its trial.
   AddSubscriber(trial_then("u-never", "unpaid", kNow - 43 * kDay, kNow - 13 * kDay),
                 "never@x.com");
+  // As u-never, its first charge failed (the log holds the failure), and it was then canceled:
+  // still lost, not converted by its rolled period once canceled, and no paying customer churned.
+  TestSubscription never_canceled =
+      trial_then("u-never-canceled", "canceled", kNow - 43 * kDay, kNow - 13 * kDay);
+  never_canceled.canceled_at = never_canceled.ended_at = kNow - 2 * kDay;
+  AddSubscriber(never_canceled, "never-canceled@x.com");
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(
+                  ledger_.get(), ledger::testing::StripeInvoiceEventJson(ledger::testing::InvoiceOf(
+                                     "u-never-canceled", "cus_u-never-canceled",
+                                     "sub_u-never-canceled", "in_never_canceled_1",
+                                     "invoice.payment_failed", "evt_never_canceled_1",
+                                     kNow - 43 * kDay + 3600)))
+                  .status.ok());
 
   HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
   ASSERT_EQ(r.status, 200) << r.body;
   rapidjson::Document doc = r.Json();
   const auto& conversion = doc["trial_conversion"];
-  EXPECT_EQ(conversion["trials"].GetInt64(), 5) << r.body;
+  EXPECT_EQ(conversion["trials"].GetInt64(), 6) << r.body;
   EXPECT_EQ(conversion["converted"].GetInt64(), 3) << r.body;  // unpaid, due, renewed
-  EXPECT_EQ(conversion["lost"].GetInt64(), 2) << r.body;       // lost, never
+  EXPECT_EQ(conversion["lost"].GetInt64(), 3) << r.body;  // lost, never, never-canceled
   EXPECT_EQ(conversion["in_trial"].GetInt64(), 0) << r.body;
   EXPECT_EQ(conversion["awaiting_payment"].GetInt64(), 0) << r.body;
-  EXPECT_DOUBLE_EQ(conversion["rate"].GetDouble(), 0.6) << r.body;
-  // Churn judges them alike: u-renewed is a paying customer lost, u-lost never was one.
+  EXPECT_DOUBLE_EQ(conversion["rate"].GetDouble(), 0.5) << r.body;
+  // Churn judges them alike: u-renewed is a paying customer lost, u-lost and u-never-canceled
+  // never were one; nor is u-never in the base.
   EXPECT_EQ(doc["churn"]["churned"].GetInt64(), 1) << r.body;
+  EXPECT_EQ(doc["churn"]["paying_at_start"].GetInt64(), 3) << r.body;  // unpaid, due, renewed
   EXPECT_EQ(doc["subscribers"]["paying"].GetInt64(), 0) << r.body;
 }
 
