@@ -594,8 +594,10 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
       ++paying_at_start;
       if (churned_in_window) ++churned_of_those;
     }
+    // Trials of catalog-plan subscriptions only, as churn counts: a Dashboard add-on's trial
+    // made no trial of ours, and no customer won.
     const bool trial_plan = plan != nullptr && IsTrialPlan(*plan);
-    if (r.trial_start || trial_plan) {
+    if (plan != nullptr && (r.trial_start || trial_plan)) {
       ++trials;
       // Past due in the first period after its trial, its latest invoice not paid: the first
       // payment failed and Stripe is still retrying it; not converted (nor lost) yet.

@@ -69,7 +69,8 @@
 //                             rate = those of them churned / paying at start (`churned` also
 //                             counts customers won and lost inside the window, and ones that had
 //                             stopped paying before it, which are not in the base).
-//   trial conversion          among users whose subscription had a trial (`trial_start`) or is on
+//   trial conversion          among users whose subscription is on a catalog plan (as churned:
+//                             not a Dashboard add-on) and had a trial (`trial_start`) or is on
 //                             a trial plan: converted = now paying on a non-trial plan, or out of
 //                             its trial (not trialing) having paid after it (above: churn's
 //                             paying customer) whatever its status now (converted, then unpaid,

@@ -712,6 +712,27 @@ TEST_F(AdminRoutesTest, ChurnCountsOnlySubscriptionsOnACatalogPlan) {
   EXPECT_DOUBLE_EQ(doc["churn"]["rate"].GetDouble(), 0.0);
 }
 
+// Trial conversion, as churn, counts trials of catalog-plan subscriptions only: a Dashboard
+// add-on with a trial, active past it, was a trial converted.
+TEST_F(AdminRoutesTest, TrialConversionCountsOnlySubscriptionsOnACatalogPlan) {
+  AddSubscriber(OnPlan("u-a", "starter", kNow - 40 * kDay, kNow + 20 * kDay), "a@x.com");
+  AddSubscriber(OnPlan("u-x", ""), "x@x.com");
+  ledger::testing::StripeSubscriptionSpec addon = DashboardAddOn();
+  addon.created = kNow - 17 * kDay;
+  addon.trial_start = kNow - 17 * kDay;
+  addon.trial_end = addon.period_start = kNow - 10 * kDay;
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeSubscriptionEventJson(addon))
+                  .status.ok());
+  HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  EXPECT_EQ(doc["subscribers"]["by_status"]["none"].GetInt64(), 1) << r.body;  // u-x
+  EXPECT_EQ(doc["trial_conversion"]["trials"].GetInt64(), 0) << r.body;
+  EXPECT_EQ(doc["trial_conversion"]["converted"].GetInt64(), 0) << r.body;
+  EXPECT_EQ(doc["trial_conversion"]["lost"].GetInt64(), 0) << r.body;
+}
+
 TEST_F(AdminRoutesTest, RevenueIsWhatStripeBillsNotTheCatalogsCurrentPrice) {
   const int64_t start = kNow - 10 * kDay, end = kNow + 20 * kDay;
   // Signed up at $15 before Starter went to $19: Stripe keeps billing $15.
