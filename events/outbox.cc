@@ -560,8 +560,9 @@ bool KafkaOutbox::Impl::ProduceBatch() {
     have_prev = true;
   }
   Status s = ledger_->ScanRaw(Position(next_), Position(to), [&](Position p, std::string_view v) {
-    if (p.value() != next_) {
+    if (p.value() != next_) {  // a gap: damage, as a rewind would only read it again
       error = Status::Corruption("the log has no event at position " + std::to_string(next_));
+      damaged = true;
       return false;
     }
     if (slots_[SlotOf(next_)] == Slot::kDelivered) {
@@ -597,6 +598,7 @@ bool KafkaOutbox::Impl::ProduceBatch() {
   });
   if (s.ok() && error.ok() && !blocked && next_ <= to) {
     error = Status::Corruption("the log has no event at position " + std::to_string(next_));
+    damaged = true;
   }
   if (damaged || s.IsCorruption()) {
     MarkLogDamaged(damaged ? error : s);

@@ -192,6 +192,44 @@ class OutboxTest : public ::testing::Test {
     });
   }
 
+  // Appends 20 events, deletes position `missing` through RocksDB and starts an outbox on the
+  // store: it must publish up to the gap and stop there as log_damaged, never rewinding.
+  void ExpectAMissingEventStopsAsLogDamaged(uint64_t missing, const OutboxOptions& options) {
+    Append(20);
+    ledger_.reset();
+    testing::EditRaw(dir_.path(), [&](rocksdb::DB* db, const auto& names, const auto& handles) {
+      rocksdb::ColumnFamilyHandle* events = testing::FindFamily(names, handles, "events");
+      ASSERT_TRUE(db->Delete(rocksdb::WriteOptions(), events, EncodePositionKey(missing)).ok());
+    });
+    ASSERT_FALSE(HasFatalFailure());
+    LedgerOptions ledger_options;
+    ledger_options.path = dir_.path();
+    Status open = Ledger::Open(ledger_options, &ledger_);
+    ASSERT_TRUE(open.ok()) << open.ToString();
+
+    auto outbox = OpenOutbox(options);
+    ASSERT_TRUE(outbox->Start().ok());
+    const Position before(missing - 1);
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          OutboxStatus status = outbox->GetStatus();
+          return status.kafka_state == "log_damaged" && status.checkpoint == before;
+        },
+        seconds(20)))
+        << outbox->GetStatus().kafka_state << ": " << outbox->GetStatus().last_error;
+    const std::string at = "position " + std::to_string(missing);
+    OutboxStatus status = outbox->GetStatus();
+    EXPECT_NE(status.last_error.find("damaged at " + at), std::string::npos) << status.last_error;
+    EXPECT_NE(status.last_error.find("no event at " + at), std::string::npos) << status.last_error;
+    EXPECT_EQ(status.published, before);
+    EXPECT_EQ(outbox->metrics().rewinds.Value(), 0u);
+    Status stop = outbox->Stop(seconds(5));
+    EXPECT_EQ(stop.code(), Code::kUnavailable) << stop.ToString();
+    EXPECT_EQ(stop.problem(), "log_damaged") << stop.ToString();
+    EXPECT_NE(stop.message().find("damaged at " + at), std::string::npos) << stop.ToString();
+    EXPECT_EQ(StoredCheckpoint(), missing - 1);
+  }
+
   // A checkpoint of 20 (`stored`, the cluster's or the old-named one `options` adopts) for a topic
   // that never held a record is reset, first on a degraded ledger (nothing can be written) whose
   // log is damaged at 12, so that a run that publishes gets 1..11 out and stops; then on the
@@ -912,6 +950,23 @@ TEST_F(OutboxTest, AnAlteredEventIsNotPublished) {
     ASSERT_TRUE(testing::ValidateCloudEventRecord(record, kSource, &fields).empty());
     EXPECT_LE(fields.position, 11u);
   }
+}
+
+// A position missing in the middle of the log (its key deleted through RocksDB; the head record
+// still matches the last key, so the ledger opens) is damage, as an altered event is. The scan
+// saw the gap and the outbox took it for a read failure: rewinds every few seconds for good,
+// the state "down" with Kafka healthy, and a Stop() blaming Kafka for events it would "publish
+// after the next start".
+TEST_F(OutboxTest, AMissingEventStopsAsLogDamaged) {
+  ExpectAMissingEventStopsAsLogDamaged(12, Options());
+}
+
+// The same with the gap at the end of a batch ([1, 10], 10 missing): the scan ends at 9 and the
+// check after it finds the gap.
+TEST_F(OutboxTest, AMissingEventAtTheEndOfABatchStopsAsLogDamaged) {
+  OutboxOptions options = Options();
+  options.scan_events_max = 10;
+  ExpectAMissingEventStopsAsLogDamaged(10, options);
 }
 
 // An event rewritten and re-sealed (its own hash recomputed) shows only in its successor's link.
