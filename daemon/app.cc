@@ -135,9 +135,9 @@ Status App::Impl::OpenLedger() {
 }
 
 // Data directories from before the checkpoint was named for its destination kept it as
-// "outbox.kafka": taken once as the configured destination's (an upgrade in place publishes on
-// where it stopped, not the whole log again), then zeroed so that a later change of destination
-// does not take it too.
+// "outbox.kafka": taken once as the configured real destination's (an upgrade in place publishes
+// on where it stopped, not the whole log again), then zeroed so that a later change of
+// destination does not take it too. The embedded cluster, new each run, leaves it.
 Status App::Impl::AdoptLegacyOutboxCheckpoint(const std::string& name) {
   constexpr std::string_view kLegacy = "outbox.kafka";
   Position legacy, named;
@@ -184,11 +184,11 @@ Status App::Impl::StartKafka() {
   // record gets the whole log), taking over the checkpoint its bootstrap list had. The embedded
   // cluster starts empty with each process: it gets the whole log each time.
   const std::string by_brokers = OutboxCheckpointName(config_.kafka_brokers, config_.kafka_topic);
-  LEDGER_RETURN_IF_ERROR(AdoptLegacyOutboxCheckpoint(by_brokers));
   if (embedded_kafka_ != nullptr) {
     options.checkpoint_name = by_brokers;
     LEDGER_RETURN_IF_ERROR(ledger_->PutCheckpoint(by_brokers, Position(0), /*sync=*/true));
   } else {
+    LEDGER_RETURN_IF_ERROR(AdoptLegacyOutboxCheckpoint(by_brokers));
     options.checkpoint_per_cluster = true;
     options.adopt_checkpoint_name = by_brokers;
   }

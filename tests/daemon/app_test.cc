@@ -359,6 +359,61 @@ TEST(AppTest, AnUpgradeKeepsTheOldOutboxCheckpoint) {
   }
 }
 
+// The embedded cluster starts empty each run and gets the whole log: it leaves the first naming's
+// "outbox.kafka" for the real cluster. It took it (and zeroed it) as its own, then wrote its own
+// as 0: a store upgraded in place, started once with embedded and pointed back at its cluster,
+// published the whole log there again.
+TEST(AppTest, AnEmbeddedRunLeavesTheOldOutboxCheckpointForTheRealCluster) {
+  std::unique_ptr<EmbeddedKafka> kafka;
+  ASSERT_TRUE(EmbeddedKafka::Open(EmbeddedKafkaOptions{}, &kafka).ok());
+  ASSERT_TRUE(ProduceOneRecord(kafka->bootstrap_servers(), "ledger.events"));
+  TempDir dir;
+  Config config = TestConfig(dir.Sub("data"));  // kafka none: the catalog is seeded
+  std::unique_ptr<App> app;
+  ASSERT_TRUE(App::Start(config, nullptr, &app).ok());
+  ASSERT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
+  app.reset();
+  auto legacy_checkpoint = [&](uint64_t put) {
+    std::unique_ptr<Ledger> ledger;
+    LedgerOptions options;
+    options.path = dir.Sub("data");
+    EXPECT_TRUE(Ledger::Open(options, &ledger).ok());
+    if (ledger == nullptr) return uint64_t{0};
+    if (put != 0) {
+      EXPECT_TRUE(ledger->PutCheckpoint("outbox.kafka", Position(put), /*sync=*/true).ok());
+    }
+    Position p;
+    EXPECT_TRUE(ledger->GetCheckpoint("outbox.kafka", &p).ok());
+    return p.value();
+  };
+  uint64_t head = 0;
+  {
+    std::unique_ptr<Ledger> ledger;
+    LedgerOptions options;
+    options.path = dir.Sub("data");
+    ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
+    head = ledger->Head().value();
+  }
+  ASSERT_GT(head, 0u);
+  ASSERT_EQ(legacy_checkpoint(head), head);
+
+  config.kafka_brokers = "embedded";
+  ASSERT_TRUE(App::Start(config, nullptr, &app).ok());
+  WaitForOutboxCheckpoint(app.get(), head);  // the whole log, to the embedded cluster
+  ASSERT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
+  app.reset();
+  EXPECT_EQ(legacy_checkpoint(0), head);
+
+  config.kafka_brokers = kafka->bootstrap_servers();
+  ASSERT_TRUE(App::Start(config, nullptr, &app).ok());
+  WaitForOutboxCheckpoint(app.get(), head);
+  const uint64_t added = AddPlan(app.get(), dir.Sub("data"), "after-embedded");
+  ASSERT_EQ(added, head + 1);
+  const std::string metrics = WaitForOutboxCheckpoint(app.get(), added);
+  EXPECT_EQ(MetricValue(metrics, "ledger_outbox_produced_total"), 1) << "republished";
+  ASSERT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
+}
+
 // The checkpoint is the cluster's, not the bootstrap list's: the same cluster written another
 // way (a protocol prefix, an alias, a second broker of the list) gets only what it lacks, each
 // event once.
