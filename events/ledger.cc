@@ -1581,8 +1581,8 @@ Status LedgerImpl::CatchUpFolds() {
   // What is folded is checked as what is served (DecodeCheckedEvent), linked across batches and,
   // from the first, to the event before it: rows folded from an event rewritten through RocksDB
   // (re-sealed or not) would answer every query after the open. A damaged event fails the open.
-  Hash prev{};
-  bool have_prev = false;
+  Hash prev{};  // event 1 links to the zero hash: a catch-up from 0 checks that it is there
+  bool have_prev = from.value() == 0;
   if (from.value() != 0 && from < head_) {
     LEDGER_RETURN_IF_ERROR(StoredHashAt(from, &prev));
     have_prev = true;
@@ -2369,8 +2369,8 @@ Status LedgerImpl::ReadEvents(Position after, size_t limit, const EventFilter& f
   // link shows it, and a page ending at it (event 64 of a read of 64) was served with no later
   // read to notice. Past the head there is nothing to link to yet.
   Status decode_status;
-  Hash prev{};
-  bool have_prev = false;
+  Hash prev{};  // event 1 links to the zero hash: a read from 0 checks that it is there
+  bool have_prev = after.value() == 0;
   if (after.value() != 0 && after < Position(head_position_.load())) {
     LEDGER_RETURN_IF_ERROR(StoredHashAt(after, &prev));
     have_prev = true;

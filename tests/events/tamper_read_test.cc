@@ -393,6 +393,37 @@ TEST(TamperReadTest, AFoldCatchUpLinksItsFirstEventToTheEventBeforeIt) {
       << open.message();
 }
 
+// The first event's key deleted through RocksDB. A gap further on shows in the link of the event
+// after it; a read or a catch-up from the start linked its first event to nothing, and served or
+// folded the log from position 2 as the whole log. Event 1 links to the zero hash (as verify,
+// export and the import check): both fail naming corruption.
+TEST(TamperReadTest, AMissingFirstEventIsNotServedOrFolded) {
+  SeenFold seen;
+  TempDir dir;
+  WriteFlushedLog(dir.path(), 20);
+  testing::EditRaw(dir.path(), [](rocksdb::DB* db, const auto& names, const auto& handles) {
+    rocksdb::ColumnFamilyHandle* events = testing::FindFamily(names, handles, "events");
+    ASSERT_TRUE(db->Delete({}, events, EncodePositionKey(1)).ok());
+  });
+  {
+    auto ledger = testing::OpenTestLedger(dir.path());
+    ASSERT_NE(ledger, nullptr);
+    std::vector<Event> events;
+    Status s = ledger->ReadEvents(Position(0), 100, {}, &events);
+    EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+    EXPECT_NE(s.message().find("position 2 does not link"), std::string::npos) << s.message();
+    EXPECT_TRUE(events.empty());
+  }
+  LedgerOptions options;
+  options.path = dir.path();
+  options.folds = {&seen};  // new to the store: folded from the start at this open
+  std::unique_ptr<Ledger> ledger;
+  Status open = Ledger::Open(options, &ledger);
+  EXPECT_TRUE(open.IsCorruption()) << open.ToString();
+  EXPECT_NE(open.message().find("position 2 does not link"), std::string::npos)
+      << open.message();
+}
+
 // A command that reads the "seen" family (its first row, or with `scan` all of it) and fails with
 // what the read returned.
 class ReadSeenCommand final : public Command {
