@@ -82,8 +82,19 @@ CommandSpec Keyed(std::string subject, size_t events) {
   return spec;
 }
 
+// How FailMidLoad runs.
+struct MidLoadOptions {
+  bool fail_writes = false;  // appends fail; otherwise syncs fail
+  size_t write_thread_entries_min = 1024;
+  // The power goes out before the ledger is closed and what was not synced is dropped: whatever
+  // was acknowledged must have been synced to be found again. Without it the reopen finds every
+  // appended record in the page cache, and an acknowledgement given before its group's sync (or
+  // despite a failed one) would go unnoticed.
+  bool power_loss = false;
+};
+
 // Syncs (or WAL appends) start failing in the middle of a concurrent load.
-void FailMidLoad(bool fail_writes, size_t write_thread_entries_min) {
+void FailMidLoad(const MidLoadOptions& options) {
   for (uint64_t seed = 1; seed <= 2; ++seed) {
     SCOPED_TRACE("seed " + std::to_string(seed));
     std::mt19937_64 random(seed);
@@ -91,16 +102,18 @@ void FailMidLoad(bool fail_writes, size_t write_thread_entries_min) {
     FaultEnv fault;
     std::vector<Outcome> acknowledged, failed;
     {
-      auto ledger = Open(dir.path(), fault.env(), write_thread_entries_min);
+      auto ledger = Open(dir.path(), fault.env(), options.write_thread_entries_min);
       ASSERT_NE(ledger, nullptr);
       LoadOptions load_options;
       load_options.seed = seed;
       load_options.tag = "d" + std::to_string(seed);
       load_options.keyed_percent = 100;  // every failed command can be retried exactly once
       load_options.reject_percent = 0;
+      // Bounded: a ledger that kept acknowledging after the failure would not stop the load.
+      load_options.commands_per_thread = 100;
       ConcurrentLoad load(ledger.get(), load_options);
       load.WaitForAcknowledged(50 + random() % 200);
-      if (fail_writes) {
+      if (options.fail_writes) {
         fault.fs()->FailWritesAfter(0);
       } else {
         fault.fs()->SetFailSyncs(true);
@@ -116,7 +129,12 @@ void FailMidLoad(bool fail_writes, size_t write_thread_entries_min) {
       // The published head never includes a failed group.
       EXPECT_EQ(ledger->Head(), load.outcomes().MaxAcknowledgedPosition());
       ExpectFailsFast(ledger.get(), fault.fs());
-    }  // closed while syncs still fail
+      if (options.power_loss) fault.fs()->CutPower();
+    }  // closed while syncs still fail (or with the power off)
+    if (options.power_loss) {
+      FaultFs::DropReport drop;
+      ASSERT_TRUE(fault.fs()->DropUnsyncedData(FaultFs::DropMode::kDropAll, seed, &drop).ok());
+    }
 
     auto ledger = Open(dir.path(), nullptr);  // a healthy disk
     ASSERT_NE(ledger, nullptr);
@@ -146,17 +164,63 @@ void FailMidLoad(bool fail_writes, size_t write_thread_entries_min) {
 }
 
 TEST(DegradedTest, SyncFailureMidLoadDegradesLosesNothingAndKeyedRetriesAreExactlyOnce) {
-  FailMidLoad(/*fail_writes=*/false, 1024);
+  MidLoadOptions options;
+  options.power_loss = true;
+  FailMidLoad(options);
 }
 
 // Through the write thread, groups are decided on top of groups not yet written: when a write
 // fails, those behind it in the write thread's queue fail as well, unwritten.
 TEST(DegradedTest, WriteFailureMidLoadThroughTheWriteThreadLosesNothingAndRetriesAreExactlyOnce) {
-  FailMidLoad(/*fail_writes=*/true, 0);
+  MidLoadOptions options;
+  options.fail_writes = true;
+  options.write_thread_entries_min = 0;
+  FailMidLoad(options);
 }
 
 TEST(DegradedTest, SyncFailureMidLoadThroughTheWriteThreadLosesNothing) {
-  FailMidLoad(/*fail_writes=*/false, 0);
+  MidLoadOptions options;
+  options.write_thread_entries_min = 0;
+  options.power_loss = true;
+  FailMidLoad(options);
+}
+
+// Negative control of the two sync-failure tests above: the same load and power loss without
+// the fsync (LedgerOptions::sync = false, so failing syncs stop nothing and the load is stopped
+// by the test) must lose acknowledged writes, and the checker must say so. If this test fails,
+// those tests cannot tell a synced acknowledgement from an unsynced one.
+TEST(DegradedTest, NegativeControlSyncFailureWithoutSyncIsDetected) {
+  TempDir dir;
+  FaultEnv fault;
+  std::vector<Outcome> acknowledged;
+  {
+    LedgerOptions options;
+    options.path = dir.path();
+    options.env = fault.env();
+    options.sync = false;
+    auto ledger = testing::OpenTestLedger(options);
+    ASSERT_NE(ledger, nullptr);
+    LoadOptions load_options;
+    load_options.tag = "control";
+    load_options.keyed_percent = 100;
+    load_options.commands_per_thread = 100;
+    ConcurrentLoad load(ledger.get(), load_options);
+    load.WaitForAcknowledged(100);
+    fault.fs()->SetFailSyncs(true);
+    load.Stop();
+    load.Join();
+    acknowledged = load.outcomes().Acknowledged();
+    ASSERT_FALSE(acknowledged.empty());
+    fault.fs()->CutPower();
+  }
+  FaultFs::DropReport drop;
+  ASSERT_TRUE(fault.fs()->DropUnsyncedData(FaultFs::DropMode::kDropAll, 1, &drop).ok());
+  EXPECT_GT(drop.bytes_dropped + drop.files_deleted, 0u) << drop.ToString();
+  auto ledger = Open(dir.path(), nullptr);
+  ASSERT_NE(ledger, nullptr);
+  DurabilityReport report = CheckDurability(ledger.get(), acknowledged);
+  EXPECT_TRUE(report.LostAcknowledgedWrites())
+      << "sync=false was not detected: " << report.Summary();
 }
 
 // Pins one failing group with GateCommands: [gate-2, keyed, the same keyed request again (an

@@ -31,6 +31,7 @@ using testing::CommandSpec;
 using testing::ConcurrentLoad;
 using testing::DurabilityReport;
 using testing::FaultEnv;
+using testing::FaultFs;
 using testing::GateCommand;
 using testing::LoadOptions;
 using testing::Outcome;
@@ -528,11 +529,22 @@ TEST(GroupCommitTest, GroupStateMatchesAModelWhenEveryGroupGoesThroughTheWriteTh
   CheckGroupStateAgainstAModel(0);
 }
 
-std::unique_ptr<Ledger> OpenPaced(const std::string& path, std::chrono::milliseconds interval) {
+// `sync`: LedgerOptions::sync (false only for a negative control; nothing is paced then).
+std::unique_ptr<Ledger> OpenPaced(const std::string& path, std::chrono::milliseconds interval,
+                                  rocksdb::Env* env = nullptr, bool sync = true) {
   LedgerOptions options;
   options.path = path;
   options.sync_interval_min = interval;
+  options.env = env;
+  options.sync = sync;
   return testing::OpenTestLedger(options);
+}
+
+// The power goes out once the ledger is closed: what was not synced is lost (FaultFs kDropAll).
+void CutPowerAndDropUnsynced(FaultEnv* fault) {
+  fault->fs()->CutPower();
+  FaultFs::DropReport drop;
+  ASSERT_TRUE(fault->fs()->DropUnsyncedData(FaultFs::DropMode::kDropAll, 1, &drop).ok());
 }
 
 // Answers of commands submitted with SubmitAsync. Declared before the ledger in each test, so a
@@ -623,15 +635,17 @@ TEST(GroupCommitTest, FullSyncsAndAnswersWithoutWritesAreNotPaced) {
 }
 
 // Closing the ledger while a sync is being paced syncs and answers at once: nothing answered
-// is lost, and the close does not wait out the interval.
+// is lost, and the close does not wait out the interval. The power goes out after the close and
+// the reopen sees only what was synced: an answer given without the sync would lose the command.
 TEST(GroupCommitTest, ClosingDuringAPacedSyncAnswersDurably) {
   using Clock = std::chrono::steady_clock;
   constexpr auto kInterval = std::chrono::seconds(20);
   TempDir dir;
+  FaultEnv fault;
   AppendCommand first("closing"), second("closing");
   std::atomic<bool> answered{false};
   CommandResult result;
-  auto ledger = OpenPaced(dir.path(), kInterval);
+  auto ledger = OpenPaced(dir.path(), kInterval, fault.env());
   ASSERT_NE(ledger, nullptr);
   ASSERT_TRUE(ledger->Submit(&first).status.ok());
   ledger->SubmitAsync(&second, [&](CommandResult r) {
@@ -647,9 +661,31 @@ TEST(GroupCommitTest, ClosingDuringAPacedSyncAnswersDurably) {
   ASSERT_TRUE(answered.load());
   ASSERT_TRUE(result.status.ok()) << result.status.ToString();
   EXPECT_EQ(result.position, Position(2));
+  CutPowerAndDropUnsynced(&fault);
   auto reopened = Open(dir.path());
   ASSERT_NE(reopened, nullptr);
   EXPECT_EQ(reopened->Head(), Position(2));
+}
+
+// Negative control: without the fsync (LedgerOptions::sync = false) the same close and power
+// loss lose the answered commands. If this test fails, the one above cannot tell a close that
+// syncs from one that does not.
+TEST(GroupCommitTest, NegativeControlClosingWithoutSyncLosesTheAnsweredCommands) {
+  constexpr auto kInterval = std::chrono::seconds(20);
+  TempDir dir;
+  FaultEnv fault;
+  AppendCommand first("closing"), second("closing");
+  auto ledger = OpenPaced(dir.path(), kInterval, fault.env(), /*sync=*/false);
+  ASSERT_NE(ledger, nullptr);
+  ASSERT_TRUE(ledger->Submit(&first).status.ok());
+  CommandResult result = ledger->Submit(&second);
+  ASSERT_TRUE(result.status.ok()) << result.status.ToString();
+  EXPECT_EQ(result.position, Position(2));
+  ledger.reset();
+  CutPowerAndDropUnsynced(&fault);
+  auto reopened = Open(dir.path());
+  ASSERT_NE(reopened, nullptr);
+  EXPECT_LT(reopened->Head().value(), 2u) << "sync=false was not detected";
 }
 
 // The same, made certain: the first group's write (its WAL append) is held while the next groups
