@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <functional>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -19,7 +20,9 @@
 #include "http/lago_client.h"
 #include "projections/lago.h"
 #include "tests/support/fake_lago.h"
+#include "tests/support/local_server.h"
 #include "tests/support/schema_check.h"
+#include "tests/support/self_signed.h"
 #include "tests/support/test_ledger.h"
 #include "tests/support/trickling_server.h"
 #include "tests/support/wait.h"
@@ -437,6 +440,52 @@ TEST(LagoClientTest, CancelCutsACallInTheTlsHandshake) {
   // Cut at once: not at the attempt's own 30 s deadline, by which ≈ 20 bytes had been sent.
   EXPECT_LE(slow.body_bytes_sent(), 2) << "handshake bytes sent before the call ended";
   EXPECT_EQ(answer.http_status, 0);
+}
+
+// LAGO_API_URL over https: the client checks Lago's certificate (against ca_cert_file when set,
+// else the system's trust store, which does not know this test's CA). An untrusted server
+// gets no request, so never the API key: the attempt fails without an HTTP answer.
+TEST(LagoClientHttpsTest, RefusesAnUntrustedServer) {
+  TempDir dir;
+  ledger::testing::SelfSigned pki;
+  ledger::testing::MakeSelfSigned(&pki, dir.Sub("ca.pem"));
+  if (HasFatalFailure()) return;
+  httplib::SSLServer server(pki.cert, pki.key);
+  ASSERT_TRUE(server.is_valid());
+  std::mutex mu;
+  std::vector<std::string> seen_auth;  // the Authorization of every request the server read
+  server.Post("/api/v1/events/batch", [&](const httplib::Request& req, httplib::Response& res) {
+    std::lock_guard<std::mutex> lock(mu);
+    seen_auth.push_back(req.get_header_value("Authorization"));
+    res.set_content(R"({"events":[]})", "application/json");
+  });
+  ledger::testing::LocalServer running(&server);
+  ASSERT_GT(running.port(), 0);
+
+  LagoClientOptions options;
+  options.api_url = "https://127.0.0.1:" + std::to_string(running.port());
+  options.api_key = kFakeLagoApiKey;
+  options.ca_cert_file = dir.Sub("ca.pem");
+  std::unique_ptr<HttpLagoClient> trusting;
+  ASSERT_TRUE(HttpLagoClient::Create(options, &trusting).ok());
+  LagoAnswer answer = trusting->SendEventsBatch(R"({"events":[]})");
+  EXPECT_EQ(answer.http_status, 200) << answer.error;
+  EXPECT_TRUE(answer.error.empty()) << answer.error;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    ASSERT_EQ(seen_auth.size(), 1u);
+    EXPECT_EQ(seen_auth[0], std::string("Bearer ") + kFakeLagoApiKey);
+  }
+
+  options.ca_cert_file.clear();
+  std::unique_ptr<HttpLagoClient> strict;
+  ASSERT_TRUE(HttpLagoClient::Create(options, &strict).ok());
+  answer = strict->SendEventsBatch(R"({"events":[]})");
+  EXPECT_EQ(answer.http_status, 0);
+  EXPECT_EQ(answer.error, "the server's TLS certificate was not trusted");
+  EXPECT_EQ(answer.error.find(kFakeLagoApiKey), std::string::npos);
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(seen_auth.size(), 1u);  // no second request: the key never left the client
 }
 
 TEST(LagoSinkOptionsTest, BadOptionsAreRefused) {

@@ -3,10 +3,6 @@
 #include "http/stripe_client.h"
 
 #include <gtest/gtest.h>
-#include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/x509.h>
-#include <openssl/x509v3.h>
 
 #include <chrono>
 #include <cstdio>
@@ -17,6 +13,7 @@
 #include "projections/plan_catalog.h"
 #include "projections/stripe_webhook.h"
 #include "tests/support/fake_stripe.h"
+#include "tests/support/self_signed.h"
 #include "tests/support/test_ledger.h"
 #include "tests/support/trickling_server.h"
 
@@ -633,51 +630,10 @@ TEST_F(StripeClientTest, CatalogCalls) {
 
 // ---- https ----------------------------------------------------------------------------------------
 
-// A self-signed certificate for 127.0.0.1, written as PEM to `cert_path`.
-struct SelfSigned {
-  EVP_PKEY* key = nullptr;
-  X509* cert = nullptr;
-  ~SelfSigned() {
-    X509_free(cert);
-    EVP_PKEY_free(key);
-  }
-};
-
-void MakeSelfSigned(SelfSigned* out, const std::string& cert_path) {
-  out->key = EVP_RSA_gen(2048);
-  ASSERT_NE(out->key, nullptr);
-  out->cert = X509_new();
-  X509_set_version(out->cert, 2);
-  ASN1_INTEGER_set(X509_get_serialNumber(out->cert), 1);
-  X509_gmtime_adj(X509_getm_notBefore(out->cert), -60);
-  X509_gmtime_adj(X509_getm_notAfter(out->cert), 3600);
-  X509_set_pubkey(out->cert, out->key);
-  X509_NAME* name = X509_get_subject_name(out->cert);
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                             reinterpret_cast<const unsigned char*>("127.0.0.1"), -1, -1, 0);
-  X509_set_issuer_name(out->cert, name);
-  X509V3_CTX ctx;
-  X509V3_set_ctx_nodb(&ctx);
-  X509V3_set_ctx(&ctx, out->cert, out->cert, nullptr, nullptr, 0);
-  X509_EXTENSION* san = X509V3_EXT_conf_nid(nullptr, &ctx, NID_subject_alt_name,
-                                            "IP:127.0.0.1,DNS:localhost");
-  ASSERT_NE(san, nullptr);
-  X509_add_ext(out->cert, san, -1);
-  X509_EXTENSION_free(san);
-  X509_EXTENSION* bc = X509V3_EXT_conf_nid(nullptr, &ctx, NID_basic_constraints, "critical,CA:TRUE");
-  X509_add_ext(out->cert, bc, -1);
-  X509_EXTENSION_free(bc);
-  ASSERT_GT(X509_sign(out->cert, out->key, EVP_sha256()), 0);
-  FILE* f = std::fopen(cert_path.c_str(), "w");
-  ASSERT_NE(f, nullptr);
-  PEM_write_X509(f, out->cert);
-  std::fclose(f);
-}
-
 TEST(StripeClientHttpsTest, SpeaksTlsAndVerifiesTheServer) {
   ledger::testing::TempDir dir;
-  SelfSigned pki;
-  MakeSelfSigned(&pki, dir.Sub("ca.pem"));
+  ledger::testing::SelfSigned pki;
+  ledger::testing::MakeSelfSigned(&pki, dir.Sub("ca.pem"));
   if (HasFatalFailure()) return;
   httplib::SSLServer server(pki.cert, pki.key);
   ASSERT_TRUE(server.is_valid());
