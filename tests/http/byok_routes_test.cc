@@ -1,7 +1,7 @@
 // BYOK over real HTTP on loopback against a real Ledger (http/byok_routes.cc,
 // projections/byok.h, http/secret_box.h): keys are sealed before they reach the log, masked in
 // every answer, replaced and removed per provider, gated by the plan, and tested against a fake
-// provider that checks each provider's own authentication headers. The plaintext key is looked
+// of each provider that takes only that provider's own call and authentication headers. The plaintext key is looked
 // for everywhere it must not be: answers, event data, and every byte of the data directory.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
@@ -58,36 +58,45 @@ constexpr int64_t kUs = 1'000'000;
 constexpr int64_t kNow = kStripeT0 + 1000;
 constexpr char kOpenAiKey[] = "sk-proj-alice-0123456789abcdefghijklmnopqrstuv";
 constexpr char kAnthropicKey[] = "sk-ant-api03-alice-zyxwvutsrqponmlkjihgfedcba";
+constexpr char kHuggingFaceKey[] = "hf_alice_0123456789abcdefghijklmnopqrstu";
+constexpr char kOpenRouterKey[] = "sk-or-v1-alice-0123456789abcdefghijklmnopq";
 
-// A provider API on loopback: GET /v1/models (OpenAI: Bearer; Anthropic: x-api-key and
-// anthropic-version) answers 200 for the keys it knows and 401 otherwise; a request without the
-// provider's own headers is 400 and counted as malformed.
+// The providers' APIs on loopback, each under a path prefix of its own ("/openai", ...: the base
+// URL the routes are given), each answering only the call and the authentication its real API
+// takes:
+//   openai       GET /v1/models       Authorization: Bearer <key>
+//   anthropic    GET /v1/models       x-api-key: <key> and anthropic-version: 2023-06-01
+//   huggingface  GET /api/whoami-v2   Authorization: Bearer <key>
+//   openrouter   GET /api/v1/key      Authorization: Bearer <key>
+// 200 for a key it knows (Accept), 401 for another key. As the real APIs do, a request without
+// the provider's own authentication is 401 (counted: wrong_scheme()): a bearer token at
+// Anthropic, an x-api-key (and no Authorization) at the others; so is an Anthropic request that
+// also carries an Authorization. Anthropic without anthropic-version is 400. Any other path
+// (another provider's call, say) is 404.
 class FakeProvider {
  public:
   FakeProvider() {
-    server_.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
+    struct Api {
+      const char* id;
+      const char* path;
+      bool x_api_key;  // Anthropic's scheme, else a bearer token
+    };
+    static constexpr Api kApis[] = {{"openai", "/v1/models", false},
+                                    {"anthropic", "/v1/models", true},
+                                    {"huggingface", "/api/whoami-v2", false},
+                                    {"openrouter", "/api/v1/key", false}};
+    for (const Api& api : kApis) {
+      server_.Get("/" + std::string(api.id) + api.path,
+                  [this, api](const httplib::Request& req, httplib::Response& res) {
+                    std::lock_guard<std::mutex> lock(mu_);
+                    ++calls_[api.id];
+                    Answer(api.x_api_key, req, &res);
+                  });
+    }
+    server_.Get(".*", [this](const httplib::Request&, httplib::Response& res) {
       std::lock_guard<std::mutex> lock(mu_);
-      ++calls_;
-      std::string key;
-      if (req.has_header("x-api-key")) {
-        if (req.get_header_value("anthropic-version") != "2023-06-01" ||
-            req.has_header("Authorization")) {
-          ++malformed_;
-          res.status = 400;
-          return;
-        }
-        key = req.get_header_value("x-api-key");
-      } else {
-        const std::string auth = req.get_header_value("Authorization");
-        if (auth.rfind("Bearer ", 0) != 0) {
-          ++malformed_;
-          res.status = 400;
-          return;
-        }
-        key = auth.substr(7);
-      }
-      res.status = valid_.count(key) != 0 ? 200 : 401;
-      res.set_content(R"({"data":[]})", "application/json");
+      ++calls_[""];
+      res.status = 404;
     });
     port_ = server_.bind_to_any_port("127.0.0.1");
     thread_ = std::thread([this] { server_.listen_after_bind(); });
@@ -99,28 +108,65 @@ class FakeProvider {
     server_.stop();
     thread_.join();
   }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  // The base URL of provider `id`.
+  std::string url(const std::string& id) const {
+    return "http://127.0.0.1:" + std::to_string(port_) + "/" + id;
+  }
   void Accept(const std::string& key) {
     std::lock_guard<std::mutex> lock(mu_);
     valid_.insert(key);
   }
+  // Requests of any path.
   int calls() {
     std::lock_guard<std::mutex> lock(mu_);
-    return calls_;
+    int all = 0;
+    for (const auto& [id, count] : calls_) all += count;
+    return all;
   }
-  int malformed() {
+  // Requests of provider `id`'s call.
+  int calls(const std::string& id) {
     std::lock_guard<std::mutex> lock(mu_);
-    return malformed_;
+    return calls_[id];
+  }
+  int wrong_scheme() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return wrong_scheme_;
   }
 
  private:
+  void Answer(bool x_api_key, const httplib::Request& req, httplib::Response* res) {
+    std::string key;
+    const std::string auth = req.get_header_value("Authorization");
+    if (x_api_key) {
+      if (!req.has_header("x-api-key") || req.has_header("Authorization")) {
+        ++wrong_scheme_;
+        res->status = 401;
+        return;
+      }
+      if (req.get_header_value("anthropic-version") != "2023-06-01") {
+        res->status = 400;
+        return;
+      }
+      key = req.get_header_value("x-api-key");
+    } else {
+      if (auth.rfind("Bearer ", 0) != 0) {
+        ++wrong_scheme_;
+        res->status = 401;
+        return;
+      }
+      key = auth.substr(7);
+    }
+    res->status = valid_.count(key) != 0 ? 200 : 401;
+    res->set_content(R"({"data":[]})", "application/json");
+  }
+
   httplib::Server server_;
   std::thread thread_;
   int port_ = 0;
   std::mutex mu_;
   std::set<std::string> valid_;
-  int calls_ = 0;
-  int malformed_ = 0;
+  std::map<std::string, int> calls_;  // by provider id; "" = another path
+  int wrong_scheme_ = 0;
 };
 
 // A provider on a raw socket that answers every request with `answer`, whatever it is (a status
@@ -209,8 +255,10 @@ class ByokRoutesTest : public ::testing::Test {
     context.ledger = ledger_.get();
     context.clock = &clock_;
     context.byok_box = box;
-    context.byok_base_urls = {{"openai", provider_.url()}, {"anthropic", provider_.url() + "/"},
-                              {"huggingface", "http://127.0.0.1:9"}};
+    context.byok_base_urls = {{"openai", provider_.url("openai")},
+                              {"anthropic", provider_.url("anthropic") + "/"},
+                              {"huggingface", provider_.url("huggingface")},
+                              {"openrouter", provider_.url("openrouter")}};
     for (const auto& [provider, url] : base_url_overrides_) context.byok_base_urls[provider] = url;
     context.byok_test_timeout_ms = 2000;
     RouteTable routes;
@@ -417,6 +465,8 @@ TEST_F(ByokRoutesTest, AddingAgainReplacesAndRemovingForgets) {
 }
 
 TEST_F(ByokRoutesTest, TestingAKeyAsksTheProviderTheWayItAuthenticates) {
+  base_url_overrides_["huggingface"] = "http://127.0.0.1:9";  // nothing listens
+  Start(box_.get());
   provider_.Accept(kOpenAiKey);
   provider_.Accept(kAnthropicKey);
   ASSERT_EQ(Add("alice", "openai", kOpenAiKey).status, 201);
@@ -440,7 +490,7 @@ TEST_F(ByokRoutesTest, TestingAKeyAsksTheProviderTheWayItAuthenticates) {
   EXPECT_STREQ(r.Json()["result"].GetString(), "error");
   EXPECT_TRUE(r.Json()["provider_status"].IsNull());
   EXPECT_EQ(provider_.calls(), 3);
-  EXPECT_EQ(provider_.malformed(), 0);
+  EXPECT_EQ(provider_.wrong_scheme(), 0);
 
   rapidjson::Document doc = As("alice").Get("/api/v1/byok/keys").Json();
   EXPECT_STREQ(doc[0]["last_test_result"].GetString(), "valid");
@@ -456,6 +506,50 @@ TEST_F(ByokRoutesTest, TestingAKeyAsksTheProviderTheWayItAuthenticates) {
     EXPECT_EQ(e.data.find(kOpenAiKey), std::string::npos) << e.data;
     EXPECT_EQ(e.data.find(kAnthropicKey), std::string::npos) << e.data;
   }
+}
+
+// Each provider is asked its own call with its own authentication: a key sent the way another
+// provider takes it is refused by the real provider (401), which would make a good key
+// "invalid". The fake of each provider takes only its own call and scheme.
+TEST_F(ByokRoutesTest, EachProviderIsAskedWithItsOwnScheme) {
+  const std::map<std::string, std::string> keys = {{"openai", kOpenAiKey},
+                                                   {"anthropic", kAnthropicKey},
+                                                   {"huggingface", kHuggingFaceKey},
+                                                   {"openrouter", kOpenRouterKey}};
+  ASSERT_EQ(keys.size(), ByokProviders().size());
+  for (const auto& [provider, key] : keys) {
+    provider_.Accept(key);
+    ASSERT_EQ(Add("alice", provider, key).status, 201) << provider;
+  }
+  for (const auto& [provider, key] : keys) {
+    HttpReply r = As("alice").Post("/api/v1/byok/keys/test/" + provider, "");
+    ASSERT_EQ(r.status, 200) << provider << " " << r.body;
+    EXPECT_STREQ(r.Json()["result"].GetString(), "valid") << provider << " " << r.body;
+    EXPECT_EQ(r.Json()["provider_status"].GetInt(), 200) << provider << " " << r.body;
+    EXPECT_EQ(provider_.calls(provider), 1) << provider;
+  }
+  EXPECT_EQ(provider_.calls(), 4);
+  EXPECT_EQ(provider_.wrong_scheme(), 0);
+
+  // The fakes refuse another provider's scheme as the real ones do: each provider's call made
+  // the other way (the scheme flag flipped) is a 401, so the key shows as invalid.
+  for (const auto& [provider, key] : keys) {
+    ByokProvider flipped = *FindByokProvider(provider);
+    flipped.anthropic_headers = !flipped.anthropic_headers;
+    const KeyTestResult result = TestProviderKey(flipped, provider_.url(provider), key, 2000);
+    EXPECT_EQ(result.verdict, KeyVerdict::kInvalid) << provider << ": " << result.detail;
+    EXPECT_EQ(result.provider_status, 401) << provider;
+  }
+  EXPECT_EQ(provider_.wrong_scheme(), 4);
+  // And another provider's call is none of theirs: OpenAI's path at Hugging Face is a 404.
+  ByokProvider wrong_path = *FindByokProvider("huggingface");
+  wrong_path.test_path = FindByokProvider("openai")->test_path;
+  const int huggingface_calls = provider_.calls("huggingface");
+  const KeyTestResult result =
+      TestProviderKey(wrong_path, provider_.url("huggingface"), kHuggingFaceKey, 2000);
+  EXPECT_EQ(result.verdict, KeyVerdict::kError) << result.detail;
+  EXPECT_EQ(result.provider_status, 404);
+  EXPECT_EQ(provider_.calls("huggingface"), huggingface_calls);
 }
 
 // cpp-httplib reads any three-digit status; byok.key_tested.v1's provider_status is an HTTP
