@@ -232,6 +232,7 @@ class ByokRoutesTest : public ::testing::Test {
     options.side_families = pj::AllSideFamilies();
     options.clock = &clock_;
     options.env = env;
+    options.sync = sync_;
     Status s = Ledger::Open(options, &ledger_);
     ASSERT_TRUE(s.ok()) << s.ToString();
     // The open compacts every side family on a thread of its own (a delete acknowledged before a
@@ -332,6 +333,25 @@ class ByokRoutesTest : public ::testing::Test {
     return rows;
   }
 
+  // Restarts on the fault-injecting file system, adds alice's `key` for `provider` (201), cuts
+  // the power right after the acknowledgement and restarts on the real file system with what a
+  // machine would have kept (`report`: what the power loss dropped). Returns the added key's id.
+  std::string AddThenLosePower(const std::string& provider, const std::string& key,
+                               ledger::testing::FaultFs::DropReport* report) {
+    Restart(fault_.env());
+    HttpReply added = Add("alice", provider, key);
+    EXPECT_EQ(added.status, 201) << added.body;
+    fault_.fs()->CutPower();
+    stack_->Stop();
+    stack_.reset();
+    ledger_.reset();  // closed while the power is off: closing makes nothing more durable
+    EXPECT_TRUE(fault_.fs()
+                    ->DropUnsyncedData(ledger::testing::FaultFs::DropMode::kDropAll, 1, report)
+                    .ok());
+    Restart(nullptr);
+    return added.status == 201 ? added.Json()["key_id"].GetString() : "";
+  }
+
   static void ExpectProblem(const HttpReply& reply, int status, const std::string& code) {
     EXPECT_EQ(reply.status, status) << reply.body;
     rapidjson::Document doc = reply.Json();
@@ -354,6 +374,7 @@ class ByokRoutesTest : public ::testing::Test {
   ManualClock clock_{kNow * kUs};
   // For the tests that restart on a fault-injecting file system; outlives the ledger on it.
   ledger::testing::FaultEnv fault_;
+  bool sync_ = true;  // LedgerOptions::sync of the next open; false ONLY for negative controls
   std::unique_ptr<Ledger> ledger_;
   std::unique_ptr<SecretBox> box_;
   FakeProvider provider_;
@@ -1123,7 +1144,8 @@ TEST_F(ByokRoutesTest, AnAddWhoseWriteFailsLeavesNoDataKeyAndNoEvent) {
 }
 
 // An acknowledged add keeps its data key through a restart and through a power loss right after
-// it (FaultFs drops whatever was not synced): the key still opens and is tested.
+// it (FaultFs drops whatever was not synced): the key still opens and is tested. The control
+// below shows this power loss does take away an add that was not synced.
 TEST_F(ByokRoutesTest, AnAcknowledgedAddKeepsItsDataKeyThroughARestartAndAPowerLoss) {
   provider_.Accept(kOpenAiKey);
   ASSERT_EQ(Add("alice", "openai", kOpenAiKey).status, 201);
@@ -1132,25 +1154,35 @@ TEST_F(ByokRoutesTest, AnAcknowledgedAddKeepsItsDataKeyThroughARestartAndAPowerL
   ASSERT_EQ(tested.status, 200) << tested.body;
   EXPECT_STREQ(tested.Json()["result"].GetString(), "valid");
 
-  Restart(fault_.env());
-  HttpReply added = Add("alice", "anthropic", kAnthropicKey);
-  ASSERT_EQ(added.status, 201) << added.body;
   provider_.Accept(kAnthropicKey);
-  fault_.fs()->CutPower();
-  stack_->Stop();
-  stack_.reset();
-  ledger_.reset();  // closed while the power is off: closing makes nothing more durable
+  const uint64_t head = Head();
   ledger::testing::FaultFs::DropReport report;
-  ASSERT_TRUE(fault_.fs()
-                  ->DropUnsyncedData(ledger::testing::FaultFs::DropMode::kDropAll, 1, &report)
-                  .ok());
-  Restart(nullptr);
+  const std::string key_id = AddThenLosePower("anthropic", kAnthropicKey, &report);
+  ASSERT_FALSE(key_id.empty());
+  EXPECT_EQ(Head(), head + 1) << report.ToString();
   std::string wrapped;
-  EXPECT_TRUE(
-      WrappedDataKey("alice", "anthropic", added.Json()["key_id"].GetString(), &wrapped).ok());
+  EXPECT_TRUE(WrappedDataKey("alice", "anthropic", key_id, &wrapped).ok()) << report.ToString();
   tested = As("alice").Post("/api/v1/byok/keys/test/anthropic", "");
   ASSERT_EQ(tested.status, 200) << tested.body;
   EXPECT_STREQ(tested.Json()["result"].GetString(), "valid");
+}
+
+// Negative control of the test above: the same add on a ledger that does not sync its groups is
+// acknowledged too, and the same power loss drops it -- its event and its data key.
+TEST_F(ByokRoutesTest, NegativeControlAnUnsyncedAddIsLostInAPowerLoss) {
+  provider_.Accept(kAnthropicKey);
+  sync_ = false;
+  const uint64_t head = Head();
+  ledger::testing::FaultFs::DropReport report;
+  const std::string key_id = AddThenLosePower("anthropic", kAnthropicKey, &report);
+  ASSERT_FALSE(key_id.empty());
+  EXPECT_GT(report.bytes_dropped, 0u) << report.ToString();
+  EXPECT_EQ(Head(), head);
+  std::string wrapped;
+  EXPECT_TRUE(WrappedDataKey("alice", "anthropic", key_id, &wrapped).IsNotFound());
+  EXPECT_EQ(DataKeyRows("alice"), 0u);
+  EXPECT_EQ(As("alice").Get("/api/v1/byok/keys").Json().Size(), 0u);
+  ExpectProblem(As("alice").Post("/api/v1/byok/keys/test/anthropic", ""), 404, "not_found");
 }
 
 // A key added before data keys ("v1:", sealed under the key-encryption key, no data-key row)
