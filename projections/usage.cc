@@ -24,10 +24,13 @@ constexpr char kCounterPrefix[] = "c/";
 constexpr char kTimeIndexPrefix[] = "t/";
 constexpr char kDedupePrefix[] = "k/";
 constexpr char kEpochKey[] = "e";
-// 5: 2 and what a restarted period carried in, one part per window that used the calls, each
-// with its end (written only when it carried something, so a window that never restarted keeps
-// its bytes); 4: one carry and its end, 3: one carry without an end (both read, never written);
-// 2: thresholds announced per limit (a list); 1: for the last limit only (read, never written).
+// 6: 5 (its part count may be 0) and the window's end before a scheduled end cut it (written
+// only when one did); 5: 2 and what a restarted period carried in, one part per window that used
+// the calls, each with its end (written only when it carried something, so a window that never
+// restarted keeps its bytes); 4: one carry and its end, 3: one carry without an end (both read,
+// never written); 2: thresholds announced per limit (a list); 1: for the last limit only (read,
+// never written).
+constexpr uint8_t kCounterFormatVersionUncutEnd = 6;      // 5 and the uncut window end
 constexpr uint8_t kCounterFormatVersionCarries = 5;       // the carry's parts, each with its end
 constexpr uint8_t kCounterFormatVersionCarriedUntil = 4;  // one carry and when it ends
 constexpr uint8_t kCounterFormatVersionCarried = 3;       // one carry without its end
@@ -307,7 +310,7 @@ void CarryInto(const UsageCounter& from, UsageCounter* out) {
   UsageCarry own;
   own.calls = from.used;
   own.services = from.services;
-  own.until_s = from.window_end_s;
+  own.until_s = from.UncutEnd();
   for (const UsageCarry& part : from.carried) {
     if (part.until_s <= 0) continue;
     own.calls -= part.calls;
@@ -365,7 +368,7 @@ Status FindCarrySource(const StateReader& state, std::string_view user_id,
   LEDGER_RETURN_IF_ERROR(state.ScanFrom(kUsageFamily, prefix, scan_from, visit));
   LEDGER_RETURN_IF_ERROR(decode);
   if (latest_start < 0 || latest_start >= window.start_s ||
-      latest.window_end_s <= window.start_s) {
+      latest.UncutEnd() <= window.start_s) {
     return Status::OK();
   }
   *from_start = latest_start;
@@ -406,7 +409,7 @@ Status LoadCounter(const StateReader& state, std::string_view user_id, const Usa
   int64_t from_start = -1;
   UsageCounter from;
   LEDGER_RETURN_IF_ERROR(FindCarrySource(state, user_id, window, &from_start, &from));
-  if (from_start < 0 || now_s >= from.window_end_s) return Status::OK();
+  if (from_start < 0 || now_s >= from.UncutEnd()) return Status::OK();
   from.EndCarryAt(now_s);
   CarryInto(from, out);
   if (carry_from != nullptr) *carry_from = from_start;
@@ -495,6 +498,11 @@ Status ApplyRecorded(const Event& event, const rapidjson::Value& data, const Sta
   LEDGER_RETURN_IF_ERROR(ReadNullableInt(data, "limit", type, &limit));
   int64_t carry_from = -1;
   LEDGER_RETURN_IF_ERROR(ReadOptionalTime(data, "carry_from", type, &carry_from));
+  int64_t uncut_end = -1;
+  LEDGER_RETURN_IF_ERROR(ReadOptionalTime(data, "window_uncut_end", type, &uncut_end));
+  if (uncut_end >= 0 && uncut_end <= w.window.end_s) {
+    return Malformed(type, "window_uncut_end must be after window_end");
+  }
 
   const int64_t at_s = FloorSeconds(event.time_us);
   UsageCounter counter;
@@ -506,6 +514,7 @@ Status ApplyRecorded(const Event& event, const rapidjson::Value& data, const Sta
         ApplyCarryFrom(state, w.user_id, type, w.window, carry_from, at_s, &counter));
   }
   counter.window_end_s = w.window.end_s;
+  counter.uncut_end_s = std::max<int64_t>(0, uncut_end);
   counter.kind = w.window.kind;
   counter.used += quantity;
   counter.recorded += quantity;
@@ -535,7 +544,8 @@ struct BatchItemFields {
     kAll = 127
   };
   std::string_view key, service, window_start, window_end, window_kind;
-  std::string_view carry_from;  // optional: empty when absent
+  std::string_view carry_from;        // optional: empty when absent
+  std::string_view window_uncut_end;  // optional: empty when absent
   int64_t quantity = 0;
   std::optional<int64_t> limit;
   uint8_t seen = 0;  // the fields above that were read
@@ -594,6 +604,10 @@ class BatchEventReader
           if (text.empty()) return Fail("carry_from is not a time");
           item.carry_from = text;
           return true;
+        case Field::kWindowUncutEnd:
+          if (text.empty()) return Fail("window_uncut_end is not a time");
+          item.window_uncut_end = text;
+          return true;
         case Field::kQuantity:
         case Field::kLimit:
           return Fail(FieldName() + " is not an integer");
@@ -627,6 +641,8 @@ class BatchEventReader
         field_ = Field::kLimit;
       } else if (name == "carry_from") {
         field_ = Field::kCarryFrom;
+      } else if (name == "window_uncut_end") {
+        field_ = Field::kWindowUncutEnd;
       }
     }
     return true;
@@ -665,7 +681,8 @@ class BatchEventReader
     kWindowEnd,
     kWindowKind,
     kLimit,
-    kCarryFrom
+    kCarryFrom,
+    kWindowUncutEnd
   };
   enum ValueKind { kNullValue, kIntValue, kOtherValue };
 
@@ -691,6 +708,8 @@ class BatchEventReader
         return "limit";
       case Field::kCarryFrom:
         return "carry_from";
+      case Field::kWindowUncutEnd:
+        return "window_uncut_end";
       case Field::kOther:
         break;
     }
@@ -855,6 +874,17 @@ Status ApplyBatchRecorded(const Event& event, const StateReader& state, RowWrite
     if (item.quantity <= 0) return Malformed(type, "quantity must be positive");
     UsageWindow window;
     LEDGER_RETURN_IF_ERROR(windows.Read(item, &window));
+    int64_t uncut_end = 0;  // as ApplyRecorded reads it; present only when cut (rare)
+    if (!item.window_uncut_end.empty()) {
+      int64_t us = 0;
+      if (!ParseRfc3339(item.window_uncut_end, &us)) {
+        return Malformed(type, "window_uncut_end is not a time");
+      }
+      uncut_end = FloorSeconds(us);
+      if (uncut_end <= window.end_s) {
+        return Malformed(type, "window_uncut_end must be after window_end");
+      }
+    }
     if (touched.empty() || !SameCounter(touched[last].window, window)) {
       last = touched.size();
       for (size_t i = 0; i < touched.size(); ++i) {
@@ -881,6 +911,7 @@ Status ApplyBatchRecorded(const Event& event, const StateReader& state, RowWrite
     t.window = window;
     UsageCounter& counter = t.counter;
     counter.window_end_s = window.end_s;
+    counter.uncut_end_s = uncut_end;
     counter.kind = window.kind;
     counter.used += item.quantity;
     counter.recorded += item.quantity;
@@ -963,6 +994,7 @@ struct RecordFields {
   int64_t occurred_at_us = 0;
   UsageWindow window;
   const WindowText* window_text = nullptr;  // of `window`
+  std::optional<int64_t> uncut_end_s;       // UsageTerms::uncut_end_s: window_uncut_end
   const Plan* plan = nullptr;
   std::string_view subscription_id;
   std::optional<int64_t> limit;
@@ -990,6 +1022,10 @@ NewEvent RecordedEvent(const RecordFields& f) {
   Key(&w, "occurred_at");
   Str(&w, FormatRfc3339Micros(f.occurred_at_us));
   WriteWindowStrings(&w, *f.window_text);
+  if (f.uncut_end_s) {
+    Key(&w, "window_uncut_end");
+    TimeSeconds(&w, *f.uncut_end_s);
+  }
   if (f.carry_from_s >= 0) {
     Key(&w, "carry_from");
     TimeSeconds(&w, f.carry_from_s);
@@ -1135,7 +1171,10 @@ Status SubjectUsageTerms(const UserAccess& access, int64_t at_s, UsageTerms* out
                            "portal (/api/v1/billing/portal/create) to continue");
   }
   const std::optional<int64_t> end = access.scheduled_end();
-  if (end && out->window.end_s > *end) out->window.end_s = *end;
+  if (end && out->window.end_s > *end) {
+    out->uncut_end_s = out->window.end_s;
+    out->window.end_s = *end;
+  }
   return s;
 }
 
@@ -1513,7 +1552,10 @@ std::string EncodeUsageCounter(const UsageCounter& c) {
   std::string v;
   v.reserve(64 + c.announced.size() * 9 + c.services.size() * 24);
   const bool carried = !c.carried.empty();
-  v.push_back(static_cast<char>(carried ? kCounterFormatVersionCarries : kCounterFormatVersion));
+  const bool cut = c.uncut_end_s != 0;
+  v.push_back(static_cast<char>(cut       ? kCounterFormatVersionUncutEnd
+                                : carried ? kCounterFormatVersionCarries
+                                          : kCounterFormatVersion));
   PutI64(&v, c.window_end_s);
   v.push_back(static_cast<char>(c.kind));
   PutI64(&v, c.used);
@@ -1531,7 +1573,7 @@ std::string EncodeUsageCounter(const UsageCounter& c) {
     PutLengthPrefixed(&v, service);
     PutI64(&v, count);
   }
-  if (carried) {
+  if (carried || cut) {
     PutFixed32BE(&v, static_cast<uint32_t>(c.carried.size()));
     for (const UsageCarry& part : c.carried) {
       PutI64(&v, part.calls);
@@ -1543,6 +1585,7 @@ std::string EncodeUsageCounter(const UsageCounter& c) {
       PutI64(&v, part.until_s);
     }
   }
+  if (cut) PutI64(&v, c.uncut_end_s);
   return v;
 }
 
@@ -1553,7 +1596,8 @@ Status DecodeUsageCounter(std::string_view in, UsageCounter* out) {
   uint8_t version = 0, kind = 0, has_limit = 0;
   int64_t limit = 0;
   if (!GetU8(&in, &version) ||
-      (version != kCounterFormatVersionCarries && version != kCounterFormatVersionCarriedUntil &&
+      (version != kCounterFormatVersionUncutEnd && version != kCounterFormatVersionCarries &&
+       version != kCounterFormatVersionCarriedUntil &&
        version != kCounterFormatVersionCarried && version != kCounterFormatVersion &&
        version != kCounterFormatVersionOneLimit) ||
       !GetI64(&in, &out->window_end_s) || !GetU8(&in, &kind) ||
@@ -1608,13 +1652,18 @@ Status DecodeUsageCounter(std::string_view in, UsageCounter* out) {
     out->carried.push_back(std::move(part));
     return true;
   };
-  if (version == kCounterFormatVersionCarries) {
+  if (version == kCounterFormatVersionCarries || version == kCounterFormatVersionUncutEnd) {
     if (in.size() < 4) return malformed();
     const uint32_t parts = DecodeFixed32BE(in.data());
     in.remove_prefix(4);
-    if (parts == 0) return malformed();  // written only with a part
+    // Format 5 is written only with a part; 6 for the uncut end, with or without.
+    if (parts == 0 && version == kCounterFormatVersionCarries) return malformed();
     for (uint32_t i = 0; i < parts; ++i) {
       if (!read_carry(true)) return malformed();
+    }
+    if (version == kCounterFormatVersionUncutEnd &&
+        (!GetI64(&in, &out->uncut_end_s) || out->uncut_end_s <= 0)) {
+      return malformed();
     }
   } else if (version == kCounterFormatVersionCarriedUntil ||
              version == kCounterFormatVersionCarried) {
@@ -2018,6 +2067,7 @@ Status ConsumeUsage::Decide(const DecideContext& context, Decision* decision) {
   f.window = terms.window;
   const WindowText window_text(terms.window);
   f.window_text = &window_text;
+  f.uncut_end_s = terms.uncut_end_s;
   f.plan = &plan;
   f.subscription_id = SubscriptionIdOf(*subject);
   f.limit = terms.limit;
@@ -2210,7 +2260,7 @@ class BatchRecorder {
         if (SameCounter(c->window, u->terms.window)) u->counter = c.get();
       }
       if (u->counter == nullptr) {
-        auto c = std::make_unique<LocalCounter>(u->terms.window);
+        auto c = std::make_unique<LocalCounter>(u->terms.window, u->terms.uncut_end_s);
         CounterStored stored = CounterStored::kAbsent;
         int64_t carry_from = -1;
         LEDGER_RETURN_IF_ERROR(LoadCounter(state_, item.user_id, u->terms.window, now_s_,
@@ -2304,15 +2354,19 @@ class BatchRecorder {
 
  private:
   struct LocalCounter {
-    explicit LocalCounter(const UsageWindow& w) : window(w), text(w) {
+    LocalCounter(const UsageWindow& w, std::optional<int64_t> uncut_end_s) : window(w), text(w) {
       window_json.append(",\"window_start\":\"").append(text.start);
       window_json.append("\",\"window_end\":\"").append(text.end);
       window_json.append("\",\"window_kind\":\"").append(text.kind).append("\"");
+      if (uncut_end_s) {
+        window_json.append(",\"window_uncut_end\":\"").append(FormatRfc3339Seconds(*uncut_end_s));
+        window_json.push_back('"');
+      }
     }
     UsageWindow window;
     UsageCounter counter;
     WindowText text;
-    std::string window_json;  // ,"window_start":...,"window_kind":"..."
+    std::string window_json;  // ,"window_start":...,"window_kind":"..."[,"window_uncut_end":...]
     std::string carry_json;   // ,"carry_from":"..." until the item opening the window has it
   };
   struct UserBatch {

@@ -32,7 +32,8 @@
 // free, the credit paying for it) bought a new quota every time: a Professional user refused
 // with 429 switched to monthly, then back to yearly, 10,000 calls each time. So a billing month
 // whose counter does not exist yet, and that begins before the end of the user's latest billing
-// month (by start, of any subscription or plan; its end as last recorded), starts with that
+// month (by start, of any subscription or plan; its end as last recorded, before a scheduled end
+// cut it: UsageCounter::UncutEnd), starts with that
 // window's used, per-service counts and announced thresholds (UsageCounter::carried), each call
 // counting as long as it would have counted without the restart -- until the end of the window
 // that used it (the calls that window carried itself, after a second restart, until theirs): an
@@ -40,8 +41,11 @@
 // 429 until the old window's end (not the new window's: Professional with 10,000 used on Jan 30,
 // switched on Jan 31 to a window [Jan 31, Feb 28), was refused until Feb 28 where Feb 1 would
 // have started afresh), and 80 % / 100 % are not announced again for a limit already announced
-// while they count. A restart after the old window has ended carries nothing. A
-// renewal begins at or after the old window's end (a yearly period's last month ends at the
+// while they count. That end is the period's (its month's), not a cancel_at's that cut it when
+// the calls were recorded: a customer who took cancel_at back ran on under the same counter, and
+// the restart carried nothing (or stopped counting the calls at the old cancel_at) -- a fresh
+// quota where the carry exists to stop one. Events record it (`window_uncut_end`) when cut. A
+// restart after the old window has ended carries nothing. A renewal begins at or after the old window's end (a yearly period's last month ends at the
 // period's end) and starts at 0; so does a window older than the latest (a back-dated batch
 // item's). An admin's reset (usage.window_reset.v1) is how calls are given back. The carry is a
 // decision: the consume (or batch) decider that opens such a window records the start of the
@@ -100,7 +104,8 @@
 //   c/<user>\0<u64 window_start><u8 kind>
 //                                  counter (EncodeUsageCounter): window end and kind, used, limit,
 //                                  thresholds announced, resets, recorded total, per service;
-//                                  what a restarted period carried in (when it did)
+//                                  what a restarted period carried in (when it did); the window
+//                                  end before a scheduled end cut it (when one did)
 //   t/<u64 window_start><user>\0<u8 kind>
 //                                  ""  index: every (window, user) by window start (admin stats:
 //                                  scan a time range, then read the counters)
@@ -187,6 +192,11 @@ struct UsageTerms {
   // Trial plans only: the trial period and its total cap (limit × trial_days).
   std::optional<UsageWindow> trial;
   std::optional<int64_t> trial_limit;
+  // Set only when the subscription's scheduled end (UserAccess::scheduled_end) cut window.end_s
+  // short: where the window would end without it (the period's end, or its month's). A
+  // scheduled end can be taken back (cancel_at: null), and the window then runs on to here under
+  // the same counter: the calls used in it count until here after a period restart.
+  std::optional<int64_t> uncut_end_s;
 };
 
 bool IsTrialPlan(const Plan& plan);
@@ -227,7 +237,13 @@ struct UsageCarry {
 };
 
 struct UsageCounter {
-  int64_t window_end_s = 0;
+  int64_t window_end_s = 0;  // of the last record: cut by a scheduled end when it was
+  // The last record's window end before a scheduled end cut it (UsageTerms::uncut_end_s; 0: not
+  // cut, window_end_s). A refused consume appends nothing, so after the customer took the
+  // scheduled end back window_end_s stays cut while the window runs on: a period restart carries
+  // the calls until UncutEnd(), not the cut end.
+  int64_t uncut_end_s = 0;
+  int64_t UncutEnd() const { return uncut_end_s > 0 ? uncut_end_s : window_end_s; }
   WindowKind kind = WindowKind::kCalendarMonth;
   int64_t used = 0;                    // since the window started or was last reset
   std::optional<int64_t> limit;        // of the last record
@@ -307,7 +323,10 @@ class UsageCountersFold final : public Fold {
   // version 3 wrote a zero counter and its time-index row (a window and a user in usage-stats).
   // 5: carried calls count until the window that used them ends (UsageCounter::carried,
   // EndCarryAt at each event's time); version 4 kept them for the whole restarted window.
-  uint32_t Version() const override { return 5; }
+  // 6: the counter keeps its window's end before a scheduled end cut it (window_uncut_end,
+  // UsageCounter::uncut_end_s), which a restart carries until; a store version 5 folded events
+  // that name it into rows without it.
+  uint32_t Version() const override { return 6; }
   Status Apply(const Event& event, const StateReader& state, RowWriter* rows) const override;
 };
 

@@ -218,6 +218,22 @@ TEST(UsageCounterTest, EncodingRoundTripsAndRejectsGarbage) {
   ASSERT_TRUE(DecodeUsageCounter(format3, &back).ok());
   c.carried[0].until_s = 0;
   EXPECT_EQ(back, c);
+  // The window end before a scheduled end cut it (format 6), with or without a carry.
+  c.carried.clear();
+  c.uncut_end_s = 99999;
+  bytes = EncodeUsageCounter(c);
+  EXPECT_EQ(bytes[0], 6);
+  ASSERT_TRUE(DecodeUsageCounter(bytes, &back).ok());
+  EXPECT_EQ(back, c);
+  EXPECT_EQ(back.UncutEnd(), 99999);
+  EXPECT_TRUE(DecodeUsageCounter(bytes.substr(0, bytes.size() - 1), &back).IsCorruption());
+  EXPECT_TRUE(DecodeUsageCounter(bytes + "x", &back).IsCorruption());
+  c.carried = {UsageCarry{9, {{"chat", 9}}, 777}};
+  ASSERT_TRUE(DecodeUsageCounter(EncodeUsageCounter(c), &back).ok());
+  EXPECT_EQ(back, c);
+  c.uncut_end_s = 0;  // not cut: format 5, the end of the last record
+  EXPECT_EQ(EncodeUsageCounter(c)[0], 5);
+  EXPECT_EQ(c.UncutEnd(), 12345);
 }
 
 TEST(UsageCounterTest, ARowOfTheOneLimitFormatReadsAsThatLimitsAnnouncements) {
@@ -482,6 +498,56 @@ TEST(UsageFoldTest, ARecordedCarryIsFoldedFromTheWindowItNames) {
     ledger::testing::MemoryState other;
     ASSERT_TRUE(fold.Apply(UsageEvent(kUsageRecordedV1, "u", used_up, 1), other, &other).ok());
     EXPECT_EQ(fold.Apply(bad, other, &other).problem(), "malformed_event");
+  }
+}
+
+// A record whose window a scheduled end cut names the end it would have had (window_uncut_end),
+// from a consume or a batch item; the counter keeps it with the last record's window (a record
+// without it, the scheduled end taken back, clears it), and one not after window_end is malformed.
+TEST(UsageFoldTest, TheUncutWindowEndIsKeptWithTheLastRecord) {
+  const std::string cut =
+      R"("window_start":"2026-01-01T00:00:00Z","window_end":"2026-01-11T00:00:00Z",)"
+      R"("window_kind":"billing_month")";
+  const std::string uncut_end = R"(,"window_uncut_end":"2026-02-01T00:00:00Z")";
+  const auto item = [](const std::string& key, const std::string& window, int64_t used_after) {
+    return R"({"idempotency_key":")" + key + R"(","service":"chat","quantity":1,)"
+           R"("occurred_at":"2026-01-05T00:00:00.000000Z",)" + window +
+           R"(,"limit":10,"used_after":)" + std::to_string(used_after) + "}";
+  };
+  const std::string batch_head =
+      R"({"user_id":"u","source":"batch","plan_id":"tiny","subscription_id":null,"items":[)";
+  for (const bool batch : {false, true}) {
+    SCOPED_TRACE(batch ? "batch item" : "consume");
+    const auto event = [&](const std::string& item_json, uint64_t position) {
+      return batch ? UsageEvent(kUsageBatchRecordedV1, "u", batch_head + item_json + "]}",
+                                position)
+                   : UsageEvent(kUsageRecordedV1, "u", RecordedFromItem("u", item_json),
+                                position);
+    };
+    const Event first = event(item("a", cut + uncut_end, 1), 1);
+    ASSERT_TRUE(ledger::testing::EventMatchesSchema(first)) << first.data;
+    UsageCountersFold fold;
+    ledger::testing::MemoryState state;
+    ASSERT_TRUE(fold.Apply(first, state, &state).ok());
+    UsageCounter c;
+    ASSERT_TRUE(GetUsageCounter(state, "u", At("2026-01-01T00:00:00Z"),
+                                WindowKind::kBillingMonth, &c).ok());
+    EXPECT_EQ(c.window_end_s, At("2026-01-11T00:00:00Z"));
+    EXPECT_EQ(c.UncutEnd(), At("2026-02-01T00:00:00Z"));
+    ASSERT_TRUE(fold.Apply(event(item("b", kStarterJan, 2), 2), state, &state).ok());
+    ASSERT_TRUE(GetUsageCounter(state, "u", At("2026-01-01T00:00:00Z"),
+                                WindowKind::kBillingMonth, &c).ok());
+    EXPECT_EQ(c.uncut_end_s, 0);
+    EXPECT_EQ(c.UncutEnd(), At("2026-02-01T00:00:00Z"));
+    EXPECT_EQ(c.used, 2);
+
+    for (const std::string& bad_end : {std::string(R"(,"window_uncut_end":"2026-01-11T00:00:00Z")"),
+                                       std::string(R"(,"window_uncut_end":"soon")")}) {
+      ledger::testing::MemoryState other;
+      EXPECT_EQ(fold.Apply(event(item("c", cut + bad_end, 1), 1), other, &other).problem(),
+                "malformed_event")
+          << bad_end;
+    }
   }
 }
 
@@ -1152,6 +1218,71 @@ TEST_F(UsageDeciderTest, ACarryEndsWhenTheWindowItCameFromEnds) {
   rapidjson::Document data;
   data.Parse(events[0].data.c_str());
   EXPECT_FALSE(data.HasMember("carry_from")) << events[0].data;
+}
+
+// A window cut short by a scheduled end (cancel_at inside the period) records the cut end; the
+// customer then resumed (cancel_at: null), the window ran on to the period's end under the same
+// counter, but a refused consume appends nothing, so the counter kept the cut end. A period
+// restart after the cut end carried nothing (a fresh quota: 200 used 1 on day 12 of a month whose
+// 10 calls were used on day 0); the carry runs until the end of the period the calls were used
+// in, not the cut end of its last record.
+TEST_F(UsageDeciderTest, ARestartAfterAResumedCancelAtCarriesUntilThePeriodsEnd) {
+  const int64_t period_end = kStripeT0 + 30 * kDay;
+  TestSubscription monthly = OnPlan("u1", "tiny");  // [kStripeT0, period_end)
+  monthly.cancel_at = kStripeT0 + 10 * kDay;
+  ASSERT_TRUE(world_.Subscribe(monthly).ok());
+  ConsumeOutcome outcome;
+  ASSERT_TRUE(Consume("u1", "chat", Key(), kStripeT0 + 100, 10, nullptr, nullptr, &outcome).ok());
+  EXPECT_EQ(outcome.window.end_s, kStripeT0 + 10 * kDay);  // cut to cancel_at
+  monthly.cancel_at.reset();  // resumed: the window runs to the period's end again
+  ASSERT_TRUE(world_.Subscribe(monthly).ok());
+  EXPECT_EQ(Consume("u1", "chat", Key(), kStripeT0 + 11 * kDay, 1, nullptr, nullptr, &outcome)
+                .problem(),
+            "quota_exceeded");
+  EXPECT_EQ(outcome.window.end_s, period_end);
+
+  // Day 12: monthly -> yearly, Stripe restarts the period.
+  const int64_t start = kStripeT0 + 12 * kDay;
+  TestSubscription yearly = OnPlan("u1", "tiny", start, AddUtcMonths(start, 12));
+  yearly.interval = "year";
+  ASSERT_TRUE(world_.Subscribe(yearly).ok());
+  EXPECT_EQ(Consume("u1", "chat", Key(), start + 10, 1, nullptr, nullptr, &outcome).problem(),
+            "quota_exceeded");
+  EXPECT_EQ(outcome.used, 10);
+  EXPECT_EQ(outcome.quota_frees_s, period_end);
+  EXPECT_EQ(Current("u1", start + 10).used, 10);
+  EXPECT_EQ(Current("u1", period_end).used, 0);
+  rapidjson::Document body;
+  ASSERT_TRUE(Consume("u1", "chat", Key(), period_end, 1, &body).ok());
+  EXPECT_EQ(body["used"].GetInt64(), 1);
+}
+
+// The same cut window restarted before the cut end (day 5): the carry was made but ended at the
+// cut end (day 10), a fresh quota 20 days early, Retry-After pointing at day 10.
+TEST_F(UsageDeciderTest, ACarryFromAWindowCutByAResumedCancelAtEndsAtThePeriodsEnd) {
+  const int64_t period_end = kStripeT0 + 30 * kDay;
+  TestSubscription monthly = OnPlan("u1", "tiny");
+  monthly.cancel_at = kStripeT0 + 10 * kDay;
+  ASSERT_TRUE(world_.Subscribe(monthly).ok());
+  ASSERT_TRUE(Consume("u1", "chat", Key(), kStripeT0 + 100, 10).ok());
+  monthly.cancel_at.reset();
+  ASSERT_TRUE(world_.Subscribe(monthly).ok());
+  const int64_t start = kStripeT0 + 5 * kDay;
+  TestSubscription yearly = OnPlan("u1", "tiny", start, AddUtcMonths(start, 12));
+  yearly.interval = "year";
+  ASSERT_TRUE(world_.Subscribe(yearly).ok());
+  ConsumeOutcome outcome;
+  EXPECT_EQ(Consume("u1", "chat", Key(), start + 10, 1, nullptr, nullptr, &outcome).problem(),
+            "quota_exceeded");
+  EXPECT_EQ(outcome.quota_frees_s, period_end);  // was the cut end, day 10
+  EXPECT_EQ(Consume("u1", "chat", Key(), kStripeT0 + 11 * kDay, 1, nullptr, nullptr, &outcome)
+                .problem(),
+            "quota_exceeded");
+  EXPECT_EQ(outcome.used, 10);
+  EXPECT_EQ(Current("u1", kStripeT0 + 11 * kDay).used, 10);
+  rapidjson::Document body;
+  ASSERT_TRUE(Consume("u1", "chat", Key(), period_end, 1, &body).ok());
+  EXPECT_EQ(body["used"].GetInt64(), 1);
 }
 
 // A second restart carries each call until the end of the window that used it: the first
@@ -2131,6 +2262,52 @@ TEST_F(UsageLedgerTest, ARestartedPeriodsCarryEqualsAReplayOfTheLog) {
   ASSERT_TRUE(GetUsageCounter(*view, "u2", start, WindowKind::kBillingMonth, &c).ok());
   EXPECT_EQ(c.used, 5);
   EXPECT_EQ(c.CarriedCalls(), 3);
+}
+
+// A window cut short by cancel_at records the end it would have had (window_uncut_end, from a
+// consume and from a batch item); after the customer took cancel_at back, a restart carries its
+// calls until that end, in the decider and in the fold: a replay of the log folds the same rows.
+TEST_F(UsageLedgerTest, ACarryFromACutWindowFoldsAsItWasDecidedInAReplay) {
+  ASSERT_TRUE(AddPlanOnLedger(ledger_.get(), SmallPlan("tiny", 10)).ok());
+  const int64_t period_end = kStripeT0 + 30 * kDay;
+  for (const char* user : {"u1", "u2"}) {
+    TestSubscription monthly = OnPlan(user, "tiny");
+    monthly.cancel_at = kStripeT0 + 10 * kDay;
+    ASSERT_TRUE(SubscribeOnLedger(ledger_.get(), monthly).ok());
+  }
+  ASSERT_TRUE(Consume("u1", "a", 10).status.ok());
+  RecordUsageBatch batch({{"u2", "chat", 10, "a", std::nullopt, "", ""}}, meter_->cache());
+  ASSERT_TRUE(ledger_->Submit(&batch).status.ok());
+  for (const char* user : {"u1", "u2"}) {
+    ASSERT_TRUE(SubscribeOnLedger(ledger_.get(), OnPlan(user, "tiny")).ok());  // resumed
+  }
+  const int64_t start = kStripeT0 + 12 * kDay;
+  clock_.Set((start + 10) * kUs);
+  for (const char* user : {"u1", "u2"}) {
+    TestSubscription yearly = OnPlan(user, "tiny", start, AddUtcMonths(start, 12));
+    yearly.interval = "year";
+    ASSERT_TRUE(SubscribeOnLedger(ledger_.get(), yearly).ok());
+    EXPECT_EQ(Consume(user, "b", 1).status.problem(), "quota_exceeded") << user;
+  }
+  // Opens u1's window with the carry: the 10 count until the period's end.
+  ASSERT_TRUE(AddPlanOnLedger(ledger_.get(), SmallPlan("tiny20", 20)).ok());
+  TestSubscription upgraded = OnPlan("u1", "tiny20", start, AddUtcMonths(start, 12));
+  upgraded.interval = "year";
+  ASSERT_TRUE(SubscribeOnLedger(ledger_.get(), upgraded).ok());
+  ASSERT_TRUE(Consume("u1", "c", 2).status.ok());
+  EXPECT_EQ(Used("u1", start), 12);
+
+  ledger::testing::TempDir replay_dir;
+  std::unique_ptr<Ledger> replayed;
+  ASSERT_NO_FATAL_FAILURE(ExpectReplayFoldsTheSame(replay_dir.path(), &replayed));
+  auto view = replayed->Snapshot();
+  UsageCounter c;
+  ASSERT_TRUE(GetUsageCounter(*view, "u2", kStripeT0, WindowKind::kBillingMonth, &c).ok());
+  EXPECT_EQ(c.window_end_s, kStripeT0 + 10 * kDay);
+  EXPECT_EQ(c.UncutEnd(), period_end);
+  ASSERT_TRUE(GetUsageCounter(*view, "u1", start, WindowKind::kBillingMonth, &c).ok());
+  EXPECT_EQ(c.used, 12);
+  EXPECT_EQ(c.carried, (std::vector<UsageCarry>{UsageCarry{10, {{"chat", 10}}, period_end}}));
 }
 
 // Carried calls stop counting at the end of the window they came from, in the decider at its
