@@ -564,7 +564,14 @@ void Summary(const UsageRouteContext& c, const httplib::Request&, httplib::Respo
   w.StartArray();
   for (const pj::UsageWindowRow& row : windows) {
     w.StartObject();
-    WriteWindow(&w, pj::UsageWindow{row.window_start_s, row.counter.window_end_s, row.counter.kind});
+    // A row's end is its last record's, and a refused consume records nothing: a scheduled end
+    // set or taken back since leaves it stale. The live window ends as `current` does.
+    pj::UsageWindow window{row.window_start_s, row.counter.window_end_s, row.counter.kind};
+    if (window.start_s == current.terms.window.start_s &&
+        window.kind == current.terms.window.kind) {
+      window.end_s = current.terms.window.end_s;
+    }
+    WriteWindow(&w, window);
     Key(&w, "used");
     w.Int64(row.counter.used);
     Key(&w, "limit");

@@ -688,6 +688,37 @@ TEST_F(UsageRoutesTest, SummaryAndMyAccessShowTheCurrentWindow) {
   EXPECT_EQ(doc["windows"].Size(), 0u);
 }
 
+// The summary's windows[] end where their last record said, and a refused consume records
+// nothing: after the customer took back a cancel_at that had cut the window, the live window was
+// listed ending at the old cancel_at next to `current` ending at the period's end (and the other
+// way round for a cancel_at set after the last record). The live window ends as `current` does.
+TEST_F(UsageRoutesTest, TheSummarysLiveWindowEndsWhereTheCurrentWindowEnds) {
+  const int64_t t0 = ledger::testing::kStripeT0;
+  const std::string cut_end = pj::FormatRfc3339Seconds(t0 + 10 * kDay);
+  const std::string period_end = pj::FormatRfc3339Seconds(t0 + 30 * kDay);
+  ledger::testing::TestSubscription resumed = OnPlan("u1", "tiny");
+  resumed.cancel_at = t0 + 10 * kDay;
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), resumed).ok());
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u2", "tiny")).ok());
+  ASSERT_EQ(Consume("u1", "chat", "a", 3).status, 200);
+  ASSERT_EQ(Consume("u2", "chat", "a", 3).status, 200);
+  resumed.cancel_at.reset();
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), resumed).ok());
+  ledger::testing::TestSubscription canceling = OnPlan("u2", "tiny");
+  canceling.cancel_at = t0 + 10 * kDay;
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), canceling).ok());
+  for (const auto& [user, end] : {std::pair<std::string, std::string>{"u1", period_end},
+                                  std::pair<std::string, std::string>{"u2", cut_end}}) {
+    HttpReply r = Client(Token(user)).Get(kSummary);
+    ASSERT_EQ(r.status, 200) << r.body;
+    rapidjson::Document doc = r.Json();
+    EXPECT_EQ(std::string(doc["current"]["window_end"].GetString()), end) << user;
+    ASSERT_EQ(doc["windows"].Size(), 1u) << r.body;
+    EXPECT_EQ(std::string(doc["windows"][0]["window_end"].GetString()), end) << user;
+    EXPECT_EQ(doc["windows"][0]["used"].GetInt64(), 3) << user;
+  }
+}
+
 TEST_F(UsageRoutesTest, AdminResetRestartsTheCurrentWindow) {
   ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
   LinkEmail("u1", "Ada@Example.com");
