@@ -231,6 +231,7 @@ Status ParseSubscription(const rapidjson::Value& doc, StripeSubscription* out) {
   out->cancel_at_period_end = BoolMember(doc, "cancel_at_period_end");
   out->cancel_at = IntMember(doc, "cancel_at");
   out->current_period_end = IntMember(doc, "current_period_end");
+  out->ended_at = IntMember(doc, "ended_at");
   if (const rapidjson::Value* details = ObjectMember(doc, "cancellation_details")) {
     out->cancellation_comment = std::string(StringMember(*details, "comment"));  // null: ""
   }
@@ -703,16 +704,21 @@ Status ReadCheckoutSession(const rapidjson::Document& doc, StripeCheckoutSession
   return Status::OK();
 }
 
-// True, with the subscription, when Stripe has it canceled: a cancel that Stripe refused because
-// the subscription has already ended got what it asked for.
-bool CanceledAtStripe(StripeApi& client, std::string_view subscription_id,
-                      StripeSubscription* out) {
+// True, with the subscription, when it has ended at Stripe: canceled, or incomplete_expired (its
+// first invoice never paid, a terminal state). Stripe refuses a cancel of it; whether the cancel
+// got what it asked for the caller judges (CancelSubscriptionNow, SetCancelAtPeriodEnd).
+bool EndedAtStripe(StripeApi& client, std::string_view subscription_id, StripeSubscription* out) {
   StripeSubscription current;
-  if (!client.GetSubscription(subscription_id, &current).ok() || current.status != "canceled") {
+  if (!client.GetSubscription(subscription_id, &current).ok() ||
+      (current.status != "canceled" && current.status != "incomplete_expired")) {
     return false;
   }
   *out = std::move(current);
   return true;
+}
+
+Status AlreadyEnded() {
+  return Status::Conflict("no_active_subscription", "the subscription has already ended");
 }
 
 }  // namespace
@@ -806,12 +812,13 @@ Status HttpStripeClient::CancelSubscriptionNow(std::string_view subscription_id,
   // DELETE carries no idempotency key: when an earlier attempt's answer was lost, Stripe refuses
   // the repeat. A subscription canceled with this cancel's comment is what was asked for. One
   // canceled otherwise (the Dashboard, the portal, dunning; ledgerd may not have its deletion's
-  // webhook yet) was not canceled by this request: it has ended, 409 no_active_subscription.
+  // webhook yet), or expired unpaid (incomplete_expired), was not canceled by this request: it
+  // has ended, 409 no_active_subscription.
   if (s.problem() != "stripe_request_failed" && s.problem() != "stripe_resource_missing") return s;
   StripeSubscription current;
-  if (!CanceledAtStripe(*this, subscription_id, &current)) return s;
-  if (current.cancellation_comment != comment) {
-    return Status::Conflict("no_active_subscription", "the subscription has already ended");
+  if (!EndedAtStripe(*this, subscription_id, &current)) return s;
+  if (current.status != "canceled" || current.cancellation_comment != comment) {
+    return AlreadyEnded();
   }
   *out = std::move(current);
   return Status::OK();
@@ -833,9 +840,20 @@ Status HttpStripeClient::SetCancelAtPeriodEnd(std::string_view subscription_id, 
   // Past its period's end Stripe has canceled the subscription and refuses the update ("A
   // canceled subscription can only update its cancellation_details and metadata"), while ledgerd
   // may still show it active: the deletion's webhook can come days late. Asked to end at the
-  // period's end, a subscription that has ended is what was asked for (as CancelSubscriptionNow).
+  // period's end, a subscription that ended there -- set to (cancel_at_period_end), or ended at
+  // or after its period's end -- is what was asked for. One canceled before it (the Dashboard,
+  // support, dunning) or expired unpaid (incomplete_expired) ended some other way: 409
+  // no_active_subscription, not a cancel the user never made.
   if (!cancel || s.problem() != "stripe_request_failed") return s;
-  return CanceledAtStripe(*this, subscription_id, out) ? Status::OK() : s;
+  StripeSubscription current;
+  if (!EndedAtStripe(*this, subscription_id, &current)) return s;
+  const bool at_period_end =
+      current.cancel_at_period_end ||
+      (current.ended_at.has_value() && current.current_period_end.has_value() &&
+       *current.ended_at >= *current.current_period_end);
+  if (current.status != "canceled" || !at_period_end) return AlreadyEnded();
+  *out = std::move(current);
+  return Status::OK();
 }
 
 Status HttpStripeClient::ChangeSubscriptionPrice(const StripePriceChangeParams& params,

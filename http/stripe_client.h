@@ -88,6 +88,7 @@ struct StripeSubscription {
   bool cancel_at_period_end = false;
   std::optional<int64_t> current_period_end;  // top level, or items.data[0] (2025-03-31+)
   std::optional<int64_t> cancel_at;
+  std::optional<int64_t> ended_at;  // when it ended (canceled, incomplete_expired); else none
   std::vector<StripeSubscriptionItem> items;
   std::map<std::string, std::string> metadata;  // string values only
   // cancellation_details.comment: what the cancel left (ledgerd's names the request, see
@@ -202,10 +203,10 @@ class StripeApi {
   // upgrade's proration items wait for the next renewal, and a cancel without invoice_now drops
   // them: the dearer plan used for free). A subscription that is already canceled with `comment`
   // is success (a retry of a DELETE whose first answer was lost finds it canceled); one canceled
-  // with another comment (or none) ended some other way: 409 no_active_subscription. `comment`,
-  // when not "", is sent as cancellation_details[comment] (at most 5000 bytes; Stripe keeps it on
-  // the canceled subscription): DELETE carries no Idempotency-Key, so this is how a later retry
-  // knows the cancel for its own.
+  // with another comment (or none), or expired unpaid (incomplete_expired), ended some other way:
+  // 409 no_active_subscription. `comment`, when not "", is sent as cancellation_details[comment]
+  // (at most 5000 bytes; Stripe keeps it on the canceled subscription): DELETE carries no
+  // Idempotency-Key, so this is how a later retry knows the cancel for its own.
   virtual Status CancelSubscriptionNow(std::string_view subscription_id, std::string_view comment,
                                        StripeSubscription* out) = 0;
   // What names a request in such a comment, only this server can make: base64url (no padding)
@@ -217,7 +218,11 @@ class StripeApi {
   // it. A key rolled between a cancel-now and its retry makes another marker: the retry does not
   // know the cancel for its own.
   virtual std::string RequestMarker(std::string_view request_key) const = 0;
-  // POST /v1/subscriptions/{id} cancel_at_period_end=true|false.
+  // POST /v1/subscriptions/{id} cancel_at_period_end=true|false. Asked to end it at the period's
+  // end, a subscription Stripe has already ended there (set to, or ended at or after its period's
+  // end; its deletion's webhook may be days late) is success, with its canceled state; one that
+  // ended otherwise (canceled mid-period elsewhere, incomplete_expired) is 409
+  // no_active_subscription.
   virtual Status SetCancelAtPeriodEnd(std::string_view subscription_id, bool cancel,
                                       std::string_view idempotency_key,
                                       StripeSubscription* out) = 0;

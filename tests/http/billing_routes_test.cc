@@ -1442,6 +1442,60 @@ TEST_F(BillingRoutesTest, CancelAtPeriodEndOfASubscriptionStripeHasEndedIsItsEnd
   EXPECT_EQ(fake_.RequestsTo("GET", "/v1/subscriptions/sub_alice").size(), 1u);
 }
 
+// The same without the cancel flag: Stripe ended it at its period's end by itself (a schedule's
+// end, a cancel date set at the period's end in the Dashboard): what was asked, 200.
+TEST_F(BillingRoutesTest, CancelAtPeriodEndOfASubscriptionStripeEndedAtItsPeriodsEndIsItsEndedState) {
+  GiveAliceASubscription();
+  FakeStripe::Subscription ended = *fake_.GetSubscription("sub_alice");
+  ended.status = "canceled";
+  ended.canceled_at = 1'700'500'000;
+  ended.ended_at = ended.current_period_end;
+  fake_.AddSubscription(ended);
+  HttpReply again = Alice().Post(kCancel, "{}");
+  ASSERT_EQ(again.status, 200) << again.body;
+  EXPECT_EQ(std::string(again.Json()["status"].GetString()), "canceled");
+  EXPECT_EQ(EventsOfType("stripe.subscription_cancel_requested.v1").size(), 1u);
+}
+
+// Stripe canceled alice's subscription mid-period (the Dashboard, support, dunning) and its
+// deletion's webhook has not arrived: ledgerd shows it active, not set to end. A cancel at the
+// period's end asked Stripe, which refused the update, and took the subscription Stripe showed
+// canceled for what was asked: 200 and a stripe.subscription_cancel_requested.v1 the user never
+// made. It ended before its period's end, and not by this request: 409, nothing appended.
+TEST_F(BillingRoutesTest, CancelAtPeriodEndOfASubscriptionEndedInTheDashboardIsRefused) {
+  GiveAliceASubscription();
+  EndAlicesSubscriptionInTheDashboard();
+  ASSERT_FALSE(fake_.GetSubscription("sub_alice")->cancel_at_period_end);
+  const uint64_t head = Head();
+  ExpectProblem(Alice().Post(kCancel, "{}"), 409, "no_active_subscription");
+  EXPECT_EQ(fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice").size(), 1u);
+  EXPECT_EQ(Head(), head);
+  EXPECT_TRUE(EventsOfType("stripe.subscription_cancel_requested.v1").empty());
+}
+
+// A subscription whose first invoice was never paid expires at Stripe (incomplete_expired, a
+// terminal state) while ledgerd may still show it incomplete: its webhook has not arrived. Stripe
+// refuses to update it, and a refused DELETE finds it so: it has ended, 409 -- it answered
+// Stripe's refusal (502 stripe_request_failed). Nothing is appended.
+TEST_F(BillingRoutesTest, ACancelOfASubscriptionThatExpiredAtStripeIsRefused) {
+  GiveAliceASubscription("incomplete");
+  FakeStripe::Subscription expired = *fake_.GetSubscription("sub_alice");
+  expired.status = "incomplete_expired";
+  expired.canceled_at = 1'700'100'000;
+  fake_.AddSubscription(expired);
+  const uint64_t head = Head();
+  ExpectProblem(Alice().Post(kCancel, "{}"), 409, "no_active_subscription");
+  fake_.InjectError(400, "invalid_request_error",
+                    "ledgerd fake: a subscription that is incomplete_expired cannot be canceled", 1,
+                    "DELETE", "/v1/subscriptions/sub_alice");
+  ExpectProblem(Alice().Post(kCancel, R"({"at_period_end":false})"), 409,
+                "no_active_subscription");
+  EXPECT_EQ(fake_.RequestsTo("DELETE", "/v1/subscriptions/sub_alice").size(), 1u);
+  EXPECT_EQ(fake_.GetSubscription("sub_alice")->status, "incomplete_expired");
+  EXPECT_EQ(Head(), head);
+  EXPECT_TRUE(EventsOfType("stripe.subscription_cancel_requested.v1").empty());
+}
+
 // Alice has two live subscriptions (a second checkout, or one made in Stripe's Dashboard): the
 // older Starter one and the newer Professional one, which is her current one. Naming the older
 // one cancels it -- it answered 404 though it was hers, and without naming it the cancel hit the

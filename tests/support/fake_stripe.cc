@@ -312,6 +312,12 @@ struct FakeStripe::State {
     } else {
       w.Null();
     }
+    w.Key("ended_at");
+    if (s.ended_at.has_value()) {
+      w.Int64(*s.ended_at);
+    } else {
+      w.Null();
+    }
     // Stripe sets the reason when the subscription is canceled; comment and feedback are what
     // the cancel (or a later update) gave.
     w.Key("cancellation_details");
@@ -636,6 +642,7 @@ struct FakeStripe::State {
     }
     it->second.status = "canceled";
     it->second.canceled_at = 1'700'500'000;
+    it->second.ended_at = it->second.canceled_at;
     it->second.cancellation_comment = std::string(comment);
     it->second.cancellation_feedback = std::string(feedback);
     return Answer{200, SubscriptionJson(it->second)};

@@ -102,6 +102,7 @@ class FakeStripe {
     int64_t current_period_start = 1'700'000'000;
     int64_t current_period_end = 1'702'592'000;
     std::optional<int64_t> canceled_at;
+    std::optional<int64_t> ended_at;  // set when it has ended (a DELETE: at once)
     std::map<std::string, std::string> metadata;
     std::string last_proration_behavior;
     // cancellation_details as the cancel (DELETE) set them; "" is null.
