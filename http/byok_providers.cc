@@ -90,6 +90,13 @@ KeyTestResult TestProviderKey(const ByokProvider& provider, const std::string& b
   client.set_write_timeout(seconds, micros);
   client.set_follow_location(false);
   if (base.https) client.enable_server_certificate_verification(true);
+  // Before the key is copied into the headers: a call not made leaves no copy to wipe.
+  CallDeadline deadline(&client, std::chrono::milliseconds(timeout_ms));
+  if (!deadline.started()) {
+    result.detail = std::string(provider.display_name) +
+                    " was not asked: no thread for the call's deadline";
+    return result;
+  }
   httplib::Headers headers = {{"Accept", "application/json"}};
   if (provider.anthropic_headers) {
     headers.emplace("x-api-key", api_key);
@@ -97,7 +104,6 @@ KeyTestResult TestProviderKey(const ByokProvider& provider, const std::string& b
   } else {
     headers.emplace("Authorization", "Bearer " + api_key);
   }
-  CallDeadline deadline(&client, std::chrono::milliseconds(timeout_ms));
   httplib::Result answer = client.Get(base.prefix + std::string(provider.test_path), headers);
   const bool deadline_passed = deadline.Finish();
   for (auto& [name, value] : headers) {

@@ -5,14 +5,37 @@
 #include <unistd.h>
 
 #include <httplib.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <system_error>
 
 namespace ledger::http {
 
+namespace {
+
+std::atomic<CallDeadlineThreadStarter> thread_starter{nullptr};
+
+}  // namespace
+
+void SetCallDeadlineThreadStarter(CallDeadlineThreadStarter starter) {
+  thread_starter.store(starter);
+}
+
 CallDeadline::CallDeadline(httplib::Client* client, std::chrono::milliseconds timeout)
-    : client_(client),
-      thread_([this, client, deadline = std::chrono::steady_clock::now() + timeout] {
-        Watch(client, deadline);
-      }) {
+    : client_(client) {
+  std::function<void()> watch = [this, client,
+                                 deadline = std::chrono::steady_clock::now() + timeout] {
+    Watch(client, deadline);
+  };
+  try {
+    const CallDeadlineThreadStarter start = thread_starter.load();
+    thread_ = start != nullptr ? start(std::move(watch)) : std::thread(std::move(watch));
+  } catch (const std::system_error& e) {
+    spdlog::warn("http: an outbound call is not made: no thread for its deadline ({})", e.what());
+    return;
+  }
+  started_ = true;
   client_->set_socket_options([this](socket_t sock) { Adopt(sock); });
 }
 

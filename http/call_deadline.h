@@ -15,12 +15,18 @@
 // lookup before the socket exists, and a write the server does not read (our requests fit the
 // socket buffers; each write has its own timeout).
 //
+// The watcher is a thread per call: where the process may start no more (cgroup pids, TasksMax,
+// RLIMIT_NPROC) std::thread throws, uncaught on the Lago sink's thread (std::terminate). Then
+// started() is false, a warning is logged, and the caller fails the call as a network error
+// without making it: a call with no deadline could hold its thread without bound.
+//
 // Thread safety: constructed and Finish()ed by the caller's thread; its own thread calls stop(),
 // and is joined before Finish() (or the destructor) returns.
 #pragma once
 
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -31,6 +37,12 @@ class Client;
 
 namespace ledger::http {
 
+// How a CallDeadline starts its watcher thread; nullptr (the default) is std::thread. Tests set
+// one that throws std::system_error, as std::thread does when no thread can be made. Set it while
+// no call runs.
+using CallDeadlineThreadStarter = std::thread (*)(std::function<void()> watch);
+void SetCallDeadlineThreadStarter(CallDeadlineThreadStarter starter);
+
 class CallDeadline {
  public:
   // `client` must outlive this object.
@@ -38,6 +50,9 @@ class CallDeadline {
   CallDeadline(const CallDeadline&) = delete;
   CallDeadline& operator=(const CallDeadline&) = delete;
   ~CallDeadline() { Finish(); }
+
+  // False when the watcher could not start: the call must not be made (a network error).
+  bool started() const { return started_; }
 
   // Ends the watch; true when the deadline had passed (the call was stopped).
   bool Finish();
@@ -58,7 +73,8 @@ class CallDeadline {
   bool passed_ = false;    // guarded by mu_; read by Finish() after the join
   std::vector<int> fds_;   // guarded by mu_: duplicates of the call's sockets, closed by Finish()
   bool cut_ = false;       // guarded by mu_: Cut() was called
-  std::thread thread_;     // last: starts with every other member initialized
+  bool started_ = false;   // the caller's thread only
+  std::thread thread_;     // started in the constructor's body, every member initialized
 };
 
 }  // namespace ledger::http

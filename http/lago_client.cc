@@ -115,6 +115,10 @@ LagoAnswer HttpLagoClient::SendEventsBatch(const std::string& body) {
   httplib::Error error = httplib::Error::Success;
   const int64_t deadline_ms = std::max<int64_t>(options_.deadline_ms, 1);
   CallDeadline deadline(client_.get(), std::chrono::milliseconds(deadline_ms));
+  if (!deadline.started()) {
+    answer.error = "not sent: no thread for the call's deadline";
+    return answer;
+  }
   {
     std::lock_guard<std::mutex> lock(call_mu_);
     call_ = &deadline;

@@ -429,6 +429,10 @@ bool HttpStripeClient::Impl::Attempt(const char* method, const std::string& path
   // cpp-httplib's read timeout bounds each read: an answer arriving a byte at a time would hold
   // this thread (an HTTP worker) past the deadline.
   CallDeadline deadline(&client, std::chrono::milliseconds(remaining_ms));
+  if (!deadline.started()) {
+    *error = httplib::Error::Unknown;  // not sent: a network error, retried
+    return false;
+  }
   bool ok = client.send(request, *response, *error);
   const bool deadline_passed = deadline.Finish();
   // A body without a length ends where the connection does, and the deadline's cut looks like

@@ -21,6 +21,7 @@
 #include "projections/lago.h"
 #include "tests/support/fake_lago.h"
 #include "tests/support/local_server.h"
+#include "tests/support/no_thread.h"
 #include "tests/support/schema_check.h"
 #include "tests/support/self_signed.h"
 #include "tests/support/test_ledger.h"
@@ -486,6 +487,30 @@ TEST(LagoClientHttpsTest, RefusesAnUntrustedServer) {
   EXPECT_EQ(answer.error.find(kFakeLagoApiKey), std::string::npos);
   std::lock_guard<std::mutex> lock(mu);
   EXPECT_EQ(seen_auth.size(), 1u);  // no second request: the key never left the client
+}
+
+// A call's deadline is watched by a thread of its own. Where the process may start no more
+// threads, std::thread threw out of SendEventsBatch -- on the sink's thread nothing catches it:
+// std::terminate, the daemon aborted. The call is not made and answers as a network error
+// (http_status 0), which the sink retries; with threads again the next call is made.
+TEST(LagoClientTest, AThreadThatCannotStartIsANetworkError) {
+  FakeLago lago;
+  LagoClientOptions client_options;
+  client_options.api_url = lago.url();
+  client_options.api_key = kFakeLagoApiKey;
+  std::unique_ptr<HttpLagoClient> client;
+  ASSERT_TRUE(HttpLagoClient::Create(client_options, &client).ok());
+  const std::string body = R"({"events":[]})";
+  {
+    ledger::testing::NoThreadForCallDeadlines no_thread;
+    const LagoAnswer answer = client->SendEventsBatch(body);
+    EXPECT_EQ(answer.http_status, 0);
+    EXPECT_FALSE(answer.error.empty());
+    EXPECT_EQ(answer.error.find(kFakeLagoApiKey), std::string::npos);
+  }
+  EXPECT_EQ(lago.requests_received(), 0u);
+  EXPECT_NE(client->SendEventsBatch(body).http_status, 0);
+  EXPECT_EQ(lago.requests_received(), 1u);
 }
 
 TEST(LagoSinkOptionsTest, BadOptionsAreRefused) {

@@ -13,6 +13,7 @@
 #include "projections/plan_catalog.h"
 #include "projections/stripe_webhook.h"
 #include "tests/support/fake_stripe.h"
+#include "tests/support/no_thread.h"
 #include "tests/support/self_signed.h"
 #include "tests/support/test_ledger.h"
 #include "tests/support/trickling_server.h"
@@ -535,6 +536,29 @@ TEST_F(StripeClientTest, SubscriptionCalls) {
 
   EXPECT_EQ(client_->GetSubscription("sub_missing", &got).problem(), "stripe_resource_missing");
   EXPECT_EQ(client_->GetSubscription("sub/../x", &got).code(), Code::kInvalidArgument);
+}
+
+// An attempt whose deadline watcher cannot start (the process may start no more threads) is not
+// made: a network error, retried, then 503 stripe_unavailable -- std::thread's system_error was
+// thrown out of the call (a 500 on an HTTP worker, an abort on a thread that catches nothing).
+TEST_F(StripeClientTest, AThreadThatCannotStartIsANetworkError) {
+  FakeStripe::Subscription sub;
+  sub.id = "sub_1";
+  sub.customer = "cus_1";
+  sub.item_id = "si_1";
+  sub.price_id = "price_m";
+  fake_.AddSubscription(sub);
+  StripeSubscription got;
+  {
+    ledger::testing::NoThreadForCallDeadlines no_thread;
+    Status s = client_->GetSubscription("sub_1", &got);
+    EXPECT_EQ(s.problem(), "stripe_unavailable") << s.ToString();
+    EXPECT_EQ(s.code(), Code::kUnavailable);
+  }
+  EXPECT_TRUE(fake_.requests().empty());
+  EXPECT_EQ(sleeps().size(), 2u);  // three attempts, none made
+  ASSERT_TRUE(client_->GetSubscription("sub_1", &got).ok());
+  EXPECT_EQ(got.id, "sub_1");
 }
 
 // A cancel-now's comment goes to Stripe as cancellation_details[comment] (DELETE: in the query,
