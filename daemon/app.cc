@@ -49,6 +49,9 @@ class App::Impl {
   Config config_;
   const Clock* clock_ = nullptr;
   const std::atomic<bool>* cancel_ = nullptr;  // Start()'s
+  // Dev mode: the data directory's lock, taken before the dev secret and the master key are
+  // created in it, until OpenLedger() hands it to the Ledger.
+  std::shared_ptr<DirLock> dir_lock_;
   std::unique_ptr<Ledger> ledger_;
   std::unique_ptr<EmbeddedKafka> embedded_kafka_;
   std::unique_ptr<KafkaOutbox> outbox_;
@@ -125,6 +128,7 @@ Status App::Impl::OpenLedger() {
   options.clock = clock_;
   options.sync_interval_min = std::chrono::microseconds(config_.sync_interval_min_us);
   options.cancel = cancel_;
+  options.dir_lock = std::move(dir_lock_);
   Status s = Ledger::Open(options, &ledger_);
   if (!s.ok()) return s;
   spdlog::info("ledger open at {}: head position {}", config_.data_dir, ledger_->Head().value());
@@ -451,7 +455,9 @@ Status App::Impl::Start(const Config& config, const Clock* clock,
   KeepSecretsOutOfCoreDumps(config_.core_dumps);
   // What only reads files (the JWKS too, and a master key file named explicitly, which is never
   // created) is refused before the data directory is touched; in dev mode the dev secret and
-  // the master key at its default place are created in it.
+  // the master key at its default place are created in it, once its lock is held: a second
+  // ledgerd in dev mode beside a running one (exit 74) would leave them behind, and the running
+  // one's next start would take that master key up.
   LEDGER_RETURN_IF_ERROR(BuildStripeClient());
   LEDGER_RETURN_IF_ERROR(LoadLagoWebhookKeys());
   const bool key_only_read = !config_.DevMode() || config_.master_key_file_given;
@@ -461,6 +467,7 @@ Status App::Impl::Start(const Config& config, const Clock* clock,
     CreateDataDir();
   } else {
     CreateDataDir();
+    LEDGER_RETURN_IF_ERROR(DirLock::Lock(config_.data_dir, &dir_lock_));
     LEDGER_RETURN_IF_ERROR(BuildAuthenticator());
   }
   if (!key_only_read) LEDGER_RETURN_IF_ERROR(LoadByokKey());

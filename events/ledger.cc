@@ -50,45 +50,6 @@ namespace ledger {
 
 namespace {
 
-// The exclusive lock a writable Ledger holds on its directory (flock on kDirLockFile), taken
-// before RocksDB touches anything there. RocksDB's own LOCK is taken only after it has renamed
-// the running process's LOG to LOG.old.<time> and opened a new one: a second `ledgerd --data-dir
-// D` beside a running one exited 74 having rotated the first one's log away. Read-only opens
-// (ledgerctl verify, export, replay's source) take no lock. flock: released by the kernel when
-// the process dies however it dies, so a crash leaves no stale lock to clear by hand.
-class DirLock {
- public:
-  DirLock() = default;
-  DirLock(const DirLock&) = delete;
-  DirLock& operator=(const DirLock&) = delete;
-  ~DirLock() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-
-  Status Lock(const std::string& dir) {
-    const std::string path = dir + "/" + kDirLockFile;
-    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) {
-      const int error = errno;
-      return Status::IOError("cannot open " + path + ": " + std::strerror(error));
-    }
-    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-      const int error = errno;
-      ::close(fd);
-      if (error == EWOULDBLOCK) {
-        return Status::IOError(dir + " is in use: another ledgerd (or ledgerctl stripe-setup) has "
-                               "it open for writing (it holds " + path + ")");
-      }
-      return Status::IOError("cannot lock " + path + ": " + std::strerror(error));
-    }
-    fd_ = fd;
-    return Status::OK();
-  }
-
- private:
-  int fd_ = -1;
-};
-
 constexpr char kEventsFamily[] = "events";
 constexpr char kStreamsFamily[] = "streams";
 constexpr char kIdempotencyFamily[] = "idempotency";
@@ -906,9 +867,9 @@ class LedgerImpl final : public Ledger {
                              std::vector<Event>* out) const;
 
   LedgerOptions options_;
-  // Writable opens: the exclusive lock on the directory's kDirLockFile (LockDirectory), released
-  // after the DB is closed (the last member destroyed).
-  DirLock dir_lock_;
+  // Writable opens: the exclusive lock on the directory's kDirLockFile (taken or handed over in
+  // OpenDb), released after the DB is closed (destroyed after the members below).
+  std::shared_ptr<DirLock> dir_lock_;
   rocksdb::DB* db_ = nullptr;
   // RocksDB's rate limiter; told what each group writes (LedgerOptions::background_write_pace).
   std::shared_ptr<BackgroundWritePacer> pacer_;
@@ -1262,7 +1223,16 @@ Status LedgerImpl::OpenDb() {
   } else if (!options_.read_only) {
     LEDGER_RETURN_IF_ERROR(CreatePrivateDir(options_.path));
   }
-  if (!options_.read_only) LEDGER_RETURN_IF_ERROR(dir_lock_.Lock(options_.path));
+  if (!options_.read_only && options_.dir_lock == nullptr) {
+    LEDGER_RETURN_IF_ERROR(DirLock::Lock(options_.path, &dir_lock_));
+  } else if (!options_.read_only) {
+    if (options_.dir_lock->dir() != options_.path) {
+      return Status::InvalidArgument("dir_lock_elsewhere", "the lock handed to the open is on " +
+                                                               options_.dir_lock->dir() +
+                                                               ", not on " + options_.path);
+    }
+    dir_lock_ = std::move(options_.dir_lock);
+  }
 
   // Idempotency records are keyed by a SHA-256 (IdempotencyRecordKey) and only ever looked up
   // whole, never scanned: a hash memtable (buckets by the first 8 bytes, a tiny skiplist each)
@@ -2727,6 +2697,31 @@ Status LedgerImpl::WaitForBackgroundWork(int64_t timeout_ms) {
 }
 
 }  // namespace
+
+// Taken before RocksDB touches anything in the directory: RocksDB's own LOCK is taken only after
+// it has renamed the running process's LOG to LOG.old.<time> and opened a new one (a second
+// `ledgerd --data-dir D` beside a running one would rotate the first one's log away).
+Status DirLock::Lock(const std::string& dir, std::shared_ptr<DirLock>* out) {
+  const std::string path = dir + "/" + kDirLockFile;
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    const int error = errno;
+    return Status::IOError("cannot open " + path + ": " + std::strerror(error));
+  }
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int error = errno;
+    ::close(fd);
+    if (error == EWOULDBLOCK) {
+      return Status::IOError(dir + " is in use: another ledgerd (or ledgerctl stripe-setup) has "
+                             "it open for writing (it holds " + path + ")");
+    }
+    return Status::IOError("cannot lock " + path + ": " + std::strerror(error));
+  }
+  out->reset(new DirLock(dir, fd));
+  return Status::OK();
+}
+
+DirLock::~DirLock() { ::close(fd_); }
 
 Status CreatePrivateDir(const std::string& path) {
   std::error_code ec;

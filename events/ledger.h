@@ -125,6 +125,27 @@ Status CreatePrivateDir(const std::string& path);
 // is open (Ledger::Open is kIOError when another process holds it; read-only opens take none).
 inline constexpr char kDirLockFile[] = "ledgerd.lock";
 
+// That lock. Ledger::Open takes it, unless the caller took it first to write its own files into
+// the directory only once no other process has it open (ledgerd's dev-mode secret and master
+// key) and hands it over (LedgerOptions::dir_lock). Released when the last holder drops it, or
+// by the kernel when the process dies however it dies (flock: no stale lock to clear by hand).
+class DirLock {
+ public:
+  // kIOError "<dir> is in use: ..." when another process holds it; `dir` must exist.
+  static Status Lock(const std::string& dir, std::shared_ptr<DirLock>* out);
+  ~DirLock();
+  DirLock(const DirLock&) = delete;
+  DirLock& operator=(const DirLock&) = delete;
+
+  const std::string& dir() const { return dir_; }
+
+ private:
+  DirLock(std::string dir, int fd) : dir_(std::move(dir)), fd_(fd) {}
+
+  const std::string dir_;
+  const int fd_;
+};
+
 struct LedgerOptions {
   std::string path;                 // directory; created if missing (CreatePrivateDir)
   std::vector<const Fold*> folds;   // inline projections; not owned, must outlive the Ledger
@@ -137,6 +158,9 @@ struct LedgerOptions {
                                     // and scratch stores (ledgerctl replay's rebuild, then Flush()).
   rocksdb::Env* env = nullptr;      // default Env; tests pass fault-injecting wrappers
   bool read_only = false;           // open without writing (ledgerctl verify/export on a live DB)
+  // Writable opens: the lock on `path` already taken (DirLock::Lock with the same path), held by
+  // the Ledger from then on; nullptr (the default): Open takes it. Read-only opens take none.
+  std::shared_ptr<DirLock> dir_lock;
   bool create_if_missing = true;
   size_t write_queue_max = 0;       // 0 = limits::kWriteQueueCommandsMax
   // RocksDB block checksums on reads of stored events (ScanRaw, ReadEvents, and the head check

@@ -219,6 +219,41 @@ TEST(LedgerdBinaryTest, ASecondLedgerdOnADirectoryInUseExits74TouchingNothing) {
   EXPECT_EQ(again.Terminate(), 0) << again.Log();
 }
 
+// A second ledgerd in dev mode (no JWT settings) beside a production one: it created the dev
+// secret and the master key at its default place in the directory before the store's lock
+// refused it, and the production daemon's next start took that key up (BYOK on, its key inside
+// the data directory and its backups). The lock is now taken before any dev-mode file.
+TEST(LedgerdBinaryTest, ASecondDevModeLedgerdBesideAProductionOneCreatesNothing) {
+  TempDir dir;
+  DaemonOptions options;
+  options.data_dir = dir.Sub("data");
+  options.log_path = dir.Sub("ledgerd.log");
+  options.env = {{"LEDGER_JWT_HS256_SECRET", kTestHs256Secret}};
+  DaemonProcess first(options);
+  ASSERT_TRUE(first.Start().ok()) << first.Log();
+  const std::string master_key = options.data_dir + "/master.key";
+  const std::string dev_secret = options.data_dir + "/jwt-dev.secret";
+  ASSERT_FALSE(std::filesystem::exists(master_key));
+  ASSERT_FALSE(std::filesystem::exists(dev_secret));
+
+  ProcessOutput second = RunLedgerd(
+      {"--data-dir", options.data_dir, "--listen", "127.0.0.1:0", "--kafka-brokers", "none"});
+  EXPECT_EQ(second.exit_code, kExitStorage) << second.out << second.err;
+  EXPECT_NE((second.out + second.err).find(options.data_dir + " is in use: another ledgerd"),
+            std::string::npos)
+      << second.out << second.err;
+  EXPECT_FALSE(std::filesystem::exists(master_key));
+  EXPECT_FALSE(std::filesystem::exists(dev_secret));
+  EXPECT_EQ(first.Terminate(), 0) << first.Log();
+
+  // The production daemon starts again as it was: no key-encryption key.
+  DaemonProcess again(options);
+  ASSERT_TRUE(again.Start().ok()) << again.Log();
+  EXPECT_NE(again.Log().find("byok: no key-encryption key at"), std::string::npos)
+      << again.Log();
+  EXPECT_EQ(again.Terminate(), 0) << again.Log();
+}
+
 struct Head {
   std::string position;
   std::string hash;
