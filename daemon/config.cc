@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -19,6 +20,7 @@
 
 #include "daemon/cli_decimal.h"
 #include "daemon/cli_usage.h"
+#include "events/outbox.h"
 #include "events/types.h"
 #include "http/auth.h"
 #include "http/base_url.h"
@@ -256,6 +258,13 @@ bool IsReservedKafkaProperty(std::string_view key) {
   return std::find(std::begin(kReserved), std::end(kReserved), key) != std::end(kReserved);
 }
 
+// A property whose value is a credential: a file that sets one is its owner's alone, as the master
+// key and the dev secret are.
+bool IsSecretKafkaProperty(std::string_view key) {
+  return key.find("password") != std::string_view::npos ||
+         key.find("secret") != std::string_view::npos || key == "ssl.key.pem";
+}
+
 // `key=value` lines, blanks around both trimmed; empty lines and `#` comments skipped. Errors name
 // the line, never a value (they may be secrets).
 Status ReadKafkaProperties(const std::string& path, std::map<std::string, std::string>* out) {
@@ -315,6 +324,15 @@ Status ReadKafkaProperties(const std::string& path, std::map<std::string, std::s
     (*out)[name] = std::move(value);
     if (out->size() > 256) return Bad(kSetting, "more than 256 properties");
   }
+  for (const auto& [name, value] : *out) {
+    struct stat st {};
+    if (IsSecretKafkaProperty(name) && ::stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
+      char mode[8];
+      std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
+      return Bad(kSetting, path + " sets " + name + " but is readable by group or others (mode " +
+                               mode + "; chmod 600 it)");
+    }
+  }
   return Status::OK();
 }
 
@@ -338,6 +356,19 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
     return Bad("LEDGER_KAFKA_MESSAGE_MAX_BYTES",
                "must be " + std::to_string(limits::kOutboxMessageBytesMaxLowest) + ".." +
                    std::to_string(limits::kOutboxMessageBytesMaxHighest) + " bytes");
+  }
+  // What librdkafka takes property by property but refuses when the producer is created (a CA
+  // file that is not there, a combination of properties): refused here too, before the data
+  // directory is touched. With `none` no producer is created.
+  if (!config->kafka_properties.empty() && config->kafka_brokers != "none") {
+    OutboxOptions producer;
+    producer.message_bytes_max = config->kafka_message_max_bytes;
+    producer.kafka_config = config->kafka_properties;
+    Status checked = CheckProducerConfig(producer);
+    if (!checked.ok()) {
+      return Bad("LEDGER_KAFKA_PROPERTIES_FILE",
+                 config->kafka_properties_file + ": " + checked.message());
+    }
   }
   LEDGER_RETURN_IF_ERROR(ValidateJwtSettings(config->jwt_hs256_secret, config->jwt_issuer,
                                              config->jwt_audience, config->admin_role));

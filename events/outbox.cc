@@ -84,7 +84,66 @@ Status ValidateOptions(const OutboxOptions& o) {
   return Status::OK();
 }
 
+// The producer's configuration: ours, then OutboxOptions::kafka_config over it; bootstrap.servers
+// only `with_brokers` (without, the producer connects nowhere).
+Status NewProducerConf(const OutboxOptions& options, bool with_brokers, rd_kafka_conf_t** out) {
+  const size_t queue_messages = std::max<size_t>(100000, 2 * options.in_flight_events_max);
+  const size_t queue_kbytes = std::max<size_t>(1 << 20, 2 * options.in_flight_bytes_max / 1024);
+  std::vector<std::pair<std::string, std::string>> config = {
+      {"client.id", "ledgerd-outbox"},
+      {"enable.idempotence", "true"},
+      {"acks", "all"},
+      {"enable.gapless.guarantee", "true"},
+      {"partitioner", "murmur2_random"},
+      {"linger.ms", std::to_string(options.linger_ms)},
+      {"batch.num.messages", "10000"},
+      {"compression.codec", "lz4"},
+      {"message.timeout.ms", std::to_string(options.message_timeout_ms)},
+      {"queue.buffering.max.messages", std::to_string(queue_messages)},
+      {"queue.buffering.max.kbytes", std::to_string(queue_kbytes)},
+      // The producer's own ceiling stays above ours, which decides what is published whole.
+      {"message.max.bytes",
+       std::to_string(std::max<size_t>(2 << 20, options.message_bytes_max + (64 << 10)))},
+      {"reconnect.backoff.ms", "100"},
+      {"reconnect.backoff.max.ms", "1000"},
+      {"statistics.interval.ms", "1000"},
+  };
+  if (with_brokers) config.emplace(config.begin(), "bootstrap.servers", options.bootstrap_servers);
+  for (const auto& [key, value] : options.kafka_config) config.emplace_back(key, value);
+
+  char errstr[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  for (const auto& [key, value] : config) {
+    const rd_kafka_conf_res_t set =
+        rd_kafka_conf_set(conf, key.c_str(), value.c_str(), errstr, sizeof(errstr));
+    if (set != RD_KAFKA_CONF_OK) {
+      rd_kafka_conf_destroy(conf);
+      // librdkafka's message repeats the value (`Invalid value "..." for ...`), and a property's
+      // value may be a secret under any name: the property alone is named.
+      return InvalidConfig(key + (set == RD_KAFKA_CONF_UNKNOWN ? ": no such librdkafka property"
+                                                               : ": librdkafka refused its value"));
+    }
+  }
+  *out = conf;
+  return Status::OK();
+}
+
 }  // namespace
+
+Status CheckProducerConfig(const OutboxOptions& options) {
+  rd_kafka_conf_t* conf = nullptr;
+  LEDGER_RETURN_IF_ERROR(NewProducerConf(options, /*with_brokers=*/false, &conf));
+  // Quiet: without brokers librdkafka warns that it cannot connect.
+  rd_kafka_conf_set_log_cb(conf, [](const rd_kafka_t*, int, const char*, const char*) {});
+  char errstr[512];
+  rd_kafka_t* producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+  if (producer == nullptr) {
+    rd_kafka_conf_destroy(conf);
+    return InvalidConfig(std::string("producer: ") + errstr);
+  }
+  rd_kafka_destroy(producer);
+  return Status::OK();
+}
 
 // Everything behind KafkaOutbox. Fields below "publisher state" belong to the publisher thread
 // once Start() ran (Open() and Stop()/the destructor touch them only while no thread runs).
@@ -234,43 +293,9 @@ Status KafkaOutbox::Impl::Init() {
 }
 
 Status KafkaOutbox::Impl::CreateProducer() {
-  const size_t queue_messages = std::max<size_t>(100000, 2 * window_);
-  const size_t queue_kbytes = std::max<size_t>(1 << 20, 2 * options_.in_flight_bytes_max / 1024);
-  std::vector<std::pair<std::string, std::string>> config = {
-      {"bootstrap.servers", options_.bootstrap_servers},
-      {"client.id", "ledgerd-outbox"},
-      {"enable.idempotence", "true"},
-      {"acks", "all"},
-      {"enable.gapless.guarantee", "true"},
-      {"partitioner", "murmur2_random"},
-      {"linger.ms", std::to_string(options_.linger_ms)},
-      {"batch.num.messages", "10000"},
-      {"compression.codec", "lz4"},
-      {"message.timeout.ms", std::to_string(options_.message_timeout_ms)},
-      {"queue.buffering.max.messages", std::to_string(queue_messages)},
-      {"queue.buffering.max.kbytes", std::to_string(queue_kbytes)},
-      // The producer's own ceiling stays above ours, which decides what is published whole.
-      {"message.max.bytes",
-       std::to_string(std::max<size_t>(2 << 20, options_.message_bytes_max + (64 << 10)))},
-      {"reconnect.backoff.ms", "100"},
-      {"reconnect.backoff.max.ms", "1000"},
-      {"statistics.interval.ms", "1000"},
-  };
-  for (const auto& [key, value] : options_.kafka_config) config.emplace_back(key, value);
-
+  rd_kafka_conf_t* conf = nullptr;
+  LEDGER_RETURN_IF_ERROR(NewProducerConf(options_, /*with_brokers=*/true, &conf));
   char errstr[512];
-  rd_kafka_conf_t* conf = rd_kafka_conf_new();
-  for (const auto& [key, value] : config) {
-    const rd_kafka_conf_res_t set =
-        rd_kafka_conf_set(conf, key.c_str(), value.c_str(), errstr, sizeof(errstr));
-    if (set != RD_KAFKA_CONF_OK) {
-      rd_kafka_conf_destroy(conf);
-      // librdkafka's message repeats the value (`Invalid value "..." for ...`), and a property's
-      // value may be a secret under any name: the property alone is named.
-      return InvalidConfig(key + (set == RD_KAFKA_CONF_UNKNOWN ? ": no such librdkafka property"
-                                                               : ": librdkafka refused its value"));
-    }
-  }
   rd_kafka_conf_set_opaque(conf, this);
   rd_kafka_conf_set_dr_msg_cb(conf, &Impl::OnDeliveryReport);
   rd_kafka_conf_set_error_cb(conf, &Impl::OnError);

@@ -170,6 +170,14 @@ std::string OutboxLastCheckpointName(std::string_view topic);
 // (OutboxOptions::adopt_checkpoint_name).
 std::string OutboxCheckpointName(std::string_view brokers, std::string_view topic);
 
+// Creates the producer KafkaOutbox::Open would create with `options` (bootstrap_servers left out:
+// it connects nowhere) and destroys it at once, so that a configuration librdkafka refuses is
+// found before anything else is opened: kInvalidArgument for a property it does not know, a
+// value it refuses, or what it takes property by property but not when the producer is created
+// (a CA file that is not there; a combination of properties). Set-up errors name the property,
+// never its value. Runs no callback of ours; safe from any thread.
+Status CheckProducerConfig(const OutboxOptions& options);
+
 class KafkaOutbox {
  public:
   // `ledger` is not owned and must outlive the outbox. Bad options or librdkafka properties

@@ -5,6 +5,7 @@
 #include "daemon/app.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <filesystem>
 #include <fstream>
@@ -607,6 +608,7 @@ TEST(ConfigTest, KafkaPropertiesComeFromAFile) {
   WriteTextFile(dir.Sub("kafka.properties"),
                 "# Confluent Cloud\n\nsecurity.protocol = SASL_SSL\r\nsasl.mechanisms=PLAIN\n"
                 "sasl.username=KEY\nsasl.password=pa=ss word\n");
+  ::chmod(dir.Sub("kafka.properties").c_str(), 0600);
   env.Set("LEDGER_KAFKA_PROPERTIES_FILE", dir.Sub("kafka.properties"));
   Config config;
   ParseResult r = Parse({}, &config);
@@ -650,6 +652,42 @@ TEST(ConfigTest, KafkaPropertiesComeFromAFile) {
     EXPECT_NE(b.status.message().find(property), std::string::npos) << b.status.message();
     EXPECT_EQ(b.status.message().find("secret-value"), std::string::npos) << b.status.message();
   }
+}
+
+// A properties file that sets a password or a secret is its owner's alone, as the master key and
+// the dev secret are: one readable by group or others is refused naming the file and its mode,
+// never the value. A file without one may stay readable.
+TEST(ConfigTest, AKafkaPropertiesFileWithASecretMustBeReadableByItsOwnerOnly) {
+  TempDir dir;
+  const std::string file = dir.Sub("kafka.properties");
+  for (const std::string property :
+       {"sasl.password", "ssl.key.password", "ssl.keystore.password"}) {
+    WriteTextFile(file, "# x\n" + property + "=secret-value\n");
+    ::chmod(file.c_str(), 0644);
+    ScopedCleanEnvironment env;
+    env.Set("LEDGER_KAFKA_PROPERTIES_FILE", file);
+    Config refused;
+    ParseResult r = Parse({}, &refused);
+    EXPECT_EQ(r.exit_code, kExitConfig) << property << " " << r.status.ToString();
+    const std::string message = r.status.message();
+    EXPECT_NE(message.find("LEDGER_KAFKA_PROPERTIES_FILE"), std::string::npos) << message;
+    EXPECT_NE(message.find(file), std::string::npos) << message;
+    EXPECT_NE(message.find("0644"), std::string::npos) << message;
+    EXPECT_NE(message.find(property), std::string::npos) << message;
+    EXPECT_EQ(message.find("secret-value"), std::string::npos) << message;
+
+    ::chmod(file.c_str(), 0600);
+    Config config;
+    ParseResult ok = Parse({}, &config);
+    EXPECT_TRUE(ok.status.ok()) << property << " " << ok.status.ToString();
+  }
+  WriteTextFile(file, "client.id=ledgerd\nsasl.username=KEY\n");
+  ::chmod(file.c_str(), 0644);
+  ScopedCleanEnvironment env;
+  env.Set("LEDGER_KAFKA_PROPERTIES_FILE", file);
+  Config config;
+  ParseResult r = Parse({}, &config);
+  EXPECT_TRUE(r.status.ok()) << r.status.ToString();
 }
 
 // The files read at start are read up to a bound, never whole: a path naming /dev/zero, or a

@@ -254,6 +254,26 @@ TEST(LedgerdBinaryTest, ASecondDevModeLedgerdBesideAProductionOneCreatesNothing)
   EXPECT_EQ(again.Terminate(), 0) << again.Log();
 }
 
+// A property value librdkafka takes alone but its producer refuses (a CA file that is not there)
+// failed the start only when the outbox started: the data directory created, the plan catalog
+// appended. Refused with the other properties, before the data directory is touched.
+TEST(LedgerdBinaryTest, AKafkaPropertyTheProducerRefusesExits78BeforeTheStoreIsCreated) {
+  TempDir dir;
+  const std::string data_dir = dir.Sub("data");
+  const std::string properties = dir.Sub("kafka.properties");
+  WriteTextFile(properties,
+                "security.protocol=ssl\nssl.ca.location=" + dir.Sub("missing-ca.pem") + "\n");
+  ProcessOutput out = RunLedgerd({"--data-dir", data_dir, "--listen", "127.0.0.1:0",
+                                  "--kafka-brokers", "127.0.0.1:1", "--kafka-properties-file",
+                                  properties},
+                                 {{"LEDGER_JWT_HS256_SECRET", kTestHs256Secret}});
+  EXPECT_EQ(out.exit_code, kExitConfig) << out.out << out.err;
+  EXPECT_NE((out.out + out.err).find("LEDGER_KAFKA_PROPERTIES_FILE"), std::string::npos)
+      << out.out << out.err;
+  EXPECT_FALSE(std::filesystem::exists(data_dir + "/CURRENT"));
+  EXPECT_FALSE(std::filesystem::exists(data_dir)) << "the data directory was touched";
+}
+
 struct Head {
   std::string position;
   std::string hash;
