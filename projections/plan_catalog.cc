@@ -615,8 +615,9 @@ std::vector<Plan> InitialPlans() {
   trial.limit_window = LimitWindow::kDay;
   trial.trial_days = 7;
   trial.services = {"ops-center", "chat"};
-  trial.features = {"7-day trial period", "Open-WebUI chat", "Basic AI models",
-                    "100 API calls per day (700 in total)"};
+  // The seed's own words (a client may show them as they were).
+  trial.features = {"7-day trial period", "Access to Open-WebUI", "Basic AI models",
+                    "100 API calls/day"};
   trial.byok_enabled = false;
   trial.team_seats = 1;
 
