@@ -1,6 +1,7 @@
 #include "projections/stripe_webhook.h"
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <limits>
 #include <tuple>
@@ -43,8 +44,37 @@ bool IsSecretMemberName(std::string_view name) {
          name == "next_action";
 }
 
+// Who the customer is and the payment instrument beyond what GET /billing/payment-methods shows
+// (brand, last4, expiry): none of it is read by this decider or any fold, and the log, GET
+// /api/v1/events, exports and Kafka readers have no need of it. Person: names, phones,
+// addresses (billing_details and the shipping blocks whole), tax ids, the IP address and browser
+// of a token or mandate acceptance. Instrument: the card's fingerprint (one id for one card
+// number across merchants), IIN, CVC/address check results, 3-D Secure outcome, wallet (its
+// dynamic last4 and a wallet's own billing and shipping addresses), the network's transaction id
+// (reusable for merchant-initiated charges elsewhere), and the account holder's and payer's
+// names and emails. Kept, because they are read (CheckoutCompleted): email and customer_email.
+// "name" is redacted wherever it is (a product's or coupon's name too; ledgerd's own catalog
+// names its plans).
+bool IsPersonalDetailMemberName(std::string_view name) {
+  static constexpr std::array<std::string_view, 31> kNames = {
+      "name",           "individual_name",     "business_name",          "customer_name",
+      "phone",          "customer_phone",      "address",                "customer_address",
+      "billing_details", "shipping",           "shipping_details",       "customer_shipping",
+      "tax_ids",        "customer_tax_ids",    "client_ip",              "ip_address",
+      "user_agent",     "fingerprint",         "iin",                    "checks",
+      "three_d_secure", "wallet",              "network_transaction_id", "cardholder_name",
+      "account_holder_name", "payer_name",     "payer_email",            "verified_name",
+      "verified_email", "verified_phone",      "verified_address"};
+  return std::find(kNames.begin(), kNames.end(), name) != kNames.end();
+}
+
 Status RedactPayload(std::string_view raw, std::string* out) {
-  return RedactJsonSecrets(raw, IsSecretMemberName, out);
+  return RedactJsonSecrets(
+      raw,
+      [](std::string_view name) {
+        return IsSecretMemberName(name) || IsPersonalDetailMemberName(name);
+      },
+      out);
 }
 
 bool IsEventTypeChar(char c) {

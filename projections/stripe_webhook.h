@@ -4,7 +4,8 @@
 //
 //   ParseStripeWebhook(raw body)  -> StripeWebhook (envelope fields, redacted copy, parsed doc)
 //   IngestStripeWebhook(webhook)  -> Command: dedupe on the Stripe event id, then append
-//       stripe.webhook_received.v1                      always (the delivery, secrets redacted)
+//       stripe.webhook_received.v1                      always (the delivery, secrets and personal
+//                                                       details redacted)
 //       customer.linked.v1                              a new user <-> customer link / email /
 //                                                       earlier link time
 //       subscription.checkout_completed.v1              checkout.session.completed
@@ -31,9 +32,13 @@
 // `client_secret`, `secret`, `hosted_invoice_url`, `invoice_pdf`, `receipt_url`, `pdf`, `url`,
 // `hosted_instructions_url`, `hosted_verification_url` or `next_action` (bearer links: an
 // invoice's payment page and PDF, a receipt, a credit note's PDF, the customer portal's login
-// link, a checkout page; a payment's vouchers, QR codes and redirects) replaced by "[redacted]"; `raw_sha256` is the
-// SHA-256 of the exact bytes received, so the original delivery can still be matched against
-// Stripe's copy.
+// link, a checkout page; a payment's vouchers, QR codes and redirects) replaced by "[redacted]";
+// so is every member that tells who the customer is or the payment instrument beyond brand,
+// last4 and expiry (names, phones, addresses, billing_details, shipping, tax ids, IP addresses,
+// the card's fingerprint, IIN, checks, 3-D Secure, wallet: IsPersonalDetailMemberName in the
+// .cc), none of which the decider or a fold reads (`email` and `customer_email` are read, and
+// kept). `raw_sha256` is the SHA-256 of the exact bytes received, so the original delivery can
+// still be matched against Stripe's copy; nothing re-verifies a stored payload.
 //
 // Thread safety: ParseStripeWebhook is pure; the command is used by one request thread and then
 // decided on the ledger's writer thread.
@@ -66,7 +71,7 @@ struct StripeWebhook {
   std::optional<std::string> account;      // Connect: the connected account's acct_... id
   std::string raw_sha256;                  // lowercase hex of SHA-256(raw body)
   size_t raw_bytes = 0;
-  std::string redacted_payload;            // compact JSON, secrets redacted
+  std::string redacted_payload;            // compact JSON, secrets and personal details redacted
   std::shared_ptr<const rapidjson::Document> payload;  // the parsed (redacted) payload
 };
 

@@ -1171,6 +1171,127 @@ TEST_F(SubscriptionsTest, CheckoutClientSecretNeverReachesAnEvent) {
   }
 }
 
+// Who the customer is and the card beyond brand, last4 and expiry never reach the log: GET
+// /api/v1/events, exports and Kafka readers got a card's fingerprint (one id for one card
+// number across merchants), its check results, a billing address, phone and name. What the
+// decider reads (customer_details.email, customer_email, amounts, ids) still derives the same
+// events.
+class StripeWebhookTest : public SubscriptionsTest {};
+
+TEST_F(StripeWebhookTest, PaymentMethodDetailsBeyondLast4AreNotStored) {
+  World w = Fresh();
+  const std::string billing_details =
+      R"("billing_details":{"address":{"city":"London","country":"GB","line1":"221B Baker St",)"
+      R"("line2":null,"postal_code":"NW1 6XE","state":null},"email":"jenny@example.com",)"
+      R"("name":"Jenny Rosen","phone":"+15555550100"})";
+  const std::string card_kept = R"("brand":"visa","country":"US","exp_month":12,"exp_year":2030,)"
+                                R"("funding":"credit","last4":"4242")";
+  const std::string payment_method =
+      R"({"id":"evt_pm","object":"event","type":"payment_method.attached","created":1750000990,)"
+      R"("data":{"object":{"id":"pm_1","object":"payment_method",)" + billing_details + "," +
+      R"("card":{)" + card_kept + R"(,"checks":{"address_line1_check":"pass",)"
+      R"("address_postal_code_check":"pass","cvc_check":"pass"},"fingerprint":"Xq9fPrintAbc123",)"
+      R"("iin":"424242","three_d_secure_usage":{"supported":true},"wallet":null},)"
+      R"("customer":"cus_pii","type":"card"}}})";
+  const std::string charge =
+      R"({"id":"evt_ch","object":"event","type":"charge.succeeded","created":1750000991,)"
+      R"("data":{"object":{"id":"ch_1","object":"charge","amount":1900,"currency":"usd",)"
+      R"("customer":"cus_pii",)" + billing_details + "," +
+      R"("payment_method_details":{"type":"card","card":{)" + card_kept +
+      R"(,"checks":{"cvc_check":"pass"},"fingerprint":"Xq9fPrintAbc123",)"
+      R"("network_transaction_id":"NTI5550001","three_d_secure":{"authentication_flow":)"
+      R"("challenge","result":"authenticated","version":"2.2.0"},"wallet":{"type":"apple_pay",)"
+      R"("apple_pay":{},"dynamic_last4":"9876"}}},)"
+      R"("shipping":{"address":{"line1":"221B Baker St"},"name":"Jenny Rosen",)"
+      R"("phone":"+15555550100"}}}})";
+  const std::string checkout =
+      R"({"id":"evt_cs","object":"event","type":"checkout.session.completed",)"
+      R"("created":1750000992,"data":{"object":{"id":"cs_sub_1","object":"checkout.session",)"
+      R"("customer":"cus_pii","customer_details":{"address":{"line1":"221B Baker St"},)"
+      R"("email":"jenny@example.com","name":"Jenny Rosen","phone":"+15555550100",)"
+      R"("tax_exempt":"none","tax_ids":[{"type":"eu_vat","value":"DE123456789"}]},)"
+      R"("customer_email":"jenny@example.com","metadata":{"plan_id":"starter"},)"
+      R"("mode":"subscription","payment_status":"paid","status":"complete",)"
+      R"("subscription":"sub_pii"}}})";
+  const std::string invoice =
+      R"({"id":"evt_in","object":"event","type":"invoice.paid","created":1750000993,)"
+      R"("data":{"object":{"id":"in_pii","object":"invoice","customer":"cus_pii",)"
+      R"("customer_address":{"line1":"221B Baker St"},"customer_email":"jenny@example.com",)"
+      R"("customer_name":"Jenny Rosen","customer_phone":"+15555550100",)"
+      R"("customer_shipping":{"address":{"line1":"221B Baker St"}},)"
+      R"("customer_tax_ids":[{"type":"eu_vat","value":"DE123456789"}],)"
+      R"("subscription":"sub_pii","amount_due":1900,"amount_paid":1900,"currency":"usd",)"
+      R"("attempt_count":1,"billing_reason":"subscription_create"}}})";
+
+  const std::vector<std::string> secrets = {
+      "Xq9fPrintAbc123", "221B Baker", "NW1 6XE",    "Jenny Rosen", "+15555550100",
+      "cvc_check",       "424242",     "NTI5550001", "9876",        "authenticated",
+      "DE123456789"};
+  std::map<std::string, Decision> decisions;
+  for (const std::string& raw : {payment_method, charge, checkout, invoice}) {
+    Decision d = Deliver(&w, raw);
+    ASSERT_FALSE(d.events.empty());
+    ASSERT_EQ(d.events[0].type, "stripe.webhook_received.v1");
+    for (const NewEvent& e : d.events) {
+      EXPECT_TRUE(EventMatchesSchema(e)) << e.type;
+      // The delivery's record from its payload on (its raw_sha256 is hex digits).
+      const size_t payload = e.data.find(R"("payload":)");
+      const std::string_view data =
+          std::string_view(e.data).substr(payload == std::string::npos ? 0 : payload);
+      for (const std::string& secret : secrets) {
+        EXPECT_EQ(data.find(secret), std::string::npos) << secret << " in " << e.data;
+      }
+    }
+    rapidjson::Document doc;
+    doc.Parse(d.events[0].data.c_str());
+    ASSERT_FALSE(doc.HasParseError());
+    decisions[doc["type"].GetString()] = d;
+  }
+
+  // The card as GET /billing/payment-methods shows it is kept, the rest is "[redacted]".
+  for (const char* type : {"payment_method.attached", "charge.succeeded"}) {
+    const std::string& data = decisions[type].events[0].data;
+    EXPECT_NE(data.find(card_kept), std::string::npos) << data;
+    EXPECT_NE(data.find(R"("billing_details":"[redacted]")"), std::string::npos) << data;
+    EXPECT_NE(data.find(R"("checks":"[redacted]","fingerprint":"[redacted]")"), std::string::npos)
+        << data;
+  }
+  EXPECT_NE(decisions["payment_method.attached"].events[0].data.find(
+                R"("iin":"[redacted]","three_d_secure_usage":{"supported":true},"wallet":null)"),
+            std::string::npos);
+  const std::string& charge_data = decisions["charge.succeeded"].events[0].data;
+  EXPECT_NE(charge_data.find(R"("three_d_secure":"[redacted]","wallet":"[redacted]")"),
+            std::string::npos) << charge_data;
+  EXPECT_NE(charge_data.find(R"("shipping":"[redacted]")"), std::string::npos) << charge_data;
+
+  // The email the decider reads is kept, and the checkout derives what it did.
+  const Decision& completed = decisions["checkout.session.completed"];
+  EXPECT_EQ(Types(completed),
+            (std::vector<std::string>{"stripe.webhook_received.v1", "customer.linked.v1",
+                                      "subscription.checkout_completed.v1"}));
+  EXPECT_NE(completed.events[0].data.find(
+                R"("customer_details":{"address":"[redacted]","email":"jenny@example.com",)"
+                R"("name":"[redacted]","phone":"[redacted]","tax_exempt":"none",)"
+                R"("tax_ids":"[redacted]"},"customer_email":"jenny@example.com")"),
+            std::string::npos) << completed.events[0].data;
+  rapidjson::Document session;
+  session.Parse(completed.events[2].data.c_str());
+  ASSERT_FALSE(session.HasParseError());
+  EXPECT_STREQ(session["email"].GetString(), "jenny@example.com");
+  EXPECT_STREQ(session["user_id"].GetString(), "user-1");
+  EXPECT_EQ(completed.events[2].subject, "user-1");
+
+  const Decision& paid = decisions["invoice.paid"];
+  EXPECT_EQ(Types(paid),
+            (std::vector<std::string>{"stripe.webhook_received.v1", "invoice.paid.v1"}));
+  EXPECT_EQ(paid.events[1].subject, "user-1");
+  EXPECT_NE(paid.events[0].data.find(
+                R"("customer_address":"[redacted]","customer_email":"jenny@example.com",)"
+                R"("customer_name":"[redacted]","customer_phone":"[redacted]",)"
+                R"("customer_shipping":"[redacted]","customer_tax_ids":"[redacted]")"),
+            std::string::npos) << paid.events[0].data;
+}
+
 TEST(StripeWebhookParseTest, RejectsMalformedDeliveries) {
   const std::vector<std::string> malformed = {
       "",
