@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cstdio>
-#include <unordered_set>
+#include <unordered_map>
 
 #include "events/coding.h"
 #include "events/event.h"
@@ -526,9 +526,8 @@ Status ApplyRecorded(const Event& event, const rapidjson::Value& data, const Sta
     it->second += quantity;
   }
   LEDGER_RETURN_IF_ERROR(StoreCounter(w.user_id, w.window, stored, counter, rows));
-  std::string position;
-  PutFixed64BE(&position, event.position.value());
-  return rows->Put(kUsageFamily, UsageDedupeKey(w.user_id, key), position);
+  return rows->Put(kUsageFamily, UsageDedupeKey(w.user_id, key),
+                   EncodeUsageKeyRecord(event.position.value(), service, quantity));
 }
 
 // One item of a usage.batch_recorded.v1 as the fold reads it: views into the event's data.
@@ -862,8 +861,6 @@ Status ApplyBatchRecorded(const Event& event, const StateReader& state, RowWrite
   size_t last = 0;               // index into `touched` of the previous item's window
   const int64_t at_s = FloorSeconds(event.time_us);  // when carries end (ApplyRecorded)
   ItemWindowReader windows;
-  std::string position;
-  PutFixed64BE(&position, event.position.value());
   std::string dedupe_key = UsageDedupeKey(user_id, "");
   const size_t dedupe_prefix = dedupe_key.size();
   for (const BatchItemFields& item : data.items) {
@@ -924,7 +921,9 @@ Status ApplyBatchRecorded(const Event& event, const StateReader& state, RowWrite
     }
     dedupe_key.resize(dedupe_prefix);
     dedupe_key.append(item.key);
-    LEDGER_RETURN_IF_ERROR(rows->Put(kUsageFamily, dedupe_key, position));
+    LEDGER_RETURN_IF_ERROR(rows->Put(
+        kUsageFamily, dedupe_key,
+        EncodeUsageKeyRecord(event.position.value(), item.service, item.quantity)));
   }
   for (const Touched& t : touched) {
     LEDGER_RETURN_IF_ERROR(StoreCounter(user_id, t.window, t.stored, t.counter, rows));
@@ -1493,6 +1492,27 @@ std::string UsageDedupeKey(std::string_view user_id, std::string_view idempotenc
   key.push_back('\0');
   key.append(idempotency_key);
   return key;
+}
+
+std::string EncodeUsageKeyRecord(uint64_t position, std::string_view service, int64_t quantity) {
+  std::string v;
+  v.reserve(16 + service.size());
+  PutFixed64BE(&v, position);
+  PutFixed64BE(&v, static_cast<uint64_t>(quantity));
+  v.append(service);
+  return v;
+}
+
+Status DecodeUsageKeyRecord(std::string_view value, UsageKeyRecord* out) {
+  *out = UsageKeyRecord();
+  if (value.size() < 8) return Status::Corruption("usage: dedupe row shorter than a position");
+  out->position = DecodeFixed64BE(value.data());
+  if (value.size() == 8) return Status::OK();  // fold version 6: the position only
+  if (value.size() < 16) return Status::Corruption("usage: dedupe row truncated");
+  out->has_item = true;
+  out->quantity = static_cast<int64_t>(DecodeFixed64BE(value.data() + 8));
+  out->service.assign(value.substr(16));
+  return Status::OK();
 }
 
 uint8_t UsageCounter::AnnouncedFor(int64_t for_limit) const {
@@ -2211,8 +2231,8 @@ class BatchRecorder {
     seen_.reserve(items);
   }
 
-  // Looks up the dedupe rows of every valid item at once (StateReader::Contains), before
-  // Classify.
+  // Looks up the dedupe rows of every valid item at once (StateReader::Contains), and reads those
+  // that exist (what their keys recorded), before Classify.
   Status Prefetch(const std::vector<UsageBatchItem>& items) {
     std::vector<std::string> keys;
     std::vector<size_t> of_item;  // keys[k] belongs to items[of_item[k]]
@@ -2225,8 +2245,13 @@ class BatchRecorder {
     }
     std::vector<bool> found;
     LEDGER_RETURN_IF_ERROR(state_.Contains(kUsageFamily, keys, &found));
-    recorded_.assign(items.size(), false);
-    for (size_t k = 0; k < keys.size(); ++k) recorded_[of_item[k]] = found[k];
+    recorded_.assign(items.size(), std::nullopt);
+    std::string value;
+    for (size_t k = 0; k < keys.size(); ++k) {
+      if (!found[k]) continue;
+      LEDGER_RETURN_IF_ERROR(state_.Get(kUsageFamily, keys[k], &value));
+      LEDGER_RETURN_IF_ERROR(DecodeUsageKeyRecord(value, &recorded_[of_item[k]].emplace()));
+    }
     return Status::OK();
   }
 
@@ -2240,8 +2265,24 @@ class BatchRecorder {
       return Status::OK();
     }
     if (index >= recorded_.size()) return Status::Internal("usage batch classified before Prefetch");
-    const bool known = !seen_.emplace(item.user_id, item.idempotency_key).second || recorded_[index];
-    *status = known ? "duplicate" : "accepted";
+    // A known key -- recorded before, or by an earlier accepted item of this batch -- is a
+    // duplicate only for the same service and quantity (a retry); for other usage it is a
+    // conflict, recorded neither way.
+    bool known = false, same = false;
+    if (const std::optional<UsageKeyRecord>& r = recorded_[index]; r.has_value()) {
+      known = true;
+      same = !r->has_item || (r->service == item.service && r->quantity == item.quantity);
+    } else if (auto [it, fresh] = seen_.try_emplace({item.user_id, item.idempotency_key}, &item);
+               !fresh) {
+      known = true;
+      same = it->second->service == item.service && it->second->quantity == item.quantity;
+    }
+    if (known && !same) {
+      *status = "invalid";
+      *reason = "idempotency_key_reused";
+    } else {
+      *status = known ? "duplicate" : "accepted";
+    }
     return Status::OK();
   }
 
@@ -2449,9 +2490,12 @@ class BatchRecorder {
   const int64_t now_s_;
   bool epoch_read_ = false;
   std::string epoch_;       // the access epoch, read at the first user
-  std::vector<bool> recorded_;  // Prefetch: whether each item's dedupe row exists
-  // (user, key) of the items classified so far.
-  std::unordered_set<std::pair<std::string_view, std::string_view>, ViewPairHash> seen_;
+  // Prefetch: each item's dedupe row, when it exists.
+  std::vector<std::optional<UsageKeyRecord>> recorded_;
+  // (user, key) of the items accepted so far, and the first item that brought each.
+  std::unordered_map<std::pair<std::string_view, std::string_view>, const UsageBatchItem*,
+                     ViewPairHash>
+      seen_;
   std::unordered_map<std::string_view, std::unique_ptr<UserBatch>> users_;
   std::vector<UserBatch*> order_;  // users_ by first accepted item
 };

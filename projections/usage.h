@@ -91,7 +91,13 @@
 // Deduplication. Every usage.recorded.v1 and every usage.batch_recorded.v1 item carries the
 // client's idempotency_key; the fold keeps a row per (user, key), so a key is recorded at most once
 // per user whichever route brings it: a batch item whose key is known (from an earlier batch, an
-// earlier item of the same batch, or a consume) is "duplicate"; a consume whose key a batch already
+// earlier item of the same batch, or a consume) is "duplicate" when it has the service and the
+// quantity the key recorded -- a retry -- and "invalid" with reason "idempotency_key_reused"
+// when not (CONTRACT §2: the same key with another body is a conflict), recorded neither way: a
+// "duplicate" for other usage was indistinguishable from a retry, so a user who consumed 1 call
+// with a key made a service's item of 5,000 under it vanish, and so did a service's own retry
+// with another quantity. The item's time and metadata are not compared (an item without a
+// timestamp takes the time it arrives; metadata annotates). A consume whose key a batch already
 // recorded is 409 "idempotency_key_reused". A consume retried with its own key is answered by the
 // Ledger's idempotency record (scope "usage.consume|<user_id>"), status and body as first answered.
 //
@@ -117,7 +123,8 @@
 // c/<user>\0<u64 window_start> and t/<u64 window_start><user>: read as the window of the kind
 // the row names, moved to the keyed form by that window's next write.
 //   k/<user>\0<idempotency key>    u64 position of the usage.recorded.v1 or usage.batch_recorded.v1
-//                                  that recorded the key
+//                                  that recorded the key || u64 quantity || service
+//                                  (EncodeUsageKeyRecord)
 //   e                              u64 position || 32-byte hash of the last event that was not
 //                                  usage.* or bench.* (the "access epoch", see UsageAccessCache)
 // User ids never contain '/' or NUL (the routes refuse them), so the prefixes are unambiguous.
@@ -281,6 +288,17 @@ struct UsageCounter {
 
 std::string UsageCounterKey(std::string_view user_id, int64_t window_start_s, WindowKind kind);
 std::string UsageDedupeKey(std::string_view user_id, std::string_view idempotency_key);
+// A dedupe row's value: the position of the event that recorded the key and what the key
+// recorded -- the service and the quantity -- so that a batch item reusing the key for other
+// usage is told from a retry of the same item.
+struct UsageKeyRecord {
+  uint64_t position = 0;
+  bool has_item = false;  // false: a row of fold version 6 (the position only)
+  std::string service;
+  int64_t quantity = 0;
+};
+std::string EncodeUsageKeyRecord(uint64_t position, std::string_view service, int64_t quantity);
+Status DecodeUsageKeyRecord(std::string_view value, UsageKeyRecord* out);
 std::string EncodeUsageCounter(const UsageCounter& counter);
 Status DecodeUsageCounter(std::string_view value, UsageCounter* out);
 
@@ -326,7 +344,9 @@ class UsageCountersFold final : public Fold {
   // 6: the counter keeps its window's end before a scheduled end cut it (window_uncut_end,
   // UsageCounter::uncut_end_s), which a restart carries until; a store version 5 folded events
   // that name it into rows without it.
-  uint32_t Version() const override { return 6; }
+  // 7: a dedupe row (k/) holds the service and quantity the key recorded after the position
+  // (UsageKeyRecord), which a batch compares its items with; version 6 held the position only.
+  uint32_t Version() const override { return 7; }
   Status Apply(const Event& event, const StateReader& state, RowWriter* rows) const override;
 };
 
@@ -479,7 +499,8 @@ struct UsageBatchItem {
 };
 
 // Records a batch without enforcement. Decision: 200 + {"accepted","duplicates","invalid",
-// "results":[{"index","status","idempotency_key"[,"reason"]}]}; events: a usage.batch_recorded.v1
+// "results":[{"index","status","idempotency_key"[,"reason"]}]} (a known key with another service
+// or quantity: "invalid", "idempotency_key_reused"; see Deduplication); events: a usage.batch_recorded.v1
 // per user with accepted items (see the header comment) and the thresholds. Items whose timestamp
 // is more than limits::kUsageFutureSkewSeconds ahead of the writer's clock, or more than
 // limits::kUsageBackdateHorizonSeconds (62 days) behind it, are invalid ("timestamp_out_of_range"):

@@ -539,6 +539,82 @@ TEST_F(UsageRoutesTest, BatchIngestReportsEachItem) {
   EXPECT_EQ(Head(), head + 3);
 }
 
+// A key is recorded once per user whichever route brings it, but a batch item is a "duplicate"
+// only when it is the usage the key recorded (service and quantity): a user who consumed 1 call
+// with a key made the service's item of 5,000 under it a "duplicate", counted nowhere (quota,
+// Lago) and indistinguishable from the service's own retry. Now it is "invalid" with reason
+// idempotency_key_reused (CONTRACT §2: the same key with another body is a conflict), nothing
+// recorded; the same item again is still a duplicate.
+TEST_F(UsageRoutesTest, ABatchItemWhoseKeyAUserConsumedWithAnotherQuantityIsNotADuplicate) {
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("alice", "tiny")).ok());
+  ASSERT_EQ(Client(Token("alice")).Post(kConsume, ConsumeBody("", "chat", "req-42")).status, 200);
+  const uint64_t head = Head();
+  HttpReply r = Service().Post(kEvents, R"({"events":[
+    {"user_id":"alice","service":"chat","quantity":5000,"idempotency_key":"req-42"},
+    {"user_id":"alice","service":"search","quantity":1,"idempotency_key":"req-42"},
+    {"user_id":"alice","service":"chat","quantity":1,"idempotency_key":"req-42"}
+  ]})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  EXPECT_EQ(doc["accepted"].GetInt(), 0);
+  EXPECT_EQ(doc["duplicates"].GetInt(), 1);
+  EXPECT_EQ(doc["invalid"].GetInt(), 2);
+  const auto& results = doc["results"];
+  ASSERT_EQ(results.Size(), 3u);
+  for (rapidjson::SizeType i = 0; i < 2; ++i) {
+    EXPECT_STREQ(results[i]["status"].GetString(), "invalid") << i;
+    ASSERT_TRUE(results[i].HasMember("reason")) << i << " " << r.body;
+    EXPECT_STREQ(results[i]["reason"].GetString(), "idempotency_key_reused") << i;
+    EXPECT_STREQ(results[i]["idempotency_key"].GetString(), "req-42") << i;
+  }
+  EXPECT_STREQ(results[2]["status"].GetString(), "duplicate");
+  EXPECT_FALSE(results[2].HasMember("reason"));
+  EXPECT_EQ(Head(), head);  // nothing recorded
+  EXPECT_EQ(Used("alice", kStripeT0), 1);
+  HttpReply summary = Client(Token("alice")).Get(kSummary);
+  ASSERT_EQ(summary.status, 200) << summary.body;
+  EXPECT_EQ(summary.Json()["current"]["used"].GetInt64(), 1) << summary.body;
+}
+
+// The same within the service's own batches: a retry of an item (same service and quantity) is a
+// duplicate, another item under its key -- in a later batch or later in the same one -- is
+// idempotency_key_reused, and only the first counts.
+TEST_F(UsageRoutesTest, ABatchItemReusingAKeyForOtherUsageIsNotADuplicate) {
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
+  HttpReply first = Service().Post(
+      kEvents, R"({"events":[{"user_id":"u1","service":"chat","quantity":3,"idempotency_key":"k"}]})");
+  ASSERT_EQ(first.status, 200) << first.body;
+  ASSERT_EQ(first.Json()["accepted"].GetInt(), 1);
+  const uint64_t head = Head();
+  HttpReply r = Service().Post(kEvents, R"({"events":[
+    {"user_id":"u1","service":"chat","quantity":4,"idempotency_key":"k"},
+    {"user_id":"u1","service":"chat","quantity":3,"idempotency_key":"k","metadata":{"retry":1}},
+    {"user_id":"u1","service":"chat","quantity":2,"idempotency_key":"m"},
+    {"user_id":"u1","service":"chat","quantity":5,"idempotency_key":"m"},
+    {"user_id":"u1","service":"tts","quantity":2,"idempotency_key":"m"},
+    {"user_id":"u1","service":"chat","quantity":2,"idempotency_key":"m"}
+  ]})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  const char* status[] = {"invalid", "duplicate", "accepted", "invalid", "invalid", "duplicate"};
+  const auto& results = doc["results"];
+  ASSERT_EQ(results.Size(), 6u);
+  for (rapidjson::SizeType i = 0; i < results.Size(); ++i) {
+    EXPECT_STREQ(results[i]["status"].GetString(), status[i]) << i << " " << r.body;
+    if (std::string(status[i]) == "invalid") {
+      ASSERT_TRUE(results[i].HasMember("reason")) << i;
+      EXPECT_STREQ(results[i]["reason"].GetString(), "idempotency_key_reused") << i;
+    }
+  }
+  EXPECT_EQ(doc["accepted"].GetInt(), 1);
+  EXPECT_EQ(doc["duplicates"].GetInt(), 2);
+  EXPECT_EQ(doc["invalid"].GetInt(), 3);
+  EXPECT_EQ(Head(), head + 1);  // one usage.batch_recorded.v1 holding m's first item
+  EXPECT_EQ(Used("u1", kStripeT0), 5);
+  // A consume of a key a batch recorded stays 409, whatever it carries.
+  ExpectProblem(Consume("u1", "chat", "k", 3), 409, "idempotency_key_reused");
+}
+
 // The backdating horizon is the request's time (the writer's clock): 61 days back is a late
 // report of the previous billing period and counts; 63 days back is refused per item, and a
 // request of only such items appends nothing.

@@ -1551,7 +1551,7 @@ TEST_F(UsageDeciderTest, BatchRecordsValidItemsAndReportsInvalidAndDuplicates) {
   const int64_t now_us = (kStripeT0 + 10) * kUs;
   std::vector<UsageBatchItem> items = {
       {"u1", "chat", 3, "a", std::nullopt, R"({"model":"gpt","tokens":12})", ""},
-      {"u1", "chat", 1, "a", std::nullopt, "", ""},          // duplicate within the batch
+      {"u1", "chat", 3, "a", std::nullopt, "", ""},          // duplicate within the batch
       {"u1", "chat", 1, "consumed", std::nullopt, "", ""},   // duplicate of a consume
       {"u1", "chat", 1, "bad", std::nullopt, "", "invalid_quantity"},
       {"u2", "search", 7, "a", std::nullopt, "", ""},        // no subscription: still recorded
@@ -1696,7 +1696,8 @@ TEST_F(UsageDeciderTest, BatchAcrossUsersIsOneEventPerUserWithItsAcceptedItemsIn
       item.idempotency_key = "k" + std::to_string(i - 12);  // an earlier item of the same user
       expected_status.push_back("duplicate");
     } else if (i == 33) {
-      item.idempotency_key = "consumed";
+      item.idempotency_key = "consumed";  // with the consume's service and quantity
+      item.quantity = 1;
       expected_status.push_back("duplicate");
     } else {
       accepted[user].push_back(item.idempotency_key);
@@ -1755,8 +1756,8 @@ TEST_F(UsageDeciderTest, BatchAcrossUsersIsOneEventPerUserWithItsAcceptedItemsIn
   EXPECT_EQ(s.problem(), "idempotency_key_reused");
   ASSERT_TRUE(Consume("u2", "chat", "fresh", kStripeT0 + 11).ok());
   RecordUsageBatch later({UsageBatchItem{"u2", "chat", 1, "fresh", std::nullopt, "", ""},
-                          UsageBatchItem{"u2", "chat", 1, "k1", std::nullopt, "", ""},
-                          UsageBatchItem{"u2", "chat", 1, "k1", std::nullopt, "", ""}},
+                          UsageBatchItem{"u2", "chat", 2, "k1", std::nullopt, "", ""},
+                          UsageBatchItem{"u2", "chat", 2, "k1", std::nullopt, "", ""}},
                          cache_);
   applied.clear();
   ASSERT_TRUE(world_.Run(&later, now_us, &decision, &applied).ok());
@@ -2223,6 +2224,77 @@ TEST_F(UsageLedgerTest, CountersEqualAReplayOfTheLog) {
   Hash shorter{};
   ASSERT_TRUE(short_replay->ProjectionDigest(&shorter).ok());
   EXPECT_NE(HexEncode(live), HexEncode(shorter));
+}
+
+
+// A batch whose items reuse known keys for other usage (idempotency_key_reused) records only its
+// accepted items; the dedupe rows keep what each key recorded (service, quantity), written alike
+// by the live fold and a replay of the log.
+TEST_F(UsageLedgerTest, ABatchMixingAcceptedAndReusedKeysEqualsAReplayOfTheLog) {
+  ASSERT_TRUE(AddPlanOnLedger(ledger_.get(), SmallPlan("tiny", 10)).ok());
+  ASSERT_TRUE(SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
+  ASSERT_TRUE(Consume("u1", "req-42").status.ok());
+  const uint64_t head = ledger_->Head().value();
+  RecordUsageBatch batch({{"u1", "chat", 5000, "req-42", std::nullopt, "", ""},
+                          {"u1", "chat", 2, "m", std::nullopt, "", ""},
+                          {"u1", "chat", 3, "m", std::nullopt, "", ""},
+                          {"u2", "search", 7, "req-42", std::nullopt, "", ""},
+                          {"u1", "chat", 1, "req-42", std::nullopt, "", ""},
+                          {"u1", "tts", 4, "n", std::nullopt, "", ""}},
+                         meter_->cache());
+  CommandResult r = ledger_->Submit(&batch);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(batch.counts().accepted, 3u);
+  EXPECT_EQ(batch.counts().duplicates, 1u);
+  EXPECT_EQ(batch.counts().invalid, 2u);
+  rapidjson::Document body;
+  body.Parse(r.body.c_str());
+  const char* status[] = {"invalid", "accepted", "invalid", "accepted", "duplicate", "accepted"};
+  ASSERT_EQ(body["results"].Size(), 6u);
+  for (rapidjson::SizeType i = 0; i < 6; ++i) {
+    EXPECT_STREQ(body["results"][i]["status"].GetString(), status[i]) << i;
+  }
+  for (rapidjson::SizeType i : {0u, 2u}) {
+    ASSERT_TRUE(body["results"][i].HasMember("reason")) << i;
+    EXPECT_STREQ(body["results"][i]["reason"].GetString(), "idempotency_key_reused") << i;
+  }
+  // u1's event holds m (2) and n, u2's its req-42: nothing of the reused keys.
+  std::vector<Event> appended;
+  ASSERT_TRUE(ledger_->ReadEvents(Position(head), 10, EventFilter{}, &appended).ok());
+  ASSERT_EQ(appended.size(), 2u);
+  rapidjson::Document u1;
+  u1.Parse(appended[0].data.c_str());
+  ASSERT_EQ(u1["items"].Size(), 2u);
+  EXPECT_STREQ(u1["items"][0]["idempotency_key"].GetString(), "m");
+  EXPECT_EQ(u1["items"][0]["quantity"].GetInt64(), 2);
+  EXPECT_STREQ(u1["items"][1]["idempotency_key"].GetString(), "n");
+  EXPECT_EQ(Used("u1", kStripeT0), 7);  // 1 + 2 + 4
+  auto view = ledger_->Snapshot();
+  std::string value;
+  UsageKeyRecord record;
+  ASSERT_TRUE(view->Get(kUsageFamily, UsageDedupeKey("u1", "req-42"), &value).ok());
+  ASSERT_TRUE(DecodeUsageKeyRecord(value, &record).ok());
+  EXPECT_TRUE(record.has_item);
+  EXPECT_EQ(record.service, "chat");
+  EXPECT_EQ(record.quantity, 1);
+  EXPECT_EQ(record.position, head);  // the consume's usage.recorded.v1
+  ASSERT_TRUE(view->Get(kUsageFamily, UsageDedupeKey("u1", "m"), &value).ok());
+  ASSERT_TRUE(DecodeUsageKeyRecord(value, &record).ok());
+  EXPECT_EQ(record.quantity, 2);
+  EXPECT_EQ(record.position, appended[0].position.value());
+
+  ledger::testing::TempDir replay_dir;
+  std::unique_ptr<Ledger> replayed;
+  ASSERT_NO_FATAL_FAILURE(ExpectReplayFoldsTheSame(replay_dir.path(), &replayed));
+  // The replayed rows decide alike: the same batch again is all duplicates and reused keys.
+  RecordUsageBatch again({{"u1", "chat", 5000, "req-42", std::nullopt, "", ""},
+                          {"u1", "chat", 2, "m", std::nullopt, "", ""},
+                          {"u2", "search", 7, "req-42", std::nullopt, "", ""}},
+                         nullptr);
+  ASSERT_TRUE(replayed->Submit(&again).status.ok());
+  EXPECT_EQ(again.counts().accepted, 0u);
+  EXPECT_EQ(again.counts().duplicates, 2u);
+  EXPECT_EQ(again.counts().invalid, 1u);
 }
 
 
