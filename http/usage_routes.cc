@@ -42,7 +42,7 @@
 // and 300 s after it (else timestamp_out_of_range; projections/limits.h). Item reasons:
 // not_an_object, unknown_field, invalid_user_id, invalid_service, unknown_service,
 // invalid_quantity, invalid_idempotency_key, invalid_timestamp, timestamp_out_of_range,
-// invalid_metadata.
+// invalid_metadata, idempotency_key_reused (a known key with another service or quantity).
 //
 // summary: {"user_id","plan_id","status","has_access","reason","current":{window + used, limit,
 // remaining, services}, "windows":[{window, used, limit, recorded, resets, services}, newest
