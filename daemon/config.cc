@@ -27,6 +27,7 @@
 #include "http/byok_providers.h"
 #include "http/problem.h"
 #include "http/stripe_client.h"
+#include "http/stripe_signature.h"
 
 namespace ledger::daemon {
 
@@ -384,11 +385,34 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
                                             " comma-separated items, " +
                                             std::to_string(secrets.size()) + " with a secret)");
   }
-  for (const std::string& secret : secrets) {
-    if (secret.rfind("whsec_", 0) != 0 || secret.size() == 6 || HasBlankOrControl(secret)) {
-      return Bad("STRIPE_WEBHOOK_SECRET", "every secret must be whsec_ followed by the secret");
+  // Stripe's whsec_ values do not say their mode, so an entry does: `test:whsec_...`,
+  // `live:whsec_...`, a bare one is of STRIPE_SECRET_KEY's mode (http::ParseStripeWebhookSecret).
+  // One secret under two modes would let its holder choose the mode by the body's `livemode`.
+  const std::optional<bool> key_livemode = http::StripeKeyLivemode(config->stripe_secret_key);
+  std::vector<http::StripeWebhookSecret> bound;
+  for (size_t i = 0; i < secrets.size(); ++i) {
+    const std::string& entry = secrets[i];
+    const std::string item = "item " + std::to_string(i + 1) + ": ";
+    if (entry.rfind("whsec_", 0) != 0 && entry.find(':') != std::string::npos &&
+        entry.rfind("live:", 0) != 0 && entry.rfind("test:", 0) != 0) {
+      return Bad("STRIPE_WEBHOOK_SECRET",
+                 item + "the only prefixes are live: and test: (a bare whsec_... is of "
+                        "STRIPE_SECRET_KEY's mode)");
     }
-    config->stripe_webhook_secrets.push_back(secret);
+    http::StripeWebhookSecret parsed = http::ParseStripeWebhookSecret(entry, key_livemode);
+    const std::string& secret = parsed.secret;
+    if (secret.rfind("whsec_", 0) != 0 || secret.size() == 6 || HasBlankOrControl(secret)) {
+      return Bad("STRIPE_WEBHOOK_SECRET",
+                 item + "every secret must be whsec_ followed by the secret");
+    }
+    for (size_t j = 0; j < bound.size(); ++j) {
+      if (bound[j].secret == secret && bound[j].livemode != parsed.livemode) {
+        return Bad("STRIPE_WEBHOOK_SECRET", item + "the secret of item " + std::to_string(j + 1) +
+                                                " again, of another mode");
+      }
+    }
+    bound.push_back(std::move(parsed));
+    config->stripe_webhook_secrets.push_back(entry);
   }
   LEDGER_RETURN_IF_ERROR(ValidateBaseUrl(config->stripe_api_base, "STRIPE_API_BASE"));
   // Dev mode is for no JWT configuration at all: an issuer or audience without a key source is a
@@ -601,7 +625,7 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
       ->envname("LEDGER_SERVICE_TOKENS");
   app.add_option("--stripe-secret-key", config->stripe_secret_key, "Stripe API key")
       ->envname("STRIPE_SECRET_KEY");
-  app.add_option("--stripe-webhook-secret", webhook_secrets, "whsec_...,whsec_...")
+  app.add_option("--stripe-webhook-secret", webhook_secrets, "whsec_...,test:whsec_...")
       ->envname("STRIPE_WEBHOOK_SECRET");
   app.add_option("--stripe-api-base", config->stripe_api_base, "Stripe API base URL")
       ->envname("STRIPE_API_BASE");

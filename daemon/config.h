@@ -52,7 +52,7 @@ struct Config {
   std::string admin_role = "admin";
   std::vector<std::pair<std::string, std::string>> service_tokens;  // name, token (secret)
   std::string stripe_secret_key;                   // secret
-  std::vector<std::string> stripe_webhook_secrets; // secrets
+  std::vector<std::string> stripe_webhook_secrets; // secrets, as given (`test:`/`live:` kept)
   std::string stripe_api_base = "https://api.stripe.com";
   std::string stripe_api_version = "2025-03-31.basil";  // Stripe-Version; "" = the account's
   std::string stripe_success_url;

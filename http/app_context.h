@@ -67,7 +67,9 @@ struct AppContext {
   std::string stripe_portal_return_url;  // STRIPE_PORTAL_RETURN_URL (optional)
   // STRIPE_WEBHOOK_SECRET: the endpoint secrets (`whsec_...`, several during rotation) that
   // POST /api/v1/billing/webhooks/stripe verifies against, with `clock` as "now" (nullptr =
-  // system clock). Empty = the webhook answers 503 "stripe_webhook_not_configured".
+  // system clock). Empty = the webhook answers 503 "stripe_webhook_not_configured". Each entry
+  // as configured: `test:whsec_...` / `live:whsec_...` sign only deliveries of that mode, a bare
+  // `whsec_...` those of `stripe_livemode` (http::ParseStripeWebhookSecret).
   std::vector<std::string> stripe_webhook_secrets;
   // The mode of STRIPE_SECRET_KEY (http::StripeKeyLivemode: sk_live_/rk_live_ true,
   // sk_test_/rk_test_ false): a webhook delivery of the other mode is kept but applied to nothing.

@@ -85,13 +85,25 @@ std::string MakeStripeSignatureHeader(const std::vector<std::string>& secrets, i
   return header;
 }
 
+StripeWebhookSecret ParseStripeWebhookSecret(std::string_view entry,
+                                             std::optional<bool> key_livemode) {
+  for (auto [prefix, livemode] : {std::pair{std::string_view("live:"), true},
+                                  std::pair{std::string_view("test:"), false}}) {
+    if (entry.substr(0, prefix.size()) == prefix) {
+      return StripeWebhookSecret{std::string(entry.substr(prefix.size())), livemode};
+    }
+  }
+  return StripeWebhookSecret{std::string(entry), key_livemode};
+}
+
 StripeSignatureVerifier::StripeSignatureVerifier(std::vector<std::string> secrets,
                                                  const Clock* clock, int64_t tolerance_seconds)
     : secrets_(std::move(secrets)),
       clock_(clock != nullptr ? clock : SystemClock::Default()),
       tolerance_seconds_(tolerance_seconds) {}
 
-Status StripeSignatureVerifier::Verify(std::string_view header, std::string_view payload) const {
+Status StripeSignatureVerifier::Verify(std::string_view header, std::string_view payload,
+                                       std::vector<bool>* matched_secrets) const {
   if (secrets_.empty()) {
     return Status::Unavailable("stripe_webhook_not_configured",
                                "no Stripe webhook secret is configured (STRIPE_WEBHOOK_SECRET)");
@@ -106,14 +118,19 @@ Status StripeSignatureVerifier::Verify(std::string_view header, std::string_view
     return Invalid("timestamp outside the tolerance zone");
   }
   bool matched = false;
-  for (const std::string& secret : secrets_) {
-    std::string expected = ComputeStripeSignature(secret, parsed.timestamp, payload);
+  std::vector<bool> by_secret(secrets_.size(), false);
+  for (size_t i = 0; i < secrets_.size(); ++i) {
+    std::string expected = ComputeStripeSignature(secrets_[i], parsed.timestamp, payload);
     // Every candidate is compared (no early exit), each comparison in constant time.
+    bool this_one = false;
     for (const std::string& candidate : parsed.v1) {
-      matched |= ConstantTimeEquals(expected, candidate);
+      this_one |= ConstantTimeEquals(expected, candidate);
     }
+    by_secret[i] = this_one;
+    matched |= this_one;
   }
   if (!matched) return Invalid("no signature matches the payload");
+  if (matched_secrets != nullptr) *matched_secrets = std::move(by_secret);
   return Status::OK();
 }
 

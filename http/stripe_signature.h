@@ -9,11 +9,17 @@
 //   comparison; several secrets = rotation) and |now - t| <= tolerance (300 s; Stripe's SDKs
 //   only bound the age, we also refuse timestamps that far in the future).
 //
+// Stripe's whsec_ values do not say their mode (a live and a test endpoint may share a URL), so
+// each configured secret is bound to one (StripeWebhookSecret) and a delivery is of the mode of
+// the secret that signed it, never of its body's `livemode` alone: anyone with the test secret
+// could otherwise sign a body claiming `"livemode":true`.
+//
 // Pure: no HTTP, no I/O; time comes from the injected Clock. Thread safety: immutable after
 // construction; Verify() may be called from any thread.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -46,6 +52,17 @@ std::string ComputeStripeSignature(std::string_view secret, int64_t timestamp,
 std::string MakeStripeSignatureHeader(const std::vector<std::string>& secrets, int64_t timestamp,
                                       std::string_view payload);
 
+// One STRIPE_WEBHOOK_SECRET entry: `test:whsec_...` signs test-mode deliveries, `live:whsec_...`
+// live ones and a bare `whsec_...` those of `key_livemode`, STRIPE_SECRET_KEY's mode
+// (StripeKeyLivemode; nullopt = unknown, bound to no mode). The entry is not validated here
+// (daemon/config.cc refuses another prefix or an empty secret).
+struct StripeWebhookSecret {
+  std::string secret;            // whsec_...
+  std::optional<bool> livemode;  // true live, false test, nullopt either
+};
+StripeWebhookSecret ParseStripeWebhookSecret(std::string_view entry,
+                                             std::optional<bool> key_livemode);
+
 class StripeSignatureVerifier {
  public:
   // `secrets`: the configured endpoint secrets (STRIPE_WEBHOOK_SECRET, comma-separated there).
@@ -59,7 +76,9 @@ class StripeSignatureVerifier {
   // InvalidArgument "invalid_signature" with the reason (no header, malformed header, timestamp
   // outside the tolerance, no signature matches); Unavailable "stripe_webhook_not_configured"
   // when no secret is configured. The message never contains a secret or a signature.
-  Status Verify(std::string_view header, std::string_view payload) const;
+  // `matched` (optional), when OK: one flag per secret, in order, set when it signed `payload`.
+  Status Verify(std::string_view header, std::string_view payload,
+                std::vector<bool>* matched = nullptr) const;
 
  private:
   std::vector<std::string> secrets_;

@@ -11,13 +11,16 @@
 //      {"received":true,"event_id","type","duplicate","derived"} only after that write; a
 //      duplicate answers 200 with "duplicate":true and "derived":[] (the first delivery's answer
 //      otherwise) and appends nothing. A delivery whose
-//      `livemode` differs from the configured key's mode (AppContext::stripe_livemode), or that
-//      carries `account` (Connect), is kept but applied to nothing: 200 with "derived":[] and
-//      "ignored":"livemode_mismatch" / "connected_account", so that Stripe stops sending it.
+//      `livemode` differs from the configured key's mode (AppContext::stripe_livemode) or from
+//      the mode of every secret that signed it (`test:`/`live:` entries; a bare one is of the
+//      key's mode), or that carries `account` (Connect), is kept but applied to nothing: 200 with
+//      "derived":[] and "ignored":"livemode_mismatch" / "connected_account", so that Stripe stops
+//      sending it.
 // Nothing is appended on any 4xx. Stripe retries non-2xx answers for up to three days.
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "http/problem.h"
 #include "http/routes.h"
@@ -31,7 +34,19 @@ namespace {
 constexpr char kWebhookPath[] = "/api/v1/billing/webhooks/stripe";
 constexpr char kSignatureHeader[] = "Stripe-Signature";
 
-void HandleWebhook(Ledger* ledger, const StripeSignatureVerifier& verifier,
+// The verifier holds secrets[i].secret at index i.
+struct WebhookSecrets {
+  std::vector<StripeWebhookSecret> secrets;
+  StripeSignatureVerifier verifier;
+};
+
+std::vector<std::string> SecretsOf(const std::vector<StripeWebhookSecret>& secrets) {
+  std::vector<std::string> out;
+  for (const StripeWebhookSecret& s : secrets) out.push_back(s.secret);
+  return out;
+}
+
+void HandleWebhook(Ledger* ledger, const WebhookSecrets& secrets,
                    std::optional<bool> expected_livemode, const httplib::Request& req,
                    httplib::Response& res) {
   if (ledger == nullptr) {
@@ -42,7 +57,8 @@ void HandleWebhook(Ledger* ledger, const StripeSignatureVerifier& verifier,
     WriteProblem(400, "invalid_signature", "more than one Stripe-Signature header", &res);
     return;
   }
-  Status s = verifier.Verify(req.get_header_value(kSignatureHeader), req.body);
+  std::vector<bool> matched;
+  Status s = secrets.verifier.Verify(req.get_header_value(kSignatureHeader), req.body, &matched);
   if (!s.ok()) {
     WriteStatusProblem(s, &res);
     return;
@@ -53,7 +69,14 @@ void HandleWebhook(Ledger* ledger, const StripeSignatureVerifier& verifier,
     WriteStatusProblem(s, &res);
     return;
   }
-  projections::IngestStripeWebhook command(std::move(webhook), expected_livemode);
+  // Of the mode its body claims only when a secret of that mode (or of none) signed it.
+  bool signed_in_its_mode = false;
+  for (size_t i = 0; i < matched.size(); ++i) {
+    const std::optional<bool>& mode = secrets.secrets[i].livemode;
+    signed_in_its_mode |= matched[i] && (!mode || *mode == webhook.livemode);
+  }
+  projections::IngestStripeWebhook command(std::move(webhook), expected_livemode,
+                                           signed_in_its_mode);
   CommandResult result = ledger->Submit(&command);
   if (!result.status.ok()) {
     WriteCommandResult(result, &res);
@@ -67,14 +90,19 @@ void HandleWebhook(Ledger* ledger, const StripeSignatureVerifier& verifier,
 }  // namespace
 
 void AddStripeWebhookRoutes(const AppContext& context, RouteTable* routes) {
-  auto verifier =
-      std::make_shared<const StripeSignatureVerifier>(context.stripe_webhook_secrets, context.clock);
-  Ledger* ledger = context.ledger;
   const std::optional<bool> livemode = context.stripe_livemode;
+  std::vector<StripeWebhookSecret> bound;
+  for (const std::string& entry : context.stripe_webhook_secrets) {
+    bound.push_back(ParseStripeWebhookSecret(entry, livemode));
+  }
+  std::vector<std::string> plain = SecretsOf(bound);
+  auto secrets = std::make_shared<const WebhookSecrets>(
+      WebhookSecrets{std::move(bound), StripeSignatureVerifier(std::move(plain), context.clock)});
+  Ledger* ledger = context.ledger;
   routes->Add("POST", kWebhookPath, kWebhookPath, Policy::kSignature,
-              [ledger, verifier, livemode](const httplib::Request& req, httplib::Response& res,
-                                           const Identity&) {
-                HandleWebhook(ledger, *verifier, livemode, req, res);
+              [ledger, secrets, livemode](const httplib::Request& req, httplib::Response& res,
+                                          const Identity&) {
+                HandleWebhook(ledger, *secrets, livemode, req, res);
               });
 }
 

@@ -718,8 +718,11 @@ Status ParseStripeWebhook(std::string_view raw_body, StripeWebhook* out) {
 }
 
 IngestStripeWebhook::IngestStripeWebhook(StripeWebhook webhook,
-                                         std::optional<bool> expected_livemode)
-    : webhook_(std::move(webhook)), expected_livemode_(expected_livemode) {
+                                         std::optional<bool> expected_livemode,
+                                         bool signed_in_its_mode)
+    : webhook_(std::move(webhook)),
+      expected_livemode_(expected_livemode),
+      signed_in_its_mode_(signed_in_its_mode) {
   idempotency_scope = std::string(kStripeWebhookIdempotencyScope);
   idempotency_key = webhook_.event_id;
   // The event id alone: a redelivery is a duplicate whatever its body.
@@ -731,8 +734,10 @@ Status IngestStripeWebhook::Decide(const DecideContext& context, Decision* decis
   // (STRIPE_WEBHOOK_SECRET=whsec_live,whsec_test), a test-mode checkout and subscription gave a
   // live user Starter and made the test customer cus_... theirs (checkout and portal then failed
   // with the live key for good); a connected account's event names customers of another account.
+  // A body's `livemode` is only as good as the secret that signed it: one claiming live, signed
+  // with the test secret, gave anyone holding that secret any plan.
   std::string_view ignored;
-  if (expected_livemode_ && webhook_.livemode != *expected_livemode_) {
+  if (!signed_in_its_mode_ || (expected_livemode_ && webhook_.livemode != *expected_livemode_)) {
     ignored = "livemode_mismatch";
   } else if (webhook_.account) {
     ignored = "connected_account";

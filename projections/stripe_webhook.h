@@ -18,7 +18,9 @@
 //   "ignored" saying why (answered 200, so that Stripe stops sending it):
 //       livemode_mismatch   its `livemode` differs from the configured API key's mode (a test-mode
 //                           event at a live server, or the reverse, when one endpoint gets both:
-//                           STRIPE_WEBHOOK_SECRET=whsec_live,whsec_test)
+//                           STRIPE_WEBHOOK_SECRET=whsec_live,test:whsec_test), or from the mode
+//                           of the secret that signed it (a body claiming live signed with the
+//                           test secret)
 //       connected_account   it carries `account`: a Connect event of a connected account, whose
 //                           customers and subscriptions are not ours
 //
@@ -89,11 +91,13 @@ Status ParseStripeWebhook(std::string_view raw_body, StripeWebhook* out);
 //
 // `expected_livemode` is the mode of the configured Stripe API key (StripeKeyLivemode in
 // http/stripe_client.h); nullopt (no key, or a prefix not known) = deliveries are not judged by
-// their mode.
+// their mode. `signed_in_its_mode` is false when no secret that verified the delivery is bound
+// to its `livemode` (http/stripe_signature.h, StripeWebhookSecret): ignored as livemode_mismatch.
 class IngestStripeWebhook final : public Command {
  public:
   explicit IngestStripeWebhook(StripeWebhook webhook,
-                               std::optional<bool> expected_livemode = std::nullopt);
+                               std::optional<bool> expected_livemode = std::nullopt,
+                               bool signed_in_its_mode = true);
   Status Decide(const DecideContext& context, Decision* decision) override;
 
   const StripeWebhook& webhook() const { return webhook_; }
@@ -101,6 +105,7 @@ class IngestStripeWebhook final : public Command {
  private:
   StripeWebhook webhook_;
   std::optional<bool> expected_livemode_;
+  bool signed_in_its_mode_;
 };
 
 // The response body for a duplicate delivery, given the original's stored body: "duplicate":true

@@ -235,6 +235,37 @@ TEST(ConfigTest, FlagWinsOverEnvironment) {
   }
 }
 
+// Stripe's whsec_ values do not say their mode: an entry may (`test:` / `live:`; a bare one is of
+// STRIPE_SECRET_KEY's mode), kept as given for the webhook route. A wrong prefix or an empty
+// secret after one exits 78 naming the item by its place, never its value.
+TEST(ConfigTest, AWebhookSecretMaySayItsMode) {
+  ScopedCleanEnvironment env;
+  env.Set("STRIPE_SECRET_KEY", "sk_live_x");
+  env.Set("STRIPE_WEBHOOK_SECRET", "whsec_live1, test:whsec_test1,live:whsec_live2");
+  Config config;
+  ParseResult r = Parse({}, &config);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(config.stripe_webhook_secrets,
+            (std::vector<std::string>{"whsec_live1", "test:whsec_test1", "live:whsec_live2"}));
+  for (const char* value : {"whsec_live1,tset:whsec_test1", "whsec_live1,test:"}) {
+    SCOPED_TRACE(value);
+    env.Set("STRIPE_WEBHOOK_SECRET", value);
+    Config bad;
+    r = Parse({}, &bad);
+    EXPECT_EQ(r.exit_code, kExitConfig) << r.status.ToString();
+    EXPECT_NE(r.status.message().find("STRIPE_WEBHOOK_SECRET: item 2: "), std::string::npos)
+        << r.status.message();
+    EXPECT_EQ(r.status.message().find("whsec_live1"), std::string::npos) << r.status.message();
+    EXPECT_EQ(r.status.message().find("whsec_test1"), std::string::npos) << r.status.message();
+  }
+  // The live secret again as a test one: its holder would choose the mode by the body.
+  env.Set("STRIPE_WEBHOOK_SECRET", "whsec_live1,test:whsec_live1");
+  Config twice;
+  r = Parse({}, &twice);
+  EXPECT_EQ(r.exit_code, kExitConfig) << r.status.ToString();
+  EXPECT_EQ(r.status.message().find("whsec_live1"), std::string::npos) << r.status.message();
+}
+
 TEST(ConfigTest, FlagWinsEvenOverABadEnvironmentValue) {
   ScopedCleanEnvironment env;
   env.Set("LEDGER_LISTEN", "not-an-address");
@@ -474,6 +505,13 @@ std::vector<BadSetting> BadSettings(const TempDir& dir) {
       {"STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET", "whsec_abc,", {}},
       {"STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET", "whsec_abc,,whsec_def", {}},
       {"STRIPE_WEBHOOK_SECRET", "", "", {"--stripe-webhook-secret", ",whsec_abc"}},
+      // A mode prefix other than live: / test:, or nothing after it; one secret of two modes.
+      {"STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET", "whsec_abc,prod:whsec_def", {}},
+      {"STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET", "Test:whsec_abcdef", {}},
+      {"STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET", "whsec_abc,test:", {}},
+      {"STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET", "live:whsec_", {}},
+      {"STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET", "test: whsec_abcdef", {}},
+      {"STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET", "whsec_abcdef,test:whsec_abcdef", {}},
       {"LEDGER_BYOK_BASE_URLS", "LEDGER_BYOK_BASE_URLS", "openai=http://127.0.0.1:1,", {}},
       {"LEDGER_BYOK_BASE_URLS",
        "LEDGER_BYOK_BASE_URLS",

@@ -147,6 +147,36 @@ TEST(StripeSignatureTest, AcceptsAnyConfiguredSecretForRotation) {
             "invalid_signature");
 }
 
+// The route binds each secret to a mode, so it must know which secret signed a delivery.
+TEST(StripeSignatureTest, SaysWhichSecretsSigned) {
+  ManualClock clock(kT * kSecond);
+  StripeSignatureVerifier verifier({kSecret, kOtherSecret}, &clock);
+  std::vector<bool> matched;
+  ASSERT_TRUE(verifier
+                  .Verify(MakeStripeSignatureHeader({kOtherSecret}, kT, kPayload), kPayload,
+                          &matched)
+                  .ok());
+  EXPECT_EQ(matched, (std::vector<bool>{false, true}));
+  ASSERT_TRUE(verifier
+                  .Verify(MakeStripeSignatureHeader({kOtherSecret, kSecret}, kT, kPayload),
+                          kPayload, &matched)
+                  .ok());
+  EXPECT_EQ(matched, (std::vector<bool>{true, true}));
+}
+
+TEST(StripeSignatureTest, AWebhookSecretEntrySaysItsModeOrTakesTheKeys) {
+  StripeWebhookSecret s = ParseStripeWebhookSecret("test:whsec_a", true);
+  EXPECT_EQ(s.secret, "whsec_a");
+  EXPECT_EQ(s.livemode, std::optional<bool>(false));
+  s = ParseStripeWebhookSecret("live:whsec_b", false);
+  EXPECT_EQ(s.secret, "whsec_b");
+  EXPECT_EQ(s.livemode, std::optional<bool>(true));
+  s = ParseStripeWebhookSecret("whsec_c", true);  // bare: the key's mode
+  EXPECT_EQ(s.secret, "whsec_c");
+  EXPECT_EQ(s.livemode, std::optional<bool>(true));
+  EXPECT_EQ(ParseStripeWebhookSecret("whsec_c", std::nullopt).livemode, std::nullopt);
+}
+
 TEST(StripeSignatureTest, RejectsMalformedHeaders) {
   ManualClock clock(kT * kSecond);
   StripeSignatureVerifier verifier({kSecret}, &clock);

@@ -556,6 +556,103 @@ TEST_F(SubscriptionsHttpTest, DeliveriesOfTheOtherModeOrAnotherAccountDeriveNoth
   ledger_.reset();  // before `other` and `third` go
 }
 
+// Stripe's whsec_ values do not say their mode, and the mode was taken from the body: with
+// STRIPE_WEBHOOK_SECRET=whsec_live,whsec_test beside a live key, a body claiming
+// "livemode":true signed with the TEST secret (handled loosely: Dashboard test mode, .env files,
+// CI) made mallory a paying Professional subscriber. An entry now says its mode (`test:`,
+// `live:`; a bare one is of the key's): a delivery of another mode than its secret's is kept
+// and applied to nothing (200 "ignored":"livemode_mismatch").
+TEST_F(SubscriptionsHttpTest, ALiveBodySignedWithTheTestSecretIsNotApplied) {
+  constexpr char kLive[] = "whsec_live_endpoint";
+  constexpr char kTest[] = "whsec_test_endpoint";
+  auto live = [](std::string body) {  // the envelope's livemode, as a live event has it
+    const std::string test_mode = R"("livemode":false,"pending_webhooks")";
+    size_t at = body.find(test_mode);
+    EXPECT_NE(at, std::string::npos);
+    if (at != std::string::npos) body.replace(at, test_mode.size(), R"("livemode":true,)"
+                                                                   R"("pending_webhooks")");
+    return body;
+  };
+  auto subscription = [](const std::string& user, const std::string& event_id) {
+    StripeSubscriptionSpec sub;
+    sub.event_id = event_id;
+    sub.event_type = "customer.subscription.created";
+    sub.subscription_id = "sub_" + user;
+    sub.customer_id = "cus_" + user;
+    sub.price_id = "price_professional_monthly";
+    sub.unit_amount = 4900;
+    sub.status = "active";
+    sub.metadata_user_id = user;
+    return StripeSubscriptionEventJson(sub);
+  };
+  auto expect_ignored = [](const HttpReply& r) {
+    ASSERT_EQ(r.status, 200) << r.body;
+    rapidjson::Document doc = r.Json();
+    EXPECT_TRUE(doc["derived"].Empty()) << r.body;
+    ASSERT_TRUE(doc.HasMember("ignored")) << r.body;
+    EXPECT_STREQ(doc["ignored"].GetString(), "livemode_mismatch") << r.body;
+  };
+  auto has_access = [&](const std::string& user) {
+    return As(user).Get(kMyAccess).Json()["has_access"].GetBool();
+  };
+  stack_.Stop();
+  stack_.server.reset();
+  ledger_.reset();
+  ledger::testing::TempDir live_dir;
+  livemode_ = true;  // sk_live_...
+  Start({kLive, std::string("test:") + kTest}, live_dir.path());
+
+  // The forgery: a live body signed with the test secret.
+  uint64_t head = Head();
+  expect_ignored(Deliver(live(subscription("mallory", "evt_forged")), kTest));
+  EXPECT_EQ(Head(), head + 1);  // the delivery alone
+  EXPECT_FALSE(has_access("mallory"));
+  // The test secret's own (test-mode) deliveries: acknowledged, applied to nothing.
+  head = Head();
+  expect_ignored(Deliver(subscription("tester", "evt_test_mode"), kTest));
+  EXPECT_EQ(Head(), head + 1);
+  EXPECT_FALSE(has_access("tester"));
+  // Live deliveries signed with the live secret apply as before.
+  HttpReply applied = Deliver(live(subscription("alice", "evt_live")), kLive);
+  ASSERT_EQ(applied.status, 200) << applied.body;
+  EXPECT_FALSE(applied.Json().HasMember("ignored")) << applied.body;
+  EXPECT_FALSE(applied.Json()["derived"].Empty()) << applied.body;
+  EXPECT_TRUE(has_access("alice"));
+  // A header carrying both signatures is the live secret's.
+  const std::string both_body = live(subscription("bob", "evt_both"));
+  HttpReply both =
+      Post(both_body, MakeStripeSignatureHeader({kTest, kLive}, NowSeconds(), both_body));
+  ASSERT_EQ(both.status, 200) << both.body;
+  EXPECT_FALSE(both.Json().HasMember("ignored")) << both.body;
+  EXPECT_TRUE(has_access("bob"));
+
+  // A test-mode server: its bare secret is test, a `live:` one signs only live deliveries.
+  stack_.Stop();
+  stack_.server.reset();
+  ledger_.reset();
+  ledger::testing::TempDir test_dir;
+  livemode_ = false;  // sk_test_...
+  Start({kTest, std::string("live:") + kLive}, test_dir.path());
+  expect_ignored(Deliver(subscription("mallory", "evt_test_by_live"), kLive));
+  EXPECT_FALSE(has_access("mallory"));
+  HttpReply own = Deliver(subscription("tester", "evt_test_by_test"), kTest);
+  ASSERT_EQ(own.status, 200) << own.body;
+  EXPECT_FALSE(own.Json().HasMember("ignored")) << own.body;
+  EXPECT_TRUE(has_access("tester"));
+
+  // Without a key the mode is not judged, but a `test:` secret still signs only test deliveries.
+  stack_.Stop();
+  stack_.server.reset();
+  ledger_.reset();
+  ledger::testing::TempDir keyless_dir;
+  livemode_ = std::nullopt;
+  Start({std::string("test:") + kTest}, keyless_dir.path());
+  expect_ignored(Deliver(live(subscription("mallory", "evt_keyless")), kTest));
+  EXPECT_FALSE(has_access("mallory"));
+  stack_.Stop();
+  ledger_.reset();  // before the directories go
+}
+
 TEST_F(SubscriptionsHttpTest, LifecycleInShuffledOrdersEndsCanceledAndGraceKeepsAccess) {
   std::vector<std::string> lifecycle = StripeLifecycle({});
   // In order first: watch the access at each step.
