@@ -52,11 +52,11 @@ bool IsSecretMemberName(std::string_view name) {
 // number across merchants), IIN, CVC/address check results, 3-D Secure outcome, wallet (its
 // dynamic last4 and a wallet's own billing and shipping addresses), the network's transaction id
 // (reusable for merchant-initiated charges elsewhere), and the account holder's and payer's
-// names and emails. Kept, because they are read (CheckoutCompleted): email and customer_email.
+// names and emails, a Checkout's custom fields, a payer's PayPal id or $cashtag. Kept, because they are read (CheckoutCompleted): email and customer_email.
 // "name" is redacted wherever it is (a product's or coupon's name too; ledgerd's own catalog
 // names its plans).
 bool IsPersonalDetailMemberName(std::string_view name) {
-  static constexpr std::array<std::string_view, 31> kNames = {
+  static constexpr std::array<std::string_view, 35> kNames = {
       "name",           "individual_name",     "business_name",          "customer_name",
       "phone",          "customer_phone",      "address",                "customer_address",
       "billing_details", "shipping",           "shipping_details",       "customer_shipping",
@@ -64,7 +64,10 @@ bool IsPersonalDetailMemberName(std::string_view name) {
       "user_agent",     "fingerprint",         "iin",                    "checks",
       "three_d_secure", "wallet",              "network_transaction_id", "cardholder_name",
       "account_holder_name", "payer_name",     "payer_email",            "verified_name",
-      "verified_email", "verified_phone",      "verified_address"};
+      "verified_email", "verified_phone",      "verified_address",
+      // What the customer typed into a Checkout's custom fields (a company, a VAT number), and
+      // the PayPal / Cash App payer's own ids.
+      "custom_fields",  "payer_id",            "cashtag",                "buyer_id"};
   return std::find(kNames.begin(), kNames.end(), name) != kNames.end();
 }
 

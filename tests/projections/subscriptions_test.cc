@@ -1210,6 +1210,7 @@ TEST_F(StripeWebhookTest, PaymentMethodDetailsBeyondLast4AreNotStored) {
       R"("customer":"cus_pii","customer_details":{"address":{"line1":"221B Baker St"},)"
       R"("email":"jenny@example.com","name":"Jenny Rosen","phone":"+15555550100",)"
       R"("tax_exempt":"none","tax_ids":[{"type":"eu_vat","value":"DE123456789"}]},)"
+      R"("custom_fields":[{"key":"company","type":"text","text":{"value":"Acme Rosen Ltd"}}],)"
       R"("customer_email":"jenny@example.com","metadata":{"plan_id":"starter"},)"
       R"("mode":"subscription","payment_status":"paid","status":"complete",)"
       R"("subscription":"sub_pii"}}})";
@@ -1226,7 +1227,7 @@ TEST_F(StripeWebhookTest, PaymentMethodDetailsBeyondLast4AreNotStored) {
   const std::vector<std::string> secrets = {
       "Xq9fPrintAbc123", "221B Baker", "NW1 6XE",    "Jenny Rosen", "+15555550100",
       "cvc_check",       "424242",     "NTI5550001", "9876",        "authenticated",
-      "DE123456789"};
+      "DE123456789",     "Acme Rosen"};
   std::map<std::string, Decision> decisions;
   for (const std::string& raw : {payment_method, charge, checkout, invoice}) {
     Decision d = Deliver(&w, raw);
@@ -1272,7 +1273,8 @@ TEST_F(StripeWebhookTest, PaymentMethodDetailsBeyondLast4AreNotStored) {
   EXPECT_NE(completed.events[0].data.find(
                 R"("customer_details":{"address":"[redacted]","email":"jenny@example.com",)"
                 R"("name":"[redacted]","phone":"[redacted]","tax_exempt":"none",)"
-                R"("tax_ids":"[redacted]"},"customer_email":"jenny@example.com")"),
+                R"("tax_ids":"[redacted]"},"custom_fields":"[redacted]",)"
+                R"("customer_email":"jenny@example.com")"),
             std::string::npos) << completed.events[0].data;
   rapidjson::Document session;
   session.Parse(completed.events[2].data.c_str());
