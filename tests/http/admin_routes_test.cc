@@ -103,9 +103,10 @@ class AdminRoutesTest : public ::testing::Test {
     addon.period_end = kNow + 20 * kDay;
     return addon;
   }
-  void SubscribeUxToADashboardAddOn() {
-    ASSERT_TRUE(ledger::testing::SubmitWebhook(
-                    ledger_.get(), ledger::testing::StripeSubscriptionEventJson(DashboardAddOn()))
+  void SubscribeUxToADashboardAddOn(
+      const ledger::testing::StripeSubscriptionSpec& addon = DashboardAddOn()) {
+    ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                               ledger::testing::StripeSubscriptionEventJson(addon))
                     .status.ok());
   }
 
@@ -700,9 +701,7 @@ TEST_F(AdminRoutesTest, ChurnCountsOnlySubscriptionsOnACatalogPlan) {
   addon.created = addon.period_start = kNow - 60 * kDay;
   addon.period_end = kNow - 3 * kDay;
   addon.canceled_at = addon.ended_at = kNow - 3 * kDay;
-  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
-                                             ledger::testing::StripeSubscriptionEventJson(addon))
-                  .status.ok());
+  ASSERT_NO_FATAL_FAILURE(SubscribeUxToADashboardAddOn(addon));
   HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
   ASSERT_EQ(r.status, 200) << r.body;
   rapidjson::Document doc = r.Json();
@@ -721,9 +720,7 @@ TEST_F(AdminRoutesTest, TrialConversionCountsOnlySubscriptionsOnACatalogPlan) {
   addon.created = kNow - 17 * kDay;
   addon.trial_start = kNow - 17 * kDay;
   addon.trial_end = addon.period_start = kNow - 10 * kDay;
-  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
-                                             ledger::testing::StripeSubscriptionEventJson(addon))
-                  .status.ok());
+  ASSERT_NO_FATAL_FAILURE(SubscribeUxToADashboardAddOn(addon));
   HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
   ASSERT_EQ(r.status, 200) << r.body;
   rapidjson::Document doc = r.Json();

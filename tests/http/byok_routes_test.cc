@@ -35,10 +35,9 @@
 #include "tests/support/fault_fs.h"
 #include "tests/support/http_client.h"
 #include "tests/support/http_stack.h"
-#include "tests/support/local_server.h"
 #include "tests/support/schema_check.h"
-#include "tests/support/self_signed.h"
 #include "tests/support/test_ledger.h"
+#include "tests/support/tls_auth_server.h"
 #include "tests/support/tokens.h"
 #include "tests/support/trickling_server.h"
 #include "tests/support/usage_fixtures.h"
@@ -1297,21 +1296,10 @@ TEST(ByokProvidersTest, AKeyTestEndsWithinItsTimeoutDuringTheTlsHandshake) {
 // same server answers a client that trusts its CA, so the refusal is the certificate's.
 TEST(ByokProvidersTest, AnUntrustedProviderCertificateIsAnErrorAndTheKeyIsNotSent) {
   ledger::testing::TempDir dir;
-  ledger::testing::SelfSigned pki;
-  ledger::testing::MakeSelfSigned(&pki, dir.Sub("ca.pem"));
+  ledger::testing::TlsAuthServer server;
+  server.Start(dir.Sub("ca.pem"), "GET", "/v1/models", R"({"data":[]})");
   if (HasFatalFailure()) return;
-  httplib::SSLServer server(pki.cert, pki.key);
-  ASSERT_TRUE(server.is_valid());
-  std::mutex mu;
-  std::vector<std::string> seen_auth;  // the Authorization of every request the server read
-  server.Get("/v1/models", [&](const httplib::Request& req, httplib::Response& res) {
-    std::lock_guard<std::mutex> lock(mu);
-    seen_auth.push_back(req.get_header_value("Authorization"));
-    res.set_content(R"({"data":[]})", "application/json");
-  });
-  ledger::testing::LocalServer running(&server);
-  ASSERT_GT(running.port(), 0);
-  const std::string url = "https://127.0.0.1:" + std::to_string(running.port());
+  const std::string url = server.url();
 
   httplib::Client trusting(url);
   trusting.enable_server_certificate_verification(true);
@@ -1325,8 +1313,7 @@ TEST(ByokProvidersTest, AnUntrustedProviderCertificateIsAnErrorAndTheKeyIsNotSen
   EXPECT_EQ(result.verdict, KeyVerdict::kError) << result.detail;
   EXPECT_EQ(result.provider_status, 0);
   EXPECT_EQ(result.detail.find(kOpenAiKey), std::string::npos) << result.detail;
-  std::lock_guard<std::mutex> lock(mu);
-  EXPECT_EQ(seen_auth, std::vector<std::string>{"Bearer trusted"});  // never the key
+  EXPECT_EQ(server.seen_auth(), std::vector<std::string>{"Bearer trusted"});  // never the key
 }
 
 TEST(ByokProvidersTest, BaseUrlOverridesNameKnownProvidersAndHttpUrls) {

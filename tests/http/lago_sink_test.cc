@@ -12,7 +12,6 @@
 
 #include <chrono>
 #include <functional>
-#include <mutex>
 #include <set>
 #include <thread>
 
@@ -20,11 +19,10 @@
 #include "http/lago_client.h"
 #include "projections/lago.h"
 #include "tests/support/fake_lago.h"
-#include "tests/support/local_server.h"
 #include "tests/support/no_thread.h"
 #include "tests/support/schema_check.h"
-#include "tests/support/self_signed.h"
 #include "tests/support/test_ledger.h"
+#include "tests/support/tls_auth_server.h"
 #include "tests/support/trickling_server.h"
 #include "tests/support/wait.h"
 #include "tests/tools/tools_test_util.h"
@@ -448,23 +446,12 @@ TEST(LagoClientTest, CancelCutsACallInTheTlsHandshake) {
 // gets no request, so never the API key: the attempt fails without an HTTP answer.
 TEST(LagoClientHttpsTest, RefusesAnUntrustedServer) {
   TempDir dir;
-  ledger::testing::SelfSigned pki;
-  ledger::testing::MakeSelfSigned(&pki, dir.Sub("ca.pem"));
+  ledger::testing::TlsAuthServer server;
+  server.Start(dir.Sub("ca.pem"), "POST", "/api/v1/events/batch", R"({"events":[]})");
   if (HasFatalFailure()) return;
-  httplib::SSLServer server(pki.cert, pki.key);
-  ASSERT_TRUE(server.is_valid());
-  std::mutex mu;
-  std::vector<std::string> seen_auth;  // the Authorization of every request the server read
-  server.Post("/api/v1/events/batch", [&](const httplib::Request& req, httplib::Response& res) {
-    std::lock_guard<std::mutex> lock(mu);
-    seen_auth.push_back(req.get_header_value("Authorization"));
-    res.set_content(R"({"events":[]})", "application/json");
-  });
-  ledger::testing::LocalServer running(&server);
-  ASSERT_GT(running.port(), 0);
 
   LagoClientOptions options;
-  options.api_url = "https://127.0.0.1:" + std::to_string(running.port());
+  options.api_url = server.url();
   options.api_key = kFakeLagoApiKey;
   options.ca_cert_file = dir.Sub("ca.pem");
   std::unique_ptr<HttpLagoClient> trusting;
@@ -472,11 +459,8 @@ TEST(LagoClientHttpsTest, RefusesAnUntrustedServer) {
   LagoAnswer answer = trusting->SendEventsBatch(R"({"events":[]})");
   EXPECT_EQ(answer.http_status, 200) << answer.error;
   EXPECT_TRUE(answer.error.empty()) << answer.error;
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    ASSERT_EQ(seen_auth.size(), 1u);
-    EXPECT_EQ(seen_auth[0], std::string("Bearer ") + kFakeLagoApiKey);
-  }
+  ASSERT_EQ(server.seen_auth().size(), 1u);
+  EXPECT_EQ(server.seen_auth()[0], std::string("Bearer ") + kFakeLagoApiKey);
 
   options.ca_cert_file.clear();
   std::unique_ptr<HttpLagoClient> strict;
@@ -485,8 +469,7 @@ TEST(LagoClientHttpsTest, RefusesAnUntrustedServer) {
   EXPECT_EQ(answer.http_status, 0);
   EXPECT_EQ(answer.error, "the server's TLS certificate was not trusted");
   EXPECT_EQ(answer.error.find(kFakeLagoApiKey), std::string::npos);
-  std::lock_guard<std::mutex> lock(mu);
-  EXPECT_EQ(seen_auth.size(), 1u);  // no second request: the key never left the client
+  EXPECT_EQ(server.seen_auth().size(), 1u);  // no second request: the key never left the client
 }
 
 // A call's deadline is watched by a thread of its own. Where the process may start no more

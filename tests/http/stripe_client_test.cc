@@ -14,8 +14,8 @@
 #include "projections/stripe_webhook.h"
 #include "tests/support/fake_stripe.h"
 #include "tests/support/no_thread.h"
-#include "tests/support/self_signed.h"
 #include "tests/support/test_ledger.h"
+#include "tests/support/tls_auth_server.h"
 #include "tests/support/trickling_server.h"
 
 namespace ledger::http {
@@ -223,6 +223,16 @@ class StripeClientTest : public ::testing::Test {
     Status s = HttpStripeClient::Create(options, &client);
     EXPECT_TRUE(s.ok()) << s.ToString();
     return client;
+  }
+
+  // sub_1 of cus_1 on price_m (item si_1), as the subscription calls' tests find it in Stripe.
+  static FakeStripe::Subscription Sub1() {
+    FakeStripe::Subscription sub;
+    sub.id = "sub_1";
+    sub.customer = "cus_1";
+    sub.item_id = "si_1";
+    sub.price_id = "price_m";
+    return sub;
   }
 
   StripeCheckoutParams Checkout() const {
@@ -498,11 +508,7 @@ TEST_F(StripeClientTest, StripeRequestErrorsCarryStripesMessage) {
 
 TEST_F(StripeClientTest, SubscriptionCalls) {
   fake_.AddCustomer("cus_1", "alice@example.com");
-  FakeStripe::Subscription sub;
-  sub.id = "sub_1";
-  sub.customer = "cus_1";
-  sub.item_id = "si_1";
-  sub.price_id = "price_m";
+  FakeStripe::Subscription sub = Sub1();
   sub.metadata = {{"plan_id", "starter"}};
   fake_.AddSubscription(sub);
 
@@ -542,12 +548,7 @@ TEST_F(StripeClientTest, SubscriptionCalls) {
 // made: a network error, retried, then 503 stripe_unavailable -- std::thread's system_error was
 // thrown out of the call (a 500 on an HTTP worker, an abort on a thread that catches nothing).
 TEST_F(StripeClientTest, AThreadThatCannotStartIsANetworkError) {
-  FakeStripe::Subscription sub;
-  sub.id = "sub_1";
-  sub.customer = "cus_1";
-  sub.item_id = "si_1";
-  sub.price_id = "price_m";
-  fake_.AddSubscription(sub);
+  fake_.AddSubscription(Sub1());
   StripeSubscription got;
   {
     ledger::testing::NoThreadForCallDeadlines no_thread;
@@ -565,12 +566,7 @@ TEST_F(StripeClientTest, AThreadThatCannotStartIsANetworkError) {
 // encoded) and is read back from the subscription's cancellation_details, in the DELETE's answer
 // and in a later GET (the billing routes know a retry of their own cancel by it).
 TEST_F(StripeClientTest, ACancelsCommentIsSentAndReadBack) {
-  FakeStripe::Subscription sub;
-  sub.id = "sub_1";
-  sub.customer = "cus_1";
-  sub.item_id = "si_1";
-  sub.price_id = "price_m";
-  fake_.AddSubscription(sub);
+  fake_.AddSubscription(Sub1());
   const std::string comment = "ledgerd_request:ledgerd-cancel_now-0a1b & more=yes";
   StripeSubscription got;
   ASSERT_TRUE(client_->CancelSubscriptionNow("sub_1", comment, &got).ok());
@@ -656,24 +652,13 @@ TEST_F(StripeClientTest, CatalogCalls) {
 
 TEST(StripeClientHttpsTest, SpeaksTlsAndVerifiesTheServer) {
   ledger::testing::TempDir dir;
-  ledger::testing::SelfSigned pki;
-  ledger::testing::MakeSelfSigned(&pki, dir.Sub("ca.pem"));
+  ledger::testing::TlsAuthServer server;
+  server.Start(dir.Sub("ca.pem"), "GET", "/v1/products/prod_tls",
+               R"({"id":"prod_tls","object":"product","name":"TLS","active":true})");
   if (HasFatalFailure()) return;
-  httplib::SSLServer server(pki.cert, pki.key);
-  ASSERT_TRUE(server.is_valid());
-  std::string seen_auth;
-  server.Get("/v1/products/prod_tls", [&](const httplib::Request& req, httplib::Response& res) {
-    seen_auth = req.get_header_value("Authorization");
-    res.set_content(R"({"id":"prod_tls","object":"product","name":"TLS","active":true})",
-                    "application/json");
-  });
-  int port = server.bind_to_any_port("127.0.0.1");
-  ASSERT_GT(port, 0);
-  std::thread thread([&] { server.listen_after_bind(); });
-  while (!server.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
 
   StripeClientOptions options;
-  options.api_base = "https://127.0.0.1:" + std::to_string(port);
+  options.api_base = server.url();
   options.secret_key = "sk_test_tls";
   options.ca_cert_file = dir.Sub("ca.pem");
   options.sleep = [](int64_t) {};
@@ -683,20 +668,16 @@ TEST(StripeClientHttpsTest, SpeaksTlsAndVerifiesTheServer) {
   Status s = trusting->GetProduct("prod_tls", &product);
   EXPECT_TRUE(s.ok()) << s.ToString();
   EXPECT_EQ(product.name, "TLS");
-  EXPECT_EQ(seen_auth, "Bearer sk_test_tls");
+  EXPECT_EQ(server.seen_auth(), std::vector<std::string>{"Bearer sk_test_tls"});
 
   // The system trust store does not know our CA: refused, and not retried.
   options.ca_cert_file.clear();
   std::unique_ptr<HttpStripeClient> strict;
   ASSERT_TRUE(HttpStripeClient::Create(options, &strict).ok());
-  seen_auth.clear();
   s = strict->GetProduct("prod_tls", &product);
   EXPECT_EQ(s.code(), Code::kUnavailable) << s.ToString();
   EXPECT_NE(s.message().find("TLS"), std::string::npos) << s.message();
-  EXPECT_TRUE(seen_auth.empty());  // the key never left the client
-
-  server.stop();
-  thread.join();
+  EXPECT_EQ(server.seen_auth().size(), 1u);  // no second request: the key never left the client
 }
 
 }  // namespace

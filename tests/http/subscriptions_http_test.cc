@@ -46,9 +46,28 @@ constexpr char kServiceToken[] = "svc-gateway-token-0123456789";
 
 constexpr int64_t kSecondUs = 1'000'000;
 
+// A test-mode delivery's body with the envelope's livemode as a live event has it.
+std::string Live(std::string body) {
+  const std::string test_mode = R"("livemode":false,"pending_webhooks")";
+  size_t at = body.find(test_mode);
+  EXPECT_NE(at, std::string::npos);
+  if (at != std::string::npos) body.replace(at, test_mode.size(), R"("livemode":true,)"
+                                                                 R"("pending_webhooks")");
+  return body;
+}
+
 class SubscriptionsHttpTest : public ::testing::Test {
  protected:
   void SetUp() override { Start({kSecret, kRotatedSecret}, dir_.path()); }
+
+  // The server and its store stopped, then Start at `path` (a directory the test keeps until its
+  // last stack_.Stop() and ledger_.reset()).
+  void Restart(std::vector<std::string> secrets, const std::string& path) {
+    stack_.Stop();
+    stack_.server.reset();
+    ledger_.reset();
+    Start(std::move(secrets), path);
+  }
 
   void Start(std::vector<std::string> secrets, const std::string& path) {
     LedgerOptions options;
@@ -437,11 +456,8 @@ TEST_F(SubscriptionsHttpTest, StripeNodeGeneratedHeadersAreAccepted) {
 }
 
 TEST_F(SubscriptionsHttpTest, NotConfiguredAnswers503) {
-  stack_.Stop();
-  stack_.server.reset();
-  ledger_.reset();
   ledger::testing::TempDir other;
-  Start({}, other.path());
+  Restart({}, other.path());
   const std::string body = StripeLifecycle({})[0];
   const uint64_t head = Head();
   ExpectProblem(Deliver(body), 503, "stripe_webhook_not_configured");
@@ -456,20 +472,9 @@ TEST_F(SubscriptionsHttpTest, NotConfiguredAnswers503) {
 // is not the key's, or a connected account's (Connect: `account`), is kept as received and
 // applied to nothing; answered 200 so that Stripe stops sending it.
 TEST_F(SubscriptionsHttpTest, DeliveriesOfTheOtherModeOrAnotherAccountDeriveNothing) {
-  stack_.Stop();
-  stack_.server.reset();
-  ledger_.reset();
   ledger::testing::TempDir other;
   livemode_ = true;  // sk_live_...
-  Start({kSecret, kRotatedSecret}, other.path());
-  auto live = [](std::string body) {  // the envelope's livemode, as a live event has it
-    const std::string test_mode = R"("livemode":false,"pending_webhooks")";
-    size_t at = body.find(test_mode);
-    EXPECT_NE(at, std::string::npos);
-    if (at != std::string::npos) body.replace(at, test_mode.size(), R"("livemode":true,)"
-                                                                   R"("pending_webhooks")");
-    return body;
-  };
+  Restart({kSecret, kRotatedSecret}, other.path());
   auto expect_ignored = [&](const HttpReply& r, const std::string& reason) {
     ASSERT_EQ(r.status, 200) << r.body;
     rapidjson::Document doc = r.Json();
@@ -509,7 +514,7 @@ TEST_F(SubscriptionsHttpTest, DeliveriesOfTheOtherModeOrAnotherAccountDeriveNoth
   StripeLifecycleSpec connected;
   connected.prefix = "evt_connect";
   connected.customer_id = "cus_CONNECTED";
-  std::string body = live(StripeLifecycle(connected)[0]);
+  std::string body = Live(StripeLifecycle(connected)[0]);
   body.insert(1, R"("account":"acct_1Connected",)");
   expect_ignored(Deliver(body), "connected_account");
   expect_no_subscription();
@@ -529,23 +534,20 @@ TEST_F(SubscriptionsHttpTest, DeliveriesOfTheOtherModeOrAnotherAccountDeriveNoth
   StripeLifecycleSpec live_mode;
   live_mode.prefix = "evt_live";
   std::vector<std::string> live_lifecycle = StripeLifecycle(live_mode);
-  HttpReply linked = Deliver(live(live_lifecycle[0]));
+  HttpReply linked = Deliver(Live(live_lifecycle[0]));
   ASSERT_EQ(linked.status, 200) << linked.body;
   EXPECT_FALSE(linked.Json()["derived"].Empty()) << linked.body;
   EXPECT_FALSE(linked.Json().HasMember("ignored")) << linked.body;
-  DeliverOk(live(live_lifecycle[1]));
+  DeliverOk(Live(live_lifecycle[1]));
   rapidjson::Document doc = As("user-1").Get(kMyAccess).Json();
   EXPECT_TRUE(doc["has_access"].GetBool());
   EXPECT_STREQ(As("user-1").Get(kStatus).Json()["customer_id"].GetString(), "cus_1");
 
   // A test-mode server ignores live events the same way.
-  stack_.Stop();
-  stack_.server.reset();
-  ledger_.reset();
   ledger::testing::TempDir third;
   livemode_ = false;  // sk_test_...
-  Start({kSecret}, third.path());
-  expect_ignored(Deliver(live(live_lifecycle[0])), "livemode_mismatch");
+  Restart({kSecret}, third.path());
+  expect_ignored(Deliver(Live(live_lifecycle[0])), "livemode_mismatch");
   expect_no_subscription();
   DeliverOk(lifecycle[0]);
   EXPECT_STREQ(As("user-1").Get(kStatus).Json()["customer_id"].GetString(), "cus_TEST");
@@ -565,14 +567,6 @@ TEST_F(SubscriptionsHttpTest, DeliveriesOfTheOtherModeOrAnotherAccountDeriveNoth
 TEST_F(SubscriptionsHttpTest, ALiveBodySignedWithTheTestSecretIsNotApplied) {
   constexpr char kLive[] = "whsec_live_endpoint";
   constexpr char kTest[] = "whsec_test_endpoint";
-  auto live = [](std::string body) {  // the envelope's livemode, as a live event has it
-    const std::string test_mode = R"("livemode":false,"pending_webhooks")";
-    size_t at = body.find(test_mode);
-    EXPECT_NE(at, std::string::npos);
-    if (at != std::string::npos) body.replace(at, test_mode.size(), R"("livemode":true,)"
-                                                                   R"("pending_webhooks")");
-    return body;
-  };
   auto subscription = [](const std::string& user, const std::string& event_id) {
     StripeSubscriptionSpec sub;
     sub.event_id = event_id;
@@ -595,16 +589,13 @@ TEST_F(SubscriptionsHttpTest, ALiveBodySignedWithTheTestSecretIsNotApplied) {
   auto has_access = [&](const std::string& user) {
     return As(user).Get(kMyAccess).Json()["has_access"].GetBool();
   };
-  stack_.Stop();
-  stack_.server.reset();
-  ledger_.reset();
   ledger::testing::TempDir live_dir;
   livemode_ = true;  // sk_live_...
-  Start({kLive, std::string("test:") + kTest}, live_dir.path());
+  Restart({kLive, std::string("test:") + kTest}, live_dir.path());
 
   // The forgery: a live body signed with the test secret.
   uint64_t head = Head();
-  expect_ignored(Deliver(live(subscription("mallory", "evt_forged")), kTest));
+  expect_ignored(Deliver(Live(subscription("mallory", "evt_forged")), kTest));
   EXPECT_EQ(Head(), head + 1);  // the delivery alone
   EXPECT_FALSE(has_access("mallory"));
   // The test secret's own (test-mode) deliveries: acknowledged, applied to nothing.
@@ -613,13 +604,13 @@ TEST_F(SubscriptionsHttpTest, ALiveBodySignedWithTheTestSecretIsNotApplied) {
   EXPECT_EQ(Head(), head + 1);
   EXPECT_FALSE(has_access("tester"));
   // Live deliveries signed with the live secret apply as before.
-  HttpReply applied = Deliver(live(subscription("alice", "evt_live")), kLive);
+  HttpReply applied = Deliver(Live(subscription("alice", "evt_live")), kLive);
   ASSERT_EQ(applied.status, 200) << applied.body;
   EXPECT_FALSE(applied.Json().HasMember("ignored")) << applied.body;
   EXPECT_FALSE(applied.Json()["derived"].Empty()) << applied.body;
   EXPECT_TRUE(has_access("alice"));
   // A header carrying both signatures is the live secret's.
-  const std::string both_body = live(subscription("bob", "evt_both"));
+  const std::string both_body = Live(subscription("bob", "evt_both"));
   HttpReply both =
       Post(both_body, MakeStripeSignatureHeader({kTest, kLive}, NowSeconds(), both_body));
   ASSERT_EQ(both.status, 200) << both.body;
@@ -627,12 +618,9 @@ TEST_F(SubscriptionsHttpTest, ALiveBodySignedWithTheTestSecretIsNotApplied) {
   EXPECT_TRUE(has_access("bob"));
 
   // A test-mode server: its bare secret is test, a `live:` one signs only live deliveries.
-  stack_.Stop();
-  stack_.server.reset();
-  ledger_.reset();
   ledger::testing::TempDir test_dir;
   livemode_ = false;  // sk_test_...
-  Start({kTest, std::string("live:") + kLive}, test_dir.path());
+  Restart({kTest, std::string("live:") + kLive}, test_dir.path());
   expect_ignored(Deliver(subscription("mallory", "evt_test_by_live"), kLive));
   EXPECT_FALSE(has_access("mallory"));
   HttpReply own = Deliver(subscription("tester", "evt_test_by_test"), kTest);
@@ -641,13 +629,10 @@ TEST_F(SubscriptionsHttpTest, ALiveBodySignedWithTheTestSecretIsNotApplied) {
   EXPECT_TRUE(has_access("tester"));
 
   // Without a key the mode is not judged, but a `test:` secret still signs only test deliveries.
-  stack_.Stop();
-  stack_.server.reset();
-  ledger_.reset();
   ledger::testing::TempDir keyless_dir;
   livemode_ = std::nullopt;
-  Start({std::string("test:") + kTest}, keyless_dir.path());
-  expect_ignored(Deliver(live(subscription("mallory", "evt_keyless")), kTest));
+  Restart({std::string("test:") + kTest}, keyless_dir.path());
+  expect_ignored(Deliver(Live(subscription("mallory", "evt_keyless")), kTest));
   EXPECT_FALSE(has_access("mallory"));
   stack_.Stop();
   ledger_.reset();  // before the directories go
