@@ -199,19 +199,24 @@ TEST(TamperReadTest, AReadBySubjectRefusesAnotherSubjectsEvent) {
   EXPECT_EQ(events.size(), 3u);
 }
 
+// A read of the whole log at `path` refused as corruption naming `named`, no event served.
+void ExpectTheLogsReadRefused(const std::string& path, const std::string& named) {
+  auto ledger = testing::OpenTestLedger(path);
+  ASSERT_NE(ledger, nullptr);
+  std::vector<Event> events;
+  Status s = ledger->ReadEvents(Position(0), 100, {}, &events);
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_NE(s.message().find(named), std::string::npos) << s.message();
+  EXPECT_TRUE(events.empty());
+}
+
 // An event rewritten and re-sealed verifies on its own; the event after it no longer links to
 // it, and a read holding both fails there.
 TEST(TamperReadTest, ReadEventsRefusesABrokenLink) {
   TempDir dir;
   WriteFlushedLog(dir.path(), 20);
   RewriteEvent(dir.path(), 12, /*reseal=*/true);
-  auto ledger = testing::OpenTestLedger(dir.path());
-  ASSERT_NE(ledger, nullptr);
-  std::vector<Event> events;
-  Status s = ledger->ReadEvents(Position(0), 100, {}, &events);
-  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
-  EXPECT_NE(s.message().find("position 13 does not link"), std::string::npos) << s.message();
-  EXPECT_TRUE(events.empty());
+  ExpectTheLogsReadRefused(dir.path(), "position 13 does not link");
 }
 
 // The last event rewritten and re-sealed, the chain head record left alone: it verifies on its
@@ -343,6 +348,15 @@ class SeenFold final : public Fold {
   }
 };
 
+// An open of the store at `path` with `fold` new to it: folded from the start at this open.
+Status OpenWithANewFold(const std::string& path, Fold* fold) {
+  LedgerOptions options;
+  options.path = path;
+  options.folds = {fold};
+  std::unique_ptr<Ledger> ledger;
+  return Ledger::Open(options, &ledger);
+}
+
 // The fold catch-up at open (a fold added, or rebuilt after its version changed) decoded the
 // log without any check: rows folded from an event rewritten through RocksDB answered every
 // query after the open. It checks as the served reads do, and the open fails naming corruption.
@@ -353,11 +367,7 @@ TEST(TamperReadTest, TheFoldCatchUpAtOpenRefusesAnAlteredEvent) {
     TempDir dir;
     WriteFlushedLog(dir.path(), 100);
     RewriteEvent(dir.path(), 64, reseal);
-    LedgerOptions options;
-    options.path = dir.path();
-    options.folds = {&seen};  // new to the store: folded from the start at this open
-    std::unique_ptr<Ledger> ledger;
-    Status open = Ledger::Open(options, &ledger);
+    Status open = OpenWithANewFold(dir.path(), &seen);
     EXPECT_TRUE(open.IsCorruption()) << open.ToString();
     EXPECT_NE(open.message().find(reseal ? "position 65 does not link" : "position 64 fails"),
               std::string::npos)
@@ -405,20 +415,8 @@ TEST(TamperReadTest, AMissingFirstEventIsNotServedOrFolded) {
     rocksdb::ColumnFamilyHandle* events = testing::FindFamily(names, handles, "events");
     ASSERT_TRUE(db->Delete({}, events, EncodePositionKey(1)).ok());
   });
-  {
-    auto ledger = testing::OpenTestLedger(dir.path());
-    ASSERT_NE(ledger, nullptr);
-    std::vector<Event> events;
-    Status s = ledger->ReadEvents(Position(0), 100, {}, &events);
-    EXPECT_TRUE(s.IsCorruption()) << s.ToString();
-    EXPECT_NE(s.message().find("position 2 does not link"), std::string::npos) << s.message();
-    EXPECT_TRUE(events.empty());
-  }
-  LedgerOptions options;
-  options.path = dir.path();
-  options.folds = {&seen};  // new to the store: folded from the start at this open
-  std::unique_ptr<Ledger> ledger;
-  Status open = Ledger::Open(options, &ledger);
+  ASSERT_NO_FATAL_FAILURE(ExpectTheLogsReadRefused(dir.path(), "position 2 does not link"));
+  Status open = OpenWithANewFold(dir.path(), &seen);
   EXPECT_TRUE(open.IsCorruption()) << open.ToString();
   EXPECT_NE(open.message().find("position 2 does not link"), std::string::npos)
       << open.message();
