@@ -213,6 +213,21 @@ TEST(AppTest, TheKafkaMessageSizeReachesTheOutbox) {
   EXPECT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
 }
 
+// An App started on `config` and stopped.
+void RunOnce(const Config& config) {
+  std::unique_ptr<App> app;
+  ASSERT_TRUE(App::Start(config, nullptr, &app).ok());
+  ASSERT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
+}
+
+// The store a stopped App left at `data_dir`, opened as it is (no folds): null, a failure
+// recorded, where it does not open.
+std::unique_ptr<Ledger> OpenStore(const std::string& data_dir) {
+  LedgerOptions options;
+  options.path = data_dir;
+  return OpenTestLedger(options);
+}
+
 // Adds a plan through the admin API; its position, 0 on failure.
 uint64_t AddPlan(App* app, const std::string& data_dir, const std::string& id) {
   TestHttpClient client("127.0.0.1", app->http_port());
@@ -325,17 +340,13 @@ TEST(AppTest, AnUpgradeKeepsTheOldOutboxCheckpoint) {
                                                           "ledger.events")}) {
     SCOPED_TRACE(old_name);
     TempDir dir;
-    Config config = TestConfig(dir.Sub("data"));  // kafka none: the catalog is seeded
+    Config config = TestConfig(dir.Sub("data"));
+    ASSERT_NO_FATAL_FAILURE(RunOnce(config));  // kafka none: the catalog is seeded
     std::unique_ptr<App> app;
-    ASSERT_TRUE(App::Start(config, nullptr, &app).ok());
-    ASSERT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
-    app.reset();
     uint64_t head = 0;
     {
-      std::unique_ptr<Ledger> ledger;
-      LedgerOptions options;
-      options.path = dir.Sub("data");
-      ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
+      std::unique_ptr<Ledger> ledger = OpenStore(dir.Sub("data"));
+      ASSERT_NE(ledger, nullptr);
       head = ledger->Head().value();
       ASSERT_GT(head, 0u);
       ASSERT_TRUE(ledger->PutCheckpoint(old_name, Position(head), /*sync=*/true).ok());
@@ -368,16 +379,11 @@ TEST(AppTest, AnEmbeddedRunLeavesTheOldOutboxCheckpointForTheRealCluster) {
   ASSERT_TRUE(EmbeddedKafka::Open(EmbeddedKafkaOptions{}, &kafka).ok());
   ASSERT_TRUE(ProduceOneRecord(kafka->bootstrap_servers(), "ledger.events"));
   TempDir dir;
-  Config config = TestConfig(dir.Sub("data"));  // kafka none: the catalog is seeded
+  Config config = TestConfig(dir.Sub("data"));
+  ASSERT_NO_FATAL_FAILURE(RunOnce(config));  // kafka none: the catalog is seeded
   std::unique_ptr<App> app;
-  ASSERT_TRUE(App::Start(config, nullptr, &app).ok());
-  ASSERT_TRUE(app->Stop(std::chrono::milliseconds(2000)).ok());
-  app.reset();
   auto legacy_checkpoint = [&](uint64_t put) {
-    std::unique_ptr<Ledger> ledger;
-    LedgerOptions options;
-    options.path = dir.Sub("data");
-    EXPECT_TRUE(Ledger::Open(options, &ledger).ok());
+    std::unique_ptr<Ledger> ledger = OpenStore(dir.Sub("data"));
     if (ledger == nullptr) return uint64_t{0};
     if (put != 0) {
       EXPECT_TRUE(ledger->PutCheckpoint("outbox.kafka", Position(put), /*sync=*/true).ok());
@@ -388,10 +394,8 @@ TEST(AppTest, AnEmbeddedRunLeavesTheOldOutboxCheckpointForTheRealCluster) {
   };
   uint64_t head = 0;
   {
-    std::unique_ptr<Ledger> ledger;
-    LedgerOptions options;
-    options.path = dir.Sub("data");
-    ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
+    std::unique_ptr<Ledger> ledger = OpenStore(dir.Sub("data"));
+    ASSERT_NE(ledger, nullptr);
     head = ledger->Head().value();
   }
   ASSERT_GT(head, 0u);
@@ -1003,10 +1007,8 @@ TEST(AppTest, TheOutboxFlushGetsItsBudgetAfterTheHttpDrain) {
   alice.join();
   EXPECT_EQ(checkout.status, 200) << checkout.body;
   app.reset();
-  std::unique_ptr<Ledger> ledger;
-  LedgerOptions options;
-  options.path = dir.Sub("data");
-  ASSERT_TRUE(Ledger::Open(options, &ledger).ok());
+  std::unique_ptr<Ledger> ledger = OpenStore(dir.Sub("data"));
+  ASSERT_NE(ledger, nullptr);
   Position published;
   ASSERT_TRUE(ledger
                   ->GetCheckpoint(OutboxClusterCheckpointName(

@@ -45,6 +45,26 @@ ProcessOutput RunLedgerd(const std::vector<std::string>& args, const EnvList& en
   return RunProcess(argv, env, std::chrono::seconds(60));
 }
 
+// A second ledgerd (dev mode) on `data_dir` while one runs there: exits 74 naming the directory
+// in use.
+void ExpectASecondLedgerdRefused(const std::string& data_dir) {
+  ProcessOutput second = RunLedgerd(
+      {"--data-dir", data_dir, "--listen", "127.0.0.1:0", "--kafka-brokers", "none"});
+  EXPECT_EQ(second.exit_code, kExitStorage) << second.out << second.err;
+  EXPECT_NE((second.out + second.err).find(data_dir + " is in use: another ledgerd"),
+            std::string::npos)
+      << second.out << second.err;
+}
+
+// A production daemon (JWT configured, no dev secret) on `dir`'s data/ and ledgerd.log.
+DaemonOptions ProductionOptions(const TempDir& dir) {
+  DaemonOptions options;
+  options.data_dir = dir.Sub("data");
+  options.log_path = dir.Sub("ledgerd.log");
+  options.env = {{"LEDGER_JWT_HS256_SECRET", kTestHs256Secret}};
+  return options;
+}
+
 TEST(LedgerdBinaryTest, BadConfigurationExits78NamingTheSettingBeforeTouchingDisk) {
   TempDir dir;
   const std::string data_dir = dir.Sub("data");
@@ -199,12 +219,7 @@ TEST(LedgerdBinaryTest, ASecondLedgerdOnADirectoryInUseExits74TouchingNothing) {
   ASSERT_NE(inode, 0u);
   const size_t rotated = rotated_logs();
 
-  ProcessOutput second = RunLedgerd(
-      {"--data-dir", options.data_dir, "--listen", "127.0.0.1:0", "--kafka-brokers", "none"});
-  EXPECT_EQ(second.exit_code, kExitStorage) << second.out << second.err;
-  EXPECT_NE((second.out + second.err).find(options.data_dir + " is in use: another ledgerd"),
-            std::string::npos)
-      << second.out << second.err;
+  ExpectASecondLedgerdRefused(options.data_dir);
   EXPECT_EQ(log_inode(), inode) << "the running daemon's LOG was rotated away";
   EXPECT_EQ(rotated_logs(), rotated);
 
@@ -225,10 +240,7 @@ TEST(LedgerdBinaryTest, ASecondLedgerdOnADirectoryInUseExits74TouchingNothing) {
 // the data directory and its backups). The lock is now taken before any dev-mode file.
 TEST(LedgerdBinaryTest, ASecondDevModeLedgerdBesideAProductionOneCreatesNothing) {
   TempDir dir;
-  DaemonOptions options;
-  options.data_dir = dir.Sub("data");
-  options.log_path = dir.Sub("ledgerd.log");
-  options.env = {{"LEDGER_JWT_HS256_SECRET", kTestHs256Secret}};
+  DaemonOptions options = ProductionOptions(dir);
   DaemonProcess first(options);
   ASSERT_TRUE(first.Start().ok()) << first.Log();
   const std::string master_key = options.data_dir + "/master.key";
@@ -236,12 +248,7 @@ TEST(LedgerdBinaryTest, ASecondDevModeLedgerdBesideAProductionOneCreatesNothing)
   ASSERT_FALSE(std::filesystem::exists(master_key));
   ASSERT_FALSE(std::filesystem::exists(dev_secret));
 
-  ProcessOutput second = RunLedgerd(
-      {"--data-dir", options.data_dir, "--listen", "127.0.0.1:0", "--kafka-brokers", "none"});
-  EXPECT_EQ(second.exit_code, kExitStorage) << second.out << second.err;
-  EXPECT_NE((second.out + second.err).find(options.data_dir + " is in use: another ledgerd"),
-            std::string::npos)
-      << second.out << second.err;
+  ExpectASecondLedgerdRefused(options.data_dir);
   EXPECT_FALSE(std::filesystem::exists(master_key));
   EXPECT_FALSE(std::filesystem::exists(dev_secret));
   EXPECT_EQ(first.Terminate(), 0) << first.Log();
@@ -553,10 +560,7 @@ TEST(LedgerdBinaryTest, ASignalDuringStartupStopsItWithoutOpeningThePort) {
 
 TEST(LedgerdBinaryTest, ProductionModeCreatesNoDevSecret) {
   TempDir dir;
-  DaemonOptions options;
-  options.data_dir = dir.Sub("data");
-  options.log_path = dir.Sub("ledgerd.log");
-  options.env = {{"LEDGER_JWT_HS256_SECRET", kTestHs256Secret}};
+  DaemonOptions options = ProductionOptions(dir);
   DaemonProcess daemon(options);
   ASSERT_TRUE(daemon.Start().ok()) << daemon.Log();
   EXPECT_FALSE(std::filesystem::exists(options.data_dir + "/jwt-dev.secret"));
