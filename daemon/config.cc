@@ -414,18 +414,6 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
     bound.push_back(std::move(parsed));
     config->stripe_webhook_secrets.push_back(entry);
   }
-  // Beside a live key, two bare secrets were how the live and the test endpoint's secrets were
-  // listed before entries had modes: both are taken as live now, so the test one's holder could
-  // sign live events. Which one is the test secret cannot be told from it; the operator says so.
-  const size_t bare = static_cast<size_t>(
-      std::count_if(secrets.begin(), secrets.end(),
-                    [](const std::string& e) { return e.rfind("whsec_", 0) == 0; }));
-  if (key_livemode == true && bare >= 2) {
-    return Bad("STRIPE_WEBHOOK_SECRET",
-               std::to_string(bare) + " secrets without a mode beside a live STRIPE_SECRET_KEY: "
-               "write test: before a test-mode endpoint's secret and live: before each live one "
-               "(a bare one is taken as live, so a test secret's holder could sign live events)");
-  }
   LEDGER_RETURN_IF_ERROR(ValidateBaseUrl(config->stripe_api_base, "STRIPE_API_BASE"));
   // Dev mode is for no JWT configuration at all: an issuer or audience without a key source is a
   // key source that failed to arrive (and dev mode would take every token with a local secret).

@@ -13,14 +13,19 @@
 //      otherwise) and appends nothing. A delivery whose
 //      `livemode` differs from the configured key's mode (AppContext::stripe_livemode) or from
 //      the mode of every secret that signed it (`test:`/`live:` entries; a bare one is of the
-//      key's mode), or that carries `account` (Connect), is kept but applied to nothing: 200 with
+//      key's mode until it signs a delivery of the other mode, then of that mode until a restart),
+//      or that carries `account` (Connect), is kept but applied to nothing: 200 with
 //      "derived":[] and "ignored":"livemode_mismatch" / "connected_account", so that Stripe stops
 //      sending it.
 // Nothing is appended on any 4xx. Stripe retries non-2xx answers for up to three days.
+#include <algorithm>
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include <spdlog/spdlog.h>
 
 #include "http/problem.h"
 #include "http/routes.h"
@@ -34,11 +39,40 @@ namespace {
 constexpr char kWebhookPath[] = "/api/v1/billing/webhooks/stripe";
 constexpr char kSignatureHeader[] = "Stripe-Signature";
 
-// The verifier holds secrets[i].secret at index i.
+// The verifier holds secrets[i].secret at index i. A bare entry (no `test:`/`live:`) is of the
+// key's mode; one that signs a delivery of the other mode is that mode's endpoint secret -- the
+// way both were listed before entries had modes -- and is taken as that mode from then on
+// (`other_mode[i]`, until a restart; logged so that the operator writes its prefix): before, its
+// holder could sign bodies claiming the key's mode.
 struct WebhookSecrets {
   std::vector<StripeWebhookSecret> secrets;
+  std::vector<bool> bare;
   StripeSignatureVerifier verifier;
+  std::unique_ptr<std::atomic<bool>[]> other_mode;
+
+  std::optional<bool> ModeOf(size_t i) const {
+    const std::optional<bool>& mode = secrets[i].livemode;
+    if (mode && other_mode[i].load(std::memory_order_relaxed)) return !*mode;
+    return mode;
+  }
 };
+
+// A bare secret bound to the key's mode that signed a delivery of the other mode.
+void NoteSecretOfTheOtherMode(const WebhookSecrets& secrets, const std::vector<bool>& matched,
+                              bool delivery_livemode) {
+  for (size_t i = 0; i < matched.size(); ++i) {
+    const std::optional<bool>& mode = secrets.secrets[i].livemode;
+    if (!matched[i] || !secrets.bare[i] || !mode || *mode == delivery_livemode) continue;
+    if (secrets.other_mode[i].exchange(true)) continue;
+    spdlog::error(
+        "stripe webhook: STRIPE_WEBHOOK_SECRET item {} has no mode, so it was taken as {} (the "
+        "key's), but it signed a {}-mode delivery: it is a {} endpoint's secret, and whoever holds "
+        "it could sign {} events. It is taken as {} until a restart; write it {}:whsec_...",
+        i + 1, *mode ? "live" : "test", delivery_livemode ? "live" : "test",
+        delivery_livemode ? "live" : "test", *mode ? "live" : "test",
+        delivery_livemode ? "live" : "test", delivery_livemode ? "live" : "test");
+  }
+}
 
 std::vector<std::string> SecretsOf(const std::vector<StripeWebhookSecret>& secrets) {
   std::vector<std::string> out;
@@ -70,9 +104,10 @@ void HandleWebhook(Ledger* ledger, const WebhookSecrets& secrets,
     return;
   }
   // Of the mode its body claims only when a secret of that mode (or of none) signed it.
+  NoteSecretOfTheOtherMode(secrets, matched, webhook.livemode);
   bool signed_in_its_mode = false;
   for (size_t i = 0; i < matched.size(); ++i) {
-    const std::optional<bool>& mode = secrets.secrets[i].livemode;
+    const std::optional<bool> mode = secrets.ModeOf(i);
     signed_in_its_mode |= matched[i] && (!mode || *mode == webhook.livemode);
   }
   projections::IngestStripeWebhook command(std::move(webhook), expected_livemode,
@@ -92,12 +127,25 @@ void HandleWebhook(Ledger* ledger, const WebhookSecrets& secrets,
 void AddStripeWebhookRoutes(const AppContext& context, RouteTable* routes) {
   const std::optional<bool> livemode = context.stripe_livemode;
   std::vector<StripeWebhookSecret> bound;
+  std::vector<bool> bare;
   for (const std::string& entry : context.stripe_webhook_secrets) {
     bound.push_back(ParseStripeWebhookSecret(entry, livemode));
+    bare.push_back(entry.rfind("whsec_", 0) == 0);
   }
+  const size_t bare_count = static_cast<size_t>(std::count(bare.begin(), bare.end(), true));
+  if (livemode == true && bare_count >= 2) {
+    spdlog::warn(
+        "stripe webhook: {} secrets without a mode beside a live key are all taken as live; if one "
+        "is a test endpoint's, write it test:whsec_... (until it signs a test-mode delivery, its "
+        "holder could sign live events)",
+        bare_count);
+  }
+  const size_t count = bound.size();
   std::vector<std::string> plain = SecretsOf(bound);
   auto secrets = std::make_shared<const WebhookSecrets>(
-      WebhookSecrets{std::move(bound), StripeSignatureVerifier(std::move(plain), context.clock)});
+      WebhookSecrets{std::move(bound), std::move(bare),
+                     StripeSignatureVerifier(std::move(plain), context.clock),
+                     std::make_unique<std::atomic<bool>[]>(count)});
   Ledger* ledger = context.ledger;
   routes->Add("POST", kWebhookPath, kWebhookPath, Policy::kSignature,
               [ledger, secrets, livemode](const httplib::Request& req, httplib::Response& res,

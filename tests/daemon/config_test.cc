@@ -266,35 +266,6 @@ TEST(ConfigTest, AWebhookSecretMaySayItsMode) {
   EXPECT_EQ(r.status.message().find("whsec_live1"), std::string::npos) << r.status.message();
 }
 
-// The way the live and the test endpoint's secrets were listed before entries had modes (two
-// bare secrets): beside a live key both would be taken as live -- the test one's holder could sign
-// live events -- so the start is refused until one says test:. Beside a test key, or with one
-// bare secret, or with every secret but one prefixed, it starts.
-TEST(ConfigTest, TwoBareWebhookSecretsBesideALiveKeyAreRefused) {
-  ScopedCleanEnvironment env;
-  env.Set("STRIPE_SECRET_KEY", "sk_live_x");
-  env.Set("STRIPE_WEBHOOK_SECRET", "whsec_live1,whsec_test1");
-  Config refused;
-  ParseResult r = Parse({}, &refused);
-  EXPECT_EQ(r.exit_code, kExitConfig) << r.status.ToString();
-  EXPECT_NE(r.status.message().find("test:"), std::string::npos) << r.status.message();
-  EXPECT_EQ(r.status.message().find("whsec_live1"), std::string::npos) << r.status.message();
-  EXPECT_EQ(r.status.message().find("whsec_test1"), std::string::npos) << r.status.message();
-  for (const char* secrets :
-       {"whsec_live1,test:whsec_test1", "whsec_live1", "live:whsec_a,live:whsec_b"}) {
-    SCOPED_TRACE(secrets);
-    env.Set("STRIPE_WEBHOOK_SECRET", secrets);
-    Config config;
-    r = Parse({}, &config);
-    EXPECT_TRUE(r.status.ok()) << r.status.ToString();
-  }
-  env.Set("STRIPE_SECRET_KEY", "sk_test_x");
-  env.Set("STRIPE_WEBHOOK_SECRET", "whsec_a,whsec_b");
-  Config test_key;
-  r = Parse({}, &test_key);
-  EXPECT_TRUE(r.status.ok()) << r.status.ToString();
-}
-
 TEST(ConfigTest, FlagWinsEvenOverABadEnvironmentValue) {
   ScopedCleanEnvironment env;
   env.Set("LEDGER_LISTEN", "not-an-address");

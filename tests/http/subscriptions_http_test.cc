@@ -498,12 +498,13 @@ TEST_F(SubscriptionsHttpTest, DeliveriesOfTheOtherModeOrAnotherAccountDeriveNoth
   test_mode.customer_id = "cus_TEST";
   std::vector<std::string> lifecycle = StripeLifecycle(test_mode);  // livemode:false
   uint64_t head = Head();
+  // Signed by the test endpoint's secret (listed bare: from this delivery on it is taken as test).
   for (size_t i = 0; i < 2; ++i) {  // checkout.session.completed, customer.subscription.created
-    expect_ignored(Deliver(lifecycle[i]), "livemode_mismatch");
+    expect_ignored(Deliver(lifecycle[i], kRotatedSecret), "livemode_mismatch");
     EXPECT_EQ(Head(), ++head);  // the delivery alone
   }
   // Stripe's retry: a duplicate, still nothing derived.
-  HttpReply again = Deliver(lifecycle[0]);
+  HttpReply again = Deliver(lifecycle[0], kRotatedSecret);
   ASSERT_EQ(again.status, 200) << again.body;
   EXPECT_TRUE(again.Json()["duplicate"].GetBool());
   expect_ignored(again, "livemode_mismatch");
@@ -546,8 +547,8 @@ TEST_F(SubscriptionsHttpTest, DeliveriesOfTheOtherModeOrAnotherAccountDeriveNoth
   // A test-mode server ignores live events the same way.
   ledger::testing::TempDir third;
   livemode_ = false;  // sk_test_...
-  Restart({kSecret}, third.path());
-  expect_ignored(Deliver(Live(live_lifecycle[0])), "livemode_mismatch");
+  Restart({kSecret, kRotatedSecret}, third.path());  // the live endpoint's secret listed bare
+  expect_ignored(Deliver(Live(live_lifecycle[0]), kRotatedSecret), "livemode_mismatch");
   expect_no_subscription();
   DeliverOk(lifecycle[0]);
   EXPECT_STREQ(As("user-1").Get(kStatus).Json()["customer_id"].GetString(), "cus_TEST");
@@ -627,6 +628,20 @@ TEST_F(SubscriptionsHttpTest, ALiveBodySignedWithTheTestSecretIsNotApplied) {
   ASSERT_EQ(own.status, 200) << own.body;
   EXPECT_FALSE(own.Json().HasMember("ignored")) << own.body;
   EXPECT_TRUE(has_access("tester"));
+
+  // Two bare secrets beside a live key (how both endpoints' secrets were listed before entries had
+  // modes): both are taken as live -- until one signs a test-mode delivery, which shows it is the
+  // test endpoint's. From then on a live body it signs is the forgery above, ignored.
+  ledger::testing::TempDir bare_dir;
+  livemode_ = true;
+  Restart({kLive, kTest}, bare_dir.path());
+  expect_ignored(Deliver(subscription("tester", "evt_bare_test_mode"), kTest));
+  expect_ignored(Deliver(Live(subscription("mallory", "evt_bare_forged")), kTest));
+  EXPECT_FALSE(has_access("mallory"));
+  HttpReply bare_live = Deliver(Live(subscription("carol", "evt_bare_live")), kLive);
+  ASSERT_EQ(bare_live.status, 200) << bare_live.body;
+  EXPECT_FALSE(bare_live.Json().HasMember("ignored")) << bare_live.body;
+  EXPECT_TRUE(has_access("carol"));
 
   // Without a key the mode is not judged, but a `test:` secret still signs only test deliveries.
   ledger::testing::TempDir keyless_dir;
