@@ -1201,7 +1201,8 @@ TEST_F(StripeWebhookTest, PaymentMethodDetailsBeyondLast4AreNotStored) {
       R"(,"checks":{"cvc_check":"pass"},"fingerprint":"Xq9fPrintAbc123",)"
       R"("network_transaction_id":"NTI5550001","three_d_secure":{"authentication_flow":)"
       R"("challenge","result":"authenticated","version":"2.2.0"},"wallet":{"type":"apple_pay",)"
-      R"("apple_pay":{},"dynamic_last4":"9876"}}},)"
+      R"("apple_pay":{},"dynamic_last4":"9876"}},"paypal":{"payer_id":"PAYERX1"},)"
+      R"("cashapp":{"cashtag":"$jennyr","buyer_id":"BUYERX1"}},)"
       R"("shipping":{"address":{"line1":"221B Baker St"},"name":"Jenny Rosen",)"
       R"("phone":"+15555550100"}}}})";
   const std::string checkout =
@@ -1227,7 +1228,7 @@ TEST_F(StripeWebhookTest, PaymentMethodDetailsBeyondLast4AreNotStored) {
   const std::vector<std::string> secrets = {
       "Xq9fPrintAbc123", "221B Baker", "NW1 6XE",    "Jenny Rosen", "+15555550100",
       "cvc_check",       "424242",     "NTI5550001", "9876",        "authenticated",
-      "DE123456789",     "Acme Rosen"};
+      "DE123456789",     "Acme Rosen",  "PAYERX1",    "$jennyr",     "BUYERX1"};
   std::map<std::string, Decision> decisions;
   for (const std::string& raw : {payment_method, charge, checkout, invoice}) {
     Decision d = Deliver(&w, raw);
