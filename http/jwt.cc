@@ -383,8 +383,12 @@ Status JwtVerifier::Verify(std::string_view token, JwtClaims* claims) const {
   result.algorithm = std::string(algorithm);
   result.key_id = kid != nullptr ? kid : "";
   result.subject = sub;
+  // An address the identity provider says is not verified (OIDC `email_verified: false`) is not
+  // taken: it becomes the email admins find the user by, and it may be another user's.
   const char* email = StringMember(payload, "email");
-  result.email = email != nullptr ? email : "";
+  auto verified = payload.FindMember("email_verified");
+  const bool unverified = verified != payload.MemberEnd() && verified->value.IsFalse();
+  result.email = email != nullptr && !unverified ? email : "";
   result.issuer = iss != nullptr ? iss : "";
   result.expires_at_s = exp;
   auto realm = payload.FindMember("realm_access");

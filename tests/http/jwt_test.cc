@@ -87,6 +87,25 @@ TEST_F(JwtTest, ValidHs256) {
   EXPECT_FALSE(claims.admin);
 }
 
+// An identity provider that lets a user set an address without proving it says so with
+// `email_verified: false` (OIDC): such an address is not the user's email here -- it becomes the
+// email admins find a user by once a checkout completes, and it might be another user's.
+TEST_F(JwtTest, AnUnverifiedEmailIsNotTaken) {
+  auto verifier = Make(HsOnly());
+  for (const auto& [verified, kept] : std::vector<std::pair<std::string, bool>>{
+           {R"("email_verified":false)", false},
+           {R"("email_verified":true)", true},
+           {"", true}}) {
+    SCOPED_TRACE(verified);
+    TokenClaims c = TokenClaims::User("alice", kNowS);
+    c.extra_members = verified;
+    JwtClaims claims;
+    Status s = verifier->Verify(MintHs256(c, testing::kTestHs256Secret), &claims);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    EXPECT_EQ(claims.email, kept ? "alice@example.com" : "");
+  }
+}
+
 TEST_F(JwtTest, SignHs256MatchesTheVerifier) {
   auto verifier = Make(HsOnly());
   JwtClaims claims;
