@@ -93,7 +93,7 @@ StripeWebhookSecret ParseStripeWebhookSecret(std::string_view entry,
       return StripeWebhookSecret{std::string(entry.substr(prefix.size())), livemode};
     }
   }
-  return StripeWebhookSecret{std::string(entry), key_livemode};
+  return StripeWebhookSecret{std::string(entry), key_livemode, /*bare=*/true};
 }
 
 StripeSignatureVerifier::StripeSignatureVerifier(std::vector<std::string> secrets,

@@ -59,6 +59,7 @@ std::string MakeStripeSignatureHeader(const std::vector<std::string>& secrets, i
 struct StripeWebhookSecret {
   std::string secret;            // whsec_...
   std::optional<bool> livemode;  // true live, false test, nullopt either
+  bool bare = false;             // no prefix: of the key's mode
 };
 StripeWebhookSecret ParseStripeWebhookSecret(std::string_view entry,
                                              std::optional<bool> key_livemode);

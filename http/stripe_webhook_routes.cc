@@ -46,7 +46,6 @@ constexpr char kSignatureHeader[] = "Stripe-Signature";
 // holder could sign bodies claiming the key's mode.
 struct WebhookSecrets {
   std::vector<StripeWebhookSecret> secrets;
-  std::vector<bool> bare;
   StripeSignatureVerifier verifier;
   std::unique_ptr<std::atomic<bool>[]> other_mode;
 
@@ -60,17 +59,20 @@ struct WebhookSecrets {
 // A bare secret bound to the key's mode that signed a delivery of the other mode.
 void NoteSecretOfTheOtherMode(const WebhookSecrets& secrets, const std::vector<bool>& matched,
                               bool delivery_livemode) {
+  const char* const its = delivery_livemode ? "live" : "test";
+  const char* const keys = delivery_livemode ? "test" : "live";
   for (size_t i = 0; i < matched.size(); ++i) {
-    const std::optional<bool>& mode = secrets.secrets[i].livemode;
-    if (!matched[i] || !secrets.bare[i] || !mode || *mode == delivery_livemode) continue;
+    const StripeWebhookSecret& secret = secrets.secrets[i];
+    if (!matched[i] || !secret.bare || !secret.livemode ||
+        *secret.livemode == delivery_livemode) {
+      continue;
+    }
     if (secrets.other_mode[i].exchange(true)) continue;
     spdlog::error(
         "stripe webhook: STRIPE_WEBHOOK_SECRET item {} has no mode, so it was taken as {} (the "
         "key's), but it signed a {}-mode delivery: it is a {} endpoint's secret, and whoever holds "
         "it could sign {} events. It is taken as {} until a restart; write it {}:whsec_...",
-        i + 1, *mode ? "live" : "test", delivery_livemode ? "live" : "test",
-        delivery_livemode ? "live" : "test", *mode ? "live" : "test",
-        delivery_livemode ? "live" : "test", delivery_livemode ? "live" : "test");
+        i + 1, keys, its, its, keys, its, its);
   }
 }
 
@@ -127,12 +129,11 @@ void HandleWebhook(Ledger* ledger, const WebhookSecrets& secrets,
 void AddStripeWebhookRoutes(const AppContext& context, RouteTable* routes) {
   const std::optional<bool> livemode = context.stripe_livemode;
   std::vector<StripeWebhookSecret> bound;
-  std::vector<bool> bare;
   for (const std::string& entry : context.stripe_webhook_secrets) {
     bound.push_back(ParseStripeWebhookSecret(entry, livemode));
-    bare.push_back(entry.rfind("whsec_", 0) == 0);
   }
-  const size_t bare_count = static_cast<size_t>(std::count(bare.begin(), bare.end(), true));
+  const size_t bare_count = static_cast<size_t>(std::count_if(
+      bound.begin(), bound.end(), [](const StripeWebhookSecret& s) { return s.bare; }));
   if (livemode == true && bare_count >= 2) {
     spdlog::warn(
         "stripe webhook: {} secrets without a mode beside a live key are all taken as live; if one "
@@ -143,8 +144,7 @@ void AddStripeWebhookRoutes(const AppContext& context, RouteTable* routes) {
   const size_t count = bound.size();
   std::vector<std::string> plain = SecretsOf(bound);
   auto secrets = std::make_shared<const WebhookSecrets>(
-      WebhookSecrets{std::move(bound), std::move(bare),
-                     StripeSignatureVerifier(std::move(plain), context.clock),
+      WebhookSecrets{std::move(bound), StripeSignatureVerifier(std::move(plain), context.clock),
                      std::make_unique<std::atomic<bool>[]>(count)});
   Ledger* ledger = context.ledger;
   routes->Add("POST", kWebhookPath, kWebhookPath, Policy::kSignature,
