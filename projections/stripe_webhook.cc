@@ -52,7 +52,8 @@ bool IsSecretMemberName(std::string_view name) {
 // number across merchants), IIN, CVC/address check results, 3-D Secure outcome, wallet (its
 // dynamic last4 and a wallet's own billing and shipping addresses), the network's transaction id
 // (reusable for merchant-initiated charges elsewhere), and the account holder's and payer's
-// names and emails, a Checkout's custom fields, a payer's PayPal id or $cashtag. Kept, because they are read (CheckoutCompleted): email and customer_email.
+// names and emails, a Checkout's custom fields, a payer's PayPal id or $cashtag. Kept, because
+// they are read (CheckoutCompleted): email and customer_email.
 // "name" is redacted wherever it is (a product's or coupon's name too; ledgerd's own catalog
 // names its plans).
 bool IsPersonalDetailMemberName(std::string_view name) {
