@@ -1386,6 +1386,28 @@ UsageWindow MonthFromAnchor(int64_t anchor_s, int64_t at_s, int64_t clip_s) {
   return window;
 }
 
+unsigned DayOfMonth(int64_t t_s) {
+  int64_t y = 0;
+  unsigned m = 0, d = 0;
+  CivilFromDays(FloorDiv(t_s, kSecondsPerDay), &y, &m, &d);
+  return d;
+}
+
+// The billing anchor of a period of one month (Stripe's billing_cycle_anchor is not stored): of
+// its start and end, the one on the later day of the month. Stripe clamps an anchor on the
+// 29th-31st to a shorter month's last day, and of two consecutive months one has 31 days, so at
+// most one of the two is clamped: [Jan 31, Feb 28) -> Jan 31, [Feb 28, Mar 31) -> Mar 31,
+// [Jan 30, Feb 28) -> Jan 30. Nullopt for a period not one month from that anchor (an interval
+// of weeks or days, a prorated first period).
+std::optional<int64_t> MonthlyPeriodAnchor(int64_t start_s, int64_t end_s) {
+  if (DayOfMonth(start_s) > DayOfMonth(end_s)) {
+    if (AddUtcMonths(start_s, 1) == end_s) return start_s;
+  } else if (AddUtcMonths(end_s, -1) == start_s) {
+    return end_s;
+  }
+  return std::nullopt;
+}
+
 UsageWindow BillingMonth(const SubscriptionRecord* sub, int64_t at_s) {
   if (sub == nullptr || !sub->current_period_start || !sub->current_period_end ||
       *sub->current_period_end <= *sub->current_period_start || *sub->current_period_start < 0) {
@@ -1399,8 +1421,14 @@ UsageWindow BillingMonth(const SubscriptionRecord* sub, int64_t at_s) {
     }
     return MonthFromAnchor(start, at_s, end);
   }
-  // After the period (renewal not seen yet): months continue from its end. Before it (a batch
-  // item from an earlier period): months back from its start.
+  // After the period (renewal not seen yet), the months its renewals bring; before it (a batch
+  // item from an earlier period), Stripe's earlier periods. A period of one month: months of its
+  // billing anchor ([Jan 31, Feb 28) renews as [Feb 28, Mar 31), not Mar 28). Any other: months
+  // on from its end (a longer period's renewal starts there and is cut into months from that
+  // start), back from its start.
+  if (const std::optional<int64_t> anchor = MonthlyPeriodAnchor(start, end)) {
+    return MonthFromAnchor(*anchor, at_s, 0);
+  }
   return MonthFromAnchor(at_s >= end ? end : start, at_s, 0);
 }
 

@@ -17,7 +17,9 @@
 //     (yearly prices) is cut into months from its start (day clamped to the month's end, anchored
 //     on the start so it never drifts). When the period is over but no renewal has arrived yet,
 //     months continue from its end (the renewal normally starts exactly there, so the counter
-//     carries on) -- unless it was canceled at its end (UserAccess::EndedAt: no plan from then on).
+//     carries on), those of a one-month period on its billing anchor's day, as Stripe's renewals
+//     ([Jan 31, Feb 28) -> [Feb 28, Mar 31)) -- unless it was canceled at its end
+//     (UserAccess::EndedAt: no plan from then on).
 //     No known period: the UTC calendar month.
 //   Any window of a subscription scheduled to end (cancel_at, cancel_at_period_end) ends by that
 //   time (UserAccess::scheduled_end): its calls used up, no retry can succeed before access ends,

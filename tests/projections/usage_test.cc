@@ -175,6 +175,36 @@ TEST(UsageTermsTest, YearlyPeriodIsCutIntoBillingMonths) {
   EXPECT_EQ(t.window, (UsageWindow{At("2025-12-31T08:00:00Z"), end, WindowKind::kBillingMonth}));
 }
 
+// A period that is not one month (a week, a year) is continued from its end when its renewal is
+// late: a yearly renewal starts there and is cut into months from that start, so the months
+// predicted are those the renewal brings.
+TEST(UsageTermsTest, MonthsPastAPeriodNotOfOneMonthContinueFromItsEnd) {
+  const Plan starter = CatalogPlan("starter");
+  UsageTerms t;
+  SubscriptionRecord weekly = Period(At("2027-03-01T10:00:00Z"), At("2027-03-08T10:00:00Z"));
+  ASSERT_TRUE(ComputeUsageTerms(&starter, &weekly, At("2027-03-09T00:00:00Z"), &t).ok());
+  EXPECT_EQ(t.window, (UsageWindow{At("2027-03-08T10:00:00Z"), At("2027-04-08T10:00:00Z"),
+                                   WindowKind::kBillingMonth}));
+  SubscriptionRecord yearly = Period(At("2027-01-31T08:00:00Z"), At("2028-01-31T08:00:00Z"));
+  const int64_t late = At("2028-03-30T00:00:00Z");
+  const UsageWindow march{At("2028-02-29T08:00:00Z"), At("2028-03-31T08:00:00Z"),
+                          WindowKind::kBillingMonth};
+  ASSERT_TRUE(ComputeUsageTerms(&starter, &yearly, late, &t).ok());
+  EXPECT_EQ(t.window, march);
+  SubscriptionRecord renewed = Period(At("2028-01-31T08:00:00Z"), At("2029-01-31T08:00:00Z"));
+  ASSERT_TRUE(ComputeUsageTerms(&starter, &renewed, late, &t).ok());
+  EXPECT_EQ(t.window, march);
+  // A yearly anchor on Feb 29: the period ends on Feb 28, the renewal starts and counts from there.
+  yearly = Period(At("2028-02-29T08:00:00Z"), At("2029-02-28T08:00:00Z"));
+  renewed = Period(At("2029-02-28T08:00:00Z"), At("2030-02-28T08:00:00Z"));
+  UsageTerms after_renewal;
+  ASSERT_TRUE(ComputeUsageTerms(&starter, &yearly, At("2029-03-29T00:00:00Z"), &t).ok());
+  ASSERT_TRUE(
+      ComputeUsageTerms(&starter, &renewed, At("2029-03-29T00:00:00Z"), &after_renewal).ok());
+  EXPECT_EQ(t.window, after_renewal.window);
+  EXPECT_EQ(t.window.start_s, At("2029-03-28T08:00:00Z"));
+}
+
 TEST(UsageCounterTest, EncodingRoundTripsAndRejectsGarbage) {
   UsageCounter c;
   c.window_end_s = 12345;
@@ -977,6 +1007,92 @@ TEST_F(UsageDeciderTest, BillingPeriodRolloverStartsAFreshWindow) {
                   .ok());
   ASSERT_TRUE(Consume("u1", "chat", Key(), end + 10, 1, &body).ok());
   EXPECT_EQ(body["used"].GetInt64(), 2);
+}
+
+// A renewal webhook late for a billing anchor on the 31st: the period [Jan 31, Feb 28) (Stripe
+// clamps the anchor to February's last day) renews as [Feb 28, Mar 31). Months counted from the
+// old period's end predicted [Feb 28, Mar 28): from Mar 28 a fresh quota three days early, in a
+// window the renewal does not bring.
+TEST_F(UsageDeciderTest, ALateRenewalOfAnAnchorOnThe31stPredictsStripesNextPeriod) {
+  const int64_t end = At("2027-02-28T10:00:00Z");
+  const int64_t next_end = At("2027-03-31T10:00:00Z");
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "starter", At("2027-01-31T10:00:00Z"), end)).ok());
+  rapidjson::Document body;
+  ASSERT_TRUE(Consume("u1", "chat", Key(), At("2027-03-01T00:00:00Z"), 1000, &body).ok());
+  EXPECT_STREQ(body["window_start"].GetString(), "2027-02-28T10:00:00Z");
+  EXPECT_STREQ(body["window_end"].GetString(), "2027-03-31T10:00:00Z");
+  ConsumeOutcome outcome;
+  EXPECT_EQ(Consume("u1", "chat", Key(), At("2027-03-29T00:00:00Z"), 1, nullptr, nullptr,
+                    &outcome)
+                .problem(),
+            "quota_exceeded");
+  EXPECT_EQ(outcome.window, (UsageWindow{end, next_end, WindowKind::kBillingMonth}));
+  // The renewal brings that month: the counter carries on to its end.
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "starter", end, next_end)).ok());
+  EXPECT_EQ(Consume("u1", "chat", Key(), At("2027-03-30T00:00:00Z")).problem(), "quota_exceeded");
+  ASSERT_TRUE(Consume("u1", "chat", Key(), next_end, 1, &body).ok());
+  EXPECT_EQ(body["used"].GetInt64(), 1);
+  EXPECT_EQ(Counter("u1", end).used, 1000);
+}
+
+// An anchor on the 30th: [Jan 30, Feb 28) renews as [Feb 28, Mar 30), then [Mar 30, Apr 30).
+TEST_F(UsageDeciderTest, ALateRenewalOfAnAnchorOnThe30thPredictsStripesNextPeriod) {
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "starter", At("2027-01-30T10:00:00Z"),
+                                      At("2027-02-28T10:00:00Z")))
+                  .ok());
+  rapidjson::Document body;
+  ASSERT_TRUE(Consume("u1", "chat", Key(), At("2027-03-29T00:00:00Z"), 1, &body).ok());
+  EXPECT_STREQ(body["window_start"].GetString(), "2027-02-28T10:00:00Z");
+  EXPECT_STREQ(body["window_end"].GetString(), "2027-03-30T10:00:00Z");
+  ASSERT_TRUE(Consume("u1", "chat", Key(), At("2027-04-01T00:00:00Z"), 1, &body).ok());
+  EXPECT_STREQ(body["window_start"].GetString(), "2027-03-30T10:00:00Z");
+  EXPECT_STREQ(body["window_end"].GetString(), "2027-04-30T10:00:00Z");
+}
+
+// The anchor's day is the period's end's when the start was clamped: [Feb 28, Mar 31) renews as
+// [Mar 31, Apr 30), then [Apr 30, May 31); and a back-dated batch item before the period falls
+// in Stripe's previous period [Jan 31, Feb 28), not in [Jan 28, Feb 28) (counted back from the
+// clamped start).
+TEST_F(UsageDeciderTest, ALateRenewalAfterAClampedStartPredictsStripesNextPeriod) {
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "starter", At("2027-02-28T10:00:00Z"),
+                                      At("2027-03-31T10:00:00Z")))
+                  .ok());
+  RecordUsageBatch batch({{"u1", "chat", 1, "back", At("2027-02-10T00:00:00Z") * kUs, "", ""}},
+                         cache_);
+  Decision decision;
+  ASSERT_TRUE(world_.Run(&batch, At("2027-03-05T00:00:00Z") * kUs, &decision).ok());
+  EXPECT_NE(decision.body.find(R"("status":"accepted")"), std::string::npos) << decision.body;
+  UsageCounter c = Counter("u1", At("2027-01-31T10:00:00Z"));
+  EXPECT_EQ(c.used, 1);
+  EXPECT_EQ(c.window_end_s, At("2027-02-28T10:00:00Z"));
+  rapidjson::Document body;
+  ASSERT_TRUE(Consume("u1", "chat", Key(), At("2027-04-01T00:00:00Z"), 1, &body).ok());
+  EXPECT_STREQ(body["window_start"].GetString(), "2027-03-31T10:00:00Z");
+  EXPECT_STREQ(body["window_end"].GetString(), "2027-04-30T10:00:00Z");
+  ASSERT_TRUE(Consume("u1", "chat", Key(), At("2027-05-01T00:00:00Z"), 1, &body).ok());
+  EXPECT_STREQ(body["window_start"].GetString(), "2027-04-30T10:00:00Z");
+  EXPECT_STREQ(body["window_end"].GetString(), "2027-05-31T10:00:00Z");
+}
+
+// An anchor on the 15th keeps its months: from the period's end after it, back from its start
+// before it.
+TEST_F(UsageDeciderTest, ALateRenewalOfAnAnchorOnThe15thIsUnchanged) {
+  ASSERT_TRUE(world_.Subscribe(OnPlan("u1", "starter", At("2027-01-15T10:00:00Z"),
+                                      At("2027-02-15T10:00:00Z")))
+                  .ok());
+  RecordUsageBatch batch({{"u1", "chat", 1, "back", At("2027-01-05T00:00:00Z") * kUs, "", ""}},
+                         cache_);
+  Decision decision;
+  ASSERT_TRUE(world_.Run(&batch, At("2027-02-01T00:00:00Z") * kUs, &decision).ok());
+  EXPECT_NE(decision.body.find(R"("status":"accepted")"), std::string::npos) << decision.body;
+  EXPECT_EQ(Counter("u1", At("2026-12-15T10:00:00Z")).window_end_s, At("2027-01-15T10:00:00Z"));
+  rapidjson::Document body;
+  ASSERT_TRUE(Consume("u1", "chat", Key(), At("2027-03-01T00:00:00Z"), 1, &body).ok());
+  EXPECT_STREQ(body["window_start"].GetString(), "2027-02-15T10:00:00Z");
+  EXPECT_STREQ(body["window_end"].GetString(), "2027-03-15T10:00:00Z");
+  ASSERT_TRUE(Consume("u1", "chat", Key(), At("2027-03-20T00:00:00Z"), 1, &body).ok());
+  EXPECT_STREQ(body["window_start"].GetString(), "2027-03-15T10:00:00Z");
+  EXPECT_STREQ(body["window_end"].GetString(), "2027-04-15T10:00:00Z");
 }
 
 // Stripe restarts the period when the price's interval changes (and credits the unused time):
