@@ -235,6 +235,13 @@ Status ParseSubscription(const rapidjson::Value& doc, StripeSubscription* out) {
   if (const rapidjson::Value* details = ObjectMember(doc, "cancellation_details")) {
     out->cancellation_comment = std::string(StringMember(*details, "comment"));  // null: ""
   }
+  // `schedule` is an id, an object when expanded, or null.
+  out->schedule = std::string(StringMember(doc, "schedule"));
+  if (out->schedule.empty()) {
+    if (const rapidjson::Value* schedule = ObjectMember(doc, "schedule")) {
+      out->schedule = std::string(StringMember(*schedule, "id"));
+    }
+  }
   if (const rapidjson::Value* metadata = ObjectMember(doc, "metadata")) {
     for (const auto& member : metadata->GetObject()) {
       if (member.value.IsString()) {
@@ -708,21 +715,31 @@ Status ReadCheckoutSession(const rapidjson::Document& doc, StripeCheckoutSession
   return Status::OK();
 }
 
-// True, with the subscription, when it has ended at Stripe: canceled, or incomplete_expired (its
-// first invoice never paid, a terminal state). Stripe refuses a cancel of it; whether the cancel
-// got what it asked for the caller judges (CancelSubscriptionNow, SetCancelAtPeriodEnd).
+// Canceled, or incomplete_expired (its first invoice never paid, a terminal state).
+bool HasEnded(const StripeSubscription& sub) {
+  return sub.status == "canceled" || sub.status == "incomplete_expired";
+}
+
+// True, with the subscription, when it has ended at Stripe (HasEnded). Stripe refuses a cancel of
+// it; whether the cancel got what it asked for the caller judges (CancelSubscriptionNow).
 bool EndedAtStripe(StripeApi& client, std::string_view subscription_id, StripeSubscription* out) {
   StripeSubscription current;
-  if (!client.GetSubscription(subscription_id, &current).ok() ||
-      (current.status != "canceled" && current.status != "incomplete_expired")) {
-    return false;
-  }
+  if (!client.GetSubscription(subscription_id, &current).ok() || !HasEnded(current)) return false;
   *out = std::move(current);
   return true;
 }
 
 Status AlreadyEnded() {
   return Status::Conflict("no_active_subscription", "the subscription has already ended");
+}
+
+// Stripe's refusal of a cancelation change to a subscription a schedule manages.
+Status ManagedBySchedule() {
+  return Status::Conflict("subscription_scheduled",
+                          "a change to the subscription is scheduled at Stripe (such as a "
+                          "downgrade at the period's end chosen in the billing portal), and only "
+                          "that schedule may change when it ends: manage it in the customer "
+                          "portal (/api/v1/billing/portal/create)");
 }
 
 }  // namespace
@@ -841,6 +858,15 @@ Status HttpStripeClient::SetCancelAtPeriodEnd(std::string_view subscription_id, 
   Status s = impl_->Call("POST", "/v1/subscriptions/" + std::string(subscription_id), &form,
                          idempotency_key, &doc);
   if (s.ok()) return ParseSubscription(doc, out);
+  if (s.problem() != "stripe_request_failed") return s;
+  StripeSubscription current;
+  if (!GetSubscription(subscription_id, &current).ok()) return s;
+  // A subscription a schedule manages (a downgrade the Billing Portal or the Dashboard scheduled
+  // for the period's end) Stripe refuses to update so: "The subscription is managed by the
+  // subscription schedule `sub_sched_...`, and updating any cancelation behavior directly is not
+  // allowed" -- every retry the same 502, spending the user's budget. Told by its `schedule`, not
+  // by Stripe's wording: 409 subscription_scheduled.
+  if (!HasEnded(current)) return current.schedule.empty() ? s : ManagedBySchedule();
   // Past its period's end Stripe has canceled the subscription and refuses the update ("A
   // canceled subscription can only update its cancellation_details and metadata"), while ledgerd
   // may still show it active: the deletion's webhook can come days late. Asked to end at the
@@ -848,9 +874,7 @@ Status HttpStripeClient::SetCancelAtPeriodEnd(std::string_view subscription_id, 
   // or after its period's end -- is what was asked for. One canceled before it (the Dashboard,
   // support, dunning) or expired unpaid (incomplete_expired) ended some other way: 409
   // no_active_subscription, not a cancel the user never made.
-  if (!cancel || s.problem() != "stripe_request_failed") return s;
-  StripeSubscription current;
-  if (!EndedAtStripe(*this, subscription_id, &current)) return s;
+  if (!cancel) return s;
   const bool at_period_end =
       current.cancel_at_period_end ||
       (current.ended_at.has_value() && current.current_period_end.has_value() &&

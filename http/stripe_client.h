@@ -94,6 +94,9 @@ struct StripeSubscription {
   // cancellation_details.comment: what the cancel left (ledgerd's names the request, see
   // CancelSubscriptionNow); "" when none.
   std::string cancellation_comment;
+  // The subscription schedule managing it (sub_sched_...: a downgrade the Billing Portal or the
+  // Dashboard scheduled for the period's end); "" when none.
+  std::string schedule;
 };
 
 struct StripeProduct {
@@ -222,7 +225,8 @@ class StripeApi {
   // end, a subscription Stripe has already ended there (set to, or ended at or after its period's
   // end; its deletion's webhook may be days late) is success, with its canceled state; one that
   // ended otherwise (canceled mid-period elsewhere, incomplete_expired) is 409
-  // no_active_subscription.
+  // no_active_subscription. One a subscription schedule manages, Stripe refuses (400: only the
+  // schedule may change its cancelation): 409 subscription_scheduled.
   virtual Status SetCancelAtPeriodEnd(std::string_view subscription_id, bool cancel,
                                       std::string_view idempotency_key,
                                       StripeSubscription* out) = 0;

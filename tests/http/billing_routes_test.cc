@@ -1578,6 +1578,70 @@ TEST_F(BillingRoutesTest, CancelNow) {
   ExpectProblem(Alice().Post(kCancel, R"({"at_period_end":"yes"})"), 422, "validation_failed");
 }
 
+// A subscription schedule manages alice's subscription (the Billing Portal, set to apply
+// downgrades at the period's end, or the Dashboard scheduled one). Stripe refuses
+// cancel_at_period_end on it ("... managed by the subscription schedule `sub_sched_1`, and updating
+// any cancelation behavior directly is not allowed"): that answered 502 stripe_request_failed on
+// every try, each spending the user's budget, and the user could never cancel through the API. A
+// 409 subscription_scheduled sends them to the portal; nothing is appended.
+TEST_F(BillingRoutesTest, CancelOfAScheduleManagedSubscriptionIs409) {
+  GiveAliceASubscription();
+  FakeStripe::Subscription scheduled = *fake_.GetSubscription("sub_alice");
+  scheduled.schedule = "sub_sched_1";
+  fake_.AddSubscription(scheduled);
+  const uint64_t head = Head();
+  HttpReply r = Alice().Post(kCancel, "{}");
+  ExpectProblem(r, 409, "subscription_scheduled");
+  EXPECT_NE(r.body.find("portal"), std::string::npos) << r.body;
+  auto posts = fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice");
+  ASSERT_EQ(posts.size(), 1u);
+  EXPECT_EQ(posts[0].status, 400);  // Stripe's refusal, recognised by the subscription's schedule
+  EXPECT_FALSE(fake_.GetSubscription("sub_alice")->cancel_at_period_end);
+  EXPECT_EQ(Head(), head);
+  EXPECT_TRUE(EventsOfType("stripe.subscription_cancel_requested.v1").empty());
+}
+
+// Cancelling now is not a change of its cancelation behavior: Stripe cancels a subscription a
+// schedule manages (and the schedule with it).
+TEST_F(BillingRoutesTest, CancelNowOfAScheduleManagedSubscriptionCancelsIt) {
+  GiveAliceASubscription();
+  FakeStripe::Subscription scheduled = *fake_.GetSubscription("sub_alice");
+  scheduled.schedule = "sub_sched_1";
+  fake_.AddSubscription(scheduled);
+  HttpReply r = Alice().Post(kCancel, R"({"at_period_end":false})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(std::string(r.Json()["status"].GetString()), "canceled");
+  EXPECT_EQ(fake_.RequestsTo("DELETE", "/v1/subscriptions/sub_alice").size(), 1u);
+  EXPECT_EQ(fake_.GetSubscription("sub_alice")->status, "canceled");
+  EXPECT_EQ(EventsOfType("stripe.subscription_cancel_requested.v1").size(), 1u);
+}
+
+// Stripe takes a price change of a subscription a schedule manages, but the schedule's next
+// phase sets the items it names: the portal's downgrade to Starter at the period's end replaced
+// the Professional just charged for (prorated), while the log recorded the change. Refused with
+// 409 subscription_scheduled from Stripe's own subscription (read before the change); nothing is
+// sent or appended.
+TEST_F(BillingRoutesTest, AChangeOfAScheduleManagedSubscriptionIs409) {
+  GiveAliceASubscription();
+  FakeStripe::Subscription scheduled = *fake_.GetSubscription("sub_alice");
+  scheduled.schedule = "sub_sched_1";
+  fake_.AddSubscription(scheduled);
+  const uint64_t head = Head();
+  ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"professional"})"), 409,
+                "subscription_scheduled");
+  EXPECT_EQ(fake_.RequestsTo("GET", "/v1/subscriptions/sub_alice").size(), 1u);
+  EXPECT_TRUE(fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice").empty());
+  EXPECT_EQ(fake_.GetSubscription("sub_alice")->price_id, "price_starter_monthly");
+  EXPECT_EQ(Head(), head);
+  EXPECT_TRUE(EventsOfType("stripe.subscription_change_requested.v1").empty());
+  // Once the schedule is released (or has completed), the change goes through.
+  scheduled.schedule.clear();
+  fake_.AddSubscription(scheduled);
+  HttpReply r = Alice().Post(kUpgrade, R"({"plan_id":"professional"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(fake_.GetSubscription("sub_alice")->price_id, "price_professional_monthly");
+}
+
 TEST_F(BillingRoutesTest, UpgradeIsAProratedPriceChangeOfTheItem) {
   ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"professional"})"), 409,
                 "no_active_subscription");

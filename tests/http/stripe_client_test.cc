@@ -544,6 +544,34 @@ TEST_F(StripeClientTest, SubscriptionCalls) {
   EXPECT_EQ(client_->GetSubscription("sub/../x", &got).code(), Code::kInvalidArgument);
 }
 
+// A subscription a schedule manages: its `schedule` is read, and Stripe's refusal of
+// cancel_at_period_end on it (400 invalid_request_error) is 409 subscription_scheduled, not 502.
+TEST_F(StripeClientTest, ACancelOfAScheduleManagedSubscriptionIsAConflict) {
+  fake_.AddCustomer("cus_1", "alice@example.com");
+  FakeStripe::Subscription sub = Sub1();
+  sub.schedule = "sub_sched_1";
+  fake_.AddSubscription(sub);
+  StripeSubscription got;
+  ASSERT_TRUE(client_->GetSubscription("sub_1", &got).ok());
+  EXPECT_EQ(got.schedule, "sub_sched_1");
+  Status s = client_->SetCancelAtPeriodEnd("sub_1", true, "key-cape", &got);
+  EXPECT_EQ(s.code(), Code::kConflict) << s.ToString();
+  EXPECT_EQ(s.problem(), "subscription_scheduled") << s.ToString();
+  EXPECT_EQ(fake_.RequestsTo("POST", "/v1/subscriptions/sub_1").at(0).status, 400);
+  EXPECT_FALSE(fake_.GetSubscription("sub_1")->cancel_at_period_end);
+  // Without a schedule the same refusal stays Stripe's (502 stripe_request_failed).
+  sub.schedule.clear();
+  fake_.AddSubscription(sub);
+  fake_.InjectError(400, "invalid_request_error", "refused", 1, "POST", "/v1/subscriptions/sub_1");
+  EXPECT_EQ(client_->SetCancelAtPeriodEnd("sub_1", true, "key-cape-2", &got).problem(),
+            "stripe_request_failed");
+  // A cancel now is not refused.
+  sub.schedule = "sub_sched_1";
+  fake_.AddSubscription(sub);
+  ASSERT_TRUE(client_->CancelSubscriptionNow("sub_1", "", &got).ok());
+  EXPECT_EQ(got.status, "canceled");
+}
+
 // An attempt whose deadline watcher cannot start (the process may start no more threads) is not
 // made: a network error, retried, then 503 stripe_unavailable -- std::thread's system_error was
 // thrown out of the call (a 500 on an HTTP worker, an abort on a thread that catches nothing).

@@ -369,6 +369,12 @@ struct FakeStripe::State {
     w.Key("livemode");
     w.Bool(false);
     Metadata(w, s.metadata);
+    w.Key("schedule");
+    if (s.schedule.empty()) {
+      w.Null();
+    } else {
+      w.String(s.schedule.data(), static_cast<rapidjson::SizeType>(s.schedule.size()));
+    }
     Str(w, "status", s.status);
     w.EndObject();
     return buffer.GetString();
@@ -662,6 +668,12 @@ struct FakeStripe::State {
     }
     if (Has(params, "cancel_at_period_end") && !IsBoolText(Get(params, "cancel_at_period_end"))) {
       return InvalidRequest("Invalid boolean", "cancel_at_period_end");
+    }
+    if (Has(params, "cancel_at_period_end") && !s.schedule.empty()) {
+      return InvalidRequest("The subscription is managed by the subscription schedule `" +
+                            s.schedule +
+                            "`, and updating any cancelation behavior directly is not allowed. "
+                            "Please update the schedule instead.");
     }
     if (Has(params, "proration_behavior")) {
       std::string_view p = Get(params, "proration_behavior");

@@ -108,6 +108,9 @@ class FakeStripe {
     // cancellation_details as the cancel (DELETE) set them; "" is null.
     std::string cancellation_comment;
     std::string cancellation_feedback;
+    // The subscription schedule managing it ("" = none): an update of cancel_at_period_end is
+    // then refused (400) as at Stripe; a price change and a cancel (DELETE) are not.
+    std::string schedule;
   };
 
   struct CheckoutSession {
