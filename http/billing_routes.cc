@@ -868,12 +868,11 @@ void CancelSubscription(const AppContext& context, const httplib::Request& req,
     if (canceled_already) s = Status::OK();
   }
   // The subscription acted on: the current one, or another of the caller's that the body names.
-  // (With no current one to change, an id that is none of theirs stays 409, as before.)
+  // An id that is none of theirs is 404 whether or not they have a subscription to change.
   std::string target = current.subscription_id();
   if (named && !canceled_already && named_subscription != current.subscription_id() &&
       (s.ok() || s.problem() == "no_active_subscription")) {
-    Status other = NamedOtherSubscription(*view, current, named_subscription, &target);
-    if (s.ok() || !other.IsNotFound()) s = other;
+    s = NamedOtherSubscription(*view, current, named_subscription, &target);
   }
   if (!s.ok()) {
     if (spent && !asked_stripe) guards.stripe_calls.GiveBack(identity.subject);

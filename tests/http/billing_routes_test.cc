@@ -1642,6 +1642,28 @@ TEST_F(BillingRoutesTest, AChangeOfAScheduleManagedSubscriptionIs409) {
   EXPECT_EQ(fake_.GetSubscription("sub_alice")->price_id, "price_professional_monthly");
 }
 
+// Naming a subscription that is not the caller's is 404 whoever asks (README): a caller with no
+// subscription to change got 409 no_active_subscription for it, one with a subscription 404.
+TEST_F(BillingRoutesTest, NamingAnothersSubscriptionIs404WhetherOrNotTheCallerHasOne) {
+  GiveAliceASubscription();
+  fake_.ClearRequests();
+  const uint64_t head = Head();
+  // bob has no subscription.
+  ExpectProblem(As(bob_token_).Post(kCancel, R"({"subscription_id":"sub_alice"})"), 404,
+                "not_found");
+  ExpectProblem(As(bob_token_).Post(kCancel, R"({"at_period_end":false,"subscription_id":"sub_x"})",
+                                    {{"Idempotency-Key", "bob-1"}}),
+                404, "not_found");
+  // alice has one.
+  ExpectProblem(Alice().Post(kCancel, R"({"subscription_id":"sub_x"})"), 404, "not_found");
+  // Naming none, bob has nothing to cancel.
+  ExpectProblem(As(bob_token_).Post(kCancel, "{}"), 409, "no_active_subscription");
+  EXPECT_TRUE(fake_.requests().empty());
+  EXPECT_EQ(Head(), head);
+  EXPECT_EQ(fake_.GetSubscription("sub_alice")->status, "active");
+  EXPECT_FALSE(fake_.GetSubscription("sub_alice")->cancel_at_period_end);
+}
+
 TEST_F(BillingRoutesTest, UpgradeIsAProratedPriceChangeOfTheItem) {
   ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"professional"})"), 409,
                 "no_active_subscription");
