@@ -5,6 +5,7 @@
 // rebuild, 78 configuration (stripe-setup without its key, a dev secret file or a JWT setting
 // ledgerd refuses, an empty LEDGER_DATA_DIR or --data-dir).
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -153,7 +154,26 @@ struct VerifyArgs {
   uint64_t from = 1;
   uint64_t to = 0;
   bool skip_block_checksums = false;
+  std::string expect_head;  // "P:HASH", empty = none
 };
+
+// --expect-head P:HASH: a position in decimal and its hash in hex, as GET /api/v1/audit/head and
+// verify print them. Position 0 (an empty log's head) only with the all-zero hash; it anchors
+// nothing. False when `text` is not one.
+bool ParseExpectedHead(const std::string& text, Position* position, Hash* hash) {
+  const size_t colon = text.find(':');
+  if (colon == std::string::npos || colon == 0 || colon > 20) return false;
+  const std::string digits = text.substr(0, colon);
+  if (!std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+      (digits.size() > 1 && digits[0] == '0')) {
+    return false;
+  }
+  errno = 0;
+  const unsigned long long value = std::strtoull(digits.c_str(), nullptr, 10);
+  if (errno != 0 || !HexDecodeHash(std::string_view(text).substr(colon + 1), hash)) return false;
+  *position = Position(value);
+  return value != 0 || *hash == Hash{};
+}
 
 void AddVerify(CLI::App& app, VerifyArgs* args) {
   CLI::App* sub = app.add_subcommand(
@@ -166,6 +186,18 @@ void AddVerify(CLI::App& app, VerifyArgs* args) {
       ->check(daemon::kDecimal);
   sub->add_flag("--skip-block-checksums", args->skip_block_checksums,
                 "skip the second pass that re-reads the range with RocksDB block checksums");
+  sub->add_option("--expect-head", args->expect_head,
+                  "a chain head recorded earlier (GET /api/v1/audit/head's position and hash): "
+                  "the log must reach that position and hold that hash there")
+      ->check(CLI::Validator(
+          [](std::string& value) -> std::string {
+            Position position;
+            Hash hash{};
+            return ParseExpectedHead(value, &position, &hash)
+                       ? ""
+                       : "must be POSITION:HASH (decimal, then 64 hex digits)";
+          },
+          "POSITION:HASH"));
 }
 
 int RunVerify(const Globals& globals, const VerifyArgs& args) {
@@ -175,6 +207,10 @@ int RunVerify(const Globals& globals, const VerifyArgs& args) {
   options.to = Position(args.to);
   options.block_checksums = !args.skip_block_checksums;
   options.progress = globals.progress();
+  if (!args.expect_head.empty() &&
+      !ParseExpectedHead(args.expect_head, &options.expect_position, &options.expect_hash)) {
+    return Fail("verify", Status::InvalidArgument("bad_head", "--expect-head is malformed"));
+  }
   VerifyReport report;
   Status s = VerifyLog(options, &report);
   if (s.IsCorruption() && report.failed_position.value() != 0) {
@@ -196,6 +232,10 @@ int RunVerify(const Globals& globals, const VerifyArgs& args) {
     std::cout << "verify: OK positions " << Str(report.from) << ".." << Str(report.to) << " hash "
               << HexEncode(report.last_hash) << " (chain head at position " << Str(report.head)
               << ")\n";
+  }
+  if (options.expect_position.value() != 0) {
+    std::cout << "verify: OK position " << Str(options.expect_position)
+              << " holds the expected head's hash\n";
   }
   return kExitOk;
 }

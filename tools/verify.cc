@@ -176,6 +176,29 @@ Status ExplainOpenFailure(const VerifyOptions& options, const Status& open_statu
   return Status::IOError("RocksDB cannot open the store: " + open_status.message());
 }
 
+// The expected head (VerifyOptions::expect_position) against a store whose chain pass 1 checked
+// through it: the log must reach it, and the hash stored there (pass 1 checked it against the
+// bytes and the links) must be the one recorded.
+Status CheckExpectedHead(const Ledger& ledger, const VerifyOptions& options, VerifyReport* report) {
+  const Position expected = options.expect_position;
+  if (expected > report->head) {
+    return Fail(report, Next(report->head),
+                "missing: the log ends at position " + Str(report->head) +
+                    ", before the expected head " + Str(expected) +
+                    " (its tail was cut or lost since that head was recorded)");
+  }
+  Hash stored{};
+  bool intact = true;
+  LEDGER_RETURN_IF_ERROR(ReadStoredHash(ledger, expected, report, &stored, &intact));
+  if (stored != options.expect_hash) {
+    return Fail(report, expected,
+                "its hash " + ShortHex(stored) + "... differs from the expected head's " +
+                    ShortHex(options.expect_hash) +
+                    "... (another log, or this one rewritten since that head was recorded)");
+  }
+  return Status::OK();
+}
+
 }  // namespace
 
 std::string CheckStoredEvent(Position key, std::string_view stored, Event* event) {
@@ -288,22 +311,46 @@ Status VerifyChain(const Ledger& ledger, Position from, Position to, std::ostrea
 
 Status VerifyLog(const VerifyOptions& options, VerifyReport* report) {
   *report = VerifyReport{};
+  const bool expect = options.expect_position.value() != 0;
+  const Position from = options.from.value() == 0 ? Position(1) : options.from;
+  if (expect && (from > options.expect_position ||
+                 (options.to.value() != 0 && options.expect_position > options.to))) {
+    return Status::InvalidArgument(
+        "bad_range", "the expected head " + Str(options.expect_position) +
+                         " lies outside the range " + Str(from) + ".." +
+                         (options.to.value() == 0 ? std::string("head") : Str(options.to)));
+  }
   std::unique_ptr<Ledger> ledger;
   Status s = OpenReadOnly(
       {options.data_dir, {}, /*verify_checksums=*/false, /*tolerate_head_mismatch=*/true},
       &ledger);
-  if (!s.ok()) return ExplainOpenFailure(options, s, report);
+  if (!s.ok()) {
+    LEDGER_RETURN_IF_ERROR(ExplainOpenFailure(options, s, report));
+    if (!expect) return Status::OK();
+    // A range in the table files before the log's damage verified: the expected head is in it.
+    LEDGER_RETURN_IF_ERROR(OpenReadOnly({options.data_dir, {}, /*verify_checksums=*/false,
+                                         /*tolerate_head_mismatch=*/true,
+                                         /*table_files_only=*/true},
+                                        &ledger));
+    return CheckExpectedHead(*ledger, options, report);
+  }
   // The chain read is whole, but the logs on disk hold events past a hole: a crash's unsynced
   // writes (ledgerd sets them aside at its next start) or a log file gone missing (events lost).
-  // A range asked past the visible head is that case, not a usage error, when there is a hole.
+  // A range asked past the visible head is that case, not a usage error, when there is a hole,
+  // nor when the expected head lies past it (the log was cut at a record boundary).
   const std::string gap = ledger->WalGapProblem();
   Status chain = VerifyChain(*ledger, options.from, options.to, options.progress, report);
-  if (!chain.ok() && !(chain.code() == Code::kInvalidArgument && !gap.empty())) return chain;
+  const bool short_of_expected = expect && options.expect_position > report->head;
+  if (!chain.ok() &&
+      !(chain.code() == Code::kInvalidArgument && (!gap.empty() || short_of_expected))) {
+    return chain;
+  }
   if (!gap.empty()) {
     return Fail(report, Position(report->head.value() + 1),
                 gap + " (if ledgerd has not started since a crash, its next start sets them "
                       "aside as never acknowledged; otherwise a log file is missing)");
   }
+  if (expect) LEDGER_RETURN_IF_ERROR(CheckExpectedHead(*ledger, options, report));
   ledger.reset();
   if (!options.block_checksums || report->events_checked == 0) return Status::OK();
   return CheckBlockChecksums(options, /*table_files_only=*/false, report);

@@ -36,6 +36,13 @@ struct VerifyOptions {
   Position from{1};               // first position checked; 0 is taken as 1
   Position to{0};                 // last position checked; 0 = the chain head
   bool block_checksums = true;    // run pass 2
+  // A chain head recorded earlier (GET /api/v1/audit/head, or a verify's "head <hex>"): the log
+  // must reach `expect_position` and hold `expect_hash` there. The hash chain alone cannot show a
+  // tail cut at a record boundary (the chain head record goes with the events written with it,
+  // and the shorter chain links); only such an outside anchor can. 0 = none. When set, the range
+  // must hold it: from <= expect_position and (to == 0 or expect_position <= to).
+  Position expect_position{0};
+  Hash expect_hash{};
   std::ostream* progress = nullptr;  // "done / total, rate" lines; nullptr = silent
 };
 
@@ -56,9 +63,11 @@ struct VerifyReport {
 };
 
 // Opens `options.data_dir` read-only and verifies it. Returns:
-//   OK            every check passed;
-//   kCorruption   a check failed: report->failed_position and report->reason say where and why;
-//   kInvalidArgument  a bad range (from > to, or past the head while the logs hold no hole);
+//   OK            every check passed (and the expected head's position holds its hash);
+//   kCorruption   a check failed, or the log ends before the expected head or holds another
+//                 hash there: report->failed_position and report->reason say where and why;
+//   kInvalidArgument  a bad range (from > to, or past the head while the logs hold no hole and
+//                 no expected head lies past it), or an expected head outside the range;
 //   kNotFound / kIOError  the store cannot be opened or read (and no damaged event was found).
 Status VerifyLog(const VerifyOptions& options, VerifyReport* report);
 

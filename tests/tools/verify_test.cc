@@ -774,6 +774,86 @@ TEST(VerifyCliTest, LogsPastAHoleFailVerifyAndExportUntilLedgerdSetsThemAside) {
   EXPECT_EQ(after.exit_code, 0) << after.out;
 }
 
+// A log cut where a record begins (a lost write-ahead log tail, a restore of an older copy, or a
+// cut on purpose): the chain head record goes with the events written with it, so the shorter
+// chain checks out and verify said OK for it, and `--to` the recorded head was a usage error.
+// Against a head recorded earlier (GET /api/v1/audit/head) it is a data error naming the end.
+TEST(VerifyCliTest, ATailCutAtARecordBoundaryFailsAgainstARecordedHead) {
+  TempDir dir;
+  constexpr uint64_t kHead = 44;  // one event per command: one write-ahead log record each
+  Hash second_to_last{};
+  Hash head{};
+  {
+    auto ledger = OpenTestLedger(dir.path());
+    WriteMarkedLog(ledger.get(), kHead - 1, 1);
+    second_to_last = ledger->HeadHash();
+    WriteMarkedLog(ledger.get(), 1, 1);
+    head = ledger->HeadHash();
+    EXPECT_EQ(ledger->Head(), Position(kHead));
+  }  // not flushed: the events are in the write-ahead log alone
+  const std::string uncut = dir.path() + "-uncut";
+  std::filesystem::remove_all(uncut);
+  std::filesystem::copy(dir.path(), uncut);
+  const std::filesystem::path wal_file = LogWithData(dir.path());
+  ASSERT_FALSE(wal_file.empty());
+  const std::string contents = testing::ReadFileBytes(wal_file);
+  std::vector<size_t> starts;
+  const std::vector<std::string> records = testing::LogRecords(contents, &starts);
+  size_t cut = contents.size();
+  for (size_t i = 0; i < records.size(); ++i) {
+    if (records[i].find(MarkerFor(kHead - 1)) != std::string::npos) cut = starts[i];
+  }
+  ASSERT_LT(cut, contents.size());
+  std::filesystem::resize_file(wal_file, cut);
+
+  // Alone, the chain cannot tell: it ends at 42 and links.
+  testing::ProcessResult alone = RunLedgerctl("verify --data-dir " + dir.path());
+  EXPECT_EQ(alone.exit_code, 0) << alone.out;
+  EXPECT_EQ(alone.out.rfind("verify: OK positions 1..42 head ", 0), 0u) << alone.out;
+
+  const std::string expect = " --expect-head " + std::to_string(kHead) + ":" + HexEncode(head);
+  testing::ProcessResult cut_run = RunLedgerctl("verify --data-dir " + dir.path() + expect);
+  EXPECT_EQ(cut_run.exit_code, 65) << cut_run.out;
+  EXPECT_EQ(cut_run.out.rfind("verify: FAILED at position 43: missing: the log ends at position "
+                              "42, before the expected head 44",
+                              0),
+            0u)
+      << cut_run.out;
+  // With a range reaching the recorded head too (a usage error alone: past the chain head).
+  testing::ProcessResult ranged =
+      RunLedgerctl("verify --data-dir " + dir.path() + " --to 44" + expect);
+  EXPECT_EQ(ranged.exit_code, 65) << ranged.out;
+  EXPECT_EQ(RunLedgerctl("verify --data-dir " + dir.path() + " --to 44").exit_code, 64);
+
+  // Negative control: the uncut copy holds the recorded head, and a head recorded before its
+  // last event (a prefix of the log) is found at its position.
+  testing::ProcessResult whole = RunLedgerctl("verify --data-dir " + uncut + expect);
+  EXPECT_EQ(whole.exit_code, 0) << whole.out;
+  EXPECT_NE(whole.out.find("verify: OK position 44 holds the expected head's hash\n"),
+            std::string::npos)
+      << whole.out;
+  testing::ProcessResult prefix =
+      RunLedgerctl("verify --data-dir " + uncut + " --expect-head " + std::to_string(kHead - 1) +
+                   ":" + HexEncode(second_to_last));
+  EXPECT_EQ(prefix.exit_code, 0) << prefix.out;
+  EXPECT_EQ(prefix.out.rfind("verify: OK positions 1..44 head " + HexEncode(head), 0), 0u)
+      << prefix.out;
+  // A position the log holds, with another hash: a data error there.
+  testing::ProcessResult wrong =
+      RunLedgerctl("verify --data-dir " + dir.path() + " --expect-head 42:" + HexEncode(head));
+  EXPECT_EQ(wrong.exit_code, 65) << wrong.out;
+  EXPECT_EQ(wrong.out.rfind("verify: FAILED at position 42: its hash ", 0), 0u) << wrong.out;
+  // Malformed, or outside the range asked: usage errors.
+  for (const std::string& bad :
+       std::vector<std::string>{"44", "44:xyz", "x:" + HexEncode(head), "0:" + HexEncode(head),
+                                "044:" + HexEncode(head)}) {
+    EXPECT_EQ(RunLedgerctl("verify --data-dir " + uncut + " --expect-head " + bad).exit_code, 64)
+        << bad;
+  }
+  EXPECT_EQ(RunLedgerctl("verify --data-dir " + uncut + " --to 10" + expect).exit_code, 64);
+  std::filesystem::remove_all(uncut);
+}
+
 TEST(VerifyCliTest, WalDamageExitsWithThePosition) {
   TempDir dir;
   WriteLog(dir.path(), /*flush=*/false);
