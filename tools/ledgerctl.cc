@@ -3,8 +3,10 @@
 // 0 ok, 64 usage, 65 data error (verify failure, replay difference), 69 Stripe failed or refused
 // (stripe-setup), 70 internal, 74 storage, 75 replay of a store whose folds ledgerd has yet to
 // rebuild, 78 configuration (stripe-setup without its key, a dev secret file or a JWT setting
-// ledgerd refuses, an empty LEDGER_DATA_DIR or --data-dir).
+// ledgerd refuses, an empty LEDGER_DATA_DIR or --data-dir); 130 / 143 a replay stopped by SIGINT /
+// SIGTERM.
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -314,14 +316,51 @@ void AddReplay(CLI::App& app, ReplayArgs* args) {
                   "directory, removed afterwards)");
 }
 
+// SIGINT/SIGTERM during a replay: it stops at its next event and removes what it wrote (the
+// temporary copy of every projection, emails included, or a partial --into store) before exiting
+// 128 + the signal. Killed by the default action, it left them behind. A second one is the
+// default action (SA_RESETHAND): exit at once. A signal ignored when ledgerctl started (nohup, a
+// background job of a non-interactive shell) stays ignored.
+std::atomic<bool> replay_cancel{false};
+volatile std::sig_atomic_t replay_signal = 0;
+static_assert(std::atomic<bool>::is_always_lock_free, "set from a signal handler");
+
+extern "C" void OnReplaySignal(int signal) {
+  replay_signal = signal;
+  replay_cancel.store(true);
+}
+
+void CancelReplayOnSignals() {
+  for (int signal : {SIGINT, SIGTERM}) {
+    struct sigaction old_action {};
+    if (::sigaction(signal, nullptr, &old_action) == 0 && old_action.sa_handler == SIG_IGN) {
+      continue;
+    }
+    struct sigaction action {};
+    action.sa_handler = OnReplaySignal;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESETHAND;  // no SA_RESTART: a blocked write returns
+    ::sigaction(signal, &action, nullptr);
+  }
+}
+
 int RunReplay(const Globals& globals, const ReplayArgs& args) {
   ReplayOptions options;
   options.data_dir = globals.data_dir;
   options.into = args.into;
   options.folds = projections::AllFolds();
   options.progress = globals.progress();
+  options.cancel = &replay_cancel;
+  CancelReplayOnSignals();
   ReplayReport report;
   Status s = ReplayProjections(options, &report);
+  if (s.problem() == "replay_cancelled" && replay_signal != 0) {
+    std::cerr << "ledgerctl replay: stopped on " << (replay_signal == SIGINT ? "SIGINT" : "SIGTERM")
+              << "; "
+              << (args.into.empty() ? "its temporary store" : "what it wrote in " + args.into)
+              << " was removed\n";
+    return 128 + replay_signal;
+  }
   if (!s.ok()) return Fail("replay", s);
   std::cout << "replay: live digest    " << HexEncode(report.live_digest) << " at position "
             << Str(report.position) << "\n"

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <memory>
 
@@ -19,28 +20,63 @@ namespace ledger::tools {
 
 namespace {
 
-// Removes a directory we created when it goes out of scope (unless released).
-class ScratchDir {
+// The directory the replay writes into. Unless kept, what the replay wrote there is removed
+// when it goes out of scope: the temporary directory always (a copy of every projection, emails
+// included), an --into directory when the replay failed or was cancelled (a prefix of the log
+// there opened as a whole store: ledgerd started on it). One the replay created is removed; one
+// that existed (empty) is emptied.
+class RebuiltDir {
  public:
-  ~ScratchDir() {
-    if (path_.empty()) return;
+  ~RebuiltDir() {
+    if (path_.empty() || keep_) return;
     std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
+    if (created_) {
+      std::filesystem::remove_all(path_, ec);
+      return;
+    }
+    std::filesystem::directory_iterator entry(path_, ec);
+    for (; !ec && entry != std::filesystem::directory_iterator(); entry.increment(ec)) {
+      std::error_code ignored;
+      std::filesystem::remove_all(entry->path(), ignored);
+    }
   }
-  Status Create() {
+  Status CreateTemporary() {
     std::string pattern =
         (std::filesystem::temp_directory_path() / "ledgerctl-replay-XXXXXX").string();
     if (::mkdtemp(pattern.data()) == nullptr) {
       return Status::IOError("cannot create a temporary directory " + pattern);
     }
     path_ = pattern;
+    created_ = true;
     return Status::OK();
   }
+  // `into` must not exist or be an empty directory (else kInvalidArgument, and it is left alone).
+  Status Claim(const std::string& into) {
+    std::error_code ec;
+    if (std::filesystem::exists(into, ec) &&
+        (!std::filesystem::is_directory(into, ec) || !std::filesystem::is_empty(into, ec))) {
+      return Status::InvalidArgument("bad_target", into + " exists and is not an empty directory");
+    }
+    created_ = !std::filesystem::exists(into, ec);
+    path_ = into;
+    return Status::OK();
+  }
+  void Keep() { keep_ = true; }
   const std::string& path() const { return path_; }
 
  private:
   std::string path_;
+  bool created_ = false;
+  bool keep_ = false;
 };
+
+bool Cancelled(const ReplayOptions& options) {
+  return options.cancel != nullptr && options.cancel->load(std::memory_order_relaxed);
+}
+
+Status CancelledStatus() {
+  return Status::Unavailable("replay_cancelled", "stopped before the replay had finished");
+}
 
 // The folds with no column family in the live store are reported stale (not recorded, no rows),
 // the others returned in `present` for the read-only open, which cannot create a family. A store
@@ -59,16 +95,6 @@ Status FindMissingFolds(const std::string& data_dir, const std::vector<const Fol
     StaleFold stale{std::string(fold->Name()), false, 0, fold->Version()};
     stale.missing = true;
     report->stale_folds.push_back(std::move(stale));
-  }
-  return Status::OK();
-}
-
-Status CheckTargetEmpty(const std::string& into) {
-  std::error_code ec;
-  if (!std::filesystem::exists(into, ec)) return Status::OK();
-  if (!std::filesystem::is_directory(into, ec) || !std::filesystem::is_empty(into, ec)) {
-    return Status::InvalidArgument("bad_target",
-                                   into + " exists and is not an empty directory");
   }
   return Status::OK();
 }
@@ -96,6 +122,10 @@ Status Rebuild(const Ledger& live, Ledger* rebuilt, const ReplayOptions& options
   };
   uint64_t expected = 1;
   Status scan = live.ScanRaw(Position(1), report->position, [&](Position p, std::string_view v) {
+    if (Cancelled(options)) {
+      failure = CancelledStatus();
+      return false;
+    }
     if (p.value() != expected) {
       failure = Status::Corruption("position " + std::to_string(expected) +
                                    ": missing (the next stored position is " +
@@ -193,14 +223,9 @@ Status ReplayProjections(const ReplayOptions& options, ReplayReport* report) {
   *report = ReplayReport{};
   if (options.chunk_events == 0) return Status::InvalidArgument("bad_chunk", "chunk_events is 0");
   if (options.chunk_bytes == 0) return Status::InvalidArgument("bad_chunk", "chunk_bytes is 0");
-  ScratchDir scratch;
-  if (options.into.empty()) {
-    LEDGER_RETURN_IF_ERROR(scratch.Create());
-    report->rebuilt_path = scratch.path();
-  } else {
-    LEDGER_RETURN_IF_ERROR(CheckTargetEmpty(options.into));
-    report->rebuilt_path = options.into;
-  }
+  RebuiltDir dir;  // before `rebuilt`: closed before its files are removed
+  LEDGER_RETURN_IF_ERROR(options.into.empty() ? dir.CreateTemporary() : dir.Claim(options.into));
+  report->rebuilt_path = dir.path();
 
   LEDGER_RETURN_IF_ERROR(CheckStoreExists(options.data_dir));
   std::vector<const Fold*> present;
@@ -224,6 +249,7 @@ Status ReplayProjections(const ReplayOptions& options, ReplayReport* report) {
   std::unique_ptr<Ledger> rebuilt;
   LEDGER_RETURN_IF_ERROR(Ledger::Open(rebuilt_options, &rebuilt));
   LEDGER_RETURN_IF_ERROR(Rebuild(*live, rebuilt.get(), options, report));
+  if (Cancelled(options)) return CancelledStatus();
   LEDGER_RETURN_IF_ERROR(rebuilt->ProjectionDigest(&report->rebuilt_digest));
   report->equal = report->live_digest == report->rebuilt_digest;
   if (!report->equal) {
@@ -237,6 +263,7 @@ Status ReplayProjections(const ReplayOptions& options, ReplayReport* report) {
     report->equal = false;
     report->differing_folds.emplace_back(kStreamsIndexName);
   }
+  if (!options.into.empty()) dir.Keep();
   return Status::OK();
 }
 

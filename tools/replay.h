@@ -18,9 +18,13 @@
 // next open creates it and folds the log into it). Both are reported apart (stale_folds), so
 // that a store waiting for that rebuild is not taken for a damaged one.
 //
-// The rebuilt store is scratch: it is written without fsync and flushed at the end.
+// The rebuilt store is scratch: it is written without fsync and flushed at the end. What the
+// replay wrote is removed unless it returns OK with `into` set: the temporary directory always, an
+// --into directory when the replay fails or is cancelled (removed if the replay created it,
+// emptied if it existed). A process killed outright (SIGKILL, power loss) leaves it behind.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <ostream>
@@ -49,6 +53,9 @@ struct ReplayOptions {
   // alone. One call is one group (the writer checks kGroupBytesMax only between commands), held
   // decoded and in its WriteBatch at once: 4,096 stored webhooks of 512 KiB were ~2 GiB a chunk.
   size_t chunk_bytes = limits::kGroupBytesMax;
+  // When it turns true (ledgerctl's SIGINT/SIGTERM), the replay stops at its next event and
+  // returns kUnavailable "replay_cancelled". nullptr = never.
+  const std::atomic<bool>* cancel = nullptr;
   // Tests: told the events and stored bytes of each chunk before it is imported.
   std::function<void(size_t events, size_t bytes)> on_chunk;
   std::ostream* progress = nullptr;
@@ -80,7 +87,8 @@ struct ReplayReport {
 
 // OK with report->equal telling the outcome (a fold with no column family in the live store is
 // in stale_folds, `missing`); kCorruption when the live log does not import (a broken chain: run
-// verify); kInvalidArgument for a non-empty `into`; kNotFound / kIOError for storage.
+// verify); kInvalidArgument for a non-empty `into`; kNotFound / kIOError for storage; kUnavailable
+// "replay_cancelled" when `cancel` stopped it.
 Status ReplayProjections(const ReplayOptions& options, ReplayReport* report);
 
 }  // namespace ledger::tools

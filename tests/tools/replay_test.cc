@@ -1,8 +1,14 @@
 #include "tools/replay.h"
 
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <iterator>
 #include <sstream>
@@ -116,6 +122,33 @@ TEST(ReplayTest, IntoKeepsTheRebuiltStoreAndMustBeEmpty) {
   }
   Status s = ReplayProjections(options, &report);  // not empty any more
   EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.ToString();
+}
+
+// A replay cancelled (ledgerctl's SIGINT/SIGTERM) stops and removes what it wrote: the temporary
+// store, and an --into store it created (a prefix of the log that opens as a whole ledger).
+TEST(ReplayTest, ACancelledReplayRemovesWhatItWrote) {
+  TempDir dir;
+  {
+    auto ledger = OpenTestLedger(dir.Sub("live"), Folds());
+    WriteMarkedLog(ledger.get(), 20, 3);
+  }
+  for (const std::string& into : {std::string(), dir.Sub("rebuilt")}) {
+    SCOPED_TRACE("into '" + into + "'");
+    std::atomic<bool> cancel{false};
+    ReplayOptions options = Options(dir.Sub("live"));
+    options.into = into;
+    options.cancel = &cancel;
+    size_t chunks = 0;
+    options.on_chunk = [&](size_t, size_t) {
+      if (++chunks == 2) cancel.store(true);  // the first chunk is imported, the second too
+    };
+    ReplayReport report;
+    Status s = ReplayProjections(options, &report);
+    EXPECT_EQ(s.problem(), "replay_cancelled") << s.ToString();
+    EXPECT_EQ(report.events, 14u);  // two chunks of 7
+    EXPECT_FALSE(report.rebuilt_path.empty());
+    EXPECT_FALSE(std::filesystem::exists(report.rebuilt_path)) << report.rebuilt_path;
+  }
 }
 
 // A row of the per-subject index (`streams`): subject, NUL, the first position of its run (BE).
@@ -570,6 +603,123 @@ TEST(ReplayCliTest, AStoreWithoutAFoldsFamilyExits75) {
   { OpenTestLedger(dir.path(), all); }  // ledgerd's open: the family created and filled
   testing::ProcessResult ok = testing::RunLedgerctl("replay --data-dir " + dir.path());
   EXPECT_EQ(ok.exit_code, 0) << ok.out;
+}
+
+// The entries of directory `path` (none when it does not exist).
+std::vector<std::string> Entries(const std::string& path) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(path, ec)) {
+    names.push_back(entry.path().filename().string());
+  }
+  return names;
+}
+
+// An interrupted replay (Ctrl-C, a service manager's SIGTERM) left its temporary store, a copy
+// of every projection (users' emails included), in $TMPDIR/ledgerctl-replay-XXXXXX: only the
+// end of the run removed it. It stops at the next event now, removes it and exits 128 + the
+// signal. The signal is sent once the first progress line (after a second of importing) says
+// less than half is done.
+TEST(ReplayCliTest, AnInterruptedReplayLeavesNoTemporaryStore) {
+  TempDir dir;
+  constexpr uint64_t kEvents = 400'000;
+  {
+    auto ledger = OpenTestLedger(dir.Sub("live"));
+    WriteMarkedLog(ledger.get(), kEvents / limits::kCommandEventsMax, limits::kCommandEventsMax);
+    ASSERT_TRUE(ledger->Flush().ok());
+  }
+  const std::string live = dir.Sub("live");
+  const std::string tmp = dir.Sub("tmp");
+  ASSERT_TRUE(std::filesystem::create_directory(tmp));
+  std::vector<std::string> env = {"TMPDIR=" + tmp};
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (std::string_view(*e).rfind("TMPDIR=", 0) != 0) env.emplace_back(*e);
+  }
+  std::vector<char*> envp;
+  for (std::string& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  for (int signal : {SIGINT, SIGTERM}) {
+    SCOPED_TRACE(signal == SIGINT ? "SIGINT" : "SIGTERM");
+    int err[2];
+    ASSERT_EQ(::pipe(err), 0);
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      ::dup2(err[1], 2);
+      ::close(err[0]);
+      ::close(err[1]);
+      ::signal(SIGINT, SIG_DFL);  // not inherited ignored (a background job's)
+      ::signal(SIGTERM, SIG_DFL);
+      ::execle(LEDGER_BINARY_DIR "/bin/ledgerctl", "ledgerctl", "replay", "--data-dir",
+               live.c_str(), static_cast<char*>(nullptr), envp.data());
+      ::_exit(127);
+    }
+    ::close(err[1]);
+    FILE* stderr_lines = ::fdopen(err[0], "r");
+    ASSERT_NE(stderr_lines, nullptr);
+    std::string first_progress;
+    char line[512];
+    while (first_progress.empty() && std::fgets(line, sizeof line, stderr_lines) != nullptr) {
+      if (std::string_view(line).rfind("replay: ", 0) == 0) first_progress = line;
+    }
+    // Under way, and far from its end: the temporary store is there.
+    EXPECT_FALSE(first_progress.empty());
+    if (!first_progress.empty()) {
+      EXPECT_LT(std::stoull(first_progress.substr(std::strlen("replay: "))), kEvents / 2)
+          << first_progress;
+    }
+    EXPECT_EQ(Entries(tmp).size(), 1u);
+    ::kill(pid, signal);
+    std::string rest;
+    while (std::fgets(line, sizeof line, stderr_lines) != nullptr) rest += line;
+    std::fclose(stderr_lines);
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    EXPECT_TRUE(Entries(tmp).empty()) << Entries(tmp).front();
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 128 + signal)
+        << "wait status " << status << "; stderr: " << rest;
+    EXPECT_NE(rest.find("its temporary store was removed"), std::string::npos) << rest;
+    std::filesystem::remove_all(tmp);
+    std::filesystem::create_directory(tmp);
+  }
+}
+
+// A replay --into that fails part-way (here at a missing event past the first chunk of 4,096)
+// left DIR holding the events and projections of the chunks before it: a store that opens as a
+// whole ledger at that prefix (README: "a store rebuilt from the log alone"). What it wrote is
+// removed now: the directory it created, or the contents of the empty one given.
+TEST(ReplayCliTest, AFailedReplayIntoLeavesNoStartableStore) {
+  TempDir dir;
+  {
+    auto ledger = OpenTestLedger(dir.Sub("live"), projections::AllFolds());
+    WriteMarkedLog(ledger.get(), 6, 1000);
+  }
+  EditRaw(dir.Sub("live"), [&](rocksdb::DB* db, const auto& names, const auto& handles) {
+    ASSERT_TRUE(db->Delete(rocksdb::WriteOptions(), FindFamily(names, handles, "events"),
+                           EncodePositionKey(5000))
+                    .ok());
+  });
+  const std::string created = dir.Sub("created");
+  testing::ProcessResult bad = testing::RunLedgerctl(
+      "replay --data-dir " + dir.Sub("live") + " --into " + created, /*keep_stderr=*/true);
+  EXPECT_EQ(bad.exit_code, 65) << bad.out;
+  EXPECT_NE(bad.out.find("position 5000: missing"), std::string::npos) << bad.out;
+  EXPECT_FALSE(std::filesystem::exists(created));
+  const std::string existing = dir.Sub("existing");
+  ASSERT_TRUE(std::filesystem::create_directory(existing));
+  bad = testing::RunLedgerctl("replay --data-dir " + dir.Sub("live") + " --into " + existing,
+                              /*keep_stderr=*/true);
+  EXPECT_EQ(bad.exit_code, 65) << bad.out;
+  EXPECT_TRUE(std::filesystem::is_directory(existing));
+  EXPECT_TRUE(Entries(existing).empty());
+  // A directory that is not empty is refused and left alone.
+  const std::string full = dir.Sub("full");
+  ASSERT_TRUE(std::filesystem::create_directory(full));
+  std::ofstream(full + "/keep") << "x";
+  EXPECT_EQ(
+      testing::RunLedgerctl("replay --data-dir " + dir.Sub("live") + " --into " + full).exit_code,
+      64);
+  EXPECT_EQ(Entries(full), std::vector<std::string>{"keep"});
 }
 
 }  // namespace
