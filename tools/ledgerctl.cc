@@ -127,15 +127,9 @@ int RunToken(const Globals& globals, TokenArgs* args) {
   // The signing key is never a flag: argv is visible to every user of the machine (ps,
   // /proc/<pid>/cmdline) and stays in shell history. An empty variable was refused already
   // (CheckNoEmptySetting).
-  if (const char* secret = std::getenv("LEDGER_JWT_HS256_SECRET"); secret != nullptr) {
+  const char* secret = std::getenv("LEDGER_JWT_HS256_SECRET");
+  if (secret != nullptr) {
     args->secret = secret;
-    // A variable left exported for another instance would sign tokens that a dev-mode ledgerd on
-    // this directory answers 401: say which key signed (stderr; stdout is the token).
-    const std::string dev_secret = daemon::DevJwtSecretPath(globals.data_dir);
-    if (::access(dev_secret.c_str(), F_OK) == 0) {
-      std::cerr << "ledgerctl token: signed with LEDGER_JWT_HS256_SECRET from the environment, not "
-                << dev_secret << " (unset the variable to sign with that file)\n";
-    }
   } else {
     Status s = ReadSecretFile(daemon::DevJwtSecretPath(globals.data_dir), &args->secret);
     if (!s.ok()) return FailToken(s);
@@ -146,6 +140,13 @@ int RunToken(const Globals& globals, TokenArgs* args) {
   std::string token;
   Status s = MintHs256Token(args->token, args->secret, &token);
   if (!s.ok()) return FailToken(s);
+  // A variable left exported for another instance would sign tokens that a dev-mode ledgerd on
+  // this directory answers 401: say which key signed (stderr; stdout is the token), once it has.
+  const std::string dev_secret = daemon::DevJwtSecretPath(globals.data_dir);
+  if (secret != nullptr && ::access(dev_secret.c_str(), F_OK) == 0) {
+    std::cerr << "ledgerctl token: signed with LEDGER_JWT_HS256_SECRET from the environment, not "
+              << dev_secret << " (unset the variable to sign with that file)\n";
+  }
   std::cout << token << "\n";
   return kExitOk;
 }

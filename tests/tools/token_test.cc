@@ -174,6 +174,13 @@ TEST(TokenCliTest, UsesTheDevSecretFile) {
       << r.out;
   EXPECT_EQ(r.out.find(other), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find(kSecret), std::string::npos) << r.out;
+  // Only once it has signed: a secret ledgerd refuses (shorter than 32 bytes) signs nothing, and
+  // stderr said "signed with ..." before the refusal.
+  r = testing::RunLedgerctlIn(dir.path(), "LEDGER_JWT_HS256_SECRET=short-secret",
+                              "token --data-dir " + dir.path() + " --sub bob", true);
+  EXPECT_EQ(r.exit_code, 78) << r.out;
+  EXPECT_EQ(r.out.find("signed with"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("ledgerctl token: "), std::string::npos) << r.out;
   TempDir no_file;
   r = testing::RunLedgerctlIn(no_file.path(), "LEDGER_JWT_HS256_SECRET=" + other,
                               "token --data-dir " + no_file.path() + " --sub bob", true);
