@@ -56,6 +56,9 @@ constexpr char kIdempotencyFamily[] = "idempotency";
 constexpr char kCheckpointsFamily[] = "checkpoints";
 constexpr char kMetaFamily[] = "meta";
 constexpr char kHeadKey[] = "head";
+// The gap filter reads the head record in the log (wal_log.h).
+static_assert(std::string_view(kMetaFamily) == wal::kHeadFamily &&
+              std::string_view(kHeadKey) == wal::kHeadKey);
 constexpr char kFoldCheckpointPrefix[] = "fold.";
 // The Fold::Version() that wrote a fold's rows, beside its checkpoint (u32 BE).
 constexpr char kFoldVersionPrefix[] = "fold_version.";
@@ -1327,16 +1330,19 @@ Status LedgerImpl::OpenDb() {
   }
   const wal::EventGapFilter& gap = *gap_filter_;
   if (gap.stopped()) {
-    wal_gap_problem_ = gap.stopped_log() + " begins at event " +
-                       std::to_string(gap.next_position()) + " while the logs before it end at " +
+    // A log that begins with a group that appended nothing begins after the event its head names.
+    const std::string begins =
+        gap.next_position() != 0 ? "begins at event " + std::to_string(gap.next_position())
+                                 : "begins after event " + std::to_string(gap.named_head());
+    wal_gap_problem_ = gap.stopped_log() + " " + begins + " while the logs before it end at " +
                        std::to_string(gap.last_position()) + ": it and the logs after it were not replayed";
     std::string saved;
     for (const std::string& copy : gap.saved()) saved += (saved.empty() ? "" : ", ") + copy;
     spdlog::warn(
-        "{} begins at event {} while the logs before it end at {}: a crash lost their last "
+        "{} {} while the logs before it end at {}: a crash lost their last "
         "writes before their sync (never acknowledged, nor is anything after them); the replay "
         "stopped there, so that the log has no hole{}{}",
-        gap.stopped_log(), gap.next_position(), gap.last_position(),
+        gap.stopped_log(), begins, gap.last_position(),
         saved.empty() ? "" : "; the dropped logs are saved as ", saved);
     if (!gap.save_status().ok()) spdlog::error("{}", gap.save_status().ToString());
   }

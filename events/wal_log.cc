@@ -185,14 +185,25 @@ Status SavedLogPath(const std::string& dir, const std::string& name,
   return Status::OK();
 }
 
-// The positions of the events (puts into the events family) of one WriteBatch.
+uint64_t DecodeFixed64BE(const char* bytes) {
+  uint64_t value = 0;
+  for (size_t i = 0; i < 8; ++i) value = (value << 8) | static_cast<uint8_t>(bytes[i]);
+  return value;
+}
+
+// The positions of the events (puts into the events family) of one WriteBatch, and the position
+// its chain head record names.
 class EventPositions final : public PutsHandler {
  public:
+  explicit EventPositions(std::optional<uint32_t> head_family) : head_family_(head_family) {}
+
   rocksdb::Status PutCF(uint32_t family, const rocksdb::Slice& key,
-                        const rocksdb::Slice&) override {
+                        const rocksdb::Slice& value) override {
+    if (family == head_family_ && key == kHeadKey && value.size() >= 8) {
+      head = DecodeFixed64BE(value.data());
+    }
     if (family != kEventsFamilyId || key.size() != 8) return rocksdb::Status::OK();
-    uint64_t position = 0;
-    for (size_t i = 0; i < 8; ++i) position = (position << 8) | static_cast<uint8_t>(key[i]);
+    const uint64_t position = DecodeFixed64BE(key.data());
     if (first == 0) first = position;
     last = position;
     return rocksdb::Status::OK();
@@ -200,6 +211,10 @@ class EventPositions final : public PutsHandler {
 
   uint64_t first = 0;  // 0: no event
   uint64_t last = 0;
+  uint64_t head = 0;  // 0: no chain head record
+
+ private:
+  const std::optional<uint32_t> head_family_;
 };
 
 }  // namespace
@@ -331,24 +346,36 @@ Status RepairTornWalTail(const std::string& dir, TornTailRepair* out) {
 rocksdb::WalFilter::WalProcessingOption EventGapFilter::LogRecordFound(
     unsigned long long log_number, const std::string& log_file_name,
     const rocksdb::WriteBatch& batch, rocksdb::WriteBatch*, bool*) {
-  EventPositions events;
+  EventPositions events(head_family_);
   if (!batch.Iterate(&events).ok()) {
     last_ = 0;  // unreadable here: the next event starts the comparison afresh
     compare_first_ = false;
     return WalProcessingOption::kContinueProcessing;
   }
-  if (events.first == 0) return WalProcessingOption::kContinueProcessing;  // no event
-  if ((last_ != 0 || compare_first_) && events.first > last_ + 1) {
+  // A record without events (a group that appended nothing, checkpoints, a fold rebuild's rows)
+  // is past the hole when its chain head record names an event not replayed: every event up to
+  // the head a group was decided at was written before it. One that names the last replayed
+  // event, or has no head record, is replayed.
+  const bool past_the_hole =
+      events.first != 0 ? events.first > last_ + 1 : events.head > last_;
+  if ((last_ != 0 || compare_first_) && past_the_hole) {
     stopped_ = true;
     stopped_log_ = log_file_name;
     stopped_log_number_ = log_number;
     next_position_ = events.first;
+    named_head_ = events.first == 0 ? events.head : 0;
     // Copied now: the open deletes the dropped logs once it has flushed what it replayed.
     save_status_ = SaveDroppedLogs();
     return WalProcessingOption::kStopReplay;
   }
   last_ = std::max(last_, events.last);
   return WalProcessingOption::kContinueProcessing;
+}
+
+void EventGapFilter::ColumnFamilyLogNumberMap(const std::map<uint32_t, uint64_t>&,
+                                              const std::map<std::string, uint32_t>& ids) {
+  const auto it = ids.find(kHeadFamily);
+  if (it != ids.end()) head_family_ = it->second;
 }
 
 Status EventGapFilter::SaveDroppedLogs() {

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -32,6 +33,10 @@ namespace ledger::wal {
 // The events family's id in every store: created right after `default` in the first open
 // (ledger.cc). Every put into it is an event (key: its position, 8 bytes big-endian).
 inline constexpr uint32_t kEventsFamilyId = 1;
+// The chain head record (FORMAT.md: `meta` / `head`, u64 BE position ‖ hash): every group that
+// writes anything puts it, naming the last event written before it, in that group or an earlier.
+inline constexpr char kHeadFamily[] = "meta";
+inline constexpr char kHeadKey[] = "head";
 
 // A WriteBatch handler that sees the puts (PutCF) and ignores everything else in a batch
 // (deletes, range deletes, merges, entities, blob indexes, markers: none of them is an event).
@@ -165,7 +170,10 @@ Status RepairTornWalTail(const std::string& dir, TornTailRepair* out);
 // log's cut tail: events missing from the middle of the chain. This filter, set as the open's
 // DBOptions::wal_filter, sees every record RocksDB replays (only the logs it still needs, in
 // order) and stops the replay at the first one whose first event is beyond the last replayed
-// event + 1 (for the first record: the last event the table files hold, when known): none of the groups from there on was acknowledged (the older log's sync never
+// event + 1 (for the first record: the last event the table files hold, when known), or, holding
+// no event, whose chain head record names an event beyond the last replayed one (a group that
+// appended nothing after the lost ones: replayed, it set a head the events do not reach, and the
+// open failed): none of the groups from there on was acknowledged (the older log's sync never
 // completed, and a group is answered only after every log up to it is synced). The logs from
 // that one on are copied whole to `<dir>/torn-wal/` first (the open deletes them once it has
 // flushed what it replayed): unacknowledged writes, which no later removal reaches. Read-only
@@ -186,12 +194,16 @@ class EventGapFilter final : public rocksdb::WalFilter {
                                      const rocksdb::WriteBatch& batch,
                                      rocksdb::WriteBatch* new_batch,
                                      bool* batch_changed) override;
+  // Called by the open before the first record: where the chain head record's family is.
+  void ColumnFamilyLogNumberMap(const std::map<uint32_t, uint64_t>& cf_lognumber_map,
+                                const std::map<std::string, uint32_t>& cf_name_id_map) override;
   const char* Name() const override { return "ledger-event-gap"; }
 
   bool stopped() const { return stopped_; }
   const std::string& stopped_log() const { return stopped_log_; }
   uint64_t last_position() const { return last_; }
-  uint64_t next_position() const { return next_position_; }
+  uint64_t next_position() const { return next_position_; }  // 0: the record held no event
+  uint64_t named_head() const { return named_head_; }  // the head such a record names
   const std::vector<std::string>& saved() const { return saved_; }  // the copies
   const Status& save_status() const { return save_status_; }
 
@@ -205,6 +217,8 @@ class EventGapFilter final : public rocksdb::WalFilter {
   std::string stopped_log_;
   uint64_t stopped_log_number_ = 0;
   uint64_t next_position_ = 0;
+  uint64_t named_head_ = 0;
+  std::optional<uint32_t> head_family_;  // its id, once the open named it
   std::vector<std::string> saved_;
   Status save_status_;
 };

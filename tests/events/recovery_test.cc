@@ -945,6 +945,43 @@ TEST(WalLogTest, ARecordWithADeleteRangeLeavesTheGapCheckOn) {
             rocksdb::WalFilter::WalProcessingOption::kStopReplay);
 }
 
+// A record without events is compared by the head its chain head record names (the open tells
+// the filter the `meta` family's id): at the last replayed event it replays, past it the replay
+// stops there; rows without a head record (checkpoints) replay. It was replayed whatever head it
+// named.
+TEST(WalLogTest, ANoEventRecordIsComparedByTheHeadItNames) {
+  FamilyId events(wal::kEventsFamilyId), checkpoints(4), meta(5);
+  const auto head_row = [](uint64_t position) {
+    return EncodePositionKey(position) + std::string(32, '\x01');
+  };
+  wal::EventGapFilter filter("", /*flushed_head=*/10);
+  filter.ColumnFamilyLogNumberMap({}, {{"events", 1}, {"checkpoints", 4}, {"meta", 5}});
+  rocksdb::WriteBatch out;
+  bool changed = false;
+  rocksdb::WriteBatch group;
+  ASSERT_TRUE(group.Put(&events, EncodePositionKey(11), "event").ok());
+  ASSERT_TRUE(group.Put(&meta, "head", head_row(11)).ok());
+  EXPECT_EQ(filter.LogRecordFound(5, "000005.log", group, &out, &changed),
+            rocksdb::WalFilter::WalProcessingOption::kContinueProcessing);
+  rocksdb::WriteBatch at_the_head;
+  ASSERT_TRUE(at_the_head.Put(&meta, "head", head_row(11)).ok());
+  EXPECT_EQ(filter.LogRecordFound(5, "000005.log", at_the_head, &out, &changed),
+            rocksdb::WalFilter::WalProcessingOption::kContinueProcessing);
+  rocksdb::WriteBatch checkpoint;
+  ASSERT_TRUE(checkpoint.Put(&checkpoints, "sink.lago", EncodePositionKey(11)).ok());
+  EXPECT_EQ(filter.LogRecordFound(6, "000006.log", checkpoint, &out, &changed),
+            rocksdb::WalFilter::WalProcessingOption::kContinueProcessing);
+  rocksdb::WriteBatch past_the_head;
+  ASSERT_TRUE(past_the_head.Put(&meta, "head", head_row(14)).ok());
+  EXPECT_EQ(filter.LogRecordFound(6, "000006.log", past_the_head, &out, &changed),
+            rocksdb::WalFilter::WalProcessingOption::kStopReplay);
+  EXPECT_TRUE(filter.stopped());
+  EXPECT_EQ(filter.stopped_log(), "000006.log");
+  EXPECT_EQ(filter.last_position(), 11u);
+  EXPECT_EQ(filter.next_position(), 0u);
+  EXPECT_EQ(filter.named_head(), 14u);
+}
+
 // NoteFold at a given version: a store written with version 1 and opened with version 2 is
 // rebuilt at that open (DeleteStaleFoldRows).
 class VersionedNoteFold final : public Fold {
@@ -1031,6 +1068,107 @@ TEST(RecoveryTest, AGapRightAfterAFoldRebuildIsStillAGap) {
   std::vector<Outcome> kept(acknowledged.begin(), acknowledged.begin() + 20);
   DurabilityReport report = CheckDurability(ledger.get(), kept);
   EXPECT_TRUE(report.ok()) << report.Summary();
+}
+
+// A keyed command whose Decide appends nothing (as an admin PATCH that changes nothing): its group
+// still writes its idempotency record and the chain head record, naming the head it was decided
+// at.
+class NoEventCommand final : public Command {
+ public:
+  NoEventCommand() {
+    idempotency_scope = "quiet";
+    idempotency_key = "unchanged";
+    request_hash = Sha256("unchanged");
+  }
+  Status Decide(const DecideContext&, Decision* decision) override {
+    decision->body = "{}";
+    return Status::OK();
+  }
+};
+
+// The same power loss when the newer log begins with a group that appends no events: its record
+// holds no event to compare, only the chain head record naming the lost group's last event. It
+// was replayed over the hole, and the open failed ("chain head ... disagrees with the last stored
+// event") until the newer log was deleted by hand. It must stop there as at a record with events.
+// Without the split, the same record replays (its idempotency record answers the retry).
+TEST(RecoveryTest, ANoEventRecordAfterAnOlderLogsLostTailIsNotReplayed) {
+  for (const bool split : {false, true}) {
+    SCOPED_TRACE(split ? "the event group lost" : "nothing lost");
+    TempDir dir;
+    std::vector<Outcome> acknowledged;
+    Position lost_head;
+    {
+      auto ledger = Open(dir.path());
+      ASSERT_NE(ledger, nullptr);
+      AppendSequentially(ledger.get(), "before", 10, &acknowledged);
+      CommandSpec group;
+      group.subject = "lost";
+      group.events = 3;
+      auto command = group.Make();
+      const CommandResult r = ledger->Submit(command.get());
+      ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+      lost_head = r.position;
+      NoEventCommand quiet;
+      const CommandResult q = ledger->Submit(&quiet);
+      ASSERT_TRUE(q.status.ok()) << q.status.ToString();
+      ASSERT_EQ(q.events_appended, 0u);
+      ASSERT_FALSE(q.replayed);
+      ASSERT_EQ(q.position, lost_head);
+    }
+    const Position older_head = acknowledged.back().result.position;
+    const std::string wal_path = LastWal(dir.path());
+    std::vector<size_t> starts;
+    const std::vector<std::string> records = LogRecords(ReadFile(wal_path), &starts);
+    // The event group's record, then the no-event one, last.
+    ASSERT_GE(records.size(), 12u);
+    const size_t lost = records.size() - 2;
+    EventPuts group_puts, quiet_puts;
+    ASSERT_TRUE(rocksdb::WriteBatch(records[lost]).Iterate(&group_puts).ok());
+    ASSERT_TRUE(rocksdb::WriteBatch(records[lost + 1]).Iterate(&quiet_puts).ok());
+    ASSERT_EQ(group_puts.events, 3u);
+    ASSERT_EQ(quiet_puts.events, 0u);
+    std::string newer_path;
+    if (split) {
+      newer_path = testing::SplitLogAtALostRecord(wal_path, lost);
+      ASSERT_FALSE(newer_path.empty());
+    }
+    const std::string name = std::filesystem::path(newer_path).filename().string();
+    const std::string problem = name + " begins after event " + std::to_string(lost_head.value()) +
+                                " while the logs before it end at " +
+                                std::to_string(older_head.value());
+    if (split) {  // a read-only open (verify) stops there too, saving nothing
+      LedgerOptions read_only;
+      read_only.path = dir.path();
+      read_only.read_only = true;
+      std::unique_ptr<Ledger> reader;
+      const Status s = Ledger::Open(read_only, &reader);
+      ASSERT_TRUE(s.ok()) << s.ToString();
+      EXPECT_EQ(reader->Head(), older_head);
+      EXPECT_NE(reader->WalGapProblem().find(problem), std::string::npos)
+          << reader->WalGapProblem();
+      EXPECT_FALSE(std::filesystem::exists(dir.path() + "/torn-wal"));
+    }
+
+    auto ledger = Open(dir.path());
+    ASSERT_NE(ledger, nullptr);
+    NoEventCommand retry;
+    const CommandResult again = ledger->Submit(&retry);
+    ASSERT_TRUE(again.status.ok()) << again.status.ToString();
+    if (!split) {
+      EXPECT_EQ(ledger->Head(), lost_head);
+      EXPECT_EQ(ledger->WalGapProblem(), "");
+      EXPECT_TRUE(again.replayed);  // the record was replayed
+      continue;
+    }
+    EXPECT_EQ(ledger->Head(), older_head);
+    EXPECT_NE(ledger->WalGapProblem().find(problem), std::string::npos)
+        << ledger->WalGapProblem();
+    EXPECT_TRUE(std::filesystem::exists(dir.path() + "/torn-wal/" + name));
+    EXPECT_FALSE(again.replayed);  // never acknowledged: decided afresh
+    ExpectNoHole(ledger.get());
+    DurabilityReport report = CheckDurability(ledger.get(), acknowledged);
+    EXPECT_TRUE(report.ok()) << report.Summary();
+  }
 }
 
 // A read-only open (verify, export, replay) stops at the hole too: it sees the chain ledgerd will
