@@ -56,8 +56,11 @@ struct NewEvent {
 
 // A row of a side family (LedgerOptions::side_families) that a command writes or deletes beside
 // its events. It goes into the group's one WriteBatch with them, so it has exactly their
-// durability: after any crash an acknowledged command's side rows are there and a failed or
-// unacknowledged one's are not; the later commands of the group read it (DecideContext::state).
+// durability: after any crash an acknowledged command's side rows are there and a rejected one's
+// (its Decide failed) never are; an unacknowledged one's (its group's write or sync failed, or a
+// crash came before the answer) are in doubt, there exactly when its events are (a failed sync
+// without a power loss leaves the group's record in the OS, and the next open replays it). The
+// later commands of the group read it (DecideContext::state).
 // Side rows are the one state NOT derived from the log: no fold writes them, replay and a fold
 // rebuild do not recreate them, ProjectionDigest leaves them out, and neither the outbox nor
 // export carries them. What they are for: a secret that must be deletable for good although the
