@@ -15,6 +15,22 @@ namespace ledger::http {
 namespace {
 
 constexpr char kBatchPath[] = "/api/v1/events/batch";
+constexpr char kBillableMetricsPath[] = "/api/v1/billable_metrics/";
+
+// A path segment: everything but RFC 3986's unreserved characters percent-encoded.
+std::string PathSegment(std::string_view text) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : text) {
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+        c == '_' || c == '.' || c == '~') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out += {'%', kHex[c >> 4], kHex[c & 0xF]};
+    }
+  }
+  return out;
+}
 
 Status BadConfig(const std::string& message) {
   return Status::InvalidArgument("bad_config", message);
@@ -94,16 +110,27 @@ void HttpLagoClient::Cancel() {
 }
 
 LagoAnswer HttpLagoClient::SendEventsBatch(const std::string& body) {
+  return Call("POST", kBatchPath, body);
+}
+
+LagoAnswer HttpLagoClient::GetBillableMetric(const std::string& code) {
+  return Call("GET", kBillableMetricsPath + PathSegment(code), "");
+}
+
+LagoAnswer HttpLagoClient::Call(const char* method, const std::string& path,
+                                const std::string& body) {
   std::lock_guard<std::mutex> lock(mu_);
   LagoAnswer answer;
   httplib::Request request;
-  request.method = "POST";
-  request.path = path_prefix_ + kBatchPath;
+  request.method = method;
+  request.path = path_prefix_ + path;
   request.set_header("Authorization", "Bearer " + options_.api_key);
   request.set_header("Accept", "application/json");
-  request.set_header("Content-Type", "application/json");
+  if (request.method == "POST") {
+    request.set_header("Content-Type", "application/json");
+    request.body = body;
+  }
   request.set_header("User-Agent", "ledgerd");
-  request.body = body;
   const size_t bytes_max = options_.response_bytes_max;
   std::string* kept = &answer.body;
   request.content_receiver = [kept, bytes_max](const char* data, size_t length, uint64_t,

@@ -1,6 +1,7 @@
 // The Lago events API as ledgerd uses it (PROTOCOLS.md "Lago"): POST
 // <LAGO_API_URL>/api/v1/events/batch {"events":[...]} with `Authorization: Bearer <LAGO_API_KEY>`,
-// behind the LagoEventsApi interface so that the Lago sink (http/lago_sink.h) runs against fakes
+// and GET <LAGO_API_URL>/api/v1/billable_metrics/<code> (does the metric usage is sent under
+// exist? Lago accepts events under any code and bills only those of a metric), behind the LagoEventsApi interface so that the Lago sink (http/lago_sink.h) runs against fakes
 // in tests.
 //
 // One call is ONE attempt: the sink owns retries, backoff, batch splitting and what a 4xx means,
@@ -42,6 +43,15 @@ class LagoEventsApi {
   virtual ~LagoEventsApi() = default;
   // POST /api/v1/events/batch with `body` ({"events":[...]}, compact JSON).
   virtual LagoAnswer SendEventsBatch(const std::string& body) = 0;
+  // GET /api/v1/billable_metrics/<code> (the code percent-encoded): Lago answers 200
+  // {"billable_metric":{...}}, or 404 {"status":404,"error":"Not Found",
+  // "code":"billable_metric_not_found"} when the organization has no such metric. The default
+  // answers http_status 0 (not asked).
+  virtual LagoAnswer GetBillableMetric(const std::string& code) {
+    LagoAnswer answer;
+    answer.error = "not supported by this client";
+    return answer;
+  }
   // From another thread: ends a SendEventsBatch in progress now (it answers http_status 0).
   virtual void Cancel() {}
 };
@@ -73,10 +83,13 @@ class HttpLagoClient final : public LagoEventsApi {
   ~HttpLagoClient() override;
 
   LagoAnswer SendEventsBatch(const std::string& body) override;
+  LagoAnswer GetBillableMetric(const std::string& code) override;
   void Cancel() override;
 
  private:
   HttpLagoClient() = default;
+  // One attempt: `method` (POST with `body`, or GET) of `path` under the prefix.
+  LagoAnswer Call(const char* method, const std::string& path, const std::string& body);
 
   LagoClientOptions options_;
   std::string path_prefix_;  // without trailing '/'

@@ -64,7 +64,8 @@ Status ValidateOptions(const LagoSinkOptions& o) {
   if (o.scan_events_max < 1) return InvalidConfig("scan_events_max must be > 0");
   if (o.poll_interval_ms < 1 || o.retry_backoff_ms_min < 1 ||
       o.retry_backoff_ms_max < o.retry_backoff_ms_min || o.server_errors_before_split < 1 ||
-      o.checkpoint_interval_ms < 0 || o.server_error_dead_letter_after_ms < 0) {
+      o.checkpoint_interval_ms < 0 || o.server_error_dead_letter_after_ms < 0 ||
+      o.billable_metric_check_interval_ms < 0) {
     return InvalidConfig("timing options out of range");
   }
   return Status::OK();
@@ -180,6 +181,15 @@ class BatchAnswerReader
   int depth_ = 0;
   bool events_next_ = false;  // the value about to be read is the top-level object's `events`
 };
+
+// Lago's answer to GET /api/v1/billable_metrics/<code>: {"billable_metric":{...}}.
+bool IsBillableMetricAnswer(const std::string& body) {
+  rapidjson::Document doc;
+  doc.Parse(body.data(), body.size());
+  if (doc.HasParseError() || !doc.IsObject()) return false;
+  auto metric = doc.FindMember("billable_metric");
+  return metric != doc.MemberEnd() && metric->value.IsObject();
+}
 
 bool IsLagoBatchAnswer(const std::string& body) {
   BatchAnswerReader answer;
@@ -479,6 +489,7 @@ class LagoSink::Impl {
                      size_t sent, int64_t now_us);
   LagoAnswer Send(const std::string& body, int64_t* answered_us);
   bool Probe(size_t at, int64_t now_us);
+  void CheckBillableMetric(int64_t now_us);
   bool DeadLetterUnmappable(size_t at, int64_t now_us);
   void ProbeHandled(size_t at, int64_t answered_us);
   enum class FrontOutcome { kRetry, kDeadLettered, kFailed };
@@ -526,6 +537,8 @@ class LagoSink::Impl {
   std::atomic<uint64_t> pending_count_{0};
   std::atomic<uint64_t> batch_limit_published_{0};
   std::atomic<int> state_{static_cast<int>(SinkState::kUnknown)};
+  // Lago answered that billable_metric_code is no billable metric of it (CheckBillableMetric).
+  std::atomic<bool> metric_missing_{false};
   // Stop()'s deadline passed with a request in flight, which it cut (LagoEventsApi::Cancel).
   std::atomic<bool> cut_at_deadline_{false};
   bool started_ = false;      // owner thread only
@@ -561,6 +574,8 @@ class LagoSink::Impl {
   int64_t retry_at_us_ = 0;   // no request before this (backoff)
   bool persist_now_ = false;  // an acknowledged batch moved the checkpoint
   bool failed_since_stop_ = false;  // a request failed after the stop request
+  bool metric_found_ = false;       // Lago said billable_metric_code exists: not asked again
+  int64_t metric_check_at_us_ = 0;  // the next CheckBillableMetric, unless metric_found_
 
   // The thread, wake-ups, stop requests, the checkpoint and the last error. Last: it joins the
   // thread before the fields above go.
@@ -856,6 +871,38 @@ LagoSink::Impl::FrontOutcome LagoSink::Impl::ServerErrorForTheFrontAlone(const L
   return FrontOutcome::kRetry;
 }
 
+// Asks Lago whether billable_metric_code exists (see the header comment). Only Lago's own 404
+// marks it missing; an answer that says nothing (network, 401, a proxy's page) is asked again
+// after the interval, as a missing metric is (the operator may create it).
+void LagoSink::Impl::CheckBillableMetric(int64_t now_us) {
+  metric_check_at_us_ =
+      now_us + static_cast<int64_t>(options_.billable_metric_check_interval_ms) * 1000;
+  const std::string& code = options_.billable_metric_code;
+  const LagoAnswer answer = api_->GetBillableMetric(code);
+  if (answer.http_status == 200 && IsBillableMetricAnswer(answer.body)) {
+    metric_found_ = true;
+    if (metric_missing_.exchange(false)) {
+      spdlog::info("lago sink: billable metric {} now exists in Lago", code);
+    }
+    return;
+  }
+  const RefusalAnswer refusal = ReadRefusal(answer);
+  if (answer.http_status == 404 && refusal.from_lago &&
+      refusal.reason == "billable_metric_not_found") {
+    if (!metric_missing_.exchange(true)) {
+      spdlog::error(
+          "lago sink: billable metric {} not found in Lago: Lago accepts the usage sent under "
+          "it and bills none of it; create the metric in Lago or fix LAGO_BILLABLE_METRIC_CODE "
+          "(asked again every {} ms)",
+          code, options_.billable_metric_check_interval_ms);
+    }
+    return;
+  }
+  spdlog::debug("lago sink: could not check billable metric {} ({}); asking again in {} ms", code,
+                answer.http_status == 0 ? answer.error : "HTTP " + std::to_string(answer.http_status),
+                options_.billable_metric_check_interval_ms);
+}
+
 // Lago's answer to `sent` events from pending_[first] (first > 0: a probe). True when the sink
 // should go on at once.
 bool LagoSink::Impl::HandleAnswer(const LagoAnswer& answer, size_t first, size_t sent,
@@ -1096,8 +1143,13 @@ void LagoSink::Impl::MaybePersist(int64_t now_us, bool force) {
 
 void LagoSink::Impl::Run() {
   while (true) {
-    const int64_t now_us = SteadyMicros();
+    int64_t now_us = SteadyMicros();
     bool more = false;
+    if (!metric_found_ && options_.billable_metric_check_interval_ms > 0 &&
+        now_us >= metric_check_at_us_ && !core_.stop_requested()) {
+      CheckBillableMetric(now_us);
+      now_us = SteadyMicros();
+    }
     if (now_us >= retry_at_us_) {
       bool unread = false;
       Status s = Fill(&unread);
@@ -1182,6 +1234,13 @@ LagoSinkStatus LagoSink::Impl::GetStatus() const {
   status.batch_events_max = batch_limit_published_.load();
   status.running = core_.running();
   status.last_error = core_.last_error();
+  // A missing billable metric is news over "up" (Lago takes the usage, and bills none of it) and
+  // over "unknown"; a transport failure's own state and error stand.
+  status.billable_metric_missing = metric_missing_.load();
+  if (status.billable_metric_missing && (status.state == "up" || status.state == "unknown")) {
+    status.state = SinkStateName(SinkState::kDown);
+    status.last_error = "billable metric " + options_.billable_metric_code + " not found in Lago";
+  }
   return status;
 }
 
@@ -1223,6 +1282,9 @@ void LagoSink::Impl::RenderMetrics(std::string* out) const {
         status.batch_events_max);
   gauge("ledger_lago_sink_up", "1 when Lago acknowledged the last request.",
         status.state == "up" ? 1 : 0);
+  gauge("ledger_lago_sink_billable_metric_missing",
+        "1 when Lago answered that the billable metric usage is sent under does not exist.",
+        status.billable_metric_missing ? 1 : 0);
   *out += "# HELP ledger_lago_sink_request_seconds Latency of one batch request to Lago.\n";
   RenderHistogram("ledger_lago_sink_request_seconds", "", metrics_.request_seconds.Read(),
                   /*with_type=*/true, out);

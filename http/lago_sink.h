@@ -92,6 +92,20 @@
 //       N - 1 in doubt too: it stops before N - 1 (unless it was sent already: a re-sealed event
 //       at the head, with no successor yet, cannot be told).
 //
+// The billable metric. Lago accepts an event under any `code` (it checks only that one is
+// there) and bills only those of a billable metric with that code: usage sent under a code Lago
+// does not know (a typo in LAGO_BILLABLE_METRIC_CODE, a metric renamed or deleted) is
+// acknowledged and never billed, and Lago reports it only later, in an `events.errors` webhook
+// (invalid_code; http/lago_webhook_routes.cc counts those). So the sink asks Lago
+// (LagoEventsApi::GetBillableMetric) before its first batch and then every
+// billable_metric_check_interval_ms until Lago says the metric exists. Lago's own 404
+// (billable_metric_not_found) logs an error and marks the metric missing: GetStatus() reports
+// state "down" with last_error "billable metric <code> not found in Lago" (over "up" and
+// "unknown"; a transport failure's state and error come first), until an answer finds it. Usage
+// is still sent meanwhile (Lago keeps the events; a metric created under that code later bills
+// the ones in its period). Any other answer (network error, 401, a proxy's page) says nothing
+// and is asked again after the interval; the daemon starts either way.
+//
 // Lifecycle: Open() reads the checkpoint; Start() starts the thread; Notify() (wired to
 // Ledger::AddCommitListener) wakes it after appends, otherwise it polls every poll_interval_ms.
 // Stop(deadline) keeps sending what the log held when it was called until it is all delivered,
@@ -153,6 +167,9 @@ struct LagoSinkOptions {
   // How often skip-only checkpoint progress is written (acknowledged batches are written at
   // once). A crash re-reads at most that much of the log; nothing is sent twice for it.
   int checkpoint_interval_ms = 1'000;
+  // How often the sink asks Lago whether billable_metric_code exists (see the header comment),
+  // until Lago says it does; 0 = never ask. Default 1 min.
+  int billable_metric_check_interval_ms = 60'000;
 };
 
 struct LagoSinkMetrics {
@@ -179,6 +196,9 @@ struct LagoSinkStatus {
   uint64_t pending = 0;           // Lago events read and not yet acknowledged
   uint64_t batch_events_max = 0;  // the current batch size (smaller after splits)
   bool running = false;
+  // Lago answered that billable_metric_code is not one of its billable metrics (see the header
+  // comment); state and last_error say so.
+  bool billable_metric_missing = false;
   std::string last_error;  // the failure the sink is in, "" once Lago answers again (state up)
 };
 

@@ -700,8 +700,7 @@ TEST_F(LagoSinkTest, ARefusedEventIsDeadLetteredAndTheRestDelivered) {
   EXPECT_EQ(std::string(data["transaction_id"].GetString()), poisoned);
   EXPECT_EQ(data["http_status"].GetInt(), 422);
   EXPECT_EQ(std::string(data["reason"].GetString()), "validation_errors");
-  EXPECT_NE(std::string(data["error"].GetString()).find("billable_metric_not_found"),
-            std::string::npos);
+  EXPECT_NE(std::string(data["error"].GetString()).find("invalid_format"), std::string::npos);
   EXPECT_EQ(std::string(data["lago_event"]["transaction_id"].GetString()), poisoned);
   EXPECT_EQ(rejected[0].subject, std::string(data["user_id"].GetString()));
   // The sink's own dead letter is behind its checkpoint too.
@@ -711,6 +710,65 @@ TEST_F(LagoSinkTest, ARefusedEventIsDeadLetteredAndTheRestDelivered) {
 // One event Lago answers 500 for, whatever batch carries it (a billable metric's expression
 // failing on its properties): once the events after it are accepted alone while it still fails
 // alone, it is dead-lettered and the sink goes on.
+// Lago accepts events under a code that is no billable metric of it, and bills none of them: the
+// sink asks Lago for the metric and reports it missing (state, last_error, a gauge) until Lago
+// has it; the usage is still sent.
+TEST_F(LagoSinkTest, AnUnknownBillableMetricCodeIsVisibleToOperators) {
+  FakeLago lago;
+  lago.SetBillableMetrics({"llm_calls"});
+  Append(30);
+  LagoSinkOptions options = FastOptions();
+  options.billable_metric_check_interval_ms = 50;
+  StartSink(lago.url(), options);
+  ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
+  EXPECT_TRUE(CountedExactlyOnce(lago, UsageIds()));
+  ASSERT_TRUE(WaitFor([&] { return sink_->GetStatus().billable_metric_missing; },
+                      std::chrono::seconds(10)));
+  LagoSinkStatus status = sink_->GetStatus();
+  EXPECT_EQ(status.state, "down");
+  EXPECT_EQ(status.last_error, "billable metric api_calls not found in Lago");
+  std::string metrics;
+  sink_->RenderMetrics(&metrics);
+  EXPECT_NE(metrics.find("ledger_lago_sink_billable_metric_missing 1\n"), std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("ledger_lago_sink_up 0\n"), std::string::npos);
+
+  // The operator creates the metric: the next check finds it, and the sink is up again.
+  lago.SetBillableMetrics({"llm_calls", "api_calls"});
+  ASSERT_TRUE(WaitFor([&] { return !sink_->GetStatus().billable_metric_missing; },
+                      std::chrono::seconds(10)));
+  status = sink_->GetStatus();
+  EXPECT_EQ(status.state, "up");
+  EXPECT_EQ(status.last_error, "");
+  metrics.clear();
+  sink_->RenderMetrics(&metrics);
+  EXPECT_NE(metrics.find("ledger_lago_sink_billable_metric_missing 0\n"), std::string::npos);
+  // Found, it is not asked again.
+  const size_t lookups = lago.metric_lookups();
+  Append(5);
+  ASSERT_TRUE(CaughtUp());
+  EXPECT_EQ(lago.metric_lookups(), lookups);
+}
+
+// Only Lago's own 404 says the metric is missing: a Lago that cannot be asked (down at the
+// start) marks nothing, and the sink asks again once it answers.
+TEST_F(LagoSinkTest, AnUnansweredBillableMetricCheckMarksNothing) {
+  FakeLago lago;
+  Append(10);
+  lago.SetDown(true);
+  LagoSinkOptions options = FastOptions();
+  options.billable_metric_check_interval_ms = 50;
+  StartSink(lago.url(), options);
+  ASSERT_TRUE(WaitFor([&] { return sink_->GetStatus().state == "down"; },
+                      std::chrono::seconds(10)));
+  EXPECT_FALSE(sink_->GetStatus().billable_metric_missing);
+  lago.SetDown(false);
+  ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
+  ASSERT_TRUE(WaitFor([&] { return lago.metric_lookups() > 0; }, std::chrono::seconds(10)));
+  EXPECT_FALSE(sink_->GetStatus().billable_metric_missing);
+  EXPECT_EQ(sink_->GetStatus().state, "up");
+}
+
 TEST_F(LagoSinkTest, AnEventLagoAlwaysFailsIsDeadLetteredAndTheRestDelivered) {
   FakeLago lago;
   Append(120);

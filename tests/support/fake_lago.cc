@@ -91,7 +91,7 @@ std::string EventErrors(const rapidjson::Value& event, const std::set<std::strin
   }
   if (NonEmptyString(event, "transaction_id") &&
       rejected.count(event["transaction_id"].GetString()) > 0) {
-    errors.push_back(R"("code":["billable_metric_not_found"])");
+    errors.push_back(R"("timestamp":["invalid_format"])");
   }
   if (errors.empty()) return "";
   std::string out = "{";
@@ -206,6 +206,28 @@ void FakeLago::Listen() {
     std::lock_guard<std::mutex> lock(mu_);
     requests_.push_back(record);
   });
+  server->Get(R"(/api/v1/billable_metrics/([^/]+))",
+              [this](const httplib::Request& req, httplib::Response& res) {
+                metric_lookups_.fetch_add(1);
+                std::lock_guard<std::mutex> lock(mu_);
+                if (req.get_header_value("Authorization") != "Bearer " + options_.api_key) {
+                  res.status = 401;
+                  res.set_content(Problem(401, "Unauthorized", "", ""), "application/json");
+                  return;
+                }
+                const std::string code = httplib::detail::decode_url(req.matches[1], false);
+                if (options_.billable_metrics.count(code) == 0) {
+                  res.status = 404;
+                  res.set_content(Problem(404, "Not Found", "billable_metric_not_found", ""),
+                                  "application/json");
+                  return;
+                }
+                res.status = 200;
+                res.set_content(R"({"billable_metric":{"lago_id":"bm-)" + code +
+                                    R"(","name":"API calls","code":")" + code +
+                                    R"(","aggregation_type":"sum_agg","field_name":"quantity"}})",
+                                "application/json");
+              });
   if (port_ == 0) {
     port_ = server->bind_to_any_port("127.0.0.1");
     if (port_ <= 0) {
@@ -263,6 +285,11 @@ void FakeLago::SetApiKey(std::string key) {
 void FakeLago::SetDedupe(Dedupe dedupe) {
   std::lock_guard<std::mutex> lock(mu_);
   options_.dedupe = dedupe;
+}
+
+void FakeLago::SetBillableMetrics(std::set<std::string> codes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  options_.billable_metrics = std::move(codes);
 }
 
 void FakeLago::RejectTransaction(std::string transaction_id) {

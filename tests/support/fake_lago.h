@@ -14,8 +14,10 @@
 //      and properties (an object with `service` (string) and `quantity` (integer) -- what
 //      ledgerd's contract sends): 422
 //      validation_errors with error_details {"<index>": {"<field>": ["value_is_mandatory"...]}};
-//      RejectTransaction() makes one transaction id invalid the same way (a poisoned event),
-//      FailTransaction() makes every batch holding it a 500;
+//      RejectTransaction() makes one transaction id invalid the same way (a poisoned event: its
+//      timestamp "invalid_format", what Lago answers when Float() cannot read one),
+//      FailTransaction() makes every batch holding it a 500. Like Lago, the `code` is not checked
+//      against the billable metrics: an event under an unknown code is accepted and stored;
 //   4. dedupe on (external_subscription_id, transaction_id), like Lago's unique index, in one of
 //      the modes below; nothing is counted twice (except in kNoDedupe, for negative controls).
 //   Accepted, it answers 200 {"events":[...]} (the events of the batch), the shape of Lago's
@@ -32,6 +34,10 @@
 //   kNoDedupe        NOT Lago: every receipt counts (negative controls of the exactly-once check).
 //
 // Every request is recorded (requests()) with the status it got and how many events it carried.
+//
+// GET /api/v1/billable_metrics/<code> (the same key): 200 {"billable_metric":{...}} for a code in
+// Options::billable_metrics (SetBillableMetrics), else Lago's 404 {"status":404,"error":
+// "Not Found","code":"billable_metric_not_found"}. Counted in metric_lookups(), not requests().
 //
 // Thread safety: every public method may be called from any thread while the server runs.
 #pragma once
@@ -79,6 +85,8 @@ class FakeLago {
     Dedupe dedupe = Dedupe::kRejectBatch;
     bool server_error_on_inner_duplicate = false;
     int slow_ms = 1500;
+    // The organization's billable metric codes (GET /api/v1/billable_metrics/<code>).
+    std::set<std::string> billable_metrics = {"api_calls"};
   };
 
   struct StoredEvent {
@@ -119,6 +127,9 @@ class FakeLago {
   void ClearFaults();
   void SetApiKey(std::string key);
   void SetDedupe(Dedupe dedupe);
+  void SetBillableMetrics(std::set<std::string> codes);
+  // GET /api/v1/billable_metrics/<code> requests answered so far.
+  size_t metric_lookups() const { return metric_lookups_.load(); }
   // Every batch holding this transaction id is refused with 422 validation_errors naming it.
   void RejectTransaction(std::string transaction_id);
   // Every batch holding this transaction id answers 500, nothing of it stored (Lago's
@@ -150,6 +161,7 @@ class FakeLago {
   std::thread thread_;
 
   std::atomic<size_t> received_{0};
+  std::atomic<size_t> metric_lookups_{0};
   mutable std::mutex mu_;
   std::deque<Fault> faults_;                                   // guarded by mu_
   std::set<std::string> rejected_;                             // guarded by mu_
