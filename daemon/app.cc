@@ -20,6 +20,7 @@
 #include "http/lago_client.h"
 #include "http/lago_signature.h"
 #include "http/lago_sink.h"
+#include "http/lago_webhook_metrics.h"
 #include "http/limits.h"
 #include "http/routes.h"
 #include "http/secret_box.h"
@@ -62,6 +63,7 @@ class App::Impl {
   std::unique_ptr<http::SecretBox> byok_box_;        // outlives server_
   std::unique_ptr<http::HttpLagoClient> lago_client_;  // outlives lago_sink_
   std::unique_ptr<http::LagoSink> lago_sink_;
+  http::LagoWebhookMetrics lago_webhook_metrics_;  // events.errors deliveries, by kind
   uint64_t lago_listener_ = 0;  // Ledger::AddCommitListener id
   http::RequestMetrics request_metrics_;
   projections::UsageMeter usage_meter_;  // the usage routes' access cache and counters
@@ -314,6 +316,9 @@ Status App::Impl::LoadLagoWebhookKeys() {
   // sink calls: checked only when named (the RS256 signature is what authenticates).
   context_.lago_webhook_issuer = config_.lago_webhook_issuer;
   context_.lago_organization_id = config_.lago_organization_id;
+  context_.lago_webhook_metrics = &lago_webhook_metrics_;
+  context_.metrics_renderers.push_back(
+      [metrics = &lago_webhook_metrics_](std::string* out) { metrics->RenderMetrics(out); });
   if (config_.lago_webhook_public_key_file.empty()) return Status::OK();
   std::string contents;
   LEDGER_RETURN_IF_ERROR(ReadConfigFile("LAGO_WEBHOOK_PUBLIC_KEY_FILE",

@@ -22,6 +22,7 @@ namespace ledger::http {
 
 class StripeApi;  // http/stripe_client.h
 class SecretBox;  // http/secret_box.h
+class LagoWebhookMetrics;  // http/lago_webhook_metrics.h
 }  // namespace ledger::http
 
 namespace ledger::projections {
@@ -84,6 +85,9 @@ struct AppContext {
   std::string lago_webhook_public_key_pem;
   std::string lago_webhook_issuer;
   std::string lago_organization_id;
+  // Counts what Lago's events.errors webhooks report (http/lago_webhook_metrics.h); not owned,
+  // rendered by its owner through metrics_renderers. Null: those deliveries are logged only.
+  LagoWebhookMetrics* lago_webhook_metrics = nullptr;
   // Log consumers besides the outbox (the Lago sink), reported under "sinks" by /readyz. Called
   // on /readyz requests: must be cheap and thread-safe. Their counters go to metrics_renderers.
   std::vector<std::function<SinkStatus()>> sink_statuses;

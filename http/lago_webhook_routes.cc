@@ -25,16 +25,22 @@
 //      and "derived":[] (the first delivery's answer otherwise) and appends nothing. A body
 //      delivered before under another key is recorded, naming that key in
 //      repeat_of_unique_key.
+//   6. An `events.errors` delivery newly recorded (Lago's post-validation job: usage it accepted
+//      and cannot bill, e.g. under a code no billable metric has) is counted by kind in
+//      ledger_lago_events_errors_total (http/lago_webhook_metrics.h) and logged at warn with
+//      the counts and the first transaction ids of each kind.
 // Nothing is appended on any 4xx/5xx. Lago retries non-2xx answers (LAGO_WEBHOOK_ATTEMPTS, 3 by
 // default) with the same unique key.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <string_view>
 
 #include "events/types.h"
 #include "http/lago_signature.h"
+#include "http/lago_webhook_metrics.h"
 #include "http/problem.h"
 #include "http/routes.h"
 #include "projections/lago.h"
@@ -47,6 +53,40 @@ constexpr char kWebhookPath[] = "/api/v1/webhooks/lago";
 constexpr char kSignatureHeader[] = "X-Lago-Signature";
 constexpr char kAlgorithmHeader[] = "X-Lago-Signature-Algorithm";
 constexpr char kUniqueKeyHeader[] = "X-Lago-Unique-Key";
+// Transaction ids of each events.errors kind named in the log line, and their bytes at most.
+constexpr size_t kLoggedIdsMax = 5;
+constexpr size_t kLoggedIdBytesMax = 128;
+
+// Counts and logs an events.errors delivery: {"events_errors":{"<kind>":[transaction ids]}}.
+void ReportEventsErrors(const rapidjson::Document& payload, const std::string& unique_key,
+                        LagoWebhookMetrics* metrics) {
+  auto errors = payload.FindMember("events_errors");
+  if (errors == payload.MemberEnd() || !errors->value.IsObject()) return;
+  std::string summary;
+  for (size_t kind = 0; kind < kLagoEventsErrorKinds.size(); ++kind) {
+    const std::string name(kLagoEventsErrorKinds[kind]);
+    auto ids = errors->value.FindMember(name.c_str());
+    if (ids == errors->value.MemberEnd() || !ids->value.IsArray() || ids->value.Empty()) {
+      continue;
+    }
+    const rapidjson::SizeType count = ids->value.Size();
+    if (metrics != nullptr) metrics->AddEventsErrors(kind, count);
+    summary += (summary.empty() ? "" : "; ") + name + " " + std::to_string(count) + " [";
+    for (rapidjson::SizeType i = 0; i < count && i < kLoggedIdsMax; ++i) {
+      const rapidjson::Value& id = ids->value[i];
+      if (i > 0) summary += ", ";
+      summary += id.IsString() ? std::string(id.GetString(),
+                                             std::min<size_t>(id.GetStringLength(),
+                                                              kLoggedIdBytesMax))
+                               : "?";
+    }
+    summary += count > kLoggedIdsMax ? ", ...]" : "]";
+  }
+  if (summary.empty()) return;
+  spdlog::warn("lago webhooks: Lago reports usage events it cannot bill (events.errors, delivery "
+               "{}): {}; check LAGO_BILLABLE_METRIC_CODE against Lago's billable metrics",
+               unique_key, summary);
+}
 
 // True when the delivery's top-level `organization_id` is the string `organization_id`.
 bool IsForOrganization(const projections::LagoWebhook& webhook,
@@ -58,8 +98,8 @@ bool IsForOrganization(const projections::LagoWebhook& webhook,
 }
 
 void HandleWebhook(Ledger* ledger, const LagoSignatureVerifier* verifier,
-                   const std::string& organization_id, const httplib::Request& req,
-                   httplib::Response& res) {
+                   const std::string& organization_id, LagoWebhookMetrics* metrics,
+                   const httplib::Request& req, httplib::Response& res) {
   if (ledger == nullptr) {
     WriteProblem(503, "storage_unavailable", "the event store is not open", &res);
     return;
@@ -110,12 +150,15 @@ void HandleWebhook(Ledger* ledger, const LagoSignatureVerifier* verifier,
                  &res);
     return;
   }
+  const bool events_errors = webhook.webhook_type == "events.errors";
+  const std::shared_ptr<const rapidjson::Document> payload = webhook.payload;
   projections::IngestLagoWebhook command(std::move(webhook));
   CommandResult result = ledger->Submit(&command);
   if (!result.status.ok()) {
     WriteCommandResult(result, &res);
     return;
   }
+  if (events_errors && !result.replayed) ReportEventsErrors(*payload, unique_key, metrics);
   std::string body =
       result.replayed ? projections::DuplicateLagoWebhookBody(result.body) : std::move(result.body);
   WriteJsonAt(200, std::move(body), result.position, &res);
@@ -137,10 +180,11 @@ void AddLagoWebhookRoutes(const AppContext& context, RouteTable* routes) {
   std::shared_ptr<const LagoSignatureVerifier> verifier(std::move(created));
   Ledger* ledger = context.ledger;
   std::string organization_id = context.lago_organization_id;
+  LagoWebhookMetrics* metrics = context.lago_webhook_metrics;
   routes->Add("POST", kWebhookPath, kWebhookPath, Policy::kSignature,
-              [ledger, verifier, organization_id](const httplib::Request& req,
-                                                  httplib::Response& res, const Identity&) {
-                HandleWebhook(ledger, verifier.get(), organization_id, req, res);
+              [ledger, verifier, organization_id, metrics](
+                  const httplib::Request& req, httplib::Response& res, const Identity&) {
+                HandleWebhook(ledger, verifier.get(), organization_id, metrics, req, res);
               });
 }
 

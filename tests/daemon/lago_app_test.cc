@@ -137,6 +137,69 @@ TEST(LagoAppTest, TheSinkForwardsUsageAndResumesAfterARestart) {
   ASSERT_TRUE(app->Stop(std::chrono::seconds(5)).ok());
 }
 
+// Lago accepts usage under a code no billable metric has (a typo in LAGO_BILLABLE_METRIC_CODE)
+// and bills none of it: /readyz and /metrics show the metric missing, and Lago's later
+// events.errors webhook naming those events is counted and logged.
+TEST(LagoAppTest, AnUnknownBillableMetricCodeIsVisibleToOperators) {
+  ScopedCleanEnvironment env;
+  TempDir dir;
+  FakeLago::Options lago_options;
+  lago_options.billable_metrics = {"llm_calls"};
+  FakeLago lago(lago_options);
+  std::unique_ptr<App> app;
+  Status s = App::Start(LagoConfig(dir.Sub("data"), lago), nullptr, &app);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  TestHttpClient client("127.0.0.1", app->http_port());
+  client.set_bearer(kServiceToken);
+  HttpReply r = client.Post(
+      "/api/v1/usage/events",
+      R"({"events":[{"user_id":"alice","service":"chat","quantity":2,"idempotency_key":"a1"}]})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  // Lago takes the usage (as real Lago does, whatever the code).
+  ASSERT_TRUE(lago.WaitForStored(1, std::chrono::seconds(30)));
+  ASSERT_TRUE(WaitFor([&] {
+    rapidjson::Document ready = client.Get("/readyz").Json();
+    return ready.IsObject() && ready["sinks"]["lago"]["lag"].GetUint64() == 0;
+  }, std::chrono::seconds(30), std::chrono::milliseconds(20)));
+  rapidjson::Document ready = client.Get("/readyz").Json();
+  const auto& sink = ready["sinks"]["lago"];
+  EXPECT_EQ(std::string(sink["state"].GetString()), "down");
+  ASSERT_TRUE(sink["last_error"].IsString());
+  EXPECT_EQ(std::string(sink["last_error"].GetString()),
+            "billable metric api_calls not found in Lago");
+  std::string metrics = client.Get("/metrics").body;
+  EXPECT_NE(metrics.find("ledger_lago_sink_billable_metric_missing 1\n"), std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("ledger_lago_sink_up 0\n"), std::string::npos);
+
+  // An hour later Lago's post-validation job reports those events.
+  const std::string body =
+      R"({"webhook_type":"events.errors","object_type":"events_errors",)"
+      R"("organization_id":"org-1","events_errors":{"invalid_code":["tx-1","tx-2","tx-3"],)"
+      R"("missing_aggregation_property":["tx-4"],"missing_group_key":[]}})";
+  auto post = [&](const std::string& unique_key) {
+    return client.Post("/api/v1/webhooks/lago", body,
+                       {{"X-Lago-Signature", http::LagoHmacSignature(kHmacKey, body)},
+                        {"X-Lago-Signature-Algorithm", "hmac"},
+                        {"X-Lago-Unique-Key", unique_key}});
+  };
+  r = post("wh-errors-1");
+  ASSERT_EQ(r.status, 200) << r.body;
+  // Lago's retry of the same delivery is not counted again.
+  r = post("wh-errors-1");
+  ASSERT_EQ(r.status, 200) << r.body;
+  metrics = client.Get("/metrics").body;
+  EXPECT_NE(metrics.find("ledger_lago_events_errors_total{kind=\"invalid_code\"} 3\n"),
+            std::string::npos)
+      << metrics;
+  EXPECT_NE(
+      metrics.find("ledger_lago_events_errors_total{kind=\"missing_aggregation_property\"} 1\n"),
+      std::string::npos);
+  EXPECT_NE(metrics.find("ledger_lago_events_errors_total{kind=\"missing_group_key\"} 0\n"),
+            std::string::npos);
+  ASSERT_TRUE(app->Stop(std::chrono::seconds(5)).ok());
+}
+
 TEST(LagoAppTest, WithoutAnApiKeyTheSinkIsReportedDisabled) {
   ScopedCleanEnvironment env;
   TempDir dir;
