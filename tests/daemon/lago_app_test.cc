@@ -164,8 +164,7 @@ TEST(LagoAppTest, AnUnknownBillableMetricCodeIsVisibleToOperators) {
   rapidjson::Document ready = client.Get("/readyz").Json();
   const auto& sink = ready["sinks"]["lago"];
   EXPECT_EQ(std::string(sink["state"].GetString()), "down");
-  ASSERT_TRUE(sink["last_error"].IsString());
-  EXPECT_EQ(std::string(sink["last_error"].GetString()),
+  EXPECT_EQ(std::string(sink["last_error"].IsString() ? sink["last_error"].GetString() : "null"),
             "billable metric api_calls not found in Lago");
   std::string metrics = client.Get("/metrics").body;
   EXPECT_NE(metrics.find("ledger_lago_sink_billable_metric_missing 1\n"), std::string::npos)
