@@ -30,8 +30,9 @@
 //         400 days. {"usage": {...}, "denials_since_start"}
 //         (refused consumes since the daemon started, from the usage meter: refusals are not
 //         events).
-// {email} is an email, or a user id when it has no '@' (`list` and `analytics` are never taken
-// for one: the pattern excludes them).
+// {email} is an email (and a known user whose id is exactly it), or a user id when it has no '@'
+// (FindUsersByEmailOrId; `list` and `analytics` are never taken for one: the pattern excludes
+// them).
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
@@ -132,13 +133,12 @@ bool ParseTimeParam(const std::string& text, const char* name, int64_t* out_s,
   return false;
 }
 
-// `{email}`: a subscriber's email, or (without an '@') a user id (FindUsersByEmailOrId).
+// `{email}`: a subscriber's email, or a user id (FindUsersByEmailOrId: with an '@' both).
 bool EmailParam(const httplib::Request& req, std::string* email, httplib::Response& res) {
   *email = req.matches[1].str();
-  const bool is_email = email->find('@') != std::string::npos;
-  if (is_email ? email->size() < 3 || email->size() > pj::limits::kEmailBytesMax ||
-                     !pj::IsValidUtf8(*email)
-               : !pj::IsValidUserId(*email)) {
+  const bool is_email = email->find('@') != std::string::npos && email->size() >= 3 &&
+                        email->size() <= pj::limits::kEmailBytesMax && pj::IsValidUtf8(*email);
+  if (!is_email && !pj::IsValidUserId(*email)) {
     WriteProblem(400, "invalid_parameter",
                  "email: 3 to 320 bytes of UTF-8 with an '@', or a user id", &res);
     return false;

@@ -1679,6 +1679,65 @@ TEST_F(AdminRoutesTest, AUserIdAddressesAnAccountThatNeverCheckedOut) {
   ExpectProblem(Admin().Get(std::string(kAdminBase) + "bad%01id"), 400, "invalid_parameter");
 }
 
+// A user id may hold an '@' (a JWT's sub is any user id: an IdP may use the email). With an '@'
+// the `{email}` named only users whose email it is: carl@example.com's own account answered 404
+// "no subscriber with that email" to GET, PATCH and reset-usage. It now names that user too once
+// known (here: a subscription), beside every user with that email; an '@' nobody is known by
+// stays a 404 that appends nothing.
+TEST_F(AdminRoutesTest, AUserIdWithAnAtSignCanBeOverridden) {
+  const std::string carl = "carl@example.com";
+  TestSubscription own = OnPlan(carl, "starter", kNow - 10 * kDay, kNow + 20 * kDay);
+  own.customer_id = "cus_carl";
+  own.subscription_id = "sub_carl";
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), own).ok());
+  ASSERT_EQ(Consume(carl, "chat", "k1").status, 200);
+
+  HttpReply r = Patch(carl, R"({"tier":"enterprise","status":"active","notes":"partner"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  ASSERT_EQ(doc["users"].Size(), 1u) << r.body;
+  EXPECT_STREQ(doc["users"][0]["user_id"].GetString(), carl.c_str());
+  HttpReply access = User(carl).Get("/api/v1/subscriptions/my-access");
+  ASSERT_EQ(access.status, 200) << access.body;
+  EXPECT_STREQ(access.Json()["plan_id"].GetString(), "enterprise") << access.body;
+  EXPECT_TRUE(access.Json()["overridden"].GetBool()) << access.body;
+  EXPECT_EQ(Consume(carl, "bolt-diy", "k2").status, 200);
+
+  r = Admin().Get(kAdminBase + carl);
+  ASSERT_EQ(r.status, 200) << r.body;
+  doc = r.Json();
+  ASSERT_EQ(doc["users"].Size(), 1u) << r.body;
+  EXPECT_STREQ(doc["users"][0]["subscriber"]["plan_id"].GetString(), "enterprise") << r.body;
+  r = Admin().Post(kAdminBase + carl + "/reset-usage", "");
+  ASSERT_EQ(r.status, 200) << r.body;
+  doc = r.Json();
+  ASSERT_EQ(doc["users"].Size(), 1u) << r.body;
+  EXPECT_STREQ(doc["users"][0]["user_id"].GetString(), carl.c_str());
+  EXPECT_EQ(doc["users"][0]["used_before"].GetInt64(), 2) << r.body;
+
+  // Another user whose email it is: the routes act on both, in user id order.
+  AddSubscriber(OnPlan("u-work", "starter", kNow - 10 * kDay, kNow + 20 * kDay), carl);
+  r = Patch(carl, R"({"notes":"both"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  doc = r.Json();
+  ASSERT_EQ(doc["users"].Size(), 2u) << r.body;
+  EXPECT_STREQ(doc["users"][0]["user_id"].GetString(), carl.c_str());
+  EXPECT_STREQ(doc["users"][1]["user_id"].GetString(), "u-work");
+  r = Admin().Get(kAdminBase + carl);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.Json()["users"].Size(), 2u) << r.body;
+
+  // Nobody is known by this one: no account is made up.
+  const uint64_t head = Head();
+  ExpectProblem(Patch("nobody@example.com", R"({"tier":"enterprise","status":"active"})"), 404,
+                "not_found");
+  ExpectProblem(Admin().Get(std::string(kAdminBase) + "nobody@example.com"), 404, "not_found");
+  ExpectProblem(Admin().Post(std::string(kAdminBase) + "nobody@example.com/reset-usage", ""), 404,
+                "not_found");
+  EXPECT_EQ(Head(), head);
+  ExpectReplayEqual();
+}
+
 // An email is a user's for the admin routes only when ledgerd gave it to Stripe from the user's
 // own token. Mallory's token has no email claim: at Checkout she typed alice's a@x.com, and
 // customer.linked.v1 gave her that email -- PATCH and reset-usage of a@x.com changed mallory's
