@@ -1,7 +1,9 @@
 #include "projections/plan_catalog.h"
 
 #include <algorithm>
+#include <array>
 #include <functional>
+#include <optional>
 #include <utility>
 
 #include <rapidjson/document.h>
@@ -142,6 +144,47 @@ Status CheckNamedStripePriceIds(const Plan& plan,
   return Status::OK();
 }
 
+// An integer field an admin gives the catalog: the range taken from them, told whole in the
+// 422's detail. Stored plans read under ValidatePlan's wider ranges, and its detail was the one
+// told: "price_monthly_cents: must be between 0 and 10000000000" for -1, where Stripe stops at
+// 99999999, and "api_calls_limit: must be between 0 and 1000000000000" for -5, where 0 is
+// refused too. `also`: another field whose change sets this one (the default yearly price
+// follows the monthly), or nullptr.
+struct InputRange {
+  const char* field;
+  std::optional<int64_t> value;
+  int64_t min;
+  int64_t max;
+  const char* tail;  // after the bounds: why, and what null means for a nullable field
+  const char* also;
+};
+
+// Checked before ValidatePlan (as the price ids are), so that its wider rule is never the one
+// told for what an admin names.
+Status CheckNamedRanges(const Plan& plan, const std::function<bool(std::string_view)>& named) {
+  // A quota of 0 would refuse every consume as more than a whole window allows, and the usage
+  // events' limit is at least 1 (schemas/events/usage.*): a plan without API calls leaves its
+  // services out. A price is what Stripe can bill (an 8-digit unit_amount): a dearer one could
+  // never be set up there, and checkout for it would fail for good.
+  const std::array<InputRange, 5> ranges = {{
+      {"price_monthly_cents", plan.price_monthly_cents, 0, limits::kStripeUnitAmountMax,
+       " (Stripe's largest unit amount)", nullptr},
+      {"price_yearly_cents", plan.price_yearly_cents, 0, limits::kStripeUnitAmountMax,
+       " (Stripe's largest unit amount), or null (not sold yearly)", "price_monthly_cents"},
+      {"api_calls_limit", plan.api_calls_limit, 1, limits::kApiCallsLimitMax,
+       ", or null (unlimited)", nullptr},
+      {"trial_days", plan.trial_days, 0, limits::kTrialDaysMax, "", nullptr},
+      {"team_seats", plan.team_seats, 1, limits::kTeamSeatsMax, "", nullptr},
+  }};
+  for (const InputRange& range : ranges) {
+    if (!range.value || (*range.value >= range.min && *range.value <= range.max)) continue;
+    if (!named(range.field) && (range.also == nullptr || !named(range.also))) continue;
+    return Invalid(std::string(range.field) + ": must be between " + std::to_string(range.min) +
+                   " and " + std::to_string(range.max) + range.tail);
+  }
+  return Status::OK();
+}
+
 Status CheckInputOnlyRules(const Plan& plan,
                            const std::function<bool(std::string_view)>& named) {
   // The plans page shows these to everyone (GET /plans) and stripe-setup sends the name to Stripe
@@ -161,24 +204,6 @@ Status CheckInputOnlyRules(const Plan& plan,
   if (plan.trial_days > 0 && plan.limit_window == LimitWindow::kMonth &&
       (named("limit_window") || named("trial_days"))) {
     return Invalid("limit_window: a trial's quota is per day (metering counts trial days)");
-  }
-  // A quota of 0 would refuse every consume as more than a whole window allows, and the usage
-  // events' limit is at least 1 (schemas/events/usage.*): a plan without API calls leaves its
-  // services out.
-  if (plan.api_calls_limit && *plan.api_calls_limit < 1 && named("api_calls_limit")) {
-    return Invalid("api_calls_limit: at least 1, or null (unlimited)");
-  }
-  // What Stripe can bill (an 8-digit unit_amount): a dearer price could never be set up there,
-  // and checkout for it would fail for good.
-  if (plan.price_monthly_cents > limits::kStripeUnitAmountMax && named("price_monthly_cents")) {
-    return Invalid("price_monthly_cents: at most " + std::to_string(limits::kStripeUnitAmountMax) +
-                   " (Stripe's largest unit amount)");
-  }
-  if (plan.price_yearly_cents && *plan.price_yearly_cents > limits::kStripeUnitAmountMax &&
-      (named("price_yearly_cents") || named("price_monthly_cents"))) {
-    return Invalid("price_yearly_cents: at most " +
-                   std::to_string(limits::kStripeUnitAmountMax) +
-                   " (Stripe's largest unit amount); give a smaller one, or null (not sold yearly)");
   }
   // A plan is free (both cycles 0, or yearly null) or paid in every cycle it sells: stripe-setup
   // makes no Stripe price for 0, so a paid plan's yearly 0 showed $0 a year on the plans page
@@ -282,6 +307,7 @@ Status ParsePlanObject(const Value& object, ParseMode mode, std::string_view pat
   }
   if (mode == ParseMode::kInput) {
     LEDGER_RETURN_IF_ERROR(CheckNamedStripePriceIds(plan, EveryField));
+    LEDGER_RETURN_IF_ERROR(CheckNamedRanges(plan, EveryField));
   }
   LEDGER_RETURN_IF_ERROR(ValidatePlan(plan));
   return mode == ParseMode::kInput ? CheckInputOnlyRules(plan, EveryField)
@@ -911,6 +937,7 @@ Status CheckStripePricesBillThePlan(const Plan& plan, const Plan* before,
 // `named` as CheckInputOnlyRules (a POST names every field).
 Status ValidatePlanChange(const Plan& plan, const std::function<bool(std::string_view)>& named) {
   LEDGER_RETURN_IF_ERROR(CheckNamedStripePriceIds(plan, named));
+  LEDGER_RETURN_IF_ERROR(CheckNamedRanges(plan, named));
   LEDGER_RETURN_IF_ERROR(ValidatePlan(plan));
   return CheckInputOnlyRules(plan, named);
 }

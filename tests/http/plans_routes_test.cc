@@ -2,6 +2,9 @@
 #include <gtest/gtest.h>
 
 #include <ctime>
+#include <map>
+#include <string>
+#include <vector>
 
 #include "events/ledger.h"
 #include "http/app_context.h"
@@ -99,6 +102,12 @@ class PlansRoutesTest : public ::testing::Test {
     ASSERT_TRUE(doc.IsObject() && doc.HasMember("code") && doc["code"].IsString()) << reply.body;
     EXPECT_EQ(std::string(doc["code"].GetString()), code) << reply.body;
     EXPECT_EQ(doc["status"].GetInt(), status);
+  }
+
+  static std::string Detail(const HttpReply& reply) {
+    rapidjson::Document doc = reply.Json();
+    if (!doc.IsObject() || !doc.HasMember("detail")) return "";
+    return doc["detail"].GetString();
   }
 
   ledger::testing::TempDir dir_;
@@ -229,6 +238,71 @@ TEST_F(PlansRoutesTest, StripePriceIdsAreRefusedByOneRule) {
     }
   }
   EXPECT_EQ(Head(), 4u);
+}
+
+// Each integer field's 422 states the range the route takes, and its bounds are taken: -1 for a
+// price was told "must be between 0 and 10000000000" (Stripe's 99999999 is the top), and -5 for
+// api_calls_limit "must be between 0 and 1000000000000" (0 is refused too).
+TEST_F(PlansRoutesTest, EveryBoundedFieldStatesTheRangeItTakes) {
+  struct Bounded {
+    std::string field;
+    std::vector<std::string> outside;
+    std::vector<std::string> bounds;
+    std::string rule;
+    std::map<std::string, std::string> with;  // other fields the bounds need
+  };
+  const std::vector<Bounded> fields = {
+      {"price_monthly_cents", {"-1", "100000000"}, {"0", "99999999"},
+       "price_monthly_cents: must be between 0 and 99999999 (Stripe's largest unit amount)",
+       {{"price_yearly_cents", "null"}}},
+      {"price_yearly_cents", {"-1", "100000000"}, {"99999999"},
+       "price_yearly_cents: must be between 0 and 99999999 (Stripe's largest unit amount), or "
+       "null (not sold yearly)",
+       {}},
+      {"price_yearly_cents", {}, {"0"}, "", {{"price_monthly_cents", "0"}}},
+      {"api_calls_limit", {"-5", "0", "1000000000001"}, {"1", "1000000000000"},
+       "api_calls_limit: must be between 1 and 1000000000000, or null (unlimited)", {}},
+      {"trial_days", {"-1", "366"}, {"365"}, "trial_days: must be between 0 and 365",
+       {{"price_yearly_cents", "null"}}},
+      {"team_seats", {"0", "100001"}, {"1", "100000"}, "team_seats: must be between 1 and 100000",
+       {}},
+  };
+  int created = 0;
+  for (const Bounded& b : fields) {
+    auto body = [&](const std::string& id, const std::string& value) {
+      std::map<std::string, std::string> members = {
+          {"id", "\"" + id + "\""}, {"display_name", "\"Team\""},
+          {"price_monthly_cents", "2900"}, {"api_calls_limit", "5000"},
+          {"services", R"(["chat"])"}};
+      for (const auto& [name, json] : b.with) members[name] = json;
+      members[b.field] = value;
+      std::string text;
+      for (const auto& [name, json] : members) {
+        text += (text.empty() ? "{\"" : ",\"") + name + "\":" + json;
+      }
+      return text + "}";
+    };
+    for (const std::string& value : b.outside) {
+      SCOPED_TRACE(b.field + " " + value);
+      const uint64_t head = Head();
+      std::vector<HttpReply> replies = {Admin().Post(kPlans, body("bounded", value))};
+      if (b.field != "trial_days") {  // a recurring plan's trial_days is a kind change (409)
+        replies.push_back(Admin().Put(std::string(kPlans) + "/starter",
+                                      "{\"" + b.field + "\":" + value + "}"));
+      }
+      for (const HttpReply& r : replies) {
+        ExpectProblem(r, 422, "validation_failed");
+        EXPECT_EQ(Detail(r), b.rule);
+      }
+      EXPECT_EQ(Head(), head);
+    }
+    for (const std::string& value : b.bounds) {
+      SCOPED_TRACE(b.field + " " + value);
+      HttpReply r = Admin().Post(kPlans, body("bound-" + std::to_string(++created), value));
+      ASSERT_EQ(r.status, 201) << r.body;
+      EXPECT_EQ(std::to_string(r.Json()[b.field.c_str()].GetInt64()), value);
+    }
+  }
 }
 
 TEST_F(PlansRoutesTest, UpdateChangesTheFieldsGiven) {
@@ -379,12 +453,6 @@ class PlansWithStripeTest : public PlansRoutesTest {
   HttpReply Put(const std::string& plan_id, const std::string& body,
                 const httplib::Headers& headers = {}) {
     return Admin().Put(std::string(kPlans) + "/" + plan_id, body, headers);
-  }
-
-  static std::string Detail(const HttpReply& reply) {
-    rapidjson::Document doc = reply.Json();
-    if (!doc.IsObject() || !doc.HasMember("detail")) return "";
-    return doc["detail"].GetString();
   }
 
   FakeStripe fake_;
