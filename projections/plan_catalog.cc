@@ -185,6 +185,32 @@ Status CheckNamedRanges(const Plan& plan, const std::function<bool(std::string_v
   return Status::OK();
 }
 
+// Whether `s` shows nothing: spaces only (ASCII, no-break, U+1680, U+2000..U+200A, the line and
+// paragraph separators, U+205F, ideographic) and zero-width characters (U+200B..U+200D, U+2060,
+// U+FEFF).
+bool IsBlank(std::string_view s) {
+  while (!s.empty()) {
+    const auto at = [s](size_t i) { return i < s.size() ? static_cast<unsigned char>(s[i]) : 0; };
+    const unsigned char c0 = at(0), c1 = at(1), c2 = at(2);
+    size_t n = 0;
+    if (c0 == 0x20) {
+      n = 1;
+    } else if (c0 == 0xc2 && c1 == 0xa0) {
+      n = 2;
+    } else if ((c0 == 0xe1 && c1 == 0x9a && c2 == 0x80) ||
+               (c0 == 0xe2 && c1 == 0x80 &&
+                ((c2 >= 0x80 && c2 <= 0x8d) || c2 == 0xa8 || c2 == 0xa9 || c2 == 0xaf)) ||
+               (c0 == 0xe2 && c1 == 0x81 && (c2 == 0x9f || c2 == 0xa0)) ||
+               (c0 == 0xe3 && c1 == 0x80 && c2 == 0x80) ||
+               (c0 == 0xef && c1 == 0xbb && c2 == 0xbf)) {
+      n = 3;
+    }
+    if (n == 0) return false;
+    s.remove_prefix(n);
+  }
+  return true;
+}
+
 Status CheckInputOnlyRules(const Plan& plan,
                            const std::function<bool(std::string_view)>& named) {
   // The plans page shows these to everyone (GET /plans) and stripe-setup sends the name to Stripe
@@ -195,6 +221,10 @@ Status CheckInputOnlyRules(const Plan& plan,
     if (named(field) && !IsDisplayText(*text)) {
       return Invalid(std::string(field) + ": " + kDisplayTextRule);
     }
+  }
+  // A name of spaces shows as none (the plans page, revenue-by-tier, my-access), as an empty one.
+  if (named("display_name") && IsBlank(plan.display_name)) {
+    return Invalid("display_name: must not be blank (spaces only)");
   }
   for (size_t i = 0; i < plan.features.size() && named("features"); ++i) {
     if (!IsDisplayText(plan.features[i])) {

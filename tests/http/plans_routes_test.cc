@@ -305,6 +305,27 @@ TEST_F(PlansRoutesTest, EveryBoundedFieldStatesTheRangeItTakes) {
   }
 }
 
+// A display name of spaces shows as none, as an empty one: refused alike (POST and PUT).
+TEST_F(PlansRoutesTest, ABlankDisplayNameIsRefused) {
+  const std::string post_body = R"({"id":"team","price_monthly_cents":2900,)"
+                                R"("api_calls_limit":5000,"services":["chat"],"display_name":)";
+  for (const std::string& name :
+       {std::string(R"("   ")"), std::string(R"(" \u00a0\u3000\u200b ")"), std::string(R"(" ")")}) {
+    SCOPED_TRACE(name);
+    for (const HttpReply& r :
+         {Admin().Post(kPlans, post_body + name + "}"),
+          Admin().Put(std::string(kPlans) + "/starter", "{\"display_name\":" + name + "}")}) {
+      ExpectProblem(r, 422, "validation_failed");
+      EXPECT_EQ(Detail(r), "display_name: must not be blank (spaces only)");
+    }
+  }
+  ExpectProblem(Admin().Post(kPlans, post_body + R"("")" + "}"), 422, "validation_failed");
+  EXPECT_EQ(Head(), 4u);
+  HttpReply r = Admin().Post(kPlans, post_body + R"(" Team \u00a0Pro ")" + "}");
+  ASSERT_EQ(r.status, 201) << r.body;
+  EXPECT_STREQ(r.Json()["display_name"].GetString(), " Team \xc2\xa0Pro ");
+}
+
 TEST_F(PlansRoutesTest, UpdateChangesTheFieldsGiven) {
   HttpReply before = Anonymous().Get(std::string(kPlans) + "/starter");
   ASSERT_EQ(before.status, 200);
