@@ -687,6 +687,25 @@ TEST_F(UsageRoutesTest, BatchInvalidItemsEchoTheirKeys) {
   EXPECT_EQ(Head(), head + 1);  // q8's usage.batch_recorded.v1 only
 }
 
+// A batch item's quantity runs to 1,000,000 (README), past consume's 10,000: one over is that
+// item's invalid_quantity, the rest of the batch recorded.
+TEST_F(UsageRoutesTest, ABatchItemsQuantityIsAtMostAMillion) {
+  const std::string body = R"({"events":[
+    {"user_id":"u1","service":"chat","quantity":1000000,"idempotency_key":"m0"},
+    {"user_id":"u1","service":"chat","quantity":1000001,"idempotency_key":"m1"}
+  ]})";
+  const uint64_t head = Head();
+  HttpReply r = Service().Post(kEvents, body);
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  const auto& results = doc["results"];
+  ASSERT_EQ(results.Size(), 2u) << r.body;
+  EXPECT_EQ(std::string(results[0]["status"].GetString()), "accepted") << r.body;
+  EXPECT_EQ(std::string(results[1]["status"].GetString()), "invalid") << r.body;
+  EXPECT_EQ(std::string(results[1]["reason"].GetString()), "invalid_quantity") << r.body;
+  EXPECT_EQ(Head(), head + 1);
+}
+
 TEST_F(UsageRoutesTest, BatchOfAThousandIsOneCommand) {
   std::string body = R"({"events":[)";
   for (int i = 0; i < 1000; ++i) {
