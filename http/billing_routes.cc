@@ -12,7 +12,8 @@
 // asked of Stripe, nothing appended.
 //
 // Order of work for a mutating route:
-//   1. Stripe configured? (503 stripe_not_configured), body valid? (400/422).
+//   1. Body within 4 KiB? (413, before anything else: it costs nothing), Stripe configured? (503
+//      stripe_not_configured), body valid? (400/422).
 //   2. With a client Idempotency-Key: a probe through the writer answers a retry from its stored
 //      result (or 409 idempotency_key_reused) *before* anything else -- before the state checks
 //      too, which the request's own effect may have changed since (a cancel's webhook ends the
@@ -237,6 +238,14 @@ bool RequireStripe(const AppContext& context, httplib::Response& res) {
     return false;
   }
   return true;
+}
+
+// The routes' own body limit, checked first: a 5,000-byte body was 503 stripe_not_configured on a
+// server without Stripe instead of its 413.
+bool RequireSmallBody(const httplib::Request& req, httplib::Response& res) {
+  if (req.body.size() <= kBillingBodyBytesMax) return true;
+  WriteProblem(413, "payload_too_large", "the body is over 4 KiB", &res);
+  return false;
 }
 
 // The token's subject is a user id (http/jwt.h checks it for every route), but one of 201 to 255
@@ -504,7 +513,7 @@ constexpr auto kCheckoutLockWait = std::chrono::seconds(10);
 
 void CreateCheckout(const AppContext& context, const httplib::Request& req,
                     const Identity& identity, httplib::Response& res, BillingGuards& guards) {
-  if (!RequireStripe(context, res)) return;
+  if (!RequireSmallBody(req, res) || !RequireStripe(context, res)) return;
   if (context.stripe_success_url.empty()) {
     WriteProblem(503, "stripe_not_configured",
                  "Stripe Checkout is not configured on this server (STRIPE_SUCCESS_URL is not set)",
@@ -601,7 +610,7 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
 
 void CreatePortal(const AppContext& context, const httplib::Request& req,
                   const Identity& identity, httplib::Response& res, BillingGuards& guards) {
-  if (!RequireStripe(context, res)) return;
+  if (!RequireSmallBody(req, res) || !RequireStripe(context, res)) return;
   rapidjson::Document doc;
   Status s = ParseBody(req.body, {}, true, &doc);
   if (!s.ok()) return WriteStatusProblem(s, &res);
@@ -823,7 +832,7 @@ Status NamedOtherSubscription(const StateReader& state, const pc::UserSubscripti
 // once; the new subscription untouched).
 void CancelSubscription(const AppContext& context, const httplib::Request& req,
                         const Identity& identity, httplib::Response& res, BillingGuards& guards) {
-  if (!RequireStripe(context, res)) return;
+  if (!RequireSmallBody(req, res) || !RequireStripe(context, res)) return;
   rapidjson::Document doc;
   bool at_period_end = true;
   // The seed's clients also name the subscription: it must be the caller's own.
@@ -1081,7 +1090,7 @@ Status RefuseUnsellableChange(const pc::Plan& plan, std::optional<BillingCycle> 
 void UpgradeSubscription(const AppContext& context, const httplib::Request& req,
                          const Identity& identity, httplib::Response& res,
                          BillingGuards& guards) {
-  if (!RequireStripe(context, res)) return;
+  if (!RequireSmallBody(req, res) || !RequireStripe(context, res)) return;
   rapidjson::Document doc;
   std::string plan_id;
   std::optional<BillingCycle> chosen_cycle;

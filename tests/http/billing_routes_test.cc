@@ -319,6 +319,19 @@ TEST_F(BillingRoutesTest, WithoutAStripeKeyEveryRouteIs503) {
   EXPECT_TRUE(fake_.requests().empty());
 }
 
+// A body over the billing routes' 4 KiB is 413 before anything else: without Stripe, a 5,000-byte
+// upgrade body was 503 stripe_not_configured.
+TEST_F(BillingRoutesTest, AnOversizedBodyIs413EvenWithoutAStripeKey) {
+  StartServer(/*configured=*/false);
+  const std::string big = R"({"plan_id":")" + std::string(5000, 'p') + R"("})";
+  for (const char* path : {kCheckout, kPortal, kCancel, kUpgrade}) {
+    SCOPED_TRACE(path);
+    ExpectProblem(Alice().Post(path, big), 413, "payload_too_large");
+  }
+  EXPECT_EQ(Head(), head_after_setup_);
+  EXPECT_TRUE(fake_.requests().empty());
+}
+
 TEST_F(BillingRoutesTest, CheckoutWithoutASuccessUrlIs503) {
   AppContext context;
   context.ledger = ledger_.get();
