@@ -78,6 +78,7 @@ const char* ReasonPhrase(int http_status) {
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
     default: return "Error";
   }
 }
@@ -103,6 +104,7 @@ const char* DefaultProblemCode(int http_status) {
     case 502: return "bad_gateway";
     case 503: return "unavailable";
     case 504: return "gateway_timeout";
+    case 505: return "http_version_not_supported";
     default: return http_status < 500 ? "invalid_request" : "internal";
   }
 }

@@ -59,6 +59,8 @@ constexpr size_t kLongHeadersMax = 8;
 // cpp-httplib 0.11.4 refuses a header line longer than this, its CRLF included, with a 400
 // (CPPHTTPLIB_HEADER_MAX_LENGTH): one more long line than kLongHeadersMax is a 431 instead.
 constexpr size_t kLibraryHeaderLineBytesMax = 8192;
+// Stands for an empty Idempotency-Key value in what cpp-httplib reads (TakeHead).
+constexpr std::string_view kBlankValueMarker = "ledger-blank-value";
 constexpr std::string_view kTooManyLongHeaders =
     "more than 8 header lines are over 4 KiB, and one of them over 8 KiB";
 // How much a closing connection is drained (for HttpServerOptions::linger_ms) so that the client
@@ -86,6 +88,24 @@ bool IsHostValue(std::string_view value) {
 bool IsKnownMethod(const std::string& method) {
   return method == "GET" || method == "HEAD" || method == "POST" || method == "PUT" ||
          method == "PATCH" || method == "DELETE" || method == "OPTIONS";
+}
+
+// The methods cpp-httplib 0.11.4 parses a request line with (any other is its bare 400).
+bool IsLibraryMethod(std::string_view method) {
+  return method == "GET" || method == "HEAD" || method == "POST" || method == "PUT" ||
+         method == "DELETE" || method == "CONNECT" || method == "OPTIONS" || method == "TRACE" ||
+         method == "PATCH" || method == "PRI";
+}
+
+// RFC 9110 §5.6.2: token = 1*tchar.
+bool IsToken(std::string_view text) {
+  if (text.empty()) return false;
+  for (char ch : text) {
+    const bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                    std::string_view("!#$%&'*+-.^_`|~").find(ch) != std::string_view::npos;
+    if (!ok) return false;
+  }
+  return true;
 }
 
 // A route pattern without regex syntax: it matches exactly its own text.
@@ -186,22 +206,40 @@ void SockaddrToIpPort(const sockaddr_storage& addr, std::string* ip, int* port) 
 // framing is exact (RFC 9112 §7.1): hex size [;extension] CRLF, data, CRLF, ..., 0 CRLF, trailer
 // lines, CRLF. cpp-httplib 0.11.4 takes a chunk not followed by CRLF as the end of the body and
 // what follows as the next request: a proxy that frames the body otherwise sees another request.
+// It also takes the trailer fields out of what cpp-httplib reads (RFC 9112 §7.1.2): cpp-httplib
+// 0.11.4 wants the blank line right after the last chunk and refused a body with trailers (400
+// unreadable_body); no route reads one, so they are discarded, as §7.1.2 allows.
 class ChunkedFraming {
  public:
   void Reset() { *this = ChunkedFraming(); }
   void Watch() { watching_ = true; }
   bool malformed() const { return malformed_; }
 
-  void Feed(const char* data, size_t size) {
-    for (size_t i = 0; watching_ && !malformed_ && i < size; ++i) {
+  // Follows the `size` bytes just read at `data` and returns how many of them cpp-httplib gets,
+  // moved to the front: all but the trailer field lines.
+  size_t Feed(char* data, size_t size) {
+    if (!watching_) return size;
+    size_t kept = 0;
+    for (size_t i = 0; i < size; ++i) {
+      if (malformed_) {  // the body is refused (ReadBody): the bytes as they came
+        data[kept++] = data[i];
+        continue;
+      }
       if (state_ == State::kData && size_ > 1) {  // skip the chunk's data but its last byte
         const size_t skip = static_cast<size_t>(std::min<uint64_t>(size_ - 1, size - i));
         size_ -= skip;
+        std::memmove(data + kept, data + i, skip);
+        kept += skip;
         i += skip - 1;
         continue;
       }
-      Step(data[i]);
+      const char c = data[i];
+      const bool trailer_field = state_ == State::kTrailer || state_ == State::kTrailerLf ||
+                                 (state_ == State::kTrailerStart && c != '\r' && c != '\n');
+      Step(c);
+      if (!trailer_field) data[kept++] = c;
     }
+    return kept;
   }
 
  private:
@@ -308,6 +346,17 @@ class ConnectionStream final : public httplib::Stream {
   bool is_writable() const override { return PollFor(sock_, POLLOUT, write_timeout_ms_); }
 
   ssize_t read(char* ptr, size_t size) override {
+    for (;;) {  // until a byte is kept: a read of trailer field bytes alone is not an end
+      const ssize_t n = ReadRaw(ptr, size);
+      if (n <= 0) return n;
+      if (const size_t kept = chunked_.Feed(ptr, static_cast<size_t>(n)); kept > 0) {
+        return static_cast<ssize_t>(kept);
+      }
+    }
+  }
+
+  // The bytes as they came (read() takes a chunked body's trailer fields out of them).
+  ssize_t ReadRaw(char* ptr, size_t size) {
     if (request_bytes_ >= request_bytes_max_) {
       cap_hit_ = true;
       return -1;
@@ -322,7 +371,6 @@ class ConnectionStream final : public httplib::Stream {
       std::memcpy(ptr, pending_.data() + pending_begin_, take);
       pending_begin_ += take;
       request_bytes_ += take;
-      chunked_.Feed(ptr, take);
       return static_cast<ssize_t>(take);
     }
     if (begin_ == end_) {
@@ -338,7 +386,6 @@ class ConnectionStream final : public httplib::Stream {
     std::memcpy(ptr, buffer_.data() + begin_, take);
     begin_ += take;
     request_bytes_ += take;
-    chunked_.Feed(ptr, take);
     return static_cast<ssize_t>(take);
   }
 
@@ -416,6 +463,9 @@ class ConnectionStream final : public httplib::Stream {
     head_pending_ = true;
     long_headers_.clear();
     malformed_header_ = false;
+    unsupported_version_ = false;
+    bad_absolute_target_ = false;
+    absolute_authority_.clear();
   }
   bool cap_hit() const { return cap_hit_; }
   // The server is stopping (CoreServer::StopLoop): no read waits past `deadline`, whatever the
@@ -434,6 +484,12 @@ class ConnectionStream final : public httplib::Stream {
   // cpp-httplib would drop such a line silently, and a proxy in front that honoured it (a
   // `Content-Length : 5`) would frame the request differently from us.
   bool malformed_header() const { return malformed_header_; }
+  // The request line (LibraryRequestLine) named an HTTP major version other than 1 (505).
+  bool unsupported_version() const { return unsupported_version_; }
+  // The request target was in absolute-form (RFC 9112 §3.2.2): its authority, which replaces
+  // Host; bad_absolute_target() when that authority is no host[:port] (400).
+  std::string_view absolute_authority() const { return absolute_authority_; }
+  bool bad_absolute_target() const { return bad_absolute_target_; }
   // While set, what cpp-httplib writes is dropped (DeferResponse: the real answer comes later).
   void DiscardWrites(bool discard) { discard_writes_ = discard; }
   bool HasBufferedInput() const { return pending_begin_ < pending_.size() || begin_ < end_; }
@@ -597,8 +653,18 @@ class ConnectionStream final : public httplib::Stream {
             EqualsIgnoreCase(line.substr(0, colon), "X-Lago-Unique-Key")))) {
         malformed_header_ = true;
       }
-      if (line.size() > kHeaderLineBytesMax && line_start > 0 && colon != std::string_view::npos &&
-          long_headers_.size() < kLongHeadersMax) {
+      if (line_start == 0) {
+        out.append(LibraryRequestLine(line));
+      } else if (colon != std::string_view::npos &&
+                 TrimBlanks(line.substr(colon + 1)).empty() &&
+                 EqualsIgnoreCase(line.substr(0, colon), "Idempotency-Key")) {
+        // cpp-httplib drops a header line with an empty value: `Idempotency-Key:` would count as
+        // no key and each retry would append again. Its value comes back empty (refused: 400
+        // invalid_idempotency_key) like a long header's.
+        out.append(line.substr(0, colon + 1)).append(" ").append(kBlankValueMarker);
+        long_headers_.emplace(kBlankValueMarker, std::string());
+      } else if (line.size() > kHeaderLineBytesMax && colon != std::string_view::npos &&
+                 long_headers_.size() < kLongHeadersMax + long_headers_.count(kBlankValueMarker)) {
         std::string_view value = line.substr(colon + 1);
         while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) {
           value.remove_prefix(1);
@@ -625,6 +691,52 @@ class ConnectionStream final : public httplib::Stream {
     head_shrunk_by_ = head.size() > out.size() ? head.size() - out.size() : 0;
     pending_ = std::move(out);
     return true;
+  }
+
+  // The request line as cpp-httplib 0.11.4 gets it. It parses `METHOD SP target SP version` but
+  // answers a bare 400 to a method it does not know and to any version but HTTP/1.0 and
+  // HTTP/1.1, and routes an absolute-form target by its whole text (404). So, in a request line
+  // of that shape: an unknown method (a token) becomes TRACE, which PreRoute answers 501 as any
+  // method it does not implement (RFC 9110 §9.1); `HTTP/<d>.<d>` of another major version becomes
+  // HTTP/1.1 with unsupported_version() (505, RFC 9110 §15.6.6); an `http://` or `https://`
+  // target becomes its path and query, its authority kept (absolute_authority()). Anything else
+  // is left to cpp-httplib.
+  std::string LibraryRequestLine(std::string_view line) {
+    const size_t sp1 = line.find(' ');
+    const size_t sp2 = sp1 == std::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
+    if (sp2 == std::string_view::npos || line.find(' ', sp2 + 1) != std::string_view::npos) {
+      return std::string(line);
+    }
+    std::string_view method = line.substr(0, sp1);
+    std::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+    std::string_view version = line.substr(sp2 + 1);
+    if (IsToken(method) && !IsLibraryMethod(method)) method = "TRACE";
+    if (version.size() == 8 && version.substr(0, 5) == "HTTP/" && std::isdigit(static_cast<unsigned char>(version[5])) &&
+        version[6] == '.' && std::isdigit(static_cast<unsigned char>(version[7])) && version[5] != '1') {
+      unsupported_version_ = true;
+      version = "HTTP/1.1";
+    }
+    std::string origin_form;
+    for (std::string_view scheme : {std::string_view("http://"), std::string_view("https://")}) {
+      if (!StartsWithIgnoreCase(target, scheme)) continue;
+      const std::string_view rest = target.substr(scheme.size());
+      const size_t path_at = rest.find_first_of("/?");
+      const std::string_view authority = rest.substr(0, path_at);
+      if (authority.empty() || !IsHostValue(authority)) {
+        bad_absolute_target_ = true;  // 400 (PreRoute); "/" keeps cpp-httplib parsing
+        origin_form = "/";
+      } else {
+        absolute_authority_.assign(authority);
+        origin_form = path_at == std::string_view::npos || rest[path_at] == '?' ? "/" : "";
+        if (path_at != std::string_view::npos) origin_form.append(rest.substr(path_at));
+      }
+      target = origin_form;
+      break;
+    }
+    std::string out;
+    out.reserve(line.size());
+    out.append(method).append(" ").append(target).append(" ").append(version);
+    return out;
   }
 
   // When the request must have sent more than `bytes` (kRequestBytesPerReadTimeout).
@@ -686,6 +798,9 @@ class ConnectionStream final : public httplib::Stream {
   bool discard_writes_ = false;
   bool nonblocking_ = false;
   bool malformed_header_ = false;
+  bool unsupported_version_ = false;  // LibraryRequestLine
+  bool bad_absolute_target_ = false;
+  std::string absolute_authority_;
   std::string overflow_;  // written in non-blocking mode, not yet taken by the socket
   std::array<char, kReadBufferBytes> buffer_;
   size_t begin_ = 0;
@@ -2270,6 +2385,10 @@ httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Reque
   // 413 for `Content-Length: 2000000` with `Range: bytes=0-9` went out as ten bytes of its
   // problem with a Content-Range, and with `Range: bytes=100000-` as an empty 416.
   const_cast<httplib::Request&>(req).ranges.clear();  // the connection loop's own local
+  if (t_connection != nullptr && t_connection->stream->unsupported_version()) {
+    Reject(505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are served", req, res);
+    return R::Handled;
+  }
   if (t_connection != nullptr && t_connection->stream->head_too_large()) {
     Reject(431, "request_header_fields_too_large", t_connection->stream->head_too_large_detail(),
            req, res);
@@ -2286,6 +2405,12 @@ httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Reque
   }
   // The target as sent (cpp-httplib's req.path is decoded): every route, path parameter and
   // idempotency hash sees the decoded path, which must be the one a proxy in front decodes.
+  if (t_connection != nullptr && t_connection->stream->bad_absolute_target()) {
+    Reject(400, "bad_request_target",
+           "the absolute-form request target's authority is not host[:port] (RFC 9112 §3.2.2)",
+           req, res);
+    return R::Handled;
+  }
   if (!HasOnlyPercentEscapes(req.target)) {
     Reject(400, "bad_request_target",
            "the request target has a '%' not followed by two hex digits (RFC 3986 §2.1)", req, res);
@@ -2304,6 +2429,12 @@ httplib::Server::HandlerResponse HttpServer::Impl::PreRoute(const httplib::Reque
     Reject(400, "bad_host", "an HTTP/1.1 request needs exactly one Host header naming host[:port]",
            req, res);
     return R::Handled;
+  }
+  if (t_connection != nullptr && !t_connection->stream->absolute_authority().empty()) {
+    // RFC 9112 §3.2.2: an absolute-form target's authority replaces Host.
+    auto& mutable_req = const_cast<httplib::Request&>(req);  // the connection loop's own local
+    mutable_req.headers.erase(kHost);
+    mutable_req.headers.emplace(kHost, std::string(t_connection->stream->absolute_authority()));
   }
   static const std::string kContentLength = "Content-Length";
   static const std::string kTransferEncoding = "Transfer-Encoding";

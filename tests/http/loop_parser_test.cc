@@ -231,6 +231,26 @@ TEST_F(LoopParserTest, WhatIsNotPlainIsLeftToTheLibrary) {
   // Percent-escapes in a value (cpp-httplib 0.11.4 decodes them), an empty value, a range.
   ExpectSame("GET /loop-mirror HTTP/1.1\r\nHost: x\r\nX-Escaped: a%41b\r\n\r\n", "httplib");
   ExpectSame("GET /loop-mirror HTTP/1.1\r\nHost: x\r\nX-Empty:\r\n\r\n", "httplib");
+  // An empty Idempotency-Key is kept, empty (cpp-httplib would drop it: no key at all).
+  ExpectSame("POST /loop-mirror HTTP/1.1\r\nHost: x\r\nIdempotency-Key:  \r\n"
+             "Content-Length: 0\r\n\r\n", "httplib");
+  // An absolute-form target is routed by its path, its authority the Host; an unknown method is
+  // 501, another HTTP major version 505.
+  ExpectSame("GET http://a.example:81/loop-mirror?q=1 HTTP/1.1\r\nHost: x\r\n\r\n", "httplib");
+  ExpectSame("FOO /loop-mirror HTTP/1.1\r\nHost: x\r\n\r\n", "");
+  ExpectSame("GET /loop-mirror HTTP/2.0\r\nHost: x\r\n\r\n", "");
+  std::vector<std::string> parsed_by;
+  EXPECT_NE(Exchange(own_.port(),
+                     "POST /loop-mirror HTTP/1.1\r\nHost: x\r\nIdempotency-Key:\r\n"
+                     "Content-Length: 0\r\n\r\n",
+                     &parsed_by)
+                .find("header Idempotency-Key=\n"),
+            std::string::npos);
+  const std::string absolute = Exchange(
+      own_.port(), "GET http://a.example:81/loop-mirror?q=1 HTTP/1.1\r\nHost: x\r\n\r\n", &parsed_by);
+  EXPECT_NE(absolute.find("target=/loop-mirror?q=1\npath=/loop-mirror\n"), std::string::npos)
+      << absolute;
+  EXPECT_NE(absolute.find("header Host=a.example:81\n"), std::string::npos) << absolute;
   ExpectSame("GET /loop-mirror HTTP/1.1\r\nHost: x\r\nRange: bytes=0-3\r\n\r\n", "httplib");
   // A query, an escape in the path, another version.
   ExpectSame("GET /loop-mirror?x=1&y=%41 HTTP/1.1\r\nHost: x\r\n\r\n", "httplib");

@@ -434,6 +434,24 @@ TEST_F(PlansRoutesTest, IdempotencyKey) {
   EXPECT_EQ(Head(), 6u);
 }
 
+// cpp-httplib drops a header line with an empty value: `Idempotency-Key:` (or blanks) counted as
+// no key, and each retry created again. It is 400 invalid_idempotency_key, nothing appended.
+TEST_F(PlansRoutesTest, AnEmptyIdempotencyKeyHeaderIsRefused) {
+  const uint64_t head = Head();
+  for (const std::string value : {"", "   ", " \t "}) {
+    const std::string answer = ledger::testing::RawHttpExchange(
+        stack_.port(),
+        std::string("POST ") + kPlans + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+            admin_token_ + "\r\nIdempotency-Key:" + value +
+            "\r\nContent-Type: application/json\r\nContent-Length: " +
+            std::to_string(kTeamBody.size()) + "\r\nConnection: close\r\n\r\n" + kTeamBody,
+        2000);
+    EXPECT_EQ(answer.substr(0, answer.find("\r\n")), "HTTP/1.1 400 Bad Request") << answer;
+    EXPECT_NE(answer.find("\"code\":\"invalid_idempotency_key\""), std::string::npos) << answer;
+  }
+  EXPECT_EQ(Head(), head);
+}
+
 // With Stripe configured, a Stripe price an admin names is read from Stripe and must bill what
 // the plan sells in that field: PUT professional {"stripe_price_yearly":"price_m"}, price_m a
 // $49 monthly price, was taken as given, and every yearly checkout billed $49 a month.

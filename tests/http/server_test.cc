@@ -559,9 +559,9 @@ TEST_F(ServerTest, RejectsAmbiguousFraming) {
     EXPECT_EQ(folded.substr(0, folded.find("\r\n")), "HTTP/1.1 400 Bad Request") << path;
     EXPECT_EQ(folded.find("bytes"), std::string::npos) << folded;
   }
-  // cpp-httplib refuses unknown methods while parsing the request line.
+  // An unknown method is 501 (UnknownMethodsAre501)...
   std::string brew = RawHttpExchange(stack_.port(), "BREW /echo HTTP/1.1\r\nHost: x\r\n\r\n", 1000);
-  EXPECT_EQ(brew.substr(0, brew.find("\r\n")), "HTTP/1.1 400 Bad Request");
+  EXPECT_EQ(brew.substr(0, brew.find("\r\n")), "HTTP/1.1 501 Not Implemented");
   EXPECT_NE(brew.find("application/problem+json"), std::string::npos) << brew;
   // ... and the connection closes after that answer: the refused request's unread headers and
   // body are never served as further requests (request smuggling through a proxy that reuses
@@ -645,6 +645,102 @@ TEST_F(ServerTest, RejectsAmbiguousFraming) {
             "HTTP/1.1 200 OK");
   EXPECT_EQ(status_line("POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), "HTTP/1.1 200 OK");
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3)) << "read until timeout";
+}
+
+// RFC 9112 §7.1.2: a chunked body may end with trailer fields. cpp-httplib 0.11.4 wants the blank
+// line right after the last chunk and refused them (400 unreadable_body, connection closed); they
+// are discarded and the body is served, on worker and event-loop routes, and the request behind
+// it is served too. A trailer line that is not CRLF-terminated is still bad framing.
+TEST_F(ServerTest, ChunkedTrailersAreDiscarded) {
+  Start();
+  const std::string hidden = "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n";
+  for (const std::string path : {"/echo", "/loop-echo"}) {
+    SCOPED_TRACE(path);
+    const std::string answer = RawHttpExchange(
+        stack_.port(),
+        "POST " + path + " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nX-Trailer: 1\r\nX-Checksum: " + std::string(300, 'c') +
+            "\r\n\r\n" + hidden,
+        1000);
+    EXPECT_EQ(answer.substr(0, answer.find("\r\n")), "HTTP/1.1 200 OK") << answer;
+    EXPECT_NE(answer.find("bytes\":8}"), std::string::npos) << answer;
+    EXPECT_NE(answer.find("\"hello\":\"world\""), std::string::npos) << answer;
+    const std::string bad = RawHttpExchange(
+        stack_.port(),
+        "POST " + path + " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "5\r\nhello\r\n0\r\nX-Trailer: 1\n\r\n" + hidden,
+        1000);
+    EXPECT_EQ(bad.substr(0, bad.find("\r\n")), "HTTP/1.1 400 Bad Request") << bad;
+    EXPECT_NE(bad.find("\"code\":\"bad_chunked_body\""), std::string::npos) << bad;
+    EXPECT_EQ(bad.find("world"), std::string::npos) << bad;
+  }
+}
+
+// RFC 9110 §9.1: a method the server does not recognise is 501 (cpp-httplib answered one it does
+// not know a bare 400), on worker and event-loop routes; one that is no token stays a 400.
+TEST_F(ServerTest, UnknownMethodsAre501) {
+  Start();
+  for (const std::string line : {"FOO /hello", "FOO /loop-hello", "get /hello", "PROPFIND /x",
+                                 "TRACE /hello"}) {
+    SCOPED_TRACE(line);
+    const std::string answer =
+        RawHttpExchange(stack_.port(), line + " HTTP/1.1\r\nHost: x\r\n\r\n", 1000);
+    EXPECT_EQ(answer.substr(0, answer.find("\r\n")), "HTTP/1.1 501 Not Implemented") << answer;
+    EXPECT_NE(answer.find("\"code\":\"not_implemented\""), std::string::npos) << answer;
+    EXPECT_EQ(answer.find("world"), std::string::npos) << answer;
+  }
+  const std::string not_token = RawHttpExchange(stack_.port(), "G@T /hello HTTP/1.1\r\nHost: x\r\n\r\n", 1000);
+  EXPECT_EQ(not_token.substr(0, not_token.find("\r\n")), "HTTP/1.1 400 Bad Request") << not_token;
+}
+
+// RFC 9110 §15.6.6: a request line naming another HTTP major version is 505 (it was cpp-httplib's
+// bare 400), on worker and event-loop routes; the connection closes after it.
+TEST_F(ServerTest, OtherHttpMajorVersionsAre505) {
+  Start();
+  const std::string hidden = "GET /throws HTTP/1.1\r\nHost: x\r\n\r\n";
+  for (const std::string request :
+       {"GET /hello HTTP/2.0\r\nHost: x\r\n\r\n", "GET /loop-hello HTTP/3.0\r\n\r\n",
+        "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "GET /hello HTTP/0.9\r\nHost: x\r\n\r\n"}) {
+    SCOPED_TRACE(request);
+    const std::string answer = RawHttpExchange(stack_.port(), request + hidden, 1000);
+    EXPECT_EQ(answer.substr(0, answer.find("\r\n")), "HTTP/1.1 505 HTTP Version Not Supported")
+        << answer;
+    EXPECT_NE(answer.find("\"code\":\"http_version_not_supported\""), std::string::npos) << answer;
+    EXPECT_NE(answer.find("\"title\":\"HTTP Version Not Supported\""), std::string::npos) << answer;
+    EXPECT_EQ(CountOf(answer, "\r\n\r\n"), 1u) << answer;  // nothing after it is served
+    EXPECT_EQ(answer.find("\"internal\""), std::string::npos) << answer;
+  }
+}
+
+// RFC 9112 §3.2.2: a server must accept a target in absolute-form; its path and query are routed
+// (they were 404: the whole URI was taken for a path) and its authority replaces Host. An
+// authority that is no host[:port] (userinfo, blanks) is 400 bad_request_target.
+TEST_F(ServerTest, AbsoluteFormTargetsAreRouted) {
+  Start();
+  for (const std::string target : {"http://example.com/hello", "HTTPS://example.com:8443/hello?x=1",
+                                   "http://example.com/loop-hello"}) {
+    SCOPED_TRACE(target);
+    const std::string answer = RawHttpExchange(
+        stack_.port(), "GET " + target + " HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n",
+        1000);
+    EXPECT_EQ(answer.substr(0, answer.find("\r\n")), "HTTP/1.1 200 OK") << answer;
+  }
+  const std::string posted = RawHttpExchange(
+      stack_.port(),
+      "POST http://example.com/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+      "Connection: close\r\n\r\n{}",
+      1000);
+  EXPECT_NE(posted.find("{\"bytes\":2}"), std::string::npos) << posted;
+  const std::string root = RawHttpExchange(
+      stack_.port(), "GET http://example.com HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 1000);
+  EXPECT_NE(root.find("no route for GET /\""), std::string::npos) << root;
+  for (const std::string target : {"http://user@example.com/hello", "http:///hello"}) {
+    SCOPED_TRACE(target);
+    const std::string answer = RawHttpExchange(
+        stack_.port(), "GET " + target + " HTTP/1.1\r\nHost: x\r\n\r\n", 1000);
+    EXPECT_EQ(answer.substr(0, answer.find("\r\n")), "HTTP/1.1 400 Bad Request") << answer;
+    EXPECT_NE(answer.find("\"code\":\"bad_request_target\""), std::string::npos) << answer;
+  }
 }
 
 // cpp-httplib percent-decodes header values: the dedupe keys `a%2Fb` and `a/b` would be one key

@@ -852,6 +852,39 @@ TEST_F(UsageRoutesTest, AdminResetRestartsTheCurrentWindow) {
 // A reset's reason is text an admin reads in the log, as the override's notes are: line feeds and
 // tabs are kept; other control characters, DEL, C1 controls and bidirectional overrides are 422
 // naming the field, nothing appended ({"reason":"\u001b[2J"} was stored in the event as it came).
+// cpp-httplib drops a header line with an empty value: `Idempotency-Key:` (or blanks) counted as
+// no key, so each retry of a reset appended another usage.window_reset.v1. It is 400
+// invalid_idempotency_key, nothing appended; on consume (served on the event loop) it is a header
+// that does not agree with the body's key, refused the same way.
+TEST_F(UsageRoutesTest, AnEmptyIdempotencyKeyHeaderIsRefused) {
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
+  LinkEmail("u1", "Ada@Example.com");
+  const uint64_t head = Head();
+  auto raw = [this](const std::string& path, const std::string& bearer, const std::string& value,
+                    const std::string& body) {
+    return ledger::testing::RawHttpExchange(
+        stack_->port(),
+        "POST " + path + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + bearer +
+            "\r\nIdempotency-Key:" + value + "\r\nContent-Type: application/json\r\n" +
+            "Content-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" +
+            body,
+        2000);
+  };
+  for (const std::string value : {"", "   ", "\t"}) {
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      const std::string reset = raw("/api/v1/admin/subscriptions/ada@example.com/reset-usage",
+                                    Token("root", true), value, "");
+      EXPECT_EQ(reset.substr(0, reset.find("\r\n")), "HTTP/1.1 400 Bad Request") << reset;
+      EXPECT_NE(reset.find("\"code\":\"invalid_idempotency_key\""), std::string::npos) << reset;
+    }
+    const std::string consume = raw(kConsume, kServiceToken, value, ConsumeBody("u1", "chat", "k1"));
+    EXPECT_EQ(consume.substr(0, consume.find("\r\n")), "HTTP/1.1 400 Bad Request") << consume;
+    EXPECT_NE(consume.find("\"code\":\"invalid_idempotency_key\""), std::string::npos) << consume;
+  }
+  EXPECT_EQ(Head(), head);
+  EXPECT_EQ(Used("u1", kStripeT0), 0);
+}
+
 TEST_F(UsageRoutesTest, ResetReasonIsDisplayText) {
   ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
   LinkEmail("u1", "Ada@Example.com");
