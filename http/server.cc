@@ -101,7 +101,8 @@ bool IsLibraryMethod(std::string_view method) {
 bool IsToken(std::string_view text) {
   if (text.empty()) return false;
   for (char ch : text) {
-    const bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+    const bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                    (ch >= '0' && ch <= '9') ||
                     std::string_view("!#$%&'*+-.^_`|~").find(ch) != std::string_view::npos;
     if (!ok) return false;
   }
@@ -711,8 +712,9 @@ class ConnectionStream final : public httplib::Stream {
     std::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
     std::string_view version = line.substr(sp2 + 1);
     if (IsToken(method) && !IsLibraryMethod(method)) method = "TRACE";
-    if (version.size() == 8 && version.substr(0, 5) == "HTTP/" && std::isdigit(static_cast<unsigned char>(version[5])) &&
-        version[6] == '.' && std::isdigit(static_cast<unsigned char>(version[7])) && version[5] != '1') {
+    const auto digit = [](char ch) { return ch >= '0' && ch <= '9'; };
+    if (version.size() == 8 && version.substr(0, 5) == "HTTP/" && digit(version[5]) &&
+        version[6] == '.' && digit(version[7]) && version[5] != '1') {
       unsupported_version_ = true;
       version = "HTTP/1.1";
     }
