@@ -553,14 +553,16 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
   // Before what the plan or the subscription would refuse: a plan without a Stripe price yet
   // (409 plan_not_purchasable) told a suspended user to wait for stripe-setup.
   if (s.ok()) s = RefuseSuspended(*view, identity, "subscribing");
-  if (s.ok()) s = ResolveCheckoutPrices(*view, plan, cycle, &prices);
-  if (s.ok()) s = pc::GetUserSubscription(*view, identity.subject, &current);
   // Not terminal is enough to refuse: an unpaid, paused or incomplete subscription grants nothing
   // now but comes back when its invoice is paid -- with a second one beside it, both would bill.
   // Past its scheduled end (canceled at its period's end) it bills no more, though Stripe's
-  // deletion may not have arrived yet (pc::ScheduledEnd): the user subscribes again.
+  // deletion may not have arrived yet (pc::ScheduledEnd): the user subscribes again -- unless
+  // another of theirs is still live, which the choice at `now_s` then is (a Professional kept to
+  // its period's end next to a Starter still billed let the user buy a third plan).
   const int64_t now_s =
       (context.clock != nullptr ? context.clock : SystemClock::Default())->NowMicros() / 1'000'000;
+  if (s.ok()) s = ResolveCheckoutPrices(*view, plan, cycle, &prices);
+  if (s.ok()) s = pc::GetUserSubscriptionAt(*view, identity.subject, now_s, &current);
   const std::optional<int64_t> ends = current.has_subscription
                                           ? pc::ScheduledEnd(current.subscription)
                                           : std::nullopt;

@@ -372,12 +372,16 @@ void CheckAccess(Ledger* ledger, const Clock* clock, const httplib::Request& req
   WriteJsonAt(200, std::string(buf.GetString(), buf.GetSize()), view->position(), &res);
 }
 
-void GetSubscriptionStatus(Ledger* ledger, const httplib::Request&, httplib::Response& res,
-                        const Identity& identity) {
+// The subscription access is decided on now (GetUserSubscriptionAt: past its scheduled end, the
+// user's other live one is).
+void GetSubscriptionStatus(Ledger* ledger, const Clock* clock, const httplib::Request&,
+                           httplib::Response& res, const Identity& identity) {
   if (!RequireLedger(ledger, res)) return;
   std::unique_ptr<ReadView> view = ledger->Snapshot();
   pj::UserSubscription sub;
-  Status s = pj::GetUserSubscription(*view, identity.subject, &sub);
+  const int64_t now_s =
+      (clock != nullptr ? clock : SystemClock::Default())->NowMicros() / 1'000'000;
+  Status s = pj::GetUserSubscriptionAt(*view, identity.subject, now_s, &sub);
   if (!s.ok()) {
     WriteStatusProblem(s, &res);
     return;
@@ -389,10 +393,6 @@ void GetSubscriptionStatus(Ledger* ledger, const httplib::Request&, httplib::Res
 
 void AddSubscriptionAccessRoutes(const AppContext& context, RouteTable* routes) {
   Ledger* ledger = context.ledger;
-  auto bind = [ledger](auto handler) {
-    return [ledger, handler](const httplib::Request& req, httplib::Response& res,
-                             const Identity& identity) { handler(ledger, req, res, identity); };
-  };
   const Clock* clock = context.clock;
   auto bind_clock = [ledger, clock](auto handler) {
     return [ledger, clock, handler](const httplib::Request& req, httplib::Response& res,
@@ -405,7 +405,7 @@ void AddSubscriptionAccessRoutes(const AppContext& context, RouteTable* routes) 
               bind_clock(CheckAccess));
   routes->Add("GET", kUserAccessPattern, kUserAccessName, Policy::kAdmin,
               bind_clock(AdminUserAccess));
-  routes->Add("GET", kStatusPath, kStatusPath, Policy::kUser, bind(GetSubscriptionStatus));
+  routes->Add("GET", kStatusPath, kStatusPath, Policy::kUser, bind_clock(GetSubscriptionStatus));
 }
 
 }  // namespace ledger::http

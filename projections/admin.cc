@@ -337,13 +337,13 @@ Status ListSubscribers(const StateReader& state, int64_t now_s, const Subscriber
 
 namespace {
 
-// The user's subscription (UserSubscription's choice) can still grant access at `now_s`: there is
-// one, Stripe has not ended it (canceled, incomplete_expired) and it is not past its scheduled end
-// (EndedBySchedule: canceled there, its deletion late).
+// The user's subscription (UserSubscription's choice at `now_s`) can still grant access then:
+// there is one, Stripe has not ended it (canceled, incomplete_expired) and it is not past its
+// scheduled end (EndedBySchedule: canceled there, its deletion late).
 Status HasLiveSubscription(const StateReader& state, std::string_view user_id, int64_t now_s,
                            bool* live) {
   UserSubscription sub;
-  LEDGER_RETURN_IF_ERROR(GetUserSubscription(state, user_id, &sub));
+  LEDGER_RETURN_IF_ERROR(GetUserSubscriptionAt(state, user_id, now_s, &sub));
   *live = sub.has_subscription && !IsTerminal(sub.subscription.status) &&
           !EndedBySchedule(sub.subscription, now_s);
   return Status::OK();

@@ -540,8 +540,14 @@ Status ApplyCheckoutSessionCreated(const Event& event, RowWriter* rows) {
 
 // ---- choosing a user's subscription ---------------------------------------------------------------
 
-int AccessPreference(const SubscriptionRecord& r) {
+// Past its ScheduledEnd by `ended_by` a subscription ranks as Stripe's deletion will record it
+// (canceled), whatever its row still says.
+int AccessPreference(const SubscriptionRecord& r, std::optional<int64_t> ended_by) {
   if (r.deleted) return 0;
+  if (ended_by) {
+    const std::optional<int64_t> end = ScheduledEnd(r);
+    if (end && *ended_by >= *end) return 0;
+  }
   switch (AccessFor(r.status)) {
     case AccessLevel::kGranted: return 3;
     case AccessLevel::kGrace: return 2;
@@ -555,12 +561,13 @@ int AccessPreference(const SubscriptionRecord& r) {
 // account -- is never the one access, checkout, cancel and upgrade act on: ranked by access
 // first, an active add-on beat the plan as soon as the plan went past_due, and the user got
 // unknown_plan, a 402 and an upgrade of the add-on), then the better access, then the newer.
-// Both plan_ids resolved (GetUserSubscription).
-bool Preferred(const SubscriptionRecord& a, const SubscriptionRecord& b) {
-  return std::make_tuple(a.plan_id.has_value(), AccessPreference(a), a.created.value_or(0),
-                         a.subscription_id) >
-         std::make_tuple(b.plan_id.has_value(), AccessPreference(b), b.created.value_or(0),
-                         b.subscription_id);
+// Both plan_ids resolved (GetUserSubscription); access judged at `ended_by` (AccessPreference).
+bool Preferred(const SubscriptionRecord& a, const SubscriptionRecord& b,
+               std::optional<int64_t> ended_by) {
+  return std::make_tuple(a.plan_id.has_value(), AccessPreference(a, ended_by),
+                         a.created.value_or(0), a.subscription_id) >
+         std::make_tuple(b.plan_id.has_value(), AccessPreference(b, ended_by),
+                         b.created.value_or(0), b.subscription_id);
 }
 
 // The latest invoice of `record` (by event created, then id), and whether any of its invoices
@@ -926,9 +933,11 @@ Status KeepFailedTrialOnItsPlan(const StateReader& state, std::optional<std::vec
   return Status::OK();
 }
 
-// GetUserSubscription; with `every`, also each subscription attached to the user (GetUserAccess).
+// GetUserSubscription; with `every`, also each subscription attached to the user (GetUserAccess);
+// with `ended_by`, chosen as a request at that time chooses (GetUserSubscriptionAt).
 Status LoadUserSubscriptions(const StateReader& state, std::string_view user_id,
-                             UserSubscription* out, std::vector<UserSubscription>* every) {
+                             UserSubscription* out, std::vector<UserSubscription>* every,
+                             std::optional<int64_t> ended_by) {
   *out = UserSubscription();
   if (every != nullptr) every->clear();
   out->user_id.assign(user_id);
@@ -1001,7 +1010,7 @@ Status LoadUserSubscriptions(const StateReader& state, std::string_view user_id,
       record.plan_id = PlanIdForSubscription(*plans, record.status, record.price_id,
                                              price_plan_id, record.metadata_plan_id);
     }
-    if (!chosen || Preferred(record, records[*chosen])) chosen = records.size();
+    if (!chosen || Preferred(record, records[*chosen], ended_by)) chosen = records.size();
     records.push_back(std::move(record));
   }
   std::vector<std::pair<int64_t, std::string>> attached;  // (recency, id): other_subscription_ids
@@ -1081,7 +1090,12 @@ Status LoadUserSubscriptions(const StateReader& state, std::string_view user_id,
 
 Status GetUserSubscription(const StateReader& state, std::string_view user_id,
                            UserSubscription* out) {
-  return LoadUserSubscriptions(state, user_id, out, /*every=*/nullptr);
+  return LoadUserSubscriptions(state, user_id, out, /*every=*/nullptr, std::nullopt);
+}
+
+Status GetUserSubscriptionAt(const StateReader& state, std::string_view user_id, int64_t now_s,
+                             UserSubscription* out) {
+  return LoadUserSubscriptions(state, user_id, out, /*every=*/nullptr, now_s);
 }
 
 Status ListSubscriptionsByStatus(const StateReader& state, SubscriptionStatus status,
@@ -1323,40 +1337,56 @@ Status DecideAccess(const StateReader& state, UserAccess* out) {
   return Status::OK();
 }
 
-}  // namespace
-
-Status GetUserAccess(const StateReader& state, std::string_view user_id, UserAccess* out,
-                     std::vector<UserSubscription>* every) {
+// GetUserAccess with the subscriptions judged at `ended_by` (LoadUserSubscriptions): one past
+// its ScheduledEnd by then is neither chosen before a live one nor supersedes an override. What
+// decides from the chosen one's ScheduledEnd on, when that differs, is kept in
+// superseded_until/override_decides for the request's clock (ResolveAt): the fold reads no clock,
+// and the access cache holds this whatever the time. Each step is at a later end than the last,
+// so the chain ends within the user's subscriptions.
+Status LoadUserAccess(const StateReader& state, std::string_view user_id,
+                      std::optional<int64_t> ended_by, UserAccess* out,
+                      std::vector<UserSubscription>* every) {
   *out = UserAccess();
-  LEDGER_RETURN_IF_ERROR(LoadUserSubscriptions(state, user_id, &out->subscription, every));
+  LEDGER_RETURN_IF_ERROR(
+      LoadUserSubscriptions(state, user_id, &out->subscription, every, ended_by));
   LEDGER_RETURN_IF_ERROR(GetAdminOverride(state, user_id, &out->override));
   const UserSubscription& sub = out->subscription;
+  const SubscriptionRecord& r = sub.subscription;
+  const std::optional<int64_t> end =
+      sub.has_subscription && !r.deleted && !IsTerminal(r.status) ? ScheduledEnd(r) : std::nullopt;
+  const bool ended = end && ended_by && *ended_by >= *end;
   if (out->override) {
     // A granting override yields to a subscription to a plan the user started after it (see
     // AdminOverride): an admin's trial kept deciding after the user bought Professional on its
     // third day (tts 403, and 402 trial_expired from day 7 while Stripe billed Professional).
     const AdminOverride& o = *out->override;
-    const SubscriptionRecord& r = sub.subscription;
     out->override_superseded =
         (o.plan_id || o.status) && !o.revokes() && sub.has_subscription && sub.plan_id() &&
-        AccessFor(r.status) != AccessLevel::kNone && r.created &&
+        AccessFor(r.status) != AccessLevel::kNone && !ended && r.created &&
         *r.created >= (o.decided_at_us + 999'999) / 1'000'000;  // whole seconds, not before
-    // Scheduled to end (canceled at its period's end, or at a date), it supersedes until then,
-    // and the override decides from then on, whether Stripe's deletion has arrived or not (past
-    // the period's end consume answered 402 until the late webhook, then 200). What it decides
-    // then is kept for the request's clock to choose (ResolveAt): the fold reads no clock.
-    if (out->override_superseded) {
-      if (const std::optional<int64_t> end = ScheduledEnd(r)) {
-        auto then = std::make_shared<UserAccess>();
-        then->subscription = sub;
-        then->override = out->override;
-        LEDGER_RETURN_IF_ERROR(DecideAccess(state, then.get()));
-        out->superseded_until = end;
-        out->override_decides = std::move(then);
-      }
+  }
+  // Scheduled to end (canceled at its period's end, or at a date), it decides until then, and
+  // from then on what decides at that time, whether Stripe's deletion has arrived or not (past
+  // the period's end consume answered 402 until the late webhook, then 200): the override it
+  // superseded, or the user's other subscription (a Starter still billed next to a Professional
+  // kept to its period's end answered 402 subscription_required).
+  if (end && !ended) {
+    auto then = std::make_shared<UserAccess>();
+    LEDGER_RETURN_IF_ERROR(LoadUserAccess(state, user_id, end, then.get(), nullptr));
+    if (out->override_superseded ||
+        then->subscription.subscription_id() != sub.subscription_id()) {
+      out->superseded_until = end;
+      out->override_decides = std::move(then);
     }
   }
   return DecideAccess(state, out);
+}
+
+}  // namespace
+
+Status GetUserAccess(const StateReader& state, std::string_view user_id, UserAccess* out,
+                     std::vector<UserSubscription>* every) {
+  return LoadUserAccess(state, user_id, std::nullopt, out, every);
 }
 
 Status GetUserAccessAt(const StateReader& state, std::string_view user_id, int64_t now_s,

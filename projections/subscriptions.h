@@ -200,7 +200,11 @@ struct UserSubscription {
   // become this user's customer_id --, nor one tagged for another user on a customer linked to
   // nobody; one on the user's own customer is theirs whatever its tag), one with a plan of the
   // catalog before one without (an add-on price), then the one that grants access (granted, then
-  // grace), else the one not terminal, else the most recently created (ties: the greater id). Its
+  // grace), else the one not terminal, else the most recently created (ties: the greater id).
+  // Chosen as a request at a time sees it (GetUserSubscriptionAt, GetUserAccessAt), one past its
+  // ScheduledEnd ranks as canceled, as Stripe's late deletion will record it: a plan kept to its
+  // period's end next to an older one still billed was chosen past that end for being newer,
+  // and the user got 402 subscription_required while paying for the other. Its
   // plan_id is decided from the catalog (PlanIdForSubscription) whenever its price maps to a plan
   // (price/<id> rows), and when the row has none; the row's stands only for a price that maps to
   // nothing. A subscription tagged with a trial plan (metadata.plan_id) that never paid after its
@@ -272,6 +276,10 @@ std::optional<int64_t> ScheduledEnd(const SubscriptionRecord& record);
 // The user's subscription (see UserSubscription). Errors only for storage/corruption.
 Status GetUserSubscription(const StateReader& state, std::string_view user_id,
                            UserSubscription* out);
+// The same as a request at `now_s` chooses it: a subscription past its ScheduledEnd by then ranks
+// as canceled (UserSubscription). What checkout refuses and the status route shows.
+Status GetUserSubscriptionAt(const StateReader& state, std::string_view user_id, int64_t now_s,
+                             UserSubscription* out);
 
 // One subscription by Stripe id; NotFound when unknown.
 Status GetSubscription(const StateReader& state, std::string_view subscription_id,
@@ -380,12 +388,16 @@ struct UserAccess {
   // A granting override the user's own later subscription supersedes (AdminOverride): it is
   // kept (and shown) but decides nothing.
   bool override_superseded = false;
-  // The superseding subscription's ScheduledEnd, when it has one: from then the override decides
-  // again, as `override_decides` says (ResolveAt, with the request's clock). An admin's trial
-  // decided again as soon as the user bought Professional and cancelled it at its period's end:
-  // 402 trial_expired, tts 403, for the rest of the month the user had paid for.
+  // The chosen subscription's ScheduledEnd, when what decides changes there: from then on access
+  // is `override_decides` (ResolveAt, with the request's clock) -- the superseded override
+  // deciding again, or another subscription of the user chosen in its place (UserSubscription:
+  // past its end it ranks as canceled). An admin's trial decided again as soon as the user
+  // bought Professional and cancelled it at its period's end: 402 trial_expired, tts 403, for
+  // the rest of the month the user had paid for.
   std::optional<int64_t> superseded_until;
-  std::shared_ptr<const UserAccess> override_decides;  // set with superseded_until
+  // Set with superseded_until: GetUserAccess as of that time (itself with a later change, when
+  // the subscription chosen then is also scheduled to end).
+  std::shared_ptr<const UserAccess> override_decides;
   // The status access is decided on: the deciding override's, else the subscription's; nullopt
   // when there is neither (no subscription).
   std::optional<SubscriptionStatus> status;
@@ -427,19 +439,22 @@ struct UserAccess {
             *end) {
       return end;
     }
-    return std::nullopt;
+    // What decides then grants: access ends when that ends, if ever.
+    return then.access_end();
   }
-  // What access is at `now_s`: past `superseded_until`, what the override decides (a comp comes
-  // back at the end of the plan that superseded it, as it does at Stripe's deletion, which can
-  // come days late). Every request-time decision takes its UserAccess through this
+  // What access is at `now_s`: past `superseded_until`, what decides from then on (a comp comes
+  // back at the end of the plan that superseded it, the user's other plan is chosen past the end
+  // of the one kept to its period's end, as at Stripe's deletion, which can come days late).
+  // Every request-time decision takes its UserAccess through this
   // (GetUserAccessAt); GetUserAccess alone is what the state says, for the cache.
   bool SupersessionEndedAt(int64_t now_s) const {
     return superseded_until && now_s >= *superseded_until && override_decides;
   }
   void ResolveAt(int64_t now_s) {
-    if (!SupersessionEndedAt(now_s)) return;
-    UserAccess then = *override_decides;  // copied first: assigning releases override_decides
-    *this = std::move(then);
+    while (SupersessionEndedAt(now_s)) {
+      UserAccess then = *override_decides;  // copied first: assigning releases override_decides
+      *this = std::move(then);
+    }
   }
   // The subscription's payment_abandoned when its status is what access is decided on (an
   // override that sets the status decides instead): consume, check-access, my-access, the usage

@@ -828,6 +828,48 @@ TEST_F(BillingRoutesTest, CheckoutIsOpenOnceASubscriptionCanceledAtItsPeriodsEnd
   EXPECT_EQ(fake_.RequestsTo("POST", "/v1/checkout/sessions").size(), 1u);
 }
 
+// Beside a plan still billed, a newer one canceled at its period's end is over once the period
+// is, before Stripe's deletion arrives: the older plan is the user's subscription from then on,
+// and checkout refuses a new one beside it. The newer plan, chosen for being newer, let the user
+// buy a third plan (and subscription-status showed it).
+TEST_F(BillingRoutesTest, PastANewerPlansScheduledEndCheckoutIsRefusedBesideTheOtherPlan) {
+  GiveAliceASubscription("active");
+  ledger::testing::StripeSubscriptionSpec pro;
+  pro.event_id = "evt_pro";
+  pro.event_created = ledger::testing::kStripeT0 + 10;
+  pro.subscription_id = "sub_alice_pro";
+  pro.customer_id = "cus_alice";
+  pro.item_id = "si_alice_pro";
+  pro.price_id = "price_professional_monthly";
+  pro.unit_amount = 4900;
+  pro.metadata_user_id = "alice";
+  pro.metadata_plan_id = "professional";
+  pro.created = ledger::testing::kStripeT0 + 10;  // newer than sub_alice
+  pro.cancel_at_period_end = true;
+  pro.period_start = clock_.NowMicros() / 1'000'000 - 29 * 86400;
+  pro.period_end = clock_.NowMicros() / 1'000'000 + 86400;
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeSubscriptionEventJson(pro))
+                  .status.ok());
+  auto shown = [&] {
+    HttpReply r = Alice().Get("/api/v1/billing/subscription-status");
+    EXPECT_EQ(r.status, 200) << r.body;
+    rapidjson::Document doc = r.Json();
+    return doc["subscription"].IsObject() ? std::string(doc["subscription"]["id"].GetString())
+                                          : std::string();
+  };
+  EXPECT_EQ(shown(), "sub_alice_pro");
+  ExpectProblem(Alice().Post(kCheckout, R"({"plan_id":"professional"})"), 409,
+                "subscription_exists");
+  clock_.Advance((86400 + 3600) * int64_t{1'000'000});  // past its end, no deletion yet
+  EXPECT_EQ(shown(), "sub_alice");
+  const uint64_t head = Head();
+  ExpectProblem(Alice().Post(kCheckout, R"({"plan_id":"professional"})"), 409,
+                "subscription_exists");
+  EXPECT_EQ(Head(), head);
+  EXPECT_TRUE(fake_.RequestsTo("POST", "/v1/checkout/sessions").empty());
+}
+
 // A suspension decides access whatever the user pays for: raising the plan is refused as a new
 // checkout is (it was sent to Stripe, which billed Enterprise while consume answered 402).
 TEST_F(BillingRoutesTest, ASuspendedAccountCannotChangePlan) {

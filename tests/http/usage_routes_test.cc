@@ -359,6 +359,60 @@ TEST_F(UsageRoutesTest, AReplayedConsumeTellsTheQuotaOfTheWindowNow) {
   EXPECT_FALSE(gone.HasHeader("X-RateLimit-Remaining"));
 }
 
+// Two plans at once (a second checkout, or one made in the Dashboard): a Starter still billed and
+// a newer Professional cancelled at its period's end. Past that end, before Stripe's deletion
+// arrives (retried for up to 3 days), the Starter decides: consume, check-access, my-access and
+// the summary answered 402 subscription_required / not allowed / has_access false, the newer
+// Professional chosen and judged ended, although the Starter was active and billing.
+TEST_F(UsageRoutesTest, PastANewerPlansScheduledEndTheUsersOtherPlanDecides) {
+  ledger::testing::TestSubscription starter =
+      OnPlan("u1", "starter", kStripeT0 - 10 * kDay, kStripeT0 + 20 * kDay);
+  starter.subscription_id = "sub_u1_starter";
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), starter).ok());
+  ledger::testing::TestSubscription pro =
+      OnPlan("u1", "professional", kStripeT0 - 5 * kDay, kStripeT0 + kDay);
+  pro.subscription_id = "sub_u1_pro";
+  pro.cancel_at_period_end = true;
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), pro).ok());
+  auto check = [&](const std::string& service) {
+    HttpReply r =
+        Client(Token("u1")).Post("/api/v1/subscriptions/check-access/" + service, "");
+    EXPECT_EQ(r.status, 200) << r.body;
+    return r.Json();
+  };
+  auto my_access = [&] {
+    HttpReply r = Client(Token("u1")).Get("/api/v1/subscriptions/my-access");
+    EXPECT_EQ(r.status, 200) << r.body;
+    return r.Json();
+  };
+  // Before the end: Professional (tts is in it, not in Starter).
+  EXPECT_EQ(Consume("u1", "tts", "before-end").status, 200);
+  EXPECT_TRUE(check("tts")["allowed"].GetBool());
+  EXPECT_STREQ(my_access()["plan_id"].GetString(), "professional");
+
+  clock_.Set((kStripeT0 + kDay + 3600) * kUs);  // past Professional's end, no deletion yet
+  HttpReply r = Consume("u1", "chat", "after-end");
+  EXPECT_EQ(r.status, 200) << r.body;
+  ExpectProblem(Consume("u1", "tts", "after-end-tts"), 403, "service_not_in_plan");
+  rapidjson::Document checked = check("chat");
+  EXPECT_TRUE(checked["allowed"].GetBool());
+  EXPECT_STREQ(checked["plan_id"].GetString(), "starter");
+  rapidjson::Document access = my_access();
+  EXPECT_STREQ(access["plan_id"].GetString(), "starter");
+  EXPECT_TRUE(access["has_access"].GetBool());
+  r = Client(Token("u1")).Get(kSummary);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_TRUE(r.Json()["has_access"].GetBool());
+
+  // Stripe's deletion arrives: Starter still (unchanged).
+  pro.status = "canceled";
+  pro.canceled_at = pro.ended_at = pro.period_end;
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), pro).ok());
+  EXPECT_EQ(Consume("u1", "chat", "after-deletion").status, 200);
+  ExpectProblem(Consume("u1", "tts", "after-deletion-tts"), 403, "service_not_in_plan");
+  EXPECT_STREQ(my_access()["plan_id"].GetString(), "starter");
+}
+
 // Nor when a consume would now be 402 for calls used up for good (CallsUsedUpReason): the quota
 // used up in a window a scheduled end cuts, a trial's 700 used up. The replays said
 // "Remaining: 0" with a Reset to the window's end (midnight for the trial) -- where the answer

@@ -1018,6 +1018,89 @@ TEST_F(SubscriptionsTest, ASubscriptionToAPriceOutsideTheCatalogIsNotTheCurrentO
   EXPECT_EQ(current.subscription.plan_id, std::nullopt);
 }
 
+// Two plans at once (a second checkout, or one made in the Dashboard): Starter since January,
+// still billed, and a newer Professional cancelled at its period's end. Past that end, before
+// Stripe's deletion arrives (retried for up to 3 days), the Professional is judged as that
+// deletion will judge it (canceled) when choosing: Starter decides. It was chosen for being
+// newer and, past its end, granted nothing (402 subscription_required) although Starter was
+// active. Before the end the Professional decides; after its deletion, Starter, as before.
+TEST_F(SubscriptionsTest, PastItsScheduledEndANewerPlanGivesWayToTheUsersOtherPlan) {
+  World w = Fresh();
+  StripeSubscriptionSpec starter;
+  starter.event_id = "evt_starter";
+  starter.subscription_id = "sub_starter";
+  starter.item_id = "si_starter";
+  starter.created = kStripeT0 - 60 * 86400;
+  Deliver(&w, StripeSubscriptionEventJson(starter));
+  const int64_t end = kStripeT0 + 10 * 86400;
+  StripeSubscriptionSpec pro;
+  pro.event_id = "evt_pro";
+  pro.event_created = kStripeT0 + 1;
+  pro.subscription_id = "sub_pro";
+  pro.item_id = "si_pro";
+  pro.price_id = "price_professional_monthly";
+  pro.unit_amount = 4900;
+  pro.created = kStripeT0 - 20 * 86400;
+  pro.period_start = end - 30 * 86400;
+  pro.period_end = end;
+  pro.cancel_at_period_end = true;
+  Deliver(&w, StripeSubscriptionEventJson(pro));
+
+  auto access_at = [&](int64_t now_s) {
+    UserAccess out;
+    Status s = GetUserAccessAt(w.state, "user-1", now_s, &out);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    return out;
+  };
+  auto subscription_at = [&](int64_t now_s) {
+    UserSubscription out;
+    Status s = GetUserSubscriptionAt(w.state, "user-1", now_s, &out);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    return out.subscription_id();
+  };
+  // The last second before the end: Professional (tts is in it, not in Starter).
+  UserAccess before = access_at(end - 1);
+  EXPECT_EQ(before.subscription.subscription_id(), "sub_pro");
+  ASSERT_TRUE(before.plan);
+  EXPECT_EQ(before.plan->id, "professional");
+  EXPECT_FALSE(before.EndedAt(end - 1));
+  EXPECT_TRUE(CheckServiceAccess(before, "tts").allowed);
+  EXPECT_EQ(subscription_at(end - 1), "sub_pro");
+  // Access goes on past the end (Starter takes over there): no end to cut the window at.
+  EXPECT_EQ(before.access_end(), std::nullopt);
+  // From the end on, no deletion yet: Starter.
+  for (const int64_t now_s : {end, end + 86400}) {
+    UserAccess after = access_at(now_s);
+    EXPECT_EQ(after.subscription.subscription_id(), "sub_starter") << now_s;
+    ASSERT_TRUE(after.plan) << now_s;
+    EXPECT_EQ(after.plan->id, "starter");
+    EXPECT_EQ(after.access, AccessLevel::kGranted);
+    EXPECT_FALSE(after.EndedAt(now_s));
+    EXPECT_TRUE(CheckServiceAccess(after, "chat").allowed);
+    EXPECT_EQ(CheckServiceAccess(after, "tts").reason, "service_not_in_plan");
+    EXPECT_EQ(subscription_at(now_s), "sub_starter");
+  }
+  // What the state says (the access cache's entry) resolves the same at the request's time.
+  UserAccess cached = Access(w, "user-1");
+  EXPECT_EQ(cached.subscription.subscription_id(), "sub_pro");
+  cached.ResolveAt(end + 1);
+  EXPECT_EQ(cached.subscription.subscription_id(), "sub_starter");
+  // Stripe's deletion arrives: Starter, whatever the time (unchanged).
+  StripeSubscriptionSpec deleted = pro;
+  deleted.event_id = "evt_pro_deleted";
+  deleted.event_type = "customer.subscription.deleted";
+  deleted.event_created = end + 3600;
+  deleted.status = "canceled";
+  deleted.canceled_at = deleted.ended_at = end;
+  Deliver(&w, StripeSubscriptionEventJson(deleted));
+  EXPECT_EQ(Query(w, "user-1").subscription_id(), "sub_starter");
+  UserAccess gone = access_at(end + 86400);
+  EXPECT_EQ(gone.subscription.subscription_id(), "sub_starter");
+  ASSERT_TRUE(gone.plan);
+  EXPECT_EQ(gone.plan->id, "starter");
+  EXPECT_TRUE(CheckServiceAccess(gone, "chat").allowed);
+}
+
 TEST_F(SubscriptionsTest, CheckServiceAccessPerPlanAndStatus) {
   struct Case {
     const char* price;
