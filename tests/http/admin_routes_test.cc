@@ -1776,6 +1776,33 @@ TEST_F(AdminRoutesTest, AnEmailTypedAtCheckoutDoesNotJoinAnotherUsersOverride) {
   ExpectReplayEqual();
 }
 
+// Past a newer plan's scheduled end (its deletion late), the user's other plan, still billed, is
+// the live subscription: the admin views show it (status active, plan starter), and a tier alone
+// is granted over it. The newer plan was chosen for being newer and judged ended: the views said
+// canceled with no access, and PATCH {"tier":...} was 422 status_required.
+TEST_F(AdminRoutesTest, PastANewerPlansScheduledEndTheUsersOtherPlanIsLive) {
+  AddSubscriber(OnPlan("u-two", "starter", kNow - 20 * kDay, kNow + 10 * kDay), "two@x.com");
+  TestSubscription pro = OnPlan("u-two", "professional", kNow - 10 * kDay, kNow + kDay);
+  pro.subscription_id = "sub_u-two_pro";
+  pro.cancel_at_period_end = true;
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), pro).ok());
+  auto subscriber = [&] {
+    rapidjson::Document one = Admin().Get(std::string(kAdminBase) + "two@x.com").Json();
+    rapidjson::Document out;
+    out.CopyFrom(one["users"][0]["subscriber"], out.GetAllocator());
+    return out;
+  };
+  EXPECT_STREQ(subscriber()["plan_id"].GetString(), "professional");
+  clock_.Set((kNow + kDay + 3600) * kUs);  // past Professional's end, no deletion yet
+  rapidjson::Document now = subscriber();
+  EXPECT_STREQ(now["status"].GetString(), "active");
+  EXPECT_STREQ(now["plan_id"].GetString(), "starter");
+  EXPECT_STREQ(now["stripe"]["subscription_id"].GetString(), "sub_u-two");
+  HttpReply r = Patch("two@x.com", R"({"tier":"professional"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(Consume("u-two", "tts", "tier-granted").status, 200);
+}
+
 // A tier alone takes its status from the user's subscription: for a user without a live one (none,
 // canceled at Stripe, past its scheduled end) it grants nothing, and the writer refuses it (422
 // status_required, nothing appended). PATCH {"tier":"enterprise"} of an account that never
