@@ -610,7 +610,15 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
       // last both churned and lost.
       const bool first_payment_failed = r.status == SubscriptionStatus::kPastDue &&
                                          never_paid_after_trial && !scheduled_end;
-      if (first_payment_failed) {
+      // Still trialing past its trial's end as consume judges it (ComputeUsageTerms: 402
+      // trial_expired, the status EffectiveStatusAt shows): Stripe's trial-end update, and the
+      // outcome of its first charge, have not arrived. Awaiting that payment, not in its trial:
+      // it was counted in_trial next to by_status.trial_expired 1 while consume refused it.
+      UsageTerms terms;
+      const bool trial_over =
+          trial_plan && r.status == SubscriptionStatus::kTrialing && !scheduled_end &&
+          ComputeUsageTerms(plan, &r, now_s, &terms).problem() == "trial_expired";
+      if (first_payment_failed || trial_over) {
         ++awaiting_payment;
       } else if (pays && !trial_plan) {
         ++converted;

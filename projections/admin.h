@@ -79,6 +79,10 @@
 //                             awaiting payment = past_due in the first period after the trial
 //                             (current_period_start at or before trial_end) without a paid
 //                             invoice since: the first charge failed and Stripe retries it;
+//                             or still trialing past its trial's end as consume judges it
+//                             (status trial_expired, below): Stripe's trial-end update, and so
+//                             its first charge's outcome, not arrived yet; in its trial =
+//                             trialing otherwise;
 //                             lost = none of these; rate = converted / (converted + lost). One
 //                             ended (above) is neither in its trial nor awaiting payment.
 //   effective access          what the effective status grants, none where consume refuses

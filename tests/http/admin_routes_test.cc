@@ -1535,6 +1535,59 @@ TEST_F(AdminRoutesTest, TrialConversionJudgesAScheduledEndAsTheDeletionWill) {
   EXPECT_EQ(doc["churn"]["churned"].GetInt64(), 1);  // u-f; u-d ended within its trial
 }
 
+// A trial past its end while Stripe still calls it trialing (its trial-end update, and the
+// outcome of the first charge, not arrived yet) is awaiting payment, not in its trial: consume
+// answers 402 trial_expired and by_status counts it trial_expired, and every view agrees. It was
+// counted trial_conversion.in_trial 1 next to by_status.trial_expired 1 and trialing 0.
+TEST_F(AdminRoutesTest, ATrialPastItsEndIsAwaitingPaymentNotInItsTrial) {
+  TestSubscription t = OnPlan("u-t", "trial", "trialing");
+  t.trial_start = t.period_start = kNow - 7 * kDay - 3600;
+  t.trial_end = t.period_end = kNow - 3600;
+  AddSubscriber(t, "t@x.com");
+  TestSubscription running = OnPlan("u-r", "trial", "trialing");  // a trial still running
+  running.trial_start = running.period_start = kNow - 2 * kDay;
+  running.trial_end = running.period_end = kNow + 5 * kDay;
+  AddSubscriber(running, "r@x.com");
+  ExpectProblem(Consume("u-t", "chat", "late"), 402, "trial_expired");
+  ASSERT_EQ(Consume("u-r", "chat", "running").status, 200);
+
+  HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  EXPECT_EQ(doc["subscribers"]["by_status"]["trialing"].GetInt64(), 1) << r.body;  // u-r
+  EXPECT_EQ(doc["subscribers"]["by_status"]["trial_expired"].GetInt64(), 1) << r.body;
+  EXPECT_EQ(doc["subscribers"]["trialing"].GetInt64(), 1) << r.body;
+  EXPECT_EQ(doc["subscribers"]["paying"].GetInt64(), 0) << r.body;
+  const auto& conversion = doc["trial_conversion"];
+  EXPECT_EQ(conversion["trials"].GetInt64(), 2) << r.body;
+  EXPECT_EQ(conversion["in_trial"].GetInt64(), 1) << r.body;  // u-r, as by_status.trialing
+  EXPECT_EQ(conversion["awaiting_payment"].GetInt64(), 1) << r.body;  // u-t
+  EXPECT_EQ(conversion["converted"].GetInt64(), 0) << r.body;
+  EXPECT_EQ(conversion["lost"].GetInt64(), 0) << r.body;
+  // The list row and revenue by tier judge it as consume does: no access, not a trial subscriber.
+  r = Admin().Get(std::string(kAdminBase) + "list?q=u-t");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_STREQ(r.Json()["subscribers"][0]["status"].GetString(), "trial_expired") << r.body;
+  EXPECT_STREQ(r.Json()["subscribers"][0]["access"].GetString(), "none") << r.body;
+  r = Admin().Get(std::string(kAdminBase) + "analytics/revenue-by-tier");
+  ASSERT_EQ(r.status, 200) << r.body;
+  const rapidjson::Document tiers = r.Json();
+  for (const auto& tier : tiers["tiers"].GetArray()) {
+    if (std::string(tier["plan_id"].GetString()) != "trial") continue;
+    EXPECT_EQ(tier["subscribers"].GetInt64(), 1) << r.body;  // u-r
+    EXPECT_EQ(tier["paying"].GetInt64(), 0) << r.body;
+  }
+
+  // Stripe's update arrives: the first charge was declined. Still awaiting payment, as before.
+  t.status = "past_due";
+  t.period_start = kNow - 3600;
+  t.period_end = kNow + 29 * kDay;
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), t).ok());
+  doc = Admin().Get(std::string(kAdminBase) + "analytics/overview").Json();
+  EXPECT_EQ(doc["trial_conversion"]["in_trial"].GetInt64(), 1);
+  EXPECT_EQ(doc["trial_conversion"]["awaiting_payment"].GetInt64(), 1);
+}
+
 // A window ends where access does: with cancel_at in 2 days of a 20-day period, the window's
 // end, X-RateLimit-Reset and window_end are the cancel_at, and the quota used up is 402 (no
 // retry can succeed before access ends, as on a trial's last day), not a 429 whose Retry-After
