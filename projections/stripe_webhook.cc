@@ -425,6 +425,47 @@ Status PlanItem(const Value* subscription, const std::vector<Plan>& plans,
   return Status::OK();
 }
 
+// A time a previous_attributes names: nullopt when it is not named (or not a time), an inner
+// nullopt when it was null.
+std::optional<std::optional<int64_t>> NamedTime(const Value* object, std::string_view name) {
+  const Value* v = Member(object, name);
+  if (v == nullptr) return std::nullopt;
+  if (v->IsNull()) return std::optional<std::optional<int64_t>>(std::in_place);
+  std::optional<int64_t> t = UnixTime(v);
+  if (!t) return std::nullopt;
+  return std::optional<std::optional<int64_t>>(std::in_place, *t);
+}
+
+// data.previous_attributes (on customer.subscription.updated: the values before the event of
+// the fields it changed; `items` whole) for the fields the record keeps, read from the same
+// places as the record's own: the price of the plan item (PlanItem) or the legacy `plan`, the
+// billing period on that item or top-level.
+Status ReadPreviousAttributes(const Value* previous, const std::vector<Plan>& plans,
+                              const StateReader& state, PreviousAttributes* out) {
+  PreviousAttributes& p = *out;
+  if (previous == nullptr || !previous->IsObject()) return Status::OK();
+  const Value* item = nullptr;
+  if (Member(previous, "items") != nullptr) {
+    LEDGER_RETURN_IF_ERROR(PlanItem(previous, plans, state, &item));
+  }
+  p.price_id = IdOf(Member(item, "price"));
+  if (!p.price_id) p.price_id = IdOf(Member(previous, "plan"));
+  SubscriptionStatus status;
+  std::optional<std::string> status_name = Text(Member(previous, "status"));
+  if (status_name && ParseSubscriptionStatus(*status_name, &status)) p.status = status;
+  const Value* cancel_at_period_end = Member(previous, "cancel_at_period_end");
+  if (cancel_at_period_end != nullptr && cancel_at_period_end->IsBool()) {
+    p.cancel_at_period_end = cancel_at_period_end->GetBool();
+  }
+  p.cancel_at = NamedTime(previous, "cancel_at");
+  p.trial_end = NamedTime(previous, "trial_end");
+  p.current_period_start = NamedTime(item, "current_period_start");
+  if (!p.current_period_start) p.current_period_start = NamedTime(previous, "current_period_start");
+  p.current_period_end = NamedTime(item, "current_period_end");
+  if (!p.current_period_end) p.current_period_end = NamedTime(previous, "current_period_end");
+  return Status::OK();
+}
+
 Status Decider::ReadSubscription(const Value* object, SubscriptionRecord* out) {
   SubscriptionRecord& r = *out;
   std::optional<std::string> id = IdOf(Member(object, "id"));
@@ -486,7 +527,8 @@ Status Decider::ReadSubscription(const Value* object, SubscriptionRecord* out) {
   std::optional<std::string> price_plan_id;
   if (r.price_id) LEDGER_RETURN_IF_ERROR(PlanForStripePrice(state_, *r.price_id, &price_plan_id));
   r.plan_id = PlanIdForSubscription(plans, r.status, r.price_id, price_plan_id, r.metadata_plan_id);
-  return Status::OK();
+  return ReadPreviousAttributes(Path(webhook_.payload.get(), {"data", "previous_attributes"}),
+                                plans, state_, &r.previous_attributes);
 }
 
 Status Decider::SubscriptionChanged(Derivation* out) {

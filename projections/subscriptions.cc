@@ -122,6 +122,76 @@ void WriteOptInt(JsonWriter* w, const std::optional<int64_t>& v) {
     w->Null();
   }
 }
+
+// A PreviousAttributes as an object of the fields it names only (a time may be null).
+void WriteNamedTime(JsonWriter* w, std::string_view name,
+                    const std::optional<std::optional<int64_t>>& v) {
+  if (!v) return;
+  w->Key(name.data(), static_cast<rapidjson::SizeType>(name.size()));
+  WriteOptInt(w, *v);
+}
+
+void WritePreviousAttributes(JsonWriter* w, const PreviousAttributes& p) {
+  w->StartObject();
+  if (p.price_id) {
+    w->Key("price_id");
+    WriteString(w, *p.price_id);
+  }
+  if (p.status) {
+    w->Key("status");
+    WriteString(w, SubscriptionStatusName(*p.status));
+  }
+  if (p.cancel_at_period_end) {
+    w->Key("cancel_at_period_end");
+    w->Bool(*p.cancel_at_period_end);
+  }
+  WriteNamedTime(w, "cancel_at", p.cancel_at);
+  WriteNamedTime(w, "current_period_start", p.current_period_start);
+  WriteNamedTime(w, "current_period_end", p.current_period_end);
+  WriteNamedTime(w, "trial_end", p.trial_end);
+  w->EndObject();
+}
+
+Status ReadNamedTime(ObjectReader* r, std::string_view name,
+                     std::optional<std::optional<int64_t>>* out) {
+  std::optional<int64_t> v;
+  bool given = false;
+  LEDGER_RETURN_IF_ERROR(r->NullableInt(name, false, &v, &given));
+  if (given) out->emplace(v);
+  return Status::OK();
+}
+
+Status ParsePreviousAttributes(const rapidjson::Value& value, PreviousAttributes* out) {
+  if (!value.IsObject()) {
+    return Status::Make(Code::kUnprocessable, "validation_failed",
+                        "previous_attributes: must be an object");
+  }
+  ObjectReader r(value);
+  PreviousAttributes p;
+  std::string text;
+  bool given = false;
+  LEDGER_RETURN_IF_ERROR(r.String("price_id", false, &text, &given));
+  if (given) p.price_id = text;
+  LEDGER_RETURN_IF_ERROR(r.String("status", false, &text, &given));
+  if (given) {
+    SubscriptionStatus status;
+    if (!ParseSubscriptionStatus(text, &status)) {
+      return Status::Make(Code::kUnprocessable, "validation_failed",
+                          "previous_attributes.status: unknown value");
+    }
+    p.status = status;
+  }
+  bool flag = false;
+  LEDGER_RETURN_IF_ERROR(r.Bool("cancel_at_period_end", false, &flag, &given));
+  if (given) p.cancel_at_period_end = flag;
+  LEDGER_RETURN_IF_ERROR(ReadNamedTime(&r, "cancel_at", &p.cancel_at));
+  LEDGER_RETURN_IF_ERROR(ReadNamedTime(&r, "current_period_start", &p.current_period_start));
+  LEDGER_RETURN_IF_ERROR(ReadNamedTime(&r, "current_period_end", &p.current_period_end));
+  LEDGER_RETURN_IF_ERROR(ReadNamedTime(&r, "trial_end", &p.trial_end));
+  *out = std::move(p);
+  return Status::OK();
+}
+
 void WriteOptionalEmail(JsonWriter* w, std::string_view email) {
   if (email.empty()) {
     w->Null();
@@ -678,14 +748,30 @@ bool IsTerminal(SubscriptionStatus status) {
 
 // ---- ordering -----------------------------------------------------------------------------------
 
+bool FollowsSubscriptionState(const SubscriptionRecord& later, const SubscriptionRecord& earlier) {
+  const PreviousAttributes& was = later.previous_attributes;
+  if (was.empty()) return false;
+  return (!was.price_id || *was.price_id == earlier.price_id) &&
+         (!was.status || *was.status == earlier.status) &&
+         (!was.cancel_at_period_end || *was.cancel_at_period_end == earlier.cancel_at_period_end) &&
+         (!was.cancel_at || *was.cancel_at == earlier.cancel_at) &&
+         (!was.current_period_start || *was.current_period_start == earlier.current_period_start) &&
+         (!was.current_period_end || *was.current_period_end == earlier.current_period_end) &&
+         (!was.trial_end || *was.trial_end == earlier.trial_end);
+}
+
 bool SupersedesSubscription(const SubscriptionRecord& candidate,
                             const SubscriptionRecord& current) {
   auto key = [](const SubscriptionRecord& r) {
     return std::make_tuple(r.deleted || IsTerminal(r.status), r.event_created,
-                           EventKindRank(r.event_type), StatusRank(r.status),
-                           std::string_view(r.event_id));
+                           EventKindRank(r.event_type), StatusRank(r.status));
   };
-  return key(candidate) > key(current);
+  if (key(candidate) != key(current)) return key(candidate) > key(current);
+  // One second, one kind, one status rank: the state made after the other, when its event says
+  // so and the other's does not say the reverse (a change and its undoing within the second).
+  const bool follows = FollowsSubscriptionState(candidate, current);
+  if (follows != FollowsSubscriptionState(current, candidate)) return follows;
+  return candidate.event_id > current.event_id;
 }
 
 bool SupersedesInvoice(const InvoiceRecord& candidate, const InvoiceRecord& current) {
@@ -758,6 +844,10 @@ std::string SubscriptionRecordToJson(const SubscriptionRecord& r) {
   WriteString(&w, r.event_type);
   w.Key("event_created");
   w.Int64(r.event_created);
+  if (!r.previous_attributes.empty()) {
+    w.Key("previous_attributes");
+    WritePreviousAttributes(&w, r.previous_attributes);
+  }
   w.EndObject();
   return std::string(buf.GetString(), buf.GetSize());
 }
@@ -798,6 +888,11 @@ Status ParseSubscriptionRecord(std::string_view json, SubscriptionRecord* out) {
   LEDGER_RETURN_IF_ERROR(r.String("event_id", true, &rec.event_id));
   LEDGER_RETURN_IF_ERROR(r.String("event_type", true, &rec.event_type));
   LEDGER_RETURN_IF_ERROR(r.Int("event_created", true, &rec.event_created));
+  // Absent from events without them and from events written before ledgerd kept them.
+  auto previous = doc.FindMember("previous_attributes");
+  if (previous != doc.MemberEnd()) {
+    LEDGER_RETURN_IF_ERROR(ParsePreviousAttributes(previous->value, &rec.previous_attributes));
+  }
   if (rec.subscription_id.empty() || rec.customer_id.empty() || rec.event_id.empty()) {
     return Status::Make(Code::kUnprocessable, "validation_failed",
                         "subscription_id, customer_id and event_id must not be empty");

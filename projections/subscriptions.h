@@ -11,11 +11,18 @@
 // Out of order and duplicates. Stripe delivers at least once and in no order. Each Stripe object
 // row keeps the ordering key of the event it was last set from; an event whose key is not
 // greater never changes the row. For a subscription the key is
-//   (terminal, event created, event kind (created < updated < deleted), status rank, event id)
+//   (terminal, event created, event kind (created < updated < deleted), status rank, follows,
+//    event id)
 // where terminal = a `deleted` event or a status of canceled/incomplete_expired (Stripe never
-// revives those), so a cancellation wins over any update, even a later-stamped one, and ties
-// within one second converge. Every row is a max (or a set union) over the events applied, so
-// the rows after a set of events are the same bytes whatever order they arrived in.
+// revives those), so a cancellation wins over any update, even a later-stamped one. `created`
+// is whole seconds and Stripe's event ids are not in time order: of two states equal up to the
+// status rank, the one that follows the other wins (FollowsSubscriptionState: its event's
+// data.previous_attributes are the other's values), else the greater event id, so ties within
+// one second converge. Every row is a max (or a set union) over the events applied, so the rows
+// after a set of events are the same bytes whatever order they arrived in (for `follows`: as long
+// as at most two states of one subscription share a second and the rest of the key; a third
+// unrelated to one of them is ordered by the event id, which may not be the order Stripe made
+// them in).
 //
 // Links. A subscription is attached to a user when any of these is known, in any order:
 // the subscription's metadata.user_id; a Checkout Session ledgerd opened for the user naming it
@@ -113,6 +120,27 @@ bool IsTerminal(SubscriptionStatus status);
 // ---------------------------------------------------------------------------------------------
 // Rows
 
+// What an event's data.previous_attributes (customer.subscription.updated: the values before the
+// event of the fields it changed) said of the fields a SubscriptionRecord keeps: each set only
+// when the event named the field (and the value could be read); for the times, an inner nullopt
+// is a null. price_id is the plan item's price (PlanItem) among the previous `items`, else the
+// legacy `plan`'s id; the billing period is top-level or on that item, as in the record.
+struct PreviousAttributes {
+  std::optional<std::string> price_id;
+  std::optional<SubscriptionStatus> status;
+  std::optional<bool> cancel_at_period_end;
+  std::optional<std::optional<int64_t>> cancel_at;
+  std::optional<std::optional<int64_t>> current_period_start;
+  std::optional<std::optional<int64_t>> current_period_end;
+  std::optional<std::optional<int64_t>> trial_end;
+
+  bool empty() const {
+    return !price_id && !status && !cancel_at_period_end && !cancel_at && !current_period_start &&
+           !current_period_end && !trial_end;
+  }
+  bool operator==(const PreviousAttributes&) const = default;
+};
+
 // One Stripe subscription as of the last Stripe event applied to it. Times are Unix seconds,
 // as Stripe sends them; nullopt where Stripe sent null or nothing.
 struct SubscriptionRecord {
@@ -146,6 +174,10 @@ struct SubscriptionRecord {
   std::string event_id;                  // evt_...
   std::string event_type;                // e.g. "customer.subscription.updated"
   int64_t event_created = 0;
+  // That event's previous_attributes: what the state it followed was, so that a state delivered
+  // later but made before it in the same second does not replace it (FollowsSubscriptionState).
+  // Empty for events without them (created, deleted) and events written before ledgerd kept them.
+  PreviousAttributes previous_attributes;
 
   bool operator==(const SubscriptionRecord&) const = default;
 };
@@ -524,8 +556,13 @@ std::string InvoiceRowKey(std::string_view invoice_id);
 std::string InvoiceRecordToJson(const InvoiceRecord& record);
 Status ParseInvoiceRecord(std::string_view json, InvoiceRecord* out);
 
+// True when `later`'s event changed the subscription from `earlier`'s state: its
+// previous_attributes name at least one field and agree with `earlier` on every field they name.
+bool FollowsSubscriptionState(const SubscriptionRecord& later, const SubscriptionRecord& earlier);
+
 // True when a subscription state from event (`candidate`) must replace `current` (the ordering
-// key above is strictly greater).
+// key above is strictly greater; `follows` counts only when one follows the other and not the
+// other way round).
 bool SupersedesSubscription(const SubscriptionRecord& candidate,
                             const SubscriptionRecord& current);
 // Same for invoices: key (paid, event created, event id).

@@ -442,6 +442,113 @@ TEST_F(SubscriptionsTest, EqualSecondTiesConvergeInBothOrders) {
   }
 }
 
+// data.previous_attributes of an update that moved sub_1's item si_1 off `price_id`.
+std::string PreviousItems(std::string_view price_id) {
+  return R"({"items":{"object":"list","data":[{"id":"si_1","object":"subscription_item",)"
+         R"("current_period_start":)" + std::to_string(kStripeT0) +
+         R"(,"current_period_end":)" + std::to_string(kStripeT0 + 30 * 86400) +
+         R"(,"price":{"id":")" + std::string(price_id) +
+         R"(","object":"price"},"quantity":1}]}})";
+}
+
+// created (t0+10), then two plan changes stamped in one second (t0+11) whose event ids sort
+// against the order Stripe made them in: Starter -> Professional (evt_1Zzzz) -> Starter yearly
+// (evt_1Bbbb, its previous_attributes naming Professional's price).
+std::vector<std::string> SameSecondPlanChanges() {
+  StripeSubscriptionSpec created;
+  created.event_id = "evt_1Aaaa";
+  created.event_type = "customer.subscription.created";
+  created.event_created = kStripeT0 + 10;
+  created.item_id = "si_1";
+  created.price_id = "price_starter_monthly";
+  StripeSubscriptionSpec professional = created;
+  professional.event_id = "evt_1Zzzz";
+  professional.event_type = "customer.subscription.updated";
+  professional.event_created = kStripeT0 + 11;
+  professional.price_id = "price_professional_monthly";
+  professional.unit_amount = 4900;
+  professional.previous_attributes = PreviousItems("price_starter_monthly");
+  StripeSubscriptionSpec starter_yearly = professional;
+  starter_yearly.event_id = "evt_1Bbbb";
+  starter_yearly.price_id = "price_starter_yearly";
+  starter_yearly.interval = "year";
+  starter_yearly.unit_amount = 19000;
+  starter_yearly.previous_attributes = PreviousItems("price_professional_monthly");
+  return {StripeSubscriptionEventJson(created), StripeSubscriptionEventJson(professional),
+          StripeSubscriptionEventJson(starter_yearly)};
+}
+
+TEST_F(SubscriptionsTest, SameSecondPriceChangeAppliesTheLaterState) {
+  const std::vector<std::string> all = SameSecondPlanChanges();
+  for (auto order : {std::vector<size_t>{0, 1, 2}, std::vector<size_t>{0, 2, 1}}) {
+    World w = Fresh();
+    std::vector<Decision> decisions;
+    for (size_t i : order) decisions.push_back(Deliver(&w, all[i]));
+    UserSubscription sub = Query(w, "user-1");
+    ASSERT_TRUE(sub.has_subscription);
+    EXPECT_EQ(sub.subscription.price_id, "price_starter_yearly") << "order " << order[1];
+    EXPECT_EQ(sub.subscription.plan_id, "starter");
+    EXPECT_EQ(sub.subscription.unit_amount, 19000);
+    EXPECT_EQ(sub.subscription.event_id, "evt_1Bbbb");
+    EXPECT_EQ(sub.subscription.previous_attributes.price_id, "price_professional_monthly");
+    // Professional's change, delivered last, is older than the state held: nothing derived.
+    if (order[2] == 1) {
+      EXPECT_EQ(Types(decisions[2]), (std::vector<std::string>{"stripe.webhook_received.v1"}));
+    }
+    for (const Event& e : w.events) EXPECT_TRUE(EventMatchesSchema(e)) << e.type;
+  }
+}
+
+TEST_F(SubscriptionsTest, SameSecondUpdatesWithoutAKnownOrderKeepTheEventIdTieBreak) {
+  StripeSubscriptionSpec professional;
+  professional.event_id = "evt_z_professional";
+  professional.event_created = kStripeT0 + 11;
+  professional.item_id = "si_1";
+  professional.price_id = "price_professional_monthly";
+  professional.previous_attributes = R"({"metadata":{"note":"x"}})";  // names nothing kept
+  StripeSubscriptionSpec enterprise = professional;
+  enterprise.event_id = "evt_b_enterprise";
+  enterprise.price_id = "price_enterprise_monthly";
+  // Its previous price is not Professional's: the other state is not the one it followed.
+  enterprise.previous_attributes = PreviousItems("price_starter_monthly");
+  // A change and its undoing in one second: each follows the other, so neither is known later.
+  StripeSubscriptionSpec to_starter = professional;
+  to_starter.event_id = "evt_a_to_starter";
+  to_starter.price_id = "price_starter_monthly";
+  to_starter.previous_attributes = PreviousItems("price_professional_monthly");
+  StripeSubscriptionSpec back = professional;
+  back.event_id = "evt_c_back";
+  back.previous_attributes = PreviousItems("price_starter_monthly");
+  const std::vector<std::pair<StripeSubscriptionSpec, StripeSubscriptionSpec>> pairs = {
+      {professional, enterprise}, {back, to_starter}};
+  for (const auto& [greater_id, smaller_id] : pairs) {
+    const std::vector<std::string> both = {StripeSubscriptionEventJson(greater_id),
+                                           StripeSubscriptionEventJson(smaller_id)};
+    std::optional<Rows> reference;
+    for (auto order : {std::vector<size_t>{0, 1}, std::vector<size_t>{1, 0}}) {
+      World w = Fresh();
+      for (size_t i : order) Deliver(&w, both[i]);
+      EXPECT_EQ(Query(w, "user-1").subscription.event_id, greater_id.event_id);
+      if (!reference) reference = SubscriptionRows(w);
+      EXPECT_EQ(SubscriptionRows(w), *reference);
+    }
+  }
+}
+
+TEST_F(LifecycleOrderTest, EveryOrderOfASameSecondPlanChangeEndsOnTheLaterPlan) {
+  std::vector<std::string> deliveries = StripeLifecycle({});
+  deliveries.resize(1);  // the checkout that links user-1
+  for (std::string& change : SameSecondPlanChanges()) deliveries.push_back(std::move(change));
+  Rows reference;
+  ExpectEveryOrderConverges(deliveries, &reference);  // 4! = 24 orders
+  World w = Run(deliveries, {3, 2, 1, 0});
+  UserSubscription sub = Query(w, "user-1");
+  ASSERT_TRUE(sub.has_subscription);
+  EXPECT_EQ(sub.subscription.price_id, "price_starter_yearly");
+  EXPECT_EQ(sub.subscription.plan_id, "starter");
+  EXPECT_EQ(SubscriptionRows(w), reference);
+}
+
 TEST_F(SubscriptionsTest, IncompleteExpiredIsTerminal) {
   World w = Fresh();
   StripeSubscriptionSpec expired;

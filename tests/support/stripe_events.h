@@ -108,6 +108,9 @@ struct StripeSubscriptionSpec {
   int64_t period_end = kStripeT0 + 30 * 86400;
   bool cancel_at_period_end = false;
   std::optional<int64_t> cancel_at, canceled_at, ended_at, trial_start, trial_end;
+  // data.previous_attributes as JSON ("" for none); unset: {"cancel_at_period_end":false} on an
+  // update, none otherwise.
+  std::optional<std::string> previous_attributes;
 };
 
 inline std::string StripeSubscriptionEventJson(const StripeSubscriptionSpec& s) {
@@ -182,11 +185,12 @@ inline std::string StripeSubscriptionEventJson(const StripeSubscriptionSpec& s) 
   OptInt(&w, "trial_end", s.trial_end);
   w.EndObject();
   std::string object(buf.GetString(), buf.GetSize());
+  std::string previous = s.event_type == "customer.subscription.updated"
+                             ? R"({"cancel_at_period_end":false})"
+                             : "";
+  if (s.previous_attributes) previous = *s.previous_attributes;
   return Envelope(s.event_id, s.event_type, s.event_created,
-                  s.new_layout ? kNewApiVersion : kOldApiVersion, object,
-                  s.event_type == "customer.subscription.updated"
-                      ? R"({"cancel_at_period_end":false})"
-                      : "");
+                  s.new_layout ? kNewApiVersion : kOldApiVersion, object, previous);
 }
 
 struct StripeCheckoutSpec {
