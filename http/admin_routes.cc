@@ -30,9 +30,9 @@
 //         400 days. {"usage": {...}, "denials_since_start"}
 //         (refused consumes since the daemon started, from the usage meter: refusals are not
 //         events).
-// {email} is an email (and a known user whose id is exactly it), or a user id when it has no '@'
-// (FindUsersByEmailOrId; `list` and `analytics` are never taken for one: the pattern excludes
-// them).
+// {email} is an email (or, when no user has it, the user whose id is exactly it), or a user id
+// when it has no '@' (FindUsersByEmailOrId; `list` and `analytics` are never taken for one: the
+// pattern excludes them).
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
@@ -133,7 +133,7 @@ bool ParseTimeParam(const std::string& text, const char* name, int64_t* out_s,
   return false;
 }
 
-// `{email}`: a subscriber's email, or a user id (FindUsersByEmailOrId: with an '@' both).
+// `{email}`: a subscriber's email, or a user id (FindUsersByEmailOrId: with an '@' either).
 bool EmailParam(const httplib::Request& req, std::string* email, httplib::Response& res) {
   *email = req.matches[1].str();
   const bool is_email = email->find('@') != std::string::npos && email->size() >= 3 &&

@@ -389,6 +389,11 @@ Status SetAdminOverride::Decide(const DecideContext& context, Decision* decision
   }
   std::vector<std::string> user_ids;
   LEDGER_RETURN_IF_ERROR(FindUsersByEmailOrId(*context.state, email_, &user_ids));
+  // An '@' no user has as an email names the user whose id it is, known or not, as a user id
+  // without one does: an IdP may use the email as sub, and one who never paid was a 404 here
+  // while README's PATCH is to comp them. (GET and reset-usage have nothing to show or reset for
+  // a user ledgerd does not know: 404 there.)
+  if (user_ids.empty() && IsValidUserId(email_)) user_ids.push_back(email_);
   if (user_ids.empty()) return Status::NotFound("no subscriber with that email");
 
   const std::string actor = ActorJson(actor_);

@@ -1734,9 +1734,9 @@ TEST_F(AdminRoutesTest, AUserIdAddressesAnAccountThatNeverCheckedOut) {
 
 // A user id may hold an '@' (a JWT's sub is any user id: an IdP may use the email). With an '@'
 // the `{email}` named only users whose email it is: carl@example.com's own account answered 404
-// "no subscriber with that email" to GET, PATCH and reset-usage. It now names that user too once
-// known (here: a subscription), beside every user with that email; an '@' nobody is known by
-// stays a 404 that appends nothing.
+// "no subscriber with that email" to GET, PATCH and reset-usage. It now names that user once known
+// (here: a subscription) when no user has that email; GET and reset-usage of an '@' nobody is
+// known by stay a 404 that appends nothing.
 TEST_F(AdminRoutesTest, AUserIdWithAnAtSignCanBeOverridden) {
   const std::string carl = "carl@example.com";
   TestSubscription own = OnPlan(carl, "starter", kNow - 10 * kDay, kNow + 20 * kDay);
@@ -1768,26 +1768,91 @@ TEST_F(AdminRoutesTest, AUserIdWithAnAtSignCanBeOverridden) {
   EXPECT_STREQ(doc["users"][0]["user_id"].GetString(), carl.c_str());
   EXPECT_EQ(doc["users"][0]["used_before"].GetInt64(), 2) << r.body;
 
-  // Another user whose email it is: the routes act on both, in user id order.
+  // Another user whose email it is: the email names its users alone, as before a user id could
+  // hold an '@' (PatchByEmailWithATierOnlyStillWorksBesideAnAtIdUser).
   AddSubscriber(OnPlan("u-work", "starter", kNow - 10 * kDay, kNow + 20 * kDay), carl);
-  r = Patch(carl, R"({"notes":"both"})");
+  r = Patch(carl, R"({"notes":"work"})");
   ASSERT_EQ(r.status, 200) << r.body;
   doc = r.Json();
-  ASSERT_EQ(doc["users"].Size(), 2u) << r.body;
-  EXPECT_STREQ(doc["users"][0]["user_id"].GetString(), carl.c_str());
-  EXPECT_STREQ(doc["users"][1]["user_id"].GetString(), "u-work");
+  ASSERT_EQ(doc["users"].Size(), 1u) << r.body;
+  EXPECT_STREQ(doc["users"][0]["user_id"].GetString(), "u-work");
   r = Admin().Get(kAdminBase + carl);
   ASSERT_EQ(r.status, 200) << r.body;
-  EXPECT_EQ(r.Json()["users"].Size(), 2u) << r.body;
+  EXPECT_EQ(r.Json()["users"].Size(), 1u) << r.body;
 
-  // Nobody is known by this one: no account is made up.
+  // Nobody is known by this one: GET and reset-usage make up no account (PATCH names the user
+  // id, as one without an '@': AnAtSignUserWhoNeverPaidCanBeComped).
   const uint64_t head = Head();
-  ExpectProblem(Patch("nobody@example.com", R"({"tier":"enterprise","status":"active"})"), 404,
-                "not_found");
   ExpectProblem(Admin().Get(std::string(kAdminBase) + "nobody@example.com"), 404, "not_found");
   ExpectProblem(Admin().Post(std::string(kAdminBase) + "nobody@example.com/reset-usage", ""), 404,
                 "not_found");
   EXPECT_EQ(Head(), head);
+  ExpectReplayEqual();
+}
+
+// An '@' that is a user's email names that user and no other, as before a user id could hold an
+// '@': the known user whose id is exactly it (here with a canceled subscription) was named too,
+// and PATCH {"tier":...} -- 200 for the email's user, who has a live subscription -- was 422
+// status_required for the whole request. That user is named only when no user has that email.
+TEST_F(AdminRoutesTest, PatchByEmailWithATierOnlyStillWorksBesideAnAtIdUser) {
+  const std::string carl = "carl@example.com";
+  TestSubscription own = OnPlan(carl, "starter", "canceled");
+  own.canceled_at = kNow - 5 * kDay;
+  own.customer_id = "cus_carl";
+  own.subscription_id = "sub_carl";
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), own).ok());
+  AddSubscriber(OnPlan("u-work", "starter", kNow - 10 * kDay, kNow + 20 * kDay), carl);
+
+  const uint64_t head = Head();
+  HttpReply r = Patch(carl, R"({"tier":"enterprise"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  ASSERT_EQ(doc["users"].Size(), 1u) << r.body;
+  EXPECT_STREQ(doc["users"][0]["user_id"].GetString(), "u-work");
+  EXPECT_TRUE(doc["users"][0]["changed"].GetBool()) << r.body;
+  EXPECT_EQ(Head(), head + 1);
+  HttpReply access = User("u-work").Get("/api/v1/subscriptions/my-access");
+  ASSERT_EQ(access.status, 200) << access.body;
+  EXPECT_STREQ(access.Json()["plan_id"].GetString(), "enterprise") << access.body;
+  access = User(carl).Get("/api/v1/subscriptions/my-access");
+  ASSERT_EQ(access.status, 200) << access.body;
+  EXPECT_FALSE(access.Json()["overridden"].GetBool()) << access.body;
+  r = Admin().Get(kAdminBase + carl);
+  ASSERT_EQ(r.status, 200) << r.body;
+  ASSERT_EQ(r.Json()["users"].Size(), 1u) << r.body;
+  EXPECT_STREQ(r.Json()["users"][0]["subscriber"]["user_id"].GetString(), "u-work") << r.body;
+  ExpectReplayEqual();
+}
+
+// A user id may hold an '@' (an IdP may use the email as sub). One ledgerd has never seen (no
+// checkout, subscription or override) and no user has as an email: PATCH answered 404 "no
+// subscriber with that email", so an admin could not comp one who never paid, as they can a
+// user id without an '@'. PATCH now names that user id; GET and reset-usage still answer 404
+// until ledgerd knows the user.
+TEST_F(AdminRoutesTest, AnAtSignUserWhoNeverPaidCanBeComped) {
+  const std::string user = "new@x.com";
+  ExpectProblem(Consume(user, "chat", "k0"), 402, "subscription_required");
+  const uint64_t head = Head();
+  ExpectProblem(Admin().Get(kAdminBase + user), 404, "not_found");
+  ExpectProblem(Admin().Post(kAdminBase + user + "/reset-usage", ""), 404, "not_found");
+  EXPECT_EQ(Head(), head);
+
+  HttpReply r = Patch(user, R"({"tier":"enterprise","status":"active","notes":"partner"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  ASSERT_EQ(doc["users"].Size(), 1u) << r.body;
+  EXPECT_STREQ(doc["users"][0]["user_id"].GetString(), user.c_str());
+  EXPECT_EQ(Head(), head + 1);
+  HttpReply access = User(user).Get("/api/v1/subscriptions/my-access");
+  ASSERT_EQ(access.status, 200) << access.body;
+  EXPECT_STREQ(access.Json()["plan_id"].GetString(), "enterprise") << access.body;
+  EXPECT_TRUE(access.Json()["overridden"].GetBool()) << access.body;
+  EXPECT_EQ(Consume(user, "chat", "k1").status, 200);
+  // Known now (an override): the other routes find the user.
+  r = Admin().Get(kAdminBase + user);
+  ASSERT_EQ(r.status, 200) << r.body;
+  ASSERT_EQ(r.Json()["users"].Size(), 1u) << r.body;
+  EXPECT_EQ(r.Json()["users"][0]["usage"]["used"].GetInt64(), 1) << r.body;
   ExpectReplayEqual();
 }
 
@@ -2201,7 +2266,8 @@ TEST_F(AdminRoutesTest, BadPatchesAreProblemsAndAppendNothing) {
   // A body past the route's own limit is too large, as past the server's 1 MiB (it was 422).
   ExpectProblem(Patch("a@x.com", "{\"notes\":\"" + std::string(9000, 'n') + "\"}"), 413,
                 "payload_too_large");
-  ExpectProblem(Patch("nobody@x.com", R"({"notes":"x"})"), 404, "not_found");
+  // An '@' no user has as an email and no user id can be (over 255 bytes): nobody to change.
+  ExpectProblem(Patch(std::string(300, 'n') + "@x.com", R"({"notes":"x"})"), 404, "not_found");
   // The other admin routes' segments are not user ids.
   ExpectProblem(Patch("list", R"({"notes":"x"})"), 405, "method_not_allowed");
   ExpectProblem(Admin().Post(std::string(kAdminBase) + "list/reset-usage", ""), 404, "not_found");
