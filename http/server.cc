@@ -699,9 +699,10 @@ class ConnectionStream final : public httplib::Stream {
   // HTTP/1.1, and routes an absolute-form target by its whole text (404). So, in a request line
   // of that shape: an unknown method (a token) becomes TRACE, which PreRoute answers 501 as any
   // method it does not implement (RFC 9110 §9.1); `HTTP/<d>.<d>` of another major version becomes
-  // HTTP/1.1 with unsupported_version() (505, RFC 9110 §15.6.6); an `http://` or `https://`
-  // target becomes its path and query, its authority kept (absolute_authority()). Anything else
-  // is left to cpp-httplib.
+  // HTTP/1.1 with unsupported_version() (505, RFC 9110 §15.6.6), and one of HTTP/1 above 1.1
+  // becomes HTTP/1.1 (served as the highest minor version known, §2.5: it was a bare 400); an
+  // `http://` or `https://` target becomes its path and query, its authority kept
+  // (absolute_authority()). Anything else is left to cpp-httplib.
   std::string LibraryRequestLine(std::string_view line) {
     const size_t sp1 = line.find(' ');
     const size_t sp2 = sp1 == std::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
@@ -714,8 +715,8 @@ class ConnectionStream final : public httplib::Stream {
     if (IsToken(method) && !IsLibraryMethod(method)) method = "TRACE";
     const auto digit = [](char ch) { return ch >= '0' && ch <= '9'; };
     if (version.size() == 8 && version.substr(0, 5) == "HTTP/" && digit(version[5]) &&
-        version[6] == '.' && digit(version[7]) && version[5] != '1') {
-      unsupported_version_ = true;
+        version[6] == '.' && digit(version[7]) && (version[5] != '1' || version[7] > '1')) {
+      if (version[5] != '1') unsupported_version_ = true;
       version = "HTTP/1.1";
     }
     std::string origin_form;

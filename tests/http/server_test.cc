@@ -575,7 +575,7 @@ TEST_F(ServerTest, RejectsAmbiguousFraming) {
   for (const std::string& refused :
        {"BREW /echo HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(hidden.size()) +
             "\r\n\r\n" + hidden,
-        "GET /hello HTTP/1.2\r\nHost: x\r\n\r\n" + hidden,
+        "GET /hello HTTP/1.x\r\nHost: x\r\n\r\n" + hidden,
         "PROPFIND /x HTTP/1.1\r\nHost: x\r\n\r\n" + hidden}) {
     const std::string answer = RawHttpExchange(stack_.port(), refused, 1000);
     EXPECT_EQ(responses(answer), 1u) << answer;
@@ -710,6 +710,25 @@ TEST_F(ServerTest, OtherHttpMajorVersionsAre505) {
     EXPECT_EQ(CountOf(answer, "\r\n\r\n"), 1u) << answer;  // nothing after it is served
     EXPECT_EQ(answer.find("\"internal\""), std::string::npos) << answer;
   }
+}
+
+// RFC 9110 §2.5: a higher minor version of HTTP/1 is served as HTTP/1.1 (it was cpp-httplib's
+// bare 400, no problem JSON): kept alive, with Host required, on worker and event-loop routes.
+TEST_F(ServerTest, AHigherHttp1MinorIsServedAs11) {
+  Start();
+  const std::string next = "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n";
+  for (const std::string request :
+       {"GET /hello HTTP/1.2\r\nHost: x\r\n\r\n", "GET /loop-hello HTTP/1.9\r\nHost: x\r\n\r\n"}) {
+    SCOPED_TRACE(request);
+    const std::string answer = RawHttpExchange(stack_.port(), request + next, 1000);
+    EXPECT_EQ(answer.substr(0, answer.find("\r\n")), "HTTP/1.1 200 OK") << answer;
+    EXPECT_EQ(CountOf(answer, "HTTP/1.1 200 OK"), 2u) << answer;  // the next one is served too
+    EXPECT_EQ(answer.find("Connection: close"), std::string::npos) << answer;
+  }
+  const std::string no_host = RawHttpExchange(stack_.port(), "GET /hello HTTP/1.2\r\n\r\n", 1000);
+  EXPECT_EQ(no_host.substr(0, no_host.find("\r\n")), "HTTP/1.1 400 Bad Request") << no_host;
+  EXPECT_NE(no_host.find("application/problem+json"), std::string::npos) << no_host;
+  EXPECT_NE(no_host.find("\"code\":\"bad_host\""), std::string::npos) << no_host;
 }
 
 // RFC 9112 §3.2.2: a server must accept a target in absolute-form; its path and query are routed
@@ -852,7 +871,7 @@ TEST_F(ServerTest, LibraryRefusalsAreCounted) {
     return answer.substr(0, answer.find("\r\n"));
   };
   const uint64_t before = rejected();
-  EXPECT_EQ(status_line("GET /hello HTTP/1.2\r\nHost: x\r\n\r\n"), "HTTP/1.1 400 Bad Request");
+  EXPECT_EQ(status_line("GET /hello HTTP/1.x\r\nHost: x\r\n\r\n"), "HTTP/1.1 400 Bad Request");
   EXPECT_EQ(status_line("GET /" + std::string(9000, 'a') + " HTTP/1.1\r\nHost: x\r\n\r\n"),
             "HTTP/1.1 414 URI Too Long");
   EXPECT_EQ(rejected(), before + 2);
@@ -1456,7 +1475,7 @@ TEST_F(ServerTest, RefusedOrStalledRequestsHoldNoWorker) {
   // A request line cpp-httplib cannot parse (a worker answers it), and a body refused on the
   // loop: answered with `Connection: close`, then lingering while the client stays silent.
   for (const std::string& request :
-       {std::string("GET / HTTP/1.2\r\n\r\n"), std::string("GET / HTTP/1.2\r\n\r\n"),
+       {std::string("GET / HTTP/1.x\r\n\r\n"), std::string("GET / HTTP/1.x\r\n\r\n"),
         std::string("POST /loop-private HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")}) {
     const std::string answer = ReadUntil(connect_and_send(request), "}");
     EXPECT_TRUE(answer.rfind("HTTP/1.1 400", 0) == 0 || answer.rfind("HTTP/1.1 401", 0) == 0)
