@@ -692,10 +692,14 @@ void ListPaymentMethods(const AppContext& context, const Identity& identity,
 // ---- Subscription changes ---------------------------------------------------------------------
 
 // The caller's current subscription, when it can still be changed: 409 no_active_subscription
-// otherwise.
-Status ChangeableSubscription(const StateReader& state, const Identity& identity,
-                              pc::UserSubscription* current) {
-  LEDGER_RETURN_IF_ERROR(pc::GetUserSubscription(state, identity.subject, current));
+// otherwise. Chosen at the request's time, as subscription-status shows it: past a newer plan's
+// scheduled end (its deletion late) the user's older plan still billed is the one -- cancel {}
+// acted on the ended one (Stripe: already canceled, 200) and left the other billing, and upgrade
+// answered 409 no_active_subscription after spending a Stripe call.
+Status ChangeableSubscription(const AppContext& context, const StateReader& state,
+                              const Identity& identity, pc::UserSubscription* current) {
+  LEDGER_RETURN_IF_ERROR(pc::GetUserSubscriptionAt(state, identity.subject,
+                                                   NowMicros(context) / 1'000'000, current));
   if (!current->has_subscription || pc::IsTerminal(current->subscription.status) ||
       current->subscription_id().empty()) {
     return Status::Conflict("no_active_subscription", "you have no subscription to change");
@@ -855,7 +859,7 @@ void CancelSubscription(const AppContext& context, const httplib::Request& req,
   }
   std::unique_ptr<ReadView> view = context.ledger->Snapshot();
   pc::UserSubscription current;
-  s = ChangeableSubscription(*view, identity, &current);
+  s = ChangeableSubscription(context, *view, identity, &current);
   // Whether this request ended a subscription already (a retry whose record was lost), asked
   // before the current one is touched: it may be a new one the user subscribed to since.
   StripeSubscription sub;
@@ -1114,7 +1118,7 @@ void UpgradeSubscription(const AppContext& context, const httplib::Request& req,
   // First, as for checkout: 409 payment_required sent a suspended user to pay an invoice for a
   // change that would still be refused.
   if (s.ok()) s = RefuseSuspended(*view, identity, "changing plans");
-  if (s.ok()) s = ChangeableSubscription(*view, identity, &current);
+  if (s.ok()) s = ChangeableSubscription(context, *view, identity, &current);
   if (s.ok() && OwesAnInvoice(current.subscription.status)) {
     s = PaymentRequiredToChange(current.status_name());
   }

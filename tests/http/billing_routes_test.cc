@@ -218,6 +218,50 @@ class BillingRoutesTest : public ::testing::Test {
     head_after_setup_ = Head();
   }
 
+  // Alice's Starter (GiveAliceASubscription) and a newer Professional (sub_alice_pro, on
+  // `pro_customer`: alice's, or one linked to nobody) canceled at its period's end, which the
+  // clock is then moved past: Stripe has canceled it, its deletion's webhook has not arrived (as
+  // in PastANewerPlansScheduledEndCheckoutIsRefusedBesideTheOtherPlan).
+  void GiveAliceAProfessionalPastItsEnd(const std::string& pro_customer = "cus_alice") {
+    GiveAliceASubscription("active");
+    const int64_t now_s = clock_.NowMicros() / 1'000'000;
+    ledger::testing::StripeSubscriptionSpec pro;
+    pro.event_id = "evt_pro";
+    pro.event_created = ledger::testing::kStripeT0 + 10;
+    pro.subscription_id = "sub_alice_pro";
+    pro.customer_id = pro_customer;
+    pro.item_id = "si_alice_pro";
+    pro.price_id = "price_professional_monthly";
+    pro.unit_amount = 4900;
+    pro.metadata_user_id = "alice";
+    pro.metadata_plan_id = "professional";
+    pro.created = ledger::testing::kStripeT0 + 10;  // newer than sub_alice
+    pro.cancel_at_period_end = true;
+    pro.period_start = now_s - 29 * 86400;
+    pro.period_end = now_s + 86400;
+    ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                               ledger::testing::StripeSubscriptionEventJson(pro))
+                    .status.ok());
+    FakeStripe::Subscription ended;
+    ended.id = "sub_alice_pro";
+    ended.customer = pro_customer;
+    ended.status = "canceled";
+    ended.item_id = "si_alice_pro";
+    ended.price_id = "price_professional_monthly";
+    ended.cancel_at_period_end = true;
+    ended.current_period_start = pro.period_start;
+    ended.current_period_end = pro.period_end;
+    ended.canceled_at = now_s;
+    ended.ended_at = pro.period_end;
+    ended.metadata = {{"plan_id", "professional"}, {"user_id", "alice"}};
+    fake_.AddSubscription(ended);
+    clock_.Advance((86400 + 3600) * int64_t{1'000'000});  // past its end, no deletion yet
+    HttpReply status = Alice().Get("/api/v1/billing/subscription-status");
+    ASSERT_EQ(status.status, 200) << status.body;
+    ASSERT_EQ(std::string(status.Json()["subscription"]["id"].GetString()), "sub_alice");
+    head_after_setup_ = Head();
+  }
+
   // Stripe's webhook about alice's subscription sub_alice (item si_alice), through the ledger.
   void DeliverAlicesSubscription(const std::string& event_id, const std::string& event_type,
                                  const std::string& status, const std::string& price,
@@ -868,6 +912,33 @@ TEST_F(BillingRoutesTest, PastANewerPlansScheduledEndCheckoutIsRefusedBesideTheO
                 "subscription_exists");
   EXPECT_EQ(Head(), head);
   EXPECT_TRUE(fake_.RequestsTo("POST", "/v1/checkout/sessions").empty());
+}
+
+// Alice's Starter still billed, her newer Professional kept to its period's end past it (Stripe
+// has canceled it; its deletion's webhook is late): subscription-status shows the Starter, and
+// cancel and upgrade act on it too. They took the Professional (the state-only choice): cancel {}
+// answered 200 canceled for sub_alice_pro, appended its cancel and left the Starter billing;
+// upgrade answered 409 no_active_subscription after asking Stripe.
+TEST_F(BillingRoutesTest, PastANewerPlansScheduledEndCancelActsOnTheOtherPlan) {
+  GiveAliceAProfessionalPastItsEnd();
+  HttpReply r = Alice().Post(kCancel, "{}");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(std::string(r.Json()["subscription_id"].GetString()), "sub_alice");
+  EXPECT_EQ(std::string(r.Json()["status"].GetString()), "active");
+  EXPECT_TRUE(fake_.GetSubscription("sub_alice")->cancel_at_period_end);
+  EXPECT_TRUE(fake_.RequestsTo("POST", "/v1/subscriptions/sub_alice_pro").empty());
+  auto events = EventsOfType("stripe.subscription_cancel_requested.v1");
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_NE(events[0].data.find(R"("subscription_id":"sub_alice")"), std::string::npos);
+}
+
+TEST_F(BillingRoutesTest, PastANewerPlansScheduledEndUpgradeActsOnTheOtherPlan) {
+  GiveAliceAProfessionalPastItsEnd();
+  HttpReply r = Alice().Post(kUpgrade, R"({"plan_id":"enterprise"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(std::string(r.Json()["subscription_id"].GetString()), "sub_alice");
+  EXPECT_EQ(fake_.GetSubscription("sub_alice")->price_id, "price_enterprise_monthly");
+  EXPECT_TRUE(fake_.RequestsTo("GET", "/v1/subscriptions/sub_alice_pro").empty());
 }
 
 // A suspension decides access whatever the user pays for: raising the plan is refused as a new
