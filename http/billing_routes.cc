@@ -623,7 +623,10 @@ void CreatePortal(const AppContext& context, const httplib::Request& req,
   }
   std::unique_ptr<ReadView> view = context.ledger->Snapshot();
   pc::UserSubscription current;
-  s = pc::GetUserSubscription(*view, identity.subject, &current);
+  // The customer subscription-status shows and checkout uses: the subscription chosen at the
+  // request's time (past a newer plan's scheduled end on another customer, the portal opened that
+  // customer's, not the one of the plan still billed).
+  s = pc::GetUserSubscriptionAt(*view, identity.subject, NowMicros(context) / 1'000'000, &current);
   if (s.ok() && current.customer_id.empty()) {
     s = Status::Conflict("no_stripe_customer",
                          "there is no Stripe customer for you yet: subscribe through checkout first");
@@ -655,7 +658,9 @@ void ListPaymentMethods(const AppContext& context, const Identity& identity,
   if (!RequireStripe(context, res)) return;
   std::unique_ptr<ReadView> view = context.ledger->Snapshot();
   pc::UserSubscription current;
-  Status s = pc::GetUserSubscription(*view, identity.subject, &current);
+  // The customer subscription-status shows, as the portal's.
+  Status s =
+      pc::GetUserSubscriptionAt(*view, identity.subject, NowMicros(context) / 1'000'000, &current);
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
   std::vector<StripeCard> cards;
   bool has_more = false;

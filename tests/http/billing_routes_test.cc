@@ -941,6 +941,29 @@ TEST_F(BillingRoutesTest, PastANewerPlansScheduledEndUpgradeActsOnTheOtherPlan) 
   EXPECT_TRUE(fake_.RequestsTo("GET", "/v1/subscriptions/sub_alice_pro").empty());
 }
 
+// The same with the Professional on another customer of alice's (made in Stripe's Dashboard,
+// tagged for her): the portal and the card list use the customer subscription-status shows, the
+// Starter's. They took the Professional's (the state-only choice): her portal could not manage
+// the plan she still paid for.
+TEST_F(BillingRoutesTest, PastANewerPlansScheduledEndThePortalAndTheCardsAreTheOtherPlans) {
+  GiveAliceAProfessionalPastItsEnd("cus_alice_2");
+  fake_.AddCustomer("cus_alice_2", "alice@example.com");
+  fake_.AddCard("cus_alice", "pm_alice", "visa", "4242", 4, 2031);
+  fake_.AddCard("cus_alice_2", "pm_alice_2", "visa", "4444", 4, 2031);
+  HttpReply status = Alice().Get("/api/v1/billing/subscription-status");
+  ASSERT_EQ(status.status, 200) << status.body;
+  EXPECT_EQ(std::string(status.Json()["customer_id"].GetString()), "cus_alice");
+  HttpReply portal = Alice().Post(kPortal, "{}");
+  ASSERT_EQ(portal.status, 200) << portal.body;
+  EXPECT_EQ(fake_.RequestsTo("POST", "/v1/billing_portal/sessions").at(0).Param("customer"),
+            "cus_alice");
+  HttpReply cards = Alice().Get(kPaymentMethods);
+  ASSERT_EQ(cards.status, 200) << cards.body;
+  ASSERT_EQ(cards.Json().Size(), 1u) << cards.body;
+  EXPECT_EQ(std::string(cards.Json()[0]["id"].GetString()), "pm_alice");
+  EXPECT_TRUE(fake_.RequestsTo("GET", "/v1/customers/cus_alice_2").empty());
+}
+
 // A suspension decides access whatever the user pays for: raising the plan is refused as a new
 // checkout is (it was sent to Stripe, which billed Enterprise while consume answered 402).
 TEST_F(BillingRoutesTest, ASuspendedAccountCannotChangePlan) {
