@@ -610,14 +610,20 @@ Status ApplyCheckoutSessionCreated(const Event& event, RowWriter* rows) {
 
 // ---- choosing a user's subscription ---------------------------------------------------------------
 
+// The ScheduledEnd of a subscription still live in its row (not deleted, not terminal) that
+// `ended_by` is past; nullopt otherwise, and always without `ended_by` (the state-only choice).
+std::optional<int64_t> PassedScheduledEnd(const SubscriptionRecord& r,
+                                          std::optional<int64_t> ended_by) {
+  if (!ended_by || r.deleted || IsTerminal(r.status)) return std::nullopt;
+  const std::optional<int64_t> end = ScheduledEnd(r);
+  if (end && *ended_by >= *end) return end;
+  return std::nullopt;
+}
+
 // Past its ScheduledEnd by `ended_by` a subscription ranks as Stripe's deletion will record it
 // (canceled), whatever its row still says.
 int AccessPreference(const SubscriptionRecord& r, std::optional<int64_t> ended_by) {
-  if (r.deleted) return 0;
-  if (ended_by) {
-    const std::optional<int64_t> end = ScheduledEnd(r);
-    if (end && *ended_by >= *end) return 0;
-  }
+  if (r.deleted || PassedScheduledEnd(r, ended_by)) return 0;
   switch (AccessFor(r.status)) {
     case AccessLevel::kGranted: return 3;
     case AccessLevel::kGrace: return 2;
@@ -630,14 +636,20 @@ int AccessPreference(const SubscriptionRecord& r, std::optional<int64_t> ended_b
 // price outside the catalog -- an add-on made in Stripe's Dashboard, another product on the same
 // account -- is never the one access, checkout, cancel and upgrade act on: ranked by access
 // first, an active add-on beat the plan as soon as the plan went past_due, and the user got
-// unknown_plan, a 402 and an upgrade of the add-on), then the better access, then the newer.
-// Both plan_ids resolved (GetUserSubscription); access judged at `ended_by` (AccessPreference).
+// unknown_plan, a 402 and an upgrade of the add-on), then the better access, then, among those
+// past their scheduled ends by `ended_by`, the one that ended last (before any that ended
+// otherwise), then the newer. Past the ends of both, a newer Professional ended at T1 was chosen
+// over an older Starter that lasted to T2: consume's 402 said "ended at T1", my-access and
+// subscription-status showed Professional. Both plan_ids resolved (GetUserSubscription); access
+// judged at `ended_by` (AccessPreference); without it, the state-only choice (the access cache's).
 bool Preferred(const SubscriptionRecord& a, const SubscriptionRecord& b,
                std::optional<int64_t> ended_by) {
   return std::make_tuple(a.plan_id.has_value(), AccessPreference(a, ended_by),
-                         a.created.value_or(0), a.subscription_id) >
+                         PassedScheduledEnd(a, ended_by), a.created.value_or(0),
+                         a.subscription_id) >
          std::make_tuple(b.plan_id.has_value(), AccessPreference(b, ended_by),
-                         b.created.value_or(0), b.subscription_id);
+                         PassedScheduledEnd(b, ended_by), b.created.value_or(0),
+                         b.subscription_id);
 }
 
 // The latest invoice of `record` (by event created, then id), and whether any of its invoices

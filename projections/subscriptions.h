@@ -236,7 +236,9 @@ struct UserSubscription {
   // Chosen as a request at a time sees it (GetUserSubscriptionAt, GetUserAccessAt), one past its
   // ScheduledEnd ranks as canceled, as Stripe's late deletion will record it: a plan kept to its
   // period's end next to an older one still billed was chosen past that end for being newer,
-  // and the user got 402 subscription_required while paying for the other. Its
+  // and the user got 402 subscription_required while paying for the other; among those past
+  // their ScheduledEnds, the one that ended last (before the most recently created: past the
+  // ends of both, a newer plan ended at T1 was chosen over an older one that lasted to T2). Its
   // plan_id is decided from the catalog (PlanIdForSubscription) whenever its price maps to a plan
   // (price/<id> rows), and when the row has none; the row's stands only for a price that maps to
   // nothing. A subscription tagged with a trial plan (metadata.plan_id) that never paid after its

@@ -17,6 +17,7 @@
 #include "projections/limits.h"
 #include "projections/registry.h"
 #include "projections/stripe_webhook.h"
+#include "projections/usage.h"
 #include "tests/support/billing_fixtures.h"
 #include "tests/support/memory_state.h"
 #include "tests/support/schema_check.h"
@@ -1206,6 +1207,57 @@ TEST_F(SubscriptionsTest, PastItsScheduledEndANewerPlanGivesWayToTheUsersOtherPl
   ASSERT_TRUE(gone.plan);
   EXPECT_EQ(gone.plan->id, "starter");
   EXPECT_TRUE(CheckServiceAccess(gone, "chat").allowed);
+}
+
+// Both of user-1's plans past their scheduled ends, no deletion yet: a newer Professional that
+// ended at T1 and an older Starter cancelled at T2 > T1. From T2 on, the one that ended last is
+// the user's (Starter): both ranked as canceled and the newer was chosen -- consume's 402 said
+// "ended at T1" though access lasted to T2, subscription-status and my-access showed
+// Professional. The state-only choice (the access cache's) stays the newer.
+TEST_F(SubscriptionsTest, WhenEveryPlanHasEndedTheLastToEndIsShown) {
+  World w = Fresh();
+  const int64_t t1 = kStripeT0 + 10 * 86400;
+  const int64_t t2 = kStripeT0 + 20 * 86400;
+  StripeSubscriptionSpec starter;
+  starter.event_id = "evt_starter";
+  starter.subscription_id = "sub_starter";
+  starter.item_id = "si_starter";
+  starter.created = kStripeT0 - 60 * 86400;
+  starter.cancel_at = t2;
+  Deliver(&w, StripeSubscriptionEventJson(starter));
+  StripeSubscriptionSpec pro;
+  pro.event_id = "evt_pro";
+  pro.event_created = kStripeT0 + 1;
+  pro.subscription_id = "sub_pro";
+  pro.item_id = "si_pro";
+  pro.price_id = "price_professional_monthly";
+  pro.unit_amount = 4900;
+  pro.created = kStripeT0 - 20 * 86400;
+  pro.period_start = t1 - 30 * 86400;
+  pro.period_end = t1;
+  pro.cancel_at_period_end = true;
+  Deliver(&w, StripeSubscriptionEventJson(pro));
+
+  EXPECT_EQ(Query(w, "user-1").subscription_id(), "sub_pro");  // state-only: unchanged
+  for (const int64_t now_s : {t2, t2 + 1, t2 + 86400}) {
+    UserSubscription sub;
+    ASSERT_TRUE(GetUserSubscriptionAt(w.state, "user-1", now_s, &sub).ok());
+    EXPECT_EQ(sub.subscription_id(), "sub_starter") << now_s;
+    UserAccess access;
+    ASSERT_TRUE(GetUserAccessAt(w.state, "user-1", now_s, &access).ok());
+    EXPECT_EQ(access.subscription.subscription_id(), "sub_starter") << now_s;
+    EXPECT_TRUE(access.EndedAt(now_s));
+    EXPECT_EQ(access.scheduled_end(), t2);
+    UsageTerms terms;
+    const Status refused = ResolveAccessTerms(access, now_s, &terms);
+    EXPECT_EQ(refused.problem(), "subscription_required");
+    EXPECT_NE(refused.message().find("ended at " + FormatRfc3339Seconds(t2)), std::string::npos)
+        << refused.message();
+  }
+  // The cache's entry resolves the same at the request's time.
+  UserAccess cached = Access(w, "user-1");
+  cached.ResolveAt(t2 + 1);
+  EXPECT_EQ(cached.subscription.subscription_id(), "sub_starter");
 }
 
 TEST_F(SubscriptionsTest, CheckServiceAccessPerPlanAndStatus) {
