@@ -1260,6 +1260,87 @@ TEST_F(SubscriptionsTest, WhenEveryPlanHasEndedTheLastToEndIsShown) {
   EXPECT_EQ(cached.subscription.subscription_id(), "sub_starter");
 }
 
+// A chain of scheduled ends: an admin comps user-1 to Enterprise before both plans; a newer
+// Professional ends at T1, an older Starter at T2 > T1 (no deletions yet). Professional decides
+// before T1, Starter in [T1, T2), the comp from T2 on -- each step resolved at the request's time
+// from what the state says (the access cache's entry), and access does not end.
+TEST_F(SubscriptionsTest, AChainOfScheduledEndsResolvesToItsLastLink) {
+  World w = Fresh();
+  const int64_t t1 = kStripeT0 + 10 * 86400;
+  const int64_t t2 = kStripeT0 + 20 * 86400;
+  OverrideChange comp;
+  comp.plan_id = std::optional<std::string>("enterprise");
+  comp.status.emplace(SubscriptionStatus::kActive);
+  SetAdminOverride command("user-1", comp, Actor::Admin("root", "root@example.com"));
+  Decision decision;
+  ASSERT_TRUE(ledger::testing::RunCommand(&command, AllFolds(), &w.state, &w.head,
+                                          (kStripeT0 - 90 * 86400) * int64_t{1'000'000},
+                                          &decision)
+                  .ok())
+      << decision.body;
+  StripeSubscriptionSpec starter;
+  starter.event_id = "evt_starter";
+  starter.subscription_id = "sub_starter";
+  starter.item_id = "si_starter";
+  starter.created = kStripeT0 - 60 * 86400;
+  starter.cancel_at = t2;
+  Deliver(&w, StripeSubscriptionEventJson(starter));
+  StripeSubscriptionSpec pro;
+  pro.event_id = "evt_pro";
+  pro.event_created = kStripeT0 + 1;
+  pro.subscription_id = "sub_pro";
+  pro.item_id = "si_pro";
+  pro.price_id = "price_professional_monthly";
+  pro.unit_amount = 4900;
+  pro.created = kStripeT0 - 20 * 86400;
+  pro.period_start = t1 - 30 * 86400;
+  pro.period_end = t1;
+  pro.cancel_at_period_end = true;
+  Deliver(&w, StripeSubscriptionEventJson(pro));
+
+  const UserAccess cached = Access(w, "user-1");
+  EXPECT_EQ(cached.subscription.subscription_id(), "sub_pro");
+  EXPECT_EQ(cached.access_end(), std::nullopt);
+  auto at = [&](int64_t now_s) {
+    UserAccess resolved = cached;
+    resolved.ResolveAt(now_s);
+    UserAccess out;
+    const Status s = GetUserAccessAt(w.state, "user-1", now_s, &out);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    EXPECT_EQ(out.subscription.subscription_id(), resolved.subscription.subscription_id())
+        << now_s;
+    EXPECT_EQ(out.overridden(), resolved.overridden()) << now_s;
+    return out;
+  };
+  for (const int64_t now_s : {t1 - 86400, t1 - 1}) {
+    const UserAccess pro_decides = at(now_s);
+    EXPECT_EQ(pro_decides.subscription.subscription_id(), "sub_pro") << now_s;
+    EXPECT_FALSE(pro_decides.overridden());
+    ASSERT_TRUE(pro_decides.plan);
+    EXPECT_EQ(pro_decides.plan->id, "professional");
+    EXPECT_EQ(pro_decides.access_end(), std::nullopt);
+  }
+  for (const int64_t now_s : {t1, t2 - 1}) {
+    const UserAccess starter_decides = at(now_s);
+    EXPECT_EQ(starter_decides.subscription.subscription_id(), "sub_starter") << now_s;
+    EXPECT_FALSE(starter_decides.overridden());
+    ASSERT_TRUE(starter_decides.plan);
+    EXPECT_EQ(starter_decides.plan->id, "starter");
+    EXPECT_FALSE(starter_decides.EndedAt(now_s));
+    EXPECT_EQ(starter_decides.access_end(), std::nullopt);
+  }
+  for (const int64_t now_s : {t2, t2 + 86400}) {
+    const UserAccess comp_decides = at(now_s);
+    EXPECT_TRUE(comp_decides.overridden()) << now_s;
+    ASSERT_TRUE(comp_decides.plan);
+    EXPECT_EQ(comp_decides.plan->id, "enterprise");
+    EXPECT_EQ(comp_decides.access, AccessLevel::kGranted);
+    EXPECT_FALSE(comp_decides.EndedAt(now_s));
+    EXPECT_TRUE(CheckServiceAccess(comp_decides, "tts").allowed);
+    EXPECT_EQ(comp_decides.access_end(), std::nullopt);
+  }
+}
+
 TEST_F(SubscriptionsTest, CheckServiceAccessPerPlanAndStatus) {
   struct Case {
     const char* price;
