@@ -222,8 +222,10 @@ class BillingRoutesTest : public ::testing::Test {
   // `pro_customer`: alice's, or one linked to nobody) canceled at its period's end, which the
   // clock is then moved past: Stripe has canceled it, its deletion's webhook has not arrived (as
   // in PastANewerPlansScheduledEndCheckoutIsRefusedBesideTheOtherPlan).
-  void GiveAliceAProfessionalPastItsEnd(const std::string& pro_customer = "cus_alice") {
-    GiveAliceASubscription("active");
+  // Beside alice's subscription, a newer Professional (sub_alice_pro on `pro_customer`) canceled at
+  // its period's end, a day from now, through the ledger's webhook route.
+  ledger::testing::StripeSubscriptionSpec GiveAliceAProfessionalEndingTomorrow(
+      const std::string& pro_customer = "cus_alice") {
     const int64_t now_s = clock_.NowMicros() / 1'000'000;
     ledger::testing::StripeSubscriptionSpec pro;
     pro.event_id = "evt_pro";
@@ -239,9 +241,17 @@ class BillingRoutesTest : public ::testing::Test {
     pro.cancel_at_period_end = true;
     pro.period_start = now_s - 29 * 86400;
     pro.period_end = now_s + 86400;
-    ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+    EXPECT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
                                                ledger::testing::StripeSubscriptionEventJson(pro))
                     .status.ok());
+    return pro;
+  }
+
+  void GiveAliceAProfessionalPastItsEnd(const std::string& pro_customer = "cus_alice") {
+    GiveAliceASubscription("active");
+    const int64_t now_s = clock_.NowMicros() / 1'000'000;
+    const ledger::testing::StripeSubscriptionSpec pro =
+        GiveAliceAProfessionalEndingTomorrow(pro_customer);
     FakeStripe::Subscription ended;
     ended.id = "sub_alice_pro";
     ended.customer = pro_customer;
@@ -878,23 +888,7 @@ TEST_F(BillingRoutesTest, CheckoutIsOpenOnceASubscriptionCanceledAtItsPeriodsEnd
 // buy a third plan (and subscription-status showed it).
 TEST_F(BillingRoutesTest, PastANewerPlansScheduledEndCheckoutIsRefusedBesideTheOtherPlan) {
   GiveAliceASubscription("active");
-  ledger::testing::StripeSubscriptionSpec pro;
-  pro.event_id = "evt_pro";
-  pro.event_created = ledger::testing::kStripeT0 + 10;
-  pro.subscription_id = "sub_alice_pro";
-  pro.customer_id = "cus_alice";
-  pro.item_id = "si_alice_pro";
-  pro.price_id = "price_professional_monthly";
-  pro.unit_amount = 4900;
-  pro.metadata_user_id = "alice";
-  pro.metadata_plan_id = "professional";
-  pro.created = ledger::testing::kStripeT0 + 10;  // newer than sub_alice
-  pro.cancel_at_period_end = true;
-  pro.period_start = clock_.NowMicros() / 1'000'000 - 29 * 86400;
-  pro.period_end = clock_.NowMicros() / 1'000'000 + 86400;
-  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
-                                             ledger::testing::StripeSubscriptionEventJson(pro))
-                  .status.ok());
+  GiveAliceAProfessionalEndingTomorrow();
   auto shown = [&] {
     HttpReply r = Alice().Get("/api/v1/billing/subscription-status");
     EXPECT_EQ(r.status, 200) << r.body;

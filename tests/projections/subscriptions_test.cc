@@ -71,6 +71,31 @@ class SubscriptionsTest : public ::testing::Test {
     return decision;
   }
 
+  // user-1's Starter (sub_starter) with cancel_at `starter_end`, and a newer Professional
+  // (sub_pro) canceled at its period's end `pro_end`; no deletions.
+  void DeliverStarterEndingAtAndANewerProfessionalEndingBefore(World* w, int64_t starter_end,
+                                                              int64_t pro_end) {
+    StripeSubscriptionSpec starter;
+    starter.event_id = "evt_starter";
+    starter.subscription_id = "sub_starter";
+    starter.item_id = "si_starter";
+    starter.created = kStripeT0 - 60 * 86400;
+    starter.cancel_at = starter_end;
+    Deliver(w, StripeSubscriptionEventJson(starter));
+    StripeSubscriptionSpec pro;
+    pro.event_id = "evt_pro";
+    pro.event_created = kStripeT0 + 1;
+    pro.subscription_id = "sub_pro";
+    pro.item_id = "si_pro";
+    pro.price_id = "price_professional_monthly";
+    pro.unit_amount = 4900;
+    pro.created = kStripeT0 - 20 * 86400;
+    pro.period_start = pro_end - 30 * 86400;
+    pro.period_end = pro_end;
+    pro.cancel_at_period_end = true;
+    Deliver(w, StripeSubscriptionEventJson(pro));
+  }
+
   static Rows SubscriptionRows(const World& world) {
     auto it = world.state.rows().find(std::string(kSubscriptionsFamily));
     return it == world.state.rows().end() ? Rows() : it->second;
@@ -1218,25 +1243,7 @@ TEST_F(SubscriptionsTest, WhenEveryPlanHasEndedTheLastToEndIsShown) {
   World w = Fresh();
   const int64_t t1 = kStripeT0 + 10 * 86400;
   const int64_t t2 = kStripeT0 + 20 * 86400;
-  StripeSubscriptionSpec starter;
-  starter.event_id = "evt_starter";
-  starter.subscription_id = "sub_starter";
-  starter.item_id = "si_starter";
-  starter.created = kStripeT0 - 60 * 86400;
-  starter.cancel_at = t2;
-  Deliver(&w, StripeSubscriptionEventJson(starter));
-  StripeSubscriptionSpec pro;
-  pro.event_id = "evt_pro";
-  pro.event_created = kStripeT0 + 1;
-  pro.subscription_id = "sub_pro";
-  pro.item_id = "si_pro";
-  pro.price_id = "price_professional_monthly";
-  pro.unit_amount = 4900;
-  pro.created = kStripeT0 - 20 * 86400;
-  pro.period_start = t1 - 30 * 86400;
-  pro.period_end = t1;
-  pro.cancel_at_period_end = true;
-  Deliver(&w, StripeSubscriptionEventJson(pro));
+  DeliverStarterEndingAtAndANewerProfessionalEndingBefore(&w, t2, t1);
 
   EXPECT_EQ(Query(w, "user-1").subscription_id(), "sub_pro");  // state-only: unchanged
   for (const int64_t now_s : {t2, t2 + 1, t2 + 86400}) {
@@ -1278,25 +1285,7 @@ TEST_F(SubscriptionsTest, AChainOfScheduledEndsResolvesToItsLastLink) {
                                           &decision)
                   .ok())
       << decision.body;
-  StripeSubscriptionSpec starter;
-  starter.event_id = "evt_starter";
-  starter.subscription_id = "sub_starter";
-  starter.item_id = "si_starter";
-  starter.created = kStripeT0 - 60 * 86400;
-  starter.cancel_at = t2;
-  Deliver(&w, StripeSubscriptionEventJson(starter));
-  StripeSubscriptionSpec pro;
-  pro.event_id = "evt_pro";
-  pro.event_created = kStripeT0 + 1;
-  pro.subscription_id = "sub_pro";
-  pro.item_id = "si_pro";
-  pro.price_id = "price_professional_monthly";
-  pro.unit_amount = 4900;
-  pro.created = kStripeT0 - 20 * 86400;
-  pro.period_start = t1 - 30 * 86400;
-  pro.period_end = t1;
-  pro.cancel_at_period_end = true;
-  Deliver(&w, StripeSubscriptionEventJson(pro));
+  DeliverStarterEndingAtAndANewerProfessionalEndingBefore(&w, t2, t1);
 
   const UserAccess cached = Access(w, "user-1");
   EXPECT_EQ(cached.subscription.subscription_id(), "sub_pro");
