@@ -71,10 +71,11 @@ class SubscriptionsTest : public ::testing::Test {
     return decision;
   }
 
-  // user-1's Starter (sub_starter) with cancel_at `starter_end`, and a newer Professional
-  // (sub_pro) canceled at its period's end `pro_end`; no deletions.
-  void DeliverStarterEndingAtAndANewerProfessionalEndingBefore(World* w, int64_t starter_end,
-                                                              int64_t pro_end) {
+  // user-1's Starter (sub_starter), with cancel_at `starter_end` when given, and a newer
+  // Professional (sub_pro) canceled at its period's end `pro_end`; no deletions. Returns the
+  // Professional's spec.
+  StripeSubscriptionSpec DeliverStarterEndingAtAndANewerProfessionalEndingBefore(
+      World* w, std::optional<int64_t> starter_end, int64_t pro_end) {
     StripeSubscriptionSpec starter;
     starter.event_id = "evt_starter";
     starter.subscription_id = "sub_starter";
@@ -94,6 +95,7 @@ class SubscriptionsTest : public ::testing::Test {
     pro.period_end = pro_end;
     pro.cancel_at_period_end = true;
     Deliver(w, StripeSubscriptionEventJson(pro));
+    return pro;
   }
 
   static Rows SubscriptionRows(const World& world) {
@@ -1159,25 +1161,9 @@ TEST_F(SubscriptionsTest, ASubscriptionToAPriceOutsideTheCatalogIsNotTheCurrentO
 // active. Before the end the Professional decides; after its deletion, Starter, as before.
 TEST_F(SubscriptionsTest, PastItsScheduledEndANewerPlanGivesWayToTheUsersOtherPlan) {
   World w = Fresh();
-  StripeSubscriptionSpec starter;
-  starter.event_id = "evt_starter";
-  starter.subscription_id = "sub_starter";
-  starter.item_id = "si_starter";
-  starter.created = kStripeT0 - 60 * 86400;
-  Deliver(&w, StripeSubscriptionEventJson(starter));
   const int64_t end = kStripeT0 + 10 * 86400;
-  StripeSubscriptionSpec pro;
-  pro.event_id = "evt_pro";
-  pro.event_created = kStripeT0 + 1;
-  pro.subscription_id = "sub_pro";
-  pro.item_id = "si_pro";
-  pro.price_id = "price_professional_monthly";
-  pro.unit_amount = 4900;
-  pro.created = kStripeT0 - 20 * 86400;
-  pro.period_start = end - 30 * 86400;
-  pro.period_end = end;
-  pro.cancel_at_period_end = true;
-  Deliver(&w, StripeSubscriptionEventJson(pro));
+  const StripeSubscriptionSpec pro =
+      DeliverStarterEndingAtAndANewerProfessionalEndingBefore(&w, std::nullopt, end);
 
   auto access_at = [&](int64_t now_s) {
     UserAccess out;
