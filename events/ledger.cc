@@ -167,6 +167,17 @@ bool DecodeStreamRun(uint64_t first, std::string_view gaps, std::vector<uint64_t
 // A streams row that does not decode, named by its subject and the position its key holds, or
 // by its whole key when that is not a subject, NUL and a position. Printable: bytes outside
 // printable ASCII, `"` and `\` are shown as \xNN, and at most the first 255 bytes.
+// Ledger::ProjectionDigest and StreamsDigest: true (every kDigestCancelCheckRows rows) once
+// `cancel` is set.
+bool DigestCancelled(const std::atomic<bool>* cancel, uint64_t row) {
+  return cancel != nullptr && row % kDigestCancelCheckRows == 0 &&
+         cancel->load(std::memory_order_relaxed);
+}
+
+Status DigestCancelledStatus() {
+  return Status::Unavailable("digest_cancelled", "stopped before the digest had read every row");
+}
+
 Status MalformedStreamRow(std::string_view key) {
   constexpr size_t kShownBytesMax = 255;
   const size_t nul = key.find('\0');
@@ -778,8 +789,8 @@ class LedgerImpl final : public Ledger {
   Status GetCheckpoint(std::string_view name, Position* out) const override;
   Status PutCheckpoint(std::string_view name, Position position, bool sync) override;
   Status GetFoldVersion(std::string_view fold, uint32_t* out) const override;
-  Status ProjectionDigest(Hash* out) const override;
-  Status StreamsDigest(Hash* out) const override;
+  Status ProjectionDigest(Hash* out, const std::atomic<bool>* cancel) const override;
+  Status StreamsDigest(Hash* out, const std::atomic<bool>* cancel) const override;
   Status ImportEvents(const std::vector<Event>& events) override;
   Status Flush() override;
   Status WaitForBackgroundWork(int64_t timeout_ms) override;
@@ -2603,10 +2614,11 @@ Status LedgerImpl::GetFoldVersion(std::string_view fold, uint32_t* out) const {
   return Status::OK();
 }
 
-Status LedgerImpl::ProjectionDigest(Hash* out) const {
+Status LedgerImpl::ProjectionDigest(Hash* out, const std::atomic<bool>* cancel) const {
   std::vector<std::string> names;
   for (const Fold* fold : options_.folds) names.emplace_back(fold->Name());
   std::sort(names.begin(), names.end());
+  uint64_t rows = 0;
   SHA256_CTX ctx;
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
@@ -2617,6 +2629,7 @@ Status LedgerImpl::ProjectionDigest(Hash* out) const {
     SHA256_Update(&ctx, framed.data(), framed.size());
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), Family(name)));
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      if (DigestCancelled(cancel, rows++)) return DigestCancelledStatus();
       framed.clear();
       PutLengthPrefixed(&framed, ToView(it->key()));
       PutLengthPrefixed(&framed, ToView(it->value()));
@@ -2629,7 +2642,7 @@ Status LedgerImpl::ProjectionDigest(Hash* out) const {
   return Status::OK();
 }
 
-Status LedgerImpl::StreamsDigest(Hash* out) const {
+Status LedgerImpl::StreamsDigest(Hash* out, const std::atomic<bool>* cancel) const {
   SHA256_CTX ctx;
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
@@ -2638,7 +2651,9 @@ Status LedgerImpl::StreamsDigest(Hash* out) const {
       db_->NewIterator(rocksdb::ReadOptions(), Family(kStreamsFamily)));
   std::vector<uint64_t> positions;
   std::string framed;
+  uint64_t rows = 0;
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    if (DigestCancelled(cancel, rows++)) return DigestCancelledStatus();
     const std::string_view key = ToView(it->key());
     const size_t nul = key.find('\0');
     if (nul == std::string_view::npos || key.size() != nul + 1 + 8 ||
@@ -2718,8 +2733,8 @@ Status DirLock::Lock(const std::string& dir, std::shared_ptr<DirLock>* out) {
     const int error = errno;
     ::close(fd);
     if (error == EWOULDBLOCK) {
-      return Status::IOError(dir + " is in use: another ledgerd (or ledgerctl stripe-setup) has "
-                             "it open for writing (it holds " + path + ")");
+      return Status::IOError(dir + " is in use: another ledgerd (or ledgerctl stripe-setup, "
+                             "or replay --into) has it open for writing (it holds " + path + ")");
     }
     return Status::IOError("cannot lock " + path + ": " + std::strerror(error));
   }

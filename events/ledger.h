@@ -128,6 +128,9 @@ Status CreatePrivateDir(const std::string& path);
 // is open (Ledger::Open is kIOError when another process holds it; read-only opens take none).
 inline constexpr char kDirLockFile[] = "ledgerd.lock";
 
+// Ledger::ProjectionDigest and StreamsDigest look at their `cancel` flag once per this many rows.
+inline constexpr uint64_t kDigestCancelCheckRows = 1024;
+
 // That lock. Ledger::Open takes it, unless the caller took it first to write its own files into
 // the directory only once no other process has it open (ledgerd's dev-mode secret and master
 // key) and hands it over (LedgerOptions::dir_lock). Released when the last holder drops it, or
@@ -344,14 +347,18 @@ class Ledger {
   // (a store written before fold versions, or a rebuild a crash interrupted).
   virtual Status GetFoldVersion(std::string_view fold, uint32_t* out) const = 0;
 
+  // Both digests read every row (seconds on a large store). `cancel` (ledgerctl replay's
+  // SIGINT/SIGTERM) is checked every kDigestCancelCheckRows rows: once true the digest stops with
+  // kUnavailable "digest_cancelled" and `out` is not set. nullptr = never.
+  //
   // Digest over every fold's rows (family name, key, value in order): replay compares it.
-  virtual Status ProjectionDigest(Hash* out) const = 0;
+  virtual Status ProjectionDigest(Hash* out, const std::atomic<bool>* cancel = nullptr) const = 0;
   // Digest over the per-subject index (`streams`, derived from the log like a fold's rows) as
   // the (subject, position) pairs its rows name, in key order, each row's run expanded: the
   // writer's one row per command and ImportEvents' one per call give equal digests for equal
   // indexes. Replay compares it. Corruption when a row is malformed (naming its subject and
   // position, printable).
-  virtual Status StreamsDigest(Hash* out) const = 0;
+  virtual Status StreamsDigest(Hash* out, const std::atomic<bool>* cancel = nullptr) const = 0;
 
   // Appends already-sealed events read from another log (replay into a fresh directory): checks
   // the chain links, writes the events verbatim and applies the folds. Positions must continue

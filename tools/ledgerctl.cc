@@ -318,8 +318,10 @@ void AddReplay(CLI::App& app, ReplayArgs* args) {
 }
 
 // SIGINT/SIGTERM during a replay: it stops at its next event and removes what it wrote (the
-// temporary copy of every projection, emails included, or a partial --into store) before exiting
-// 128 + the signal. Killed by the default action, it left them behind. A second one is the
+// temporary copy of every projection, emails included, or a partial --into store), then dies by
+// that signal (its default action, raised again): a shell sees the child killed by SIGINT and
+// aborts its script, as it would not for an exit status of 130. Killed by the default action at
+// once, it left them behind. A second one is the
 // default action (SA_RESETHAND): exit at once. A signal ignored when ledgerctl started (nohup, a
 // background job of a non-interactive shell) stays ignored.
 std::atomic<bool> replay_cancel{false};
@@ -360,7 +362,11 @@ int RunReplay(const Globals& globals, const ReplayArgs& args) {
               << "; "
               << (args.into.empty() ? "its temporary store" : "what it wrote in " + args.into)
               << " was removed\n";
-    return 128 + replay_signal;
+    std::cout.flush();
+    const int signal = replay_signal;
+    ::signal(signal, SIG_DFL);
+    ::raise(signal);
+    return 128 + signal;  // not reached: the default action of SIGINT and SIGTERM ends the process
   }
   if (!s.ok()) return Fail("replay", s);
   std::cout << "replay: live digest    " << HexEncode(report.live_digest) << " at position "

@@ -1,10 +1,14 @@
 #include "tools/replay.h"
 
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
+#include <functional>
 #include <memory>
 
 #include <openssl/sha.h>
@@ -24,11 +28,12 @@ namespace {
 // when it goes out of scope: the temporary directory always (a copy of every projection, emails
 // included), an --into directory when the replay failed or was cancelled (a prefix of the log
 // there opened as a whole store: ledgerd started on it). One the replay created is removed; one
-// that existed (empty) is emptied.
+// that existed (empty) is emptied. Only once the replay holds the directory's lock (DirLock, as
+// ledgerd does): a directory another process created or locked meanwhile is left alone.
 class RebuiltDir {
  public:
   ~RebuiltDir() {
-    if (path_.empty() || keep_) return;
+    if (!ours_ || keep_) return;
     std::error_code ec;
     if (created_) {
       std::filesystem::remove_all(path_, ec);
@@ -48,26 +53,48 @@ class RebuiltDir {
     }
     path_ = pattern;
     created_ = true;
-    return Status::OK();
+    ours_ = true;
+    return DirLock::Lock(path_, &lock_);
   }
   // `into` must not exist or be an empty directory (else kInvalidArgument, and it is left alone).
-  Status Claim(const std::string& into) {
+  // Created here (mode 0700) or found empty, then locked: kIOError "in use" when another process
+  // (ledgerd, another replay) holds it, and nothing is removed.
+  Status Claim(const std::string& into, const ReplayOptions& options) {
     std::error_code ec;
-    if (std::filesystem::exists(into, ec) &&
-        (!std::filesystem::is_directory(into, ec) || !std::filesystem::is_empty(into, ec))) {
+    const std::filesystem::path dir(into);
+    if (dir.has_parent_path()) std::filesystem::create_directories(dir.parent_path(), ec);
+    if (::mkdir(into.c_str(), 0700) == 0) {
+      ::chmod(into.c_str(), 0700);  // whatever the umask
+      created_ = true;
+    } else if (const int error = errno; error != EEXIST) {
+      return Status::IOError("cannot create " + into + ": " + std::strerror(error));
+    } else if (!std::filesystem::is_directory(into, ec) || !std::filesystem::is_empty(into, ec)) {
       return Status::InvalidArgument("bad_target", into + " exists and is not an empty directory");
     }
-    created_ = !std::filesystem::exists(into, ec);
     path_ = into;
+    if (options.on_step) options.on_step(ReplayStep::kIntoCreated);
+    LEDGER_RETURN_IF_ERROR(DirLock::Lock(into, &lock_));
+    // Written to between the look and the lock (a ledgerd that has since exited): not ours.
+    std::filesystem::directory_iterator entry(into, ec);
+    for (; !ec && entry != std::filesystem::directory_iterator(); entry.increment(ec)) {
+      if (entry->path().filename() == kDirLockFile) continue;
+      lock_.reset();
+      return Status::InvalidArgument("bad_target", into + " exists and is not an empty directory");
+    }
+    ours_ = true;
     return Status::OK();
   }
   void Keep() { keep_ = true; }
   const std::string& path() const { return path_; }
+  // Handed to the rebuilt store's open (LedgerOptions::dir_lock).
+  const std::shared_ptr<DirLock>& lock() const { return lock_; }
 
  private:
   std::string path_;
   bool created_ = false;
+  bool ours_ = false;  // made by mkdtemp, or locked by the replay and empty then
   bool keep_ = false;
+  std::shared_ptr<DirLock> lock_;  // held until what is not kept is removed
 };
 
 bool Cancelled(const ReplayOptions& options) {
@@ -169,15 +196,27 @@ Status Rebuild(const Ledger& live, Ledger* rebuilt, const ReplayOptions& options
   return rebuilt->Flush();
 }
 
+// Runs one full scan of a store (a digest), stopped by `cancel` inside (every
+// kDigestCancelCheckRows rows) and checked before: CancelledStatus() once it is set.
+Status StopOnCancel(const ReplayOptions& options, const std::function<Status()>& scan) {
+  if (Cancelled(options)) return CancelledStatus();
+  const Status s = scan();
+  if (Cancelled(options)) return CancelledStatus();
+  return s;
+}
+
 // Digest of one fold's rows, framed like Ledger::ProjectionDigest (for naming what differs).
-Status FoldDigest(const Ledger& ledger, const Fold* fold, Hash* out) {
+Status FoldDigest(const Ledger& ledger, const Fold* fold, const ReplayOptions& options,
+                  Hash* out) {
   std::unique_ptr<ReadView> view = ledger.Snapshot();
   SHA256_CTX ctx;
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
   SHA256_Init(&ctx);
   std::string framed;
+  uint64_t rows = 0;
   Status scan = view->Scan(fold->Name(), "", [&](std::string_view key, std::string_view value) {
+    if (rows++ % kDigestCancelCheckRows == 0 && Cancelled(options)) return false;
     framed.clear();
     PutLengthPrefixed(&framed, key);
     PutLengthPrefixed(&framed, value);
@@ -204,14 +243,15 @@ Status FindStaleFolds(const Ledger& live, const std::vector<const Fold*>& folds,
   return Status::OK();
 }
 
-Status FindDifferingFolds(const Ledger& live, const Ledger& rebuilt,
-                          const std::vector<const Fold*>& folds, ReplayReport* report) {
-  for (const Fold* fold : folds) {
+Status FindDifferingFolds(const Ledger& live, const Ledger& rebuilt, const ReplayOptions& options,
+                          ReplayReport* report) {
+  for (const Fold* fold : options.folds) {
     const auto stale = [&](const StaleFold& f) { return f.name == fold->Name(); };
     if (std::any_of(report->stale_folds.begin(), report->stale_folds.end(), stale)) continue;
     Hash live_digest{}, rebuilt_digest{};
-    LEDGER_RETURN_IF_ERROR(FoldDigest(live, fold, &live_digest));
-    LEDGER_RETURN_IF_ERROR(FoldDigest(rebuilt, fold, &rebuilt_digest));
+    LEDGER_RETURN_IF_ERROR(FoldDigest(live, fold, options, &live_digest));
+    LEDGER_RETURN_IF_ERROR(FoldDigest(rebuilt, fold, options, &rebuilt_digest));
+    if (Cancelled(options)) return CancelledStatus();
     if (live_digest != rebuilt_digest) report->differing_folds.emplace_back(fold->Name());
   }
   return Status::OK();
@@ -224,7 +264,8 @@ Status ReplayProjections(const ReplayOptions& options, ReplayReport* report) {
   if (options.chunk_events == 0) return Status::InvalidArgument("bad_chunk", "chunk_events is 0");
   if (options.chunk_bytes == 0) return Status::InvalidArgument("bad_chunk", "chunk_bytes is 0");
   RebuiltDir dir;  // before `rebuilt`: closed before its files are removed
-  LEDGER_RETURN_IF_ERROR(options.into.empty() ? dir.CreateTemporary() : dir.Claim(options.into));
+  LEDGER_RETURN_IF_ERROR(options.into.empty() ? dir.CreateTemporary()
+                                               : dir.Claim(options.into, options));
   report->rebuilt_path = dir.path();
 
   LEDGER_RETURN_IF_ERROR(CheckStoreExists(options.data_dir));
@@ -240,25 +281,37 @@ Status ReplayProjections(const ReplayOptions& options, ReplayReport* report) {
                               gap + " (ledgerctl verify explains)");
   }
   LEDGER_RETURN_IF_ERROR(FindStaleFolds(*live, present, report));
-  LEDGER_RETURN_IF_ERROR(live->ProjectionDigest(&report->live_digest));
+  LEDGER_RETURN_IF_ERROR(StopOnCancel(options, [&] {
+    return live->ProjectionDigest(&report->live_digest, options.cancel);
+  }));
 
   LedgerOptions rebuilt_options;
   rebuilt_options.path = report->rebuilt_path;
   rebuilt_options.folds = options.folds;
   rebuilt_options.sync = false;  // scratch; Flush() at the end makes a kept copy durable
+  rebuilt_options.dir_lock = dir.lock();
   std::unique_ptr<Ledger> rebuilt;
   LEDGER_RETURN_IF_ERROR(Ledger::Open(rebuilt_options, &rebuilt));
   LEDGER_RETURN_IF_ERROR(Rebuild(*live, rebuilt.get(), options, report));
   if (Cancelled(options)) return CancelledStatus();
-  LEDGER_RETURN_IF_ERROR(rebuilt->ProjectionDigest(&report->rebuilt_digest));
+  if (options.on_step) options.on_step(ReplayStep::kRebuilt);
+  LEDGER_RETURN_IF_ERROR(StopOnCancel(options, [&] {
+    return rebuilt->ProjectionDigest(&report->rebuilt_digest, options.cancel);
+  }));
   report->equal = report->live_digest == report->rebuilt_digest;
   if (!report->equal) {
-    LEDGER_RETURN_IF_ERROR(FindDifferingFolds(*live, *rebuilt, options.folds, report));
+    LEDGER_RETURN_IF_ERROR(StopOnCancel(options, [&] {
+      return FindDifferingFolds(*live, *rebuilt, options, report);
+    }));
   }
   // The per-subject index is derived from the log too (GET /api/v1/events?subject= reads by it):
   // a row lost or pointed elsewhere hides a subject's events or serves another's.
-  LEDGER_RETURN_IF_ERROR(live->StreamsDigest(&report->live_streams_digest));
-  LEDGER_RETURN_IF_ERROR(rebuilt->StreamsDigest(&report->rebuilt_streams_digest));
+  LEDGER_RETURN_IF_ERROR(StopOnCancel(options, [&] {
+    return live->StreamsDigest(&report->live_streams_digest, options.cancel);
+  }));
+  LEDGER_RETURN_IF_ERROR(StopOnCancel(options, [&] {
+    return rebuilt->StreamsDigest(&report->rebuilt_streams_digest, options.cancel);
+  }));
   if (report->live_streams_digest != report->rebuilt_streams_digest) {
     report->equal = false;
     report->differing_folds.emplace_back(kStreamsIndexName);

@@ -21,7 +21,10 @@
 // The rebuilt store is scratch: it is written without fsync and flushed at the end. What the
 // replay wrote is removed unless it returns OK with `into` set: the temporary directory always, an
 // --into directory when the replay fails or is cancelled (removed if the replay created it,
-// emptied if it existed). A process killed outright (SIGKILL, power loss) leaves it behind.
+// emptied if it existed). The --into directory is locked (DirLock, as ledgerd locks its store)
+// before anything is written or removed there: one another process (ledgerd, another replay)
+// holds is refused "in use" and left alone. A process killed outright (SIGKILL, power loss)
+// leaves it behind.
 #pragma once
 
 #include <atomic>
@@ -42,6 +45,12 @@ namespace ledger::tools {
 // log rebuilds (a row missing, or naming another position).
 inline constexpr char kStreamsIndexName[] = "streams";
 
+// Where a replay is, for ReplayOptions::on_step (tests).
+enum class ReplayStep {
+  kIntoCreated,  // the --into directory exists (created, or found empty) and is not locked yet
+  kRebuilt,      // every event imported; the rebuilt store's digests and the comparison are next
+};
+
 struct ReplayOptions {
   std::string data_dir;            // the live store
   // Where to rebuild. Empty: a fresh directory under the system temp directory, removed
@@ -53,11 +62,14 @@ struct ReplayOptions {
   // alone. One call is one group (the writer checks kGroupBytesMax only between commands), held
   // decoded and in its WriteBatch at once: 4,096 stored webhooks of 512 KiB were ~2 GiB a chunk.
   size_t chunk_bytes = limits::kGroupBytesMax;
-  // When it turns true (ledgerctl's SIGINT/SIGTERM), the replay stops at its next event and
-  // returns kUnavailable "replay_cancelled". nullptr = never.
+  // When it turns true (ledgerctl's SIGINT/SIGTERM), the replay stops at its next event, or
+  // within kDigestCancelCheckRows rows of a digest, and returns kUnavailable "replay_cancelled".
+  // nullptr = never.
   const std::atomic<bool>* cancel = nullptr;
   // Tests: told the events and stored bytes of each chunk before it is imported.
   std::function<void(size_t events, size_t bytes)> on_chunk;
+  // Tests: told each ReplayStep as the replay reaches it.
+  std::function<void(ReplayStep step)> on_step;
   std::ostream* progress = nullptr;
 };
 
@@ -87,8 +99,9 @@ struct ReplayReport {
 
 // OK with report->equal telling the outcome (a fold with no column family in the live store is
 // in stale_folds, `missing`); kCorruption when the live log does not import (a broken chain: run
-// verify); kInvalidArgument for a non-empty `into`; kNotFound / kIOError for storage; kUnavailable
-// "replay_cancelled" when `cancel` stopped it.
+// verify); kInvalidArgument for a non-empty `into`; kIOError "<into> is in use" when another
+// process holds `into`; kNotFound / kIOError for storage; kUnavailable "replay_cancelled" when
+// `cancel` stopped it.
 Status ReplayProjections(const ReplayOptions& options, ReplayReport* report);
 
 }  // namespace ledger::tools

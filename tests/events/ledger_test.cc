@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <optional>
 #include <random>
 #include <regex>
@@ -29,6 +30,45 @@ std::unique_ptr<Ledger> OpenLedger(const std::string& path, const Clock* clock =
   options.path = path;
   options.clock = clock;
   return testing::OpenTestLedger(options);
+}
+
+// One row per subject.
+class SubjectSeenFold final : public Fold {
+ public:
+  std::string_view Name() const override { return "test_subject_seen"; }
+  uint32_t Version() const override { return 1; }
+  Status Apply(const Event& event, const StateReader&, RowWriter* rows) const override {
+    return rows->Put(Name(), event.subject, "seen");
+  }
+};
+
+// The digests read every row (seconds on a large store): ledgerctl replay's SIGINT/SIGTERM
+// stops them, within kDigestCancelCheckRows rows, instead of waiting for the last one.
+TEST(LedgerTest, DigestsStopOnceCancelled) {
+  TempDir dir;
+  const SubjectSeenFold fold;
+  LedgerOptions options;
+  options.path = dir.path();
+  options.folds = {&fold};
+  auto ledger = testing::OpenTestLedger(options);
+  SubjectsCommand command({"alice", "bob", "carol"});
+  ASSERT_TRUE(ledger->Submit(&command).status.ok());
+  std::atomic<bool> cancel{false};
+  Hash plain{}, flagged{};
+  ASSERT_TRUE(ledger->ProjectionDigest(&plain).ok());
+  ASSERT_TRUE(ledger->ProjectionDigest(&flagged, &cancel).ok());
+  EXPECT_EQ(flagged, plain);
+  ASSERT_TRUE(ledger->StreamsDigest(&plain).ok());
+  ASSERT_TRUE(ledger->StreamsDigest(&flagged, &cancel).ok());
+  EXPECT_EQ(flagged, plain);
+
+  cancel.store(true);
+  Hash untouched{};
+  Status s = ledger->ProjectionDigest(&untouched, &cancel);
+  EXPECT_EQ(s.problem(), "digest_cancelled") << s.ToString();
+  s = ledger->StreamsDigest(&untouched, &cancel);
+  EXPECT_EQ(s.problem(), "digest_cancelled") << s.ToString();
+  EXPECT_EQ(untouched, Hash{});
 }
 
 TEST(LedgerTest, AppendsAssignGapFreePositionsAndChainHashes) {
