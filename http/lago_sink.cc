@@ -1280,7 +1280,10 @@ void LagoSink::Impl::RenderMetrics(std::string* out) const {
         status.pending);
   gauge("ledger_lago_sink_batch_events_max", "Events per batch request now.",
         status.batch_events_max);
-  gauge("ledger_lago_sink_up", "1 when Lago acknowledged the last request.",
+  gauge("ledger_lago_sink_up",
+        "1 when the sink's state is up: Lago acknowledged the last request, and neither a "
+        "missing billable metric (ledger_lago_sink_billable_metric_missing) nor a damaged log "
+        "holds it down.",
         status.state == "up" ? 1 : 0);
   gauge("ledger_lago_sink_billable_metric_missing",
         "1 when Lago answered that the billable metric usage is sent under does not exist.",

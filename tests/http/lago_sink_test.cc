@@ -732,6 +732,13 @@ TEST_F(LagoSinkTest, AnUnknownBillableMetricCodeIsVisibleToOperators) {
   EXPECT_NE(metrics.find("ledger_lago_sink_billable_metric_missing 1\n"), std::string::npos)
       << metrics;
   EXPECT_NE(metrics.find("ledger_lago_sink_up 0\n"), std::string::npos);
+  // Lago acknowledges every request meanwhile: the gauge's help says what else holds it at 0.
+  const size_t help = metrics.find("# HELP ledger_lago_sink_up ");
+  ASSERT_NE(help, std::string::npos) << metrics;
+  EXPECT_NE(metrics.substr(help, metrics.find('\n', help) - help)
+                .find("ledger_lago_sink_billable_metric_missing"),
+            std::string::npos)
+      << metrics.substr(help, metrics.find('\n', help) - help);
 
   // The operator creates the metric: the next check finds it, and the sink is up again.
   lago.SetBillableMetrics({"llm_calls", "api_calls"});
@@ -767,6 +774,47 @@ TEST_F(LagoSinkTest, AnUnansweredBillableMetricCheckMarksNothing) {
   ASSERT_TRUE(WaitFor([&] { return lago.metric_lookups() > 0; }, std::chrono::seconds(10)));
   EXPECT_FALSE(sink_->GetStatus().billable_metric_missing);
   EXPECT_EQ(sink_->GetStatus().state, "up");
+}
+
+// Lago's 404 billable_metric_not_found alone says the metric is missing: an answer that says
+// nothing of it (a 401, a 503, a proxy's HTML 404, Lago's generic not_found of a route it does not
+// have) marks nothing however often it comes. The code is none of Lago's metrics throughout.
+TEST_F(LagoSinkTest, OnlyLagosBillableMetricNotFoundMarksTheMetricMissing) {
+  FakeLago lago;
+  lago.SetBillableMetrics({});
+  struct Answer {
+    int status;
+    const char* content_type;
+    const char* body;
+  };
+  const Answer answers[] = {
+      {401, "application/json", R"({"status":401,"error":"Unauthorized"})"},
+      {503, "application/json", R"({"status":503,"error":"Service Unavailable"})"},
+      {404, "text/html", "<html><body><h1>404 Not Found</h1><hr>nginx</body></html>"},
+      {404, "application/json", R"({"status":404,"error":"Not Found","code":"not_found"})"},
+  };
+  lago.SetMetricAnswer(answers[0].status, answers[0].content_type, answers[0].body);
+  Append(10);
+  LagoSinkOptions options = FastOptions();
+  options.billable_metric_check_interval_ms = 50;
+  StartSink(lago.url(), options);
+  ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
+  for (const Answer& answer : answers) {
+    SCOPED_TRACE(answer.body);
+    lago.SetMetricAnswer(answer.status, answer.content_type, answer.body);
+    // The sink asks once at a time: a lookup begun after the next one has been answered and
+    // handled.
+    const size_t lookups = lago.metric_lookups();
+    ASSERT_TRUE(WaitFor([&] { return lago.metric_lookups() >= lookups + 2; },
+                        std::chrono::seconds(10)));
+    EXPECT_FALSE(sink_->GetStatus().billable_metric_missing);
+    EXPECT_EQ(sink_->GetStatus().state, "up");
+  }
+  // Lago's own answer: {"status":404,"error":"Not Found","code":"billable_metric_not_found"}.
+  lago.ClearMetricAnswer();
+  ASSERT_TRUE(WaitFor([&] { return sink_->GetStatus().billable_metric_missing; },
+                      std::chrono::seconds(10)));
+  EXPECT_EQ(sink_->GetStatus().last_error, "billable metric api_calls not found in Lago");
 }
 
 TEST_F(LagoSinkTest, AnEventLagoAlwaysFailsIsDeadLetteredAndTheRestDelivered) {

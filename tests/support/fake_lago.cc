@@ -210,6 +210,11 @@ void FakeLago::Listen() {
               [this](const httplib::Request& req, httplib::Response& res) {
                 metric_lookups_.fetch_add(1);
                 std::lock_guard<std::mutex> lock(mu_);
+                if (metric_answer_.status != 0) {
+                  res.status = metric_answer_.status;
+                  res.set_content(metric_answer_.body, metric_answer_.content_type);
+                  return;
+                }
                 if (req.get_header_value("Authorization") != "Bearer " + options_.api_key) {
                   res.status = 401;
                   res.set_content(Problem(401, "Unauthorized", "", ""), "application/json");
@@ -290,6 +295,16 @@ void FakeLago::SetDedupe(Dedupe dedupe) {
 void FakeLago::SetBillableMetrics(std::set<std::string> codes) {
   std::lock_guard<std::mutex> lock(mu_);
   options_.billable_metrics = std::move(codes);
+}
+
+void FakeLago::SetMetricAnswer(int status, std::string content_type, std::string body) {
+  std::lock_guard<std::mutex> lock(mu_);
+  metric_answer_ = {status, std::move(content_type), std::move(body)};
+}
+
+void FakeLago::ClearMetricAnswer() {
+  std::lock_guard<std::mutex> lock(mu_);
+  metric_answer_ = {};
 }
 
 void FakeLago::RejectTransaction(std::string transaction_id) {

@@ -37,7 +37,8 @@
 //
 // GET /api/v1/billable_metrics/<code> (the same key): 200 {"billable_metric":{...}} for a code in
 // Options::billable_metrics (SetBillableMetrics), else Lago's 404 {"status":404,"error":
-// "Not Found","code":"billable_metric_not_found"}. Counted in metric_lookups(), not requests().
+// "Not Found","code":"billable_metric_not_found"}; SetMetricAnswer() scripts another answer
+// (an outage, a proxy's page). Counted in metric_lookups(), not requests().
 //
 // Thread safety: every public method may be called from any thread while the server runs.
 #pragma once
@@ -128,6 +129,10 @@ class FakeLago {
   void SetApiKey(std::string key);
   void SetDedupe(Dedupe dedupe);
   void SetBillableMetrics(std::set<std::string> codes);
+  // Every GET /api/v1/billable_metrics/<code> answers `status` with `body` as `content_type`
+  // (whatever the key and the code) until ClearMetricAnswer().
+  void SetMetricAnswer(int status, std::string content_type, std::string body);
+  void ClearMetricAnswer();
   // GET /api/v1/billable_metrics/<code> requests answered so far.
   size_t metric_lookups() const { return metric_lookups_.load(); }
   // Every batch holding this transaction id is refused with 422 validation_errors naming it.
@@ -164,6 +169,12 @@ class FakeLago {
   std::atomic<size_t> metric_lookups_{0};
   mutable std::mutex mu_;
   std::deque<Fault> faults_;                                   // guarded by mu_
+  struct MetricAnswer {
+    int status = 0;  // 0: none scripted
+    std::string content_type;
+    std::string body;
+  };
+  MetricAnswer metric_answer_;                                 // guarded by mu_
   std::set<std::string> rejected_;                             // guarded by mu_
   std::set<std::string> failing_;                              // guarded by mu_
   std::vector<StoredEvent> stored_;                            // guarded by mu_
