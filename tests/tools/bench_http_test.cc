@@ -113,7 +113,10 @@ TEST(HttpBenchTest, ClosedLoopSendsBackToBackAndSurvivesClosedConnections) {
   HttpBenchResult r;
   Status s = RunHttpBench(o, &r);
   ASSERT_TRUE(s.ok()) << s.ToString();
-  EXPECT_GT(r.requests, 100u)  // loopback answers take well under a millisecond each
+  // Back to back past the closes: more than three requests per connection, so connections the
+  // server closed were opened again. Not a speed bound: on a loaded CI machine "over 100 in
+  // 0.5 s" once saw 94.
+  EXPECT_GT(r.requests, 3u * o.connections)
       << "server saw " << server.requests() << ", transport errors " << r.transport_errors;
   EXPECT_EQ(r.ok + r.refused, r.requests);
   EXPECT_EQ(r.transport_errors, 0u);
