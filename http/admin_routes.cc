@@ -18,9 +18,10 @@
 //         null clears it): the admin override (projections/subscriptions.h AdminOverride),
 //         one subscription.override_set.v1 per user whose override changes, naming the admin.
 //         `Idempotency-Key` honoured. A tier without a status for a user with no live
-//         subscription is 422 status_required (it would grant nothing), decided by the writer;
+//         subscription is status_required (it would grant nothing), decided by the writer;
 //         a granting status without a tier for a user whose subscription is on no catalog plan is
-//         422 validation_failed naming the tier (the same: it would grant nothing).
+//         validation_failed naming the tier (the same: it would grant nothing): such a user is
+//         skipped (`skipped` in their answer) while the others change, 422 when all would be.
 //   GET   /api/v1/admin/subscriptions/analytics/overview?churn_days=   (1..365, default 30)
 //   GET   /api/v1/admin/subscriptions/analytics/revenue-by-tier
 //   GET   /api/v1/admin/subscriptions/analytics/usage-stats?from=&to=
@@ -30,9 +31,9 @@
 //         400 days. {"usage": {...}, "denials_since_start"}
 //         (refused consumes since the daemon started, from the usage meter: refusals are not
 //         events).
-// {email} is an email (or, when no user has it, the user whose id is exactly it), or a user id
-// when it has no '@' (FindUsersByEmailOrId; `list` and `analytics` are never taken for one: the
-// pattern excludes them).
+// {email} is an email (and a known user whose id is exactly it), or a user id when it has no '@'
+// (FindUsersByEmailOrId; `list` and `analytics` are never taken for one: the pattern excludes
+// them).
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
@@ -133,7 +134,7 @@ bool ParseTimeParam(const std::string& text, const char* name, int64_t* out_s,
   return false;
 }
 
-// `{email}`: a subscriber's email, or a user id (FindUsersByEmailOrId: with an '@' either).
+// `{email}`: a subscriber's email, or a user id (FindUsersByEmailOrId: with an '@' both).
 bool EmailParam(const httplib::Request& req, std::string* email, httplib::Response& res) {
   *email = req.matches[1].str();
   const bool is_email = email->find('@') != std::string::npos && email->size() >= 3 &&

@@ -367,6 +367,57 @@ Status HasSubscriptionPlan(const StateReader& state, std::string_view user_id, b
   return Status::OK();
 }
 
+// One user's part of a PATCH: the override before and after the change, and why the change
+// would grant that user nothing (OK when it can be applied).
+struct OverrideStep {
+  std::optional<AdminOverride> current;
+  AdminOverride next;
+  Status refusal;
+};
+
+Status PlanOverrideStep(const StateReader& state, const std::string& user_id,
+                        const OverrideChange& change, int64_t now_s, OverrideStep* step) {
+  LEDGER_RETURN_IF_ERROR(GetAdminOverride(state, user_id, &step->current));
+  AdminOverride& next = step->next;
+  next = step->current.value_or(AdminOverride());
+  if (change.plan_id) next.plan_id = *change.plan_id;
+  if (change.status) next.status = *change.status;
+  if (change.notes) next.notes = *change.notes;
+  step->refusal = Status::OK();
+  // A tier alone takes its status from the user's subscription (DecideAccess): without a live
+  // one it grants nothing, and a subscription the user starts later supersedes it. PATCH
+  // {"tier":"enterprise"} of an account that never subscribed (or whose subscription ended)
+  // answered 200 changed:true and appended an override that comped nothing.
+  if ((change.plan_id || change.status) && next.plan_id && !next.status) {
+    bool live = false;
+    LEDGER_RETURN_IF_ERROR(HasLiveSubscription(state, user_id, now_s, &live));
+    if (!live) {
+      step->refusal = Status::Make(
+          Code::kUnprocessable, "status_required",
+          "user '" + Truncated(user_id) +
+              "' has no live subscription, so a tier alone grants nothing: give a status with it "
+              "(e.g. active or trialing), or clear the tier");
+    }
+    return Status::OK();
+  }
+  // The mirror: a status that grants access takes its plan from the user's subscription, and
+  // without one on a catalog plan grants nothing. PATCH {"status":"active"} of an account that
+  // never subscribed answered 200 changed:true: listed active, counted by_status.active, and
+  // consume answered 402. A suspension (a status that grants nothing) needs no plan.
+  if ((change.plan_id || change.status) && next.status && !next.plan_id && !next.revokes()) {
+    bool has_plan = false;
+    LEDGER_RETURN_IF_ERROR(HasSubscriptionPlan(state, user_id, &has_plan));
+    if (!has_plan) {
+      step->refusal = Status::Make(
+          Code::kUnprocessable, "validation_failed",
+          "tier: user '" + Truncated(user_id) +
+              "' has no subscription to a catalog plan, so a status alone grants nothing: give a "
+              "tier with it, or clear the status");
+    }
+  }
+  return Status::OK();
+}
+
 }  // namespace
 
 SetAdminOverride::SetAdminOverride(std::string email, OverrideChange change, Actor actor)
@@ -396,6 +447,21 @@ Status SetAdminOverride::Decide(const DecideContext& context, Decision* decision
   if (user_ids.empty() && IsValidUserId(email_)) user_ids.push_back(email_);
   if (user_ids.empty()) return Status::NotFound("no subscriber with that email");
 
+  // Judged per user: an '@' names the email's users and the user whose id it is, and a change
+  // that would grant one of them nothing failed the whole request for the others (PATCH
+  // {"tier"} of an email whose user pays, beside an id-user who never did). Such a user is
+  // skipped -- nothing appended for them, the reason in their answer -- unless every user named
+  // would be: then the first one's 422, as for one user.
+  const int64_t now_s = context.now_us / 1'000'000;
+  std::vector<OverrideStep> steps(user_ids.size());
+  bool any_applies = false;
+  for (size_t i = 0; i < user_ids.size(); ++i) {
+    LEDGER_RETURN_IF_ERROR(PlanOverrideStep(*context.state, user_ids[i], change_, now_s,
+                                            &steps[i]));
+    any_applies = any_applies || steps[i].refusal.ok();
+  }
+  if (!any_applies) return steps.front().refusal;
+
   const std::string actor = ActorJson(actor_);
   rapidjson::StringBuffer out;
   JsonWriter body(out);
@@ -404,46 +470,15 @@ Status SetAdminOverride::Decide(const DecideContext& context, Decision* decision
   json::String(&body, email_);
   body.Key("users");
   body.StartArray();
-  for (const std::string& user_id : user_ids) {
-    std::optional<AdminOverride> current;
-    LEDGER_RETURN_IF_ERROR(GetAdminOverride(*context.state, user_id, &current));
-    AdminOverride next = current.value_or(AdminOverride());
-    if (change_.plan_id) next.plan_id = *change_.plan_id;
-    if (change_.status) next.status = *change_.status;
-    if (change_.notes) next.notes = *change_.notes;
-    // A tier alone takes its status from the user's subscription (DecideAccess): without a live
-    // one it grants nothing, and a subscription the user starts later supersedes it. PATCH
-    // {"tier":"enterprise"} of an account that never subscribed (or whose subscription ended)
-    // answered 200 changed:true and appended an override that comped nothing.
-    if ((change_.plan_id || change_.status) && next.plan_id && !next.status) {
-      bool live = false;
-      LEDGER_RETURN_IF_ERROR(HasLiveSubscription(*context.state, user_id,
-                                                 context.now_us / 1'000'000, &live));
-      if (!live) {
-        return Status::Make(Code::kUnprocessable, "status_required",
-                            "user '" + Truncated(user_id) +
-                                "' has no live subscription, so a tier alone grants nothing: give "
-                                "a status with it (e.g. active or trialing), or clear the tier");
-      }
-    }
-    // The mirror: a status that grants access takes its plan from the user's subscription, and
-    // without one on a catalog plan grants nothing. PATCH {"status":"active"} of an account that
-    // never subscribed answered 200 changed:true: listed active, counted by_status.active, and
-    // consume answered 402. A suspension (a status that grants nothing) needs no plan.
-    if ((change_.plan_id || change_.status) && next.status && !next.plan_id &&
-        !next.revokes()) {
-      bool has_plan = false;
-      LEDGER_RETURN_IF_ERROR(HasSubscriptionPlan(*context.state, user_id, &has_plan));
-      if (!has_plan) {
-        return Status::Make(Code::kUnprocessable, "validation_failed",
-                            "tier: user '" + Truncated(user_id) +
-                                "' has no subscription to a catalog plan, so a status alone "
-                                "grants nothing: give a tier with it, or clear the status");
-      }
-    }
-    const bool changed = !current ? !next.empty()
-                                  : (next.plan_id != current->plan_id ||
-                                     next.status != current->status || next.notes != current->notes);
+  for (size_t i = 0; i < user_ids.size(); ++i) {
+    const std::string& user_id = user_ids[i];
+    const OverrideStep& step = steps[i];
+    const std::optional<AdminOverride>& current = step.current;
+    const AdminOverride& next = step.next;
+    const bool changed = step.refusal.ok() &&
+                         (!current ? !next.empty()
+                                   : (next.plan_id != current->plan_id ||
+                                      next.status != current->status || next.notes != current->notes));
     std::optional<AdminOverride> after;
     if (!next.empty()) after = next;
     if (changed) {
@@ -475,6 +510,17 @@ Status SetAdminOverride::Decide(const DecideContext& context, Decision* decision
     body.Bool(changed);
     body.Key("override");
     WriteOverride(&body, after, /*with_audit=*/false);
+    body.Key("skipped");
+    if (step.refusal.ok()) {
+      body.Null();
+    } else {
+      body.StartObject();
+      body.Key("type");
+      json::String(&body, step.refusal.problem());
+      body.Key("detail");
+      json::String(&body, step.refusal.message());
+      body.EndObject();
+    }
     body.EndObject();
   }
   body.EndArray();

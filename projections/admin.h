@@ -195,19 +195,22 @@ struct OverrideChange {
   bool empty() const { return !plan_id && !status && !notes; }
 };
 
-// Applies `change` to the override of every user linked to `email` (FindUsersByEmail, at most
-// limits::kUserSubscriptionsMax): one subscription.override_set.v1 per user whose override
+// Applies `change` to the override of every user `email` names (FindUsersByEmailOrId, the
+// email's at most limits::kUserSubscriptionsMax; with an '@' no user has as an email, the user
+// whose id it is, known or not): one subscription.override_set.v1 per user whose override
 // changes (subject = the user id; data: the override after the change and the actor). A change
-// that changes nothing appends nothing. 404 "not_found" when no user has the email; 422
-// "unknown_plan" when the tier is not a catalog plan; 422 "status_required" when the change sets
-// the tier or the status and leaves a user a tier without a status while that user has no live
+// that changes nothing appends nothing. 404 "not_found" when it names nobody; 422
+// "unknown_plan" when the tier is not a catalog plan. Judged per user, a change that sets the
+// tier or the status and leaves a user a tier without a status while that user has no live
 // subscription (none; canceled or incomplete_expired; past its scheduled end at the writer's
-// clock): a tier alone takes its status from the subscription and would grant nothing; 422
-// "validation_failed" (naming the tier) when it sets the tier or the status and leaves a user a
-// status that grants access without a tier while that user's subscription is on no catalog plan
-// (none, or a Dashboard add-on alone): a status alone takes its plan from the subscription. A
-// suspension needs no plan. Nothing is appended for any user then. Body: {"email","users":[
-// {"user_id","changed","override":{"plan_id","status","notes"}|null}]}.
+// clock) is "status_required" (a tier alone takes its status from the subscription and would
+// grant nothing), and one that leaves a user a status that grants access without a tier while
+// that user's subscription is on no catalog plan (none, or a Dashboard add-on alone) is
+// "validation_failed" naming the tier (a status alone takes its plan from the subscription; a
+// suspension needs no plan): that user is skipped (nothing appended for them, `skipped` says
+// why) while the others change; when every user named would be, that first user's 422 and
+// nothing is appended. Body: {"email","users":[{"user_id","changed","override":{"plan_id",
+// "status","notes"}|null,"skipped":{"type","detail"}|null}]}.
 class SetAdminOverride final : public Command {
  public:
   SetAdminOverride(std::string email, OverrideChange change, Actor actor);

@@ -1254,17 +1254,22 @@ Status FindUsersByEmailOrId(const StateReader& state, std::string_view email_or_
     return Status::OK();
   }
   LEDGER_RETURN_IF_ERROR(FindUsersByEmail(state, email_or_id, user_ids));
-  // A user id may hold an '@' (a JWT's sub is any user id: an IdP may use the email): when no
-  // user has that email, the user with exactly that id, once known (a user/ row: the admin list's
-  // users), so that an email nobody has stays a 404 rather than an account made up by a typo.
-  // Only then: the email's users were named alone before, and a user whose id it is beside them
-  // made a PATCH {"tier"} that worked for them a 422 status_required for the whole request.
-  if (!user_ids->empty() || !IsValidUserId(email_or_id)) return Status::OK();
+  // A user id may hold an '@' (a JWT's sub is any user id: an IdP may use the email): the user
+  // with exactly that id is named too, once known (a user/ row: the admin list's users, an
+  // override's included), so that an email nobody has stays a 404 rather than an account made up
+  // by a typo. Beside the email's users as well: named only when none had the email, a user comped
+  // by that id was lost to every route once another user took the email (its override could be
+  // neither seen nor revoked). PATCH judges each user it names (SetAdminOverride).
+  if (!IsValidUserId(email_or_id) ||
+      std::binary_search(user_ids->begin(), user_ids->end(), email_or_id)) {
+    return Status::OK();
+  }
   std::string value;
   Status s = state.Get(kSubscriptionsFamily, Key(kUserPrefix, email_or_id), &value);
   if (s.IsNotFound()) return Status::OK();
   LEDGER_RETURN_IF_ERROR(s);
-  user_ids->emplace_back(email_or_id);
+  user_ids->insert(std::lower_bound(user_ids->begin(), user_ids->end(), email_or_id),
+                   std::string(email_or_id));
   return Status::OK();
 }
 

@@ -344,11 +344,11 @@ Status ListOpenCheckouts(const StateReader& state, std::string_view user_id, siz
                          std::vector<OpenCheckout>* sessions);
 
 // The users the admin routes' `{email}` names: with an '@', those whose linked email equals it
-// (FindUsersByEmail), in id order, or when none has it the user whose id is exactly it if the
-// projections know that user (a user/ row: a checkout, a subscription or an override; PATCH
-// also names one they do not know, SetAdminOverride); without, the one user with that id, known
-// to the projections or not (an account to look at, comp or reset before it ever paid). None for
-// an invalid user id.
+// (FindUsersByEmail) and the user whose id is exactly it if the projections know that user (a
+// user/ row: a checkout, a subscription or an override), in id order (PATCH also names one they
+// do not know when no user has the email, SetAdminOverride); without, the one user with that id,
+// known to the projections or not (an account to look at, comp or reset before it ever paid).
+// None for an invalid user id.
 Status FindUsersByEmailOrId(const StateReader& state, std::string_view email_or_id,
                             std::vector<std::string>* user_ids);
 

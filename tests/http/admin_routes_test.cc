@@ -1734,9 +1734,9 @@ TEST_F(AdminRoutesTest, AUserIdAddressesAnAccountThatNeverCheckedOut) {
 
 // A user id may hold an '@' (a JWT's sub is any user id: an IdP may use the email). With an '@'
 // the `{email}` named only users whose email it is: carl@example.com's own account answered 404
-// "no subscriber with that email" to GET, PATCH and reset-usage. It now names that user once known
-// (here: a subscription) when no user has that email; GET and reset-usage of an '@' nobody is
-// known by stay a 404 that appends nothing.
+// "no subscriber with that email" to GET, PATCH and reset-usage. It now names that user too once
+// known (here: a subscription), beside every user with that email; GET and reset-usage of an '@'
+// nobody is known by stay a 404 that appends nothing.
 TEST_F(AdminRoutesTest, AUserIdWithAnAtSignCanBeOverridden) {
   const std::string carl = "carl@example.com";
   TestSubscription own = OnPlan(carl, "starter", kNow - 10 * kDay, kNow + 20 * kDay);
@@ -1768,17 +1768,18 @@ TEST_F(AdminRoutesTest, AUserIdWithAnAtSignCanBeOverridden) {
   EXPECT_STREQ(doc["users"][0]["user_id"].GetString(), carl.c_str());
   EXPECT_EQ(doc["users"][0]["used_before"].GetInt64(), 2) << r.body;
 
-  // Another user whose email it is: the email names its users alone, as before a user id could
-  // hold an '@' (PatchByEmailWithATierOnlyStillWorksBesideAnAtIdUser).
+  // Another user whose email it is: the routes act on both, in user id order
+  // (AnAtIdUsersOverrideStaysReachableWhenAnotherUserGetsThatEmail).
   AddSubscriber(OnPlan("u-work", "starter", kNow - 10 * kDay, kNow + 20 * kDay), carl);
-  r = Patch(carl, R"({"notes":"work"})");
+  r = Patch(carl, R"({"notes":"both"})");
   ASSERT_EQ(r.status, 200) << r.body;
   doc = r.Json();
-  ASSERT_EQ(doc["users"].Size(), 1u) << r.body;
-  EXPECT_STREQ(doc["users"][0]["user_id"].GetString(), "u-work");
+  ASSERT_EQ(doc["users"].Size(), 2u) << r.body;
+  EXPECT_STREQ(doc["users"][0]["user_id"].GetString(), carl.c_str());
+  EXPECT_STREQ(doc["users"][1]["user_id"].GetString(), "u-work");
   r = Admin().Get(kAdminBase + carl);
   ASSERT_EQ(r.status, 200) << r.body;
-  EXPECT_EQ(r.Json()["users"].Size(), 1u) << r.body;
+  EXPECT_EQ(r.Json()["users"].Size(), 2u) << r.body;
 
   // Nobody is known by this one: GET and reset-usage make up no account (PATCH names the user
   // id, as one without an '@': AnAtSignUserWhoNeverPaidCanBeComped).
@@ -1790,10 +1791,10 @@ TEST_F(AdminRoutesTest, AUserIdWithAnAtSignCanBeOverridden) {
   ExpectReplayEqual();
 }
 
-// An '@' that is a user's email names that user and no other, as before a user id could hold an
-// '@': the known user whose id is exactly it (here with a canceled subscription) was named too,
-// and PATCH {"tier":...} -- 200 for the email's user, who has a live subscription -- was 422
-// status_required for the whole request. That user is named only when no user has that email.
+// An '@' names the users with that email and the known user whose id is exactly it (here with a
+// canceled subscription). PATCH {"tier":...} -- 200 for the email's user, who has a live
+// subscription -- was 422 status_required for the whole request because the id-user has none:
+// it is judged per user, applies to u-work and skips carl, saying why.
 TEST_F(AdminRoutesTest, PatchByEmailWithATierOnlyStillWorksBesideAnAtIdUser) {
   const std::string carl = "carl@example.com";
   TestSubscription own = OnPlan(carl, "starter", "canceled");
@@ -1807,9 +1808,15 @@ TEST_F(AdminRoutesTest, PatchByEmailWithATierOnlyStillWorksBesideAnAtIdUser) {
   HttpReply r = Patch(carl, R"({"tier":"enterprise"})");
   ASSERT_EQ(r.status, 200) << r.body;
   rapidjson::Document doc = r.Json();
-  ASSERT_EQ(doc["users"].Size(), 1u) << r.body;
-  EXPECT_STREQ(doc["users"][0]["user_id"].GetString(), "u-work");
-  EXPECT_TRUE(doc["users"][0]["changed"].GetBool()) << r.body;
+  ASSERT_EQ(doc["users"].Size(), 2u) << r.body;
+  EXPECT_STREQ(doc["users"][0]["user_id"].GetString(), carl.c_str());
+  EXPECT_FALSE(doc["users"][0]["changed"].GetBool()) << r.body;
+  EXPECT_TRUE(doc["users"][0]["override"].IsNull()) << r.body;
+  ASSERT_TRUE(doc["users"][0]["skipped"].IsObject()) << r.body;
+  EXPECT_STREQ(doc["users"][0]["skipped"]["type"].GetString(), "status_required") << r.body;
+  EXPECT_STREQ(doc["users"][1]["user_id"].GetString(), "u-work");
+  EXPECT_TRUE(doc["users"][1]["changed"].GetBool()) << r.body;
+  EXPECT_TRUE(doc["users"][1]["skipped"].IsNull()) << r.body;
   EXPECT_EQ(Head(), head + 1);
   HttpReply access = User("u-work").Get("/api/v1/subscriptions/my-access");
   ASSERT_EQ(access.status, 200) << access.body;
@@ -1819,8 +1826,70 @@ TEST_F(AdminRoutesTest, PatchByEmailWithATierOnlyStillWorksBesideAnAtIdUser) {
   EXPECT_FALSE(access.Json()["overridden"].GetBool()) << access.body;
   r = Admin().Get(kAdminBase + carl);
   ASSERT_EQ(r.status, 200) << r.body;
+  ASSERT_EQ(r.Json()["users"].Size(), 2u) << r.body;
+  EXPECT_STREQ(r.Json()["users"][0]["subscriber"]["user_id"].GetString(), carl.c_str()) << r.body;
+  EXPECT_STREQ(r.Json()["users"][1]["subscriber"]["user_id"].GetString(), "u-work") << r.body;
+  ExpectReplayEqual();
+}
+
+// An admin comps x@y.com, a user id (an IdP's sub) no user has as an email. Then u-2 checks out
+// with a token whose email is x@y.com: from then on the '@' named u-2 alone, and x@y.com's
+// override could be neither seen nor changed nor revoked ({"tier":null,"status":null} landed on
+// u-2). The known id-user is named beside the email's users, and a change is judged per user.
+TEST_F(AdminRoutesTest, AnAtIdUsersOverrideStaysReachableWhenAnotherUserGetsThatEmail) {
+  const std::string user = "x@y.com";
+  HttpReply r = Patch(user, R"({"tier":"enterprise","status":"active"})");
+  ASSERT_EQ(r.status, 200) << r.body;
   ASSERT_EQ(r.Json()["users"].Size(), 1u) << r.body;
-  EXPECT_STREQ(r.Json()["users"][0]["subscriber"]["user_id"].GetString(), "u-work") << r.body;
+  AddSubscriber(OnPlan("u-2", ""), user);  // linked by its token's email, never subscribed
+
+  r = Admin().Get(kAdminBase + user);
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  ASSERT_EQ(doc["users"].Size(), 2u) << r.body;
+  EXPECT_STREQ(doc["users"][0]["subscriber"]["user_id"].GetString(), "u-2") << r.body;
+  EXPECT_STREQ(doc["users"][1]["subscriber"]["user_id"].GetString(), user.c_str()) << r.body;
+  EXPECT_STREQ(doc["users"][1]["subscriber"]["override"]["plan_id"].GetString(), "enterprise")
+      << r.body;
+
+  // A tier alone changes x@y.com (its override has a status) and skips u-2 (nothing live); a
+  // granting status alone skips u-2 too (no catalog plan) and changes nothing for x@y.com.
+  uint64_t head = Head();
+  r = Patch(user, R"({"tier":"starter"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  doc = r.Json();
+  ASSERT_EQ(doc["users"].Size(), 2u) << r.body;
+  EXPECT_FALSE(doc["users"][0]["changed"].GetBool()) << r.body;
+  EXPECT_STREQ(doc["users"][0]["skipped"]["type"].GetString(), "status_required") << r.body;
+  EXPECT_TRUE(doc["users"][1]["changed"].GetBool()) << r.body;
+  EXPECT_STREQ(doc["users"][1]["override"]["plan_id"].GetString(), "starter") << r.body;
+  EXPECT_EQ(Head(), head + 1);
+  r = Patch(user, R"({"status":"active"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  doc = r.Json();
+  ASSERT_EQ(doc["users"].Size(), 2u) << r.body;
+  EXPECT_STREQ(doc["users"][0]["skipped"]["type"].GetString(), "validation_failed") << r.body;
+  EXPECT_FALSE(doc["users"][1]["changed"].GetBool()) << r.body;
+  EXPECT_TRUE(doc["users"][1]["skipped"].IsNull()) << r.body;
+  EXPECT_EQ(Head(), head + 1);
+
+  // The revocation reaches x@y.com.
+  r = Patch(user, R"({"tier":null,"status":null})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  doc = r.Json();
+  ASSERT_EQ(doc["users"].Size(), 2u) << r.body;
+  EXPECT_STREQ(doc["users"][1]["user_id"].GetString(), user.c_str()) << r.body;
+  EXPECT_TRUE(doc["users"][1]["changed"].GetBool()) << r.body;
+  EXPECT_TRUE(doc["users"][1]["override"].IsNull()) << r.body;
+  HttpReply access = User(user).Get("/api/v1/subscriptions/my-access");
+  ASSERT_EQ(access.status, 200) << access.body;
+  EXPECT_FALSE(access.Json()["overridden"].GetBool()) << access.body;
+
+  // Nothing left for x@y.com (its row went with the override): u-2 alone, whom a tier alone
+  // cannot take -- 422, nothing appended.
+  head = Head();
+  ExpectProblem(Patch(user, R"({"tier":"starter"})"), 422, "status_required");
+  EXPECT_EQ(Head(), head);
   ExpectReplayEqual();
 }
 
