@@ -762,14 +762,24 @@ bool IsTerminal(SubscriptionStatus status) {
 
 bool FollowsSubscriptionState(const SubscriptionRecord& later, const SubscriptionRecord& earlier) {
   const PreviousAttributes& was = later.previous_attributes;
-  if (was.empty()) return false;
-  return (!was.price_id || *was.price_id == earlier.price_id) &&
-         (!was.status || *was.status == earlier.status) &&
-         (!was.cancel_at_period_end || *was.cancel_at_period_end == earlier.cancel_at_period_end) &&
-         (!was.cancel_at || *was.cancel_at == earlier.cancel_at) &&
-         (!was.current_period_start || *was.current_period_start == earlier.current_period_start) &&
-         (!was.current_period_end || *was.current_period_end == earlier.current_period_end) &&
-         (!was.trial_end || *was.trial_end == earlier.trial_end);
+  bool changed = false;
+  bool agrees = true;
+  // A value named but equal to the event's own names no change: Stripe names a scalar only when
+  // it changed, but `items` whole when any item did (a seat count, an add-on), with the plan
+  // item's price and period as they still are.
+  auto field = [&](const auto& before, const auto& now, const auto& other) {
+    if (!before || *before == now) return;
+    changed = true;
+    agrees = agrees && *before == other;
+  };
+  field(was.price_id, later.price_id, earlier.price_id);
+  field(was.status, later.status, earlier.status);
+  field(was.cancel_at_period_end, later.cancel_at_period_end, earlier.cancel_at_period_end);
+  field(was.cancel_at, later.cancel_at, earlier.cancel_at);
+  field(was.current_period_start, later.current_period_start, earlier.current_period_start);
+  field(was.current_period_end, later.current_period_end, earlier.current_period_end);
+  field(was.trial_end, later.trial_end, earlier.trial_end);
+  return changed && agrees;
 }
 
 bool SupersedesSubscription(const SubscriptionRecord& candidate,

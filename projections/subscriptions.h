@@ -17,12 +17,12 @@
 // revives those), so a cancellation wins over any update, even a later-stamped one. `created`
 // is whole seconds and Stripe's event ids are not in time order: of two states equal up to the
 // status rank, the one that follows the other wins (FollowsSubscriptionState: its event's
-// data.previous_attributes are the other's values), else the greater event id, so ties within
-// one second converge. Every row is a max (or a set union) over the events applied, so the rows
-// after a set of events are the same bytes whatever order they arrived in (for `follows`: as long
-// as at most two states of one subscription share a second and the rest of the key; a third
-// unrelated to one of them is ordered by the event id, which may not be the order Stripe made
-// them in).
+// data.previous_attributes name a change of a kept field, each from the other's value), else
+// the greater event id, so ties within one second converge. Every row is a max (or a set union)
+// over the events applied, so the rows after a set of events are the same bytes whatever order
+// they arrived in (for `follows`: as long as at most two states of one subscription share a
+// second and the rest of the key; a third unrelated to one of them is ordered by the event id,
+// which may not be the order Stripe made them in).
 //
 // Links. A subscription is attached to a user when any of these is known, in any order:
 // the subscription's metadata.user_id; a Checkout Session ledgerd opened for the user naming it
@@ -209,7 +209,8 @@ class SubscriptionFold final : public Fold {
   std::string_view Name() const override { return kSubscriptionsFamily; }
   // Raise with any change to the rows Apply writes: the store's rows are rebuilt (fold.h).
   // 2: cus/ rows carry linked_created.
-  uint32_t Version() const override { return 2; }
+  // 3: a previous_attributes value equal to the event's own is no change (FollowsSubscriptionState).
+  uint32_t Version() const override { return 3; }
   Status Apply(const Event& event, const StateReader& state, RowWriter* rows) const override;
 };
 
@@ -560,7 +561,9 @@ std::string InvoiceRecordToJson(const InvoiceRecord& record);
 Status ParseInvoiceRecord(std::string_view json, InvoiceRecord* out);
 
 // True when `later`'s event changed the subscription from `earlier`'s state: its
-// previous_attributes name at least one field and agree with `earlier` on every field they name.
+// previous_attributes name at least one field with a value other than `later`'s own (a change)
+// and each such value is `earlier`'s. A value equal to `later`'s own names no change (Stripe
+// sends `items` whole when any item changed, a seat count or an add-on) and is not compared.
 bool FollowsSubscriptionState(const SubscriptionRecord& later, const SubscriptionRecord& earlier);
 
 // True when a subscription state from event (`candidate`) must replace `current` (the ordering

@@ -577,6 +577,37 @@ TEST_F(LifecycleOrderTest, EveryOrderOfASameSecondPlanChangeEndsOnTheLaterPlan) 
   EXPECT_EQ(SubscriptionRows(w), reference);
 }
 
+// A seat change (quantity 1 -> 2) names the whole `items` list in previous_attributes, the plan
+// item's price and period unchanged: it names no change of a field the record keeps, so it is
+// not known to follow the metadata update made after it in the same second (which names none
+// either), and the event id decides.
+TEST_F(SubscriptionsTest, SameSecondItemsChangeWithTheSamePriceDoesNotBeatALaterUpdate) {
+  StripeSubscriptionSpec seats;
+  seats.event_id = "evt_1Bbbb";
+  seats.event_created = kStripeT0 + 11;
+  seats.item_id = "si_1";
+  seats.quantity = 2;
+  seats.previous_attributes = PreviousItems("price_starter_monthly");
+  StripeSubscriptionSpec tagged = seats;
+  tagged.event_id = "evt_1Zzzz";
+  tagged.metadata_plan_id = "starter";
+  tagged.previous_attributes = R"({"metadata":{"user_id":"user-1"}})";
+  const std::vector<std::string> both = {StripeSubscriptionEventJson(seats),
+                                         StripeSubscriptionEventJson(tagged)};
+  std::optional<Rows> reference;
+  for (auto order : {std::vector<size_t>{0, 1}, std::vector<size_t>{1, 0}}) {
+    World w = Fresh();
+    for (size_t i : order) Deliver(&w, both[i]);
+    UserSubscription sub = Query(w, "user-1");
+    ASSERT_TRUE(sub.has_subscription);
+    EXPECT_EQ(sub.subscription.event_id, "evt_1Zzzz") << "order " << order[0];
+    EXPECT_EQ(sub.subscription.metadata_plan_id, "starter") << "order " << order[0];
+    EXPECT_EQ(sub.subscription.quantity, 2);
+    if (!reference) reference = SubscriptionRows(w);
+    EXPECT_EQ(SubscriptionRows(w), *reference);
+  }
+}
+
 TEST_F(SubscriptionsTest, IncompleteExpiredIsTerminal) {
   World w = Fresh();
   StripeSubscriptionSpec expired;
