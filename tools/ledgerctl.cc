@@ -347,6 +347,32 @@ void CancelReplayOnSignals() {
   }
 }
 
+// A replay's exit status once ReplayProjections has returned other than stopped by a signal:
+// `code`, unless SIGINT/SIGTERM came after its last check of the flag -- in the last rows of the
+// final digest, or while its lines were written out (the flush below, which a pipe's reader can
+// hold up) -- then it dies by that signal as a stopped replay does: it exited 0, 65 or 75 and a
+// calling script went on. The handlers are set back to the default first, so a signal after the
+// check ends the process at once. A finished --into store is whole and kept.
+int ReplayExit(const ReplayArgs& args, const Status& s, int code) {
+  std::cout.flush();
+  for (int signal : {SIGINT, SIGTERM}) {
+    struct sigaction action {};
+    if (::sigaction(signal, nullptr, &action) == 0 && action.sa_handler == OnReplaySignal) {
+      ::signal(signal, SIG_DFL);
+    }
+  }
+  if (replay_signal == 0) return code;
+  std::cerr << "ledgerctl replay: " << (replay_signal == SIGINT ? "SIGINT" : "SIGTERM")
+            << " once the replay had ended; "
+            << (args.into.empty() ? std::string("its temporary store was removed")
+                : s.ok()          ? args.into + " is whole and kept"
+                                  : "what it wrote in " + args.into + " was removed")
+            << "\n";
+  const int signal = replay_signal;
+  ::raise(signal);  // its default action: SA_RESETHAND, or the reset above
+  return 128 + signal;  // not reached
+}
+
 int RunReplay(const Globals& globals, const ReplayArgs& args) {
   ReplayOptions options;
   options.data_dir = globals.data_dir;
@@ -368,7 +394,7 @@ int RunReplay(const Globals& globals, const ReplayArgs& args) {
     ::raise(signal);
     return 128 + signal;  // not reached: the default action of SIGINT and SIGTERM ends the process
   }
-  if (!s.ok()) return Fail("replay", s);
+  if (!s.ok()) return ReplayExit(args, s, Fail("replay", s));
   std::cout << "replay: live digest    " << HexEncode(report.live_digest) << " at position "
             << Str(report.position) << "\n"
             << "replay: rebuilt digest " << HexEncode(report.rebuilt_digest) << " ("
@@ -398,16 +424,16 @@ int RunReplay(const Globals& globals, const ReplayArgs& args) {
     std::cout << "replay: DIFFERENT projections:";
     for (const std::string& name : report.differing_folds) std::cout << " " << name;
     std::cout << "\n";
-    return kExitDataError;
+    return ReplayExit(args, s, kExitDataError);
   }
   if (!report.stale_folds.empty()) {
     std::cout << "replay: STALE projections:";
     for (const StaleFold& fold : report.stale_folds) std::cout << " " << fold.name;
     std::cout << " (another version of their fold wrote them; not compared)\n";
-    return kExitFoldsStale;
+    return ReplayExit(args, s, kExitFoldsStale);
   }
   std::cout << "replay: OK projections equal a replay of the log\n";
-  return kExitOk;
+  return ReplayExit(args, s, kExitOk);
 }
 
 // --- bench -------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 #include "tools/replay.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -10,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <iterator>
 #include <sstream>
 
@@ -746,6 +749,84 @@ TEST(ReplayCliTest, AnInterruptedReplayLeavesNoTemporaryStore) {
     std::filesystem::remove_all(tmp);
     std::filesystem::create_directory(tmp);
   }
+}
+
+// A SIGINT after the replay's last check of its flag -- here while its result lines are written
+// out, to a pipe whose reader holds them up -- was swallowed: the replay had ended, ledgerctl
+// exited 0 and a script running it went on. It dies by the signal now, as one stopped earlier
+// does. Deterministic: the pipe is full before ledgerctl starts, and the signal is sent once its
+// main thread is blocked writing to its stdout (/proc/<pid>/syscall: write on fd 1).
+TEST(ReplayCliTest, ASignalOnceTheReplayHasEndedStillEndsIt) {
+  TempDir dir;
+  {
+    auto ledger = OpenTestLedger(dir.Sub("live"), projections::AllFolds());
+    WriteMarkedLog(ledger.get(), 3, 10);
+  }
+  const std::string live = dir.Sub("live");
+  const std::string tmp = dir.Sub("tmp");
+  ASSERT_TRUE(std::filesystem::create_directory(tmp));
+  const std::string err_path = dir.Sub("stderr");
+  std::vector<std::string> env = {"TMPDIR=" + tmp};
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (std::string_view(*e).rfind("TMPDIR=", 0) != 0) env.emplace_back(*e);
+  }
+  std::vector<char*> envp;
+  for (std::string& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  int out[2];
+  ASSERT_EQ(::pipe(out), 0);
+  ASSERT_EQ(::fcntl(out[1], F_SETFL, O_NONBLOCK), 0);
+  const std::string page(4096, 'x');
+  while (::write(out[1], page.data(), page.size()) > 0) {
+  }
+  while (::write(out[1], "x", 1) == 1) {
+  }
+  ASSERT_EQ(::fcntl(out[1], F_SETFL, 0), 0);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ::dup2(out[1], 1);
+    ::dup2(err, 2);
+    ::close(out[0]);
+    ::close(out[1]);
+    ::signal(SIGINT, SIG_DFL);  // not inherited ignored (a background job's)
+    ::execle(LEDGER_BINARY_DIR "/bin/ledgerctl", "ledgerctl", "replay", "--data-dir",
+             live.c_str(), static_cast<char*>(nullptr), envp.data());
+    ::_exit(127);
+  }
+  ::close(out[1]);
+  auto writing_stdout = [&] {
+    std::ifstream syscall_file("/proc/" + std::to_string(pid) + "/syscall");
+    std::string number, fd;
+    syscall_file >> number >> fd;
+    return number == std::to_string(SYS_write) && fd == "0x1";
+  };
+  int status = 0;
+  bool exited = false;
+  while (!writing_stdout()) {
+    if (::waitpid(pid, &status, WNOHANG) == pid) {
+      exited = true;
+      break;
+    }
+    ::usleep(1000);
+  }
+  ASSERT_FALSE(exited) << "wait status " << status;
+  ::kill(pid, SIGINT);
+  char buffer[4096];
+  while (::read(out[0], buffer, sizeof buffer) > 0) {
+  }
+  ::close(out[0]);
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  std::ifstream err_file(err_path);
+  const std::string err((std::istreambuf_iterator<char>(err_file)),
+                        std::istreambuf_iterator<char>());
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGINT)
+      << "wait status " << status << "; stderr: " << err;
+  EXPECT_NE(err.find("SIGINT once the replay had ended; its temporary store was removed"),
+            std::string::npos)
+      << err;
+  EXPECT_TRUE(Entries(tmp).empty());
 }
 
 // A replay --into that fails part-way (here at a missing event past the first chunk of 4,096)
