@@ -696,17 +696,29 @@ void ListPaymentMethods(const AppContext& context, const Identity& identity,
 
 // ---- Subscription changes ---------------------------------------------------------------------
 
+// Whether the current subscription has ended by `now_s`: terminal, or past its scheduled end
+// (pc::ScheduledEnd: Stripe has canceled it, its deletion's webhook may be late).
+bool EndedAt(const pc::UserSubscription& current, int64_t now_s) {
+  const std::optional<int64_t> ends = pc::ScheduledEnd(current.subscription);
+  return pc::IsTerminal(current.subscription.status) || (ends && now_s >= *ends);
+}
+
 // The caller's current subscription, when it can still be changed: 409 no_active_subscription
 // otherwise. Chosen at the request's time, as subscription-status shows it: past a newer plan's
 // scheduled end (its deletion late) the user's older plan still billed is the one -- cancel {}
 // acted on the ended one (Stripe: already canceled, 200) and left the other billing, and upgrade
 // answered 409 no_active_subscription after spending a Stripe call.
-Status ChangeableSubscription(const AppContext& context, const StateReader& state,
-                              const Identity& identity, pc::UserSubscription* current) {
-  LEDGER_RETURN_IF_ERROR(pc::GetUserSubscriptionAt(state, identity.subject,
-                                                   NowMicros(context) / 1'000'000, current));
-  if (!current->has_subscription || pc::IsTerminal(current->subscription.status) ||
-      current->subscription_id().empty()) {
+// Past its own scheduled end (every plan of the user's past theirs, the deletions late) it has
+// ended as a terminal row has: upgrade spent a Stripe call to be told 409 no_active_subscription,
+// and a cancel-now asked Stripe to DELETE what it had already canceled. Only a cancel at the
+// period's end (`past_its_end_too`) still asks Stripe then: one Stripe ended there is what was
+// asked (200, its canceled state), one it ended before then some other way 409.
+Status ChangeableSubscription(const StateReader& state, const Identity& identity, int64_t now_s,
+                              bool past_its_end_too, pc::UserSubscription* current) {
+  LEDGER_RETURN_IF_ERROR(pc::GetUserSubscriptionAt(state, identity.subject, now_s, current));
+  if (!current->has_subscription || current->subscription_id().empty() ||
+      (past_its_end_too ? pc::IsTerminal(current->subscription.status)
+                        : EndedAt(*current, now_s))) {
     return Status::Conflict("no_active_subscription", "you have no subscription to change");
   }
   return Status::OK();
@@ -769,7 +781,8 @@ std::string CancelRequestComment(const AppContext& context, const std::string& s
 // recorded. Or the user has subscribed again since: then the current subscription is the new
 // one, and the retry cancelled it (the user lost the plan just bought, charged for nothing). So
 // before the current one is touched, Stripe is asked about the subscription the first attempt
-// may have ended: the current one when it has ended, and the user's others
+// may have ended: the current one when it has ended (EndedAt: also past its scheduled end, the
+// deletion late -- a cancel-now made before that end), and the user's others
 // (UserSubscription::other_subscription_ids, the most recent first, at most
 // kEarlierSubscriptionsAsked) -- only the one named when the body names one. Asked only when the
 // request can be such a retry (a client Idempotency-Key, cancel-now), first attempts included:
@@ -781,7 +794,7 @@ constexpr size_t kEarlierSubscriptionsAsked = 20;
 
 Status CanceledByThisRequest(const AppContext& context, const RecordStripeCall& command,
                              bool at_period_end, const pc::UserSubscription& current,
-                             const std::optional<std::string>& named,
+                             int64_t now_s, const std::optional<std::string>& named,
                              const std::string& stripe_key, StripeSubscription* sub,
                              bool* canceled, bool* asked_stripe) {
   *canceled = false;
@@ -789,7 +802,7 @@ Status CanceledByThisRequest(const AppContext& context, const RecordStripeCall& 
   if (at_period_end || command.idempotency_key.empty()) return Status::OK();
   std::vector<std::string> asked;
   if (current.has_subscription && !current.subscription_id().empty() &&
-      pc::IsTerminal(current.subscription.status)) {
+      EndedAt(current, now_s)) {
     asked.push_back(current.subscription_id());
   }
   for (const std::string& id : current.other_subscription_ids) {
@@ -864,7 +877,8 @@ void CancelSubscription(const AppContext& context, const httplib::Request& req,
   }
   std::unique_ptr<ReadView> view = context.ledger->Snapshot();
   pc::UserSubscription current;
-  s = ChangeableSubscription(context, *view, identity, &current);
+  const int64_t now_s = NowMicros(context) / 1'000'000;
+  s = ChangeableSubscription(*view, identity, now_s, at_period_end, &current);
   // Whether this request ended a subscription already (a retry whose record was lost), asked
   // before the current one is touched: it may be a new one the user subscribed to since.
   StripeSubscription sub;
@@ -881,7 +895,7 @@ void CancelSubscription(const AppContext& context, const httplib::Request& req,
     if (!SpendStripeCall(context, guards, identity, res)) return;
     spent = true;
     Status asked = CanceledByThisRequest(
-        context, command, at_period_end, current,
+        context, command, at_period_end, current, now_s,
         named ? std::optional<std::string>(named_subscription) : std::nullopt, stripe_key, &sub,
         &canceled_already, &asked_stripe);
     if (!asked.ok()) return WriteStatusProblem(asked, &res);
@@ -1123,7 +1137,9 @@ void UpgradeSubscription(const AppContext& context, const httplib::Request& req,
   // First, as for checkout: 409 payment_required sent a suspended user to pay an invoice for a
   // change that would still be refused.
   if (s.ok()) s = RefuseSuspended(*view, identity, "changing plans");
-  if (s.ok()) s = ChangeableSubscription(context, *view, identity, &current);
+  if (s.ok()) {
+    s = ChangeableSubscription(*view, identity, NowMicros(context) / 1'000'000, false, &current);
+  }
   if (s.ok() && OwesAnInvoice(current.subscription.status)) {
     s = PaymentRequiredToChange(current.status_name());
   }

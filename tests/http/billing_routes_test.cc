@@ -935,6 +935,60 @@ TEST_F(BillingRoutesTest, PastANewerPlansScheduledEndUpgradeActsOnTheOtherPlan) 
   EXPECT_TRUE(fake_.RequestsTo("GET", "/v1/subscriptions/sub_alice_pro").empty());
 }
 
+// Both of alice's plans past their scheduled ends, both deletions late: the Starter set to end at
+// its period's end an hour before the Professional's end. The current one is then the last to
+// end (the Professional), its row still active: upgrade spent a Stripe call, asked Stripe for it
+// and answered 409 no_active_subscription; a cancel-now sent a DELETE for what Stripe had
+// canceled. Both are refused from ledgerd's own state now: nothing asked, no budget spent. A
+// cancel at the period's end still asks Stripe, which ended it there: 200, its canceled state.
+TEST_F(BillingRoutesTest, PastTheScheduledEndsOfAllPlansTheyCannotBeChanged) {
+  GiveAliceAProfessionalPastItsEnd();
+  const int64_t now_s = clock_.NowMicros() / 1'000'000;
+  ledger::testing::StripeSubscriptionSpec starter;
+  starter.event_id = "evt_sub_alice_cancelling";
+  starter.event_type = "customer.subscription.updated";
+  starter.event_created = ledger::testing::kStripeT0 + 60;
+  starter.subscription_id = "sub_alice";
+  starter.customer_id = "cus_alice";
+  starter.item_id = "si_alice";
+  starter.price_id = "price_starter_monthly";
+  starter.metadata_user_id = "alice";
+  starter.metadata_plan_id = "starter";
+  starter.cancel_at_period_end = true;
+  starter.period_start = now_s - 31 * 86400;
+  starter.period_end = now_s - 2 * 3600;  // before the Professional's end
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeSubscriptionEventJson(starter))
+                  .status.ok());
+  FakeStripe::Subscription ended = *fake_.GetSubscription("sub_alice");
+  ended.status = "canceled";
+  ended.cancel_at_period_end = true;
+  ended.current_period_start = starter.period_start;
+  ended.current_period_end = starter.period_end;
+  ended.ended_at = starter.period_end;
+  fake_.AddSubscription(ended);
+  HttpReply status = Alice().Get("/api/v1/billing/subscription-status");
+  ASSERT_EQ(status.status, 200) << status.body;
+  ASSERT_EQ(std::string(status.Json()["subscription"]["id"].GetString()), "sub_alice_pro");
+  fake_.ClearRequests();
+  const uint64_t head = Head();
+  for (int i = 0; i < 15; ++i) {
+    ExpectProblem(Alice().Post(kUpgrade, R"({"plan_id":"enterprise"})"), 409,
+                  "no_active_subscription");
+    ExpectProblem(Alice().Post(kCancel, R"({"at_period_end":false})"), 409,
+                  "no_active_subscription");
+  }
+  EXPECT_TRUE(fake_.RequestsTo("GET", "/v1/subscriptions/sub_alice_pro").empty());
+  EXPECT_TRUE(fake_.requests().empty());
+  EXPECT_EQ(Head(), head);
+  HttpReply portal = Alice().Post(kPortal, "{}");
+  EXPECT_EQ(portal.status, 200) << portal.body;
+  HttpReply cancel = Alice().Post(kCancel, "{}");
+  ASSERT_EQ(cancel.status, 200) << cancel.body;
+  EXPECT_EQ(std::string(cancel.Json()["subscription_id"].GetString()), "sub_alice_pro");
+  EXPECT_EQ(std::string(cancel.Json()["status"].GetString()), "canceled");
+}
+
 // The same with the Professional on another customer of alice's (made in Stripe's Dashboard,
 // tagged for her): the portal and the card list use the customer subscription-status shows, the
 // Starter's. They took the Professional's (the state-only choice): her portal could not manage
@@ -1405,8 +1459,10 @@ TEST_F(BillingRoutesTest, RefusedCancelsSpendNoBudget) {
   EXPECT_EQ(portal.status, 200) << portal.body;
 }
 
-// Stripe's update after a cancel at the period's end: sub_alice (Starter) is set to end then.
-std::string AliceCancellingAtPeriodEndJson() {
+// Stripe's update after a cancel at the period's end: sub_alice (Starter) is set to end then
+// (`period_end` when set, else the spec's, which is past the clock: an end ledgerd takes for
+// reached).
+std::string AliceCancellingAtPeriodEndJson(std::optional<int64_t> period_end = std::nullopt) {
   ledger::testing::StripeSubscriptionSpec update;
   update.event_id = "evt_sub_alice_cancelling";
   update.event_type = "customer.subscription.updated";
@@ -1419,6 +1475,10 @@ std::string AliceCancellingAtPeriodEndJson() {
   update.metadata_user_id = "alice";
   update.metadata_plan_id = "starter";
   update.cancel_at_period_end = true;
+  if (period_end) {
+    update.period_start = *period_end - 30 * 86400;
+    update.period_end = *period_end;
+  }
   return ledger::testing::StripeSubscriptionEventJson(update);
 }
 
@@ -1525,9 +1585,11 @@ TEST_F(BillingRoutesTest, CancelAtPeriodEndOfACancellingSubscriptionAsksStripeAg
   GiveAliceASubscription();
   HttpReply first = Alice().Post(kCancel, R"({"at_period_end":true})");
   ASSERT_EQ(first.status, 200) << first.body;
-  // Stripe's update arrives: ledgerd knows the subscription ends at its period's end.
-  ASSERT_TRUE(
-      ledger::testing::SubmitWebhook(ledger_.get(), AliceCancellingAtPeriodEndJson()).status.ok());
+  // Stripe's update arrives: ledgerd knows the subscription ends at its period's end, tomorrow.
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(
+                  ledger_.get(),
+                  AliceCancellingAtPeriodEndJson(clock_.NowMicros() / 1'000'000 + 86400))
+                  .status.ok());
   // Renewed in the portal; ledgerd has not heard of it yet.
   FakeStripe::Subscription renewed = *fake_.GetSubscription("sub_alice");
   ASSERT_TRUE(renewed.cancel_at_period_end);
