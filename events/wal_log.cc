@@ -11,6 +11,8 @@
 #include <iterator>
 #include <optional>
 
+#include "events/coding.h"
+
 namespace ledger::wal {
 
 namespace {
@@ -183,12 +185,6 @@ Status SavedLogPath(const std::string& dir, const std::string& name,
   }
   if (ec) return Status::IOError("cannot look into " + saved_dir->string() + ": " + ec.message());
   return Status::OK();
-}
-
-uint64_t DecodeFixed64BE(const char* bytes) {
-  uint64_t value = 0;
-  for (size_t i = 0; i < 8; ++i) value = (value << 8) | static_cast<uint8_t>(bytes[i]);
-  return value;
 }
 
 // The positions of the events (puts into the events family) of one WriteBatch, and the position

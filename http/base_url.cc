@@ -86,4 +86,25 @@ Status CheckPageUrl(std::string_view url, std::string_view setting, std::string_
   return Status::OK();
 }
 
+void AppendPercentEncoded(std::string_view text, std::string_view keep, std::string* out) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  for (unsigned char c : text) {
+    const bool unreserved = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+                            (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' || c == '~';
+    if (unreserved || keep.find(static_cast<char>(c)) != std::string_view::npos) {
+      out->push_back(static_cast<char>(c));
+    } else {
+      out->push_back('%');
+      out->push_back(kHex[c >> 4]);
+      out->push_back(kHex[c & 0xF]);
+    }
+  }
+}
+
+std::string PercentEncode(std::string_view text) {
+  std::string out;
+  AppendPercentEncoded(text, "", &out);
+  return out;
+}
+
 }  // namespace ledger::http

@@ -26,4 +26,11 @@ Status ParseBaseUrl(std::string_view url, std::string_view setting, std::string_
 // control character. Neither error repeats the URL.
 Status CheckPageUrl(std::string_view url, std::string_view setting, std::string_view code);
 
+// Appends `text` to `out` with every byte percent-encoded except RFC 3986's unreserved characters
+// (A-Z a-z 0-9 - . _ ~) and those in `keep`.
+void AppendPercentEncoded(std::string_view text, std::string_view keep, std::string* out);
+// `text` with every byte but the unreserved characters percent-encoded: a path segment, a query
+// value.
+std::string PercentEncode(std::string_view text);
+
 }  // namespace ledger::http

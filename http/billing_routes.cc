@@ -699,8 +699,8 @@ void ListPaymentMethods(const AppContext& context, const Identity& identity,
 // Whether the current subscription has ended by `now_s`: terminal, or past its scheduled end
 // (pc::ScheduledEnd: Stripe has canceled it, its deletion's webhook may be late).
 bool EndedAt(const pc::UserSubscription& current, int64_t now_s) {
-  const std::optional<int64_t> ends = pc::ScheduledEnd(current.subscription);
-  return pc::IsTerminal(current.subscription.status) || (ends && now_s >= *ends);
+  return pc::IsTerminal(current.subscription.status) ||
+         pc::EndedBySchedule(current.subscription, now_s).has_value();
 }
 
 // The caller's current subscription, when it can still be changed: 409 no_active_subscription

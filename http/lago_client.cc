@@ -17,21 +17,6 @@ namespace {
 constexpr char kBatchPath[] = "/api/v1/events/batch";
 constexpr char kBillableMetricsPath[] = "/api/v1/billable_metrics/";
 
-// A path segment: everything but RFC 3986's unreserved characters percent-encoded.
-std::string PathSegment(std::string_view text) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : text) {
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
-        c == '_' || c == '.' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out += {'%', kHex[c >> 4], kHex[c & 0xF]};
-    }
-  }
-  return out;
-}
-
 Status BadConfig(const std::string& message) {
   return Status::InvalidArgument("bad_config", message);
 }
@@ -114,7 +99,7 @@ LagoAnswer HttpLagoClient::SendEventsBatch(const std::string& body) {
 }
 
 LagoAnswer HttpLagoClient::GetBillableMetric(const std::string& code) {
-  return Call("GET", kBillableMetricsPath + PathSegment(code), "");
+  return Call("GET", kBillableMetricsPath + PercentEncode(code), "");
 }
 
 LagoAnswer HttpLagoClient::Call(const char* method, const std::string& path,

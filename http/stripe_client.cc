@@ -24,24 +24,6 @@ namespace ledger::http {
 
 namespace {
 
-bool IsUnreserved(unsigned char c) {
-  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
-         c == '.' || c == '_' || c == '~';
-}
-
-void AppendEncoded(std::string_view text, bool keep_brackets, std::string* out) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  for (unsigned char c : text) {
-    if (IsUnreserved(c) || (keep_brackets && (c == '[' || c == ']'))) {
-      out->push_back(static_cast<char>(c));
-    } else {
-      out->push_back('%');
-      out->push_back(kHex[c >> 4]);
-      out->push_back(kHex[c & 0xF]);
-    }
-  }
-}
-
 int HexValue(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -70,19 +52,13 @@ Status Decode(std::string_view text, std::string* out) {
 
 }  // namespace
 
-std::string PercentEncode(std::string_view text) {
-  std::string out;
-  AppendEncoded(text, /*keep_brackets=*/false, &out);
-  return out;
-}
-
 std::string FormUrlEncode(const FormParams& params) {
   std::string out;
   for (const auto& [key, value] : params) {
     if (!out.empty()) out.push_back('&');
-    AppendEncoded(key, /*keep_brackets=*/true, &out);
+    AppendPercentEncoded(key, "[]", &out);
     out.push_back('=');
-    AppendEncoded(value, /*keep_brackets=*/false, &out);
+    AppendPercentEncoded(value, "", &out);
   }
   return out;
 }

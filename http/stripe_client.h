@@ -39,8 +39,6 @@ namespace ledger::http {
 // Parameters in the order they are sent. Nested keys are spelled out: "metadata[user_id]".
 using FormParams = std::vector<std::pair<std::string, std::string>>;
 
-// Percent-encodes everything except RFC 3986 unreserved characters (A-Z a-z 0-9 - . _ ~).
-std::string PercentEncode(std::string_view text);
 // `key=value&...`, keys and values percent-encoded, except that '[' and ']' in keys stay literal
 // (as Stripe's SDKs send them).
 std::string FormUrlEncode(const FormParams& params);

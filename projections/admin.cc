@@ -59,18 +59,6 @@ std::string LowerAscii(std::string_view s) {
   return out;
 }
 
-// When `now_s` is past a subscription's scheduled end (ScheduledEnd: cancel_at, or the period's
-// end with cancel_at_period_end), that end; else nullopt. Stripe canceled it there and bills it
-// no more, though its customer.subscription.deleted may not have arrived (retried for up to 3
-// days): the views judge it as that deletion will (canceled, ended at its scheduled end), with
-// the request's clock, as consume judges its access (UserAccess::EndedAt).
-std::optional<int64_t> EndedBySchedule(const SubscriptionRecord& record, int64_t now_s) {
-  if (IsTerminal(record.status)) return std::nullopt;
-  const std::optional<int64_t> end = ScheduledEnd(record);
-  if (end && now_s >= *end) return end;
-  return std::nullopt;
-}
-
 // Active, or past due after it paid once, and not past its scheduled end at `now_s`: a trial past
 // due since its first charge failed never paid (it counted as paying, its price in the MRR, while
 // trial conversion said not converted); a subscription canceled at its period's end still counted

@@ -614,10 +614,8 @@ Status ApplyCheckoutSessionCreated(const Event& event, RowWriter* rows) {
 // `ended_by` is past; nullopt otherwise, and always without `ended_by` (the state-only choice).
 std::optional<int64_t> PassedScheduledEnd(const SubscriptionRecord& r,
                                           std::optional<int64_t> ended_by) {
-  if (!ended_by || r.deleted || IsTerminal(r.status)) return std::nullopt;
-  const std::optional<int64_t> end = ScheduledEnd(r);
-  if (end && *ended_by >= *end) return end;
-  return std::nullopt;
+  if (!ended_by || r.deleted) return std::nullopt;
+  return EndedBySchedule(r, *ended_by);
 }
 
 // Past its ScheduledEnd by `ended_by` a subscription ranks as Stripe's deletion will record it
@@ -751,6 +749,13 @@ std::optional<int64_t> ScheduledEnd(const SubscriptionRecord& record) {
     end = record.current_period_end;
   }
   return end;
+}
+
+std::optional<int64_t> EndedBySchedule(const SubscriptionRecord& record, int64_t now_s) {
+  if (IsTerminal(record.status)) return std::nullopt;
+  const std::optional<int64_t> end = ScheduledEnd(record);
+  if (end && now_s >= *end) return end;
+  return std::nullopt;
 }
 
 bool IsTerminal(SubscriptionStatus status) {

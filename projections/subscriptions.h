@@ -308,6 +308,12 @@ struct UserSubscription {
 // (UserAccess::EndedAt); the fold itself reads no clock.
 std::optional<int64_t> ScheduledEnd(const SubscriptionRecord& record);
 
+// When `now_s` is past the ScheduledEnd of a subscription not terminal in its row, that end; else
+// nullopt. Stripe canceled it there and bills it no more, though its
+// customer.subscription.deleted may not have arrived: the request-time judgements (the admin
+// views, choosing a user's subscription, the billing routes) treat it as that deletion will.
+std::optional<int64_t> EndedBySchedule(const SubscriptionRecord& record, int64_t now_s);
+
 // The user's subscription (see UserSubscription). Errors only for storage/corruption.
 Status GetUserSubscription(const StateReader& state, std::string_view user_id,
                            UserSubscription* out);
