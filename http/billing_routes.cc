@@ -978,19 +978,6 @@ Status AlreadyOnPlan(const pc::Plan& plan, BillingCycle cycle) {
                                                  ")");
 }
 
-// A subscription a schedule manages (a downgrade the Billing Portal or the Dashboard scheduled for
-// the period's end) takes a price change -- Stripe refuses only a change of its cancelation --
-// but when the schedule's next phase starts, Stripe sets the subscription's items to that
-// phase's: the dearer plan charged now (prorated) was replaced at the period's end by the price
-// scheduled, while the log said the plan had changed.
-Status ManagedBySchedule() {
-  return Status::Conflict("subscription_scheduled",
-                          "a change to the subscription is scheduled at Stripe (such as a "
-                          "downgrade at the period's end chosen in the billing portal), and it "
-                          "would undo this change when it takes effect: manage the subscription "
-                          "in the customer portal (/api/v1/billing/portal/create)");
-}
-
 // The recurring item of Stripe's subscription that a change to `price_id` replaces, and the price
 // the change replaces (`*from_price`). 409 no_plan_subscription when no item bills a plan of the
 // catalog (an add-on's subscription). 409 no_active_subscription when it ended at Stripe, 409
@@ -1069,7 +1056,13 @@ Status ItemToChange(const StateReader& state, const StripeSubscription& before,
         OnAFormerPriceOfThePlan(state, **item, plan, cycle, *end_trial, &on_former_price));
   }
   if (on_former_price) return AlreadyOnPlan(plan, cycle);
-  if (!before.schedule.empty()) return ManagedBySchedule();
+  // A subscription a schedule manages takes a price change -- Stripe refuses only a change of its
+  // cancelation -- but when the schedule's next phase starts, Stripe sets its items to that
+  // phase's: the dearer plan charged now (prorated) was replaced at the period's end by the price
+  // scheduled, while the log said the plan had changed.
+  if (!before.schedule.empty()) {
+    return ManagedBySchedule("it would undo this change when it takes effect");
+  }
   return Status::OK();
 }
 

@@ -709,16 +709,16 @@ Status AlreadyEnded() {
   return Status::Conflict("no_active_subscription", "the subscription has already ended");
 }
 
-// Stripe's refusal of a cancelation change to a subscription a schedule manages.
-Status ManagedBySchedule() {
+}  // namespace
+
+Status ManagedBySchedule(std::string_view consequence) {
   return Status::Conflict("subscription_scheduled",
                           "a change to the subscription is scheduled at Stripe (such as a "
-                          "downgrade at the period's end chosen in the billing portal), and only "
-                          "that schedule may change when it ends: manage it in the customer "
-                          "portal (/api/v1/billing/portal/create)");
+                          "downgrade at the period's end chosen in the billing portal), and " +
+                              std::string(consequence) +
+                              ": manage the subscription in the customer portal "
+                              "(/api/v1/billing/portal/create)");
 }
-
-}  // namespace
 
 Status HttpStripeClient::GetCheckoutSession(std::string_view session_id,
                                             StripeCheckoutSession* out) {
@@ -842,7 +842,11 @@ Status HttpStripeClient::SetCancelAtPeriodEnd(std::string_view subscription_id, 
   // subscription schedule `sub_sched_...`, and updating any cancelation behavior directly is not
   // allowed" -- every retry the same 502, spending the user's budget. Told by its `schedule`, not
   // by Stripe's wording: 409 subscription_scheduled.
-  if (!HasEnded(current)) return current.schedule.empty() ? s : ManagedBySchedule();
+  if (!HasEnded(current)) {
+    return current.schedule.empty()
+               ? s
+               : ManagedBySchedule("only that schedule may change when the subscription ends");
+  }
   // Past its period's end Stripe has canceled the subscription and refuses the update ("A
   // canceled subscription can only update its cancellation_details and metadata"), while ledgerd
   // may still show it active: the deletion's webhook can come days late. Asked to end at the

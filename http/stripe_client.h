@@ -97,6 +97,10 @@ struct StripeSubscription {
   std::string schedule;
 };
 
+// 409 subscription_scheduled: a schedule manages the subscription (StripeSubscription::schedule);
+// `consequence` says what that means for the change asked, and the detail points to the portal.
+Status ManagedBySchedule(std::string_view consequence);
+
 struct StripeProduct {
   std::string id;
   std::string name;
