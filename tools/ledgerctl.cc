@@ -347,6 +347,15 @@ void CancelReplayOnSignals() {
   }
 }
 
+// Ends ledgerctl by `signal`'s default action (SIGINT, SIGTERM: termination), what was written
+// to stdout flushed first.
+[[noreturn]] void DieBySignal(int signal) {
+  std::cout.flush();
+  ::signal(signal, SIG_DFL);
+  ::raise(signal);
+  std::_Exit(128 + signal);  // not reached
+}
+
 // A replay's exit status once ReplayProjections has returned other than stopped by a signal:
 // `code`, unless SIGINT/SIGTERM came after its last check of the flag -- in the last rows of the
 // final digest, or while its lines were written out (the flush below, which a pipe's reader can
@@ -368,9 +377,7 @@ int ReplayExit(const ReplayArgs& args, const Status& s, int code) {
                 : s.ok()          ? args.into + " is whole and kept"
                                   : "what it wrote in " + args.into + " was removed")
             << "\n";
-  const int signal = replay_signal;
-  ::raise(signal);  // its default action: SA_RESETHAND, or the reset above
-  return 128 + signal;  // not reached
+  DieBySignal(replay_signal);
 }
 
 int RunReplay(const Globals& globals, const ReplayArgs& args) {
@@ -388,11 +395,7 @@ int RunReplay(const Globals& globals, const ReplayArgs& args) {
               << "; "
               << (args.into.empty() ? "its temporary store" : "what it wrote in " + args.into)
               << " was removed\n";
-    std::cout.flush();
-    const int signal = replay_signal;
-    ::signal(signal, SIG_DFL);
-    ::raise(signal);
-    return 128 + signal;  // not reached: the default action of SIGINT and SIGTERM ends the process
+    DieBySignal(replay_signal);
   }
   if (!s.ok()) return ReplayExit(args, s, Fail("replay", s));
   std::cout << "replay: live digest    " << HexEncode(report.live_digest) << " at position "
