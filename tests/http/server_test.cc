@@ -2000,12 +2000,14 @@ TEST_F(ServerTest, AnAcceptLoopThatEndsOnItsOwnIsNoLongerServing) {
   EXPECT_TRUE(WaitFor([&] { return !stack_.server->serving(); }, std::chrono::seconds(20)));
   ASSERT_TRUE(WaitFor([&] { return ::fcntl(fd, F_GETFD) < 0; }, std::chrono::seconds(20)))
       << "cpp-httplib left the listening socket open";
-  // Another file takes the number, as the next open() would.
+  // Another file takes the number, as the next open() would. When a file of another thread took
+  // it first, putting ours over it (dup2) would close that file and Stop() would then close ours
+  // rightly: nothing to check.
   const int other = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   ASSERT_GE(other, 0);
   if (other != fd) {
-    ASSERT_EQ(::dup2(other, fd), fd);
     ::close(other);
+    GTEST_SKIP() << "descriptor " << fd << " was taken by another file before this test's open";
   }
   stack_.Stop();
   EXPECT_GE(::fcntl(fd, F_GETFD), 0) << "Stop() closed another file's descriptor";
