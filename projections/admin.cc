@@ -520,6 +520,102 @@ Status SetAdminOverride::Decide(const DecideContext& context, Decision* decision
 
 // ---- analytics ----------------------------------------------------------------------------------
 
+namespace {
+
+// How churn and trial conversion judge one subscription on a catalog plan at `now_s`, the churn
+// window beginning at `churn_from` (admin.h: "paid after its trial", "churned", "paying at
+// start").
+struct ChurnStanding {
+  // Past its scheduled end at `now_s` (EndedBySchedule): that end, else nullopt.
+  std::optional<int64_t> scheduled_end;
+  bool never_paid_after_trial = false;
+  bool paid_since_trial = false;
+  bool churned_in_window = false;  // a paying customer lost inside the window
+  bool paying_at_start = false;    // paying when the window began: the rate's base
+};
+
+ChurnStanding JudgeChurn(const UserSubscription& sub, int64_t now_s, int64_t churn_from) {
+  ChurnStanding out;
+  const SubscriptionRecord& r = sub.subscription;
+  // Any invoice paid at or after its trial's end: it converted (one that converted and was
+  // canceled after a failed renewal too: judged by its latest invoice, it was a lost trial).
+  const bool paid_after_trial = sub.paid_after_trial;
+  // The first charge after the trial never succeeded -- a trial lost (or still being retried),
+  // not a paying customer, whatever dunning made of its status (UserSubscription).
+  out.never_paid_after_trial = sub.never_paid_after_trial();
+  // It paid after its trial as far as the log tells (true without a trial): an invoice paid at
+  // or after its end does, and so does a period past it -- a renewal whose invoice the log may
+  // not hold -- unless Stripe's dunning is over (unpaid, or past due with its retries over: it
+  // keeps rolling such a subscription's periods) or, neither active nor past due (canceled),
+  // its latest invoice is a charge after the trial that failed: its first charge failed and
+  // none was paid since (canceled, it was counted converted and churned). One that did not pay
+  // is a lost trial and never a paying customer: churn, its base and trial conversion alike.
+  const bool dunning_over = r.status == SubscriptionStatus::kUnpaid || sub.payment_abandoned();
+  const bool failed_after_trial = r.trial_end && sub.latest_invoice &&
+                                  !sub.latest_invoice->paid &&
+                                  sub.latest_invoice->event_created >= *r.trial_end;
+  const bool ended_unpaid = failed_after_trial && r.status != SubscriptionStatus::kActive &&
+                            r.status != SubscriptionStatus::kPastDue;
+  out.paid_since_trial =
+      paid_after_trial ||
+      (!out.never_paid_after_trial && !(r.trial_end && (dunning_over || ended_unpaid)));
+  // Churn is paying customers lost, dated by when the subscription ended (a cancellation at the
+  // period's end is asked for weeks before): not a checkout that never completed
+  // (incomplete_expired), nor a trial that ended within its trial or never paid after it (trial
+  // conversion counts those), nor a subscription to a price outside the catalog (an add-on made
+  // in Stripe's Dashboard: never a paying subscriber here, so never one lost; the caller judges
+  // catalog plans only).
+  // Past its scheduled end it was canceled there, as Stripe's deletion will say
+  // (EndedBySchedule): it counted as paying, never as churned, until the deletion arrived.
+  out.scheduled_end = EndedBySchedule(r, now_s);
+  const std::optional<int64_t>& scheduled_end = out.scheduled_end;
+  if (r.status == SubscriptionStatus::kCanceled || scheduled_end) {
+    const std::optional<int64_t> ended =
+        scheduled_end ? scheduled_end : (r.ended_at ? r.ended_at : r.canceled_at);
+    const bool within_trial = ended && r.trial_end && *ended <= *r.trial_end;
+    out.churned_in_window = ended && !within_trial && out.paid_since_trial &&
+                            *ended >= churn_from && (scheduled_end || *ended < now_s);
+  }
+  // The rate's base: customers paying when the window began (paying since before it -- past
+  // any trial -- and still paying or lost inside it); customers won inside the window are not
+  // in it, so new sign-ups do not dilute the rate.
+  const std::optional<int64_t> paying_since =
+      r.trial_end ? r.trial_end : (r.created ? r.created : r.current_period_start);
+  // Past due, unpaid and paused subscriptions paid once (dunning or a pause came later): in the
+  // base -- unless they never paid after a trial (paid_since_trial).
+  const bool paid_once = r.status == SubscriptionStatus::kActive ||
+                         ((r.status == SubscriptionStatus::kPastDue ||
+                           r.status == SubscriptionStatus::kUnpaid ||
+                           r.status == SubscriptionStatus::kPaused) &&
+                          out.paid_since_trial);
+  // ...and only while they still paid when the window began: an active one pays now; one that
+  // stopped (past due, unpaid, paused, or canceled inside the window) paid until the end of the
+  // period the fold last heard of, and not past a charge that failed (its latest invoice, not
+  // paid) before the window began -- Stripe moves an unpaid subscription's period on after
+  // dunning gave up. A subscription unpaid since last year sat in every window's base: 10 of
+  // them, 10 active and 1 canceled 3 days ago made a rate of 1/21, not 1/11. Without a period
+  // or an invoice the fold cannot date it: counted.
+  const bool failed_before_window = sub.latest_invoice && !sub.latest_invoice->paid &&
+                                    sub.latest_invoice->event_created < churn_from;
+  // (Active, but past its scheduled end: paid until that end.)
+  const bool paying_at_window_start =
+      (r.status == SubscriptionStatus::kActive && !scheduled_end) ||
+      ((!r.current_period_end || *r.current_period_end >= churn_from) &&
+       !(scheduled_end && *scheduled_end < churn_from) && !failed_before_window);
+  out.paying_at_start = (!paying_since || *paying_since < churn_from) &&
+                        (paid_once || out.churned_in_window) && paying_at_window_start;
+  return out;
+}
+
+// A subscription on a catalog plan that had a trial: a Stripe trial (`trial_start`), or on a
+// trial plan. Trials of catalog-plan subscriptions only, as churn counts: a Dashboard add-on's
+// trial made no trial of ours, and no customer won.
+bool HadTrial(const UserSubscription& sub, const Plan* plan) {
+  return plan != nullptr && (sub.subscription.trial_start || IsTrialPlan(*plan));
+}
+
+}  // namespace
+
 Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t churn_days,
                              std::string* out) {
   std::vector<Plan> plans;
@@ -557,86 +653,34 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
         access.overridden()) {
       ++comped;
     }
-    // Churn and trial conversion are of the user's subscription (UserSubscription's choice).
+    // Churned is judged on the user's subscription (UserSubscription's choice): a user who left
+    // a plan for another (kept one to its period's end and bought the next, or canceled and
+    // subscribed again) is not a customer lost.
     const UserSubscription& sub = access.subscription;
-    const Plan* plan = CatalogPlan(by_id, sub);
-    const bool pays = IsPaying(sub, now_s) && plan != nullptr;
     if (!sub.has_subscription) return Status::OK();
-    const SubscriptionRecord& r = sub.subscription;
-    // Any invoice paid at or after its trial's end: it converted (one that converted and was
-    // canceled after a failed renewal too: judged by its latest invoice, it was a lost trial).
-    const bool paid_after_trial = sub.paid_after_trial;
-    // The first charge after the trial never succeeded -- a trial lost (or still being retried),
-    // not a paying customer, whatever dunning made of its status (UserSubscription).
-    const bool never_paid_after_trial = sub.never_paid_after_trial();
-    // It paid after its trial as far as the log tells (true without a trial): an invoice paid at
-    // or after its end does, and so does a period past it -- a renewal whose invoice the log may
-    // not hold -- unless Stripe's dunning is over (unpaid, or past due with its retries over: it
-    // keeps rolling such a subscription's periods) or, neither active nor past due (canceled),
-    // its latest invoice is a charge after the trial that failed: its first charge failed and
-    // none was paid since (canceled, it was counted converted and churned). One that did not pay
-    // is a lost trial and never a paying customer: churn, its base and trial conversion alike.
-    const bool dunning_over = r.status == SubscriptionStatus::kUnpaid || sub.payment_abandoned();
-    const bool failed_after_trial = r.trial_end && sub.latest_invoice &&
-                                    !sub.latest_invoice->paid &&
-                                    sub.latest_invoice->event_created >= *r.trial_end;
-    const bool ended_unpaid = failed_after_trial && r.status != SubscriptionStatus::kActive &&
-                              r.status != SubscriptionStatus::kPastDue;
-    const bool paid_since_trial =
-        paid_after_trial ||
-        (!never_paid_after_trial && !(r.trial_end && (dunning_over || ended_unpaid)));
-    // Churn is paying customers lost, dated by when the subscription ended (a cancellation at the
-    // period's end is asked for weeks before): not a checkout that never completed
-    // (incomplete_expired), nor a trial that ended within its trial or never paid after it (trial
-    // conversion counts those), nor a subscription to a price outside the catalog (an add-on made
-    // in Stripe's Dashboard: never a paying subscriber here, so never one lost).
-    // Past its scheduled end it was canceled there, as Stripe's deletion will say
-    // (EndedBySchedule): it counted as paying, never as churned, until the deletion arrived.
-    const std::optional<int64_t> scheduled_end = EndedBySchedule(r, now_s);
-    bool churned_in_window = false;
-    if ((r.status == SubscriptionStatus::kCanceled || scheduled_end) && plan != nullptr) {
-      const std::optional<int64_t> ended =
-          scheduled_end ? scheduled_end : (r.ended_at ? r.ended_at : r.canceled_at);
-      const bool within_trial = ended && r.trial_end && *ended <= *r.trial_end;
-      churned_in_window = ended && !within_trial && paid_since_trial &&
-                          *ended >= churn_from && (scheduled_end || *ended < now_s);
-      if (churned_in_window) ++churned;
-    }
-    // The rate's base: customers paying when the window began (paying since before it -- past
-    // any trial -- and still paying or lost inside it); customers won inside the window are not
-    // in it, so new sign-ups do not dilute the rate.
-    const std::optional<int64_t> paying_since =
-        r.trial_end ? r.trial_end : (r.created ? r.created : r.current_period_start);
-    // Past due, unpaid and paused subscriptions paid once (dunning or a pause came later): in the
-    // base -- unless they never paid after a trial (paid_since_trial).
-    const bool paid_once = r.status == SubscriptionStatus::kActive ||
-                           ((r.status == SubscriptionStatus::kPastDue ||
-                             r.status == SubscriptionStatus::kUnpaid ||
-                             r.status == SubscriptionStatus::kPaused) &&
-                            paid_since_trial);
-    // ...and only while they still paid when the window began: an active one pays now; one that
-    // stopped (past due, unpaid, paused, or canceled inside the window) paid until the end of the
-    // period the fold last heard of, and not past a charge that failed (its latest invoice, not
-    // paid) before the window began -- Stripe moves an unpaid subscription's period on after
-    // dunning gave up. A subscription unpaid since last year sat in every window's base: 10 of
-    // them, 10 active and 1 canceled 3 days ago made a rate of 1/21, not 1/11. Without a period
-    // or an invoice the fold cannot date it: counted.
-    const bool failed_before_window = sub.latest_invoice && !sub.latest_invoice->paid &&
-                                      sub.latest_invoice->event_created < churn_from;
-    // (Active, but past its scheduled end: paid until that end.)
-    const bool paying_at_window_start =
-        (r.status == SubscriptionStatus::kActive && !scheduled_end) ||
-        ((!r.current_period_end || *r.current_period_end >= churn_from) &&
-         !(scheduled_end && *scheduled_end < churn_from) && !failed_before_window);
-    if (plan != nullptr && (!paying_since || *paying_since < churn_from) &&
-        (paid_once || churned_in_window) && paying_at_window_start) {
+    const Plan* plan = CatalogPlan(by_id, sub);
+    const bool churned_in_window =
+        plan != nullptr && JudgeChurn(sub, now_s, churn_from).churned_in_window;
+    if (churned_in_window) ++churned;
+    // The base is of every subscription the user has on a catalog plan: a user paying when the
+    // window began on any of them. Judged on the chosen one alone, a user who switched plans
+    // inside the window (the new one started inside it) left the base without being churned,
+    // and raised the rate.
+    const bool in_base = std::any_of(every.begin(), every.end(), [&](const UserSubscription& each) {
+      return CatalogPlan(by_id, each) != nullptr &&
+             JudgeChurn(each, now_s, churn_from).paying_at_start;
+    });
+    if (in_base) {
       ++paying_at_start;
       if (churned_in_window) ++churned_of_those;
     }
-    // Trials of catalog-plan subscriptions only, as churn counts: a Dashboard add-on's trial
-    // made no trial of ours, and no customer won.
-    const bool trial_plan = plan != nullptr && IsTrialPlan(*plan);
-    if (plan != nullptr && (r.trial_start || trial_plan)) {
+    // Trials of catalog-plan subscriptions only (HadTrial), of the user's subscription.
+    const UserSubscription* trial_sub = HadTrial(sub, plan) ? &sub : nullptr;
+    if (trial_sub != nullptr) {
+      const SubscriptionRecord& r = trial_sub->subscription;
+      const Plan* trial_sub_plan = CatalogPlan(by_id, *trial_sub);
+      const ChurnStanding standing = JudgeChurn(*trial_sub, now_s, churn_from);
+      const bool trial_plan = IsTrialPlan(*trial_sub_plan);
       ++trials;
       // Past due in the first period after its trial, its latest invoice not paid: the first
       // payment failed and Stripe is still retrying it; not converted (nor lost) yet.
@@ -648,23 +692,23 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
       // retries over (payment_abandoned) and canceled after a renewal were counted lost, the
       // last both churned and lost.
       const bool first_payment_failed = r.status == SubscriptionStatus::kPastDue &&
-                                         never_paid_after_trial && !scheduled_end;
+                                         standing.never_paid_after_trial &&
+                                         !standing.scheduled_end;
       // Still trialing past its trial's end as consume judges it (ComputeUsageTerms: 402
       // trial_expired, the status EffectiveStatusAt shows): Stripe's trial-end update, and the
       // outcome of its first charge, have not arrived. Awaiting that payment, not in its trial:
       // it was counted in_trial next to by_status.trial_expired 1 while consume refused it.
       UsageTerms terms;
       const bool trial_over =
-          trial_plan && r.status == SubscriptionStatus::kTrialing && !scheduled_end &&
-          ComputeUsageTerms(plan, &r, now_s, &terms).problem() == "trial_expired";
+          trial_plan && r.status == SubscriptionStatus::kTrialing && !standing.scheduled_end &&
+          ComputeUsageTerms(trial_sub_plan, &r, now_s, &terms).problem() == "trial_expired";
       if (first_payment_failed || trial_over) {
         ++awaiting_payment;
-      } else if (pays && !trial_plan) {
+      } else if (IsPaying(*trial_sub, now_s) && !trial_plan) {
         ++converted;
-      } else if (r.status == SubscriptionStatus::kTrialing && !scheduled_end) {
+      } else if (r.status == SubscriptionStatus::kTrialing && !standing.scheduled_end) {
         ++in_trial;
-      } else if (r.status != SubscriptionStatus::kTrialing &&
-                 paid_since_trial) {
+      } else if (r.status != SubscriptionStatus::kTrialing && standing.paid_since_trial) {
         ++converted;
       } else {
         ++lost;

@@ -57,11 +57,13 @@
 //                             (else `canceled_at`; one ended, above: at its scheduled end)
 //                             inside the last `churn_days`, after its trial if it had one
 //                             (`trial_end`) and having paid after it (above).
-//   paying at start           a user paying when the churn window began: on a catalog plan, paying
+//   paying at start           a user paying when the churn window began on any of its
+//                             subscriptions (a plan left inside the window for another, or billed
+//                             next to one bought inside it, counts): one on a catalog plan, paying
 //                             since before it (`trial_end` when it had a trial, else `created`),
 //                             and now active, or past_due, unpaid or paused having paid after
-//                             its trial (above), or churned inside the
-//                             window; one not active now (or ended, above) only while it still
+//                             its trial (above), or ended inside the window as churned counts
+//                             (above); one not active now (or ended, above) only while it still
 //                             paid when the window began: its current period (as last
 //                             delivered) and its scheduled end do not end before the window's
 //                             start, and its latest invoice is not a failed charge from before
@@ -106,12 +108,13 @@
 //                             override.status.
 //
 // What each figure counts. Users: subscribers.total, by_status, paying, trialing and comped; a
-// tier's `subscribers`; churn (churned, paying_at_start: of the user's subscription, the one
-// UserSubscription chooses, as trial conversion); trial conversion. Subscriptions: MRR and ARR
-// (overview, tiers, total), and revenue by tier's `paying`, `paying_monthly`, `paying_yearly` and
-// total `paying` -- each paying subscription on its own plan and interval, so a user paying for
-// Starter and for Professional is paying on both tiers, and total `paying` can exceed the
-// overview's `subscribers.paying`.
+// tier's `subscribers`; churn (churned: of the user's subscription, the one UserSubscription
+// chooses, so that a switch of plans is no churn; paying_at_start: of any of the user's
+// subscriptions); trial conversion (of the user's subscription). Subscriptions: MRR
+// and ARR (overview, tiers, total), and revenue by tier's `paying`, `paying_monthly`,
+// `paying_yearly` and total `paying` -- each paying subscription on its own plan and interval, so
+// a user paying for Starter and for Professional is paying on both tiers, and total `paying` can
+// exceed the overview's `subscribers.paying`.
 #pragma once
 
 #include <cstdint>

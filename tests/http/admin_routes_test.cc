@@ -563,6 +563,48 @@ TEST_F(AdminRoutesTest, ChurnBaseLeavesOutSubscriptionsThatStoppedPayingBeforeTh
   EXPECT_EQ(doc["churn"]["paying_at_start"].GetInt64(), 3) << r.body;  // a, gone, dun
 }
 
+// The base is users paying when the window began, whichever of their subscriptions paid then: a
+// user who switched plans inside the window (a Starter kept to its period's end, then
+// Professional), or who is billed for an older plan next to one bought inside it, is not churned
+// and stays in the base. Judged on the user's current subscription alone (created inside the
+// window), they left the base: 1 churned of 1 instead of 1 of 3.
+TEST_F(AdminRoutesTest, AUserWhoseNewerPlanStartedInsideTheWindowStaysInTheChurnBase) {
+  // Starter since 60 days ago, canceled 5 days ago: churned.
+  TestSubscription old = OnPlan("u-old", "starter", "canceled");
+  old.period_start = kNow - 60 * kDay;
+  old.period_end = kNow - 5 * kDay;
+  old.canceled_at = old.ended_at = kNow - 5 * kDay;
+  AddSubscriber(old, "old@x.com");
+  // Starter since 60 days ago, kept to its period's end 5 days ago (Stripe's deletion not
+  // arrived), then Professional bought 4 days ago.
+  TestSubscription starter = OnPlan("u-switch", "starter", kNow - 60 * kDay, kNow - 5 * kDay);
+  starter.cancel_at_period_end = true;
+  AddSubscriber(starter, "switch@x.com");
+  TestSubscription professional =
+      OnPlan("u-switch", "professional", kNow - 4 * kDay, kNow + 26 * kDay);
+  professional.subscription_id = "sub_u-switch_2";
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), professional).ok());
+  // Starter since 60 days ago and still billed, Professional too since 3 days ago.
+  AddSubscriber(OnPlan("u-both", "starter", kNow - 60 * kDay, kNow + 10 * kDay), "both@x.com");
+  TestSubscription both = OnPlan("u-both", "professional", kNow - 3 * kDay, kNow + 27 * kDay);
+  both.subscription_id = "sub_u-both_2";
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), both).ok());
+  auto expect_churn = [&]() {
+    HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
+    ASSERT_EQ(r.status, 200) << r.body;
+    rapidjson::Document doc = r.Json();
+    EXPECT_EQ(doc["churn"]["churned"].GetInt64(), 1) << r.body;          // old
+    EXPECT_EQ(doc["churn"]["paying_at_start"].GetInt64(), 3) << r.body;  // old, switch, both
+    EXPECT_DOUBLE_EQ(doc["churn"]["rate"].GetDouble(), 0.3333) << r.body;
+  };
+  expect_churn();
+  // Stripe's deletion of u-switch's Starter, when it arrives, changes nothing.
+  starter.status = "canceled";
+  starter.canceled_at = starter.ended_at = starter.period_end;
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), starter).ok());
+  expect_churn();
+}
+
 // A $1 trial whose first charge was declined at its end is past due on Starter's price at
 // Stripe, and still the trial here: ended (trial_expired), no Starter services, BYOK or month of
 // calls, not paying -- until an invoice is paid.
@@ -1491,7 +1533,15 @@ TEST_F(AdminRoutesTest, ASubscriptionPastItsScheduledEndIsNotRevenueButChurn) {
   TestSubscription again = OnPlan("u-end", "professional", now, now + 30 * kDay);
   again.subscription_id = "sub_u-end_2";
   ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), again).ok());
+  // A switch, not churn (u-at alone is churned, and was not paying when the window began): u-end
+  // paid Starter when the window began and stays in the base.
+  auto expect_base = [&]() {
+    rapidjson::Document doc = Admin().Get(std::string(kAdminBase) + "analytics/overview").Json();
+    EXPECT_EQ(doc["churn"]["paying_at_start"].GetInt64(), 1);
+    EXPECT_EQ(doc["churn"]["rate"].GetDouble(), 0.0);
+  };
   expect_figures(1, 4900, 1, 0, 1, 1, 1);
+  expect_base();
   // Stripe's deletions, when they arrive, change nothing.
   t.status = at.status = "canceled";
   t.ended_at = t.canceled_at = t.period_end;
@@ -1499,6 +1549,7 @@ TEST_F(AdminRoutesTest, ASubscriptionPastItsScheduledEndIsNotRevenueButChurn) {
   ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), t).ok());
   ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), at).ok());
   expect_figures(1, 4900, 1, 0, 1, 1, 1);
+  expect_base();
 }
 
 // Trial conversion judges a subscription past its scheduled end as Stripe's deletion will: a
