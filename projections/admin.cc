@@ -674,8 +674,22 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
       ++paying_at_start;
       if (churned_in_window) ++churned_of_those;
     }
-    // Trials of catalog-plan subscriptions only (HadTrial), of the user's subscription.
+    // Trial conversion is of the subscription that had the trial: the user's subscription when
+    // it had one, else the newest of the user's others that had one (by `created`, ties: the
+    // greater id). A trial that converted stays converted when the user later leaves it for a
+    // plan without a trial: judged on that plan, it dropped out of trials and converted.
     const UserSubscription* trial_sub = HadTrial(sub, plan) ? &sub : nullptr;
+    if (trial_sub == nullptr) {
+      for (const UserSubscription& each : every) {
+        if (!HadTrial(each, CatalogPlan(by_id, each))) continue;
+        if (trial_sub == nullptr ||
+            std::make_pair(each.subscription.created.value_or(0), each.subscription_id()) >
+                std::make_pair(trial_sub->subscription.created.value_or(0),
+                               trial_sub->subscription_id())) {
+          trial_sub = &each;
+        }
+      }
+    }
     if (trial_sub != nullptr) {
       const SubscriptionRecord& r = trial_sub->subscription;
       const Plan* trial_sub_plan = CatalogPlan(by_id, *trial_sub);

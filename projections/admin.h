@@ -71,9 +71,12 @@
 //                             rate = those of them churned / paying at start (`churned` also
 //                             counts customers won and lost inside the window, and ones that had
 //                             stopped paying before it, which are not in the base).
-//   trial conversion          among users whose subscription is on a catalog plan (as churned:
-//                             not a Dashboard add-on) and had a trial (`trial_start`) or is on
-//                             a trial plan: converted = now paying on a non-trial plan, or out of
+//   trial conversion          among users with a subscription on a catalog plan (as churned:
+//                             not a Dashboard add-on) that had a trial (`trial_start`) or is on
+//                             a trial plan, judged on that one (the user's subscription when it
+//                             had the trial, else the newest by `created` that had one: a
+//                             converted trial left for a plan without one stays converted):
+//                             converted = now paying on a non-trial plan, or out of
 //                             its trial (not trialing) having paid after it (above: churn's
 //                             paying customer) whatever its status now (converted, then unpaid,
 //                             past due with Stripe's retries over, or canceled after a failed
@@ -110,7 +113,7 @@
 // What each figure counts. Users: subscribers.total, by_status, paying, trialing and comped; a
 // tier's `subscribers`; churn (churned: of the user's subscription, the one UserSubscription
 // chooses, so that a switch of plans is no churn; paying_at_start: of any of the user's
-// subscriptions); trial conversion (of the user's subscription). Subscriptions: MRR
+// subscriptions); trial conversion (of the subscription that had the trial). Subscriptions: MRR
 // and ARR (overview, tiers, total), and revenue by tier's `paying`, `paying_monthly`,
 // `paying_yearly` and total `paying` -- each paying subscription on its own plan and interval, so
 // a user paying for Starter and for Professional is paying on both tiers, and total `paying` can

@@ -2221,6 +2221,34 @@ TEST_F(AdminRoutesTest, AConvertedTrialLeftUnpaidStaysConverted) {
   EXPECT_EQ(doc["subscribers"]["paying"].GetInt64(), 0) << r.body;
 }
 
+// A trial that converted stays converted when the user later leaves it for a plan without a
+// trial: conversion is judged on the subscription that had the trial, not on the user's current
+// one (u-t dropped out of trials and converted once it bought Professional).
+TEST_F(AdminRoutesTest, AConvertedTrialStaysConvertedAfterTheUserBuysAnotherPlan) {
+  TestSubscription trial = OnPlan("u-t", "starter", "canceled");
+  trial.period_start = kNow - 80 * kDay;
+  trial.trial_start = kNow - 80 * kDay;
+  trial.trial_end = kNow - 73 * kDay;
+  trial.period_end = kNow - 13 * kDay;
+  trial.canceled_at = trial.ended_at = kNow - 10 * kDay;
+  AddSubscriber(trial, "t@x.com");
+  PayInvoice("u-t", "sub_u-t", "in_t1", 1900, kNow - 73 * kDay);
+  TestSubscription professional = OnPlan("u-t", "professional", kNow - 5 * kDay, kNow + 25 * kDay);
+  professional.subscription_id = "sub_u-t_2";
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), professional).ok());
+
+  HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  const auto& conversion = doc["trial_conversion"];
+  EXPECT_EQ(conversion["trials"].GetInt64(), 1) << r.body;
+  EXPECT_EQ(conversion["converted"].GetInt64(), 1) << r.body;
+  EXPECT_EQ(conversion["lost"].GetInt64(), 0) << r.body;
+  EXPECT_EQ(conversion["in_trial"].GetInt64(), 0) << r.body;
+  EXPECT_EQ(conversion["awaiting_payment"].GetInt64(), 0) << r.body;
+  EXPECT_DOUBLE_EQ(conversion["rate"].GetDouble(), 1.0) << r.body;
+}
+
 // The one subscriber's usage is the window a reset-usage would reset, with its calls: past due
 // with Stripe's retries over, the billing month its calls were counted in (it showed the empty
 // calendar month, used 0, while reset-usage reset the billing month's 5). It does not look
