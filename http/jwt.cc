@@ -383,11 +383,14 @@ Status JwtVerifier::Verify(std::string_view token, JwtClaims* claims) const {
   result.algorithm = std::string(algorithm);
   result.key_id = kid != nullptr ? kid : "";
   result.subject = sub;
-  // An address the identity provider says is not verified (OIDC `email_verified: false`) is not
-  // taken: it becomes the email admins find the user by, and it may be another user's.
+  // An address the identity provider does not say is verified is not taken: it becomes the email
+  // admins find the user by, and it may be another user's. OIDC's `email_verified` is a boolean;
+  // anything but `true` (`false`, or a string "false", 0 or null some providers send) counts as
+  // unverified -- only the email is dropped, the token stays valid. No claim at all: an IdP that
+  // does not say, whose address is taken as it comes.
   const char* email = StringMember(payload, "email");
   auto verified = payload.FindMember("email_verified");
-  const bool unverified = verified != payload.MemberEnd() && verified->value.IsFalse();
+  const bool unverified = verified != payload.MemberEnd() && !verified->value.IsTrue();
   result.email = email != nullptr && !unverified ? email : "";
   result.issuer = iss != nullptr ? iss : "";
   result.expires_at_s = exp;
