@@ -24,7 +24,10 @@
 //   GET    /api/v1/byok/stats              {"byok_enabled","providers_available","keys_configured",
 //                                          "keys_valid","keys_invalid","keys_error",
 //                                          "keys_untested"}
-// A plaintext key is never logged, never in an answer, and wiped from our own buffers after use.
+// A plaintext key is never logged, never in an answer, and wiped after use from the request's body
+// (req.body, which the server assembles in one buffer and wipes when it outgrows one: ReadBody)
+// and from every copy made here. The connection's read buffers (ledgerd's stream's and
+// cpp-httplib's) are reused or freed, not wiped.
 #include <openssl/rand.h>
 
 #include <memory>
@@ -197,6 +200,12 @@ void Keys(const ByokRouteContext& c, const httplib::Request&, httplib::Response&
   WriteJsonAt(200, json::Text(buf), caller.view->position(), &res);
 }
 
+// Wipes `text` (WipeSecret) on every way out of the scope.
+struct WipedOnExit {
+  std::string* text;
+  ~WipedOnExit() { WipeSecret(text); }
+};
+
 bool PrintableKey(std::string_view key) {
   for (char ch : key) {
     if (ch <= ' ' || ch > '~') return false;
@@ -213,10 +222,7 @@ Status ParseAddBody(const std::string& body, std::string* provider, std::string*
   // Parsed in place in a copy that is wiped on the way out: a copying parse would leave the key
   // in the document's freed memory pool.
   std::string scratch = body;
-  struct Wiped {
-    std::string* text;
-    ~Wiped() { WipeSecret(text); }
-  } wiped{&scratch};
+  WipedOnExit wiped{&scratch};
   rapidjson::Document doc;
   LEDGER_RETURN_IF_ERROR(pj::ParseJsonObjectInsitu(&scratch, &doc));
   for (const auto& m : doc.GetObject()) {
@@ -287,6 +293,10 @@ void SubmitKeyChange(const ByokRouteContext& c, const Identity& identity, Comman
 
 void AddKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Response& res,
             const Identity& identity) {
+  // The body holds the plaintext key, until the add is answered (its idempotency hash reads it).
+  // cpp-httplib hands handlers a const Request; it is the connection loop's own local object
+  // (HttpServer's Dispatch put the body there), freed after the answer without a wipe.
+  WipedOnExit wiped_body{&const_cast<httplib::Request&>(req).body};
   if (!RequireLedger(c.ledger, res) || !RequireBox(c, res)) return;
   std::string provider, api_key;
   std::optional<std::string> label;

@@ -35,6 +35,7 @@
 #include "http/limits.h"
 #include "http/problem.h"
 #include "http/route.h"
+#include "http/secret_box.h"
 #include "projections/json_util.h"
 
 namespace ledger::http {
@@ -2293,7 +2294,10 @@ void HttpServer::Impl::Dispatch(const InstalledRoute& route, const httplib::Requ
   }
   if (reader != nullptr) {
     std::string body;
-    if (!ReadBody(req, *reader, &body, res)) return;
+    if (!ReadBody(req, *reader, &body, res)) {
+      WipeSecret(&body);  // what was read of a refused body (a BYOK add's key, say): see ReadBody
+      return;
+    }
     // cpp-httplib hands content-reader handlers a const Request; it is the connection loop's own
     // local object, and the route handlers expect the body in req.body.
     const_cast<httplib::Request&>(req).body = std::move(body);
@@ -2315,11 +2319,25 @@ bool HttpServer::Impl::ReadBody(const httplib::Request& req, const httplib::Cont
                                 std::string* body, httplib::Response& res) {
   if (!HasBody(req)) return true;
   const size_t max = options_.body_bytes_max;
+  // A body may hold a secret (a BYOK add's plaintext key, which the route wipes from req.body): no
+  // copy of it is left behind in freed memory. A body of a Content-Length is read into one buffer
+  // of that size; a chunked one's buffer, when it grows, is wiped before it is freed.
+  uint64_t announced = 0;
+  if (!IsChunked(req) && ParseContentLength(req.get_header_value("Content-Length"), &announced)) {
+    body->reserve(static_cast<size_t>(std::min<uint64_t>(announced, max)));
+  }
   bool too_large = false;
   bool ok = reader([&](const char* data, size_t length) {
     if (length > max - body->size()) {
       too_large = true;
       return false;
+    }
+    if (length > body->capacity() - body->size()) {
+      std::string grown;
+      grown.reserve(std::min(max, std::max(2 * body->capacity(), body->size() + length)));
+      grown.append(*body);
+      WipeSecret(body);
+      *body = std::move(grown);
     }
     body->append(data, length);
     return true;
