@@ -678,6 +678,17 @@ class ConnectionStream final : public httplib::Stream {
         head_too_large_ = true;  // cpp-httplib would refuse the line: 431 from the request line
         head_too_large_detail_ = kTooManyLongHeaders;
         out.append(line);
+      } else if (colon != std::string_view::npos &&
+                 EqualsIgnoreCase(line.substr(0, colon), "Expect") &&
+                 EqualsIgnoreCase(TrimBlanks(line.substr(colon + 1)), "100-continue")) {
+        // RFC 9110 §10.1.1: the expectation is case-insensitive, but cpp-httplib asks
+        // ExpectContinue (and sends the 100) only for "100-continue" byte for byte: a client
+        // sending `100-Continue` waited for it until the read timeout. Lowercased in place.
+        const std::string_view value = TrimBlanks(line.substr(colon + 1));
+        const size_t value_at = static_cast<size_t>(value.data() - line.data());
+        out.append(line.substr(0, value_at))
+            .append("100-continue")
+            .append(line.substr(value_at + value.size()));
       } else {
         out.append(line);
       }

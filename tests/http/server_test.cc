@@ -531,6 +531,22 @@ TEST_F(ServerTest, ExpectContinueRefusesFromTheHeadAlone) {
   EXPECT_NE(ok.find(R"({"bytes":2})"), std::string::npos) << ok;
 }
 
+// RFC 9110 §10.1.1: the expectation is case-insensitive. cpp-httplib answers "100 Continue" only
+// to the value "100-continue" byte for byte; a client sending `100-Continue` that waits for it
+// before its body stalled until the read timeout.
+TEST_F(ServerTest, ExpectContinueIsCaseInsensitive) {
+  Start();
+  for (const char* expect : {"100-Continue", "100-CONTINUE", " 100-continue\t"}) {
+    SCOPED_TRACE(expect);
+    const std::string raw = RawHttpExchange(
+        stack_.port(),
+        std::string("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect:") + expect +
+            "\r\n\r\n",
+        500);
+    EXPECT_EQ(raw.rfind("HTTP/1.1 100 Continue", 0), 0u) << raw;
+  }
+}
+
 TEST_F(ServerTest, RejectsAmbiguousFraming) {
   Start();
   auto status_line = [this](const std::string& request) {
