@@ -385,12 +385,16 @@ Status JwtVerifier::Verify(std::string_view token, JwtClaims* claims) const {
   result.subject = sub;
   // An address the identity provider does not say is verified is not taken: it becomes the email
   // admins find the user by, and it may be another user's. OIDC's `email_verified` is a boolean;
-  // anything but `true` (`false`, or a string "false", 0 or null some providers send) counts as
-  // unverified -- only the email is dropped, the token stays valid. No claim at all: an IdP that
-  // does not say, whose address is taken as it comes.
+  // some providers (Amazon Cognito) send it as a string: `true` or "true" vouches for the address,
+  // anything else (`false`, "false", 0, null) counts as unverified -- only the email is dropped,
+  // the token stays valid. No claim at all: an IdP that does not say, whose address is taken as
+  // it comes.
   const char* email = StringMember(payload, "email");
   auto verified = payload.FindMember("email_verified");
-  const bool unverified = verified != payload.MemberEnd() && !verified->value.IsTrue();
+  const bool unverified =
+      verified != payload.MemberEnd() && !verified->value.IsTrue() &&
+      !(verified->value.IsString() && std::string_view(verified->value.GetString(),
+                                                       verified->value.GetStringLength()) == "true");
   result.email = email != nullptr && !unverified ? email : "";
   result.issuer = iss != nullptr ? iss : "";
   result.expires_at_s = exp;

@@ -58,7 +58,7 @@ struct JwtClaims {
   std::string algorithm;  // "HS256", "RS256" or "ES256"
   std::string key_id;     // header `kid` (may be empty for HS256)
   std::string subject;    // `sub`
-  std::string email;      // `email`, may be empty (also when `email_verified` is not `true`)
+  std::string email;      // `email`, may be empty (also when `email_verified` is not `true`/"true")
   std::string issuer;     // `iss`, may be empty
   std::vector<std::string> roles;
   bool admin = false;

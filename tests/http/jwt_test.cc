@@ -106,13 +106,13 @@ TEST_F(JwtTest, AnUnverifiedEmailIsNotTaken) {
   }
 }
 
-// Only `email_verified: true` (or no claim at all) vouches for the address: a string "false" (some
-// providers send strings), 0, null or a string "true" is not JSON true, and was taken as verified.
-// The token itself stays valid -- only its email is dropped.
+// Only `email_verified: true` -- or the string "true" Amazon Cognito sends -- (or no claim at all)
+// vouches for the address: a string "false", 0 or null was taken as verified. The token itself
+// stays valid -- only its email is dropped.
 TEST_F(JwtTest, AnEmailVerifiedThatIsNotTrueIsUnverified) {
   auto verifier = Make(HsOnly());
   for (const char* verified : {R"("email_verified":"false")", R"("email_verified":0)",
-                               R"("email_verified":null)", R"("email_verified":"true")",
+                               R"("email_verified":null)", R"("email_verified":"TRUE")",
                                R"("email_verified":1)", R"("email_verified":{})"}) {
     SCOPED_TRACE(verified);
     TokenClaims c = TokenClaims::User("alice", kNowS);
@@ -123,6 +123,11 @@ TEST_F(JwtTest, AnEmailVerifiedThatIsNotTrueIsUnverified) {
     EXPECT_EQ(claims.subject, "alice");
     EXPECT_EQ(claims.email, "");
   }
+  TokenClaims c = TokenClaims::User("alice", kNowS);
+  c.extra_members = R"("email_verified":"true")";
+  JwtClaims claims;
+  ASSERT_TRUE(verifier->Verify(MintHs256(c, testing::kTestHs256Secret), &claims).ok());
+  EXPECT_EQ(claims.email, "alice@example.com");
 }
 
 TEST_F(JwtTest, SignHs256MatchesTheVerifier) {
