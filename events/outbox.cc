@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <mutex>
 #include <vector>
 
 #include "events/event.h"
@@ -20,6 +21,9 @@ constexpr char kContentTypeHeader[] = "content-type";
 constexpr char kContentType[] = "application/cloudevents+json";
 // How long the publisher waits in all for the topic's offsets (TopicHeldRecords).
 constexpr int kTopicQueryMs = 3000;
+// How often a per-cluster outbox asks its producer for the cluster id, to notice another cluster
+// answering behind the same bootstrap address.
+constexpr int64_t kClusterIdCheckUs = 1'000'000;
 // What to do about a record Kafka refused for its size.
 constexpr char kSizeHint[] =
     "; lower LEDGER_KAFKA_MESSAGE_MAX_BYTES below the topic's max.message.bytes";
@@ -53,6 +57,21 @@ const char* KafkaStateName(KafkaState state) {
       return "log_damaged";
   }
   return "down";
+}
+
+// A delivery or produce error saying that the topic, or the brokers' record of this producer, is
+// gone: the topic deleted (and perhaps recreated empty) or the cluster rebuilt.
+bool TopicOrProducerStateLost(rd_kafka_resp_err_t err) {
+  switch (err) {
+    case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+    case RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID:
+    case RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER:
+      return true;
+    default:
+      return false;
+  }
 }
 
 Status InvalidConfig(const std::string& message) {
@@ -180,6 +199,7 @@ class KafkaOutbox::Impl {
   Status CreateProducer();
   void DestroyProducer();
   void RestartProducer();
+  void RecreateProducer(const std::string& why);
   static void OnDeliveryReport(rd_kafka_t*, const rd_kafka_message_t* message, void* opaque);
   static void OnError(rd_kafka_t*, int err, const char* reason, void* opaque);
   static int OnStats(rd_kafka_t*, char* json, size_t json_len, void* opaque);
@@ -194,6 +214,9 @@ class KafkaOutbox::Impl {
   void AdvanceCheckpoint();
   void ScheduleRewind(const std::string& reason);
   void MarkLogDamaged(const Status& why);
+  void RecheckCluster(const std::string& why);
+  void WatchClusterId(int64_t now_us);
+  void UnloadClusterCheckpoint(int64_t now_us);
   bool LoadClusterCheckpoint();
   Status TopicHeldRecords(bool* held);
   Status WriteReset(bool zero_adopted);
@@ -213,10 +236,10 @@ class KafkaOutbox::Impl {
   std::atomic<uint64_t> checkpoint_{0};
   std::atomic<uint64_t> in_flight_count_{0};
   std::atomic<int> kafka_state_{static_cast<int>(KafkaState::kDown)};
-  // With checkpoint_per_cluster: the cluster's id, written once by the publisher before
-  // cluster_known_ is set (release), read by others after it (acquire).
-  std::string cluster_id_;
-  std::atomic<bool> cluster_known_{false};
+  // With checkpoint_per_cluster: the id of the cluster whose checkpoint was loaded last, empty
+  // until one was. Written by the publisher (which reads it without the lock).
+  mutable std::mutex cluster_mu_;
+  std::string cluster_id_;  // writes and other threads' reads under cluster_mu_
   bool started_ = false;         // owner thread only
   bool stopped_ = false;         // owner thread only
 
@@ -245,6 +268,13 @@ class KafkaOutbox::Impl {
   // The checkpoint is loaded: at Init(), or with checkpoint_per_cluster once the cluster id is
   // known (LoadClusterCheckpoint). Nothing is produced or persisted before.
   bool checkpoint_loaded_ = false;
+  // With checkpoint_per_cluster: the topic or the cluster behind the bootstrap list may have
+  // changed (a producer restart, a delivery error saying the topic or the producer's state is
+  // gone, another cluster id): once nothing is in flight the checkpoint is written, unloaded and
+  // loaded again (LoadClusterCheckpoint), the topic looked at again. Loaded once per process, a
+  // topic recreated empty while ledgerd ran got only what came after the old checkpoint.
+  bool recheck_cluster_ = false;
+  int64_t cluster_checked_us_ = 0;  // when WatchClusterId last asked
   // With checkpoint_per_cluster and adopt_checkpoint_name: the old-named checkpoint is zeroed once
   // the cluster's checkpoint persisted reaches adopted_ (what was taken from it, 0 if nothing).
   bool adopt_zero_pending_ = false;
@@ -360,12 +390,20 @@ void KafkaOutbox::Impl::RestartProducer() {
   spdlog::error("outbox: {}; recreating the producer, re-publishing after position {}", what,
                 mark_);
   metrics_.producer_restarts.Add();
+  RecreateProducer(what);
+}
+
+// After DestroyProducer: a new producer, a rewind, and (per cluster) the checkpoint loaded again,
+// as the producer's end may have come with the topic's or the cluster's.
+void KafkaOutbox::Impl::RecreateProducer(const std::string& why) {
+  std::string what = why;
   Status s = CreateProducer();
   if (!s.ok()) {
     spdlog::error("outbox: cannot recreate the producer: {}", s.ToString());
     what += "; " + s.ToString();
   }
   ScheduleRewind(what);
+  RecheckCluster(what);
 }
 
 // ---- librdkafka callbacks (publisher thread, from rd_kafka_poll; OnLog and OnQueueEvent from
@@ -469,6 +507,7 @@ void KafkaOutbox::Impl::HandleDelivery(const rd_kafka_message_t* message) {
     reason += " (a " + std::to_string(message->len) + "-byte record)" + kSizeHint;
   }
   ScheduleRewind(reason);
+  if (TopicOrProducerStateLost(message->err)) RecheckCluster(reason);
 }
 
 void KafkaOutbox::Impl::AdvanceCheckpoint() {
@@ -553,7 +592,7 @@ rd_kafka_resp_err_t KafkaOutbox::Impl::Produce(const Event& event, uint64_t posi
 // produced right away.
 bool KafkaOutbox::Impl::ProduceBatch() {
   if (producer_ == nullptr || rewind_pending_ || fatal_ || log_damaged_at_ != 0 ||
-      !checkpoint_loaded_) {
+      !checkpoint_loaded_ || recheck_cluster_) {
     return false;
   }
   // After a rewind the checkpoint can jump over positions delivered before it, ahead of the scan
@@ -616,6 +655,7 @@ bool KafkaOutbox::Impl::ProduceBatch() {
       error = Status::Unavailable("kafka_unavailable", "produce at position " +
                                                            std::to_string(next_) + ": " +
                                                            rd_kafka_err2str(err));
+      if (TopicOrProducerStateLost(err)) RecheckCluster(error.message());
       return false;
     }
     ++next_;
@@ -657,6 +697,47 @@ void KafkaOutbox::Impl::MarkLogDamaged(const Status& why) {
                             "; publishing stopped before it: " + why.message();
   SetLastError(error);
   spdlog::error("outbox: {}", error);
+}
+
+// With checkpoint_per_cluster: the checkpoint is loaded again once nothing is in flight (Run), so
+// that a topic that lost its records (deleted, recreated empty, a cluster rebuilt) while ledgerd
+// runs gets the whole log, as after a restart; a topic that still holds them keeps the checkpoint
+// (TopicHeldRecords decides).
+void KafkaOutbox::Impl::RecheckCluster(const std::string& why) {
+  if (!options_.checkpoint_per_cluster || !checkpoint_loaded_ || recheck_cluster_) return;
+  recheck_cluster_ = true;
+  spdlog::info("outbox: {}; checking the cluster's checkpoint and topic again", why);
+}
+
+// With checkpoint_per_cluster: another cluster answering behind the bootstrap list (its id
+// differs from the one whose checkpoint is loaded) gets its own checkpoint, on a new producer
+// (the old one's id and sequence numbers are the other cluster's). Asks at most every
+// kClusterIdCheckUs: what the other cluster acknowledged before counts in the old one's
+// checkpoint (which matters only if that cluster comes back).
+void KafkaOutbox::Impl::WatchClusterId(int64_t now_us) {
+  if (!options_.checkpoint_per_cluster || !checkpoint_loaded_ || producer_ == nullptr ||
+      now_us - cluster_checked_us_ < kClusterIdCheckUs) {
+    return;
+  }
+  cluster_checked_us_ = now_us;
+  char* id = rd_kafka_clusterid(producer_, /*timeout_ms=*/0);  // the cached id, never waits
+  if (id == nullptr) return;
+  const std::string cluster_id(id);
+  rd_kafka_mem_free(producer_, id);
+  if (cluster_id == cluster_id_) return;
+  const std::string what = "kafka cluster " + cluster_id + " answers where " + cluster_id_ +
+                           " did: publishing to it after its own checkpoint";
+  spdlog::warn("outbox: {}; recreating the producer", what);
+  DestroyProducer();
+  RecreateProducer(what);
+}
+
+// Writes the loaded checkpoint (synced: the name may change) and unloads it; Run loads it again.
+void KafkaOutbox::Impl::UnloadClusterCheckpoint(int64_t now_us) {
+  recheck_cluster_ = false;
+  core_.Persist(mark_, now_us, /*force=*/true);
+  AfterPersist();
+  checkpoint_loaded_ = false;
 }
 
 // With checkpoint_per_cluster: once a broker has answered with the cluster's id, names the
@@ -747,6 +828,9 @@ bool KafkaOutbox::Impl::LoadClusterCheckpoint() {
   if (adopted > 0) {
     spdlog::info("outbox: took the checkpoint {} of {} as {}'s", adopted, old_name, name);
   }
+  // Loaded again at another mark (another cluster, a reset): what the window knew of the
+  // positions after the old one says nothing of these (nothing is in flight).
+  if (mark != mark_) std::fill(slots_.begin(), slots_.end(), Slot::kPending);
   mark_ = mark;
   adopted_ = adopted;
   adopt_zero_pending_ = adopt_zero;
@@ -754,8 +838,10 @@ bool KafkaOutbox::Impl::LoadClusterCheckpoint() {
   highest_produced_ = mark_;
   checkpoint_.store(mark_);
   published_.store(mark_);
-  cluster_id_ = cluster_id;
-  cluster_known_.store(true, std::memory_order_release);
+  {
+    std::lock_guard<std::mutex> lock(cluster_mu_);
+    cluster_id_ = cluster_id;
+  }
   SetLastError("");
   spdlog::info("outbox: kafka cluster {}: publishing to topic {} after position {} ({})",
                cluster_id, options_.topic, mark_, name);
@@ -847,6 +933,8 @@ void KafkaOutbox::Impl::Run() {
     if (producer_ != nullptr) rd_kafka_poll(producer_, 0);
     if (fatal_ && producer_ != nullptr) RestartProducer();
     int64_t now_us = SteadyMicros();
+    WatchClusterId(now_us);
+    if (recheck_cluster_ && in_flight_ == 0) UnloadClusterCheckpoint(now_us);
     if (!checkpoint_loaded_ && producer_ != nullptr) checkpoint_loaded_ = LoadClusterCheckpoint();
     MaybeRewind(now_us);
     bool more = ProduceBatch();
@@ -912,6 +1000,11 @@ Status KafkaOutbox::Impl::Stop(std::chrono::steady_clock::time_point deadline) {
                                    reset_unwritten_ + " to 0 could be written (" +
                                    reset_error_.message() + "); nothing was published");
   }
+  if (!checkpoint_loaded_ && !cluster_id_.empty()) {
+    return Status::Unavailable("kafka_unavailable",
+                               "kafka outbox stopped while it loaded its checkpoint again (" +
+                                   core_.last_error() + "); the one written last stands");
+  }
   if (!checkpoint_loaded_) {
     return Status::Unavailable("kafka_unavailable",
                                "kafka outbox stopped before any broker told the cluster id; "
@@ -950,7 +1043,10 @@ OutboxStatus KafkaOutbox::Impl::GetStatus() const {
   status.in_flight = in_flight_count_.load();
   status.running = core_.running();
   status.last_error = core_.last_error();
-  if (cluster_known_.load(std::memory_order_acquire)) status.cluster_id = cluster_id_;
+  {
+    std::lock_guard<std::mutex> lock(cluster_mu_);
+    status.cluster_id = cluster_id_;
+  }
   return status;
 }
 

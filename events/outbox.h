@@ -79,7 +79,10 @@ struct OutboxOptions {
   // zeroing of an adopted old-named checkpoint) is written, synced, before anything is published;
   // while the ledger refuses it (degraded) nothing is published, last_error says why, and it is
   // tried again each round. Until the checkpoint is loaded, GetStatus() shows the one last
-  // persisted (OutboxLastCheckpointName). Default false: checkpoint_name.
+  // persisted (OutboxLastCheckpointName). It is loaded again, the topic looked at again, after a
+  // producer restart, a delivery error saying the topic or the producer's state is gone, or
+  // another cluster id answering (a topic recreated or a cluster rebuilt while ledgerd runs).
+  // Default false: checkpoint_name.
   bool checkpoint_per_cluster = false;
   // With checkpoint_per_cluster: a checkpoint of an older naming (the broker list's,
   // OutboxCheckpointName), taken once as the cluster's when the cluster's is still 0, then zeroed

@@ -18,6 +18,7 @@
 #include "events/ledger.h"
 #include "tests/support/fault_fs.h"
 #include "tests/support/kafka_test_consumer.h"
+#include "tests/support/tcp_forwarder.h"
 #include "tests/support/test_ledger.h"
 #include "tests/support/wait.h"
 #include "tests/tools/tools_test_util.h"
@@ -758,6 +759,76 @@ TEST_F(OutboxTest, ACheckpointForATopicThatNeverHeldARecordPublishesTheWholeLog)
   consumer->ConsumeUntil([](const std::vector<ConsumedRecord>&) { return false; },
                          milliseconds(300));  // anything extra would show up here
   EXPECT_EQ(consumer->records().size(), 25u) << "an event published twice";
+}
+
+// A cluster rebuilt empty behind the same address while the outbox runs (here: the address is a
+// forwarder, pointed from one embedded cluster to a new one) gets the whole log. The checkpoint was
+// loaded, and the topic looked at, once per process: the new cluster got only what came after the
+// old one's checkpoint, for good, and the old cluster's checkpoint moved on with it.
+TEST_F(OutboxTest, AClusterReplacedWhileRunningGetsTheWholeLog) {
+  auto port_of = [](const std::string& bootstrap) {
+    return std::stoi(bootstrap.substr(bootstrap.rfind(':') + 1));
+  };
+  testing::TcpForwarder forwarder(port_of(kafka_->bootstrap_servers()));
+  const std::string old_id = ClusterIdOf(kafka_->bootstrap_servers());
+  ASSERT_FALSE(old_id.empty());
+  OutboxOptions options = Options();
+  options.bootstrap_servers = forwarder.address();
+  options.checkpoint_per_cluster = true;
+  options.retry_backoff_ms_min = 50;
+  options.retry_backoff_ms_max = 200;
+  auto outbox = OpenOutbox(options);
+  ASSERT_TRUE(outbox->Start().ok());
+  Append(20, 1, 7, outbox.get());
+  ASSERT_TRUE(WaitCaughtUp(outbox.get())) << outbox->GetStatus().last_error;
+  ASSERT_EQ(outbox->GetStatus().cluster_id, old_id);
+
+  std::unique_ptr<EmbeddedKafka> rebuilt;
+  ASSERT_TRUE(EmbeddedKafka::Open({}, &rebuilt).ok());
+  const std::string new_id = ClusterIdOf(rebuilt->bootstrap_servers());
+  ASSERT_NE(new_id, old_id);
+  ASSERT_TRUE(kafka_->SetBrokerDown(-1).ok());  // the old cluster is gone
+  forwarder.Retarget(port_of(rebuilt->bootstrap_servers()));
+  Append(10, 1, 7, outbox.get());
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        OutboxStatus status = outbox->GetStatus();
+        return status.cluster_id == new_id && status.lag == 0;
+      },
+      seconds(30)))
+      << outbox->GetStatus().cluster_id << " " << outbox->GetStatus().lag << ": "
+      << outbox->GetStatus().last_error;
+  ASSERT_TRUE(outbox->Stop(seconds(5)).ok());
+
+  std::unique_ptr<KafkaTestConsumer> consumer;
+  ASSERT_TRUE(KafkaTestConsumer::Open(rebuilt->bootstrap_servers(), kTopic, &consumer).ok());
+  EXPECT_TRUE(consumer->ConsumeDistinct(30, seconds(20)))
+      << "the new cluster misses positions: "
+      << CheckDelivery(consumer->records(), 1, 30, {}).Summary();
+  Position stored;
+  ASSERT_TRUE(ledger_->GetCheckpoint(OutboxClusterCheckpointName(new_id, kTopic), &stored).ok());
+  EXPECT_EQ(stored, Position(30));
+}
+
+// The checkpoint is loaded again after a producer restart, and the topic looked at again: one
+// that still holds the records (a refusal, not a recreated topic) keeps the checkpoint and is not
+// published from position 1 again.
+TEST_F(OutboxTest, AfterAProducerRestartATopicThatHoldsTheRecordsKeepsItsCheckpoint) {
+  OutboxOptions options = Options();
+  options.checkpoint_per_cluster = true;
+  auto outbox = StartCaughtUp(options, /*backoff_max_ms=*/200, 30, 1, 3);
+  const uint64_t produced_before = outbox->metrics().produced.Value();
+  kafka_->PushRequestErrors(EmbeddedKafka::kProduceApiKey,
+                            {RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+                             RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED});
+  Append(10, 1, 3, outbox.get());
+  ASSERT_TRUE(WaitCaughtUp(outbox.get())) << outbox->GetStatus().last_error;
+  ASSERT_GT(outbox->metrics().producer_restarts.Value(), 0u);  // with the gapless guarantee
+  // 31..40, once more after each of the two refusals at most (30); 1..30 again makes it 40+.
+  EXPECT_LE(outbox->metrics().produced.Value() - produced_before, 30u);
+  DeliveryReport report = ConsumeAndCheck();
+  EXPECT_TRUE(report.ok()) << report.Summary();
+  EXPECT_TRUE(outbox->Stop(seconds(5)).ok());
 }
 
 // The reset of such a checkpoint is written (synced) before anything is published. It was kept in
