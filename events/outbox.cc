@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cctype>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include "events/event.h"
@@ -598,17 +599,24 @@ bool KafkaOutbox::Impl::ProduceBatch() {
   // After a rewind the checkpoint can jump over positions delivered before it, ahead of the scan
   // that skips them: never produce at or below it again (their reports would not be counted).
   next_ = std::max(next_, mark_ + 1);
-  const uint64_t limit = std::min<uint64_t>(ledger_->Head().value(), mark_ + window_);
+  const uint64_t head = ledger_->Head().value();
+  const uint64_t limit = std::min<uint64_t>(head, mark_ + window_);
   if (next_ > limit || in_flight_bytes_ >= options_.in_flight_bytes_max) return false;
   const uint64_t to = std::min<uint64_t>(limit, next_ + options_.scan_events_max - 1);
+  // The scan's end: one event past the batch, when the log holds one, for its link only.
+  const uint64_t end = to < head ? to + 1 : to;
   bool blocked = false;
   bool damaged = false;
+  uint64_t gap_at = 0;  // the first position the scan found missing
   Status error;
   // Each event is checked before it is published, and linked to the one before it: the window's
   // first event to the stored hash of the event before it (one more read), a delivered event's
-  // successor to the delivered event's stored hash. The link was checked within a batch only,
-  // so an event re-sealed at the end of one (its own hash recomputed) was published and never
-  // caught: the next batch's first event was checked on its own.
+  // successor to the delivered event's stored hash. And it is published only once the event
+  // after it has linked to it (`held` until then; the batch's last through the event after the
+  // batch, read for its link only), as tools/export.cc and the Lago sink hold theirs back: an
+  // event rewritten and re-sealed (its own hash recomputed) checks out on its own, only its
+  // successor's prev_hash shows it, and it was on Kafka by then. The head (no successor yet) is
+  // published as it is, and so is an event whose successor is missing: the gap is the damage.
   Hash prev{};
   bool have_prev = false;
   if (next_ > 1) {
@@ -623,30 +631,13 @@ bool KafkaOutbox::Impl::ProduceBatch() {
     }
     have_prev = true;
   }
-  Status s = ledger_->ScanRaw(Position(next_), Position(to), [&](Position p, std::string_view v) {
-    if (p.value() != next_) {  // a gap: damage, as a rewind would only read it again
-      error = Status::Corruption("the log has no event at position " + std::to_string(next_));
-      damaged = true;
-      return false;
-    }
-    if (slots_[SlotOf(next_)] == Slot::kDelivered) {
-      ++next_;
-      have_prev = StoredEventHash(v, &prev);
-      return true;
-    }
+  std::optional<Event> held;  // at next_: checked, its successor's link not read yet
+  auto produce_held = [&] {
     if (in_flight_bytes_ >= options_.in_flight_bytes_max) {
       blocked = true;
       return false;
     }
-    Event event;
-    error = DecodeCheckedEvent(p, v, have_prev ? &prev : nullptr, &event);
-    if (!error.ok()) {
-      damaged = true;
-      return false;
-    }
-    prev = event.hash;
-    have_prev = true;
-    rd_kafka_resp_err_t err = Produce(event, next_);
+    rd_kafka_resp_err_t err = Produce(*held, next_);
     if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
       blocked = true;
       return false;
@@ -658,18 +649,57 @@ bool KafkaOutbox::Impl::ProduceBatch() {
       if (TopicOrProducerStateLost(err)) RecheckCluster(error.message());
       return false;
     }
+    held.reset();
     ++next_;
     return true;
+  };
+  uint64_t seen = next_ - 1;  // the last position the scan read
+  Status s = ledger_->ScanRaw(Position(next_), Position(end), [&](Position p, std::string_view v) {
+    if (p.value() != seen + 1) {  // a gap: damage, as a rewind would only read it again
+      gap_at = seen + 1;
+      return false;
+    }
+    seen = p.value();
+    if (held.has_value()) {
+      // A broken link stops before both events it joins: either may be the rewritten one.
+      error = CheckEventLink(p, v, held->hash);
+      if (!error.ok()) {
+        damaged = true;
+        return false;
+      }
+      if (!produce_held()) return false;
+    }
+    if (p.value() > to) return false;  // the event after the batch: its link only
+    if (slots_[SlotOf(next_)] == Slot::kDelivered) {
+      ++next_;
+      have_prev = StoredEventHash(v, &prev);
+      return true;
+    }
+    Event event;
+    error = DecodeCheckedEvent(p, v, have_prev ? &prev : nullptr, &event);
+    if (!error.ok()) {
+      damaged = true;
+      return false;
+    }
+    prev = event.hash;
+    have_prev = true;
+    held = std::move(event);
+    return true;
   });
-  if (s.ok() && error.ok() && !blocked && next_ <= to) {
-    error = Status::Corruption("the log has no event at position " + std::to_string(next_));
+  const bool stopped = damaged || blocked || !error.ok();  // by the scan's own reasons
+  if (!stopped && s.ok() && seen < end) gap_at = seen + 1;
+  if (!stopped && held.has_value() && (end == to || gap_at != 0 || s.IsCorruption())) {
+    produce_held();  // the head, or an event whose successor cannot be read
+  }
+  if (gap_at != 0 && !blocked && error.ok()) {
+    error = Status::Corruption("the log has no event at position " + std::to_string(gap_at));
     damaged = true;
   }
-  if (damaged || s.IsCorruption()) {
+  if (damaged || (s.IsCorruption() && !blocked && error.ok())) {
     MarkLogDamaged(damaged ? error : s);
     return false;
   }
-  if (!s.ok() || !error.ok()) {
+  if (!error.ok() || (!s.ok() && !blocked)) {  // blocked: the next round reads it again
     ScheduleRewind("reading the log for the outbox: " + (s.ok() ? error : s).ToString());
     return false;
   }
