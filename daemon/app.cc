@@ -426,6 +426,7 @@ Status App::Impl::StartHttp() {
       out.state = s.kafka_state;
       out.published_position = s.checkpoint.value();
       out.lag_events = s.lag;
+      out.last_error = s.last_error;
       return out;
     };
     context_.metrics_renderers.push_back([outbox](std::string* out) { outbox->RenderMetrics(out); });

@@ -25,6 +25,9 @@ constexpr int kTopicQueryMs = 3000;
 // How often a per-cluster outbox asks its producer for the cluster id, to notice another cluster
 // answering behind the same bootstrap address.
 constexpr int64_t kClusterIdCheckUs = 1'000'000;
+// A Kafka error of the kind last logged at warn is logged at warn again after this long (at debug
+// meanwhile): librdkafka repeats a broker's error on every reconnection.
+constexpr int64_t kErrorWarnRepeatUs = 600'000'000;
 // What to do about a record Kafka refused for its size.
 constexpr char kSizeHint[] =
     "; lower LEDGER_KAFKA_MESSAGE_MAX_BYTES below the topic's max.message.bytes";
@@ -226,6 +229,8 @@ class KafkaOutbox::Impl {
   void PublishState(int64_t now_us);
   void WaitForWork(int64_t now_us);
   void SetLastError(std::string error) { core_.SetLastError(std::move(error)); }
+  void ReportError(const std::string& kind, std::string error);
+  void MarkBrokerUp();
   size_t SlotOf(uint64_t position) const { return position % window_; }
 
   const OutboxOptions options_;
@@ -266,6 +271,9 @@ class KafkaOutbox::Impl {
   uint64_t recovery_target_ = 0;     // backoff resets once the checkpoint passes this
   int backoff_ms_;
   bool broker_up_ = false;           // a broker connection is up (stats, deliveries)
+  // The kind of the error ReportError last logged at warn, and when; "" once a broker is up.
+  std::string warned_kind_;
+  int64_t warned_us_ = 0;
   // The checkpoint is loaded: at Init(), or with checkpoint_per_cluster once the cluster id is
   // known (LoadClusterCheckpoint). Nothing is produced or persisted before.
   bool checkpoint_loaded_ = false;
@@ -423,15 +431,36 @@ void KafkaOutbox::Impl::OnError(rd_kafka_t*, int err, const char* reason, void* 
     return;
   }
   if (code == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
-    if (self->broker_up_) spdlog::warn("outbox: kafka is down: {}", reason);
     self->broker_up_ = false;
-    self->SetLastError(std::string("kafka down: ") + reason);
+    self->ReportError(rd_kafka_err2name(code), std::string("kafka down: ") + reason + " (" +
+                                                   self->options_.bootstrap_servers + ")");
     return;
   }
-  // Transport errors are retried by librdkafka; they show in the state, the lag and
-  // last_error, not in the log.
-  self->SetLastError(std::string(rd_kafka_err2name(code)) + ": " + reason);
-  spdlog::debug("outbox: kafka error {}: {}", rd_kafka_err2name(code), reason);
+  // librdkafka retries these (connection refused, DNS, TLS, authentication, authorization):
+  // they show in the state, the lag and last_error, and in the log when they begin or change.
+  // Its messages name brokers, files and mechanisms, never a password.
+  self->ReportError(rd_kafka_err2name(code), std::string(rd_kafka_err2name(code)) + ": " + reason);
+}
+
+// The error in last_error, and in the log at warn when it is of another kind than the last one
+// logged (the first since a broker was up, at startup too) or that kind's last warning is
+// kErrorWarnRepeatUs old; at debug otherwise. Publisher thread (OnError runs from its polls).
+void KafkaOutbox::Impl::ReportError(const std::string& kind, std::string error) {
+  const int64_t now_us = SteadyMicros();
+  if (kind != warned_kind_ || now_us - warned_us_ >= kErrorWarnRepeatUs) {
+    spdlog::warn("outbox: {}", error);
+    warned_kind_ = kind;
+    warned_us_ = now_us;
+  } else {
+    spdlog::debug("outbox: {}", error);
+  }
+  SetLastError(std::move(error));
+}
+
+void KafkaOutbox::Impl::MarkBrokerUp() {
+  if (!broker_up_) spdlog::info("outbox: kafka is up");
+  broker_up_ = true;
+  warned_kind_.clear();  // the next error is news
 }
 
 int KafkaOutbox::Impl::OnStats(rd_kafka_t*, char* json, size_t json_len, void* opaque) {
@@ -449,20 +478,20 @@ int KafkaOutbox::Impl::OnStats(rd_kafka_t*, char* json, size_t json_len, void* o
       any_up = true;
     }
   }
-  if (any_up && !self->broker_up_) spdlog::info("outbox: kafka is up");
   // Connections may be closed while idle; only ALL_BROKERS_DOWN says "down".
-  if (any_up) self->broker_up_ = true;
+  if (any_up) self->MarkBrokerUp();
   return 0;  // librdkafka frees `json`
 }
 
 void KafkaOutbox::Impl::OnLog(const rd_kafka_t*, int level, const char* facility,
                               const char* message) {
-  // Connection failures also arrive through OnError and the state; configuration warnings
-  // deserve the operator's attention.
+  // Errors (syslog level 3 and below: a broker refusing the connection, TLS or SASL failing) and
+  // configuration warnings deserve the operator's attention; librdkafka logs a broker's error
+  // again only when it changes. Its messages name brokers and files, never a password.
   std::string_view text(message);
   const bool expected_warning =
       text.find("enable.gapless.guarantee is experimental") != std::string_view::npos;
-  if ((std::string_view(facility) == "CONFWARN" && !expected_warning) || level <= 2) {
+  if ((std::string_view(facility) == "CONFWARN" && !expected_warning) || level <= 3) {
     spdlog::warn("outbox: librdkafka {}: {}", facility, message);
   } else {
     spdlog::debug("outbox: librdkafka {}: {}", facility, message);
@@ -494,7 +523,7 @@ void KafkaOutbox::Impl::HandleDelivery(const rd_kafka_message_t* message) {
     metrics_.publish_latency_seconds.Observe(
         static_cast<double>(WallMicros() - slot_time_us_[slot]) / 1e6);
     last_progress_us_ = SteadyMicros();
-    broker_up_ = true;
+    MarkBrokerUp();
     AdvanceCheckpoint();
     return;
   }
@@ -796,7 +825,7 @@ bool KafkaOutbox::Impl::LoadClusterCheckpoint() {
   uint64_t mark = 0;
   Status s = core_.Load(&mark);
   if (!s.ok()) {
-    SetLastError("reading the outbox checkpoint " + name + ": " + s.ToString());
+    ReportError("checkpoint", "reading the outbox checkpoint " + name + ": " + s.ToString());
     return false;
   }
   // The checkpoint of an older naming is taken once as the cluster's, when the cluster's is still
@@ -810,7 +839,7 @@ bool KafkaOutbox::Impl::LoadClusterCheckpoint() {
     Position old;
     s = ledger_->GetCheckpoint(old_name, &old);
     if (!s.ok()) {
-      SetLastError("reading the outbox checkpoint " + old_name + ": " + s.ToString());
+      ReportError("checkpoint", "reading the outbox checkpoint " + old_name + ": " + s.ToString());
       return false;
     }
     adopt_zero = old.value() != 0;
@@ -823,8 +852,8 @@ bool KafkaOutbox::Impl::LoadClusterCheckpoint() {
     bool held = false;
     s = reset_unwritten_ == name ? Status::OK() : TopicHeldRecords(&held);
     if (!s.ok()) {
-      SetLastError("asking kafka cluster " + cluster_id + " for the offsets of topic " +
-                   options_.topic + ": " + s.message());
+      ReportError("offsets", "asking kafka cluster " + cluster_id + " for the offsets of topic " +
+                                 options_.topic + ": " + s.message());
       return false;
     }
     if (!held) {

@@ -37,6 +37,7 @@ struct OutboxStatus {
   std::string state = "disabled";  // e.g. "disabled", "connecting", "up", "down"
   uint64_t published_position = 0;  // the outbox checkpoint: last position Kafka acknowledged
   uint64_t lag_events = 0;          // head - published_position
+  std::string last_error;           // last failure, "" if none since start; never a secret
 };
 
 // A log consumer other than the Kafka outbox (e.g. the Lago sink), as /readyz and /metrics

@@ -16,6 +16,16 @@ OutboxStatus CurrentOutbox(const AppContext& context) {
   return context.outbox_status();
 }
 
+// "last_error": the failure, or null when there was none since start.
+void WriteLastError(const std::string& last_error, rapidjson::Writer<rapidjson::StringBuffer>* w) {
+  w->Key("last_error");
+  if (last_error.empty()) {
+    w->Null();
+  } else {
+    w->String(last_error.c_str(), static_cast<rapidjson::SizeType>(last_error.size()));
+  }
+}
+
 // "sinks": {"<name>": {enabled, state, checkpoint_position, lag, last_error}} for every log
 // consumer besides the outbox (the Lago sink). Like the outbox, reported, not judged.
 void WriteSinks(const AppContext& context, rapidjson::Writer<rapidjson::StringBuffer>* w) {
@@ -34,13 +44,7 @@ void WriteSinks(const AppContext& context, rapidjson::Writer<rapidjson::StringBu
     w->Uint64(sink.checkpoint_position);
     w->Key("lag");
     w->Uint64(sink.lag_events);
-    w->Key("last_error");
-    if (sink.last_error.empty()) {
-      w->Null();
-    } else {
-      w->String(sink.last_error.c_str(),
-                static_cast<rapidjson::SizeType>(sink.last_error.size()));
-    }
+    WriteLastError(sink.last_error, w);
     w->EndObject();
   }
   w->EndObject();
@@ -79,6 +83,7 @@ void Readyz(const AppContext& context, httplib::Response& res) {
   w.Uint64(outbox.published_position);
   w.Key("lag");
   w.Uint64(outbox.lag_events);
+  WriteLastError(outbox.last_error, &w);
   w.EndObject();
   WriteSinks(context, &w);
   w.EndObject();

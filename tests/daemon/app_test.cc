@@ -37,6 +37,7 @@
 #include "tests/support/kafka_test_consumer.h"
 #include "tests/support/test_ledger.h"
 #include "tests/support/tokens.h"
+#include "tests/support/trickling_server.h"
 #include "tests/support/wait.h"
 
 namespace ledger::testing {
@@ -242,6 +243,54 @@ uint64_t AddPlan(App* app, const std::string& data_dir, const std::string& id) {
 
 // The outbox's checkpoint says how far one destination has the log: pointed at another cluster
 // on the same data directory, the daemon publishes the whole log there, not only what came after.
+// Kafka unreachable from the start says so: /readyz's outbox has a last_error, and a warning is
+// logged. The brokers' errors reached neither: ALL_BROKERS_DOWN was logged at warn only after a
+// broker had been up, other errors and librdkafka's own at debug, and /readyz had no last_error.
+TEST(AppTest, AnUnreachableKafkaShowsInReadyzAndTheLog) {
+  auto sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(512);
+  spdlog::default_logger()->sinks().push_back(sink);
+  int port = 0;
+  const int fd = ListenLoopback(&port);
+  ASSERT_GE(fd, 0);
+  ::close(fd);  // nothing listens there now
+  TempDir dir;
+  Config config = TestConfig(dir.Sub("data"));
+  config.kafka_brokers = "127.0.0.1:" + std::to_string(port);
+  std::unique_ptr<App> app;
+  Status s = App::Start(config, nullptr, &app);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  TestHttpClient client("127.0.0.1", app->http_port());
+  std::string body;
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        HttpReply ready = client.Get("/readyz");
+        body = ready.body;
+        if (ready.status != 200) return false;
+        const rapidjson::Document json = ready.Json();
+        const auto& outbox = json["outbox"];
+        return outbox.HasMember("last_error") && outbox["last_error"].IsString() &&
+               outbox["last_error"].GetStringLength() > 0;
+      },
+      std::chrono::seconds(10), std::chrono::milliseconds(50)))
+      << body;
+  EXPECT_NE(body.find("\"state\":\"down\""), std::string::npos) << body;
+  auto warned = [&] {
+    for (const std::string& line : sink->last_formatted()) {
+      if (line.find("[warning]") != std::string::npos &&
+          line.find("outbox: ") != std::string::npos &&
+          line.find(std::to_string(port)) != std::string::npos) {
+        return true;
+      }
+    }
+    return false;
+  };
+  EXPECT_TRUE(WaitFor(warned, std::chrono::seconds(10), std::chrono::milliseconds(50)))
+      << "no warning names the brokers";
+  app->Stop(std::chrono::milliseconds(300)).IgnoreError();  // nothing can be flushed
+  auto& sinks = spdlog::default_logger()->sinks();
+  sinks.erase(std::find(sinks.begin(), sinks.end(), sink));
+}
+
 TEST(AppTest, AnotherKafkaClusterGetsTheWholeLog) {
   TempDir dir;
   Config config = TestConfig(dir.Sub("data"));

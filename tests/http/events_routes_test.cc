@@ -260,6 +260,7 @@ TEST_F(LedgerRoutesTest, LivezAndReadyz) {
   EXPECT_EQ(doc["storage"]["head_position"].GetUint64(), 2u);
   EXPECT_STREQ(doc["outbox"]["state"].GetString(), "disabled");
   EXPECT_EQ(doc["outbox"]["lag"].GetUint64(), 0u);
+  EXPECT_TRUE(doc["outbox"]["last_error"].IsNull());
   EXPECT_EQ(r.Header("X-Ledger-Position"), "2");
 }
 
@@ -299,6 +300,7 @@ TEST_F(LedgerRoutesTest, ReadyzReportsTheOutboxAndAMissingStore) {
     s.state = "down";
     s.published_position = 1;
     s.lag_events = 41;
+    s.last_error = "kafka down: 1/1 brokers are down (kafka:9092)";
     return s;
   };
   StartServer();
@@ -309,6 +311,9 @@ TEST_F(LedgerRoutesTest, ReadyzReportsTheOutboxAndAMissingStore) {
   EXPECT_STREQ(doc["outbox"]["state"].GetString(), "down");
   EXPECT_EQ(doc["outbox"]["lag"].GetUint64(), 41u);
   EXPECT_TRUE(doc["outbox"]["enabled"].GetBool());
+  // Why, as the sinks say theirs.
+  EXPECT_STREQ(doc["outbox"]["last_error"].GetString(),
+               "kafka down: 1/1 brokers are down (kafka:9092)");
 
   AppContext closed;
   RouteTable routes;
