@@ -46,12 +46,12 @@
 //                             always counts) as far as the log tells: an invoice paid (a positive
 //                             amount) at or after the trial's end; else its period moved past the
 //                             trial (not never_paid_after_trial: a renewal whose invoice the log
-//                             may not hold), but not when it is unpaid or past due with Stripe's
-//                             retries over (Stripe rolls such a subscription's periods on
-//                             regardless), nor, neither active nor past due (canceled), when its
-//                             latest invoice is a charge after the trial that failed. One that
-//                             did not pay after its trial is a lost trial, never a paying
-//                             customer, whatever its status becomes.
+//                             may not hold; without a period, only the invoice), but not when
+//                             it is unpaid or past due with Stripe's retries over (Stripe rolls
+//                             such a subscription's periods on regardless), nor, neither active
+//                             nor past due (canceled), when its latest invoice is a charge after
+//                             the trial that failed. One that did not pay after its trial is a
+//                             lost trial, never a paying customer, whatever its status becomes.
 //   churned (window)          a user whose Stripe subscription on a catalog plan was canceled
 //                             (not incomplete_expired: that one never started) at `ended_at`
 //                             (else `canceled_at`; one ended, above: at its scheduled end)
@@ -82,7 +82,7 @@
 //                             past due with Stripe's retries over, or canceled after a failed
 //                             renewal);
 //                             awaiting payment = past_due in the first period after the trial
-//                             (current_period_start at or before trial_end) without a paid
+//                             (current_period_start at or before trial_end, or none) without a paid
 //                             invoice since: the first charge failed and Stripe retries it;
 //                             or still trialing past its trial's end as consume judges it
 //                             (status trial_expired, below): Stripe's trial-end update, and so

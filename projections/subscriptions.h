@@ -267,10 +267,13 @@ struct UserSubscription {
   // renewal since means a payment the log may not hold). Its first charge failed or is still
   // pending, whatever dunning made of its status: not converted, not paying. (True while it is
   // still trialing, too.) The one definition access (above) and the admin analytics use.
+  // Without a period (deliveries that carry none, as README's stripe_send) no renewal says it
+  // paid, only an invoice: a trial canceled at its end with nothing paid counted converted, and
+  // one past due since its first charge failed paying, on Starter's grace.
   bool never_paid_after_trial() const {
     const SubscriptionRecord& r = subscription;
-    return has_subscription && r.trial_end && r.current_period_start &&
-           *r.current_period_start <= *r.trial_end && !paid_after_trial;
+    return has_subscription && r.trial_end && !paid_after_trial &&
+           (!r.current_period_start || *r.current_period_start <= *r.trial_end);
   }
 
   // Past due, and Stripe has stopped retrying its latest invoice: that invoice's payment failed

@@ -2249,6 +2249,75 @@ TEST_F(AdminRoutesTest, AConvertedTrialStaysConvertedAfterTheUserBuysAnotherPlan
   EXPECT_DOUBLE_EQ(conversion["rate"].GetDouble(), 1.0) << r.body;
 }
 
+// Stripe deliveries without a billing period (README's stripe_send sends none): only a paid
+// invoice says a trial paid after it. u-tess's trial ended canceled with nothing paid and was
+// counted converted (no period meant never_paid_after_trial false); u-pat's first charge failed
+// and Stripe retries it, and u-pat was a paying Starter customer in the MRR, converted. u-tom
+// paid after his trial: converted, then churned.
+TEST_F(AdminRoutesTest, WithoutABillingPeriodOnlyAPaidInvoiceConvertsATrial) {
+  auto delivery = [&](const std::string& user, const std::string& event_type,
+                      const std::string& status, int64_t trial_end, int64_t at) {
+    ledger::testing::StripeSubscriptionSpec spec;
+    spec.event_id = "evt_" + user + "_" + status;
+    spec.event_type = event_type;
+    spec.event_created = at;
+    spec.subscription_id = "sub_" + user;
+    spec.customer_id = "cus_" + user;
+    spec.item_id = "si_" + user;
+    spec.status = status;
+    spec.metadata_user_id = user;
+    spec.metadata_plan_id = "trial";
+    spec.with_period = false;
+    spec.created = trial_end - 7 * kDay;
+    spec.trial_start = spec.created;
+    spec.trial_end = trial_end;
+    if (status == "canceled") spec.canceled_at = spec.ended_at = at;
+    return ledger::testing::StripeSubscriptionEventJson(spec);
+  };
+  auto send = [&](const std::string& json) {
+    ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(), json).status.ok()) << json;
+  };
+  const int64_t tess_end = kNow - 3 * kDay, tom_end = kNow - 13 * kDay, pat_end = kNow - 2 * kDay;
+  AddSubscriber(OnPlan("u-tess", ""), "tess@x.com");
+  send(delivery("u-tess", "customer.subscription.created", "trialing", tess_end,
+                tess_end - 7 * kDay));
+  send(delivery("u-tess", "customer.subscription.deleted", "canceled", tess_end, tess_end));
+  AddSubscriber(OnPlan("u-tom", ""), "tom@x.com");
+  send(delivery("u-tom", "customer.subscription.created", "trialing", tom_end, tom_end - 7 * kDay));
+  send(delivery("u-tom", "customer.subscription.updated", "active", tom_end, tom_end));
+  PayInvoice("u-tom", "sub_u-tom", "in_tom_1", 1900, tom_end + 3600);
+  send(delivery("u-tom", "customer.subscription.deleted", "canceled", tom_end, kNow - kDay));
+  AddSubscriber(OnPlan("u-pat", ""), "pat@x.com");
+  send(delivery("u-pat", "customer.subscription.created", "trialing", pat_end, pat_end - 7 * kDay));
+  send(delivery("u-pat", "customer.subscription.updated", "past_due", pat_end, pat_end));
+  send(ledger::testing::StripeInvoiceEventJson(ledger::testing::InvoiceOf(
+      "u-pat", "cus_u-pat", "sub_u-pat", "in_pat_1", "invoice.payment_failed", "evt_pat_1",
+      pat_end + 3600)));
+
+  HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  const auto& conversion = doc["trial_conversion"];
+  EXPECT_EQ(conversion["trials"].GetInt64(), 3) << r.body;
+  EXPECT_EQ(conversion["converted"].GetInt64(), 1) << r.body;         // tom
+  EXPECT_EQ(conversion["lost"].GetInt64(), 1) << r.body;              // tess
+  EXPECT_EQ(conversion["awaiting_payment"].GetInt64(), 1) << r.body;  // pat
+  EXPECT_EQ(conversion["in_trial"].GetInt64(), 0) << r.body;
+  EXPECT_DOUBLE_EQ(conversion["rate"].GetDouble(), 0.5) << r.body;
+  EXPECT_EQ(doc["churn"]["churned"].GetInt64(), 1) << r.body;  // tom
+  EXPECT_EQ(doc["subscribers"]["paying"].GetInt64(), 0) << r.body;
+  EXPECT_EQ(doc["revenue"]["mrr_cents"].GetInt64(), 0) << r.body;
+  // Access judges u-pat as the overview does: the trial has ended until an invoice is paid
+  // (ATrialWhoseFirstChargeFailedIsNotStarter), not Starter's grace.
+  TestHttpClient client("127.0.0.1", stack_->port());
+  client.set_bearer(kServiceToken);
+  r = client.Post("/api/v1/subscriptions/check-access/chat?user_id=u-pat", "");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_FALSE(r.Json()["allowed"].GetBool()) << r.body;
+  EXPECT_STREQ(r.Json()["reason"].GetString(), "trial_expired") << r.body;
+  EXPECT_STREQ(r.Json()["plan_id"].GetString(), "trial") << r.body;
+}
+
 // The one subscriber's usage is the window a reset-usage would reset, with its calls: past due
 // with Stripe's retries over, the billing month its calls were counted in (it showed the empty
 // calendar month, used 0, while reset-usage reset the billing month's 5). It does not look

@@ -106,6 +106,8 @@ struct StripeSubscriptionSpec {
   int64_t created = kStripeT0;
   int64_t period_start = kStripeT0;
   int64_t period_end = kStripeT0 + 30 * 86400;
+  // false: no current_period_* in either layout (README's stripe_send sends none).
+  bool with_period = true;
   bool cancel_at_period_end = false;
   std::optional<int64_t> cancel_at, canceled_at, ended_at, trial_start, trial_end;
   // data.previous_attributes as JSON ("" for none); unset: {"cancel_at_period_end":false} on an
@@ -129,7 +131,7 @@ inline std::string StripeSubscriptionEventJson(const StripeSubscriptionSpec& s) 
   w.Key("created");
   w.Int64(s.created);
   Str(&w, "currency", s.currency);
-  if (!s.new_layout) {
+  if (!s.new_layout && s.with_period) {
     w.Key("current_period_start");
     w.Int64(s.period_start);
     w.Key("current_period_end");
@@ -145,7 +147,7 @@ inline std::string StripeSubscriptionEventJson(const StripeSubscriptionSpec& s) 
   w.StartObject();
   Str(&w, "id", s.item_id);
   Str(&w, "object", "subscription_item");
-  if (s.new_layout) {
+  if (s.new_layout && s.with_period) {
     w.Key("current_period_start");
     w.Int64(s.period_start);
     w.Key("current_period_end");
