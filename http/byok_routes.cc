@@ -475,8 +475,10 @@ void Stats(const ByokRouteContext& c, const httplib::Request&, httplib::Response
   w.StartObject();
   w.Key("byok_enabled");
   w.Bool(caller.byok_enabled);
+  // The providers /providers calls available: every one while the caller may use BYOK, none
+  // otherwise (it said 4 without a key-encryption key, next to four `available: false`).
   w.Key("providers_available");
-  w.Uint64(ByokProviders().size());
+  w.Uint64(caller.byok_enabled ? ByokProviders().size() : 0);
   w.Key("keys_configured");
   w.Uint64(caller.keys.size());
   w.Key("keys_valid");

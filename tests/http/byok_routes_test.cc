@@ -519,6 +519,7 @@ TEST_F(ByokRoutesTest, AddingAgainReplacesAndRemovingForgets) {
   ExpectProblem(As("alice").Delete("/api/v1/byok/keys/nosuch"), 404, "not_found");
   doc = As("alice").Get("/api/v1/byok/stats").Json();
   EXPECT_EQ(doc["keys_configured"].GetUint64(), 1u);
+  // Every provider, as /providers calls each available above.
   EXPECT_EQ(doc["providers_available"].GetUint64(), ByokProviders().size());
   // Bob sees none of it.
   EXPECT_EQ(As("bob").Get("/api/v1/byok/keys").Json().Size(), 0u);
@@ -883,6 +884,8 @@ TEST_F(ByokRoutesTest, BadInputAndPlansWithoutByokAppendNothing) {
   HttpReply stats = As("alice").Get("/api/v1/byok/stats");
   ASSERT_EQ(stats.status, 200) << stats.body;
   EXPECT_FALSE(stats.Json()["byok_enabled"].GetBool()) << stats.body;
+  // The providers /providers calls available: none (it counted all four).
+  EXPECT_EQ(stats.Json()["providers_available"].GetUint64(), 0u) << stats.body;
   EXPECT_EQ(Head(), head);
 }
 
@@ -952,7 +955,9 @@ TEST_F(ByokRoutesTest, AnEndedOrUsedUpTrialHasNoByokThoughItsPlanHasIt) {
     EXPECT_EQ(providers.Header("X-Byok-Enabled"), "false") << user;
     rapidjson::Document doc = providers.Json();
     for (const auto& p : doc.GetArray()) EXPECT_FALSE(p["available"].GetBool());
-    EXPECT_FALSE(As(user).Get("/api/v1/byok/stats").Json()["byok_enabled"].GetBool()) << user;
+    doc = As(user).Get("/api/v1/byok/stats").Json();
+    EXPECT_FALSE(doc["byok_enabled"].GetBool()) << user;
+    EXPECT_EQ(doc["providers_available"].GetUint64(), 0u) << user;
   };
   // tara uses up her last day's 100 calls: the trial's calls are used up for good.
   pj::ConsumeUsage consume(pj::ConsumeRequest{"tara", "chat", 100, "tara-last-day", ""}, nullptr);
