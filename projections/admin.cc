@@ -677,7 +677,8 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
     // Trial conversion is of the subscription that had the trial: the user's subscription when
     // it had one, else the newest of the user's others that had one (by `created`, ties: the
     // greater id). A trial that converted stays converted when the user later leaves it for a
-    // plan without a trial: judged on that plan, it dropped out of trials and converted.
+    // plan without a trial: judged on that plan, it dropped out of trials and converted. One
+    // that lapsed unpaid converted all the same once the user pays on a plan bought after it.
     const UserSubscription* trial_sub = HadTrial(sub, plan) ? &sub : nullptr;
     if (trial_sub == nullptr) {
       for (const UserSubscription& each : every) {
@@ -723,6 +724,11 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
       } else if (r.status == SubscriptionStatus::kTrialing && !standing.scheduled_end) {
         ++in_trial;
       } else if (r.status != SubscriptionStatus::kTrialing && standing.paid_since_trial) {
+        ++converted;
+      } else if (trial_sub != &sub && plan != nullptr && !IsTrialPlan(*plan) &&
+                 IsPaying(sub, now_s)) {
+        // Its trial lapsed unpaid, and the user pays now on a plan bought since: a customer the
+        // trial won, later (judged on the trial alone, a paying customer counted lost).
         ++converted;
       } else {
         ++lost;

@@ -75,7 +75,9 @@
 //                             not a Dashboard add-on) that had a trial (`trial_start`) or is on
 //                             a trial plan, judged on that one (the user's subscription when it
 //                             had the trial, else the newest by `created` that had one: a
-//                             converted trial left for a plan without one stays converted):
+//                             converted trial left for a plan without one stays converted; one
+//                             that lapsed unpaid converted once the user pays now on a
+//                             non-trial plan bought after it):
 //                             converted = now paying on a non-trial plan, or out of
 //                             its trial (not trialing) having paid after it (above: churn's
 //                             paying customer) whatever its status now (converted, then unpaid,

@@ -2249,6 +2249,37 @@ TEST_F(AdminRoutesTest, AConvertedTrialStaysConvertedAfterTheUserBuysAnotherPlan
   EXPECT_DOUBLE_EQ(conversion["rate"].GetDouble(), 1.0) << r.body;
 }
 
+// A trial that lapsed unpaid, and a Starter bought weeks later that the user pays for now: the
+// trial won a customer, late. Judged on the lapsed trial alone the paying user counted lost.
+TEST_F(AdminRoutesTest, ALapsedTrialWhoseUserPaysNowOnALaterPlanIsConverted) {
+  TestSubscription trial = OnPlan("u-l", "trial", "canceled");
+  trial.period_start = kNow - 80 * kDay;
+  trial.trial_start = kNow - 80 * kDay;
+  trial.trial_end = kNow - 73 * kDay;
+  trial.period_end = kNow - 73 * kDay;
+  trial.canceled_at = trial.ended_at = kNow - 73 * kDay;
+  AddSubscriber(trial, "l@x.com");
+  TestSubscription lost = OnPlan("u-lost", "trial", "canceled");
+  lost.period_start = kNow - 80 * kDay;
+  lost.trial_start = kNow - 80 * kDay;
+  lost.trial_end = kNow - 73 * kDay;
+  lost.period_end = kNow - 73 * kDay;
+  lost.canceled_at = lost.ended_at = kNow - 73 * kDay;
+  AddSubscriber(lost, "lost@x.com");
+  TestSubscription starter = OnPlan("u-l", "starter", kNow - 20 * kDay, kNow + 10 * kDay);
+  starter.subscription_id = "sub_u-l_2";
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), starter).ok());
+
+  HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
+  ASSERT_EQ(r.status, 200) << r.body;
+  rapidjson::Document doc = r.Json();
+  const auto& conversion = doc["trial_conversion"];
+  EXPECT_EQ(conversion["trials"].GetInt64(), 2) << r.body;
+  EXPECT_EQ(conversion["converted"].GetInt64(), 1) << r.body;
+  EXPECT_EQ(conversion["lost"].GetInt64(), 1) << r.body;
+  EXPECT_DOUBLE_EQ(conversion["rate"].GetDouble(), 0.5) << r.body;
+}
+
 // Stripe deliveries without a billing period (README's stripe_send sends none): only a paid
 // invoice says a trial paid after it. u-tess's trial ended canceled with nothing paid and was
 // counted converted (no period meant never_paid_after_trial false); u-pat's first charge failed
