@@ -112,4 +112,8 @@ void EmbeddedKafka::ClearRequestErrors(int16_t api_key) {
   rd_kafka_mock_clear_request_errors(cluster_, api_key);
 }
 
+void EmbeddedKafka::SetTopicError(const std::string& topic, int error) {
+  rd_kafka_mock_topic_set_error(cluster_, topic.c_str(), static_cast<rd_kafka_resp_err_t>(error));
+}
+
 }  // namespace ledger

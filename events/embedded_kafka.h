@@ -63,6 +63,10 @@ class EmbeddedKafka {
   Status PushBrokerRequestErrors(int32_t broker_id, int16_t api_key,
                                  const std::vector<int>& errors, int rtt_ms = 0);
   void ClearRequestErrors(int16_t api_key);
+  // Every metadata answer names `topic` with this error (a librdkafka error code) until it is set
+  // back to 0, as a broker mid rolling restart answers UNKNOWN_TOPIC_OR_PART. (The mock's Metadata
+  // handler takes no pushed request errors.)
+  void SetTopicError(const std::string& topic, int error);
 
   static constexpr int16_t kProduceApiKey = 0;
   static constexpr int16_t kFetchApiKey = 1;

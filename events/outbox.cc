@@ -9,6 +9,7 @@
 #include <cctype>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <vector>
 
 #include "events/event.h"
@@ -222,7 +223,7 @@ class KafkaOutbox::Impl {
   void WatchClusterId(int64_t now_us);
   void UnloadClusterCheckpoint(int64_t now_us);
   bool LoadClusterCheckpoint();
-  Status TopicHeldRecords(bool* held);
+  Status TopicHeldRecords(bool loaded_before, bool* held);
   Status WriteReset(bool zero_adopted);
   void AfterPersist();
   void MaybeRewind(int64_t now_us);
@@ -296,6 +297,9 @@ class KafkaOutbox::Impl {
   // The persisted checkpoint as last copied under OutboxLastCheckpointName (GetStatus() shows it
   // until the cluster's checkpoint is loaded).
   uint64_t last_copied_ = 0;
+  // With checkpoint_per_cluster: the checkpoint names loaded in this process (TopicHeldRecords
+  // trusts "unknown topic" only at a name's first load).
+  std::set<std::string> names_loaded_;
   int64_t last_progress_us_ = 0;     // last delivery, or when work became outstanding
 
   // The thread, wake-ups, stop requests, the checkpoint and the last error. Last: it joins the
@@ -850,7 +854,8 @@ bool KafkaOutbox::Impl::LoadClusterCheckpoint() {
   }
   if (mark > 0) {
     bool held = false;
-    s = reset_unwritten_ == name ? Status::OK() : TopicHeldRecords(&held);
+    s = reset_unwritten_ == name ? Status::OK()
+                                 : TopicHeldRecords(names_loaded_.count(name) != 0, &held);
     if (!s.ok()) {
       ReportError("offsets", "asking kafka cluster " + cluster_id + " for the offsets of topic " +
                                  options_.topic + ": " + s.message());
@@ -890,6 +895,7 @@ bool KafkaOutbox::Impl::LoadClusterCheckpoint() {
   // Loaded again at another mark (another cluster, a reset): what the window knew of the
   // positions after the old one says nothing of these (nothing is in flight).
   if (mark != mark_) std::fill(slots_.begin(), slots_.end(), Slot::kPending);
+  names_loaded_.insert(name);
   mark_ = mark;
   adopted_ = adopted;
   adopt_zero_pending_ = adopt_zero;
@@ -918,10 +924,11 @@ Status KafkaOutbox::Impl::WriteReset(bool zero_adopted) {
   return Status::OK();
 }
 
-// Whether the topic ever held a record: false when the cluster does not have it or every
-// partition's high watermark is 0 (offsets never go back: retention moves only the low one). At
-// most kTopicQueryMs in all, on the publisher thread; an error when the brokers do not tell.
-Status KafkaOutbox::Impl::TopicHeldRecords(bool* held) {
+// Whether the topic ever held a record: false when every partition's high watermark is 0
+// (offsets never go back: retention moves only the low one), or at the checkpoint's first load in
+// this process when the cluster does not have it. At most kTopicQueryMs in all, on the publisher
+// thread; an error when the brokers do not tell.
+Status KafkaOutbox::Impl::TopicHeldRecords(bool loaded_before, bool* held) {
   *held = false;
   const int64_t deadline_us = SteadyMicros() + int64_t{kTopicQueryMs} * 1000;
   auto remaining_ms = [&] {
@@ -945,7 +952,16 @@ Status KafkaOutbox::Impl::TopicHeldRecords(bool* held) {
     for (int j = 0; j < topic.partition_cnt; ++j) partitions.push_back(topic.partitions[j].id);
   }
   rd_kafka_metadata_destroy(metadata);
-  if (found && topic_err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) return Status::OK();
+  if (found && topic_err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) {
+    if (!loaded_before) return Status::OK();
+    // Loaded again (after every producer restart): a broker mid rolling restart answers so for a
+    // topic that holds the log, and a reset would publish it all again there. A topic deleted
+    // for good takes nothing meanwhile; recreated, its offsets say it never held a record.
+    return Status::Unavailable("kafka_unavailable",
+                               "the broker does not know topic " + options_.topic +
+                                   " (restarting, or the topic deleted): the checkpoint stands "
+                                   "until a broker has it");
+  }
   if (!found || topic_err != RD_KAFKA_RESP_ERR_NO_ERROR || partitions.empty()) {
     return Status::Unavailable(
         "kafka_unavailable",

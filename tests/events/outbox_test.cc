@@ -873,6 +873,40 @@ TEST_F(OutboxTest, AfterAProducerRestartATopicThatHoldsTheRecordsKeepsItsCheckpo
   EXPECT_TRUE(outbox->Stop(seconds(5)).ok());
 }
 
+// A broker mid rolling restart answers that it does not know the topic: after a producer restart
+// that is not a topic that never held a record. It was taken for one: the checkpoint (30) was
+// reset to 0, written, and 1..30 published again into the topic that held them.
+TEST_F(OutboxTest, AfterAProducerRestartAnUnknownTopicKeepsTheCheckpoint) {
+  OutboxOptions options = Options();
+  options.checkpoint_per_cluster = true;
+  auto outbox = StartCaughtUp(options, /*backoff_max_ms=*/200, 30, 1, 3);
+  const uint64_t produced_before = outbox->metrics().produced.Value();
+  kafka_->SetTopicError(kTopic, RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART);
+  kafka_->PushRequestErrors(EmbeddedKafka::kProduceApiKey,
+                            {RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED});
+  Append(10, 1, 3, outbox.get());
+  ASSERT_TRUE(WaitFor([&] { return outbox->metrics().producer_restarts.Value() > 0; },
+                      seconds(10)));
+  std::this_thread::sleep_for(milliseconds(500));  // the reload asks about the topic meanwhile
+  EXPECT_NE(outbox->GetStatus().last_error.find("does not know topic"), std::string::npos)
+      << outbox->GetStatus().last_error;
+  EXPECT_EQ(outbox->GetStatus().checkpoint, Position(30));
+  kafka_->SetTopicError(kTopic, RD_KAFKA_RESP_ERR_NO_ERROR);
+  ASSERT_TRUE(WaitCaughtUp(outbox.get())) << outbox->GetStatus().last_error;
+  // 31..40, perhaps twice; 1..30 again makes it 40+.
+  EXPECT_LE(outbox->metrics().produced.Value() - produced_before, 20u);
+  DeliveryReport report = ConsumeAndCheck();
+  EXPECT_TRUE(report.ok()) << report.Summary();
+  size_t old_copies = 0;  // of 1..30
+  for (const ConsumedRecord& record : records_) {
+    testing::CloudEventFields fields;
+    ASSERT_TRUE(testing::ValidateCloudEventRecord(record, kSource, &fields).empty());
+    if (fields.position <= 30) ++old_copies;
+  }
+  EXPECT_EQ(old_copies, 30u) << "published again from position 1";
+  EXPECT_TRUE(outbox->Stop(seconds(5)).ok());
+}
+
 // The reset of such a checkpoint is written (synced) before anything is published. It was kept in
 // memory only: a run that published part of the log and ended before the checkpoint was next
 // written (a crash, or a degraded ledger, which writes nothing) left 20 stored, and the next run,
