@@ -300,6 +300,7 @@ class KafkaOutbox::Impl {
   // With checkpoint_per_cluster: the checkpoint names loaded in this process (TopicHeldRecords
   // trusts "unknown topic" only at a name's first load).
   std::set<std::string> names_loaded_;
+  std::string loaded_name_;  // the one loaded last
   int64_t last_progress_us_ = 0;     // last delivery, or when work became outstanding
 
   // The thread, wake-ups, stop requests, the checkpoint and the last error. Last: it joins the
@@ -895,14 +896,20 @@ bool KafkaOutbox::Impl::LoadClusterCheckpoint() {
   // Loaded again at another mark (another cluster, a reset): what the window knew of the
   // positions after the old one says nothing of these (nothing is in flight).
   if (mark != mark_) std::fill(slots_.begin(), slots_.end(), Slot::kPending);
+  // The same checkpoint loaded again (after a producer restart): what was produced before stays
+  // so, or a refused record looks like new work on every restart (the stall clock restarted, the
+  // state "up" while Kafka refuses everything; retried_total silent, data_omitted_total counting
+  // an oversized event again). Another name: nothing was produced for it.
+  if (name != loaded_name_) highest_produced_ = 0;
+  loaded_name_ = name;
   names_loaded_.insert(name);
   mark_ = mark;
   adopted_ = adopted;
   adopt_zero_pending_ = adopt_zero;
   next_ = mark_ + 1;
-  highest_produced_ = mark_;
+  highest_produced_ = std::max(highest_produced_, mark_);
   checkpoint_.store(mark_);
-  published_.store(mark_);
+  published_.store(highest_produced_);
   {
     std::lock_guard<std::mutex> lock(cluster_mu_);
     cluster_id_ = cluster_id;

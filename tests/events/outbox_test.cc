@@ -175,6 +175,30 @@ class OutboxTest : public ::testing::Test {
     return report;
   }
 
+  // Kafka refusing every produce for a while (see RepeatedRefusalsShowAsDown).
+  void ExpectRepeatedRefusalsShowAsDown(OutboxOptions options) {
+    options.stall_down_ms = 300;
+    auto outbox = StartCaughtUp(options, /*backoff_max_ms=*/200, 5, 1, 1);
+    ASSERT_TRUE(WaitFor([&] { return outbox->GetStatus().kafka_state == "up"; }, seconds(5)));
+    kafka_->PushRequestErrors(EmbeddedKafka::kProduceApiKey,
+                              std::vector<int>(40, RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED));
+    Append(5, 1, 1, outbox.get());
+    // "down" for good, not for a moment (a reload of the checkpoint shows "down" while it lasts).
+    auto stays_down = [&] {
+      for (int i = 0; i < 5; ++i) {
+        if (i > 0) std::this_thread::sleep_for(milliseconds(50));
+        OutboxStatus status = outbox->GetStatus();
+        if (status.kafka_state != "down" || status.lag == 0) return false;
+      }
+      return true;
+    };
+    EXPECT_TRUE(WaitFor(stays_down, seconds(10))) << outbox->GetStatus().last_error;
+    ASSERT_TRUE(WaitCaughtUp(outbox.get(), seconds(60))) << outbox->GetStatus().last_error;
+    EXPECT_TRUE(WaitFor([&] { return outbox->GetStatus().kafka_state == "up"; }, seconds(5)));
+    EXPECT_GT(outbox->metrics().retried.Value(), 0u);
+    EXPECT_TRUE(outbox->Stop(seconds(5)).ok());
+  }
+
   // Event 12's stored bytes: altered (one bit of its data flipped, so that publishing stops at
   // 11) or put back. The ledger must be closed.
   void AlterEvent12(std::string* original) {
@@ -641,21 +665,16 @@ TEST_F(OutboxTest, PermanentProduceErrorsRepublishFromTheCheckpoint) {
 // Kafka refusing the same messages on every rewind is a stall: the state says "down" while the
 // outbox keeps re-publishing from the checkpoint (nothing is in flight between the rewinds), and
 // "up" again once deliveries go through.
-TEST_F(OutboxTest, RepeatedRefusalsShowAsDown) {
+TEST_F(OutboxTest, RepeatedRefusalsShowAsDown) { ExpectRepeatedRefusalsShowAsDown(Options()); }
+
+// The same with the cluster's checkpoint (the daemon's setting), loaded again after each producer
+// restart (with the gapless guarantee a refusal is fatal): the reload took the positions refused
+// for new work, which restarted the stall clock; the state stayed "up" while every produce was
+// refused (and retried_total stopped counting).
+TEST_F(OutboxTest, RepeatedRefusalsShowAsDownWithTheClustersCheckpoint) {
   OutboxOptions options = Options();
-  options.stall_down_ms = 300;
-  auto outbox = StartCaughtUp(options, /*backoff_max_ms=*/200, 5, 1, 1);
-  ASSERT_TRUE(WaitFor([&] { return outbox->GetStatus().kafka_state == "up"; }, seconds(5)));
-  kafka_->PushRequestErrors(EmbeddedKafka::kProduceApiKey,
-                            std::vector<int>(40, RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED));
-  Append(5, 1, 1, outbox.get());
-  EXPECT_TRUE(WaitFor(
-      [&] { return outbox->GetStatus().kafka_state == "down" && outbox->GetStatus().lag > 0; },
-      seconds(10)))
-      << outbox->GetStatus().last_error;
-  ASSERT_TRUE(WaitCaughtUp(outbox.get(), seconds(60))) << outbox->GetStatus().last_error;
-  EXPECT_TRUE(WaitFor([&] { return outbox->GetStatus().kafka_state == "up"; }, seconds(5)));
-  EXPECT_TRUE(outbox->Stop(seconds(5)).ok());
+  options.checkpoint_per_cluster = true;
+  ExpectRepeatedRefusalsShowAsDown(options);
 }
 
 // An event whose CloudEvent is over the topic's message size (Kafka's default max.message.bytes is
