@@ -893,9 +893,11 @@ bool KafkaOutbox::Impl::LoadClusterCheckpoint() {
   if (adopted > 0) {
     spdlog::info("outbox: took the checkpoint {} of {} as {}'s", adopted, old_name, name);
   }
-  // Loaded again at another mark (another cluster, a reset): what the window knew of the
-  // positions after the old one says nothing of these (nothing is in flight).
-  if (mark != mark_) std::fill(slots_.begin(), slots_.end(), Slot::kPending);
+  // Loaded again: what the window knew of the positions after the mark was the old cluster's or
+  // topic's (another cluster may have the same mark; delivered out of order on several partitions,
+  // its positions past the mark were skipped and the checkpoint moved over them). Nothing is in
+  // flight; at worst a position is published twice.
+  std::fill(slots_.begin(), slots_.end(), Slot::kPending);
   // The same checkpoint loaded again (after a producer restart): what was produced before stays
   // so, or a refused record looks like new work on every restart (the stall clock restarted, the
   // state "up" while Kafka refuses everything; retried_total silent, data_omitted_total counting
