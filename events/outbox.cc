@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -220,6 +221,7 @@ class KafkaOutbox::Impl {
   void ScheduleRewind(const std::string& reason);
   void MarkLogDamaged(const Status& why);
   void RecheckCluster(const std::string& why);
+  void NoteAcknowledgedOffset(int32_t partition, int64_t offset);
   void WatchClusterId(int64_t now_us);
   void UnloadClusterCheckpoint(int64_t now_us);
   bool LoadClusterCheckpoint();
@@ -301,6 +303,11 @@ class KafkaOutbox::Impl {
   // trusts "unknown topic" only at a name's first load).
   std::set<std::string> names_loaded_;
   std::string loaded_name_;  // the one loaded last
+  // With checkpoint_per_cluster: the highest offset acknowledged on each partition of the topic,
+  // since the producer, the cluster or the checkpoint last changed (NoteAcknowledgedOffset).
+  std::map<int32_t, int64_t> acked_offsets_;
+  // The checkpoint to reset to 0 at its next load, its topic seen recreated (empty: none).
+  std::string recreated_name_;
   int64_t last_progress_us_ = 0;     // last delivery, or when work became outstanding
 
   // The thread, wake-ups, stop requests, the checkpoint and the last error. Last: it joins the
@@ -381,6 +388,7 @@ void KafkaOutbox::Impl::DestroyProducer() {
   }
   rd_kafka_destroy(producer_);
   producer_ = nullptr;
+  acked_offsets_.clear();  // another producer may reach another cluster
   // Reports that never came (they cannot come any more) leave their positions pending.
   for (size_t i = 0; i < window_; ++i) {
     if (slots_[i] == Slot::kInFlight) slots_[i] = Slot::kPending;
@@ -522,6 +530,11 @@ void KafkaOutbox::Impl::HandleDelivery(const rd_kafka_message_t* message) {
     return;
   }
   if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    int64_t offset = message->offset;
+    if (options_.delivery_offset_for_test) {
+      options_.delivery_offset_for_test(message->partition, &offset);
+    }
+    NoteAcknowledgedOffset(message->partition, offset);
     size_refused_ = false;
     slots_[slot] = Slot::kDelivered;
     metrics_.delivered.Add();
@@ -773,6 +786,35 @@ void KafkaOutbox::Impl::RecheckCluster(const std::string& why) {
   spdlog::info("outbox: {}; checking the cluster's checkpoint and topic again", why);
 }
 
+// With checkpoint_per_cluster: a record acknowledged at a lower offset than one before it on the
+// same partition means that the topic was deleted and created again (offsets never go back). That
+// often comes with no error at all (Kafka 2.5+ takes an unknown producer's writes, KIP-360;
+// librdkafka retries an unknown topic; auto-creation recreates it): what was published before
+// the checkpoint is not in the new topic. The checkpoint is reset to 0 at its next load (written
+// synced before anything more is published), whatever the topic's offsets say then.
+void KafkaOutbox::Impl::NoteAcknowledgedOffset(int32_t partition, int64_t offset) {
+  if (!options_.checkpoint_per_cluster || !checkpoint_loaded_ || offset < 0) return;
+  auto [it, first] = acked_offsets_.try_emplace(partition, offset);
+  if (first || offset >= it->second) {
+    it->second = offset;
+    return;
+  }
+  const std::string what = "partition " + std::to_string(partition) + " of topic " +
+                           options_.topic + " acknowledged offset " + std::to_string(offset) +
+                           " after " + std::to_string(it->second) +
+                           ": the topic was recreated while ledgerd ran";
+  it->second = offset;
+  if (!recreated_name_.empty()) return;  // already known
+  // Another cluster answering (its offsets are its own) is WatchClusterId's to find.
+  char* id = rd_kafka_clusterid(producer_, /*timeout_ms=*/0);
+  const bool same_cluster = id == nullptr || cluster_id_ == id;
+  if (id != nullptr) rd_kafka_mem_free(producer_, id);
+  if (!same_cluster) return;
+  recreated_name_ = loaded_name_;
+  ScheduleRewind(what);  // at warn; the reload warns again as it resets the checkpoint
+  RecheckCluster(what);
+}
+
 // With checkpoint_per_cluster: another cluster answering behind the bootstrap list (its id
 // differs from the one whose checkpoint is loaded) gets its own checkpoint, on a new producer
 // (the old one's id and sequence numbers are the other cluster's). Asks at most every
@@ -853,10 +895,14 @@ bool KafkaOutbox::Impl::LoadClusterCheckpoint() {
       mark = adopted;
     }
   }
+  // Seen recreated (NoteAcknowledgedOffset): reset whatever its offsets say (the new topic holds
+  // what was published after the checkpoint by now).
+  const bool recreated = recreated_name_ == name;
   if (mark > 0) {
     bool held = false;
-    s = reset_unwritten_ == name ? Status::OK()
-                                 : TopicHeldRecords(names_loaded_.count(name) != 0, &held);
+    s = reset_unwritten_ == name || recreated
+            ? Status::OK()
+            : TopicHeldRecords(names_loaded_.count(name) != 0, &held);
     if (!s.ok()) {
       ReportError("offsets", "asking kafka cluster " + cluster_id + " for the offsets of topic " +
                                  options_.topic + ": " + s.message());
@@ -870,7 +916,8 @@ bool KafkaOutbox::Impl::LoadClusterCheckpoint() {
       if (!s.ok()) {
         const std::string error =
             "topic " + options_.topic + " on kafka cluster " + cluster_id +
-            " has never held a record: the outbox checkpoint " + name + " (" +
+            (recreated ? " was recreated" : " has never held a record") +
+            ": the outbox checkpoint " + name + " (" +
             std::to_string(mark) + (adopted > 0 ? ", taken from " + old_name : "") +
             ") must be reset to 0 before the whole log is published, and writing it failed: " +
             s.ToString() + "; nothing is published until it is written";
@@ -882,10 +929,13 @@ bool KafkaOutbox::Impl::LoadClusterCheckpoint() {
       }
       reset_unwritten_.clear();
       adopt_zero = false;
-      spdlog::warn("outbox: topic {} on kafka cluster {} has never held a record (a new or "
-                   "recreated topic, or a cluster rebuilt empty): publishing the whole log to it "
+      spdlog::warn("outbox: topic {} on kafka cluster {} {}: publishing the whole log to it "
                    "from position 1, not after the checkpoint {} ({})",
-                   options_.topic, cluster_id, mark, name);
+                   options_.topic, cluster_id,
+                   recreated ? "was recreated"
+                             : "has never held a record (a new or recreated topic, or a "
+                               "cluster rebuilt empty)",
+                   mark, name);
       mark = 0;
       adopted = 0;
     }
@@ -898,6 +948,8 @@ bool KafkaOutbox::Impl::LoadClusterCheckpoint() {
   // its positions past the mark were skipped and the checkpoint moved over them). Nothing is in
   // flight; at worst a position is published twice.
   std::fill(slots_.begin(), slots_.end(), Slot::kPending);
+  acked_offsets_.clear();
+  recreated_name_.clear();
   // The same checkpoint loaded again (after a producer restart): what was produced before stays
   // so, or a refused record looks like new work on every restart (the stall clock restarted, the
   // state "up" while Kafka refuses everything; retried_total silent, data_omitted_total counting

@@ -43,6 +43,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -122,6 +123,9 @@ struct OutboxOptions {
   // Extra librdkafka properties (e.g. security.protocol, sasl.*), applied after ours and
   // overriding them. Setting enable.idempotence=false or a non-`all` acks voids the guarantees.
   std::map<std::string, std::string> kafka_config;
+  // Tests only: runs on the publisher thread for each acknowledged delivery and may change the
+  // offset Kafka reported (the embedded cluster cannot delete and recreate a topic). Empty: none.
+  std::function<void(int32_t partition, int64_t* offset)> delivery_offset_for_test;
 };
 
 // Counters for /metrics. Monotonic over the outbox's lifetime.
