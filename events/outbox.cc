@@ -662,8 +662,9 @@ bool KafkaOutbox::Impl::ProduceBatch() {
   // after it has linked to it (`held` until then; the batch's last through the event after the
   // batch, read for its link only), as tools/export.cc and the Lago sink hold theirs back: an
   // event rewritten and re-sealed (its own hash recomputed) checks out on its own, only its
-  // successor's prev_hash shows it, and it was on Kafka by then. The head (no successor yet) is
-  // published as it is, and so is an event whose successor is missing: the gap is the damage.
+  // successor's prev_hash shows it, and it was on Kafka by then. Only the head (no successor yet)
+  // is published as it is; an event whose successor is missing or unreadable is the damage, as
+  // for a broken link (either may be the one changed), and a read error rewinds before it.
   Hash prev{};
   bool have_prev = false;
   if (next_ > 1) {
@@ -735,8 +736,8 @@ bool KafkaOutbox::Impl::ProduceBatch() {
   });
   const bool stopped = damaged || blocked || !error.ok();  // by the scan's own reasons
   if (!stopped && s.ok() && seen < end) gap_at = seen + 1;
-  if (!stopped && held.has_value() && (end == to || gap_at != 0 || s.IsCorruption())) {
-    produce_held();  // the head, or an event whose successor cannot be read
+  if (!stopped && held.has_value() && s.ok() && gap_at == 0 && seen == head) {
+    produce_held();  // the head: no event links to it yet
   }
   if (gap_at != 0 && !blocked && error.ok()) {
     error = Status::Corruption("the log has no event at position " + std::to_string(gap_at));

@@ -218,7 +218,8 @@ class OutboxTest : public ::testing::Test {
   }
 
   // Appends 20 events, deletes position `missing` through RocksDB and starts an outbox on the
-  // store: it must publish up to the gap and stop there as log_damaged, never rewinding.
+  // store: it must publish up to the event before the one before the gap (no event vouches for
+  // that one) and stop there as log_damaged, never rewinding.
   void ExpectAMissingEventStopsAsLogDamaged(uint64_t missing, const OutboxOptions& options) {
     Append(20);
     ledger_.reset();
@@ -234,7 +235,7 @@ class OutboxTest : public ::testing::Test {
 
     auto outbox = OpenOutbox(options);
     ASSERT_TRUE(outbox->Start().ok());
-    const Position before(missing - 1);
+    const Position before(missing - 2);
     ASSERT_TRUE(WaitFor(
         [&] {
           OutboxStatus status = outbox->GetStatus();
@@ -242,27 +243,36 @@ class OutboxTest : public ::testing::Test {
         },
         seconds(20)))
         << outbox->GetStatus().kafka_state << ": " << outbox->GetStatus().last_error;
-    const std::string at = "position " + std::to_string(missing);
+    const std::string at = "position " + std::to_string(missing - 1);
+    const std::string gap = "position " + std::to_string(missing);
     OutboxStatus status = outbox->GetStatus();
     EXPECT_NE(status.last_error.find("damaged at " + at), std::string::npos) << status.last_error;
-    EXPECT_NE(status.last_error.find("no event at " + at), std::string::npos) << status.last_error;
+    EXPECT_NE(status.last_error.find("no event at " + gap), std::string::npos) << status.last_error;
     EXPECT_EQ(status.published, before);
     EXPECT_EQ(outbox->metrics().rewinds.Value(), 0u);
     Status stop = outbox->Stop(seconds(5));
     EXPECT_EQ(stop.code(), Code::kUnavailable) << stop.ToString();
     EXPECT_EQ(stop.problem(), "log_damaged") << stop.ToString();
     EXPECT_NE(stop.message().find("damaged at " + at), std::string::npos) << stop.ToString();
-    EXPECT_EQ(StoredCheckpoint(), missing - 1);
+    EXPECT_EQ(StoredCheckpoint(), missing - 2);
   }
 
   // Appends 20 events, rewrites event 10 and re-seals it (its own hash recomputed, so only event
-  // 11's prev_hash shows it) and starts an outbox on the store: it must publish 1..9 only and stop
-  // as log_damaged at 10.
-  void ExpectAReSealedEventIsNotPublished(const OutboxOptions& options) {
+  // 11's prev_hash shows it), deletes event 11 too when `successor_missing`, and starts an outbox
+  // on the store: it must publish 1..9 only and stop as log_damaged at 10.
+  void ExpectAReSealedEventIsNotPublished(const OutboxOptions& options,
+                                          bool successor_missing = false) {
     Append(20);
     ledger_.reset();
     testing::RewriteStoredEvent(dir_.path(), 10, /*reseal=*/true,
                                 [](Event* event) { event->data = "{\"forged\":true}"; });
+    if (successor_missing) {
+      testing::EditRaw(dir_.path(), [](rocksdb::DB* db, const auto& names, const auto& handles) {
+        rocksdb::ColumnFamilyHandle* events = testing::FindFamily(names, handles, "events");
+        ASSERT_TRUE(db->Delete(rocksdb::WriteOptions(), events, EncodePositionKey(11)).ok());
+      });
+      ASSERT_FALSE(HasFatalFailure());
+    }
     LedgerOptions ledger_options;
     ledger_options.path = dir_.path();
     ASSERT_TRUE(Ledger::Open(ledger_options, &ledger_).ok());
@@ -1179,7 +1189,7 @@ TEST_F(OutboxTest, AMissingEventStopsAsLogDamaged) {
 }
 
 // The same with the gap at the end of a batch ([1, 10], 10 missing): the scan ends at 9 and the
-// check after it finds the gap.
+// check after it finds the gap; 9, held back for 10's link, is not published either.
 TEST_F(OutboxTest, AMissingEventAtTheEndOfABatchStopsAsLogDamaged) {
   OutboxOptions options = Options();
   options.scan_events_max = 10;
@@ -1199,6 +1209,19 @@ TEST_F(OutboxTest, AReSealedEventAtTheEndOfABatchIsNotPublished) {
   OutboxOptions options = Options();
   options.scan_events_max = 10;
   ExpectAReSealedEventIsNotPublished(options);
+}
+
+// The same with event 11 missing too: no successor vouches for event 10, and the log holds events
+// after it. 10 was published as if it were the head, and the damage named at 11.
+TEST_F(OutboxTest, AReSealedEventBeforeAMissingOneIsNotPublished) {
+  ExpectAReSealedEventIsNotPublished(Options(), /*successor_missing=*/true);
+}
+
+// The same at the end of a batch ([1, 10]): the read for 10's link finds no event 11.
+TEST_F(OutboxTest, AReSealedEventAtTheEndOfABatchBeforeAMissingOneIsNotPublished) {
+  OutboxOptions options = Options();
+  options.scan_events_max = 10;
+  ExpectAReSealedEventIsNotPublished(options, /*successor_missing=*/true);
 }
 
 TEST_F(OutboxTest, KafkaStateFollowsTheBrokersWhileIdle) {
