@@ -27,6 +27,9 @@ constexpr int kTopicQueryMs = 3000;
 // How often a per-cluster outbox asks its producer for the cluster id, to notice another cluster
 // answering behind the same bootstrap address.
 constexpr int64_t kClusterIdCheckUs = 1'000'000;
+// A cluster id answering again less than this long after the outbox left it: the bootstrap list
+// reaches more than one cluster (WatchClusterId).
+constexpr int64_t kClusterFlipUs = 60'000'000;
 // A Kafka error of the kind last logged at warn is logged at warn again after this long (at debug
 // meanwhile): librdkafka repeats a broker's error on every reconnection.
 constexpr int64_t kErrorWarnRepeatUs = 600'000'000;
@@ -287,6 +290,10 @@ class KafkaOutbox::Impl {
   // topic recreated empty while ledgerd ran got only what came after the old checkpoint.
   bool recheck_cluster_ = false;
   int64_t cluster_checked_us_ = 0;  // when WatchClusterId last asked
+  // When WatchClusterId left each cluster id; once one answered again within kClusterFlipUs,
+  // `clusters_mixed_`: flips are reported, not followed, until a restart.
+  std::map<std::string, int64_t> cluster_left_us_;
+  bool clusters_mixed_ = false;
   // With checkpoint_per_cluster and adopt_checkpoint_name: the old-named checkpoint is zeroed once
   // the cluster's checkpoint persisted reaches adopted_ (what was taken from it, 0 if nothing).
   bool adopt_zero_pending_ = false;
@@ -823,7 +830,7 @@ void KafkaOutbox::Impl::NoteAcknowledgedOffset(int32_t partition, int64_t offset
 // checkpoint (which matters only if that cluster comes back).
 void KafkaOutbox::Impl::WatchClusterId(int64_t now_us) {
   if (!options_.checkpoint_per_cluster || !checkpoint_loaded_ || producer_ == nullptr ||
-      now_us - cluster_checked_us_ < kClusterIdCheckUs) {
+      clusters_mixed_ || now_us - cluster_checked_us_ < kClusterIdCheckUs) {
     return;
   }
   cluster_checked_us_ = now_us;
@@ -832,6 +839,18 @@ void KafkaOutbox::Impl::WatchClusterId(int64_t now_us) {
   const std::string cluster_id(id);
   rd_kafka_mem_free(producer_, id);
   if (cluster_id == cluster_id_) return;
+  // Back to a cluster left a moment ago: not a cluster replaced but a bootstrap list naming brokers
+  // of two, which would recreate the producer and reload at every flip of the cached id.
+  auto left = cluster_left_us_.find(cluster_id);
+  if (left != cluster_left_us_.end() && now_us - left->second < kClusterFlipUs) {
+    clusters_mixed_ = true;
+    ReportError("clusters", "the bootstrap list (" + options_.bootstrap_servers +
+                                ") reaches more than one cluster: " + cluster_id_ + " and " +
+                                cluster_id + "; staying on " + cluster_id_ +
+                                " until a restart; list the brokers of one cluster only");
+    return;
+  }
+  cluster_left_us_[cluster_id_] = now_us;
   const std::string what = "kafka cluster " + cluster_id + " answers where " + cluster_id_ +
                            " did: publishing to it after its own checkpoint";
   spdlog::warn("outbox: {}; recreating the producer", what);

@@ -881,6 +881,49 @@ TEST_F(OutboxTest, AClusterReplacedWhileRunningGetsTheWholeLog) {
   EXPECT_EQ(stored, Position(30));
 }
 
+// A bootstrap list that reaches brokers of two clusters makes the cluster id flip back and forth:
+// the outbox recreated its producer and reloaded the checkpoint at every flip. A flip back to a
+// cluster left less than a minute before is reported, and the outbox stays on the cluster loaded.
+TEST_F(OutboxTest, ABootstrapListReachingTwoClustersIsReportedNotFollowed) {
+  auto port_of = [](const std::string& bootstrap) {
+    return std::stoi(bootstrap.substr(bootstrap.rfind(':') + 1));
+  };
+  testing::TcpForwarder forwarder(port_of(kafka_->bootstrap_servers()));
+  const std::string first_id = ClusterIdOf(kafka_->bootstrap_servers());
+  std::unique_ptr<EmbeddedKafka> other;
+  ASSERT_TRUE(EmbeddedKafka::Open({}, &other).ok());
+  const std::string other_id = ClusterIdOf(other->bootstrap_servers());
+  ASSERT_NE(other_id, first_id);
+  OutboxOptions options = Options();
+  options.bootstrap_servers = forwarder.address();
+  options.checkpoint_per_cluster = true;
+  options.retry_backoff_ms_min = 50;
+  options.retry_backoff_ms_max = 200;
+  auto outbox = OpenOutbox(options);
+  ASSERT_TRUE(outbox->Start().ok());
+  Append(5, 1, 7, outbox.get());
+  ASSERT_TRUE(WaitCaughtUp(outbox.get())) << outbox->GetStatus().last_error;
+  ASSERT_EQ(outbox->GetStatus().cluster_id, first_id);
+  // Over to the other cluster (followed: a cluster replaced), then back (not followed).
+  ASSERT_TRUE(kafka_->SetBrokerDown(-1).ok());
+  forwarder.Retarget(port_of(other->bootstrap_servers()));
+  ASSERT_TRUE(WaitFor([&] { return outbox->GetStatus().cluster_id == other_id; }, seconds(30)))
+      << outbox->GetStatus().last_error;
+  ASSERT_TRUE(other->SetBrokerDown(-1).ok());
+  ASSERT_TRUE(kafka_->SetBrokerUp(-1).ok());
+  forwarder.Retarget(port_of(kafka_->bootstrap_servers()));
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return outbox->GetStatus().last_error.find("reaches more than one cluster") !=
+               std::string::npos;
+      },
+      seconds(30)))
+      << outbox->GetStatus().cluster_id << ": " << outbox->GetStatus().last_error;
+  std::this_thread::sleep_for(milliseconds(1500));  // more than one look at the cluster id
+  EXPECT_EQ(outbox->GetStatus().cluster_id, other_id);
+  outbox->Stop(seconds(2)).IgnoreError();
+}
+
 // The checkpoint is loaded again after a producer restart, and the topic looked at again: one
 // that still holds the records (a refusal, not a recreated topic) keeps the checkpoint and is not
 // published from position 1 again.
