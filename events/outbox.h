@@ -82,7 +82,11 @@ struct OutboxOptions {
   // tried again each round. Until the checkpoint is loaded, GetStatus() shows the one last
   // persisted (OutboxLastCheckpointName). It is loaded again, the topic looked at again, after a
   // producer restart, a delivery error saying the topic or the producer's state is gone, or
-  // another cluster id answering (a topic recreated or a cluster rebuilt while ledgerd runs).
+  // another cluster id answering (a topic recreated or a cluster rebuilt while ledgerd runs);
+  // then a topic the brokers do not know is waited for (a broker restarting), not reset. A record
+  // acknowledged at a lower offset than one before on its partition (a topic recreated without
+  // any error) resets the checkpoint to 0 at that reload. A cluster id answering again within a
+  // minute of being left (a bootstrap list reaching two clusters) is reported, not followed.
   // Default false: checkpoint_name.
   bool checkpoint_per_cluster = false;
   // With checkpoint_per_cluster: a checkpoint of an older naming (the broker list's,
