@@ -94,6 +94,21 @@ class OutboxTest : public ::testing::Test {
     return options;
   }
 
+  static int PortOf(const std::string& bootstrap) {
+    return std::stoi(bootstrap.substr(bootstrap.rfind(':') + 1));
+  }
+
+  // A per-cluster outbox that reaches its cluster through `forwarder` (which a test retargets to
+  // another cluster), retrying quickly.
+  OutboxOptions ForwardedPerClusterOptions(const testing::TcpForwarder& forwarder) const {
+    OutboxOptions options = Options();
+    options.bootstrap_servers = forwarder.address();
+    options.checkpoint_per_cluster = true;
+    options.retry_backoff_ms_min = 50;
+    options.retry_backoff_ms_max = 200;
+    return options;
+  }
+
   std::unique_ptr<KafkaOutbox> OpenOutbox(const OutboxOptions& options) {
     std::unique_ptr<KafkaOutbox> outbox;
     Status s = KafkaOutbox::Open(options, ledger_.get(), &outbox);
@@ -837,17 +852,10 @@ TEST_F(OutboxTest, ACheckpointForATopicThatNeverHeldARecordPublishesTheWholeLog)
 // loaded, and the topic looked at, once per process: the new cluster got only what came after the
 // old one's checkpoint, for good, and the old cluster's checkpoint moved on with it.
 TEST_F(OutboxTest, AClusterReplacedWhileRunningGetsTheWholeLog) {
-  auto port_of = [](const std::string& bootstrap) {
-    return std::stoi(bootstrap.substr(bootstrap.rfind(':') + 1));
-  };
-  testing::TcpForwarder forwarder(port_of(kafka_->bootstrap_servers()));
+  testing::TcpForwarder forwarder(PortOf(kafka_->bootstrap_servers()));
   const std::string old_id = ClusterIdOf(kafka_->bootstrap_servers());
   ASSERT_FALSE(old_id.empty());
-  OutboxOptions options = Options();
-  options.bootstrap_servers = forwarder.address();
-  options.checkpoint_per_cluster = true;
-  options.retry_backoff_ms_min = 50;
-  options.retry_backoff_ms_max = 200;
+  OutboxOptions options = ForwardedPerClusterOptions(forwarder);
   auto outbox = OpenOutbox(options);
   ASSERT_TRUE(outbox->Start().ok());
   Append(20, 1, 7, outbox.get());
@@ -859,7 +867,7 @@ TEST_F(OutboxTest, AClusterReplacedWhileRunningGetsTheWholeLog) {
   const std::string new_id = ClusterIdOf(rebuilt->bootstrap_servers());
   ASSERT_NE(new_id, old_id);
   ASSERT_TRUE(kafka_->SetBrokerDown(-1).ok());  // the old cluster is gone
-  forwarder.Retarget(port_of(rebuilt->bootstrap_servers()));
+  forwarder.Retarget(PortOf(rebuilt->bootstrap_servers()));
   Append(10, 1, 7, outbox.get());
   EXPECT_TRUE(WaitFor(
       [&] {
@@ -885,20 +893,13 @@ TEST_F(OutboxTest, AClusterReplacedWhileRunningGetsTheWholeLog) {
 // the outbox recreated its producer and reloaded the checkpoint at every flip. A flip back to a
 // cluster left less than a minute before is reported, and the outbox stays on the cluster loaded.
 TEST_F(OutboxTest, ABootstrapListReachingTwoClustersIsReportedNotFollowed) {
-  auto port_of = [](const std::string& bootstrap) {
-    return std::stoi(bootstrap.substr(bootstrap.rfind(':') + 1));
-  };
-  testing::TcpForwarder forwarder(port_of(kafka_->bootstrap_servers()));
+  testing::TcpForwarder forwarder(PortOf(kafka_->bootstrap_servers()));
   const std::string first_id = ClusterIdOf(kafka_->bootstrap_servers());
   std::unique_ptr<EmbeddedKafka> other;
   ASSERT_TRUE(EmbeddedKafka::Open({}, &other).ok());
   const std::string other_id = ClusterIdOf(other->bootstrap_servers());
   ASSERT_NE(other_id, first_id);
-  OutboxOptions options = Options();
-  options.bootstrap_servers = forwarder.address();
-  options.checkpoint_per_cluster = true;
-  options.retry_backoff_ms_min = 50;
-  options.retry_backoff_ms_max = 200;
+  OutboxOptions options = ForwardedPerClusterOptions(forwarder);
   auto outbox = OpenOutbox(options);
   ASSERT_TRUE(outbox->Start().ok());
   Append(5, 1, 7, outbox.get());
@@ -906,12 +907,12 @@ TEST_F(OutboxTest, ABootstrapListReachingTwoClustersIsReportedNotFollowed) {
   ASSERT_EQ(outbox->GetStatus().cluster_id, first_id);
   // Over to the other cluster (followed: a cluster replaced), then back (not followed).
   ASSERT_TRUE(kafka_->SetBrokerDown(-1).ok());
-  forwarder.Retarget(port_of(other->bootstrap_servers()));
+  forwarder.Retarget(PortOf(other->bootstrap_servers()));
   ASSERT_TRUE(WaitFor([&] { return outbox->GetStatus().cluster_id == other_id; }, seconds(30)))
       << outbox->GetStatus().last_error;
   ASSERT_TRUE(other->SetBrokerDown(-1).ok());
   ASSERT_TRUE(kafka_->SetBrokerUp(-1).ok());
-  forwarder.Retarget(port_of(kafka_->bootstrap_servers()));
+  forwarder.Retarget(PortOf(kafka_->bootstrap_servers()));
   EXPECT_TRUE(WaitFor(
       [&] {
         return outbox->GetStatus().last_error.find("reaches more than one cluster") !=

@@ -2252,20 +2252,13 @@ TEST_F(AdminRoutesTest, AConvertedTrialStaysConvertedAfterTheUserBuysAnotherPlan
 // A trial that lapsed unpaid, and a Starter bought weeks later that the user pays for now: the
 // trial won a customer, late. Judged on the lapsed trial alone the paying user counted lost.
 TEST_F(AdminRoutesTest, ALapsedTrialWhoseUserPaysNowOnALaterPlanIsConverted) {
-  TestSubscription trial = OnPlan("u-l", "trial", "canceled");
-  trial.period_start = kNow - 80 * kDay;
-  trial.trial_start = kNow - 80 * kDay;
-  trial.trial_end = kNow - 73 * kDay;
-  trial.period_end = kNow - 73 * kDay;
-  trial.canceled_at = trial.ended_at = kNow - 73 * kDay;
-  AddSubscriber(trial, "l@x.com");
-  TestSubscription lost = OnPlan("u-lost", "trial", "canceled");
-  lost.period_start = kNow - 80 * kDay;
-  lost.trial_start = kNow - 80 * kDay;
-  lost.trial_end = kNow - 73 * kDay;
-  lost.period_end = kNow - 73 * kDay;
-  lost.canceled_at = lost.ended_at = kNow - 73 * kDay;
-  AddSubscriber(lost, "lost@x.com");
+  for (const char* user : {"u-l", "u-lost"}) {  // each a trial canceled at its end, unpaid
+    TestSubscription trial = OnPlan(user, "trial", "canceled");
+    trial.trial_start = trial.period_start = kNow - 80 * kDay;
+    trial.trial_end = trial.period_end = kNow - 73 * kDay;
+    trial.canceled_at = trial.ended_at = kNow - 73 * kDay;
+    AddSubscriber(trial, std::string(user) + "@x.com");
+  }
   TestSubscription starter = OnPlan("u-l", "starter", kNow - 20 * kDay, kNow + 10 * kDay);
   starter.subscription_id = "sub_u-l_2";
   ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), starter).ok());
