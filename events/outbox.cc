@@ -27,9 +27,6 @@ constexpr int kTopicQueryMs = 3000;
 // How often a per-cluster outbox asks its producer for the cluster id, to notice another cluster
 // answering behind the same bootstrap address.
 constexpr int64_t kClusterIdCheckUs = 1'000'000;
-// A cluster id answering again less than this long after the outbox left it: the bootstrap list
-// reaches more than one cluster (WatchClusterId).
-constexpr int64_t kClusterFlipUs = 60'000'000;
 // A Kafka error of the kind last logged at warn is logged at warn again after this long (at debug
 // meanwhile): librdkafka repeats a broker's error on every reconnection.
 constexpr int64_t kErrorWarnRepeatUs = 600'000'000;
@@ -225,6 +222,7 @@ class KafkaOutbox::Impl {
   void MarkLogDamaged(const Status& why);
   void RecheckCluster(const std::string& why);
   void NoteAcknowledgedOffset(int32_t partition, int64_t offset);
+  bool MayPersist() const;
   void WatchClusterId(int64_t now_us);
   void UnloadClusterCheckpoint(int64_t now_us);
   bool LoadClusterCheckpoint();
@@ -290,10 +288,6 @@ class KafkaOutbox::Impl {
   // topic recreated empty while ledgerd ran got only what came after the old checkpoint.
   bool recheck_cluster_ = false;
   int64_t cluster_checked_us_ = 0;  // when WatchClusterId last asked
-  // When WatchClusterId left each cluster id; once one answered again within kClusterFlipUs,
-  // `clusters_mixed_`: flips are reported, not followed, until a restart.
-  std::map<std::string, int64_t> cluster_left_us_;
-  bool clusters_mixed_ = false;
   // With checkpoint_per_cluster and adopt_checkpoint_name: the old-named checkpoint is zeroed once
   // the cluster's checkpoint persisted reaches adopted_ (what was taken from it, 0 if nothing).
   bool adopt_zero_pending_ = false;
@@ -310,7 +304,7 @@ class KafkaOutbox::Impl {
   // trusts "unknown topic" only at a name's first load).
   std::set<std::string> names_loaded_;
   std::string loaded_name_;  // the one loaded last
-  // With checkpoint_per_cluster: the highest offset acknowledged on each partition of the topic,
+  // With checkpoint_per_cluster: the lowest offset acknowledged on each partition of the topic,
   // since the producer, the cluster or the checkpoint last changed (NoteAcknowledgedOffset).
   std::map<int32_t, int64_t> acked_offsets_;
   // The checkpoint to reset to 0 at its next load, its topic seen recreated (empty: none).
@@ -794,22 +788,23 @@ void KafkaOutbox::Impl::RecheckCluster(const std::string& why) {
   spdlog::info("outbox: {}; checking the cluster's checkpoint and topic again", why);
 }
 
-// With checkpoint_per_cluster: a record acknowledged at a lower offset than one before it on the
-// same partition means that the topic was deleted and created again (offsets never go back). That
-// often comes with no error at all (Kafka 2.5+ takes an unknown producer's writes, KIP-360;
-// librdkafka retries an unknown topic; auto-creation recreates it): what was published before
-// the checkpoint is not in the new topic. The checkpoint is reset to 0 at its next load (written
-// synced before anything more is published), whatever the topic's offsets say then.
+// With checkpoint_per_cluster: a record acknowledged at a lower offset than any acknowledged
+// before it on the same partition means that the topic was deleted and created again (offsets
+// never go back; the lowest, not the highest: a retried batch's duplicate may be acknowledged with
+// the offset it got the first time). That often comes with no error at all (Kafka 2.5+ takes an
+// unknown producer's writes, KIP-360; librdkafka retries an unknown topic; auto-creation
+// recreates it): what was published before the checkpoint is not in the new topic. The
+// checkpoint's reset to 0 is written synced at once -- the only evidence of the recreation is in
+// memory, and a stop or a crash before the reload kept the old checkpoint for good (the new topic
+// holding records by then) -- and the checkpoint is not written again until that reload, which
+// publishes the whole log. (A topic recreated while the lowest offset seen was 0 goes unseen.)
 void KafkaOutbox::Impl::NoteAcknowledgedOffset(int32_t partition, int64_t offset) {
   if (!options_.checkpoint_per_cluster || !checkpoint_loaded_ || offset < 0) return;
   auto [it, first] = acked_offsets_.try_emplace(partition, offset);
-  if (first || offset >= it->second) {
-    it->second = offset;
-    return;
-  }
+  if (first || offset >= it->second) return;
   const std::string what = "partition " + std::to_string(partition) + " of topic " +
                            options_.topic + " acknowledged offset " + std::to_string(offset) +
-                           " after " + std::to_string(it->second) +
+                           " below " + std::to_string(it->second) +
                            ": the topic was recreated while ledgerd ran";
   it->second = offset;
   if (!recreated_name_.empty()) return;  // already known
@@ -819,8 +814,19 @@ void KafkaOutbox::Impl::NoteAcknowledgedOffset(int32_t partition, int64_t offset
   if (id != nullptr) rd_kafka_mem_free(producer_, id);
   if (!same_cluster) return;
   recreated_name_ = loaded_name_;
+  Status s = core_.PersistSynced(0, SteadyMicros());
+  if (!s.ok()) {  // the reload writes it (WriteReset) before anything more is published
+    spdlog::error("outbox: writing the reset of checkpoint {} to 0: {}", loaded_name_,
+                  s.ToString());
+  }
   ScheduleRewind(what);  // at warn; the reload warns again as it resets the checkpoint
   RecheckCluster(what);
+}
+
+// The loaded checkpoint may be written: not while a reset of it to 0 waits for the reload
+// (NoteAcknowledgedOffset).
+bool KafkaOutbox::Impl::MayPersist() const {
+  return checkpoint_loaded_ && recreated_name_.empty();
 }
 
 // With checkpoint_per_cluster: another cluster answering behind the bootstrap list (its id
@@ -830,7 +836,7 @@ void KafkaOutbox::Impl::NoteAcknowledgedOffset(int32_t partition, int64_t offset
 // checkpoint (which matters only if that cluster comes back).
 void KafkaOutbox::Impl::WatchClusterId(int64_t now_us) {
   if (!options_.checkpoint_per_cluster || !checkpoint_loaded_ || producer_ == nullptr ||
-      clusters_mixed_ || now_us - cluster_checked_us_ < kClusterIdCheckUs) {
+      now_us - cluster_checked_us_ < kClusterIdCheckUs) {
     return;
   }
   cluster_checked_us_ = now_us;
@@ -839,18 +845,6 @@ void KafkaOutbox::Impl::WatchClusterId(int64_t now_us) {
   const std::string cluster_id(id);
   rd_kafka_mem_free(producer_, id);
   if (cluster_id == cluster_id_) return;
-  // Back to a cluster left a moment ago: not a cluster replaced but a bootstrap list naming brokers
-  // of two, which would recreate the producer and reload at every flip of the cached id.
-  auto left = cluster_left_us_.find(cluster_id);
-  if (left != cluster_left_us_.end() && now_us - left->second < kClusterFlipUs) {
-    clusters_mixed_ = true;
-    ReportError("clusters", "the bootstrap list (" + options_.bootstrap_servers +
-                                ") reaches more than one cluster: " + cluster_id_ + " and " +
-                                cluster_id + "; staying on " + cluster_id_ +
-                                " until a restart; list the brokers of one cluster only");
-    return;
-  }
-  cluster_left_us_[cluster_id_] = now_us;
   const std::string what = "kafka cluster " + cluster_id + " answers where " + cluster_id_ +
                            " did: publishing to it after its own checkpoint";
   spdlog::warn("outbox: {}; recreating the producer", what);
@@ -861,8 +855,10 @@ void KafkaOutbox::Impl::WatchClusterId(int64_t now_us) {
 // Writes the loaded checkpoint (synced: the name may change) and unloads it; Run loads it again.
 void KafkaOutbox::Impl::UnloadClusterCheckpoint(int64_t now_us) {
   recheck_cluster_ = false;
-  core_.Persist(mark_, now_us, /*force=*/true);
-  AfterPersist();
+  if (MayPersist()) {
+    core_.Persist(mark_, now_us, /*force=*/true);
+    AfterPersist();
+  }
   checkpoint_loaded_ = false;
 }
 
@@ -1094,7 +1090,7 @@ void KafkaOutbox::Impl::Run() {
     if (!checkpoint_loaded_ && producer_ != nullptr) checkpoint_loaded_ = LoadClusterCheckpoint();
     MaybeRewind(now_us);
     bool more = ProduceBatch();
-    if (checkpoint_loaded_) core_.Persist(mark_, now_us, /*force=*/false);
+    if (MayPersist()) core_.Persist(mark_, now_us, /*force=*/false);
     AfterPersist();
     PublishState(now_us);
     // A damaged log never reaches the stop target: stop once what was produced is answered.
@@ -1107,7 +1103,7 @@ void KafkaOutbox::Impl::Run() {
   // Give what is already acknowledged a last chance to be counted, then drop the rest.
   if (producer_ != nullptr) rd_kafka_poll(producer_, 0);
   DestroyProducer();
-  if (core_.persist_on_stop() && checkpoint_loaded_) {
+  if (core_.persist_on_stop() && MayPersist()) {
     core_.Persist(mark_, SteadyMicros(), /*force=*/true);
     AfterPersist();
   }

@@ -85,8 +85,7 @@ struct OutboxOptions {
   // another cluster id answering (a topic recreated or a cluster rebuilt while ledgerd runs);
   // then a topic the brokers do not know is waited for (a broker restarting), not reset. A record
   // acknowledged at a lower offset than one before on its partition (a topic recreated without
-  // any error) resets the checkpoint to 0 at that reload. A cluster id answering again within a
-  // minute of being left (a bootstrap list reaching two clusters) is reported, not followed.
+  // any error) resets the checkpoint to 0 at that reload.
   // Default false: checkpoint_name.
   bool checkpoint_per_cluster = false;
   // With checkpoint_per_cluster: a checkpoint of an older naming (the broker list's,

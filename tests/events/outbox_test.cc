@@ -889,42 +889,6 @@ TEST_F(OutboxTest, AClusterReplacedWhileRunningGetsTheWholeLog) {
   EXPECT_EQ(stored, Position(30));
 }
 
-// A bootstrap list that reaches brokers of two clusters makes the cluster id flip back and forth:
-// the outbox recreated its producer and reloaded the checkpoint at every flip. A flip back to a
-// cluster left less than a minute before is reported, and the outbox stays on the cluster loaded.
-TEST_F(OutboxTest, ABootstrapListReachingTwoClustersIsReportedNotFollowed) {
-  testing::TcpForwarder forwarder(PortOf(kafka_->bootstrap_servers()));
-  const std::string first_id = ClusterIdOf(kafka_->bootstrap_servers());
-  std::unique_ptr<EmbeddedKafka> other;
-  ASSERT_TRUE(EmbeddedKafka::Open({}, &other).ok());
-  const std::string other_id = ClusterIdOf(other->bootstrap_servers());
-  ASSERT_NE(other_id, first_id);
-  OutboxOptions options = ForwardedPerClusterOptions(forwarder);
-  auto outbox = OpenOutbox(options);
-  ASSERT_TRUE(outbox->Start().ok());
-  Append(5, 1, 7, outbox.get());
-  ASSERT_TRUE(WaitCaughtUp(outbox.get())) << outbox->GetStatus().last_error;
-  ASSERT_EQ(outbox->GetStatus().cluster_id, first_id);
-  // Over to the other cluster (followed: a cluster replaced), then back (not followed).
-  ASSERT_TRUE(kafka_->SetBrokerDown(-1).ok());
-  forwarder.Retarget(PortOf(other->bootstrap_servers()));
-  ASSERT_TRUE(WaitFor([&] { return outbox->GetStatus().cluster_id == other_id; }, seconds(30)))
-      << outbox->GetStatus().last_error;
-  ASSERT_TRUE(other->SetBrokerDown(-1).ok());
-  ASSERT_TRUE(kafka_->SetBrokerUp(-1).ok());
-  forwarder.Retarget(PortOf(kafka_->bootstrap_servers()));
-  EXPECT_TRUE(WaitFor(
-      [&] {
-        return outbox->GetStatus().last_error.find("reaches more than one cluster") !=
-               std::string::npos;
-      },
-      seconds(30)))
-      << outbox->GetStatus().cluster_id << ": " << outbox->GetStatus().last_error;
-  std::this_thread::sleep_for(milliseconds(1500));  // more than one look at the cluster id
-  EXPECT_EQ(outbox->GetStatus().cluster_id, other_id);
-  outbox->Stop(seconds(2)).IgnoreError();
-}
-
 // The checkpoint is loaded again after a producer restart, and the topic looked at again: one
 // that still holds the records (a refusal, not a recreated topic) keeps the checkpoint and is not
 // published from position 1 again.
@@ -995,6 +959,43 @@ TEST_F(OutboxTest, ATopicRecreatedWithoutAnErrorGetsTheWholeLog) {
       OutboxClusterCheckpointName(ClusterIdOf(kafka_->bootstrap_servers()), kTopic);
   ASSERT_TRUE(ledger_->GetCheckpoint(name, &stored).ok());
   EXPECT_EQ(stored, Position(30));
+}
+
+// The reset of a recreated topic's checkpoint is written when the recreation is seen, not at the
+// reload once nothing is in flight: a stop or a crash in between kept the old checkpoint, and the
+// next start found the new topic holding records (those acknowledged since) and kept it -- 1..20
+// missing there for good. Ten events in one record batch: the second one's acknowledgement comes
+// with the first's, before any reload, and the checkpoint stored then must already be 0.
+TEST_F(OutboxTest, ARecreatedTopicsResetIsWrittenWhenItIsSeen) {
+  const std::string name =
+      OutboxClusterCheckpointName(ClusterIdOf(kafka_->bootstrap_servers()), kTopic);
+  std::atomic<bool> recreated{false};
+  std::atomic<int> acknowledged_after{0};
+  std::atomic<int64_t> stored_at_second{-1};
+  OutboxOptions options = Options();
+  options.checkpoint_per_cluster = true;
+  options.delivery_offset_for_test = [&](int32_t, int64_t* offset) {
+    if (!recreated.load()) {
+      *offset += 1000;
+    } else if (++acknowledged_after == 2) {
+      Position stored;
+      if (ledger_->GetCheckpoint(name, &stored).ok()) {
+        stored_at_second = static_cast<int64_t>(stored.value());
+      }
+    }
+  };
+  auto outbox = StartCaughtUp(options, /*backoff_max_ms=*/200, 20, 1, 3);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        Position stored;
+        return ledger_->GetCheckpoint(name, &stored).ok() && stored == Position(20);
+      },
+      seconds(10)));
+  recreated.store(true);
+  Append(1, /*per_command=*/10, /*subjects=*/1, outbox.get());
+  ASSERT_TRUE(WaitFor([&] { return stored_at_second.load() != -1; }, seconds(20)));
+  EXPECT_EQ(stored_at_second.load(), 0) << "the reset waited for the reload";
+  ASSERT_TRUE(outbox->Stop(seconds(5)).ok());
 }
 
 // A broker mid rolling restart answers that it does not know the topic: after a producer restart
