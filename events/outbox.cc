@@ -304,7 +304,7 @@ class KafkaOutbox::Impl {
   // trusts "unknown topic" only at a name's first load).
   std::set<std::string> names_loaded_;
   std::string loaded_name_;  // the one loaded last
-  // With checkpoint_per_cluster: the lowest offset acknowledged on each partition of the topic,
+  // With checkpoint_per_cluster: the highest offset acknowledged on each partition of the topic,
   // since the producer, the cluster or the checkpoint last changed (NoteAcknowledgedOffset).
   std::map<int32_t, int64_t> acked_offsets_;
   // The checkpoint to reset to 0 at its next load, its topic seen recreated (empty: none).
@@ -788,23 +788,25 @@ void KafkaOutbox::Impl::RecheckCluster(const std::string& why) {
   spdlog::info("outbox: {}; checking the cluster's checkpoint and topic again", why);
 }
 
-// With checkpoint_per_cluster: a record acknowledged at a lower offset than any acknowledged
-// before it on the same partition means that the topic was deleted and created again (offsets
-// never go back; the lowest, not the highest: a retried batch's duplicate may be acknowledged with
-// the offset it got the first time). That often comes with no error at all (Kafka 2.5+ takes an
-// unknown producer's writes, KIP-360; librdkafka retries an unknown topic; auto-creation
-// recreates it): what was published before the checkpoint is not in the new topic. The
-// checkpoint's reset to 0 is written synced at once -- the only evidence of the recreation is in
-// memory, and a stop or a crash before the reload kept the old checkpoint for good (the new topic
-// holding records by then) -- and the checkpoint is not written again until that reload, which
-// publishes the whole log. (A topic recreated while the lowest offset seen was 0 goes unseen.)
+// With checkpoint_per_cluster: a record acknowledged at a lower offset than one before it on the
+// same partition means that the topic was deleted and created again (offsets never go back, and
+// the idempotent producer's delivery reports come in order on a partition). That often comes with
+// no error at all (Kafka 2.5+ takes an unknown producer's writes, KIP-360; librdkafka retries an
+// unknown topic; auto-creation recreates it): what was published before the checkpoint is not in
+// the new topic. The checkpoint's reset to 0 is written synced at once -- the only evidence of
+// the recreation is in memory, and a stop or a crash before the reload kept the old checkpoint for
+// good (the new topic holding records by then) -- with an adopted old-named checkpoint's zeroing,
+// and the checkpoint is not written again until that reload, which publishes the whole log.
 void KafkaOutbox::Impl::NoteAcknowledgedOffset(int32_t partition, int64_t offset) {
   if (!options_.checkpoint_per_cluster || !checkpoint_loaded_ || offset < 0) return;
   auto [it, first] = acked_offsets_.try_emplace(partition, offset);
-  if (first || offset >= it->second) return;
+  if (first || offset >= it->second) {
+    it->second = offset;
+    return;
+  }
   const std::string what = "partition " + std::to_string(partition) + " of topic " +
                            options_.topic + " acknowledged offset " + std::to_string(offset) +
-                           " below " + std::to_string(it->second) +
+                           " after " + std::to_string(it->second) +
                            ": the topic was recreated while ledgerd ran";
   it->second = offset;
   if (!recreated_name_.empty()) return;  // already known
@@ -814,7 +816,14 @@ void KafkaOutbox::Impl::NoteAcknowledgedOffset(int32_t partition, int64_t offset
   if (id != nullptr) rd_kafka_mem_free(producer_, id);
   if (!same_cluster) return;
   recreated_name_ = loaded_name_;
-  Status s = core_.PersistSynced(0, SteadyMicros());
+  // Else the next start, finding the cluster's checkpoint 0, would take the old-named one again.
+  Status s = adopt_zero_pending_ ? ledger_->PutCheckpoint(options_.adopt_checkpoint_name,
+                                                          Position(0), /*sync=*/true)
+                                 : Status::OK();
+  if (s.ok()) {
+    adopt_zero_pending_ = false;
+    s = core_.PersistSynced(0, SteadyMicros());
+  }
   if (!s.ok()) {  // the reload writes it (WriteReset) before anything more is published
     spdlog::error("outbox: writing the reset of checkpoint {} to 0: {}", loaded_name_,
                   s.ToString());
@@ -1114,7 +1123,10 @@ void KafkaOutbox::Impl::Run() {
 void KafkaOutbox::Impl::WaitForWork(int64_t now_us) {
   int64_t wait_us = int64_t{options_.poll_interval_ms} * 1000;
   if (rewind_pending_ && in_flight_ == 0) wait_us = std::min(wait_us, rewind_at_us_ - now_us);
-  core_.WaitForWork(std::min(wait_us, core_.PersistDueInUs(mark_, now_us)));
+  // No checkpoint write is due while writes wait for a reload (MayPersist): the mark moves on past
+  // the reset written, and waiting for that write would not wait at all.
+  if (MayPersist()) wait_us = std::min(wait_us, core_.PersistDueInUs(mark_, now_us));
+  core_.WaitForWork(wait_us);
 }
 
 // ---- Owner API ---------------------------------------------------------------------------------

@@ -85,7 +85,8 @@ struct OutboxOptions {
   // another cluster id answering (a topic recreated or a cluster rebuilt while ledgerd runs);
   // then a topic the brokers do not know is waited for (a broker restarting), not reset. A record
   // acknowledged at a lower offset than one before on its partition (a topic recreated without
-  // any error) resets the checkpoint to 0 at that reload.
+  // any error) resets the checkpoint to 0, written synced at once; the checkpoint is not written
+  // again (not at Stop() either) until that reload.
   // Default false: checkpoint_name.
   bool checkpoint_per_cluster = false;
   // With checkpoint_per_cluster: a checkpoint of an older naming (the broker list's,

@@ -961,6 +961,30 @@ TEST_F(OutboxTest, ATopicRecreatedWithoutAnErrorGetsTheWholeLog) {
   EXPECT_EQ(stored, Position(30));
 }
 
+// A topic first acknowledged at offset 0 (every fresh deployment) and recreated later: an offset
+// below the LOWEST acknowledged could never show it. One partition (one subject): positions 1..20
+// at offsets 0..19, then 21..30 reported at 0..9 by the seam, as a recreated topic numbers them.
+TEST_F(OutboxTest, ATopicFirstAcknowledgedAtOffsetZeroIsSeenRecreated) {
+  std::atomic<bool> recreated{false};
+  OutboxOptions options = Options();
+  options.checkpoint_per_cluster = true;
+  options.delivery_offset_for_test = [&recreated](int32_t, int64_t* offset) {
+    if (recreated.load()) *offset -= 20;
+  };
+  auto outbox = StartCaughtUp(options, /*backoff_max_ms=*/200, 20, 1, 1);
+  const uint64_t produced_before = outbox->metrics().produced.Value();
+  recreated.store(true);
+  Append(10, 1, 1, outbox.get());
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return outbox->GetStatus().lag == 0 &&
+               outbox->metrics().produced.Value() - produced_before >= 30;
+      },
+      seconds(20)))
+      << "produced " << outbox->metrics().produced.Value() - produced_before << " after it";
+  ASSERT_TRUE(outbox->Stop(seconds(5)).ok());
+}
+
 // The reset of a recreated topic's checkpoint is written when the recreation is seen, not at the
 // reload once nothing is in flight: a stop or a crash in between kept the old checkpoint, and the
 // next start found the new topic holding records (those acknowledged since) and kept it -- 1..20
