@@ -95,25 +95,16 @@ TEST_F(JwtTest, AnUnverifiedEmailIsNotTaken) {
   for (const auto& [verified, kept] : std::vector<std::pair<std::string, bool>>{
            {R"("email_verified":false)", false},
            {R"("email_verified":true)", true},
-           {"", true}}) {
-    SCOPED_TRACE(verified);
-    TokenClaims c = TokenClaims::User("alice", kNowS);
-    c.extra_members = verified;
-    JwtClaims claims;
-    Status s = verifier->Verify(MintHs256(c, testing::kTestHs256Secret), &claims);
-    ASSERT_TRUE(s.ok()) << s.ToString();
-    EXPECT_EQ(claims.email, kept ? "alice@example.com" : "");
-  }
-}
-
-// Only `email_verified: true` -- or the string "true" Amazon Cognito sends -- (or no claim at all)
-// vouches for the address: a string "false", 0 or null was taken as verified. The token itself
-// stays valid -- only its email is dropped.
-TEST_F(JwtTest, AnEmailVerifiedThatIsNotTrueIsUnverified) {
-  auto verifier = Make(HsOnly());
-  for (const char* verified : {R"("email_verified":"false")", R"("email_verified":0)",
-                               R"("email_verified":null)", R"("email_verified":"TRUE")",
-                               R"("email_verified":1)", R"("email_verified":{})"}) {
+           {"", true},
+           // Only `true` -- or the string "true" Amazon Cognito sends -- vouches for the address:
+           // a string "false", 0 or null was taken as verified. The token stays valid.
+           {R"("email_verified":"true")", true},
+           {R"("email_verified":"false")", false},
+           {R"("email_verified":0)", false},
+           {R"("email_verified":null)", false},
+           {R"("email_verified":"TRUE")", false},
+           {R"("email_verified":1)", false},
+           {R"("email_verified":{})", false}}) {
     SCOPED_TRACE(verified);
     TokenClaims c = TokenClaims::User("alice", kNowS);
     c.extra_members = verified;
@@ -121,13 +112,8 @@ TEST_F(JwtTest, AnEmailVerifiedThatIsNotTrueIsUnverified) {
     Status s = verifier->Verify(MintHs256(c, testing::kTestHs256Secret), &claims);
     ASSERT_TRUE(s.ok()) << s.ToString();
     EXPECT_EQ(claims.subject, "alice");
-    EXPECT_EQ(claims.email, "");
+    EXPECT_EQ(claims.email, kept ? "alice@example.com" : "");
   }
-  TokenClaims c = TokenClaims::User("alice", kNowS);
-  c.extra_members = R"("email_verified":"true")";
-  JwtClaims claims;
-  ASSERT_TRUE(verifier->Verify(MintHs256(c, testing::kTestHs256Secret), &claims).ok());
-  EXPECT_EQ(claims.email, "alice@example.com");
 }
 
 TEST_F(JwtTest, SignHs256MatchesTheVerifier) {
