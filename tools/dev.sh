@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential cmake ninja-build ccache pkg-config git
   librocksdb-dev librdkafka-dev libcpp-httplib-dev rapidjson-dev libspdlog-dev libcli11-dev
-  libssl-dev libgtest-dev libgmock-dev kcat wrk curl openssl)
+  libssl-dev libgtest-dev libgmock-dev kcat wrk curl openssl
+  python3)  # tools/bench/fsync_probe.py, the disk check README asks for before a tail figure
 
 deps() {
   local missing=()
