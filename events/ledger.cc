@@ -853,6 +853,13 @@ class LedgerImpl final : public Ledger {
   // The group's WAL record is in the OS (its DB::Write may still be inserting into the
   // memtables): a sync from now on covers it, and the sync thread may start one.
   void NoteAppended(GroupCommit* commit);
+  // Every WAL append outside the sync thread (a group's, a checkpoint's) runs between these.
+  // BeginAppend waits out a running sync and counts the append; false, counting nothing, once a
+  // write or sync failed (nothing more goes into the WAL). EndAppend once the record is in the
+  // OS, or the write failed before it was (`failed`: RocksDB's WAL writer is then in its error
+  // state, and no sync may follow); it wakes the sync thread waiting for the appends to end.
+  bool BeginAppend();
+  void EndAppend(bool failed);
   // The sync thread: makes the written groups durable with one WAL sync, publishes them and
   // answers their commands, in order.
   void SyncLoop();
@@ -941,10 +948,12 @@ class LedgerImpl final : public Ledger {
   // append, which only a check of wal_write_failed_ made while no append runs can rule out. A
   // write is appending from before its DB::Write until its record is in the OS (NoteAppended) or
   // the write failed; its memtable inserts then run beside the sync. The committer decides the
-  // next group while a sync runs; only the next append waits for the sync.
+  // next group while a sync runs; only the next append waits for the sync. A checkpoint's Put
+  // (PutCheckpoint, on a consumer's thread) appends as a group's write does, beside it, until it
+  // returns: its own sync, when synced, does not overlap SyncWAL either (BeginAppend, EndAppend).
   std::mutex wal_mu_;
   std::condition_variable wal_cv_;
-  bool wal_appending_ = false;     // guarded by wal_mu_
+  size_t wal_appends_ = 0;         // guarded by wal_mu_: appends running
   bool wal_syncing_ = false;       // guarded by wal_mu_
   bool wal_write_failed_ = false;  // guarded by wal_mu_
   // A group failed to be written: those decided after it rest on it, and none may be written.
@@ -1855,13 +1864,28 @@ void LedgerImpl::NoteAppended(GroupCommit* commit) {
     commit->appended = true;
     wake = sync_waiting_;
   }
+  EndAppend(/*failed=*/false);  // only now, after appended_seq_: a sync that starts covers it
+  if (wake) sync_cv_.notify_one();
+}
+
+bool LedgerImpl::BeginAppend() {
+  std::unique_lock<std::mutex> l(wal_mu_);
+  wal_cv_.wait(l, [this] { return !wal_syncing_; });
+  if (group_failed_) return false;
+  ++wal_appends_;
+  return true;
+}
+
+void LedgerImpl::EndAppend(bool failed) {
   {
-    // Only now, after appended_seq_: a sync that starts covers this record and knows it.
     std::lock_guard<std::mutex> l(wal_mu_);
-    wal_appending_ = false;
+    --wal_appends_;
+    if (failed) {
+      wal_write_failed_ = true;
+      group_failed_ = true;
+    }
   }
   wal_cv_.notify_all();
-  if (wake) sync_cv_.notify_one();
 }
 
 void LedgerImpl::HandToSync(GroupCommit commit) {
@@ -1929,7 +1953,7 @@ void LedgerImpl::SyncLoop() {
       bool syncing = false;
       {
         std::unique_lock<std::mutex> l(wal_mu_);
-        wal_cv_.wait(l, [this] { return !wal_appending_; });
+        wal_cv_.wait(l, [this] { return wal_appends_ == 0; });
         if (wal_write_failed_) {
           // Groups written before the failed one are in doubt: RocksDB's WAL writer is in its
           // error state, and syncing it then is a usage error (an assertion in RocksDB).
@@ -2273,19 +2297,13 @@ void LedgerImpl::WriteDecided(GroupCommit* commit) {
   commit->wrote = true;
   commit->started = std::chrono::steady_clock::now();
   Status s = AppendRowsToBatch(decided.rows, families_by_id_, &decided.batch);
-  if (!s.ok()) spdlog::error("could not build the group's batch: {}", s.ToString());
-  {
-    std::unique_lock<std::mutex> l(wal_mu_);
-    wal_cv_.wait(l, [this] { return !wal_syncing_; });
-    if (s.ok() && group_failed_) {
-      // The groups after a failed one were decided on top of it.
-      s = Status::Unavailable("storage_degraded", "an earlier group's write failed");
-    }
-    if (s.ok()) {
-      wal_appending_ = true;
-    } else {
-      group_failed_ = true;
-    }
+  if (!s.ok()) {
+    spdlog::error("could not build the group's batch: {}", s.ToString());
+    std::lock_guard<std::mutex> l(wal_mu_);
+    group_failed_ = true;
+  } else if (!BeginAppend()) {
+    // The groups after a failed one were decided on top of it.
+    s = Status::Unavailable("storage_degraded", "an earlier group's write failed");
   }
   if (s.ok()) {
     commit->write_seq = ++last_write_seq_;
@@ -2296,20 +2314,20 @@ void LedgerImpl::WriteDecided(GroupCommit* commit) {
     });
     s = FromRocks(db_->Write(rocksdb::WriteOptions(), &decided.batch));
     if (s.ok() && !commit->appended) NoteAppended(commit);  // the watch was not armed or fired
-    {
+    if (!s.ok() && !commit->appended) {
+      // No later group may be written, and no sync may follow the failed append.
+      EndAppend(/*failed=*/true);
+    } else {
+      // The append ended in NoteAppended. A failure after it (the memtable inserts) still leaves
+      // no later group to be written.
       std::lock_guard<std::mutex> l(wal_mu_);
       if (!s.ok()) {
-        // Whether or not its record reached the WAL, no later group may be written, and unless
-        // the record did (NoteAppended ran), no sync may follow the failed append.
-        if (!commit->appended) wal_write_failed_ = true;
         group_failed_ = true;
-        wal_appending_ = false;
       } else if (pacer_ != nullptr) {
         pacer_->NoteIngest(static_cast<int64_t>(decided.batch.GetDataSize()),
                            std::chrono::steady_clock::now());
       }
     }
-    if (!s.ok()) wal_cv_.notify_all();  // a write that succeeded woke the sync in NoteAppended
   }
   if (!s.ok()) {
     // The group is lost as a whole; nothing of it was acknowledged. Stop accepting writes at once
@@ -2574,27 +2592,25 @@ Status LedgerImpl::PutCheckpoint(std::string_view name, Position position, bool 
   if (options_.read_only) return Status::Unavailable("read_only", "the ledger is read-only");
   // After a failed write or sync nothing more goes into the WAL (SyncLoop): a checkpoint synced
   // behind the records the failed sync lost would make them a hole the next open refuses. Refused
-  // here: RocksDB refuses writes only while its background error lasts (its own recovery from
-  // some I/O errors clears it; the ledger stays degraded until it is reopened).
-  if (degraded_.load()) {
-    return DegradedStatus();
-  }
+  // here (BeginAppend): RocksDB refuses writes only while its background error lasts (its own
+  // recovery from some I/O errors clears it; the ledger stays degraded until it is reopened).
+  // The Put is an append as a group's write is: a sync started after its append failed and
+  // before EndAppend recorded it would sync RocksDB's WAL writer in its error state (7.8 with
+  // assertions aborts), and its own sync (`sync`) runs beside no SyncWAL.
+  if (!BeginAppend()) return DegradedStatus();
   std::string value;
   PutFixed64BE(&value, position.value());
   rocksdb::WriteOptions write_options;
   write_options.sync = sync && options_.sync;
   rocksdb::Status s = db_->Put(write_options, Family(kCheckpointsFamily), ToSlice(name), value);
+  if (options_.checkpoint_put_for_test) options_.checkpoint_put_for_test();
+  EndAppend(/*failed=*/!s.ok());
   if (s.ok()) return Status::OK();
   // A failed checkpoint write or sync degrades the ledger as a failed group's does: the records
   // appended before it and not yet synced are in doubt, so they are not acknowledged (SyncLoop
   // syncs no more and fails their groups) and nothing more is written behind them. RocksDB's
   // words name the log file by its full path: the server log gets them, the caller does not
   // (a consumer's last_error is shown by the public /readyz).
-  {
-    std::lock_guard<std::mutex> l(wal_mu_);
-    wal_write_failed_ = true;
-    group_failed_ = true;
-  }
   metrics_.write_failures.Add();
   degraded_.store(true);
   spdlog::error("checkpoint {} write failed, the ledger is now read-only: {}", name,

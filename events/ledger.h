@@ -228,6 +228,9 @@ struct LedgerOptions {
   // Tests only: runs on the writing thread once a group's WAL record is in the OS, inside its
   // DB::Write, before the memtable inserts (events/wal_watch.h); the sync may start meanwhile.
   std::function<void()> wal_appended_for_test;
+  // Tests only: runs on the thread of PutCheckpoint once its DB::Put returned, failed or not,
+  // before its append ends: no WAL sync starts meanwhile.
+  std::function<void()> checkpoint_put_for_test;
 };
 
 // ledgerd's (and `ledgerctl bench`'s) LedgerOptions::sync_interval_min unless configured.

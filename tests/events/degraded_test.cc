@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <filesystem>
 #include <mutex>
 #include <random>
@@ -422,6 +423,86 @@ TEST(DegradedTest, AFailedSyncFollowedByPowerLossDropsTheGroupAndTheRetryAppends
   EXPECT_EQ(head, Position(5));
   EXPECT_FALSE(retry.replayed);
   EXPECT_EQ(retry.position, Position(8));
+}
+
+// A consumer's checkpoint (the outbox's, the Lago sink's) is written on its own thread while
+// groups are written and synced. Here its WAL append fails on a full disk while a group appended
+// before it waits for its (paced) sync: RocksDB's log writer is then in its error state, and
+// syncing it is a usage error (7.8 with assertions, as Debian builds it, aborts: SIGABRT instead
+// of a degraded ledger). A checkpoint's append is one as a group's is: no sync starts until it
+// has ended and its failure is recorded, so the group is not synced but answered
+// storage_degraded, and the ledger degrades.
+TEST(DegradedTest, NoSyncStartsBeforeAFailedCheckpointAppendHasEnded) {
+  TempDir dir;
+  FaultEnv fault;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool appended = false;      // guarded by mu: the group's record reached the OS
+  bool put_held = false;      // guarded by mu: the checkpoint's Put returned and is held
+  bool put_released = false;  // guarded by mu
+  bool answered = false;      // guarded by mu
+  CommandResult result;       // guarded by mu
+  AppendCommand first("first"), second("second");  // outlive the ledger
+  LedgerOptions options;
+  options.path = dir.path();
+  options.env = fault.env();
+  // The group's sync waits this long after the first one's: room for the checkpoint to fail.
+  options.sync_interval_min = std::chrono::milliseconds(500);
+  options.wal_appended_for_test = [&] {
+    std::lock_guard<std::mutex> l(mu);
+    appended = true;
+    cv.notify_all();
+  };
+  options.checkpoint_put_for_test = [&] {
+    std::unique_lock<std::mutex> l(mu);
+    put_held = true;
+    cv.notify_all();
+    cv.wait(l, [&] { return put_released; });
+  };
+  auto ledger = testing::OpenTestLedger(options);
+  ASSERT_NE(ledger, nullptr);
+  ASSERT_TRUE(ledger->Submit(&first).status.ok());
+  const auto first_synced = std::chrono::steady_clock::now();
+  {
+    std::lock_guard<std::mutex> l(mu);
+    appended = false;
+  }
+  ledger->SubmitAsync(&second, [&](CommandResult r) {
+    std::lock_guard<std::mutex> l(mu);
+    result = std::move(r);
+    answered = true;
+    cv.notify_all();
+  });
+  {
+    std::unique_lock<std::mutex> l(mu);
+    ASSERT_TRUE(cv.wait_for(l, std::chrono::seconds(30), [&] { return appended; }));
+  }
+  fault.fs()->FailWritesAfter(0);
+  Status checkpoint_status;
+  std::thread checkpointer([&] {
+    checkpoint_status = ledger->PutCheckpoint("consumer", Position(1), /*sync=*/false);
+  });
+  {
+    std::unique_lock<std::mutex> l(mu);
+    EXPECT_TRUE(cv.wait_for(l, std::chrono::seconds(30), [&] { return put_held; }));
+    // The paced sync is long due: it waits for the checkpoint's append to end.
+    const auto long_due = first_synced + options.sync_interval_min + std::chrono::seconds(1);
+    EXPECT_FALSE(cv.wait_until(l, long_due, [&] { return answered; }))
+        << "the group was answered (synced) before the failed checkpoint append ended: "
+        << result.status.ToString();
+    put_released = true;
+    cv.notify_all();
+  }
+  checkpointer.join();
+  EXPECT_TRUE(IsStorageDegraded(checkpoint_status)) << checkpoint_status.ToString();
+  {
+    std::unique_lock<std::mutex> l(mu);
+    ASSERT_TRUE(cv.wait_for(l, std::chrono::seconds(30), [&] { return answered; }));
+    EXPECT_TRUE(IsStorageDegraded(result.status)) << result.status.ToString();
+  }
+  EXPECT_TRUE(ledger->Degraded());
+  EXPECT_EQ(ledger->Head(), Position(1));
+  ExpectFailsFast(ledger.get(), fault.fs());
 }
 
 // Points every open file descriptor of `path` at /dev/full: each later write of the file fails
