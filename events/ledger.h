@@ -343,6 +343,8 @@ class Ledger {
   // writes nothing on a read-only or degraded ledger (Unavailable "read_only" or
   // "storage_degraded"); a write or sync of its own that fails degrades the ledger as a failed
   // group's does (Unavailable "storage_degraded"; RocksDB's words only in the server log).
+  // Its write is a WAL append as a group's is: it waits out a running WAL sync, and none starts
+  // until it has returned (with its own sync, if `sync`).
   virtual Status GetCheckpoint(std::string_view name, Position* out) const = 0;
   virtual Status PutCheckpoint(std::string_view name, Position position, bool sync) = 0;
   // The Fold::Version() that wrote the rows of fold `fold` (recorded beside its checkpoint once
