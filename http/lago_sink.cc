@@ -305,6 +305,50 @@ const char* SinkStateName(SinkState state) {
   return "unknown";
 }
 
+// The state a failed request leaves the sink in: a refused LAGO_API_KEY says so (the operator's
+// to fix), anything else is "down".
+SinkState FailedState(int http_status) {
+  return http_status == 401 || http_status == 403 ? SinkState::kUnauthorized : SinkState::kDown;
+}
+
+// What an answer that is neither the one asked for nor Lago refusing the request says of Lago:
+// not reached, the key refused, failing or busy, or something else answering at LAGO_API_URL (a
+// redirect, a catch-all route's 2xx, a proxy's page).
+struct LagoFailure {
+  std::string reason;           // for last_error and the log; "" for Lago's own JSON refusal
+  int64_t retry_after_ms = -1;  // `Retry-After`, honoured for 408, 429 and 5xx
+};
+
+// Classifies `answer` to a request of `request` (its path, named when a 404 says LAGO_API_URL is
+// wrong) whose 2xx answer has the shape `shape`. The batch send and the billable metric check
+// both read their failures here, so a wrong LAGO_API_KEY or LAGO_API_URL reads the same in
+// /readyz before the first batch as after it. Never the key nor the answer's body (a proxy's page
+// may echo the request's headers).
+LagoFailure ClassifyFailure(const LagoAnswer& answer, std::string_view request,
+                            std::string_view shape) {
+  LagoFailure out;
+  const int status = answer.http_status;
+  const std::string answered = "Lago answered " + std::to_string(status);
+  if (status == 0) {
+    out.reason = "Lago could not be reached: " + answer.error;
+  } else if (status >= 500 || status == 408 || status == 429) {
+    out.reason = answered;
+    out.retry_after_ms = answer.retry_after_ms;
+  } else if (status == 401 || status == 403) {
+    out.reason = "Lago refused LAGO_API_KEY (" + std::to_string(status) + ")";
+  } else if (status >= 200 && status < 300) {
+    out.reason = answered + " without Lago's " + std::string(shape) +
+                 " answer (something else at LAGO_API_URL?)";
+  } else if (status == 404 || status == 405 || status < 400) {
+    out.reason = answered + " for " + std::string(request) +
+                 ": check LAGO_API_URL (redirects are not followed)";
+  } else if (!ReadRefusal(answer).from_lago) {
+    out.reason =
+        answered + " without Lago's JSON error (a proxy in front of it?): check LAGO_API_URL";
+  }
+  return out;
+}
+
 }  // namespace
 
 namespace {
@@ -465,6 +509,7 @@ class LagoSink::Impl {
         api_(api),
         batch_limit_(options.batch_events_max),
         backoff_ms_(options.retry_backoff_ms_min),
+        metric_check_backoff_ms_(options.retry_backoff_ms_min),
         core_(ledger, "lago sink", options.checkpoint_name, options.checkpoint_interval_ms) {}
 
   ~Impl() { core_.StopWithoutPersisting(); }
@@ -514,6 +559,9 @@ class LagoSink::Impl {
   void Delivered(size_t first, size_t count);
   void Split(size_t sent);
   void Fail(const std::string& reason, int http_status, int64_t retry_after_ms, int64_t now_us);
+  // The wait before the next attempt after a failure (jittered, `Retry-After` honoured within
+  // retry_backoff_ms_max), doubling `*backoff_ms` for the one after.
+  int64_t NextBackoffMs(int* backoff_ms, int64_t retry_after_ms) const;
   void AdvanceMark();
   void MaybePersist(int64_t now_us, bool force);
   bool ShouldExit();
@@ -576,6 +624,10 @@ class LagoSink::Impl {
   bool failed_since_stop_ = false;  // a request failed after the stop request
   bool metric_found_ = false;       // Lago said billable_metric_code exists: not asked again
   int64_t metric_check_at_us_ = 0;  // the next CheckBillableMetric, unless metric_found_
+  int metric_check_backoff_ms_;     // after a failed check, as backoff_ms_ after a failed send
+  // The failure the last check set as last_error ("" when it answered): logged when it begins or
+  // changes, and cleared by the next answer unless a send's failure has replaced it.
+  std::string metric_check_error_;
 
   // The thread, wake-ups, stop requests, the checkpoint and the last error. Last: it joins the
   // thread before the fields above go.
@@ -872,23 +924,58 @@ LagoSink::Impl::FrontOutcome LagoSink::Impl::ServerErrorForTheFrontAlone(const L
 }
 
 // Asks Lago whether billable_metric_code exists (see the header comment). Only Lago's own 404
-// marks it missing; an answer that says nothing (network, 401, a proxy's page) is asked again
-// after the interval, as a missing metric is (the operator may create it).
+// marks it missing. A failure -- Lago not reached, the key refused, something else at
+// LAGO_API_URL, read as a batch send's failure is (ClassifyFailure) -- is the sink's state and
+// last_error, logged at warn when it begins or changes, and asked again after the sink's backoff
+// (the interval at most): an idle sink with a wrong LAGO_API_KEY or LAGO_API_URL showed state
+// "unknown" and logged nothing above debug until its first batch. An answer clears the check's
+// failure (not a send's that came after it: that one is newer) and is asked again after the
+// interval, as a missing metric is (the operator may create it).
 void LagoSink::Impl::CheckBillableMetric(int64_t now_us) {
-  metric_check_at_us_ =
-      now_us + static_cast<int64_t>(options_.billable_metric_check_interval_ms) * 1000;
   const std::string& code = options_.billable_metric_code;
   const LagoAnswer answer = api_->GetBillableMetric(code);
-  if (answer.http_status == 200 && IsBillableMetricAnswer(answer.body)) {
+  // Stop() cut it at its deadline: nothing to say of Lago.
+  if (answer.http_status == 0 && cut_at_deadline_.load()) return;
+  const RefusalAnswer refusal = ReadRefusal(answer);
+  const bool found = answer.http_status == 200 && IsBillableMetricAnswer(answer.body);
+  const bool missing = answer.http_status == 404 && refusal.from_lago &&
+                       refusal.reason == "billable_metric_not_found";
+  const LagoFailure failure =
+      found || missing ? LagoFailure()
+                       : ClassifyFailure(answer, "/api/v1/billable_metrics/" + code,
+                                         "{\"billable_metric\":{...}}");
+  if (!failure.reason.empty()) {
+    const int64_t delay_ms =
+        std::min<int64_t>(NextBackoffMs(&metric_check_backoff_ms_, failure.retry_after_ms),
+                          options_.billable_metric_check_interval_ms);
+    metric_check_at_us_ = now_us + delay_ms * 1000;
+    const bool news = failure.reason != metric_check_error_;
+    spdlog::log(news ? spdlog::level::warn : spdlog::level::debug,
+                "lago sink: cannot check billable metric {}: {}; asking again in {} ms", code,
+                failure.reason, delay_ms);
+    metric_check_error_ = failure.reason;
+    // A damaged log's error stands: it stops the sink for good, and names the position.
+    if (damaged_at_ != 0) return;
+    // The error first: whoever sees the new state (GetStatus, /readyz) sees why.
+    SetLastError(failure.reason);
+    SetState(FailedState(answer.http_status));
+    return;
+  }
+  metric_check_at_us_ =
+      now_us + static_cast<int64_t>(options_.billable_metric_check_interval_ms) * 1000;
+  metric_check_backoff_ms_ = options_.retry_backoff_ms_min;
+  if (const std::string shown = std::exchange(metric_check_error_, "");
+      !shown.empty() && core_.last_error() == shown) {
+    SetState(SinkState::kUp);  // Lago answered
+  }
+  if (found) {
     metric_found_ = true;
     if (metric_missing_.exchange(false)) {
       spdlog::info("lago sink: billable metric {} now exists in Lago", code);
     }
     return;
   }
-  const RefusalAnswer refusal = ReadRefusal(answer);
-  if (answer.http_status == 404 && refusal.from_lago &&
-      refusal.reason == "billable_metric_not_found") {
+  if (missing) {
     if (!metric_missing_.exchange(true)) {
       spdlog::error(
           "lago sink: billable metric {} not found in Lago: Lago accepts the usage sent under "
@@ -898,8 +985,9 @@ void LagoSink::Impl::CheckBillableMetric(int64_t now_us) {
     }
     return;
   }
-  spdlog::debug("lago sink: could not check billable metric {} ({}); asking again in {} ms", code,
-                answer.http_status == 0 ? answer.error : "HTTP " + std::to_string(answer.http_status),
+  // Lago's own refusal of the question (neither the metric nor its absence): asked again later.
+  spdlog::debug("lago sink: could not check billable metric {} (HTTP {} {}); asking again in {} ms",
+                code, answer.http_status, refusal.reason,
                 options_.billable_metric_check_interval_ms);
 }
 
@@ -941,10 +1029,11 @@ bool LagoSink::Impl::HandleAnswer(const LagoAnswer& answer, size_t first, size_t
     // Only answers for the front alone keep its record: a batch answered starts over.
     if (sent > 1) ClearSuspicion();
   }
+  const LagoFailure failure = ClassifyFailure(answer, "/api/v1/events/batch", "{\"events\":[...]}");
   if (status == 0) {
     // Not Lago's failure: said so, or the shutdown warned "Lago could not be reached".
     Fail(cut_at_deadline_.load() ? "the shutdown's deadline cut the request to Lago short"
-                                 : "Lago could not be reached: " + answer.error,
+                                 : failure.reason,
          0, -1, now_us);
     return false;
   }
@@ -959,8 +1048,8 @@ bool LagoSink::Impl::HandleAnswer(const LagoAnswer& answer, size_t first, size_t
         event.alone_server_errors = 1;
         ++suspects_;
       }
-      Fail("Lago answered " + std::to_string(status) + " (sending the event after a failing one)",
-           status, answer.retry_after_ms, now_us);
+      Fail(failure.reason + " (sending the event after a failing one)", status,
+           failure.retry_after_ms, now_us);
       return false;
     }
     if (++server_errors_ >= options_.server_errors_before_split && sent > 1) {
@@ -972,41 +1061,18 @@ bool LagoSink::Impl::HandleAnswer(const LagoAnswer& answer, size_t first, size_t
       if (outcome == FrontOutcome::kDeadLettered) return true;
       if (outcome == FrontOutcome::kFailed) return false;
     }
-    Fail("Lago answered " + std::to_string(status), status, answer.retry_after_ms, now_us);
+    Fail(failure.reason, status, failure.retry_after_ms, now_us);
     return false;
   }
   if (!probe) server_errors_ = 0;
-  if (status == 408 || status == 429) {
-    Fail("Lago answered " + std::to_string(status), status, answer.retry_after_ms, now_us);
+  // 408/429, 401/403, 404/405, 1xx/3xx, a 2xx that is not Lago's answer, a proxy's 4xx page: a
+  // refusal that is not Lago's is retried like an outage, since dead-lettering on it would drop
+  // every event while the proxy is misconfigured. A 413 splits the batch whoever sent it.
+  if (status != 413 && !failure.reason.empty()) {
+    Fail(failure.reason, status, failure.retry_after_ms, now_us);
     return false;
   }
-  if (status == 401 || status == 403) {
-    Fail("Lago refused LAGO_API_KEY (" + std::to_string(status) + ")", status, -1, now_us);
-    return false;
-  }
-  if (status >= 200 && status < 300) {
-    Fail("Lago answered " + std::to_string(status) +
-             " without Lago's {\"events\":[...]} answer (something else at LAGO_API_URL?): "
-             "nothing acknowledged",
-         status, -1, now_us);
-    return false;
-  }
-  if (status == 404 || status == 405 || status < 400) {
-    Fail("Lago answered " + std::to_string(status) +
-             " for /api/v1/events/batch: check LAGO_API_URL (redirects are not followed)",
-         status, -1, now_us);
-    return false;
-  }
-  // A refusal that is not Lago's (a proxy's HTML page) is retried like an outage: dead-lettering
-  // on it would drop every event while the proxy is misconfigured. A 413 splits the batch
-  // whoever sent it.
   const RefusalAnswer refusal = ReadRefusal(answer);
-  if (status != 413 && !refusal.from_lago) {
-    Fail("Lago answered " + std::to_string(status) +
-             " without Lago's JSON error (a proxy in front of it?): check LAGO_API_URL",
-         status, -1, now_us);
-    return false;
-  }
   return HandleRefusal(answer, refusal, first, sent, now_us);
 }
 
@@ -1115,18 +1181,23 @@ void LagoSink::Impl::Split(size_t sent) {
 void LagoSink::Impl::Fail(const std::string& reason, int http_status, int64_t retry_after_ms,
                           int64_t now_us) {
   metrics_.request_failures.Add();
-  int64_t delay_ms = static_cast<int64_t>(static_cast<double>(backoff_ms_) * Jitter());
-  if (retry_after_ms >= 0) {
-    delay_ms = std::min<int64_t>(std::max(delay_ms, retry_after_ms), options_.retry_backoff_ms_max);
-  }
+  const int64_t delay_ms = NextBackoffMs(&backoff_ms_, retry_after_ms);
   retry_at_us_ = now_us + delay_ms * 1000;
-  backoff_ms_ = std::min(backoff_ms_ * 2, options_.retry_backoff_ms_max);
   // The error first: whoever sees the new state (GetStatus, /readyz) sees why.
   SetLastError(reason);
-  SetState(http_status == 401 || http_status == 403 ? SinkState::kUnauthorized : SinkState::kDown);
+  SetState(FailedState(http_status));
   spdlog::warn("lago sink: {}; {} events pending after position {}, retrying in {} ms", reason,
                pending_.size(), mark_, delay_ms);
   if (core_.stop_requested()) failed_since_stop_ = true;
+}
+
+int64_t LagoSink::Impl::NextBackoffMs(int* backoff_ms, int64_t retry_after_ms) const {
+  int64_t delay_ms = static_cast<int64_t>(static_cast<double>(*backoff_ms) * Jitter());
+  if (retry_after_ms >= 0) {
+    delay_ms = std::min<int64_t>(std::max(delay_ms, retry_after_ms), options_.retry_backoff_ms_max);
+  }
+  *backoff_ms = std::min(*backoff_ms * 2, options_.retry_backoff_ms_max);
+  return delay_ms;
 }
 
 void LagoSink::Impl::AdvanceMark() {
@@ -1181,6 +1252,11 @@ bool LagoSink::Impl::ShouldExit() {
 void LagoSink::Impl::WaitForWork(int64_t now_us) {
   int64_t wait_us = int64_t{options_.poll_interval_ms} * 1000;
   if (retry_at_us_ > now_us) wait_us = std::min(wait_us, retry_at_us_ - now_us);
+  // A failed billable metric check is asked again after its backoff, not at the next poll.
+  if (!metric_found_ && options_.billable_metric_check_interval_ms > 0 &&
+      metric_check_at_us_ > now_us) {
+    wait_us = std::min(wait_us, metric_check_at_us_ - now_us);
+  }
   core_.WaitForWork(std::min(wait_us, core_.PersistDueInUs(mark_, now_us)));
 }
 

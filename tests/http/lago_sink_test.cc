@@ -9,7 +9,10 @@
 
 #include <gtest/gtest.h>
 #include <rapidjson/document.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <functional>
 #include <set>
@@ -778,7 +781,8 @@ TEST_F(LagoSinkTest, AnUnansweredBillableMetricCheckMarksNothing) {
 
 // Lago's 404 billable_metric_not_found alone says the metric is missing: an answer that says
 // nothing of it (a 401, a 503, a proxy's HTML 404, Lago's generic not_found of a route it does not
-// have) marks nothing however often it comes. The code is none of Lago's metrics throughout.
+// have) marks nothing however often it comes; it is the sink's state and last_error as the same
+// answer to a batch would be. The code is none of Lago's metrics throughout.
 TEST_F(LagoSinkTest, OnlyLagosBillableMetricNotFoundMarksTheMetricMissing) {
   FakeLago lago;
   lago.SetBillableMetrics({});
@@ -786,12 +790,14 @@ TEST_F(LagoSinkTest, OnlyLagosBillableMetricNotFoundMarksTheMetricMissing) {
     int status;
     const char* content_type;
     const char* body;
+    const char* state;
   };
   const Answer answers[] = {
-      {401, "application/json", R"({"status":401,"error":"Unauthorized"})"},
-      {503, "application/json", R"({"status":503,"error":"Service Unavailable"})"},
-      {404, "text/html", "<html><body><h1>404 Not Found</h1><hr>nginx</body></html>"},
-      {404, "application/json", R"({"status":404,"error":"Not Found","code":"not_found"})"},
+      {401, "application/json", R"({"status":401,"error":"Unauthorized"})", "unauthorized"},
+      {503, "application/json", R"({"status":503,"error":"Service Unavailable"})", "down"},
+      {404, "text/html", "<html><body><h1>404 Not Found</h1><hr>nginx</body></html>", "down"},
+      {404, "application/json", R"({"status":404,"error":"Not Found","code":"not_found"})",
+       "down"},
   };
   lago.SetMetricAnswer(answers[0].status, answers[0].content_type, answers[0].body);
   Append(10);
@@ -807,14 +813,73 @@ TEST_F(LagoSinkTest, OnlyLagosBillableMetricNotFoundMarksTheMetricMissing) {
     const size_t lookups = lago.metric_lookups();
     ASSERT_TRUE(WaitFor([&] { return lago.metric_lookups() >= lookups + 2; },
                         std::chrono::seconds(10)));
-    EXPECT_FALSE(sink_->GetStatus().billable_metric_missing);
-    EXPECT_EQ(sink_->GetStatus().state, "up");
+    const LagoSinkStatus status = sink_->GetStatus();
+    EXPECT_FALSE(status.billable_metric_missing);
+    EXPECT_EQ(status.state, answer.state);
+    EXPECT_NE(status.last_error, "");
+    EXPECT_EQ(status.last_error.find("nginx"), std::string::npos) << status.last_error;
   }
   // Lago's own answer: {"status":404,"error":"Not Found","code":"billable_metric_not_found"}.
   lago.ClearMetricAnswer();
   ASSERT_TRUE(WaitFor([&] { return sink_->GetStatus().billable_metric_missing; },
                       std::chrono::seconds(10)));
   EXPECT_EQ(sink_->GetStatus().last_error, "billable metric api_calls not found in Lago");
+}
+
+// An idle sink with a wrong LAGO_API_KEY looked healthy: before the first batch the billable
+// metric check is its only request, and its 401 went to the debug log only (/readyz: state
+// "unknown", last_error null). It reads as a batch's 401 does, warned once however often it is
+// asked again (with the sink's backoff, not the check's minute), and Lago answering clears it.
+TEST_F(LagoSinkTest, ARefusedApiKeyShowsBeforeTheFirstBatch) {
+  auto log = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(512);
+  spdlog::default_logger()->sinks().push_back(log);
+  FakeLago lago;
+  lago.SetApiKey("another-key");
+  StartSink(lago.url());  // the check's interval: a minute
+  ASSERT_TRUE(WaitFor([&] { return sink_->GetStatus().state == "unauthorized"; },
+                      std::chrono::seconds(10)))
+      << sink_->GetStatus().state;
+  const std::string error = sink_->GetStatus().last_error;
+  EXPECT_NE(error.find("LAGO_API_KEY"), std::string::npos) << error;
+  EXPECT_EQ(error.find(kFakeLagoApiKey), std::string::npos) << error;
+  ASSERT_TRUE(WaitFor([&] { return lago.metric_lookups() >= 4; }, std::chrono::seconds(10)));
+  EXPECT_TRUE(lago.requests().empty());  // no batch: the check alone tells
+  lago.SetApiKey(kFakeLagoApiKey);  // the operator fixes the key on Lago's side
+  ASSERT_TRUE(WaitFor([&] { return sink_->GetStatus().state == "up"; }, std::chrono::seconds(10)))
+      << sink_->GetStatus().state;
+  EXPECT_EQ(sink_->GetStatus().last_error, "");
+  EXPECT_TRUE(StopSink().ok());
+  size_t warnings = 0;
+  for (const std::string& line : log->last_formatted()) {
+    EXPECT_EQ(line.find(kFakeLagoApiKey), std::string::npos) << line;
+    if (line.find("[warning]") != std::string::npos && line.find(error) != std::string::npos) {
+      ++warnings;
+    }
+  }
+  EXPECT_EQ(warnings, 1u);
+  auto& sinks = spdlog::default_logger()->sinks();
+  sinks.erase(std::find(sinks.begin(), sinks.end(), log));
+}
+
+// A LAGO_API_URL nothing answers at, on an idle sink: the check's connection failure is state
+// "down" with last_error saying so (it was "unknown" and null until the first batch), and Lago
+// reachable again clears it.
+TEST_F(LagoSinkTest, AnUnreachableLagoShowsBeforeTheFirstBatch) {
+  FakeLago lago;
+  lago.SetDown(true);
+  StartSink(lago.url());
+  ASSERT_TRUE(
+      WaitFor([&] { return sink_->GetStatus().state == "down"; }, std::chrono::seconds(10)))
+      << sink_->GetStatus().state;
+  const LagoSinkStatus status = sink_->GetStatus();
+  EXPECT_NE(status.last_error.find("could not be reached"), std::string::npos)
+      << status.last_error;
+  EXPECT_FALSE(status.billable_metric_missing);
+  lago.SetDown(false);
+  ASSERT_TRUE(WaitFor([&] { return sink_->GetStatus().state == "up"; }, std::chrono::seconds(10)))
+      << sink_->GetStatus().last_error;
+  EXPECT_EQ(sink_->GetStatus().last_error, "");
+  EXPECT_GT(lago.metric_lookups(), 0u);
 }
 
 TEST_F(LagoSinkTest, AnEventLagoAlwaysFailsIsDeadLetteredAndTheRestDelivered) {
