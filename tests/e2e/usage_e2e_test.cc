@@ -18,6 +18,10 @@
 // and its negative control (the newest write-ahead log deleted after a kill: acknowledged consumes
 // gone from disk) judge by the same code: the test asserts ok(), the control asserts
 // LostAcknowledgedConsumes(). The batch checks likewise (CheckBatches: ok() and missing > 0).
+//
+// And issue 4's "the usage appears on Kafka" (UsageOnKafkaE2eTest, ledgerd on its embedded Kafka):
+// a consume and a batch of 1000 items over three users are on the topic as the CloudEvents the log
+// holds, the batch events whole or, over the message size, with the dataref that reads them.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -41,6 +45,7 @@
 #include "projections/registry.h"
 #include "tests/support/daemon_process.h"
 #include "tests/support/http_client.h"
+#include "tests/support/kafka_test_consumer.h"
 #include "tests/support/test_ledger.h"
 #include "tests/support/tokens.h"
 #include "tests/support/usage_fixtures.h"
@@ -153,7 +158,7 @@ class UsageE2eTest : public ::testing::Test {
   void SetUp() override {
     options_.data_dir = dir_.Sub("data");
     options_.log_path = dir_.Sub("ledgerd.log");
-    options_.kafka_brokers = "none";
+    // Kafka stays as the options say: off (DaemonOptions' default) but in UsageOnKafkaE2eTest.
     options_.env = {{"LEDGER_SERVICE_TOKENS", std::string("gateway=") + kServiceToken},
                     {"STRIPE_WEBHOOK_SECRET", kWebhookSecret}};
     daemon_ = std::make_unique<DaemonProcess>(options_);
@@ -554,6 +559,156 @@ TEST_F(UsageE2eTest, NegativeControlBatchDeletingTheNewestWalIsDetected) {
   EXPECT_GT(report.missing, 0u) << report.Summary();
   EXPECT_FALSE(report.ok());
   daemon_->Kill();
+}
+
+// Issue 4's "the usage appears on Kafka": ledgerd on its embedded Kafka, with a message size that
+// a batch event of most of 1000 items exceeds (published with dataref) and one of 50 does not.
+class UsageOnKafkaE2eTest : public UsageE2eTest {
+ protected:
+  static constexpr size_t kMessageBytesMax = 64 * 1024;
+
+  UsageOnKafkaE2eTest() {
+    options_.kafka_brokers = "";  // not passed: the default, embedded
+    options_.args = {"--kafka-message-max-bytes", std::to_string(kMessageBytesMax)};
+  }
+};
+
+// The idempotency keys of a usage event's data: its one key (usage.recorded.v1), or its items'.
+std::vector<std::string> UsageKeys(const rapidjson::Value& data) {
+  std::vector<std::string> keys;
+  if (!data.IsObject()) return keys;
+  if (data.HasMember("idempotency_key")) keys.push_back(data["idempotency_key"].GetString());
+  if (data.HasMember("items")) {
+    for (const auto& item : data["items"].GetArray()) {
+      keys.push_back(item["idempotency_key"].GetString());
+    }
+  }
+  return keys;
+}
+
+// One consume and one batch of 1000 items (700, 250 and 50 for three users, interleaved), then the
+// whole topic: every position arrives (CheckDelivery); the consume's usage.recorded.v1 has the id,
+// position and subject GET /api/v1/events gives it and the key in its data; each user's
+// usage.batch_recorded.v1 events are those of the log, and their items -- from `data`, or from
+// the `dataref` (GET /api/v1/events at that position: the same event) of one over the message
+// size -- hold exactly the keys sent for that user.
+TEST_F(UsageOnKafkaE2eTest, ConsumedAndBatchedUsageAppearsOnKafka) {
+  const std::string bootstrap = daemon_->kafka_bootstrap();
+  ASSERT_FALSE(bootstrap.empty()) << daemon_->Log();
+  Subscribe();
+  const std::string consumed_key = "kafka-consume-1";
+  HttpReply consumed = Service().Post(kConsume, ConsumeBody(consumed_key));
+  ASSERT_EQ(consumed.status, 200) << consumed.body;
+
+  const std::string third_user = "e2e-third-user";
+  std::vector<std::pair<std::string, std::string>> items;
+  std::map<std::string, std::set<std::string>> sent;  // user -> keys
+  for (int i = 0; i < 1000; ++i) {
+    const std::string user =
+        i % 20 < 14 ? std::string(kUser) : i % 20 < 19 ? std::string(kBatchUser) : third_user;
+    items.emplace_back(user, "kafka-batch-" + std::to_string(i));
+    sent[user].insert(items.back().second);
+  }
+  HttpReply batch = Service().Post(kEvents, BatchBody(items));
+  ASSERT_EQ(batch.status, 200) << batch.body;
+  ASSERT_EQ(batch.Json()["accepted"].GetInt(), 1000) << batch.body;
+
+  // What the log says.
+  struct Logged {
+    uint64_t position = 0;
+    std::string subject;
+    std::string hash;
+  };
+  std::map<std::string, Logged> logged;  // usage events by id
+  std::string consumed_id;
+  ForEachLoggedEvent(kUser, "usage.recorded.v1", [&](const rapidjson::Value& e) {
+    if (UsageKeys(e["data"]) != std::vector<std::string>{consumed_key}) return;
+    consumed_id = e["id"].GetString();
+    logged[consumed_id] = {e["position"].GetUint64(), e["subject"].GetString(),
+                           e["hash"].GetString()};
+  });
+  ASSERT_FALSE(consumed_id.empty()) << "the consume is not in the log";
+  std::map<std::string, std::set<std::string>> batch_ids_logged;  // user -> event ids
+  for (const auto& user_keys : sent) {
+    const std::string& user = user_keys.first;
+    ForEachLoggedEvent(user, "usage.batch_recorded.v1", [&](const rapidjson::Value& e) {
+      logged[e["id"].GetString()] = {e["position"].GetUint64(), e["subject"].GetString(),
+                                     e["hash"].GetString()};
+      batch_ids_logged[user].insert(e["id"].GetString());
+    });
+  }
+  HttpReply head = Admin().Get("/api/v1/audit/head");
+  ASSERT_EQ(head.status, 200) << head.body;
+  const uint64_t head_position = head.Json()["position"].GetUint64();
+
+  // What Kafka has.
+  std::unique_ptr<KafkaTestConsumer> consumer;
+  ASSERT_TRUE(KafkaTestConsumer::Open(bootstrap, "ledger.events", &consumer).ok());
+  ASSERT_TRUE(consumer->ConsumeDistinct(head_position, std::chrono::seconds(60)))
+      << "distinct CloudEvents seen: " << consumer->distinct_ids() << " of " << head_position;
+  const DeliveryReport delivery = CheckDelivery(consumer->records(), 1, head_position);
+  EXPECT_TRUE(delivery.ok()) << delivery.Summary();
+  bool consume_on_kafka = false;
+  std::map<std::string, std::set<std::string>> batch_ids_on_kafka;  // user -> event ids
+  std::map<std::string, std::set<std::string>> keys_on_kafka;       // user -> item keys
+  size_t with_data = 0, with_dataref = 0;
+  TestHttpClient admin = Admin();
+  for (const ConsumedRecord& record : consumer->records()) {
+    CloudEventFields fields;
+    const std::vector<std::string> problems = ValidateCloudEventRecord(record, "", &fields);
+    ASSERT_TRUE(problems.empty()) << problems.front() << "\n" << record.value.substr(0, 500);
+    if (fields.type != "usage.recorded.v1" && fields.type != "usage.batch_recorded.v1") continue;
+    auto in_log = logged.find(fields.id);
+    ASSERT_TRUE(in_log != logged.end()) << "not in the log: " << record.value.substr(0, 500);
+    EXPECT_EQ(fields.position, in_log->second.position) << fields.id;
+    EXPECT_EQ(fields.subject, in_log->second.subject) << fields.id;
+    EXPECT_EQ(fields.hash, in_log->second.hash) << fields.id;
+    rapidjson::Document data;
+    if (fields.dataref.empty()) {
+      ++with_data;
+      data.Parse(fields.data.c_str());
+    } else {
+      // The claim check reads the same event from the log.
+      ++with_dataref;
+      EXPECT_EQ(fields.dataref,
+                "/api/v1/events?after=" + std::to_string(fields.position - 1) + "&limit=1");
+      HttpReply r = admin.Get(fields.dataref);
+      ASSERT_EQ(r.status, 200) << r.body;
+      rapidjson::Document page = r.Json();
+      ASSERT_TRUE(page.IsObject() && page["events"].IsArray() && page["events"].Size() == 1)
+          << r.body.substr(0, 500);
+      const rapidjson::Value& event = page["events"].GetArray()[0];
+      EXPECT_EQ(std::string(event["id"].GetString()), fields.id);
+      data.CopyFrom(event["data"], data.GetAllocator());
+    }
+    ASSERT_TRUE(data.IsObject()) << record.value.substr(0, 500);
+    EXPECT_EQ(std::string(data["user_id"].GetString()), fields.subject);
+    if (fields.type == "usage.recorded.v1") {
+      consume_on_kafka = true;
+      EXPECT_EQ(fields.id, consumed_id);
+      EXPECT_EQ(fields.subject, kUser);
+      EXPECT_EQ(UsageKeys(data), std::vector<std::string>{consumed_key}) << fields.data;
+      continue;
+    }
+    if (fields.subject == kUser) {
+      EXPECT_EQ(std::string(data["plan_id"].GetString()), "e2e");
+    }
+    batch_ids_on_kafka[fields.subject].insert(fields.id);
+    for (const std::string& key : UsageKeys(data)) keys_on_kafka[fields.subject].insert(key);
+  }
+  EXPECT_TRUE(consume_on_kafka) << "no usage.recorded.v1 with id " << consumed_id << " on Kafka";
+  EXPECT_EQ(batch_ids_on_kafka, batch_ids_logged);
+  for (const auto& [user, keys] : sent) {
+    EXPECT_EQ(keys_on_kafka[user], keys) << user << ": " << keys_on_kafka[user].size() << " of "
+                                         << keys.size() << " keys on Kafka";
+  }
+  // Both ways of publishing were seen: the 700-item event over the message size, the 50-item one
+  // and the consume under it.
+  std::printf("usage on Kafka: %zu records with data, %zu with dataref\n", with_data, with_dataref);
+  EXPECT_GE(with_dataref, 1u);
+  EXPECT_GE(with_data, 2u);
+  consumer.reset();
+  EXPECT_EQ(daemon_->Terminate(), 0);
 }
 
 // ForEachLoggedEvent reads until next_after stops moving, as the README tells clients to: a page
