@@ -224,6 +224,39 @@ TEST(DegradedTest, NegativeControlSyncFailureWithoutSyncIsDetected) {
       << "sync=false was not detected: " << report.Summary();
 }
 
+// Negative control of WriteFailureMidLoadThroughTheWriteThread...: the same load through the write
+// thread, with every write-ahead log append from the middle of it answered OK and dropped
+// (FaultFs::SetLoseLogAppends: what a ledger acknowledging groups whose writes failed leaves on
+// disk), must lose acknowledged writes, and the checker must say so. If this test fails, that test
+// cannot tell an acknowledged write from one that never reached the disk.
+TEST(DegradedTest, NegativeControlAWriteFailureAcknowledgedIsDetected) {
+  TempDir dir;
+  FaultEnv fault;
+  std::vector<Outcome> acknowledged;
+  {
+    auto ledger = Open(dir.path(), fault.env(), /*write_thread_entries_min=*/0);
+    ASSERT_NE(ledger, nullptr);
+    LoadOptions load_options;
+    load_options.tag = "write-control";
+    load_options.keyed_percent = 100;
+    load_options.reject_percent = 0;
+    load_options.commands_per_thread = 100;
+    ConcurrentLoad load(ledger.get(), load_options);
+    load.WaitForAcknowledged(100);
+    fault.fs()->SetLoseLogAppends(true);
+    load.Join();
+    acknowledged = load.outcomes().Acknowledged();
+    EXPECT_TRUE(load.outcomes().Failed().empty());
+    EXPECT_FALSE(ledger->Degraded()) << "the lost appends were seen: nothing is controlled";
+  }
+  auto ledger = Open(dir.path(), nullptr);
+  ASSERT_NE(ledger, nullptr);
+  DurabilityReport report = CheckDurability(ledger.get(), acknowledged);
+  EXPECT_TRUE(report.LostAcknowledgedWrites())
+      << "acknowledged writes that never reached the disk were not detected: "
+      << report.Summary();
+}
+
 // Pins one failing group with GateCommands: [gate-2, keyed, the same keyed request again (an
 // in-group retry), plain, rejected]. Appends fail, so nothing of the group reaches the disk.
 TEST(DegradedTest, AFailedGroupFailsEveryCommandInItIncludingInGroupReplays) {

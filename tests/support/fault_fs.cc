@@ -35,26 +35,30 @@ class FaultWritableFile final : public rocksdb::FSWritableFileOwnerWrapper {
       : FSWritableFileOwnerWrapper(std::move(target)),
         fs_(fs),
         state_(std::move(state)),
-        name_(std::move(name)) {}
+        name_(std::move(name)),
+        log_(name_.ends_with(".log")) {}
 
   IOStatus Append(const rocksdb::Slice& data, const IOOptions& options,
                   IODebugContext* dbg) override {
     IOStatus s = fs_->BeforeAppend();
-    if (s.ok()) s = target()->Append(data, options, dbg);
+    if (!s.ok() || Lost()) return s;
+    s = target()->Append(data, options, dbg);
     if (s.ok()) fs_->AfterAppend(state_.get(), data.size());
     return s;
   }
   IOStatus Append(const rocksdb::Slice& data, const IOOptions& options,
                   const rocksdb::DataVerificationInfo& info, IODebugContext* dbg) override {
     IOStatus s = fs_->BeforeAppend();
-    if (s.ok()) s = target()->Append(data, options, info, dbg);
+    if (!s.ok() || Lost()) return s;
+    s = target()->Append(data, options, info, dbg);
     if (s.ok()) fs_->AfterAppend(state_.get(), data.size());
     return s;
   }
   IOStatus PositionedAppend(const rocksdb::Slice& data, uint64_t offset, const IOOptions& options,
                             IODebugContext* dbg) override {
     IOStatus s = fs_->BeforeAppend();
-    if (s.ok()) s = target()->PositionedAppend(data, offset, options, dbg);
+    if (!s.ok() || Lost()) return s;
+    s = target()->PositionedAppend(data, offset, options, dbg);
     if (s.ok()) fs_->AfterPositionedAppend(state_.get(), offset + data.size());
     return s;
   }
@@ -62,7 +66,8 @@ class FaultWritableFile final : public rocksdb::FSWritableFileOwnerWrapper {
                             const rocksdb::DataVerificationInfo& info,
                             IODebugContext* dbg) override {
     IOStatus s = fs_->BeforeAppend();
-    if (s.ok()) s = target()->PositionedAppend(data, offset, options, info, dbg);
+    if (!s.ok() || Lost()) return s;
+    s = target()->PositionedAppend(data, offset, options, info, dbg);
     if (s.ok()) fs_->AfterPositionedAppend(state_.get(), offset + data.size());
     return s;
   }
@@ -96,6 +101,9 @@ class FaultWritableFile final : public rocksdb::FSWritableFileOwnerWrapper {
   }
 
  private:
+  // An append answered OK and dropped (FaultFs::SetLoseLogAppends).
+  bool Lost() const { return log_ && fs_->losing_log_appends(); }
+
   IOStatus SyncWith(const IOOptions& options, IODebugContext* dbg, bool full) {
     IOStatus s = fs_->BeforeSync(name_);
     if (!s.ok()) return s;
@@ -109,6 +117,7 @@ class FaultWritableFile final : public rocksdb::FSWritableFileOwnerWrapper {
   FaultFs* fs_;
   std::shared_ptr<FaultFs::FileState> state_;
   std::string name_;
+  const bool log_;  // a write-ahead log
 };
 
 class FaultDirectory final : public rocksdb::FSDirectoryWrapper {

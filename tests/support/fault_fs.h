@@ -35,8 +35,9 @@
 //
 // Error injection without a power loss: FailWritesAfter(n) and SetFailSyncs(true) make appends or
 // syncs fail with IOError (nothing is written / nothing is synced), for the "an I/O failure fails
-// the group and degrades the store" path. A failed sync names the file or directory by the path
-// RocksDB opened it with, as the POSIX file system's does ("While fsync: /data/000012.log: ...").
+// the group and degrades the store" path; SetLoseLogAppends(true) makes the log's appends fail
+// silently, for negative controls. A failed sync names the file or directory by the path RocksDB
+// opened it with, as the POSIX file system's does ("While fsync: /data/000012.log: ...").
 //
 // Thread safety: every method may be called from any thread; RocksDB calls the file system from
 // its writer and background threads concurrently.
@@ -104,6 +105,10 @@ class FaultFs final : public rocksdb::FileSystemWrapper {
   void FailWritesAfter(int64_t appends) { appends_until_failure_.store(appends); }
   // While true, every file and directory sync fails (nothing synced).
   void SetFailSyncs(bool fail) { fail_syncs_.store(fail); }
+  // While true, every append to a write-ahead log (*.log) answers OK and writes nothing: what a
+  // ledger that acknowledged a group whose write failed leaves on disk (for negative controls).
+  void SetLoseLogAppends(bool lose) { lose_log_appends_.store(lose); }
+  bool losing_log_appends() const { return lose_log_appends_.load(); }
 
   // --- Pausing ----------------------------------------------------------------------------------
   // While held, every file and directory sync waits, before it syncs anything, until
@@ -197,6 +202,7 @@ class FaultFs final : public rocksdb::FileSystemWrapper {
 
   std::atomic<bool> powered_{true};
   std::atomic<bool> fail_syncs_{false};
+  std::atomic<bool> lose_log_appends_{false};
   // HoldSyncs(), HoldAppends().
   struct Hold {
     bool holding = false;  // guarded by hold_mu_
