@@ -1126,6 +1126,7 @@ void KafkaOutbox::Impl::WaitForWork(int64_t now_us) {
   // No checkpoint write is due while writes wait for a reload (MayPersist): the mark moves on past
   // the reset written, and waiting for that write would not wait at all.
   if (MayPersist()) wait_us = std::min(wait_us, core_.PersistDueInUs(mark_, now_us));
+  metrics_.waits.Add();
   core_.WaitForWork(wait_us);
 }
 
@@ -1239,6 +1240,8 @@ void KafkaOutbox::Impl::RenderMetrics(std::string* out) const {
           metrics_.rewinds.Value());
   counter("ledger_outbox_producer_restarts_total", "Producers recreated after fatal errors.",
           metrics_.producer_restarts.Value());
+  counter("ledger_outbox_waits_total", "Waits of the publisher thread for work.",
+          metrics_.waits.Value());
   gauge("ledger_outbox_lag_events", "Ledger head minus the outbox checkpoint.", status.lag);
   gauge("ledger_outbox_checkpoint_position", "Highest gap-free delivered position.",
         status.checkpoint.value());

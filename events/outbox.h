@@ -141,6 +141,9 @@ struct OutboxMetrics {
   Counter rewinds;            // rewinds after failures
   Counter producer_restarts;  // producers recreated after a fatal error
   Counter data_omitted;       // events published with `dataref` instead of `data` (too large)
+  // The publisher thread's waits for work: at most one per poll interval while idle, plus one per
+  // wake-up (appends, acknowledgements); a busy loop shows as thousands a second.
+  Counter waits;
   // Append time -> Kafka acknowledgement (by the event's append clock).
   Histogram publish_latency_seconds{Histogram::LatencySecondsBounds()};
 };

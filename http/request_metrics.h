@@ -47,6 +47,7 @@ class RequestMetrics {
   //   ledger_http_request_duration_seconds{method,route}       histogram
   //   ledger_http_connections_accepted_total                   counter
   //   ledger_http_connections_queued / _workers_busy / _workers gauges
+  //   ledger_http_loop_wakeups_total                            counter
   void Render(std::string* out) const;
 
   // Connection-level figures, maintained by the server's worker pool.
@@ -54,6 +55,9 @@ class RequestMetrics {
   std::atomic<int64_t> connections_queued{0};
   std::atomic<int64_t> workers_busy{0};
   std::atomic<int64_t> workers{0};
+  // Returns of the event loop's epoll_wait: events, posted answers and 100 ms ticks. A loop that
+  // spins on a connection it should not watch shows as thousands a second.
+  Counter loop_wakeups;
 
  private:
   mutable std::mutex mu_;

@@ -1234,8 +1234,8 @@ constexpr int kLoopTickMs = 100;
 // load one loop wake-up serves many connections: no thread is woken per request.
 class CoreServer final : public httplib::Server {
  public:
-  explicit CoreServer(const HttpServerOptions& options)
-      : options_(options), open_connections_max_(options.open_connections_max) {
+  CoreServer(const HttpServerOptions& options, RequestMetrics* metrics)
+      : options_(options), metrics_(metrics), open_connections_max_(options.open_connections_max) {
     request_bytes_max_ = options.request_bytes_max != 0
                              ? options.request_bytes_max
                              : 2 * options.body_bytes_max + limits::kLagoWebhookHeadBytesMax;
@@ -1434,6 +1434,7 @@ class CoreServer final : public httplib::Server {
         spdlog::default_logger()->flush();
         std::abort();
       }
+      metrics_->loop_wakeups.Add();
       ready.clear();
       flush.clear();
       answered.clear();
@@ -2031,6 +2032,7 @@ class CoreServer final : public httplib::Server {
   }
 
   const HttpServerOptions options_;
+  RequestMetrics* const metrics_;  // outlives the server
   size_t request_bytes_max_ = 0;
   size_t open_connections_max_;  // fixed before the loop starts
   std::vector<LoopRoute> loop_routes_;  // fixed before the loop starts
@@ -2098,7 +2100,10 @@ class HttpServer::Impl {
   };
 
   Impl(const HttpServerOptions& options, const Authenticator* authenticator, RequestMetrics* metrics)
-      : options_(options), authenticator_(authenticator), metrics_(metrics), server_(options) {}
+      : options_(options),
+        authenticator_(authenticator),
+        metrics_(metrics),
+        server_(options, metrics) {}
 
   Status AddRoutes(RouteTable table);
   void Configure();
