@@ -566,7 +566,11 @@ class LagoSink::Impl {
   void MaybePersist(int64_t now_us, bool force);
   bool ShouldExit();
   void WaitForWork(int64_t now_us);
-  void SetLastError(std::string error) { core_.SetLastError(std::move(error)); }
+  // Any error set here is not the check's (check_error_shown_).
+  void SetLastError(std::string error) {
+    check_error_shown_ = false;
+    core_.SetLastError(std::move(error));
+  }
   // Lago answering does not make a damaged log's sink "up": it stops short of the head for good.
   // Up, the last error is cleared: /readyz showed state "up", lag 0 beside the 401 of an hour
   // before ("Lago refused LAGO_API_KEY"), as if it were still refused.
@@ -625,9 +629,12 @@ class LagoSink::Impl {
   bool metric_found_ = false;       // Lago said billable_metric_code exists: not asked again
   int64_t metric_check_at_us_ = 0;  // the next CheckBillableMetric, unless metric_found_
   int metric_check_backoff_ms_;     // after a failed check, as backoff_ms_ after a failed send
-  // The failure the last check set as last_error ("" when it answered): logged when it begins or
-  // changes, and cleared by the next answer unless a send's failure has replaced it.
+  // The failure the last check met ("" when it answered): logged when it begins or changes.
   std::string metric_check_error_;
+  // last_error and the state are the check's failure: the next answer clears them. Another
+  // error (a send's, the damage) is neither replaced by a failed check nor cleared by an answer,
+  // even with the same words ("Lago answered 503" from both).
+  bool check_error_shown_ = false;
 
   // The thread, wake-ups, stop requests, the checkpoint and the last error. Last: it joins the
   // thread before the fields above go.
@@ -928,9 +935,9 @@ LagoSink::Impl::FrontOutcome LagoSink::Impl::ServerErrorForTheFrontAlone(const L
 // LAGO_API_URL, read as a batch send's failure is (ClassifyFailure) -- is the sink's state and
 // last_error, logged at warn when it begins or changes, and asked again after the sink's backoff
 // (the interval at most): an idle sink with a wrong LAGO_API_KEY or LAGO_API_URL showed state
-// "unknown" and logged nothing above debug until its first batch. An answer clears the check's
-// failure (not a send's that came after it: that one is newer) and is asked again after the
-// interval, as a missing metric is (the operator may create it).
+// "unknown" and logged nothing above debug until its first batch. A send's failure shown is
+// neither replaced by the check's nor cleared by its answer. An answer clears the check's failure
+// and is asked again after the interval, as a missing metric is (the operator may create it).
 void LagoSink::Impl::CheckBillableMetric(int64_t now_us) {
   const std::string& code = options_.billable_metric_code;
   const LagoAnswer answer = api_->GetBillableMetric(code);
@@ -940,8 +947,13 @@ void LagoSink::Impl::CheckBillableMetric(int64_t now_us) {
   const bool found = answer.http_status == 200 && IsBillableMetricAnswer(answer.body);
   const bool missing = answer.http_status == 404 && refusal.from_lago &&
                        refusal.reason == "billable_metric_not_found";
+  // Lago's own 403 to the question: a key whose permissions (lago-api's per-resource API key
+  // permissions) allow writing events and not reading billable metrics, as a usage sink's key
+  // may well be ("read_action_not_allowed_for_billable_metric"). Not a refused key: the batches
+  // say whether it is one.
+  const bool not_permitted = answer.http_status == 403 && refusal.from_lago;
   const LagoFailure failure =
-      found || missing ? LagoFailure()
+      found || missing || not_permitted ? LagoFailure()
                        : ClassifyFailure(answer, "/api/v1/billable_metrics/" + code,
                                          "{\"billable_metric\":{...}}");
   if (!failure.reason.empty()) {
@@ -954,20 +966,21 @@ void LagoSink::Impl::CheckBillableMetric(int64_t now_us) {
                 "lago sink: cannot check billable metric {}: {}; asking again in {} ms", code,
                 failure.reason, delay_ms);
     metric_check_error_ = failure.reason;
-    // A damaged log's error stands: it stops the sink for good, and names the position.
-    if (damaged_at_ != 0) return;
+    // Another error shown stands: a send's failure says more of the sink than the check's (the
+    // check's answer would clear it while the sends still fail), and a damaged log's stops the
+    // sink for good and names the position.
+    if (!check_error_shown_ && !core_.last_error().empty()) return;
     // The error first: whoever sees the new state (GetStatus, /readyz) sees why.
     SetLastError(failure.reason);
     SetState(FailedState(answer.http_status));
+    check_error_shown_ = true;
     return;
   }
   metric_check_at_us_ =
       now_us + static_cast<int64_t>(options_.billable_metric_check_interval_ms) * 1000;
   metric_check_backoff_ms_ = options_.retry_backoff_ms_min;
-  if (const std::string shown = std::exchange(metric_check_error_, "");
-      !shown.empty() && core_.last_error() == shown) {
-    SetState(SinkState::kUp);  // Lago answered
-  }
+  metric_check_error_.clear();
+  if (std::exchange(check_error_shown_, false)) SetState(SinkState::kUp);  // Lago answered
   if (found) {
     metric_found_ = true;
     if (metric_missing_.exchange(false)) {

@@ -104,12 +104,14 @@
 // "unknown"; a transport failure's state and error come first), until an answer finds it. Usage
 // is still sent meanwhile (Lago keeps the events; a metric created under that code later bills
 // the ones in its period). Any other answer says nothing of the metric. Lago's own refusal of the
-// question is asked again after the interval; a failure (network error, 401/403, 408/429/5xx, a
-// redirect, a proxy's page) is read as a batch's failure is -- state "unauthorized" or "down",
-// last_error, a warning when it begins or changes -- so an idle sink with a wrong LAGO_API_KEY or
-// LAGO_API_URL says so before its first batch; it is asked again with the sink's backoff (the
-// interval at most), and an answer clears it (unless a send's failure came since). The daemon
-// starts either way.
+// question (its JSON 4xx: a 403 for a key permitted to write events and not to read billable
+// metrics) is asked again after the interval; a failure (network error, 401, a 403 not Lago's,
+// 408/429/5xx, a redirect, a proxy's page) is read as a batch's failure is -- state
+// "unauthorized" or "down", last_error, a warning when it begins or changes -- so an idle sink
+// with a wrong LAGO_API_KEY or LAGO_API_URL says so before its first batch; it is asked again
+// with the sink's backoff (the interval at most), and an answer clears it (a send's failure
+// shown is neither replaced by the check's nor cleared by its answer). The daemon starts either
+// way.
 //
 // Lifecycle: Open() reads the checkpoint; Start() starts the thread; Notify() (wired to
 // Ledger::AddCommitListener) wakes it after appends, otherwise it polls every poll_interval_ms.
