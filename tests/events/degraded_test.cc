@@ -479,8 +479,9 @@ TEST(DegradedTest, NoSyncStartsBeforeAFailedCheckpointAppendHasEnded) {
   LedgerOptions options;
   options.path = dir.path();
   options.env = fault.env();
-  // The group's sync waits this long after the first one's: room for the checkpoint to fail.
-  options.sync_interval_min = std::chrono::milliseconds(500);
+  // The group's sync waits this long after the first one's: room for the checkpoint to fail
+  // (the steps up to its held Put all run inside it, on a loaded machine too).
+  options.sync_interval_min = std::chrono::seconds(2);
   options.wal_appended_for_test = [&] {
     std::lock_guard<std::mutex> l(mu);
     appended = true;

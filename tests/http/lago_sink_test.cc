@@ -798,6 +798,12 @@ TEST_F(LagoSinkTest, OnlyLagosBillableMetricNotFoundMarksTheMetricMissing) {
       {404, "text/html", "<html><body><h1>404 Not Found</h1><hr>nginx</body></html>", "down"},
       {404, "application/json", R"({"status":404,"error":"Not Found","code":"not_found"})",
        "down"},
+      // Lago's own refusal of the question, not of the key: a key permitted to write events and
+      // not to read billable metrics (lago-api's API key permissions). The batches went through
+      // with it, and the earlier answers' failure is cleared.
+      {403, "application/json",
+       R"({"status":403,"error":"Forbidden","code":"read_action_not_allowed_for_billable_metric"})",
+       "up"},
   };
   lago.SetMetricAnswer(answers[0].status, answers[0].content_type, answers[0].body);
   Append(10);
@@ -816,7 +822,7 @@ TEST_F(LagoSinkTest, OnlyLagosBillableMetricNotFoundMarksTheMetricMissing) {
     const LagoSinkStatus status = sink_->GetStatus();
     EXPECT_FALSE(status.billable_metric_missing);
     EXPECT_EQ(status.state, answer.state);
-    EXPECT_NE(status.last_error, "");
+    EXPECT_EQ(status.last_error.empty(), status.state == "up") << status.last_error;
     EXPECT_EQ(status.last_error.find("nginx"), std::string::npos) << status.last_error;
   }
   // Lago's own answer: {"status":404,"error":"Not Found","code":"billable_metric_not_found"}.
@@ -859,6 +865,40 @@ TEST_F(LagoSinkTest, ARefusedApiKeyShowsBeforeTheFirstBatch) {
   EXPECT_EQ(warnings, 1u);
   auto& sinks = spdlog::default_logger()->sinks();
   sinks.erase(std::find(sinks.begin(), sinks.end(), log));
+}
+
+// The check and a batch fail with the same words ("Lago answered 500": Lago's GETs and its event
+// pipeline both failing), then Lago answers the check while the batches still fail: the batch's
+// failure stays shown until a batch gets through. It was cleared to "up" (the check compared
+// last_error's text with its own) for as long as the batch waited for its retry.
+TEST_F(LagoSinkTest, TheChecksAnswerDoesNotClearABatchsFailure) {
+  FakeLago lago;
+  lago.SetMetricAnswer(500, "application/json", R"({"status":500,"error":"Internal Server Error"})");
+  lago.InjectFault(FakeLago::Fault::kServerError, 1000);
+  Append(10);
+  LagoSinkOptions options = FastOptions();
+  options.billable_metric_check_interval_ms = 50;
+  options.retry_backoff_ms_min = 6000;  // the batch's retry (in 3 s at least) after the checks
+  options.retry_backoff_ms_max = 6000;
+  StartSink(lago.url(), options);
+  ASSERT_TRUE(WaitFor([&] { return !lago.requests().empty(); }, std::chrono::seconds(10)));
+  const size_t lookups = lago.metric_lookups();
+  ASSERT_TRUE(WaitFor([&] { return lago.metric_lookups() >= lookups + 2; },
+                      std::chrono::seconds(10)));  // failed checks after the batch's failure
+  ASSERT_EQ(sink_->GetStatus().last_error, "Lago answered 500");
+  lago.ClearMetricAnswer();
+  // Found, the metric is not asked again: the lookups stop once the answer is handled.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        const size_t before = lago.metric_lookups();
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        return lago.metric_lookups() == before;
+      },
+      std::chrono::seconds(10)));
+  const LagoSinkStatus status = sink_->GetStatus();
+  EXPECT_EQ(lago.requests().size(), 1u) << "the batch was retried: nothing is controlled";
+  EXPECT_EQ(status.state, "down");
+  EXPECT_EQ(status.last_error, "Lago answered 500");
 }
 
 // A LAGO_API_URL nothing answers at, on an idle sink: the check's connection failure is state
