@@ -953,9 +953,10 @@ void LagoSink::Impl::CheckBillableMetric(int64_t now_us) {
   // say whether it is one.
   const bool not_permitted = answer.http_status == 403 && refusal.from_lago;
   const LagoFailure failure =
-      found || missing || not_permitted ? LagoFailure()
-                       : ClassifyFailure(answer, "/api/v1/billable_metrics/" + code,
-                                         "{\"billable_metric\":{...}}");
+      found || missing || not_permitted
+          ? LagoFailure()
+          : ClassifyFailure(answer, "/api/v1/billable_metrics/" + code,
+                            "{\"billable_metric\":{...}}");
   if (!failure.reason.empty()) {
     const int64_t delay_ms =
         std::min<int64_t>(NextBackoffMs(&metric_check_backoff_ms_, failure.retry_after_ms),

@@ -73,7 +73,8 @@ void RequestMetrics::Render(std::string* out) const {
   *out += "# HELP ledger_http_workers Worker threads of the HTTP server.\n";
   *out += "# TYPE ledger_http_workers gauge\n";
   *out += "ledger_http_workers " + std::to_string(workers.load()) + "\n";
-  *out += "# HELP ledger_http_loop_wakeups_total Event loop wake-ups (events, posted answers, 100 ms ticks).\n";
+  *out += "# HELP ledger_http_loop_wakeups_total Event loop wake-ups (events, posted answers, "
+          "100 ms ticks).\n";
   *out += "# TYPE ledger_http_loop_wakeups_total counter\n";
   *out += "ledger_http_loop_wakeups_total " + std::to_string(loop_wakeups.Value()) + "\n";
 }

@@ -873,7 +873,8 @@ TEST_F(LagoSinkTest, ARefusedApiKeyShowsBeforeTheFirstBatch) {
 // last_error's text with its own) for as long as the batch waited for its retry.
 TEST_F(LagoSinkTest, TheChecksAnswerDoesNotClearABatchsFailure) {
   FakeLago lago;
-  lago.SetMetricAnswer(500, "application/json", R"({"status":500,"error":"Internal Server Error"})");
+  lago.SetMetricAnswer(500, "application/json",
+                       R"({"status":500,"error":"Internal Server Error"})");
   lago.InjectFault(FakeLago::Fault::kServerError, 1000);
   Append(10);
   LagoSinkOptions options = FastOptions();
