@@ -571,11 +571,15 @@ class LagoSink::Impl {
     check_error_shown_ = false;
     core_.SetLastError(std::move(error));
   }
-  // Lago answering does not make a damaged log's sink "up": it stops short of the head for good.
+  // Lago answering does not make a damaged log's sink "up": it stops short of the head for good,
+  // and the damage is its error again (a failed send of the events before it had replaced it).
   // Up, the last error is cleared: /readyz showed state "up", lag 0 beside the 401 of an hour
   // before ("Lago refused LAGO_API_KEY"), as if it were still refused.
   void SetState(SinkState state) {
-    if (damaged_at_ != 0 && state == SinkState::kUp) state = SinkState::kDown;
+    if (damaged_at_ != 0 && state == SinkState::kUp) {
+      state = SinkState::kDown;
+      SetLastError(damage_error_);
+    }
     if (state == SinkState::kUp) SetLastError("");
     state_.store(static_cast<int>(state));
   }
@@ -601,6 +605,7 @@ class LagoSink::Impl {
   uint64_t mark_ = 0;                 // every position <= mark_ is handled (the checkpoint)
   uint64_t scanned_to_ = 0;           // last position read from the log
   uint64_t damaged_at_ = 0;           // the log is damaged there: read no further (StopAtDamage)
+  std::string damage_error_;          // what last_error says of it
   size_t batch_limit_;                // events per request now (halved by splits)
   int successes_ = 0;                 // 2xx batches in a row
   int server_errors_ = 0;             // 5xx answers in a row
@@ -795,12 +800,12 @@ void LagoSink::Impl::StopAtDamage(const Status& why, uint64_t at, uint64_t stop_
   stop_before = std::max(stop_before, mark_ + 1);
   Unqueue(stop_before);
   damaged_at_ = at;
-  const std::string error = "the log is damaged at position " + std::to_string(at) +
-                            "; forwarding stopped before position " +
-                            std::to_string(stop_before) + ": " + why.message();
-  SetLastError(error);
+  damage_error_ = "the log is damaged at position " + std::to_string(at) +
+                  "; forwarding stopped before position " + std::to_string(stop_before) + ": " +
+                  why.message();
+  SetLastError(damage_error_);
   SetState(SinkState::kDown);
-  spdlog::error("lago sink: {}", error);
+  spdlog::error("lago sink: {}", damage_error_);
   AdvanceMark();
 }
 

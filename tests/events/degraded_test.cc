@@ -595,5 +595,41 @@ TEST(DegradedTest, AFullDiskUnderTheInfoLogDegradesInsteadOfAborting) {
   EXPECT_EQ(ledger->Head(), Position(5));
 }
 
+// A shutdown after a failed write flushes the memtables (ledgerd's App::Stop) while the failed
+// append has left RocksDB's WAL writer in its error state, which a memtable switch would flush --
+// a usage error 7.8 with assertions (as Debian builds it) aborts on. RocksDB answers the flush
+// with the failed write's background error first, so the process stops as a degraded one; this
+// keeps it so (an abort kills the test binary).
+TEST(DegradedTest, AFlushAfterAFailedAppendFailsInsteadOfAborting) {
+  TempDir dir;
+  FaultEnv fault;
+  std::vector<Outcome> acknowledged;
+  {
+    auto ledger = Open(dir.path(), fault.env());
+    ASSERT_NE(ledger, nullptr);
+    for (int i = 0; i < 3; ++i) {
+      CommandSpec spec;
+      spec.subject = "before-" + std::to_string(i);
+      auto command = spec.Make();
+      CommandResult r = ledger->Submit(command.get());
+      ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+      acknowledged.push_back(Outcome{spec, r});
+    }
+    fault.fs()->FailWritesAfter(0);
+    AppendCommand failed("its-append-fails");
+    EXPECT_TRUE(IsStorageDegraded(ledger->Submit(&failed).status));
+    ASSERT_TRUE(ledger->Degraded());
+    fault.fs()->FailWritesAfter(-1);  // the disk has room again: only the WAL writer is broken
+    const Status flushed = ledger->Flush();
+    EXPECT_FALSE(flushed.ok());  // RocksDB's background error: the injected write failure
+    EXPECT_EQ(ledger->Head(), Position(3));
+  }
+  auto ledger = Open(dir.path(), nullptr);
+  ASSERT_NE(ledger, nullptr);
+  DurabilityReport report = CheckDurability(ledger.get(), acknowledged);
+  EXPECT_TRUE(report.ok()) << report.Summary();
+  EXPECT_EQ(ledger->Head(), Position(3));
+}
+
 }  // namespace
 }  // namespace ledger

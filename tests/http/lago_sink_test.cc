@@ -1519,9 +1519,11 @@ TEST_F(LagoSinkTest, AReSealedEventIsNotSentNorTheEventsAfterIt) {
 
 // Usage before a damaged event is sent: a scan that queued 1..5 and then failed on 6 skipped
 // Step, and every retry read 6 again and failed, so 1..5 never reached Lago and the checkpoint
-// stayed at 0. The sink sends up to 5 and stops before 6, down, naming it.
+// stayed at 0. The sink sends up to 5 and stops before 6, down, naming it -- also once a failed
+// send of 1..5 is retried and accepted (the failure's "Lago answered 500" stayed in last_error).
 TEST_F(LagoSinkTest, UsageBeforeADamagedEventIsSentAndTheSinkStopsThere) {
   FakeLago lago;
+  lago.InjectFault(FakeLago::Fault::kServerError);
   Consume("alice", 6);
   Consume("alice");  // after the damaged one: never sent
   Tamper(6, /*reseal=*/false, [](Event* event) {
@@ -1529,7 +1531,7 @@ TEST_F(LagoSinkTest, UsageBeforeADamagedEventIsSentAndTheSinkStopsThere) {
     ASSERT_NE(at, std::string::npos);
     event->data[at + 11] = '2';  // one byte, the hash left as it was
   });
-  StartSink(lago.url());
+  StartSink(lago.url(), FastOptions());
   ASSERT_TRUE(WaitFor([&] {
     LagoSinkStatus status = sink_->GetStatus();
     return status.checkpoint == Position(5) && status.pending == 0;
