@@ -636,10 +636,15 @@ class LagoSink::Impl {
   int metric_check_backoff_ms_;     // after a failed check, as backoff_ms_ after a failed send
   // The failure the last check met ("" when it answered): logged when it begins or changes.
   std::string metric_check_error_;
-  // last_error and the state are the check's failure: the next answer clears them. Another
-  // error (a send's, the damage) is neither replaced by a failed check nor cleared by an answer,
-  // even with the same words ("Lago answered 503" from both).
+  // The check set last_error and the state: the next answer clears them. Another error (a send's,
+  // the damage, a checkpoint write's) is neither replaced by a failed check nor cleared by an
+  // answer, even with the same words ("Lago answered 503" from both): ShowsCheckError.
   bool check_error_shown_ = false;
+  // last_error is still the check's: nothing set another since, through SetLastError (which
+  // clears check_error_shown_) or LogConsumerCore (a failed checkpoint write: other words).
+  bool ShowsCheckError() const {
+    return check_error_shown_ && core_.last_error() == metric_check_error_;
+  }
 
   // The thread, wake-ups, stop requests, the checkpoint and the last error. Last: it joins the
   // thread before the fields above go.
@@ -968,6 +973,7 @@ void LagoSink::Impl::CheckBillableMetric(int64_t now_us) {
                           options_.billable_metric_check_interval_ms);
     metric_check_at_us_ = now_us + delay_ms * 1000;
     const bool news = failure.reason != metric_check_error_;
+    const bool shows_check_error = ShowsCheckError();
     spdlog::log(news ? spdlog::level::warn : spdlog::level::debug,
                 "lago sink: cannot check billable metric {}: {}; asking again in {} ms", code,
                 failure.reason, delay_ms);
@@ -975,7 +981,7 @@ void LagoSink::Impl::CheckBillableMetric(int64_t now_us) {
     // Another error shown stands: a send's failure says more of the sink than the check's (the
     // check's answer would clear it while the sends still fail), and a damaged log's stops the
     // sink for good and names the position.
-    if (!check_error_shown_ && !core_.last_error().empty()) return;
+    if (!shows_check_error && !core_.last_error().empty()) return;
     // The error first: whoever sees the new state (GetStatus, /readyz) sees why.
     SetLastError(failure.reason);
     SetState(FailedState(answer.http_status));
@@ -985,8 +991,10 @@ void LagoSink::Impl::CheckBillableMetric(int64_t now_us) {
   metric_check_at_us_ =
       now_us + static_cast<int64_t>(options_.billable_metric_check_interval_ms) * 1000;
   metric_check_backoff_ms_ = options_.retry_backoff_ms_min;
+  const bool shows_check_error = ShowsCheckError();
   metric_check_error_.clear();
-  if (std::exchange(check_error_shown_, false)) SetState(SinkState::kUp);  // Lago answered
+  check_error_shown_ = false;
+  if (shows_check_error) SetState(SinkState::kUp);  // Lago answered
   if (found) {
     metric_found_ = true;
     if (metric_missing_.exchange(false)) {

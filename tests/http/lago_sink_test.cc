@@ -22,6 +22,7 @@
 #include "http/lago_client.h"
 #include "projections/lago.h"
 #include "tests/support/fake_lago.h"
+#include "tests/support/fault_fs.h"
 #include "tests/support/no_thread.h"
 #include "tests/support/schema_check.h"
 #include "tests/support/test_ledger.h"
@@ -34,7 +35,9 @@ namespace ledger::http {
 namespace {
 
 using ledger::testing::CountedExactlyOnce;
+using ledger::testing::AppendCommand;
 using ledger::testing::FakeLago;
+using ledger::testing::FaultEnv;
 using ledger::testing::kFakeLagoApiKey;
 using ledger::testing::TempDir;
 using ledger::testing::WaitFor;
@@ -902,6 +905,48 @@ TEST_F(LagoSinkTest, TheChecksAnswerDoesNotClearABatchsFailure) {
   EXPECT_EQ(status.last_error, "Lago answered 500");
 }
 
+// Nor does it clear a failed checkpoint write's error, which LogConsumerCore sets itself: on a
+// degraded ledger the sink skips events it does not forward and cannot write its checkpoint;
+// Lago answering the check then showed it "up" with no error until the next write attempt.
+TEST_F(LagoSinkTest, TheChecksAnswerDoesNotClearAFailedCheckpointWrite) {
+  FaultEnv fault;
+  ledger_.reset();
+  LedgerOptions ledger_options;
+  ledger_options.path = dir_.Sub("ledger");
+  ledger_options.env = fault.env();
+  ASSERT_TRUE(Ledger::Open(ledger_options, &ledger_).ok());
+  AppendCommand skipped("not-usage", 3);  // nothing for Lago: the checkpoint moves past it
+  ASSERT_TRUE(ledger_->Submit(&skipped).status.ok());
+  fault.fs()->FailWritesAfter(0);
+  AppendCommand failed("its-append-fails");
+  EXPECT_FALSE(ledger_->Submit(&failed).status.ok());
+  ASSERT_TRUE(ledger_->Degraded());
+  FakeLago lago;
+  lago.SetMetricAnswer(503, "application/json", R"({"status":503,"error":"Service Unavailable"})");
+  LagoSinkOptions options = FastOptions();
+  options.billable_metric_check_interval_ms = 50;
+  options.checkpoint_interval_ms = 60'000;  // the failed write is not tried again meanwhile
+  StartSink(lago.url(), options);
+  ASSERT_TRUE(WaitFor([&] {
+    return sink_->GetStatus().last_error.rfind("writing the checkpoint", 0) == 0;
+  })) << sink_->GetStatus().last_error;
+  const size_t lookups = lago.metric_lookups();
+  ASSERT_TRUE(WaitFor([&] { return lago.metric_lookups() >= lookups + 2; }));
+  lago.ClearMetricAnswer();
+  // Found, the metric is not asked again: the lookups stop once the answer is handled.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        const size_t before = lago.metric_lookups();
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        return lago.metric_lookups() == before;
+      },
+      std::chrono::seconds(10)));
+  const LagoSinkStatus status = sink_->GetStatus();
+  EXPECT_EQ(status.state, "down");
+  EXPECT_EQ(status.last_error.rfind("writing the checkpoint", 0), 0u) << status.last_error;
+  check_schemas_ = false;  // the degraded ledger
+}
+
 // A LAGO_API_URL nothing answers at, on an idle sink: the check's connection failure is state
 // "down" with last_error saying so (it was "unknown" and null until the first batch), and Lago
 // reachable again clears it.
@@ -1534,7 +1579,8 @@ TEST_F(LagoSinkTest, UsageBeforeADamagedEventIsSentAndTheSinkStopsThere) {
   StartSink(lago.url(), FastOptions());
   ASSERT_TRUE(WaitFor([&] {
     LagoSinkStatus status = sink_->GetStatus();
-    return status.checkpoint == Position(5) && status.pending == 0;
+    return status.checkpoint == Position(5) && status.pending == 0 &&
+           status.last_error.find("damaged") != std::string::npos;
   })) << sink_->GetStatus().last_error;
   LagoSinkStatus status = sink_->GetStatus();
   EXPECT_EQ(status.state, "down");  // /readyz's lago state
