@@ -539,6 +539,20 @@ TEST(DegradedTest, NoSyncStartsBeforeAFailedCheckpointAppendHasEnded) {
   ExpectFailsFast(ledger.get(), fault.fs());
 }
 
+// Submits `count` commands ("before-<i>"), each one acknowledged, into `acknowledged`.
+::testing::AssertionResult SubmitAcknowledged(Ledger* ledger, int count,
+                                              std::vector<Outcome>* acknowledged) {
+  for (int i = 0; i < count; ++i) {
+    CommandSpec spec;
+    spec.subject = "before-" + std::to_string(i);
+    auto command = spec.Make();
+    CommandResult r = ledger->Submit(command.get());
+    if (!r.status.ok()) return ::testing::AssertionFailure() << r.status.ToString();
+    acknowledged->push_back(Outcome{spec, r});
+  }
+  return ::testing::AssertionSuccess();
+}
+
 // Points every open file descriptor of `path` at /dev/full: each later write of the file fails
 // with ENOSPC, as on a full disk, whatever object writes it (RocksDB's info log is written past
 // the Env the ledger is given). Returns how many descriptors it redirected.
@@ -569,14 +583,7 @@ TEST(DegradedTest, AFullDiskUnderTheInfoLogDegradesInsteadOfAborting) {
   {
     auto ledger = Open(dir.path(), fault.env());
     ASSERT_NE(ledger, nullptr);
-    for (int i = 0; i < 5; ++i) {
-      CommandSpec spec;
-      spec.subject = "before-" + std::to_string(i);
-      auto command = spec.Make();
-      CommandResult r = ledger->Submit(command.get());
-      ASSERT_TRUE(r.status.ok()) << r.status.ToString();
-      acknowledged.push_back(Outcome{spec, r});
-    }
+    ASSERT_TRUE(SubmitAcknowledged(ledger.get(), 5, &acknowledged));
     // The disk fills up: no write of any file gets through.
     ASSERT_EQ(RedirectToDevFull(dir.Sub("LOG")), 1);
     fault.fs()->FailWritesAfter(0);
@@ -607,14 +614,7 @@ TEST(DegradedTest, AFlushAfterAFailedAppendFailsInsteadOfAborting) {
   {
     auto ledger = Open(dir.path(), fault.env());
     ASSERT_NE(ledger, nullptr);
-    for (int i = 0; i < 3; ++i) {
-      CommandSpec spec;
-      spec.subject = "before-" + std::to_string(i);
-      auto command = spec.Make();
-      CommandResult r = ledger->Submit(command.get());
-      ASSERT_TRUE(r.status.ok()) << r.status.ToString();
-      acknowledged.push_back(Outcome{spec, r});
-    }
+    ASSERT_TRUE(SubmitAcknowledged(ledger.get(), 3, &acknowledged));
     fault.fs()->FailWritesAfter(0);
     AppendCommand failed("its-append-fails");
     EXPECT_TRUE(IsStorageDegraded(ledger->Submit(&failed).status));

@@ -268,6 +268,24 @@ class LagoSinkTest : public ::testing::Test {
     return WaitFor([&] { return sink_->GetStatus().lag == 0; }, timeout);
   }
 
+  // The sink asks for the billable metric once at a time: the answer to the lookup going on now
+  // has been handled once another lookup has begun after it.
+  static bool LookupAnswerHandled(const FakeLago& lago) {
+    const size_t lookups = lago.metric_lookups();
+    return WaitFor([&] { return lago.metric_lookups() >= lookups + 2; }, std::chrono::seconds(10));
+  }
+
+  // Found, the metric is not asked again: the lookups stop once the answer is handled.
+  static bool MetricFound(const FakeLago& lago) {
+    return WaitFor(
+        [&] {
+          const size_t before = lago.metric_lookups();
+          std::this_thread::sleep_for(std::chrono::milliseconds(200));
+          return lago.metric_lookups() == before;
+        },
+        std::chrono::seconds(10));
+  }
+
   Position Checkpoint() {
     Position p;
     EXPECT_TRUE(ledger_->GetCheckpoint("sink.lago", &p).ok());
@@ -817,11 +835,7 @@ TEST_F(LagoSinkTest, OnlyLagosBillableMetricNotFoundMarksTheMetricMissing) {
   for (const Answer& answer : answers) {
     SCOPED_TRACE(answer.body);
     lago.SetMetricAnswer(answer.status, answer.content_type, answer.body);
-    // The sink asks once at a time: a lookup begun after the next one has been answered and
-    // handled.
-    const size_t lookups = lago.metric_lookups();
-    ASSERT_TRUE(WaitFor([&] { return lago.metric_lookups() >= lookups + 2; },
-                        std::chrono::seconds(10)));
+    ASSERT_TRUE(LookupAnswerHandled(lago));
     const LagoSinkStatus status = sink_->GetStatus();
     EXPECT_FALSE(status.billable_metric_missing);
     EXPECT_EQ(status.state, answer.state);
@@ -886,19 +900,10 @@ TEST_F(LagoSinkTest, TheChecksAnswerDoesNotClearABatchsFailure) {
   options.retry_backoff_ms_max = 6000;
   StartSink(lago.url(), options);
   ASSERT_TRUE(WaitFor([&] { return !lago.requests().empty(); }, std::chrono::seconds(10)));
-  const size_t lookups = lago.metric_lookups();
-  ASSERT_TRUE(WaitFor([&] { return lago.metric_lookups() >= lookups + 2; },
-                      std::chrono::seconds(10)));  // failed checks after the batch's failure
+  ASSERT_TRUE(LookupAnswerHandled(lago));  // failed checks after the batch's failure
   ASSERT_EQ(sink_->GetStatus().last_error, "Lago answered 500");
   lago.ClearMetricAnswer();
-  // Found, the metric is not asked again: the lookups stop once the answer is handled.
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        const size_t before = lago.metric_lookups();
-        std::this_thread::sleep_for(std::chrono::milliseconds(200));
-        return lago.metric_lookups() == before;
-      },
-      std::chrono::seconds(10)));
+  ASSERT_TRUE(MetricFound(lago));
   const LagoSinkStatus status = sink_->GetStatus();
   EXPECT_EQ(lago.requests().size(), 1u) << "the batch was retried: nothing is controlled";
   EXPECT_EQ(status.state, "down");
@@ -930,17 +935,9 @@ TEST_F(LagoSinkTest, TheChecksAnswerDoesNotClearAFailedCheckpointWrite) {
   ASSERT_TRUE(WaitFor([&] {
     return sink_->GetStatus().last_error.rfind("writing the checkpoint", 0) == 0;
   })) << sink_->GetStatus().last_error;
-  const size_t lookups = lago.metric_lookups();
-  ASSERT_TRUE(WaitFor([&] { return lago.metric_lookups() >= lookups + 2; }));
+  ASSERT_TRUE(LookupAnswerHandled(lago));
   lago.ClearMetricAnswer();
-  // Found, the metric is not asked again: the lookups stop once the answer is handled.
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        const size_t before = lago.metric_lookups();
-        std::this_thread::sleep_for(std::chrono::milliseconds(200));
-        return lago.metric_lookups() == before;
-      },
-      std::chrono::seconds(10)));
+  ASSERT_TRUE(MetricFound(lago));
   const LagoSinkStatus status = sink_->GetStatus();
   EXPECT_EQ(status.state, "down");
   EXPECT_EQ(status.last_error.rfind("writing the checkpoint", 0), 0u) << status.last_error;
