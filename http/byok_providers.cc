@@ -83,11 +83,7 @@ KeyTestResult TestProviderKey(const ByokProvider& provider, const std::string& b
     return result;
   }
   httplib::Client client(base.scheme_host_port);
-  const time_t seconds = timeout_ms / 1000;
-  const time_t micros = (timeout_ms % 1000) * 1000;
-  client.set_connection_timeout(seconds, micros);
-  client.set_read_timeout(seconds, micros);
-  client.set_write_timeout(seconds, micros);
+  SetClientTimeouts(&client, timeout_ms, timeout_ms, timeout_ms);
   client.set_follow_location(false);
   if (base.https) client.enable_server_certificate_verification(true);
   // Before the key is copied into the headers: a call not made leaves no copy to wipe.

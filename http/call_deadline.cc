@@ -7,6 +7,7 @@
 #include <httplib.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <system_error>
 
@@ -91,6 +92,38 @@ bool CallDeadline::Finish() {
     fds_.clear();
   }
   return passed_;
+}
+
+void SetClientTimeouts(httplib::Client* client, int64_t connect_ms, int64_t read_ms,
+                       int64_t write_ms) {
+  auto split = [](int64_t ms, auto set) {
+    ms = std::max<int64_t>(ms, 1);
+    set(static_cast<time_t>(ms / 1000), static_cast<time_t>((ms % 1000) * 1000));
+  };
+  split(connect_ms, [client](time_t s, time_t us) { client->set_connection_timeout(s, us); });
+  split(read_ms, [client](time_t s, time_t us) { client->set_read_timeout(s, us); });
+  split(write_ms, [client](time_t s, time_t us) { client->set_write_timeout(s, us); });
+}
+
+std::string NetworkErrorText(httplib::Error error) {
+  switch (error) {
+    case httplib::Error::Connection:
+      return "connection failed";
+    case httplib::Error::ConnectionTimeout:
+      return "connect timed out";
+    case httplib::Error::Read:
+      return "no complete answer (read timed out or connection lost)";
+    case httplib::Error::Write:
+      return "sending the request failed";
+    case httplib::Error::SSLConnection:
+      return "TLS handshake failed";
+    case httplib::Error::SSLLoadingCerts:
+      return "loading the CA certificates failed";
+    case httplib::Error::SSLServerVerification:
+      return "the server's TLS certificate was not trusted";
+    default:
+      return "request failed (" + httplib::to_string(error) + ")";
+  }
 }
 
 }  // namespace ledger::http

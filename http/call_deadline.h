@@ -26,13 +26,16 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
 namespace httplib {
 class Client;
+enum class Error;
 }
 
 namespace ledger::http {
@@ -76,5 +79,13 @@ class CallDeadline {
   bool started_ = false;   // the caller's thread only
   std::thread thread_;     // started in the constructor's body, every member initialized
 };
+
+// The client's connect, read and write timeouts (each at least 1 ms: cpp-httplib takes 0 as none).
+void SetClientTimeouts(httplib::Client* client, int64_t connect_ms, int64_t read_ms,
+                       int64_t write_ms);
+
+// What went wrong when a call got no HTTP answer, in words for logs and /readyz (no URL, no
+// header: nothing secret).
+std::string NetworkErrorText(httplib::Error error);
 
 }  // namespace ledger::http

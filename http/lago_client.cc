@@ -21,32 +21,6 @@ Status BadConfig(const std::string& message) {
   return Status::InvalidArgument("bad_config", message);
 }
 
-void SetTimeout(int64_t ms, const std::function<void(time_t, time_t)>& set) {
-  ms = std::max<int64_t>(ms, 1);
-  set(static_cast<time_t>(ms / 1000), static_cast<time_t>((ms % 1000) * 1000));
-}
-
-std::string NetworkError(httplib::Error error) {
-  switch (error) {
-    case httplib::Error::Connection:
-      return "connection failed";
-    case httplib::Error::ConnectionTimeout:
-      return "connect timed out";
-    case httplib::Error::Read:
-      return "no complete answer (read timed out or connection lost)";
-    case httplib::Error::Write:
-      return "sending the request failed";
-    case httplib::Error::SSLConnection:
-      return "TLS handshake failed";
-    case httplib::Error::SSLLoadingCerts:
-      return "loading the CA certificates failed";
-    case httplib::Error::SSLServerVerification:
-      return "the server's TLS certificate was not trusted";
-    default:
-      return "request failed (" + httplib::to_string(error) + ")";
-  }
-}
-
 int64_t RetryAfterMs(const httplib::Response& response) {
   std::string value = response.get_header_value("Retry-After");
   if (value.empty() || value.size() > 5 ||
@@ -68,10 +42,8 @@ Status HttpLagoClient::Create(const LagoClientOptions& options,
   client->path_prefix_ = base.prefix;
   client->client_ = std::make_unique<httplib::Client>(base.scheme_host_port);
   httplib::Client& c = *client->client_;
-  SetTimeout(options.connect_timeout_ms,
-             [&](time_t s, time_t us) { c.set_connection_timeout(s, us); });
-  SetTimeout(options.read_timeout_ms, [&](time_t s, time_t us) { c.set_read_timeout(s, us); });
-  SetTimeout(options.write_timeout_ms, [&](time_t s, time_t us) { c.set_write_timeout(s, us); });
+  SetClientTimeouts(&c, options.connect_timeout_ms, options.read_timeout_ms,
+                    options.write_timeout_ms);
   c.set_keep_alive(true);
   c.set_follow_location(false);
   c.set_tcp_nodelay(true);
@@ -145,7 +117,7 @@ LagoAnswer HttpLagoClient::Call(const char* method, const std::string& path,
     answer.body.clear();
     answer.error = deadline_passed
                        ? "no complete answer within " + std::to_string(deadline_ms) + " ms"
-                       : NetworkError(error == httplib::Error::Success ? httplib::Error::Unknown
+                       : NetworkErrorText(error == httplib::Error::Success ? httplib::Error::Unknown
                                                                        : error);
     return answer;
   }

@@ -18,6 +18,7 @@
 #include "events/ledger.h"
 #include "events/log_consumer.h"
 #include "projections/json_util.h"
+#include "projections/json_write.h"
 #include "projections/lago.h"
 
 namespace ledger::http {
@@ -69,10 +70,6 @@ Status ValidateOptions(const LagoSinkOptions& o) {
     return InvalidConfig("timing options out of range");
   }
   return Status::OK();
-}
-
-void WriteString(JsonWriter* w, std::string_view s) {
-  w->String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
 }
 
 std::string Compact(const rapidjson::Value& v) {
@@ -245,26 +242,26 @@ class RecordSinkRejection final : public Command {
     JsonWriter w(buf);
     w.StartObject();
     w.Key("transaction_id");
-    WriteString(&w, event_.transaction_id);
+    json::String(&w, event_.transaction_id);
     w.Key("source_position");
     w.Uint64(event_.position);
     w.Key("source_type");
-    WriteString(&w, event_.source_type);
+    json::String(&w, event_.source_type);
     w.Key("user_id");
     if (event_.user_id.empty()) {
       w.Null();
     } else {
-      WriteString(&w, event_.user_id);
+      json::String(&w, event_.user_id);
     }
     w.Key("http_status");
     w.Int(http_status_);
     w.Key("reason");
-    WriteString(&w, reason_);
+    json::String(&w, reason_);
     w.Key("error");
     if (error_.empty()) {
       w.Null();
     } else {
-      WriteString(&w, error_);
+      json::String(&w, error_);
     }
     w.Key("lago_event");
     if (event_.lago_event.empty()) {
@@ -399,17 +396,17 @@ void WriteLagoEvent(std::string_view transaction_id, std::string_view user_id,
   JsonWriter w(buf);
   w.StartObject();
   w.Key("transaction_id");
-  WriteString(&w, transaction_id);
+  json::String(&w, transaction_id);
   w.Key("external_subscription_id");
-  WriteString(&w, options.external_subscription_id_prefix + std::string(user_id));
+  json::String(&w, options.external_subscription_id_prefix + std::string(user_id));
   w.Key("code");
-  WriteString(&w, options.billable_metric_code);
+  json::String(&w, options.billable_metric_code);
   w.Key("timestamp");
   w.RawValue(timestamp.data(), timestamp.size(), rapidjson::kNumberType);
   w.Key("properties");
   w.StartObject();
   w.Key("service");
-  WriteString(&w, service);
+  json::String(&w, service);
   w.Key("quantity");
   w.Int64(quantity->value.GetInt64());
   auto metadata = usage.FindMember("metadata");

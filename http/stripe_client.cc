@@ -327,34 +327,6 @@ double Jitter() {
   return std::uniform_real_distribution<double>(0.5, 1.0)(rng);
 }
 
-void SetTimeout(int64_t ms, const std::function<void(time_t, time_t)>& set) {
-  ms = std::max<int64_t>(ms, 1);
-  set(static_cast<time_t>(ms / 1000), static_cast<time_t>((ms % 1000) * 1000));
-}
-
-const char* NetworkErrorText(httplib::Error error) {
-  switch (error) {
-    case httplib::Error::Connection:
-      return "connection failed";
-    case httplib::Error::ConnectionTimeout:
-      return "connect timed out";
-    case httplib::Error::Read:
-      return "no complete answer (read timed out or connection lost)";
-    case httplib::Error::Write:
-      return "sending the request failed";
-    case httplib::Error::SSLConnection:
-      return "TLS handshake failed";
-    case httplib::Error::SSLLoadingCerts:
-      return "loading the CA certificates failed";
-    case httplib::Error::SSLServerVerification:
-      return "the server's TLS certificate was not trusted";
-    case httplib::Error::Canceled:
-      return "the answer was too large";
-    default:
-      return "request failed";
-  }
-}
-
 bool RetryableNetworkError(httplib::Error error) {
   switch (error) {
     case httplib::Error::SSLLoadingCerts:
@@ -373,12 +345,8 @@ bool HttpStripeClient::Impl::Attempt(const char* method, const std::string& path
                                      int64_t remaining_ms, httplib::Response* response,
                                      std::string* response_body, httplib::Error* error) const {
   httplib::Client client(base.scheme_host_port);
-  SetTimeout(options.connect_timeout_ms,
-             [&](time_t s, time_t us) { client.set_connection_timeout(s, us); });
-  SetTimeout(std::min(options.read_timeout_ms, remaining_ms),
-             [&](time_t s, time_t us) { client.set_read_timeout(s, us); });
-  SetTimeout(options.write_timeout_ms,
-             [&](time_t s, time_t us) { client.set_write_timeout(s, us); });
+  SetClientTimeouts(&client, options.connect_timeout_ms,
+                    std::min(options.read_timeout_ms, remaining_ms), options.write_timeout_ms);
   client.set_keep_alive(false);
   client.set_follow_location(false);
   client.set_url_encode(false);  // paths and queries are encoded here
@@ -459,7 +427,9 @@ Status HttpStripeClient::Impl::Send(const char* method, const std::string& path,
     if (!answered) {
       if (remaining <= 0) error = httplib::Error::Read;
       last_was_network = true;
-      last_failure = NetworkErrorText(error);
+      // Canceled: the content receiver refused an answer over its size limit.
+      last_failure = error == httplib::Error::Canceled ? "the answer was too large"
+                                                       : NetworkErrorText(error);
       retry = RetryableNetworkError(error);
     } else {
       last_was_network = false;

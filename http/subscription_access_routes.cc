@@ -23,6 +23,7 @@
 #include "http/problem.h"
 #include "http/routes.h"
 #include "projections/json_util.h"
+#include "projections/json_write.h"
 #include "projections/limits.h"
 #include "projections/subscriptions.h"
 #include "projections/usage.h"
@@ -42,62 +43,37 @@ constexpr char kUserAccessName[] = "/api/v1/subscriptions/admin/user-access/{use
 constexpr char kStatusPath[] = "/api/v1/billing/subscription-status";
 constexpr size_t kServiceIdBytesMax = 64;
 
-void Str(JsonWriter* w, std::string_view s) {
-  w->String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
-}
-void OptStr(JsonWriter* w, const std::optional<std::string>& s) {
-  if (s) {
-    Str(w, *s);
-  } else {
-    w->Null();
-  }
-}
-void OptInt(JsonWriter* w, const std::optional<int64_t>& v) {
-  if (v) {
-    w->Int64(*v);
-  } else {
-    w->Null();
-  }
-}
-void NonEmptyOrNull(JsonWriter* w, const std::string& s) {
-  if (s.empty()) {
-    w->Null();
-  } else {
-    Str(w, s);
-  }
-}
-
 // The subscription's public fields (no Stripe event bookkeeping).
 void WriteSubscription(JsonWriter* w, const pj::SubscriptionRecord& r) {
   w->StartObject();
   w->Key("id");
-  Str(w, r.subscription_id);
+  json::String(w, r.subscription_id);
   w->Key("status");
-  Str(w, pj::SubscriptionStatusName(r.status));
+  json::String(w, pj::SubscriptionStatusName(r.status));
   w->Key("plan_id");
-  OptStr(w, r.plan_id);
+  json::OptString(w, r.plan_id);
   w->Key("price_id");
-  OptStr(w, r.price_id);
+  json::OptString(w, r.price_id);
   w->Key("interval");
-  OptStr(w, r.interval);
+  json::OptString(w, r.interval);
   w->Key("current_period_start");
-  OptInt(w, r.current_period_start);
+  json::OptInt(w, r.current_period_start);
   w->Key("current_period_end");
-  OptInt(w, r.current_period_end);
+  json::OptInt(w, r.current_period_end);
   w->Key("cancel_at_period_end");
   w->Bool(r.cancel_at_period_end);
   w->Key("cancel_at");
-  OptInt(w, r.cancel_at);
+  json::OptInt(w, r.cancel_at);
   w->Key("canceled_at");
-  OptInt(w, r.canceled_at);
+  json::OptInt(w, r.canceled_at);
   w->Key("ended_at");
-  OptInt(w, r.ended_at);
+  json::OptInt(w, r.ended_at);
   w->Key("trial_start");
-  OptInt(w, r.trial_start);
+  json::OptInt(w, r.trial_start);
   w->Key("trial_end");
-  OptInt(w, r.trial_end);
+  json::OptInt(w, r.trial_end);
   w->Key("created");
-  OptInt(w, r.created);
+  json::OptInt(w, r.created);
   w->Key("updated_by_event_created");
   w->Int64(r.event_created);
   w->EndObject();
@@ -110,19 +86,19 @@ void WriteInvoice(JsonWriter* w, const std::optional<pj::InvoiceRecord>& invoice
   }
   w->StartObject();
   w->Key("id");
-  Str(w, invoice->invoice_id);
+  json::String(w, invoice->invoice_id);
   w->Key("status");
-  Str(w, invoice->paid ? "paid" : "payment_failed");
+  json::String(w, invoice->paid ? "paid" : "payment_failed");
   w->Key("amount_due");
-  OptInt(w, invoice->amount_due);
+  json::OptInt(w, invoice->amount_due);
   w->Key("amount_paid");
-  OptInt(w, invoice->amount_paid);
+  json::OptInt(w, invoice->amount_paid);
   w->Key("currency");
-  OptStr(w, invoice->currency);
+  json::OptString(w, invoice->currency);
   w->Key("attempt_count");
-  OptInt(w, invoice->attempt_count);
+  json::OptInt(w, invoice->attempt_count);
   w->Key("next_payment_attempt");
-  OptInt(w, invoice->next_payment_attempt);
+  json::OptInt(w, invoice->next_payment_attempt);
   w->Key("created");
   w->Int64(invoice->event_created);
   w->EndObject();
@@ -139,32 +115,32 @@ std::string AccessJson(const pj::UserAccess& access, const pj::CurrentUsage& usa
   JsonWriter w(buf);
   w.StartObject();
   w.Key("user_id");
-  Str(&w, sub.user_id);
+  json::String(&w, sub.user_id);
   w.Key("email");
-  NonEmptyOrNull(&w, sub.email);
+  json::NonEmptyOrNull(&w, sub.email);
   w.Key("has_access");
   w.Bool(usable);
   w.Key("access");
-  Str(&w, pj::AccessLevelName(access.access));
+  json::String(&w, pj::AccessLevelName(access.access));
   w.Key("access_ended");
   if (ended.empty()) {
     w.Null();
   } else {
-    Str(&w, ended);
+    json::String(&w, ended);
   }
   w.Key("status");
-  Str(&w, access.status_name());
+  json::String(&w, access.status_name());
   w.Key("plan_id");
-  OptStr(&w, access.plan_id());
+  json::OptString(&w, access.plan_id());
   w.Key("overridden");
   w.Bool(access.overridden());
   w.Key("plan");
   if (access.plan) {
     w.StartObject();
     w.Key("id");
-    Str(&w, access.plan->id);
+    json::String(&w, access.plan->id);
     w.Key("display_name");
-    Str(&w, access.plan->display_name);
+    json::String(&w, access.plan->display_name);
     w.Key("active");
     w.Bool(access.plan->active);
     w.EndObject();
@@ -175,30 +151,30 @@ std::string AccessJson(const pj::UserAccess& access, const pj::CurrentUsage& usa
   w.Key("services");
   w.StartArray();
   if (usable) {
-    for (const std::string& service : access.plan->services) Str(&w, service);
+    for (const std::string& service : access.plan->services) json::String(&w, service);
   }
   w.EndArray();
   w.Key("quota");
   if (usable) {
     w.StartObject();
     w.Key("limit");
-    OptInt(&w, access.plan->api_calls_limit);
+    json::OptInt(&w, access.plan->api_calls_limit);
     w.Key("window");
     if (access.plan->limit_window == pj::LimitWindow::kNone) {
       w.Null();
     } else {
-      Str(&w, pj::LimitWindowName(access.plan->limit_window));
+      json::String(&w, pj::LimitWindowName(access.plan->limit_window));
     }
     w.Key("used");
     w.Int64(usage.used);
     w.Key("remaining");
-    OptInt(&w, usage.remaining);
+    json::OptInt(&w, usage.remaining);
     w.Key("window_start");
-    Str(&w, pj::FormatRfc3339Seconds(usage.terms.window.start_s));
+    json::String(&w, pj::FormatRfc3339Seconds(usage.terms.window.start_s));
     w.Key("window_end");
-    Str(&w, pj::FormatRfc3339Seconds(usage.terms.window.end_s));
+    json::String(&w, pj::FormatRfc3339Seconds(usage.terms.window.end_s));
     w.Key("window_kind");
-    Str(&w, pj::WindowKindName(usage.terms.window.kind));
+    json::String(&w, pj::WindowKindName(usage.terms.window.kind));
     w.EndObject();
   } else {
     w.Null();
@@ -226,17 +202,17 @@ std::string StatusJson(const pj::UserSubscription& sub) {
   JsonWriter w(buf);
   w.StartObject();
   w.Key("user_id");
-  Str(&w, sub.user_id);
+  json::String(&w, sub.user_id);
   w.Key("has_subscription");
   w.Bool(sub.has_subscription);
   w.Key("status");
-  Str(&w, sub.status_name());
+  json::String(&w, sub.status_name());
   w.Key("access");
-  Str(&w, pj::AccessLevelName(sub.access()));
+  json::String(&w, pj::AccessLevelName(sub.access()));
   w.Key("plan_id");
-  OptStr(&w, sub.plan_id());
+  json::OptString(&w, sub.plan_id());
   w.Key("customer_id");
-  NonEmptyOrNull(&w, sub.customer_id);
+  json::NonEmptyOrNull(&w, sub.customer_id);
   w.Key("subscription");
   if (sub.has_subscription) {
     WriteSubscription(&w, sub.subscription);
@@ -357,17 +333,17 @@ void CheckAccess(Ledger* ledger, const Clock* clock, const httplib::Request& req
   w.Key("allowed");
   w.Bool(decision.allowed);
   w.Key("reason");
-  Str(&w, decision.reason);
+  json::String(&w, decision.reason);
   w.Key("service");
-  Str(&w, service);
+  json::String(&w, service);
   w.Key("user_id");
-  Str(&w, user_id);
+  json::String(&w, user_id);
   w.Key("status");
-  Str(&w, access.status_name());
+  json::String(&w, access.status_name());
   w.Key("access");
-  Str(&w, pj::AccessLevelName(access.access));
+  json::String(&w, pj::AccessLevelName(access.access));
   w.Key("plan_id");
-  OptStr(&w, access.plan_id());
+  json::OptString(&w, access.plan_id());
   w.EndObject();
   WriteJsonAt(200, std::string(buf.GetString(), buf.GetSize()), view->position(), &res);
 }

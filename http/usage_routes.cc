@@ -73,6 +73,7 @@
 #include "http/problem.h"
 #include "http/routes.h"
 #include "projections/json_util.h"
+#include "projections/json_write.h"
 #include "projections/limits.h"
 #include "projections/usage.h"
 
@@ -100,31 +101,18 @@ struct UsageRouteContext {
   std::shared_ptr<pj::UsageMeter> owned_meter;  // when the AppContext brought none
 };
 
-void Str(JsonWriter* w, std::string_view s) {
-  w->String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
-}
-void Key(JsonWriter* w, std::string_view s) {
-  w->Key(s.data(), static_cast<rapidjson::SizeType>(s.size()));
-}
-void OptInt(JsonWriter* w, const std::optional<int64_t>& v) {
-  if (v) {
-    w->Int64(*v);
-  } else {
-    w->Null();
-  }
-}
 void WriteWindow(JsonWriter* w, const pj::UsageWindow& window) {
-  Key(w, "window_start");
-  Str(w, pj::FormatRfc3339Seconds(window.start_s));
-  Key(w, "window_end");
-  Str(w, pj::FormatRfc3339Seconds(window.end_s));
-  Key(w, "window_kind");
-  Str(w, pj::WindowKindName(window.kind));
+  json::Key(w, "window_start");
+  json::String(w, pj::FormatRfc3339Seconds(window.start_s));
+  json::Key(w, "window_end");
+  json::String(w, pj::FormatRfc3339Seconds(window.end_s));
+  json::Key(w, "window_kind");
+  json::String(w, pj::WindowKindName(window.kind));
 }
 void WriteServices(JsonWriter* w, const std::map<std::string, int64_t, std::less<>>& services) {
   w->StartObject();
   for (const auto& [service, count] : services) {
-    Key(w, service);
+    json::Key(w, service);
     w->Int64(count);
   }
   w->EndObject();
@@ -263,24 +251,24 @@ void WriteQuotaExceeded(const Status& status, const pj::ConsumeOutcome& outcome,
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);
   w.StartObject();
-  Key(&w, "type");
-  Str(&w, "urn:ledgerd:problem:quota_exceeded");
-  Key(&w, "title");
-  Str(&w, ReasonPhrase(429));
-  Key(&w, "status");
+  json::Key(&w, "type");
+  json::String(&w, "urn:ledgerd:problem:quota_exceeded");
+  json::Key(&w, "title");
+  json::String(&w, ReasonPhrase(429));
+  json::Key(&w, "status");
   w.Int(429);
-  Key(&w, "detail");
-  Str(&w, status.message());
-  Key(&w, "code");
-  Str(&w, "quota_exceeded");
-  Key(&w, "used");
+  json::Key(&w, "detail");
+  json::String(&w, status.message());
+  json::Key(&w, "code");
+  json::String(&w, "quota_exceeded");
+  json::Key(&w, "used");
   w.Int64(outcome.used);
-  Key(&w, "limit");
+  json::Key(&w, "limit");
   w.Int64(limit);
-  Key(&w, "remaining");
+  json::Key(&w, "remaining");
   w.Int64(std::max<int64_t>(0, limit - outcome.used));
   WriteWindow(&w, outcome.window);
-  Key(&w, "retry_after");
+  json::Key(&w, "retry_after");
   w.Int64(retry_after);
   w.EndObject();
   res->status = 429;
@@ -524,43 +512,43 @@ void Summary(const UsageRouteContext& c, const httplib::Request&, httplib::Respo
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);
   w.StartObject();
-  Key(&w, "user_id");
-  Str(&w, user_id);
-  Key(&w, "plan_id");
+  json::Key(&w, "user_id");
+  json::String(&w, user_id);
+  json::Key(&w, "plan_id");
   if (subject->plan() != nullptr) {
-    Str(&w, subject->plan()->id);
+    json::String(&w, subject->plan()->id);
   } else {
     w.Null();
   }
-  Key(&w, "status");
-  Str(&w, subject->access.status_name());
+  json::Key(&w, "status");
+  json::String(&w, subject->access.status_name());
   // Calls used up for good (a trial's cap or its last day's; a window that access ends before
   // it renews) grant nothing more: consume answers 402, and my-access and check-access say so;
   // the summary says what they say (it said has_access: true with nothing left to consume).
   const std::string_view used_up = pj::CallsUsedUpReason(current);
-  Key(&w, "has_access");
+  json::Key(&w, "has_access");
   w.Bool(current.has_plan && current.error.ok() && used_up.empty());
-  Key(&w, "reason");
+  json::Key(&w, "reason");
   if (!current.error.ok()) {
-    Str(&w, current.error.problem());
+    json::String(&w, current.error.problem());
   } else if (!used_up.empty()) {
-    Str(&w, used_up);
+    json::String(&w, used_up);
   } else {
     w.Null();
   }
-  Key(&w, "current");
+  json::Key(&w, "current");
   w.StartObject();
   WriteWindow(&w, current.terms.window);
-  Key(&w, "used");
+  json::Key(&w, "used");
   w.Int64(current.used);
-  Key(&w, "limit");
-  OptInt(&w, current.has_plan ? current.terms.limit : std::nullopt);
-  Key(&w, "remaining");
-  OptInt(&w, current.remaining);
-  Key(&w, "services");
+  json::Key(&w, "limit");
+  json::OptInt(&w, current.has_plan ? current.terms.limit : std::nullopt);
+  json::Key(&w, "remaining");
+  json::OptInt(&w, current.remaining);
+  json::Key(&w, "services");
   WriteServices(&w, current.services);
   w.EndObject();
-  Key(&w, "windows");
+  json::Key(&w, "windows");
   w.StartArray();
   for (const pj::UsageWindowRow& row : windows) {
     w.StartObject();
@@ -572,15 +560,15 @@ void Summary(const UsageRouteContext& c, const httplib::Request&, httplib::Respo
       window.end_s = current.terms.window.end_s;
     }
     WriteWindow(&w, window);
-    Key(&w, "used");
+    json::Key(&w, "used");
     w.Int64(row.counter.used);
-    Key(&w, "limit");
-    OptInt(&w, row.counter.limit);
-    Key(&w, "recorded");
+    json::Key(&w, "limit");
+    json::OptInt(&w, row.counter.limit);
+    json::Key(&w, "recorded");
     w.Int64(row.counter.recorded);
-    Key(&w, "resets");
+    json::Key(&w, "resets");
     w.Int64(row.counter.resets);
-    Key(&w, "services");
+    json::Key(&w, "services");
     WriteServices(&w, row.counter.services);
     w.EndObject();
   }

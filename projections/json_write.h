@@ -17,6 +17,9 @@ using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
 inline void String(Writer* w, std::string_view s) {
   w->String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
 }
+inline void Key(Writer* w, std::string_view s) {
+  w->Key(s.data(), static_cast<rapidjson::SizeType>(s.size()));
+}
 inline void OptString(Writer* w, const std::optional<std::string>& s) {
   if (s) {
     String(w, *s);
@@ -29,6 +32,14 @@ inline void OptInt(Writer* w, const std::optional<int64_t>& v) {
     w->Int64(*v);
   } else {
     w->Null();
+  }
+}
+// An empty string as null (ids and names not known yet).
+inline void NonEmptyOrNull(Writer* w, std::string_view s) {
+  if (s.empty()) {
+    w->Null();
+  } else {
+    String(w, s);
   }
 }
 // A complete JSON object written as it is.

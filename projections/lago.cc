@@ -12,6 +12,7 @@
 #include "events/limits.h"
 #include "events/types.h"
 #include "projections/json_util.h"
+#include "projections/json_write.h"
 #include "projections/limits.h"
 
 namespace ledger::projections {
@@ -134,38 +135,17 @@ int SubscriptionStatusRank(std::string_view status) {
 
 // ---- JSON writing -------------------------------------------------------------------------------
 
-void WriteString(JsonWriter* w, std::string_view s) {
-  w->String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
-}
-void WriteOptString(JsonWriter* w, const std::optional<std::string>& s) {
-  if (s) {
-    WriteString(w, *s);
-  } else {
-    w->Null();
-  }
-}
-void WriteOptInt(JsonWriter* w, const std::optional<int64_t>& v) {
-  if (v) {
-    w->Int64(*v);
-  } else {
-    w->Null();
-  }
-}
 void KeyString(JsonWriter* w, const char* key, std::string_view s) {
   w->Key(key);
-  WriteString(w, s);
+  json::String(w, s);
 }
 void KeyOptString(JsonWriter* w, const char* key, const std::optional<std::string>& s) {
   w->Key(key);
-  WriteOptString(w, s);
+  json::OptString(w, s);
 }
 void KeyOptInt(JsonWriter* w, const char* key, const std::optional<int64_t>& v) {
   w->Key(key);
-  WriteOptInt(w, v);
-}
-
-std::string Finish(const rapidjson::StringBuffer& buf) {
-  return std::string(buf.GetString(), buf.GetSize());
+  json::OptInt(w, v);
 }
 
 // ---- reading records back -----------------------------------------------------------------------
@@ -284,7 +264,7 @@ std::string InvoiceUpdatedData(const LagoWebhook& webhook, const LagoInvoice& in
   std::string record = LagoInvoiceToJson(invoice);
   w.RawValue(record.data(), record.size(), rapidjson::kObjectType);
   w.EndObject();
-  return Finish(buf);
+  return json::Text(buf);
 }
 
 std::string SubscriptionUpdatedData(const LagoWebhook& webhook,
@@ -301,7 +281,7 @@ std::string SubscriptionUpdatedData(const LagoWebhook& webhook,
   std::string record = LagoSubscriptionToJson(subscription);
   w.RawValue(record.data(), record.size(), rapidjson::kObjectType);
   w.EndObject();
-  return Finish(buf);
+  return json::Text(buf);
 }
 
 Status DeriveInvoice(const LagoWebhook& webhook, const StateReader& state, Derivation* out) {
@@ -401,13 +381,13 @@ std::string ReceivedEventData(const LagoWebhook& webhook, const Derivation& deri
   KeyOptString(&w, "repeat_of_unique_key", repeat_of);
   w.Key("derived");
   w.StartArray();
-  for (const NewEvent& e : derived.events) WriteString(&w, e.type);
+  for (const NewEvent& e : derived.events) json::String(&w, e.type);
   w.EndArray();
   w.Key("payload");
   w.RawValue(webhook.redacted_payload.data(), webhook.redacted_payload.size(),
              rapidjson::kObjectType);
   w.EndObject();
-  return Finish(buf);
+  return json::Text(buf);
 }
 
 std::string ResponseBody(const LagoWebhook& webhook, const std::vector<NewEvent>& derived,
@@ -424,10 +404,10 @@ std::string ResponseBody(const LagoWebhook& webhook, const std::vector<NewEvent>
   KeyOptString(&w, "repeat_of_unique_key", repeat_of);
   w.Key("derived");
   w.StartArray();
-  for (const NewEvent& e : derived) WriteString(&w, e.type);
+  for (const NewEvent& e : derived) json::String(&w, e.type);
   w.EndArray();
   w.EndObject();
-  return Finish(buf);
+  return json::Text(buf);
 }
 
 // ---- the fold -----------------------------------------------------------------------------------
@@ -442,7 +422,7 @@ std::string MemberJson(const Value& v) {
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);
   v.Accept(w);
-  return Finish(buf);
+  return json::Text(buf);
 }
 
 Status ApplyReceived(const Event& event, const StateReader& state, RowWriter* rows) {
@@ -751,7 +731,7 @@ std::string LagoInvoiceToJson(const LagoInvoice& r) {
   KeyOptString(&w, "lago_customer_id", r.lago_customer_id);
   w.Key("external_subscription_ids");
   w.StartArray();
-  for (const std::string& id : r.external_subscription_ids) WriteString(&w, id);
+  for (const std::string& id : r.external_subscription_ids) json::String(&w, id);
   w.EndArray();
   KeyOptString(&w, "updated_at", r.updated_at);
   w.Key("order_ms");
@@ -759,7 +739,7 @@ std::string LagoInvoiceToJson(const LagoInvoice& r) {
   KeyString(&w, "webhook_type", r.webhook_type);
   KeyString(&w, "unique_key", r.unique_key);
   w.EndObject();
-  return Finish(buf);
+  return json::Text(buf);
 }
 
 Status ParseLagoInvoice(std::string_view json, LagoInvoice* out) {
@@ -825,7 +805,7 @@ std::string LagoSubscriptionToJson(const LagoSubscription& r) {
   KeyString(&w, "webhook_type", r.webhook_type);
   KeyString(&w, "unique_key", r.unique_key);
   w.EndObject();
-  return Finish(buf);
+  return json::Text(buf);
 }
 
 Status ParseLagoSubscription(std::string_view json, LagoSubscription* out) {

@@ -12,6 +12,7 @@
 #include <rapidjson/writer.h>
 
 #include "projections/json_util.h"
+#include "projections/json_write.h"
 #include "projections/limits.h"
 #include "projections/stripe_webhook.h"
 
@@ -346,22 +347,6 @@ Status ParsePlanObject(const Value& object, ParseMode mode, std::string_view pat
 
 // ---- Plan → JSON ------------------------------------------------------------------------------
 
-void WriteNullableString(JsonWriter* w, const std::optional<std::string>& value) {
-  if (value) {
-    w->String(*value);
-  } else {
-    w->Null();
-  }
-}
-
-void WriteNullableInt(JsonWriter* w, const std::optional<int64_t>& value) {
-  if (value) {
-    w->Int64(*value);
-  } else {
-    w->Null();
-  }
-}
-
 void WriteStrings(JsonWriter* w, const std::vector<std::string>& values) {
   w->StartArray();
   for (const std::string& v : values) w->String(v);
@@ -381,9 +366,9 @@ void WritePlan(JsonWriter* w, const Plan& plan) {
   w->Key("price_monthly_cents");
   w->Int64(plan.price_monthly_cents);
   w->Key("price_yearly_cents");
-  WriteNullableInt(w, plan.price_yearly_cents);
+  json::OptInt(w, plan.price_yearly_cents);
   w->Key("api_calls_limit");
-  WriteNullableInt(w, plan.api_calls_limit);
+  json::OptInt(w, plan.api_calls_limit);
   w->Key("limit_window");
   if (plan.limit_window == LimitWindow::kNone) {
     w->Null();
@@ -401,9 +386,9 @@ void WritePlan(JsonWriter* w, const Plan& plan) {
   w->Key("team_seats");
   w->Int64(plan.team_seats);
   w->Key("stripe_price_monthly");
-  WriteNullableString(w, plan.stripe_price_monthly);
+  json::OptString(w, plan.stripe_price_monthly);
   w->Key("stripe_price_yearly");
-  WriteNullableString(w, plan.stripe_price_yearly);
+  json::OptString(w, plan.stripe_price_yearly);
   w->Key("active");
   w->Bool(plan.active);
   w->EndObject();

@@ -15,6 +15,7 @@
 
 #include "events/types.h"
 #include "projections/json_util.h"
+#include "projections/json_write.h"
 #include "projections/limits.h"
 #include "projections/plan_catalog.h"
 #include "projections/subscriptions.h"
@@ -182,21 +183,6 @@ std::optional<std::string> CurrencyCode(const Value* v) {
 
 // ---- writing events -----------------------------------------------------------------------------
 
-void WriteString(JsonWriter* w, std::string_view s) {
-  w->String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
-}
-void WriteOptString(JsonWriter* w, const std::optional<std::string>& s) {
-  if (s) {
-    WriteString(w, *s);
-  } else {
-    w->Null();
-  }
-}
-
-std::string Finish(const rapidjson::StringBuffer& buf) {
-  return std::string(buf.GetString(), buf.GetSize());
-}
-
 // What one delivery derives, and whom it concerns.
 struct Derivation {
   std::vector<NewEvent> events;          // derived events, subject filled in at the end
@@ -284,19 +270,19 @@ Status Decider::LinkCustomer(const std::string& customer_id, const std::string& 
   JsonWriter w(buf);
   w.StartObject();
   w.Key("customer_id");
-  WriteString(&w, customer_id);
+  json::String(&w, customer_id);
   w.Key("user_id");
-  WriteString(&w, user_id);
+  json::String(&w, user_id);
   w.Key("email");
-  WriteOptString(&w, email);
+  json::OptString(&w, email);
   w.Key("source");
-  WriteString(&w, source);
+  json::String(&w, source);
   w.Key("stripe_event_id");
-  WriteString(&w, webhook_.event_id);
+  json::String(&w, webhook_.event_id);
   w.Key("created");
   w.Int64(webhook_.created);
   w.EndObject();
-  out->events.push_back(NewEvent{std::string(kCustomerLinkedV1), "", Finish(buf)});
+  out->events.push_back(NewEvent{std::string(kCustomerLinkedV1), "", json::Text(buf)});
   return Status::OK();
 }
 
@@ -320,15 +306,15 @@ Status Decider::CustomerDeleted(Derivation* out) {
   JsonWriter w(buf);
   w.StartObject();
   w.Key("customer_id");
-  WriteString(&w, *out->customer_id);
+  json::String(&w, *out->customer_id);
   w.Key("user_id");
-  WriteOptString(&w, out->user_id);
+  json::OptString(&w, out->user_id);
   w.Key("stripe_event_id");
-  WriteString(&w, webhook_.event_id);
+  json::String(&w, webhook_.event_id);
   w.Key("created");
   w.Int64(webhook_.created);
   w.EndObject();
-  out->events.push_back(NewEvent{std::string(kCustomerDeletedV1), "", Finish(buf)});
+  out->events.push_back(NewEvent{std::string(kCustomerDeletedV1), "", json::Text(buf)});
   return Status::OK();
 }
 
@@ -372,27 +358,27 @@ Status Decider::CheckoutCompleted(Derivation* out) {
   JsonWriter w(buf);
   w.StartObject();
   w.Key("session_id");
-  WriteString(&w, *session_id);
+  json::String(&w, *session_id);
   w.Key("user_id");
-  WriteOptString(&w, user_id);
+  json::OptString(&w, user_id);
   w.Key("customer_id");
-  WriteOptString(&w, customer_id);
+  json::OptString(&w, customer_id);
   w.Key("subscription_id");
-  WriteOptString(&w, subscription_id);
+  json::OptString(&w, subscription_id);
   w.Key("email");
-  WriteOptString(&w, email);
+  json::OptString(&w, email);
   w.Key("mode");
-  WriteOptString(&w, ShortText(Member(session, "mode")));
+  json::OptString(&w, ShortText(Member(session, "mode")));
   w.Key("payment_status");
-  WriteOptString(&w, ShortText(Member(session, "payment_status")));
+  json::OptString(&w, ShortText(Member(session, "payment_status")));
   w.Key("plan_id");
-  WriteOptString(&w, ShortText(Path(session, {"metadata", "plan_id"})));
+  json::OptString(&w, ShortText(Path(session, {"metadata", "plan_id"})));
   w.Key("stripe_event_id");
-  WriteString(&w, webhook_.event_id);
+  json::String(&w, webhook_.event_id);
   w.Key("created");
   w.Int64(webhook_.created);
   w.EndObject();
-  out->events.push_back(NewEvent{std::string(kSubscriptionCheckoutCompletedV1), "", Finish(buf)});
+  out->events.push_back(NewEvent{std::string(kSubscriptionCheckoutCompletedV1), "", json::Text(buf)});
   out->user_id = user_id;
   out->customer_id = customer_id;
   return Status::OK();
@@ -561,13 +547,13 @@ Status Decider::SubscriptionChanged(Derivation* out) {
   JsonWriter w(buf);
   w.StartObject();
   w.Key("user_id");
-  WriteOptString(&w, out->user_id);
+  json::OptString(&w, out->user_id);
   w.Key("previous_status");
-  WriteOptString(&w, previous_status);
+  json::OptString(&w, previous_status);
   w.Key("subscription");
   w.RawValue(record.data(), record.size(), rapidjson::kObjectType);
   w.EndObject();
-  out->events.push_back(NewEvent{std::string(kSubscriptionStateChangedV1), "", Finish(buf)});
+  out->events.push_back(NewEvent{std::string(kSubscriptionStateChangedV1), "", json::Text(buf)});
   return Status::OK();
 }
 
@@ -631,12 +617,12 @@ Status Decider::InvoiceSettled(bool paid, Derivation* out) {
   JsonWriter w(buf);
   w.StartObject();
   w.Key("user_id");
-  WriteOptString(&w, out->user_id);
+  json::OptString(&w, out->user_id);
   w.Key("invoice");
   w.RawValue(record.data(), record.size(), rapidjson::kObjectType);
   w.EndObject();
   out->events.push_back(
-      NewEvent{std::string(paid ? kInvoicePaidV1 : kInvoicePaymentFailedV1), "", Finish(buf)});
+      NewEvent{std::string(paid ? kInvoicePaidV1 : kInvoicePaymentFailedV1), "", json::Text(buf)});
   return Status::OK();
 }
 
@@ -646,36 +632,36 @@ std::string ReceivedEventData(const StripeWebhook& webhook, const Derivation& de
   JsonWriter w(buf);
   w.StartObject();
   w.Key("stripe_event_id");
-  WriteString(&w, webhook.event_id);
+  json::String(&w, webhook.event_id);
   w.Key("type");
-  WriteString(&w, webhook.type);
+  json::String(&w, webhook.type);
   w.Key("created");
   w.Int64(webhook.created);
   w.Key("api_version");
-  WriteOptString(&w, webhook.api_version);
+  json::OptString(&w, webhook.api_version);
   w.Key("livemode");
   w.Bool(webhook.livemode);
   w.Key("raw_sha256");
-  WriteString(&w, webhook.raw_sha256);
+  json::String(&w, webhook.raw_sha256);
   w.Key("raw_bytes");
   w.Uint64(webhook.raw_bytes);
   w.Key("user_id");
-  WriteOptString(&w, derived.user_id);
+  json::OptString(&w, derived.user_id);
   w.Key("customer_id");
-  WriteOptString(&w, derived.customer_id);
+  json::OptString(&w, derived.customer_id);
   w.Key("derived");
   w.StartArray();
-  for (const NewEvent& e : derived.events) WriteString(&w, e.type);
+  for (const NewEvent& e : derived.events) json::String(&w, e.type);
   w.EndArray();
   if (!ignored.empty()) {
     w.Key("ignored");
-    WriteString(&w, ignored);
+    json::String(&w, ignored);
   }
   w.Key("payload");
   w.RawValue(webhook.redacted_payload.data(), webhook.redacted_payload.size(),
              rapidjson::kObjectType);
   w.EndObject();
-  return Finish(buf);
+  return json::Text(buf);
 }
 
 std::string ResponseBody(const StripeWebhook& webhook, const Derivation& derived,
@@ -686,21 +672,21 @@ std::string ResponseBody(const StripeWebhook& webhook, const Derivation& derived
   w.Key("received");
   w.Bool(true);
   w.Key("event_id");
-  WriteString(&w, webhook.event_id);
+  json::String(&w, webhook.event_id);
   w.Key("type");
-  WriteString(&w, webhook.type);
+  json::String(&w, webhook.type);
   w.Key("duplicate");
   w.Bool(duplicate);
   w.Key("derived");
   w.StartArray();
-  for (const NewEvent& e : derived.events) WriteString(&w, e.type);
+  for (const NewEvent& e : derived.events) json::String(&w, e.type);
   w.EndArray();
   if (!ignored.empty()) {
     w.Key("ignored");
-    WriteString(&w, ignored);
+    json::String(&w, ignored);
   }
   w.EndObject();
-  return Finish(buf);
+  return json::Text(buf);
 }
 
 }  // namespace

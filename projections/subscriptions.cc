@@ -12,6 +12,7 @@
 #include <rapidjson/writer.h>
 
 #include "projections/json_util.h"
+#include "projections/json_write.h"
 #include "projections/limits.h"
 
 namespace ledger::projections {
@@ -105,41 +106,23 @@ Status ScanChildren(const StateReader& state, std::string_view prefix, size_t li
 
 // ---- JSON writing -------------------------------------------------------------------------------
 
-void WriteString(JsonWriter* w, std::string_view s) {
-  w->String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
-}
-void WriteOptString(JsonWriter* w, const std::optional<std::string>& s) {
-  if (s) {
-    WriteString(w, *s);
-  } else {
-    w->Null();
-  }
-}
-void WriteOptInt(JsonWriter* w, const std::optional<int64_t>& v) {
-  if (v) {
-    w->Int64(*v);
-  } else {
-    w->Null();
-  }
-}
-
 // A PreviousAttributes as an object of the fields it names only (a time may be null).
 void WriteNamedTime(JsonWriter* w, std::string_view name,
                     const std::optional<std::optional<int64_t>>& v) {
   if (!v) return;
   w->Key(name.data(), static_cast<rapidjson::SizeType>(name.size()));
-  WriteOptInt(w, *v);
+  json::OptInt(w, *v);
 }
 
 void WritePreviousAttributes(JsonWriter* w, const PreviousAttributes& p) {
   w->StartObject();
   if (p.price_id) {
     w->Key("price_id");
-    WriteString(w, *p.price_id);
+    json::String(w, *p.price_id);
   }
   if (p.status) {
     w->Key("status");
-    WriteString(w, SubscriptionStatusName(*p.status));
+    json::String(w, SubscriptionStatusName(*p.status));
   }
   if (p.cancel_at_period_end) {
     w->Key("cancel_at_period_end");
@@ -196,7 +179,7 @@ void WriteOptionalEmail(JsonWriter* w, std::string_view email) {
   if (email.empty()) {
     w->Null();
   } else {
-    WriteString(w, email);
+    json::String(w, email);
   }
 }
 
@@ -233,9 +216,9 @@ std::string CustomerRowJson(const CustomerRow& row) {
   JsonWriter w(buf);
   w.StartObject();
   w.Key("customer_id");
-  WriteString(&w, row.customer_id);
+  json::String(&w, row.customer_id);
   w.Key("user_id");
-  WriteString(&w, row.user_id);
+  json::String(&w, row.user_id);
   w.Key("email");
   WriteOptionalEmail(&w, row.email.email);
   w.Key("email_created");
@@ -251,7 +234,7 @@ std::string UserRowJson(const UserRow& row) {
   JsonWriter w(buf);
   w.StartObject();
   w.Key("user_id");
-  WriteString(&w, row.user_id);
+  json::String(&w, row.user_id);
   w.Key("email");
   WriteOptionalEmail(&w, row.email.email);
   w.Key("email_created");
@@ -820,55 +803,55 @@ std::string SubscriptionRecordToJson(const SubscriptionRecord& r) {
   JsonWriter w(buf);
   w.StartObject();
   w.Key("subscription_id");
-  WriteString(&w, r.subscription_id);
+  json::String(&w, r.subscription_id);
   w.Key("customer_id");
-  WriteString(&w, r.customer_id);
+  json::String(&w, r.customer_id);
   w.Key("status");
-  WriteString(&w, SubscriptionStatusName(r.status));
+  json::String(&w, SubscriptionStatusName(r.status));
   w.Key("plan_id");
-  WriteOptString(&w, r.plan_id);
+  json::OptString(&w, r.plan_id);
   w.Key("price_id");
-  WriteOptString(&w, r.price_id);
+  json::OptString(&w, r.price_id);
   w.Key("item_id");
-  WriteOptString(&w, r.item_id);
+  json::OptString(&w, r.item_id);
   w.Key("interval");
-  WriteOptString(&w, r.interval);
+  json::OptString(&w, r.interval);
   w.Key("unit_amount");
-  WriteOptInt(&w, r.unit_amount);
+  json::OptInt(&w, r.unit_amount);
   w.Key("quantity");
-  WriteOptInt(&w, r.quantity);
+  json::OptInt(&w, r.quantity);
   w.Key("interval_count");
-  WriteOptInt(&w, r.interval_count);
+  json::OptInt(&w, r.interval_count);
   w.Key("currency");
-  WriteOptString(&w, r.currency);
+  json::OptString(&w, r.currency);
   w.Key("current_period_start");
-  WriteOptInt(&w, r.current_period_start);
+  json::OptInt(&w, r.current_period_start);
   w.Key("current_period_end");
-  WriteOptInt(&w, r.current_period_end);
+  json::OptInt(&w, r.current_period_end);
   w.Key("cancel_at_period_end");
   w.Bool(r.cancel_at_period_end);
   w.Key("cancel_at");
-  WriteOptInt(&w, r.cancel_at);
+  json::OptInt(&w, r.cancel_at);
   w.Key("canceled_at");
-  WriteOptInt(&w, r.canceled_at);
+  json::OptInt(&w, r.canceled_at);
   w.Key("ended_at");
-  WriteOptInt(&w, r.ended_at);
+  json::OptInt(&w, r.ended_at);
   w.Key("trial_start");
-  WriteOptInt(&w, r.trial_start);
+  json::OptInt(&w, r.trial_start);
   w.Key("trial_end");
-  WriteOptInt(&w, r.trial_end);
+  json::OptInt(&w, r.trial_end);
   w.Key("created");
-  WriteOptInt(&w, r.created);
+  json::OptInt(&w, r.created);
   w.Key("metadata_user_id");
-  WriteOptString(&w, r.metadata_user_id);
+  json::OptString(&w, r.metadata_user_id);
   w.Key("metadata_plan_id");
-  WriteOptString(&w, r.metadata_plan_id);
+  json::OptString(&w, r.metadata_plan_id);
   w.Key("deleted");
   w.Bool(r.deleted);
   w.Key("event_id");
-  WriteString(&w, r.event_id);
+  json::String(&w, r.event_id);
   w.Key("event_type");
-  WriteString(&w, r.event_type);
+  json::String(&w, r.event_type);
   w.Key("event_created");
   w.Int64(r.event_created);
   if (!r.previous_attributes.empty()) {
@@ -933,27 +916,27 @@ std::string InvoiceRecordToJson(const InvoiceRecord& r) {
   JsonWriter w(buf);
   w.StartObject();
   w.Key("invoice_id");
-  WriteString(&w, r.invoice_id);
+  json::String(&w, r.invoice_id);
   w.Key("customer_id");
-  WriteOptString(&w, r.customer_id);
+  json::OptString(&w, r.customer_id);
   w.Key("subscription_id");
-  WriteOptString(&w, r.subscription_id);
+  json::OptString(&w, r.subscription_id);
   w.Key("paid");
   w.Bool(r.paid);
   w.Key("amount_due");
-  WriteOptInt(&w, r.amount_due);
+  json::OptInt(&w, r.amount_due);
   w.Key("amount_paid");
-  WriteOptInt(&w, r.amount_paid);
+  json::OptInt(&w, r.amount_paid);
   w.Key("currency");
-  WriteOptString(&w, r.currency);
+  json::OptString(&w, r.currency);
   w.Key("attempt_count");
-  WriteOptInt(&w, r.attempt_count);
+  json::OptInt(&w, r.attempt_count);
   w.Key("billing_reason");
-  WriteOptString(&w, r.billing_reason);
+  json::OptString(&w, r.billing_reason);
   w.Key("next_payment_attempt");
-  WriteOptInt(&w, r.next_payment_attempt);
+  json::OptInt(&w, r.next_payment_attempt);
   w.Key("event_id");
-  WriteString(&w, r.event_id);
+  json::String(&w, r.event_id);
   w.Key("event_created");
   w.Int64(r.event_created);
   w.EndObject();
@@ -1339,17 +1322,17 @@ std::string AdminOverrideToJson(const AdminOverride& value) {
   JsonWriter w(buf);
   w.StartObject();
   w.Key("plan_id");
-  WriteOptString(&w, value.plan_id);
+  json::OptString(&w, value.plan_id);
   w.Key("status");
   if (value.status) {
-    WriteString(&w, SubscriptionStatusName(*value.status));
+    json::String(&w, SubscriptionStatusName(*value.status));
   } else {
     w.Null();
   }
   w.Key("notes");
-  WriteOptString(&w, value.notes);
+  json::OptString(&w, value.notes);
   w.Key("admin");
-  WriteString(&w, value.admin);
+  json::String(&w, value.admin);
   w.Key("set_at_us");
   w.Int64(value.set_at_us);
   w.Key("tier_set_at_us");

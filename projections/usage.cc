@@ -12,6 +12,7 @@
 
 #include "events/coding.h"
 #include "events/event.h"
+#include "projections/json_write.h"
 #include "projections/limits.h"
 
 namespace ledger::projections {
@@ -81,30 +82,7 @@ int64_t FloorSeconds(int64_t t_us) { return FloorDiv(t_us, kMicrosPerSecond); }
 
 // ---- JSON helpers --------------------------------------------------------------------------------
 
-void Str(JsonWriter* w, std::string_view s) {
-  w->String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
-}
-void Key(JsonWriter* w, std::string_view s) {
-  w->Key(s.data(), static_cast<rapidjson::SizeType>(s.size()));
-}
-void OptInt(JsonWriter* w, const std::optional<int64_t>& v) {
-  if (v) {
-    w->Int64(*v);
-  } else {
-    w->Null();
-  }
-}
-void NonEmptyOrNull(JsonWriter* w, std::string_view s) {
-  if (s.empty()) {
-    w->Null();
-  } else {
-    Str(w, s);
-  }
-}
-void TimeSeconds(JsonWriter* w, int64_t t_s) { Str(w, FormatRfc3339Seconds(t_s)); }
-std::string Done(const rapidjson::StringBuffer& buf) {
-  return std::string(buf.GetString(), buf.GetSize());
-}
+void TimeSeconds(JsonWriter* w, int64_t t_s) { json::String(w, FormatRfc3339Seconds(t_s)); }
 
 // A window's three JSON strings, formatted once per decision.
 struct WindowText {
@@ -117,21 +95,21 @@ struct WindowText {
 };
 
 void WriteWindowStrings(JsonWriter* w, const WindowText& text) {
-  Key(w, "window_start");
-  Str(w, text.start);
-  Key(w, "window_end");
-  Str(w, text.end);
-  Key(w, "window_kind");
-  Str(w, text.kind);
+  json::Key(w, "window_start");
+  json::String(w, text.start);
+  json::Key(w, "window_end");
+  json::String(w, text.end);
+  json::Key(w, "window_kind");
+  json::String(w, text.kind);
 }
 
 void WriteWindow(JsonWriter* w, const UsageWindow& window) {
-  Key(w, "window_start");
+  json::Key(w, "window_start");
   TimeSeconds(w, window.start_s);
-  Key(w, "window_end");
+  json::Key(w, "window_end");
   TimeSeconds(w, window.end_s);
-  Key(w, "window_kind");
-  Str(w, WindowKindName(window.kind));
+  json::Key(w, "window_kind");
+  json::String(w, WindowKindName(window.kind));
 }
 
 const rapidjson::Value* Member(const rapidjson::Value& object, const char* name) {
@@ -1008,45 +986,45 @@ NewEvent RecordedEvent(const RecordFields& f) {
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);
   w.StartObject();
-  Key(&w, "user_id");
-  Str(&w, f.user_id);
-  Key(&w, "service");
-  Str(&w, f.service);
-  Key(&w, "quantity");
+  json::Key(&w, "user_id");
+  json::String(&w, f.user_id);
+  json::Key(&w, "service");
+  json::String(&w, f.service);
+  json::Key(&w, "quantity");
   w.Int64(f.quantity);
-  Key(&w, "source");
-  Str(&w, f.source);
-  Key(&w, "idempotency_key");
-  Str(&w, f.idempotency_key);
-  Key(&w, "occurred_at");
-  Str(&w, FormatRfc3339Micros(f.occurred_at_us));
+  json::Key(&w, "source");
+  json::String(&w, f.source);
+  json::Key(&w, "idempotency_key");
+  json::String(&w, f.idempotency_key);
+  json::Key(&w, "occurred_at");
+  json::String(&w, FormatRfc3339Micros(f.occurred_at_us));
   WriteWindowStrings(&w, *f.window_text);
   if (f.uncut_end_s) {
-    Key(&w, "window_uncut_end");
+    json::Key(&w, "window_uncut_end");
     TimeSeconds(&w, *f.uncut_end_s);
   }
   if (f.carry_from_s >= 0) {
-    Key(&w, "carry_from");
+    json::Key(&w, "carry_from");
     TimeSeconds(&w, f.carry_from_s);
   }
-  Key(&w, "plan_id");
+  json::Key(&w, "plan_id");
   if (f.plan != nullptr) {
-    Str(&w, f.plan->id);
+    json::String(&w, f.plan->id);
   } else {
     w.Null();
   }
-  Key(&w, "subscription_id");
-  NonEmptyOrNull(&w, f.subscription_id);
-  Key(&w, "limit");
-  OptInt(&w, f.limit);
-  Key(&w, "used_after");
+  json::Key(&w, "subscription_id");
+  json::NonEmptyOrNull(&w, f.subscription_id);
+  json::Key(&w, "limit");
+  json::OptInt(&w, f.limit);
+  json::Key(&w, "used_after");
   w.Int64(f.used_after);
   if (!f.metadata_json.empty()) {
-    Key(&w, "metadata");
+    json::Key(&w, "metadata");
     w.RawValue(f.metadata_json.data(), f.metadata_json.size(), rapidjson::kObjectType);
   }
   w.EndObject();
-  return NewEvent{std::string(kUsageRecordedV1), std::string(f.user_id), Done(buf)};
+  return NewEvent{std::string(kUsageRecordedV1), std::string(f.user_id), json::Text(buf)};
 }
 
 // Appends the threshold events `used_after` reaches in `counter`'s window (for `limit`) that
@@ -1065,28 +1043,28 @@ size_t AppendThresholdEvents(const RecordFields& f, UsageCounter* counter,
     rapidjson::StringBuffer buf;
     JsonWriter w(buf);
     w.StartObject();
-    Key(&w, "user_id");
-    Str(&w, f.user_id);
-    Key(&w, "threshold_percent");
+    json::Key(&w, "user_id");
+    json::String(&w, f.user_id);
+    json::Key(&w, "threshold_percent");
     w.Int(percent);
     WriteWindowStrings(&w, *f.window_text);
-    Key(&w, "plan_id");
+    json::Key(&w, "plan_id");
     if (f.plan != nullptr) {
-      Str(&w, f.plan->id);
+      json::String(&w, f.plan->id);
     } else {
       w.Null();
     }
-    Key(&w, "limit");
+    json::Key(&w, "limit");
     w.Int64(limit);
-    Key(&w, "used");
+    json::Key(&w, "used");
     w.Int64(f.used_after);
-    Key(&w, "service");
-    Str(&w, f.service);
-    Key(&w, "idempotency_key");
-    Str(&w, f.idempotency_key);
+    json::Key(&w, "service");
+    json::String(&w, f.service);
+    json::Key(&w, "idempotency_key");
+    json::String(&w, f.idempotency_key);
     w.EndObject();
     events->push_back(
-        NewEvent{std::string(kUsageThresholdReachedV1), std::string(f.user_id), Done(buf)});
+        NewEvent{std::string(kUsageThresholdReachedV1), std::string(f.user_id), json::Text(buf)});
     ++appended;
   }
   return appended;
@@ -1097,25 +1075,25 @@ std::string AdmittedAnswer(const RecordFields& f, const std::optional<int64_t>& 
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);
   w.StartObject();
-  Key(&w, "allowed");
+  json::Key(&w, "allowed");
   w.Bool(true);
-  Key(&w, "user_id");
-  Str(&w, f.user_id);
-  Key(&w, "service");
-  Str(&w, f.service);
-  Key(&w, "quantity");
+  json::Key(&w, "user_id");
+  json::String(&w, f.user_id);
+  json::Key(&w, "service");
+  json::String(&w, f.service);
+  json::Key(&w, "quantity");
   w.Int64(f.quantity);
-  Key(&w, "used");
+  json::Key(&w, "used");
   w.Int64(f.used_after);
-  Key(&w, "limit");
-  OptInt(&w, f.limit);
-  Key(&w, "remaining");
-  OptInt(&w, remaining);
+  json::Key(&w, "limit");
+  json::OptInt(&w, f.limit);
+  json::Key(&w, "remaining");
+  json::OptInt(&w, remaining);
   WriteWindowStrings(&w, *f.window_text);
-  Key(&w, "plan_id");
-  Str(&w, f.plan->id);
+  json::Key(&w, "plan_id");
+  json::String(&w, f.plan->id);
   w.EndObject();
-  return Done(buf);
+  return json::Text(buf);
 }
 
 Status PaymentRequired(std::string problem, std::string message) {
@@ -2615,9 +2593,9 @@ Status UsageWindowReset::Decide(const DecideContext& context, Decision* decision
   rapidjson::StringBuffer out;
   JsonWriter body(out);
   body.StartObject();
-  Key(&body, "email");
-  Str(&body, email_);
-  Key(&body, "users");
+  json::Key(&body, "email");
+  json::String(&body, email_);
+  json::Key(&body, "users");
   body.StartArray();
   for (const std::string& user_id : user_ids) {
     std::shared_ptr<const MeteringSubject> subject;
@@ -2629,37 +2607,37 @@ Status UsageWindowReset::Decide(const DecideContext& context, Decision* decision
     rapidjson::StringBuffer buf;
     JsonWriter w(buf);
     w.StartObject();
-    Key(&w, "user_id");
-    Str(&w, user_id);
-    Key(&w, "email");
-    Str(&w, email_);
+    json::Key(&w, "user_id");
+    json::String(&w, user_id);
+    json::Key(&w, "email");
+    json::String(&w, email_);
     WriteWindow(&w, window);
-    Key(&w, "used_before");
+    json::Key(&w, "used_before");
     w.Int64(used_before);
-    Key(&w, "reason");
+    json::Key(&w, "reason");
     if (reason_) {
-      Str(&w, *reason_);
+      json::String(&w, *reason_);
     } else {
       w.Null();
     }
-    Key(&w, "actor");
+    json::Key(&w, "actor");
     const std::string actor = ActorJson(actor_);
     w.RawValue(actor.data(), actor.size(), rapidjson::kObjectType);
     w.EndObject();
-    decision->events.push_back(NewEvent{std::string(kUsageWindowResetV1), user_id, Done(buf)});
+    decision->events.push_back(NewEvent{std::string(kUsageWindowResetV1), user_id, json::Text(buf)});
 
     body.StartObject();
-    Key(&body, "user_id");
-    Str(&body, user_id);
+    json::Key(&body, "user_id");
+    json::String(&body, user_id);
     WriteWindow(&body, window);
-    Key(&body, "used_before");
+    json::Key(&body, "used_before");
     body.Int64(used_before);
     body.EndObject();
   }
   body.EndArray();
   body.EndObject();
   decision->http_status = 200;
-  decision->body = Done(out);
+  decision->body = json::Text(out);
   return Status::OK();
 }
 
