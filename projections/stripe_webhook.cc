@@ -378,7 +378,8 @@ Status Decider::CheckoutCompleted(Derivation* out) {
   w.Key("created");
   w.Int64(webhook_.created);
   w.EndObject();
-  out->events.push_back(NewEvent{std::string(kSubscriptionCheckoutCompletedV1), "", json::Text(buf)});
+  out->events.push_back(NewEvent{std::string(kSubscriptionCheckoutCompletedV1),
+                                 "", json::Text(buf)});
   out->user_id = user_id;
   out->customer_id = customer_id;
   return Status::OK();

@@ -2624,7 +2624,8 @@ Status UsageWindowReset::Decide(const DecideContext& context, Decision* decision
     const std::string actor = ActorJson(actor_);
     w.RawValue(actor.data(), actor.size(), rapidjson::kObjectType);
     w.EndObject();
-    decision->events.push_back(NewEvent{std::string(kUsageWindowResetV1), user_id, json::Text(buf)});
+    decision->events.push_back(NewEvent{std::string(kUsageWindowResetV1),
+                                        user_id, json::Text(buf)});
 
     body.StartObject();
     json::Key(&body, "user_id");
