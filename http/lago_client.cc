@@ -117,8 +117,9 @@ LagoAnswer HttpLagoClient::Call(const char* method, const std::string& path,
     answer.body.clear();
     answer.error = deadline_passed
                        ? "no complete answer within " + std::to_string(deadline_ms) + " ms"
-                       : NetworkErrorText(error == httplib::Error::Success ? httplib::Error::Unknown
-                                                                       : error);
+                       : NetworkErrorText(error == httplib::Error::Success
+                                              ? httplib::Error::Unknown
+                                              : error);
     return answer;
   }
   answer.http_status = response.status;
