@@ -2733,6 +2733,12 @@ Status LedgerImpl::WaitForBackgroundWork(int64_t timeout_ms) {
   }
 }
 
+// DirLock::Lock's and CheckNotHeld's refusal of a directory another process holds.
+Status DirInUse(const std::string& dir, const std::string& lock_path) {
+  return Status::IOError(dir + " is in use: another ledgerd (or ledgerctl stripe-setup, "
+                         "or replay --into) has it open for writing (it holds " + lock_path + ")");
+}
+
 }  // namespace
 
 // Taken before RocksDB touches anything in the directory: RocksDB's own LOCK is taken only after
@@ -2748,14 +2754,22 @@ Status DirLock::Lock(const std::string& dir, std::shared_ptr<DirLock>* out) {
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
     const int error = errno;
     ::close(fd);
-    if (error == EWOULDBLOCK) {
-      return Status::IOError(dir + " is in use: another ledgerd (or ledgerctl stripe-setup, "
-                             "or replay --into) has it open for writing (it holds " + path + ")");
-    }
+    if (error == EWOULDBLOCK) return DirInUse(dir, path);
     return Status::IOError("cannot lock " + path + ": " + std::strerror(error));
   }
   out->reset(new DirLock(dir, fd));
   return Status::OK();
+}
+
+Status DirLock::CheckNotHeld(const std::string& dir) {
+  const std::string path = dir + "/" + kDirLockFile;
+  // No O_CREAT; O_NONBLOCK and O_NOFOLLOW: a FIFO or a link put there is opened neither to wait
+  // nor to touch what it names (a lock file ledgerd made is neither).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
+  if (fd < 0) return Status::OK();
+  const bool held = ::flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+  ::close(fd);  // releases the shared lock, if taken
+  return held ? DirInUse(dir, path) : Status::OK();
 }
 
 DirLock::~DirLock() { ::close(fd_); }

@@ -139,6 +139,11 @@ class DirLock {
  public:
   // kIOError "<dir> is in use: ..." when another process holds it; `dir` must exist.
   static Status Lock(const std::string& dir, std::shared_ptr<DirLock>* out);
+  // The same kIOError "in use" when another process holds `dir`'s lock file, else OK (no lock
+  // file, or nobody holds it). Creates nothing: for a directory the caller may not write to
+  // (ledgerctl replay's --into that is not empty). Takes a shared lock for the look: a Lock
+  // elsewhere at that instant is refused "in use" too.
+  static Status CheckNotHeld(const std::string& dir);
   ~DirLock();
   DirLock(const DirLock&) = delete;
   DirLock& operator=(const DirLock&) = delete;

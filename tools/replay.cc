@@ -58,7 +58,8 @@ class RebuiltDir {
   }
   // `into` must not exist or be an empty directory (else kInvalidArgument, and it is left alone).
   // Created here (mode 0700) or found empty, then locked: kIOError "in use" when another process
-  // (ledgerd, another replay) holds it, and nothing is removed.
+  // (ledgerd, another replay) holds it, and nothing is removed; "in use" too for a non-empty one
+  // that another process holds.
   Status Claim(const std::string& into, const ReplayOptions& options) {
     std::error_code ec;
     const std::filesystem::path dir(into);
@@ -69,6 +70,9 @@ class RebuiltDir {
     } else if (const int error = errno; error != EEXIST) {
       return Status::IOError("cannot create " + into + ": " + std::strerror(error));
     } else if (!std::filesystem::is_directory(into, ec) || !std::filesystem::is_empty(into, ec)) {
+      // A directory a ledgerd or another replay holds is never empty (its lock file): "in use"
+      // as README says, not a usage error. Looked at without creating anything: not ours.
+      LEDGER_RETURN_IF_ERROR(DirLock::CheckNotHeld(into));
       return Status::InvalidArgument("bad_target", into + " exists and is not an empty directory");
     }
     path_ = into;

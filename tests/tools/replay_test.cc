@@ -879,5 +879,60 @@ TEST(ReplayCliTest, AFailedReplayIntoLeavesNoStartableStore) {
   EXPECT_EQ(Entries(full), std::vector<std::string>{"keep"});
 }
 
+// Each file under `path` with its size and modification time, sorted: what a refused replay must
+// leave as it was.
+std::vector<std::string> Files(const std::string& path) {
+  std::vector<std::string> files;
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(path)) {
+    if (!entry.is_regular_file()) continue;
+    files.push_back(entry.path().string() + " " + std::to_string(entry.file_size()) + " " +
+                    std::to_string(entry.last_write_time().time_since_epoch().count()));
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+// README: an --into directory that a ledgerd or another replay holds is refused "in use" (exit
+// 74) and left as it is. It was refused as not empty (64, bad_target) before its lock was tried:
+// a held directory always holds its lock file. Once nobody holds it, it is not empty: 64.
+TEST(ReplayCliTest, AnIntoDirectoryAnotherProcessHoldsIsInUse) {
+  TempDir dir;
+  {
+    auto ledger = OpenTestLedger(dir.Sub("live"), projections::AllFolds());
+    WriteMarkedLog(ledger.get(), 5, 2);
+  }
+  // A running ledger's store (Ledger::Open locks it as ledgerd does), and a directory whose lock
+  // file is held as another replay holds it before its first write.
+  auto running = OpenTestLedger(dir.Sub("running"), projections::AllFolds());
+  WriteMarkedLog(running.get(), 2, 1);
+  const std::string locked = dir.Sub("locked");
+  ASSERT_TRUE(std::filesystem::create_directory(locked));
+  std::shared_ptr<DirLock> other;
+  ASSERT_TRUE(DirLock::Lock(locked, &other).ok());
+  std::ofstream(locked + "/CURRENT") << "the other replay's store";
+  const auto replay_into = [&](const std::string& into) {
+    return testing::RunLedgerctl("replay --data-dir " + dir.Sub("live") + " --into " + into,
+                                 /*keep_stderr=*/true);
+  };
+  for (const std::string& into : {dir.Sub("running"), locked}) {
+    SCOPED_TRACE(into);
+    const std::vector<std::string> before = Files(into);
+    const testing::ProcessResult held = replay_into(into);
+    EXPECT_EQ(held.exit_code, 74) << held.out;
+    EXPECT_NE(held.out.find(into + " is in use"), std::string::npos) << held.out;
+    EXPECT_EQ(Files(into), before);
+  }
+  running.reset();
+  other.reset();
+  for (const std::string& into : {dir.Sub("running"), locked}) {
+    SCOPED_TRACE(into + ", released");
+    const std::vector<std::string> before = Files(into);
+    const testing::ProcessResult full = replay_into(into);
+    EXPECT_EQ(full.exit_code, 64) << full.out;
+    EXPECT_NE(full.out.find("bad_target"), std::string::npos) << full.out;
+    EXPECT_EQ(Files(into), before);
+  }
+}
+
 }  // namespace
 }  // namespace ledger::tools
