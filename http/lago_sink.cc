@@ -991,7 +991,12 @@ void LagoSink::Impl::CheckBillableMetric(int64_t now_us) {
   const bool shows_check_error = ShowsCheckError();
   metric_check_error_.clear();
   check_error_shown_ = false;
-  if (shows_check_error) SetState(SinkState::kUp);  // Lago answered
+  // Lago answered, the key taken: its failure shown is cleared, and a sink with nothing shown yet
+  // (idle, nothing sent) is up. It stayed "unknown", ledger_lago_sink_up 0, though Lago had
+  // answered. Another's failure shown (a send's, a failed checkpoint write's) stays.
+  const bool nothing_shown = state_.load() == static_cast<int>(SinkState::kUnknown) &&
+                             core_.last_error().empty();
+  if (shows_check_error || nothing_shown) SetState(SinkState::kUp);
   if (found) {
     metric_found_ = true;
     if (metric_missing_.exchange(false)) {

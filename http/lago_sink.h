@@ -110,8 +110,9 @@
 // "unauthorized" or "down", last_error, a warning when it begins or changes -- so an idle sink
 // with a wrong LAGO_API_KEY or LAGO_API_URL says so before its first batch; it is asked again
 // with the sink's backoff (the interval at most), and an answer clears it (a send's failure
-// shown is neither replaced by the check's nor cleared by its answer). The daemon starts either
-// way.
+// shown is neither replaced by the check's nor cleared by its answer). An answer (the metric
+// found or missing, Lago's own refusal of the question) makes an idle sink "up" from "unknown"
+// unless another failure is shown. The daemon starts either way.
 //
 // Lifecycle: Open() reads the checkpoint; Start() starts the thread; Notify() (wired to
 // Ledger::AddCommitListener) wakes it after appends, otherwise it polls every poll_interval_ms.
@@ -194,8 +195,8 @@ struct LagoSinkMetrics {
 };
 
 struct LagoSinkStatus {
-  std::string state;              // "unknown" (nothing sent or asked yet), "up", "down",
-                                  // "unauthorized", "stopped"
+  std::string state;              // "unknown" (nothing sent, and the billable metric check
+                                  // not answered yet), "up", "down", "unauthorized", "stopped"
   Position head;                  // the ledger's head when the snapshot was taken
   Position checkpoint;            // last position fully handled (in memory)
   Position checkpoint_persisted;  // as last written to the ledger

@@ -46,6 +46,10 @@ constexpr std::string_view kUsageType = "usage.recorded.v1";
 constexpr std::string_view kBatchType = "usage.batch_recorded.v1";
 const std::vector<std::string> kUsers = {"alice", "bob", "carol", "dave", "erin", "frank", "gus"};
 const std::vector<std::string> kServices = {"chat", "search", "tts", "litellm"};
+// Lago's own 403 to the billable metric check: a key permitted to write events and not to read
+// billable metrics (lago-api's API key permissions).
+constexpr char kMetricReadForbidden[] =
+    R"({"status":403,"error":"Forbidden","code":"read_action_not_allowed_for_billable_metric"})";
 
 // The data of the `i`th usage.recorded.v1 the tests append (schema-valid), for `user`.
 std::string UsageData(size_t i, const std::string& user, int64_t quantity) {
@@ -822,9 +826,7 @@ TEST_F(LagoSinkTest, OnlyLagosBillableMetricNotFoundMarksTheMetricMissing) {
       // Lago's own refusal of the question, not of the key: a key permitted to write events and
       // not to read billable metrics (lago-api's API key permissions). The batches went through
       // with it, and the earlier answers' failure is cleared.
-      {403, "application/json",
-       R"({"status":403,"error":"Forbidden","code":"read_action_not_allowed_for_billable_metric"})",
-       "up"},
+      {403, "application/json", kMetricReadForbidden, "up"},
   };
   lago.SetMetricAnswer(answers[0].status, answers[0].content_type, answers[0].body);
   Append(10);
@@ -963,6 +965,29 @@ TEST_F(LagoSinkTest, AnUnreachableLagoShowsBeforeTheFirstBatch) {
       << sink_->GetStatus().last_error;
   EXPECT_EQ(sink_->GetStatus().last_error, "");
   EXPECT_GT(lago.metric_lookups(), 0u);
+}
+
+// An idle sink whose check Lago answered (the metric found; Lago's own refusal of the question,
+// the key taken) stayed "unknown" and ledger_lago_sink_up 0, though it had asked and Lago had
+// answered: it is up.
+TEST_F(LagoSinkTest, AnIdleSinkIsUpOnceLagoAnswersTheCheck) {
+  for (const bool permitted : {true, false}) {
+    SCOPED_TRACE(permitted ? "the metric found" : "Lago's 403 to the question");
+    FakeLago lago;
+    if (!permitted) lago.SetMetricAnswer(403, "application/json", kMetricReadForbidden);
+    LagoSinkOptions options = FastOptions();
+    options.billable_metric_check_interval_ms = 50;
+    StartSink(lago.url(), options);
+    ASSERT_TRUE(permitted ? MetricFound(lago) : LookupAnswerHandled(lago));
+    const LagoSinkStatus status = sink_->GetStatus();
+    EXPECT_EQ(status.state, "up");
+    EXPECT_EQ(status.last_error, "");
+    std::string metrics;
+    sink_->RenderMetrics(&metrics);
+    EXPECT_NE(metrics.find("ledger_lago_sink_up 1\n"), std::string::npos) << metrics;
+    EXPECT_TRUE(lago.requests().empty());  // no batch: the check alone answered
+    ASSERT_TRUE(StopSink().ok());
+  }
 }
 
 TEST_F(LagoSinkTest, AnEventLagoAlwaysFailsIsDeadLetteredAndTheRestDelivered) {
