@@ -1186,6 +1186,9 @@ enum class WorkerJob {
   kFlush,  // write what the socket did not take, then park it again
   kClose,  // close it (after its deferred answer, if any)
   kLingeringClose,  // the same, draining what the client still sends (a refused body)
+  // The loop has stopped: after its deferred answer, serve a request whose head has arrived by
+  // then (HeadArrived), or close it.
+  kStopAfterAnswer,
 };
 
 // A non-blocking route, for the event loop (HttpServer::Impl fills it): its request line, and
@@ -1293,14 +1296,16 @@ class CoreServer final : public httplib::Server {
     return true;
   }
 
-  // Stops the loop and closes every parked connection (after its deferred answer), but one whose
-  // request's head has arrived (HeadArrived): a worker reads the rest of it and answers it with
-  // `Connection: close` -- closed, a consume whose body was still arriving was lost to a client
-  // that had sent it before the stop. Connections being served are closed by their worker when
-  // it would park them. No read of any connection waits past one read timeout after the stop
-  // (ConnectionStream::SetStopDeadline), nor a lingering close past linger_ms after that: each
-  // handed over with a timeout of its own, a few thousand heads whose bodies never came held the
-  // stop for minutes, queued behind the workers. Idempotent.
+  // Stops the loop and closes every parked connection, but one whose request's head has arrived
+  // (HeadArrived), or arrives by the time the deferred answer before it is out (a consume's
+  // kept-alive connection holds its answer until its next request: WorkerJob::kStopAfterAnswer):
+  // a worker reads the rest of it and answers it with `Connection: close` -- closed, a consume
+  // whose body was still arriving was lost to a client that had sent it before the stop.
+  // Connections being served are closed by their worker when it would park them. No read of any
+  // connection waits past one read timeout after the stop (ConnectionStream::SetStopDeadline), nor
+  // a lingering close past linger_ms after that: each handed over with a timeout of its own, a few
+  // thousand heads whose bodies never came held the stop for minutes, queued behind the workers.
+  // Idempotent.
   void StopLoop() {
     const auto stop_deadline = Clock::now() + std::chrono::milliseconds(options_.read_timeout_ms);
     {
@@ -1312,7 +1317,7 @@ class CoreServer final : public httplib::Server {
     loop_stopped_.store(true);
     mailbox_->Post(0);  // wakes the loop (no connection has id 0)
     if (loop_thread_.joinable()) loop_thread_.join();
-    std::vector<std::shared_ptr<Connection>> parked, lingering, arrived;
+    std::vector<std::shared_ptr<Connection>> parked, lingering, arrived, answering;
     {
       std::lock_guard<std::mutex> lock(loop_mu_);
       for (auto& [id, c] : connections_) {
@@ -1321,6 +1326,8 @@ class CoreServer final : public httplib::Server {
           lingering.push_back(c);
         } else if (HeadArrived(c.get())) {
           arrived.push_back(c);
+        } else if (c->state.deferred != nullptr) {
+          answering.push_back(c);
         } else {
           parked.push_back(c);
         }
@@ -1329,6 +1336,7 @@ class CoreServer final : public httplib::Server {
     }
     for (auto& c : parked) Close(c, false);
     for (auto& c : arrived) ToWorker(c, WorkerJob::kServe);
+    for (auto& c : answering) ToWorker(c, WorkerJob::kStopAfterAnswer);
     // Their answers may still be in the kernel: a worker lingers (the rest of linger_ms) instead.
     for (auto& c : lingering) ToWorker(c, WorkerJob::kLingeringClose);
     {
@@ -1408,10 +1416,13 @@ class CoreServer final : public httplib::Server {
         }
       }
       if (stopping) {
-        // As StopLoop does: a request whose head has arrived is read and answered first.
-        const bool serve = HeadArrived(c.get());
-        if (on_loop) return ToWorker(c, serve ? WorkerJob::kServe : WorkerJob::kClose);
-        if (serve) return RunWorkerJob(c, WorkerJob::kServe);
+        // As StopLoop does: a request whose head has arrived (or arrives by the time the answer
+        // before it is out) is read and answered first.
+        const WorkerJob job = HeadArrived(c.get())             ? WorkerJob::kServe
+                              : c->state.deferred != nullptr ? WorkerJob::kStopAfterAnswer
+                                                             : WorkerJob::kClose;
+        if (on_loop) return ToWorker(c, job);
+        if (job != WorkerJob::kClose) return RunWorkerJob(c, job);
         return Close(c, false);
       }
       if (on_loop) return ToWorker(c, WorkerJob::kFlush);
@@ -1503,12 +1514,12 @@ class CoreServer final : public httplib::Server {
   }
 
   // Whether the connection `c` has the head of its next request whole, among the bytes read or
-  // (parked, with no answer being written) the socket has now, read without waiting: a head that
-  // arrived just before the stop counts too. On its owner, once the loop has stopped (StopLoop
-  // owns every connection the loop did then).
+  // (with no answer before it still deferred) the socket has now, read without waiting: a head
+  // that arrived just before the stop counts too. On its owner, once the loop is stopping
+  // (StopLoop owns every connection the loop did then).
   static bool HeadArrived(Connection* c) {
     if (HeadEnd(c->stream.Unread(), 0) != std::string_view::npos) return true;
-    if (c->where != Connection::Where::kParked || c->state.deferred != nullptr) return false;
+    if (c->state.deferred != nullptr) return false;
     if (c->stream.AppendNow() <= 0) return false;
     return HeadEnd(c->stream.Unread(), 0) != std::string_view::npos;
   }
@@ -1844,6 +1855,13 @@ class CoreServer final : public httplib::Server {
     }
     if (job == WorkerJob::kClose) return Close(c, false);
     if (job == WorkerJob::kLingeringClose) return Close(c, true);
+    if (job == WorkerJob::kStopAfterAnswer) {
+      // Its client may send the next request as soon as it has read the answer.
+      if (!FinishDeferred(&c->state)) return Close(c, false);
+      // Over bytes left unread (half a head), a close is a reset, which drops what the kernel
+      // still holds of the answer just written: the close lingers.
+      if (!HeadArrived(c.get())) return Close(c, c->stream.HasBufferedInput());
+    }
     if (job == WorkerJob::kFlush && !c->stream.HasBufferedInput()) return Park(c, false);
     for (;;) {
       const After after = ServeRequest(c.get());

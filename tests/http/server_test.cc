@@ -162,6 +162,17 @@ class ServerTest : public ::testing::Test {
                };
     routes.Add("POST", "/later", "/later", Policy::kPublic, later);
     routes.Add("POST", "/loop-later", "/loop-later", Policy::kPublic, later, Threading::kEventLoop);
+    // Holds the event loop thread until the test calls ReleaseLoop(): what arrives meanwhile
+    // stays unread in the kernel.
+    routes.Add("GET", "/loop-block", "/loop-block", Policy::kPublic,
+               [this](const httplib::Request&, httplib::Response& res, const Identity&) {
+                 std::unique_lock<std::mutex> lock(block_mu_);
+                 block_entered_ = true;
+                 block_cv_.notify_all();
+                 block_cv_.wait(lock, [this] { return block_released_; });
+                 WriteJson(200, R"({"blocked":true})", &res);
+               },
+               Threading::kEventLoop);
     AuthOptions auth;
     auth.jwt.hs256_secret = testing::kTestHs256Secret;
     Status s = stack_.Start(std::move(routes), auth, &clock_, options);
@@ -185,7 +196,19 @@ class ServerTest : public ::testing::Test {
     EXPECT_TRUE(doc["detail"].IsString());
   }
 
+  // Waits until /loop-block holds the event loop (false after 5 s).
+  bool WaitUntilLoopBlocked() {
+    std::unique_lock<std::mutex> lock(block_mu_);
+    return block_cv_.wait_for(lock, std::chrono::seconds(5), [this] { return block_entered_; });
+  }
+  void ReleaseLoop() {
+    std::lock_guard<std::mutex> lock(block_mu_);
+    block_released_ = true;
+    block_cv_.notify_all();
+  }
+
   void TearDown() override {
+    ReleaseLoop();  // a failed test must not leave the loop, and the stop with it, held
     std::lock_guard<std::mutex> lock(responders_mu_);
     for (std::thread& t : responders_) t.join();
   }
@@ -195,6 +218,10 @@ class ServerTest : public ::testing::Test {
   std::atomic<bool> slow_entered_{false};
   std::mutex responders_mu_;
   std::vector<std::thread> responders_;  // guarded by responders_mu_
+  std::mutex block_mu_;
+  std::condition_variable block_cv_;
+  bool block_entered_ = false;   // guarded by block_mu_
+  bool block_released_ = false;  // guarded by block_mu_
 };
 
 size_t CountOf(const std::string& text, const std::string& what) {
@@ -1925,6 +1952,70 @@ TEST_F(ServerTest, StopAnswersARequestWhoseHeadHadArrived) {
   EXPECT_NE(response.find("Connection: close"), std::string::npos) << response;
   EXPECT_TRUE(closed);
 }
+
+// SIGTERM while a consume's kept-alive connection is parked behind its deferred answer -- written
+// already, or still on its way -- and the client's next request has arrived, unread (the loop was
+// busy): that request is answered after the deferred one, with `Connection: close`, as any whose
+// head had arrived. The stop took the deferred answer the connection still held for a reason not
+// to read it and closed it over the unread request: a reset, and the request was lost (with the
+// answer still on its way, perhaps that one too).
+class StopBehindADeferredAnswerTest : public ServerTest,
+                                      public ::testing::WithParamInterface<bool> {};
+
+TEST_P(StopBehindADeferredAnswerTest, AnswersTheRequestThatArrived) {
+  const bool answered = GetParam();
+  Start();
+  const int fd = testing::ConnectLoopback(stack_.port());
+  const int blocker = testing::ConnectLoopback(stack_.port());
+  ASSERT_GE(fd, 0);
+  ASSERT_GE(blocker, 0);
+  auto send_all = [](int sock, const std::string& bytes) {
+    return ::send(sock, bytes.data(), bytes.size(), MSG_NOSIGNAL) ==
+           static_cast<ssize_t>(bytes.size());
+  };
+  const std::string later = std::string("POST /loop-later?delay_ms=") + (answered ? "0" : "800") +
+                            " HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+  ASSERT_TRUE(send_all(fd, later));
+  std::string response;
+  if (answered) {
+    response = ReadUntil(fd, R"({"later":0})");
+    ASSERT_NE(response.find(R"({"later":0})"), std::string::npos) << response;
+  } else {
+    ASSERT_TRUE(WaitFor([&] {
+      std::lock_guard<std::mutex> lock(responders_mu_);
+      return !responders_.empty();  // deferred, the connection parked
+    }));
+  }
+  ASSERT_TRUE(send_all(blocker, "GET /loop-block HTTP/1.1\r\nHost: x\r\n\r\n"));
+  ASSERT_TRUE(WaitUntilLoopBlocked());
+  ASSERT_TRUE(send_all(fd, "POST /loop-echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nwxyz"));
+  std::thread stopper([this] { stack_.Stop(); });
+  // The stop has begun once a new connection is closed as soon as it is accepted.
+  EXPECT_TRUE(WaitFor([&] {
+    const int probe = testing::ConnectLoopback(stack_.port());
+    if (probe < 0) return true;
+    pollfd pfd{probe, POLLIN, 0};
+    char byte = 0;
+    const bool closed = ::poll(&pfd, 1, 50) == 1 && ::recv(probe, &byte, 1, 0) <= 0;
+    ::close(probe);
+    return closed;
+  }));
+  ReleaseLoop();
+  bool closed = false;
+  response += SendAndReadUntilClosed(fd, "", 5000, &closed);
+  stopper.join();
+  ::close(blocker);
+  EXPECT_EQ(response.rfind("HTTP/1.1 202", 0), 0u) << response;
+  EXPECT_NE(response.find(R"({"later":0})"), std::string::npos) << response;
+  const size_t next = response.find("HTTP/1.1 200");
+  ASSERT_NE(next, std::string::npos) << response;
+  EXPECT_NE(response.find("Connection: close", next), std::string::npos) << response;
+  EXPECT_NE(response.find(R"({"loop-bytes":4})", next), std::string::npos) << response;
+  EXPECT_TRUE(closed);
+}
+
+INSTANTIATE_TEST_SUITE_P(AnsweredAndPending, StopBehindADeferredAnswerTest,
+                         ::testing::Values(true, false));
 
 // SIGTERM with many connections holding a head whose body never comes (a body-first route: public,
 // so anyone may): each went to a worker with a read timeout of its own and then a linger, queued
