@@ -839,6 +839,7 @@ struct DeferredResponse {
   std::mutex mu;
   std::condition_variable cv;
   bool done = false;    // guarded by mu
+  Clock::time_point done_at;  // guarded by mu: when it was done (the keep-alive counts from it)
   bool failed = false;  // guarded by mu: the connection broke while it was written
   std::string unsent;   // guarded by mu: what a full socket buffer did not take
   bool loop_waiting = false;  // guarded by mu: the event loop waits for it to be done
@@ -1007,6 +1008,7 @@ Responder DeferResponse(const httplib::Request& req) {
       tell_loop = !deferred->unsent.empty() || deferred->loop_waiting;
       deferred->failed = failed;
       deferred->done = true;
+      deferred->done_at = Clock::now();
       deferred->cv.notify_all();
     }
     // After `done`: from then on the connection may be closed, so only through the loop, which
@@ -1524,12 +1526,22 @@ class CoreServer final : public httplib::Server {
     return HeadEnd(c->stream.Unread(), 0) != std::string_view::npos;
   }
 
-  // Whether a parked connection is to be closed: idle for the keep-alive timeout; or holding a
-  // request still arriving that has been silent for the read timeout, or has sent less than a
-  // worker's read allows (ConnectionStream::RequestDeadline: kRequestBytesPerReadTimeout per read
-  // timeout from when it began).
+  // Whether a parked connection is to be closed: idle for the keep-alive timeout since its last
+  // answer (a deferred one's counts from when it was written; never while it is pending: its
+  // client waits for it, and a worker closing the connection would wait as long, in Close); or
+  // holding a request still arriving that has been silent for the read timeout, or has sent less
+  // than a worker's read allows (ConnectionStream::RequestDeadline: kRequestBytesPerReadTimeout
+  // per read timeout from when it began). Requires loop_mu_.
   bool Expired(const Connection& c, Clock::time_point now) const {
-    if (now - c.parked_at >= std::chrono::milliseconds(options_.keep_alive_timeout_ms)) return true;
+    const auto keep_alive = std::chrono::milliseconds(options_.keep_alive_timeout_ms);
+    if (now - c.parked_at < keep_alive && !c.arriving_since) return false;  // most, on each tick
+    Clock::time_point idle_since = c.parked_at;
+    if (c.state.deferred != nullptr) {
+      std::lock_guard<std::mutex> lock(c.state.deferred->mu);
+      if (!c.state.deferred->done) return false;
+      idle_since = std::max(idle_since, c.state.deferred->done_at);
+    }
+    if (now - idle_since >= keep_alive) return true;
     if (!c.arriving_since) return false;
     const auto read_timeout = std::chrono::milliseconds(options_.read_timeout_ms);
     const auto allowed =

@@ -1687,6 +1687,71 @@ TEST_F(ServerTest, IdleKeptAliveConnectionsAreClosedAfterTheTimeout) {
   EXPECT_LT(elapsed, std::chrono::milliseconds(3000));
 }
 
+// A kept-alive connection's idle time counts from its last answer, a deferred one's too: one
+// whose answer took longer than the keep-alive timeout stays open for that timeout after it. (It
+// counted from when the request was served: the connection was closed as soon as the answer,
+// advertising `Keep-Alive: timeout=1`, was out, and a client reusing it at once got EOF.)
+TEST_F(ServerTest, AKeptAliveConnectionIdlesFromItsDeferredAnswer) {
+  HttpServerOptions options = TestHttpStack::DefaultOptions();
+  options.keep_alive_timeout_ms = 1000;
+  Start(options);
+  const int fd = testing::ConnectLoopback(stack_.port());
+  ASSERT_GE(fd, 0);
+  const std::string request =
+      "POST /loop-later?delay_ms=1500 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+  ASSERT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(request.size()));
+  const std::string answer = ReadUntil(fd, R"({"later":0})");
+  const auto answered = std::chrono::steady_clock::now();
+  ASSERT_NE(answer.find(R"({"later":0})"), std::string::npos) << answer;
+  EXPECT_NE(answer.find("Keep-Alive: timeout=1"), std::string::npos) << answer;
+  bool closed = false;
+  const std::string more = SendAndReadUntilClosed(fd, "", 5000, &closed);
+  const auto idle = std::chrono::steady_clock::now() - answered;
+  EXPECT_TRUE(more.empty()) << more;
+  EXPECT_TRUE(closed);
+  EXPECT_GE(idle, std::chrono::milliseconds(900)) << "closed right after its answer";
+  EXPECT_LT(idle, std::chrono::milliseconds(3000));
+}
+
+// Connections waiting for a deferred answer (consumes, their sync stalled on the disk) hold no
+// worker however long past the keep-alive timeout they wait: three of them on a pool of two leave
+// /hello served at once. (The tick handed each to a worker to close, which waited there for the
+// answer: both workers were taken and /hello queued behind them until the answers came.)
+TEST_F(ServerTest, APendingDeferredAnswerHoldsNoWorker) {
+  HttpServerOptions options = TestHttpStack::DefaultOptions();
+  options.threads = 2;
+  options.keep_alive_timeout_ms = 1000;
+  Start(options);
+  std::vector<int> fds;
+  const std::string request =
+      "POST /loop-later?delay_ms=3000 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+  for (int i = 0; i < 3; ++i) {
+    const int fd = testing::ConnectLoopback(stack_.port());
+    ASSERT_GE(fd, 0);
+    fds.push_back(fd);
+    ASSERT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(request.size()));
+  }
+  ASSERT_TRUE(WaitFor([&] {
+    std::lock_guard<std::mutex> lock(responders_mu_);
+    return responders_.size() == 3;  // all three deferred, their connections parked
+  }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1300));  // past the keep-alive timeout
+  EXPECT_EQ(stack_.metrics.workers_busy.load(), 0);
+  const auto start = std::chrono::steady_clock::now();
+  TestHttpClient client("127.0.0.1", stack_.port());
+  const HttpReply reply = client.Get("/hello");
+  const auto waited = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(reply.status, 200) << reply.error;
+  for (int fd : fds) {
+    const std::string answer = ReadUntil(fd, R"({"later":0})");
+    EXPECT_NE(answer.find(R"({"later":0})"), std::string::npos) << answer;
+    ::close(fd);
+  }
+  EXPECT_LT(waited, std::chrono::milliseconds(1000));
+}
+
 // Requests for event-loop routes pipelined with worker routes and with deferred answers of both
 // kinds, in one write: every answer comes back, in request order.
 TEST_F(ServerTest, EventLoopRoutesKeepPipelinedAnswersInOrder) {
