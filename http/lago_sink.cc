@@ -34,6 +34,9 @@ constexpr std::string_view kUsageBatchRecordedV1 = "usage.batch_recorded.v1";
 constexpr size_t kErrorTextBytesMax = 2048;
 // Successful batches in a row after which a halved batch size doubles again.
 constexpr int kSuccessesBeforeGrowing = 8;
+// A failing send is warned when its failure begins or changes, and then once per this while it
+// lasts: a retry every 20 s (the backoff's cap) warned 180 times an hour for one outage.
+constexpr int64_t kFailureWarnIntervalUs = 60'000'000;
 // Suspects of failing on their own at most (LagoSink::Impl::suspects_). An outage makes every
 // probe a suspect, one per backoff: past this many the probes stay on the same event, so what
 // the sink holds stays bounded (and a run of more adjacent always-failing events stalls it).
@@ -573,6 +576,12 @@ class LagoSink::Impl {
   // Up, the last error is cleared: /readyz showed state "up", lag 0 beside the 401 of an hour
   // before ("Lago refused LAGO_API_KEY"), as if it were still refused.
   void SetState(SinkState state) {
+    if (state == SinkState::kUp && !warned_failure_.empty()) {
+      spdlog::info("lago sink: Lago answers again, after {} failed requests ({})",
+                   failures_since_warned_, warned_failure_);
+      warned_failure_.clear();
+      failures_since_warned_ = 0;
+    }
     if (damaged_at_ != 0 && state == SinkState::kUp) {
       state = SinkState::kDown;
       SetLastError(damage_error_);
@@ -628,6 +637,11 @@ class LagoSink::Impl {
   int64_t retry_at_us_ = 0;   // no request before this (backoff)
   bool persist_now_ = false;  // an acknowledged batch moved the checkpoint
   bool failed_since_stop_ = false;  // a request failed after the stop request
+  // The failure last warned ("" once Lago answers again), when, and the failed requests in a row
+  // (Fail, SetState).
+  std::string warned_failure_;
+  int64_t warned_at_us_ = 0;
+  uint64_t failures_since_warned_ = 0;
   bool metric_found_ = false;       // Lago said billable_metric_code exists: not asked again
   int64_t metric_check_at_us_ = 0;  // the next CheckBillableMetric, unless metric_found_
   int metric_check_backoff_ms_;     // after a failed check, as backoff_ms_ after a failed send
@@ -1215,8 +1229,16 @@ void LagoSink::Impl::Fail(const std::string& reason, int http_status, int64_t re
   // The error first: whoever sees the new state (GetStatus, /readyz) sees why.
   SetLastError(reason);
   SetState(FailedState(http_status));
-  spdlog::warn("lago sink: {}; {} events pending after position {}, retrying in {} ms", reason,
-               pending_.size(), mark_, delay_ms);
+  ++failures_since_warned_;
+  const bool warn = reason != warned_failure_ || now_us - warned_at_us_ >= kFailureWarnIntervalUs;
+  if (warn) {
+    warned_failure_ = reason;
+    warned_at_us_ = now_us;
+  }
+  spdlog::log(warn ? spdlog::level::warn : spdlog::level::debug,
+              "lago sink: {}; {} events pending after position {}, retrying in {} ms ({} failed "
+              "requests in a row)",
+              reason, pending_.size(), mark_, delay_ms, failures_since_warned_);
   if (core_.stop_requested()) failed_since_stop_ = true;
 }
 

@@ -139,6 +139,29 @@ class AppendBatchUsage final : public Command {
   size_t first_;
 };
 
+// The default logger's lines while it lives (the last 512).
+class CapturedLog {
+ public:
+  CapturedLog() { spdlog::default_logger()->sinks().push_back(sink_); }
+  ~CapturedLog() {
+    auto& sinks = spdlog::default_logger()->sinks();
+    sinks.erase(std::find(sinks.begin(), sinks.end(), sink_));
+  }
+  std::vector<std::string> Lines() const { return sink_->last_formatted(); }
+  // Lines holding both `level` (e.g. "[warning]") and `text`.
+  size_t Count(std::string_view level, std::string_view text) const {
+    size_t n = 0;
+    for (const std::string& line : Lines()) {
+      n += line.find(level) != std::string::npos && line.find(text) != std::string::npos;
+    }
+    return n;
+  }
+
+ private:
+  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink_ =
+      std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(512);
+};
+
 class LagoSinkTest : public ::testing::Test {
  protected:
   void SetUp() override { OpenLedger(); }
@@ -856,8 +879,7 @@ TEST_F(LagoSinkTest, OnlyLagosBillableMetricNotFoundMarksTheMetricMissing) {
 // "unknown", last_error null). It reads as a batch's 401 does, warned once however often it is
 // asked again (with the sink's backoff, not the check's minute), and Lago answering clears it.
 TEST_F(LagoSinkTest, ARefusedApiKeyShowsBeforeTheFirstBatch) {
-  auto log = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(512);
-  spdlog::default_logger()->sinks().push_back(log);
+  CapturedLog log;
   FakeLago lago;
   lago.SetApiKey("another-key");
   StartSink(lago.url());  // the check's interval: a minute
@@ -874,16 +896,27 @@ TEST_F(LagoSinkTest, ARefusedApiKeyShowsBeforeTheFirstBatch) {
       << sink_->GetStatus().state;
   EXPECT_EQ(sink_->GetStatus().last_error, "");
   EXPECT_TRUE(StopSink().ok());
-  size_t warnings = 0;
-  for (const std::string& line : log->last_formatted()) {
+  for (const std::string& line : log.Lines()) {
     EXPECT_EQ(line.find(kFakeLagoApiKey), std::string::npos) << line;
-    if (line.find("[warning]") != std::string::npos && line.find(error) != std::string::npos) {
-      ++warnings;
-    }
   }
-  EXPECT_EQ(warnings, 1u);
-  auto& sinks = spdlog::default_logger()->sinks();
-  sinks.erase(std::find(sinks.begin(), sinks.end(), log));
+  EXPECT_EQ(log.Count("[warning]", error), 1u);
+}
+
+// A Lago outage is warned when it begins (and once a minute while it lasts), not at every retry:
+// with the backoff capped at 20 s that was 180 warnings an hour for one outage. Lago answering
+// again is said once, at info.
+TEST_F(LagoSinkTest, AnOutageIsWarnedOnceNotAtEveryRetry) {
+  CapturedLog log;
+  FakeLago lago;
+  lago.SetDown(true);
+  Append(5);
+  StartSink(lago.url());
+  ASSERT_TRUE(WaitFor([&] { return sink_->metrics().request_failures.Value() >= 6; }));
+  lago.SetDown(false);
+  ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
+  ASSERT_TRUE(StopSink().ok());
+  EXPECT_EQ(log.Count("[warning]", "events pending after position"), 1u);
+  EXPECT_EQ(log.Count("[info]", "Lago answers again, after "), 1u);
 }
 
 // The check and a batch fail with the same words ("Lago answered 500": Lago's GETs and its event
