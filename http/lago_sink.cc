@@ -577,7 +577,7 @@ class LagoSink::Impl {
   // before ("Lago refused LAGO_API_KEY"), as if it were still refused.
   void SetState(SinkState state) {
     if (state == SinkState::kUp && !warned_failure_.empty()) {
-      spdlog::info("lago sink: Lago answers again, after {} failed requests ({})",
+      spdlog::info("lago sink: up again, after {} failures in a row (the last warned: {})",
                    failures_since_warned_, warned_failure_);
       warned_failure_.clear();
       failures_since_warned_ = 0;
@@ -637,8 +637,8 @@ class LagoSink::Impl {
   int64_t retry_at_us_ = 0;   // no request before this (backoff)
   bool persist_now_ = false;  // an acknowledged batch moved the checkpoint
   bool failed_since_stop_ = false;  // a request failed after the stop request
-  // The failure last warned ("" once Lago answers again), when, and the failed requests in a row
-  // (Fail, SetState).
+  // The failure last warned ("" once the sink is up again), when, and the failures in a row (Fail:
+  // a request's, or one of the log or the ledger; SetState).
   std::string warned_failure_;
   int64_t warned_at_us_ = 0;
   uint64_t failures_since_warned_ = 0;
@@ -1236,8 +1236,8 @@ void LagoSink::Impl::Fail(const std::string& reason, int http_status, int64_t re
     warned_at_us_ = now_us;
   }
   spdlog::log(warn ? spdlog::level::warn : spdlog::level::debug,
-              "lago sink: {}; {} events pending after position {}, retrying in {} ms ({} failed "
-              "requests in a row)",
+              "lago sink: {}; {} events pending after position {}, retrying in {} ms ({} failures "
+              "in a row)",
               reason, pending_.size(), mark_, delay_ms, failures_since_warned_);
   if (core_.stop_requested()) failed_since_stop_ = true;
 }

@@ -903,8 +903,8 @@ TEST_F(LagoSinkTest, ARefusedApiKeyShowsBeforeTheFirstBatch) {
 }
 
 // A Lago outage is warned when it begins (and once a minute while it lasts), not at every retry:
-// with the backoff capped at 20 s that was 180 warnings an hour for one outage. Lago answering
-// again is said once, at info.
+// with the backoff capped at 20 s that was 180 warnings an hour for one outage. The sink up again
+// is said once, at info.
 TEST_F(LagoSinkTest, AnOutageIsWarnedOnceNotAtEveryRetry) {
   CapturedLog log;
   FakeLago lago;
@@ -916,7 +916,7 @@ TEST_F(LagoSinkTest, AnOutageIsWarnedOnceNotAtEveryRetry) {
   ASSERT_TRUE(CaughtUp()) << sink_->GetStatus().last_error;
   ASSERT_TRUE(StopSink().ok());
   EXPECT_EQ(log.Count("[warning]", "events pending after position"), 1u);
-  EXPECT_EQ(log.Count("[info]", "Lago answers again, after "), 1u);
+  EXPECT_EQ(log.Count("[info]", "up again, after "), 1u);
 }
 
 // The check and a batch fail with the same words ("Lago answered 500": Lago's GETs and its event
