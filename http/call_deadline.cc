@@ -96,13 +96,12 @@ bool CallDeadline::Finish() {
 
 void SetClientTimeouts(httplib::Client* client, int64_t connect_ms, int64_t read_ms,
                        int64_t write_ms) {
-  auto split = [](int64_t ms, auto set) {
-    ms = std::max<int64_t>(ms, 1);
-    set(static_cast<time_t>(ms / 1000), static_cast<time_t>((ms % 1000) * 1000));
+  auto at_least_1ms = [](int64_t ms) {
+    return std::chrono::milliseconds(std::max<int64_t>(ms, 1));
   };
-  split(connect_ms, [client](time_t s, time_t us) { client->set_connection_timeout(s, us); });
-  split(read_ms, [client](time_t s, time_t us) { client->set_read_timeout(s, us); });
-  split(write_ms, [client](time_t s, time_t us) { client->set_write_timeout(s, us); });
+  client->set_connection_timeout(at_least_1ms(connect_ms));
+  client->set_read_timeout(at_least_1ms(read_ms));
+  client->set_write_timeout(at_least_1ms(write_ms));
 }
 
 std::string NetworkErrorText(httplib::Error error) {
