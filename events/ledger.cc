@@ -691,7 +691,8 @@ struct Writer {
   CommandResult result;
   // SubmitAsync: called with the result instead of Signal(), and the writer is deleted.
   std::function<void(CommandResult)> done;
-  // The side families the command deleted rows of: compacted once it is durable (SideShredder).
+  // The side families the command deleted (or shred_replaced) rows of: compacted once it is
+  // durable (SideShredder).
   std::vector<rocksdb::ColumnFamilyHandle*> side_deletes;
 
   // Blocks until the sync thread signals; returns the new state.
@@ -2166,7 +2167,7 @@ Status LedgerImpl::DecideOne(Writer* w, int64_t now_us, GroupState* state) {
     }
     LEDGER_RETURN_IF_ERROR(row.deleted ? state->Delete(row.family, row.key)
                                        : state->Put(row.family, row.key, row.value));
-    if (row.deleted) w->side_deletes.push_back(Family(row.family));
+    if (row.deleted || row.shred_replaced) w->side_deletes.push_back(Family(row.family));
   }
   if (!idempotency_key.empty()) {
     state->PutRow(Family(kIdempotencyFamily), idempotency_key,

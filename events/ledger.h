@@ -71,6 +71,10 @@ struct SideRow {
   std::string key;
   std::string value;
   bool deleted = false;  // deletes `key` (value ignored)
+  // A put whose key holds a value that must leave the store's table files as a deleted one does
+  // (a data key re-wrapped under a new master key: its old wrapping opens under the old key):
+  // the family is compacted once the command is durable, as after a delete (SideShredder).
+  bool shred_replaced = false;
 };
 
 // What Decide() produced for a successful command.

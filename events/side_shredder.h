@@ -1,6 +1,6 @@
-// SideShredder: after a group that deleted rows of a side family (events/ledger.h SideRow) is
-// durable, compacts that family on a thread of its own, so that the deleted rows' values leave
-// the store's table files.
+// SideShredder: after a group that deleted rows of a side family (events/ledger.h SideRow), or
+// replaced rows with SideRow::shred_replaced, is durable, compacts that family on a thread of its
+// own, so that the deleted or replaced rows' values leave the store's table files.
 //
 // Why: a side row is deleted to shred a secret (a BYOK key's wrapped data key,
 // projections/byok.h), but once the row was flushed to a table file a delete only writes a

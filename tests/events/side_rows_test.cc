@@ -26,8 +26,8 @@ using testing::TempDir;
 
 constexpr char kSide[] = "secrets";
 
-// Appends one event for `subject` and writes `rows`; `*seen` (if given) gets the value of
-// secrets/`read_key` as the command saw it (empty when absent).
+// Appends one event for `subject` (none when it is empty) and writes `rows`; `*seen` (if given)
+// gets the value of secrets/`read_key` as the command saw it (empty when absent).
 class SideRowCommand : public Command {
  public:
   SideRowCommand(std::string subject, std::vector<SideRow> rows, std::string read_key = "",
@@ -42,7 +42,9 @@ class SideRowCommand : public Command {
       if (s.IsNotFound()) seen_->clear();
       if (!s.ok() && !s.IsNotFound()) return s;
     }
-    decision->events.push_back(NewEvent{"test.appended.v1", subject_, "{}"});
+    if (!subject_.empty()) {
+      decision->events.push_back(NewEvent{"test.appended.v1", subject_, "{}"});
+    }
     decision->side_rows = rows_;
     return Status::OK();
   }
@@ -58,6 +60,10 @@ SideRow Put(std::string key, std::string value) {
   return SideRow{kSide, std::move(key), std::move(value), false};
 }
 SideRow Del(std::string key) { return SideRow{kSide, std::move(key), "", true}; }
+// A put whose replaced value is shredded (SideRow::shred_replaced).
+SideRow Replace(std::string key, std::string value) {
+  return SideRow{kSide, std::move(key), std::move(value), false, true};
+}
 
 std::unique_ptr<Ledger> Open(const std::string& path, rocksdb::Env* env = nullptr,
                              bool sync = true) {
@@ -243,6 +249,33 @@ TEST(SideRowsTest, ADeleteSyncedWithAnEarlierGroupIsCompactedAway) {
   Status waited = ledger->WaitForSideCompactions(10'000);
   EXPECT_TRUE(waited.ok()) << waited.ToString();
   EXPECT_FALSE(TableFilesHold(dir.path(), secret));
+}
+
+// A put marked shred_replaced (a BYOK data key re-wrapped under a new master key, by a command
+// that appends no event) compacts its family once durable, as a delete does: the value it
+// replaced, already in a table file, is gone from the disk. A plain put left it there.
+TEST(SideRowsTest, APutThatShredsWhatItReplacesCompactsTheOldValueAway) {
+  TempDir dir;
+  auto ledger = Open(dir.path());
+  ASSERT_NE(ledger, nullptr);
+  const std::string secret = "wrapped-under-the-old-key-9c41d0e7";
+  SideRowCommand put("alice", {Put("k", secret)});
+  ASSERT_TRUE(ledger->Submit(&put).status.ok());
+  ASSERT_TRUE(ledger->Flush().ok());
+  ASSERT_TRUE(ledger->WaitForSideCompactions(10'000).ok());
+  ASSERT_TRUE(TableFilesHold(dir.path(), secret)) << "control: the value is in a table file";
+
+  SideRowCommand replace("", {Replace("k", "wrapped-under-the-new-key")});
+  CommandResult r = ledger->Submit(&replace);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(r.events_appended, 0u);
+  EXPECT_EQ(ledger->Head(), Position(1));
+  Status waited = ledger->WaitForSideCompactions(10'000);
+  EXPECT_TRUE(waited.ok()) << waited.ToString();
+  EXPECT_FALSE(TableFilesHold(dir.path(), secret));
+  std::string value;
+  ASSERT_TRUE(ReadSide(ledger.get(), "k", &value).ok());
+  EXPECT_EQ(value, "wrapped-under-the-new-key");
 }
 
 }  // namespace
