@@ -98,6 +98,10 @@ struct AppContext {
   // BYOK (http/byok_routes.cc): the key-encryption key from LEDGER_MASTER_KEY_FILE; null = none
   // configured, and the routes that seal or open a key answer 503 "byok_not_configured".
   const SecretBox* byok_box = nullptr;
+  // LEDGER_MASTER_KEY_PREVIOUS_FILES: the key-encryption keys rotated away from, for the "v1:"
+  // keys sealed under one of them (a "v2:" key's data key is re-wrapped under byok_box at start:
+  // http/byok_rotation.h). Not owned.
+  std::vector<const SecretBox*> byok_previous_boxes;
   // LEDGER_BYOK_BASE_URLS: provider id -> base URL of its API (absent: the provider's own).
   std::map<std::string, std::string> byok_base_urls;
   int byok_test_timeout_ms = 5000;  // one provider test call

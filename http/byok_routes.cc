@@ -18,7 +18,8 @@
 //                                          data key is deleted (shredded) with it, as a replaced
 //                                          key's is with the add that replaces it
 //   POST   /api/v1/byok/keys/test/{provider}  opens the key (with its data key; a "v1:" key from
-//                                          before data keys with the master key), asks the
+//                                          before data keys with the master key its kek_id
+//                                          names, current or previous), asks the
 //                                          provider (byok_providers.h), records
 //                                          byok.key_tested.v1; 200 {"result","valid",...}
 //   GET    /api/v1/byok/stats              {"byok_enabled","providers_available","keys_configured",
@@ -33,6 +34,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
@@ -86,6 +88,7 @@ constexpr int64_t kKeyChangeIntervalUs = 20'000'000;
 struct ByokRouteContext {
   Ledger* ledger = nullptr;
   const SecretBox* box = nullptr;
+  std::vector<const SecretBox*> previous_boxes;  // AppContext::byok_previous_boxes
   const Clock* clock = nullptr;
   std::map<std::string, std::string> base_urls;
   int timeout_ms = 5000;
@@ -420,17 +423,27 @@ void TestKey(const ByokRouteContext& c, const httplib::Request& req, httplib::Re
   // own state (409 key_unreadable), asks no provider and appends nothing, so it spends nothing
   // (five tests of a key sealed under a replaced key-encryption key left none for the key added
   // again in its place).
-  if (key.kek_id != c.box->key_id()) {
+  //
+  // A "v2:" key opens with its data key, which the start re-wrapped under the current key
+  // whatever kek_id its event names (http/byok_rotation.h); a key added before data keys ("v1:")
+  // is sealed under the key its kek_id names, the current one or a previous one still configured.
+  const SecretBox* box = c.box;
+  if (wrapped_data_key.empty() && key.kek_id != c.box->key_id()) {
+    box = nullptr;
+    for (const SecretBox* previous : c.previous_boxes) {
+      if (previous->key_id() == key.kek_id) box = previous;
+    }
+  }
+  if (box == nullptr) {
     WriteProblem(409, "key_unreadable",
                  "the key was sealed under another key-encryption key; add it again", &res);
     return;
   }
   std::string api_key;
   const std::string aad = pj::ByokAssociatedData(identity.subject, provider_id, key.key_id);
-  // A key added before data keys ("v1:") is sealed under the master key itself.
   Status s = wrapped_data_key.empty()
-                 ? c.box->Open(key.encrypted_key, aad, &api_key)
-                 : c.box->OpenWithDataKey(key.encrypted_key, wrapped_data_key, aad, &api_key);
+                 ? box->Open(key.encrypted_key, aad, &api_key)
+                 : box->OpenWithDataKey(key.encrypted_key, wrapped_data_key, aad, &api_key);
   if (!s.ok()) {
     WipeSecret(&api_key);
     WriteProblem(409, "key_unreadable", "the stored key does not open; add it again", &res);
@@ -499,6 +512,7 @@ void AddByokRoutes(const AppContext& context, RouteTable* routes) {
   auto c = std::make_shared<ByokRouteContext>();
   c->ledger = context.ledger;
   c->box = context.byok_box;
+  c->previous_boxes = context.byok_previous_boxes;
   c->clock = context.clock != nullptr ? context.clock : SystemClock::Default();
   c->base_urls = context.byok_base_urls;
   c->timeout_ms = context.byok_test_timeout_ms;

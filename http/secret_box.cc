@@ -166,6 +166,15 @@ Status SecretBox::UnwrapDataKey(std::string_view wrapped_data_key,
   return Status::OK();
 }
 
+Status SecretBox::RewrapDataKey(const SecretBox& previous, std::string_view wrapped_data_key,
+                                std::string_view associated_data, std::string* rewrapped) const {
+  std::string data_key;
+  LEDGER_RETURN_IF_ERROR(previous.UnwrapDataKey(wrapped_data_key, associated_data, &data_key));
+  Status s = Seal(data_key, DataKeyAssociatedData(associated_data), rewrapped);
+  WipeSecret(&data_key);
+  return s;
+}
+
 Status SecretBox::OpenWithDataKey(std::string_view sealed, std::string_view wrapped_data_key,
                                   std::string_view associated_data,
                                   std::string* plaintext) const {

@@ -56,6 +56,12 @@ class SecretBox {
   // The data key of `wrapped_data_key` (32 bytes; wipe it after use); "unsealable" as Open.
   Status UnwrapDataKey(std::string_view wrapped_data_key, std::string_view associated_data,
                        std::string* data_key) const;
+  // Master-key rotation: `wrapped_data_key` (of a value sealed with `associated_data`) unwrapped
+  // with `previous` and wrapped again under this key, same associated data, into *rewrapped; the
+  // value sealed with the data key (in the log) is unchanged and opens with the new wrapping.
+  // "unsealable" as Open when `previous` does not open it.
+  Status RewrapDataKey(const SecretBox& previous, std::string_view wrapped_data_key,
+                       std::string_view associated_data, std::string* rewrapped) const;
   // Whether `sealed` is in SealWithDataKey's form ("v2:"): it opens only with its data key.
   static bool IsSealedWithDataKey(std::string_view sealed);
 

@@ -228,6 +228,52 @@ Status GetByokWrappedDataKey(const StateReader& state, std::string_view user_id,
   return s;
 }
 
+Status ListByokDataKeys(const StateReader& state, const ByokDataKeyRow& after, size_t limit,
+                        std::vector<ByokDataKeyRow>* out) {
+  out->clear();
+  std::string start;
+  if (!after.user_id.empty()) {
+    start = DataKeyRowKey(after.user_id, after.provider, after.key_id);
+    start.push_back('\0');  // the first key after it
+  }
+  Status parse;
+  LEDGER_RETURN_IF_ERROR(state.ScanFrom(
+      kByokDataKeysFamily, "", start, [&](std::string_view key, std::string_view value) {
+        if (out->size() >= limit) return false;
+        const size_t first = key.find('/');
+        const size_t last = key.rfind('/');
+        ByokDataKeyRow row;
+        if (first != std::string_view::npos && last != first) {
+          row.user_id = key.substr(0, first);
+          row.provider = key.substr(first + 1, last - first - 1);
+          row.key_id = key.substr(last + 1);
+        }
+        if (!UsableId(row.user_id) || !UsableId(row.provider) || !UsableId(row.key_id)) {
+          parse = Status::Corruption("byok_data_keys: a row's key is not user/provider/key_id");
+          return false;
+        }
+        row.wrapped = value;
+        out->push_back(std::move(row));
+        return true;
+      }));
+  return parse;
+}
+
+Status CountByokKeysSealedUnderKeks(const StateReader& state,
+                                    std::map<std::string, int64_t>* by_kek_id) {
+  by_kek_id->clear();
+  Status parse;
+  LEDGER_RETURN_IF_ERROR(
+      state.Scan(kByokFamily, kKeyPrefix, [&](std::string_view, std::string_view v) {
+        ByokKeyRow row;
+        parse = ParseRow(v, &row);
+        if (!parse.ok()) return false;
+        if (!row.encrypted_key.starts_with(kByokDataKeySealedPrefix)) ++(*by_kek_id)[row.kek_id];
+        return true;
+      }));
+  return parse;
+}
+
 // ---- commands ------------------------------------------------------------------------------------
 
 AddByokKey::AddByokKey(std::string user_id, ByokKeyRow key, std::string wrapped_data_key)
@@ -331,6 +377,39 @@ Status RemoveByokKey::Decide(const DecideContext& context, Decision* decision) {
   body.Bool(true);
   body.EndObject();
   decision->body = json::Text(body_buf);
+  return Status::OK();
+}
+
+RewrapByokDataKeys::RewrapByokDataKeys(std::vector<ByokDataKeyRow> rows,
+                                       std::vector<std::string> rewrapped)
+    : rows_(std::move(rows)), rewrapped_(std::move(rewrapped)) {}
+
+RewrapByokDataKeys::~RewrapByokDataKeys() {
+  // As AddByokKey's: the copies that count are the side rows.
+  for (std::string& wrapped : rewrapped_) std::fill(wrapped.begin(), wrapped.end(), '\0');
+  for (ByokDataKeyRow& row : rows_) std::fill(row.wrapped.begin(), row.wrapped.end(), '\0');
+}
+
+Status RewrapByokDataKeys::Decide(const DecideContext& context, Decision* decision) {
+  if (rows_.size() != rewrapped_.size()) {
+    return Status::InvalidArgument("invalid_request", "a rewrapped data key per row");
+  }
+  size_t replaced = 0;
+  std::string current;
+  for (size_t i = 0; i < rows_.size(); ++i) {
+    const ByokDataKeyRow& row = rows_[i];
+    Status s = GetByokWrappedDataKey(*context.state, row.user_id, row.provider, row.key_id,
+                                     &current);
+    if (s.IsNotFound() || (s.ok() && current != row.wrapped)) continue;  // shredded or replaced
+    LEDGER_RETURN_IF_ERROR(s);
+    SideRow put{std::string(kByokDataKeysFamily),
+                DataKeyRowKey(row.user_id, row.provider, row.key_id), rewrapped_[i], false};
+    put.shred_replaced = true;
+    decision->side_rows.push_back(std::move(put));
+    ++replaced;
+  }
+  std::fill(current.begin(), current.end(), '\0');
+  decision->body = "{\"rewrapped\":" + std::to_string(replaced) + "}";
   return Status::OK();
 }
 

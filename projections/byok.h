@@ -36,6 +36,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -113,6 +114,23 @@ Status GetByokWrappedDataKey(const StateReader& state, std::string_view user_id,
                              std::string_view provider, std::string_view key_id,
                              std::string* wrapped);
 
+// A row of byok_data_keys: whose key's data key it is, and that data key wrapped.
+struct ByokDataKeyRow {
+  std::string user_id;
+  std::string provider;
+  std::string key_id;
+  std::string wrapped;
+};
+// Up to `limit` rows of byok_data_keys in key order, from the first after the row `after` names
+// (its user_id/provider/key_id; an empty `after`: from the first row). Fewer than `limit` once
+// the family ends. Corruption on a row whose key is not <user_id>/<provider>/<key_id>.
+Status ListByokDataKeys(const StateReader& state, const ByokDataKeyRow& after, size_t limit,
+                        std::vector<ByokDataKeyRow>* out);
+// The keys sealed under a key-encryption key itself ("v1:", added before data keys), counted by
+// the kek_id they were sealed under: they open only with that key, as long as the log lives.
+Status CountByokKeysSealedUnderKeks(const StateReader& state,
+                                    std::map<std::string, int64_t>* by_kek_id);
+
 // Adds (or replaces) the user's key for a provider. The caller validated the provider and sealed
 // the key: under a data key of its own ("v2:", with `wrapped_data_key`, written as the key's
 // side row beside the event and never into it), or, only for keys sealed before data keys,
@@ -143,6 +161,24 @@ class RemoveByokKey final : public Command {
  private:
   std::string user_id_;
   std::string provider_;
+};
+
+// Master-key rotation (http/byok_rewrap.h, which does the crypto): each row of `rows` (its
+// `wrapped` the data key as wrapped when it was read) gets `rewrapped[i]` -- the same data key,
+// wrapped under the new master key -- if it still holds what was read: a key removed or replaced
+// meanwhile keeps its own row. The puts carry SideRow::shred_replaced: once they are durable the
+// family is compacted and the old wrappings leave the table files. Appends no event (a data key
+// never goes into the log; the "v2:" keys there open with either wrapping). All rows or none, in
+// one synced batch. Body: {"rewrapped":N}, the rows replaced.
+class RewrapByokDataKeys final : public Command {
+ public:
+  RewrapByokDataKeys(std::vector<ByokDataKeyRow> rows, std::vector<std::string> rewrapped);
+  ~RewrapByokDataKeys() override;
+  Status Decide(const DecideContext& context, Decision* decision) override;
+
+ private:
+  std::vector<ByokDataKeyRow> rows_;
+  std::vector<std::string> rewrapped_;
 };
 
 // Records a test's outcome for the key that was tested. 409 "key_changed" when the user's key for

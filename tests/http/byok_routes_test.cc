@@ -24,6 +24,7 @@
 #include "http/app_context.h"
 #include "http/base64.h"
 #include "http/byok_providers.h"
+#include "http/byok_rotation.h"
 #include "http/problem.h"
 #include "http/routes.h"
 #include "http/secret_box.h"
@@ -32,6 +33,7 @@
 #include "projections/registry.h"
 #include "projections/usage.h"
 #include "tests/support/billing_fixtures.h"
+#include "tests/support/fake_byok_provider.h"
 #include "tests/support/fault_fs.h"
 #include "tests/support/http_client.h"
 #include "tests/support/http_stack.h"
@@ -46,6 +48,7 @@
 namespace ledger::http {
 namespace {
 
+using ledger::testing::FakeProvider;
 using ledger::testing::HttpReply;
 using ledger::testing::kStripeT0;
 using ledger::testing::OnPlan;
@@ -59,114 +62,6 @@ constexpr char kOpenAiKey[] = "sk-proj-alice-0123456789abcdefghijklmnopqrstuv";
 constexpr char kAnthropicKey[] = "sk-ant-api03-alice-zyxwvutsrqponmlkjihgfedcba";
 constexpr char kHuggingFaceKey[] = "hf_alice_0123456789abcdefghijklmnopqrstu";
 constexpr char kOpenRouterKey[] = "sk-or-v1-alice-0123456789abcdefghijklmnopq";
-
-// The providers' APIs on loopback, each under a path prefix of its own ("/openai", ...: the base
-// URL the routes are given), each answering only the call and the authentication its real API
-// takes:
-//   openai       GET /v1/models       Authorization: Bearer <key>
-//   anthropic    GET /v1/models       x-api-key: <key> and anthropic-version: 2023-06-01
-//   huggingface  GET /api/whoami-v2   Authorization: Bearer <key>
-//   openrouter   GET /api/v1/key      Authorization: Bearer <key>
-// 200 for a key it knows (Accept), 401 for another key. As the real APIs do, a request without
-// the provider's own authentication is 401 (counted: wrong_scheme()): a bearer token at
-// Anthropic, an x-api-key (and no Authorization) at the others; so is an Anthropic request that
-// also carries an Authorization. Anthropic without anthropic-version is 400. Any other path
-// (another provider's call, say) is 404.
-class FakeProvider {
- public:
-  FakeProvider() {
-    struct Api {
-      const char* id;
-      const char* path;
-      bool x_api_key;  // Anthropic's scheme, else a bearer token
-    };
-    static constexpr Api kApis[] = {{"openai", "/v1/models", false},
-                                    {"anthropic", "/v1/models", true},
-                                    {"huggingface", "/api/whoami-v2", false},
-                                    {"openrouter", "/api/v1/key", false}};
-    for (const Api& api : kApis) {
-      server_.Get("/" + std::string(api.id) + api.path,
-                  [this, api](const httplib::Request& req, httplib::Response& res) {
-                    std::lock_guard<std::mutex> lock(mu_);
-                    ++calls_[api.id];
-                    Answer(api.x_api_key, req, &res);
-                  });
-    }
-    server_.Get(".*", [this](const httplib::Request&, httplib::Response& res) {
-      std::lock_guard<std::mutex> lock(mu_);
-      ++calls_[""];
-      res.status = 404;
-    });
-    port_ = server_.bind_to_any_port("127.0.0.1");
-    thread_ = std::thread([this] { server_.listen_after_bind(); });
-    for (int i = 0; i < 5000 && !server_.is_running(); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-  }
-  ~FakeProvider() {
-    server_.stop();
-    thread_.join();
-  }
-  // The base URL of provider `id`.
-  std::string url(const std::string& id) const {
-    return "http://127.0.0.1:" + std::to_string(port_) + "/" + id;
-  }
-  void Accept(const std::string& key) {
-    std::lock_guard<std::mutex> lock(mu_);
-    valid_.insert(key);
-  }
-  // Requests of any path.
-  int calls() {
-    std::lock_guard<std::mutex> lock(mu_);
-    int all = 0;
-    for (const auto& [id, count] : calls_) all += count;
-    return all;
-  }
-  // Requests of provider `id`'s call.
-  int calls(const std::string& id) {
-    std::lock_guard<std::mutex> lock(mu_);
-    return calls_[id];
-  }
-  int wrong_scheme() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return wrong_scheme_;
-  }
-
- private:
-  void Answer(bool x_api_key, const httplib::Request& req, httplib::Response* res) {
-    std::string key;
-    const std::string auth = req.get_header_value("Authorization");
-    if (x_api_key) {
-      if (!req.has_header("x-api-key") || req.has_header("Authorization")) {
-        ++wrong_scheme_;
-        res->status = 401;
-        return;
-      }
-      if (req.get_header_value("anthropic-version") != "2023-06-01") {
-        res->status = 400;
-        return;
-      }
-      key = req.get_header_value("x-api-key");
-    } else {
-      if (auth.rfind("Bearer ", 0) != 0) {
-        ++wrong_scheme_;
-        res->status = 401;
-        return;
-      }
-      key = auth.substr(7);
-    }
-    res->status = valid_.count(key) != 0 ? 200 : 401;
-    res->set_content(R"({"data":[]})", "application/json");
-  }
-
-  httplib::Server server_;
-  std::thread thread_;
-  int port_ = 0;
-  std::mutex mu_;
-  std::set<std::string> valid_;
-  std::map<std::string, int> calls_;  // by provider id; "" = another path
-  int wrong_scheme_ = 0;
-};
 
 // A provider on a raw socket that answers every request with `answer`, whatever it is (a status
 // line no HTTP server library would write, say).
@@ -255,6 +150,7 @@ class ByokRoutesTest : public ::testing::Test {
     context.ledger = ledger_.get();
     context.clock = &clock_;
     context.byok_box = box;
+    context.byok_previous_boxes = previous_boxes_;
     context.byok_base_urls = {{"openai", provider_.url("openai")},
                               {"anthropic", provider_.url("anthropic") + "/"},
                               {"huggingface", provider_.url("huggingface")},
@@ -364,10 +260,11 @@ class ByokRoutesTest : public ::testing::Test {
     EXPECT_EQ(std::string(doc["code"].GetString()), code) << reply.body;
   }
 
-  // True when `needle` occurs in any file under the data directory.
-  bool DataDirContains(const std::string& needle) {
+  // True when `needle` occurs in any file under the data directory (whose name ends with
+  // `suffix`: ".sst", the table files).
+  bool DataDirContains(const std::string& needle, std::string_view suffix = "") {
     for (const auto& entry : std::filesystem::recursive_directory_iterator(dir_.path())) {
-      if (!entry.is_regular_file()) continue;
+      if (!entry.is_regular_file() || !entry.path().string().ends_with(suffix)) continue;
       std::ifstream in(entry.path(), std::ios::binary);
       std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
       if (bytes.find(needle) != std::string::npos) return true;
@@ -382,6 +279,7 @@ class ByokRoutesTest : public ::testing::Test {
   bool sync_ = true;  // LedgerOptions::sync of the next open; false ONLY for negative controls
   std::unique_ptr<Ledger> ledger_;
   std::unique_ptr<SecretBox> box_;
+  std::vector<const SecretBox*> previous_boxes_;  // AppContext::byok_previous_boxes of Start()
   FakeProvider provider_;
   std::map<std::string, std::string> base_url_overrides_;  // by provider, over the ones above
   std::unique_ptr<ledger::testing::TestHttpStack> stack_;
@@ -1256,6 +1154,146 @@ TEST_F(ByokRoutesTest, AKeySealedBeforeDataKeysStillOpens) {
   key.encrypted_key = "v2:" + key.encrypted_key.substr(3);
   pj::AddByokKey v2_without("alice", key);
   EXPECT_EQ(ledger_->Submit(&v2_without).status.problem(), "invalid_request");
+}
+
+// Master-key rotation (http/byok_rotation.h): the data keys wrapped under the old key are
+// wrapped under the new one, so the "v2:" keys in the log -- whose events still name the old
+// kek_id -- open under the new key alone; the old wrappings leave the table files.
+TEST_F(ByokRoutesTest, ARotationReWrapsTheDataKeysUnderTheNewKey) {
+  provider_.Accept(kOpenAiKey);
+  provider_.Accept(kAnthropicKey);
+  HttpReply openai = Add("alice", "openai", kOpenAiKey);
+  ASSERT_EQ(openai.status, 201) << openai.body;
+  ASSERT_EQ(Add("bob", "anthropic", kAnthropicKey).status, 201);
+  const std::string key_id = openai.Json()["key_id"].GetString();
+  std::string old_wrapping;
+  ASSERT_TRUE(WrappedDataKey("alice", "openai", key_id, &old_wrapping).ok());
+  ASSERT_TRUE(ledger_->Flush().ok());
+  ASSERT_TRUE(DataDirContains(old_wrapping, ".sst")) << "control: in a table file";
+  std::unique_ptr<SecretBox> rotated;
+  ASSERT_TRUE(SecretBox::Create(std::string(32, '\x6b'), &rotated).ok());
+  const uint64_t head = Head();
+
+  ByokRotationReport report;
+  Status s = RotateByokDataKeys(ledger_.get(), *rotated, {box_.get()}, 1, &report);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(report.rewrapped, (std::map<std::string, int64_t>{{box_->key_id(), 2}}));
+  EXPECT_EQ(report.current, 0);
+  EXPECT_EQ(report.unopenable, 0);
+  EXPECT_TRUE(report.sealed_under_kek.empty());
+  EXPECT_EQ(Head(), head) << "no event: a data key never goes into the log";
+  s = ledger_->WaitForSideCompactions(30'000);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_FALSE(DataDirContains(old_wrapping, ".sst"));
+  EXPECT_EQ(std::string(AddedEvent(key_id)["kek_id"].GetString()), box_->key_id());
+
+  Start(rotated.get());  // the old key no longer configured
+  for (const auto& [user, provider] :
+       {std::pair{"alice", "openai"}, std::pair{"bob", "anthropic"}}) {
+    HttpReply tested = As(user).Post("/api/v1/byok/keys/test/" + std::string(provider), "");
+    ASSERT_EQ(tested.status, 200) << tested.body;
+    EXPECT_STREQ(tested.Json()["result"].GetString(), "valid");
+  }
+  // Run again: nothing left to re-wrap.
+  s = RotateByokDataKeys(ledger_.get(), *rotated, {box_.get()}, 1, &report);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_TRUE(report.rewrapped.empty());
+  EXPECT_EQ(report.current, 2);
+  // The old key alone no longer opens them; a key that opens none is counted.
+  std::unique_ptr<SecretBox> unrelated;
+  ASSERT_TRUE(SecretBox::Create(std::string(32, '\x7c'), &unrelated).ok());
+  s = RotateByokDataKeys(ledger_.get(), *unrelated, {box_.get()}, 256, &report);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(report.unopenable, 2);
+  EXPECT_TRUE(report.rewrapped.empty());
+}
+
+// A rotation cut short (a crash between two of its batches) leaves some rows under the new key
+// and the rest under the old one; each still opens with one of them, and the next start's run
+// re-wraps the rest.
+TEST_F(ByokRoutesTest, ARotationCutShortIsCompletedByTheNextRun) {
+  const std::vector<std::pair<std::string, std::string>> keys = {
+      {"openai", kOpenAiKey}, {"anthropic", kAnthropicKey}, {"huggingface", kHuggingFaceKey}};
+  for (const auto& [provider, key] : keys) {
+    provider_.Accept(key);
+    ASSERT_EQ(Add("alice", provider, key).status, 201);
+  }
+  std::unique_ptr<SecretBox> rotated;
+  ASSERT_TRUE(SecretBox::Create(std::string(32, '\x6b'), &rotated).ok());
+  // What the first batch of a run left: the first row (in key order) re-wrapped.
+  std::vector<pj::ByokDataKeyRow> rows;
+  ASSERT_TRUE(pj::ListByokDataKeys(*ledger_->Snapshot(), {}, 1, &rows).ok());
+  ASSERT_EQ(rows.size(), 1u);
+  std::string again;
+  ASSERT_TRUE(rotated
+                  ->RewrapDataKey(*box_, rows[0].wrapped,
+                                  pj::ByokAssociatedData("alice", rows[0].provider,
+                                                         rows[0].key_id),
+                                  &again)
+                  .ok());
+  pj::RewrapByokDataKeys first_batch(rows, {again});
+  CommandResult r = ledger_->Submit(&first_batch);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(r.body, R"({"rewrapped":1})");
+  Restart(nullptr);  // the crash: the next start
+  // Meanwhile: the re-wrapped key opens with the new key only, the others with the old only.
+  for (const auto& [box, valid] : {std::pair{rotated.get(), 1}, std::pair{box_.get(), 2}}) {
+    Start(box);
+    int opened = 0;
+    for (const auto& [provider, key] : keys) {
+      opened += As("alice").Post("/api/v1/byok/keys/test/" + provider, "").status == 200;
+    }
+    EXPECT_EQ(opened, valid);
+  }
+
+  ByokRotationReport report;
+  Status s = RotateByokDataKeys(ledger_.get(), *rotated, {box_.get()}, 2, &report);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(report.current, 1);
+  EXPECT_EQ(report.rewrapped, (std::map<std::string, int64_t>{{box_->key_id(), 2}}));
+  Start(rotated.get());
+  for (const auto& [provider, key] : keys) {
+    HttpReply tested = As("alice").Post("/api/v1/byok/keys/test/" + provider, "");
+    EXPECT_EQ(tested.status, 200) << provider << " " << tested.body;
+  }
+}
+
+// A key added before data keys ("v1:") is sealed under the key-encryption key itself and cannot
+// be re-wrapped: after a rotation it opens with the previous key its kek_id names while that key
+// is configured (and the rotation counts it), and is 409 key_unreadable without it.
+TEST_F(ByokRoutesTest, AKeySealedBeforeDataKeysOpensWithThePreviousKeyItNames) {
+  provider_.Accept(kOpenAiKey);
+  pj::ByokKeyRow key;
+  key.provider = "openai";
+  key.key_id = "key_00112233445566778899aabbccddeeff";
+  key.hint = pj::ByokKeyHint(kOpenAiKey);
+  key.kek_id = box_->key_id();
+  ASSERT_TRUE(box_->Seal(kOpenAiKey, pj::ByokAssociatedData("alice", "openai", key.key_id),
+                         &key.encrypted_key)
+                  .ok());
+  pj::AddByokKey old_add("alice", key);
+  ASSERT_TRUE(ledger_->Submit(&old_add).status.ok());
+  std::unique_ptr<SecretBox> rotated, unrelated;
+  ASSERT_TRUE(SecretBox::Create(std::string(32, '\x6b'), &rotated).ok());
+  ASSERT_TRUE(SecretBox::Create(std::string(32, '\x7c'), &unrelated).ok());
+  ByokRotationReport report;
+  ASSERT_TRUE(RotateByokDataKeys(ledger_.get(), *rotated, {box_.get()}, 256, &report).ok());
+  EXPECT_TRUE(report.rewrapped.empty());
+  EXPECT_EQ(report.sealed_under_kek, (std::map<std::string, int64_t>{{box_->key_id(), 1}}));
+
+  const std::string path = "/api/v1/byok/keys/test/openai";
+  previous_boxes_ = {unrelated.get(), box_.get()};
+  Start(rotated.get());
+  HttpReply tested = As("alice").Post(path, "");
+  ASSERT_EQ(tested.status, 200) << tested.body;
+  EXPECT_STREQ(tested.Json()["result"].GetString(), "valid");
+  previous_boxes_ = {unrelated.get()};
+  Start(rotated.get());
+  ExpectProblem(As("alice").Post(path, ""), 409, "key_unreadable");
+  previous_boxes_.clear();
+  Start(rotated.get());
+  ExpectProblem(As("alice").Post(path, ""), 409, "key_unreadable");
+  EXPECT_EQ(provider_.calls(), 1);
 }
 
 TEST(SecretBoxTest, SealsAndOpensOnlyWithTheSameKeyAndAssociatedData) {
