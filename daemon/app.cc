@@ -17,6 +17,7 @@
 #include "events/ledger.h"
 #include "events/outbox.h"
 #include "http/auth.h"
+#include "http/byok_rotation.h"
 #include "http/lago_client.h"
 #include "http/lago_signature.h"
 #include "http/lago_sink.h"
@@ -61,6 +62,8 @@ class App::Impl {
   std::unique_ptr<http::Authenticator> authenticator_;
   std::unique_ptr<http::HttpStripeClient> stripe_;  // outlives server_
   std::unique_ptr<http::SecretBox> byok_box_;        // outlives server_
+  // LEDGER_MASTER_KEY_PREVIOUS_FILES' keys, in its order; outlive server_.
+  std::vector<std::unique_ptr<http::SecretBox>> byok_previous_boxes_;
   std::unique_ptr<http::HttpLagoClient> lago_client_;  // outlives lago_sink_
   std::unique_ptr<http::LagoSink> lago_sink_;
   http::LagoWebhookMetrics lago_webhook_metrics_;  // events.errors deliveries, by kind
@@ -81,6 +84,7 @@ class App::Impl {
   Status ReadJwksFile(std::string* jwks_json) const;
   Status BuildStripeClient();
   Status LoadByokKey();
+  Status RotateByokKeys();
   Status LoadLagoWebhookKeys();
   Status ConfigureLago();
   Status StartHttp();
@@ -396,17 +400,89 @@ Status App::Impl::LoadByokKey() {
       LoadOrCreateMasterKey(config_.master_key_file, config_.DevMode(),
                             config_.master_key_file_given, &key, &found));
   if (!found) {
+    // Keys to rotate away from, and none to rotate to: the rotation would be skipped unsaid.
+    if (!config_.master_key_previous_files.empty()) {
+      return Status::Make(Code::kUnprocessable, "bad_config",
+                          "LEDGER_MASTER_KEY_PREVIOUS_FILES is set but there is no current key: "
+                          "no file at " + config_.master_key_file + " (LEDGER_MASTER_KEY_FILE)");
+    }
     spdlog::warn("byok: no key-encryption key at {} (LEDGER_MASTER_KEY_FILE); adding and testing "
                  "BYOK keys answers 503 and BYOK shows as not available until one is configured",
                  config_.master_key_file);
     return Status::OK();
   }
-  Status s = http::SecretBox::Create(key, &byok_box_);
+  std::vector<std::string> previous;
+  Status s = LoadPreviousMasterKeys(config_.master_key_previous_files, key, &previous);
+  if (s.ok()) s = http::SecretBox::Create(key, &byok_box_);
   http::WipeSecret(&key);
+  for (std::string& old : previous) {
+    std::unique_ptr<http::SecretBox> box;
+    if (s.ok()) s = http::SecretBox::Create(old, &box);
+    http::WipeSecret(&old);
+    if (box != nullptr) byok_previous_boxes_.push_back(std::move(box));
+  }
   LEDGER_RETURN_IF_ERROR(s);
   context_.byok_box = byok_box_.get();
   spdlog::info("byok: key-encryption key {} {} {}", byok_box_->key_id(),
                existed ? "from" : "created (dev mode) in", config_.master_key_file);
+  for (size_t i = 0; i < byok_previous_boxes_.size(); ++i) {
+    context_.byok_previous_boxes.push_back(byok_previous_boxes_[i].get());
+    spdlog::info("byok: previous key-encryption key {} from {}", byok_previous_boxes_[i]->key_id(),
+                 config_.master_key_previous_files[i]);
+  }
+  return Status::OK();
+}
+
+// Master-key rotation (http/byok_rotation.h), before the HTTP server serves: the data keys
+// wrapped under a previous key are wrapped under the current one. Logs ids and counts only.
+Status App::Impl::RotateByokKeys() {
+  if (byok_box_ == nullptr) return Status::OK();
+  http::ByokRotationReport report;
+  Status s = http::RotateByokDataKeys(ledger_.get(), *byok_box_, context_.byok_previous_boxes,
+                                      http::kByokRewrapBatchRows, &report);
+  for (const auto& [old_id, count] : report.rewrapped) {
+    spdlog::info("byok: re-wrapped {} data keys from key {} to {}", count, old_id,
+                 byok_box_->key_id());
+  }
+  if (!s.ok()) {
+    // What was re-wrapped stays so; the next start re-wraps the rest.
+    spdlog::error("byok: re-wrapping the data keys under key {} failed: {}", byok_box_->key_id(),
+                  s.ToString());
+    return s;
+  }
+  if (report.unopenable > 0) {
+    spdlog::warn("byok: {} data keys open under no configured key-encryption key (neither {} nor "
+                 "a LEDGER_MASTER_KEY_PREVIOUS_FILES key): their keys' tests answer 409 "
+                 "key_unreadable until users add them again",
+                 report.unopenable, byok_box_->key_id());
+  }
+  for (const auto& [kek_id, count] : report.sealed_under_kek) {
+    if (kek_id == byok_box_->key_id()) continue;
+    bool configured = false;
+    for (const http::SecretBox* old : context_.byok_previous_boxes) {
+      configured = configured || old->key_id() == kek_id;
+    }
+    if (configured) {
+      spdlog::warn("byok: {} keys added before data keys are sealed under previous key {} itself "
+                   "(they cannot be re-wrapped): keep {} in LEDGER_MASTER_KEY_PREVIOUS_FILES or "
+                   "have users add them again",
+                   count, kek_id, kek_id);
+    } else {
+      spdlog::warn("byok: {} keys added before data keys are sealed under key {}, which is not "
+                   "configured: their tests answer 409 key_unreadable until users add them again "
+                   "(or {} is listed in LEDGER_MASTER_KEY_PREVIOUS_FILES)",
+                   count, kek_id, kek_id);
+    }
+  }
+  // What the operator waits for before dropping a previous key from the list.
+  for (const http::SecretBox* old : context_.byok_previous_boxes) {
+    const auto v1 = report.sealed_under_kek.find(old->key_id());
+    if (v1 == report.sealed_under_kek.end()) {
+      spdlog::info("byok: previous key {}: 0 data keys left under it and no key sealed under it; "
+                   "it may be dropped from LEDGER_MASTER_KEY_PREVIOUS_FILES",
+                   old->key_id());
+    }
+  }
   return Status::OK();
 }
 
@@ -489,6 +565,7 @@ Status App::Impl::Start(const Config& config, const Clock* clock,
   LEDGER_RETURN_IF_ERROR(Cancelled());
   LEDGER_RETURN_IF_ERROR(OpenLedger());  // reads `cancel` while the projections catch up
   LEDGER_RETURN_IF_ERROR(Cancelled());
+  LEDGER_RETURN_IF_ERROR(RotateByokKeys());
   LEDGER_RETURN_IF_ERROR(StartKafka());
   LEDGER_RETURN_IF_ERROR(ConfigureLago());
   LEDGER_RETURN_IF_ERROR(Cancelled());

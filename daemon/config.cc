@@ -337,9 +337,43 @@ Status ReadKafkaProperties(const std::string& path, std::map<std::string, std::s
   return Status::OK();
 }
 
+// LEDGER_MASTER_KEY_PREVIOUS_FILES: comma-separated paths (blanks around them dropped). An empty
+// item is a path that failed to arrive; a file named twice, or the current key's file, is a
+// copy-paste mistake that would leave the key meant to be listed out. Items are named by their
+// place and path (a path is no secret: LEDGER_MASTER_KEY_FILE's is logged).
+Status ParseMasterKeyPreviousFiles(const std::string& value, Config* config) {
+  constexpr const char* kSetting = "LEDGER_MASTER_KEY_PREVIOUS_FILES";
+  if (value.empty()) return Status::OK();
+  const auto normal = [](const std::string& path) {
+    return std::filesystem::path(path).lexically_normal().string();
+  };
+  std::string_view rest = value;
+  for (size_t index = 1;; ++index) {
+    const size_t comma = rest.find(',');
+    std::string_view item = rest.substr(0, comma);
+    while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
+    while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+    const std::string name = "item " + std::to_string(index);
+    if (item.empty()) return Bad(kSetting, name + " is empty");
+    const std::string path(item);
+    if (normal(path) == normal(config->master_key_file)) {
+      return Bad(kSetting, name + " (" + path + ") is LEDGER_MASTER_KEY_FILE, the current key");
+    }
+    for (size_t j = 0; j < config->master_key_previous_files.size(); ++j) {
+      if (normal(config->master_key_previous_files[j]) == normal(path)) {
+        return Bad(kSetting, name + " (" + path + ") names the file of item " +
+                                 std::to_string(j + 1) + " again");
+      }
+    }
+    config->master_key_previous_files.push_back(path);
+    if (comma == std::string_view::npos) return Status::OK();
+    rest = rest.substr(comma + 1);
+  }
+}
+
 Status Validate(Config* config, const std::string& listen, const std::string& service_tokens,
                 const std::string& webhook_secrets, const std::string& byok_base_urls,
-                const std::string& core_dumps) {
+                const std::string& master_key_previous_files, const std::string& core_dumps) {
   LEDGER_RETURN_IF_ERROR(ParseListen(listen, config));
   LEDGER_RETURN_IF_ERROR(ParseServiceTokens(service_tokens, config));
   if (config->data_dir.empty()) return Bad("LEDGER_DATA_DIR", "must not be empty");
@@ -449,6 +483,7 @@ Status Validate(Config* config, const std::string& listen, const std::string& se
   if (config->master_key_file.empty()) {
     config->master_key_file = config->data_dir + "/master.key";
   }
+  LEDGER_RETURN_IF_ERROR(ParseMasterKeyPreviousFiles(master_key_previous_files, config));
   // Its messages name the setting already.
   Status urls = http::ParseByokBaseUrls(byok_base_urls, &config->byok_base_urls);
   if (!urls.ok()) return Status::Make(Code::kUnprocessable, "bad_config", urls.message());
@@ -595,6 +630,7 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
   CLI::App app{"ledgerd: event-sourced billing ledger daemon"};
   app.set_version_flag("--version", "ledgerd 0.1.0");
   std::string listen = "127.0.0.1:8084", service_tokens, webhook_secrets, byok_base_urls;
+  std::string master_key_previous_files;
   std::string core_dumps = "off";
 
   // Flags named in CONTRACT.md §1, each also an environment variable; the flag wins.
@@ -660,6 +696,9 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
       ->envname("LAGO_BILLABLE_METRIC_CODE");
   app.add_option("--master-key-file", config->master_key_file, "BYOK key-encryption key")
       ->envname("LEDGER_MASTER_KEY_FILE");
+  app.add_option("--master-key-previous-files", master_key_previous_files,
+                 "file,... BYOK key-encryption keys rotated away from (re-wrapped at start)")
+      ->envname("LEDGER_MASTER_KEY_PREVIOUS_FILES");
   app.add_option("--byok-base-urls", byok_base_urls,
                  "provider=url,... base URLs of the BYOK providers' APIs")
       ->envname("LEDGER_BYOK_BASE_URLS");
@@ -728,6 +767,8 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
                             std::pair{"LEDGER_JWT_ISSUER", "--jwt-issuer"},
                             std::pair{"LEDGER_JWT_AUDIENCE", "--jwt-audience"},
                             std::pair{"LEDGER_MASTER_KEY_FILE", "--master-key-file"},
+                            std::pair{"LEDGER_MASTER_KEY_PREVIOUS_FILES",
+                                      "--master-key-previous-files"},
                             std::pair{"LAGO_WEBHOOK_PUBLIC_KEY_FILE",
                                       "--lago-webhook-public-key-file"},
                             std::pair{"LAGO_ORGANIZATION_ID", "--lago-organization-id"}}) {
@@ -738,7 +779,8 @@ ParseResult ParseConfig(int argc, const char* const* argv, Config* config) {
     }
   }
   result.status =
-      Validate(config, listen, service_tokens, webhook_secrets, byok_base_urls, core_dumps);
+      Validate(config, listen, service_tokens, webhook_secrets, byok_base_urls,
+               master_key_previous_files, core_dumps);
   if (!result.status.ok()) result.exit_code = kExitConfig;
   return result;
 }
@@ -826,8 +868,12 @@ Status ReadDevSecretFile(const std::string& path, std::string* secret) {
   return Status::OK();
 }
 
-Status LoadOrCreateMasterKey(const std::string& path, bool create, bool required,
-                             std::string* key, bool* found) {
+namespace {
+
+// LoadOrCreateMasterKey for the file `setting` names ("LEDGER_MASTER_KEY_FILE", or an item of
+// LEDGER_MASTER_KEY_PREVIOUS_FILES): its messages begin with `setting`.
+Status LoadKeyEncryptionKey(const std::string& setting, const std::string& path, bool create,
+                            bool required, std::string* key, bool* found) {
   *found = false;
   struct stat st {};
   std::string hex;
@@ -837,7 +883,7 @@ Status LoadOrCreateMasterKey(const std::string& path, bool create, bool required
     // or a mount that failed, papered over with a key nothing else has).
     if (required) {
       return Status::Make(Code::kUnprocessable, "bad_config",
-                          "LEDGER_MASTER_KEY_FILE: no file at " + path +
+                          setting + ": no file at " + path +
                               " (set explicitly: a missing mount is an error, not a start "
                               "without BYOK or with a new key)");
     }
@@ -848,12 +894,10 @@ Status LoadOrCreateMasterKey(const std::string& path, bool create, bool required
   } else {
     if ((st.st_mode & 077) != 0) {
       return Status::Make(Code::kUnprocessable, "bad_config",
-                          "LEDGER_MASTER_KEY_FILE: " + path +
-                              " is readable by group or others (chmod 600 it)");
+                          setting + ": " + path + " is readable by group or others (chmod 600 it)");
     }
     std::string contents;
-    LEDGER_RETURN_IF_ERROR(
-        ReadConfigFile("LEDGER_MASTER_KEY_FILE", path, kSecretFileBytesMax, &contents));
+    LEDGER_RETURN_IF_ERROR(ReadConfigFile(setting, path, kSecretFileBytesMax, &contents));
     hex = FirstLine(contents);
     Wipe(&contents);
   }
@@ -862,12 +906,47 @@ Status LoadOrCreateMasterKey(const std::string& path, bool create, bool required
   std::fill(hex.begin(), hex.end(), '\0');
   if (!ok) {
     return Status::Make(Code::kUnprocessable, "bad_config",
-                        "LEDGER_MASTER_KEY_FILE: " + path + " must hold 64 hex digits (32 bytes)");
+                        setting + ": " + path + " must hold 64 hex digits (32 bytes)");
   }
   key->assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
   bytes.fill(0);
   *found = true;
   return Status::OK();
+}
+
+}  // namespace
+
+Status LoadOrCreateMasterKey(const std::string& path, bool create, bool required,
+                             std::string* key, bool* found) {
+  return LoadKeyEncryptionKey("LEDGER_MASTER_KEY_FILE", path, create, required, key, found);
+}
+
+Status LoadPreviousMasterKeys(const std::vector<std::string>& paths, std::string_view current_key,
+                              std::vector<std::string>* keys) {
+  keys->clear();
+  Status s;
+  for (size_t i = 0; i < paths.size() && s.ok(); ++i) {
+    const std::string item = "LEDGER_MASTER_KEY_PREVIOUS_FILES: item " + std::to_string(i + 1);
+    std::string key;
+    bool found = false;
+    s = LoadKeyEncryptionKey(item, paths[i], /*create=*/false, /*required=*/true, &key, &found);
+    if (!s.ok()) break;
+    // Named by its place and path, never by the key.
+    if (key == current_key) {
+      s = Bad(item, paths[i] + " holds the current key (LEDGER_MASTER_KEY_FILE's)");
+    }
+    for (size_t j = 0; j < keys->size() && s.ok(); ++j) {
+      if ((*keys)[j] == key) {
+        s = Bad(item, paths[i] + " holds the key of item " + std::to_string(j + 1));
+      }
+    }
+    keys->push_back(std::move(key));
+  }
+  if (!s.ok()) {
+    for (std::string& key : *keys) Wipe(&key);
+    keys->clear();
+  }
+  return s;
 }
 
 Status CheckSettingNotEmpty(const CLI::App& app, const char* variable, const char* flag) {

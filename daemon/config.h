@@ -72,6 +72,10 @@ struct Config {
   std::string lago_billable_metric_code = "api_calls";  // LAGO_BILLABLE_METRIC_CODE
   std::string master_key_file;                     // default <data_dir>/master.key
   bool master_key_file_given = false;              // set explicitly: it must exist (any mode)
+  // LEDGER_MASTER_KEY_PREVIOUS_FILES: files of key-encryption keys rotated away from, each read
+  // as master_key_file is (LoadPreviousMasterKeys); the BYOK data keys wrapped under them are
+  // re-wrapped under the current key at start (http/byok_rotation.h).
+  std::vector<std::string> master_key_previous_files;
   // LEDGER_BYOK_BASE_URLS "provider=url,...": provider API base URLs (default: the providers').
   std::map<std::string, std::string> byok_base_urls;
   size_t http_threads = 0;                         // 0 = automatic
@@ -144,5 +148,13 @@ Status CheckSettingNotEmpty(const CLI::App& app, const char* variable, const cha
 // group or others.
 Status LoadOrCreateMasterKey(const std::string& path, bool create, bool required,
                              std::string* key, bool* found);
+
+// The previous key-encryption keys of LEDGER_MASTER_KEY_PREVIOUS_FILES, in its order, each file
+// read as LoadOrCreateMasterKey reads a required one (it must exist; 64 hex digits; owner-only
+// mode). kUnprocessable "bad_config" (exit 78) naming the item by its place and path when one
+// is not such a file, or holds `current_key` or the key of an earlier item (the key is never
+// repeated). On an error no key is left in `keys`.
+Status LoadPreviousMasterKeys(const std::vector<std::string>& paths, std::string_view current_key,
+                              std::vector<std::string>* keys);
 
 }  // namespace ledger::daemon

@@ -29,8 +29,10 @@
 #include "events/ledger.h"
 #include "events/outbox.h"
 #include "http/limits.h"
+#include "http/secret_box.h"
 #include "tests/daemon/daemon_test_util.h"
 #include "tests/support/daemon_process.h"
+#include "tests/support/fake_byok_provider.h"
 #include "tests/support/fake_stripe.h"
 #include "tests/support/http_client.h"
 #include "tests/support/http_stack.h"
@@ -61,6 +63,27 @@ Config TestConfig(const std::string& data_dir) {
   config.http_threads = 16;
   return config;
 }
+
+// Captures the default logger's lines for the scope.
+class ScopedLogCapture {
+ public:
+  ScopedLogCapture() { spdlog::default_logger()->sinks().push_back(sink_); }
+  ~ScopedLogCapture() {
+    auto& sinks = spdlog::default_logger()->sinks();
+    sinks.erase(std::find(sinks.begin(), sinks.end(), sink_));
+  }
+  std::vector<std::string> Lines() const { return sink_->last_formatted(); }
+  // The lines captured that hold `text`.
+  int Count(const std::string& text) const {
+    int count = 0;
+    for (const std::string& line : Lines()) count += line.find(text) != std::string::npos;
+    return count;
+  }
+
+ private:
+  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink_ =
+      std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(512);
+};
 
 mode_t FileMode(const std::string& path) {
   struct stat st {};
@@ -247,8 +270,7 @@ uint64_t AddPlan(App* app, const std::string& data_dir, const std::string& id) {
 // logged. The brokers' errors reached neither: ALL_BROKERS_DOWN was logged at warn only after a
 // broker had been up, other errors and librdkafka's own at debug, and /readyz had no last_error.
 TEST(AppTest, AnUnreachableKafkaShowsInReadyzAndTheLog) {
-  auto sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(512);
-  spdlog::default_logger()->sinks().push_back(sink);
+  ScopedLogCapture log;
   int port = 0;
   const int fd = ListenLoopback(&port);
   ASSERT_GE(fd, 0);
@@ -275,7 +297,7 @@ TEST(AppTest, AnUnreachableKafkaShowsInReadyzAndTheLog) {
       << body;
   EXPECT_NE(body.find("\"state\":\"down\""), std::string::npos) << body;
   auto warned = [&] {
-    for (const std::string& line : sink->last_formatted()) {
+    for (const std::string& line : log.Lines()) {
       if (line.find("[warning]") != std::string::npos &&
           line.find("outbox: ") != std::string::npos &&
           line.find(std::to_string(port)) != std::string::npos) {
@@ -287,8 +309,6 @@ TEST(AppTest, AnUnreachableKafkaShowsInReadyzAndTheLog) {
   EXPECT_TRUE(WaitFor(warned, std::chrono::seconds(10), std::chrono::milliseconds(50)))
       << "no warning names the brokers";
   app->Stop(std::chrono::milliseconds(300)).IgnoreError();  // nothing can be flushed
-  auto& sinks = spdlog::default_logger()->sinks();
-  sinks.erase(std::find(sinks.begin(), sinks.end(), sink));
 }
 
 TEST(AppTest, AnotherKafkaClusterGetsTheWholeLog) {
@@ -529,14 +549,8 @@ TEST(AppTest, TheEmbeddedClusterGetsTheWholeLogAfterARestart) {
 // The embedded cluster is plaintext and unauthenticated on loopback: with JWT configured (a
 // production-like start) ledgerd says so at start; in dev mode it does not.
 TEST(AppTest, EmbeddedKafkaWithProductionAuthIsWarnedAbout) {
-  auto sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(512);
-  spdlog::default_logger()->sinks().push_back(sink);
-  auto warned = [&] {
-    for (const std::string& line : sink->last_formatted()) {
-      if (line.find("without authentication") != std::string::npos) return true;
-    }
-    return false;
-  };
+  ScopedLogCapture log;
+  auto warned = [&] { return log.Count("without authentication") > 0; };
   for (const bool production : {false, true}) {
     TempDir dir;
     Config config = TestConfig(dir.Sub("data"));
@@ -550,8 +564,131 @@ TEST(AppTest, EmbeddedKafkaWithProductionAuthIsWarnedAbout) {
     }
     EXPECT_EQ(warned(), production);
   }
-  auto& sinks = spdlog::default_logger()->sinks();
-  sinks.erase(std::find(sinks.begin(), sinks.end(), sink));
+}
+
+// BYOK master-key rotation over real HTTP: a key added under key A is 409 key_unreadable once the
+// daemon runs on key B alone (as before rotation existed); started on B with A as a previous key,
+// it re-wraps the key's data key (logged once), and the key is valid -- and stays valid on B
+// alone from then on: the re-wrap was written to the store.
+TEST(AppTest, ARotatedMasterKeyReWrapsTheByokDataKeysAtStart) {
+  constexpr char kOpenAiKey[] = "sk-proj-alice-0123456789abcdefghijklmnopqrstuv";
+  FakeProvider provider;
+  provider.Accept(kOpenAiKey);
+  TempDir dir;
+  const std::string old_hex(64, 'a'), new_hex = "5e" + std::string(62, 'c');
+  for (const auto& [name, hex] : {std::pair{"a.key", old_hex}, std::pair{"b.key", new_hex}}) {
+    WriteTextFile(dir.Sub(name), hex + "\n");
+    std::filesystem::permissions(dir.Sub(name), std::filesystem::perms::owner_read |
+                                                    std::filesystem::perms::owner_write);
+  }
+  auto key_id = [](const std::string& hex) {
+    Hash bytes;
+    EXPECT_TRUE(HexDecodeHash(hex, &bytes));
+    std::unique_ptr<http::SecretBox> box;
+    EXPECT_TRUE(http::SecretBox::Create(std::string(bytes.begin(), bytes.end()), &box).ok());
+    return box->key_id();
+  };
+  const std::string rewrapped_line =
+      "byok: re-wrapped 1 data keys from key " + key_id(old_hex) + " to " + key_id(new_hex);
+  const int64_t now_s = ::time(nullptr);
+  // One start on `master` (with `previous`): `use` gets alice's and an admin's clients; returns
+  // the log's lines.
+  auto start = [&](const std::string& master, std::vector<std::string> previous,
+                   const std::function<void(TestHttpClient&, TestHttpClient&)>& use) {
+    ScopedLogCapture log;
+    Config config = TestConfig(dir.Sub("data"));
+    config.jwt_hs256_secret = kTestHs256Secret;
+    config.master_key_file = dir.Sub(master);
+    config.master_key_file_given = true;
+    config.master_key_previous_files = std::move(previous);
+    config.byok_base_urls = {{"openai", provider.url("openai")}};
+    std::unique_ptr<App> app;
+    Status s = App::Start(config, nullptr, &app);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    if (!s.ok()) return log.Lines();
+    TestHttpClient alice("127.0.0.1", app->http_port());
+    alice.set_bearer(MintHs256(TokenClaims::User("alice", now_s), kTestHs256Secret));
+    TestHttpClient admin("127.0.0.1", app->http_port());
+    admin.set_bearer(MintHs256(TokenClaims::Admin("ops", now_s), kTestHs256Secret));
+    use(alice, admin);
+    EXPECT_TRUE(app->Stop(std::chrono::milliseconds(0)).ok());
+    return log.Lines();
+  };
+  auto count = [](const std::vector<std::string>& lines, const std::string& text) {
+    return std::count_if(lines.begin(), lines.end(), [&](const std::string& line) {
+      return line.find(text) != std::string::npos;
+    });
+  };
+  auto test_key = [](TestHttpClient& client) {
+    return client.Post("/api/v1/byok/keys/test/openai", "");
+  };
+
+  start("a.key", {}, [&](TestHttpClient& client, TestHttpClient& admin) {
+    HttpReply comped = admin.Patch("/api/v1/admin/subscriptions/alice",
+                                   R"({"tier":"starter","status":"active"})");
+    ASSERT_EQ(comped.status, 200) << comped.body;
+    HttpReply added = client.Post("/api/v1/byok/keys/add",
+                                  std::string(R"({"provider":"openai","api_key":")") +
+                                      kOpenAiKey + "\"}");
+    ASSERT_EQ(added.status, 201) << added.body;
+  });
+  // Negative control: B alone, without A listed, opens nothing (and says so at start).
+  std::vector<std::string> lines;
+  lines = start("b.key", {}, [&](TestHttpClient& client, TestHttpClient&) {
+    HttpReply tested = test_key(client);
+    EXPECT_EQ(tested.status, 409) << tested.body;
+    EXPECT_NE(tested.body.find("key_unreadable"), std::string::npos) << tested.body;
+  });
+  EXPECT_EQ(count(lines, "byok: re-wrapped"), 0);
+  EXPECT_EQ(count(lines, "byok: 1 data keys open under no configured key-encryption key"), 1);
+
+  lines = start("b.key", {dir.Sub("a.key")}, [&](TestHttpClient& client, TestHttpClient&) {
+    HttpReply tested = test_key(client);
+    ASSERT_EQ(tested.status, 200) << tested.body;
+    EXPECT_STREQ(tested.Json()["result"].GetString(), "valid");
+  });
+  EXPECT_EQ(count(lines, rewrapped_line), 1);
+  EXPECT_EQ(count(lines, "byok: previous key " + key_id(old_hex) + ": 0 data keys left"), 1);
+  EXPECT_EQ(count(lines, "open under no configured"), 0);
+  for (const std::string& line : lines) {
+    for (const std::string& secret : {old_hex, new_hex, std::string(kOpenAiKey)}) {
+      EXPECT_EQ(line.find(secret), std::string::npos) << line;
+    }
+  }
+
+  lines = start("b.key", {}, [&](TestHttpClient& client, TestHttpClient&) {
+    HttpReply tested = test_key(client);
+    ASSERT_EQ(tested.status, 200) << tested.body;
+    EXPECT_STREQ(tested.Json()["result"].GetString(), "valid");
+  });
+  EXPECT_EQ(count(lines, "byok: re-wrapped"), 0);
+  EXPECT_EQ(provider.calls("openai"), 2);
+}
+
+// A previous key's file is read at start as the master key's is: a missing one is exit 78
+// naming the item, and so is a previous key without a current one.
+TEST(AppTest, APreviousMasterKeyFileThatIsMissingIsAConfigError) {
+  TempDir dir;
+  Config config = TestConfig(dir.Sub("data"));
+  config.jwt_hs256_secret = kTestHs256Secret;
+  config.master_key_previous_files = {dir.Sub("gone.key")};
+  std::unique_ptr<App> app;
+  Status s = App::Start(config, nullptr, &app);
+  EXPECT_EQ(ExitCodeFor(s), kExitConfig) << s.ToString();
+  EXPECT_NE(s.message().find("LEDGER_MASTER_KEY_PREVIOUS_FILES is set but there is no current key"),
+            std::string::npos)
+      << s.ToString();
+  WriteTextFile(dir.Sub("b.key"), std::string(64, 'b') + "\n");
+  std::filesystem::permissions(dir.Sub("b.key"), std::filesystem::perms::owner_read |
+                                                     std::filesystem::perms::owner_write);
+  config.master_key_file = dir.Sub("b.key");
+  config.master_key_file_given = true;
+  s = App::Start(config, nullptr, &app);
+  EXPECT_EQ(ExitCodeFor(s), kExitConfig) << s.ToString();
+  EXPECT_NE(s.message().find("LEDGER_MASTER_KEY_PREVIOUS_FILES: item 1: no file at " +
+                             dir.Sub("gone.key")),
+            std::string::npos)
+      << s.ToString();
 }
 
 TEST(OutboxCheckpointNameTest, NamesTheTopicAndTheCluster) {

@@ -521,6 +521,28 @@ std::vector<BadSetting> BadSettings(const TempDir& dir) {
        "LEDGER_BYOK_BASE_URLS",
        "openai=http://127.0.0.1:1,https://svc:tok@proxy.internal=x",
        {}},
+      // The previous master keys: set but empty, an empty item, a file twice, or the current
+      // key's own file (the key meant to be listed left out).
+      {"LEDGER_MASTER_KEY_PREVIOUS_FILES", "LEDGER_MASTER_KEY_PREVIOUS_FILES", "", {}},
+      {"LEDGER_MASTER_KEY_PREVIOUS_FILES", "", "", {"--master-key-previous-files", ""}},
+      {"LEDGER_MASTER_KEY_PREVIOUS_FILES", "", "", {"--master-key-previous-files="}},
+      {"LEDGER_MASTER_KEY_PREVIOUS_FILES", "LEDGER_MASTER_KEY_PREVIOUS_FILES", "/k/old.key,", {}},
+      {"LEDGER_MASTER_KEY_PREVIOUS_FILES",
+       "LEDGER_MASTER_KEY_PREVIOUS_FILES",
+       "/k/a.key, ,/k/b.key",
+       {}},
+      {"LEDGER_MASTER_KEY_PREVIOUS_FILES",
+       "LEDGER_MASTER_KEY_PREVIOUS_FILES",
+       "/k/a.key,/k/b.key,/k/./a.key",
+       {}},
+      {"LEDGER_MASTER_KEY_PREVIOUS_FILES",
+       "LEDGER_MASTER_KEY_PREVIOUS_FILES",
+       "/k/old.key,/k/master.key",
+       {"--master-key-file", "/k/master.key"}},
+      {"LEDGER_MASTER_KEY_PREVIOUS_FILES",
+       "LEDGER_MASTER_KEY_PREVIOUS_FILES",
+       "/srv/data/master.key",
+       {"--data-dir", "/srv/data"}},
   };
 }
 
@@ -833,6 +855,80 @@ TEST(ConfigTest, MasterKeyIsCreatedPrivateInDevAndRefusedWhenOthersCanReadIt) {
   { std::ofstream(path) << "not-hex\n"; }
   s = daemon::LoadOrCreateMasterKey(path, false, true, &again, &found);
   EXPECT_EQ(daemon::ExitCodeFor(s), kExitConfig) << s.ToString();
+}
+
+TEST(ConfigTest, PreviousMasterKeyFilesAreAListOfPaths) {
+  ScopedCleanEnvironment env;
+  env.Set("LEDGER_MASTER_KEY_PREVIOUS_FILES", " /k/2025.key ,/k/2024.key");
+  Config config;
+  ParseResult r = Parse({}, &config);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(config.master_key_previous_files,
+            (std::vector<std::string>{"/k/2025.key", "/k/2024.key"}));
+  r = Parse({"--master-key-previous-files", "/k/flag.key"}, &(config = Config()));
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(config.master_key_previous_files, std::vector<std::string>{"/k/flag.key"});
+  env.Set("LEDGER_MASTER_KEY_PREVIOUS_FILES", "/k/x.key,/k/x.key");
+  r = Parse({}, &(config = Config()));
+  EXPECT_EQ(r.exit_code, kExitConfig);
+  EXPECT_NE(r.status.message().find("item 2 (/k/x.key) names the file of item 1 again"),
+            std::string::npos)
+      << r.status.message();
+}
+
+// Each previous key's file is read as the master key's is, and its errors (exit 78) name the
+// item by its place and path: missing, readable by others, not 64 hex digits, the current key,
+// another item's key. The key itself is never in a message.
+TEST(ConfigTest, PreviousMasterKeysAreReadAsTheMasterKeyIs) {
+  TempDir dir;
+  const std::string current(32, '\x11');
+  const std::string current_hex(64, '1');
+  const std::string old_hex = "2f" + std::string(62, 'a');
+  const std::string other_hex = "3e" + std::string(62, 'b');
+  auto write_key = [&](const std::string& name, const std::string& hex) {
+    const std::string path = dir.path() + "/" + name;
+    WriteTextFile(path, hex + "\n");
+    std::filesystem::permissions(path, std::filesystem::perms::owner_read |
+                                           std::filesystem::perms::owner_write);
+    return path;
+  };
+  const std::string old_key = write_key("old.key", old_hex);
+  const std::string other_key = write_key("other.key", other_hex);
+  std::vector<std::string> keys;
+  ASSERT_TRUE(daemon::LoadPreviousMasterKeys({old_key, other_key}, current, &keys).ok());
+  ASSERT_EQ(keys.size(), 2u);
+  EXPECT_EQ(HexEncode(keys[0]), old_hex);
+  EXPECT_EQ(HexEncode(keys[1]), other_hex);
+
+  const std::string open_key = write_key("open.key", other_hex);
+  std::filesystem::permissions(open_key, std::filesystem::perms::others_read,
+                               std::filesystem::perm_options::add);
+  const std::string bad_hex = write_key("bad.key", "not-hex");
+  const std::string same_as_current = write_key("current-copy.key", current_hex);
+  const std::string copy_of_old = write_key("old-copy.key", old_hex);
+  struct Case {
+    std::vector<std::string> paths;
+    std::string named;
+  };
+  const std::vector<Case> cases = {
+      {{old_key, dir.path() + "/missing.key"}, "item 2: no file at " + dir.path() + "/missing.key"},
+      {{open_key}, "item 1: " + open_key + " is readable by group or others"},
+      {{old_key, bad_hex}, "item 2: " + bad_hex + " must hold 64 hex digits"},
+      {{same_as_current}, "item 1: " + same_as_current + " holds the current key"},
+      {{old_key, other_key, copy_of_old}, "item 3: " + copy_of_old + " holds the key of item 1"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.named);
+    keys = {"left over"};
+    Status s = daemon::LoadPreviousMasterKeys(c.paths, current, &keys);
+    EXPECT_EQ(daemon::ExitCodeFor(s), kExitConfig) << s.ToString();
+    EXPECT_NE(s.message().find("LEDGER_MASTER_KEY_PREVIOUS_FILES: " + c.named), std::string::npos)
+        << s.message();
+    EXPECT_TRUE(keys.empty());
+    for (const std::string& hex : {current_hex, old_hex, other_hex}) {
+      EXPECT_EQ(s.message().find(hex), std::string::npos) << s.message();
+    }
+  }
 }
 
 TEST(ConfigTest, AJwksPathThatIsADirectoryIsRejected) {
