@@ -163,7 +163,7 @@ class RemoveByokKey final : public Command {
   std::string provider_;
 };
 
-// Master-key rotation (http/byok_rewrap.h, which does the crypto): each row of `rows` (its
+// Master-key rotation (http/byok_rotation.h, which does the crypto): each row of `rows` (its
 // `wrapped` the data key as wrapped when it was read) gets `rewrapped[i]` -- the same data key,
 // wrapped under the new master key -- if it still holds what was read: a key removed or replaced
 // meanwhile keeps its own row. The puts carry SideRow::shred_replaced: once they are durable the
