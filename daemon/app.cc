@@ -396,9 +396,11 @@ Status App::Impl::LoadByokKey() {
   bool found = false;
   std::error_code ec;
   const bool existed = std::filesystem::exists(config_.master_key_file, ec);
-  LEDGER_RETURN_IF_ERROR(
-      LoadOrCreateMasterKey(config_.master_key_file, config_.DevMode(),
-                            config_.master_key_file_given, &key, &found));
+  // Dev mode creates a missing key, but not to rotate to: a fresh key beside the log would seal
+  // every re-wrapped data key under a key any copy of the data directory holds.
+  LEDGER_RETURN_IF_ERROR(LoadOrCreateMasterKey(
+      config_.master_key_file, config_.DevMode() && config_.master_key_previous_files.empty(),
+      config_.master_key_file_given, &key, &found));
   if (!found) {
     // Keys to rotate away from, and none to rotate to: the rotation would be skipped unsaid.
     if (!config_.master_key_previous_files.empty()) {

@@ -9,6 +9,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <cstdio>
@@ -337,6 +338,16 @@ Status ReadKafkaProperties(const std::string& path, std::map<std::string, std::s
   return Status::OK();
 }
 
+// A key file's path as messages show it: a value of 64 hex digits is a key pasted where its
+// file's path belongs (`LEDGER_MASTER_KEY_FILE=$(cat master.key)`), and is not repeated.
+std::string ShownKeyPath(std::string_view path) {
+  const bool hex = path.size() == 64 && std::all_of(path.begin(), path.end(), [](char c) {
+                     return std::isxdigit(static_cast<unsigned char>(c)) != 0;
+                   });
+  return hex ? std::string("<64 hex digits, not shown: a key where its file's path belongs?>")
+             : std::string(path);
+}
+
 // LEDGER_MASTER_KEY_PREVIOUS_FILES: comma-separated paths (blanks around them dropped). An empty
 // item is a path that failed to arrive; a file named twice, or the current key's file, is a
 // copy-paste mistake that would leave the key meant to be listed out. Items are named by their
@@ -357,11 +368,12 @@ Status ParseMasterKeyPreviousFiles(const std::string& value, Config* config) {
     if (item.empty()) return Bad(kSetting, name + " is empty");
     const std::string path(item);
     if (normal(path) == normal(config->master_key_file)) {
-      return Bad(kSetting, name + " (" + path + ") is LEDGER_MASTER_KEY_FILE, the current key");
+      return Bad(kSetting,
+                 name + " (" + ShownKeyPath(path) + ") is LEDGER_MASTER_KEY_FILE, the current key");
     }
     for (size_t j = 0; j < config->master_key_previous_files.size(); ++j) {
       if (normal(config->master_key_previous_files[j]) == normal(path)) {
-        return Bad(kSetting, name + " (" + path + ") names the file of item " +
+        return Bad(kSetting, name + " (" + ShownKeyPath(path) + ") names the file of item " +
                                  std::to_string(j + 1) + " again");
       }
     }
@@ -883,7 +895,7 @@ Status LoadKeyEncryptionKey(const std::string& setting, const std::string& path,
     // or a mount that failed, papered over with a key nothing else has).
     if (required) {
       return Status::Make(Code::kUnprocessable, "bad_config",
-                          setting + ": no file at " + path +
+                          setting + ": no file at " + ShownKeyPath(path) +
                               " (set explicitly: a missing mount is an error, not a start "
                               "without BYOK or with a new key)");
     }

@@ -691,6 +691,26 @@ TEST(AppTest, APreviousMasterKeyFileThatIsMissingIsAConfigError) {
       << s.ToString();
 }
 
+// Dev mode creates a missing master key, but not one to rotate to: the previous keys' data keys
+// would be re-wrapped under a key kept beside the log, which any copy of the data directory holds.
+TEST(AppTest, DevModeCreatesNoKeyToRotateTo) {
+  TempDir dir;
+  const std::string data_dir = dir.Sub("data");
+  Config config = TestConfig(data_dir);
+  ASSERT_TRUE(config.DevMode());
+  WriteTextFile(dir.Sub("old.key"), std::string(64, 'a') + "\n");
+  std::filesystem::permissions(dir.Sub("old.key"), std::filesystem::perms::owner_read |
+                                                       std::filesystem::perms::owner_write);
+  config.master_key_previous_files = {dir.Sub("old.key")};
+  std::unique_ptr<App> app;
+  Status s = App::Start(config, nullptr, &app);
+  EXPECT_EQ(ExitCodeFor(s), kExitConfig) << s.ToString();
+  EXPECT_NE(s.message().find("LEDGER_MASTER_KEY_PREVIOUS_FILES is set but there is no current key"),
+            std::string::npos)
+      << s.ToString();
+  EXPECT_FALSE(std::filesystem::exists(config.master_key_file)) << config.master_key_file;
+}
+
 TEST(OutboxCheckpointNameTest, NamesTheTopicAndTheCluster) {
   EXPECT_EQ(OutboxClusterCheckpointName("MkU3OEVBNTcwNTJENDM2Qk", "ledger.events"),
             "outbox.kafka/ledger.events@cluster:MkU3OEVBNTcwNTJENDM2Qk");

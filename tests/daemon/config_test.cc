@@ -931,6 +931,39 @@ TEST(ConfigTest, PreviousMasterKeysAreReadAsTheMasterKeyIs) {
   }
 }
 
+// A key pasted where its file's path belongs (`LEDGER_MASTER_KEY_FILE=$(cat master.key)`) is not
+// echoed by the message that says there is no such file: it would go to stderr and the journal.
+TEST(ConfigTest, AKeyGivenAsAKeyFilePathIsNotRepeated) {
+  const std::string pasted = "7c" + std::string(62, 'd');
+  std::string key;
+  bool found = false;
+  Status s = daemon::LoadOrCreateMasterKey(pasted, /*create=*/false, /*required=*/true, &key,
+                                           &found);
+  EXPECT_EQ(daemon::ExitCodeFor(s), kExitConfig) << s.ToString();
+  EXPECT_NE(s.message().find("LEDGER_MASTER_KEY_FILE: no file at <64 hex digits, not shown"),
+            std::string::npos)
+      << s.message();
+  EXPECT_EQ(s.message().find(pasted), std::string::npos) << s.message();
+
+  std::vector<std::string> keys;
+  s = daemon::LoadPreviousMasterKeys({pasted}, std::string(32, '\x11'), &keys);
+  EXPECT_EQ(daemon::ExitCodeFor(s), kExitConfig) << s.ToString();
+  EXPECT_EQ(s.message().find(pasted), std::string::npos) << s.message();
+
+  ScopedCleanEnvironment env;
+  env.Set("LEDGER_MASTER_KEY_PREVIOUS_FILES", pasted + "," + pasted);
+  Config config;
+  ParseResult r = Parse({}, &config);
+  EXPECT_EQ(r.exit_code, kExitConfig) << r.status.ToString();
+  EXPECT_NE(r.status.message().find("names the file of item 1 again"), std::string::npos)
+      << r.status.message();
+  EXPECT_EQ(r.status.message().find(pasted), std::string::npos) << r.status.message();
+  // A path is shown as it is.
+  s = daemon::LoadOrCreateMasterKey("/nonexistent/master.key", false, true, &key, &found);
+  EXPECT_NE(s.message().find("no file at /nonexistent/master.key"), std::string::npos)
+      << s.message();
+}
+
 TEST(ConfigTest, AJwksPathThatIsADirectoryIsRejected) {
   ScopedCleanEnvironment env;
   TempDir dir;
