@@ -441,7 +441,7 @@ Status App::Impl::RotateByokKeys() {
   if (byok_box_ == nullptr) return Status::OK();
   http::ByokRotationReport report;
   Status s = http::RotateByokDataKeys(ledger_.get(), *byok_box_, context_.byok_previous_boxes,
-                                      http::kByokRewrapBatchRows, &report);
+                                      http::kByokRewrapBatchRows, &report, cancel_);
   for (const auto& [old_id, count] : report.rewrapped) {
     spdlog::info("byok: re-wrapped {} data keys from key {} to {}", count, old_id,
                  byok_box_->key_id());

@@ -11,7 +11,7 @@ namespace pj = ledger::projections;
 
 Status RotateByokDataKeys(Ledger* ledger, const SecretBox& current,
                           const std::vector<const SecretBox*>& previous, size_t batch_rows,
-                          ByokRotationReport* report) {
+                          ByokRotationReport* report, const std::atomic<bool>* cancel) {
   *report = ByokRotationReport{};
   pj::ByokDataKeyRow after;
   std::vector<pj::ByokDataKeyRow> rows;
@@ -51,6 +51,9 @@ Status RotateByokDataKeys(Ledger* ledger, const SecretBox& current,
     }
     const bool last = rows.size() < batch_rows;
     if (!stale.empty()) {
+      if (cancel != nullptr && cancel->load()) {
+        return Status::Unavailable("startup_cancelled", "the BYOK re-wrap was cancelled");
+      }
       pj::RewrapByokDataKeys command(std::move(stale), std::move(rewrapped));
       LEDGER_RETURN_IF_ERROR(ledger->Submit(&command).status);
       for (const auto& [id, count] : opened_by_id) report->rewrapped[id] += count;

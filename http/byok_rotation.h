@@ -19,6 +19,7 @@
 // removed or replaced meanwhile is left as it is).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -45,8 +46,11 @@ struct ByokRotationReport {
 // Re-wraps every row of byok_data_keys that `current` does not open and one of `previous` does,
 // `batch_rows` rows per command; fills *report. The first failed command's status is returned
 // (what was re-wrapped before it stays re-wrapped). Never logs: the caller logs the report.
+// `cancel` (may be null; ledgerd's startup signals) is read before each batch: once true, the
+// run stops there with Unavailable "startup_cancelled", and the next run re-wraps the rest.
 Status RotateByokDataKeys(Ledger* ledger, const SecretBox& current,
                           const std::vector<const SecretBox*>& previous, size_t batch_rows,
-                          ByokRotationReport* report);
+                          ByokRotationReport* report,
+                          const std::atomic<bool>* cancel = nullptr);
 
 }  // namespace ledger::http

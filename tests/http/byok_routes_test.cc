@@ -1258,6 +1258,26 @@ TEST_F(ByokRoutesTest, ARotationCutShortIsCompletedByTheNextRun) {
   }
 }
 
+// SIGTERM during the start's re-wrap (ledgerd's cancel flag) stops it before its next batch; what
+// it did not re-wrap the next run does.
+TEST_F(ByokRoutesTest, ACancelledRotationStopsBeforeItsNextBatch) {
+  for (const auto& [provider, key] : {std::pair{"openai", kOpenAiKey},
+                                      std::pair{"anthropic", kAnthropicKey}}) {
+    provider_.Accept(key);
+    ASSERT_EQ(Add("alice", provider, key).status, 201);
+  }
+  std::unique_ptr<SecretBox> rotated;
+  ASSERT_TRUE(SecretBox::Create(std::string(32, '\x6c'), &rotated).ok());
+  std::atomic<bool> cancel{true};
+  ByokRotationReport report;
+  Status s = RotateByokDataKeys(ledger_.get(), *rotated, {box_.get()}, 1, &report, &cancel);
+  EXPECT_EQ(s.problem(), "startup_cancelled") << s.ToString();
+  EXPECT_TRUE(report.rewrapped.empty());
+  cancel = false;
+  ASSERT_TRUE(RotateByokDataKeys(ledger_.get(), *rotated, {box_.get()}, 1, &report, &cancel).ok());
+  EXPECT_EQ(report.rewrapped, (std::map<std::string, int64_t>{{box_->key_id(), 2}}));
+}
+
 // A key added before data keys ("v1:") is sealed under the key-encryption key itself and cannot
 // be re-wrapped: after a rotation it opens with the previous key its kek_id names while that key
 // is configured (and the rotation counts it), and is 409 key_unreadable without it.
