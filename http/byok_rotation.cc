@@ -36,10 +36,13 @@ Status RotateByokDataKeys(Ledger* ledger, const SecretBox& current,
       std::string again;
       const SecretBox* opened_by = nullptr;
       for (const SecretBox* old : previous) {
-        if (current.RewrapDataKey(*old, row.wrapped, aad, &again).ok()) {
+        Status rewrap = current.RewrapDataKey(*old, row.wrapped, aad, &again);
+        if (rewrap.ok()) {
           opened_by = old;
           break;
         }
+        // Opened but not sealed again (OpenSSL failed): not a row this key leaves unopened.
+        if (rewrap.problem() != "unsealable") return rewrap;
       }
       if (opened_by == nullptr) {
         ++report->unopenable;
