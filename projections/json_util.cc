@@ -339,6 +339,13 @@ Status ParseJsonObjectInsitu(std::string* text, rapidjson::Document* doc) {
   constexpr unsigned kFlags = rapidjson::kParseValidateEncodingFlag |
                               rapidjson::kParseIterativeFlag | rapidjson::kParseInsituFlag;
   LEDGER_RETURN_IF_ERROR(RefuseNul(*text));
+  // The in-situ stream has no end but the NUL after the text, and RapidJSON's UTF-8 check takes a
+  // sequence's continuation bytes without looking at them: a text ending in a lead byte
+  // (`{"a":"\xe5`) was read, and written back, up to three bytes past its buffer. Invalid UTF-8
+  // is refused first, as the parse would refuse it (the copying parse's stream ends at the size).
+  if (!IsValidUtf8(*text)) {
+    return Status::InvalidArgument("invalid_json", "malformed JSON: invalid UTF-8");
+  }
   const bool check_strings = MayHoldLoneLowSurrogate(*text);  // before the parse rewrites it
   doc->ParseInsitu<kFlags>(text->data());
   return CheckParsedObject(*doc, check_strings);

@@ -77,6 +77,26 @@ TEST(JsonUtilTest, BothParsersRefuseTheSameDocuments) {
   }
 }
 
+// RapidJSON's in-situ stream reads up to the NUL after the text, and its UTF-8 check takes a
+// sequence's continuation bytes without looking at them: a text ending in a multi-byte lead byte
+// was read, and written back, one to three bytes past its buffer (the fuzz target usage_bodies:
+// ASan's heap-buffer-overflow on `{"events":[{"user_id":"alice","sT?-ZZ...:007]\xe5`). Each text
+// is its own exactly sized allocation (over 15 bytes: not in the string object itself), so ASan
+// sees a read past it.
+TEST(JsonUtilTest, TheInSituParserRefusesATruncatedSequenceAtTheEndWithinItsBuffer) {
+  for (const char* lead : {"\xc3", "\xe5", "\xe5\x80", "\xf0", "\xf0\x9f\x98"}) {
+    for (const std::string prefix : {"{\"events\":[{\"user_id\":\"", "{\"events\":[1,2,3]} "}) {
+      std::string text = prefix + lead;
+      std::string exact(text.data(), text.size());
+      rapidjson::Document doc;
+      const Status s = ParseJsonObjectInsitu(&exact, &doc);
+      EXPECT_EQ(s.problem(), "invalid_json") << text;
+      rapidjson::Document copied;
+      EXPECT_EQ(ParseJsonObject(text, &copied).problem(), "invalid_json") << text;
+    }
+  }
+}
+
 TEST(JsonUtilTest, BothParsersTakeASurrogatePairAsOneCharacter) {
   rapidjson::Document doc;
   std::string buffer;
