@@ -32,7 +32,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include "http/chunked_framing.h"
 #include "http/limits.h"
+#include "http/loop_request.h"
 #include "http/problem.h"
 #include "http/route.h"
 #include "http/secret_box.h"
@@ -203,132 +205,6 @@ void SockaddrToIpPort(const sockaddr_storage& addr, std::string* ip, int* port) 
   }
   *ip = buf;
 }
-
-// Follows the bytes of a chunked request body as cpp-httplib reads them and notes whether their
-// framing is exact (RFC 9112 §7.1): hex size [;extension] CRLF, data, CRLF, ..., 0 CRLF, trailer
-// lines, CRLF. cpp-httplib 0.11.4 takes a chunk not followed by CRLF as the end of the body and
-// what follows as the next request: a proxy that frames the body otherwise sees another request.
-// It also takes the trailer fields out of what cpp-httplib reads (RFC 9112 §7.1.2): cpp-httplib
-// 0.11.4 wants the blank line right after the last chunk and refused a body with trailers (400
-// unreadable_body); no route reads one, so they are discarded, as §7.1.2 allows.
-class ChunkedFraming {
- public:
-  void Reset() { *this = ChunkedFraming(); }
-  void Watch() { watching_ = true; }
-  bool malformed() const { return malformed_; }
-
-  // Follows the `size` bytes just read at `data` and returns how many of them cpp-httplib gets,
-  // moved to the front: all but the trailer field lines.
-  size_t Feed(char* data, size_t size) {
-    if (!watching_) return size;
-    size_t kept = 0;
-    for (size_t i = 0; i < size; ++i) {
-      if (malformed_) {  // the body is refused (ReadBody): the bytes as they came
-        data[kept++] = data[i];
-        continue;
-      }
-      if (state_ == State::kData && size_ > 1) {  // skip the chunk's data but its last byte
-        const size_t skip = static_cast<size_t>(std::min<uint64_t>(size_ - 1, size - i));
-        size_ -= skip;
-        std::memmove(data + kept, data + i, skip);
-        kept += skip;
-        i += skip - 1;
-        continue;
-      }
-      const char c = data[i];
-      const bool trailer_field = state_ == State::kTrailer || state_ == State::kTrailerLf ||
-                                 (state_ == State::kTrailerStart && c != '\r' && c != '\n');
-      Step(c);
-      if (!trailer_field) data[kept++] = c;
-    }
-    return kept;
-  }
-
- private:
-  enum class State { kSize, kSizeBws, kExtension, kSizeLf, kData, kDataCr, kDataLf,
-                     kTrailerStart, kTrailer, kTrailerLf, kEndLf, kDone };
-
-  static int HexValue(char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  }
-
-  void Step(char c) {
-    switch (state_) {
-      case State::kSize:
-        if (const int v = HexValue(c); v >= 0 && (size_ >> 56) == 0) {  // leading zeros are fine
-          size_ = size_ * 16 + static_cast<uint64_t>(v);
-          seen_digit_ = true;
-        } else if (seen_digit_ && c == ';') {
-          state_ = State::kExtension;
-        } else if (seen_digit_ && (c == ' ' || c == '\t')) {
-          state_ = State::kSizeBws;
-        } else if (seen_digit_ && c == '\r') {
-          state_ = State::kSizeLf;
-        } else {
-          malformed_ = true;
-        }
-        return;
-      case State::kSizeBws:  // blanks may come before an extension's ';' only
-        if (c == ';') state_ = State::kExtension;
-        else if (c != ' ' && c != '\t') malformed_ = true;
-        return;
-      case State::kExtension:
-        if (c == '\r') state_ = State::kSizeLf;
-        else if (c == '\n') malformed_ = true;
-        return;
-      case State::kSizeLf:
-        if (c != '\n') {
-          malformed_ = true;
-        } else {
-          state_ = size_ == 0 ? State::kTrailerStart : State::kData;
-        }
-        return;
-      case State::kData:
-        if (--size_ == 0) state_ = State::kDataCr;
-        return;
-      case State::kDataCr:
-        if (c == '\r') state_ = State::kDataLf;
-        else malformed_ = true;
-        return;
-      case State::kDataLf:
-        if (c == '\n') {
-          state_ = State::kSize;
-          seen_digit_ = false;
-        } else {
-          malformed_ = true;
-        }
-        return;
-      case State::kTrailerStart:
-        state_ = c == '\r' ? State::kEndLf : c == '\n' ? State::kDone : State::kTrailer;
-        if (state_ == State::kDone) malformed_ = true;
-        return;
-      case State::kTrailer:
-        if (c == '\r') state_ = State::kTrailerLf;
-        else if (c == '\n') malformed_ = true;
-        return;
-      case State::kTrailerLf:
-        if (c == '\n') state_ = State::kTrailerStart;
-        else malformed_ = true;
-        return;
-      case State::kEndLf:
-        if (c == '\n') state_ = State::kDone;
-        else malformed_ = true;
-        return;
-      case State::kDone:  // the body ended: these bytes are not part of it
-        malformed_ = true;
-        return;
-    }
-  }
-
-  bool watching_ = false;
-  bool malformed_ = false;
-  State state_ = State::kSize;
-  uint64_t size_ = 0;
-  bool seen_digit_ = false;
-};
 
 // One accepted TCP connection as an httplib::Stream: buffered reads, poll()-based timeouts, and a
 // cap on the bytes one request may make us read.
@@ -966,6 +842,80 @@ void RestoreLongHeaders(const httplib::Request& req) {
 
 }  // namespace
 
+bool ParseLoopRequest(std::string_view unread, const std::vector<LoopRoute>& routes,
+                      size_t body_bytes_max, size_t request_bytes_max, LoopRequest* out) {
+  // The head ends where TakeHead ends it, with CRLF CRLF (anything else a worker refuses).
+  const size_t blank = HeadEnd(unread, 0);
+  if (blank == std::string_view::npos || blank == 0 || unread[blank - 1] != '\r' ||
+      unread[blank + 1] != '\r') {
+    return false;
+  }
+  const size_t head_end = blank - 1;
+  if (head_end > kHeaderBytesAllowance) return false;
+  const std::string_view head = unread.substr(0, head_end + 2);
+  size_t line_end = head.find("\r\n");
+  const std::string_view request_line = head.substr(0, line_end);
+  const size_t sp1 = request_line.find(' ');
+  const size_t sp2 = request_line.rfind(' ');
+  if (sp1 == std::string_view::npos || sp2 <= sp1) return false;
+  const std::string_view method = request_line.substr(0, sp1);
+  const std::string_view target = request_line.substr(sp1 + 1, sp2 - sp1 - 1);
+  const std::string_view path = target.substr(0, target.find('?'));
+  out->route = nullptr;
+  for (const LoopRoute& r : routes) {
+    if (r.method == method && r.path == path) out->route = &r;
+  }
+  if (out->route == nullptr) return false;
+  out->version = request_line.substr(sp2 + 1);
+  bool plain = target == path && path.find('%') == std::string_view::npos &&
+               (out->version == "HTTP/1.1" || out->version == "HTTP/1.0");
+  for (size_t i = 0; plain && i < head.size(); ++i) {
+    const char ch = head[i];
+    plain = ch != '\0' && (ch != '\r' || (i + 1 < head.size() && head[i + 1] == '\n')) &&
+            (ch != '\n' || (i > 0 && head[i - 1] == '\r'));
+  }
+  out->header_count = 0;
+  uint64_t content_length = 0;
+  int length_headers = 0;
+  int hosts = 0;  // RFC 9112 §3.2: PreRoute answers a request without exactly one 400
+  for (size_t pos = line_end + 2; pos < head.size(); pos = line_end + 2) {
+    line_end = head.find("\r\n", pos);
+    const std::string_view line = head.substr(pos, line_end - pos);
+    if (line.size() > kHeaderLineBytesMax) return false;
+    const size_t colon = line.find(':');
+    if (colon == std::string_view::npos) return false;
+    const std::string_view name = line.substr(0, colon);
+    if (EqualsIgnoreCase(name, "Transfer-Encoding") || EqualsIgnoreCase(name, "Expect")) {
+      return false;
+    }
+    if (EqualsIgnoreCase(name, "Content-Length")) {
+      if (++length_headers > 1 ||
+          !ParseContentLength(TrimBlanks(line.substr(colon + 1)), &content_length)) {
+        return false;
+      }
+    }
+    if (!plain) continue;
+    const std::string_view value = TrimBlanks(line.substr(colon + 1));
+    const bool bad_host = EqualsIgnoreCase(name, "Host") && (++hosts > 1 || !IsHostValue(value));
+    plain = !bad_host && !name.empty() && name.front() != ' ' && name.front() != '\t' &&
+            name.back() != ' ' && name.back() != '\t' && !value.empty() &&
+            value.find('%') == std::string_view::npos && !EqualsIgnoreCase(name, "Range") &&
+            !EqualsIgnoreCase(name, "Content-Encoding") &&
+            !(EqualsIgnoreCase(name, "Content-Type") && value.size() >= 10 &&
+              EqualsIgnoreCase(value.substr(0, 10), "multipart/")) &&
+            out->header_count < LoopRequest::kHeadersMax;
+    if (plain) out->headers[out->header_count++] = {name, value};
+  }
+  if (content_length > body_bytes_max || unread.size() - (head_end + 4) < content_length) {
+    return false;
+  }
+  out->body = unread.substr(head_end + 4, content_length);
+  out->size = head_end + 4 + content_length;
+  out->plain = plain && (hosts == 1 || (hosts == 0 && out->version == "HTTP/1.0")) &&
+               out->size <= request_bytes_max;
+  return true;
+}
+
 Responder DeferResponse(const httplib::Request& req) {
   ConnectionState* c = t_connection;
   if (c == nullptr || c->deferred != nullptr || c->series == nullptr) return nullptr;
@@ -1191,28 +1141,6 @@ enum class WorkerJob {
   // The loop has stopped: after its deferred answer, serve a request whose head has arrived by
   // then (HeadArrived), or close it.
   kStopAfterAnswer,
-};
-
-// A non-blocking route, for the event loop (HttpServer::Impl fills it): its request line, and
-// how to serve a request of it that the loop parsed itself (the pre-routing checks, the route).
-struct LoopRoute {
-  std::string method;
-  std::string path;
-  std::function<void(const httplib::Request&, httplib::Response&)> serve;
-};
-
-// A whole request for a loop route at the start of a connection's unread bytes, as views into
-// them (CoreServer::ParseLoopRequest).
-struct LoopRequest {
-  static constexpr size_t kHeadersMax = 32;
-  const LoopRoute* route = nullptr;
-  // Plain enough for the server's own reading (ServeParsed); otherwise cpp-httplib reads it.
-  bool plain = false;
-  std::string_view version;
-  std::array<std::pair<std::string_view, std::string_view>, kHeadersMax> headers;
-  size_t header_count = 0;
-  std::string_view body;
-  size_t size = 0;  // head and body
 };
 
 // Requests served on the loop per wake-up of one connection before a worker takes the rest.
@@ -1579,7 +1507,9 @@ class CoreServer final : public httplib::Server {
         if (n <= 0) return ToWorker(c, WorkerJob::kClose);
       }
       LoopRequest parsed;
-      if (KnownIncomplete(*c) || !ParseLoopRequest(c->stream.Unread(), &parsed)) {
+      if (KnownIncomplete(*c) ||
+          !ParseLoopRequest(c->stream.Unread(), loop_routes_, options_.body_bytes_max,
+                            request_bytes_max_, &parsed)) {
         if (!HoldArriving(c.get())) return ToWorker(c, WorkerJob::kServe);
         // Still arriving: the loop holds it (a worker would wait for its bytes, and a few slow
         // clients would hold every worker) until it is whole, or until it has been silent for
@@ -1744,93 +1674,6 @@ class CoreServer final : public httplib::Server {
     const std::string_view unread = c.stream.Unread();
     if (c.arriving_whole != 0) return unread.size() < c.arriving_whole;
     return HeadEnd(unread, c.head_scanned >= 2 ? c.head_scanned - 2 : 0) == std::string_view::npos;
-  }
-
-  // True when `unread` starts with a whole request (head and Content-Length body) for a route
-  // that never blocks, framed so plainly that serving it cannot need another read.
-  //
-  // out->plain when, besides, a plain reading of it is what cpp-httplib 0.11.4 would read, so
-  // that the server can parse it itself (ServeParsed) instead of running cpp-httplib's request
-  // processing (its line reader, header map, routing by regex and an answer formatted even when
-  // deferred: a third of the loop thread's time under consume): the request line is
-  // `METHOD SP path SP HTTP/1.x` with the route's literal path (no query, no escape); every line
-  // ends with CRLF and the head has no NUL; header lines are `name:value` with a non-empty name
-  // and a non-empty value without '%' (cpp-httplib percent-decodes header values), none folded
-  // and none with blanks before the colon (those get a 400 from cpp-httplib's path); no `Range`
-  // (cpp-httplib applies ranges to any answer); at most LoopRequest::kHeadersMax header lines;
-  // and the request fits the per-request byte cap.
-  bool ParseLoopRequest(std::string_view unread, LoopRequest* out) const {
-    // The head ends where TakeHead ends it, with CRLF CRLF (anything else a worker refuses).
-    const size_t blank = HeadEnd(unread, 0);
-    if (blank == std::string_view::npos || blank == 0 || unread[blank - 1] != '\r' ||
-        unread[blank + 1] != '\r') {
-      return false;
-    }
-    const size_t head_end = blank - 1;
-    if (head_end > kHeaderBytesAllowance) return false;
-    const std::string_view head = unread.substr(0, head_end + 2);
-    size_t line_end = head.find("\r\n");
-    const std::string_view request_line = head.substr(0, line_end);
-    const size_t sp1 = request_line.find(' ');
-    const size_t sp2 = request_line.rfind(' ');
-    if (sp1 == std::string_view::npos || sp2 <= sp1) return false;
-    const std::string_view method = request_line.substr(0, sp1);
-    const std::string_view target = request_line.substr(sp1 + 1, sp2 - sp1 - 1);
-    const std::string_view path = target.substr(0, target.find('?'));
-    out->route = nullptr;
-    for (const LoopRoute& r : loop_routes_) {
-      if (r.method == method && r.path == path) out->route = &r;
-    }
-    if (out->route == nullptr) return false;
-    out->version = request_line.substr(sp2 + 1);
-    bool plain = target == path && path.find('%') == std::string_view::npos &&
-                 (out->version == "HTTP/1.1" || out->version == "HTTP/1.0");
-    for (size_t i = 0; plain && i < head.size(); ++i) {
-      const char ch = head[i];
-      plain = ch != '\0' && (ch != '\r' || (i + 1 < head.size() && head[i + 1] == '\n')) &&
-              (ch != '\n' || (i > 0 && head[i - 1] == '\r'));
-    }
-    out->header_count = 0;
-    uint64_t content_length = 0;
-    int length_headers = 0;
-    int hosts = 0;  // RFC 9112 §3.2: PreRoute answers a request without exactly one 400
-    for (size_t pos = line_end + 2; pos < head.size(); pos = line_end + 2) {
-      line_end = head.find("\r\n", pos);
-      const std::string_view line = head.substr(pos, line_end - pos);
-      if (line.size() > kHeaderLineBytesMax) return false;
-      const size_t colon = line.find(':');
-      if (colon == std::string_view::npos) return false;
-      const std::string_view name = line.substr(0, colon);
-      if (EqualsIgnoreCase(name, "Transfer-Encoding") || EqualsIgnoreCase(name, "Expect")) {
-        return false;
-      }
-      if (EqualsIgnoreCase(name, "Content-Length")) {
-        if (++length_headers > 1 ||
-            !ParseContentLength(TrimBlanks(line.substr(colon + 1)), &content_length)) {
-          return false;
-        }
-      }
-      if (!plain) continue;
-      const std::string_view value = TrimBlanks(line.substr(colon + 1));
-      const bool bad_host = EqualsIgnoreCase(name, "Host") && (++hosts > 1 || !IsHostValue(value));
-      plain = !bad_host && !name.empty() && name.front() != ' ' && name.front() != '\t' &&
-              name.back() != ' ' && name.back() != '\t' && !value.empty() &&
-              value.find('%') == std::string_view::npos && !EqualsIgnoreCase(name, "Range") &&
-              !EqualsIgnoreCase(name, "Content-Encoding") &&
-              !(EqualsIgnoreCase(name, "Content-Type") && value.size() >= 10 &&
-                EqualsIgnoreCase(value.substr(0, 10), "multipart/")) &&
-              out->header_count < LoopRequest::kHeadersMax;
-      if (plain) out->headers[out->header_count++] = {name, value};
-    }
-    if (content_length > options_.body_bytes_max ||
-        unread.size() - (head_end + 4) < content_length) {
-      return false;
-    }
-    out->body = unread.substr(head_end + 4, content_length);
-    out->size = head_end + 4 + content_length;
-    out->plain = plain && (hosts == 1 || (hosts == 0 && out->version == "HTTP/1.0")) &&
-                 out->size <= request_bytes_max_;
-    return true;
   }
 
   // Stops watching the connection (its owner reads it, or it waits for an answer). Level-triggered

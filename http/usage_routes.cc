@@ -72,6 +72,7 @@
 #include "http/idempotency.h"
 #include "http/problem.h"
 #include "http/routes.h"
+#include "http/usage_bodies.h"
 #include "projections/json_util.h"
 #include "projections/json_write.h"
 #include "projections/limits.h"
@@ -159,6 +160,8 @@ bool CompactMetadata(const rapidjson::Value& v, std::string* out,
   return true;
 }
 
+}  // namespace
+
 // ---- consume -------------------------------------------------------------------------------------
 
 Status ParseConsume(const httplib::Request& req, const Identity& identity,
@@ -231,6 +234,8 @@ Status ParseConsume(const httplib::Request& req, const Identity& identity,
   }
   return Status::OK();
 }
+
+namespace {
 
 int64_t SecondsUntil(int64_t end_s, int64_t now_us) {
   const int64_t left_us = end_s * kMicrosPerSecond - now_us;
@@ -438,6 +443,8 @@ void ParseBatchItem(const rapidjson::Value& v, pj::UsageBatchItem* item,
   }
 }
 
+}  // namespace
+
 Status ParseBatch(const std::string& body, std::vector<pj::UsageBatchItem>* items) {
   // Parsed in place, in a copy: a 1000-item body's strings are not copied into the document.
   std::string text(body);
@@ -466,6 +473,8 @@ Status ParseBatch(const std::string& body, std::vector<pj::UsageBatchItem>* item
   }
   return Status::OK();
 }
+
+namespace {
 
 void RecordEvents(const UsageRouteContext& c, const httplib::Request& req, httplib::Response& res,
                   const Identity& identity) {

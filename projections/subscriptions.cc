@@ -191,8 +191,9 @@ struct EmailPart {
   int64_t email_created = 0;
   // (created, email) ordering: a later (or, within a second, greater) email wins.
   bool Superseded(std::string_view email_candidate, int64_t created) const {
-    return std::tie(created, email_candidate) >
-           std::tie(email_created, static_cast<const std::string&>(email));
+    // Both sides string_view: clang 14 finds no <=> for a string_view and a string in tuples.
+    using Key = std::pair<int64_t, std::string_view>;
+    return Key(created, email_candidate) > Key(email_created, email);
   }
 };
 
