@@ -1,5 +1,6 @@
 #include "projections/json_util.h"
 
+#include <cmath>
 #include <cstring>
 #include <unordered_set>
 
@@ -60,6 +61,12 @@ Status CheckMembers(const rapidjson::Value& v, int depth, bool check_strings) {
     return Status::InvalidArgument("invalid_json", "JSON nested too deeply");
   }
   if (v.IsString()) return check_strings ? CheckString(v) : Status::OK();
+  // RapidJSON 1.1 reads some numbers past a double's range (44679223372081e308) as infinity
+  // where it refuses others (1e309): no writer writes one back, so a re-serialized value (usage
+  // metadata) stopped there and the log got `{"tokens":`. Refused as the others are.
+  if (v.IsDouble() && !std::isfinite(v.GetDouble())) {
+    return Status::InvalidArgument("invalid_json", "malformed JSON: a number out of range");
+  }
   if (v.IsArray()) {
     for (const rapidjson::Value& item : v.GetArray()) {
       LEDGER_RETURN_IF_ERROR(CheckMembers(item, depth + 1, check_strings));

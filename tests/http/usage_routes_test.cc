@@ -302,6 +302,27 @@ TEST_F(UsageRoutesTest, MetadataWithALoneSurrogateIsRefused) {
   EXPECT_EQ(Head(), head + 1);
 }
 
+// RapidJSON 1.1 reads some numbers past a double's range as infinity instead of refusing them as
+// it refuses 1e309 (44679223372081e308: a 14-digit significand); the metadata's re-serialization
+// then stopped at the number, and `{"tokens":` went into the log as the event's metadata (the
+// fuzz target usage_bodies: the compacted metadata did not parse). Such a body is malformed
+// JSON, as 1e309 is: 400, nothing appended.
+TEST_F(UsageRoutesTest, ANumberPastADoublesRangeIsRefusedAsMalformed) {
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
+  const uint64_t head = Head();
+  const std::string consume = R"({"user_id":"u1","service":"chat","idempotency_key":"k",)";
+  for (const char* number : {"44679223372081e308", "1e309", "-44679223372081e308"}) {
+    ExpectProblem(Service().Post(kConsume, consume + R"("metadata":{"tokens":)" + number + "}}"),
+                  400, "invalid_json");
+    ExpectProblem(
+        Service().Post(kEvents, R"({"events":[{"user_id":"u1","service":"chat",)"
+                                R"("idempotency_key":"b1","metadata":{"tokens":)" +
+                                    std::string(number) + "}}]}"),
+        400, "invalid_json");
+  }
+  EXPECT_EQ(Head(), head);
+}
+
 TEST_F(UsageRoutesTest, IdempotentRetryReturnsTheOriginalAnswerAndCountsOnce) {
   ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), OnPlan("u1", "tiny")).ok());
   HttpReply first = Consume("u1", "chat", "retry", 3);

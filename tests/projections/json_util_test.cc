@@ -64,6 +64,8 @@ TEST(JsonUtilTest, BothParsersRefuseTheSameDocuments) {
       R"({"\udfff":1})",                          // ... in a member name
       R"({"a":[{"b":"\udc00"}]})",                // ... nested
       R"({"a":"\ud800"})",                        // a lone high surrogate
+      R"({"a":1e309})",                           // past a double's range
+      R"({"a":[44679223372081e308]})",            // ... read as infinity by RapidJSON 1.1
       R"({"a":1,"a":2})",                         // duplicate, small object
       R"({"x":{"a":1,"b":2,"a":3}})",             // duplicate, nested
       ObjectWithMembers(3, true),                 // duplicate (pairwise check)
