@@ -4,7 +4,6 @@
 
 #include <gtest/gtest.h>
 #include <librdkafka/rdkafka.h>
-#include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/spdlog.h>
 #include <sstream>
 #include <set>
@@ -41,6 +40,7 @@
 #include "tests/support/tokens.h"
 #include "tests/support/trickling_server.h"
 #include "tests/support/wait.h"
+#include "tests/support/captured_log.h"
 
 namespace ledger::testing {
 namespace {
@@ -63,27 +63,6 @@ Config TestConfig(const std::string& data_dir) {
   config.http_threads = 16;
   return config;
 }
-
-// Captures the default logger's lines for the scope.
-class ScopedLogCapture {
- public:
-  ScopedLogCapture() { spdlog::default_logger()->sinks().push_back(sink_); }
-  ~ScopedLogCapture() {
-    auto& sinks = spdlog::default_logger()->sinks();
-    sinks.erase(std::find(sinks.begin(), sinks.end(), sink_));
-  }
-  std::vector<std::string> Lines() const { return sink_->last_formatted(); }
-  // The lines captured that hold `text`.
-  int Count(const std::string& text) const {
-    int count = 0;
-    for (const std::string& line : Lines()) count += line.find(text) != std::string::npos;
-    return count;
-  }
-
- private:
-  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink_ =
-      std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(512);
-};
 
 mode_t FileMode(const std::string& path) {
   struct stat st {};
@@ -270,7 +249,7 @@ uint64_t AddPlan(App* app, const std::string& data_dir, const std::string& id) {
 // logged. The brokers' errors reached neither: ALL_BROKERS_DOWN was logged at warn only after a
 // broker had been up, other errors and librdkafka's own at debug, and /readyz had no last_error.
 TEST(AppTest, AnUnreachableKafkaShowsInReadyzAndTheLog) {
-  ScopedLogCapture log;
+  CapturedLog log;
   int port = 0;
   const int fd = ListenLoopback(&port);
   ASSERT_GE(fd, 0);
@@ -549,7 +528,7 @@ TEST(AppTest, TheEmbeddedClusterGetsTheWholeLogAfterARestart) {
 // The embedded cluster is plaintext and unauthenticated on loopback: with JWT configured (a
 // production-like start) ledgerd says so at start; in dev mode it does not.
 TEST(AppTest, EmbeddedKafkaWithProductionAuthIsWarnedAbout) {
-  ScopedLogCapture log;
+  CapturedLog log;
   auto warned = [&] { return log.Count("without authentication") > 0; };
   for (const bool production : {false, true}) {
     TempDir dir;
@@ -595,7 +574,7 @@ TEST(AppTest, ARotatedMasterKeyReWrapsTheByokDataKeysAtStart) {
   // the log's lines.
   auto start = [&](const std::string& master, std::vector<std::string> previous,
                    const std::function<void(TestHttpClient&, TestHttpClient&)>& use) {
-    ScopedLogCapture log;
+    CapturedLog log;
     Config config = TestConfig(dir.Sub("data"));
     config.jwt_hs256_secret = kTestHs256Secret;
     config.master_key_file = dir.Sub(master);

@@ -234,6 +234,23 @@ class ByokRoutesTest : public ::testing::Test {
     return rows;
   }
 
+  // Adds alice's OpenAI key as a key from before data keys: "v1:", sealed under the current
+  // key-encryption key itself, no data-key row; *key (may be null) is its row.
+  void AddKeySealedBeforeDataKeys(pj::ByokKeyRow* key = nullptr) {
+    pj::ByokKeyRow row;
+    row.provider = "openai";
+    row.key_id = "key_00112233445566778899aabbccddeeff";
+    row.hint = pj::ByokKeyHint(kOpenAiKey);
+    row.kek_id = box_->key_id();
+    ASSERT_TRUE(box_->Seal(kOpenAiKey, pj::ByokAssociatedData("alice", "openai", row.key_id),
+                           &row.encrypted_key)
+                    .ok());
+    if (key != nullptr) *key = row;
+    pj::AddByokKey old_add("alice", row);
+    CommandResult r = ledger_->Submit(&old_add);
+    ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  }
+
   // Restarts on the fault-injecting file system, adds alice's `key` for `provider` (201), cuts
   // the power right after the acknowledgement and restarts on the real file system with what a
   // machine would have kept (`report`: what the power loss dropped). Returns the added key's id.
@@ -1132,16 +1149,7 @@ TEST_F(ByokRoutesTest, NegativeControlAnUnsyncedAddIsLostInAPowerLoss) {
 TEST_F(ByokRoutesTest, AKeySealedBeforeDataKeysStillOpens) {
   provider_.Accept(kOpenAiKey);
   pj::ByokKeyRow key;
-  key.provider = "openai";
-  key.key_id = "key_00112233445566778899aabbccddeeff";
-  key.hint = pj::ByokKeyHint(kOpenAiKey);
-  key.kek_id = box_->key_id();
-  ASSERT_TRUE(box_->Seal(kOpenAiKey, pj::ByokAssociatedData("alice", "openai", key.key_id),
-                         &key.encrypted_key)
-                  .ok());
-  pj::AddByokKey old_add("alice", key);
-  CommandResult r = ledger_->Submit(&old_add);
-  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  AddKeySealedBeforeDataKeys(&key);
   EXPECT_EQ(DataKeyRows("alice"), 0u);
   HttpReply tested = As("alice").Post("/api/v1/byok/keys/test/openai", "");
   ASSERT_EQ(tested.status, 200) << tested.body;
@@ -1283,16 +1291,7 @@ TEST_F(ByokRoutesTest, ACancelledRotationStopsBeforeItsNextBatch) {
 // is configured (and the rotation counts it), and is 409 key_unreadable without it.
 TEST_F(ByokRoutesTest, AKeySealedBeforeDataKeysOpensWithThePreviousKeyItNames) {
   provider_.Accept(kOpenAiKey);
-  pj::ByokKeyRow key;
-  key.provider = "openai";
-  key.key_id = "key_00112233445566778899aabbccddeeff";
-  key.hint = pj::ByokKeyHint(kOpenAiKey);
-  key.kek_id = box_->key_id();
-  ASSERT_TRUE(box_->Seal(kOpenAiKey, pj::ByokAssociatedData("alice", "openai", key.key_id),
-                         &key.encrypted_key)
-                  .ok());
-  pj::AddByokKey old_add("alice", key);
-  ASSERT_TRUE(ledger_->Submit(&old_add).status.ok());
+  AddKeySealedBeforeDataKeys();
   std::unique_ptr<SecretBox> rotated, unrelated;
   ASSERT_TRUE(SecretBox::Create(std::string(32, '\x6b'), &rotated).ok());
   ASSERT_TRUE(SecretBox::Create(std::string(32, '\x7c'), &unrelated).ok());

@@ -9,7 +9,6 @@
 
 #include <gtest/gtest.h>
 #include <rapidjson/document.h>
-#include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -29,6 +28,7 @@
 #include "tests/support/tls_auth_server.h"
 #include "tests/support/trickling_server.h"
 #include "tests/support/wait.h"
+#include "tests/support/captured_log.h"
 #include "tests/tools/tools_test_util.h"
 
 namespace ledger::http {
@@ -137,29 +137,6 @@ class AppendBatchUsage final : public Command {
   std::string user_;
   size_t items_;
   size_t first_;
-};
-
-// The default logger's lines while it lives (the last 512).
-class CapturedLog {
- public:
-  CapturedLog() { spdlog::default_logger()->sinks().push_back(sink_); }
-  ~CapturedLog() {
-    auto& sinks = spdlog::default_logger()->sinks();
-    sinks.erase(std::find(sinks.begin(), sinks.end(), sink_));
-  }
-  std::vector<std::string> Lines() const { return sink_->last_formatted(); }
-  // Lines holding both `level` (e.g. "[warning]") and `text`.
-  size_t Count(std::string_view level, std::string_view text) const {
-    size_t n = 0;
-    for (const std::string& line : Lines()) {
-      n += line.find(level) != std::string::npos && line.find(text) != std::string::npos;
-    }
-    return n;
-  }
-
- private:
-  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink_ =
-      std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(512);
 };
 
 class LagoSinkTest : public ::testing::Test {
