@@ -64,6 +64,15 @@ Config TestConfig(const std::string& data_dir) {
   return config;
 }
 
+// Writes a key-encryption key file (64 hex digits, mode 0600) and returns its path.
+std::string WriteKeyFile(const TempDir& dir, const std::string& name, const std::string& hex) {
+  const std::string path = dir.Sub(name);
+  WriteTextFile(path, hex + "\n");
+  std::filesystem::permissions(
+      path, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+  return path;
+}
+
 mode_t FileMode(const std::string& path) {
   struct stat st {};
   EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
@@ -556,9 +565,7 @@ TEST(AppTest, ARotatedMasterKeyReWrapsTheByokDataKeysAtStart) {
   TempDir dir;
   const std::string old_hex(64, 'a'), new_hex = "5e" + std::string(62, 'c');
   for (const auto& [name, hex] : {std::pair{"a.key", old_hex}, std::pair{"b.key", new_hex}}) {
-    WriteTextFile(dir.Sub(name), hex + "\n");
-    std::filesystem::permissions(dir.Sub(name), std::filesystem::perms::owner_read |
-                                                    std::filesystem::perms::owner_write);
+    WriteKeyFile(dir, name, hex);
   }
   auto key_id = [](const std::string& hex) {
     Hash bytes;
@@ -657,10 +664,7 @@ TEST(AppTest, APreviousMasterKeyFileThatIsMissingIsAConfigError) {
   EXPECT_NE(s.message().find("LEDGER_MASTER_KEY_PREVIOUS_FILES is set but there is no current key"),
             std::string::npos)
       << s.ToString();
-  WriteTextFile(dir.Sub("b.key"), std::string(64, 'b') + "\n");
-  std::filesystem::permissions(dir.Sub("b.key"), std::filesystem::perms::owner_read |
-                                                     std::filesystem::perms::owner_write);
-  config.master_key_file = dir.Sub("b.key");
+  config.master_key_file = WriteKeyFile(dir, "b.key", std::string(64, 'b'));
   config.master_key_file_given = true;
   s = App::Start(config, nullptr, &app);
   EXPECT_EQ(ExitCodeFor(s), kExitConfig) << s.ToString();
@@ -677,10 +681,7 @@ TEST(AppTest, DevModeCreatesNoKeyToRotateTo) {
   const std::string data_dir = dir.Sub("data");
   Config config = TestConfig(data_dir);
   ASSERT_TRUE(config.DevMode());
-  WriteTextFile(dir.Sub("old.key"), std::string(64, 'a') + "\n");
-  std::filesystem::permissions(dir.Sub("old.key"), std::filesystem::perms::owner_read |
-                                                       std::filesystem::perms::owner_write);
-  config.master_key_previous_files = {dir.Sub("old.key")};
+  config.master_key_previous_files = {WriteKeyFile(dir, "old.key", std::string(64, 'a'))};
   std::unique_ptr<App> app;
   Status s = App::Start(config, nullptr, &app);
   EXPECT_EQ(ExitCodeFor(s), kExitConfig) << s.ToString();
