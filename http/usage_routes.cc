@@ -155,7 +155,9 @@ bool CompactMetadata(const rapidjson::Value& v, std::string* out,
   if (buf == nullptr) buf = &own;
   buf->Clear();
   JsonWriter w(*buf);
-  v.Accept(w);
+  // A value the writer cannot write (a number out of a double's range: the parse refuses those
+  // first) would cut the text short: refused rather than copied into the event.
+  if (!v.Accept(w)) return false;
   out->assign(buf->GetString(), buf->GetSize());
   return true;
 }
