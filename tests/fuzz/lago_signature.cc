@@ -6,17 +6,13 @@
 //        the token is RS256-signed with the fuzz key, so that the claims are checked too;
 //   'p'  LAGO_WEBHOOK_PUBLIC_KEY_FILE's contents.
 // Lago's own hmac signature of any body verifies; a loaded key loads again as itself.
-#include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/rsa.h>
-
 #include <memory>
 #include <string>
 #include <string_view>
 
-#include "http/base64.h"
 #include "http/lago_signature.h"
 #include "tests/fuzz/fuzz_target.h"
+#include "tests/support/tokens.h"
 
 namespace ledger::fuzz {
 
@@ -26,43 +22,21 @@ constexpr char kHmacKey[] = "fuzz-lago-hmac-key";
 constexpr char kIssuer[] = "https://lago.example";
 
 // A small RSA key made once per run: signing with it per input stays cheap.
-EVP_PKEY* SigningKey() {
-  static EVP_PKEY* key = EVP_RSA_gen(1024);
-  LEDGER_FUZZ_CHECK(key != nullptr);
-  return key;
-}
-
-std::string PublicKeyPem() {
-  std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new(BIO_s_mem()), &BIO_free);
-  LEDGER_FUZZ_CHECK(bio && PEM_write_bio_PUBKEY(bio.get(), SigningKey()) == 1);
-  char* data = nullptr;
-  const long length = BIO_get_mem_data(bio.get(), &data);
-  return std::string(data, static_cast<size_t>(length));
+const testing::TestSigningKey& SigningKey() {
+  static const std::unique_ptr<testing::TestSigningKey> key =
+      testing::TestSigningKey::Generate(testing::TestSigningKey::Type::kRsa, "fuzz", 1024);
+  return *key;
 }
 
 const http::LagoSignatureVerifier& Verifier() {
   static const std::unique_ptr<http::LagoSignatureVerifier> verifier = [] {
     std::unique_ptr<http::LagoSignatureVerifier> v;
     LEDGER_FUZZ_CHECK(
-        http::LagoSignatureVerifier::Create({kHmacKey, PublicKeyPem(), kIssuer}, &v).ok());
+        http::LagoSignatureVerifier::Create({kHmacKey, SigningKey().PublicKeyPem(), kIssuer}, &v)
+            .ok());
     return v;
   }();
   return *verifier;
-}
-
-std::string SignRs256(std::string_view signing_input) {
-  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
-  size_t length = 0;
-  LEDGER_FUZZ_CHECK(ctx && EVP_DigestSignInit(ctx.get(), nullptr, EVP_sha256(), nullptr,
-                                              SigningKey()) == 1);
-  const auto* input = reinterpret_cast<const unsigned char*>(signing_input.data());
-  LEDGER_FUZZ_CHECK(
-      EVP_DigestSign(ctx.get(), nullptr, &length, input, signing_input.size()) == 1);
-  std::string signature(length, '\0');
-  LEDGER_FUZZ_CHECK(EVP_DigestSign(ctx.get(), reinterpret_cast<unsigned char*>(signature.data()),
-                                   &length, input, signing_input.size()) == 1);
-  signature.resize(length);
-  return signature;
 }
 
 void CheckVerify(std::string_view algorithm, std::string_view signature, std::string_view body) {
@@ -97,8 +71,7 @@ int FuzzLagoSignature(const uint8_t* data, size_t size) {
     if (header.empty()) header = R"({"alg":"RS256"})";
     const std::string claims(TakeLine(&rest));
     const std::string body(rest);
-    const std::string input = http::Base64UrlEncode(header) + "." + http::Base64UrlEncode(claims);
-    CheckVerify("jwt", input + "." + http::Base64UrlEncode(SignRs256(input)), body);
+    CheckVerify("jwt", SigningKey().SignWithHeader(header, claims), body);
   } else if (mode == 'p') {
     std::string pem;
     if (http::LoadLagoPublicKey(rest, &pem).ok()) {

@@ -101,11 +101,12 @@ std::string UnsignedToken(std::string_view header_json, std::string_view payload
   return http::Base64UrlEncode(header_json) + "." + http::Base64UrlEncode(payload_json) + ".";
 }
 
-std::unique_ptr<TestSigningKey> TestSigningKey::Generate(Type type, std::string key_id) {
+std::unique_ptr<TestSigningKey> TestSigningKey::Generate(Type type, std::string key_id,
+                                                         unsigned rsa_bits) {
   std::unique_ptr<TestSigningKey> key(new TestSigningKey());
   key->type_ = type;
   key->key_id_ = std::move(key_id);
-  key->key_ = type == Type::kRsa ? EVP_RSA_gen(2048) : EVP_EC_gen("P-256");
+  key->key_ = type == Type::kRsa ? EVP_RSA_gen(rsa_bits) : EVP_EC_gen("P-256");
   if (key->key_ == nullptr) Die("key generation");
   return key;
 }

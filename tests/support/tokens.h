@@ -53,9 +53,11 @@ std::string UnsignedToken(std::string_view header_json, std::string_view payload
 
 class TestSigningKey {
  public:
-  enum class Type { kRsa, kEcP256 };  // RSA is 2048-bit
+  enum class Type { kRsa, kEcP256 };
 
-  static std::unique_ptr<TestSigningKey> Generate(Type type, std::string key_id);
+  // RSA keys are `rsa_bits` long (the fuzz targets take 1024: cheaper to sign with per input).
+  static std::unique_ptr<TestSigningKey> Generate(Type type, std::string key_id,
+                                                  unsigned rsa_bits = 2048);
   ~TestSigningKey();
   TestSigningKey(const TestSigningKey&) = delete;
   TestSigningKey& operator=(const TestSigningKey&) = delete;
