@@ -631,8 +631,8 @@ Status App::Start(const Config& config, const Clock* clock, std::unique_ptr<App>
   auto impl = std::make_unique<Impl>();
   Status s = impl->Start(config, clock, cancel);
   if (!s.ok()) {
-    impl->Stop(std::chrono::milliseconds(0)).IgnoreError();
-    return s;
+    const Status stopped = impl->Stop(std::chrono::milliseconds(0));
+    return StartFailure(s, stopped);
   }
   out->reset(new App(std::move(impl)));
   return Status::OK();
@@ -712,7 +712,21 @@ Status HttpStartFailure(const Status& status) {
   return status;
 }
 
+Status StartFailure(const Status& start, const Status& stopped) {
+  // A cancelled start exits 0 (main.cc): as after a crash, the next start goes on from there.
+  // Unless the flush that closes the store failed: that is the storage error a clean shutdown
+  // reports with 74, and a supervisor must see it rather than a clean exit.
+  const bool cancelled =
+      start.problem() == "startup_cancelled" || start.problem() == "open_cancelled";
+  if (cancelled && !stopped.ok()) return stopped;
+  return start;
+}
+
 int ExitCodeFor(const Status& status) {
+  // The ledger's writer refuses every append after a failed write ("storage_degraded"): at start
+  // (a projection's catch-up, the BYOK re-wrap) or at stop that is a storage error, as the write
+  // itself was, not an internal one.
+  if (status.problem() == "storage_degraded") return kExitStorage;
   switch (status.code()) {
     case Code::kOk:
       return kExitOk;

@@ -82,8 +82,13 @@ int WaitForShutdown(App& app, const sigset_t& signals);
 // Unavailable status (exit 70, retried).
 Status HttpStartFailure(const Status& status);
 
-// Maps a startup/shutdown failure to ledgerd's exit code: 74 storage, 78 configuration,
-// 70 anything else.
+// What a failed App::Start reports, given the stop that cleaned up after it: the start's own
+// failure, or the stop's when the start was cancelled (a signal: otherwise exit 0) and the stop's
+// flush failed.
+Status StartFailure(const Status& start, const Status& stopped);
+
+// Maps a startup/shutdown failure to ledgerd's exit code: 74 storage (a failed write's
+// "storage_degraded" too), 78 configuration, 70 anything else.
 int ExitCodeFor(const Status& status);
 
 }  // namespace ledger::daemon

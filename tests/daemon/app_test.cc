@@ -787,6 +787,26 @@ TEST(AppTest, ExitCodes) {
   EXPECT_EQ(ExitCodeFor(Status::Make(Code::kUnprocessable, "bad_config", "x")), kExitConfig);
   EXPECT_EQ(ExitCodeFor(Status::InvalidArgument("bad_jwt_config", "x")), kExitConfig);
   EXPECT_EQ(ExitCodeFor(Status::Internal("bug")), kExitInternal);
+  // The writer's refusal after a failed write, met at start (a catch-up's or the BYOK re-wrap's
+  // write) or at stop, is a storage error.
+  EXPECT_EQ(ExitCodeFor(Status::Unavailable("storage_degraded", "storage write failed")),
+            kExitStorage);
+  EXPECT_EQ(ExitCodeFor(Status::Unavailable("startup_cancelled", "x")), kExitInternal);
+}
+
+// A start cancelled by a signal exits 0 (main.cc), unless the stop after it could not flush the
+// store: then that storage failure is what the start reports (exit 74).
+TEST(AppTest, ACancelledStartReportsAFailedFlush) {
+  const Status cancelled = Status::Unavailable("startup_cancelled", "the startup was cancelled");
+  const Status open_cancelled = Status::Unavailable("open_cancelled", "x");
+  const Status flush = Status::IOError("flush: No space left on device");
+  EXPECT_EQ(daemon::StartFailure(cancelled, Status::OK()).problem(), "startup_cancelled");
+  EXPECT_EQ(daemon::StartFailure(open_cancelled, Status::OK()).problem(), "open_cancelled");
+  EXPECT_EQ(ExitCodeFor(daemon::StartFailure(cancelled, flush)), kExitStorage);
+  EXPECT_EQ(ExitCodeFor(daemon::StartFailure(open_cancelled, flush)), kExitStorage);
+  // Any other failure stays what it was: the flush after it is logged.
+  const Status config = Status::InvalidArgument("bad_jwt_config", "x");
+  EXPECT_EQ(daemon::StartFailure(config, flush).problem(), "bad_jwt_config");
 }
 
 // Only an address that cannot be bound is a bad LEDGER_LISTEN (78: supervisors do not retry it);
