@@ -282,10 +282,13 @@ void GetSubscriber(const AdminRouteContext& c, const httplib::Request& req, http
       w.Null();
     }
     // Null is unlimited: where consume refuses (no plan, suspended, past a scheduled end, a trial
-    // ended, payment failed) nothing remains, and access_refusal says why (limit and remaining
-    // null made a suspended user look unlimited).
+    // ended, payment failed, and calls used up for good -- a trial's last day, the window a
+    // scheduled end closes: my-access's access_ended) nothing remains, and access_refusal says
+    // why (limit and remaining null made a suspended user look unlimited).
+    const std::string refusal = !usage.error.ok() ? usage.error.problem()
+                                                  : pj::AccessEndedReason(subject, usage);
     w.Key("remaining");
-    if (!usage.error.ok()) {
+    if (!refusal.empty()) {
       w.Int64(0);
     } else if (usage.remaining) {
       w.Int64(*usage.remaining);
@@ -293,10 +296,10 @@ void GetSubscriber(const AdminRouteContext& c, const httplib::Request& req, http
       w.Null();
     }
     w.Key("access_refusal");
-    if (usage.error.ok()) {
+    if (refusal.empty()) {
       w.Null();
     } else {
-      json::String(&w, usage.error.problem());
+      json::String(&w, refusal);
     }
     w.EndObject();
     w.EndObject();

@@ -167,12 +167,14 @@ class AdminRoutesTest : public ::testing::Test {
                                                  ledger::testing::kTestHs256Secret));
     return client;
   }
-  HttpReply Consume(const std::string& user, const std::string& service, const std::string& key) {
+  HttpReply Consume(const std::string& user, const std::string& service, const std::string& key,
+                    int64_t quantity = 1) {
     TestHttpClient client("127.0.0.1", stack_->port());
     client.set_bearer(kServiceToken);
     return client.Post("/api/v1/usage/consume",
                        "{\"user_id\":" + JsonQuote(user) + ",\"service\":" + JsonQuote(service) +
-                           ",\"idempotency_key\":" + JsonQuote(key) + "}");
+                           ",\"idempotency_key\":" + JsonQuote(key) +
+                           ",\"quantity\":" + std::to_string(quantity) + "}");
   }
   HttpReply Patch(const std::string& email, const std::string& body) {
     return Admin().Patch(std::string(kAdminBase) + email, body);
@@ -2405,6 +2407,37 @@ TEST_F(AdminRoutesTest, OneSubscriberShowsTheWindowResetUsageResets) {
     EXPECT_EQ(one["used_before"].GetInt64(), (*shown)["used"].GetInt64()) << r.body;
   }
   EXPECT_EQ(usage_of("due@x.com")["used"].GetInt64(), 0);
+}
+
+// Calls used up for good are consume's 402 in the one subscriber's access_refusal too, as in
+// my-access (its access_ended): a trial's last day used up, and the window a scheduled end closes.
+// It showed null, as if the next call would be admitted.
+TEST_F(AdminRoutesTest, OneSubscriberShowsCallsUsedUpForGoodAsConsumesRefusal) {
+  TestSubscription trial = OnPlan("u-tex", "trial", kNow - 6 * kDay, kNow + 3600);
+  trial.status = "trialing";
+  trial.trial_start = kNow - 6 * kDay;
+  trial.trial_end = kNow + 3600;  // the trial ends today: today's 100 calls are its last
+  AddSubscriber(trial, "tex@x.com");
+  TestSubscription ending = OnPlan("u-wes", "starter", kNow - 10 * kDay, kNow + 20 * kDay);
+  ending.cancel_at = kNow + 3600;  // the billing window ends there
+  AddSubscriber(ending, "wes@x.com");
+  ASSERT_EQ(Consume("u-tex", "chat", "t1", 100).status, 200);
+  ASSERT_EQ(Consume("u-wes", "chat", "w1", 1000).status, 200);
+  ExpectProblem(Consume("u-tex", "chat", "t2"), 402, "trial_exhausted");
+  ExpectProblem(Consume("u-wes", "chat", "w2"), 402, "subscription_required");
+  for (const auto& [who, refusal] : {std::pair<const char*, const char*>{"tex@x.com",
+                                                                         "trial_exhausted"},
+                                     {"wes@x.com", "subscription_required"}}) {
+    SCOPED_TRACE(who);
+    HttpReply r = Admin().Get(std::string(kAdminBase) + who);
+    ASSERT_EQ(r.status, 200) << r.body;
+    rapidjson::Document doc = r.Json();
+    const auto& usage = doc["users"][0]["usage"];
+    ASSERT_TRUE(usage["access_refusal"].IsString()) << r.body;
+    EXPECT_STREQ(usage["access_refusal"].GetString(), refusal) << r.body;
+    ASSERT_TRUE(usage["remaining"].IsInt64()) << r.body;
+    EXPECT_EQ(usage["remaining"].GetInt64(), 0) << r.body;
+  }
 }
 
 // An override of a user id nobody else knows (a typo), cleared again, leaves no subscriber: the
