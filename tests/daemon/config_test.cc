@@ -247,7 +247,8 @@ TEST(ConfigTest, AWebhookSecretMaySayItsMode) {
   ASSERT_TRUE(r.status.ok()) << r.status.ToString();
   EXPECT_EQ(config.stripe_webhook_secrets,
             (std::vector<std::string>{"whsec_live1", "test:whsec_test1", "live:whsec_live2"}));
-  for (const char* value : {"whsec_live1,tset:whsec_test1", "whsec_live1,test:"}) {
+  for (const char* value : {"whsec_live1,tset:whsec_test1", "whsec_live1,test:",
+                            "whsec_live1,,test:whsec_test1", "whsec_live1, ,whsec_test1"}) {
     SCOPED_TRACE(value);
     env.Set("STRIPE_WEBHOOK_SECRET", value);
     Config bad;
