@@ -607,6 +607,29 @@ ChurnStanding JudgeChurn(const UserSubscription& sub, int64_t now_s, int64_t chu
   return out;
 }
 
+// Churn is judged on the user's subscription (UserSubscription's choice), so that a user who left
+// a plan for another is no customer lost -- but a checkout that never started (incomplete, or
+// incomplete_expired: abandoned) is no other plan. Chosen over a Starter canceled inside the
+// window, such a checkout hid that churn while the Starter kept the user in the rate's base.
+// Then the subscription the user would have without the never-started ones, if any.
+const UserSubscription& ChurnSubject(const UserSubscription& chosen, const Subscriptions& every,
+                                     int64_t now_s) {
+  const auto never_started = [](const SubscriptionRecord& r) {
+    return r.status == SubscriptionStatus::kIncomplete ||
+           r.status == SubscriptionStatus::kIncompleteExpired;
+  };
+  if (!never_started(chosen.subscription)) return chosen;
+  const UserSubscription* subject = nullptr;
+  for (const UserSubscription& each : every) {
+    if (never_started(each.subscription)) continue;
+    if (subject == nullptr ||
+        PreferredSubscription(each.subscription, subject->subscription, now_s)) {
+      subject = &each;
+    }
+  }
+  return subject != nullptr ? *subject : chosen;
+}
+
 // A subscription on a catalog plan that had a trial: a Stripe trial (`trial_start`), or on a
 // trial plan. Trials of catalog-plan subscriptions only, as churn counts: a Dashboard add-on's
 // trial made no trial of ours, and no customer won.
@@ -655,12 +678,15 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
     }
     // Churned is judged on the user's subscription (UserSubscription's choice): a user who left
     // a plan for another (kept one to its period's end and bought the next, or canceled and
-    // subscribed again) is not a customer lost.
+    // subscribed again) is not a customer lost. A checkout that never started is no other plan
+    // (ChurnSubject).
     const UserSubscription& sub = access.subscription;
     if (!sub.has_subscription) return Status::OK();
     const Plan* plan = CatalogPlan(by_id, sub);
+    const UserSubscription& churn_subject = ChurnSubject(sub, every, now_s);
     const bool churned_in_window =
-        plan != nullptr && JudgeChurn(sub, now_s, churn_from).churned_in_window;
+        CatalogPlan(by_id, churn_subject) != nullptr &&
+        JudgeChurn(churn_subject, now_s, churn_from).churned_in_window;
     if (churned_in_window) ++churned;
     // The base is of every subscription the user has on a catalog plan: a user paying when the
     // window began on any of them. Judged on the chosen one alone, a user who switched plans
@@ -706,9 +732,12 @@ Status AnalyticsOverviewJson(const StateReader& state, int64_t now_s, int64_t ch
       // judges a paying customer) whatever its status now: unpaid, past due with Stripe's
       // retries over (payment_abandoned) and canceled after a renewal were counted lost, the
       // last both churned and lost.
+      // Not once Stripe gave up retrying (payment_abandoned: past due left so by Billing's "if
+      // all retries fail" setting): that one is lost, as consume's 402 trial_expired says.
       const bool first_payment_failed = r.status == SubscriptionStatus::kPastDue &&
                                          standing.never_paid_after_trial &&
-                                         !standing.scheduled_end;
+                                         !standing.scheduled_end &&
+                                         !trial_sub->payment_abandoned();
       // Still trialing past its trial's end as consume judges it (ComputeUsageTerms: 402
       // trial_expired, the status EffectiveStatusAt shows): Stripe's trial-end update, and the
       // outcome of its first charge, have not arrived. Awaiting that payment, not in its trial:

@@ -85,7 +85,8 @@
 //                             renewal);
 //                             awaiting payment = past_due in the first period after the trial
 //                             (current_period_start at or before trial_end, or none) without a paid
-//                             invoice since: the first charge failed and Stripe retries it;
+//                             invoice since: the first charge failed and Stripe retries it (not
+//                             once its retries are over, payment_abandoned: lost);
 //                             or still trialing past its trial's end as consume judges it
 //                             (status trial_expired, below): Stripe's trial-end update, and so
 //                             its first charge's outcome, not arrived yet; in its trial =
@@ -114,7 +115,8 @@
 //
 // What each figure counts. Users: subscribers.total, by_status, paying, trialing and comped; a
 // tier's `subscribers`; churn (churned: of the user's subscription, the one UserSubscription
-// chooses, so that a switch of plans is no churn; paying_at_start: of any of the user's
+// chooses, so that a switch of plans is no churn -- when that one never started, incomplete or
+// incomplete_expired, the one chosen without it; paying_at_start: of any of the user's
 // subscriptions); trial conversion (of the subscription that had the trial). Subscriptions: MRR
 // and ARR (overview, tiers, total), and revenue by tier's `paying`, `paying_monthly`,
 // `paying_yearly` and total `paying` -- each paying subscription on its own plan and interval, so

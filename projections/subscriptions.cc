@@ -1514,4 +1514,9 @@ ServiceAccess CheckServiceAccess(const UserAccess& access, std::string_view serv
   return {true, "ok"};
 }
 
+bool PreferredSubscription(const SubscriptionRecord& a, const SubscriptionRecord& b,
+                           std::optional<int64_t> ended_by) {
+  return Preferred(a, b, ended_by);
+}
+
 }  // namespace ledger::projections

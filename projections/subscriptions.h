@@ -525,6 +525,10 @@ struct UserAccess {
 // access is decided on.
 Status GetUserAccess(const StateReader& state, std::string_view user_id, UserAccess* out,
                      std::vector<UserSubscription>* every = nullptr);
+// True when UserSubscription would be `a` rather than `b`, both records with their plans resolved
+// (as `every`'s), judged at `ended_by` as GetUserAccessAt judges (nullopt: the state alone).
+bool PreferredSubscription(const SubscriptionRecord& a, const SubscriptionRecord& b,
+                           std::optional<int64_t> ended_by);
 // GetUserAccess, then ResolveAt(now_s): what a request at `now_s` decides on.
 Status GetUserAccessAt(const StateReader& state, std::string_view user_id, int64_t now_s,
                        UserAccess* out);

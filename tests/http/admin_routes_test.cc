@@ -607,6 +607,80 @@ TEST_F(AdminRoutesTest, AUserWhoseNewerPlanStartedInsideTheWindowStaysInTheChurn
   expect_churn();
 }
 
+// A checkout that never started (incomplete, then incomplete_expired when abandoned) is no switch
+// of plans: the Starter canceled inside the window is churn. Chosen as the user's subscription,
+// the abandoned checkout hid it while the Starter kept the user in the base (0 of 1). A started
+// plan after it is a switch (no churn), as before.
+TEST_F(AdminRoutesTest, ACheckoutThatNeverStartedHidesNoChurn) {
+  TestSubscription old = OnPlan("u-back", "starter", "canceled");
+  old.period_start = kNow - 40 * kDay;
+  old.period_end = kNow - 10 * kDay;
+  old.canceled_at = old.ended_at = kNow - 10 * kDay;
+  AddSubscriber(old, "back@x.com");
+  auto churn = [&]() {
+    HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
+    EXPECT_EQ(r.status, 200) << r.body;
+    rapidjson::Document doc = r.Json();
+    EXPECT_EQ(doc["churn"]["paying_at_start"].GetInt64(), 1) << r.body;
+    return doc["churn"]["churned"].GetInt64();
+  };
+  ASSERT_EQ(churn(), 1);
+  TestSubscription again = OnPlan("u-back", "professional", "incomplete");
+  again.subscription_id = "sub_u-back_2";
+  again.period_start = kNow - 2 * kDay;
+  again.period_end = kNow + 28 * kDay;
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), again).ok());
+  EXPECT_EQ(churn(), 1) << "incomplete";
+  again.status = "incomplete_expired";
+  again.ended_at = kNow - kDay;
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), again).ok());
+  EXPECT_EQ(churn(), 1) << "incomplete_expired";
+  TestSubscription switched = OnPlan("u-back", "professional", kNow - kDay, kNow + 29 * kDay);
+  switched.subscription_id = "sub_u-back_3";
+  ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), switched).ok());
+  EXPECT_EQ(churn(), 0) << "a started plan after it";
+}
+
+// A trial whose first charge Stripe retries is awaiting payment; once Stripe names no next attempt
+// (its retries over, the subscription left past due) it is lost, as consume's 402 trial_expired
+// says -- it stayed awaiting_payment, and left the rate's denominator.
+TEST_F(AdminRoutesTest, ATrialWhoseFirstChargeStripeGaveUpOnIsLost) {
+  TestSubscription t = OnPlan("u-t", "trial", "past_due");
+  t.trial_start = kNow - 27 * kDay;
+  t.trial_end = t.period_start = kNow - 20 * kDay;
+  t.period_end = kNow + 10 * kDay;
+  AddSubscriber(t, "t@x.com");
+  ledger::testing::StripeInvoiceSpec failed = ledger::testing::InvoiceOf(
+      "u-t", "cus_u-t", "sub_u-t", "in_t1", "invoice.payment_failed", "evt_t1", kNow - 20 * kDay);
+  failed.attempt_count = 1;
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeInvoiceEventJson(failed))
+                  .status.ok());
+  auto conversion = [&]() {
+    HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
+    EXPECT_EQ(r.status, 200) << r.body;
+    rapidjson::Document doc = r.Json();
+    rapidjson::Document out;
+    out.CopyFrom(doc["trial_conversion"], out.GetAllocator());
+    return out;
+  };
+  rapidjson::Document c = conversion();
+  EXPECT_EQ(c["awaiting_payment"].GetInt64(), 1);
+  EXPECT_EQ(c["lost"].GetInt64(), 0);
+  failed.event_id = "evt_t4";
+  failed.event_created = kNow - 6 * kDay;
+  failed.attempt_count = 4;
+  failed.retries_left = false;
+  ASSERT_TRUE(ledger::testing::SubmitWebhook(ledger_.get(),
+                                             ledger::testing::StripeInvoiceEventJson(failed))
+                  .status.ok());
+  ExpectProblem(Consume("u-t", "chat", "after-last-retry"), 402, "trial_expired");
+  c = conversion();
+  EXPECT_EQ(c["awaiting_payment"].GetInt64(), 0);
+  EXPECT_EQ(c["lost"].GetInt64(), 1);
+  EXPECT_EQ(c["trials"].GetInt64(), 1);
+}
+
 // A $1 trial whose first charge was declined at its end is past due on Starter's price at
 // Stripe, and still the trial here: ended (trial_expired), no Starter services, BYOK or month of
 // calls, not paying -- until an invoice is paid.
