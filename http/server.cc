@@ -36,6 +36,7 @@
 #include "http/limits.h"
 #include "http/loop_request.h"
 #include "http/problem.h"
+#include "http/request_head.h"
 #include "http/route.h"
 #include "http/secret_box.h"
 #include "projections/json_util.h"
@@ -56,13 +57,7 @@ constexpr std::string_view kHeadTooLarge =
     "the request head is over its limit (64 KiB; the Lago webhook's, for a jwt signature)";
 // The request line that may carry a longer head (a jwt-mode Lago signature).
 constexpr std::string_view kLongHeadRequestLine = "POST /api/v1/webhooks/lago ";
-// Header lines longer than this are taken out of cpp-httplib's sight (its limit is 8192).
-constexpr size_t kHeaderLineBytesMax = 4096;
-constexpr size_t kLongHeadersMax = 8;
-// cpp-httplib 0.11.4 refuses a header line longer than this, its CRLF included, with a 400
-// (CPPHTTPLIB_HEADER_MAX_LENGTH): one more long line than kLongHeadersMax is a 431 instead.
-constexpr size_t kLibraryHeaderLineBytesMax = 8192;
-// Stands for an empty Idempotency-Key value in what cpp-httplib reads (TakeHead).
+// Stands for an empty Idempotency-Key value in what cpp-httplib reads (RewriteRequestHead).
 constexpr std::string_view kBlankValueMarker = "ledger-blank-value";
 constexpr std::string_view kTooManyLongHeaders =
     "more than 8 header lines are over 4 KiB, and one of them over 8 KiB";
@@ -146,17 +141,6 @@ bool HasBody(const httplib::Request& req) {
   if (IsChunked(req)) return true;
   uint64_t length = 0;
   return ParseContentLength(req.get_header_value("Content-Length"), &length) && length > 0;
-}
-
-// Where a request head in `text` ends, searched from `from`: the LF of its last line, followed by
-// the blank line -- a CRLF, or a bare LF (RFC 9112 §2.2; refused, see TakeHead). npos when the
-// head has not ended yet.
-size_t HeadEnd(std::string_view text, size_t from) {
-  for (size_t lf = text.find('\n', from); lf != std::string_view::npos; lf = text.find('\n', lf + 1)) {
-    if (lf + 1 < text.size() && text[lf + 1] == '\n') return lf;
-    if (lf + 2 < text.size() && text[lf + 1] == '\r' && text[lf + 2] == '\n') return lf;
-  }
-  return std::string_view::npos;
 }
 
 // Whether every '%' in a request target starts a percent-escape: two hex digits (RFC 3986
@@ -448,13 +432,9 @@ class ConnectionStream final : public httplib::Stream {
   }
 
  private:
-  // cpp-httplib 0.11.4 refuses a header line over 8 KiB (CPPHTTPLIB_HEADER_MAX_LENGTH, fixed when
-  // Debian built it) with a 400. Real requests have longer ones: a Lago webhook in jwt mode
-  // carries the whole payload as a JWT in X-Lago-Signature; a Keycloak access token with many
-  // roles in Authorization. So the stream reads the request head itself first (up to the server's
-  // head allowance), replaces the value of every header line over kHeaderLineBytesMax with a short
-  // marker that cpp-httplib parses, and keeps the value; the server puts it back into the request
-  // before anything looks at the headers (RestoreLongHeaders). False when the socket failed.
+  // Reads the request head itself first (up to the server's head allowance) and hands
+  // cpp-httplib its rewrite (RewriteRequestHead: over-long header lines' values as markers, the
+  // request line one it parses), then what followed the head. False when the socket failed.
   bool TakeHead() {
     std::string head = pending_.substr(pending_begin_);
     ReleasePending();
@@ -465,13 +445,11 @@ class ConnectionStream final : public httplib::Stream {
       head.append(buffer_.data() + begin_, end_ - begin_);
       begin_ = end_ = 0;
       // The blank line after the last header line, also after one ending in a bare LF (cpp-httplib
-      // ends the head there too, and the line checks below refuse the bare LF), and a bare-LF
-      // blank line (refused below).
+      // ends the head there too, and RewriteRequestHead's line checks refuse the bare LF), and a
+      // bare-LF blank line (refused there).
       end = HeadEnd(head, searched);
       searched = head.size() > 3 ? head.size() - 3 : 0;
-      if (head.compare(0, kLongHeadRequestLine.size(), kLongHeadRequestLine) == 0) {
-        allowance = limits::kLagoWebhookHeadBytesMax;
-      }
+      allowance = HeadBytesAllowance(head);
       if (end != std::string::npos || head.size() > allowance) break;
       bool timed_out = false;
       ssize_t n = Receive(buffer_.data(), buffer_.size(), head.size(), &timed_out);
@@ -480,156 +458,18 @@ class ConnectionStream final : public httplib::Stream {
       if (n == 0) break;
       end_ = static_cast<size_t>(n);
     }
-    if (end == std::string::npos || end > allowance) {
-      // Incomplete: cpp-httplib answers it as it is (400, 414, timeout). Over the allowance: it
-      // gets the request line alone, ending the head, and the request is refused at routing
-      // (head_too_large(), 431; the connection is closed after it). Handed the head as it was,
-      // cpp-httplib answered one long line (`GET /livez` with a 66,000-byte header) 400 "Bad
-      // Request" at its 8 KiB line limit, where many short lines adding up got the 431.
-      head_too_large_ = end != std::string::npos || head.size() > allowance;
-      if (head_too_large_) head_too_large_detail_ = kHeadTooLarge;
-      const size_t request_line_end = head.find('\n');
-      if (head_too_large_ && request_line_end < kHeaderLineBytesMax) {
-        head.resize(request_line_end + 1);
-        head.append("\r\n");
-      }
-      pending_ = std::move(head);
-      return true;
-    }
-    if (head[end + 1] == '\n') {
-      // The blank line is a bare LF: cpp-httplib would skip it and wait for a CRLF one (the
-      // client got no answer). Refused (400, PreRoute) from the request line alone.
-      malformed_header_ = true;
-      head.resize(head.find('\n') + 1);
-      head.append("\r\n");
-      pending_ = std::move(head);
-      return true;
-    }
-    std::string out;
-    out.reserve(head.size());
-    size_t line_start = 0;
-    const size_t head_end = end + 1;  // through the (CR)LF of the last header line
-    while (line_start < head_end) {
-      size_t line_end = head.find("\r\n", line_start);
-      std::string_view line(head.data() + line_start, line_end - line_start);
-      size_t colon = line.find(':');
-      if (line_start > 0 && !line.empty() &&
-          (line.front() == ' ' || line.front() == '\t' ||
-           (colon != std::string_view::npos && colon > 0 &&
-            (line[colon - 1] == ' ' || line[colon - 1] == '\t')))) {
-        malformed_header_ = true;
-      }
-      // cpp-httplib skips a line ending in a bare LF and percent-decodes values: a proxy that
-      // reads `Content-Length: 5\n` or `chunke%64` otherwise would frame the request differently,
-      // and the dedupe keys `a%2Fb` and `a/b` would be one key.
-      // RFC 9110 §5.5: no NUL in a field value (nor anywhere else in the head).
-      if (line.find_first_of(std::string_view("\r\n\0", 3)) != std::string_view::npos ||
-          (colon != std::string_view::npos && line.find('%') != std::string_view::npos &&
-           (EqualsIgnoreCase(line.substr(0, colon), "Content-Length") ||
-            EqualsIgnoreCase(line.substr(0, colon), "Transfer-Encoding") ||
-            EqualsIgnoreCase(line.substr(0, colon), "Idempotency-Key") ||
-            EqualsIgnoreCase(line.substr(0, colon), "X-Lago-Unique-Key")))) {
-        malformed_header_ = true;
-      }
-      if (line_start == 0) {
-        out.append(LibraryRequestLine(line));
-      } else if (colon != std::string_view::npos &&
-                 TrimBlanks(line.substr(colon + 1)).empty() &&
-                 EqualsIgnoreCase(line.substr(0, colon), "Idempotency-Key")) {
-        // cpp-httplib drops a header line with an empty value: `Idempotency-Key:` would count as
-        // no key and each retry would append again. Its value comes back empty (refused: 400
-        // invalid_idempotency_key) like a long header's.
-        out.append(line.substr(0, colon + 1)).append(" ").append(kBlankValueMarker);
-        long_headers_.emplace(kBlankValueMarker, std::string());
-      } else if (line.size() > kHeaderLineBytesMax && colon != std::string_view::npos &&
-                 long_headers_.size() < kLongHeadersMax + long_headers_.count(kBlankValueMarker)) {
-        std::string_view value = line.substr(colon + 1);
-        while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) {
-          value.remove_prefix(1);
-        }
-        std::string marker = "ledger-long-header-" + std::to_string(long_headers_.size());
-        out.append(line.substr(0, colon + 1)).append(" ").append(marker);
-        long_headers_.emplace(std::move(marker), std::string(value));
-      } else if (line_start > 0 && line.size() + 2 > kLibraryHeaderLineBytesMax) {
-        head_too_large_ = true;  // cpp-httplib would refuse the line: 431 from the request line
-        head_too_large_detail_ = kTooManyLongHeaders;
-        out.append(line);
-      } else if (colon != std::string_view::npos &&
-                 EqualsIgnoreCase(line.substr(0, colon), "Expect") &&
-                 EqualsIgnoreCase(TrimBlanks(line.substr(colon + 1)), "100-continue")) {
-        // RFC 9110 §10.1.1: the expectation is case-insensitive, but cpp-httplib asks
-        // ExpectContinue (and sends the 100) only for "100-continue" byte for byte: a client
-        // sending `100-Continue` waited for it until the read timeout. Lowercased in place.
-        const std::string_view value = TrimBlanks(line.substr(colon + 1));
-        const size_t value_at = static_cast<size_t>(value.data() - line.data());
-        out.append(line.substr(0, value_at))
-            .append("100-continue")
-            .append(line.substr(value_at + value.size()));
-      } else {
-        out.append(line);
-      }
-      out.append("\r\n");
-      line_start = line_end + 2;
-    }
-    out.append(head, head_end, std::string::npos);  // the blank line, then body bytes
-    // (A last line ending in a bare LF gained a CRLF: the request is refused as malformed.)
-    if (head_too_large_) {
-      out.resize(out.find('\n') + 1);
-      out.append("\r\n");
-    }
-    head_shrunk_by_ = head.size() > out.size() ? head.size() - out.size() : 0;
-    pending_ = std::move(out);
+    RewrittenHead rewritten = RewriteRequestHead(std::move(head), end, allowance);
+    pending_ = std::move(rewritten.bytes);
+    malformed_header_ = rewritten.malformed_header;
+    unsupported_version_ = rewritten.unsupported_version;
+    bad_absolute_target_ = rewritten.bad_absolute_target;
+    absolute_authority_ = std::move(rewritten.absolute_authority);
+    head_too_large_ = rewritten.head_too_large;
+    head_too_large_detail_ = rewritten.head_too_large_detail;
+    head_shrunk_by_ = rewritten.shrunk_by;
+    long_headers_ = std::move(rewritten.long_headers);
     return true;
   }
-
-  // The request line as cpp-httplib 0.11.4 gets it. It parses `METHOD SP target SP version` but
-  // answers a bare 400 to a method it does not know and to any version but HTTP/1.0 and
-  // HTTP/1.1, and routes an absolute-form target by its whole text (404). So, in a request line
-  // of that shape: an unknown method (a token) becomes TRACE, which PreRoute answers 501 as any
-  // method it does not implement (RFC 9110 §9.1); `HTTP/<d>.<d>` of another major version becomes
-  // HTTP/1.1 with unsupported_version() (505, RFC 9110 §15.6.6), and one of HTTP/1 above 1.1
-  // becomes HTTP/1.1 (served as the highest minor version known, §2.5: it was a bare 400); an
-  // `http://` or `https://` target becomes its path and query, its authority kept
-  // (absolute_authority()). Anything else is left to cpp-httplib.
-  std::string LibraryRequestLine(std::string_view line) {
-    const size_t sp1 = line.find(' ');
-    const size_t sp2 = sp1 == std::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
-    if (sp2 == std::string_view::npos || line.find(' ', sp2 + 1) != std::string_view::npos) {
-      return std::string(line);
-    }
-    std::string_view method = line.substr(0, sp1);
-    std::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
-    std::string_view version = line.substr(sp2 + 1);
-    if (IsToken(method) && !IsLibraryMethod(method)) method = "TRACE";
-    const auto digit = [](char ch) { return ch >= '0' && ch <= '9'; };
-    if (version.size() == 8 && version.substr(0, 5) == "HTTP/" && digit(version[5]) &&
-        version[6] == '.' && digit(version[7]) && (version[5] != '1' || version[7] > '1')) {
-      if (version[5] != '1') unsupported_version_ = true;
-      version = "HTTP/1.1";
-    }
-    std::string origin_form;
-    for (std::string_view scheme : {std::string_view("http://"), std::string_view("https://")}) {
-      if (!StartsWithIgnoreCase(target, scheme)) continue;
-      const std::string_view rest = target.substr(scheme.size());
-      const size_t path_at = rest.find_first_of("/?");
-      const std::string_view authority = rest.substr(0, path_at);
-      if (authority.empty() || !IsHostValue(authority)) {
-        bad_absolute_target_ = true;  // 400 (PreRoute); "/" keeps cpp-httplib parsing
-        origin_form = "/";
-      } else {
-        absolute_authority_.assign(authority);
-        origin_form = path_at == std::string_view::npos || rest[path_at] == '?' ? "/" : "";
-        if (path_at != std::string_view::npos) origin_form.append(rest.substr(path_at));
-      }
-      target = origin_form;
-      break;
-    }
-    std::string out;
-    out.reserve(line.size());
-    out.append(method).append(" ").append(target).append(" ").append(version);
-    return out;
-  }
-
   // When the request must have sent more than `bytes` (kRequestBytesPerReadTimeout).
   Clock::time_point RequestDeadline(size_t bytes) const {
     return request_started_ +
@@ -840,7 +680,175 @@ void RestoreLongHeaders(const httplib::Request& req) {
   }
 }
 
+// The request line as cpp-httplib 0.11.4 gets it. It parses `METHOD SP target SP version` but
+// answers a bare 400 to a method it does not know and to any version but HTTP/1.0 and
+// HTTP/1.1, and routes an absolute-form target by its whole text (404). So, in a request line
+// of that shape: an unknown method (a token) becomes TRACE, which PreRoute answers 501 as any
+// method it does not implement (RFC 9110 §9.1); `HTTP/<d>.<d>` of another major version becomes
+// HTTP/1.1 with unsupported_version() (505, RFC 9110 §15.6.6), and one of HTTP/1 above 1.1
+// becomes HTTP/1.1 (served as the highest minor version known, §2.5: it was a bare 400); an
+// `http://` or `https://` target becomes its path and query, its authority kept
+// (RewrittenHead::absolute_authority). Anything else is left to cpp-httplib.
+std::string LibraryRequestLine(std::string_view line, RewrittenHead* rewritten) {
+  const size_t sp1 = line.find(' ');
+  const size_t sp2 = sp1 == std::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
+  if (sp2 == std::string_view::npos || line.find(' ', sp2 + 1) != std::string_view::npos) {
+    return std::string(line);
+  }
+  std::string_view method = line.substr(0, sp1);
+  std::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+  std::string_view version = line.substr(sp2 + 1);
+  if (IsToken(method) && !IsLibraryMethod(method)) method = "TRACE";
+  const auto digit = [](char ch) { return ch >= '0' && ch <= '9'; };
+  if (version.size() == 8 && version.substr(0, 5) == "HTTP/" && digit(version[5]) &&
+      version[6] == '.' && digit(version[7]) && (version[5] != '1' || version[7] > '1')) {
+    if (version[5] != '1') rewritten->unsupported_version = true;
+    version = "HTTP/1.1";
+  }
+  std::string origin_form;
+  for (std::string_view scheme : {std::string_view("http://"), std::string_view("https://")}) {
+    if (!StartsWithIgnoreCase(target, scheme)) continue;
+    const std::string_view rest = target.substr(scheme.size());
+    const size_t path_at = rest.find_first_of("/?");
+    const std::string_view authority = rest.substr(0, path_at);
+    if (authority.empty() || !IsHostValue(authority)) {
+      rewritten->bad_absolute_target = true;  // 400 (PreRoute); "/" keeps cpp-httplib parsing
+      origin_form = "/";
+    } else {
+      rewritten->absolute_authority.assign(authority);
+      origin_form = path_at == std::string_view::npos || rest[path_at] == '?' ? "/" : "";
+      if (path_at != std::string_view::npos) origin_form.append(rest.substr(path_at));
+    }
+    target = origin_form;
+    break;
+  }
+  std::string out;
+  out.reserve(line.size());
+  out.append(method).append(" ").append(target).append(" ").append(version);
+  return out;
+}
+
 }  // namespace
+
+size_t HeadEnd(std::string_view text, size_t from) {
+  for (size_t lf = text.find('\n', from); lf != std::string_view::npos; lf = text.find('\n', lf + 1)) {
+    if (lf + 1 < text.size() && text[lf + 1] == '\n') return lf;
+    if (lf + 2 < text.size() && text[lf + 1] == '\r' && text[lf + 2] == '\n') return lf;
+  }
+  return std::string_view::npos;
+}
+
+size_t HeadBytesAllowance(std::string_view head) {
+  return head.substr(0, kLongHeadRequestLine.size()) == kLongHeadRequestLine
+             ? limits::kLagoWebhookHeadBytesMax
+             : kHeaderBytesAllowance;
+}
+
+RewrittenHead RewriteRequestHead(std::string head, size_t end, size_t allowance) {
+  RewrittenHead rewritten;
+  if (end == std::string::npos || end > allowance) {
+    // Incomplete: cpp-httplib answers it as it is (400, 414, timeout). Over the allowance: it
+    // gets the request line alone, ending the head, and the request is refused at routing
+    // (head_too_large(), 431; the connection is closed after it). Handed the head as it was,
+    // cpp-httplib answered one long line (`GET /livez` with a 66,000-byte header) 400 "Bad
+    // Request" at its 8 KiB line limit, where many short lines adding up got the 431.
+    rewritten.head_too_large = end != std::string::npos || head.size() > allowance;
+    if (rewritten.head_too_large) rewritten.head_too_large_detail = kHeadTooLarge;
+    const size_t request_line_end = head.find('\n');
+    if (rewritten.head_too_large && request_line_end < kHeaderLineBytesMax) {
+      head.resize(request_line_end + 1);
+      head.append("\r\n");
+    }
+    rewritten.bytes = std::move(head);
+    return rewritten;
+  }
+  if (head[end + 1] == '\n') {
+    // The blank line is a bare LF: cpp-httplib would skip it and wait for a CRLF one (the
+    // client got no answer). Refused (400, PreRoute) from the request line alone.
+    rewritten.malformed_header = true;
+    head.resize(head.find('\n') + 1);
+    head.append("\r\n");
+    rewritten.bytes = std::move(head);
+    return rewritten;
+  }
+  std::string out;
+  out.reserve(head.size());
+  size_t line_start = 0;
+  const size_t head_end = end + 1;  // through the (CR)LF of the last header line
+  while (line_start < head_end) {
+    size_t line_end = head.find("\r\n", line_start);
+    std::string_view line(head.data() + line_start, line_end - line_start);
+    size_t colon = line.find(':');
+    if (line_start > 0 && !line.empty() &&
+        (line.front() == ' ' || line.front() == '\t' ||
+         (colon != std::string_view::npos && colon > 0 &&
+          (line[colon - 1] == ' ' || line[colon - 1] == '\t')))) {
+      rewritten.malformed_header = true;
+    }
+    // cpp-httplib skips a line ending in a bare LF and percent-decodes values: a proxy that
+    // reads `Content-Length: 5\n` or `chunke%64` otherwise would frame the request differently,
+    // and the dedupe keys `a%2Fb` and `a/b` would be one key.
+    // RFC 9110 §5.5: no NUL in a field value (nor anywhere else in the head).
+    if (line.find_first_of(std::string_view("\r\n\0", 3)) != std::string_view::npos ||
+        (colon != std::string_view::npos && line.find('%') != std::string_view::npos &&
+         (EqualsIgnoreCase(line.substr(0, colon), "Content-Length") ||
+          EqualsIgnoreCase(line.substr(0, colon), "Transfer-Encoding") ||
+          EqualsIgnoreCase(line.substr(0, colon), "Idempotency-Key") ||
+          EqualsIgnoreCase(line.substr(0, colon), "X-Lago-Unique-Key")))) {
+      rewritten.malformed_header = true;
+    }
+    if (line_start == 0) {
+      out.append(LibraryRequestLine(line, &rewritten));
+    } else if (colon != std::string_view::npos &&
+               TrimBlanks(line.substr(colon + 1)).empty() &&
+               EqualsIgnoreCase(line.substr(0, colon), "Idempotency-Key")) {
+      // cpp-httplib drops a header line with an empty value: `Idempotency-Key:` would count as
+      // no key and each retry would append again. Its value comes back empty (refused: 400
+      // invalid_idempotency_key) like a long header's.
+      out.append(line.substr(0, colon + 1)).append(" ").append(kBlankValueMarker);
+      rewritten.long_headers.emplace(kBlankValueMarker, std::string());
+    } else if (line.size() > kHeaderLineBytesMax && colon != std::string_view::npos &&
+               rewritten.long_headers.size() <
+                   kLongHeadersMax + rewritten.long_headers.count(kBlankValueMarker)) {
+      std::string_view value = line.substr(colon + 1);
+      while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) {
+        value.remove_prefix(1);
+      }
+      std::string marker = "ledger-long-header-" + std::to_string(rewritten.long_headers.size());
+      out.append(line.substr(0, colon + 1)).append(" ").append(marker);
+      rewritten.long_headers.emplace(std::move(marker), std::string(value));
+    } else if (line_start > 0 && line.size() + 2 > kLibraryHeaderLineBytesMax) {
+      // cpp-httplib would refuse the line: 431 from the request line
+      rewritten.head_too_large = true;
+      rewritten.head_too_large_detail = kTooManyLongHeaders;
+      out.append(line);
+    } else if (colon != std::string_view::npos &&
+               EqualsIgnoreCase(line.substr(0, colon), "Expect") &&
+               EqualsIgnoreCase(TrimBlanks(line.substr(colon + 1)), "100-continue")) {
+      // RFC 9110 §10.1.1: the expectation is case-insensitive, but cpp-httplib asks
+      // ExpectContinue (and sends the 100) only for "100-continue" byte for byte: a client
+      // sending `100-Continue` waited for it until the read timeout. Lowercased in place.
+      const std::string_view value = TrimBlanks(line.substr(colon + 1));
+      const size_t value_at = static_cast<size_t>(value.data() - line.data());
+      out.append(line.substr(0, value_at))
+          .append("100-continue")
+          .append(line.substr(value_at + value.size()));
+    } else {
+      out.append(line);
+    }
+    out.append("\r\n");
+    line_start = line_end + 2;
+  }
+  out.append(head, head_end, std::string::npos);  // the blank line, then body bytes
+  // (A last line ending in a bare LF gained a CRLF: the request is refused as malformed.)
+  if (rewritten.head_too_large) {
+    out.resize(out.find('\n') + 1);
+    out.append("\r\n");
+  }
+  rewritten.shrunk_by = head.size() > out.size() ? head.size() - out.size() : 0;
+  rewritten.bytes = std::move(out);
+  return rewritten;
+}
 
 bool ParseLoopRequest(std::string_view unread, const std::vector<LoopRoute>& routes,
                       size_t body_bytes_max, size_t request_bytes_max, LoopRequest* out) {

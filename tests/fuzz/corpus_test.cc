@@ -43,6 +43,7 @@ INSTANTIATE_TEST_SUITE_P(
     Targets, CorpusTest,
     ::testing::Values(Target{"loop_request", FuzzLoopRequest},
                       Target{"chunked_framing", FuzzChunkedFraming},
+                      Target{"request_head", FuzzRequestHead},
                       Target{"stripe_signature", FuzzStripeSignature}, Target{"jwt", FuzzJwt},
                       Target{"lago_signature", FuzzLagoSignature},
                       Target{"usage_bodies", FuzzUsageBodies},

@@ -52,6 +52,7 @@ inline std::string_view TakeLine(std::string_view* rest) {
 
 int FuzzLoopRequest(const uint8_t* data, size_t size);
 int FuzzChunkedFraming(const uint8_t* data, size_t size);
+int FuzzRequestHead(const uint8_t* data, size_t size);
 int FuzzStripeSignature(const uint8_t* data, size_t size);
 int FuzzJwt(const uint8_t* data, size_t size);
 int FuzzLagoSignature(const uint8_t* data, size_t size);
