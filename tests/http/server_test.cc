@@ -933,6 +933,18 @@ TEST_F(ServerTest, LibraryRefusalsAreCounted) {
   EXPECT_EQ(rejected(), before + 4);
 }
 
+// A header line whose name alone is over cpp-httplib's 8 KiB line limit is a 431 as any line it
+// cannot take: its value became a long header's marker, which left the line over the limit, and
+// cpp-httplib refused the head with a 400. Found by the request_head fuzz target.
+TEST_F(ServerTest, AHeaderNameOver8KiBIs431) {
+  Start();
+  const std::string answer = RawHttpExchange(
+      stack_.port(), "GET /hello HTTP/1.1\r\nHost: x\r\nX-" + std::string(9000, 'n') + ": v\r\n\r\n",
+      1500);
+  EXPECT_EQ(answer.substr(0, answer.find("\r\n")), "HTTP/1.1 431 Request Header Fields Too Large");
+  EXPECT_NE(answer.find("a header field name is over 8 KiB"), std::string::npos) << answer;
+}
+
 // An HTTP/1.0 request that does not ask for `Keep-Alive` is answered and the connection closed:
 // the answer says `Connection: close`, not Keep-Alive parameters; on worker and event-loop routes.
 TEST_F(ServerTest, AnHttp10AnswerSaysTheConnectionCloses) {
