@@ -18,12 +18,14 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <map>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <regex>
 #include <string_view>
 #include <unordered_map>
@@ -57,8 +59,6 @@ constexpr std::string_view kHeadTooLarge =
     "the request head is over its limit (64 KiB; the Lago webhook's, for a jwt signature)";
 // The request line that may carry a longer head (a jwt-mode Lago signature).
 constexpr std::string_view kLongHeadRequestLine = "POST /api/v1/webhooks/lago ";
-// Stands for an empty Idempotency-Key value in what cpp-httplib reads (RewriteRequestHead).
-constexpr std::string_view kBlankValueMarker = "ledger-blank-value";
 constexpr std::string_view kTooManyLongHeaders =
     "more than 8 header lines are over 4 KiB, and one of them over 8 KiB";
 constexpr std::string_view kHeaderNameTooLong = "a header field name is over 8 KiB";
@@ -681,6 +681,21 @@ void RestoreLongHeaders(const httplib::Request& req) {
   }
 }
 
+// A value that stands for another in what cpp-httplib reads (RewriteRequestHead): "ledger-", 16
+// random hex digits drawn once per process, then `what`. With fixed texts a client's own value
+// (`X-Long: ledger-long-header-0`, or percent-encoded: cpp-httplib decodes values) was taken for
+// one, and RestoreLongHeaders put another line's value under its name, which a proxy in front
+// had read as the marker's text.
+std::string Marker(std::string_view what) {
+  static const std::string prefix = [] {
+    std::random_device random;
+    char text[32];
+    std::snprintf(text, sizeof(text), "ledger-%08x%08x-", random(), random());
+    return std::string(text);
+  }();
+  return prefix + std::string(what);
+}
+
 // The request line as cpp-httplib 0.11.4 gets it. It parses `METHOD SP target SP version` but
 // answers a bare 400 to a method it does not know and to any version but HTTP/1.0 and
 // HTTP/1.1, and routes an absolute-form target by its whole text (404). So, in a request line
@@ -747,6 +762,8 @@ size_t HeadBytesAllowance(std::string_view head) {
 
 RewrittenHead RewriteRequestHead(std::string head, size_t end, size_t allowance) {
   RewrittenHead rewritten;
+  // Stands for an empty Idempotency-Key value.
+  static const std::string blank_marker = Marker("blank-value");
   if (end == std::string::npos || end > allowance) {
     // Incomplete: cpp-httplib answers it as it is (400, 414, timeout). Over the allowance: it
     // gets the request line alone, ending the head, and the request is refused at routing
@@ -806,16 +823,16 @@ RewrittenHead RewriteRequestHead(std::string head, size_t end, size_t allowance)
       // cpp-httplib drops a header line with an empty value: `Idempotency-Key:` would count as
       // no key and each retry would append again. Its value comes back empty (refused: 400
       // invalid_idempotency_key) like a long header's.
-      out.append(line.substr(0, colon + 1)).append(" ").append(kBlankValueMarker);
-      rewritten.long_headers.emplace(kBlankValueMarker, std::string());
+      out.append(line.substr(0, colon + 1)).append(" ").append(blank_marker);
+      rewritten.long_headers.emplace(blank_marker, std::string());
     } else if (line.size() > kHeaderLineBytesMax && colon != std::string_view::npos &&
                rewritten.long_headers.size() <
-                   kLongHeadersMax + rewritten.long_headers.count(kBlankValueMarker)) {
+                   kLongHeadersMax + rewritten.long_headers.count(blank_marker)) {
       std::string_view value = line.substr(colon + 1);
       while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) {
         value.remove_prefix(1);
       }
-      std::string marker = "ledger-long-header-" + std::to_string(rewritten.long_headers.size());
+      std::string marker = Marker("long-header-" + std::to_string(rewritten.long_headers.size()));
       out.append(line.substr(0, colon + 1)).append(" ").append(marker);
       if (colon + 2 + marker.size() + 2 > kLibraryHeaderLineBytesMax) {
         // The name alone keeps the line over cpp-httplib's limit (its 400 for the head): 431

@@ -100,9 +100,13 @@ int FuzzRequestHead(const uint8_t* data, size_t size) {
     }
     if (line_start > 0) {
       LEDGER_FUZZ_CHECK(out.size() + 2 <= http::kLibraryHeaderLineBytesMax);
-      // What the server reads is what was sent (the name as sent, the value put back).
-      if (colon != std::string_view::npos && out.find(':') == colon) {
-        const std::string_view sent = http::TrimBlanks(line.substr(colon + 1));
+      // What the server reads is what was sent (the name as sent, the value put back). Unless
+      // the value sent is one of the markers, which have 16 hex digits drawn by the process: a
+      // client cannot know them, but libFuzzer reads them off the comparisons it instruments.
+      const std::string_view sent =
+          colon == std::string_view::npos ? line : http::TrimBlanks(line.substr(colon + 1));
+      if (colon != std::string_view::npos && out.find(':') == colon &&
+          rewritten.long_headers.count(sent) == 0) {
         const std::string_view read = RestoredValue(out, rewritten);
         LEDGER_FUZZ_CHECK(read == sent || (out != line && http::EqualsIgnoreCase(read, sent)));
       }
