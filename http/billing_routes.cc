@@ -48,6 +48,7 @@
 // thread-safe Ledger and StripeApi, and the route table's BillingGuards (thread-safe).
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <chrono>
@@ -590,10 +591,22 @@ void CreateCheckout(const AppContext& context, const httplib::Request& req,
   s = ExpireEarlierCheckouts(context, *view, identity.subject, stripe_key, IsTrialFeePlan(plan),
                              &closed_sessions);
   if (!s.ok()) return WriteProblemAt(s, view->position(), res);
-  const StripeCheckoutParams params =
+  StripeCheckoutParams params =
       CheckoutParamsFor(context, identity, plan, cycle, prices, current.customer_id);
   StripeCheckoutSession session;
   s = context.stripe->CreateCheckoutSession(params, stripe_key, &session);
+  // The user's customer was deleted at Stripe (the Dashboard, an erasure) and no customer.deleted
+  // reached this endpoint (one not subscribed to it): Stripe refuses the customer, and every
+  // checkout of the user was a 502 for good. Checkout then creates a new customer, as after
+  // customer.deleted, which the session's completion links to the user. Under its own Stripe key:
+  // the parameters differ (a retry of this request asks both again, and Stripe replays each).
+  if (s.problem() == "stripe_customer_missing" && !params.customer.empty()) {
+    spdlog::warn("checkout: Stripe no longer has the user's customer {}; Checkout creates a new "
+                 "one (subscribe the webhook endpoint to customer.deleted)",
+                 params.customer);
+    params = CheckoutParamsFor(context, identity, plan, cycle, prices, "");
+    s = context.stripe->CreateCheckoutSession(params, stripe_key + "-new-customer", &session);
+  }
   if (!s.ok()) return WriteStatusProblem(s, &res);
   rapidjson::StringBuffer body;
   JsonWriter b(body);

@@ -488,11 +488,13 @@ Status HttpStripeClient::Impl::Check(const Exchange& exchange, rapidjson::Docume
   std::string message;
   std::string type;
   std::string code;
+  std::string param;
   if (parsed.ok()) {
     if (const rapidjson::Value* error = ObjectMember(*doc, "error")) {
       message = RedactStripeSecrets(StringMember(*error, "message"), options.secret_key);
       type = std::string(StringMember(*error, "type"));
       code = std::string(StringMember(*error, "code"));
+      param = std::string(StringMember(*error, "param"));
     }
   }
   const std::string suffix = message.empty() ? "" : ": " + message;
@@ -520,6 +522,10 @@ Status HttpStripeClient::Impl::Check(const Exchange& exchange, rapidjson::Docume
   }
   if (status == 404 && code == "resource_missing") {
     return Status::Make(Code::kBadGateway, "stripe_resource_missing", answered + suffix);
+  }
+  // A request naming a customer Stripe no longer has (deleted in the Dashboard, or erased).
+  if (status == 400 && code == "resource_missing" && param == "customer") {
+    return Status::Make(Code::kBadGateway, "stripe_customer_missing", answered + suffix);
   }
   return Status::Make(Code::kBadGateway, "stripe_request_failed", answered + suffix);
 }

@@ -1110,6 +1110,34 @@ TEST_F(BillingRoutesTest, ACustomerDeletedAtStripeIsNotNamedAgain) {
   EXPECT_TRUE(fake_.RequestsTo("POST", "/v1/billing_portal/sessions").empty());
 }
 
+// The customer deleted at Stripe without a customer.deleted delivery (an endpoint not subscribed
+// to it): Stripe refuses it (400 resource_missing on `customer`), and the checkout asks again
+// without it, under its own Stripe key, for Checkout to create a new customer. It was a 502 on
+// every checkout of the user, for good. A retry with the client's key is answered as stored.
+TEST_F(BillingRoutesTest, ACustomerGoneAtStripeWithoutItsWebhookGetsANewOne) {
+  GiveAliceASubscription("canceled");
+  fake_.DeleteCustomer("cus_alice");
+  const size_t sessions_before = EventsOfType("stripe.checkout_session_created.v1").size();
+  HttpReply r =
+      Alice().Post(kCheckout, R"({"plan_id":"starter"})", {{"Idempotency-Key", "again-1"}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  auto asked = fake_.RequestsTo("POST", "/v1/checkout/sessions");
+  ASSERT_EQ(asked.size(), 2u);
+  EXPECT_EQ(asked[0].Param("customer"), "cus_alice");
+  EXPECT_FALSE(asked[1].HasParam("customer")) << asked[1].Param("customer");
+  EXPECT_EQ(asked[1].Param("customer_email"), "alice@example.com");
+  EXPECT_NE(asked[0].idempotency_key, asked[1].idempotency_key);
+  auto events = EventsOfType("stripe.checkout_session_created.v1");
+  ASSERT_EQ(events.size(), sessions_before + 1);
+  EXPECT_NE(events.back().data.find(R"("customer":null)"), std::string::npos)
+      << events.back().data;
+  HttpReply again =
+      Alice().Post(kCheckout, R"({"plan_id":"starter"})", {{"Idempotency-Key", "again-1"}});
+  ASSERT_EQ(again.status, 200) << again.body;
+  EXPECT_EQ(again.body, r.body);
+  EXPECT_EQ(fake_.RequestsTo("POST", "/v1/checkout/sessions").size(), 2u);
+}
+
 TEST_F(BillingRoutesTest, BadCheckoutBodiesAppendNothingAndCallNobody) {
   auto alice = Alice();
   // The head is taken before the first bad body, so every refusal below is covered (taken after

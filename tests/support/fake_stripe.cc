@@ -1008,6 +1008,11 @@ void FakeStripe::DeclinePayments(const std::string& customer) {
   state_->customers[customer].declines = true;
 }
 
+void FakeStripe::DeleteCustomer(const std::string& customer) {
+  std::lock_guard<std::mutex> lock(mu_);
+  state_->customers.erase(customer);
+}
+
 void FakeStripe::AddSubscription(Subscription subscription) {
   std::lock_guard<std::mutex> lock(mu_);
   std::string id = subscription.id;

@@ -148,6 +148,9 @@ class FakeStripe {
   // trial, another interval, always_invoice) leaves the subscription past_due, or answers 402
   // card_declined under payment_behavior=error_if_incomplete.
   void DeclinePayments(const std::string& customer);
+  // The customer is deleted, as in the Dashboard: requests naming it get Stripe's 400
+  // resource_missing (no webhook is sent; a test delivers customer.deleted when it wants one).
+  void DeleteCustomer(const std::string& customer);
   void AddSubscription(Subscription subscription);
 
   std::optional<Subscription> GetSubscription(const std::string& id) const;
