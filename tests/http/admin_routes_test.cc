@@ -42,6 +42,16 @@ constexpr int64_t kUs = 1'000'000;
 constexpr int64_t kDay = 86400;
 constexpr int64_t kNow = kStripeT0 + 40 * kDay;
 
+// A subscription on `plan_id` for the period [start, end), canceled at its end and ended there.
+TestSubscription CanceledAtItsEnd(std::string user_id, std::string plan_id, int64_t start,
+                                  int64_t end) {
+  TestSubscription t = OnPlan(std::move(user_id), std::move(plan_id), "canceled");
+  t.period_start = start;
+  t.period_end = end;
+  t.canceled_at = t.ended_at = end;
+  return t;
+}
+
 class AdminRoutesTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -572,11 +582,8 @@ TEST_F(AdminRoutesTest, ChurnBaseLeavesOutSubscriptionsThatStoppedPayingBeforeTh
 // window), they left the base: 1 churned of 1 instead of 1 of 3.
 TEST_F(AdminRoutesTest, AUserWhoseNewerPlanStartedInsideTheWindowStaysInTheChurnBase) {
   // Starter since 60 days ago, canceled 5 days ago: churned.
-  TestSubscription old = OnPlan("u-old", "starter", "canceled");
-  old.period_start = kNow - 60 * kDay;
-  old.period_end = kNow - 5 * kDay;
-  old.canceled_at = old.ended_at = kNow - 5 * kDay;
-  AddSubscriber(old, "old@x.com");
+  AddSubscriber(CanceledAtItsEnd("u-old", "starter", kNow - 60 * kDay, kNow - 5 * kDay),
+                "old@x.com");
   // Starter since 60 days ago, kept to its period's end 5 days ago (Stripe's deletion not
   // arrived), then Professional bought 4 days ago.
   TestSubscription starter = OnPlan("u-switch", "starter", kNow - 60 * kDay, kNow - 5 * kDay);
@@ -612,11 +619,8 @@ TEST_F(AdminRoutesTest, AUserWhoseNewerPlanStartedInsideTheWindowStaysInTheChurn
 // the abandoned checkout hid it while the Starter kept the user in the base (0 of 1). A started
 // plan after it is a switch (no churn), as before.
 TEST_F(AdminRoutesTest, ACheckoutThatNeverStartedHidesNoChurn) {
-  TestSubscription old = OnPlan("u-back", "starter", "canceled");
-  old.period_start = kNow - 40 * kDay;
-  old.period_end = kNow - 10 * kDay;
-  old.canceled_at = old.ended_at = kNow - 10 * kDay;
-  AddSubscriber(old, "back@x.com");
+  AddSubscriber(CanceledAtItsEnd("u-back", "starter", kNow - 40 * kDay, kNow - 10 * kDay),
+                "back@x.com");
   auto churn = [&]() {
     HttpReply r = Admin().Get(std::string(kAdminBase) + "analytics/overview");
     EXPECT_EQ(r.status, 200) << r.body;
