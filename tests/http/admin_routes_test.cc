@@ -52,6 +52,17 @@ TestSubscription CanceledAtItsEnd(std::string user_id, std::string plan_id, int6
   return t;
 }
 
+// A trial of [trial_start, trial_end) on the trial plan whose first charge failed at its end: past
+// due in the period from its end to `period_end`.
+TestSubscription TrialPastDue(std::string user_id, int64_t trial_start, int64_t trial_end,
+                              int64_t period_end) {
+  TestSubscription t = OnPlan(std::move(user_id), "trial", "past_due");
+  t.trial_start = trial_start;
+  t.trial_end = t.period_start = trial_end;
+  t.period_end = period_end;
+  return t;
+}
+
 class AdminRoutesTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -649,11 +660,8 @@ TEST_F(AdminRoutesTest, ACheckoutThatNeverStartedHidesNoChurn) {
 // (its retries over, the subscription left past due) it is lost, as consume's 402 trial_expired
 // says -- it stayed awaiting_payment, and left the rate's denominator.
 TEST_F(AdminRoutesTest, ATrialWhoseFirstChargeStripeGaveUpOnIsLost) {
-  TestSubscription t = OnPlan("u-t", "trial", "past_due");
-  t.trial_start = kNow - 27 * kDay;
-  t.trial_end = t.period_start = kNow - 20 * kDay;
-  t.period_end = kNow + 10 * kDay;
-  AddSubscriber(t, "t@x.com");
+  AddSubscriber(TrialPastDue("u-t", kNow - 27 * kDay, kNow - 20 * kDay, kNow + 10 * kDay),
+                "t@x.com");
   ledger::testing::StripeInvoiceSpec failed = ledger::testing::InvoiceOf(
       "u-t", "cus_u-t", "sub_u-t", "in_t1", "invoice.payment_failed", "evt_t1", kNow - 20 * kDay);
   failed.attempt_count = 1;
@@ -689,10 +697,7 @@ TEST_F(AdminRoutesTest, ATrialWhoseFirstChargeStripeGaveUpOnIsLost) {
 // Stripe, and still the trial here: ended (trial_expired), no Starter services, BYOK or month of
 // calls, not paying -- until an invoice is paid.
 TEST_F(AdminRoutesTest, ATrialWhoseFirstChargeFailedIsNotStarter) {
-  TestSubscription t = OnPlan("u-t", "trial", "past_due");
-  t.trial_start = kNow - 8 * kDay;
-  t.trial_end = t.period_start = kNow - 1 * kDay;
-  t.period_end = kNow + 29 * kDay;
+  TestSubscription t = TrialPastDue("u-t", kNow - 8 * kDay, kNow - 1 * kDay, kNow + 29 * kDay);
   AddSubscriber(t, "t@x.com");
   auto check = [&](const std::string& service) {
     TestHttpClient client("127.0.0.1", stack_->port());
@@ -993,11 +998,8 @@ TEST_F(AdminRoutesTest, AUsersSubscriptionsThatAreNotPayingAddNothing) {
   TestSubscription unpaid = OnPlan("u-n", "enterprise", "unpaid");
   unpaid.subscription_id = "sub_u-n_unpaid";
   ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), unpaid).ok());
-  TestSubscription trial = OnPlan("u-n", "trial", "past_due");
+  TestSubscription trial = TrialPastDue("u-n", kNow - 8 * kDay, kNow - 1 * kDay, kNow + 29 * kDay);
   trial.subscription_id = "sub_u-n_trial";
-  trial.trial_start = kNow - 8 * kDay;
-  trial.trial_end = trial.period_start = kNow - 1 * kDay;
-  trial.period_end = kNow + 29 * kDay;
   ASSERT_TRUE(ledger::testing::SubscribeOnLedger(ledger_.get(), trial).ok());
   ledger::testing::StripeInvoiceSpec declined;
   declined.event_id = "evt_inv_n_declined";
@@ -1512,11 +1514,8 @@ TEST_F(AdminRoutesTest, ListStatusesAreTheOverviewsByStatus) {
 TEST_F(AdminRoutesTest, AdminViewsShowAnEndedTrialAsConsumeDoes) {
   AddSubscriber(OnPlan("u-g", ""), "g@x.com");
   ASSERT_EQ(Patch("g@x.com", R"({"tier":"trial","status":"trialing"})").status, 200);
-  TestSubscription t = OnPlan("u-t", "trial", "past_due");
-  t.trial_start = kNow - 8 * kDay;
-  t.trial_end = t.period_start = kNow - 1 * kDay;
-  t.period_end = kNow + 29 * kDay;
-  AddSubscriber(t, "t@x.com");
+  AddSubscriber(TrialPastDue("u-t", kNow - 8 * kDay, kNow - 1 * kDay, kNow + 29 * kDay),
+                "t@x.com");
   ExpectProblem(Consume("u-t", "chat", "declined"), 402, "trial_expired");
   auto expect_views = [&](const std::string& g_access, int64_t comped, int64_t trials,
                           int64_t trialing, int64_t expired) {
