@@ -63,9 +63,11 @@ struct LagoClientOptions {
   std::string api_key;
   // PEM file of trusted CAs for https; "" = the system trust store.
   std::string ca_cert_file;
-  // Per attempt. Crash semantics: none (nothing is persisted here).
+  // Per attempt. Crash semantics: none (nothing is persisted here). A read may wait as long as
+  // the attempt's deadline: a Lago that answers a batch in 10-30 s (loaded) was cut at 10 s, never
+  // acknowledged one, and was sent the same batch again and again.
   int64_t connect_timeout_ms = 3'000;
-  int64_t read_timeout_ms = 10'000;
+  int64_t read_timeout_ms = 30'000;
   int64_t write_timeout_ms = 10'000;
   // The whole attempt, however slowly the answer arrives: the timeouts above bound each connect,
   // read and write, and an answer sent a byte at a time would hold the sink's thread until it

@@ -446,6 +446,26 @@ TEST(LagoClientTest, AnAnswerThatTricklesEndsAtTheDeadline) {
   EXPECT_EQ(slow.requests().size(), 1u);
 }
 
+// An answer within the attempt's 30 s counts, as the README says, with the client's own default
+// timeouts: a Lago answering a batch after 11 s was cut at the 10 s read timeout, and the sink sent
+// the same batch again and again.
+TEST(LagoClientTest, AnAnswerWithinTheDeadlineCountsHoweverLongLagoThinks) {
+  FakeLago::Options fake;
+  fake.slow_ms = 11'000;
+  FakeLago lago(fake);
+  lago.InjectFault(FakeLago::Fault::kSlow, 1);
+  LagoClientOptions client_options;
+  client_options.api_url = lago.url();
+  client_options.api_key = kFakeLagoApiKey;
+  std::unique_ptr<HttpLagoClient> client;
+  ASSERT_TRUE(HttpLagoClient::Create(client_options, &client).ok());
+  const LagoAnswer answer = client->SendEventsBatch(
+      R"({"events":[{"transaction_id":"t1","external_subscription_id":"u1","code":"api_calls",)"
+      R"("timestamp":1795341605,"properties":{"service":"chat","quantity":1}}]})");
+  EXPECT_EQ(answer.http_status, 200) << answer.error;
+  EXPECT_EQ(lago.requests_received(), 1u);
+}
+
 // The sink's Stop cancels the running call; httplib's stop() alone waited out a TLS handshake
 // sent a byte at a time (the whole 30 s attempt deadline, leaving the outbox no time to flush).
 TEST(LagoClientTest, CancelCutsACallInTheTlsHandshake) {
