@@ -651,6 +651,14 @@ TEST(AppTest, ARotatedMasterKeyReWrapsTheByokDataKeysAtStart) {
   EXPECT_EQ(provider.calls("openai"), 2);
 }
 
+// The start's refusal (exit 78) of LEDGER_MASTER_KEY_PREVIOUS_FILES without a current key.
+void ExpectPreviousKeysWithoutACurrentKey(const Status& s) {
+  EXPECT_EQ(ExitCodeFor(s), kExitConfig) << s.ToString();
+  EXPECT_NE(s.message().find("LEDGER_MASTER_KEY_PREVIOUS_FILES is set but there is no current key"),
+            std::string::npos)
+      << s.ToString();
+}
+
 // A previous key's file is read at start as the master key's is: a missing one is exit 78
 // naming the item, and so is a previous key without a current one.
 TEST(AppTest, APreviousMasterKeyFileThatIsMissingIsAConfigError) {
@@ -660,10 +668,7 @@ TEST(AppTest, APreviousMasterKeyFileThatIsMissingIsAConfigError) {
   config.master_key_previous_files = {dir.Sub("gone.key")};
   std::unique_ptr<App> app;
   Status s = App::Start(config, nullptr, &app);
-  EXPECT_EQ(ExitCodeFor(s), kExitConfig) << s.ToString();
-  EXPECT_NE(s.message().find("LEDGER_MASTER_KEY_PREVIOUS_FILES is set but there is no current key"),
-            std::string::npos)
-      << s.ToString();
+  ExpectPreviousKeysWithoutACurrentKey(s);
   config.master_key_file = WriteKeyFile(dir, "b.key", std::string(64, 'b'));
   config.master_key_file_given = true;
   s = App::Start(config, nullptr, &app);
@@ -684,10 +689,7 @@ TEST(AppTest, DevModeCreatesNoKeyToRotateTo) {
   config.master_key_previous_files = {WriteKeyFile(dir, "old.key", std::string(64, 'a'))};
   std::unique_ptr<App> app;
   Status s = App::Start(config, nullptr, &app);
-  EXPECT_EQ(ExitCodeFor(s), kExitConfig) << s.ToString();
-  EXPECT_NE(s.message().find("LEDGER_MASTER_KEY_PREVIOUS_FILES is set but there is no current key"),
-            std::string::npos)
-      << s.ToString();
+  ExpectPreviousKeysWithoutACurrentKey(s);
   EXPECT_FALSE(std::filesystem::exists(config.master_key_file)) << config.master_key_file;
 }
 
